@@ -1,0 +1,1 @@
+//! agora end-to-end tests

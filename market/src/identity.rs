@@ -61,7 +61,11 @@ pub struct Signature(#[serde(with = "serde_bytes")] pub [u8; 64]);
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Signature({}..)", bs58::encode(&self.0[..6]).into_string())
+        write!(
+            f,
+            "Signature({}..)",
+            bs58::encode(&self.0[..6]).into_string()
+        )
     }
 }
 
@@ -108,7 +112,7 @@ impl Domain {
 }
 
 /// Errors from identity parsing and signature checks.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SignatureError {
     /// The public key bytes are not a valid ed25519 point.
     #[error("node id {0} is not a valid ed25519 public key")]

@@ -2,6 +2,35 @@
 //! and negotiation. No I/O: time, randomness and signing are passed in.
 #![forbid(unsafe_code)]
 
+pub mod auction;
+pub mod book;
+pub mod capacity;
+pub mod dmu;
+pub mod error;
 pub mod identity;
+pub mod ids;
+pub mod message;
+pub mod negotiation;
+pub mod resources;
+pub mod score;
+pub mod signed;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
+pub mod validate;
 
-pub use identity::{Domain, KeySigner, NodeId, Signature, SignatureError, Signer, Timestamp, verify};
+pub use auction::{
+    AuctionBody, AuctionKind, AuctionRequest, AuctionSpec, Award, AwardBody, AwardSubject, Bid,
+    BidBody, BidSpec, Offer, OfferBody,
+};
+pub use book::{AuctionEntry, AuctionStatus, Effect, Input, MarketConfig, MarketState, OfferSpec};
+pub use capacity::{CapacityError, CapacityLedger, ReservationKey};
+pub use dmu::{CustomerRules, DmuConfig, NegotiationRules, ProviderRules};
+pub use error::MarketError;
+pub use identity::{
+    Domain, KeySigner, NodeId, Signature, SignatureError, Signer, Timestamp, verify,
+};
+pub use ids::{AuctionId, AwardId, BidId, OfferId, TermsId};
+pub use message::{MarketMessage, topic_for_region};
+pub use negotiation::{AgreedTerms, Negotiation, NegotiationInput, NegotiationMessage};
+pub use resources::{Battery, Interface, Location, Near, Resources, Uptime};
+pub use score::{BidScore, ScoreWeights, select_winner};

@@ -1,0 +1,354 @@
+//! The market book (`MarketState`): open auctions, bids, standing offers, awards and the
+//! negotiations that follow, for every regional market this node follows.
+//!
+//! Pure: the node feeds `Input`s (local commands, decoded peer messages, timer ticks) and
+//! carries out the returned `Effect`s. Rejected messages never reach the book; they come back
+//! as `Effect::Rejected`.
+
+mod close;
+mod deal;
+mod local;
+mod remote;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auction::{AuctionRequest, Bid, Offer};
+use crate::capacity::{CapacityLedger, ReservationKey};
+use crate::dmu::DmuConfig;
+use crate::error::MarketError;
+use crate::identity::{NodeId, Signer, Timestamp};
+use crate::ids::{AuctionId, AwardId, BidId, OfferId};
+use crate::message::MarketMessage;
+use crate::negotiation::{AgreedTerms, Negotiation, NegotiationInput};
+use crate::resources::{Location, Resources};
+use crate::score::BidScore;
+use crate::validate::{Limits, ReplayGuard};
+
+/// Market configuration (the `[market]` section of the node config).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MarketConfig {
+    /// Validation bounds and known regions.
+    pub limits: Limits,
+    /// Decision rules.
+    pub dmu: DmuConfig,
+    /// Capacity this node offers as a provider.
+    pub capacity: Resources,
+    /// Most auctions plus offers in one snapshot response.
+    pub snapshot_max: usize,
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        MarketConfig {
+            limits: Limits::default(),
+            dmu: DmuConfig::default(),
+            capacity: Resources::default(),
+            snapshot_max: 256,
+        }
+    }
+}
+
+/// What a provider fills in to publish a standing offer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OfferSpec {
+    /// Regional market.
+    pub region: String,
+    /// Resources offered.
+    pub resources: Resources,
+    /// Tokens per hour.
+    pub price_per_hour: u64,
+    /// Provider location.
+    pub location: Option<Location>,
+    /// Lifetime in ms.
+    pub ttl_ms: u64,
+}
+
+/// Lifecycle of an auction in the book.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuctionStatus {
+    /// Accepting bids.
+    Open,
+    /// Window closed; `winner` is set on the customer's node when a valid bid exists.
+    Closed {
+        /// Best bid, if any.
+        winner: Option<BidScore>,
+    },
+    /// Awarded to a provider.
+    Awarded {
+        /// Award id.
+        award: AwardId,
+        /// Winning provider.
+        provider: NodeId,
+    },
+}
+
+/// An auction plus the bids this node holds for it (only the customer's node holds bids).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuctionEntry {
+    /// The signed request.
+    pub request: AuctionRequest,
+    /// Valid bids received, by id.
+    pub bids: BTreeMap<BidId, Bid>,
+    /// Lifecycle state.
+    pub status: AuctionStatus,
+}
+
+/// Inputs to the market.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// Open an auction as customer.
+    CreateAuction(crate::auction::AuctionSpec),
+    /// Bid on a known auction as provider.
+    PlaceBid {
+        /// The auction.
+        auction: AuctionId,
+        /// The bid's content.
+        spec: crate::auction::BidSpec,
+    },
+    /// Publish a standing offer as provider.
+    PublishOffer(OfferSpec),
+    /// Take a known standing offer as customer for `duration_ms`.
+    TakeOffer {
+        /// The offer.
+        offer: OfferId,
+        /// Rental duration.
+        duration_ms: u64,
+    },
+    /// Award a closed auction to a bid (manual; `customer.auto_award` does it on close).
+    Award {
+        /// The auction.
+        auction: AuctionId,
+        /// The chosen bid.
+        bid: BidId,
+    },
+    /// Ask `peer` for the open auctions and offers of `region` (late join).
+    RequestSnapshot {
+        /// The region.
+        region: String,
+        /// Who to ask.
+        peer: NodeId,
+    },
+    /// A message from a peer (already decoded).
+    Remote {
+        /// The sending peer (transport identity).
+        from: NodeId,
+        /// The message.
+        msg: MarketMessage,
+    },
+    /// A local negotiation decision for an award.
+    Negotiate {
+        /// The award.
+        award: AwardId,
+        /// Counter, accept or walk away.
+        input: NegotiationInput,
+    },
+    /// Free a firm reservation (e.g. the contract built on a deal ended).
+    ReleaseCapacity(ReservationKey),
+    /// Timer: close windows, award, expire entries and holds.
+    Tick,
+}
+
+/// Effects for the node to carry out.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Publish on the gossip topic.
+    Broadcast {
+        /// Topic (`topic_for_region`).
+        topic: String,
+        /// Message.
+        msg: MarketMessage,
+    },
+    /// Send to one peer (request-response).
+    Send {
+        /// Recipient.
+        to: NodeId,
+        /// Message.
+        msg: MarketMessage,
+    },
+    /// Feed `Input::Tick` at (or after) this time.
+    ScheduleTimeout {
+        /// When.
+        at: Timestamp,
+    },
+    /// A valid bid reached our auction.
+    BidReceived {
+        /// Auction.
+        auction: AuctionId,
+        /// Bid.
+        bid: BidId,
+        /// Provider.
+        provider: NodeId,
+        /// Price.
+        price: u64,
+    },
+    /// Our auction's window closed.
+    AuctionClosed {
+        /// Auction.
+        auction: AuctionId,
+        /// Best valid bid, if any.
+        winner: Option<BidScore>,
+    },
+    /// An award was made (we are customer or provider).
+    Awarded {
+        /// Award id.
+        award: AwardId,
+        /// Auction, for bid awards.
+        auction: Option<AuctionId>,
+        /// Buyer.
+        customer: NodeId,
+        /// Seller.
+        provider: NodeId,
+        /// Price.
+        price: u64,
+    },
+    /// The counterparty proposed new terms; answer with `Input::Negotiate`.
+    Proposed(AgreedTerms),
+    /// Deal agreed; hand `terms` to the contracts crate.
+    Agreed(AgreedTerms),
+    /// A negotiation ended without a deal (reservations were released).
+    NegotiationFailed {
+        /// Award.
+        award: AwardId,
+        /// Who ended it (`None`: timeout).
+        by: Option<NodeId>,
+    },
+    /// An input or message was refused.
+    Rejected {
+        /// The peer it came from, `None` for local inputs.
+        from: Option<NodeId>,
+        /// Why.
+        error: MarketError,
+    },
+}
+
+/// One negotiation plus what it holds.
+#[derive(Debug)]
+struct Deal<S> {
+    negotiation: Negotiation<S>,
+    reservation: Option<ReservationKey>,
+}
+
+/// The market state machine of one node.
+#[derive(Debug)]
+pub struct MarketState<S> {
+    signer: S,
+    me: NodeId,
+    config: MarketConfig,
+    auctions: BTreeMap<AuctionId, AuctionEntry>,
+    offers: BTreeMap<OfferId, Offer>,
+    replay: ReplayGuard,
+    ledger: CapacityLedger,
+    my_bids: BTreeMap<AuctionId, (BidId, u64)>,
+    deals: BTreeMap<AwardId, Deal<S>>,
+    last_nonce: u64,
+}
+
+impl<S: Signer + Clone> MarketState<S> {
+    /// A fresh book for the node signing with `signer`.
+    pub fn new(signer: S, config: MarketConfig) -> Self {
+        MarketState {
+            me: signer.node_id(),
+            signer,
+            replay: ReplayGuard::new(config.limits.replay_window),
+            ledger: CapacityLedger::new(config.capacity.clone()),
+            config,
+            auctions: BTreeMap::new(),
+            offers: BTreeMap::new(),
+            my_bids: BTreeMap::new(),
+            deals: BTreeMap::new(),
+            last_nonce: 0,
+        }
+    }
+
+    /// Applies one input at time `now`.
+    pub fn handle(&mut self, now: Timestamp, input: Input) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let result = match input {
+            Input::CreateAuction(spec) => self.create_auction(now, spec, &mut out),
+            Input::PlaceBid { auction, spec } => self.place_bid(now, auction, spec, &mut out),
+            Input::PublishOffer(spec) => self.publish_offer(now, spec, &mut out),
+            Input::TakeOffer { offer, duration_ms } => {
+                self.take_offer(now, offer, duration_ms, &mut out)
+            }
+            Input::Award { auction, bid } => self.award(now, auction, bid, &mut out),
+            Input::RequestSnapshot { region, peer } => {
+                out.push(Effect::Send {
+                    to: peer,
+                    msg: MarketMessage::SnapshotRequest { region },
+                });
+                Ok(())
+            }
+            Input::Remote { from, msg } => {
+                if let Err(error) = self.remote(now, from, msg, &mut out) {
+                    tracing::debug!(peer = %from.short(), %error, "market message rejected");
+                    out.push(Effect::Rejected {
+                        from: Some(from),
+                        error,
+                    });
+                }
+                Ok(())
+            }
+            Input::Negotiate { award, input } => self.negotiate(now, award, input, &mut out),
+            Input::ReleaseCapacity(key) => {
+                self.ledger.release(&key);
+                Ok(())
+            }
+            Input::Tick => {
+                self.tick(now, &mut out);
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            out.push(Effect::Rejected { from: None, error });
+        }
+        out
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &MarketConfig {
+        &self.config
+    }
+
+    /// A known auction.
+    pub fn auction(&self, id: &AuctionId) -> Option<&AuctionEntry> {
+        self.auctions.get(id)
+    }
+
+    /// All known auctions.
+    pub fn auctions(&self) -> &BTreeMap<AuctionId, AuctionEntry> {
+        &self.auctions
+    }
+
+    /// All live standing offers.
+    pub fn offers(&self) -> &BTreeMap<OfferId, Offer> {
+        &self.offers
+    }
+
+    /// This node's provider capacity ledger.
+    pub fn ledger(&self) -> &CapacityLedger {
+        &self.ledger
+    }
+
+    /// The negotiation for `award`, if one is running or finished here.
+    pub fn negotiation(&self, award: &AwardId) -> Option<&Negotiation<S>> {
+        self.deals.get(award).map(|d| &d.negotiation)
+    }
+
+    /// Next nonce: strictly increasing and at least `now`, so restarts do not reuse nonces.
+    fn next_nonce(&mut self, now: Timestamp) -> u64 {
+        self.last_nonce = self.last_nonce.saturating_add(1).max(now);
+        self.last_nonce
+    }
+}
+
+#[cfg(test)]
+#[path = "book/tests.rs"]
+mod tests;

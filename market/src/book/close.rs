@@ -1,0 +1,137 @@
+//! Window close, winner selection, awards and expiry.
+
+use super::{AuctionStatus, Effect, MarketState};
+use crate::auction::{AwardBody, AwardSubject};
+use crate::error::MarketError;
+use crate::identity::{Signer, Timestamp};
+use crate::ids::{AuctionId, BidId};
+use crate::message::{MarketMessage, topic_for_region};
+use crate::score::select_winner;
+use crate::signed::{Body, Signed};
+use crate::validate::check_bid_constraints;
+
+impl<S: Signer + Clone> MarketState<S> {
+    pub(super) fn tick(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        let closing: Vec<AuctionId> = self
+            .auctions
+            .iter()
+            .filter(|(_, e)| {
+                e.status == AuctionStatus::Open && e.request.body.window_closes_at <= now
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in closing {
+            let Some(entry) = self.auctions.get_mut(&id) else {
+                continue;
+            };
+            let mine = entry.request.body.customer == self.me;
+            let winner = if mine {
+                select_winner(
+                    &entry.request,
+                    id,
+                    entry.bids.iter(),
+                    &self.config.dmu.customer.weights,
+                )
+            } else {
+                None
+            };
+            entry.status = AuctionStatus::Closed { winner };
+            if !mine {
+                continue;
+            }
+            tracing::debug!(auction = %id.short(), bids = entry.bids.len(), winner = ?winner.map(|w| w.bid), "auction closed");
+            out.push(Effect::AuctionClosed {
+                auction: id,
+                winner,
+            });
+            if let Some(w) = winner
+                && self.config.dmu.customer.auto_award
+                && let Err(error) = self.award(now, id, w.bid, out)
+            {
+                out.push(Effect::Rejected { from: None, error });
+            }
+        }
+        self.auctions.retain(|_, e| e.request.body.expires_at > now);
+        let auctions = &self.auctions;
+        self.my_bids.retain(|id, _| auctions.contains_key(id));
+        self.offers.retain(|_, o| o.body.expires_at > now);
+        self.ledger.prune(now);
+        self.tick_deals(now, out);
+    }
+
+    pub(super) fn award(
+        &mut self,
+        now: Timestamp,
+        auction: AuctionId,
+        bid: BidId,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let entry = self
+            .auctions
+            .get(&auction)
+            .ok_or(MarketError::UnknownAuction { auction })?;
+        let req = &entry.request;
+        if req.body.customer != self.me {
+            return Err(MarketError::NotCustomer {
+                auction,
+                who: self.me,
+            });
+        }
+        if !matches!(entry.status, AuctionStatus::Closed { .. }) {
+            return Err(MarketError::NotOpen { auction });
+        }
+        let chosen = entry
+            .bids
+            .get(&bid)
+            .ok_or(MarketError::UnknownBid { auction, bid })?;
+        check_bid_constraints(req, auction, chosen, bid)?;
+        let provider = chosen.body.provider;
+        let price = chosen.body.price;
+        let topic = topic_for_region(&req.body.region);
+        let (resources, duration_ms, kind) = (
+            req.body.resources.clone(),
+            req.body.duration_ms,
+            req.body.kind,
+        );
+        let nonce = self.next_nonce(now);
+        let body = AwardBody {
+            customer: self.me,
+            provider,
+            subject: AwardSubject::Bid { auction, bid },
+            price,
+            resources,
+            duration_ms,
+            kind,
+            nonce,
+            expires_at: now.saturating_add(self.config.dmu.negotiation.timeout_ms),
+        };
+        let award = Signed::sign(body, &self.signer)?;
+        let award_id = award.id()?;
+        self.replay
+            .check_and_record(AwardBody::KIND, self.me, nonce)?;
+        self.start_deal(now, &award, award_id, None, out)?;
+        if let Some(entry) = self.auctions.get_mut(&auction) {
+            entry.status = AuctionStatus::Awarded {
+                award: award_id,
+                provider,
+            };
+        }
+        tracing::debug!(auction = %auction.short(), award = %award_id.short(), provider = %provider.short(), "awarded");
+        out.push(Effect::Send {
+            to: provider,
+            msg: MarketMessage::Award(award.clone()),
+        });
+        out.push(Effect::Broadcast {
+            topic,
+            msg: MarketMessage::Award(award),
+        });
+        out.push(Effect::Awarded {
+            award: award_id,
+            auction: Some(auction),
+            customer: self.me,
+            provider,
+            price,
+        });
+        Ok(())
+    }
+}

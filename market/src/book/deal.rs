@@ -1,0 +1,117 @@
+//! Awards turn into negotiations; their effects become market effects.
+
+use super::{Deal, Effect, MarketState};
+use crate::auction::Award;
+use crate::capacity::ReservationKey;
+use crate::error::MarketError;
+use crate::identity::{Signer, Timestamp};
+use crate::ids::AwardId;
+use crate::message::MarketMessage;
+use crate::negotiation::{Negotiation, NegotiationEffect, NegotiationInput, NegotiationStatus};
+
+impl<S: Signer + Clone> MarketState<S> {
+    /// Starts negotiating `award` (we are customer or provider); it lapses at the award's expiry.
+    pub(super) fn start_deal(
+        &mut self,
+        _now: Timestamp,
+        award: &Award,
+        award_id: AwardId,
+        reservation: Option<ReservationKey>,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let rules = &self.config.dmu.negotiation;
+        let negotiation = Negotiation::new(
+            self.signer.clone(),
+            award,
+            award_id,
+            rules.max_rounds,
+            award.body.expires_at,
+        )?;
+        self.deals.insert(
+            award_id,
+            Deal {
+                negotiation,
+                reservation,
+            },
+        );
+        out.push(Effect::ScheduleTimeout {
+            at: award.body.expires_at,
+        });
+        Ok(())
+    }
+
+    /// Feeds a local decision or peer message to the negotiation of `award`.
+    pub(super) fn negotiate(
+        &mut self,
+        now: Timestamp,
+        award: AwardId,
+        input: NegotiationInput,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let deal = self
+            .deals
+            .get_mut(&award)
+            .ok_or(MarketError::UnknownAward { award })?;
+        let effects = deal.negotiation.handle(now, input);
+        self.apply_negotiation(award, effects, out);
+        Ok(())
+    }
+
+    fn apply_negotiation(
+        &mut self,
+        award: AwardId,
+        effects: Vec<NegotiationEffect>,
+        out: &mut Vec<Effect>,
+    ) {
+        for effect in effects {
+            match effect {
+                NegotiationEffect::Send(to, msg) => out.push(Effect::Send {
+                    to,
+                    msg: MarketMessage::Negotiation(msg),
+                }),
+                NegotiationEffect::Proposed(terms) => out.push(Effect::Proposed(terms)),
+                NegotiationEffect::Agreed(terms) => {
+                    tracing::debug!(award = %award.short(), price = terms.price, "deal agreed");
+                    out.push(Effect::Agreed(terms));
+                }
+                NegotiationEffect::Failed { award, by } => {
+                    if let Some(key) = self
+                        .deals
+                        .get_mut(&award)
+                        .and_then(|d| d.reservation.take())
+                    {
+                        self.ledger.release(&key);
+                    }
+                    out.push(Effect::NegotiationFailed { award, by });
+                }
+                NegotiationEffect::Rejected(e) => out.push(Effect::Rejected {
+                    from: None,
+                    error: MarketError::Negotiation(e),
+                }),
+            }
+        }
+    }
+
+    /// Times out lapsed negotiations and forgets finished ones past their deadline.
+    pub(super) fn tick_deals(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        let open: Vec<AwardId> = self
+            .deals
+            .iter()
+            .filter(|(_, d)| {
+                *d.negotiation.status() == NegotiationStatus::Open
+                    && d.negotiation.deadline() <= now
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in open {
+            if let Some(deal) = self.deals.get_mut(&id) {
+                let effects = deal.negotiation.handle(now, NegotiationInput::Tick);
+                self.apply_negotiation(id, effects, out);
+            }
+        }
+        // Agreed deals keep their reservation (released by `Input::ReleaseCapacity`).
+        self.deals.retain(|_, d| {
+            *d.negotiation.status() == NegotiationStatus::Open || d.negotiation.deadline() > now
+        });
+    }
+}

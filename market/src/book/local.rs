@@ -1,0 +1,188 @@
+//! Local commands: open an auction, bid, publish or take a standing offer.
+
+use std::collections::BTreeMap;
+
+use super::{AuctionEntry, AuctionStatus, Effect, MarketState, OfferSpec};
+use crate::auction::{
+    AuctionKind, AuctionSpec, AwardBody, AwardSubject, BidSpec, OfferBody, offer_total_price,
+};
+use crate::capacity::ReservationKey;
+use crate::error::MarketError;
+use crate::identity::{Signer, Timestamp};
+use crate::ids::{AuctionId, OfferId};
+use crate::message::{MarketMessage, topic_for_region};
+use crate::signed::{Body, Signed};
+use crate::validate::{check_auction, check_bid, check_offer};
+
+impl<S: Signer + Clone> MarketState<S> {
+    pub(super) fn create_auction(
+        &mut self,
+        now: Timestamp,
+        spec: AuctionSpec,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let nonce = self.next_nonce(now);
+        let req = spec.create(&self.signer, now, nonce)?;
+        // Our own request passes the same checks as a peer's, so we never gossip garbage.
+        let id = check_auction(&req, now, &self.config.limits)?;
+        self.replay
+            .check_and_record(crate::auction::AuctionBody::KIND, self.me, nonce)?;
+        let topic = topic_for_region(&req.body.region);
+        let close = req.body.window_closes_at;
+        tracing::debug!(auction = %id.short(), topic, "auction opened");
+        self.auctions.insert(
+            id,
+            AuctionEntry {
+                request: req.clone(),
+                bids: BTreeMap::new(),
+                status: AuctionStatus::Open,
+            },
+        );
+        out.push(Effect::Broadcast {
+            topic,
+            msg: MarketMessage::Auction(req),
+        });
+        out.push(Effect::ScheduleTimeout { at: close });
+        Ok(())
+    }
+
+    pub(super) fn place_bid(
+        &mut self,
+        now: Timestamp,
+        auction: AuctionId,
+        spec: BidSpec,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let entry = self
+            .auctions
+            .get(&auction)
+            .ok_or(MarketError::UnknownAuction { auction })?;
+        if entry.status != AuctionStatus::Open {
+            return Err(MarketError::NotOpen { auction });
+        }
+        if self.my_bids.contains_key(&auction) {
+            return Err(MarketError::NotOpen { auction });
+        }
+        let request = entry.request.clone();
+        let nonce = self.next_nonce(now);
+        let bid = spec.create(&request, &self.signer, nonce)?;
+        let bid_id = check_bid(&bid, &request, auction, now, &self.config.limits)?;
+        // Tentative hold until the auction expires; confirmed if we win, pruned if not.
+        self.ledger.reserve(
+            ReservationKey::Auction(auction),
+            request.body.resources.clone(),
+            Some(request.body.expires_at),
+        )?;
+        self.my_bids.insert(auction, (bid_id, bid.body.price));
+        tracing::debug!(auction = %auction.short(), bid = %bid_id.short(), price = bid.body.price, "bid placed");
+        out.push(Effect::Send {
+            to: request.body.customer,
+            msg: MarketMessage::Bid(bid),
+        });
+        out.push(Effect::ScheduleTimeout {
+            at: request.body.expires_at,
+        });
+        Ok(())
+    }
+
+    pub(super) fn publish_offer(
+        &mut self,
+        now: Timestamp,
+        spec: OfferSpec,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let nonce = self.next_nonce(now);
+        let body = OfferBody {
+            provider: self.me,
+            region: spec.region,
+            resources: spec.resources,
+            price_per_hour: spec.price_per_hour,
+            location: spec.location,
+            nonce,
+            expires_at: now.saturating_add(spec.ttl_ms),
+        };
+        let offer = Signed::sign(body, &self.signer)?;
+        let id = check_offer(&offer, now, &self.config.limits)?;
+        if !offer.body.resources.fits_in(self.ledger.capacity()) {
+            return Err(MarketError::Capacity(
+                crate::capacity::CapacityError::Insufficient {
+                    key: ReservationKey::Contract(id.0),
+                },
+            ));
+        }
+        self.replay
+            .check_and_record(OfferBody::KIND, self.me, nonce)?;
+        let topic = topic_for_region(&offer.body.region);
+        self.offers.insert(id, offer.clone());
+        out.push(Effect::Broadcast {
+            topic,
+            msg: MarketMessage::Offer(offer),
+        });
+        Ok(())
+    }
+
+    pub(super) fn take_offer(
+        &mut self,
+        now: Timestamp,
+        offer: OfferId,
+        duration_ms: u64,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let o = self
+            .offers
+            .get(&offer)
+            .ok_or(MarketError::UnknownOffer { offer })?;
+        if o.body.expires_at <= now {
+            return Err(MarketError::Expired {
+                kind: "offer",
+                id: offer.to_string(),
+                expires_at: o.body.expires_at,
+                now,
+            });
+        }
+        let price = offer_total_price(o.body.price_per_hour, duration_ms)
+            .filter(|p| {
+                *p > 0 && duration_ms > 0 && duration_ms <= self.config.limits.max_duration_ms
+            })
+            .ok_or_else(|| MarketError::Absurd {
+                kind: "offer",
+                id: offer.to_string(),
+                field: "duration_ms",
+                value: duration_ms.to_string(),
+                hint: "1 ms ..= market.limits.max_duration_ms",
+            })?;
+        let provider = o.body.provider;
+        let resources = o.body.resources.clone();
+        let region = o.body.region.clone();
+        let nonce = self.next_nonce(now);
+        let body = AwardBody {
+            customer: self.me,
+            provider,
+            subject: AwardSubject::Offer { offer },
+            price,
+            resources,
+            duration_ms,
+            kind: AuctionKind::Hosted,
+            nonce,
+            expires_at: now.saturating_add(self.config.dmu.negotiation.timeout_ms),
+        };
+        let award = Signed::sign(body, &self.signer)?;
+        let award_id = award.id()?;
+        self.replay
+            .check_and_record(AwardBody::KIND, self.me, nonce)?;
+        tracing::debug!(offer = %offer.short(), award = %award_id.short(), %region, "offer taken");
+        self.start_deal(now, &award, award_id, None, out)?;
+        out.push(Effect::Send {
+            to: provider,
+            msg: MarketMessage::Award(award),
+        });
+        out.push(Effect::Awarded {
+            award: award_id,
+            auction: None,
+            customer: self.me,
+            provider,
+            price,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,282 @@
+//! Messages from peers: every one is validated before it touches the book.
+
+use std::collections::BTreeMap;
+
+use super::{AuctionEntry, AuctionStatus, Effect, MarketState};
+use crate::auction::{
+    AuctionBody, AuctionRequest, Award, AwardBody, AwardSubject, Bid, BidBody, Offer, OfferBody,
+    offer_total_price,
+};
+use crate::capacity::ReservationKey;
+use crate::error::MarketError;
+use crate::identity::{NodeId, Signer, Timestamp};
+use crate::message::MarketMessage;
+use crate::negotiation::NegotiationInput;
+use crate::signed::Body;
+use crate::validate::{check_auction, check_bid, check_offer};
+
+impl<S: Signer + Clone> MarketState<S> {
+    pub(super) fn remote(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        msg: MarketMessage,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        match msg {
+            MarketMessage::Auction(req) => self.remote_auction(now, req, out),
+            MarketMessage::Bid(bid) => self.remote_bid(now, bid, out),
+            MarketMessage::Offer(offer) => self.remote_offer(now, offer),
+            MarketMessage::Award(award) => self.remote_award(now, award, out),
+            MarketMessage::SnapshotRequest { region } => {
+                self.snapshot(now, from, region, out);
+                Ok(())
+            }
+            MarketMessage::SnapshotResponse {
+                auctions, offers, ..
+            } => {
+                let max = self.config.snapshot_max;
+                for req in auctions.into_iter().take(max) {
+                    if let Err(error) = self.remote_auction(now, req, out) {
+                        out.push(Effect::Rejected {
+                            from: Some(from),
+                            error,
+                        });
+                    }
+                }
+                for offer in offers.into_iter().take(max) {
+                    if let Err(error) = self.remote_offer(now, offer) {
+                        out.push(Effect::Rejected {
+                            from: Some(from),
+                            error,
+                        });
+                    }
+                }
+                Ok(())
+            }
+            MarketMessage::Negotiation(msg) => {
+                let award = msg.body.award;
+                self.negotiate(now, award, NegotiationInput::Remote(msg), out)
+            }
+        }
+    }
+
+    fn remote_auction(
+        &mut self,
+        now: Timestamp,
+        req: AuctionRequest,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        // Gossip and snapshots overlap: a known auction is not news and not an error.
+        if self.auctions.contains_key(&req.id()?) {
+            return Ok(());
+        }
+        let id = check_auction(&req, now, &self.config.limits)?;
+        self.replay
+            .check_and_record(AuctionBody::KIND, req.body.customer, req.body.nonce)?;
+        tracing::debug!(auction = %id.short(), customer = %req.body.customer.short(), "auction accepted");
+        let close = req.body.window_closes_at;
+        let decision = if req.body.customer == self.me {
+            None
+        } else {
+            self.config.dmu.provider.decide_bid(&req.body, &self.ledger)
+        };
+        self.auctions.insert(
+            id,
+            AuctionEntry {
+                request: req,
+                bids: BTreeMap::new(),
+                status: AuctionStatus::Open,
+            },
+        );
+        out.push(Effect::ScheduleTimeout { at: close });
+        if let Some(spec) = decision
+            && let Err(error) = self.place_bid(now, id, spec, out)
+        {
+            out.push(Effect::Rejected { from: None, error });
+        }
+        Ok(())
+    }
+
+    fn remote_bid(
+        &mut self,
+        now: Timestamp,
+        bid: Bid,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let auction = bid.body.auction;
+        let entry = self
+            .auctions
+            .get(&auction)
+            .ok_or(MarketError::UnknownAuction { auction })?;
+        if entry.request.body.customer != self.me {
+            return Err(MarketError::NotCustomer {
+                auction,
+                who: self.me,
+            });
+        }
+        let bid_id = check_bid(&bid, &entry.request, auction, now, &self.config.limits)?;
+        if entry.status != AuctionStatus::Open {
+            return Err(MarketError::NotOpen { auction });
+        }
+        self.replay
+            .check_and_record(BidBody::KIND, bid.body.provider, bid.body.nonce)?;
+        let (provider, price) = (bid.body.provider, bid.body.price);
+        if let Some(entry) = self.auctions.get_mut(&auction) {
+            entry.bids.insert(bid_id, bid);
+        }
+        tracing::debug!(auction = %auction.short(), bid = %bid_id.short(), price, "bid accepted");
+        out.push(Effect::BidReceived {
+            auction,
+            bid: bid_id,
+            provider,
+            price,
+        });
+        Ok(())
+    }
+
+    fn remote_offer(&mut self, now: Timestamp, offer: Offer) -> Result<(), MarketError> {
+        if self.offers.contains_key(&offer.id()?) {
+            return Ok(());
+        }
+        let id = check_offer(&offer, now, &self.config.limits)?;
+        self.replay
+            .check_and_record(OfferBody::KIND, offer.body.provider, offer.body.nonce)?;
+        self.offers.insert(id, offer);
+        Ok(())
+    }
+
+    fn remote_award(
+        &mut self,
+        now: Timestamp,
+        award: Award,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let award_id = award.verify()?;
+        if self.deals.contains_key(&award_id) {
+            return Ok(()); // same award via gossip and direct send
+        }
+        let b = award.body.clone();
+        if b.expires_at <= now {
+            return Err(MarketError::Expired {
+                kind: "award",
+                id: award_id.to_string(),
+                expires_at: b.expires_at,
+                now,
+            });
+        }
+        let reservation = match b.subject {
+            AwardSubject::Bid { auction, bid } => {
+                let entry = self
+                    .auctions
+                    .get(&auction)
+                    .ok_or(MarketError::UnknownAuction { auction })?;
+                if let AuctionStatus::Awarded { award, .. } = entry.status
+                    && award == award_id
+                {
+                    return Ok(());
+                }
+                if entry.request.body.customer != b.customer {
+                    return Err(MarketError::NotCustomer {
+                        auction,
+                        who: b.customer,
+                    });
+                }
+                let auction_resources = entry.request.body.resources.clone();
+                self.replay
+                    .check_and_record(AwardBody::KIND, b.customer, b.nonce)?;
+                if let Some(entry) = self.auctions.get_mut(&auction) {
+                    entry.status = AuctionStatus::Awarded {
+                        award: award_id,
+                        provider: b.provider,
+                    };
+                }
+                let key = ReservationKey::Auction(auction);
+                if b.provider != self.me {
+                    // Someone else won: drop our tentative hold, if any.
+                    if self.my_bids.remove(&auction).is_some() {
+                        self.ledger.release(&key);
+                    }
+                    return Ok(());
+                }
+                match self.my_bids.get(&auction) {
+                    Some((mine, price))
+                        if *mine == bid
+                            && *price == b.price
+                            && auction_resources == b.resources => {}
+                    _ => return Err(MarketError::UnknownBid { auction, bid }),
+                }
+                if !self.ledger.confirm(&key) {
+                    // The hold lapsed; take it again firmly or refuse.
+                    self.ledger.reserve(key, b.resources.clone(), None)?;
+                }
+                key
+            }
+            AwardSubject::Offer { offer } => {
+                if b.provider != self.me {
+                    return Ok(());
+                }
+                let o = self
+                    .offers
+                    .get(&offer)
+                    .ok_or(MarketError::UnknownOffer { offer })?;
+                let min_price =
+                    offer_total_price(o.body.price_per_hour, b.duration_ms).unwrap_or(u64::MAX);
+                if o.body.provider != self.me
+                    || o.body.resources != b.resources
+                    || b.price < min_price
+                {
+                    return Err(MarketError::UnknownOffer { offer });
+                }
+                self.replay
+                    .check_and_record(AwardBody::KIND, b.customer, b.nonce)?;
+                let key = ReservationKey::Award(award_id);
+                self.ledger.reserve(key, b.resources.clone(), None)?;
+                key
+            }
+        };
+        tracing::debug!(award = %award_id.short(), customer = %b.customer.short(), price = b.price, "award received");
+        self.start_deal(now, &award, award_id, Some(reservation), out)?;
+        out.push(Effect::Awarded {
+            award: award_id,
+            auction: b.auction(),
+            customer: b.customer,
+            provider: b.provider,
+            price: b.price,
+        });
+        if self.config.dmu.provider.auto_accept_award {
+            self.negotiate(now, award_id, NegotiationInput::Accept, out)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self, now: Timestamp, to: NodeId, region: String, out: &mut Vec<Effect>) {
+        let max = self.config.snapshot_max;
+        let auctions: Vec<AuctionRequest> = self
+            .auctions
+            .values()
+            .filter(|e| {
+                e.status == AuctionStatus::Open
+                    && e.request.body.region == region
+                    && e.request.body.window_closes_at > now
+            })
+            .take(max)
+            .map(|e| e.request.clone())
+            .collect();
+        let offers: Vec<Offer> = self
+            .offers
+            .values()
+            .filter(|o| o.body.region == region && o.body.expires_at > now)
+            .take(max.saturating_sub(auctions.len()))
+            .cloned()
+            .collect();
+        out.push(Effect::Send {
+            to,
+            msg: MarketMessage::SnapshotResponse {
+                region,
+                auctions,
+                offers,
+            },
+        });
+    }
+}

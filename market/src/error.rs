@@ -1,0 +1,183 @@
+//! The market's typed errors; each message names the ids involved and what to do.
+
+use crate::capacity::CapacityError;
+use crate::identity::{NodeId, SignatureError, Timestamp};
+use crate::ids::{AuctionId, AwardId, BidId, OfferId};
+
+/// Why a market message or local command was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MarketError {
+    /// A body could not be encoded to canonical bytes.
+    #[error("could not encode {kind}: {reason}")]
+    Encoding {
+        /// Message kind.
+        kind: &'static str,
+        /// Encoder message.
+        reason: String,
+    },
+    /// Wire bytes are not a market message.
+    #[error(
+        "could not decode market message: {0}; is the peer running a compatible agora version?"
+    )]
+    Decode(String),
+    /// The signature does not verify (forged or corrupted).
+    #[error("{kind} from {author} has a bad signature; dropping it: {source}")]
+    BadSignature {
+        /// Message kind.
+        kind: &'static str,
+        /// Claimed author.
+        author: NodeId,
+        /// Verification failure.
+        source: SignatureError,
+    },
+    /// Local signing with a key that is not the body's author.
+    #[error("{kind} names author {author} but the signer is {signer}; sign with the author's key")]
+    WrongSigner {
+        /// Message kind.
+        kind: &'static str,
+        /// Body author.
+        author: NodeId,
+        /// Signer identity.
+        signer: NodeId,
+    },
+    /// Nonce already seen (or older than the replay window) for this author.
+    #[error("{kind} from {author} reuses nonce {nonce} (replay); use a fresh, increasing nonce")]
+    Replay {
+        /// Message kind.
+        kind: &'static str,
+        /// Author.
+        author: NodeId,
+        /// Reused nonce.
+        nonce: u64,
+    },
+    /// The message has expired.
+    #[error("{kind} {id} expired at {expires_at} (now {now})")]
+    Expired {
+        /// Message kind.
+        kind: &'static str,
+        /// Message id.
+        id: String,
+        /// Expiry.
+        expires_at: Timestamp,
+        /// Current time.
+        now: Timestamp,
+    },
+    /// The region is not one this node knows.
+    #[error("unknown region '{region}'; add it to market.regions or use a known region")]
+    UnknownRegion {
+        /// The region name.
+        region: String,
+    },
+    /// The auction's bidding window has closed.
+    #[error("auction {auction} window closed at {closed_at} (now {now})")]
+    WindowClosed {
+        /// Auction id.
+        auction: AuctionId,
+        /// Close time.
+        closed_at: Timestamp,
+        /// Current time.
+        now: Timestamp,
+    },
+    /// A bid or award for an auction this node does not know.
+    #[error("unknown auction {auction}; request a snapshot of its region first")]
+    UnknownAuction {
+        /// Auction id.
+        auction: AuctionId,
+    },
+    /// A standing offer this node does not know.
+    #[error("unknown offer {offer}; it may have expired")]
+    UnknownOffer {
+        /// Offer id.
+        offer: OfferId,
+    },
+    /// A negotiation message for an award this node is not party to.
+    #[error("unknown award {award}; this node is not negotiating it")]
+    UnknownAward {
+        /// Award id.
+        award: AwardId,
+    },
+    /// A bid this node does not know.
+    #[error("unknown bid {bid} in auction {auction}")]
+    UnknownBid {
+        /// Auction id.
+        auction: AuctionId,
+        /// Bid id.
+        bid: BidId,
+    },
+    /// A bid asks more than the auction's maximum price.
+    #[error("bid {bid} asks {price} tokens, above auction {auction}'s max price {max_price}")]
+    PriceAboveMax {
+        /// Auction id.
+        auction: AuctionId,
+        /// Bid id.
+        bid: BidId,
+        /// Asked price.
+        price: u64,
+        /// Maximum.
+        max_price: u64,
+    },
+    /// A bid whose provider's advertised capacity cannot hold the auction's needs.
+    #[error(
+        "bid {bid} by {provider} advertises capacity that cannot hold auction {auction}'s resources"
+    )]
+    ExceedsCapacity {
+        /// Auction id.
+        auction: AuctionId,
+        /// Bid id.
+        bid: BidId,
+        /// Provider.
+        provider: NodeId,
+    },
+    /// The provider is too far away (or gave no location for a located auction).
+    #[error("bid {bid} is out of auction {auction}'s range: {reason}")]
+    OutOfRange {
+        /// Auction id.
+        auction: AuctionId,
+        /// Bid id.
+        bid: BidId,
+        /// Why.
+        reason: String,
+    },
+    /// A field is zero or out of any sensible range.
+    #[error("{kind} {id}: field {field} has absurd value {value}; {hint}")]
+    Absurd {
+        /// Message kind.
+        kind: &'static str,
+        /// Message id.
+        id: String,
+        /// Field name.
+        field: &'static str,
+        /// The value as text.
+        value: String,
+        /// What range is accepted.
+        hint: &'static str,
+    },
+    /// A customer bidding on its own auction.
+    #[error("provider {provider} cannot bid on its own auction {auction}")]
+    SelfBid {
+        /// Auction id.
+        auction: AuctionId,
+        /// Provider (= customer).
+        provider: NodeId,
+    },
+    /// Only the auction's customer may do this.
+    #[error("{who} is not the customer of auction {auction}")]
+    NotCustomer {
+        /// Auction id.
+        auction: AuctionId,
+        /// The node that tried.
+        who: NodeId,
+    },
+    /// The auction is not open (already closed or awarded).
+    #[error("auction {auction} is not open for this")]
+    NotOpen {
+        /// Auction id.
+        auction: AuctionId,
+    },
+    /// A negotiation step was refused.
+    #[error(transparent)]
+    Negotiation(#[from] crate::negotiation::NegotiationError),
+    /// Local capacity cannot cover the request.
+    #[error(transparent)]
+    Capacity(#[from] CapacityError),
+}

@@ -201,3 +201,32 @@ pub fn offer(
     };
     Signed::sign(body, signer).expect("signs with its own author")
 }
+
+/// A signed award by `customer` of a (fictional) bid to `provider` at `price`, expiring at `expires_at`.
+pub fn award(
+    customer: &dyn Signer,
+    provider: crate::identity::NodeId,
+    price: u64,
+    expires_at: Timestamp,
+) -> crate::auction::Award {
+    use crate::auction::{AwardBody, AwardSubject};
+    use crate::ids::{AuctionId, BidId};
+    let body = AwardBody {
+        customer: customer.node_id(),
+        provider,
+        subject: AwardSubject::Bid {
+            auction: AuctionId::of_bytes(b"test auction"),
+            bid: BidId::of_bytes(b"test bid"),
+        },
+        price,
+        resources: Resources {
+            cpu_millis: 500,
+            ..Resources::default()
+        },
+        duration_ms: 3_600_000,
+        kind: AuctionKind::Hosted,
+        nonce: fresh_nonce(),
+        expires_at,
+    };
+    Signed::sign(body, customer).expect("signs with its own author")
+}

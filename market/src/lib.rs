@@ -1,6 +1,7 @@
 //! Pure market state machines for Agora: resources, auctions, bids, offers, the decision unit
 //! and negotiation. No I/O: time, randomness and signing are passed in.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod auction;
 pub mod book;
@@ -11,6 +12,8 @@ pub mod identity;
 pub mod ids;
 pub mod message;
 pub mod negotiation;
+#[cfg(test)]
+mod proptests;
 pub mod resources;
 pub mod score;
 pub mod signed;

@@ -18,6 +18,8 @@ use crate::ids::{AwardId, NegotiationMsgId, TermsId};
 use crate::signed::{Body, Signed};
 
 /// One negotiation step.
+// Terms are a few hundred bytes and rarely moved; boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum NegotiationAction {
     /// A counter-offer with full new terms.
@@ -127,6 +129,8 @@ pub enum NegotiationError {
 }
 
 /// Where a negotiation stands.
+// Terms are a few hundred bytes and rarely moved; boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum NegotiationStatus {
     /// Still exchanging proposals.
@@ -141,6 +145,8 @@ pub enum NegotiationStatus {
 }
 
 /// Inputs to a negotiation.
+// Terms are a few hundred bytes and rarely moved; boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum NegotiationInput {
     /// Local party counters with a new total price.

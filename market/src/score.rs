@@ -110,7 +110,7 @@ pub fn score_bid(auction: &AuctionRequest, bid_id: BidId, bid: &Bid, w: &ScoreWe
         .fold((0u32, 0u32), |(s, n), (need, cap)| {
             (s + ratio_permille(*need, *cap), n + 1)
         });
-    let capability_part = if n == 0 { 1000 } else { 1000 - sum / n };
+    let capability_part = sum.checked_div(n).map_or(1000, |mean| 1000 - mean);
     let total = u64::from(w.price) * u64::from(price_part)
         + u64::from(w.reputation) * u64::from(reputation_part)
         + u64::from(w.distance) * u64::from(distance_part)

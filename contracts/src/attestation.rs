@@ -1,0 +1,171 @@
+//! The handover rule: when "customer unreachable" becomes a ledger fact.
+//!
+//! Only committee arbitrators' observations count, one (the latest) per arbitrator. Handover is
+//! attested when at least a BFT quorum (`⌊2n/3⌋ + 1`, i.e. `2f+1` for `n = 3f+1`) of the
+//! contract's committee currently report the customer unreachable, each report was recorded
+//! within the window, and the quorum agrees it has been unreachable for the required time. The
+//! provider is never on the committee, so it can never trigger handover alone; a partition
+//! between customer and provider only leaves the arbitrators reporting "reachable".
+
+use std::collections::BTreeMap;
+
+use agora_market::{NodeId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// What an arbitrator observed about a subject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Liveness {
+    /// The subject has not answered since this time.
+    Unreachable {
+        /// First failed probe, by the arbitrator's clock (ms).
+        since: Timestamp,
+    },
+    /// The subject answered.
+    Reachable,
+}
+
+/// One arbitrator's latest observation of one subject, as recorded by the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    /// What was observed.
+    pub liveness: Liveness,
+    /// Ledger time at which the attestation was applied.
+    pub recorded_at: Timestamp,
+}
+
+/// A positive handover decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverDecision {
+    /// Arbitrators whose observations make up the quorum (sorted).
+    pub agreeing: Vec<NodeId>,
+    /// The time since which the quorum agrees the subject is unreachable.
+    pub unreachable_since: Timestamp,
+}
+
+/// Votes needed among `n` arbitrators: more than two thirds.
+pub fn quorum(n: usize) -> usize {
+    n * 2 / 3 + 1
+}
+
+/// Applies the handover rule for one contract's committee.
+pub fn evaluate(
+    committee: &[NodeId],
+    observations: &BTreeMap<NodeId, Observation>,
+    now: Timestamp,
+    window_ms: u64,
+    unreachable_for_ms: u64,
+) -> Option<HandoverDecision> {
+    let mut members: Vec<NodeId> = committee.to_vec();
+    members.sort();
+    members.dedup();
+    let needed = quorum(members.len());
+    let mut votes: Vec<(Timestamp, NodeId)> = members
+        .iter()
+        .filter_map(|m| {
+            let obs = observations.get(m)?;
+            let fresh = obs.recorded_at.saturating_add(window_ms) >= now;
+            match obs.liveness {
+                Liveness::Unreachable { since } if fresh => Some((since, *m)),
+                _ => None,
+            }
+        })
+        .collect();
+    if votes.len() < needed {
+        return None;
+    }
+    votes.sort();
+    // The quorum's agreed start: `needed` arbitrators saw the subject down since at least this.
+    let (since, _) = votes[needed - 1];
+    if now < since.saturating_add(unreachable_for_ms) {
+        return None;
+    }
+    let mut agreeing: Vec<NodeId> = votes
+        .iter()
+        .filter(|(s, _)| *s <= since)
+        .map(|(_, m)| *m)
+        .collect();
+    agreeing.sort();
+    Some(HandoverDecision {
+        agreeing,
+        unreachable_since: since,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agora_market::{KeySigner, Signer};
+
+    fn ids(n: u64) -> Vec<NodeId> {
+        (0..n)
+            .map(|i| KeySigner::from_seed(100 + i).node_id())
+            .collect()
+    }
+
+    fn down(since: Timestamp, at: Timestamp) -> Observation {
+        Observation {
+            liveness: Liveness::Unreachable { since },
+            recorded_at: at,
+        }
+    }
+
+    #[test]
+    fn quorum_is_two_f_plus_one() {
+        assert_eq!(quorum(1), 1);
+        assert_eq!(quorum(4), 3);
+        assert_eq!(quorum(7), 5);
+        assert_eq!(quorum(2), 2);
+        assert_eq!(quorum(3), 3);
+    }
+
+    #[test]
+    fn two_of_four_is_not_enough_three_is() {
+        let c = ids(4);
+        let mut obs = BTreeMap::new();
+        obs.insert(c[0], down(1_000, 2_000));
+        obs.insert(c[1], down(1_000, 2_000));
+        assert_eq!(evaluate(&c, &obs, 10_000, 60_000, 5_000), None);
+        obs.insert(c[2], down(1_500, 2_000));
+        let d = evaluate(&c, &obs, 10_000, 60_000, 5_000).unwrap();
+        assert_eq!(d.unreachable_since, 1_500);
+        assert_eq!(d.agreeing.len(), 3);
+    }
+
+    #[test]
+    fn reachable_reports_block_handover() {
+        let c = ids(4);
+        let mut obs = BTreeMap::new();
+        obs.insert(c[0], down(1_000, 2_000));
+        obs.insert(c[1], down(1_000, 2_000));
+        for m in &c[2..] {
+            let reachable = Observation {
+                liveness: Liveness::Reachable,
+                recorded_at: 2_000,
+            };
+            obs.insert(*m, reachable);
+        }
+        assert_eq!(evaluate(&c, &obs, 10_000, 60_000, 5_000), None);
+    }
+
+    #[test]
+    fn stale_reports_and_short_outages_do_not_count() {
+        let c = ids(4);
+        let mut obs = BTreeMap::new();
+        for m in &c[..3] {
+            obs.insert(*m, down(1_000, 2_000));
+        }
+        // Outage too short.
+        assert_eq!(evaluate(&c, &obs, 5_000, 60_000, 5_000), None);
+        // Reports older than the window.
+        assert_eq!(evaluate(&c, &obs, 70_000, 60_000, 5_000), None);
+        assert!(evaluate(&c, &obs, 6_000, 60_000, 5_000).is_some());
+    }
+
+    #[test]
+    fn outsiders_do_not_count() {
+        let c = ids(4);
+        let outsiders = (0..10).map(|i| KeySigner::from_seed(900 + i).node_id());
+        let obs: BTreeMap<_, _> = outsiders.map(|o| (o, down(0, 1_000))).collect();
+        assert_eq!(evaluate(&c, &obs, 10_000, 60_000, 0), None);
+    }
+}

@@ -1,0 +1,227 @@
+//! The staked service contract between a customer and a provider: its terms, canonical bytes
+//! and content-derived id. Signing and verification live in [`signed`].
+
+use std::fmt;
+
+use agora_market::{NodeId, Timestamp};
+use cid::Cid;
+use serde::{Deserialize, Serialize};
+
+pub mod signed;
+pub mod terms;
+
+pub use signed::{ContractError, SignedContract};
+pub use terms::Terms;
+
+/// Token amounts (smallest unit).
+pub type Amount = u64;
+
+/// A contract's id: blake3 over its canonical bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ContractId(#[serde(with = "serde_bytes")] pub [u8; 32]);
+
+impl ContractId {
+    /// The short human form (first 8 hex characters), used in logs.
+    pub fn short(&self) -> String {
+        self.to_string().chars().take(8).collect()
+    }
+}
+
+impl fmt::Display for ContractId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ContractId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContractId({})", self.short())
+    }
+}
+
+/// When the provider must start the customer's service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActivationClause {
+    /// As soon as the contract is armed.
+    Immediately,
+    /// When the committee attests the customer unreachable for at least this long.
+    OnHandover {
+        /// How long the customer must be unreachable before handover.
+        unreachable_for_ms: u64,
+    },
+    /// At a fixed time.
+    At(Timestamp),
+}
+
+/// What the contract buys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContractKind {
+    /// The provider runs the service now and is paid for verified uptime.
+    Hosted,
+    /// The provider keeps the service ready and takes over on handover.
+    Standby,
+    /// The provider stores data and answers storage challenges.
+    Storage,
+}
+
+/// Quality-of-service obligations the provider is judged against at settlement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Qos {
+    /// Longest allowed delay between the trigger and the reported activation.
+    pub max_activation_delay_ms: u64,
+    /// Minimum uptime (or passed storage challenges) in thousandths.
+    pub min_uptime_permille: u16,
+    /// How often the provider must send heartbeats while active.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// Stakes both parties lock in escrow; the provider's is slashed on breach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stakes {
+    /// Locked by the customer, returned at the end.
+    pub customer_stake: Amount,
+    /// Locked by the provider, paid to the customer on breach.
+    pub provider_stake: Amount,
+}
+
+/// The contract body both parties sign.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contract {
+    /// Who pays and whose service is run.
+    pub customer: NodeId,
+    /// Who hosts, stands by or stores.
+    pub provider: NodeId,
+    /// The agreed resources and price.
+    pub terms: Terms,
+    /// CID of the service image (Wasm module).
+    pub service_image: Cid,
+    /// CID of the service configuration.
+    pub config: Cid,
+    /// When the service must be started.
+    pub activation: ActivationClause,
+    /// Hosted, standby or storage.
+    pub kind: ContractKind,
+    /// Length of the service period in ms (from activation; for storage from arming).
+    pub duration_ms: u64,
+    /// QoS obligations.
+    pub qos: Qos,
+    /// Stakes locked in escrow.
+    pub stakes: Stakes,
+    /// Payment the customer locks in escrow for the full duration.
+    pub payment: Amount,
+    /// Arbitrators who attest liveness and storage challenges for this contract.
+    pub committee: Vec<NodeId>,
+    /// When the parties agreed (ms).
+    pub created_at: Timestamp,
+    /// Distinguishes otherwise identical contracts.
+    pub nonce: u64,
+}
+
+impl Contract {
+    /// The canonical bytes: CBOR of the body. Signatures and the id are over these.
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, ContractError> {
+        serde_cbor::to_vec(self).map_err(|e| ContractError::Encoding(e.to_string()))
+    }
+
+    /// The content-derived id.
+    pub fn id(&self) -> Result<ContractId, ContractError> {
+        Ok(ContractId(
+            *blake3::hash(&self.canonical_bytes()?).as_bytes(),
+        ))
+    }
+
+    /// Total the customer locks at registration: payment plus the customer stake.
+    pub fn customer_lock(&self) -> Option<Amount> {
+        self.payment.checked_add(self.stakes.customer_stake)
+    }
+
+    /// Checks the body is self-consistent (not the signatures).
+    pub fn validate(&self) -> Result<(), ContractError> {
+        let id = self.id()?;
+        let bad = |reason: &str| ContractError::Malformed {
+            contract: id,
+            reason: reason.to_string(),
+        };
+        if self.customer == self.provider {
+            return Err(bad("customer and provider are the same node"));
+        }
+        if self.duration_ms == 0 {
+            return Err(bad("duration_ms must be greater than zero"));
+        }
+        if self.qos.min_uptime_permille > 1000 {
+            return Err(bad("min_uptime_permille must be at most 1000"));
+        }
+        if self.qos.heartbeat_interval_ms == 0 {
+            return Err(bad("heartbeat_interval_ms must be greater than zero"));
+        }
+        if self.committee.is_empty() {
+            return Err(bad(
+                "the arbitrator committee is empty; name at least one arbitrator",
+            ));
+        }
+        let mut sorted = self.committee.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != self.committee.len() {
+            return Err(bad("the committee lists an arbitrator twice"));
+        }
+        if sorted.contains(&self.customer) || sorted.contains(&self.provider) {
+            return Err(bad("a party cannot sit on its own contract's committee"));
+        }
+        let handover = matches!(self.activation, ActivationClause::OnHandover { .. });
+        if handover != (self.kind == ContractKind::Standby) {
+            return Err(bad(
+                "standby contracts (and only they) must activate OnHandover",
+            ));
+        }
+        if self.customer_lock().is_none() {
+            return Err(bad("payment plus customer stake overflows"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_utils::ContractBuilder;
+
+    #[test]
+    fn id_changes_with_any_field() {
+        let c = ContractBuilder::new(1, 2).build();
+        let mut other = c.clone();
+        other.nonce += 1;
+        assert_ne!(c.id().unwrap(), other.id().unwrap());
+        assert_eq!(c.id().unwrap(), c.clone().id().unwrap());
+    }
+
+    #[test]
+    fn validate_rejects_party_in_committee() {
+        let mut c = ContractBuilder::new(1, 2).build();
+        c.committee.push(c.provider);
+        let err = c.validate().unwrap_err();
+        assert!(matches!(err, ContractError::Malformed { .. }), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_standby_without_handover_clause() {
+        let mut c = ContractBuilder::new(1, 2).standby(5_000).build();
+        assert!(c.validate().is_ok());
+        c.activation = ActivationClause::Immediately;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn validate_rejects_zero_duration_and_duplicate_arbitrators() {
+        let mut c = ContractBuilder::new(1, 2).build();
+        c.duration_ms = 0;
+        assert!(c.validate().is_err());
+        let mut c = ContractBuilder::new(1, 2).build();
+        let first = c.committee[0];
+        c.committee.push(first);
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! The ledger: a pure, deterministic state machine over signed transactions.
+//!
+//! Every replica applying the same blocks from the same genesis reaches the same
+//! [`Ledger::state_hash`]. A refused transaction changes nothing (handlers check before they
+//! mutate). Tokens are conserved: spendable balances plus escrow always equal the genesis supply
+//! plus faucet mints (see [`Ledger::audit`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use agora_market::{NodeId, Timestamp};
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use crate::attestation::Observation;
+use crate::contract::{Amount, ContractId};
+
+mod error;
+mod event;
+mod evidence;
+mod funds;
+mod genesis;
+mod register;
+mod settle;
+mod state;
+mod transfer;
+mod tx;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+pub use error::LedgerError;
+pub use event::{BreachReason, LedgerEvent};
+pub use genesis::{Genesis, GenesisAccount, LedgerParams, b58, b58_vec};
+pub use state::{Account, ContractRecord, Escrow};
+pub use tx::{
+    HeartbeatBatch, SettleReason, SignedTransaction, Transaction, TxKind, UptimeInterval,
+};
+
+/// Outcome of applying a block: events of accepted transactions and why others were refused.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BlockOutcome {
+    /// The block height applied.
+    pub height: u64,
+    /// Events of the accepted transactions, in order.
+    pub events: Vec<LedgerEvent>,
+    /// Indices of refused transactions with the reason; they changed nothing.
+    pub rejected: Vec<(usize, LedgerError)>,
+}
+
+/// Minted token totals, tracked to check conservation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supply {
+    /// Tokens created at genesis.
+    pub genesis: Amount,
+    /// Tokens minted by the faucet since.
+    pub minted: Amount,
+}
+
+impl Supply {
+    /// All tokens in existence.
+    pub fn total(&self) -> Amount {
+        self.genesis.saturating_add(self.minted)
+    }
+}
+
+/// The replicated ledger state. Clone + serde so the node can snapshot it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    chain_id: String,
+    params: LedgerParams,
+    faucet_enabled: bool,
+    committee: BTreeSet<NodeId>,
+    accounts: BTreeMap<NodeId, Account>,
+    contracts: BTreeMap<ContractId, ContractRecord>,
+    /// Latest observation per subject, per arbitrator.
+    liveness: BTreeMap<NodeId, BTreeMap<NodeId, Observation>>,
+    supply: Supply,
+    height: u64,
+    last_block_time: Timestamp,
+}
+
+impl Ledger {
+    /// Builds the initial state from a genesis.
+    pub fn from_genesis(genesis: &Genesis) -> Result<Self, LedgerError> {
+        if genesis.chain_id.is_empty() {
+            return Err(LedgerError::BadGenesis("chain_id is empty".into()));
+        }
+        let mut accounts = BTreeMap::new();
+        let mut total: Amount = 0;
+        for a in &genesis.accounts {
+            total = total.checked_add(a.balance).ok_or(LedgerError::Overflow {
+                context: "summing genesis balances",
+            })?;
+            let acc: &mut Account = accounts.entry(a.id).or_default();
+            if acc.balance != 0 {
+                return Err(LedgerError::BadGenesis(format!(
+                    "account {} listed twice",
+                    a.id
+                )));
+            }
+            acc.balance = a.balance;
+        }
+        Ok(Ledger {
+            chain_id: genesis.chain_id.clone(),
+            params: genesis.params.clone(),
+            faucet_enabled: genesis.faucet_enabled,
+            committee: genesis.committee.iter().copied().collect(),
+            accounts,
+            contracts: BTreeMap::new(),
+            liveness: BTreeMap::new(),
+            supply: Supply {
+                genesis: total,
+                minted: 0,
+            },
+            height: 0,
+            last_block_time: 0,
+        })
+    }
+
+    /// Applies one signed transaction at ledger time `now`. On error nothing changes.
+    pub fn apply(
+        &mut self,
+        now: Timestamp,
+        stx: &SignedTransaction,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let tx = &stx.tx;
+        if tx.chain_id != self.chain_id {
+            return Err(LedgerError::WrongChain {
+                expected: self.chain_id.clone(),
+                got: tx.chain_id.clone(),
+            });
+        }
+        let expected = self.accounts.get(&tx.sender).map_or(0, |a| a.nonce);
+        if tx.nonce != expected {
+            return Err(LedgerError::BadNonce {
+                sender: tx.sender,
+                expected,
+                got: tx.nonce,
+            });
+        }
+        stx.verify()?;
+        let sender = tx.sender;
+        let events = match &tx.kind {
+            TxKind::Transfer { to, amount } => self.transfer(sender, *to, *amount)?,
+            TxKind::Faucet { amount } => self.faucet(sender, *amount)?,
+            TxKind::RegisterContract(sc) => self.register(now, sender, sc)?,
+            TxKind::MarkMigrated(id) => self.mark_migrated(sender, *id)?,
+            TxKind::MarkArmed(id) => self.mark_armed(now, sender, *id)?,
+            TxKind::Cancel(id) => self.cancel(now, sender, *id)?,
+            TxKind::Expire(id) => self.expire(now, sender, *id)?,
+            TxKind::Attest { subject, liveness } => {
+                self.attest(now, sender, *subject, *liveness)?
+            }
+            TxKind::ReportActivation {
+                contract,
+                activated_at,
+            } => self.report_activation(now, sender, *contract, *activated_at)?,
+            TxKind::Heartbeats { contract, batch } => {
+                self.heartbeats(now, sender, *contract, batch)?
+            }
+            TxKind::StorageProofResult {
+                contract, passed, ..
+            } => self.storage_proof(sender, *contract, *passed)?,
+            TxKind::SettleUptime(id) => self.settle_uptime(sender, *id)?,
+            TxKind::Settle { contract, reason } => self.settle(now, sender, *contract, *reason)?,
+        };
+        // Only now, after success, does the sender's nonce advance.
+        self.accounts.entry(sender).or_default().nonce = expected.saturating_add(1);
+        debug!(sender = %sender.short(), nonce = expected, events = events.len(), "tx applied");
+        Ok(events)
+    }
+
+    /// Checks whether `stx` would apply now, without changing this ledger (mempool admission).
+    pub fn check(&self, now: Timestamp, stx: &SignedTransaction) -> Result<(), LedgerError> {
+        self.clone().apply(now, stx).map(|_| ())
+    }
+
+    /// Applies a decided block. Refused transactions are skipped (deterministically).
+    pub fn apply_block(
+        &mut self,
+        height: u64,
+        now: Timestamp,
+        txs: &[SignedTransaction],
+    ) -> Result<BlockOutcome, LedgerError> {
+        if height != self.height.saturating_add(1) {
+            return Err(LedgerError::BadHeight {
+                current: self.height,
+                got: height,
+            });
+        }
+        if now < self.last_block_time {
+            return Err(LedgerError::TimeWentBackwards {
+                previous: self.last_block_time,
+                got: now,
+            });
+        }
+        let mut outcome = BlockOutcome {
+            height,
+            ..BlockOutcome::default()
+        };
+        for (i, stx) in txs.iter().enumerate() {
+            match self.apply(now, stx) {
+                Ok(events) => outcome.events.extend(events),
+                Err(e) => outcome.rejected.push((i, e)),
+            }
+        }
+        self.height = height;
+        self.last_block_time = now;
+        Ok(outcome)
+    }
+
+    /// blake3 over the canonical (CBOR) encoding of the whole state.
+    pub fn state_hash(&self) -> Result<[u8; 32], LedgerError> {
+        let bytes = serde_cbor::to_vec(self).map_err(|e| LedgerError::Encoding(e.to_string()))?;
+        Ok(*blake3::hash(&bytes).as_bytes())
+    }
+
+    /// The chain id transactions must carry.
+    pub fn chain_id(&self) -> &str {
+        &self.chain_id
+    }
+
+    /// Height of the last applied block (0 before the first).
+    pub fn height(&self) -> u64 {
+        self.height
+    }
+
+    /// An account, if it exists.
+    pub fn account(&self, id: &NodeId) -> Option<&Account> {
+        self.accounts.get(id)
+    }
+
+    /// All accounts.
+    pub fn accounts(&self) -> &BTreeMap<NodeId, Account> {
+        &self.accounts
+    }
+
+    /// The next nonce `id` must use.
+    pub fn next_nonce(&self, id: &NodeId) -> u64 {
+        self.accounts.get(id).map_or(0, |a| a.nonce)
+    }
+
+    /// A contract record, if registered.
+    pub fn contract(&self, id: &ContractId) -> Option<&ContractRecord> {
+        self.contracts.get(id)
+    }
+
+    /// All contract records.
+    pub fn contracts(&self) -> &BTreeMap<ContractId, ContractRecord> {
+        &self.contracts
+    }
+
+    /// The genesis arbitrator committee.
+    pub fn committee(&self) -> &BTreeSet<NodeId> {
+        &self.committee
+    }
+
+    /// Ledger tunables.
+    pub fn params(&self) -> &LedgerParams {
+        &self.params
+    }
+
+    /// Supply totals.
+    pub fn supply(&self) -> Supply {
+        self.supply
+    }
+
+    /// Checks the accounting invariants; returns a description of the first violation.
+    pub fn audit(&self) -> Result<(), String> {
+        let mut held: u128 = 0;
+        let mut locked_by: BTreeMap<NodeId, u128> = BTreeMap::new();
+        for (id, r) in &self.contracts {
+            let e = r.escrow;
+            let total =
+                u128::from(e.payment) + u128::from(e.customer_stake) + u128::from(e.provider_stake);
+            if total > 0 && !r.status.holds_escrow() {
+                return Err(format!(
+                    "contract {id} in {:?} still holds {total}",
+                    r.status
+                ));
+            }
+            held += total;
+            let c = &r.contract;
+            *locked_by.entry(c.customer).or_default() +=
+                u128::from(e.payment) + u128::from(e.customer_stake);
+            *locked_by.entry(c.provider).or_default() += u128::from(e.provider_stake);
+        }
+        let balances: u128 = self.accounts.values().map(|a| u128::from(a.balance)).sum();
+        let supply = u128::from(self.supply.genesis) + u128::from(self.supply.minted);
+        if balances + held != supply {
+            return Err(format!(
+                "balances {balances} + escrow {held} != supply {supply}"
+            ));
+        }
+        for (id, a) in &self.accounts {
+            let expected = locked_by.get(id).copied().unwrap_or(0);
+            if u128::from(a.locked) != expected {
+                return Err(format!(
+                    "account {id} locked {} but escrow holds {expected}",
+                    a.locked
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,161 @@
+//! Why the ledger refused a transaction or block. A refused transaction changes nothing.
+
+use agora_market::{NodeId, SignatureError, Timestamp};
+
+use crate::contract::{Amount, ContractError, ContractId};
+use crate::lifecycle::{ContractStatus, IllegalTransition};
+
+/// Errors from applying transactions and blocks.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LedgerError {
+    /// CBOR encoding failed.
+    #[error("could not encode ledger data to CBOR: {0}")]
+    Encoding(String),
+    /// A signer tried to sign someone else's transaction.
+    #[error("transaction sender is {sender} but signer is {signer}; sign with the sender's key")]
+    WrongSigner {
+        /// The declared sender.
+        sender: NodeId,
+        /// Who tried to sign.
+        signer: NodeId,
+    },
+    /// The transaction signature does not verify.
+    #[error("transaction {nonce} from {sender} has a bad signature: {source}")]
+    BadSignature {
+        /// The declared sender.
+        sender: NodeId,
+        /// Its nonce.
+        nonce: u64,
+        /// The underlying check.
+        source: SignatureError,
+    },
+    /// The transaction names another chain.
+    #[error(
+        "transaction is for chain '{got}' but this ledger is '{expected}'; check the genesis file"
+    )]
+    WrongChain {
+        /// This ledger's chain id.
+        expected: String,
+        /// The transaction's chain id.
+        got: String,
+    },
+    /// Replay or out-of-order nonce.
+    #[error("nonce {got} from {sender} rejected: expected {expected} (replayed or out of order)")]
+    BadNonce {
+        /// The sender.
+        sender: NodeId,
+        /// The next nonce the ledger accepts.
+        expected: u64,
+        /// The nonce in the transaction.
+        got: u64,
+    },
+    /// Not enough spendable (unlocked) balance.
+    #[error(
+        "account {account} has {available} spendable but needs {needed}; locked funds cannot be spent"
+    )]
+    InsufficientFunds {
+        /// The account.
+        account: NodeId,
+        /// Spendable balance.
+        available: Amount,
+        /// What the transaction needs.
+        needed: Amount,
+    },
+    /// Faucet transactions are off on this chain.
+    #[error("the faucet is disabled on this chain; set faucet_enabled in the genesis of a devnet")]
+    FaucetDisabled,
+    /// Faucet request too large.
+    #[error("faucet request of {requested} exceeds the limit of {max} per transaction")]
+    FaucetLimit {
+        /// Requested amount.
+        requested: Amount,
+        /// Limit (params.faucet_max_per_tx).
+        max: Amount,
+    },
+    /// An amount would exceed the representable supply.
+    #[error("amount overflow while {context}")]
+    Overflow {
+        /// What was being computed.
+        context: &'static str,
+    },
+    /// The dual-signed contract is invalid.
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+    /// The contract is already on the ledger.
+    #[error("contract {0} is already registered")]
+    DuplicateContract(ContractId),
+    /// No such contract.
+    #[error("contract {0} is not registered")]
+    UnknownContract(ContractId),
+    /// The sender is not allowed to do this to the contract.
+    #[error("{sender} may not {action} contract {contract}")]
+    NotAllowed {
+        /// The contract.
+        contract: ContractId,
+        /// Who tried.
+        sender: NodeId,
+        /// What they tried.
+        action: &'static str,
+    },
+    /// A contract's committee member is not a genesis arbitrator.
+    #[error(
+        "contract {contract} names arbitrator {arbitrator}, who is not in the genesis committee"
+    )]
+    UnknownArbitrator {
+        /// The contract.
+        contract: ContractId,
+        /// The unknown arbitrator.
+        arbitrator: NodeId,
+    },
+    /// Attestation from outside the committee.
+    #[error("{attester} is not a committee arbitrator; only committee members may attest")]
+    NotCommitteeMember {
+        /// Who tried.
+        attester: NodeId,
+    },
+    /// The lifecycle does not allow this now.
+    #[error("contract {contract}: {source}")]
+    Lifecycle {
+        /// The contract.
+        contract: ContractId,
+        /// The refused transition.
+        source: IllegalTransition,
+    },
+    /// The transaction is valid in general but not in this state/time.
+    #[error("contract {contract} (status {status:?}): {reason}")]
+    NotNow {
+        /// The contract.
+        contract: ContractId,
+        /// Its status.
+        status: ContractStatus,
+        /// What is missing.
+        reason: String,
+    },
+    /// Evidence or timestamps that cannot be right.
+    #[error("invalid evidence: {reason} (ledger time {now})")]
+    InvalidEvidence {
+        /// What is wrong.
+        reason: String,
+        /// Ledger time.
+        now: Timestamp,
+    },
+    /// Block height not next in sequence.
+    #[error("block height {got} does not follow {current}; apply blocks in order")]
+    BadHeight {
+        /// Current height.
+        current: u64,
+        /// Offered height.
+        got: u64,
+    },
+    /// Block time went backwards.
+    #[error("block time {got} is before the previous block time {previous}")]
+    TimeWentBackwards {
+        /// Previous block time.
+        previous: Timestamp,
+        /// Offered block time.
+        got: Timestamp,
+    },
+    /// Genesis is unusable.
+    #[error("invalid genesis: {0}")]
+    BadGenesis(String),
+}

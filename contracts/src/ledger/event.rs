@@ -1,0 +1,159 @@
+//! Facts the ledger emits; the node turns them into actions (start a service, notify a party).
+
+use agora_market::{NodeId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::contract::{Amount, ContractId};
+use crate::lifecycle::ContractStatus;
+
+/// Why a provider was found in breach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BreachReason {
+    /// Activated later than `max_activation_delay_ms` after the trigger.
+    LateActivation {
+        /// Observed delay.
+        delay_ms: u64,
+    },
+    /// Never activated although the trigger fired and the deadline passed.
+    NoActivation,
+    /// Uptime below `min_uptime_permille`.
+    InsufficientUptime {
+        /// Measured uptime in thousandths.
+        permille: u64,
+    },
+    /// Too many failed storage challenges.
+    FailedStorageProofs {
+        /// Passed share in thousandths.
+        permille: u64,
+    },
+}
+
+/// Something that happened on the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LedgerEvent {
+    /// Tokens moved between accounts.
+    Transferred {
+        /// Sender.
+        from: NodeId,
+        /// Recipient.
+        to: NodeId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// Faucet minted tokens.
+    Minted {
+        /// Recipient.
+        to: NodeId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// A contract was registered and its funds locked.
+    ContractRegistered {
+        /// The contract.
+        contract: ContractId,
+        /// Customer.
+        customer: NodeId,
+        /// Provider.
+        provider: NodeId,
+        /// Total locked in escrow.
+        locked: Amount,
+    },
+    /// A contract changed state.
+    StatusChanged {
+        /// The contract.
+        contract: ContractId,
+        /// Old state.
+        from: ContractStatus,
+        /// New state.
+        to: ContractStatus,
+    },
+    /// An arbitrator's observation was recorded.
+    AttestationRecorded {
+        /// The arbitrator.
+        attester: NodeId,
+        /// The observed node.
+        subject: NodeId,
+        /// Whether it was reported unreachable.
+        unreachable: bool,
+    },
+    /// The committee quorum agrees the customer is down: the provider must take over now.
+    HandoverAttested {
+        /// The standby contract.
+        contract: ContractId,
+        /// The unreachable customer.
+        customer: NodeId,
+        /// The provider that must activate.
+        provider: NodeId,
+        /// Agreed start of the outage.
+        unreachable_since: Timestamp,
+        /// Ledger time of the decision (activation deadline counts from here).
+        at: Timestamp,
+        /// The arbitrators forming the quorum.
+        agreeing: Vec<NodeId>,
+    },
+    /// The provider reported activation.
+    Activated {
+        /// The contract.
+        contract: ContractId,
+        /// Activation time.
+        at: Timestamp,
+        /// Delay after the trigger.
+        delay_ms: u64,
+    },
+    /// Heartbeat evidence accepted.
+    HeartbeatsRecorded {
+        /// The contract.
+        contract: ContractId,
+        /// Total uptime so far.
+        uptime_ms: u64,
+        /// Total readings so far.
+        readings_processed: u64,
+    },
+    /// A storage challenge outcome was recorded.
+    StorageProofRecorded {
+        /// The contract.
+        contract: ContractId,
+        /// Whether it passed.
+        passed: bool,
+    },
+    /// Escrowed payment went to the provider.
+    Paid {
+        /// The contract.
+        contract: ContractId,
+        /// Provider.
+        to: NodeId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// Escrowed payment or stake went back to its owner.
+    Refunded {
+        /// The contract.
+        contract: ContractId,
+        /// Owner.
+        to: NodeId,
+        /// Amount.
+        amount: Amount,
+    },
+    /// The provider's stake went to the customer.
+    Slashed {
+        /// The contract.
+        contract: ContractId,
+        /// Provider.
+        provider: NodeId,
+        /// Customer who receives the stake.
+        customer: NodeId,
+        /// Amount.
+        amount: Amount,
+        /// Why.
+        reason: BreachReason,
+    },
+    /// An account's reputation changed.
+    ReputationChanged {
+        /// The account.
+        account: NodeId,
+        /// Change.
+        delta: i64,
+        /// New value.
+        reputation: i64,
+    },
+}

@@ -1,0 +1,238 @@
+//! Evidence handlers: arbitrator attestations (and the handover rule), activation reports,
+//! heartbeat / metering batches and storage challenge results.
+
+use agora_market::{NodeId, Timestamp};
+use tracing::info;
+
+use super::{HeartbeatBatch, Ledger, LedgerError, LedgerEvent};
+use crate::attestation::{self, Liveness, Observation};
+use crate::contract::{ActivationClause, ContractId, ContractKind};
+use crate::lifecycle::{ContractStatus, LifecycleEvent};
+
+fn invalid(reason: impl Into<String>, now: Timestamp) -> LedgerError {
+    LedgerError::InvalidEvidence {
+        reason: reason.into(),
+        now,
+    }
+}
+
+impl Ledger {
+    pub(super) fn attest(
+        &mut self,
+        now: Timestamp,
+        attester: NodeId,
+        subject: NodeId,
+        liveness: Liveness,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        if !self.committee.contains(&attester) {
+            return Err(LedgerError::NotCommitteeMember { attester });
+        }
+        if let Liveness::Unreachable { since } = liveness
+            && since > now
+        {
+            return Err(invalid(
+                format!("unreachable since {since} lies in the future"),
+                now,
+            ));
+        }
+        self.liveness.entry(subject).or_default().insert(
+            attester,
+            Observation {
+                liveness,
+                recorded_at: now,
+            },
+        );
+        let mut events = vec![LedgerEvent::AttestationRecorded {
+            attester,
+            subject,
+            unreachable: matches!(liveness, Liveness::Unreachable { .. }),
+        }];
+        let waiting: Vec<ContractId> = self
+            .contracts
+            .iter()
+            .filter(|(_, r)| r.contract.customer == subject && Self::awaits_handover(r))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            events.extend(self.evaluate_handover(now, id));
+        }
+        Ok(events)
+    }
+
+    /// Applies the handover rule to one contract; records and reports a positive decision.
+    pub(super) fn evaluate_handover(
+        &mut self,
+        now: Timestamp,
+        id: ContractId,
+    ) -> Option<LedgerEvent> {
+        let rec = self.contracts.get(&id)?;
+        if !Self::awaits_handover(rec) {
+            return None;
+        }
+        let ActivationClause::OnHandover { unreachable_for_ms } = rec.contract.activation else {
+            return None;
+        };
+        let observations = self.liveness.get(&rec.contract.customer)?;
+        let decision = attestation::evaluate(
+            &rec.contract.committee,
+            observations,
+            now,
+            self.params.attestation_window_ms,
+            unreachable_for_ms,
+        )?;
+        let rec = self.contracts.get_mut(&id)?;
+        rec.trigger_at = Some(now);
+        rec.handover = Some(decision.clone());
+        info!(contract = %id.short(), customer = %rec.contract.customer.short(), "handover attested");
+        Some(LedgerEvent::HandoverAttested {
+            contract: id,
+            customer: rec.contract.customer,
+            provider: rec.contract.provider,
+            unreachable_since: decision.unreachable_since,
+            at: now,
+            agreeing: decision.agreeing,
+        })
+    }
+
+    pub(super) fn report_activation(
+        &mut self,
+        now: Timestamp,
+        sender: NodeId,
+        id: ContractId,
+        activated_at: Timestamp,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let rec = self.record(id)?;
+        if rec.contract.provider != sender {
+            return Err(LedgerError::NotAllowed {
+                contract: id,
+                sender,
+                action: "report activation of",
+            });
+        }
+        self.can_step(id, LifecycleEvent::Activate)?;
+        let Some(trigger) = rec.trigger_at.filter(|t| *t <= now) else {
+            return Err(LedgerError::NotNow {
+                contract: id,
+                status: rec.status,
+                reason: "the activation trigger has not fired yet".into(),
+            });
+        };
+        if activated_at < trigger || activated_at > now {
+            return Err(invalid(
+                format!("activation at {activated_at} must lie between trigger {trigger} and now"),
+                now,
+            ));
+        }
+        let delay_ms = activated_at - trigger;
+        let event = self.step(id, LifecycleEvent::Activate, now)?;
+        if let Some(rec) = self.contracts.get_mut(&id) {
+            rec.activated_at = Some(activated_at);
+        }
+        Ok(vec![
+            event,
+            LedgerEvent::Activated {
+                contract: id,
+                at: activated_at,
+                delay_ms,
+            },
+        ])
+    }
+
+    pub(super) fn heartbeats(
+        &mut self,
+        now: Timestamp,
+        sender: NodeId,
+        id: ContractId,
+        batch: &HeartbeatBatch,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let rec = self.record(id)?;
+        if rec.contract.provider != sender {
+            return Err(LedgerError::NotAllowed {
+                contract: id,
+                sender,
+                action: "report heartbeats for",
+            });
+        }
+        if rec.status != ContractStatus::Active {
+            return Err(LedgerError::NotNow {
+                contract: id,
+                status: rec.status,
+                reason: "heartbeats are accepted only while active".into(),
+            });
+        }
+        let mut cursor = rec.last_uptime_end.or(rec.activated_at).unwrap_or(now);
+        let mut added: u64 = 0;
+        for iv in &batch.intervals {
+            if iv.from < cursor || iv.to < iv.from || iv.to > now {
+                return Err(invalid(
+                    format!(
+                        "interval {}..{} must start at or after {cursor}, be ordered and end by now",
+                        iv.from, iv.to
+                    ),
+                    now,
+                ));
+            }
+            added = added.saturating_add(iv.to - iv.from);
+            cursor = iv.to;
+        }
+        let rec = self
+            .contracts
+            .get_mut(&id)
+            .ok_or(LedgerError::UnknownContract(id))?;
+        rec.uptime_ms = rec.uptime_ms.saturating_add(added);
+        if !batch.intervals.is_empty() {
+            rec.last_uptime_end = Some(cursor);
+        }
+        rec.readings_processed = rec
+            .readings_processed
+            .saturating_add(batch.readings_processed);
+        rec.data_proof_count = rec
+            .data_proof_count
+            .saturating_add(batch.data_proofs.len() as u64);
+        if let Some(last) = batch.data_proofs.last() {
+            rec.last_data_proof = Some(*last);
+        }
+        Ok(vec![LedgerEvent::HeartbeatsRecorded {
+            contract: id,
+            uptime_ms: rec.uptime_ms,
+            readings_processed: rec.readings_processed,
+        }])
+    }
+
+    pub(super) fn storage_proof(
+        &mut self,
+        sender: NodeId,
+        id: ContractId,
+        passed: bool,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let rec = self.record(id)?;
+        let judge = rec.contract.customer == sender || rec.contract.committee.contains(&sender);
+        if !judge {
+            return Err(LedgerError::NotAllowed {
+                contract: id,
+                sender,
+                action: "report storage challenges for",
+            });
+        }
+        if rec.contract.kind != ContractKind::Storage || rec.status != ContractStatus::Active {
+            return Err(LedgerError::NotNow {
+                contract: id,
+                status: rec.status,
+                reason: "storage results apply only to active storage contracts".into(),
+            });
+        }
+        let rec = self
+            .contracts
+            .get_mut(&id)
+            .ok_or(LedgerError::UnknownContract(id))?;
+        if passed {
+            rec.storage_passed = rec.storage_passed.saturating_add(1);
+        } else {
+            rec.storage_failed = rec.storage_failed.saturating_add(1);
+        }
+        Ok(vec![LedgerEvent::StorageProofRecorded {
+            contract: id,
+            passed,
+        }])
+    }
+}

@@ -1,0 +1,147 @@
+//! Genesis: the chain id, initial balances, the arbitrator committee and ledger parameters.
+//!
+//! Node ids are written as base58 strings in human-readable formats (TOML/JSON genesis files)
+//! and as raw bytes in binary ones (CBOR snapshots).
+
+use agora_market::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::contract::Amount;
+
+/// Tunables every replica must agree on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LedgerParams {
+    /// An arbitrator's attestation counts towards handover for this long after it was applied.
+    pub attestation_window_ms: u64,
+    /// Most a single faucet transaction may mint.
+    pub faucet_max_per_tx: Amount,
+    /// Reputation a provider gains per honoured contract.
+    pub reputation_reward: i64,
+    /// Reputation a provider loses per breached contract.
+    pub reputation_penalty: i64,
+    /// Extra time after a contract's duration before an unarmed contract may be expired.
+    pub expiry_grace_ms: u64,
+}
+
+impl Default for LedgerParams {
+    fn default() -> Self {
+        LedgerParams {
+            attestation_window_ms: 60_000,
+            faucet_max_per_tx: 1_000_000,
+            reputation_reward: 10,
+            reputation_penalty: 50,
+            expiry_grace_ms: 60_000,
+        }
+    }
+}
+
+/// One funded account at genesis.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenesisAccount {
+    /// The account's node id.
+    #[serde(with = "b58")]
+    pub id: NodeId,
+    /// Its initial balance.
+    pub balance: Amount,
+}
+
+/// The initial ledger state, written once by `agora` into the devnet's genesis file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Genesis {
+    /// Transactions must name this chain; prevents replay across devnets.
+    pub chain_id: String,
+    /// Funded accounts.
+    pub accounts: Vec<GenesisAccount>,
+    /// The arbitrators who may attest (contract committees are drawn from these).
+    #[serde(with = "b58_vec")]
+    pub committee: Vec<NodeId>,
+    /// Whether `Faucet` transactions may mint tokens (devnets only).
+    pub faucet_enabled: bool,
+    /// Ledger tunables.
+    #[serde(default)]
+    pub params: LedgerParams,
+}
+
+/// Serde helper: a `NodeId` as base58 in human-readable formats, bytes otherwise.
+pub mod b58 {
+    use agora_market::NodeId;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
+
+    /// Serializes one node id.
+    pub fn serialize<S: Serializer>(id: &NodeId, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&id.to_string())
+        } else {
+            id.serialize(s)
+        }
+    }
+
+    /// Deserializes one node id.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NodeId, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(D::Error::custom)
+        } else {
+            NodeId::deserialize(d)
+        }
+    }
+}
+
+/// Serde helper: a list of `NodeId`s, base58 in human-readable formats.
+pub mod b58_vec {
+    use agora_market::NodeId;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
+
+    /// Serializes a list of node ids.
+    pub fn serialize<S: Serializer>(ids: &[NodeId], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            let strings: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+            strings.serialize(s)
+        } else {
+            ids.serialize(s)
+        }
+    }
+
+    /// Deserializes a list of node ids.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NodeId>, D::Error> {
+        if d.is_human_readable() {
+            let strings = Vec::<String>::deserialize(d)?;
+            strings
+                .iter()
+                .map(|s| s.parse().map_err(D::Error::custom))
+                .collect()
+        } else {
+            Vec::<NodeId>::deserialize(d)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_utils::genesis_with;
+
+    #[test]
+    fn genesis_round_trips_through_json_with_base58_ids() {
+        let (genesis, _, _) = genesis_with(3, 4, 1_000);
+        let json = serde_json::to_string(&genesis).unwrap();
+        assert!(json.contains(&genesis.committee[0].to_string()));
+        let back: Genesis = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, genesis);
+    }
+
+    #[test]
+    fn genesis_round_trips_through_cbor() {
+        let (genesis, _, _) = genesis_with(2, 1, 5);
+        let bytes = serde_cbor::to_vec(&genesis).unwrap();
+        let back: Genesis = serde_cbor::from_slice(&bytes).unwrap();
+        assert_eq!(back, genesis);
+    }
+
+    #[test]
+    fn bad_node_id_in_genesis_is_an_error() {
+        let json = r#"{"chain_id":"x","accounts":[],"committee":["nope!"],"faucet_enabled":false}"#;
+        assert!(serde_json::from_str::<Genesis>(json).is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! Contract setup handlers: register (lock funds), migrated, armed, cancel, expire.
+
+use agora_market::{NodeId, Timestamp};
+use tracing::info;
+
+use super::{ContractRecord, Ledger, LedgerError, LedgerEvent};
+use crate::contract::{ActivationClause, ContractId, ContractKind, SignedContract};
+use crate::lifecycle::{ContractStatus, LifecycleEvent};
+
+fn not_allowed(contract: ContractId, sender: NodeId, action: &'static str) -> LedgerError {
+    LedgerError::NotAllowed {
+        contract,
+        sender,
+        action,
+    }
+}
+
+impl Ledger {
+    /// Checks that `event` is allowed for `contract` now, without changing anything.
+    pub(super) fn can_step(
+        &self,
+        contract: ContractId,
+        event: LifecycleEvent,
+    ) -> Result<ContractStatus, LedgerError> {
+        self.record(contract)?
+            .status
+            .transition(event)
+            .map_err(|source| LedgerError::Lifecycle { contract, source })
+    }
+
+    pub(super) fn register(
+        &mut self,
+        now: Timestamp,
+        sender: NodeId,
+        signed: &SignedContract,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let id = signed.verify()?;
+        let c = &signed.contract;
+        if sender != c.customer && sender != c.provider {
+            return Err(not_allowed(id, sender, "register"));
+        }
+        if self.contracts.contains_key(&id) {
+            return Err(LedgerError::DuplicateContract(id));
+        }
+        if let Some(a) = c.committee.iter().find(|a| !self.committee.contains(a)) {
+            return Err(LedgerError::UnknownArbitrator {
+                contract: id,
+                arbitrator: *a,
+            });
+        }
+        let customer_lock = c.customer_lock().ok_or(LedgerError::Overflow {
+            context: "payment plus customer stake",
+        })?;
+        let record = ContractRecord::new(c.clone(), now).ok_or(LedgerError::Overflow {
+            context: "escrow total",
+        })?;
+        self.require_funds(c.customer, customer_lock)?;
+        self.require_funds(c.provider, c.stakes.provider_stake)?;
+        let locked = record.escrow.total().unwrap_or(0);
+        self.lock(c.customer, customer_lock)?;
+        self.lock(c.provider, c.stakes.provider_stake)?;
+        self.contracts.insert(id, record);
+        info!(contract = %id.short(), customer = %c.customer.short(), provider = %c.provider.short(), locked, "contract registered");
+        Ok(vec![
+            LedgerEvent::ContractRegistered {
+                contract: id,
+                customer: c.customer,
+                provider: c.provider,
+                locked,
+            },
+            LedgerEvent::StatusChanged {
+                contract: id,
+                from: ContractStatus::Signed,
+                to: ContractStatus::Validated,
+            },
+        ])
+    }
+
+    fn require_provider(
+        &self,
+        id: ContractId,
+        sender: NodeId,
+        action: &'static str,
+    ) -> Result<(), LedgerError> {
+        if self.record(id)?.contract.provider != sender {
+            return Err(not_allowed(id, sender, action));
+        }
+        Ok(())
+    }
+
+    pub(super) fn mark_migrated(
+        &mut self,
+        sender: NodeId,
+        id: ContractId,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        self.require_provider(id, sender, "mark migrated")?;
+        Ok(vec![self.step(id, LifecycleEvent::Migrate, 0)?])
+    }
+
+    pub(super) fn mark_armed(
+        &mut self,
+        now: Timestamp,
+        sender: NodeId,
+        id: ContractId,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        self.require_provider(id, sender, "arm")?;
+        let mut events = vec![self.step(id, LifecycleEvent::Arm, now)?];
+        if let Some(rec) = self.contracts.get_mut(&id) {
+            rec.armed_at = Some(now);
+            if rec.contract.activation == ActivationClause::Immediately {
+                rec.trigger_at = Some(now);
+            }
+        }
+        // The customer may already be down: evaluate the handover rule right away.
+        events.extend(self.evaluate_handover(now, id));
+        Ok(events)
+    }
+
+    pub(super) fn cancel(
+        &mut self,
+        now: Timestamp,
+        sender: NodeId,
+        id: ContractId,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let rec = self.record(id)?;
+        let status = rec.status;
+        let allowed = if sender == rec.contract.customer {
+            // Once handover is attested the customer cannot walk away from the takeover.
+            rec.handover.is_none()
+        } else if sender == rec.contract.provider {
+            // A provider may back out only before it committed to stand by.
+            matches!(status, ContractStatus::Validated | ContractStatus::Migrated)
+        } else {
+            false
+        };
+        if !allowed {
+            return Err(not_allowed(id, sender, "cancel"));
+        }
+        self.can_step(id, LifecycleEvent::Cancel)?;
+        let mut events = Vec::new();
+        self.refund_all(id, &mut events)?;
+        events.push(self.step(id, LifecycleEvent::Cancel, now)?);
+        Ok(events)
+    }
+
+    pub(super) fn expire(
+        &mut self,
+        now: Timestamp,
+        sender: NodeId,
+        id: ContractId,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let rec = self.record(id)?;
+        if sender != rec.contract.customer && sender != rec.contract.provider {
+            return Err(not_allowed(id, sender, "expire"));
+        }
+        if !matches!(
+            rec.status,
+            ContractStatus::Validated | ContractStatus::Migrated
+        ) {
+            return Err(LedgerError::NotNow {
+                contract: id,
+                status: rec.status,
+                reason: "only contracts that were never armed can expire; settle armed ones".into(),
+            });
+        }
+        let deadline = rec
+            .registered_at
+            .saturating_add(rec.contract.duration_ms)
+            .saturating_add(self.params.expiry_grace_ms);
+        if now < deadline {
+            return Err(LedgerError::NotNow {
+                contract: id,
+                status: rec.status,
+                reason: format!("expires at {deadline}, not before"),
+            });
+        }
+        let mut events = Vec::new();
+        self.refund_all(id, &mut events)?;
+        events.push(self.step(id, LifecycleEvent::Expire, now)?);
+        Ok(events)
+    }
+
+    /// True for standby contracts waiting for a handover of `customer`.
+    pub(super) fn awaits_handover(rec: &ContractRecord) -> bool {
+        rec.contract.kind == ContractKind::Standby
+            && rec.status == ContractStatus::Armed
+            && rec.handover.is_none()
+    }
+}

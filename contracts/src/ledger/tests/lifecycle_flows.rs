@@ -1,0 +1,429 @@
+//! End-to-end contract flows on the ledger: hosted, standby handover, breach, storage, refunds.
+
+use agora_market::Signer;
+
+use super::Harness;
+use crate::attestation::Liveness;
+use crate::ledger::{
+    BreachReason, HeartbeatBatch, LedgerError, LedgerEvent, SettleReason, TxKind, UptimeInterval,
+};
+use crate::lifecycle::ContractStatus;
+use crate::test_utils::{ContractBuilder, test_cid};
+
+fn uptime(from: u64, to: u64) -> TxKind {
+    TxKind::Heartbeats {
+        contract: crate::contract::ContractId([0; 32]),
+        batch: HeartbeatBatch {
+            intervals: vec![UptimeInterval { from, to }],
+            readings_processed: 10,
+            data_proofs: vec![test_cid(&from.to_le_bytes())],
+        },
+    }
+}
+
+fn for_contract(kind: TxKind, id: crate::contract::ContractId) -> TxKind {
+    match kind {
+        TxKind::Heartbeats { batch, .. } => TxKind::Heartbeats {
+            contract: id,
+            batch,
+        },
+        other => other,
+    }
+}
+
+fn settle(id: crate::contract::ContractId, reason: SettleReason) -> TxKind {
+    TxKind::Settle {
+        contract: id,
+        reason,
+    }
+}
+
+#[test]
+fn hosted_contract_paid_for_uptime_then_settled_once() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).signed());
+    let (c, p) = (h.customer(), h.provider());
+    h.now = 2_000;
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 1_500,
+        },
+    );
+    h.now = 31_500;
+    h.ok(&p, for_contract(uptime(1_500, 31_500), id));
+    // Half the duration verified: periodic collection pays half.
+    let ev = h.ok(&p, TxKind::SettleUptime(id));
+    assert!(ev.contains(&LedgerEvent::Paid {
+        contract: id,
+        to: p.node_id(),
+        amount: 500
+    }));
+    assert!(h.try_apply(&p, TxKind::SettleUptime(id)).is_err());
+    h.now = 61_500;
+    h.ok(&p, for_contract(uptime(31_500, 61_500), id));
+    let err = h
+        .try_apply(&c, settle(id, SettleReason::NoActivation))
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }));
+    h.ok(&p, settle(id, SettleReason::DurationEnded));
+    assert_eq!(h.status(id), ContractStatus::Settled);
+    assert_eq!(h.balance(&p), 10_000 + 1_000);
+    assert_eq!(h.balance(&c), 10_000 - 1_000);
+    assert_eq!(h.ledger.account(&p.node_id()).unwrap().reputation, 10);
+    let err = h
+        .try_apply(&c, settle(id, SettleReason::DurationEnded))
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }));
+}
+
+#[test]
+fn hosted_contract_with_low_uptime_is_slashed() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).signed());
+    let (c, p) = (h.customer(), h.provider());
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 1_000,
+        },
+    );
+    h.now = 61_000;
+    h.ok(&p, for_contract(uptime(1_000, 31_000), id));
+    let ev = h.ok(&c, settle(id, SettleReason::DurationEnded));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        LedgerEvent::Slashed {
+            amount: 500,
+            reason: BreachReason::InsufficientUptime { permille: 500 },
+            ..
+        }
+    )));
+    assert_eq!(h.status(id), ContractStatus::Slashed);
+    // Customer gets payment and stake back plus the provider's stake.
+    assert_eq!(h.balance(&c), 10_000 + 500);
+    assert_eq!(h.balance(&p), 10_000 - 500);
+    assert_eq!(h.ledger.account(&p.node_id()).unwrap().reputation, -50);
+}
+
+#[test]
+fn standby_handover_needs_an_arbitrator_quorum() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
+    let p = h.provider();
+    let customer = h.customer().node_id();
+    // The provider alone can never trigger handover.
+    let err = h
+        .try_apply(
+            &p,
+            TxKind::Attest {
+                subject: customer,
+                liveness: Liveness::Unreachable { since: 0 },
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotCommitteeMember { .. }));
+    let err = h
+        .try_apply(
+            &p,
+            TxKind::ReportActivation {
+                contract: id,
+                activated_at: 1_000,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }));
+    h.now = 10_000;
+    h.attest(0, Liveness::Unreachable { since: 2_000 });
+    let ev = h.attest(1, Liveness::Unreachable { since: 2_000 });
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, LedgerEvent::HandoverAttested { .. }))
+    );
+    let ev = h.attest(2, Liveness::Unreachable { since: 3_000 });
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        LedgerEvent::HandoverAttested { contract, unreachable_since: 3_000, at: 10_000, .. } if *contract == id
+    )));
+    // A fourth attestation does not attest again.
+    let ev = h.attest(3, Liveness::Unreachable { since: 3_000 });
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, LedgerEvent::HandoverAttested { .. }))
+    );
+    h.now = 12_000;
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 11_000,
+        },
+    );
+    assert_eq!(h.status(id), ContractStatus::Active);
+}
+
+#[test]
+fn partition_between_customer_and_provider_only_does_not_trigger_handover() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
+    h.now = 20_000;
+    // One arbitrator sees a blip; the others still reach the customer.
+    h.attest(0, Liveness::Unreachable { since: 1_000 });
+    for a in 1..4 {
+        h.attest(a, Liveness::Reachable);
+    }
+    assert!(h.ledger.contract(&id).unwrap().handover.is_none());
+    let p = h.provider();
+    let err = h
+        .try_apply(
+            &p,
+            TxKind::ReportActivation {
+                contract: id,
+                activated_at: 20_000,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }));
+}
+
+/// Arms a standby contract and gets handover attested at t=10_000.
+fn handed_over(h: &mut Harness) -> crate::contract::ContractId {
+    let id = h.armed(
+        ContractBuilder::new(1, 2)
+            .standby(5_000)
+            .duration(100_000)
+            .signed(),
+    );
+    h.now = 10_000;
+    for a in 0..3 {
+        h.attest(a, Liveness::Unreachable { since: 2_000 });
+    }
+    assert!(h.ledger.contract(&id).unwrap().handover.is_some());
+    id
+}
+
+#[test]
+fn customer_back_early_pays_pro_rata() {
+    let mut h = Harness::new();
+    let id = handed_over(&mut h);
+    let (c, p) = (h.customer(), h.provider());
+    h.now = 11_000;
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 11_000,
+        },
+    );
+    h.now = 41_000;
+    h.ok(&p, for_contract(uptime(11_000, 41_000), id));
+    // The customer cannot cancel its way out once handed over.
+    assert!(h.try_apply(&c, TxKind::Cancel(id)).is_err());
+    // Registered at 1_000, back at 41_000: 40% of the 100 s coverage window.
+    h.ok(&c, settle(id, SettleReason::CustomerBack));
+    assert_eq!(h.status(id), ContractStatus::Settled);
+    assert_eq!(h.balance(&p), 10_000 + 400);
+    assert_eq!(h.balance(&c), 10_000 - 400);
+}
+
+#[test]
+fn late_activation_is_a_breach() {
+    let mut h = Harness::new();
+    let id = handed_over(&mut h);
+    let (c, p) = (h.customer(), h.provider());
+    h.now = 20_000;
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 19_000,
+        },
+    );
+    h.ok(&p, for_contract(uptime(19_000, 20_000), id));
+    let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        LedgerEvent::Slashed {
+            reason: BreachReason::LateActivation { delay_ms: 9_000 },
+            ..
+        }
+    )));
+}
+
+#[test]
+fn no_activation_after_deadline_is_slashed() {
+    let mut h = Harness::new();
+    let id = handed_over(&mut h);
+    let c = h.customer();
+    h.now = 14_000;
+    let err = h
+        .try_apply(&c, settle(id, SettleReason::NoActivation))
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }));
+    h.now = 15_001;
+    h.ok(&c, settle(id, SettleReason::NoActivation));
+    assert_eq!(h.status(id), ContractStatus::Slashed);
+    assert_eq!(h.balance(&c), 10_000 + 500);
+}
+
+#[test]
+fn untriggered_standby_is_paid_when_its_window_ends() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
+    let p = h.provider();
+    h.now = 60_999;
+    assert!(
+        h.try_apply(&p, settle(id, SettleReason::DurationEnded))
+            .is_err()
+    );
+    h.now = 61_000;
+    let ev = h.ok(&p, settle(id, SettleReason::DurationEnded));
+    assert!(ev.contains(&LedgerEvent::StatusChanged {
+        contract: id,
+        from: ContractStatus::Armed,
+        to: ContractStatus::Completed
+    }));
+    assert_eq!(h.balance(&p), 10_000 + 1_000);
+}
+
+#[test]
+fn cancel_and_expire_return_funds() {
+    let mut h = Harness::new();
+    let (c, p) = (h.customer(), h.provider());
+    let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
+    assert!(matches!(
+        h.try_apply(&p, TxKind::Cancel(id)),
+        Err(LedgerError::NotAllowed { .. })
+    ));
+    h.ok(&c, TxKind::Cancel(id));
+    assert_eq!(h.status(id), ContractStatus::Cancelled);
+    assert_eq!((h.balance(&c), h.balance(&p)), (10_000, 10_000));
+
+    let id = h.register(ContractBuilder::new(1, 2).nonce(7).signed());
+    let err = h.try_apply(&c, TxKind::Expire(id)).unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }));
+    h.now = 1_000 + 60_000 + 60_000;
+    h.ok(&c, TxKind::Expire(id));
+    assert_eq!(h.status(id), ContractStatus::Expired);
+    assert_eq!((h.balance(&c), h.balance(&p)), (10_000, 10_000));
+}
+
+#[test]
+fn fixed_time_activation_waits_for_its_time() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).at(5_000).signed());
+    let p = h.provider();
+    let err = h
+        .try_apply(
+            &p,
+            TxKind::ReportActivation {
+                contract: id,
+                activated_at: 1_000,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }));
+    h.now = 6_000;
+    let err = h
+        .try_apply(
+            &p,
+            TxKind::ReportActivation {
+                contract: id,
+                activated_at: 4_000,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::InvalidEvidence { .. }));
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 5_500,
+        },
+    );
+}
+
+#[test]
+fn heartbeats_cannot_overlap_or_come_from_the_future() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).signed());
+    let p = h.provider();
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 1_000,
+        },
+    );
+    h.now = 10_000;
+    assert!(
+        h.try_apply(&p, for_contract(uptime(1_000, 11_000), id))
+            .is_err()
+    );
+    h.ok(&p, for_contract(uptime(1_000, 5_000), id));
+    assert!(
+        h.try_apply(&p, for_contract(uptime(4_000, 6_000), id))
+            .is_err()
+    );
+    let c = h.customer();
+    assert!(
+        h.try_apply(&c, for_contract(uptime(5_000, 6_000), id))
+            .is_err()
+    );
+    assert_eq!(h.ledger.contract(&id).unwrap().uptime_ms, 4_000);
+}
+
+#[test]
+fn storage_contract_judged_by_challenge_results() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).storage().signed());
+    let (c, p) = (h.customer(), h.provider());
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 1_000,
+        },
+    );
+    let challenge = test_cid(b"block");
+    let outsider = h.accounts[2].clone();
+    let err = h
+        .try_apply(
+            &outsider,
+            TxKind::StorageProofResult {
+                contract: id,
+                challenge,
+                passed: true,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotAllowed { .. }));
+    let arb = h.committee[0].clone();
+    h.ok(
+        &arb,
+        TxKind::StorageProofResult {
+            contract: id,
+            challenge,
+            passed: true,
+        },
+    );
+    h.ok(
+        &c,
+        TxKind::StorageProofResult {
+            contract: id,
+            challenge,
+            passed: false,
+        },
+    );
+    h.now = 61_000;
+    let ev = h.ok(&c, settle(id, SettleReason::DurationEnded));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        LedgerEvent::Slashed {
+            reason: BreachReason::FailedStorageProofs { permille: 500 },
+            ..
+        }
+    )));
+}

@@ -1,1 +1,31 @@
-//! agora-storage
+//! agora-storage: IPFS-compatible content addressing for Agora nodes.
+//!
+//! - [`unixfs`]: Kubo-compatible UnixFS importer (`import_file`) and exporter (`export`).
+//! - [`blockstore`]: the [`BlockStore`] trait, [`SledBlockStore`] and [`MemoryBlockStore`].
+//! - [`car`]: CAR v1 export/import compatible with `ipfs dag export/import`.
+//! - [`bitswap`]: pure bitswap 1.2.0 message codec and a responder over a block store.
+//! - [`proof`]: signed blake3 Merkle data-integrity proofs over sensor readings.
+//! - [`challenge`]: proof-of-storage challenges over a file's chunks.
+//! - [`kubo`]: a small streaming Kubo RPC client.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod bitswap;
+pub mod blockstore;
+pub mod car;
+pub mod challenge;
+pub mod dagpb;
+mod error;
+pub mod hash;
+pub mod kubo;
+pub mod merkle;
+pub mod proof;
+pub mod protobuf;
+pub mod unixfs;
+
+pub use blockstore::{BlockStore, MAX_BLOCK_SIZE, MemoryBlockStore, SledBlockStore};
+pub use cid::Cid;
+pub use error::StorageError;
+pub use unixfs::{CidVersion, ImportOptions, export, import_async, import_file};
+
+/// Result alias for storage operations.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

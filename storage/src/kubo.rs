@@ -1,0 +1,285 @@
+//! A small client for the Kubo (go-ipfs) RPC API (`/api/v0`, plain HTTP): add, cat, block
+//! get/put and pin add. Uploads and downloads stream; no file is buffered whole.
+
+mod multipart;
+
+use cid::Cid;
+use futures::{Stream, StreamExt, TryStreamExt};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::hash::verify_block;
+use crate::unixfs::CidVersion;
+
+/// Errors talking to a Kubo daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum KuboError {
+    /// Nothing listens at the API address.
+    #[error(
+        "cannot reach the Kubo RPC API at {api}: {reason}; start the daemon (`ipfs daemon`) or set storage.api to its address"
+    )]
+    Unreachable {
+        /// The API base URL.
+        api: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// The daemon answered with an error status.
+    #[error("Kubo daemon returned HTTP {status}: {message}")]
+    Daemon {
+        /// HTTP status code.
+        status: u16,
+        /// The daemon's `Message` field (or body text).
+        message: String,
+    },
+    /// The daemon's answer could not be understood.
+    #[error(
+        "unexpected answer from Kubo {endpoint}: {reason}; check storage.api points at a Kubo RPC API"
+    )]
+    BadResponse {
+        /// Endpoint called.
+        endpoint: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A block from the daemon did not match its CID.
+    #[error("Kubo returned bytes for block {cid} that do not match it; its repo may be corrupted")]
+    HashMismatch {
+        /// The block.
+        cid: Cid,
+    },
+    /// Other HTTP failure mid-transfer.
+    #[error("HTTP error talking to Kubo at {api}: {reason}")]
+    Http {
+        /// The API base URL.
+        api: String,
+        /// The error.
+        reason: String,
+    },
+    /// Local I/O failure while streaming.
+    #[error("I/O error while streaming to/from Kubo: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Options for [`KuboClient::add`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddOptions {
+    /// CID version (`--cid-version`; v1 implies raw leaves in Kubo).
+    pub cid_version: CidVersion,
+    /// Pin recursively after adding.
+    pub pin: bool,
+}
+
+impl Default for AddOptions {
+    fn default() -> Self {
+        AddOptions {
+            cid_version: CidVersion::V0,
+            pin: true,
+        }
+    }
+}
+
+/// A Kubo RPC API client.
+#[derive(Debug, Clone)]
+pub struct KuboClient {
+    http: reqwest::Client,
+    api: String,
+}
+
+#[derive(Deserialize)]
+struct AddLine {
+    #[serde(rename = "Hash")]
+    hash: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct KeyLine {
+    #[serde(rename = "Key")]
+    key: String,
+}
+
+#[derive(Deserialize)]
+struct DaemonError {
+    #[serde(rename = "Message")]
+    message: String,
+}
+
+impl KuboClient {
+    /// A client for the API at `api`, e.g. `http://127.0.0.1:5001`.
+    pub fn new(api: impl Into<String>) -> Self {
+        KuboClient {
+            http: reqwest::Client::new(),
+            api: api.into().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The API base URL.
+    pub fn api(&self) -> &str {
+        &self.api
+    }
+
+    fn transport(&self, e: reqwest::Error) -> KuboError {
+        if e.is_connect() {
+            KuboError::Unreachable {
+                api: self.api.clone(),
+                reason: e.to_string(),
+            }
+        } else {
+            KuboError::Http {
+                api: self.api.clone(),
+                reason: e.to_string(),
+            }
+        }
+    }
+
+    /// POSTs to `/api/v0/{endpoint}` and turns error statuses into `KuboError::Daemon`.
+    async fn call(
+        &self,
+        endpoint: &'static str,
+        query: &[(&str, String)],
+        body: Option<reqwest::Body>,
+        boundary: Option<&str>,
+    ) -> Result<reqwest::Response, KuboError> {
+        let mut req = self
+            .http
+            .post(format!("{}/api/v0/{endpoint}", self.api))
+            .query(query);
+        if let (Some(body), Some(boundary)) = (body, boundary) {
+            req = req
+                .header(
+                    "Content-Type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(body);
+        }
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<DaemonError>(&text)
+            .map(|d| d.message)
+            .unwrap_or(text);
+        tracing::debug!(endpoint, status = status.as_u16(), %message, "kubo error");
+        Err(KuboError::Daemon {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    /// Adds a file streamed from `reader` (like `ipfs add`); returns its root CID.
+    pub async fn add<R: AsyncRead + Send + Unpin + 'static>(
+        &self,
+        reader: R,
+        options: AddOptions,
+    ) -> Result<Cid, KuboError> {
+        let (boundary, body) = multipart::file_body(reader);
+        let version = match options.cid_version {
+            CidVersion::V0 => "0",
+            CidVersion::V1 => "1",
+        };
+        let query = [
+            ("cid-version", version.to_owned()),
+            ("pin", options.pin.to_string()),
+            ("progress", "false".to_owned()),
+        ];
+        let resp = self
+            .call("add", &query, Some(body), Some(&boundary))
+            .await?;
+        let text = resp.text().await.map_err(|e| self.transport(e))?;
+        let hash = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<AddLine>(l).ok()?.hash)
+            .next_back()
+            .ok_or_else(|| KuboError::BadResponse {
+                endpoint: "add",
+                reason: format!("no Hash in {text:?}"),
+            })?;
+        hash.parse().map_err(|e| KuboError::BadResponse {
+            endpoint: "add",
+            reason: format!("bad CID {hash:?}: {e}"),
+        })
+    }
+
+    /// Streams the file at `cid` (like `ipfs cat`).
+    pub async fn cat(
+        &self,
+        cid: &Cid,
+    ) -> Result<impl Stream<Item = Result<Vec<u8>, KuboError>> + use<>, KuboError> {
+        let resp = self
+            .call("cat", &[("arg", cid.to_string())], None, None)
+            .await?;
+        let api = self.api.clone();
+        Ok(resp
+            .bytes_stream()
+            .map_ok(|b| b.to_vec())
+            .map_err(move |e| KuboError::Http {
+                api: api.clone(),
+                reason: e.to_string(),
+            }))
+    }
+
+    /// Streams the file at `cid` into `writer`; returns bytes written.
+    pub async fn cat_to<W: AsyncWrite + Unpin>(
+        &self,
+        cid: &Cid,
+        mut writer: W,
+    ) -> Result<u64, KuboError> {
+        let resp = self
+            .call("cat", &[("arg", cid.to_string())], None, None)
+            .await?;
+        let mut stream = resp.bytes_stream();
+        let mut total = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport(e))?;
+            writer.write_all(&chunk).await?;
+            total += chunk.len() as u64;
+        }
+        writer.flush().await?;
+        Ok(total)
+    }
+
+    /// Fetches one raw block and verifies it against `cid`.
+    pub async fn block_get(&self, cid: &Cid) -> Result<Vec<u8>, KuboError> {
+        let resp = self
+            .call("block/get", &[("arg", cid.to_string())], None, None)
+            .await?;
+        let data = resp.bytes().await.map_err(|e| self.transport(e))?.to_vec();
+        verify_block(cid, &data).map_err(|_| KuboError::HashMismatch { cid: *cid })?;
+        Ok(data)
+    }
+
+    /// Stores one block with `codec` (multicodec name, e.g. "raw", "dag-pb") and sha2-256.
+    pub async fn block_put(&self, data: Vec<u8>, codec: &str) -> Result<Cid, KuboError> {
+        let (boundary, body) = multipart::file_body(std::io::Cursor::new(data));
+        let query = [
+            ("cid-codec", codec.to_owned()),
+            ("mhtype", "sha2-256".to_owned()),
+        ];
+        let resp = self
+            .call("block/put", &query, Some(body), Some(&boundary))
+            .await?;
+        let text = resp.text().await.map_err(|e| self.transport(e))?;
+        let key = serde_json::from_str::<KeyLine>(text.trim())
+            .map_err(|e| KuboError::BadResponse {
+                endpoint: "block/put",
+                reason: format!("{e} in {text:?}"),
+            })?
+            .key;
+        key.parse().map_err(|e| KuboError::BadResponse {
+            endpoint: "block/put",
+            reason: format!("bad CID {key:?}: {e}"),
+        })
+    }
+
+    /// Pins `cid` recursively.
+    pub async fn pin_add(&self, cid: &Cid) -> Result<(), KuboError> {
+        self.call("pin/add", &[("arg", cid.to_string())], None, None)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! Importer/exporter tests: Kubo known-answer vectors, a port of Kubo's recursive balanced
+//! layout as a reference, and round trips.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::dagpb::{PbLink, PbNode};
+use crate::hash::{DAG_PB, RAW, cid_v0, cid_v1_sha256};
+use crate::{MemoryBlockStore, StorageError};
+
+/// Deterministic test content shared with `tests/kubo_interop.py`: byte i = i mod 251.
+pub(crate) fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+fn add(data: &[u8], options: ImportOptions) -> (MemoryBlockStore, Cid) {
+    let store = MemoryBlockStore::new();
+    let cid = import_file(&store, data, options).unwrap();
+    (store, cid)
+}
+
+#[test]
+fn kubo_vectors_small() {
+    assert_eq!(
+        add(b"", ImportOptions::default()).1.to_string(),
+        "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"
+    );
+    assert_eq!(
+        add(b"hello world\n", ImportOptions::default())
+            .1
+            .to_string(),
+        "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
+    );
+}
+
+#[test]
+fn v1_single_chunk_is_raw_leaf_in_base32() {
+    let (_, cid) = add(b"hello world\n", ImportOptions::v1());
+    assert_eq!(cid, cid_v1_sha256(RAW, b"hello world\n"));
+    assert!(cid.to_string().starts_with("bafkrei"));
+    let (_, two) = add(&pattern(DEFAULT_CHUNK_SIZE + 1), ImportOptions::v1());
+    assert_eq!(two.codec(), DAG_PB);
+    assert!(two.to_string().starts_with("bafybei"));
+}
+
+/// Kubo's `balanced.Layout` + `fillNodeRec`, ported literally (recursive, whole file in memory).
+fn reference_root(chunks: &[Vec<u8>], max_links: usize) -> Cid {
+    struct Ctx<'a> {
+        chunks: &'a [Vec<u8>],
+        next: usize,
+        max_links: usize,
+    }
+    fn leaf(ctx: &mut Ctx<'_>) -> (Cid, u64, u64) {
+        let chunk = &ctx.chunks[ctx.next];
+        ctx.next += 1;
+        let data = UnixFsData {
+            kind: DataType::File,
+            data: Some(chunk.clone()),
+            filesize: Some(chunk.len() as u64),
+            blocksizes: vec![],
+        };
+        let block = PbNode {
+            links: vec![],
+            data: Some(data.encode()),
+        }
+        .encode();
+        (cid_v0(&block), block.len() as u64, chunk.len() as u64)
+    }
+    fn commit(children: Vec<(Cid, u64, u64)>) -> (Cid, u64, u64) {
+        let filesize = children.iter().map(|c| c.2).sum();
+        let data = UnixFsData {
+            kind: DataType::File,
+            data: None,
+            filesize: Some(filesize),
+            blocksizes: children.iter().map(|c| c.2).collect(),
+        };
+        let links = children
+            .iter()
+            .map(|c| PbLink {
+                cid: c.0,
+                name: Some(String::new()),
+                tsize: Some(c.1),
+            })
+            .collect();
+        let block = PbNode {
+            links,
+            data: Some(data.encode()),
+        }
+        .encode();
+        let tsize = block.len() as u64 + children.iter().map(|c| c.1).sum::<u64>();
+        (cid_v0(&block), tsize, filesize)
+    }
+    fn fill(
+        ctx: &mut Ctx<'_>,
+        mut children: Vec<(Cid, u64, u64)>,
+        depth: usize,
+    ) -> (Cid, u64, u64) {
+        while children.len() < ctx.max_links && ctx.next < ctx.chunks.len() {
+            let child = if depth == 1 {
+                leaf(ctx)
+            } else {
+                fill(ctx, vec![], depth - 1)
+            };
+            children.push(child);
+        }
+        commit(children)
+    }
+    let mut ctx = Ctx {
+        chunks,
+        next: 0,
+        max_links,
+    };
+    let mut root = leaf(&mut ctx);
+    let mut depth = 1;
+    while ctx.next < chunks.len() {
+        root = fill(&mut ctx, vec![root], depth);
+        depth += 1;
+    }
+    root.0
+}
+
+#[test]
+fn matches_reference_layout_for_every_shape() {
+    let max_links = 3;
+    let chunk = 4;
+    for len in 1..=(chunk * 3 * 3 * 3 * 2 + 5) {
+        let data = pattern(len);
+        let chunks: Vec<Vec<u8>> = data.chunks(chunk).map(<[u8]>::to_vec).collect();
+        let options = ImportOptions {
+            cid_version: CidVersion::V0,
+            chunk_size: chunk,
+            max_links,
+        };
+        let (store, cid) = add(&data, options);
+        assert_eq!(cid, reference_root(&chunks, max_links), "len {len}");
+        let mut out = Vec::new();
+        let stats = export(&store, &cid, &mut out).unwrap();
+        assert_eq!(out, data, "len {len}");
+        assert_eq!(stats.bytes, len as u64);
+    }
+}
+
+#[test]
+fn export_reports_missing_block_by_cid() {
+    let (store, root) = add(&pattern(DEFAULT_CHUNK_SIZE * 3), ImportOptions::default());
+    let leaves = file_leaves(&store, &root).unwrap();
+    assert_eq!(leaves.len(), 3);
+    store.delete(&leaves[1]).unwrap();
+    let err = export(&store, &root, &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, StorageError::NotFound { cid } if cid == leaves[1]));
+}
+
+#[test]
+fn export_raw_and_v1_round_trip() {
+    for len in [
+        0,
+        1,
+        DEFAULT_CHUNK_SIZE,
+        DEFAULT_CHUNK_SIZE + 1,
+        3 * DEFAULT_CHUNK_SIZE + 7,
+    ] {
+        let data = pattern(len);
+        let (store, cid) = add(&data, ImportOptions::v1());
+        let mut out = Vec::new();
+        export(&store, &cid, &mut out).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(
+            file_leaves(&store, &cid).unwrap().len(),
+            len.div_ceil(DEFAULT_CHUNK_SIZE).max(1)
+        );
+    }
+}
+
+#[test]
+fn async_import_matches_sync() {
+    let data = pattern(DEFAULT_CHUNK_SIZE * 2 + 99);
+    let store = MemoryBlockStore::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let cid = rt
+        .block_on(import_async(
+            &store,
+            data.as_slice(),
+            ImportOptions::default(),
+        ))
+        .unwrap();
+    assert_eq!(cid, add(&data, ImportOptions::default()).1);
+}
+
+/// A reader that returns at most 7 bytes per call, to exercise short reads.
+struct Dribble<'a>(&'a [u8]);
+impl std::io::Read for Dribble<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(7).min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn short_reads_do_not_change_the_cid(len in 0usize..300, chunk in 1usize..40, links in 2usize..6) {
+        let data = pattern(len);
+        let options = ImportOptions { cid_version: CidVersion::V0, chunk_size: chunk, max_links: links };
+        let store = MemoryBlockStore::new();
+        let a = import_file(&store, Dribble(&data), options).unwrap();
+        let b = import_file(&store, data.as_slice(), options).unwrap();
+        prop_assert_eq!(a, b);
+        let mut out = Vec::new();
+        export(&store, &a, &mut out).unwrap();
+        prop_assert_eq!(out, data);
+    }
+}

@@ -28,7 +28,7 @@ mod tx;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use error::LedgerError;
 pub use event::{BreachReason, LedgerEvent};

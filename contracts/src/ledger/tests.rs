@@ -8,6 +8,7 @@ use crate::contract::{ContractId, SignedContract};
 use crate::lifecycle::ContractStatus;
 use crate::test_utils::{ContractBuilder, genesis_with, test_cid, tx, tx_with_nonce};
 
+mod handover;
 mod lifecycle_flows;
 
 /// A ledger with accounts seeds 1..=4 (10_000 each) and a 4-arbitrator committee.

@@ -3,14 +3,13 @@
 use agora_market::Signer;
 
 use super::Harness;
-use crate::attestation::Liveness;
 use crate::ledger::{
     BreachReason, HeartbeatBatch, LedgerError, LedgerEvent, SettleReason, TxKind, UptimeInterval,
 };
 use crate::lifecycle::ContractStatus;
 use crate::test_utils::{ContractBuilder, test_cid};
 
-fn uptime(from: u64, to: u64) -> TxKind {
+pub(super) fn uptime(from: u64, to: u64) -> TxKind {
     TxKind::Heartbeats {
         contract: crate::contract::ContractId([0; 32]),
         batch: HeartbeatBatch {
@@ -21,7 +20,7 @@ fn uptime(from: u64, to: u64) -> TxKind {
     }
 }
 
-fn for_contract(kind: TxKind, id: crate::contract::ContractId) -> TxKind {
+pub(super) fn for_contract(kind: TxKind, id: crate::contract::ContractId) -> TxKind {
     match kind {
         TxKind::Heartbeats { batch, .. } => TxKind::Heartbeats {
             contract: id,
@@ -31,7 +30,7 @@ fn for_contract(kind: TxKind, id: crate::contract::ContractId) -> TxKind {
     }
 }
 
-fn settle(id: crate::contract::ContractId, reason: SettleReason) -> TxKind {
+pub(super) fn settle(id: crate::contract::ContractId, reason: SettleReason) -> TxKind {
     TxKind::Settle {
         contract: id,
         reason,
@@ -106,166 +105,6 @@ fn hosted_contract_with_low_uptime_is_slashed() {
     assert_eq!(h.balance(&c), 10_000 + 500);
     assert_eq!(h.balance(&p), 10_000 - 500);
     assert_eq!(h.ledger.account(&p.node_id()).unwrap().reputation, -50);
-}
-
-#[test]
-fn standby_handover_needs_an_arbitrator_quorum() {
-    let mut h = Harness::new();
-    let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
-    let p = h.provider();
-    let customer = h.customer().node_id();
-    // The provider alone can never trigger handover.
-    let err = h
-        .try_apply(
-            &p,
-            TxKind::Attest {
-                subject: customer,
-                liveness: Liveness::Unreachable { since: 0 },
-            },
-        )
-        .unwrap_err();
-    assert!(matches!(err, LedgerError::NotCommitteeMember { .. }));
-    let err = h
-        .try_apply(
-            &p,
-            TxKind::ReportActivation {
-                contract: id,
-                activated_at: 1_000,
-            },
-        )
-        .unwrap_err();
-    assert!(matches!(err, LedgerError::NotNow { .. }));
-    h.now = 10_000;
-    h.attest(0, Liveness::Unreachable { since: 2_000 });
-    let ev = h.attest(1, Liveness::Unreachable { since: 2_000 });
-    assert!(
-        !ev.iter()
-            .any(|e| matches!(e, LedgerEvent::HandoverAttested { .. }))
-    );
-    let ev = h.attest(2, Liveness::Unreachable { since: 3_000 });
-    assert!(ev.iter().any(|e| matches!(
-        e,
-        LedgerEvent::HandoverAttested { contract, unreachable_since: 3_000, at: 10_000, .. } if *contract == id
-    )));
-    // A fourth attestation does not attest again.
-    let ev = h.attest(3, Liveness::Unreachable { since: 3_000 });
-    assert!(
-        !ev.iter()
-            .any(|e| matches!(e, LedgerEvent::HandoverAttested { .. }))
-    );
-    h.now = 12_000;
-    h.ok(
-        &p,
-        TxKind::ReportActivation {
-            contract: id,
-            activated_at: 11_000,
-        },
-    );
-    assert_eq!(h.status(id), ContractStatus::Active);
-}
-
-#[test]
-fn partition_between_customer_and_provider_only_does_not_trigger_handover() {
-    let mut h = Harness::new();
-    let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
-    h.now = 20_000;
-    // One arbitrator sees a blip; the others still reach the customer.
-    h.attest(0, Liveness::Unreachable { since: 1_000 });
-    for a in 1..4 {
-        h.attest(a, Liveness::Reachable);
-    }
-    assert!(h.ledger.contract(&id).unwrap().handover.is_none());
-    let p = h.provider();
-    let err = h
-        .try_apply(
-            &p,
-            TxKind::ReportActivation {
-                contract: id,
-                activated_at: 20_000,
-            },
-        )
-        .unwrap_err();
-    assert!(matches!(err, LedgerError::NotNow { .. }));
-}
-
-/// Arms a standby contract and gets handover attested at t=10_000.
-fn handed_over(h: &mut Harness) -> crate::contract::ContractId {
-    let id = h.armed(
-        ContractBuilder::new(1, 2)
-            .standby(5_000)
-            .duration(100_000)
-            .signed(),
-    );
-    h.now = 10_000;
-    for a in 0..3 {
-        h.attest(a, Liveness::Unreachable { since: 2_000 });
-    }
-    assert!(h.ledger.contract(&id).unwrap().handover.is_some());
-    id
-}
-
-#[test]
-fn customer_back_early_pays_pro_rata() {
-    let mut h = Harness::new();
-    let id = handed_over(&mut h);
-    let (c, p) = (h.customer(), h.provider());
-    h.now = 11_000;
-    h.ok(
-        &p,
-        TxKind::ReportActivation {
-            contract: id,
-            activated_at: 11_000,
-        },
-    );
-    h.now = 41_000;
-    h.ok(&p, for_contract(uptime(11_000, 41_000), id));
-    // The customer cannot cancel its way out once handed over.
-    assert!(h.try_apply(&c, TxKind::Cancel(id)).is_err());
-    // Registered at 1_000, back at 41_000: 40% of the 100 s coverage window.
-    h.ok(&c, settle(id, SettleReason::CustomerBack));
-    assert_eq!(h.status(id), ContractStatus::Settled);
-    assert_eq!(h.balance(&p), 10_000 + 400);
-    assert_eq!(h.balance(&c), 10_000 - 400);
-}
-
-#[test]
-fn late_activation_is_a_breach() {
-    let mut h = Harness::new();
-    let id = handed_over(&mut h);
-    let (c, p) = (h.customer(), h.provider());
-    h.now = 20_000;
-    h.ok(
-        &p,
-        TxKind::ReportActivation {
-            contract: id,
-            activated_at: 19_000,
-        },
-    );
-    h.ok(&p, for_contract(uptime(19_000, 20_000), id));
-    let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
-    assert!(ev.iter().any(|e| matches!(
-        e,
-        LedgerEvent::Slashed {
-            reason: BreachReason::LateActivation { delay_ms: 9_000 },
-            ..
-        }
-    )));
-}
-
-#[test]
-fn no_activation_after_deadline_is_slashed() {
-    let mut h = Harness::new();
-    let id = handed_over(&mut h);
-    let c = h.customer();
-    h.now = 14_000;
-    let err = h
-        .try_apply(&c, settle(id, SettleReason::NoActivation))
-        .unwrap_err();
-    assert!(matches!(err, LedgerError::NotNow { .. }));
-    h.now = 15_001;
-    h.ok(&c, settle(id, SettleReason::NoActivation));
-    assert_eq!(h.status(id), ContractStatus::Slashed);
-    assert_eq!(h.balance(&c), 10_000 + 500);
 }
 
 #[test]

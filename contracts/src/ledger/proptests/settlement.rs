@@ -1,0 +1,104 @@
+//! Property tests of settlement arithmetic: what each party ends with, given the evidence.
+
+use agora_market::Signer;
+use proptest::prelude::*;
+
+use crate::contract::Qos;
+use crate::ledger::tests::Harness;
+use crate::ledger::{HeartbeatBatch, LedgerEvent, SettleReason, TxKind, UptimeInterval};
+use crate::lifecycle::ContractStatus;
+use crate::test_utils::ContractBuilder;
+
+fn qos(min_uptime_permille: u16) -> Qos {
+    Qos {
+        max_activation_delay_ms: 5_000,
+        min_uptime_permille,
+        heartbeat_interval_ms: 1_000,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Hosted: honoured pays `payment × uptime / duration`; late or low uptime slashes.
+    #[test]
+    fn hosted_settlement_pays_for_uptime_or_slashes(
+        payment in 0u64..5_000,
+        stakes in (0u64..1_000, 0u64..4_000),
+        duration in 1_000u64..100_000,
+        delay in 0u64..8_000,
+        uptime_permille in 0u64..=1_000,
+        min_uptime in 0u16..=1_000,
+    ) {
+        let mut h = Harness::new();
+        let signed = ContractBuilder::new(1, 2)
+            .payment(payment)
+            .stakes(stakes.0, stakes.1)
+            .duration(duration)
+            .qos(qos(min_uptime))
+            .signed();
+        let id = h.armed(signed);
+        let (c, p) = (h.customer(), h.provider());
+        let activated = h.now + delay;
+        h.now = activated;
+        h.ok(&p, TxKind::ReportActivation { contract: id, activated_at: activated });
+        let up = duration * uptime_permille / 1_000;
+        h.now = activated + duration;
+        let batch = HeartbeatBatch {
+            intervals: vec![UptimeInterval { from: activated, to: activated + up }],
+            readings_processed: 1,
+            data_proofs: vec![],
+        };
+        h.ok(&p, TxKind::Heartbeats { contract: id, batch });
+        let events = h.ok(&c, TxKind::Settle { contract: id, reason: SettleReason::DurationEnded });
+        let measured = up * 1_000 / duration;
+        let breached = delay > 5_000 || measured < u64::from(min_uptime);
+        if breached {
+            prop_assert_eq!(h.status(id), ContractStatus::Slashed);
+            prop_assert_eq!(h.balance(&c), 10_000 + stakes.1);
+            prop_assert_eq!(h.balance(&p), 10_000 - stakes.1);
+        } else {
+            let earned = (u128::from(payment) * u128::from(up) / u128::from(duration)) as u64;
+            prop_assert_eq!(h.status(id), ContractStatus::Settled);
+            prop_assert_eq!(h.balance(&p), 10_000 + earned);
+            prop_assert_eq!(h.balance(&c), 10_000 - earned);
+        }
+        let slashes = events.iter().filter(|e| matches!(e, LedgerEvent::Slashed { .. })).count();
+        prop_assert_eq!(slashes, usize::from(breached));
+        let again = h.try_apply(&c, TxKind::Settle { contract: id, reason: SettleReason::DurationEnded });
+        prop_assert!(again.is_err(), "settled twice");
+        prop_assert_eq!(h.ledger.account(&c.node_id()).unwrap().locked, 0);
+        prop_assert_eq!(h.ledger.account(&p.node_id()).unwrap().locked, 0);
+    }
+
+    /// Standby: a customer back early pays pro rata for the elapsed coverage window.
+    #[test]
+    fn standby_customer_back_pays_pro_rata(
+        payment in 0u64..5_000,
+        duration in 20_000u64..200_000,
+        back_after in 0u64..250_000,
+    ) {
+        let mut h = Harness::new();
+        let signed = ContractBuilder::new(1, 2)
+            .standby(1_000)
+            .payment(payment)
+            .duration(duration)
+            .qos(qos(0))
+            .signed();
+        let registered = h.now;
+        let id = h.armed(signed);
+        h.now += 2_000;
+        for a in 0..3 {
+            h.attest(a, crate::attestation::Liveness::Unreachable { since: registered });
+        }
+        let (c, p) = (h.customer(), h.provider());
+        let at = h.now;
+        h.ok(&p, TxKind::ReportActivation { contract: id, activated_at: at });
+        h.now = registered + 2_000 + back_after;
+        h.ok(&c, TxKind::Settle { contract: id, reason: SettleReason::CustomerBack });
+        let elapsed = (h.now - registered).min(duration);
+        let earned = (u128::from(payment) * u128::from(elapsed) / u128::from(duration)) as u64;
+        prop_assert_eq!(h.balance(&p), 10_000 + earned);
+        prop_assert_eq!(h.balance(&c), 10_000 - earned);
+    }
+}

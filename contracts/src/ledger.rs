@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use agora_market::{NodeId, Timestamp};
+use agora_market::{NodeId, Signer, Timestamp};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
@@ -206,9 +206,25 @@ impl Ledger {
                 Err(e) => outcome.rejected.push((i, e)),
             }
         }
+        // Outages keep growing between attestations: re-check pending handovers at block time.
+        outcome.events.extend(self.tick(now));
         self.height = height;
         self.last_block_time = now;
         Ok(outcome)
+    }
+
+    /// Time-driven checks (pending handovers); `apply_block` calls this after the transactions.
+    pub fn tick(&mut self, now: Timestamp) -> Vec<LedgerEvent> {
+        let waiting: Vec<ContractId> = self
+            .contracts
+            .iter()
+            .filter(|(_, r)| Self::awaits_handover(r))
+            .map(|(id, _)| *id)
+            .collect();
+        waiting
+            .into_iter()
+            .filter_map(|id| self.evaluate_handover(now, id))
+            .collect()
     }
 
     /// blake3 over the canonical (CBOR) encoding of the whole state.
@@ -240,6 +256,23 @@ impl Ledger {
     /// The next nonce `id` must use.
     pub fn next_nonce(&self, id: &NodeId) -> u64 {
         self.accounts.get(id).map_or(0, |a| a.nonce)
+    }
+
+    /// Signs `kind` from `signer` with its next nonce here. A node with transactions still in
+    /// its mempool must track later nonces itself and build `Transaction` directly.
+    pub fn sign_next(
+        &self,
+        signer: &dyn Signer,
+        kind: TxKind,
+    ) -> Result<SignedTransaction, LedgerError> {
+        let sender = signer.node_id();
+        Transaction {
+            chain_id: self.chain_id.clone(),
+            sender,
+            nonce: self.next_nonce(&sender),
+            kind,
+        }
+        .sign(signer)
     }
 
     /// A contract record, if registered.

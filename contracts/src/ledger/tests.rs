@@ -99,14 +99,13 @@ impl Harness {
 fn transfer_moves_funds_and_replay_is_rejected() {
     let mut h = Harness::new();
     let (a, b) = (h.accounts[0].clone(), h.accounts[1].clone());
-    let t = tx(
-        &h.ledger,
-        &a,
-        TxKind::Transfer {
-            to: b.node_id(),
-            amount: 300,
-        },
-    );
+    let kind = TxKind::Transfer {
+        to: b.node_id(),
+        amount: 300,
+    };
+    let t = h.ledger.sign_next(&a, kind).unwrap();
+    h.ledger.check(h.now, &t).unwrap();
+    assert_eq!(h.balance(&a), 10_000, "check must not change the ledger");
     h.ledger.apply(h.now, &t).unwrap();
     assert_eq!(h.balance(&a), 9_700);
     assert_eq!(h.balance(&b), 10_300);

@@ -167,3 +167,41 @@ fn no_activation_after_deadline_is_slashed() {
     assert_eq!(h.status(id), ContractStatus::Slashed);
     assert_eq!(h.balance(&c), 10_000 + 500);
 }
+
+#[test]
+fn handover_fires_at_block_time_once_the_outage_is_long_enough() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
+    h.now = 3_000;
+    for a in 0..3 {
+        h.attest(a, Liveness::Unreachable { since: 2_000 });
+    }
+    assert!(h.ledger.contract(&id).unwrap().handover.is_none());
+    let height = h.ledger.height() + 1;
+    let out = h.ledger.apply_block(height, 6_999, &[]).unwrap();
+    assert!(out.events.is_empty());
+    let out = h.ledger.apply_block(height + 1, 7_000, &[]).unwrap();
+    assert!(matches!(
+        out.events.as_slice(),
+        [LedgerEvent::HandoverAttested { contract, at: 7_000, .. }] if *contract == id
+    ));
+    let out = h.ledger.apply_block(height + 2, 8_000, &[]).unwrap();
+    assert!(out.events.is_empty());
+}
+
+#[test]
+fn non_committee_attestations_are_rejected() {
+    let mut h = Harness::new();
+    let outsider = h.accounts[2].clone();
+    let subject = h.customer().node_id();
+    let err = h
+        .try_apply(
+            &outsider,
+            TxKind::Attest {
+                subject,
+                liveness: Liveness::Reachable,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotCommitteeMember { .. }));
+}

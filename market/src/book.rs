@@ -350,5 +350,8 @@ impl<S: Signer + Clone> MarketState<S> {
 }
 
 #[cfg(test)]
+#[path = "book/reject_tests.rs"]
+mod reject_tests;
+#[cfg(test)]
 #[path = "book/tests.rs"]
 mod tests;

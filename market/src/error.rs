@@ -152,6 +152,16 @@ pub enum MarketError {
         /// What range is accepted.
         hint: &'static str,
     },
+    /// The auction already holds the maximum number of bids.
+    #[error(
+        "auction {auction} already holds {max} bids; raise market.limits.max_bids_per_auction to accept more"
+    )]
+    BookFull {
+        /// Auction id.
+        auction: AuctionId,
+        /// The limit.
+        max: usize,
+    },
     /// A customer bidding on its own auction.
     #[error("provider {provider} cannot bid on its own auction {auction}")]
     SelfBid {

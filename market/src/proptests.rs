@@ -224,7 +224,7 @@ proptest! {
         let mut guard = ReplayGuard::new(window);
         let mut accepted = std::collections::BTreeSet::new();
         for n in nonces {
-            if guard.check_and_record("bid", author, n).is_ok() {
+            if guard.check_and_record("bid", author, n, u64::MAX).is_ok() {
                 prop_assert!(accepted.insert(n), "nonce {} accepted twice", n);
             }
         }

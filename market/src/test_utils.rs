@@ -1,7 +1,11 @@
 //! Handy constructors for tests in this and other crates (feature `test-utils`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod sim;
+
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use sim::SimNet;
 
 use crate::auction::{AuctionKind, AuctionRequest, AuctionSpec, Bid, BidSpec, Offer, OfferBody};
 use crate::identity::{KeySigner, Signer, Timestamp};

@@ -34,6 +34,8 @@ pub struct Limits {
     pub max_price: u64,
     /// Nonces remembered per author (older nonces are rejected as replays).
     pub replay_window: usize,
+    /// Most bids held per auction (protects the customer's memory from bid floods).
+    pub max_bids_per_auction: usize,
 }
 
 impl Default for Limits {
@@ -46,6 +48,7 @@ impl Default for Limits {
             max_bytes: 1 << 50,
             max_price: 1 << 48,
             replay_window: 1024,
+            max_bids_per_auction: 4096,
         }
     }
 }

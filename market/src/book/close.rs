@@ -7,7 +7,7 @@ use crate::identity::{Signer, Timestamp};
 use crate::ids::{AuctionId, BidId};
 use crate::message::{MarketMessage, topic_for_region};
 use crate::score::select_winner;
-use crate::signed::{Body, Signed};
+use crate::signed::Signed;
 use crate::validate::check_bid_constraints;
 
 impl<S: Signer + Clone> MarketState<S> {
@@ -56,6 +56,7 @@ impl<S: Signer + Clone> MarketState<S> {
         self.my_bids.retain(|id, _| auctions.contains_key(id));
         self.offers.retain(|_, o| o.body.expires_at > now);
         self.ledger.prune(now);
+        self.replay.prune(now);
         self.tick_deals(now, out);
     }
 
@@ -107,8 +108,7 @@ impl<S: Signer + Clone> MarketState<S> {
         };
         let award = Signed::sign(body, &self.signer)?;
         let award_id = award.id()?;
-        self.replay
-            .check_and_record(AwardBody::KIND, self.me, nonce)?;
+        self.replay.record(&award.body)?;
         self.start_deal(now, &award, award_id, None, out)?;
         if let Some(entry) = self.auctions.get_mut(&auction) {
             entry.status = AuctionStatus::Awarded {

@@ -11,7 +11,7 @@ use crate::error::MarketError;
 use crate::identity::{Signer, Timestamp};
 use crate::ids::{AuctionId, OfferId};
 use crate::message::{MarketMessage, topic_for_region};
-use crate::signed::{Body, Signed};
+use crate::signed::Signed;
 use crate::validate::{check_auction, check_bid, check_offer};
 
 impl<S: Signer + Clone> MarketState<S> {
@@ -25,8 +25,7 @@ impl<S: Signer + Clone> MarketState<S> {
         let req = spec.create(&self.signer, now, nonce)?;
         // Our own request passes the same checks as a peer's, so we never gossip garbage.
         let id = check_auction(&req, now, &self.config.limits)?;
-        self.replay
-            .check_and_record(crate::auction::AuctionBody::KIND, self.me, nonce)?;
+        self.replay.record(&req.body)?;
         let topic = topic_for_region(&req.body.region);
         let close = req.body.window_closes_at;
         tracing::debug!(auction = %id.short(), topic, "auction opened");
@@ -110,8 +109,7 @@ impl<S: Signer + Clone> MarketState<S> {
                 },
             ));
         }
-        self.replay
-            .check_and_record(OfferBody::KIND, self.me, nonce)?;
+        self.replay.record(&offer.body)?;
         let topic = topic_for_region(&offer.body.region);
         self.offers.insert(id, offer.clone());
         out.push(Effect::Broadcast {
@@ -168,8 +166,7 @@ impl<S: Signer + Clone> MarketState<S> {
         };
         let award = Signed::sign(body, &self.signer)?;
         let award_id = award.id()?;
-        self.replay
-            .check_and_record(AwardBody::KIND, self.me, nonce)?;
+        self.replay.record(&award.body)?;
         tracing::debug!(offer = %offer.short(), award = %award_id.short(), %region, "offer taken");
         self.start_deal(now, &award, award_id, None, out)?;
         out.push(Effect::Send {

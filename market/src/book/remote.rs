@@ -3,16 +3,12 @@
 use std::collections::BTreeMap;
 
 use super::{AuctionEntry, AuctionStatus, Effect, MarketState};
-use crate::auction::{
-    AuctionBody, AuctionRequest, Award, AwardBody, AwardSubject, Bid, BidBody, Offer, OfferBody,
-    offer_total_price,
-};
+use crate::auction::{AuctionRequest, Award, AwardSubject, Bid, Offer, offer_total_price};
 use crate::capacity::ReservationKey;
 use crate::error::MarketError;
 use crate::identity::{NodeId, Signer, Timestamp};
 use crate::message::MarketMessage;
 use crate::negotiation::NegotiationInput;
-use crate::signed::Body;
 use crate::validate::{check_auction, check_bid, check_offer};
 
 impl<S: Signer + Clone> MarketState<S> {
@@ -72,8 +68,7 @@ impl<S: Signer + Clone> MarketState<S> {
             return Ok(());
         }
         let id = check_auction(&req, now, &self.config.limits)?;
-        self.replay
-            .check_and_record(AuctionBody::KIND, req.body.customer, req.body.nonce)?;
+        self.replay.record(&req.body)?;
         tracing::debug!(auction = %id.short(), customer = %req.body.customer.short(), "auction accepted");
         let close = req.body.window_closes_at;
         let decision = if req.body.customer == self.me {
@@ -119,8 +114,11 @@ impl<S: Signer + Clone> MarketState<S> {
         if entry.status != AuctionStatus::Open {
             return Err(MarketError::NotOpen { auction });
         }
-        self.replay
-            .check_and_record(BidBody::KIND, bid.body.provider, bid.body.nonce)?;
+        let max = self.config.limits.max_bids_per_auction;
+        if entry.bids.len() >= max {
+            return Err(MarketError::BookFull { auction, max });
+        }
+        self.replay.record(&bid.body)?;
         let (provider, price) = (bid.body.provider, bid.body.price);
         if let Some(entry) = self.auctions.get_mut(&auction) {
             entry.bids.insert(bid_id, bid);
@@ -140,8 +138,7 @@ impl<S: Signer + Clone> MarketState<S> {
             return Ok(());
         }
         let id = check_offer(&offer, now, &self.config.limits)?;
-        self.replay
-            .check_and_record(OfferBody::KIND, offer.body.provider, offer.body.nonce)?;
+        self.replay.record(&offer.body)?;
         self.offers.insert(id, offer);
         Ok(())
     }
@@ -183,8 +180,7 @@ impl<S: Signer + Clone> MarketState<S> {
                     });
                 }
                 let auction_resources = entry.request.body.resources.clone();
-                self.replay
-                    .check_and_record(AwardBody::KIND, b.customer, b.nonce)?;
+                self.replay.record(&b)?;
                 if let Some(entry) = self.auctions.get_mut(&auction) {
                     entry.status = AuctionStatus::Awarded {
                         award: award_id,
@@ -228,8 +224,7 @@ impl<S: Signer + Clone> MarketState<S> {
                 {
                     return Err(MarketError::UnknownOffer { offer });
                 }
-                self.replay
-                    .check_and_record(AwardBody::KIND, b.customer, b.nonce)?;
+                self.replay.record(&b)?;
                 let key = ReservationKey::Award(award_id);
                 self.ledger.reserve(key, b.resources.clone(), None)?;
                 key

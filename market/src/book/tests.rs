@@ -249,3 +249,50 @@ fn expired_entries_and_holds_are_pruned() {
     assert!(net.nodes[1].auctions().is_empty());
     assert!(net.nodes[0].auctions().is_empty());
 }
+
+#[test]
+fn counter_offers_within_bounds_are_accepted_automatically() {
+    let mut prov = provider_config(big_capacity());
+    prov.dmu.provider.auto_accept_award = false;
+    let mut net = Net::new(vec![MarketConfig::default(), prov]);
+    net.input(0, 0, Input::CreateAuction(spec(1000)));
+    net.input(10_000, 0, Input::Tick);
+    let award = net
+        .effects_of(1)
+        .find_map(|e| {
+            if let Effect::Awarded { award, .. } = e {
+                Some(*award)
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    // Above the auction's max price: the customer's operator must decide.
+    net.input(
+        10_001,
+        1,
+        Input::Negotiate {
+            award,
+            input: NegotiationInput::Counter { price: 1001 },
+        },
+    );
+    assert!(
+        net.effects_of(0)
+            .any(|e| matches!(e, Effect::Proposed(t) if t.price == 1001))
+    );
+    assert!(net.agreed(0).is_empty());
+    // Customer counters at 900: not below the provider's bid, so the provider accepts it.
+    net.input(
+        10_002,
+        0,
+        Input::Negotiate {
+            award,
+            input: NegotiationInput::Counter { price: 900 },
+        },
+    );
+    assert_eq!(
+        net.agreed(0).iter().map(|t| t.price).collect::<Vec<_>>(),
+        vec![900]
+    );
+    assert_eq!(net.agreed(1), net.agreed(0));
+}

@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
 use cid::Cid;
 
 use super::data::{DataType, UnixFsData};
@@ -62,54 +64,101 @@ fn decode(cid: &Cid, block: Vec<u8>) -> Result<Decoded> {
     }
 }
 
-/// Streams the file rooted at `root` into `writer`, verifying every block.
+/// Pulls a file's bytes out of a store one block at a time, depth first, verifying each block.
 ///
 /// Memory use is one block plus the pending links of the current path. A missing block returns
 /// `NotFound` with its CID so the caller can fetch it and retry.
-pub fn export<S: BlockStore + ?Sized, W: Write>(
-    store: &S,
-    root: &Cid,
-    mut writer: W,
-) -> Result<ExportStats> {
-    let mut stats = ExportStats::default();
-    let mut expected = None;
-    // Stack of children still to visit, in reverse order so `pop` yields the next one.
-    let mut stack = vec![*root];
-    while let Some(cid) = stack.pop() {
-        let block = store.get(&cid)?;
-        stats.blocks += 1;
-        match decode(&cid, block)? {
-            Decoded::Bytes(bytes) => {
-                writer.write_all(&bytes)?;
-                stats.bytes += bytes.len() as u64;
-            }
+pub struct FileReader<'s, S: BlockStore + ?Sized> {
+    store: &'s S,
+    root: Cid,
+    /// Children still to visit, reversed so `pop` yields the next one.
+    stack: Vec<Cid>,
+    expected: Option<u64>,
+    stats: ExportStats,
+}
+
+impl<'s, S: BlockStore + ?Sized> FileReader<'s, S> {
+    /// A reader for the file rooted at `root`.
+    pub fn new(store: &'s S, root: &Cid) -> Self {
+        FileReader {
+            store,
+            root: *root,
+            stack: vec![*root],
+            expected: None,
+            stats: ExportStats::default(),
+        }
+    }
+
+    /// The next run of file bytes (possibly empty), or `None` when the file is complete.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        let Some(cid) = self.stack.pop() else {
+            return self.check_size().map(|()| None);
+        };
+        let block = self.store.get(&cid)?;
+        self.stats.blocks += 1;
+        let bytes = match decode(&cid, block)? {
+            Decoded::Bytes(bytes) => bytes,
             Decoded::Node {
                 data,
                 children,
                 filesize,
             } => {
-                if cid == *root {
-                    expected = filesize;
+                if cid == self.root {
+                    self.expected = filesize;
                 }
-                writer.write_all(&data)?;
-                stats.bytes += data.len() as u64;
-                stack.extend(children.into_iter().rev());
+                self.stack.extend(children.into_iter().rev());
+                data
             }
+        };
+        self.stats.bytes += bytes.len() as u64;
+        Ok(Some(bytes))
+    }
+
+    /// Bytes and blocks read so far.
+    pub fn stats(&self) -> ExportStats {
+        self.stats
+    }
+
+    fn check_size(&self) -> Result<()> {
+        match self.expected {
+            Some(expected) if expected != self.stats.bytes => Err(StorageError::Malformed {
+                cid: self.root,
+                reason: format!(
+                    "root says {expected} bytes but the DAG holds {}",
+                    self.stats.bytes
+                ),
+            }),
+            _ => Ok(()),
         }
     }
-    writer.flush()?;
-    if let Some(expected) = expected
-        && expected != stats.bytes
-    {
-        return Err(StorageError::Malformed {
-            cid: *root,
-            reason: format!(
-                "root says {expected} bytes but the DAG holds {}",
-                stats.bytes
-            ),
-        });
+}
+
+/// Streams the file rooted at `root` into `writer`, verifying every block.
+pub fn export<S: BlockStore + ?Sized, W: Write>(
+    store: &S,
+    root: &Cid,
+    mut writer: W,
+) -> Result<ExportStats> {
+    let mut reader = FileReader::new(store, root);
+    while let Some(bytes) = reader.next_chunk()? {
+        writer.write_all(&bytes)?;
     }
-    Ok(stats)
+    writer.flush()?;
+    Ok(reader.stats())
+}
+
+/// Like [`export`] for an async writer (block reads stay synchronous).
+pub async fn export_async<S: BlockStore + ?Sized, W: AsyncWrite + Unpin>(
+    store: &S,
+    root: &Cid,
+    mut writer: W,
+) -> Result<ExportStats> {
+    let mut reader = FileReader::new(store, root);
+    while let Some(bytes) = reader.next_chunk()? {
+        writer.write_all(&bytes).await?;
+    }
+    writer.flush().await?;
+    Ok(reader.stats())
 }
 
 /// The CIDs of the file's leaf blocks (its data chunks) in file order.

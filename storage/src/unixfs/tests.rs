@@ -196,7 +196,7 @@ fn export_raw_and_v1_round_trip() {
 }
 
 #[test]
-fn async_import_matches_sync() {
+fn async_import_and_export_match_sync() {
     let data = pattern(DEFAULT_CHUNK_SIZE * 2 + 99);
     let store = MemoryBlockStore::new();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -237,4 +237,36 @@ proptest! {
         export(&store, &a, &mut out).unwrap();
         prop_assert_eq!(out, data);
     }
+}
+
+#[test]
+fn export_rejects_lying_filesize_and_corrupted_blocks() {
+    let store = MemoryBlockStore::new();
+    let leaf = cid_v1_sha256(RAW, b"12345");
+    store.put(&leaf, b"12345").unwrap();
+    let data = UnixFsData {
+        kind: DataType::File,
+        data: None,
+        filesize: Some(99),
+        blocksizes: vec![5],
+    };
+    let block = PbNode {
+        links: vec![PbLink {
+            cid: leaf,
+            name: Some(String::new()),
+            tsize: Some(5),
+        }],
+        data: Some(data.encode()),
+    }
+    .encode();
+    let root = cid_v1_sha256(DAG_PB, &block);
+    store.put(&root, &block).unwrap();
+    assert!(
+        matches!(export(&store, &root, &mut Vec::new()), Err(StorageError::Malformed { cid, .. }) if cid == root)
+    );
+
+    store.put_unchecked(&leaf, b"12346").unwrap();
+    assert!(
+        matches!(export(&store, &root, &mut Vec::new()), Err(StorageError::Corrupted { cid }) if cid == leaf)
+    );
 }

@@ -1,6 +1,13 @@
 //! Pure market state machines for Agora: resources, auctions, bids, offers, the decision unit
 //! and negotiation. No I/O: time, randomness and signing are passed in.
+//!
+//! The node drives one [`MarketState`]: it decodes peer bytes with [`MarketMessage::decode`],
+//! feeds them as [`Input::Remote`], feeds local commands and [`Input::Tick`] (at every
+//! [`Effect::ScheduleTimeout`]), and carries out the returned [`Effect`]s: `Broadcast` on the
+//! gossip topic [`topic_for_region`], `Send` over request-response, and `Agreed` terms to the
+//! contracts crate, which signs [`AgreedTerms::canonical_bytes`].
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod auction;

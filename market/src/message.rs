@@ -35,6 +35,9 @@ pub enum MarketMessage {
     Negotiation(NegotiationMessage),
 }
 
+/// Largest accepted encoded message; bigger payloads are refused before decoding.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
 impl MarketMessage {
     /// CBOR wire bytes.
     pub fn encode(&self) -> Result<Vec<u8>, MarketError> {
@@ -43,6 +46,12 @@ impl MarketMessage {
 
     /// Decodes wire bytes from a peer.
     pub fn decode(bytes: &[u8]) -> Result<Self, MarketError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(MarketError::Decode(format!(
+                "{} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit",
+                bytes.len()
+            )));
+        }
         serde_cbor::from_slice(bytes).map_err(|e| MarketError::Decode(e.to_string()))
     }
 
@@ -79,6 +88,11 @@ mod tests {
         assert_eq!(MarketMessage::decode(&bytes).unwrap(), m);
         assert!(matches!(
             MarketMessage::decode(b"\xff\x00garbage"),
+            Err(MarketError::Decode(_))
+        ));
+        let huge = vec![0u8; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(
+            MarketMessage::decode(&huge),
             Err(MarketError::Decode(_))
         ));
         assert_eq!(topic_for_region(" EU-West "), "agora/v1/market/eu-west");

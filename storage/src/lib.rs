@@ -23,9 +23,12 @@ pub mod protobuf;
 pub mod unixfs;
 
 pub use blockstore::{BlockStore, MAX_BLOCK_SIZE, MemoryBlockStore, SledBlockStore};
+pub use car::{export_car, import_car};
 pub use cid::Cid;
 pub use error::StorageError;
-pub use unixfs::{CidVersion, ImportOptions, export, import_async, import_file};
+pub use kubo::{KuboClient, KuboError};
+pub use proof::DataProof;
+pub use unixfs::{CidVersion, ImportOptions, export, export_async, import_async, import_file};
 
 /// Result alias for storage operations.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -210,6 +210,10 @@ fn async_import_and_export_match_sync() {
         ))
         .unwrap();
     assert_eq!(cid, add(&data, ImportOptions::default()).1);
+    let mut out = Vec::new();
+    let stats = rt.block_on(export_async(&store, &cid, &mut out)).unwrap();
+    assert_eq!(out, data);
+    assert_eq!(stats.blocks, 4);
 }
 
 /// A reader that returns at most 7 bytes per call, to exercise short reads.

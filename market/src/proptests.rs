@@ -217,6 +217,32 @@ proptest! {
     }
 
     #[test]
+    fn auto_bidding_provider_never_over_commits(
+        needs in proptest::collection::vec((1u64..1_500, 0u32..2, any::<bool>()), 1..12),
+    ) {
+        let cap = Resources { cpu_millis: 2_000, ..Resources::default() }.with_interface(Interface::LoRa, 1);
+        let mut cfg = MarketConfig { capacity: cap.clone(), ..MarketConfig::default() };
+        cfg.dmu.provider.auto_bid = true;
+        let mut provider = MarketState::new(signer(2), cfg);
+        let mut bids = 0;
+        let mut now = 0;
+        for (i, (cpu, lora, tick)) in needs.into_iter().enumerate() {
+            let need = Resources { cpu_millis: cpu, ..Resources::default() }.with_interface(Interface::LoRa, lora);
+            now += 1_000;
+            let req = AuctionBuilder::new().resources(need).build(&signer(50 + i as u64), now);
+            let out = provider.handle(now, Input::Remote { from: req.body.customer, msg: MarketMessage::Auction(req) });
+            bids += out.iter().filter(|e| matches!(e, Effect::Send { msg: MarketMessage::Bid(_), .. })).count();
+            if tick {
+                now += 100_000; // past every earlier auction's expiry: holds are pruned
+                provider.handle(now, Input::Tick);
+            }
+            let total = provider.ledger().reserved_total().unwrap();
+            prop_assert!(total.fits_in(&cap), "reserved {:?} exceeds {:?}", total, cap);
+            prop_assert!(provider.ledger().reservations().len() <= bids);
+        }
+    }
+
+    #[test]
     fn an_accepted_nonce_is_never_accepted_again(
         nonces in proptest::collection::vec(0u64..40, 1..200),
         window in 1usize..16,

@@ -129,3 +129,59 @@ fn sled_store_persists_across_reopen() {
     assert_eq!(store.get(&cid).unwrap(), b"persist");
     assert_eq!(store.pins().unwrap(), vec![cid]);
 }
+
+#[test]
+fn oversized_chunks_are_refused_at_import() {
+    for version in [crate::CidVersion::V0, crate::CidVersion::V1] {
+        let options = ImportOptions {
+            cid_version: version,
+            chunk_size: MAX_BLOCK_SIZE + 1,
+            max_links: 174,
+        };
+        let data = vec![7u8; MAX_BLOCK_SIZE + 1];
+        let store = MemoryBlockStore::new();
+        assert!(matches!(
+            import_file(&store, data.as_slice(), options),
+            Err(StorageError::BlockTooLarge { .. })
+        ));
+    }
+}
+
+mod gc_props {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::unixfs::export;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// GC never removes a block reachable from a pin, and removes everything else.
+        #[test]
+        fn gc_keeps_exactly_the_pinned_dags(
+            files in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..600), any::<bool>()), 1..6)
+        ) {
+            let store = MemoryBlockStore::new();
+            let opts = ImportOptions { chunk_size: 50, max_links: 3, ..ImportOptions::default() };
+            let mut roots = Vec::new();
+            for (data, pinned) in &files {
+                let root = import_file(&store, data.as_slice(), opts).unwrap();
+                if *pinned {
+                    store.pin(&root).unwrap();
+                }
+                roots.push(root);
+            }
+            store.gc().unwrap();
+            let mut live = HashSet::new();
+            for ((data, pinned), root) in files.iter().zip(&roots) {
+                if *pinned {
+                    let mut out = Vec::new();
+                    export(&store, root, &mut out).unwrap();
+                    prop_assert_eq!(&out, data);
+                    walk_dag(&store, root, &mut live, true).unwrap();
+                }
+            }
+            let stored: HashSet<Cid> = store.list().unwrap().into_iter().collect();
+            prop_assert_eq!(stored, live);
+        }
+    }
+}

@@ -100,6 +100,7 @@ impl<'s, S: BlockStore + ?Sized> FileBuilder<'s, S> {
         match self.options.cid_version {
             CidVersion::V1 => {
                 let cid = cid_v1_sha256(RAW, chunk);
+                crate::blockstore::check_size(&cid, chunk.len())?;
                 self.store.put_unchecked(&cid, chunk)?;
                 Ok(Child {
                     cid,

@@ -198,3 +198,35 @@ proptest! {
         let _ = Message::decode(&bytes);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// The responder serves exactly the wanted blocks it holds, and answers every other
+    /// non-cancelled want-with-send-dont-have with DONT_HAVE.
+    #[test]
+    fn responder_serves_exactly_held_wants(held in proptest::collection::vec(any::<bool>(), 1..20)) {
+        let store = MemoryBlockStore::new();
+        let cids: Vec<Cid> = held
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let data = vec![i as u8; 10 + i];
+                let cid = cid_v1_sha256(RAW, &data);
+                if *h {
+                    store.put(&cid, &data).unwrap();
+                }
+                cid
+            })
+            .collect();
+        let out = respond(&store, &Message::want_blocks(&cids)).unwrap();
+        let (mut served, mut dont) = (Vec::new(), Vec::new());
+        for m in out {
+            served.extend(m.payload.iter().map(|b| b.cid));
+            dont.extend(m.block_presences.iter().filter(|p| p.kind == PresenceType::DontHave).map(|p| p.cid));
+        }
+        let want_served: Vec<Cid> = cids.iter().zip(&held).filter(|(_, h)| **h).map(|(c, _)| *c).collect();
+        let want_dont: Vec<Cid> = cids.iter().zip(&held).filter(|(_, h)| !**h).map(|(c, _)| *c).collect();
+        prop_assert_eq!(served, want_served);
+        prop_assert_eq!(dont, want_dont);
+    }
+}

@@ -62,6 +62,12 @@ fn v1_single_chunk_is_raw_leaf_in_base32() {
     let (_, cid) = add(b"hello world\n", ImportOptions::v1());
     assert_eq!(cid, cid_v1_sha256(RAW, b"hello world\n"));
     assert!(cid.to_string().starts_with("bafkrei"));
+    // Published vector for `ipfs add --cid-version=1` (raw leaf, base32).
+    let (_, rasen) = add("rasen 螺旋\n".as_bytes(), ImportOptions::v1());
+    assert_eq!(
+        rasen.to_string(),
+        "bafkreielxn6z4bf6xlhfe3q57dd6tvgjl6yycsvzifm55lhie4ueup3ova"
+    );
     let (_, two) = add(&pattern(DEFAULT_CHUNK_SIZE + 1), ImportOptions::v1());
     assert_eq!(two.codec(), DAG_PB);
     assert!(two.to_string().starts_with("bafybei"));

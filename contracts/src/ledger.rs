@@ -93,14 +93,16 @@ impl Ledger {
             total = total.checked_add(a.balance).ok_or(LedgerError::Overflow {
                 context: "summing genesis balances",
             })?;
-            let acc: &mut Account = accounts.entry(a.id).or_default();
-            if acc.balance != 0 {
+            let fresh = Account {
+                balance: a.balance,
+                ..Account::default()
+            };
+            if accounts.insert(a.id, fresh).is_some() {
                 return Err(LedgerError::BadGenesis(format!(
-                    "account {} listed twice",
+                    "account {} is listed twice; merge its balances",
                     a.id
                 )));
             }
-            acc.balance = a.balance;
         }
         Ok(Ledger {
             chain_id: genesis.chain_id.clone(),
@@ -231,6 +233,16 @@ impl Ledger {
     pub fn state_hash(&self) -> Result<[u8; 32], LedgerError> {
         let bytes = serde_cbor::to_vec(self).map_err(|e| LedgerError::Encoding(e.to_string()))?;
         Ok(*blake3::hash(&bytes).as_bytes())
+    }
+
+    /// A binary snapshot (CBOR) for the node's store. JSON cannot hold the byte-keyed maps.
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, LedgerError> {
+        serde_cbor::to_vec(self).map_err(|e| LedgerError::Encoding(e.to_string()))
+    }
+
+    /// Restores a snapshot written by [`Ledger::to_snapshot`].
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Self, LedgerError> {
+        serde_cbor::from_slice(bytes).map_err(|e| LedgerError::Snapshot(e.to_string()))
     }
 
     /// The chain id transactions must carry.

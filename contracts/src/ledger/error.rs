@@ -155,6 +155,9 @@ pub enum LedgerError {
         /// Offered block time.
         got: Timestamp,
     },
+    /// A snapshot could not be decoded.
+    #[error("ledger snapshot is corrupt or from another version: {0}; resync from genesis")]
+    Snapshot(String),
     /// Genesis is unusable.
     #[error("invalid genesis: {0}")]
     BadGenesis(String),

@@ -327,9 +327,29 @@ fn snapshot_round_trip_preserves_state_hash() {
     let mut h = Harness::new();
     let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
     h.attest(0, Liveness::Unreachable { since: 500 });
-    let bytes = serde_cbor::to_vec(&h.ledger).unwrap();
-    let back: Ledger = serde_cbor::from_slice(&bytes).unwrap();
+    let bytes = h.ledger.to_snapshot().unwrap();
+    let back = Ledger::from_snapshot(&bytes).unwrap();
+    assert!(matches!(
+        Ledger::from_snapshot(&bytes[..bytes.len() / 2]),
+        Err(LedgerError::Snapshot(_))
+    ));
     assert_eq!(back.state_hash().unwrap(), h.ledger.state_hash().unwrap());
     assert_eq!(back.contract(&id).unwrap().status, ContractStatus::Armed);
     assert_ne!(test_cid(b"a"), test_cid(b"b"));
+}
+
+#[test]
+fn genesis_rejects_duplicate_accounts_and_empty_chain_id() {
+    let (mut genesis, _, _) = genesis_with(2, 1, 0);
+    genesis.accounts[1].id = genesis.accounts[0].id;
+    assert!(matches!(
+        Ledger::from_genesis(&genesis),
+        Err(LedgerError::BadGenesis(_))
+    ));
+    let (mut genesis, _, _) = genesis_with(2, 1, 5);
+    genesis.chain_id.clear();
+    assert!(matches!(
+        Ledger::from_genesis(&genesis),
+        Err(LedgerError::BadGenesis(_))
+    ));
 }

@@ -6,6 +6,7 @@
 
 pub mod attestation;
 pub mod contract;
+pub mod duties;
 pub mod ledger;
 pub mod lifecycle;
 
@@ -17,6 +18,7 @@ pub use contract::{
     ActivationClause, Amount, Contract, ContractError, ContractId, ContractKind, Qos,
     SignedContract, Stakes, Terms,
 };
+pub use duties::{Duty, duties_for};
 pub use ledger::{
     Account, BlockOutcome, BreachReason, ContractRecord, Escrow, Genesis, GenesisAccount, Ledger,
     LedgerError, LedgerEvent, LedgerParams, SettleReason, SignedTransaction, Transaction, TxKind,

@@ -11,7 +11,7 @@ use super::Amount;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Terms {
     /// CPU share in thousandths of a core.
-    pub cpu_millis: u32,
+    pub cpu_millis: u64,
     /// Memory reserved for the service.
     pub memory_bytes: u64,
     /// Storage reserved for the service.

@@ -12,7 +12,7 @@ mod handover;
 mod lifecycle_flows;
 
 /// A ledger with accounts seeds 1..=4 (10_000 each) and a 4-arbitrator committee.
-pub(super) struct Harness {
+pub(crate) struct Harness {
     pub ledger: Ledger,
     pub accounts: Vec<KeySigner>,
     pub committee: Vec<KeySigner>,

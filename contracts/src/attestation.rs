@@ -168,4 +168,47 @@ mod tests {
         let obs: BTreeMap<_, _> = outsiders.map(|o| (o, down(0, 1_000))).collect();
         assert_eq!(evaluate(&c, &obs, 10_000, 60_000, 0), None);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Below quorum, any mix of down reports, reachable reports and outsiders never
+            /// triggers; at or above quorum of fresh, old-enough down reports it always does.
+            #[test]
+            fn handover_iff_fresh_quorum(
+                n in 1usize..10,
+                down in 0usize..10,
+                outsiders in 0usize..6,
+                reachable in 0usize..10,
+            ) {
+                let c = ids(n as u64);
+                let down = down.min(n);
+                let mut obs = BTreeMap::new();
+                for m in &c[..down] {
+                    obs.insert(*m, down_at(100, 1_000));
+                }
+                for m in c[down..].iter().take(reachable) {
+                    obs.insert(*m, Observation { liveness: Liveness::Reachable, recorded_at: 1_000 });
+                }
+                for i in 0..outsiders {
+                    obs.insert(KeySigner::from_seed(500 + i as u64).node_id(), down_at(0, 1_000));
+                }
+                let decision = evaluate(&c, &obs, 2_000, 60_000, 500);
+                prop_assert_eq!(decision.is_some(), down >= quorum(n));
+                if let Some(d) = decision {
+                    prop_assert!(d.agreeing.iter().all(|a| c.contains(a)));
+                    prop_assert!(d.agreeing.len() >= quorum(n));
+                }
+            }
+        }
+
+        fn down_at(since: Timestamp, at: Timestamp) -> Observation {
+            Observation {
+                liveness: Liveness::Unreachable { since },
+                recorded_at: at,
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub mod signed;
 pub mod terms;
 
-pub use signed::{ContractError, SignedContract};
+pub use signed::{ContractError, Party, SignedContract};
 pub use terms::Terms;
 
 /// Token amounts (smallest unit).

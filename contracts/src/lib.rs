@@ -1,6 +1,18 @@
 //! Pure contract lifecycle and ledger for Agora: staked dual-signed contracts, the arbitrator
 //! handover rule, and a deterministic ledger state machine that escrows and settles payments.
 //! No I/O: time and signing are passed in.
+//!
+//! How the node drives it:
+//! 1. At startup: `Ledger::from_genesis(&genesis)` (genesis read from TOML/JSON by the node) or
+//!    `Ledger::from_snapshot(bytes)` from its store.
+//! 2. After negotiation: build a [`Contract`], each party calls `contract.sign_as(&signer)`,
+//!    assemble a [`SignedContract`] and submit `TxKind::RegisterContract`.
+//! 3. Transactions: `ledger.sign_next(&signer, kind)` (or build a [`Transaction`] with a tracked
+//!    nonce); `ledger.check(now, &tx)` for mempool admission.
+//! 4. Consensus decides blocks; every replica calls `ledger.apply_block(height, now, &txs)`,
+//!    compares `state_hash()`, snapshots with `to_snapshot()`.
+//! 5. `duties_for(me, &ledger, &outcome.events)` says what this node must do next (fetch
+//!    images, arm, start a service on handover, probe a customer as arbitrator).
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
@@ -15,12 +27,13 @@ pub mod test_utils;
 
 pub use attestation::{HandoverDecision, Liveness, Observation, quorum};
 pub use contract::{
-    ActivationClause, Amount, Contract, ContractError, ContractId, ContractKind, Qos,
+    ActivationClause, Amount, Contract, ContractError, ContractId, ContractKind, Party, Qos,
     SignedContract, Stakes, Terms,
 };
 pub use duties::{Duty, duties_for};
 pub use ledger::{
-    Account, BlockOutcome, BreachReason, ContractRecord, Escrow, Genesis, GenesisAccount, Ledger,
-    LedgerError, LedgerEvent, LedgerParams, SettleReason, SignedTransaction, Transaction, TxKind,
+    Account, BlockOutcome, BreachReason, ContractRecord, Escrow, Genesis, GenesisAccount,
+    HeartbeatBatch, Ledger, LedgerError, LedgerEvent, LedgerParams, SettleReason,
+    SignedTransaction, Supply, Transaction, TxKind, UptimeInterval,
 };
 pub use lifecycle::{ContractStatus, IllegalTransition, LifecycleEvent};

@@ -160,6 +160,22 @@ impl Ledger {
                 reason: "heartbeats are accepted only while active".into(),
             });
         }
+        // Uptime is the provider's claim, verified only in the sense that it must not contradict
+        // the committee: once a quorum reports the provider down since `S`, time after `S` does
+        // not count.
+        let down_since = self
+            .liveness
+            .get(&sender)
+            .and_then(|obs| {
+                attestation::evaluate(
+                    &rec.contract.committee,
+                    obs,
+                    now,
+                    self.params.attestation_window_ms,
+                    0,
+                )
+            })
+            .map(|d| d.unreachable_since);
         let mut cursor = rec.last_uptime_end.or(rec.activated_at).unwrap_or(now);
         let mut added: u64 = 0;
         for iv in &batch.intervals {
@@ -172,7 +188,8 @@ impl Ledger {
                     now,
                 ));
             }
-            added = added.saturating_add(iv.to - iv.from);
+            let counted_to = down_since.map_or(iv.to, |s| iv.to.min(s.max(iv.from)));
+            added = added.saturating_add(counted_to - iv.from);
             cursor = iv.to;
         }
         let rec = self

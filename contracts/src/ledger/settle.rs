@@ -3,7 +3,7 @@
 //! Payment rules: hosted contracts pay `payment × verified uptime / duration` (also collectable
 //! periodically with `SettleUptime`); standby and storage pay `payment × elapsed / duration` of
 //! their service window, so a customer coming back early pays pro rata. Uptime is the provider's
-//! signed heartbeat claim; it is not yet cross-checked against arbitrator observations.
+//! signed heartbeat claim, minus any time a committee quorum reports the provider unreachable.
 
 use agora_market::{NodeId, Timestamp};
 use tracing::info;

@@ -266,3 +266,46 @@ fn storage_contract_judged_by_challenge_results() {
         }
     )));
 }
+
+#[test]
+fn uptime_contradicted_by_an_arbitrator_quorum_does_not_count() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).signed());
+    let p = h.provider();
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 1_000,
+        },
+    );
+    h.now = 20_000;
+    for a in 0..3 {
+        let arb = h.committee[a].clone();
+        let liveness = crate::attestation::Liveness::Unreachable { since: 10_000 };
+        h.ok(
+            &arb,
+            TxKind::Attest {
+                subject: p.node_id(),
+                liveness,
+            },
+        );
+    }
+    h.ok(&p, for_contract(uptime(1_000, 20_000), id));
+    assert_eq!(h.ledger.contract(&id).unwrap().uptime_ms, 9_000);
+    // Arbitrators see it back: later uptime counts again.
+    for a in 0..3 {
+        let arb = h.committee[a].clone();
+        let liveness = crate::attestation::Liveness::Reachable;
+        h.ok(
+            &arb,
+            TxKind::Attest {
+                subject: p.node_id(),
+                liveness,
+            },
+        );
+    }
+    h.now = 25_000;
+    h.ok(&p, for_contract(uptime(20_000, 25_000), id));
+    assert_eq!(h.ledger.contract(&id).unwrap().uptime_ms, 14_000);
+}

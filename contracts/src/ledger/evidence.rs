@@ -123,6 +123,8 @@ impl Ledger {
                 now,
             ));
         }
+        let floor = now.saturating_sub(self.params.activation_report_grace_ms);
+        let activated_at = activated_at.max(floor);
         let delay_ms = activated_at - trigger;
         let event = self.step(id, LifecycleEvent::Activate, now)?;
         if let Some(rec) = self.contracts.get_mut(&id) {
@@ -223,7 +225,8 @@ impl Ledger {
         passed: bool,
     ) -> Result<Vec<LedgerEvent>, LedgerError> {
         let rec = self.record(id)?;
-        let judge = rec.contract.customer == sender || rec.contract.committee.contains(&sender);
+        // Only arbitrators judge challenges: the customer would profit from false failures.
+        let judge = rec.contract.committee.contains(&sender);
         if !judge {
             return Err(LedgerError::NotAllowed {
                 contract: id,

@@ -22,6 +22,9 @@ pub struct LedgerParams {
     pub reputation_penalty: i64,
     /// Extra time after a contract's duration before an unarmed contract may be expired.
     pub expiry_grace_ms: u64,
+    /// How far a reported activation time may lie before the ledger time of the report; older
+    /// claims are clamped, so a provider cannot backdate a late activation.
+    pub activation_report_grace_ms: u64,
 }
 
 impl Default for LedgerParams {
@@ -32,6 +35,7 @@ impl Default for LedgerParams {
             reputation_reward: 10,
             reputation_penalty: 50,
             expiry_grace_ms: 60_000,
+            activation_report_grace_ms: 10_000,
         }
     }
 }

@@ -95,7 +95,7 @@ pub enum TxKind {
     Cancel(ContractId),
     /// A party: a contract that never got armed ran out; funds returned.
     Expire(ContractId),
-    /// Arbitrator or customer: outcome of one storage challenge.
+    /// Arbitrator: outcome of one storage challenge.
     StorageProofResult {
         /// The storage contract.
         contract: ContractId,

@@ -248,14 +248,16 @@ fn storage_contract_judged_by_challenge_results() {
             passed: true,
         },
     );
-    h.ok(
-        &c,
-        TxKind::StorageProofResult {
-            contract: id,
-            challenge,
-            passed: false,
-        },
-    );
+    let failed = TxKind::StorageProofResult {
+        contract: id,
+        challenge,
+        passed: false,
+    };
+    // The customer would profit from false failures, so it cannot report them.
+    let err = h.try_apply(&c, failed.clone()).unwrap_err();
+    assert!(matches!(err, LedgerError::NotAllowed { .. }));
+    let arb = h.committee[1].clone();
+    h.ok(&arb, failed);
     h.now = 61_000;
     let ev = h.ok(&c, settle(id, SettleReason::DurationEnded));
     assert!(ev.iter().any(|e| matches!(
@@ -308,4 +310,33 @@ fn uptime_contradicted_by_an_arbitrator_quorum_does_not_count() {
     h.now = 25_000;
     h.ok(&p, for_contract(uptime(20_000, 25_000), id));
     assert_eq!(h.ledger.contract(&id).unwrap().uptime_ms, 14_000);
+}
+
+#[test]
+fn backdated_activation_reports_are_clamped() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).signed());
+    let (c, p) = (h.customer(), h.provider());
+    // Triggered at 1_000 (armed); reported at 30_000 claiming 2_000: clamped to 20_000.
+    h.now = 30_000;
+    let ev = h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 2_000,
+        },
+    );
+    assert!(ev.contains(&LedgerEvent::Activated {
+        contract: id,
+        at: 20_000,
+        delay_ms: 19_000
+    }));
+    let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        LedgerEvent::Slashed {
+            reason: BreachReason::LateActivation { .. },
+            ..
+        }
+    )));
 }

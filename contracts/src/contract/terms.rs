@@ -2,6 +2,8 @@
 //!
 //! Placeholder for the market crate's award/terms type, which is being written in parallel; the
 //! node maps the market's type into this one. Kept flat so the canonical bytes stay stable.
+//! Informational for settlement: the ledger pays and times out by `Contract::payment` and
+//! `Contract::duration_ms`, not by these fields.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,1 +1,82 @@
-//! agora end-to-end tests
+//! Helpers for end-to-end tests that drive real `agora` processes.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of the `agora` binary, building it first if this test run did not.
+pub fn agora_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> -> target/<profile>/agora
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let bin = profile_dir.join("agora");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "agora-node", "--bin", "agora"])
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "could not build the agora binary (cargo build -p agora-node)"
+        );
+    }
+    bin
+}
+
+/// Runs `agora ARGS` and returns its output (never panics on a non-zero exit).
+pub fn agora(args: &[&str]) -> Output {
+    match Command::new(agora_bin()).args(args).output() {
+        Ok(o) => o,
+        Err(e) => panic_output(&e.to_string()),
+    }
+}
+
+fn panic_output(reason: &str) -> Output {
+    Output {
+        status: std::process::ExitStatus::default(),
+        stdout: Vec::new(),
+        stderr: reason.as_bytes().to_vec(),
+    }
+}
+
+/// Runs `agora ARGS --json`, asserts success and parses stdout.
+pub fn agora_json(args: &[&str]) -> serde_json::Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.push("--json");
+    let out = agora(&all);
+    assert!(
+        out.status.success(),
+        "agora {:?} failed: {}{}",
+        args,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Stops a devnet in `dir` when dropped, so a failing test leaves no processes behind.
+#[derive(Debug)]
+pub struct DevnetGuard(pub PathBuf);
+
+impl Drop for DevnetGuard {
+    fn drop(&mut self) {
+        let dir = self.0.display().to_string();
+        let _ = Command::new(agora_bin())
+            .args(["devnet", "down", "--dir", &dir])
+            .output();
+    }
+}

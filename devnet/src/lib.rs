@@ -1,1 +1,242 @@
-//! agora-devnet
+//! Devnet scenario builder: in-process agora nodes on ephemeral loopback ports, for tests and
+//! benchmarks. Each node has its own temp data dir and runs inside a tracing span carrying its
+//! short id.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let mut net = agora_devnet::Devnet::builder().nodes(5).spawn().await?;
+//! net.wait_connected(4, std::time::Duration::from_secs(20)).await?;
+//! net.stop(2).await;
+//! net.restart(2).await?;
+//! net.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use agora_market::NodeId;
+use agora_node::config::NodeConfig;
+use agora_node::daemon::{self, RunningNode};
+use agora_node::devnet_files::{GENESIS_FILE, GenesisFile, init_data_dir, save_genesis};
+use agora_node::network::NetworkHandle;
+use anyhow::{Context, bail};
+
+/// Builder for an in-process devnet.
+#[derive(Clone, Debug)]
+pub struct DevnetBuilder {
+    nodes: usize,
+    presence_interval_ms: u64,
+    presence_timeout_ms: u64,
+    gossip_heartbeat_ms: u64,
+}
+
+struct Slot {
+    name: String,
+    data_dir: PathBuf,
+    config: NodeConfig,
+    node_id: NodeId,
+    running: Option<RunningNode>,
+}
+
+/// A set of in-process nodes.
+pub struct Devnet {
+    _dir: tempfile::TempDir,
+    slots: Vec<Slot>,
+}
+
+impl std::fmt::Debug for Devnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Devnet")
+            .field("nodes", &self.slots.len())
+            .finish()
+    }
+}
+
+impl Default for DevnetBuilder {
+    fn default() -> Self {
+        DevnetBuilder {
+            nodes: 3,
+            presence_interval_ms: 250,
+            presence_timeout_ms: 1000,
+            gossip_heartbeat_ms: 200,
+        }
+    }
+}
+
+impl DevnetBuilder {
+    /// Number of nodes.
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// Presence heartbeat interval and timeout.
+    pub fn presence(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.presence_interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self.presence_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Creates data dirs and genesis, then starts every node (node 0 first; the others
+    /// bootstrap from it).
+    pub async fn spawn(self) -> anyhow::Result<Devnet> {
+        if self.nodes == 0 {
+            bail!("a devnet needs at least one node");
+        }
+        let dir = tempfile::Builder::new().prefix("agora-devnet-").tempdir()?;
+        let genesis_path = dir.path().join(GENESIS_FILE);
+        let mut slots = Vec::new();
+        for i in 0..self.nodes {
+            let name = format!("node{i}");
+            let data_dir = dir.path().join(&name);
+            let mut config = NodeConfig::default();
+            config.node.name = name.clone();
+            config.node.genesis = Some(genesis_path.clone());
+            config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+            config.network.presence_interval_ms = self.presence_interval_ms;
+            config.network.presence_timeout_ms = self.presence_timeout_ms;
+            config.network.gossip_heartbeat_ms = self.gossip_heartbeat_ms;
+            config.api.listen = "127.0.0.1:0".into();
+            let key = init_data_dir(&data_dir, &config)?;
+            slots.push(Slot {
+                name,
+                data_dir,
+                config,
+                node_id: key.node_id(),
+                running: None,
+            });
+        }
+        let ids: Vec<_> = slots.iter().map(|s| (s.name.clone(), s.node_id)).collect();
+        save_genesis(
+            &genesis_path,
+            &GenesisFile::devnet(&ids, agora_node::now_ms()),
+        )?;
+        let mut net = Devnet { _dir: dir, slots };
+        for i in 0..net.slots.len() {
+            if i > 0 {
+                let boot: Vec<String> = net.slots[0]
+                    .running
+                    .as_ref()
+                    .map(|n| n.p2p_addrs.iter().map(|a| a.to_string()).collect())
+                    .unwrap_or_default();
+                net.slots[i].config.network.bootstrap = boot;
+            }
+            net.start(i).await?;
+        }
+        Ok(net)
+    }
+}
+
+impl Devnet {
+    /// A builder with defaults (3 nodes).
+    pub fn builder() -> DevnetBuilder {
+        DevnetBuilder::default()
+    }
+
+    /// Number of nodes (running or stopped).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the devnet has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Node `i`'s id.
+    pub fn node_id(&self, i: usize) -> NodeId {
+        self.slots[i].node_id
+    }
+
+    /// Node `i`, if running.
+    pub fn node(&self, i: usize) -> Option<&RunningNode> {
+        self.slots.get(i).and_then(|s| s.running.as_ref())
+    }
+
+    /// Node `i`'s network handle; errors if it is stopped.
+    pub fn handle(&self, i: usize) -> anyhow::Result<NetworkHandle> {
+        self.node(i)
+            .map(|n| n.network.clone())
+            .with_context(|| format!("node{i} is not running"))
+    }
+
+    /// Node `i`'s data dir.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.slots[i].data_dir.clone()
+    }
+
+    async fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        let slot = &mut self.slots[i];
+        let node = daemon::start(&slot.data_dir, &slot.config)
+            .await
+            .with_context(|| format!("starting {}", slot.name))?;
+        // Pin the ports this node got so a restart comes back on the same address.
+        slot.config.network.listen = node
+            .p2p_addrs
+            .iter()
+            .map(|a| {
+                a.to_string()
+                    .split("/p2p/")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        slot.running = Some(node);
+        Ok(())
+    }
+
+    /// Stops node `i` (a crash from the others' point of view).
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(node) = self.slots.get_mut(i).and_then(|s| s.running.take()) {
+            node.shutdown().await;
+        }
+    }
+
+    /// Restarts a stopped node `i` on its previous ports, bootstrapping from every running node.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.node(i).is_some() {
+            bail!("node{i} is already running");
+        }
+        let boot: Vec<String> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.running.as_ref())
+            .flat_map(|n| n.p2p_addrs.iter().map(|a| a.to_string()))
+            .collect();
+        self.slots[i].config.network.bootstrap = boot;
+        self.start(i).await
+    }
+
+    /// Waits until every running node has at least `min_peers` connections.
+    pub async fn wait_connected(&self, min_peers: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut ok = true;
+            for s in &self.slots {
+                if let Some(n) = &s.running
+                    && n.network.peers().await?.len() < min_peers
+                {
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nodes did not reach {min_peers} peers within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.slots.len() {
+            self.stop(i).await;
+        }
+    }
+}

@@ -1,1 +1,21 @@
-//! agora-node
+//! The agora node: identity, wire codec, libp2p swarm, control API, CLI and devnet management.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod daemon;
+pub mod devnet_files;
+pub mod keys;
+pub mod market_service;
+pub mod network;
+
+/// Milliseconds since the Unix epoch from the system clock (the pure crates take time as input;
+/// this is where the node reads it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

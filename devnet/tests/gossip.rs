@@ -1,0 +1,192 @@
+//! In-process protocol tests on five real swarms over loopback TCP.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use agora_devnet::Devnet;
+use agora_market::KeySigner;
+use agora_node::codec::{Envelope, Kind, MAX_GOSSIP_BYTES};
+use agora_node::network::{NetworkEvent, NetworkHandle};
+use tokio::sync::broadcast;
+use tokio::time::timeout;
+
+const TOPIC: &str = "agora/test/1";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Publishes until gossipsub has peers for the topic (subscriptions take a moment to spread).
+async fn publish_when_ready(h: &NetworkHandle, payload: &[u8]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match h.broadcast(TOPIC, Kind::Raw, payload.to_vec()).await {
+            Ok(()) => return,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("publish never succeeded: {e}"),
+        }
+    }
+}
+
+async fn next_gossip(rx: &mut broadcast::Receiver<NetworkEvent>) -> Envelope {
+    loop {
+        match rx.recv().await {
+            Ok(NetworkEvent::Gossip { envelope, .. }) => return (*envelope).clone(),
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(e) => panic!("event channel closed: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_connect_gossip_and_reject_bad_messages() {
+    let net = Devnet::builder().nodes(5).spawn().await.unwrap();
+    // Every node finds every other one (bootstrap via node0, then Kademlia).
+    net.wait_connected(4, WAIT).await.unwrap();
+
+    let handles: Vec<_> = (0..5).map(|i| net.handle(i).unwrap()).collect();
+    let mut rxs = Vec::new();
+    for h in &handles {
+        h.subscribe(TOPIC).await.unwrap();
+        rxs.push(h.events());
+    }
+
+    // A valid message from node 2 reaches all four others, with its author intact.
+    publish_when_ready(&handles[2], b"hello agora").await;
+    for (i, rx) in rxs.iter_mut().enumerate() {
+        if i == 2 {
+            continue;
+        }
+        let env = timeout(WAIT, next_gossip(rx))
+            .await
+            .expect("message reached every node");
+        assert_eq!(env.payload, b"hello agora");
+        assert_eq!(env.sender, handles[2].node_id());
+    }
+
+    // Forged: node 1 publishes an envelope whose payload was changed after signing.
+    let signer1 = KeySigner::from_secret([0u8; 32]);
+    let mut forged = Envelope::seal(&signer1, Kind::Raw, 1, 1, b"pay me".to_vec());
+    forged.sender = handles[1].node_id();
+    handles[1]
+        .publish_bytes(TOPIC, forged.to_bytes())
+        .await
+        .unwrap();
+    // Impersonation: a correctly signed envelope by someone else, published by node 1.
+    let other = KeySigner::from_seed(99);
+    let stolen = Envelope::seal(&other, Kind::Raw, 1, 1, b"not mine".to_vec());
+    handles[1]
+        .publish_bytes(TOPIC, stolen.to_bytes())
+        .await
+        .unwrap();
+    // Oversized: validly signed, but above the gossip limit.
+    let signer_big = KeySigner::from_seed(5);
+    let big = Envelope::seal(
+        &signer_big,
+        Kind::Raw,
+        1,
+        1,
+        vec![7u8; MAX_GOSSIP_BYTES + 10],
+    );
+    handles[1]
+        .publish_bytes(TOPIC, big.to_bytes())
+        .await
+        .unwrap();
+    // Then a valid marker; anything delivered before it would be one of the bad ones.
+    handles[1]
+        .broadcast(TOPIC, Kind::Raw, b"marker".to_vec())
+        .await
+        .unwrap();
+    for (i, rx) in rxs.iter_mut().enumerate() {
+        if i == 1 {
+            continue;
+        }
+        let env = timeout(WAIT, next_gossip(rx))
+            .await
+            .expect("marker arrives");
+        assert_eq!(env.payload, b"marker", "node{i} delivered a bad message");
+    }
+
+    // The bad messages were rejected (not forwarded), and node 1's score dropped at its peers.
+    let mut rejected = 0;
+    let mut penalised = false;
+    for (i, h) in handles.iter().enumerate() {
+        if i == 1 {
+            continue;
+        }
+        rejected += h.stats().await.unwrap().gossip_rejected;
+        if h.peer_score(handles[1].peer_id())
+            .await
+            .unwrap()
+            .is_some_and(|s| s < 0.0)
+        {
+            penalised = true;
+        }
+    }
+    assert!(
+        rejected >= 3,
+        "each bad message is rejected by node1's mesh peers (got {rejected})"
+    );
+    assert!(penalised, "node1's gossip score went negative at some peer");
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reports_up_and_down_and_restart_rejoins() {
+    let mut net = Devnet::builder()
+        .nodes(3)
+        .presence(Duration::from_millis(100), Duration::from_millis(600))
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(2, WAIT).await.unwrap();
+    let watcher = net.handle(0).unwrap();
+    let target = net.node_id(2);
+    let mut events = watcher.events();
+
+    // Node 2 becomes reachable (its first heartbeat may have been seen before we subscribed).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let table = watcher.presence().await.unwrap();
+        if table.iter().any(|p| p.node == target && p.reachable) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node2 never became reachable"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    net.stop(2).await;
+    let down = timeout(WAIT, async {
+        loop {
+            if let Ok(NetworkEvent::Presence(agora_node::network::PresenceEvent::Down {
+                node, ..
+            })) = events.recv().await
+                && node == target
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(down.is_ok(), "node2's absence was reported");
+
+    net.restart(2).await.unwrap();
+    let up = timeout(WAIT, async {
+        loop {
+            if let Ok(NetworkEvent::Presence(agora_node::network::PresenceEvent::Up {
+                node, ..
+            })) = events.recv().await
+                && node == target
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(up.is_ok(), "node2 came back after restart");
+    net.shutdown().await;
+}

@@ -1,0 +1,205 @@
+//! Starting and stopping a node: key, networking, control API, and the files the CLI and the
+//! devnet use to find it (`p2p.addr`, `api.addr`, `api.token` in the data directory).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agora_market::NodeId;
+use libp2p::Multiaddr;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info};
+
+use crate::api::{self, ApiState};
+use crate::config::{ConfigError, NodeConfig};
+use crate::keys::{KeyError, NodeKey, restrict};
+use crate::network::{self, NetworkError, NetworkHandle};
+
+/// File with the node's p2p multiaddrs (one per line, each ending in `/p2p/<peer id>`).
+pub const P2P_ADDR_FILE: &str = "p2p.addr";
+/// File with the control API's `host:port`.
+pub const API_ADDR_FILE: &str = "api.addr";
+/// File with the control API bearer token (mode 0600).
+pub const API_TOKEN_FILE: &str = "api.token";
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Key problem.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Config problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Network problem.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// The control API could not bind.
+    #[error(
+        "cannot serve the control API on {addr}: {source}; pass --api-listen 127.0.0.1:0 for a free port"
+    )]
+    ApiBind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A data-dir file could not be written.
+    #[error("cannot write {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// Networking never reported a listen address.
+    #[error("the node did not start listening within 10 s; check --listen")]
+    NoListenAddr,
+}
+
+/// A running node (in this process).
+#[derive(Debug)]
+pub struct RunningNode {
+    /// Handle to the swarm task.
+    pub network: NetworkHandle,
+    /// Where the control API listens.
+    pub api_addr: SocketAddr,
+    /// p2p addresses including `/p2p/<peer id>`.
+    pub p2p_addrs: Vec<Multiaddr>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The market service.
+    pub market: crate::market_service::MarketHandle,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.network.node_id()
+    }
+
+    /// A token that stops the node when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Waits until the node is asked to stop (API `shutdown`, or the token), then stops it.
+    pub async fn wait(self) {
+        self.cancel.cancelled().await;
+        self.shutdown().await;
+    }
+
+    /// Stops every task in order and removes the API address file.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        let _ = std::fs::remove_file(self.data_dir.join(API_ADDR_FILE));
+        info!("node stopped");
+    }
+}
+
+/// Loads or creates the control API token.
+pub fn load_or_create_token(data_dir: &Path) -> Result<String, DaemonError> {
+    let path = data_dir.join(API_TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_string());
+    }
+    let mut bytes = [0u8; 24];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let token = hex::encode(bytes);
+    std::fs::write(&path, &token).map_err(|e| DaemonError::Io(path.clone(), e))?;
+    restrict(&path).map_err(|e| DaemonError::Io(path.clone(), e))?;
+    Ok(token)
+}
+
+/// Starts a node from a data directory and a resolved config.
+pub async fn start(data_dir: &Path, config: &NodeConfig) -> Result<RunningNode, DaemonError> {
+    let key = NodeKey::load(data_dir)?;
+    let span = tracing::info_span!("node", id = %key.node_id().short());
+    start_with_key(data_dir, config, key).instrument(span).await
+}
+
+async fn start_with_key(
+    data_dir: &Path,
+    config: &NodeConfig,
+    key: NodeKey,
+) -> Result<RunningNode, DaemonError> {
+    let cancel = CancellationToken::new();
+    let net_cfg = config.network_config()?;
+    let api_addr = config.api_addr()?;
+    let token = load_or_create_token(data_dir)?;
+    let (network, net_task) = network::spawn(&key, net_cfg, cancel.clone()).await?;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listen = loop {
+        let addrs = network.listen_addrs().await?;
+        if !addrs.is_empty() {
+            break addrs;
+        }
+        if Instant::now() > deadline {
+            cancel.cancel();
+            return Err(DaemonError::NoListenAddr);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let peer = network.peer_id();
+    let p2p_addrs: Vec<Multiaddr> = listen
+        .into_iter()
+        .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(peer)))
+        .collect();
+    let p2p_text: String = p2p_addrs.iter().map(|a| format!("{a}\n")).collect();
+    write_file(&data_dir.join(P2P_ADDR_FILE), &p2p_text)?;
+
+    let (market, market_task) = crate::market_service::spawn(
+        key.signer().clone(),
+        config.market.engine.clone(),
+        config.market.regions.clone(),
+        network.clone(),
+        cancel.clone(),
+    )
+    .await;
+
+    let listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .map_err(|source| DaemonError::ApiBind {
+            addr: api_addr,
+            source,
+        })?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|source| DaemonError::ApiBind {
+            addr: api_addr,
+            source,
+        })?;
+    let state = ApiState {
+        network: network.clone(),
+        token,
+        started: Instant::now(),
+        cancel: cancel.clone(),
+        data_dir: data_dir.to_path_buf(),
+        name: config.node.name.clone(),
+        p2p_addrs: p2p_addrs.iter().map(|a| a.to_string()).collect(),
+        market: Some(market.clone()),
+    };
+    let api_task = tokio::spawn(api::serve(listener, state, cancel.clone()).in_current_span());
+    write_file(&data_dir.join(API_ADDR_FILE), &api_addr.to_string())?;
+    info!(node = %key.node_id(), api = %api_addr, "node started");
+    Ok(RunningNode {
+        network,
+        api_addr,
+        p2p_addrs,
+        data_dir: data_dir.to_path_buf(),
+        cancel,
+        market,
+        tasks: vec![api_task, market_task, net_task],
+    })
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), DaemonError> {
+    // Write then rename so readers never see a half-written file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|e| DaemonError::Io(tmp.clone(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DaemonError::Io(path.to_path_buf(), e))
+}

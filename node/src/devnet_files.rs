@@ -1,0 +1,210 @@
+//! Files shared by the devnet tooling: the genesis file and the devnet manifest, plus the
+//! data-directory initialisation that `agora init` and the devnet both use.
+
+use std::path::{Path, PathBuf};
+
+use agora_market::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{CONFIG_FILE, NodeConfig};
+use crate::daemon::{DaemonError, load_or_create_token};
+use crate::keys::{KeyError, NodeKey};
+
+/// Genesis file name inside a devnet directory.
+pub const GENESIS_FILE: &str = "genesis.json";
+/// Manifest file name inside a devnet directory.
+pub const MANIFEST_FILE: &str = "devnet.json";
+
+/// Starting balance of every devnet account.
+pub const DEVNET_BALANCE: u64 = 1_000_000;
+
+/// One funded account in genesis.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GenesisAccount {
+    /// Label.
+    pub name: String,
+    /// Node id (base58).
+    pub node_id: String,
+    /// Starting balance in tokens.
+    pub balance: u64,
+}
+
+/// The genesis of a network: accounts, balances and the arbitrator committee.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GenesisFile {
+    /// Network name.
+    pub chain_id: String,
+    /// Creation time, ms.
+    pub created_at: u64,
+    /// Funded accounts.
+    pub accounts: Vec<GenesisAccount>,
+    /// Arbitrator committee (node ids, base58), n = 3f+1 where possible.
+    pub committee: Vec<String>,
+    /// Whether `agora faucet` may mint (devnets only).
+    pub faucet: bool,
+}
+
+impl GenesisFile {
+    /// A devnet genesis: every node funded; committee is the largest 3f+1 prefix (all nodes when
+    /// fewer than four).
+    pub fn devnet(nodes: &[(String, NodeId)], created_at: u64) -> GenesisFile {
+        let n = nodes.len();
+        let committee_size = if n < 4 { n } else { 3 * ((n - 1) / 3) + 1 };
+        GenesisFile {
+            chain_id: format!("agora-devnet-{created_at}"),
+            created_at,
+            accounts: nodes
+                .iter()
+                .map(|(name, id)| GenesisAccount {
+                    name: name.clone(),
+                    node_id: id.to_string(),
+                    balance: DEVNET_BALANCE,
+                })
+                .collect(),
+            committee: nodes
+                .iter()
+                .take(committee_size)
+                .map(|(_, id)| id.to_string())
+                .collect(),
+            faucet: true,
+        }
+    }
+}
+
+/// One node of a devnet, as recorded by `agora devnet up`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DevnetNode {
+    /// Label (`node0`, ...).
+    pub name: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Node id (base58).
+    pub node_id: String,
+    /// Process id while running.
+    pub pid: Option<u32>,
+    /// Control API address.
+    pub api: String,
+    /// p2p addresses.
+    pub p2p: Vec<String>,
+}
+
+/// What `agora devnet up` started.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DevnetManifest {
+    /// The devnet directory.
+    pub dir: PathBuf,
+    /// The genesis file.
+    pub genesis: PathBuf,
+    /// The nodes.
+    pub nodes: Vec<DevnetNode>,
+}
+
+/// Errors with devnet files.
+#[derive(Debug, thiserror::Error)]
+pub enum DevnetFileError {
+    /// Missing or unreadable manifest.
+    #[error(
+        "no devnet in {0} (missing {MANIFEST_FILE}); create one with `agora devnet up --dir {0}`"
+    )]
+    NoManifest(PathBuf),
+    /// Corrupt file.
+    #[error("{0} is not valid: {1}")]
+    Invalid(PathBuf, String),
+    /// Write failure.
+    #[error("cannot write {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+impl DevnetManifest {
+    /// Reads `<dir>/devnet.json`.
+    pub fn load(dir: &Path) -> Result<DevnetManifest, DevnetFileError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text =
+            std::fs::read_to_string(&path).map_err(|_| DevnetFileError::NoManifest(dir.into()))?;
+        serde_json::from_str(&text).map_err(|e| DevnetFileError::Invalid(path, e.to_string()))
+    }
+
+    /// Writes `<dir>/devnet.json`.
+    pub fn save(&self) -> Result<(), DevnetFileError> {
+        let path = self.dir.join(MANIFEST_FILE);
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| DevnetFileError::Invalid(path.clone(), e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| DevnetFileError::Io(path, e))
+    }
+
+    /// TCP bootstrap addresses of every node (what `--join` dials).
+    pub fn bootstrap_addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.p2p.iter())
+            .filter(|a| a.contains("/tcp/"))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Writes a genesis file.
+pub fn save_genesis(path: &Path, genesis: &GenesisFile) -> Result<(), DevnetFileError> {
+    let text = serde_json::to_string_pretty(genesis)
+        .map_err(|e| DevnetFileError::Invalid(path.into(), e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| DevnetFileError::Io(path.into(), e))
+}
+
+/// Reads a genesis file.
+pub fn load_genesis(path: &Path) -> Result<GenesisFile, DevnetFileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| DevnetFileError::Invalid(path.into(), e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| DevnetFileError::Invalid(path.into(), e.to_string()))
+}
+
+/// Errors initialising a data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// Directory problem.
+    #[error("cannot create data dir {0}: {1}")]
+    Dir(PathBuf, std::io::Error),
+    /// Key problem.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Token problem.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// Config write problem.
+    #[error("cannot write {0}: {1}")]
+    Config(PathBuf, std::io::Error),
+}
+
+/// Creates the data dir with key (0600), API token (0600) and `config.toml` (unless present).
+pub fn init_data_dir(data_dir: &Path, config: &NodeConfig) -> Result<NodeKey, InitError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| InitError::Dir(data_dir.into(), e))?;
+    let key = NodeKey::load_or_create(data_dir)?;
+    load_or_create_token(data_dir)?;
+    write_config(data_dir, config)?;
+    Ok(key)
+}
+
+/// Overwrites `config.toml`.
+pub fn write_config(data_dir: &Path, config: &NodeConfig) -> Result<(), InitError> {
+    let path = data_dir.join(CONFIG_FILE);
+    std::fs::write(&path, config.to_toml()).map_err(|e| InitError::Config(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agora_market::{KeySigner, Signer};
+
+    #[test]
+    fn committee_is_3f_plus_1() {
+        let nodes: Vec<_> = (0..10)
+            .map(|i| (format!("n{i}"), KeySigner::from_seed(i).node_id()))
+            .collect();
+        for (n, want) in [(1, 1), (3, 3), (4, 4), (5, 4), (7, 7), (9, 7), (10, 10)] {
+            assert_eq!(
+                GenesisFile::devnet(&nodes[..n], 0).committee.len(),
+                want,
+                "n={n}"
+            );
+        }
+    }
+}

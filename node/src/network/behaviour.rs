@@ -1,0 +1,118 @@
+//! The composed libp2p behaviour and swarm construction.
+
+use std::time::Duration;
+
+use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, identify, kad, mdns, noise, ping, request_response, tcp, yamux,
+};
+
+use super::rpc_codec::{RPC_PROTOCOL, RpcCodec};
+use super::{NetworkConfig, NetworkError};
+
+/// Gossipsub's transmit limit; deliberately above the application limit so that oversized
+/// envelopes reach our validator and are rejected there (penalising the sender).
+pub const MAX_GOSSIP_TRANSMIT: usize = 1024 * 1024;
+
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1.0.0";
+
+/// All protocols the node speaks.
+#[derive(NetworkBehaviour)]
+pub(crate) struct AgoraBehaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub rpc: request_response::Behaviour<RpcCodec>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Score parameters for every agora topic: invalid messages cost the forwarder heavily.
+pub(crate) fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.5,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    cfg: &NetworkConfig,
+) -> Result<Swarm<AgoraBehaviour>, NetworkError> {
+    let setup = |e: String| NetworkError::Setup(e);
+    let mdns_enabled = cfg.mdns;
+    let gossip_heartbeat = cfg.gossip_heartbeat;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| setup(e.to_string()))?
+        .with_behaviour(|key| {
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(gossip_heartbeat)
+                .validation_mode(ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(MAX_GOSSIP_TRANSMIT)
+                .message_id_fn(|m: &gossipsub::Message| {
+                    gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                })
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut gossipsub =
+                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
+            gossipsub.with_peer_score(
+                gossipsub::PeerScoreParams::default(),
+                gossipsub::PeerScoreThresholds::default(),
+            )?;
+            let rpc = request_response::Behaviour::with_codec(
+                RpcCodec,
+                [(RPC_PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+            );
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                    .with_agent_version(format!("agora/{}", env!("CARGO_PKG_VERSION"))),
+            );
+            let ping =
+                ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5)));
+            let peer_id = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad::Config::new(StreamProtocol::new("/ipfs/kad/1.0.0")),
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            let mdns = if mdns_enabled {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    peer_id,
+                )?)
+            } else {
+                None
+            };
+            Ok(AgoraBehaviour {
+                gossipsub,
+                rpc,
+                identify,
+                ping,
+                kad,
+                mdns: Toggle::from(mdns),
+            })
+        })
+        .map_err(|e| setup(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,172 @@
+//! Network benchmarks (a bench binary that prints a table; run with
+//! `cargo bench -p agora-tests --bench network`):
+//! - gossip time-to-all-nodes for 10, 50 and 100 in-process nodes (p50/p99);
+//! - idle RSS of one `agora node run` process with 10 peers (an 11-node process devnet).
+//!
+//! Set `AGORA_BENCH_SIZES=10,50` to choose sizes, `AGORA_BENCH_MESSAGES` for messages per size.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agora_devnet::Devnet;
+use agora_node::codec::Kind;
+use agora_node::network::NetworkEvent;
+
+const TOPIC: &str = "agora/bench/1";
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn gossip_time_to_all(n: usize, messages: usize) -> (f64, f64, f64) {
+    let net = Devnet::builder().nodes(n).spawn().await.expect("devnet");
+    net.wait_connected(n.min(4) - 1, Duration::from_secs(60))
+        .await
+        .expect("connected");
+    // receipts[msg] = (count, last arrival)
+    let receipts: Arc<Mutex<HashMap<u64, (usize, Instant)>>> = Arc::default();
+    for i in 0..n {
+        let h = net.handle(i).unwrap();
+        h.subscribe(TOPIC).await.unwrap();
+        let mut rx = h.events();
+        let receipts = receipts.clone();
+        tokio::spawn(async move {
+            while let Ok(ev) = rx.recv().await {
+                if let NetworkEvent::Gossip { envelope, .. } = ev
+                    && let Ok(b) = <[u8; 8]>::try_from(envelope.payload.as_slice())
+                {
+                    let id = u64::from_le_bytes(b);
+                    let now = Instant::now();
+                    let mut r = receipts.lock().unwrap();
+                    let e = r.entry(id).or_insert((0, now));
+                    e.0 += 1;
+                    e.1 = now;
+                }
+            }
+        });
+    }
+    // Warm up until the mesh delivers to everyone.
+    let mut warm = 1_000_000u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        warm += 1;
+        let _ = net
+            .handle(0)
+            .unwrap()
+            .broadcast(TOPIC, Kind::Raw, warm.to_le_bytes().to_vec())
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let done = receipts
+            .lock()
+            .unwrap()
+            .get(&warm)
+            .map(|e| e.0)
+            .unwrap_or(0);
+        if done >= n - 1 || Instant::now() > deadline {
+            break;
+        }
+    }
+    let mut latencies = Vec::new();
+    for m in 0..messages as u64 {
+        let sender = (m as usize * 7) % n;
+        let start = Instant::now();
+        net.handle(sender)
+            .unwrap()
+            .broadcast(TOPIC, Kind::Raw, m.to_le_bytes().to_vec())
+            .await
+            .unwrap();
+        let deadline = start + Duration::from_secs(5);
+        loop {
+            let got = receipts.lock().unwrap().get(&m).copied();
+            if let Some((count, last)) = got
+                && count >= n - 1
+            {
+                latencies.push(last.duration_since(start).as_secs_f64() * 1000.0);
+                break;
+            }
+            if Instant::now() > deadline {
+                latencies.push(f64::INFINITY);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    net.shutdown().await;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let delivered = latencies.iter().filter(|l| l.is_finite()).count() as f64 / messages as f64;
+    (
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        delivered * 100.0,
+    )
+}
+
+fn rss_kib(pid: u64) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn idle_rss_with_10_peers() -> Option<(u64, usize)> {
+    let tmp = tempfile::tempdir().ok()?;
+    let dir = tmp.path().join("net");
+    let dir_s = dir.display().to_string();
+    let _guard = agora_tests::DevnetGuard(dir.clone());
+    let up = agora_tests::agora_json(&[
+        "devnet",
+        "up",
+        "--nodes",
+        "11",
+        "--dir",
+        &dir_s,
+        "--timeout",
+        "120",
+    ]);
+    let pid = up["nodes"][0]["pid"].as_u64()?;
+    std::thread::sleep(Duration::from_secs(10));
+    let node0 = dir.join("node0").display().to_string();
+    let peers = agora_tests::agora_json(&["peers", "--data-dir", &node0]);
+    let rss = rss_kib(pid)?;
+    Some((rss, peers.as_array().map(|a| a.len()).unwrap_or(0)))
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("AGORA_BENCH_SIZES")
+        .unwrap_or_else(|_| "10,50,100".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let messages: usize = std::env::var("AGORA_BENCH_MESSAGES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    println!("gossip time-to-all-nodes ({messages} messages per size, in-process, loopback TCP)");
+    println!(
+        "{:>6} {:>10} {:>10} {:>10}",
+        "nodes", "p50 ms", "p99 ms", "delivered"
+    );
+    for n in sizes {
+        let (p50, p99, ok) = rt.block_on(gossip_time_to_all(n, messages));
+        println!("{n:>6} {p50:>10.2} {p99:>10.2} {ok:>9.0}%");
+    }
+    if std::env::var("AGORA_BENCH_SKIP_RSS").is_err() {
+        match idle_rss_with_10_peers() {
+            Some((rss, peers)) => println!(
+                "idle RSS of one `agora node run` with {peers} peers: {:.1} MiB",
+                rss as f64 / 1024.0
+            ),
+            None => println!("idle RSS: could not measure"),
+        }
+    }
+}

@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 if command -v rustup >/dev/null 2>&1; then
   rustup target add wasm32-wasip1 >/dev/null 2>&1 || echo "warning: could not add wasm32-wasip1" >&2
 fi
+# End-to-end tests drive the real `agora` binary; build it first so it is never stale.
+cargo build --locked -p agora-node --bin agora
 cargo test --workspace --locked "$@"

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use agora_market::NodeId;
 use agora_node::config::NodeConfig;
 use agora_node::daemon::{self, RunningNode};
-use agora_node::devnet_files::{GENESIS_FILE, GenesisFile, init_data_dir, save_genesis};
+use agora_node::devnet_files::{
+    GENESIS_FILE, GenesisFile, devnet_node_config, init_data_dir, save_genesis,
+};
 use agora_node::network::NetworkHandle;
 use anyhow::{Context, bail};
 
@@ -30,6 +32,7 @@ pub struct DevnetBuilder {
     presence_interval_ms: u64,
     presence_timeout_ms: u64,
     gossip_heartbeat_ms: u64,
+    manual: usize,
 }
 
 struct Slot {
@@ -61,6 +64,7 @@ impl Default for DevnetBuilder {
             presence_interval_ms: 250,
             presence_timeout_ms: 1000,
             gossip_heartbeat_ms: 200,
+            manual: 0,
         }
     }
 }
@@ -69,6 +73,12 @@ impl DevnetBuilder {
     /// Number of nodes.
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
+        self
+    }
+
+    /// The last `m` nodes do not bid automatically.
+    pub fn manual(mut self, m: usize) -> Self {
+        self.manual = m;
         self
     }
 
@@ -91,14 +101,10 @@ impl DevnetBuilder {
         for i in 0..self.nodes {
             let name = format!("node{i}");
             let data_dir = dir.path().join(&name);
-            let mut config = NodeConfig::default();
-            config.node.name = name.clone();
-            config.node.genesis = Some(genesis_path.clone());
-            config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+            let mut config = devnet_node_config(i, &genesis_path, i + self.manual < self.nodes);
             config.network.presence_interval_ms = self.presence_interval_ms;
             config.network.presence_timeout_ms = self.presence_timeout_ms;
             config.network.gossip_heartbeat_ms = self.gossip_heartbeat_ms;
-            config.api.listen = "127.0.0.1:0".into();
             let key = init_data_dir(&data_dir, &config)?;
             slots.push(Slot {
                 name,

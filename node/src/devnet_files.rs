@@ -157,6 +157,39 @@ pub fn load_genesis(path: &Path) -> Result<GenesisFile, DevnetFileError> {
     serde_json::from_str(&text).map_err(|e| DevnetFileError::Invalid(path.into(), e.to_string()))
 }
 
+/// Centre of the simulated devnet region (Vienna); node `i` sits a few hundred metres away.
+pub const DEVNET_CENTER: (f64, f64) = (48.2082, 16.3738);
+
+/// Config of devnet node `i`: loopback with free ports, a provider capacity typical of an edge
+/// gateway (4 cores, 4 GiB, one LoRa/BLE/Wi-Fi radio each), a location near
+/// [`DEVNET_CENTER`], and automatic bidding unless `auto_bid` is false.
+pub fn devnet_node_config(i: usize, genesis: &Path, auto_bid: bool) -> NodeConfig {
+    use agora_market::{Interface, Location, Resources};
+    let mut config = NodeConfig::default();
+    config.node.name = format!("node{i}");
+    config.node.genesis = Some(genesis.to_path_buf());
+    config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    config.api.listen = "127.0.0.1:0".into();
+    let engine = &mut config.market.engine;
+    engine.capacity = Resources {
+        cpu_millis: 4000,
+        memory_bytes: 4 << 30,
+        storage_bytes: 64 << 30,
+        bandwidth_bps: 100_000_000,
+        ..Resources::default()
+    }
+    .with_interface(Interface::LoRa, 1)
+    .with_interface(Interface::Ble, 1)
+    .with_interface(Interface::Wifi, 1);
+    let offset = i as f64 * 0.002;
+    engine.dmu.provider.location = Some(Location {
+        lat: DEVNET_CENTER.0 + offset,
+        lon: DEVNET_CENTER.1 - offset,
+    });
+    engine.dmu.provider.auto_bid = auto_bid;
+    config
+}
+
 /// Errors initialising a data directory.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -206,5 +239,20 @@ mod tests {
                 "n={n}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn devnet_config_survives_toml() {
+        let c = devnet_node_config(2, Path::new("/tmp/genesis.json"), true);
+        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        assert!(back.market.engine.dmu.provider.auto_bid);
+        assert_eq!(back.market.engine.capacity.cpu_millis, 4000);
     }
 }

@@ -8,11 +8,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use crate::api::client::ApiClient;
-use crate::config::NodeConfig;
 use crate::daemon::{API_ADDR_FILE, P2P_ADDR_FILE};
 use crate::devnet_files::{
-    DevnetManifest, DevnetNode, GENESIS_FILE, GenesisFile, init_data_dir, save_genesis,
-    write_config,
+    DevnetManifest, DevnetNode, GENESIS_FILE, GenesisFile, devnet_node_config, init_data_dir,
+    save_genesis, write_config,
 };
 use crate::now_ms;
 
@@ -44,6 +43,9 @@ pub struct UpArgs {
     /// Seconds to wait for the nodes to connect.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
+    /// The last M nodes do not bid automatically (bid by hand from their CLI).
+    #[arg(long, default_value_t = 0)]
+    pub manual: usize,
 }
 
 /// Options naming the devnet directory.
@@ -69,7 +71,7 @@ pub struct DownArgs {
 pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         DevnetCommand::Up(a) => {
-            let m = up(&a.dir, a.nodes, Duration::from_secs(a.timeout)).await?;
+            let m = up(&a.dir, a.nodes, a.manual, Duration::from_secs(a.timeout)).await?;
             print_manifest(&m, json).await
         }
         DevnetCommand::Status(a) => {
@@ -157,7 +159,12 @@ fn spawn_node(exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
 }
 
 /// Starts `n` nodes in `dir` and waits until each is connected to all others.
-pub async fn up(dir: &Path, n: usize, timeout: Duration) -> anyhow::Result<DevnetManifest> {
+pub async fn up(
+    dir: &Path,
+    n: usize,
+    manual: usize,
+    timeout: Duration,
+) -> anyhow::Result<DevnetManifest> {
     if n == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -182,11 +189,7 @@ pub async fn up(dir: &Path, n: usize, timeout: Duration) -> anyhow::Result<Devne
     for i in 0..n {
         let name = format!("node{i}");
         let data_dir = dir.join(&name);
-        let mut config = NodeConfig::default();
-        config.node.name = name.clone();
-        config.node.genesis = Some(genesis_path.clone());
-        config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
-        config.api.listen = "127.0.0.1:0".into();
+        let config = devnet_node_config(i, &genesis_path, i + manual < n);
         let key = init_data_dir(&data_dir, &config)?;
         ids.push((name, key.node_id()));
         configs.push((data_dir, config));

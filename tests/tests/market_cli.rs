@@ -1,0 +1,195 @@
+//! Process-level market test: on a 5-node devnet, node0's auction receives bids from the
+//! decision units of nodes 1–3 and one manual bid from node4's CLI; customer and winner agree
+//! on the outcome.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use agora_tests::{DevnetGuard, agora, agora_json};
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let dir_s = dir.display().to_string();
+    let _guard = DevnetGuard(dir.clone());
+    let up = agora_json(&[
+        "devnet",
+        "up",
+        "--nodes",
+        "5",
+        "--manual",
+        "1",
+        "--dir",
+        &dir_s,
+        "--timeout",
+        "60",
+    ]);
+    let ids: Vec<String> = up["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap().to_string())
+        .collect();
+    let node = |i: usize| dir.join(format!("node{i}")).display().to_string();
+
+    // Bad input is refused with a clear error, not a panic.
+    let bad = agora(&[
+        "auction",
+        "create",
+        "--data-dir",
+        &node(0),
+        "--cpu",
+        "lots",
+        "--duration",
+        "2h",
+        "--max-price",
+        "100",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--cpu"));
+
+    let created = agora_json(&[
+        "auction",
+        "create",
+        "--data-dir",
+        &node(0),
+        "--cpu",
+        "500m",
+        "--memory",
+        "256MiB",
+        "--interfaces",
+        "lora",
+        "--duration",
+        "2h",
+        "--max-price",
+        "100",
+        "--kind",
+        "standby",
+        "--window",
+        "4s",
+        "--near",
+        "48.2082,16.3738,50",
+    ]);
+    let auction = created["id"].as_str().unwrap().to_string();
+
+    // The manual provider sees the auction via gossip and bids from its CLI.
+    wait_until("node4 to see the auction", Duration::from_secs(10), || {
+        let list = agora_json(&["auctions", "--data-dir", &node(4)]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == auction.as_str())
+    });
+    let manual = agora_json(&[
+        "bid",
+        "submit",
+        &auction,
+        "--price",
+        "80",
+        "--data-dir",
+        &node(4),
+    ]);
+    assert!(manual["id"].is_string());
+    // A bid above the maximum is refused locally.
+    let over = agora(&[
+        "bid",
+        "submit",
+        &auction,
+        "--price",
+        "1000",
+        "--data-dir",
+        &node(4),
+    ]);
+    assert!(!over.status.success());
+
+    // The customer holds the DMU bids of nodes 1-3 and the manual one.
+    wait_until("4 bids at the customer", Duration::from_secs(10), || {
+        let bids = agora_json(&["bids", &auction, "--data-dir", &node(0)]);
+        bids.as_array().unwrap().len() >= 4
+    });
+    let bids = agora_json(&["bids", &auction, "--data-dir", &node(0)]);
+    let providers: Vec<&str> = bids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["provider"].as_str().unwrap())
+        .collect();
+    for i in 1..5 {
+        assert!(providers.contains(&ids[i].as_str()), "node{i} bid");
+    }
+
+    // After the window: the customer awards, and the winner sees the same award.
+    let mut winner = String::new();
+    wait_until("the award at the customer", Duration::from_secs(20), || {
+        let list = agora_json(&["auctions", "--data-dir", &node(0)]);
+        let a = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == auction.as_str())
+            .cloned()
+            .unwrap();
+        if a["status"] == "awarded" {
+            winner = a["provider"].as_str().unwrap().to_string();
+            true
+        } else {
+            false
+        }
+    });
+    let w = ids.iter().position(|id| *id == winner).unwrap();
+    assert_ne!(w, 0);
+    wait_until("the award at the winner", Duration::from_secs(10), || {
+        let list = agora_json(&["auctions", "--data-dir", &node(w)]);
+        list.as_array().unwrap().iter().any(|a| {
+            a["id"] == auction.as_str()
+                && a["status"] == "awarded"
+                && a["provider"] == winner.as_str()
+        })
+    });
+    // Both sides log the agreed deal with the same terms.
+    wait_until(
+        "agreed terms on both sides",
+        Duration::from_secs(20),
+        || {
+            [0, w].iter().all(|&i| {
+                let out = agora(&[
+                    "market",
+                    "watch",
+                    "--once",
+                    "--json",
+                    "--data-dir",
+                    &node(i),
+                ]);
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .any(|l| l.contains("\"agreed\""))
+            })
+        },
+    );
+    let agreed = |i: usize| -> serde_json::Value {
+        let out = agora(&[
+            "market",
+            "watch",
+            "--once",
+            "--json",
+            "--data-dir",
+            &node(i),
+        ]);
+        let line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains("\"agreed\""))
+            .unwrap()
+            .to_string();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["data"].clone()
+    };
+    assert_eq!(agreed(0), agreed(w));
+}

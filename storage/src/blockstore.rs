@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use cid::Cid;
 
 use crate::dagpb::PbNode;
-use crate::hash::{DAG_PB, verify_block};
+use crate::hash::{DAG_CBOR, DAG_PB, verify_block};
 use crate::{Result, StorageError};
 
 pub use memory::MemoryBlockStore;
@@ -125,16 +125,19 @@ pub(crate) fn check_size(cid: &Cid, size: usize) -> Result<()> {
     Ok(())
 }
 
-/// CIDs linked from a block: dag-pb links; raw and other codecs have none we follow.
+/// CIDs linked from a block: dag-pb links and dag-cbor tag-42 links; raw has none.
 pub fn block_links(cid: &Cid, data: &[u8]) -> Result<Vec<Cid>> {
-    if cid.codec() == DAG_PB {
-        Ok(PbNode::decode(cid, data)?
+    match cid.codec() {
+        DAG_PB => Ok(PbNode::decode(cid, data)?
             .links
             .into_iter()
             .map(|l| l.cid)
-            .collect())
-    } else {
-        Ok(Vec::new())
+            .collect()),
+        DAG_CBOR => crate::cbor::dag_cbor_links(data).map_err(|e| StorageError::Malformed {
+            cid: *cid,
+            reason: e.to_string(),
+        }),
+        _ => Ok(Vec::new()),
     }
 }
 

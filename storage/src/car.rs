@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use cid::Cid;
 
 use crate::blockstore::{block_links, check_size};
+use crate::cbor::Cbor;
 use crate::hash::verify_block;
 use crate::protobuf::{put_varint, read_varint};
 use crate::{BlockStore, Result, StorageError};
@@ -68,58 +69,13 @@ fn cbor_text(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// A cursor over CBOR bytes for the header parser.
-struct Cbor<'a>(&'a [u8]);
-
-impl Cbor<'_> {
-    fn err(reason: &str) -> StorageError {
-        StorageError::decode("CAR header", reason)
-    }
-
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        if self.0.len() < n {
-            return Err(Self::err("truncated"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    /// Reads a head: (major type, argument).
-    fn head(&mut self) -> Result<(u8, u64)> {
-        let first = self.take(1)?[0];
-        let (major, info) = (first >> 5, first & 0x1f);
-        let value = match info {
-            0..=23 => u64::from(info),
-            24 => u64::from(self.take(1)?[0]),
-            25 => self
-                .take(2)?
-                .iter()
-                .fold(0, |a, b| (a << 8) | u64::from(*b)),
-            26 => self
-                .take(4)?
-                .iter()
-                .fold(0, |a, b| (a << 8) | u64::from(*b)),
-            27 => self
-                .take(8)?
-                .iter()
-                .fold(0, |a, b| (a << 8) | u64::from(*b)),
-            _ => return Err(Self::err("indefinite lengths are not DAG-CBOR")),
-        };
-        Ok((major, value))
-    }
-
-    fn len(&mut self, major: u8) -> Result<usize> {
-        match self.head()? {
-            (m, v) if m == major => usize::try_from(v).map_err(|_| Self::err("length too large")),
-            _ => Err(Self::err("unexpected CBOR type")),
-        }
-    }
+fn header_err(reason: &str) -> StorageError {
+    StorageError::decode("CAR header", reason)
 }
 
 /// Parses a CAR v1 header, returning its roots.
 pub fn decode_header(bytes: &[u8]) -> Result<Vec<Cid>> {
-    let mut c = Cbor(bytes);
+    let mut c = Cbor::new(bytes, "CAR header");
     let entries = c.len(5)?;
     let (mut roots, mut version) = (None, None);
     for _ in 0..entries {
@@ -130,27 +86,27 @@ pub fn decode_header(bytes: &[u8]) -> Result<Vec<Cid>> {
                 let mut list = Vec::with_capacity(n.min(64));
                 for _ in 0..n {
                     if c.head()? != (6, 42) {
-                        return Err(Cbor::err("root is not a CID (tag 42)"));
+                        return Err(header_err("root is not a CID (tag 42)"));
                     }
                     let len = c.len(2)?;
                     let raw = c.take(len)?;
                     let cid_bytes = raw
                         .strip_prefix(&[0x00])
-                        .ok_or_else(|| Cbor::err("CID missing 0x00 prefix"))?;
-                    list.push(Cid::try_from(cid_bytes).map_err(|e| Cbor::err(&e.to_string()))?);
+                        .ok_or_else(|| header_err("CID missing 0x00 prefix"))?;
+                    list.push(Cid::try_from(cid_bytes).map_err(|e| header_err(&e.to_string()))?);
                 }
                 roots = Some(list);
             }
             b"version" => version = Some(c.head()?),
-            _ => return Err(Cbor::err("unknown header key")),
+            _ => return Err(header_err("unknown header key")),
         }
     }
     match version {
         Some((0, 1)) => {}
-        Some((0, 2)) => return Err(Cbor::err("CAR v2 is not supported; export as CAR v1")),
-        _ => return Err(Cbor::err("missing or unsupported version")),
+        Some((0, 2)) => return Err(header_err("CAR v2 is not supported; export as CAR v1")),
+        _ => return Err(header_err("missing or unsupported version")),
     }
-    roots.ok_or_else(|| Cbor::err("missing roots"))
+    roots.ok_or_else(|| header_err("missing roots"))
 }
 
 /// Writes a CAR v1 of the DAGs under `roots` (depth first, each block once, like `ipfs dag export`).

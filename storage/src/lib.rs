@@ -12,6 +12,7 @@
 pub mod bitswap;
 pub mod blockstore;
 pub mod car;
+pub mod cbor;
 pub mod challenge;
 pub mod dagpb;
 mod error;

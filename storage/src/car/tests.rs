@@ -131,3 +131,14 @@ fn imports_go_car_fixture_and_reproduces_its_header() {
     assert_eq!(car[0] as usize, header.len());
     assert_eq!(&car[1..1 + header.len()], header.as_slice());
 }
+
+#[test]
+fn export_of_go_car_fixture_is_byte_identical() {
+    // go-car walks each root depth first (following dag-cbor and dag-pb links), as we do.
+    let car = unhex(GO_CAR_HEX);
+    let store = MemoryBlockStore::new();
+    let imported = import_car(&store, car.as_slice()).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(export_car(&store, &imported.roots, &mut out).unwrap(), 8);
+    assert!(out == car, "exported CAR differs from go-car's");
+}

@@ -123,8 +123,8 @@ fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
         .iter()
         .map(|b| b["provider"].as_str().unwrap())
         .collect();
-    for i in 1..5 {
-        assert!(providers.contains(&ids[i].as_str()), "node{i} bid");
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        assert!(providers.contains(&id.as_str()), "node{i} bid");
     }
 
     // After the window: the customer awards, and the winner sees the same award.

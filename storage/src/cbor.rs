@@ -109,7 +109,7 @@ mod tests {
     #[test]
     fn finds_nested_links_and_rejects_garbage() {
         let (a, b) = (cid_v0(b"a"), cid_v1_sha256(RAW, b"b"));
-        let mut tagged = |cid: &Cid| {
+        let tagged = |cid: &Cid| {
             let mut v = vec![0xd8, 0x2a, 0x58];
             let bytes = cid.to_bytes();
             v.push(bytes.len() as u8 + 1);

@@ -142,3 +142,15 @@ fn export_of_go_car_fixture_is_byte_identical() {
     assert_eq!(export_car(&store, &imported.roots, &mut out).unwrap(), 8);
     assert!(out == car, "exported CAR differs from go-car's");
 }
+
+#[test]
+fn pins_follow_dag_cbor_links() {
+    let store = MemoryBlockStore::new();
+    let imported = import_car(&store, unhex(GO_CAR_HEX).as_slice()).unwrap();
+    store.pin(&imported.roots[0]).unwrap();
+    let stats = store.gc().unwrap();
+    // Only the second root (a dag-cbor block with a null link) is unreachable from the first.
+    assert_eq!(stats.removed_blocks, 1);
+    assert!(!store.has(&imported.roots[1]).unwrap());
+    assert_eq!(store.list().unwrap().len(), 7);
+}

@@ -3,6 +3,7 @@
 //! - [`unixfs`]: Kubo-compatible UnixFS importer (`import_file`) and exporter (`export`).
 //! - [`blockstore`]: the [`BlockStore`] trait, [`SledBlockStore`] and [`MemoryBlockStore`].
 //! - [`car`]: CAR v1 export/import compatible with `ipfs dag export/import`.
+//! - [`dagpb`], [`cbor`], [`protobuf`]: hand-written codecs (dag-pb, DAG-CBOR links, protobuf).
 //! - [`bitswap`]: pure bitswap 1.2.0 message codec and a responder over a block store.
 //! - [`proof`]: signed blake3 Merkle data-integrity proofs over sensor readings.
 //! - [`challenge`]: proof-of-storage challenges over a file's chunks.

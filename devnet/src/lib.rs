@@ -101,7 +101,7 @@ impl DevnetBuilder {
         for i in 0..self.nodes {
             let name = format!("node{i}");
             let data_dir = dir.path().join(&name);
-            let mut config = devnet_node_config(i, &genesis_path, i + self.manual < self.nodes);
+            let mut config = devnet_node_config(i, &genesis_path, i + self.manual >= self.nodes);
             config.network.presence_interval_ms = self.presence_interval_ms;
             config.network.presence_timeout_ms = self.presence_timeout_ms;
             config.network.gossip_heartbeat_ms = self.gossip_heartbeat_ms;

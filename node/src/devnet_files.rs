@@ -162,8 +162,9 @@ pub const DEVNET_CENTER: (f64, f64) = (48.2082, 16.3738);
 
 /// Config of devnet node `i`: loopback with free ports, a provider capacity typical of an edge
 /// gateway (4 cores, 4 GiB, one LoRa/BLE/Wi-Fi radio each), a location near
-/// [`DEVNET_CENTER`], and automatic bidding unless `auto_bid` is false.
-pub fn devnet_node_config(i: usize, genesis: &Path, auto_bid: bool) -> NodeConfig {
+/// [`DEVNET_CENTER`]. A `manual` node neither bids nor accepts awards on its own: its operator
+/// does both from the CLI.
+pub fn devnet_node_config(i: usize, genesis: &Path, manual: bool) -> NodeConfig {
     use agora_market::{Interface, Location, Resources};
     let mut config = NodeConfig::default();
     config.node.name = format!("node{i}");
@@ -186,7 +187,8 @@ pub fn devnet_node_config(i: usize, genesis: &Path, auto_bid: bool) -> NodeConfi
         lat: DEVNET_CENTER.0 + offset,
         lon: DEVNET_CENTER.1 - offset,
     });
-    engine.dmu.provider.auto_bid = auto_bid;
+    engine.dmu.provider.auto_bid = !manual;
+    engine.dmu.provider.auto_accept_award = !manual;
     config
 }
 
@@ -249,7 +251,7 @@ mod config_tests {
 
     #[test]
     fn devnet_config_survives_toml() {
-        let c = devnet_node_config(2, Path::new("/tmp/genesis.json"), true);
+        let c = devnet_node_config(2, Path::new("/tmp/genesis.json"), false);
         let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         assert!(back.market.engine.dmu.provider.auto_bid);

@@ -193,3 +193,124 @@ fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
     };
     assert_eq!(agreed(0), agreed(w));
 }
+
+#[test]
+fn manual_provider_counters_and_customer_accepts_within_max() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let dir_s = dir.display().to_string();
+    let _guard = DevnetGuard(dir.clone());
+    agora_json(&[
+        "devnet",
+        "up",
+        "--nodes",
+        "3",
+        "--manual",
+        "1",
+        "--dir",
+        &dir_s,
+        "--timeout",
+        "60",
+    ]);
+    let node = |i: usize| dir.join(format!("node{i}")).display().to_string();
+    // Only node2 (0.004° from the centre on each axis) is within 100 m of this point.
+    let created = agora_json(&[
+        "auction",
+        "create",
+        "--data-dir",
+        &node(0),
+        "--cpu",
+        "250m",
+        "--duration",
+        "1h",
+        "--max-price",
+        "100",
+        "--window",
+        "2s",
+        "--near",
+        "48.2122,16.3698,0.1",
+    ]);
+    let auction = created["id"].as_str().unwrap().to_string();
+    wait_until("node2 to see the auction", Duration::from_secs(10), || {
+        let list = agora_json(&["auctions", "--data-dir", &node(2)]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == auction.as_str())
+    });
+    agora_json(&[
+        "bid",
+        "submit",
+        &auction,
+        "--price",
+        "40",
+        "--data-dir",
+        &node(2),
+    ]);
+
+    // node2 wins; as a manual provider it gets the award as a proposal to answer.
+    let mut award = String::new();
+    wait_until(
+        "the award proposal at node2",
+        Duration::from_secs(20),
+        || {
+            let out = agora(&[
+                "market",
+                "watch",
+                "--once",
+                "--json",
+                "--data-dir",
+                &node(2),
+            ]);
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                if v["kind"] == "awarded" {
+                    award = v["data"]["award"].as_str().unwrap().to_string();
+                }
+            }
+            !award.is_empty()
+        },
+    );
+    // A counter above the customer's maximum would be refused by the customer; 60 is within.
+    let out = agora_json(&[
+        "market",
+        "negotiate",
+        &award,
+        "--counter",
+        "60",
+        "--data-dir",
+        &node(2),
+    ]);
+    assert!(out.as_array().is_some());
+    wait_until(
+        "the deal at 60 on both sides",
+        Duration::from_secs(20),
+        || {
+            [0, 2].iter().all(|&i| {
+                let out = agora(&[
+                    "market",
+                    "watch",
+                    "--once",
+                    "--json",
+                    "--data-dir",
+                    &node(i),
+                ]);
+                String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v["kind"] == "agreed" && v["data"]["price"] == 60
+                })
+            })
+        },
+    );
+    // Nonsense is refused with a clear message.
+    let bad = agora(&[
+        "market",
+        "negotiate",
+        "zz",
+        "--accept",
+        "--data-dir",
+        &node(2),
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an award id"));
+}

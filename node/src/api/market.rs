@@ -7,8 +7,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use agora_market::{
-    AuctionId, AuctionKind, AuctionSpec, AuctionStatus, BidSpec, Effect, Input, MarketMessage,
-    OfferSpec,
+    AuctionId, AuctionKind, AuctionSpec, AuctionStatus, AwardId, BidSpec, Effect, Input,
+    MarketMessage, NegotiationInput, OfferSpec,
 };
 
 use super::{ApiError, ApiState, authorize};
@@ -64,6 +64,21 @@ pub struct BidRequest {
 pub struct CreatedReply {
     /// Id of the auction, bid or offer (hex).
     pub id: String,
+}
+
+/// `POST /v1/market/awards/{id}/negotiate` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum NegotiateRequest {
+    /// Propose a new total price.
+    Counter {
+        /// The price.
+        price: u64,
+    },
+    /// Accept the counterparty's latest proposal.
+    Accept,
+    /// End the negotiation without a deal.
+    WalkAway,
 }
 
 /// `?after=N` for the event log.
@@ -263,6 +278,43 @@ async fn list_offers(
     Ok(Json(offers))
 }
 
+async fn negotiate(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<NegotiateRequest>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    authorize(&s, &headers)?;
+    let award: AwardId = id.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("'{id}' is not an award id (see `agora market watch`)"),
+        )
+    })?;
+    let input = match req {
+        NegotiateRequest::Counter { price } => NegotiationInput::Counter { price },
+        NegotiateRequest::Accept => NegotiationInput::Accept,
+        NegotiateRequest::WalkAway => NegotiationInput::WalkAway,
+    };
+    let effects = market(&s)?.input(Input::Negotiate { award, input }).await?;
+    for e in &effects {
+        if let Effect::Rejected { error, .. } = e {
+            return Err(ApiError(StatusCode::BAD_REQUEST, error.to_string()));
+        }
+    }
+    Ok(Json(
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Agreed(t) => Some(format!("agreed at {}", t.price)),
+                Effect::NegotiationFailed { .. } => Some("negotiation ended".to_string()),
+                Effect::Send { msg, .. } => Some(format!("sent {}", msg.kind())),
+                _ => None,
+            })
+            .collect(),
+    ))
+}
+
 async fn events(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -284,5 +336,6 @@ pub fn routes() -> Router<ApiState> {
             post(submit_bid).get(list_bids),
         )
         .route("/v1/market/offers", post(create_offer).get(list_offers))
+        .route("/v1/market/awards/{id}/negotiate", post(negotiate))
         .route("/v1/market/events", get(events))
 }

@@ -43,7 +43,7 @@ pub struct UpArgs {
     /// Seconds to wait for the nodes to connect.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
-    /// The last M nodes do not bid automatically (bid by hand from their CLI).
+    /// The last M nodes neither bid nor accept awards automatically (their operator does).
     #[arg(long, default_value_t = 0)]
     pub manual: usize,
 }
@@ -189,7 +189,7 @@ pub async fn up(
     for i in 0..n {
         let name = format!("node{i}");
         let data_dir = dir.join(&name);
-        let config = devnet_node_config(i, &genesis_path, i + manual < n);
+        let config = devnet_node_config(i, &genesis_path, i + manual >= n);
         let key = init_data_dir(&data_dir, &config)?;
         ids.push((name, key.node_id()));
         configs.push((data_dir, config));

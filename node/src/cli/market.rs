@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::api::client::ApiClient;
-use crate::api::market::{AuctionView, BidRequest, BidView, CreatedReply};
+use crate::api::market::{AuctionView, BidRequest, BidView, CreatedReply, NegotiateRequest};
 use crate::market_service::MarketEventRecord;
 use crate::now_ms;
 
@@ -153,6 +153,20 @@ pub struct OfferCreateArgs {
 /// `agora market …`
 #[derive(Debug, Subcommand)]
 pub enum MarketCommand {
+    /// Answer a negotiation after an award: counter with a price, accept, or walk away.
+    Negotiate {
+        /// Award id (from `agora market watch`).
+        award: String,
+        /// Propose this total price instead.
+        #[arg(long, conflicts_with_all = ["accept", "walk_away"])]
+        counter: Option<u64>,
+        /// Accept the counterparty's latest proposal.
+        #[arg(long, conflicts_with = "walk_away")]
+        accept: bool,
+        /// End the negotiation without a deal.
+        #[arg(long)]
+        walk_away: bool,
+    },
     /// Stream market events as they happen (Ctrl-C to stop).
     Watch {
         /// Print what happened so far and exit.
@@ -321,9 +335,38 @@ pub async fn offers(dir: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `agora market watch`
-pub async fn watch(dir: &Path, cmd: &MarketCommand, json: bool) -> anyhow::Result<()> {
-    let MarketCommand::Watch { once } = cmd;
+/// `agora market …`
+pub async fn market(dir: &Path, cmd: &MarketCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        MarketCommand::Watch { once } => watch(dir, *once, json).await,
+        MarketCommand::Negotiate {
+            award,
+            counter,
+            accept,
+            walk_away,
+        } => {
+            let req = match (counter, accept, walk_away) {
+                (Some(price), _, _) => NegotiateRequest::Counter { price: *price },
+                (None, true, _) => NegotiateRequest::Accept,
+                (None, false, true) => NegotiateRequest::WalkAway,
+                _ => anyhow::bail!("say what to do: --counter PRICE, --accept or --walk-away"),
+            };
+            let outcome: Vec<String> = client(dir)?
+                .post(&format!("/v1/market/awards/{award}/negotiate"), &req)
+                .await?;
+            if json {
+                print_json(&outcome)
+            } else {
+                for line in outcome {
+                    println!("{line}");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn watch(dir: &Path, once: bool, json: bool) -> anyhow::Result<()> {
     let c = client(dir)?;
     let mut after: Option<u64> = None;
     loop {
@@ -340,7 +383,7 @@ pub async fn watch(dir: &Path, cmd: &MarketCommand, json: bool) -> anyhow::Resul
             }
             after = Some(e.seq);
         }
-        if *once {
+        if once {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -105,7 +105,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bids { auction } => market::bids(&dir, auction, cli.json).await,
         Command::Offer(cmd) => market::offer(&dir, cmd, cli.json).await,
         Command::Offers => market::offers(&dir, cli.json).await,
-        Command::Market(cmd) => market::watch(&dir, cmd, cli.json).await,
+        Command::Market(cmd) => market::market(&dir, cmd, cli.json).await,
         Command::Devnet(cmd) => devnet::run(cmd, cli.json).await,
     }
 }

@@ -125,7 +125,13 @@ struct MarketTask {
     log: Arc<Mutex<EventLog>>,
     feedback: mpsc::Sender<(NodeId, MarketMessage)>,
     seq: u64,
+    regions: Vec<String>,
+    /// Peers asked for region snapshots (late join); a few are enough.
+    snapshot_peers: BTreeSet<NodeId>,
 }
+
+/// How many peers a node asks for open auctions and offers when it joins.
+const SNAPSHOT_PEERS: usize = 2;
 
 /// Starts the market task; subscribes to the given regions.
 pub async fn spawn(
@@ -135,6 +141,8 @@ pub async fn spawn(
     network: NetworkHandle,
     cancel: CancellationToken,
 ) -> (MarketHandle, JoinHandle<()>) {
+    // Subscribe before anything else so no connection event is missed.
+    let events = network.events();
     let (tx, rx) = mpsc::channel(256);
     let (fb_tx, fb_rx) = mpsc::channel(256);
     let log = Arc::new(Mutex::new(EventLog::default()));
@@ -147,11 +155,20 @@ pub async fn spawn(
         log: log.clone(),
         feedback: fb_tx,
         seq: 0,
+        regions: regions.clone(),
+        snapshot_peers: BTreeSet::new(),
     };
     for r in &regions {
         task.ensure_subscribed(&topic_for_region(r)).await;
     }
-    let events = network.events();
+    // Peers connected before we listened count for the late-join snapshot too.
+    if let Ok(peers) = network.peers().await {
+        for p in peers {
+            if let Ok(peer) = p.peer_id.parse() {
+                task.on_network(NetworkEvent::Connected(peer)).await;
+            }
+        }
+    }
     let handle = tokio::spawn(task.run(rx, fb_rx, events, cancel).in_current_span());
     (MarketHandle { tx, log }, handle)
 }
@@ -221,6 +238,19 @@ impl MarketTask {
 
     async fn on_network(&mut self, ev: NetworkEvent) {
         match ev {
+            NetworkEvent::Connected(peer) if self.snapshot_peers.len() < SNAPSHOT_PEERS => {
+                // Late join: ask the first peers we meet for what is open in our regions.
+                if let Some(node) = crate::keys::node_id_of(&peer) {
+                    if self.snapshot_peers.insert(node) {
+                        for region in self.regions.clone() {
+                            let effects = self
+                                .state
+                                .handle(now_ms(), Input::RequestSnapshot { region, peer: node });
+                            self.execute(&effects).await;
+                        }
+                    }
+                }
+            }
             NetworkEvent::Gossip { envelope, .. } if envelope.kind == Kind::Market => {
                 match MarketMessage::decode(&envelope.payload) {
                     Ok(msg) => self.remote(envelope.sender, msg).await,

@@ -314,3 +314,117 @@ fn manual_provider_counters_and_customer_accepts_within_max() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not an award id"));
 }
+
+#[test]
+fn standing_offer_taken_and_late_joiner_gets_open_auctions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let dir_s = dir.display().to_string();
+    let _guard = DevnetGuard(dir.clone());
+    agora_json(&[
+        "devnet",
+        "up",
+        "--nodes",
+        "3",
+        "--dir",
+        &dir_s,
+        "--timeout",
+        "60",
+    ]);
+    let node = |i: usize| dir.join(format!("node{i}")).display().to_string();
+
+    // node1 publishes a standing offer; node0 sees it and takes it directly.
+    let offer = agora_json(&[
+        "offer",
+        "create",
+        "--data-dir",
+        &node(1),
+        "--cpu",
+        "1",
+        "--memory",
+        "512MiB",
+        "--price-per-hour",
+        "12",
+        "--ttl",
+        "1h",
+    ]);
+    let offer = offer["id"].as_str().unwrap().to_string();
+    wait_until("node0 to see the offer", Duration::from_secs(10), || {
+        let list = agora_json(&["offers", "--data-dir", &node(0)]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["id"] == offer.as_str())
+    });
+    let taken = agora_json(&[
+        "offer",
+        "take",
+        &offer,
+        "--duration",
+        "2h",
+        "--data-dir",
+        &node(0),
+    ]);
+    assert!(taken.to_string().contains("award"), "{taken}");
+    wait_until(
+        "the provider to hold the award",
+        Duration::from_secs(10),
+        || {
+            let out = agora(&[
+                "market",
+                "watch",
+                "--once",
+                "--json",
+                "--data-dir",
+                &node(1),
+            ]);
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.contains("\"awarded\""))
+        },
+    );
+
+    // An auction with a long window is open; a node that joins afterwards learns it by snapshot.
+    let created = agora_json(&[
+        "auction",
+        "create",
+        "--data-dir",
+        &node(0),
+        "--cpu",
+        "100m",
+        "--duration",
+        "1h",
+        "--max-price",
+        "50",
+        "--window",
+        "5m",
+    ]);
+    let auction = created["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let late = tmp.path().join("late");
+    let late_s = late.display().to_string();
+    agora_json(&["init", "--data-dir", &late_s]);
+    let mut child = std::process::Command::new(agora_tests::agora_bin())
+        .args(["node", "run", "--data-dir", &late_s, "--join", &dir_s])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while Instant::now() < deadline && !seen {
+        let out = agora(&["auctions", "--json", "--data-dir", &late_s]);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            seen = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["id"] == auction.as_str());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen, "the late joiner received the open auction");
+}

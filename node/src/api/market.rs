@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use agora_market::{
     AuctionId, AuctionKind, AuctionSpec, AuctionStatus, AwardId, BidSpec, Effect, Input,
-    MarketMessage, NegotiationInput, OfferSpec,
+    MarketMessage, NegotiationInput, OfferId, OfferSpec,
 };
 
 use super::{ApiError, ApiState, authorize};
@@ -79,6 +79,13 @@ pub enum NegotiateRequest {
     Accept,
     /// End the negotiation without a deal.
     WalkAway,
+}
+
+/// `POST /v1/market/offers/{id}/take` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TakeOfferRequest {
+    /// Rental duration, ms.
+    pub duration_ms: u64,
 }
 
 /// `?after=N` for the event log.
@@ -315,6 +322,42 @@ async fn negotiate(
     ))
 }
 
+async fn take_offer(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<TakeOfferRequest>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    authorize(&s, &headers)?;
+    let offer: OfferId = id.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("'{id}' is not an offer id (see `agora offers`)"),
+        )
+    })?;
+    let effects = market(&s)?
+        .input(Input::TakeOffer {
+            offer,
+            duration_ms: req.duration_ms,
+        })
+        .await?;
+    for e in &effects {
+        if let Effect::Rejected { error, .. } = e {
+            return Err(ApiError(StatusCode::BAD_REQUEST, error.to_string()));
+        }
+    }
+    Ok(Json(
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Awarded { award, price, .. } => Some(format!("award {award} at {price}")),
+                Effect::Send { msg, .. } => Some(format!("sent {}", msg.kind())),
+                _ => None,
+            })
+            .collect(),
+    ))
+}
+
 async fn events(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -336,6 +379,7 @@ pub fn routes() -> Router<ApiState> {
             post(submit_bid).get(list_bids),
         )
         .route("/v1/market/offers", post(create_offer).get(list_offers))
+        .route("/v1/market/offers/{id}/take", post(take_offer))
         .route("/v1/market/awards/{id}/negotiate", post(negotiate))
         .route("/v1/market/events", get(events))
 }

@@ -12,7 +12,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::api::client::ApiClient;
-use crate::api::market::{AuctionView, BidRequest, BidView, CreatedReply, NegotiateRequest};
+use crate::api::market::{
+    AuctionView, BidRequest, BidView, CreatedReply, NegotiateRequest, TakeOfferRequest,
+};
 use crate::market_service::MarketEventRecord;
 use crate::now_ms;
 
@@ -129,6 +131,14 @@ pub enum BidCommand {
 pub enum OfferCommand {
     /// Publish a standing offer (as provider).
     Create(OfferCreateArgs),
+    /// Take a standing offer directly (as customer), e.g. `--duration 2h`.
+    Take {
+        /// Offer id (from `agora offers`).
+        offer: String,
+        /// Rental duration.
+        #[arg(long)]
+        duration: String,
+    },
 }
 
 /// Options of `offer create`.
@@ -287,7 +297,24 @@ pub async fn bids(dir: &Path, auction: &str, json: bool) -> anyhow::Result<()> {
 
 /// `agora offer create`
 pub async fn offer(dir: &Path, cmd: &OfferCommand, json: bool) -> anyhow::Result<()> {
-    let OfferCommand::Create(a) = cmd;
+    let a = match cmd {
+        OfferCommand::Create(a) => a,
+        OfferCommand::Take { offer, duration } => {
+            let req = TakeOfferRequest {
+                duration_ms: parse_duration_ms(duration).context("--duration")?,
+            };
+            let outcome: Vec<String> = client(dir)?
+                .post(&format!("/v1/market/offers/{offer}/take"), &req)
+                .await?;
+            if json {
+                return print_json(&outcome);
+            }
+            for line in outcome {
+                println!("{line}");
+            }
+            return Ok(());
+        }
+    };
     let location = match &a.at {
         Some(s) => {
             let near = parse_near(&format!("{s},1")).context("--at (expected LAT,LON)")?;

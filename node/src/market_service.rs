@@ -240,14 +240,14 @@ impl MarketTask {
         match ev {
             NetworkEvent::Connected(peer) if self.snapshot_peers.len() < SNAPSHOT_PEERS => {
                 // Late join: ask the first peers we meet for what is open in our regions.
-                if let Some(node) = crate::keys::node_id_of(&peer) {
-                    if self.snapshot_peers.insert(node) {
-                        for region in self.regions.clone() {
-                            let effects = self
-                                .state
-                                .handle(now_ms(), Input::RequestSnapshot { region, peer: node });
-                            self.execute(&effects).await;
-                        }
+                if let Some(node) = crate::keys::node_id_of(&peer)
+                    && self.snapshot_peers.insert(node)
+                {
+                    for region in self.regions.clone() {
+                        let effects = self
+                            .state
+                            .handle(now_ms(), Input::RequestSnapshot { region, peer: node });
+                        self.execute(&effects).await;
                     }
                 }
             }

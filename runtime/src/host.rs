@@ -1,0 +1,209 @@
+//! The wasmtime engine of a node: pooling allocator and fuel sized for an edge device, a linker
+//! with WASI preview 1 and the `"agora"` imports, and an on-disk cache of compiled artifacts.
+//!
+//! Cached artifacts are loaded with wasmtime's `unsafe` deserializer, so the cache only accepts
+//! files this node wrote: each artifact carries a blake3 keyed MAC over (module CID, engine
+//! compatibility hash, artifact bytes) under a node-local secret ([`HostConfig::artifact_key`]),
+//! and an artifact is only ever written after its source bytes matched the module's CID.
+
+mod cache;
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig,
+};
+
+use crate::state::StoreState;
+use crate::{ModuleId, RuntimeError};
+use cache::ArtifactCache;
+
+/// Host-wide engine settings; the node builds this from its config file.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Directory for compiled artifacts (created if missing).
+    pub cache_dir: PathBuf,
+    /// Node-local secret keying the artifact MACs; derive it from the node key, keep it stable.
+    pub artifact_key: [u8; 32],
+    /// Instances that may exist at once on this host (pool slots).
+    pub max_instances: u32,
+    /// Hard per-instance memory ceiling in bytes; contracts may only ask for less.
+    pub max_memory_bytes: u64,
+    /// Maximum guest stack in bytes.
+    pub max_wasm_stack: usize,
+}
+
+impl HostConfig {
+    /// Edge-device defaults: 16 instances of at most 128 MiB, 512 KiB guest stack.
+    pub fn new(cache_dir: impl Into<PathBuf>, artifact_key: [u8; 32]) -> Self {
+        Self {
+            cache_dir: cache_dir.into(),
+            artifact_key,
+            max_instances: 16,
+            max_memory_bytes: 128 << 20,
+            max_wasm_stack: 512 << 10,
+        }
+    }
+}
+
+/// A module verified against its id, compiled and pre-linked: instantiating it is one step.
+#[derive(Clone)]
+pub struct CompiledModule {
+    id: ModuleId,
+    pre: InstancePre<StoreState>,
+    from_cache: bool,
+}
+
+impl CompiledModule {
+    /// The module's content id.
+    pub fn id(&self) -> ModuleId {
+        self.id
+    }
+
+    /// Whether it was loaded from the artifact cache instead of compiled.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
+    }
+
+    pub(crate) fn pre(&self) -> &InstancePre<StoreState> {
+        &self.pre
+    }
+}
+
+impl std::fmt::Debug for CompiledModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledModule")
+            .field("id", &self.id)
+            .field("from_cache", &self.from_cache)
+            .finish()
+    }
+}
+
+/// The node's wasm engine; cheap to share behind an `Arc`.
+pub struct Host {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: ArtifactCache,
+    config: HostConfig,
+}
+
+/// A `Hasher` over blake3, so the engine compatibility hash is stable across processes.
+struct Blake3Hasher(blake3::Hasher);
+
+impl Hasher for Blake3Hasher {
+    fn finish(&self) -> u64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0.finalize().as_bytes()[..8]);
+        u64::from_le_bytes(first)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+impl Host {
+    /// Builds the engine and linker and opens the artifact cache.
+    pub fn new(config: HostConfig) -> Result<Arc<Self>, RuntimeError> {
+        let mut pool = PoolingAllocationConfig::default();
+        let slots = config.max_instances.max(1);
+        let max_memory = usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX);
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots.saturating_mul(4))
+            .total_stacks(slots)
+            .total_component_instances(0)
+            .max_memories_per_module(1)
+            .max_tables_per_module(4)
+            .max_memory_size(max_memory);
+        let mut wasm = Config::new();
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .consume_fuel(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .parallel_compilation(true);
+        let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut StoreState| &mut s.wasi)
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        crate::abi::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+
+        let mut hasher = Blake3Hasher(blake3::Hasher::new());
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let compat = format!("{:016x}", hasher.finish());
+        let cache = ArtifactCache::open(config.cache_dir.clone(), config.artifact_key, compat)?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            cache,
+            config,
+        }))
+    }
+
+    /// The host configuration.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    /// Verifies `bytes` against `id`, then loads the cached artifact or compiles (and caches) it.
+    pub fn load(&self, id: &ModuleId, bytes: &[u8]) -> Result<CompiledModule, RuntimeError> {
+        id.verify(bytes)?;
+        if let Some(module) = self.load_cached(id)? {
+            return Ok(module);
+        }
+        let module = Module::new(&self.engine, bytes).map_err(|e| RuntimeError::Compile {
+            module: id.to_string(),
+            reason: format!("{e:#}"),
+        })?;
+        if let Err(err) = self.cache.store(id, &module) {
+            tracing::warn!(module = %id, %err, "artifact not cached; next start recompiles");
+        }
+        self.prepare(*id, module, false)
+    }
+
+    /// Loads a module this node compiled earlier, without its bytes (the fastest activation
+    /// path); `None` when no valid artifact is cached.
+    pub fn load_cached(&self, id: &ModuleId) -> Result<Option<CompiledModule>, RuntimeError> {
+        match self.cache.load(&self.engine, id)? {
+            Some(module) => self.prepare(*id, module, true).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn prepare(
+        &self,
+        id: ModuleId,
+        module: Module,
+        from_cache: bool,
+    ) -> Result<CompiledModule, RuntimeError> {
+        let missing = |export| RuntimeError::MissingExport {
+            module: id.to_string(),
+            export,
+        };
+        if module.get_export("memory").and_then(|e| e.memory().cloned()).is_none() {
+            return Err(missing("memory"));
+        }
+        match module.get_export("agora_poll").and_then(|e| e.func().cloned()) {
+            Some(f) if f.params().next().is_none() && f.results().len() == 1 => {}
+            _ => return Err(missing("agora_poll")),
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| RuntimeError::Compile {
+                module: id.to_string(),
+                reason: format!("imports do not match the agora/WASI host: {e:#}"),
+            })?;
+        Ok(CompiledModule {
+            id,
+            pre,
+            from_cache,
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}

@@ -1,0 +1,159 @@
+//! Service lifecycle: `Staged` (compiled, idle: standby insurance) → `Active` (own thread) →
+//! `Stopped(reason)`, with restart policy, health, logs and metering per service.
+
+pub(crate) mod instance;
+mod run;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::host::{CompiledModule, Host};
+use crate::io::{KvStore, Published};
+use crate::state::ServiceIo;
+use crate::{Metering, ServiceLimits, StopReason};
+
+/// A service's id on this host (the node uses the contract id).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceId(pub String);
+
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for ServiceId {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+/// What to do when a service stops with a failure ([`StopReason::is_failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    /// Stay stopped.
+    Never,
+    /// Start a fresh instance, at most `max_restarts` times.
+    OnFailure {
+        /// Restarts allowed over the service's life.
+        max_restarts: u32,
+    },
+}
+
+/// Lifecycle state of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceState {
+    /// Compiled and idle; activation is instantiate + call.
+    Staged,
+    /// Running on its thread.
+    Active,
+    /// Stopped, with the reason recorded as evidence.
+    Stopped(StopReason),
+}
+
+/// Everything needed to run one service.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// Service id (unique on this host).
+    pub id: ServiceId,
+    /// The compiled module.
+    pub module: CompiledModule,
+    /// Contract limits.
+    pub limits: ServiceLimits,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Environment variables granted to the guest (none by default).
+    pub env: Vec<(String, String)>,
+    /// Arguments granted to the guest (none by default).
+    pub args: Vec<String>,
+    /// `agora_poll` is called at least this often, in milliseconds.
+    pub tick_ms: u64,
+    /// Readings queued before the oldest is dropped.
+    pub reading_queue: usize,
+    /// Bytes of log tail kept for `logs`.
+    pub log_bytes: usize,
+}
+
+impl ServiceSpec {
+    /// A spec with no grants, no restarts, a 100 ms tick, 256 queued readings, 64 KiB of logs.
+    pub fn new(id: impl Into<ServiceId>, module: CompiledModule, limits: ServiceLimits) -> Self {
+        Self {
+            id: id.into(),
+            module,
+            limits,
+            restart: RestartPolicy::Never,
+            env: Vec::new(),
+            args: Vec::new(),
+            tick_ms: 100,
+            reading_queue: 256,
+            log_bytes: 64 << 10,
+        }
+    }
+}
+
+/// A row of `list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Service id.
+    pub id: ServiceId,
+    /// Module CID.
+    pub module: String,
+    /// Lifecycle state.
+    pub state: ServiceState,
+    /// Usage so far.
+    pub metering: Metering,
+}
+
+/// Result of a health check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Lifecycle state.
+    pub state: ServiceState,
+    /// Milliseconds since `agora_poll` last returned, if it ever did.
+    pub last_poll_ms_ago: Option<u64>,
+    /// Last `agora_health` result, if the guest exports it.
+    pub guest_health: Option<i32>,
+    /// Active, polled within three ticks, and guest health (if any) is 0.
+    pub healthy: bool,
+}
+
+/// Mutable per-service status written by the service thread.
+pub(crate) struct Live {
+    state: ServiceState,
+    metering: Metering,
+    last_poll: Option<Instant>,
+    guest_health: Option<i32>,
+    active_since: Option<Instant>,
+    banked_uptime_ms: u64,
+}
+
+/// State shared between the manager and a service's thread.
+pub(crate) struct Shared {
+    io: Arc<ServiceIo>,
+    stop: AtomicBool,
+    live: Mutex<Live>,
+    state_tx: watch::Sender<ServiceState>,
+}
+
+struct Entry {
+    spec: ServiceSpec,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Runs services by id; each active service has its own OS thread.
+pub struct ServiceManager {
+    host: Arc<Host>,
+    kv: Arc<dyn KvStore>,
+    outbox: mpsc::Sender<Published>,
+    services: Mutex<BTreeMap<ServiceId, Entry>>,
+}
+
+mod api;

@@ -1,0 +1,282 @@
+//! `ServiceManager` operations: stage, start, stop, wait, readings, list, logs, health.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+
+use super::{Entry, Health, Live, ServiceId, ServiceManager, ServiceSpec, ServiceState, ServiceStatus, Shared};
+use crate::host::Host;
+use crate::io::{KvStore, LogBuffer, Published, ReadingQueue, lock};
+use crate::state::ServiceIo;
+use crate::{Metering, RuntimeError, StopReason};
+
+impl ServiceManager {
+    /// A manager on `host` using `kv` for guest storage; published messages arrive on the
+    /// returned receiver (bounded by `outbox_capacity`; a full outbox makes `publish` return -1).
+    pub fn new(
+        host: Arc<Host>,
+        kv: Arc<dyn KvStore>,
+        outbox_capacity: usize,
+    ) -> (Self, mpsc::Receiver<Published>) {
+        let (outbox, rx) = mpsc::channel(outbox_capacity.max(1));
+        let manager = Self {
+            host,
+            kv,
+            outbox,
+            services: Mutex::new(Default::default()),
+        };
+        (manager, rx)
+    }
+
+    /// Registers a compiled service as `Staged` (idle, ready for instant activation).
+    pub fn stage(&self, spec: ServiceSpec) -> Result<(), RuntimeError> {
+        let mut services = lock(&self.services);
+        if services.contains_key(&spec.id) {
+            return Err(RuntimeError::DuplicateService(spec.id.0.clone()));
+        }
+        let io = Arc::new(ServiceIo {
+            service: spec.id.0.clone(),
+            readings: ReadingQueue::new(spec.reading_queue),
+            log: LogBuffer::new(spec.log_bytes),
+            kv: self.kv.clone(),
+            outbox: self.outbox.clone(),
+            readings_processed: AtomicU64::new(0),
+            readings_dropped: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+        });
+        let (state_tx, _) = watch::channel(ServiceState::Staged);
+        let shared = Arc::new(Shared {
+            io,
+            stop: AtomicBool::new(false),
+            live: Mutex::new(Live {
+                state: ServiceState::Staged,
+                metering: Metering::default(),
+                last_poll: None,
+                guest_health: None,
+                active_since: None,
+                banked_uptime_ms: 0,
+            }),
+            state_tx,
+        });
+        tracing::debug!(service = %spec.id, module = %spec.module.id(), "service staged");
+        services.insert(
+            spec.id.clone(),
+            Entry {
+                spec,
+                shared,
+                thread: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Activates a `Staged` or `Stopped` service on a new thread.
+    pub fn start(&self, id: &ServiceId) -> Result<(), RuntimeError> {
+        let mut services = lock(&self.services);
+        let entry = services
+            .get(id)
+            .ok_or_else(|| RuntimeError::UnknownService(id.0.clone()))?;
+        let state = lock(&entry.shared.live).state.clone();
+        if state == ServiceState::Active {
+            return Err(RuntimeError::WrongState {
+                service: id.0.clone(),
+                state: "active".into(),
+                hint: "stop it before starting it again",
+            });
+        }
+        let module = entry.spec.module.id();
+        let max = entry.spec.limits.max_instances;
+        let active_same_module = services
+            .values()
+            .filter(|e| e.spec.module.id() == module)
+            .filter(|e| lock(&e.shared.live).state == ServiceState::Active)
+            .count();
+        if active_same_module >= max as usize {
+            return Err(RuntimeError::InstanceLimit {
+                module: module.to_string(),
+                max,
+            });
+        }
+        let entry = services
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::UnknownService(id.0.clone()))?;
+        if let Some(old) = entry.thread.take() {
+            // The previous run already reported Stopped, so this join returns at once.
+            let _ = old.join();
+        }
+        entry.shared.stop.store(false, Ordering::Relaxed);
+        {
+            let mut live = lock(&entry.shared.live);
+            live.state = ServiceState::Active;
+            live.active_since = Some(Instant::now());
+        }
+        entry.shared.state_tx.send_replace(ServiceState::Active);
+        let (host, spec, shared) = (self.host.clone(), entry.spec.clone(), entry.shared.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("svc-{}", id.0.chars().take(10).collect::<String>()))
+            .spawn(move || super::run::run_service(host, spec, shared))
+            .map_err(|source| RuntimeError::Spawn {
+                service: id.0.clone(),
+                source,
+            });
+        match thread {
+            Ok(handle) => {
+                entry.thread = Some(handle);
+                tracing::info!(service = %id, %module, "service started");
+                Ok(())
+            }
+            Err(err) => {
+                let reason = StopReason::StartFailed(err.to_string());
+                lock(&entry.shared.live).state = ServiceState::Stopped(reason.clone());
+                entry.shared.state_tx.send_replace(ServiceState::Stopped(reason));
+                Err(err)
+            }
+        }
+    }
+
+    /// Asks an active service to stop; it stops after its current guest call (bounded by one
+    /// second of fuel). Use [`Self::wait_stopped`] to wait for it.
+    pub fn stop(&self, id: &ServiceId) -> Result<(), RuntimeError> {
+        let shared = self.shared(id)?;
+        shared.stop.store(true, Ordering::Relaxed);
+        shared.io.readings.wake();
+        Ok(())
+    }
+
+    /// Waits until the service is `Stopped` and returns why; wrap in a timeout.
+    pub async fn wait_stopped(&self, id: &ServiceId) -> Result<StopReason, RuntimeError> {
+        let mut rx = self.shared(id)?.state_tx.subscribe();
+        let state = rx
+            .wait_for(|s| matches!(s, ServiceState::Stopped(_)))
+            .await
+            .map(|s| s.clone());
+        match state {
+            Ok(ServiceState::Stopped(reason)) => Ok(reason),
+            _ => Err(RuntimeError::UnknownService(id.0.clone())),
+        }
+    }
+
+    /// Removes a service that is not active.
+    pub fn remove(&self, id: &ServiceId) -> Result<(), RuntimeError> {
+        let mut services = lock(&self.services);
+        let entry = services
+            .get(id)
+            .ok_or_else(|| RuntimeError::UnknownService(id.0.clone()))?;
+        if lock(&entry.shared.live).state == ServiceState::Active {
+            return Err(RuntimeError::WrongState {
+                service: id.0.clone(),
+                state: "active".into(),
+                hint: "stop it before removing it",
+            });
+        }
+        services.remove(id);
+        Ok(())
+    }
+
+    /// Queues a sensor reading for the service (dropping the oldest if its queue is full).
+    pub fn push_reading(&self, id: &ServiceId, reading: Vec<u8>) -> Result<(), RuntimeError> {
+        if reading.is_empty() || reading.len() > crate::io::MAX_READING_BYTES {
+            return Err(RuntimeError::BadReading {
+                service: id.0.clone(),
+                len: reading.len(),
+            });
+        }
+        let shared = self.shared(id)?;
+        if shared.io.readings.push(reading) {
+            Ok(())
+        } else {
+            shared.io.readings_dropped.fetch_add(1, Ordering::Relaxed);
+            Err(RuntimeError::ReadingsFull(id.0.clone()))
+        }
+    }
+
+    /// The service's state.
+    pub fn state(&self, id: &ServiceId) -> Result<ServiceState, RuntimeError> {
+        Ok(lock(&self.shared(id)?.live).state.clone())
+    }
+
+    /// All services, ordered by id.
+    pub fn list(&self) -> Vec<ServiceStatus> {
+        let services = lock(&self.services);
+        services
+            .values()
+            .map(|e| ServiceStatus {
+                id: e.spec.id.clone(),
+                module: e.spec.module.id().to_string(),
+                state: lock(&e.shared.live).state.clone(),
+                metering: metering_now(&e.shared),
+            })
+            .collect()
+    }
+
+    /// The kept tail of the service's stdout, stderr and `agora.log` lines.
+    pub fn logs(&self, id: &ServiceId) -> Result<String, RuntimeError> {
+        Ok(self.shared(id)?.io.log.text())
+    }
+
+    /// Usage so far (settlement evidence).
+    pub fn metering(&self, id: &ServiceId) -> Result<Metering, RuntimeError> {
+        let shared = self.shared(id)?;
+        Ok(metering_now(&shared))
+    }
+
+    /// Health: active, recently polled, and the guest's `agora_health` (if any) reports 0.
+    pub fn health(&self, id: &ServiceId) -> Result<Health, RuntimeError> {
+        let (shared, tick_ms) = {
+            let services = lock(&self.services);
+            let e = services
+                .get(id)
+                .ok_or_else(|| RuntimeError::UnknownService(id.0.clone()))?;
+            (e.shared.clone(), e.spec.tick_ms)
+        };
+        let live = lock(&shared.live);
+        let last_poll_ms_ago = live
+            .last_poll
+            .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let healthy = live.state == ServiceState::Active
+            && last_poll_ms_ago.is_some_and(|ms| ms <= tick_ms.saturating_mul(3).max(1000))
+            && live.guest_health.is_none_or(|h| h == 0);
+        Ok(Health {
+            state: live.state.clone(),
+            last_poll_ms_ago,
+            guest_health: live.guest_health,
+            healthy,
+        })
+    }
+
+    /// The host this manager runs on.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    fn shared(&self, id: &ServiceId) -> Result<Arc<Shared>, RuntimeError> {
+        lock(&self.services)
+            .get(id)
+            .map(|e| e.shared.clone())
+            .ok_or_else(|| RuntimeError::UnknownService(id.0.clone()))
+    }
+}
+
+/// Metering with uptime including the current active period.
+fn metering_now(shared: &Shared) -> Metering {
+    let live = lock(&shared.live);
+    let mut m = live.metering.clone();
+    let running = live
+        .active_since
+        .map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+    m.uptime_ms = live.banked_uptime_ms.saturating_add(running);
+    m
+}
+
+impl Drop for ServiceManager {
+    fn drop(&mut self) {
+        // Signal every service to stop; threads end after their current guest call.
+        for entry in lock(&self.services).values() {
+            entry.shared.stop.store(true, Ordering::Relaxed);
+            entry.shared.io.readings.wake();
+        }
+    }
+}

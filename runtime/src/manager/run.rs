@@ -1,0 +1,132 @@
+//! The per-service thread: instantiate, poll on readings or ticks, throttle to the fuel budget,
+//! enforce the lifetime, restart per policy, and record the stop reason and metering.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::host::Host;
+use crate::io::lock;
+use crate::manager::instance::Running;
+use crate::manager::{RestartPolicy, ServiceSpec, ServiceState, Shared};
+use crate::{Metering, StopReason};
+
+/// How often `agora_health` is called while the service runs.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs a service until it stops for good; called on its own thread.
+pub(crate) fn run_service(host: Arc<Host>, spec: ServiceSpec, shared: Arc<Shared>) {
+    let started = Instant::now();
+    let deadline = spec
+        .limits
+        .wall_clock_ms
+        .map(|ms| started + Duration::from_millis(ms));
+    let mut restarts = 0u32;
+    let reason = loop {
+        let reason = run_instance(&host, &spec, &shared, deadline);
+        let retry = match spec.restart {
+            RestartPolicy::Never => false,
+            RestartPolicy::OnFailure { max_restarts } => {
+                reason.is_failure()
+                    && restarts < max_restarts
+                    && !shared.stop.load(Ordering::Relaxed)
+            }
+        };
+        if !retry {
+            break reason;
+        }
+        restarts += 1;
+        lock(&shared.live).metering.restarts = restarts;
+        tracing::info!(service = %spec.id, ?reason, restarts, "service failed; restarting");
+    };
+    tracing::info!(service = %spec.id, ?reason, "service stopped");
+    let mut live = lock(&shared.live);
+    live.banked_uptime_ms = live.banked_uptime_ms.saturating_add(elapsed_ms(started));
+    live.metering.uptime_ms = live.banked_uptime_ms;
+    live.active_since = None;
+    live.state = ServiceState::Stopped(reason.clone());
+    drop(live);
+    shared.state_tx.send_replace(ServiceState::Stopped(reason));
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs one instance to its stop reason, folding its usage into the shared metering.
+fn run_instance(
+    host: &Host,
+    spec: &ServiceSpec,
+    shared: &Shared,
+    deadline: Option<Instant>,
+) -> StopReason {
+    let mut inst = match Running::start(host, &spec.module, spec, shared.io.clone()) {
+        Ok(inst) => inst,
+        Err(reason) => return reason,
+    };
+    let base = lock(&shared.live).metering.clone();
+    let tick = Duration::from_millis(spec.tick_ms.max(1));
+    let budget = spec.limits.fuel_per_second.max(1);
+    let mut window = (Instant::now(), inst.fuel_used);
+    let mut last_health = Instant::now();
+    let reason = loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            break StopReason::Requested;
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            break StopReason::Lifetime;
+        }
+        if now.duration_since(window.0) >= Duration::from_secs(1) {
+            window = (now, inst.fuel_used);
+        }
+        let until_deadline = deadline.map_or(tick, |d| d.saturating_duration_since(now));
+        if inst.fuel_used.saturating_sub(window.1) >= budget {
+            // Budget for this second is spent: throttle until the window ends.
+            let rest = Duration::from_secs(1).saturating_sub(now.duration_since(window.0));
+            shared.io.readings.throttle_wait(rest.min(until_deadline));
+            continue;
+        }
+        if shared.io.readings.is_empty() {
+            shared.io.readings.wait(tick.min(until_deadline));
+            if shared.stop.load(Ordering::Relaxed) {
+                continue;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                continue;
+            }
+        }
+        let result = inst.poll();
+        if last_health.elapsed() >= HEALTH_INTERVAL {
+            last_health = Instant::now();
+            match inst.health() {
+                Some(Ok(h)) => lock(&shared.live).guest_health = Some(h),
+                Some(Err(reason)) => break reason,
+                None => {}
+            }
+        }
+        {
+            let mut live = lock(&shared.live);
+            fold(&mut live.metering, &base, &inst, shared);
+            live.metering.polls = live.metering.polls.saturating_add(1);
+            live.last_poll = Some(Instant::now());
+        }
+        match result {
+            Ok(0) => {}
+            Ok(code) => break StopReason::Exited(code),
+            Err(reason) => break reason,
+        }
+    };
+    fold(&mut lock(&shared.live).metering, &base, &inst, shared);
+    reason
+}
+
+/// Metering = what earlier instances used (`base`) + this instance's usage so far.
+fn fold(m: &mut Metering, base: &Metering, inst: &Running, shared: &Shared) {
+    m.fuel_used = base.fuel_used.saturating_add(inst.fuel_used);
+    m.peak_memory_bytes = base.peak_memory_bytes.max(inst.peak_memory());
+    m.output_bytes = base.output_bytes.saturating_add(inst.output_bytes());
+    m.readings_processed = shared.io.readings_processed.load(Ordering::Relaxed);
+    m.readings_dropped = shared.io.readings_dropped.load(Ordering::Relaxed);
+    m.published = shared.io.published.load(Ordering::Relaxed);
+}

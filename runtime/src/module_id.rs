@@ -1,0 +1,117 @@
+//! Module identity: the CID of the module bytes, verified before anything is compiled.
+
+use std::fmt;
+use std::str::FromStr;
+
+use cid::Cid;
+use multihash_codetable::{Code, MultihashDigest};
+
+use crate::RuntimeError;
+
+/// Multicodec for raw bytes, used when this crate mints an id itself.
+const RAW_CODEC: u64 = 0x55;
+
+/// The content id of a service image (a Wasm module): any CIDv0/v1 over sha2-256 or blake3.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleId(Cid);
+
+impl ModuleId {
+    /// Wraps a CID as a module id.
+    pub fn from_cid(cid: Cid) -> Self {
+        Self(cid)
+    }
+
+    /// The id of `bytes` as a CIDv1 (raw codec, blake3), as storage would mint it.
+    pub fn for_bytes(bytes: &[u8]) -> Self {
+        Self(Cid::new_v1(RAW_CODEC, Code::Blake3_256.digest(bytes)))
+    }
+
+    /// The wrapped CID.
+    pub fn cid(&self) -> &Cid {
+        &self.0
+    }
+
+    /// Checks that `bytes` hash to this id; call before compiling untrusted bytes.
+    pub fn verify(&self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        let expected = self.0.hash();
+        let code = match Code::try_from(expected.code()) {
+            Ok(code @ (Code::Sha2_256 | Code::Blake3_256)) => code,
+            _ => {
+                return Err(RuntimeError::UnsupportedHash {
+                    module: self.to_string(),
+                    code: expected.code(),
+                });
+            }
+        };
+        let actual = code.digest(bytes);
+        if actual.digest() == expected.digest() {
+            Ok(())
+        } else {
+            Err(RuntimeError::ModuleHashMismatch {
+                module: self.to_string(),
+            })
+        }
+    }
+}
+
+impl fmt::Display for ModuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for ModuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ModuleId({})", self.0)
+    }
+}
+
+impl FromStr for ModuleId {
+    type Err = RuntimeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Cid::from_str(s)
+            .map(Self)
+            .map_err(|e| RuntimeError::BadModuleId {
+                id: s.to_string(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_id_verifies_its_bytes_only() {
+        let id = ModuleId::for_bytes(b"module one");
+        id.verify(b"module one").unwrap();
+        assert!(matches!(
+            id.verify(b"module two"),
+            Err(RuntimeError::ModuleHashMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn sha256_cids_verify_too() {
+        let cid = Cid::new_v1(RAW_CODEC, Code::Sha2_256.digest(b"abc"));
+        let id = ModuleId::from_cid(cid);
+        id.verify(b"abc").unwrap();
+        assert!(id.verify(b"abd").is_err());
+    }
+
+    #[test]
+    fn unsupported_hash_is_rejected() {
+        let cid = Cid::new_v1(RAW_CODEC, Code::Sha2_512.digest(b"abc"));
+        let err = ModuleId::from_cid(cid).verify(b"abc").unwrap_err();
+        assert!(matches!(err, RuntimeError::UnsupportedHash { code: 0x13, .. }));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let id = ModuleId::for_bytes(b"x");
+        let parsed: ModuleId = id.to_string().parse().unwrap();
+        assert_eq!(parsed, id);
+        assert!("not a cid".parse::<ModuleId>().is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! Test helpers: a small host, guest modules in WAT (well-behaved and hostile), and a builder
+//! for the `examples/lora-gateway` service.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::{CompiledModule, Host, HostConfig, ModuleId};
+
+/// A host with 8 instance slots of 64 MiB caching artifacts in `dir`.
+pub fn host(dir: &Path) -> Arc<Host> {
+    let mut config = HostConfig::new(dir.join("artifacts"), [42; 32]);
+    config.max_instances = 8;
+    config.max_memory_bytes = 64 << 20;
+    match Host::new(config) {
+        Ok(h) => h,
+        Err(e) => panic!("test host: {e}"),
+    }
+}
+
+/// Compiles WAT (or wasm) `source` on `host` under its blake3 CID.
+pub fn compile(host: &Host, source: &str) -> CompiledModule {
+    let id = ModuleId::for_bytes(source.as_bytes());
+    match host.load(&id, source.as_bytes()) {
+        Ok(m) => m,
+        Err(e) => panic!("test module: {e}"),
+    }
+}
+
+/// Echo service: publishes every reading back; reports healthy.
+pub const ECHO: &str = r#"(module
+  (import "agora" "readings" (func $readings (param i32 i32) (result i32)))
+  (import "agora" "publish" (func $publish (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "agora_poll") (result i32) (local $n i32)
+    (block $done (loop $next
+      (local.set $n (call $readings (i32.const 1024) (i32.const 1024)))
+      (br_if $done (i32.le_s (local.get $n) (i32.const 0)))
+      (drop (call $publish (i32.const 1024) (local.get $n)))
+      (br $next)))
+    (i32.const 0))
+  (func (export "agora_health") (result i32) (i32.const 0)))"#;
+
+/// Key-value service: counts polls in the key "n" and publishes the 8-byte count.
+pub const KV_COUNTER: &str = r#"(module
+  (import "agora" "kv_get" (func $get (param i32 i32 i32 i32) (result i32)))
+  (import "agora" "kv_put" (func $put (param i32 i32 i32 i32) (result i32)))
+  (import "agora" "publish" (func $publish (param i32 i32) (result i32)))
+  (import "agora" "log" (func $log (param i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "n")
+  (data (i32.const 32) "counted")
+  (func (export "agora_poll") (result i32)
+    (i64.store (i32.const 16) (i64.const 0))
+    (drop (call $get (i32.const 0) (i32.const 1) (i32.const 16) (i32.const 8)))
+    (i64.store (i32.const 16) (i64.add (i64.load (i32.const 16)) (i64.const 1)))
+    (drop (call $put (i32.const 0) (i32.const 1) (i32.const 16) (i32.const 8)))
+    (call $log (i32.const 32) (i32.const 7))
+    (drop (call $publish (i32.const 16) (i32.const 8)))
+    (i32.const 0)))"#;
+
+/// Spins forever inside one call.
+pub const INFINITE_LOOP: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "agora_poll") (result i32) (loop $l (br $l)) (i32.const 0)))"#;
+
+/// Grows memory by 1 MiB until stopped.
+pub const MEMORY_BOMB: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "agora_poll") (result i32)
+    (loop $l (drop (memory.grow (i32.const 16))) (br $l)) (i32.const 0)))"#;
+
+/// Executes `unreachable`.
+pub const TRAP: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "agora_poll") (result i32) unreachable))"#;
+
+/// Writes 64-byte lines to stdout forever.
+pub const STDOUT_FLOOD: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "flood flood flood flood flood flood flood flood flood flood flood\n")
+  (func (export "agora_poll") (result i32)
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 64))
+    (loop $l (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br $l))
+    (i32.const 0)))"#;
+
+/// Tries `path_open` on fd 3 (the first preopen, if any); exits with the WASI errno, or 999 if
+/// the open succeeded.
+pub const OPEN_FILE: &str = r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "etc/passwd")
+  (func (export "agora_poll") (result i32) (local $r i32)
+    (local.set $r (call $open (i32.const 3) (i32.const 0) (i32.const 64) (i32.const 10)
+      (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 128)))
+    (if (result i32) (i32.eqz (local.get $r)) (then (i32.const 999)) (else (local.get $r)))))"#;
+
+/// Calls `publish` with a range past the end of its memory.
+pub const BAD_POINTER: &str = r#"(module
+  (import "agora" "publish" (func $publish (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "agora_poll") (result i32)
+    (call $publish (i32.const 65500) (i32.const 100))))"#;
+
+/// Builds `examples/lora-gateway` for wasm32-wasip1 and returns the module bytes.
+pub fn lora_gateway_wasm() -> Result<Vec<u8>, String> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lora-gateway/Cargo.toml");
+    let target_dir: PathBuf = std::env::temp_dir().join("agora-lora-gateway-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .map_err(|e| format!("running cargo to build lora-gateway: {e}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("wasm32-wasip1") && stderr.contains("target may not be installed") {
+            return Err("the wasm32-wasip1 target is missing: run rustup target add wasm32-wasip1".into());
+        }
+        return Err(format!("building lora-gateway failed:\n{stderr}"));
+    }
+    let wasm = target_dir.join("wasm32-wasip1/release/lora_gateway.wasm");
+    std::fs::read(&wasm).map_err(|e| format!("reading {}: {e}", wasm.display()))
+}
+
+/// Encodes a lora-gateway reading frame (see `examples/lora-gateway/src/reading.rs`).
+pub fn lora_frame(device: u32, seq: u32, temp_centi: i16, hum_centi: u16) -> Vec<u8> {
+    let mut b = vec![0xA7];
+    b.extend(device.to_le_bytes());
+    b.extend(seq.to_le_bytes());
+    b.extend(temp_centi.to_le_bytes());
+    b.extend(hum_centi.to_le_bytes());
+    b.extend(3300u16.to_le_bytes());
+    b.push((-90i8) as u8);
+    b
+}
+
+/// Instantiates `module` as a fresh service instance and makes its first `agora_poll` call,
+/// the activation path of a staged service without the manager's thread (used by benches).
+pub fn activate_once(host: &Host, module: &CompiledModule) -> Result<i32, crate::StopReason> {
+    use std::sync::atomic::AtomicU64;
+
+    use crate::io::{LogBuffer, MemoryKv, ReadingQueue};
+    use crate::state::ServiceIo;
+
+    let (outbox, _rx) = tokio::sync::mpsc::channel(1);
+    let io = Arc::new(ServiceIo {
+        service: "bench".into(),
+        readings: ReadingQueue::new(1),
+        log: LogBuffer::new(1024),
+        kv: Arc::new(MemoryKv::new(1)),
+        outbox,
+        readings_processed: AtomicU64::new(0),
+        readings_dropped: AtomicU64::new(0),
+        published: AtomicU64::new(0),
+    });
+    let spec = crate::ServiceSpec::new("bench", module.clone(), crate::ServiceLimits::default());
+    let mut running = crate::manager::instance::Running::start(host, module, &spec, io)?;
+    running.poll()
+}

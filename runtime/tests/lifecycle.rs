@@ -1,0 +1,155 @@
+//! Staging, activation, stop, restart policy, lifetime, instance limit, health, kv, cache.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use agora_runtime::test_utils::{self, ECHO, KV_COUNTER, TRAP};
+use agora_runtime::{
+    Host, HostConfig, ModuleId, RestartPolicy, RuntimeError, ServiceSpec, ServiceState, StopReason,
+};
+use common::{WAIT, harness, tight};
+
+#[tokio::test]
+async fn staged_active_stopped_with_metering() {
+    let mut h = harness();
+    let id = h.stage("svc", ECHO, tight());
+    assert_eq!(h.manager.state(&id).unwrap(), ServiceState::Staged);
+    h.manager.start(&id).unwrap();
+    assert_eq!(h.manager.state(&id).unwrap(), ServiceState::Active);
+    for i in 0..5u8 {
+        h.manager.push_reading(&id, vec![i; 10]).unwrap();
+    }
+    for i in 0..5u8 {
+        let msg = h.next_published().await;
+        assert_eq!(msg.payload, vec![i; 10]);
+        assert_eq!(msg.seq, u64::from(i));
+        assert_eq!(msg.digest, *blake3::hash(&msg.payload).as_bytes());
+    }
+    h.manager.stop(&id).unwrap();
+    assert_eq!(h.stopped(&id).await, StopReason::Requested);
+    let m = h.manager.metering(&id).unwrap();
+    assert_eq!(m.readings_processed, 5);
+    assert_eq!(m.published, 5);
+    assert!(m.polls >= 1 && m.fuel_used > 0 && m.peak_memory_bytes == 65536, "{m:?}");
+    let list = h.manager.list();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].state, ServiceState::Stopped(StopReason::Requested));
+    h.manager.remove(&id).unwrap();
+    assert!(matches!(h.manager.state(&id), Err(RuntimeError::UnknownService(_))));
+}
+
+#[tokio::test]
+async fn on_failure_restarts_up_to_the_limit() {
+    let h = harness();
+    let module = test_utils::compile(&h.host, TRAP);
+    let mut spec = ServiceSpec::new("crashy", module, tight());
+    spec.restart = RestartPolicy::OnFailure { max_restarts: 2 };
+    spec.tick_ms = 5;
+    h.manager.stage(spec).unwrap();
+    let id = "crashy".into();
+    h.manager.start(&id).unwrap();
+    assert!(matches!(h.stopped(&id).await, StopReason::Trap(_)));
+    assert_eq!(h.manager.metering(&id).unwrap().restarts, 2);
+}
+
+#[tokio::test]
+async fn lifetime_ends_the_service() {
+    let h = harness();
+    let mut limits = tight();
+    limits.wall_clock_ms = Some(100);
+    let id = h.run("short", ECHO, limits);
+    assert_eq!(h.stopped(&id).await, StopReason::Lifetime);
+}
+
+#[tokio::test]
+async fn max_instances_bounds_active_copies_of_a_module() {
+    let h = harness();
+    let mut limits = tight();
+    limits.max_instances = 1;
+    let a = h.run("a", ECHO, limits.clone());
+    let b = h.stage("b", ECHO, limits);
+    assert!(matches!(
+        h.manager.start(&b),
+        Err(RuntimeError::InstanceLimit { max: 1, .. })
+    ));
+    h.manager.stop(&a).unwrap();
+    h.stopped(&a).await;
+    h.manager.start(&b).unwrap();
+    assert!(matches!(h.manager.start(&b), Err(RuntimeError::WrongState { .. })));
+}
+
+#[tokio::test]
+async fn health_reports_an_active_polled_service() {
+    let h = harness();
+    let id = h.run("healthy", ECHO, tight());
+    let healthy = tokio::time::timeout(WAIT, async {
+        loop {
+            let health = h.manager.health(&id).unwrap();
+            if health.healthy {
+                return health;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(healthy.state, ServiceState::Active);
+    h.manager.stop(&id).unwrap();
+    h.stopped(&id).await;
+    assert!(!h.manager.health(&id).unwrap().healthy);
+}
+
+#[tokio::test]
+async fn kv_persists_across_restarts_and_log_is_captured() {
+    let mut h = harness();
+    let id = h.run("kv", KV_COUNTER, tight());
+    let first = h.next_published().await;
+    assert_eq!(first.payload, 1u64.to_le_bytes());
+    h.manager.stop(&id).unwrap();
+    h.stopped(&id).await;
+    while h.outbox.try_recv().is_ok() {}
+    let before = h.manager.metering(&id).unwrap().polls;
+    h.manager.start(&id).unwrap();
+    let next = h.next_published().await;
+    let n = u64::from_le_bytes(next.payload.try_into().unwrap());
+    assert!(n > before, "count {n} restarted instead of continuing past {before}");
+    assert!(h.manager.logs(&id).unwrap().contains("counted\n"));
+}
+
+#[test]
+fn artifacts_are_cached_across_hosts_and_bytes_are_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = test_utils::host(dir.path());
+    let m = test_utils::compile(&first, ECHO);
+    assert!(!m.from_cache());
+    drop(first);
+    let second = test_utils::host(dir.path());
+    let id = ModuleId::for_bytes(ECHO.as_bytes());
+    assert!(second.load_cached(&id).unwrap().unwrap().from_cache());
+    assert!(test_utils::compile(&second, ECHO).from_cache());
+
+    // A host with another artifact key does not trust this cache.
+    let other = Host::new(HostConfig::new(dir.path().join("artifacts"), [7; 32])).unwrap();
+    assert!(other.load_cached(&id).unwrap().is_none());
+
+    let wrong = ModuleId::for_bytes(b"something else");
+    assert!(matches!(
+        second.load(&wrong, ECHO.as_bytes()),
+        Err(RuntimeError::ModuleHashMismatch { .. })
+    ));
+}
+
+#[test]
+fn modules_without_the_guest_abi_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = test_utils::host(dir.path());
+    let wat = "(module (memory (export \"memory\") 1))";
+    let err = host.load(&ModuleId::for_bytes(wat.as_bytes()), wat.as_bytes()).unwrap_err();
+    assert!(matches!(err, RuntimeError::MissingExport { export: "agora_poll", .. }));
+    let wat = r#"(module (import "evil" "f" (func)) (memory (export "memory") 1)
+        (func (export "agora_poll") (result i32) (i32.const 0)))"#;
+    let err = host.load(&ModuleId::for_bytes(wat.as_bytes()), wat.as_bytes()).unwrap_err();
+    assert!(matches!(err, RuntimeError::Compile { .. }), "{err}");
+}

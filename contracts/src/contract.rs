@@ -36,6 +36,37 @@ impl fmt::Display for ContractId {
     }
 }
 
+impl std::str::FromStr for ContractId {
+    type Err = ContractError;
+    /// Parses the 64-character hex form printed by `Display`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ContractError::BadId(s.to_string());
+        let bytes = s.as_bytes();
+        if bytes.len() != 64 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            let text = std::str::from_utf8(pair).map_err(|_| bad())?;
+            out[i] = u8::from_str_radix(text, 16).map_err(|_| bad())?;
+        }
+        Ok(ContractId(out))
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn contract_id_parses_its_display_form() {
+        let id = ContractId([0xab; 32]);
+        assert_eq!(id.to_string().parse::<ContractId>().unwrap(), id);
+        assert!("abc".parse::<ContractId>().is_err());
+        assert!("zz".repeat(32).parse::<ContractId>().is_err());
+    }
+}
+
 impl fmt::Debug for ContractId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ContractId({})", self.short())

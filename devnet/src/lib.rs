@@ -20,7 +20,7 @@ use agora_market::NodeId;
 use agora_node::config::NodeConfig;
 use agora_node::daemon::{self, RunningNode};
 use agora_node::devnet_files::{
-    GENESIS_FILE, GenesisFile, devnet_node_config, init_data_dir, save_genesis,
+    GENESIS_FILE, devnet_genesis, devnet_node_config, init_data_dir, save_genesis,
 };
 use agora_node::network::NetworkHandle;
 use anyhow::{Context, bail};
@@ -117,7 +117,7 @@ impl DevnetBuilder {
         let ids: Vec<_> = slots.iter().map(|s| (s.name.clone(), s.node_id)).collect();
         save_genesis(
             &genesis_path,
-            &GenesisFile::devnet(&ids, agora_node::now_ms()),
+            &devnet_genesis(&ids, agora_node::now_ms()),
         )?;
         let mut net = Devnet { _dir: dir, slots };
         for i in 0..net.slots.len() {

@@ -48,6 +48,9 @@ pub enum DaemonError {
     /// A data-dir file could not be written.
     #[error("cannot write {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// Genesis or ledger store problem.
+    #[error("cannot start the ledger: {0}")]
+    Genesis(String),
     /// Networking never reported a listen address.
     #[error("the node did not start listening within 10 s; check --listen")]
     NoListenAddr,
@@ -66,6 +69,8 @@ pub struct RunningNode {
     pub data_dir: PathBuf,
     /// The market service.
     pub market: crate::market_service::MarketHandle,
+    /// The ledger replica (when the node has a genesis).
+    pub ledger: Option<crate::ledger::LedgerHandle>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -161,6 +166,28 @@ async fn start_with_key(
     )
     .await;
 
+    let mut tasks = Vec::new();
+    let ledger = match &config.node.genesis {
+        Some(path) => {
+            let genesis = crate::devnet_files::load_genesis(path)
+                .map_err(|e| DaemonError::Genesis(e.to_string()))?;
+            let store = crate::ledger::LedgerStore::open(&data_dir.join("ledger"))
+                .map_err(|e| DaemonError::Genesis(e.to_string()))?;
+            let (handle, task) = crate::ledger::spawn(
+                store,
+                &genesis,
+                key.signer().clone(),
+                network.clone(),
+                cancel.clone(),
+            )
+            .await
+            .map_err(|e| DaemonError::Genesis(e.to_string()))?;
+            tasks.push(task);
+            Some(handle)
+        }
+        None => None,
+    };
+
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .map_err(|source| DaemonError::ApiBind {
@@ -182,6 +209,7 @@ async fn start_with_key(
         name: config.node.name.clone(),
         p2p_addrs: p2p_addrs.iter().map(|a| a.to_string()).collect(),
         market: Some(market.clone()),
+        ledger: ledger.clone(),
     };
     let api_task = tokio::spawn(api::serve(listener, state, cancel.clone()).in_current_span());
     write_file(&data_dir.join(API_ADDR_FILE), &api_addr.to_string())?;
@@ -193,7 +221,13 @@ async fn start_with_key(
         data_dir: data_dir.to_path_buf(),
         cancel,
         market,
-        tasks: vec![api_task, market_task, net_task],
+        ledger,
+        tasks: {
+            let mut all = vec![api_task, market_task];
+            all.extend(tasks);
+            all.push(net_task);
+            all
+        },
     })
 }
 

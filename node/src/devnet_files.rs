@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use agora_contracts::{Genesis, GenesisAccount};
 use agora_market::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -18,56 +19,28 @@ pub const MANIFEST_FILE: &str = "devnet.json";
 /// Starting balance of every devnet account.
 pub const DEVNET_BALANCE: u64 = 1_000_000;
 
-/// One funded account in genesis.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct GenesisAccount {
-    /// Label.
-    pub name: String,
-    /// Node id (base58).
-    pub node_id: String,
-    /// Starting balance in tokens.
-    pub balance: u64,
-}
-
-/// The genesis of a network: accounts, balances and the arbitrator committee.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct GenesisFile {
-    /// Network name.
-    pub chain_id: String,
-    /// Creation time, ms.
-    pub created_at: u64,
-    /// Funded accounts.
-    pub accounts: Vec<GenesisAccount>,
-    /// Arbitrator committee (node ids, base58), n = 3f+1 where possible.
-    pub committee: Vec<String>,
-    /// Whether `agora faucet` may mint (devnets only).
-    pub faucet: bool,
-}
-
-impl GenesisFile {
-    /// A devnet genesis: every node funded; committee is the largest 3f+1 prefix (all nodes when
-    /// fewer than four).
-    pub fn devnet(nodes: &[(String, NodeId)], created_at: u64) -> GenesisFile {
-        let n = nodes.len();
-        let committee_size = if n < 4 { n } else { 3 * ((n - 1) / 3) + 1 };
-        GenesisFile {
-            chain_id: format!("agora-devnet-{created_at}"),
-            created_at,
-            accounts: nodes
-                .iter()
-                .map(|(name, id)| GenesisAccount {
-                    name: name.clone(),
-                    node_id: id.to_string(),
-                    balance: DEVNET_BALANCE,
-                })
-                .collect(),
-            committee: nodes
-                .iter()
-                .take(committee_size)
-                .map(|(_, id)| id.to_string())
-                .collect(),
-            faucet: true,
-        }
+/// A devnet genesis (the ledger's own [`Genesis`] type): every node funded with
+/// [`DEVNET_BALANCE`], the faucet on, and a committee that is the largest 3f+1 prefix of the nodes
+/// (all nodes when fewer than four).
+pub fn devnet_genesis(nodes: &[(String, NodeId)], created_at: u64) -> Genesis {
+    let n = nodes.len();
+    let committee_size = if n < 4 { n } else { 3 * ((n - 1) / 3) + 1 };
+    Genesis {
+        chain_id: format!("agora-devnet-{created_at}"),
+        accounts: nodes
+            .iter()
+            .map(|(_, id)| GenesisAccount {
+                id: *id,
+                balance: DEVNET_BALANCE,
+            })
+            .collect(),
+        committee: nodes
+            .iter()
+            .take(committee_size)
+            .map(|(_, id)| *id)
+            .collect(),
+        faucet_enabled: true,
+        params: Default::default(),
     }
 }
 
@@ -143,15 +116,15 @@ impl DevnetManifest {
     }
 }
 
-/// Writes a genesis file.
-pub fn save_genesis(path: &Path, genesis: &GenesisFile) -> Result<(), DevnetFileError> {
+/// Writes a genesis file (JSON).
+pub fn save_genesis(path: &Path, genesis: &Genesis) -> Result<(), DevnetFileError> {
     let text = serde_json::to_string_pretty(genesis)
         .map_err(|e| DevnetFileError::Invalid(path.into(), e.to_string()))?;
     std::fs::write(path, text).map_err(|e| DevnetFileError::Io(path.into(), e))
 }
 
-/// Reads a genesis file.
-pub fn load_genesis(path: &Path) -> Result<GenesisFile, DevnetFileError> {
+/// Reads a genesis file (JSON).
+pub fn load_genesis(path: &Path) -> Result<Genesis, DevnetFileError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| DevnetFileError::Invalid(path.into(), e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| DevnetFileError::Invalid(path.into(), e.to_string()))
@@ -236,7 +209,7 @@ mod tests {
             .collect();
         for (n, want) in [(1, 1), (3, 3), (4, 4), (5, 4), (7, 7), (9, 7), (10, 10)] {
             assert_eq!(
-                GenesisFile::devnet(&nodes[..n], 0).committee.len(),
+                devnet_genesis(&nodes[..n], 0).committee.len(),
                 want,
                 "n={n}"
             );

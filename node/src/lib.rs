@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod devnet_files;
 pub mod keys;
+pub mod ledger;
 pub mod market_service;
 pub mod network;
 

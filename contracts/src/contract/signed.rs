@@ -8,6 +8,9 @@ use super::{Contract, ContractId};
 /// Errors from building, signing or verifying a contract.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ContractError {
+    /// A contract id string did not parse.
+    #[error("'{0}' is not a contract id (64 hex characters, see `agora contract list`)")]
+    BadId(String),
     /// CBOR encoding failed (should not happen for well-formed values).
     #[error("could not encode contract to CBOR: {0}")]
     Encoding(String),

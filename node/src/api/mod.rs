@@ -2,6 +2,7 @@
 //! in the data directory (mode 0600). The CLI is its main client ([`client::ApiClient`]).
 
 pub mod client;
+pub mod ledger;
 pub mod market;
 
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ pub struct ApiState {
     pub p2p_addrs: Vec<String>,
     /// The market service, when running.
     pub market: Option<crate::market_service::MarketHandle>,
+    /// The ledger replica, when the node has a genesis.
+    pub ledger: Option<crate::ledger::LedgerHandle>,
 }
 
 /// `GET /v1/status`
@@ -185,6 +188,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: C
         .route("/v1/gossip", post(gossip))
         .route("/v1/shutdown", post(shutdown))
         .merge(market::routes())
+        .merge(ledger::routes())
         .with_state(state);
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use crate::api::client::ApiClient;
 use crate::daemon::{API_ADDR_FILE, P2P_ADDR_FILE};
 use crate::devnet_files::{
-    DevnetManifest, DevnetNode, GENESIS_FILE, GenesisFile, devnet_node_config, init_data_dir,
+    DevnetManifest, DevnetNode, GENESIS_FILE, devnet_genesis, devnet_node_config, init_data_dir,
     save_genesis, write_config,
 };
 use crate::now_ms;
@@ -194,7 +194,7 @@ pub async fn up(
         ids.push((name, key.node_id()));
         configs.push((data_dir, config));
     }
-    save_genesis(&genesis_path, &GenesisFile::devnet(&ids, now_ms()))?;
+    save_genesis(&genesis_path, &devnet_genesis(&ids, now_ms()))?;
 
     let deadline = Instant::now() + timeout;
     let mut nodes = Vec::new();

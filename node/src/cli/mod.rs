@@ -2,6 +2,7 @@
 
 pub mod devnet;
 pub mod init;
+pub mod ledger;
 pub mod market;
 pub mod output;
 pub mod run;
@@ -61,6 +62,32 @@ pub enum Command {
     /// Market events.
     #[command(subcommand)]
     Market(market::MarketCommand),
+    /// Balance, locked funds and reputation of an account (default: this node).
+    Balance {
+        /// Account node id.
+        account: Option<String>,
+    },
+    /// Send tokens to another account.
+    Transfer {
+        /// Recipient node id.
+        to: String,
+        /// Amount.
+        amount: u64,
+    },
+    /// Mint tokens to this node (devnets only).
+    Faucet {
+        /// Amount.
+        #[arg(long, default_value_t = 10_000)]
+        amount: u64,
+    },
+    /// Ledger state.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
+    /// Contracts on the ledger.
+    #[command(subcommand)]
+    Contract(ledger::ContractCommand),
+    /// What this node earned as a provider, per contract.
+    Earnings,
     /// Manage a local devnet of several nodes.
     #[command(subcommand)]
     Devnet(devnet::DevnetCommand),
@@ -106,6 +133,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Offer(cmd) => market::offer(&dir, cmd, cli.json).await,
         Command::Offers => market::offers(&dir, cli.json).await,
         Command::Market(cmd) => market::market(&dir, cmd, cli.json).await,
+        Command::Balance { account } => ledger::balance(&dir, account.as_deref(), cli.json).await,
+        Command::Transfer { to, amount } => ledger::transfer(&dir, to, *amount, cli.json).await,
+        Command::Faucet { amount } => ledger::faucet(&dir, *amount, cli.json).await,
+        Command::Ledger(cmd) => ledger::ledger(&dir, cmd, cli.json).await,
+        Command::Contract(cmd) => ledger::contract(&dir, cmd, cli.json).await,
+        Command::Earnings => ledger::earnings(&dir, cli.json).await,
         Command::Devnet(cmd) => devnet::run(cmd, cli.json).await,
     }
 }

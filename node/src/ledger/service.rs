@@ -1,0 +1,328 @@
+//! The ledger task: owns the ledger replica and the mempool, admits transactions from the CLI
+//! and from gossip, and applies decided blocks.
+
+use std::sync::Arc;
+
+use agora_contracts::{BlockOutcome, Genesis, Ledger, SignedTransaction, Transaction, TxKind};
+use agora_market::{KeySigner, NodeId, Signer};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use super::TX_TOPIC;
+use super::mempool::{Mempool, MempoolError};
+use super::store::{LedgerStore, StoreError};
+use crate::codec::Kind;
+use crate::network::{NetworkEvent, NetworkHandle};
+use crate::now_ms;
+
+/// Errors of the ledger service.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerServiceError {
+    /// The task is gone.
+    #[error("ledger service stopped; is the node shutting down?")]
+    Stopped,
+    /// Store problem.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The ledger refused.
+    #[error("ledger: {0}")]
+    Ledger(String),
+    /// The mempool refused.
+    #[error(transparent)]
+    Mempool(#[from] MempoolError),
+}
+
+/// A block as applied, for subscribers (the orchestrator acts on its events).
+#[derive(Clone, Debug)]
+pub struct AppliedBlock {
+    /// Height.
+    pub height: u64,
+    /// Block time (ms).
+    pub time: u64,
+    /// Events of the accepted transactions.
+    pub events: Vec<agora_contracts::LedgerEvent>,
+    /// How many transactions were refused.
+    pub rejected: usize,
+}
+
+/// What queries see.
+#[derive(Debug)]
+pub struct LedgerView {
+    /// The ledger state.
+    pub ledger: Ledger,
+    /// Time of the last applied block (ms), if any.
+    pub last_block_at: Option<u64>,
+    /// Pending transactions.
+    pub mempool: usize,
+    /// This node.
+    pub me: NodeId,
+}
+
+type QueryJob = Box<dyn FnOnce(&LedgerView) + Send>;
+
+enum Command {
+    Query(QueryJob),
+    Submit(
+        TxKind,
+        oneshot::Sender<Result<SignedTransaction, LedgerServiceError>>,
+    ),
+    Propose(usize, oneshot::Sender<Vec<SignedTransaction>>),
+    Apply(
+        u64,
+        u64,
+        Vec<u8>,
+        Vec<SignedTransaction>,
+        oneshot::Sender<Result<BlockOutcome, LedgerServiceError>>,
+    ),
+}
+
+/// Cloneable handle to the ledger task.
+#[derive(Clone)]
+pub struct LedgerHandle {
+    tx: mpsc::Sender<Command>,
+    outcomes: broadcast::Sender<Arc<AppliedBlock>>,
+}
+
+impl std::fmt::Debug for LedgerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LedgerHandle")
+    }
+}
+
+impl LedgerHandle {
+    /// Reads the ledger with `f` inside the task.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&LedgerView) -> T + Send + 'static,
+    ) -> Result<T, LedgerServiceError> {
+        let (tx, rx) = oneshot::channel();
+        let job: QueryJob = Box::new(move |v| {
+            let _ = tx.send(f(v));
+        });
+        self.tx
+            .send(Command::Query(job))
+            .await
+            .map_err(|_| LedgerServiceError::Stopped)?;
+        rx.await.map_err(|_| LedgerServiceError::Stopped)
+    }
+
+    /// Signs `kind` with this node's key and the next free nonce, admits it and gossips it.
+    pub async fn submit(&self, kind: TxKind) -> Result<SignedTransaction, LedgerServiceError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Submit(kind, tx))
+            .await
+            .map_err(|_| LedgerServiceError::Stopped)?;
+        rx.await.map_err(|_| LedgerServiceError::Stopped)?
+    }
+
+    /// Transactions for a block proposal.
+    pub async fn propose(&self, max: usize) -> Result<Vec<SignedTransaction>, LedgerServiceError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Propose(max, tx))
+            .await
+            .map_err(|_| LedgerServiceError::Stopped)?;
+        rx.await.map_err(|_| LedgerServiceError::Stopped)
+    }
+
+    /// Applies a decided block (`raw` is stored to serve sync) and persists the result.
+    pub async fn apply(
+        &self,
+        height: u64,
+        time: u64,
+        raw: Vec<u8>,
+        txs: Vec<SignedTransaction>,
+    ) -> Result<BlockOutcome, LedgerServiceError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Apply(height, time, raw, txs, tx))
+            .await
+            .map_err(|_| LedgerServiceError::Stopped)?;
+        rx.await.map_err(|_| LedgerServiceError::Stopped)?
+    }
+
+    /// Outcomes of applied blocks, as they happen.
+    pub fn outcomes(&self) -> broadcast::Receiver<Arc<AppliedBlock>> {
+        self.outcomes.subscribe()
+    }
+}
+
+struct LedgerTask {
+    view: LedgerView,
+    mempool: Mempool,
+    store: LedgerStore,
+    signer: KeySigner,
+    network: NetworkHandle,
+    outcomes: broadcast::Sender<Arc<AppliedBlock>>,
+}
+
+/// Opens the store, restores the ledger (snapshot, else genesis) and starts the task.
+pub async fn spawn(
+    store: LedgerStore,
+    genesis: &Genesis,
+    signer: KeySigner,
+    network: NetworkHandle,
+    cancel: CancellationToken,
+) -> Result<(LedgerHandle, JoinHandle<()>), LedgerServiceError> {
+    let events = network.events();
+    let ledger = match store.snapshot()? {
+        Some((height, bytes)) => {
+            let l = Ledger::from_snapshot(&bytes)
+                .map_err(|e| LedgerServiceError::Ledger(e.to_string()))?;
+            info!(height, "ledger restored from snapshot");
+            l
+        }
+        None => {
+            Ledger::from_genesis(genesis).map_err(|e| LedgerServiceError::Ledger(e.to_string()))?
+        }
+    };
+    if ledger.chain_id() != genesis.chain_id {
+        return Err(LedgerServiceError::Ledger(format!(
+            "stored ledger is chain '{}' but genesis is '{}'; remove the data dir's ledger folder to start over",
+            ledger.chain_id(),
+            genesis.chain_id
+        )));
+    }
+    if let Err(e) = network.subscribe(TX_TOPIC).await {
+        warn!(error = %e, "cannot subscribe to transactions");
+    }
+    let (tx, rx) = mpsc::channel(256);
+    let (outcomes, _) = broadcast::channel(256);
+    let task = LedgerTask {
+        view: LedgerView {
+            ledger,
+            last_block_at: None,
+            mempool: 0,
+            me: signer.node_id(),
+        },
+        mempool: Mempool::default(),
+        store,
+        signer,
+        network,
+        outcomes: outcomes.clone(),
+    };
+    let join = tokio::spawn(task.run(rx, events, cancel).in_current_span());
+    Ok((LedgerHandle { tx, outcomes }, join))
+}
+
+impl LedgerTask {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut events: broadcast::Receiver<NetworkEvent>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => break,
+                },
+                ev = events.recv() => match ev {
+                    Ok(NetworkEvent::Gossip { envelope, .. }) if envelope.kind == Kind::Transaction => {
+                        match serde_cbor::from_slice::<SignedTransaction>(&envelope.payload) {
+                            Ok(tx) => {
+                                if let Err(e) = self.mempool.admit(&self.view.ledger, tx) {
+                                    debug!(error = %e, "gossiped transaction not admitted");
+                                }
+                                self.view.mempool = self.mempool.len();
+                            }
+                            Err(e) => debug!(error = %e, "malformed transaction"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "ledger lagged behind network events"),
+                    Err(_) => break,
+                },
+            }
+        }
+        debug!("ledger task stopped");
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Query(job) => job(&self.view),
+            Command::Submit(kind, reply) => {
+                let res = self.submit(kind).await;
+                let _ = reply.send(res);
+            }
+            Command::Propose(max, reply) => {
+                let _ = reply.send(self.mempool.proposal(&self.view.ledger, max));
+            }
+            Command::Apply(height, time, raw, txs, reply) => {
+                let res = self.apply(height, time, &raw, &txs);
+                let _ = reply.send(res);
+            }
+        }
+    }
+
+    async fn submit(&mut self, kind: TxKind) -> Result<SignedTransaction, LedgerServiceError> {
+        let me = self.signer.node_id();
+        let tx = Transaction {
+            chain_id: self.view.ledger.chain_id().to_string(),
+            sender: me,
+            nonce: self.mempool.next_nonce(&self.view.ledger, &me),
+            kind,
+        }
+        .sign(&self.signer)
+        .map_err(|e| LedgerServiceError::Ledger(e.to_string()))?;
+        // When nothing of ours is pending, run the full check now so the user hears at once
+        // about an overspend instead of a silent drop at block time.
+        if tx.tx.nonce == self.view.ledger.next_nonce(&me) {
+            self.view
+                .ledger
+                .check(now_ms(), &tx)
+                .map_err(|e| LedgerServiceError::Ledger(e.to_string()))?;
+        }
+        self.mempool.admit(&self.view.ledger, tx.clone())?;
+        self.view.mempool = self.mempool.len();
+        match serde_cbor::to_vec(&tx) {
+            Ok(bytes) => {
+                if let Err(e) = self
+                    .network
+                    .broadcast(TX_TOPIC, Kind::Transaction, bytes)
+                    .await
+                {
+                    debug!(error = %e, "transaction not gossiped (no peers yet?)");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot encode transaction"),
+        }
+        Ok(tx)
+    }
+
+    fn apply(
+        &mut self,
+        height: u64,
+        time: u64,
+        raw: &[u8],
+        txs: &[SignedTransaction],
+    ) -> Result<BlockOutcome, LedgerServiceError> {
+        let outcome = self
+            .view
+            .ledger
+            .apply_block(height, time, txs)
+            .map_err(|e| LedgerServiceError::Ledger(e.to_string()))?;
+        let snapshot = self
+            .view
+            .ledger
+            .to_snapshot()
+            .map_err(|e| LedgerServiceError::Ledger(e.to_string()))?;
+        self.store.commit(height, raw, &snapshot)?;
+        self.mempool.prune(&self.view.ledger);
+        self.view.mempool = self.mempool.len();
+        self.view.last_block_at = Some(time);
+        let _ = self.outcomes.send(Arc::new(AppliedBlock {
+            height,
+            time,
+            events: outcome.events.clone(),
+            rejected: outcome.rejected.len(),
+        }));
+        Ok(outcome)
+    }
+}

@@ -1,1 +1,2 @@
 //! agora-node
+pub mod consensus;

@@ -93,6 +93,7 @@ impl arc_malachitebft_core_types::Value for Block {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use agora_market::{KeySigner, Signer};

@@ -49,7 +49,11 @@ pub(crate) enum CertFailure {
     Unknown(NodeId),
     Duplicate(NodeId),
     BadSignature(NodeId),
-    NotEnough { signed: u64, total: u64, expected: u64 },
+    NotEnough {
+        signed: u64,
+        total: u64,
+        expected: u64,
+    },
 }
 
 impl CommitCertificate {
@@ -99,18 +103,21 @@ impl CommitCertificate {
                 max: validators.len(),
             });
         }
-        self.check(validators).map_err(|f| ConsensusError::BadCertificate {
-            height: self.height,
-            block: self.block_id,
-            reason: match f {
-                CertFailure::Unknown(n) => format!("{n} is not an arbitrator"),
-                CertFailure::Duplicate(n) => format!("{n} signed twice"),
-                CertFailure::BadSignature(n) => format!("precommit signature by {n} does not verify"),
-                CertFailure::NotEnough {
-                    signed, expected, ..
-                } => format!("only {signed} arbitrators signed, {expected} needed"),
-            },
-        })
+        self.check(validators)
+            .map_err(|f| ConsensusError::BadCertificate {
+                height: self.height,
+                block: self.block_id,
+                reason: match f {
+                    CertFailure::Unknown(n) => format!("{n} is not an arbitrator"),
+                    CertFailure::Duplicate(n) => format!("{n} signed twice"),
+                    CertFailure::BadSignature(n) => {
+                        format!("precommit signature by {n} does not verify")
+                    }
+                    CertFailure::NotEnough {
+                        signed, expected, ..
+                    } => format!("only {signed} arbitrators signed, {expected} needed"),
+                },
+            })
     }
 
     /// Converts malachite's certificate.
@@ -158,14 +165,19 @@ impl CommitCertificate {
             commit_signatures: self
                 .signatures
                 .iter()
-                .map(|s| ExtendedCommitSignature::new(Address(s.validator), s.signature.into(), None))
+                .map(|s| {
+                    ExtendedCommitSignature::new(Address(s.validator), s.signature.into(), None)
+                })
                 .collect(),
         }
     }
 }
 
 /// Maps a failed check to the error type malachite expects from certificate effects.
-pub(crate) fn to_malachite_error(f: CertFailure, cert: &CommitCertificate) -> CertificateError<AgoraContext> {
+pub(crate) fn to_malachite_error(
+    f: CertFailure,
+    cert: &CommitCertificate,
+) -> CertificateError<AgoraContext> {
     let sig = |n: NodeId| {
         let signature = cert
             .signatures

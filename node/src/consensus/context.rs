@@ -96,13 +96,11 @@ impl mt::SigningScheme for Ed25519Scheme {
     type PrivateKey = KeySigner;
 
     fn decode_signature(bytes: &[u8]) -> Result<ConsensusSignature, ConsensusError> {
-        let arr: [u8; 64] = bytes
-            .try_into()
-            .map_err(|_| ConsensusError::BadLength {
-                what: "signature",
-                expected: 64,
-                got: bytes.len(),
-            })?;
+        let arr: [u8; 64] = bytes.try_into().map_err(|_| ConsensusError::BadLength {
+            what: "signature",
+            expected: 64,
+            got: bytes.len(),
+        })?;
         Ok(ConsensusSignature(arr))
     }
 
@@ -111,13 +109,11 @@ impl mt::SigningScheme for Ed25519Scheme {
     }
 
     fn decode_public_key(bytes: &[u8]) -> Result<NodeId, ConsensusError> {
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| ConsensusError::BadLength {
-                what: "public key",
-                expected: 32,
-                got: bytes.len(),
-            })?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| ConsensusError::BadLength {
+            what: "public key",
+            expected: 32,
+            got: bytes.len(),
+        })?;
         Ok(NodeId(arr))
     }
 
@@ -238,7 +234,8 @@ impl mt::ValidatorSet<AgoraContext> for ValidatorSet {
     }
 
     fn get_by_address(&self, address: &Address) -> Option<&Validator> {
-        self.index_of(&address.0).and_then(|i| self.validators.get(i))
+        self.index_of(&address.0)
+            .and_then(|i| self.validators.get(i))
     }
 
     fn get_by_index(&self, index: usize) -> Option<&Validator> {
@@ -350,6 +347,7 @@ impl Context for AgoraContext {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use agora_market::Signer;

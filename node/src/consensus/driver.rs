@@ -5,15 +5,16 @@
 //! must carry out, in order.
 
 mod io;
+mod sync;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use agora_market::{NodeId, Signer, Timestamp};
 use arc_malachitebft_core_consensus::{
-    self as mc, LocallyProposedValue, Params, PeerId, State, ValuePayload,
+    self as mc, LocallyProposedValue, Params, State, ValuePayload,
 };
-use arc_malachitebft_core_types::{Round, ValueResponse, VoteExtensionPolicy};
+use arc_malachitebft_core_types::{Round, VoteExtensionPolicy};
 use tracing::debug;
 
 use super::block::{Block, BlockId, Transaction};
@@ -63,7 +64,14 @@ impl ConsensusDriver {
             value_payload: ValuePayload::ProposalOnly,
             enabled: true,
         };
-        let state = State::new(AgoraContext, Height(1), validators.clone(), params, 1_000, 500);
+        let state = State::new(
+            AgoraContext,
+            Height(1),
+            validators.clone(),
+            params,
+            1_000,
+            500,
+        );
         ConsensusDriver {
             state,
             io: Io {
@@ -232,7 +240,15 @@ impl ConsensusDriver {
                 if votes.len() > max {
                     let got = votes.len();
                     let what = "votes";
-                    return self.reject(Some(from), ConsensusError::TooMany { from: Some(from), what, got, max });
+                    return self.reject(
+                        Some(from),
+                        ConsensusError::TooMany {
+                            from: Some(from),
+                            what,
+                            got,
+                            max,
+                        },
+                    );
                 }
                 for v in votes {
                     self.on_vote(from, v);
@@ -252,12 +268,14 @@ impl ConsensusDriver {
         if msg_height == current + 1 && !stuck {
             return; // a peer just decided before us: the normal race, not a lag
         }
-        let recently = self.last_sync_request.is_some_and(|(h, at)| {
-            h == current && self.io.now.saturating_sub(at) < retry
-        });
+        let recently = self
+            .last_sync_request
+            .is_some_and(|(h, at)| h == current && self.io.now.saturating_sub(at) < retry);
         if !recently {
             self.last_sync_request = Some((current, self.io.now));
-            self.io.effects.push(Effect::SyncRequest { height: current });
+            self.io
+                .effects
+                .push(Effect::SyncRequest { height: current });
         }
     }
 
@@ -315,7 +333,11 @@ impl ConsensusDriver {
 
     fn on_propose_value(&mut self, height: u64, round: u32, transactions: Vec<Transaction>) {
         if height != self.io.height {
-            debug!(height, current = self.io.height, "late mempool answer ignored");
+            debug!(
+                height,
+                current = self.io.height,
+                "late mempool answer ignored"
+            );
             return;
         }
         let block = Block {
@@ -329,86 +351,9 @@ impl ConsensusDriver {
         let value = LocallyProposedValue::new(Height(height), Round::new(round), block);
         self.process(mc::Input::Propose(value));
     }
-
-    fn on_sync_request(&mut self, from: NodeId, height: u64) {
-        let max = self.io.config.max_sync_blocks;
-        let blocks: Vec<DecidedBlock> = self
-            .io
-            .history
-            .range(height..)
-            .take(max)
-            .map(|(_, b)| b.clone())
-            .collect();
-        if !blocks.is_empty() {
-            self.io.effects.push(Effect::SendSyncResponse { to: from, blocks });
-        }
-    }
-
-    fn on_sync_response(&mut self, from: NodeId, mut blocks: Vec<DecidedBlock>) {
-        let max = self.io.config.max_sync_blocks;
-        if blocks.len() > max {
-            let got = blocks.len();
-            let error = ConsensusError::TooMany { from: Some(from), what: "synced blocks", got, max };
-            return self.reject(Some(from), error);
-        }
-        blocks.sort_by_key(|b| b.block.height);
-        for decided in blocks {
-            let height = self.io.height;
-            if decided.block.height < height {
-                continue;
-            }
-            if decided.block.height > height {
-                break; // a gap: ask again from our height later
-            }
-            if let Err(error) = self.check_synced(from, &decided) {
-                return self.reject(Some(from), error);
-            }
-            let Some(peer) = peer_id(&from) else {
-                return;
-            };
-            self.io.sync_peer = Some(from);
-            self.io.blocks.insert(decided.block.id(), decided.block.clone());
-            let cert = decided.certificate.to_malachite_extended();
-            let response = ValueResponse::new(peer, Default::default(), cert);
-            self.process(mc::Input::SyncValueResponse(response));
-            self.drain_followups();
-            self.io.sync_peer = None;
-            if self.io.height == height {
-                break; // not decided: stop rather than feed heights we have not reached
-            }
-        }
-    }
-
-    fn check_synced(&self, from: NodeId, decided: &DecidedBlock) -> Result<(), ConsensusError> {
-        let block = &decided.block;
-        let bad = |reason: &str| ConsensusError::BadSyncBlock {
-            from,
-            height: block.height,
-            reason: reason.to_string(),
-        };
-        if decided.certificate.height != block.height {
-            return Err(bad("certificate is for another height"));
-        }
-        if decided.certificate.block_id != block.id() {
-            return Err(bad("certificate is for another block"));
-        }
-        if block.parent != self.io.parent {
-            return Err(bad("parent is not our last decided block"));
-        }
-        decided.certificate.verify(&self.io.validators)
-    }
 }
 
 fn mc_height(vote: &SignedVoteMsg) -> u64 {
     use arc_malachitebft_core_types::Vote as _;
     vote.vote.height().0
-}
-
-/// Malachite tags sync responses with a libp2p-style peer id: an identity multihash of the key.
-fn peer_id(node: &NodeId) -> Option<PeerId> {
-    let mut bytes = Vec::with_capacity(34);
-    bytes.push(0x00);
-    bytes.push(32);
-    bytes.extend_from_slice(&node.0);
-    PeerId::from_bytes(&bytes).ok()
 }

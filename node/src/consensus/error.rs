@@ -8,7 +8,9 @@ use super::block::BlockId;
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum ConsensusError {
     /// The genesis validator list is empty.
-    #[error("the arbitrator set is empty; list at least one arbitrator in genesis (4 tolerate 1 fault)")]
+    #[error(
+        "the arbitrator set is empty; list at least one arbitrator in genesis (4 tolerate 1 fault)"
+    )]
     EmptyValidatorSet,
     /// The genesis validator list names a node twice.
     #[error("arbitrator {0} is listed twice in genesis; remove the duplicate")]
@@ -27,7 +29,9 @@ pub enum ConsensusError {
         got: usize,
     },
     /// A peer message exceeds the size limit.
-    #[error("consensus message of {len} bytes exceeds the {max}-byte limit; drop the peer's message")]
+    #[error(
+        "consensus message of {len} bytes exceeds the {max}-byte limit; drop the peer's message"
+    )]
     TooLarge {
         /// Received length.
         len: usize,

@@ -167,7 +167,13 @@ pub struct Proposal {
 
 impl Proposal {
     /// A proposal; `round` must be defined.
-    pub fn new(height: Height, round: Round, block: Block, pol_round: Round, proposer: Address) -> Self {
+    pub fn new(
+        height: Height,
+        round: Round,
+        block: Block,
+        pol_round: Round,
+        proposer: Address,
+    ) -> Self {
         Proposal {
             height,
             round: round.as_u32().unwrap_or(0),
@@ -308,12 +314,17 @@ impl SignedVoteMsg {
         if !validators.contains(&voter) {
             return Err(ConsensusError::UnknownValidator(voter));
         }
-        verify(&voter, Domain::CONSENSUS, &self.vote.signing_bytes(), &self.signature)
-            .map_err(|source| ConsensusError::BadSignature {
-                signer: voter,
-                height: self.vote.height.0,
-                source,
-            })
+        verify(
+            &voter,
+            Domain::CONSENSUS,
+            &self.vote.signing_bytes(),
+            &self.signature,
+        )
+        .map_err(|source| ConsensusError::BadSignature {
+            signer: voter,
+            height: self.vote.height.0,
+            source,
+        })
     }
 
     /// The malachite form.
@@ -348,7 +359,8 @@ impl SignedProposalMsg {
         if !validators.contains(&proposer) {
             return Err(ConsensusError::UnknownValidator(proposer));
         }
-        let expected = *mt::Validator::public_key(validators.proposer(p.height.0, Round::new(p.round)));
+        let expected =
+            *mt::Validator::public_key(validators.proposer(p.height.0, Round::new(p.round)));
         if expected != proposer {
             return Err(ConsensusError::WrongProposer {
                 height: p.height.0,
@@ -371,13 +383,17 @@ impl SignedProposalMsg {
                 reason: "proof-of-lock round is not below the proposal round",
             });
         }
-        verify(&proposer, Domain::CONSENSUS, &p.signing_bytes(), &self.signature).map_err(
-            |source| ConsensusError::BadSignature {
-                signer: proposer,
-                height: p.height.0,
-                source,
-            },
+        verify(
+            &proposer,
+            Domain::CONSENSUS,
+            &p.signing_bytes(),
+            &self.signature,
         )
+        .map_err(|source| ConsensusError::BadSignature {
+            signer: proposer,
+            height: p.height.0,
+            source,
+        })
     }
 
     /// The malachite form.

@@ -63,7 +63,10 @@ impl Io {
     }
 
     /// Answers one engine effect.
-    pub(crate) fn on_effect(&mut self, effect: mc::Effect<Ctx>) -> Result<Resume<Ctx>, ConsensusError> {
+    pub(crate) fn on_effect(
+        &mut self,
+        effect: mc::Effect<Ctx>,
+    ) -> Result<Resume<Ctx>, ConsensusError> {
         use mc::Effect as E;
         Ok(match effect {
             E::CancelAllTimeouts(r) => {
@@ -101,12 +104,18 @@ impl Io {
             }
             E::PublishLivenessMsg(msg, r) => {
                 let msg = match msg {
-                    LivenessMsg::Vote(v) => ConsensusMessage::Vote(SignedVoteMsg::from_malachite(v)),
+                    LivenessMsg::Vote(v) => {
+                        ConsensusMessage::Vote(SignedVoteMsg::from_malachite(v))
+                    }
                     LivenessMsg::PolkaCertificate(c) => ConsensusMessage::Votes(
-                        c.votes(&AgoraContext).map(SignedVoteMsg::from_malachite).collect(),
+                        c.votes(&AgoraContext)
+                            .map(SignedVoteMsg::from_malachite)
+                            .collect(),
                     ),
                     LivenessMsg::SkipRoundCertificate(c) => ConsensusMessage::Votes(
-                        c.votes(&AgoraContext).map(SignedVoteMsg::from_malachite).collect(),
+                        c.votes(&AgoraContext)
+                            .map(SignedVoteMsg::from_malachite)
+                            .collect(),
                     ),
                 };
                 self.push(Effect::Broadcast(msg));
@@ -120,7 +129,9 @@ impl Io {
             }
             E::RepublishRoundCertificate(c, r) => {
                 self.push(Effect::Broadcast(ConsensusMessage::Votes(
-                    c.votes(&AgoraContext).map(SignedVoteMsg::from_malachite).collect(),
+                    c.votes(&AgoraContext)
+                        .map(SignedVoteMsg::from_malachite)
+                        .collect(),
                 )));
                 r.resume_with(())
             }
@@ -151,7 +162,9 @@ impl Io {
                             mc::Input::ProposedValue(value, ValueOrigin::Sync),
                         )));
                     }
-                    None => warn!(height = %cert.height, block = %cert.value_id, "synced block vanished"),
+                    None => {
+                        warn!(height = %cert.height, block = %cert.value_id, "synced block vanished")
+                    }
                 }
                 r.resume_with(())
             }
@@ -176,7 +189,9 @@ impl Io {
                 r.resume_with(SignedMessage::new(vote, sig.into()))
             }
             E::SignProposal(proposal, r) => {
-                let sig = self.signer.sign(Domain::CONSENSUS, &proposal.signing_bytes());
+                let sig = self
+                    .signer
+                    .sign(Domain::CONSENSUS, &proposal.signing_bytes());
                 r.resume_with(SignedMessage::new(proposal, sig.into()))
             }
             E::VerifySignature(signed, public_key, r) => {
@@ -184,19 +199,33 @@ impl Io {
                     ConsensusMsg::Vote(v) => v.signing_bytes(),
                     ConsensusMsg::Proposal(p) => p.signing_bytes(),
                 };
-                let ok = verify(&public_key, Domain::CONSENSUS, &bytes, &signed.signature.into()).is_ok();
+                let ok = verify(
+                    &public_key,
+                    Domain::CONSENSUS,
+                    &bytes,
+                    &signed.signature.into(),
+                )
+                .is_ok();
                 r.resume_with(ok)
             }
             E::VerifyCommitCertificate(cert, validators, _threshold, r) => {
                 let ours = CommitCertificate::from_malachite(&cert);
-                r.resume_with(ours.check(&validators).map_err(|f| to_malachite_error(f, &ours)))
+                r.resume_with(
+                    ours.check(&validators)
+                        .map_err(|f| to_malachite_error(f, &ours)),
+                )
             }
             E::VerifyExtendedCommitCertificate(cert, validators, _threshold, _policy, r) => {
-                let result = match cert.commit_signatures.iter().find(|s| s.extension.is_some()) {
+                let result = match cert
+                    .commit_signatures
+                    .iter()
+                    .find(|s| s.extension.is_some())
+                {
                     Some(s) => Err(CertificateError::UnexpectedVoteExtension(s.address)),
                     None => {
                         let ours = CommitCertificate::from_malachite_extended(&cert);
-                        ours.check(&validators).map_err(|f| to_malachite_error(f, &ours))
+                        ours.check(&validators)
+                            .map_err(|f| to_malachite_error(f, &ours))
                     }
                 };
                 r.resume_with(result)
@@ -250,7 +279,12 @@ impl Io {
         });
     }
 
-    fn on_finalize(&mut self, height: u64, decided: BlockId, evidence: mc::MisbehaviorEvidence<Ctx>) {
+    fn on_finalize(
+        &mut self,
+        height: u64,
+        decided: BlockId,
+        evidence: mc::MisbehaviorEvidence<Ctx>,
+    ) {
         for (address, pairs) in evidence.votes {
             for (first, second) in pairs {
                 self.push(Effect::Evidence(Misbehavior::DoubleVote {

@@ -20,12 +20,22 @@ struct Fixture {
 
 /// Driver for arbitrator 0 of 4, started at height 1.
 fn fixture() -> Fixture {
-    let signers: Vec<Arc<KeySigner>> = (0..4).map(|i| Arc::new(KeySigner::from_seed(700 + i))).collect();
+    let signers: Vec<Arc<KeySigner>> = (0..4)
+        .map(|i| Arc::new(KeySigner::from_seed(700 + i)))
+        .collect();
     let validators = ValidatorSet::new(signers.iter().map(|s| s.node_id())).unwrap();
     let mut driver = ConsensusDriver::new(signers[0].clone(), validators.clone(), test_config());
-    let start = Input::StartHeight { height: 1, parent: BlockId::GENESIS_PARENT, wal: Vec::new() };
+    let start = Input::StartHeight {
+        height: 1,
+        parent: BlockId::GENESIS_PARENT,
+        wal: Vec::new(),
+    };
     driver.handle(0, start);
-    Fixture { signers, validators, driver }
+    Fixture {
+        signers,
+        validators,
+        driver,
+    }
 }
 
 fn rejections(effects: &[Effect]) -> Vec<&ConsensusError> {
@@ -55,12 +65,24 @@ fn prevote(signer: &KeySigner, height: u64, round: u32, value: Option<BlockId>) 
 }
 
 fn proposer_of(f: &Fixture, height: u64, round: u32) -> Arc<KeySigner> {
-    let id = arc_malachitebft_core_types::Validator::public_key(f.validators.proposer(height, Round::new(round)));
-    f.signers.iter().find(|s| s.node_id() == *id).unwrap().clone()
+    let id = arc_malachitebft_core_types::Validator::public_key(
+        f.validators.proposer(height, Round::new(round)),
+    );
+    f.signers
+        .iter()
+        .find(|s| s.node_id() == *id)
+        .unwrap()
+        .clone()
 }
 
 fn block_by(signer: &KeySigner, height: u64, parent: BlockId) -> Block {
-    Block { height, parent, proposer: signer.node_id(), timestamp: 5, transactions: vec![b"tx".to_vec()] }
+    Block {
+        height,
+        parent,
+        proposer: signer.node_id(),
+        timestamp: 5,
+        transactions: vec![b"tx".to_vec()],
+    }
 }
 
 #[test]
@@ -68,32 +90,58 @@ fn garbage_truncated_and_oversized_bytes_are_decode_errors() {
     let mut f = fixture();
     for bytes in [vec![], vec![0xff; 17], b"not cbor at all".to_vec()] {
         let effects = send(&mut f, bytes);
-        assert!(matches!(rejections(&effects)[..], [ConsensusError::Decode(_)]));
+        assert!(matches!(
+            rejections(&effects)[..],
+            [ConsensusError::Decode(_)]
+        ));
     }
     let good = ConsensusMessage::Vote(prevote(&f.signers[1], 1, 0, None)).encode();
     let effects = send(&mut f, good[..good.len() / 2].to_vec());
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::Decode(_)]));
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::Decode(_)]
+    ));
     let effects = send(&mut f, vec![0; MAX_MESSAGE_BYTES + 1]);
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::TooLarge { .. }]));
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::TooLarge { .. }]
+    ));
 }
 
 #[test]
 fn votes_from_outsiders_or_with_bad_signatures_are_rejected() {
     let mut f = fixture();
     let outsider = KeySigner::from_seed(9_999);
-    let effects = send(&mut f, ConsensusMessage::Vote(prevote(&outsider, 1, 0, None)).encode());
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::UnknownValidator(id)] if *id == outsider.node_id()));
+    let effects = send(
+        &mut f,
+        ConsensusMessage::Vote(prevote(&outsider, 1, 0, None)).encode(),
+    );
+    assert!(
+        matches!(rejections(&effects)[..], [ConsensusError::UnknownValidator(id)] if *id == outsider.node_id())
+    );
 
     // Signed for round 0, replayed as round 1: the signature no longer covers the vote.
     let honest = prevote(&f.signers[1], 1, 0, None);
-    let forged = SignedVoteMsg { vote: prevote(&f.signers[1], 1, 1, None).vote, signature: honest.signature };
+    let forged = SignedVoteMsg {
+        vote: prevote(&f.signers[1], 1, 1, None).vote,
+        signature: honest.signature,
+    };
     let effects = send(&mut f, ConsensusMessage::Vote(forged).encode());
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::BadSignature { height: 1, .. }]));
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadSignature { height: 1, .. }]
+    ));
 
     // Signed by arbitrator 2 but claiming to be arbitrator 1.
-    let stolen = SignedVoteMsg { vote: honest.vote.clone(), signature: prevote(&f.signers[2], 1, 0, None).signature };
+    let stolen = SignedVoteMsg {
+        vote: honest.vote.clone(),
+        signature: prevote(&f.signers[2], 1, 0, None).signature,
+    };
     let effects = send(&mut f, ConsensusMessage::Vote(stolen).encode());
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::BadSignature { .. }]));
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadSignature { .. }]
+    ));
 
     // The genuine vote is accepted and logged before anything else happens.
     let effects = send(&mut f, ConsensusMessage::Vote(honest).encode());
@@ -106,34 +154,97 @@ fn oversized_vote_bundles_are_rejected() {
     let mut f = fixture();
     let votes = (0..9).map(|r| prevote(&f.signers[1], 1, r, None)).collect();
     let effects = send(&mut f, ConsensusMessage::Votes(votes).encode());
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::TooMany { max: 8, .. }]));
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::TooMany { max: 8, .. }]
+    ));
 }
 
 #[test]
 fn proposals_from_the_wrong_proposer_or_with_a_bad_block_are_rejected() {
     let mut f = fixture();
     let right = proposer_of(&f, 1, 0);
-    let wrong = f.signers.iter().find(|s| s.node_id() != right.node_id()).unwrap().clone();
-    let p = Proposal::new(Height(1), Round::new(0), block_by(&wrong, 1, BlockId::GENESIS_PARENT), Round::Nil, Address(wrong.node_id()));
-    let effects = send(&mut f, ConsensusMessage::Proposal(SignedProposalMsg::sign(p, wrong.as_ref())).encode());
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::WrongProposer { height: 1, round: 0, .. }]));
+    let wrong = f
+        .signers
+        .iter()
+        .find(|s| s.node_id() != right.node_id())
+        .unwrap()
+        .clone();
+    let p = Proposal::new(
+        Height(1),
+        Round::new(0),
+        block_by(&wrong, 1, BlockId::GENESIS_PARENT),
+        Round::Nil,
+        Address(wrong.node_id()),
+    );
+    let effects = send(
+        &mut f,
+        ConsensusMessage::Proposal(SignedProposalMsg::sign(p, wrong.as_ref())).encode(),
+    );
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::WrongProposer {
+            height: 1,
+            round: 0,
+            ..
+        }]
+    ));
 
-    let p = Proposal::new(Height(1), Round::new(0), block_by(&right, 1, BlockId([9; 32])), Round::Nil, Address(right.node_id()));
-    let effects = send(&mut f, ConsensusMessage::Proposal(SignedProposalMsg::sign(p, right.as_ref())).encode());
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::BlockMismatch { height: 1, .. }]));
+    let p = Proposal::new(
+        Height(1),
+        Round::new(0),
+        block_by(&right, 1, BlockId([9; 32])),
+        Round::Nil,
+        Address(right.node_id()),
+    );
+    let effects = send(
+        &mut f,
+        ConsensusMessage::Proposal(SignedProposalMsg::sign(p, right.as_ref())).encode(),
+    );
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BlockMismatch { height: 1, .. }]
+    ));
 
-    let p = Proposal::new(Height(1), Round::new(0), block_by(&right, 2, BlockId::GENESIS_PARENT), Round::Nil, Address(right.node_id()));
-    let effects = send(&mut f, ConsensusMessage::Proposal(SignedProposalMsg::sign(p, right.as_ref())).encode());
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::BlockMismatch { .. }]));
+    let p = Proposal::new(
+        Height(1),
+        Round::new(0),
+        block_by(&right, 2, BlockId::GENESIS_PARENT),
+        Round::Nil,
+        Address(right.node_id()),
+    );
+    let effects = send(
+        &mut f,
+        ConsensusMessage::Proposal(SignedProposalMsg::sign(p, right.as_ref())).encode(),
+    );
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BlockMismatch { .. }]
+    ));
 
     // Signature over another block: swap the block after signing.
-    let p = Proposal::new(Height(1), Round::new(0), block_by(&right, 1, BlockId::GENESIS_PARENT), Round::Nil, Address(right.node_id()));
+    let p = Proposal::new(
+        Height(1),
+        Round::new(0),
+        block_by(&right, 1, BlockId::GENESIS_PARENT),
+        Round::Nil,
+        Address(right.node_id()),
+    );
     let mut signed = SignedProposalMsg::sign(p, right.as_ref());
     let mut other = block_by(&right, 1, BlockId::GENESIS_PARENT);
     other.transactions.push(b"smuggled".to_vec());
-    signed.proposal = Proposal::new(Height(1), Round::new(0), other, Round::Nil, Address(right.node_id()));
+    signed.proposal = Proposal::new(
+        Height(1),
+        Round::new(0),
+        other,
+        Round::Nil,
+        Address(right.node_id()),
+    );
     let effects = send(&mut f, ConsensusMessage::Proposal(signed).encode());
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::BadSignature { .. }]));
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadSignature { .. }]
+    ));
 }
 
 /// A real decided block and certificate from a short simulated run.
@@ -147,7 +258,14 @@ fn decided_block() -> (Sim, DecidedBlock) {
 fn fresh_driver(sim: &Sim) -> ConsensusDriver {
     let signer = Arc::new(KeySigner::from_seed(4242));
     let mut d = ConsensusDriver::new(signer, sim.validators.clone(), test_config());
-    d.handle(0, Input::StartHeight { height: 1, parent: BlockId::GENESIS_PARENT, wal: Vec::new() });
+    d.handle(
+        0,
+        Input::StartHeight {
+            height: 1,
+            parent: BlockId::GENESIS_PARENT,
+            wal: Vec::new(),
+        },
+    );
     d
 }
 
@@ -166,7 +284,10 @@ fn synced_blocks_need_a_quorum_of_valid_precommits() {
     thin.certificate.signatures.truncate(quorum - 1);
     let mut d = fresh_driver(&sim);
     let effects = sync(&mut d, peer, vec![thin]);
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::BadCertificate { height: 1, .. }]));
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadCertificate { height: 1, .. }]
+    ));
     assert_eq!(d.height(), 1, "nothing decided from a bad certificate");
 
     // A signature padded by repeating one arbitrator.
@@ -175,27 +296,41 @@ fn synced_blocks_need_a_quorum_of_valid_precommits() {
     let first = dup.certificate.signatures[0].clone();
     dup.certificate.signatures.push(first);
     let effects = sync(&mut d, peer, vec![dup]);
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::BadCertificate { .. }]));
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadCertificate { .. }]
+    ));
 
     // A forged signature.
     let mut forged = good.clone();
     forged.certificate.signatures[0] = CommitSig {
         validator: forged.certificate.signatures[0].validator,
-        signature: sim.nodes[0].signer.sign(agora_market::Domain::CONSENSUS, b"something else"),
+        signature: sim.nodes[0]
+            .signer
+            .sign(agora_market::Domain::CONSENSUS, b"something else"),
     };
     let effects = sync(&mut d, peer, vec![forged]);
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::BadCertificate { .. }]));
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadCertificate { .. }]
+    ));
 
     // The block does not match its certificate.
     let mut swapped = good.clone();
     swapped.block.transactions.push(b"extra".to_vec());
     let effects = sync(&mut d, peer, vec![swapped]);
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::BadSyncBlock { height: 1, .. }]));
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadSyncBlock { height: 1, .. }]
+    ));
 
     // Too many blocks at once.
     let flood = vec![good.clone(); test_config().max_sync_blocks + 1];
     let effects = sync(&mut d, peer, flood);
-    assert!(matches!(rejections(&effects)[..], [ConsensusError::TooMany { .. }]));
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::TooMany { .. }]
+    ));
     assert_eq!(d.height(), 1);
 
     // The genuine block is decided from sync alone.
@@ -219,10 +354,16 @@ fn certificate_verify_checks_membership_and_quorum() {
     let outsider = KeySigner::from_seed(31_337);
     let mut cert: CommitCertificate = good.certificate.clone();
     cert.signatures[0].validator = outsider.node_id();
-    assert!(matches!(cert.verify(&sim.validators), Err(ConsensusError::BadCertificate { .. })));
+    assert!(matches!(
+        cert.verify(&sim.validators),
+        Err(ConsensusError::BadCertificate { .. })
+    ));
     let mut other_height = good.certificate.clone();
     other_height.height = 2;
-    assert!(other_height.verify(&sim.validators).is_err(), "signatures bind the height");
+    assert!(
+        other_height.verify(&sim.validators).is_err(),
+        "signatures bind the height"
+    );
 }
 
 #[test]

@@ -4,7 +4,9 @@ use super::sim::{Sim, assert_consistent};
 use crate::consensus::{ConsensusError, Misbehavior};
 
 fn live(sim: &Sim) -> Vec<usize> {
-    (0..sim.nodes.len()).filter(|&i| !sim.nodes[i].crashed).collect()
+    (0..sim.nodes.len())
+        .filter(|&i| !sim.nodes[i].crashed)
+        .collect()
 }
 
 fn no_rejections(sim: &Sim, who: &[usize]) {
@@ -30,8 +32,11 @@ fn four_arbitrators_decide_the_same_blocks_over_many_heights() {
             assert!(sim.nodes[i].evidence.is_empty(), "no one equivocated");
         }
         // Every arbitrator got to propose: blocks carry their proposer.
-        let proposers: std::collections::BTreeSet<_> =
-            sim.nodes[0].decided.iter().map(|(_, b, _)| b.proposer).collect();
+        let proposers: std::collections::BTreeSet<_> = sim.nodes[0]
+            .decided
+            .iter()
+            .map(|(_, b, _)| b.proposer)
+            .collect();
         assert_eq!(proposers.len(), 4, "round-robin proposers");
         // Transactions from the mempool made it into blocks, in order.
         let (_, block, _) = &sim.nodes[0].decided[0];
@@ -45,7 +50,12 @@ fn same_seed_gives_the_same_chain() {
     let run = |seed| {
         let mut sim = Sim::new(4, seed);
         assert!(sim.run_until(60_000, |s| s.all_reached(&[0, 1, 2, 3], 5)));
-        sim.nodes[0].decided.iter().take(5).map(|(_, b, _)| b.id()).collect::<Vec<_>>()
+        sim.nodes[0]
+            .decided
+            .iter()
+            .take(5)
+            .map(|(_, b, _)| b.id())
+            .collect::<Vec<_>>()
     };
     assert_eq!(run(9), run(9));
 }
@@ -55,14 +65,22 @@ fn three_of_four_decide_while_one_is_crashed() {
     let mut sim = Sim::new(4, 11);
     sim.crash(2);
     let up = live(&sim);
-    assert!(sim.run_until(120_000, |s| s.all_reached(&up, 8)), "stalled without one arbitrator");
+    assert!(
+        sim.run_until(120_000, |s| s.all_reached(&up, 8)),
+        "stalled without one arbitrator"
+    );
     assert_consistent(&sim, &up);
     no_rejections(&sim, &up);
     assert!(sim.nodes[2].decided.is_empty());
     // The crashed arbitrator's turns as proposer time out, so some blocks were decided in
     // a later round, proposed by someone else.
     let crashed = sim.nodes[2].id();
-    assert!(sim.nodes[0].decided.iter().all(|(_, b, _)| b.proposer != crashed));
+    assert!(
+        sim.nodes[0]
+            .decided
+            .iter()
+            .all(|(_, b, _)| b.proposer != crashed)
+    );
 }
 
 #[test]
@@ -71,7 +89,10 @@ fn two_crashed_of_four_stall_without_deciding_anything_wrong() {
     sim.crash(1);
     sim.crash(3);
     let decided = sim.run_until(10_000, |s| s.all_reached(&[0, 2], 1));
-    assert!(!decided, "2 of 4 is below the 2f+1 quorum and must not decide");
+    assert!(
+        !decided,
+        "2 of 4 is below the 2f+1 quorum and must not decide"
+    );
     assert!(sim.nodes[0].decided.is_empty() && sim.nodes[2].decided.is_empty());
 }
 
@@ -81,12 +102,20 @@ fn equivocating_arbitrator_is_detected_and_honest_ones_agree() {
         let mut sim = Sim::new(4, seed);
         sim.nodes[3].byzantine = true;
         let honest = [0, 1, 2];
-        assert!(sim.run_until(120_000, |s| s.all_reached(&honest, 8)), "seed {seed}: stalled");
+        assert!(
+            sim.run_until(120_000, |s| s.all_reached(&honest, 8)),
+            "seed {seed}: stalled"
+        );
         assert_consistent(&sim, &[0, 1, 2, 3]);
         let cheater = sim.nodes[3].id();
-        let evidence: Vec<&Misbehavior> =
-            honest.iter().flat_map(|&i| sim.nodes[i].evidence.iter()).collect();
-        assert!(!evidence.is_empty(), "seed {seed}: double votes went unnoticed");
+        let evidence: Vec<&Misbehavior> = honest
+            .iter()
+            .flat_map(|&i| sim.nodes[i].evidence.iter())
+            .collect();
+        assert!(
+            !evidence.is_empty(),
+            "seed {seed}: double votes went unnoticed"
+        );
         for e in &evidence {
             assert_eq!(e.validator(), cheater, "only the cheater is blamed");
             if let Misbehavior::DoubleVote { first, second, .. } = e {
@@ -118,7 +147,10 @@ fn crashed_arbitrator_catches_up_through_sync_with_verified_certificates() {
     assert_consistent(&sim, &all);
     no_rejections(&sim, &all);
     for i in all {
-        assert!(sim.nodes[i].evidence.is_empty(), "restart must not look like equivocation");
+        assert!(
+            sim.nodes[i].evidence.is_empty(),
+            "restart must not look like equivocation"
+        );
     }
 }
 
@@ -148,7 +180,10 @@ fn arbitrator_restarted_mid_height_replays_its_wal_without_equivocating() {
     assert!(sim.run_until(200_000, |s| s.all_reached(&all, 8)));
     assert_consistent(&sim, &all);
     for i in all {
-        assert!(sim.nodes[i].evidence.is_empty(), "replayed votes must equal the logged ones");
+        assert!(
+            sim.nodes[i].evidence.is_empty(),
+            "replayed votes must equal the logged ones"
+        );
         let engine_errors: Vec<_> = sim.nodes[i]
             .rejected
             .iter()

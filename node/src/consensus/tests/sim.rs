@@ -3,7 +3,7 @@
 //! Time is simulated: events (message deliveries, timers, mempool answers, sync traffic) are
 //! ordered by (time, sequence number), and link delays come from a seeded RNG.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +14,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::consensus::{
     Block, BlockId, CommitCertificate, ConsensusConfig, ConsensusDriver, ConsensusError,
-    ConsensusMessage, ConsensusTimeouts, DecidedBlock, Effect, Input, Misbehavior,
-    SignedVoteMsg, TimeoutId, ValidatorSet, Vote, WalEntry,
+    ConsensusMessage, ConsensusTimeouts, DecidedBlock, Effect, Input, Misbehavior, SignedVoteMsg,
+    TimeoutId, ValidatorSet, Vote, WalEntry,
 };
 
 /// Short timeouts so simulated rounds are quick.
@@ -49,6 +49,8 @@ pub struct SimNode {
     /// Sends a conflicting vote alongside each of its votes.
     pub byzantine: bool,
     timers: HashMap<TimeoutId, u64>,
+    /// Encoded own votes that reached the WAL (checked before each broadcast of them).
+    persisted_votes: HashSet<Vec<u8>>,
 }
 
 impl SimNode {
@@ -65,11 +67,31 @@ impl SimNode {
 }
 
 enum Event {
-    Deliver { to: usize, from: usize, bytes: Vec<u8> },
-    Timer { node: usize, id: TimeoutId, generation: u64 },
-    Mempool { node: usize, height: u64, round: u32 },
-    SyncRequest { to: usize, from: usize, height: u64 },
-    SyncResponse { to: usize, from: usize, blocks: Vec<DecidedBlock> },
+    Deliver {
+        to: usize,
+        from: usize,
+        bytes: Vec<u8>,
+    },
+    Timer {
+        node: usize,
+        id: TimeoutId,
+        generation: u64,
+    },
+    Mempool {
+        node: usize,
+        height: u64,
+        round: u32,
+    },
+    SyncRequest {
+        to: usize,
+        from: usize,
+        height: u64,
+    },
+    SyncResponse {
+        to: usize,
+        from: usize,
+        blocks: Vec<DecidedBlock>,
+    },
 }
 
 /// The simulated network.
@@ -87,7 +109,11 @@ impl Sim {
     /// `n` arbitrators with seeded keys, all started at height 1.
     pub fn new(n: usize, seed: u64) -> Self {
         let signers: Vec<Arc<KeySigner>> = (0..n as u64)
-            .map(|i| Arc::new(KeySigner::from_seed(seed.wrapping_mul(1_000).wrapping_add(i))))
+            .map(|i| {
+                Arc::new(KeySigner::from_seed(
+                    seed.wrapping_mul(1_000).wrapping_add(i),
+                ))
+            })
             .collect();
         let validators = ValidatorSet::new(signers.iter().map(|s| s.node_id())).unwrap();
         let nodes = signers
@@ -103,6 +129,7 @@ impl Sim {
                 crashed: false,
                 byzantine: false,
                 timers: HashMap::new(),
+                persisted_votes: HashSet::new(),
             })
             .collect();
         let mut sim = Sim {
@@ -115,7 +142,14 @@ impl Sim {
             generation: 0,
         };
         for i in 0..n {
-            sim.input(i, Input::StartHeight { height: 1, parent: BlockId::GENESIS_PARENT, wal: Vec::new() });
+            sim.input(
+                i,
+                Input::StartHeight {
+                    height: 1,
+                    parent: BlockId::GENESIS_PARENT,
+                    wal: Vec::new(),
+                },
+            );
         }
         sim
     }
@@ -144,7 +178,14 @@ impl Sim {
         for to in 0..self.nodes.len() {
             if to != from {
                 let d = self.delay();
-                self.schedule(d, Event::Deliver { to, from, bytes: bytes.clone() });
+                self.schedule(
+                    d,
+                    Event::Deliver {
+                        to,
+                        from,
+                        bytes: bytes.clone(),
+                    },
+                );
             }
         }
     }
@@ -152,6 +193,15 @@ impl Sim {
     fn apply(&mut self, i: usize, effect: Effect) {
         match effect {
             Effect::Broadcast(msg) => {
+                if let ConsensusMessage::Vote(v) = &msg
+                    && v.vote.voter() == self.nodes[i].id()
+                {
+                    let key = serde_cbor::to_vec(v).unwrap();
+                    assert!(
+                        self.nodes[i].persisted_votes.contains(&key),
+                        "node {i} broadcast a vote before persisting it to its WAL"
+                    );
+                }
                 if self.nodes[i].byzantine
                     && let ConsensusMessage::Vote(v) = &msg
                 {
@@ -165,31 +215,69 @@ impl Sim {
                 let generation = self.generation;
                 self.nodes[i].timers.insert(timeout, generation);
                 let ms = after.as_millis() as u64;
-                self.schedule(ms, Event::Timer { node: i, id: timeout, generation });
+                self.schedule(
+                    ms,
+                    Event::Timer {
+                        node: i,
+                        id: timeout,
+                        generation,
+                    },
+                );
             }
             Effect::CancelTimeout(id) => {
                 self.nodes[i].timers.remove(&id);
             }
             Effect::CancelAllTimeouts => self.nodes[i].timers.clear(),
             Effect::RequestValue { height, round, .. } => {
-                self.schedule(2, Event::Mempool { node: i, height, round });
+                self.schedule(
+                    2,
+                    Event::Mempool {
+                        node: i,
+                        height,
+                        round,
+                    },
+                );
             }
-            Effect::Decided { height, block, certificate } => {
+            Effect::Decided {
+                height,
+                block,
+                certificate,
+            } => {
                 self.nodes[i].decided.push((height, block, certificate));
                 self.nodes[i].wal.clear();
             }
-            Effect::PersistWal(entry) => self.nodes[i].wal.push(entry),
+            Effect::PersistWal(entry) => {
+                if let WalEntry::Vote(v) = &entry {
+                    let key = serde_cbor::to_vec(v).unwrap();
+                    self.nodes[i].persisted_votes.insert(key);
+                }
+                self.nodes[i].wal.push(entry);
+            }
             Effect::SyncRequest { height } => {
                 self.nodes[i].sync_requests += 1;
                 let n = self.nodes.len();
                 let to = (i + self.rng.gen_range(1..n)) % n;
                 let d = self.delay();
-                self.schedule(d, Event::SyncRequest { to, from: i, height });
+                self.schedule(
+                    d,
+                    Event::SyncRequest {
+                        to,
+                        from: i,
+                        height,
+                    },
+                );
             }
             Effect::SendSyncResponse { to, blocks } => {
                 if let Some(to) = self.index_of(&to) {
                     let d = self.delay();
-                    self.schedule(d, Event::SyncResponse { to, from: i, blocks });
+                    self.schedule(
+                        d,
+                        Event::SyncResponse {
+                            to,
+                            from: i,
+                            blocks,
+                        },
+                    );
                 }
             }
             Effect::Evidence(m) => self.nodes[i].evidence.push(m),
@@ -227,17 +315,32 @@ impl Sim {
                 let from = self.nodes[from].id();
                 self.input(to, Input::Message { from, bytes });
             }
-            Event::Timer { node, id, generation } => {
+            Event::Timer {
+                node,
+                id,
+                generation,
+            } => {
                 if self.nodes[node].timers.get(&id) == Some(&generation) {
                     self.nodes[node].timers.remove(&id);
                     self.input(node, Input::TimeoutElapsed(id));
                 }
             }
-            Event::Mempool { node, height, round } => {
+            Event::Mempool {
+                node,
+                height,
+                round,
+            } => {
                 let transactions = (0..3)
                     .map(|k| format!("tx-h{height}-r{round}-n{node}-{k}").into_bytes())
                     .collect();
-                self.input(node, Input::ProposeValue { height, round, transactions });
+                self.input(
+                    node,
+                    Input::ProposeValue {
+                        height,
+                        round,
+                        transactions,
+                    },
+                );
             }
             Event::SyncRequest { to, from, height } => {
                 let from = self.nodes[from].id();
@@ -277,10 +380,18 @@ impl Sim {
     pub fn restart(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         node.crashed = false;
-        node.driver = ConsensusDriver::new(node.signer.clone(), self.validators.clone(), test_config());
+        node.driver =
+            ConsensusDriver::new(node.signer.clone(), self.validators.clone(), test_config());
         let (height, parent) = node.tip();
         let wal = node.wal.clone();
-        self.input(i, Input::StartHeight { height: height + 1, parent, wal });
+        self.input(
+            i,
+            Input::StartHeight {
+                height: height + 1,
+                parent,
+                wal,
+            },
+        );
     }
 }
 
@@ -292,14 +403,25 @@ pub fn assert_consistent(sim: &Sim, who: &[usize]) {
         let node = &sim.nodes[i];
         let mut parent = BlockId::GENESIS_PARENT;
         for (k, (height, block, cert)) in node.decided.iter().enumerate() {
-            assert_eq!(*height, k as u64 + 1, "node {i} decided heights out of order");
+            assert_eq!(
+                *height,
+                k as u64 + 1,
+                "node {i} decided heights out of order"
+            );
             assert_eq!(block.height, *height);
-            assert_eq!(block.parent, parent, "node {i}: block {height} does not chain");
+            assert_eq!(
+                block.parent, parent,
+                "node {i}: block {height} does not chain"
+            );
             assert_eq!(cert.block_id, block.id());
             cert.verify(&sim.validators).unwrap();
             parent = block.id();
             let first = by_height.entry(*height).or_insert(block.id());
-            assert_eq!(*first, block.id(), "two different blocks decided at height {height}");
+            assert_eq!(
+                *first,
+                block.id(),
+                "two different blocks decided at height {height}"
+            );
         }
     }
 }

@@ -302,7 +302,13 @@ impl ConsensusDriver {
             return;
         }
         if height == self.io.height + 1 || self.io.height == 0 {
-            if self.future_proposals.len() < MAX_FUTURE_PROPOSALS {
+            // Keep the first proposal per (height, round): an equivocating proposer cannot
+            // crowd out the other rounds' proposers.
+            let round = proposal.proposal.round_number();
+            let seen = self.future_proposals.iter().any(|(_, p)| {
+                p.proposal.block().height == height && p.proposal.round_number() == round
+            });
+            if !seen && self.future_proposals.len() < MAX_FUTURE_PROPOSALS {
                 self.future_proposals.push((from, proposal));
             }
             return;

@@ -188,6 +188,11 @@ impl Proposal {
         &self.block
     }
 
+    /// The round it was proposed in.
+    pub fn round_number(&self) -> u32 {
+        self.round
+    }
+
     /// The proposing arbitrator.
     pub fn proposer(&self) -> NodeId {
         self.proposer.0

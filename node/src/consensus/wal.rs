@@ -107,6 +107,17 @@ impl WalEntry {
         })
     }
 
+    /// The height the entry belongs to (the node keys its WAL by it).
+    pub fn height(&self) -> u64 {
+        use arc_malachitebft_core_types::{Proposal as _, Vote as _};
+        match self {
+            WalEntry::Vote(v) => v.vote.height().0,
+            WalEntry::Proposal(p) => p.proposal.height().0,
+            WalEntry::ProposedValue { height, .. } => *height,
+            WalEntry::Timeout(id) => id.height,
+        }
+    }
+
     /// The block this entry carries, if any (the driver re-learns blocks on replay).
     pub(crate) fn block(&self) -> Option<&Block> {
         match self {

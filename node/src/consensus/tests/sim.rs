@@ -376,22 +376,32 @@ impl Sim {
     }
 
     /// Restarts node `i` as after a process crash: a fresh driver at the height after its
-    /// ledger tip, given the write-ahead log it persisted for that height.
-    pub fn restart(&mut self, i: usize) {
+    /// ledger tip, given the write-ahead log it persisted for that height. Returns what the
+    /// restart broadcast.
+    pub fn restart(&mut self, i: usize) -> Vec<ConsensusMessage> {
         let node = &mut self.nodes[i];
         node.crashed = false;
         node.driver =
             ConsensusDriver::new(node.signer.clone(), self.validators.clone(), test_config());
         let (height, parent) = node.tip();
         let wal = node.wal.clone();
-        self.input(
-            i,
-            Input::StartHeight {
-                height: height + 1,
-                parent,
-                wal,
-            },
-        );
+        let start = Input::StartHeight {
+            height: height + 1,
+            parent,
+            wal,
+        };
+        let effects = node.driver.handle(self.now, start);
+        let sent = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Broadcast(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect();
+        for effect in effects {
+            self.apply(i, effect);
+        }
+        sent
     }
 }
 

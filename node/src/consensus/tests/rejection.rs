@@ -379,3 +379,69 @@ fn wire_messages_round_trip() {
     assert_eq!(decoded.vote.block_id(), Some(BlockId([4; 32])));
     decoded.verify(&f.validators).unwrap();
 }
+
+#[test]
+fn bit_flipped_messages_never_panic_and_are_never_accepted_altered() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut f = fixture();
+    let mut rng = StdRng::seed_from_u64(5);
+    let proposer = proposer_of(&f, 1, 0);
+    let block = block_by(&proposer, 1, BlockId::GENESIS_PARENT);
+    let proposal = Proposal::new(
+        Height(1),
+        Round::new(0),
+        block,
+        Round::Nil,
+        Address(proposer.node_id()),
+    );
+    let originals = [
+        ConsensusMessage::Vote(prevote(&f.signers[1], 1, 0, Some(BlockId([3; 32])))),
+        ConsensusMessage::Proposal(SignedProposalMsg::sign(proposal, proposer.as_ref())),
+        ConsensusMessage::Votes(vec![
+            prevote(&f.signers[2], 1, 0, None),
+            prevote(&f.signers[3], 1, 0, None),
+        ]),
+    ];
+    let mut rejected = 0;
+    for _ in 0..400 {
+        let original = &originals[rng.gen_range(0..originals.len())];
+        let mut bytes = original.encode();
+        for _ in 0..rng.gen_range(1..4) {
+            let i = rng.gen_range(0..bytes.len());
+            bytes[i] ^= 1 << rng.gen_range(0..8);
+        }
+        let effects = send(&mut f, bytes.clone());
+        if rejections(&effects).is_empty() {
+            // Accepted: the flip must not have changed the signed content.
+            assert_eq!(
+                ConsensusMessage::decode(&bytes).as_ref(),
+                Ok(original),
+                "altered message accepted"
+            );
+        } else {
+            rejected += 1;
+        }
+    }
+    assert!(
+        rejected > 300,
+        "most random flips must be caught ({rejected}/400)"
+    );
+}
+
+#[test]
+fn stale_timeouts_and_late_mempool_answers_are_ignored() {
+    let mut f = fixture();
+    let stale = crate::consensus::TimeoutId {
+        height: 7,
+        round: 0,
+        step: crate::consensus::TimeoutStep::Propose,
+    };
+    assert!(f.driver.handle(20, Input::TimeoutElapsed(stale)).is_empty());
+    let late = Input::ProposeValue {
+        height: 9,
+        round: 0,
+        transactions: vec![b"x".to_vec()],
+    };
+    assert!(f.driver.handle(21, late).is_empty());
+    assert_eq!(f.driver.height(), 1);
+}

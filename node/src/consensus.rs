@@ -43,6 +43,7 @@ mod context;
 mod driver;
 mod effects;
 mod error;
+mod liveness;
 mod messages;
 mod wal;
 
@@ -52,12 +53,13 @@ mod tests;
 pub use block::{Block, BlockId, Transaction};
 pub use certificate::{CommitCertificate, CommitSig, DecidedBlock};
 pub use context::{
-    Address, AgoraContext, ConsensusSignature, ConsensusTimeouts, Ed25519Scheme, Height,
-    Validator, ValidatorSet,
+    Address, AgoraContext, ConsensusSignature, ConsensusTimeouts, Ed25519Scheme, Height, Validator,
+    ValidatorSet,
 };
 pub use driver::ConsensusDriver;
 pub use effects::{ConsensusConfig, Effect, Input, Misbehavior, TimeoutId, TimeoutStep};
 pub use error::ConsensusError;
+pub use liveness::{PolkaCertificateMsg, RoundCertificateMsg, RoundSig};
 pub use messages::{
     BlockPart, ConsensusMessage, MAX_MESSAGE_BYTES, Proposal, SignedProposalMsg, SignedVoteMsg,
     Vote,

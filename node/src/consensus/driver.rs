@@ -235,26 +235,45 @@ impl ConsensusDriver {
         match msg {
             ConsensusMessage::Proposal(p) => self.on_proposal(from, p),
             ConsensusMessage::Vote(v) => self.on_vote(from, v),
-            ConsensusMessage::Votes(votes) => {
-                let max = self.io.validators.len() * 2;
-                if votes.len() > max {
-                    let got = votes.len();
-                    let what = "votes";
-                    return self.reject(
-                        Some(from),
-                        ConsensusError::TooMany {
-                            from: Some(from),
-                            what,
-                            got,
-                            max,
-                        },
-                    );
+            ConsensusMessage::PolkaCertificate(cert) => {
+                let (height, count) = (cert.height, cert.signatures.len());
+                if self.admit_certificate(from, height, count) {
+                    match cert.verify(&self.io.validators) {
+                        Ok(()) => self.process(mc::Input::PolkaCertificate(cert.to_malachite())),
+                        Err(error) => self.reject(Some(from), error),
+                    }
                 }
-                for v in votes {
-                    self.on_vote(from, v);
+            }
+            ConsensusMessage::RoundCertificate(cert) => {
+                let (height, count) = (cert.height, cert.signatures.len());
+                if self.admit_certificate(from, height, count) {
+                    match cert.verify(&self.io.validators) {
+                        Ok(()) => self.process(mc::Input::RoundCertificate(cert.to_malachite())),
+                        Err(error) => self.reject(Some(from), error),
+                    }
                 }
             }
         }
+    }
+
+    /// Whether a certificate is worth verifying: current height and at most n signatures.
+    fn admit_certificate(&mut self, from: NodeId, height: u64, count: usize) -> bool {
+        let max = self.io.validators.len();
+        if count > max {
+            let what = "certificate signatures";
+            let error = ConsensusError::TooMany {
+                from: Some(from),
+                what,
+                got: count,
+                max,
+            };
+            self.reject(Some(from), error);
+            return false;
+        }
+        if height > self.io.height {
+            self.note_peer_height(height);
+        }
+        height == self.io.height
     }
 
     /// Asks peers for decided blocks when a valid message shows we are behind.

@@ -98,6 +98,16 @@ pub enum ConsensusError {
         /// What is wrong.
         reason: String,
     },
+    /// A polka or round certificate does not verify.
+    #[error("liveness certificate for height {height} round {round} is invalid: {reason}")]
+    BadLivenessCertificate {
+        /// Height.
+        height: u64,
+        /// Round.
+        round: u32,
+        /// What is wrong.
+        reason: String,
+    },
     /// A synced block does not match its certificate or our chain.
     #[error("synced block at height {height} from {from} rejected: {reason}")]
     BadSyncBlock {

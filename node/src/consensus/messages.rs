@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::block::{Block, BlockId};
 use super::context::{Address, AgoraContext, Height, ValidatorSet};
 use super::error::ConsensusError;
+use super::liveness::{PolkaCertificateMsg, RoundCertificateMsg};
 
 /// Largest encoded consensus message accepted from a peer (blocks included).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -283,8 +284,10 @@ pub enum ConsensusMessage {
     Proposal(SignedProposalMsg),
     /// A signed vote.
     Vote(SignedVoteMsg),
-    /// A bundle of signed votes (a polka or round-skip certificate, re-sent for liveness).
-    Votes(Vec<SignedVoteMsg>),
+    /// 2f+1 prevotes for a block (sent with a re-proposal of a locked block).
+    PolkaCertificate(PolkaCertificateMsg),
+    /// Votes justifying entering another round.
+    RoundCertificate(RoundCertificateMsg),
 }
 
 impl ConsensusMessage {
@@ -374,11 +377,16 @@ impl SignedProposalMsg {
                 expected,
             });
         }
-        if p.block.height != p.height.0 || p.block.proposer != proposer {
+        // A re-proposal (pol_round set) carries a block built by an earlier round's proposer.
+        let builder_ok = match p.pol_round {
+            None => p.block.proposer == proposer,
+            Some(_) => validators.contains(&p.block.proposer),
+        };
+        if p.block.height != p.height.0 || !builder_ok {
             return Err(ConsensusError::BlockMismatch {
                 height: p.height.0,
                 block: p.block.id(),
-                reason: "block height or proposer differs from the proposal's",
+                reason: "block height or builder does not match the proposal",
             });
         }
         if p.pol_round.is_some_and(|pol| pol >= p.round) {

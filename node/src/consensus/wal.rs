@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::block::Block;
 use super::context::{Address, AgoraContext, Height};
 use super::effects::TimeoutId;
+use super::liveness::{PolkaCertificateMsg, RoundCertificateMsg};
 use super::messages::{SignedProposalMsg, SignedVoteMsg};
 use agora_market::NodeId;
 
@@ -41,6 +42,10 @@ pub enum WalEntry {
     },
     /// A round timeout that fired.
     Timeout(TimeoutId),
+    /// A verified polka certificate.
+    PolkaCertificate(PolkaCertificateMsg),
+    /// A verified round certificate.
+    RoundCertificate(RoundCertificateMsg),
 }
 
 impl WalEntry {
@@ -69,6 +74,12 @@ impl WalEntry {
                 block: v.value.clone(),
                 from_sync: origin.is_sync(),
             }),
+            mc::Input::PolkaCertificate(c) => Some(WalEntry::PolkaCertificate(
+                PolkaCertificateMsg::from_malachite(c),
+            )),
+            mc::Input::RoundCertificate(c) => Some(WalEntry::RoundCertificate(
+                RoundCertificateMsg::from_malachite(c),
+            )),
             mc::Input::TimeoutElapsed(t) => {
                 TimeoutId::from_engine(height, *t).map(WalEntry::Timeout)
             }
@@ -104,6 +115,8 @@ impl WalEntry {
                 },
             ),
             WalEntry::Timeout(id) => mc::Input::TimeoutElapsed(id.to_engine()),
+            WalEntry::PolkaCertificate(c) => mc::Input::PolkaCertificate(c.to_malachite()),
+            WalEntry::RoundCertificate(c) => mc::Input::RoundCertificate(c.to_malachite()),
         })
     }
 
@@ -115,6 +128,8 @@ impl WalEntry {
             WalEntry::Proposal(p) => p.proposal.height().0,
             WalEntry::ProposedValue { height, .. } => *height,
             WalEntry::Timeout(id) => id.height,
+            WalEntry::PolkaCertificate(c) => c.height,
+            WalEntry::RoundCertificate(c) => c.height,
         }
     }
 
@@ -123,7 +138,7 @@ impl WalEntry {
         match self {
             WalEntry::Proposal(p) => Some(p.proposal.block()),
             WalEntry::ProposedValue { block, .. } => Some(block),
-            WalEntry::Vote(_) | WalEntry::Timeout(_) => None,
+            _ => None,
         }
     }
 }

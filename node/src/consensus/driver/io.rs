@@ -22,6 +22,9 @@ use crate::consensus::certificate::{CommitCertificate, DecidedBlock, to_malachit
 use crate::consensus::context::{AgoraContext, Height, ValidatorSet};
 use crate::consensus::effects::{ConsensusConfig, Effect, Misbehavior, TimeoutId};
 use crate::consensus::error::ConsensusError;
+use crate::consensus::liveness::{
+    PolkaCertificateMsg, RoundCertificateMsg, check_polka, check_round,
+};
 use crate::consensus::messages::{ConsensusMessage, SignedProposalMsg, SignedVoteMsg};
 use crate::consensus::wal::WalEntry;
 
@@ -107,16 +110,12 @@ impl Io {
                     LivenessMsg::Vote(v) => {
                         ConsensusMessage::Vote(SignedVoteMsg::from_malachite(v))
                     }
-                    LivenessMsg::PolkaCertificate(c) => ConsensusMessage::Votes(
-                        c.votes(&AgoraContext)
-                            .map(SignedVoteMsg::from_malachite)
-                            .collect(),
-                    ),
-                    LivenessMsg::SkipRoundCertificate(c) => ConsensusMessage::Votes(
-                        c.votes(&AgoraContext)
-                            .map(SignedVoteMsg::from_malachite)
-                            .collect(),
-                    ),
+                    LivenessMsg::PolkaCertificate(c) => {
+                        ConsensusMessage::PolkaCertificate(PolkaCertificateMsg::from_malachite(&c))
+                    }
+                    LivenessMsg::SkipRoundCertificate(c) => {
+                        ConsensusMessage::RoundCertificate(RoundCertificateMsg::from_malachite(&c))
+                    }
                 };
                 self.push(Effect::Broadcast(msg));
                 r.resume_with(())
@@ -128,10 +127,8 @@ impl Io {
                 r.resume_with(())
             }
             E::RepublishRoundCertificate(c, r) => {
-                self.push(Effect::Broadcast(ConsensusMessage::Votes(
-                    c.votes(&AgoraContext)
-                        .map(SignedVoteMsg::from_malachite)
-                        .collect(),
+                self.push(Effect::Broadcast(ConsensusMessage::RoundCertificate(
+                    RoundCertificateMsg::from_malachite(&c),
                 )));
                 r.resume_with(())
             }
@@ -230,10 +227,11 @@ impl Io {
                 };
                 r.resume_with(result)
             }
-            // Agora never feeds polka or round certificates to the engine: it re-sends their
-            // votes one by one (see `ConsensusMessage::Votes`), so these checks are never asked.
-            E::VerifyPolkaCertificate(.., r) | E::VerifyRoundCertificate(.., r) => {
-                r.resume_with(Err(CertificateError::VerificationError(None)))
+            E::VerifyPolkaCertificate(cert, validators, _threshold, r) => {
+                r.resume_with(check_polka(&cert, &validators))
+            }
+            E::VerifyRoundCertificate(cert, validators, _threshold, r) => {
+                r.resume_with(check_round(&cert, &validators))
             }
             E::WalAppend(height, input, r) => {
                 if !self.replaying {

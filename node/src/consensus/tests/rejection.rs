@@ -8,8 +8,8 @@ use arc_malachitebft_core_types::{NilOrVal, Round, VoteType};
 use super::sim::{Sim, test_config};
 use crate::consensus::{
     Address, Block, BlockId, CommitCertificate, CommitSig, ConsensusDriver, ConsensusError,
-    ConsensusMessage, DecidedBlock, Effect, Height, Input, MAX_MESSAGE_BYTES, Proposal,
-    SignedProposalMsg, SignedVoteMsg, ValidatorSet, Vote,
+    ConsensusMessage, DecidedBlock, Effect, Height, Input, MAX_MESSAGE_BYTES, PolkaCertificateMsg,
+    Proposal, SignedProposalMsg, SignedVoteMsg, ValidatorSet, Vote,
 };
 
 struct Fixture {
@@ -150,14 +150,55 @@ fn votes_from_outsiders_or_with_bad_signatures_are_rejected() {
 }
 
 #[test]
-fn oversized_vote_bundles_are_rejected() {
+fn polka_certificates_are_verified_before_the_engine_sees_them() {
     let mut f = fixture();
-    let votes = (0..9).map(|r| prevote(&f.signers[1], 1, r, None)).collect();
-    let effects = send(&mut f, ConsensusMessage::Votes(votes).encode());
+    let id = BlockId([3; 32]);
+    let signers = f.signers.clone();
+    let sig = |i: usize| CommitSig {
+        validator: signers[i].node_id(),
+        signature: prevote(&signers[i], 1, 0, Some(id)).signature,
+    };
+    let good = PolkaCertificateMsg {
+        height: 1,
+        round: 0,
+        block_id: id,
+        signatures: vec![sig(1), sig(2), sig(3)],
+    };
+    good.verify(&f.validators).unwrap();
+
+    let mut thin = good.clone();
+    thin.signatures.pop();
+    let effects = send(&mut f, ConsensusMessage::PolkaCertificate(thin).encode());
     assert!(matches!(
         rejections(&effects)[..],
-        [ConsensusError::TooMany { max: 8, .. }]
+        [ConsensusError::BadLivenessCertificate {
+            height: 1,
+            round: 0,
+            ..
+        }]
     ));
+
+    let mut other_round = good.clone();
+    other_round.round = 1;
+    let effects = send(
+        &mut f,
+        ConsensusMessage::PolkaCertificate(other_round).encode(),
+    );
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadLivenessCertificate { .. }]
+    ));
+
+    let mut flood = good.clone();
+    flood.signatures = (0..5).map(|_| sig(1)).collect();
+    let effects = send(&mut f, ConsensusMessage::PolkaCertificate(flood).encode());
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::TooMany { max: 4, .. }]
+    ));
+
+    let effects = send(&mut f, ConsensusMessage::PolkaCertificate(good).encode());
+    assert!(rejections(&effects).is_empty(), "{effects:?}");
 }
 
 #[test]
@@ -397,10 +438,17 @@ fn bit_flipped_messages_never_panic_and_are_never_accepted_altered() {
     let originals = [
         ConsensusMessage::Vote(prevote(&f.signers[1], 1, 0, Some(BlockId([3; 32])))),
         ConsensusMessage::Proposal(SignedProposalMsg::sign(proposal, proposer.as_ref())),
-        ConsensusMessage::Votes(vec![
-            prevote(&f.signers[2], 1, 0, None),
-            prevote(&f.signers[3], 1, 0, None),
-        ]),
+        ConsensusMessage::PolkaCertificate(PolkaCertificateMsg {
+            height: 1,
+            round: 0,
+            block_id: BlockId([3; 32]),
+            signatures: (1..4)
+                .map(|i| CommitSig {
+                    validator: f.signers[i].node_id(),
+                    signature: prevote(&f.signers[i], 1, 0, Some(BlockId([3; 32]))).signature,
+                })
+                .collect(),
+        }),
     ];
     let mut rejected = 0;
     for _ in 0..400 {

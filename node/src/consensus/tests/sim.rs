@@ -103,6 +103,8 @@ pub struct Sim {
     seq: u64,
     rng: StdRng,
     generation: u64,
+    /// Probability that a gossip delivery is lost.
+    pub loss: f64,
 }
 
 impl Sim {
@@ -140,6 +142,7 @@ impl Sim {
             seq: 0,
             rng: StdRng::seed_from_u64(seed),
             generation: 0,
+            loss: 0.0,
         };
         for i in 0..n {
             sim.input(
@@ -177,6 +180,9 @@ impl Sim {
     fn broadcast(&mut self, from: usize, bytes: Vec<u8>) {
         for to in 0..self.nodes.len() {
             if to != from {
+                if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
+                    continue;
+                }
                 let d = self.delay();
                 self.schedule(
                     d,

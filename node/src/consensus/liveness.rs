@@ -5,6 +5,9 @@
 //! verified certificate as a unit; loose votes conflicting with ones already counted would
 //! be discarded, and honest arbitrators could stay split between rounds forever.
 
+// The engine's `Resume::CertificateValidity` fixes the (large) error type of these checks.
+#![allow(clippy::result_large_err)]
+
 use agora_market::{Domain, NodeId, Signature, verify};
 use arc_malachitebft_core_types::{
     self as mt, CertificateError, NilOrVal, PolkaSignature, Round, RoundCertificateType,

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod consensus;
 pub mod daemon;
 pub mod devnet_files;
 pub mod keys;

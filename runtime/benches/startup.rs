@@ -53,11 +53,16 @@ fn bench(c: &mut Criterion) {
     for i in 0..30 {
         let wat = format!("{ECHO}\n;; variant {i}");
         let t = Instant::now();
-        let m = host.load(&ModuleId::for_bytes(wat.as_bytes()), wat.as_bytes()).unwrap();
+        let m = host
+            .load(&ModuleId::for_bytes(wat.as_bytes()), wat.as_bytes())
+            .unwrap();
         activate_once(&host, &m).unwrap();
         compiled.push(t.elapsed());
     }
-    percentiles("start from uncompiled module (verify+compile+cache+first call)", compiled);
+    percentiles(
+        "start from uncompiled module (verify+compile+cache+first call)",
+        compiled,
+    );
     let t = Instant::now();
     let mut n = 0u32;
     while t.elapsed() < Duration::from_secs(1) {
@@ -71,20 +76,28 @@ fn bench(c: &mut Criterion) {
     let plain_module = wasmtime::Module::new(&plain, BUSY).unwrap();
     let busy = test_utils::compile(&host, BUSY);
     let mut g = c.benchmark_group("runtime");
-    g.sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
     g.bench_function("cold_start_cached_artifact", |b| {
         b.iter(|| {
             let m = host.load_cached(&id).unwrap().unwrap();
             activate_once(&host, &m).unwrap()
         })
     });
-    g.bench_function("start_staged_module", |b| b.iter(|| activate_once(&host, &staged).unwrap()));
-    g.bench_function("busy_loop_10M_with_fuel", |b| b.iter(|| activate_once(&host, &busy).unwrap()));
+    g.bench_function("start_staged_module", |b| {
+        b.iter(|| activate_once(&host, &staged).unwrap())
+    });
+    g.bench_function("busy_loop_10M_with_fuel", |b| {
+        b.iter(|| activate_once(&host, &busy).unwrap())
+    });
     g.bench_function("busy_loop_10M_without_fuel", |b| {
         b.iter(|| {
             let mut store = wasmtime::Store::new(&plain, ());
             let inst = wasmtime::Instance::new(&mut store, &plain_module, &[]).unwrap();
-            let f = inst.get_typed_func::<(), i32>(&mut store, "agora_poll").unwrap();
+            let f = inst
+                .get_typed_func::<(), i32>(&mut store, "agora_poll")
+                .unwrap();
             f.call(&mut store, ()).unwrap()
         })
     });

@@ -178,7 +178,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result
                 return Ok(-1);
             }
             let io = caller.data().io.clone();
-            Ok(if io.kv.put(&io.service, &key, &value) { 0 } else { -1 })
+            Ok(if io.kv.put(&io.service, &key, &value) {
+                0
+            } else {
+                -1
+            })
         },
     )?;
 

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     /// No usable engine was found.
-    #[error("no running container engine: {0}; install docker or podman and start its daemon/socket")]
+    #[error(
+        "no running container engine: {0}; install docker or podman and start its daemon/socket"
+    )]
     NoEngine(String),
     /// The CLI ran but the command failed.
     #[error("`{program} {action}` failed for {target}: {stderr}")]
@@ -84,7 +86,10 @@ impl CliExecutor {
     pub fn detect() -> Result<Self, ContainerError> {
         let mut reasons = Vec::new();
         for program in ["docker", "podman"] {
-            match Command::new(program).args(["version", "--format", "{{.Server.Version}}"]).output() {
+            match Command::new(program)
+                .args(["version", "--format", "{{.Server.Version}}"])
+                .output()
+            {
                 Ok(out) if out.status.success() => {
                     return Ok(Self {
                         program: program.to_string(),
@@ -140,7 +145,12 @@ impl CliExecutor {
         Ok(args)
     }
 
-    fn run(&self, action: &'static str, target: &str, args: &[String]) -> Result<Output, ContainerError> {
+    fn run(
+        &self,
+        action: &'static str,
+        target: &str,
+        args: &[String],
+    ) -> Result<Output, ContainerError> {
         let out = Command::new(&self.program)
             .args(args)
             .output()
@@ -168,8 +178,12 @@ impl Executor for CliExecutor {
     }
 
     fn stop(&self, id: &str) -> Result<(), ContainerError> {
-        self.run("stop", id, &["stop".into(), "-t".into(), "5".into(), id.into()])
-            .map(|_| ())
+        self.run(
+            "stop",
+            id,
+            &["stop".into(), "-t".into(), "5".into(), id.into()],
+        )
+        .map(|_| ())
     }
 
     fn is_running(&self, id: &str) -> Result<bool, ContainerError> {

@@ -14,7 +14,9 @@ pub enum RuntimeError {
         reason: String,
     },
     /// The CID uses a hash this runtime cannot verify.
-    #[error("module {module} uses multihash code {code:#x}; only sha2-256 and blake3 CIDs can be verified")]
+    #[error(
+        "module {module} uses multihash code {code:#x}; only sha2-256 and blake3 CIDs can be verified"
+    )]
     UnsupportedHash {
         /// The module CID.
         module: String,
@@ -55,7 +57,9 @@ pub enum RuntimeError {
         reason: String,
     },
     /// The module does not follow the guest ABI.
-    #[error("module {module} does not export `{export}` with the right signature; see the guest ABI in agora-runtime docs")]
+    #[error(
+        "module {module} does not export `{export}` with the right signature; see the guest ABI in agora-runtime docs"
+    )]
     MissingExport {
         /// The module CID.
         module: String,
@@ -79,7 +83,9 @@ pub enum RuntimeError {
         hint: &'static str,
     },
     /// Too many instances of one module are active.
-    #[error("module {module} already has {max} active instances (contract max_instances); stop one first")]
+    #[error(
+        "module {module} already has {max} active instances (contract max_instances); stop one first"
+    )]
     InstanceLimit {
         /// The module CID.
         module: String,

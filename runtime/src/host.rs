@@ -182,10 +182,17 @@ impl Host {
             module: id.to_string(),
             export,
         };
-        if module.get_export("memory").and_then(|e| e.memory().cloned()).is_none() {
+        if module
+            .get_export("memory")
+            .and_then(|e| e.memory().cloned())
+            .is_none()
+        {
             return Err(missing("memory"));
         }
-        match module.get_export("agora_poll").and_then(|e| e.func().cloned()) {
+        match module
+            .get_export("agora_poll")
+            .and_then(|e| e.func().cloned())
+        {
             Some(f) if f.params().next().is_none() && f.results().len() == 1 => {}
             _ => return Err(missing("agora_poll")),
         }

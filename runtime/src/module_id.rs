@@ -104,7 +104,10 @@ mod tests {
     fn unsupported_hash_is_rejected() {
         let cid = Cid::new_v1(RAW_CODEC, Code::Sha2_512.digest(b"abc"));
         let err = ModuleId::from_cid(cid).verify(b"abc").unwrap_err();
-        assert!(matches!(err, RuntimeError::UnsupportedHash { code: 0x13, .. }));
+        assert!(matches!(
+            err,
+            RuntimeError::UnsupportedHash { code: 0x13, .. }
+        ));
     }
 
     #[test]

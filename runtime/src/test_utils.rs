@@ -112,7 +112,13 @@ pub fn lora_gateway_wasm() -> Result<Vec<u8>, String> {
     let target_dir: PathBuf = std::env::temp_dir().join("agora-lora-gateway-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .arg("--target-dir")
         .arg(&target_dir)
@@ -122,7 +128,9 @@ pub fn lora_gateway_wasm() -> Result<Vec<u8>, String> {
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stderr.contains("wasm32-wasip1") && stderr.contains("target may not be installed") {
-            return Err("the wasm32-wasip1 target is missing: run rustup target add wasm32-wasip1".into());
+            return Err(
+                "the wasm32-wasip1 target is missing: run rustup target add wasm32-wasip1".into(),
+            );
         }
         return Err(format!("building lora-gateway failed:\n{stderr}"));
     }

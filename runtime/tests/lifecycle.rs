@@ -32,12 +32,18 @@ async fn staged_active_stopped_with_metering() {
     let m = h.manager.metering(&id).unwrap();
     assert_eq!(m.readings_processed, 5);
     assert_eq!(m.published, 5);
-    assert!(m.polls >= 1 && m.fuel_used > 0 && m.peak_memory_bytes == 65536, "{m:?}");
+    assert!(
+        m.polls >= 1 && m.fuel_used > 0 && m.peak_memory_bytes == 65536,
+        "{m:?}"
+    );
     let list = h.manager.list();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].state, ServiceState::Stopped(StopReason::Requested));
     h.manager.remove(&id).unwrap();
-    assert!(matches!(h.manager.state(&id), Err(RuntimeError::UnknownService(_))));
+    assert!(matches!(
+        h.manager.state(&id),
+        Err(RuntimeError::UnknownService(_))
+    ));
 }
 
 #[tokio::test]
@@ -77,7 +83,10 @@ async fn max_instances_bounds_active_copies_of_a_module() {
     h.manager.stop(&a).unwrap();
     h.stopped(&a).await;
     h.manager.start(&b).unwrap();
-    assert!(matches!(h.manager.start(&b), Err(RuntimeError::WrongState { .. })));
+    assert!(matches!(
+        h.manager.start(&b),
+        Err(RuntimeError::WrongState { .. })
+    ));
 }
 
 #[tokio::test]
@@ -114,7 +123,10 @@ async fn kv_persists_across_restarts_and_log_is_captured() {
     h.manager.start(&id).unwrap();
     let next = h.next_published().await;
     let n = u64::from_le_bytes(next.payload.try_into().unwrap());
-    assert!(n > before, "count {n} restarted instead of continuing past {before}");
+    assert!(
+        n > before,
+        "count {n} restarted instead of continuing past {before}"
+    );
     assert!(h.manager.logs(&id).unwrap().contains("counted\n"));
 }
 
@@ -146,10 +158,20 @@ fn modules_without_the_guest_abi_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let host = test_utils::host(dir.path());
     let wat = "(module (memory (export \"memory\") 1))";
-    let err = host.load(&ModuleId::for_bytes(wat.as_bytes()), wat.as_bytes()).unwrap_err();
-    assert!(matches!(err, RuntimeError::MissingExport { export: "agora_poll", .. }));
+    let err = host
+        .load(&ModuleId::for_bytes(wat.as_bytes()), wat.as_bytes())
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        RuntimeError::MissingExport {
+            export: "agora_poll",
+            ..
+        }
+    ));
     let wat = r#"(module (import "evil" "f" (func)) (memory (export "memory") 1)
         (func (export "agora_poll") (result i32) (i32.const 0)))"#;
-    let err = host.load(&ModuleId::for_bytes(wat.as_bytes()), wat.as_bytes()).unwrap_err();
+    let err = host
+        .load(&ModuleId::for_bytes(wat.as_bytes()), wat.as_bytes())
+        .unwrap_err();
     assert!(matches!(err, RuntimeError::Compile { .. }), "{err}");
 }

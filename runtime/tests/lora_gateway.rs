@@ -21,13 +21,17 @@ async fn gateway_aggregates_publishes_and_resumes_numbering() {
 
     // Device 1 sends seq 0..8 but seq 3 is lost; device 2 sends 8 frames; two junk frames.
     for seq in (0..9).filter(|s| *s != 3) {
-        h.manager.push_reading(&svc, lora_frame(1, seq, 2000 + seq as i16, 5000)).unwrap();
+        h.manager
+            .push_reading(&svc, lora_frame(1, seq, 2000 + seq as i16, 5000))
+            .unwrap();
     }
     h.manager.push_reading(&svc, b"junk".to_vec()).unwrap();
     // Larger than the guest's 64-byte buffer: exercises the `-len` retry path of `readings`.
     h.manager.push_reading(&svc, vec![0xA7; 100]).unwrap();
     for seq in 0..8 {
-        h.manager.push_reading(&svc, lora_frame(2, seq, -500, 9000)).unwrap();
+        h.manager
+            .push_reading(&svc, lora_frame(2, seq, -500, 9000))
+            .unwrap();
     }
 
     let b0: serde_json::Value = serde_json::from_slice(&h.next_published().await.payload).unwrap();
@@ -44,7 +48,10 @@ async fn gateway_aggregates_publishes_and_resumes_numbering() {
     assert!(b0["raw_digest"].as_str().unwrap().len() == 16);
 
     let logs = h.manager.logs(&svc).unwrap();
-    assert!(logs.contains("lora-gateway started; next batch 0"), "{logs}");
+    assert!(
+        logs.contains("lora-gateway started; next batch 0"),
+        "{logs}"
+    );
     assert!(logs.contains("rejected frame"), "{logs}");
     assert_eq!(h.manager.metering(&svc).unwrap().readings_processed, 18);
 
@@ -53,7 +60,9 @@ async fn gateway_aggregates_publishes_and_resumes_numbering() {
     assert_eq!(h.stopped(&svc).await, StopReason::Requested);
     h.manager.start(&svc).unwrap();
     for seq in 0..8 {
-        h.manager.push_reading(&svc, lora_frame(3, seq, 100, 100)).unwrap();
+        h.manager
+            .push_reading(&svc, lora_frame(3, seq, 100, 100))
+            .unwrap();
     }
     let b2: serde_json::Value = serde_json::from_slice(&h.next_published().await.payload).unwrap();
     assert_eq!(b2["batch"], 2);

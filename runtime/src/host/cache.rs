@@ -50,7 +50,11 @@ impl ArtifactCache {
     }
 
     /// The cached module, or `None` if absent, unauthenticated or unloadable.
-    pub(crate) fn load(&self, engine: &Engine, id: &ModuleId) -> Result<Option<Module>, RuntimeError> {
+    pub(crate) fn load(
+        &self,
+        engine: &Engine,
+        id: &ModuleId,
+    ) -> Result<Option<Module>, RuntimeError> {
         let (art_path, mac_path) = self.paths(id);
         let artifact = match fs::read(&art_path) {
             Ok(bytes) => bytes,

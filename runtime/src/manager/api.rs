@@ -1,13 +1,16 @@
 //! `ServiceManager` operations: stage, start, stop, wait, readings, list, logs, health.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{Entry, Health, Live, ServiceId, ServiceManager, ServiceSpec, ServiceState, ServiceStatus, Shared};
+use super::{
+    Entry, Health, Live, ServiceId, ServiceManager, ServiceSpec, ServiceState, ServiceStatus,
+    Shared,
+};
 use crate::host::Host;
 use crate::io::{KvStore, LogBuffer, Published, ReadingQueue, lock};
 use crate::state::ServiceIo;
@@ -131,7 +134,10 @@ impl ServiceManager {
             Err(err) => {
                 let reason = StopReason::StartFailed(err.to_string());
                 lock(&entry.shared.live).state = ServiceState::Stopped(reason.clone());
-                entry.shared.state_tx.send_replace(ServiceState::Stopped(reason));
+                entry
+                    .shared
+                    .state_tx
+                    .send_replace(ServiceState::Stopped(reason));
                 Err(err)
             }
         }
@@ -203,11 +209,15 @@ impl ServiceManager {
         let services = lock(&self.services);
         services
             .values()
-            .map(|e| ServiceStatus {
-                id: e.spec.id.clone(),
-                module: e.spec.module.id().to_string(),
-                state: lock(&e.shared.live).state.clone(),
-                metering: metering_now(&e.shared),
+            .map(|e| {
+                // Take the state in its own statement: the guard must drop before metering_now.
+                let state = lock(&e.shared.live).state.clone();
+                ServiceStatus {
+                    id: e.spec.id.clone(),
+                    module: e.spec.module.id().to_string(),
+                    state,
+                    metering: metering_now(&e.shared),
+                }
             })
             .collect()
     }
@@ -260,14 +270,18 @@ impl ServiceManager {
     }
 }
 
-/// Metering with uptime including the current active period.
+/// Metering with uptime including the current active period and live host-call counters.
 fn metering_now(shared: &Shared) -> Metering {
     let live = lock(&shared.live);
     let mut m = live.metering.clone();
-    let running = live
-        .active_since
-        .map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let running = live.active_since.map_or(0, |t| {
+        u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+    });
     m.uptime_ms = live.banked_uptime_ms.saturating_add(running);
+    // Host-call counters are live; the rest is folded in after each guest call.
+    m.readings_processed = shared.io.readings_processed.load(Ordering::Relaxed);
+    m.readings_dropped = shared.io.readings_dropped.load(Ordering::Relaxed);
+    m.published = shared.io.published.load(Ordering::Relaxed);
     m
 }
 

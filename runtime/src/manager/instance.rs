@@ -6,10 +6,10 @@ use wasmtime::{Store, Trap, TypedFunc};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::WasiCtxBuilder;
 
+use crate::StopReason;
 use crate::host::{CompiledModule, Host};
 use crate::manager::ServiceSpec;
 use crate::state::{LogSink, MemoryLimiter, ServiceIo, StoreState};
-use crate::StopReason;
 
 /// A running instance; dropped (and its pool slot freed) when the service stops.
 pub(crate) struct Running {
@@ -61,8 +61,12 @@ impl Running {
         let health = instance
             .get_typed_func::<(), i32>(&mut store, "agora_health")
             .ok();
-        let initialize = instance.get_typed_func::<(), ()>(&mut store, "_initialize").ok();
-        let init = instance.get_typed_func::<(), i32>(&mut store, "agora_init").ok();
+        let initialize = instance
+            .get_typed_func::<(), ()>(&mut store, "_initialize")
+            .ok();
+        let init = instance
+            .get_typed_func::<(), i32>(&mut store, "agora_init")
+            .ok();
         let mut running = Self {
             store,
             poll,

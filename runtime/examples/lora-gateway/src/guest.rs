@@ -44,14 +44,28 @@ fn host_log(msg: &str) {
 fn load_counter() -> u64 {
     let mut buf = [0u8; 8];
     // SAFETY: key and buffer are valid for the given lengths during the call.
-    let n = unsafe { kv_get(BATCH_KEY.as_ptr(), BATCH_KEY.len() as i32, buf.as_mut_ptr(), 8) };
+    let n = unsafe {
+        kv_get(
+            BATCH_KEY.as_ptr(),
+            BATCH_KEY.len() as i32,
+            buf.as_mut_ptr(),
+            8,
+        )
+    };
     if n == 8 { u64::from_le_bytes(buf) } else { 0 }
 }
 
 fn store_counter(v: u64) {
     let bytes = v.to_le_bytes();
     // SAFETY: key and value are valid for the given lengths during the call.
-    unsafe { kv_put(BATCH_KEY.as_ptr(), BATCH_KEY.len() as i32, bytes.as_ptr(), 8) };
+    unsafe {
+        kv_put(
+            BATCH_KEY.as_ptr(),
+            BATCH_KEY.len() as i32,
+            bytes.as_ptr(),
+            8,
+        )
+    };
 }
 
 /// Called once per instance: restores the batch counter.
@@ -143,6 +157,10 @@ fn flush_pending(g: &mut Gateway) -> bool {
 pub extern "C" fn agora_health() -> i32 {
     GATEWAY.with(|g| {
         let g = g.borrow();
-        if g.total_rejected > g.total_accepted { 1 } else { 0 }
+        if g.total_rejected > g.total_accepted {
+            1
+        } else {
+            0
+        }
     })
 }

@@ -21,7 +21,14 @@ mod tests {
     use super::reading::{DecodeError, Reading};
 
     fn r(device: u32, seq: u32, temp: i16) -> Reading {
-        Reading { device, seq, temp_centi: temp, hum_centi: 5000, battery_mv: 3300, rssi: -90 }
+        Reading {
+            device,
+            seq,
+            temp_centi: temp,
+            hum_centi: 5000,
+            battery_mv: 3300,
+            rssi: -90,
+        }
     }
 
     #[test]

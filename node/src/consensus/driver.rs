@@ -1,0 +1,384 @@
+//! `ConsensusDriver`: runs malachite for one arbitrator, synchronously and deterministically.
+//!
+//! `handle(now, input)` checks and decodes what peers sent, feeds malachite through
+//! `process!`, answers the engine's effects (see `io`) and returns the [`Effect`]s the node
+//! must carry out, in order.
+
+mod io;
+mod sync;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use agora_market::{NodeId, Signer, Timestamp};
+use arc_malachitebft_core_consensus::{
+    self as mc, LocallyProposedValue, Params, State, ValuePayload,
+};
+use arc_malachitebft_core_types::{Round, VoteExtensionPolicy};
+use tracing::debug;
+
+use super::block::{Block, BlockId, Transaction};
+use super::certificate::DecidedBlock;
+use super::context::{Address, AgoraContext, Height, ValidatorSet};
+use super::effects::{ConsensusConfig, Effect, Input};
+use super::error::ConsensusError;
+use super::messages::{ConsensusMessage, SignedProposalMsg, SignedVoteMsg};
+use super::wal::WalEntry;
+use io::{Followup, Io, MAX_BLOCKS_PER_HEIGHT};
+
+/// Most valid proposals for the next height held until we get there.
+const MAX_FUTURE_PROPOSALS: usize = 16;
+
+/// One arbitrator's consensus state machine.
+pub struct ConsensusDriver {
+    state: State<AgoraContext>,
+    io: Io,
+    me: NodeId,
+    /// Verified proposals for `height + 1`, replayed when that height starts.
+    future_proposals: Vec<(NodeId, SignedProposalMsg)>,
+    last_sync_request: Option<(u64, Timestamp)>,
+}
+
+impl std::fmt::Debug for ConsensusDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsensusDriver")
+            .field("me", &self.me)
+            .field("height", &self.io.height)
+            .field("round", &self.state.round())
+            .finish()
+    }
+}
+
+impl ConsensusDriver {
+    /// A driver for `signer` in the genesis committee `validators`; call
+    /// [`Input::StartHeight`] next. A signer outside the committee follows without voting.
+    pub fn new(
+        signer: Arc<dyn Signer + Send + Sync>,
+        validators: ValidatorSet,
+        config: ConsensusConfig,
+    ) -> Self {
+        let me = signer.node_id();
+        let params = Params {
+            address: Address(me),
+            threshold_params: Default::default(),
+            value_payload: ValuePayload::ProposalOnly,
+            enabled: true,
+        };
+        let state = State::new(
+            AgoraContext,
+            Height(1),
+            validators.clone(),
+            params,
+            1_000,
+            500,
+        );
+        ConsensusDriver {
+            state,
+            io: Io {
+                signer,
+                validators,
+                config,
+                now: 0,
+                height: 0,
+                parent: BlockId::GENESIS_PARENT,
+                height_started_at: 0,
+                effects: Vec::new(),
+                followups: VecDeque::new(),
+                blocks: HashMap::new(),
+                history: BTreeMap::new(),
+                replaying: false,
+                sync_peer: None,
+            },
+            me,
+            future_proposals: Vec::new(),
+            last_sync_request: None,
+        }
+    }
+
+    /// This arbitrator's id.
+    pub fn node_id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The height being decided (0 before the first [`Input::StartHeight`]).
+    pub fn height(&self) -> u64 {
+        self.io.height
+    }
+
+    /// The current round (`None` before the height's first round started).
+    pub fn round(&self) -> Option<u32> {
+        self.state.round().as_u32()
+    }
+
+    /// The committee.
+    pub fn validators(&self) -> &ValidatorSet {
+        &self.io.validators
+    }
+
+    /// A decided block still held in memory.
+    pub fn decided(&self, height: u64) -> Option<&DecidedBlock> {
+        self.io.history.get(&height)
+    }
+
+    /// Processes one input and returns the effects to carry out, in order.
+    pub fn handle(&mut self, now: Timestamp, input: Input) -> Vec<Effect> {
+        self.io.now = now;
+        match input {
+            Input::StartHeight {
+                height,
+                parent,
+                wal,
+            } => self.start_height(height, parent, wal),
+            Input::Message { from, bytes } => match ConsensusMessage::decode(&bytes) {
+                Ok(msg) => self.on_message(from, msg),
+                Err(error) => self.reject(Some(from), error),
+            },
+            Input::TimeoutElapsed(id) => {
+                if id.height == self.io.height {
+                    self.process(mc::Input::TimeoutElapsed(id.to_engine()));
+                } else {
+                    debug!(?id, height = self.io.height, "stale timeout ignored");
+                }
+            }
+            Input::ProposeValue {
+                height,
+                round,
+                transactions,
+            } => self.on_propose_value(height, round, transactions),
+            Input::SyncRequest { from, height } => self.on_sync_request(from, height),
+            Input::SyncResponse { from, blocks } => self.on_sync_response(from, blocks),
+        }
+        self.drain_followups();
+        std::mem::take(&mut self.io.effects)
+    }
+
+    /// Feeds one input to malachite, answering its effects.
+    fn process(&mut self, input: mc::Input<AgoraContext>) {
+        let io = &mut self.io;
+        let state = &mut self.state;
+        let result: Result<(), mc::Error<AgoraContext>> = mc::process!(
+            input: input,
+            state: state,
+            metrics: &(),
+            with: effect => io.on_effect(effect)
+        );
+        if let Err(e) = result {
+            let height = io.height;
+            io.effects.push(Effect::Rejected {
+                from: None,
+                error: ConsensusError::Engine {
+                    height,
+                    message: e.to_string(),
+                },
+            });
+        }
+    }
+
+    fn drain_followups(&mut self) {
+        while let Some(next) = self.io.followups.pop_front() {
+            match next {
+                Followup::Engine(input) => self.process(*input),
+                Followup::StartHeight { height, parent } => {
+                    self.start_height(height, parent, Vec::new())
+                }
+            }
+        }
+    }
+
+    fn reject(&mut self, from: Option<NodeId>, error: ConsensusError) {
+        debug!(?from, %error, "consensus input rejected");
+        self.io.effects.push(Effect::Rejected { from, error });
+    }
+
+    fn start_height(&mut self, height: u64, parent: BlockId, wal: Vec<WalEntry>) {
+        self.io.height = height;
+        self.io.parent = parent;
+        self.io.height_started_at = self.io.now;
+        self.io.blocks.clear();
+        let is_restart = !wal.is_empty();
+        let mut replay = Vec::with_capacity(wal.len());
+        for entry in &wal {
+            if let Some(block) = entry.block() {
+                self.io.blocks.insert(block.id(), block.clone());
+            }
+            replay.extend(entry.to_engine());
+        }
+        if is_restart {
+            self.state.index_wal_entries(replay.iter());
+            self.io.replaying = true;
+        }
+        self.process(mc::Input::StartHeight(
+            Height(height),
+            self.io.validators.clone(),
+            is_restart,
+            None,
+            VoteExtensionPolicy::Disabled,
+        ));
+        for input in replay {
+            self.process(input);
+        }
+        if is_restart {
+            self.state.reset_entries_index();
+            self.io.replaying = false;
+        }
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.future_proposals)
+            .into_iter()
+            .filter(|(_, p)| p.proposal.block().height >= height)
+            .partition(|(_, p)| p.proposal.block().height == height);
+        self.future_proposals = later;
+        for (from, proposal) in ready {
+            self.on_proposal(from, proposal);
+        }
+    }
+
+    fn on_message(&mut self, from: NodeId, msg: ConsensusMessage) {
+        match msg {
+            ConsensusMessage::Proposal(p) => self.on_proposal(from, p),
+            ConsensusMessage::Vote(v) => self.on_vote(from, v),
+            ConsensusMessage::PolkaCertificate(cert) => {
+                let (height, count) = (cert.height, cert.signatures.len());
+                if self.admit_certificate(from, height, count) {
+                    match cert.verify(&self.io.validators) {
+                        Ok(()) => self.process(mc::Input::PolkaCertificate(cert.to_malachite())),
+                        Err(error) => self.reject(Some(from), error),
+                    }
+                }
+            }
+            ConsensusMessage::RoundCertificate(cert) => {
+                let (height, count) = (cert.height, cert.signatures.len());
+                if self.admit_certificate(from, height, count) {
+                    match cert.verify(&self.io.validators) {
+                        Ok(()) => self.process(mc::Input::RoundCertificate(cert.to_malachite())),
+                        Err(error) => self.reject(Some(from), error),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a certificate is worth verifying: current height and at most n signatures.
+    fn admit_certificate(&mut self, from: NodeId, height: u64, count: usize) -> bool {
+        let max = self.io.validators.len();
+        if count > max {
+            let what = "certificate signatures";
+            let error = ConsensusError::TooMany {
+                from: Some(from),
+                what,
+                got: count,
+                max,
+            };
+            self.reject(Some(from), error);
+            return false;
+        }
+        if height > self.io.height {
+            self.note_peer_height(height);
+        }
+        height == self.io.height
+    }
+
+    /// Asks peers for decided blocks when a valid message shows we are behind.
+    fn note_peer_height(&mut self, msg_height: u64) {
+        let current = self.io.height;
+        if msg_height <= current || current == 0 {
+            return;
+        }
+        let retry = self.io.config.sync_retry_ms;
+        let stuck = self.io.now.saturating_sub(self.io.height_started_at) >= retry;
+        if msg_height == current + 1 && !stuck {
+            return; // a peer just decided before us: the normal race, not a lag
+        }
+        let recently = self
+            .last_sync_request
+            .is_some_and(|(h, at)| h == current && self.io.now.saturating_sub(at) < retry);
+        if !recently {
+            self.last_sync_request = Some((current, self.io.now));
+            self.io
+                .effects
+                .push(Effect::SyncRequest { height: current });
+        }
+    }
+
+    fn on_vote(&mut self, from: NodeId, vote: SignedVoteMsg) {
+        if let Err(error) = vote.verify(&self.io.validators) {
+            return self.reject(Some(from), error);
+        }
+        let height = mc_height(&vote);
+        self.note_peer_height(height);
+        if height < self.io.height || height > self.io.height + 1 {
+            return; // stale, or far ahead: sync will carry us there
+        }
+        self.process(mc::Input::Vote(vote.to_malachite()));
+    }
+
+    fn on_proposal(&mut self, from: NodeId, proposal: SignedProposalMsg) {
+        if let Err(error) = proposal.verify(&self.io.validators) {
+            return self.reject(Some(from), error);
+        }
+        let block = proposal.proposal.block();
+        let height = block.height;
+        self.note_peer_height(height);
+        if height < self.io.height || height > self.io.height + 1 {
+            return;
+        }
+        if height == self.io.height + 1 || self.io.height == 0 {
+            // Keep the first proposal per (height, round): an equivocating proposer cannot
+            // crowd out the other rounds' proposers.
+            let round = proposal.proposal.round_number();
+            let seen = self.future_proposals.iter().any(|(_, p)| {
+                p.proposal.block().height == height && p.proposal.round_number() == round
+            });
+            if !seen && self.future_proposals.len() < MAX_FUTURE_PROPOSALS {
+                self.future_proposals.push((from, proposal));
+            }
+            return;
+        }
+        if block.parent != self.io.parent {
+            let error = ConsensusError::BlockMismatch {
+                height,
+                block: block.id(),
+                reason: "parent is not the block decided at the previous height",
+            };
+            return self.reject(Some(from), error);
+        }
+        let id = block.id();
+        if !self.io.blocks.contains_key(&id) {
+            if self.io.blocks.len() >= MAX_BLOCKS_PER_HEIGHT {
+                let error = ConsensusError::TooMany {
+                    from: Some(from),
+                    what: "candidate blocks at this height",
+                    got: self.io.blocks.len() + 1,
+                    max: MAX_BLOCKS_PER_HEIGHT,
+                };
+                return self.reject(Some(from), error);
+            }
+            self.io.blocks.insert(id, block.clone());
+        }
+        self.process(mc::Input::Proposal(proposal.to_malachite()));
+    }
+
+    fn on_propose_value(&mut self, height: u64, round: u32, transactions: Vec<Transaction>) {
+        if height != self.io.height {
+            debug!(
+                height,
+                current = self.io.height,
+                "late mempool answer ignored"
+            );
+            return;
+        }
+        let block = Block {
+            height,
+            parent: self.io.parent,
+            proposer: self.me,
+            timestamp: self.io.now,
+            transactions,
+        };
+        self.io.blocks.insert(block.id(), block.clone());
+        let value = LocallyProposedValue::new(Height(height), Round::new(round), block);
+        self.process(mc::Input::Propose(value));
+    }
+}
+
+fn mc_height(vote: &SignedVoteMsg) -> u64 {
+    use arc_malachitebft_core_types::Vote as _;
+    vote.vote.height().0
+}

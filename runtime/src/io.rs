@@ -44,12 +44,15 @@ pub trait KvStore: Send + Sync {
     fn put(&self, namespace: &str, key: &[u8], value: &[u8]) -> bool;
 }
 
+/// (namespace, key) → value.
+type KvMap = BTreeMap<(String, Vec<u8>), Vec<u8>>;
+
 /// In-memory [`KvStore`] bounded in entries per namespace; not persistent (a restart of the
 /// node loses it) — a sled-backed store belongs in `node`.
 #[derive(Debug)]
 pub struct MemoryKv {
     max_entries: usize,
-    inner: Mutex<BTreeMap<(String, Vec<u8>), Vec<u8>>>,
+    inner: Mutex<KvMap>,
 }
 
 impl MemoryKv {

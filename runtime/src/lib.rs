@@ -31,8 +31,17 @@
 //!   - `now_ms() -> i64`: wall-clock milliseconds since the Unix epoch.
 //! - WASI preview 1 is linked with nothing granted: no preopened directories, no sockets, no
 //!   environment and no arguments unless the [`ServiceSpec`] lists them. stdout and stderr go to a
-//!   bounded log buffer; writing more than `max_output_bytes` in total stops the service with
+//!   bounded log buffer; an instance writing more than `max_output_bytes` in total stops with
 //!   `StopReason::OutputLimit`.
+//!
+//! # Known limits (not done yet)
+//! - CPU is budgeted in fuel (≈ wasm instructions), not millicores; time a guest spends blocked
+//!   inside a host call (e.g. WASI `poll_oneoff` with a clock timeout) costs no fuel and a stop
+//!   request waits for that call to return.
+//! - [`MemoryKv`] is in-memory only; a persistent store (e.g. sled in `node`) implements
+//!   [`KvStore`].
+//! - Containers ([`CliExecutor`]) get the limits of [`ContainerSpec`] but no manager, metering
+//!   or restart policy yet.
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

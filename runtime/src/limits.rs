@@ -15,7 +15,7 @@ pub struct ServiceLimits {
     pub wall_clock_ms: Option<u64>,
     /// How many instances of the same module may be active at once on this host.
     pub max_instances: u32,
-    /// Total bytes the guest may write to stdout and stderr over its life.
+    /// Total bytes one instance may write to stdout and stderr (a restart gets a fresh allowance).
     pub max_output_bytes: u64,
 }
 

@@ -175,3 +175,37 @@ fn modules_without_the_guest_abi_are_rejected() {
         .unwrap_err();
     assert!(matches!(err, RuntimeError::Compile { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn exhausted_instance_pool_is_a_start_failure_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(dir.path().join("artifacts"), [1; 32]);
+    config.max_instances = 1;
+    let host = Host::new(config).unwrap();
+    let kv = std::sync::Arc::new(agora_runtime::MemoryKv::default());
+    let (manager, _outbox) = agora_runtime::ServiceManager::new(host.clone(), kv, 8);
+    let first = test_utils::compile(&host, ECHO);
+    let second = test_utils::compile(&host, KV_COUNTER);
+    manager
+        .stage(ServiceSpec::new("one", first, tight()))
+        .unwrap();
+    manager
+        .stage(ServiceSpec::new("two", second, tight()))
+        .unwrap();
+    manager.start(&"one".into()).unwrap();
+    // Let "one" take the only pool slot before "two" asks for it.
+    tokio::time::timeout(WAIT, async {
+        while manager.metering(&"one".into()).unwrap().polls == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    manager.start(&"two".into()).unwrap();
+    let reason = tokio::time::timeout(WAIT, manager.wait_stopped(&"two".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(reason, StopReason::StartFailed(_)), "{reason:?}");
+    assert_eq!(manager.state(&"one".into()).unwrap(), ServiceState::Active);
+}

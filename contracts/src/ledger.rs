@@ -287,6 +287,11 @@ impl Ledger {
         .sign(signer)
     }
 
+    /// Time of the last applied block (ms); the next block must not be earlier.
+    pub fn last_block_time(&self) -> Timestamp {
+        self.last_block_time
+    }
+
     /// A contract record, if registered.
     pub fn contract(&self, id: &ContractId) -> Option<&ContractRecord> {
         self.contracts.get(id)

@@ -115,10 +115,7 @@ impl DevnetBuilder {
             });
         }
         let ids: Vec<_> = slots.iter().map(|s| (s.name.clone(), s.node_id)).collect();
-        save_genesis(
-            &genesis_path,
-            &devnet_genesis(&ids, agora_node::now_ms()),
-        )?;
+        save_genesis(&genesis_path, &devnet_genesis(&ids, agora_node::now_ms()))?;
         let mut net = Devnet { _dir: dir, slots };
         for i in 0..net.slots.len() {
             if i > 0 {

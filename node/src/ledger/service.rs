@@ -11,9 +11,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use super::TX_TOPIC;
+use super::chain::{CONSENSUS_TOPIC, ChainParams, ChainTimers, SyncMsg};
 use super::mempool::{Mempool, MempoolError};
 use super::store::{LedgerStore, StoreError};
 use crate::codec::Kind;
+use crate::consensus::{ConsensusDriver, DecidedBlock, Input, ValidatorSet};
 use crate::network::{NetworkEvent, NetworkHandle};
 use crate::now_ms;
 
@@ -58,6 +60,8 @@ pub struct LedgerView {
     pub mempool: usize,
     /// This node.
     pub me: NodeId,
+    /// Arbitrators caught equivocating (evidence for slashing).
+    pub evidence: Vec<NodeId>,
 }
 
 type QueryJob = Box<dyn FnOnce(&LedgerView) + Send>;
@@ -150,13 +154,18 @@ impl LedgerHandle {
     }
 }
 
-struct LedgerTask {
-    view: LedgerView,
-    mempool: Mempool,
-    store: LedgerStore,
-    signer: KeySigner,
-    network: NetworkHandle,
-    outcomes: broadcast::Sender<Arc<AppliedBlock>>,
+pub(super) struct LedgerTask {
+    pub(super) view: LedgerView,
+    pub(super) mempool: Mempool,
+    pub(super) store: LedgerStore,
+    pub(super) signer: KeySigner,
+    pub(super) network: NetworkHandle,
+    pub(super) outcomes: broadcast::Sender<Arc<AppliedBlock>>,
+    pub(super) driver: ConsensusDriver,
+    pub(super) timers: ChainTimers,
+    pub(super) params: ChainParams,
+    pub(super) seq: u64,
+    pub(super) sync_replies: mpsc::Sender<(NodeId, Vec<DecidedBlock>)>,
 }
 
 /// Opens the store, restores the ledger (snapshot, else genesis) and starts the task.
@@ -186,9 +195,20 @@ pub async fn spawn(
             genesis.chain_id
         )));
     }
-    if let Err(e) = network.subscribe(TX_TOPIC).await {
-        warn!(error = %e, "cannot subscribe to transactions");
+    for topic in [TX_TOPIC, CONSENSUS_TOPIC] {
+        if let Err(e) = network.subscribe(topic).await {
+            warn!(%topic, error = %e, "cannot subscribe");
+        }
     }
+    let validators = ValidatorSet::new(genesis.committee.iter().copied())
+        .map_err(|e| LedgerServiceError::Ledger(format!("genesis committee: {e}")))?;
+    let params = ChainParams::default();
+    let driver = ConsensusDriver::new(
+        Arc::new(signer.clone()),
+        validators,
+        params.consensus.clone(),
+    );
+    let (sync_tx, sync_rx) = mpsc::channel(16);
     let (tx, rx) = mpsc::channel(256);
     let (outcomes, _) = broadcast::channel(256);
     let task = LedgerTask {
@@ -197,14 +217,20 @@ pub async fn spawn(
             last_block_at: None,
             mempool: 0,
             me: signer.node_id(),
+            evidence: Vec::new(),
         },
         mempool: Mempool::default(),
         store,
         signer,
         network,
         outcomes: outcomes.clone(),
+        driver,
+        timers: ChainTimers::default(),
+        params,
+        seq: 0,
+        sync_replies: sync_tx,
     };
-    let join = tokio::spawn(task.run(rx, events, cancel).in_current_span());
+    let join = tokio::spawn(task.run(rx, sync_rx, events, cancel).in_current_span());
     Ok((LedgerHandle { tx, outcomes }, join))
 }
 
@@ -212,13 +238,29 @@ impl LedgerTask {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
+        mut sync_replies: mpsc::Receiver<(NodeId, Vec<DecidedBlock>)>,
         mut events: broadcast::Receiver<NetworkEvent>,
         cancel: CancellationToken,
     ) {
+        self.start_chain().await;
         loop {
+            let due = self.timers.next_due();
+            let sleep = async move {
+                match due {
+                    Some(at) => {
+                        let wait = at.saturating_sub(now_ms());
+                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                _ = sleep => self.on_chain_timer().await,
+                Some((from, blocks)) = sync_replies.recv() => {
+                    self.feed(Input::SyncResponse { from, blocks }).await;
+                }
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
                     None => break,
@@ -227,12 +269,22 @@ impl LedgerTask {
                     Ok(NetworkEvent::Gossip { envelope, .. }) if envelope.kind == Kind::Transaction => {
                         match serde_cbor::from_slice::<SignedTransaction>(&envelope.payload) {
                             Ok(tx) => {
-                                if let Err(e) = self.mempool.admit(&self.view.ledger, tx) {
-                                    debug!(error = %e, "gossiped transaction not admitted");
+                                match self.mempool.admit(&self.view.ledger, tx) {
+                                    Ok(_) => self.on_new_transaction(),
+                                    Err(e) => debug!(error = %e, "gossiped transaction not admitted"),
                                 }
                                 self.view.mempool = self.mempool.len();
                             }
                             Err(e) => debug!(error = %e, "malformed transaction"),
+                        }
+                    }
+                    Ok(NetworkEvent::Gossip { envelope, .. }) if envelope.kind == Kind::Consensus => {
+                        self.on_consensus_gossip(envelope.sender, envelope.payload.clone()).await;
+                    }
+                    Ok(NetworkEvent::Request { id, envelope, .. }) if envelope.kind == Kind::Consensus => {
+                        match envelope.body::<SyncMsg>(Kind::Consensus) {
+                            Ok(msg) => self.on_sync_request(envelope.sender, id, msg).await,
+                            Err(e) => debug!(error = %e, "malformed sync request"),
                         }
                     }
                     Ok(_) => {}
@@ -281,6 +333,7 @@ impl LedgerTask {
         }
         self.mempool.admit(&self.view.ledger, tx.clone())?;
         self.view.mempool = self.mempool.len();
+        self.on_new_transaction();
         match serde_cbor::to_vec(&tx) {
             Ok(bytes) => {
                 if let Err(e) = self
@@ -296,7 +349,7 @@ impl LedgerTask {
         Ok(tx)
     }
 
-    fn apply(
+    pub(super) fn apply(
         &mut self,
         height: u64,
         time: u64,

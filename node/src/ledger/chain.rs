@@ -1,0 +1,372 @@
+//! Consensus wiring of the ledger task: the Malachite driver's effects carried out over the
+//! swarm (gossip for proposals and votes, request-response for sync), its timers, its
+//! write-ahead log in sled, and decided blocks applied to the ledger.
+//!
+//! Every node runs a driver; committee members vote, the others follow and apply the same
+//! decided blocks.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use agora_contracts::SignedTransaction;
+use agora_market::NodeId;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::codec::{Envelope, Kind};
+use crate::consensus::{
+    BlockId, ConsensusConfig, ConsensusTimeouts, DecidedBlock, Effect, Input, TimeoutId, WalEntry,
+};
+use crate::keys::peer_id_of;
+use crate::now_ms;
+
+use super::service::LedgerTask;
+
+/// Gossip topic of proposals, votes and certificates.
+pub const CONSENSUS_TOPIC: &str = "agora/consensus/1";
+
+/// Request-response body of block sync (in `Kind::Consensus` envelopes).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SyncMsg {
+    /// Send decided blocks from `height` on.
+    Request {
+        /// First missing height.
+        height: u64,
+    },
+    /// Decided blocks with their certificates.
+    Response {
+        /// Blocks, ascending.
+        blocks: Vec<DecidedBlock>,
+    },
+    /// Nothing to say (answers gossip-only requests).
+    Ack,
+}
+
+/// Block production pacing.
+#[derive(Clone, Debug)]
+pub struct ChainParams {
+    /// Most transactions per block.
+    pub max_block_txs: usize,
+    /// With an empty mempool, a proposer waits this long after the last block before proposing
+    /// an empty one (keeps the chain moving without spinning).
+    pub empty_block_interval_ms: u64,
+    /// Driver configuration (timeouts).
+    pub consensus: ConsensusConfig,
+}
+
+impl Default for ChainParams {
+    fn default() -> Self {
+        ChainParams {
+            max_block_txs: 2_000,
+            empty_block_interval_ms: 1_000,
+            consensus: ConsensusConfig {
+                timeouts: ConsensusTimeouts {
+                    propose: Duration::from_millis(1_500),
+                    prevote: Duration::from_millis(500),
+                    precommit: Duration::from_millis(500),
+                    rebroadcast: Duration::from_millis(3_000),
+                    delta: Duration::from_millis(250),
+                    max: Duration::from_secs(30),
+                },
+                ..ConsensusConfig::default()
+            },
+        }
+    }
+}
+
+/// Timers and pending work of the driver.
+#[derive(Debug, Default)]
+pub struct ChainTimers {
+    /// Driver timeouts and when they fire (ms).
+    pub timeouts: BTreeMap<TimeoutId, u64>,
+    /// A value the driver asked for: (height, round, answer at ms, answer by ms).
+    pub pending_value: Option<(u64, u32, u64, u64)>,
+    /// Inbound sync requests waiting for the driver's answer, by asking node.
+    pub sync_requests: HashMap<NodeId, u64>,
+    /// When the last block was decided (ms, local clock).
+    pub last_decided_at: u64,
+    /// Round-robin index for choosing whom to ask for sync.
+    pub sync_rr: usize,
+}
+
+impl ChainTimers {
+    /// The earliest time something is due.
+    pub fn next_due(&self) -> Option<u64> {
+        let t = self.timeouts.values().min().copied();
+        let v = self.pending_value.map(|(_, _, at, _)| at);
+        match (t, v) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl LedgerTask {
+    /// Starts consensus at the height after the ledger's, replaying that height's WAL.
+    pub(super) async fn start_chain(&mut self) {
+        let height = self.view.ledger.height() + 1;
+        let parent = match self.store.blocks_from(self.view.ledger.height(), 1) {
+            Ok(blocks) => blocks
+                .first()
+                .filter(|(h, _)| *h == height - 1)
+                .and_then(|(_, raw)| serde_cbor::from_slice::<DecidedBlock>(raw).ok())
+                .map(|d| d.block.id())
+                .unwrap_or(BlockId::GENESIS_PARENT),
+            Err(_) => BlockId::GENESIS_PARENT,
+        };
+        let wal = self
+            .store
+            .wal_entries(height)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|b| WalEntry::decode(b).ok())
+            .collect();
+        self.timers.last_decided_at = now_ms();
+        self.feed(Input::StartHeight {
+            height,
+            parent,
+            wal,
+        })
+        .await;
+    }
+
+    /// Feeds one input and everything it leads to.
+    pub(super) async fn feed(&mut self, input: Input) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let effects = self.driver.handle(now_ms(), input);
+            for effect in effects {
+                if let Some(next) = self.execute(effect).await {
+                    queue.push_back(next);
+                }
+            }
+        }
+    }
+
+    /// Fires due timers and answers a pending value request when it is time.
+    pub(super) async fn on_chain_timer(&mut self) {
+        let now = now_ms();
+        let due: Vec<TimeoutId> = self
+            .timers
+            .timeouts
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.timers.timeouts.remove(&id);
+            self.feed(Input::TimeoutElapsed(id)).await;
+        }
+        if let Some((height, round, at, _)) = self.timers.pending_value
+            && at <= now
+        {
+            self.timers.pending_value = None;
+            self.propose_now(height, round).await;
+        }
+    }
+
+    /// A transaction arrived: a waiting proposer need not wait for the empty-block interval.
+    pub(super) fn on_new_transaction(&mut self) {
+        if let Some((h, r, _, by)) = self.timers.pending_value {
+            self.timers.pending_value = Some((h, r, now_ms(), by));
+        }
+    }
+
+    async fn propose_now(&mut self, height: u64, round: u32) {
+        let txs = self
+            .mempool
+            .proposal(&self.view.ledger, self.params.max_block_txs);
+        let transactions = txs
+            .iter()
+            .filter_map(|t| serde_cbor::to_vec(t).ok())
+            .collect();
+        self.feed(Input::ProposeValue {
+            height,
+            round,
+            transactions,
+        })
+        .await;
+    }
+
+    /// Consensus traffic from the network.
+    pub(super) async fn on_consensus_gossip(&mut self, from: NodeId, bytes: Vec<u8>) {
+        self.feed(Input::Message { from, bytes }).await;
+    }
+
+    /// A sync request or response from a peer (`id` is the inbound request to answer).
+    pub(super) async fn on_sync_request(&mut self, from: NodeId, id: u64, msg: SyncMsg) {
+        match msg {
+            SyncMsg::Request { height } => {
+                self.timers.sync_requests.insert(from, id);
+                self.feed(Input::SyncRequest { from, height }).await;
+                // The driver answers through `SendSyncResponse`; if it had nothing, ack.
+                if let Some(id) = self.timers.sync_requests.remove(&from) {
+                    self.respond(id, &SyncMsg::Response { blocks: Vec::new() })
+                        .await;
+                }
+            }
+            SyncMsg::Response { .. } | SyncMsg::Ack => self.respond(id, &SyncMsg::Ack).await,
+        }
+    }
+
+    async fn respond(&mut self, id: u64, msg: &SyncMsg) {
+        let Ok(body) = serde_cbor::to_vec(msg) else {
+            return;
+        };
+        self.seq += 1;
+        let env = Envelope::seal(&self.signer, Kind::Consensus, now_ms(), self.seq, body);
+        let _ = self.network.respond(id, &env).await;
+    }
+
+    async fn execute(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::PersistWal(entry) => {
+                if let Err(e) = self.store.wal_append(entry.height(), &entry.encode()) {
+                    warn!(error = %e, "cannot persist consensus WAL entry");
+                }
+                None
+            }
+            Effect::Broadcast(msg) => {
+                if let Err(e) = self
+                    .network
+                    .broadcast(CONSENSUS_TOPIC, Kind::Consensus, msg.encode())
+                    .await
+                {
+                    debug!(error = %e, "consensus message not gossiped");
+                }
+                None
+            }
+            Effect::ScheduleTimeout { timeout, after } => {
+                let at = now_ms() + u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);
+                self.timers.timeouts.insert(timeout, at);
+                None
+            }
+            Effect::CancelTimeout(id) => {
+                self.timers.timeouts.remove(&id);
+                None
+            }
+            Effect::CancelAllTimeouts => {
+                self.timers.timeouts.clear();
+                None
+            }
+            Effect::RequestValue {
+                height,
+                round,
+                within,
+            } => {
+                let now = now_ms();
+                let within = u64::try_from(within.as_millis()).unwrap_or(0);
+                let by = now + within.saturating_sub(within / 4);
+                let at = if self.mempool.is_empty() {
+                    (self.timers.last_decided_at + self.params.empty_block_interval_ms).min(by)
+                } else {
+                    now
+                };
+                if at <= now {
+                    let txs = self
+                        .mempool
+                        .proposal(&self.view.ledger, self.params.max_block_txs);
+                    let transactions = txs
+                        .iter()
+                        .filter_map(|t| serde_cbor::to_vec(t).ok())
+                        .collect();
+                    return Some(Input::ProposeValue {
+                        height,
+                        round,
+                        transactions,
+                    });
+                }
+                self.timers.pending_value = Some((height, round, at, by));
+                None
+            }
+            Effect::Decided {
+                height,
+                block,
+                certificate,
+            } => {
+                self.timers.pending_value = None;
+                self.timers.last_decided_at = now_ms();
+                let txs: Vec<SignedTransaction> = block
+                    .transactions
+                    .iter()
+                    .filter_map(|b| serde_cbor::from_slice(b).ok())
+                    .collect();
+                let time = block.timestamp.max(self.view.ledger.last_block_time());
+                let decided = DecidedBlock { block, certificate };
+                let raw = serde_cbor::to_vec(&decided).unwrap_or_default();
+                match self.apply(height, time, &raw, &txs) {
+                    Ok(outcome) => {
+                        info!(
+                            height,
+                            txs = txs.len(),
+                            rejected = outcome.rejected.len(),
+                            "block applied"
+                        );
+                    }
+                    Err(e) => warn!(height, error = %e, "decided block could not be applied"),
+                }
+                if let Err(e) = self.store.wal_clear_through(height) {
+                    warn!(error = %e, "cannot clear consensus WAL");
+                }
+                None
+            }
+            Effect::SyncRequest { height } => {
+                self.ask_for_blocks(height);
+                None
+            }
+            Effect::SendSyncResponse { to, blocks } => {
+                if let Some(id) = self.timers.sync_requests.remove(&to) {
+                    self.respond(id, &SyncMsg::Response { blocks }).await;
+                }
+                None
+            }
+            Effect::Evidence(m) => {
+                warn!(validator = %m.validator().short(), "arbitrator equivocated; evidence recorded");
+                self.view.evidence.push(m.validator());
+                None
+            }
+            Effect::Rejected { from, error } => {
+                debug!(from = ?from.map(|f| f.short()), %error, "consensus input rejected");
+                None
+            }
+        }
+    }
+
+    fn ask_for_blocks(&mut self, height: u64) {
+        let committee: Vec<NodeId> = self
+            .view
+            .ledger
+            .committee()
+            .iter()
+            .copied()
+            .filter(|c| *c != self.view.me)
+            .collect();
+        if committee.is_empty() {
+            return;
+        }
+        self.timers.sync_rr = (self.timers.sync_rr + 1) % committee.len();
+        let target = committee[self.timers.sync_rr];
+        let Some(peer) = peer_id_of(&target) else {
+            return;
+        };
+        let Ok(body) = serde_cbor::to_vec(&SyncMsg::Request { height }) else {
+            return;
+        };
+        self.seq += 1;
+        let env = Envelope::seal(&self.signer, Kind::Consensus, now_ms(), self.seq, body);
+        let network = self.network.clone();
+        let replies = self.sync_replies.clone();
+        tokio::spawn(async move {
+            match network.request(peer, &env).await {
+                Ok(resp) => {
+                    if let Ok(SyncMsg::Response { blocks }) = resp.body::<SyncMsg>(Kind::Consensus)
+                        && !blocks.is_empty()
+                    {
+                        let _ = replies.send((resp.sender, blocks)).await;
+                    }
+                }
+                Err(e) => debug!(error = %e, "sync request failed"),
+            }
+        });
+    }
+}

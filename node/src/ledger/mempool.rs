@@ -46,7 +46,7 @@ pub enum MempoolError {
 }
 
 /// How far a sender's nonces may run ahead of the ledger.
-pub const MAX_AHEAD: u64 = 64;
+pub const MAX_AHEAD: u64 = 1_000;
 
 /// The mempool.
 #[derive(Debug, Default)]

@@ -1,0 +1,105 @@
+//! Arbitrator consensus benchmark (prints a table; run with
+//! `cargo bench -p agora-tests --bench ledger`): on in-process devnets of 4 and 7 arbitrators
+//! over loopback TCP,
+//! - finality latency: a transaction submitted on one node until every replica applied it;
+//! - throughput: bursts of faucet transactions from every node until all replicas applied them.
+//!
+//! `AGORA_BENCH_SIZES` (default `4,7`), `AGORA_BENCH_TXS` (latency samples, default 50),
+//! `AGORA_BENCH_BURST` (transactions per node per burst, default 500).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use agora_contracts::TxKind;
+use agora_devnet::Devnet;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn nonce_everywhere(net: &Devnet, of: usize) -> u64 {
+    let who = net.node_id(of);
+    let mut min = u64::MAX;
+    for i in 0..net.len() {
+        let l = net.node(i).unwrap().ledger.clone().unwrap();
+        let n = l.query(move |v| v.ledger.next_nonce(&who)).await.unwrap();
+        min = min.min(n);
+    }
+    min
+}
+
+async fn run(n: usize, samples: usize, burst: u64) -> (Vec<f64>, f64) {
+    let net = Devnet::builder().nodes(n).spawn().await.expect("devnet");
+    net.wait_connected(n - 1, Duration::from_secs(60))
+        .await
+        .expect("connected");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut latencies = Vec::new();
+    for s in 0..samples {
+        let i = s % n;
+        let l = net.node(i).unwrap().ledger.clone().unwrap();
+        let start = Instant::now();
+        let tx = l.submit(TxKind::Faucet { amount: 1 }).await.unwrap();
+        let deadline = start + Duration::from_secs(10);
+        while nonce_everywhere(&net, i).await <= tx.tx.nonce && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    // Throughput: every node submits `burst` transactions at once.
+    let mut targets = Vec::new();
+    let start = Instant::now();
+    for i in 0..n {
+        let l = net.node(i).unwrap().ledger.clone().unwrap();
+        let mut last = 0;
+        for _ in 0..burst {
+            last = l
+                .submit(TxKind::Faucet { amount: 1 })
+                .await
+                .unwrap()
+                .tx
+                .nonce;
+        }
+        targets.push(last);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (i, last) in targets.iter().enumerate() {
+        while nonce_everywhere(&net, i).await <= *last && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let tps = (burst * n as u64) as f64 / start.elapsed().as_secs_f64();
+    net.shutdown().await;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    (latencies, tps)
+}
+
+fn main() {
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let sizes: Vec<usize> = env("AGORA_BENCH_SIZES", "4,7")
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let samples: usize = env("AGORA_BENCH_TXS", "50").parse().unwrap_or(50);
+    let burst: u64 = env("AGORA_BENCH_BURST", "500").parse().unwrap_or(500);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    println!("finality (submit -> applied on every replica) and throughput, loopback TCP");
+    println!(
+        "{:>12} {:>10} {:>10} {:>10}",
+        "arbitrators", "p50 ms", "p99 ms", "tx/s"
+    );
+    for n in sizes {
+        let (lat, tps) = rt.block_on(run(n, samples, burst));
+        println!(
+            "{n:>12} {:>10.1} {:>10.1} {tps:>10.0}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
+}

@@ -25,6 +25,8 @@ pub enum Kind {
     Consensus,
     /// Ledger transactions submitted to the arbitrators.
     Transaction,
+    /// Contract signing between the two parties of a deal.
+    Deal,
     /// Free-form application payload (diagnostics and tests).
     Raw,
 }
@@ -37,6 +39,7 @@ impl Kind {
             Kind::Market => Domain("agora/v1/envelope/market"),
             Kind::Consensus => Domain("agora/v1/envelope/consensus"),
             Kind::Transaction => Domain("agora/v1/envelope/transaction"),
+            Kind::Deal => Domain("agora/v1/envelope/deal"),
             Kind::Raw => Domain("agora/v1/envelope/raw"),
         }
     }

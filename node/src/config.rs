@@ -26,6 +26,8 @@ pub struct NodeConfig {
     pub api: ApiSection,
     /// Market: regions served, decision unit, capacity.
     pub market: MarketSection,
+    /// How agreed deals become contracts (stakes, QoS, handover delay).
+    pub deals: crate::deals::DealConfig,
 }
 
 /// `[market]`

@@ -183,6 +183,14 @@ async fn start_with_key(
             .await
             .map_err(|e| DaemonError::Genesis(e.to_string()))?;
             tasks.push(task);
+            tasks.push(crate::deals::spawn(
+                key.signer().clone(),
+                config.deals.clone(),
+                &market,
+                network.clone(),
+                handle.clone(),
+                cancel.clone(),
+            ));
             Some(handle)
         }
         None => None,

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod consensus;
 pub mod daemon;
+pub mod deals;
 pub mod devnet_files;
 pub mod keys;
 pub mod ledger;

@@ -62,6 +62,7 @@ enum MarketCommand {
 pub struct MarketHandle {
     tx: mpsc::Sender<MarketCommand>,
     log: Arc<Mutex<EventLog>>,
+    agreed: tokio::sync::broadcast::Sender<agora_market::AgreedTerms>,
 }
 
 impl std::fmt::Debug for MarketHandle {
@@ -105,6 +106,11 @@ impl MarketHandle {
         rx.await.map_err(|_| MarketServiceError::Stopped)
     }
 
+    /// Deals as they are agreed (the deal service turns them into contracts).
+    pub fn agreed(&self) -> tokio::sync::broadcast::Receiver<agora_market::AgreedTerms> {
+        self.agreed.subscribe()
+    }
+
     /// Events with `seq > after`.
     pub fn events_after(&self, after: Option<u64>) -> Vec<MarketEventRecord> {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
@@ -124,6 +130,7 @@ struct MarketTask {
     timers: BTreeSet<u64>,
     log: Arc<Mutex<EventLog>>,
     feedback: mpsc::Sender<(NodeId, MarketMessage)>,
+    agreed: tokio::sync::broadcast::Sender<agora_market::AgreedTerms>,
     seq: u64,
     regions: Vec<String>,
     /// Peers asked for region snapshots (late join); a few are enough.
@@ -146,6 +153,7 @@ pub async fn spawn(
     let (tx, rx) = mpsc::channel(256);
     let (fb_tx, fb_rx) = mpsc::channel(256);
     let log = Arc::new(Mutex::new(EventLog::default()));
+    let (agreed, _) = tokio::sync::broadcast::channel(64);
     let mut task = MarketTask {
         state: MarketState::new(signer.clone(), config),
         signer,
@@ -154,6 +162,7 @@ pub async fn spawn(
         timers: BTreeSet::new(),
         log: log.clone(),
         feedback: fb_tx,
+        agreed: agreed.clone(),
         seq: 0,
         regions: regions.clone(),
         snapshot_peers: BTreeSet::new(),
@@ -170,7 +179,7 @@ pub async fn spawn(
         }
     }
     let handle = tokio::spawn(task.run(rx, fb_rx, events, cancel).in_current_span());
-    (MarketHandle { tx, log }, handle)
+    (MarketHandle { tx, log, agreed }, handle)
 }
 
 impl MarketTask {
@@ -298,6 +307,10 @@ impl MarketTask {
                 Effect::Send { to, msg } => self.send(*to, msg.clone()),
                 Effect::ScheduleTimeout { at } => {
                     self.timers.insert(*at);
+                }
+                Effect::Agreed(terms) => {
+                    let _ = self.agreed.send(terms.clone());
+                    self.record_effect(effect);
                 }
                 other => self.record_effect(other),
             }

@@ -192,6 +192,35 @@ fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
         serde_json::from_str::<serde_json::Value>(&line).unwrap()["data"].clone()
     };
     assert_eq!(agreed(0), agreed(w));
+
+    // The deal becomes a dual-signed contract, escrowed by the arbitrators and visible on every
+    // node's ledger.
+    let price = agreed(0)["price"].as_u64().unwrap();
+    wait_until(
+        "the contract on every ledger",
+        Duration::from_secs(30),
+        || {
+            (0..5).all(|i| {
+                let list = agora_json(&["contract", "list", "--data-dir", &node(i)]);
+                list.as_array().unwrap().iter().any(|c| {
+                    c["customer"] == ids[0].as_str()
+                        && c["provider"] == winner.as_str()
+                        && c["payment"] == price
+                        && c["kind"] == "standby"
+                })
+            })
+        },
+    );
+    let customer = agora_json(&["balance", "--data-dir", &node(0)]);
+    assert!(
+        customer["locked"].as_u64().unwrap() >= price,
+        "payment is in escrow: {customer}"
+    );
+    let provider = agora_json(&["balance", &winner, "--data-dir", &node(3)]);
+    assert!(
+        provider["locked"].as_u64().unwrap() > 0,
+        "provider stake is in escrow: {provider}"
+    );
 }
 
 #[test]

@@ -68,6 +68,7 @@ async fn run(n: usize, samples: usize, burst: u64) -> (Vec<f64>, f64) {
         }
         targets.push(last);
     }
+    let submitted = start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(120);
     for (i, last) in targets.iter().enumerate() {
         while nonce_everywhere(&net, i).await <= *last && Instant::now() < deadline {
@@ -75,6 +76,12 @@ async fn run(n: usize, samples: usize, burst: u64) -> (Vec<f64>, f64) {
         }
     }
     let tps = (burst * n as u64) as f64 / start.elapsed().as_secs_f64();
+    eprintln!(
+        "  ({n} nodes: submitting {} txs took {:.2} s of the {:.2} s)",
+        burst * n as u64,
+        submitted.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    );
     net.shutdown().await;
     latencies.sort_by(|a, b| a.total_cmp(b));
     (latencies, tps)

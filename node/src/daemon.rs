@@ -35,6 +35,9 @@ pub enum DaemonError {
     /// Network problem.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// Storage problem.
+    #[error(transparent)]
+    Storage(Box<crate::storage_service::StorageServiceError>),
     /// The control API could not bind.
     #[error(
         "cannot serve the control API on {addr}: {source}; pass --api-listen 127.0.0.1:0 for a free port"
@@ -66,6 +69,8 @@ pub struct RunningNode {
     pub data_dir: PathBuf,
     /// The market service.
     pub market: crate::market_service::MarketHandle,
+    /// The storage service (block store + bitswap).
+    pub storage: crate::storage_service::StorageHandle,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -161,6 +166,19 @@ async fn start_with_key(
     )
     .await;
 
+    let storage = crate::storage_service::spawn(
+        data_dir,
+        config.storage.service_config(),
+        network.clone(),
+        key.signer().clone(),
+        cancel.clone(),
+    )
+    .await
+    .map_err(|e| {
+        cancel.cancel();
+        DaemonError::Storage(Box::new(e))
+    })?;
+
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .map_err(|source| DaemonError::ApiBind {
@@ -182,6 +200,7 @@ async fn start_with_key(
         name: config.node.name.clone(),
         p2p_addrs: p2p_addrs.iter().map(|a| a.to_string()).collect(),
         market: Some(market.clone()),
+        storage: Some(storage.clone()),
     };
     let api_task = tokio::spawn(api::serve(listener, state, cancel.clone()).in_current_span());
     write_file(&data_dir.join(API_ADDR_FILE), &api_addr.to_string())?;
@@ -193,6 +212,7 @@ async fn start_with_key(
         data_dir: data_dir.to_path_buf(),
         cancel,
         market,
+        storage,
         tasks: vec![api_task, market_task, net_task],
     })
 }

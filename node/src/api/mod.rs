@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod market;
+pub mod storage;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -37,6 +38,8 @@ pub struct ApiState {
     pub p2p_addrs: Vec<String>,
     /// The market service, when running.
     pub market: Option<crate::market_service::MarketHandle>,
+    /// The storage service, when running.
+    pub storage: Option<crate::storage_service::StorageHandle>,
 }
 
 /// `GET /v1/status`
@@ -185,6 +188,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: C
         .route("/v1/gossip", post(gossip))
         .route("/v1/shutdown", post(shutdown))
         .merge(market::routes())
+        .merge(storage::routes())
         .with_state(state);
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })

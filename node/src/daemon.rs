@@ -35,6 +35,9 @@ pub enum DaemonError {
     /// Network problem.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// Storage problem.
+    #[error(transparent)]
+    Storage(Box<crate::storage_service::StorageServiceError>),
     /// The control API could not bind.
     #[error(
         "cannot serve the control API on {addr}: {source}; pass --api-listen 127.0.0.1:0 for a free port"
@@ -71,6 +74,8 @@ pub struct RunningNode {
     pub market: crate::market_service::MarketHandle,
     /// The ledger replica (when the node has a genesis).
     pub ledger: Option<crate::ledger::LedgerHandle>,
+    /// The storage service (block store + bitswap).
+    pub storage: crate::storage_service::StorageHandle,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -195,6 +200,18 @@ async fn start_with_key(
         }
         None => None,
     };
+    let storage = crate::storage_service::spawn(
+        data_dir,
+        config.storage.service_config(),
+        network.clone(),
+        key.signer().clone(),
+        cancel.clone(),
+    )
+    .await
+    .map_err(|e| {
+        cancel.cancel();
+        DaemonError::Storage(Box::new(e))
+    })?;
 
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
@@ -218,6 +235,7 @@ async fn start_with_key(
         p2p_addrs: p2p_addrs.iter().map(|a| a.to_string()).collect(),
         market: Some(market.clone()),
         ledger: ledger.clone(),
+        storage: Some(storage.clone()),
     };
     let api_task = tokio::spawn(api::serve(listener, state, cancel.clone()).in_current_span());
     write_file(&data_dir.join(API_ADDR_FILE), &api_addr.to_string())?;
@@ -236,6 +254,7 @@ async fn start_with_key(
             all.push(net_task);
             all
         },
+        storage,
     })
 }
 

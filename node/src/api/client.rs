@@ -136,6 +136,24 @@ impl ApiClient {
         self.decode(resp).await
     }
 
+    /// POST a JSON body for a long operation (import, fetch, export): no 30 s limit.
+    pub async fn post_long<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(24 * 3600))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.decode(resp).await
+    }
+
     /// Node status.
     pub async fn status(&self) -> Result<StatusReply, ClientError> {
         self.get("/v1/status").await

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod ledger;
 pub mod market;
+pub mod storage;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -40,6 +41,8 @@ pub struct ApiState {
     pub market: Option<crate::market_service::MarketHandle>,
     /// The ledger replica, when the node has a genesis.
     pub ledger: Option<crate::ledger::LedgerHandle>,
+    /// The storage service, when running.
+    pub storage: Option<crate::storage_service::StorageHandle>,
 }
 
 /// `GET /v1/status`
@@ -189,6 +192,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: C
         .route("/v1/shutdown", post(shutdown))
         .merge(market::routes())
         .merge(ledger::routes())
+        .merge(storage::routes())
         .with_state(state);
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })

@@ -7,6 +7,7 @@ pub mod market;
 pub mod output;
 pub mod run;
 pub mod status;
+pub mod storage;
 
 use std::path::PathBuf;
 
@@ -88,6 +89,12 @@ pub enum Command {
     Contract(ledger::ContractCommand),
     /// What this node earned as a provider, per contract.
     Earnings,
+    /// Content-addressed storage: add, get, pin, CAR files.
+    #[command(subcommand)]
+    Storage(storage::StorageCommand),
+    /// Signed data-integrity proofs over sensor readings.
+    #[command(subcommand)]
+    Proof(storage::ProofCommand),
     /// Manage a local devnet of several nodes.
     #[command(subcommand)]
     Devnet(devnet::DevnetCommand),
@@ -140,5 +147,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Contract(cmd) => ledger::contract(&dir, cmd, cli.json).await,
         Command::Earnings => ledger::earnings(&dir, cli.json).await,
         Command::Devnet(cmd) => devnet::run(cmd, cli.json).await,
+        Command::Storage(cmd) => storage::storage(&dir, cmd, cli.json).await,
+        Command::Proof(cmd) => storage::proof(&dir, cmd, cli.json).await,
     }
 }

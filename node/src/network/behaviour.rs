@@ -28,6 +28,11 @@ pub(crate) struct AgoraBehaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Raw streams for bitswap: `libp2p-stream` gives the storage service its own
+    /// `Control` to open/accept streams outside the swarm loop, so block transfer never stalls
+    /// gossip and the loop stays free of bitswap state (a custom behaviour would put the
+    /// per-peer want queues inside the loop).
+    pub stream: libp2p_stream::Behaviour,
 }
 
 /// Score parameters for every agora topic: invalid messages cost the forwarder heavily.
@@ -109,6 +114,7 @@ pub(crate) fn build_swarm(
                 ping,
                 kad,
                 mdns: Toggle::from(mdns),
+                stream: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| setup(e.to_string()))?

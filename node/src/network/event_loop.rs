@@ -49,6 +49,13 @@ struct EventLoop {
     stats: NetworkStats,
     seq: u64,
     kad_bootstrapped: bool,
+    provider_queries: HashMap<kad::QueryId, ProviderQuery>,
+}
+
+/// A Kademlia provider lookup waiting for its last step.
+struct ProviderQuery {
+    found: std::collections::HashSet<PeerId>,
+    reply: Reply<Result<Vec<PeerId>, NetworkError>>,
 }
 
 /// Builds the swarm, starts listening and dialing, and spawns the task that owns it.
@@ -81,6 +88,7 @@ pub async fn spawn(
             warn!(%addr, error = %e, "cannot dial bootstrap peer");
         }
     }
+    let streams = swarm.behaviour().stream.new_control();
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (ev_tx, _) = broadcast::channel(4096);
     let handle = NetworkHandle {
@@ -88,6 +96,7 @@ pub async fn spawn(
         events: ev_tx.clone(),
         local: key.node_id(),
         peer_id: *swarm.local_peer_id(),
+        streams,
     };
     let event_loop = EventLoop {
         swarm,
@@ -106,6 +115,7 @@ pub async fn spawn(
         stats: NetworkStats::default(),
         seq: 0,
         kad_bootstrapped: false,
+        provider_queries: HashMap::new(),
     };
     let task = tokio::spawn(event_loop.run(cancel).in_current_span());
     Ok((handle, task))
@@ -298,6 +308,37 @@ impl EventLoop {
             Command::PeerScore(peer, reply) => {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
+            Command::StartProviding(key, reply) => {
+                let res = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(kad::RecordKey::new(&key))
+                    .map(|_| ())
+                    .map_err(|e| NetworkError::Publish {
+                        topic: "kad provider record".into(),
+                        reason: e.to_string(),
+                    });
+                let _ = reply.send(res);
+            }
+            Command::StopProviding(key, reply) => {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .stop_providing(&kad::RecordKey::new(&key));
+                let _ = reply.send(());
+            }
+            Command::GetProviders(key, reply) => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let id = kad.get_providers(kad::RecordKey::new(&key));
+                self.provider_queries.insert(
+                    id,
+                    ProviderQuery {
+                        found: Default::default(),
+                        reply,
+                    },
+                );
+            }
         }
     }
 
@@ -372,12 +413,39 @@ impl EventLoop {
                     }
                 }
             }
+            AgoraBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            }) => self.on_kad_query(id, result, step.last),
             AgoraBehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
                 if !self.swarm.is_connected(&peer) =>
             {
                 let _ = self.swarm.dial(peer);
             }
             _ => {}
+        }
+    }
+
+    fn on_kad_query(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
+        let kad::QueryResult::GetProviders(res) = result else {
+            return;
+        };
+        let Some(query) = self.provider_queries.get_mut(&id) else {
+            return;
+        };
+        let done = match res {
+            Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                query.found.extend(providers);
+                last
+            }
+            Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => true,
+            // A timeout still returns what was found so far.
+            Err(_) => true,
+        };
+        if done && let Some(query) = self.provider_queries.remove(&id) {
+            let _ = query.reply.send(Ok(query.found.into_iter().collect()));
         }
     }
 

@@ -170,15 +170,27 @@ pub(crate) enum Command {
     Presence(Reply<Vec<PeerPresence>>),
     Stats(Reply<NetworkStats>),
     PeerScore(PeerId, Reply<Option<f64>>),
+    StartProviding(Vec<u8>, Reply<Result<(), NetworkError>>),
+    StopProviding(Vec<u8>, Reply<()>),
+    GetProviders(Vec<u8>, Reply<Result<Vec<PeerId>, NetworkError>>),
 }
 
 /// Cloneable handle to the swarm task.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NetworkHandle {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<NetworkEvent>,
     local: NodeId,
     peer_id: PeerId,
+    streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for NetworkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkHandle")
+            .field("peer_id", &self.peer_id)
+            .finish()
+    }
 }
 
 impl NetworkHandle {
@@ -273,6 +285,26 @@ impl NetworkHandle {
     /// Loop counters.
     pub async fn stats(&self) -> Result<NetworkStats, NetworkError> {
         self.call(Command::Stats).await
+    }
+
+    /// A control to open and accept raw protocol streams (bitswap) outside the swarm loop.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    /// Announces in Kademlia that this node provides `key` (a CID's multihash bytes).
+    pub async fn start_providing(&self, key: Vec<u8>) -> Result<(), NetworkError> {
+        self.call(|r| Command::StartProviding(key, r)).await?
+    }
+
+    /// Stops announcing `key`.
+    pub async fn stop_providing(&self, key: Vec<u8>) -> Result<(), NetworkError> {
+        self.call(|r| Command::StopProviding(key, r)).await
+    }
+
+    /// Looks up providers of `key` in Kademlia (ends when the query finishes or times out).
+    pub async fn get_providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetworkError> {
+        self.call(|r| Command::GetProviders(key, r)).await?
     }
 
     /// Gossipsub score of a peer as seen by this node.

@@ -1,0 +1,198 @@
+//! In-process devnet tests of content fetching over bitswap on our swarm.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use agora_devnet::Devnet;
+use agora_node::storage_service::framing::encode_varint;
+use agora_node::storage_service::{FetchConfig, FetchError, FetchProgress, StorageServiceError};
+use agora_storage::{Cid, CidVersion};
+use futures::AsyncWriteExt;
+use libp2p::StreamProtocol;
+use tokio::sync::watch;
+
+fn random_file(dir: &Path, name: &str, len: usize, seed: u64) -> (std::path::PathBuf, Vec<u8>) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, &data).unwrap();
+    (path, data)
+}
+
+async fn devnet(n: usize) -> Devnet {
+    let net = Devnet::builder().nodes(n).spawn().await.unwrap();
+    net.wait_connected(n - 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    net
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_fetches_file_added_on_another_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(3).await;
+    let (path, data) = random_file(tmp.path(), "in.bin", 3 * 1024 * 1024 + 17, 1);
+    let a = &net.node(0).unwrap().storage;
+    let added = a.add_file(path, CidVersion::V1).await.unwrap();
+    assert_eq!(added.bytes, data.len() as u64);
+
+    let b = &net.node(2).unwrap().storage;
+    let cid: Cid = added.cid.parse().unwrap();
+    let out = tmp.path().join("out.bin");
+    let (tx, rx) = watch::channel(FetchProgress::default());
+    let stats = b
+        .get_file(cid, out.clone(), &tx, FetchConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(stats.bytes, data.len() as u64);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let p = *rx.borrow();
+    assert!(p.done);
+    assert_eq!(p.total_bytes, Some(data.len() as u64));
+    assert!(p.fetched_blocks >= 13, "{p:?}");
+    assert!(net.node(0).unwrap().storage.bitswap().stats().blocks_sent > 0);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_completes_from_the_other_provider_when_one_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut net = devnet(3).await;
+    let (path, data) = random_file(tmp.path(), "big.bin", 48 * 1024 * 1024, 2);
+    let a = net.node(0).unwrap().storage.clone();
+    let b = net.node(1).unwrap().storage.clone();
+    let cid: Cid = a
+        .add_file(path.clone(), CidVersion::V0)
+        .await
+        .unwrap()
+        .cid
+        .parse()
+        .unwrap();
+    assert_eq!(
+        b.add_file(path, CidVersion::V0).await.unwrap().cid,
+        cid.to_string()
+    );
+
+    let fetcher = net.node(2).unwrap().storage.clone();
+    let out = tmp.path().join("out.bin");
+    let (tx, mut rx) = watch::channel(FetchProgress::default());
+    let cfg = FetchConfig {
+        parallelism: 1,
+        block_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(20),
+    };
+    let task = {
+        let out = out.clone();
+        tokio::spawn(async move { fetcher.get_file(cid, out, &tx, cfg).await })
+    };
+    // Stop node0 as soon as it has delivered blocks, well before the 193 blocks are in.
+    let a_stats = a.bitswap().clone();
+    let at_stop = loop {
+        rx.changed().await.unwrap();
+        let p = *rx.borrow();
+        if p.fetched_blocks >= 4 && a_stats.stats().blocks_sent > 0 {
+            break p;
+        }
+    };
+    let b_at_stop = b.bitswap().stats().blocks_sent;
+    drop(a);
+    net.stop(0).await;
+    let stats = task.await.unwrap().unwrap();
+    assert!(!at_stop.done, "node0 stopped mid-fetch: {at_stop:?}");
+    assert_eq!(stats.bytes, data.len() as u64);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(
+        b.bitswap().stats().blocks_sent > b_at_stop,
+        "node1 served the rest after node0 stopped"
+    );
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_cid_times_out_with_a_clear_error() {
+    let net = devnet(2).await;
+    let s = &net.node(1).unwrap().storage;
+    let cid = agora_storage::hash::cid_v1_blake3(agora_storage::hash::RAW, b"nobody has this");
+    let (tx, _rx) = watch::channel(FetchProgress::default());
+    let cfg = FetchConfig {
+        idle_timeout: Duration::from_millis(1500),
+        ..FetchConfig::default()
+    };
+    let err = s.fetch(cid, cfg, &tx).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StorageServiceError::Fetch(e) if matches!(**e, FetchError::Timeout { cid: c, .. } if c == cid)
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&cid.to_string()) && text.contains("connect to a node"),
+        "{text}"
+    );
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_and_oversized_messages_are_rejected_without_harm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(2).await;
+    let target = net.handle(0).unwrap().peer_id();
+    let mut control = net.handle(1).unwrap().stream_control();
+    let proto = StreamProtocol::new("/ipfs/bitswap/1.2.0");
+
+    // A frame announcing 100 MiB: refused before allocating.
+    let mut s = control.open_stream(target, proto.clone()).await.unwrap();
+    s.write_all(&encode_varint(100 * 1024 * 1024))
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    // A well-sized frame of protobuf garbage.
+    let mut s2 = control.open_stream(target, proto.clone()).await.unwrap();
+    let mut frame = encode_varint(6);
+    frame.extend_from_slice(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+    s2.write_all(&frame).await.unwrap();
+    s2.flush().await.unwrap();
+    // A block whose bytes do not match... cannot be forged: CIDs are rebuilt by hashing, so
+    // a "block" for a CID nobody wants is simply dropped as unwanted.
+
+    let a = &net.node(0).unwrap().storage;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.bitswap().stats().rejected < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            a.bitswap().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The node still serves content to the same peer afterwards.
+    let (path, data) = random_file(tmp.path(), "f.bin", 700_000, 3);
+    let cid: Cid = a
+        .add_file(path, CidVersion::V0)
+        .await
+        .unwrap()
+        .cid
+        .parse()
+        .unwrap();
+    let out = tmp.path().join("o.bin");
+    let (tx, _rx) = watch::channel(FetchProgress::default());
+    net.node(1)
+        .unwrap()
+        .storage
+        .get_file(cid, out.clone(), &tx, FetchConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(out).unwrap(), data);
+    net.shutdown().await;
+}

@@ -19,5 +19,29 @@ echo
 echo "== agora presence --data-dir $DIR/node1"
 $AGORA presence --data-dir "$DIR/node1"
 echo
+echo "== node0 buys standby insurance: agora auction create ... --kind standby --window 3s"
+$AGORA auction create --data-dir "$DIR/node0" --cpu 500m --memory 256MiB --interfaces lora \
+  --duration 2h --max-price 100 --kind standby --window 3s
+echo "   (the other nodes' decision units bid automatically; waiting for the award and contract)"
+for _ in $(seq 1 60); do
+  if $AGORA contract list --data-dir "$DIR/node2" --json | grep -q '"status"'; then break; fi
+  sleep 0.5
+done
+echo
+echo "== agora auctions --data-dir $DIR/node0"
+$AGORA auctions --data-dir "$DIR/node0"
+echo
+echo "== agora market watch --once --data-dir $DIR/node0"
+$AGORA market watch --once --data-dir "$DIR/node0"
+echo
+echo "== agora contract list --data-dir $DIR/node2   (replicated by the arbitrators)"
+$AGORA contract list --data-dir "$DIR/node2"
+echo
+echo "== agora balance --data-dir $DIR/node0   (payment and stake in escrow)"
+$AGORA balance --data-dir "$DIR/node0"
+echo
+echo "== agora ledger status --data-dir $DIR/node4"
+$AGORA ledger status --data-dir "$DIR/node4"
+echo
 echo "== agora devnet down --dir $DIR"
 $AGORA devnet down --dir "$DIR"

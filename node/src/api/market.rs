@@ -104,6 +104,21 @@ fn market(s: &ApiState) -> Result<&crate::market_service::MarketHandle, ApiError
     })
 }
 
+/// Parses an id from the URL, or a 400 naming the command that lists valid ones.
+fn parse_id<T: std::str::FromStr>(id: &str, what: &str, listed_by: &str) -> Result<T, ApiError> {
+    id.parse().map_err(|_| {
+        let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("'{id}' is not {article} {what} id (see `{listed_by}`)"),
+        )
+    })
+}
+
 /// The market's refusal of a local input, as a 400 with its reason.
 fn refused(effects: &[Effect]) -> Result<(), ApiError> {
     for e in effects {
@@ -197,12 +212,7 @@ async fn submit_bid(
     Json(req): Json<BidRequest>,
 ) -> Result<Json<CreatedReply>, ApiError> {
     authorize(&s, &headers)?;
-    let auction: AuctionId = id.parse().map_err(|_| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("'{id}' is not an auction id (see `agora auctions`)"),
-        )
-    })?;
+    let auction: AuctionId = parse_id(&id, "auction", "agora auctions")?;
     let m = market(&s)?;
     let spec = m
         .query(move |m| {
@@ -226,12 +236,7 @@ async fn list_bids(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<BidView>>, ApiError> {
     authorize(&s, &headers)?;
-    let auction: AuctionId = id.parse().map_err(|_| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("'{id}' is not an auction id (see `agora auctions`)"),
-        )
-    })?;
+    let auction: AuctionId = parse_id(&id, "auction", "agora auctions")?;
     let bids = market(&s)?
         .query(move |m| {
             m.auction(&auction).map(|e| {
@@ -298,12 +303,7 @@ async fn negotiate(
     Json(req): Json<NegotiateRequest>,
 ) -> Result<Json<Vec<String>>, ApiError> {
     authorize(&s, &headers)?;
-    let award: AwardId = id.parse().map_err(|_| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("'{id}' is not an award id (see `agora market watch`)"),
-        )
-    })?;
+    let award: AwardId = parse_id(&id, "award", "agora market watch")?;
     let input = match req {
         NegotiateRequest::Counter { price } => NegotiationInput::Counter { price },
         NegotiateRequest::Accept => NegotiationInput::Accept,
@@ -331,12 +331,7 @@ async fn take_offer(
     Json(req): Json<TakeOfferRequest>,
 ) -> Result<Json<Vec<String>>, ApiError> {
     authorize(&s, &headers)?;
-    let offer: OfferId = id.parse().map_err(|_| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("'{id}' is not an offer id (see `agora offers`)"),
-        )
-    })?;
+    let offer: OfferId = parse_id(&id, "offer", "agora offers")?;
     let effects = market(&s)?
         .input(Input::TakeOffer {
             offer,

@@ -173,19 +173,23 @@ impl LedgerTask {
     }
 
     async fn propose_now(&mut self, height: u64, round: u32) {
-        let txs = self
+        let input = self.propose_value(height, round);
+        self.feed(input).await;
+    }
+
+    /// The mempool's answer to the driver's `RequestValue`: transactions that apply in order.
+    fn propose_value(&self, height: u64, round: u32) -> Input {
+        let transactions = self
             .mempool
-            .proposal(&self.view.ledger, self.params.max_block_txs);
-        let transactions = txs
+            .proposal(&self.view.ledger, self.params.max_block_txs)
             .iter()
             .filter_map(|t| serde_cbor::to_vec(t).ok())
             .collect();
-        self.feed(Input::ProposeValue {
+        Input::ProposeValue {
             height,
             round,
             transactions,
-        })
-        .await;
+        }
     }
 
     /// Consensus traffic from the network.
@@ -263,18 +267,7 @@ impl LedgerTask {
                     now
                 };
                 if at <= now {
-                    let txs = self
-                        .mempool
-                        .proposal(&self.view.ledger, self.params.max_block_txs);
-                    let transactions = txs
-                        .iter()
-                        .filter_map(|t| serde_cbor::to_vec(t).ok())
-                        .collect();
-                    return Some(Input::ProposeValue {
-                        height,
-                        round,
-                        transactions,
-                    });
+                    return Some(self.propose_value(height, round));
                 }
                 self.timers.pending_value = Some((height, round, at, by));
                 None

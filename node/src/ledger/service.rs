@@ -72,14 +72,6 @@ enum Command {
         TxKind,
         oneshot::Sender<Result<SignedTransaction, LedgerServiceError>>,
     ),
-    Propose(usize, oneshot::Sender<Vec<SignedTransaction>>),
-    Apply(
-        u64,
-        u64,
-        Vec<u8>,
-        Vec<SignedTransaction>,
-        oneshot::Sender<Result<BlockOutcome, LedgerServiceError>>,
-    ),
 }
 
 /// Cloneable handle to the ledger task.
@@ -117,32 +109,6 @@ impl LedgerHandle {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Submit(kind, tx))
-            .await
-            .map_err(|_| LedgerServiceError::Stopped)?;
-        rx.await.map_err(|_| LedgerServiceError::Stopped)?
-    }
-
-    /// Transactions for a block proposal.
-    pub async fn propose(&self, max: usize) -> Result<Vec<SignedTransaction>, LedgerServiceError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Propose(max, tx))
-            .await
-            .map_err(|_| LedgerServiceError::Stopped)?;
-        rx.await.map_err(|_| LedgerServiceError::Stopped)
-    }
-
-    /// Applies a decided block (`raw` is stored to serve sync) and persists the result.
-    pub async fn apply(
-        &self,
-        height: u64,
-        time: u64,
-        raw: Vec<u8>,
-        txs: Vec<SignedTransaction>,
-    ) -> Result<BlockOutcome, LedgerServiceError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Apply(height, time, raw, txs, tx))
             .await
             .map_err(|_| LedgerServiceError::Stopped)?;
         rx.await.map_err(|_| LedgerServiceError::Stopped)?
@@ -301,13 +267,6 @@ impl LedgerTask {
             Command::Query(job) => job(&self.view),
             Command::Submit(kind, reply) => {
                 let res = self.submit(kind).await;
-                let _ = reply.send(res);
-            }
-            Command::Propose(max, reply) => {
-                let _ = reply.send(self.mempool.proposal(&self.view.ledger, max));
-            }
-            Command::Apply(height, time, raw, txs, reply) => {
-                let res = self.apply(height, time, &raw, &txs);
                 let _ = reply.send(res);
             }
         }

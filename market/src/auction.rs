@@ -44,6 +44,9 @@ pub struct AuctionBody {
     pub created_at: Timestamp,
     /// The request (and its award) stop being valid at this time.
     pub expires_at: Timestamp,
+    /// CID of the service image to run (the contract's image), if the customer names one.
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 /// A signed auction request.
@@ -83,6 +86,9 @@ pub struct AuctionSpec {
     pub near: Option<Near>,
     /// How long after the window closes the request stays valid (time to award).
     pub award_grace_ms: u64,
+    /// CID of the service image the contract will carry.
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 impl AuctionSpec {
@@ -106,6 +112,7 @@ impl AuctionSpec {
             nonce,
             created_at: now,
             expires_at: window_closes_at.saturating_add(self.award_grace_ms),
+            service: self.service,
         };
         Signed::sign(body, signer)
     }

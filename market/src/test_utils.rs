@@ -73,6 +73,7 @@ impl AuctionBuilder {
                 kind: AuctionKind::Hosted,
                 near: None,
                 award_grace_ms: 60_000,
+                service: None,
             },
             nonce: None,
         }

@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub deals: crate::deals::DealConfig,
     /// Content-addressed storage and bitswap.
     pub storage: StorageSection,
+    /// The sensor radio (simulated LoRa uplinks over UDP).
+    pub radio: crate::radio::RadioConfig,
 }
 
 /// `[storage]`

@@ -20,6 +20,8 @@ use crate::network::{self, NetworkError, NetworkHandle};
 pub const P2P_ADDR_FILE: &str = "p2p.addr";
 /// File with the control API's `host:port`.
 pub const API_ADDR_FILE: &str = "api.addr";
+/// File with the radio's UDP `host:port` (when the node has a radio).
+pub const RADIO_ADDR_FILE: &str = "radio.addr";
 /// File with the control API bearer token (mode 0600).
 pub const API_TOKEN_FILE: &str = "api.token";
 
@@ -213,6 +215,20 @@ async fn start_with_key(
         DaemonError::Storage(Box::new(e))
     })?;
 
+    let services: std::sync::Arc<dyn crate::hosting::ServiceControl> =
+        std::sync::Arc::new(crate::hosting::Unavailable);
+    let (radio, orchestrator) = start_edge(
+        data_dir,
+        config,
+        &network,
+        &storage,
+        ledger.as_ref(),
+        services,
+        &cancel,
+        &mut tasks,
+    )
+    .await?;
+
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .map_err(|source| DaemonError::ApiBind {
@@ -236,6 +252,8 @@ async fn start_with_key(
         market: Some(market.clone()),
         ledger: ledger.clone(),
         storage: Some(storage.clone()),
+        radio: Some(radio.clone()),
+        orchestrator: orchestrator.clone(),
     };
     let api_task = tokio::spawn(api::serve(listener, state, cancel.clone()).in_current_span());
     write_file(&data_dir.join(API_ADDR_FILE), &api_addr.to_string())?;
@@ -256,6 +274,55 @@ async fn start_with_key(
         },
         storage,
     })
+}
+
+/// Starts the sensor radio and (with a ledger) the orchestrator.
+#[allow(clippy::too_many_arguments)]
+async fn start_edge(
+    data_dir: &Path,
+    config: &NodeConfig,
+    network: &NetworkHandle,
+    storage: &crate::storage_service::StorageHandle,
+    ledger: Option<&crate::ledger::LedgerHandle>,
+    services: std::sync::Arc<dyn crate::hosting::ServiceControl>,
+    cancel: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<
+    (
+        crate::radio::RadioHandle,
+        Option<crate::orchestrator::OrchestratorHandle>,
+    ),
+    DaemonError,
+> {
+    let radio_path = data_dir.join(RADIO_ADDR_FILE);
+    let _ = std::fs::remove_file(&radio_path);
+    let (radio, task) = crate::radio::spawn(
+        config.radio.clone(),
+        network.clone(),
+        storage.clone(),
+        services.clone(),
+        cancel.clone(),
+    )
+    .await
+    .map_err(|e| DaemonError::Io(radio_path.clone(), e))?;
+    tasks.push(task);
+    if let Some(addr) = radio.addr() {
+        write_file(&radio_path, addr)?;
+    }
+    let orchestrator = ledger.map(|ledger| {
+        let (handle, task) = crate::orchestrator::spawn(
+            ledger.clone(),
+            network.clone(),
+            services,
+            radio.clone(),
+            data_dir.to_path_buf(),
+            crate::orchestrator::Timeline::default(),
+            cancel.clone(),
+        );
+        tasks.push(task);
+        handle
+    });
+    Ok((radio, orchestrator))
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), DaemonError> {

@@ -144,6 +144,9 @@ pub fn devnet_node_config(i: usize, genesis: &Path, manual: bool) -> NodeConfig 
     config.node.genesis = Some(genesis.to_path_buf());
     config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     config.api.listen = "127.0.0.1:0".into();
+    config.radio.listen = "127.0.0.1:0".into();
+    // Devnet contracts hand over after one second of attested unreachability.
+    config.deals.handover_after_ms = 1_000;
     let engine = &mut config.market.engine;
     engine.capacity = Resources {
         cpu_millis: 4000,

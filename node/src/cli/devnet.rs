@@ -29,6 +29,8 @@ pub enum DevnetCommand {
     Status(DirArgs),
     /// Stop exactly the processes `up` started (data is kept unless --clean).
     Down(DownArgs),
+    /// Run the flagship story on real processes: standby contract, failure, handover, payment.
+    Demo(super::demo::DemoArgs),
 }
 
 /// Options of `devnet up`.
@@ -74,6 +76,7 @@ pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
             let m = up(&a.dir, a.nodes, a.manual, Duration::from_secs(a.timeout)).await?;
             print_manifest(&m, json).await
         }
+        DevnetCommand::Demo(a) => super::demo::run(a, json).await,
         DevnetCommand::Status(a) => {
             let m = DevnetManifest::load(&a.dir)?;
             print_manifest(&m, json).await
@@ -133,7 +136,9 @@ async fn wait_for_file(path: &Path, deadline: Instant) -> anyhow::Result<String>
     }
 }
 
-fn spawn_node(exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
+/// Starts `agora node run` for `data_dir` in the background (own process group, log in
+/// `node.log`); returns its pid.
+pub fn spawn_node(exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
     let log_path = data_dir.join("node.log");
     let log = std::fs::File::create(&log_path)
@@ -202,7 +207,7 @@ pub async fn up(
     for (i, (data_dir, mut config)) in configs.into_iter().enumerate() {
         config.network.bootstrap = bootstrap.clone();
         write_config(&data_dir, &config)?;
-        for f in [P2P_ADDR_FILE, API_ADDR_FILE] {
+        for f in [P2P_ADDR_FILE, API_ADDR_FILE, crate::daemon::RADIO_ADDR_FILE] {
             let _ = std::fs::remove_file(data_dir.join(f));
         }
         let pid = spawn_node(&exe, &data_dir)?;
@@ -218,6 +223,10 @@ pub async fn up(
             .map(|a| a.split("/p2p/").next().unwrap_or(a).to_string())
             .collect();
         config.api.listen = api.trim().to_string();
+        if !config.radio.listen.is_empty() {
+            let radio = wait_for_file(&data_dir.join(crate::daemon::RADIO_ADDR_FILE), deadline).await?;
+            config.radio.listen = radio.trim().to_string();
+        }
         write_config(&data_dir, &config)?;
         nodes.push(DevnetNode {
             name: ids[i].0.clone(),

@@ -1,6 +1,8 @@
 //! The `agora` command line: one module per subcommand.
 
+pub mod demo;
 pub mod devnet;
+pub mod edge;
 pub mod init;
 pub mod ledger;
 pub mod market;
@@ -98,6 +100,16 @@ pub enum Command {
     /// Manage a local devnet of several nodes.
     #[command(subcommand)]
     Devnet(devnet::DevnetCommand),
+    /// Sensors this edge hears and manages, and the checkpoints of processed readings.
+    Radio,
+    /// Run a published service image on this node's own sensors (the service a standby
+    /// contract insures).
+    Own {
+        /// Image CID from `agora service publish`.
+        image: String,
+    },
+    /// What the orchestrator did: migrations, attestations, activations, settlements.
+    Timeline,
 }
 
 /// `agora node …`
@@ -149,5 +161,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Devnet(cmd) => devnet::run(cmd, cli.json).await,
         Command::Storage(cmd) => storage::storage(&dir, cmd, cli.json).await,
         Command::Proof(cmd) => storage::proof(&dir, cmd, cli.json).await,
+        Command::Radio => edge::radio(&dir, cli.json).await,
+        Command::Own { image } => edge::own(&dir, image, cli.json).await,
+        Command::Timeline => edge::timeline(&dir, cli.json).await,
     }
 }

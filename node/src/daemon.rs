@@ -224,6 +224,7 @@ async fn start_with_key(
         &storage,
         ledger.as_ref(),
         services,
+        key.signer().clone(),
         &cancel,
         &mut tasks,
     )
@@ -285,6 +286,7 @@ async fn start_edge(
     storage: &crate::storage_service::StorageHandle,
     ledger: Option<&crate::ledger::LedgerHandle>,
     services: std::sync::Arc<dyn crate::hosting::ServiceControl>,
+    signer: agora_market::KeySigner,
     cancel: &CancellationToken,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<
@@ -297,6 +299,7 @@ async fn start_edge(
     let radio_path = data_dir.join(RADIO_ADDR_FILE);
     let _ = std::fs::remove_file(&radio_path);
     let (radio, task) = crate::radio::spawn(
+        signer,
         config.radio.clone(),
         network.clone(),
         storage.clone(),

@@ -148,6 +148,37 @@ pub struct RadioStatus {
     pub checkpoints: Vec<CheckpointRecord>,
 }
 
+/// Request-response between edges (`Kind::Radio` envelopes): an edge taking devices over asks
+/// its peers for the uplinks they heard that no checkpoint covers yet — like LoRaWAN, where every
+/// gateway in range forwards every uplink, so a gateway that was down loses nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RadioRpc {
+    /// Send what you heard from these devices.
+    Replay {
+        /// Devices.
+        devices: Vec<u32>,
+    },
+    /// Uncovered frames per device, and the highest sequence number a checkpoint covers.
+    Frames {
+        /// `(device, covered, frames)`.
+        devices: Vec<ReplayedDevice>,
+    },
+}
+
+/// One device in a [`RadioRpc::Frames`] answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayedDevice {
+    /// Device.
+    pub device: u32,
+    /// Highest sequence number covered by any checkpoint the peer heard.
+    pub covered: Option<u32>,
+    /// Frames the peer heard after that, ascending.
+    pub frames: Vec<Vec<u8>>,
+}
+
+/// Frames per device in one replay answer.
+pub const MAX_REPLAY_FRAMES: usize = 4096;
+
 type Reply<T> = oneshot::Sender<T>;
 
 enum Command {
@@ -213,7 +244,8 @@ impl RadioHandle {
         }
     }
 
-    /// Buffers (`true`) or stops buffering (`false`) what `devices` send.
+    /// Marks `devices` as covered on standby (`true`) or not (`false`); every edge buffers
+    /// what it hears anyway, this only labels them.
     pub async fn listen(&self, devices: Vec<u32>, on: bool) {
         let _ = self.tx.send(Command::Listen(devices, on)).await;
     }

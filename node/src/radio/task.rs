@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agora_market::NodeId;
+use agora_market::{KeySigner, NodeId};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use super::{
-    Checkpoint, CheckpointRecord, Command, DeviceStatus, FRAME_LEN, RADIO_TOPIC, RadioConfig,
-    RadioHandle, RadioStatus, SeqRange, parse_frame,
+    Checkpoint, CheckpointRecord, Command, DeviceStatus, FRAME_LEN, MAX_REPLAY_FRAMES, RADIO_TOPIC,
+    RadioConfig, RadioHandle, RadioRpc, RadioStatus, ReplayedDevice, SeqRange, parse_frame,
 };
-use crate::codec::Kind;
+use crate::codec::{Envelope, Kind};
 use crate::hosting::ServiceControl;
 use crate::network::{NetworkEvent, NetworkHandle};
 use crate::now_ms;
@@ -24,14 +24,24 @@ use crate::storage_service::StorageHandle;
 /// Checkpoints kept for `status`.
 const KEPT_CHECKPOINTS: usize = 2048;
 
+/// Peers asked for missed uplinks when a takeover has a gap.
+const REPLAY_PEERS: usize = 4;
+/// How long a takeover waits for peers' replays.
+const REPLAY_TIMEOUT: Duration = Duration::from_millis(500);
+
 #[derive(Default)]
 struct Device {
     status: DeviceStatus,
+    /// Uplinks heard and not (yet) covered by any checkpoint, ascending by arrival.
     buffer: VecDeque<(u32, Vec<u8>)>,
+    /// Highest sequence number covered by any checkpoint (this edge's or a peer's).
+    covered: Option<u32>,
 }
 
 struct RadioTask {
     me: NodeId,
+    signer: KeySigner,
+    seq: u64,
     cfg: RadioConfig,
     network: NetworkHandle,
     storage: StorageHandle,
@@ -44,6 +54,7 @@ struct RadioTask {
 
 /// Binds the radio (if configured) and starts its task.
 pub async fn spawn(
+    signer: KeySigner,
     cfg: RadioConfig,
     network: NetworkHandle,
     storage: StorageHandle,
@@ -72,6 +83,8 @@ pub async fn spawn(
     }
     let task = RadioTask {
         me: network.node_id(),
+        signer,
+        seq: 0,
         cfg,
         network,
         storage,
@@ -107,6 +120,11 @@ impl RadioTask {
                     None => break,
                 },
                 ev = events.recv() => match ev {
+                    Ok(NetworkEvent::Request { id, envelope, .. }) if envelope.kind == Kind::Radio => {
+                        if let Ok(RadioRpc::Replay { devices }) = envelope.body::<RadioRpc>(Kind::Radio) {
+                            self.answer_replay(id, &devices).await;
+                        }
+                    }
                     Ok(NetworkEvent::Gossip { topic, envelope, .. }) if topic == RADIO_TOPIC => {
                         match envelope.body::<Checkpoint>(Kind::Radio) {
                             Ok(c) if envelope.sender != self.me => self.on_peer_checkpoint(envelope.sender, c),
@@ -138,8 +156,9 @@ impl RadioTask {
         d.status.received += 1;
         if let Some(service) = d.status.service.clone() {
             self.process(device, seq, frame.to_vec(), &service, false);
-        } else if d.status.buffering {
-            if d.buffer.iter().any(|(s, _)| *s == seq) {
+        } else {
+            // Every edge in range keeps what no checkpoint covers yet (see `RadioRpc`).
+            if d.covered.is_some_and(|c| seq <= c) || d.buffer.iter().any(|(s, _)| *s == seq) {
                 d.status.duplicates += 1;
                 return;
             }
@@ -183,6 +202,8 @@ impl RadioTask {
                 resume_after,
                 reply,
             } => {
+                let mut resume_after = resume_after;
+                self.fill_gaps(&devices, &mut resume_after).await;
                 let mut replayed = 0;
                 for device in devices {
                     let d = self.devices.entry(device).or_default();
@@ -193,7 +214,8 @@ impl RadioTask {
                     }
                     d.status.service = Some(service.clone());
                     d.status.buffering = false;
-                    let buffered: Vec<(u32, Vec<u8>)> = d.buffer.drain(..).collect();
+                    let mut buffered: Vec<(u32, Vec<u8>)> = d.buffer.drain(..).collect();
+                    buffered.sort_by_key(|(seq, _)| *seq);
                     d.status.buffered = 0;
                     for (seq, frame) in buffered {
                         let before = self.devices.get(&device).map_or(0, |d| d.status.processed);
@@ -228,10 +250,6 @@ impl RadioTask {
                     let d = self.devices.entry(device).or_default();
                     d.status.device = device;
                     d.status.buffering = on && d.status.service.is_none();
-                    if !d.status.buffering {
-                        d.buffer.clear();
-                        d.status.buffered = 0;
-                    }
                 }
             }
             Command::Status(reply) => {
@@ -246,8 +264,11 @@ impl RadioTask {
 
     fn on_peer_checkpoint(&mut self, edge: NodeId, c: Checkpoint) {
         for r in &c.ranges {
-            if let Some(d) = self.devices.get_mut(&r.device) {
+            let d = self.devices.entry(r.device).or_default();
+            d.status.device = r.device;
+            {
                 d.status.peer_covered = Some(d.status.peer_covered.map_or(r.last, |p| p.max(r.last)));
+                d.covered = Some(d.covered.map_or(r.last, |p| p.max(r.last)));
                 // Buffered frames the peer already processed are no longer needed.
                 d.buffer.retain(|(seq, _)| *seq > r.last);
                 d.status.buffered = d.buffer.len();
@@ -298,6 +319,11 @@ impl RadioTask {
                 }
             }
         };
+        for r in ranges.values() {
+            if let Some(d) = self.devices.get_mut(&r.device) {
+                d.covered = Some(d.covered.map_or(r.last, |p| p.max(r.last)));
+            }
+        }
         let c = Checkpoint {
             service: service.to_string(),
             ranges: ranges.into_values().collect(),
@@ -318,6 +344,102 @@ impl RadioTask {
             mine: true,
             checkpoint: c,
         });
+    }
+}
+
+impl RadioTask {
+    async fn answer_replay(&mut self, id: u64, devices: &[u32]) {
+        let answer = RadioRpc::Frames {
+            devices: devices
+                .iter()
+                .filter_map(|d| {
+                    let dev = self.devices.get(d)?;
+                    let mut frames: Vec<(u32, Vec<u8>)> = dev.buffer.iter().cloned().collect();
+                    frames.sort_by_key(|(s, _)| *s);
+                    frames.truncate(MAX_REPLAY_FRAMES);
+                    Some(ReplayedDevice {
+                        device: *d,
+                        covered: dev.covered,
+                        frames: frames.into_iter().map(|(_, f)| f).collect(),
+                    })
+                })
+                .collect(),
+        };
+        self.seq += 1;
+        if let Ok(env) = Envelope::seal_body(&self.signer, Kind::Radio, now_ms(), self.seq, &answer) {
+            let _ = self.network.respond(id, &env).await;
+        }
+    }
+
+    /// When the local buffer cannot bridge from the resume point (this edge was down, or never
+    /// heard the device), asks peers for what they heard and merges it in.
+    async fn fill_gaps(&mut self, devices: &[u32], resume_after: &mut BTreeMap<u32, u32>) {
+        let gaps: Vec<u32> = devices
+            .iter()
+            .copied()
+            .filter(|d| {
+                let Some(resume) = resume_after.get(d) else {
+                    return true;
+                };
+                let oldest = self
+                    .devices
+                    .get(d)
+                    .and_then(|dev| dev.buffer.iter().map(|(s, _)| *s).min());
+                oldest.is_none_or(|o| o > resume.saturating_add(1))
+            })
+            .collect();
+        if gaps.is_empty() {
+            return;
+        }
+        let Ok(peers) = self.network.peers().await else {
+            return;
+        };
+        self.seq += 1;
+        let Ok(env) = Envelope::seal_body(
+            &self.signer,
+            Kind::Radio,
+            now_ms(),
+            self.seq,
+            &RadioRpc::Replay {
+                devices: gaps.clone(),
+            },
+        ) else {
+            return;
+        };
+        let asks = peers
+            .iter()
+            .filter_map(|p| p.peer_id.parse::<libp2p::PeerId>().ok())
+            .take(REPLAY_PEERS)
+            .map(|peer| {
+                let network = self.network.clone();
+                let env = env.clone();
+                async move { tokio::time::timeout(REPLAY_TIMEOUT, network.request(peer, &env)).await }
+            });
+        let answers = futures::future::join_all(asks).await;
+        let mut got = 0usize;
+        for answer in answers.into_iter().flatten().flatten() {
+            let Ok(RadioRpc::Frames { devices }) = answer.body::<RadioRpc>(Kind::Radio) else {
+                continue;
+            };
+            for rd in devices.into_iter().filter(|rd| gaps.contains(&rd.device)) {
+                if let Some(c) = rd.covered {
+                    let r = resume_after.entry(rd.device).or_insert(c);
+                    *r = (*r).max(c);
+                }
+                let dev = self.devices.entry(rd.device).or_default();
+                dev.status.device = rd.device;
+                for f in rd.frames.into_iter().take(MAX_REPLAY_FRAMES) {
+                    if let Ok((device, seq)) = parse_frame(&f)
+                        && device == rd.device
+                        && !dev.buffer.iter().any(|(s, _)| *s == seq)
+                    {
+                        dev.buffer.push_back((seq, f));
+                        got += 1;
+                    }
+                }
+            }
+        }
+        info!(?gaps, frames = got, "missed uplinks fetched from peers");
     }
 }
 

@@ -158,12 +158,16 @@ fn ms(d: Duration) -> u64 {
 pub struct ApiSection {
     /// Control API listen address (loopback only); port 0 picks a free port.
     pub listen: String,
+    /// Allow a non-loopback `listen` (still token-protected). Only for test labs that put
+    /// nodes in their own network namespaces; never expose the control API on a real network.
+    pub allow_non_loopback: bool,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
         ApiSection {
             listen: "127.0.0.1:7700".into(),
+            allow_non_loopback: false,
         }
     }
 }
@@ -239,7 +243,7 @@ impl NodeConfig {
             .listen
             .parse()
             .map_err(|_| ConfigError::ApiNotLoopback(self.api.listen.clone()))?;
-        if !addr.ip().is_loopback() {
+        if !addr.ip().is_loopback() && !self.api.allow_non_loopback {
             return Err(ConfigError::ApiNotLoopback(self.api.listen.clone()));
         }
         Ok(addr)

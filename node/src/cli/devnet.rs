@@ -163,12 +163,45 @@ pub fn spawn_node(exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
     Ok(child.id())
 }
 
+/// Where devnet nodes live and how they are started: plain loopback processes by default;
+/// tests put each node in its own network namespace to cut links for real.
+pub trait Launcher: Send + Sync {
+    /// The IP address node `i` listens on.
+    fn host(&self, i: usize) -> String;
+    /// Starts `agora node run` for node `i`; returns its pid.
+    fn spawn(&self, i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32>;
+}
+
+/// Loopback processes in their own process groups.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Loopback;
+
+impl Launcher for Loopback {
+    fn host(&self, _i: usize) -> String {
+        "127.0.0.1".into()
+    }
+    fn spawn(&self, _i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
+        spawn_node(exe, data_dir)
+    }
+}
+
 /// Starts `n` nodes in `dir` and waits until each is connected to all others.
 pub async fn up(
     dir: &Path,
     n: usize,
     manual: usize,
     timeout: Duration,
+) -> anyhow::Result<DevnetManifest> {
+    up_with(dir, n, manual, timeout, &Loopback).await
+}
+
+/// [`up`] with nodes placed and started by `launcher`.
+pub async fn up_with(
+    dir: &Path,
+    n: usize,
+    manual: usize,
+    timeout: Duration,
+    launcher: &dyn Launcher,
 ) -> anyhow::Result<DevnetManifest> {
     if n == 0 {
         bail!("--nodes must be at least 1");
@@ -194,7 +227,14 @@ pub async fn up(
     for i in 0..n {
         let name = format!("node{i}");
         let data_dir = dir.join(&name);
-        let config = devnet_node_config(i, &genesis_path, i + manual >= n);
+        let mut config = devnet_node_config(i, &genesis_path, i + manual >= n);
+        let host = launcher.host(i);
+        if host != "127.0.0.1" {
+            config.network.listen = vec![format!("/ip4/{host}/tcp/0")];
+            config.api.listen = format!("{host}:0");
+            config.api.allow_non_loopback = true;
+            config.radio.listen = format!("{host}:0");
+        }
         let key = init_data_dir(&data_dir, &config)?;
         ids.push((name, key.node_id()));
         configs.push((data_dir, config));
@@ -210,7 +250,7 @@ pub async fn up(
         for f in [P2P_ADDR_FILE, API_ADDR_FILE, crate::daemon::RADIO_ADDR_FILE] {
             let _ = std::fs::remove_file(data_dir.join(f));
         }
-        let pid = spawn_node(&exe, &data_dir)?;
+        let pid = launcher.spawn(i, &exe, &data_dir)?;
         let p2p_text = wait_for_file(&data_dir.join(P2P_ADDR_FILE), deadline).await?;
         let api = wait_for_file(&data_dir.join(API_ADDR_FILE), deadline).await?;
         let p2p: Vec<String> = p2p_text.lines().map(String::from).collect();

@@ -170,6 +170,10 @@ pub trait Launcher: Send + Sync {
     fn host(&self, i: usize) -> String;
     /// Starts `agora node run` for node `i`; returns its pid.
     fn spawn(&self, i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32>;
+    /// The `agora` binary to run (default: this one).
+    fn exe(&self) -> anyhow::Result<PathBuf> {
+        std::env::current_exe().context("cannot find the agora binary")
+    }
 }
 
 /// Loopback processes in their own process groups.
@@ -219,7 +223,7 @@ pub async fn up_with(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let exe = std::env::current_exe().context("cannot find the agora binary")?;
+    let exe = launcher.exe()?;
     let genesis_path = dir.join(GENESIS_FILE);
 
     let mut ids = Vec::new();

@@ -3,7 +3,7 @@
 //! blackhole routes in both nodes' namespaces, a real cut the nodes cannot see through.
 //! Needs root and `ip` (iproute2); [`NetLab::new`] says why when it cannot run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use agora_node::cli::devnet::Launcher;
@@ -29,11 +29,12 @@ pub struct NetLab {
     tag: String,
     subnet: String,
     n: usize,
+    exe: PathBuf,
 }
 
 impl NetLab {
     /// Creates `n` namespaces on a fresh /24, or says why it cannot.
-    pub fn new(n: usize) -> Result<NetLab, String> {
+    pub fn new(n: usize, exe: PathBuf) -> Result<NetLab, String> {
         let pid = std::process::id();
         let tag = format!("ag{}", pid % 100_000);
         let subnet = format!("10.213.{}", pid % 250);
@@ -41,6 +42,7 @@ impl NetLab {
             tag: tag.clone(),
             subnet: subnet.clone(),
             n: 0,
+            exe,
         };
         let bridge = format!("{tag}b");
         ip(&["link", "add", &bridge, "type", "bridge"])?;
@@ -89,6 +91,10 @@ impl NetLab {
 impl Launcher for NetLab {
     fn host(&self, i: usize) -> String {
         self.addr(i)
+    }
+
+    fn exe(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.exe.clone())
     }
 
     fn spawn(&self, i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {

@@ -85,6 +85,38 @@ pub struct FailoverSplit {
     pub end_to_end_ms: u64,
 }
 
+/// Prints who processed which readings.
+pub fn print_coverage(c: &Coverage, sensors: usize) {
+    println!("\nreadings: {} sent by {sensors} sensors", c.sent);
+    for (edge, n) in &c.by_edge {
+        println!("  processed by {edge:<12} {n}");
+    }
+    println!(
+        "  missing {}  duplicated {}  (signed data-integrity proofs: {})",
+        c.missing, c.duplicated, c.proofs
+    );
+}
+
+/// Prints p50/p99 of each failover phase.
+pub fn print_splits(s: &[FailoverSplit]) {
+    let col = |f: fn(&FailoverSplit) -> u64| -> Vec<u64> { s.iter().map(f).collect() };
+    let rows = [
+        ("detection", col(|x| x.detection_ms)),
+        ("attestation", col(|x| x.attestation_ms)),
+        ("activation", col(|x| x.activation_ms)),
+        ("end to end", col(|x| x.end_to_end_ms)),
+    ];
+    println!("\nfailover (ms from the kill), {} run(s):", s.len());
+    println!("  {:<12} {:>8} {:>8}", "phase", "p50", "p99");
+    for (name, v) in rows {
+        println!(
+            "  {name:<12} {:>8} {:>8}",
+            percentile(&v, 50),
+            percentile(&v, 99)
+        );
+    }
+}
+
 /// `p`-th percentile (0–100) of `v`, nearest rank.
 pub fn percentile(v: &[u64], p: u64) -> u64 {
     if v.is_empty() {

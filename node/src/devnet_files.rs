@@ -163,6 +163,8 @@ pub fn devnet_node_config(i: usize, genesis: &Path, manual: bool) -> NodeConfig 
         lat: DEVNET_CENTER.0 + offset,
         lon: DEVNET_CENTER.1 - offset,
     });
+    // Devnet providers ask at least 50 tokens, so short demo contracts pay visible amounts.
+    engine.dmu.provider.floor_price = 50;
     engine.dmu.provider.auto_bid = !manual;
     engine.dmu.provider.auto_accept_award = !manual;
     config

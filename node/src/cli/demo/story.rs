@@ -168,7 +168,7 @@ impl Story {
         let spec = agora_market::AuctionSpec {
             region: "default".into(),
             resources: self.needs.clone(),
-            duration_ms: 120_000,
+            duration_ms: 60_000,
             max_price: 1_000,
             window_ms: 1_500,
             kind: agora_market::AuctionKind::Standby,

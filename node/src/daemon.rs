@@ -38,6 +38,9 @@ pub enum DaemonError {
     /// Storage problem.
     #[error(transparent)]
     Storage(Box<crate::storage_service::StorageServiceError>),
+    /// The service host (wasm runtime) could not start.
+    #[error(transparent)]
+    Services(Box<crate::services::ServiceError>),
     /// The control API could not bind.
     #[error(
         "cannot serve the control API on {addr}: {source}; pass --api-listen 127.0.0.1:0 for a free port"
@@ -76,6 +79,8 @@ pub struct RunningNode {
     pub ledger: Option<crate::ledger::LedgerHandle>,
     /// The storage service (block store + bitswap).
     pub storage: crate::storage_service::StorageHandle,
+    /// The service host (wasm runtime and container executor).
+    pub services: crate::services::ServiceHost,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -212,6 +217,18 @@ async fn start_with_key(
         cancel.cancel();
         DaemonError::Storage(Box::new(e))
     })?;
+    let (services, services_task) = crate::services::spawn(
+        data_dir,
+        crate::services::ServicesConfig::default(),
+        storage.clone(),
+        key.signer().clone(),
+        cancel.clone(),
+    )
+    .map_err(|e| {
+        cancel.cancel();
+        DaemonError::Services(Box::new(e))
+    })?;
+    tasks.push(services_task);
 
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
@@ -236,6 +253,7 @@ async fn start_with_key(
         market: Some(market.clone()),
         ledger: ledger.clone(),
         storage: Some(storage.clone()),
+        services: Some(services.clone()),
     };
     let api_task = tokio::spawn(api::serve(listener, state, cancel.clone()).in_current_span());
     write_file(&data_dir.join(API_ADDR_FILE), &api_addr.to_string())?;
@@ -255,6 +273,7 @@ async fn start_with_key(
             all
         },
         storage,
+        services,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod ledger;
 pub mod market_service;
 pub mod network;
+pub mod services;
 pub mod storage_service;
 
 /// Milliseconds since the Unix epoch from the system clock (the pure crates take time as input;

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod ledger;
 pub mod market;
+pub mod services;
 pub mod storage;
 
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ pub struct ApiState {
     pub ledger: Option<crate::ledger::LedgerHandle>,
     /// The storage service, when running.
     pub storage: Option<crate::storage_service::StorageHandle>,
+    /// The service host, when running.
+    pub services: Option<crate::services::ServiceHost>,
 }
 
 /// `GET /v1/status`
@@ -193,6 +196,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: C
         .merge(market::routes())
         .merge(ledger::routes())
         .merge(storage::routes())
+        .merge(services::routes())
         .with_state(state);
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })

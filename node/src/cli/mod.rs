@@ -6,6 +6,7 @@ pub mod ledger;
 pub mod market;
 pub mod output;
 pub mod run;
+pub mod service;
 pub mod status;
 pub mod storage;
 
@@ -95,6 +96,9 @@ pub enum Command {
     /// Signed data-integrity proofs over sensor readings.
     #[command(subcommand)]
     Proof(storage::ProofCommand),
+    /// Services: publish images, stage, start, stop, logs.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Manage a local devnet of several nodes.
     #[command(subcommand)]
     Devnet(devnet::DevnetCommand),
@@ -149,5 +153,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Devnet(cmd) => devnet::run(cmd, cli.json).await,
         Command::Storage(cmd) => storage::storage(&dir, cmd, cli.json).await,
         Command::Proof(cmd) => storage::proof(&dir, cmd, cli.json).await,
+        Command::Service(cmd) => service::service(&dir, cmd, cli.json).await,
     }
 }

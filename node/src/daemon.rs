@@ -40,6 +40,9 @@ pub enum DaemonError {
     /// Storage problem.
     #[error(transparent)]
     Storage(Box<crate::storage_service::StorageServiceError>),
+    /// The service host (wasm runtime) could not start.
+    #[error(transparent)]
+    Services(Box<crate::services::ServiceError>),
     /// The control API could not bind.
     #[error(
         "cannot serve the control API on {addr}: {source}; pass --api-listen 127.0.0.1:0 for a free port"
@@ -78,6 +81,8 @@ pub struct RunningNode {
     pub ledger: Option<crate::ledger::LedgerHandle>,
     /// The storage service (block store + bitswap).
     pub storage: crate::storage_service::StorageHandle,
+    /// The service host (wasm runtime and container executor).
+    pub services: crate::services::ServiceHost,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -214,16 +219,26 @@ async fn start_with_key(
         cancel.cancel();
         DaemonError::Storage(Box::new(e))
     })?;
+    let (services, services_task) = crate::services::spawn(
+        data_dir,
+        crate::services::ServicesConfig::default(),
+        storage.clone(),
+        key.signer().clone(),
+        cancel.clone(),
+    )
+    .map_err(|e| {
+        cancel.cancel();
+        DaemonError::Services(Box::new(e))
+    })?;
+    tasks.push(services_task);
 
-    let services: std::sync::Arc<dyn crate::hosting::ServiceControl> =
-        std::sync::Arc::new(crate::hosting::Unavailable);
     let (radio, orchestrator) = start_edge(
         data_dir,
         config,
         &network,
         &storage,
         ledger.as_ref(),
-        services,
+        std::sync::Arc::new(services.clone()),
         key.signer().clone(),
         &cancel,
         &mut tasks,
@@ -255,6 +270,7 @@ async fn start_with_key(
         storage: Some(storage.clone()),
         radio: Some(radio.clone()),
         orchestrator: orchestrator.clone(),
+        services: Some(services.clone()),
     };
     let api_task = tokio::spawn(api::serve(listener, state, cancel.clone()).in_current_span());
     write_file(&data_dir.join(API_ADDR_FILE), &api_addr.to_string())?;
@@ -274,6 +290,7 @@ async fn start_with_key(
             all
         },
         storage,
+        services,
     })
 }
 

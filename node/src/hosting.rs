@@ -27,27 +27,39 @@ pub trait ServiceControl: Send + Sync + 'static {
     async fn running(&self, id: &str) -> bool;
 }
 
-/// Service control on a node without a service host: every call fails with a clear reason.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Unavailable;
-
-const UNAVAILABLE: &str = "this node has no service host";
-
+/// The node's wasm/container host as the orchestrator drives it.
 #[async_trait]
-impl ServiceControl for Unavailable {
-    async fn stage(&self, _id: &str, _image: Cid) -> Result<StagedService, String> {
-        Err(UNAVAILABLE.into())
+impl ServiceControl for crate::services::ServiceHost {
+    async fn stage(&self, id: &str, image: Cid) -> Result<StagedService, String> {
+        // A re-stage (after a stop, or on recovery) replaces the previous instance.
+        let _ = self.remove(id).await;
+        let info = crate::services::ServiceHost::stage(self, id, image)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(StagedService {
+            devices: info.manifest.devices,
+        })
     }
-    async fn start(&self, _id: &str) -> Result<(), String> {
-        Err(UNAVAILABLE.into())
+
+    async fn start(&self, id: &str) -> Result<(), String> {
+        crate::services::ServiceHost::start(self, id)
+            .await
+            .map_err(|e| e.to_string())
     }
-    async fn stop(&self, _id: &str) -> Result<(), String> {
-        Err(UNAVAILABLE.into())
+
+    async fn stop(&self, id: &str) -> Result<(), String> {
+        crate::services::ServiceHost::stop(self, id)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
-    fn push_reading(&self, _id: &str, _frame: Vec<u8>) -> Result<(), String> {
-        Err(UNAVAILABLE.into())
+
+    fn push_reading(&self, id: &str, frame: Vec<u8>) -> Result<(), String> {
+        crate::services::ServiceHost::push_reading(self, id, frame).map_err(|e| e.to_string())
     }
-    async fn running(&self, _id: &str) -> bool {
-        false
+
+    async fn running(&self, id: &str) -> bool {
+        self.health(id)
+            .is_ok_and(|h| h.state == agora_runtime::ServiceState::Active)
     }
 }

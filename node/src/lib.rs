@@ -16,6 +16,7 @@ pub mod market_service;
 pub mod network;
 pub mod orchestrator;
 pub mod radio;
+pub mod services;
 pub mod storage_service;
 
 /// Milliseconds since the Unix epoch from the system clock (the pure crates take time as input;

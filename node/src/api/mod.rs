@@ -5,6 +5,7 @@ pub mod client;
 pub mod edge;
 pub mod ledger;
 pub mod market;
+pub mod services;
 pub mod storage;
 
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub radio: Option<crate::radio::RadioHandle>,
     /// The orchestrator, when the node has a ledger.
     pub orchestrator: Option<crate::orchestrator::OrchestratorHandle>,
+    /// The service host, when running.
+    pub services: Option<crate::services::ServiceHost>,
 }
 
 /// `GET /v1/status`
@@ -199,6 +202,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: C
         .merge(ledger::routes())
         .merge(storage::routes())
         .merge(edge::routes())
+        .merge(services::routes())
         .with_state(state);
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })

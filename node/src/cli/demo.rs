@@ -92,13 +92,52 @@ pub fn module_bytes(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Publishes `module` on A with a manifest taking `devices`; returns the image CID and the
-/// resources the manifest asks for.
+/// resources the manifest asks for (phase 1, estimation).
 async fn publish(
-    _client: &crate::api::client::ApiClient,
-    _module: &[u8],
-    _devices: &[u32],
+    client: &crate::api::client::ApiClient,
+    dir: &std::path::Path,
+    module: &[u8],
+    devices: &[u32],
 ) -> anyhow::Result<(String, agora_market::Resources)> {
-    anyhow::bail!("service publishing is not wired yet")
+    use anyhow::Context;
+    let manifest = format!(
+        r#"name = "lora-gateway"
+version = "0.1.0"
+kind = "wasm"
+tick_ms = 50
+activation = "standby"
+devices = {devices:?}
+
+[resources]
+cpu_millis = 250
+memory_mb = 64
+storage_mb = 1
+
+[limits]
+memory_bytes = 16777216
+fuel_per_second = 200000000
+instances = 1
+max_output_bytes = 1048576
+"#
+    );
+    let parsed = crate::services::ServiceManifest::from_toml(&manifest)
+        .map_err(|e| anyhow::anyhow!("demo manifest: {e}"))?;
+    std::fs::create_dir_all(dir)?;
+    let module_path = dir.join("lora-gateway.wasm");
+    let manifest_path = dir.join("lora-gateway.toml");
+    std::fs::write(&module_path, module).context("writing the demo module")?;
+    std::fs::write(&manifest_path, &manifest).context("writing the demo manifest")?;
+    let info: crate::services::ImageInfo = client
+        .post(
+            "/v1/services/publish",
+            &crate::api::services::PublishRequest {
+                module: module_path.canonicalize()?,
+                manifest: manifest_path.canonicalize()?,
+            },
+        )
+        .await
+        .context("publishing A's service")?;
+    Ok((info.image, parsed.resources()))
 }
 
 /// Runs the demo.

@@ -8,6 +8,7 @@ pub mod ledger;
 pub mod market;
 pub mod output;
 pub mod run;
+pub mod service;
 pub mod status;
 pub mod storage;
 
@@ -97,6 +98,9 @@ pub enum Command {
     /// Signed data-integrity proofs over sensor readings.
     #[command(subcommand)]
     Proof(storage::ProofCommand),
+    /// Services: publish images, stage, start, stop, logs.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Manage a local devnet of several nodes.
     #[command(subcommand)]
     Devnet(devnet::DevnetCommand),
@@ -164,5 +168,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Radio => edge::radio(&dir, cli.json).await,
         Command::Own { image } => edge::own(&dir, image, cli.json).await,
         Command::Timeline => edge::timeline(&dir, cli.json).await,
+        Command::Service(cmd) => service::service(&dir, cmd, cli.json).await,
     }
 }

@@ -127,7 +127,7 @@ impl Story {
         region.set(radio_addrs(&m));
         let sensors = Sensors::start(DEVICES.to_vec(), UPLINK, region).await?;
         let an = m.nodes[a].clone();
-        let (image, needs) = publish(&api(&an)?, module, &DEVICES).await?;
+        let (image, needs) = publish(&api(&an)?, &m.dir.join("service"), module, &DEVICES).await?;
         clock.line(
             "1 estimation",
             now_ms(),

@@ -1,0 +1,241 @@
+//! Service images in content-addressed storage: the module as a UnixFS file (CIDv1, raw
+//! leaves), the manifest as a DAG-CBOR block, and an image record (DAG-CBOR) linking both. The
+//! record's CID is the image CID; fetching it over bitswap pulls the whole image, since the
+//! record links (tag 42) its manifest and module.
+
+use agora_runtime::ModuleId;
+use agora_storage::hash::{DAG_CBOR, cid_v1_blake3};
+use agora_storage::{BlockStore, Cid, ImportOptions, StorageError, unixfs};
+use serde::Deserialize;
+
+use super::manifest::{ServiceKind, ServiceManifest};
+
+/// Version of the image record layout.
+pub const IMAGE_RECORD_VERSION: u64 = 1;
+/// Largest module a node will load (guards memory against hostile images).
+pub const MAX_MODULE_BYTES: u64 = 64 << 20;
+
+/// The decoded image record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// How the service runs.
+    pub kind: ServiceKind,
+    /// Root of the module's UnixFS DAG.
+    pub module: Cid,
+    /// The manifest block.
+    pub manifest: Cid,
+    /// Hash of the whole module (what the runtime verifies and caches by).
+    pub module_id: ModuleId,
+}
+
+/// What went wrong reading an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The block store failed or a block is missing.
+    #[error(transparent)]
+    Store(#[from] StorageError),
+    /// A block is not what an image should contain.
+    #[error(
+        "{cid} is not a valid service image: {reason}; check the CID printed by `agora service publish`"
+    )]
+    Malformed {
+        /// The block.
+        cid: Cid,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn malformed(cid: &Cid, reason: impl Into<String>) -> ImageError {
+    ImageError::Malformed {
+        cid: *cid,
+        reason: reason.into(),
+    }
+}
+
+/// Appends a CBOR head of `major` type with argument `n`.
+fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend([m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend((n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend((n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend(n.to_be_bytes());
+        }
+    }
+}
+
+fn text(out: &mut Vec<u8>, s: &str) {
+    head(out, 3, s.len() as u64);
+    out.extend(s.as_bytes());
+}
+
+fn link(out: &mut Vec<u8>, cid: &Cid) {
+    let bytes = cid.to_bytes();
+    head(out, 6, 42);
+    head(out, 2, bytes.len() as u64 + 1);
+    out.push(0);
+    out.extend(bytes);
+}
+
+/// The record as decoded by serde (tags are skipped, links arrive as their bytes).
+#[derive(Deserialize)]
+struct RawRecord {
+    v: u64,
+    kind: ServiceKind,
+    #[serde(with = "serde_bytes")]
+    module: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    manifest: Vec<u8>,
+    module_id: String,
+}
+
+impl ImageRecord {
+    /// Canonical DAG-CBOR: keys sorted by length then bytes, links as tag 42.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        head(&mut out, 5, 5);
+        text(&mut out, "v");
+        head(&mut out, 0, IMAGE_RECORD_VERSION);
+        text(&mut out, "kind");
+        text(&mut out, self.kind.as_str());
+        text(&mut out, "module");
+        link(&mut out, &self.module);
+        text(&mut out, "manifest");
+        link(&mut out, &self.manifest);
+        text(&mut out, "module_id");
+        text(&mut out, &self.module_id.to_string());
+        out
+    }
+
+    /// Decodes a record block fetched as `cid`.
+    pub fn decode(cid: &Cid, bytes: &[u8]) -> Result<Self, ImageError> {
+        if cid.codec() != DAG_CBOR {
+            return Err(malformed(cid, "an image CID must use the dag-cbor codec"));
+        }
+        let raw: RawRecord =
+            serde_cbor::from_slice(bytes).map_err(|e| malformed(cid, e.to_string()))?;
+        if raw.v != IMAGE_RECORD_VERSION {
+            return Err(malformed(
+                cid,
+                format!(
+                    "record version {} is not supported; upgrade the node",
+                    raw.v
+                ),
+            ));
+        }
+        let unlink = |b: &[u8], what: &str| {
+            b.strip_prefix(&[0])
+                .and_then(|c| Cid::try_from(c).ok())
+                .ok_or_else(|| malformed(cid, format!("`{what}` is not a CID link")))
+        };
+        Ok(Self {
+            kind: raw.kind,
+            module: unlink(&raw.module, "module")?,
+            manifest: unlink(&raw.manifest, "manifest")?,
+            module_id: raw
+                .module_id
+                .parse()
+                .map_err(|e: agora_runtime::RuntimeError| malformed(cid, e.to_string()))?,
+        })
+    }
+}
+
+/// Writes module, manifest and record into `store` and pins the record; returns it and its CID.
+pub fn store_image(
+    store: &dyn BlockStore,
+    module: &[u8],
+    manifest: &ServiceManifest,
+) -> Result<(Cid, ImageRecord), StorageError> {
+    let module_root = unixfs::import_file(store, module, ImportOptions::v1())?;
+    let manifest_bytes = serde_cbor::to_vec(manifest).map_err(|e| StorageError::Decode {
+        what: "service manifest",
+        reason: e.to_string(),
+    })?;
+    let manifest_cid = cid_v1_blake3(DAG_CBOR, &manifest_bytes);
+    store.put(&manifest_cid, &manifest_bytes)?;
+    let record = ImageRecord {
+        kind: manifest.kind,
+        module: module_root,
+        manifest: manifest_cid,
+        module_id: ModuleId::for_bytes(module),
+    };
+    let bytes = record.encode();
+    let cid = cid_v1_blake3(DAG_CBOR, &bytes);
+    store.put(&cid, &bytes)?;
+    store.pin(&cid)?;
+    Ok((cid, record))
+}
+
+/// Reads an image whose blocks are all in `store`: record, validated manifest and module bytes.
+/// The module bytes are not yet checked against `module_id` (the runtime does that on load).
+pub fn read_image(
+    store: &dyn BlockStore,
+    image: &Cid,
+) -> Result<(ImageRecord, ServiceManifest, Vec<u8>), ImageError> {
+    let record = ImageRecord::decode(image, &store.get(image)?)?;
+    let manifest_bytes = store.get(&record.manifest)?;
+    let manifest: ServiceManifest = serde_cbor::from_slice(&manifest_bytes)
+        .map_err(|e| malformed(&record.manifest, format!("manifest: {e}")))?;
+    manifest
+        .validate()
+        .map_err(|e| malformed(&record.manifest, e.to_string()))?;
+    if manifest.kind != record.kind {
+        return Err(malformed(image, "record kind differs from the manifest's"));
+    }
+    let mut reader = unixfs::FileReader::new(store, &record.module);
+    let mut module = Vec::new();
+    while let Some(chunk) = reader.next_chunk()? {
+        module.extend_from_slice(&chunk);
+        if module.len() as u64 > MAX_MODULE_BYTES {
+            return Err(malformed(
+                &record.module,
+                format!("module is larger than {MAX_MODULE_BYTES} bytes"),
+            ));
+        }
+    }
+    Ok((record, manifest, module))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agora_storage::MemoryBlockStore;
+
+    #[test]
+    fn image_round_trips_and_links_its_parts() {
+        let store = MemoryBlockStore::default();
+        let module: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        let manifest = ServiceManifest::wasm("svc", "1.0.0");
+        let (cid, record) = store_image(&store, &module, &manifest).unwrap();
+        let bytes = store.get(&cid).unwrap();
+        let links = agora_storage::blockstore::block_links(&cid, &bytes).unwrap();
+        assert_eq!(links, vec![record.module, record.manifest]);
+        let (r, m, bytes) = read_image(&store, &cid).unwrap();
+        assert_eq!(r, record);
+        assert_eq!(m, manifest);
+        assert_eq!(bytes, module);
+        r.module_id.verify(&bytes).unwrap();
+    }
+
+    #[test]
+    fn foreign_blocks_are_rejected() {
+        let store = MemoryBlockStore::default();
+        let (cid, _) = store_image(&store, b"m", &ServiceManifest::wasm("a", "1")).unwrap();
+        let record = ImageRecord::decode(&cid, &store.get(&cid).unwrap()).unwrap();
+        // The manifest block is dag-cbor but not a record.
+        let manifest = store.get(&record.manifest).unwrap();
+        assert!(ImageRecord::decode(&record.manifest, &manifest).is_err());
+        // A raw block is not an image.
+        assert!(read_image(&store, &record.module).is_err());
+    }
+}

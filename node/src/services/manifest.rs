@@ -1,0 +1,381 @@
+//! The service manifest (`svc.toml`): what a service is, what it needs and the limits it runs
+//! under. Stored in an image as a CBOR block; validated on publish and again on stage.
+
+use std::collections::BTreeMap;
+
+use agora_market::Resources;
+use agora_runtime::ServiceLimits;
+use serde::{Deserialize, Serialize};
+
+/// Longest service name.
+const MAX_NAME: usize = 64;
+/// Most device ids a manifest may claim.
+const MAX_DEVICES: usize = 1024;
+/// Most environment variables a manifest may grant.
+const MAX_ENV: usize = 64;
+
+/// How the service runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// A wasm32-wasip1 module on the node's wasmtime host (guest ABI v1).
+    #[default]
+    Wasm,
+    /// A container image run by docker or podman.
+    Container,
+}
+
+impl ServiceKind {
+    /// `"wasm"` or `"container"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::Wasm => "wasm",
+            ServiceKind::Container => "container",
+        }
+    }
+}
+
+/// When the service should be activated once staged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Start as soon as it is staged.
+    #[default]
+    Immediate,
+    /// Stay staged (standby insurance) until a handover starts it.
+    Standby,
+}
+
+/// Resources the service needs from its host (what a customer asks for in an auction).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManifestResources {
+    /// CPU in millicores (1000 = one core).
+    pub cpu_millis: u64,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// Persistent storage in MiB.
+    pub storage_mb: u64,
+}
+
+impl Default for ManifestResources {
+    fn default() -> Self {
+        Self {
+            cpu_millis: 100,
+            memory_mb: 32,
+            storage_mb: 1,
+        }
+    }
+}
+
+/// Limits the host enforces per instance (a contract may override them at stage time).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManifestLimits {
+    /// Linear-memory cap in bytes.
+    pub memory_bytes: u64,
+    /// CPU budget in wasmtime fuel (≈ wasm instructions) per second.
+    pub fuel_per_second: u64,
+    /// Wall-clock lifetime in milliseconds; absent runs until stopped.
+    pub max_lifetime_ms: Option<u64>,
+    /// Instances of this module that may be active at once on one host.
+    pub instances: u32,
+    /// Total stdout/stderr bytes one instance may write.
+    pub max_output_bytes: u64,
+}
+
+impl Default for ManifestLimits {
+    fn default() -> Self {
+        let d = ServiceLimits::default();
+        Self {
+            memory_bytes: d.memory_bytes,
+            fuel_per_second: d.fuel_per_second,
+            max_lifetime_ms: d.wall_clock_ms,
+            instances: d.max_instances,
+            max_output_bytes: d.max_output_bytes,
+        }
+    }
+}
+
+/// The container to run for `kind = "container"`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerImage {
+    /// Image reference, e.g. `docker.io/library/alpine:3.20`.
+    pub image: String,
+    /// Arguments after the image.
+    pub args: Vec<String>,
+}
+
+/// A service manifest, as written in `svc.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceManifest {
+    /// Service name (`[a-z0-9._-]`, at most 64 characters).
+    pub name: String,
+    /// Service version (free text, e.g. semver).
+    pub version: String,
+    /// `"wasm"` (default) or `"container"`.
+    #[serde(default)]
+    pub kind: ServiceKind,
+    /// Resources it needs.
+    #[serde(default)]
+    pub resources: ManifestResources,
+    /// Limits it runs under.
+    #[serde(default)]
+    pub limits: ManifestLimits,
+    /// Sensor/device ids it takes over (empty: none).
+    #[serde(default)]
+    pub devices: Vec<u32>,
+    /// `agora_poll` is called at least this often, in milliseconds.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Environment variables granted to the guest (none by default).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Activation hint for the orchestrator.
+    #[serde(default)]
+    pub activation: Activation,
+    /// The container to run (`kind = "container"` only).
+    #[serde(default)]
+    pub container: Option<ContainerImage>,
+}
+
+fn default_tick_ms() -> u64 {
+    100
+}
+
+/// A manifest that cannot be used; the message names the field and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The TOML could not be parsed.
+    #[error("service manifest is not valid TOML: {0}")]
+    Toml(String),
+    /// A field has a value the node cannot use.
+    #[error("service manifest field `{field}`: {reason}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+fn field(field: &'static str, reason: impl Into<String>) -> ManifestError {
+    ManifestError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl ServiceManifest {
+    /// Parses and validates a manifest from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ManifestError> {
+        let m: ServiceManifest =
+            toml::from_str(text).map_err(|e| ManifestError::Toml(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// A minimal valid wasm manifest (defaults everywhere else).
+    pub fn wasm(name: &str, version: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            version: version.to_string(),
+            kind: ServiceKind::Wasm,
+            resources: ManifestResources::default(),
+            limits: ManifestLimits::default(),
+            devices: Vec::new(),
+            tick_ms: default_tick_ms(),
+            env: BTreeMap::new(),
+            activation: Activation::Immediate,
+            container: None,
+        }
+    }
+
+    /// Checks every field; errors say which field and what to change.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let name_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
+        if self.name.is_empty() || self.name.len() > MAX_NAME || !self.name.chars().all(name_ok) {
+            return Err(field(
+                "name",
+                format!(
+                    "`{}` must be 1..=64 characters of a-z, 0-9, '.', '_', '-'",
+                    self.name
+                ),
+            ));
+        }
+        if self.version.trim().is_empty() || self.version.len() > MAX_NAME {
+            return Err(field(
+                "version",
+                "must be 1..=64 characters, e.g. \"0.1.0\"",
+            ));
+        }
+        if !(1..=60_000).contains(&self.tick_ms) {
+            return Err(field("tick_ms", "must be between 1 and 60000 milliseconds"));
+        }
+        let l = &self.limits;
+        if l.memory_bytes < 64 << 10 {
+            return Err(field(
+                "limits.memory_bytes",
+                "must be at least 65536 (one wasm page)",
+            ));
+        }
+        let wanted_mb = l.memory_bytes.div_ceil(1 << 20);
+        if self.resources.memory_mb > 0 && wanted_mb > self.resources.memory_mb {
+            return Err(field(
+                "limits.memory_bytes",
+                format!(
+                    "{} bytes exceed resources.memory_mb = {}; raise memory_mb or lower the limit",
+                    l.memory_bytes, self.resources.memory_mb
+                ),
+            ));
+        }
+        if l.fuel_per_second == 0 {
+            return Err(field("limits.fuel_per_second", "must be greater than 0"));
+        }
+        if l.max_lifetime_ms == Some(0) {
+            return Err(field(
+                "limits.max_lifetime_ms",
+                "must be greater than 0; omit it to run until stopped",
+            ));
+        }
+        if !(1..=64).contains(&l.instances) {
+            return Err(field("limits.instances", "must be between 1 and 64"));
+        }
+        if self.devices.len() > MAX_DEVICES {
+            return Err(field("devices", "lists more than 1024 device ids"));
+        }
+        let mut sorted = self.devices.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Err(field("devices", "lists a device id twice"));
+        }
+        if self.env.len() > MAX_ENV {
+            return Err(field("env", "grants more than 64 variables"));
+        }
+        if let Some(k) = self
+            .env
+            .keys()
+            .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+        {
+            return Err(field(
+                "env",
+                format!("variable name `{k}` must be non-empty without '=' or NUL"),
+            ));
+        }
+        match (self.kind, &self.container) {
+            (ServiceKind::Wasm, Some(_)) => Err(field(
+                "container",
+                "is only allowed with kind = \"container\"",
+            )),
+            (ServiceKind::Container, None) => Err(field(
+                "container",
+                "kind = \"container\" needs a [container] section with `image`",
+            )),
+            (ServiceKind::Container, Some(c)) if c.image.is_empty() || c.image.starts_with('-') => {
+                Err(field(
+                    "container.image",
+                    "must be an image reference such as docker.io/library/alpine:3.20",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The runtime limits this manifest asks for.
+    pub fn service_limits(&self) -> ServiceLimits {
+        ServiceLimits {
+            memory_bytes: self.limits.memory_bytes,
+            fuel_per_second: self.limits.fuel_per_second,
+            wall_clock_ms: self.limits.max_lifetime_ms,
+            max_instances: self.limits.instances,
+            max_output_bytes: self.limits.max_output_bytes,
+        }
+    }
+
+    /// The manifest's needs as a market resource vector (for auctions).
+    pub fn resources(&self) -> Resources {
+        Resources {
+            cpu_millis: self.resources.cpu_millis,
+            memory_bytes: self.resources.memory_mb.saturating_mul(1 << 20),
+            storage_bytes: self.resources.storage_mb.saturating_mul(1 << 20),
+            ..Resources::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../runtime/examples/lora-gateway/service.toml");
+
+    #[test]
+    fn example_manifest_parses_and_converts() {
+        let m = ServiceManifest::from_toml(EXAMPLE).unwrap();
+        assert_eq!(m.name, "lora-gateway");
+        assert_eq!(m.kind, ServiceKind::Wasm);
+        assert_eq!(m.activation, Activation::Standby);
+        assert!(!m.devices.is_empty());
+        assert!(m.env.is_empty(), "no environment by default");
+        let limits = m.service_limits();
+        assert_eq!(limits.memory_bytes, m.limits.memory_bytes);
+        assert_eq!(m.resources().memory_bytes, m.resources.memory_mb << 20);
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_manifest() {
+        let m = ServiceManifest::from_toml("name = \"x\"\nversion = \"1\"\n").unwrap();
+        assert_eq!(m, ServiceManifest::wasm("x", "1"));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            ("name = \"Bad Name\"\nversion = \"1\"", "name"),
+            ("name = \"x\"\nversion = \"\"", "version"),
+            ("name = \"x\"\nversion = \"1\"\ntick_ms = 0", "tick_ms"),
+            ("name = \"x\"\nversion = \"1\"\ndevices = [1, 1]", "devices"),
+            (
+                "name = \"x\"\nversion = \"1\"\nkind = \"container\"",
+                "container",
+            ),
+            (
+                "name = \"x\"\nversion = \"1\"\n[limits]\nmemory_bytes = 1024",
+                "limits.memory_bytes",
+            ),
+            (
+                "name = \"x\"\nversion = \"1\"\n[resources]\nmemory_mb = 1\n[limits]\nmemory_bytes = 4194304",
+                "limits.memory_bytes",
+            ),
+            (
+                "name = \"x\"\nversion = \"1\"\n[limits]\ninstances = 0",
+                "limits.instances",
+            ),
+            (
+                "name = \"x\"\nversion = \"1\"\n[env]\n\"A=B\" = \"c\"",
+                "env",
+            ),
+        ];
+        for (text, want) in cases {
+            match ServiceManifest::from_toml(text) {
+                Err(ManifestError::Field { field, .. }) => assert_eq!(field, want, "{text}"),
+                other => panic!("{text}: expected a `{want}` error, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            ServiceManifest::from_toml("name = \"x\"\nversion = \"1\"\nunknown = 1"),
+            Err(ManifestError::Toml(_))
+        ));
+    }
+
+    #[test]
+    fn container_manifest_needs_an_image() {
+        let text = "name = \"c\"\nversion = \"1\"\nkind = \"container\"\n[container]\nimage = \"docker.io/library/alpine:3.20\"\n";
+        let m = ServiceManifest::from_toml(text).unwrap();
+        assert_eq!(m.kind, ServiceKind::Container);
+        let bad = text.replace("docker.io/library/alpine:3.20", "--privileged");
+        assert!(ServiceManifest::from_toml(&bad).is_err());
+    }
+}

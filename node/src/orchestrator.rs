@@ -158,6 +158,12 @@ pub struct Orchestrator {
     own: own::Own,
     /// Contracts this node (as customer) already asked to settle, with when.
     settling: BTreeMap<ContractId, Timestamp>,
+    /// When this orchestrator started; the ledger counts as caught up once a block decided
+    /// after that time was applied.
+    started_at: Timestamp,
+    synced: bool,
+    /// When the block being handled arrived (for the activation latency).
+    block_seen_at: Timestamp,
     done_tx: mpsc::Sender<Done>,
 }
 
@@ -187,6 +193,9 @@ pub fn spawn(
         watched: BTreeMap::new(),
         own: own::Own::load(data_dir),
         settling: BTreeMap::new(),
+        started_at: now_ms(),
+        synced: false,
+        block_seen_at: 0,
         done_tx,
     };
     let handle = OrchestratorHandle {

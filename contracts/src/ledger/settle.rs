@@ -57,8 +57,14 @@ fn breach_of(rec: &ContractRecord, end: Timestamp) -> Option<BreachReason> {
     if span == 0 {
         return None;
     }
-    let permille = u64::try_from(u128::from(rec.uptime_ms.min(span)) * 1000 / u128::from(span))
-        .unwrap_or(1000);
+    // The provider cannot have reported the interval since its last heartbeat when the other
+    // side settles: up to one heartbeat interval of that tail counts in its favour.
+    let reported_to = rec.last_uptime_end.unwrap_or(activated);
+    let tail = end
+        .saturating_sub(reported_to)
+        .min(c.qos.heartbeat_interval_ms);
+    let judged = rec.uptime_ms.saturating_add(tail).min(span);
+    let permille = u64::try_from(u128::from(judged) * 1000 / u128::from(span)).unwrap_or(1000);
     (permille < min).then_some(BreachReason::InsufficientUptime { permille })
 }
 

@@ -100,6 +100,11 @@ impl Orchestrator {
                 }
             }
         }
+        // A restarted node's ledger may be stale (a handover may have happened meanwhile):
+        // touch the sensors only once it has caught up.
+        if !self.synced {
+            return;
+        }
         let me = self.me;
         let handed_over = self
             .ledger

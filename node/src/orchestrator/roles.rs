@@ -81,7 +81,14 @@ impl Orchestrator {
     }
 
     pub(super) async fn on_block(&mut self, block: &AppliedBlock) {
+        self.block_seen_at = now_ms();
         let me = self.me;
+        let caught_up = !self.synced && block.time >= self.started_at;
+        if caught_up {
+            self.synced = true;
+            self.timeline
+                .push("synced", None, format!("ledger caught up at height {}", block.height));
+        }
         let events = block.events.clone();
         let duties = self
             .ledger
@@ -121,7 +128,7 @@ impl Orchestrator {
                 _ => {}
             }
         }
-        if own_changed {
+        if own_changed || caught_up {
             self.evaluate_own().await;
         }
     }
@@ -254,10 +261,14 @@ impl Orchestrator {
             h.reported_to = already_reported.unwrap_or(started);
             h.last_heartbeat = started;
         }
+        let latency = started.saturating_sub(self.block_seen_at);
         self.timeline.push(
             "activated",
             Some(&contract),
-            format!("service started; sensors taken over after {resume:?}; {replayed} buffered readings replayed"),
+            format!(
+                "service started {latency} ms after the handover block arrived; sensors taken \
+                 over after {resume:?}; {replayed} buffered readings replayed"
+            ),
         );
         if already_reported.is_none() {
             self.submit(

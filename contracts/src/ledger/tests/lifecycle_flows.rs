@@ -92,11 +92,12 @@ fn hosted_contract_with_low_uptime_is_slashed() {
     h.now = 61_000;
     h.ok(&p, for_contract(uptime(1_000, 31_000), id));
     let ev = h.ok(&c, settle(id, SettleReason::DurationEnded));
+    // 30 s reported plus one heartbeat interval (1 s) of unreported tail, over 60 s.
     assert!(ev.iter().any(|e| matches!(
         e,
         LedgerEvent::Slashed {
             amount: 500,
-            reason: BreachReason::InsufficientUptime { permille: 500 },
+            reason: BreachReason::InsufficientUptime { permille: 516 },
             ..
         }
     )));

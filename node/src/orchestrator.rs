@@ -52,6 +52,9 @@ pub struct TimelineEntry {
     pub contract: Option<String>,
     /// Details.
     pub detail: String,
+    /// A latency measured by this step (e.g. handover block arrival → service started), ms.
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
 }
 
 /// Shared, readable timeline.
@@ -61,11 +64,23 @@ pub struct Timeline(Arc<Mutex<VecDeque<TimelineEntry>>>);
 impl Timeline {
     /// Records an entry.
     pub fn push(&self, phase: &str, contract: Option<&ContractId>, detail: impl Into<String>) {
+        self.push_latency(phase, contract, detail, None);
+    }
+
+    /// Records an entry with a measured latency.
+    pub fn push_latency(
+        &self,
+        phase: &str,
+        contract: Option<&ContractId>,
+        detail: impl Into<String>,
+        latency_ms: Option<u64>,
+    ) {
         let entry = TimelineEntry {
             at: now_ms(),
             phase: phase.to_string(),
             contract: contract.map(ToString::to_string),
             detail: detail.into(),
+            latency_ms,
         };
         info!(phase, contract = ?entry.contract, detail = %entry.detail, "orchestrator");
         let mut t = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

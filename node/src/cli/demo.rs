@@ -72,7 +72,7 @@ pub fn module_bytes(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
         );
     }
     let target = std::env::temp_dir().join("agora-lora-gateway-target");
-    println!("building the lora-gateway service for wasm32-wasip1 ...");
+    eprintln!("building the lora-gateway service for wasm32-wasip1 ...");
     let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
         .arg(&src)
@@ -143,13 +143,15 @@ max_output_bytes = 1048576
 /// Runs the demo.
 pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
     let module = module_bytes(args.module.as_deref())?;
-    println!("Agora devnet demo: {} nodes in {}", args.nodes, args.dir.display());
-    let mut story = Story::start(&args.dir, args.nodes, &module, Arc::new(Loopback), false).await?;
+    if !json {
+        println!("Agora devnet demo: {} nodes in {}", args.nodes, args.dir.display());
+    }
+    let mut story = Story::start(&args.dir, args.nodes, &module, Arc::new(Loopback), json).await?;
     let mut splits = Vec::new();
     let mut settled_ok = true;
     let mut last_b = 0;
     for run in 0..args.runs {
-        if args.runs > 1 {
+        if args.runs > 1 && !json {
             println!("\n-- failover {}/{} --", run + 1, args.runs);
         }
         let armed = story.standby().await?;
@@ -185,21 +187,26 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
         story.a_resumed().await?;
     }
     let cov = story.coverage(last_b).await;
-    report::print_coverage(&cov, story::DEVICES.len());
-    report::print_splits(&splits);
     let ok = settled_ok && cov.missing == 0 && cov.duplicated == 0;
     if json {
         let out = serde_json::json!({ "failovers": splits, "coverage": cov, "ok": ok });
         println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        report::print_coverage(&cov, story::DEVICES.len());
+        report::print_splits(&splits);
     }
     let dir = story.m.dir.clone();
     if !args.keep {
         story.down(false).await?;
-        println!("devnet stopped (data kept in {})", dir.display());
+        if !json {
+            println!("devnet stopped (data kept in {})", dir.display());
+        }
     }
     if !ok {
         anyhow::bail!("the story did not end as expected (see above)");
     }
-    println!("demo finished: every reading processed exactly once, provider paid");
+    if !json {
+        println!("demo finished: every reading processed exactly once, provider paid");
+    }
     Ok(())
 }

@@ -256,19 +256,23 @@ impl Orchestrator {
             .await;
         let rec = self.record(contract).await;
         let already_reported = rec.as_ref().and_then(|r| r.activated_at);
+        // After a restart, uptime is claimed only from now on (and never before what the
+        // ledger already holds).
+        let cursor = rec.as_ref().and_then(|r| r.last_uptime_end).unwrap_or(0);
         if let Some(h) = self.hosted.get_mut(&contract) {
             h.active_since = Some(started);
-            h.reported_to = already_reported.unwrap_or(started);
+            h.reported_to = started.max(cursor);
             h.last_heartbeat = started;
         }
-        let latency = started.saturating_sub(self.block_seen_at);
-        self.timeline.push(
+        let latency = now_ms().saturating_sub(self.block_seen_at);
+        self.timeline.push_latency(
             "activated",
             Some(&contract),
             format!(
-                "service started {latency} ms after the handover block arrived; sensors taken \
-                 over after {resume:?}; {replayed} buffered readings replayed"
+                "service started and sensors taken over {latency} ms after the handover block \
+                 arrived (resuming after {resume:?}; {replayed} buffered readings replayed)"
             ),
+            Some(latency),
         );
         if already_reported.is_none() {
             self.submit(
@@ -403,8 +407,18 @@ impl Orchestrator {
         let ok = self
             .submit(TxKind::Heartbeats { contract, batch }, "heartbeats")
             .await;
+        let cursor = if ok {
+            0
+        } else {
+            // Refused (e.g. an overlapping interval): resynchronise with the ledger.
+            self.record(contract)
+                .await
+                .and_then(|r| r.last_uptime_end)
+                .unwrap_or(0)
+        };
         if let Some(h) = self.hosted.get_mut(&contract) {
             h.last_heartbeat = now;
+            h.reported_to = h.reported_to.max(cursor);
             if ok {
                 if let Some(iv) = intervals.last() {
                     h.reported_to = iv.to;

@@ -77,9 +77,11 @@ pub fn coverage(
 pub struct FailoverSplit {
     /// Kill → first arbitrator attests the customer unreachable.
     pub detection_ms: u64,
-    /// First attestation → handover attested on the ledger (quorum and delay clause).
+    /// First attestation → the block that attests the handover (quorum and delay clause).
     pub attestation_ms: u64,
-    /// Handover on the ledger → B's service started and sensors assigned.
+    /// That block's time → it reached B (consensus rounds and gossip).
+    pub commit_ms: u64,
+    /// The block reached B → B's service started and A's sensors assigned to it.
     pub activation_ms: u64,
     /// Kill → B's service processed its first reading of A's sensors.
     pub end_to_end_ms: u64,
@@ -103,6 +105,7 @@ pub fn print_splits(s: &[FailoverSplit]) {
     let rows = [
         ("detection", col(|x| x.detection_ms)),
         ("attestation", col(|x| x.attestation_ms)),
+        ("commit", col(|x| x.commit_ms)),
         ("activation", col(|x| x.activation_ms)),
         ("end to end", col(|x| x.end_to_end_ms)),
     ];

@@ -55,7 +55,7 @@ impl Sensors {
         interval: Duration,
         region: Region,
     ) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let socket = UdpSocket::bind("0.0.0.0:0").await?;
         let sent = Arc::new(Mutex::new(BTreeMap::new()));
         let cancel = CancellationToken::new();
         let (s2, c2) = (sent.clone(), cancel.clone());

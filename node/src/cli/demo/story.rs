@@ -317,17 +317,30 @@ impl Story {
             }
         }
         let trigger = active.trigger_at.unwrap_or(killed);
-        let activated = active.activated_at.unwrap_or(trigger);
         let detected = if detected == u64::MAX { trigger } else { detected };
+        let act = timeline(bn)
+            .await
+            .into_iter()
+            .rfind(|e| e.phase == "activated" && e.contract.as_deref() == Some(armed.id.as_str()));
+        let (activated, latency) = match act {
+            Some(e) => (e.at, e.latency_ms.unwrap_or(0)),
+            None => (active.activated_at.unwrap_or(trigger), 0),
+        };
+        let arrived = activated.saturating_sub(latency);
         let c = &self.clock;
         c.line("  detected", detected, "arbitrators' liveness checks: A unreachable");
         c.line("  attested", trigger, "handover attested by a 2f+1 quorum on the ledger");
-        c.line("  activated", activated, format!("{} started A's service", bn.name));
+        c.line(
+            "  activated",
+            activated,
+            format!("{} started A's service {latency} ms after the block arrived", bn.name),
+        );
         c.line("  first reading", first, format!("{} processed A's sensors", bn.name));
         Ok(FailoverSplit {
             detection_ms: detected.saturating_sub(killed),
             attestation_ms: trigger.saturating_sub(detected),
-            activation_ms: activated.saturating_sub(trigger),
+            commit_ms: arrived.saturating_sub(trigger),
+            activation_ms: latency,
             end_to_end_ms: first.saturating_sub(killed),
         })
     }

@@ -72,9 +72,9 @@ pub enum ServiceError {
     /// Storage failed (fetching or storing the image).
     #[error(transparent)]
     Storage(Box<StorageServiceError>),
-    /// The image is malformed.
+    /// The image is malformed (boxed: it carries CIDs).
     #[error(transparent)]
-    Image(#[from] ImageError),
+    Image(Box<ImageError>),
     /// The wasm runtime refused (hash mismatch, compile error, limits, unknown id...).
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -118,6 +118,12 @@ pub enum ServiceError {
     /// A blocking task died.
     #[error("service host task failed: {0}")]
     Task(String),
+}
+
+impl From<ImageError> for ServiceError {
+    fn from(e: ImageError) -> Self {
+        ServiceError::Image(Box::new(e))
+    }
 }
 
 impl From<StorageServiceError> for ServiceError {

@@ -232,6 +232,7 @@ impl ServiceHost {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::check_id;
 

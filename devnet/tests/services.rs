@@ -117,6 +117,21 @@ async fn image_published_on_node0_runs_on_node1_with_signed_batches() {
         n1.services.stage("second", image).await,
         Err(ServiceError::AlreadyStaged(_))
     ));
+
+    // A node restart (same process, same data dir) with a service running reopens the guest
+    // store; staged services are not remembered across restarts (the orchestrator re-stages).
+    n1.services.start("second").await.unwrap();
+    let mut net = net;
+    net.stop(1).await;
+    net.restart(1).await.unwrap();
+    let n1 = net.node(1).unwrap();
+    assert!(n1.services.list().is_empty());
+    let restaged = n1.services.stage(contract, image).await.unwrap();
+    assert!(restaged.from_cache, "the artifact cache survives a restart");
+    let mut rx = n1.services.published();
+    n1.services.start(contract).await.unwrap();
+    push_frames(&n1.services, contract, 24, 8).await;
+    assert_eq!(batch_number(&next_msg(&mut rx, contract).await), 3);
     net.shutdown().await;
 }
 

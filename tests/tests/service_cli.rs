@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use agora_runtime::test_utils::lora_gateway_wasm;
+use agora_runtime::test_utils::{lora_frame, lora_gateway_wasm};
 use agora_tests::{DevnetGuard, agora, agora_json, wait_until};
 
 #[test]
@@ -110,6 +110,27 @@ fn publish_list_stage_start_logs_stop_across_nodes() {
     );
     let shown = agora(&["service", "show", "gw1", "--data-dir", &node(1)]);
     assert!(String::from_utf8_lossy(&shown.stdout).contains("state:     active"));
+
+    // Eight frames make one published batch.
+    let frames: Vec<String> = (0..8u32)
+        .map(|seq| {
+            lora_frame(1 + seq % 2, seq, 2150, 4800)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .collect();
+    let mut push = vec!["service", "push", "gw1", "--data-dir"];
+    let n1 = node(1);
+    push.push(&n1);
+    push.extend(frames.iter().map(String::as_str));
+    assert_eq!(agora_json(&push)["queued"], 8);
+    wait_until("one published batch", Duration::from_secs(20), || {
+        let shown = agora_json(&["service", "show", "gw1", "--data-dir", &node(1)]);
+        shown["service"]["metering"]["published"] == 1
+    });
+    let not_hex = agora(&["service", "push", "gw1", "zz", "--data-dir", &node(1)]);
+    assert!(String::from_utf8_lossy(&not_hex.stderr).contains("is not hex"));
 
     let stopped = agora_json(&["service", "stop", "gw1", "--data-dir", &node(1)]);
     assert_eq!(stopped["reason"], "Requested");

@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub deals: crate::deals::DealConfig,
     /// Content-addressed storage and bitswap.
     pub storage: StorageSection,
+    /// The service host (wasm runtime).
+    pub services: crate::services::ServicesSection,
 }
 
 /// `[storage]`

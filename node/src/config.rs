@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub storage: StorageSection,
     /// The sensor radio (simulated LoRa uplinks over UDP).
     pub radio: crate::radio::RadioConfig,
+    /// The service host (wasm runtime).
+    pub services: crate::services::ServicesSection,
 }
 
 /// `[storage]`

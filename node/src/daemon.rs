@@ -221,7 +221,7 @@ async fn start_with_key(
     })?;
     let (services, services_task) = crate::services::spawn(
         data_dir,
-        crate::services::ServicesConfig::default(),
+        config.services.service_config(),
         storage.clone(),
         key.signer().clone(),
         cancel.clone(),

@@ -63,6 +63,37 @@ impl Default for ServicesConfig {
     }
 }
 
+/// `[services]` in `config.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServicesSection {
+    /// Wasm instances that may exist at once on this node.
+    pub max_instances: u32,
+    /// Largest memory limit a service may run with, in MiB.
+    pub max_memory_mb: u64,
+}
+
+impl Default for ServicesSection {
+    fn default() -> Self {
+        let d = ServicesConfig::default();
+        Self {
+            max_instances: d.max_instances,
+            max_memory_mb: d.max_memory_bytes >> 20,
+        }
+    }
+}
+
+impl ServicesSection {
+    /// The service host config (values clamped to 1..=1024 instances and 1..=4096 MiB).
+    pub fn service_config(&self) -> ServicesConfig {
+        ServicesConfig {
+            max_instances: self.max_instances.clamp(1, 1024),
+            max_memory_bytes: self.max_memory_mb.clamp(1, 4096) << 20,
+            ..ServicesConfig::default()
+        }
+    }
+}
+
 /// Errors of the service host; messages say what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -72,9 +103,9 @@ pub enum ServiceError {
     /// Storage failed (fetching or storing the image).
     #[error(transparent)]
     Storage(Box<StorageServiceError>),
-    /// The image is malformed.
+    /// The image is malformed (boxed: it carries CIDs).
     #[error(transparent)]
-    Image(#[from] ImageError),
+    Image(Box<ImageError>),
     /// The wasm runtime refused (hash mismatch, compile error, limits, unknown id...).
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -118,6 +149,12 @@ pub enum ServiceError {
     /// A blocking task died.
     #[error("service host task failed: {0}")]
     Task(String),
+}
+
+impl From<ImageError> for ServiceError {
+    fn from(e: ImageError) -> Self {
+        ServiceError::Image(Box::new(e))
+    }
 }
 
 impl From<StorageServiceError> for ServiceError {
@@ -367,5 +404,22 @@ impl ServiceHost {
             .get(id)
             .map(|s| s.container.is_some())
             .ok_or_else(|| ServiceError::Unknown(id.to_string()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::config::NodeConfig;
+
+    #[test]
+    fn services_section_parses_and_clamps() {
+        let c: NodeConfig =
+            toml::from_str("[services]\nmax_instances = 0\nmax_memory_mb = 64\n").unwrap();
+        let s = c.services.service_config();
+        assert_eq!(s.max_instances, 1);
+        assert_eq!(s.max_memory_bytes, 64 << 20);
+        assert!(toml::from_str::<NodeConfig>("[services]\nmax_cpus = 1\n").is_err());
+        assert!(NodeConfig::default().to_toml().contains("[services]"));
     }
 }

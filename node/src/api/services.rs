@@ -34,6 +34,22 @@ pub struct StageRequest {
     pub id: Option<String>,
 }
 
+/// `POST /v1/services/{id}/readings`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadingsRequest {
+    /// Readings, hex-encoded, queued in order.
+    pub readings: Vec<String>,
+}
+
+/// Reply of `readings`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadingsReply {
+    /// The service id.
+    pub id: String,
+    /// Readings queued.
+    pub queued: usize,
+}
+
 /// Reply of `stop`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StopReply {
@@ -208,6 +224,30 @@ async fn logs(
     Ok(Json(LogsReply { id, logs }))
 }
 
+async fn readings(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<ReadingsRequest>,
+) -> Result<Json<ReadingsReply>, ApiError> {
+    authorize(&s, &headers)?;
+    let host = services(&s)?;
+    let mut decoded = Vec::with_capacity(req.readings.len());
+    for r in &req.readings {
+        decoded.push(hex::decode(r.trim()).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("reading `{r}` is not hex ({e}); pass bytes as hex, e.g. a70100…"),
+            )
+        })?);
+    }
+    let queued = decoded.len();
+    for r in decoded {
+        host.push_reading(&id, r).map_err(bad)?;
+    }
+    Ok(Json(ReadingsReply { id, queued }))
+}
+
 /// The service routes.
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -219,4 +259,5 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/services/{id}/stop", post(stop))
         .route("/v1/services/{id}/remove", post(remove))
         .route("/v1/services/{id}/logs", get(logs))
+        .route("/v1/services/{id}/readings", post(readings))
 }

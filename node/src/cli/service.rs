@@ -6,7 +6,9 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use crate::api::client::ApiClient;
-use crate::api::services::{LogsReply, PublishRequest, ShowReply, StageRequest, StopReply};
+use crate::api::services::{
+    LogsReply, PublishRequest, ReadingsReply, ReadingsRequest, ShowReply, StageRequest, StopReply,
+};
 use crate::services::{ImageInfo, ServiceInfo, StagedInfo};
 
 use super::output::{print_json, print_table};
@@ -46,6 +48,14 @@ pub enum ServiceCommand {
     Remove {
         /// Service id.
         id: String,
+    },
+    /// Queue sensor readings (hex) for a wasm service, in order.
+    Push {
+        /// Service id.
+        id: String,
+        /// Readings as hex bytes (e.g. a lora-gateway frame).
+        #[arg(required = true)]
+        readings: Vec<String>,
     },
     /// Print a service's log tail.
     Logs {
@@ -148,6 +158,16 @@ pub async fn service(dir: &Path, cmd: &ServiceCommand, json: bool) -> anyhow::Re
                 return print_json(&r);
             }
             println!("removed {id}");
+        }
+        ServiceCommand::Push { id, readings } => {
+            let req = ReadingsRequest {
+                readings: readings.clone(),
+            };
+            let r: ReadingsReply = api.post(&path(id, "/readings"), &req).await?;
+            if json {
+                return print_json(&r);
+            }
+            println!("queued {} readings for {}", r.queued, r.id);
         }
         ServiceCommand::Logs { id } => {
             let r: LogsReply = api.get(&path(id, "/logs")).await?;

@@ -207,6 +207,7 @@ pub fn read_image(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use agora_storage::MemoryBlockStore;

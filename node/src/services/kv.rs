@@ -86,6 +86,7 @@ impl KvStore for SledKv {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -306,6 +306,7 @@ impl ServiceManifest {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -210,28 +210,43 @@ impl ServiceHost {
         Ok(())
     }
 
-    /// Asks every active service to stop (node shutdown); does not wait.
+    /// Stops every active service (node shutdown), waiting up to 2 s in all for the wasm ones so
+    /// their threads release the guest store before the node can be started again.
     pub(crate) async fn stop_all(&self) {
         let ids: Vec<(String, bool)> = lock(&self.inner.staged)
             .iter()
             .map(|(id, s)| (id.clone(), s.container.is_some()))
             .collect();
+        let mut stopping = Vec::new();
         for (id, is_container) in ids {
             if is_container {
                 if self.container_state(&id).ok() == Some(ServiceState::Active) {
                     let _ = self.container_stop(&id).await;
                 }
-            } else {
-                let sid = ServiceId::from(id.as_str());
-                if self.inner.manager.state(&sid).ok() == Some(ServiceState::Active) {
-                    let _ = self.inner.manager.stop(&sid);
-                }
+                continue;
             }
+            let sid = ServiceId::from(id.as_str());
+            if self.inner.manager.state(&sid).ok() == Some(ServiceState::Active)
+                && self.inner.manager.stop(&sid).is_ok()
+            {
+                stopping.push(sid);
+            }
+        }
+        let waits = stopping
+            .iter()
+            .map(|sid| self.inner.manager.wait_stopped(sid));
+        let all = futures::future::join_all(waits);
+        if tokio::time::timeout(Duration::from_secs(2), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some services were still stopping at shutdown");
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::check_id;
 

@@ -95,6 +95,7 @@ fn signing_bytes(service: &str, seq: u64, digest: &[u8; 32], at_ms: Timestamp) -
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use agora_market::KeySigner;

@@ -1,0 +1,303 @@
+//! Service host on in-process nodes: an image published on node0 is fetched over bitswap,
+//! verified, compiled and run on node1, whose node key signs what the guest publishes; hostile
+//! modules stop with a reason while another service keeps running.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use agora_devnet::Devnet;
+use agora_node::services::{
+    ImageRecord, PublishedMsg, ServiceError, ServiceHost, ServiceManifest, image::store_image,
+};
+use agora_runtime::test_utils::{ECHO, INFINITE_LOOP, MEMORY_BOMB, lora_frame, lora_gateway_wasm};
+use agora_runtime::{ModuleId, RuntimeError, ServiceState, StopReason};
+use agora_storage::hash::{DAG_CBOR, cid_v1_blake3};
+use tokio::sync::broadcast;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn lora_manifest() -> ServiceManifest {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../runtime/examples/lora-gateway/service.toml"
+    );
+    ServiceManifest::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+async fn next_msg(rx: &mut broadcast::Receiver<PublishedMsg>, service: &str) -> PublishedMsg {
+    timeout(WAIT, async {
+        loop {
+            match rx.recv().await {
+                Ok(m) if m.service == service => return m,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(e) => panic!("published channel closed: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no message from {service} within {WAIT:?}"))
+}
+
+fn batch_number(msg: &PublishedMsg) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    v["batch"].as_u64().unwrap()
+}
+
+async fn push_frames(host: &ServiceHost, id: &str, first_seq: u32, n: u32) {
+    for seq in first_seq..first_seq + n {
+        let device = 1 + seq % 3;
+        host.push_reading(id, lora_frame(device, seq, 2150, 4800))
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_published_on_node0_runs_on_node1_with_signed_batches() {
+    let wasm = lora_gateway_wasm().unwrap_or_else(|e| panic!("{e}"));
+    let net = Devnet::builder().nodes(2).spawn().await.unwrap();
+    net.wait_connected(1, WAIT).await.unwrap();
+    let (n0, n1) = (net.node(0).unwrap(), net.node(1).unwrap());
+
+    let info = n0.services.publish(wasm, lora_manifest()).await.unwrap();
+    assert_eq!(info.name, "lora-gateway");
+    let image = info.image.parse().unwrap();
+
+    // node1 has none of the blocks: staging fetches them from node0 over bitswap.
+    let contract = "c0ffee0123456789";
+    let staged = timeout(WAIT, n1.services.stage(contract, image))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!staged.from_cache, "node1 never compiled this module");
+    assert_eq!(staged.module_id, info.module_id);
+    let listed = n1.services.list();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, ServiceState::Staged);
+    assert_eq!(listed[0].image, info.image);
+
+    let mut rx = n1.services.published();
+    n1.services.start(contract).await.unwrap();
+    push_frames(&n1.services, contract, 0, 16).await;
+    for want in 0..2 {
+        let msg = next_msg(&mut rx, contract).await;
+        msg.verify().unwrap();
+        assert_eq!(msg.node, net.node_id(1), "signed by the hosting node");
+        assert_eq!(msg.seq, want);
+        assert_eq!(batch_number(&msg), want);
+    }
+    let m = n1.services.metering(contract).unwrap();
+    assert_eq!(m.readings_processed, 16);
+    assert_eq!(m.published, 2);
+    assert!(
+        n1.services
+            .logs(contract)
+            .await
+            .unwrap()
+            .contains("lora-gateway started")
+    );
+
+    // A restarted service continues from its persistent key-value store.
+    assert_eq!(
+        n1.services.stop(contract).await.unwrap(),
+        StopReason::Requested
+    );
+    assert!(n1.services.metering(contract).unwrap().fuel_used > 0);
+    n1.services.start(contract).await.unwrap();
+    push_frames(&n1.services, contract, 16, 8).await;
+    let msg = next_msg(&mut rx, contract).await;
+    msg.verify().unwrap();
+    assert_eq!(batch_number(&msg), 2, "batch counter survived the restart");
+    n1.services.stop(contract).await.unwrap();
+
+    // A second staging of the same image reuses node1's compiled artifact.
+    let again = n1.services.stage("second", image).await.unwrap();
+    assert!(again.from_cache);
+    assert!(matches!(
+        n1.services.stage("second", image).await,
+        Err(ServiceError::AlreadyStaged(_))
+    ));
+
+    // A node restart (same process, same data dir) with a service running reopens the guest
+    // store; staged services are not remembered across restarts (the orchestrator re-stages).
+    n1.services.start("second").await.unwrap();
+    let mut net = net;
+    net.stop(1).await;
+    net.restart(1).await.unwrap();
+    let n1 = net.node(1).unwrap();
+    assert!(n1.services.list().is_empty());
+    let restaged = n1.services.stage(contract, image).await.unwrap();
+    assert!(restaged.from_cache, "the artifact cache survives a restart");
+    let mut rx = n1.services.published();
+    n1.services.start(contract).await.unwrap();
+    push_frames(&n1.services, contract, 24, 8).await;
+    assert_eq!(batch_number(&next_msg(&mut rx, contract).await), 3);
+    net.shutdown().await;
+}
+
+fn limited(name: &str, memory_bytes: u64, fuel_per_second: u64) -> ServiceManifest {
+    let mut m = ServiceManifest::wasm(name, "1");
+    m.limits.memory_bytes = memory_bytes;
+    m.limits.fuel_per_second = fuel_per_second;
+    m.tick_ms = 10;
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_modules_stop_with_a_reason_while_another_service_runs() {
+    let net = Devnet::builder().nodes(1).spawn().await.unwrap();
+    let host = &net.node(0).unwrap().services;
+    let mut rx = host.published();
+
+    let echo = host
+        .publish(
+            ECHO.as_bytes().to_vec(),
+            limited("echo", 1 << 20, 50_000_000),
+        )
+        .await
+        .unwrap();
+    host.stage("echo", echo.image.parse().unwrap())
+        .await
+        .unwrap();
+    host.start("echo").await.unwrap();
+
+    let spin = host
+        .publish(
+            INFINITE_LOOP.as_bytes().to_vec(),
+            limited("spin", 1 << 20, 5_000_000),
+        )
+        .await
+        .unwrap();
+    let bomb = host
+        .publish(
+            MEMORY_BOMB.as_bytes().to_vec(),
+            limited("bomb", 2 << 20, 50_000_000),
+        )
+        .await
+        .unwrap();
+    for (id, info) in [("spin", &spin), ("bomb", &bomb)] {
+        host.stage(id, info.image.parse().unwrap()).await.unwrap();
+        host.start(id).await.unwrap();
+    }
+    assert_eq!(
+        host.wait_stopped("spin", WAIT).await.unwrap(),
+        StopReason::CpuLimit
+    );
+    assert_eq!(
+        host.wait_stopped("bomb", WAIT).await.unwrap(),
+        StopReason::MemoryLimit
+    );
+    assert!(host.metering("bomb").unwrap().peak_memory_bytes <= 2 << 20);
+
+    // The well-behaved service is untouched and still answers.
+    let show = host.list().into_iter().find(|s| s.id == "echo").unwrap();
+    assert_eq!(show.state, ServiceState::Active);
+    host.push_reading("echo", b"still here".to_vec()).unwrap();
+    let msg = next_msg(&mut rx, "echo").await;
+    msg.verify().unwrap();
+    assert_eq!(msg.payload, b"still here");
+    // Health is judged on recent polls; on a loaded machine give it a moment.
+    let healthy = timeout(WAIT, async {
+        while !host.health("echo").unwrap().healthy {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(healthy.await.is_ok(), "{:?}", host.health("echo"));
+    assert_eq!(host.stop("echo").await.unwrap(), StopReason::Requested);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_images_and_bad_requests_are_refused() {
+    let net = Devnet::builder().nodes(1).spawn().await.unwrap();
+    let node = net.node(0).unwrap();
+    let host = &node.services;
+
+    // An image whose record names the hash of other bytes than its module.
+    let manifest = ServiceManifest::wasm("liar", "1");
+    let m = manifest.clone();
+    let forged = node
+        .storage
+        .blocking(move |s| {
+            let (_, mut record) = store_image(s, ECHO.as_bytes(), &m)?;
+            record.module_id = ModuleId::for_bytes(INFINITE_LOOP.as_bytes());
+            let bytes = record.encode();
+            let cid = cid_v1_blake3(DAG_CBOR, &bytes);
+            s.put(&cid, &bytes)?;
+            Ok(cid)
+        })
+        .await
+        .unwrap();
+    let err = host.stage("liar", forged).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ServiceError::Runtime(RuntimeError::ModuleHashMismatch { .. })
+        ),
+        "{err}"
+    );
+    assert!(host.list().is_empty(), "nothing staged from a forged image");
+
+    // A block that is not an image record.
+    let echo = host
+        .publish(ECHO.as_bytes().to_vec(), manifest.clone())
+        .await
+        .unwrap();
+    let module_root = echo.module.parse().unwrap();
+    assert!(matches!(
+        host.stage("raw", module_root).await,
+        Err(ServiceError::Image(_))
+    ));
+    let record_bytes = node
+        .storage
+        .blocking({
+            let cid = echo.image.parse().unwrap();
+            move |s| s.get(&cid)
+        })
+        .await
+        .unwrap();
+    let record = ImageRecord::decode(&echo.image.parse().unwrap(), &record_bytes).unwrap();
+    assert_eq!(record.module_id.to_string(), echo.module_id);
+
+    // Bad ids, unknown ids, and a module that is not wasm at all.
+    let image = echo.image.parse().unwrap();
+    assert!(matches!(
+        host.stage("-x", image).await,
+        Err(ServiceError::BadId(_))
+    ));
+    assert!(matches!(
+        host.start("nope").await,
+        Err(ServiceError::Unknown(_))
+    ));
+    assert!(host.publish(b"not wasm".to_vec(), manifest).await.is_err());
+
+    // Containers: without docker/podman, start says what to install.
+    let mut c = ServiceManifest::wasm("box", "1");
+    c.kind = agora_node::services::ServiceKind::Container;
+    c.container = Some(agora_node::services::manifest::ContainerImage {
+        image: "docker.io/library/alpine:3.20".into(),
+        args: vec!["true".into()],
+    });
+    let boxed = host.publish(Vec::new(), c).await.unwrap();
+    host.stage("box", boxed.image.parse().unwrap())
+        .await
+        .unwrap();
+    match agora_runtime::CliExecutor::detect() {
+        Err(_) => {
+            let err = host.start("box").await.unwrap_err();
+            assert!(
+                err.to_string().contains("install docker or podman"),
+                "{err}"
+            );
+            assert_eq!(
+                host.list().iter().find(|s| s.id == "box").unwrap().state,
+                ServiceState::Staged
+            );
+        }
+        Ok(_) => eprintln!(
+            "skipping the no-engine check: a container engine is running here, and this test \
+             does not pull images"
+        ),
+    }
+    net.shutdown().await;
+}

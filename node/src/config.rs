@@ -128,12 +128,14 @@ pub struct NetworkSection {
     pub bootstrap: Vec<String>,
     /// LAN discovery with mDNS.
     pub mdns: bool,
-    /// Presence heartbeat interval, ms.
+    /// Presence ping interval (per direct or watched peer), ms.
     pub presence_interval_ms: u64,
     /// Silence after which a peer counts as unreachable, ms.
     pub presence_timeout_ms: u64,
     /// Gossipsub mesh heartbeat, ms.
     pub gossip_heartbeat_ms: u64,
+    /// Peers found via Kademlia are dialled only while fewer than this many are connected.
+    pub target_peers: usize,
 }
 
 impl Default for NetworkSection {
@@ -146,6 +148,7 @@ impl Default for NetworkSection {
             presence_interval_ms: ms(d.presence_interval),
             presence_timeout_ms: ms(d.presence_timeout),
             gossip_heartbeat_ms: ms(d.gossip_heartbeat),
+            target_peers: d.target_peers,
         }
     }
 }
@@ -235,6 +238,7 @@ impl NodeConfig {
             presence_interval: Duration::from_millis(self.network.presence_interval_ms.max(10)),
             presence_timeout: Duration::from_millis(self.network.presence_timeout_ms.max(20)),
             gossip_heartbeat: Duration::from_millis(self.network.gossip_heartbeat_ms.max(10)),
+            target_peers: self.network.target_peers.max(1),
         })
     }
 

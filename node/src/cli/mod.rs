@@ -43,7 +43,7 @@ pub enum Command {
     Status,
     /// List the running node's connected peers.
     Peers,
-    /// Show which peers are reachable (presence heartbeats), and since when.
+    /// Show which peers are reachable (pings to direct and watched peers), and since when.
     Presence,
     /// Open auctions (as customer).
     #[command(subcommand)]

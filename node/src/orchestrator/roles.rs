@@ -74,7 +74,7 @@ impl Orchestrator {
                     ContractStatus::Validated | ContractStatus::Migrated | ContractStatus::Armed
                 )
             {
-                self.watch(id, &rec);
+                self.watch(id, &rec).await;
             }
         }
         self.evaluate_own().await;
@@ -152,7 +152,7 @@ impl Orchestrator {
             Duty::Stop { contract } => self.stop_hosted(contract).await,
             Duty::Watch { contract, .. } => {
                 if let Some(rec) = self.record(contract).await {
-                    self.watch(contract, &rec);
+                    self.watch(contract, &rec).await;
                 }
             }
             Duty::Unwatch { contract, subject } => {
@@ -160,13 +160,14 @@ impl Orchestrator {
                     w.contracts.remove(&contract);
                     if w.contracts.is_empty() {
                         self.watched.remove(&subject);
+                        let _ = self.network.unwatch(subject).await;
                     }
                 }
             }
         }
     }
 
-    fn watch(&mut self, contract: ContractId, rec: &ContractRecord) {
+    async fn watch(&mut self, contract: ContractId, rec: &ContractRecord) {
         let after = match rec.contract.activation {
             ActivationClause::OnHandover { unreachable_for_ms } => unreachable_for_ms,
             _ => 0,
@@ -183,6 +184,10 @@ impl Orchestrator {
                 Some(&contract),
                 format!("customer {}", rec.contract.customer.short()),
             );
+            // Keep a direct connection so the liveness check is this node's own.
+            if let Err(e) = self.network.watch(rec.contract.customer).await {
+                debug!(error = %e, "cannot watch the customer");
+            }
         }
     }
 

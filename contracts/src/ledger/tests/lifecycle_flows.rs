@@ -199,7 +199,7 @@ fn heartbeats_cannot_overlap_or_come_from_the_future() {
     );
     h.now = 10_000;
     assert!(
-        h.try_apply(&p, for_contract(uptime(1_000, 11_000), id))
+        h.try_apply(&p, for_contract(uptime(1_000, 13_000), id))
             .is_err()
     );
     h.ok(&p, for_contract(uptime(1_000, 5_000), id));
@@ -213,6 +213,11 @@ fn heartbeats_cannot_overlap_or_come_from_the_future() {
             .is_err()
     );
     assert_eq!(h.ledger.contract(&id).unwrap().uptime_ms, 4_000);
+    // Ending slightly after the block time (clock skew): counted up to the block time only.
+    h.ok(&p, for_contract(uptime(5_000, 10_400), id));
+    let rec = h.ledger.contract(&id).unwrap();
+    assert_eq!(rec.uptime_ms, 9_000);
+    assert_eq!(rec.last_uptime_end, Some(10_000));
 }
 
 #[test]

@@ -37,6 +37,7 @@ fn setup(n: usize) -> (AuctionRequest, AuctionId, Vec<(BidId, Bid)>) {
         }),
         award_grace_ms: 60_000,
         service: None,
+        start_at: None,
     };
     let auction = spec.create(&customer, 0, 1).unwrap();
     let aid = auction.id().unwrap();

@@ -47,6 +47,9 @@ pub struct AuctionBody {
     /// CID of the service image to run (the contract's image), if the customer names one.
     #[serde(default)]
     pub service: Option<String>,
+    /// Hosted service wanted from this time on (a pre-contracted slot), else right away.
+    #[serde(default)]
+    pub start_at: Option<Timestamp>,
 }
 
 /// A signed auction request.
@@ -89,6 +92,9 @@ pub struct AuctionSpec {
     /// CID of the service image the contract will carry.
     #[serde(default)]
     pub service: Option<String>,
+    /// Start the hosted service at this time (ms) rather than right away.
+    #[serde(default)]
+    pub start_at: Option<Timestamp>,
 }
 
 impl AuctionSpec {
@@ -113,6 +119,7 @@ impl AuctionSpec {
             created_at: now,
             expires_at: window_closes_at.saturating_add(self.award_grace_ms),
             service: self.service,
+            start_at: self.start_at,
         };
         Signed::sign(body, signer)
     }

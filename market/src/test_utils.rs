@@ -74,6 +74,7 @@ impl AuctionBuilder {
                 near: None,
                 award_grace_ms: 60_000,
                 service: None,
+                start_at: None,
             },
             nonce: None,
         }

@@ -190,16 +190,17 @@ impl DealTask {
             .filter(|c| *c != customer && *c != provider)
             .collect();
         // The auction names the service image; without one the configured default is used.
-        let named = match t.subject {
+        let (named, start_at) = match t.subject {
             AwardSubject::Bid { auction, .. } => self
                 .market
                 .query(move |s| {
                     s.auction(&auction)
-                        .and_then(|a| a.request.body.service.clone())
+                        .map(|a| (a.request.body.service.clone(), a.request.body.start_at))
+                        .unwrap_or_default()
                 })
                 .await
                 .map_err(|e| e.to_string())?,
-            AwardSubject::Offer { .. } => None,
+            AwardSubject::Offer { .. } => (None, None),
         };
         let image: Cid = match named {
             Some(cid) => cid
@@ -216,7 +217,10 @@ impl DealTask {
             ContractKind::Standby => ActivationClause::OnHandover {
                 unreachable_for_ms: self.config.handover_after_ms,
             },
-            _ => ActivationClause::Immediately,
+            _ => match start_at {
+                Some(t) => ActivationClause::At(t),
+                None => ActivationClause::Immediately,
+            },
         };
         let permille = |p: u64| t.price.saturating_mul(p) / 1000;
         Ok(Contract {

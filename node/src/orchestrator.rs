@@ -83,7 +83,10 @@ impl Timeline {
             latency_ms,
         };
         info!(phase, contract = ?entry.contract, detail = %entry.detail, "orchestrator");
-        let mut t = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut t = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         t.push_back(entry);
         while t.len() > KEPT_TIMELINE {
             t.pop_front();
@@ -92,7 +95,10 @@ impl Timeline {
 
     /// All entries, oldest first.
     pub fn entries(&self) -> Vec<TimelineEntry> {
-        let t = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         t.iter().cloned().collect()
     }
 }
@@ -169,6 +175,8 @@ pub struct Orchestrator {
     timeline: Timeline,
     hosted: BTreeMap<ContractId, Hosted>,
     staging: BTreeSet<ContractId>,
+    /// Activations scheduled for a fixed time (`ActivationClause::At`).
+    scheduled: BTreeMap<ContractId, Timestamp>,
     watched: BTreeMap<NodeId, Watched>,
     own: own::Own,
     /// Contracts this node (as customer) already asked to settle, with when.
@@ -205,6 +213,7 @@ pub fn spawn(
         timeline: timeline.clone(),
         hosted: BTreeMap::new(),
         staging: BTreeSet::new(),
+        scheduled: BTreeMap::new(),
         watched: BTreeMap::new(),
         own: own::Own::load(data_dir),
         settling: BTreeMap::new(),
@@ -217,7 +226,10 @@ pub fn spawn(
         tx: req_tx,
         timeline,
     };
-    let task = tokio::spawn(o.run(outcomes, events, done_rx, req_rx, cancel).in_current_span());
+    let task = tokio::spawn(
+        o.run(outcomes, events, done_rx, req_rx, cancel)
+            .in_current_span(),
+    );
     (handle, task)
 }
 

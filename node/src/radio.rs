@@ -239,7 +239,12 @@ impl RadioHandle {
     /// Stops routing `devices`, after a last checkpoint of what was processed.
     pub async fn release(&self, devices: Vec<u32>) {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Release { devices, reply }).await.is_ok() {
+        if self
+            .tx
+            .send(Command::Release { devices, reply })
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }

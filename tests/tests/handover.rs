@@ -21,7 +21,10 @@ fn module() -> Vec<u8> {
     module_bytes(None).expect("lora-gateway module (rustup target add wasm32-wasip1)")
 }
 
-async fn story(dir: &std::path::Path, launcher: Arc<dyn agora_node::cli::devnet::Launcher>) -> Story {
+async fn story(
+    dir: &std::path::Path,
+    launcher: Arc<dyn agora_node::cli::devnet::Launcher>,
+) -> Story {
     Story::start(dir, 5, &module(), launcher, true)
         .await
         .expect("story starts")
@@ -55,7 +58,10 @@ async fn customer_back_early_pays_pro_rata_and_no_reading_is_lost() {
     let cov = s.coverage(armed.b).await;
     assert_eq!(cov.missing, 0, "{cov:?}");
     assert_eq!(cov.duplicated, 0, "{cov:?}");
-    assert!(cov.by_edge.len() >= 2, "A and B both processed readings: {cov:?}");
+    assert!(
+        cov.by_edge.len() >= 2,
+        "A and B both processed readings: {cov:?}"
+    );
     s.down(true).await.unwrap();
 }
 
@@ -71,9 +77,11 @@ async fn provider_that_never_activates_is_slashed() {
     let rep_before = s.account(obs, &provider).await.unwrap().reputation;
     s.kill(armed.b).unwrap();
     s.kill(s.a).unwrap();
-    s.wait_contract(obs, &armed.id, "handover attested", 30, |r| r.trigger_at.is_some())
-        .await
-        .unwrap();
+    s.wait_contract(obs, &armed.id, "handover attested", 30, |r| {
+        r.trigger_at.is_some()
+    })
+    .await
+    .unwrap();
     let deadline = armed.rec.contract.qos.max_activation_delay_ms;
     tokio::time::sleep(Duration::from_millis(deadline + 500)).await;
     let balance_before = s.account(obs, &customer).await.unwrap();
@@ -144,7 +152,9 @@ async fn partition_between_customer_and_provider_is_no_handover() {
     let lab = match NetLab::new(5, agora_bin()) {
         Ok(lab) => Arc::new(lab),
         Err(why) => {
-            eprintln!("SKIPPED partition test: network namespaces unavailable ({why}); needs root and iproute2");
+            eprintln!(
+                "SKIPPED partition test: network namespaces unavailable ({why}); needs root and iproute2"
+            );
             return;
         }
     };

@@ -185,7 +185,8 @@ impl Ledger {
         let mut cursor = rec.last_uptime_end.or(rec.activated_at).unwrap_or(now);
         let mut added: u64 = 0;
         for iv in &batch.intervals {
-            if iv.from < cursor || iv.to < iv.from || iv.to > now.saturating_add(MAX_CLOCK_SKEW_MS) {
+            if iv.from < cursor || iv.to < iv.from || iv.to > now.saturating_add(MAX_CLOCK_SKEW_MS)
+            {
                 return Err(invalid(
                     format!(
                         "interval {}..{} must start at or after {cursor}, be ordered and end by now",

@@ -31,7 +31,8 @@ fn radio(s: &ApiState) -> Result<&RadioHandle, ApiError> {
     s.radio.as_ref().ok_or_else(|| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
-            "this node has no radio: set radio.listen in config.toml (devnet nodes have one)".into(),
+            "this node has no radio: set radio.listen in config.toml (devnet nodes have one)"
+                .into(),
         )
     })
 }

@@ -8,6 +8,7 @@
 //! checkpoint. A is restarted, settles, B is paid, A takes its sensors back. The demo prints a
 //! timeline, the failover split, who processed which readings, and the balances.
 
+mod drone;
 pub mod report;
 mod sensors;
 pub mod story;
@@ -55,6 +56,8 @@ pub struct DemoArgs {
 pub enum Scenario {
     /// Edge A insures its service with a standby contract; A fails; B takes over.
     Standby,
+    /// A drone streams to the edges along its route, each pre-contracted for its segment.
+    Drone,
 }
 
 /// The module bytes: `--module`, else the lora-gateway example built for wasm32-wasip1.
@@ -74,7 +77,13 @@ pub fn module_bytes(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
     let target = std::env::temp_dir().join("agora-lora-gateway-target");
     eprintln!("building the lora-gateway service for wasm32-wasip1 ...");
     let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
+        ])
         .arg(&src)
         .arg("--target-dir")
         .arg(&target)
@@ -98,6 +107,7 @@ async fn publish(
     dir: &std::path::Path,
     module: &[u8],
     devices: &[u32],
+    activation: &str,
 ) -> anyhow::Result<(String, agora_market::Resources)> {
     use anyhow::Context;
     let manifest = format!(
@@ -105,7 +115,7 @@ async fn publish(
 version = "0.1.0"
 kind = "wasm"
 tick_ms = 50
-activation = "standby"
+activation = "{activation}"
 devices = {devices:?}
 
 [resources]
@@ -143,8 +153,15 @@ max_output_bytes = 1048576
 /// Runs the demo.
 pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
     let module = module_bytes(args.module.as_deref())?;
+    if args.scenario == Scenario::Drone {
+        return drone::run(args, &module, json).await;
+    }
     if !json {
-        println!("Agora devnet demo: {} nodes in {}", args.nodes, args.dir.display());
+        println!(
+            "Agora devnet demo: {} nodes in {}",
+            args.nodes,
+            args.dir.display()
+        );
     }
     let mut story = Story::start(&args.dir, args.nodes, &module, Arc::new(Loopback), json).await?;
     let mut splits = Vec::new();
@@ -161,7 +178,10 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
             .find(|i| *i != story.a && *i != armed.b)
             .unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let before = story.account(observer, &provider).await.map_or(0, |b| b.balance);
+        let before = story
+            .account(observer, &provider)
+            .await
+            .map_or(0, |b| b.balance);
         let killed = story.kill(story.a)?;
         story
             .clock
@@ -169,11 +189,18 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
         splits.push(story.failover(&armed, killed).await?);
         tokio::time::sleep(Duration::from_secs(args.outage)).await;
         story.restart(story.a).await?;
-        story.clock.line("  A back", crate::now_ms(), "A restarted from its data dir");
+        story
+            .clock
+            .line("  A back", crate::now_ms(), "A restarted from its data dir");
         let done = story
-            .wait_contract(observer, &armed.id, "settlement", 30, |r| r.status.is_final())
+            .wait_contract(observer, &armed.id, "settlement", 30, |r| {
+                r.status.is_final()
+            })
             .await?;
-        let after = story.account(observer, &provider).await.map_or(0, |b| b.balance);
+        let after = story
+            .account(observer, &provider)
+            .await
+            .map_or(0, |b| b.balance);
         story.clock.line(
             "  settled",
             done.closed_at.unwrap_or(0),
@@ -182,8 +209,8 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
                 done.status, done.paid_to_provider, done.contract.payment
             ),
         );
-        settled_ok &= done.status == agora_contracts::ContractStatus::Settled
-            && done.paid_to_provider > 0;
+        settled_ok &=
+            done.status == agora_contracts::ContractStatus::Settled && done.paid_to_provider > 0;
         story.a_resumed().await?;
     }
     let cov = story.coverage(last_b).await;

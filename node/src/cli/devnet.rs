@@ -268,7 +268,8 @@ pub async fn up_with(
             .collect();
         config.api.listen = api.trim().to_string();
         if !config.radio.listen.is_empty() {
-            let radio = wait_for_file(&data_dir.join(crate::daemon::RADIO_ADDR_FILE), deadline).await?;
+            let radio =
+                wait_for_file(&data_dir.join(crate::daemon::RADIO_ADDR_FILE), deadline).await?;
             config.radio.listen = radio.trim().to_string();
         }
         write_config(&data_dir, &config)?;

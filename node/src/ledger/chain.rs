@@ -214,7 +214,9 @@ impl LedgerTask {
                     .filter_map(|(_, raw)| serde_cbor::from_slice(&raw).ok())
                     .collect();
                 if !stored.is_empty() {
-                    return self.respond(id, &SyncMsg::Response { blocks: stored }).await;
+                    return self
+                        .respond(id, &SyncMsg::Response { blocks: stored })
+                        .await;
                 }
                 self.timers.sync_requests.insert(from, id);
                 self.feed(Input::SyncRequest { from, height }).await;

@@ -78,7 +78,9 @@ impl Orchestrator {
         if self.own.staged {
             Ok(self.own.devices.clone())
         } else {
-            Err(format!("image {image} could not be staged; see the node log"))
+            Err(format!(
+                "image {image} could not be staged; see the node log"
+            ))
         }
     }
 

@@ -1,10 +1,10 @@
 //! Provider, arbitrator and customer actions.
 
+use agora_contracts::attestation::Liveness;
 use agora_contracts::{
     ActivationClause, ContractId, ContractKind, ContractRecord, ContractStatus, Duty,
     HeartbeatBatch, LedgerEvent, SettleReason, TxKind, UptimeInterval, duties_for,
 };
-use agora_contracts::attestation::Liveness;
 use agora_market::NodeId;
 use tracing::{debug, warn};
 
@@ -65,7 +65,13 @@ impl Orchestrator {
                 )
             {
                 let start = rec.status == ContractStatus::Active;
-                self.stage(id, c.customer, c.service_image, c.qos.heartbeat_interval_ms, start);
+                self.stage(
+                    id,
+                    c.customer,
+                    c.service_image,
+                    c.qos.heartbeat_interval_ms,
+                    start,
+                );
             }
             if c.committee.contains(&me)
                 && c.kind == ContractKind::Standby
@@ -86,8 +92,11 @@ impl Orchestrator {
         let caught_up = !self.synced && block.time >= self.started_at;
         if caught_up {
             self.synced = true;
-            self.timeline
-                .push("synced", None, format!("ledger caught up at height {}", block.height));
+            self.timeline.push(
+                "synced",
+                None,
+                format!("ledger caught up at height {}", block.height),
+            );
         }
         let events = block.events.clone();
         let duties = self
@@ -104,8 +113,11 @@ impl Orchestrator {
                 LedgerEvent::HandoverAttested {
                     contract, customer, ..
                 } if *customer == me => {
-                    self.timeline
-                        .push("handover-attested-while-up", Some(contract), "yielding sensors");
+                    self.timeline.push(
+                        "handover-attested-while-up",
+                        Some(contract),
+                        "yielding sensors",
+                    );
                     own_changed = true;
                 }
                 LedgerEvent::StatusChanged { contract, to, .. } => {
@@ -135,7 +147,9 @@ impl Orchestrator {
 
     async fn on_duty(&mut self, duty: Duty) {
         match duty {
-            Duty::Migrate { contract, image, .. } => {
+            Duty::Migrate {
+                contract, image, ..
+            } => {
                 if let Some(rec) = self.record(contract).await {
                     let hb = rec.contract.qos.heartbeat_interval_ms;
                     self.stage(contract, rec.contract.customer, image, hb, false);
@@ -148,7 +162,11 @@ impl Orchestrator {
                     }
                 }
             }
-            Duty::Activate { contract, .. } => self.activate(contract).await,
+            Duty::Activate {
+                contract,
+                not_before,
+                ..
+            } => self.activate_at(contract, not_before).await,
             Duty::Stop { contract } => self.stop_hosted(contract).await,
             Duty::Watch { contract, .. } => {
                 if let Some(rec) = self.record(contract).await {
@@ -172,7 +190,10 @@ impl Orchestrator {
             ActivationClause::OnHandover { unreachable_for_ms } => unreachable_for_ms,
             _ => 0,
         };
-        let w = self.watched.entry(rec.contract.customer).or_insert_with(Watched::default);
+        let w = self
+            .watched
+            .entry(rec.contract.customer)
+            .or_insert_with(Watched::default);
         if w.contracts.insert(contract) {
             w.unreachable_for_ms = if w.contracts.len() == 1 {
                 after
@@ -220,17 +241,35 @@ impl Orchestrator {
         };
         match rec.status {
             ContractStatus::Validated => {
-                self.submit(TxKind::MarkMigrated(contract), "migrated").await;
+                self.submit(TxKind::MarkMigrated(contract), "migrated")
+                    .await;
             }
             ContractStatus::Migrated => {
                 self.on_duty(Duty::Arm { contract }).await;
             }
-            ContractStatus::Armed if rec.trigger_at.is_some() => self.activate(contract).await,
+            ContractStatus::Armed if rec.trigger_at.is_some() => {
+                self.activate_at(contract, rec.trigger_at.unwrap_or(0))
+                    .await
+            }
             ContractStatus::Armed => self.radio.listen(devices, true).await,
             ContractStatus::Active if then_start || rec.activated_at.is_some() => {
                 self.activate(contract).await
             }
             _ => {}
+        }
+    }
+
+    /// Activates now, or schedules it when `not_before` lies ahead (a pre-contracted slot).
+    async fn activate_at(&mut self, contract: ContractId, not_before: u64) {
+        if not_before > now_ms() {
+            self.scheduled.insert(contract, not_before);
+            self.timeline.push(
+                "scheduled",
+                Some(&contract),
+                format!("activation at {not_before}"),
+            );
+        } else {
+            self.activate(contract).await;
         }
     }
 
@@ -240,7 +279,13 @@ impl Orchestrator {
             // Not staged yet (e.g. right after a restart): activation follows staging.
             if let Some(rec) = self.record(contract).await {
                 let c = &rec.contract;
-                self.stage(contract, c.customer, c.service_image, c.qos.heartbeat_interval_ms, true);
+                self.stage(
+                    contract,
+                    c.customer,
+                    c.service_image,
+                    c.qos.heartbeat_interval_ms,
+                    true,
+                );
             }
             return;
         };
@@ -304,21 +349,30 @@ impl Orchestrator {
         self.timeline.push(
             "stopped",
             Some(&contract),
-            format!("service stopped, sensors {:?} handed back to {}", h.devices, h.customer.short()),
+            format!(
+                "service stopped, sensors {:?} handed back to {}",
+                h.devices,
+                h.customer.short()
+            ),
         );
     }
 
     pub(super) async fn on_presence(&mut self, p: PresenceEvent) {
         let now = now_ms();
         match p {
-            PresenceEvent::Down { node, last_seen, .. } => {
+            PresenceEvent::Down {
+                node, last_seen, ..
+            } => {
                 let Some(w) = self.watched.get_mut(&node) else {
                     return;
                 };
                 w.down_since = Some(last_seen);
-                let due = last_seen.saturating_add(w.unreachable_for_ms).saturating_add(20);
+                let due = last_seen
+                    .saturating_add(w.unreachable_for_ms)
+                    .saturating_add(20);
                 w.reattest_at = (due > now).then_some(due);
-                self.attest(node, Liveness::Unreachable { since: last_seen }).await;
+                self.attest(node, Liveness::Unreachable { since: last_seen })
+                    .await;
             }
             PresenceEvent::Up { node, .. } => {
                 let Some(w) = self.watched.get_mut(&node) else {
@@ -348,6 +402,16 @@ impl Orchestrator {
 
     pub(super) async fn on_tick(&mut self) {
         let now = now_ms();
+        let due: Vec<ContractId> = self
+            .scheduled
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in due {
+            self.scheduled.remove(&c);
+            self.activate(c).await;
+        }
         let due: Vec<(NodeId, u64)> = self
             .watched
             .iter_mut()
@@ -435,7 +499,8 @@ impl Orchestrator {
         if let Some(rec) = self.record(contract).await
             && rec.contract.kind == ContractKind::Hosted
         {
-            self.submit(TxKind::SettleUptime(contract), "uptime payment").await;
+            self.submit(TxKind::SettleUptime(contract), "uptime payment")
+                .await;
         }
     }
 
@@ -467,7 +532,9 @@ impl Orchestrator {
             let customer = rec.contract.customer == me;
             let ended = rec.window_end().is_some_and(|e| now >= e);
             let reason = match rec.status {
-                ContractStatus::Active if customer && rec.contract.kind == ContractKind::Standby => {
+                ContractStatus::Active
+                    if customer && rec.contract.kind == ContractKind::Standby =>
+                {
                     Some(SettleReason::CustomerBack)
                 }
                 ContractStatus::Active | ContractStatus::Armed if ended => {
@@ -483,7 +550,13 @@ impl Orchestrator {
             if let Some(reason) = reason {
                 self.settling.insert(id, now);
                 if self
-                    .submit(TxKind::Settle { contract: id, reason }, "settle")
+                    .submit(
+                        TxKind::Settle {
+                            contract: id,
+                            reason,
+                        },
+                        "settle",
+                    )
                     .await
                 {
                     self.timeline

@@ -267,7 +267,8 @@ impl RadioTask {
             let d = self.devices.entry(r.device).or_default();
             d.status.device = r.device;
             {
-                d.status.peer_covered = Some(d.status.peer_covered.map_or(r.last, |p| p.max(r.last)));
+                d.status.peer_covered =
+                    Some(d.status.peer_covered.map_or(r.last, |p| p.max(r.last)));
                 d.covered = Some(d.covered.map_or(r.last, |p| p.max(r.last)));
                 // Buffered frames the peer already processed are no longer needed.
                 d.buffer.retain(|(seq, _)| *seq > r.last);
@@ -366,7 +367,8 @@ impl RadioTask {
                 .collect(),
         };
         self.seq += 1;
-        if let Ok(env) = Envelope::seal_body(&self.signer, Kind::Radio, now_ms(), self.seq, &answer) {
+        if let Ok(env) = Envelope::seal_body(&self.signer, Kind::Radio, now_ms(), self.seq, &answer)
+        {
             let _ = self.network.respond(id, &env).await;
         }
     }
@@ -406,15 +408,18 @@ impl RadioTask {
         ) else {
             return;
         };
-        let asks = peers
-            .iter()
-            .filter_map(|p| p.peer_id.parse::<libp2p::PeerId>().ok())
-            .take(REPLAY_PEERS)
-            .map(|peer| {
-                let network = self.network.clone();
-                let env = env.clone();
-                async move { tokio::time::timeout(REPLAY_TIMEOUT, network.request(peer, &env)).await }
-            });
+        let asks =
+            peers
+                .iter()
+                .filter_map(|p| p.peer_id.parse::<libp2p::PeerId>().ok())
+                .take(REPLAY_PEERS)
+                .map(|peer| {
+                    let network = self.network.clone();
+                    let env = env.clone();
+                    async move {
+                        tokio::time::timeout(REPLAY_TIMEOUT, network.request(peer, &env)).await
+                    }
+                });
         let answers = futures::future::join_all(asks).await;
         let mut got = 0usize;
         for answer in answers.into_iter().flatten().flatten() {

@@ -59,7 +59,15 @@ impl NetLab {
             ])?;
             ip(&["link", "set", &host_end, "master", &bridge])?;
             ip(&["link", "set", &host_end, "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{}/24", lab.addr(i)), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", lab.addr(i)),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
@@ -77,14 +85,42 @@ impl NetLab {
 
     /// Cuts the link between nodes `i` and `j` (both directions).
     pub fn cut(&self, i: usize, j: usize) -> Result<(), String> {
-        ip(&["-n", &self.ns(i), "route", "add", "blackhole", &format!("{}/32", self.addr(j))])?;
-        ip(&["-n", &self.ns(j), "route", "add", "blackhole", &format!("{}/32", self.addr(i))])
+        ip(&[
+            "-n",
+            &self.ns(i),
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/32", self.addr(j)),
+        ])?;
+        ip(&[
+            "-n",
+            &self.ns(j),
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/32", self.addr(i)),
+        ])
     }
 
     /// Restores the link between nodes `i` and `j`.
     pub fn heal(&self, i: usize, j: usize) -> Result<(), String> {
-        ip(&["-n", &self.ns(i), "route", "del", "blackhole", &format!("{}/32", self.addr(j))])?;
-        ip(&["-n", &self.ns(j), "route", "del", "blackhole", &format!("{}/32", self.addr(i))])
+        ip(&[
+            "-n",
+            &self.ns(i),
+            "route",
+            "del",
+            "blackhole",
+            &format!("{}/32", self.addr(j)),
+        ])?;
+        ip(&[
+            "-n",
+            &self.ns(j),
+            "route",
+            "del",
+            "blackhole",
+            &format!("{}/32", self.addr(i)),
+        ])
     }
 }
 
@@ -104,7 +140,10 @@ impl Launcher for NetLab {
             .arg(exe)
             .args(["node", "run", "--data-dir"])
             .arg(data_dir)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))

@@ -158,11 +158,9 @@ mod tests {
     #[test]
     fn coverage_counts_missing_and_duplicates() {
         let sent = BTreeMap::from([(1, 10)]);
-        let c = coverage(
-            &sent,
-            &[cp("a", 1, 1, 4), cp("b", 1, 4, 8)],
-            |e| e.to_string(),
-        );
+        let c = coverage(&sent, &[cp("a", 1, 1, 4), cp("b", 1, 4, 8)], |e| {
+            e.to_string()
+        });
         assert_eq!(c.sent, 10);
         assert_eq!(c.by_edge["a"], 4);
         assert_eq!(c.by_edge["b"], 5);

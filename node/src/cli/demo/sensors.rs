@@ -30,7 +30,10 @@ pub struct Region(Arc<Mutex<Vec<SocketAddr>>>);
 impl Region {
     /// Edges in range.
     pub fn set(&self, edges: Vec<SocketAddr>) {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = edges;
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = edges;
     }
 
     fn edges(&self) -> Vec<SocketAddr> {

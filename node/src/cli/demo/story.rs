@@ -28,7 +28,7 @@ pub const DEVICES: [u32; 3] = [101, 102, 103];
 /// Sensor uplink interval.
 const UPLINK: Duration = Duration::from_millis(100);
 
-fn api(n: &DevnetNode) -> anyhow::Result<ApiClient> {
+pub(super) fn api(n: &DevnetNode) -> anyhow::Result<ApiClient> {
     Ok(ApiClient::for_data_dir(&n.data_dir)?)
 }
 
@@ -51,9 +51,9 @@ pub async fn wait_for<T>(
 }
 
 #[derive(Deserialize)]
-struct ContractRow {
-    id: String,
-    customer: String,
+pub(super) struct ContractRow {
+    pub(super) id: String,
+    pub(super) customer: String,
 }
 
 /// Prints phases relative to the story's start.
@@ -64,6 +64,19 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// A clock starting now.
+    pub fn new(quiet: bool) -> Self {
+        Clock {
+            start: now_ms(),
+            quiet,
+        }
+    }
+
+    /// When the story started (ms).
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
     /// Prints one timeline line.
     pub fn line(&self, phase: &str, at: u64, text: impl std::fmt::Display) {
         if !self.quiet {
@@ -121,13 +134,24 @@ impl Story {
             quiet,
         };
         let m = up_with(dir, nodes, 0, Duration::from_secs(60), launcher.as_ref()).await?;
-        clock.line("devnet", now_ms(), format!("{} nodes connected", m.nodes.len()));
+        clock.line(
+            "devnet",
+            now_ms(),
+            format!("{} nodes connected", m.nodes.len()),
+        );
         let a = m.nodes.len() - 1;
         let region = Region::default();
         region.set(radio_addrs(&m));
         let sensors = Sensors::start(DEVICES.to_vec(), UPLINK, region).await?;
         let an = m.nodes[a].clone();
-        let (image, needs) = publish(&api(&an)?, &m.dir.join("service"), module, &DEVICES).await?;
+        let (image, needs) = publish(
+            &api(&an)?,
+            &m.dir.join("service"),
+            module,
+            &DEVICES,
+            "standby",
+        )
+        .await?;
         clock.line(
             "1 estimation",
             now_ms(),
@@ -139,10 +163,19 @@ impl Story {
             ),
         );
         let own: OwnReply = api(&an)?
-            .post("/v1/own", &OwnRequest { image: image.clone() })
+            .post(
+                "/v1/own",
+                &OwnRequest {
+                    image: image.clone(),
+                },
+            )
             .await
             .context("starting A's own service")?;
-        clock.line("own service", now_ms(), format!("A runs it on sensors {:?}", own.devices));
+        clock.line(
+            "own service",
+            now_ms(),
+            format!("A runs it on sensors {:?}", own.devices),
+        );
         Ok(Story {
             m,
             a,
@@ -175,11 +208,15 @@ impl Story {
             near: None,
             award_grace_ms: 30_000,
             service: Some(self.image.clone()),
+            start_at: None,
         };
         let known: Vec<String> = list_contracts(an).await.into_iter().map(|c| c.id).collect();
         let created: CreatedReply = api(an)?.post("/v1/market/auctions", &spec).await?;
-        self.clock
-            .line("2 auction", now_ms(), format!("standby auction {}", short(&created.id)));
+        self.clock.line(
+            "2 auction",
+            now_ms(),
+            format!("standby auction {}", short(&created.id)),
+        );
         let row = wait_for("the contract", 30, async || {
             list_contracts(an)
                 .await
@@ -277,7 +314,10 @@ impl Story {
         pred: impl Fn(&ContractRecord) -> bool,
     ) -> anyhow::Result<ContractRecord> {
         let n = &self.m.nodes[node];
-        wait_for(what, secs, async || contract(n, id).await.filter(|r| pred(r))).await
+        wait_for(what, secs, async || {
+            contract(n, id).await.filter(|r| pred(r))
+        })
+        .await
     }
 
     /// The contract as `node` sees it now.
@@ -317,7 +357,11 @@ impl Story {
             }
         }
         let trigger = active.trigger_at.unwrap_or(killed);
-        let detected = if detected == u64::MAX { trigger } else { detected };
+        let detected = if detected == u64::MAX {
+            trigger
+        } else {
+            detected
+        };
         let act = timeline(bn)
             .await
             .into_iter()
@@ -328,14 +372,29 @@ impl Story {
         };
         let arrived = activated.saturating_sub(latency);
         let c = &self.clock;
-        c.line("  detected", detected, "arbitrators' liveness checks: A unreachable");
-        c.line("  attested", trigger, "handover attested by a 2f+1 quorum on the ledger");
+        c.line(
+            "  detected",
+            detected,
+            "arbitrators' liveness checks: A unreachable",
+        );
+        c.line(
+            "  attested",
+            trigger,
+            "handover attested by a 2f+1 quorum on the ledger",
+        );
         c.line(
             "  activated",
             activated,
-            format!("{} started A's service {latency} ms after the block arrived", bn.name),
+            format!(
+                "{} started A's service {latency} ms after the block arrived",
+                bn.name
+            ),
         );
-        c.line("  first reading", first, format!("{} processed A's sensors", bn.name));
+        c.line(
+            "  first reading",
+            first,
+            format!("{} processed A's sensors", bn.name),
+        );
         Ok(FailoverSplit {
             detection_ms: detected.saturating_sub(killed),
             attestation_ms: trigger.saturating_sub(detected),
@@ -355,7 +414,8 @@ impl Story {
                 .then_some(())
         })
         .await?;
-        self.clock.line("  A resumed", now_ms(), "A processes its sensors again");
+        self.clock
+            .line("  A resumed", now_ms(), "A processes its sensors again");
         Ok(())
     }
 
@@ -389,7 +449,11 @@ impl Story {
         let a_id = &self.m.nodes[self.a].node_id;
         coverage(&sent, &st.checkpoints, |edge| {
             let name = names.get(edge).cloned().unwrap_or_else(|| short(edge));
-            if edge == a_id { format!("{name} (A)") } else { name }
+            if edge == a_id {
+                format!("{name} (A)")
+            } else {
+                name
+            }
         })
     }
 
@@ -421,7 +485,8 @@ impl Drop for Story {
     }
 }
 
-fn radio_addrs(m: &DevnetManifest) -> Vec<SocketAddr> {
+/// The devnet nodes' radio addresses.
+pub(super) fn radio_addrs(m: &DevnetManifest) -> Vec<SocketAddr> {
     m.nodes
         .iter()
         .filter_map(|n| std::fs::read_to_string(n.data_dir.join("radio.addr")).ok())
@@ -429,7 +494,7 @@ fn radio_addrs(m: &DevnetManifest) -> Vec<SocketAddr> {
         .collect()
 }
 
-async fn contract(n: &DevnetNode, id: &str) -> Option<ContractRecord> {
+pub(super) async fn contract(n: &DevnetNode, id: &str) -> Option<ContractRecord> {
     api(n)
         .ok()?
         .get::<ContractRecord>(&format!("/v1/ledger/contracts/{id}"))
@@ -437,14 +502,14 @@ async fn contract(n: &DevnetNode, id: &str) -> Option<ContractRecord> {
         .ok()
 }
 
-async fn list_contracts(n: &DevnetNode) -> Vec<ContractRow> {
+pub(super) async fn list_contracts(n: &DevnetNode) -> Vec<ContractRow> {
     match api(n) {
         Ok(c) => c.get("/v1/ledger/contracts").await.unwrap_or_default(),
         Err(_) => Vec::new(),
     }
 }
 
-async fn timeline(n: &DevnetNode) -> Vec<TimelineEntry> {
+pub(super) async fn timeline(n: &DevnetNode) -> Vec<TimelineEntry> {
     match api(n) {
         Ok(c) => c.get("/v1/timeline").await.unwrap_or_default(),
         Err(_) => Vec::new(),

@@ -141,12 +141,17 @@ pub(super) async fn run(args: &DemoArgs, module: &[u8], json: bool) -> anyhow::R
     }
     let addrs = radio_addrs(&m);
     let region = Region::default();
-    let sensors = Sensors::start(vec![DRONE], Duration::from_millis(100), region.clone()).await?;
     if depart > now_ms() {
         tokio::time::sleep(Duration::from_millis(depart - now_ms())).await;
     }
+    let mut sensors = None;
     for (seg, &edge) in route.iter().enumerate() {
         region.set(addrs.get(edge).copied().into_iter().collect());
+        if sensors.is_none() {
+            sensors = Some(
+                Sensors::start(vec![DRONE], Duration::from_millis(100), region.clone()).await?,
+            );
+        }
         clock.line(
             "7 flight",
             now_ms(),
@@ -155,7 +160,10 @@ pub(super) async fn run(args: &DemoArgs, module: &[u8], json: bool) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(SEGMENT_MS)).await;
     }
     region.set(Vec::new());
-    let sent = sensors.stop().await;
+    let sent = match sensors {
+        Some(s) => s.stop().await,
+        None => BTreeMap::new(),
+    };
     clock.line("  landed", now_ms(), "drone out of range of every edge");
     let mut paid = BTreeMap::new();
     for id in &ids {

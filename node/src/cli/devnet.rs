@@ -31,6 +31,39 @@ pub enum DevnetCommand {
     Down(DownArgs),
     /// Run the flagship story on real processes: standby contract, failure, handover, payment.
     Demo(super::demo::DemoArgs),
+    /// Kill one node's process with SIGKILL (a real failure; data stays).
+    Kill(NodeArgs),
+    /// Start one stopped node again from its data dir.
+    Start(NodeArgs),
+    /// Simulated LoRa sensors broadcasting to every node's radio until Ctrl-C (or --for).
+    Sensors(SensorArgs),
+}
+
+/// Options naming one devnet node.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Node name, e.g. `node3`.
+    pub node: String,
+    /// Devnet directory.
+    #[arg(long, default_value = DEFAULT_DEVNET_DIR)]
+    pub dir: PathBuf,
+}
+
+/// Options of `devnet sensors`.
+#[derive(Debug, Args)]
+pub struct SensorArgs {
+    /// Device ids, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "101,102,103")]
+    pub devices: Vec<u32>,
+    /// Uplink interval in ms.
+    #[arg(long, default_value_t = 100)]
+    pub interval_ms: u64,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long = "for")]
+    pub for_s: Option<u64>,
+    /// Devnet directory.
+    #[arg(long, default_value = DEFAULT_DEVNET_DIR)]
+    pub dir: PathBuf,
 }
 
 /// Options of `devnet up`.
@@ -81,6 +114,81 @@ pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
             let m = DevnetManifest::load(&a.dir)?;
             print_manifest(&m, json).await
         }
+        DevnetCommand::Kill(a) => {
+            let mut m = DevnetManifest::load(&a.dir)?;
+            let n = node_index(&m, &a.node)?;
+            let node = &m.nodes[n];
+            match node.pid.filter(|p| is_our_process(*p, &node.data_dir)) {
+                Some(pid) => {
+                    std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status()
+                        .context("running kill")?;
+                }
+                None => bail!("{} is not running", a.node),
+            }
+            m.nodes[n].pid = None;
+            m.save()?;
+            println!(
+                "killed {} (SIGKILL); `agora devnet start {}` brings it back",
+                a.node, a.node
+            );
+            Ok(())
+        }
+        DevnetCommand::Start(a) => {
+            let mut m = DevnetManifest::load(&a.dir)?;
+            let n = node_index(&m, &a.node)?;
+            let node = m.nodes[n].clone();
+            if node.pid.is_some_and(|p| is_our_process(p, &node.data_dir)) {
+                bail!("{} is already running", a.node);
+            }
+            let exe = std::env::current_exe().context("cannot find the agora binary")?;
+            let _ = std::fs::remove_file(node.data_dir.join(API_ADDR_FILE));
+            let pid = spawn_node(&exe, &node.data_dir)?;
+            m.nodes[n].pid = Some(pid);
+            m.save()?;
+            wait_for_file(
+                &node.data_dir.join(API_ADDR_FILE),
+                Instant::now() + Duration::from_secs(30),
+            )
+            .await?;
+            println!("started {} (pid {pid})", a.node);
+            Ok(())
+        }
+        DevnetCommand::Sensors(a) => {
+            let m = DevnetManifest::load(&a.dir)?;
+            let region = super::demo::Region::default();
+            let addrs: Vec<std::net::SocketAddr> = m
+                .nodes
+                .iter()
+                .filter_map(|n| {
+                    std::fs::read_to_string(n.data_dir.join(crate::daemon::RADIO_ADDR_FILE)).ok()
+                })
+                .filter_map(|s| s.trim().parse().ok())
+                .collect();
+            println!(
+                "sensors {:?} sending every {} ms to {} edges; Ctrl-C stops",
+                a.devices,
+                a.interval_ms,
+                addrs.len()
+            );
+            region.set(addrs);
+            let sensors = super::demo::Sensors::start(
+                a.devices.clone(),
+                Duration::from_millis(a.interval_ms.max(1)),
+                region,
+            )
+            .await?;
+            match a.for_s {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+            let sent = sensors.stop().await;
+            println!("sent: {sent:?}");
+            Ok(())
+        }
         DevnetCommand::Down(a) => {
             let stopped = down(&a.dir, a.clean).await?;
             if json {
@@ -94,6 +202,16 @@ pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+fn node_index(m: &DevnetManifest, name: &str) -> anyhow::Result<usize> {
+    m.nodes
+        .iter()
+        .position(|n| n.name == name)
+        .with_context(|| {
+            let names: Vec<&str> = m.nodes.iter().map(|n| n.name.as_str()).collect();
+            format!("no node {name} in this devnet; nodes: {}", names.join(", "))
+        })
 }
 
 /// Whether process `pid` is alive and is the `agora node run` for `data_dir`.

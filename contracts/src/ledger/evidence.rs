@@ -195,8 +195,9 @@ impl Ledger {
                     now,
                 ));
             }
-            // A provider clock slightly ahead of the block time loses only the part after now.
-            let to = iv.to.min(now);
+            // A provider clock slightly ahead of the block time loses only the part after now;
+            // a pending settlement counts service only up to its end.
+            let to = iv.to.min(now).min(rec.closing.unwrap_or(u64::MAX));
             let from = iv.from.min(to);
             let counted_to = down_since.map_or(to, |s| to.min(s.max(from)));
             added = added.saturating_add(counted_to - from);
@@ -219,11 +220,17 @@ impl Ledger {
         if let Some(last) = batch.data_proofs.last() {
             rec.last_data_proof = Some(*last);
         }
-        Ok(vec![LedgerEvent::HeartbeatsRecorded {
+        let mut events = vec![LedgerEvent::HeartbeatsRecorded {
             contract: id,
             uptime_ms: rec.uptime_ms,
             readings_processed: rec.readings_processed,
-        }])
+        }];
+        if let Some(end) = rec.closing
+            && rec.last_uptime_end.is_some_and(|e| e >= end)
+        {
+            events.extend(self.finish_closing(now, id)?);
+        }
+        Ok(events)
     }
 
     pub(super) fn storage_proof(

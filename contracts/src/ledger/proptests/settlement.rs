@@ -50,7 +50,10 @@ proptest! {
             data_proofs: vec![],
         };
         h.ok(&p, TxKind::Heartbeats { contract: id, batch });
-        let events = h.ok(&c, TxKind::Settle { contract: id, reason: SettleReason::DurationEnded });
+        let mut events = h.ok(&c, TxKind::Settle { contract: id, reason: SettleReason::DurationEnded });
+        // A shortfall waits for in-flight heartbeats, then is judged after the grace period.
+        h.now += 10_000;
+        events.extend(h.ledger.tick(h.now));
         // Judged uptime: reported plus at most one heartbeat interval of unreported tail.
         let judged = (up + (duration - up).min(1_000)).min(duration);
         let measured = judged * 1_000 / duration;

@@ -92,6 +92,14 @@ fn hosted_contract_with_low_uptime_is_slashed() {
     h.now = 61_000;
     h.ok(&p, for_contract(uptime(1_000, 31_000), id));
     let ev = h.ok(&c, settle(id, SettleReason::DurationEnded));
+    // The shortfall could be heartbeats in flight: judged once the grace period passes.
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, LedgerEvent::SettlementPending { until: 65_000, .. }))
+    );
+    assert_eq!(h.status(id), ContractStatus::Active);
+    h.now = 65_000;
+    let ev = h.ledger.tick(h.now);
     // 30 s reported plus one heartbeat interval (1 s) of unreported tail, over 60 s.
     assert!(ev.iter().any(|e| matches!(
         e,

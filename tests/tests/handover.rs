@@ -3,9 +3,11 @@
 //! Processes are killed for real (SIGKILL); the partition case cuts links with network
 //! namespaces.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agora_contracts::ContractStatus;
@@ -15,7 +17,7 @@ use support::Bin;
 use support::netns::NetLab;
 
 /// One devnet at a time: each story runs five nodes on a small machine.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn module() -> Vec<u8> {
     module_bytes(None).expect("lora-gateway module (rustup target add wasm32-wasip1)")
@@ -32,7 +34,7 @@ async fn story(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_back_early_pays_pro_rata_and_no_reading_is_lost() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut s = story(&tmp.path().join("net"), Arc::new(Bin(agora_bin()))).await;
     let armed = s.standby().await.unwrap();
@@ -67,7 +69,7 @@ async fn customer_back_early_pays_pro_rata_and_no_reading_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_that_never_activates_is_slashed() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut s = story(&tmp.path().join("net"), Arc::new(Bin(agora_bin()))).await;
     let armed = s.standby().await.unwrap();
@@ -106,7 +108,7 @@ async fn provider_that_never_activates_is_slashed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_crash_mid_contract_loses_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut s = story(&tmp.path().join("net"), Arc::new(Bin(agora_bin()))).await;
     let armed = s.standby().await.unwrap();
@@ -148,7 +150,7 @@ async fn provider_crash_mid_contract_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_between_customer_and_provider_is_no_handover() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let lab = match NetLab::new(5, agora_bin()) {
         Ok(lab) => Arc::new(lab),
         Err(why) => {

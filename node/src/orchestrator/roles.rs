@@ -8,7 +8,7 @@ use agora_contracts::{
 use agora_market::NodeId;
 use tracing::{debug, warn};
 
-use super::{Done, Hosted, Orchestrator, Watched};
+use super::{Done, Hosted, Orchestrator};
 use crate::ledger::AppliedBlock;
 use crate::network::PresenceEvent;
 use crate::now_ms;
@@ -156,11 +156,10 @@ impl Orchestrator {
                 }
             }
             Duty::Arm { contract } => {
-                if self.submit(TxKind::MarkArmed(contract), "arm").await {
-                    if let Some(h) = self.hosted.get(&contract) {
+                if self.submit(TxKind::MarkArmed(contract), "arm").await
+                    && let Some(h) = self.hosted.get(&contract) {
                         self.radio.listen(h.devices.clone(), true).await;
                     }
-                }
             }
             Duty::Activate {
                 contract,
@@ -193,7 +192,7 @@ impl Orchestrator {
         let w = self
             .watched
             .entry(rec.contract.customer)
-            .or_insert_with(Watched::default);
+            .or_default();
         if w.contracts.insert(contract) {
             w.unreachable_for_ms = if w.contracts.len() == 1 {
                 after

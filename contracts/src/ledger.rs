@@ -127,6 +127,17 @@ impl Ledger {
         now: Timestamp,
         stx: &SignedTransaction,
     ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        self.apply_checked(now, stx, false)
+    }
+
+    /// [`Ledger::apply`], skipping the signature check when the caller already verified exactly
+    /// this transaction (e.g. at mempool admission). The outcome is the same as with the check.
+    fn apply_checked(
+        &mut self,
+        now: Timestamp,
+        stx: &SignedTransaction,
+        signature_verified: bool,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
         let tx = &stx.tx;
         if tx.chain_id != self.chain_id {
             return Err(LedgerError::WrongChain {
@@ -142,7 +153,9 @@ impl Ledger {
                 got: tx.nonce,
             });
         }
-        stx.verify()?;
+        if !signature_verified {
+            stx.verify()?;
+        }
         let sender = tx.sender;
         let events = match &tx.kind {
             TxKind::Transfer { to, amount } => self.transfer(sender, *to, *amount)?,
@@ -186,6 +199,18 @@ impl Ledger {
         now: Timestamp,
         txs: &[SignedTransaction],
     ) -> Result<BlockOutcome, LedgerError> {
+        self.apply_block_with(height, now, txs, |_| false)
+    }
+
+    /// [`Ledger::apply_block`] where `verified(tx)` says the caller already checked exactly this
+    /// transaction's signature (a replica's mempool did at admission), so it is not checked twice.
+    pub fn apply_block_with(
+        &mut self,
+        height: u64,
+        now: Timestamp,
+        txs: &[SignedTransaction],
+        verified: impl Fn(&SignedTransaction) -> bool,
+    ) -> Result<BlockOutcome, LedgerError> {
         if height != self.height.saturating_add(1) {
             return Err(LedgerError::BadHeight {
                 current: self.height,
@@ -203,7 +228,7 @@ impl Ledger {
             ..BlockOutcome::default()
         };
         for (i, stx) in txs.iter().enumerate() {
-            match self.apply(now, stx) {
+            match self.apply_checked(now, stx, verified(stx)) {
                 Ok(events) => outcome.events.extend(events),
                 Err(e) => outcome.rejected.push((i, e)),
             }

@@ -90,6 +90,13 @@ impl Mempool {
         Ok(true)
     }
 
+    /// Whether exactly `tx` was admitted (so its signature was verified here).
+    pub fn holds(&self, tx: &SignedTransaction) -> bool {
+        self.txs
+            .get(&(tx.tx.sender, tx.tx.nonce))
+            .is_some_and(|t| t == tx)
+    }
+
     /// Next nonce `sender` should use, counting its pending transactions.
     pub fn next_nonce(&self, ledger: &Ledger, sender: &NodeId) -> u64 {
         let mut n = ledger.next_nonce(sender);

@@ -318,7 +318,7 @@ impl LedgerTask {
         let outcome = self
             .view
             .ledger
-            .apply_block(height, time, txs)
+            .apply_block_with(height, time, txs, |tx| self.mempool.holds(tx))
             .map_err(|e| LedgerServiceError::Ledger(e.to_string()))?;
         let snapshot = self
             .view

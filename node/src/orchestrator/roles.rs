@@ -274,6 +274,12 @@ impl Orchestrator {
 
     /// Starts a staged service and takes its sensors over.
     async fn activate(&mut self, contract: ContractId) {
+        if !self.synced {
+            // Just (re)started: wait until the ledger caught up, which also means peers are
+            // connected to replay the uplinks this node missed while it was down.
+            self.scheduled.insert(contract, now_ms());
+            return;
+        }
         let Some(h) = self.hosted.get(&contract).cloned() else {
             // Not staged yet (e.g. right after a restart): activation follows staging.
             if let Some(rec) = self.record(contract).await {
@@ -404,7 +410,7 @@ impl Orchestrator {
         let due: Vec<ContractId> = self
             .scheduled
             .iter()
-            .filter(|(_, t)| **t <= now)
+            .filter(|(_, t)| self.synced && **t <= now)
             .map(|(c, _)| *c)
             .collect();
         for c in due {

@@ -27,7 +27,7 @@ const KEPT_CHECKPOINTS: usize = 2048;
 /// Peers asked for missed uplinks when a takeover has a gap.
 const REPLAY_PEERS: usize = 4;
 /// How long a takeover waits for peers' replays.
-const REPLAY_TIMEOUT: Duration = Duration::from_millis(500);
+const REPLAY_TIMEOUT: Duration = Duration::from_millis(1_500);
 
 #[derive(Default)]
 struct Device {

@@ -215,7 +215,8 @@ impl Ledger {
         Ok(outcome)
     }
 
-    /// Time-driven checks (pending handovers); `apply_block` calls this after the transactions.
+    /// Time-driven checks (pending handovers, overdue pending settlements); `apply_block` calls
+    /// this after the transactions.
     pub fn tick(&mut self, now: Timestamp) -> Vec<LedgerEvent> {
         let waiting: Vec<ContractId> = self
             .contracts
@@ -223,10 +224,28 @@ impl Ledger {
             .filter(|(_, r)| Self::awaits_handover(r))
             .map(|(id, _)| *id)
             .collect();
-        waiting
+        let mut events: Vec<LedgerEvent> = waiting
             .into_iter()
             .filter_map(|id| self.evaluate_handover(now, id))
-            .collect()
+            .collect();
+        let overdue: Vec<ContractId> = self
+            .contracts
+            .iter()
+            .filter(|(_, r)| {
+                r.closing
+                    .is_some_and(|end| now >= end.saturating_add(r.closing_grace_ms()))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            match self.finish_closing(now, id) {
+                Ok(ev) => events.extend(ev),
+                Err(e) => {
+                    tracing::warn!(contract = %id.short(), error = %e, "pending settlement not judged")
+                }
+            }
+        }
+        events
     }
 
     /// blake3 over the canonical (CBOR) encoding of the whole state.

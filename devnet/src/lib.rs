@@ -33,6 +33,8 @@ pub struct DevnetBuilder {
     presence_timeout_ms: u64,
     gossip_heartbeat_ms: u64,
     manual: usize,
+    target_peers: Option<usize>,
+    committee: Option<usize>,
 }
 
 struct Slot {
@@ -65,6 +67,8 @@ impl Default for DevnetBuilder {
             presence_timeout_ms: 1000,
             gossip_heartbeat_ms: 200,
             manual: 0,
+            target_peers: None,
+            committee: None,
         }
     }
 }
@@ -82,10 +86,23 @@ impl DevnetBuilder {
         self
     }
 
-    /// Presence heartbeat interval and timeout.
+    /// Presence ping interval and timeout.
     pub fn presence(mut self, interval: Duration, timeout: Duration) -> Self {
         self.presence_interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         self.presence_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Each node dials Kademlia-discovered peers only while it has fewer than `n` connections
+    /// (default: the node's default, 16); `1` gives a star around node 0.
+    pub fn target_peers(mut self, n: usize) -> Self {
+        self.target_peers = Some(n);
+        self
+    }
+
+    /// Only the first `k` nodes form the arbitrator committee (default: as `agora devnet up`).
+    pub fn committee(mut self, k: usize) -> Self {
+        self.committee = Some(k.max(1));
         self
     }
 
@@ -105,6 +122,9 @@ impl DevnetBuilder {
             config.network.presence_interval_ms = self.presence_interval_ms;
             config.network.presence_timeout_ms = self.presence_timeout_ms;
             config.network.gossip_heartbeat_ms = self.gossip_heartbeat_ms;
+            if let Some(t) = self.target_peers {
+                config.network.target_peers = t;
+            }
             let key = init_data_dir(&data_dir, &config)?;
             slots.push(Slot {
                 name,
@@ -115,7 +135,11 @@ impl DevnetBuilder {
             });
         }
         let ids: Vec<_> = slots.iter().map(|s| (s.name.clone(), s.node_id)).collect();
-        save_genesis(&genesis_path, &devnet_genesis(&ids, agora_node::now_ms()))?;
+        let mut genesis = devnet_genesis(&ids, agora_node::now_ms());
+        if let Some(k) = self.committee {
+            genesis.committee.truncate(k);
+        }
+        save_genesis(&genesis_path, &genesis)?;
         let mut net = Devnet { _dir: dir, slots };
         for i in 0..net.slots.len() {
             if i > 0 {
@@ -200,13 +224,19 @@ impl Devnet {
 
     /// Restarts a stopped node `i` on its previous ports, bootstrapping from every running node.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let all: Vec<usize> = (0..self.slots.len()).collect();
+        self.restart_from(i, &all).await
+    }
+
+    /// Restarts a stopped node `i` on its previous ports, bootstrapping only from those of
+    /// `from` that are running (so the others learn of the restart only by dialing it).
+    pub async fn restart_from(&mut self, i: usize, from: &[usize]) -> anyhow::Result<()> {
         if self.node(i).is_some() {
             bail!("node{i} is already running");
         }
-        let boot: Vec<String> = self
-            .slots
+        let boot: Vec<String> = from
             .iter()
-            .filter_map(|s| s.running.as_ref())
+            .filter_map(|j| self.node(*j))
             .flat_map(|n| n.p2p_addrs.iter().map(|a| a.to_string()))
             .collect();
         self.slots[i].config.network.bootstrap = boot;

@@ -36,6 +36,8 @@ fn setup(n: usize) -> (AuctionRequest, AuctionId, Vec<(BidId, Bid)>) {
             max_km: 100.0,
         }),
         award_grace_ms: 60_000,
+        service: None,
+        start_at: None,
     };
     let auction = spec.create(&customer, 0, 1).unwrap();
     let aid = auction.id().unwrap();

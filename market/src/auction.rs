@@ -44,6 +44,12 @@ pub struct AuctionBody {
     pub created_at: Timestamp,
     /// The request (and its award) stop being valid at this time.
     pub expires_at: Timestamp,
+    /// CID of the service image to run (the contract's image), if the customer names one.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Hosted service wanted from this time on (a pre-contracted slot), else right away.
+    #[serde(default)]
+    pub start_at: Option<Timestamp>,
 }
 
 /// A signed auction request.
@@ -83,6 +89,12 @@ pub struct AuctionSpec {
     pub near: Option<Near>,
     /// How long after the window closes the request stays valid (time to award).
     pub award_grace_ms: u64,
+    /// CID of the service image the contract will carry.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Start the hosted service at this time (ms) rather than right away.
+    #[serde(default)]
+    pub start_at: Option<Timestamp>,
 }
 
 impl AuctionSpec {
@@ -106,6 +118,8 @@ impl AuctionSpec {
             nonce,
             created_at: now,
             expires_at: window_closes_at.saturating_add(self.award_grace_ms),
+            service: self.service,
+            start_at: self.start_at,
         };
         Signed::sign(body, signer)
     }

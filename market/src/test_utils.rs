@@ -73,6 +73,8 @@ impl AuctionBuilder {
                 kind: AuctionKind::Hosted,
                 near: None,
                 award_grace_ms: 60_000,
+                service: None,
+                start_at: None,
             },
             nonce: None,
         }

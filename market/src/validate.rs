@@ -168,6 +168,17 @@ pub fn check_auction(
     let b = &req.body;
     let ids = id.to_string();
     check_region(limits, &b.region)?;
+    if let Some(service) = &b.service
+        && (service.is_empty() || service.len() > 128 || !service.is_ascii())
+    {
+        return Err(absurd(
+            "auction",
+            ids,
+            "service",
+            service.len(),
+            "the service image must be a CID string of at most 128 ASCII characters",
+        ));
+    }
     check_expiry("auction", ids.clone(), b.expires_at, now, limits)?;
     if b.window_closes_at <= now {
         return Err(MarketError::WindowClosed {

@@ -29,6 +29,8 @@ pub enum Kind {
     Deal,
     /// Free-form application payload (diagnostics and tests).
     Raw,
+    /// Sensor-radio checkpoints (which readings an edge processed, with their proof).
+    Radio,
 }
 
 impl Kind {
@@ -41,6 +43,7 @@ impl Kind {
             Kind::Transaction => Domain("agora/v1/envelope/transaction"),
             Kind::Deal => Domain("agora/v1/envelope/deal"),
             Kind::Raw => Domain("agora/v1/envelope/raw"),
+            Kind::Radio => Domain("agora/v1/envelope/radio"),
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub deals: crate::deals::DealConfig,
     /// Content-addressed storage and bitswap.
     pub storage: StorageSection,
+    /// The sensor radio (simulated LoRa uplinks over UDP).
+    pub radio: crate::radio::RadioConfig,
     /// The service host (wasm runtime).
     pub services: crate::services::ServicesSection,
 }
@@ -126,12 +128,14 @@ pub struct NetworkSection {
     pub bootstrap: Vec<String>,
     /// LAN discovery with mDNS.
     pub mdns: bool,
-    /// Presence heartbeat interval, ms.
+    /// Presence ping interval (per direct or watched peer), ms.
     pub presence_interval_ms: u64,
     /// Silence after which a peer counts as unreachable, ms.
     pub presence_timeout_ms: u64,
     /// Gossipsub mesh heartbeat, ms.
     pub gossip_heartbeat_ms: u64,
+    /// Peers found via Kademlia are dialled only while fewer than this many are connected.
+    pub target_peers: usize,
 }
 
 impl Default for NetworkSection {
@@ -144,6 +148,7 @@ impl Default for NetworkSection {
             presence_interval_ms: ms(d.presence_interval),
             presence_timeout_ms: ms(d.presence_timeout),
             gossip_heartbeat_ms: ms(d.gossip_heartbeat),
+            target_peers: d.target_peers,
         }
     }
 }
@@ -158,12 +163,16 @@ fn ms(d: Duration) -> u64 {
 pub struct ApiSection {
     /// Control API listen address (loopback only); port 0 picks a free port.
     pub listen: String,
+    /// Allow a non-loopback `listen` (still token-protected). Only for test labs that put
+    /// nodes in their own network namespaces; never expose the control API on a real network.
+    pub allow_non_loopback: bool,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
         ApiSection {
             listen: "127.0.0.1:7700".into(),
+            allow_non_loopback: false,
         }
     }
 }
@@ -229,6 +238,7 @@ impl NodeConfig {
             presence_interval: Duration::from_millis(self.network.presence_interval_ms.max(10)),
             presence_timeout: Duration::from_millis(self.network.presence_timeout_ms.max(20)),
             gossip_heartbeat: Duration::from_millis(self.network.gossip_heartbeat_ms.max(10)),
+            target_peers: self.network.target_peers.max(1),
         })
     }
 
@@ -239,7 +249,7 @@ impl NodeConfig {
             .listen
             .parse()
             .map_err(|_| ConfigError::ApiNotLoopback(self.api.listen.clone()))?;
-        if !addr.ip().is_loopback() {
+        if !addr.ip().is_loopback() && !self.api.allow_non_loopback {
             return Err(ConfigError::ApiNotLoopback(self.api.listen.clone()));
         }
         Ok(addr)

@@ -20,6 +20,8 @@ use crate::network::{self, NetworkError, NetworkHandle};
 pub const P2P_ADDR_FILE: &str = "p2p.addr";
 /// File with the control API's `host:port`.
 pub const API_ADDR_FILE: &str = "api.addr";
+/// File with the radio's UDP `host:port` (when the node has a radio).
+pub const RADIO_ADDR_FILE: &str = "radio.addr";
 /// File with the control API bearer token (mode 0600).
 pub const API_TOKEN_FILE: &str = "api.token";
 
@@ -230,6 +232,19 @@ async fn start_with_key(
     })?;
     tasks.push(services_task);
 
+    let (radio, orchestrator) = start_edge(
+        data_dir,
+        config,
+        &network,
+        &storage,
+        ledger.as_ref(),
+        std::sync::Arc::new(services.clone()),
+        key.signer().clone(),
+        &cancel,
+        &mut tasks,
+    )
+    .await?;
+
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .map_err(|source| DaemonError::ApiBind {
@@ -253,6 +268,8 @@ async fn start_with_key(
         market: Some(market.clone()),
         ledger: ledger.clone(),
         storage: Some(storage.clone()),
+        radio: Some(radio.clone()),
+        orchestrator: orchestrator.clone(),
         services: Some(services.clone()),
     };
     let api_task = tokio::spawn(api::serve(listener, state, cancel.clone()).in_current_span());
@@ -275,6 +292,57 @@ async fn start_with_key(
         storage,
         services,
     })
+}
+
+/// Starts the sensor radio and (with a ledger) the orchestrator.
+#[allow(clippy::too_many_arguments)]
+async fn start_edge(
+    data_dir: &Path,
+    config: &NodeConfig,
+    network: &NetworkHandle,
+    storage: &crate::storage_service::StorageHandle,
+    ledger: Option<&crate::ledger::LedgerHandle>,
+    services: std::sync::Arc<dyn crate::hosting::ServiceControl>,
+    signer: agora_market::KeySigner,
+    cancel: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<
+    (
+        crate::radio::RadioHandle,
+        Option<crate::orchestrator::OrchestratorHandle>,
+    ),
+    DaemonError,
+> {
+    let radio_path = data_dir.join(RADIO_ADDR_FILE);
+    let _ = std::fs::remove_file(&radio_path);
+    let (radio, task) = crate::radio::spawn(
+        signer,
+        config.radio.clone(),
+        network.clone(),
+        storage.clone(),
+        services.clone(),
+        cancel.clone(),
+    )
+    .await
+    .map_err(|e| DaemonError::Io(radio_path.clone(), e))?;
+    tasks.push(task);
+    if let Some(addr) = radio.addr() {
+        write_file(&radio_path, addr)?;
+    }
+    let orchestrator = ledger.map(|ledger| {
+        let (handle, task) = crate::orchestrator::spawn(
+            ledger.clone(),
+            network.clone(),
+            services,
+            radio.clone(),
+            data_dir.to_path_buf(),
+            crate::orchestrator::Timeline::default(),
+            cancel.clone(),
+        );
+        tasks.push(task);
+        handle
+    });
+    Ok((radio, orchestrator))
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), DaemonError> {

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use agora_contracts::{
     ActivationClause, Contract, ContractKind, Qos, SignedContract, Stakes, Terms, TxKind,
 };
-use agora_market::{AgreedTerms, AuctionKind, AwardId, KeySigner, NodeId, Signature, Signer};
+use agora_market::{
+    AgreedTerms, AuctionKind, AwardId, AwardSubject, KeySigner, NodeId, Signature, Signer,
+};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -93,6 +95,7 @@ struct DealTask {
     config: DealConfig,
     network: NetworkHandle,
     ledger: LedgerHandle,
+    market: MarketHandle,
     /// Terms this node agreed to as provider, by award.
     as_provider: HashMap<AwardId, AgreedTerms>,
     seq: u64,
@@ -114,6 +117,7 @@ pub fn spawn(
         config,
         network,
         ledger,
+        market: market.clone(),
         as_provider: HashMap::new(),
         seq: 0,
     };
@@ -185,17 +189,38 @@ impl DealTask {
             .into_iter()
             .filter(|c| *c != customer && *c != provider)
             .collect();
-        let image: Cid = self
-            .config
-            .service_image
-            .parse()
-            .map_err(|e| format!("deals.service_image is not a CID: {e}"))?;
+        // The auction names the service image; without one the configured default is used.
+        let (named, start_at) = match t.subject {
+            AwardSubject::Bid { auction, .. } => self
+                .market
+                .query(move |s| {
+                    s.auction(&auction)
+                        .map(|a| (a.request.body.service.clone(), a.request.body.start_at))
+                        .unwrap_or_default()
+                })
+                .await
+                .map_err(|e| e.to_string())?,
+            AwardSubject::Offer { .. } => (None, None),
+        };
+        let image: Cid = match named {
+            Some(cid) => cid
+                .parse()
+                .map_err(|e| format!("the auction's service image {cid} is not a CID: {e}"))?,
+            None => self
+                .config
+                .service_image
+                .parse()
+                .map_err(|e| format!("deals.service_image is not a CID: {e}"))?,
+        };
         let kind = kind_of(t.kind);
         let activation = match kind {
             ContractKind::Standby => ActivationClause::OnHandover {
                 unreachable_for_ms: self.config.handover_after_ms,
             },
-            _ => ActivationClause::Immediately,
+            _ => match start_at {
+                Some(t) => ActivationClause::At(t),
+                None => ActivationClause::Immediately,
+            },
         };
         let permille = |p: u64| t.price.saturating_mul(p) / 1000;
         Ok(Contract {

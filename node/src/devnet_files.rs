@@ -144,6 +144,10 @@ pub fn devnet_node_config(i: usize, genesis: &Path, manual: bool) -> NodeConfig 
     config.node.genesis = Some(genesis.to_path_buf());
     config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     config.api.listen = "127.0.0.1:0".into();
+    config.radio.listen = "127.0.0.1:0".into();
+    // Devnet contracts hand over after one second of attested unreachability.
+    config.deals.handover_after_ms = 1_000;
+    config.deals.heartbeat_interval_ms = 500;
     let engine = &mut config.market.engine;
     engine.capacity = Resources {
         cpu_millis: 4000,
@@ -160,6 +164,8 @@ pub fn devnet_node_config(i: usize, genesis: &Path, manual: bool) -> NodeConfig 
         lat: DEVNET_CENTER.0 + offset,
         lon: DEVNET_CENTER.1 - offset,
     });
+    // Devnet providers ask at least 50 tokens, so short demo contracts pay visible amounts.
+    engine.dmu.provider.floor_price = 50;
     engine.dmu.provider.auto_bid = !manual;
     engine.dmu.provider.auto_accept_award = !manual;
     config

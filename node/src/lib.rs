@@ -9,10 +9,13 @@ pub mod consensus;
 pub mod daemon;
 pub mod deals;
 pub mod devnet_files;
+pub mod hosting;
 pub mod keys;
 pub mod ledger;
 pub mod market_service;
 pub mod network;
+pub mod orchestrator;
+pub mod radio;
 pub mod services;
 pub mod storage_service;
 

@@ -40,6 +40,8 @@ async fn run(auctions: usize) -> (Vec<f64>, usize) {
             kind: AuctionKind::Hosted,
             near: None,
             award_grace_ms: 10_000,
+            service: None,
+            start_at: None,
         };
         let effects = customer.input(Input::CreateAuction(spec)).await.unwrap();
         let Some((auction, closes)) = effects.iter().find_map(|e| match e {

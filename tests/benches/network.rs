@@ -3,7 +3,9 @@
 //! - gossip time-to-all-nodes for 10, 50 and 100 in-process nodes (p50/p99);
 //! - idle RSS of one `agora node run` process with 10 peers (an 11-node process devnet).
 //!
-//! Set `AGORA_BENCH_SIZES=10,50` to choose sizes, `AGORA_BENCH_MESSAGES` for messages per size.
+//! Set `AGORA_BENCH_SIZES=10,50` to choose sizes, `AGORA_BENCH_MESSAGES` for messages per size,
+//! `AGORA_BENCH_COMMITTEE` for the arbitrator committee size (default 4; `0` = every node up to
+//! `3f+1`, as `agora devnet up` does), `AGORA_BENCH_TARGET_PEERS` for the node's auto-dial target.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -24,8 +26,55 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-async fn gossip_time_to_all(n: usize, messages: usize) -> (f64, f64, f64) {
-    let net = Devnet::builder().nodes(n).spawn().await.expect("devnet");
+/// CPU seconds (user + system) this process used so far (Linux, 100 ticks/s).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    // After the command name: state is field 3, utime 14, stime 15 (1-based over the whole line).
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// Cores busy (CPU seconds per wall second) over `window`.
+async fn cores_busy(window: Duration) -> f64 {
+    let (c0, t0) = (cpu_secs(), Instant::now());
+    tokio::time::sleep(window).await;
+    (cpu_secs() - c0) / t0.elapsed().as_secs_f64()
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|s| s.trim().parse().ok())
+}
+
+/// One size's result.
+struct Outcome {
+    p50: f64,
+    p99: f64,
+    delivered: f64,
+    idle_cores: f64,
+    busy_cores: f64,
+}
+
+async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
+    let mut builder = Devnet::builder().nodes(n);
+    match env_usize("AGORA_BENCH_COMMITTEE").unwrap_or(4) {
+        0 => {}
+        k => builder = builder.committee(k),
+    }
+    if let Some(t) = env_usize("AGORA_BENCH_TARGET_PEERS") {
+        builder = builder.target_peers(t);
+    }
+    let net = builder.spawn().await.expect("devnet");
     net.wait_connected(n.min(4) - 1, Duration::from_secs(60))
         .await
         .expect("connected");
@@ -72,6 +121,9 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> (f64, f64, f64) {
             break;
         }
     }
+    // What the idle devnet (pings, gossipsub heartbeats, consensus) costs before any payload.
+    let idle_cores = cores_busy(Duration::from_secs(3)).await;
+    let (cpu0, wall0) = (cpu_secs(), Instant::now());
     let mut latencies = Vec::new();
     for m in 0..messages as u64 {
         let sender = (m as usize * 7) % n;
@@ -104,14 +156,17 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> (f64, f64, f64) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let busy_cores = (cpu_secs() - cpu0) / wall0.elapsed().as_secs_f64();
     net.shutdown().await;
     latencies.sort_by(|a, b| a.total_cmp(b));
     let delivered = latencies.iter().filter(|l| l.is_finite()).count() as f64 / messages as f64;
-    (
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        delivered * 100.0,
-    )
+    Outcome {
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        delivered: delivered * 100.0,
+        idle_cores,
+        busy_cores,
+    }
 }
 
 fn rss_kib(pid: u64) -> Option<u64> {
@@ -159,12 +214,15 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     println!("gossip time-to-all-nodes ({messages} messages per size, in-process, loopback TCP)");
     println!(
-        "{:>6} {:>10} {:>10} {:>10}",
-        "nodes", "p50 ms", "p99 ms", "delivered"
+        "{:>6} {:>10} {:>10} {:>10} {:>11} {:>11}",
+        "nodes", "p50 ms", "p99 ms", "delivered", "idle cores", "busy cores"
     );
     for n in sizes {
-        let (p50, p99, ok) = rt.block_on(gossip_time_to_all(n, messages));
-        println!("{n:>6} {p50:>10.2} {p99:>10.2} {ok:>9.0}%");
+        let o = rt.block_on(gossip_time_to_all(n, messages));
+        println!(
+            "{n:>6} {:>10.2} {:>10.2} {:>9.0}% {:>11.2} {:>11.2}",
+            o.p50, o.p99, o.delivered, o.idle_cores, o.busy_cores
+        );
     }
     if std::env::var("AGORA_BENCH_SKIP_RSS").is_err() {
         match idle_rss_with_10_peers() {

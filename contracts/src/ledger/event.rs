@@ -147,6 +147,16 @@ pub enum LedgerEvent {
         /// Why.
         reason: BreachReason,
     },
+    /// Settlement was asked for while the provider's latest heartbeats may still be in flight:
+    /// the contract is judged when they arrive, or at `until` at the latest.
+    SettlementPending {
+        /// The contract.
+        contract: ContractId,
+        /// End of the service judged.
+        end: Timestamp,
+        /// Judged at this ledger time at the latest.
+        until: Timestamp,
+    },
     /// An account's reputation changed.
     ReputationChanged {
         /// The account.

@@ -9,6 +9,10 @@ use crate::attestation::{self, Liveness, Observation};
 use crate::contract::{ActivationClause, ContractId, ContractKind};
 use crate::lifecycle::{ContractStatus, LifecycleEvent};
 
+/// How far an uptime interval may end after the block time (clock skew, block latency); the
+/// part after the block time is not counted.
+pub const MAX_CLOCK_SKEW_MS: u64 = 2_000;
+
 fn invalid(reason: impl Into<String>, now: Timestamp) -> LedgerError {
     LedgerError::InvalidEvidence {
         reason: reason.into(),
@@ -181,7 +185,8 @@ impl Ledger {
         let mut cursor = rec.last_uptime_end.or(rec.activated_at).unwrap_or(now);
         let mut added: u64 = 0;
         for iv in &batch.intervals {
-            if iv.from < cursor || iv.to < iv.from || iv.to > now {
+            if iv.from < cursor || iv.to < iv.from || iv.to > now.saturating_add(MAX_CLOCK_SKEW_MS)
+            {
                 return Err(invalid(
                     format!(
                         "interval {}..{} must start at or after {cursor}, be ordered and end by now",
@@ -190,9 +195,13 @@ impl Ledger {
                     now,
                 ));
             }
-            let counted_to = down_since.map_or(iv.to, |s| iv.to.min(s.max(iv.from)));
-            added = added.saturating_add(counted_to - iv.from);
-            cursor = iv.to;
+            // A provider clock slightly ahead of the block time loses only the part after now;
+            // a pending settlement counts service only up to its end.
+            let to = iv.to.min(now).min(rec.closing.unwrap_or(u64::MAX));
+            let from = iv.from.min(to);
+            let counted_to = down_since.map_or(to, |s| to.min(s.max(from)));
+            added = added.saturating_add(counted_to - from);
+            cursor = to;
         }
         let rec = self
             .contracts
@@ -211,11 +220,17 @@ impl Ledger {
         if let Some(last) = batch.data_proofs.last() {
             rec.last_data_proof = Some(*last);
         }
-        Ok(vec![LedgerEvent::HeartbeatsRecorded {
+        let mut events = vec![LedgerEvent::HeartbeatsRecorded {
             contract: id,
             uptime_ms: rec.uptime_ms,
             readings_processed: rec.readings_processed,
-        }])
+        }];
+        if let Some(end) = rec.closing
+            && rec.last_uptime_end.is_some_and(|e| e >= end)
+        {
+            events.extend(self.finish_closing(now, id)?);
+        }
+        Ok(events)
     }
 
     pub(super) fn storage_proof(

@@ -57,8 +57,14 @@ fn breach_of(rec: &ContractRecord, end: Timestamp) -> Option<BreachReason> {
     if span == 0 {
         return None;
     }
-    let permille = u64::try_from(u128::from(rec.uptime_ms.min(span)) * 1000 / u128::from(span))
-        .unwrap_or(1000);
+    // The provider cannot have reported the interval since its last heartbeat when the other
+    // side settles: up to one heartbeat interval of that tail counts in its favour.
+    let reported_to = rec.last_uptime_end.unwrap_or(activated);
+    let tail = end
+        .saturating_sub(reported_to)
+        .min(c.qos.heartbeat_interval_ms);
+    let judged = rec.uptime_ms.saturating_add(tail).min(span);
+    let permille = u64::try_from(u128::from(judged) * 1000 / u128::from(span)).unwrap_or(1000);
     (permille < min).then_some(BreachReason::InsufficientUptime { permille })
 }
 
@@ -132,7 +138,27 @@ impl Ledger {
                         )));
                     }
                 };
+                if let Some(end) = rec.closing {
+                    return Err(not_now(format!(
+                        "settlement already pending for the service up to {end}"
+                    )));
+                }
                 match breach_of(rec, effective_end) {
+                    // The shortfall may be heartbeats still in flight: judge when they arrive.
+                    Some(BreachReason::InsufficientUptime { .. })
+                        if effective_end.saturating_sub(rec.last_uptime_end.unwrap_or(0))
+                            > c.qos.heartbeat_interval_ms =>
+                    {
+                        let until = effective_end.saturating_add(rec.closing_grace_ms());
+                        if let Some(r) = self.contracts.get_mut(&id) {
+                            r.closing = Some(effective_end);
+                        }
+                        return Ok(vec![LedgerEvent::SettlementPending {
+                            contract: id,
+                            end: effective_end,
+                            until,
+                        }]);
+                    }
                     Some(b) => Err(b),
                     None => Ok(effective_end),
                 }
@@ -158,6 +184,27 @@ impl Ledger {
         match verdict {
             Ok(end) => self.pay_out(now, id, end),
             Err(breach) => self.slash(now, id, breach),
+        }
+    }
+
+    /// Judges a pending settlement (the provider's heartbeats reached its end, or the grace
+    /// period passed).
+    pub(super) fn finish_closing(
+        &mut self,
+        now: Timestamp,
+        id: ContractId,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let rec = self.record(id)?;
+        let Some(end) = rec.closing else {
+            return Ok(Vec::new());
+        };
+        let verdict = breach_of(rec, end);
+        if let Some(r) = self.contracts.get_mut(&id) {
+            r.closing = None;
+        }
+        match verdict {
+            None => self.pay_out(now, id, end),
+            Some(b) => self.slash(now, id, b),
         }
     }
 

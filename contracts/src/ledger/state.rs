@@ -78,6 +78,9 @@ pub struct ContractRecord {
     pub paid_to_provider: Amount,
     /// When it reached a final state.
     pub closed_at: Option<Timestamp>,
+    /// A settlement waiting for the provider's in-flight heartbeats: the end being judged.
+    #[serde(default)]
+    pub closing: Option<Timestamp>,
 }
 
 impl ContractRecord {
@@ -111,6 +114,7 @@ impl ContractRecord {
             storage_failed: 0,
             paid_to_provider: 0,
             closed_at: None,
+            closing: None,
         })
     }
 
@@ -126,6 +130,15 @@ impl ContractRecord {
     /// End of the paid service window.
     pub fn window_end(&self) -> Option<Timestamp> {
         self.window_start()?.checked_add(self.contract.duration_ms)
+    }
+
+    /// How long a pending settlement waits for the provider's heartbeats after its end.
+    pub fn closing_grace_ms(&self) -> u64 {
+        self.contract
+            .qos
+            .heartbeat_interval_ms
+            .saturating_mul(2)
+            .saturating_add(2_000)
     }
 
     /// Latest time activation may be reported without breach, once the trigger fired.

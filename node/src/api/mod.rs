@@ -2,6 +2,7 @@
 //! in the data directory (mode 0600). The CLI is its main client ([`client::ApiClient`]).
 
 pub mod client;
+pub mod edge;
 pub mod ledger;
 pub mod market;
 pub mod services;
@@ -44,6 +45,10 @@ pub struct ApiState {
     pub ledger: Option<crate::ledger::LedgerHandle>,
     /// The storage service, when running.
     pub storage: Option<crate::storage_service::StorageHandle>,
+    /// The sensor radio, when configured.
+    pub radio: Option<crate::radio::RadioHandle>,
+    /// The orchestrator, when the node has a ledger.
+    pub orchestrator: Option<crate::orchestrator::OrchestratorHandle>,
     /// The service host, when running.
     pub services: Option<crate::services::ServiceHost>,
 }
@@ -196,6 +201,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: C
         .merge(market::routes())
         .merge(ledger::routes())
         .merge(storage::routes())
+        .merge(edge::routes())
         .merge(services::routes())
         .with_state(state);
     let res = axum::serve(listener, app)

@@ -29,6 +29,41 @@ pub enum DevnetCommand {
     Status(DirArgs),
     /// Stop exactly the processes `up` started (data is kept unless --clean).
     Down(DownArgs),
+    /// Run the flagship story on real processes: standby contract, failure, handover, payment.
+    Demo(super::demo::DemoArgs),
+    /// Kill one node's process with SIGKILL (a real failure; data stays).
+    Kill(NodeArgs),
+    /// Start one stopped node again from its data dir.
+    Start(NodeArgs),
+    /// Simulated LoRa sensors broadcasting to every node's radio until Ctrl-C (or --for).
+    Sensors(SensorArgs),
+}
+
+/// Options naming one devnet node.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Node name, e.g. `node3`.
+    pub node: String,
+    /// Devnet directory.
+    #[arg(long, default_value = DEFAULT_DEVNET_DIR)]
+    pub dir: PathBuf,
+}
+
+/// Options of `devnet sensors`.
+#[derive(Debug, Args)]
+pub struct SensorArgs {
+    /// Device ids, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "101,102,103")]
+    pub devices: Vec<u32>,
+    /// Uplink interval in ms.
+    #[arg(long, default_value_t = 100)]
+    pub interval_ms: u64,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long = "for")]
+    pub for_s: Option<u64>,
+    /// Devnet directory.
+    #[arg(long, default_value = DEFAULT_DEVNET_DIR)]
+    pub dir: PathBuf,
 }
 
 /// Options of `devnet up`.
@@ -74,9 +109,85 @@ pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
             let m = up(&a.dir, a.nodes, a.manual, Duration::from_secs(a.timeout)).await?;
             print_manifest(&m, json).await
         }
+        DevnetCommand::Demo(a) => super::demo::run(a, json).await,
         DevnetCommand::Status(a) => {
             let m = DevnetManifest::load(&a.dir)?;
             print_manifest(&m, json).await
+        }
+        DevnetCommand::Kill(a) => {
+            let mut m = DevnetManifest::load(&a.dir)?;
+            let n = node_index(&m, &a.node)?;
+            let node = &m.nodes[n];
+            match node.pid.filter(|p| is_our_process(*p, &node.data_dir)) {
+                Some(pid) => {
+                    std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status()
+                        .context("running kill")?;
+                }
+                None => bail!("{} is not running", a.node),
+            }
+            m.nodes[n].pid = None;
+            m.save()?;
+            println!(
+                "killed {} (SIGKILL); `agora devnet start {}` brings it back",
+                a.node, a.node
+            );
+            Ok(())
+        }
+        DevnetCommand::Start(a) => {
+            let mut m = DevnetManifest::load(&a.dir)?;
+            let n = node_index(&m, &a.node)?;
+            let node = m.nodes[n].clone();
+            if node.pid.is_some_and(|p| is_our_process(p, &node.data_dir)) {
+                bail!("{} is already running", a.node);
+            }
+            let exe = std::env::current_exe().context("cannot find the agora binary")?;
+            let _ = std::fs::remove_file(node.data_dir.join(API_ADDR_FILE));
+            let pid = spawn_node(&exe, &node.data_dir)?;
+            m.nodes[n].pid = Some(pid);
+            m.save()?;
+            wait_for_file(
+                &node.data_dir.join(API_ADDR_FILE),
+                Instant::now() + Duration::from_secs(30),
+            )
+            .await?;
+            println!("started {} (pid {pid})", a.node);
+            Ok(())
+        }
+        DevnetCommand::Sensors(a) => {
+            let m = DevnetManifest::load(&a.dir)?;
+            let region = super::demo::Region::default();
+            let addrs: Vec<std::net::SocketAddr> = m
+                .nodes
+                .iter()
+                .filter_map(|n| {
+                    std::fs::read_to_string(n.data_dir.join(crate::daemon::RADIO_ADDR_FILE)).ok()
+                })
+                .filter_map(|s| s.trim().parse().ok())
+                .collect();
+            println!(
+                "sensors {:?} sending every {} ms to {} edges; Ctrl-C stops",
+                a.devices,
+                a.interval_ms,
+                addrs.len()
+            );
+            region.set(addrs);
+            let sensors = super::demo::Sensors::start(
+                a.devices.clone(),
+                Duration::from_millis(a.interval_ms.max(1)),
+                region,
+            )
+            .await?;
+            match a.for_s {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+            let sent = sensors.stop().await;
+            println!("sent: {sent:?}");
+            Ok(())
         }
         DevnetCommand::Down(a) => {
             let stopped = down(&a.dir, a.clean).await?;
@@ -91,6 +202,16 @@ pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+fn node_index(m: &DevnetManifest, name: &str) -> anyhow::Result<usize> {
+    m.nodes
+        .iter()
+        .position(|n| n.name == name)
+        .with_context(|| {
+            let names: Vec<&str> = m.nodes.iter().map(|n| n.name.as_str()).collect();
+            format!("no node {name} in this devnet; nodes: {}", names.join(", "))
+        })
 }
 
 /// Whether process `pid` is alive and is the `agora node run` for `data_dir`.
@@ -133,7 +254,9 @@ async fn wait_for_file(path: &Path, deadline: Instant) -> anyhow::Result<String>
     }
 }
 
-fn spawn_node(exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
+/// Starts `agora node run` for `data_dir` in the background (own process group, log in
+/// `node.log`); returns its pid.
+pub fn spawn_node(exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
     let log_path = data_dir.join("node.log");
     let log = std::fs::File::create(&log_path)
@@ -158,12 +281,49 @@ fn spawn_node(exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
     Ok(child.id())
 }
 
-/// Starts `n` nodes in `dir` and waits until each is connected to all others.
+/// Where devnet nodes live and how they are started: plain loopback processes by default;
+/// tests put each node in its own network namespace to cut links for real.
+pub trait Launcher: Send + Sync {
+    /// The IP address node `i` listens on.
+    fn host(&self, i: usize) -> String;
+    /// Starts `agora node run` for node `i`; returns its pid.
+    fn spawn(&self, i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32>;
+    /// The `agora` binary to run (default: this one).
+    fn exe(&self) -> anyhow::Result<PathBuf> {
+        std::env::current_exe().context("cannot find the agora binary")
+    }
+}
+
+/// Loopback processes in their own process groups.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Loopback;
+
+impl Launcher for Loopback {
+    fn host(&self, _i: usize) -> String {
+        "127.0.0.1".into()
+    }
+    fn spawn(&self, _i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
+        spawn_node(exe, data_dir)
+    }
+}
+
+/// Starts `n` nodes in `dir` and waits until each is connected to all others (or to the target).
 pub async fn up(
     dir: &Path,
     n: usize,
     manual: usize,
     timeout: Duration,
+) -> anyhow::Result<DevnetManifest> {
+    up_with(dir, n, manual, timeout, &Loopback).await
+}
+
+/// [`up`] with nodes placed and started by `launcher`.
+pub async fn up_with(
+    dir: &Path,
+    n: usize,
+    manual: usize,
+    timeout: Duration,
+    launcher: &dyn Launcher,
 ) -> anyhow::Result<DevnetManifest> {
     if n == 0 {
         bail!("--nodes must be at least 1");
@@ -181,7 +341,7 @@ pub async fn up(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let exe = std::env::current_exe().context("cannot find the agora binary")?;
+    let exe = launcher.exe()?;
     let genesis_path = dir.join(GENESIS_FILE);
 
     let mut ids = Vec::new();
@@ -189,7 +349,14 @@ pub async fn up(
     for i in 0..n {
         let name = format!("node{i}");
         let data_dir = dir.join(&name);
-        let config = devnet_node_config(i, &genesis_path, i + manual >= n);
+        let mut config = devnet_node_config(i, &genesis_path, i + manual >= n);
+        let host = launcher.host(i);
+        if host != "127.0.0.1" {
+            config.network.listen = vec![format!("/ip4/{host}/tcp/0")];
+            config.api.listen = format!("{host}:0");
+            config.api.allow_non_loopback = true;
+            config.radio.listen = format!("{host}:0");
+        }
         let key = init_data_dir(&data_dir, &config)?;
         ids.push((name, key.node_id()));
         configs.push((data_dir, config));
@@ -202,10 +369,10 @@ pub async fn up(
     for (i, (data_dir, mut config)) in configs.into_iter().enumerate() {
         config.network.bootstrap = bootstrap.clone();
         write_config(&data_dir, &config)?;
-        for f in [P2P_ADDR_FILE, API_ADDR_FILE] {
+        for f in [P2P_ADDR_FILE, API_ADDR_FILE, crate::daemon::RADIO_ADDR_FILE] {
             let _ = std::fs::remove_file(data_dir.join(f));
         }
-        let pid = spawn_node(&exe, &data_dir)?;
+        let pid = launcher.spawn(i, &exe, &data_dir)?;
         let p2p_text = wait_for_file(&data_dir.join(P2P_ADDR_FILE), deadline).await?;
         let api = wait_for_file(&data_dir.join(API_ADDR_FILE), deadline).await?;
         let p2p: Vec<String> = p2p_text.lines().map(String::from).collect();
@@ -218,6 +385,11 @@ pub async fn up(
             .map(|a| a.split("/p2p/").next().unwrap_or(a).to_string())
             .collect();
         config.api.listen = api.trim().to_string();
+        if !config.radio.listen.is_empty() {
+            let radio =
+                wait_for_file(&data_dir.join(crate::daemon::RADIO_ADDR_FILE), deadline).await?;
+            config.radio.listen = radio.trim().to_string();
+        }
         write_config(&data_dir, &config)?;
         nodes.push(DevnetNode {
             name: ids[i].0.clone(),
@@ -239,7 +411,8 @@ pub async fn up(
 }
 
 async fn wait_connected(m: &DevnetManifest, deadline: Instant) -> anyhow::Result<()> {
-    let want = m.nodes.len() - 1;
+    // Nodes dial discovered peers only up to the target, so large devnets are not a full mesh.
+    let want = (m.nodes.len() - 1).min(crate::network::NetworkConfig::default().target_peers);
     loop {
         let mut all = true;
         for node in &m.nodes {

@@ -111,6 +111,12 @@ pub struct AuctionCreateArgs {
     /// Time after the window closes to award, e.g. `30s`.
     #[arg(long, default_value = "30s")]
     award_grace: String,
+    /// CID of the service image the contract will carry (from `agora service publish`).
+    #[arg(long)]
+    service: Option<String>,
+    /// Hosted: start the service this long from now (a pre-contracted slot), e.g. `30s`.
+    #[arg(long)]
+    start_in: Option<String>,
 }
 
 /// `agora bid …`
@@ -215,6 +221,14 @@ pub async fn auction(dir: &Path, cmd: &AuctionCommand, json: bool) -> anyhow::Re
             .transpose()
             .context("--near")?,
         award_grace_ms: parse_duration_ms(&a.award_grace).context("--award-grace")?,
+        service: a.service.clone(),
+        start_at: a
+            .start_in
+            .as_deref()
+            .map(parse_duration_ms)
+            .transpose()
+            .context("--start-in")?
+            .map(|d| crate::now_ms() + d),
     };
     let reply: CreatedReply = client(dir)?.post("/v1/market/auctions", &spec).await?;
     print_created("auction", &reply, json)

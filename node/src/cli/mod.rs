@@ -1,6 +1,8 @@
 //! The `agora` command line: one module per subcommand.
 
+pub mod demo;
 pub mod devnet;
+pub mod edge;
 pub mod init;
 pub mod ledger;
 pub mod market;
@@ -41,7 +43,7 @@ pub enum Command {
     Status,
     /// List the running node's connected peers.
     Peers,
-    /// Show which peers are reachable (presence heartbeats), and since when.
+    /// Show which peers are reachable (pings to direct and watched peers), and since when.
     Presence,
     /// Open auctions (as customer).
     #[command(subcommand)]
@@ -102,6 +104,16 @@ pub enum Command {
     /// Manage a local devnet of several nodes.
     #[command(subcommand)]
     Devnet(devnet::DevnetCommand),
+    /// Sensors this edge hears and manages, and the checkpoints of processed readings.
+    Radio,
+    /// Run a published service image on this node's own sensors (the service a standby
+    /// contract insures).
+    Own {
+        /// Image CID from `agora service publish`.
+        image: String,
+    },
+    /// What the orchestrator did: migrations, attestations, activations, settlements.
+    Timeline,
 }
 
 /// `agora node …`
@@ -153,6 +165,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Devnet(cmd) => devnet::run(cmd, cli.json).await,
         Command::Storage(cmd) => storage::storage(&dir, cmd, cli.json).await,
         Command::Proof(cmd) => storage::proof(&dir, cmd, cli.json).await,
+        Command::Radio => edge::radio(&dir, cli.json).await,
+        Command::Own { image } => edge::own(&dir, image, cli.json).await,
+        Command::Timeline => edge::timeline(&dir, cli.json).await,
         Command::Service(cmd) => service::service(&dir, cmd, cli.json).await,
     }
 }

@@ -82,7 +82,7 @@ pub async fn presence(dir: &Path, json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print_table(&["NODE", "STATE", "SINCE", "LAST HEARTBEAT"], &rows);
+    print_table(&["NODE", "STATE", "SINCE", "LAST SEEN"], &rows);
     Ok(())
 }
 

@@ -25,6 +25,9 @@ use super::service::LedgerTask;
 /// Gossip topic of proposals, votes and certificates.
 pub const CONSENSUS_TOPIC: &str = "agora/consensus/1";
 
+/// Blocks per sync answer (the driver accepts at most 64).
+const SYNC_BATCH: usize = 64;
+
 /// Request-response body of block sync (in `Kind::Consensus` envelopes).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SyncMsg {
@@ -201,6 +204,20 @@ impl LedgerTask {
     pub(super) async fn on_sync_request(&mut self, from: NodeId, id: u64, msg: SyncMsg) {
         match msg {
             SyncMsg::Request { height } => {
+                // Every applied block is in the store (with its certificate), so sync reaches
+                // back past the driver's in-memory history.
+                let stored: Vec<DecidedBlock> = self
+                    .store
+                    .blocks_from(height, SYNC_BATCH)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(_, raw)| serde_cbor::from_slice(&raw).ok())
+                    .collect();
+                if !stored.is_empty() {
+                    return self
+                        .respond(id, &SyncMsg::Response { blocks: stored })
+                        .await;
+                }
                 self.timers.sync_requests.insert(from, id);
                 self.feed(Input::SyncRequest { from, height }).await;
                 // The driver answers through `SendSyncResponse`; if it had nothing, ack.

@@ -56,6 +56,7 @@ pub(crate) fn build_swarm(
     let setup = |e: String| NetworkError::Setup(e);
     let mdns_enabled = cfg.mdns;
     let gossip_heartbeat = cfg.gossip_heartbeat;
+    let (presence_interval, presence_timeout) = (cfg.presence_interval, cfg.presence_timeout);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -90,8 +91,12 @@ pub(crate) fn build_swarm(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
                     .with_agent_version(format!("agora/{}", env!("CARGO_PKG_VERSION"))),
             );
-            let ping =
-                ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5)));
+            // Liveness of direct peers: one ping per presence interval on each connection.
+            let ping = ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(presence_interval)
+                    .with_timeout(presence_timeout),
+            );
             let peer_id = key.public().to_peer_id();
             let mut kad = kad::Behaviour::with_config(
                 peer_id,

@@ -18,14 +18,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use super::behaviour::{AgoraBehaviour, AgoraBehaviourEvent, build_swarm, topic_score_params};
-use super::presence::{Heartbeat, PRESENCE_TOPIC, PresenceTracker};
+use super::presence::PresenceTracker;
 use super::{
     Command, NetworkConfig, NetworkError, NetworkEvent, NetworkHandle, NetworkStats, PeerInfo,
     Reply,
 };
-use crate::codec::{Envelope, Kind, MAX_GOSSIP_BYTES, MAX_RPC_BYTES};
+use crate::codec::{Envelope, MAX_GOSSIP_BYTES, MAX_RPC_BYTES};
 use crate::keys::{NodeKey, node_id_of};
 use crate::now_ms;
+
+mod liveness;
 
 /// Most inbound requests kept waiting for an answer; older ones are dropped.
 const MAX_PENDING_INBOUND: usize = 1024;
@@ -38,6 +40,7 @@ struct EventLoop {
     events: broadcast::Sender<NetworkEvent>,
     signer: KeySigner,
     presence: PresenceTracker,
+    liveness: liveness::Liveness,
     cfg: NetworkConfig,
     pending_requests: HashMap<OutboundRequestId, Reply<Result<Envelope, NetworkError>>>,
     inbound: BTreeMap<u64, ResponseChannel<Vec<u8>>>,
@@ -73,16 +76,6 @@ pub async fn spawn(
                 reason: transport_reason(&e),
             })?;
     }
-    let topic = IdentTopic::new(PRESENCE_TOPIC);
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
-        .map_err(|e| NetworkError::Setup(e.to_string()))?;
-    let _ = swarm
-        .behaviour_mut()
-        .gossipsub
-        .set_topic_params(topic, topic_score_params());
     for addr in &cfg.bootstrap {
         if let Err(e) = swarm.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap peer");
@@ -104,6 +97,7 @@ pub async fn spawn(
         events: ev_tx,
         signer: key.signer().clone(),
         presence: PresenceTracker::new(cfg.presence_timeout),
+        liveness: liveness::Liveness::default(),
         cfg,
         pending_requests: HashMap::new(),
         inbound: BTreeMap::new(),
@@ -158,33 +152,6 @@ impl EventLoop {
     fn emit(&self, event: NetworkEvent) {
         // No receivers is fine: nobody is listening yet.
         let _ = self.events.send(event);
-    }
-
-    fn on_presence_tick(&mut self) {
-        let now = now_ms();
-        for ev in self.presence.tick(now) {
-            info!(?ev, "presence change");
-            self.emit(NetworkEvent::Presence(ev));
-        }
-        if self.swarm.connected_peers().next().is_none() {
-            return;
-        }
-        self.seq += 1;
-        let body = Heartbeat {
-            addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
-        };
-        let Ok(env) = Envelope::seal_body(&self.signer, Kind::Presence, now, self.seq, &body)
-        else {
-            return;
-        };
-        if let Err(e) = self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(IdentTopic::new(PRESENCE_TOPIC), env.to_bytes())
-        {
-            debug!(error = %e, "presence heartbeat not published");
-        }
     }
 
     fn redial(&mut self) {
@@ -302,6 +269,13 @@ impl EventLoop {
             Command::Presence(reply) => {
                 let _ = reply.send(self.presence.snapshot());
             }
+            Command::Watch(node, reply) => {
+                let _ = reply.send(self.watch(node));
+            }
+            Command::Unwatch(node, reply) => {
+                self.unwatch(node);
+                let _ = reply.send(());
+            }
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats.clone());
             }
@@ -361,6 +335,7 @@ impl EventLoop {
                 self.peer_addrs
                     .insert(peer_id, endpoint.get_remote_address().clone());
                 self.emit(NetworkEvent::Connected(peer_id));
+                self.on_peer_connected(peer_id, &endpoint);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -371,7 +346,13 @@ impl EventLoop {
                 self.peer_addrs.remove(&peer_id);
                 self.rtts.remove(&peer_id);
                 self.emit(NetworkEvent::Disconnected(peer_id));
+                self.on_peer_disconnected(peer_id);
             }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => self.on_dial_failed(peer, &error),
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
             _ => {}
         }
@@ -386,6 +367,7 @@ impl EventLoop {
             }) => self.on_gossip(propagation_source, message_id, message),
             AgoraBehaviourEvent::Rpc(ev) => self.on_rpc(ev),
             AgoraBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_peer_addrs(peer_id, &info.listen_addrs);
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
@@ -401,6 +383,7 @@ impl EventLoop {
                 ..
             }) => {
                 self.rtts.insert(peer, rtt);
+                self.on_ping_ok(peer);
             }
             AgoraBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
@@ -420,7 +403,8 @@ impl EventLoop {
                 ..
             }) => self.on_kad_query(id, result, step.last),
             AgoraBehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
-                if !self.swarm.is_connected(&peer) =>
+                if !self.swarm.is_connected(&peer)
+                    && self.swarm.network_info().num_peers() < self.cfg.target_peers =>
             {
                 let _ = self.swarm.dial(peer);
             }
@@ -474,13 +458,6 @@ impl EventLoop {
                 gossip.report_message_validation_result(&id, &source, MessageAcceptance::Accept);
                 self.stats.gossip_accepted += 1;
                 let topic = message.topic.as_str().to_string();
-                if env.kind == Kind::Presence {
-                    if let Some(ev) = self.presence.heartbeat(env.sender, env.seq, now_ms()) {
-                        info!(?ev, "presence change");
-                        self.emit(NetworkEvent::Presence(ev));
-                    }
-                    return;
-                }
                 self.emit(NetworkEvent::Gossip {
                     topic,
                     envelope: Arc::new(env),

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use behaviour::MAX_GOSSIP_TRANSMIT;
 pub use event_loop::spawn;
-pub use presence::{PRESENCE_TOPIC, PeerPresence, PresenceEvent};
+pub use presence::{PeerPresence, PresenceEvent};
 pub use rpc_codec::RPC_PROTOCOL;
 
 use crate::codec::{Envelope, Kind};
@@ -31,12 +31,15 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
-    /// Interval between presence heartbeats.
+    /// Interval between pings to each directly connected peer (liveness).
     pub presence_interval: Duration,
-    /// Silence after which a peer is declared unreachable.
+    /// Time without a successful ping after which a peer is declared unreachable.
     pub presence_timeout: Duration,
     /// Gossipsub heartbeat interval (mesh maintenance).
     pub gossip_heartbeat: Duration,
+    /// Peers found through Kademlia are dialled only while fewer than this many are connected,
+    /// so a node's connections (and its ping and gossip cost) stay bounded as the network grows.
+    pub target_peers: usize,
 }
 
 impl Default for NetworkConfig {
@@ -48,6 +51,7 @@ impl Default for NetworkConfig {
             presence_interval: Duration::from_millis(250),
             presence_timeout: Duration::from_millis(1000),
             gossip_heartbeat: Duration::from_millis(500),
+            target_peers: 16,
         }
     }
 }
@@ -87,6 +91,9 @@ pub enum NetworkError {
         /// Why.
         reason: String,
     },
+    /// Not a node id we can connect to.
+    #[error("cannot watch {0}: not a valid remote node id (is it this node's own id?)")]
+    BadNodeId(NodeId),
     /// Dial failed.
     #[error("cannot dial {addr}: {reason}")]
     Dial {
@@ -168,6 +175,8 @@ pub(crate) enum Command {
     Peers(Reply<Vec<PeerInfo>>),
     ListenAddrs(Reply<Vec<Multiaddr>>),
     Presence(Reply<Vec<PeerPresence>>),
+    Watch(NodeId, Reply<Result<(), NetworkError>>),
+    Unwatch(NodeId, Reply<()>),
     Stats(Reply<NetworkStats>),
     PeerScore(PeerId, Reply<Option<f64>>),
     StartProviding(Vec<u8>, Reply<Result<(), NetworkError>>),
@@ -277,9 +286,20 @@ impl NetworkHandle {
         self.call(Command::ListenAddrs).await
     }
 
-    /// Presence of every peer we heard from.
+    /// Presence of every peer we were connected to or watch.
     pub async fn presence(&self) -> Result<Vec<PeerPresence>, NetworkError> {
         self.call(Command::Presence).await
+    }
+
+    /// Keeps a connection to `node` (redialled with backoff) so its presence is tracked even if
+    /// it is not otherwise a direct peer; `Up`/`Down` events follow.
+    pub async fn watch(&self, node: NodeId) -> Result<(), NetworkError> {
+        self.call(|r| Command::Watch(node, r)).await?
+    }
+
+    /// Stops keeping a connection to `node` (its presence is still tracked while connected).
+    pub async fn unwatch(&self, node: NodeId) -> Result<(), NetworkError> {
+        self.call(|r| Command::Unwatch(node, r)).await
     }
 
     /// Loop counters.

@@ -1,9 +1,15 @@
 //! Presence: who is reachable, and since when.
 //!
-//! Every node gossips a signed heartbeat on [`PRESENCE_TOPIC`] at a fixed interval. A peer is
-//! reachable from its first heartbeat until no heartbeat arrived for `timeout`. Components (the
-//! handover orchestrator, arbitrators' liveness checks) subscribe to [`PresenceEvent`]s or query a
-//! snapshot.
+//! Liveness comes from direct connections only, so a node's cost is O(its direct peers), not
+//! O(network): a peer is reachable from the moment a connection to it is established (the noise
+//! handshake authenticates it) for as long as libp2p pings on that connection succeed. It is
+//! declared down when no ping succeeded for `timeout`, or at once when its last connection
+//! closed and the redial failed (a killed process refuses connections). A closed connection that
+//! is redialled successfully is not a change. Components (the handover orchestrator,
+//! arbitrators' liveness checks) subscribe to [`PresenceEvent`]s, query a snapshot, and ask the
+//! network to *watch* peers they are not otherwise connected to.
+//!
+//! This module is the pure tracker; the swarm loop feeds it connection and ping events.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,33 +17,23 @@ use std::time::Duration;
 use agora_market::{NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
 
-/// Gossip topic carrying presence heartbeats.
-pub const PRESENCE_TOPIC: &str = "agora/presence/1";
-
-/// Body of a presence heartbeat.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    /// The sender's listen addresses (as strings), to help late joiners dial it.
-    pub addrs: Vec<String>,
-}
-
 /// A change in a peer's reachability.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PresenceEvent {
-    /// First heartbeat after absence.
+    /// The peer became reachable (connection established or ping answered after absence).
     Up {
         /// The peer.
         node: NodeId,
-        /// When the first heartbeat arrived (ms, local clock).
+        /// When it became reachable (ms, local clock).
         at: Timestamp,
     },
-    /// Heartbeats stopped.
+    /// The peer stopped answering (ping timeout, or connection lost and redial failed).
     Down {
         /// The peer.
         node: NodeId,
-        /// When the last heartbeat arrived (ms, local clock).
+        /// Last proof of life (ms, local clock).
         last_seen: Timestamp,
-        /// When the timeout fired.
+        /// When it was declared down.
         at: Timestamp,
     },
 }
@@ -47,25 +43,31 @@ pub enum PresenceEvent {
 pub struct PeerPresence {
     /// The peer.
     pub node: NodeId,
-    /// Whether heartbeats are currently arriving.
+    /// Whether the peer currently answers.
     pub reachable: bool,
     /// Reachable since (if reachable) or unreachable since (if not), ms.
     pub since: Timestamp,
-    /// Last heartbeat seen, ms.
+    /// Last proof of life (connection established or ping answered), ms; 0 if never.
     pub last_seen: Timestamp,
-    /// Highest heartbeat sequence number seen (older ones are ignored as replays).
-    pub last_seq: u64,
+    /// Whether this node keeps a connection to the peer on purpose (`NetworkHandle::watch`).
+    pub watched: bool,
 }
 
-/// Pure presence tracker; the event loop feeds it heartbeats and ticks.
+#[derive(Debug)]
+struct Entry {
+    presence: PeerPresence,
+    connected: bool,
+}
+
+/// Pure presence tracker; the event loop feeds it connection events, pings and ticks.
 #[derive(Debug)]
 pub struct PresenceTracker {
     timeout: u64,
-    peers: HashMap<NodeId, PeerPresence>,
+    peers: HashMap<NodeId, Entry>,
 }
 
 impl PresenceTracker {
-    /// A tracker that declares a peer down after `timeout` without heartbeats.
+    /// A tracker that declares a peer down after `timeout` without a successful ping.
     pub fn new(timeout: Duration) -> Self {
         PresenceTracker {
             timeout: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
@@ -73,68 +75,100 @@ impl PresenceTracker {
         }
     }
 
-    /// Records a heartbeat; returns `Up` if the peer was not reachable before.
-    pub fn heartbeat(&mut self, node: NodeId, seq: u64, now: Timestamp) -> Option<PresenceEvent> {
-        match self.peers.get_mut(&node) {
-            Some(p) => {
-                if seq <= p.last_seq && p.reachable {
-                    return None; // replayed or reordered heartbeat
-                }
-                p.last_seq = p.last_seq.max(seq);
-                p.last_seen = now;
-                if !p.reachable {
-                    p.reachable = true;
-                    p.since = now;
-                    return Some(PresenceEvent::Up { node, at: now });
-                }
-                None
-            }
-            None => {
-                self.peers.insert(
-                    node,
-                    PeerPresence {
-                        node,
-                        reachable: true,
-                        since: now,
-                        last_seen: now,
-                        last_seq: seq,
-                    },
-                );
-                Some(PresenceEvent::Up { node, at: now })
-            }
+    fn entry(&mut self, node: NodeId, now: Timestamp) -> &mut Entry {
+        self.peers.entry(node).or_insert_with(|| Entry {
+            presence: PeerPresence {
+                node,
+                reachable: false,
+                since: now,
+                last_seen: 0,
+                watched: false,
+            },
+            connected: false,
+        })
+    }
+
+    /// A connection to `node` was established; `Up` if it was not reachable before.
+    pub fn connected(&mut self, node: NodeId, now: Timestamp) -> Option<PresenceEvent> {
+        self.entry(node, now).connected = true;
+        self.alive(node, now)
+    }
+
+    /// `node` answered a ping (or otherwise proved it is alive); `Up` if it was not reachable.
+    pub fn alive(&mut self, node: NodeId, now: Timestamp) -> Option<PresenceEvent> {
+        let e = self.entry(node, now);
+        let p = &mut e.presence;
+        p.last_seen = p.last_seen.max(now);
+        if p.reachable {
+            return None;
+        }
+        p.reachable = true;
+        p.since = now;
+        Some(PresenceEvent::Up { node, at: now })
+    }
+
+    /// The last connection to `node` closed. Not a change by itself: the caller redials and
+    /// reports the outcome with [`Self::connected`] or [`Self::dial_failed`].
+    pub fn disconnected(&mut self, node: NodeId) {
+        if let Some(e) = self.peers.get_mut(&node) {
+            e.connected = false;
         }
     }
 
-    /// Declares peers down whose heartbeats stopped.
-    pub fn tick(&mut self, now: Timestamp) -> Vec<PresenceEvent> {
-        let mut out = Vec::new();
-        for p in self.peers.values_mut() {
-            if p.reachable && now.saturating_sub(p.last_seen) > self.timeout {
-                p.reachable = false;
-                p.since = now;
-                out.push(PresenceEvent::Down {
-                    node: p.node,
-                    last_seen: p.last_seen,
-                    at: now,
-                });
-            }
+    /// A dial to `node` failed; `Down` if it has no connection left and was reachable.
+    pub fn dial_failed(&mut self, node: NodeId, now: Timestamp) -> Option<PresenceEvent> {
+        let e = self.peers.get_mut(&node)?;
+        if e.connected || !e.presence.reachable {
+            return None;
         }
+        Some(Self::mark_down(&mut e.presence, now))
+    }
+
+    /// Declares peers down whose pings stopped for longer than the timeout.
+    pub fn tick(&mut self, now: Timestamp) -> Vec<PresenceEvent> {
+        let mut out: Vec<PresenceEvent> = self
+            .peers
+            .values_mut()
+            .filter(|e| {
+                e.presence.reachable && now.saturating_sub(e.presence.last_seen) > self.timeout
+            })
+            .map(|e| Self::mark_down(&mut e.presence, now))
+            .collect();
         out.sort_by_key(|e| match e {
             PresenceEvent::Up { node, .. } | PresenceEvent::Down { node, .. } => *node,
         });
         out
     }
 
+    fn mark_down(p: &mut PeerPresence, now: Timestamp) -> PresenceEvent {
+        p.reachable = false;
+        p.since = now;
+        PresenceEvent::Down {
+            node: p.node,
+            last_seen: p.last_seen,
+            at: now,
+        }
+    }
+
+    /// Marks `node` as watched (or not); a watched peer is listed even before it is reached.
+    pub fn set_watched(&mut self, node: NodeId, watched: bool, now: Timestamp) {
+        if watched {
+            self.entry(node, now).presence.watched = true;
+        } else if let Some(e) = self.peers.get_mut(&node) {
+            e.presence.watched = false;
+        }
+    }
+
     /// Everything known, sorted by node id.
     pub fn snapshot(&self) -> Vec<PeerPresence> {
-        let mut v: Vec<_> = self.peers.values().cloned().collect();
+        let mut v: Vec<_> = self.peers.values().map(|e| e.presence.clone()).collect();
         v.sort_by_key(|p| p.node);
         v
     }
 
     /// One peer's presence.
     pub fn get(&self, node: &NodeId) -> Option<&PeerPresence> {
-        self.peers.get(node)
+        self.peers.get(node).map(|e| &e.presence)
     }
 }
 
@@ -143,15 +177,19 @@ mod tests {
     use super::*;
     use agora_market::{KeySigner, Signer};
 
+    fn node() -> NodeId {
+        KeySigner::from_seed(1).node_id()
+    }
+
     #[test]
-    fn up_then_down_then_up() {
-        let n = KeySigner::from_seed(1).node_id();
+    fn up_on_connect_down_on_ping_silence_up_again() {
+        let n = node();
         let mut t = PresenceTracker::new(Duration::from_millis(100));
         assert_eq!(
-            t.heartbeat(n, 1, 0),
+            t.connected(n, 0),
             Some(PresenceEvent::Up { node: n, at: 0 })
         );
-        assert_eq!(t.heartbeat(n, 2, 50), None);
+        assert_eq!(t.alive(n, 50), None);
         assert!(t.tick(120).is_empty());
         assert_eq!(
             t.tick(151),
@@ -161,19 +199,52 @@ mod tests {
                 at: 151
             }]
         );
-        assert!(t.get(&n).is_some_and(|p| !p.reachable));
+        assert!(t.tick(400).is_empty(), "down is reported once");
+        assert!(t.get(&n).is_some_and(|p| !p.reachable && p.since == 151));
         assert_eq!(
-            t.heartbeat(n, 3, 200),
-            Some(PresenceEvent::Up { node: n, at: 200 })
+            t.alive(n, 500),
+            Some(PresenceEvent::Up { node: n, at: 500 })
         );
     }
 
     #[test]
-    fn replayed_heartbeat_does_not_refresh() {
-        let n = KeySigner::from_seed(1).node_id();
-        let mut t = PresenceTracker::new(Duration::from_millis(100));
-        t.heartbeat(n, 5, 0);
-        t.heartbeat(n, 5, 90);
-        assert!(t.get(&n).is_some_and(|p| p.last_seen == 0));
+    fn closed_connection_is_down_only_when_redial_fails() {
+        let n = node();
+        let mut t = PresenceTracker::new(Duration::from_secs(10));
+        t.connected(n, 0);
+        // Closed, then redialled successfully: no change.
+        t.disconnected(n);
+        assert_eq!(t.connected(n, 10), None);
+        // A failed dial while another connection is open (stale address): no change.
+        assert_eq!(t.dial_failed(n, 20), None);
+        // Closed and the redial is refused: down at once, well before the ping timeout.
+        t.disconnected(n);
+        assert_eq!(
+            t.dial_failed(n, 30),
+            Some(PresenceEvent::Down {
+                node: n,
+                last_seen: 10,
+                at: 30
+            })
+        );
+        assert_eq!(t.dial_failed(n, 40), None, "down is reported once");
+        assert_eq!(
+            t.connected(n, 50),
+            Some(PresenceEvent::Up { node: n, at: 50 })
+        );
+    }
+
+    #[test]
+    fn watched_peer_is_listed_before_it_is_reached() {
+        let n = node();
+        let mut t = PresenceTracker::new(Duration::from_secs(1));
+        t.set_watched(n, true, 5);
+        let snap = t.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert!(snap[0].watched && !snap[0].reachable && snap[0].last_seen == 0);
+        assert_eq!(t.dial_failed(n, 6), None, "never up, so never down");
+        assert!(t.tick(10_000).is_empty());
+        t.set_watched(n, false, 7);
+        assert!(t.get(&n).is_some_and(|p| !p.watched));
     }
 }

@@ -50,8 +50,13 @@ proptest! {
             data_proofs: vec![],
         };
         h.ok(&p, TxKind::Heartbeats { contract: id, batch });
-        let events = h.ok(&c, TxKind::Settle { contract: id, reason: SettleReason::DurationEnded });
-        let measured = up * 1_000 / duration;
+        let mut events = h.ok(&c, TxKind::Settle { contract: id, reason: SettleReason::DurationEnded });
+        // A shortfall waits for in-flight heartbeats, then is judged after the grace period.
+        h.now += 10_000;
+        events.extend(h.ledger.tick(h.now));
+        // Judged uptime: reported plus at most one heartbeat interval of unreported tail.
+        let judged = (up + (duration - up).min(1_000)).min(duration);
+        let measured = judged * 1_000 / duration;
         let breached = delay > 5_000 || measured < u64::from(min_uptime);
         if breached {
             prop_assert_eq!(h.status(id), ContractStatus::Slashed);

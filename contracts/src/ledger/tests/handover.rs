@@ -205,3 +205,104 @@ fn non_committee_attestations_are_rejected() {
         .unwrap_err();
     assert!(matches!(err, LedgerError::NotCommitteeMember { .. }));
 }
+
+#[test]
+fn customer_back_between_heartbeats_is_not_a_breach() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).standby(1_000).signed());
+    let (c, p) = (h.customer(), h.provider());
+    h.now = 5_000;
+    for a in 0..3 {
+        h.attest(a, Liveness::Unreachable { since: 1_000 });
+    }
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 5_000,
+        },
+    );
+    h.now = 8_000;
+    h.ok(&p, for_contract(uptime(5_000, 8_000), id));
+    // Back 0.9 s after the last heartbeat (interval 1 s): the unreported tail is not held
+    // against the provider.
+    h.now = 8_900;
+    h.ok(&c, settle(id, SettleReason::CustomerBack));
+    assert_eq!(h.status(id), ContractStatus::Settled);
+}
+
+#[test]
+fn customer_back_long_after_the_last_heartbeat_is_a_breach() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).standby(1_000).signed());
+    let (c, p) = (h.customer(), h.provider());
+    h.now = 5_000;
+    for a in 0..3 {
+        h.attest(a, Liveness::Unreachable { since: 1_000 });
+    }
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 5_000,
+        },
+    );
+    h.now = 6_000;
+    h.ok(&p, for_contract(uptime(5_000, 6_000), id));
+    // The provider went silent: 1 s reported + 1 s tail of 6 s is below the 90 % minimum,
+    // judged once no heartbeat arrived within the grace period.
+    h.now = 11_000;
+    let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, LedgerEvent::SettlementPending { end: 11_000, .. }))
+    );
+    assert!(
+        h.try_apply(&c, settle(id, SettleReason::CustomerBack))
+            .is_err(),
+        "one pending settlement at a time"
+    );
+    h.now = 14_999;
+    assert!(h.ledger.tick(h.now).is_empty());
+    h.now = 15_000;
+    let ev = h.ledger.tick(h.now);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        LedgerEvent::Slashed {
+            reason: BreachReason::InsufficientUptime { permille: 333 },
+            ..
+        }
+    )));
+}
+
+#[test]
+fn pending_settlement_is_judged_when_the_in_flight_heartbeat_arrives() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).standby(1_000).signed());
+    let (c, p) = (h.customer(), h.provider());
+    h.now = 5_000;
+    for a in 0..3 {
+        h.attest(a, Liveness::Unreachable { since: 1_000 });
+    }
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 5_000,
+        },
+    );
+    h.now = 6_000;
+    h.ok(&p, for_contract(uptime(5_000, 6_000), id));
+    // The customer is back at 9 s; blocks were slow and the provider's heartbeat for 6–9.5 s
+    // lands only afterwards. It counts up to the settlement's end and settles the contract.
+    h.now = 9_000;
+    h.ok(&c, settle(id, SettleReason::CustomerBack));
+    assert_eq!(h.status(id), ContractStatus::Active);
+    h.now = 9_600;
+    let ev = h.ok(&p, for_contract(uptime(6_000, 9_500), id));
+    assert!(ev.iter().any(|e| matches!(e, LedgerEvent::Paid { .. })));
+    assert_eq!(h.status(id), ContractStatus::Settled);
+    let rec = h.ledger.contract(&id).unwrap();
+    assert_eq!(rec.uptime_ms, 4_000);
+    assert_eq!(rec.closing, None);
+}

@@ -1,0 +1,129 @@
+//! Presence from direct connections: watched peers are redialled and get Up/Down events.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use agora_devnet::Devnet;
+use agora_market::NodeId;
+use agora_node::network::{NetworkEvent, NetworkHandle, PresenceEvent};
+use tokio::sync::broadcast;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn next_presence(
+    rx: &mut broadcast::Receiver<NetworkEvent>,
+    target: NodeId,
+    want_up: bool,
+) -> PresenceEvent {
+    loop {
+        match rx.recv().await {
+            Ok(NetworkEvent::Presence(ev)) => match &ev {
+                PresenceEvent::Up { node, .. } if want_up && *node == target => return ev,
+                PresenceEvent::Down { node, .. } if !want_up && *node == target => return ev,
+                _ => {}
+            },
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(e) => panic!("event channel closed: {e}"),
+        }
+    }
+}
+
+async fn connected(h: &NetworkHandle, peer_id: &str) -> bool {
+    h.peers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.peer_id == peer_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_peer_is_redialled_and_reported_down_and_up() {
+    let mut net = Devnet::builder()
+        .nodes(3)
+        // Node 0 is the only arbitrator and each node stops dialing discovered peers once it has
+        // one connection: nodes 1 and 2 have no traffic of their own that keeps them connected,
+        // so only the watch can.
+        .committee(1)
+        .target_peers(1)
+        .presence(Duration::from_millis(100), Duration::from_millis(600))
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(1, WAIT).await.unwrap();
+    let watcher = net.handle(1).unwrap();
+    let target = net.node_id(2);
+    let target_peer = net.handle(2).unwrap().peer_id().to_string();
+    let mut events = watcher.events();
+
+    // Node 1 watches node 2 (address from Kademlia via node 0): reachable and watched.
+    watcher.watch(target).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !watcher
+        .presence()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.node == target && p.watched && p.reachable)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "watched node2 never became reachable at node1"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(connected(&watcher, &target_peer).await);
+
+    // Node 2 stops: the closed connection is redialled, refused, and reported down.
+    net.stop(2).await;
+    timeout(WAIT, next_presence(&mut events, target, false))
+        .await
+        .expect("node2's stop is reported down at node1");
+    assert!(
+        watcher
+            .presence()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.node == target && p.watched && !p.reachable)
+    );
+
+    // Node 2 restarts without dialing anyone: the watcher's redial reconnects it.
+    net.restart_from(2, &[]).await.unwrap();
+    timeout(WAIT, next_presence(&mut events, target, true))
+        .await
+        .expect("the watcher redials the restarted node and reports it up");
+    assert!(connected(&watcher, &target_peer).await);
+
+    // Stopped again: down again, with the last proof of life before the verdict.
+    net.stop(2).await;
+    let down = timeout(WAIT, next_presence(&mut events, target, false))
+        .await
+        .expect("the watched node's second stop is reported down");
+    let PresenceEvent::Down { last_seen, at, .. } = down else {
+        unreachable!("next_presence returns a Down here");
+    };
+    assert!(last_seen <= at);
+
+    watcher.unwatch(target).await.unwrap();
+    assert!(
+        watcher
+            .presence()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.node == target && !p.watched)
+    );
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_itself_is_refused() {
+    let net = Devnet::builder().nodes(1).spawn().await.unwrap();
+    let h = net.handle(0).unwrap();
+    assert!(
+        h.watch(h.node_id()).await.is_err(),
+        "a node cannot watch itself"
+    );
+    net.shutdown().await;
+}

@@ -1,0 +1,176 @@
+//! The swarm loop's presence driver: turns connection, dial and ping events into
+//! [`PresenceTracker`] inputs, redials peers whose connection closed, and keeps connections to
+//! watched peers (redial with backoff, addresses from identify, Kademlia and our own store).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use agora_market::NodeId;
+use libp2p::core::ConnectedPoint;
+use libp2p::swarm::DialError;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Multiaddr, PeerId};
+use tracing::{debug, info};
+
+use super::EventLoop;
+use crate::keys::{node_id_of, peer_id_of};
+use crate::network::{NetworkError, NetworkEvent, PresenceEvent};
+use crate::now_ms;
+
+/// Most addresses remembered per peer.
+const MAX_ADDRS_PER_PEER: usize = 8;
+/// Longest wait between two redials of a watched peer.
+const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Redial state of one watched peer.
+#[derive(Debug)]
+pub(super) struct Watch {
+    next_dial: Instant,
+    backoff: Duration,
+}
+
+/// Addresses and watches the presence driver keeps beside the pure tracker.
+#[derive(Debug, Default)]
+pub(super) struct Liveness {
+    /// Listen addresses peers told us (identify) or we dialled successfully. Kademlia forgets an
+    /// address after one failed dial; this store does not, so a restarted peer is found again.
+    addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    watched: HashMap<PeerId, Watch>,
+}
+
+impl EventLoop {
+    fn emit_presence(&self, ev: Option<PresenceEvent>) {
+        if let Some(ev) = ev {
+            info!(?ev, "presence change");
+            self.emit(NetworkEvent::Presence(ev));
+        }
+    }
+
+    fn remember_addr(&mut self, peer: PeerId, addr: Multiaddr) {
+        let list = self.liveness.addrs.entry(peer).or_default();
+        if !list.contains(&addr) {
+            list.insert(0, addr);
+            list.truncate(MAX_ADDRS_PER_PEER);
+        }
+    }
+
+    /// Identify told us where `peer` listens.
+    pub(super) fn on_peer_addrs(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        for a in addrs.iter().rev() {
+            self.remember_addr(peer, a.clone());
+        }
+    }
+
+    /// The first connection to `peer` was established.
+    pub(super) fn on_peer_connected(&mut self, peer: PeerId, endpoint: &ConnectedPoint) {
+        if let ConnectedPoint::Dialer { address, .. } = endpoint {
+            self.remember_addr(peer, address.clone());
+        }
+        if let Some(w) = self.liveness.watched.get_mut(&peer) {
+            w.backoff = self.cfg.presence_interval;
+        }
+        if let Some(node) = node_id_of(&peer) {
+            let ev = self.presence.connected(node, now_ms());
+            self.emit_presence(ev);
+        }
+    }
+
+    /// `peer` answered a ping.
+    pub(super) fn on_ping_ok(&mut self, peer: PeerId) {
+        if let Some(node) = node_id_of(&peer) {
+            let ev = self.presence.alive(node, now_ms());
+            self.emit_presence(ev);
+        }
+    }
+
+    /// The last connection to `peer` closed: redial at once; the outcome decides presence.
+    pub(super) fn on_peer_disconnected(&mut self, peer: PeerId) {
+        let Some(node) = node_id_of(&peer) else {
+            return;
+        };
+        self.presence.disconnected(node);
+        let was_reachable = self.presence.get(&node).is_some_and(|p| p.reachable);
+        if was_reachable || self.liveness.watched.contains_key(&peer) {
+            self.dial_peer(peer);
+        }
+    }
+
+    /// A dial to `peer` failed (refused, timed out, or no address known).
+    pub(super) fn on_dial_failed(&mut self, peer: PeerId, error: &DialError) {
+        if self.swarm.is_connected(&peer) {
+            return; // another connection is up; a stale address failed
+        }
+        debug!(%peer, %error, "dial failed");
+        if let Some(node) = node_id_of(&peer) {
+            let ev = self.presence.dial_failed(node, now_ms());
+            self.emit_presence(ev);
+        }
+        if matches!(error, DialError::NoAddresses) && self.liveness.watched.contains_key(&peer) {
+            // Ask the DHT where the watched peer is; the answer lands in Kademlia's table.
+            self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        }
+    }
+
+    /// Dials `peer` with every address we know, plus those the behaviours (Kademlia) know.
+    fn dial_peer(&mut self, peer: PeerId) {
+        let addrs = self.liveness.addrs.get(&peer).cloned().unwrap_or_default();
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(addrs)
+            .extend_addresses_through_behaviour()
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Err(e) => self.on_dial_failed(peer, &e),
+        }
+    }
+
+    /// Presence timer: ping timeouts, then redials of watched peers that are due.
+    pub(super) fn on_presence_tick(&mut self) {
+        let now = now_ms();
+        for ev in self.presence.tick(now) {
+            self.emit_presence(Some(ev));
+        }
+        let instant = Instant::now();
+        let due: Vec<PeerId> = self
+            .liveness
+            .watched
+            .iter()
+            .filter(|(p, w)| w.next_dial <= instant && !self.swarm.is_connected(p))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            if let Some(w) = self.liveness.watched.get_mut(&peer) {
+                w.next_dial = instant + w.backoff;
+                w.backoff = (w.backoff * 2).min(MAX_REDIAL_BACKOFF);
+            }
+            self.dial_peer(peer);
+        }
+    }
+
+    /// Starts keeping a connection to `node` (presence events follow as for any direct peer).
+    pub(super) fn watch(&mut self, node: NodeId) -> Result<(), NetworkError> {
+        let peer = peer_id_of(&node).ok_or(NetworkError::BadNodeId(node))?;
+        if peer == *self.swarm.local_peer_id() {
+            return Err(NetworkError::BadNodeId(node));
+        }
+        self.presence.set_watched(node, true, now_ms());
+        let backoff = self.cfg.presence_interval;
+        self.liveness.watched.entry(peer).or_insert(Watch {
+            next_dial: Instant::now() + backoff,
+            backoff,
+        });
+        if !self.swarm.is_connected(&peer) {
+            self.dial_peer(peer);
+        }
+        Ok(())
+    }
+
+    /// Stops redialing `node`; an open connection stays until idle.
+    pub(super) fn unwatch(&mut self, node: NodeId) {
+        if let Some(peer) = peer_id_of(&node) {
+            self.liveness.watched.remove(&peer);
+        }
+        self.presence.set_watched(node, false, now_ms());
+    }
+}

@@ -13,6 +13,7 @@ pub mod kv;
 pub mod manifest;
 mod ops;
 pub mod published;
+mod query;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use agora_market::{KeySigner, Signer};
 use agora_runtime::{
-    ContainerError, Health, Host, HostConfig, Metering, RuntimeError, ServiceManager, ServiceState,
+    ContainerError, Host, HostConfig, Metering, RuntimeError, ServiceManager, ServiceState,
 };
 use agora_storage::Cid;
 use serde::{Deserialize, Serialize};
@@ -323,87 +324,6 @@ impl ServiceHost {
     /// The node that signs published messages.
     pub fn node_id(&self) -> agora_market::NodeId {
         self.inner.signer.node_id()
-    }
-
-    /// Every staged service, ordered by id.
-    pub fn list(&self) -> Vec<ServiceInfo> {
-        let wasm: BTreeMap<String, agora_runtime::ServiceStatus> = self
-            .inner
-            .manager
-            .list()
-            .into_iter()
-            .map(|s| (s.id.0.clone(), s))
-            .collect();
-        lock(&self.inner.staged)
-            .iter()
-            .map(|(id, s)| {
-                let (state, metering) = match (&s.container, wasm.get(id)) {
-                    (Some(c), _) => (c.state.clone(), Metering::default()),
-                    (None, Some(w)) => (w.state.clone(), w.metering.clone()),
-                    (None, None) => (ServiceState::Staged, Metering::default()),
-                };
-                ServiceInfo {
-                    id: id.clone(),
-                    image: s.image.to_string(),
-                    name: s.manifest.name.clone(),
-                    version: s.manifest.version.clone(),
-                    kind: s.manifest.kind,
-                    state,
-                    metering,
-                }
-            })
-            .collect()
-    }
-
-    /// The service's kept log tail (stdout, stderr and `log` lines).
-    pub async fn logs(&self, id: &str) -> Result<String, ServiceError> {
-        if self.is_container(id)? {
-            return self.container_logs(id).await;
-        }
-        Ok(self.inner.manager.logs(&id.into())?)
-    }
-
-    /// Usage so far (settlement evidence).
-    pub fn metering(&self, id: &str) -> Result<Metering, ServiceError> {
-        if self.is_container(id)? {
-            return Ok(Metering::default());
-        }
-        Ok(self.inner.manager.metering(&id.into())?)
-    }
-
-    /// Health check of a wasm service.
-    pub fn health(&self, id: &str) -> Result<Health, ServiceError> {
-        if self.is_container(id)? {
-            let state = self.container_state(id)?;
-            let healthy = state == ServiceState::Active;
-            return Ok(Health {
-                state,
-                last_poll_ms_ago: None,
-                guest_health: None,
-                healthy,
-            });
-        }
-        Ok(self.inner.manager.health(&id.into())?)
-    }
-
-    /// Queues a sensor reading for the service.
-    pub fn push_reading(&self, id: &str, reading: Vec<u8>) -> Result<(), ServiceError> {
-        if self.is_container(id)? {
-            return Err(ServiceError::Runtime(RuntimeError::WrongState {
-                service: id.to_string(),
-                state: "a container".into(),
-                hint: "readings are only delivered to wasm services",
-            }));
-        }
-        Ok(self.inner.manager.push_reading(&id.into(), reading)?)
-    }
-
-    /// Whether `id` is staged as a container service (errors if it is not staged at all).
-    fn is_container(&self, id: &str) -> Result<bool, ServiceError> {
-        lock(&self.inner.staged)
-            .get(id)
-            .map(|s| s.container.is_some())
-            .ok_or_else(|| ServiceError::Unknown(id.to_string()))
     }
 }
 

@@ -125,6 +125,7 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
     let idle_cores = cores_busy(Duration::from_secs(3)).await;
     let (cpu0, wall0) = (cpu_secs(), Instant::now());
     let mut latencies = Vec::new();
+    let mut missing = Vec::new();
     for m in 0..messages as u64 {
         let sender = (m as usize * 7) % n;
         let start = Instant::now();
@@ -150,6 +151,7 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
             }
             if Instant::now() > deadline {
                 latencies.push(f64::INFINITY);
+                missing.push(n - 1 - got.map(|g| g.0).unwrap_or(0).min(n - 1));
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -157,6 +159,9 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let busy_cores = (cpu_secs() - cpu0) / wall0.elapsed().as_secs_f64();
+    if !missing.is_empty() {
+        println!("  {n} nodes: receivers missing per undelivered message: {missing:?}");
+    }
     net.shutdown().await;
     latencies.sort_by(|a, b| a.total_cmp(b));
     let delivered = latencies.iter().filter(|l| l.is_finite()).count() as f64 / messages as f64;

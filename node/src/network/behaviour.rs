@@ -78,10 +78,15 @@ pub(crate) fn build_swarm(
                 .map_err(|e| e.to_string())?;
             let mut gossipsub =
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
-            gossipsub.with_peer_score(
-                gossipsub::PeerScoreParams::default(),
-                gossipsub::PeerScoreThresholds::default(),
-            )?;
+            // No IP-colocation penalty: edges behind one NAT (and every devnet node on loopback)
+            // share an address, and with more than 10 such peers the default penalty pushed them
+            // all below the publish threshold, so nothing was delivered. Sybil resistance comes
+            // from staked identities and invalid-message penalties instead.
+            let score_params = gossipsub::PeerScoreParams {
+                ip_colocation_factor_weight: 0.0,
+                ..Default::default()
+            };
+            gossipsub.with_peer_score(score_params, gossipsub::PeerScoreThresholds::default())?;
             let rpc = request_response::Behaviour::with_codec(
                 RpcCodec,
                 [(RPC_PROTOCOL, request_response::ProtocolSupport::Full)],

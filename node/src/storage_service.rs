@@ -28,9 +28,9 @@ use tracing::{Instrument, info};
 pub use backend::StoreBackend;
 pub use bitswap::{Bitswap, BitswapStats};
 pub use embedded::Embedded;
-pub use kubo::KuboBackend;
 pub use fetch::{FetchConfig, FetchError, FetchProgress};
 pub use jobs::JobStatus;
+pub use kubo::KuboBackend;
 pub use ops::{AddReply, LsReply, ProofCreated, ProofVerified, parse_cid, read_readings};
 
 use crate::network::NetworkHandle;

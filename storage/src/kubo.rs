@@ -147,13 +147,15 @@ impl KuboClient {
     ) -> Result<T, KuboError> {
         match self.idle {
             None => fut.await,
-            Some(idle) => tokio::time::timeout(idle, fut)
-                .await
-                .map_err(|_| KuboError::Stalled {
-                    endpoint,
-                    cid: *cid,
-                    secs: idle.as_secs(),
-                })?,
+            Some(idle) => {
+                tokio::time::timeout(idle, fut)
+                    .await
+                    .map_err(|_| KuboError::Stalled {
+                        endpoint,
+                        cid: *cid,
+                        secs: idle.as_secs(),
+                    })?
+            }
         }
     }
 

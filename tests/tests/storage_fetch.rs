@@ -58,7 +58,16 @@ async fn node_fetches_file_added_on_another_node() {
     assert!(p.done);
     assert_eq!(p.total_bytes, Some(data.len() as u64));
     assert!(p.fetched_blocks >= 13, "{p:?}");
-    assert!(net.node(0).unwrap().storage.bitswap().unwrap().stats().blocks_sent > 0);
+    assert!(
+        net.node(0)
+            .unwrap()
+            .storage
+            .bitswap()
+            .unwrap()
+            .stats()
+            .blocks_sent
+            > 0
+    );
     net.shutdown().await;
 }
 
@@ -126,7 +135,12 @@ async fn unknown_cid_times_out_with_a_clear_error() {
         idle_timeout: Duration::from_millis(1500),
         ..FetchConfig::default()
     };
-    let err = s.embedded().unwrap().fetch(cid, cfg, &tx).await.unwrap_err();
+    let err = s
+        .embedded()
+        .unwrap()
+        .fetch(cid, cfg, &tx)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             &err,

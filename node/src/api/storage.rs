@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, authorize};
 use crate::storage_service::{
-    AddReply, FetchProgress, JobStatus, LsReply, ProofCreated, ProofVerified,
-    StorageHandle, StorageServiceError, parse_cid, read_readings,
+    AddReply, FetchProgress, JobStatus, LsReply, ProofCreated, ProofVerified, StorageHandle,
+    StorageServiceError, parse_cid, read_readings,
 };
 
 /// `POST /v1/storage/add`

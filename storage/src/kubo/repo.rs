@@ -83,19 +83,19 @@ fn bad(endpoint: &'static str, reason: impl std::fmt::Display) -> KuboError {
 }
 
 fn parse_cid(endpoint: &'static str, s: &str) -> Result<Cid, KuboError> {
-    s.parse().map_err(|e| bad(endpoint, format!("bad CID {s:?}: {e}")))
+    s.parse()
+        .map_err(|e| bad(endpoint, format!("bad CID {s:?}: {e}")))
 }
 
-/// Splits a newline-delimited JSON stream into complete lines as chunks arrive.
-fn take_lines(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
-    let mut lines = Vec::new();
+/// Takes the next complete non-blank line of a newline-delimited JSON stream, if one arrived.
+fn take_line(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
         let line: Vec<u8> = buf.drain(..=pos).collect();
         if line.iter().any(|b| !b.is_ascii_whitespace()) {
-            lines.push(line);
+            return Some(line);
         }
     }
-    lines
+    None
 }
 
 impl KuboClient {
@@ -113,11 +113,7 @@ impl KuboClient {
             // applies to the counter, not to the arrival of bytes.
             let advance = async {
                 loop {
-                    let Some(chunk) = stream.next().await else {
-                        return Ok(None);
-                    };
-                    buf.extend_from_slice(&chunk.map_err(|e| self.transport(e))?);
-                    for line in take_lines(&mut buf) {
+                    while let Some(line) = take_line(&mut buf) {
                         let line: PinAddLine = serde_json::from_slice(&line)
                             .map_err(|e| bad("pin/add", format!("{e}")))?;
                         if line.pins.is_some() {
@@ -127,6 +123,10 @@ impl KuboClient {
                             return Ok(Some(Some(p)));
                         }
                     }
+                    let Some(chunk) = stream.next().await else {
+                        return Ok(None);
+                    };
+                    buf.extend_from_slice(&chunk.map_err(|e| self.transport(e))?);
                 }
             };
             match self.within("pin/add", cid, advance).await? {
@@ -230,7 +230,12 @@ impl KuboClient {
 
     /// Stores `data` as the block `cid` (its codec and hash function), optionally pinned, and
     /// checks the daemon computed the same multihash.
-    pub async fn block_put_cid(&self, cid: &Cid, data: Vec<u8>, pin: bool) -> Result<(), KuboError> {
+    pub async fn block_put_cid(
+        &self,
+        cid: &Cid,
+        data: Vec<u8>,
+        pin: bool,
+    ) -> Result<(), KuboError> {
         let codec = match cid.codec() {
             RAW => "raw",
             DAG_PB => "dag-pb",
@@ -240,7 +245,12 @@ impl KuboClient {
         let mhtype = match cid.hash().code() {
             SHA2_256 => "sha2-256",
             BLAKE3 => "blake3",
-            other => return Err(bad("block/put", format!("multihash {other:#x} not supported"))),
+            other => {
+                return Err(bad(
+                    "block/put",
+                    format!("multihash {other:#x} not supported"),
+                ));
+            }
         };
         let (boundary, body) = multipart::file_body(std::io::Cursor::new(data));
         let query = [

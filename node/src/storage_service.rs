@@ -1,29 +1,36 @@
-//! The storage service: the node's block store (sled under `<data-dir>/blocks`), bitswap over
-//! the swarm, provider announcements, and the operations behind `agora storage …` and
-//! `agora proof …`.
+//! The storage service: the operations behind `agora storage …` and `agora proof …` over a
+//! [`StoreBackend`]: either the node's own block store (sled under `<data-dir>/blocks`, bitswap
+//! over the swarm, provider announcements; [`Embedded`]) or a Kubo daemon's RPC API
+//! ([`KuboBackend`]).
 //!
-//! Sled calls are synchronous, so every store operation runs in `spawn_blocking`. The service's
-//! long-lived tasks are the bitswap stream acceptors and per-peer writers ([`bitswap`]); the
-//! [`StorageHandle`] is cheap to clone.
+//! Sled calls are synchronous, so every store operation runs in `spawn_blocking`. The embedded
+//! backend's long-lived tasks are the bitswap stream acceptors and per-peer writers
+//! ([`bitswap`]); the [`StorageHandle`] is cheap to clone.
 
+pub mod backend;
 pub mod bitswap;
+pub mod embedded;
 pub mod fetch;
 pub mod framing;
 mod jobs;
+pub mod kubo;
 mod ops;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use agora_market::KeySigner;
-use agora_storage::{BlockStore, Cid, SledBlockStore, StorageError};
+use agora_storage::{BlockStore, KuboError, SledBlockStore, StorageError};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug};
+use tracing::{Instrument, info};
 
+pub use backend::StoreBackend;
 pub use bitswap::{Bitswap, BitswapStats};
+pub use embedded::Embedded;
 pub use fetch::{FetchConfig, FetchError, FetchProgress};
 pub use jobs::JobStatus;
+pub use kubo::KuboBackend;
 pub use ops::{AddReply, LsReply, ProofCreated, ProofVerified, parse_cid, read_readings};
 
 use crate::network::NetworkHandle;
@@ -38,7 +45,7 @@ pub enum Backend {
     /// The node's own sled store, served over bitswap on our swarm.
     #[default]
     Embedded,
-    /// A Kubo daemon's RPC API (not wired yet: the node refuses to start with it).
+    /// A Kubo daemon's RPC API (`storage.api`); the node's own bitswap is not started.
     Kubo,
 }
 
@@ -76,11 +83,9 @@ pub enum StorageServiceError {
     /// Bitswap protocols were already registered on this swarm.
     #[error("bitswap is already running on this swarm")]
     AlreadyRunning,
-    /// The configured backend is not available.
-    #[error(
-        "storage backend 'kubo' (api {0}) is not supported by this node yet; set backend = \"embedded\" in [storage]"
-    )]
-    KuboUnsupported(String),
+    /// The Kubo daemon failed or could not be reached.
+    #[error(transparent)]
+    Kubo(#[from] KuboError),
     /// A blocking task died.
     #[error("storage task failed: {0}")]
     Task(String),
@@ -98,14 +103,15 @@ impl From<FetchError> for StorageServiceError {
 /// Cloneable handle to the storage service.
 #[derive(Clone, Debug)]
 pub struct StorageHandle {
-    bitswap: Bitswap,
-    network: NetworkHandle,
+    backend: Arc<dyn StoreBackend>,
+    embedded: Option<Embedded>,
     signer: KeySigner,
     config: StorageConfig,
     jobs: jobs::Jobs,
 }
 
-/// Opens the block store, starts bitswap on the swarm and re-announces pinned roots.
+/// Starts the configured backend. Embedded: opens the block store, starts bitswap on the swarm
+/// and re-announces pinned roots. Kubo: checks the daemon answers at `storage.api`.
 pub async fn spawn(
     data_dir: &Path,
     config: StorageConfig,
@@ -114,7 +120,16 @@ pub async fn spawn(
     cancel: CancellationToken,
 ) -> Result<StorageHandle, StorageServiceError> {
     if config.backend == Backend::Kubo {
-        return Err(StorageServiceError::KuboUnsupported(config.kubo_api));
+        let kubo = KuboBackend::new(&config.kubo_api, config.fetch);
+        kubo.check().await?;
+        info!(api = %config.kubo_api, "storage backend: kubo");
+        return Ok(StorageHandle {
+            backend: Arc::new(kubo),
+            embedded: None,
+            signer,
+            config,
+            jobs: jobs::Jobs::default(),
+        });
     }
     let path = data_dir.join(BLOCKS_DIR);
     let store = tokio::task::spawn_blocking(move || SledBlockStore::open(path))
@@ -123,18 +138,18 @@ pub async fn spawn(
     let store: Arc<dyn BlockStore> = Arc::new(store);
     let bitswap = Bitswap::start(store, network.stream_control(), cancel)
         .map_err(|_| StorageServiceError::AlreadyRunning)?;
+    let embedded = Embedded::new(bitswap, network, config.fetch);
     let handle = StorageHandle {
-        bitswap,
-        network,
+        backend: Arc::new(embedded.clone()),
+        embedded: Some(embedded.clone()),
         signer,
         config,
         jobs: jobs::Jobs::default(),
     };
-    let me = handle.clone();
     tokio::spawn(
         async move {
-            for root in me.blocking(|s| s.pins()).await.unwrap_or_default() {
-                me.provide(root).await;
+            for root in embedded.blocking(|s| s.pins()).await.unwrap_or_default() {
+                embedded.provide(root).await;
             }
         }
         .in_current_span(),
@@ -143,48 +158,24 @@ pub async fn spawn(
 }
 
 impl StorageHandle {
-    /// The block store.
-    pub fn store(&self) -> &Arc<dyn BlockStore> {
-        self.bitswap.store()
+    /// The embedded backend (block store and bitswap), if this node uses it.
+    pub fn embedded(&self) -> Option<&Embedded> {
+        self.embedded.as_ref()
     }
 
-    /// The bitswap engine.
-    pub fn bitswap(&self) -> &Bitswap {
-        &self.bitswap
+    /// The bitswap engine, if the embedded backend runs.
+    pub fn bitswap(&self) -> Option<&Bitswap> {
+        self.embedded.as_ref().map(Embedded::bitswap)
+    }
+
+    /// The configured backend.
+    pub fn backend(&self) -> Backend {
+        self.config.backend
     }
 
     /// Default fetch limits from the config.
     pub fn fetch_config(&self) -> FetchConfig {
         self.config.fetch
-    }
-
-    /// Runs a store operation off the async workers.
-    pub async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn BlockStore) -> Result<T, StorageError> + Send + 'static,
-    ) -> Result<T, StorageServiceError> {
-        let store = self.store().clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|e| StorageServiceError::Task(e.to_string()))?
-            .map_err(StorageServiceError::from)
-    }
-
-    /// Announces `root` in Kademlia (best effort: a lone node has nobody to tell).
-    pub async fn provide(&self, root: Cid) {
-        if let Err(e) = self.network.start_providing(root.hash().to_bytes()).await {
-            debug!(%root, error = %e, "provider record not published");
-        }
-    }
-
-    /// Fetches the DAG under `root` (from the store or the network), reporting progress.
-    pub async fn fetch(
-        &self,
-        root: Cid,
-        cfg: FetchConfig,
-        progress: &tokio::sync::watch::Sender<FetchProgress>,
-    ) -> Result<FetchProgress, StorageServiceError> {
-        Ok(fetch::fetch_dag(&self.bitswap, &self.network, root, cfg, progress).await?)
     }
 }
 

@@ -1,7 +1,11 @@
 //! A small client for the Kubo (go-ipfs) RPC API (`/api/v0`, plain HTTP): add, cat, block
-//! get/put and pin add. Uploads and downloads stream; no file is buffered whole.
+//! get/put, pins, repo stat/gc and DAG (CAR) export/import. Uploads and downloads stream; no file
+//! is buffered whole.
 
 mod multipart;
+mod repo;
+
+pub use repo::RepoStat;
 
 use cid::Cid;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -56,6 +60,18 @@ pub enum KuboError {
         /// The error.
         reason: String,
     },
+    /// A fetch made no progress within the idle timeout (content not found by the daemon).
+    #[error(
+        "Kubo {endpoint} of {cid} made no progress for {secs} s; the daemon cannot find the content (is a provider online and connected?) or raise storage.fetch_idle_timeout_ms"
+    )]
+    Stalled {
+        /// Endpoint called.
+        endpoint: &'static str,
+        /// The root asked for.
+        cid: Cid,
+        /// The idle timeout, seconds.
+        secs: u64,
+    },
     /// Local I/O failure while streaming.
     #[error("I/O error while streaming to/from Kubo: {0}")]
     Io(#[from] std::io::Error),
@@ -84,6 +100,7 @@ impl Default for AddOptions {
 pub struct KuboClient {
     http: reqwest::Client,
     api: String,
+    idle: Option<std::time::Duration>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +127,35 @@ impl KuboClient {
         KuboClient {
             http: reqwest::Client::new(),
             api: api.into().trim_end_matches('/').to_owned(),
+            idle: None,
+        }
+    }
+
+    /// Fails fetches (cat, block/get, pin/add, dag/export) that make no progress for `idle`:
+    /// an online Kubo otherwise searches the network for an unknown CID forever.
+    pub fn with_idle_timeout(mut self, idle: std::time::Duration) -> Self {
+        self.idle = Some(idle);
+        self
+    }
+
+    /// Awaits `fut` within the idle timeout, if one is set.
+    async fn within<T>(
+        &self,
+        endpoint: &'static str,
+        cid: &Cid,
+        fut: impl std::future::Future<Output = Result<T, KuboError>>,
+    ) -> Result<T, KuboError> {
+        match self.idle {
+            None => fut.await,
+            Some(idle) => {
+                tokio::time::timeout(idle, fut)
+                    .await
+                    .map_err(|_| KuboError::Stalled {
+                        endpoint,
+                        cid: *cid,
+                        secs: idle.as_secs(),
+                    })?
+            }
         }
     }
 
@@ -208,7 +254,11 @@ impl KuboClient {
         cid: &Cid,
     ) -> Result<impl Stream<Item = Result<Vec<u8>, KuboError>> + use<>, KuboError> {
         let resp = self
-            .call("cat", &[("arg", cid.to_string())], None, None)
+            .within(
+                "cat",
+                cid,
+                self.call("cat", &[("arg", cid.to_string())], None, None),
+            )
             .await?;
         let api = self.api.clone();
         Ok(resp
@@ -224,17 +274,47 @@ impl KuboClient {
     pub async fn cat_to<W: AsyncWrite + Unpin>(
         &self,
         cid: &Cid,
+        writer: W,
+    ) -> Result<u64, KuboError> {
+        self.cat_to_with(cid, writer, |_| {}).await
+    }
+
+    /// Like [`Self::cat_to`], calling `progress` with the bytes written so far after each chunk.
+    pub async fn cat_to_with<W: AsyncWrite + Unpin>(
+        &self,
+        cid: &Cid,
+        writer: W,
+        progress: impl FnMut(u64),
+    ) -> Result<u64, KuboError> {
+        self.stream_to("cat", cid, writer, progress).await
+    }
+
+    /// POSTs `endpoint?arg=cid` and streams the body into `writer`, each chunk within the idle
+    /// timeout.
+    async fn stream_to<W: AsyncWrite + Unpin>(
+        &self,
+        endpoint: &'static str,
+        cid: &Cid,
         mut writer: W,
+        mut progress: impl FnMut(u64),
     ) -> Result<u64, KuboError> {
         let resp = self
-            .call("cat", &[("arg", cid.to_string())], None, None)
+            .within(
+                endpoint,
+                cid,
+                self.call(endpoint, &[("arg", cid.to_string())], None, None),
+            )
             .await?;
         let mut stream = resp.bytes_stream();
         let mut total = 0u64;
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = self
+            .within(endpoint, cid, async { Ok(stream.next().await) })
+            .await?
+        {
             let chunk = chunk.map_err(|e| self.transport(e))?;
             writer.write_all(&chunk).await?;
             total += chunk.len() as u64;
+            progress(total);
         }
         writer.flush().await?;
         Ok(total)
@@ -242,10 +322,13 @@ impl KuboClient {
 
     /// Fetches one raw block and verifies it against `cid`.
     pub async fn block_get(&self, cid: &Cid) -> Result<Vec<u8>, KuboError> {
-        let resp = self
-            .call("block/get", &[("arg", cid.to_string())], None, None)
-            .await?;
-        let data = resp.bytes().await.map_err(|e| self.transport(e))?.to_vec();
+        let fetch = async {
+            let resp = self
+                .call("block/get", &[("arg", cid.to_string())], None, None)
+                .await?;
+            resp.bytes().await.map_err(|e| self.transport(e))
+        };
+        let data = self.within("block/get", cid, fetch).await?.to_vec();
         verify_block(cid, &data).map_err(|_| KuboError::HashMismatch { cid: *cid })?;
         Ok(data)
     }
@@ -260,25 +343,22 @@ impl KuboClient {
         let resp = self
             .call("block/put", &query, Some(body), Some(&boundary))
             .await?;
-        let text = resp.text().await.map_err(|e| self.transport(e))?;
-        let key = serde_json::from_str::<KeyLine>(text.trim())
-            .map_err(|e| KuboError::BadResponse {
-                endpoint: "block/put",
-                reason: format!("{e} in {text:?}"),
-            })?
-            .key;
-        key.parse().map_err(|e| KuboError::BadResponse {
-            endpoint: "block/put",
-            reason: format!("bad CID {key:?}: {e}"),
-        })
+        parse_key(resp.text().await.map_err(|e| self.transport(e))?)
     }
+}
 
-    /// Pins `cid` recursively.
-    pub async fn pin_add(&self, cid: &Cid) -> Result<(), KuboError> {
-        self.call("pin/add", &[("arg", cid.to_string())], None, None)
-            .await?;
-        Ok(())
-    }
+/// The CID in a `block/put` reply.
+fn parse_key(text: String) -> Result<Cid, KuboError> {
+    let key = serde_json::from_str::<KeyLine>(text.trim())
+        .map_err(|e| KuboError::BadResponse {
+            endpoint: "block/put",
+            reason: format!("{e} in {text:?}"),
+        })?
+        .key;
+    key.parse().map_err(|e| KuboError::BadResponse {
+        endpoint: "block/put",
+        reason: format!("bad CID {key:?}: {e}"),
+    })
 }
 
 #[cfg(test)]

@@ -63,6 +63,8 @@ async fn fetch(providers: usize, mib: usize, tmp: &Path) -> (Duration, Duration)
     let (tx, _rx) = watch::channel(FetchProgress::default());
     let start = Instant::now();
     fetcher
+        .embedded()
+        .unwrap()
         .fetch(cid, FetchConfig::default(), &tx)
         .await
         .unwrap();

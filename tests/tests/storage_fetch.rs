@@ -58,7 +58,16 @@ async fn node_fetches_file_added_on_another_node() {
     assert!(p.done);
     assert_eq!(p.total_bytes, Some(data.len() as u64));
     assert!(p.fetched_blocks >= 13, "{p:?}");
-    assert!(net.node(0).unwrap().storage.bitswap().stats().blocks_sent > 0);
+    assert!(
+        net.node(0)
+            .unwrap()
+            .storage
+            .bitswap()
+            .unwrap()
+            .stats()
+            .blocks_sent
+            > 0
+    );
     net.shutdown().await;
 }
 
@@ -94,7 +103,7 @@ async fn fetch_completes_from_the_other_provider_when_one_stops() {
         tokio::spawn(async move { fetcher.get_file(cid, out, &tx, cfg).await })
     };
     // Stop node0 as soon as it has delivered blocks, well before the 193 blocks are in.
-    let a_stats = a.bitswap().clone();
+    let a_stats = a.bitswap().unwrap().clone();
     let at_stop = loop {
         rx.changed().await.unwrap();
         let p = *rx.borrow();
@@ -102,7 +111,7 @@ async fn fetch_completes_from_the_other_provider_when_one_stops() {
             break p;
         }
     };
-    let b_at_stop = b.bitswap().stats().blocks_sent;
+    let b_at_stop = b.bitswap().unwrap().stats().blocks_sent;
     drop(a);
     net.stop(0).await;
     let stats = task.await.unwrap().unwrap();
@@ -110,7 +119,7 @@ async fn fetch_completes_from_the_other_provider_when_one_stops() {
     assert_eq!(stats.bytes, data.len() as u64);
     assert_eq!(std::fs::read(&out).unwrap(), data);
     assert!(
-        b.bitswap().stats().blocks_sent > b_at_stop,
+        b.bitswap().unwrap().stats().blocks_sent > b_at_stop,
         "node1 served the rest after node0 stopped"
     );
     net.shutdown().await;
@@ -126,7 +135,12 @@ async fn unknown_cid_times_out_with_a_clear_error() {
         idle_timeout: Duration::from_millis(1500),
         ..FetchConfig::default()
     };
-    let err = s.fetch(cid, cfg, &tx).await.unwrap_err();
+    let err = s
+        .embedded()
+        .unwrap()
+        .fetch(cid, cfg, &tx)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             &err,
@@ -167,11 +181,11 @@ async fn corrupt_and_oversized_messages_are_rejected_without_harm() {
 
     let a = &net.node(0).unwrap().storage;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while a.bitswap().stats().rejected < 2 {
+    while a.bitswap().unwrap().stats().rejected < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{:?}",
-            a.bitswap().stats()
+            a.bitswap().unwrap().stats()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, authorize};
 use crate::storage_service::{
-    AddReply, BitswapStats, FetchProgress, JobStatus, LsReply, ProofCreated, ProofVerified,
-    StorageHandle, StorageServiceError, parse_cid, read_readings,
+    AddReply, FetchProgress, JobStatus, LsReply, ProofCreated, ProofVerified, StorageHandle,
+    StorageServiceError, parse_cid, read_readings,
 };
 
 /// `POST /v1/storage/add`
@@ -105,7 +105,11 @@ fn bad(e: StorageServiceError) -> ApiError {
         StorageServiceError::Store(agora_storage::StorageError::NotFound { .. }) => {
             StatusCode::NOT_FOUND
         }
-        StorageServiceError::Fetch(_) => StatusCode::GATEWAY_TIMEOUT,
+        StorageServiceError::Fetch(_)
+        | StorageServiceError::Kubo(agora_storage::KuboError::Stalled { .. }) => {
+            StatusCode::GATEWAY_TIMEOUT
+        }
+        StorageServiceError::Kubo(_) => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError(code, e.to_string())
@@ -212,9 +216,9 @@ async fn gc(State(s): State<ApiState>, headers: HeaderMap) -> Result<Json<DoneRe
 async fn stats(
     State(s): State<ApiState>,
     headers: HeaderMap,
-) -> Result<Json<BitswapStats>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&s, &headers)?;
-    Ok(Json(storage(&s)?.bitswap().stats()))
+    Ok(Json(storage(&s)?.stats().await.map_err(bad)?))
 }
 
 async fn car_export(

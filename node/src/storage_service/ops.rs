@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use agora_market::{Domain, Signer};
 use agora_storage::proof::{self, DataProof};
 use agora_storage::{Cid, blockstore::GcStats};
-use agora_storage::{CidVersion, ImportOptions, StorageError, unixfs};
+use agora_storage::{CidVersion, unixfs};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::embedded::file_err;
 use super::{FetchProgress, StorageHandle, StorageServiceError};
 use crate::now_ms;
 
@@ -60,13 +61,6 @@ pub struct ProofVerified {
     pub valid: bool,
 }
 
-fn file_err(path: &Path, source: std::io::Error) -> StorageServiceError {
-    StorageServiceError::File {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// Parses a CID given by a user.
 pub fn parse_cid(s: &str) -> Result<Cid, StorageServiceError> {
     s.trim().parse().map_err(|e| {
@@ -87,30 +81,13 @@ pub fn read_readings(path: &Path) -> Result<Vec<Vec<u8>>, StorageServiceError> {
 }
 
 impl StorageHandle {
-    /// Imports a file as UnixFS (Kubo's defaults), pins and announces it.
+    /// Imports a file as UnixFS (Kubo's defaults) and pins it (embedded: also announces it).
     pub async fn add_file(
         &self,
         path: PathBuf,
         version: CidVersion,
     ) -> Result<AddReply, StorageServiceError> {
-        let file = std::fs::File::open(&path).map_err(|e| file_err(&path, e))?;
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let options = ImportOptions {
-            cid_version: version,
-            ..ImportOptions::default()
-        };
-        let cid = self
-            .blocking(move |s| {
-                let cid = unixfs::import_file(s, std::io::BufReader::new(file), options)?;
-                s.add_pin(&cid)?;
-                Ok(cid)
-            })
-            .await?;
-        self.provide(cid).await;
-        Ok(AddReply {
-            cid: cid.to_string(),
-            bytes,
-        })
+        self.backend.add_file(path, version).await
     }
 
     /// Fetches `cid` if needed, then writes the file to `out`.
@@ -121,89 +98,45 @@ impl StorageHandle {
         progress: &watch::Sender<FetchProgress>,
         cfg: super::FetchConfig,
     ) -> Result<unixfs::ExportStats, StorageServiceError> {
-        self.fetch(cid, cfg, progress).await?;
-        let target = out.clone();
-        let file = std::fs::File::create(&out).map_err(|e| file_err(&out, e))?;
-        self.blocking(move |s| {
-            let mut w = std::io::BufWriter::new(file);
-            let stats = unixfs::export(s, &cid, &mut w)?;
-            std::io::Write::flush(&mut w)?;
-            Ok(stats)
-        })
-        .await
-        .map_err(|e| match e {
-            StorageServiceError::Store(StorageError::Io(source)) => file_err(&target, source),
-            e => e,
-        })
+        self.backend.get_file(cid, out, progress, cfg).await
     }
 
-    /// Pins `cid`, fetching missing blocks first, and announces it.
+    /// Pins `cid`, fetching missing blocks first.
     pub async fn pin(&self, cid: Cid) -> Result<FetchProgress, StorageServiceError> {
-        let (tx, _rx) = watch::channel(FetchProgress::default());
-        let progress = self.fetch(cid, self.fetch_config(), &tx).await?;
-        self.blocking(move |s| s.pin(&cid)).await?;
-        self.provide(cid).await;
-        Ok(progress)
+        self.backend.pin(cid, self.fetch_config()).await
     }
 
-    /// Removes a pin and stops announcing the root.
+    /// Removes a pin.
     pub async fn unpin(&self, cid: Cid) -> Result<(), StorageServiceError> {
-        self.blocking(move |s| s.unpin(&cid)).await?;
-        let _ = self.network.stop_providing(cid.hash().to_bytes()).await;
-        Ok(())
+        self.backend.unpin(cid).await
     }
 
     /// Pins and block count.
     pub async fn ls(&self) -> Result<LsReply, StorageServiceError> {
-        self.blocking(|s| {
-            let mut pins: Vec<String> = s.pins()?.iter().map(Cid::to_string).collect();
-            pins.sort();
-            Ok(LsReply {
-                pins,
-                blocks: s.list()?.len(),
-            })
-        })
-        .await
+        self.backend.ls().await
     }
 
     /// Deletes every unpinned block.
     pub async fn gc(&self) -> Result<GcStats, StorageServiceError> {
-        self.blocking(|s| s.gc()).await
+        self.backend.gc().await
+    }
+
+    /// Backend counters (bitswap counters for embedded, repo figures for Kubo).
+    pub async fn stats(&self) -> Result<serde_json::Value, StorageServiceError> {
+        self.backend.stats().await
     }
 
     /// Writes the DAG under `cid` (fetched if needed) as a CAR v1 file.
     pub async fn car_export(&self, cid: Cid, out: PathBuf) -> Result<(), StorageServiceError> {
-        let (tx, _rx) = watch::channel(FetchProgress::default());
-        self.fetch(cid, self.fetch_config(), &tx).await?;
-        let file = std::fs::File::create(&out).map_err(|e| file_err(&out, e))?;
-        self.blocking(move |s| {
-            let mut w = std::io::BufWriter::new(file);
-            agora_storage::export_car(s, &[cid], &mut w)?;
-            std::io::Write::flush(&mut w)?;
-            Ok(())
-        })
-        .await
+        self.backend.car_export(cid, out).await
     }
 
-    /// Imports a CAR v1 file (every block verified), pins and announces its roots.
+    /// Imports a CAR v1 file (every block verified) and pins its roots.
     pub async fn car_import(
         &self,
         path: PathBuf,
     ) -> Result<agora_storage::car::CarImport, StorageServiceError> {
-        let file = std::fs::File::open(&path).map_err(|e| file_err(&path, e))?;
-        let import = self
-            .blocking(move |s| {
-                let import = agora_storage::import_car(s, std::io::BufReader::new(file))?;
-                for root in &import.roots {
-                    s.pin(root)?;
-                }
-                Ok(import)
-            })
-            .await?;
-        for root in &import.roots {
-            self.provide(*root).await;
-        }
-        Ok(import)
+        self.backend.car_import(path).await
     }
 
     /// Commits to `readings` with the node key (`Domain::DATA_PROOF`), stores, pins and
@@ -218,12 +151,7 @@ impl StorageHandle {
             signer.sign(Domain::DATA_PROOF, m).0
         })?;
         let (cid, block) = proof.to_block();
-        self.blocking(move |s| {
-            s.put(&cid, &block)?;
-            s.add_pin(&cid)
-        })
-        .await?;
-        self.provide(cid).await;
+        self.backend.put_block(cid, block).await?;
         Ok(ProofCreated {
             cid: cid.to_string(),
             count: proof.count,
@@ -240,9 +168,7 @@ impl StorageHandle {
         readings: Vec<Vec<u8>>,
         reading: Option<u64>,
     ) -> Result<ProofVerified, StorageServiceError> {
-        let (tx, _rx) = watch::channel(FetchProgress::default());
-        self.fetch(cid, self.fetch_config(), &tx).await?;
-        let block = self.blocking(move |s| s.get(&cid)).await?;
+        let block = self.backend.get_block(cid, self.fetch_config()).await?;
         let proof = DataProof::from_block(&cid, &block)?;
         match reading {
             None => proof::verify_batch(&proof, &readings)?,

@@ -19,6 +19,11 @@ struct Fake {
     store: MemoryBlockStore,
     files: Mutex<HashMap<String, Vec<u8>>>,
     chunked_uploads: Mutex<u32>,
+    pins: Mutex<Vec<String>>,
+    /// Never answer (a daemon searching the network for content nobody has).
+    hang: bool,
+    /// `pin/add` reports progress 0 forever, as Kubo does while it cannot find the root.
+    stuck_pin: bool,
 }
 
 async fn serve(fake: Arc<Fake>) -> String {
@@ -71,6 +76,22 @@ async fn handle(fake: Arc<Fake>, sock: TcpStream) {
     } else {
         body.resize(length, 0);
         reader.read_exact(&mut body).await.unwrap();
+    }
+    if fake.hang {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
+    if fake.stuck_pin && target.starts_with("/api/v0/pin/add") {
+        let mut sock = reader.into_inner();
+        sock.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            if sock.write_all(b"{\"Progress\":0}\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        return;
     }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let args: HashMap<&str, &str> = query
@@ -156,7 +177,40 @@ fn route(
             )
         }
         "/api/v0/pin/add" if fake.files.lock().unwrap().contains_key(arg) => {
-            ("200 OK", format!("{{\"Pins\":[\"{arg}\"]}}").into_bytes())
+            fake.pins.lock().unwrap().push(arg.to_owned());
+            let body = format!("{{\"Progress\":1}}\n{{\"Pins\":[\"{arg}\"],\"Progress\":3}}\n");
+            ("200 OK", body.into_bytes())
+        }
+        "/api/v0/pin/rm" => {
+            let mut pins = fake.pins.lock().unwrap();
+            match pins.iter().position(|p| p == arg) {
+                Some(i) => {
+                    pins.remove(i);
+                    ("200 OK", format!("{{\"Pins\":[\"{arg}\"]}}").into_bytes())
+                }
+                None => error("not pinned or pinned indirectly"),
+            }
+        }
+        "/api/v0/pin/ls" => {
+            let keys: Vec<String> = fake
+                .pins
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|p| format!("\"{p}\":{{\"Type\":\"recursive\"}}"))
+                .collect();
+            (
+                "200 OK",
+                format!("{{\"Keys\":{{{}}}}}", keys.join(",")).into_bytes(),
+            )
+        }
+        "/api/v0/repo/stat" => {
+            let n = fake.store.list().unwrap().len();
+            let body = format!(
+                "{{\"RepoSize\":{},\"StorageMax\":10000000000,\"NumObjects\":{n},\"RepoPath\":\"/r\",\"Version\":\"fs-repo@14\"}}\n",
+                n * 100
+            );
+            ("200 OK", body.into_bytes())
         }
         "/api/v0/pin/add" => error("pin: not found"),
         _ => ("404 Not Found", b"404 page not found".to_vec()),
@@ -215,6 +269,99 @@ async fn add_cat_block_pin_against_fake_daemon() {
     assert_eq!(put, cid_v1_sha256(RAW, b"raw block"));
     assert_eq!(client.block_get(&put).await.unwrap(), b"raw block");
     client.pin_add(&cid).await.unwrap();
+    assert_eq!(client.pin_ls().await.unwrap(), vec![cid]);
+    let stat = client.repo_stat().await.unwrap();
+    assert_eq!(stat.num_objects, fake.store.list().unwrap().len() as u64);
+    client.pin_rm(&cid).await.unwrap();
+    assert!(client.pin_ls().await.unwrap().is_empty());
+    assert!(matches!(
+        client.pin_rm(&cid).await,
+        Err(KuboError::Daemon { status: 500, message }) if message.contains("not pinned")
+    ));
+}
+
+#[tokio::test]
+async fn typed_block_put_checks_the_daemon_hash() {
+    let fake = Arc::new(Fake::default());
+    let client = KuboClient::new(serve(fake.clone()).await);
+    let raw = cid_v1_sha256(RAW, b"typed");
+    client
+        .block_put_cid(&raw, b"typed".to_vec(), true)
+        .await
+        .unwrap();
+    assert_eq!(client.block_get(&raw).await.unwrap(), b"typed");
+    // The fake always stores raw sha2-256: a blake3 dag-cbor CID must be reported as a mismatch.
+    let blake = crate::hash::cid_v1_blake3(crate::hash::DAG_CBOR, b"typed");
+    let err = client
+        .block_put_cid(&blake, b"typed".to_vec(), true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KuboError::BadResponse {
+                endpoint: "block/put",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn fetches_that_stall_time_out_with_advice() {
+    let fake = Arc::new(Fake {
+        hang: true,
+        ..Fake::default()
+    });
+    let idle = std::time::Duration::from_millis(200);
+    let client = KuboClient::new(serve(fake).await).with_idle_timeout(idle);
+    let cid = cid_v1_sha256(RAW, b"nobody has this");
+    let err = client.cat_to(&cid, Vec::new()).await.unwrap_err();
+    assert!(
+        matches!(err, KuboError::Stalled { endpoint: "cat", cid: c, .. } if c == cid),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("fetch_idle_timeout_ms"));
+    assert!(matches!(
+        client.pin_add(&cid).await,
+        Err(KuboError::Stalled {
+            endpoint: "pin/add",
+            ..
+        })
+    ));
+    assert!(matches!(
+        client.block_get(&cid).await,
+        Err(KuboError::Stalled {
+            endpoint: "block/get",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn pin_without_progress_stalls_although_bytes_arrive() {
+    let fake = Arc::new(Fake {
+        stuck_pin: true,
+        ..Fake::default()
+    });
+    let idle = std::time::Duration::from_millis(300);
+    let client = KuboClient::new(serve(fake).await).with_idle_timeout(idle);
+    let cid = cid_v1_sha256(RAW, b"unfindable");
+    let err = client.pin_add(&cid).await.unwrap_err();
+    assert!(
+        matches!(err, KuboError::Stalled { endpoint: "pin/add", cid: c, .. } if c == cid),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_endpoint_is_a_daemon_error() {
+    let client = KuboClient::new(serve(Arc::new(Fake::default())).await);
+    assert!(matches!(
+        client.repo_gc().await,
+        Err(KuboError::Daemon { status: 404, .. })
+    ));
 }
 
 #[tokio::test]

@@ -218,6 +218,8 @@ async fn tampered_images_and_bad_requests_are_refused() {
     let m = manifest.clone();
     let forged = node
         .storage
+        .embedded()
+        .unwrap()
         .blocking(move |s| {
             let (_, mut record) = store_image(s, ECHO.as_bytes(), &m)?;
             record.module_id = ModuleId::for_bytes(INFINITE_LOOP.as_bytes());
@@ -250,6 +252,8 @@ async fn tampered_images_and_bad_requests_are_refused() {
     ));
     let record_bytes = node
         .storage
+        .embedded()
+        .unwrap()
         .blocking({
             let cid = echo.image.parse().unwrap();
             move |s| s.get(&cid)

@@ -113,6 +113,12 @@ pub enum ServiceError {
     /// The container engine failed or is missing.
     #[error(transparent)]
     Container(#[from] ContainerError),
+    /// Service images live in the embedded block store only.
+    #[error(
+        "service images need the embedded block store; this node uses storage.backend = \"kubo\" \
+         (set it to \"embedded\" to publish or stage services)"
+    )]
+    NeedsEmbeddedStore,
     /// No service with that id is staged.
     #[error("service {0} is not staged on this node; `agora service list` shows the ids")]
     Unknown(String),

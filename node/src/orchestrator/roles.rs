@@ -157,9 +157,10 @@ impl Orchestrator {
             }
             Duty::Arm { contract } => {
                 if self.submit(TxKind::MarkArmed(contract), "arm").await
-                    && let Some(h) = self.hosted.get(&contract) {
-                        self.radio.listen(h.devices.clone(), true).await;
-                    }
+                    && let Some(h) = self.hosted.get(&contract)
+                {
+                    self.radio.listen(h.devices.clone(), true).await;
+                }
             }
             Duty::Activate {
                 contract,
@@ -189,10 +190,7 @@ impl Orchestrator {
             ActivationClause::OnHandover { unreachable_for_ms } => unreachable_for_ms,
             _ => 0,
         };
-        let w = self
-            .watched
-            .entry(rec.contract.customer)
-            .or_default();
+        let w = self.watched.entry(rec.contract.customer).or_default();
         if w.contracts.insert(contract) {
             w.unreachable_for_ms = if w.contracts.len() == 1 {
                 after

@@ -22,6 +22,14 @@ fn check_id(id: &str) -> Result<(), ServiceError> {
 }
 
 impl ServiceHost {
+    /// The embedded block store images are read from and written to.
+    fn embedded_store(&self) -> Result<&crate::storage_service::Embedded, ServiceError> {
+        self.inner
+            .storage
+            .embedded()
+            .ok_or(ServiceError::NeedsEmbeddedStore)
+    }
+
     /// Stores `module` and `manifest` as an image (pinned and announced); returns its CIDs.
     pub async fn publish(
         &self,
@@ -40,7 +48,7 @@ impl ServiceHost {
         }
         let module_bytes = module.len() as u64;
         let m = manifest.clone();
-        let storage = &self.inner.storage;
+        let storage = self.embedded_store()?;
         let (cid, record) = storage
             .blocking(move |s| store_image(s, &module, &m))
             .await?;
@@ -78,8 +86,7 @@ impl ServiceHost {
         // Fetches every block of the image over bitswap (each verified against its CID), pins.
         self.inner.storage.pin(image).await?;
         let (record, manifest, module) = self
-            .inner
-            .storage
+            .embedded_store()?
             .blocking(move |s| Ok(read_image(s, &image)))
             .await??;
         let limits = limits.unwrap_or_else(|| manifest.service_limits());

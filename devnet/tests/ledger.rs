@@ -106,3 +106,67 @@ async fn four_arbitrators_finalise_survive_a_crash_and_catch_up() {
     }
     net.shutdown().await;
 }
+
+/// Transactions travel in gossiped batches; every transaction in a batch is checked on its
+/// own: a forged one is dropped while the valid ones in the same message still finalise, and a
+/// malformed batch is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossiped_batches_keep_valid_transactions_and_drop_forged_ones() {
+    use agora_contracts::{Transaction, TxKind};
+    use agora_node::codec::Kind;
+    use agora_node::keys::NodeKey;
+    use agora_node::ledger::TX_TOPIC;
+
+    let net = Devnet::builder().nodes(4).spawn().await.unwrap();
+    net.wait_connected(3, WAIT).await.unwrap();
+    let (start1, start2) = (balance(&net, 0, 1).await, balance(&net, 0, 2).await);
+    let chain = {
+        let l = net.node(0).unwrap().ledger.clone().unwrap();
+        l.query(|v| v.ledger.chain_id().to_string()).await.unwrap()
+    };
+    let key2 = NodeKey::load(&net.data_dir(2)).unwrap();
+    let nonce = {
+        let (l, me) = (net.node(0).unwrap().ledger.clone().unwrap(), net.node_id(2));
+        l.query(move |v| v.ledger.next_nonce(&me)).await.unwrap()
+    };
+    let body = |sender, nonce, amount| Transaction {
+        chain_id: chain.clone(),
+        sender,
+        nonce,
+        kind: TxKind::Faucet { amount },
+    };
+    // Node2's own faucet request, and one that claims to come from node1 but carries node2's
+    // signature.
+    let valid = body(net.node_id(2), nonce, 300)
+        .sign(key2.signer())
+        .unwrap();
+    let mut forged = body(net.node_id(2), nonce, 400)
+        .sign(key2.signer())
+        .unwrap();
+    forged.tx.sender = net.node_id(1);
+    let h2 = net.handle(2).unwrap();
+    h2.broadcast(TX_TOPIC, Kind::Transaction, b"not a batch".to_vec())
+        .await
+        .unwrap();
+    let batch = serde_cbor::to_vec(&vec![forged, valid]).unwrap();
+    h2.broadcast(TX_TOPIC, Kind::Transaction, batch)
+        .await
+        .unwrap();
+
+    wait_balance(&net, &[0, 1, 3], 2, start2 + 300).await;
+    // A block or two later the forged transaction has still not moved node1's balance.
+    let h = height(&net, 0).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while height(&net, 0).await < h + 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the chain stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..4 {
+        assert_eq!(
+            balance(&net, i, 1).await,
+            start1,
+            "node{i}: forged tx applied"
+        );
+    }
+    net.shutdown().await;
+}

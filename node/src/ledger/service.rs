@@ -66,6 +66,13 @@ pub struct LedgerView {
 
 type QueryJob = Box<dyn FnOnce(&LedgerView) + Send>;
 
+/// Most transactions gossiped in one message.
+const TX_BATCH_MAX: usize = 256;
+/// Most encoded bytes of one batch (well inside the gossip size limit).
+const TX_BATCH_BYTES: usize = 128 * 1024;
+/// How long a locally submitted transaction may wait for others to share its gossip message.
+const TX_BATCH_DELAY_MS: u64 = 2;
+
 enum Command {
     Query(QueryJob),
     Submit(
@@ -132,6 +139,43 @@ pub(super) struct LedgerTask {
     pub(super) params: ChainParams,
     pub(super) seq: u64,
     pub(super) sync_replies: mpsc::Sender<(NodeId, Vec<DecidedBlock>)>,
+    /// Locally submitted transactions not gossiped yet, with their encoded size and when the
+    /// first of them arrived (ms).
+    pub(super) outbox: TxOutbox,
+}
+
+/// Locally submitted transactions waiting to be gossiped together: one signed envelope (and
+/// one gossipsub signature) per batch instead of per transaction, which is what every replica
+/// otherwise spends most of its time verifying under load.
+#[derive(Debug, Default)]
+pub(super) struct TxOutbox {
+    txs: Vec<SignedTransaction>,
+    bytes: usize,
+    since: u64,
+}
+
+impl TxOutbox {
+    fn push(&mut self, tx: SignedTransaction, size: usize) {
+        if self.txs.is_empty() {
+            self.since = now_ms();
+        }
+        self.txs.push(tx);
+        self.bytes += size;
+    }
+
+    fn full(&self) -> bool {
+        self.txs.len() >= TX_BATCH_MAX || self.bytes >= TX_BATCH_BYTES
+    }
+
+    /// When the batch must go out, if anything waits.
+    fn due(&self) -> Option<u64> {
+        (!self.txs.is_empty()).then_some(self.since + TX_BATCH_DELAY_MS)
+    }
+
+    fn take(&mut self) -> Vec<SignedTransaction> {
+        self.bytes = 0;
+        std::mem::take(&mut self.txs)
+    }
 }
 
 /// Opens the store, restores the ledger (snapshot, else genesis) and starts the task.
@@ -195,6 +239,7 @@ pub async fn spawn(
         params,
         seq: 0,
         sync_replies: sync_tx,
+        outbox: TxOutbox::default(),
     };
     let join = tokio::spawn(task.run(rx, sync_rx, events, cancel).in_current_span());
     Ok((LedgerHandle { tx, outcomes }, join))
@@ -210,7 +255,10 @@ impl LedgerTask {
     ) {
         self.start_chain().await;
         loop {
-            let due = self.timers.next_due();
+            let due = match (self.timers.next_due(), self.outbox.due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async move {
                 match due {
                     Some(at) => {
@@ -223,7 +271,12 @@ impl LedgerTask {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                _ = sleep => self.on_chain_timer().await,
+                _ = sleep => {
+                    if self.outbox.due().is_some_and(|at| at <= now_ms()) {
+                        self.flush_outbox().await;
+                    }
+                    self.on_chain_timer().await;
+                }
                 Some((from, blocks)) = sync_replies.recv() => {
                     self.feed(Input::SyncResponse { from, blocks }).await;
                 }
@@ -233,16 +286,7 @@ impl LedgerTask {
                 },
                 ev = events.recv() => match ev {
                     Ok(NetworkEvent::Gossip { envelope, .. }) if envelope.kind == Kind::Transaction => {
-                        match serde_cbor::from_slice::<SignedTransaction>(&envelope.payload) {
-                            Ok(tx) => {
-                                match self.mempool.admit(&self.view.ledger, tx) {
-                                    Ok(_) => self.on_new_transaction(),
-                                    Err(e) => debug!(error = %e, "gossiped transaction not admitted"),
-                                }
-                                self.view.mempool = self.mempool.len();
-                            }
-                            Err(e) => debug!(error = %e, "malformed transaction"),
-                        }
+                        self.on_gossiped_batch(&envelope.payload);
                     }
                     Ok(NetworkEvent::Gossip { envelope, .. }) if envelope.kind == Kind::Consensus => {
                         self.on_consensus_gossip(envelope.sender, envelope.payload.clone()).await;
@@ -290,22 +334,57 @@ impl LedgerTask {
                 .check(now_ms(), &tx)
                 .map_err(|e| LedgerServiceError::Ledger(e.to_string()))?;
         }
+        let size = serde_cbor::to_vec(&tx)
+            .map_err(|e| LedgerServiceError::Ledger(format!("cannot encode transaction: {e}")))?
+            .len();
         self.mempool.admit(&self.view.ledger, tx.clone())?;
         self.view.mempool = self.mempool.len();
         self.on_new_transaction();
-        match serde_cbor::to_vec(&tx) {
+        self.outbox.push(tx.clone(), size);
+        if self.outbox.full() {
+            self.flush_outbox().await;
+        }
+        Ok(tx)
+    }
+
+    /// Gossips the waiting local transactions as one batch.
+    async fn flush_outbox(&mut self) {
+        let batch = self.outbox.take();
+        if batch.is_empty() {
+            return;
+        }
+        match serde_cbor::to_vec(&batch) {
             Ok(bytes) => {
                 if let Err(e) = self
                     .network
                     .broadcast(TX_TOPIC, Kind::Transaction, bytes)
                     .await
                 {
-                    debug!(error = %e, "transaction not gossiped (no peers yet?)");
+                    debug!(error = %e, txs = batch.len(), "transactions not gossiped (no peers yet?)");
                 }
             }
-            Err(e) => warn!(error = %e, "cannot encode transaction"),
+            Err(e) => warn!(error = %e, "cannot encode transaction batch"),
         }
-        Ok(tx)
+    }
+
+    /// Admits what a peer gossiped: a batch of transactions, each checked on its own (a bad
+    /// one is dropped, the others still count).
+    fn on_gossiped_batch(&mut self, payload: &[u8]) {
+        let batch = match serde_cbor::from_slice::<Vec<SignedTransaction>>(payload) {
+            Ok(b) => b,
+            Err(e) => return debug!(error = %e, "malformed transaction batch"),
+        };
+        let mut admitted = false;
+        for tx in batch {
+            match self.mempool.admit(&self.view.ledger, tx) {
+                Ok(new) => admitted |= new,
+                Err(e) => debug!(error = %e, "gossiped transaction not admitted"),
+            }
+        }
+        self.view.mempool = self.mempool.len();
+        if admitted {
+            self.on_new_transaction();
+        }
     }
 
     pub(super) fn apply(

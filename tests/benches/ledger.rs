@@ -53,6 +53,11 @@ async fn run(n: usize, samples: usize, burst: u64) -> (Vec<f64>, f64) {
     }
 
     // Throughput: every node submits `burst` transactions at once.
+    let minted = || {
+        let l = net.node(0).unwrap().ledger.clone().unwrap();
+        async move { l.query(|v| v.ledger.supply().minted).await.unwrap() }
+    };
+    let minted_before = minted().await;
     let mut targets = Vec::new();
     let start = Instant::now();
     for i in 0..n {
@@ -76,11 +81,18 @@ async fn run(n: usize, samples: usize, burst: u64) -> (Vec<f64>, f64) {
         }
     }
     let tps = (burst * n as u64) as f64 / start.elapsed().as_secs_f64();
+    // Each faucet transaction mints 1: what was minted is what was really applied.
+    let applied = minted().await - minted_before;
     eprintln!(
-        "  ({n} nodes: submitting {} txs took {:.2} s of the {:.2} s)",
+        "  ({n} nodes: submitting {} txs took {:.2} s of the {:.2} s; {applied} applied)",
         burst * n as u64,
         submitted.as_secs_f64(),
         start.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        applied,
+        burst * n as u64,
+        "every submitted transaction applies"
     );
     net.shutdown().await;
     latencies.sort_by(|a, b| a.total_cmp(b));

@@ -27,6 +27,8 @@ pub const CONSENSUS_TOPIC: &str = "agora/consensus/1";
 
 /// Blocks per sync answer (the driver accepts at most 64).
 const SYNC_BATCH: usize = 64;
+/// Encoded bytes of blocks per sync answer (well inside the request-response size limit).
+const SYNC_BYTES: usize = crate::codec::MAX_RPC_BYTES / 2;
 
 /// Request-response body of block sync (in `Kind::Consensus` envelopes).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -50,6 +52,10 @@ pub enum SyncMsg {
 pub struct ChainParams {
     /// Most transactions per block.
     pub max_block_txs: usize,
+    /// Most encoded transaction bytes per block: a proposal carries the whole block in one
+    /// gossip message, so a block must stay well inside the gossip size limit or it could never
+    /// be delivered (and a full mempool would stall the chain).
+    pub max_block_bytes: usize,
     /// With an empty mempool, a proposer waits this long after the last block before proposing
     /// an empty one (keeps the chain moving without spinning).
     pub empty_block_interval_ms: u64,
@@ -61,6 +67,7 @@ impl Default for ChainParams {
     fn default() -> Self {
         ChainParams {
             max_block_txs: 2_000,
+            max_block_bytes: crate::codec::MAX_GOSSIP_BYTES / 2,
             empty_block_interval_ms: 1_000,
             consensus: ConsensusConfig {
                 timeouts: ConsensusTimeouts {
@@ -182,12 +189,15 @@ impl LedgerTask {
 
     /// The mempool's answer to the driver's `RequestValue`: transactions that apply in order.
     fn propose_value(&self, height: u64, round: u32) -> Input {
-        let transactions = self
+        let candidates = self
             .mempool
-            .proposal(&self.view.ledger, self.params.max_block_txs)
+            .proposal(&self.view.ledger, self.params.max_block_txs);
+        let encoded = candidates
             .iter()
             .filter_map(|t| serde_cbor::to_vec(t).ok())
-            .collect();
+            .map(|b| (b.len(), b));
+        // Cutting the list short keeps nonces contiguous: the rest waits for the next block.
+        let transactions = within_bytes(encoded, self.params.max_block_bytes);
         Input::ProposeValue {
             height,
             round,
@@ -206,12 +216,15 @@ impl LedgerTask {
             SyncMsg::Request { height } => {
                 // Every applied block is in the store (with its certificate), so sync reaches
                 // back past the driver's in-memory history.
-                let stored: Vec<DecidedBlock> = self
+                let raw = self
                     .store
                     .blocks_from(height, SYNC_BATCH)
                     .unwrap_or_default()
                     .into_iter()
-                    .filter_map(|(_, raw)| serde_cbor::from_slice(&raw).ok())
+                    .map(|(_, raw)| (raw.len(), raw));
+                let stored: Vec<DecidedBlock> = within_bytes(raw, SYNC_BYTES)
+                    .iter()
+                    .filter_map(|raw| serde_cbor::from_slice(raw).ok())
                     .collect();
                 if !stored.is_empty() {
                     return self
@@ -326,6 +339,10 @@ impl LedgerTask {
             }
             Effect::SendSyncResponse { to, blocks } => {
                 if let Some(id) = self.timers.sync_requests.remove(&to) {
+                    let sized = blocks
+                        .into_iter()
+                        .map(|b| (serde_cbor::to_vec(&b).map_or(usize::MAX, |v| v.len()), b));
+                    let blocks = within_bytes(sized, SYNC_BYTES);
                     self.respond(id, &SyncMsg::Response { blocks }).await;
                 }
                 None
@@ -378,5 +395,34 @@ impl LedgerTask {
                 Err(e) => debug!(error = %e, "sync request failed"),
             }
         });
+    }
+}
+
+/// The leading items whose sizes add up to at most `max` bytes (always the first one, so a
+/// single large item still moves).
+fn within_bytes<T>(items: impl IntoIterator<Item = (usize, T)>, max: usize) -> Vec<T> {
+    let mut total = 0usize;
+    let mut out = Vec::new();
+    for (size, item) in items {
+        total = total.saturating_add(size);
+        if total > max && !out.is_empty() {
+            break;
+        }
+        out.push(item);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within_bytes;
+
+    #[test]
+    fn within_bytes_stops_at_the_budget_but_always_takes_one() {
+        let items = [(40, 'a'), (40, 'b'), (40, 'c')];
+        assert_eq!(within_bytes(items, 100), vec!['a', 'b']);
+        assert_eq!(within_bytes(items, 120), vec!['a', 'b', 'c']);
+        assert_eq!(within_bytes([(500, 'x'), (1, 'y')], 100), vec!['x']);
+        assert!(within_bytes(Vec::<(usize, char)>::new(), 100).is_empty());
     }
 }

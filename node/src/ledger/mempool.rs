@@ -7,6 +7,9 @@ use agora_market::NodeId;
 
 /// Most transactions held.
 pub const MEMPOOL_CAP: usize = 10_000;
+/// Largest encoded transaction admitted: far below a block's byte budget, so one transaction
+/// can never make a block too large to gossip.
+pub const MAX_TX_BYTES: usize = 16 * 1024;
 
 /// Why a transaction was not admitted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,6 +40,12 @@ pub enum MempoolError {
         /// Our chain.
         want: String,
     },
+    /// Larger than [`MAX_TX_BYTES`].
+    #[error("transaction is {size} bytes; at most {MAX_TX_BYTES} are accepted")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+    },
     /// Full.
     #[error("mempool is full ({MEMPOOL_CAP} transactions); try again shortly")]
     Full,
@@ -62,6 +71,12 @@ impl Mempool {
                 got: tx.tx.chain_id.clone(),
                 want: ledger.chain_id().to_string(),
             });
+        }
+        let size = serde_cbor::to_vec(&tx)
+            .map_err(|e| MempoolError::Invalid(e.to_string()))?
+            .len();
+        if size > MAX_TX_BYTES {
+            return Err(MempoolError::TooLarge { size });
         }
         tx.verify()
             .map_err(|e| MempoolError::Invalid(e.to_string()))?;
@@ -140,5 +155,66 @@ impl Mempool {
     /// Whether nothing is pending.
     pub fn is_empty(&self) -> bool {
         self.txs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agora_contracts::test_utils::{genesis_with, test_cid, tx, tx_with_nonce};
+    use agora_contracts::{HeartbeatBatch, Ledger, TxKind};
+    use agora_market::Signer as _;
+
+    use super::*;
+
+    #[test]
+    fn admits_in_window_and_refuses_stale_far_oversized_and_forged() {
+        let (genesis, accounts, _) = genesis_with(2, 4, 1_000);
+        let ledger = Ledger::from_genesis(&genesis).unwrap();
+        let mut pool = Mempool::default();
+        let a = &accounts[0];
+        let faucet = TxKind::Faucet { amount: 1 };
+
+        assert_eq!(
+            pool.admit(&ledger, tx(&ledger, a, faucet.clone())),
+            Ok(true)
+        );
+        // The same transaction again is not new.
+        assert_eq!(
+            pool.admit(&ledger, tx(&ledger, a, faucet.clone())),
+            Ok(false)
+        );
+        assert_eq!(pool.next_nonce(&ledger, &a.node_id()), 1);
+
+        let far = tx_with_nonce(ledger.chain_id(), a, MAX_AHEAD + 1, faucet.clone());
+        assert!(matches!(
+            pool.admit(&ledger, far),
+            Err(MempoolError::TooFarAhead { .. })
+        ));
+
+        let mut forged = tx_with_nonce(ledger.chain_id(), a, 1, faucet.clone());
+        forged.tx.sender = accounts[1].node_id();
+        assert!(matches!(
+            pool.admit(&ledger, forged),
+            Err(MempoolError::Invalid(_))
+        ));
+
+        // A transaction too large for any block is refused before its signature is checked.
+        let batch = HeartbeatBatch {
+            intervals: Vec::new(),
+            readings_processed: 0,
+            data_proofs: (0..1_000u32).map(|i| test_cid(&i.to_le_bytes())).collect(),
+        };
+        let contract = agora_contracts::ContractId([7; 32]);
+        let huge = tx_with_nonce(
+            ledger.chain_id(),
+            a,
+            1,
+            TxKind::Heartbeats { contract, batch },
+        );
+        assert!(matches!(
+            pool.admit(&ledger, huge),
+            Err(MempoolError::TooLarge { .. })
+        ));
+        assert_eq!(pool.len(), 1);
     }
 }

@@ -159,6 +159,7 @@ impl Mempool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use agora_contracts::test_utils::{genesis_with, test_cid, tx, tx_with_nonce};
     use agora_contracts::{HeartbeatBatch, Ledger, TxKind};

@@ -62,7 +62,31 @@ pub enum Duty {
         /// The customer no longer to probe for it.
         subject: NodeId,
     },
+    /// Arbitrator: challenge the provider of an active storage contract every `every_ms` to
+    /// prove it still holds `file` (checked against the customer's `commitment` block), and
+    /// record each outcome (`StorageProofResult`).
+    Audit {
+        /// The storage contract.
+        contract: ContractId,
+        /// Who must answer.
+        provider: NodeId,
+        /// The stored content (the contract's `service_image`).
+        file: Cid,
+        /// The chunk commitment block (the contract's `config`).
+        commitment: Cid,
+        /// How often to challenge.
+        every_ms: u64,
+    },
+    /// Arbitrator: the storage contract closed; stop challenging.
+    EndAudit {
+        /// The contract.
+        contract: ContractId,
+    },
 }
+
+/// Shortest period between two challenges of one storage contract by one arbitrator: each
+/// outcome is a ledger transaction.
+pub const MIN_AUDIT_PERIOD_MS: u64 = 2_000;
 
 /// The duties `me` gets from `events`, looking contract details up in `ledger` (the state after
 /// those events were applied).
@@ -81,6 +105,7 @@ pub fn duties_for(me: NodeId, ledger: &Ledger, events: &[LedgerEvent]) -> Vec<Du
         let provider = c.provider == me;
         let arbitrator = c.committee.contains(&me);
         let standby = c.kind == ContractKind::Standby;
+        let storage = c.kind == ContractKind::Storage;
         let activate = |not_before: Timestamp| Duty::Activate {
             contract,
             image: c.service_image,
@@ -102,6 +127,13 @@ pub fn duties_for(me: NodeId, ledger: &Ledger, events: &[LedgerEvent]) -> Vec<Du
                     subject: c.customer,
                 }),
                 ContractStatus::Migrated if provider => out.push(Duty::Arm { contract }),
+                ContractStatus::Active if arbitrator && storage => out.push(Duty::Audit {
+                    contract,
+                    provider: c.provider,
+                    file: c.service_image,
+                    commitment: c.config,
+                    every_ms: c.qos.heartbeat_interval_ms.max(MIN_AUDIT_PERIOD_MS),
+                }),
                 ContractStatus::Armed if provider => match (c.activation, rec.trigger_at) {
                     (ActivationClause::Immediately, Some(t))
                     | (ActivationClause::At(_), Some(t)) => out.push(activate(t)),
@@ -119,6 +151,9 @@ pub fn duties_for(me: NodeId, ledger: &Ledger, events: &[LedgerEvent]) -> Vec<Du
                             contract,
                             subject: c.customer,
                         });
+                    }
+                    if arbitrator && storage && matches!(from, ContractStatus::Active) {
+                        out.push(Duty::EndAudit { contract });
                     }
                 }
                 _ => {}
@@ -200,6 +235,51 @@ mod tests {
             contract: id,
             subject: c.node_id()
         }));
+    }
+
+    #[test]
+    fn storage_contract_is_audited_by_arbitrators_while_active() {
+        let mut h = Harness::new();
+        let (c, p) = (h.customer(), h.provider());
+        let arb = h.committee[0].node_id();
+        let signed = ContractBuilder::new(1, 2).storage().signed();
+        let id = h.register(signed.clone());
+        h.ok(&p, TxKind::MarkMigrated(id));
+        h.ok(&p, TxKind::MarkArmed(id));
+        let ev = h.ok(
+            &p,
+            TxKind::ReportActivation {
+                contract: id,
+                activated_at: 1_000,
+            },
+        );
+        let duties = duties_for(arb, &h.ledger, &ev);
+        assert_eq!(
+            duties,
+            vec![Duty::Audit {
+                contract: id,
+                provider: p.node_id(),
+                file: signed.contract.service_image,
+                commitment: signed.contract.config,
+                every_ms: signed
+                    .contract
+                    .qos
+                    .heartbeat_interval_ms
+                    .max(MIN_AUDIT_PERIOD_MS),
+            }]
+        );
+        // Parties do not audit.
+        assert!(duties_for(c.node_id(), &h.ledger, &ev).is_empty());
+        h.now = 2_000;
+        let ev = h.ok(
+            &c,
+            TxKind::Settle {
+                contract: id,
+                reason: SettleReason::CustomerBack,
+            },
+        );
+        assert!(duties_for(arb, &h.ledger, &ev).contains(&Duty::EndAudit { contract: id }));
+        assert!(duties_for(p.node_id(), &h.ledger, &ev).contains(&Duty::Stop { contract: id }));
     }
 
     #[test]

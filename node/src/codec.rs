@@ -31,6 +31,8 @@ pub enum Kind {
     Raw,
     /// Sensor-radio checkpoints (which readings an edge processed, with their proof).
     Radio,
+    /// Proof-of-storage challenges and answers of storage contracts.
+    Storage,
 }
 
 impl Kind {
@@ -44,6 +46,7 @@ impl Kind {
             Kind::Deal => Domain("agora/v1/envelope/deal"),
             Kind::Raw => Domain("agora/v1/envelope/raw"),
             Kind::Radio => Domain("agora/v1/envelope/radio"),
+            Kind::Storage => Domain("agora/v1/envelope/storage"),
         }
     }
 }

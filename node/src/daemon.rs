@@ -178,7 +178,24 @@ async fn start_with_key(
     )
     .await;
 
-    let mut tasks = Vec::new();
+    let storage = crate::storage_service::spawn(
+        data_dir,
+        config.storage.service_config(),
+        network.clone(),
+        key.signer().clone(),
+        cancel.clone(),
+    )
+    .await
+    .map_err(|e| {
+        cancel.cancel();
+        DaemonError::Storage(Box::new(e))
+    })?;
+    let mut tasks = vec![crate::audit::spawn_responder(
+        storage.clone(),
+        network.clone(),
+        key.signer().clone(),
+        cancel.clone(),
+    )];
     let ledger = match &config.node.genesis {
         Some(path) => {
             let genesis = crate::devnet_files::load_genesis(path)
@@ -201,24 +218,13 @@ async fn start_with_key(
                 &market,
                 network.clone(),
                 handle.clone(),
+                storage.clone(),
                 cancel.clone(),
             ));
             Some(handle)
         }
         None => None,
     };
-    let storage = crate::storage_service::spawn(
-        data_dir,
-        config.storage.service_config(),
-        network.clone(),
-        key.signer().clone(),
-        cancel.clone(),
-    )
-    .await
-    .map_err(|e| {
-        cancel.cancel();
-        DaemonError::Storage(Box::new(e))
-    })?;
     let (services, services_task) = crate::services::spawn(
         data_dir,
         config.services.service_config(),
@@ -316,7 +322,7 @@ async fn start_edge(
     let radio_path = data_dir.join(RADIO_ADDR_FILE);
     let _ = std::fs::remove_file(&radio_path);
     let (radio, task) = crate::radio::spawn(
-        signer,
+        signer.clone(),
         config.radio.clone(),
         network.clone(),
         storage.clone(),
@@ -330,11 +336,16 @@ async fn start_edge(
         write_file(&radio_path, addr)?;
     }
     let orchestrator = ledger.map(|ledger| {
-        let (handle, task) = crate::orchestrator::spawn(
-            ledger.clone(),
-            network.clone(),
+        let parts = crate::orchestrator::OrchestratorParts {
+            ledger: ledger.clone(),
+            network: network.clone(),
             services,
-            radio.clone(),
+            radio: radio.clone(),
+            storage: storage.clone(),
+            signer,
+        };
+        let (handle, task) = crate::orchestrator::spawn(
+            parts,
             data_dir.to_path_buf(),
             crate::orchestrator::Timeline::default(),
             cancel.clone(),

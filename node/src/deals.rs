@@ -25,6 +25,7 @@ use crate::ledger::LedgerHandle;
 use crate::market_service::MarketHandle;
 use crate::network::{NetworkEvent, NetworkHandle};
 use crate::now_ms;
+use crate::storage_service::StorageHandle;
 
 /// CID of the empty UnixFS file: the service image of deals made before an image is attached.
 pub const EMPTY_IMAGE: &str = "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH";
@@ -95,6 +96,7 @@ struct DealTask {
     config: DealConfig,
     network: NetworkHandle,
     ledger: LedgerHandle,
+    storage: StorageHandle,
     market: MarketHandle,
     /// Terms this node agreed to as provider, by award.
     as_provider: HashMap<AwardId, AgreedTerms>,
@@ -108,6 +110,7 @@ pub fn spawn(
     market: &MarketHandle,
     network: NetworkHandle,
     ledger: LedgerHandle,
+    storage: StorageHandle,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
     let agreed = market.agreed();
@@ -117,6 +120,7 @@ pub fn spawn(
         config,
         network,
         ledger,
+        storage,
         market: market.clone(),
         as_provider: HashMap::new(),
         seq: 0,
@@ -213,6 +217,18 @@ impl DealTask {
                 .map_err(|e| format!("deals.service_image is not a CID: {e}"))?,
         };
         let kind = kind_of(t.kind);
+        // A storage contract's config is the customer's chunk commitment to the file, which the
+        // arbitrators challenge the provider against.
+        let config = match kind {
+            ContractKind::Storage => {
+                self.storage
+                    .commit_file(image)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .0
+            }
+            _ => image,
+        };
         let activation = match kind {
             ContractKind::Standby => ActivationClause::OnHandover {
                 unreachable_for_ms: self.config.handover_after_ms,
@@ -240,7 +256,7 @@ impl DealTask {
                 duration_ms: t.duration_ms,
             },
             service_image: image,
-            config: image,
+            config,
             activation,
             kind,
             duration_ms: t.duration_ms,

@@ -13,6 +13,7 @@
 //! Decisions come from `agora_contracts::duties_for` on every applied block, and from the
 //! ledger's current state on start, so a restarted node resumes whatever it was doing.
 
+mod custody;
 mod own;
 mod roles;
 
@@ -22,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_contracts::{ContractId, TxKind};
-use agora_market::{NodeId, Timestamp};
+use agora_market::{KeySigner, NodeId, Timestamp};
+use agora_storage::challenge::StorageCommitment;
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -35,6 +37,7 @@ use crate::ledger::{AppliedBlock, LedgerHandle};
 use crate::network::{NetworkEvent, NetworkHandle};
 use crate::now_ms;
 use crate::radio::RadioHandle;
+use crate::storage_service::StorageHandle;
 
 pub use own::OwnService;
 
@@ -128,6 +131,19 @@ struct Watched {
     reattest_at: Option<Timestamp>,
 }
 
+/// A storage contract this node audits as arbitrator.
+#[derive(Clone, Debug)]
+struct Audit {
+    provider: NodeId,
+    file: Cid,
+    commitment_cid: Cid,
+    /// Fetched on the first challenge.
+    commitment: Option<StorageCommitment>,
+    every_ms: u64,
+    next_at: Timestamp,
+    running: bool,
+}
+
 /// Requests from the control API.
 enum Request {
     SetOwn(Cid, oneshot::Sender<Result<Vec<u32>, String>>),
@@ -163,6 +179,20 @@ enum Done {
         heartbeat_ms: u64,
         then_start: bool,
     },
+    /// Provider of a storage contract: custody of the file taken (or refused, with why).
+    Custody {
+        contract: ContractId,
+        file: Cid,
+        commitment: Cid,
+        result: Result<(), String>,
+    },
+    /// Arbitrator: one challenge done; `None` when this node could not judge (its own fault,
+    /// e.g. the commitment block was not reachable), which is not reported.
+    Audited {
+        contract: ContractId,
+        verdict: Option<crate::audit::Verdict>,
+        commitment: Option<StorageCommitment>,
+    },
 }
 
 /// Everything the orchestrator task owns.
@@ -172,8 +202,16 @@ pub struct Orchestrator {
     network: NetworkHandle,
     services: Arc<dyn ServiceControl>,
     radio: RadioHandle,
+    storage: StorageHandle,
+    signer: KeySigner,
     timeline: Timeline,
     hosted: BTreeMap<ContractId, Hosted>,
+    /// Storage contracts whose file this node keeps as provider: (file, commitment).
+    stored: BTreeMap<ContractId, (Cid, Cid)>,
+    /// Storage contracts whose custody is being taken.
+    taking_custody: BTreeSet<ContractId>,
+    /// Storage contracts this node challenges as arbitrator.
+    audits: BTreeMap<ContractId, Audit>,
     staging: BTreeSet<ContractId>,
     /// Activations scheduled for a fixed time (`ActivationClause::At`).
     scheduled: BTreeMap<ContractId, Timestamp>,
@@ -190,16 +228,38 @@ pub struct Orchestrator {
     done_tx: mpsc::Sender<Done>,
 }
 
+/// The node components the orchestrator drives.
+#[derive(Clone)]
+pub struct OrchestratorParts {
+    /// Ledger replica.
+    pub ledger: LedgerHandle,
+    /// Swarm.
+    pub network: NetworkHandle,
+    /// Service host.
+    pub services: Arc<dyn ServiceControl>,
+    /// Sensor radio.
+    pub radio: RadioHandle,
+    /// Content storage (custody and audits of storage contracts).
+    pub storage: StorageHandle,
+    /// This node's key (signs storage challenges).
+    pub signer: KeySigner,
+}
+
 /// Starts the orchestrator; `data_dir` holds its own-service record.
 pub fn spawn(
-    ledger: LedgerHandle,
-    network: NetworkHandle,
-    services: Arc<dyn ServiceControl>,
-    radio: RadioHandle,
+    parts: OrchestratorParts,
     data_dir: PathBuf,
     timeline: Timeline,
     cancel: CancellationToken,
 ) -> (OrchestratorHandle, JoinHandle<()>) {
+    let OrchestratorParts {
+        ledger,
+        network,
+        services,
+        radio,
+        storage,
+        signer,
+    } = parts;
     let (done_tx, done_rx) = mpsc::channel(64);
     let (req_tx, req_rx) = mpsc::channel(16);
     let outcomes = ledger.outcomes();
@@ -210,8 +270,13 @@ pub fn spawn(
         network,
         services,
         radio,
+        storage,
+        signer,
         timeline: timeline.clone(),
         hosted: BTreeMap::new(),
+        stored: BTreeMap::new(),
+        taking_custody: BTreeSet::new(),
+        audits: BTreeMap::new(),
         staging: BTreeSet::new(),
         scheduled: BTreeMap::new(),
         watched: BTreeMap::new(),

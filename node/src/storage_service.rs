@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod bitswap;
+pub mod custody;
 pub mod embedded;
 pub mod fetch;
 pub mod framing;

@@ -19,7 +19,7 @@ const CLOCK_MARGIN_MS: u64 = 50;
 const PROOFS_PER_HEARTBEAT: usize = 16;
 
 impl Orchestrator {
-    async fn record(&self, id: ContractId) -> Option<ContractRecord> {
+    pub(super) async fn record(&self, id: ContractId) -> Option<ContractRecord> {
         self.ledger
             .query(move |v| v.ledger.contract(&id).cloned())
             .await
@@ -64,13 +64,31 @@ impl Orchestrator {
                         | ContractStatus::Active
                 )
             {
-                let start = rec.status == ContractStatus::Active;
-                self.stage(
+                if c.kind == ContractKind::Storage {
+                    self.take_custody(id, c.service_image, c.config);
+                } else {
+                    let start = rec.status == ContractStatus::Active;
+                    self.stage(
+                        id,
+                        c.customer,
+                        c.service_image,
+                        c.qos.heartbeat_interval_ms,
+                        start,
+                    );
+                }
+            }
+            if c.committee.contains(&me)
+                && c.kind == ContractKind::Storage
+                && rec.status == ContractStatus::Active
+            {
+                self.start_audit(
                     id,
-                    c.customer,
+                    c.provider,
                     c.service_image,
-                    c.qos.heartbeat_interval_ms,
-                    start,
+                    c.config,
+                    c.qos
+                        .heartbeat_interval_ms
+                        .max(agora_contracts::MIN_AUDIT_PERIOD_MS),
                 );
             }
             if c.committee.contains(&me)
@@ -148,11 +166,17 @@ impl Orchestrator {
     async fn on_duty(&mut self, duty: Duty) {
         match duty {
             Duty::Migrate {
-                contract, image, ..
+                contract,
+                image,
+                config,
             } => {
                 if let Some(rec) = self.record(contract).await {
-                    let hb = rec.contract.qos.heartbeat_interval_ms;
-                    self.stage(contract, rec.contract.customer, image, hb, false);
+                    if rec.contract.kind == ContractKind::Storage {
+                        self.take_custody(contract, image, config);
+                    } else {
+                        let hb = rec.contract.qos.heartbeat_interval_ms;
+                        self.stage(contract, rec.contract.customer, image, hb, false);
+                    }
                 }
             }
             Duty::Arm { contract } => {
@@ -171,6 +195,19 @@ impl Orchestrator {
             Duty::Watch { contract, .. } => {
                 if let Some(rec) = self.record(contract).await {
                     self.watch(contract, &rec).await;
+                }
+            }
+            Duty::Audit {
+                contract,
+                provider,
+                file,
+                commitment,
+                every_ms,
+            } => self.start_audit(contract, provider, file, commitment, every_ms),
+            Duty::EndAudit { contract } => {
+                if self.audits.remove(&contract).is_some() {
+                    self.timeline
+                        .push("audit-ended", Some(&contract), "contract closed");
                 }
             }
             Duty::Unwatch { contract, subject } => {
@@ -210,13 +247,26 @@ impl Orchestrator {
     }
 
     pub(super) async fn on_done(&mut self, done: Done) {
-        let Done::Staged {
-            contract,
-            customer,
-            devices,
-            heartbeat_ms,
-            then_start,
-        } = done;
+        let (contract, customer, devices, heartbeat_ms, then_start) = match done {
+            Done::Staged {
+                contract,
+                customer,
+                devices,
+                heartbeat_ms,
+                then_start,
+            } => (contract, customer, devices, heartbeat_ms, then_start),
+            Done::Custody {
+                contract,
+                file,
+                commitment,
+                result,
+            } => return self.on_custody(contract, file, commitment, result).await,
+            Done::Audited {
+                contract,
+                verdict,
+                commitment,
+            } => return self.on_audited(contract, verdict, commitment).await,
+        };
         self.staging.remove(&contract);
         self.hosted.entry(contract).or_insert(Hosted {
             devices: devices.clone(),
@@ -257,7 +307,7 @@ impl Orchestrator {
     }
 
     /// Activates now, or schedules it when `not_before` lies ahead (a pre-contracted slot).
-    async fn activate_at(&mut self, contract: ContractId, not_before: u64) {
+    pub(super) async fn activate_at(&mut self, contract: ContractId, not_before: u64) {
         if not_before > now_ms() {
             self.scheduled.insert(contract, not_before);
             self.timeline.push(
@@ -278,17 +328,24 @@ impl Orchestrator {
             self.scheduled.insert(contract, now_ms());
             return;
         }
+        if let Some((file, _)) = self.stored.get(&contract).copied() {
+            return self.activate_storage(contract, file).await;
+        }
         let Some(h) = self.hosted.get(&contract).cloned() else {
             // Not staged yet (e.g. right after a restart): activation follows staging.
             if let Some(rec) = self.record(contract).await {
                 let c = &rec.contract;
-                self.stage(
-                    contract,
-                    c.customer,
-                    c.service_image,
-                    c.qos.heartbeat_interval_ms,
-                    true,
-                );
+                if c.kind == ContractKind::Storage {
+                    self.take_custody(contract, c.service_image, c.config);
+                } else {
+                    self.stage(
+                        contract,
+                        c.customer,
+                        c.service_image,
+                        c.qos.heartbeat_interval_ms,
+                        true,
+                    );
+                }
             }
             return;
         };
@@ -340,6 +397,9 @@ impl Orchestrator {
     }
 
     async fn stop_hosted(&mut self, contract: ContractId) {
+        if let Some((file, commitment)) = self.stored.remove(&contract) {
+            return self.release_custody(contract, file, commitment).await;
+        }
         let Some(h) = self.hosted.remove(&contract) else {
             return;
         };
@@ -437,6 +497,7 @@ impl Orchestrator {
         for id in beating {
             self.heartbeat(id, now).await;
         }
+        self.run_due_audits(now);
         self.settle_due(now).await;
     }
 

@@ -1,0 +1,175 @@
+//! Storage contracts on real swarms: a customer auctions the keeping of a file; the winner
+//! fetches, checks and pins it; the arbitrators challenge it for random chunks and record each
+//! outcome on the ledger; once the provider drops the data its answers fail, and settlement
+//! slashes its stake to the customer.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use agora_contracts::{
+    ContractId, ContractKind, ContractRecord, ContractStatus, SettleReason, TxKind,
+};
+use agora_devnet::Devnet;
+use agora_market::{AuctionKind, AuctionSpec, Input, Resources};
+use agora_storage::CidVersion;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn storage_contract(net: &Devnet, customer: usize) -> Option<(ContractId, ContractRecord)> {
+    let me = net.node_id(customer);
+    let l = net.node(customer).unwrap().ledger.clone().unwrap();
+    l.query(move |v| {
+        v.ledger
+            .contracts()
+            .iter()
+            .find(|(_, r)| r.contract.customer == me && r.contract.kind == ContractKind::Storage)
+            .map(|(id, r)| (*id, r.clone()))
+    })
+    .await
+    .unwrap()
+}
+
+async fn record(net: &Devnet, i: usize, id: ContractId) -> ContractRecord {
+    let l = net.node(i).unwrap().ledger.clone().unwrap();
+    l.query(move |v| v.ledger.contract(&id).cloned())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn wait_record(
+    net: &Devnet,
+    i: usize,
+    id: ContractId,
+    what: &str,
+    mut ok: impl FnMut(&ContractRecord) -> bool,
+) -> ContractRecord {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = record(net, i, id).await;
+        if ok(&r) {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never happened; contract is {:?} with {} passed / {} failed challenges",
+            r.status,
+            r.storage_passed,
+            r.storage_failed
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slashed() {
+    let net = Devnet::builder().nodes(5).spawn().await.unwrap();
+    net.wait_connected(4, WAIT).await.unwrap();
+    let customer = 0;
+    let n0 = net.node(customer).unwrap();
+
+    // The customer's file: three 256 KiB chunks.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("data.bin");
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let file = n0.storage.add_file(path, CidVersion::V0).await.unwrap().cid;
+
+    let spec = AuctionSpec {
+        region: "default".into(),
+        resources: Resources {
+            storage_bytes: 1 << 20,
+            ..Resources::default()
+        },
+        duration_ms: 120_000,
+        max_price: 1_000,
+        window_ms: 1_500,
+        kind: AuctionKind::Storage,
+        near: None,
+        award_grace_ms: 30_000,
+        service: Some(file.clone()),
+        start_at: None,
+    };
+    n0.market.input(Input::CreateAuction(spec)).await.unwrap();
+
+    // Auction, award, dual signature, escrow; the provider takes custody and activates.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (id, rec) = loop {
+        if let Some(found) = storage_contract(&net, customer).await {
+            break found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no storage contract"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rec.contract.service_image.to_string(), file);
+    assert_ne!(
+        rec.contract.config, rec.contract.service_image,
+        "the config names the customer's chunk commitment"
+    );
+    let provider = (0..net.len())
+        .find(|i| net.node_id(*i) == rec.contract.provider)
+        .unwrap();
+    wait_record(&net, customer, id, "activation", |r| {
+        r.status == ContractStatus::Active
+    })
+    .await;
+    let pinned = net.node(provider).unwrap().storage.ls().await.unwrap().pins;
+    assert!(pinned.contains(&file), "the provider pinned the file");
+
+    // The arbitrators challenge the honest provider: every challenge passes.
+    let honest = wait_record(&net, customer, id, "two passed challenges", |r| {
+        r.storage_passed >= 2
+    })
+    .await;
+    assert_eq!(honest.storage_failed, 0, "an honest provider fails nothing");
+
+    // The provider drops the data; its answers now fail.
+    let pstore = &net.node(provider).unwrap().storage;
+    pstore.unpin(file.parse().unwrap()).await.unwrap();
+    pstore.gc().await.unwrap();
+    let judged = wait_record(&net, customer, id, "failures below the minimum", |r| {
+        let total = r.storage_passed + r.storage_failed;
+        r.storage_failed >= 1
+            && r.storage_passed * 1000 < u64::from(r.contract.qos.min_uptime_permille) * total
+    })
+    .await;
+    let customer_before = {
+        let l = n0.ledger.clone().unwrap();
+        let me = net.node_id(customer);
+        l.query(move |v| v.ledger.account(&me).map(|a| a.balance).unwrap_or(0))
+            .await
+            .unwrap()
+    };
+
+    // The customer settles: the evidence says breach, so the provider's stake is slashed to
+    // the customer.
+    n0.ledger
+        .clone()
+        .unwrap()
+        .submit(TxKind::Settle {
+            contract: id,
+            reason: SettleReason::CustomerBack,
+        })
+        .await
+        .unwrap();
+    let closed = wait_record(&net, customer, id, "slashing", |r| {
+        r.status == ContractStatus::Slashed
+    })
+    .await;
+    assert!(closed.storage_failed >= judged.storage_failed);
+    let customer_after = {
+        let l = n0.ledger.clone().unwrap();
+        let me = net.node_id(customer);
+        l.query(move |v| v.ledger.account(&me).map(|a| a.balance).unwrap_or(0))
+            .await
+            .unwrap()
+    };
+    assert!(
+        customer_after >= customer_before + rec.contract.stakes.provider_stake,
+        "the provider's stake went to the customer ({customer_before} -> {customer_after})"
+    );
+    net.shutdown().await;
+}

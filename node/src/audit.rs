@@ -1,0 +1,164 @@
+//! Proof-of-storage over the swarm (`Kind::Storage` request-response): providers answer
+//! challenges from the blocks they hold; arbitrators challenge the providers of active storage
+//! contracts and judge the answers against the customer's commitment.
+//!
+//! The data side (commitments, custody, building answers) is in
+//! [`crate::storage_service::custody`]; the judging is `agora_storage::challenge`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use agora_market::{KeySigner, NodeId};
+use agora_storage::challenge::{Challenge, ChallengeResponse, StorageCommitment, verify_response};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug};
+
+use crate::codec::{Envelope, Kind};
+use crate::keys::peer_id_of;
+use crate::network::{NetworkEvent, NetworkHandle};
+use crate::now_ms;
+use crate::storage_service::StorageHandle;
+
+/// Chunks asked for per challenge.
+pub const AUDIT_SAMPLES: usize = 4;
+/// How long a provider has to answer a challenge.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Request-response body of proof-of-storage.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum StorageRpc {
+    /// Challenger → provider: prove these chunks.
+    Challenge(Challenge),
+    /// Provider → challenger: the chunks with their Merkle paths.
+    Proof(ChallengeResponse),
+    /// Provider → challenger: cannot answer, and why.
+    Refused {
+        /// The reason.
+        reason: String,
+    },
+}
+
+/// Signs envelopes for one role with its own sequence numbers.
+#[derive(Clone, Debug)]
+struct Sealer {
+    signer: KeySigner,
+    seq: Arc<AtomicU64>,
+}
+
+impl Sealer {
+    fn seal(&self, msg: &StorageRpc) -> Option<Envelope> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        Envelope::seal_body(&self.signer, Kind::Storage, now_ms(), seq, msg).ok()
+    }
+}
+
+/// Starts the provider side: answers every storage challenge addressed to this node.
+pub fn spawn_responder(
+    storage: StorageHandle,
+    network: NetworkHandle,
+    signer: KeySigner,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    let mut events = network.events();
+    let sealer = Sealer {
+        signer,
+        seq: Arc::default(),
+    };
+    let task = async move {
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => break,
+                ev = events.recv() => ev,
+            };
+            let (id, envelope) = match ev {
+                Ok(NetworkEvent::Request { id, envelope, .. })
+                    if envelope.kind == Kind::Storage =>
+                {
+                    (id, envelope)
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            };
+            // Answering reads chunks from disk: do it beside the loop, not in it.
+            let (storage, network, sealer) = (storage.clone(), network.clone(), sealer.clone());
+            tokio::spawn(
+                async move {
+                    let answer = match envelope.body::<StorageRpc>(Kind::Storage) {
+                        Ok(StorageRpc::Challenge(c)) => match storage.prove(c).await {
+                            Ok(proof) => StorageRpc::Proof(proof),
+                            Err(e) => StorageRpc::Refused {
+                                reason: e.to_string(),
+                            },
+                        },
+                        Ok(_) => StorageRpc::Refused {
+                            reason: "expected a challenge".into(),
+                        },
+                        Err(e) => StorageRpc::Refused {
+                            reason: e.to_string(),
+                        },
+                    };
+                    if let Some(env) = sealer.seal(&answer) {
+                        let _ = network.respond(id, &env).await;
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+    };
+    tokio::spawn(task.in_current_span())
+}
+
+/// What one challenge showed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every challenged chunk matched the commitment.
+    Passed,
+    /// The provider answered wrongly, refused, or did not answer in time.
+    Failed(String),
+}
+
+/// Challenges `provider` once for the file of `commitment`, with a fresh random seed.
+pub async fn challenge(
+    network: &NetworkHandle,
+    signer: &KeySigner,
+    provider: NodeId,
+    commitment: &StorageCommitment,
+) -> Verdict {
+    let challenge = Challenge::from_seed(rand::random(), commitment, AUDIT_SAMPLES);
+    let Some(peer) = peer_id_of(&provider) else {
+        return Verdict::Failed("provider id is not a valid peer id".into());
+    };
+    let sealer = Sealer {
+        signer: signer.clone(),
+        seq: Arc::new(AtomicU64::new(now_ms())),
+    };
+    let Some(env) = sealer.seal(&StorageRpc::Challenge(challenge.clone())) else {
+        return Verdict::Failed("cannot encode the challenge".into());
+    };
+    let answer = match tokio::time::timeout(ANSWER_TIMEOUT, network.request(peer, &env)).await {
+        Err(_) => return Verdict::Failed(format!("no answer within {ANSWER_TIMEOUT:?}")),
+        Ok(Err(e)) => return Verdict::Failed(format!("unreachable: {e}")),
+        Ok(Ok(answer)) => answer,
+    };
+    if answer.sender != provider {
+        return Verdict::Failed("answer signed by another node".into());
+    }
+    match answer.body::<StorageRpc>(Kind::Storage) {
+        Ok(StorageRpc::Proof(response)) => {
+            match verify_response(commitment, &challenge, &response) {
+                Ok(()) => Verdict::Passed,
+                Err(e) => Verdict::Failed(e.to_string()),
+            }
+        }
+        Ok(StorageRpc::Refused { reason }) => Verdict::Failed(format!("refused: {reason}")),
+        Ok(StorageRpc::Challenge(_)) => Verdict::Failed("answered with a challenge".into()),
+        Err(e) => {
+            debug!(error = %e, "malformed storage answer");
+            Verdict::Failed(format!("malformed answer: {e}"))
+        }
+    }
+}

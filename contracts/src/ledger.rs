@@ -230,7 +230,10 @@ impl Ledger {
         for (i, stx) in txs.iter().enumerate() {
             match self.apply_checked(now, stx, verified(stx)) {
                 Ok(events) => outcome.events.extend(events),
-                Err(e) => outcome.rejected.push((i, e)),
+                Err(e) => {
+                    self.use_up_refused_nonce(stx, &e);
+                    outcome.rejected.push((i, e));
+                }
             }
         }
         // Outages keep growing between attestations: re-check pending handovers at block time.
@@ -238,6 +241,26 @@ impl Ledger {
         self.height = height;
         self.last_block_time = now;
         Ok(outcome)
+    }
+
+    /// In a block, an authenticated transaction (right chain, its sender's next nonce, valid
+    /// signature) that is refused for its content still uses up its nonce: the block recorded
+    /// it, and the sender's later transactions, which wait for nonces in order, must not stall
+    /// behind it. A stranger without an account is left without a trace.
+    fn use_up_refused_nonce(&mut self, stx: &SignedTransaction, refusal: &LedgerError) {
+        let unauthenticated = matches!(
+            refusal,
+            LedgerError::WrongChain { .. }
+                | LedgerError::BadNonce { .. }
+                | LedgerError::BadSignature { .. }
+                | LedgerError::Encoding(_)
+        );
+        if unauthenticated {
+            return;
+        }
+        if let Some(account) = self.accounts.get_mut(&stx.tx.sender) {
+            account.nonce = stx.tx.nonce.saturating_add(1);
+        }
     }
 
     /// Time-driven checks (pending handovers, overdue pending settlements); `apply_block` calls

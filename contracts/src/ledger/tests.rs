@@ -304,23 +304,39 @@ fn blocks_apply_in_order_and_replicas_agree() {
     );
     let txs = vec![t0.clone(), t1, t2];
     let out = a.apply_block(1, 10, &txs).unwrap();
-    assert_eq!(out.rejected.len(), 1);
-    assert_eq!(out.rejected[0].0, 1);
+    // The overspend is refused but, being authenticated, uses up nonce 1 (so the sender's
+    // later transactions never stall behind it); the second transaction with nonce 1 is stale.
+    let refused: Vec<usize> = out.rejected.iter().map(|(i, _)| *i).collect();
+    assert_eq!(refused, vec![1, 2]);
+    assert!(matches!(out.rejected[1].1, LedgerError::BadNonce { .. }));
+    assert_eq!(a.next_nonce(&accounts[0].node_id()), 2);
     // A replica that verified the signatures at mempool admission skips the second check and
     // reaches the same state; one that vouches for nothing checks everything.
     b.apply_block_with(1, 10, &txs, |t| *t == txs[0]).unwrap();
     assert_eq!(a.state_hash().unwrap(), b.state_hash().unwrap());
-    assert_eq!(a.spendable(&to), 1_030);
+    assert_eq!(a.spendable(&to), 1_010);
+    // A forged transaction (bad signature) in a block uses up nothing.
+    let mut forged = tx_with_nonce(
+        a.chain_id(),
+        &accounts[2],
+        0,
+        TxKind::Transfer { to, amount: 1 },
+    );
+    forged.tx.sender = accounts[0].node_id();
+    forged.tx.nonce = 2;
+    let out = a.apply_block(2, 11, &[forged]).unwrap();
+    assert_eq!(out.rejected.len(), 1);
+    assert_eq!(a.next_nonce(&accounts[0].node_id()), 2);
     assert!(matches!(
-        a.apply_block(3, 20, &[]),
+        a.apply_block(4, 20, &[]),
         Err(LedgerError::BadHeight { .. })
     ));
     assert!(matches!(
-        a.apply_block(2, 5, &[]),
+        a.apply_block(3, 5, &[]),
         Err(LedgerError::TimeWentBackwards { .. })
     ));
     // Replaying the block's first tx in a later block is refused.
-    let out = a.apply_block(2, 20, &[t0]).unwrap();
+    let out = a.apply_block(3, 20, &[t0]).unwrap();
     assert_eq!(out.rejected.len(), 1);
 }
 

@@ -328,6 +328,7 @@ impl LedgerTask {
                     }
                     Err(e) => warn!(height, error = %e, "decided block could not be applied"),
                 }
+                self.resubmit_superseded(&txs).await;
                 if let Err(e) = self.store.wal_clear_through(height) {
                     warn!(error = %e, "cannot clear consensus WAL");
                 }

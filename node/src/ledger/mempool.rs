@@ -141,6 +141,14 @@ impl Mempool {
         out
     }
 
+    /// Drops exactly `tx` (a block refused it: proposing it again would be refused again).
+    pub fn remove(&mut self, tx: &SignedTransaction) {
+        let key = (tx.tx.sender, tx.tx.nonce);
+        if self.txs.get(&key).is_some_and(|t| t == tx) {
+            self.txs.remove(&key);
+        }
+    }
+
     /// Drops what the ledger has moved past.
     pub fn prune(&mut self, ledger: &Ledger) {
         self.txs

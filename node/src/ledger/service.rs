@@ -1,6 +1,7 @@
 //! The ledger task: owns the ledger replica and the mempool, admits transactions from the CLI
 //! and from gossip, and applies decided blocks.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use agora_contracts::{BlockOutcome, Genesis, Ledger, SignedTransaction, Transaction, TxKind};
@@ -142,6 +143,8 @@ pub(super) struct LedgerTask {
     /// Locally submitted transactions not gossiped yet, with their encoded size and when the
     /// first of them arrived (ms).
     pub(super) outbox: TxOutbox,
+    /// This node's own submitted transactions whose nonce the ledger has not consumed yet.
+    pub(super) own: BTreeMap<u64, SignedTransaction>,
 }
 
 /// Locally submitted transactions waiting to be gossiped together: one signed envelope (and
@@ -240,6 +243,7 @@ pub async fn spawn(
         seq: 0,
         sync_replies: sync_tx,
         outbox: TxOutbox::default(),
+        own: BTreeMap::new(),
     };
     let join = tokio::spawn(task.run(rx, sync_rx, events, cancel).in_current_span());
     Ok((LedgerHandle { tx, outcomes }, join))
@@ -341,10 +345,37 @@ impl LedgerTask {
         self.view.mempool = self.mempool.len();
         self.on_new_transaction();
         self.outbox.push(tx.clone(), size);
+        self.own.insert(tx.tx.nonce, tx.clone());
         if self.outbox.full() {
             self.flush_outbox().await;
         }
         Ok(tx)
+    }
+
+    /// Own transactions whose nonce `txs` (a block just applied) used up without including
+    /// them. That happens when this replica signed them while it was still catching up (after
+    /// a restart its ledger lags, so it reuses a nonce an earlier transaction of its own had
+    /// taken): the other replicas refuse them as stale and they would be lost without a word.
+    fn superseded_own(&mut self, txs: &[SignedTransaction]) -> Vec<SignedTransaction> {
+        let next = self.view.ledger.next_nonce(&self.view.me);
+        superseded(&mut self.own, self.view.me, next, txs)
+    }
+
+    /// Signs superseded own transactions again with fresh nonces.
+    pub(super) async fn resubmit_superseded(&mut self, txs: &[SignedTransaction]) {
+        for lost in self.superseded_own(txs) {
+            let nonce = lost.tx.nonce;
+            match self.submit(lost.tx.kind).await {
+                Ok(again) => info!(
+                    old = nonce,
+                    new = again.tx.nonce,
+                    "own transaction lost its nonce to an earlier one; submitted again"
+                ),
+                Err(e) => {
+                    warn!(nonce, error = %e, "own transaction lost its nonce and cannot be resubmitted")
+                }
+            }
+        }
     }
 
     /// Gossips the waiting local transactions as one batch.
@@ -405,6 +436,12 @@ impl LedgerTask {
             .to_snapshot()
             .map_err(|e| LedgerServiceError::Ledger(e.to_string()))?;
         self.store.commit(height, raw, &snapshot)?;
+        for (i, why) in &outcome.rejected {
+            if let Some(tx) = txs.get(*i) {
+                info!(sender = %tx.tx.sender.short(), nonce = tx.tx.nonce, error = %why, "block refused a transaction");
+                self.mempool.remove(tx);
+            }
+        }
         self.mempool.prune(&self.view.ledger);
         self.view.mempool = self.mempool.len();
         self.view.last_block_at = Some(time);
@@ -415,5 +452,48 @@ impl LedgerTask {
             rejected: outcome.rejected.len(),
         }));
         Ok(outcome)
+    }
+}
+
+/// Removes from `own` every transaction whose nonce is below `next` (used up on the ledger) and
+/// returns those of them that `block` (the block that used the nonce) did not include.
+fn superseded(
+    own: &mut BTreeMap<u64, SignedTransaction>,
+    me: NodeId,
+    next: u64,
+    block: &[SignedTransaction],
+) -> Vec<SignedTransaction> {
+    let included: HashSet<[u8; 32]> = block
+        .iter()
+        .filter(|t| t.tx.sender == me)
+        .filter_map(|t| t.id().ok())
+        .collect();
+    let consumed: Vec<u64> = own.range(..next).map(|(n, _)| *n).collect();
+    consumed
+        .into_iter()
+        .filter_map(|n| own.remove(&n))
+        .filter(|tx| tx.id().is_ok_and(|id| !included.contains(&id)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use agora_contracts::test_utils::{TEST_CHAIN, signer, tx_with_nonce};
+
+    use super::*;
+
+    #[test]
+    fn own_transactions_whose_nonce_went_to_another_are_returned_once() {
+        let me = signer(1);
+        let faucet = |amount| TxKind::Faucet { amount };
+        let mine = |nonce, amount| tx_with_nonce(TEST_CHAIN, &me, nonce, faucet(amount));
+        let mut own = BTreeMap::from([(0, mine(0, 1)), (1, mine(1, 2)), (2, mine(2, 3))]);
+        // The block used nonce 0 for our own tx, and nonce 1 for one signed before a restart.
+        let block = vec![mine(0, 1), mine(1, 99)];
+        let lost = superseded(&mut own, me.node_id(), 2, &block);
+        assert_eq!(lost, vec![mine(1, 2)]);
+        assert_eq!(own.keys().copied().collect::<Vec<_>>(), vec![2]);
+        // Nothing is returned twice.
+        assert!(superseded(&mut own, me.node_id(), 2, &block).is_empty());
     }
 }

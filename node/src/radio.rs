@@ -129,7 +129,8 @@ pub struct DeviceStatus {
     pub replayed: u64,
     /// Duplicates and stale frames dropped.
     pub duplicates: u64,
-    /// When this edge first fed a frame of the device to a service (ms).
+    /// When this edge first fed a frame of the device to a service since the device was last
+    /// assigned here (ms).
     pub first_processed_at: Option<Timestamp>,
     /// Highest sequence number processed here.
     pub last_processed: Option<u32>,

@@ -214,6 +214,9 @@ impl RadioTask {
                     }
                     d.status.service = Some(service.clone());
                     d.status.buffering = false;
+                    // Counts from this assignment: an edge that managed the device before (an
+                    // earlier handover) must not report that time as this takeover's.
+                    d.status.first_processed_at = None;
                     let mut buffered: Vec<(u32, Vec<u8>)> = d.buffer.drain(..).collect();
                     buffered.sort_by_key(|(seq, _)| *seq);
                     d.status.buffered = 0;

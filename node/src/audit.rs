@@ -12,7 +12,7 @@ use std::time::Duration;
 use agora_market::{KeySigner, NodeId};
 use agora_storage::challenge::{Challenge, ChallengeResponse, StorageCommitment, verify_response};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
@@ -27,6 +27,9 @@ use crate::storage_service::StorageHandle;
 pub const AUDIT_SAMPLES: usize = 4;
 /// How long a provider has to answer a challenge.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Challenges a provider answers at once; more are refused as busy rather than queued, so a
+/// flood of challenges cannot pile up disk reads.
+pub const CONCURRENT_ANSWERS: usize = 4;
 
 /// Request-response body of proof-of-storage.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,6 +43,8 @@ pub enum StorageRpc {
         /// The reason.
         reason: String,
     },
+    /// Provider → challenger: answering too many challenges right now; ask again shortly.
+    Busy,
 }
 
 /// Signs envelopes for one role with its own sequence numbers.
@@ -68,6 +73,7 @@ pub fn spawn_responder(
         signer,
         seq: Arc::default(),
     };
+    let slots = Arc::new(Semaphore::new(CONCURRENT_ANSWERS));
     let task = async move {
         loop {
             let ev = tokio::select! {
@@ -85,21 +91,12 @@ pub fn spawn_responder(
             };
             // Answering reads chunks from disk: do it beside the loop, not in it.
             let (storage, network, sealer) = (storage.clone(), network.clone(), sealer.clone());
+            let slot = slots.clone().try_acquire_owned();
             tokio::spawn(
                 async move {
-                    let answer = match envelope.body::<StorageRpc>(Kind::Storage) {
-                        Ok(StorageRpc::Challenge(c)) => match storage.prove(c).await {
-                            Ok(proof) => StorageRpc::Proof(proof),
-                            Err(e) => StorageRpc::Refused {
-                                reason: e.to_string(),
-                            },
-                        },
-                        Ok(_) => StorageRpc::Refused {
-                            reason: "expected a challenge".into(),
-                        },
-                        Err(e) => StorageRpc::Refused {
-                            reason: e.to_string(),
-                        },
+                    let answer = match (slot, envelope.body::<StorageRpc>(Kind::Storage)) {
+                        (Err(_), _) => StorageRpc::Busy,
+                        (Ok(_slot), body) => answer(&storage, body).await,
                     };
                     if let Some(env) = sealer.seal(&answer) {
                         let _ = network.respond(id, &env).await;
@@ -112,6 +109,26 @@ pub fn spawn_responder(
     tokio::spawn(task.in_current_span())
 }
 
+async fn answer(
+    storage: &StorageHandle,
+    body: Result<StorageRpc, crate::codec::CodecError>,
+) -> StorageRpc {
+    match body {
+        Ok(StorageRpc::Challenge(c)) => match storage.prove(c).await {
+            Ok(proof) => StorageRpc::Proof(proof),
+            Err(e) => StorageRpc::Refused {
+                reason: e.to_string(),
+            },
+        },
+        Ok(_) => StorageRpc::Refused {
+            reason: "expected a challenge".into(),
+        },
+        Err(e) => StorageRpc::Refused {
+            reason: e.to_string(),
+        },
+    }
+}
+
 /// What one challenge showed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -121,7 +138,8 @@ pub enum Verdict {
     Failed(String),
 }
 
-/// Challenges `provider` once for the file of `commitment`, with a fresh random seed.
+/// Challenges `provider` once for the file of `commitment`, with a fresh random seed. A busy
+/// provider is asked again until [`ANSWER_TIMEOUT`] has passed.
 pub async fn challenge(
     network: &NetworkHandle,
     signer: &KeySigner,
@@ -136,29 +154,37 @@ pub async fn challenge(
         signer: signer.clone(),
         seq: Arc::new(AtomicU64::new(now_ms())),
     };
-    let Some(env) = sealer.seal(&StorageRpc::Challenge(challenge.clone())) else {
-        return Verdict::Failed("cannot encode the challenge".into());
-    };
-    let answer = match tokio::time::timeout(ANSWER_TIMEOUT, network.request(peer, &env)).await {
-        Err(_) => return Verdict::Failed(format!("no answer within {ANSWER_TIMEOUT:?}")),
-        Ok(Err(e)) => return Verdict::Failed(format!("unreachable: {e}")),
-        Ok(Ok(answer)) => answer,
-    };
-    if answer.sender != provider {
-        return Verdict::Failed("answer signed by another node".into());
-    }
-    match answer.body::<StorageRpc>(Kind::Storage) {
-        Ok(StorageRpc::Proof(response)) => {
-            match verify_response(commitment, &challenge, &response) {
-                Ok(()) => Verdict::Passed,
-                Err(e) => Verdict::Failed(e.to_string()),
+    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        let Some(env) = sealer.seal(&StorageRpc::Challenge(challenge.clone())) else {
+            return Verdict::Failed("cannot encode the challenge".into());
+        };
+        let answer = match tokio::time::timeout_at(deadline, network.request(peer, &env)).await {
+            Err(_) => return Verdict::Failed(format!("no answer within {ANSWER_TIMEOUT:?}")),
+            Ok(Err(e)) => return Verdict::Failed(format!("unreachable: {e}")),
+            Ok(Ok(answer)) => answer,
+        };
+        if answer.sender != provider {
+            return Verdict::Failed("answer signed by another node".into());
+        }
+        return match answer.body::<StorageRpc>(Kind::Storage) {
+            Ok(StorageRpc::Proof(response)) => {
+                match verify_response(commitment, &challenge, &response) {
+                    Ok(()) => Verdict::Passed,
+                    Err(e) => Verdict::Failed(e.to_string()),
+                }
             }
-        }
-        Ok(StorageRpc::Refused { reason }) => Verdict::Failed(format!("refused: {reason}")),
-        Ok(StorageRpc::Challenge(_)) => Verdict::Failed("answered with a challenge".into()),
-        Err(e) => {
-            debug!(error = %e, "malformed storage answer");
-            Verdict::Failed(format!("malformed answer: {e}"))
-        }
+            Ok(StorageRpc::Busy) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Ok(StorageRpc::Busy) => Verdict::Failed(format!("busy for {ANSWER_TIMEOUT:?}")),
+            Ok(StorageRpc::Refused { reason }) => Verdict::Failed(format!("refused: {reason}")),
+            Ok(StorageRpc::Challenge(_)) => Verdict::Failed("answered with a challenge".into()),
+            Err(e) => {
+                debug!(error = %e, "malformed storage answer");
+                Verdict::Failed(format!("malformed answer: {e}"))
+            }
+        };
     }
 }

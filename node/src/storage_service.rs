@@ -109,6 +109,7 @@ pub struct StorageHandle {
     signer: KeySigner,
     config: StorageConfig,
     jobs: jobs::Jobs,
+    provers: custody::Provers,
 }
 
 /// Starts the configured backend. Embedded: opens the block store, starts bitswap on the swarm
@@ -130,6 +131,7 @@ pub async fn spawn(
             signer,
             config,
             jobs: jobs::Jobs::default(),
+            provers: custody::Provers::default(),
         });
     }
     let path = data_dir.join(BLOCKS_DIR);
@@ -146,6 +148,7 @@ pub async fn spawn(
         signer,
         config,
         jobs: jobs::Jobs::default(),
+        provers: custody::Provers::default(),
     };
     tokio::spawn(
         async move {

@@ -1,8 +1,11 @@
-//! Process-level test: `agora storage add` on node0, `agora storage get` on node2, and data
-//! proofs created on one node and verified on another, on three real node processes.
+//! Process-level test: `agora storage add` on node0, `agora storage get` on node2, data
+//! proofs created on one node and verified on another, and a storage contract auctioned from
+//! the CLI and audited by the arbitrators, on three real node processes.
 #![allow(clippy::unwrap_used)]
 
-use agora_tests::{DevnetGuard, agora, agora_json};
+use std::time::Duration;
+
+use agora_tests::{DevnetGuard, agora, agora_json, try_agora_json, wait_until};
 
 #[test]
 fn add_on_node0_get_on_node2_and_proofs_across_nodes() {
@@ -167,6 +170,61 @@ fn add_on_node0_get_on_node2_and_proofs_across_nodes() {
     ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("altered"));
+
+    // A storage contract from the CLI: a storage auction must name a file this node holds; the
+    // winner keeps node0's file and the third node, as arbitrator, challenges it.
+    let node0 = node(0);
+    let storage_auction = |extra: &[&str]| {
+        let mut args = vec![
+            "auction",
+            "create",
+            "--kind",
+            "storage",
+            "--storage",
+            "2MiB",
+            "--duration",
+            "5m",
+            "--max-price",
+            "100",
+            "--window",
+            "1s",
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["--data-dir", node0.as_str()]);
+        agora(&args)
+    };
+    let no_file = storage_auction(&[]);
+    assert!(!no_file.status.success());
+    assert!(String::from_utf8_lossy(&no_file.stderr).contains("names the file to keep"));
+    let not_held = storage_auction(&["--service", &unknown]);
+    assert!(!not_held.status.success());
+    assert!(String::from_utf8_lossy(&not_held.stderr).contains("not pinned on this node"));
+    let created = storage_auction(&["--service", &cid, "--json"]);
+    assert!(created.status.success(), "{created:?}");
+    let me = agora_json(&["status", "--data-dir", &node0])["node_id"].clone();
+    wait_until(
+        "a storage contract with a passed challenge",
+        Duration::from_secs(60),
+        || {
+            let Some(list) = try_agora_json(&["contract", "list", "--data-dir", &node0]) else {
+                return false;
+            };
+            let Some(c) = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["kind"] == "storage" && c["customer"] == me)
+            else {
+                return false;
+            };
+            let id = c["id"].as_str().unwrap();
+            try_agora_json(&["contract", "show", id, "--data-dir", &node0]).is_some_and(|r| {
+                r["status"] == "Active"
+                    && r["storage_passed"].as_u64().unwrap_or(0) >= 1
+                    && r["storage_failed"] == 0
+            })
+        },
+    );
 
     agora_json(&["devnet", "down", "--dir", &dir_s]);
 }

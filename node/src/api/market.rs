@@ -164,8 +164,33 @@ async fn create_auction(
     Json(spec): Json<AuctionSpec>,
 ) -> Result<Json<CreatedReply>, ApiError> {
     authorize(&s, &headers)?;
+    if spec.kind == agora_market::AuctionKind::Storage {
+        storage_subject(&s, spec.service.as_deref()).await?;
+    }
     let effects = market(&s)?.input(Input::CreateAuction(spec)).await?;
     created(&effects)
+}
+
+/// A storage auction must name a file this node holds: the contract commits to its chunks.
+async fn storage_subject(s: &ApiState, service: Option<&str>) -> Result<(), ApiError> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let cid = service
+        .ok_or_else(|| {
+            bad("a storage auction names the file to keep: pass --service CID (from `agora storage add`)".into())
+        })?
+        .parse::<cid::Cid>()
+        .map_err(|e| bad(format!("--service is not a CID: {e}")))?;
+    let storage = s
+        .storage
+        .as_ref()
+        .ok_or_else(|| bad("this node runs no storage service".into()))?;
+    let pins = storage.ls().await.map_err(|e| bad(e.to_string()))?.pins;
+    if !pins.contains(&cid.to_string()) {
+        return Err(bad(format!(
+            "{cid} is not pinned on this node; add the file first (`agora storage add FILE`)"
+        )));
+    }
+    Ok(())
 }
 
 async fn list_auctions(

@@ -111,7 +111,8 @@ pub struct AuctionCreateArgs {
     /// Time after the window closes to award, e.g. `30s`.
     #[arg(long, default_value = "30s")]
     award_grace: String,
-    /// CID of the service image the contract will carry (from `agora service publish`).
+    /// CID of the service image the contract will carry (from `agora service publish`); with
+    /// `--kind storage`, the file to keep (from `agora storage add`).
     #[arg(long)]
     service: Option<String>,
     /// Hosted: start the service this long from now (a pre-contracted slot), e.g. `30s`.

@@ -5,6 +5,9 @@
 //! `config` CID. The raw codec has no links, so an arbitrator that fetches the commitment never
 //! pulls the file itself.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use agora_storage::challenge::{Challenge, ChallengeResponse, Prover, StorageCommitment};
 use agora_storage::hash::{RAW, cid_v1_blake3, verify_block};
 use agora_storage::{Cid, StorageError};
@@ -13,6 +16,36 @@ use super::{Embedded, StorageHandle, StorageServiceError};
 
 /// Most chunk indices one challenge may ask for (bounds the work a challenger can demand).
 pub const MAX_CHALLENGE_INDICES: usize = 64;
+
+/// Chunk trees kept for answering challenges.
+const KEPT_PROVERS: usize = 16;
+
+/// Chunk trees of files this node answers challenges for, so an answer costs the challenged
+/// chunks, not a pass over the whole file. Answers still read every challenged chunk from the
+/// store, so a dropped chunk fails whatever is cached.
+#[derive(Clone, Debug, Default)]
+pub struct Provers(Arc<Mutex<HashMap<Cid, Arc<Prover>>>>);
+
+impl Provers {
+    fn get(&self, file: &Cid) -> Option<Arc<Prover>> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(file).cloned()
+    }
+
+    fn keep(&self, file: Cid, prover: Arc<Prover>) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= KEPT_PROVERS {
+            map.clear();
+        }
+        map.insert(file, prover);
+    }
+}
 
 fn invalid(msg: String) -> StorageServiceError {
     StorageServiceError::Invalid(msg)
@@ -117,15 +150,22 @@ impl StorageHandle {
             )));
         }
         let store = self.custody_store()?;
-        store
+        let file = challenge.file;
+        let cached = self.provers.get(&file);
+        let (answer, prover) = store
             .blocking(move |s| {
-                let file = challenge.file;
                 if !s.pins()?.contains(&file) {
                     return Err(StorageError::NotFound { cid: file });
                 }
-                Prover::new(s, &file)?.respond(s, &challenge)
+                let prover = match cached {
+                    Some(p) => p,
+                    None => Arc::new(Prover::new(s, &file)?),
+                };
+                Ok((prover.respond(s, &challenge)?, prover))
             })
-            .await
+            .await?;
+        self.provers.keep(file, prover);
+        Ok(answer)
     }
 }
 

@@ -187,6 +187,9 @@ enum Command {
         devices: Vec<u32>,
         service: String,
         resume_after: BTreeMap<u32, u32>,
+        /// Ask peers how far their checkpoints reach even when the local buffer bridges the
+        /// gap (a reclaim after a handback, where the last checkpoint may not have arrived).
+        ask_peers: bool,
         reply: Reply<u64>,
     },
     Release {
@@ -224,11 +227,36 @@ impl RadioHandle {
         service: String,
         resume_after: BTreeMap<u32, u32>,
     ) -> u64 {
+        self.assign_with(devices, service, resume_after, false)
+            .await
+    }
+
+    /// [`Self::assign`] for an edge taking its own devices back from a peer that served them:
+    /// it also asks its peers how far their checkpoints reach, since the serving peer's last
+    /// checkpoint may not have reached this edge (just restarted, mesh not formed yet), and
+    /// resuming from an older one would process the readings in between twice.
+    pub async fn reclaim(
+        &self,
+        devices: Vec<u32>,
+        service: String,
+        resume_after: BTreeMap<u32, u32>,
+    ) -> u64 {
+        self.assign_with(devices, service, resume_after, true).await
+    }
+
+    async fn assign_with(
+        &self,
+        devices: Vec<u32>,
+        service: String,
+        resume_after: BTreeMap<u32, u32>,
+        ask_peers: bool,
+    ) -> u64 {
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Assign {
             devices,
             service,
             resume_after,
+            ask_peers,
             reply,
         };
         if self.tx.send(cmd).await.is_err() {

@@ -152,7 +152,7 @@ impl Orchestrator {
         let resume = self.radio.peer_covered(&devices).await;
         let replayed = self
             .radio
-            .assign(devices.clone(), OWN_SERVICE.to_string(), resume.clone())
+            .reclaim(devices.clone(), OWN_SERVICE.to_string(), resume.clone())
             .await;
         self.own.running = true;
         self.own.yielded_at = None;

@@ -200,10 +200,11 @@ impl RadioTask {
                 devices,
                 service,
                 resume_after,
+                ask_peers,
                 reply,
             } => {
                 let mut resume_after = resume_after;
-                self.fill_gaps(&devices, &mut resume_after).await;
+                self.fill_gaps(&devices, &mut resume_after, ask_peers).await;
                 let mut replayed = 0;
                 for device in devices {
                     let d = self.devices.entry(device).or_default();
@@ -377,12 +378,21 @@ impl RadioTask {
     }
 
     /// When the local buffer cannot bridge from the resume point (this edge was down, or never
-    /// heard the device), asks peers for what they heard and merges it in.
-    async fn fill_gaps(&mut self, devices: &[u32], resume_after: &mut BTreeMap<u32, u32>) {
+    /// heard the device), or when `always` is set, asks peers for what they heard and how far
+    /// their checkpoints reach, and merges it in.
+    async fn fill_gaps(
+        &mut self,
+        devices: &[u32],
+        resume_after: &mut BTreeMap<u32, u32>,
+        always: bool,
+    ) {
         let gaps: Vec<u32> = devices
             .iter()
             .copied()
             .filter(|d| {
+                if always {
+                    return true;
+                }
                 let Some(resume) = resume_after.get(d) else {
                     return true;
                 };

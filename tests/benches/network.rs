@@ -5,7 +5,9 @@
 //!
 //! Set `AGORA_BENCH_SIZES=10,50` to choose sizes, `AGORA_BENCH_MESSAGES` for messages per size,
 //! `AGORA_BENCH_COMMITTEE` for the arbitrator committee size (default 4; `0` = every node up to
-//! `3f+1`, as `agora devnet up` does), `AGORA_BENCH_TARGET_PEERS` for the node's auto-dial target.
+//! `3f+1`, as `agora devnet up` does), `AGORA_BENCH_TARGET_PEERS` for the node's auto-dial target,
+//! `AGORA_BENCH_PRESENCE_MS` for the presence ping interval (timeout 4×; default the devnet's
+//! 250 ms).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -73,6 +75,10 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
     }
     if let Some(t) = env_usize("AGORA_BENCH_TARGET_PEERS") {
         builder = builder.target_peers(t);
+    }
+    if let Some(ms) = env_usize("AGORA_BENCH_PRESENCE_MS") {
+        let ms = ms as u64;
+        builder = builder.presence(Duration::from_millis(ms), Duration::from_millis(4 * ms));
     }
     let net = builder.spawn().await.expect("devnet");
     net.wait_connected(n.min(4) - 1, Duration::from_secs(60))

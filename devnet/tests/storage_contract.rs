@@ -61,24 +61,23 @@ async fn wait_record(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slashed() {
-    let net = Devnet::builder().nodes(5).spawn().await.unwrap();
-    net.wait_connected(4, WAIT).await.unwrap();
-    let customer = 0;
+/// Node `customer` adds a 700 kB file (three 256 KiB chunks) and auctions keeping it with
+/// `storage_bytes` of storage; returns the file's CID and the contract once registered.
+async fn auction_storage(
+    net: &Devnet,
+    customer: usize,
+    storage_bytes: u64,
+) -> (String, ContractId, ContractRecord) {
     let n0 = net.node(customer).unwrap();
-
-    // The customer's file: three 256 KiB chunks.
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("data.bin");
     let data: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
     std::fs::write(&path, &data).unwrap();
     let file = n0.storage.add_file(path, CidVersion::V0).await.unwrap().cid;
-
     let spec = AuctionSpec {
         region: "default".into(),
         resources: Resources {
-            storage_bytes: 1 << 20,
+            storage_bytes,
             ..Resources::default()
         },
         duration_ms: 120_000,
@@ -91,19 +90,28 @@ async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slash
         start_at: None,
     };
     n0.market.input(Input::CreateAuction(spec)).await.unwrap();
-
-    // Auction, award, dual signature, escrow; the provider takes custody and activates.
+    // Auction, award, dual signature, escrow.
     let deadline = tokio::time::Instant::now() + WAIT;
-    let (id, rec) = loop {
-        if let Some(found) = storage_contract(&net, customer).await {
-            break found;
+    loop {
+        if let Some((id, rec)) = storage_contract(net, customer).await {
+            return (file, id, rec);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "no storage contract"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slashed() {
+    let net = Devnet::builder().nodes(5).spawn().await.unwrap();
+    net.wait_connected(4, WAIT).await.unwrap();
+    let customer = 0;
+    let n0 = net.node(customer).unwrap();
+    // The provider takes custody and activates.
+    let (file, id, rec) = auction_storage(&net, customer, 1 << 20).await;
     assert_eq!(rec.contract.service_image.to_string(), file);
     assert_ne!(
         rec.contract.config, rec.contract.service_image,
@@ -171,5 +179,23 @@ async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slash
         customer_after >= customer_before + rec.contract.stakes.provider_stake,
         "the provider's stake went to the customer ({customer_before} -> {customer_after})"
     );
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_larger_than_the_storage_bought_is_refused_and_the_contract_cancelled() {
+    let net = Devnet::builder().nodes(4).spawn().await.unwrap();
+    net.wait_connected(3, WAIT).await.unwrap();
+    // 700 kB of file, but only 100 KiB of storage bought.
+    let (file, id, rec) = auction_storage(&net, 0, 100 * 1024).await;
+    let provider = (0..net.len())
+        .find(|i| net.node_id(*i) == rec.contract.provider)
+        .unwrap();
+    wait_record(&net, 0, id, "cancellation", |r| {
+        r.status == ContractStatus::Cancelled
+    })
+    .await;
+    let pins = net.node(provider).unwrap().storage.ls().await.unwrap().pins;
+    assert!(!pins.contains(&file), "the provider pinned nothing");
     net.shutdown().await;
 }

@@ -75,6 +75,7 @@ impl StorageSection {
                 parallelism: self.fetch_parallelism.clamp(1, 1024),
                 block_timeout: Duration::from_millis(self.block_timeout_ms.max(50)),
                 idle_timeout: Duration::from_millis(self.fetch_idle_timeout_ms.max(100)),
+                max_bytes: None,
             },
         }
     }

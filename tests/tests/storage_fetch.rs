@@ -97,6 +97,7 @@ async fn fetch_completes_from_the_other_provider_when_one_stops() {
         parallelism: 1,
         block_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(20),
+        max_bytes: None,
     };
     let task = {
         let out = out.clone();
@@ -122,6 +123,36 @@ async fn fetch_completes_from_the_other_provider_when_one_stops() {
         b.bitswap().unwrap().stats().blocks_sent > b_at_stop,
         "node1 served the rest after node0 stopped"
     );
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_stops_when_the_dag_outgrows_its_byte_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(2).await;
+    let (path, _) = random_file(tmp.path(), "big.bin", 2 * 1024 * 1024, 3);
+    let added = net
+        .node(0)
+        .unwrap()
+        .storage
+        .add_file(path, CidVersion::V0)
+        .await
+        .unwrap();
+    let cid: Cid = added.cid.parse().unwrap();
+    let b = &net.node(1).unwrap().storage;
+    let err = b.pin_within(cid, 1024 * 1024).await.unwrap_err();
+    assert!(
+        matches!(&err, StorageServiceError::Fetch(e) if matches!(**e, FetchError::TooLarge { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert!(
+        !b.ls().await.unwrap().pins.contains(&added.cid),
+        "nothing pinned after a refused fetch"
+    );
+    // Within the limit it is pinned.
+    b.pin_within(cid, 3 * 1024 * 1024).await.unwrap();
+    assert!(b.ls().await.unwrap().pins.contains(&added.cid));
     net.shutdown().await;
 }
 

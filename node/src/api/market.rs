@@ -165,6 +165,13 @@ async fn create_auction(
 ) -> Result<Json<CreatedReply>, ApiError> {
     authorize(&s, &headers)?;
     if spec.kind == agora_market::AuctionKind::Storage {
+        if spec.resources.storage_bytes == 0 {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "a storage auction buys storage: pass --storage SIZE (at least the file's size)"
+                    .into(),
+            ));
+        }
         storage_subject(&s, spec.service.as_deref()).await?;
     }
     let effects = market(&s)?.input(Input::CreateAuction(spec)).await?;

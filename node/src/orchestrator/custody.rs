@@ -2,7 +2,7 @@
 //! challenge it periodically and put each outcome on the ledger, where settlement judges the
 //! provider by the share of challenges it passed.
 
-use agora_contracts::{ContractId, ContractStatus, TxKind};
+use agora_contracts::{Contract, ContractId, ContractStatus, TxKind};
 use agora_market::NodeId;
 use cid::Cid;
 use tracing::{Instrument, debug};
@@ -12,17 +12,19 @@ use crate::audit::Verdict;
 use crate::now_ms;
 
 impl Orchestrator {
-    /// Provider: fetches, pins and checks the file and its commitment in the background.
-    pub(super) fn take_custody(&mut self, contract: ContractId, file: Cid, commitment: Cid) {
+    /// Provider: fetches, pins and checks the file and its commitment in the background; a
+    /// file larger than the storage the contract buys is refused.
+    pub(super) fn take_custody(&mut self, contract: ContractId, c: &Contract) {
         if !self.taking_custody.insert(contract) {
             return;
         }
+        let (file, commitment, max) = (c.service_image, c.config, c.terms.storage_bytes);
         let storage = self.storage.clone();
         let done = self.done_tx.clone();
         tokio::spawn(
             async move {
                 let result = storage
-                    .take_custody(file, commitment)
+                    .take_custody(file, commitment, max)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string());

@@ -65,7 +65,7 @@ impl Orchestrator {
                 )
             {
                 if c.kind == ContractKind::Storage {
-                    self.take_custody(id, c.service_image, c.config);
+                    self.take_custody(id, c);
                 } else {
                     let start = rec.status == ContractStatus::Active;
                     self.stage(
@@ -166,13 +166,11 @@ impl Orchestrator {
     async fn on_duty(&mut self, duty: Duty) {
         match duty {
             Duty::Migrate {
-                contract,
-                image,
-                config,
+                contract, image, ..
             } => {
                 if let Some(rec) = self.record(contract).await {
                     if rec.contract.kind == ContractKind::Storage {
-                        self.take_custody(contract, image, config);
+                        self.take_custody(contract, &rec.contract);
                     } else {
                         let hb = rec.contract.qos.heartbeat_interval_ms;
                         self.stage(contract, rec.contract.customer, image, hb, false);
@@ -336,7 +334,7 @@ impl Orchestrator {
             if let Some(rec) = self.record(contract).await {
                 let c = &rec.contract;
                 if c.kind == ContractKind::Storage {
-                    self.take_custody(contract, c.service_image, c.config);
+                    self.take_custody(contract, c);
                 } else {
                     self.stage(
                         contract,

@@ -84,7 +84,11 @@ impl ServiceHost {
             return Err(ServiceError::AlreadyStaged(id.to_string()));
         }
         // Fetches every block of the image over bitswap (each verified against its CID), pins.
-        self.inner.storage.pin(image).await?;
+        // The module is capped at MAX_MODULE_BYTES; the manifest and record are small.
+        self.inner
+            .storage
+            .pin_within(image, super::image::MAX_MODULE_BYTES + (1 << 20))
+            .await?;
         let (record, manifest, module) = self
             .embedded_store()?
             .blocking(move |s| Ok(read_image(s, &image)))

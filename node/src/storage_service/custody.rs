@@ -109,12 +109,14 @@ impl StorageHandle {
         decode_commitment(&cid, &block).map_err(invalid)
     }
 
-    /// Provider: fetches and pins `file` and its commitment, and checks that the commitment
-    /// really describes the file (a wrong one would make every honest answer fail).
+    /// Provider: fetches and pins `file` (at most `max_bytes`, the storage the contract buys)
+    /// and its commitment, and checks that the commitment really describes the file (a wrong
+    /// one would make every honest answer fail).
     pub async fn take_custody(
         &self,
         file: Cid,
         commitment: Cid,
+        max_bytes: u64,
     ) -> Result<StorageCommitment, StorageServiceError> {
         let store = self.custody_store()?;
         let claimed = self.commitment(commitment).await?;
@@ -124,7 +126,7 @@ impl StorageHandle {
                 claimed.file
             )));
         }
-        self.pin(file).await?;
+        self.pin_within(file, max_bytes).await?;
         self.pin(commitment).await?;
         let actual = store
             .blocking(move |s| StorageCommitment::for_file(s, &file))

@@ -26,6 +26,9 @@ pub struct FetchConfig {
     pub block_timeout: Duration,
     /// The whole fetch fails if no block arrives for this long.
     pub idle_timeout: Duration,
+    /// The fetch fails once the DAG grows past this many bytes (a service image or a stored
+    /// file larger than agreed must not fill the disk).
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for FetchConfig {
@@ -34,6 +37,7 @@ impl Default for FetchConfig {
             parallelism: 32,
             block_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
+            max_bytes: None,
         }
     }
 }
@@ -78,6 +82,14 @@ pub enum FetchError {
     /// The node is shutting down.
     #[error("fetch of {0} stopped: the node is shutting down")]
     Stopped(Cid),
+    /// The DAG is larger than the fetch allows.
+    #[error("{root} is larger than the {max} bytes allowed here; fetch stopped")]
+    TooLarge {
+        /// The DAG root.
+        root: Cid,
+        /// The limit.
+        max: u64,
+    },
 }
 
 /// Walks and fetches the DAG under `root` into the store.
@@ -124,6 +136,11 @@ pub async fn fetch_dag(
     let mut last_progress = Instant::now();
     loop {
         f.fill().await?;
+        if let Some(max) = cfg.max_bytes
+            && f.p.bytes > max
+        {
+            return Err(FetchError::TooLarge { root, max });
+        }
         f.p.providers = f.providers.len();
         progress.send_replace(f.p);
         if f.queue.is_empty() && f.in_flight.is_empty() {

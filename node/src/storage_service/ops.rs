@@ -106,6 +106,19 @@ impl StorageHandle {
         self.backend.pin(cid, self.fetch_config()).await
     }
 
+    /// [`Self::pin`], failing once the DAG grows past `max_bytes`.
+    pub async fn pin_within(
+        &self,
+        cid: Cid,
+        max_bytes: u64,
+    ) -> Result<FetchProgress, StorageServiceError> {
+        let cfg = super::FetchConfig {
+            max_bytes: Some(max_bytes),
+            ..self.fetch_config()
+        };
+        self.backend.pin(cid, cfg).await
+    }
+
     /// Removes a pin.
     pub async fn unpin(&self, cid: Cid) -> Result<(), StorageServiceError> {
         self.backend.unpin(cid).await

@@ -29,6 +29,15 @@ async fn storage_contract(net: &Devnet, customer: usize) -> Option<(ContractId, 
     .unwrap()
 }
 
+/// Node `i`'s spendable balance on its own ledger.
+async fn balance(net: &Devnet, i: usize) -> u64 {
+    let l = net.node(i).unwrap().ledger.clone().unwrap();
+    let me = net.node_id(i);
+    l.query(move |v| v.ledger.account(&me).map(|a| a.balance).unwrap_or(0))
+        .await
+        .unwrap()
+}
+
 async fn record(net: &Devnet, i: usize, id: ContractId) -> ContractRecord {
     let l = net.node(i).unwrap().ledger.clone().unwrap();
     l.query(move |v| v.ledger.contract(&id).cloned())
@@ -144,13 +153,7 @@ async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slash
             && r.storage_passed * 1000 < u64::from(r.contract.qos.min_uptime_permille) * total
     })
     .await;
-    let customer_before = {
-        let l = n0.ledger.clone().unwrap();
-        let me = net.node_id(customer);
-        l.query(move |v| v.ledger.account(&me).map(|a| a.balance).unwrap_or(0))
-            .await
-            .unwrap()
-    };
+    let customer_before = balance(&net, customer).await;
 
     // The customer settles: the evidence says breach, so the provider's stake is slashed to
     // the customer.
@@ -168,13 +171,7 @@ async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slash
     })
     .await;
     assert!(closed.storage_failed >= judged.storage_failed);
-    let customer_after = {
-        let l = n0.ledger.clone().unwrap();
-        let me = net.node_id(customer);
-        l.query(move |v| v.ledger.account(&me).map(|a| a.balance).unwrap_or(0))
-            .await
-            .unwrap()
-    };
+    let customer_after = balance(&net, customer).await;
     assert!(
         customer_after >= customer_before + rec.contract.stakes.provider_stake,
         "the provider's stake went to the customer ({customer_before} -> {customer_after})"

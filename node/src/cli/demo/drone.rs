@@ -141,11 +141,18 @@ pub(super) async fn run(args: &DemoArgs, module: &[u8], json: bool) -> anyhow::R
     }
     let addrs = radio_addrs(&m);
     let region = Region::default();
-    if depart > now_ms() {
-        tokio::time::sleep(Duration::from_millis(depart - now_ms())).await;
-    }
+    // The drone keeps its timetable: each segment starts when its slot does, even if the
+    // contracting above ran past the departure (a late start must not shift every later
+    // segment off its slot).
+    let until = |at: u64| async move {
+        let now = now_ms();
+        if at > now {
+            tokio::time::sleep(Duration::from_millis(at - now)).await;
+        }
+    };
     let mut sensors = None;
     for (seg, &edge) in route.iter().enumerate() {
+        until(depart + seg as u64 * SEGMENT_MS).await;
         region.set(addrs.get(edge).copied().into_iter().collect());
         if sensors.is_none() {
             sensors = Some(
@@ -157,8 +164,8 @@ pub(super) async fn run(args: &DemoArgs, module: &[u8], json: bool) -> anyhow::R
             now_ms(),
             format!("drone over {} (segment {seg})", m.nodes[edge].name),
         );
-        tokio::time::sleep(Duration::from_millis(SEGMENT_MS)).await;
     }
+    until(depart + route.len() as u64 * SEGMENT_MS).await;
     region.set(Vec::new());
     let sent = match sensors {
         Some(s) => s.stop().await,

@@ -6,7 +6,7 @@ use agora_market::{NodeId, Timestamp};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{ActivationClause, ContractId, ContractKind};
+use crate::contract::{ActivationClause, Contract, ContractId, ContractKind};
 use crate::ledger::{Ledger, LedgerEvent};
 use crate::lifecycle::ContractStatus;
 
@@ -88,6 +88,17 @@ pub enum Duty {
 /// outcome is a ledger transaction.
 pub const MIN_AUDIT_PERIOD_MS: u64 = 2_000;
 
+/// The audit an arbitrator owes an active storage contract `id`.
+pub fn audit_duty(id: ContractId, c: &Contract) -> Duty {
+    Duty::Audit {
+        contract: id,
+        provider: c.provider,
+        file: c.service_image,
+        commitment: c.config,
+        every_ms: c.qos.heartbeat_interval_ms.max(MIN_AUDIT_PERIOD_MS),
+    }
+}
+
 /// The duties `me` gets from `events`, looking contract details up in `ledger` (the state after
 /// those events were applied).
 pub fn duties_for(me: NodeId, ledger: &Ledger, events: &[LedgerEvent]) -> Vec<Duty> {
@@ -127,13 +138,9 @@ pub fn duties_for(me: NodeId, ledger: &Ledger, events: &[LedgerEvent]) -> Vec<Du
                     subject: c.customer,
                 }),
                 ContractStatus::Migrated if provider => out.push(Duty::Arm { contract }),
-                ContractStatus::Active if arbitrator && storage => out.push(Duty::Audit {
-                    contract,
-                    provider: c.provider,
-                    file: c.service_image,
-                    commitment: c.config,
-                    every_ms: c.qos.heartbeat_interval_ms.max(MIN_AUDIT_PERIOD_MS),
-                }),
+                ContractStatus::Active if arbitrator && storage => {
+                    out.push(audit_duty(contract, c))
+                }
                 ContractStatus::Armed if provider => match (c.activation, rec.trigger_at) {
                     (ActivationClause::Immediately, Some(t))
                     | (ActivationClause::At(_), Some(t)) => out.push(activate(t)),

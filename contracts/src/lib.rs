@@ -30,7 +30,7 @@ pub use contract::{
     ActivationClause, Amount, Contract, ContractError, ContractId, ContractKind, Party, Qos,
     SignedContract, Stakes, Terms,
 };
-pub use duties::{Duty, MIN_AUDIT_PERIOD_MS, duties_for};
+pub use duties::{Duty, MIN_AUDIT_PERIOD_MS, audit_duty, duties_for};
 pub use ledger::{
     Account, BlockOutcome, BreachReason, ContractRecord, Escrow, Genesis, GenesisAccount,
     HeartbeatBatch, Ledger, LedgerError, LedgerEvent, LedgerParams, SettleReason,

@@ -259,10 +259,12 @@ impl LedgerTask {
     ) {
         self.start_chain().await;
         loop {
-            let due = match (self.timers.next_due(), self.outbox.due()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let due = self
+                .timers
+                .next_due()
+                .into_iter()
+                .chain(self.outbox.due())
+                .min();
             let sleep = async move {
                 match due {
                     Some(at) => {
@@ -352,18 +354,14 @@ impl LedgerTask {
         Ok(tx)
     }
 
-    /// Own transactions whose nonce `txs` (a block just applied) used up without including
-    /// them. That happens when this replica signed them while it was still catching up (after
-    /// a restart its ledger lags, so it reuses a nonce an earlier transaction of its own had
-    /// taken): the other replicas refuse them as stale and they would be lost without a word.
-    fn superseded_own(&mut self, txs: &[SignedTransaction]) -> Vec<SignedTransaction> {
-        let next = self.view.ledger.next_nonce(&self.view.me);
-        superseded(&mut self.own, self.view.me, next, txs)
-    }
-
-    /// Signs superseded own transactions again with fresh nonces.
+    /// Signs again, with fresh nonces, own transactions whose nonce `txs` (a block just
+    /// applied) used up without including them. That happens when this replica signed them
+    /// while it was still catching up (after a restart its ledger lags, so it reuses a nonce an
+    /// earlier transaction of its own had taken): the other replicas refuse them as stale and
+    /// they would be lost without a word.
     pub(super) async fn resubmit_superseded(&mut self, txs: &[SignedTransaction]) {
-        for lost in self.superseded_own(txs) {
+        let next = self.view.ledger.next_nonce(&self.view.me);
+        for lost in superseded(&mut self.own, self.view.me, next, txs) {
             let nonce = lost.tx.nonce;
             match self.submit(lost.tx.kind).await {
                 Ok(again) => info!(

@@ -2,7 +2,7 @@
 //! challenge it periodically and put each outcome on the ledger, where settlement judges the
 //! provider by the share of challenges it passed.
 
-use agora_contracts::{Contract, ContractId, ContractStatus, TxKind};
+use agora_contracts::{Contract, ContractId, ContractStatus, Duty, TxKind};
 use agora_market::NodeId;
 use cid::Cid;
 use tracing::{Instrument, debug};
@@ -76,9 +76,7 @@ impl Orchestrator {
                 self.submit(TxKind::MarkMigrated(contract), "migrated")
                     .await;
             }
-            ContractStatus::Migrated => {
-                self.submit(TxKind::MarkArmed(contract), "arm").await;
-            }
+            ContractStatus::Migrated => self.on_duty(Duty::Arm { contract }).await,
             ContractStatus::Armed | ContractStatus::Active => {
                 if let Some(t) = rec.trigger_at {
                     self.activate_at(contract, t).await;

@@ -2,7 +2,7 @@
 
 use agora_contracts::attestation::Liveness;
 use agora_contracts::{
-    ActivationClause, ContractId, ContractKind, ContractRecord, ContractStatus, Duty,
+    ActivationClause, Contract, ContractId, ContractKind, ContractRecord, ContractStatus, Duty,
     HeartbeatBatch, LedgerEvent, SettleReason, TxKind, UptimeInterval, duties_for,
 };
 use agora_market::NodeId;
@@ -64,32 +64,13 @@ impl Orchestrator {
                         | ContractStatus::Active
                 )
             {
-                if c.kind == ContractKind::Storage {
-                    self.take_custody(id, c);
-                } else {
-                    let start = rec.status == ContractStatus::Active;
-                    self.stage(
-                        id,
-                        c.customer,
-                        c.service_image,
-                        c.qos.heartbeat_interval_ms,
-                        start,
-                    );
-                }
+                self.prepare(id, c, rec.status == ContractStatus::Active);
             }
             if c.committee.contains(&me)
                 && c.kind == ContractKind::Storage
                 && rec.status == ContractStatus::Active
             {
-                self.start_audit(
-                    id,
-                    c.provider,
-                    c.service_image,
-                    c.config,
-                    c.qos
-                        .heartbeat_interval_ms
-                        .max(agora_contracts::MIN_AUDIT_PERIOD_MS),
-                );
+                self.on_duty(agora_contracts::audit_duty(id, c)).await;
             }
             if c.committee.contains(&me)
                 && c.kind == ContractKind::Standby
@@ -163,18 +144,22 @@ impl Orchestrator {
         }
     }
 
-    async fn on_duty(&mut self, duty: Duty) {
+    /// Provider: gets ready to serve `c` in the background — takes custody of the file of a
+    /// storage contract, stages the service image of any other (then starts it if `start`).
+    fn prepare(&mut self, id: ContractId, c: &Contract, start: bool) {
+        if c.kind == ContractKind::Storage {
+            self.take_custody(id, c);
+        } else {
+            let hb = c.qos.heartbeat_interval_ms;
+            self.stage(id, c.customer, c.service_image, hb, start);
+        }
+    }
+
+    pub(super) async fn on_duty(&mut self, duty: Duty) {
         match duty {
-            Duty::Migrate {
-                contract, image, ..
-            } => {
+            Duty::Migrate { contract, .. } => {
                 if let Some(rec) = self.record(contract).await {
-                    if rec.contract.kind == ContractKind::Storage {
-                        self.take_custody(contract, &rec.contract);
-                    } else {
-                        let hb = rec.contract.qos.heartbeat_interval_ms;
-                        self.stage(contract, rec.contract.customer, image, hb, false);
-                    }
+                    self.prepare(contract, &rec.contract, false);
                 }
             }
             Duty::Arm { contract } => {
@@ -332,18 +317,7 @@ impl Orchestrator {
         let Some(h) = self.hosted.get(&contract).cloned() else {
             // Not staged yet (e.g. right after a restart): activation follows staging.
             if let Some(rec) = self.record(contract).await {
-                let c = &rec.contract;
-                if c.kind == ContractKind::Storage {
-                    self.take_custody(contract, c);
-                } else {
-                    self.stage(
-                        contract,
-                        c.customer,
-                        c.service_image,
-                        c.qos.heartbeat_interval_ms,
-                        true,
-                    );
-                }
+                self.prepare(contract, &rec.contract, true);
             }
             return;
         };

@@ -127,3 +127,43 @@ async fn watching_itself_is_refused() {
     );
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_watched_peers_get_fast_heartbeats() {
+    let net = Devnet::builder()
+        .nodes(3)
+        .committee(1)
+        .presence(Duration::from_millis(100), Duration::from_millis(600))
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(2, WAIT).await.unwrap();
+    let watcher = net.handle(1).unwrap();
+    let (watched, other) = (net.node_id(2), net.node_id(0));
+    watcher.watch(watched).await.unwrap();
+    // Largest age of the last proof of life seen over 2.5 s, per peer.
+    let mut oldest = [0u64; 2];
+    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while tokio::time::Instant::now() < until {
+        let table = watcher.presence().await.unwrap();
+        let now = agora_node::now_ms();
+        for (i, node) in [watched, other].iter().enumerate() {
+            let p = table.iter().find(|p| p.node == *node).unwrap();
+            assert!(p.reachable, "{node} must stay reachable");
+            oldest[i] = oldest[i].max(now.saturating_sub(p.last_seen));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Beats every 100 ms keep the watched peer fresh; the other peer is only pinged every 5 s.
+    assert!(
+        oldest[0] < 500,
+        "watched peer went {} ms without a beat",
+        oldest[0]
+    );
+    assert!(
+        oldest[1] > 1000,
+        "an unwatched peer should only get idle pings (oldest {} ms)",
+        oldest[1]
+    );
+    net.shutdown().await;
+}

@@ -129,10 +129,12 @@ pub struct NetworkSection {
     pub bootstrap: Vec<String>,
     /// LAN discovery with mDNS.
     pub mdns: bool,
-    /// Presence ping interval (per direct or watched peer), ms.
+    /// Heartbeat interval to each watched peer (contract counterparts), ms.
     pub presence_interval_ms: u64,
-    /// Silence after which a peer counts as unreachable, ms.
+    /// Silence after which a watched peer counts as unreachable, ms.
     pub presence_timeout_ms: u64,
+    /// Ping interval on every connection, ms; an unwatched peer is unreachable after 4 missed.
+    pub idle_ping_interval_ms: u64,
     /// Gossipsub mesh heartbeat, ms.
     pub gossip_heartbeat_ms: u64,
     /// Peers found via Kademlia are dialled only while fewer than this many are connected.
@@ -148,6 +150,7 @@ impl Default for NetworkSection {
             mdns: false,
             presence_interval_ms: ms(d.presence_interval),
             presence_timeout_ms: ms(d.presence_timeout),
+            idle_ping_interval_ms: ms(d.idle_ping_interval),
             gossip_heartbeat_ms: ms(d.gossip_heartbeat),
             target_peers: d.target_peers,
         }
@@ -238,6 +241,7 @@ impl NodeConfig {
             mdns: self.network.mdns,
             presence_interval: Duration::from_millis(self.network.presence_interval_ms.max(10)),
             presence_timeout: Duration::from_millis(self.network.presence_timeout_ms.max(20)),
+            idle_ping_interval: Duration::from_millis(self.network.idle_ping_interval_ms.max(10)),
             gossip_heartbeat: Duration::from_millis(self.network.gossip_heartbeat_ms.max(10)),
             target_peers: self.network.target_peers.max(1),
         })

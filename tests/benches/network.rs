@@ -47,6 +47,24 @@ fn cpu_secs() -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
+/// Loopback (bytes, packets) received so far.
+fn loopback() -> (u64, u64) {
+    let dev = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
+    dev.lines()
+        .find_map(|l| l.trim().strip_prefix("lo:"))
+        .map(|rest| {
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            (
+                f.first().copied().unwrap_or(0),
+                f.get(1).copied().unwrap_or(0),
+            )
+        })
+        .unwrap_or((0, 0))
+}
+
 /// Cores busy (CPU seconds per wall second) over `window`.
 async fn cores_busy(window: Duration) -> f64 {
     let (c0, t0) = (cpu_secs(), Instant::now());
@@ -128,7 +146,58 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
         }
     }
     // What the idle devnet (pings, gossipsub heartbeats, consensus) costs before any payload.
-    let idle_cores = cores_busy(Duration::from_secs(3)).await;
+    let topics: Arc<Mutex<HashMap<String, (usize, usize)>>> = Arc::default();
+    {
+        let mut rx = net.handle(0).unwrap().events();
+        let topics = topics.clone();
+        tokio::spawn(async move {
+            while let Ok(ev) = rx.recv().await {
+                if let NetworkEvent::Gossip {
+                    topic, envelope, ..
+                } = ev
+                {
+                    let mut t = topics.lock().unwrap();
+                    let e = t.entry(topic).or_default();
+                    e.0 += 1;
+                    e.1 += envelope.payload.len();
+                } else if let NetworkEvent::Request { envelope, .. } = ev {
+                    let mut t = topics.lock().unwrap();
+                    let e = t.entry(format!("request {:?}", envelope.kind)).or_default();
+                    e.0 += 1;
+                    e.1 += envelope.payload.len();
+                }
+            }
+        });
+    }
+    let ((b0, p0), t0) = (loopback(), Instant::now());
+    let idle_secs = env_usize("AGORA_BENCH_IDLE_SECS").unwrap_or(3) as u64;
+    let idle_cores = cores_busy(Duration::from_secs(idle_secs)).await;
+    let ((b1, p1), secs) = (loopback(), t0.elapsed().as_secs_f64());
+    let peers = net
+        .handle(0)
+        .unwrap()
+        .peers()
+        .await
+        .map(|p| p.len())
+        .unwrap_or(0);
+    println!(
+        "  {n} nodes idle: loopback {:.0} packets/s, {:.2} MB/s; node0 has {peers} peers, \
+         receives gossip (topic, messages/s, payload bytes/s) {:?}",
+        (p1 - p0) as f64 / secs,
+        (b1 - b0) as f64 / secs / 1e6,
+        topics
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, (c, b))| {
+                (
+                    t.clone(),
+                    (*c as f64 / secs).round(),
+                    (*b as f64 / secs).round(),
+                )
+            })
+            .collect::<Vec<_>>()
+    );
     let (cpu0, wall0) = (cpu_secs(), Instant::now());
     let mut latencies = Vec::new();
     let mut missing = Vec::new();

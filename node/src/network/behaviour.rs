@@ -56,7 +56,7 @@ pub(crate) fn build_swarm(
     let setup = |e: String| NetworkError::Setup(e);
     let mdns_enabled = cfg.mdns;
     let gossip_heartbeat = cfg.gossip_heartbeat;
-    let (presence_interval, presence_timeout) = (cfg.presence_interval, cfg.presence_timeout);
+    let idle_ping = cfg.idle_ping_interval;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -96,11 +96,12 @@ pub(crate) fn build_swarm(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
                     .with_agent_version(format!("agora/{}", env!("CARGO_PKG_VERSION"))),
             );
-            // Liveness of direct peers: one ping per presence interval on each connection.
+            // Slow liveness and round-trip times of every direct peer; watched peers get fast
+            // heartbeats on top (see `heartbeat`).
             let ping = ping::Behaviour::new(
                 ping::Config::new()
-                    .with_interval(presence_interval)
-                    .with_timeout(presence_timeout),
+                    .with_interval(idle_ping)
+                    .with_timeout(idle_ping * 2),
             );
             let peer_id = key.public().to_peer_id();
             let mut kad = kad::Behaviour::with_config(

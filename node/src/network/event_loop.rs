@@ -29,6 +29,9 @@ use crate::now_ms;
 
 mod liveness;
 
+/// A peer not watched is declared unreachable after this many idle ping intervals of silence.
+const IDLE_PINGS_BEFORE_DOWN: u32 = 4;
+
 /// Most inbound requests kept waiting for an answer; older ones are dropped.
 const MAX_PENDING_INBOUND: usize = 1024;
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
@@ -53,6 +56,13 @@ struct EventLoop {
     seq: u64,
     kad_bootstrapped: bool,
     provider_queries: HashMap<kad::QueryId, ProviderQuery>,
+    /// Opens heartbeat streams to watched peers.
+    streams: libp2p_stream::Control,
+    /// Answered heartbeats, from the beat tasks.
+    alive_tx: mpsc::Sender<PeerId>,
+    alive_rx: mpsc::Receiver<PeerId>,
+    /// Stops the network's background tasks (heartbeat server and beats).
+    cancel: CancellationToken,
 }
 
 /// A Kademlia provider lookup waiting for its last step.
@@ -82,6 +92,9 @@ pub async fn spawn(
         }
     }
     let streams = swarm.behaviour().stream.new_control();
+    let cancel = cancel.child_token();
+    super::heartbeat::serve(streams.clone(), cancel.clone());
+    let (alive_tx, alive_rx) = mpsc::channel(1024);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (ev_tx, _) = broadcast::channel(4096);
     let handle = NetworkHandle {
@@ -89,14 +102,17 @@ pub async fn spawn(
         events: ev_tx.clone(),
         local: key.node_id(),
         peer_id: *swarm.local_peer_id(),
-        streams,
+        streams: streams.clone(),
     };
     let event_loop = EventLoop {
         swarm,
         commands: cmd_rx,
         events: ev_tx,
         signer: key.signer().clone(),
-        presence: PresenceTracker::new(cfg.presence_timeout),
+        presence: PresenceTracker::new(
+            cfg.presence_timeout,
+            cfg.idle_ping_interval * IDLE_PINGS_BEFORE_DOWN,
+        ),
         liveness: liveness::Liveness::default(),
         cfg,
         pending_requests: HashMap::new(),
@@ -110,6 +126,10 @@ pub async fn spawn(
         seq: 0,
         kad_bootstrapped: false,
         provider_queries: HashMap::new(),
+        streams,
+        alive_tx,
+        alive_rx,
+        cancel: cancel.clone(),
     };
     let task = tokio::spawn(event_loop.run(cancel).in_current_span());
     Ok((handle, task))
@@ -141,11 +161,13 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(peer) = self.alive_rx.recv() => self.on_ping_ok(peer),
                 _ = presence_timer.tick() => self.on_presence_tick(),
                 _ = redial_timer.tick() => self.redial(),
                 _ = kad_timer.tick() => self.kad_bootstrap(),
             }
         }
+        self.cancel.cancel();
         debug!("network loop stopped");
     }
 

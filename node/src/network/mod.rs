@@ -4,6 +4,7 @@
 
 mod behaviour;
 mod event_loop;
+mod heartbeat;
 pub mod presence;
 mod rpc_codec;
 
@@ -31,10 +32,13 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
-    /// Interval between pings to each directly connected peer (liveness).
+    /// Interval between heartbeats to each watched peer (see [`NetworkHandle::watch`]).
     pub presence_interval: Duration,
-    /// Time without a successful ping after which a peer is declared unreachable.
+    /// Time without an answered heartbeat after which a watched peer is declared unreachable.
     pub presence_timeout: Duration,
+    /// Interval between libp2p pings on every connection; a peer that is not watched is
+    /// declared unreachable after four of these without an answer.
+    pub idle_ping_interval: Duration,
     /// Gossipsub heartbeat interval (mesh maintenance).
     pub gossip_heartbeat: Duration,
     /// Peers found through Kademlia are dialled only while fewer than this many are connected,
@@ -50,6 +54,7 @@ impl Default for NetworkConfig {
             mdns: false,
             presence_interval: Duration::from_millis(250),
             presence_timeout: Duration::from_millis(1000),
+            idle_ping_interval: Duration::from_secs(5),
             gossip_heartbeat: Duration::from_millis(500),
             target_peers: 16,
         }

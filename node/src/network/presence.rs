@@ -2,12 +2,13 @@
 //!
 //! Liveness comes from direct connections only, so a node's cost is O(its direct peers), not
 //! O(network): a peer is reachable from the moment a connection to it is established (the noise
-//! handshake authenticates it) for as long as libp2p pings on that connection succeed. It is
-//! declared down when no ping succeeded for `timeout`, or at once when its last connection
-//! closed and the redial failed (a killed process refuses connections). A closed connection that
-//! is redialled successfully is not a change. Components (the handover orchestrator,
-//! arbitrators' liveness checks) subscribe to [`PresenceEvent`]s, query a snapshot, and ask the
-//! network to *watch* peers they are not otherwise connected to.
+//! handshake authenticates it) for as long as pings on that connection succeed. It is declared
+//! down when no ping succeeded for its timeout, or at once when its last connection closed and
+//! the redial failed (a killed process refuses connections). A closed connection that is
+//! redialled successfully is not a change. Components (the handover orchestrator, arbitrators'
+//! liveness checks) subscribe to [`PresenceEvent`]s, query a snapshot, and *watch* the peers
+//! they depend on: a watched peer gets fast heartbeats and the short timeout, every other direct
+//! peer only the slow idle ping and the long timeout.
 //!
 //! This module is the pure tracker; the swarm loop feeds it connection and ping events.
 
@@ -62,15 +63,22 @@ struct Entry {
 /// Pure presence tracker; the event loop feeds it connection events, pings and ticks.
 #[derive(Debug)]
 pub struct PresenceTracker {
-    timeout: u64,
+    watched_timeout: u64,
+    idle_timeout: u64,
     peers: HashMap<NodeId, Entry>,
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl PresenceTracker {
-    /// A tracker that declares a peer down after `timeout` without a successful ping.
-    pub fn new(timeout: Duration) -> Self {
+    /// A tracker that declares a watched peer down after `watched_timeout` without a successful
+    /// ping, and any other peer after `idle_timeout`.
+    pub fn new(watched_timeout: Duration, idle_timeout: Duration) -> Self {
         PresenceTracker {
-            timeout: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            watched_timeout: millis(watched_timeout),
+            idle_timeout: millis(idle_timeout),
             peers: HashMap::new(),
         }
     }
@@ -124,13 +132,19 @@ impl PresenceTracker {
         Some(Self::mark_down(&mut e.presence, now))
     }
 
-    /// Declares peers down whose pings stopped for longer than the timeout.
+    /// Declares peers down whose pings stopped for longer than their timeout.
     pub fn tick(&mut self, now: Timestamp) -> Vec<PresenceEvent> {
+        let (watched_timeout, idle_timeout) = (self.watched_timeout, self.idle_timeout);
         let mut out: Vec<PresenceEvent> = self
             .peers
             .values_mut()
             .filter(|e| {
-                e.presence.reachable && now.saturating_sub(e.presence.last_seen) > self.timeout
+                let timeout = if e.presence.watched {
+                    watched_timeout
+                } else {
+                    idle_timeout
+                };
+                e.presence.reachable && now.saturating_sub(e.presence.last_seen) > timeout
             })
             .map(|e| Self::mark_down(&mut e.presence, now))
             .collect();
@@ -184,7 +198,7 @@ mod tests {
     #[test]
     fn up_on_connect_down_on_ping_silence_up_again() {
         let n = node();
-        let mut t = PresenceTracker::new(Duration::from_millis(100));
+        let mut t = PresenceTracker::new(Duration::from_millis(10), Duration::from_millis(100));
         assert_eq!(
             t.connected(n, 0),
             Some(PresenceEvent::Up { node: n, at: 0 })
@@ -208,9 +222,25 @@ mod tests {
     }
 
     #[test]
+    fn watched_peer_has_the_short_timeout() {
+        let (a, b) = (node(), KeySigner::from_seed(2).node_id());
+        let mut t = PresenceTracker::new(Duration::from_millis(100), Duration::from_secs(5));
+        t.set_watched(a, true, 0);
+        t.connected(a, 0);
+        t.connected(b, 0);
+        // Silent for 1 s: the watched peer is down, the other is within its idle timeout.
+        let down = t.tick(1_000);
+        assert_eq!(down.len(), 1);
+        assert!(matches!(down[0], PresenceEvent::Down { node, .. } if node == a));
+        assert!(t.get(&b).is_some_and(|p| p.reachable));
+        assert_eq!(t.tick(5_001).len(), 1, "the idle peer times out later");
+        assert!(t.get(&b).is_some_and(|p| !p.reachable));
+    }
+
+    #[test]
     fn closed_connection_is_down_only_when_redial_fails() {
         let n = node();
-        let mut t = PresenceTracker::new(Duration::from_secs(10));
+        let mut t = PresenceTracker::new(Duration::from_secs(10), Duration::from_secs(10));
         t.connected(n, 0);
         // Closed, then redialled successfully: no change.
         t.disconnected(n);
@@ -237,7 +267,7 @@ mod tests {
     #[test]
     fn watched_peer_is_listed_before_it_is_reached() {
         let n = node();
-        let mut t = PresenceTracker::new(Duration::from_secs(1));
+        let mut t = PresenceTracker::new(Duration::from_secs(1), Duration::from_secs(1));
         t.set_watched(n, true, 5);
         let snap = t.snapshot();
         assert_eq!(snap.len(), 1);

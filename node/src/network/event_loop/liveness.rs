@@ -10,6 +10,7 @@ use libp2p::core::ConnectedPoint;
 use libp2p::swarm::DialError;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::EventLoop;
@@ -22,11 +23,13 @@ const MAX_ADDRS_PER_PEER: usize = 8;
 /// Longest wait between two redials of a watched peer.
 const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Redial state of one watched peer.
+/// Redial and heartbeat state of one watched peer.
 #[derive(Debug)]
 pub(super) struct Watch {
     next_dial: Instant,
     backoff: Duration,
+    /// Stops this peer's heartbeat task.
+    beats: CancellationToken,
 }
 
 /// Addresses and watches the presence driver keeps beside the pure tracker.
@@ -75,7 +78,7 @@ impl EventLoop {
         }
     }
 
-    /// `peer` answered a ping.
+    /// `peer` answered a ping or a heartbeat.
     pub(super) fn on_ping_ok(&mut self, peer: PeerId) {
         if let Some(node) = node_id_of(&peer) {
             let ev = self.presence.alive(node, now_ms());
@@ -156,10 +159,25 @@ impl EventLoop {
         }
         self.presence.set_watched(node, true, now_ms());
         let backoff = self.cfg.presence_interval;
-        self.liveness.watched.entry(peer).or_insert(Watch {
-            next_dial: Instant::now() + backoff,
-            backoff,
-        });
+        if !self.liveness.watched.contains_key(&peer) {
+            let beats = self.cancel.child_token();
+            crate::network::heartbeat::beat(
+                self.streams.clone(),
+                peer,
+                self.cfg.presence_interval,
+                self.cfg.presence_timeout,
+                self.alive_tx.clone(),
+                beats.clone(),
+            );
+            self.liveness.watched.insert(
+                peer,
+                Watch {
+                    next_dial: Instant::now() + backoff,
+                    backoff,
+                    beats,
+                },
+            );
+        }
         if !self.swarm.is_connected(&peer) {
             self.dial_peer(peer);
         }
@@ -168,8 +186,8 @@ impl EventLoop {
 
     /// Stops redialing `node`; an open connection stays until idle.
     pub(super) fn unwatch(&mut self, node: NodeId) {
-        if let Some(peer) = peer_id_of(&node) {
-            self.liveness.watched.remove(&peer);
+        if let Some(w) = peer_id_of(&node).and_then(|p| self.liveness.watched.remove(&p)) {
+            w.beats.cancel();
         }
         self.presence.set_watched(node, false, now_ms());
     }

@@ -1,0 +1,147 @@
+//! Fast heartbeats to watched peers.
+//!
+//! Every connection carries a slow libp2p ping (`idle_ping_interval`) that keeps the peer list
+//! and round-trip times honest. A peer someone depends on (a standby provider watching its
+//! customer, an arbitrator attesting a handover) is *watched*, and only watched peers get a
+//! heartbeat every `presence_interval` on a stream of their own: 8 bytes out, the same 8 bytes
+//! back. Pinging every direct peer at the fast rate cost O(connections) round trips per interval
+//! and was most of an idle node's CPU; now the fast rate costs O(watched peers).
+//!
+//! Both sides run outside the swarm loop on `libp2p-stream`: a beat task per watched peer, and
+//! one accept task that echoes (at most [`MAX_INBOUND`] streams at once, each closed after
+//! [`INBOUND_IDLE`] of silence).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug};
+
+/// The heartbeat protocol.
+pub const HEARTBEAT_PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/heartbeat/1.0.0");
+/// Most inbound heartbeat streams served at once; more are closed on arrival.
+pub const MAX_INBOUND: usize = 256;
+/// An inbound heartbeat stream silent for this long is closed.
+pub const INBOUND_IDLE: Duration = Duration::from_secs(30);
+
+/// Serves heartbeats: echoes each 8-byte beat on every inbound stream until `cancel`.
+pub(crate) fn serve(
+    mut control: libp2p_stream::Control,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    let incoming = control.accept(HEARTBEAT_PROTOCOL);
+    tokio::spawn(
+        async move {
+            let Ok(mut incoming) = incoming else {
+                debug!("heartbeat protocol already registered");
+                return;
+            };
+            let slots = Arc::new(Semaphore::new(MAX_INBOUND));
+            loop {
+                let (peer, stream) = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    next = incoming.next() => match next {
+                        Some(s) => s,
+                        None => break,
+                    },
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    debug!(%peer, "too many heartbeat streams; closing one");
+                    continue;
+                };
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = echo(stream) => {}
+                    }
+                    drop(slot);
+                });
+            }
+        }
+        .in_current_span(),
+    )
+}
+
+async fn echo(mut stream: Stream) -> std::io::Result<()> {
+    let mut beat = [0u8; 8];
+    loop {
+        match tokio::time::timeout(INBOUND_IDLE, stream.read_exact(&mut beat)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(()),
+        }
+        stream.write_all(&beat).await?;
+        stream.flush().await?;
+    }
+}
+
+/// Sends `peer` a heartbeat every `interval` until `cancel`; each answered beat is reported on
+/// `alive`. A beat unanswered within `timeout`, or a stream that cannot be opened, is simply
+/// not reported: the presence tracker declares the peer down once it has been silent for its
+/// timeout. A broken stream is reopened at the next beat.
+pub(crate) fn beat(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    interval: Duration,
+    timeout: Duration,
+    alive: mpsc::Sender<PeerId>,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(
+        async move {
+            let mut stream: Option<Stream> = None;
+            let mut seq = 0u64;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                seq = seq.wrapping_add(1);
+                let round = async {
+                    let s = match stream.as_mut() {
+                        Some(s) => s,
+                        None => stream.insert(
+                            control
+                                .open_stream(peer, HEARTBEAT_PROTOCOL)
+                                .await
+                                .map_err(|e| std::io::Error::other(e.to_string()))?,
+                        ),
+                    };
+                    s.write_all(&seq.to_le_bytes()).await?;
+                    s.flush().await?;
+                    let mut back = [0u8; 8];
+                    s.read_exact(&mut back).await?;
+                    if back != seq.to_le_bytes() {
+                        return Err(std::io::Error::other("heartbeat answered out of order"));
+                    }
+                    Ok::<_, std::io::Error>(())
+                };
+                let outcome = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    r = tokio::time::timeout(timeout, round) => r,
+                };
+                match outcome {
+                    Ok(Ok(())) => {
+                        // A full queue means the loop is busy; the next beat will do.
+                        let _ = alive.try_send(peer);
+                    }
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "heartbeat failed");
+                        stream = None;
+                    }
+                    Err(_) => {
+                        debug!(%peer, "heartbeat timed out");
+                        stream = None;
+                    }
+                }
+            }
+        }
+        .in_current_span(),
+    )
+}

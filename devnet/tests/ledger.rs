@@ -170,3 +170,92 @@ async fn gossiped_batches_keep_valid_transactions_and_drop_forged_ones() {
     }
     net.shutdown().await;
 }
+
+/// Nodes outside the committee get no vote traffic: they apply the decided blocks the proposers
+/// publish, catch up after a restart, and ignore garbage on the blocks topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_follow_decided_blocks_without_vote_traffic() {
+    use agora_node::codec::Kind;
+    use agora_node::consensus::DecidedBlock;
+    use agora_node::ledger::{BLOCKS_TOPIC, CONSENSUS_TOPIC};
+    use agora_node::network::NetworkEvent;
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    let mut net = Devnet::builder()
+        .nodes(6)
+        .committee(4)
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(3, WAIT).await.unwrap();
+    let mut heard = net.handle(5).unwrap().events();
+    let start = balance(&net, 0, 4).await;
+    let l4 = net.node(4).unwrap().ledger.clone().unwrap();
+    l4.submit(TxKind::Faucet { amount: 500 }).await.unwrap();
+    wait_balance(&net, &[0, 1, 2, 3, 4, 5], 4, start + 500).await;
+
+    // What replica 5 heard meanwhile: decided blocks, not a single proposal or vote.
+    let (mut votes, mut blocks) = (0, Vec::new());
+    loop {
+        match heard.try_recv() {
+            Ok(NetworkEvent::Gossip {
+                topic, envelope, ..
+            }) => {
+                if topic == CONSENSUS_TOPIC {
+                    votes += 1;
+                } else if topic == BLOCKS_TOPIC {
+                    blocks.push(envelope.payload.clone());
+                }
+            }
+            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(votes, 0, "a replica should not receive consensus votes");
+    assert!(!blocks.is_empty(), "the replica heard no decided block");
+    for raw in &blocks {
+        let decided: DecidedBlock = serde_cbor::from_slice(raw).unwrap();
+        assert!(
+            (0..4).any(|i| net.node_id(i) == decided.block.proposer),
+            "decided blocks come from arbitrators"
+        );
+    }
+
+    // Garbage on the blocks topic (from a replica) changes nothing.
+    net.handle(4)
+        .unwrap()
+        .broadcast(BLOCKS_TOPIC, Kind::Consensus, b"not a block".to_vec())
+        .await
+        .unwrap();
+
+    // A stopped replica misses blocks, restarts from its store and catches up.
+    net.stop(5).await;
+    l4.submit(TxKind::Faucet { amount: 250 }).await.unwrap();
+    wait_balance(&net, &[0, 4], 4, start + 750).await;
+    net.restart(5).await.unwrap();
+    wait_balance(&net, &[5], 4, start + 750).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let state = |i: usize| {
+            let l = net.node(i).unwrap().ledger.clone().unwrap();
+            async move {
+                l.query(|v| (v.ledger.height(), v.ledger.state_hash().unwrap()))
+                    .await
+                    .unwrap()
+            }
+        };
+        let (a, b) = (state(0).await, state(5).await);
+        if a.0 == b.0 {
+            assert_eq!(a.1, b.1, "same height, same state");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica 5 at {} never met node0 at {}",
+            b.0,
+            a.0
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    net.shutdown().await;
+}

@@ -6,7 +6,7 @@ pub mod mempool;
 pub mod service;
 pub mod store;
 
-pub use chain::{CONSENSUS_TOPIC, ChainParams, SyncMsg};
+pub use chain::{BLOCKS_TOPIC, CONSENSUS_TOPIC, ChainParams, SyncMsg};
 pub use mempool::{Mempool, MempoolError};
 pub use service::{AppliedBlock, LedgerHandle, LedgerServiceError, LedgerView, spawn};
 pub use store::{LedgerStore, StoreError};

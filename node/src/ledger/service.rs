@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use super::TX_TOPIC;
-use super::chain::{CONSENSUS_TOPIC, ChainParams, ChainTimers, SyncMsg};
+use super::chain::{BLOCKS_TOPIC, CONSENSUS_TOPIC, ChainParams, ChainTimers, SyncMsg};
 use super::mempool::{Mempool, MempoolError};
 use super::store::{LedgerStore, StoreError};
 use crate::codec::Kind;
@@ -208,9 +208,24 @@ pub async fn spawn(
             genesis.chain_id
         )));
     }
-    for topic in [TX_TOPIC, CONSENSUS_TOPIC] {
+    let me = signer.node_id();
+    let member = genesis.committee.contains(&me);
+    let topics: &[&str] = if member {
+        &[TX_TOPIC, BLOCKS_TOPIC, CONSENSUS_TOPIC]
+    } else {
+        &[TX_TOPIC, BLOCKS_TOPIC]
+    };
+    for topic in topics {
         if let Err(e) = network.subscribe(topic).await {
             warn!(%topic, error = %e, "cannot subscribe");
+        }
+    }
+    if member {
+        // Votes travel only between members: each keeps a connection to every other.
+        for other in genesis.committee.iter().filter(|c| **c != me) {
+            if let Err(e) = network.watch(*other).await {
+                warn!(arbitrator = %other.short(), error = %e, "cannot watch arbitrator");
+            }
         }
     }
     let validators = ValidatorSet::new(genesis.committee.iter().copied())
@@ -294,8 +309,12 @@ impl LedgerTask {
                     Ok(NetworkEvent::Gossip { envelope, .. }) if envelope.kind == Kind::Transaction => {
                         self.on_gossiped_batch(&envelope.payload);
                     }
-                    Ok(NetworkEvent::Gossip { envelope, .. }) if envelope.kind == Kind::Consensus => {
-                        self.on_consensus_gossip(envelope.sender, envelope.payload.clone()).await;
+                    Ok(NetworkEvent::Gossip { topic, envelope, .. }) if envelope.kind == Kind::Consensus => {
+                        if topic == BLOCKS_TOPIC {
+                            self.on_block_gossip(envelope.sender, &envelope.payload).await;
+                        } else {
+                            self.on_consensus_gossip(envelope.sender, envelope.payload.clone()).await;
+                        }
                     }
                     Ok(NetworkEvent::Request { id, envelope, .. }) if envelope.kind == Kind::Consensus => {
                         match envelope.body::<SyncMsg>(Kind::Consensus) {

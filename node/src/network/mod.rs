@@ -296,13 +296,15 @@ impl NetworkHandle {
         self.call(Command::Presence).await
     }
 
-    /// Keeps a connection to `node` (redialled with backoff) so its presence is tracked even if
-    /// it is not otherwise a direct peer; `Up`/`Down` events follow.
+    /// Keeps a connection to `node` (redialled with backoff) and sends it a heartbeat every
+    /// presence interval, so it is declared down within the presence timeout; `Up`/`Down`
+    /// events follow. Counted: each `watch` is undone by one `unwatch`.
     pub async fn watch(&self, node: NodeId) -> Result<(), NetworkError> {
         self.call(|r| Command::Watch(node, r)).await?
     }
 
-    /// Stops keeping a connection to `node` (its presence is still tracked while connected).
+    /// Undoes one `watch`; after the last, `node` is an ordinary peer again (its presence is
+    /// still tracked, with idle pings, while connected).
     pub async fn unwatch(&self, node: NodeId) -> Result<(), NetworkError> {
         self.call(|r| Command::Unwatch(node, r)).await
     }

@@ -222,8 +222,11 @@ impl Orchestrator {
                 Some(&contract),
                 format!("customer {}", rec.contract.customer.short()),
             );
-            // Keep a direct connection so the liveness check is this node's own.
-            if let Err(e) = self.network.watch(rec.contract.customer).await {
+            // Keep a direct connection so the liveness check is this node's own (one network
+            // watch per customer, undone when its last contract is unwatched).
+            if w.contracts.len() == 1
+                && let Err(e) = self.network.watch(rec.contract.customer).await
+            {
                 debug!(error = %e, "cannot watch the customer");
             }
         }

@@ -45,7 +45,9 @@ impl ConsensusDriver {
                 continue;
             }
             if decided.block.height > height {
-                break; // a gap: ask again from our height later
+                // A gap (we missed a gossiped block): ask for the rest.
+                self.note_peer_height(decided.block.height);
+                break;
             }
             if let Err(error) = self.check_synced(from, &decided) {
                 return self.reject(Some(from), error);

@@ -493,3 +493,22 @@ fn stale_timeouts_and_late_mempool_answers_are_ignored() {
     assert!(f.driver.handle(21, late).is_empty());
     assert_eq!(f.driver.height(), 1);
 }
+
+#[test]
+fn a_gossiped_block_past_a_gap_asks_for_the_missing_ones() {
+    let mut sim = Sim::new(4, 78);
+    assert!(sim.run_until(60_000, |s| s.all_reached(&[0, 1, 2, 3], 3)));
+    let (_, block, certificate) = sim.nodes[0].decided[2].clone();
+    assert_eq!(block.height, 3);
+    let peer = sim.nodes[1].id();
+    let mut d = fresh_driver(&sim);
+    // We are at height 1 and hear of height 3: nothing is decided, heights from 1 are asked for.
+    let effects = sync(&mut d, peer, vec![DecidedBlock { block, certificate }]);
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::SyncRequest { height: 1 })),
+        "no sync request in {effects:?}"
+    );
+    assert_eq!(d.height(), 1);
+}

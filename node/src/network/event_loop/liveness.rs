@@ -30,6 +30,8 @@ pub(super) struct Watch {
     backoff: Duration,
     /// Stops this peer's heartbeat task.
     beats: CancellationToken,
+    /// How many callers watch this peer (each `watch` is undone by one `unwatch`).
+    watchers: usize,
 }
 
 /// Addresses and watches the presence driver keeps beside the pure tracker.
@@ -151,7 +153,8 @@ impl EventLoop {
         }
     }
 
-    /// Starts keeping a connection to `node` (presence events follow as for any direct peer).
+    /// Starts keeping a connection to `node` with fast heartbeats (presence events follow as for
+    /// any direct peer). Watches are counted: components watch and unwatch independently.
     pub(super) fn watch(&mut self, node: NodeId) -> Result<(), NetworkError> {
         let peer = peer_id_of(&node).ok_or(NetworkError::BadNodeId(node))?;
         if peer == *self.swarm.local_peer_id() {
@@ -159,7 +162,9 @@ impl EventLoop {
         }
         self.presence.set_watched(node, true, now_ms());
         let backoff = self.cfg.presence_interval;
-        if !self.liveness.watched.contains_key(&peer) {
+        if let Some(w) = self.liveness.watched.get_mut(&peer) {
+            w.watchers += 1;
+        } else {
             let beats = self.cancel.child_token();
             crate::network::heartbeat::beat(
                 self.streams.clone(),
@@ -175,6 +180,7 @@ impl EventLoop {
                     next_dial: Instant::now() + backoff,
                     backoff,
                     beats,
+                    watchers: 1,
                 },
             );
         }
@@ -184,11 +190,20 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Stops redialing `node`; an open connection stays until idle.
+    /// Undoes one `watch`; after the last, stops heartbeats and redials (an open connection
+    /// stays until idle).
     pub(super) fn unwatch(&mut self, node: NodeId) {
-        if let Some(w) = peer_id_of(&node).and_then(|p| self.liveness.watched.remove(&p)) {
+        let Some(peer) = peer_id_of(&node) else {
+            return;
+        };
+        let Some(w) = self.liveness.watched.get_mut(&peer) else {
+            return;
+        };
+        w.watchers = w.watchers.saturating_sub(1);
+        if w.watchers == 0 {
             w.beats.cancel();
+            self.liveness.watched.remove(&peer);
+            self.presence.set_watched(node, false, now_ms());
         }
-        self.presence.set_watched(node, false, now_ms());
     }
 }

@@ -32,6 +32,7 @@ pub struct DevnetBuilder {
     presence_interval_ms: u64,
     presence_timeout_ms: u64,
     gossip_heartbeat_ms: u64,
+    idle_ping_ms: Option<u64>,
     manual: usize,
     target_peers: Option<usize>,
     committee: Option<usize>,
@@ -66,6 +67,7 @@ impl Default for DevnetBuilder {
             presence_interval_ms: 250,
             presence_timeout_ms: 1000,
             gossip_heartbeat_ms: 200,
+            idle_ping_ms: None,
             manual: 0,
             target_peers: None,
             committee: None,
@@ -86,7 +88,19 @@ impl DevnetBuilder {
         self
     }
 
-    /// Presence ping interval and timeout.
+    /// Gossipsub heartbeat (mesh maintenance and lazy gossip) interval.
+    pub fn gossip_heartbeat(mut self, every: Duration) -> Self {
+        self.gossip_heartbeat_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Ping interval on every connection (default: the node's).
+    pub fn idle_ping(mut self, every: Duration) -> Self {
+        self.idle_ping_ms = Some(u64::try_from(every.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Heartbeat interval and timeout for watched peers.
     pub fn presence(mut self, interval: Duration, timeout: Duration) -> Self {
         self.presence_interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         self.presence_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -122,6 +136,9 @@ impl DevnetBuilder {
             config.network.presence_interval_ms = self.presence_interval_ms;
             config.network.presence_timeout_ms = self.presence_timeout_ms;
             config.network.gossip_heartbeat_ms = self.gossip_heartbeat_ms;
+            if let Some(ms) = self.idle_ping_ms {
+                config.network.idle_ping_interval_ms = ms;
+            }
             if let Some(t) = self.target_peers {
                 config.network.target_peers = t;
             }

@@ -154,7 +154,7 @@ async fn only_watched_peers_get_fast_heartbeats() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Beats every 100 ms keep the watched peer fresh; the other peer is only pinged every 5 s.
+    // Beats every 100 ms keep the watched peer fresh; the other peer is only pinged every 15 s.
     assert!(
         oldest[0] < 500,
         "watched peer went {} ms without a beat",

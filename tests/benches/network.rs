@@ -6,8 +6,10 @@
 //! Set `AGORA_BENCH_SIZES=10,50` to choose sizes, `AGORA_BENCH_MESSAGES` for messages per size,
 //! `AGORA_BENCH_COMMITTEE` for the arbitrator committee size (default 4; `0` = every node up to
 //! `3f+1`, as `agora devnet up` does), `AGORA_BENCH_TARGET_PEERS` for the node's auto-dial target,
-//! `AGORA_BENCH_PRESENCE_MS` for the presence ping interval (timeout 4×; default the devnet's
-//! 250 ms).
+//! `AGORA_BENCH_PRESENCE_MS` for the heartbeat interval to watched peers (timeout 4×; default
+//! the devnet's 250 ms), `AGORA_BENCH_IDLE_PING_MS` for the ping on every connection (the node's
+//! default), `AGORA_BENCH_HEARTBEAT_MS` for the gossipsub heartbeat (default the
+//! devnet's), `AGORA_BENCH_IDLE_SECS` for the idle window measured before the messages (3).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -98,6 +100,12 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
         let ms = ms as u64;
         builder = builder.presence(Duration::from_millis(ms), Duration::from_millis(4 * ms));
     }
+    if let Some(ms) = env_usize("AGORA_BENCH_IDLE_PING_MS") {
+        builder = builder.idle_ping(Duration::from_millis(ms as u64));
+    }
+    if let Some(ms) = env_usize("AGORA_BENCH_HEARTBEAT_MS") {
+        builder = builder.gossip_heartbeat(Duration::from_millis(ms as u64));
+    }
     let net = builder.spawn().await.expect("devnet");
     net.wait_connected(n.min(4) - 1, Duration::from_secs(60))
         .await
@@ -146,6 +154,7 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
         }
     }
     // What the idle devnet (pings, gossipsub heartbeats, consensus) costs before any payload.
+    let idle_secs = env_usize("AGORA_BENCH_IDLE_SECS").unwrap_or(3) as u64;
     let topics: Arc<Mutex<HashMap<String, (usize, usize)>>> = Arc::default();
     {
         let mut rx = net.handle(0).unwrap().events();
@@ -169,8 +178,8 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
             }
         });
     }
+    println!("  {n} nodes: connected and meshed; measuring {idle_secs} s of idle");
     let ((b0, p0), t0) = (loopback(), Instant::now());
-    let idle_secs = env_usize("AGORA_BENCH_IDLE_SECS").unwrap_or(3) as u64;
     let idle_cores = cores_busy(Duration::from_secs(idle_secs)).await;
     let ((b1, p1), secs) = (loopback(), t0.elapsed().as_secs_f64());
     let peers = net

@@ -54,7 +54,7 @@ impl Default for NetworkConfig {
             mdns: false,
             presence_interval: Duration::from_millis(250),
             presence_timeout: Duration::from_millis(1000),
-            idle_ping_interval: Duration::from_secs(5),
+            idle_ping_interval: Duration::from_secs(15),
             gossip_heartbeat: Duration::from_millis(500),
             target_peers: 16,
         }

@@ -33,6 +33,7 @@ pub struct DevnetBuilder {
     presence_timeout_ms: u64,
     gossip_heartbeat_ms: u64,
     idle_ping_ms: Option<u64>,
+    trim_grace_ms: Option<u64>,
     manual: usize,
     target_peers: Option<usize>,
     committee: Option<usize>,
@@ -68,6 +69,7 @@ impl Default for DevnetBuilder {
             presence_timeout_ms: 1000,
             gossip_heartbeat_ms: 200,
             idle_ping_ms: None,
+            trim_grace_ms: None,
             manual: 0,
             target_peers: None,
             committee: None,
@@ -97,6 +99,12 @@ impl DevnetBuilder {
     /// Ping interval on every connection (default: the node's).
     pub fn idle_ping(mut self, every: Duration) -> Self {
         self.idle_ping_ms = Some(u64::try_from(every.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Age after which a spare connection may be closed (default: the node's, 30 s).
+    pub fn trim_grace(mut self, after: Duration) -> Self {
+        self.trim_grace_ms = Some(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
         self
     }
 
@@ -138,6 +146,9 @@ impl DevnetBuilder {
             config.network.gossip_heartbeat_ms = self.gossip_heartbeat_ms;
             if let Some(ms) = self.idle_ping_ms {
                 config.network.idle_ping_interval_ms = ms;
+            }
+            if let Some(ms) = self.trim_grace_ms {
+                config.network.trim_grace_ms = ms;
             }
             if let Some(t) = self.target_peers {
                 config.network.target_peers = t;

@@ -196,3 +196,67 @@ async fn presence_reports_up_and_down_and_restart_rejoins() {
     assert!(up.is_ok(), "node2 came back after restart");
     net.shutdown().await;
 }
+
+/// Connections above `target_peers` that carry no gossipsub mesh and no watch are closed: the
+/// bootstrap node does not stay connected to everyone, the trimmed peers are not reported down,
+/// and gossip still reaches every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spare_connections_are_trimmed_and_gossip_still_reaches_all() {
+    let n = 32;
+    let net = Devnet::builder()
+        .nodes(n)
+        .committee(1)
+        .target_peers(3)
+        .trim_grace(Duration::from_millis(500))
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(2, WAIT).await.unwrap();
+    let handles: Vec<_> = (0..n).map(|i| net.handle(i).unwrap()).collect();
+    let mut rxs = Vec::new();
+    for h in &handles {
+        h.subscribe(TOPIC).await.unwrap();
+        rxs.push(h.events());
+    }
+    // Node 0 is every node's bootstrap peer; trimming takes it well below everyone.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let peers = handles[0].peers().await.unwrap().len();
+        if peers < (n - 1) * 3 / 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node0 kept {peers} of {} connections",
+            n - 1
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    publish_when_ready(&handles[5], b"after trimming").await;
+    for (i, rx) in rxs.iter_mut().enumerate() {
+        if i == 5 {
+            continue;
+        }
+        let got = timeout(WAIT, async {
+            loop {
+                match rx.recv().await {
+                    Ok(NetworkEvent::Gossip { envelope, .. })
+                        if envelope.payload == b"after trimming" =>
+                    {
+                        return true;
+                    }
+                    Ok(NetworkEvent::Presence(agora_node::network::PresenceEvent::Down {
+                        node,
+                        ..
+                    })) => panic!("node{i}: live peer {node} reported down after trimming"),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(e) => panic!("event channel closed: {e}"),
+                }
+            }
+        })
+        .await;
+        assert!(got.is_ok(), "node{i} missed the message after trimming");
+    }
+    net.shutdown().await;
+}

@@ -137,8 +137,11 @@ pub struct NetworkSection {
     pub idle_ping_interval_ms: u64,
     /// Gossipsub mesh heartbeat, ms.
     pub gossip_heartbeat_ms: u64,
-    /// Peers found via Kademlia are dialled only while fewer than this many are connected.
+    /// Peers found via Kademlia are dialled only while fewer than this many are connected;
+    /// spare connections above it are closed.
     pub target_peers: usize,
+    /// Connections younger than this are never closed as spare, ms.
+    pub trim_grace_ms: u64,
 }
 
 impl Default for NetworkSection {
@@ -153,6 +156,7 @@ impl Default for NetworkSection {
             idle_ping_interval_ms: ms(d.idle_ping_interval),
             gossip_heartbeat_ms: ms(d.gossip_heartbeat),
             target_peers: d.target_peers,
+            trim_grace_ms: ms(d.trim_grace),
         }
     }
 }
@@ -244,6 +248,7 @@ impl NodeConfig {
             idle_ping_interval: Duration::from_millis(self.network.idle_ping_interval_ms.max(10)),
             gossip_heartbeat: Duration::from_millis(self.network.gossip_heartbeat_ms.max(10)),
             target_peers: self.network.target_peers.max(1),
+            trim_grace: Duration::from_millis(self.network.trim_grace_ms),
         })
     }
 

@@ -279,8 +279,16 @@ impl LedgerTask {
     async fn execute(&mut self, effect: Effect) -> Option<Input> {
         match effect {
             Effect::PersistWal(entry) => {
-                if let Err(e) = self.store.wal_append(entry.height(), &entry.encode()) {
-                    warn!(error = %e, "cannot persist consensus WAL entry");
+                // Flushed before the vote it records goes out; off the async workers.
+                let store = self.store.clone();
+                let persisted = tokio::task::spawn_blocking(move || {
+                    store.wal_append(entry.height(), &entry.encode())
+                })
+                .await;
+                match persisted {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(error = %e, "cannot persist consensus WAL entry"),
+                    Err(e) => warn!(error = %e, "consensus WAL task failed"),
                 }
                 None
             }
@@ -350,7 +358,7 @@ impl LedgerTask {
                 {
                     debug!(height, error = %e, "decided block not gossiped");
                 }
-                match self.apply(height, time, &raw, &txs) {
+                match self.apply(height, time, &raw, &txs).await {
                     Ok(outcome) => {
                         info!(
                             height,

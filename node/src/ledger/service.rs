@@ -435,7 +435,7 @@ impl LedgerTask {
         }
     }
 
-    pub(super) fn apply(
+    pub(super) async fn apply(
         &mut self,
         height: u64,
         time: u64,
@@ -452,7 +452,13 @@ impl LedgerTask {
             .ledger
             .to_snapshot()
             .map_err(|e| LedgerServiceError::Ledger(e.to_string()))?;
-        self.store.commit(height, raw, &snapshot)?;
+        // The commit flushes to disk: off the async workers, so one node's fsync does not
+        // stall every other task on the runtime (a hundred in-process nodes share two workers).
+        let store = self.store.clone();
+        let raw = raw.to_vec();
+        tokio::task::spawn_blocking(move || store.commit(height, &raw, &snapshot))
+            .await
+            .map_err(|e| LedgerServiceError::Ledger(format!("ledger store task: {e}")))??;
         for (i, why) in &outcome.rejected {
             if let Some(tx) = txs.get(*i) {
                 info!(sender = %tx.tx.sender.short(), nonce = tx.tx.nonce, error = %why, "block refused a transaction");

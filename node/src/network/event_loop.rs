@@ -35,7 +35,8 @@ const IDLE_PINGS_BEFORE_DOWN: u32 = 4;
 /// Most inbound requests kept waiting for an answer; older ones are dropped.
 const MAX_PENDING_INBOUND: usize = 1024;
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
-const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
+/// Routing-table refresh (Kademlia's own default period); each refresh dials the peers it queries.
+const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(300);
 
 struct EventLoop {
     swarm: Swarm<AgoraBehaviour>,
@@ -176,7 +177,13 @@ impl EventLoop {
         let _ = self.events.send(event);
     }
 
+    /// Redials bootstrap peers while we have fewer than `target_peers` connections, and trims
+    /// spare connections above it.
     fn redial(&mut self) {
+        self.trim_connections();
+        if self.swarm.network_info().num_peers() >= self.cfg.target_peers {
+            return;
+        }
         for addr in self.cfg.bootstrap.clone() {
             let known = addr.iter().find_map(|p| match p {
                 libp2p::multiaddr::Protocol::P2p(id) => Some(id),

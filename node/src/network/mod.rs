@@ -28,7 +28,7 @@ use crate::codec::{Envelope, Kind};
 pub struct NetworkConfig {
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
-    /// Peers to dial at start (and re-dial when disconnected).
+    /// Peers to dial at start (and re-dial while fewer than `target_peers` are connected).
     pub bootstrap: Vec<Multiaddr>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
@@ -42,8 +42,13 @@ pub struct NetworkConfig {
     /// Gossipsub heartbeat interval (mesh maintenance).
     pub gossip_heartbeat: Duration,
     /// Peers found through Kademlia are dialled only while fewer than this many are connected,
-    /// so a node's connections (and its ping and gossip cost) stay bounded as the network grows.
+    /// and spare connections above it (no gossipsub mesh, not watched, older than 30 s) are
+    /// closed, so a node's connections (and its ping and gossip cost) stay bounded as the
+    /// network grows.
     pub target_peers: usize,
+    /// A connection younger than this is never trimmed (lets Kademlia lookups and gossipsub
+    /// grafts settle first).
+    pub trim_grace: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -57,6 +62,7 @@ impl Default for NetworkConfig {
             idle_ping_interval: Duration::from_secs(15),
             gossip_heartbeat: Duration::from_millis(500),
             target_peers: 16,
+            trim_grace: Duration::from_secs(30),
         }
     }
 }

@@ -123,6 +123,14 @@ impl PresenceTracker {
         }
     }
 
+    /// Stops tracking `node` (its connection was closed on purpose or by a peer trimming its
+    /// connections, and it is not watched): no event, it simply leaves the table.
+    pub fn forget(&mut self, node: &NodeId) {
+        if self.peers.get(node).is_some_and(|e| !e.presence.watched) {
+            self.peers.remove(node);
+        }
+    }
+
     /// A dial to `node` failed; `Down` if it has no connection left and was reachable.
     pub fn dial_failed(&mut self, node: NodeId, now: Timestamp) -> Option<PresenceEvent> {
         let e = self.peers.get_mut(&node)?;
@@ -218,6 +226,24 @@ mod tests {
         assert_eq!(
             t.alive(n, 500),
             Some(PresenceEvent::Up { node: n, at: 500 })
+        );
+    }
+
+    #[test]
+    fn forgotten_peers_leave_the_table_unless_watched() {
+        let (a, b) = (node(), KeySigner::from_seed(2).node_id());
+        let mut t = PresenceTracker::new(Duration::from_secs(1), Duration::from_secs(1));
+        t.connected(a, 0);
+        t.connected(b, 0);
+        t.set_watched(b, true, 0);
+        t.forget(&a);
+        t.forget(&b);
+        assert!(t.get(&a).is_none());
+        assert!(t.get(&b).is_some(), "a watched peer stays");
+        assert!(
+            t.tick(10_000)
+                .iter()
+                .all(|e| !matches!(e, PresenceEvent::Down { node, .. } if *node == a))
         );
     }
 

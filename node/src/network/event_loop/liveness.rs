@@ -41,6 +41,8 @@ pub(super) struct Liveness {
     /// address after one failed dial; this store does not, so a restarted peer is found again.
     addrs: HashMap<PeerId, Vec<Multiaddr>>,
     watched: HashMap<PeerId, Watch>,
+    /// When the current connection to each peer was established.
+    connected_at: HashMap<PeerId, Instant>,
 }
 
 impl EventLoop {
@@ -68,6 +70,7 @@ impl EventLoop {
 
     /// The first connection to `peer` was established.
     pub(super) fn on_peer_connected(&mut self, peer: PeerId, endpoint: &ConnectedPoint) {
+        self.liveness.connected_at.insert(peer, Instant::now());
         if let ConnectedPoint::Dialer { address, .. } = endpoint {
             self.remember_addr(peer, address.clone());
         }
@@ -88,15 +91,59 @@ impl EventLoop {
         }
     }
 
-    /// The last connection to `peer` closed: redial at once; the outcome decides presence.
+    /// The last connection to `peer` closed. A watched peer, or any peer while we have fewer
+    /// than `target_peers` connections, is redialled at once and the outcome decides presence
+    /// (a killed process refuses: down). Otherwise the peer may just have trimmed its
+    /// connections, so it leaves the presence table without a verdict.
     pub(super) fn on_peer_disconnected(&mut self, peer: PeerId) {
+        self.liveness.connected_at.remove(&peer);
         let Some(node) = node_id_of(&peer) else {
             return;
         };
         self.presence.disconnected(node);
+        let watched = self.liveness.watched.contains_key(&peer);
+        let few = self.swarm.network_info().num_peers() < self.cfg.target_peers;
         let was_reachable = self.presence.get(&node).is_some_and(|p| p.reachable);
-        if was_reachable || self.liveness.watched.contains_key(&peer) {
+        if watched || (few && was_reachable) {
             self.dial_peer(peer);
+        } else if !few {
+            self.presence.forget(&node);
+        }
+    }
+
+    /// Keeps the connection count near `target_peers`: Kademlia lookups dial every peer they
+    /// query and gossipsub keeps each of those connections open, so without trimming every node
+    /// ends up connected to most of the network (54 connections per node at 100 nodes), each
+    /// paying pings and lazy gossip. Closes the oldest connections above the target that carry
+    /// no gossipsub mesh, no watch and are older than `trim_grace`.
+    pub(super) fn trim_connections(&mut self) {
+        let connected = self.swarm.network_info().num_peers();
+        if connected <= self.cfg.target_peers {
+            return;
+        }
+        let mesh: std::collections::HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_mesh_peers()
+            .copied()
+            .collect();
+        let now = Instant::now();
+        let mut spare: Vec<(Instant, PeerId)> = self
+            .liveness
+            .connected_at
+            .iter()
+            .filter(|(p, at)| {
+                now.duration_since(**at) >= self.cfg.trim_grace
+                    && !mesh.contains(p)
+                    && !self.liveness.watched.contains_key(p)
+            })
+            .map(|(p, at)| (*at, *p))
+            .collect();
+        spare.sort();
+        for (_, peer) in spare.into_iter().take(connected - self.cfg.target_peers) {
+            debug!(%peer, "trimming a spare connection");
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 

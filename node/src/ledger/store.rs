@@ -74,12 +74,20 @@ impl LedgerStore {
         }
     }
 
-    /// Stores block `height` and the snapshot after it atomically, then flushes.
-    pub fn commit(&self, height: u64, block: &[u8], snapshot: &[u8]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(SNAPSHOT_KEY, snapshot);
-        batch.insert(HEIGHT_KEY, &height.to_be_bytes());
-        self.meta.apply_batch(batch).map_err(|e| self.sled_err(e))?;
+    /// Stores block `height` and, when given, the ledger snapshot after it, then flushes. The
+    /// blocks after the last snapshot are replayed on restart.
+    pub fn commit(
+        &self,
+        height: u64,
+        block: &[u8],
+        snapshot: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        if let Some(snapshot) = snapshot {
+            let mut batch = sled::Batch::default();
+            batch.insert(SNAPSHOT_KEY, snapshot);
+            batch.insert(HEIGHT_KEY, &height.to_be_bytes());
+            self.meta.apply_batch(batch).map_err(|e| self.sled_err(e))?;
+        }
         self.blocks
             .insert(height.to_be_bytes(), block)
             .map_err(|e| self.sled_err(e))?;
@@ -145,8 +153,9 @@ mod tests {
         {
             let s = LedgerStore::open(dir.path()).unwrap();
             assert!(s.snapshot().unwrap().is_none());
-            s.commit(1, b"block1", b"snap1").unwrap();
-            s.commit(2, b"block2", b"snap2").unwrap();
+            s.commit(1, b"block1", Some(b"snap1")).unwrap();
+            s.commit(2, b"block2", Some(b"snap2")).unwrap();
+            s.commit(3, b"block3", None).unwrap();
             s.wal_append(3, b"a").unwrap();
             s.wal_append(3, b"b").unwrap();
             s.wal_append(4, b"c").unwrap();
@@ -154,7 +163,11 @@ mod tests {
         let s = LedgerStore::open(dir.path()).unwrap();
         assert_eq!(s.snapshot().unwrap(), Some((2, b"snap2".to_vec())));
         let blocks = s.blocks_from(2, 10).unwrap();
-        assert_eq!(blocks, vec![(2, b"block2".to_vec())]);
+        assert_eq!(
+            blocks,
+            vec![(2, b"block2".to_vec()), (3, b"block3".to_vec())],
+            "a block without a snapshot is stored for replay"
+        );
         assert_eq!(
             s.wal_entries(3).unwrap(),
             vec![b"a".to_vec(), b"b".to_vec()]

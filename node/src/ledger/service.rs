@@ -451,7 +451,7 @@ impl LedgerTask {
         // Every block is stored; the whole state only every SNAPSHOT_EVERY blocks (a restart
         // replays the blocks after it). Writing the snapshot each block was, at 100 nodes, a
         // sixth of an idle devnet's CPU, all of it in one burst per block.
-        let snapshot = if height % SNAPSHOT_EVERY == 0 {
+        let snapshot = if height.is_multiple_of(SNAPSHOT_EVERY) {
             Some(
                 self.view
                     .ledger
@@ -560,6 +560,7 @@ fn superseded(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use agora_contracts::test_utils::{TEST_CHAIN, genesis_with, signer, tx_with_nonce};
 

@@ -42,6 +42,33 @@ async fn wait_balance(net: &Devnet, nodes: &[usize], of: usize, want: u64) {
     }
 }
 
+/// Waits until nodes `a` and `b` are at the same height, and checks their states are equal.
+async fn same_state(net: &Devnet, a: usize, b: usize) {
+    let state = |i: usize| {
+        let l = net.node(i).unwrap().ledger.clone().unwrap();
+        async move {
+            l.query(|v| (v.ledger.height(), v.ledger.state_hash().unwrap()))
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (sa, sb) = (state(a).await, state(b).await);
+        if sa.0 == sb.0 {
+            assert_eq!(sa.1, sb.1, "node{a} and node{b}: same height, same state");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node{b} at {} never met node{a} at {}",
+            sb.0,
+            sa.0
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_arbitrators_finalise_survive_a_crash_and_catch_up() {
     let mut net = Devnet::builder().nodes(4).spawn().await.unwrap();
@@ -83,27 +110,7 @@ async fn four_arbitrators_finalise_survive_a_crash_and_catch_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Replicas agree on the state.
-    let hash = |i: usize| {
-        let l = net.node(i).unwrap().ledger.clone().unwrap();
-        async move {
-            l.query(|v| (v.ledger.height(), v.ledger.state_hash().unwrap()))
-                .await
-                .unwrap()
-        }
-    };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (a, b) = (hash(0).await, hash(3).await);
-        if a.0 == b.0 {
-            assert_eq!(a.1, b.1, "same height, same state");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never at the same height"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    same_state(&net, 0, 3).await;
     net.shutdown().await;
 }
 
@@ -234,28 +241,6 @@ async fn replicas_follow_decided_blocks_without_vote_traffic() {
     wait_balance(&net, &[0, 4], 4, start + 750).await;
     net.restart(5).await.unwrap();
     wait_balance(&net, &[5], 4, start + 750).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let state = |i: usize| {
-            let l = net.node(i).unwrap().ledger.clone().unwrap();
-            async move {
-                l.query(|v| (v.ledger.height(), v.ledger.state_hash().unwrap()))
-                    .await
-                    .unwrap()
-            }
-        };
-        let (a, b) = (state(0).await, state(5).await);
-        if a.0 == b.0 {
-            assert_eq!(a.1, b.1, "same height, same state");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "replica 5 at {} never met node0 at {}",
-            b.0,
-            a.0
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    same_state(&net, 0, 5).await;
     net.shutdown().await;
 }

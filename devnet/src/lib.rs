@@ -22,6 +22,7 @@ use agora_node::daemon::{self, RunningNode};
 use agora_node::devnet_files::{
     GENESIS_FILE, devnet_genesis, devnet_node_config, init_data_dir, save_genesis,
 };
+use agora_node::duration_ms;
 use agora_node::network::NetworkHandle;
 use anyhow::{Context, bail};
 
@@ -92,26 +93,26 @@ impl DevnetBuilder {
 
     /// Gossipsub heartbeat (mesh maintenance and lazy gossip) interval.
     pub fn gossip_heartbeat(mut self, every: Duration) -> Self {
-        self.gossip_heartbeat_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        self.gossip_heartbeat_ms = duration_ms(every);
         self
     }
 
     /// Ping interval on every connection (default: the node's).
     pub fn idle_ping(mut self, every: Duration) -> Self {
-        self.idle_ping_ms = Some(u64::try_from(every.as_millis()).unwrap_or(u64::MAX));
+        self.idle_ping_ms = Some(duration_ms(every));
         self
     }
 
     /// Age after which a spare connection may be closed (default: the node's, 30 s).
     pub fn trim_grace(mut self, after: Duration) -> Self {
-        self.trim_grace_ms = Some(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+        self.trim_grace_ms = Some(duration_ms(after));
         self
     }
 
     /// Heartbeat interval and timeout for watched peers.
     pub fn presence(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.presence_interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-        self.presence_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.presence_interval_ms = duration_ms(interval);
+        self.presence_timeout_ms = duration_ms(timeout);
         self
     }
 

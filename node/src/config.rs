@@ -9,6 +9,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 
+use crate::duration_ms;
 use crate::network::NetworkConfig;
 
 /// File name of the config inside the data directory.
@@ -59,8 +60,8 @@ impl Default for StorageSection {
             backend: Default::default(),
             api: "http://127.0.0.1:5001".into(),
             fetch_parallelism: f.parallelism,
-            block_timeout_ms: ms(f.block_timeout),
-            fetch_idle_timeout_ms: ms(f.idle_timeout),
+            block_timeout_ms: duration_ms(f.block_timeout),
+            fetch_idle_timeout_ms: duration_ms(f.idle_timeout),
         }
     }
 }
@@ -151,18 +152,14 @@ impl Default for NetworkSection {
             listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
             bootstrap: Vec::new(),
             mdns: false,
-            presence_interval_ms: ms(d.presence_interval),
-            presence_timeout_ms: ms(d.presence_timeout),
-            idle_ping_interval_ms: ms(d.idle_ping_interval),
-            gossip_heartbeat_ms: ms(d.gossip_heartbeat),
+            presence_interval_ms: duration_ms(d.presence_interval),
+            presence_timeout_ms: duration_ms(d.presence_timeout),
+            idle_ping_interval_ms: duration_ms(d.idle_ping_interval),
+            gossip_heartbeat_ms: duration_ms(d.gossip_heartbeat),
             target_peers: d.target_peers,
-            trim_grace_ms: ms(d.trim_grace),
+            trim_grace_ms: duration_ms(d.trim_grace),
         }
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `[api]`

@@ -25,6 +25,11 @@ pub mod storage_service;
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map(duration_ms)
         .unwrap_or(0)
+}
+
+/// A duration in whole milliseconds, saturating at `u64::MAX`.
+pub fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -14,14 +14,15 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use agora_contracts::SignedTransaction;
+use agora_contracts::{Ledger, SignedTransaction};
 use agora_market::NodeId;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::codec::{Envelope, Kind};
 use crate::consensus::{
-    BlockId, ConsensusConfig, ConsensusTimeouts, DecidedBlock, Effect, Input, TimeoutId, WalEntry,
+    Block, BlockId, ConsensusConfig, ConsensusTimeouts, DecidedBlock, Effect, Input, TimeoutId,
+    WalEntry,
 };
 use crate::keys::peer_id_of;
 use crate::now_ms;
@@ -218,11 +219,10 @@ impl LedgerTask {
         self.feed(Input::Message { from, bytes }).await;
     }
 
-    /// A decided block from [`BLOCKS_TOPIC`]: verified and applied like a sync answer.
+    /// A decided block from [`BLOCKS_TOPIC`]: verified and applied like a sync answer (the
+    /// driver skips heights it has already decided).
     pub(super) async fn on_block_gossip(&mut self, from: NodeId, bytes: &[u8]) {
         match serde_cbor::from_slice::<DecidedBlock>(bytes) {
-            // Our own or an old block: nothing to do (and no need to decode it twice).
-            Ok(decided) if decided.block.height <= self.view.ledger.height() => {}
             Ok(decided) => {
                 self.feed(Input::SyncResponse {
                     from,
@@ -341,12 +341,7 @@ impl LedgerTask {
             } => {
                 self.timers.pending_value = None;
                 self.timers.last_decided_at = now_ms();
-                let txs: Vec<SignedTransaction> = block
-                    .transactions
-                    .iter()
-                    .filter_map(|b| serde_cbor::from_slice(b).ok())
-                    .collect();
-                let time = block.timestamp.max(self.view.ledger.last_block_time());
+                let (txs, time) = block_inputs(&block, &self.view.ledger);
                 let proposed_here = block.proposer == self.view.me;
                 let decided = DecidedBlock { block, certificate };
                 let raw = serde_cbor::to_vec(&decided).unwrap_or_default();
@@ -453,6 +448,18 @@ fn within_bytes<T>(items: impl IntoIterator<Item = (usize, T)>, max: usize) -> V
         out.push(item);
     }
     out
+}
+
+/// What a decided block applies to `ledger`: its transactions (bytes that do not decode are
+/// skipped, deterministically on every node) and its time (never before the ledger's last
+/// block). Live application and restart replay both use this, so they cannot drift apart.
+pub(super) fn block_inputs(block: &Block, ledger: &Ledger) -> (Vec<SignedTransaction>, u64) {
+    let txs = block
+        .transactions
+        .iter()
+        .filter_map(|b| serde_cbor::from_slice(b).ok())
+        .collect();
+    (txs, block.timestamp.max(ledger.last_block_time()))
 }
 
 #[cfg(test)]

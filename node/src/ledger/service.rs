@@ -515,13 +515,7 @@ fn replay_stored_blocks(store: &LedgerStore, mut ledger: Ledger) -> Ledger {
                     break 'replay;
                 }
             };
-            let txs: Vec<SignedTransaction> = decided
-                .block
-                .transactions
-                .iter()
-                .filter_map(|b| serde_cbor::from_slice(b).ok())
-                .collect();
-            let time = decided.block.timestamp.max(ledger.last_block_time());
+            let (txs, time) = super::chain::block_inputs(&decided.block, &ledger);
             if let Err(e) = ledger.apply_block(height, time, &txs) {
                 warn!(height, error = %e, "stored block does not apply; replay stops");
                 break 'replay;

@@ -181,7 +181,7 @@ impl EventLoop {
     /// spare connections above it.
     fn redial(&mut self) {
         self.trim_connections();
-        if self.swarm.network_info().num_peers() >= self.cfg.target_peers {
+        if !self.below_target() {
             return;
         }
         for addr in self.cfg.bootstrap.clone() {
@@ -283,10 +283,7 @@ impl EventLoop {
                             .map(|a| a.to_string())
                             .unwrap_or_default(),
                         agent: self.agents.get(p).cloned(),
-                        rtt_ms: self
-                            .rtts
-                            .get(p)
-                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        rtt_ms: self.rtts.get(p).map(|d| crate::duration_ms(*d)),
                     })
                     .collect();
                 peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
@@ -432,8 +429,7 @@ impl EventLoop {
                 ..
             }) => self.on_kad_query(id, result, step.last),
             AgoraBehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
-                if !self.swarm.is_connected(&peer)
-                    && self.swarm.network_info().num_peers() < self.cfg.target_peers =>
+                if !self.swarm.is_connected(&peer) && self.below_target() =>
             {
                 let _ = self.swarm.dial(peer);
             }

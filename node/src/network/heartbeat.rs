@@ -17,7 +17,6 @@ use std::time::Duration;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
@@ -29,10 +28,7 @@ pub const MAX_INBOUND: usize = 256;
 pub const INBOUND_IDLE: Duration = Duration::from_secs(30);
 
 /// Serves heartbeats: echoes each 8-byte beat on every inbound stream until `cancel`.
-pub(crate) fn serve(
-    mut control: libp2p_stream::Control,
-    cancel: CancellationToken,
-) -> JoinHandle<()> {
+pub(crate) fn serve(mut control: libp2p_stream::Control, cancel: CancellationToken) {
     let incoming = control.accept(HEARTBEAT_PROTOCOL);
     tokio::spawn(
         async move {
@@ -64,7 +60,7 @@ pub(crate) fn serve(
             }
         }
         .in_current_span(),
-    )
+    );
 }
 
 async fn echo(mut stream: Stream) -> std::io::Result<()> {
@@ -90,7 +86,7 @@ pub(crate) fn beat(
     timeout: Duration,
     alive: mpsc::Sender<PeerId>,
     cancel: CancellationToken,
-) -> JoinHandle<()> {
+) {
     tokio::spawn(
         async move {
             let mut stream: Option<Stream> = None;
@@ -143,5 +139,5 @@ pub(crate) fn beat(
             }
         }
         .in_current_span(),
-    )
+    );
 }

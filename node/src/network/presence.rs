@@ -68,17 +68,13 @@ pub struct PresenceTracker {
     peers: HashMap<NodeId, Entry>,
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl PresenceTracker {
     /// A tracker that declares a watched peer down after `watched_timeout` without a successful
     /// ping, and any other peer after `idle_timeout`.
     pub fn new(watched_timeout: Duration, idle_timeout: Duration) -> Self {
         PresenceTracker {
-            watched_timeout: millis(watched_timeout),
-            idle_timeout: millis(idle_timeout),
+            watched_timeout: crate::duration_ms(watched_timeout),
+            idle_timeout: crate::duration_ms(idle_timeout),
             peers: HashMap::new(),
         }
     }

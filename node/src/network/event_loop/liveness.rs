@@ -102,13 +102,19 @@ impl EventLoop {
         };
         self.presence.disconnected(node);
         let watched = self.liveness.watched.contains_key(&peer);
-        let few = self.swarm.network_info().num_peers() < self.cfg.target_peers;
+        let few = self.below_target();
         let was_reachable = self.presence.get(&node).is_some_and(|p| p.reachable);
         if watched || (few && was_reachable) {
             self.dial_peer(peer);
         } else if !few {
             self.presence.forget(&node);
         }
+    }
+
+    /// Whether we have fewer than `target_peers` connections (then we dial, redial bootstrap
+    /// peers and redial closed ones; at or above it we trim).
+    pub(super) fn below_target(&self) -> bool {
+        self.swarm.network_info().num_peers() < self.cfg.target_peers
     }
 
     /// Keeps the connection count near `target_peers`: Kademlia lookups dial every peer they

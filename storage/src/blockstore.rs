@@ -13,7 +13,7 @@ use crate::hash::{DAG_CBOR, DAG_PB, verify_block};
 use crate::{Result, StorageError};
 
 pub use memory::MemoryBlockStore;
-pub use sled_store::SledBlockStore;
+pub use sled_store::{SledBlockStore, open_sled};
 
 /// Largest block accepted or served, as in bitswap (2 MiB).
 pub const MAX_BLOCK_SIZE: usize = 2 * 1024 * 1024;

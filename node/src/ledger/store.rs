@@ -42,7 +42,7 @@ impl LedgerStore {
             path: path.clone(),
             source,
         };
-        let db = sled::open(dir).map_err(err)?;
+        let db = agora_storage::blockstore::open_sled(dir).map_err(err)?;
         Ok(LedgerStore {
             meta: db.open_tree("meta").map_err(err)?,
             blocks: db.open_tree("blocks").map_err(err)?,

@@ -35,7 +35,7 @@ fn full_key(namespace: &str, key: &[u8]) -> Vec<u8> {
 impl SledKv {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path) -> Result<Self, sled::Error> {
-        let db = sled::open(dir)?;
+        let db = agora_storage::blockstore::open_sled(dir)?;
         Ok(Self::from_tree(db.open_tree("guest-kv")?, MAX_KV_ENTRIES))
     }
 

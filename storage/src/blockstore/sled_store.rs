@@ -15,10 +15,34 @@ pub struct SledBlockStore {
     pins: sled::Tree,
 }
 
+/// How long [`open_sled`] waits for a database that was just closed to release its lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `sled::open`, waiting up to two seconds while another handle's file lock is still held.
+/// Dropping the last handle of a sled database does not release its lock at once (sled's
+/// background writer threads still hold it for a moment), so reopening a store right after
+/// closing it in the same process (a restarted in-process node, a reopen in a test) could fail
+/// with "could not acquire lock". Any other error, or a lock still held after the wait, is
+/// returned as before.
+pub fn open_sled(path: impl AsRef<Path>) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::open(path.as_ref()) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SledBlockStore {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::from_db(sled::open(path)?)
+        Self::from_db(open_sled(path)?)
     }
 
     /// A store on a temporary sled database that is deleted on drop.

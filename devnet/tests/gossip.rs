@@ -54,6 +54,7 @@ async fn five_nodes_connect_gossip_and_reject_bad_messages() {
 
     // A valid message from node 2 reaches all four others, with its author intact.
     publish_when_ready(&handles[2], b"hello agora").await;
+    let mut hello = None;
     for (i, rx) in rxs.iter_mut().enumerate() {
         if i == 2 {
             continue;
@@ -63,7 +64,12 @@ async fn five_nodes_connect_gossip_and_reject_bad_messages() {
             .expect("message reached every node");
         assert_eq!(env.payload, b"hello agora");
         assert_eq!(env.sender, handles[2].node_id());
+        hello = Some(env);
     }
+    // Re-injected by node 1 it is the same message (ids are content hashes): refused as a
+    // duplicate, delivered nowhere a second time (the marker below arrives first everywhere).
+    let again = hello.unwrap().to_bytes();
+    assert!(handles[1].publish_bytes(TOPIC, again).await.is_err());
 
     // Forged: node 1 publishes an envelope whose payload was changed after signing.
     let signer1 = KeySigner::from_secret([0u8; 32]);
@@ -73,11 +79,19 @@ async fn five_nodes_connect_gossip_and_reject_bad_messages() {
         .publish_bytes(TOPIC, forged.to_bytes())
         .await
         .unwrap();
-    // Impersonation: a correctly signed envelope by someone else, published by node 1.
+    // Replay: a correctly signed envelope by someone else, from long ago, re-injected by node 1
+    // (outside the freshness window, so no longer covered by the duplicate filter).
     let other = KeySigner::from_seed(99);
-    let stolen = Envelope::seal(&other, Kind::Raw, 1, 1, b"not mine".to_vec());
+    let old = Envelope::seal(&other, Kind::Raw, 1, 1, b"not mine".to_vec());
     handles[1]
-        .publish_bytes(TOPIC, stolen.to_bytes())
+        .publish_bytes(TOPIC, old.to_bytes())
+        .await
+        .unwrap();
+    // Dated in the future, beyond any clock skew.
+    let ahead = agora_node::now_ms() + 10 * agora_node::codec::GOSSIP_MAX_SKEW_MS;
+    let future = Envelope::seal(&other, Kind::Raw, ahead, 2, b"from the future".to_vec());
+    handles[1]
+        .publish_bytes(TOPIC, future.to_bytes())
         .await
         .unwrap();
     // Oversized: validly signed, but above the gossip limit.
@@ -94,7 +108,7 @@ async fn five_nodes_connect_gossip_and_reject_bad_messages() {
         .await
         .unwrap();
     // Every node that received them rejected them: wait until the rejections are counted and
-    // node 1's gossip score went negative at some peer (three invalid messages cost it enough to
+    // node 1's gossip score went negative at some peer (the invalid messages cost it enough to
     // be graylisted, so from now on its peers ignore it).
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {

@@ -13,6 +13,13 @@ pub const WIRE_VERSION: u8 = 1;
 pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
 /// Largest request/response envelope accepted (checked before decoding).
 pub const MAX_RPC_BYTES: usize = 4 * 1024 * 1024;
+/// How far a gossip envelope's `sent_at` may lie from the receiver's clock, either way.
+///
+/// Gossip carries no libp2p author (see `network::behaviour`): the envelope's own signature is
+/// the authentication. What stops a relay from re-injecting someone else's old message is this
+/// window together with content-addressed message ids: inside the window a re-injected copy has
+/// the same id and is dropped as a duplicate, outside it the envelope is stale.
+pub const GOSSIP_MAX_SKEW_MS: u64 = 30_000;
 
 /// What an envelope carries; each kind signs under its own domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -112,6 +119,19 @@ pub enum CodecError {
         /// Claimed kind.
         kind: Kind,
     },
+    /// The envelope was sent too long ago (or claims a time too far ahead) to be gossip.
+    #[error(
+        "message sent at {sent_at} ms is outside the ±{window_ms} ms window around this node's \
+         clock ({now} ms): a replay, or one of the two clocks is wrong (check NTP)"
+    )]
+    Stale {
+        /// The envelope's `sent_at`.
+        sent_at: Timestamp,
+        /// The receiver's clock.
+        now: Timestamp,
+        /// Allowed distance either way.
+        window_ms: u64,
+    },
     /// The envelope decoded, but carries a different kind than expected.
     #[error("expected a {expected:?} message, got {got:?}")]
     WrongKind {
@@ -204,6 +224,18 @@ impl Envelope {
         Ok(env)
     }
 
+    /// Checks that `sent_at` lies within `window_ms` of `now`, either way.
+    pub fn check_fresh(&self, now: Timestamp, window_ms: u64) -> Result<(), CodecError> {
+        if self.sent_at.abs_diff(now) > window_ms {
+            return Err(CodecError::Stale {
+                sent_at: self.sent_at,
+                now,
+                window_ms,
+            });
+        }
+        Ok(())
+    }
+
     /// Decodes the payload as `T` after checking the kind.
     pub fn body<T: for<'de> Deserialize<'de>>(&self, expected: Kind) -> Result<T, CodecError> {
         if self.kind != expected {
@@ -228,6 +260,21 @@ mod tests {
         let env = Envelope::seal(&s, Kind::Raw, 10, 1, b"hi".to_vec());
         let opened = Envelope::open(&env.to_bytes(), MAX_GOSSIP_BYTES).unwrap();
         assert_eq!(opened, env);
+    }
+
+    #[test]
+    fn freshness_window_holds_both_ways() {
+        let s = KeySigner::from_seed(3);
+        let env = Envelope::seal(&s, Kind::Raw, 100_000, 1, b"hi".to_vec());
+        assert!(env.check_fresh(100_000 + 30_000, 30_000).is_ok());
+        assert!(env.check_fresh(100_000 - 30_000, 30_000).is_ok());
+        let late = env.check_fresh(100_000 + 30_001, 30_000).unwrap_err();
+        assert!(matches!(late, CodecError::Stale { now: 130_001, .. }));
+        assert!(late.to_string().contains("outside the ±30000 ms window"));
+        assert!(matches!(
+            env.check_fresh(100_000 - 30_001, 30_000),
+            Err(CodecError::Stale { .. })
+        ));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::{
     Command, NetworkConfig, NetworkError, NetworkEvent, NetworkHandle, NetworkStats, PeerInfo,
     Reply,
 };
-use crate::codec::{Envelope, MAX_GOSSIP_BYTES, MAX_RPC_BYTES};
+use crate::codec::{Envelope, GOSSIP_MAX_SKEW_MS, MAX_GOSSIP_BYTES, MAX_RPC_BYTES};
 use crate::keys::{NodeKey, node_id_of};
 use crate::now_ms;
 
@@ -459,18 +459,11 @@ impl EventLoop {
     }
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        // The envelope's signature authenticates the author; the freshness window keeps a relay
+        // from re-injecting an old one (see `GOSSIP_MAX_SKEW_MS`).
         let verdict = Envelope::open(&message.data, MAX_GOSSIP_BYTES).and_then(|env| {
-            // The signed gossipsub author must be the envelope's signer: nobody re-publishes
-            // someone else's envelope as their own.
-            let author = message.source.as_ref().and_then(node_id_of);
-            if author == Some(env.sender) {
-                Ok(env)
-            } else {
-                Err(crate::codec::CodecError::BadSignature {
-                    sender: env.sender,
-                    kind: env.kind,
-                })
-            }
+            env.check_fresh(now_ms(), GOSSIP_MAX_SKEW_MS)?;
+            Ok(env)
         });
         let gossip = &mut self.swarm.behaviour_mut().gossipsub;
         match verdict {

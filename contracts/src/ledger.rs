@@ -11,8 +11,9 @@ use agora_market::{NodeId, Signer, Timestamp};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use crate::attestation::Observation;
+use crate::attestation::{Liveness, Observation};
 use crate::contract::{Amount, ContractId};
+use crate::lifecycle::ContractStatus;
 
 mod error;
 mod event;
@@ -261,6 +262,25 @@ impl Ledger {
         if let Some(account) = self.accounts.get_mut(&stx.tx.sender) {
             account.nonce = stx.tx.nonce.saturating_add(1);
         }
+    }
+
+    /// Whether something now waits for the clock, so blocks (which carry the time) are needed
+    /// even without transactions: a running contract (its uptime and coverage window are
+    /// measured in block time, and a restarted provider resumes once it has seen a fresh
+    /// block), an activation deadline, a standby handover that an arbitrator already suspects,
+    /// or a settlement in its grace period. Without any of these an empty block changes
+    /// nothing but the height and the clock.
+    pub fn awaits_time(&self) -> bool {
+        self.contracts.values().any(|r| {
+            r.closing.is_some()
+                || r.status == ContractStatus::Active
+                || (r.status == ContractStatus::Armed && r.trigger_at.is_some())
+                || (Self::awaits_handover(r)
+                    && self.liveness.get(&r.contract.customer).is_some_and(|obs| {
+                        obs.values()
+                            .any(|o| matches!(o.liveness, Liveness::Unreachable { .. }))
+                    }))
+        })
     }
 
     /// Time-driven checks (pending handovers, overdue pending settlements); `apply_block` calls

@@ -244,3 +244,46 @@ async fn replicas_follow_decided_blocks_without_vote_traffic() {
     same_state(&net, 0, 5).await;
     net.shutdown().await;
 }
+
+/// With nothing to decide and nothing waiting for the clock, the chain is quiet (no empty block
+/// every second on every node), yet a transaction does not wait for the quiet interval: its
+/// arrival ends every arbitrator's wait for the next proposal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_chain_is_quiet_but_decides_transactions_at_once() {
+    let net = Devnet::builder().nodes(4).spawn().await.unwrap();
+    net.wait_connected(3, WAIT).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while height(&net, 0).await < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no blocks at all");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let idle_from = height(&net, 0).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let idle_to = height(&net, 0).await;
+    assert!(
+        idle_to <= idle_from + 1,
+        "an idle chain made {} blocks in 4 s",
+        idle_to - idle_from
+    );
+
+    // Right after a block, the next empty one is 10 s away; the transaction is final well
+    // before that.
+    while height(&net, 0).await == idle_to {
+        assert!(
+            tokio::time::Instant::now() < deadline + WAIT,
+            "chain stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = balance(&net, 0, 1).await;
+    let submitted = tokio::time::Instant::now();
+    let l1 = net.node(1).unwrap().ledger.clone().unwrap();
+    l1.submit(TxKind::Faucet { amount: 70 }).await.unwrap();
+    wait_balance(&net, &[0, 1, 2, 3], 1, start + 70).await;
+    assert!(
+        submitted.elapsed() < Duration::from_secs(8),
+        "the transaction waited {:?}, as if for the quiet interval",
+        submitted.elapsed()
+    );
+    net.shutdown().await;
+}

@@ -65,6 +65,44 @@ fn standby_handover_needs_an_arbitrator_quorum() {
 }
 
 #[test]
+fn only_a_suspected_outage_makes_the_ledger_wait_for_time() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
+    assert!(
+        !h.ledger.awaits_time(),
+        "an armed standby alone waits for nothing"
+    );
+    h.now = 10_000;
+    h.attest(0, Liveness::Reachable);
+    assert!(
+        !h.ledger.awaits_time(),
+        "a reachable customer waits for nothing"
+    );
+    h.attest(1, Liveness::Unreachable { since: 9_000 });
+    assert!(
+        h.ledger.awaits_time(),
+        "one arbitrator suspects an outage: the handover may fire as time passes"
+    );
+    for a in [0, 2, 3] {
+        h.attest(a, Liveness::Unreachable { since: 9_000 });
+    }
+    h.now = 20_000;
+    h.ledger.tick(h.now);
+    assert!(h.ledger.contract(&id).unwrap().handover.is_some());
+    assert!(h.ledger.awaits_time(), "the activation deadline runs");
+    let p = h.provider();
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 20_000,
+        },
+    );
+    assert_eq!(h.status(id), ContractStatus::Active);
+    assert!(h.ledger.awaits_time(), "uptime is measured in block time");
+}
+
+#[test]
 fn partition_between_customer_and_provider_only_does_not_trigger_handover() {
     let mut h = Harness::new();
     let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
@@ -298,6 +336,10 @@ fn pending_settlement_is_judged_when_the_in_flight_heartbeat_arrives() {
     h.now = 9_000;
     h.ok(&c, settle(id, SettleReason::CustomerBack));
     assert_eq!(h.status(id), ContractStatus::Active);
+    assert!(
+        h.ledger.awaits_time(),
+        "a settlement in its grace period is judged by time at the latest"
+    );
     h.now = 9_600;
     let ev = h.ok(&p, for_contract(uptime(6_000, 9_500), id));
     assert!(ev.iter().any(|e| matches!(e, LedgerEvent::Paid { .. })));
@@ -305,4 +347,5 @@ fn pending_settlement_is_judged_when_the_in_flight_heartbeat_arrives() {
     let rec = h.ledger.contract(&id).unwrap();
     assert_eq!(rec.uptime_ms, 4_000);
     assert_eq!(rec.closing, None);
+    assert!(!h.ledger.awaits_time());
 }

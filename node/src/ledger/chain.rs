@@ -336,8 +336,13 @@ impl LedgerTask {
                 let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);
                 let mut at = now_ms().saturating_add(after);
                 // On a quiet chain the proposer holds its empty block until it is due: wait
-                // that long plus the usual timeout before giving up on it.
-                if timeout.step == TimeoutStep::Propose && self.mempool.is_empty() {
+                // that long plus the usual timeout before giving up on it. While something
+                // waits for the clock the engine's timeout stands, so a dead proposer costs
+                // no more than it always did.
+                if timeout.step == TimeoutStep::Propose
+                    && self.mempool.is_empty()
+                    && !self.view.ledger.awaits_time()
+                {
                     let quiet = self.empty_block_due().saturating_add(after);
                     if quiet > at {
                         at = quiet;

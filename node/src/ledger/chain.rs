@@ -65,9 +65,10 @@ pub struct ChainParams {
     /// gossip message, so a block must stay well inside the gossip size limit or it could never
     /// be delivered (and a full mempool would stall the chain).
     pub max_block_bytes: usize,
-    /// With an empty mempool, while the ledger waits for time to pass (a suspected outage, a
-    /// settlement in its grace period: `Ledger::awaits_time`), a proposer waits this long after
-    /// the last block before proposing an empty one, so the clock-driven outcome is not late.
+    /// With an empty mempool, while the ledger waits for the clock (`Ledger::awaits_time`: a
+    /// running contract, an activation deadline, a suspected outage, a settlement in its grace
+    /// period), a proposer waits this long after the last block before proposing an empty one,
+    /// so nothing that depends on block time is late.
     pub empty_block_interval_ms: u64,
     /// With an empty mempool and nothing waiting for time, the chain is quiet: an empty block
     /// only this long after the last one. A block goes to every node, which verifies its

@@ -250,7 +250,12 @@ async fn replicas_follow_decided_blocks_without_vote_traffic() {
 /// arrival ends every arbitrator's wait for the next proposal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_chain_is_quiet_but_decides_transactions_at_once() {
-    let net = Devnet::builder().nodes(4).spawn().await.unwrap();
+    let mut net = Devnet::builder()
+        .nodes(5)
+        .committee(4)
+        .spawn()
+        .await
+        .unwrap();
     net.wait_connected(3, WAIT).await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     while height(&net, 0).await < 2 {
@@ -284,6 +289,31 @@ async fn idle_chain_is_quiet_but_decides_transactions_at_once() {
         submitted.elapsed() < Duration::from_secs(8),
         "the transaction waited {:?}, as if for the quiet interval",
         submitted.elapsed()
+    );
+
+    // A replica restarted on the quiet chain learns from the arbitrators that it is at the
+    // tip, without waiting for the next block.
+    let tip = height(&net, 0).await;
+    net.stop(4).await;
+    net.restart(4).await.unwrap();
+    let l4 = net.node(4).unwrap().ledger.clone().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (caught_up, h) = l4
+            .query(|v| (v.caught_up, v.ledger.height()))
+            .await
+            .unwrap();
+        if caught_up {
+            assert_eq!(h, height(&net, 0).await, "caught up means at the tip");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        height(&net, 0).await,
+        tip,
+        "no block was needed to know that"
     );
     net.shutdown().await;
 }

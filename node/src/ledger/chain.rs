@@ -457,19 +457,28 @@ impl LedgerTask {
     }
 
     fn ask_for_blocks(&mut self, height: u64) {
-        let committee: Vec<NodeId> = self
-            .view
+        let committee = self.other_arbitrators();
+        if committee.is_empty() {
+            return;
+        }
+        self.timers.sync_rr = (self.timers.sync_rr + 1) % committee.len();
+        self.ask(committee[self.timers.sync_rr], height);
+    }
+
+    /// The committee without this node.
+    fn other_arbitrators(&self) -> Vec<NodeId> {
+        self.view
             .ledger
             .committee()
             .iter()
             .copied()
             .filter(|c| *c != self.view.me)
-            .collect();
-        if committee.is_empty() {
-            return;
-        }
-        self.timers.sync_rr = (self.timers.sync_rr + 1) % committee.len();
-        let target = committee[self.timers.sync_rr];
+            .collect()
+    }
+
+    /// Asks `target` for the decided blocks from `height` on; its answer, empty or not, comes
+    /// back as a [`SyncReply`].
+    fn ask(&mut self, target: NodeId, height: u64) {
         let Some(peer) = peer_id_of(&target) else {
             return;
         };
@@ -482,17 +491,85 @@ impl LedgerTask {
         let replies = self.sync_replies.clone();
         tokio::spawn(async move {
             match network.request(peer, &env).await {
-                Ok(resp) => {
+                Ok(resp) if resp.sender == target => {
                     if let Ok(SyncMsg::Response { blocks }) = resp.body::<SyncMsg>(Kind::Consensus)
-                        && !blocks.is_empty()
                     {
-                        let _ = replies.send((resp.sender, blocks)).await;
+                        let reply = SyncReply {
+                            from: target,
+                            asked: height,
+                            blocks,
+                        };
+                        let _ = replies.send(reply).await;
                     }
                 }
+                Ok(_) => debug!("sync answer signed by someone else"),
                 Err(e) => debug!(error = %e, "sync request failed"),
             }
         });
     }
+
+    /// When the next tip check is due, while this node does not know it is at the tip.
+    pub(super) fn next_tip_check(&self) -> Option<u64> {
+        (!self.view.caught_up).then_some(self.tip_asked_at.saturating_add(TIP_CHECK_EVERY_MS))
+    }
+
+    /// Until it knows it is at the tip, asks every other arbitrator (once a second) for the
+    /// blocks after its height.
+    pub(super) fn check_tip(&mut self) {
+        if self.view.caught_up {
+            return;
+        }
+        let others = self.other_arbitrators();
+        if others.is_empty() {
+            // Nobody else decides blocks: this node's ledger is the chain.
+            self.view.caught_up = true;
+            return;
+        }
+        let now = now_ms();
+        if now < self.tip_asked_at.saturating_add(TIP_CHECK_EVERY_MS) {
+            return;
+        }
+        self.tip_asked_at = now;
+        let next = self.view.ledger.height() + 1;
+        for target in others {
+            self.ask(target, next);
+        }
+    }
+
+    /// `from` has decided nothing from height `asked` on. Once f + 1 arbitrators say so for
+    /// the height after ours, at least one honest one has nothing newer: we are at the tip.
+    pub(super) fn on_tip_answer(&mut self, from: NodeId, asked: u64) {
+        if self.view.caught_up || !self.view.ledger.committee().contains(&from) {
+            return;
+        }
+        self.tip_confirms.insert(from, asked);
+        let next = self.view.ledger.height() + 1;
+        let confirms = self.tip_confirms.values().filter(|h| **h == next).count();
+        let n = self.view.ledger.committee().len();
+        let f = n.saturating_sub(1) / 3;
+        if confirms > f {
+            self.view.caught_up = true;
+            info!(
+                height = next - 1,
+                confirms, "at the chain's tip: arbitrators have decided nothing newer"
+            );
+        }
+    }
+}
+
+/// How often a node that does not know it is at the tip asks the arbitrators.
+const TIP_CHECK_EVERY_MS: u64 = 1_000;
+
+/// An arbitrator's answer to a sync request: the blocks from `asked` on (none: it has decided
+/// nothing past `asked - 1`).
+#[derive(Debug)]
+pub(crate) struct SyncReply {
+    /// Who answered.
+    pub from: NodeId,
+    /// The first height asked for.
+    pub asked: u64,
+    /// Its blocks from there on, in order (at most one sync batch).
+    pub blocks: Vec<DecidedBlock>,
 }
 
 /// The leading items whose sizes add up to at most `max` bytes (always the first one, so a

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use super::TX_TOPIC;
-use super::chain::{BLOCKS_TOPIC, CONSENSUS_TOPIC, ChainParams, ChainTimers, SyncMsg};
+use super::chain::{BLOCKS_TOPIC, CONSENSUS_TOPIC, ChainParams, ChainTimers, SyncMsg, SyncReply};
 use super::mempool::{Mempool, MempoolError};
 use super::store::{LedgerStore, StoreError};
 use crate::codec::Kind;
@@ -63,6 +63,11 @@ pub struct LedgerView {
     pub me: NodeId,
     /// Arbitrators caught equivocating (evidence for slashing).
     pub evidence: Vec<NodeId>,
+    /// Whether this node knows it is at the chain's tip: more arbitrators than can be faulty
+    /// (f + 1, so at least one honest) answered, after this node started, that they have
+    /// decided nothing past its height. On a quiet chain the next block can be 10 s away, so a
+    /// restarted node cannot wait for a fresh block to know its ledger is current.
+    pub caught_up: bool,
 }
 
 type QueryJob = Box<dyn FnOnce(&LedgerView) + Send>;
@@ -139,7 +144,11 @@ pub(super) struct LedgerTask {
     pub(super) timers: ChainTimers,
     pub(super) params: ChainParams,
     pub(super) seq: u64,
-    pub(super) sync_replies: mpsc::Sender<(NodeId, Vec<DecidedBlock>)>,
+    pub(super) sync_replies: mpsc::Sender<SyncReply>,
+    /// Arbitrators that answered a tip check, with the height they were asked for.
+    pub(super) tip_confirms: BTreeMap<NodeId, u64>,
+    /// When the last tip check went out (ms).
+    pub(super) tip_asked_at: u64,
     /// Locally submitted transactions not gossiped yet, with their encoded size and when the
     /// first of them arrived (ms).
     pub(super) outbox: TxOutbox,
@@ -247,6 +256,7 @@ pub async fn spawn(
             mempool: 0,
             me: signer.node_id(),
             evidence: Vec::new(),
+            caught_up: false,
         },
         mempool: Mempool::default(),
         store,
@@ -258,6 +268,8 @@ pub async fn spawn(
         params,
         seq: 0,
         sync_replies: sync_tx,
+        tip_confirms: BTreeMap::new(),
+        tip_asked_at: 0,
         outbox: TxOutbox::default(),
         own: BTreeMap::new(),
     };
@@ -269,7 +281,7 @@ impl LedgerTask {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut sync_replies: mpsc::Receiver<(NodeId, Vec<DecidedBlock>)>,
+        mut sync_replies: mpsc::Receiver<SyncReply>,
         mut events: broadcast::Receiver<NetworkEvent>,
         cancel: CancellationToken,
     ) {
@@ -280,6 +292,7 @@ impl LedgerTask {
                 .next_due()
                 .into_iter()
                 .chain(self.outbox.due())
+                .chain(self.next_tip_check())
                 .min();
             let sleep = async move {
                 match due {
@@ -298,9 +311,15 @@ impl LedgerTask {
                         self.flush_outbox().await;
                     }
                     self.on_chain_timer().await;
+                    self.check_tip();
                 }
-                Some((from, blocks)) = sync_replies.recv() => {
-                    self.feed(Input::SyncResponse { from, blocks }).await;
+                Some(reply) = sync_replies.recv() => {
+                    if reply.blocks.is_empty() {
+                        self.on_tip_answer(reply.from, reply.asked);
+                    } else {
+                        let SyncReply { from, blocks, .. } = reply;
+                        self.feed(Input::SyncResponse { from, blocks }).await;
+                    }
                 }
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd).await,

@@ -90,12 +90,7 @@ impl Orchestrator {
         let me = self.me;
         let caught_up = !self.synced && block.time >= self.started_at;
         if caught_up {
-            self.synced = true;
-            self.timeline.push(
-                "synced",
-                None,
-                format!("ledger caught up at height {}", block.height),
-            );
+            self.mark_synced(format!("ledger caught up at height {}", block.height));
         }
         let events = block.events.clone();
         let duties = self
@@ -438,7 +433,26 @@ impl Orchestrator {
         }
     }
 
+    /// The ledger is current: from now on this node acts on it (its own sensors, activations).
+    fn mark_synced(&mut self, how: String) {
+        self.synced = true;
+        self.timeline.push("synced", None, how);
+    }
+
     pub(super) async fn on_tick(&mut self) {
+        // A quiet chain may not produce a fresh block for a while: the ledger task also finds
+        // out from the arbitrators that nothing newer was decided.
+        if !self.synced
+            && let Ok(Some(height)) = self
+                .ledger
+                .query(|v| v.caught_up.then(|| v.ledger.height()))
+                .await
+        {
+            self.mark_synced(format!(
+                "ledger at the chain's tip at height {height} (the arbitrators have nothing newer)"
+            ));
+            self.evaluate_own().await;
+        }
         let now = now_ms();
         let due: Vec<ContractId> = self
             .scheduled

@@ -344,7 +344,11 @@ impl LedgerTask {
                     && self.mempool.is_empty()
                     && !self.view.ledger.awaits_time()
                 {
-                    let quiet = self.empty_block_due().saturating_add(after);
+                    let quiet = self
+                        .timers
+                        .last_decided_at
+                        .saturating_add(self.params.quiet_block_interval_ms)
+                        .saturating_add(after);
                     if quiet > at {
                         at = quiet;
                         self.timers.held.insert(timeout, after);

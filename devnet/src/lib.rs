@@ -11,20 +11,32 @@
 //! net.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! The crate also holds the devnet of real processes behind `agora devnet …` ([`process`]:
+//! launch, status, kill, restart, simulated sensors), its files ([`files`]: genesis, manifest,
+//! per-node config), the flagship demo ([`demo`]: `agora devnet demo`) and the table/JSON
+//! printing the `agora` commands share ([`output`]). May depend on the
+//! daemon and every crate below it (it starts whole nodes), on `anyhow` and `clap`; only the
+//! `agora` binary and the tests depend on it.
 #![forbid(unsafe_code)]
+
+pub mod demo;
+pub mod files;
+pub mod output;
+pub mod process;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use agora_daemon::config::NodeConfig;
+use agora_daemon::data_dir::{init_data_dir, save_genesis};
+use agora_daemon::{self as daemon, RunningNode};
 use agora_market::NodeId;
-use agora_node::config::NodeConfig;
-use agora_node::daemon::{self, RunningNode};
-use agora_node::devnet_files::{
-    GENESIS_FILE, devnet_genesis, devnet_node_config, init_data_dir, save_genesis,
-};
-use agora_node::duration_ms;
-use agora_node::network::NetworkHandle;
+use agora_network::NetworkHandle;
+use agora_wire::duration_ms;
 use anyhow::{Context, bail};
+
+use crate::files::{GENESIS_FILE, devnet_genesis, devnet_node_config};
 
 /// Builder for an in-process devnet.
 #[derive(Clone, Debug)]
@@ -164,7 +176,7 @@ impl DevnetBuilder {
             });
         }
         let ids: Vec<_> = slots.iter().map(|s| (s.name.clone(), s.node_id)).collect();
-        let mut genesis = devnet_genesis(&ids, agora_node::now_ms());
+        let mut genesis = devnet_genesis(&ids, agora_wire::now_ms());
         if let Some(k) = self.committee {
             genesis.committee.truncate(k);
         }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use agora_devnet::Devnet;
 use agora_market::KeySigner;
-use agora_node::codec::{Envelope, Kind, MAX_GOSSIP_BYTES};
-use agora_node::network::{NetworkEvent, NetworkHandle};
+use agora_network::{NetworkEvent, NetworkHandle};
+use agora_wire::codec::{Envelope, Kind, MAX_GOSSIP_BYTES};
 use tokio::sync::broadcast;
 use tokio::time::timeout;
 
@@ -88,7 +88,7 @@ async fn five_nodes_connect_gossip_and_reject_bad_messages() {
         .await
         .unwrap();
     // Dated in the future, beyond any clock skew.
-    let ahead = agora_node::now_ms() + 10 * agora_node::codec::GOSSIP_MAX_SKEW_MS;
+    let ahead = agora_wire::now_ms() + 10 * agora_wire::codec::GOSSIP_MAX_SKEW_MS;
     let future = Envelope::seal(&other, Kind::Raw, ahead, 2, b"from the future".to_vec());
     handles[1]
         .publish_bytes(TOPIC, future.to_bytes())
@@ -182,9 +182,8 @@ async fn presence_reports_up_and_down_and_restart_rejoins() {
     net.stop(2).await;
     let down = timeout(WAIT, async {
         loop {
-            if let Ok(NetworkEvent::Presence(agora_node::network::PresenceEvent::Down {
-                node, ..
-            })) = events.recv().await
+            if let Ok(NetworkEvent::Presence(agora_network::PresenceEvent::Down { node, .. })) =
+                events.recv().await
                 && node == target
             {
                 return;
@@ -197,9 +196,8 @@ async fn presence_reports_up_and_down_and_restart_rejoins() {
     net.restart(2).await.unwrap();
     let up = timeout(WAIT, async {
         loop {
-            if let Ok(NetworkEvent::Presence(agora_node::network::PresenceEvent::Up {
-                node, ..
-            })) = events.recv().await
+            if let Ok(NetworkEvent::Presence(agora_network::PresenceEvent::Up { node, .. })) =
+                events.recv().await
                 && node == target
             {
                 return;
@@ -260,9 +258,8 @@ async fn spare_connections_are_trimmed_and_gossip_still_reaches_all() {
                     {
                         return true;
                     }
-                    Ok(NetworkEvent::Presence(agora_node::network::PresenceEvent::Down {
-                        node,
-                        ..
+                    Ok(NetworkEvent::Presence(agora_network::PresenceEvent::Down {
+                        node, ..
                     })) => panic!("node{i}: live peer {node} reported down after trimming"),
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(e) => panic!("event channel closed: {e}"),

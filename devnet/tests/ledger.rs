@@ -120,9 +120,9 @@ async fn four_arbitrators_finalise_survive_a_crash_and_catch_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossiped_batches_keep_valid_transactions_and_drop_forged_ones() {
     use agora_contracts::{Transaction, TxKind};
-    use agora_node::codec::Kind;
-    use agora_node::keys::NodeKey;
-    use agora_node::ledger::TX_TOPIC;
+    use agora_ledger::TX_TOPIC;
+    use agora_network::keys::NodeKey;
+    use agora_wire::codec::Kind;
 
     let net = Devnet::builder().nodes(4).spawn().await.unwrap();
     net.wait_connected(3, WAIT).await.unwrap();
@@ -182,10 +182,10 @@ async fn gossiped_batches_keep_valid_transactions_and_drop_forged_ones() {
 /// publish, catch up after a restart, and ignore garbage on the blocks topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_follow_decided_blocks_without_vote_traffic() {
-    use agora_node::codec::Kind;
-    use agora_node::consensus::DecidedBlock;
-    use agora_node::ledger::{BLOCKS_TOPIC, CONSENSUS_TOPIC};
-    use agora_node::network::NetworkEvent;
+    use agora_consensus::DecidedBlock;
+    use agora_ledger::{BLOCKS_TOPIC, CONSENSUS_TOPIC};
+    use agora_network::NetworkEvent;
+    use agora_wire::codec::Kind;
     use tokio::sync::broadcast::error::TryRecvError;
 
     let mut net = Devnet::builder()

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use agora_devnet::Devnet;
 use agora_market::NodeId;
-use agora_node::network::{NetworkEvent, NetworkHandle, PresenceEvent};
+use agora_network::{NetworkEvent, NetworkHandle, PresenceEvent};
 use tokio::sync::broadcast;
 use tokio::time::timeout;
 
@@ -146,7 +146,7 @@ async fn only_watched_peers_get_fast_heartbeats() {
     let until = tokio::time::Instant::now() + Duration::from_millis(2500);
     while tokio::time::Instant::now() < until {
         let table = watcher.presence().await.unwrap();
-        let now = agora_node::now_ms();
+        let now = agora_wire::now_ms();
         for (i, node) in [watched, other].iter().enumerate() {
             let p = table.iter().find(|p| p.node == *node).unwrap();
             assert!(p.reachable, "{node} must stay reachable");

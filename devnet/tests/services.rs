@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use agora_devnet::Devnet;
-use agora_node::services::{
+use agora_hosting::{
     ImageRecord, PublishedMsg, ServiceError, ServiceHost, ServiceManifest, image::store_image,
 };
 use agora_runtime::test_utils::{ECHO, INFINITE_LOOP, MEMORY_BOMB, lora_frame, lora_gateway_wasm};
@@ -277,8 +277,8 @@ async fn tampered_images_and_bad_requests_are_refused() {
 
     // Containers: without docker/podman, start says what to install.
     let mut c = ServiceManifest::wasm("box", "1");
-    c.kind = agora_node::services::ServiceKind::Container;
-    c.container = Some(agora_node::services::manifest::ContainerImage {
+    c.kind = agora_hosting::ServiceKind::Container;
+    c.container = Some(agora_hosting::manifest::ContainerImage {
         image: "docker.io/library/alpine:3.20".into(),
         args: vec!["true".into()],
     });

@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use agora_node::cli::demo::{FailoverSplit, percentile};
+use agora_devnet::demo::{FailoverSplit, percentile};
 use agora_tests::agora_bin;
 
 fn main() {

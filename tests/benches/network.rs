@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agora_devnet::Devnet;
-use agora_node::codec::Kind;
-use agora_node::network::NetworkEvent;
+use agora_network::NetworkEvent;
+use agora_wire::codec::Kind;
 
 const TOPIC: &str = "agora/bench/1";
 
@@ -110,7 +110,7 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
     // faster one, unless asked.
     let heartbeat = env_usize("AGORA_BENCH_HEARTBEAT_MS")
         .map(|ms| Duration::from_millis(ms as u64))
-        .unwrap_or(agora_node::network::NetworkConfig::default().gossip_heartbeat);
+        .unwrap_or(agora_network::NetworkConfig::default().gossip_heartbeat);
     builder = builder.gossip_heartbeat(heartbeat);
     let net = builder.spawn().await.expect("devnet");
     net.wait_connected(n.min(4) - 1, Duration::from_secs(60))

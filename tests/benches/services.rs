@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use agora_devnet::Devnet;
-use agora_node::services::ServiceManifest;
+use agora_hosting::ServiceManifest;
 use agora_runtime::test_utils::{ECHO, lora_gateway_wasm};
 
 const COLD_RUNS: usize = 3;

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agora_devnet::Devnet;
-use agora_node::storage_service::{FetchConfig, FetchProgress};
+use agora_exchange::{FetchConfig, FetchProgress};
 use agora_storage::{Cid, CidVersion};
 use tokio::sync::watch;
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agora_contracts::ContractStatus;
-use agora_node::cli::demo::{Story, module_bytes};
+use agora_devnet::demo::{Story, module_bytes};
 use agora_tests::agora_bin;
 use support::Bin;
 use support::netns::NetLab;
@@ -23,10 +23,7 @@ fn module() -> Vec<u8> {
     module_bytes(None).expect("lora-gateway module (rustup target add wasm32-wasip1)")
 }
 
-async fn story(
-    dir: &std::path::Path,
-    launcher: Arc<dyn agora_node::cli::devnet::Launcher>,
-) -> Story {
+async fn story(dir: &std::path::Path, launcher: Arc<dyn agora_devnet::process::Launcher>) -> Story {
     Story::start(dir, 5, &module(), launcher, true)
         .await
         .expect("story starts")
@@ -120,9 +117,9 @@ async fn provider_crash_mid_contract_loses_nothing() {
     s.restart(armed.b).await.unwrap();
     // B resumes the contract from the ledger and fetches the uplinks it missed from its peers.
     let bn = s.m.nodes[armed.b].clone();
-    agora_node::cli::demo::story::wait_for("B serving A's sensors again", 30, async || {
-        let c = agora_node::api::client::ApiClient::for_data_dir(&bn.data_dir).ok()?;
-        let st: agora_node::radio::RadioStatus = c.get("/v1/radio").await.ok()?;
+    agora_devnet::demo::story::wait_for("B serving A's sensors again", 30, async || {
+        let c = agora_api::client::ApiClient::for_data_dir(&bn.data_dir).ok()?;
+        let st: agora_radio::RadioStatus = c.get("/v1/radio").await.ok()?;
         st.devices
             .iter()
             .filter(|d| [101, 102, 103].contains(&d.device))

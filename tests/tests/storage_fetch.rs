@@ -5,11 +5,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use agora_devnet::Devnet;
-use agora_node::storage_service::framing::encode_varint;
-use agora_node::storage_service::{FetchConfig, FetchError, FetchProgress, StorageServiceError};
+use agora_exchange::framing::encode_varint;
+use agora_exchange::{ExchangeError, FetchConfig, FetchError, FetchProgress};
+use agora_network::StreamProtocol;
 use agora_storage::{Cid, CidVersion};
 use futures::AsyncWriteExt;
-use libp2p::StreamProtocol;
 use tokio::sync::watch;
 
 fn random_file(dir: &Path, name: &str, len: usize, seed: u64) -> (std::path::PathBuf, Vec<u8>) {
@@ -142,7 +142,7 @@ async fn fetch_stops_when_the_dag_outgrows_its_byte_limit() {
     let b = &net.node(1).unwrap().storage;
     let err = b.pin_within(cid, 1024 * 1024).await.unwrap_err();
     assert!(
-        matches!(&err, StorageServiceError::Fetch(e) if matches!(**e, FetchError::TooLarge { .. })),
+        matches!(&err, ExchangeError::Fetch(e) if matches!(**e, FetchError::TooLarge { .. })),
         "{err:?}"
     );
     assert!(err.to_string().contains("larger than"), "{err}");
@@ -175,7 +175,7 @@ async fn unknown_cid_times_out_with_a_clear_error() {
     assert!(
         matches!(
             &err,
-            StorageServiceError::Fetch(e) if matches!(**e, FetchError::Timeout { cid: c, .. } if c == cid)
+            ExchangeError::Fetch(e) if matches!(**e, FetchError::Timeout { cid: c, .. } if c == cid)
         ),
         "{err:?}"
     );

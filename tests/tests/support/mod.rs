@@ -4,7 +4,7 @@ pub mod netns;
 
 use std::path::{Path, PathBuf};
 
-use agora_node::cli::devnet::{Launcher, spawn_node};
+use agora_devnet::process::{Launcher, spawn_node};
 
 /// Loopback nodes running the test build's `agora` binary.
 pub struct Bin(pub PathBuf);

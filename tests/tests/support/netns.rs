@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use agora_node::cli::devnet::Launcher;
+use agora_devnet::process::Launcher;
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")

@@ -1,0 +1,241 @@
+//! `agora devnet demo`: the flagship story on real processes, all seven phases.
+//!
+//! A devnet starts on the embedded defaults; edge A (the last node) publishes its LoRa gateway
+//! service and runs it on its own sensors; A opens a standby auction for it; the auction,
+//! negotiation, dual signature and escrow happen as on any devnet; the winner B migrates the
+//! image and arms the contract. Then A's process is killed for real (SIGKILL): the arbitrators
+//! attest the failure, B activates A's service and takes A's sensors over from A's last
+//! checkpoint. A is restarted, settles, B is paid, A takes its sensors back. The demo prints a
+//! timeline, the failover split, who processed which readings, and the balances.
+
+mod drone;
+pub mod report;
+mod sensors;
+pub mod story;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+pub use report::{Coverage, FailoverSplit, percentile};
+pub use sensors::{Region, Sensors, frame};
+pub use story::{Armed, Story};
+
+use crate::process::Loopback;
+
+/// Options of `devnet demo`.
+#[derive(Debug, Args, Clone)]
+pub struct DemoArgs {
+    /// Number of nodes (at least 3: arbitrators, a provider and the customer).
+    #[arg(long, default_value_t = 5)]
+    pub nodes: usize,
+    /// Devnet directory (recreated).
+    #[arg(long, default_value = ".agora-demo")]
+    pub dir: PathBuf,
+    /// The Wasm module of A's service (default: build runtime/examples/lora-gateway).
+    #[arg(long)]
+    pub module: Option<PathBuf>,
+    /// Failovers to run (each with a fresh contract); more than one prints p50/p99.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Seconds B serves A's sensors before A comes back.
+    #[arg(long, default_value_t = 3)]
+    pub outage: u64,
+    /// Leave the devnet running afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// Which story.
+    #[arg(long, value_enum, default_value = "standby")]
+    pub scenario: Scenario,
+}
+
+/// Demo stories.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Edge A insures its service with a standby contract; A fails; B takes over.
+    Standby,
+    /// A drone streams to the edges along its route, each pre-contracted for its segment.
+    Drone,
+}
+
+/// The module bytes: `--module`, else the lora-gateway example built for wasm32-wasip1.
+pub fn module_bytes(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    if let Some(p) = path {
+        return std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    }
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../runtime/examples/lora-gateway/Cargo.toml");
+    if !src.exists() {
+        anyhow::bail!(
+            "no --module given and the lora-gateway sources are not at {}; pass --module FILE.wasm",
+            src.display()
+        );
+    }
+    let target = std::env::temp_dir().join("agora-lora-gateway-target");
+    eprintln!("building the lora-gateway service for wasm32-wasip1 ...");
+    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
+        ])
+        .arg(&src)
+        .arg("--target-dir")
+        .arg(&target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .context("running cargo (needed to build the demo service; or pass --module)")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "building lora-gateway failed (is the target installed? `rustup target add wasm32-wasip1`):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let wasm = target.join("wasm32-wasip1/release/lora_gateway.wasm");
+    std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))
+}
+
+/// Publishes `module` on A with a manifest taking `devices`; returns the image CID and the
+/// resources the manifest asks for (phase 1, estimation).
+async fn publish(
+    client: &agora_api::client::ApiClient,
+    dir: &std::path::Path,
+    module: &[u8],
+    devices: &[u32],
+    activation: &str,
+) -> anyhow::Result<(String, agora_market::Resources)> {
+    use anyhow::Context;
+    let manifest = format!(
+        r#"name = "lora-gateway"
+version = "0.1.0"
+kind = "wasm"
+tick_ms = 50
+activation = "{activation}"
+devices = {devices:?}
+
+[resources]
+cpu_millis = 250
+memory_mb = 64
+storage_mb = 1
+
+[limits]
+memory_bytes = 16777216
+fuel_per_second = 200000000
+instances = 1
+max_output_bytes = 1048576
+"#
+    );
+    let parsed = agora_hosting::ServiceManifest::from_toml(&manifest)
+        .map_err(|e| anyhow::anyhow!("demo manifest: {e}"))?;
+    std::fs::create_dir_all(dir)?;
+    let module_path = dir.join("lora-gateway.wasm");
+    let manifest_path = dir.join("lora-gateway.toml");
+    std::fs::write(&module_path, module).context("writing the demo module")?;
+    std::fs::write(&manifest_path, &manifest).context("writing the demo manifest")?;
+    let info: agora_hosting::ImageInfo = client
+        .post(
+            "/v1/services/publish",
+            &agora_api::services::PublishRequest {
+                module: module_path.canonicalize()?,
+                manifest: manifest_path.canonicalize()?,
+            },
+        )
+        .await
+        .context("publishing A's service")?;
+    Ok((info.image, parsed.resources()))
+}
+
+/// Runs the demo.
+pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
+    let module = module_bytes(args.module.as_deref())?;
+    if args.scenario == Scenario::Drone {
+        return drone::run(args, &module, json).await;
+    }
+    if !json {
+        println!(
+            "Agora devnet demo: {} nodes in {}",
+            args.nodes,
+            args.dir.display()
+        );
+    }
+    let mut story = Story::start(&args.dir, args.nodes, &module, Arc::new(Loopback), json).await?;
+    let mut splits = Vec::new();
+    let mut settled_ok = true;
+    let mut last_b = 0;
+    for run in 0..args.runs {
+        if args.runs > 1 && !json {
+            println!("\n-- failover {}/{} --", run + 1, args.runs);
+        }
+        let armed = story.standby().await?;
+        last_b = armed.b;
+        let provider = armed.rec.contract.provider.to_string();
+        let observer = (0..story.m.nodes.len())
+            .find(|i| *i != story.a && *i != armed.b)
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let before = story
+            .account(observer, &provider)
+            .await
+            .map_or(0, |b| b.balance);
+        let killed = story.kill(story.a)?;
+        story
+            .clock
+            .line("7 failure", killed, "A killed with SIGKILL");
+        splits.push(story.failover(&armed, killed).await?);
+        tokio::time::sleep(Duration::from_secs(args.outage)).await;
+        story.restart(story.a).await?;
+        story.clock.line(
+            "  A back",
+            agora_wire::now_ms(),
+            "A restarted from its data dir",
+        );
+        let done = story
+            .wait_contract(observer, &armed.id, "settlement", 30, |r| {
+                r.status.is_final()
+            })
+            .await?;
+        let after = story
+            .account(observer, &provider)
+            .await
+            .map_or(0, |b| b.balance);
+        story.clock.line(
+            "  settled",
+            done.closed_at.unwrap_or(0),
+            format!(
+                "{:?}: provider paid {} of {} tokens (pro rata), balance {before} -> {after}",
+                done.status, done.paid_to_provider, done.contract.payment
+            ),
+        );
+        settled_ok &=
+            done.status == agora_contracts::ContractStatus::Settled && done.paid_to_provider > 0;
+        story.a_resumed().await?;
+    }
+    let cov = story.coverage(last_b).await;
+    let ok = settled_ok && cov.missing == 0 && cov.duplicated == 0;
+    if json {
+        let out = serde_json::json!({ "failovers": splits, "coverage": cov, "ok": ok });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        report::print_coverage(&cov, story::DEVICES.len());
+        report::print_splits(&splits);
+    }
+    let dir = story.m.dir.clone();
+    if !args.keep {
+        story.down(false).await?;
+        if !json {
+            println!("devnet stopped (data kept in {})", dir.display());
+        }
+    }
+    if !ok {
+        anyhow::bail!("the story did not end as expected (see above)");
+    }
+    if !json {
+        println!("demo finished: every reading processed exactly once, provider paid");
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Files of a devnet: its genesis (every node funded, the committee a 3f+1 prefix of the nodes),
+//! the manifest `agora devnet up` writes (which nodes, where, which processes), and the config
+//! of each devnet node. Writing a data directory and reading a genesis file are the daemon's
+//! (`agora_daemon::data_dir`), since a node outside any devnet needs them too.
+
+use std::path::{Path, PathBuf};
+
+use agora_contracts::{Genesis, GenesisAccount};
+use agora_market::NodeId;
+use serde::{Deserialize, Serialize};
+
+use agora_daemon::config::NodeConfig;
+
+/// Genesis file name inside a devnet directory.
+pub const GENESIS_FILE: &str = "genesis.json";
+/// Manifest file name inside a devnet directory.
+pub const MANIFEST_FILE: &str = "devnet.json";
+
+/// Starting balance of every devnet account.
+pub const DEVNET_BALANCE: u64 = 1_000_000;
+
+/// A devnet genesis (the ledger's own [`Genesis`] type): every node funded with
+/// [`DEVNET_BALANCE`], the faucet on, and a committee that is the largest 3f+1 prefix of the nodes
+/// (all nodes when fewer than four).
+pub fn devnet_genesis(nodes: &[(String, NodeId)], created_at: u64) -> Genesis {
+    let n = nodes.len();
+    let committee_size = if n < 4 { n } else { 3 * ((n - 1) / 3) + 1 };
+    Genesis {
+        chain_id: format!("agora-devnet-{created_at}"),
+        accounts: nodes
+            .iter()
+            .map(|(_, id)| GenesisAccount {
+                id: *id,
+                balance: DEVNET_BALANCE,
+            })
+            .collect(),
+        committee: nodes
+            .iter()
+            .take(committee_size)
+            .map(|(_, id)| *id)
+            .collect(),
+        faucet_enabled: true,
+        params: Default::default(),
+    }
+}
+
+/// One node of a devnet, as recorded by `agora devnet up`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DevnetNode {
+    /// Label (`node0`, ...).
+    pub name: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Node id (base58).
+    pub node_id: String,
+    /// Process id while running.
+    pub pid: Option<u32>,
+    /// Control API address.
+    pub api: String,
+    /// p2p addresses.
+    pub p2p: Vec<String>,
+}
+
+/// What `agora devnet up` started.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DevnetManifest {
+    /// The devnet directory.
+    pub dir: PathBuf,
+    /// The genesis file.
+    pub genesis: PathBuf,
+    /// The nodes.
+    pub nodes: Vec<DevnetNode>,
+}
+
+/// Errors with devnet files.
+#[derive(Debug, thiserror::Error)]
+pub enum DevnetFileError {
+    /// Missing or unreadable manifest.
+    #[error(
+        "no devnet in {0} (missing {MANIFEST_FILE}); create one with `agora devnet up --dir {0}`"
+    )]
+    NoManifest(PathBuf),
+    /// Corrupt file.
+    #[error("{0} is not valid: {1}")]
+    Invalid(PathBuf, String),
+    /// Write failure.
+    #[error("cannot write {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+impl DevnetManifest {
+    /// Reads `<dir>/devnet.json`.
+    pub fn load(dir: &Path) -> Result<DevnetManifest, DevnetFileError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text =
+            std::fs::read_to_string(&path).map_err(|_| DevnetFileError::NoManifest(dir.into()))?;
+        serde_json::from_str(&text).map_err(|e| DevnetFileError::Invalid(path, e.to_string()))
+    }
+
+    /// Writes `<dir>/devnet.json`.
+    pub fn save(&self) -> Result<(), DevnetFileError> {
+        let path = self.dir.join(MANIFEST_FILE);
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| DevnetFileError::Invalid(path.clone(), e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| DevnetFileError::Io(path, e))
+    }
+
+    /// TCP bootstrap addresses of every node (what `--join` dials).
+    pub fn bootstrap_addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.p2p.iter())
+            .filter(|a| a.contains("/tcp/"))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Centre of the simulated devnet region (Vienna); node `i` sits a few hundred metres away.
+pub const DEVNET_CENTER: (f64, f64) = (48.2082, 16.3738);
+
+/// Config of devnet node `i`: loopback with free ports, a provider capacity typical of an edge
+/// gateway (4 cores, 4 GiB, one LoRa/BLE/Wi-Fi radio each), a location near
+/// [`DEVNET_CENTER`]. A `manual` node neither bids nor accepts awards on its own: its operator
+/// does both from the CLI.
+pub fn devnet_node_config(i: usize, genesis: &Path, manual: bool) -> NodeConfig {
+    use agora_market::{Interface, Location, Resources};
+    let mut config = NodeConfig::default();
+    config.node.name = format!("node{i}");
+    config.node.genesis = Some(genesis.to_path_buf());
+    config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    config.api.listen = "127.0.0.1:0".into();
+    config.radio.listen = "127.0.0.1:0".into();
+    // Devnet contracts hand over after one second of attested unreachability.
+    config.deals.handover_after_ms = 1_000;
+    config.deals.heartbeat_interval_ms = 500;
+    let engine = &mut config.market.engine;
+    engine.capacity = Resources {
+        cpu_millis: 4000,
+        memory_bytes: 4 << 30,
+        storage_bytes: 64 << 30,
+        bandwidth_bps: 100_000_000,
+        ..Resources::default()
+    }
+    .with_interface(Interface::LoRa, 1)
+    .with_interface(Interface::Ble, 1)
+    .with_interface(Interface::Wifi, 1);
+    let offset = i as f64 * 0.002;
+    engine.dmu.provider.location = Some(Location {
+        lat: DEVNET_CENTER.0 + offset,
+        lon: DEVNET_CENTER.1 - offset,
+    });
+    // Devnet providers ask at least 50 tokens, so short demo contracts pay visible amounts.
+    engine.dmu.provider.floor_price = 50;
+    engine.dmu.provider.auto_bid = !manual;
+    engine.dmu.provider.auto_accept_award = !manual;
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agora_market::{KeySigner, Signer};
+
+    #[test]
+    fn committee_is_3f_plus_1() {
+        let nodes: Vec<_> = (0..10)
+            .map(|i| (format!("n{i}"), KeySigner::from_seed(i).node_id()))
+            .collect();
+        for (n, want) in [(1, 1), (3, 3), (4, 4), (5, 4), (7, 7), (9, 7), (10, 10)] {
+            assert_eq!(
+                devnet_genesis(&nodes[..n], 0).committee.len(),
+                want,
+                "n={n}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn devnet_config_survives_toml() {
+        let c = devnet_node_config(2, Path::new("/tmp/genesis.json"), false);
+        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        assert!(back.market.engine.dmu.provider.auto_bid);
+        assert_eq!(back.market.engine.capacity.cpu_millis, 4000);
+    }
+}

@@ -1,0 +1,519 @@
+//! `agora devnet up|status|down`: a local devnet of real `agora node run` processes on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use crate::files::{DevnetManifest, DevnetNode, GENESIS_FILE, devnet_genesis, devnet_node_config};
+use agora_api::client::ApiClient;
+use agora_api::{API_ADDR_FILE, P2P_ADDR_FILE};
+use agora_daemon::data_dir::{init_data_dir, save_genesis, write_config};
+use agora_wire::now_ms;
+
+use crate::output::{print_json, print_table};
+
+/// Default devnet directory.
+pub const DEFAULT_DEVNET_DIR: &str = ".agora-devnet";
+
+/// `agora devnet …`
+#[derive(Debug, Subcommand)]
+pub enum DevnetCommand {
+    /// Create keys, genesis and config, start N nodes and wait until they are connected.
+    Up(UpArgs),
+    /// Show the devnet's nodes and whether they run.
+    Status(DirArgs),
+    /// Stop exactly the processes `up` started (data is kept unless --clean).
+    Down(DownArgs),
+    /// Run the flagship story on real processes: standby contract, failure, handover, payment.
+    Demo(crate::demo::DemoArgs),
+    /// Kill one node's process with SIGKILL (a real failure; data stays).
+    Kill(NodeArgs),
+    /// Start one stopped node again from its data dir.
+    Start(NodeArgs),
+    /// Simulated LoRa sensors broadcasting to every node's radio until Ctrl-C (or --for).
+    Sensors(SensorArgs),
+}
+
+/// Options naming one devnet node.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Node name, e.g. `node3`.
+    pub node: String,
+    /// Devnet directory.
+    #[arg(long, default_value = DEFAULT_DEVNET_DIR)]
+    pub dir: PathBuf,
+}
+
+/// Options of `devnet sensors`.
+#[derive(Debug, Args)]
+pub struct SensorArgs {
+    /// Device ids, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "101,102,103")]
+    pub devices: Vec<u32>,
+    /// Uplink interval in ms.
+    #[arg(long, default_value_t = 100)]
+    pub interval_ms: u64,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long = "for")]
+    pub for_s: Option<u64>,
+    /// Devnet directory.
+    #[arg(long, default_value = DEFAULT_DEVNET_DIR)]
+    pub dir: PathBuf,
+}
+
+/// Options of `devnet up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 5)]
+    pub nodes: usize,
+    /// Devnet directory.
+    #[arg(long, default_value = DEFAULT_DEVNET_DIR)]
+    pub dir: PathBuf,
+    /// Seconds to wait for the nodes to connect.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// The last M nodes neither bid nor accept awards automatically (their operator does).
+    #[arg(long, default_value_t = 0)]
+    pub manual: usize,
+}
+
+/// Options naming the devnet directory.
+#[derive(Debug, Args)]
+pub struct DirArgs {
+    /// Devnet directory.
+    #[arg(long, default_value = DEFAULT_DEVNET_DIR)]
+    pub dir: PathBuf,
+}
+
+/// Options of `devnet down`.
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Devnet directory.
+    #[arg(long, default_value = DEFAULT_DEVNET_DIR)]
+    pub dir: PathBuf,
+    /// Also remove the devnet directory.
+    #[arg(long)]
+    pub clean: bool,
+}
+
+/// Runs a devnet subcommand.
+pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        DevnetCommand::Up(a) => {
+            let m = up(&a.dir, a.nodes, a.manual, Duration::from_secs(a.timeout)).await?;
+            print_manifest(&m, json).await
+        }
+        DevnetCommand::Demo(a) => crate::demo::run(a, json).await,
+        DevnetCommand::Status(a) => {
+            let m = DevnetManifest::load(&a.dir)?;
+            print_manifest(&m, json).await
+        }
+        DevnetCommand::Kill(a) => {
+            let mut m = DevnetManifest::load(&a.dir)?;
+            let n = node_index(&m, &a.node)?;
+            let node = &m.nodes[n];
+            match node.pid.filter(|p| is_our_process(*p, &node.data_dir)) {
+                Some(pid) => {
+                    std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status()
+                        .context("running kill")?;
+                }
+                None => bail!("{} is not running", a.node),
+            }
+            m.nodes[n].pid = None;
+            m.save()?;
+            println!(
+                "killed {} (SIGKILL); `agora devnet start {}` brings it back",
+                a.node, a.node
+            );
+            Ok(())
+        }
+        DevnetCommand::Start(a) => {
+            let mut m = DevnetManifest::load(&a.dir)?;
+            let n = node_index(&m, &a.node)?;
+            let node = m.nodes[n].clone();
+            if node.pid.is_some_and(|p| is_our_process(p, &node.data_dir)) {
+                bail!("{} is already running", a.node);
+            }
+            let exe = std::env::current_exe().context("cannot find the agora binary")?;
+            let _ = std::fs::remove_file(node.data_dir.join(API_ADDR_FILE));
+            let pid = spawn_node(&exe, &node.data_dir)?;
+            m.nodes[n].pid = Some(pid);
+            m.save()?;
+            wait_for_file(
+                &node.data_dir.join(API_ADDR_FILE),
+                Instant::now() + Duration::from_secs(30),
+            )
+            .await?;
+            println!("started {} (pid {pid})", a.node);
+            Ok(())
+        }
+        DevnetCommand::Sensors(a) => {
+            let m = DevnetManifest::load(&a.dir)?;
+            let region = crate::demo::Region::default();
+            let addrs: Vec<std::net::SocketAddr> = m
+                .nodes
+                .iter()
+                .filter_map(|n| {
+                    std::fs::read_to_string(n.data_dir.join(agora_api::RADIO_ADDR_FILE)).ok()
+                })
+                .filter_map(|s| s.trim().parse().ok())
+                .collect();
+            println!(
+                "sensors {:?} sending every {} ms to {} edges; Ctrl-C stops",
+                a.devices,
+                a.interval_ms,
+                addrs.len()
+            );
+            region.set(addrs);
+            let sensors = crate::demo::Sensors::start(
+                a.devices.clone(),
+                Duration::from_millis(a.interval_ms.max(1)),
+                region,
+            )
+            .await?;
+            match a.for_s {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+            let sent = sensors.stop().await;
+            println!("sent: {sent:?}");
+            Ok(())
+        }
+        DevnetCommand::Down(a) => {
+            let stopped = down(&a.dir, a.clean).await?;
+            if json {
+                print_json(&serde_json::json!({ "stopped": stopped, "cleaned": a.clean }))
+            } else {
+                println!(
+                    "stopped {stopped} node(s){}",
+                    if a.clean { ", removed data" } else { "" }
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+fn node_index(m: &DevnetManifest, name: &str) -> anyhow::Result<usize> {
+    m.nodes
+        .iter()
+        .position(|n| n.name == name)
+        .with_context(|| {
+            let names: Vec<&str> = m.nodes.iter().map(|n| n.name.as_str()).collect();
+            format!("no node {name} in this devnet; nodes: {}", names.join(", "))
+        })
+}
+
+/// Whether process `pid` is alive and is the `agora node run` for `data_dir`.
+pub fn is_our_process(pid: u32, data_dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie has exited already.
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+        {
+            return false;
+        }
+    }
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let dir = data_dir.display().to_string();
+    args.iter().any(|a| a == "run") && args.contains(&dir)
+}
+
+async fn wait_for_file(path: &Path, deadline: Instant) -> anyhow::Result<String> {
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && !text.trim().is_empty()
+        {
+            return Ok(text);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out waiting for {}; see the node's log next to it",
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts `agora node run` for `data_dir` in the background (own process group, log in
+/// `node.log`); returns its pid.
+pub fn spawn_node(exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let log_path = data_dir.join("node.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let log2 = log.try_clone()?;
+    let child = std::process::Command::new(exe)
+        .arg("node")
+        .arg("run")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        // Own process group: a Ctrl-C in the terminal that ran `up` does not stop the devnet.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    Ok(child.id())
+}
+
+/// Where devnet nodes live and how they are started: plain loopback processes by default;
+/// tests put each node in its own network namespace to cut links for real.
+pub trait Launcher: Send + Sync {
+    /// The IP address node `i` listens on.
+    fn host(&self, i: usize) -> String;
+    /// Starts `agora node run` for node `i`; returns its pid.
+    fn spawn(&self, i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32>;
+    /// The `agora` binary to run (default: this one).
+    fn exe(&self) -> anyhow::Result<PathBuf> {
+        std::env::current_exe().context("cannot find the agora binary")
+    }
+}
+
+/// Loopback processes in their own process groups.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Loopback;
+
+impl Launcher for Loopback {
+    fn host(&self, _i: usize) -> String {
+        "127.0.0.1".into()
+    }
+    fn spawn(&self, _i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
+        spawn_node(exe, data_dir)
+    }
+}
+
+/// Starts `n` nodes in `dir` and waits until each is connected to all others (or to the target).
+pub async fn up(
+    dir: &Path,
+    n: usize,
+    manual: usize,
+    timeout: Duration,
+) -> anyhow::Result<DevnetManifest> {
+    up_with(dir, n, manual, timeout, &Loopback).await
+}
+
+/// [`up`] with nodes placed and started by `launcher`.
+pub async fn up_with(
+    dir: &Path,
+    n: usize,
+    manual: usize,
+    timeout: Duration,
+    launcher: &dyn Launcher,
+) -> anyhow::Result<DevnetManifest> {
+    if n == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if let Ok(m) = DevnetManifest::load(dir)
+        && m.nodes
+            .iter()
+            .any(|node| node.pid.is_some_and(|p| is_our_process(p, &node.data_dir)))
+    {
+        bail!(
+            "a devnet is already running in {}; run `agora devnet down --dir {}` first",
+            dir.display(),
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let exe = launcher.exe()?;
+    let genesis_path = dir.join(GENESIS_FILE);
+
+    let mut ids = Vec::new();
+    let mut configs = Vec::new();
+    for i in 0..n {
+        let name = format!("node{i}");
+        let data_dir = dir.join(&name);
+        let mut config = devnet_node_config(i, &genesis_path, i + manual >= n);
+        let host = launcher.host(i);
+        if host != "127.0.0.1" {
+            config.network.listen = vec![format!("/ip4/{host}/tcp/0")];
+            config.api.listen = format!("{host}:0");
+            config.api.allow_non_loopback = true;
+            config.radio.listen = format!("{host}:0");
+        }
+        let key = init_data_dir(&data_dir, &config)?;
+        ids.push((name, key.node_id()));
+        configs.push((data_dir, config));
+    }
+    save_genesis(&genesis_path, &devnet_genesis(&ids, now_ms()))?;
+
+    let deadline = Instant::now() + timeout;
+    let mut nodes = Vec::new();
+    let mut bootstrap: Vec<String> = Vec::new();
+    for (i, (data_dir, mut config)) in configs.into_iter().enumerate() {
+        config.network.bootstrap = bootstrap.clone();
+        write_config(&data_dir, &config)?;
+        for f in [P2P_ADDR_FILE, API_ADDR_FILE, agora_api::RADIO_ADDR_FILE] {
+            let _ = std::fs::remove_file(data_dir.join(f));
+        }
+        let pid = launcher.spawn(i, &exe, &data_dir)?;
+        let p2p_text = wait_for_file(&data_dir.join(P2P_ADDR_FILE), deadline).await?;
+        let api = wait_for_file(&data_dir.join(API_ADDR_FILE), deadline).await?;
+        let p2p: Vec<String> = p2p_text.lines().map(String::from).collect();
+        if i == 0 {
+            bootstrap = p2p.clone();
+        }
+        // Pin the ports the node got, so a restart from its config comes back on the same ones.
+        config.network.listen = p2p
+            .iter()
+            .map(|a| a.split("/p2p/").next().unwrap_or(a).to_string())
+            .collect();
+        config.api.listen = api.trim().to_string();
+        if !config.radio.listen.is_empty() {
+            let radio = wait_for_file(&data_dir.join(agora_api::RADIO_ADDR_FILE), deadline).await?;
+            config.radio.listen = radio.trim().to_string();
+        }
+        write_config(&data_dir, &config)?;
+        nodes.push(DevnetNode {
+            name: ids[i].0.clone(),
+            data_dir,
+            node_id: ids[i].1.to_string(),
+            pid: Some(pid),
+            api: api.trim().to_string(),
+            p2p,
+        });
+    }
+    let manifest = DevnetManifest {
+        dir: dir.clone(),
+        genesis: genesis_path,
+        nodes,
+    };
+    manifest.save()?;
+    wait_connected(&manifest, deadline).await?;
+    Ok(manifest)
+}
+
+async fn wait_connected(m: &DevnetManifest, deadline: Instant) -> anyhow::Result<()> {
+    // Nodes dial discovered peers only up to the target, so large devnets are not a full mesh.
+    let want = (m.nodes.len() - 1).min(agora_network::NetworkConfig::default().target_peers);
+    loop {
+        let mut all = true;
+        for node in &m.nodes {
+            let peers = match ApiClient::for_data_dir(&node.data_dir) {
+                Ok(c) => c.peers().await.map(|p| p.len()).unwrap_or(0),
+                Err(_) => 0,
+            };
+            if peers < want {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "devnet nodes did not all connect in time; check the node.log files under {} \
+                 (or pass --timeout)",
+                m.dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops the devnet's processes; returns how many were running.
+pub async fn down(dir: &Path, clean: bool) -> anyhow::Result<usize> {
+    let mut m = DevnetManifest::load(dir)?;
+    let mut stopped = 0;
+    for node in &mut m.nodes {
+        let Some(pid) = node.pid else { continue };
+        if is_our_process(pid, &node.data_dir) {
+            if let Ok(c) = ApiClient::for_data_dir(&node.data_dir) {
+                let _ = c.shutdown().await;
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while is_our_process(pid, &node.data_dir) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if is_our_process(pid, &node.data_dir) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            stopped += 1;
+        }
+        node.pid = None;
+    }
+    if clean {
+        std::fs::remove_dir_all(&m.dir)
+            .with_context(|| format!("cannot remove {}", m.dir.display()))?;
+    } else {
+        m.save()?;
+    }
+    Ok(stopped)
+}
+
+async fn print_manifest(m: &DevnetManifest, json: bool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for node in &m.nodes {
+        let running = node.pid.is_some_and(|p| is_our_process(p, &node.data_dir));
+        let peers = if running {
+            match ApiClient::for_data_dir(&node.data_dir) {
+                Ok(c) => c.peers().await.ok().map(|p| p.len()),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let p2p = node
+            .p2p
+            .iter()
+            .find(|a| a.contains("/tcp/"))
+            .cloned()
+            .unwrap_or_default();
+        rows.push(vec![
+            node.name.clone(),
+            node.node_id.chars().take(8).collect(),
+            if running { "running" } else { "stopped" }.to_string(),
+            peers.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            node.api.clone(),
+            p2p,
+        ]);
+        out.push(serde_json::json!({
+            "name": node.name, "node_id": node.node_id, "running": running,
+            "pid": node.pid, "peers": peers, "api": node.api, "p2p": node.p2p,
+            "data_dir": node.data_dir,
+        }));
+    }
+    if json {
+        return print_json(
+            &serde_json::json!({ "dir": m.dir, "genesis": m.genesis, "nodes": out }),
+        );
+    }
+    print_table(&["NODE", "ID", "STATE", "PEERS", "CONTROL", "P2P"], &rows);
+    println!("devnet dir: {}", m.dir.display());
+    println!(
+        "try: agora peers --data-dir {}",
+        m.nodes
+            .first()
+            .map(|n| n.data_dir.display().to_string())
+            .unwrap_or_default()
+    );
+    Ok(())
+}

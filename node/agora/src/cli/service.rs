@@ -1,0 +1,211 @@
+//! `agora service …`: publish service images, stage them by CID, start, stop, inspect.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use agora_api::client::ApiClient;
+use agora_api::services::{
+    LogsReply, PublishRequest, ReadingsReply, ReadingsRequest, ShowReply, StageRequest, StopReply,
+};
+use agora_hosting::{ImageInfo, ServiceInfo, StagedInfo};
+
+use agora_devnet::output::{print_json, print_table};
+
+/// `agora service …`
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Store a module and its manifest as a service image; prints the image CID.
+    Publish {
+        /// The module (`.wasm`, wasm32-wasip1, guest ABI v1).
+        module: PathBuf,
+        /// The service manifest (TOML).
+        #[arg(long)]
+        manifest: PathBuf,
+    },
+    /// List the services on this node.
+    List,
+    /// Fetch an image (from peers if needed), verify and compile it, and stage it idle.
+    Stage {
+        /// The image CID printed by `publish`.
+        image: String,
+        /// Service id (default: svc- and the end of the image CID).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Start a staged or stopped service.
+    Start {
+        /// Service id.
+        id: String,
+    },
+    /// Stop a running service and print why it stopped.
+    Stop {
+        /// Service id.
+        id: String,
+    },
+    /// Forget a service that is not running.
+    Remove {
+        /// Service id.
+        id: String,
+    },
+    /// Queue sensor readings (hex) for a wasm service, in order.
+    Push {
+        /// Service id.
+        id: String,
+        /// Readings as hex bytes (e.g. a lora-gateway frame).
+        #[arg(required = true)]
+        readings: Vec<String>,
+    },
+    /// Print a service's log tail.
+    Logs {
+        /// Service id.
+        id: String,
+    },
+    /// Show a service's state, health and metering.
+    Show {
+        /// Service id.
+        id: String,
+    },
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("cannot resolve path {}", p.display()))
+}
+
+fn path(id: &str, tail: &str) -> String {
+    format!("/v1/services/{id}{tail}")
+}
+
+/// Runs `agora service …`.
+pub async fn service(dir: &Path, cmd: &ServiceCommand, json: bool) -> anyhow::Result<()> {
+    let api = ApiClient::for_data_dir(dir)?;
+    match cmd {
+        ServiceCommand::Publish { module, manifest } => {
+            let req = PublishRequest {
+                module: absolute(module)?,
+                manifest: absolute(manifest)?,
+            };
+            let r: ImageInfo = api.post_long("/v1/services/publish", &req).await?;
+            if json {
+                return print_json(&r);
+            }
+            println!("published {} {} {}", r.image, r.name, r.version);
+        }
+        ServiceCommand::List => {
+            let r: Vec<ServiceInfo> = api.get("/v1/services").await?;
+            if json {
+                return print_json(&r);
+            }
+            let rows: Vec<Vec<String>> = r
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.id.clone(),
+                        format!("{}@{}", s.name, s.version),
+                        s.kind.as_str().to_string(),
+                        state_text(&s.state),
+                        s.metering.published.to_string(),
+                        s.image.clone(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["ID", "SERVICE", "KIND", "STATE", "PUBLISHED", "IMAGE"],
+                &rows,
+            );
+        }
+        ServiceCommand::Stage { image, id } => {
+            let req = StageRequest {
+                image: image.clone(),
+                id: id.clone(),
+            };
+            let r: StagedInfo = api.post_long("/v1/services/stage", &req).await?;
+            if json {
+                return print_json(&r);
+            }
+            let cached = if r.from_cache {
+                " (cached artifact)"
+            } else {
+                ""
+            };
+            println!(
+                "staged {} {}@{} from {}{cached}",
+                r.id, r.manifest.name, r.manifest.version, r.image
+            );
+        }
+        ServiceCommand::Start { id } => {
+            let r: ShowReply = api
+                .post(&path(id, "/start"), &serde_json::json!({}))
+                .await?;
+            if json {
+                return print_json(&r);
+            }
+            println!("started {} ({})", id, state_text(&r.service.state));
+        }
+        ServiceCommand::Stop { id } => {
+            let r: StopReply = api.post(&path(id, "/stop"), &serde_json::json!({})).await?;
+            if json {
+                return print_json(&r);
+            }
+            println!("stopped {}: {:?}", r.id, r.reason);
+        }
+        ServiceCommand::Remove { id } => {
+            let r: serde_json::Value = api
+                .post(&path(id, "/remove"), &serde_json::json!({}))
+                .await?;
+            if json {
+                return print_json(&r);
+            }
+            println!("removed {id}");
+        }
+        ServiceCommand::Push { id, readings } => {
+            let req = ReadingsRequest {
+                readings: readings.clone(),
+            };
+            let r: ReadingsReply = api.post(&path(id, "/readings"), &req).await?;
+            if json {
+                return print_json(&r);
+            }
+            println!("queued {} readings for {}", r.queued, r.id);
+        }
+        ServiceCommand::Logs { id } => {
+            let r: LogsReply = api.get(&path(id, "/logs")).await?;
+            if json {
+                return print_json(&r);
+            }
+            print!("{}", r.logs);
+        }
+        ServiceCommand::Show { id } => {
+            let r: ShowReply = api.get(&path(id, "")).await?;
+            if json {
+                return print_json(&r);
+            }
+            let s = &r.service;
+            let m = &s.metering;
+            println!("id:        {}", s.id);
+            println!("service:   {}@{} ({})", s.name, s.version, s.kind.as_str());
+            println!("image:     {}", s.image);
+            println!("state:     {}", state_text(&s.state));
+            println!("healthy:   {}", r.health.healthy);
+            println!("uptime:    {} ms", m.uptime_ms);
+            println!("fuel used: {}", m.fuel_used);
+            println!("peak mem:  {} bytes", m.peak_memory_bytes);
+            println!(
+                "readings:  {} processed, {} dropped",
+                m.readings_processed, m.readings_dropped
+            );
+            println!("published: {}", m.published);
+            println!("restarts:  {}", m.restarts);
+        }
+    }
+    Ok(())
+}
+
+fn state_text(state: &agora_runtime::ServiceState) -> String {
+    match state {
+        agora_runtime::ServiceState::Staged => "staged".into(),
+        agora_runtime::ServiceState::Active => "active".into(),
+        agora_runtime::ServiceState::Stopped(r) => format!("stopped ({r:?})"),
+    }
+}

@@ -1,0 +1,98 @@
+//! `agora status`, `agora peers`, `agora presence`, `agora node stop`.
+
+use std::path::Path;
+
+use agora_api::client::ApiClient;
+use agora_wire::now_ms;
+
+use agora_devnet::output::{print_json, print_table};
+
+/// `agora status`
+pub async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let s = ApiClient::for_data_dir(dir)?.status().await?;
+    if json {
+        return print_json(&s);
+    }
+    println!("node      {} ({})", s.short_id, s.name);
+    println!("id        {}", s.node_id);
+    println!("peer id   {}", s.peer_id);
+    for a in &s.p2p_addrs {
+        println!("p2p       {a}");
+    }
+    println!("peers     {}", s.peers);
+    println!("uptime    {} s", s.uptime_s);
+    println!("version   {}", s.version);
+    println!(
+        "gossip    {} accepted, {} rejected, {} published",
+        s.stats.gossip_accepted, s.stats.gossip_rejected, s.stats.gossip_published
+    );
+    Ok(())
+}
+
+/// `agora peers`
+pub async fn peers(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let peers = ApiClient::for_data_dir(dir)?.peers().await?;
+    if json {
+        return print_json(&peers);
+    }
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.node_id
+                    .as_deref()
+                    .map(|n| n.chars().take(8).collect())
+                    .unwrap_or_else(|| "-".into()),
+                p.addr.clone(),
+                p.rtt_ms
+                    .map(|r| format!("{r} ms"))
+                    .unwrap_or_else(|| "-".into()),
+                p.agent.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(&["NODE", "ADDRESS", "RTT", "AGENT"], &rows);
+    println!("{} peers", peers.len());
+    Ok(())
+}
+
+/// `agora presence`
+pub async fn presence(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let table = ApiClient::for_data_dir(dir)?.presence().await?;
+    if json {
+        return print_json(&table);
+    }
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = table
+        .iter()
+        .map(|p| {
+            vec![
+                p.node.short(),
+                if p.reachable {
+                    "reachable"
+                } else {
+                    "UNREACHABLE"
+                }
+                .into(),
+                format!("{:.1} s ago", now.saturating_sub(p.since) as f64 / 1000.0),
+                format!(
+                    "{:.1} s ago",
+                    now.saturating_sub(p.last_seen) as f64 / 1000.0
+                ),
+            ]
+        })
+        .collect();
+    print_table(&["NODE", "STATE", "SINCE", "LAST SEEN"], &rows);
+    Ok(())
+}
+
+/// `agora node stop`
+pub async fn stop(dir: &Path, json: bool) -> anyhow::Result<()> {
+    ApiClient::for_data_dir(dir)?.shutdown().await?;
+    if json {
+        print_json(&serde_json::json!({ "stopping": true }))
+    } else {
+        println!("node is stopping");
+        Ok(())
+    }
+}

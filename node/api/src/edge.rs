@@ -1,0 +1,95 @@
+//! Control API routes of the edge: the sensor radio, the node's own service and the
+//! orchestrator's timeline.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState, authorize};
+use agora_orchestrator::{OrchestratorHandle, TimelineEntry};
+use agora_radio::{RadioHandle, RadioStatus};
+
+/// `POST /v1/own` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OwnRequest {
+    /// Image CID (from `agora service publish`).
+    pub image: String,
+}
+
+/// `POST /v1/own` answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OwnReply {
+    /// Image CID.
+    pub image: String,
+    /// Sensors the service now manages.
+    pub devices: Vec<u32>,
+}
+
+fn radio(s: &ApiState) -> Result<&RadioHandle, ApiError> {
+    s.radio.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node has no radio: set radio.listen in config.toml (devnet nodes have one)"
+                .into(),
+        )
+    })
+}
+
+fn orchestrator(s: &ApiState) -> Result<&OrchestratorHandle, ApiError> {
+    s.orchestrator.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node runs no orchestrator: it needs a genesis file (join a devnet with \
+             `agora node run --join DIR`)"
+                .into(),
+        )
+    })
+}
+
+async fn radio_status(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<RadioStatus>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(radio(&s)?.status().await))
+}
+
+async fn timeline(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<TimelineEntry>>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(orchestrator(&s)?.timeline.entries()))
+}
+
+async fn set_own(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Json(req): Json<OwnRequest>,
+) -> Result<Json<OwnReply>, ApiError> {
+    authorize(&s, &headers)?;
+    let image = req.image.parse().map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{} is not a CID: {e}", req.image),
+        )
+    })?;
+    let devices = orchestrator(&s)?
+        .set_own(image)
+        .await
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    Ok(Json(OwnReply {
+        image: req.image,
+        devices,
+    }))
+}
+
+/// The routes of this module.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/radio", get(radio_status))
+        .route("/v1/timeline", get(timeline))
+        .route("/v1/own", post(set_own))
+}

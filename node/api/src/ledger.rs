@@ -1,0 +1,267 @@
+//! Control API routes of the ledger: status, balances, contracts, earnings, transfers, faucet.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use agora_contracts::{ContractId, TxKind};
+use agora_market::NodeId;
+
+use super::{ApiError, ApiState, authorize};
+use agora_ledger::LedgerHandle;
+
+/// `GET /v1/ledger/status`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LedgerStatus {
+    /// Chain id.
+    pub chain_id: String,
+    /// Last applied height.
+    pub height: u64,
+    /// Arbitrator committee.
+    pub committee: Vec<String>,
+    /// Time of the last block (ms).
+    pub last_block_at: Option<u64>,
+    /// Hex state hash.
+    pub state_hash: String,
+    /// Pending transactions.
+    pub mempool: usize,
+}
+
+/// One account.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BalanceReply {
+    /// Account.
+    pub account: String,
+    /// Spendable.
+    pub balance: u64,
+    /// Locked in escrow.
+    pub locked: u64,
+    /// Reputation.
+    pub reputation: i64,
+    /// Next nonce.
+    pub nonce: u64,
+}
+
+/// Transfer body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransferRequest {
+    /// Recipient node id.
+    pub to: String,
+    /// Amount.
+    pub amount: u64,
+}
+
+/// Faucet body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FaucetRequest {
+    /// Amount.
+    pub amount: u64,
+}
+
+/// A submitted transaction.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SubmittedReply {
+    /// Sender.
+    pub sender: String,
+    /// Nonce used.
+    pub nonce: u64,
+}
+
+/// Earnings of this node as provider on one contract.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EarningView {
+    /// Contract id.
+    pub contract: String,
+    /// Customer.
+    pub customer: String,
+    /// Status.
+    pub status: String,
+    /// Agreed payment.
+    pub payment: u64,
+    /// Paid out so far.
+    pub paid: u64,
+}
+
+fn ledger(s: &ApiState) -> Result<&LedgerHandle, ApiError> {
+    s.ledger.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node has no ledger: it runs without a genesis file (join a devnet with \
+             `agora node run --join DIR` or set node.genesis in config.toml)"
+                .into(),
+        )
+    })
+}
+
+fn bad(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+async fn status(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<LedgerStatus>, ApiError> {
+    authorize(&s, &headers)?;
+    let st = ledger(&s)?
+        .query(|v| LedgerStatus {
+            chain_id: v.ledger.chain_id().to_string(),
+            height: v.ledger.height(),
+            committee: v.ledger.committee().iter().map(|c| c.to_string()).collect(),
+            last_block_at: v.last_block_at,
+            state_hash: v.ledger.state_hash().map(hex::encode).unwrap_or_default(),
+            mempool: v.mempool,
+        })
+        .await?;
+    Ok(Json(st))
+}
+
+async fn balance(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+) -> Result<Json<BalanceReply>, ApiError> {
+    authorize(&s, &headers)?;
+    let who: Option<NodeId> = if account == "me" {
+        None
+    } else {
+        Some(account.parse().map_err(bad)?)
+    };
+    let reply = ledger(&s)?
+        .query(move |v| {
+            let id = who.unwrap_or(v.me);
+            let a = v.ledger.account(&id).cloned().unwrap_or_default();
+            BalanceReply {
+                account: id.to_string(),
+                balance: a.balance,
+                locked: a.locked,
+                reputation: a.reputation,
+                nonce: a.nonce,
+            }
+        })
+        .await?;
+    Ok(Json(reply))
+}
+
+async fn contracts(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    authorize(&s, &headers)?;
+    let list = ledger(&s)?
+        .query(|v| {
+            v.ledger
+                .contracts()
+                .iter()
+                .map(|(id, r)| {
+                    serde_json::json!({
+                        "id": id.to_string(),
+                        "customer": r.contract.customer.to_string(),
+                        "provider": r.contract.provider.to_string(),
+                        "kind": format!("{:?}", r.contract.kind).to_lowercase(),
+                        "status": format!("{:?}", r.status).to_lowercase(),
+                        "payment": r.contract.payment,
+                        "paid_to_provider": r.paid_to_provider,
+                    })
+                })
+                .collect()
+        })
+        .await?;
+    Ok(Json(list))
+}
+
+async fn contract(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    let cid: ContractId = id.parse().map_err(bad)?;
+    let rec = ledger(&s)?
+        .query(move |v| {
+            v.ledger
+                .contract(&cid)
+                .map(|r| serde_json::to_value(r).unwrap_or_default())
+        })
+        .await?
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("contract {id} is not on the ledger"),
+            )
+        })?;
+    Ok(Json(rec))
+}
+
+async fn earnings(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<EarningView>>, ApiError> {
+    authorize(&s, &headers)?;
+    let list = ledger(&s)?
+        .query(|v| {
+            v.ledger
+                .contracts()
+                .iter()
+                .filter(|(_, r)| r.contract.provider == v.me)
+                .map(|(id, r)| EarningView {
+                    contract: id.to_string(),
+                    customer: r.contract.customer.to_string(),
+                    status: format!("{:?}", r.status).to_lowercase(),
+                    payment: r.contract.payment,
+                    paid: r.paid_to_provider,
+                })
+                .collect()
+        })
+        .await?;
+    Ok(Json(list))
+}
+
+async fn transfer(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Json(req): Json<TransferRequest>,
+) -> Result<Json<SubmittedReply>, ApiError> {
+    authorize(&s, &headers)?;
+    let to: NodeId = req.to.parse().map_err(bad)?;
+    let tx = ledger(&s)?
+        .submit(TxKind::Transfer {
+            to,
+            amount: req.amount,
+        })
+        .await
+        .map_err(bad)?;
+    Ok(Json(SubmittedReply {
+        sender: tx.tx.sender.to_string(),
+        nonce: tx.tx.nonce,
+    }))
+}
+
+async fn faucet(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Json(req): Json<FaucetRequest>,
+) -> Result<Json<SubmittedReply>, ApiError> {
+    authorize(&s, &headers)?;
+    let tx = ledger(&s)?
+        .submit(TxKind::Faucet { amount: req.amount })
+        .await
+        .map_err(bad)?;
+    Ok(Json(SubmittedReply {
+        sender: tx.tx.sender.to_string(),
+        nonce: tx.tx.nonce,
+    }))
+}
+
+/// The ledger routes.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/ledger/status", get(status))
+        .route("/v1/ledger/accounts/{account}", get(balance))
+        .route("/v1/ledger/contracts", get(contracts))
+        .route("/v1/ledger/contracts/{id}", get(contract))
+        .route("/v1/ledger/earnings", get(earnings))
+        .route("/v1/ledger/transfer", post(transfer))
+        .route("/v1/ledger/faucet", post(faucet))
+}

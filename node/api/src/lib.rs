@@ -1,0 +1,230 @@
+//! The local control API: HTTP + JSON on a loopback port, protected by a bearer token stored
+//! in the data directory (mode 0600). The CLI and the devnet tooling are its clients
+//! ([`client::ApiClient`]).
+//!
+//! Owns: the routes, their request and reply types, the client, and the files through which a
+//! client finds a running node (`api.addr`, `api.token`, `p2p.addr`, `radio.addr` in the data
+//! directory). May depend on every driver crate (it serves their handles) and on
+//! `agora-network`, `agora-wire` and the pure crates; only the daemon, the devnet and the binary
+//! depend on it.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod edge;
+pub mod ledger;
+pub mod market;
+pub mod services;
+pub mod storage;
+
+/// File with the node's p2p multiaddrs (one per line, each ending in `/p2p/<peer id>`).
+pub const P2P_ADDR_FILE: &str = "p2p.addr";
+/// File with the control API's `host:port`.
+pub const API_ADDR_FILE: &str = "api.addr";
+/// File with the radio's UDP `host:port` (when the node has a radio).
+pub const RADIO_ADDR_FILE: &str = "radio.addr";
+/// File with the control API bearer token (mode 0600).
+pub const API_TOKEN_FILE: &str = "api.token";
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use agora_network::{NetworkHandle, NetworkStats, PeerInfo, PeerPresence};
+use agora_wire::codec::Kind;
+
+/// Shared state of the API handlers.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    /// The swarm handle.
+    pub network: NetworkHandle,
+    /// Bearer token every request must carry.
+    pub token: String,
+    /// When the node started.
+    pub started: Instant,
+    /// Cancelling it stops the node.
+    pub cancel: CancellationToken,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The node's label.
+    pub name: String,
+    /// p2p addresses.
+    pub p2p_addrs: Vec<String>,
+    /// The market service, when running.
+    pub market: Option<agora_market_driver::MarketHandle>,
+    /// The ledger replica, when the node has a genesis.
+    pub ledger: Option<agora_ledger::LedgerHandle>,
+    /// The storage service, when running.
+    pub storage: Option<agora_exchange::StorageHandle>,
+    /// The sensor radio, when configured.
+    pub radio: Option<agora_radio::RadioHandle>,
+    /// The orchestrator, when the node has a ledger.
+    pub orchestrator: Option<agora_orchestrator::OrchestratorHandle>,
+    /// The service host, when running.
+    pub services: Option<agora_hosting::ServiceHost>,
+}
+
+/// `GET /v1/status`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusReply {
+    /// Label.
+    pub name: String,
+    /// Full node id.
+    pub node_id: String,
+    /// Short node id.
+    pub short_id: String,
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// p2p addresses.
+    pub p2p_addrs: Vec<String>,
+    /// Connected peers.
+    pub peers: usize,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Software version.
+    pub version: String,
+    /// Data directory.
+    pub data_dir: String,
+    /// Network counters.
+    pub stats: NetworkStats,
+}
+
+/// `POST /v1/gossip` body: publish a diagnostic message.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GossipRequest {
+    /// Topic.
+    pub topic: String,
+    /// Text to send.
+    pub text: String,
+}
+
+/// Error body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl<E: std::error::Error> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+pub(crate) fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "missing or wrong API token; the CLI reads it from {}/api.token",
+                state.data_dir.display()
+            ),
+        ))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn status(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<StatusReply>, ApiError> {
+    authorize(&s, &headers)?;
+    let id = s.network.node_id();
+    Ok(Json(StatusReply {
+        name: s.name.clone(),
+        node_id: id.to_string(),
+        short_id: id.short(),
+        peer_id: s.network.peer_id().to_string(),
+        p2p_addrs: s.p2p_addrs.clone(),
+        peers: s.network.peers().await?.len(),
+        uptime_s: s.started.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        data_dir: s.data_dir.display().to_string(),
+        stats: s.network.stats().await?,
+    }))
+}
+
+async fn peers(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<PeerInfo>>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(s.network.peers().await?))
+}
+
+async fn presence(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<PeerPresence>>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(s.network.presence().await?))
+}
+
+async fn gossip(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Json(req): Json<GossipRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    s.network
+        .broadcast(&req.topic, Kind::Raw, req.text.into_bytes())
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(Json(serde_json::json!({ "published": true })))
+}
+
+async fn shutdown(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    s.cancel.cancel();
+    Ok(Json(serde_json::json!({ "stopping": true })))
+}
+
+/// Serves the API until `cancel` fires.
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: CancellationToken) {
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/presence", get(presence))
+        .route("/v1/gossip", post(gossip))
+        .route("/v1/shutdown", post(shutdown))
+        .merge(market::routes())
+        .merge(ledger::routes())
+        .merge(storage::routes())
+        .merge(edge::routes())
+        .merge(services::routes())
+        .with_state(state);
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "control API stopped with an error");
+    }
+}

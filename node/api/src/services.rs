@@ -1,0 +1,263 @@
+//! Control API routes of the service host. The module and manifest files named in a publish
+//! request are read by the node: the API is loopback-only and the CLI sends absolute paths.
+
+use std::path::PathBuf;
+
+use agora_runtime::{Health, RuntimeError, StopReason};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState, authorize};
+use agora_exchange::{ExchangeError, parse_cid};
+use agora_hosting::{
+    ImageInfo, ServiceError, ServiceHost, ServiceInfo, ServiceManifest, StagedInfo,
+};
+
+/// `POST /v1/services/publish`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishRequest {
+    /// Absolute path of the module (`.wasm`, or `.wat` text).
+    pub module: PathBuf,
+    /// Absolute path of the manifest (`svc.toml`).
+    pub manifest: PathBuf,
+}
+
+/// `POST /v1/services/stage`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StageRequest {
+    /// The image CID.
+    pub image: String,
+    /// Service id (default: `svc-` and the last 10 characters of the image CID).
+    pub id: Option<String>,
+}
+
+/// `POST /v1/services/{id}/readings`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadingsRequest {
+    /// Readings, hex-encoded, queued in order.
+    pub readings: Vec<String>,
+}
+
+/// Reply of `readings`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadingsReply {
+    /// The service id.
+    pub id: String,
+    /// Readings queued.
+    pub queued: usize,
+}
+
+/// Reply of `stop`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StopReply {
+    /// The service id.
+    pub id: String,
+    /// Why it stopped.
+    pub reason: StopReason,
+}
+
+/// Reply of `logs`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogsReply {
+    /// The service id.
+    pub id: String,
+    /// The kept log tail.
+    pub logs: String,
+}
+
+/// Reply of `GET /v1/services/{id}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShowReply {
+    /// State, image and metering.
+    pub service: ServiceInfo,
+    /// Health check.
+    pub health: Health,
+}
+
+fn services(s: &ApiState) -> Result<&ServiceHost, ApiError> {
+    s.services.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service host is not running on this node".into(),
+        )
+    })
+}
+
+fn bad(e: ServiceError) -> ApiError {
+    let code = match &e {
+        ServiceError::Unknown(_) | ServiceError::Runtime(RuntimeError::UnknownService(_)) => {
+            StatusCode::NOT_FOUND
+        }
+        ServiceError::Manifest(_)
+        | ServiceError::Image(_)
+        | ServiceError::BadId(_)
+        | ServiceError::OverHostLimit { .. }
+        | ServiceError::Io { .. }
+        | ServiceError::Runtime(
+            RuntimeError::Compile { .. }
+            | RuntimeError::MissingExport { .. }
+            | RuntimeError::ModuleHashMismatch { .. }
+            | RuntimeError::UnsupportedHash { .. }
+            | RuntimeError::BadReading { .. },
+        ) => StatusCode::BAD_REQUEST,
+        ServiceError::AlreadyStaged(_)
+        | ServiceError::Runtime(
+            RuntimeError::WrongState { .. }
+            | RuntimeError::InstanceLimit { .. }
+            | RuntimeError::DuplicateService(_),
+        ) => StatusCode::CONFLICT,
+        ServiceError::Storage(s) if matches!(**s, ExchangeError::Fetch(_)) => {
+            StatusCode::GATEWAY_TIMEOUT
+        }
+        ServiceError::Container(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError(code, e.to_string())
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {
+    std::fs::read(path).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read {}: {e}; check the path", path.display()),
+        )
+    })
+}
+
+async fn publish(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Json(req): Json<PublishRequest>,
+) -> Result<Json<ImageInfo>, ApiError> {
+    authorize(&s, &headers)?;
+    let host = services(&s)?;
+    let text = String::from_utf8(read(&req.manifest)?).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{} is not UTF-8 TOML", req.manifest.display()),
+        )
+    })?;
+    let manifest = ServiceManifest::from_toml(&text).map_err(|e| bad(e.into()))?;
+    let module = read(&req.module)?;
+    Ok(Json(host.publish(module, manifest).await.map_err(bad)?))
+}
+
+async fn stage(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Json(req): Json<StageRequest>,
+) -> Result<Json<StagedInfo>, ApiError> {
+    authorize(&s, &headers)?;
+    let cid = parse_cid(&req.image).map_err(|e| bad(e.into()))?;
+    let id = req.id.unwrap_or_else(|| {
+        let text = cid.to_string();
+        let tail = &text[text.len().saturating_sub(10)..];
+        format!("svc-{tail}")
+    });
+    Ok(Json(services(&s)?.stage(&id, cid).await.map_err(bad)?))
+}
+
+async fn list(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ServiceInfo>>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(services(&s)?.list()))
+}
+
+async fn show(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ShowReply>, ApiError> {
+    authorize(&s, &headers)?;
+    let host = services(&s)?;
+    let health = host.health(&id).map_err(bad)?;
+    let service = host
+        .list()
+        .into_iter()
+        .find(|i| i.id == id)
+        .ok_or_else(|| bad(ServiceError::Unknown(id.clone())))?;
+    Ok(Json(ShowReply { service, health }))
+}
+
+async fn start(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ShowReply>, ApiError> {
+    authorize(&s, &headers)?;
+    services(&s)?.start(&id).await.map_err(bad)?;
+    show(State(s), headers, Path(id)).await
+}
+
+async fn stop(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<StopReply>, ApiError> {
+    authorize(&s, &headers)?;
+    let reason = services(&s)?.stop(&id).await.map_err(bad)?;
+    Ok(Json(StopReply { id, reason }))
+}
+
+async fn remove(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    services(&s)?.remove(&id).await.map_err(bad)?;
+    Ok(Json(serde_json::json!({ "removed": id })))
+}
+
+async fn logs(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<LogsReply>, ApiError> {
+    authorize(&s, &headers)?;
+    let logs = services(&s)?.logs(&id).await.map_err(bad)?;
+    Ok(Json(LogsReply { id, logs }))
+}
+
+async fn readings(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<ReadingsRequest>,
+) -> Result<Json<ReadingsReply>, ApiError> {
+    authorize(&s, &headers)?;
+    let host = services(&s)?;
+    let mut decoded = Vec::with_capacity(req.readings.len());
+    for r in &req.readings {
+        decoded.push(hex::decode(r.trim()).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("reading `{r}` is not hex ({e}); pass bytes as hex, e.g. a70100…"),
+            )
+        })?);
+    }
+    let queued = decoded.len();
+    for r in decoded {
+        host.push_reading(&id, r).map_err(bad)?;
+    }
+    Ok(Json(ReadingsReply { id, queued }))
+}
+
+/// The service routes.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/services", get(list))
+        .route("/v1/services/publish", post(publish))
+        .route("/v1/services/stage", post(stage))
+        .route("/v1/services/{id}", get(show))
+        .route("/v1/services/{id}/start", post(start))
+        .route("/v1/services/{id}/stop", post(stop))
+        .route("/v1/services/{id}/remove", post(remove))
+        .route("/v1/services/{id}/logs", get(logs))
+        .route("/v1/services/{id}/readings", post(readings))
+}

@@ -1,0 +1,514 @@
+//! Malformed, forged and inconsistent input is rejected with typed errors, never a panic.
+
+use std::sync::Arc;
+
+use agora_market::{KeySigner, NodeId, Signer};
+use arc_malachitebft_core_types::{NilOrVal, Round, VoteType};
+
+use super::sim::{Sim, test_config};
+use crate::{
+    Address, Block, BlockId, CommitCertificate, CommitSig, ConsensusDriver, ConsensusError,
+    ConsensusMessage, DecidedBlock, Effect, Height, Input, MAX_MESSAGE_BYTES, PolkaCertificateMsg,
+    Proposal, SignedProposalMsg, SignedVoteMsg, ValidatorSet, Vote,
+};
+
+struct Fixture {
+    signers: Vec<Arc<KeySigner>>,
+    validators: ValidatorSet,
+    driver: ConsensusDriver,
+}
+
+/// Driver for arbitrator 0 of 4, started at height 1.
+fn fixture() -> Fixture {
+    let signers: Vec<Arc<KeySigner>> = (0..4)
+        .map(|i| Arc::new(KeySigner::from_seed(700 + i)))
+        .collect();
+    let validators = ValidatorSet::new(signers.iter().map(|s| s.node_id())).unwrap();
+    let mut driver = ConsensusDriver::new(signers[0].clone(), validators.clone(), test_config());
+    let start = Input::StartHeight {
+        height: 1,
+        parent: BlockId::GENESIS_PARENT,
+        wal: Vec::new(),
+    };
+    driver.handle(0, start);
+    Fixture {
+        signers,
+        validators,
+        driver,
+    }
+}
+
+fn rejections(effects: &[Effect]) -> Vec<&ConsensusError> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Rejected { error, .. } => Some(error),
+            _ => None,
+        })
+        .collect()
+}
+
+fn send(f: &mut Fixture, bytes: Vec<u8>) -> Vec<Effect> {
+    let from = f.signers[1].node_id();
+    f.driver.handle(10, Input::Message { from, bytes })
+}
+
+fn prevote(signer: &KeySigner, height: u64, round: u32, value: Option<BlockId>) -> SignedVoteMsg {
+    let vote = Vote::new(
+        VoteType::Prevote,
+        Height(height),
+        Round::new(round),
+        value.map_or(NilOrVal::Nil, NilOrVal::Val),
+        Address(signer.node_id()),
+    );
+    SignedVoteMsg::sign(vote, signer)
+}
+
+fn proposer_of(f: &Fixture, height: u64, round: u32) -> Arc<KeySigner> {
+    let id = arc_malachitebft_core_types::Validator::public_key(
+        f.validators.proposer(height, Round::new(round)),
+    );
+    f.signers
+        .iter()
+        .find(|s| s.node_id() == *id)
+        .unwrap()
+        .clone()
+}
+
+fn block_by(signer: &KeySigner, height: u64, parent: BlockId) -> Block {
+    Block {
+        height,
+        parent,
+        proposer: signer.node_id(),
+        timestamp: 5,
+        transactions: vec![b"tx".to_vec()],
+    }
+}
+
+#[test]
+fn garbage_truncated_and_oversized_bytes_are_decode_errors() {
+    let mut f = fixture();
+    for bytes in [vec![], vec![0xff; 17], b"not cbor at all".to_vec()] {
+        let effects = send(&mut f, bytes);
+        assert!(matches!(
+            rejections(&effects)[..],
+            [ConsensusError::Decode(_)]
+        ));
+    }
+    let good = ConsensusMessage::Vote(prevote(&f.signers[1], 1, 0, None)).encode();
+    let effects = send(&mut f, good[..good.len() / 2].to_vec());
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::Decode(_)]
+    ));
+    let effects = send(&mut f, vec![0; MAX_MESSAGE_BYTES + 1]);
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::TooLarge { .. }]
+    ));
+}
+
+#[test]
+fn votes_from_outsiders_or_with_bad_signatures_are_rejected() {
+    let mut f = fixture();
+    let outsider = KeySigner::from_seed(9_999);
+    let effects = send(
+        &mut f,
+        ConsensusMessage::Vote(prevote(&outsider, 1, 0, None)).encode(),
+    );
+    assert!(
+        matches!(rejections(&effects)[..], [ConsensusError::UnknownValidator(id)] if *id == outsider.node_id())
+    );
+
+    // Signed for round 0, replayed as round 1: the signature no longer covers the vote.
+    let honest = prevote(&f.signers[1], 1, 0, None);
+    let forged = SignedVoteMsg {
+        vote: prevote(&f.signers[1], 1, 1, None).vote,
+        signature: honest.signature,
+    };
+    let effects = send(&mut f, ConsensusMessage::Vote(forged).encode());
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadSignature { height: 1, .. }]
+    ));
+
+    // Signed by arbitrator 2 but claiming to be arbitrator 1.
+    let stolen = SignedVoteMsg {
+        vote: honest.vote.clone(),
+        signature: prevote(&f.signers[2], 1, 0, None).signature,
+    };
+    let effects = send(&mut f, ConsensusMessage::Vote(stolen).encode());
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadSignature { .. }]
+    ));
+
+    // The genuine vote is accepted and logged before anything else happens.
+    let effects = send(&mut f, ConsensusMessage::Vote(honest).encode());
+    assert!(rejections(&effects).is_empty());
+    assert!(matches!(effects.first(), Some(Effect::PersistWal(_))));
+}
+
+#[test]
+fn polka_certificates_are_verified_before_the_engine_sees_them() {
+    let mut f = fixture();
+    let id = BlockId([3; 32]);
+    let signers = f.signers.clone();
+    let sig = |i: usize| CommitSig {
+        validator: signers[i].node_id(),
+        signature: prevote(&signers[i], 1, 0, Some(id)).signature,
+    };
+    let good = PolkaCertificateMsg {
+        height: 1,
+        round: 0,
+        block_id: id,
+        signatures: vec![sig(1), sig(2), sig(3)],
+    };
+    good.verify(&f.validators).unwrap();
+
+    let mut thin = good.clone();
+    thin.signatures.pop();
+    let effects = send(&mut f, ConsensusMessage::PolkaCertificate(thin).encode());
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadLivenessCertificate {
+            height: 1,
+            round: 0,
+            ..
+        }]
+    ));
+
+    let mut other_round = good.clone();
+    other_round.round = 1;
+    let effects = send(
+        &mut f,
+        ConsensusMessage::PolkaCertificate(other_round).encode(),
+    );
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadLivenessCertificate { .. }]
+    ));
+
+    let mut flood = good.clone();
+    flood.signatures = (0..5).map(|_| sig(1)).collect();
+    let effects = send(&mut f, ConsensusMessage::PolkaCertificate(flood).encode());
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::TooMany { max: 4, .. }]
+    ));
+
+    let effects = send(&mut f, ConsensusMessage::PolkaCertificate(good).encode());
+    assert!(rejections(&effects).is_empty(), "{effects:?}");
+}
+
+#[test]
+fn proposals_from_the_wrong_proposer_or_with_a_bad_block_are_rejected() {
+    let mut f = fixture();
+    let right = proposer_of(&f, 1, 0);
+    let wrong = f
+        .signers
+        .iter()
+        .find(|s| s.node_id() != right.node_id())
+        .unwrap()
+        .clone();
+    let p = Proposal::new(
+        Height(1),
+        Round::new(0),
+        block_by(&wrong, 1, BlockId::GENESIS_PARENT),
+        Round::Nil,
+        Address(wrong.node_id()),
+    );
+    let effects = send(
+        &mut f,
+        ConsensusMessage::Proposal(SignedProposalMsg::sign(p, wrong.as_ref())).encode(),
+    );
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::WrongProposer {
+            height: 1,
+            round: 0,
+            ..
+        }]
+    ));
+
+    let p = Proposal::new(
+        Height(1),
+        Round::new(0),
+        block_by(&right, 1, BlockId([9; 32])),
+        Round::Nil,
+        Address(right.node_id()),
+    );
+    let effects = send(
+        &mut f,
+        ConsensusMessage::Proposal(SignedProposalMsg::sign(p, right.as_ref())).encode(),
+    );
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BlockMismatch { height: 1, .. }]
+    ));
+
+    let p = Proposal::new(
+        Height(1),
+        Round::new(0),
+        block_by(&right, 2, BlockId::GENESIS_PARENT),
+        Round::Nil,
+        Address(right.node_id()),
+    );
+    let effects = send(
+        &mut f,
+        ConsensusMessage::Proposal(SignedProposalMsg::sign(p, right.as_ref())).encode(),
+    );
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BlockMismatch { .. }]
+    ));
+
+    // Signature over another block: swap the block after signing.
+    let p = Proposal::new(
+        Height(1),
+        Round::new(0),
+        block_by(&right, 1, BlockId::GENESIS_PARENT),
+        Round::Nil,
+        Address(right.node_id()),
+    );
+    let mut signed = SignedProposalMsg::sign(p, right.as_ref());
+    let mut other = block_by(&right, 1, BlockId::GENESIS_PARENT);
+    other.transactions.push(b"smuggled".to_vec());
+    signed.proposal = Proposal::new(
+        Height(1),
+        Round::new(0),
+        other,
+        Round::Nil,
+        Address(right.node_id()),
+    );
+    let effects = send(&mut f, ConsensusMessage::Proposal(signed).encode());
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadSignature { .. }]
+    ));
+}
+
+/// A real decided block and certificate from a short simulated run.
+fn decided_block() -> (Sim, DecidedBlock) {
+    let mut sim = Sim::new(4, 77);
+    assert!(sim.run_until(60_000, |s| s.all_reached(&[0, 1, 2, 3], 1)));
+    let (_, block, certificate) = sim.nodes[0].decided[0].clone();
+    (sim, DecidedBlock { block, certificate })
+}
+
+fn fresh_driver(sim: &Sim) -> ConsensusDriver {
+    let signer = Arc::new(KeySigner::from_seed(4242));
+    let mut d = ConsensusDriver::new(signer, sim.validators.clone(), test_config());
+    d.handle(
+        0,
+        Input::StartHeight {
+            height: 1,
+            parent: BlockId::GENESIS_PARENT,
+            wal: Vec::new(),
+        },
+    );
+    d
+}
+
+fn sync(d: &mut ConsensusDriver, from: NodeId, blocks: Vec<DecidedBlock>) -> Vec<Effect> {
+    d.handle(1, Input::SyncResponse { from, blocks })
+}
+
+#[test]
+fn synced_blocks_need_a_quorum_of_valid_precommits() {
+    let (sim, good) = decided_block();
+    let peer = sim.nodes[1].id();
+    let quorum = sim.validators.quorum() as usize;
+
+    // Too few signatures.
+    let mut thin = good.clone();
+    thin.certificate.signatures.truncate(quorum - 1);
+    let mut d = fresh_driver(&sim);
+    let effects = sync(&mut d, peer, vec![thin]);
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadCertificate { height: 1, .. }]
+    ));
+    assert_eq!(d.height(), 1, "nothing decided from a bad certificate");
+
+    // A signature padded by repeating one arbitrator.
+    let mut dup = good.clone();
+    dup.certificate.signatures.truncate(quorum - 1);
+    let first = dup.certificate.signatures[0].clone();
+    dup.certificate.signatures.push(first);
+    let effects = sync(&mut d, peer, vec![dup]);
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadCertificate { .. }]
+    ));
+
+    // A forged signature.
+    let mut forged = good.clone();
+    forged.certificate.signatures[0] = CommitSig {
+        validator: forged.certificate.signatures[0].validator,
+        signature: sim.nodes[0]
+            .signer
+            .sign(agora_market::Domain::CONSENSUS, b"something else"),
+    };
+    let effects = sync(&mut d, peer, vec![forged]);
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadCertificate { .. }]
+    ));
+
+    // The block does not match its certificate.
+    let mut swapped = good.clone();
+    swapped.block.transactions.push(b"extra".to_vec());
+    let effects = sync(&mut d, peer, vec![swapped]);
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::BadSyncBlock { height: 1, .. }]
+    ));
+
+    // Too many blocks at once.
+    let flood = vec![good.clone(); test_config().max_sync_blocks + 1];
+    let effects = sync(&mut d, peer, flood);
+    assert!(matches!(
+        rejections(&effects)[..],
+        [ConsensusError::TooMany { .. }]
+    ));
+    assert_eq!(d.height(), 1);
+
+    // The genuine block is decided from sync alone.
+    let effects = sync(&mut d, peer, vec![good.clone()]);
+    assert!(rejections(&effects).is_empty(), "{effects:?}");
+    let decided: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Decided { height, block, .. } => Some((*height, block.id())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(decided, vec![(1, good.block.id())]);
+    assert_eq!(d.height(), 2, "moved on to the next height");
+}
+
+#[test]
+fn certificate_verify_checks_membership_and_quorum() {
+    let (sim, good) = decided_block();
+    good.certificate.verify(&sim.validators).unwrap();
+    let outsider = KeySigner::from_seed(31_337);
+    let mut cert: CommitCertificate = good.certificate.clone();
+    cert.signatures[0].validator = outsider.node_id();
+    assert!(matches!(
+        cert.verify(&sim.validators),
+        Err(ConsensusError::BadCertificate { .. })
+    ));
+    let mut other_height = good.certificate.clone();
+    other_height.height = 2;
+    assert!(
+        other_height.verify(&sim.validators).is_err(),
+        "signatures bind the height"
+    );
+}
+
+#[test]
+fn wire_messages_round_trip() {
+    let f = fixture();
+    let v = prevote(&f.signers[1], 3, 2, Some(BlockId([4; 32])));
+    let msg = ConsensusMessage::Vote(v.clone());
+    assert_eq!(ConsensusMessage::decode(&msg.encode()).unwrap(), msg);
+    let decoded = match ConsensusMessage::decode(&msg.encode()).unwrap() {
+        ConsensusMessage::Vote(d) => d,
+        other => panic!("decoded {other:?}"),
+    };
+    assert_eq!(decoded.vote.block_id(), Some(BlockId([4; 32])));
+    decoded.verify(&f.validators).unwrap();
+}
+
+#[test]
+fn bit_flipped_messages_never_panic_and_are_never_accepted_altered() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut f = fixture();
+    let mut rng = StdRng::seed_from_u64(5);
+    let proposer = proposer_of(&f, 1, 0);
+    let block = block_by(&proposer, 1, BlockId::GENESIS_PARENT);
+    let proposal = Proposal::new(
+        Height(1),
+        Round::new(0),
+        block,
+        Round::Nil,
+        Address(proposer.node_id()),
+    );
+    let originals = [
+        ConsensusMessage::Vote(prevote(&f.signers[1], 1, 0, Some(BlockId([3; 32])))),
+        ConsensusMessage::Proposal(SignedProposalMsg::sign(proposal, proposer.as_ref())),
+        ConsensusMessage::PolkaCertificate(PolkaCertificateMsg {
+            height: 1,
+            round: 0,
+            block_id: BlockId([3; 32]),
+            signatures: (1..4)
+                .map(|i| CommitSig {
+                    validator: f.signers[i].node_id(),
+                    signature: prevote(&f.signers[i], 1, 0, Some(BlockId([3; 32]))).signature,
+                })
+                .collect(),
+        }),
+    ];
+    let mut rejected = 0;
+    for _ in 0..400 {
+        let original = &originals[rng.gen_range(0..originals.len())];
+        let mut bytes = original.encode();
+        for _ in 0..rng.gen_range(1..4) {
+            let i = rng.gen_range(0..bytes.len());
+            bytes[i] ^= 1 << rng.gen_range(0..8);
+        }
+        let effects = send(&mut f, bytes.clone());
+        if rejections(&effects).is_empty() {
+            // Accepted: the flip must not have changed the signed content.
+            assert_eq!(
+                ConsensusMessage::decode(&bytes).as_ref(),
+                Ok(original),
+                "altered message accepted"
+            );
+        } else {
+            rejected += 1;
+        }
+    }
+    assert!(
+        rejected > 300,
+        "most random flips must be caught ({rejected}/400)"
+    );
+}
+
+#[test]
+fn stale_timeouts_and_late_mempool_answers_are_ignored() {
+    let mut f = fixture();
+    let stale = crate::TimeoutId {
+        height: 7,
+        round: 0,
+        step: crate::TimeoutStep::Propose,
+    };
+    assert!(f.driver.handle(20, Input::TimeoutElapsed(stale)).is_empty());
+    let late = Input::ProposeValue {
+        height: 9,
+        round: 0,
+        transactions: vec![b"x".to_vec()],
+    };
+    assert!(f.driver.handle(21, late).is_empty());
+    assert_eq!(f.driver.height(), 1);
+}
+
+#[test]
+fn a_gossiped_block_past_a_gap_asks_for_the_missing_ones() {
+    let mut sim = Sim::new(4, 78);
+    assert!(sim.run_until(60_000, |s| s.all_reached(&[0, 1, 2, 3], 3)));
+    let (_, block, certificate) = sim.nodes[0].decided[2].clone();
+    assert_eq!(block.height, 3);
+    let peer = sim.nodes[1].id();
+    let mut d = fresh_driver(&sim);
+    // We are at height 1 and hear of height 3: nothing is decided, heights from 1 are asked for.
+    let effects = sync(&mut d, peer, vec![DecidedBlock { block, certificate }]);
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::SyncRequest { height: 1 })),
+        "no sync request in {effects:?}"
+    );
+    assert_eq!(d.height(), 1);
+}

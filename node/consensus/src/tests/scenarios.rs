@@ -1,0 +1,262 @@
+//! Multi-arbitrator scenarios on the simulated network.
+
+use super::sim::{Sim, assert_consistent};
+use crate::{ConsensusError, ConsensusMessage, Misbehavior, WalEntry};
+
+fn live(sim: &Sim) -> Vec<usize> {
+    (0..sim.nodes.len())
+        .filter(|&i| !sim.nodes[i].crashed)
+        .collect()
+}
+
+fn no_rejections(sim: &Sim, who: &[usize]) {
+    for &i in who {
+        let r = &sim.nodes[i].rejected;
+        assert!(r.is_empty(), "node {i} rejected honest input: {r:?}");
+    }
+}
+
+#[test]
+fn four_arbitrators_decide_the_same_blocks_over_many_heights() {
+    for seed in 1..=3 {
+        let mut sim = Sim::new(4, seed);
+        let all = [0, 1, 2, 3];
+        assert!(
+            sim.run_until(60_000, |s| s.all_reached(&all, 12)),
+            "seed {seed}: stalled at {:?}",
+            all.map(|i| sim.nodes[i].tip().0)
+        );
+        assert_consistent(&sim, &all);
+        no_rejections(&sim, &all);
+        for i in all {
+            assert!(sim.nodes[i].evidence.is_empty(), "no one equivocated");
+        }
+        // Every arbitrator got to propose: blocks carry their proposer.
+        let proposers: std::collections::BTreeSet<_> = sim.nodes[0]
+            .decided
+            .iter()
+            .map(|(_, b, _)| b.proposer)
+            .collect();
+        assert_eq!(proposers.len(), 4, "round-robin proposers");
+        // Transactions from the mempool made it into blocks, in order.
+        let (_, block, _) = &sim.nodes[0].decided[0];
+        assert_eq!(block.transactions.len(), 3);
+        assert!(block.transactions[0].ends_with(b"-0"));
+    }
+}
+
+#[test]
+fn same_seed_gives_the_same_chain() {
+    let run = |seed| {
+        let mut sim = Sim::new(4, seed);
+        assert!(sim.run_until(60_000, |s| s.all_reached(&[0, 1, 2, 3], 5)));
+        sim.nodes[0]
+            .decided
+            .iter()
+            .take(5)
+            .map(|(_, b, _)| b.id())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(9), run(9));
+}
+
+#[test]
+fn three_of_four_decide_while_one_is_crashed() {
+    let mut sim = Sim::new(4, 11);
+    sim.crash(2);
+    let up = live(&sim);
+    assert!(
+        sim.run_until(120_000, |s| s.all_reached(&up, 8)),
+        "stalled without one arbitrator"
+    );
+    assert_consistent(&sim, &up);
+    no_rejections(&sim, &up);
+    assert!(sim.nodes[2].decided.is_empty());
+    // The crashed arbitrator's turns as proposer time out, so some blocks were decided in
+    // a later round, proposed by someone else.
+    let crashed = sim.nodes[2].id();
+    assert!(
+        sim.nodes[0]
+            .decided
+            .iter()
+            .all(|(_, b, _)| b.proposer != crashed)
+    );
+}
+
+#[test]
+fn two_crashed_of_four_stall_without_deciding_anything_wrong() {
+    let mut sim = Sim::new(4, 12);
+    sim.crash(1);
+    sim.crash(3);
+    let decided = sim.run_until(10_000, |s| s.all_reached(&[0, 2], 1));
+    assert!(
+        !decided,
+        "2 of 4 is below the 2f+1 quorum and must not decide"
+    );
+    assert!(sim.nodes[0].decided.is_empty() && sim.nodes[2].decided.is_empty());
+}
+
+#[test]
+fn equivocating_arbitrator_is_detected_and_honest_ones_agree() {
+    for seed in 21..=26 {
+        let mut sim = Sim::new(4, seed);
+        sim.nodes[3].byzantine = true;
+        let honest = [0, 1, 2];
+        let ok = sim.run_until(120_000, |s| s.all_reached(&honest, 8));
+        if !ok {
+            for (i, n) in sim.nodes.iter().enumerate() {
+                eprintln!(
+                    "node {i}: tip {:?} height {} round {:?} rejected {:?} syncreq {} now {}",
+                    n.tip().0,
+                    n.driver.height(),
+                    n.driver.round(),
+                    n.rejected,
+                    n.sync_requests,
+                    sim.now
+                );
+            }
+        }
+        assert!(ok, "seed {seed}: stalled");
+        assert_consistent(&sim, &[0, 1, 2, 3]);
+        let cheater = sim.nodes[3].id();
+        let evidence: Vec<&Misbehavior> = honest
+            .iter()
+            .flat_map(|&i| sim.nodes[i].evidence.iter())
+            .collect();
+        assert!(
+            !evidence.is_empty(),
+            "seed {seed}: double votes went unnoticed"
+        );
+        for e in &evidence {
+            assert_eq!(e.validator(), cheater, "only the cheater is blamed");
+            if let Misbehavior::DoubleVote { first, second, .. } = e {
+                assert_ne!(first.vote, second.vote);
+                first.verify(&sim.validators).unwrap();
+                second.verify(&sim.validators).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn crashed_arbitrator_catches_up_through_sync_with_verified_certificates() {
+    for seed in 31..=33 {
+        let mut sim = Sim::new(4, seed);
+        let all = [0, 1, 2, 3];
+        assert!(sim.run_until(60_000, |s| s.all_reached(&all, 3)));
+        sim.crash(1);
+        let others = [0, 2, 3];
+        assert!(sim.run_until(200_000, |s| s.all_reached(&others, 12)));
+        let behind = sim.nodes[1].tip().0;
+        assert!(behind < 12);
+        sim.restart(1);
+        assert!(
+            sim.run_until(400_000, |s| s.all_reached(&all, 16)),
+            "restarted arbitrator stuck at {}",
+            sim.nodes[1].tip().0
+        );
+        assert!(sim.nodes[1].sync_requests > 0, "catch-up went through sync");
+        assert_consistent(&sim, &all);
+        no_rejections(&sim, &all);
+        for i in all {
+            assert!(
+                sim.nodes[i].evidence.is_empty(),
+                "restart must not look like equivocation"
+            );
+        }
+    }
+}
+
+#[test]
+fn arbitrator_restarted_mid_height_replays_its_wal_without_equivocating() {
+    for seed in 41..=43 {
+        let mut sim = Sim::new(4, seed);
+        let all = [0, 1, 2, 3];
+        assert!(sim.run_until(60_000, |s| s.all_reached(&all, 2)));
+        // Crash node 0 as soon as it has voted at its current height.
+        let mut crashed = false;
+        for _ in 0..10_000 {
+            let has_own_vote = sim.nodes[0]
+                .wal
+                .iter()
+                .any(|e| matches!(e, WalEntry::Vote(v) if v.vote.voter() == sim.nodes[0].id()));
+            if has_own_vote {
+                sim.crash(0);
+                crashed = true;
+                break;
+            }
+            let t = sim.now + 1;
+            sim.run_until(t, |_| false);
+        }
+        assert!(crashed, "node 0 never voted");
+        let t = sim.now + 50;
+        sim.run_until(t, |_| false);
+        let me = sim.nodes[0].id();
+        let logged: Vec<_> = sim.nodes[0]
+            .wal
+            .iter()
+            .filter_map(|e| match e {
+                WalEntry::Vote(v) if v.vote.voter() == me => Some(v.clone()),
+                _ => None,
+            })
+            .collect();
+        let resent = sim.restart(0);
+        // Replay re-derived the logged votes and re-sent exactly those signatures.
+        for vote in &logged {
+            assert!(
+                resent.contains(&ConsensusMessage::Vote(vote.clone())),
+                "logged vote {vote:?} not re-sent after replay: {resent:?}"
+            );
+        }
+        assert!(sim.run_until(200_000, |s| s.all_reached(&all, 8)));
+        assert_consistent(&sim, &all);
+        for i in all {
+            assert!(
+                sim.nodes[i].evidence.is_empty(),
+                "replayed votes must equal the logged ones"
+            );
+            let engine_errors: Vec<_> = sim.nodes[i]
+                .rejected
+                .iter()
+                .filter(|(_, e)| matches!(e, ConsensusError::Engine { .. }))
+                .collect();
+            assert!(engine_errors.is_empty(), "node {i}: {engine_errors:?}");
+        }
+    }
+}
+
+#[test]
+fn seven_arbitrators_decide_even_with_two_crashed() {
+    let mut sim = Sim::new(7, 51);
+    let all: Vec<usize> = (0..7).collect();
+    assert!(sim.run_until(60_000, |s| s.all_reached(&all, 6)));
+    assert_consistent(&sim, &all);
+    sim.crash(4);
+    sim.crash(6);
+    let up = live(&sim);
+    assert!(sim.run_until(200_000, |s| s.all_reached(&up, 12)));
+    assert_consistent(&sim, &up);
+    no_rejections(&sim, &up);
+}
+
+#[test]
+fn arbitrators_agree_over_a_lossy_network() {
+    for seed in 61..=63 {
+        let mut sim = Sim::new(4, seed);
+        sim.loss = 0.2;
+        let all = [0, 1, 2, 3];
+        assert!(
+            sim.run_until(600_000, |s| s.all_reached(&all, 8)),
+            "seed {seed}: stalled at {:?}",
+            all.map(|i| sim.nodes[i].tip().0)
+        );
+        assert_consistent(&sim, &all);
+        no_rejections(&sim, &all);
+        // Lost proposals and votes forced extra rounds somewhere.
+        let max_round = sim.nodes[0].decided.iter().map(|(_, _, c)| c.round).max();
+        assert!(
+            max_round > Some(0),
+            "seed {seed}: 20% loss never forced a second round"
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! The node's TOML configuration: defaults < file < environment < flags.
+//!
+//! `agora init` writes the defaults to `<data-dir>/config.toml`. Each section is converted into
+//! the owning crate's own config type; library crates never read files or env vars.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agora_network::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+use agora_network::NetworkConfig;
+use agora_wire::duration_ms;
+
+/// File name of the config inside the data directory.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// The whole node configuration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// Node-level settings.
+    pub node: NodeSection,
+    /// Peer-to-peer networking.
+    pub network: NetworkSection,
+    /// Local control API.
+    pub api: ApiSection,
+    /// Market: regions served, decision unit, capacity.
+    pub market: MarketSection,
+    /// How agreed deals become contracts (stakes, QoS, handover delay).
+    pub deals: agora_market_driver::deals::DealConfig,
+    /// Content-addressed storage and bitswap.
+    pub storage: StorageSection,
+    /// The sensor radio (simulated LoRa uplinks over UDP).
+    pub radio: agora_radio::RadioConfig,
+    /// The service host (wasm runtime).
+    pub services: agora_hosting::ServicesSection,
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StorageSection {
+    /// `embedded` (sled under `<data-dir>/blocks`, served over bitswap) or `kubo`.
+    pub backend: agora_exchange::Backend,
+    /// Kubo RPC API URL, used when `backend = "kubo"`.
+    pub api: String,
+    /// Blocks requested at once per fetch.
+    pub fetch_parallelism: usize,
+    /// A block not delivered in this time is asked of another provider, ms.
+    pub block_timeout_ms: u64,
+    /// A fetch fails after this long without any block arriving, ms.
+    pub fetch_idle_timeout_ms: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        let f = agora_exchange::FetchConfig::default();
+        StorageSection {
+            backend: Default::default(),
+            api: "http://127.0.0.1:5001".into(),
+            fetch_parallelism: f.parallelism,
+            block_timeout_ms: duration_ms(f.block_timeout),
+            fetch_idle_timeout_ms: duration_ms(f.idle_timeout),
+        }
+    }
+}
+
+impl StorageSection {
+    /// The storage service config.
+    pub fn service_config(&self) -> agora_exchange::StorageConfig {
+        agora_exchange::StorageConfig {
+            backend: self.backend,
+            kubo_api: self.api.clone(),
+            fetch: agora_exchange::FetchConfig {
+                parallelism: self.fetch_parallelism.clamp(1, 1024),
+                block_timeout: Duration::from_millis(self.block_timeout_ms.max(50)),
+                idle_timeout: Duration::from_millis(self.fetch_idle_timeout_ms.max(100)),
+                max_bytes: None,
+            },
+        }
+    }
+}
+
+/// `[market]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct MarketSection {
+    /// Regional markets this node subscribes to.
+    pub regions: Vec<String>,
+    /// The market engine's own config (limits, decision unit, provider capacity).
+    pub engine: agora_market::MarketConfig,
+}
+
+impl Default for MarketSection {
+    fn default() -> Self {
+        MarketSection {
+            regions: vec!["default".into()],
+            engine: agora_market::MarketConfig::default(),
+        }
+    }
+}
+
+/// `[node]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct NodeSection {
+    /// A human label (e.g. `node0` in a devnet).
+    pub name: String,
+    /// Genesis file of the network this node belongs to (devnets write one).
+    pub genesis: Option<PathBuf>,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            name: "agora".into(),
+            genesis: None,
+        }
+    }
+}
+
+/// `[network]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct NetworkSection {
+    /// Listen multiaddrs.
+    pub listen: Vec<String>,
+    /// Bootstrap multiaddrs (with `/p2p/<peer id>`).
+    pub bootstrap: Vec<String>,
+    /// LAN discovery with mDNS.
+    pub mdns: bool,
+    /// Heartbeat interval to each watched peer (contract counterparts), ms.
+    pub presence_interval_ms: u64,
+    /// Silence after which a watched peer counts as unreachable, ms.
+    pub presence_timeout_ms: u64,
+    /// Ping interval on every connection, ms; an unwatched peer is unreachable after 4 missed.
+    pub idle_ping_interval_ms: u64,
+    /// Gossipsub mesh heartbeat, ms.
+    pub gossip_heartbeat_ms: u64,
+    /// Peers found via Kademlia are dialled only while fewer than this many are connected;
+    /// spare connections above it are closed.
+    pub target_peers: usize,
+    /// Connections younger than this are never closed as spare, ms.
+    pub trim_grace_ms: u64,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        let d = NetworkConfig::default();
+        NetworkSection {
+            listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
+            bootstrap: Vec::new(),
+            mdns: false,
+            presence_interval_ms: duration_ms(d.presence_interval),
+            presence_timeout_ms: duration_ms(d.presence_timeout),
+            idle_ping_interval_ms: duration_ms(d.idle_ping_interval),
+            gossip_heartbeat_ms: duration_ms(d.gossip_heartbeat),
+            target_peers: d.target_peers,
+            trim_grace_ms: duration_ms(d.trim_grace),
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ApiSection {
+    /// Control API listen address (loopback only); port 0 picks a free port.
+    pub listen: String,
+    /// Allow a non-loopback `listen` (still token-protected). Only for test labs that put
+    /// nodes in their own network namespaces; never expose the control API on a real network.
+    pub allow_non_loopback: bool,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: "127.0.0.1:7700".into(),
+            allow_non_loopback: false,
+        }
+    }
+}
+
+/// Errors reading or applying configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The file is not valid TOML for this schema.
+    #[error("config {0} is invalid: {1}")]
+    Parse(PathBuf, String),
+    /// A multiaddr did not parse.
+    #[error("'{value}' in {field} is not a multiaddr (e.g. /ip4/127.0.0.1/tcp/4001)")]
+    BadAddr {
+        /// Which setting.
+        field: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// The API must stay on loopback.
+    #[error("api.listen = '{0}' must be a loopback socket address such as 127.0.0.1:7700")]
+    ApiNotLoopback(String),
+}
+
+impl NodeConfig {
+    /// Reads `<data_dir>/config.toml`, or the defaults if it does not exist.
+    pub fn load(data_dir: &Path) -> Result<NodeConfig, ConfigError> {
+        let path = data_dir.join(CONFIG_FILE);
+        if !path.exists() {
+            return Ok(NodeConfig::default());
+        }
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| ConfigError::Read(path.clone(), e))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path, e.to_string()))
+    }
+
+    /// The TOML text of this config.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Applies `AGORA_LISTEN`, `AGORA_BOOTSTRAP` (comma separated) and `AGORA_API_LISTEN`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = get("AGORA_LISTEN") {
+            self.network.listen = split_list(&v);
+        }
+        if let Some(v) = get("AGORA_BOOTSTRAP") {
+            self.network.bootstrap = split_list(&v);
+        }
+        if let Some(v) = get("AGORA_API_LISTEN") {
+            self.api.listen = v;
+        }
+    }
+
+    /// The networking config, with addresses parsed.
+    pub fn network_config(&self) -> Result<NetworkConfig, ConfigError> {
+        Ok(NetworkConfig {
+            listen: parse_addrs("network.listen", &self.network.listen)?,
+            bootstrap: parse_addrs("network.bootstrap", &self.network.bootstrap)?,
+            mdns: self.network.mdns,
+            presence_interval: Duration::from_millis(self.network.presence_interval_ms.max(10)),
+            presence_timeout: Duration::from_millis(self.network.presence_timeout_ms.max(20)),
+            idle_ping_interval: Duration::from_millis(self.network.idle_ping_interval_ms.max(10)),
+            gossip_heartbeat: Duration::from_millis(self.network.gossip_heartbeat_ms.max(10)),
+            target_peers: self.network.target_peers.max(1),
+            trim_grace: Duration::from_millis(self.network.trim_grace_ms),
+        })
+    }
+
+    /// The control API socket address, checked to be loopback.
+    pub fn api_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        let addr: std::net::SocketAddr = self
+            .api
+            .listen
+            .parse()
+            .map_err(|_| ConfigError::ApiNotLoopback(self.api.listen.clone()))?;
+        if !addr.ip().is_loopback() && !self.api.allow_non_loopback {
+            return Err(ConfigError::ApiNotLoopback(self.api.listen.clone()));
+        }
+        Ok(addr)
+    }
+}
+
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn parse_addrs(field: &'static str, values: &[String]) -> Result<Vec<Multiaddr>, ConfigError> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse().map_err(|_| ConfigError::BadAddr {
+                field,
+                value: v.clone(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let c = NodeConfig::default();
+        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn partial_file_keeps_defaults_and_env_overrides_file() {
+        let mut c: NodeConfig = toml::from_str("[network]\nmdns = true\n").unwrap();
+        assert!(c.network.mdns);
+        assert_eq!(c.api, ApiSection::default());
+        c.apply_env(|k| {
+            (k == "AGORA_BOOTSTRAP").then(|| "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2".into())
+        });
+        assert_eq!(c.network.bootstrap.len(), 2);
+        assert!(c.network_config().is_ok());
+    }
+
+    #[test]
+    fn storage_section_parses_backend_and_clamps_limits() {
+        let c: NodeConfig = toml::from_str(
+            "[storage]\nbackend = \"kubo\"\napi = \"http://127.0.0.1:5002\"\nfetch_parallelism = 0\n",
+        )
+        .unwrap();
+        let s = c.storage.service_config();
+        assert_eq!(s.backend, agora_exchange::Backend::Kubo);
+        assert_eq!(s.kubo_api, "http://127.0.0.1:5002");
+        assert_eq!(s.fetch.parallelism, 1);
+        assert!(toml::from_str::<NodeConfig>("[storage]\nbackend = \"ipfs\"\n").is_err());
+        assert!(NodeConfig::default().to_toml().contains("[storage]"));
+    }
+
+    #[test]
+    fn bad_values_give_clear_errors() {
+        let mut c = NodeConfig::default();
+        c.network.listen = vec!["nonsense".into()];
+        assert!(matches!(
+            c.network_config(),
+            Err(ConfigError::BadAddr { .. })
+        ));
+        c.api.listen = "0.0.0.0:7700".into();
+        assert!(matches!(c.api_addr(), Err(ConfigError::ApiNotLoopback(_))));
+    }
+
+    #[test]
+    fn services_section_is_read_and_written() {
+        let c: NodeConfig =
+            toml::from_str("[services]\nmax_instances = 0\nmax_memory_mb = 64\n").unwrap();
+        assert_eq!(c.services.service_config().max_instances, 1);
+        assert!(toml::from_str::<NodeConfig>("[services]\nmax_cpus = 1\n").is_err());
+        assert!(NodeConfig::default().to_toml().contains("[services]"));
+    }
+}

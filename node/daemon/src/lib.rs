@@ -1,0 +1,370 @@
+//! Starting and stopping a node: loads the key and config, starts every task in order
+//! (network, storage and exchange, the ledger replica, the market driver and deals, hosting, the
+//! radio, the orchestrator, the control API) with one cancellation token, and writes the files
+//! the CLI and the devnet use to find it (`p2p.addr`, `api.addr`, `api.token` in the data
+//! directory). [`config`] is the node's one TOML config, converted here into each crate's own
+//! config type; [`data_dir`] creates a data directory and reads a genesis file.
+//!
+//! The top of the library stack: may depend on every node crate; the `agora` binary
+//! (`agora-node`) and the devnet depend on it. No library below it reads files or env vars for
+//! its configuration.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod data_dir;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agora_market::NodeId;
+use agora_network::Multiaddr;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info};
+
+use crate::config::{ConfigError, NodeConfig};
+use agora_api::ApiState;
+use agora_network::keys::{KeyError, NodeKey, restrict};
+use agora_network::{NetworkError, NetworkHandle};
+
+pub use agora_api::{API_ADDR_FILE, API_TOKEN_FILE, P2P_ADDR_FILE, RADIO_ADDR_FILE};
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Key problem.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Config problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Network problem.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// Storage problem.
+    #[error(transparent)]
+    Storage(Box<agora_exchange::ExchangeError>),
+    /// The service host (wasm runtime) could not start.
+    #[error(transparent)]
+    Services(Box<agora_hosting::ServiceError>),
+    /// The control API could not bind.
+    #[error(
+        "cannot serve the control API on {addr}: {source}; pass --api-listen 127.0.0.1:0 for a free port"
+    )]
+    ApiBind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A data-dir file could not be written.
+    #[error("cannot write {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// Genesis or ledger store problem.
+    #[error("cannot start the ledger: {0}")]
+    Genesis(String),
+    /// Networking never reported a listen address.
+    #[error("the node did not start listening within 10 s; check --listen")]
+    NoListenAddr,
+}
+
+/// A running node (in this process).
+#[derive(Debug)]
+pub struct RunningNode {
+    /// Handle to the swarm task.
+    pub network: NetworkHandle,
+    /// Where the control API listens.
+    pub api_addr: SocketAddr,
+    /// p2p addresses including `/p2p/<peer id>`.
+    pub p2p_addrs: Vec<Multiaddr>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The market service.
+    pub market: agora_market_driver::MarketHandle,
+    /// The ledger replica (when the node has a genesis).
+    pub ledger: Option<agora_ledger::LedgerHandle>,
+    /// The storage service (block store + bitswap).
+    pub storage: agora_exchange::StorageHandle,
+    /// The service host (wasm runtime and container executor).
+    pub services: agora_hosting::ServiceHost,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.network.node_id()
+    }
+
+    /// A token that stops the node when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Waits until the node is asked to stop (API `shutdown`, or the token), then stops it.
+    pub async fn wait(self) {
+        self.cancel.cancelled().await;
+        self.shutdown().await;
+    }
+
+    /// Stops every task in order and removes the API address file.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        let _ = std::fs::remove_file(self.data_dir.join(API_ADDR_FILE));
+        info!("node stopped");
+    }
+}
+
+/// Loads or creates the control API token.
+pub fn load_or_create_token(data_dir: &Path) -> Result<String, DaemonError> {
+    let path = data_dir.join(API_TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_string());
+    }
+    let mut bytes = [0u8; 24];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let token = hex::encode(bytes);
+    std::fs::write(&path, &token).map_err(|e| DaemonError::Io(path.clone(), e))?;
+    restrict(&path).map_err(|e| DaemonError::Io(path.clone(), e))?;
+    Ok(token)
+}
+
+/// Starts a node from a data directory and a resolved config.
+pub async fn start(data_dir: &Path, config: &NodeConfig) -> Result<RunningNode, DaemonError> {
+    let key = NodeKey::load(data_dir)?;
+    let span = tracing::info_span!("node", id = %key.node_id().short());
+    start_with_key(data_dir, config, key).instrument(span).await
+}
+
+async fn start_with_key(
+    data_dir: &Path,
+    config: &NodeConfig,
+    key: NodeKey,
+) -> Result<RunningNode, DaemonError> {
+    let cancel = CancellationToken::new();
+    let net_cfg = config.network_config()?;
+    let api_addr = config.api_addr()?;
+    let token = load_or_create_token(data_dir)?;
+    let (network, net_task) = agora_network::spawn(&key, net_cfg, cancel.clone()).await?;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listen = loop {
+        let addrs = network.listen_addrs().await?;
+        if !addrs.is_empty() {
+            break addrs;
+        }
+        if Instant::now() > deadline {
+            cancel.cancel();
+            return Err(DaemonError::NoListenAddr);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let peer = network.peer_id();
+    let p2p_addrs: Vec<Multiaddr> = listen
+        .into_iter()
+        .map(|a| a.with(agora_network::multiaddr::Protocol::P2p(peer)))
+        .collect();
+    let p2p_text: String = p2p_addrs.iter().map(|a| format!("{a}\n")).collect();
+    write_file(&data_dir.join(P2P_ADDR_FILE), &p2p_text)?;
+
+    let (market, market_task) = agora_market_driver::spawn(
+        key.signer().clone(),
+        config.market.engine.clone(),
+        config.market.regions.clone(),
+        network.clone(),
+        cancel.clone(),
+    )
+    .await;
+
+    let storage = agora_exchange::spawn(
+        data_dir,
+        config.storage.service_config(),
+        network.clone(),
+        key.signer().clone(),
+        cancel.clone(),
+    )
+    .await
+    .map_err(|e| {
+        cancel.cancel();
+        DaemonError::Storage(Box::new(e))
+    })?;
+    let mut tasks = vec![agora_exchange::audit::spawn_responder(
+        storage.clone(),
+        network.clone(),
+        key.signer().clone(),
+        cancel.clone(),
+    )];
+    let ledger = match &config.node.genesis {
+        Some(path) => {
+            let genesis =
+                data_dir::load_genesis(path).map_err(|e| DaemonError::Genesis(e.to_string()))?;
+            let store = agora_ledger::LedgerStore::open(&data_dir.join("ledger"))
+                .map_err(|e| DaemonError::Genesis(e.to_string()))?;
+            let (handle, task) = agora_ledger::spawn(
+                store,
+                &genesis,
+                key.signer().clone(),
+                network.clone(),
+                cancel.clone(),
+            )
+            .await
+            .map_err(|e| DaemonError::Genesis(e.to_string()))?;
+            tasks.push(task);
+            tasks.push(agora_market_driver::deals::spawn(
+                key.signer().clone(),
+                config.deals.clone(),
+                &market,
+                network.clone(),
+                handle.clone(),
+                storage.clone(),
+                cancel.clone(),
+            ));
+            Some(handle)
+        }
+        None => None,
+    };
+    let (services, services_task) = agora_hosting::spawn(
+        data_dir,
+        config.services.service_config(),
+        storage.clone(),
+        key.signer().clone(),
+        cancel.clone(),
+    )
+    .map_err(|e| {
+        cancel.cancel();
+        DaemonError::Services(Box::new(e))
+    })?;
+    tasks.push(services_task);
+
+    let (radio, orchestrator) = start_edge(
+        data_dir,
+        config,
+        &network,
+        &storage,
+        ledger.as_ref(),
+        std::sync::Arc::new(services.clone()),
+        key.signer().clone(),
+        &cancel,
+        &mut tasks,
+    )
+    .await?;
+
+    let listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .map_err(|source| DaemonError::ApiBind {
+            addr: api_addr,
+            source,
+        })?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|source| DaemonError::ApiBind {
+            addr: api_addr,
+            source,
+        })?;
+    let state = ApiState {
+        network: network.clone(),
+        token,
+        started: Instant::now(),
+        cancel: cancel.clone(),
+        data_dir: data_dir.to_path_buf(),
+        name: config.node.name.clone(),
+        p2p_addrs: p2p_addrs.iter().map(|a| a.to_string()).collect(),
+        market: Some(market.clone()),
+        ledger: ledger.clone(),
+        storage: Some(storage.clone()),
+        radio: Some(radio.clone()),
+        orchestrator: orchestrator.clone(),
+        services: Some(services.clone()),
+    };
+    let api_task =
+        tokio::spawn(agora_api::serve(listener, state, cancel.clone()).in_current_span());
+    write_file(&data_dir.join(API_ADDR_FILE), &api_addr.to_string())?;
+    info!(node = %key.node_id(), api = %api_addr, "node started");
+    Ok(RunningNode {
+        network,
+        api_addr,
+        p2p_addrs,
+        data_dir: data_dir.to_path_buf(),
+        cancel,
+        market,
+        ledger,
+        tasks: {
+            let mut all = vec![api_task, market_task];
+            all.extend(tasks);
+            all.push(net_task);
+            all
+        },
+        storage,
+        services,
+    })
+}
+
+/// Starts the sensor radio and (with a ledger) the orchestrator.
+#[allow(clippy::too_many_arguments)]
+async fn start_edge(
+    data_dir: &Path,
+    config: &NodeConfig,
+    network: &NetworkHandle,
+    storage: &agora_exchange::StorageHandle,
+    ledger: Option<&agora_ledger::LedgerHandle>,
+    services: std::sync::Arc<dyn agora_hosting::control::ServiceControl>,
+    signer: agora_market::KeySigner,
+    cancel: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<
+    (
+        agora_radio::RadioHandle,
+        Option<agora_orchestrator::OrchestratorHandle>,
+    ),
+    DaemonError,
+> {
+    let radio_path = data_dir.join(RADIO_ADDR_FILE);
+    let _ = std::fs::remove_file(&radio_path);
+    let (radio, task) = agora_radio::spawn(
+        signer.clone(),
+        config.radio.clone(),
+        network.clone(),
+        storage.clone(),
+        services.clone(),
+        cancel.clone(),
+    )
+    .await
+    .map_err(|e| DaemonError::Io(radio_path.clone(), e))?;
+    tasks.push(task);
+    if let Some(addr) = radio.addr() {
+        write_file(&radio_path, addr)?;
+    }
+    let orchestrator = ledger.map(|ledger| {
+        let parts = agora_orchestrator::OrchestratorParts {
+            ledger: ledger.clone(),
+            network: network.clone(),
+            services,
+            radio: radio.clone(),
+            storage: storage.clone(),
+            signer,
+        };
+        let (handle, task) = agora_orchestrator::spawn(
+            parts,
+            data_dir.to_path_buf(),
+            agora_orchestrator::Timeline::default(),
+            cancel.clone(),
+        );
+        tasks.push(task);
+        handle
+    });
+    Ok((radio, orchestrator))
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), DaemonError> {
+    // Write then rename so readers never see a half-written file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|e| DaemonError::Io(tmp.clone(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DaemonError::Io(path.to_path_buf(), e))
+}

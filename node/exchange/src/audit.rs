@@ -1,0 +1,175 @@
+//! Proof-of-storage over the swarm (`Kind::Storage` request-response): providers answer
+//! challenges from the blocks they hold; arbitrators challenge the providers of active storage
+//! contracts and judge the answers against the customer's commitment.
+//!
+//! The data side (commitments, custody, building answers) is in
+//! [`crate::custody`]; the judging is `agora_storage::challenge`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use agora_market::{KeySigner, NodeId};
+use agora_storage::challenge::{Challenge, StorageCommitment, verify_response};
+use tokio::sync::{Semaphore, broadcast};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug};
+
+use crate::StorageHandle;
+use agora_network::keys::peer_id_of;
+use agora_network::{NetworkEvent, NetworkHandle};
+use agora_wire::codec::{Envelope, Kind};
+use agora_wire::now_ms;
+
+pub use agora_wire::storage::StorageRpc;
+
+/// Chunks asked for per challenge.
+pub const AUDIT_SAMPLES: usize = 4;
+/// How long a provider has to answer a challenge.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Challenges a provider answers at once; more are refused as busy rather than queued, so a
+/// flood of challenges cannot pile up disk reads.
+pub const CONCURRENT_ANSWERS: usize = 4;
+
+/// Signs envelopes for one role with its own sequence numbers.
+#[derive(Clone, Debug)]
+struct Sealer {
+    signer: KeySigner,
+    seq: Arc<AtomicU64>,
+}
+
+impl Sealer {
+    fn seal(&self, msg: &StorageRpc) -> Option<Envelope> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        Envelope::seal_body(&self.signer, Kind::Storage, now_ms(), seq, msg).ok()
+    }
+}
+
+/// Starts the provider side: answers every storage challenge addressed to this node.
+pub fn spawn_responder(
+    storage: StorageHandle,
+    network: NetworkHandle,
+    signer: KeySigner,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    let mut events = network.events();
+    let sealer = Sealer {
+        signer,
+        seq: Arc::default(),
+    };
+    let slots = Arc::new(Semaphore::new(CONCURRENT_ANSWERS));
+    let task = async move {
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => break,
+                ev = events.recv() => ev,
+            };
+            let (id, envelope) = match ev {
+                Ok(NetworkEvent::Request { id, envelope, .. })
+                    if envelope.kind == Kind::Storage =>
+                {
+                    (id, envelope)
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            };
+            // Answering reads chunks from disk: do it beside the loop, not in it.
+            let (storage, network, sealer) = (storage.clone(), network.clone(), sealer.clone());
+            let slot = slots.clone().try_acquire_owned();
+            tokio::spawn(
+                async move {
+                    let answer = match (slot, envelope.body::<StorageRpc>(Kind::Storage)) {
+                        (Err(_), _) => StorageRpc::Busy,
+                        (Ok(_slot), body) => answer(&storage, body).await,
+                    };
+                    if let Some(env) = sealer.seal(&answer) {
+                        let _ = network.respond(id, &env).await;
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+    };
+    tokio::spawn(task.in_current_span())
+}
+
+async fn answer(
+    storage: &StorageHandle,
+    body: Result<StorageRpc, agora_wire::codec::CodecError>,
+) -> StorageRpc {
+    match body {
+        Ok(StorageRpc::Challenge(c)) => match storage.prove(c).await {
+            Ok(proof) => StorageRpc::Proof(proof),
+            Err(e) => StorageRpc::Refused {
+                reason: e.to_string(),
+            },
+        },
+        Ok(_) => StorageRpc::Refused {
+            reason: "expected a challenge".into(),
+        },
+        Err(e) => StorageRpc::Refused {
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// What one challenge showed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every challenged chunk matched the commitment.
+    Passed,
+    /// The provider answered wrongly, refused, or did not answer in time.
+    Failed(String),
+}
+
+/// Challenges `provider` once for the file of `commitment`, with a fresh random seed. A busy
+/// provider is asked again until [`ANSWER_TIMEOUT`] has passed.
+pub async fn challenge(
+    network: &NetworkHandle,
+    signer: &KeySigner,
+    provider: NodeId,
+    commitment: &StorageCommitment,
+) -> Verdict {
+    let challenge = Challenge::from_seed(rand::random(), commitment, AUDIT_SAMPLES);
+    let Some(peer) = peer_id_of(&provider) else {
+        return Verdict::Failed("provider id is not a valid peer id".into());
+    };
+    let sealer = Sealer {
+        signer: signer.clone(),
+        seq: Arc::new(AtomicU64::new(now_ms())),
+    };
+    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        let Some(env) = sealer.seal(&StorageRpc::Challenge(challenge.clone())) else {
+            return Verdict::Failed("cannot encode the challenge".into());
+        };
+        let answer = match tokio::time::timeout_at(deadline, network.request(peer, &env)).await {
+            Err(_) => return Verdict::Failed(format!("no answer within {ANSWER_TIMEOUT:?}")),
+            Ok(Err(e)) => return Verdict::Failed(format!("unreachable: {e}")),
+            Ok(Ok(answer)) => answer,
+        };
+        if answer.sender != provider {
+            return Verdict::Failed("answer signed by another node".into());
+        }
+        return match answer.body::<StorageRpc>(Kind::Storage) {
+            Ok(StorageRpc::Proof(response)) => {
+                match verify_response(commitment, &challenge, &response) {
+                    Ok(()) => Verdict::Passed,
+                    Err(e) => Verdict::Failed(e.to_string()),
+                }
+            }
+            Ok(StorageRpc::Busy) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Ok(StorageRpc::Busy) => Verdict::Failed(format!("busy for {ANSWER_TIMEOUT:?}")),
+            Ok(StorageRpc::Refused { reason }) => Verdict::Failed(format!("refused: {reason}")),
+            Ok(StorageRpc::Challenge(_)) => Verdict::Failed("answered with a challenge".into()),
+            Err(e) => {
+                debug!(error = %e, "malformed storage answer");
+                Verdict::Failed(format!("malformed answer: {e}"))
+            }
+        };
+    }
+}

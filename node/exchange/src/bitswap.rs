@@ -1,0 +1,422 @@
+//! Bitswap 1.2.0 over the swarm's raw streams (`libp2p-stream`).
+//!
+//! As in Kubo, every message travels on a stream its *sender* opened: we read wants and blocks
+//! from inbound streams and answer on our own outbound stream to that peer (one writer task per
+//! peer, bounded queue). Wants are answered from the block store by the pure
+//! `agora_storage::bitswap::respond`; received blocks are hashed during decoding, stored only
+//! if a local fetch session wants them, and announced to those sessions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use agora_network::streams::{AlreadyRegistered, Control, OpenStreamError};
+use agora_network::{PeerId, Stream, StreamProtocol};
+use agora_storage::bitswap::{self, Message, PresenceType};
+use agora_storage::{BlockStore, Cid};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, warn};
+
+use super::framing::{FrameError, read_message, write_message};
+
+/// Protocols we accept, newest first; we open streams with the first one the peer supports.
+pub const PROTOCOLS: [&str; 4] = [
+    bitswap::PROTOCOL,
+    "/ipfs/bitswap/1.1.0",
+    "/ipfs/bitswap/1.0.0",
+    "/ipfs/bitswap",
+];
+/// Messages queued per peer (each up to 4 MiB). Our own wants are dropped when it is full
+/// (the fetcher re-wants on timeout); answers to a peer wait for room, which in turn stops us
+/// reading that peer's stream: backpressure instead of unbounded memory.
+const PEER_QUEUE: usize = 8;
+/// Wants answered per `respond` call, bounding the blocks held in memory at once.
+const WANTS_PER_BATCH: usize = 16;
+/// Inbound streams served at once per protocol; more wait in libp2p-stream's queue.
+const MAX_INBOUND_STREAMS: usize = 256;
+/// An inbound stream with no complete message for this long is closed, so idle or trickling
+/// peers cannot hold serving slots forever (Kubo reopens its stream on the next send).
+const INBOUND_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a fetch session hears about the blocks it registered for.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    /// A verified block arrived (already stored).
+    Block {
+        /// The block.
+        cid: Cid,
+        /// Its size in bytes.
+        size: usize,
+        /// Links it contains (for the DAG walk).
+        links: Vec<Cid>,
+        /// Who sent it.
+        from: PeerId,
+    },
+    /// The peer has the block.
+    Have(Cid, PeerId),
+    /// The peer lacks the block.
+    DontHave(Cid, PeerId),
+}
+
+/// Counters for diagnostics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BitswapStats {
+    /// Inbound messages decoded.
+    pub messages_in: u64,
+    /// Inbound frames rejected (oversized, malformed); the stream was closed.
+    pub rejected: u64,
+    /// Blocks sent to peers.
+    pub blocks_sent: u64,
+    /// Wanted blocks received and stored.
+    pub blocks_received: u64,
+    /// Blocks received that no session wanted (dropped).
+    pub unwanted: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    messages_in: AtomicU64,
+    rejected: AtomicU64,
+    blocks_sent: AtomicU64,
+    blocks_received: AtomicU64,
+    unwanted: AtomicU64,
+}
+
+type Sessions = HashMap<u64, (mpsc::UnboundedSender<SessionEvent>, Vec<Cid>)>;
+
+/// Cloneable handle to the bitswap engine.
+#[derive(Clone)]
+pub struct Bitswap {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn BlockStore>,
+    control: Control,
+    peers: Mutex<HashMap<PeerId, mpsc::Sender<Message>>>,
+    sessions: Mutex<Sessions>,
+    next_session: AtomicU64,
+    counters: Counters,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Bitswap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bitswap")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Bitswap {
+    /// Registers the bitswap protocols on `control` and serves inbound streams until `cancel`.
+    pub fn start(
+        store: Arc<dyn BlockStore>,
+        mut control: Control,
+        cancel: CancellationToken,
+    ) -> Result<Bitswap, AlreadyRegistered> {
+        let mut incoming = Vec::new();
+        for p in PROTOCOLS {
+            incoming.push(control.accept(StreamProtocol::new(p))?);
+        }
+        let bitswap = Bitswap {
+            inner: Arc::new(Inner {
+                store,
+                control,
+                peers: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(HashMap::new()),
+                next_session: AtomicU64::new(0),
+                counters: Counters::default(),
+                cancel,
+            }),
+        };
+        for streams in incoming {
+            let me = bitswap.clone();
+            tokio::spawn(
+                async move {
+                    let cancel = me.inner.cancel.clone();
+                    let serve = streams.for_each_concurrent(MAX_INBOUND_STREAMS, |(peer, s)| {
+                        me.clone().serve_stream(peer, s)
+                    });
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = serve => {}
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+        Ok(bitswap)
+    }
+
+    /// The block store bitswap serves from and stores into.
+    pub fn store(&self) -> &Arc<dyn BlockStore> {
+        &self.inner.store
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> BitswapStats {
+        let c = &self.inner.counters;
+        BitswapStats {
+            messages_in: c.messages_in.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            blocks_sent: c.blocks_sent.load(Ordering::Relaxed),
+            blocks_received: c.blocks_received.load(Ordering::Relaxed),
+            unwanted: c.unwanted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Registers a fetch session; it hears about blocks listed with [`Bitswap::want`].
+    pub fn open_session(&self) -> (u64, mpsc::UnboundedReceiver<SessionEvent>) {
+        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.sessions).insert(id, (tx, Vec::new()));
+        (id, rx)
+    }
+
+    /// Ends a session.
+    pub fn close_session(&self, id: u64) {
+        lock(&self.inner.sessions).remove(&id);
+    }
+
+    /// Marks `cids` as wanted by `session` and sends a want-block message to `peer`.
+    pub fn want(&self, session: u64, peer: PeerId, cids: &[Cid]) {
+        if let Some((_, wanted)) = lock(&self.inner.sessions).get_mut(&session) {
+            for cid in cids {
+                if !wanted.contains(cid) {
+                    wanted.push(*cid);
+                }
+            }
+        }
+        self.send(peer, Message::want_blocks(cids));
+    }
+
+    /// Sends cancels for `cids` to `peer` (best effort).
+    pub fn cancel(&self, peer: PeerId, cids: &[Cid]) {
+        let mut msg = Message::want_blocks(cids);
+        if let Some(w) = msg.wantlist.as_mut() {
+            for e in &mut w.entries {
+                e.cancel = true;
+                e.send_dont_have = false;
+            }
+        }
+        self.send(peer, msg);
+    }
+
+    /// Queues a message to `peer`, starting its writer task if needed. Drops it if the queue is
+    /// full (the peer is slow; wants are retried by the fetcher).
+    pub fn send(&self, peer: PeerId, message: Message) {
+        let mut peers = lock(&self.inner.peers);
+        let tx = peers
+            .entry(peer)
+            .or_insert_with(|| self.spawn_writer(peer))
+            .clone();
+        drop(peers);
+        if let Err(e) = tx.try_send(message) {
+            debug!(%peer, error = %e, "bitswap message dropped");
+        }
+    }
+
+    fn spawn_writer(&self, peer: PeerId) -> mpsc::Sender<Message> {
+        let (tx, mut rx) = mpsc::channel::<Message>(PEER_QUEUE);
+        let me = self.clone();
+        tokio::spawn(
+            async move {
+                let mut control = me.inner.control.clone();
+                let mut stream = None;
+                loop {
+                    let msg = tokio::select! {
+                        _ = me.inner.cancel.cancelled() => break,
+                        m = rx.recv() => match m { Some(m) => m, None => break },
+                    };
+                    // One reconnect attempt per message: a stream reset by the peer is reopened.
+                    let mut sent = false;
+                    for _ in 0..2 {
+                        if stream.is_none() {
+                            match open(&mut control, peer).await {
+                                Ok(s) => stream = Some(s),
+                                Err(e) => {
+                                    debug!(%peer, error = %e, "cannot open bitswap stream");
+                                    break;
+                                }
+                            }
+                        }
+                        if let Some(s) = stream.as_mut() {
+                            match write_message(s, &msg).await {
+                                Ok(()) => {
+                                    sent = true;
+                                    break;
+                                }
+                                Err(e) => {
+                                    debug!(%peer, error = %e, "bitswap stream failed");
+                                    stream = None;
+                                }
+                            }
+                        }
+                    }
+                    if !sent {
+                        // Peer unreachable: forget the writer so a later send starts afresh.
+                        break;
+                    }
+                    me.inner
+                        .counters
+                        .blocks_sent
+                        .fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
+                }
+                lock(&me.inner.peers).remove(&peer);
+            }
+            .in_current_span(),
+        );
+        tx
+    }
+
+    async fn serve_stream(self, peer: PeerId, mut stream: Stream) {
+        loop {
+            let read = tokio::time::timeout(INBOUND_IDLE, read_message(&mut stream)).await;
+            let Ok(read) = read else {
+                debug!(%peer, "idle bitswap stream closed");
+                return;
+            };
+            let msg = match read {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(FrameError::Io(e)) => {
+                    debug!(%peer, error = %e, "bitswap stream closed");
+                    return;
+                }
+                Err(e) => {
+                    warn!(%peer, error = %e, "rejected bitswap message");
+                    self.inner.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            self.inner
+                .counters
+                .messages_in
+                .fetch_add(1, Ordering::Relaxed);
+            self.on_message(peer, msg).await;
+        }
+    }
+
+    async fn on_message(&self, peer: PeerId, mut msg: Message) {
+        let wants = msg.wantlist.take();
+        if !msg.payload.is_empty() || !msg.block_presences.is_empty() {
+            let me = self.clone();
+            // Sled calls block: run them off the async workers.
+            if let Err(e) = tokio::task::spawn_blocking(move || me.ingest(peer, &msg)).await {
+                warn!(%peer, error = %e, "bitswap ingest task failed");
+            }
+        }
+        let Some(wants) = wants else {
+            return;
+        };
+        for chunk in wants.entries.chunks(WANTS_PER_BATCH) {
+            let request = Message {
+                wantlist: Some(bitswap::Wantlist {
+                    entries: chunk.to_vec(),
+                    full: false,
+                }),
+                ..Message::default()
+            };
+            let store = self.inner.store.clone();
+            let replies =
+                tokio::task::spawn_blocking(move || bitswap::respond(store.as_ref(), &request))
+                    .await;
+            match replies {
+                Ok(Ok(replies)) => {
+                    for reply in replies {
+                        if !self.send_wait(peer, reply).await {
+                            return;
+                        }
+                    }
+                }
+                Ok(Err(e)) => warn!(%peer, error = %e, "cannot answer bitswap wants"),
+                Err(e) => warn!(%peer, error = %e, "bitswap responder task failed"),
+            }
+        }
+    }
+
+    /// Queues a message to `peer`, waiting for room; false if the peer's writer is gone.
+    async fn send_wait(&self, peer: PeerId, message: Message) -> bool {
+        let tx = lock(&self.inner.peers)
+            .entry(peer)
+            .or_insert_with(|| self.spawn_writer(peer))
+            .clone();
+        tx.send(message).await.is_ok()
+    }
+
+    /// Stores wanted blocks and tells the sessions that want them (blocking: sled).
+    fn ingest(&self, peer: PeerId, msg: &Message) {
+        let c = &self.inner.counters;
+        for block in &msg.payload {
+            let targets = self.sessions_wanting(&block.cid);
+            if targets.is_empty() {
+                c.unwanted.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // `put` re-verifies the hash and the size limit.
+            if let Err(e) = self.inner.store.put(&block.cid, &block.data) {
+                warn!(%peer, cid = %block.cid, error = %e, "received block not stored");
+                continue;
+            }
+            let links =
+                agora_storage::blockstore::block_links(&block.cid, &block.data).unwrap_or_default();
+            c.blocks_received.fetch_add(1, Ordering::Relaxed);
+            for tx in targets {
+                let _ = tx.send(SessionEvent::Block {
+                    cid: block.cid,
+                    size: block.data.len(),
+                    links: links.clone(),
+                    from: peer,
+                });
+            }
+        }
+        for p in &msg.block_presences {
+            for tx in self.sessions_wanting(&p.cid) {
+                let ev = match p.kind {
+                    PresenceType::Have => SessionEvent::Have(p.cid, peer),
+                    PresenceType::DontHave => SessionEvent::DontHave(p.cid, peer),
+                };
+                let _ = tx.send(ev);
+            }
+        }
+    }
+
+    fn sessions_wanting(&self, cid: &Cid) -> Vec<mpsc::UnboundedSender<SessionEvent>> {
+        lock(&self.inner.sessions)
+            .values()
+            .filter(|(_, wanted)| wanted.contains(cid))
+            .map(|(tx, _)| tx.clone())
+            .collect()
+    }
+
+    /// Forgets `cids` for `session` (they arrived or were abandoned).
+    pub fn unwant(&self, session: u64, cids: &[Cid]) {
+        if let Some((_, wanted)) = lock(&self.inner.sessions).get_mut(&session) {
+            wanted.retain(|c| !cids.contains(c));
+        }
+    }
+}
+
+/// Opens a bitswap stream, falling back to older protocol versions.
+async fn open(control: &mut Control, peer: PeerId) -> Result<Stream, OpenStreamError> {
+    let mut last = None;
+    for p in PROTOCOLS {
+        match control.open_stream(peer, StreamProtocol::new(p)).await {
+            Ok(s) => return Ok(s),
+            Err(OpenStreamError::UnsupportedProtocol(proto)) => {
+                last = Some(OpenStreamError::UnsupportedProtocol(proto));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(
+        last.unwrap_or(OpenStreamError::UnsupportedProtocol(StreamProtocol::new(
+            bitswap::PROTOCOL,
+        ))),
+    )
+}

@@ -1,0 +1,205 @@
+//! The embedded backend: blocks in the node's own sled store, fetched from and served to peers
+//! over bitswap on our swarm, with Kademlia provider records for pinned roots.
+
+use std::path::{Path, PathBuf};
+
+use agora_storage::blockstore::GcStats;
+use agora_storage::car::CarImport;
+use agora_storage::{BlockStore, Cid, CidVersion, ImportOptions, StorageError, unixfs};
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::backend::{BackendResult, StoreBackend};
+use super::{AddReply, Bitswap, ExchangeError, FetchConfig, FetchProgress, LsReply};
+use agora_network::NetworkHandle;
+
+/// The sled store plus bitswap.
+#[derive(Clone, Debug)]
+pub struct Embedded {
+    bitswap: Bitswap,
+    network: NetworkHandle,
+    fetch: FetchConfig,
+}
+
+/// Maps an I/O failure on a user's file to an error naming the path.
+pub(super) fn file_err(path: &Path, source: std::io::Error) -> ExchangeError {
+    ExchangeError::File {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Embedded {
+    /// Wraps a running bitswap engine.
+    pub fn new(bitswap: Bitswap, network: NetworkHandle, fetch: FetchConfig) -> Self {
+        Embedded {
+            bitswap,
+            network,
+            fetch,
+        }
+    }
+
+    /// The bitswap engine (and through it the block store).
+    pub fn bitswap(&self) -> &Bitswap {
+        &self.bitswap
+    }
+
+    /// Runs a store operation off the async workers.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn BlockStore) -> Result<T, StorageError> + Send + 'static,
+    ) -> BackendResult<T> {
+        let store = self.bitswap.store().clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| ExchangeError::Task(e.to_string()))?
+            .map_err(ExchangeError::from)
+    }
+
+    /// Announces `root` in Kademlia (best effort: a lone node has nobody to tell).
+    pub async fn provide(&self, root: Cid) {
+        if let Err(e) = self.network.start_providing(root.hash().to_bytes()).await {
+            debug!(%root, error = %e, "provider record not published");
+        }
+    }
+
+    /// Fetches the DAG under `root` (from the store or the network), reporting progress.
+    pub async fn fetch(
+        &self,
+        root: Cid,
+        cfg: FetchConfig,
+        progress: &watch::Sender<FetchProgress>,
+    ) -> BackendResult<FetchProgress> {
+        Ok(super::fetch::fetch_dag(&self.bitswap, &self.network, root, cfg, progress).await?)
+    }
+
+    async fn fetch_quiet(&self, root: Cid, cfg: FetchConfig) -> BackendResult<FetchProgress> {
+        let (tx, _rx) = watch::channel(FetchProgress::default());
+        self.fetch(root, cfg, &tx).await
+    }
+}
+
+#[async_trait]
+impl StoreBackend for Embedded {
+    async fn add_file(&self, path: PathBuf, version: CidVersion) -> BackendResult<AddReply> {
+        let file = std::fs::File::open(&path).map_err(|e| file_err(&path, e))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let options = ImportOptions {
+            cid_version: version,
+            ..ImportOptions::default()
+        };
+        let cid = self
+            .blocking(move |s| {
+                let cid = unixfs::import_file(s, std::io::BufReader::new(file), options)?;
+                s.add_pin(&cid)?;
+                Ok(cid)
+            })
+            .await?;
+        self.provide(cid).await;
+        Ok(AddReply {
+            cid: cid.to_string(),
+            bytes,
+        })
+    }
+
+    async fn get_file(
+        &self,
+        cid: Cid,
+        out: PathBuf,
+        progress: &watch::Sender<FetchProgress>,
+        cfg: FetchConfig,
+    ) -> BackendResult<unixfs::ExportStats> {
+        self.fetch(cid, cfg, progress).await?;
+        let target = out.clone();
+        let file = std::fs::File::create(&out).map_err(|e| file_err(&out, e))?;
+        self.blocking(move |s| {
+            let mut w = std::io::BufWriter::new(file);
+            let stats = unixfs::export(s, &cid, &mut w)?;
+            std::io::Write::flush(&mut w)?;
+            Ok(stats)
+        })
+        .await
+        .map_err(|e| match e {
+            ExchangeError::Store(StorageError::Io(source)) => file_err(&target, source),
+            e => e,
+        })
+    }
+
+    async fn pin(&self, cid: Cid, cfg: FetchConfig) -> BackendResult<FetchProgress> {
+        let progress = self.fetch_quiet(cid, cfg).await?;
+        self.blocking(move |s| s.pin(&cid)).await?;
+        self.provide(cid).await;
+        Ok(progress)
+    }
+
+    async fn unpin(&self, cid: Cid) -> BackendResult<()> {
+        self.blocking(move |s| s.unpin(&cid)).await?;
+        let _ = self.network.stop_providing(cid.hash().to_bytes()).await;
+        Ok(())
+    }
+
+    async fn ls(&self) -> BackendResult<LsReply> {
+        self.blocking(|s| {
+            let mut pins: Vec<String> = s.pins()?.iter().map(Cid::to_string).collect();
+            pins.sort();
+            Ok(LsReply {
+                pins,
+                blocks: s.list()?.len(),
+            })
+        })
+        .await
+    }
+
+    async fn gc(&self) -> BackendResult<GcStats> {
+        self.blocking(|s| s.gc()).await
+    }
+
+    async fn stats(&self) -> BackendResult<serde_json::Value> {
+        serde_json::to_value(self.bitswap.stats()).map_err(|e| ExchangeError::Task(e.to_string()))
+    }
+
+    async fn put_block(&self, cid: Cid, data: Vec<u8>) -> BackendResult<()> {
+        self.blocking(move |s| {
+            s.put(&cid, &data)?;
+            s.add_pin(&cid)
+        })
+        .await?;
+        self.provide(cid).await;
+        Ok(())
+    }
+
+    async fn get_block(&self, cid: Cid, cfg: FetchConfig) -> BackendResult<Vec<u8>> {
+        self.fetch_quiet(cid, cfg).await?;
+        self.blocking(move |s| s.get(&cid)).await
+    }
+
+    async fn car_export(&self, cid: Cid, out: PathBuf) -> BackendResult<()> {
+        self.fetch_quiet(cid, self.fetch).await?;
+        let file = std::fs::File::create(&out).map_err(|e| file_err(&out, e))?;
+        self.blocking(move |s| {
+            let mut w = std::io::BufWriter::new(file);
+            agora_storage::export_car(s, &[cid], &mut w)?;
+            std::io::Write::flush(&mut w)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn car_import(&self, path: PathBuf) -> BackendResult<CarImport> {
+        let file = std::fs::File::open(&path).map_err(|e| file_err(&path, e))?;
+        let import = self
+            .blocking(move |s| {
+                let import = agora_storage::import_car(s, std::io::BufReader::new(file))?;
+                for root in &import.roots {
+                    s.pin(root)?;
+                }
+                Ok(import)
+            })
+            .await?;
+        for root in &import.roots {
+            self.provide(*root).await;
+        }
+        Ok(import)
+    }
+}

@@ -1,0 +1,359 @@
+//! Fetching a DAG by root CID from several providers at once.
+//!
+//! The walk starts at the root; each arrived block's links are queued. Up to `parallelism`
+//! blocks are in flight, spread round-robin over the providers (connected peers plus Kademlia
+//! provider records). A DONT_HAVE, a disconnect or a per-block timeout moves the want to another
+//! provider, so a fetch survives a provider dropping out. Blocks already stored are skipped, so
+//! a fetch that failed half way resumes where it stopped.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use agora_network::PeerId;
+use agora_storage::{BlockStore, Cid, StorageError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::bitswap::{Bitswap, SessionEvent};
+use agora_network::{NetworkEvent, NetworkHandle};
+
+/// Limits of one fetch.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchConfig {
+    /// Blocks in flight at once.
+    pub parallelism: usize,
+    /// A block not delivered within this time is asked of another provider.
+    pub block_timeout: Duration,
+    /// The whole fetch fails if no block arrives for this long.
+    pub idle_timeout: Duration,
+    /// The fetch fails once the DAG grows past this many bytes (a service image or a stored
+    /// file larger than agreed must not fill the disk).
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            parallelism: 32,
+            block_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_bytes: None,
+        }
+    }
+}
+
+/// Progress of a fetch, published on a watch channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchProgress {
+    /// Blocks present locally so far (fetched or already stored).
+    pub blocks: u64,
+    /// Bytes of those blocks.
+    pub bytes: u64,
+    /// Blocks fetched from peers.
+    pub fetched_blocks: u64,
+    /// File size from the root node, when it is a UnixFS file.
+    pub total_bytes: Option<u64>,
+    /// Providers currently used.
+    pub providers: usize,
+    /// Whether the whole DAG is local.
+    pub done: bool,
+}
+
+/// Errors of a fetch.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Nobody delivered a block in time.
+    #[error(
+        "no provider delivered block {cid} (of {root}) within {secs} s ({providers} providers asked); check the CID, or connect to a node that has it (agora peers)"
+    )]
+    Timeout {
+        /// The DAG root.
+        root: Cid,
+        /// A block still missing.
+        cid: Cid,
+        /// Seconds waited without progress.
+        secs: u64,
+        /// Providers tried.
+        providers: usize,
+    },
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StorageError),
+    /// The node is shutting down.
+    #[error("fetch of {0} stopped: the node is shutting down")]
+    Stopped(Cid),
+    /// The DAG is larger than the fetch allows.
+    #[error("{root} is larger than the {max} bytes allowed here; fetch stopped")]
+    TooLarge {
+        /// The DAG root.
+        root: Cid,
+        /// The limit.
+        max: u64,
+    },
+}
+
+/// Walks and fetches the DAG under `root` into the store.
+pub async fn fetch_dag(
+    bitswap: &Bitswap,
+    network: &NetworkHandle,
+    root: Cid,
+    cfg: FetchConfig,
+    progress: &watch::Sender<FetchProgress>,
+) -> Result<FetchProgress, FetchError> {
+    let mut events = network.events();
+    let (session, mut rx) = bitswap.open_session();
+    let _guard = SessionGuard(bitswap, session);
+    let mut f = Fetch {
+        bitswap,
+        session,
+        root,
+        cfg,
+        queue: VecDeque::from([root]),
+        seen: HashSet::from([root]),
+        in_flight: HashMap::new(),
+        refused: HashMap::new(),
+        providers: Vec::new(),
+        next: 0,
+        p: FetchProgress::default(),
+    };
+    for peer in network.peers().await.unwrap_or_default() {
+        if let Ok(p) = peer.peer_id.parse() {
+            f.add_provider(p);
+        }
+    }
+    // Provider records are looked up in the background; connected peers are asked meanwhile.
+    let (prov_tx, mut prov_rx) = tokio::sync::mpsc::channel(1);
+    let lookup_net = network.clone();
+    let lookup = tokio::spawn(async move {
+        let found = lookup_net
+            .get_providers(root.hash().to_bytes())
+            .await
+            .unwrap_or_default();
+        let _ = prov_tx.send(found).await;
+    });
+    let _lookup_guard = AbortOnDrop(lookup);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_progress = Instant::now();
+    loop {
+        f.fill().await?;
+        if let Some(max) = cfg.max_bytes
+            && f.p.bytes > max
+        {
+            return Err(FetchError::TooLarge { root, max });
+        }
+        f.p.providers = f.providers.len();
+        progress.send_replace(f.p);
+        if f.queue.is_empty() && f.in_flight.is_empty() {
+            f.p.done = true;
+            progress.send_replace(f.p);
+            return Ok(f.p);
+        }
+        if last_progress.elapsed() > cfg.idle_timeout {
+            let cid = f.in_flight.keys().chain(f.queue.iter()).next().copied();
+            return Err(FetchError::Timeout {
+                root,
+                cid: cid.unwrap_or(root),
+                secs: cfg.idle_timeout.as_secs(),
+                providers: f.providers.len(),
+            });
+        }
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(SessionEvent::Block { cid, size, links, from }) => {
+                    if f.in_flight.remove(&cid).is_some() {
+                        bitswap.unwant(session, &[cid]);
+                        f.arrived(cid, size as u64, &links);
+                        if cid == root {
+                            f.p.total_bytes = unixfs_size(bitswap.store(), cid).await;
+                        }
+                        f.p.fetched_blocks += 1;
+                        last_progress = Instant::now();
+                        f.add_provider(from);
+                    }
+                }
+                Some(SessionEvent::DontHave(cid, peer)) => f.refuse(cid, peer),
+                Some(SessionEvent::Have(_, peer)) => f.add_provider(peer),
+                None => return Err(FetchError::Stopped(root)),
+            },
+            ev = events.recv() => match ev {
+                Ok(NetworkEvent::Disconnected(peer)) => f.drop_provider(peer),
+                Ok(NetworkEvent::Connected(peer)) => f.add_provider(peer),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return Err(FetchError::Stopped(root)),
+            },
+            Some(found) = prov_rx.recv() => {
+                for p in found {
+                    if p != network.peer_id() {
+                        f.add_provider(p);
+                    }
+                }
+            }
+            _ = tick.tick() => f.expire(),
+        }
+    }
+}
+
+struct SessionGuard<'a>(&'a Bitswap, u64);
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.close_session(self.1);
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Fetch<'a> {
+    bitswap: &'a Bitswap,
+    session: u64,
+    root: Cid,
+    cfg: FetchConfig,
+    /// Blocks to get, not yet asked for.
+    queue: VecDeque<Cid>,
+    /// Every block ever queued (DAGs may share blocks).
+    seen: HashSet<Cid>,
+    /// Block -> (provider asked, when).
+    in_flight: HashMap<Cid, (PeerId, Instant)>,
+    /// Block -> providers that refused or timed out on it.
+    refused: HashMap<Cid, HashSet<PeerId>>,
+    providers: Vec<PeerId>,
+    next: usize,
+    p: FetchProgress,
+}
+
+impl Fetch<'_> {
+    fn add_provider(&mut self, peer: PeerId) {
+        if !self.providers.contains(&peer) {
+            self.providers.push(peer);
+        }
+    }
+
+    fn drop_provider(&mut self, peer: PeerId) {
+        self.providers.retain(|p| *p != peer);
+        let lost: Vec<Cid> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (p, _))| *p == peer)
+            .map(|(c, _)| *c)
+            .collect();
+        for cid in lost {
+            self.in_flight.remove(&cid);
+            self.queue.push_front(cid);
+        }
+    }
+
+    fn refuse(&mut self, cid: Cid, peer: PeerId) {
+        self.refused.entry(cid).or_default().insert(peer);
+        if self.in_flight.get(&cid).is_some_and(|(p, _)| *p == peer) {
+            self.in_flight.remove(&cid);
+            self.queue.push_front(cid);
+        }
+    }
+
+    /// Re-queues blocks whose provider is too slow.
+    fn expire(&mut self) {
+        let late: Vec<(Cid, PeerId)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() > self.cfg.block_timeout)
+            .map(|(c, (p, _))| (*c, *p))
+            .collect();
+        for (cid, peer) in late {
+            self.bitswap.cancel(peer, &[cid]);
+            self.refuse(cid, peer);
+        }
+    }
+
+    fn arrived(&mut self, cid: Cid, size: u64, links: &[Cid]) {
+        self.p.blocks += 1;
+        self.p.bytes += size;
+        self.refused.remove(&cid);
+        for l in links {
+            if self.seen.insert(*l) {
+                self.queue.push_back(*l);
+            }
+        }
+    }
+
+    /// Takes local blocks off the queue and asks providers for the rest, up to `parallelism`.
+    async fn fill(&mut self) -> Result<(), FetchError> {
+        let mut batches: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+        let mut parked = Vec::new();
+        while self.in_flight.len() < self.cfg.parallelism {
+            let Some(cid) = self.queue.pop_front() else {
+                break;
+            };
+            if let Some((size, links)) = local_block(self.bitswap.store(), cid).await? {
+                if cid == self.root {
+                    self.p.total_bytes = unixfs_size(self.bitswap.store(), cid).await;
+                }
+                self.arrived(cid, size, &links);
+                continue;
+            }
+            let refused = self.refused.get(&cid);
+            let n = self.providers.len();
+            let pick = (0..n)
+                .map(|i| self.providers[(self.next + i) % n])
+                .find(|p| refused.is_none_or(|r| !r.contains(p)));
+            match pick {
+                Some(peer) => {
+                    self.next = self.next.wrapping_add(1);
+                    self.in_flight.insert(cid, (peer, Instant::now()));
+                    batches.entry(peer).or_default().push(cid);
+                }
+                None => {
+                    // Everyone refused: forget refusals so a provider that gets the block later
+                    // (or a new one) is asked again on the next round.
+                    self.refused.remove(&cid);
+                    parked.push(cid);
+                }
+            }
+        }
+        self.queue.extend(parked);
+        for (peer, cids) in batches {
+            self.bitswap.want(self.session, peer, &cids);
+        }
+        Ok(())
+    }
+}
+
+/// Size and links of a locally stored, verified block; `None` if absent or corrupted.
+async fn local_block(
+    store: &std::sync::Arc<dyn BlockStore>,
+    cid: Cid,
+) -> Result<Option<(u64, Vec<Cid>)>, FetchError> {
+    let store = store.clone();
+    let res = tokio::task::spawn_blocking(move || match store.get(&cid) {
+        Ok(data) => {
+            let links = agora_storage::blockstore::block_links(&cid, &data)?;
+            Ok(Some((data.len() as u64, links)))
+        }
+        Err(StorageError::NotFound { .. } | StorageError::Corrupted { .. }) => Ok(None),
+        Err(e) => Err(e),
+    })
+    .await
+    .map_err(|_| FetchError::Stopped(cid))?;
+    Ok(res?)
+}
+
+/// The file size recorded in a UnixFS root node, if it is one.
+async fn unixfs_size(store: &std::sync::Arc<dyn BlockStore>, cid: Cid) -> Option<u64> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let data = store.get(&cid).ok()?;
+        if cid.codec() == agora_storage::hash::RAW {
+            return Some(data.len() as u64);
+        }
+        let node = agora_storage::dagpb::PbNode::decode(&cid, &data).ok()?;
+        agora_storage::unixfs::UnixFsData::decode(&node.data?)
+            .ok()?
+            .filesize
+    })
+    .await
+    .ok()
+    .flatten()
+}

@@ -1,0 +1,202 @@
+//! The node's block storage and exchange: the operations behind `agora storage …` and
+//! `agora proof …` over a [`StoreBackend`] — either the node's own block store (sled under
+//! `<data-dir>/blocks`, bitswap over the swarm, provider announcements; [`Embedded`]) or a Kubo
+//! daemon's RPC API ([`KuboBackend`]) — plus the custody of storage-contract files and the
+//! proof-of-storage challenges over the swarm ([`audit`]).
+//!
+//! Sled calls are synchronous, so every store operation runs in `spawn_blocking`. The embedded
+//! backend's long-lived tasks are the bitswap stream acceptors and per-peer writers
+//! ([`bitswap`]); the [`StorageHandle`] is cheap to clone.
+//!
+//! May depend on `agora-storage` (CIDs, blockstore, proofs, challenges, Kubo client),
+//! `agora-network` (swarm handle, raw streams) and `agora-wire`; never on the ledger or a driver
+//! crate.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod backend;
+pub mod bitswap;
+pub mod custody;
+pub mod embedded;
+pub mod fetch;
+pub mod framing;
+mod jobs;
+pub mod kubo;
+mod ops;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use agora_market::KeySigner;
+use agora_storage::{BlockStore, KuboError, SledBlockStore, StorageError};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info};
+
+pub use backend::StoreBackend;
+pub use bitswap::{Bitswap, BitswapStats};
+pub use embedded::Embedded;
+pub use fetch::{FetchConfig, FetchError, FetchProgress};
+pub use jobs::JobStatus;
+pub use kubo::KuboBackend;
+pub use ops::{AddReply, LsReply, ProofCreated, ProofVerified, parse_cid, read_readings};
+
+use agora_network::NetworkHandle;
+
+/// Sub-directory of the data dir holding the sled block store.
+pub const BLOCKS_DIR: &str = "blocks";
+
+/// Where blocks live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The node's own sled store, served over bitswap on our swarm.
+    #[default]
+    Embedded,
+    /// A Kubo daemon's RPC API (`storage.api`); the node's own bitswap is not started.
+    Kubo,
+}
+
+/// Storage service configuration (from the `[storage]` section).
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Which backend.
+    pub backend: Backend,
+    /// Kubo RPC API URL (backend = kubo).
+    pub kubo_api: String,
+    /// Fetch limits.
+    pub fetch: FetchConfig,
+}
+
+/// Errors of the storage service.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The block store failed.
+    #[error(transparent)]
+    Store(#[from] StorageError),
+    /// Fetching from the network failed (boxed: it carries two CIDs).
+    #[error(transparent)]
+    Fetch(Box<FetchError>),
+    /// A data proof failed to create or verify.
+    #[error(transparent)]
+    Proof(#[from] agora_storage::proof::ProofError),
+    /// A file could not be read or written.
+    #[error("cannot access {path}: {source}; check the path exists and is readable/writable")]
+    File {
+        /// The path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Bitswap protocols were already registered on this swarm.
+    #[error("bitswap is already running on this swarm")]
+    AlreadyRunning,
+    /// The Kubo daemon failed or could not be reached.
+    #[error(transparent)]
+    Kubo(#[from] KuboError),
+    /// A blocking task died.
+    #[error("storage task failed: {0}")]
+    Task(String),
+    /// Bad input from the caller.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<FetchError> for ExchangeError {
+    fn from(e: FetchError) -> Self {
+        ExchangeError::Fetch(Box::new(e))
+    }
+}
+
+/// Cloneable handle to the storage service.
+#[derive(Clone, Debug)]
+pub struct StorageHandle {
+    backend: Arc<dyn StoreBackend>,
+    embedded: Option<Embedded>,
+    signer: KeySigner,
+    config: StorageConfig,
+    jobs: jobs::Jobs,
+    provers: custody::Provers,
+}
+
+/// Starts the configured backend. Embedded: opens the block store, starts bitswap on the swarm
+/// and re-announces pinned roots. Kubo: checks the daemon answers at `storage.api`.
+pub async fn spawn(
+    data_dir: &Path,
+    config: StorageConfig,
+    network: NetworkHandle,
+    signer: KeySigner,
+    cancel: CancellationToken,
+) -> Result<StorageHandle, ExchangeError> {
+    if config.backend == Backend::Kubo {
+        let kubo = KuboBackend::new(&config.kubo_api, config.fetch);
+        kubo.check().await?;
+        info!(api = %config.kubo_api, "storage backend: kubo");
+        return Ok(StorageHandle {
+            backend: Arc::new(kubo),
+            embedded: None,
+            signer,
+            config,
+            jobs: jobs::Jobs::default(),
+            provers: custody::Provers::default(),
+        });
+    }
+    let path = data_dir.join(BLOCKS_DIR);
+    let store = tokio::task::spawn_blocking(move || SledBlockStore::open(path))
+        .await
+        .map_err(|e| ExchangeError::Task(e.to_string()))??;
+    let store: Arc<dyn BlockStore> = Arc::new(store);
+    let bitswap = Bitswap::start(store, network.stream_control(), cancel)
+        .map_err(|_| ExchangeError::AlreadyRunning)?;
+    let embedded = Embedded::new(bitswap, network, config.fetch);
+    let handle = StorageHandle {
+        backend: Arc::new(embedded.clone()),
+        embedded: Some(embedded.clone()),
+        signer,
+        config,
+        jobs: jobs::Jobs::default(),
+        provers: custody::Provers::default(),
+    };
+    tokio::spawn(
+        async move {
+            for root in embedded.blocking(|s| s.pins()).await.unwrap_or_default() {
+                embedded.provide(root).await;
+            }
+        }
+        .in_current_span(),
+    );
+    Ok(handle)
+}
+
+impl StorageHandle {
+    /// The embedded backend (block store and bitswap), if this node uses it.
+    pub fn embedded(&self) -> Option<&Embedded> {
+        self.embedded.as_ref()
+    }
+
+    /// The bitswap engine, if the embedded backend runs.
+    pub fn bitswap(&self) -> Option<&Bitswap> {
+        self.embedded.as_ref().map(Embedded::bitswap)
+    }
+
+    /// The configured backend.
+    pub fn backend(&self) -> Backend {
+        self.config.backend
+    }
+
+    /// Default fetch limits from the config.
+    pub fn fetch_config(&self) -> FetchConfig {
+        self.config.fetch
+    }
+}
+
+impl StorageConfig {
+    /// Defaults for the embedded backend.
+    pub fn embedded() -> Self {
+        StorageConfig {
+            backend: Backend::Embedded,
+            kubo_api: String::new(),
+            fetch: FetchConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! What the orchestrator and the radio need from the service host: stage an image by CID, start
+//! and stop it, feed it readings, ask whether it runs. The node's `ServiceHost` implements it;
+//! tests may use a fake.
+
+use async_trait::async_trait;
+use cid::Cid;
+
+/// A staged (fetched, verified, compiled, idle) service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StagedService {
+    /// Sensor devices the service's manifest takes over.
+    pub devices: Vec<u32>,
+}
+
+/// Service control as the orchestrator uses it; errors are human-readable reasons.
+#[async_trait]
+pub trait ServiceControl: Send + Sync + 'static {
+    /// Fetches, verifies and compiles `image` as service `id`, idle.
+    async fn stage(&self, id: &str, image: Cid) -> Result<StagedService, String>;
+    /// Starts the staged service `id`.
+    async fn start(&self, id: &str) -> Result<(), String>;
+    /// Stops service `id`.
+    async fn stop(&self, id: &str) -> Result<(), String>;
+    /// Queues one sensor frame for service `id`.
+    fn push_reading(&self, id: &str, frame: Vec<u8>) -> Result<(), String>;
+    /// Whether service `id` is running.
+    async fn running(&self, id: &str) -> bool;
+}
+
+/// The node's wasm/container host as the orchestrator drives it.
+#[async_trait]
+impl ServiceControl for crate::ServiceHost {
+    async fn stage(&self, id: &str, image: Cid) -> Result<StagedService, String> {
+        // A re-stage (after a stop, or on recovery) replaces the previous instance.
+        let _ = self.remove(id).await;
+        let info = crate::ServiceHost::stage(self, id, image)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(StagedService {
+            devices: info.manifest.devices,
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<(), String> {
+        crate::ServiceHost::start(self, id)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), String> {
+        crate::ServiceHost::stop(self, id)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn push_reading(&self, id: &str, frame: Vec<u8>) -> Result<(), String> {
+        crate::ServiceHost::push_reading(self, id, frame).map_err(|e| e.to_string())
+    }
+
+    async fn running(&self, id: &str) -> bool {
+        self.health(id)
+            .is_ok_and(|h| h.state == agora_runtime::ServiceState::Active)
+    }
+}

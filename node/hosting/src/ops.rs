@@ -1,0 +1,272 @@
+//! Service host operations: publish an image, stage it by CID, start, stop, remove.
+
+use std::time::Duration;
+
+use agora_runtime::{ServiceId, ServiceLimits, ServiceSpec, ServiceState, StopReason};
+use agora_storage::Cid;
+
+use super::image::{read_image, store_image};
+use super::manifest::{ServiceKind, ServiceManifest};
+use super::{ImageInfo, ServiceError, ServiceHost, Staged, StagedInfo, container, lock};
+
+/// How long `stop` waits for a service to report `Stopped`.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// Checks a service id: it names threads, sled namespaces and containers.
+fn check_id(id: &str) -> Result<(), ServiceError> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if id.is_empty() || id.len() > 128 || id.starts_with('-') || !id.chars().all(ok) {
+        return Err(ServiceError::BadId(id.to_string()));
+    }
+    Ok(())
+}
+
+impl ServiceHost {
+    /// The embedded block store images are read from and written to.
+    fn embedded_store(&self) -> Result<&agora_exchange::Embedded, ServiceError> {
+        self.inner
+            .storage
+            .embedded()
+            .ok_or(ServiceError::NeedsEmbeddedStore)
+    }
+
+    /// Stores `module` and `manifest` as an image (pinned and announced); returns its CIDs.
+    pub async fn publish(
+        &self,
+        module: Vec<u8>,
+        manifest: ServiceManifest,
+    ) -> Result<ImageInfo, ServiceError> {
+        manifest.validate()?;
+        if manifest.kind == ServiceKind::Wasm {
+            // Refuse what no node could run before it is announced to the network.
+            let id = agora_runtime::ModuleId::for_bytes(&module);
+            let host = self.inner.manager.host().clone();
+            let bytes = module.clone();
+            tokio::task::spawn_blocking(move || host.load(&id, &bytes))
+                .await
+                .map_err(|e| ServiceError::Task(e.to_string()))??;
+        }
+        let module_bytes = module.len() as u64;
+        let m = manifest.clone();
+        let storage = self.embedded_store()?;
+        let (cid, record) = storage
+            .blocking(move |s| store_image(s, &module, &m))
+            .await?;
+        storage.provide(cid).await;
+        tracing::info!(image = %cid, name = %manifest.name, "service image published");
+        Ok(ImageInfo {
+            image: cid.to_string(),
+            module: record.module.to_string(),
+            manifest: record.manifest.to_string(),
+            module_id: record.module_id.to_string(),
+            module_bytes,
+            name: manifest.name,
+            version: manifest.version,
+            kind: manifest.kind,
+        })
+    }
+
+    /// Fetches the image (from peers if not local), verifies and compiles the module, and
+    /// stages it as `id` with the manifest's limits or `limits` (a contract's) when given.
+    pub async fn stage(&self, id: &str, image: Cid) -> Result<StagedInfo, ServiceError> {
+        self.stage_with_limits(id, image, None).await
+    }
+
+    /// [`Self::stage`] with the contract's limits instead of the manifest's.
+    pub async fn stage_with_limits(
+        &self,
+        id: &str,
+        image: Cid,
+        limits: Option<ServiceLimits>,
+    ) -> Result<StagedInfo, ServiceError> {
+        check_id(id)?;
+        if lock(&self.inner.staged).contains_key(id) {
+            return Err(ServiceError::AlreadyStaged(id.to_string()));
+        }
+        // Fetches every block of the image over bitswap (each verified against its CID), pins.
+        // The module is capped at MAX_MODULE_BYTES; the manifest and record are small.
+        self.inner
+            .storage
+            .pin_within(image, super::image::MAX_MODULE_BYTES + (1 << 20))
+            .await?;
+        let (record, manifest, module) = self
+            .embedded_store()?
+            .blocking(move |s| Ok(read_image(s, &image)))
+            .await??;
+        let limits = limits.unwrap_or_else(|| manifest.service_limits());
+        let max = self.inner.config.max_memory_bytes;
+        if limits.memory_bytes > max {
+            return Err(ServiceError::OverHostLimit {
+                what: "limits.memory_bytes",
+                asked: limits.memory_bytes,
+                max,
+            });
+        }
+        let module_id = record.module_id;
+        let mut from_cache = false;
+        let slot = match manifest.kind {
+            ServiceKind::Container => Some(container::ContainerSlot::default()),
+            ServiceKind::Wasm => {
+                let host = self.inner.manager.host().clone();
+                // Verifies the bytes against the module id, then compiles or reuses the artifact.
+                let compiled = tokio::task::spawn_blocking(move || host.load(&module_id, &module))
+                    .await
+                    .map_err(|e| ServiceError::Task(e.to_string()))??;
+                from_cache = compiled.from_cache();
+                let mut spec = ServiceSpec::new(id, compiled, limits);
+                spec.tick_ms = manifest.tick_ms;
+                spec.env = manifest
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                self.inner.manager.stage(spec)?;
+                None
+            }
+        };
+        let mut staged = lock(&self.inner.staged);
+        if staged.contains_key(id) {
+            // Lost a race with another stage of the same id: undo ours.
+            if slot.is_none() {
+                let _ = self.inner.manager.remove(&id.into());
+            }
+            return Err(ServiceError::AlreadyStaged(id.to_string()));
+        }
+        staged.insert(
+            id.to_string(),
+            Staged {
+                image,
+                manifest: manifest.clone(),
+                container: slot,
+            },
+        );
+        tracing::info!(service = id, %image, from_cache, "service staged");
+        Ok(StagedInfo {
+            id: id.to_string(),
+            image: image.to_string(),
+            module_id: module_id.to_string(),
+            from_cache,
+            manifest,
+        })
+    }
+
+    /// Activates a staged (or stopped) service.
+    pub async fn start(&self, id: &str) -> Result<(), ServiceError> {
+        if self.is_container(id)? {
+            return self.container_start(id).await;
+        }
+        Ok(self.inner.manager.start(&id.into())?)
+    }
+
+    /// Stops an active service and waits (up to 10 s) for it; returns why it stopped. A service
+    /// that already stopped on its own returns its recorded reason.
+    pub async fn stop(&self, id: &str) -> Result<StopReason, ServiceError> {
+        if self.is_container(id)? {
+            return self.container_stop(id).await;
+        }
+        let sid = ServiceId::from(id);
+        match self.inner.manager.state(&sid)? {
+            ServiceState::Stopped(reason) => return Ok(reason),
+            ServiceState::Staged => {
+                return Err(ServiceError::Runtime(
+                    agora_runtime::RuntimeError::WrongState {
+                        service: id.to_string(),
+                        state: "staged".into(),
+                        hint: "start it first (it is not running)",
+                    },
+                ));
+            }
+            ServiceState::Active => {}
+        }
+        self.inner.manager.stop(&sid)?;
+        self.wait_stopped(id, STOP_WAIT).await
+    }
+
+    /// Waits until the service is stopped (by request, a limit or itself) and returns why.
+    pub async fn wait_stopped(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<StopReason, ServiceError> {
+        if self.is_container(id)? {
+            return Err(ServiceError::Runtime(
+                agora_runtime::RuntimeError::WrongState {
+                    service: id.to_string(),
+                    state: "a container".into(),
+                    hint: "poll `list` for container state",
+                },
+            ));
+        }
+        let sid = ServiceId::from(id);
+        tokio::time::timeout(timeout, self.inner.manager.wait_stopped(&sid))
+            .await
+            .map_err(|_| ServiceError::StopTimeout(id.to_string(), timeout.as_secs()))?
+            .map_err(ServiceError::from)
+    }
+
+    /// Forgets a service that is not running (its image stays pinned).
+    pub async fn remove(&self, id: &str) -> Result<(), ServiceError> {
+        if !self.is_container(id)? {
+            self.inner.manager.remove(&id.into())?;
+        } else if self.container_state(id)? == ServiceState::Active {
+            return Err(ServiceError::Runtime(
+                agora_runtime::RuntimeError::WrongState {
+                    service: id.to_string(),
+                    state: "active".into(),
+                    hint: "stop it before removing it",
+                },
+            ));
+        }
+        lock(&self.inner.staged).remove(id);
+        Ok(())
+    }
+
+    /// Stops every active service (node shutdown), waiting up to 2 s in all for the wasm ones so
+    /// their threads release the guest store before the node can be started again.
+    pub(crate) async fn stop_all(&self) {
+        let ids: Vec<(String, bool)> = lock(&self.inner.staged)
+            .iter()
+            .map(|(id, s)| (id.clone(), s.container.is_some()))
+            .collect();
+        let mut stopping = Vec::new();
+        for (id, is_container) in ids {
+            if is_container {
+                if self.container_state(&id).ok() == Some(ServiceState::Active) {
+                    let _ = self.container_stop(&id).await;
+                }
+                continue;
+            }
+            let sid = ServiceId::from(id.as_str());
+            if self.inner.manager.state(&sid).ok() == Some(ServiceState::Active)
+                && self.inner.manager.stop(&sid).is_ok()
+            {
+                stopping.push(sid);
+            }
+        }
+        let waits = stopping
+            .iter()
+            .map(|sid| self.inner.manager.wait_stopped(sid));
+        let all = futures::future::join_all(waits);
+        if tokio::time::timeout(Duration::from_secs(2), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some services were still stopping at shutdown");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::check_id;
+
+    #[test]
+    fn ids_are_checked() {
+        check_id("0a1b2c").unwrap();
+        check_id("svc.v1_x-2").unwrap();
+        for bad in ["", "-rm", "a b", "a/b", &"x".repeat(129)] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! Consensus wiring of the ledger task: the Malachite driver's effects carried out over the
+//! swarm (gossip for proposals and votes, request-response for sync), its timers, its
+//! write-ahead log in sled, and decided blocks applied to the ledger.
+//!
+//! Every node runs a driver. Committee members gossip proposals and votes among themselves on
+//! [`CONSENSUS_TOPIC`] (only they subscribe, and each keeps a watched connection to the others);
+//! the proposer of each decided block publishes it with its commit certificate on
+//! [`BLOCKS_TOPIC`], and every other node feeds it to its driver exactly like a sync answer
+//! (the certificate is verified, the block must extend our last one). Before, every node
+//! followed every vote: at 100 nodes that was seven gossip messages per block for each node, a
+//! signature check per copy, and most of an idle devnet's CPU. A node that misses a block sees
+//! the gap at the next one and asks an arbitrator for the rest.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use agora_contracts::{Ledger, SignedTransaction};
+use agora_market::NodeId;
+use tracing::{debug, info, warn};
+
+use agora_consensus::{
+    Block, BlockId, ConsensusConfig, ConsensusTimeouts, DecidedBlock, Effect, Input, TimeoutId,
+    TimeoutStep, WalEntry,
+};
+use agora_network::keys::peer_id_of;
+use agora_wire::codec::{Envelope, Kind};
+use agora_wire::now_ms;
+
+use crate::task::LedgerTask;
+
+use agora_wire::topics::{BLOCKS_TOPIC, CONSENSUS_TOPIC};
+
+/// Request-response body of block sync (in `Kind::Consensus` envelopes).
+pub type SyncMsg = agora_wire::sync::SyncMsg<DecidedBlock>;
+
+/// Blocks per sync answer (the driver accepts at most 64).
+const SYNC_BATCH: usize = 64;
+/// Encoded bytes of blocks per sync answer (well inside the request-response size limit).
+const SYNC_BYTES: usize = agora_wire::codec::MAX_RPC_BYTES / 2;
+
+/// Block production pacing.
+#[derive(Clone, Debug)]
+pub struct ChainParams {
+    /// Most transactions per block.
+    pub max_block_txs: usize,
+    /// Most encoded transaction bytes per block: a proposal carries the whole block in one
+    /// gossip message, so a block must stay well inside the gossip size limit or it could never
+    /// be delivered (and a full mempool would stall the chain).
+    pub max_block_bytes: usize,
+    /// With an empty mempool, while the ledger waits for the clock (`Ledger::awaits_time`: a
+    /// running contract, an activation deadline, a suspected outage, a settlement in its grace
+    /// period), a proposer waits this long after the last block before proposing an empty one,
+    /// so nothing that depends on block time is late.
+    pub empty_block_interval_ms: u64,
+    /// With an empty mempool and nothing waiting for time, the chain is quiet: an empty block
+    /// only this long after the last one. A block goes to every node, which verifies its
+    /// certificate and stores it; at one per second that was two thirds of an idle 100-node
+    /// devnet's CPU, for blocks that change nothing but the height. The other arbitrators
+    /// stretch their propose timeout to match (see `ChainTimers::held`), and a transaction
+    /// ends the wait at once on every one of them.
+    pub quiet_block_interval_ms: u64,
+    /// Driver configuration (timeouts).
+    pub consensus: ConsensusConfig,
+}
+
+impl Default for ChainParams {
+    fn default() -> Self {
+        ChainParams {
+            max_block_txs: 2_000,
+            max_block_bytes: agora_wire::codec::MAX_GOSSIP_BYTES / 2,
+            empty_block_interval_ms: 1_000,
+            quiet_block_interval_ms: 10_000,
+            consensus: ConsensusConfig {
+                timeouts: ConsensusTimeouts {
+                    propose: Duration::from_millis(1_500),
+                    prevote: Duration::from_millis(500),
+                    precommit: Duration::from_millis(500),
+                    rebroadcast: Duration::from_millis(3_000),
+                    delta: Duration::from_millis(250),
+                    max: Duration::from_secs(30),
+                },
+                ..ConsensusConfig::default()
+            },
+        }
+    }
+}
+
+/// Timers and pending work of the driver.
+#[derive(Debug, Default)]
+pub struct ChainTimers {
+    /// Driver timeouts and when they fire (ms).
+    pub timeouts: BTreeMap<TimeoutId, u64>,
+    /// A value the driver asked for: (height, round, answer at ms, answer by ms).
+    pub pending_value: Option<(u64, u32, u64, u64)>,
+    /// Inbound sync requests waiting for the driver's answer, by asking node.
+    pub sync_requests: HashMap<NodeId, u64>,
+    /// When the last block was decided (ms, local clock).
+    pub last_decided_at: u64,
+    /// Propose timeouts stretched while the chain is quiet, with the engine's own duration
+    /// (ms): a transaction brings each back to at most that long from its arrival.
+    pub held: BTreeMap<TimeoutId, u64>,
+    /// Round-robin index for choosing whom to ask for sync.
+    pub sync_rr: usize,
+}
+
+impl ChainTimers {
+    /// The earliest time something is due.
+    pub fn next_due(&self) -> Option<u64> {
+        let t = self.timeouts.values().min().copied();
+        let v = self.pending_value.map(|(_, _, at, _)| at);
+        match (t, v) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl LedgerTask {
+    /// Starts consensus at the height after the ledger's, replaying that height's WAL.
+    pub(super) async fn start_chain(&mut self) {
+        let height = self.view.ledger.height() + 1;
+        let parent = match self.store.blocks_from(self.view.ledger.height(), 1) {
+            Ok(blocks) => blocks
+                .first()
+                .filter(|(h, _)| *h == height - 1)
+                .and_then(|(_, raw)| serde_cbor::from_slice::<DecidedBlock>(raw).ok())
+                .map(|d| d.block.id())
+                .unwrap_or(BlockId::GENESIS_PARENT),
+            Err(_) => BlockId::GENESIS_PARENT,
+        };
+        let wal = self
+            .store
+            .wal_entries(height)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|b| WalEntry::decode(b).ok())
+            .collect();
+        self.timers.last_decided_at = now_ms();
+        self.feed(Input::StartHeight {
+            height,
+            parent,
+            wal,
+        })
+        .await;
+    }
+
+    /// Feeds one input and everything it leads to.
+    pub(super) async fn feed(&mut self, input: Input) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let effects = self.driver.handle(now_ms(), input);
+            for effect in effects {
+                if let Some(next) = self.execute(effect).await {
+                    queue.push_back(next);
+                }
+            }
+        }
+    }
+
+    /// Fires due timers and answers a pending value request when it is time.
+    pub(super) async fn on_chain_timer(&mut self) {
+        let now = now_ms();
+        let due: Vec<TimeoutId> = self
+            .timers
+            .timeouts
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.timers.timeouts.remove(&id);
+            self.timers.held.remove(&id);
+            self.feed(Input::TimeoutElapsed(id)).await;
+        }
+        if let Some((height, round, at, _)) = self.timers.pending_value
+            && at <= now
+        {
+            self.timers.pending_value = None;
+            self.propose_now(height, round).await;
+        }
+    }
+
+    /// A transaction arrived: a waiting proposer need not wait for the empty-block interval, and
+    /// nobody waits for a quiet chain's proposal any longer than the engine asked.
+    pub(super) fn on_new_transaction(&mut self) {
+        let now = now_ms();
+        if let Some((h, r, _, by)) = self.timers.pending_value {
+            self.timers.pending_value = Some((h, r, now, by));
+        }
+        for (id, after) in std::mem::take(&mut self.timers.held) {
+            if let Some(at) = self.timers.timeouts.get_mut(&id) {
+                *at = (*at).min(now.saturating_add(after));
+            }
+        }
+    }
+
+    /// When this node, as proposer with an empty mempool, proposes an empty block.
+    fn empty_block_due(&self) -> u64 {
+        let interval = if self.view.ledger.awaits_time() {
+            self.params.empty_block_interval_ms
+        } else {
+            self.params.quiet_block_interval_ms
+        };
+        self.timers.last_decided_at.saturating_add(interval)
+    }
+
+    async fn propose_now(&mut self, height: u64, round: u32) {
+        let input = self.propose_value(height, round);
+        self.feed(input).await;
+    }
+
+    /// The mempool's answer to the driver's `RequestValue`: transactions that apply in order.
+    fn propose_value(&self, height: u64, round: u32) -> Input {
+        let candidates = self
+            .mempool
+            .proposal(&self.view.ledger, self.params.max_block_txs);
+        let encoded = candidates
+            .iter()
+            .filter_map(|t| serde_cbor::to_vec(t).ok())
+            .map(|b| (b.len(), b));
+        // Cutting the list short keeps nonces contiguous: the rest waits for the next block.
+        let transactions = within_bytes(encoded, self.params.max_block_bytes);
+        Input::ProposeValue {
+            height,
+            round,
+            transactions,
+        }
+    }
+
+    /// Consensus traffic from the network.
+    pub(super) async fn on_consensus_gossip(&mut self, from: NodeId, bytes: Vec<u8>) {
+        self.feed(Input::Message { from, bytes }).await;
+    }
+
+    /// A decided block from [`BLOCKS_TOPIC`]: verified and applied like a sync answer (the
+    /// driver skips heights it has already decided).
+    pub(super) async fn on_block_gossip(&mut self, from: NodeId, bytes: &[u8]) {
+        match serde_cbor::from_slice::<DecidedBlock>(bytes) {
+            Ok(decided) => {
+                self.feed(Input::SyncResponse {
+                    from,
+                    blocks: vec![decided],
+                })
+                .await
+            }
+            Err(e) => debug!(from = %from.short(), error = %e, "malformed decided block"),
+        }
+    }
+
+    /// A sync request or response from a peer (`id` is the inbound request to answer).
+    pub(super) async fn on_sync_request(&mut self, from: NodeId, id: u64, msg: SyncMsg) {
+        match msg {
+            SyncMsg::Request { height } => {
+                // Every applied block is in the store (with its certificate), so sync reaches
+                // back past the driver's in-memory history.
+                let raw = self
+                    .store
+                    .blocks_from(height, SYNC_BATCH)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(_, raw)| (raw.len(), raw));
+                let stored: Vec<DecidedBlock> = within_bytes(raw, SYNC_BYTES)
+                    .iter()
+                    .filter_map(|raw| serde_cbor::from_slice(raw).ok())
+                    .collect();
+                if !stored.is_empty() {
+                    return self
+                        .respond(id, &SyncMsg::Response { blocks: stored })
+                        .await;
+                }
+                self.timers.sync_requests.insert(from, id);
+                self.feed(Input::SyncRequest { from, height }).await;
+                // The driver answers through `SendSyncResponse`; if it had nothing, ack.
+                if let Some(id) = self.timers.sync_requests.remove(&from) {
+                    self.respond(id, &SyncMsg::Response { blocks: Vec::new() })
+                        .await;
+                }
+            }
+            SyncMsg::Response { .. } | SyncMsg::Ack => self.respond(id, &SyncMsg::Ack).await,
+        }
+    }
+
+    async fn respond(&mut self, id: u64, msg: &SyncMsg) {
+        let Ok(body) = serde_cbor::to_vec(msg) else {
+            return;
+        };
+        self.seq += 1;
+        let env = Envelope::seal(&self.signer, Kind::Consensus, now_ms(), self.seq, body);
+        let _ = self.network.respond(id, &env).await;
+    }
+
+    async fn execute(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::PersistWal(entry) => {
+                // Flushed before the vote it records goes out; off the async workers.
+                let store = self.store.clone();
+                let persisted = tokio::task::spawn_blocking(move || {
+                    store.wal_append(entry.height(), &entry.encode())
+                })
+                .await;
+                match persisted {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(error = %e, "cannot persist consensus WAL entry"),
+                    Err(e) => warn!(error = %e, "consensus WAL task failed"),
+                }
+                None
+            }
+            Effect::Broadcast(msg) => {
+                if let Err(e) = self
+                    .network
+                    .broadcast(CONSENSUS_TOPIC, Kind::Consensus, msg.encode())
+                    .await
+                {
+                    debug!(error = %e, "consensus message not gossiped");
+                }
+                None
+            }
+            Effect::ScheduleTimeout { timeout, after } => {
+                let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);
+                let mut at = now_ms().saturating_add(after);
+                // On a quiet chain the proposer holds its empty block until it is due: wait
+                // that long plus the usual timeout before giving up on it. While something
+                // waits for the clock the engine's timeout stands, so a dead proposer costs
+                // no more than it always did.
+                if timeout.step == TimeoutStep::Propose
+                    && self.mempool.is_empty()
+                    && !self.view.ledger.awaits_time()
+                {
+                    let quiet = self
+                        .timers
+                        .last_decided_at
+                        .saturating_add(self.params.quiet_block_interval_ms)
+                        .saturating_add(after);
+                    if quiet > at {
+                        at = quiet;
+                        self.timers.held.insert(timeout, after);
+                    }
+                }
+                self.timers.timeouts.insert(timeout, at);
+                None
+            }
+            Effect::CancelTimeout(id) => {
+                self.timers.timeouts.remove(&id);
+                self.timers.held.remove(&id);
+                None
+            }
+            Effect::CancelAllTimeouts => {
+                self.timers.timeouts.clear();
+                self.timers.held.clear();
+                None
+            }
+            Effect::RequestValue {
+                height,
+                round,
+                within,
+            } => {
+                let now = now_ms();
+                let within = u64::try_from(within.as_millis()).unwrap_or(0);
+                // Propose a quarter of the timeout before our own propose timeout fires (which
+                // a quiet chain stretched, see `ScheduleTimeout`).
+                let deadline = self
+                    .timers
+                    .timeouts
+                    .get(&TimeoutId {
+                        height,
+                        round,
+                        step: TimeoutStep::Propose,
+                    })
+                    .copied()
+                    .unwrap_or(now.saturating_add(within));
+                let by = deadline.saturating_sub(within / 4);
+                let at = if self.mempool.is_empty() {
+                    self.empty_block_due().min(by)
+                } else {
+                    now
+                };
+                if at <= now {
+                    return Some(self.propose_value(height, round));
+                }
+                self.timers.pending_value = Some((height, round, at, by));
+                None
+            }
+            Effect::Decided {
+                height,
+                block,
+                certificate,
+            } => {
+                self.timers.pending_value = None;
+                self.timers.last_decided_at = now_ms();
+                let (txs, time) = block_inputs(&block, &self.view.ledger);
+                let proposed_here = block.proposer == self.view.me;
+                let decided = DecidedBlock { block, certificate };
+                let raw = serde_cbor::to_vec(&decided).unwrap_or_default();
+                if proposed_here
+                    && let Err(e) = self
+                        .network
+                        .broadcast(BLOCKS_TOPIC, Kind::Consensus, raw.clone())
+                        .await
+                {
+                    debug!(height, error = %e, "decided block not gossiped");
+                }
+                match self.apply(height, time, &raw, &txs).await {
+                    Ok(outcome) => {
+                        info!(
+                            height,
+                            txs = txs.len(),
+                            rejected = outcome.rejected.len(),
+                            "block applied"
+                        );
+                    }
+                    Err(e) => warn!(height, error = %e, "decided block could not be applied"),
+                }
+                self.resubmit_superseded(&txs).await;
+                if let Err(e) = self.store.wal_clear_through(height) {
+                    warn!(error = %e, "cannot clear consensus WAL");
+                }
+                None
+            }
+            Effect::SyncRequest { height } => {
+                self.ask_for_blocks(height);
+                None
+            }
+            Effect::SendSyncResponse { to, blocks } => {
+                if let Some(id) = self.timers.sync_requests.remove(&to) {
+                    let sized = blocks
+                        .into_iter()
+                        .map(|b| (serde_cbor::to_vec(&b).map_or(usize::MAX, |v| v.len()), b));
+                    let blocks = within_bytes(sized, SYNC_BYTES);
+                    self.respond(id, &SyncMsg::Response { blocks }).await;
+                }
+                None
+            }
+            Effect::Evidence(m) => {
+                warn!(validator = %m.validator().short(), "arbitrator equivocated; evidence recorded");
+                self.view.evidence.push(m.validator());
+                None
+            }
+            Effect::Rejected { from, error } => {
+                debug!(from = ?from.map(|f| f.short()), %error, "consensus input rejected");
+                None
+            }
+        }
+    }
+
+    fn ask_for_blocks(&mut self, height: u64) {
+        let committee = self.other_arbitrators();
+        if committee.is_empty() {
+            return;
+        }
+        self.timers.sync_rr = (self.timers.sync_rr + 1) % committee.len();
+        self.ask(committee[self.timers.sync_rr], height);
+    }
+
+    /// The committee without this node.
+    fn other_arbitrators(&self) -> Vec<NodeId> {
+        self.view
+            .ledger
+            .committee()
+            .iter()
+            .copied()
+            .filter(|c| *c != self.view.me)
+            .collect()
+    }
+
+    /// Asks `target` for the decided blocks from `height` on; its answer, empty or not, comes
+    /// back as a [`SyncReply`].
+    fn ask(&mut self, target: NodeId, height: u64) {
+        let Some(peer) = peer_id_of(&target) else {
+            return;
+        };
+        let Ok(body) = serde_cbor::to_vec(&SyncMsg::Request { height }) else {
+            return;
+        };
+        self.seq += 1;
+        let env = Envelope::seal(&self.signer, Kind::Consensus, now_ms(), self.seq, body);
+        let network = self.network.clone();
+        let replies = self.sync_replies.clone();
+        tokio::spawn(async move {
+            match network.request(peer, &env).await {
+                Ok(resp) if resp.sender == target => {
+                    if let Ok(SyncMsg::Response { blocks }) = resp.body::<SyncMsg>(Kind::Consensus)
+                    {
+                        let reply = SyncReply {
+                            from: target,
+                            asked: height,
+                            blocks,
+                        };
+                        let _ = replies.send(reply).await;
+                    }
+                }
+                Ok(_) => debug!("sync answer signed by someone else"),
+                Err(e) => debug!(error = %e, "sync request failed"),
+            }
+        });
+    }
+
+    /// When the next tip check is due, while this node does not know it is at the tip.
+    pub(super) fn next_tip_check(&self) -> Option<u64> {
+        (!self.view.caught_up).then_some(self.tip_asked_at.saturating_add(TIP_CHECK_EVERY_MS))
+    }
+
+    /// Until it knows it is at the tip, asks every other arbitrator (once a second) for the
+    /// blocks after its height.
+    pub(super) fn check_tip(&mut self) {
+        if self.view.caught_up {
+            return;
+        }
+        let others = self.other_arbitrators();
+        if others.is_empty() {
+            // Nobody else decides blocks: this node's ledger is the chain.
+            self.view.caught_up = true;
+            return;
+        }
+        let now = now_ms();
+        if now < self.tip_asked_at.saturating_add(TIP_CHECK_EVERY_MS) {
+            return;
+        }
+        self.tip_asked_at = now;
+        let next = self.view.ledger.height() + 1;
+        for target in others {
+            self.ask(target, next);
+        }
+    }
+
+    /// `from` has decided nothing from height `asked` on. Once f + 1 arbitrators say so for
+    /// the height after ours, at least one honest one has nothing newer: we are at the tip.
+    pub(super) fn on_tip_answer(&mut self, from: NodeId, asked: u64) {
+        if self.view.caught_up || !self.view.ledger.committee().contains(&from) {
+            return;
+        }
+        self.tip_confirms.insert(from, asked);
+        let next = self.view.ledger.height() + 1;
+        let confirms = self.tip_confirms.values().filter(|h| **h == next).count();
+        let n = self.view.ledger.committee().len();
+        let f = n.saturating_sub(1) / 3;
+        if confirms > f {
+            self.view.caught_up = true;
+            info!(
+                height = next - 1,
+                confirms, "at the chain's tip: arbitrators have decided nothing newer"
+            );
+        }
+    }
+}
+
+/// How often a node that does not know it is at the tip asks the arbitrators.
+const TIP_CHECK_EVERY_MS: u64 = 1_000;
+
+/// An arbitrator's answer to a sync request: the blocks from `asked` on (none: it has decided
+/// nothing past `asked - 1`).
+#[derive(Debug)]
+pub(crate) struct SyncReply {
+    /// Who answered.
+    pub from: NodeId,
+    /// The first height asked for.
+    pub asked: u64,
+    /// Its blocks from there on, in order (at most one sync batch).
+    pub blocks: Vec<DecidedBlock>,
+}
+
+/// The leading items whose sizes add up to at most `max` bytes (always the first one, so a
+/// single large item still moves).
+fn within_bytes<T>(items: impl IntoIterator<Item = (usize, T)>, max: usize) -> Vec<T> {
+    let mut total = 0usize;
+    let mut out = Vec::new();
+    for (size, item) in items {
+        total = total.saturating_add(size);
+        if total > max && !out.is_empty() {
+            break;
+        }
+        out.push(item);
+    }
+    out
+}
+
+/// What a decided block applies to `ledger`: its transactions (bytes that do not decode are
+/// skipped, deterministically on every node) and its time (never before the ledger's last
+/// block). Live application and restart replay both use this, so they cannot drift apart.
+pub(super) fn block_inputs(block: &Block, ledger: &Ledger) -> (Vec<SignedTransaction>, u64) {
+    let txs = block
+        .transactions
+        .iter()
+        .filter_map(|b| serde_cbor::from_slice(b).ok())
+        .collect();
+    (txs, block.timestamp.max(ledger.last_block_time()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within_bytes;
+
+    #[test]
+    fn within_bytes_stops_at_the_budget_but_always_takes_one() {
+        let items = [(40, 'a'), (40, 'b'), (40, 'c')];
+        assert_eq!(within_bytes(items, 100), vec!['a', 'b']);
+        assert_eq!(within_bytes(items, 120), vec!['a', 'b', 'c']);
+        assert_eq!(within_bytes([(500, 'x'), (1, 'y')], 100), vec!['x']);
+        assert!(within_bytes(Vec::<(usize, char)>::new(), 100).is_empty());
+    }
+}

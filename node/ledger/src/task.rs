@@ -1,0 +1,646 @@
+//! The ledger task: owns the ledger replica and the mempool, admits transactions from the CLI
+//! and from gossip, and applies decided blocks.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use agora_contracts::{BlockOutcome, Genesis, Ledger, SignedTransaction, Transaction, TxKind};
+use agora_market::{KeySigner, NodeId, Signer};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use super::TX_TOPIC;
+use super::mempool::{Mempool, MempoolError};
+use super::store::{LedgerStore, StoreError};
+use crate::chain::{ChainParams, ChainTimers, SyncMsg, SyncReply};
+use agora_consensus::{ConsensusDriver, DecidedBlock, Input, ValidatorSet};
+use agora_network::{NetworkEvent, NetworkHandle};
+use agora_wire::codec::Kind;
+use agora_wire::now_ms;
+use agora_wire::topics::{BLOCKS_TOPIC, CONSENSUS_TOPIC};
+
+/// Errors of the ledger service.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerTaskError {
+    /// The task is gone.
+    #[error("ledger service stopped; is the node shutting down?")]
+    Stopped,
+    /// Store problem.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The ledger refused.
+    #[error("ledger: {0}")]
+    Ledger(String),
+    /// The mempool refused.
+    #[error(transparent)]
+    Mempool(#[from] MempoolError),
+}
+
+/// A block as applied, for subscribers (the orchestrator acts on its events).
+#[derive(Clone, Debug)]
+pub struct AppliedBlock {
+    /// Height.
+    pub height: u64,
+    /// Block time (ms).
+    pub time: u64,
+    /// Events of the accepted transactions.
+    pub events: Vec<agora_contracts::LedgerEvent>,
+    /// How many transactions were refused.
+    pub rejected: usize,
+}
+
+/// What queries see.
+#[derive(Debug)]
+pub struct LedgerView {
+    /// The ledger state.
+    pub ledger: Ledger,
+    /// Time of the last applied block (ms), if any.
+    pub last_block_at: Option<u64>,
+    /// Pending transactions.
+    pub mempool: usize,
+    /// This node.
+    pub me: NodeId,
+    /// Arbitrators caught equivocating (evidence for slashing).
+    pub evidence: Vec<NodeId>,
+    /// Whether this node knows it is at the chain's tip: more arbitrators than can be faulty
+    /// (f + 1, so at least one honest) answered, after this node started, that they have
+    /// decided nothing past its height. On a quiet chain the next block can be 10 s away, so a
+    /// restarted node cannot wait for a fresh block to know its ledger is current.
+    pub caught_up: bool,
+}
+
+type QueryJob = Box<dyn FnOnce(&LedgerView) + Send>;
+
+/// Most transactions gossiped in one message.
+const TX_BATCH_MAX: usize = 256;
+/// Most encoded bytes of one batch (well inside the gossip size limit).
+const TX_BATCH_BYTES: usize = 128 * 1024;
+/// How long a locally submitted transaction may wait for others to share its gossip message.
+const TX_BATCH_DELAY_MS: u64 = 2;
+
+enum Command {
+    Query(QueryJob),
+    Submit(
+        TxKind,
+        oneshot::Sender<Result<SignedTransaction, LedgerTaskError>>,
+    ),
+}
+
+/// Cloneable handle to the ledger task.
+#[derive(Clone)]
+pub struct LedgerHandle {
+    tx: mpsc::Sender<Command>,
+    outcomes: broadcast::Sender<Arc<AppliedBlock>>,
+}
+
+impl std::fmt::Debug for LedgerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LedgerHandle")
+    }
+}
+
+impl LedgerHandle {
+    /// Reads the ledger with `f` inside the task.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&LedgerView) -> T + Send + 'static,
+    ) -> Result<T, LedgerTaskError> {
+        let (tx, rx) = oneshot::channel();
+        let job: QueryJob = Box::new(move |v| {
+            let _ = tx.send(f(v));
+        });
+        self.tx
+            .send(Command::Query(job))
+            .await
+            .map_err(|_| LedgerTaskError::Stopped)?;
+        rx.await.map_err(|_| LedgerTaskError::Stopped)
+    }
+
+    /// Signs `kind` with this node's key and the next free nonce, admits it and gossips it.
+    pub async fn submit(&self, kind: TxKind) -> Result<SignedTransaction, LedgerTaskError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Submit(kind, tx))
+            .await
+            .map_err(|_| LedgerTaskError::Stopped)?;
+        rx.await.map_err(|_| LedgerTaskError::Stopped)?
+    }
+
+    /// Outcomes of applied blocks, as they happen.
+    pub fn outcomes(&self) -> broadcast::Receiver<Arc<AppliedBlock>> {
+        self.outcomes.subscribe()
+    }
+}
+
+pub(super) struct LedgerTask {
+    pub(super) view: LedgerView,
+    pub(super) mempool: Mempool,
+    pub(super) store: LedgerStore,
+    pub(super) signer: KeySigner,
+    pub(super) network: NetworkHandle,
+    pub(super) outcomes: broadcast::Sender<Arc<AppliedBlock>>,
+    pub(super) driver: ConsensusDriver,
+    pub(super) timers: ChainTimers,
+    pub(super) params: ChainParams,
+    pub(super) seq: u64,
+    pub(super) sync_replies: mpsc::Sender<SyncReply>,
+    /// Arbitrators that answered a tip check, with the height they were asked for.
+    pub(super) tip_confirms: BTreeMap<NodeId, u64>,
+    /// When the last tip check went out (ms).
+    pub(super) tip_asked_at: u64,
+    /// Locally submitted transactions not gossiped yet, with their encoded size and when the
+    /// first of them arrived (ms).
+    pub(super) outbox: TxOutbox,
+    /// This node's own submitted transactions whose nonce the ledger has not consumed yet.
+    pub(super) own: BTreeMap<u64, SignedTransaction>,
+}
+
+/// Locally submitted transactions waiting to be gossiped together: one signed envelope (and
+/// one gossipsub signature) per batch instead of per transaction, which is what every replica
+/// otherwise spends most of its time verifying under load.
+#[derive(Debug, Default)]
+pub(super) struct TxOutbox {
+    txs: Vec<SignedTransaction>,
+    bytes: usize,
+    since: u64,
+}
+
+impl TxOutbox {
+    fn push(&mut self, tx: SignedTransaction, size: usize) {
+        if self.txs.is_empty() {
+            self.since = now_ms();
+        }
+        self.txs.push(tx);
+        self.bytes += size;
+    }
+
+    fn full(&self) -> bool {
+        self.txs.len() >= TX_BATCH_MAX || self.bytes >= TX_BATCH_BYTES
+    }
+
+    /// When the batch must go out, if anything waits.
+    fn due(&self) -> Option<u64> {
+        (!self.txs.is_empty()).then_some(self.since + TX_BATCH_DELAY_MS)
+    }
+
+    fn take(&mut self) -> Vec<SignedTransaction> {
+        self.bytes = 0;
+        std::mem::take(&mut self.txs)
+    }
+}
+
+/// Opens the store, restores the ledger (snapshot, else genesis) and starts the task.
+pub async fn spawn(
+    store: LedgerStore,
+    genesis: &Genesis,
+    signer: KeySigner,
+    network: NetworkHandle,
+    cancel: CancellationToken,
+) -> Result<(LedgerHandle, JoinHandle<()>), LedgerTaskError> {
+    let events = network.events();
+    let ledger = match store.snapshot()? {
+        Some((height, bytes)) => {
+            let l = Ledger::from_snapshot(&bytes)
+                .map_err(|e| LedgerTaskError::Ledger(e.to_string()))?;
+            info!(height, "ledger restored from snapshot");
+            l
+        }
+        None => {
+            Ledger::from_genesis(genesis).map_err(|e| LedgerTaskError::Ledger(e.to_string()))?
+        }
+    };
+    let ledger = replay_stored_blocks(&store, ledger);
+    if ledger.chain_id() != genesis.chain_id {
+        return Err(LedgerTaskError::Ledger(format!(
+            "stored ledger is chain '{}' but genesis is '{}'; remove the data dir's ledger folder to start over",
+            ledger.chain_id(),
+            genesis.chain_id
+        )));
+    }
+    let me = signer.node_id();
+    let member = genesis.committee.contains(&me);
+    let topics: &[&str] = if member {
+        &[TX_TOPIC, BLOCKS_TOPIC, CONSENSUS_TOPIC]
+    } else {
+        &[TX_TOPIC, BLOCKS_TOPIC]
+    };
+    for topic in topics {
+        if let Err(e) = network.subscribe(topic).await {
+            warn!(%topic, error = %e, "cannot subscribe");
+        }
+    }
+    if member {
+        // Votes travel only between members: each keeps a connection to every other.
+        for other in genesis.committee.iter().filter(|c| **c != me) {
+            if let Err(e) = network.watch(*other).await {
+                warn!(arbitrator = %other.short(), error = %e, "cannot watch arbitrator");
+            }
+        }
+    }
+    let validators = ValidatorSet::new(genesis.committee.iter().copied())
+        .map_err(|e| LedgerTaskError::Ledger(format!("genesis committee: {e}")))?;
+    let params = ChainParams::default();
+    let driver = ConsensusDriver::new(
+        Arc::new(signer.clone()),
+        validators,
+        params.consensus.clone(),
+    );
+    let (sync_tx, sync_rx) = mpsc::channel(16);
+    let (tx, rx) = mpsc::channel(256);
+    let (outcomes, _) = broadcast::channel(256);
+    let task = LedgerTask {
+        view: LedgerView {
+            ledger,
+            last_block_at: None,
+            mempool: 0,
+            me: signer.node_id(),
+            evidence: Vec::new(),
+            caught_up: false,
+        },
+        mempool: Mempool::default(),
+        store,
+        signer,
+        network,
+        outcomes: outcomes.clone(),
+        driver,
+        timers: ChainTimers::default(),
+        params,
+        seq: 0,
+        sync_replies: sync_tx,
+        tip_confirms: BTreeMap::new(),
+        tip_asked_at: 0,
+        outbox: TxOutbox::default(),
+        own: BTreeMap::new(),
+    };
+    let join = tokio::spawn(task.run(rx, sync_rx, events, cancel).in_current_span());
+    Ok((LedgerHandle { tx, outcomes }, join))
+}
+
+impl LedgerTask {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut sync_replies: mpsc::Receiver<SyncReply>,
+        mut events: broadcast::Receiver<NetworkEvent>,
+        cancel: CancellationToken,
+    ) {
+        self.start_chain().await;
+        loop {
+            let due = self
+                .timers
+                .next_due()
+                .into_iter()
+                .chain(self.outbox.due())
+                .chain(self.next_tip_check())
+                .min();
+            let sleep = async move {
+                match due {
+                    Some(at) => {
+                        let wait = at.saturating_sub(now_ms());
+                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = sleep => {
+                    if self.outbox.due().is_some_and(|at| at <= now_ms()) {
+                        self.flush_outbox().await;
+                    }
+                    self.on_chain_timer().await;
+                    self.check_tip();
+                }
+                Some(reply) = sync_replies.recv() => {
+                    if reply.blocks.is_empty() {
+                        self.on_tip_answer(reply.from, reply.asked);
+                    } else {
+                        let SyncReply { from, blocks, .. } = reply;
+                        self.feed(Input::SyncResponse { from, blocks }).await;
+                    }
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => break,
+                },
+                ev = events.recv() => match ev {
+                    Ok(NetworkEvent::Gossip { envelope, .. }) if envelope.kind == Kind::Transaction => {
+                        self.on_gossiped_batch(&envelope.payload);
+                    }
+                    Ok(NetworkEvent::Gossip { topic, envelope, .. }) if envelope.kind == Kind::Consensus => {
+                        if topic == BLOCKS_TOPIC {
+                            self.on_block_gossip(envelope.sender, &envelope.payload).await;
+                        } else {
+                            self.on_consensus_gossip(envelope.sender, envelope.payload.clone()).await;
+                        }
+                    }
+                    Ok(NetworkEvent::Request { id, envelope, .. }) if envelope.kind == Kind::Consensus => {
+                        match envelope.body::<SyncMsg>(Kind::Consensus) {
+                            Ok(msg) => self.on_sync_request(envelope.sender, id, msg).await,
+                            Err(e) => debug!(error = %e, "malformed sync request"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "ledger lagged behind network events"),
+                    Err(_) => break,
+                },
+            }
+        }
+        debug!("ledger task stopped");
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Query(job) => job(&self.view),
+            Command::Submit(kind, reply) => {
+                let res = self.submit(kind).await;
+                let _ = reply.send(res);
+            }
+        }
+    }
+
+    async fn submit(&mut self, kind: TxKind) -> Result<SignedTransaction, LedgerTaskError> {
+        let me = self.signer.node_id();
+        let tx = Transaction {
+            chain_id: self.view.ledger.chain_id().to_string(),
+            sender: me,
+            nonce: self.mempool.next_nonce(&self.view.ledger, &me),
+            kind,
+        }
+        .sign(&self.signer)
+        .map_err(|e| LedgerTaskError::Ledger(e.to_string()))?;
+        // When nothing of ours is pending, run the full check now so the user hears at once
+        // about an overspend instead of a silent drop at block time.
+        if tx.tx.nonce == self.view.ledger.next_nonce(&me) {
+            self.view
+                .ledger
+                .check(now_ms(), &tx)
+                .map_err(|e| LedgerTaskError::Ledger(e.to_string()))?;
+        }
+        let size = serde_cbor::to_vec(&tx)
+            .map_err(|e| LedgerTaskError::Ledger(format!("cannot encode transaction: {e}")))?
+            .len();
+        self.mempool.admit(&self.view.ledger, tx.clone())?;
+        self.view.mempool = self.mempool.len();
+        self.on_new_transaction();
+        self.outbox.push(tx.clone(), size);
+        self.own.insert(tx.tx.nonce, tx.clone());
+        if self.outbox.full() {
+            self.flush_outbox().await;
+        }
+        Ok(tx)
+    }
+
+    /// Signs again, with fresh nonces, own transactions whose nonce `txs` (a block just
+    /// applied) used up without including them. That happens when this replica signed them
+    /// while it was still catching up (after a restart its ledger lags, so it reuses a nonce an
+    /// earlier transaction of its own had taken): the other replicas refuse them as stale and
+    /// they would be lost without a word.
+    pub(super) async fn resubmit_superseded(&mut self, txs: &[SignedTransaction]) {
+        let next = self.view.ledger.next_nonce(&self.view.me);
+        for lost in superseded(&mut self.own, self.view.me, next, txs) {
+            let nonce = lost.tx.nonce;
+            match self.submit(lost.tx.kind).await {
+                Ok(again) => info!(
+                    old = nonce,
+                    new = again.tx.nonce,
+                    "own transaction lost its nonce to an earlier one; submitted again"
+                ),
+                Err(e) => {
+                    warn!(nonce, error = %e, "own transaction lost its nonce and cannot be resubmitted")
+                }
+            }
+        }
+    }
+
+    /// Gossips the waiting local transactions as one batch.
+    async fn flush_outbox(&mut self) {
+        let batch = self.outbox.take();
+        if batch.is_empty() {
+            return;
+        }
+        match serde_cbor::to_vec(&batch) {
+            Ok(bytes) => {
+                if let Err(e) = self
+                    .network
+                    .broadcast(TX_TOPIC, Kind::Transaction, bytes)
+                    .await
+                {
+                    debug!(error = %e, txs = batch.len(), "transactions not gossiped (no peers yet?)");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot encode transaction batch"),
+        }
+    }
+
+    /// Admits what a peer gossiped: a batch of transactions, each checked on its own (a bad
+    /// one is dropped, the others still count).
+    fn on_gossiped_batch(&mut self, payload: &[u8]) {
+        let batch = match serde_cbor::from_slice::<Vec<SignedTransaction>>(payload) {
+            Ok(b) => b,
+            Err(e) => return debug!(error = %e, "malformed transaction batch"),
+        };
+        let mut admitted = false;
+        for tx in batch {
+            match self.mempool.admit(&self.view.ledger, tx) {
+                Ok(new) => admitted |= new,
+                Err(e) => debug!(error = %e, "gossiped transaction not admitted"),
+            }
+        }
+        self.view.mempool = self.mempool.len();
+        if admitted {
+            self.on_new_transaction();
+        }
+    }
+
+    pub(super) async fn apply(
+        &mut self,
+        height: u64,
+        time: u64,
+        raw: &[u8],
+        txs: &[SignedTransaction],
+    ) -> Result<BlockOutcome, LedgerTaskError> {
+        let outcome = self
+            .view
+            .ledger
+            .apply_block_with(height, time, txs, |tx| self.mempool.holds(tx))
+            .map_err(|e| LedgerTaskError::Ledger(e.to_string()))?;
+        // Every block is stored; the whole state only every SNAPSHOT_EVERY blocks (a restart
+        // replays the blocks after it). Writing the snapshot each block was, at 100 nodes, a
+        // sixth of an idle devnet's CPU, all of it in one burst per block.
+        let snapshot = if height.is_multiple_of(SNAPSHOT_EVERY) {
+            Some(
+                self.view
+                    .ledger
+                    .to_snapshot()
+                    .map_err(|e| LedgerTaskError::Ledger(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        // The commit flushes to disk: off the async workers, so one node's fsync does not
+        // stall every other task on the runtime (a hundred in-process nodes share two workers).
+        let store = self.store.clone();
+        let raw = raw.to_vec();
+        tokio::task::spawn_blocking(move || store.commit(height, &raw, snapshot.as_deref()))
+            .await
+            .map_err(|e| LedgerTaskError::Ledger(format!("ledger store task: {e}")))??;
+        for (i, why) in &outcome.rejected {
+            if let Some(tx) = txs.get(*i) {
+                info!(sender = %tx.tx.sender.short(), nonce = tx.tx.nonce, error = %why, "block refused a transaction");
+                self.mempool.remove(tx);
+            }
+        }
+        self.mempool.prune(&self.view.ledger);
+        self.view.mempool = self.mempool.len();
+        self.view.last_block_at = Some(time);
+        let _ = self.outcomes.send(Arc::new(AppliedBlock {
+            height,
+            time,
+            events: outcome.events.clone(),
+            rejected: outcome.rejected.len(),
+        }));
+        Ok(outcome)
+    }
+}
+
+/// Blocks between two ledger snapshots.
+const SNAPSHOT_EVERY: u64 = 64;
+
+/// Re-applies the stored blocks after the restored snapshot, in order; stops at a gap or a
+/// block that does not apply (sync fetches the rest from the arbitrators).
+fn replay_stored_blocks(store: &LedgerStore, mut ledger: Ledger) -> Ledger {
+    let from = ledger.height() + 1;
+    'replay: loop {
+        let next = ledger.height() + 1;
+        let batch = match store.blocks_from(next, 256) {
+            Ok(b) if !b.is_empty() => b,
+            Ok(_) => break,
+            Err(e) => {
+                warn!(error = %e, "cannot read stored blocks to replay");
+                break;
+            }
+        };
+        for (height, raw) in batch {
+            if height != ledger.height() + 1 {
+                break 'replay;
+            }
+            let decided = match serde_cbor::from_slice::<DecidedBlock>(&raw) {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(height, error = %e, "stored block is unreadable; replay stops");
+                    break 'replay;
+                }
+            };
+            let (txs, time) = super::chain::block_inputs(&decided.block, &ledger);
+            if let Err(e) = ledger.apply_block(height, time, &txs) {
+                warn!(height, error = %e, "stored block does not apply; replay stops");
+                break 'replay;
+            }
+        }
+    }
+    if ledger.height() >= from {
+        info!(
+            from,
+            to = ledger.height(),
+            "replayed stored blocks after the snapshot"
+        );
+    }
+    ledger
+}
+
+/// Removes from `own` every transaction whose nonce is below `next` (used up on the ledger) and
+/// returns those of them that `block` (the block that used the nonce) did not include.
+fn superseded(
+    own: &mut BTreeMap<u64, SignedTransaction>,
+    me: NodeId,
+    next: u64,
+    block: &[SignedTransaction],
+) -> Vec<SignedTransaction> {
+    let included: HashSet<[u8; 32]> = block
+        .iter()
+        .filter(|t| t.tx.sender == me)
+        .filter_map(|t| t.id().ok())
+        .collect();
+    let consumed: Vec<u64> = own.range(..next).map(|(n, _)| *n).collect();
+    consumed
+        .into_iter()
+        .filter_map(|n| own.remove(&n))
+        .filter(|tx| tx.id().is_ok_and(|id| !included.contains(&id)))
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use agora_contracts::test_utils::{TEST_CHAIN, genesis_with, signer, tx_with_nonce};
+
+    use super::*;
+
+    #[test]
+    fn own_transactions_whose_nonce_went_to_another_are_returned_once() {
+        let me = signer(1);
+        let faucet = |amount| TxKind::Faucet { amount };
+        let mine = |nonce, amount| tx_with_nonce(TEST_CHAIN, &me, nonce, faucet(amount));
+        let mut own = BTreeMap::from([(0, mine(0, 1)), (1, mine(1, 2)), (2, mine(2, 3))]);
+        // The block used nonce 0 for our own tx, and nonce 1 for one signed before a restart.
+        let block = vec![mine(0, 1), mine(1, 99)];
+        let lost = superseded(&mut own, me.node_id(), 2, &block);
+        assert_eq!(lost, vec![mine(1, 2)]);
+        assert_eq!(own.keys().copied().collect::<Vec<_>>(), vec![2]);
+        // Nothing is returned twice.
+        assert!(superseded(&mut own, me.node_id(), 2, &block).is_empty());
+    }
+
+    #[test]
+    fn a_restart_replays_the_blocks_after_the_last_snapshot() {
+        use agora_consensus::{Block, BlockId, CommitCertificate};
+        let (genesis, accounts, _) = genesis_with(2, 1, 100);
+        let dir = tempfile::tempdir().unwrap();
+        let store = LedgerStore::open(dir.path()).unwrap();
+        let mut live = Ledger::from_genesis(&genesis).unwrap();
+        let faucet = |nonce| {
+            tx_with_nonce(
+                TEST_CHAIN,
+                &accounts[0],
+                nonce,
+                TxKind::Faucet { amount: 7 },
+            )
+        };
+        // Blocks 1..=3 applied live; the snapshot is taken after block 1 only.
+        for height in 1..=3u64 {
+            let txs = vec![faucet(height - 1)];
+            let block = Block {
+                height,
+                parent: BlockId::GENESIS_PARENT,
+                proposer: accounts[1].node_id(),
+                timestamp: 1_000 * height,
+                transactions: txs.iter().map(|t| serde_cbor::to_vec(t).unwrap()).collect(),
+            };
+            live.apply_block(height, block.timestamp, &txs).unwrap();
+            let certificate = CommitCertificate {
+                height,
+                round: 0,
+                block_id: block.id(),
+                signatures: Vec::new(),
+            };
+            let raw = serde_cbor::to_vec(&DecidedBlock { block, certificate }).unwrap();
+            let snap = (height == 1).then(|| live.to_snapshot().unwrap());
+            store.commit(height, &raw, snap.as_deref()).unwrap();
+        }
+        let (h, snap) = store.snapshot().unwrap().unwrap();
+        assert_eq!(h, 1);
+        let restored = replay_stored_blocks(&store, Ledger::from_snapshot(&snap).unwrap());
+        assert_eq!(restored.height(), 3);
+        assert_eq!(restored.state_hash().unwrap(), live.state_hash().unwrap());
+        // From genesis (no snapshot at all) it gets there too.
+        let from_genesis = replay_stored_blocks(&store, Ledger::from_genesis(&genesis).unwrap());
+        assert_eq!(
+            from_genesis.state_hash().unwrap(),
+            live.state_hash().unwrap()
+        );
+    }
+}

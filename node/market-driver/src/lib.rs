@@ -1,0 +1,458 @@
+//! The market driver: carries the pure market state machine (`agora_market::MarketState`)
+//! over the network, and turns agreed deals into dual-signed contracts ([`deals`]).
+//!
+//! A task owns the state. Gossip and requests of kind `Market` become `Input::Remote`, local
+//! commands (CLI via the control API) become inputs, a timer feeds `Input::Tick` at the times the
+//! state asks for, and effects are carried out: `Broadcast` → gossip on the region topic,
+//! `Send` → request-response to the peer, everything else → the market event log that
+//! `agora market watch` streams.
+//!
+//! May depend on the pure `agora-market` and `agora-contracts`, `agora-wire`, `agora-network`,
+//! `agora-ledger` (deals register contracts) and `agora-exchange` (a storage deal carries the
+//! customer's chunk commitment); never on hosting, the radio or the orchestrator.
+#![forbid(unsafe_code)]
+
+pub mod deals;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agora_market::{
+    Effect, Input, KeySigner, MarketConfig, MarketMessage, MarketState, NodeId, Signer,
+    topic_for_region,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use agora_network::keys::peer_id_of;
+use agora_network::{NetworkEvent, NetworkHandle};
+use agora_wire::codec::{Envelope, Kind};
+use agora_wire::now_ms;
+
+/// Events kept for `agora market watch`.
+const EVENT_LOG_CAP: usize = 2048;
+
+/// One recorded market event.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MarketEventRecord {
+    /// Position in the log (monotonic).
+    pub seq: u64,
+    /// When it happened (ms).
+    pub at: u64,
+    /// Event kind (`bid-received`, `auction-closed`, `awarded`, `agreed`, `rejected`, ...).
+    pub kind: String,
+    /// Human-readable detail.
+    pub detail: String,
+    /// Structured detail.
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Default)]
+struct EventLog {
+    next: u64,
+    records: VecDeque<MarketEventRecord>,
+}
+
+/// A read-only job run inside the market task.
+type QueryJob = Box<dyn FnOnce(&MarketState<KeySigner>) + Send>;
+
+enum MarketCommand {
+    Input(Box<Input>, oneshot::Sender<Vec<Effect>>),
+    Query(QueryJob),
+}
+
+/// Cloneable handle to the market task.
+#[derive(Clone)]
+pub struct MarketHandle {
+    tx: mpsc::Sender<MarketCommand>,
+    log: Arc<Mutex<EventLog>>,
+    agreed: tokio::sync::broadcast::Sender<agora_market::AgreedTerms>,
+}
+
+impl std::fmt::Debug for MarketHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MarketHandle")
+    }
+}
+
+/// Errors of the market service.
+#[derive(Debug, thiserror::Error)]
+pub enum MarketTaskError {
+    /// The task is gone.
+    #[error("market service stopped; is the node shutting down?")]
+    Stopped,
+}
+
+impl MarketHandle {
+    /// Feeds a local input; returns the effects it produced (already carried out).
+    pub async fn input(&self, input: Input) -> Result<Vec<Effect>, MarketTaskError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(MarketCommand::Input(Box::new(input), tx))
+            .await
+            .map_err(|_| MarketTaskError::Stopped)?;
+        rx.await.map_err(|_| MarketTaskError::Stopped)
+    }
+
+    /// Reads the state with `f` inside the market task.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&MarketState<KeySigner>) -> T + Send + 'static,
+    ) -> Result<T, MarketTaskError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(move |s: &MarketState<KeySigner>| {
+            let _ = tx.send(f(s));
+        });
+        self.tx
+            .send(MarketCommand::Query(job))
+            .await
+            .map_err(|_| MarketTaskError::Stopped)?;
+        rx.await.map_err(|_| MarketTaskError::Stopped)
+    }
+
+    /// Deals as they are agreed (the deal service turns them into contracts).
+    pub fn agreed(&self) -> tokio::sync::broadcast::Receiver<agora_market::AgreedTerms> {
+        self.agreed.subscribe()
+    }
+
+    /// Events with `seq > after`.
+    pub fn events_after(&self, after: Option<u64>) -> Vec<MarketEventRecord> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.records
+            .iter()
+            .filter(|r| after.is_none_or(|a| r.seq > a))
+            .cloned()
+            .collect()
+    }
+}
+
+struct MarketTask {
+    state: MarketState<KeySigner>,
+    signer: KeySigner,
+    network: NetworkHandle,
+    subscribed: BTreeSet<String>,
+    timers: BTreeSet<u64>,
+    log: Arc<Mutex<EventLog>>,
+    feedback: mpsc::Sender<(NodeId, MarketMessage)>,
+    agreed: tokio::sync::broadcast::Sender<agora_market::AgreedTerms>,
+    seq: u64,
+    regions: Vec<String>,
+    /// Peers asked for region snapshots (late join); a few are enough.
+    snapshot_peers: BTreeSet<NodeId>,
+}
+
+/// How many peers a node asks for open auctions and offers when it joins.
+const SNAPSHOT_PEERS: usize = 2;
+
+/// Starts the market task; subscribes to the given regions.
+pub async fn spawn(
+    signer: KeySigner,
+    config: MarketConfig,
+    regions: Vec<String>,
+    network: NetworkHandle,
+    cancel: CancellationToken,
+) -> (MarketHandle, JoinHandle<()>) {
+    // Subscribe before anything else so no connection event is missed.
+    let events = network.events();
+    let (tx, rx) = mpsc::channel(256);
+    let (fb_tx, fb_rx) = mpsc::channel(256);
+    let log = Arc::new(Mutex::new(EventLog::default()));
+    let (agreed, _) = tokio::sync::broadcast::channel(64);
+    let mut task = MarketTask {
+        state: MarketState::new(signer.clone(), config),
+        signer,
+        network: network.clone(),
+        subscribed: BTreeSet::new(),
+        timers: BTreeSet::new(),
+        log: log.clone(),
+        feedback: fb_tx,
+        agreed: agreed.clone(),
+        seq: 0,
+        regions: regions.clone(),
+        snapshot_peers: BTreeSet::new(),
+    };
+    for r in &regions {
+        task.ensure_subscribed(&topic_for_region(r)).await;
+    }
+    // Peers connected before we listened count for the late-join snapshot too.
+    if let Ok(peers) = network.peers().await {
+        for p in peers {
+            if let Ok(peer) = p.peer_id.parse() {
+                task.on_network(NetworkEvent::Connected(peer)).await;
+            }
+        }
+    }
+    let handle = tokio::spawn(task.run(rx, fb_rx, events, cancel).in_current_span());
+    (MarketHandle { tx, log, agreed }, handle)
+}
+
+impl MarketTask {
+    async fn ensure_subscribed(&mut self, topic: &str) {
+        if self.subscribed.insert(topic.to_string())
+            && let Err(e) = self.network.subscribe(topic).await
+        {
+            warn!(%topic, error = %e, "cannot subscribe to market topic");
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<MarketCommand>,
+        mut feedback: mpsc::Receiver<(NodeId, MarketMessage)>,
+        mut events: tokio::sync::broadcast::Receiver<NetworkEvent>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let next_timer = self.timers.first().copied();
+            let sleep = async {
+                match next_timer {
+                    Some(at) => {
+                        let wait = at.saturating_sub(now_ms());
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                cmd = commands.recv() => match cmd {
+                    Some(MarketCommand::Input(input, reply)) => {
+                        let effects = self.state.handle(now_ms(), *input);
+                        self.execute(&effects).await;
+                        let _ = reply.send(effects);
+                    }
+                    Some(MarketCommand::Query(job)) => job(&self.state),
+                    None => break,
+                },
+                Some((from, msg)) = feedback.recv() => self.remote(from, msg).await,
+                ev = events.recv() => match ev {
+                    Ok(ev) => self.on_network(ev).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "market task lagged behind network events");
+                    }
+                    Err(_) => break,
+                },
+                _ = sleep => {
+                    let now = now_ms();
+                    self.timers.retain(|t| *t > now);
+                    let effects = self.state.handle(now, Input::Tick);
+                    self.execute(&effects).await;
+                }
+            }
+        }
+        debug!("market task stopped");
+    }
+
+    async fn remote(&mut self, from: NodeId, msg: MarketMessage) {
+        let effects = self.state.handle(now_ms(), Input::Remote { from, msg });
+        self.execute(&effects).await;
+    }
+
+    async fn on_network(&mut self, ev: NetworkEvent) {
+        match ev {
+            NetworkEvent::Connected(peer) if self.snapshot_peers.len() < SNAPSHOT_PEERS => {
+                // Late join: ask the first peers we meet for what is open in our regions.
+                if let Some(node) = agora_network::keys::node_id_of(&peer)
+                    && self.snapshot_peers.insert(node)
+                {
+                    for region in self.regions.clone() {
+                        let effects = self
+                            .state
+                            .handle(now_ms(), Input::RequestSnapshot { region, peer: node });
+                        self.execute(&effects).await;
+                    }
+                }
+            }
+            NetworkEvent::Gossip { envelope, .. } if envelope.kind == Kind::Market => {
+                match MarketMessage::decode(&envelope.payload) {
+                    Ok(msg) => self.remote(envelope.sender, msg).await,
+                    Err(e) => self.record(
+                        "rejected",
+                        format!("from {}: {e}", envelope.sender.short()),
+                        serde_json::Value::Null,
+                    ),
+                }
+            }
+            NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Market => {
+                // Acknowledge at once; answers travel as their own requests.
+                self.seq += 1;
+                let ack =
+                    Envelope::seal(&self.signer, Kind::Market, now_ms(), self.seq, Vec::new());
+                let _ = self.network.respond(id, &ack).await;
+                match MarketMessage::decode(&envelope.payload) {
+                    Ok(msg) => self.remote(envelope.sender, msg).await,
+                    Err(e) => self.record(
+                        "rejected",
+                        format!("from {}: {e}", envelope.sender.short()),
+                        serde_json::Value::Null,
+                    ),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn execute(&mut self, effects: &[Effect]) {
+        for effect in effects {
+            match effect {
+                Effect::Broadcast { topic, msg } => {
+                    self.ensure_subscribed(topic).await;
+                    match msg.encode() {
+                        Ok(bytes) => {
+                            if let Err(e) = self.network.broadcast(topic, Kind::Market, bytes).await
+                            {
+                                warn!(%topic, kind = msg.kind(), error = %e, "market broadcast failed");
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "cannot encode market message"),
+                    }
+                }
+                Effect::Send { to, msg } => self.send(*to, msg.clone()),
+                Effect::ScheduleTimeout { at } => {
+                    self.timers.insert(*at);
+                }
+                Effect::Agreed(terms) => {
+                    let _ = self.agreed.send(terms.clone());
+                    self.record_effect(effect);
+                }
+                other => self.record_effect(other),
+            }
+        }
+    }
+
+    fn send(&mut self, to: NodeId, msg: MarketMessage) {
+        if to == self.signer.node_id() {
+            // Our own auction (customer and provider on one node): deliver locally.
+            let fb = self.feedback.clone();
+            let me = to;
+            tokio::spawn(async move {
+                let _ = fb.send((me, msg)).await;
+            });
+            return;
+        }
+        let Some(peer) = peer_id_of(&to) else {
+            warn!(to = %to.short(), "cannot address peer");
+            return;
+        };
+        let Ok(bytes) = msg.encode() else { return };
+        self.seq += 1;
+        let env = Envelope::seal(&self.signer, Kind::Market, now_ms(), self.seq, bytes);
+        let network = self.network.clone();
+        let kind = msg.kind();
+        tokio::spawn(
+            async move {
+                if let Err(e) = network.request(peer, &env).await {
+                    warn!(to = %to.short(), kind, error = %e, "market message not delivered");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn record(&self, kind: &str, detail: String, data: serde_json::Value) {
+        info!(event = kind, %detail, "market");
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = log.next;
+        log.next += 1;
+        log.records.push_back(MarketEventRecord {
+            seq,
+            at: now_ms(),
+            kind: kind.to_string(),
+            detail,
+            data,
+        });
+        while log.records.len() > EVENT_LOG_CAP {
+            log.records.pop_front();
+        }
+    }
+
+    fn record_effect(&self, effect: &Effect) {
+        use serde_json::json;
+        let (kind, detail, data) = match effect {
+            Effect::BidReceived {
+                auction,
+                bid,
+                provider,
+                price,
+            } => (
+                "bid-received",
+                format!(
+                    "auction {} bid {} from {} at {price}",
+                    auction.short(),
+                    bid.short(),
+                    provider.short()
+                ),
+                json!({"auction": auction.to_string(), "bid": bid.to_string(), "provider": provider.to_string(), "price": price}),
+            ),
+            Effect::AuctionClosed { auction, winner } => (
+                "auction-closed",
+                match winner {
+                    Some(w) => format!(
+                        "auction {} closed; best bid {} at {}",
+                        auction.short(),
+                        w.bid.short(),
+                        w.price
+                    ),
+                    None => format!("auction {} closed without valid bids", auction.short()),
+                },
+                json!({"auction": auction.to_string(), "winner": winner.map(|w| w.bid.to_string()), "price": winner.map(|w| w.price)}),
+            ),
+            Effect::Awarded {
+                award,
+                auction,
+                customer,
+                provider,
+                price,
+            } => (
+                "awarded",
+                format!(
+                    "award {} : {} -> {} at {price}",
+                    award.short(),
+                    customer.short(),
+                    provider.short()
+                ),
+                json!({"award": award.to_string(), "auction": auction.map(|a| a.to_string()), "customer": customer.to_string(), "provider": provider.to_string(), "price": price}),
+            ),
+            Effect::Proposed(t) => (
+                "proposed",
+                format!("counter-offer on award {} at {}", t.award.short(), t.price),
+                serde_json::to_value(t).unwrap_or_default(),
+            ),
+            Effect::Agreed(t) => (
+                "agreed",
+                format!(
+                    "deal on award {}: {} pays {} {} tokens",
+                    t.award.short(),
+                    t.customer.short(),
+                    t.provider.short(),
+                    t.price
+                ),
+                serde_json::to_value(t).unwrap_or_default(),
+            ),
+            Effect::NegotiationFailed { award, by } => (
+                "negotiation-failed",
+                format!(
+                    "award {} ended without a deal{}",
+                    award.short(),
+                    by.map(|b| format!(" by {}", b.short())).unwrap_or_default()
+                ),
+                json!({"award": award.to_string(), "by": by.map(|b| b.to_string())}),
+            ),
+            Effect::Rejected { from, error } => (
+                "rejected",
+                format!(
+                    "{}: {error}",
+                    from.map(|f| f.short()).unwrap_or_else(|| "local".into())
+                ),
+                json!({"from": from.map(|f| f.to_string()), "error": error.to_string()}),
+            ),
+            other => ("other", format!("{other:?}"), serde_json::Value::Null),
+        };
+        self.record(kind, detail, data);
+    }
+}

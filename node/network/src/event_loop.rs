@@ -1,0 +1,546 @@
+//! The swarm task: owns the `Swarm`, turns commands into swarm calls and swarm events into
+//! [`NetworkEvent`]s. It moves bytes and ids; validation is the codec's, business logic lives in
+//! the pure crates.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agora_market::KeySigner;
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, ping};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use super::behaviour::{AgoraBehaviour, AgoraBehaviourEvent, build_swarm, topic_score_params};
+use super::presence::PresenceTracker;
+use super::{
+    Command, NetworkConfig, NetworkError, NetworkEvent, NetworkHandle, NetworkStats, PeerInfo,
+    Reply,
+};
+use crate::keys::{NodeKey, node_id_of};
+use agora_wire::codec::{Envelope, GOSSIP_MAX_SKEW_MS, MAX_GOSSIP_BYTES, MAX_RPC_BYTES};
+use agora_wire::now_ms;
+
+mod liveness;
+
+/// A peer not watched is declared unreachable after this many idle ping intervals of silence.
+const IDLE_PINGS_BEFORE_DOWN: u32 = 4;
+
+/// Most inbound requests kept waiting for an answer; older ones are dropped.
+const MAX_PENDING_INBOUND: usize = 1024;
+const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
+/// Routing-table refresh (Kademlia's own default period); each refresh dials the peers it queries.
+const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(300);
+
+struct EventLoop {
+    swarm: Swarm<AgoraBehaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<NetworkEvent>,
+    signer: KeySigner,
+    presence: PresenceTracker,
+    liveness: liveness::Liveness,
+    cfg: NetworkConfig,
+    pending_requests: HashMap<OutboundRequestId, Reply<Result<Envelope, NetworkError>>>,
+    inbound: BTreeMap<u64, ResponseChannel<Vec<u8>>>,
+    next_inbound: u64,
+    listen_addrs: Vec<Multiaddr>,
+    peer_addrs: HashMap<PeerId, Multiaddr>,
+    agents: HashMap<PeerId, String>,
+    rtts: HashMap<PeerId, Duration>,
+    stats: NetworkStats,
+    seq: u64,
+    kad_bootstrapped: bool,
+    provider_queries: HashMap<kad::QueryId, ProviderQuery>,
+    /// Opens heartbeat streams to watched peers.
+    streams: libp2p_stream::Control,
+    /// Answered heartbeats, from the beat tasks.
+    alive_tx: mpsc::Sender<PeerId>,
+    alive_rx: mpsc::Receiver<PeerId>,
+    /// Stops the network's background tasks (heartbeat server and beats).
+    cancel: CancellationToken,
+}
+
+/// A Kademlia provider lookup waiting for its last step.
+struct ProviderQuery {
+    found: std::collections::HashSet<PeerId>,
+    reply: Reply<Result<Vec<PeerId>, NetworkError>>,
+}
+
+/// Builds the swarm, starts listening and dialing, and spawns the task that owns it.
+pub async fn spawn(
+    key: &NodeKey,
+    cfg: NetworkConfig,
+    cancel: CancellationToken,
+) -> Result<(NetworkHandle, JoinHandle<()>), NetworkError> {
+    let mut swarm = build_swarm(key.libp2p_keypair(), &cfg)?;
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetworkError::Listen {
+                addr: addr.clone(),
+                reason: transport_reason(&e),
+            })?;
+    }
+    for addr in &cfg.bootstrap {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+    let streams = swarm.behaviour().stream.new_control();
+    let cancel = cancel.child_token();
+    super::heartbeat::serve(streams.clone(), cancel.clone());
+    let (alive_tx, alive_rx) = mpsc::channel(1024);
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (ev_tx, _) = broadcast::channel(4096);
+    let handle = NetworkHandle {
+        commands: cmd_tx,
+        events: ev_tx.clone(),
+        local: key.node_id(),
+        peer_id: *swarm.local_peer_id(),
+        streams: streams.clone(),
+    };
+    let event_loop = EventLoop {
+        swarm,
+        commands: cmd_rx,
+        events: ev_tx,
+        signer: key.signer().clone(),
+        presence: PresenceTracker::new(
+            cfg.presence_timeout,
+            cfg.idle_ping_interval * IDLE_PINGS_BEFORE_DOWN,
+        ),
+        liveness: liveness::Liveness::default(),
+        cfg,
+        pending_requests: HashMap::new(),
+        inbound: BTreeMap::new(),
+        next_inbound: 0,
+        listen_addrs: Vec::new(),
+        peer_addrs: HashMap::new(),
+        agents: HashMap::new(),
+        rtts: HashMap::new(),
+        stats: NetworkStats::default(),
+        seq: 0,
+        kad_bootstrapped: false,
+        provider_queries: HashMap::new(),
+        streams,
+        alive_tx,
+        alive_rx,
+        cancel: cancel.clone(),
+    };
+    let task = tokio::spawn(event_loop.run(cancel).in_current_span());
+    Ok((handle, task))
+}
+
+fn transport_reason<T: std::fmt::Debug>(e: &libp2p::TransportError<T>) -> String {
+    match e {
+        libp2p::TransportError::MultiaddrNotSupported(a) => {
+            format!(
+                "address {a} is not supported (use /ip4/.../tcp/PORT or /ip4/.../udp/PORT/quic-v1)"
+            )
+        }
+        libp2p::TransportError::Other(inner) => format!("{inner:?}"),
+    }
+}
+
+impl EventLoop {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut presence_timer = tokio::time::interval(self.cfg.presence_interval);
+        presence_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut redial_timer = tokio::time::interval(REDIAL_INTERVAL);
+        let mut kad_timer = tokio::time::interval(KAD_BOOTSTRAP_INTERVAL);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(peer) = self.alive_rx.recv() => self.on_ping_ok(peer),
+                _ = presence_timer.tick() => self.on_presence_tick(),
+                _ = redial_timer.tick() => self.redial(),
+                _ = kad_timer.tick() => self.kad_bootstrap(),
+            }
+        }
+        self.cancel.cancel();
+        debug!("network loop stopped");
+    }
+
+    fn emit(&self, event: NetworkEvent) {
+        // No receivers is fine: nobody is listening yet.
+        let _ = self.events.send(event);
+    }
+
+    /// Redials bootstrap peers while we have fewer than `target_peers` connections, and trims
+    /// spare connections above it.
+    fn redial(&mut self) {
+        self.trim_connections();
+        if !self.below_target() {
+            return;
+        }
+        for addr in self.cfg.bootstrap.clone() {
+            let known = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            let connected = known.is_some_and(|p| self.swarm.is_connected(&p));
+            if !connected {
+                let _ = self.swarm.dial(addr);
+            }
+        }
+    }
+
+    fn kad_bootstrap(&mut self) {
+        if self.swarm.connected_peers().next().is_some() {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Subscribe(topic, reply) => {
+                let t = IdentTopic::new(topic.clone());
+                let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+                let res = gossip
+                    .subscribe(&t)
+                    .map(|_| ())
+                    .map_err(|e| NetworkError::Publish {
+                        topic,
+                        reason: e.to_string(),
+                    });
+                let _ = gossip.set_topic_params(t, topic_score_params());
+                let _ = reply.send(res);
+            }
+            Command::Publish(topic, data, reply) => {
+                let res = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(IdentTopic::new(topic.clone()), data)
+                    .map(|_| ())
+                    .map_err(|e| NetworkError::Publish {
+                        topic,
+                        reason: e.to_string(),
+                    });
+                if res.is_ok() {
+                    self.stats.gossip_published += 1;
+                }
+                let _ = reply.send(res);
+            }
+            Command::Broadcast(topic, kind, payload, reply) => {
+                self.seq += 1;
+                let env = Envelope::seal(&self.signer, kind, now_ms(), self.seq, payload);
+                self.on_command(Command::Publish(topic, env.to_bytes(), reply));
+            }
+            Command::Request(peer, data, reply) => {
+                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, data);
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Respond(id, data, reply) => {
+                let res = match self.inbound.remove(&id) {
+                    Some(ch) => self
+                        .swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_response(ch, data)
+                        .map_err(|_| NetworkError::Publish {
+                            topic: "rpc".into(),
+                            reason: format!("request {id}: the peer stopped waiting"),
+                        }),
+                    None => Err(NetworkError::Publish {
+                        topic: "rpc".into(),
+                        reason: format!("request {id} is unknown or already answered"),
+                    }),
+                };
+                let _ = reply.send(res);
+            }
+            Command::Dial(addr, reply) => {
+                let res = self
+                    .swarm
+                    .dial(addr.clone())
+                    .map_err(|e| NetworkError::Dial {
+                        addr,
+                        reason: e.to_string(),
+                    });
+                let _ = reply.send(res);
+            }
+            Command::Peers(reply) => {
+                let mut peers: Vec<PeerInfo> = self
+                    .swarm
+                    .connected_peers()
+                    .map(|p| PeerInfo {
+                        peer_id: p.to_string(),
+                        node_id: node_id_of(p).map(|n| n.to_string()),
+                        addr: self
+                            .peer_addrs
+                            .get(p)
+                            .map(|a| a.to_string())
+                            .unwrap_or_default(),
+                        agent: self.agents.get(p).cloned(),
+                        rtt_ms: self.rtts.get(p).map(|d| agora_wire::duration_ms(*d)),
+                    })
+                    .collect();
+                peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+                let _ = reply.send(peers);
+            }
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.listen_addrs.clone());
+            }
+            Command::Presence(reply) => {
+                let _ = reply.send(self.presence.snapshot());
+            }
+            Command::Watch(node, reply) => {
+                let _ = reply.send(self.watch(node));
+            }
+            Command::Unwatch(node, reply) => {
+                self.unwatch(node);
+                let _ = reply.send(());
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats.clone());
+            }
+            Command::PeerScore(peer, reply) => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
+            Command::StartProviding(key, reply) => {
+                let res = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(kad::RecordKey::new(&key))
+                    .map(|_| ())
+                    .map_err(|e| NetworkError::Publish {
+                        topic: "kad provider record".into(),
+                        reason: e.to_string(),
+                    });
+                let _ = reply.send(res);
+            }
+            Command::StopProviding(key, reply) => {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .stop_providing(&kad::RecordKey::new(&key));
+                let _ = reply.send(());
+            }
+            Command::GetProviders(key, reply) => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let id = kad.get_providers(kad::RecordKey::new(&key));
+                self.provider_queries.insert(
+                    id,
+                    ProviderQuery {
+                        found: Default::default(),
+                        reply,
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<AgoraBehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } if num_established.get() == 1 => {
+                debug!(peer = %peer_id, "connected");
+                self.peer_addrs
+                    .insert(peer_id, endpoint.get_remote_address().clone());
+                self.emit(NetworkEvent::Connected(peer_id));
+                self.on_peer_connected(peer_id, &endpoint);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                debug!(peer = %peer_id, "disconnected");
+                self.peer_addrs.remove(&peer_id);
+                self.rtts.remove(&peer_id);
+                self.emit(NetworkEvent::Disconnected(peer_id));
+                self.on_peer_disconnected(peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => self.on_dial_failed(peer, &error),
+            SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: AgoraBehaviourEvent) {
+        match event {
+            AgoraBehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(propagation_source, message_id, message),
+            AgoraBehaviourEvent::Rpc(ev) => self.on_rpc(ev),
+            AgoraBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_peer_addrs(peer_id, &info.listen_addrs);
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+                self.agents.insert(peer_id, info.agent_version);
+                if !self.kad_bootstrapped {
+                    self.kad_bootstrapped = true;
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+            AgoraBehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                self.rtts.insert(peer, rtt);
+                self.on_ping_ok(peer);
+            }
+            AgoraBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            AgoraBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            }) => self.on_kad_query(id, result, step.last),
+            AgoraBehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
+                if !self.swarm.is_connected(&peer) && self.below_target() =>
+            {
+                let _ = self.swarm.dial(peer);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_kad_query(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
+        let kad::QueryResult::GetProviders(res) = result else {
+            return;
+        };
+        let Some(query) = self.provider_queries.get_mut(&id) else {
+            return;
+        };
+        let done = match res {
+            Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                query.found.extend(providers);
+                last
+            }
+            Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => true,
+            // A timeout still returns what was found so far.
+            Err(_) => true,
+        };
+        if done && let Some(query) = self.provider_queries.remove(&id) {
+            let _ = query.reply.send(Ok(query.found.into_iter().collect()));
+        }
+    }
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        // The envelope's signature authenticates the author; the freshness window keeps a relay
+        // from re-injecting an old one (see `GOSSIP_MAX_SKEW_MS`).
+        let verdict = Envelope::open(&message.data, MAX_GOSSIP_BYTES).and_then(|env| {
+            env.check_fresh(now_ms(), GOSSIP_MAX_SKEW_MS)?;
+            Ok(env)
+        });
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        match verdict {
+            Err(e) => {
+                warn!(peer = %source, error = %e, "rejected gossip message");
+                gossip.report_message_validation_result(&id, &source, MessageAcceptance::Reject);
+                self.stats.gossip_rejected += 1;
+            }
+            Ok(env) => {
+                gossip.report_message_validation_result(&id, &source, MessageAcceptance::Accept);
+                self.stats.gossip_accepted += 1;
+                let topic = message.topic.as_str().to_string();
+                self.emit(NetworkEvent::Gossip {
+                    topic,
+                    envelope: Arc::new(env),
+                    via: source,
+                });
+            }
+        }
+    }
+
+    fn on_rpc(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => match Envelope::open(&request, MAX_RPC_BYTES) {
+                    Ok(env) => {
+                        let id = self.next_inbound;
+                        self.next_inbound += 1;
+                        self.inbound.insert(id, channel);
+                        while self.inbound.len() > MAX_PENDING_INBOUND {
+                            self.inbound.pop_first();
+                        }
+                        self.emit(NetworkEvent::Request {
+                            id,
+                            peer,
+                            envelope: Arc::new(env),
+                        });
+                    }
+                    Err(e) => {
+                        warn!(%peer, error = %e, "rejected request");
+                        self.stats.rpc_rejected += 1;
+                    }
+                },
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending_requests.remove(&request_id) {
+                        let res = Envelope::open(&response, MAX_RPC_BYTES).map_err(|e| {
+                            NetworkError::Request {
+                                peer,
+                                reason: e.to_string(),
+                            }
+                        });
+                        let _ = reply.send(res);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetworkError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "inbound request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The node's networking, and the only crate that knows libp2p: one task owns the libp2p
+//! `Swarm` (TCP + noise + yamux, gossipsub, request-response over the envelope codec, identify,
+//! ping, Kademlia, optional mDNS, raw streams); everyone else talks to it through a cloneable
+//! [`NetworkHandle`] (bounded command channel, every command carrying a oneshot reply) and
+//! listens to [`NetworkEvent`]s on a broadcast channel. It also owns presence (who is reachable,
+//! since when; heartbeats to watched peers) and the node's identity key ([`keys::NodeKey`]),
+//! from which both the ledger `NodeId` and the libp2p `PeerId` derive.
+//!
+//! May depend on `agora-wire` (envelopes), `agora-market` (`NodeId`) and libp2p; never on a
+//! driver crate. The libp2p types other crates need (`PeerId`, `Multiaddr`, raw streams) are
+//! re-exported from here, so no other crate lists libp2p.
+#![forbid(unsafe_code)]
+
+mod behaviour;
+mod event_loop;
+mod heartbeat;
+pub mod keys;
+pub mod presence;
+mod rpc_codec;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agora_market::NodeId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use behaviour::MAX_GOSSIP_TRANSMIT;
+pub use event_loop::spawn;
+pub use presence::{PeerPresence, PresenceEvent};
+pub use rpc_codec::RPC_PROTOCOL;
+
+pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, multiaddr};
+
+/// Raw libp2p streams (`libp2p-stream`), for protocols that frame their own bytes (bitswap).
+pub mod streams {
+    pub use libp2p_stream::{AlreadyRegistered, Control, OpenStreamError};
+}
+
+use agora_wire::codec::{Envelope, Kind};
+
+/// Networking configuration (converted from the node's TOML config).
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (and re-dial while fewer than `target_peers` are connected).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Interval between heartbeats to each watched peer (see [`NetworkHandle::watch`]).
+    pub presence_interval: Duration,
+    /// Time without an answered heartbeat after which a watched peer is declared unreachable.
+    pub presence_timeout: Duration,
+    /// Interval between libp2p pings on every connection; a peer that is not watched is
+    /// declared unreachable after four of these without an answer.
+    pub idle_ping_interval: Duration,
+    /// Gossipsub heartbeat interval (mesh maintenance).
+    pub gossip_heartbeat: Duration,
+    /// Peers found through Kademlia are dialled only while fewer than this many are connected,
+    /// and spare connections above it (no gossipsub mesh, not watched, older than 30 s) are
+    /// closed, so a node's connections (and its ping and gossip cost) stay bounded as the
+    /// network grows.
+    pub target_peers: usize,
+    /// A connection younger than this is never trimmed (lets Kademlia lookups and gossipsub
+    /// grafts settle first).
+    pub trim_grace: Duration,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: false,
+            presence_interval: Duration::from_millis(250),
+            presence_timeout: Duration::from_millis(1000),
+            idle_ping_interval: Duration::from_secs(15),
+            gossip_heartbeat: Duration::from_millis(500),
+            target_peers: 16,
+            trim_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Errors from the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// Could not listen.
+    #[error(
+        "cannot listen on {addr}: {reason}; pass another address with --listen (e.g. /ip4/127.0.0.1/tcp/0 for a free port)"
+    )]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// Could not build the swarm.
+    #[error("cannot start networking: {0}")]
+    Setup(String),
+    /// The network task is gone (node shutting down).
+    #[error("network task stopped; is the node shutting down?")]
+    Stopped,
+    /// Publishing failed.
+    #[error("publish to {topic} failed: {reason}")]
+    Publish {
+        /// Topic.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
+    /// A request failed.
+    #[error("request to {peer} failed: {reason}")]
+    Request {
+        /// The peer asked.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// Not a node id we can connect to.
+    #[error("cannot watch {0}: not a valid remote node id (is it this node's own id?)")]
+    BadNodeId(NodeId),
+    /// Dial failed.
+    #[error("cannot dial {addr}: {reason}")]
+    Dial {
+        /// Address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A connected peer, as reported to the CLI.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Agora node id (if the peer uses an ed25519 identity).
+    pub node_id: Option<String>,
+    /// Remote address of the first connection.
+    pub addr: String,
+    /// Protocol/agent reported by identify, if known.
+    pub agent: Option<String>,
+    /// Last ping round-trip, ms.
+    pub rtt_ms: Option<u64>,
+}
+
+/// Counters the loop keeps.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkStats {
+    /// Gossip messages accepted and delivered to the application.
+    pub gossip_accepted: u64,
+    /// Gossip messages rejected by validation (forged, oversized, malformed).
+    pub gossip_rejected: u64,
+    /// Inbound requests rejected by validation.
+    pub rpc_rejected: u64,
+    /// Gossip messages published by this node.
+    pub gossip_published: u64,
+}
+
+/// Things the network reports to the application.
+#[derive(Clone, Debug)]
+pub enum NetworkEvent {
+    /// A validated gossip message.
+    Gossip {
+        /// Topic it arrived on.
+        topic: String,
+        /// The validated envelope.
+        envelope: Arc<Envelope>,
+        /// The peer that forwarded it to us.
+        via: PeerId,
+    },
+    /// A validated inbound request; answer with [`NetworkHandle::respond`].
+    Request {
+        /// Id to respond to.
+        id: u64,
+        /// The requesting peer.
+        peer: PeerId,
+        /// The validated envelope.
+        envelope: Arc<Envelope>,
+    },
+    /// A reachability change.
+    Presence(PresenceEvent),
+    /// A connection to a peer was established.
+    Connected(PeerId),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<T>;
+
+/// Commands the handle sends to the swarm task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Subscribe(String, Reply<Result<(), NetworkError>>),
+    Publish(String, Vec<u8>, Reply<Result<(), NetworkError>>),
+    Broadcast(String, Kind, Vec<u8>, Reply<Result<(), NetworkError>>),
+    Request(PeerId, Vec<u8>, Reply<Result<Envelope, NetworkError>>),
+    Respond(u64, Vec<u8>, Reply<Result<(), NetworkError>>),
+    Dial(Multiaddr, Reply<Result<(), NetworkError>>),
+    Peers(Reply<Vec<PeerInfo>>),
+    ListenAddrs(Reply<Vec<Multiaddr>>),
+    Presence(Reply<Vec<PeerPresence>>),
+    Watch(NodeId, Reply<Result<(), NetworkError>>),
+    Unwatch(NodeId, Reply<()>),
+    Stats(Reply<NetworkStats>),
+    PeerScore(PeerId, Reply<Option<f64>>),
+    StartProviding(Vec<u8>, Reply<Result<(), NetworkError>>),
+    StopProviding(Vec<u8>, Reply<()>),
+    GetProviders(Vec<u8>, Reply<Result<Vec<PeerId>, NetworkError>>),
+}
+
+/// Cloneable handle to the swarm task.
+#[derive(Clone)]
+pub struct NetworkHandle {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<NetworkEvent>,
+    local: NodeId,
+    peer_id: PeerId,
+    streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for NetworkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkHandle")
+            .field("peer_id", &self.peer_id)
+            .finish()
+    }
+}
+
+impl NetworkHandle {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NetworkError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetworkError::Stopped)?;
+        rx.await.map_err(|_| NetworkError::Stopped)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.local
+    }
+
+    /// This node's libp2p peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// A new receiver of network events (lagging receivers lose the oldest events).
+    pub fn events(&self) -> broadcast::Receiver<NetworkEvent> {
+        self.events.subscribe()
+    }
+
+    /// Subscribes to a gossip topic.
+    pub async fn subscribe(&self, topic: &str) -> Result<(), NetworkError> {
+        self.call(|r| Command::Subscribe(topic.to_string(), r))
+            .await?
+    }
+
+    /// Publishes a sealed envelope on a topic.
+    pub async fn publish(&self, topic: &str, envelope: &Envelope) -> Result<(), NetworkError> {
+        self.publish_bytes(topic, envelope.to_bytes()).await
+    }
+
+    /// Seals `payload` as a `kind` message signed by this node and publishes it on `topic`.
+    pub async fn broadcast(
+        &self,
+        topic: &str,
+        kind: Kind,
+        payload: Vec<u8>,
+    ) -> Result<(), NetworkError> {
+        self.call(|r| Command::Broadcast(topic.to_string(), kind, payload, r))
+            .await?
+    }
+
+    /// Publishes raw bytes (for tests of validation; normal code uses [`Self::publish`]).
+    pub async fn publish_bytes(&self, topic: &str, bytes: Vec<u8>) -> Result<(), NetworkError> {
+        self.call(|r| Command::Publish(topic.to_string(), bytes, r))
+            .await?
+    }
+
+    /// Sends a request envelope to a peer and waits for the validated response.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        envelope: &Envelope,
+    ) -> Result<Envelope, NetworkError> {
+        self.call(|r| Command::Request(peer, envelope.to_bytes(), r))
+            .await?
+    }
+
+    /// Answers an inbound request.
+    pub async fn respond(&self, id: u64, envelope: &Envelope) -> Result<(), NetworkError> {
+        self.call(|r| Command::Respond(id, envelope.to_bytes(), r))
+            .await?
+    }
+
+    /// Dials an address.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetworkError> {
+        self.call(|r| Command::Dial(addr, r)).await?
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetworkError> {
+        self.call(Command::Peers).await
+    }
+
+    /// Addresses we listen on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetworkError> {
+        self.call(Command::ListenAddrs).await
+    }
+
+    /// Presence of every peer we were connected to or watch.
+    pub async fn presence(&self) -> Result<Vec<PeerPresence>, NetworkError> {
+        self.call(Command::Presence).await
+    }
+
+    /// Keeps a connection to `node` (redialled with backoff) and sends it a heartbeat every
+    /// presence interval, so it is declared down within the presence timeout; `Up`/`Down`
+    /// events follow. Counted: each `watch` is undone by one `unwatch`.
+    pub async fn watch(&self, node: NodeId) -> Result<(), NetworkError> {
+        self.call(|r| Command::Watch(node, r)).await?
+    }
+
+    /// Undoes one `watch`; after the last, `node` is an ordinary peer again (its presence is
+    /// still tracked, with idle pings, while connected).
+    pub async fn unwatch(&self, node: NodeId) -> Result<(), NetworkError> {
+        self.call(|r| Command::Unwatch(node, r)).await
+    }
+
+    /// Loop counters.
+    pub async fn stats(&self) -> Result<NetworkStats, NetworkError> {
+        self.call(Command::Stats).await
+    }
+
+    /// A control to open and accept raw protocol streams (bitswap) outside the swarm loop.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    /// Announces in Kademlia that this node provides `key` (a CID's multihash bytes).
+    pub async fn start_providing(&self, key: Vec<u8>) -> Result<(), NetworkError> {
+        self.call(|r| Command::StartProviding(key, r)).await?
+    }
+
+    /// Stops announcing `key`.
+    pub async fn stop_providing(&self, key: Vec<u8>) -> Result<(), NetworkError> {
+        self.call(|r| Command::StopProviding(key, r)).await
+    }
+
+    /// Looks up providers of `key` in Kademlia (ends when the query finishes or times out).
+    pub async fn get_providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetworkError> {
+        self.call(|r| Command::GetProviders(key, r)).await?
+    }
+
+    /// Gossipsub score of a peer as seen by this node.
+    pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, NetworkError> {
+        self.call(|r| Command::PeerScore(peer, r)).await
+    }
+}

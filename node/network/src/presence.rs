@@ -1,0 +1,302 @@
+//! Presence: who is reachable, and since when.
+//!
+//! Liveness comes from direct connections only, so a node's cost is O(its direct peers), not
+//! O(network): a peer is reachable from the moment a connection to it is established (the noise
+//! handshake authenticates it) for as long as pings on that connection succeed. It is declared
+//! down when no ping succeeded for its timeout, or at once when its last connection closed and
+//! the redial failed (a killed process refuses connections). A closed connection that is
+//! redialled successfully is not a change. Components (the handover orchestrator, arbitrators'
+//! liveness checks) subscribe to [`PresenceEvent`]s, query a snapshot, and *watch* the peers
+//! they depend on: a watched peer gets fast heartbeats and the short timeout, every other direct
+//! peer only the slow idle ping and the long timeout.
+//!
+//! This module is the pure tracker; the swarm loop feeds it connection and ping events.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use agora_market::{NodeId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// A change in a peer's reachability.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PresenceEvent {
+    /// The peer became reachable (connection established or ping answered after absence).
+    Up {
+        /// The peer.
+        node: NodeId,
+        /// When it became reachable (ms, local clock).
+        at: Timestamp,
+    },
+    /// The peer stopped answering (ping timeout, or connection lost and redial failed).
+    Down {
+        /// The peer.
+        node: NodeId,
+        /// Last proof of life (ms, local clock).
+        last_seen: Timestamp,
+        /// When it was declared down.
+        at: Timestamp,
+    },
+}
+
+/// What is known about one peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerPresence {
+    /// The peer.
+    pub node: NodeId,
+    /// Whether the peer currently answers.
+    pub reachable: bool,
+    /// Reachable since (if reachable) or unreachable since (if not), ms.
+    pub since: Timestamp,
+    /// Last proof of life (connection established or ping answered), ms; 0 if never.
+    pub last_seen: Timestamp,
+    /// Whether this node keeps a connection to the peer on purpose (`NetworkHandle::watch`).
+    pub watched: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    presence: PeerPresence,
+    connected: bool,
+}
+
+/// Pure presence tracker; the event loop feeds it connection events, pings and ticks.
+#[derive(Debug)]
+pub struct PresenceTracker {
+    watched_timeout: u64,
+    idle_timeout: u64,
+    peers: HashMap<NodeId, Entry>,
+}
+
+impl PresenceTracker {
+    /// A tracker that declares a watched peer down after `watched_timeout` without a successful
+    /// ping, and any other peer after `idle_timeout`.
+    pub fn new(watched_timeout: Duration, idle_timeout: Duration) -> Self {
+        PresenceTracker {
+            watched_timeout: agora_wire::duration_ms(watched_timeout),
+            idle_timeout: agora_wire::duration_ms(idle_timeout),
+            peers: HashMap::new(),
+        }
+    }
+
+    fn entry(&mut self, node: NodeId, now: Timestamp) -> &mut Entry {
+        self.peers.entry(node).or_insert_with(|| Entry {
+            presence: PeerPresence {
+                node,
+                reachable: false,
+                since: now,
+                last_seen: 0,
+                watched: false,
+            },
+            connected: false,
+        })
+    }
+
+    /// A connection to `node` was established; `Up` if it was not reachable before.
+    pub fn connected(&mut self, node: NodeId, now: Timestamp) -> Option<PresenceEvent> {
+        self.entry(node, now).connected = true;
+        self.alive(node, now)
+    }
+
+    /// `node` answered a ping (or otherwise proved it is alive); `Up` if it was not reachable.
+    pub fn alive(&mut self, node: NodeId, now: Timestamp) -> Option<PresenceEvent> {
+        let e = self.entry(node, now);
+        let p = &mut e.presence;
+        p.last_seen = p.last_seen.max(now);
+        if p.reachable {
+            return None;
+        }
+        p.reachable = true;
+        p.since = now;
+        Some(PresenceEvent::Up { node, at: now })
+    }
+
+    /// The last connection to `node` closed. Not a change by itself: the caller redials and
+    /// reports the outcome with [`Self::connected`] or [`Self::dial_failed`].
+    pub fn disconnected(&mut self, node: NodeId) {
+        if let Some(e) = self.peers.get_mut(&node) {
+            e.connected = false;
+        }
+    }
+
+    /// Stops tracking `node` (its connection was closed on purpose or by a peer trimming its
+    /// connections, and it is not watched): no event, it simply leaves the table.
+    pub fn forget(&mut self, node: &NodeId) {
+        if self.peers.get(node).is_some_and(|e| !e.presence.watched) {
+            self.peers.remove(node);
+        }
+    }
+
+    /// A dial to `node` failed; `Down` if it has no connection left and was reachable.
+    pub fn dial_failed(&mut self, node: NodeId, now: Timestamp) -> Option<PresenceEvent> {
+        let e = self.peers.get_mut(&node)?;
+        if e.connected || !e.presence.reachable {
+            return None;
+        }
+        Some(Self::mark_down(&mut e.presence, now))
+    }
+
+    /// Declares peers down whose pings stopped for longer than their timeout.
+    pub fn tick(&mut self, now: Timestamp) -> Vec<PresenceEvent> {
+        let (watched_timeout, idle_timeout) = (self.watched_timeout, self.idle_timeout);
+        let mut out: Vec<PresenceEvent> = self
+            .peers
+            .values_mut()
+            .filter(|e| {
+                let timeout = if e.presence.watched {
+                    watched_timeout
+                } else {
+                    idle_timeout
+                };
+                e.presence.reachable && now.saturating_sub(e.presence.last_seen) > timeout
+            })
+            .map(|e| Self::mark_down(&mut e.presence, now))
+            .collect();
+        out.sort_by_key(|e| match e {
+            PresenceEvent::Up { node, .. } | PresenceEvent::Down { node, .. } => *node,
+        });
+        out
+    }
+
+    fn mark_down(p: &mut PeerPresence, now: Timestamp) -> PresenceEvent {
+        p.reachable = false;
+        p.since = now;
+        PresenceEvent::Down {
+            node: p.node,
+            last_seen: p.last_seen,
+            at: now,
+        }
+    }
+
+    /// Marks `node` as watched (or not); a watched peer is listed even before it is reached.
+    pub fn set_watched(&mut self, node: NodeId, watched: bool, now: Timestamp) {
+        if watched {
+            self.entry(node, now).presence.watched = true;
+        } else if let Some(e) = self.peers.get_mut(&node) {
+            e.presence.watched = false;
+        }
+    }
+
+    /// Everything known, sorted by node id.
+    pub fn snapshot(&self) -> Vec<PeerPresence> {
+        let mut v: Vec<_> = self.peers.values().map(|e| e.presence.clone()).collect();
+        v.sort_by_key(|p| p.node);
+        v
+    }
+
+    /// One peer's presence.
+    pub fn get(&self, node: &NodeId) -> Option<&PeerPresence> {
+        self.peers.get(node).map(|e| &e.presence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agora_market::{KeySigner, Signer};
+
+    fn node() -> NodeId {
+        KeySigner::from_seed(1).node_id()
+    }
+
+    #[test]
+    fn up_on_connect_down_on_ping_silence_up_again() {
+        let n = node();
+        let mut t = PresenceTracker::new(Duration::from_millis(10), Duration::from_millis(100));
+        assert_eq!(
+            t.connected(n, 0),
+            Some(PresenceEvent::Up { node: n, at: 0 })
+        );
+        assert_eq!(t.alive(n, 50), None);
+        assert!(t.tick(120).is_empty());
+        assert_eq!(
+            t.tick(151),
+            vec![PresenceEvent::Down {
+                node: n,
+                last_seen: 50,
+                at: 151
+            }]
+        );
+        assert!(t.tick(400).is_empty(), "down is reported once");
+        assert!(t.get(&n).is_some_and(|p| !p.reachable && p.since == 151));
+        assert_eq!(
+            t.alive(n, 500),
+            Some(PresenceEvent::Up { node: n, at: 500 })
+        );
+    }
+
+    #[test]
+    fn forgotten_peers_leave_the_table_unless_watched() {
+        let (a, b) = (node(), KeySigner::from_seed(2).node_id());
+        let mut t = PresenceTracker::new(Duration::from_secs(1), Duration::from_secs(1));
+        t.connected(a, 0);
+        t.connected(b, 0);
+        t.set_watched(b, true, 0);
+        t.forget(&a);
+        t.forget(&b);
+        assert!(t.get(&a).is_none());
+        assert!(t.get(&b).is_some(), "a watched peer stays");
+        assert!(
+            t.tick(10_000)
+                .iter()
+                .all(|e| !matches!(e, PresenceEvent::Down { node, .. } if *node == a))
+        );
+    }
+
+    #[test]
+    fn watched_peer_has_the_short_timeout() {
+        let (a, b) = (node(), KeySigner::from_seed(2).node_id());
+        let mut t = PresenceTracker::new(Duration::from_millis(100), Duration::from_secs(5));
+        t.set_watched(a, true, 0);
+        t.connected(a, 0);
+        t.connected(b, 0);
+        // Silent for 1 s: the watched peer is down, the other is within its idle timeout.
+        let down = t.tick(1_000);
+        assert_eq!(down.len(), 1);
+        assert!(matches!(down[0], PresenceEvent::Down { node, .. } if node == a));
+        assert!(t.get(&b).is_some_and(|p| p.reachable));
+        assert_eq!(t.tick(5_001).len(), 1, "the idle peer times out later");
+        assert!(t.get(&b).is_some_and(|p| !p.reachable));
+    }
+
+    #[test]
+    fn closed_connection_is_down_only_when_redial_fails() {
+        let n = node();
+        let mut t = PresenceTracker::new(Duration::from_secs(10), Duration::from_secs(10));
+        t.connected(n, 0);
+        // Closed, then redialled successfully: no change.
+        t.disconnected(n);
+        assert_eq!(t.connected(n, 10), None);
+        // A failed dial while another connection is open (stale address): no change.
+        assert_eq!(t.dial_failed(n, 20), None);
+        // Closed and the redial is refused: down at once, well before the ping timeout.
+        t.disconnected(n);
+        assert_eq!(
+            t.dial_failed(n, 30),
+            Some(PresenceEvent::Down {
+                node: n,
+                last_seen: 10,
+                at: 30
+            })
+        );
+        assert_eq!(t.dial_failed(n, 40), None, "down is reported once");
+        assert_eq!(
+            t.connected(n, 50),
+            Some(PresenceEvent::Up { node: n, at: 50 })
+        );
+    }
+
+    #[test]
+    fn watched_peer_is_listed_before_it_is_reached() {
+        let n = node();
+        let mut t = PresenceTracker::new(Duration::from_secs(1), Duration::from_secs(1));
+        t.set_watched(n, true, 5);
+        let snap = t.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert!(snap[0].watched && !snap[0].reachable && snap[0].last_seen == 0);
+        assert_eq!(t.dial_failed(n, 6), None, "never up, so never down");
+        assert!(t.tick(10_000).is_empty());
+        t.set_watched(n, false, 7);
+        assert!(t.get(&n).is_some_and(|p| !p.watched));
+    }
+}

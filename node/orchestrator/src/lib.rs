@@ -1,0 +1,398 @@
+//! The orchestrator: turns ledger facts and presence into actions, for the three roles a node
+//! plays in a contract.
+//!
+//! - Provider: migrate (fetch, verify, precompile the image; `MarkMigrated`), arm (`MarkArmed`,
+//!   buffer the customer's sensors), activate on an attested handover (start the staged service,
+//!   take the sensors over from the customer's last checkpoint, `ReportActivation`), report
+//!   signed uptime heartbeats and data proofs while active, stop when settled.
+//! - Arbitrator (one of the contract's arbitrators): watch the customers of standby contracts
+//!   and attest what its own liveness checks see (`Attest`), so handover is a quorum's fact, not
+//!   a party's claim.
+//! - Customer: run its own service on its own sensors, and when it is back after a handover (or
+//!   a deadline passed without activation, or the term ended) settle and take the sensors back.
+//!
+//! Decisions come from `agora_contracts::duties_for` on every applied block, and from the
+//! ledger's current state on start, so a restarted node resumes whatever it was doing. The
+//! handover of a standby contract is in `handover`, the custody and challenges of a storage
+//! contract in `custody`, the node's own service in `own`.
+//!
+//! May depend on every crate below it: `agora-ledger` (facts, submitting transactions),
+//! `agora-network` (presence, watching), `agora-hosting` (staging and running services),
+//! `agora-radio` (routing sensors), `agora-exchange` (custody, challenges), `agora-wire` and the
+//! pure crates; nothing depends on it but the control API and the daemon.
+#![forbid(unsafe_code)]
+
+mod custody;
+mod handover;
+mod own;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agora_contracts::{ContractId, TxKind};
+use agora_market::{KeySigner, NodeId, Timestamp};
+use agora_storage::challenge::StorageCommitment;
+use cid::Cid;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info};
+
+use agora_exchange::StorageHandle;
+use agora_hosting::control::ServiceControl;
+use agora_ledger::{AppliedBlock, LedgerHandle};
+use agora_network::{NetworkEvent, NetworkHandle};
+use agora_radio::RadioHandle;
+use agora_wire::now_ms;
+
+pub use own::OwnService;
+
+/// Entries kept in the timeline.
+const KEPT_TIMELINE: usize = 512;
+
+/// One step the orchestrator took, for `agora timeline` and the demo.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// When (ms, this node's clock).
+    pub at: Timestamp,
+    /// Phase name: migrated, armed, attested-down, activated, settled, …
+    pub phase: String,
+    /// Contract concerned, if any.
+    pub contract: Option<String>,
+    /// Details.
+    pub detail: String,
+    /// A latency measured by this step (e.g. handover block arrival → service started), ms.
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+}
+
+/// Shared, readable timeline.
+#[derive(Clone, Debug, Default)]
+pub struct Timeline(Arc<Mutex<VecDeque<TimelineEntry>>>);
+
+impl Timeline {
+    /// Records an entry.
+    pub fn push(&self, phase: &str, contract: Option<&ContractId>, detail: impl Into<String>) {
+        self.push_latency(phase, contract, detail, None);
+    }
+
+    /// Records an entry with a measured latency.
+    pub fn push_latency(
+        &self,
+        phase: &str,
+        contract: Option<&ContractId>,
+        detail: impl Into<String>,
+        latency_ms: Option<u64>,
+    ) {
+        let entry = TimelineEntry {
+            at: now_ms(),
+            phase: phase.to_string(),
+            contract: contract.map(ToString::to_string),
+            detail: detail.into(),
+            latency_ms,
+        };
+        info!(phase, contract = ?entry.contract, detail = %entry.detail, "orchestrator");
+        let mut t = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.push_back(entry);
+        while t.len() > KEPT_TIMELINE {
+            t.pop_front();
+        }
+    }
+
+    /// All entries, oldest first.
+    pub fn entries(&self) -> Vec<TimelineEntry> {
+        let t = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.iter().cloned().collect()
+    }
+}
+
+/// A contract this node hosts as provider.
+#[derive(Clone, Debug)]
+struct Hosted {
+    devices: Vec<u32>,
+    customer: NodeId,
+    active_since: Option<Timestamp>,
+    /// End of the uptime already reported.
+    reported_to: Timestamp,
+    last_heartbeat: Timestamp,
+    heartbeat_ms: u64,
+    proofs_reported: BTreeSet<String>,
+    readings_reported: u64,
+}
+
+/// A customer this node watches as arbitrator.
+#[derive(Clone, Debug, Default)]
+struct Watched {
+    contracts: BTreeSet<ContractId>,
+    unreachable_for_ms: u64,
+    /// Down since (last seen), when this node attested it unreachable.
+    down_since: Option<Timestamp>,
+    /// When to attest again while down (once the handover delay has passed).
+    reattest_at: Option<Timestamp>,
+}
+
+/// A storage contract this node audits as arbitrator.
+#[derive(Clone, Debug)]
+struct Audit {
+    provider: NodeId,
+    file: Cid,
+    commitment_cid: Cid,
+    /// Fetched on the first challenge.
+    commitment: Option<StorageCommitment>,
+    every_ms: u64,
+    next_at: Timestamp,
+    running: bool,
+}
+
+/// Requests from the control API.
+enum Request {
+    SetOwn(Cid, oneshot::Sender<Result<Vec<u32>, String>>),
+}
+
+/// Handle for the control API.
+#[derive(Clone, Debug)]
+pub struct OrchestratorHandle {
+    tx: mpsc::Sender<Request>,
+    /// What the orchestrator did.
+    pub timeline: Timeline,
+}
+
+impl OrchestratorHandle {
+    /// Makes `image` this node's own service on its own sensors; returns the sensors.
+    pub async fn set_own(&self, image: Cid) -> Result<Vec<u32>, String> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || "orchestrator stopped; is the node shutting down?".to_string();
+        self.tx
+            .send(Request::SetOwn(image, tx))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// Results of background work, back to the loop.
+enum Done {
+    Staged {
+        contract: ContractId,
+        customer: NodeId,
+        devices: Vec<u32>,
+        heartbeat_ms: u64,
+        then_start: bool,
+    },
+    /// Provider of a storage contract: custody of the file taken (or refused, with why).
+    Custody {
+        contract: ContractId,
+        file: Cid,
+        commitment: Cid,
+        result: Result<(), String>,
+    },
+    /// Arbitrator: one challenge done; `None` when this node could not judge (its own fault,
+    /// e.g. the commitment block was not reachable), which is not reported.
+    Audited {
+        contract: ContractId,
+        verdict: Option<agora_exchange::audit::Verdict>,
+        commitment: Option<StorageCommitment>,
+    },
+}
+
+/// Everything the orchestrator task owns.
+pub struct Orchestrator {
+    me: NodeId,
+    ledger: LedgerHandle,
+    network: NetworkHandle,
+    services: Arc<dyn ServiceControl>,
+    radio: RadioHandle,
+    storage: StorageHandle,
+    signer: KeySigner,
+    timeline: Timeline,
+    hosted: BTreeMap<ContractId, Hosted>,
+    /// Storage contracts whose file this node keeps as provider: (file, commitment).
+    stored: BTreeMap<ContractId, (Cid, Cid)>,
+    /// Storage contracts whose custody is being taken.
+    taking_custody: BTreeSet<ContractId>,
+    /// Storage contracts this node challenges as arbitrator.
+    audits: BTreeMap<ContractId, Audit>,
+    staging: BTreeSet<ContractId>,
+    /// Activations scheduled for a fixed time (`ActivationClause::At`).
+    scheduled: BTreeMap<ContractId, Timestamp>,
+    watched: BTreeMap<NodeId, Watched>,
+    own: own::Own,
+    /// Contracts this node (as customer) already asked to settle, with when.
+    settling: BTreeMap<ContractId, Timestamp>,
+    /// When this orchestrator started; the ledger counts as caught up once a block decided
+    /// after that time was applied.
+    started_at: Timestamp,
+    synced: bool,
+    /// When the block being handled arrived (for the activation latency).
+    block_seen_at: Timestamp,
+    done_tx: mpsc::Sender<Done>,
+}
+
+/// The node components the orchestrator drives.
+#[derive(Clone)]
+pub struct OrchestratorParts {
+    /// Ledger replica.
+    pub ledger: LedgerHandle,
+    /// Swarm.
+    pub network: NetworkHandle,
+    /// Service host.
+    pub services: Arc<dyn ServiceControl>,
+    /// Sensor radio.
+    pub radio: RadioHandle,
+    /// Content storage (custody and audits of storage contracts).
+    pub storage: StorageHandle,
+    /// This node's key (signs storage challenges).
+    pub signer: KeySigner,
+}
+
+/// Starts the orchestrator; `data_dir` holds its own-service record.
+pub fn spawn(
+    parts: OrchestratorParts,
+    data_dir: PathBuf,
+    timeline: Timeline,
+    cancel: CancellationToken,
+) -> (OrchestratorHandle, JoinHandle<()>) {
+    let OrchestratorParts {
+        ledger,
+        network,
+        services,
+        radio,
+        storage,
+        signer,
+    } = parts;
+    let (done_tx, done_rx) = mpsc::channel(64);
+    let (req_tx, req_rx) = mpsc::channel(16);
+    let outcomes = ledger.outcomes();
+    let events = network.events();
+    let o = Orchestrator {
+        me: network.node_id(),
+        ledger,
+        network,
+        services,
+        radio,
+        storage,
+        signer,
+        timeline: timeline.clone(),
+        hosted: BTreeMap::new(),
+        stored: BTreeMap::new(),
+        taking_custody: BTreeSet::new(),
+        audits: BTreeMap::new(),
+        staging: BTreeSet::new(),
+        scheduled: BTreeMap::new(),
+        watched: BTreeMap::new(),
+        own: own::Own::load(data_dir),
+        settling: BTreeMap::new(),
+        started_at: now_ms(),
+        synced: false,
+        block_seen_at: 0,
+        done_tx,
+    };
+    let handle = OrchestratorHandle {
+        tx: req_tx,
+        timeline,
+    };
+    let task = tokio::spawn(
+        o.run(outcomes, events, done_rx, req_rx, cancel)
+            .in_current_span(),
+    );
+    (handle, task)
+}
+
+impl Orchestrator {
+    async fn run(
+        mut self,
+        mut outcomes: broadcast::Receiver<Arc<AppliedBlock>>,
+        mut events: broadcast::Receiver<NetworkEvent>,
+        mut done_rx: mpsc::Receiver<Done>,
+        mut req_rx: mpsc::Receiver<Request>,
+        cancel: CancellationToken,
+    ) {
+        self.recover().await;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                b = outcomes.recv() => match b {
+                    Ok(block) => self.on_block(&block).await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        debug!(n, "orchestrator lagged behind blocks; rescanning");
+                        self.recover().await;
+                    }
+                    Err(_) => break,
+                },
+                ev = events.recv() => match ev {
+                    Ok(NetworkEvent::Presence(p)) => self.on_presence(p).await,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                },
+                Some(done) = done_rx.recv() => self.on_done(done).await,
+                Some(Request::SetOwn(image, reply)) = req_rx.recv() => {
+                    let _ = reply.send(self.set_own(image).await);
+                }
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    /// Submits `kind`, logging a refusal (the ledger re-checks everything anyway).
+    async fn submit(&self, kind: TxKind, what: &str) -> bool {
+        match self.ledger.submit(kind).await {
+            Ok(_) => true,
+            Err(e) => {
+                debug!(what, error = %e, "transaction not submitted");
+                false
+            }
+        }
+    }
+
+    /// Service id of a hosted contract: the contract id.
+    fn service_id(contract: &ContractId) -> String {
+        contract.to_string()
+    }
+
+    /// Stages `image` for `contract` in the background.
+    fn stage(&mut self, contract: ContractId, customer: NodeId, image: Cid, hb: u64, start: bool) {
+        if !self.staging.insert(contract) {
+            return;
+        }
+        let services = self.services.clone();
+        let done = self.done_tx.clone();
+        let timeline = self.timeline.clone();
+        tokio::spawn(
+            async move {
+                let id = Self::service_id(&contract);
+                for attempt in 0..20u64 {
+                    match services.stage(&id, image).await {
+                        Ok(staged) => {
+                            let _ = done
+                                .send(Done::Staged {
+                                    contract,
+                                    customer,
+                                    devices: staged.devices,
+                                    heartbeat_ms: hb,
+                                    then_start: start,
+                                })
+                                .await;
+                            return;
+                        }
+                        Err(e) => {
+                            timeline.push("migration-retry", Some(&contract), e);
+                            tokio::time::sleep(Duration::from_millis(250 * (attempt + 1))).await;
+                        }
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+}

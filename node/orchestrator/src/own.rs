@@ -1,0 +1,165 @@
+//! The customer side of a handover: the node's own service on its own sensors. It yields the
+//! sensors while a handover is in effect and takes them back, from the provider's last
+//! checkpoint, once the contract is settled.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agora_contracts::{ContractKind, ContractStatus};
+use agora_market::Timestamp;
+use cid::Cid;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::Orchestrator;
+use agora_wire::now_ms;
+
+/// Service id of the node's own service.
+pub const OWN_SERVICE: &str = "own";
+/// Longest wait for the provider's last checkpoint before taking the sensors back.
+const RECLAIM_WAIT: Duration = Duration::from_secs(3);
+
+/// `<data-dir>/own-service.json`: the image the node runs on its own sensors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnService {
+    /// Image CID.
+    pub image: String,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Own {
+    path: PathBuf,
+    pub(super) image: Option<Cid>,
+    pub(super) devices: Vec<u32>,
+    staged: bool,
+    running: bool,
+    yielded_at: Option<Timestamp>,
+}
+
+impl Own {
+    pub(super) fn load(data_dir: PathBuf) -> Self {
+        let path = data_dir.join("own-service.json");
+        let image = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<OwnService>(&b).ok())
+            .and_then(|o| o.image.parse().ok());
+        Own {
+            path,
+            image,
+            ..Default::default()
+        }
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        let Some(image) = self.image else {
+            return Ok(());
+        };
+        let body = serde_json::to_vec_pretty(&OwnService {
+            image: image.to_string(),
+        })?;
+        std::fs::write(&self.path, body)
+    }
+}
+
+impl Orchestrator {
+    /// Makes `image` this node's own service (persisted), staging and starting it.
+    pub(super) async fn set_own(&mut self, image: Cid) -> Result<Vec<u32>, String> {
+        if self.own.running {
+            let _ = self.services.stop(OWN_SERVICE).await;
+            self.radio.release(self.own.devices.clone()).await;
+            self.own.running = false;
+        }
+        self.own.image = Some(image);
+        self.own.staged = false;
+        self.own
+            .save()
+            .map_err(|e| format!("saving own-service.json: {e}"))?;
+        self.evaluate_own().await;
+        if self.own.staged {
+            Ok(self.own.devices.clone())
+        } else {
+            Err(format!(
+                "image {image} could not be staged; see the node log"
+            ))
+        }
+    }
+
+    /// Runs, yields or reclaims the own service according to the ledger.
+    pub(super) async fn evaluate_own(&mut self) {
+        let Some(image) = self.own.image else {
+            return;
+        };
+        if !self.own.staged {
+            match self.services.stage(OWN_SERVICE, image).await {
+                Ok(s) => {
+                    self.own.devices = s.devices;
+                    self.own.staged = true;
+                }
+                Err(e) => {
+                    warn!(error = %e, "own service not staged");
+                    self.timeline.push("own-service-failed", None, e);
+                    return;
+                }
+            }
+        }
+        // A restarted node's ledger may be stale (a handover may have happened meanwhile):
+        // touch the sensors only once it has caught up.
+        if !self.synced {
+            return;
+        }
+        let me = self.me;
+        let handed_over = self
+            .ledger
+            .query(move |v| {
+                v.ledger.contracts().values().any(|r| {
+                    r.contract.customer == me
+                        && r.contract.kind == ContractKind::Standby
+                        && (r.status == ContractStatus::Active
+                            || (r.status == ContractStatus::Armed && r.trigger_at.is_some()))
+                })
+            })
+            .await
+            .unwrap_or(false);
+        let devices = self.own.devices.clone();
+        if handed_over {
+            self.own.yielded_at.get_or_insert_with(now_ms);
+            if self.own.running {
+                self.radio.release(devices.clone()).await;
+                let _ = self.services.stop(OWN_SERVICE).await;
+                self.own.running = false;
+                self.own.staged = false;
+                self.timeline
+                    .push("own-service-yielded", None, format!("sensors {devices:?}"));
+            }
+            self.radio.listen(devices, true).await;
+            return;
+        }
+        if self.own.running {
+            return;
+        }
+        if let Some(since) = self.own.yielded_at {
+            let deadline = tokio::time::Instant::now() + RECLAIM_WAIT;
+            while !self.radio.released_by_peer(&devices, since).await
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if let Err(e) = self.services.start(OWN_SERVICE).await {
+            self.timeline.push("own-service-failed", None, e);
+            return;
+        }
+        let resume = self.radio.peer_covered(&devices).await;
+        let replayed = self
+            .radio
+            .reclaim(devices.clone(), OWN_SERVICE.to_string(), resume.clone())
+            .await;
+        self.own.running = true;
+        self.own.yielded_at = None;
+        self.timeline.push(
+            "own-service-running",
+            None,
+            format!("sensors {devices:?}, resuming after {resume:?}, {replayed} buffered readings replayed"),
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! The sensor radio: simulated LoRa-style uplinks reach every edge in range as UDP datagrams
+//! (16-byte frames, see `runtime/examples/lora-gateway/src/reading.rs`). Every edge hears every
+//! device in range; only the edge that manages a device feeds its readings to a service. Edges
+//! covering a device on standby buffer what they hear, so a handover can replay the readings
+//! that arrived after the previous manager's last checkpoint: nothing lost, nothing processed
+//! twice.
+//!
+//! A checkpoint is a signed data-integrity proof (blake3 Merkle root of the frames, stored as a
+//! block) plus the per-device sequence ranges it covers, gossiped on [`RADIO_TOPIC`]. The frame,
+//! checkpoint and replay messages are `agora_wire::radio` types, re-exported here.
+//!
+//! May depend on `agora-wire`, `agora-network`, `agora-exchange` (proofs are stored as blocks)
+//! and `agora-hosting` (readings go to a guest service through `ServiceControl`); never on the
+//! ledger or the orchestrator, which tells it what to route where.
+#![forbid(unsafe_code)]
+
+mod task;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use agora_market::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+pub use agora_wire::radio::{
+    Checkpoint, FRAME_LEN, FRAME_MAGIC, FrameError, MAX_REPLAY_FRAMES, RadioRpc, ReplayedDevice,
+    SeqRange, parse_frame,
+};
+pub use agora_wire::topics::RADIO_TOPIC;
+pub use task::spawn;
+
+/// Radio settings (`[radio]` in the node config).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RadioConfig {
+    /// UDP address the radio listens on (`127.0.0.1:0` picks a free port); empty: no radio.
+    pub listen: String,
+    /// Interval between checkpoints of processed readings, ms.
+    pub checkpoint_ms: u64,
+    /// Readings buffered per device on standby.
+    pub buffer_per_device: usize,
+}
+
+impl Default for RadioConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            checkpoint_ms: 200,
+            buffer_per_device: 4096,
+        }
+    }
+}
+
+/// A checkpoint and who made it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// The edge.
+    pub edge: String,
+    /// Whether it is this node's.
+    pub mine: bool,
+    /// The checkpoint.
+    pub checkpoint: Checkpoint,
+}
+
+/// One device as this edge sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Device.
+    pub device: u32,
+    /// Service processing it here, if this edge manages it.
+    pub service: Option<String>,
+    /// Whether this edge buffers it (standby).
+    pub buffering: bool,
+    /// Frames in the buffer.
+    pub buffered: usize,
+    /// Frames heard.
+    pub received: u64,
+    /// Frames fed to a service here (including replayed ones).
+    pub processed: u64,
+    /// Of those, frames replayed from the standby buffer (heard during a gap).
+    pub replayed: u64,
+    /// Duplicates and stale frames dropped.
+    pub duplicates: u64,
+    /// When this edge first fed a frame of the device to a service since the device was last
+    /// assigned here (ms).
+    pub first_processed_at: Option<Timestamp>,
+    /// Highest sequence number processed here.
+    pub last_processed: Option<u32>,
+    /// Highest sequence number covered by another edge's checkpoint.
+    pub peer_covered: Option<u32>,
+}
+
+/// `GET /v1/radio`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RadioStatus {
+    /// UDP address the radio listens on.
+    pub addr: Option<String>,
+    /// Devices heard or managed.
+    pub devices: Vec<DeviceStatus>,
+    /// Recent checkpoints (this node's and others'), oldest first.
+    pub checkpoints: Vec<CheckpointRecord>,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+enum Command {
+    Assign {
+        devices: Vec<u32>,
+        service: String,
+        resume_after: BTreeMap<u32, u32>,
+        /// Ask peers how far their checkpoints reach even when the local buffer bridges the
+        /// gap (a reclaim after a handback, where the last checkpoint may not have arrived).
+        ask_peers: bool,
+        reply: Reply<u64>,
+    },
+    Release {
+        devices: Vec<u32>,
+        reply: Reply<()>,
+    },
+    Listen(Vec<u32>, bool),
+    Status(Reply<RadioStatus>),
+}
+
+/// Handle to the radio task.
+#[derive(Clone)]
+pub struct RadioHandle {
+    tx: mpsc::Sender<Command>,
+    addr: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for RadioHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RadioHandle({:?})", self.addr)
+    }
+}
+
+impl RadioHandle {
+    /// UDP address sensors send to, if the radio listens.
+    pub fn addr(&self) -> Option<&str> {
+        self.addr.as_deref()
+    }
+
+    /// Routes `devices` to `service`, first replaying buffered frames newer than
+    /// `resume_after[device]`; returns how many frames were replayed.
+    pub async fn assign(
+        &self,
+        devices: Vec<u32>,
+        service: String,
+        resume_after: BTreeMap<u32, u32>,
+    ) -> u64 {
+        self.assign_with(devices, service, resume_after, false)
+            .await
+    }
+
+    /// [`Self::assign`] for an edge taking its own devices back from a peer that served them:
+    /// it also asks its peers how far their checkpoints reach, since the serving peer's last
+    /// checkpoint may not have reached this edge (just restarted, mesh not formed yet), and
+    /// resuming from an older one would process the readings in between twice.
+    pub async fn reclaim(
+        &self,
+        devices: Vec<u32>,
+        service: String,
+        resume_after: BTreeMap<u32, u32>,
+    ) -> u64 {
+        self.assign_with(devices, service, resume_after, true).await
+    }
+
+    async fn assign_with(
+        &self,
+        devices: Vec<u32>,
+        service: String,
+        resume_after: BTreeMap<u32, u32>,
+        ask_peers: bool,
+    ) -> u64 {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Assign {
+            devices,
+            service,
+            resume_after,
+            ask_peers,
+            reply,
+        };
+        if self.tx.send(cmd).await.is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
+    /// Stops routing `devices`, after a last checkpoint of what was processed.
+    pub async fn release(&self, devices: Vec<u32>) {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::Release { devices, reply })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+
+    /// Marks `devices` as covered on standby (`true`) or not (`false`); every edge buffers
+    /// what it hears anyway, this only labels them.
+    pub async fn listen(&self, devices: Vec<u32>, on: bool) {
+        let _ = self.tx.send(Command::Listen(devices, on)).await;
+    }
+
+    /// Devices and checkpoints.
+    pub async fn status(&self) -> RadioStatus {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Status(reply)).await.is_err() {
+            return RadioStatus::default();
+        }
+        let mut status = rx.await.unwrap_or_default();
+        status.addr = self.addr.as_deref().map(str::to_string);
+        status
+    }
+
+    /// Highest sequence number of each of `devices` covered by another edge's checkpoint.
+    pub async fn peer_covered(&self, devices: &[u32]) -> BTreeMap<u32, u32> {
+        let status = self.status().await;
+        status
+            .devices
+            .iter()
+            .filter(|d| devices.contains(&d.device))
+            .filter_map(|d| Some((d.device, d.peer_covered?)))
+            .collect()
+    }
+
+    /// Whether another edge has published its last checkpoint for any of `devices` at or after
+    /// `since`.
+    pub async fn released_by_peer(&self, devices: &[u32], since: Timestamp) -> bool {
+        self.status().await.checkpoints.iter().any(|c| {
+            !c.mine
+                && c.checkpoint.at >= since
+                && c.checkpoint.released.iter().any(|d| devices.contains(d))
+        })
+    }
+}

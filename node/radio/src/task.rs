@@ -1,0 +1,474 @@
+//! The radio task: owns the UDP socket, the per-device routing and buffers, and checkpoints.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agora_market::{KeySigner, NodeId};
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use super::{
+    Checkpoint, CheckpointRecord, Command, DeviceStatus, FRAME_LEN, MAX_REPLAY_FRAMES, RADIO_TOPIC,
+    RadioConfig, RadioHandle, RadioRpc, RadioStatus, ReplayedDevice, SeqRange, parse_frame,
+};
+use agora_exchange::StorageHandle;
+use agora_hosting::control::ServiceControl;
+use agora_network::{NetworkEvent, NetworkHandle};
+use agora_wire::codec::{Envelope, Kind};
+use agora_wire::now_ms;
+
+/// Checkpoints kept for `status`.
+const KEPT_CHECKPOINTS: usize = 2048;
+
+/// Peers asked for missed uplinks when a takeover has a gap.
+const REPLAY_PEERS: usize = 4;
+/// How long a takeover waits for peers' replays.
+const REPLAY_TIMEOUT: Duration = Duration::from_millis(1_500);
+
+#[derive(Default)]
+struct Device {
+    status: DeviceStatus,
+    /// Uplinks heard and not (yet) covered by any checkpoint, ascending by arrival.
+    buffer: VecDeque<(u32, Vec<u8>)>,
+    /// Highest sequence number covered by any checkpoint (this edge's or a peer's).
+    covered: Option<u32>,
+}
+
+struct RadioTask {
+    me: NodeId,
+    signer: KeySigner,
+    seq: u64,
+    cfg: RadioConfig,
+    network: NetworkHandle,
+    storage: StorageHandle,
+    services: Arc<dyn ServiceControl>,
+    devices: BTreeMap<u32, Device>,
+    /// Frames fed to each service since its last checkpoint.
+    pending: BTreeMap<String, Vec<(u32, u32, Vec<u8>)>>,
+    checkpoints: VecDeque<CheckpointRecord>,
+}
+
+/// Binds the radio (if configured) and starts its task.
+pub async fn spawn(
+    signer: KeySigner,
+    cfg: RadioConfig,
+    network: NetworkHandle,
+    storage: StorageHandle,
+    services: Arc<dyn ServiceControl>,
+    cancel: CancellationToken,
+) -> std::io::Result<(RadioHandle, JoinHandle<()>)> {
+    let socket = if cfg.listen.is_empty() {
+        None
+    } else {
+        let s = UdpSocket::bind(&cfg.listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("radio.listen {}: {e}; pick another address", cfg.listen),
+            )
+        })?;
+        Some(s)
+    };
+    let addr: Option<Arc<str>> = match &socket {
+        Some(s) => Some(s.local_addr()?.to_string().into()),
+        None => None,
+    };
+    let (tx, rx) = mpsc::channel(256);
+    let events = network.events();
+    if let Err(e) = network.subscribe(RADIO_TOPIC).await {
+        warn!(error = %e, "radio checkpoints topic not subscribed");
+    }
+    let task = RadioTask {
+        me: network.node_id(),
+        signer,
+        seq: 0,
+        cfg,
+        network,
+        storage,
+        services,
+        devices: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        checkpoints: VecDeque::new(),
+    };
+    let handle = tokio::spawn(task.run(socket, rx, events, cancel).in_current_span());
+    Ok((RadioHandle { tx, addr }, handle))
+}
+
+impl RadioTask {
+    async fn run(
+        mut self,
+        socket: Option<UdpSocket>,
+        mut rx: mpsc::Receiver<Command>,
+        mut events: broadcast::Receiver<NetworkEvent>,
+        cancel: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.checkpoint_ms.max(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = [0u8; 512];
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = recv(socket.as_ref(), &mut buf) => match r {
+                    Some(n) => self.on_frame(&buf[..n]),
+                    None => break,
+                },
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => break,
+                },
+                ev = events.recv() => match ev {
+                    Ok(NetworkEvent::Request { id, envelope, .. }) if envelope.kind == Kind::Radio => {
+                        if let Ok(RadioRpc::Replay { devices }) = envelope.body::<RadioRpc>(Kind::Radio) {
+                            self.answer_replay(id, &devices).await;
+                        }
+                    }
+                    Ok(NetworkEvent::Gossip { topic, envelope, .. }) if topic == RADIO_TOPIC => {
+                        match envelope.body::<Checkpoint>(Kind::Radio) {
+                            Ok(c) if envelope.sender != self.me => self.on_peer_checkpoint(envelope.sender, c),
+                            Ok(_) => {}
+                            Err(e) => debug!(error = %e, "bad radio checkpoint"),
+                        }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                },
+                _ = tick.tick() => {
+                    let services: Vec<String> = self.pending.keys().cloned().collect();
+                    for s in services {
+                        self.checkpoint(&s, Vec::new()).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: &[u8]) {
+        let (device, seq) = match parse_frame(frame) {
+            Ok(x) => x,
+            Err(e) => return debug!(error = %e, "radio frame dropped"),
+        };
+        let max_buffer = self.cfg.buffer_per_device;
+        let d = self.devices.entry(device).or_default();
+        d.status.device = device;
+        d.status.received += 1;
+        if let Some(service) = d.status.service.clone() {
+            self.process(device, seq, frame.to_vec(), &service, false);
+        } else {
+            // Every edge in range keeps what no checkpoint covers yet (see `RadioRpc`).
+            if d.covered.is_some_and(|c| seq <= c) || d.buffer.iter().any(|(s, _)| *s == seq) {
+                d.status.duplicates += 1;
+                return;
+            }
+            d.buffer.push_back((seq, frame.to_vec()));
+            while d.buffer.len() > max_buffer {
+                d.buffer.pop_front();
+            }
+            d.status.buffered = d.buffer.len();
+        }
+    }
+
+    /// Feeds one frame to `service` unless it is stale or a duplicate.
+    fn process(&mut self, device: u32, seq: u32, frame: Vec<u8>, service: &str, replay: bool) {
+        let Some(d) = self.devices.get_mut(&device) else {
+            return;
+        };
+        if d.status.last_processed.is_some_and(|l| seq <= l)
+            || d.status.peer_covered.is_some_and(|l| seq <= l)
+        {
+            d.status.duplicates += 1;
+            return;
+        }
+        if let Err(e) = self.services.push_reading(service, frame.clone()) {
+            return debug!(device, seq, error = %e, "reading not queued");
+        }
+        d.status.processed += 1;
+        d.status.replayed += u64::from(replay);
+        d.status.last_processed = Some(seq);
+        d.status.first_processed_at.get_or_insert_with(now_ms);
+        self.pending
+            .entry(service.to_string())
+            .or_default()
+            .push((device, seq, frame));
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Assign {
+                devices,
+                service,
+                resume_after,
+                ask_peers,
+                reply,
+            } => {
+                let mut resume_after = resume_after;
+                self.fill_gaps(&devices, &mut resume_after, ask_peers).await;
+                let mut replayed = 0;
+                for device in devices {
+                    let d = self.devices.entry(device).or_default();
+                    d.status.device = device;
+                    if let Some(&after) = resume_after.get(&device) {
+                        let cover = d.status.peer_covered.map_or(after, |c| c.max(after));
+                        d.status.peer_covered = Some(cover);
+                    }
+                    d.status.service = Some(service.clone());
+                    d.status.buffering = false;
+                    // Counts from this assignment: an edge that managed the device before (an
+                    // earlier handover) must not report that time as this takeover's.
+                    d.status.first_processed_at = None;
+                    let mut buffered: Vec<(u32, Vec<u8>)> = d.buffer.drain(..).collect();
+                    buffered.sort_by_key(|(seq, _)| *seq);
+                    d.status.buffered = 0;
+                    for (seq, frame) in buffered {
+                        let before = self.devices.get(&device).map_or(0, |d| d.status.processed);
+                        self.process(device, seq, frame, &service, true);
+                        let after = self.devices.get(&device).map_or(0, |d| d.status.processed);
+                        replayed += after - before;
+                    }
+                }
+                info!(%service, replayed, "devices assigned");
+                let _ = reply.send(replayed);
+            }
+            Command::Release { devices, reply } => {
+                let services: Vec<String> = devices
+                    .iter()
+                    .filter_map(|d| self.devices.get(d)?.status.service.clone())
+                    .collect();
+                let mut services = services;
+                services.sort();
+                services.dedup();
+                for d in &devices {
+                    if let Some(dev) = self.devices.get_mut(d) {
+                        dev.status.service = None;
+                    }
+                }
+                for s in services {
+                    self.checkpoint(&s, devices.clone()).await;
+                }
+                let _ = reply.send(());
+            }
+            Command::Listen(devices, on) => {
+                for device in devices {
+                    let d = self.devices.entry(device).or_default();
+                    d.status.device = device;
+                    d.status.buffering = on && d.status.service.is_none();
+                }
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(RadioStatus {
+                    addr: None,
+                    devices: self.devices.values().map(|d| d.status.clone()).collect(),
+                    checkpoints: self.checkpoints.iter().cloned().collect(),
+                });
+            }
+        }
+    }
+
+    fn on_peer_checkpoint(&mut self, edge: NodeId, c: Checkpoint) {
+        for r in &c.ranges {
+            let d = self.devices.entry(r.device).or_default();
+            d.status.device = r.device;
+            {
+                d.status.peer_covered =
+                    Some(d.status.peer_covered.map_or(r.last, |p| p.max(r.last)));
+                d.covered = Some(d.covered.map_or(r.last, |p| p.max(r.last)));
+                // Buffered frames the peer already processed are no longer needed.
+                d.buffer.retain(|(seq, _)| *seq > r.last);
+                d.status.buffered = d.buffer.len();
+            }
+        }
+        self.remember(CheckpointRecord {
+            edge: edge.to_string(),
+            mine: false,
+            checkpoint: c,
+        });
+    }
+
+    fn remember(&mut self, rec: CheckpointRecord) {
+        self.checkpoints.push_back(rec);
+        while self.checkpoints.len() > KEPT_CHECKPOINTS {
+            self.checkpoints.pop_front();
+        }
+    }
+
+    /// Proves, stores and gossips what `service` processed since its last checkpoint.
+    async fn checkpoint(&mut self, service: &str, released: Vec<u32>) {
+        let frames = self.pending.remove(service).unwrap_or_default();
+        if frames.is_empty() && released.is_empty() {
+            return;
+        }
+        let mut ranges: BTreeMap<u32, SeqRange> = BTreeMap::new();
+        for (device, seq, _) in &frames {
+            let r = ranges.entry(*device).or_insert(SeqRange {
+                device: *device,
+                first: *seq,
+                last: *seq,
+                count: 0,
+            });
+            r.first = r.first.min(*seq);
+            r.last = r.last.max(*seq);
+            r.count += 1;
+        }
+        let proof = if frames.is_empty() {
+            String::new()
+        } else {
+            let data: Vec<Vec<u8>> = frames.into_iter().map(|(_, _, f)| f).collect();
+            debug_assert!(data.iter().all(|f| f.len() == FRAME_LEN));
+            match self.storage.proof_create(data).await {
+                Ok(p) => p.cid,
+                Err(e) => {
+                    warn!(%service, error = %e, "data-integrity proof not stored");
+                    String::new()
+                }
+            }
+        };
+        for r in ranges.values() {
+            if let Some(d) = self.devices.get_mut(&r.device) {
+                d.covered = Some(d.covered.map_or(r.last, |p| p.max(r.last)));
+            }
+        }
+        let c = Checkpoint {
+            service: service.to_string(),
+            ranges: ranges.into_values().collect(),
+            proof,
+            released,
+            at: now_ms(),
+        };
+        match serde_cbor::to_vec(&c) {
+            Ok(body) => {
+                if let Err(e) = self.network.broadcast(RADIO_TOPIC, Kind::Radio, body).await {
+                    debug!(error = %e, "checkpoint not gossiped (no peers yet?)");
+                }
+            }
+            Err(e) => warn!(error = %e, "checkpoint not encoded"),
+        }
+        self.remember(CheckpointRecord {
+            edge: self.me.to_string(),
+            mine: true,
+            checkpoint: c,
+        });
+    }
+}
+
+impl RadioTask {
+    async fn answer_replay(&mut self, id: u64, devices: &[u32]) {
+        let answer = RadioRpc::Frames {
+            devices: devices
+                .iter()
+                .filter_map(|d| {
+                    let dev = self.devices.get(d)?;
+                    let mut frames: Vec<(u32, Vec<u8>)> = dev.buffer.iter().cloned().collect();
+                    frames.sort_by_key(|(s, _)| *s);
+                    frames.truncate(MAX_REPLAY_FRAMES);
+                    Some(ReplayedDevice {
+                        device: *d,
+                        covered: dev.covered,
+                        frames: frames.into_iter().map(|(_, f)| f).collect(),
+                    })
+                })
+                .collect(),
+        };
+        self.seq += 1;
+        if let Ok(env) = Envelope::seal_body(&self.signer, Kind::Radio, now_ms(), self.seq, &answer)
+        {
+            let _ = self.network.respond(id, &env).await;
+        }
+    }
+
+    /// When the local buffer cannot bridge from the resume point (this edge was down, or never
+    /// heard the device), or when `always` is set, asks peers for what they heard and how far
+    /// their checkpoints reach, and merges it in.
+    async fn fill_gaps(
+        &mut self,
+        devices: &[u32],
+        resume_after: &mut BTreeMap<u32, u32>,
+        always: bool,
+    ) {
+        let gaps: Vec<u32> = devices
+            .iter()
+            .copied()
+            .filter(|d| {
+                if always {
+                    return true;
+                }
+                let Some(resume) = resume_after.get(d) else {
+                    return true;
+                };
+                let oldest = self
+                    .devices
+                    .get(d)
+                    .and_then(|dev| dev.buffer.iter().map(|(s, _)| *s).min());
+                oldest.is_none_or(|o| o > resume.saturating_add(1))
+            })
+            .collect();
+        if gaps.is_empty() {
+            return;
+        }
+        let Ok(peers) = self.network.peers().await else {
+            return;
+        };
+        self.seq += 1;
+        let Ok(env) = Envelope::seal_body(
+            &self.signer,
+            Kind::Radio,
+            now_ms(),
+            self.seq,
+            &RadioRpc::Replay {
+                devices: gaps.clone(),
+            },
+        ) else {
+            return;
+        };
+        let asks =
+            peers
+                .iter()
+                .filter_map(|p| p.peer_id.parse::<agora_network::PeerId>().ok())
+                .take(REPLAY_PEERS)
+                .map(|peer| {
+                    let network = self.network.clone();
+                    let env = env.clone();
+                    async move {
+                        tokio::time::timeout(REPLAY_TIMEOUT, network.request(peer, &env)).await
+                    }
+                });
+        let answers = futures::future::join_all(asks).await;
+        let mut got = 0usize;
+        for answer in answers.into_iter().flatten().flatten() {
+            let Ok(RadioRpc::Frames { devices }) = answer.body::<RadioRpc>(Kind::Radio) else {
+                continue;
+            };
+            for rd in devices.into_iter().filter(|rd| gaps.contains(&rd.device)) {
+                if let Some(c) = rd.covered {
+                    let r = resume_after.entry(rd.device).or_insert(c);
+                    *r = (*r).max(c);
+                }
+                let dev = self.devices.entry(rd.device).or_default();
+                dev.status.device = rd.device;
+                for f in rd.frames.into_iter().take(MAX_REPLAY_FRAMES) {
+                    if let Ok((device, seq)) = parse_frame(&f)
+                        && device == rd.device
+                        && !dev.buffer.iter().any(|(s, _)| *s == seq)
+                    {
+                        dev.buffer.push_back((seq, f));
+                        got += 1;
+                    }
+                }
+            }
+        }
+        info!(?gaps, frames = got, "missed uplinks fetched from peers");
+    }
+}
+
+async fn recv(socket: Option<&UdpSocket>, buf: &mut [u8]) -> Option<usize> {
+    match socket {
+        Some(s) => loop {
+            match s.recv_from(buf).await {
+                Ok((n, _)) => return Some(n),
+                Err(e) => debug!(error = %e, "radio receive failed"),
+            }
+        },
+        None => std::future::pending().await,
+    }
+}

@@ -3,13 +3,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+use agora_storage::StorageError;
+use agora_storage::hash::{RAW, cid_v1_blake3, verify_block};
 use cid::Cid;
-use multihash_codetable::{Code, MultihashDigest};
 
 use crate::RuntimeError;
-
-/// Multicodec for raw bytes, used when this crate mints an id itself.
-const RAW_CODEC: u64 = 0x55;
 
 /// The content id of a service image (a Wasm module): any CIDv0/v1 over sha2-256 or blake3.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -23,7 +21,7 @@ impl ModuleId {
 
     /// The id of `bytes` as a CIDv1 (raw codec, blake3), as storage would mint it.
     pub fn for_bytes(bytes: &[u8]) -> Self {
-        Self(Cid::new_v1(RAW_CODEC, Code::Blake3_256.digest(bytes)))
+        Self(cid_v1_blake3(RAW, bytes))
     }
 
     /// The wrapped CID.
@@ -33,24 +31,15 @@ impl ModuleId {
 
     /// Checks that `bytes` hash to this id; call before compiling untrusted bytes.
     pub fn verify(&self, bytes: &[u8]) -> Result<(), RuntimeError> {
-        let expected = self.0.hash();
-        let code = match Code::try_from(expected.code()) {
-            Ok(code @ (Code::Sha2_256 | Code::Blake3_256)) => code,
-            _ => {
-                return Err(RuntimeError::UnsupportedHash {
-                    module: self.to_string(),
-                    code: expected.code(),
-                });
-            }
-        };
-        let actual = code.digest(bytes);
-        if actual.digest() == expected.digest() {
-            Ok(())
-        } else {
-            Err(RuntimeError::ModuleHashMismatch {
+        verify_block(&self.0, bytes).map_err(|e| match e {
+            StorageError::UnsupportedHash { code, .. } => RuntimeError::UnsupportedHash {
                 module: self.to_string(),
-            })
-        }
+                code,
+            },
+            _ => RuntimeError::ModuleHashMismatch {
+                module: self.to_string(),
+            },
+        })
     }
 }
 
@@ -81,6 +70,7 @@ impl FromStr for ModuleId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use multihash_codetable::{Code, MultihashDigest};
 
     #[test]
     fn minted_id_verifies_its_bytes_only() {
@@ -94,7 +84,7 @@ mod tests {
 
     #[test]
     fn sha256_cids_verify_too() {
-        let cid = Cid::new_v1(RAW_CODEC, Code::Sha2_256.digest(b"abc"));
+        let cid = Cid::new_v1(RAW, Code::Sha2_256.digest(b"abc"));
         let id = ModuleId::from_cid(cid);
         id.verify(b"abc").unwrap();
         assert!(id.verify(b"abd").is_err());
@@ -102,7 +92,7 @@ mod tests {
 
     #[test]
     fn unsupported_hash_is_rejected() {
-        let cid = Cid::new_v1(RAW_CODEC, Code::Sha2_512.digest(b"abc"));
+        let cid = Cid::new_v1(RAW, Code::Sha2_512.digest(b"abc"));
         let err = ModuleId::from_cid(cid).verify(b"abc").unwrap_err();
         assert!(matches!(
             err,

@@ -13,6 +13,7 @@ use crate::blockstore::{block_links, check_size};
 use crate::cbor::Cbor;
 use crate::hash::verify_block;
 use crate::protobuf::{put_varint, read_varint};
+use crate::wire::{put_cbor_cid, put_cbor_head as cbor_head, put_cbor_text as cbor_text};
 use crate::{BlockStore, Result, StorageError};
 
 /// Largest header accepted on import.
@@ -33,40 +34,11 @@ pub fn encode_header(roots: &[Cid]) -> Vec<u8> {
     cbor_text(&mut out, "roots");
     cbor_head(&mut out, 4, roots.len() as u64);
     for root in roots {
-        let mut bytes = vec![0x00];
-        bytes.extend_from_slice(&root.to_bytes());
-        cbor_head(&mut out, 6, 42);
-        cbor_head(&mut out, 2, bytes.len() as u64);
-        out.extend_from_slice(&bytes);
+        put_cbor_cid(&mut out, root);
     }
     cbor_text(&mut out, "version");
     cbor_head(&mut out, 0, 1);
     out
-}
-
-fn cbor_head(out: &mut Vec<u8>, major: u8, value: u64) {
-    let m = major << 5;
-    match value {
-        0..=23 => out.push(m | value as u8),
-        24..=0xff => out.extend_from_slice(&[m | 24, value as u8]),
-        0x100..=0xffff => {
-            out.push(m | 25);
-            out.extend_from_slice(&(value as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(m | 26);
-            out.extend_from_slice(&(value as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 27);
-            out.extend_from_slice(&value.to_be_bytes());
-        }
-    }
-}
-
-fn cbor_text(out: &mut Vec<u8>, s: &str) {
-    cbor_head(out, 3, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
 }
 
 fn header_err(reason: &str) -> StorageError {

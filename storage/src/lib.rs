@@ -23,6 +23,7 @@ pub mod merkle;
 pub mod proof;
 pub mod protobuf;
 pub mod unixfs;
+pub mod wire;
 
 pub use blockstore::{BlockStore, MAX_BLOCK_SIZE, MemoryBlockStore, SledBlockStore};
 pub use car::{export_car, import_car};

@@ -8,67 +8,9 @@ pub const WIRE_VARINT: u8 = 0;
 /// Protobuf wire type for length-delimited fields.
 pub const WIRE_LEN: u8 = 2;
 
-/// Appends `value` as an unsigned LEB128 varint.
-pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// Length of `value` encoded as a varint.
-pub fn varint_len(value: u64) -> usize {
-    let bits = 64 - (value | 1).leading_zeros() as usize;
-    bits.div_ceil(7)
-}
-
-/// Decodes a varint from the front of `buf`, returning the value and bytes consumed.
-pub fn get_varint(buf: &[u8], what: &'static str) -> Result<(u64, usize)> {
-    let mut value: u64 = 0;
-    for (i, byte) in buf.iter().enumerate().take(10) {
-        let low = u64::from(byte & 0x7f);
-        if i == 9 && low > 1 {
-            return Err(StorageError::decode(what, "varint overflows u64"));
-        }
-        value |= low << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok((value, i + 1));
-        }
-    }
-    Err(StorageError::decode(what, "truncated or over-long varint"))
-}
-
-/// Reads a varint from a byte stream; `Ok(None)` on a clean end of stream before the first byte.
-pub fn read_varint<R: std::io::Read>(r: &mut R, what: &'static str) -> Result<Option<u64>> {
-    let mut value: u64 = 0;
-    for i in 0..10 {
-        let mut byte = [0u8; 1];
-        let n = loop {
-            match r.read(&mut byte) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        if n == 0 {
-            return if i == 0 {
-                Ok(None)
-            } else {
-                Err(StorageError::decode(what, "truncated varint"))
-            };
-        }
-        let low = u64::from(byte[0] & 0x7f);
-        if i == 9 && low > 1 {
-            return Err(StorageError::decode(what, "varint overflows u64"));
-        }
-        value |= low << (7 * i);
-        if byte[0] & 0x80 == 0 {
-            return Ok(Some(value));
-        }
-    }
-    Err(StorageError::decode(what, "over-long varint"))
-}
+// The varint helpers live in `crate::wire`, the one copy shared with the node; re-exported
+// here under their old names.
+pub use crate::wire::{get_varint, put_varint, read_varint, varint_len};
 
 /// Appends a field key.
 pub fn put_key(out: &mut Vec<u8>, field: u32, wire: u8) {

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use agora_devnet::Devnet;
-use agora_exchange::framing::encode_varint;
 use agora_exchange::{ExchangeError, FetchConfig, FetchError, FetchProgress};
 use agora_network::StreamProtocol;
+use agora_storage::wire::encode_varint;
 use agora_storage::{Cid, CidVersion};
 use futures::AsyncWriteExt;
 use tokio::sync::watch;

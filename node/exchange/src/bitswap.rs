@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
-use super::framing::{FrameError, read_message, write_message};
+use super::framing::{MessageError, read_message, write_message};
+use agora_storage::wire::FrameError;
 
 /// Protocols we accept, newest first; we open streams with the first one the peer supports.
 pub const PROTOCOLS: [&str; 4] = [
@@ -284,7 +285,7 @@ impl Bitswap {
             let msg = match read {
                 Ok(Some(m)) => m,
                 Ok(None) => return,
-                Err(FrameError::Io(e)) => {
+                Err(MessageError::Frame(FrameError::Io(e))) => {
                     debug!(%peer, error = %e, "bitswap stream closed");
                     return;
                 }

@@ -5,6 +5,7 @@
 
 use agora_runtime::ModuleId;
 use agora_storage::hash::{DAG_CBOR, cid_v1_blake3};
+use agora_storage::wire::{put_cbor_cid, put_cbor_head, put_cbor_text};
 use agora_storage::{BlockStore, Cid, ImportOptions, StorageError, unixfs};
 use serde::Deserialize;
 
@@ -53,40 +54,6 @@ fn malformed(cid: &Cid, reason: impl Into<String>) -> ImageError {
     }
 }
 
-/// Appends a CBOR head of `major` type with argument `n`.
-fn head(out: &mut Vec<u8>, major: u8, n: u64) {
-    let m = major << 5;
-    match n {
-        0..=23 => out.push(m | n as u8),
-        24..=0xff => out.extend([m | 24, n as u8]),
-        0x100..=0xffff => {
-            out.push(m | 25);
-            out.extend((n as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(m | 26);
-            out.extend((n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 27);
-            out.extend(n.to_be_bytes());
-        }
-    }
-}
-
-fn text(out: &mut Vec<u8>, s: &str) {
-    head(out, 3, s.len() as u64);
-    out.extend(s.as_bytes());
-}
-
-fn link(out: &mut Vec<u8>, cid: &Cid) {
-    let bytes = cid.to_bytes();
-    head(out, 6, 42);
-    head(out, 2, bytes.len() as u64 + 1);
-    out.push(0);
-    out.extend(bytes);
-}
-
 /// The record as decoded by serde (tags are skipped, links arrive as their bytes).
 #[derive(Deserialize)]
 struct RawRecord {
@@ -103,17 +70,21 @@ impl ImageRecord {
     /// Canonical DAG-CBOR: keys sorted by length then bytes, links as tag 42.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(160);
-        head(&mut out, 5, 5);
-        text(&mut out, "v");
-        head(&mut out, 0, IMAGE_RECORD_VERSION);
-        text(&mut out, "kind");
-        text(&mut out, self.kind.as_str());
-        text(&mut out, "module");
-        link(&mut out, &self.module);
-        text(&mut out, "manifest");
-        link(&mut out, &self.manifest);
-        text(&mut out, "module_id");
-        text(&mut out, &self.module_id.to_string());
+        put_cbor_head(&mut out, agora_storage::wire::CBOR_MAP, 5);
+        put_cbor_text(&mut out, "v");
+        put_cbor_head(
+            &mut out,
+            agora_storage::wire::CBOR_UINT,
+            IMAGE_RECORD_VERSION,
+        );
+        put_cbor_text(&mut out, "kind");
+        put_cbor_text(&mut out, self.kind.as_str());
+        put_cbor_text(&mut out, "module");
+        put_cbor_cid(&mut out, &self.module);
+        put_cbor_text(&mut out, "manifest");
+        put_cbor_cid(&mut out, &self.manifest);
+        put_cbor_text(&mut out, "module_id");
+        put_cbor_text(&mut out, &self.module_id.to_string());
         out
     }
 

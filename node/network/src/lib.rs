@@ -6,7 +6,8 @@
 //! since when; heartbeats to watched peers) and the node's identity key ([`keys::NodeKey`]),
 //! from which both the ledger `NodeId` and the libp2p `PeerId` derive.
 //!
-//! May depend on `agora-wire` (envelopes), `agora-market` (`NodeId`) and libp2p; never on a
+//! May depend on `agora-wire` (envelopes), `agora-market` (`NodeId`), `agora-storage` (the
+//! varint framing of request-response) and libp2p; never on a
 //! driver crate. The libp2p types other crates need (`PeerId`, `Multiaddr`, raw streams) are
 //! re-exported from here, so no other crate lists libp2p.
 #![forbid(unsafe_code)]

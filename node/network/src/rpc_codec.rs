@@ -1,7 +1,9 @@
-//! Request-response framing: one unsigned-varint length prefix, then the envelope bytes.
-//! The length is checked against the limit before the body is read.
+//! Request-response framing: one unsigned-varint length prefix, then the envelope bytes
+//! (`agora_storage::wire`'s frames). The length is checked against the limit before the body is
+//! read.
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use agora_storage::wire::{read_frame_async, write_frame_async};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
 use agora_wire::codec::MAX_RPC_BYTES;
@@ -14,58 +16,14 @@ pub const RPC_PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/rpc/1.0.0")
 pub struct RpcCodec;
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
-    let mut len: u64 = 0;
-    let mut shift = 0u32;
-    loop {
-        let mut byte = [0u8; 1];
-        io.read_exact(&mut byte).await?;
-        len |= u64::from(byte[0] & 0x7f) << shift;
-        if byte[0] & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift > 35 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "length prefix too long",
-            ));
-        }
+    match read_frame_async(io, MAX_RPC_BYTES).await? {
+        Some(body) => Ok(body),
+        None => Err(std::io::ErrorKind::UnexpectedEof.into()),
     }
-    let len = usize::try_from(len).unwrap_or(usize::MAX);
-    if len > MAX_RPC_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the {MAX_RPC_BYTES}-byte limit"),
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> std::io::Result<()> {
-    if data.len() > MAX_RPC_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "frame of {} bytes exceeds the {MAX_RPC_BYTES}-byte limit",
-                data.len()
-            ),
-        ));
-    }
-    let mut len = data.len() as u64;
-    let mut prefix = Vec::with_capacity(5);
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            prefix.push(byte);
-            break;
-        }
-        prefix.push(byte | 0x80);
-    }
-    io.write_all(&prefix).await?;
-    io.write_all(data).await?;
+    write_frame_async(io, data, MAX_RPC_BYTES).await?;
     io.close().await
 }
 

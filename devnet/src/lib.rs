@@ -38,6 +38,16 @@ use anyhow::{Context, bail};
 
 use crate::files::{GENESIS_FILE, devnet_genesis, devnet_node_config};
 
+/// Reports a test (or part of one) that cannot run on this machine, with the reason, where the
+/// person running the suite sees it: libtest swallows what a passing test prints with
+/// `eprintln!`, so the notice goes to the process's stderr directly, and `scripts/test.sh`
+/// counts these lines in its summary. Return from the test right after calling it.
+pub fn skipped(test: &str, reason: &str) {
+    use std::io::Write;
+    // On a line of its own, even if libtest has half a line of its own out.
+    let _ = writeln!(std::io::stderr(), "\nSKIPPED {test}: {reason}");
+}
+
 /// Builder for an in-process devnet.
 #[derive(Clone, Debug)]
 pub struct DevnetBuilder {

@@ -298,9 +298,9 @@ async fn tampered_images_and_bad_requests_are_refused() {
                 ServiceState::Staged
             );
         }
-        Ok(_) => eprintln!(
-            "skipping the no-engine check: a container engine is running here, and this test \
-             does not pull images"
+        Ok(_) => agora_devnet::skipped(
+            "tampered_images_and_bad_requests_are_refused (the no-engine check)",
+            "a container engine is running here, and this test does not pull images",
         ),
     }
     net.shutdown().await;

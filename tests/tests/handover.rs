@@ -8,9 +8,11 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use agora_contracts::ContractStatus;
+use agora_api::client::ApiClient;
+use agora_api::ledger::LedgerStatus;
+use agora_contracts::{ActivationClause, ContractRecord, ContractStatus};
+use agora_devnet::demo::story::wait_for;
 use agora_devnet::demo::{Story, module_bytes};
 use agora_tests::agora_bin;
 use support::Bin;
@@ -21,6 +23,30 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn module() -> Vec<u8> {
     module_bytes(None).expect("lora-gateway module (rustup target add wasm32-wasip1)")
+}
+
+/// Waits until `node`'s ledger has decided a block whose time is at least `t` (ms): the chain's
+/// own clock has passed `t`.
+async fn wait_ledger_time(s: &Story, node: usize, t: u64, what: &str) {
+    let n = s.m.nodes[node].clone();
+    wait_for(what, 60, async || {
+        let c = ApiClient::for_data_dir(&n.data_dir).ok()?;
+        let st: LedgerStatus = c.get("/v1/ledger/status").await.ok()?;
+        st.last_block_at.filter(|at| *at >= t).map(|_| ())
+    })
+    .await
+    .unwrap();
+}
+
+/// The share of its active time (permille) for which the provider has reported uptime, up to
+/// its last heartbeat; settlement judges the provider by this share.
+fn reported_uptime_permille(r: &ContractRecord) -> u64 {
+    let (Some(from), Some(to)) = (r.activated_at, r.last_uptime_end) else {
+        return 0;
+    };
+    (r.uptime_ms * 1000)
+        .checked_div(to.saturating_sub(from))
+        .unwrap_or(0)
 }
 
 async fn story(dir: &std::path::Path, launcher: Arc<dyn agora_devnet::process::Launcher>) -> Story {
@@ -39,7 +65,12 @@ async fn customer_back_early_pays_pro_rata_and_no_reading_is_lost() {
     let killed = s.kill(s.a).unwrap();
     let split = s.failover(&armed, killed).await.unwrap();
     assert!(split.end_to_end_ms > 0);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The outage lasts until B's service is on the record (its first uptime heartbeat).
+    s.wait_contract(obs, &armed.id, "B's first heartbeat", 30, |r| {
+        r.uptime_ms > 0
+    })
+    .await
+    .unwrap();
     s.restart(s.a).await.unwrap();
     let done = s
         .wait_contract(obs, &armed.id, "settlement", 30, |r| r.status.is_final())
@@ -76,13 +107,17 @@ async fn provider_that_never_activates_is_slashed() {
     let rep_before = s.account(obs, &provider).await.unwrap().reputation;
     s.kill(armed.b).unwrap();
     s.kill(s.a).unwrap();
-    s.wait_contract(obs, &armed.id, "handover attested", 30, |r| {
-        r.trigger_at.is_some()
-    })
-    .await
-    .unwrap();
-    let deadline = armed.rec.contract.qos.max_activation_delay_ms;
-    tokio::time::sleep(Duration::from_millis(deadline + 500)).await;
+    let attested = s
+        .wait_contract(obs, &armed.id, "handover attested", 30, |r| {
+            r.trigger_at.is_some()
+        })
+        .await
+        .unwrap();
+    // The chain passes the activation deadline with no activation on the record.
+    let deadline = attested.trigger_at.unwrap() + armed.rec.contract.qos.max_activation_delay_ms;
+    wait_ledger_time(&s, obs, deadline + 1, "the activation deadline to pass").await;
+    let rec = s.contract(obs, &armed.id).await.unwrap();
+    assert!(rec.activated_at.is_none(), "B is dead: {rec:?}");
     let balance_before = s.account(obs, &customer).await.unwrap();
     s.restart(s.a).await.unwrap();
     let done = s
@@ -112,13 +147,18 @@ async fn provider_crash_mid_contract_loses_nothing() {
     let obs = (0..5).find(|i| *i != s.a && *i != armed.b).unwrap();
     let killed = s.kill(s.a).unwrap();
     s.failover(&armed, killed).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    s.kill(armed.b).unwrap();
+    // B crashes mid-contract, once its service is on the record.
+    s.wait_contract(obs, &armed.id, "B's first heartbeat", 30, |r| {
+        r.uptime_ms > 0
+    })
+    .await
+    .unwrap();
+    let crashed = s.kill(armed.b).unwrap();
     s.restart(armed.b).await.unwrap();
     // B resumes the contract from the ledger and fetches the uplinks it missed from its peers.
     let bn = s.m.nodes[armed.b].clone();
-    agora_devnet::demo::story::wait_for("B serving A's sensors again", 30, async || {
-        let c = agora_api::client::ApiClient::for_data_dir(&bn.data_dir).ok()?;
+    wait_for("B serving A's sensors again", 30, async || {
+        let c = ApiClient::for_data_dir(&bn.data_dir).ok()?;
         let st: agora_radio::RadioStatus = c.get("/v1/radio").await.ok()?;
         st.devices
             .iter()
@@ -128,9 +168,16 @@ async fn provider_crash_mid_contract_loses_nothing() {
     })
     .await
     .unwrap();
-    // Serve long enough that the crash (restart and catch-up, a few seconds) stays within the
-    // contract's 90 % uptime minimum.
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Serve until the reported uptime, the crash's gap included, is above the contract's
+    // minimum (a few seconds of restart and catch-up take about ten times as long to make up
+    // at a 90 % minimum); it only grows while B serves on until A has settled.
+    let min = u64::from(armed.rec.contract.qos.min_uptime_permille);
+    let want = (min + 10).min(1000);
+    s.wait_contract(obs, &armed.id, "B's uptime to cover the crash", 180, |r| {
+        r.last_uptime_end.is_some_and(|t| t > crashed) && reported_uptime_permille(r) >= want
+    })
+    .await
+    .unwrap();
     s.restart(s.a).await.unwrap();
     let done = s
         .wait_contract(obs, &armed.id, "settlement", 30, |r| r.status.is_final())
@@ -151,8 +198,9 @@ async fn partition_between_customer_and_provider_is_no_handover() {
     let lab = match NetLab::new(5, agora_bin()) {
         Ok(lab) => Arc::new(lab),
         Err(why) => {
-            eprintln!(
-                "SKIPPED partition test: network namespaces unavailable ({why}); needs root and iproute2"
+            agora_devnet::skipped(
+                "partition_between_customer_and_provider_is_no_handover",
+                &format!("network namespaces unavailable ({why}); needs root and iproute2"),
             );
             return;
         }
@@ -161,9 +209,21 @@ async fn partition_between_customer_and_provider_is_no_handover() {
     let mut s = story(&tmp.path().join("net"), lab.clone()).await;
     let armed = s.standby().await.unwrap();
     let obs = (0..5).find(|i| *i != s.a && *i != armed.b).unwrap();
+    let cut_at = agora_wire::now_ms();
     lab.cut(s.a, armed.b).unwrap();
-    // Well past detection and the one-second handover clause.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Wait until the chain's own clock is well past the moment a handover would have been
+    // attested if losing B were enough: a watched peer is down after 1 s of silence, then the
+    // contract's handover clause, plus a few blocks of margin.
+    let ActivationClause::OnHandover { unreachable_for_ms } = armed.rec.contract.activation else {
+        panic!("a standby contract activates on handover");
+    };
+    wait_ledger_time(
+        &s,
+        obs,
+        cut_at + unreachable_for_ms + 5_000,
+        "the handover clause to pass on the chain",
+    )
+    .await;
     let rec = s.contract(obs, &armed.id).await.unwrap();
     assert_eq!(rec.status, ContractStatus::Armed, "no handover: {rec:?}");
     assert!(rec.trigger_at.is_none());

@@ -56,11 +56,11 @@ pub struct ApiState {
     pub name: String,
     /// p2p addresses.
     pub p2p_addrs: Vec<String>,
-    /// The market service, when running.
+    /// The market driver, when running.
     pub market: Option<agora_market_driver::MarketHandle>,
     /// The ledger replica, when the node has a genesis.
     pub ledger: Option<agora_ledger::LedgerHandle>,
-    /// The storage service, when running.
+    /// The node's storage and exchange, when running.
     pub storage: Option<agora_exchange::StorageHandle>,
     /// The sensor radio, when configured.
     pub radio: Option<agora_radio::RadioHandle>,

@@ -190,7 +190,7 @@ async fn storage_subject(s: &ApiState, service: Option<&str>) -> Result<(), ApiE
     let storage = s
         .storage
         .as_ref()
-        .ok_or_else(|| bad("this node runs no storage service".into()))?;
+        .ok_or_else(|| bad("this node runs no block storage".into()))?;
     let pins = storage.ls().await.map_err(|e| bad(e.to_string()))?.pins;
     if !pins.contains(&cid.to_string()) {
         return Err(bad(format!(

@@ -1,4 +1,4 @@
-//! Control API routes of the storage service and data proofs. File paths in requests are
+//! Control API routes of the node's storage (blocks, files, CAR) and data proofs. File paths in requests are
 //! read/written by the node: the API is loopback-only and the CLI sends absolute paths.
 
 use std::path::PathBuf;
@@ -92,7 +92,7 @@ fn storage(s: &ApiState) -> Result<&StorageHandle, ApiError> {
     s.storage.as_ref().ok_or_else(|| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the storage service is not running on this node".into(),
+            "this node's storage is not running".into(),
         )
     })
 }

@@ -67,7 +67,7 @@ impl Default for StorageSection {
 }
 
 impl StorageSection {
-    /// The storage service config.
+    /// The storage and exchange config.
     pub fn service_config(&self) -> agora_exchange::StorageConfig {
         agora_exchange::StorageConfig {
             backend: self.backend,

@@ -80,11 +80,11 @@ pub struct RunningNode {
     pub p2p_addrs: Vec<Multiaddr>,
     /// The data directory.
     pub data_dir: PathBuf,
-    /// The market service.
+    /// The market driver.
     pub market: agora_market_driver::MarketHandle,
     /// The ledger replica (when the node has a genesis).
     pub ledger: Option<agora_ledger::LedgerHandle>,
-    /// The storage service (block store + bitswap).
+    /// The node's storage (block store + bitswap exchange).
     pub storage: agora_exchange::StorageHandle,
     /// The service host (wasm runtime and container executor).
     pub services: agora_hosting::ServiceHost,

@@ -57,7 +57,7 @@ pub enum Backend {
     Kubo,
 }
 
-/// Storage service configuration (from the `[storage]` section).
+/// Storage and exchange configuration (from the `[storage]` section).
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     /// Which backend.
@@ -68,7 +68,7 @@ pub struct StorageConfig {
     pub fetch: FetchConfig,
 }
 
-/// Errors of the storage service.
+/// Errors of the node's storage and exchange.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
     /// The block store failed.
@@ -108,7 +108,7 @@ impl From<FetchError> for ExchangeError {
     }
 }
 
-/// Cloneable handle to the storage service.
+/// Cloneable handle to the node's storage and exchange.
 #[derive(Clone, Debug)]
 pub struct StorageHandle {
     backend: Arc<dyn StoreBackend>,

@@ -443,15 +443,15 @@ impl LedgerTask {
     }
 
     fn ask_for_blocks(&mut self, height: u64) {
-        let committee = self.other_arbitrators();
-        if committee.is_empty() {
+        let others = self.other_arbitrators();
+        if others.is_empty() {
             return;
         }
-        self.timers.sync_rr = (self.timers.sync_rr + 1) % committee.len();
-        self.ask(committee[self.timers.sync_rr], height);
+        self.timers.sync_rr = (self.timers.sync_rr + 1) % others.len();
+        self.ask(others[self.timers.sync_rr], height);
     }
 
-    /// The committee without this node.
+    /// Every arbitrator but this node.
     fn other_arbitrators(&self) -> Vec<NodeId> {
         self.view
             .ledger

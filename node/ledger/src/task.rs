@@ -21,11 +21,11 @@ use agora_wire::codec::Kind;
 use agora_wire::now_ms;
 use agora_wire::topics::{BLOCKS_TOPIC, CONSENSUS_TOPIC};
 
-/// Errors of the ledger service.
+/// Errors of the ledger task.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerTaskError {
     /// The task is gone.
-    #[error("ledger service stopped; is the node shutting down?")]
+    #[error("ledger task stopped; is the node shutting down?")]
     Stopped,
     /// Store problem.
     #[error(transparent)]

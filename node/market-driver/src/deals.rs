@@ -163,7 +163,8 @@ impl DealTask {
     /// The contract both parties derive from the same agreed terms.
     async fn contract_for(&self, t: &AgreedTerms) -> Result<Contract, String> {
         let (customer, provider) = (t.customer, t.provider);
-        let committee: Vec<NodeId> = self
+        // The contract's arbitrators: every arbitrator of the committee but the two parties.
+        let arbitrators: Vec<NodeId> = self
             .ledger
             .query(|v| v.ledger.committee().iter().copied().collect::<Vec<_>>())
             .await
@@ -248,7 +249,7 @@ impl DealTask {
                 provider_stake: permille(self.config.provider_stake_permille),
             },
             payment: t.price,
-            committee,
+            committee: arbitrators,
             created_at: now_ms(),
             // Deterministic per award so a retry proposes the same contract.
             nonce: u64::from_le_bytes(t.award.0[..8].try_into().unwrap_or_default()),

@@ -79,11 +79,11 @@ impl std::fmt::Debug for MarketHandle {
     }
 }
 
-/// Errors of the market service.
+/// Errors of the market driver.
 #[derive(Debug, thiserror::Error)]
 pub enum MarketTaskError {
     /// The task is gone.
-    #[error("market service stopped; is the node shutting down?")]
+    #[error("market driver stopped; is the node shutting down?")]
     Stopped,
 }
 

@@ -29,7 +29,7 @@ pub(crate) struct AgoraBehaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    /// Raw streams for bitswap: `libp2p-stream` gives the storage service its own
+    /// Raw streams for bitswap: `libp2p-stream` gives the block exchange its own
     /// `Control` to open/accept streams outside the swarm loop, so block transfer never stalls
     /// gossip and the loop stays free of bitswap state (a custom behaviour would put the
     /// per-peer want queues inside the loop).

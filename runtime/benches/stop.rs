@@ -64,20 +64,24 @@ fn main() {
     rt.block_on(async {
         for (name, wat) in guests {
             let module = test_utils::compile(&host, wat);
-            let id = ServiceId::from(name.replace(' ', "-").as_str());
-            manager
-                .stage(ServiceSpec::new(id.clone(), module, roomy()))
-                .unwrap();
             let mut samples = Vec::with_capacity(runs);
-            for _ in 0..runs {
+            for run in 0..runs {
+                // A fresh service each run: its log holds only this instance's `ready`.
+                let id = ServiceId(format!("{}-{run}", name.replace(' ', "-")));
+                manager
+                    .stage(ServiceSpec::new(id.clone(), module.clone(), roomy()))
+                    .unwrap();
                 manager.start(&id).unwrap();
                 wait_ready(&manager, &id).await;
-                // Let it get well into its loop or sleep.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Let it get well into its loop or sleep, then stop at a point spread over the
+                // epoch tick (a fixed delay would keep hitting the same phase of the ticker).
+                let jitter = Duration::from_micros((run as u64 * 7_919) % 10_000);
+                tokio::time::sleep(Duration::from_millis(20) + jitter).await;
                 let t = Instant::now();
                 manager.stop(&id).unwrap();
                 manager.wait_stopped(&id).await.unwrap();
                 samples.push(t.elapsed());
+                manager.remove(&id).unwrap();
             }
             percentiles(&format!("stop → stopped, {name}"), samples);
         }
@@ -87,9 +91,10 @@ fn main() {
             let id = ServiceId(format!("lifetime-{i}"));
             let mut limits = roomy();
             limits.wall_clock_ms = Some(100);
-            manager
-                .stage(ServiceSpec::new(id.clone(), module.clone(), limits))
-                .unwrap();
+            let mut spec = ServiceSpec::new(id.clone(), module.clone(), limits);
+            // Polled at once, so the guest is deep in its loop when the lifetime ends.
+            spec.tick_ms = 1;
+            manager.stage(spec).unwrap();
             let t = Instant::now();
             manager.start(&id).unwrap();
             manager.wait_stopped(&id).await.unwrap();

@@ -146,6 +146,35 @@ fn split_prefixed(data: &[u8], prefix: usize) -> (&[u8], &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn random_inputs_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            module_id_text(&data);
+            module_id_bytes(&data);
+            host_calls(&data);
+        }
+
+        #[test]
+        fn random_calls_on_seeded_memory_never_panic(
+            memory in proptest::collection::vec(any::<u8>(), 0..512),
+            calls in proptest::collection::vec((0u8..7, any::<[i32; 4]>()), 0..64),
+        ) {
+            let mut data = (memory.len() as u16).to_le_bytes().to_vec();
+            data.extend(&memory);
+            data.push(0);
+            for (op, args) in calls {
+                data.push(op);
+                for a in args {
+                    // Mostly small values so calls reach past the bounds checks.
+                    data.extend((a % 70_000).to_le_bytes());
+                }
+            }
+            host_calls(&data);
+        }
+    }
 
     #[test]
     fn entry_points_survive_hostile_inputs() {

@@ -70,7 +70,7 @@ pub(crate) enum Interrupted {
 }
 
 /// CPU time of the current thread; wall time where the OS offers no per-thread clock.
-fn thread_cpu_nanos(base: Instant) -> u64 {
+pub(crate) fn thread_cpu_nanos(base: Instant) -> u64 {
     #[cfg(unix)]
     {
         let _ = base;

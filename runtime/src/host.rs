@@ -65,6 +65,15 @@ impl HostConfig {
     }
 }
 
+impl HostConfig {
+    /// The `fuel_per_second` that buys `cpu_millis` millicores of this host's CPU (a contract's
+    /// `cpu_millis` as a [`crate::ServiceLimits`] ceiling): `cpu_millis` CPU-milliseconds per
+    /// second at [`Self::fuel_per_cpu_ms`].
+    pub fn fuel_per_second_for(&self, cpu_millis: u64) -> u64 {
+        cpu_millis.saturating_mul(self.fuel_per_cpu_ms)
+    }
+}
+
 /// A module verified against its id, compiled and pre-linked: instantiating it is one step.
 #[derive(Clone)]
 pub struct CompiledModule {
@@ -249,5 +258,19 @@ impl Host {
     /// The runtime guest tasks run on.
     pub(crate) fn guests(&self) -> &tokio::runtime::Handle {
         self.executor.handle()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millicores_convert_to_fuel_at_the_host_rate() {
+        let mut c = HostConfig::new("/nonexistent", [0; 32]);
+        c.fuel_per_cpu_ms = 1_000_000;
+        assert_eq!(c.fuel_per_second_for(1000), 1_000_000_000, "one core");
+        assert_eq!(c.fuel_per_second_for(100), 100_000_000);
+        assert_eq!(c.fuel_per_second_for(u64::MAX), u64::MAX);
     }
 }

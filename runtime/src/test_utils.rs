@@ -307,3 +307,9 @@ pub fn activate_once(host: &Host, module: &CompiledModule) -> Result<i32, crate:
         running.poll().await
     })
 }
+
+/// CPU time this thread has used so far (wall time where the OS has no per-thread clock); the
+/// clock the runtime charges guest calls by.
+pub fn thread_cpu_time() -> std::time::Duration {
+    std::time::Duration::from_nanos(crate::guard::thread_cpu_nanos(std::time::Instant::now()))
+}

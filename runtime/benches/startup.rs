@@ -71,10 +71,22 @@ fn bench(c: &mut Criterion) {
     }
     println!("instances per second (instantiate + first call + drop, 1 thread): {n}");
 
+    // This host's fuel rate, the value for `HostConfig::fuel_per_cpu_ms`: BUSY is 10 M loop
+    // iterations of 6 fuel each, and `activate_once` runs it on this thread.
+    let busy = test_utils::compile(&host, BUSY);
+    let cpu = test_utils::thread_cpu_time();
+    for _ in 0..5 {
+        activate_once(&host, &busy).unwrap();
+    }
+    let ms = (test_utils::thread_cpu_time() - cpu).as_secs_f64() * 1000.0;
+    println!(
+        "fuel per CPU millisecond (HostConfig::fuel_per_cpu_ms): {:.0}",
+        5.0 * 60_000_000.0 / ms
+    );
+
     // Fuel overhead: the same busy loop with and without fuel metering.
     let plain = wasmtime::Engine::default();
     let plain_module = wasmtime::Module::new(&plain, BUSY).unwrap();
-    let busy = test_utils::compile(&host, BUSY);
     let mut g = c.benchmark_group("runtime");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(2))

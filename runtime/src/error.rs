@@ -103,12 +103,24 @@ pub enum RuntimeError {
     /// The reading queue of a service is full.
     #[error("service {0} has a full reading queue; the oldest reading was dropped")]
     ReadingsFull(String),
-    /// The service thread could not be spawned.
-    #[error("spawning the thread for service {service} failed: {source}")]
-    Spawn {
+    /// The service's limits are unusable (zero or absurd values).
+    #[error("service {service}: {source}")]
+    BadLimits {
         /// The service id.
         service: String,
-        /// The OS error.
-        source: std::io::Error,
+        /// Which limit and why.
+        source: crate::LimitsError,
+    },
+    /// The service asks for more memory than this host allows any instance.
+    #[error(
+        "service {service} asks for {asked} bytes of memory but this host allows {max}; clamp its limits to the host's max_memory_bytes"
+    )]
+    OverHostMemory {
+        /// The service id.
+        service: String,
+        /// The requested `memory_bytes`.
+        asked: u64,
+        /// `HostConfig::max_memory_bytes`.
+        max: u64,
     },
 }

@@ -1,5 +1,6 @@
-//! The wasmtime engine of a node: pooling allocator and fuel sized for an edge device, a linker
-//! with WASI preview 1 and the `"agora"` imports, and an on-disk cache of compiled artifacts.
+//! The wasmtime engine of a node: pooling allocator, fuel and epoch interruption sized for an
+//! edge device, a linker with (async) WASI preview 1 and the `"agora"` imports, the runtime
+//! guests run on, and an on-disk cache of compiled artifacts.
 //!
 //! Cached artifacts are loaded with wasmtime's `unsafe` deserializer, so the cache only accepts
 //! files this node wrote: each artifact carries a blake3 keyed MAC over (module CID, engine
@@ -7,6 +8,7 @@
 //! and an artifact is only ever written after its source bytes matched the module's CID.
 
 mod cache;
+mod executor;
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -20,6 +22,8 @@ use wasmtime::{
 use crate::state::StoreState;
 use crate::{ModuleId, RuntimeError};
 use cache::ArtifactCache;
+pub use executor::EPOCH_TICK;
+use executor::GuestExecutor;
 
 /// Host-wide engine settings; the node builds this from its config file.
 #[derive(Clone, Debug)]
@@ -34,10 +38,20 @@ pub struct HostConfig {
     pub max_memory_bytes: u64,
     /// Maximum guest stack in bytes.
     pub max_wasm_stack: usize,
+    /// Threads of the runtime all guests share. Guests yield every [`EPOCH_TICK`] and a
+    /// sleeping guest holds no thread, so this bounds the cores guests can use, not how many
+    /// can run.
+    pub guest_threads: usize,
+    /// Fuel this host's CPU burns per millisecond of guest code (measure it with
+    /// `cargo bench -p agora-runtime --bench startup`). A guest call is charged the larger of
+    /// its fuel and its CPU time at this rate, so host work that wasm fuel does not count
+    /// (WASI calls such as `random_get`) is still paid for.
+    pub fuel_per_cpu_ms: u64,
 }
 
 impl HostConfig {
-    /// Edge-device defaults: 16 instances of at most 128 MiB, 512 KiB guest stack.
+    /// Edge-device defaults: 16 instances of at most 128 MiB, 512 KiB guest stack, 2 guest
+    /// threads, 250 M fuel per CPU second (a slow edge core; faster hosts should raise it).
     pub fn new(cache_dir: impl Into<PathBuf>, artifact_key: [u8; 32]) -> Self {
         Self {
             cache_dir: cache_dir.into(),
@@ -45,7 +59,18 @@ impl HostConfig {
             max_instances: 16,
             max_memory_bytes: 128 << 20,
             max_wasm_stack: 512 << 10,
+            guest_threads: 2,
+            fuel_per_cpu_ms: 250_000,
         }
+    }
+}
+
+impl HostConfig {
+    /// The `fuel_per_second` that buys `cpu_millis` millicores of this host's CPU (a contract's
+    /// `cpu_millis` as a [`crate::ServiceLimits`] ceiling): `cpu_millis` CPU-milliseconds per
+    /// second at [`Self::fuel_per_cpu_ms`].
+    pub fn fuel_per_second_for(&self, cpu_millis: u64) -> u64 {
+        cpu_millis.saturating_mul(self.fuel_per_cpu_ms)
     }
 }
 
@@ -82,12 +107,14 @@ impl std::fmt::Debug for CompiledModule {
     }
 }
 
-/// The node's wasm engine; cheap to share behind an `Arc`.
+/// The node's wasm engine; cheap to share behind an `Arc`. Dropping it stops its epoch ticker
+/// and its guest runtime (stop services first: their tasks are dropped with the runtime).
 pub struct Host {
     engine: Engine,
     linker: Linker<StoreState>,
     cache: ArtifactCache,
     config: HostConfig,
+    executor: GuestExecutor,
 }
 
 /// A `Hasher` over blake3, so the engine compatibility hash is stable across processes.
@@ -118,15 +145,26 @@ impl Host {
             .max_memories_per_module(1)
             .max_tables_per_module(4)
             .max_memory_size(max_memory);
+        if config.fuel_per_cpu_ms == 0 {
+            return Err(RuntimeError::Engine(
+                "fuel_per_cpu_ms is 0; set it to the fuel this host runs per millisecond".into(),
+            ));
+        }
         let mut wasm = Config::new();
+        // Host functions run on the guest's fiber stack above its wasm stack: keep 1 MiB.
+        let async_stack = config.max_wasm_stack.saturating_add(1 << 20).max(2 << 20);
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .consume_fuel(true)
+            .epoch_interruption(true)
+            .async_stack_size(async_stack)
             .max_wasm_stack(config.max_wasm_stack)
             .parallel_compilation(true);
         let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(e.to_string()))?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut StoreState| &mut s.wasi)
+        // The async WASI functions: a guest's sleep (`poll_oneoff`) is a tokio timer that a
+        // stop cancels, never a blocked thread.
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut StoreState| &mut s.wasi)
             .map_err(|e| RuntimeError::Engine(e.to_string()))?;
         crate::abi::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
 
@@ -134,11 +172,14 @@ impl Host {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
         let cache = ArtifactCache::open(config.cache_dir.clone(), config.artifact_key, compat)?;
+        let executor = GuestExecutor::start(&engine, config.guest_threads)
+            .map_err(|e| RuntimeError::Engine(format!("starting the guest threads: {e}")))?;
         Ok(Arc::new(Self {
             engine,
             linker,
             cache,
             config,
+            executor,
         }))
     }
 
@@ -212,5 +253,24 @@ impl Host {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The runtime guest tasks run on.
+    pub(crate) fn guests(&self) -> &tokio::runtime::Handle {
+        self.executor.handle()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millicores_convert_to_fuel_at_the_host_rate() {
+        let mut c = HostConfig::new("/nonexistent", [0; 32]);
+        c.fuel_per_cpu_ms = 1_000_000;
+        assert_eq!(c.fuel_per_second_for(1000), 1_000_000_000, "one core");
+        assert_eq!(c.fuel_per_second_for(100), 100_000_000);
+        assert_eq!(c.fuel_per_second_for(u64::MAX), u64::MAX);
     }
 }

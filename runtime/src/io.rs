@@ -2,10 +2,11 @@
 //! bounded log. Every buffer here is bounded so a guest cannot grow host memory without limit.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 /// Largest sensor reading accepted by `push_reading`.
 pub const MAX_READING_BYTES: usize = 64 << 10;
@@ -17,6 +18,8 @@ pub const MAX_KV_KEY_BYTES: usize = 256;
 pub const MAX_KV_VALUE_BYTES: usize = 16 << 10;
 /// Largest single `log` line kept.
 pub const MAX_LOG_LINE_BYTES: usize = 4 << 10;
+/// Most entries one `kv_scan` call returns (and a [`KvStore::scan`] is asked for).
+pub const MAX_KV_SCAN_ITEMS: usize = 64;
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -36,12 +39,36 @@ pub struct Published {
     pub digest: [u8; 32],
 }
 
+/// A [`KvStore`] that does not implement an operation (the guest sees `-3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("this key-value store does not support {0}; implement it in the KvStore")]
+pub struct KvUnsupported(pub &'static str);
+
+/// Entries returned by [`KvStore::scan`], as (key, value) pairs in key order.
+pub type KvEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The small persistent key-value store a service sees; one namespace per service.
 pub trait KvStore: Send + Sync {
     /// The value under `key` in `namespace`, if any.
     fn get(&self, namespace: &str, key: &[u8]) -> Option<Vec<u8>>;
     /// Stores `value`; returns false when a size or count bound would be exceeded.
     fn put(&self, namespace: &str, key: &[u8], value: &[u8]) -> bool;
+    /// Removes `key`; returns whether it was there.
+    fn delete(&self, namespace: &str, key: &[u8]) -> Result<bool, KvUnsupported> {
+        let _ = (namespace, key);
+        Err(KvUnsupported("delete"))
+    }
+    /// Up to `max_items` entries of `namespace` with keys `>= start`, in key order. The host
+    /// never asks for more than [`MAX_KV_SCAN_ITEMS`], so one call's work stays bounded.
+    fn scan(
+        &self,
+        namespace: &str,
+        start: &[u8],
+        max_items: usize,
+    ) -> Result<KvEntries, KvUnsupported> {
+        let _ = (namespace, start, max_items);
+        Err(KvUnsupported("scan"))
+    }
 }
 
 /// (namespace, key) → value.
@@ -85,7 +112,10 @@ impl KvStore for MemoryKv {
         let mut map = lock(&self.inner);
         let k = (namespace.to_string(), key.to_vec());
         if !map.contains_key(&k) {
-            let used = map.keys().filter(|(ns, _)| ns == namespace).count();
+            // Count only this namespace's keys (a range, not a walk over every namespace).
+            let used = namespace_range(&map, namespace, &[])
+                .take(self.max_entries)
+                .count();
             if used >= self.max_entries {
                 return false;
             }
@@ -93,6 +123,38 @@ impl KvStore for MemoryKv {
         map.insert(k, value.to_vec());
         true
     }
+
+    fn delete(&self, namespace: &str, key: &[u8]) -> Result<bool, KvUnsupported> {
+        Ok(lock(&self.inner)
+            .remove(&(namespace.to_string(), key.to_vec()))
+            .is_some())
+    }
+
+    fn scan(
+        &self,
+        namespace: &str,
+        start: &[u8],
+        max_items: usize,
+    ) -> Result<KvEntries, KvUnsupported> {
+        let map = lock(&self.inner);
+        Ok(namespace_range(&map, namespace, start)
+            .take(max_items.min(MAX_KV_SCAN_ITEMS))
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// The entries of `namespace` with keys `>= start`, in order.
+fn namespace_range<'a>(
+    map: &'a KvMap,
+    namespace: &'a str,
+    start: &[u8],
+) -> impl Iterator<Item = (&'a (String, Vec<u8>), &'a Vec<u8>)> + 'a {
+    map.range((
+        Bound::Included((namespace.to_string(), start.to_vec())),
+        Bound::Unbounded,
+    ))
+    .take_while(move |((ns, _), _)| ns == namespace)
 }
 
 /// Bounded FIFO of sensor readings waiting for a service; drops the oldest when full.
@@ -100,7 +162,7 @@ impl KvStore for MemoryKv {
 pub(crate) struct ReadingQueue {
     capacity: usize,
     queue: Mutex<VecDeque<Vec<u8>>>,
-    ready: Condvar,
+    ready: Notify,
 }
 
 impl ReadingQueue {
@@ -108,7 +170,7 @@ impl ReadingQueue {
         Self {
             capacity: capacity.max(1),
             queue: Mutex::new(VecDeque::new()),
-            ready: Condvar::new(),
+            ready: Notify::new(),
         }
     }
 
@@ -123,7 +185,8 @@ impl ReadingQueue {
         };
         q.push_back(reading);
         drop(q);
-        self.ready.notify_all();
+        // Stores a permit if the service is busy, so the next `readable` returns at once.
+        self.ready.notify_one();
         !dropped
     }
 
@@ -142,29 +205,11 @@ impl ReadingQueue {
         lock(&self.queue).is_empty()
     }
 
-    /// Blocks until a reading is queued, [`Self::wake`] is called, or `timeout` passes.
-    pub(crate) fn wait(&self, timeout: Duration) {
-        let q = lock(&self.queue);
-        if q.is_empty() {
-            let _unused = self
-                .ready
-                .wait_timeout(q, timeout)
-                .unwrap_or_else(PoisonError::into_inner);
+    /// Completes when a reading may be queued (at once if one is).
+    pub(crate) async fn readable(&self) {
+        if self.is_empty() {
+            self.ready.notified().await;
         }
-    }
-
-    /// Sleeps up to `timeout` even if readings are queued; [`Self::wake`] ends it early.
-    pub(crate) fn throttle_wait(&self, timeout: Duration) {
-        let q = lock(&self.queue);
-        let _unused = self
-            .ready
-            .wait_timeout(q, timeout)
-            .unwrap_or_else(PoisonError::into_inner);
-    }
-
-    /// Wakes a waiting service thread (used by stop requests).
-    pub(crate) fn wake(&self) {
-        self.ready.notify_all();
     }
 }
 
@@ -225,6 +270,27 @@ mod tests {
         assert_eq!(kv.get("b", b"k1").unwrap(), b"other");
         assert!(!kv.put("a", &[0; MAX_KV_KEY_BYTES + 1], b""));
         assert!(!kv.put("b", b"k2", &vec![0; MAX_KV_VALUE_BYTES + 1]));
+    }
+
+    #[test]
+    fn kv_delete_and_bounded_scan_stay_in_their_namespace() {
+        let kv = MemoryKv::new(1000);
+        for i in 0..200u32 {
+            assert!(kv.put("a", &i.to_be_bytes(), b"v"));
+        }
+        assert!(kv.put("b", b"", b"other"));
+        assert!(kv.put("aa", b"", b"other"));
+        let page = kv.scan("a", &[], 10_000).unwrap();
+        assert_eq!(page.len(), MAX_KV_SCAN_ITEMS, "a scan is capped per call");
+        assert_eq!(page[0].0, 0u32.to_be_bytes());
+        let next = kv.scan("a", &190u32.to_be_bytes(), 64).unwrap();
+        assert_eq!(next.len(), 10);
+        assert_eq!(next[0].0, 190u32.to_be_bytes());
+        assert!(kv.scan("c", &[], 64).unwrap().is_empty());
+        assert_eq!(kv.delete("a", &5u32.to_be_bytes()), Ok(true));
+        assert_eq!(kv.delete("a", &5u32.to_be_bytes()), Ok(false));
+        assert_eq!(kv.get("a", &5u32.to_be_bytes()), None);
+        assert_eq!(kv.get("b", b"").unwrap(), b"other");
     }
 
     #[test]

@@ -5,10 +5,27 @@
 //! 1. [`Host::new`] builds one pooling-allocator engine sized for an edge device.
 //! 2. [`Host::load`] checks the module bytes against their [`ModuleId`] (a CID), then compiles
 //!    them, or reuses an artifact this node compiled earlier (MAC-checked, see [`host`]).
-//! 3. [`ServiceManager::stage`] keeps the compiled module idle (`Staged`, the standby-insurance
-//!    state); [`ServiceManager::start`] instantiates and runs it (`Active`) on its own thread
-//!    until it stops with a [`StopReason`] (`Stopped`), which is QoS evidence together with
-//!    its [`Metering`].
+//! 3. The node builds the service's limits with [`ServiceLimits::clamp_to`] (the manifest's
+//!    request under the contract's ceiling).
+//! 4. [`ServiceManager::stage`] keeps the compiled module idle (`Staged`, the standby-insurance
+//!    state); [`ServiceManager::start`] instantiates and runs it (`Active`) as a task on the
+//!    host's guest runtime until it stops with a [`StopReason`] (`Stopped`), which is QoS
+//!    evidence together with its [`Metering`].
+//!
+//! # Stopping any guest
+//! A stop request or the end of the lifetime ends a guest within about one
+//! [`host::EPOCH_TICK`] (10 ms) whatever it does: running code is interrupted by wasmtime's
+//! epoch check (loop back-edges, function entries), and every guest call is an async future
+//! raced against the stop, so a guest waiting in a host call (a WASI `poll_oneoff` sleep) is
+//! cancelled. Guests run on a few shared threads ([`HostConfig::guest_threads`]): a sleeping
+//! guest holds none, and a busy one yields at every tick. Its store is dropped (pool slot and
+//! memory freed) before it reports `Stopped`.
+//!
+//! # CPU accounting
+//! Each guest call gets one second's fuel ([`ServiceLimits::fuel_per_second`]) and is charged
+//! the larger of (instructions + host-call fuel, see [`host_fuel`]) and its CPU time at
+//! [`HostConfig::fuel_per_cpu_ms`]; running out is `CpuLimit`. The per-second window throttles
+//! sustained use to the budget.
 //!
 //! # Guest ABI (version 1)
 //! Callback model, chosen so activation is "instantiate + one call" on a precompiled module:
@@ -25,19 +42,37 @@
 //!     is smaller than the reading's `len` (it stays queued; retry with a bigger buffer).
 //!   - `publish(ptr, len) -> i32`: queue a north-bound message; `0` ok, `-1` outbox full (retry
 //!     later), `-2` message larger than [`io::MAX_PUBLISH_BYTES`].
-//!   - `kv_get(kptr, klen, vptr, vcap) -> i32`: value length, `-1` missing, `-2` `vcap` too small.
+//!   - `kv_get(kptr, klen, vptr, vcap) -> i32`: value length, `-1` missing (or key longer than
+//!     [`io::MAX_KV_KEY_BYTES`]), `-2` `vcap` too small.
 //!   - `kv_put(kptr, klen, vptr, vlen) -> i32`: `0` ok, `-1` key/value/store bounds exceeded.
-//!   - `log(ptr, len)`: append a line to the service log.
+//!   - `kv_delete(kptr, klen) -> i32`: `1` deleted, `0` absent, `-1` key too long, `-3` the
+//!     node's store does not support it.
+//!   - `kv_scan(sptr, slen, bptr, bcap) -> i32`: writes up to [`io::MAX_KV_SCAN_ITEMS`] entries
+//!     with keys `>=` the start key into `bptr`, in key order, each as `key_len: u32 LE,
+//!     value_len: u32 LE, key, value`; returns how many (`0`: none left), `-needed` (at most
+//!     `-8`) when the first entry does not fit in `bcap`, `-1` start key too long, `-3`
+//!     unsupported. To continue, scan again from the last key followed by a `0` byte.
+//!   - `log(ptr, len)`: append a line to the service log (at most
+//!     [`io::MAX_LOG_LINE_BYTES`] kept).
 //!   - `now_ms() -> i64`: wall-clock milliseconds since the Unix epoch.
+//! - Every import costs fuel (see [`host_fuel`]); a call the budget cannot pay traps
+//!   (`CpuLimit`).
 //! - WASI preview 1 is linked with nothing granted: no preopened directories, no sockets, no
 //!   environment and no arguments unless the [`ServiceSpec`] lists them. stdout and stderr go to a
 //!   bounded log buffer; an instance writing more than `max_output_bytes` in total stops with
-//!   `StopReason::OutputLimit`.
+//!   `StopReason::OutputLimit`. WASI calls are the async ones: `poll_oneoff` sleeps on a timer
+//!   without holding a thread, and a stop cancels the sleep. One `random_get` may ask for at
+//!   most 64 KiB (more traps).
 //!
 //! # Known limits (not done yet)
-//! - CPU is budgeted in fuel (≈ wasm instructions), not millicores; time a guest spends blocked
-//!   inside a host call (e.g. WASI `poll_oneoff` with a clock timeout) costs no fuel and a stop
-//!   request waits for that call to return.
+//! - CPU is budgeted in fuel (≈ wasm instructions, floored by CPU time), not millicores. Time a
+//!   guest spends asleep in WASI costs nothing but holds its instance slot until it is stopped
+//!   or its lifetime ends.
+//! - A single synchronous host call is not interruptible; each is bounded instead (sizes,
+//!   `kv_scan` items), and a slow [`KvStore`] delays the guest's stop by one call. Likewise one
+//!   bulk-memory instruction (`memory.fill`/`memory.copy`, charged a fuel per byte) runs to
+//!   its end: a stop can wait for one pass over the guest's whole memory, which
+//!   [`HostConfig::max_memory_bytes`] bounds.
 //! - [`MemoryKv`] is in-memory only; a persistent store (e.g. sled in `node`) implements
 //!   [`KvStore`].
 //! - Containers ([`CliExecutor`]) get the limits of [`ContainerSpec`] but no manager, metering
@@ -45,25 +80,32 @@
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-mod abi;
+pub(crate) mod abi;
 pub mod container;
 mod error;
+mod guard;
 pub mod host;
 pub mod io;
 mod limits;
 pub mod manager;
 mod module_id;
 mod state;
+pub use abi::fuel as host_fuel;
 pub use container::{CliExecutor, ContainerError, ContainerSpec, Executor};
 pub use error::RuntimeError;
 pub use host::{CompiledModule, Host, HostConfig};
-pub use io::{KvStore, MemoryKv, Published};
-pub use limits::{Metering, ServiceLimits, StopReason};
+pub use io::{KvEntries, KvStore, KvUnsupported, MemoryKv, Published};
+pub use limits::{
+    LimitsError, LimitsSide, MAX_FUEL_PER_SECOND, MAX_INSTANCES, MAX_MEMORY_BYTES,
+    MIN_FUEL_PER_SECOND, MIN_MEMORY_BYTES, Metering, ServiceLimits, StopReason,
+};
 
 pub use manager::{
     Health, RestartPolicy, ServiceId, ServiceManager, ServiceSpec, ServiceState, ServiceStatus,
 };
-pub use module_id::ModuleId;
+pub use module_id::{MAX_MODULE_ID_BYTES, MAX_MODULE_ID_CHARS, ModuleId};
 
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fuzz;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;

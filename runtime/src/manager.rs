@@ -1,19 +1,19 @@
-//! Service lifecycle: `Staged` (compiled, idle: standby insurance) → `Active` (own thread) →
-//! `Stopped(reason)`, with restart policy, health, logs and metering per service.
+//! Service lifecycle: `Staged` (compiled, idle: standby insurance) → `Active` (a task on the
+//! host's guest runtime) → `Stopped(reason)`, with restart policy, health, logs and metering
+//! per service.
 
 pub(crate) mod instance;
 mod run;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use crate::guard::StopSignal;
 use crate::host::{CompiledModule, Host};
 use crate::io::{KvStore, Published};
 use crate::state::ServiceIo;
@@ -52,7 +52,7 @@ pub enum RestartPolicy {
 pub enum ServiceState {
     /// Compiled and idle; activation is instantiate + call.
     Staged,
-    /// Running on its thread.
+    /// Running (a task on the host's guest runtime).
     Active,
     /// Stopped, with the reason recorded as evidence.
     Stopped(StopReason),
@@ -65,7 +65,8 @@ pub struct ServiceSpec {
     pub id: ServiceId,
     /// The compiled module.
     pub module: CompiledModule,
-    /// Contract limits.
+    /// The limits it runs under: the manifest's request clamped to the contract's
+    /// ([`ServiceLimits::clamp_to`]); checked again when staged.
     pub limits: ServiceLimits,
     /// Restart policy.
     pub restart: RestartPolicy,
@@ -137,7 +138,7 @@ pub(crate) struct Live {
 /// State shared between the manager and a service's thread.
 pub(crate) struct Shared {
     io: Arc<ServiceIo>,
-    stop: AtomicBool,
+    stop: Arc<StopSignal>,
     live: Mutex<Live>,
     state_tx: watch::Sender<ServiceState>,
 }
@@ -145,10 +146,9 @@ pub(crate) struct Shared {
 struct Entry {
     spec: ServiceSpec,
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
-/// Runs services by id; each active service has its own OS thread.
+/// Runs services by id; each active service is a task on the host's guest runtime.
 pub struct ServiceManager {
     host: Arc<Host>,
     kv: Arc<dyn KvStore>,

@@ -10,6 +10,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
+use crate::guard::CallGuard;
 use crate::io::{KvStore, LogBuffer, Published, ReadingQueue};
 
 /// Host I/O shared between a service's manager entry and its running instance(s).
@@ -29,6 +30,8 @@ pub(crate) struct StoreState {
     pub wasi: WasiP1Ctx,
     pub limiter: MemoryLimiter,
     pub io: Arc<ServiceIo>,
+    /// Stop, lifetime and CPU-time checks run by the epoch callback.
+    pub guard: Arc<CallGuard>,
 }
 
 /// Raised (as the trap cause) when a guest grows memory beyond its contract limit.

@@ -106,6 +106,123 @@ pub const BAD_POINTER: &str = r#"(module
   (func (export "agora_poll") (result i32)
     (call $publish (i32.const 65500) (i32.const 100))))"#;
 
+/// Prefix of the guests below that log `ready` before misbehaving, so a test can wait for it.
+macro_rules! logs_ready_then {
+    ($imports:literal, $body:literal) => {
+        concat!(
+            r#"(module
+  (import "agora" "log" (func $log (param i32 i32)))
+"#,
+            $imports,
+            r#"
+  (memory (export "memory") 1)
+  (data (i32.const 0) "ready")
+  (table $t 1 funcref)
+  (func (export "agora_poll") (result i32)
+    (call $log (i32.const 0) (i32.const 5))
+"#,
+            $body,
+            r#"
+    (i32.const 0)))"#
+        )
+    };
+}
+
+/// Logs `ready`, then spins in a tight loop inside one call.
+pub const BUSY_FOREVER: &str = logs_ready_then!("", "(loop $l (br $l))");
+
+/// Logs `ready`, then calls the host (`kv_get` of a missing key, `now_ms`) in a loop forever.
+pub const HOST_CALLS_FOREVER: &str = logs_ready_then!(
+    r#"(import "agora" "kv_get" (func $get (param i32 i32 i32 i32) (result i32)))
+  (import "agora" "now_ms" (func $now (result i64)))"#,
+    r#"(loop $l
+      (drop (call $get (i32.const 0) (i32.const 5) (i32.const 64) (i32.const 64)))
+      (drop (call $now))
+      (br $l))"#
+);
+
+/// Logs `ready`, then sleeps "forever" in WASI `poll_oneoff` (one relative monotonic clock
+/// subscription with a timeout of `u64::MAX` ns), over and over.
+pub const SLEEP_FOREVER: &str = logs_ready_then!(
+    r#"(import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))"#,
+    r#"(i32.store (i32.const 256) (i32.const 1))
+    (i64.store (i32.const 264) (i64.const -1))
+    (loop $l
+      (drop (call $poll_oneoff (i32.const 240) (i32.const 512) (i32.const 1) (i32.const 600)))
+      (br $l))"#
+);
+
+/// Logs `ready`, asks to grow its table by a million entries, then by ten thousand in a loop
+/// forever (wasmtime charges table growth a fuel per element, so this loop lasts).
+pub const TABLE_GROW_FOREVER: &str = logs_ready_then!(
+    "",
+    r#"(drop (table.grow $t (ref.null func) (i32.const 1000000)))
+    (loop $l (drop (table.grow $t (ref.null func) (i32.const 10000))) (br $l))"#
+);
+
+/// Logs `ready`, then fills its 64 KiB memory with WASI `random_get` in a loop forever: host
+/// work that costs the guest only a few fuel per call.
+pub const RANDOM_FOREVER: &str = logs_ready_then!(
+    r#"(import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))"#,
+    r#"(loop $l (drop (call $random (i32.const 0) (i32.const 65536))) (br $l))"#
+);
+
+/// Logs `ready`, then asks for 4 GiB of memory in one `memory.grow`.
+pub const MEMORY_GROW_HUGE: &str = logs_ready_then!("", "(drop (memory.grow (i32.const 65535)))");
+
+/// Logs `ready`, then `kv_put`s the key `ready` in a loop forever.
+pub const KV_PUT_FOREVER: &str = logs_ready_then!(
+    r#"(import "agora" "kv_put" (func $put (param i32 i32 i32 i32) (result i32)))"#,
+    r#"(loop $l (drop (call $put (i32.const 0) (i32.const 5) (i32.const 0) (i32.const 8))) (br $l))"#
+);
+
+/// Grows memory by `extra_pages` 64 KiB pages (trapping if refused), logs `ready`, then fills
+/// all of it with `memory.fill` in a loop forever: each fill is one instruction that the epoch
+/// check cannot split (wasmtime charges it a fuel per byte).
+pub fn memory_fill_forever(extra_pages: u32) -> String {
+    let bytes = (u64::from(extra_pages) + 1) * 65536;
+    format!(
+        r#"(module
+  (import "agora" "log" (func $log (param i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "ready")
+  (func (export "agora_poll") (result i32)
+    (if (i32.lt_s (memory.grow (i32.const {extra_pages})) (i32.const 0)) (then unreachable))
+    (call $log (i32.const 0) (i32.const 5))
+    (loop $l (memory.fill (i32.const 0) (i32.const 171) (i32.const {bytes})) (br $l))
+    (i32.const 0)))"#
+    )
+}
+
+/// Deletes the key `00 00 00 05`, scans from the empty key into a 64 KiB buffer, publishes
+/// 4096 bytes `[delete result: i32 LE][scan result: i32 LE][page...]` and exits with 1.
+pub const KV_DELETE_AND_SCAN: &str = r#"(module
+  (import "agora" "kv_scan" (func $scan (param i32 i32 i32 i32) (result i32)))
+  (import "agora" "kv_delete" (func $del (param i32 i32) (result i32)))
+  (import "agora" "publish" (func $publish (param i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 0) "\00\00\00\05")
+  (func (export "agora_poll") (result i32)
+    (i32.store (i32.const 16) (call $del (i32.const 0) (i32.const 4)))
+    (i32.store (i32.const 20) (call $scan (i32.const 0) (i32.const 0) (i32.const 24) (i32.const 65536)))
+    (drop (call $publish (i32.const 16) (i32.const 4096)))
+    (i32.const 1)))"#;
+
+/// Decodes a `kv_scan` page of `count` entries (see the guest ABI); `None` if malformed.
+pub fn decode_scan_page(mut page: &[u8], count: usize) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let klen = u32::from_le_bytes(page.get(..4)?.try_into().ok()?) as usize;
+        let vlen = u32::from_le_bytes(page.get(4..8)?.try_into().ok()?) as usize;
+        let key = page.get(8..8 + klen)?.to_vec();
+        let value = page.get(8 + klen..8 + klen + vlen)?.to_vec();
+        page = &page[8 + klen + vlen..];
+        out.push((key, value));
+    }
+    Some(out)
+}
+
 /// Builds `examples/lora-gateway` for wasm32-wasip1 and returns the module bytes.
 pub fn lora_gateway_wasm() -> Result<Vec<u8>, String> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lora-gateway/Cargo.toml");
@@ -150,26 +267,49 @@ pub fn lora_frame(device: u32, seq: u32, temp_centi: i16, hum_centi: u16) -> Vec
     b
 }
 
-/// Instantiates `module` as a fresh service instance and makes its first `agora_poll` call,
-/// the activation path of a staged service without the manager's thread (used by benches).
-pub fn activate_once(host: &Host, module: &CompiledModule) -> Result<i32, crate::StopReason> {
+/// Host I/O for a service instance driven without a manager (benches, fuzzing).
+pub(crate) fn bare_io(kv: Arc<dyn crate::KvStore>) -> Arc<crate::state::ServiceIo> {
     use std::sync::atomic::AtomicU64;
 
-    use crate::io::{LogBuffer, MemoryKv, ReadingQueue};
-    use crate::state::ServiceIo;
-
+    use crate::io::{LogBuffer, ReadingQueue};
     let (outbox, _rx) = tokio::sync::mpsc::channel(1);
-    let io = Arc::new(ServiceIo {
+    Arc::new(crate::state::ServiceIo {
         service: "bench".into(),
-        readings: ReadingQueue::new(1),
+        readings: ReadingQueue::new(4),
         log: LogBuffer::new(1024),
-        kv: Arc::new(MemoryKv::new(1)),
+        kv,
         outbox,
         readings_processed: AtomicU64::new(0),
         readings_dropped: AtomicU64::new(0),
         published: AtomicU64::new(0),
-    });
+    })
+}
+
+/// Launch parameters for an instance of `host` with no stop request and no lifetime.
+pub(crate) fn bare_launch(host: &Host) -> crate::manager::instance::Launch {
+    crate::manager::instance::Launch {
+        engine: host.engine().clone(),
+        fuel_per_cpu_ms: host.config().fuel_per_cpu_ms,
+        stop: Arc::new(crate::guard::StopSignal::default()),
+        deadline: None,
+    }
+}
+
+/// Instantiates `module` as a fresh service instance and makes its first `agora_poll` call,
+/// the activation path of a staged service without the manager's task (used by benches).
+/// Blocks on the host's guest runtime: call it from a thread outside any tokio runtime.
+pub fn activate_once(host: &Host, module: &CompiledModule) -> Result<i32, crate::StopReason> {
+    let io = bare_io(Arc::new(crate::MemoryKv::new(1)));
     let spec = crate::ServiceSpec::new("bench", module.clone(), crate::ServiceLimits::default());
-    let mut running = crate::manager::instance::Running::start(host, module, &spec, io)?;
-    running.poll()
+    host.guests().block_on(async {
+        let mut running =
+            crate::manager::instance::Running::start(bare_launch(host), module, &spec, io).await?;
+        running.poll().await
+    })
+}
+
+/// CPU time this thread has used so far (wall time where the OS has no per-thread clock); the
+/// clock the runtime charges guest calls by.
+pub fn thread_cpu_time() -> std::time::Duration {
+    std::time::Duration::from_nanos(crate::guard::thread_cpu_nanos(std::time::Instant::now()))
 }

@@ -209,3 +209,28 @@ async fn exhausted_instance_pool_is_a_start_failure_not_a_crash() {
     assert!(matches!(reason, StopReason::StartFailed(_)), "{reason:?}");
     assert_eq!(manager.state(&"one".into()).unwrap(), ServiceState::Active);
 }
+
+#[test]
+fn stage_refuses_unusable_limits() {
+    let h = harness();
+    let module = test_utils::compile(&h.host, ECHO);
+    let mut limits = tight();
+    limits.fuel_per_second = 0;
+    let err = h
+        .manager
+        .stage(ServiceSpec::new("zero", module.clone(), limits))
+        .unwrap_err();
+    match &err {
+        RuntimeError::BadLimits { service, source } => {
+            assert_eq!(service, "zero");
+            assert_eq!(source.field, "fuel_per_second");
+        }
+        other => panic!("expected BadLimits, got {other:?}"),
+    }
+    let mut limits = tight();
+    limits.memory_bytes = h.host.config().max_memory_bytes + 65536;
+    assert!(matches!(
+        h.manager.stage(ServiceSpec::new("big", module, limits)),
+        Err(RuntimeError::OverHostMemory { .. })
+    ));
+}

@@ -2,19 +2,21 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
+use super::run::HostParts;
 use super::{
     Entry, Health, Live, ServiceId, ServiceManager, ServiceSpec, ServiceState, ServiceStatus,
     Shared,
 };
+use crate::guard::StopSignal;
 use crate::host::Host;
 use crate::io::{KvStore, LogBuffer, Published, ReadingQueue, lock};
 use crate::state::ServiceIo;
-use crate::{Metering, RuntimeError, StopReason};
+use crate::{LimitsSide, Metering, RuntimeError, StopReason};
 
 impl ServiceManager {
     /// A manager on `host` using `kv` for guest storage; published messages arrive on the
@@ -34,8 +36,23 @@ impl ServiceManager {
         (manager, rx)
     }
 
-    /// Registers a compiled service as `Staged` (idle, ready for instant activation).
+    /// Registers a compiled service as `Staged` (idle, ready for instant activation). Its
+    /// limits must pass [`crate::ServiceLimits::validate`] and fit the host's memory ceiling.
     pub fn stage(&self, spec: ServiceSpec) -> Result<(), RuntimeError> {
+        spec.limits
+            .validate(LimitsSide::Requested)
+            .map_err(|source| RuntimeError::BadLimits {
+                service: spec.id.0.clone(),
+                source,
+            })?;
+        let host_max = self.host.config().max_memory_bytes;
+        if spec.limits.memory_bytes > host_max {
+            return Err(RuntimeError::OverHostMemory {
+                service: spec.id.0.clone(),
+                asked: spec.limits.memory_bytes,
+                max: host_max,
+            });
+        }
         let mut services = lock(&self.services);
         if services.contains_key(&spec.id) {
             return Err(RuntimeError::DuplicateService(spec.id.0.clone()));
@@ -53,7 +70,7 @@ impl ServiceManager {
         let (state_tx, _) = watch::channel(ServiceState::Staged);
         let shared = Arc::new(Shared {
             io,
-            stop: AtomicBool::new(false),
+            stop: Arc::new(StopSignal::default()),
             live: Mutex::new(Live {
                 state: ServiceState::Staged,
                 metering: Metering::default(),
@@ -65,20 +82,13 @@ impl ServiceManager {
             state_tx,
         });
         tracing::debug!(service = %spec.id, module = %spec.module.id(), "service staged");
-        services.insert(
-            spec.id.clone(),
-            Entry {
-                spec,
-                shared,
-                thread: None,
-            },
-        );
+        services.insert(spec.id.clone(), Entry { spec, shared });
         Ok(())
     }
 
-    /// Activates a `Staged` or `Stopped` service on a new thread.
+    /// Activates a `Staged` or `Stopped` service as a task on the host's guest runtime.
     pub fn start(&self, id: &ServiceId) -> Result<(), RuntimeError> {
-        let mut services = lock(&self.services);
+        let services = lock(&self.services);
         let entry = services
             .get(id)
             .ok_or_else(|| RuntimeError::UnknownService(id.0.clone()))?;
@@ -103,52 +113,34 @@ impl ServiceManager {
                 max,
             });
         }
-        let entry = services
-            .get_mut(id)
-            .ok_or_else(|| RuntimeError::UnknownService(id.0.clone()))?;
-        if let Some(old) = entry.thread.take() {
-            // The previous run already reported Stopped, so this join returns at once.
-            let _ = old.join();
-        }
-        entry.shared.stop.store(false, Ordering::Relaxed);
+        entry.shared.stop.reset();
         {
             let mut live = lock(&entry.shared.live);
             live.state = ServiceState::Active;
             live.active_since = Some(Instant::now());
         }
         entry.shared.state_tx.send_replace(ServiceState::Active);
-        let (host, spec, shared) = (self.host.clone(), entry.spec.clone(), entry.shared.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("svc-{}", id.0.chars().take(10).collect::<String>()))
-            .spawn(move || super::run::run_service(host, spec, shared))
-            .map_err(|source| RuntimeError::Spawn {
-                service: id.0.clone(),
-                source,
-            });
-        match thread {
-            Ok(handle) => {
-                entry.thread = Some(handle);
-                tracing::info!(service = %id, %module, "service started");
-                Ok(())
-            }
-            Err(err) => {
-                let reason = StopReason::StartFailed(err.to_string());
-                lock(&entry.shared.live).state = ServiceState::Stopped(reason.clone());
-                entry
-                    .shared
-                    .state_tx
-                    .send_replace(ServiceState::Stopped(reason));
-                Err(err)
-            }
-        }
+        let parts = HostParts {
+            engine: self.host.engine().clone(),
+            fuel_per_cpu_ms: self.host.config().fuel_per_cpu_ms,
+        };
+        let (spec, shared) = (entry.spec.clone(), entry.shared.clone());
+        // The task is detached: it reports `Stopped` through `state_tx` when it ends.
+        drop(
+            self.host
+                .guests()
+                .spawn(super::run::run_service(parts, spec, shared)),
+        );
+        tracing::info!(service = %id, %module, "service started");
+        Ok(())
     }
 
-    /// Asks an active service to stop; it stops after its current guest call (bounded by one
-    /// second of fuel). Use [`Self::wait_stopped`] to wait for it.
+    /// Asks an active service to stop. It stops within about one epoch tick
+    /// ([`crate::host::EPOCH_TICK`]) whatever the guest is doing (computing, calling the host,
+    /// sleeping in WASI); its instance and memory are released before it reports `Stopped`.
+    /// Use [`Self::wait_stopped`] to wait for it.
     pub fn stop(&self, id: &ServiceId) -> Result<(), RuntimeError> {
-        let shared = self.shared(id)?;
-        shared.stop.store(true, Ordering::Relaxed);
-        shared.io.readings.wake();
+        self.shared(id)?.stop.request();
         Ok(())
     }
 
@@ -287,10 +279,9 @@ fn metering_now(shared: &Shared) -> Metering {
 
 impl Drop for ServiceManager {
     fn drop(&mut self) {
-        // Signal every service to stop; threads end after their current guest call.
+        // Signal every service to stop; each task ends within an epoch tick.
         for entry in lock(&self.services).values() {
-            entry.shared.stop.store(true, Ordering::Relaxed);
-            entry.shared.io.readings.wake();
+            entry.shared.stop.request();
         }
     }
 }

@@ -1,35 +1,44 @@
-//! The per-service thread: instantiate, poll on readings or ticks, throttle to the fuel budget,
-//! enforce the lifetime, restart per policy, and record the stop reason and metering.
+//! The per-service task: instantiate, poll on readings or ticks, throttle to the fuel budget,
+//! enforce the lifetime, restart per policy, and record the stop reason and metering. It runs
+//! on the host's guest runtime; every wait in it also ends on a stop request or the lifetime.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::host::Host;
+use wasmtime::Engine;
+
 use crate::io::lock;
-use crate::manager::instance::Running;
+use crate::manager::instance::{Launch, Running};
 use crate::manager::{RestartPolicy, ServiceSpec, ServiceState, Shared};
 use crate::{Metering, StopReason};
 
 /// How often `agora_health` is called while the service runs.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs a service until it stops for good; called on its own thread.
-pub(crate) fn run_service(host: Arc<Host>, spec: ServiceSpec, shared: Arc<Shared>) {
+/// What a service task needs from the host (never the `Host` itself: the task runs on the
+/// host's runtime, which must not be dropped from inside it).
+#[derive(Clone)]
+pub(crate) struct HostParts {
+    pub engine: Engine,
+    pub fuel_per_cpu_ms: u64,
+}
+
+/// Runs a service until it stops for good.
+pub(crate) async fn run_service(host: HostParts, spec: ServiceSpec, shared: Arc<Shared>) {
     let started = Instant::now();
+    // A lifetime too long to represent is no lifetime.
     let deadline = spec
         .limits
         .wall_clock_ms
-        .map(|ms| started + Duration::from_millis(ms));
+        .and_then(|ms| started.checked_add(Duration::from_millis(ms)));
     let mut restarts = 0u32;
     let reason = loop {
-        let reason = run_instance(&host, &spec, &shared, deadline);
+        let reason = run_instance(&host, &spec, &shared, deadline).await;
         let retry = match spec.restart {
             RestartPolicy::Never => false,
             RestartPolicy::OnFailure { max_restarts } => {
-                reason.is_failure()
-                    && restarts < max_restarts
-                    && !shared.stop.load(Ordering::Relaxed)
+                reason.is_failure() && restarts < max_restarts && !shared.stop.is_requested()
             }
         };
         if !retry {
@@ -53,14 +62,29 @@ fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Runs one instance to its stop reason, folding its usage into the shared metering.
-fn run_instance(
-    host: &Host,
+/// Sleeps for `d` unless a stop is requested first.
+async fn pause(shared: &Shared, d: Duration) {
+    tokio::select! {
+        () = shared.stop.requested() => {}
+        () = tokio::time::sleep(d) => {}
+    }
+}
+
+/// Runs one instance to its stop reason, folding its usage into the shared metering. The
+/// instance (store, memory, pool slot) is dropped before this returns.
+async fn run_instance(
+    host: &HostParts,
     spec: &ServiceSpec,
     shared: &Shared,
     deadline: Option<Instant>,
 ) -> StopReason {
-    let mut inst = match Running::start(host, &spec.module, spec, shared.io.clone()) {
+    let launch = Launch {
+        engine: host.engine.clone(),
+        fuel_per_cpu_ms: host.fuel_per_cpu_ms,
+        stop: shared.stop.clone(),
+        deadline,
+    };
+    let mut inst = match Running::start(launch, &spec.module, spec, shared.io.clone()).await {
         Ok(inst) => inst,
         Err(reason) => return reason,
     };
@@ -70,7 +94,7 @@ fn run_instance(
     let mut window = (Instant::now(), inst.fuel_used);
     let mut last_health = Instant::now();
     let reason = loop {
-        if shared.stop.load(Ordering::Relaxed) {
+        if shared.stop.is_requested() {
             break StopReason::Requested;
         }
         let now = Instant::now();
@@ -84,22 +108,24 @@ fn run_instance(
         if inst.fuel_used.saturating_sub(window.1) >= budget {
             // Budget for this second is spent: throttle until the window ends.
             let rest = Duration::from_secs(1).saturating_sub(now.duration_since(window.0));
-            shared.io.readings.throttle_wait(rest.min(until_deadline));
+            pause(shared, rest.min(until_deadline)).await;
             continue;
         }
         if shared.io.readings.is_empty() {
-            shared.io.readings.wait(tick.min(until_deadline));
-            if shared.stop.load(Ordering::Relaxed) {
-                continue;
+            let wait = tick.min(until_deadline);
+            tokio::select! {
+                () = shared.stop.requested() => continue,
+                () = shared.io.readings.readable() => {}
+                () = tokio::time::sleep(wait) => {}
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 continue;
             }
         }
-        let result = inst.poll();
-        if last_health.elapsed() >= HEALTH_INTERVAL {
+        let result = inst.poll().await;
+        if result.is_ok() && last_health.elapsed() >= HEALTH_INTERVAL {
             last_health = Instant::now();
-            match inst.health() {
+            match inst.health().await {
                 Some(Ok(h)) => lock(&shared.live).guest_health = Some(h),
                 Some(Err(reason)) => break reason,
                 None => {}
@@ -118,6 +144,7 @@ fn run_instance(
         }
     };
     fold(&mut lock(&shared.live).metering, &base, &inst, shared);
+    drop(inst);
     reason
 }
 

@@ -2,11 +2,12 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agora_runtime::test_utils;
 use agora_runtime::{
-    Host, MemoryKv, Published, ServiceId, ServiceLimits, ServiceManager, ServiceSpec, StopReason,
+    Host, HostConfig, KvStore, MemoryKv, Published, ServiceId, ServiceLimits, ServiceManager,
+    ServiceSpec, StopReason,
 };
 use tokio::sync::mpsc;
 
@@ -29,6 +30,36 @@ pub fn harness() -> Harness {
         host,
         manager,
         outbox,
+    }
+}
+
+/// A harness whose host config `tweak` adjusts and whose guests use `kv`.
+pub fn harness_with(tweak: impl FnOnce(&mut HostConfig), kv: Arc<dyn KvStore>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(dir.path().join("artifacts"), [42; 32]);
+    config.max_instances = 8;
+    config.max_memory_bytes = 64 << 20;
+    tweak(&mut config);
+    let host = Host::new(config).unwrap();
+    let (manager, outbox) = ServiceManager::new(host.clone(), kv, 64);
+    Harness {
+        dir,
+        host,
+        manager,
+        outbox,
+    }
+}
+
+/// Limits under which fuel would let one guest call run for minutes (50 G fuel per call, about
+/// 200 s of CPU at the default 250 M fuel per CPU second): only epoch interruption and
+/// cancellation can end a misbehaving guest within the tests' waits.
+pub fn roomy() -> ServiceLimits {
+    ServiceLimits {
+        memory_bytes: 40 << 20,
+        fuel_per_second: 50_000_000_000,
+        wall_clock_ms: None,
+        max_instances: 16,
+        max_output_bytes: 1 << 20,
     }
 }
 
@@ -63,6 +94,29 @@ impl Harness {
             .await
             .expect("service did not stop in time")
             .unwrap()
+    }
+
+    /// Waits until the service's log contains `marker` (e.g. a hostile guest's `ready`).
+    pub async fn logged(&self, id: &ServiceId, marker: &str) {
+        tokio::time::timeout(WAIT, async {
+            while !self.manager.logs(id).unwrap().contains(marker) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{id} never logged {marker:?}"));
+    }
+
+    /// Stops the service and returns why it stopped and how long that took (from the stop
+    /// request to `Stopped`, i.e. to its instance being dropped).
+    pub async fn stop_timed(&self, id: &ServiceId) -> (StopReason, Duration) {
+        let t = Instant::now();
+        self.manager.stop(id).unwrap();
+        let reason = tokio::time::timeout(WAIT, self.manager.wait_stopped(id))
+            .await
+            .unwrap_or_else(|_| panic!("{id} did not stop within {WAIT:?}"))
+            .unwrap();
+        (reason, t.elapsed())
     }
 
     pub async fn next_published(&mut self) -> Published {

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod ids;
 pub mod message;
 pub mod negotiation;
+pub mod nesting;
 #[cfg(test)]
 mod proptests;
 pub mod resources;

@@ -45,6 +45,10 @@ pub struct ProviderRules {
     pub location: Option<Location>,
     /// Reputation we claim in bids (permille); the node should set it from the ledger.
     pub reputation_permille: u16,
+    /// How long after an auction's window closes our bid keeps its capacity held while no award
+    /// names us, ms (the award grace). The hold also ends at the auction's expiry if sooner; an
+    /// award that comes later takes the capacity again if it is still free.
+    pub hold_grace_ms: u64,
 }
 
 impl Default for ProviderRules {
@@ -69,6 +73,7 @@ impl Default for ProviderRules {
             standby_discount_permille: 500,
             location: None,
             reputation_permille: 500,
+            hold_grace_ms: 120_000,
         }
     }
 }

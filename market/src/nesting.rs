@@ -1,7 +1,8 @@
 //! An iterative CBOR nesting check, run on peer bytes before serde_cbor decodes them.
 //!
-//! serde_cbor recurses once per array, map or tag level and stops at 128 levels; 128 levels of
-//! that recursion took 256 KiB to 1 MiB of stack in a debug build, too close to a 2 MiB async
+//! serde_cbor recurses once per array, map or tag level and stops at 128 levels; a
+//! `MarketMessage` with an unknown field holding 127 nested arrays needed 512-768 KiB of stack
+//! in a debug build (measured with threads of fixed stack sizes), a third of a 2 MiB async
 //! worker's stack. Our messages nest about 8 levels, so [`MAX_NESTING`] refuses deeper input
 //! without recursing. (`agora-storage` has the same check for its blocks; the crates may not
 //! depend on each other.)

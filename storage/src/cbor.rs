@@ -66,9 +66,9 @@ impl<'a> Cbor<'a> {
 
 /// Checks, without recursion, that the CBOR item at the front of `bytes` nests arrays, maps and
 /// tags at most `max_depth` deep (and has at most 2^20 items), before it is handed to a
-/// recursive decoder. serde_cbor stops at 128 levels, but 128 levels of its recursion took
-/// 256 KiB to 1 MiB of stack in a debug build (measured on `DataProof`), too close to a 2 MiB
-/// async worker's stack; our messages nest a handful of levels.
+/// recursive decoder. serde_cbor stops at 128 levels, but 127 levels of its recursion (an
+/// unknown field of a `DataProof` holding nested arrays) needed 512-768 KiB of stack in a debug
+/// build, a third of a 2 MiB async worker's stack; our messages nest a handful of levels.
 pub fn check_nesting(bytes: &[u8], max_depth: usize, what: &'static str) -> Result<()> {
     let mut c = Cbor::new(bytes, what);
     // Items still to read at each open level; the outermost level holds the one top item.

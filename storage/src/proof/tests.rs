@@ -105,8 +105,8 @@ fn proof_block_round_trips_through_store_with_blake3_cid() {
     ));
 }
 
-/// Deeply nested CBOR never reaches serde_cbor's recursion (it stops at 128 levels, but 128
-/// levels took 256 KiB to 1 MiB of stack in a debug build): the nesting is checked first,
+/// Deeply nested CBOR never reaches serde_cbor's recursion (it stops at 128 levels, but 127
+/// levels needed 512-768 KiB of stack in a debug build): the nesting is checked first,
 /// iteratively, so a hostile block is refused on a 128 KiB stack. Oversized blocks are refused
 /// before anything is parsed.
 #[test]

@@ -196,11 +196,11 @@ fuzz_target!(|ops: Vec<Op>| {
         assert!(total.fits_in(&capacity), "over-committed: {total:?}");
         let grace = node.config().dmu.provider.hold_grace_ms;
         for (key, r) in node.ledger().reservations() {
-            if let (Some(t), agora_market::ReservationKey::Auction(id)) = (r.expires_at, key) {
-                if let Some(e) = node.auctions().get(id) {
-                    let close = e.request.body.window_closes_at;
-                    assert!(t <= close.saturating_add(grace), "hold past the grace");
-                }
+            if let (Some(t), agora_market::ReservationKey::Auction(id)) = (r.expires_at, key)
+                && let Some(e) = node.auctions().get(id)
+            {
+                let close = e.request.body.window_closes_at;
+                assert!(t <= close.saturating_add(grace), "hold past the grace");
             }
         }
     }

@@ -55,8 +55,8 @@ for target in "${targets[@]}"; do
     -max_total_time="$seconds" -timeout=10 -print_final_stats=1 "${dict[@]}" ${FUZZ_ARGS:-} \
     >"$logs/$target" 2>&1 || status=$?
   crashes=$(( $(find "$artifacts" -type f | wc -l) - before ))
-  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$target" | grep -o '[0-9]*$' | tail -1)
-  rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$logs/$target" | grep -o '[0-9]*$' | tail -1)
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$target" | grep -o '[0-9]*$' | tail -1 || true)
+  rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$logs/$target" | grep -o '[0-9]*$' | tail -1 || true)
   if [ "$status" -ne 0 ] && [ "$crashes" -eq 0 ]; then crashes=1; fi
   printf 'fuzz: %-14s %10s executions  %6s exec/s  %s crashes  (%ss)\n' \
     "$target" "${runs:-?}" "${rate:-?}" "$crashes" "$seconds"

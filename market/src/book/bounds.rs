@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AuctionStatus, MarketState};
 use crate::auction::{AuctionRequest, Bid, Offer};
+use crate::capacity::ReservationKey;
 use crate::error::MarketError;
 use crate::identity::{NodeId, Signer, Timestamp};
 use crate::ids::{AuctionId, BidId, OfferId};
@@ -43,6 +44,9 @@ pub struct BookCounters {
     pub bids_evicted: u64,
     /// Tentative capacity holds released because no award came within the award grace.
     pub holds_lapsed: u64,
+    /// Auctions we would have auto-bid on but did not: the window was too long, or we already
+    /// held `max_holds_per_customer` for that customer.
+    pub auto_bids_declined: u64,
     /// Replay-guard nonces forgotten early because the guard was full.
     pub replay_evicted: u64,
 }
@@ -259,6 +263,35 @@ impl<S: Signer + Clone> MarketState<S> {
                 }
             }
         }
+    }
+
+    /// Whether an auto-bid on `req` may hold capacity: its window closes within
+    /// `max_bid_window_ms`, and we hold less than `max_holds_per_customer` for its customer.
+    /// Counts and logs a refusal.
+    pub(super) fn may_auto_bid(&mut self, now: Timestamp, req: &AuctionRequest) -> bool {
+        let rules = &self.config.dmu.provider;
+        let customer = req.body.customer;
+        let window = req.body.window_closes_at.saturating_sub(now);
+        let held = self
+            .ledger
+            .reservations()
+            .iter()
+            .filter(|(key, r)| {
+                r.expires_at.is_some()
+                    && matches!(key, ReservationKey::Auction(id)
+                        if self.auctions.get(id).is_some_and(|e| e.request.body.customer == customer))
+            })
+            .count();
+        let reason = if window > rules.max_bid_window_ms {
+            "window too long"
+        } else if held >= rules.max_holds_per_customer {
+            "customer holds enough"
+        } else {
+            return true;
+        };
+        self.counters.auto_bids_declined += 1;
+        tracing::debug!(customer = %customer.short(), window, held, reason, "auto-bid declined");
+        false
     }
 
     /// When a tentative hold for a bid on `auction` ends: the award grace after the window

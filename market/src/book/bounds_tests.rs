@@ -161,6 +161,37 @@ fn provider_negotiation_lapses_at_its_own_timeout() {
     assert!(p.ledger().reservations().is_empty());
 }
 
+/// A customer cannot keep a provider's capacity held with week-long windows or many auctions:
+/// auto-bids go only to windows closing within `max_bid_window_ms`, and at most
+/// `max_holds_per_customer` holds per customer are kept at a time.
+#[test]
+fn auto_bids_decline_long_windows_and_many_holds_for_one_customer() {
+    let mut p = provider(big_capacity());
+    let max_window = p.config().dmu.provider.max_bid_window_ms;
+    let customer = signer(1);
+    let long = AuctionBuilder::new()
+        .window_ms(max_window + 1)
+        .build(&customer, 0);
+    assert!(sent_bid(&remote(&mut p, 0, MarketMessage::Auction(long))).is_none());
+    let ok = AuctionBuilder::new()
+        .window_ms(max_window)
+        .build(&customer, 0);
+    assert!(sent_bid(&remote(&mut p, 0, MarketMessage::Auction(ok))).is_some());
+    let second = AuctionBuilder::new().build(&customer, 0);
+    assert!(sent_bid(&remote(&mut p, 1, MarketMessage::Auction(second))).is_some());
+    let third = AuctionBuilder::new().build(&customer, 0);
+    assert!(sent_bid(&remote(&mut p, 2, MarketMessage::Auction(third))).is_none());
+    // Another customer still gets a bid.
+    let other = AuctionBuilder::new().build(&signer(3), 0);
+    assert!(sent_bid(&remote(&mut p, 3, MarketMessage::Auction(other))).is_some());
+    assert_eq!(p.book_stats().counters.auto_bids_declined, 2);
+    // Once the short hold lapses (10 s window + grace), the customer gets a bid again.
+    let later = 10_000 + p.config().dmu.provider.hold_grace_ms;
+    p.handle(later, Input::Tick);
+    let fourth = AuctionBuilder::new().build(&customer, later);
+    assert!(sent_bid(&remote(&mut p, later + 1, MarketMessage::Auction(fourth))).is_some());
+}
+
 fn small_book() -> MarketConfig {
     let mut c = MarketConfig::default();
     c.limits.max_auctions_per_customer = 3;

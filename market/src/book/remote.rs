@@ -78,6 +78,7 @@ impl<S: Signer + Clone> MarketState<S> {
         } else {
             self.config.dmu.provider.decide_bid(&req.body, &self.ledger)
         };
+        let decision = decision.filter(|_| self.may_auto_bid(now, &req));
         self.auctions.insert(
             id,
             AuctionEntry {

@@ -17,7 +17,7 @@ pub use builder::FileBuilder;
 pub use data::{DataType, UnixFsData};
 pub use exporter::{
     ExportStats, FileReader, MAX_DAG_DEPTH, MAX_FILE_LEAVES, export, export_async, file_leaves,
-    leaf_bytes,
+    file_leaves_within, leaf_bytes,
 };
 
 /// Kubo's default chunk size (`size-262144`).

@@ -283,6 +283,15 @@ pub async fn export_async<S: BlockStore + ?Sized, W: AsyncWrite + Unpin>(
 /// The CIDs of the file's leaf blocks (its data chunks) in file order; at most
 /// [`MAX_FILE_LEAVES`], every block checked as [`FileReader`] checks it.
 pub fn file_leaves<S: BlockStore + ?Sized>(store: &S, root: &Cid) -> Result<Vec<Cid>> {
+    file_leaves_within(store, root, MAX_FILE_LEAVES)
+}
+
+/// [`file_leaves`] with at most `max_leaves` leaves.
+pub fn file_leaves_within<S: BlockStore + ?Sized>(
+    store: &S,
+    root: &Cid,
+    max_leaves: usize,
+) -> Result<Vec<Cid>> {
     let mut leaves = Vec::new();
     let mut stack = vec![Pending::root(*root)];
     while let Some(pending) = stack.pop() {
@@ -300,10 +309,10 @@ pub fn file_leaves<S: BlockStore + ?Sized>(store: &S, root: &Cid) -> Result<Vec<
             }
         };
         if leaf {
-            if leaves.len() == MAX_FILE_LEAVES {
+            if leaves.len() >= max_leaves {
                 return Err(malformed(
                     root,
-                    format!("file has over {MAX_FILE_LEAVES} chunks; it is too large to prove"),
+                    format!("file has over {max_leaves} chunks; it is too large to prove"),
                 ));
             }
             leaves.push(pending.cid);

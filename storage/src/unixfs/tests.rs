@@ -388,7 +388,8 @@ fn dags_deeper_than_the_bound_are_refused() {
 }
 
 /// A DAG bomb: five small blocks whose nodes link one child 174 times declare a 174^4-byte file.
-/// The reader says so before reading on, and the leaf walk stops at its bound.
+/// The reader says so before reading on, and the leaf walk stops at its bound (a small one here,
+/// to keep the test fast; `file_leaves` uses MAX_FILE_LEAVES).
 #[test]
 fn repeated_links_cannot_make_an_unbounded_leaf_list() {
     let store = MemoryBlockStore::new();
@@ -403,7 +404,18 @@ fn repeated_links_cannot_make_an_unbounded_leaf_list() {
     reader.next_chunk().unwrap();
     assert_eq!(reader.declared_size(), Some(174u64.pow(4)));
     assert!(matches!(
-        file_leaves(&store, &node),
-        Err(StorageError::Malformed { reason, .. }) if reason.contains("chunks")
+        file_leaves_within(&store, &node, 10_000),
+        Err(StorageError::Malformed { reason, .. }) if reason.contains("over 10000 chunks")
     ));
+    let one_level = file_node(
+        &store,
+        &vec![(raw_leaf(&store, b"x"), 1); 174],
+        None,
+        Some(174),
+    );
+    assert_eq!(
+        file_leaves_within(&store, &one_level, 174).unwrap().len(),
+        174
+    );
+    assert!(file_leaves_within(&store, &one_level, 173).is_err());
 }

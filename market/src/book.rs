@@ -5,6 +5,7 @@
 //! carries out the returned `Effect`s. Rejected messages never reach the book; they come back
 //! as `Effect::Rejected`.
 
+mod bounds;
 mod close;
 mod deal;
 mod local;
@@ -13,6 +14,8 @@ mod remote;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+pub use bounds::{BookCounters, BookStats};
 
 use crate::auction::{AuctionRequest, Bid, Offer};
 use crate::capacity::{CapacityLedger, ReservationKey};
@@ -254,6 +257,7 @@ pub struct MarketState<S> {
     my_bids: BTreeMap<AuctionId, (BidId, u64)>,
     deals: BTreeMap<AwardId, Deal<S>>,
     last_nonce: u64,
+    counters: BookCounters,
 }
 
 impl<S: Signer + Clone> MarketState<S> {
@@ -262,7 +266,10 @@ impl<S: Signer + Clone> MarketState<S> {
         MarketState {
             me: signer.node_id(),
             signer,
-            replay: ReplayGuard::new(config.limits.replay_window),
+            replay: ReplayGuard::bounded(
+                config.limits.replay_window,
+                config.limits.max_replay_nonces,
+            ),
             ledger: CapacityLedger::new(config.capacity.clone()),
             config,
             auctions: BTreeMap::new(),
@@ -270,6 +277,7 @@ impl<S: Signer + Clone> MarketState<S> {
             my_bids: BTreeMap::new(),
             deals: BTreeMap::new(),
             last_nonce: 0,
+            counters: BookCounters::default(),
         }
     }
 
@@ -359,6 +367,9 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 }
 
+#[cfg(test)]
+#[path = "book/bounds_tests.rs"]
+mod bounds_tests;
 #[cfg(test)]
 #[path = "book/reject_tests.rs"]
 mod reject_tests;

@@ -45,6 +45,15 @@ pub struct ProviderRules {
     pub location: Option<Location>,
     /// Reputation we claim in bids (permille); the node should set it from the ledger.
     pub reputation_permille: u16,
+    /// How long after an auction's window closes our bid keeps its capacity held while no award
+    /// names us, ms (the award grace). The hold also ends at the auction's expiry if sooner; an
+    /// award that comes later takes the capacity again if it is still free.
+    pub hold_grace_ms: u64,
+    /// Auto-bid only on auctions whose window closes within this many ms: a bid holds capacity
+    /// until the window closes, so a week-long window would hold it for a week.
+    pub max_bid_window_ms: u64,
+    /// Most tentative holds (open auto-bids) kept for one customer at a time.
+    pub max_holds_per_customer: usize,
 }
 
 impl Default for ProviderRules {
@@ -69,6 +78,9 @@ impl Default for ProviderRules {
             standby_discount_permille: 500,
             location: None,
             reputation_permille: 500,
+            hold_grace_ms: 120_000,
+            max_bid_window_ms: 600_000,
+            max_holds_per_customer: 2,
         }
     }
 }

@@ -162,6 +162,44 @@ pub enum MarketError {
         /// The limit.
         max: usize,
     },
+    /// The customer already has the most auctions this node holds for one customer.
+    #[error(
+        "customer {customer} already has {max} auctions in this node's book; wait for some to close, or raise market.limits.max_auctions_per_customer"
+    )]
+    CustomerQuota {
+        /// The customer.
+        customer: NodeId,
+        /// The limit.
+        max: usize,
+    },
+    /// The provider already has the most standing offers this node holds for one provider.
+    #[error(
+        "provider {provider} already has {max} standing offers in this node's book; let some expire, or raise market.limits.max_offers_per_provider"
+    )]
+    ProviderQuota {
+        /// The provider.
+        provider: NodeId,
+        /// The limit.
+        max: usize,
+    },
+    /// A whole book is full and no entry could give way to this one.
+    #[error(
+        "the {book} book is full ({max} entries) and nothing could be evicted for this one; retry later, or raise market.limits.max_{book}s"
+    )]
+    MarketFull {
+        /// Which book: "auction", "offer" or "bid".
+        book: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// A provider bidding twice on one auction.
+    #[error("provider {provider} already bid on auction {auction}; one bid per provider")]
+    DuplicateBid {
+        /// Auction id.
+        auction: AuctionId,
+        /// Provider.
+        provider: NodeId,
+    },
     /// A customer bidding on its own auction.
     #[error("provider {provider} cannot bid on its own auction {auction}")]
     SelfBid {

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod ids;
 pub mod message;
 pub mod negotiation;
+pub mod nesting;
 #[cfg(test)]
 mod proptests;
 pub mod resources;
@@ -32,7 +33,10 @@ pub use auction::{
     AuctionBody, AuctionKind, AuctionRequest, AuctionSpec, Award, AwardBody, AwardSubject, Bid,
     BidBody, BidSpec, Offer, OfferBody,
 };
-pub use book::{AuctionEntry, AuctionStatus, Effect, Input, MarketConfig, MarketState, OfferSpec};
+pub use book::{
+    AuctionEntry, AuctionStatus, BookCounters, BookStats, Effect, Input, MarketConfig, MarketState,
+    OfferSpec,
+};
 pub use capacity::{CapacityError, CapacityLedger, ReservationKey};
 pub use dmu::{CustomerRules, DmuConfig, NegotiationRules, ProviderRules};
 pub use error::MarketError;

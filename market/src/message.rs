@@ -52,6 +52,9 @@ impl MarketMessage {
                 bytes.len()
             )));
         }
+        // serde_cbor recurses per nesting level: refuse deep input first, iteratively.
+        crate::nesting::check_nesting(bytes, crate::nesting::MAX_NESTING)
+            .map_err(|e| MarketError::Decode(e.to_string()))?;
         serde_cbor::from_slice(bytes).map_err(|e| MarketError::Decode(e.to_string()))
     }
 
@@ -96,5 +99,36 @@ mod tests {
             Err(MarketError::Decode(_))
         ));
         assert_eq!(topic_for_region(" EU-West "), "agora/v1/market/eu-west");
+    }
+
+    /// A message nested a million levels deep is refused before serde_cbor recurses into it.
+    #[test]
+    fn deeply_nested_messages_are_refused_on_a_small_stack() {
+        std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(|| {
+                for depth in [40usize, 127, 1 << 19] {
+                    let mut deep = vec![0xa1, 0x67];
+                    deep.extend_from_slice(b"Auction");
+                    deep.extend(std::iter::repeat_n(0x81, depth));
+                    deep.push(0x00);
+                    assert!(matches!(
+                        MarketMessage::decode(&deep),
+                        Err(MarketError::Decode(reason)) if reason.contains("nested deeper")
+                    ));
+                }
+                // Every real message kind is far shallower than the bound.
+                let a = AuctionBuilder::new().build(&signer(1), 0);
+                let snapshot = MarketMessage::SnapshotResponse {
+                    region: "eu-west".into(),
+                    auctions: vec![a.clone(), a],
+                    offers: Vec::new(),
+                };
+                let bytes = snapshot.encode().unwrap();
+                assert_eq!(MarketMessage::decode(&bytes).unwrap(), snapshot);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

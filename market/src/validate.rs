@@ -36,6 +36,19 @@ pub struct Limits {
     pub replay_window: usize,
     /// Most bids held per auction (protects the customer's memory from bid floods).
     pub max_bids_per_auction: usize,
+    /// Most bids held over all of this node's auctions.
+    pub max_bids: usize,
+    /// Most auctions held from one customer; more are refused.
+    pub max_auctions_per_customer: usize,
+    /// Most auctions held in all; beyond it one gives way (see `book::bounds`) or the new one is
+    /// refused.
+    pub max_auctions: usize,
+    /// Most standing offers held from one provider; more are refused.
+    pub max_offers_per_provider: usize,
+    /// Most standing offers held in all, evicted like auctions.
+    pub max_offers: usize,
+    /// Most nonces the replay guard remembers in all; beyond it the soonest to expire is dropped.
+    pub max_replay_nonces: usize,
 }
 
 impl Default for Limits {
@@ -49,6 +62,12 @@ impl Default for Limits {
             max_price: 1 << 48,
             replay_window: 1024,
             max_bids_per_auction: 4096,
+            max_bids: 16_384,
+            max_auctions_per_customer: 32,
+            max_auctions: 4096,
+            max_offers_per_provider: 16,
+            max_offers: 4096,
+            max_replay_nonces: 65_536,
         }
     }
 }

@@ -7,8 +7,8 @@ mod message;
 
 pub use engine::{Received, ingest, respond};
 pub use message::{
-    BitswapError, Block, BlockPresence, MAX_ENTRIES, MAX_MESSAGE_SIZE, Message, PresenceType,
-    WantEntry, WantType, Wantlist,
+    BitswapError, Block, BlockPresence, MAX_ENTRIES, MAX_ITEMS, MAX_MESSAGE_SIZE, Message,
+    PresenceType, WantEntry, WantType, Wantlist,
 };
 
 /// The protocol id the node should register.

@@ -2,6 +2,7 @@
 //! sled-backed store for nodes and an in-memory store for tests.
 
 mod memory;
+#[cfg(feature = "sled")]
 mod sled_store;
 
 use std::collections::HashSet;
@@ -13,6 +14,7 @@ use crate::hash::{DAG_CBOR, DAG_PB, verify_block};
 use crate::{Result, StorageError};
 
 pub use memory::MemoryBlockStore;
+#[cfg(feature = "sled")]
 pub use sled_store::{SledBlockStore, open_sled};
 
 /// Largest block accepted or served, as in bitswap (2 MiB).
@@ -166,5 +168,5 @@ fn walk_dag<S: BlockStore + ?Sized>(
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sled"))]
 mod tests;

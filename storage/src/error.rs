@@ -68,6 +68,7 @@ pub enum StorageError {
         reason: String,
     },
     /// The sled database failed.
+    #[cfg(feature = "sled")]
     #[error(
         "block database error: {0}; check the storage directory is writable and not opened by another agora process"
     )]

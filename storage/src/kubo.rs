@@ -15,6 +15,13 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::hash::verify_block;
 use crate::unixfs::CidVersion;
 
+/// Largest reply read whole from the daemon (pin lists, stats, add and block/put answers).
+pub const MAX_REPLY_BYTES: usize = 16 << 20;
+/// Longest line accepted in a streamed newline-delimited JSON reply (pin/add, repo/gc, dag/import).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// Most bytes of an error reply kept for the message.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
 /// Errors talking to a Kubo daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum KuboError {
@@ -203,7 +210,10 @@ impl KuboClient {
         if status.is_success() {
             return Ok(resp);
         }
-        let text = resp.text().await.unwrap_or_default();
+        let text = self
+            .text(resp, endpoint, MAX_ERROR_BYTES)
+            .await
+            .unwrap_or_default();
         let message = serde_json::from_str::<DaemonError>(&text)
             .map(|d| d.message)
             .unwrap_or(text);
@@ -233,7 +243,7 @@ impl KuboClient {
         let resp = self
             .call("add", &query, Some(body), Some(&boundary))
             .await?;
-        let text = resp.text().await.map_err(|e| self.transport(e))?;
+        let text = self.text(resp, "add", MAX_REPLY_BYTES).await?;
         let hash = text
             .lines()
             .filter_map(|l| serde_json::from_str::<AddLine>(l).ok()?.hash)
@@ -326,9 +336,9 @@ impl KuboClient {
             let resp = self
                 .call("block/get", &[("arg", cid.to_string())], None, None)
                 .await?;
-            resp.bytes().await.map_err(|e| self.transport(e))
+            self.body(resp, "block/get", crate::MAX_BLOCK_SIZE).await
         };
-        let data = self.within("block/get", cid, fetch).await?.to_vec();
+        let data = self.within("block/get", cid, fetch).await?;
         verify_block(cid, &data).map_err(|_| KuboError::HashMismatch { cid: *cid })?;
         Ok(data)
     }
@@ -343,7 +353,49 @@ impl KuboClient {
         let resp = self
             .call("block/put", &query, Some(body), Some(&boundary))
             .await?;
-        parse_key(resp.text().await.map_err(|e| self.transport(e))?)
+        parse_key(self.text(resp, "block/put", MAX_REPLY_BYTES).await?)
+    }
+
+    /// Reads a whole reply body, refusing one over `limit` bytes (a faulty or hostile daemon
+    /// could otherwise stream without end into memory).
+    async fn body(
+        &self,
+        resp: reqwest::Response,
+        endpoint: &'static str,
+        limit: usize,
+    ) -> Result<Vec<u8>, KuboError> {
+        let too_large = || KuboError::BadResponse {
+            endpoint,
+            reason: format!("reply is over {limit} bytes"),
+        };
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut stream = resp.bytes_stream();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport(e))?;
+            if chunk.len() > limit.saturating_sub(out.len()) {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// [`Self::body`] as UTF-8 text.
+    async fn text(
+        &self,
+        resp: reqwest::Response,
+        endpoint: &'static str,
+        limit: usize,
+    ) -> Result<String, KuboError> {
+        String::from_utf8(self.body(resp, endpoint, limit).await?).map_err(|_| {
+            KuboError::BadResponse {
+                endpoint,
+                reason: "reply is not UTF-8".into(),
+            }
+        })
     }
 }
 

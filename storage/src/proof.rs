@@ -15,6 +15,11 @@ use crate::merkle::{Hash, MerkleTree, leaf_hash, verify_path};
 /// Signing domain, equal to `agora_market::Domain::DATA_PROOF`.
 pub const DATA_PROOF_DOMAIN: &str = "agora/v1/data-proof";
 
+/// Largest proof block decoded (an honest one is about 180 bytes).
+pub const MAX_PROOF_BLOCK: usize = 4096;
+/// Deepest CBOR nesting decoded from a proof block (an honest one nests 1 level).
+const MAX_PROOF_NESTING: usize = 8;
+
 /// Errors creating or checking a data proof.
 #[derive(Debug, thiserror::Error)]
 pub enum ProofError {
@@ -199,7 +204,16 @@ impl DataProof {
         if cid.codec() != DAG_CBOR || cid.hash().code() != BLAKE3 {
             return Err(malformed("expected a dag-cbor blake3 CIDv1".into()));
         }
+        if bytes.len() > MAX_PROOF_BLOCK {
+            return Err(malformed(format!(
+                "{} bytes, over the {MAX_PROOF_BLOCK}-byte proof limit",
+                bytes.len()
+            )));
+        }
         verify_block(cid, bytes).map_err(|e| malformed(e.to_string()))?;
+        // serde_cbor recurses per level (up to 128): bound the nesting first, iteratively.
+        crate::cbor::check_nesting(bytes, MAX_PROOF_NESTING, "data proof")
+            .map_err(|e| malformed(e.to_string()))?;
         serde_cbor::from_slice(bytes).map_err(|e| malformed(e.to_string()))
     }
 }

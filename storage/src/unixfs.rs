@@ -15,7 +15,10 @@ use crate::{BlockStore, Result};
 
 pub use builder::FileBuilder;
 pub use data::{DataType, UnixFsData};
-pub use exporter::{ExportStats, FileReader, export, export_async, file_leaves, leaf_bytes};
+pub use exporter::{
+    ExportStats, FileReader, MAX_DAG_DEPTH, MAX_FILE_LEAVES, export, export_async, file_leaves,
+    file_leaves_within, leaf_bytes,
+};
 
 /// Kubo's default chunk size (`size-262144`).
 pub const DEFAULT_CHUNK_SIZE: usize = 262_144;

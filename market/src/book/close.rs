@@ -55,7 +55,14 @@ impl<S: Signer + Clone> MarketState<S> {
         let auctions = &self.auctions;
         self.my_bids.retain(|id, _| auctions.contains_key(id));
         self.offers.retain(|_, o| o.body.expires_at > now);
-        self.ledger.prune(now);
+        let lapsed = self.ledger.prune(now);
+        if !lapsed.is_empty() {
+            self.counters.holds_lapsed += lapsed.len() as u64;
+            tracing::debug!(
+                holds = lapsed.len(),
+                "capacity holds lapsed: no award within the grace"
+            );
+        }
         self.replay.prune(now);
         self.tick_deals(now, out);
     }

@@ -10,10 +10,12 @@ use crate::message::MarketMessage;
 use crate::negotiation::{Negotiation, NegotiationEffect, NegotiationInput, NegotiationStatus};
 
 impl<S: Signer + Clone> MarketState<S> {
-    /// Starts negotiating `award` (we are customer or provider); it lapses at the award's expiry.
+    /// Starts negotiating `award` (we are customer or provider). It lapses at the award's
+    /// expiry; as provider, no later than our own negotiation timeout from now, so a customer
+    /// cannot hold our capacity with a far-off expiry.
     pub(super) fn start_deal(
         &mut self,
-        _now: Timestamp,
+        now: Timestamp,
         award: &Award,
         award_id: AwardId,
         reservation: Option<ReservationKey>,
@@ -39,12 +41,17 @@ impl<S: Signer + Clone> MarketState<S> {
                 .accept_counter_not_below_bid
                 .then_some(PriceBound::AtLeast(b.price))
         };
+        let deadline = if b.customer == self.me {
+            b.expires_at
+        } else {
+            b.expires_at.min(now.saturating_add(rules.timeout_ms))
+        };
         let negotiation = Negotiation::new(
             self.signer.clone(),
             award,
             award_id,
             rules.max_rounds,
-            award.body.expires_at,
+            deadline,
         )?;
         self.deals.insert(
             award_id,
@@ -54,9 +61,7 @@ impl<S: Signer + Clone> MarketState<S> {
                 auto_accept,
             },
         );
-        out.push(Effect::ScheduleTimeout {
-            at: award.body.expires_at,
-        });
+        out.push(Effect::ScheduleTimeout { at: deadline });
         Ok(())
     }
 

@@ -66,11 +66,13 @@ impl<S: Signer + Clone> MarketState<S> {
         let nonce = self.next_nonce(now);
         let bid = spec.create(&request, &self.signer, nonce)?;
         let bid_id = check_bid(&bid, &request, auction, now, &self.config.limits)?;
-        // Tentative hold until the auction expires; confirmed if we win, pruned if not.
+        // Tentative hold until the award grace after the window closes (or the auction's
+        // expiry, if sooner); confirmed if we win, released when another wins or the hold lapses.
+        let hold_until = self.hold_until(&request);
         self.ledger.reserve(
             ReservationKey::Auction(auction),
             request.body.resources.clone(),
-            Some(request.body.expires_at),
+            Some(hold_until),
         )?;
         self.my_bids.insert(auction, (bid_id, bid.body.price));
         tracing::debug!(auction = %auction.short(), bid = %bid_id.short(), price = bid.body.price, "bid placed");
@@ -78,9 +80,7 @@ impl<S: Signer + Clone> MarketState<S> {
             to: request.body.customer,
             msg: MarketMessage::Bid(bid),
         });
-        out.push(Effect::ScheduleTimeout {
-            at: request.body.expires_at,
-        });
+        out.push(Effect::ScheduleTimeout { at: hold_until });
         Ok(())
     }
 

@@ -68,6 +68,8 @@ impl<S: Signer + Clone> MarketState<S> {
             return Ok(());
         }
         let id = check_auction(&req, now, &self.config.limits)?;
+        self.replay.check(&req.body)?;
+        self.admit_auction(id, &req)?;
         self.replay.record(&req.body)?;
         tracing::debug!(auction = %id.short(), customer = %req.body.customer.short(), "auction accepted");
         let close = req.body.window_closes_at;
@@ -76,6 +78,7 @@ impl<S: Signer + Clone> MarketState<S> {
         } else {
             self.config.dmu.provider.decide_bid(&req.body, &self.ledger)
         };
+        let decision = decision.filter(|_| self.may_auto_bid(now, &req));
         self.auctions.insert(
             id,
             AuctionEntry {
@@ -114,10 +117,8 @@ impl<S: Signer + Clone> MarketState<S> {
         if entry.status != AuctionStatus::Open {
             return Err(MarketError::NotOpen { auction });
         }
-        let max = self.config.limits.max_bids_per_auction;
-        if entry.bids.len() >= max {
-            return Err(MarketError::BookFull { auction, max });
-        }
+        self.replay.check(&bid.body)?;
+        self.admit_bid(auction, bid_id, &bid)?;
         self.replay.record(&bid.body)?;
         let (provider, price) = (bid.body.provider, bid.body.price);
         if let Some(entry) = self.auctions.get_mut(&auction) {
@@ -138,6 +139,8 @@ impl<S: Signer + Clone> MarketState<S> {
             return Ok(());
         }
         let id = check_offer(&offer, now, &self.config.limits)?;
+        self.replay.check(&offer.body)?;
+        self.admit_offer(id, &offer)?;
         self.replay.record(&offer.body)?;
         self.offers.insert(id, offer);
         Ok(())

@@ -11,6 +11,9 @@ use crate::{MAX_BLOCK_SIZE, StorageError};
 pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// Most wantlist entries accepted in one message.
 pub const MAX_ENTRIES: usize = 8192;
+/// Most blocks, and most block presences, accepted in one message. A presence is ~40 bytes on
+/// the wire but ~100 in memory, so an unbounded 4 MiB message would decode to ~10 MiB of them.
+pub const MAX_ITEMS: usize = 8192;
 
 /// Errors decoding a bitswap message.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +28,11 @@ pub enum BitswapError {
         /// Limit.
         limit: usize,
     },
-    /// The wantlist has more than [`MAX_ENTRIES`] entries.
-    #[error("bitswap wantlist has over {limit} entries; the peer is misbehaving, disconnect it")]
+    /// The message has more than [`MAX_ENTRIES`] wants or [`MAX_ITEMS`] blocks or presences.
+    #[error("bitswap message has over {limit} {what}; the peer is misbehaving, disconnect it")]
     TooManyEntries {
+        /// What overflowed: "wantlist entries", "blocks" or "block presences".
+        what: &'static str,
         /// Limit.
         limit: usize,
     },
@@ -224,18 +229,33 @@ impl Message {
             match field {
                 1 => msg.wantlist = Some(decode_wantlist(bytes_of(value)?)?),
                 2 => {
+                    room(&msg.payload, MAX_ITEMS, "blocks")?;
                     let data = bytes_of(value)?.to_vec();
                     let cid = block_cid(0, DAG_PB, SHA2_256, &data)?;
                     msg.payload.push(Block { cid, data });
                 }
-                3 => msg.payload.push(decode_block(bytes_of(value)?)?),
-                4 => msg.block_presences.push(decode_presence(bytes_of(value)?)?),
+                3 => {
+                    room(&msg.payload, MAX_ITEMS, "blocks")?;
+                    msg.payload.push(decode_block(bytes_of(value)?)?);
+                }
+                4 => {
+                    room(&msg.block_presences, MAX_ITEMS, "block presences")?;
+                    msg.block_presences.push(decode_presence(bytes_of(value)?)?);
+                }
                 5 => msg.pending_bytes = varint_of(value)? as i32,
                 _ => {}
             }
         }
         Ok(msg)
     }
+}
+
+/// Errors once `items` is full, before another one is decoded.
+fn room<T>(items: &[T], limit: usize, what: &'static str) -> Result<(), BitswapError> {
+    if items.len() >= limit {
+        return Err(BitswapError::TooManyEntries { what, limit });
+    }
+    Ok(())
 }
 
 fn bytes_of(v: crate::protobuf::Value<'_>) -> Result<&[u8], BitswapError> {
@@ -256,9 +276,7 @@ fn decode_wantlist(bytes: &[u8]) -> Result<Wantlist, BitswapError> {
     while let Some((field, value)) = r.next_field().map_err(BitswapError::from_decode)? {
         match field {
             1 => {
-                if wl.entries.len() == MAX_ENTRIES {
-                    return Err(BitswapError::TooManyEntries { limit: MAX_ENTRIES });
-                }
+                room(&wl.entries, MAX_ENTRIES, "wantlist entries")?;
                 wl.entries.push(decode_entry(bytes_of(value)?)?);
             }
             2 => wl.full = varint_of(value)? != 0,

@@ -192,6 +192,111 @@ fn large_responses_are_split_under_the_limit() {
     assert_eq!(served, cids);
 }
 
+/// Issue #13.5: the 4 MiB message of 5-byte fixed32 fields that overflowed a debug build's stack
+/// (one recursive call per field). Decoded here on a 128 KiB stack.
+#[test]
+fn four_mib_of_fixed_fields_decodes_on_a_small_stack() {
+    std::thread::Builder::new()
+        .stack_size(128 * 1024)
+        .spawn(|| {
+            let msg = [0x2d, 1, 2, 3, 4].repeat(MAX_MESSAGE_SIZE / 5); // field 5, fixed32
+            assert!(msg.len() > MAX_MESSAGE_SIZE - 5);
+            assert_eq!(Message::decode(&msg).unwrap(), Message::default());
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn too_many_presences_or_blocks_are_refused() {
+    let cid = cid_v0(b"p");
+    let mut presence = Vec::new();
+    crate::protobuf::put_bytes(&mut presence, 1, &cid.to_bytes());
+    let mut msg = Vec::new();
+    for _ in 0..=MAX_ITEMS {
+        crate::protobuf::put_bytes(&mut msg, 4, &presence);
+    }
+    assert!(matches!(
+        Message::decode(&msg),
+        Err(BitswapError::TooManyEntries {
+            what: "block presences",
+            limit: MAX_ITEMS
+        })
+    ));
+    let mut msg = Vec::new();
+    for _ in 0..=MAX_ITEMS {
+        crate::protobuf::put_bytes(&mut msg, 2, b"");
+    }
+    assert!(matches!(
+        Message::decode(&msg),
+        Err(BitswapError::TooManyEntries {
+            what: "blocks",
+            limit: MAX_ITEMS
+        })
+    ));
+    let many = Message::want_blocks(&vec![cid; MAX_ENTRIES + 1]).encode();
+    assert!(matches!(
+        Message::decode(&many),
+        Err(BitswapError::TooManyEntries {
+            what: "wantlist entries",
+            ..
+        })
+    ));
+    let exactly = Message::want_blocks(&vec![cid; MAX_ENTRIES]).encode();
+    assert_eq!(
+        Message::decode(&exactly)
+            .unwrap()
+            .wantlist
+            .unwrap()
+            .entries
+            .len(),
+        MAX_ENTRIES
+    );
+}
+
+#[test]
+fn hostile_lengths_and_truncations_are_errors() {
+    // A block field claiming 10 GB, a want entry whose CID length is u64::MAX, truncations.
+    let mut ten_gb = Vec::new();
+    crate::protobuf::put_key(&mut ten_gb, 3, crate::protobuf::WIRE_LEN);
+    crate::protobuf::put_varint(&mut ten_gb, 10_000_000_000);
+    ten_gb.extend_from_slice(&[0; 32]);
+    assert!(matches!(
+        Message::decode(&ten_gb),
+        Err(BitswapError::Malformed(_))
+    ));
+    let mut entry = vec![0x0a];
+    crate::protobuf::put_varint(&mut entry, u64::MAX);
+    let mut wl = Vec::new();
+    crate::protobuf::put_bytes(&mut wl, 1, &entry);
+    let mut msg = Vec::new();
+    crate::protobuf::put_bytes(&mut msg, 1, &wl);
+    assert!(matches!(
+        Message::decode(&msg),
+        Err(BitswapError::Malformed(_))
+    ));
+    let good = sample().encode();
+    for cut in 1..good.len() {
+        let _ = Message::decode(&good[..cut]);
+    }
+    // A block prefix of truncated or overflowing varints.
+    for prefix in [
+        &[0x01, 0x55][..],
+        &[0x01, 0x55, 0x12, 0xff][..],
+        &[0xff; 11][..],
+    ] {
+        let mut block = Vec::new();
+        crate::protobuf::put_bytes(&mut block, 1, prefix);
+        let mut msg = Vec::new();
+        crate::protobuf::put_bytes(&mut msg, 3, &block);
+        assert!(
+            matches!(Message::decode(&msg), Err(BitswapError::Malformed(_))),
+            "{prefix:?}"
+        );
+    }
+}
+
 proptest! {
     #[test]
     fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {

@@ -78,6 +78,56 @@ fn truncated_or_bogus_input_is_an_error() {
     assert!(import_car(&MemoryBlockStore::new(), &[][..]).is_err());
 }
 
+/// Hostile CARs: lengths far past the limits are refused before anything is allocated.
+#[test]
+fn huge_length_prefixes_are_refused_before_allocating() {
+    let store = MemoryBlockStore::new();
+    let mut ten_gb = Vec::new();
+    put_varint(&mut ten_gb, 10_000_000_000);
+    assert!(matches!(
+        import_car(&store, ten_gb.as_slice()),
+        Err(StorageError::Decode { .. })
+    ));
+
+    let header = encode_header(&[cid_v0(b"r")]);
+    let mut car = Vec::new();
+    put_varint(&mut car, header.len() as u64);
+    car.extend_from_slice(&header);
+    for len in [
+        10_000_000_000u64,
+        u64::MAX,
+        (crate::MAX_BLOCK_SIZE + 129) as u64,
+    ] {
+        let mut hostile = car.clone();
+        put_varint(&mut hostile, len);
+        hostile.extend_from_slice(&[0u8; 64]);
+        assert!(
+            matches!(
+                import_car(&store, hostile.as_slice()),
+                Err(StorageError::Decode { .. })
+            ),
+            "section length {len}"
+        );
+    }
+    // A zero-length section, a truncated section length and an 11-byte varint.
+    for tail in [&[0x00][..], &[0x80][..], &[0xff; 11][..]] {
+        let mut hostile = car.clone();
+        hostile.extend_from_slice(tail);
+        assert!(import_car(&store, hostile.as_slice()).is_err(), "{tail:?}");
+    }
+    assert_eq!(store.list().unwrap().len(), 0);
+
+    // A header whose roots array claims 2^64-1 entries, and one whose map does.
+    for claim in [
+        &[0xa1, 0x65, b'r', b'o', b'o', b't', b's', 0x9b][..],
+        &[0xbb][..],
+    ] {
+        let mut h = claim.to_vec();
+        h.extend_from_slice(&[0xff; 8]);
+        assert!(decode_header(&h).is_err());
+    }
+}
+
 /// A CAR written by go-car (the library behind `ipfs dag export`), from the js `@ipld/car`
 /// test fixtures (`goCarBytes`): two dag-cbor roots and a mix of raw, dag-pb and dag-cbor blocks.
 const GO_CAR_HEX: &str = concat!(

@@ -5,7 +5,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{KuboClient, KuboError, multipart};
+use super::{KuboClient, KuboError, MAX_LINE_BYTES, MAX_REPLY_BYTES, multipart};
 use crate::hash::{BLAKE3, DAG_CBOR, DAG_PB, RAW, SHA2_256};
 
 /// What `repo/stat` reports.
@@ -98,6 +98,17 @@ fn take_line(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     None
 }
 
+/// Errors when the unfinished line in `buf` is already over [`MAX_LINE_BYTES`].
+fn check_line(buf: &[u8], endpoint: &'static str) -> Result<(), KuboError> {
+    if buf.len() > MAX_LINE_BYTES {
+        return Err(bad(
+            endpoint,
+            format!("a reply line is over {MAX_LINE_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 impl KuboClient {
     /// Pins `cid` recursively, fetching it if needed. With an idle timeout set, fails once the
     /// daemon's progress counter stops moving for that long (Kubo keeps searching otherwise).
@@ -123,6 +134,7 @@ impl KuboClient {
                             return Ok(Some(Some(p)));
                         }
                     }
+                    check_line(&buf, "pin/add")?;
                     let Some(chunk) = stream.next().await else {
                         return Ok(None);
                     };
@@ -148,7 +160,7 @@ impl KuboClient {
     pub async fn pin_ls(&self) -> Result<Vec<Cid>, KuboError> {
         let query = [("type", "recursive".to_owned())];
         let resp = self.call("pin/ls", &query, None, None).await?;
-        let text = resp.text().await.map_err(|e| self.transport(e))?;
+        let text = self.text(resp, "pin/ls", MAX_REPLY_BYTES).await?;
         let reply: PinLsReply =
             serde_json::from_str(&text).map_err(|e| bad("pin/ls", format!("{e} in {text:?}")))?;
         reply.keys.keys().map(|k| parse_cid("pin/ls", k)).collect()
@@ -157,7 +169,7 @@ impl KuboClient {
     /// Repo size and block count.
     pub async fn repo_stat(&self) -> Result<RepoStat, KuboError> {
         let resp = self.call("repo/stat", &[], None, None).await?;
-        let text = resp.text().await.map_err(|e| self.transport(e))?;
+        let text = self.text(resp, "repo/stat", MAX_REPLY_BYTES).await?;
         let line: RepoStatLine = serde_json::from_str(text.trim())
             .map_err(|e| bad("repo/stat", format!("{e} in {text:?}")))?;
         Ok(RepoStat {
@@ -169,11 +181,10 @@ impl KuboClient {
     /// Runs the daemon's garbage collector; returns the number of blocks removed.
     pub async fn repo_gc(&self) -> Result<u64, KuboError> {
         let resp = self.call("repo/gc", &[], None, None).await?;
-        let text = resp.text().await.map_err(|e| self.transport(e))?;
         let mut removed = 0;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        self.each_line(resp, "repo/gc", |line| {
             let line: GcLine =
-                serde_json::from_str(line).map_err(|e| bad("repo/gc", format!("{e}")))?;
+                serde_json::from_slice(line).map_err(|e| bad("repo/gc", format!("{e}")))?;
             if let Some(message) = line.error.filter(|e| !e.is_empty()) {
                 return Err(KuboError::Daemon {
                     status: 200,
@@ -181,7 +192,9 @@ impl KuboClient {
                 });
             }
             removed += u64::from(line.key.is_some());
-        }
+            Ok(())
+        })
+        .await?;
         Ok(removed)
     }
 
@@ -207,11 +220,10 @@ impl KuboClient {
         let resp = self
             .call("dag/import", &query, Some(body), Some(&boundary))
             .await?;
-        let text = resp.text().await.map_err(|e| self.transport(e))?;
         let (mut roots, mut blocks) = (Vec::new(), 0);
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        self.each_line(resp, "dag/import", |line| {
             let line: ImportLine =
-                serde_json::from_str(line).map_err(|e| bad("dag/import", format!("{e}")))?;
+                serde_json::from_slice(line).map_err(|e| bad("dag/import", format!("{e}")))?;
             if let Some(root) = line.root {
                 if !root.pin_error.is_empty() {
                     return Err(KuboError::Daemon {
@@ -224,8 +236,36 @@ impl KuboClient {
             if let Some(stats) = line.stats {
                 blocks = stats.blocks;
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok((roots, blocks))
+    }
+
+    /// Feeds each non-blank line of a newline-delimited JSON reply to `f` as it arrives, with
+    /// lines capped at [`MAX_LINE_BYTES`] (replies with a line per block can be long).
+    async fn each_line(
+        &self,
+        resp: reqwest::Response,
+        endpoint: &'static str,
+        mut f: impl FnMut(&[u8]) -> Result<(), KuboError>,
+    ) -> Result<(), KuboError> {
+        let mut stream = resp.bytes_stream();
+        let mut buf = Vec::new();
+        loop {
+            while let Some(line) = take_line(&mut buf) {
+                f(&line)?;
+            }
+            check_line(&buf, endpoint)?;
+            match stream.next().await {
+                Some(chunk) => buf.extend_from_slice(&chunk.map_err(|e| self.transport(e))?),
+                None => break,
+            }
+        }
+        if buf.iter().any(|b| !b.is_ascii_whitespace()) {
+            f(&buf)?;
+        }
+        Ok(())
     }
 
     /// Stores `data` as the block `cid` (its codec and hash function), optionally pinned, and

@@ -24,6 +24,8 @@ struct Fake {
     hang: bool,
     /// `pin/add` reports progress 0 forever, as Kubo does while it cannot find the root.
     stuck_pin: bool,
+    /// Every answer is 20 MiB of bytes without a newline or a length (a faulty daemon).
+    flood: bool,
 }
 
 async fn serve(fake: Arc<Fake>) -> String {
@@ -79,6 +81,19 @@ async fn handle(fake: Arc<Fake>, sock: TcpStream) {
     }
     if fake.hang {
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
+    if fake.flood {
+        let mut sock = reader.into_inner();
+        let chunk = vec![b'x'; 64 << 10];
+        let _ = sock
+            .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+            .await;
+        for _ in 0..320 {
+            if sock.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        return;
     }
     if fake.stuck_pin && target.starts_with("/api/v0/pin/add") {
         let mut sock = reader.into_inner();
@@ -394,6 +409,23 @@ async fn corrupted_block_from_daemon_is_rejected() {
     assert!(
         matches!(client.block_get(&cid).await, Err(KuboError::HashMismatch { cid: c }) if c == cid)
     );
+}
+
+/// A daemon that streams without end is cut off at the reply or line limit, never buffered whole.
+#[tokio::test]
+async fn endless_replies_are_cut_off() {
+    let fake = Arc::new(Fake {
+        flood: true,
+        ..Fake::default()
+    });
+    let client = KuboClient::new(serve(fake).await);
+    let cid = cid_v1_sha256(RAW, b"x");
+    let too_large = |r: Result<(), KuboError>| matches!(r, Err(KuboError::BadResponse { reason, .. }) if reason.contains("over"));
+    assert!(too_large(client.block_get(&cid).await.map(|_| ())));
+    assert!(too_large(client.repo_stat().await.map(|_| ())));
+    assert!(too_large(client.pin_ls().await.map(|_| ())));
+    assert!(too_large(client.repo_gc().await.map(|_| ())));
+    assert!(too_large(client.pin_add(&cid).await.map(|_| ())));
 }
 
 #[tokio::test]

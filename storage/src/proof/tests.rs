@@ -104,3 +104,32 @@ fn proof_block_round_trips_through_store_with_blake3_cid() {
         Err(ProofError::Malformed { .. })
     ));
 }
+
+/// Deeply nested CBOR never reaches serde_cbor's recursion (it stops at 128 levels, but 127
+/// levels needed 512-768 KiB of stack in a debug build): the nesting is checked first,
+/// iteratively, so a hostile block is refused on a 128 KiB stack. Oversized blocks are refused
+/// before anything is parsed.
+#[test]
+fn nested_or_oversized_proof_blocks_are_refused() {
+    std::thread::Builder::new()
+        .stack_size(128 * 1024)
+        .spawn(|| {
+            for depth in [9usize, 127, 200, 4000] {
+                let mut bytes = vec![0xa1, 0x61, b'x'];
+                bytes.extend(std::iter::repeat_n(0x81, depth));
+                bytes.push(0x00);
+                let cid = cid_v1_blake3(DAG_CBOR, &bytes);
+                let err = DataProof::from_block(&cid, &bytes).unwrap_err();
+                assert!(err.to_string().contains("nested deeper"), "{err}");
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let big = vec![0x40; MAX_PROOF_BLOCK + 1];
+    let cid = cid_v1_blake3(DAG_CBOR, &big);
+    assert!(matches!(
+        DataProof::from_block(&cid, &big),
+        Err(ProofError::Malformed { reason, .. }) if reason.contains("limit")
+    ));
+}

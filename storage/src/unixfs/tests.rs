@@ -275,8 +275,147 @@ fn export_rejects_lying_filesize_and_corrupted_blocks() {
         matches!(export(&store, &root, &mut Vec::new()), Err(StorageError::Malformed { cid, .. }) if cid == root)
     );
 
+    // An honest root over a leaf that rotted on disk: the leaf is reported corrupted.
+    let honest = file_node(&store, &[(leaf, 5)], None, Some(5));
+    assert_eq!(export(&store, &honest, &mut Vec::new()).unwrap().bytes, 5);
     store.put_unchecked(&leaf, b"12346").unwrap();
     assert!(
-        matches!(export(&store, &root, &mut Vec::new()), Err(StorageError::Corrupted { cid }) if cid == leaf)
+        matches!(export(&store, &honest, &mut Vec::new()), Err(StorageError::Corrupted { cid }) if cid == leaf)
     );
+}
+
+/// Stores a dag-pb UnixFS file node over `children` (cid, claimed blocksize) and returns its CID.
+fn file_node(
+    store: &MemoryBlockStore,
+    children: &[(Cid, u64)],
+    data: Option<&[u8]>,
+    filesize: Option<u64>,
+) -> Cid {
+    let fs = UnixFsData {
+        kind: DataType::File,
+        data: data.map(<[u8]>::to_vec),
+        filesize,
+        blocksizes: children.iter().map(|c| c.1).collect(),
+    };
+    let block = PbNode {
+        links: children
+            .iter()
+            .map(|(cid, size)| PbLink {
+                cid: *cid,
+                name: Some(String::new()),
+                tsize: Some(*size),
+            })
+            .collect(),
+        data: Some(fs.encode()),
+    }
+    .encode();
+    let cid = cid_v1_sha256(DAG_PB, &block);
+    store.put(&cid, &block).unwrap();
+    cid
+}
+
+fn raw_leaf(store: &MemoryBlockStore, data: &[u8]) -> Cid {
+    let cid = cid_v1_sha256(RAW, data);
+    store.put(&cid, data).unwrap();
+    cid
+}
+
+fn malformed_at(result: Result<ExportStats>, at: Cid) -> bool {
+    matches!(result, Err(StorageError::Malformed { cid, .. }) if cid == at)
+}
+
+/// Each node is checked against what its parent claims, so a DAG yields exactly its root's size.
+#[test]
+fn inconsistent_file_nodes_are_malformed() {
+    let store = MemoryBlockStore::new();
+    let leaf = raw_leaf(&store, b"12345");
+    let export_of = |root: &Cid| export(&store, root, &mut Vec::new());
+
+    let honest = file_node(&store, &[(leaf, 5), (leaf, 5)], Some(b"ab"), Some(12));
+    assert_eq!(export_of(&honest).unwrap().bytes, 12);
+
+    // Parent claims 3 bytes for a 5-byte leaf: the leaf is named.
+    let short = file_node(&store, &[(leaf, 3)], None, Some(3));
+    assert!(malformed_at(export_of(&short), leaf));
+    // filesize disagrees with data + blocksizes; a link without a blocksize; a zero blocksize.
+    let lying = file_node(&store, &[(leaf, 5)], None, Some(6));
+    assert!(malformed_at(export_of(&lying), lying));
+    let fs = UnixFsData {
+        kind: DataType::File,
+        data: None,
+        filesize: None,
+        blocksizes: Vec::new(),
+    };
+    let block = PbNode {
+        links: vec![PbLink {
+            cid: leaf,
+            name: None,
+            tsize: None,
+        }],
+        data: Some(fs.encode()),
+    }
+    .encode();
+    let missing = cid_v1_sha256(DAG_PB, &block);
+    store.put(&missing, &block).unwrap();
+    assert!(malformed_at(export_of(&missing), missing));
+    let zero = file_node(&store, &[(leaf, 5), (honest, 0)], None, None);
+    assert!(malformed_at(export_of(&zero), zero));
+    // blocksizes whose sum overflows u64.
+    let overflow = file_node(&store, &[(leaf, u64::MAX), (leaf, 5)], None, None);
+    assert!(malformed_at(export_of(&overflow), overflow));
+    // The same checks guard the leaf walk used by storage proofs.
+    assert!(matches!(
+        file_leaves(&store, &lying),
+        Err(StorageError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn dags_deeper_than_the_bound_are_refused() {
+    let store = MemoryBlockStore::new();
+    let mut top = raw_leaf(&store, b"z");
+    for _ in 0..MAX_DAG_DEPTH {
+        top = file_node(&store, &[(top, 1)], None, Some(1));
+    }
+    // MAX_DAG_DEPTH nodes above the leaf: the deepest node is at depth MAX_DAG_DEPTH - 1.
+    assert_eq!(export(&store, &top, &mut Vec::new()).unwrap().bytes, 1);
+    let deeper = file_node(&store, &[(top, 1)], None, Some(1));
+    assert!(matches!(
+        export(&store, &deeper, &mut Vec::new()),
+        Err(StorageError::Malformed { reason, .. }) if reason.contains("deeper")
+    ));
+    assert!(file_leaves(&store, &deeper).is_err());
+}
+
+/// A DAG bomb: five small blocks whose nodes link one child 174 times declare a 174^4-byte file.
+/// The reader says so before reading on, and the leaf walk stops at its bound (a small one here,
+/// to keep the test fast; `file_leaves` uses MAX_FILE_LEAVES).
+#[test]
+fn repeated_links_cannot_make_an_unbounded_leaf_list() {
+    let store = MemoryBlockStore::new();
+    let mut node = raw_leaf(&store, b"x");
+    let mut size = 1u64;
+    for _ in 0..4 {
+        node = file_node(&store, &vec![(node, size); 174], None, Some(size * 174));
+        size *= 174;
+    }
+    assert_eq!(store.list().unwrap().len(), 5);
+    let mut reader = FileReader::new(&store, &node);
+    reader.next_chunk().unwrap();
+    assert_eq!(reader.declared_size(), Some(174u64.pow(4)));
+    assert!(matches!(
+        file_leaves_within(&store, &node, 10_000),
+        Err(StorageError::Malformed { reason, .. }) if reason.contains("over 10000 chunks")
+    ));
+    let one_level = file_node(
+        &store,
+        &vec![(raw_leaf(&store, b"x"), 1); 174],
+        None,
+        Some(174),
+    );
+    assert_eq!(
+        file_leaves_within(&store, &one_level, 174).unwrap().len(),
+        174
+    );
+    assert!(file_leaves_within(&store, &one_level, 173).is_err());
 }

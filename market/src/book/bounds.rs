@@ -1,0 +1,305 @@
+//! Bounds on what peers can make the book hold: auctions per customer and in total, offers per
+//! provider and in total, one bid per provider per auction and bids in total; with an eviction
+//! rule when a book is full and counters the node exports.
+//!
+//! Eviction when the auction (or offer) book is full makes room for a newcomer as fair queueing
+//! does: the victim is the entry of whoever holds the most, so one author flooding (under its
+//! per-author cap) cannot keep others out. Entries this node needs are never evicted: its own
+//! auctions and offers, and auctions it bid on. Auctions whose window closed go first, since
+//! nobody can bid on them any more. Books are bounded (a few thousand entries), so the scans
+//! below are linear.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{AuctionStatus, MarketState};
+use crate::auction::{AuctionRequest, Bid, Offer};
+use crate::capacity::ReservationKey;
+use crate::error::MarketError;
+use crate::identity::{NodeId, Signer, Timestamp};
+use crate::ids::{AuctionId, BidId, OfferId};
+
+/// What the book refused, evicted or let lapse since start, for the node to export as metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookCounters {
+    /// Auctions refused: their customer already had `max_auctions_per_customer` in the book.
+    pub auctions_refused_quota: u64,
+    /// Auctions refused: the book was full and no entry could give way.
+    pub auctions_refused_full: u64,
+    /// Auctions evicted to make room for another customer's.
+    pub auctions_evicted: u64,
+    /// Offers refused: their provider already had `max_offers_per_provider` in the book.
+    pub offers_refused_quota: u64,
+    /// Offers refused: the book was full and no entry could give way.
+    pub offers_refused_full: u64,
+    /// Offers evicted to make room for another provider's.
+    pub offers_evicted: u64,
+    /// Bids refused: the provider already bid on that auction.
+    pub bids_refused_duplicate: u64,
+    /// Bids refused: the auction (or all our auctions together) held the most bids allowed.
+    pub bids_refused_full: u64,
+    /// Bids evicted from a full auction by a cheaper bid.
+    pub bids_evicted: u64,
+    /// Tentative capacity holds released because no award came within the award grace.
+    pub holds_lapsed: u64,
+    /// Auctions we would have auto-bid on but did not: the window was too long, or we already
+    /// held `max_holds_per_customer` for that customer.
+    pub auto_bids_declined: u64,
+    /// Replay-guard nonces forgotten early because the guard was full.
+    pub replay_evicted: u64,
+}
+
+/// Sizes of the book now, with the counters: what `MarketState::book_stats` reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookStats {
+    /// Auctions held (any status).
+    pub auctions: usize,
+    /// Standing offers held.
+    pub offers: usize,
+    /// Bids held on our auctions.
+    pub bids: usize,
+    /// Capacity reservations held (tentative and firm).
+    pub reservations: usize,
+    /// Nonces remembered by the replay guard.
+    pub replay_nonces: usize,
+    /// Totals since start.
+    pub counters: BookCounters,
+}
+
+/// What admitting one more entry needs.
+enum Room<K> {
+    /// There is room.
+    Free,
+    /// Evict this entry first.
+    Evict(K),
+}
+
+impl<S: Signer + Clone> MarketState<S> {
+    /// Sizes and counters of the book.
+    pub fn book_stats(&self) -> BookStats {
+        BookStats {
+            auctions: self.auctions.len(),
+            offers: self.offers.len(),
+            bids: self.bids_held(),
+            reservations: self.ledger.reservations().len(),
+            replay_nonces: self.replay.len(),
+            counters: BookCounters {
+                replay_evicted: self.replay.evicted(),
+                ..self.counters
+            },
+        }
+    }
+
+    fn bids_held(&self) -> usize {
+        self.auctions.values().map(|e| e.bids.len()).sum()
+    }
+
+    /// Whether the book must keep this auction: ours, or one we bid on.
+    fn needed(&self, id: &AuctionId, customer: NodeId) -> bool {
+        customer == self.me || self.my_bids.contains_key(id)
+    }
+
+    /// Checks a remote auction against the per-customer and total bounds; evicts one entry if
+    /// that makes room. Call after validation, before recording the nonce.
+    pub(super) fn admit_auction(
+        &mut self,
+        id: AuctionId,
+        req: &AuctionRequest,
+    ) -> Result<(), MarketError> {
+        let customer = req.body.customer;
+        let limits = &self.config.limits;
+        let mut held: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for e in self.auctions.values() {
+            *held.entry(e.request.body.customer).or_default() += 1;
+        }
+        let mine = held.get(&customer).copied().unwrap_or(0);
+        if mine >= limits.max_auctions_per_customer {
+            self.counters.auctions_refused_quota += 1;
+            tracing::debug!(auction = %id.short(), customer = %customer.short(), max = limits.max_auctions_per_customer, "auction refused: customer quota");
+            return Err(MarketError::CustomerQuota {
+                customer,
+                max: limits.max_auctions_per_customer,
+            });
+        }
+        let room = if self.auctions.len() < limits.max_auctions {
+            Some(Room::Free)
+        } else {
+            // Closed before open, then the heaviest customer, then the soonest to expire.
+            self.auctions
+                .iter()
+                .filter(|(aid, e)| !self.needed(aid, e.request.body.customer))
+                .map(|(aid, e)| {
+                    let owner = e.request.body.customer;
+                    let count = held.get(&owner).copied().unwrap_or(0);
+                    let open = e.status == AuctionStatus::Open;
+                    (
+                        (open, Reverse(count), e.request.body.expires_at, *aid),
+                        count,
+                    )
+                })
+                .min_by_key(|(key, _)| *key)
+                .filter(|((open, ..), count)| !open || *count > mine)
+                .map(|((.., aid), _)| Room::Evict(aid))
+        };
+        match room {
+            Some(Room::Free) => Ok(()),
+            Some(Room::Evict(victim)) => {
+                self.auctions.remove(&victim);
+                self.counters.auctions_evicted += 1;
+                tracing::debug!(evicted = %victim.short(), for_auction = %id.short(), "auction evicted: book full");
+                Ok(())
+            }
+            None => {
+                self.counters.auctions_refused_full += 1;
+                tracing::debug!(auction = %id.short(), max = limits.max_auctions, "auction refused: book full");
+                Err(MarketError::MarketFull {
+                    book: "auction",
+                    max: limits.max_auctions,
+                })
+            }
+        }
+    }
+
+    /// Checks a remote offer against the per-provider and total bounds, evicting like
+    /// [`Self::admit_auction`] (our own offers stay).
+    pub(super) fn admit_offer(&mut self, id: OfferId, offer: &Offer) -> Result<(), MarketError> {
+        let provider = offer.body.provider;
+        let limits = &self.config.limits;
+        let mut held: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for o in self.offers.values() {
+            *held.entry(o.body.provider).or_default() += 1;
+        }
+        let mine = held.get(&provider).copied().unwrap_or(0);
+        if mine >= limits.max_offers_per_provider {
+            self.counters.offers_refused_quota += 1;
+            tracing::debug!(offer = %id.short(), provider = %provider.short(), max = limits.max_offers_per_provider, "offer refused: provider quota");
+            return Err(MarketError::ProviderQuota {
+                provider,
+                max: limits.max_offers_per_provider,
+            });
+        }
+        if self.offers.len() < limits.max_offers {
+            return Ok(());
+        }
+        let victim = self
+            .offers
+            .iter()
+            .filter(|(_, o)| o.body.provider != self.me)
+            .map(|(oid, o)| {
+                let count = held.get(&o.body.provider).copied().unwrap_or(0);
+                ((Reverse(count), o.body.expires_at, *oid), count)
+            })
+            .min_by_key(|(key, _)| *key)
+            .filter(|(_, count)| *count > mine)
+            .map(|((.., oid), _)| oid);
+        match victim {
+            Some(victim) => {
+                self.offers.remove(&victim);
+                self.counters.offers_evicted += 1;
+                tracing::debug!(evicted = %victim.short(), for_offer = %id.short(), "offer evicted: book full");
+                Ok(())
+            }
+            None => {
+                self.counters.offers_refused_full += 1;
+                tracing::debug!(offer = %id.short(), max = limits.max_offers, "offer refused: book full");
+                Err(MarketError::MarketFull {
+                    book: "offer",
+                    max: limits.max_offers,
+                })
+            }
+        }
+    }
+
+    /// Checks a valid bid on our auction: one per provider, at most `max_bids_per_auction` per
+    /// auction (a cheaper bid evicts the dearest from a full auction) and `max_bids` in all.
+    pub(super) fn admit_bid(
+        &mut self,
+        auction: AuctionId,
+        bid_id: BidId,
+        bid: &Bid,
+    ) -> Result<(), MarketError> {
+        let limits = &self.config.limits;
+        let (max_per_auction, max_total) = (limits.max_bids_per_auction, limits.max_bids);
+        let total = self.bids_held();
+        let Some(entry) = self.auctions.get_mut(&auction) else {
+            return Err(MarketError::UnknownAuction { auction });
+        };
+        let provider = bid.body.provider;
+        if entry.bids.values().any(|b| b.body.provider == provider) {
+            self.counters.bids_refused_duplicate += 1;
+            return Err(MarketError::DuplicateBid { auction, provider });
+        }
+        if entry.bids.len() < max_per_auction && total < max_total {
+            return Ok(());
+        }
+        // Full: the dearest bid (ties: the highest id) gives way to a cheaper one.
+        let dearest = entry
+            .bids
+            .iter()
+            .max_by_key(|(id, b)| (b.body.price, **id))
+            .map(|(id, b)| (*id, b.body.price));
+        match dearest {
+            Some((victim, price)) if price > bid.body.price => {
+                entry.bids.remove(&victim);
+                self.counters.bids_evicted += 1;
+                tracing::debug!(auction = %auction.short(), evicted = %victim.short(), for_bid = %bid_id.short(), "bid evicted by a cheaper one");
+                Ok(())
+            }
+            _ => {
+                self.counters.bids_refused_full += 1;
+                tracing::debug!(auction = %auction.short(), bid = %bid_id.short(), "bid refused: book full");
+                if entry.bids.len() >= max_per_auction {
+                    Err(MarketError::BookFull {
+                        auction,
+                        max: max_per_auction,
+                    })
+                } else {
+                    Err(MarketError::MarketFull {
+                        book: "bid",
+                        max: max_total,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Whether an auto-bid on `req` may hold capacity: its window closes within
+    /// `max_bid_window_ms`, and we hold less than `max_holds_per_customer` for its customer.
+    /// Counts and logs a refusal.
+    pub(super) fn may_auto_bid(&mut self, now: Timestamp, req: &AuctionRequest) -> bool {
+        let rules = &self.config.dmu.provider;
+        let customer = req.body.customer;
+        let window = req.body.window_closes_at.saturating_sub(now);
+        let held = self
+            .ledger
+            .reservations()
+            .iter()
+            .filter(|(key, r)| {
+                r.expires_at.is_some()
+                    && matches!(key, ReservationKey::Auction(id)
+                        if self.auctions.get(id).is_some_and(|e| e.request.body.customer == customer))
+            })
+            .count();
+        let reason = if window > rules.max_bid_window_ms {
+            "window too long"
+        } else if held >= rules.max_holds_per_customer {
+            "customer holds enough"
+        } else {
+            return true;
+        };
+        self.counters.auto_bids_declined += 1;
+        tracing::debug!(customer = %customer.short(), window, held, reason, "auto-bid declined");
+        false
+    }
+
+    /// When a tentative hold for a bid on `auction` ends: the award grace after the window
+    /// closes, or the auction's expiry if that is sooner.
+    pub(super) fn hold_until(&self, req: &AuctionRequest) -> Timestamp {
+        req.body
+            .window_closes_at
+            .saturating_add(self.config.dmu.provider.hold_grace_ms)
+            .min(req.body.expires_at)
+    }
+}

@@ -1,0 +1,608 @@
+//! Capacity griefing (issue #13.8): holds end after the award grace, and the books stay bounded.
+#![allow(clippy::unwrap_used)]
+use proptest::prelude::*;
+
+use super::*;
+use crate::auction::{Award, AwardBody, AwardSubject};
+use crate::capacity::CapacityError;
+use crate::identity::KeySigner;
+use crate::resources::Interface;
+use crate::signed::Signed;
+use crate::test_utils::{AuctionBuilder, BidBuilder, big_capacity, offer, signer};
+
+const DAY: u64 = 24 * 3_600_000;
+
+fn provider(capacity: Resources) -> MarketState<KeySigner> {
+    let mut c = MarketConfig {
+        capacity,
+        ..MarketConfig::default()
+    };
+    c.dmu.provider.auto_bid = true;
+    MarketState::new(signer(2), c)
+}
+
+fn remote(node: &mut MarketState<KeySigner>, now: Timestamp, msg: MarketMessage) -> Vec<Effect> {
+    node.handle(
+        now,
+        Input::Remote {
+            from: NodeId([9; 32]),
+            msg,
+        },
+    )
+}
+
+/// The bid a provider sent in `out`, if any.
+fn sent_bid(out: &[Effect]) -> Option<Bid> {
+    out.iter().find_map(|e| match e {
+        Effect::Send {
+            msg: MarketMessage::Bid(b),
+            ..
+        } => Some(b.clone()),
+        _ => None,
+    })
+}
+
+/// The customer's award of `bid` on `req`, expiring at `expires_at`.
+fn award_for(customer: &KeySigner, req: &AuctionRequest, bid: &Bid, expires_at: u64) -> Award {
+    let body = AwardBody {
+        customer: customer.node_id(),
+        provider: bid.body.provider,
+        subject: AwardSubject::Bid {
+            auction: req.id().unwrap(),
+            bid: bid.id().unwrap(),
+        },
+        price: bid.body.price,
+        resources: req.body.resources.clone(),
+        duration_ms: req.body.duration_ms,
+        kind: req.body.kind,
+        nonce: crate::test_utils::fresh_nonce(),
+        expires_at,
+    };
+    Signed::sign(body, customer).unwrap()
+}
+
+fn rejected(out: &[Effect]) -> Vec<MarketError> {
+    out.iter()
+        .filter_map(|e| match e {
+            Effect::Rejected { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A customer that never awards holds a provider's capacity only until the award grace after
+/// its window closes, not until its 7-day expiry; a late award takes the capacity again.
+#[test]
+fn hold_ends_after_the_award_grace_without_an_award() {
+    let mut p = provider(big_capacity());
+    let grace = p.config().dmu.provider.hold_grace_ms;
+    let customer = signer(1);
+    // A 10 s window and an award grace of almost 7 days: expiry far beyond the window.
+    let mut spec = AuctionBuilder::new().window_ms(10_000).spec();
+    spec.award_grace_ms = 7 * DAY - 20_000;
+    let req = spec.create(&customer, 0, 1).unwrap();
+    let out = remote(&mut p, 1, MarketMessage::Auction(req.clone()));
+    let bid = sent_bid(&out).unwrap();
+    let key = ReservationKey::Auction(req.id().unwrap());
+    let hold = p.ledger().reservations().get(&key).unwrap().expires_at;
+    assert_eq!(hold, Some(10_000 + grace));
+    assert!(out.contains(&Effect::ScheduleTimeout { at: 10_000 + grace }));
+
+    p.handle(10_000 + grace - 1, Input::Tick);
+    assert_eq!(p.ledger().reservations().len(), 1, "held through the grace");
+    p.handle(10_000 + grace, Input::Tick);
+    assert!(
+        p.ledger().reservations().is_empty(),
+        "released at the grace"
+    );
+    assert_eq!(p.book_stats().counters.holds_lapsed, 1);
+
+    // The customer awards late: the capacity is free, so it is taken again, firmly.
+    let award = award_for(&customer, &req, &bid, 10_000 + grace + 60_000);
+    let out = remote(&mut p, 10_000 + grace + 1, MarketMessage::Award(award));
+    assert!(
+        out.iter().any(|e| matches!(e, Effect::Awarded { .. })),
+        "{out:?}"
+    );
+    assert_eq!(
+        p.ledger().reservations().get(&key).unwrap().expires_at,
+        None
+    );
+}
+
+/// A late award whose capacity went to another auction meanwhile is refused, typed.
+#[test]
+fn late_award_is_refused_when_the_capacity_is_gone() {
+    let need = Resources::default().with_interface(Interface::LoRa, 1);
+    let mut p = provider(need.clone());
+    let grace = p.config().dmu.provider.hold_grace_ms;
+    let (c1, c2) = (signer(1), signer(3));
+    let mut spec = AuctionBuilder::new().resources(need.clone()).spec();
+    spec.award_grace_ms = DAY;
+    let first = spec.create(&c1, 0, 1).unwrap();
+    let bid = sent_bid(&remote(&mut p, 1, MarketMessage::Auction(first.clone()))).unwrap();
+    // The radio is held: a second auction for it gets no bid until the first hold lapses.
+    let blocked = AuctionBuilder::new().resources(need.clone()).build(&c2, 0);
+    assert!(sent_bid(&remote(&mut p, 2, MarketMessage::Auction(blocked))).is_none());
+    let now = 10_000 + grace;
+    p.handle(now, Input::Tick);
+    let second = AuctionBuilder::new().resources(need).build(&c2, now);
+    assert!(sent_bid(&remote(&mut p, now + 1, MarketMessage::Auction(second))).is_some());
+    let award = award_for(&c1, &first, &bid, first.body.expires_at);
+    let out = remote(&mut p, now + 2, MarketMessage::Award(award));
+    assert!(matches!(
+        &rejected(&out)[..],
+        [MarketError::Capacity(CapacityError::Insufficient { .. })]
+    ));
+}
+
+/// An award with a far-off expiry cannot hold the provider's capacity past its own
+/// negotiation timeout.
+#[test]
+fn provider_negotiation_lapses_at_its_own_timeout() {
+    let mut p = provider(big_capacity());
+    p.config.dmu.provider.auto_accept_award = false;
+    let timeout = p.config().dmu.negotiation.timeout_ms;
+    let customer = signer(1);
+    let req = AuctionBuilder::new().build(&customer, 0);
+    let bid = sent_bid(&remote(&mut p, 1, MarketMessage::Auction(req.clone()))).unwrap();
+    p.handle(10_000, Input::Tick);
+    let award = award_for(&customer, &req, &bid, 365 * DAY);
+    let out = remote(&mut p, 10_001, MarketMessage::Award(award.clone()));
+    assert!(out.contains(&Effect::ScheduleTimeout {
+        at: 10_001 + timeout
+    }));
+    assert_eq!(p.ledger().reservations().len(), 1);
+    let out = p.handle(10_001 + timeout, Input::Tick);
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Effect::NegotiationFailed { by: None, .. }))
+    );
+    assert!(p.ledger().reservations().is_empty());
+}
+
+/// A customer cannot keep a provider's capacity held with week-long windows or many auctions:
+/// auto-bids go only to windows closing within `max_bid_window_ms`, and at most
+/// `max_holds_per_customer` holds per customer are kept at a time.
+#[test]
+fn auto_bids_decline_long_windows_and_many_holds_for_one_customer() {
+    let mut p = provider(big_capacity());
+    let max_window = p.config().dmu.provider.max_bid_window_ms;
+    let customer = signer(1);
+    let long = AuctionBuilder::new()
+        .window_ms(max_window + 1)
+        .build(&customer, 0);
+    assert!(sent_bid(&remote(&mut p, 0, MarketMessage::Auction(long))).is_none());
+    let ok = AuctionBuilder::new()
+        .window_ms(max_window)
+        .build(&customer, 0);
+    assert!(sent_bid(&remote(&mut p, 0, MarketMessage::Auction(ok))).is_some());
+    let second = AuctionBuilder::new().build(&customer, 0);
+    assert!(sent_bid(&remote(&mut p, 1, MarketMessage::Auction(second))).is_some());
+    let third = AuctionBuilder::new().build(&customer, 0);
+    assert!(sent_bid(&remote(&mut p, 2, MarketMessage::Auction(third))).is_none());
+    // Another customer still gets a bid.
+    let other = AuctionBuilder::new().build(&signer(3), 0);
+    assert!(sent_bid(&remote(&mut p, 3, MarketMessage::Auction(other))).is_some());
+    assert_eq!(p.book_stats().counters.auto_bids_declined, 2);
+    // Once the short hold lapses (10 s window + grace), the customer gets a bid again.
+    let later = 10_000 + p.config().dmu.provider.hold_grace_ms;
+    p.handle(later, Input::Tick);
+    let fourth = AuctionBuilder::new().build(&customer, later);
+    assert!(sent_bid(&remote(&mut p, later + 1, MarketMessage::Auction(fourth))).is_some());
+}
+
+fn small_book() -> MarketConfig {
+    let mut c = MarketConfig::default();
+    c.limits.max_auctions_per_customer = 3;
+    c.limits.max_auctions = 5;
+    c.limits.max_offers_per_provider = 2;
+    c.limits.max_offers = 4;
+    c
+}
+
+#[test]
+fn one_customer_cannot_fill_the_auction_book() {
+    let mut node = MarketState::new(signer(50), small_book());
+    let flooder = signer(1);
+    for i in 0..3 {
+        let a = AuctionBuilder::new().build(&flooder, i);
+        assert!(rejected(&remote(&mut node, i, MarketMessage::Auction(a))).is_empty());
+    }
+    let extra = AuctionBuilder::new().build(&flooder, 3);
+    assert!(matches!(
+        &rejected(&remote(&mut node, 3, MarketMessage::Auction(extra)))[..],
+        [MarketError::CustomerQuota { max: 3, .. }]
+    ));
+    // Two honest customers fill the book; a third still gets in, in place of a flooder's.
+    for seed in 2..5 {
+        let a = AuctionBuilder::new().build(&signer(seed), 4);
+        assert!(rejected(&remote(&mut node, 4, MarketMessage::Auction(a))).is_empty());
+    }
+    let stats = node.book_stats();
+    assert_eq!(stats.auctions, 5);
+    assert_eq!(stats.counters.auctions_refused_quota, 1);
+    assert_eq!(stats.counters.auctions_evicted, 1);
+    let from = |node: &MarketState<KeySigner>, c: &KeySigner| {
+        node.auctions()
+            .values()
+            .filter(|e| e.request.body.customer == c.node_id())
+            .count()
+    };
+    assert_eq!(from(&node, &flooder), 2);
+    // Now everyone holds at most 2 and a newcomer holds 0: the flooder gives way again, and
+    // once nobody holds more than the newcomer, the newcomer is refused.
+    let a = AuctionBuilder::new().build(&signer(6), 5);
+    assert!(rejected(&remote(&mut node, 5, MarketMessage::Auction(a))).is_empty());
+    assert_eq!(from(&node, &flooder), 1);
+}
+
+#[test]
+fn closed_auctions_give_way_first_and_needed_ones_never() {
+    let mut cfg = small_book();
+    cfg.capacity = big_capacity();
+    cfg.dmu.provider.auto_bid = true;
+    cfg.limits.max_auctions = 3;
+    let mut node = MarketState::new(signer(50), cfg);
+    // Our own auction, one we bid on, and one whose window closes at 1 s.
+    node.handle(0, Input::CreateAuction(AuctionBuilder::new().spec()));
+    let bid_on = AuctionBuilder::new().build(&signer(1), 0);
+    assert!(
+        sent_bid(&remote(
+            &mut node,
+            0,
+            MarketMessage::Auction(bid_on.clone())
+        ))
+        .is_some()
+    );
+    node.config.dmu.provider.auto_bid = false;
+    let short = AuctionBuilder::new().window_ms(1_000).build(&signer(2), 0);
+    remote(&mut node, 0, MarketMessage::Auction(short.clone()));
+    node.handle(1_000, Input::Tick);
+    let newcomer = AuctionBuilder::new().build(&signer(3), 1_000);
+    assert!(rejected(&remote(&mut node, 1_001, MarketMessage::Auction(newcomer))).is_empty());
+    assert!(!node.auctions().contains_key(&short.id().unwrap()));
+    assert!(node.auctions().contains_key(&bid_on.id().unwrap()));
+    // Now only needed entries and the newcomer's are left; another newcomer (holding 0, as
+    // everyone else holds 1) takes the newcomer's place; ours and the one we bid on stay.
+    let other = AuctionBuilder::new().build(&signer(4), 1_000);
+    assert!(rejected(&remote(&mut node, 1_002, MarketMessage::Auction(other))).is_empty());
+    assert!(node.auctions().contains_key(&bid_on.id().unwrap()));
+    assert_eq!(
+        node.auctions()
+            .values()
+            .filter(|e| e.request.body.customer == node.node_id())
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_full_book_of_equals_refuses_with_a_typed_error() {
+    let mut cfg = small_book();
+    cfg.limits.max_auctions = 2;
+    cfg.limits.max_auctions_per_customer = 2;
+    let mut node = MarketState::new(signer(50), cfg);
+    let c = signer(1);
+    for i in 0..2 {
+        remote(
+            &mut node,
+            0,
+            MarketMessage::Auction(AuctionBuilder::new().build(&c, i)),
+        );
+    }
+    // c holds 2; a newcomer holding 0 evicts one of c's. Then c (holding 1) against the
+    // newcomer (holding 1): nobody holds more than c, so c is refused.
+    remote(
+        &mut node,
+        0,
+        MarketMessage::Auction(AuctionBuilder::new().build(&signer(2), 0)),
+    );
+    let out = remote(
+        &mut node,
+        0,
+        MarketMessage::Auction(AuctionBuilder::new().build(&c, 2)),
+    );
+    assert!(matches!(
+        &rejected(&out)[..],
+        [MarketError::MarketFull {
+            book: "auction",
+            max: 2
+        }]
+    ));
+    assert_eq!(node.book_stats().counters.auctions_refused_full, 1);
+}
+
+#[test]
+fn offers_are_bounded_per_provider_and_in_total() {
+    let mut node = MarketState::new(signer(50), small_book());
+    let res = Resources {
+        cpu_millis: 100,
+        ..Resources::default()
+    };
+    let flooder = signer(1);
+    for _ in 0..2 {
+        let o = offer(&flooder, "eu-west", res.clone(), 5, 0);
+        assert!(rejected(&remote(&mut node, 0, MarketMessage::Offer(o))).is_empty());
+    }
+    let o = offer(&flooder, "eu-west", res.clone(), 5, 0);
+    assert!(matches!(
+        &rejected(&remote(&mut node, 0, MarketMessage::Offer(o)))[..],
+        [MarketError::ProviderQuota { max: 2, .. }]
+    ));
+    for seed in 2..5 {
+        let o = offer(&signer(seed), "eu-west", res.clone(), 5, 0);
+        assert!(rejected(&remote(&mut node, 0, MarketMessage::Offer(o))).is_empty());
+    }
+    let stats = node.book_stats();
+    assert_eq!(stats.offers, 4);
+    assert_eq!(stats.counters.offers_evicted, 1);
+    assert_eq!(
+        node.offers()
+            .values()
+            .filter(|o| o.body.provider == flooder.node_id())
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn one_bid_per_provider_and_cheaper_bids_displace_dearer_ones() {
+    let mut cfg = MarketConfig::default();
+    cfg.limits.max_bids_per_auction = 2;
+    let mut node = MarketState::new(signer(1), cfg);
+    node.handle(0, Input::CreateAuction(AuctionBuilder::new().spec()));
+    let req = node.auctions().values().next().unwrap().request.clone();
+    let bid = |seed: u64, price: u64| BidBuilder::new(&req).price(price).build(&signer(seed));
+    assert!(rejected(&remote(&mut node, 1, MarketMessage::Bid(bid(10, 500)))).is_empty());
+    assert!(matches!(
+        &rejected(&remote(&mut node, 1, MarketMessage::Bid(bid(10, 400))))[..],
+        [MarketError::DuplicateBid { .. }]
+    ));
+    assert!(rejected(&remote(&mut node, 1, MarketMessage::Bid(bid(11, 600)))).is_empty());
+    // Full: a dearer bid is refused, a cheaper one displaces the dearest (600).
+    assert!(matches!(
+        &rejected(&remote(&mut node, 1, MarketMessage::Bid(bid(12, 700))))[..],
+        [MarketError::BookFull { max: 2, .. }]
+    ));
+    assert!(rejected(&remote(&mut node, 1, MarketMessage::Bid(bid(13, 100)))).is_empty());
+    let prices: Vec<u64> = node
+        .auctions()
+        .values()
+        .next()
+        .unwrap()
+        .bids
+        .values()
+        .map(|b| b.body.price)
+        .collect();
+    assert_eq!(prices.len(), 2);
+    assert!(prices.contains(&100) && prices.contains(&500));
+    let c = node.book_stats().counters;
+    assert_eq!(
+        (
+            c.bids_refused_duplicate,
+            c.bids_refused_full,
+            c.bids_evicted
+        ),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn bids_are_bounded_over_all_our_auctions() {
+    let mut cfg = MarketConfig::default();
+    cfg.limits.max_bids = 3;
+    let mut node = MarketState::new(signer(1), cfg);
+    for _ in 0..2 {
+        node.handle(0, Input::CreateAuction(AuctionBuilder::new().spec()));
+    }
+    let reqs: Vec<AuctionRequest> = node
+        .auctions()
+        .values()
+        .map(|e| e.request.clone())
+        .collect();
+    let mut refused = Vec::new();
+    for (i, seed) in (10..15).enumerate() {
+        let b = BidBuilder::new(&reqs[i % 2])
+            .price(500)
+            .build(&signer(seed));
+        refused.extend(rejected(&remote(&mut node, 1, MarketMessage::Bid(b))));
+    }
+    assert_eq!(node.book_stats().bids, 3);
+    assert!(matches!(
+        &refused[..],
+        [
+            MarketError::MarketFull {
+                book: "bid",
+                max: 3
+            },
+            MarketError::MarketFull {
+                book: "bid",
+                max: 3
+            }
+        ]
+    ));
+}
+
+/// One step of a flood scenario.
+#[derive(Clone, Debug)]
+enum Step {
+    /// The flooder (customer 1) sends an auction with this window and award grace.
+    Flood { window: u64, grace: u64 },
+    /// Honest customer `seed` sends an auction.
+    Honest { seed: u64 },
+    /// The flooder, or an honest provider, publishes an offer.
+    Offer { flooder: bool, seed: u64 },
+    /// A provider bids on our own auction at this price.
+    Bid { seed: u64, price: u64 },
+    /// Time passes by this much, then a tick.
+    Wait(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (1u64..20_000, 0u64..DAY).prop_map(|(window, grace)| Step::Flood { window, grace }),
+        1 => (2u64..8).prop_map(|seed| Step::Honest { seed }),
+        2 => (any::<bool>(), 2u64..8).prop_map(|(flooder, seed)| Step::Offer { flooder, seed }),
+        2 => (10u64..60, 1u64..1000).prop_map(|(seed, price)| Step::Bid { seed, price }),
+        1 => (0u64..30_000).prop_map(Step::Wait),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Under any sequence of messages the books stay within their bounds, and an honest
+    /// customer (holding less than the flooder) always gets its auction in.
+    #[test]
+    fn books_stay_bounded_and_honest_auctions_get_in(steps in proptest::collection::vec(step(), 1..120)) {
+        let mut cfg = MarketConfig::default();
+        cfg.limits.max_auctions_per_customer = 6;
+        cfg.limits.max_auctions = 12;
+        cfg.limits.max_offers_per_provider = 3;
+        cfg.limits.max_offers = 8;
+        cfg.limits.max_bids_per_auction = 5;
+        cfg.limits.max_bids = 8;
+        cfg.limits.max_replay_nonces = 40;
+        let limits = cfg.limits.clone();
+        let mut node = MarketState::new(signer(100), cfg);
+        node.handle(0, Input::CreateAuction(AuctionBuilder::new().window_ms(DAY).spec()));
+        node.handle(0, Input::CreateAuction(AuctionBuilder::new().window_ms(DAY).spec()));
+        let ours: Vec<AuctionRequest> = node.auctions().values().map(|e| e.request.clone()).collect();
+        let mut now = 1;
+        let flooder = signer(1);
+        let res = Resources { cpu_millis: 100, ..Resources::default() };
+        for (i, s) in steps.into_iter().enumerate() {
+            now += 1;
+            match s {
+                Step::Flood { window, grace } => {
+                    let mut spec = AuctionBuilder::new().window_ms(window).spec();
+                    spec.award_grace_ms = grace;
+                    let req = spec.create(&flooder, now, crate::test_utils::fresh_nonce()).unwrap();
+                    remote(&mut node, now, MarketMessage::Auction(req));
+                }
+                Step::Honest { seed } => {
+                    let c = signer(seed);
+                    let mut per: std::collections::BTreeMap<NodeId, usize> = Default::default();
+                    for e in node.auctions().values().filter(|e| e.request.body.customer != node.node_id()) {
+                        *per.entry(e.request.body.customer).or_default() += 1;
+                    }
+                    let held = per.get(&c.node_id()).copied().unwrap_or(0);
+                    let heaviest = per.values().copied().max().unwrap_or(0);
+                    let full = node.auctions().len() >= limits.max_auctions;
+                    let req = AuctionBuilder::new().build(&c, now);
+                    let id = req.id().unwrap();
+                    let out = remote(&mut node, now, MarketMessage::Auction(req));
+                    // It gets in unless it already holds its quota, or the book is full and
+                    // nobody holds more than it does.
+                    if held < limits.max_auctions_per_customer && (!full || heaviest > held) {
+                        prop_assert!(node.auctions().contains_key(&id), "step {}: honest auction refused: {:?}", i, rejected(&out));
+                    }
+                }
+                Step::Offer { flooder: f, seed } => {
+                    let who = if f { signer(1) } else { signer(seed) };
+                    remote(&mut node, now, MarketMessage::Offer(offer(&who, "eu-west", res.clone(), 5, now)));
+                }
+                Step::Bid { seed, price } => {
+                    let req = &ours[(seed % 2) as usize];
+                    let bid = BidBuilder::new(req).price(price).build(&signer(seed));
+                    remote(&mut node, now, MarketMessage::Bid(bid));
+                }
+                Step::Wait(ms) => {
+                    now += ms;
+                    node.handle(now, Input::Tick);
+                }
+            }
+            let stats = node.book_stats();
+            prop_assert!(stats.auctions <= limits.max_auctions);
+            prop_assert!(stats.offers <= limits.max_offers);
+            prop_assert!(stats.bids <= limits.max_bids);
+            prop_assert!(stats.replay_nonces <= limits.max_replay_nonces);
+            prop_assert!(node.auctions().values().all(|e| e.bids.len() <= limits.max_bids_per_auction));
+            let mut per: std::collections::BTreeMap<NodeId, usize> = Default::default();
+            for e in node.auctions().values() {
+                *per.entry(e.request.body.customer).or_default() += 1;
+            }
+            prop_assert!(per.values().all(|n| *n <= limits.max_auctions_per_customer));
+            let mut per: std::collections::BTreeMap<NodeId, usize> = Default::default();
+            for o in node.offers().values() {
+                *per.entry(o.body.provider).or_default() += 1;
+            }
+            prop_assert!(per.values().all(|n| *n <= limits.max_offers_per_provider));
+            // Our own auctions are never evicted.
+            for r in &ours {
+                prop_assert!(node.auctions().contains_key(&r.id().unwrap()));
+            }
+        }
+    }
+
+    /// Whatever customers do (award us, award another, never award; any expiry up to the
+    /// limit), a tentative hold never outlives the award grace, and once every deadline has
+    /// passed no capacity is held.
+    #[test]
+    fn capacity_is_always_released(
+        auctions in proptest::collection::vec((1u64..30_000, 0u64..7 * DAY, 0u8..3, 0u64..40_000), 1..16),
+        auto_accept in any::<bool>(),
+    ) {
+        let cap = Resources { cpu_millis: 4_000, ..Resources::default() }.with_interface(Interface::LoRa, 2);
+        let mut p = provider(cap.clone());
+        p.config.dmu.provider.auto_accept_award = auto_accept;
+        // Deals agreed keep their capacity until the contract ends (`Input::ReleaseCapacity`).
+        let mut agreed = std::collections::BTreeSet::new();
+        let grace = p.config().dmu.provider.hold_grace_ms;
+        let mut now = 0;
+        let mut last_deadline = 0;
+        for (i, (window, award_grace, fate, wait)) in auctions.into_iter().enumerate() {
+            now += 1;
+            let customer = signer(10 + i as u64);
+            let need = Resources { cpu_millis: 1_000, ..Resources::default() }.with_interface(Interface::LoRa, 1);
+            let mut spec = AuctionBuilder::new().resources(need).window_ms(window).spec();
+            spec.award_grace_ms = award_grace;
+            let req = spec.create(&customer, now, 1).unwrap();
+            let out = remote(&mut p, now, MarketMessage::Auction(req.clone()));
+            if let Some(bid) = sent_bid(&out) {
+                let close = req.body.window_closes_at;
+                let key = ReservationKey::Auction(req.id().unwrap());
+                let hold = p.ledger().reservations().get(&key).and_then(|r| r.expires_at);
+                prop_assert_eq!(hold, Some((close + grace).min(req.body.expires_at)));
+                last_deadline = last_deadline.max(close + grace);
+                now = now.max(close);
+                match fate {
+                    0 => {
+                        // Awarded to us, with a far-off expiry the provider clamps.
+                        let award = award_for(&customer, &req, &bid, now + 7 * DAY);
+                        let out = remote(&mut p, now, MarketMessage::Award(award));
+                        if out.iter().any(|e| matches!(e, Effect::Agreed(_))) {
+                            agreed.insert(key);
+                        }
+                        last_deadline = last_deadline.max(now + p.config().dmu.negotiation.timeout_ms);
+                    }
+                    1 => {
+                        // Awarded to someone else, heard over gossip.
+                        let other = BidBuilder::new(&req).build(&signer(999));
+                        let award = award_for(&customer, &req, &other, now + 60_000);
+                        remote(&mut p, now, MarketMessage::Award(award));
+                        prop_assert!(!p.ledger().reservations().contains_key(&key));
+                    }
+                    _ => {} // never awarded
+                }
+            }
+            now += wait;
+            p.handle(now, Input::Tick);
+            for r in p.ledger().reservations().values() {
+                if let Some(t) = r.expires_at {
+                    prop_assert!(t > now, "a lapsed hold survived a tick");
+                }
+            }
+            prop_assert!(p.ledger().reserved_total().unwrap().fits_in(&cap));
+        }
+        p.handle(last_deadline.max(now) + 1, Input::Tick);
+        let left: std::collections::BTreeSet<_> = p.ledger().reservations().keys().copied().collect();
+        prop_assert_eq!(&left, &agreed);
+        prop_assert!(p.ledger().reservations().values().all(|r| r.expires_at.is_none()));
+        for key in agreed {
+            p.handle(last_deadline.max(now) + 2, Input::ReleaseCapacity(key));
+        }
+        prop_assert!(p.ledger().reservations().is_empty());
+    }
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds every cargo-fuzz target in tests/fuzz and runs each for SECONDS_PER_TARGET (default 20),
+# printing one line per target (executions, crashes). Exits non-zero if any target crashed or
+# failed to build. Installs what it needs when missing: the nightly toolchain (rustup) and
+# cargo-fuzz (`cargo install --locked`).
+#
+#   bash scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+#
+# Crash inputs land in tests/fuzz/artifacts/TARGET/; reproduce one with
+#   cargo +nightly fuzz run --fuzz-dir tests/fuzz TARGET tests/fuzz/artifacts/TARGET/crash-...
+# Env: FUZZ_ARGS (extra libFuzzer flags). An input that runs over 10 s counts as a crash.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-20}"
+shift || true
+fuzz_dir=tests/fuzz
+
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  echo "fuzz: installing the nightly toolchain (cargo-fuzz needs it for sanitizer flags)"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz: installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
+fi
+
+targets=("$@")
+if [ "${#targets[@]}" -eq 0 ]; then
+  mapfile -t targets < <(cargo +nightly fuzz list --fuzz-dir "$fuzz_dir")
+fi
+echo "fuzz: building ${#targets[@]} targets"
+build_log=$(mktemp)
+if ! cargo +nightly fuzz build --fuzz-dir "$fuzz_dir" >"$build_log" 2>&1; then
+  tail -n 40 "$build_log"
+  echo "fuzz: build failed" >&2
+  exit 1
+fi
+rm -f "$build_log"
+
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+failed=0
+for target in "${targets[@]}"; do
+  corpus="$fuzz_dir/corpus/$target"
+  artifacts="$fuzz_dir/artifacts/$target"
+  mkdir -p "$corpus" "$artifacts"
+  seeds=()
+  [ -d "$fuzz_dir/seeds/$target" ] && seeds=("$fuzz_dir/seeds/$target")
+  dict=()
+  [ -f "$fuzz_dir/dicts/$target.dict" ] && dict=("-dict=$fuzz_dir/dicts/$target.dict")
+  before=$(find "$artifacts" -type f | wc -l)
+  status=0
+  # shellcheck disable=SC2086
+  cargo +nightly fuzz run --fuzz-dir "$fuzz_dir" "$target" "$corpus" "${seeds[@]}" -- \
+    -max_total_time="$seconds" -timeout=10 -print_final_stats=1 "${dict[@]}" ${FUZZ_ARGS:-} \
+    >"$logs/$target" 2>&1 || status=$?
+  crashes=$(( $(find "$artifacts" -type f | wc -l) - before ))
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$target" | grep -o '[0-9]*$' | tail -1 || true)
+  rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$logs/$target" | grep -o '[0-9]*$' | tail -1 || true)
+  if [ "$status" -ne 0 ] && [ "$crashes" -eq 0 ]; then crashes=1; fi
+  printf 'fuzz: %-14s %10s executions  %6s exec/s  %s crashes  (%ss)\n' \
+    "$target" "${runs:-?}" "${rate:-?}" "$crashes" "$seconds"
+  if [ "$status" -ne 0 ] || [ "$crashes" -ne 0 ]; then
+    failed=1
+    echo "fuzz: $target failed (exit $status); last lines of its log:"
+    tail -n 30 "$logs/$target" | sed 's/^/    /'
+  fi
+done
+exit "$failed"

@@ -21,6 +21,7 @@ pub mod contract;
 pub mod duties;
 pub mod ledger;
 pub mod lifecycle;
+pub mod vote;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
@@ -37,3 +38,6 @@ pub use ledger::{
     SignedTransaction, Supply, Transaction, TxKind, UptimeInterval,
 };
 pub use lifecycle::{ContractStatus, IllegalTransition, LifecycleEvent};
+pub use vote::{
+    BlockHash, ConsensusVote, EquivocationError, EquivocationEvidence, SignedVote, VoteKind,
+};

@@ -5,8 +5,10 @@
 //! How the node drives it:
 //! 1. At startup: `Ledger::from_genesis(&genesis)` (genesis read from TOML/JSON by the node) or
 //!    `Ledger::from_snapshot(bytes)` from its store.
-//! 2. After negotiation: build a [`Contract`], each party calls `contract.sign_as(&signer)`,
-//!    assemble a [`SignedContract`] and submit `TxKind::RegisterContract`.
+//! 2. After negotiation: the customer builds the contract with [`deal::build_contract`], the
+//!    provider checks it with [`deal::check_proposal`]; each party calls
+//!    `contract.sign_as(&signer)`, the customer assembles a [`SignedContract`] and submits
+//!    `TxKind::RegisterContract`.
 //! 3. Transactions: `ledger.sign_next(&signer, kind)` (or build a [`Transaction`] with a tracked
 //!    nonce); `ledger.admissible(&tx, &policy)` for mempool admission (cheap, no clone);
 //!    `ledger.check(now, &tx)` to dry-run one.
@@ -23,6 +25,7 @@
 
 pub mod attestation;
 pub mod contract;
+pub mod deal;
 pub mod duties;
 pub mod ledger;
 pub mod lifecycle;
@@ -35,6 +38,10 @@ pub use attestation::{HandoverDecision, Liveness, Observation, quorum};
 pub use contract::{
     ActivationClause, Amount, Contract, ContractError, ContractId, ContractKind, Party, Qos,
     SignedContract, Stakes, Terms,
+};
+pub use deal::{
+    AuctionFacts, CommitteeView, DealError, DealPolicy, DealRefusal, ProposalPolicy,
+    build_contract, check_proposal,
 };
 pub use duties::{Duty, MIN_AUDIT_PERIOD_MS, audit_duty, duties_for, probe_duty};
 pub use ledger::{

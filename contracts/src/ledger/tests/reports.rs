@@ -226,6 +226,12 @@ fn minority_storage_failures_never_count() {
     }
     let rec = h.ledger.contract(&id).unwrap();
     assert_eq!((rec.storage_passed, rec.storage_failed), (15, 0));
+    assert!(
+        !rec.audits.is_empty(),
+        "undecided rounds are held while active"
+    );
     h.ok(&c, settle(id, SettleReason::DurationEnded));
     assert_eq!(h.status(id), ContractStatus::Settled);
+    // A closed contract keeps no tallies.
+    assert!(h.ledger.contract(&id).unwrap().audits.is_empty());
 }

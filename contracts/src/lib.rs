@@ -21,6 +21,7 @@ pub mod contract;
 pub mod duties;
 pub mod ledger;
 pub mod lifecycle;
+pub mod roles;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;

@@ -218,3 +218,82 @@ proptest! {
         }
     }
 }
+
+/// Schedules the property tests found during development, kept as named cases (each failed on
+/// an earlier version of the machines; the comment says what was wrong).
+mod found {
+    use super::*;
+
+    fn runs(faults: &[(u64, Fault)], strict: bool) {
+        let mut sim = Sim::new();
+        run(&mut sim, faults);
+        if let Err(e) = check(&sim, strict) {
+            panic!("{faults:?}: {e}");
+        }
+    }
+
+    /// Cut off before its first block: catching up on the backlog, it must not start its own
+    /// service on the first (stale) block it applies.
+    #[test]
+    fn a_customer_catching_up_on_its_backlog_does_not_act_on_stale_blocks() {
+        runs(&[(0, Fault::Partition(A))], false);
+        runs(&[(20, Fault::Partition(A))], false);
+    }
+
+    /// The provider fed the sensors before the ledger recorded its activation: the customer
+    /// reclaiming them must still wait for it and trust its release.
+    #[test]
+    fn a_provider_that_fed_before_reporting_activation_is_waited_for() {
+        runs(
+            &[(0, Fault::Partition(A)), (280, Fault::Partition(B))],
+            false,
+        );
+    }
+
+    /// A restarted provider learns the customer's last checkpoint from the peers that relay
+    /// it, though the customer's authority over the sensors ended long ago.
+    #[test]
+    fn a_restarted_provider_resumes_after_the_customers_relayed_checkpoint() {
+        runs(&[(33_980, Fault::Kill(A)), (280, Fault::Kill(B))], true);
+    }
+
+    /// A provider cut off while the customer kept checkpointing has a stale watermark even
+    /// though its buffer continues from it: the takeover asks peers anyway.
+    #[test]
+    fn a_provider_with_a_stale_watermark_asks_its_peers_before_feeding() {
+        runs(
+            &[(4_100, Fault::Kill(A)), (300, Fault::Partition(B))],
+            false,
+        );
+    }
+
+    /// The customer is cut off before the provider armed: it must already watch its committee
+    /// and stop feeding before the provider takes over.
+    #[test]
+    fn a_customer_cut_off_before_arming_stops_feeding_in_time() {
+        runs(&[(20, Fault::Partition(A))], false);
+    }
+
+    /// Refused transactions while cut off must not be resubmitted in the same instant (the
+    /// effects never settled).
+    #[test]
+    fn a_provider_cut_off_while_migrating_does_not_spin() {
+        runs(&[(280, Fault::Partition(B))], false);
+    }
+
+    /// A stale block handed to the provider after the handback must not bring it back.
+    #[test]
+    fn a_stale_block_after_the_handback_does_not_bring_the_provider_back() {
+        for back in 1..6 {
+            runs(
+                &[
+                    (5_000, Fault::Kill(A)),
+                    (15_000, Fault::Restart(A)),
+                    (20_000, Fault::Stale(B, back)),
+                    (20_000, Fault::Stale(A, back)),
+                ],
+                true,
+            );
+        }
+    }
+}

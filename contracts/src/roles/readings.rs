@@ -10,7 +10,8 @@
 //! Rules, each with a unit test in `readings/tests.rs`:
 //! - Feed only with authority: assigned here, this node is the ledger's manager, its lease has
 //!   not run out, and the previous manager released the device or its authority has certainly
-//!   ended (`Previous::until`). So two edges never feed one device at once.
+//!   ended (`Previous::until`). So two edges never feed one device at once. When the ledger
+//!   moves a device away, this edge releases it at once (a checkpoint naming it).
 //! - Live uplinks must advance the device's frame counter; others are dropped and counted.
 //! - A frame at or below the device's watermark (`done`: the highest counter processed by an
 //!   edge whose word counts) is never fed or buffered again.
@@ -393,7 +394,7 @@ impl Readings {
         let mut out = Vec::new();
         match input {
             Input::Heard(frame) => self.on_heard(now, frame, &mut out),
-            Input::Authority(map) => self.on_authority(now, map),
+            Input::Authority(map) => self.on_authority(now, map, &mut out),
             Input::Assign {
                 devices,
                 service,
@@ -599,11 +600,30 @@ impl Readings {
         replayed
     }
 
-    fn on_authority(&mut self, now: Timestamp, map: BTreeMap<DeviceId, DeviceAuthority>) {
+    fn on_authority(
+        &mut self,
+        now: Timestamp,
+        map: BTreeMap<DeviceId, DeviceAuthority>,
+        out: &mut Vec<Effect>,
+    ) {
+        // Devices the ledger moved from this edge to another: release them at once (the new
+        // manager then need not wait for this edge's lease to run out).
+        let mut moved: BTreeMap<String, Vec<DeviceId>> = BTreeMap::new();
+        for (d, old) in &self.authority {
+            let taken = old.manager == self.me && map.get(d).is_none_or(|a| a.manager != self.me);
+            if let Some(service) = self.devices.get(d).and_then(|x| x.service.clone())
+                && taken
+            {
+                moved.entry(service).or_default().push(*d);
+            }
+        }
         self.authority = map;
         let ids: Vec<DeviceId> = self.authority.keys().copied().collect();
         for d in ids {
             self.devices.entry(d).or_insert_with(|| Device::new(now));
+        }
+        for (service, devices) in moved {
+            self.checkpoint(&service, devices, out);
         }
         // `on_time` (after every input) drains what may now be fed and checkpoints what may not.
     }

@@ -484,3 +484,21 @@ fn wake_ups_name_the_next_deadline() {
         "{out:?}"
     );
 }
+
+#[test]
+fn the_ledger_moving_a_device_away_releases_it_at_once() {
+    let mut r = feeding(A);
+    heard(&mut r, 10, 2);
+    let out = r.handle(20, authority(B, Some(5_000), Vec::new()));
+    assert!(out.iter().any(|e| matches!(e,
+        Effect::Checkpoint { ranges, released, .. } if ranges[0].last == 2 && released == &vec![D])));
+    assert!(fed(&heard(&mut r, 30, 3)).is_empty());
+    // A lease running out is not a release: the device may come back.
+    let mut r = Readings::new(B, ReadingsConfig::default());
+    r.handle(0, authority(B, Some(1_000), Vec::new()));
+    assign(&mut r, 1, "s");
+    heard(&mut r, 2, 1);
+    let out = r.handle(1_000, Input::Tick);
+    assert!(out.iter().any(|e| matches!(e,
+        Effect::Checkpoint { released, .. } if released.is_empty())));
+}

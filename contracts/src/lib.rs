@@ -29,6 +29,7 @@ pub mod deal;
 pub mod duties;
 pub mod ledger;
 pub mod lifecycle;
+pub mod roles;
 pub mod vote;
 
 #[cfg(any(test, feature = "test-utils"))]

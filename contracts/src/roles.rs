@@ -39,13 +39,22 @@
 //! - [`RolesConfig::owner_suspend_ms`] (presence timeout + tick): how soon a customer cut off
 //!   from its committee has stopped feeding its own sensors.
 //! - [`ACTIVATION_RETRY_MS`], [`OWN_RETRY_MS`], [`REFUSED_RETRY_MS`], [`RESUBMIT_MS`]: retries.
+//! - Evidence rounds (the ledger's `ContractRecord::evidence_round`: the heartbeat interval, at
+//!   least 2 s, from activation): an arbitrator probes each active hosted or standby contract
+//!   of its committees once per interval, and challenges each active storage contract once per
+//!   audit round, at a moment of the round's first `length - PROBE_TIMEOUT_MS` drawn from
+//!   [`RolesConfig::evidence_seed`], its own id, the contract and the round (each member looks
+//!   at its own moment; the provider cannot tell when to be up). [`PROBE_TIMEOUT_MS`] (1 s):
+//!   a silent provider is reported down then. [`REPORT_VIEW_MAX_AGE_MS`] (3 s): a probe "down"
+//!   or a failed challenge is reported only while this node's latest block is at most this
+//!   old, since silence may be its own isolation.
 //!
 //! # Wiring plan for the node
 //! ## The role machine (replaces `node/src/orchestrator*`)
-//! One task owns a [`Roles`] (built with [`Roles::new`]`(me, now_ms(), RolesConfig::
-//! with_presence_timeout(cfg.network.presence_timeout_ms), own)`, `own` read from
-//! `own-service.json`). Its loop turns events into inputs, calls `handle(now_ms(), input)` and
-//! performs the effects in order.
+//! One task owns a [`Roles`] (built with [`Roles::new`]`(me, now_ms(), RolesConfig {
+//! evidence_seed: rand::random(), ..RolesConfig::with_presence_timeout(cfg.network.
+//! presence_timeout_ms) }, own)`, `own` read from `own-service.json`). Its loop turns events
+//! into inputs, calls `handle(now_ms(), input)` and performs the effects in order.
 //!
 //! Ledger queries the driver pre-computes (inside `LedgerHandle::query`):
 //! - after every applied block: [`LedgerFacts::from_ledger`]`(me, &v.ledger, block.events,
@@ -56,7 +65,8 @@
 //!
 //! Timers: one, re-armed to the latest [`Effect::WakeAt`] (or a plain [`TICK_MS`] interval):
 //! it delivers [`Input::Tick`]. Every rule that waits (scheduled activation, re-attestation,
-//! heartbeats, audits, settlement retries, staging back-off) is inside the machine.
+//! heartbeats, probes and their timeouts, audits, settlement retries, staging back-off) is
+//! inside the machine.
 //!
 //! | today | input | effects replacing its I/O |
 //! |---|---|---|
@@ -75,7 +85,9 @@
 //! | `heartbeat` | `Tick` | `Meter` → driver answers `Metered { running: services.running(id), processed: Σ processed of the devices, proofs: own checkpoint proof CIDs of the service }` → `Submit(Heartbeats)`, `Submit(SettleUptime)` |
 //! | `stop_hosted`, `release_custody` | `Ledger` (closed) | `YieldDevices` (radio `Release`), `StopService`, `Listen(off)`, `ReleaseCustody` (unpin both) |
 //! | `watch`, `Duty::Unwatch` | `Ledger` | `Watch(node)` / `Unwatch(node)` → `network.watch/unwatch` |
-//! | `start_audit`, `run_due_audits`, `on_audited` | `Ledger`, `Tick`, `AuditAnswer` | `Challenge` (driver: commitment fetch and cache by CID, `audit::challenge`; `None` → `Unjudged`), `Submit(StorageProofResult)` |
+//! | `start_audit`, `run_due_audits`, `on_audited` (`Duty::Audit`/`EndAudit`) | `Ledger`, `Tick`, `AuditAnswer` | `Challenge`, once per audit round (driver: commitment fetch and cache by CID, `audit::challenge`; `None` → `Unjudged`; a timeout → `Failed`), `Submit(StorageProofResult { round })` with the round of the challenge |
+//! | — (new, #13.10: `Duty::Probe`/`EndProbe`) | `Ledger` (an active hosted or standby contract whose committee holds this node), `Tick`, `ProbeAnswer` | `Probe { contract, provider, interval, timeout_ms }`, once per probe interval → driver asks `provider` over the network whether the contract's service runs and answers `ProbeAnswer { contract, interval, up }` as soon as it knows (`up: false` for "not running" or a refusal); after `timeout_ms` it gives up without an input (the machine reports the silence as down); then `Submit(ProbeResult { contract, interval, up })` |
+//! | — (the provider's side of a probe) | — | no role input: the node answers a probe request for contract `c` only from a member of `c`'s committee (ledger facts), with `services.running(c)`, under a per-peer request quota |
 //! | `settle_due` | `Tick` | `Submit(Settle)` |
 //! | `own::set_own` | driver writes `own-service.json`, then `SetOwn { image }` | `Stage(Own)`; reply to the API on `OwnSet(result)` |
 //! | `own::evaluate_own` (incl. the 3 s `released_by_peer` poll) | any input | `Stage(Own)`, `Activate { Own, reclaim }`, `YieldDevices`, `StopService`, `Listen`; the wait for the provider's release is the readings machine's authority rule |
@@ -153,6 +165,14 @@ pub const REFUSED_RETRY_MS: u64 = 1_000;
 pub const PROVIDER_LEASE_MS: u64 = 3_000;
 /// The node's default presence timeout for watched peers (`network.presence_timeout_ms`).
 pub const PRESENCE_TIMEOUT_MS: u64 = 1_000;
+/// A probed provider has this long to answer; silence counts as its service down. Probes start
+/// at least this long before their interval ends, so the outcome belongs to the interval.
+pub const PROBE_TIMEOUT_MS: u64 = 1_000;
+/// An arbitrator reports a probe "down" or a failed storage challenge only while its latest
+/// block arrived at most this long ago: one that hears no blocks may be the one cut off, and
+/// must not blame the provider for its own isolation (blocks come every second while a
+/// contract is active).
+pub const REPORT_VIEW_MAX_AGE_MS: u64 = 3_000;
 
 /// Settings of the role machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +182,10 @@ pub struct RolesConfig {
     /// How soon a customer cut off from its committee has stopped feeding its own sensors:
     /// the presence timeout plus a tick.
     pub owner_suspend_ms: u64,
+    /// Seed of the moments this node, as arbitrator, probes and challenges within each
+    /// evidence round. The driver passes a random value at start, so a provider cannot tell
+    /// when to be up.
+    pub evidence_seed: u64,
 }
 
 impl Default for RolesConfig {
@@ -169,6 +193,7 @@ impl Default for RolesConfig {
         Self {
             provider_lease_ms: PROVIDER_LEASE_MS,
             owner_suspend_ms: PRESENCE_TIMEOUT_MS + TICK_MS,
+            evidence_seed: 0,
         }
     }
 }
@@ -238,7 +263,7 @@ impl Roles {
             records: BTreeMap::new(),
             customer: customer::Customer::new(own),
             provider: provider::Provider::default(),
-            arbitrator: arbitrator::Arbitrator::default(),
+            arbitrator: arbitrator::Arbitrator::new(cfg.evidence_seed),
             authority: BTreeMap::new(),
             last_wake: None,
             stale_blocks: 0,

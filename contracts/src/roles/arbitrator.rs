@@ -1,18 +1,23 @@
 //! Arbitrator (committee member): watch the customers of standby contracts and attest what
 //! this node's own liveness checks see — at once when a customer goes down, again once the
-//! outage is long enough for the handover rule, and when it is back — and challenge the
-//! providers of active storage contracts.
+//! outage is long enough for the handover rule, and when it is back; probe the provider's
+//! service of every active hosted or standby contract once per probe interval
+//! ([`Duty::Probe`](crate::Duty::Probe), `probes.rs`) and challenge the provider of every
+//! active storage contract once per audit round (`audits.rs`), reporting each outcome for a
+//! quorum of the committee to decide.
+
+mod audits;
+mod probes;
+mod rounds;
 
 use std::collections::BTreeMap;
 
 use agora_market::{NodeId, Timestamp};
-use cid::Cid;
 
-use super::io::{AuditVerdict, Effect, Input, Note, Presence};
-use super::{CLOCK_MARGIN_MS, View};
+use super::io::{Effect, Input, Note, Presence};
+use super::{CLOCK_MARGIN_MS, REPORT_VIEW_MAX_AGE_MS, View};
 use crate::attestation::Liveness;
 use crate::contract::{ActivationClause, ContractId, ContractKind};
-use crate::duties::MIN_AUDIT_PERIOD_MS;
 use crate::ledger::TxKind;
 use crate::lifecycle::ContractStatus;
 
@@ -34,24 +39,14 @@ impl Watched {
     }
 }
 
-/// A storage contract this node challenges.
-#[derive(Clone, Debug)]
-struct Audit {
-    provider: NodeId,
-    file: Cid,
-    commitment: Cid,
-    every_ms: u64,
-    next_at: Timestamp,
-    running: bool,
-    /// The verdict submitted and not yet answered, for the timeline.
-    reporting: Option<String>,
-}
-
 /// The arbitrator side of this node.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(super) struct Arbitrator {
     watched: BTreeMap<NodeId, Watched>,
-    audits: BTreeMap<ContractId, Audit>,
+    audits: BTreeMap<ContractId, audits::Audit>,
+    probes: BTreeMap<ContractId, probes::Probing>,
+    /// Places the observations within their rounds ([`super::RolesConfig::evidence_seed`]).
+    seed: u64,
 }
 
 /// Standby contracts are watched from registration until they close: while active too, so the
@@ -66,16 +61,37 @@ fn watched_status(s: ContractStatus) -> bool {
     )
 }
 
+/// Whether this node may report a bad outcome (a probe down, a challenge failed): its ledger
+/// view is current and fresh, so it is not itself the one cut off.
+fn may_blame(v: &View) -> bool {
+    v.synced && v.now.saturating_sub(v.block_seen_at) <= REPORT_VIEW_MAX_AGE_MS
+}
+
 impl Arbitrator {
+    /// An arbitrator side whose probes and challenges are placed by `seed`.
+    pub fn new(seed: u64) -> Self {
+        Arbitrator {
+            watched: BTreeMap::new(),
+            audits: BTreeMap::new(),
+            probes: BTreeMap::new(),
+            seed,
+        }
+    }
+
+    /// What places this node's probes and challenges within their rounds.
+    fn observer(&self, v: &View) -> rounds::Observer {
+        rounds::Observer {
+            seed: self.seed,
+            me: v.me,
+        }
+    }
+
     /// The earliest time something is due.
     pub fn next_wake(&self) -> Option<Timestamp> {
         let reattest = self.watched.values().filter_map(|w| w.reattest_at);
-        let audits = self
-            .audits
-            .values()
-            .filter(|a| !a.running)
-            .map(|a| a.next_at);
-        reattest.chain(audits).min()
+        let audits = self.audits.values().filter_map(audits::Audit::next_wake);
+        let probes = self.probes.values().filter_map(probes::Probing::next_wake);
+        reattest.chain(audits).chain(probes).min()
     }
 
     pub fn handle(&mut self, v: &View, input: &Input, out: &mut Vec<Effect>) {
@@ -84,13 +100,20 @@ impl Arbitrator {
             Input::AuditAnswer { contract, verdict } => {
                 self.on_audit_answer(v, *contract, verdict, out)
             }
+            Input::ProbeAnswer {
+                contract,
+                interval,
+                up,
+            } => self.on_probe_answer(v, *contract, *interval, *up, out),
             Input::Submitted { tx, accepted: true } => self.on_submitted(tx, out),
             _ => {}
         }
         self.reconcile_watches(v, out);
         self.reconcile_audits(v, out);
+        self.reconcile_probes(v, out);
         self.reattest_due(v, out);
         self.challenge_due(v, out);
+        self.probe_due(v, out);
     }
 
     fn reconcile_watches(&mut self, v: &View, out: &mut Vec<Effect>) {
@@ -176,109 +199,6 @@ impl Arbitrator {
         }
     }
 
-    fn reconcile_audits(&mut self, v: &View, out: &mut Vec<Effect>) {
-        for (id, r) in v.records {
-            let c = &r.contract;
-            let wanted = c.kind == ContractKind::Storage
-                && c.committee.contains(&v.me)
-                && r.status == ContractStatus::Active;
-            if wanted && !self.audits.contains_key(id) {
-                let every_ms = c.qos.heartbeat_interval_ms.max(MIN_AUDIT_PERIOD_MS);
-                self.audits.insert(
-                    *id,
-                    Audit {
-                        provider: c.provider,
-                        file: c.service_image,
-                        commitment: c.config,
-                        every_ms,
-                        next_at: v.now.saturating_add(every_ms),
-                        running: false,
-                        reporting: None,
-                    },
-                );
-                out.push(Effect::Timeline(Note::new(
-                    "auditing",
-                    Some(*id),
-                    format!(
-                        "challenging {} for {} every {every_ms} ms",
-                        c.provider.short(),
-                        c.service_image
-                    ),
-                )));
-            }
-        }
-        let ended: Vec<ContractId> = self
-            .audits
-            .keys()
-            .filter(|id| {
-                v.records
-                    .get(id)
-                    .is_none_or(|r| r.status != ContractStatus::Active)
-            })
-            .copied()
-            .collect();
-        for id in ended {
-            self.audits.remove(&id);
-            out.push(Effect::Timeline(Note::new(
-                "audit-ended",
-                Some(id),
-                "contract closed",
-            )));
-        }
-    }
-
-    fn challenge_due(&mut self, v: &View, out: &mut Vec<Effect>) {
-        for (id, a) in self.audits.iter_mut() {
-            if a.running || v.now < a.next_at {
-                continue;
-            }
-            a.running = true;
-            out.push(Effect::Challenge {
-                contract: *id,
-                provider: a.provider,
-                file: a.file,
-                commitment: a.commitment,
-            });
-        }
-    }
-
-    fn on_audit_answer(
-        &mut self,
-        v: &View,
-        contract: ContractId,
-        verdict: &AuditVerdict,
-        out: &mut Vec<Effect>,
-    ) {
-        let Some(a) = self.audits.get_mut(&contract) else {
-            return; // ended meanwhile
-        };
-        a.running = false;
-        a.next_at = v.now.saturating_add(a.every_ms);
-        let passed = match verdict {
-            AuditVerdict::Unjudged(why) => {
-                out.push(Effect::Timeline(Note::new(
-                    "audit-skipped",
-                    Some(contract),
-                    why.clone(),
-                )));
-                return;
-            }
-            AuditVerdict::Passed => {
-                a.reporting = Some("passed".into());
-                true
-            }
-            AuditVerdict::Failed(why) => {
-                a.reporting = Some(format!("failed: {why}"));
-                false
-            }
-        };
-        out.push(Effect::Submit(TxKind::StorageProofResult {
-            contract,
-            challenge: a.file,
-            passed,
-        }));
-    }
-
     fn on_submitted(&mut self, tx: &TxKind, out: &mut Vec<Effect>) {
         match tx {
             TxKind::Attest { subject, liveness } => {
@@ -305,6 +225,11 @@ impl Arbitrator {
                     )));
                 }
             }
+            TxKind::ProbeResult {
+                contract,
+                interval,
+                up,
+            } => self.on_probe_reported(*contract, *interval, *up, out),
             _ => {}
         }
     }

@@ -80,7 +80,10 @@ pub fn event_contract(e: &LedgerEvent) -> Option<ContractId> {
         | LedgerEvent::HandoverAttested { contract, .. }
         | LedgerEvent::Activated { contract, .. }
         | LedgerEvent::HeartbeatsRecorded { contract, .. }
+        | LedgerEvent::AuditReportRecorded { contract, .. }
         | LedgerEvent::StorageProofRecorded { contract, .. }
+        | LedgerEvent::ProbeRecorded { contract, .. }
+        | LedgerEvent::UptimeConfirmed { contract, .. }
         | LedgerEvent::Paid { contract, .. }
         | LedgerEvent::Refunded { contract, .. }
         | LedgerEvent::Slashed { contract, .. }

@@ -142,6 +142,16 @@ pub enum Input {
         /// The verdict.
         verdict: AuditVerdict,
     },
+    /// [`Effect::Probe`]'s outcome, as soon as it is known. A provider that does not answer
+    /// within the probe's `timeout_ms` needs no input: the machine counts the silence as down.
+    ProbeAnswer {
+        /// The hosted or standby contract.
+        contract: ContractId,
+        /// The probe interval the effect named.
+        interval: u64,
+        /// The provider answered that the contract's service runs.
+        up: bool,
+    },
     /// [`Effect::Submit`]'s outcome: admitted to the mempool, or refused.
     Submitted {
         /// The transaction kind submitted.
@@ -255,6 +265,19 @@ pub enum Effect {
         file: Cid,
         /// The commitment block (the driver may cache the decoded commitment).
         commitment: Cid,
+    },
+    /// Arbitrator: ask the provider whether the contract's service runs; answer
+    /// [`Input::ProbeAnswer`] (`up: false` when it answers that it does not, or refuses); give
+    /// up after `timeout_ms` without answering (the machine reports the silence as down).
+    Probe {
+        /// The hosted or standby contract.
+        contract: ContractId,
+        /// Whose service to probe.
+        provider: NodeId,
+        /// The probe interval this probe observes (`ContractRecord::evidence_round` of now).
+        interval: u64,
+        /// How long the provider has to answer.
+        timeout_ms: u64,
     },
     /// Measure a running contract service; answer [`Input::Metered`].
     Meter {

@@ -3,6 +3,7 @@
 mod arbitrator;
 mod authority;
 mod customer;
+mod evidence;
 mod machine;
 mod provider;
 
@@ -95,6 +96,29 @@ impl Chain {
                 })
                 .collect(),
         )
+    }
+
+    /// Three arbitrators (a quorum) report every probe interval of `id` up to now up, in one
+    /// block: what the committee does while the provider's service runs.
+    pub fn confirm_up(&mut self, id: ContractId) -> Vec<LedgerEvent> {
+        let rec = self.ledger.contract(&id).unwrap();
+        let last = rec.evidence_round(self.now).unwrap();
+        let arbs = self.committee.clone();
+        let reports = (0..=last)
+            .flat_map(|interval| {
+                arbs[1..].iter().map(move |a| {
+                    (
+                        a,
+                        TxKind::ProbeResult {
+                            contract: id,
+                            interval,
+                            up: true,
+                        },
+                    )
+                })
+            })
+            .collect();
+        self.block(reports)
     }
 
     /// The facts `roles` needs after `events`.

@@ -133,6 +133,28 @@ impl Sim {
                 let verdict = AuditVerdict::Passed;
                 q.push_back((i, Work::Roles(Input::AuditAnswer { contract, verdict })));
             }
+            Effect::Probe {
+                contract,
+                provider,
+                interval,
+                ..
+            } => {
+                // A reachable provider answers at once; an unreachable one does not answer (the
+                // machine times the probe out).
+                let reachable = self
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == provider)
+                    .filter(|p| p.connected() && self.nodes[i].connected());
+                if let Some(p) = reachable {
+                    let input = Input::ProbeAnswer {
+                        contract,
+                        interval,
+                        up: p.running.contains(&contract.to_string()),
+                    };
+                    q.push_back((i, Work::Roles(input)));
+                }
+            }
             Effect::Timeline(n) => self.record.notes.push((now, i, n.phase, n.detail)),
             Effect::ReleaseCustody { .. } | Effect::OwnSet(_) | Effect::WakeAt(_) => {}
         }

@@ -1,11 +1,8 @@
-//! Arbitrator rules: watching, attesting, re-attesting, auditing.
+//! Arbitrator rules: watching, attesting, re-attesting (probes and audits: `evidence.rs`).
 
 use super::*;
-use crate::contract::Qos;
-use crate::duties::MIN_AUDIT_PERIOD_MS;
-use crate::ledger::SettleReason;
 
-fn arbitrator(chain: &Chain) -> (Roles, NodeId) {
+pub(super) fn arbitrator(chain: &Chain) -> (Roles, NodeId) {
     let me = chain.committee[0].node_id();
     (
         Roles::new(me, chain.now - 1, RolesConfig::default(), None),
@@ -132,108 +129,4 @@ fn the_watch_threshold_is_the_shortest_outage_of_the_open_contracts() {
         }),
     );
     assert!(out.contains(&Effect::WakeAt(seen + 1_000 + CLOCK_MARGIN_MS)));
-}
-
-#[test]
-fn active_storage_contracts_are_challenged_and_verdicts_reported() {
-    let mut chain = Chain::new();
-    let (mut roles, me) = arbitrator(&chain);
-    let signed = ContractBuilder::new(1, 2)
-        .storage()
-        .qos(Qos {
-            max_activation_delay_ms: 5_000,
-            min_uptime_permille: 500,
-            heartbeat_interval_ms: 100,
-        })
-        .signed();
-    let c = signed.contract.clone();
-    let (id, ev) = chain.register(signed);
-    roles.handle(chain.now, chain.facts(&roles, me, ev));
-    let p = chain.provider.clone();
-    chain.now += 100;
-    chain.block(vec![(&p, TxKind::MarkMigrated(id))]);
-    chain.block_at_next(&p, TxKind::MarkArmed(id));
-    let t = chain.now;
-    let ev = chain.block_at_next(
-        &p,
-        TxKind::ReportActivation {
-            contract: id,
-            activated_at: t,
-        },
-    );
-    let out = roles.handle(chain.now, chain.facts(&roles, me, ev));
-    assert!(phases(&out).contains(&"auditing".to_string()));
-    let every = MIN_AUDIT_PERIOD_MS;
-    assert!(
-        !roles
-            .handle(chain.now + every - 1, Input::Tick)
-            .iter()
-            .any(|e| matches!(e, Effect::Challenge { .. }))
-    );
-    let out = roles.handle(chain.now + every, Input::Tick);
-    assert!(out.contains(&Effect::Challenge {
-        contract: id,
-        provider: c.provider,
-        file: c.service_image,
-        commitment: c.config
-    }));
-    // One challenge at a time.
-    assert!(
-        !roles
-            .handle(chain.now + 3 * every, Input::Tick)
-            .iter()
-            .any(|e| matches!(e, Effect::Challenge { .. }))
-    );
-    let t = chain.now + 3 * every;
-    let out = roles.handle(
-        t,
-        Input::AuditAnswer {
-            contract: id,
-            verdict: AuditVerdict::Failed("wrong chunk".into()),
-        },
-    );
-    let result = TxKind::StorageProofResult {
-        contract: id,
-        challenge: c.service_image,
-        passed: false,
-    };
-    assert_eq!(submitted(&out), vec![result.clone()]);
-    let out = roles.handle(
-        t,
-        Input::Submitted {
-            tx: result,
-            accepted: true,
-        },
-    );
-    assert!(phases(&out).contains(&"storage-challenge".to_string()));
-    // Could not judge: nothing reported.
-    roles.handle(t + every, Input::Tick);
-    let out = roles.handle(
-        t + every,
-        Input::AuditAnswer {
-            contract: id,
-            verdict: AuditVerdict::Unjudged("commitment unreachable".into()),
-        },
-    );
-    assert!(submitted(&out).is_empty());
-    assert!(phases(&out).contains(&"audit-skipped".to_string()));
-    // The contract closes: the audit ends.
-    let cust = chain.customer.clone();
-    let ev = chain.block_at_next(
-        &cust,
-        TxKind::Settle {
-            contract: id,
-            reason: SettleReason::CustomerBack,
-        },
-    );
-    let out = roles.handle(chain.now, chain.facts(&roles, me, ev));
-    assert!(phases(&out).contains(&"audit-ended".to_string()));
-}
-
-impl Chain {
-    /// One transaction in a block 100 ms later.
-    fn block_at_next(&mut self, s: &KeySigner, kind: TxKind) -> Vec<LedgerEvent> {
-        self.now += 100;
-        self.block(vec![(s, kind)])
-    }
 }

@@ -302,6 +302,7 @@ fn closing_stops_the_service_and_hands_the_sensors_back() {
     let (mut roles, id, _) = active(&mut chain, Chain::lenient());
     let c = chain.customer.clone();
     chain.now += 2_000;
+    chain.confirm_up(id);
     let ev = chain.block(vec![(
         &c,
         TxKind::Settle {

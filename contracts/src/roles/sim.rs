@@ -20,9 +20,18 @@
 //! - A hostile peer in range of the sensors gossips a forged checkpoint every [`FORGERY_MS`]:
 //!   every device covered a few counters past what it just heard (plausible, unlike
 //!   `u32::MAX`), and released. It signs as itself: it cannot sign as anyone else.
+//! - Probes: an arbitrator's probe of the provider is answered at once, `up` exactly when the
+//!   provider runs the contract's service and both are up and not partitioned; an unreachable
+//!   provider does not answer (the machine's timeout). A lying arbitrator ([`Sim::liar`])
+//!   reports every interval the opposite of what it would see, at the interval's first step
+//!   (before any honest report, so a quorum of one would follow it).
+//! - What every node could do at each step (connected, block delay, the provider's running
+//!   services) is kept as [`Snapshot`]s, so the properties can compare the committee's
+//!   decisions with what really happened.
 
 mod chain;
 mod effects;
+mod evidence;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,6 +46,7 @@ use crate::ledger::{Ledger, LedgerEvent, TxKind};
 use crate::lifecycle::ContractStatus;
 use crate::test_utils::{ContractBuilder, genesis_with, test_cid};
 use chain::{Block, Chain};
+pub(super) use evidence::Snapshot;
 
 /// Simulation step.
 pub(super) const STEP_MS: u64 = 20;
@@ -62,6 +72,9 @@ pub(super) const B: usize = 1;
 pub(super) const NODES: usize = 6;
 /// Simulated time starts here.
 pub(super) const T0: Timestamp = 1_000;
+/// Payment of a contract: one token per millisecond of its coverage window, so what the
+/// provider is paid reads as the milliseconds it is paid for.
+pub(super) const COVERAGE_MS: u64 = 600_000;
 
 /// A fault at a time.
 #[derive(Clone, Copy, Debug)]
@@ -173,6 +186,8 @@ pub(super) struct Record {
     pub settle_requests: BTreeMap<ContractId, u32>,
     /// Timeline notes: (time, node, phase, detail).
     pub notes: Vec<(Timestamp, usize, String, String)>,
+    /// What every node could do, from each time on until the next entry.
+    pub snapshots: Vec<(Timestamp, Snapshot)>,
 }
 
 /// The simulated world.
@@ -189,6 +204,10 @@ pub(super) struct Sim {
     /// Register a new standby contract whenever the last one closed, until this time.
     pub insure_until: Timestamp,
     pub qos: Qos,
+    /// An arbitrator whose probes report the opposite of what it sees.
+    pub liar: Option<usize>,
+    /// Probe intervals the liar reported: (contract, interval).
+    lied: BTreeSet<(ContractId, u64)>,
 }
 
 impl Sim {
@@ -231,6 +250,8 @@ impl Sim {
                 min_uptime_permille: 900,
                 heartbeat_interval_ms: 500,
             },
+            liar: None,
+            lied: BTreeSet::new(),
         };
         for i in 0..NODES {
             sim.boot(i);
@@ -335,6 +356,7 @@ impl Sim {
         if now.is_multiple_of(FORGERY_MS) {
             self.forge();
         }
+        self.lie();
         for i in 0..NODES {
             if !self.nodes[i].up {
                 continue;
@@ -360,6 +382,7 @@ impl Sim {
             self.run(i, Work::Readings(readings::Input::Tick));
         }
         self.check_managers();
+        self.snapshot();
     }
 
     /// The market: a fresh standby contract for A whenever none is open.
@@ -379,7 +402,8 @@ impl Sim {
         self.contract_nonce += 1;
         let signed = ContractBuilder::new(1, 2)
             .standby(1_000)
-            .duration(600_000)
+            .duration(COVERAGE_MS)
+            .payment(COVERAGE_MS)
             .qos(self.qos)
             .nonce(self.contract_nonce)
             .signed();
@@ -524,6 +548,11 @@ impl Sim {
                 self.record.overlaps.push((self.now, d, feeding));
             }
         }
+    }
+
+    /// The chain's ledger after its latest block.
+    pub fn ledger(&self) -> &Ledger {
+        &self.chain.ledger
     }
 
     /// Contracts on the chain with their status.

@@ -139,18 +139,18 @@ impl Sim {
                 interval,
                 ..
             } => {
-                // A reachable provider answers at once; an unreachable one does not answer (the
-                // machine times the probe out).
-                let reachable = self
-                    .nodes
-                    .iter()
-                    .find(|n| n.id == provider)
-                    .filter(|p| p.connected() && self.nodes[i].connected());
-                if let Some(p) = reachable {
+                let sees = self.probe_sees(i, provider, contract);
+                let answer = if self.liar == Some(i) {
+                    Some(!sees.unwrap_or(false))
+                } else {
+                    sees
+                };
+                // An unreachable provider does not answer: the machine times the probe out.
+                if let Some(up) = answer {
                     let input = Input::ProbeAnswer {
                         contract,
                         interval,
-                        up: p.running.contains(&contract.to_string()),
+                        up,
                     };
                     q.push_back((i, Work::Roles(input)));
                 }

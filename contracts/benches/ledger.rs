@@ -1,5 +1,6 @@
 //! Ledger throughput: signed transfers applied per second, contract registration, block
-//! application and state hashing of a populated ledger.
+//! application, state hashing of a populated ledger, and mempool admission
+//! (`Ledger::admissible`) against the full dry run (`Ledger::check`, which clones the ledger).
 //!
 //! Run: `cargo bench -p agora-contracts --features test-utils --bench ledger`
 #![allow(clippy::unwrap_used)]
@@ -8,7 +9,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use agora_contracts::test_utils::{ContractBuilder, genesis_with, tx_with_nonce};
-use agora_contracts::{Ledger, TxKind};
+use agora_contracts::{AdmissionPolicy, Ledger, TxKind};
 use agora_market::Signer;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -85,6 +86,23 @@ fn state_hash(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500));
     g.bench_function("state_hash_98_accounts_49_contracts", |b| {
         b.iter(|| black_box(ledger.state_hash().unwrap()))
+    });
+    // Admission of one transfer on the same populated ledger: the pure check vs the dry run.
+    let t = ledger
+        .sign_next(
+            &accounts[0],
+            TxKind::Transfer {
+                to: accounts[1].node_id(),
+                amount: 1,
+            },
+        )
+        .unwrap();
+    let policy = AdmissionPolicy::default();
+    g.bench_function("admissible_transfer_98_accounts_49_contracts", |b| {
+        b.iter(|| ledger.admissible(black_box(&t), &policy).unwrap())
+    });
+    g.bench_function("check_transfer_98_accounts_49_contracts", |b| {
+        b.iter(|| ledger.check(0, black_box(&t)).unwrap())
     });
     g.finish();
 }

@@ -7,7 +7,7 @@ use cid::Cid;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::{ActivationClause, Contract, ContractId, ContractKind};
-use crate::ledger::{Ledger, LedgerEvent};
+use crate::ledger::{Ledger, LedgerEvent, MIN_EVIDENCE_PERIOD_MS};
 use crate::lifecycle::ContractStatus;
 
 /// One action the local node owes the network.
@@ -82,11 +82,31 @@ pub enum Duty {
         /// The contract.
         contract: ContractId,
     },
+    /// Arbitrator: probe the provider's running service of an active hosted or standby
+    /// contract once per probe interval of `every_ms` and report each outcome with
+    /// `TxKind::ProbeResult { contract, interval: rec.evidence_round(probe_time), up }`, within
+    /// `quorum_report_grace_ms` of the interval's end. Payment follows the intervals a quorum
+    /// of the committee confirmed up.
+    Probe {
+        /// The contract.
+        contract: ContractId,
+        /// Whose service to probe.
+        provider: NodeId,
+        /// The probe interval (the contract's heartbeat interval, at least
+        /// [`MIN_EVIDENCE_PERIOD_MS`]).
+        every_ms: u64,
+    },
+    /// Arbitrator: the probed contract is no longer active; stop probing.
+    EndProbe {
+        /// The contract.
+        contract: ContractId,
+    },
 }
 
 /// Shortest period between two challenges of one storage contract by one arbitrator: each
-/// outcome is a ledger transaction.
-pub const MIN_AUDIT_PERIOD_MS: u64 = 2_000;
+/// outcome is a ledger transaction. Challenge once per audit round and report it with
+/// `TxKind::StorageProofResult { round: rec.evidence_round(challenge_time), .. }`.
+pub const MIN_AUDIT_PERIOD_MS: u64 = MIN_EVIDENCE_PERIOD_MS;
 
 /// The audit an arbitrator owes an active storage contract `id`.
 pub fn audit_duty(id: ContractId, c: &Contract) -> Duty {
@@ -97,6 +117,16 @@ pub fn audit_duty(id: ContractId, c: &Contract) -> Duty {
         commitment: c.config,
         every_ms: c.qos.heartbeat_interval_ms.max(MIN_AUDIT_PERIOD_MS),
     }
+}
+
+/// The probing an arbitrator owes an active hosted or standby contract `id` (for recovery
+/// after a restart: `duties_for` hands it out when the contract becomes active).
+pub fn probe_duty(id: ContractId, c: &Contract) -> Option<Duty> {
+    matches!(c.kind, ContractKind::Hosted | ContractKind::Standby).then(|| Duty::Probe {
+        contract: id,
+        provider: c.provider,
+        every_ms: c.qos.heartbeat_interval_ms.max(MIN_EVIDENCE_PERIOD_MS),
+    })
 }
 
 /// The duties `me` gets from `events`, looking contract details up in `ledger` (the state after
@@ -141,6 +171,7 @@ pub fn duties_for(me: NodeId, ledger: &Ledger, events: &[LedgerEvent]) -> Vec<Du
                 ContractStatus::Active if arbitrator && storage => {
                     out.push(audit_duty(contract, c))
                 }
+                ContractStatus::Active if arbitrator => out.extend(probe_duty(contract, c)),
                 ContractStatus::Armed if provider => match (c.activation, rec.trigger_at) {
                     (ActivationClause::Immediately, Some(t))
                     | (ActivationClause::At(_), Some(t)) => out.push(activate(t)),
@@ -161,6 +192,9 @@ pub fn duties_for(me: NodeId, ledger: &Ledger, events: &[LedgerEvent]) -> Vec<Du
                     }
                     if arbitrator && storage && matches!(from, ContractStatus::Active) {
                         out.push(Duty::EndAudit { contract });
+                    }
+                    if arbitrator && !storage && matches!(from, ContractStatus::Active) {
+                        out.push(Duty::EndProbe { contract });
                     }
                 }
                 _ => {}
@@ -230,13 +264,16 @@ mod tests {
             },
         );
         h.now = 6_000;
-        let ev = h.ok(
+        h.ok(
             &c,
             TxKind::Settle {
                 contract: id,
                 reason: SettleReason::CustomerBack,
             },
         );
+        // Settled once the committee's probes of the service up to 6_000 are in.
+        h.now = 7_000;
+        let ev = h.probe(id, 0, true, 0..3);
         assert!(duties_for(p.node_id(), &h.ledger, &ev).contains(&Duty::Stop { contract: id }));
         assert!(duties_for(arb, &h.ledger, &ev).contains(&Duty::Unwatch {
             contract: id,
@@ -287,6 +324,79 @@ mod tests {
         );
         assert!(duties_for(arb, &h.ledger, &ev).contains(&Duty::EndAudit { contract: id }));
         assert!(duties_for(p.node_id(), &h.ledger, &ev).contains(&Duty::Stop { contract: id }));
+    }
+
+    #[test]
+    fn arbitrators_probe_hosted_and_standby_services_while_active() {
+        let mut h = Harness::new();
+        let p = h.provider();
+        let arb = h.committee[0].node_id();
+        let c = h.customer();
+        for (nonce, builder) in [
+            (0, ContractBuilder::new(1, 2)),
+            (1, ContractBuilder::new(1, 2).standby(1_000)),
+        ] {
+            let signed = builder.nonce(nonce).signed();
+            let id = h.armed(signed.clone());
+            if signed.contract.kind == ContractKind::Standby {
+                h.now += 2_000;
+                for a in 0..3 {
+                    h.attest(a, Liveness::Unreachable { since: 1_000 });
+                }
+            }
+            let at = h.now;
+            let ev = h.ok(
+                &p,
+                TxKind::ReportActivation {
+                    contract: id,
+                    activated_at: at,
+                },
+            );
+            let expected = Duty::Probe {
+                contract: id,
+                provider: p.node_id(),
+                every_ms: MIN_EVIDENCE_PERIOD_MS,
+            };
+            assert_eq!(duties_for(arb, &h.ledger, &ev), vec![expected.clone()]);
+            let rec = h.ledger.contract(&id).unwrap();
+            assert_eq!(probe_duty(id, &rec.contract), Some(expected));
+            // Neither party probes.
+            assert!(
+                !duties_for(c.node_id(), &h.ledger, &ev)
+                    .iter()
+                    .any(|d| matches!(d, Duty::Probe { .. }))
+            );
+            h.probed_until(id, at + 2_000, true);
+            let batch = crate::ledger::HeartbeatBatch {
+                intervals: vec![crate::ledger::UptimeInterval {
+                    from: at,
+                    to: at + 2_000,
+                }],
+                readings_processed: 0,
+                data_proofs: Vec::new(),
+            };
+            h.ok(
+                &p,
+                TxKind::Heartbeats {
+                    contract: id,
+                    batch,
+                },
+            );
+            let ev = h.ok(
+                &c,
+                TxKind::Settle {
+                    contract: id,
+                    reason: SettleReason::CustomerBack,
+                },
+            );
+            assert!(
+                duties_for(arb, &h.ledger, &ev).contains(&Duty::EndProbe { contract: id }),
+                "{ev:?}"
+            );
+        }
+        // Storage contracts are audited, not probed.
+        let storage = ContractBuilder::new(1, 2).storage().nonce(9).build();
+        assert_eq!(probe_duty(storage.id().unwrap(), &storage), None);
     }
 
     #[test]

@@ -15,12 +15,17 @@ use crate::attestation::{Liveness, Observation};
 use crate::contract::{Amount, ContractId};
 use crate::lifecycle::ContractStatus;
 
+mod admission;
+mod arbitrators;
+mod block_time;
 mod error;
 mod event;
 mod evidence;
 mod funds;
 mod genesis;
+mod quorum;
 mod register;
+mod reports;
 mod settle;
 mod state;
 mod transfer;
@@ -31,10 +36,14 @@ mod proptests;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use admission::{AdmissionError, AdmissionPolicy};
+pub use arbitrators::{FaucetWindow, SlashedArbitrator};
+pub use block_time::{BlockTimeError, check_block_time};
 pub use error::LedgerError;
 pub use event::{BreachReason, LedgerEvent};
 pub use genesis::{Genesis, GenesisAccount, LedgerParams, b58, b58_vec};
-pub use state::{Account, ContractRecord, Escrow};
+pub use quorum::RoundTally;
+pub use state::{Account, ContractRecord, Escrow, MIN_EVIDENCE_PERIOD_MS};
 pub use tx::{
     HeartbeatBatch, SettleReason, SignedTransaction, Transaction, TxKind, UptimeInterval,
 };
@@ -50,19 +59,24 @@ pub struct BlockOutcome {
     pub rejected: Vec<(usize, LedgerError)>,
 }
 
-/// Minted token totals, tracked to check conservation.
+/// Minted and burned token totals, tracked to check conservation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Supply {
     /// Tokens created at genesis.
     pub genesis: Amount,
     /// Tokens minted by the faucet since.
     pub minted: Amount,
+    /// Tokens destroyed since (bonds of arbitrators slashed for equivocation).
+    #[serde(default)]
+    pub burned: Amount,
 }
 
 impl Supply {
     /// All tokens in existence.
     pub fn total(&self) -> Amount {
-        self.genesis.saturating_add(self.minted)
+        self.genesis
+            .saturating_add(self.minted)
+            .saturating_sub(self.burned)
     }
 }
 
@@ -80,6 +94,13 @@ pub struct Ledger {
     supply: Supply,
     height: u64,
     last_block_time: Timestamp,
+    /// Arbitrators proven to equivocate: their bond is burned and new contracts may not name
+    /// them.
+    #[serde(default)]
+    slashed: BTreeMap<NodeId, SlashedArbitrator>,
+    /// What the faucet minted in the block being applied.
+    #[serde(default)]
+    faucet_window: FaucetWindow,
 }
 
 impl Ledger {
@@ -87,6 +108,11 @@ impl Ledger {
     pub fn from_genesis(genesis: &Genesis) -> Result<Self, LedgerError> {
         if genesis.chain_id.is_empty() {
             return Err(LedgerError::BadGenesis("chain_id is empty".into()));
+        }
+        if genesis.params.min_committee == 0 {
+            return Err(LedgerError::BadGenesis(
+                "params.min_committee is 0; set it to at least 4 (3f+1 with f >= 1)".into(),
+            ));
         }
         let mut accounts = BTreeMap::new();
         let mut total: Amount = 0;
@@ -105,20 +131,28 @@ impl Ledger {
                 )));
             }
         }
+        let committee = arbitrators::bond_committee(
+            &genesis.committee,
+            genesis.params.arbitrator_bond,
+            &mut accounts,
+        )?;
         Ok(Ledger {
             chain_id: genesis.chain_id.clone(),
             params: genesis.params.clone(),
             faucet_enabled: genesis.faucet_enabled,
-            committee: genesis.committee.iter().copied().collect(),
+            committee,
             accounts,
             contracts: BTreeMap::new(),
             liveness: BTreeMap::new(),
             supply: Supply {
                 genesis: total,
                 minted: 0,
+                burned: 0,
             },
             height: 0,
             last_block_time: 0,
+            slashed: BTreeMap::new(),
+            faucet_window: FaucetWindow::default(),
         })
     }
 
@@ -146,7 +180,10 @@ impl Ledger {
                 got: tx.chain_id.clone(),
             });
         }
-        let expected = self.accounts.get(&tx.sender).map_or(0, |a| a.nonce);
+        let Some(account) = self.accounts.get(&tx.sender) else {
+            return Err(LedgerError::UnknownAccount { sender: tx.sender });
+        };
+        let expected = account.nonce;
         if tx.nonce != expected {
             return Err(LedgerError::BadNonce {
                 sender: tx.sender,
@@ -177,8 +214,19 @@ impl Ledger {
                 self.heartbeats(now, sender, *contract, batch)?
             }
             TxKind::StorageProofResult {
-                contract, passed, ..
-            } => self.storage_proof(sender, *contract, *passed)?,
+                contract,
+                round,
+                passed,
+                ..
+            } => self.storage_proof(now, sender, *contract, *round, *passed)?,
+            TxKind::ProbeResult {
+                contract,
+                interval,
+                up,
+            } => self.probe_result(now, sender, *contract, *interval, *up)?,
+            TxKind::ReportEquivocation(evidence) => {
+                self.report_equivocation(now, sender, evidence)?
+            }
             TxKind::SettleUptime(id) => self.settle_uptime(sender, *id)?,
             TxKind::Settle { contract, reason } => self.settle(now, sender, *contract, *reason)?,
         };
@@ -301,7 +349,7 @@ impl Ledger {
             .iter()
             .filter(|(_, r)| {
                 r.closing
-                    .is_some_and(|end| now >= end.saturating_add(r.closing_grace_ms()))
+                    .is_some_and(|end| now >= end.saturating_add(self.closing_grace_ms(r)))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -314,6 +362,19 @@ impl Ledger {
             }
         }
         events
+    }
+
+    /// How long a pending settlement of `rec` waits for the provider's heartbeats and the
+    /// committee's probe reports after its end before it is judged on what arrived.
+    pub fn closing_grace_ms(&self, rec: &ContractRecord) -> u64 {
+        let heartbeats = rec.closing_grace_ms();
+        if !rec.is_probed() {
+            return heartbeats;
+        }
+        heartbeats.max(
+            rec.evidence_period_ms()
+                .saturating_add(self.params.quorum_report_grace_ms),
+        )
     }
 
     /// blake3 over the canonical (CBOR) encoding of the whole state.
@@ -425,11 +486,19 @@ impl Ledger {
             *locked_by.entry(c.provider).or_default() += u128::from(e.provider_stake);
         }
         let balances: u128 = self.accounts.values().map(|a| u128::from(a.balance)).sum();
+        let bonds: u128 = self.accounts.values().map(|a| u128::from(a.bonded)).sum();
         let supply = u128::from(self.supply.genesis) + u128::from(self.supply.minted);
-        if balances + held != supply {
+        let burned = u128::from(self.supply.burned);
+        if balances + held + bonds + burned != supply {
             return Err(format!(
-                "balances {balances} + escrow {held} != supply {supply}"
+                "balances {balances} + escrow {held} + bonds {bonds} + burned {burned} != \
+                 supply {supply}"
             ));
+        }
+        for (id, a) in &self.accounts {
+            if a.bonded > 0 && !self.committee.contains(id) {
+                return Err(format!("account {id} holds a bond but is no arbitrator"));
+            }
         }
         for (id, a) in &self.accounts {
             let expected = locked_by.get(id).copied().unwrap_or(0);

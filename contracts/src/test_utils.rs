@@ -31,8 +31,18 @@ pub fn committee_signers(n: usize) -> Vec<KeySigner> {
     (0..n as u64).map(|i| signer(COMMITTEE_SEED + i)).collect()
 }
 
-/// Genesis with `n` accounts (seeds `1..=n`) each holding `balance`, a committee of `c`, and
-/// the faucet enabled. Returns the genesis, account keys and committee keys.
+/// What each test arbitrator holds at genesis: its bond, locked at genesis, plus
+/// [`ARBITRATOR_SPENDABLE`].
+pub fn arbitrator_genesis_balance(params: &LedgerParams) -> Amount {
+    params.arbitrator_bond.saturating_add(ARBITRATOR_SPENDABLE)
+}
+
+/// Spendable balance of each test arbitrator after its bond is locked.
+pub const ARBITRATOR_SPENDABLE: Amount = 1_000;
+
+/// Genesis with `n` accounts (seeds `1..=n`) each holding `balance`, a committee of `c` (funded
+/// with [`arbitrator_genesis_balance`]: their bond plus [`ARBITRATOR_SPENDABLE`]), and the
+/// faucet enabled. Returns the genesis, account keys and committee keys.
 pub fn genesis_with(
     n: usize,
     c: usize,
@@ -40,6 +50,8 @@ pub fn genesis_with(
 ) -> (Genesis, Vec<KeySigner>, Vec<KeySigner>) {
     let accounts: Vec<KeySigner> = (1..=n as u64).map(signer).collect();
     let committee = committee_signers(c);
+    let params = LedgerParams::default();
+    let arbitrator_balance = arbitrator_genesis_balance(&params);
     let genesis = Genesis {
         chain_id: TEST_CHAIN.to_string(),
         accounts: accounts
@@ -48,10 +60,14 @@ pub fn genesis_with(
                 id: s.node_id(),
                 balance,
             })
+            .chain(committee.iter().map(|s| GenesisAccount {
+                id: s.node_id(),
+                balance: arbitrator_balance,
+            }))
             .collect(),
         committee: committee.iter().map(|s| s.node_id()).collect(),
         faucet_enabled: true,
-        params: LedgerParams::default(),
+        params,
     };
     (genesis, accounts, committee)
 }

@@ -161,4 +161,119 @@ pub enum LedgerError {
     /// Genesis is unusable.
     #[error("invalid genesis: {0}")]
     BadGenesis(String),
+    /// The sender has no account: it was never funded.
+    #[error(
+        "{sender} has no account on this ledger; a funded account must first transfer at least \
+         the minimum balance to it"
+    )]
+    UnknownAccount {
+        /// The sender.
+        sender: NodeId,
+    },
+    /// A transfer or faucet request of nothing.
+    #[error("{sender} asked to move 0 tokens; transfers and faucet requests must be positive")]
+    ZeroAmount {
+        /// The sender.
+        sender: NodeId,
+    },
+    /// A transfer would create an account holding less than the minimum.
+    #[error(
+        "transferring {amount} would create account {to} below the minimum balance {min}; send \
+         at least {min}"
+    )]
+    BelowMinimumBalance {
+        /// The new account.
+        to: NodeId,
+        /// The amount offered.
+        amount: Amount,
+        /// `params.min_account_balance`.
+        min: Amount,
+    },
+    /// The faucet's lifetime cap for this account would be exceeded.
+    #[error(
+        "the faucet already minted {received} to {account}; {requested} more would pass its \
+         lifetime cap of {max}"
+    )]
+    FaucetAccountCap {
+        /// The account.
+        account: NodeId,
+        /// Minted to it so far.
+        received: Amount,
+        /// Requested now.
+        requested: Amount,
+        /// `params.faucet_max_per_account`.
+        max: Amount,
+    },
+    /// The faucet's per-block total would be exceeded.
+    #[error(
+        "the faucet minted {minted} in this block already; {requested} more would pass the \
+         per-block cap of {max}; try again in the next block"
+    )]
+    FaucetBlockCap {
+        /// Minted in this block so far.
+        minted: Amount,
+        /// Requested now.
+        requested: Amount,
+        /// `params.faucet_max_per_block`.
+        max: Amount,
+    },
+    /// The contract's committee is smaller than the ledger's minimum.
+    #[error(
+        "contract {contract} names {size} arbitrators but this ledger requires at least {min} \
+         (3f+1 with f >= 1); draw the committee from more arbitrators"
+    )]
+    CommitteeTooSmall {
+        /// The contract.
+        contract: ContractId,
+        /// Its committee size.
+        size: usize,
+        /// `params.min_committee`.
+        min: usize,
+    },
+    /// The contract names an arbitrator that was slashed for equivocation.
+    #[error(
+        "contract {contract} names arbitrator {arbitrator}, who was slashed for equivocation; \
+         leave it out of the committee"
+    )]
+    SlashedInCommittee {
+        /// The contract.
+        contract: ContractId,
+        /// The slashed arbitrator.
+        arbitrator: NodeId,
+    },
+    /// A slashed arbitrator's reports no longer count.
+    #[error("arbitrator {arbitrator} was slashed for equivocation; its reports no longer count")]
+    SlashedArbitrator {
+        /// The slashed arbitrator.
+        arbitrator: NodeId,
+    },
+    /// The equivocation evidence does not prove anything.
+    #[error("invalid equivocation evidence: {0}")]
+    InvalidEquivocation(#[from] crate::vote::EquivocationError),
+    /// The arbitrator was already slashed (the same or other evidence was reported before).
+    #[error("arbitrator {arbitrator} was already slashed; evidence counts once")]
+    AlreadySlashed {
+        /// The arbitrator.
+        arbitrator: NodeId,
+    },
+    /// A committee member reported the same round twice.
+    #[error("{reporter} already reported round {round} of contract {contract}; one report each")]
+    DuplicateReport {
+        /// The contract.
+        contract: ContractId,
+        /// The round or probe interval.
+        round: u64,
+        /// Who reported.
+        reporter: NodeId,
+    },
+    /// The round already has a quorum outcome.
+    #[error("round {round} of contract {contract} is already decided ({outcome}); report the next")]
+    RoundDecided {
+        /// The contract.
+        contract: ContractId,
+        /// The round or probe interval.
+        round: u64,
+        /// Its outcome (passed / up).
+        outcome: bool,
+    },
 }

@@ -26,6 +26,11 @@ pub enum BreachReason {
         /// Passed share in thousandths.
         permille: u64,
     },
+    /// A quorum of the committee confirmed the service down for too long.
+    ConfirmedDowntime {
+        /// Share of the service span not confirmed down, in thousandths.
+        permille: u64,
+    },
 }
 
 /// Something that happened on the ledger.
@@ -109,12 +114,65 @@ pub enum LedgerEvent {
         /// Total readings so far.
         readings_processed: u64,
     },
-    /// A storage challenge outcome was recorded.
+    /// One committee member's storage challenge report was recorded (it counts once a quorum
+    /// agrees, see `StorageProofRecorded`).
+    AuditReportRecorded {
+        /// The contract.
+        contract: ContractId,
+        /// The audit round.
+        round: u64,
+        /// The reporting arbitrator.
+        reporter: NodeId,
+        /// Whether its challenge passed.
+        passed: bool,
+    },
+    /// A quorum of the committee agreed on an audit round's outcome: it counts at settlement.
     StorageProofRecorded {
         /// The contract.
         contract: ContractId,
+        /// The audit round.
+        round: u64,
         /// Whether it passed.
         passed: bool,
+    },
+    /// One committee member's probe report was recorded (it counts once a quorum agrees, see
+    /// `UptimeConfirmed`).
+    ProbeRecorded {
+        /// The contract.
+        contract: ContractId,
+        /// The probe interval.
+        interval: u64,
+        /// The reporting arbitrator.
+        reporter: NodeId,
+        /// Whether the service answered.
+        up: bool,
+    },
+    /// A quorum of the committee agreed on a probe interval: service up (paid) or down.
+    UptimeConfirmed {
+        /// The contract.
+        contract: ContractId,
+        /// The probe interval.
+        interval: u64,
+        /// Up or down.
+        up: bool,
+        /// Length of the interval (ms).
+        ms: u64,
+        /// Total confirmed up so far (ms).
+        confirmed_up_ms: u64,
+    },
+    /// An arbitrator was proven to equivocate: its bond was burned and it is left out of new
+    /// contract committees.
+    ArbitratorSlashed {
+        /// The equivocating arbitrator.
+        arbitrator: NodeId,
+        /// Who reported the evidence.
+        reporter: NodeId,
+        /// Height of the conflicting votes.
+        height: u64,
+        /// Round of the conflicting votes.
+        round: u32,
+        /// Bond burned.
+        amount: Amount,
     },
     /// Escrowed payment went to the provider.
     Paid {

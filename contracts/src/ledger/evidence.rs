@@ -1,12 +1,13 @@
-//! Evidence handlers: arbitrator attestations (and the handover rule), activation reports,
-//! heartbeat / metering batches and storage challenge results.
+//! Evidence handlers: arbitrator attestations (and the handover rule), activation reports and
+//! heartbeat / metering batches. The committee's per-round reports (probes, storage audits)
+//! are in `reports.rs`.
 
 use agora_market::{NodeId, Timestamp};
 use tracing::info;
 
 use super::{HeartbeatBatch, Ledger, LedgerError, LedgerEvent};
 use crate::attestation::{self, Liveness, Observation};
-use crate::contract::{ActivationClause, ContractId, ContractKind};
+use crate::contract::{ActivationClause, ContractId};
 use crate::lifecycle::{ContractStatus, LifecycleEvent};
 
 /// How far an uptime interval may end after the block time (clock skew, block latency); the
@@ -31,6 +32,7 @@ impl Ledger {
         if !self.committee.contains(&attester) {
             return Err(LedgerError::NotCommitteeMember { attester });
         }
+        self.require_unslashed(attester)?;
         if let Liveness::Unreachable { since } = liveness
             && since > now
         {
@@ -225,49 +227,7 @@ impl Ledger {
             uptime_ms: rec.uptime_ms,
             readings_processed: rec.readings_processed,
         }];
-        if let Some(end) = rec.closing
-            && rec.last_uptime_end.is_some_and(|e| e >= end)
-        {
-            events.extend(self.finish_closing(now, id)?);
-        }
+        events.extend(self.finish_closing_if_ready(now, id)?);
         Ok(events)
-    }
-
-    pub(super) fn storage_proof(
-        &mut self,
-        sender: NodeId,
-        id: ContractId,
-        passed: bool,
-    ) -> Result<Vec<LedgerEvent>, LedgerError> {
-        let rec = self.record(id)?;
-        // Only arbitrators judge challenges: the customer would profit from false failures.
-        let judge = rec.contract.committee.contains(&sender);
-        if !judge {
-            return Err(LedgerError::NotAllowed {
-                contract: id,
-                sender,
-                action: "report storage challenges for",
-            });
-        }
-        if rec.contract.kind != ContractKind::Storage || rec.status != ContractStatus::Active {
-            return Err(LedgerError::NotNow {
-                contract: id,
-                status: rec.status,
-                reason: "storage results apply only to active storage contracts".into(),
-            });
-        }
-        let rec = self
-            .contracts
-            .get_mut(&id)
-            .ok_or(LedgerError::UnknownContract(id))?;
-        if passed {
-            rec.storage_passed = rec.storage_passed.saturating_add(1);
-        } else {
-            rec.storage_failed = rec.storage_failed.saturating_add(1);
-        }
-        Ok(vec![LedgerEvent::StorageProofRecorded {
-            contract: id,
-            passed,
-        }])
     }
 }

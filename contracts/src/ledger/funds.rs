@@ -154,6 +154,9 @@ impl Ledger {
         rec.status = to;
         if to.is_final() {
             rec.closed_at = Some(now);
+            // No report can arrive any more: the open tallies are dead weight in the state.
+            rec.probes = Default::default();
+            rec.audits = Default::default();
         }
         Ok(LedgerEvent::StatusChanged { contract, from, to })
     }

@@ -25,6 +25,26 @@ pub struct LedgerParams {
     /// How far a reported activation time may lie before the ledger time of the report; older
     /// claims are clamped, so a provider cannot backdate a late activation.
     pub activation_report_grace_ms: u64,
+    /// Smallest contract committee `RegisterContract` accepts: 3f+1 with f ≥ 1 is 4, the least
+    /// that tolerates one faulty arbitrator. Committees are drawn from the genesis arbitrators.
+    pub min_committee: usize,
+    /// Least a transfer may credit to an account that does not exist yet, and least an account
+    /// must hold (spendable, locked and bonded together) for the mempool to admit its
+    /// transactions: a key that never held this much cannot grow the state or the mempool.
+    pub min_account_balance: Amount,
+    /// Most the faucet mints to one account over the chain's life.
+    pub faucet_max_per_account: Amount,
+    /// Most the faucet mints in one block, all accounts together.
+    pub faucet_max_per_block: Amount,
+    /// Bond every genesis arbitrator locks from its genesis balance; burned when it is proven
+    /// to have equivocated (`ReportEquivocation`).
+    pub arbitrator_bond: Amount,
+    /// How far a proposed block's time may lie from a validator's own clock, either way
+    /// (see [`crate::ledger::check_block_time`]).
+    pub block_time_tolerance_ms: u64,
+    /// How long after a probe interval or audit round ends the committee's reports for it are
+    /// still accepted; later reports are refused and an undecided round stays undecided.
+    pub quorum_report_grace_ms: u64,
 }
 
 impl Default for LedgerParams {
@@ -36,6 +56,13 @@ impl Default for LedgerParams {
             reputation_penalty: 50,
             expiry_grace_ms: 60_000,
             activation_report_grace_ms: 10_000,
+            min_committee: 4,
+            min_account_balance: 1_000,
+            faucet_max_per_account: 10_000_000,
+            faucet_max_per_block: 5_000_000,
+            arbitrator_bond: 10_000,
+            block_time_tolerance_ms: 2_000,
+            quorum_report_grace_ms: 10_000,
         }
     }
 }
@@ -57,7 +84,8 @@ pub struct Genesis {
     pub chain_id: String,
     /// Funded accounts.
     pub accounts: Vec<GenesisAccount>,
-    /// The arbitrators who may attest (contract committees are drawn from these).
+    /// The arbitrators who may attest (contract committees are drawn from these). Each must be
+    /// a funded account holding at least `params.arbitrator_bond`, which is locked as its bond.
     #[serde(with = "b58_vec")]
     pub committee: Vec<NodeId>,
     /// Whether `Faucet` transactions may mint tokens (devnets only).

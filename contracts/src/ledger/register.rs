@@ -42,8 +42,23 @@ impl Ledger {
         if self.contracts.contains_key(&id) {
             return Err(LedgerError::DuplicateContract(id));
         }
+        // `verify` already refused duplicates and parties on the committee.
+        let min = self.params.min_committee;
+        if c.committee.len() < min {
+            return Err(LedgerError::CommitteeTooSmall {
+                contract: id,
+                size: c.committee.len(),
+                min,
+            });
+        }
         if let Some(a) = c.committee.iter().find(|a| !self.committee.contains(a)) {
             return Err(LedgerError::UnknownArbitrator {
+                contract: id,
+                arbitrator: *a,
+            });
+        }
+        if let Some(a) = c.committee.iter().find(|a| self.slashed.contains_key(a)) {
+            return Err(LedgerError::SlashedInCommittee {
                 contract: id,
                 arbitrator: *a,
             });

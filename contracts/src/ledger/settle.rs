@@ -1,9 +1,16 @@
 //! Settlement: evaluate the evidence, then pay the provider (honoured) or slash it (breached).
 //!
-//! Payment rules: hosted contracts pay `payment × verified uptime / duration` (also collectable
-//! periodically with `SettleUptime`); standby and storage pay `payment × elapsed / duration` of
-//! their service window, so a customer coming back early pays pro rata. Uptime is the provider's
-//! signed heartbeat claim, minus any time a committee quorum reports the provider unreachable.
+//! Payment rules: hosted contracts pay `payment × paid uptime / duration` (also collectable
+//! periodically with `SettleUptime`); standby contracts pay `payment × (time standing by before
+//! activation + paid uptime after it) / duration` of their coverage window, so a customer
+//! coming back early pays pro rata; storage pays `payment × elapsed / duration`. Paid uptime is
+//! the provider's signed heartbeat claim (minus any time a committee quorum reports the
+//! provider unreachable) capped by the uptime a quorum of the committee's probes confirmed
+//! (`confirmed_up_ms`): a provider that runs nothing is paid nothing, whatever it claims.
+//!
+//! Breach is judged on evidence anyone can check: a late activation, the provider's own
+//! heartbeats showing too little uptime, probe intervals a quorum confirmed down, or storage
+//! rounds a quorum judged failed. A minority of the committee can neither pay nor slash.
 
 use agora_market::{NodeId, Timestamp};
 use tracing::info;
@@ -22,12 +29,29 @@ fn pro_rata(amount: Amount, num: u64, den: u64) -> Amount {
     Amount::try_from(v).unwrap_or(amount)
 }
 
+/// Uptime the provider is paid for: its heartbeat claim, capped by what the committee's
+/// probes confirmed.
+fn paid_uptime(rec: &ContractRecord) -> u64 {
+    rec.uptime_ms.min(rec.confirmed_up_ms)
+}
+
 /// Total payment the provider has earned by `end` for an honoured contract.
 fn earned(rec: &ContractRecord, end: Timestamp) -> Amount {
     let c = &rec.contract;
     match c.kind {
-        ContractKind::Hosted => pro_rata(c.payment, rec.uptime_ms, c.duration_ms),
-        ContractKind::Standby | ContractKind::Storage => {
+        ContractKind::Hosted => pro_rata(c.payment, paid_uptime(rec), c.duration_ms),
+        ContractKind::Standby => {
+            let start = rec.registered_at;
+            let covered = match rec.activated_at {
+                None => end.saturating_sub(start),
+                Some(activated) => activated
+                    .min(end)
+                    .saturating_sub(start)
+                    .saturating_add(paid_uptime(rec).min(end.saturating_sub(activated))),
+            };
+            pro_rata(c.payment, covered, c.duration_ms)
+        }
+        ContractKind::Storage => {
             let start = rec.window_start().unwrap_or(end);
             pro_rata(c.payment, end.saturating_sub(start), c.duration_ms)
         }
@@ -35,7 +59,7 @@ fn earned(rec: &ContractRecord, end: Timestamp) -> Amount {
 }
 
 /// Judges an active contract's evidence up to `end`.
-fn breach_of(rec: &ContractRecord, end: Timestamp) -> Option<BreachReason> {
+pub(super) fn breach_of(rec: &ContractRecord, end: Timestamp) -> Option<BreachReason> {
     let c = &rec.contract;
     let activated = rec.activated_at?;
     let delay_ms = activated.saturating_sub(rec.trigger_at.unwrap_or(activated));
@@ -65,7 +89,13 @@ fn breach_of(rec: &ContractRecord, end: Timestamp) -> Option<BreachReason> {
         .min(c.qos.heartbeat_interval_ms);
     let judged = rec.uptime_ms.saturating_add(tail).min(span);
     let permille = u64::try_from(u128::from(judged) * 1000 / u128::from(span)).unwrap_or(1000);
-    (permille < min).then_some(BreachReason::InsufficientUptime { permille })
+    if permille < min {
+        return Some(BreachReason::InsufficientUptime { permille });
+    }
+    // Time a quorum of the committee confirmed the service down.
+    let not_down = span - rec.confirmed_down_ms.min(span);
+    let permille = u64::try_from(u128::from(not_down) * 1000 / u128::from(span)).unwrap_or(1000);
+    (permille < min).then_some(BreachReason::ConfirmedDowntime { permille })
 }
 
 impl Ledger {
@@ -143,22 +173,21 @@ impl Ledger {
                         "settlement already pending for the service up to {end}"
                     )));
                 }
-                match breach_of(rec, effective_end) {
-                    // The shortfall may be heartbeats still in flight: judge when they arrive.
-                    Some(BreachReason::InsufficientUptime { .. })
-                        if effective_end.saturating_sub(rec.last_uptime_end.unwrap_or(0))
-                            > c.qos.heartbeat_interval_ms =>
-                    {
-                        let until = effective_end.saturating_add(rec.closing_grace_ms());
-                        if let Some(r) = self.contracts.get_mut(&id) {
-                            r.closing = Some(effective_end);
-                        }
-                        return Ok(vec![LedgerEvent::SettlementPending {
-                            contract: id,
-                            end: effective_end,
-                            until,
-                        }]);
+                let verdict = breach_of(rec, effective_end);
+                // Heartbeats or probe reports for the service judged may still be in flight:
+                // judge when they arrive, or when the grace period ends.
+                if self.awaits_evidence(rec, effective_end, now, verdict) {
+                    let until = effective_end.saturating_add(self.closing_grace_ms(rec));
+                    if let Some(r) = self.contracts.get_mut(&id) {
+                        r.closing = Some(effective_end);
                     }
+                    return Ok(vec![LedgerEvent::SettlementPending {
+                        contract: id,
+                        end: effective_end,
+                        until,
+                    }]);
+                }
+                match verdict {
                     Some(b) => Err(b),
                     None => Ok(effective_end),
                 }
@@ -187,8 +216,25 @@ impl Ledger {
         }
     }
 
-    /// Judges a pending settlement (the provider's heartbeats reached its end, or the grace
-    /// period passed).
+    /// Judges a pending settlement of `id` early, once nothing it waits for can change it any
+    /// more (see [`Ledger::awaits_evidence`]).
+    pub(super) fn finish_closing_if_ready(
+        &mut self,
+        now: Timestamp,
+        id: ContractId,
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let rec = self.record(id)?;
+        let Some(end) = rec.closing else {
+            return Ok(Vec::new());
+        };
+        if self.awaits_evidence(rec, end, now, breach_of(rec, end)) {
+            return Ok(Vec::new());
+        }
+        self.finish_closing(now, id)
+    }
+
+    /// Judges a pending settlement (the evidence it waited for arrived, or the grace period
+    /// passed).
     pub(super) fn finish_closing(
         &mut self,
         now: Timestamp,

@@ -4,6 +4,7 @@ use agora_market::Timestamp;
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 
+use super::quorum::RoundTally;
 use crate::attestation::HandoverDecision;
 use crate::contract::{ActivationClause, Amount, Contract, ContractKind};
 use crate::lifecycle::ContractStatus;
@@ -19,6 +20,22 @@ pub struct Account {
     pub reputation: i64,
     /// Tokens this account has locked in contract escrows (payments and stakes).
     pub locked: Amount,
+    /// An arbitrator's bond, locked at genesis; burned if it is proven to equivocate.
+    #[serde(default)]
+    pub bonded: Amount,
+    /// Everything the faucet has minted to this account (bounded by
+    /// `LedgerParams::faucet_max_per_account`).
+    #[serde(default)]
+    pub faucet_received: Amount,
+}
+
+impl Account {
+    /// Everything the account owns: spendable, locked in escrow and bonded.
+    pub fn holdings(&self) -> Amount {
+        self.balance
+            .saturating_add(self.locked)
+            .saturating_add(self.bonded)
+    }
 }
 
 /// Funds a contract holds in escrow.
@@ -78,10 +95,27 @@ pub struct ContractRecord {
     pub paid_to_provider: Amount,
     /// When it reached a final state.
     pub closed_at: Option<Timestamp>,
-    /// A settlement waiting for the provider's in-flight heartbeats: the end being judged.
+    /// A settlement waiting for the provider's in-flight heartbeats or the committee's probe
+    /// results: the end being judged.
     #[serde(default)]
     pub closing: Option<Timestamp>,
+    /// The committee's probe reports on an active hosted or standby service, per interval.
+    #[serde(default)]
+    pub probes: RoundTally,
+    /// Service time a quorum of the committee confirmed up (probe intervals decided "up").
+    #[serde(default)]
+    pub confirmed_up_ms: u64,
+    /// Service time a quorum of the committee confirmed down.
+    #[serde(default)]
+    pub confirmed_down_ms: u64,
+    /// The committee's storage challenge reports on an active storage contract, per round.
+    #[serde(default)]
+    pub audits: RoundTally,
 }
+
+/// Shortest probe interval / audit round: every report is a ledger transaction from each
+/// committee member.
+pub const MIN_EVIDENCE_PERIOD_MS: u64 = 2_000;
 
 impl ContractRecord {
     /// A fresh record at registration.
@@ -115,6 +149,10 @@ impl ContractRecord {
             paid_to_provider: 0,
             closed_at: None,
             closing: None,
+            probes: RoundTally::default(),
+            confirmed_up_ms: 0,
+            confirmed_down_ms: 0,
+            audits: RoundTally::default(),
         })
     }
 
@@ -139,6 +177,49 @@ impl ContractRecord {
             .heartbeat_interval_ms
             .saturating_mul(2)
             .saturating_add(2_000)
+    }
+
+    /// Length of one probe interval / audit round: the heartbeat interval, at least
+    /// [`MIN_EVIDENCE_PERIOD_MS`].
+    pub fn evidence_period_ms(&self) -> u64 {
+        self.contract
+            .qos
+            .heartbeat_interval_ms
+            .max(MIN_EVIDENCE_PERIOD_MS)
+    }
+
+    /// The probe interval (hosted, standby) or audit round (storage) that contains `at`:
+    /// intervals are counted from activation in steps of [`Self::evidence_period_ms`] and end
+    /// with the service window. `None` before activation or outside the window. An arbitrator
+    /// reports what it observed at `at` for this round.
+    pub fn evidence_round(&self, at: Timestamp) -> Option<u64> {
+        let start = self.activated_at?;
+        if at < start || at >= self.window_end()? {
+            return None;
+        }
+        Some((at - start) / self.evidence_period_ms())
+    }
+
+    /// Start and end of evidence round `round`, clipped to the service window; `None` if the
+    /// round lies outside it (or the contract never activated).
+    pub fn round_span(&self, round: u64) -> Option<(Timestamp, Timestamp)> {
+        let activated = self.activated_at?;
+        let window_end = self.window_end()?;
+        let period = self.evidence_period_ms();
+        let start = activated.checked_add(round.checked_mul(period)?)?;
+        if start >= window_end {
+            return None;
+        }
+        Some((start, start.saturating_add(period).min(window_end)))
+    }
+
+    /// Whether the committee probes this contract's service (hosted and standby contracts
+    /// while active); storage contracts are audited instead.
+    pub fn is_probed(&self) -> bool {
+        matches!(
+            self.contract.kind,
+            ContractKind::Hosted | ContractKind::Standby
+        )
     }
 
     /// Latest time activation may be reported without breach, once the trigger fired.

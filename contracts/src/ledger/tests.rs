@@ -8,8 +8,32 @@ use crate::contract::{ContractId, SignedContract};
 use crate::lifecycle::ContractStatus;
 use crate::test_utils::{ContractBuilder, genesis_with, test_cid, tx, tx_with_nonce};
 
+mod admission;
+mod arbitrators;
 mod handover;
 mod lifecycle_flows;
+mod reports;
+mod state_growth;
+
+/// Two conflicting signed prevotes of `signer` at `height`, `round`.
+pub(crate) fn equivocation(
+    signer: &KeySigner,
+    height: u64,
+    round: u32,
+) -> crate::vote::EquivocationEvidence {
+    use crate::vote::{BlockHash, ConsensusVote, SignedVote, VoteKind};
+    let vote = |b: u8| ConsensusVote {
+        kind: VoteKind::Prevote,
+        height,
+        round,
+        block: Some(BlockHash([b; 32])),
+        voter: signer.node_id(),
+    };
+    crate::vote::EquivocationEvidence {
+        first: SignedVote::new(vote(1), signer),
+        second: SignedVote::new(vote(2), signer),
+    }
+}
 
 /// A ledger with accounts seeds 1..=4 (10_000 each) and a 4-arbitrator committee.
 pub(crate) struct Harness {
@@ -84,6 +108,62 @@ impl Harness {
         let a = self.committee[arbitrator].clone();
         let subject = self.customer().node_id();
         self.ok(&a, TxKind::Attest { subject, liveness })
+    }
+
+    /// Committee members `members` report probe interval `interval` of `id` as `up`.
+    pub fn probe(
+        &mut self,
+        id: ContractId,
+        interval: u64,
+        up: bool,
+        members: impl IntoIterator<Item = usize>,
+    ) -> Vec<LedgerEvent> {
+        let mut events = Vec::new();
+        for m in members {
+            let a = self.committee[m].clone();
+            let kind = TxKind::ProbeResult {
+                contract: id,
+                interval,
+                up,
+            };
+            events.extend(self.ok(&a, kind));
+        }
+        events
+    }
+
+    /// Advances time to `until`; at the end of every probe interval of `id` before it, a
+    /// quorum (arbitrators 0..3) reports the interval `up` (if not decided yet).
+    pub fn probed_until(&mut self, id: ContractId, until: Timestamp, up: bool) -> Vec<LedgerEvent> {
+        let mut events = Vec::new();
+        for round in 0.. {
+            let Some(rec) = self.ledger.contract(&id) else {
+                break;
+            };
+            let Some((_, end)) = rec.round_span(round) else {
+                break;
+            };
+            if end > until {
+                break;
+            }
+            if rec.probes.is_decided(round) || rec.status != ContractStatus::Active {
+                continue;
+            }
+            self.now = self.now.max(end);
+            let grace = self.ledger.params().quorum_report_grace_ms;
+            if end + grace < self.now {
+                continue;
+            }
+            events.extend(self.probe(id, round, up, 0..3));
+        }
+        self.now = self.now.max(until);
+        events
+    }
+
+    /// Reports two conflicting prevotes of committee member `member` (from account 2).
+    pub fn slash_arbitrator(&mut self, member: usize) -> Vec<LedgerEvent> {
+        let evidence = equivocation(&self.committee[member], 5, 0);
+        let reporter = self.accounts[2].clone();
+        self.ok(&reporter, TxKind::ReportEquivocation(Box::new(evidence)))
     }
 
     pub fn status(&self, id: ContractId) -> ContractStatus {
@@ -235,9 +315,11 @@ fn registration_rejects_duplicates_outsiders_and_unknown_arbitrators() {
     assert!(matches!(err, LedgerError::NotAllowed { .. }));
 
     let stranger = KeySigner::from_seed(999).node_id();
+    let mut committee: Vec<_> = h.committee.iter().map(|s| s.node_id()).collect();
+    committee[3] = stranger;
     let bad = ContractBuilder::new(1, 2)
         .nonce(2)
-        .committee(vec![stranger])
+        .committee(committee)
         .signed();
     let err = h
         .try_apply(&c, TxKind::RegisterContract(Box::new(bad)))

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::LedgerError;
 use crate::attestation::Liveness;
 use crate::contract::{Amount, ContractId, SignedContract};
+use crate::vote::EquivocationEvidence;
 
 /// A period during which the provider's heartbeats showed the service up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,15 +96,32 @@ pub enum TxKind {
     Cancel(ContractId),
     /// A party: a contract that never got armed ran out; funds returned.
     Expire(ContractId),
-    /// Arbitrator: outcome of one storage challenge.
+    /// Arbitrator: outcome of its storage challenge in one audit round. A round's outcome
+    /// counts only once a quorum (2f+1) of the contract's committee reported the same one.
     StorageProofResult {
         /// The storage contract.
         contract: ContractId,
+        /// The audit round ([`crate::ContractRecord::evidence_round`] of the challenge time).
+        round: u64,
         /// The challenged content.
         challenge: Cid,
         /// Whether the provider's proof checked out.
         passed: bool,
     },
+    /// Arbitrator: whether the provider's hosted (or active standby) service answered this
+    /// arbitrator's probe in one probe interval. An interval counts as service up (paid) or
+    /// down (judged) only once a quorum (2f+1) of the committee reported the same.
+    ProbeResult {
+        /// The hosted or standby contract.
+        contract: ContractId,
+        /// The probe interval ([`crate::ContractRecord::evidence_round`] of the probe time).
+        interval: u64,
+        /// Whether the service answered.
+        up: bool,
+    },
+    /// Anyone with an account: proof that an arbitrator signed two conflicting consensus
+    /// votes. Burns its bond and leaves it out of new contract committees.
+    ReportEquivocation(Box<EquivocationEvidence>),
 }
 
 /// A transaction body.

@@ -43,6 +43,8 @@ proptest! {
         h.now = activated;
         h.ok(&p, TxKind::ReportActivation { contract: id, activated_at: activated });
         let up = duration * uptime_permille / 1_000;
+        // The committee confirms the whole window up: the provider's claim decides.
+        h.probed_until(id, activated + duration, true);
         h.now = activated + duration;
         let batch = HeartbeatBatch {
             intervals: vec![UptimeInterval { from: activated, to: activated + up }],
@@ -52,7 +54,7 @@ proptest! {
         h.ok(&p, TxKind::Heartbeats { contract: id, batch });
         let mut events = h.ok(&c, TxKind::Settle { contract: id, reason: SettleReason::DurationEnded });
         // A shortfall waits for in-flight heartbeats, then is judged after the grace period.
-        h.now += 10_000;
+        h.now += 13_000;
         events.extend(h.ledger.tick(h.now));
         // Judged uptime: reported plus at most one heartbeat interval of unreported tail.
         let judged = (up + (duration - up).min(1_000)).min(duration);
@@ -76,7 +78,8 @@ proptest! {
         prop_assert_eq!(h.ledger.account(&p.node_id()).unwrap().locked, 0);
     }
 
-    /// Standby: a customer back early pays pro rata for the elapsed coverage window.
+    /// Standby: a customer back early pays pro rata for the elapsed coverage window (standing
+    /// by, then service the committee confirmed up).
     #[test]
     fn standby_customer_back_pays_pro_rata(
         payment in 0u64..5_000,
@@ -99,9 +102,22 @@ proptest! {
         let (c, p) = (h.customer(), h.provider());
         let at = h.now;
         h.ok(&p, TxKind::ReportActivation { contract: id, activated_at: at });
-        h.now = registered + 2_000 + back_after;
+        let back = registered + 2_000 + back_after;
+        let served_to = back.min(registered + duration);
+        h.probed_until(id, served_to, true);
+        h.now = h.now.max(served_to);
+        let batch = HeartbeatBatch {
+            intervals: vec![UptimeInterval { from: at, to: served_to }],
+            readings_processed: 1,
+            data_proofs: vec![],
+        };
+        h.ok(&p, TxKind::Heartbeats { contract: id, batch });
+        h.now = back;
         h.ok(&c, TxKind::Settle { contract: id, reason: SettleReason::CustomerBack });
-        let elapsed = (h.now - registered).min(duration);
+        // The probe interval around the customer's return ends after it: reported then.
+        h.probed_until(id, back + 2_000, true);
+        prop_assert_eq!(h.status(id), ContractStatus::Settled);
+        let elapsed = (back - registered).min(duration);
         let earned = (u128::from(payment) * u128::from(elapsed) / u128::from(duration)) as u64;
         prop_assert_eq!(h.balance(&p), 10_000 + earned);
         prop_assert_eq!(h.balance(&c), 10_000 - earned);

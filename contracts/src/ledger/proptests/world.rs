@@ -78,8 +78,29 @@ pub(super) enum Op {
     Storage {
         who: usize,
         c: usize,
+        back: u64,
         passed: bool,
     },
+    Probe {
+        who: usize,
+        c: usize,
+        back: u64,
+        up: bool,
+    },
+    /// Three arbitrators report contract `c`'s current probe interval (or audit round).
+    QuorumReport {
+        c: usize,
+        back: u64,
+        good: bool,
+    },
+    /// Account `reporter` reports conflicting votes of signer `voter` (arbitrator or not).
+    Equivocate {
+        voter: usize,
+        reporter: usize,
+        height: u64,
+    },
+    /// An empty block at the current time (time-driven settlement, a new faucet window).
+    Block,
     Replay(usize),
     /// Three arbitrators attest contract `c`'s customer unreachable.
     Quorum {
@@ -120,7 +141,15 @@ pub(super) fn op() -> impl Strategy<Value = Op> {
         3 => (party(), 0usize..8, 0u8..3).prop_map(|(who, c, reason)| Op::Settle { who, c, reason }),
         1 => (party(), 0usize..8).prop_map(|(who, c)| Op::Cancel { who, c }),
         1 => (party(), 0usize..8).prop_map(|(who, c)| Op::Expire { who, c }),
-        2 => (party(), 0usize..8, any::<bool>()).prop_map(|(who, c, passed)| Op::Storage { who, c, passed }),
+        2 => (party(), 0usize..8, 0u64..4, any::<bool>())
+            .prop_map(|(who, c, back, passed)| Op::Storage { who, c, back, passed }),
+        2 => (party(), 0usize..8, 0u64..4, any::<bool>())
+            .prop_map(|(who, c, back, up)| Op::Probe { who, c, back, up }),
+        3 => (0usize..8, 0u64..3, any::<bool>())
+            .prop_map(|(c, back, good)| Op::QuorumReport { c, back, good }),
+        1 => (who(), who(), 0u64..3)
+            .prop_map(|(voter, reporter, height)| Op::Equivocate { voter, reporter, height }),
+        1 => Just(Op::Block),
         1 => (0usize..64).prop_map(Op::Replay),
         2 => (0usize..8, 0u64..20_000).prop_map(|(c, since_back)| Op::Quorum { c, since_back }),
         1 => who().prop_map(|who| Op::Overspend { who }),
@@ -135,14 +164,18 @@ pub(super) struct World {
     /// Ledger time at which each accepted transaction was applied.
     pub applied_at: Vec<Timestamp>,
     pub minted: u128,
+    pub burned: u128,
     pub genesis_supply: u128,
     pub finals: BTreeMap<ContractId, u32>,
+    /// Empty blocks applied (the replica test replays only worlds without them).
+    pub blocks: u32,
 }
 
 impl World {
     pub fn new() -> Self {
         let (genesis, accounts, committee) = genesis_with(ACCOUNTS, ARBITRATORS, 10_000);
         let ledger = Ledger::from_genesis(&genesis).unwrap();
+        let genesis_supply = u128::from(ledger.supply().genesis);
         World {
             ledger,
             signers: accounts.into_iter().chain(committee).collect(),
@@ -150,8 +183,10 @@ impl World {
             applied: Vec::new(),
             applied_at: Vec::new(),
             minted: 0,
-            genesis_supply: (ACCOUNTS as u128) * 10_000,
+            burned: 0,
+            genesis_supply,
             finals: BTreeMap::new(),
+            blocks: 0,
         }
     }
 
@@ -188,7 +223,11 @@ impl World {
 
     fn kind_for(&self, op: &Op) -> Option<(usize, TxKind)> {
         Some(match *op {
-            Op::Advance(_) | Op::Replay(_) | Op::Quorum { .. } => return None,
+            Op::Advance(_)
+            | Op::Replay(_)
+            | Op::Quorum { .. }
+            | Op::QuorumReport { .. }
+            | Op::Block => return None,
             Op::Transfer { from, to, amount } => (
                 from,
                 TxKind::Transfer {
@@ -318,14 +357,37 @@ impl World {
             }
             Op::Cancel { who, c } => (self.sender(who, c), TxKind::Cancel(self.contract(c))),
             Op::Expire { who, c } => (self.sender(who, c), TxKind::Expire(self.contract(c))),
-            Op::Storage { who, c, passed } => (
+            Op::Storage {
+                who,
+                c,
+                back,
+                passed,
+            } => (
                 self.sender(who, c),
                 TxKind::StorageProofResult {
                     contract: self.contract(c),
+                    round: self.round(c, back),
                     challenge: test_cid(b"c"),
                     passed,
                 },
             ),
+            Op::Probe { who, c, back, up } => (
+                self.sender(who, c),
+                TxKind::ProbeResult {
+                    contract: self.contract(c),
+                    interval: self.round(c, back),
+                    up,
+                },
+            ),
+            Op::Equivocate {
+                voter,
+                reporter,
+                height,
+            } => {
+                let voter = &self.signers[voter % self.signers.len()];
+                let evidence = crate::ledger::tests::equivocation(voter, height, 0);
+                (reporter, TxKind::ReportEquivocation(Box::new(evidence)))
+            }
             Op::Overspend { who } => {
                 let amount = self.ledger.spendable(&self.node(who)).saturating_add(1);
                 (
@@ -339,9 +401,52 @@ impl World {
         })
     }
 
+    /// The evidence round `back` rounds before the current one of contract `c` (0 if none).
+    fn round(&self, c: usize, back: u64) -> u64 {
+        self.ledger
+            .contract(&self.contract(c))
+            .and_then(|r| r.evidence_round(self.now))
+            .unwrap_or(0)
+            .saturating_sub(back)
+    }
+
     pub fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
         if let Op::Advance(ms) = op {
             self.now += ms;
+            return Ok(());
+        }
+        if let Op::Block = op {
+            let height = self.ledger.height() + 1;
+            let outcome = self.ledger.apply_block(height, self.now, &[]).unwrap();
+            self.record_events(&outcome.events)?;
+            // A block changes the state the replica test replays against: keep it out of that
+            // comparison by recording nothing as applied.
+            self.blocks += 1;
+            return self.check_conservation();
+        }
+        if let Op::QuorumReport { c, back, good } = *op {
+            let id = self.contract(c);
+            let Some(rec) = self.ledger.contract(&id) else {
+                return Ok(());
+            };
+            let kind = |round| match rec.contract.kind {
+                crate::contract::ContractKind::Storage => TxKind::StorageProofResult {
+                    contract: id,
+                    round,
+                    challenge: test_cid(b"q"),
+                    passed: good,
+                },
+                _ => TxKind::ProbeResult {
+                    contract: id,
+                    interval: round,
+                    up: good,
+                },
+            };
+            let kind = kind(self.round(c, back));
+            for arb in 0..3 {
+                let stx = tx(&self.ledger, &self.signers[ACCOUNTS + arb], kind.clone());
+                self.submit(op, stx)?;
+            }
             return Ok(());
         }
         if let Op::Quorum { c, since_back } = *op {
@@ -392,22 +497,29 @@ impl World {
                     !matches!(op, Op::Overspend { .. }),
                     "overspend was accepted"
                 );
-                for e in &events {
-                    match e {
-                        LedgerEvent::Minted { amount, .. } => self.minted += u128::from(*amount),
-                        LedgerEvent::StatusChanged { contract, to, .. } if to.is_final() => {
-                            let n = self.finals.entry(*contract).or_default();
-                            *n += 1;
-                            prop_assert_eq!(*n, 1, "contract reached a final state twice");
-                        }
-                        _ => {}
-                    }
-                }
+                self.record_events(&events)?;
                 self.applied.push(stx);
                 self.applied_at.push(self.now);
             }
         }
         self.check_conservation()
+    }
+
+    /// Tracks minting, burning and final states from accepted events.
+    fn record_events(&mut self, events: &[LedgerEvent]) -> Result<(), TestCaseError> {
+        for e in events {
+            match e {
+                LedgerEvent::Minted { amount, .. } => self.minted += u128::from(*amount),
+                LedgerEvent::ArbitratorSlashed { amount, .. } => self.burned += u128::from(*amount),
+                LedgerEvent::StatusChanged { contract, to, .. } if to.is_final() => {
+                    let n = self.finals.entry(*contract).or_default();
+                    *n += 1;
+                    prop_assert_eq!(*n, 1, "contract reached a final state twice");
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn check_conservation(&self) -> Result<(), TestCaseError> {
@@ -426,7 +538,17 @@ impl World {
             .values()
             .map(|r| r.escrow.total().map_or(u128::MAX, u128::from))
             .sum();
-        prop_assert_eq!(balances + escrow, self.genesis_supply + self.minted);
+        let bonds: u128 = self
+            .ledger
+            .accounts()
+            .values()
+            .map(|a| u128::from(a.bonded))
+            .sum();
+        prop_assert_eq!(
+            balances + escrow + bonds + self.burned,
+            self.genesis_supply + self.minted
+        );
+        prop_assert_eq!(u128::from(self.ledger.supply().burned), self.burned);
         for r in self.ledger.contracts().values() {
             prop_assert!(
                 r.paid_to_provider <= r.contract.payment,

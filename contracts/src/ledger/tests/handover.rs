@@ -155,11 +155,12 @@ fn customer_back_early_pays_pro_rata() {
             activated_at: 11_000,
         },
     );
-    h.now = 41_000;
+    h.probed_until(id, 41_000, true);
     h.ok(&p, for_contract(uptime(11_000, 41_000), id));
     // The customer cannot cancel its way out once handed over.
     assert!(h.try_apply(&c, TxKind::Cancel(id)).is_err());
-    // Registered at 1_000, back at 41_000: 40% of the 100 s coverage window.
+    // Registered at 1_000, back at 41_000: 40% of the 100 s coverage window (10 s standing
+    // by, 30 s of service the committee confirmed up).
     h.ok(&c, settle(id, SettleReason::CustomerBack));
     assert_eq!(h.status(id), ContractStatus::Settled);
     assert_eq!(h.balance(&p), 10_000 + 400);
@@ -260,12 +261,20 @@ fn customer_back_between_heartbeats_is_not_a_breach() {
             activated_at: 5_000,
         },
     );
-    h.now = 8_000;
+    h.probed_until(id, 8_000, true);
     h.ok(&p, for_contract(uptime(5_000, 8_000), id));
     // Back 0.9 s after the last heartbeat (interval 1 s): the unreported tail is not held
-    // against the provider.
+    // against the provider. The probe interval 7_000..9_000 is still open: the settlement
+    // waits for it.
     h.now = 8_900;
-    h.ok(&c, settle(id, SettleReason::CustomerBack));
+    let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, LedgerEvent::SettlementPending { end: 8_900, .. }))
+    );
+    h.now = 9_000;
+    let ev = h.probe(id, 1, true, 0..3);
+    assert!(ev.iter().any(|e| matches!(e, LedgerEvent::Paid { .. })));
     assert_eq!(h.status(id), ContractStatus::Settled);
 }
 
@@ -300,9 +309,9 @@ fn customer_back_long_after_the_last_heartbeat_is_a_breach() {
             .is_err(),
         "one pending settlement at a time"
     );
-    h.now = 14_999;
+    h.now = 22_999;
     assert!(h.ledger.tick(h.now).is_empty());
-    h.now = 15_000;
+    h.now = 23_000;
     let ev = h.ledger.tick(h.now);
     assert!(ev.iter().any(|e| matches!(
         e,
@@ -342,6 +351,11 @@ fn pending_settlement_is_judged_when_the_in_flight_heartbeat_arrives() {
     );
     h.now = 9_600;
     let ev = h.ok(&p, for_contract(uptime(6_000, 9_500), id));
+    // Still waiting for the committee's probe reports on the service up to 9 s.
+    assert!(!ev.iter().any(|e| matches!(e, LedgerEvent::Paid { .. })));
+    h.now = 9_700;
+    h.probe(id, 0, true, 0..3);
+    let ev = h.probe(id, 1, true, 0..3);
     assert!(ev.iter().any(|e| matches!(e, LedgerEvent::Paid { .. })));
     assert_eq!(h.status(id), ContractStatus::Settled);
     let rec = h.ledger.contract(&id).unwrap();

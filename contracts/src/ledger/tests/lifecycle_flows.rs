@@ -50,8 +50,12 @@ fn hosted_contract_paid_for_uptime_then_settled_once() {
             activated_at: 1_500,
         },
     );
-    h.now = 31_500;
-    h.ok(&p, for_contract(uptime(1_500, 31_500), id));
+    // Without the committee's confirmation the provider's own claim earns nothing.
+    h.now = 3_000;
+    h.ok(&p, for_contract(uptime(1_500, 3_000), id));
+    assert!(h.try_apply(&p, TxKind::SettleUptime(id)).is_err());
+    h.probed_until(id, 31_500, true);
+    h.ok(&p, for_contract(uptime(3_000, 31_500), id));
     // Half the duration verified: periodic collection pays half.
     let ev = h.ok(&p, TxKind::SettleUptime(id));
     assert!(ev.contains(&LedgerEvent::Paid {
@@ -60,7 +64,7 @@ fn hosted_contract_paid_for_uptime_then_settled_once() {
         amount: 500
     }));
     assert!(h.try_apply(&p, TxKind::SettleUptime(id)).is_err());
-    h.now = 61_500;
+    h.probed_until(id, 61_500, true);
     h.ok(&p, for_contract(uptime(31_500, 61_500), id));
     let err = h
         .try_apply(&c, settle(id, SettleReason::NoActivation))
@@ -92,13 +96,16 @@ fn hosted_contract_with_low_uptime_is_slashed() {
     h.now = 61_000;
     h.ok(&p, for_contract(uptime(1_000, 31_000), id));
     let ev = h.ok(&c, settle(id, SettleReason::DurationEnded));
-    // The shortfall could be heartbeats in flight: judged once the grace period passes.
+    // The shortfall could be heartbeats (or probe reports) in flight: judged once the grace
+    // period (one probe interval plus the report grace) passes.
     assert!(
         ev.iter()
-            .any(|e| matches!(e, LedgerEvent::SettlementPending { until: 65_000, .. }))
+            .any(|e| matches!(e, LedgerEvent::SettlementPending { until: 73_000, .. }))
     );
     assert_eq!(h.status(id), ContractStatus::Active);
-    h.now = 65_000;
+    h.now = 72_999;
+    assert!(h.ledger.tick(h.now).is_empty());
+    h.now = 73_000;
     let ev = h.ledger.tick(h.now);
     // 30 s reported plus one heartbeat interval (1 s) of unreported tail, over 60 s.
     assert!(ev.iter().any(|e| matches!(
@@ -229,7 +236,7 @@ fn heartbeats_cannot_overlap_or_come_from_the_future() {
 }
 
 #[test]
-fn storage_contract_judged_by_challenge_results() {
+fn storage_contract_judged_by_quorum_challenge_rounds() {
     let mut h = Harness::new();
     let id = h.armed(ContractBuilder::new(1, 2).storage().signed());
     let (c, p) = (h.customer(), h.provider());
@@ -240,38 +247,40 @@ fn storage_contract_judged_by_challenge_results() {
             activated_at: 1_000,
         },
     );
-    let challenge = test_cid(b"block");
-    let outsider = h.accounts[2].clone();
-    let err = h
-        .try_apply(
-            &outsider,
-            TxKind::StorageProofResult {
-                contract: id,
-                challenge,
-                passed: true,
-            },
-        )
-        .unwrap_err();
-    assert!(matches!(err, LedgerError::NotAllowed { .. }));
-    let arb = h.committee[0].clone();
-    h.ok(
-        &arb,
-        TxKind::StorageProofResult {
-            contract: id,
-            challenge,
-            passed: true,
-        },
-    );
-    let failed = TxKind::StorageProofResult {
+    let report = |round: u64, passed: bool| TxKind::StorageProofResult {
         contract: id,
-        challenge,
-        passed: false,
+        round,
+        challenge: test_cid(b"block"),
+        passed,
     };
-    // The customer would profit from false failures, so it cannot report them.
-    let err = h.try_apply(&c, failed.clone()).unwrap_err();
+    let outsider = h.accounts[2].clone();
+    let err = h.try_apply(&outsider, report(0, true)).unwrap_err();
     assert!(matches!(err, LedgerError::NotAllowed { .. }));
-    let arb = h.committee[1].clone();
-    h.ok(&arb, failed);
+    // The customer would profit from false failures, so it cannot report them.
+    let err = h.try_apply(&c, report(0, false)).unwrap_err();
+    assert!(matches!(err, LedgerError::NotAllowed { .. }));
+    // Round 0 (1_000..3_000): three of four arbitrators agree it passed.
+    h.now = 3_000;
+    for a in 0..3 {
+        let arb = h.committee[a].clone();
+        h.ok(&arb, report(0, true));
+    }
+    // Round 1 (3_000..5_000): three agree it failed; the fourth's dissent changes nothing.
+    h.now = 5_000;
+    let arb = h.committee[3].clone();
+    h.ok(&arb, report(1, true));
+    let mut events = Vec::new();
+    for a in 0..3 {
+        let arb = h.committee[a].clone();
+        events.extend(h.ok(&arb, report(1, false)));
+    }
+    assert!(events.contains(&LedgerEvent::StorageProofRecorded {
+        contract: id,
+        round: 1,
+        passed: false
+    }));
+    let rec = h.ledger.contract(&id).unwrap();
+    assert_eq!((rec.storage_passed, rec.storage_failed), (1, 1));
     h.now = 61_000;
     let ev = h.ok(&c, settle(id, SettleReason::DurationEnded));
     assert!(ev.iter().any(|e| matches!(

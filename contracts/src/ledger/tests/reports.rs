@@ -1,0 +1,237 @@
+//! The committee's per-round reports (#13.7, #13.10): probes and storage audits count by
+//! quorum only.
+
+use agora_market::Signer;
+
+use super::Harness;
+use super::lifecycle_flows::{for_contract, settle, uptime};
+use crate::contract::ContractId;
+use crate::ledger::{BreachReason, LedgerError, LedgerEvent, SettleReason, TxKind};
+use crate::lifecycle::ContractStatus;
+use crate::test_utils::{ContractBuilder, test_cid};
+
+/// A hosted contract (60 s, heartbeats every 1 s so 2 s probe intervals) active from 1_000.
+fn active_hosted(h: &mut Harness) -> ContractId {
+    let id = h.armed(ContractBuilder::new(1, 2).signed());
+    let p = h.provider();
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 1_000,
+        },
+    );
+    id
+}
+
+fn probe(id: ContractId, interval: u64, up: bool) -> TxKind {
+    TxKind::ProbeResult {
+        contract: id,
+        interval,
+        up,
+    }
+}
+
+#[test]
+fn a_probe_interval_counts_only_when_a_quorum_agrees() {
+    let mut h = Harness::new();
+    let id = active_hosted(&mut h);
+    h.now = 3_000;
+    // One faulty arbitrator says down; two honest say up: nothing decided yet.
+    let ev = h.probe(id, 0, false, [3]);
+    assert_eq!(
+        ev,
+        vec![LedgerEvent::ProbeRecorded {
+            contract: id,
+            interval: 0,
+            reporter: h.committee[3].node_id(),
+            up: false
+        }]
+    );
+    let ev = h.probe(id, 0, true, [0, 1]);
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, LedgerEvent::UptimeConfirmed { .. }))
+    );
+    let ev = h.probe(id, 0, true, [2]);
+    assert!(ev.contains(&LedgerEvent::UptimeConfirmed {
+        contract: id,
+        interval: 0,
+        up: true,
+        ms: 2_000,
+        confirmed_up_ms: 2_000
+    }));
+    let rec = h.ledger.contract(&id).unwrap();
+    assert_eq!((rec.confirmed_up_ms, rec.confirmed_down_ms), (2_000, 0));
+}
+
+#[test]
+fn probe_reports_are_checked() {
+    let mut h = Harness::new();
+    let id = active_hosted(&mut h);
+    let (c, p) = (h.customer(), h.provider());
+    let arb = h.committee[0].clone();
+    h.now = 3_000;
+    // Parties cannot report.
+    for party in [&c, &p] {
+        let err = h.try_apply(party, probe(id, 0, true)).unwrap_err();
+        assert!(matches!(err, LedgerError::NotAllowed { .. }), "{err}");
+    }
+    // An interval that has not begun (beyond clock skew) or lies past the window.
+    let err = h.try_apply(&arb, probe(id, 5, true)).unwrap_err();
+    assert!(matches!(err, LedgerError::InvalidEvidence { .. }), "{err}");
+    let err = h.try_apply(&arb, probe(id, 30, true)).unwrap_err();
+    assert!(matches!(err, LedgerError::InvalidEvidence { .. }), "{err}");
+    // Once per member per interval, whatever it says the second time.
+    h.ok(&arb, probe(id, 0, true));
+    let err = h.try_apply(&arb, probe(id, 0, false)).unwrap_err();
+    assert!(matches!(err, LedgerError::DuplicateReport { .. }), "{err}");
+    // A decided interval takes no more reports.
+    h.probe(id, 0, true, [1, 2]);
+    let late = h.committee[3].clone();
+    let err = h.try_apply(&late, probe(id, 0, false)).unwrap_err();
+    assert!(
+        matches!(err, LedgerError::RoundDecided { outcome: true, .. }),
+        "{err}"
+    );
+    // Reports close `quorum_report_grace_ms` after the interval ends.
+    h.now = 5_000 + 10_000;
+    h.ok(&arb, probe(id, 1, true));
+    h.now += 1;
+    let err = h.try_apply(&late, probe(id, 1, true)).unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }), "{err}");
+    // Storage reports do not apply to a hosted contract.
+    let err = h
+        .try_apply(
+            &arb,
+            TxKind::StorageProofResult {
+                contract: id,
+                round: 2,
+                challenge: test_cid(b"x"),
+                passed: true,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }), "{err}");
+}
+
+#[test]
+fn a_hosted_provider_that_runs_nothing_is_paid_nothing() {
+    let mut h = Harness::new();
+    let id = active_hosted(&mut h);
+    let (c, p) = (h.customer(), h.provider());
+    // It claims full uptime; the committee's probes find nothing answering.
+    h.probed_until(id, 61_000, false);
+    h.ok(&p, for_contract(uptime(1_000, 61_000), id));
+    assert!(h.try_apply(&p, TxKind::SettleUptime(id)).is_err());
+    let ev = h.ok(&c, settle(id, SettleReason::DurationEnded));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        LedgerEvent::Slashed {
+            reason: BreachReason::ConfirmedDowntime { permille: 0 },
+            ..
+        }
+    )));
+    assert_eq!(h.balance(&p), 10_000 - 500);
+    assert_eq!(h.balance(&c), 10_000 + 500);
+}
+
+#[test]
+fn a_silent_committee_pays_nothing_but_slashes_nobody() {
+    let mut h = Harness::new();
+    let id = active_hosted(&mut h);
+    let (c, p) = (h.customer(), h.provider());
+    h.now = 61_000;
+    h.ok(&p, for_contract(uptime(1_000, 61_000), id));
+    let ev = h.ok(&c, settle(id, SettleReason::DurationEnded));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, LedgerEvent::SettlementPending { .. }))
+    );
+    h.now = 61_000 + 12_000;
+    h.ledger.tick(h.now);
+    assert_eq!(h.status(id), ContractStatus::Settled);
+    assert_eq!((h.balance(&p), h.balance(&c)), (10_000, 10_000));
+}
+
+#[test]
+fn a_minority_reporting_an_honest_provider_down_changes_nothing() {
+    let mut h = Harness::new();
+    let id = active_hosted(&mut h);
+    let (c, p) = (h.customer(), h.provider());
+    // Arbitrator 3 reports every interval down, first; 0..3 report the truth.
+    for round in 0..30 {
+        let (_, end) = h.ledger.contract(&id).unwrap().round_span(round).unwrap();
+        h.now = end;
+        h.probe(id, round, false, [3]);
+        h.probe(id, round, true, 0..3);
+    }
+    h.ok(&p, for_contract(uptime(1_000, 61_000), id));
+    let rec = h.ledger.contract(&id).unwrap();
+    assert_eq!((rec.confirmed_up_ms, rec.confirmed_down_ms), (60_000, 0));
+    h.ok(&c, settle(id, SettleReason::DurationEnded));
+    assert_eq!(h.status(id), ContractStatus::Settled);
+    assert_eq!(h.balance(&p), 10_000 + 1_000);
+}
+
+#[test]
+fn the_tallies_hold_only_rounds_inside_their_report_window() {
+    let mut h = Harness::new();
+    let id = active_hosted(&mut h);
+    let mut most = 0;
+    for round in 0..30 {
+        let (_, end) = h.ledger.contract(&id).unwrap().round_span(round).unwrap();
+        h.now = end;
+        // Only a minority reports: nothing is ever decided, nothing piles up.
+        h.probe(id, round, false, [3]);
+        most = most.max(h.ledger.contract(&id).unwrap().probes.len());
+    }
+    // Rounds end every 2 s and stay open for 10 s after: at most 6 are held at once.
+    assert!(most <= 6, "{most} rounds held");
+    assert_eq!(h.ledger.contract(&id).unwrap().confirmed_down_ms, 0);
+}
+
+#[test]
+fn minority_storage_failures_never_count() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).storage().signed());
+    let (c, p) = (h.customer(), h.provider());
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 1_000,
+        },
+    );
+    let report = |round, passed| TxKind::StorageProofResult {
+        contract: id,
+        round,
+        challenge: test_cid(b"file"),
+        passed,
+    };
+    for round in 0..30u64 {
+        h.now = 1_000 + (round + 1) * 2_000;
+        let liar = h.committee[3].clone();
+        let ev = h.ok(&liar, report(round, false));
+        assert!(
+            !ev.iter()
+                .any(|e| matches!(e, LedgerEvent::StorageProofRecorded { .. }))
+        );
+        // Only one honest arbitrator reports some rounds: no quorum either way.
+        let honest = if round % 2 == 0 { 0..3 } else { 0..1 };
+        for a in honest {
+            let arb = h.committee[a].clone();
+            h.ok(&arb, report(round, true));
+        }
+    }
+    let rec = h.ledger.contract(&id).unwrap();
+    assert_eq!((rec.storage_passed, rec.storage_failed), (15, 0));
+    assert!(
+        !rec.audits.is_empty(),
+        "undecided rounds are held while active"
+    );
+    h.ok(&c, settle(id, SettleReason::DurationEnded));
+    assert_eq!(h.status(id), ContractStatus::Settled);
+    // A closed contract keeps no tallies.
+    assert!(h.ledger.contract(&id).unwrap().audits.is_empty());
+}

@@ -1,0 +1,235 @@
+//! Free state growth (#13.11): only funded accounts act, new accounts need the minimum
+//! balance, the faucet is bounded per account and per block; arbitrator bonds at genesis.
+
+use agora_market::{KeySigner, Signer};
+
+use super::Harness;
+use crate::ledger::{Genesis, GenesisAccount, Ledger, LedgerError, TxKind};
+use crate::test_utils::{genesis_with, signer, tx, tx_with_nonce};
+
+#[test]
+fn transfers_of_nothing_are_refused() {
+    let mut h = Harness::new();
+    let (a, b) = (h.accounts[0].clone(), h.accounts[1].clone());
+    let err = h
+        .try_apply(
+            &a,
+            TxKind::Transfer {
+                to: b.node_id(),
+                amount: 0,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::ZeroAmount { .. }), "{err}");
+    let err = h.try_apply(&a, TxKind::Faucet { amount: 0 }).unwrap_err();
+    assert!(matches!(err, LedgerError::ZeroAmount { .. }), "{err}");
+}
+
+#[test]
+fn a_new_account_needs_the_minimum_balance() {
+    let mut h = Harness::new();
+    let a = h.accounts[0].clone();
+    let min = h.ledger.params().min_account_balance;
+    let fresh = KeySigner::from_seed(4_242).node_id();
+    let err = h
+        .try_apply(
+            &a,
+            TxKind::Transfer {
+                to: fresh,
+                amount: min - 1,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        LedgerError::BelowMinimumBalance {
+            to: fresh,
+            amount: min - 1,
+            min
+        }
+    );
+    assert!(h.ledger.account(&fresh).is_none());
+    h.ok(
+        &a,
+        TxKind::Transfer {
+            to: fresh,
+            amount: min,
+        },
+    );
+    assert_eq!(h.ledger.spendable(&fresh), min);
+    // An existing account takes any positive amount.
+    h.ok(
+        &a,
+        TxKind::Transfer {
+            to: fresh,
+            amount: 1,
+        },
+    );
+}
+
+#[test]
+fn a_key_that_was_never_funded_can_do_nothing() {
+    let mut h = Harness::new();
+    let stranger = KeySigner::from_seed(7_777);
+    let to = h.accounts[0].node_id();
+    let before = h.ledger.state_hash().unwrap();
+    for kind in [
+        TxKind::Transfer { to, amount: 0 },
+        TxKind::Faucet { amount: 1_000 },
+        TxKind::Attest {
+            subject: to,
+            liveness: crate::attestation::Liveness::Reachable,
+        },
+    ] {
+        let t = tx(&h.ledger, &stranger, kind);
+        assert_eq!(
+            h.ledger.apply(h.now, &t),
+            Err(LedgerError::UnknownAccount {
+                sender: stranger.node_id()
+            })
+        );
+    }
+    // Not even inside a block: no account, no nonce, no trace.
+    let t = tx(&h.ledger, &stranger, TxKind::Faucet { amount: 1_000 });
+    let out = h.ledger.apply_block(1, h.now, &[t]).unwrap();
+    assert_eq!(out.rejected.len(), 1);
+    assert!(h.ledger.account(&stranger.node_id()).is_none());
+    let mut replica = Ledger::from_genesis(&genesis_with(4, 4, 10_000).0).unwrap();
+    replica.apply_block(1, h.now, &[]).unwrap();
+    assert_eq!(
+        h.ledger.state_hash().unwrap(),
+        replica.state_hash().unwrap()
+    );
+    assert_ne!(before, h.ledger.state_hash().unwrap(), "the height moved");
+}
+
+#[test]
+fn the_faucet_is_capped_per_account_over_its_life() {
+    let (mut genesis, accounts, _) = genesis_with(2, 4, 10_000);
+    genesis.params.faucet_max_per_tx = 400;
+    genesis.params.faucet_max_per_account = 1_000;
+    genesis.params.faucet_max_per_block = 100_000;
+    let mut ledger = Ledger::from_genesis(&genesis).unwrap();
+    let a = &accounts[0];
+    for height in 1..=2 {
+        let t = tx(&ledger, a, TxKind::Faucet { amount: 400 });
+        let out = ledger.apply_block(height, height * 1_000, &[t]).unwrap();
+        assert!(out.rejected.is_empty());
+    }
+    let t = tx(&ledger, a, TxKind::Faucet { amount: 201 });
+    let out = ledger.apply_block(3, 3_000, &[t]).unwrap();
+    assert!(matches!(
+        out.rejected.as_slice(),
+        [(
+            0,
+            LedgerError::FaucetAccountCap {
+                received: 800,
+                requested: 201,
+                max: 1_000,
+                ..
+            }
+        )]
+    ));
+    let t = tx(&ledger, a, TxKind::Faucet { amount: 200 });
+    let out = ledger.apply_block(4, 4_000, &[t]).unwrap();
+    assert!(out.rejected.is_empty());
+    assert_eq!(ledger.account(&a.node_id()).unwrap().faucet_received, 1_000);
+    // Another account has its own allowance.
+    let t = tx(&ledger, &accounts[1], TxKind::Faucet { amount: 400 });
+    assert!(
+        ledger
+            .apply_block(5, 5_000, &[t])
+            .unwrap()
+            .rejected
+            .is_empty()
+    );
+    assert_eq!(ledger.supply().minted, 1_400);
+    ledger.audit().unwrap();
+}
+
+#[test]
+fn the_faucet_is_capped_per_block() {
+    let (mut genesis, accounts, _) = genesis_with(3, 4, 10_000);
+    genesis.params.faucet_max_per_block = 1_000;
+    let mut ledger = Ledger::from_genesis(&genesis).unwrap();
+    let faucet = |i: usize, amount| {
+        tx_with_nonce(ledger_chain(), &accounts[i], 0, TxKind::Faucet { amount })
+    };
+    let txs = vec![faucet(0, 600), faucet(1, 400), faucet(2, 1)];
+    let out = ledger.apply_block(1, 1_000, &txs).unwrap();
+    let refused: Vec<usize> = out.rejected.iter().map(|(i, _)| *i).collect();
+    assert_eq!(refused, vec![2]);
+    assert!(matches!(
+        out.rejected[0].1,
+        LedgerError::FaucetBlockCap {
+            minted: 1_000,
+            requested: 1,
+            max: 1_000
+        }
+    ));
+    // The next block has a fresh allowance (account 2's refused tx used up its nonce 0).
+    let t = tx(&ledger, &accounts[2], TxKind::Faucet { amount: 1_000 });
+    let out = ledger.apply_block(2, 2_000, &[t]).unwrap();
+    assert!(out.rejected.is_empty());
+    assert_eq!(ledger.supply().minted, 2_000);
+}
+
+fn ledger_chain() -> &'static str {
+    crate::test_utils::TEST_CHAIN
+}
+
+#[test]
+fn arbitrators_lock_their_bond_at_genesis() {
+    let h = Harness::new();
+    let bond = h.ledger.params().arbitrator_bond;
+    for a in &h.committee {
+        let account = h.ledger.account(&a.node_id()).unwrap();
+        assert_eq!(account.bonded, bond);
+        assert_eq!(account.balance, crate::test_utils::ARBITRATOR_SPENDABLE);
+    }
+    let genesis_total = 4 * 10_000 + 4 * (bond + crate::test_utils::ARBITRATOR_SPENDABLE);
+    assert_eq!(h.ledger.supply().genesis, genesis_total);
+    h.ledger.audit().unwrap();
+}
+
+#[test]
+fn genesis_refuses_unfunded_or_duplicate_arbitrators_and_a_zero_minimum() {
+    let (genesis, _, _) = genesis_with(2, 4, 10_000);
+    let unfunded = Genesis {
+        accounts: genesis.accounts[..2].to_vec(),
+        ..genesis.clone()
+    };
+    let err = Ledger::from_genesis(&unfunded).unwrap_err();
+    assert!(matches!(err, LedgerError::BadGenesis(ref m) if m.contains("no genesis account")));
+    let mut poor = genesis.clone();
+    poor.accounts[2] = GenesisAccount {
+        id: poor.committee[0],
+        balance: poor.params.arbitrator_bond - 1,
+    };
+    let err = Ledger::from_genesis(&poor).unwrap_err();
+    assert!(matches!(err, LedgerError::BadGenesis(ref m) if m.contains("bond")));
+    let mut twice = genesis.clone();
+    twice.committee.push(twice.committee[0]);
+    assert!(matches!(
+        Ledger::from_genesis(&twice),
+        Err(LedgerError::BadGenesis(_))
+    ));
+    let mut zero = genesis;
+    zero.params.min_committee = 0;
+    assert!(matches!(
+        Ledger::from_genesis(&zero),
+        Err(LedgerError::BadGenesis(_))
+    ));
+}
+
+#[test]
+fn a_genesis_file_without_the_new_params_gets_the_defaults() {
+    let id = signer(1).node_id();
+    let json = format!(
+        r#"{{"chain_id":"x","accounts":[{{"id":"{id}","balance":20000}}],"committee":["{id}"],"faucet_enabled":true,"params":{{"attestation_window_ms":60000}}}}"#
+    );
+    let genesis: Genesis = serde_json::from_str(&json).unwrap();
+    assert_eq!(genesis.params.min_committee, 4);
+    let ledger = Ledger::from_genesis(&genesis).unwrap();
+    assert_eq!(ledger.account(&id).unwrap().bonded, 10_000);
+}

@@ -1,0 +1,132 @@
+//! Arbitrator rules: watching, attesting, re-attesting (probes and audits: `evidence.rs`).
+
+use super::*;
+
+pub(super) fn arbitrator(chain: &Chain) -> (Roles, NodeId) {
+    let me = chain.committee[0].node_id();
+    (
+        Roles::new(me, chain.now - 1, RolesConfig::default(), None),
+        me,
+    )
+}
+
+#[test]
+fn the_customer_of_a_standby_is_watched_until_the_contract_closes() {
+    let mut chain = Chain::new();
+    let (mut roles, me) = arbitrator(&chain);
+    let customer = chain.customer.node_id();
+    let (id, ev) = chain.register(Chain::standby().signed());
+    let out = roles.handle(chain.now, chain.facts(&roles, me, ev));
+    assert!(out.contains(&Effect::Watch(customer)));
+    assert!(phases(&out).contains(&"watching".to_string()));
+    // A second contract on the same customer: no second network watch.
+    let (_, ev) = chain.register(Chain::standby().nonce(1).signed());
+    let out = roles.handle(chain.now, chain.facts(&roles, me, ev));
+    assert!(!out.contains(&Effect::Watch(customer)));
+    let c = chain.customer.clone();
+    chain.now += 100;
+    let ev = chain.block(vec![(&c, TxKind::Cancel(id))]);
+    let out = roles.handle(chain.now, chain.facts(&roles, me, ev));
+    assert!(
+        !out.contains(&Effect::Unwatch(customer)),
+        "the other still needs it"
+    );
+    let other = *chain.ledger.contracts().keys().find(|k| **k != id).unwrap();
+    chain.now += 100;
+    let ev = chain.block(vec![(&c, TxKind::Cancel(other))]);
+    let out = roles.handle(chain.now, chain.facts(&roles, me, ev));
+    assert!(out.contains(&Effect::Unwatch(customer)));
+}
+
+#[test]
+fn a_down_customer_is_attested_at_once_and_again_past_the_threshold() {
+    let mut chain = Chain::new();
+    let (mut roles, me) = arbitrator(&chain);
+    let customer = chain.customer.node_id();
+    let (_, ev) = chain.register(Chain::standby().signed());
+    roles.handle(chain.now, chain.facts(&roles, me, ev));
+    let last_seen = chain.now + 100;
+    let now = last_seen + PRESENCE_TIMEOUT_MS / 2;
+    let out = roles.handle(
+        now,
+        Input::Presence(Presence::Down {
+            node: customer,
+            last_seen,
+        }),
+    );
+    let down = TxKind::Attest {
+        subject: customer,
+        liveness: Liveness::Unreachable { since: last_seen },
+    };
+    assert_eq!(submitted(&out), vec![down.clone()]);
+    // The handover rule needs `since + 1 000` at block time, and that block may be stamped up
+    // to CLOCK_MARGIN_MS behind this node's clock.
+    let due = last_seen + 1_000 + CLOCK_MARGIN_MS;
+    assert!(out.contains(&Effect::WakeAt(due)));
+    assert!(submitted(&roles.handle(due - 1, Input::Tick)).is_empty());
+    assert_eq!(submitted(&roles.handle(due, Input::Tick)), vec![down]);
+    assert!(submitted(&roles.handle(due + 5_000, Input::Tick)).is_empty());
+    let out = roles.handle(
+        due + 6_000,
+        Input::Presence(Presence::Up { node: customer }),
+    );
+    assert_eq!(
+        submitted(&out),
+        vec![TxKind::Attest {
+            subject: customer,
+            liveness: Liveness::Reachable
+        }]
+    );
+    // Only watched nodes are attested.
+    let stranger = chain.provider.node_id();
+    assert!(
+        submitted(&roles.handle(
+            due + 7_000,
+            Input::Presence(Presence::Down {
+                node: stranger,
+                last_seen: due
+            })
+        ))
+        .is_empty()
+    );
+}
+
+#[test]
+fn the_watch_threshold_is_the_shortest_outage_of_the_open_contracts() {
+    let mut chain = Chain::new();
+    let (mut roles, me) = arbitrator(&chain);
+    let customer = chain.customer.node_id();
+    let (short, ev) = chain.register(
+        ContractBuilder::new(1, 2)
+            .standby(500)
+            .duration(600_000)
+            .signed(),
+    );
+    roles.handle(chain.now, chain.facts(&roles, me, ev));
+    let (_, ev) = chain.register(Chain::standby().nonce(3).signed());
+    roles.handle(chain.now, chain.facts(&roles, me, ev));
+    let seen = chain.now;
+    let out = roles.handle(
+        seen + 10,
+        Input::Presence(Presence::Down {
+            node: customer,
+            last_seen: seen,
+        }),
+    );
+    assert!(out.contains(&Effect::WakeAt(seen + 500 + CLOCK_MARGIN_MS)));
+    roles.handle(seen + 20, Input::Presence(Presence::Up { node: customer }));
+    // The short one closes: the threshold is the remaining contract's.
+    let c = chain.customer.clone();
+    chain.now += 100;
+    let ev = chain.block(vec![(&c, TxKind::Cancel(short))]);
+    roles.handle(chain.now, chain.facts(&roles, me, ev));
+    let seen = chain.now;
+    let out = roles.handle(
+        seen + 10,
+        Input::Presence(Presence::Down {
+            node: customer,
+            last_seen: seen,
+        }),
+    );
+    assert!(out.contains(&Effect::WakeAt(seen + 1_000 + CLOCK_MARGIN_MS)));
+}

@@ -233,10 +233,20 @@ impl Orchestrator {
             return;
         };
         let passed = verdict == Verdict::Passed;
+        // The ledger counts results per evidence round; a challenge outside the contract's
+        // service window has no round and is not reported.
+        let Some(round) = self
+            .record(contract)
+            .await
+            .and_then(|r| r.evidence_round(now_ms()))
+        else {
+            return;
+        };
         if self
             .submit(
                 TxKind::StorageProofResult {
                     contract,
+                    round,
                     challenge: file,
                     passed,
                 },

@@ -185,6 +185,9 @@ impl Orchestrator {
                 commitment,
                 every_ms,
             } => self.start_audit(contract, provider, file, commitment, every_ms),
+            // Probing hosted services is not wired into this (pre-role-machine) orchestrator
+            // yet; until it is, hosted and active standby time is not confirmed and not paid.
+            Duty::Probe { .. } | Duty::EndProbe { .. } => {}
             Duty::EndAudit { contract } => {
                 if self.audits.remove(&contract).is_some() {
                     self.timeline

@@ -293,6 +293,16 @@ impl NetworkHandle {
             .await?
     }
 
+    /// Sends raw request bytes to a peer (for tests of validation; normal code uses
+    /// [`Self::request`]) and waits for the validated response.
+    pub async fn request_bytes(
+        &self,
+        peer: PeerId,
+        bytes: Vec<u8>,
+    ) -> Result<Envelope, NetworkError> {
+        self.call(|r| Command::Request(peer, bytes, r)).await?
+    }
+
     /// Answers an inbound request.
     pub async fn respond(&self, id: u64, envelope: &Envelope) -> Result<(), NetworkError> {
         self.call(|r| Command::Respond(id, envelope.to_bytes(), r))

@@ -1,5 +1,8 @@
-//! Helpers for end-to-end tests that drive real `agora` processes.
+//! Helpers for end-to-end tests that drive real `agora` processes, and the [`adversary`]: hostile
+//! peers that attack them.
 #![forbid(unsafe_code)]
+
+pub mod adversary;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

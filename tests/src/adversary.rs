@@ -1,0 +1,377 @@
+//! The adversary: hostile peers against a devnet of real `agora` processes (issue #13, "An
+//! adversary you can run").
+//!
+//! [`HostileDevnet`] starts `n` real `agora node run` processes on loopback (ephemeral ports,
+//! a temp dir; every process is stopped when it is dropped, even when the test panics) and
+//! reads what an attack test asserts afterwards: whether each process is alive, its resident
+//! memory, its network counters (`agora status --json`). [`Adversary`] is a hostile peer built
+//! on our own crates: a libp2p swarm from `agora-network` with an identity of its own that
+//! joins the devnet and can
+//! - publish raw bytes on any gossip topic ([`Adversary::publish_raw`]),
+//! - send raw request-response bytes to any node ([`Adversary::request_raw`]),
+//! - open raw streams on any protocol, heartbeat and bitswap included ([`Adversary::open_stream`]),
+//! - seal envelopes of any kind with its own key ([`Adversary::seal`]), or hand-craft broken
+//!   ones with [`envelopes`] (forged signature, replayed, stale, future-dated, oversized, wrong
+//!   kind, garbage),
+//! - and come in numbers: [`Adversary::many`] joins throwaway identities (keys are free).
+//!
+//! Attack families live in one file each under `adversary/` and are used by the tests in
+//! `tests/tests/attack_*.rs`. Each attack test asserts what honest nodes still do (a transfer
+//! finalises, an auction awards, …) and that no node process died ([`HostileDevnet::assert_alive`]).
+
+pub mod envelopes;
+pub mod flood;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agora_api::client::ApiClient;
+use agora_api::ledger::{BalanceReply, SubmittedReply, TransferRequest};
+use agora_devnet::files::{DevnetManifest, DevnetNode};
+use agora_devnet::process::{Launcher, spawn_node, up_with};
+use agora_market::{KeySigner, NodeId};
+use agora_network::keys::{NodeKey, peer_id_of};
+use agora_network::{Multiaddr, NetworkConfig, NetworkHandle, NetworkStats, PeerId, Stream};
+use agora_network::{NetworkError, StreamProtocol};
+use agora_wire::codec::{Envelope, Kind};
+use agora_wire::now_ms;
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::{DevnetGuard, agora_bin, alive};
+
+/// How long the helpers wait for a devnet or a peer before giving up.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Starts devnet nodes from the `agora` binary of this test run (not the test executable).
+struct TestLauncher(PathBuf);
+
+impl Launcher for TestLauncher {
+    fn host(&self, _i: usize) -> String {
+        "127.0.0.1".into()
+    }
+    fn spawn(&self, _i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
+        spawn_node(exe, data_dir)
+    }
+    fn exe(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A devnet of real `agora` processes under attack; stopped (and its temp dir removed) on drop.
+pub struct HostileDevnet {
+    /// What `devnet up` started (node ids, pids, data dirs, addresses).
+    pub manifest: DevnetManifest,
+    // Dropped first: stops the processes before the directory goes.
+    _guard: DevnetGuard,
+    _tmp: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for HostileDevnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostileDevnet")
+            .field("dir", &self.manifest.dir)
+            .finish()
+    }
+}
+
+impl HostileDevnet {
+    /// Starts `nodes` processes and waits until they are connected.
+    pub async fn up(nodes: usize) -> anyhow::Result<HostileDevnet> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("net");
+        let guard = DevnetGuard(dir.clone());
+        let launcher = TestLauncher(agora_bin());
+        let manifest = up_with(&dir, nodes, 0, WAIT, &launcher).await?;
+        Ok(HostileDevnet {
+            manifest,
+            _guard: guard,
+            _tmp: tmp,
+        })
+    }
+
+    /// Node `i` of the manifest.
+    pub fn node(&self, i: usize) -> &DevnetNode {
+        &self.manifest.nodes[i]
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.manifest.nodes.len()
+    }
+
+    /// Whether the devnet has no nodes (never, once `up` succeeded).
+    pub fn is_empty(&self) -> bool {
+        self.manifest.nodes.is_empty()
+    }
+
+    /// Node `i`'s ledger / market identity.
+    pub fn node_id(&self, i: usize) -> NodeId {
+        self.node(i).node_id.parse().unwrap_or(NodeId([0; 32]))
+    }
+
+    /// Node `i`'s libp2p identity.
+    pub fn peer_id(&self, i: usize) -> PeerId {
+        peer_id_of(&self.node_id(i)).unwrap_or(PeerId::random())
+    }
+
+    /// Node `i`'s data directory (for `agora … --data-dir`).
+    pub fn data_dir(&self, i: usize) -> String {
+        self.node(i).data_dir.display().to_string()
+    }
+
+    /// A control-API client for node `i`.
+    pub fn client(&self, i: usize) -> anyhow::Result<ApiClient> {
+        Ok(ApiClient::for_data_dir(&self.node(i).data_dir)?)
+    }
+
+    /// The process id of node `i`.
+    pub fn pid(&self, i: usize) -> u32 {
+        self.node(i).pid.unwrap_or(0)
+    }
+
+    /// Every node's p2p addresses (to bootstrap from).
+    pub fn p2p_addrs(&self) -> Vec<Multiaddr> {
+        let all = self.manifest.nodes.iter().flat_map(|n| n.p2p.iter());
+        all.filter_map(|a| a.parse().ok()).collect()
+    }
+
+    /// Panics naming every node whose process is gone.
+    pub fn assert_alive(&self) {
+        let dead: Vec<&str> = self
+            .manifest
+            .nodes
+            .iter()
+            .filter(|n| !n.pid.is_some_and(|p| alive(u64::from(p))))
+            .map(|n| n.name.as_str())
+            .collect();
+        assert!(
+            dead.is_empty(),
+            "node process(es) died under attack: {dead:?}"
+        );
+    }
+
+    /// Resident memory of node `i`'s process in KiB (`VmRSS`), if it runs.
+    pub fn rss_kib(&self, i: usize) -> Option<u64> {
+        rss_kib(self.pid(i))
+    }
+
+    /// Node `i`'s network counters, as `agora status --json` shows them.
+    pub async fn stats(&self, i: usize) -> anyhow::Result<NetworkStats> {
+        Ok(self.client(i)?.status().await?.stats)
+    }
+
+    /// Every node's network counters, in node order.
+    pub async fn all_stats(&self) -> anyhow::Result<Vec<NetworkStats>> {
+        let mut all = Vec::with_capacity(self.len());
+        for i in 0..self.len() {
+            all.push(self.stats(i).await?);
+        }
+        Ok(all)
+    }
+
+    /// Node `to`'s balance as node `at`'s ledger replica sees it.
+    pub async fn balance(&self, at: usize, to: usize) -> anyhow::Result<u64> {
+        let path = format!("/v1/ledger/accounts/{}", self.node_id(to));
+        let reply: BalanceReply = self.client(at)?.get(&path).await?;
+        Ok(reply.balance)
+    }
+
+    /// Honest trading still works: node `from` transfers `amount` to node `to`, and the
+    /// transfer is final on every node's replica within [`WAIT`].
+    pub async fn transfer_finalises(
+        &self,
+        from: usize,
+        to: usize,
+        amount: u64,
+    ) -> anyhow::Result<()> {
+        let mut before = Vec::with_capacity(self.len());
+        for i in 0..self.len() {
+            before.push(self.balance(i, to).await?);
+        }
+        let req = TransferRequest {
+            to: self.node_id(to).to_string(),
+            amount,
+        };
+        let _: SubmittedReply = self
+            .client(from)?
+            .post("/v1/ledger/transfer", &req)
+            .await
+            .context("submitting the honest transfer")?;
+        let deadline = Instant::now() + WAIT;
+        for (i, was) in before.into_iter().enumerate() {
+            loop {
+                let now = self.balance(i, to).await.unwrap_or(was);
+                if now >= was + amount {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "transfer {from} -> {to} of {amount} not final on node {i} (balance {now}, was {was})"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resident memory of a process in KiB (`VmRSS` in `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A hostile peer with an identity of its own, connected to a devnet; stopped when dropped.
+pub struct Adversary {
+    key: NodeKey,
+    net: NetworkHandle,
+    seq: std::sync::atomic::AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Adversary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adversary")
+            .field("node", &self.key.node_id().short())
+            .finish()
+    }
+}
+
+impl Drop for Adversary {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Adversary {
+    /// A fresh identity that dials every devnet node and waits until connected to all.
+    pub async fn join(net: &HostileDevnet) -> anyhow::Result<Adversary> {
+        let adv = Self::start(NodeKey::generate(), net.p2p_addrs()).await?;
+        let peers: Vec<PeerId> = (0..net.len()).map(|i| net.peer_id(i)).collect();
+        adv.wait_connected(&peers).await?;
+        Ok(adv)
+    }
+
+    /// `n` throwaway identities, each joined like [`Self::join`].
+    pub async fn many(net: &HostileDevnet, n: usize) -> anyhow::Result<Vec<Adversary>> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(Self::join(net).await?);
+        }
+        Ok(out)
+    }
+
+    /// A hostile peer with `key`, listening on a free loopback port and dialling `bootstrap`.
+    pub async fn start(key: NodeKey, bootstrap: Vec<Multiaddr>) -> anyhow::Result<Adversary> {
+        let cfg = NetworkConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            bootstrap,
+            // Never trim: the adversary wants every connection it can get.
+            target_peers: 1_000,
+            ..NetworkConfig::default()
+        };
+        let cancel = CancellationToken::new();
+        let (net, _task) = agora_network::spawn(&key, cfg, cancel.clone()).await?;
+        Ok(Adversary {
+            key,
+            net,
+            seq: std::sync::atomic::AtomicU64::new(1),
+            cancel,
+        })
+    }
+
+    /// Waits until connected to every peer in `peers`.
+    pub async fn wait_connected(&self, peers: &[PeerId]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let connected: Vec<String> = self
+                .net
+                .peers()
+                .await?
+                .into_iter()
+                .map(|p| p.peer_id)
+                .collect();
+            if peers.iter().all(|p| connected.contains(&p.to_string())) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("adversary connected to {connected:?}, not to all of {peers:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The adversary's signer (to seal envelopes or sign transactions as itself).
+    pub fn signer(&self) -> &KeySigner {
+        self.key.signer()
+    }
+
+    /// The adversary's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.key.node_id()
+    }
+
+    /// The adversary's libp2p peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.net.peer_id()
+    }
+
+    /// The adversary's swarm (subscribe, watch, route traffic to itself, …).
+    pub fn network(&self) -> &NetworkHandle {
+        &self.net
+    }
+
+    /// A correctly signed, fresh envelope of `kind` from the adversary (next sequence number).
+    pub fn seal(&self, kind: Kind, payload: Vec<u8>) -> Envelope {
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Envelope::seal(self.signer(), kind, now_ms(), seq, payload)
+    }
+
+    /// Publishes raw bytes on `topic`, retrying while gossipsub knows no peer subscribed to it
+    /// yet (subscriptions spread a moment after connecting). A duplicate of an earlier
+    /// message is refused by gossipsub itself: that is returned as an error.
+    pub async fn publish_raw(&self, topic: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.net.publish_bytes(topic, bytes.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(NetworkError::Publish { reason, .. })
+                    if reason.contains("NoPeersSubscribedToTopic") =>
+                {
+                    if Instant::now() > deadline {
+                        bail!("no devnet peer subscribed to {topic}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e).context(format!("publishing on {topic}")),
+            }
+        }
+    }
+
+    /// Sends raw request bytes to `peer`; the node's validated answer, or why there was none
+    /// (refused, closed, timed out).
+    pub async fn request_raw(
+        &self,
+        peer: PeerId,
+        bytes: Vec<u8>,
+    ) -> Result<Envelope, NetworkError> {
+        self.net.request_bytes(peer, bytes).await
+    }
+
+    /// Opens a raw stream to `peer` on `protocol` (e.g. `/agora/heartbeat/1.0.0`,
+    /// `/ipfs/bitswap/1.2.0`).
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: &'static str,
+    ) -> anyhow::Result<Stream> {
+        let mut control = self.net.stream_control();
+        control
+            .open_stream(peer, StreamProtocol::new(protocol))
+            .await
+            .with_context(|| format!("opening {protocol} to {peer}"))
+    }
+}

@@ -59,6 +59,37 @@ pub struct DevnetNode {
     pub api: String,
     /// p2p addresses.
     pub p2p: Vec<String>,
+    /// Metrics listener (`/metrics`, `/health`, `/ready`), when started with `--metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+}
+
+/// File in the devnet directory with a Prometheus scrape config (`agora devnet up --metrics`).
+pub const PROMETHEUS_FILE: &str = "prometheus.yml";
+
+/// A Prometheus config scraping every node of the devnet that serves metrics, each labelled
+/// with its node name; `interval_ms` is the scrape (and evaluation) interval.
+pub fn prometheus_config(nodes: &[DevnetNode], interval_ms: u64) -> String {
+    let interval = if interval_ms.is_multiple_of(1000) {
+        format!("{}s", interval_ms / 1000)
+    } else {
+        format!("{interval_ms}ms")
+    };
+    let mut out = format!(
+        "# Written by `agora devnet up --metrics`; run: prometheus --config.file=prometheus.yml\n\
+         global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n\
+         scrape_configs:\n  - job_name: agora-devnet\n    metrics_path: /metrics\n    \
+         static_configs:\n"
+    );
+    for n in nodes {
+        if let Some(addr) = &n.metrics {
+            out.push_str(&format!(
+                "      - targets: [\"{addr}\"]\n        labels:\n          node: \"{}\"\n",
+                n.name
+            ));
+        }
+    }
+    out
 }
 
 /// What `agora devnet up` started.
@@ -181,6 +212,32 @@ mod tests {
 #[allow(clippy::unwrap_used)]
 mod config_tests {
     use super::*;
+
+    #[test]
+    fn prometheus_config_lists_nodes_with_metrics() {
+        let node = |i: usize, metrics: Option<&str>| DevnetNode {
+            name: format!("node{i}"),
+            data_dir: PathBuf::from(format!("/tmp/node{i}")),
+            node_id: String::new(),
+            pid: None,
+            api: String::new(),
+            p2p: Vec::new(),
+            metrics: metrics.map(String::from),
+        };
+        let text = prometheus_config(
+            &[
+                node(0, Some("127.0.0.1:9100")),
+                node(1, None),
+                node(2, Some("127.0.0.1:9102")),
+            ],
+            1000,
+        );
+        assert!(text.contains("scrape_interval: 1s"));
+        assert!(prometheus_config(&[], 250).contains("scrape_interval: 250ms"));
+        assert!(text.contains("targets: [\"127.0.0.1:9100\"]"));
+        assert!(text.contains("node: \"node2\""));
+        assert!(!text.contains("node1"));
+    }
 
     #[test]
     fn devnet_config_survives_toml() {

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use crate::files::{DevnetManifest, DevnetNode, GENESIS_FILE, devnet_genesis, devnet_node_config};
+use crate::files::{
+    DevnetManifest, DevnetNode, GENESIS_FILE, PROMETHEUS_FILE, devnet_genesis, devnet_node_config,
+    prometheus_config,
+};
 use agora_api::client::ApiClient;
 use agora_api::{API_ADDR_FILE, P2P_ADDR_FILE};
 use agora_daemon::data_dir::{init_data_dir, save_genesis, write_config};
@@ -79,7 +82,14 @@ pub struct UpArgs {
     /// The last M nodes neither bid nor accept awards automatically (their operator does).
     #[arg(long, default_value_t = 0)]
     pub manual: usize,
+    /// Serve Prometheus metrics on every node (a free loopback port each) and write a
+    /// scrape config for the devnet to `<dir>/prometheus.yml`.
+    #[arg(long)]
+    pub metrics: bool,
 }
+
+/// Scrape interval written into the devnet's Prometheus config, ms.
+pub const DEVNET_SCRAPE_INTERVAL_MS: u64 = 1_000;
 
 /// Options naming the devnet directory.
 #[derive(Debug, Args)]
@@ -104,7 +114,12 @@ pub struct DownArgs {
 pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         DevnetCommand::Up(a) => {
-            let m = up(&a.dir, a.nodes, a.manual, Duration::from_secs(a.timeout)).await?;
+            let opts = UpOptions {
+                manual: a.manual,
+                metrics: a.metrics,
+            };
+            let timeout = Duration::from_secs(a.timeout);
+            let m = up_with_options(&a.dir, a.nodes, timeout, opts, &Loopback).await?;
             print_manifest(&m, json).await
         }
         DevnetCommand::Demo(a) => crate::demo::run(a, json).await,
@@ -323,6 +338,31 @@ pub async fn up_with(
     timeout: Duration,
     launcher: &dyn Launcher,
 ) -> anyhow::Result<DevnetManifest> {
+    let opts = UpOptions {
+        manual,
+        metrics: false,
+    };
+    up_with_options(dir, n, timeout, opts, launcher).await
+}
+
+/// Options of [`up_with_options`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UpOptions {
+    /// The last `manual` nodes neither bid nor accept awards on their own.
+    pub manual: usize,
+    /// Every node serves Prometheus metrics; `prometheus.yml` is written to the devnet dir.
+    pub metrics: bool,
+}
+
+/// [`up_with`] with every option.
+pub async fn up_with_options(
+    dir: &Path,
+    n: usize,
+    timeout: Duration,
+    opts: UpOptions,
+    launcher: &dyn Launcher,
+) -> anyhow::Result<DevnetManifest> {
+    let manual = opts.manual;
     if n == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -355,6 +395,9 @@ pub async fn up_with(
             config.api.allow_non_loopback = true;
             config.radio.listen = format!("{host}:0");
         }
+        if opts.metrics {
+            config.metrics.listen = Some(format!("{host}:0"));
+        }
         let key = init_data_dir(&data_dir, &config)?;
         ids.push((name, key.node_id()));
         configs.push((data_dir, config));
@@ -367,7 +410,12 @@ pub async fn up_with(
     for (i, (data_dir, mut config)) in configs.into_iter().enumerate() {
         config.network.bootstrap = bootstrap.clone();
         write_config(&data_dir, &config)?;
-        for f in [P2P_ADDR_FILE, API_ADDR_FILE, agora_api::RADIO_ADDR_FILE] {
+        for f in [
+            P2P_ADDR_FILE,
+            API_ADDR_FILE,
+            agora_api::RADIO_ADDR_FILE,
+            agora_api::METRICS_ADDR_FILE,
+        ] {
             let _ = std::fs::remove_file(data_dir.join(f));
         }
         let pid = launcher.spawn(i, &exe, &data_dir)?;
@@ -387,6 +435,14 @@ pub async fn up_with(
             let radio = wait_for_file(&data_dir.join(agora_api::RADIO_ADDR_FILE), deadline).await?;
             config.radio.listen = radio.trim().to_string();
         }
+        let metrics = if config.metrics.listen.is_some() {
+            let path = data_dir.join(agora_api::METRICS_ADDR_FILE);
+            let addr = wait_for_file(&path, deadline).await?.trim().to_string();
+            config.metrics.listen = Some(addr.clone());
+            Some(addr)
+        } else {
+            None
+        };
         write_config(&data_dir, &config)?;
         nodes.push(DevnetNode {
             name: ids[i].0.clone(),
@@ -395,7 +451,13 @@ pub async fn up_with(
             pid: Some(pid),
             api: api.trim().to_string(),
             p2p,
+            metrics,
         });
+    }
+    if opts.metrics {
+        let path = dir.join(PROMETHEUS_FILE);
+        std::fs::write(&path, prometheus_config(&nodes, DEVNET_SCRAPE_INTERVAL_MS))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let manifest = DevnetManifest {
         dir: dir.clone(),
@@ -498,7 +560,7 @@ async fn print_manifest(m: &DevnetManifest, json: bool) -> anyhow::Result<()> {
         out.push(serde_json::json!({
             "name": node.name, "node_id": node.node_id, "running": running,
             "pid": node.pid, "peers": peers, "api": node.api, "p2p": node.p2p,
-            "data_dir": node.data_dir,
+            "data_dir": node.data_dir, "metrics": node.metrics,
         }));
     }
     if json {
@@ -508,6 +570,22 @@ async fn print_manifest(m: &DevnetManifest, json: bool) -> anyhow::Result<()> {
     }
     print_table(&["NODE", "ID", "STATE", "PEERS", "CONTROL", "P2P"], &rows);
     println!("devnet dir: {}", m.dir.display());
+    let metrics: Vec<String> = m
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            n.metrics
+                .as_ref()
+                .map(|a| format!("{} http://{a}/metrics", n.name))
+        })
+        .collect();
+    if !metrics.is_empty() {
+        println!("metrics: {}", metrics.join(", "));
+        println!(
+            "scrape them: prometheus --config.file={}",
+            m.dir.join(PROMETHEUS_FILE).display()
+        );
+    }
     println!(
         "try: agora peers --data-dir {}",
         m.nodes

@@ -27,6 +27,10 @@ pub struct LedgerStatus {
     pub state_hash: String,
     /// Pending transactions.
     pub mempool: usize,
+    /// The mempool's counters since the node started: admitted, refused (unfunded sender,
+    /// nonce, invalid, sender quota, full), evicted, expired, dropped.
+    #[serde(default)]
+    pub mempool_stats: agora_ledger::MempoolStats,
 }
 
 /// One account.
@@ -112,6 +116,7 @@ async fn status(
             last_block_at: v.last_block_at,
             state_hash: v.ledger.state_hash().map(hex::encode).unwrap_or_default(),
             mempool: v.mempool,
+            mempool_stats: v.mempool_stats.clone(),
         })
         .await?;
     Ok(Json(st))

@@ -13,6 +13,7 @@ pub mod client;
 pub mod edge;
 pub mod ledger;
 pub mod market;
+pub mod metrics;
 pub mod services;
 pub mod storage;
 
@@ -24,6 +25,7 @@ pub const API_ADDR_FILE: &str = "api.addr";
 pub const RADIO_ADDR_FILE: &str = "radio.addr";
 /// File with the control API bearer token (mode 0600).
 pub const API_TOKEN_FILE: &str = "api.token";
+pub use metrics::METRICS_ADDR_FILE;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -68,6 +70,8 @@ pub struct ApiState {
     pub orchestrator: Option<agora_orchestrator::OrchestratorHandle>,
     /// The service host, when running.
     pub services: Option<agora_hosting::ServiceHost>,
+    /// The node's metrics, when `[metrics] listen` is set.
+    pub metrics: Option<metrics::Metrics>,
 }
 
 /// `GET /v1/status`
@@ -220,7 +224,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: C
         .merge(storage::routes())
         .merge(edge::routes())
         .merge(services::routes())
-        .with_state(state);
+        .with_state(state.clone())
+        .merge(metrics::probe_routes(state.clone(), state.metrics.clone()));
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await;

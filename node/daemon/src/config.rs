@@ -35,6 +35,18 @@ pub struct NodeConfig {
     pub radio: agora_radio::RadioConfig,
     /// The service host (wasm runtime).
     pub services: agora_hosting::ServicesSection,
+    /// Prometheus metrics and health/readiness probes.
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct MetricsSection {
+    /// Address serving `/metrics` (Prometheus text format), `/health` and `/ready` without a
+    /// token, e.g. `127.0.0.1:9100` (port 0 picks a free port, written to `metrics.addr`).
+    /// Unset (the default): no metrics listener.
+    pub listen: Option<String>,
 }
 
 /// `[storage]`
@@ -199,6 +211,9 @@ pub enum ConfigError {
         /// The value.
         value: String,
     },
+    /// The metrics address did not parse.
+    #[error("metrics.listen = '{0}' is not a socket address such as 127.0.0.1:9100")]
+    BadMetricsAddr(String),
     /// The API must stay on loopback.
     #[error("api.listen = '{0}' must be a loopback socket address such as 127.0.0.1:7700")]
     ApiNotLoopback(String),
@@ -221,7 +236,8 @@ impl NodeConfig {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// Applies `AGORA_LISTEN`, `AGORA_BOOTSTRAP` (comma separated) and `AGORA_API_LISTEN`.
+    /// Applies `AGORA_LISTEN`, `AGORA_BOOTSTRAP` (comma separated), `AGORA_API_LISTEN` and
+    /// `AGORA_METRICS_LISTEN`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
         if let Some(v) = get("AGORA_LISTEN") {
             self.network.listen = split_list(&v);
@@ -231,6 +247,9 @@ impl NodeConfig {
         }
         if let Some(v) = get("AGORA_API_LISTEN") {
             self.api.listen = v;
+        }
+        if let Some(v) = get("AGORA_METRICS_LISTEN") {
+            self.metrics.listen = Some(v).filter(|v| !v.trim().is_empty());
         }
     }
 
@@ -247,6 +266,19 @@ impl NodeConfig {
             target_peers: self.network.target_peers.max(1),
             trim_grace: Duration::from_millis(self.network.trim_grace_ms),
         })
+    }
+
+    /// The metrics listener's address, if metrics are on.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        self.metrics
+            .listen
+            .as_ref()
+            .map(|l| {
+                l.trim()
+                    .parse()
+                    .map_err(|_| ConfigError::BadMetricsAddr(l.clone()))
+            })
+            .transpose()
     }
 
     /// The control API socket address, checked to be loopback.
@@ -331,6 +363,26 @@ mod tests {
         ));
         c.api.listen = "0.0.0.0:7700".into();
         assert!(matches!(c.api_addr(), Err(ConfigError::ApiNotLoopback(_))));
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_parsed_when_set() {
+        let c = NodeConfig::default();
+        assert_eq!(c.metrics_addr().unwrap(), None);
+        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back.metrics.listen, None);
+        let mut c: NodeConfig = toml::from_str("[metrics]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(
+            c.metrics_addr().unwrap(),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        c.metrics.listen = Some("nonsense".into());
+        assert!(matches!(
+            c.metrics_addr(),
+            Err(ConfigError::BadMetricsAddr(_))
+        ));
+        c.apply_env(|k| (k == "AGORA_METRICS_LISTEN").then(|| "127.0.0.1:9100".into()));
+        assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9100"));
     }
 
     #[test]

@@ -58,6 +58,17 @@ pub enum DaemonError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The metrics listener could not bind.
+    #[error(
+        "cannot serve metrics on {addr}: {source}; set [metrics] listen to a free address \
+         (port 0 picks one) or remove it"
+    )]
+    MetricsBind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// A data-dir file could not be written.
     #[error("cannot write {0}: {1}")]
     Io(PathBuf, std::io::Error),
@@ -151,6 +162,8 @@ async fn start_with_key(
     let cancel = CancellationToken::new();
     let net_cfg = config.network_config()?;
     let api_addr = config.api_addr()?;
+    let metrics_addr = config.metrics_addr()?;
+    let metrics = metrics_addr.map(|_| agora_api::metrics::Metrics::new());
     let token = load_or_create_token(data_dir)?;
     let (network, net_task) = agora_network::spawn(&key, net_cfg, cancel.clone()).await?;
 
@@ -251,6 +264,7 @@ async fn start_with_key(
         ledger.as_ref(),
         std::sync::Arc::new(services.clone()),
         key.signer().clone(),
+        metrics.as_ref(),
         &cancel,
         &mut tasks,
     )
@@ -282,7 +296,24 @@ async fn start_with_key(
         radio: Some(radio.clone()),
         orchestrator: orchestrator.clone(),
         services: Some(services.clone()),
+        metrics: metrics.clone(),
     };
+    let metrics_path = data_dir.join(agora_api::METRICS_ADDR_FILE);
+    let _ = std::fs::remove_file(&metrics_path);
+    if let (Some(addr), Some(metrics)) = (metrics_addr, metrics) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::MetricsBind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| DaemonError::MetricsBind { addr, source })?;
+        tasks.push(tokio::spawn(
+            agora_api::metrics::serve(listener, state.clone(), metrics, cancel.clone())
+                .in_current_span(),
+        ));
+        write_file(&metrics_path, &bound.to_string())?;
+        info!(metrics = %bound, "serving /metrics, /health and /ready");
+    }
     let api_task =
         tokio::spawn(agora_api::serve(listener, state, cancel.clone()).in_current_span());
     write_file(&data_dir.join(API_ADDR_FILE), &api_addr.to_string())?;
@@ -316,6 +347,7 @@ async fn start_edge(
     ledger: Option<&agora_ledger::LedgerHandle>,
     services: std::sync::Arc<dyn agora_hosting::control::ServiceControl>,
     signer: agora_market::KeySigner,
+    metrics: Option<&agora_api::metrics::Metrics>,
     cancel: &CancellationToken,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<
@@ -353,7 +385,9 @@ async fn start_edge(
         let (handle, task) = agora_orchestrator::spawn(
             parts,
             data_dir.to_path_buf(),
-            agora_orchestrator::Timeline::default(),
+            metrics
+                .map(|m| agora_orchestrator::Timeline::observed(m.timeline_observer()))
+                .unwrap_or_default(),
             cancel.clone(),
         );
         tasks.push(task);

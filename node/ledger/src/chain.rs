@@ -323,7 +323,7 @@ impl LedgerTask {
                 // waits for the clock the engine's timeout stands, so a dead proposer costs
                 // no more than it always did.
                 if timeout.step == TimeoutStep::Propose
-                    && self.mempool.is_empty()
+                    && !self.mempool.has_ready(&self.view.ledger)
                     && !self.view.ledger.awaits_time()
                 {
                     let quiet = self
@@ -369,7 +369,7 @@ impl LedgerTask {
                     .copied()
                     .unwrap_or(now.saturating_add(within));
                 let by = deadline.saturating_sub(within / 4);
-                let at = if self.mempool.is_empty() {
+                let at = if !self.mempool.has_ready(&self.view.ledger) {
                     self.empty_block_due().min(by)
                 } else {
                     now

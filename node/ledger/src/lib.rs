@@ -17,6 +17,6 @@ pub mod task;
 
 pub use agora_wire::topics::{BLOCKS_TOPIC, CONSENSUS_TOPIC, TX_TOPIC};
 pub use chain::{ChainParams, SyncMsg};
-pub use mempool::{Mempool, MempoolError};
+pub use mempool::{Mempool, MempoolError, MempoolStats};
 pub use store::{LedgerStore, StoreError};
 pub use task::{AppliedBlock, LedgerHandle, LedgerTaskError, LedgerView, spawn};

@@ -1,115 +1,270 @@
-//! Pending ledger transactions, ordered per sender by nonce.
+//! Pending ledger transactions, ordered per sender by nonce, held against hostile senders.
+//!
+//! Admission ([`Mempool::admit`]) runs the ledger's pure check ([`Ledger::admissible`]: size,
+//! chain, a funded sender account, a nonce inside the window, the signature last) and the
+//! per-sender quota ([`AdmissionPolicy::check_sender_quota`]). Free keys therefore get no slot
+//! at all, and a funded key at most `max_pending_per_sender`.
+//!
+//! Bounds and the eviction rule:
+//! - at most `capacity` transactions; transactions of other senders may fill at most
+//!   `capacity - reserved_own` of them, so this node's own transactions always find room;
+//! - when the share a transaction needs is full, it takes the slot of the **highest-nonce
+//!   transaction of the sender with the most pending**, but only if that sender would still
+//!   hold at least as many as the newcomer's sender afterwards (count > newcomer's + 1; the
+//!   node's own transaction always may): a flood of many
+//!   transactions per key gives way to senders with few, and evicting a sender's last nonce
+//!   never leaves a gap before its others. Otherwise the newcomer is refused (`Full`);
+//! - after every block ([`Mempool::after_block`]) what the ledger moved past is dropped, a
+//!   sender whose account no longer holds the minimum balance loses its transactions, and a
+//!   transaction that cannot execute (a nonce gap before it) expires `unexecutable_ttl_ms`
+//!   after it arrived.
+//!
+//! Every refusal, eviction and drop is counted in [`MempoolStats`] (shown by
+//! `agora ledger status --json`); the ledger task logs each at debug level and a summary at
+//! info level when a block lands.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use agora_contracts::{Ledger, SignedTransaction};
+use agora_contracts::{AdmissionError, AdmissionPolicy, Ledger, SignedTransaction};
 use agora_market::NodeId;
+use serde::{Deserialize, Serialize};
 
 /// Most transactions held.
 pub const MEMPOOL_CAP: usize = 10_000;
-/// Largest encoded transaction admitted: far below a block's byte budget, so one transaction
-/// can never make a block too large to gossip.
-pub const MAX_TX_BYTES: usize = 16 * 1024;
+/// Slots only this node's own transactions may use.
+pub const RESERVED_OWN: usize = 500;
 
 /// Why a transaction was not admitted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MempoolError {
-    /// Its nonce was already used on the ledger.
-    #[error("nonce {nonce} of {sender} is already used (next is {next})")]
-    StaleNonce {
-        /// Sender.
-        sender: String,
-        /// Its nonce.
-        nonce: u64,
-        /// The ledger's next nonce for the sender.
-        next: u64,
+    /// The ledger's admission rules or the per-sender quota refused it.
+    #[error(transparent)]
+    Refused(#[from] AdmissionError),
+    /// No room, and nothing may be evicted for it.
+    #[error(
+        "mempool is full ({held} transactions held, at most {share} from other nodes); try \
+         again after the next block"
+    )]
+    Full {
+        /// Transactions held.
+        held: usize,
+        /// The share this transaction could use.
+        share: usize,
     },
-    /// Too far ahead of the ledger.
-    #[error("nonce {nonce} is more than {MAX_AHEAD} ahead of the ledger's {next}")]
-    TooFarAhead {
-        /// Its nonce.
-        nonce: u64,
-        /// The ledger's next nonce.
-        next: u64,
-    },
-    /// Wrong chain.
-    #[error("transaction names chain '{got}', this ledger is '{want}'")]
-    WrongChain {
-        /// Chain of the tx.
-        got: String,
-        /// Our chain.
-        want: String,
-    },
-    /// Larger than [`MAX_TX_BYTES`].
-    #[error("transaction is {size} bytes; at most {MAX_TX_BYTES} are accepted")]
-    TooLarge {
-        /// Encoded size.
-        size: usize,
-    },
-    /// Full.
-    #[error("mempool is full ({MEMPOOL_CAP} transactions); try again shortly")]
-    Full,
-    /// Bad signature or malformed.
-    #[error("invalid transaction: {0}")]
-    Invalid(String),
 }
 
-/// How far a sender's nonces may run ahead of the ledger.
-pub const MAX_AHEAD: u64 = 1_000;
+/// Counters of the mempool since the node started (every refusal, eviction and drop).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MempoolStats {
+    /// Transactions admitted.
+    pub admitted: u64,
+    /// Copies of transactions already held (not new, not counted as refused).
+    pub duplicates: u64,
+    /// Refused: the sender has no account or holds less than the minimum balance.
+    pub refused_unfunded: u64,
+    /// Refused: a nonce already used or too far ahead.
+    pub refused_nonce: u64,
+    /// Refused: another chain, too large, unencodable or a bad signature.
+    pub refused_invalid: u64,
+    /// Refused: the sender already had `max_pending_per_sender` pending.
+    pub refused_sender_full: u64,
+    /// Refused: the pool (or the share of other nodes) was full and nothing could be evicted.
+    pub refused_full: u64,
+    /// Evicted to make room for a sender with fewer pending (or for this node's own).
+    pub evicted: u64,
+    /// Expired: could not execute (a nonce gap before them) for `unexecutable_ttl_ms`.
+    pub expired: u64,
+    /// Dropped after a block: the sender's account no longer holds the minimum balance.
+    pub dropped_unfunded: u64,
+    /// Dropped because a block refused them.
+    pub dropped_refused_by_block: u64,
+    /// Left because a block included them (or used their nonce).
+    pub included: u64,
+}
+
+impl MempoolStats {
+    /// Everything refused, evicted, expired or dropped (not counting inclusion).
+    pub fn lost(&self) -> u64 {
+        self.refused_unfunded
+            + self.refused_nonce
+            + self.refused_invalid
+            + self.refused_sender_full
+            + self.refused_full
+            + self.evicted
+            + self.expired
+            + self.dropped_unfunded
+            + self.dropped_refused_by_block
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    tx: SignedTransaction,
+    /// When it arrived here (ms).
+    arrived: u64,
+}
 
 /// The mempool.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Mempool {
-    txs: BTreeMap<(NodeId, u64), SignedTransaction>,
+    policy: AdmissionPolicy,
+    capacity: usize,
+    reserved_own: usize,
+    me: NodeId,
+    txs: BTreeMap<(NodeId, u64), Pending>,
+    /// Pending per sender.
+    per_sender: BTreeMap<NodeId, usize>,
+    /// (pending, sender) of every other sender, largest last: the eviction candidate.
+    by_count: BTreeSet<(usize, NodeId)>,
+    stats: MempoolStats,
 }
 
 impl Mempool {
-    /// Admits a transaction after cheap checks (signature, chain, nonce window).
-    pub fn admit(&mut self, ledger: &Ledger, tx: SignedTransaction) -> Result<bool, MempoolError> {
-        if tx.tx.chain_id != ledger.chain_id() {
-            return Err(MempoolError::WrongChain {
-                got: tx.tx.chain_id.clone(),
-                want: ledger.chain_id().to_string(),
-            });
+    /// An empty mempool of node `me` with the default policy and bounds.
+    pub fn new(me: NodeId) -> Self {
+        Self::with_limits(me, AdmissionPolicy::default(), MEMPOOL_CAP, RESERVED_OWN)
+    }
+
+    /// An empty mempool with explicit bounds (`reserved_own` is clamped to `capacity`).
+    pub fn with_limits(
+        me: NodeId,
+        policy: AdmissionPolicy,
+        capacity: usize,
+        reserved_own: usize,
+    ) -> Self {
+        Mempool {
+            policy,
+            capacity,
+            reserved_own: reserved_own.min(capacity),
+            me,
+            txs: BTreeMap::new(),
+            per_sender: BTreeMap::new(),
+            by_count: BTreeSet::new(),
+            stats: MempoolStats::default(),
         }
-        let size = serde_cbor::to_vec(&tx)
-            .map_err(|e| MempoolError::Invalid(e.to_string()))?
-            .len();
-        if size > MAX_TX_BYTES {
-            return Err(MempoolError::TooLarge { size });
-        }
-        tx.verify()
-            .map_err(|e| MempoolError::Invalid(e.to_string()))?;
-        let next = ledger.next_nonce(&tx.tx.sender);
-        if tx.tx.nonce < next {
-            return Err(MempoolError::StaleNonce {
-                sender: tx.tx.sender.to_string(),
-                nonce: tx.tx.nonce,
-                next,
-            });
-        }
-        if tx.tx.nonce > next + MAX_AHEAD {
-            return Err(MempoolError::TooFarAhead {
-                nonce: tx.tx.nonce,
-                next,
-            });
-        }
+    }
+
+    /// The admission policy.
+    pub fn policy(&self) -> &AdmissionPolicy {
+        &self.policy
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &MempoolStats {
+        &self.stats
+    }
+
+    /// Admits `tx` (arrived at `now`, ms): `Ok(true)` if new, `Ok(false)` if already held.
+    pub fn admit(
+        &mut self,
+        ledger: &Ledger,
+        now: u64,
+        tx: SignedTransaction,
+    ) -> Result<bool, MempoolError> {
         let key = (tx.tx.sender, tx.tx.nonce);
-        if self.txs.contains_key(&key) {
+        if self.txs.get(&key).is_some_and(|p| p.tx == tx) {
+            self.stats.duplicates += 1;
             return Ok(false);
         }
-        if self.txs.len() >= MEMPOOL_CAP {
-            return Err(MempoolError::Full);
+        if let Err(e) = ledger.admissible(&tx, &self.policy) {
+            match &e {
+                AdmissionError::UnknownAccount { .. } | AdmissionError::Unfunded { .. } => {
+                    self.stats.refused_unfunded += 1
+                }
+                AdmissionError::StaleNonce { .. } | AdmissionError::TooFarAhead { .. } => {
+                    self.stats.refused_nonce += 1
+                }
+                _ => self.stats.refused_invalid += 1,
+            }
+            return Err(e.into());
         }
-        self.txs.insert(key, tx);
+        if self.txs.contains_key(&key) {
+            // Another transaction with the same nonce: the first one seen keeps the slot.
+            self.stats.duplicates += 1;
+            return Ok(false);
+        }
+        let sender = tx.tx.sender;
+        let pending = self.pending_of(&sender);
+        if let Err(e) = self.policy.check_sender_quota(sender, pending) {
+            self.stats.refused_sender_full += 1;
+            return Err(e.into());
+        }
+        let own = sender == self.me;
+        let share = if own {
+            self.capacity
+        } else {
+            self.capacity - self.reserved_own
+        };
+        let held_in_share = if own {
+            self.txs.len()
+        } else {
+            self.txs.len() - self.pending_of(&self.me)
+        };
+        if held_in_share >= share || self.txs.len() >= self.capacity {
+            let victim = self
+                .by_count
+                .last()
+                .copied()
+                .filter(|(count, _)| own || *count > pending + 1);
+            let evicted = victim.and_then(|(_, who)| {
+                let key = self.txs.range((who, 0)..=(who, u64::MAX)).last()?.0;
+                Some(*key)
+            });
+            match evicted {
+                Some(key) => {
+                    self.take(&key);
+                    self.stats.evicted += 1;
+                }
+                None => {
+                    self.stats.refused_full += 1;
+                    return Err(MempoolError::Full {
+                        held: self.txs.len(),
+                        share,
+                    });
+                }
+            }
+        }
+        self.txs.insert(key, Pending { tx, arrived: now });
+        self.set_count(sender, pending + 1);
+        self.stats.admitted += 1;
         Ok(true)
+    }
+
+    /// How many transactions `sender` has pending.
+    pub fn pending_of(&self, sender: &NodeId) -> usize {
+        self.per_sender.get(sender).copied().unwrap_or(0)
+    }
+
+    fn set_count(&mut self, sender: NodeId, count: usize) {
+        let old = if count == 0 {
+            self.per_sender.remove(&sender)
+        } else {
+            self.per_sender.insert(sender, count)
+        };
+        if sender != self.me {
+            if let Some(old) = old {
+                self.by_count.remove(&(old, sender));
+            }
+            if count > 0 {
+                self.by_count.insert((count, sender));
+            }
+        }
+    }
+
+    /// Removes one entry, keeping the counts.
+    fn take(&mut self, key: &(NodeId, u64)) -> Option<SignedTransaction> {
+        let p = self.txs.remove(key)?;
+        let count = self.pending_of(&key.0).saturating_sub(1);
+        self.set_count(key.0, count);
+        Some(p.tx)
     }
 
     /// Whether exactly `tx` was admitted (so its signature was verified here).
     pub fn holds(&self, tx: &SignedTransaction) -> bool {
         self.txs
             .get(&(tx.tx.sender, tx.tx.nonce))
-            .is_some_and(|t| t == tx)
+            .is_some_and(|p| p.tx == *tx)
     }
 
     /// Next nonce `sender` should use, counting its pending transactions.
@@ -121,21 +276,33 @@ impl Mempool {
         n
     }
 
-    /// Up to `max` transactions that can apply in order (contiguous nonces per sender).
+    /// Whether some transaction can go into the next block (its sender's next nonce is held).
+    pub fn has_ready(&self, ledger: &Ledger) -> bool {
+        self.per_sender
+            .keys()
+            .any(|s| self.txs.contains_key(&(*s, ledger.next_nonce(s))))
+    }
+
+    /// Up to `max` transactions that can apply in order (contiguous nonces per sender). This
+    /// node's own come first, so a flood of others never pushes them out of a block.
     pub fn proposal(&self, ledger: &Ledger, max: usize) -> Vec<SignedTransaction> {
         let mut out = Vec::new();
-        let mut expected: Option<(NodeId, u64)> = None;
-        for ((sender, nonce), tx) in &self.txs {
+        let mut senders: Vec<NodeId> = Vec::with_capacity(self.per_sender.len());
+        if self.per_sender.contains_key(&self.me) {
+            senders.push(self.me);
+        }
+        senders.extend(self.per_sender.keys().filter(|s| **s != self.me));
+        for sender in senders {
+            let mut want = ledger.next_nonce(&sender);
+            while out.len() < max {
+                match self.txs.get(&(sender, want)) {
+                    Some(p) => out.push(p.tx.clone()),
+                    None => break,
+                }
+                want += 1;
+            }
             if out.len() >= max {
                 break;
-            }
-            let want = match expected {
-                Some((s, n)) if s == *sender => n,
-                _ => ledger.next_nonce(sender),
-            };
-            if *nonce == want {
-                out.push(tx.clone());
-                expected = Some((*sender, want + 1));
             }
         }
         out
@@ -144,15 +311,57 @@ impl Mempool {
     /// Drops exactly `tx` (a block refused it: proposing it again would be refused again).
     pub fn remove(&mut self, tx: &SignedTransaction) {
         let key = (tx.tx.sender, tx.tx.nonce);
-        if self.txs.get(&key).is_some_and(|t| t == tx) {
-            self.txs.remove(&key);
+        if self.holds(tx) {
+            self.take(&key);
+            self.stats.dropped_refused_by_block += 1;
         }
     }
 
-    /// Drops what the ledger has moved past.
-    pub fn prune(&mut self, ledger: &Ledger) {
-        self.txs
-            .retain(|(sender, nonce), _| *nonce >= ledger.next_nonce(sender));
+    /// After a block was applied at local time `now`: drops what the ledger moved past,
+    /// transactions of senders no longer funded, and those that could not execute for
+    /// `unexecutable_ttl_ms`. Returns what was dropped other than by inclusion.
+    pub fn after_block(&mut self, ledger: &Ledger, now: u64) -> AfterBlock {
+        let min = ledger.params().min_account_balance;
+        let mut report = AfterBlock::default();
+        let senders: Vec<NodeId> = self.per_sender.keys().copied().collect();
+        for sender in senders {
+            let funded = ledger.account(&sender).is_some_and(|a| a.holdings() >= min);
+            let next = ledger.next_nonce(&sender);
+            let keys: Vec<u64> = self
+                .txs
+                .range((sender, 0)..=(sender, u64::MAX))
+                .map(|((_, n), _)| *n)
+                .collect();
+            let mut expected = next;
+            for nonce in keys {
+                let key = (sender, nonce);
+                if nonce < next {
+                    self.take(&key);
+                    self.stats.included += 1;
+                    continue;
+                }
+                if !funded {
+                    self.take(&key);
+                    self.stats.dropped_unfunded += 1;
+                    report.unfunded += 1;
+                    continue;
+                }
+                if nonce == expected {
+                    expected += 1;
+                    continue;
+                }
+                // A gap before it: it cannot execute until the missing nonce arrives.
+                let expired = self.txs.get(&key).is_some_and(|p| {
+                    now.saturating_sub(p.arrived) >= self.policy.unexecutable_ttl_ms
+                });
+                if expired {
+                    self.take(&key);
+                    self.stats.expired += 1;
+                    report.expired += 1;
+                }
+            }
+        }
+        report
     }
 
     /// Number pending.
@@ -166,64 +375,15 @@ impl Mempool {
     }
 }
 
+/// What [`Mempool::after_block`] dropped.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AfterBlock {
+    /// Senders no longer funded.
+    pub unfunded: u64,
+    /// Unexecutable past their time to live.
+    pub expired: u64,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
-    use agora_contracts::test_utils::{genesis_with, test_cid, tx, tx_with_nonce};
-    use agora_contracts::{HeartbeatBatch, Ledger, TxKind};
-    use agora_market::Signer as _;
-
-    use super::*;
-
-    #[test]
-    fn admits_in_window_and_refuses_stale_far_oversized_and_forged() {
-        let (genesis, accounts, _) = genesis_with(2, 4, 1_000);
-        let ledger = Ledger::from_genesis(&genesis).unwrap();
-        let mut pool = Mempool::default();
-        let a = &accounts[0];
-        let faucet = TxKind::Faucet { amount: 1 };
-
-        assert_eq!(
-            pool.admit(&ledger, tx(&ledger, a, faucet.clone())),
-            Ok(true)
-        );
-        // The same transaction again is not new.
-        assert_eq!(
-            pool.admit(&ledger, tx(&ledger, a, faucet.clone())),
-            Ok(false)
-        );
-        assert_eq!(pool.next_nonce(&ledger, &a.node_id()), 1);
-
-        let far = tx_with_nonce(ledger.chain_id(), a, MAX_AHEAD + 1, faucet.clone());
-        assert!(matches!(
-            pool.admit(&ledger, far),
-            Err(MempoolError::TooFarAhead { .. })
-        ));
-
-        let mut forged = tx_with_nonce(ledger.chain_id(), a, 1, faucet.clone());
-        forged.tx.sender = accounts[1].node_id();
-        assert!(matches!(
-            pool.admit(&ledger, forged),
-            Err(MempoolError::Invalid(_))
-        ));
-
-        // A transaction too large for any block is refused before its signature is checked.
-        let batch = HeartbeatBatch {
-            intervals: Vec::new(),
-            readings_processed: 0,
-            data_proofs: (0..1_000u32).map(|i| test_cid(&i.to_le_bytes())).collect(),
-        };
-        let contract = agora_contracts::ContractId([7; 32]);
-        let huge = tx_with_nonce(
-            ledger.chain_id(),
-            a,
-            1,
-            TxKind::Heartbeats { contract, batch },
-        );
-        assert!(matches!(
-            pool.admit(&ledger, huge),
-            Err(MempoolError::TooLarge { .. })
-        ));
-        assert_eq!(pool.len(), 1);
-    }
-}
+mod tests;

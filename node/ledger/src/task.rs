@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use super::TX_TOPIC;
-use super::mempool::{Mempool, MempoolError};
+use super::mempool::{Mempool, MempoolError, MempoolStats};
 use super::store::{LedgerStore, StoreError};
 use crate::chain::{ChainParams, ChainTimers, SyncMsg, SyncReply};
 use agora_consensus::{ConsensusDriver, DecidedBlock, Input, ValidatorSet};
@@ -60,6 +60,8 @@ pub struct LedgerView {
     pub last_block_at: Option<u64>,
     /// Pending transactions.
     pub mempool: usize,
+    /// The mempool's counters (admitted, refused, evicted, expired, dropped).
+    pub mempool_stats: MempoolStats,
     /// This node.
     pub me: NodeId,
     /// Arbitrators caught equivocating (evidence for slashing).
@@ -155,6 +157,8 @@ pub(super) struct LedgerTask {
     pub(super) outbox: TxOutbox,
     /// This node's own submitted transactions whose nonce the ledger has not consumed yet.
     pub(super) own: BTreeMap<u64, SignedTransaction>,
+    /// The mempool's losses already reported in the log (see [`MempoolStats::lost`]).
+    pub(super) logged_lost: u64,
 }
 
 /// Locally submitted transactions waiting to be gossiped together: one signed envelope (and
@@ -255,11 +259,12 @@ pub async fn spawn(
             ledger,
             last_block_at: None,
             mempool: 0,
+            mempool_stats: MempoolStats::default(),
             me: signer.node_id(),
             evidence: Vec::new(),
             caught_up: false,
         },
-        mempool: Mempool::default(),
+        mempool: Mempool::new(me),
         store,
         signer,
         network,
@@ -273,6 +278,7 @@ pub async fn spawn(
         tip_asked_at: 0,
         outbox: TxOutbox::default(),
         own: BTreeMap::new(),
+        logged_lost: 0,
     };
     let join = tokio::spawn(task.run(rx, sync_rx, events, cancel).in_current_span());
     Ok((LedgerHandle { tx, outcomes }, join))
@@ -383,8 +389,9 @@ impl LedgerTask {
         let size = serde_cbor::to_vec(&tx)
             .map_err(|e| LedgerTaskError::Ledger(format!("cannot encode transaction: {e}")))?
             .len();
-        self.mempool.admit(&self.view.ledger, tx.clone())?;
-        self.view.mempool = self.mempool.len();
+        self.mempool
+            .admit(&self.view.ledger, now_ms(), tx.clone())?;
+        self.sync_mempool_view();
         self.on_new_transaction();
         self.outbox.push(tx.clone(), size);
         self.own.insert(tx.tx.nonce, tx.clone());
@@ -444,15 +451,49 @@ impl LedgerTask {
             Err(e) => return debug!(error = %e, "malformed transaction batch"),
         };
         let mut admitted = false;
+        let now = now_ms();
         for tx in batch {
-            match self.mempool.admit(&self.view.ledger, tx) {
+            match self.mempool.admit(&self.view.ledger, now, tx) {
                 Ok(new) => admitted |= new,
                 Err(e) => debug!(error = %e, "gossiped transaction not admitted"),
             }
         }
-        self.view.mempool = self.mempool.len();
-        if admitted {
+        self.sync_mempool_view();
+        if admitted && self.mempool.has_ready(&self.view.ledger) {
             self.on_new_transaction();
+        }
+    }
+
+    /// Copies the mempool's size and counters into the view queries read.
+    fn sync_mempool_view(&mut self) {
+        self.view.mempool = self.mempool.len();
+        self.view.mempool_stats = self.mempool.stats().clone();
+    }
+
+    /// After a block: the mempool drops what the ledger moved past, senders no longer funded
+    /// and transactions stuck behind a nonce gap too long; what it lost since the last report
+    /// is logged once (per transaction would let a flood fill the log).
+    fn recheck_mempool(&mut self) {
+        self.mempool.after_block(&self.view.ledger, now_ms());
+        self.sync_mempool_view();
+        let s = &self.view.mempool_stats;
+        let lost = s.lost();
+        if lost > self.logged_lost {
+            info!(
+                since_last_report = lost - self.logged_lost,
+                refused_unfunded = s.refused_unfunded,
+                refused_nonce = s.refused_nonce,
+                refused_invalid = s.refused_invalid,
+                refused_sender_full = s.refused_sender_full,
+                refused_full = s.refused_full,
+                evicted = s.evicted,
+                expired = s.expired,
+                dropped_unfunded = s.dropped_unfunded,
+                dropped_refused_by_block = s.dropped_refused_by_block,
+                pending = self.view.mempool,
+                "mempool refused or dropped transactions (totals since start)"
+            );
+            self.logged_lost = lost;
         }
     }
 
@@ -494,8 +535,7 @@ impl LedgerTask {
                 self.mempool.remove(tx);
             }
         }
-        self.mempool.prune(&self.view.ledger);
-        self.view.mempool = self.mempool.len();
+        self.recheck_mempool();
         self.view.last_block_at = Some(time);
         let _ = self.outcomes.send(Arc::new(AppliedBlock {
             height,

@@ -14,7 +14,7 @@
 
 pub mod deals;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ pub struct MarketEventRecord {
 struct EventLog {
     next: u64,
     records: VecDeque<MarketEventRecord>,
+    /// Events ever recorded, by kind (kinds are this crate's literals: a bounded set).
+    counts: BTreeMap<&'static str, u64>,
 }
 
 /// A read-only job run inside the market task.
@@ -117,6 +119,13 @@ impl MarketHandle {
     /// Deals as they are agreed (the deal service turns them into contracts).
     pub fn agreed(&self) -> tokio::sync::broadcast::Receiver<agora_market::AgreedTerms> {
         self.agreed.subscribe()
+    }
+
+    /// How many market events of each kind (`bid-received`, `awarded`, …) this node recorded
+    /// since it started; unlike [`Self::events_after`] nothing is evicted.
+    pub fn event_counts(&self) -> BTreeMap<&'static str, u64> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.counts.clone()
     }
 
     /// Events with `seq > after`.
@@ -354,11 +363,12 @@ impl MarketTask {
         );
     }
 
-    fn record(&self, kind: &str, detail: String, data: serde_json::Value) {
+    fn record(&self, kind: &'static str, detail: String, data: serde_json::Value) {
         info!(event = kind, %detail, "market");
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let seq = log.next;
         log.next += 1;
+        *log.counts.entry(kind).or_default() += 1;
         log.records.push_back(MarketEventRecord {
             seq,
             at: now_ms(),

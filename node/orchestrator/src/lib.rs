@@ -69,11 +69,33 @@ pub struct TimelineEntry {
     pub latency_ms: Option<u64>,
 }
 
+/// Called with every entry as it is recorded (metrics count phases and latencies this way).
+pub type TimelineObserver = Arc<dyn Fn(&TimelineEntry) + Send + Sync>;
+
 /// Shared, readable timeline.
-#[derive(Clone, Debug, Default)]
-pub struct Timeline(Arc<Mutex<VecDeque<TimelineEntry>>>);
+#[derive(Clone, Default)]
+pub struct Timeline {
+    entries: Arc<Mutex<VecDeque<TimelineEntry>>>,
+    observer: Option<TimelineObserver>,
+}
+
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timeline")
+            .field("observed", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
+}
 
 impl Timeline {
+    /// A timeline that also hands every entry to `observer` (e.g. the node's metrics).
+    pub fn observed(observer: TimelineObserver) -> Self {
+        Timeline {
+            entries: Arc::default(),
+            observer: Some(observer),
+        }
+    }
+
     /// Records an entry.
     pub fn push(&self, phase: &str, contract: Option<&ContractId>, detail: impl Into<String>) {
         self.push_latency(phase, contract, detail, None);
@@ -95,8 +117,11 @@ impl Timeline {
             latency_ms,
         };
         info!(phase, contract = ?entry.contract, detail = %entry.detail, "orchestrator");
+        if let Some(observe) = &self.observer {
+            observe(&entry);
+        }
         let mut t = self
-            .0
+            .entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         t.push_back(entry);
@@ -108,7 +133,7 @@ impl Timeline {
     /// All entries, oldest first.
     pub fn entries(&self) -> Vec<TimelineEntry> {
         let t = self
-            .0
+            .entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         t.iter().cloned().collect()

@@ -96,7 +96,13 @@ pub async fn ledger(dir: &Path, cmd: &LedgerCommand, json: bool) -> anyhow::Resu
             .unwrap_or_else(|| "none yet".into())
     );
     println!("state hash  {}", s.state_hash);
-    println!("mempool     {}", s.mempool);
+    let m = &s.mempool_stats;
+    println!(
+        "mempool     {} pending; {} admitted, {} refused or dropped (`--json` for each reason)",
+        s.mempool,
+        m.admitted,
+        m.lost()
+    );
     println!("committee   {} arbitrators", s.committee.len());
     for c in &s.committee {
         println!("            {c}");

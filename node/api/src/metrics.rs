@@ -1,0 +1,814 @@
+//! Prometheus metrics, liveness and readiness.
+//!
+//! One `prometheus-client` registry per node ([`Metrics`]): the node's own series live under
+//! the `agora_` prefix, and [`Metrics::with_registry`] hands the same registry to other crates
+//! (e.g. libp2p's metrics under `libp2p_`). Most `agora_` series are read at scrape time from
+//! what the node already keeps (the swarm's counters, the ledger view, the market book and its
+//! event counts, the radio, the bitswap counters, the service host's metering): a scrape costs
+//! one query per task and nothing is counted twice. Orchestrator phases and handover latencies
+//! arrive as they happen through a [`agora_orchestrator::Timeline`] observer.
+//!
+//! Served on `[metrics] listen` (off by default) by [`serve`]: `GET /metrics` (text format),
+//! `GET /health` and `GET /ready`, all without the API token (the data is operational, not
+//! secret, and Prometheus cannot present a bearer token read from a 0600 file). `/health` and
+//! `/ready` are also on the control API port, likewise unauthenticated.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::ApiState;
+use agora_orchestrator::{TimelineEntry, TimelineObserver};
+
+/// The content type of the Prometheus text exposition format.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// File in the data directory with the metrics listener's `host:port` (when enabled).
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
+
+/// Most distinct orchestrator phases tracked; further names are counted as `other` (phases are
+/// code literals, so this only guards against a future bug turning them into data).
+const MAX_PHASES: usize = 64;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_string())).collect()
+}
+
+fn phase_histogram() -> Histogram {
+    // 10 ms … ~41 s.
+    Histogram::new(exponential_buckets(0.01, 2.0, 13))
+}
+
+/// Sets a counter to a total the node already keeps (the source is monotonic; a restart of
+/// the node resets both, which Prometheus treats as a counter reset).
+fn set_counter(c: &Counter, v: u64) {
+    c.inner().store(v, Ordering::Relaxed);
+}
+
+fn set_family_counter(f: &Family<Labels, Counter>, l: &[(&'static str, &str)], v: u64) {
+    set_counter(&f.get_or_create(&labels(l)), v);
+}
+
+fn set_family_gauge(f: &Family<Labels, Gauge>, l: &[(&'static str, &str)], v: i64) {
+    f.get_or_create(&labels(l)).set(v);
+}
+
+fn int(v: impl TryInto<i64>) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
+}
+
+struct Series {
+    build_info: Family<Labels, Gauge>,
+    uptime_seconds: Gauge,
+    peers_connected: Gauge,
+    presence_peers: Family<Labels, Gauge>,
+    gossip_messages: Family<Labels, Counter>,
+    rpc_rejected: Counter,
+    ledger_height: Gauge,
+    ledger_last_block_age_seconds: Gauge<f64, AtomicU64>,
+    ledger_caught_up: Gauge,
+    ledger_committee_size: Gauge,
+    mempool_transactions: Gauge,
+    contracts: Family<Labels, Gauge>,
+    account_balance: Family<Labels, Gauge>,
+    auctions: Family<Labels, Gauge>,
+    auction_bids: Gauge,
+    market_events: Family<Labels, Counter>,
+    orchestrator_phases: Family<Labels, Counter>,
+    orchestrator_phase_latency_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    orchestrator_synced: Gauge,
+    readings: Family<Labels, Counter>,
+    radio_devices: Family<Labels, Gauge>,
+    bitswap: Family<Labels, Counter>,
+    services: Family<Labels, Gauge>,
+    service_fuel_used: Family<Labels, Counter>,
+    service_peak_memory_bytes: Family<Labels, Gauge>,
+    service_readings: Family<Labels, Counter>,
+}
+
+impl Series {
+    fn new(r: &mut Registry) -> Series {
+        let s = Series {
+            build_info: Family::default(),
+            uptime_seconds: Gauge::default(),
+            peers_connected: Gauge::default(),
+            presence_peers: Family::default(),
+            gossip_messages: Family::default(),
+            rpc_rejected: Counter::default(),
+            ledger_height: Gauge::default(),
+            ledger_last_block_age_seconds: Gauge::default(),
+            ledger_caught_up: Gauge::default(),
+            ledger_committee_size: Gauge::default(),
+            mempool_transactions: Gauge::default(),
+            contracts: Family::default(),
+            account_balance: Family::default(),
+            auctions: Family::default(),
+            auction_bids: Gauge::default(),
+            market_events: Family::default(),
+            orchestrator_phases: Family::default(),
+            orchestrator_phase_latency_seconds: Family::new_with_constructor(phase_histogram),
+            orchestrator_synced: Gauge::default(),
+            readings: Family::default(),
+            radio_devices: Family::default(),
+            bitswap: Family::default(),
+            services: Family::default(),
+            service_fuel_used: Family::default(),
+            service_peak_memory_bytes: Family::default(),
+            service_readings: Family::default(),
+        };
+        r.register(
+            "build_info",
+            "Always 1; labels carry the software version and node id",
+            s.build_info.clone(),
+        );
+        r.register(
+            "uptime_seconds",
+            "Seconds since the node started",
+            s.uptime_seconds.clone(),
+        );
+        r.register(
+            "peers_connected",
+            "Peers with an open connection",
+            s.peers_connected.clone(),
+        );
+        r.register(
+            "presence_peers",
+            "Peers the presence tracker knows, by reachability and whether watched",
+            s.presence_peers.clone(),
+        );
+        r.register(
+            "gossip_messages",
+            "Gossip messages by outcome (accepted, rejected by validation, published)",
+            s.gossip_messages.clone(),
+        );
+        r.register(
+            "rpc_rejected",
+            "Inbound requests rejected by validation",
+            s.rpc_rejected.clone(),
+        );
+        r.register(
+            "ledger_height",
+            "Height of the last applied block",
+            s.ledger_height.clone(),
+        );
+        r.register(
+            "ledger_last_block_age_seconds",
+            "Seconds since the time of the last applied (final) block",
+            s.ledger_last_block_age_seconds.clone(),
+        );
+        r.register(
+            "ledger_caught_up",
+            "1 once f+1 arbitrators confirmed this replica is at the chain's tip",
+            s.ledger_caught_up.clone(),
+        );
+        r.register(
+            "ledger_committee_size",
+            "Arbitrators in the consensus committee",
+            s.ledger_committee_size.clone(),
+        );
+        r.register(
+            "mempool_transactions",
+            "Transactions waiting in the mempool",
+            s.mempool_transactions.clone(),
+        );
+        r.register(
+            "contracts",
+            "Contracts on the ledger by kind and status",
+            s.contracts.clone(),
+        );
+        r.register(
+            "account_balance_tokens",
+            "This node's account: spendable and locked (escrow, stakes, bonds) tokens",
+            s.account_balance.clone(),
+        );
+        r.register(
+            "auctions",
+            "Auctions in this node's market book by status",
+            s.auctions.clone(),
+        );
+        r.register(
+            "auction_bids",
+            "Valid bids held in this node's market book",
+            s.auction_bids.clone(),
+        );
+        r.register(
+            "market_events",
+            "Market events this node saw, by kind (bid-received, auction-closed, awarded, \
+             agreed, negotiation-failed, rejected, ...)",
+            s.market_events.clone(),
+        );
+        r.register(
+            "orchestrator_phases",
+            "Orchestrator steps by phase (migrated, armed, activated, settled, synced, ...)",
+            s.orchestrator_phases.clone(),
+        );
+        r.register(
+            "orchestrator_phase_latency_seconds",
+            "Latencies measured by orchestrator steps (activated: handover block arrival to \
+             service running on the sensors)",
+            s.orchestrator_phase_latency_seconds.clone(),
+        );
+        r.register(
+            "orchestrator_synced",
+            "1 once the orchestrator has acted on a ledger that caught up",
+            s.orchestrator_synced.clone(),
+        );
+        r.register(
+            "readings",
+            "Sensor frames by outcome, summed over devices (received, processed, replayed \
+             from the standby buffer, duplicate or stale dropped)",
+            s.readings.clone(),
+        );
+        r.register(
+            "radio_devices",
+            "Devices the radio hears, by role here (managed, buffering)",
+            s.radio_devices.clone(),
+        );
+        r.register(
+            "bitswap",
+            "Bitswap events (messages_in, rejected, blocks_sent, blocks_received, unwanted)",
+            s.bitswap.clone(),
+        );
+        r.register("services", "Hosted services by state", s.services.clone());
+        r.register(
+            "service_fuel_used",
+            "Wasm fuel consumed by each running service",
+            s.service_fuel_used.clone(),
+        );
+        r.register(
+            "service_peak_memory_bytes",
+            "Largest linear memory each service reached",
+            s.service_peak_memory_bytes.clone(),
+        );
+        r.register(
+            "service_readings",
+            "Readings handed to each service (processed) or dropped on a full queue",
+            s.service_readings.clone(),
+        );
+        s
+    }
+}
+
+struct Inner {
+    registry: Mutex<Registry>,
+    series: Series,
+    synced: AtomicBool,
+    phases: Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// The node's metrics: one registry, the `agora_` series and the readiness flags.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with the `agora_` series registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let series = Series::new(registry.sub_registry_with_prefix("agora"));
+        Metrics {
+            inner: Arc::new(Inner {
+                registry: Mutex::new(registry),
+                series,
+                synced: AtomicBool::new(false),
+                phases: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Runs `f` on the registry (to register another crate's metrics, e.g. libp2p's under
+    /// `registry.sub_registry_with_prefix("libp2p")`).
+    pub fn with_registry<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
+        let mut r = self
+            .inner
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut r)
+    }
+
+    /// An observer for the orchestrator's timeline: counts phases, records measured latencies
+    /// and notes when the orchestrator synced.
+    pub fn timeline_observer(&self) -> TimelineObserver {
+        let me = self.clone();
+        Arc::new(move |e: &TimelineEntry| me.observe(e))
+    }
+
+    fn observe(&self, e: &TimelineEntry) {
+        let phase = {
+            let mut known = self
+                .inner
+                .phases
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if known.contains(&e.phase) || known.len() < MAX_PHASES {
+                known.insert(e.phase.clone());
+                e.phase.clone()
+            } else {
+                "other".to_string()
+            }
+        };
+        let l = vec![("phase", phase)];
+        let s = &self.inner.series;
+        s.orchestrator_phases.get_or_create(&l).inc();
+        if let Some(ms) = e.latency_ms {
+            s.orchestrator_phase_latency_seconds
+                .get_or_create(&l)
+                .observe(ms as f64 / 1000.0);
+        }
+        if e.phase == "synced" {
+            self.inner.synced.store(true, Ordering::Relaxed);
+            s.orchestrator_synced.set(1);
+        }
+    }
+
+    /// Whether the orchestrator reported that it synced.
+    pub fn orchestrator_synced(&self) -> bool {
+        self.inner.synced.load(Ordering::Relaxed)
+    }
+
+    /// The registry in the text exposition format (without refreshing).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        self.with_registry(|r| {
+            if let Err(e) = encode(&mut out, r) {
+                tracing::warn!(error = %e, "metrics could not be encoded");
+            }
+        });
+        out
+    }
+
+    /// Reads the node's current state into the series, then encodes the registry.
+    pub async fn render(&self, state: &ApiState) -> String {
+        self.refresh(state).await;
+        self.encode()
+    }
+
+    /// Reads the node's current state into the series.
+    pub async fn refresh(&self, st: &ApiState) {
+        let s = &self.inner.series;
+        let id = st.network.node_id();
+        s.build_info.clear();
+        set_family_gauge(
+            &s.build_info,
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("node", &id.short()),
+                ("name", &st.name),
+            ],
+            1,
+        );
+        s.uptime_seconds.set(int(st.started.elapsed().as_secs()));
+        if let Ok(peers) = st.network.peers().await {
+            s.peers_connected.set(int(peers.len()));
+        }
+        if let Ok(presence) = st.network.presence().await {
+            s.presence_peers.clear();
+            for p in &presence {
+                let reach = if p.reachable {
+                    "reachable"
+                } else {
+                    "unreachable"
+                };
+                let watched = if p.watched { "true" } else { "false" };
+                s.presence_peers
+                    .get_or_create(&labels(&[("state", reach), ("watched", watched)]))
+                    .inc();
+            }
+        }
+        if let Ok(n) = st.network.stats().await {
+            for (outcome, v) in [
+                ("accepted", n.gossip_accepted),
+                ("rejected", n.gossip_rejected),
+                ("published", n.gossip_published),
+            ] {
+                set_family_counter(&s.gossip_messages, &[("outcome", outcome)], v);
+            }
+            set_counter(&s.rpc_rejected, n.rpc_rejected);
+        }
+        self.refresh_ledger(st).await;
+        self.refresh_market(st).await;
+        self.refresh_edge(st).await;
+    }
+
+    async fn refresh_ledger(&self, st: &ApiState) {
+        let s = &self.inner.series;
+        let Some(ledger) = &st.ledger else { return };
+        let view = ledger
+            .query(|v| {
+                let mut contracts: std::collections::BTreeMap<(String, String), i64> =
+                    Default::default();
+                for r in v.ledger.contracts().values() {
+                    let key = (
+                        format!("{:?}", r.contract.kind).to_lowercase(),
+                        format!("{:?}", r.status).to_lowercase(),
+                    );
+                    *contracts.entry(key).or_default() += 1;
+                }
+                let me = v.ledger.account(&v.me).cloned().unwrap_or_default();
+                (
+                    v.ledger.height(),
+                    v.last_block_at,
+                    v.caught_up,
+                    v.ledger.committee().len(),
+                    v.mempool,
+                    contracts,
+                    (me.balance, me.locked),
+                )
+            })
+            .await;
+        let Ok((height, last_at, caught_up, committee, mempool, contracts, balance)) = view else {
+            return;
+        };
+        s.ledger_height.set(int(height));
+        if let Some(at) = last_at {
+            let age = agora_wire::now_ms().saturating_sub(at);
+            s.ledger_last_block_age_seconds.set(age as f64 / 1000.0);
+        }
+        s.ledger_caught_up.set(i64::from(caught_up));
+        s.ledger_committee_size.set(int(committee));
+        s.mempool_transactions.set(int(mempool));
+        s.contracts.clear();
+        for ((kind, status), n) in &contracts {
+            set_family_gauge(&s.contracts, &[("kind", kind), ("status", status)], *n);
+        }
+        set_family_gauge(&s.account_balance, &[("kind", "spendable")], int(balance.0));
+        set_family_gauge(&s.account_balance, &[("kind", "locked")], int(balance.1));
+    }
+
+    async fn refresh_market(&self, st: &ApiState) {
+        let s = &self.inner.series;
+        let Some(market) = &st.market else { return };
+        let counts = market
+            .query(|m| {
+                let (mut open, mut closed, mut awarded, mut bids) = (0i64, 0i64, 0i64, 0i64);
+                for e in m.auctions().values() {
+                    match e.status {
+                        agora_market::AuctionStatus::Open => open += 1,
+                        agora_market::AuctionStatus::Closed { .. } => closed += 1,
+                        agora_market::AuctionStatus::Awarded { .. } => awarded += 1,
+                    }
+                    bids += int(e.bids.len());
+                }
+                (open, closed, awarded, bids)
+            })
+            .await;
+        if let Ok((open, closed, awarded, bids)) = counts {
+            for (status, n) in [("open", open), ("closed", closed), ("awarded", awarded)] {
+                set_family_gauge(&s.auctions, &[("status", status)], n);
+            }
+            s.auction_bids.set(bids);
+        }
+        for (kind, n) in market.event_counts() {
+            set_family_counter(&s.market_events, &[("kind", kind)], n);
+        }
+    }
+
+    async fn refresh_edge(&self, st: &ApiState) {
+        let s = &self.inner.series;
+        if let Some(radio) = &st.radio {
+            let status = radio.status().await;
+            let (mut received, mut processed, mut replayed, mut duplicates) = (0, 0, 0, 0);
+            let (mut managed, mut buffering) = (0i64, 0i64);
+            for d in &status.devices {
+                received += d.received;
+                processed += d.processed;
+                replayed += d.replayed;
+                duplicates += d.duplicates;
+                managed += i64::from(d.service.is_some());
+                buffering += i64::from(d.buffering);
+            }
+            for (outcome, v) in [
+                ("received", received),
+                ("processed", processed),
+                ("replayed", replayed),
+                ("duplicate", duplicates),
+            ] {
+                set_family_counter(&s.readings, &[("outcome", outcome)], v);
+            }
+            set_family_gauge(&s.radio_devices, &[("role", "managed")], managed);
+            set_family_gauge(&s.radio_devices, &[("role", "buffering")], buffering);
+        }
+        if let Some(b) = st.storage.as_ref().and_then(|x| x.bitswap()) {
+            let b = b.stats();
+            for (event, v) in [
+                ("messages_in", b.messages_in),
+                ("rejected", b.rejected),
+                ("blocks_sent", b.blocks_sent),
+                ("blocks_received", b.blocks_received),
+                ("unwanted", b.unwanted),
+            ] {
+                set_family_counter(&s.bitswap, &[("event", event)], v);
+            }
+        }
+        if let Some(host) = &st.services {
+            let list = host.list();
+            s.services.clear();
+            s.service_fuel_used.clear();
+            s.service_peak_memory_bytes.clear();
+            s.service_readings.clear();
+            let mut by_state: std::collections::BTreeMap<String, i64> = Default::default();
+            for svc in &list {
+                let state = serde_json::to_value(&svc.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| format!("{:?}", svc.state).to_lowercase());
+                *by_state.entry(state).or_default() += 1;
+                let l = [("service", svc.id.as_str()), ("name", svc.name.as_str())];
+                set_family_counter(&s.service_fuel_used, &l, svc.metering.fuel_used);
+                set_family_gauge(
+                    &s.service_peak_memory_bytes,
+                    &l,
+                    int(svc.metering.peak_memory_bytes),
+                );
+                let id = svc.id.as_str();
+                set_family_counter(
+                    &s.service_readings,
+                    &[("service", id), ("outcome", "processed")],
+                    svc.metering.readings_processed,
+                );
+                set_family_counter(
+                    &s.service_readings,
+                    &[("service", id), ("outcome", "dropped")],
+                    svc.metering.readings_dropped,
+                );
+            }
+            for (state, n) in &by_state {
+                set_family_gauge(&s.services, &[("state", state)], *n);
+            }
+        }
+    }
+}
+
+/// `GET /ready` answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Readiness {
+    /// Whether every check passed.
+    pub ready: bool,
+    /// At least one peer is connected.
+    pub connected: bool,
+    /// The ledger replica knows it is at the chain's tip (true when the node has no ledger).
+    pub ledger_at_tip: bool,
+    /// The orchestrator has synced (true when the node has none).
+    pub orchestrator_synced: bool,
+    /// What is missing, as sentences naming what to check.
+    pub waiting_for: Vec<String>,
+}
+
+/// Checks readiness: connected, ledger at the tip, orchestrator synced.
+pub async fn readiness(st: &ApiState, metrics: Option<&Metrics>) -> Readiness {
+    let mut waiting_for = Vec::new();
+    let connected = st.network.peers().await.is_ok_and(|p| !p.is_empty());
+    if !connected {
+        waiting_for.push(
+            "no peer is connected: check network.bootstrap in config.toml or run \
+             `agora peers` to see who answers"
+                .to_string(),
+        );
+    }
+    let ledger_at_tip = match &st.ledger {
+        None => true,
+        Some(l) => l.query(|v| v.caught_up).await.unwrap_or(false),
+    };
+    if !ledger_at_tip {
+        waiting_for.push(
+            "the ledger has not confirmed it is at the chain's tip (f+1 arbitrators must \
+             answer): check `agora ledger status` and that arbitrators are reachable"
+                .to_string(),
+        );
+    }
+    let orchestrator_synced = match (&st.orchestrator, metrics) {
+        (None, _) => true,
+        (Some(_), Some(m)) => m.orchestrator_synced(),
+        (Some(o), None) => o.timeline.entries().iter().any(|e| e.phase == "synced"),
+    };
+    if !orchestrator_synced {
+        waiting_for.push(
+            "the orchestrator has not synced with the ledger yet: see `agora timeline`".into(),
+        );
+    }
+    Readiness {
+        ready: waiting_for.is_empty(),
+        connected,
+        ledger_at_tip,
+        orchestrator_synced,
+        waiting_for,
+    }
+}
+
+#[derive(Clone)]
+struct ProbeState {
+    api: ApiState,
+    metrics: Option<Metrics>,
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(p): State<ProbeState>) -> Response {
+    let r = readiness(&p.api, p.metrics.as_ref()).await;
+    let code = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(r)).into_response()
+}
+
+async fn metrics_text(State(p): State<ProbeState>) -> Response {
+    match &p.metrics {
+        Some(m) => (
+            [(header::CONTENT_TYPE, TEXT_FORMAT)],
+            m.render(&p.api).await,
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics are off; set [metrics] listen in config.toml",
+        )
+            .into_response(),
+    }
+}
+
+/// `/health` and `/ready` (no token), for the control API router.
+pub fn probe_routes(api: ApiState, metrics: Option<Metrics>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(ProbeState { api, metrics })
+}
+
+/// Serves `/metrics`, `/health` and `/ready` (no token) until `cancel` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: ApiState,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(ProbeState {
+            api: api.clone(),
+            metrics: Some(metrics.clone()),
+        })
+        .merge(probe_routes(api, Some(metrics)));
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "metrics listener stopped with an error");
+    }
+}
+
+/// Parses the text exposition into `series → value`, where a series is written as in the text
+/// (`name{label="v",...}`); checks that every sample belongs to a family declared by a `# TYPE`
+/// line. For tests (ours and the process tests) — not a general parser.
+pub fn parse_exposition(text: &str) -> Result<std::collections::BTreeMap<String, f64>, String> {
+    let mut families = std::collections::BTreeSet::new();
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest
+                .split_whitespace()
+                .next()
+                .ok_or("TYPE without a name")?;
+            families.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| format!("sample without a value: {line}"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().map_err(|_| format!("bad value in: {line}"))?,
+        };
+        let name = series.split('{').next().unwrap_or(series);
+        let family = ["_total", "_bucket", "_sum", "_count", "_created", "_info"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(*f)))
+            .unwrap_or(name);
+        if !families.contains(family) {
+            return Err(format!("sample {name} has no # TYPE line"));
+        }
+        out.insert(series.to_string(), value);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn entry(phase: &str, latency_ms: Option<u64>) -> TimelineEntry {
+        TimelineEntry {
+            at: 0,
+            phase: phase.into(),
+            contract: None,
+            detail: String::new(),
+            latency_ms,
+        }
+    }
+
+    #[test]
+    fn exposition_parses_back_with_prefixed_series() {
+        let m = Metrics::new();
+        let observe = m.timeline_observer();
+        assert!(!m.orchestrator_synced());
+        observe(&entry("migrated", None));
+        observe(&entry("activated", Some(250)));
+        observe(&entry("activated", Some(3_000)));
+        observe(&entry("synced", None));
+        assert!(m.orchestrator_synced());
+        let s = &m.inner.series;
+        s.ledger_height.set(42);
+        set_family_gauge(&s.auctions, &[("status", "open")], 3);
+        set_family_counter(&s.market_events, &[("kind", "awarded")], 7);
+        // Re-setting a total keeps the latest value (it mirrors a counter the node keeps).
+        set_family_counter(&s.market_events, &[("kind", "awarded")], 9);
+
+        let text = m.encode();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let v = parse_exposition(&text).unwrap();
+        assert_eq!(v["agora_ledger_height"], 42.0);
+        assert_eq!(v["agora_auctions{status=\"open\"}"], 3.0);
+        assert_eq!(v["agora_market_events_total{kind=\"awarded\"}"], 9.0);
+        assert_eq!(
+            v["agora_orchestrator_phases_total{phase=\"activated\"}"],
+            2.0
+        );
+        assert_eq!(v["agora_orchestrator_synced"], 1.0);
+        let hist = "agora_orchestrator_phase_latency_seconds";
+        assert_eq!(v[&format!("{hist}_count{{phase=\"activated\"}}")], 2.0);
+        assert!((v[&format!("{hist}_sum{{phase=\"activated\"}}")] - 3.25).abs() < 1e-9);
+        // 0.25 s falls in the 0.32 s bucket, 3 s only from the 5.12 s bucket on.
+        assert_eq!(
+            v[&format!("{hist}_bucket{{le=\"0.32\",phase=\"activated\"}}")],
+            1.0
+        );
+        assert_eq!(
+            v[&format!("{hist}_bucket{{le=\"5.12\",phase=\"activated\"}}")],
+            2.0
+        );
+        // Every family of ours carries the prefix.
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            assert!(line.starts_with("# TYPE agora_"), "{line}");
+        }
+    }
+
+    #[test]
+    fn phases_beyond_the_bound_are_counted_as_other() {
+        let m = Metrics::new();
+        let observe = m.timeline_observer();
+        for i in 0..(MAX_PHASES + 5) {
+            observe(&entry(&format!("phase-{i}"), None));
+        }
+        let v = parse_exposition(&m.encode()).unwrap();
+        let phases = v
+            .keys()
+            .filter(|k| k.starts_with("agora_orchestrator_phases_total"))
+            .count();
+        assert_eq!(phases, MAX_PHASES + 1);
+        assert_eq!(v["agora_orchestrator_phases_total{phase=\"other\"}"], 5.0);
+    }
+
+    #[test]
+    fn the_parser_refuses_samples_without_a_type() {
+        assert!(parse_exposition("foo 1\n").is_err());
+        assert!(parse_exposition("# TYPE foo gauge\nfoo 1\n").is_ok());
+        assert!(parse_exposition("# TYPE foo gauge\nfoo one\n").is_err());
+    }
+}

@@ -1,0 +1,246 @@
+use agora_contracts::test_utils::{genesis_with, signer, test_cid, tx, tx_with_nonce};
+use agora_contracts::{HeartbeatBatch, Ledger, TxKind};
+use agora_market::{KeySigner, Signer as _};
+
+use super::*;
+
+fn faucet() -> TxKind {
+    TxKind::Faucet { amount: 1 }
+}
+
+/// A ledger with `n` funded accounts and a small pool (capacity 20, 5 reserved, 8 per sender)
+/// owned by `me`.
+fn setup(n: usize, me: &KeySigner) -> (Ledger, Vec<KeySigner>, Mempool) {
+    let (genesis, accounts, _) = genesis_with(n, 4, 10_000);
+    let ledger = Ledger::from_genesis(&genesis).unwrap();
+    let policy = AdmissionPolicy {
+        max_pending_per_sender: 8,
+        max_nonce_ahead: 16,
+        unexecutable_ttl_ms: 1_000,
+        ..AdmissionPolicy::default()
+    };
+    let pool = Mempool::with_limits(me.node_id(), policy, 20, 5);
+    (ledger, accounts, pool)
+}
+
+#[test]
+fn admits_funded_and_refuses_free_keys_stale_far_oversized_and_forged() {
+    let me = signer(1);
+    let (ledger, accounts, mut pool) = setup(2, &me);
+    let a = &accounts[1];
+    assert_eq!(pool.admit(&ledger, 0, tx(&ledger, a, faucet())), Ok(true));
+    // The same transaction again is not new.
+    assert_eq!(pool.admit(&ledger, 0, tx(&ledger, a, faucet())), Ok(false));
+    assert_eq!(pool.next_nonce(&ledger, &a.node_id()), 1);
+
+    // A free key (no account) gets no slot at all, whatever its nonce.
+    let free = signer(999);
+    for nonce in [0, 1, 500] {
+        let t = tx_with_nonce(ledger.chain_id(), &free, nonce, faucet());
+        assert!(matches!(
+            pool.admit(&ledger, 0, t),
+            Err(MempoolError::Refused(AdmissionError::UnknownAccount { .. }))
+        ));
+    }
+    let far = tx_with_nonce(ledger.chain_id(), a, 17, faucet());
+    assert!(matches!(
+        pool.admit(&ledger, 0, far),
+        Err(MempoolError::Refused(AdmissionError::TooFarAhead { .. }))
+    ));
+    let mut forged = tx_with_nonce(ledger.chain_id(), a, 1, faucet());
+    forged.tx.sender = accounts[0].node_id();
+    assert!(matches!(
+        pool.admit(&ledger, 0, forged),
+        Err(MempoolError::Refused(AdmissionError::BadSignature { .. }))
+    ));
+    let batch = HeartbeatBatch {
+        intervals: Vec::new(),
+        readings_processed: 0,
+        data_proofs: (0..1_000u32).map(|i| test_cid(&i.to_le_bytes())).collect(),
+    };
+    let contract = agora_contracts::ContractId([7; 32]);
+    let huge = tx_with_nonce(
+        ledger.chain_id(),
+        a,
+        1,
+        TxKind::Heartbeats { contract, batch },
+    );
+    assert!(matches!(
+        pool.admit(&ledger, 0, huge),
+        Err(MempoolError::Refused(AdmissionError::TooLarge { .. }))
+    ));
+    assert_eq!(pool.len(), 1);
+    let s = pool.stats();
+    assert_eq!((s.admitted, s.duplicates), (1, 1));
+    assert_eq!(s.refused_unfunded, 3);
+    assert_eq!(s.refused_nonce, 1);
+    assert_eq!(s.refused_invalid, 2);
+}
+
+#[test]
+fn each_sender_gets_at_most_its_quota() {
+    let me = signer(1);
+    let (ledger, accounts, mut pool) = setup(3, &me);
+    let a = &accounts[1];
+    for nonce in 0..8 {
+        let t = tx_with_nonce(ledger.chain_id(), a, nonce, faucet());
+        assert_eq!(pool.admit(&ledger, 0, t), Ok(true));
+    }
+    let ninth = tx_with_nonce(ledger.chain_id(), a, 8, faucet());
+    assert!(matches!(
+        pool.admit(&ledger, 0, ninth),
+        Err(MempoolError::Refused(AdmissionError::SenderFull { .. }))
+    ));
+    assert_eq!(pool.stats().refused_sender_full, 1);
+    // Another sender is not affected.
+    let b = tx(&ledger, &accounts[2], faucet());
+    assert_eq!(pool.admit(&ledger, 0, b), Ok(true));
+}
+
+#[test]
+fn a_full_pool_evicts_the_largest_senders_last_nonce_and_keeps_room_for_our_own() {
+    let me = signer(1);
+    let (ledger, accounts, mut pool) = setup(6, &me);
+    // Two flooders fill the 15 slots other nodes may use: 8 + 7.
+    let (f1, f2) = (&accounts[1], &accounts[2]);
+    for nonce in 0..8 {
+        let t = tx_with_nonce(ledger.chain_id(), f1, nonce, faucet());
+        assert_eq!(pool.admit(&ledger, 0, t), Ok(true));
+    }
+    for nonce in 0..7 {
+        let t = tx_with_nonce(ledger.chain_id(), f2, nonce, faucet());
+        assert_eq!(pool.admit(&ledger, 0, t), Ok(true));
+    }
+    assert_eq!(pool.len(), 15);
+    // f2's eighth finds the share full; f1 holds 8, not more than f2 would after admission:
+    // nothing gives way (no ping-pong between equals).
+    let t = tx_with_nonce(ledger.chain_id(), f2, 7, faucet());
+    assert!(matches!(
+        pool.admit(&ledger, 0, t),
+        Err(MempoolError::Full { .. })
+    ));
+    assert_eq!(pool.stats().refused_full, 1);
+    // An honest sender with nothing pending still gets in.
+    let honest = tx(&ledger, &accounts[3], faucet());
+    assert_eq!(pool.admit(&ledger, 0, honest.clone()), Ok(true));
+    assert!(pool.holds(&honest));
+    assert_eq!(pool.len(), 15);
+    // The largest sender's highest nonce made way.
+    assert_eq!(pool.pending_of(&f1.node_id()), 7);
+    assert!(!pool.holds(&tx_with_nonce(ledger.chain_id(), f1, 7, faucet())));
+    // This node's own use the reserved five without evicting anyone.
+    for nonce in 0..5 {
+        let t = tx_with_nonce(ledger.chain_id(), &me, nonce, faucet());
+        assert_eq!(pool.admit(&ledger, 0, t), Ok(true));
+    }
+    assert_eq!(pool.len(), 20);
+    let evicted_before = pool.stats().evicted;
+    // The pool is full: our own sixth still gets in, by eviction.
+    let sixth = tx_with_nonce(ledger.chain_id(), &me, 5, faucet());
+    assert_eq!(pool.admit(&ledger, 0, sixth.clone()), Ok(true));
+    assert!(pool.holds(&sixth));
+    assert_eq!(pool.stats().evicted, evicted_before + 1);
+    assert_eq!(pool.len(), 20);
+    // A second new sender with one pending does not evict the honest one (equal counts).
+    let other = tx(&ledger, &accounts[4], faucet());
+    assert_eq!(pool.admit(&ledger, 0, other), Ok(true));
+    assert!(pool.holds(&honest));
+    // Our own come first in a proposal.
+    let proposal = pool.proposal(&ledger, 3);
+    assert!(proposal.iter().all(|t| t.tx.sender == me.node_id()));
+}
+
+#[test]
+fn when_nothing_may_be_evicted_the_newcomer_is_refused() {
+    let me = signer(1);
+    let (genesis, accounts, _) = genesis_with(4, 4, 10_000);
+    let ledger = Ledger::from_genesis(&genesis).unwrap();
+    let policy = AdmissionPolicy {
+        max_pending_per_sender: 2,
+        ..AdmissionPolicy::default()
+    };
+    let mut pool = Mempool::with_limits(me.node_id(), policy, 3, 1);
+    assert_eq!(
+        pool.admit(&ledger, 0, tx(&ledger, &accounts[1], faucet())),
+        Ok(true)
+    );
+    assert_eq!(
+        pool.admit(&ledger, 0, tx(&ledger, &accounts[2], faucet())),
+        Ok(true)
+    );
+    // Every other sender holds one: evicting one of them would leave it no better off than
+    // the newcomer, so the newcomer is refused.
+    assert!(matches!(
+        pool.admit(&ledger, 0, tx(&ledger, &accounts[3], faucet())),
+        Err(MempoolError::Full { .. })
+    ));
+    assert_eq!(pool.stats().refused_full, 1);
+}
+
+#[test]
+fn after_a_block_stale_unfunded_and_long_gapped_transactions_go() {
+    let me = signer(1);
+    let (mut ledger, accounts, mut pool) = setup(4, &me);
+    let chain = ledger.chain_id().to_string();
+    let a = &accounts[1];
+    let gapper = &accounts[2];
+    let spender = &accounts[3];
+    // a: nonce 0 (will be included) and 1 (ready afterwards).
+    for nonce in 0..2 {
+        let t = tx_with_nonce(&chain, a, nonce, faucet());
+        assert_eq!(pool.admit(&ledger, 0, t), Ok(true));
+    }
+    // gapper skips nonce 0: nonces 1..=3 can never execute.
+    for nonce in 1..=3 {
+        let t = tx_with_nonce(&chain, gapper, nonce, faucet());
+        assert_eq!(pool.admit(&ledger, 100, t), Ok(true));
+    }
+    assert!(pool.has_ready(&ledger));
+    // spender queues a faucet, then a block moves all its funds away.
+    let queued = tx_with_nonce(&chain, spender, 1, faucet());
+    let all = ledger.account(&spender.node_id()).unwrap().balance;
+    let drain = tx_with_nonce(
+        &chain,
+        spender,
+        0,
+        TxKind::Transfer {
+            to: accounts[0].node_id(),
+            amount: all,
+        },
+    );
+    assert_eq!(pool.admit(&ledger, 0, drain.clone()), Ok(true));
+    assert_eq!(pool.admit(&ledger, 0, queued), Ok(true));
+    let first = tx_with_nonce(&chain, a, 0, faucet());
+    let outcome = ledger.apply_block(1, 1_000, &[first, drain]).unwrap();
+    assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
+
+    // Before the time to live the gapped ones stay.
+    let report = pool.after_block(&ledger, 500);
+    assert_eq!(report.unfunded, 1);
+    assert_eq!(report.expired, 0);
+    assert_eq!(pool.pending_of(&spender.node_id()), 0);
+    assert_eq!(pool.pending_of(&gapper.node_id()), 3);
+    assert_eq!(pool.pending_of(&a.node_id()), 1);
+    // The included ones are counted as such.
+    assert_eq!(pool.stats().included, 2);
+    // After it they expire; a's ready transaction stays.
+    let report = pool.after_block(&ledger, 1_100);
+    assert_eq!(report.expired, 3);
+    assert_eq!(pool.len(), 1);
+    assert_eq!(pool.stats().expired, 3);
+    assert_eq!(pool.stats().dropped_unfunded, 1);
+    assert_eq!(
+        pool.proposal(&ledger, 10),
+        vec![tx_with_nonce(&chain, a, 1, faucet())]
+    );
+}
+
+#[test]
+fn a_gap_only_pool_has_nothing_ready() {
+    let me = signer(1);
+    let (ledger, accounts, mut pool) = setup(2, &me);
+    let t = tx_with_nonce(ledger.chain_id(), &accounts[1], 3, faucet());
+    assert_eq!(pool.admit(&ledger, 0, t), Ok(true));
+    assert!(!pool.has_ready(&ledger));
+    assert!(pool.proposal(&ledger, 10).is_empty());
+}

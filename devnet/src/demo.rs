@@ -28,8 +28,9 @@ use crate::process::Loopback;
 /// Options of `devnet demo`.
 #[derive(Debug, Args, Clone)]
 pub struct DemoArgs {
-    /// Number of nodes (at least 3: arbitrators, a provider and the customer).
-    #[arg(long, default_value_t = 5)]
+    /// Number of nodes (at least 7: every node is an arbitrator, and a contract needs four that
+    /// are neither A nor B).
+    #[arg(long, default_value_t = crate::files::CONTRACT_NODES)]
     pub nodes: usize,
     /// Devnet directory (recreated).
     #[arg(long, default_value = ".agora-demo")]

@@ -19,6 +19,12 @@ pub const MANIFEST_FILE: &str = "devnet.json";
 /// Starting balance of every devnet account.
 pub const DEVNET_BALANCE: u64 = 1_000_000;
 
+/// The smallest devnet in which any two nodes can make a contract: seven nodes are all
+/// arbitrators (3f+1 with f = 2), so a contract's committee — every arbitrator but its two
+/// parties — has five members, above the ledger's `min_committee` of 4, and the chain still
+/// decides blocks with both parties down.
+pub const CONTRACT_NODES: usize = 7;
+
 /// A devnet genesis (the ledger's own [`Genesis`] type): every node funded with
 /// [`DEVNET_BALANCE`], the faucet on, and a committee that is the largest 3f+1 prefix of the nodes
 /// (all nodes when fewer than four).

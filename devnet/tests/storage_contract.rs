@@ -10,6 +10,7 @@ use agora_contracts::{
     ContractId, ContractKind, ContractRecord, ContractStatus, SettleReason, TxKind,
 };
 use agora_devnet::Devnet;
+use agora_devnet::files::CONTRACT_NODES;
 use agora_market::{AuctionKind, AuctionSpec, Input, Resources};
 use agora_storage::CidVersion;
 
@@ -115,8 +116,12 @@ async fn auction_storage(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slashed() {
-    let net = Devnet::builder().nodes(5).spawn().await.unwrap();
-    net.wait_connected(4, WAIT).await.unwrap();
+    let net = Devnet::builder()
+        .nodes(CONTRACT_NODES)
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(CONTRACT_NODES - 1, WAIT).await.unwrap();
     let customer = 0;
     let n0 = net.node(customer).unwrap();
     // The provider takes custody and activates.
@@ -181,8 +186,12 @@ async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slash
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_larger_than_the_storage_bought_is_refused_and_the_contract_cancelled() {
-    let net = Devnet::builder().nodes(4).spawn().await.unwrap();
-    net.wait_connected(3, WAIT).await.unwrap();
+    let net = Devnet::builder()
+        .nodes(CONTRACT_NODES)
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(CONTRACT_NODES - 1, WAIT).await.unwrap();
     // 700 kB of file, but only 100 KiB of storage bought.
     let (file, id, rec) = auction_storage(&net, 0, 100 * 1024).await;
     let provider = (0..net.len())

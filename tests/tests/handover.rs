@@ -1,4 +1,4 @@
-//! The handover story's failure cases on real processes: a 5-node devnet, edge A's LoRa
+//! The handover story's failure cases on real processes: a 7-node devnet (every node an arbitrator), edge A's LoRa
 //! gateway service on simulated sensors, a standby contract with the winning provider B.
 //! Processes are killed for real (SIGKILL); the partition case cuts links with network
 //! namespaces.
@@ -14,11 +14,12 @@ use agora_api::ledger::LedgerStatus;
 use agora_contracts::{ActivationClause, ContractRecord, ContractStatus};
 use agora_devnet::demo::story::wait_for;
 use agora_devnet::demo::{Story, module_bytes};
+use agora_devnet::files::CONTRACT_NODES;
 use agora_tests::agora_bin;
 use support::Bin;
 use support::netns::NetLab;
 
-/// One devnet at a time: each story runs five nodes on a small machine.
+/// One devnet at a time: each story runs seven nodes on a small machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn module() -> Vec<u8> {
@@ -49,8 +50,20 @@ fn reported_uptime_permille(r: &ContractRecord) -> u64 {
         .unwrap_or(0)
 }
 
+/// The share of its active time up to its last heartbeat (permille) that a quorum of the
+/// committee's probes did not confirm down; settlement also judges the provider by this share.
+fn not_confirmed_down_permille(r: &ContractRecord) -> u64 {
+    let (Some(from), Some(to)) = (r.activated_at, r.last_uptime_end) else {
+        return 0;
+    };
+    let span = to.saturating_sub(from);
+    (span.saturating_sub(r.confirmed_down_ms) * 1000)
+        .checked_div(span)
+        .unwrap_or(0)
+}
+
 async fn story(dir: &std::path::Path, launcher: Arc<dyn agora_devnet::process::Launcher>) -> Story {
-    Story::start(dir, 5, &module(), launcher, true)
+    Story::start(dir, CONTRACT_NODES, &module(), launcher, true)
         .await
         .expect("story starts")
 }
@@ -61,7 +74,9 @@ async fn customer_back_early_pays_pro_rata_and_no_reading_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = story(&tmp.path().join("net"), Arc::new(Bin(agora_bin()))).await;
     let armed = s.standby().await.unwrap();
-    let obs = (0..5).find(|i| *i != s.a && *i != armed.b).unwrap();
+    let obs = (0..CONTRACT_NODES)
+        .find(|i| *i != s.a && *i != armed.b)
+        .unwrap();
     let killed = s.kill(s.a).unwrap();
     let split = s.failover(&armed, killed).await.unwrap();
     assert!(split.end_to_end_ms > 0);
@@ -101,7 +116,9 @@ async fn provider_that_never_activates_is_slashed() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = story(&tmp.path().join("net"), Arc::new(Bin(agora_bin()))).await;
     let armed = s.standby().await.unwrap();
-    let obs = (0..5).find(|i| *i != s.a && *i != armed.b).unwrap();
+    let obs = (0..CONTRACT_NODES)
+        .find(|i| *i != s.a && *i != armed.b)
+        .unwrap();
     let customer = armed.rec.contract.customer.to_string();
     let provider = armed.rec.contract.provider.to_string();
     let rep_before = s.account(obs, &provider).await.unwrap().reputation;
@@ -143,8 +160,12 @@ async fn provider_crash_mid_contract_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut s = story(&tmp.path().join("net"), Arc::new(Bin(agora_bin()))).await;
-    let armed = s.standby().await.unwrap();
-    let obs = (0..5).find(|i| *i != s.a && *i != armed.b).unwrap();
+    // Three minutes: B's crash and restart cost whole probe intervals confirmed down, which
+    // take about ten times as long to make up at a 90 % minimum.
+    let armed = s.standby_lasting(180_000).await.unwrap();
+    let obs = (0..CONTRACT_NODES)
+        .find(|i| *i != s.a && *i != armed.b)
+        .unwrap();
     let killed = s.kill(s.a).unwrap();
     s.failover(&armed, killed).await.unwrap();
     // B crashes mid-contract, once its service is on the record.
@@ -170,11 +191,14 @@ async fn provider_crash_mid_contract_loses_nothing() {
     .unwrap();
     // Serve until the reported uptime, the crash's gap included, is above the contract's
     // minimum (a few seconds of restart and catch-up take about ten times as long to make up
-    // at a 90 % minimum); it only grows while B serves on until A has settled.
+    // at a 90 % minimum), and so is the time the arbitrators' probes did not find B down (the
+    // crash costs whole probe intervals); both only grow while B serves on until A has settled.
     let min = u64::from(armed.rec.contract.qos.min_uptime_permille);
     let want = (min + 10).min(1000);
     s.wait_contract(obs, &armed.id, "B's uptime to cover the crash", 180, |r| {
-        r.last_uptime_end.is_some_and(|t| t > crashed) && reported_uptime_permille(r) >= want
+        r.last_uptime_end.is_some_and(|t| t > crashed)
+            && reported_uptime_permille(r) >= want
+            && not_confirmed_down_permille(r) >= want
     })
     .await
     .unwrap();
@@ -195,7 +219,7 @@ async fn provider_crash_mid_contract_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_between_customer_and_provider_is_no_handover() {
     let _serial = SERIAL.lock().await;
-    let lab = match NetLab::new(5, agora_bin()) {
+    let lab = match NetLab::new(CONTRACT_NODES, agora_bin()) {
         Ok(lab) => Arc::new(lab),
         Err(why) => {
             agora_devnet::skipped(
@@ -208,7 +232,9 @@ async fn partition_between_customer_and_provider_is_no_handover() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = story(&tmp.path().join("net"), lab.clone()).await;
     let armed = s.standby().await.unwrap();
-    let obs = (0..5).find(|i| *i != s.a && *i != armed.b).unwrap();
+    let obs = (0..CONTRACT_NODES)
+        .find(|i| *i != s.a && *i != armed.b)
+        .unwrap();
     let cut_at = agora_wire::now_ms();
     lab.cut(s.a, armed.b).unwrap();
     // Wait until the chain's own clock is well past the moment a handover would have been

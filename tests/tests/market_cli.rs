@@ -1,6 +1,6 @@
-//! Process-level market test: on a 5-node devnet, node0's auction receives bids from the
-//! decision units of nodes 1–3 and one manual bid from node4's CLI; customer and winner agree
-//! on the outcome.
+//! Process-level market test: on a 7-node devnet (the smallest where any two nodes can make a
+//! contract), node0's auction receives bids from the decision units of nodes 1–5 and one manual
+//! bid from node6's CLI; customer and winner agree on the outcome.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -17,7 +17,7 @@ fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
         "devnet",
         "up",
         "--nodes",
-        "5",
+        "7",
         "--manual",
         "1",
         "--dir",
@@ -74,8 +74,8 @@ fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
     let auction = created["id"].as_str().unwrap().to_string();
 
     // The manual provider sees the auction via gossip and bids from its CLI.
-    wait_until("node4 to see the auction", Duration::from_secs(10), || {
-        let list = agora_json(&["auctions", "--data-dir", &node(4)]);
+    wait_until("node6 to see the auction", Duration::from_secs(10), || {
+        let list = agora_json(&["auctions", "--data-dir", &node(6)]);
         list.as_array()
             .unwrap()
             .iter()
@@ -88,7 +88,7 @@ fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
         "--price",
         "80",
         "--data-dir",
-        &node(4),
+        &node(6),
     ]);
     assert!(manual["id"].is_string());
     // A bid above the maximum is refused locally.
@@ -99,14 +99,14 @@ fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
         "--price",
         "1000",
         "--data-dir",
-        &node(4),
+        &node(6),
     ]);
     assert!(!over.status.success());
 
-    // The customer holds the DMU bids of nodes 1-3 and the manual one.
-    wait_until("4 bids at the customer", Duration::from_secs(10), || {
+    // The customer holds the DMU bids of nodes 1-5 and the manual one.
+    wait_until("6 bids at the customer", Duration::from_secs(10), || {
         let bids = agora_json(&["bids", &auction, "--data-dir", &node(0)]);
-        bids.as_array().unwrap().len() >= 4
+        bids.as_array().unwrap().len() >= 6
     });
     let bids = agora_json(&["bids", &auction, "--data-dir", &node(0)]);
     let providers: Vec<&str> = bids
@@ -192,7 +192,7 @@ fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
         "the contract on every ledger",
         Duration::from_secs(30),
         || {
-            (0..5).all(|i| {
+            (0..7).all(|i| {
                 let list = agora_json(&["contract", "list", "--data-dir", &node(i)]);
                 list.as_array().unwrap().iter().any(|c| {
                     c["customer"] == ids[0].as_str()

@@ -1,6 +1,7 @@
 //! Process-level test: `agora storage add` on node0, `agora storage get` on node2, data
 //! proofs created on one node and verified on another, and a storage contract auctioned from
-//! the CLI and audited by the arbitrators, on three real node processes.
+//! the CLI and audited by the arbitrators, on seven real node processes (the smallest devnet
+//! where two of them can make a contract).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -17,7 +18,7 @@ fn add_on_node0_get_on_node2_and_proofs_across_nodes() {
         "devnet",
         "up",
         "--nodes",
-        "3",
+        "7",
         "--dir",
         &dir_s,
         "--timeout",
@@ -172,7 +173,7 @@ fn add_on_node0_get_on_node2_and_proofs_across_nodes() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("altered"));
 
     // A storage contract from the CLI: a storage auction must name a file this node holds; the
-    // winner keeps node0's file and the third node, as arbitrator, challenges it.
+    // winner keeps node0's file and the other five nodes, as arbitrators, challenge it.
     let node0 = node(0);
     let storage_auction = |extra: &[&str]| {
         let mut args = vec![

@@ -16,7 +16,7 @@ use super::report::{coverage, print_coverage};
 use super::sensors::{Region, Sensors};
 use super::story::{Clock, api, contract, list_contracts, radio_addrs, short, wait_for};
 use super::{DemoArgs, publish};
-use crate::files::{DEVNET_CENTER, DevnetManifest};
+use crate::files::{CONTRACT_NODES, DEVNET_CENTER, DevnetManifest};
 use crate::process::{Loopback, down, up_with};
 use agora_api::market::CreatedReply;
 use agora_radio::RadioStatus;
@@ -37,8 +37,11 @@ fn location(i: usize) -> Location {
 }
 
 pub(super) async fn run(args: &DemoArgs, module: &[u8], json: bool) -> anyhow::Result<()> {
-    if args.nodes < 3 {
-        bail!("--nodes must be at least 3 for the drone scenario");
+    if args.nodes < CONTRACT_NODES {
+        bail!(
+            "--nodes must be at least {CONTRACT_NODES} for the drone scenario: each contract \
+             needs 4 arbitrators that are neither the operator nor the edge"
+        );
     }
     if DevnetManifest::load(&args.dir).is_ok() {
         down(&args.dir, true).await.ok();

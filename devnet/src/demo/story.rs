@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::publish;
 use super::report::{Coverage, FailoverSplit, coverage};
 use super::sensors::{Region, Sensors};
-use crate::files::{DevnetManifest, DevnetNode};
+use crate::files::{CONTRACT_NODES, DevnetManifest, DevnetNode};
 use crate::process::{Launcher, down, up_with};
 use agora_api::client::ApiClient;
 use agora_api::edge::{OwnReply, OwnRequest};
@@ -123,8 +123,11 @@ impl Story {
         launcher: Arc<dyn Launcher>,
         quiet: bool,
     ) -> anyhow::Result<Story> {
-        if nodes < 3 {
-            bail!("--nodes must be at least 3 (arbitrators, a provider and the customer)");
+        if nodes < CONTRACT_NODES {
+            bail!(
+                "--nodes must be at least {CONTRACT_NODES}: a contract needs 4 arbitrators that \
+                 are neither the customer A nor the provider B"
+            );
         }
         if DevnetManifest::load(dir).is_ok() {
             down(dir, true).await.ok();
@@ -195,13 +198,19 @@ impl Story {
         &self.m.nodes[i]
     }
 
-    /// Steps 2–6: A's standby auction, negotiation, signatures, escrow, migration, arming.
+    /// Steps 2–6: A's standby auction, negotiation, signatures, escrow, migration, arming (a
+    /// one-minute contract).
     pub async fn standby(&self) -> anyhow::Result<Armed> {
+        self.standby_lasting(60_000).await
+    }
+
+    /// [`Story::standby`] for a contract of `duration_ms`.
+    pub async fn standby_lasting(&self, duration_ms: u64) -> anyhow::Result<Armed> {
         let an = &self.m.nodes[self.a];
         let spec = agora_market::AuctionSpec {
             region: "default".into(),
             resources: self.needs.clone(),
-            duration_ms: 60_000,
+            duration_ms,
             max_price: 1_000,
             window_ms: 1_500,
             kind: agora_market::AuctionKind::Standby,

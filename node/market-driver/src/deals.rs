@@ -164,14 +164,30 @@ impl DealTask {
     async fn contract_for(&self, t: &AgreedTerms) -> Result<Contract, String> {
         let (customer, provider) = (t.customer, t.provider);
         // The contract's arbitrators: every arbitrator of the committee but the two parties.
-        let arbitrators: Vec<NodeId> = self
+        let (committee, min) = self
             .ledger
-            .query(|v| v.ledger.committee().iter().copied().collect::<Vec<_>>())
+            .query(|v| {
+                (
+                    v.ledger.committee().iter().copied().collect::<Vec<_>>(),
+                    v.ledger.params().min_committee,
+                )
+            })
             .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
+            .map_err(|e| e.to_string())?;
+        let arbitrators: Vec<NodeId> = committee
+            .iter()
+            .copied()
             .filter(|c| *c != customer && *c != provider)
             .collect();
+        if arbitrators.len() < min {
+            return Err(format!(
+                "only {} of the ledger's {} arbitrators are not parties to this deal; a \
+                 contract needs at least {min}: add arbitrators to the genesis committee (a \
+                 devnet of 7 nodes makes every node one: `agora devnet up --nodes 7`)",
+                arbitrators.len(),
+                committee.len()
+            ));
+        }
         // The auction names the service image; without one the configured default is used.
         let (named, start_at) = match t.subject {
             AwardSubject::Bid { auction, .. } => self

@@ -215,11 +215,19 @@ impl Orchestrator {
         verdict: Option<Verdict>,
         commitment: Option<agora_storage::challenge::StorageCommitment>,
     ) {
+        let rec = self.record(contract).await;
+        let now = now_ms();
+        let round = rec.as_ref().and_then(|r| r.evidence_round(now));
+        // The next challenge falls in the middle of the next round, so every arbitrator reports
+        // each round once and the rounds reach their quorum.
+        let next_mid = round
+            .and_then(|r| rec.as_ref()?.round_span(r.saturating_add(1)))
+            .map(|(s, e)| s.saturating_add(e.saturating_sub(s) / 2));
         let Some(a) = self.audits.get_mut(&contract) else {
             return; // ended meanwhile
         };
         a.running = false;
-        a.next_at = now_ms().saturating_add(a.every_ms);
+        a.next_at = next_mid.unwrap_or_else(|| now.saturating_add(a.every_ms));
         if a.commitment.is_none() {
             a.commitment = commitment;
         }
@@ -235,11 +243,7 @@ impl Orchestrator {
         let passed = verdict == Verdict::Passed;
         // The ledger counts results per evidence round; a challenge outside the contract's
         // service window has no round and is not reported.
-        let Some(round) = self
-            .record(contract)
-            .await
-            .and_then(|r| r.evidence_round(now_ms()))
-        else {
+        let Some(round) = round else {
             return;
         };
         if self

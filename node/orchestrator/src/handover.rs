@@ -76,6 +76,12 @@ impl Orchestrator {
                 self.on_duty(agora_contracts::audit_duty(id, c)).await;
             }
             if c.committee.contains(&me)
+                && rec.status == ContractStatus::Active
+                && let Some(duty) = agora_contracts::probe_duty(id, c)
+            {
+                self.on_duty(duty).await;
+            }
+            if c.committee.contains(&me)
                 && c.kind == ContractKind::Standby
                 && matches!(
                     rec.status,
@@ -185,9 +191,12 @@ impl Orchestrator {
                 commitment,
                 every_ms,
             } => self.start_audit(contract, provider, file, commitment, every_ms),
-            // Probing hosted services is not wired into this (pre-role-machine) orchestrator
-            // yet; until it is, hosted and active standby time is not confirmed and not paid.
-            Duty::Probe { .. } | Duty::EndProbe { .. } => {}
+            Duty::Probe {
+                contract,
+                provider,
+                every_ms,
+            } => self.start_probe(contract, provider, every_ms),
+            Duty::EndProbe { contract } => self.end_probe(contract),
             Duty::EndAudit { contract } => {
                 if self.audits.remove(&contract).is_some() {
                     self.timeline
@@ -253,6 +262,11 @@ impl Orchestrator {
                 verdict,
                 commitment,
             } => return self.on_audited(contract, verdict, commitment).await,
+            Done::Probed {
+                contract,
+                interval,
+                outcome,
+            } => return self.on_probed(contract, interval, outcome).await,
         };
         self.staging.remove(&contract);
         self.hosted.entry(contract).or_insert(Hosted {
@@ -345,6 +359,9 @@ impl Orchestrator {
         // After a restart, uptime is claimed only from now on (and never before what the
         // ledger already holds).
         let cursor = rec.as_ref().and_then(|r| r.last_uptime_end).unwrap_or(0);
+        if let Some(r) = &rec {
+            self.serving.insert(contract, r.contract.committee.clone());
+        }
         if let Some(h) = self.hosted.get_mut(&contract) {
             h.active_since = Some(started);
             h.reported_to = started.max(cursor);
@@ -376,6 +393,7 @@ impl Orchestrator {
         if let Some((file, commitment)) = self.stored.remove(&contract) {
             return self.release_custody(contract, file, commitment).await;
         }
+        self.serving.remove(&contract);
         let Some(h) = self.hosted.remove(&contract) else {
             return;
         };
@@ -493,6 +511,7 @@ impl Orchestrator {
             self.heartbeat(id, now).await;
         }
         self.run_due_audits(now);
+        self.run_due_probes(now).await;
         self.settle_due(now).await;
     }
 

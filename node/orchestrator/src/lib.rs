@@ -25,6 +25,7 @@
 mod custody;
 mod handover;
 mod own;
+mod probe;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -227,6 +228,12 @@ enum Done {
         verdict: Option<agora_exchange::audit::Verdict>,
         commitment: Option<StorageCommitment>,
     },
+    /// Arbitrator: one probe done; `Err` says why it counts as down.
+    Probed {
+        contract: ContractId,
+        interval: u64,
+        outcome: Result<(), String>,
+    },
 }
 
 /// Everything the orchestrator task owns.
@@ -246,6 +253,12 @@ pub struct Orchestrator {
     taking_custody: BTreeSet<ContractId>,
     /// Storage contracts this node challenges as arbitrator.
     audits: BTreeMap<ContractId, Audit>,
+    /// Hosted and standby contracts this node probes as arbitrator.
+    probes: BTreeMap<ContractId, probe::Probing>,
+    /// Provider: the contracts whose service runs here, for the probe responder.
+    serving: probe::Serving,
+    /// Sequence number of this task's envelopes (probes and their answers).
+    seq: u64,
     staging: BTreeSet<ContractId>,
     /// Activations scheduled for a fixed time (`ActivationClause::At`).
     scheduled: BTreeMap<ContractId, Timestamp>,
@@ -298,6 +311,14 @@ pub fn spawn(
     let (req_tx, req_rx) = mpsc::channel(16);
     let outcomes = ledger.outcomes();
     let events = network.events();
+    let serving = probe::Serving::default();
+    probe::spawn_responder(
+        network.clone(),
+        services.clone(),
+        signer.clone(),
+        serving.clone(),
+        cancel.clone(),
+    );
     let o = Orchestrator {
         me: network.node_id(),
         ledger,
@@ -311,6 +332,9 @@ pub fn spawn(
         stored: BTreeMap::new(),
         taking_custody: BTreeSet::new(),
         audits: BTreeMap::new(),
+        probes: BTreeMap::new(),
+        serving: serving.clone(),
+        seq: now_ms(),
         staging: BTreeSet::new(),
         scheduled: BTreeMap::new(),
         watched: BTreeMap::new(),
@@ -378,6 +402,12 @@ impl Orchestrator {
                 false
             }
         }
+    }
+
+    /// The next sequence number for an envelope this task signs.
+    fn next_seq(&mut self) -> u64 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
     }
 
     /// Service id of a hosted contract: the contract id.

@@ -40,6 +40,8 @@ pub enum Kind {
     Radio,
     /// Proof-of-storage challenges and answers of storage contracts.
     Storage,
+    /// Uptime probes of hosted and standby services by their contract's arbitrators.
+    Probe,
 }
 
 impl Kind {
@@ -54,6 +56,7 @@ impl Kind {
             Kind::Raw => Domain("agora/v1/envelope/raw"),
             Kind::Radio => Domain("agora/v1/envelope/radio"),
             Kind::Storage => Domain("agora/v1/envelope/storage"),
+            Kind::Probe => Domain("agora/v1/envelope/probe"),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What crosses the wire between agora nodes: the signed, versioned [`Envelope`] and its codec,
 //! the gossip topics, and the body of every message a node sends inside an envelope — deal
 //! signing ([`deal::DealMsg`]), block sync ([`sync::SyncMsg`]), sensor-radio checkpoints and
-//! replay ([`radio`]), and proof-of-storage ([`storage::StorageRpc`]). It is also where the node
+//! replay ([`radio`]), proof-of-storage ([`storage::StorageRpc`]) and uptime probes ([`probe::ProbeMsg`]). It is also where the node
 //! reads the wall clock ([`now_ms`]); every other node crate takes time from here.
 //!
 //! Owns: encoding, size limits and signature checks of everything a peer can send, so decoders
@@ -12,6 +12,7 @@
 
 pub mod codec;
 pub mod deal;
+pub mod probe;
 pub mod radio;
 pub mod storage;
 pub mod sync;

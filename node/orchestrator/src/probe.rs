@@ -1,0 +1,478 @@
+//! Uptime probes of hosted and active standby services (#13.10): the contract's arbitrators ask
+//! the provider once per probe interval whether the service runs and put each outcome on the
+//! ledger (`ProbeResult`), where a quorum of the committee confirms or refutes the interval;
+//! payment follows the confirmed uptime. What an answer proves is in `agora_wire::probe`.
+//!
+//! Provider side ([`spawn_responder`]): a task of its own, so a busy orchestrator never delays
+//! an answer. It answers only the members of the probed contract's committee, asking over
+//! their own connection, at most [`PROBES_PER_WINDOW`] per member per [`PROBE_WINDOW_MS`] and
+//! [`CONCURRENT_ANSWERS`] at once, from the orchestrator's table of the contracts it serves
+//! ([`Serving`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agora_contracts::{ContractId, ContractStatus, TxKind};
+use agora_hosting::control::ServiceControl;
+use agora_market::{KeySigner, NodeId, Timestamp};
+use agora_network::keys::peer_id_of;
+use agora_network::{NetworkEvent, NetworkHandle, PeerId};
+use agora_wire::codec::{Envelope, Kind};
+use agora_wire::now_ms;
+use agora_wire::probe::ProbeMsg;
+use tokio::sync::{Semaphore, broadcast};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, warn};
+
+use super::{Done, Orchestrator};
+
+/// Longest wait for a probe's answer; silence counts as down.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1_500);
+/// Length of the provider's per-asker quota window.
+pub const PROBE_WINDOW_MS: u64 = 10_000;
+/// Probes one committee member may send per window (its duty is one per interval of at least
+/// two seconds, per contract; a few contracts with the same provider fit).
+pub const PROBES_PER_WINDOW: u32 = 20;
+/// Askers whose quota the provider remembers; the oldest window is dropped beyond it.
+pub const MAX_QUOTA_ENTRIES: usize = 256;
+/// Probes a provider answers at once; more are refused rather than queued.
+pub const CONCURRENT_ANSWERS: usize = 16;
+
+/// The contracts this node serves as provider right now (service started), with their
+/// committees: the orchestrator writes it, the probe responder reads it.
+#[derive(Clone, Debug, Default)]
+pub struct Serving(Arc<Mutex<BTreeMap<ContractId, Vec<NodeId>>>>);
+
+impl Serving {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ContractId, Vec<NodeId>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The service of `contract` runs here; `committee` may probe it.
+    pub fn insert(&self, contract: ContractId, committee: Vec<NodeId>) {
+        self.lock().insert(contract, committee);
+    }
+
+    /// The service of `contract` stopped.
+    pub fn remove(&self, contract: &ContractId) {
+        self.lock().remove(contract);
+    }
+
+    fn committee(&self, contract: &ContractId) -> Option<Vec<NodeId>> {
+        self.lock().get(contract).cloned()
+    }
+}
+
+/// A contract this node probes as arbitrator.
+#[derive(Clone, Debug)]
+pub(super) struct Probing {
+    provider: NodeId,
+    /// Activation and evidence period from the ledger, fetched once the contract is active.
+    schedule: Option<(Timestamp, u64)>,
+    /// The next interval to probe.
+    next: u64,
+    in_flight: bool,
+    last_up: Option<bool>,
+}
+
+/// The provider's per-asker quota.
+#[derive(Debug, Default)]
+pub(super) struct Quota {
+    windows: BTreeMap<NodeId, (Timestamp, u32)>,
+    /// Probes refused for quota, for the log.
+    refused: u64,
+}
+
+impl Quota {
+    /// Counts one probe from `asker` at `now`; false when over quota.
+    fn admit(&mut self, asker: NodeId, now: Timestamp) -> bool {
+        if !self.windows.contains_key(&asker) && self.windows.len() >= MAX_QUOTA_ENTRIES {
+            let oldest = self
+                .windows
+                .iter()
+                .min_by_key(|(_, (start, _))| *start)
+                .map(|(n, _)| *n);
+            if let Some(n) = oldest {
+                self.windows.remove(&n);
+                debug!(asker = %n.short(), "probe quota table full; oldest entry dropped");
+            }
+        }
+        let w = self.windows.entry(asker).or_insert((now, 0));
+        if now.saturating_sub(w.0) >= PROBE_WINDOW_MS {
+            *w = (now, 0);
+        }
+        if w.1 >= PROBES_PER_WINDOW {
+            self.refused += 1;
+            return false;
+        }
+        w.1 += 1;
+        true
+    }
+}
+
+impl Orchestrator {
+    /// Arbitrator: starts probing `contract`'s provider.
+    pub(super) fn start_probe(&mut self, contract: ContractId, provider: NodeId, every_ms: u64) {
+        if self.probes.contains_key(&contract) {
+            return;
+        }
+        self.probes.insert(
+            contract,
+            Probing {
+                provider,
+                schedule: None,
+                next: 0,
+                in_flight: false,
+                last_up: None,
+            },
+        );
+        self.timeline.push(
+            "probing",
+            Some(&contract),
+            format!("probing {} every {every_ms} ms", provider.short()),
+        );
+    }
+
+    /// Arbitrator: the contract is no longer active.
+    pub(super) fn end_probe(&mut self, contract: ContractId) {
+        if self.probes.remove(&contract).is_some() {
+            self.timeline
+                .push("probe-ended", Some(&contract), "contract closed");
+        }
+    }
+
+    /// Arbitrator: sends the probes that are due, each in the background. Interval `r` is
+    /// probed once, from the middle of its span on (a provider cannot tell the moment from the
+    /// interval's start).
+    pub(super) async fn run_due_probes(&mut self, now: Timestamp) {
+        let missing: Vec<ContractId> = self
+            .probes
+            .iter()
+            .filter(|(_, p)| p.schedule.is_none())
+            .map(|(c, _)| *c)
+            .collect();
+        for c in missing {
+            let schedule = self
+                .record(c)
+                .await
+                .filter(|r| r.status == ContractStatus::Active)
+                .and_then(|r| Some((r.activated_at?, r.evidence_period_ms())));
+            if let (Some(s), Some(p)) = (schedule, self.probes.get_mut(&c)) {
+                p.schedule = Some(s);
+                // After a restart, start with the current interval.
+                p.next = now.saturating_sub(s.0) / s.1.max(1);
+            }
+        }
+        let mut due = Vec::new();
+        for (contract, p) in self.probes.iter_mut() {
+            let Some((start, period)) = p.schedule else {
+                continue;
+            };
+            if p.in_flight || now < start {
+                continue;
+            }
+            let current = (now - start) / period.max(1);
+            if current > p.next {
+                // Intervals missed (e.g. this node was busy or down): only the current one
+                // can still be judged from what is seen now.
+                p.next = current;
+            }
+            let moment = start
+                .saturating_add(p.next.saturating_mul(period))
+                .saturating_add(period / 2);
+            if current == p.next && now >= moment {
+                p.in_flight = true;
+                due.push((*contract, p.provider, p.next));
+                p.next += 1;
+            }
+        }
+        for (contract, provider, interval) in due {
+            self.send_probe(contract, provider, interval);
+        }
+    }
+
+    fn send_probe(&mut self, contract: ContractId, provider: NodeId, interval: u64) {
+        let nonce: u64 = rand::random();
+        let ask = ProbeMsg::Ask {
+            contract,
+            interval,
+            nonce,
+        };
+        let seq = self.next_seq();
+        let env = Envelope::seal_body(&self.signer, Kind::Probe, now_ms(), seq, &ask);
+        let network = self.network.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(
+            async move {
+                let outcome = match (env, peer_id_of(&provider)) {
+                    (Ok(env), Some(peer)) => {
+                        match tokio::time::timeout(PROBE_TIMEOUT, network.request(peer, &env)).await
+                        {
+                            Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+                            Ok(Err(e)) => Err(format!("unreachable: {e}")),
+                            Ok(Ok(answer)) => judge(&answer, provider, contract, interval, nonce),
+                        }
+                    }
+                    (Err(e), _) => Err(format!("cannot encode the probe: {e}")),
+                    (_, None) => Err("provider id is not a valid peer id".into()),
+                };
+                let _ = done
+                    .send(Done::Probed {
+                        contract,
+                        interval,
+                        outcome,
+                    })
+                    .await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Arbitrator: reports one probe's outcome on the ledger.
+    pub(super) async fn on_probed(
+        &mut self,
+        contract: ContractId,
+        interval: u64,
+        outcome: Result<(), String>,
+    ) {
+        let Some(p) = self.probes.get_mut(&contract) else {
+            return; // ended meanwhile
+        };
+        p.in_flight = false;
+        let up = outcome.is_ok();
+        let changed = p.last_up != Some(up);
+        p.last_up = Some(up);
+        if changed {
+            let detail = match &outcome {
+                Ok(()) => format!("interval {interval}: service running"),
+                Err(why) => format!("interval {interval}: down ({why})"),
+            };
+            self.timeline.push("probe", Some(&contract), detail);
+        }
+        self.submit(
+            TxKind::ProbeResult {
+                contract,
+                interval,
+                up,
+            },
+            "probe result",
+        )
+        .await;
+    }
+}
+
+/// Starts the provider side: answers the probes of the contracts in `serving` from their
+/// committees' members.
+pub fn spawn_responder(
+    network: NetworkHandle,
+    services: Arc<dyn ServiceControl>,
+    signer: KeySigner,
+    serving: Serving,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    let mut events = network.events();
+    let quota = Arc::new(Mutex::new(Quota::default()));
+    let slots = Arc::new(Semaphore::new(CONCURRENT_ANSWERS));
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(now_ms()));
+    let task = async move {
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => break,
+                ev = events.recv() => ev,
+            };
+            let (id, peer, envelope) = match ev {
+                Ok(NetworkEvent::Request { id, peer, envelope })
+                    if envelope.kind == Kind::Probe =>
+                {
+                    (id, peer, envelope)
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            };
+            let (network, services, signer, serving, quota, seq) = (
+                network.clone(),
+                services.clone(),
+                signer.clone(),
+                serving.clone(),
+                quota.clone(),
+                seq.clone(),
+            );
+            let slot = slots.clone().try_acquire_owned();
+            tokio::spawn(
+                async move {
+                    let reply = match slot {
+                        Err(_) => ProbeMsg::Refused {
+                            reason: format!("busy: {CONCURRENT_ANSWERS} probes being answered"),
+                        },
+                        Ok(_slot) => reply(&*services, &serving, &quota, peer, &envelope).await,
+                    };
+                    let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match Envelope::seal_body(&signer, Kind::Probe, now_ms(), n, &reply) {
+                        Ok(env) => {
+                            if let Err(e) = network.respond(id, &env).await {
+                                debug!(error = %e, "probe answer not sent");
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "cannot encode a probe answer"),
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+    };
+    tokio::spawn(task.in_current_span())
+}
+
+/// The provider's answer to one probe.
+async fn reply(
+    services: &dyn ServiceControl,
+    serving: &Serving,
+    quota: &Mutex<Quota>,
+    peer: PeerId,
+    envelope: &Envelope,
+) -> ProbeMsg {
+    let refuse = |reason: String| ProbeMsg::Refused { reason };
+    let (contract, interval, nonce) = match envelope.body::<ProbeMsg>(Kind::Probe) {
+        Ok(ProbeMsg::Ask {
+            contract,
+            interval,
+            nonce,
+        }) => (contract, interval, nonce),
+        Ok(_) => return refuse("expected a probe".into()),
+        Err(e) => return refuse(e.to_string()),
+    };
+    let asker = envelope.sender;
+    // Only over the asker's own connection: a relayed probe cannot spend its quota.
+    if peer_id_of(&asker) != Some(peer) {
+        return refuse("probe relayed by another peer".into());
+    }
+    let Some(committee) = serving.committee(&contract) else {
+        return refuse(format!("no service of {} runs here", contract.short()));
+    };
+    if !committee.contains(&asker) {
+        return refuse(format!(
+            "{} is not an arbitrator of {}",
+            asker.short(),
+            contract.short()
+        ));
+    }
+    {
+        let mut q = quota
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !q.admit(asker, now_ms()) {
+            if q.refused.is_power_of_two() {
+                warn!(asker = %asker.short(), refused = q.refused, "probes over quota refused");
+            }
+            return refuse(format!(
+                "over quota: {PROBES_PER_WINDOW} probes per {PROBE_WINDOW_MS} ms"
+            ));
+        }
+    }
+    let running = services.running(&contract.to_string()).await;
+    ProbeMsg::Answer {
+        contract,
+        interval,
+        nonce,
+        running,
+    }
+}
+
+/// Whether `answer` is the provider's signed statement that the service runs, for exactly this
+/// probe.
+fn judge(
+    answer: &Envelope,
+    provider: NodeId,
+    contract: ContractId,
+    interval: u64,
+    nonce: u64,
+) -> Result<(), String> {
+    if answer.sender != provider {
+        return Err("answer signed by another node".into());
+    }
+    match answer.body::<ProbeMsg>(Kind::Probe) {
+        Ok(ProbeMsg::Answer {
+            contract: c,
+            interval: i,
+            nonce: n,
+            running,
+        }) if c == contract && i == interval && n == nonce => {
+            if running {
+                Ok(())
+            } else {
+                Err("the provider reports its service not running".into())
+            }
+        }
+        Ok(ProbeMsg::Answer { .. }) => Err("answer names another probe".into()),
+        Ok(ProbeMsg::Refused { reason }) => Err(format!("refused: {reason}")),
+        Ok(ProbeMsg::Ask { .. }) => Err("answered with a probe".into()),
+        Err(e) => Err(format!("malformed answer: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use agora_market::{KeySigner, Signer};
+
+    fn answer(s: &KeySigner, msg: &ProbeMsg) -> Envelope {
+        Envelope::seal_body(s, Kind::Probe, 1, 1, msg).unwrap()
+    }
+
+    #[test]
+    fn only_the_providers_answer_to_this_probe_counts_as_up() {
+        let p = KeySigner::from_seed(1);
+        let other = KeySigner::from_seed(2);
+        let c = ContractId([3; 32]);
+        let ok = ProbeMsg::Answer {
+            contract: c,
+            interval: 4,
+            nonce: 5,
+            running: true,
+        };
+        assert!(judge(&answer(&p, &ok), p.node_id(), c, 4, 5).is_ok());
+        assert!(judge(&answer(&other, &ok), p.node_id(), c, 4, 5).is_err());
+        assert!(
+            judge(&answer(&p, &ok), p.node_id(), c, 4, 6).is_err(),
+            "nonce"
+        );
+        assert!(
+            judge(&answer(&p, &ok), p.node_id(), c, 3, 5).is_err(),
+            "interval"
+        );
+        assert!(
+            judge(&answer(&p, &ok), p.node_id(), ContractId([9; 32]), 4, 5).is_err(),
+            "contract"
+        );
+        let stopped = ProbeMsg::Answer {
+            contract: c,
+            interval: 4,
+            nonce: 5,
+            running: false,
+        };
+        assert!(judge(&answer(&p, &stopped), p.node_id(), c, 4, 5).is_err());
+        let refused = ProbeMsg::Refused { reason: "x".into() };
+        assert!(judge(&answer(&p, &refused), p.node_id(), c, 4, 5).is_err());
+    }
+
+    #[test]
+    fn quota_refuses_past_the_window_budget_and_stays_bounded() {
+        let mut q = Quota::default();
+        let a = KeySigner::from_seed(1).node_id();
+        for _ in 0..PROBES_PER_WINDOW {
+            assert!(q.admit(a, 100));
+        }
+        assert!(!q.admit(a, 200));
+        assert!(q.admit(a, 100 + PROBE_WINDOW_MS), "a new window");
+        for i in 0..(MAX_QUOTA_ENTRIES as u64 + 10) {
+            let n = KeySigner::from_seed(1_000 + i).node_id();
+            assert!(q.admit(n, 1_000 + i));
+        }
+        assert!(q.windows.len() <= MAX_QUOTA_ENTRIES);
+    }
+}

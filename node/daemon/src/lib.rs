@@ -25,7 +25,7 @@ use tracing::{Instrument, info};
 
 use crate::config::{ConfigError, NodeConfig};
 use agora_api::ApiState;
-use agora_network::keys::{KeyError, NodeKey, restrict};
+use agora_network::keys::{KeyError, NodeKey};
 use agora_network::{NetworkError, NetworkHandle};
 
 pub use agora_api::{API_ADDR_FILE, API_TOKEN_FILE, P2P_ADDR_FILE, RADIO_ADDR_FILE};
@@ -72,6 +72,11 @@ pub enum DaemonError {
     /// A data-dir file could not be written.
     #[error("cannot write {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// The API token file can be read by group or others.
+    #[error(
+        "API token at {0} has mode {1:o}; anyone who reads it controls the node: it must be 0600 (run `chmod 600 {0}`)"
+    )]
+    TokenPermissions(PathBuf, u32),
     /// Genesis or ledger store problem.
     #[error("cannot start the ledger: {0}")]
     Genesis(String),
@@ -131,20 +136,60 @@ impl RunningNode {
     }
 }
 
-/// Loads or creates the control API token.
+/// Loads or creates the control API token (`api.token` in the data directory).
+///
+/// A new token is written to a temporary file created with mode 0600 (never wider, whatever
+/// the umask) and renamed into place, so there is no moment at which the token can be read by
+/// another user. An existing token file that group or others may read is refused, like the
+/// node key: whoever read it can drive the node.
 pub fn load_or_create_token(data_dir: &Path) -> Result<String, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
     let path = data_dir.join(API_TOKEN_FILE);
-    if let Ok(t) = std::fs::read_to_string(&path)
-        && !t.trim().is_empty()
-    {
-        return Ok(t.trim().to_string());
+    if let Ok(meta) = std::fs::metadata(&path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(DaemonError::TokenPermissions(path, mode));
+        }
+        let t = std::fs::read_to_string(&path).map_err(|e| DaemonError::Io(path.clone(), e))?;
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
     }
     let mut bytes = [0u8; 24];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
     let token = hex::encode(bytes);
-    std::fs::write(&path, &token).map_err(|e| DaemonError::Io(path.clone(), e))?;
-    restrict(&path).map_err(|e| DaemonError::Io(path.clone(), e))?;
+    write_private(&path, token.as_bytes()).map_err(|e| DaemonError::Io(path.clone(), e))?;
     Ok(token)
+}
+
+/// Writes `bytes` to `path` through a temporary file created with mode 0600 and renamed into
+/// place (atomic: readers see the old file or the whole new one, never a wider mode).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    // A leftover from a crashed start: created by us with 0600, safe to replace.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Starts a node from a data directory and a resolved config.
@@ -401,4 +446,59 @@ fn write_file(path: &Path, text: &str) -> Result<(), DaemonError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).map_err(|e| DaemonError::Io(tmp.clone(), e))?;
     std::fs::rename(&tmp, path).map_err(|e| DaemonError::Io(path.to_path_buf(), e))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn token_is_created_0600_and_loaded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = load_or_create_token(dir.path()).unwrap();
+        let path = dir.path().join(API_TOKEN_FILE);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(token.len(), 48);
+        assert_eq!(load_or_create_token(dir.path()).unwrap(), token);
+        // No temporary file left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn token_readable_by_group_or_others_is_refused_naming_chmod() {
+        for bad in [0o644, 0o640, 0o604, 0o660] {
+            let dir = tempfile::tempdir().unwrap();
+            let token = load_or_create_token(dir.path()).unwrap();
+            let path = dir.path().join(API_TOKEN_FILE);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bad)).unwrap();
+            let err = load_or_create_token(dir.path()).unwrap_err();
+            assert!(matches!(err, DaemonError::TokenPermissions(_, m) if m == bad));
+            let msg = err.to_string();
+            assert!(msg.contains("chmod 600"), "{msg}");
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            // The token was not replaced: fixing the mode brings the same one back.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert_eq!(load_or_create_token(dir.path()).unwrap(), token);
+        }
+    }
+
+    #[test]
+    fn empty_token_file_is_replaced_by_a_private_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = dir.path().join(API_TOKEN_FILE);
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let token = load_or_create_token(dir.path()).unwrap();
+        assert!(!token.is_empty());
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), token);
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use agora_network::streams::{AlreadyRegistered, Control, OpenStreamError};
-use agora_network::{PeerId, Stream, StreamProtocol};
+use agora_network::{PeerId, Stream, StreamProtocol, StreamQuota};
 use agora_storage::bitswap::{self, Message, PresenceType};
 use agora_storage::{BlockStore, Cid};
 use futures::StreamExt;
@@ -35,8 +35,11 @@ pub const PROTOCOLS: [&str; 4] = [
 const PEER_QUEUE: usize = 8;
 /// Wants answered per `respond` call, bounding the blocks held in memory at once.
 const WANTS_PER_BATCH: usize = 16;
-/// Inbound streams served at once per protocol; more wait in libp2p-stream's queue.
-const MAX_INBOUND_STREAMS: usize = 256;
+/// Inbound streams served at once, all bitswap versions together; more are refused.
+pub const MAX_INBOUND_STREAMS: usize = 256;
+/// Inbound streams one peer may hold open at once (Kubo keeps one per peer); more are refused
+/// and counted in `NetworkStats::bitswap_streams_refused`.
+pub const MAX_INBOUND_STREAMS_PER_PEER: usize = 8;
 /// An inbound stream with no complete message for this long is closed, so idle or trickling
 /// peers cannot hold serving slots forever (Kubo reopens its stream on the next send).
 const INBOUND_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -114,10 +117,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Bitswap {
-    /// Registers the bitswap protocols on `control` and serves inbound streams until `cancel`.
+    /// Registers the bitswap protocols on `control` and serves inbound streams until `cancel`,
+    /// at most as many at once as `quota` admits (per peer and in all; see
+    /// `NetworkHandle::bitswap_quota`). Each accept loop only takes the next stream and
+    /// spawns its server: libp2p-stream hands streams over a one-slot channel and drops what
+    /// arrives while the loop is busy.
     pub fn start(
         store: Arc<dyn BlockStore>,
         mut control: Control,
+        quota: StreamQuota,
         cancel: CancellationToken,
     ) -> Result<Bitswap, AlreadyRegistered> {
         let mut incoming = Vec::new();
@@ -135,17 +143,36 @@ impl Bitswap {
                 cancel,
             }),
         };
-        for streams in incoming {
+        for mut streams in incoming {
             let me = bitswap.clone();
+            let quota = quota.clone();
             tokio::spawn(
                 async move {
                     let cancel = me.inner.cancel.clone();
-                    let serve = streams.for_each_concurrent(MAX_INBOUND_STREAMS, |(peer, s)| {
-                        me.clone().serve_stream(peer, s)
-                    });
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        _ = serve => {}
+                    loop {
+                        let (peer, stream) = tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            next = streams.next() => match next {
+                                Some(s) => s,
+                                None => break,
+                            },
+                        };
+                        // Refused (counted and logged by the quota): dropping closes it.
+                        let Some(permit) = quota.try_acquire(peer) else {
+                            continue;
+                        };
+                        let me = me.clone();
+                        let cancel = cancel.clone();
+                        tokio::spawn(
+                            async move {
+                                tokio::select! {
+                                    _ = cancel.cancelled() => {}
+                                    _ = me.serve_stream(peer, stream) => {}
+                                }
+                                drop(permit);
+                            }
+                            .in_current_span(),
+                        );
                     }
                 }
                 .in_current_span(),

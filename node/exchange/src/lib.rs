@@ -146,7 +146,11 @@ pub async fn spawn(
         .await
         .map_err(|e| ExchangeError::Task(e.to_string()))??;
     let store: Arc<dyn BlockStore> = Arc::new(store);
-    let bitswap = Bitswap::start(store, network.stream_control(), cancel)
+    let quota = network.bitswap_quota(
+        bitswap::MAX_INBOUND_STREAMS_PER_PEER,
+        bitswap::MAX_INBOUND_STREAMS,
+    );
+    let bitswap = Bitswap::start(store, network.stream_control(), quota, cancel)
         .map_err(|_| ExchangeError::AlreadyRunning)?;
     let embedded = Embedded::new(bitswap, network, config.fetch);
     let handle = StorageHandle {

@@ -6,7 +6,8 @@ use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, identify, kad, mdns, noise, ping, request_response, tcp, yamux,
+    StreamProtocol, Swarm, connection_limits, identify, kad, mdns, noise, ping, request_response,
+    tcp, yamux,
 };
 
 use super::rpc_codec::{RPC_PROTOCOL, RpcCodec};
@@ -17,12 +18,23 @@ use agora_wire::codec::GOSSIP_MAX_SKEW_MS;
 /// envelopes reach our validator and are rejected there (penalising the sender).
 pub const MAX_GOSSIP_TRANSMIT: usize = 1024 * 1024;
 
+/// Most connections one peer may hold to us at once (a simultaneous dial makes two).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// Most incoming connections established at once (many throwaway identities cannot exhaust
+/// file descriptors and per-connection state; spare connections are trimmed above
+/// `target_peers` anyway).
+pub const MAX_INCOMING_CONNECTIONS: u32 = 512;
+/// Most incoming connections still handshaking at once.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+
 /// Identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1.0.0";
 
 /// All protocols the node speaks.
 #[derive(NetworkBehaviour)]
 pub(crate) struct AgoraBehaviour {
+    /// Connection limits (first: denies before the other behaviours set anything up).
+    pub limits: connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub rpc: request_response::Behaviour<RpcCodec>,
     pub identify: identify::Behaviour,
@@ -130,7 +142,14 @@ pub(crate) fn build_swarm(
             } else {
                 None
             };
+            let limits = connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                    .with_max_established_incoming(Some(MAX_INCOMING_CONNECTIONS))
+                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
+            );
             Ok(AgoraBehaviour {
+                limits,
                 gossipsub,
                 rpc,
                 identify,

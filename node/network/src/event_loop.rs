@@ -19,9 +19,10 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::behaviour::{AgoraBehaviour, AgoraBehaviourEvent, build_swarm, topic_score_params};
 use super::presence::PresenceTracker;
+use super::quota::{RateLimiter, loud};
 use super::{
     Command, NetworkConfig, NetworkError, NetworkEvent, NetworkHandle, NetworkStats, PeerInfo,
-    Reply,
+    Reply, SharedCounters,
 };
 use crate::keys::{NodeKey, node_id_of};
 use agora_wire::codec::{Envelope, GOSSIP_MAX_SKEW_MS, MAX_GOSSIP_BYTES, MAX_RPC_BYTES};
@@ -32,8 +33,17 @@ mod liveness;
 /// A peer not watched is declared unreachable after this many idle ping intervals of silence.
 const IDLE_PINGS_BEFORE_DOWN: u32 = 4;
 
-/// Most inbound requests kept waiting for an answer; older ones are dropped.
+/// Most inbound requests waiting for an answer, from everyone together; more are refused.
 const MAX_PENDING_INBOUND: usize = 1024;
+/// Most inbound requests one peer may have waiting for an answer; more are refused.
+const MAX_PENDING_PER_PEER: usize = 32;
+/// Inbound requests per second one peer may send (sustained), and the burst it may send at once.
+const RPC_RATE_PER_SECOND: u32 = 50;
+const RPC_BURST: u32 = 200;
+/// Most peers with a request-rate bucket (one per connected peer; bounded like a connection).
+const MAX_RATE_PEERS: usize = 4096;
+/// Most peers whose agent string is remembered (connected peers only).
+const MAX_AGENTS: usize = 4096;
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
 /// Routing-table refresh (Kademlia's own default period); each refresh dials the peers it queries.
 const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(300);
@@ -47,7 +57,10 @@ struct EventLoop {
     liveness: liveness::Liveness,
     cfg: NetworkConfig,
     pending_requests: HashMap<OutboundRequestId, Reply<Result<Envelope, NetworkError>>>,
-    inbound: BTreeMap<u64, ResponseChannel<Vec<u8>>>,
+    /// Inbound requests waiting for the application's answer, and how many per peer.
+    inbound: BTreeMap<u64, PendingInbound>,
+    pending_per_peer: HashMap<PeerId, usize>,
+    rpc_rates: RateLimiter,
     next_inbound: u64,
     listen_addrs: Vec<Multiaddr>,
     peer_addrs: HashMap<PeerId, Multiaddr>,
@@ -64,6 +77,16 @@ struct EventLoop {
     alive_rx: mpsc::Receiver<PeerId>,
     /// Stops the network's background tasks (heartbeat server and beats).
     cancel: CancellationToken,
+    /// Refusal counters of tasks outside the loop (stream quotas).
+    counters: Arc<SharedCounters>,
+    /// Refusals per kind so far, for quiet logging (see `quota::loud`).
+    refusals: HashMap<&'static str, u64>,
+}
+
+/// An inbound request waiting for the application's answer.
+struct PendingInbound {
+    peer: PeerId,
+    channel: ResponseChannel<Vec<u8>>,
 }
 
 /// A Kademlia provider lookup waiting for its last step.
@@ -94,7 +117,14 @@ pub async fn spawn(
     }
     let streams = swarm.behaviour().stream.new_control();
     let cancel = cancel.child_token();
-    super::heartbeat::serve(streams.clone(), cancel.clone());
+    let counters = Arc::new(SharedCounters::default());
+    let heartbeat_quota = crate::StreamQuota::new(
+        "heartbeat",
+        super::heartbeat::MAX_INBOUND_PER_PEER,
+        super::heartbeat::MAX_INBOUND,
+        counters.heartbeat_refused.clone(),
+    );
+    super::heartbeat::serve(streams.clone(), heartbeat_quota, cancel.clone());
     let (alive_tx, alive_rx) = mpsc::channel(1024);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (ev_tx, _) = broadcast::channel(4096);
@@ -104,6 +134,7 @@ pub async fn spawn(
         local: key.node_id(),
         peer_id: *swarm.local_peer_id(),
         streams: streams.clone(),
+        counters: counters.clone(),
     };
     let event_loop = EventLoop {
         swarm,
@@ -118,6 +149,8 @@ pub async fn spawn(
         cfg,
         pending_requests: HashMap::new(),
         inbound: BTreeMap::new(),
+        pending_per_peer: HashMap::new(),
+        rpc_rates: RateLimiter::new(RPC_RATE_PER_SECOND, RPC_BURST, MAX_RATE_PEERS),
         next_inbound: 0,
         listen_addrs: Vec::new(),
         peer_addrs: HashMap::new(),
@@ -131,6 +164,8 @@ pub async fn spawn(
         alive_tx,
         alive_rx,
         cancel: cancel.clone(),
+        counters,
+        refusals: HashMap::new(),
     };
     let task = tokio::spawn(event_loop.run(cancel).in_current_span());
     Ok((handle, task))
@@ -180,6 +215,7 @@ impl EventLoop {
     /// Redials bootstrap peers while we have fewer than `target_peers` connections, and trims
     /// spare connections above it.
     fn redial(&mut self) {
+        self.expire_inbound();
         self.trim_connections();
         if !self.below_target() {
             return;
@@ -243,7 +279,7 @@ impl EventLoop {
                 self.pending_requests.insert(id, reply);
             }
             Command::Respond(id, data, reply) => {
-                let res = match self.inbound.remove(&id) {
+                let res = match self.take_inbound(id) {
                     Some(ch) => self
                         .swarm
                         .behaviour_mut()
@@ -303,7 +339,10 @@ impl EventLoop {
                 let _ = reply.send(());
             }
             Command::Stats(reply) => {
-                let _ = reply.send(self.stats.clone());
+                let mut stats = self.stats.clone();
+                self.counters.fill(&mut stats);
+                stats.peers_evicted += self.presence.evicted();
+                let _ = reply.send(stats);
             }
             Command::PeerScore(peer, reply) => {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
@@ -371,6 +410,8 @@ impl EventLoop {
                 debug!(peer = %peer_id, "disconnected");
                 self.peer_addrs.remove(&peer_id);
                 self.rtts.remove(&peer_id);
+                self.agents.remove(&peer_id);
+                self.rpc_rates.forget(&peer_id);
                 self.emit(NetworkEvent::Disconnected(peer_id));
                 self.on_peer_disconnected(peer_id);
             }
@@ -379,6 +420,20 @@ impl EventLoop {
                 error,
                 ..
             } => self.on_dial_failed(peer, &error),
+            SwarmEvent::IncomingConnectionError {
+                peer_id,
+                send_back_addr,
+                error: libp2p::swarm::ListenError::Denied { cause },
+                ..
+            } => {
+                self.stats.connections_refused += 1;
+                let peer = peer_id.map(|p| p.to_string()).unwrap_or_default();
+                if self.refused("connection") {
+                    warn!(%peer, addr = %send_back_addr, %cause, "incoming connection refused: connection limit");
+                } else {
+                    debug!(%peer, addr = %send_back_addr, %cause, "incoming connection refused");
+                }
+            }
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
             _ => {}
         }
@@ -397,7 +452,13 @@ impl EventLoop {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
-                self.agents.insert(peer_id, info.agent_version);
+                if self.swarm.is_connected(&peer_id)
+                    && (self.agents.len() < MAX_AGENTS || self.agents.contains_key(&peer_id))
+                {
+                    let mut agent = info.agent_version;
+                    agent.truncate(128);
+                    self.agents.insert(peer_id, agent);
+                }
                 if !self.kad_bootstrapped {
                     self.kad_bootstrapped = true;
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
@@ -485,30 +546,103 @@ impl EventLoop {
         }
     }
 
+    /// Counts one refusal of `kind`; whether to log it at `warn` (see `quota::loud`).
+    fn refused(&mut self, kind: &'static str) -> bool {
+        let n = self.refusals.entry(kind).or_insert(0);
+        *n += 1;
+        loud(*n)
+    }
+
+    /// An inbound request: rate-limited per peer (before the signature is checked), then
+    /// validated, then kept for the application's answer within the per-peer and total
+    /// pending limits. A refused request's channel is dropped: the peer sees its request fail.
+    fn on_inbound_request(
+        &mut self,
+        peer: PeerId,
+        request: &[u8],
+        channel: ResponseChannel<Vec<u8>>,
+    ) {
+        if !self.rpc_rates.allow(peer, std::time::Instant::now()) {
+            self.stats.rpc_rate_limited += 1;
+            if self.refused("rpc rate") {
+                warn!(%peer, refused = self.stats.rpc_rate_limited, "request refused: peer over its request rate");
+            } else {
+                debug!(%peer, "request refused: rate");
+            }
+            return;
+        }
+        let mine = self.pending_per_peer.get(&peer).copied().unwrap_or(0);
+        if mine >= MAX_PENDING_PER_PEER || self.inbound.len() >= MAX_PENDING_INBOUND {
+            self.stats.rpc_pending_refused += 1;
+            let limit = if mine >= MAX_PENDING_PER_PEER {
+                "per-peer"
+            } else {
+                "total"
+            };
+            if self.refused("rpc pending") {
+                warn!(%peer, limit, refused = self.stats.rpc_pending_refused, "request refused: too many waiting for an answer");
+            } else {
+                debug!(%peer, limit, "request refused: pending");
+            }
+            return;
+        }
+        match Envelope::open(request, MAX_RPC_BYTES) {
+            Ok(env) => {
+                let id = self.next_inbound;
+                self.next_inbound += 1;
+                self.inbound.insert(id, PendingInbound { peer, channel });
+                *self.pending_per_peer.entry(peer).or_insert(0) += 1;
+                self.emit(NetworkEvent::Request {
+                    id,
+                    peer,
+                    envelope: Arc::new(env),
+                });
+            }
+            Err(e) => {
+                warn!(%peer, error = %e, "rejected request");
+                self.stats.rpc_rejected += 1;
+            }
+        }
+    }
+
+    /// Takes a pending inbound request's channel out (to answer it).
+    fn take_inbound(&mut self, id: u64) -> Option<ResponseChannel<Vec<u8>>> {
+        let p = self.inbound.remove(&id)?;
+        self.release_pending(p.peer);
+        Some(p.channel)
+    }
+
+    fn release_pending(&mut self, peer: PeerId) {
+        if let Some(n) = self.pending_per_peer.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.pending_per_peer.remove(&peer);
+            }
+        }
+    }
+
+    /// Drops pending requests nobody will answer any more (the peer timed out or left).
+    fn expire_inbound(&mut self) {
+        let dead: Vec<u64> = self
+            .inbound
+            .iter()
+            .filter(|(_, p)| !p.channel.is_open())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            if let Some(p) = self.inbound.remove(&id) {
+                self.release_pending(p.peer);
+                self.stats.rpc_expired += 1;
+            }
+        }
+    }
+
     fn on_rpc(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => match Envelope::open(&request, MAX_RPC_BYTES) {
-                    Ok(env) => {
-                        let id = self.next_inbound;
-                        self.next_inbound += 1;
-                        self.inbound.insert(id, channel);
-                        while self.inbound.len() > MAX_PENDING_INBOUND {
-                            self.inbound.pop_first();
-                        }
-                        self.emit(NetworkEvent::Request {
-                            id,
-                            peer,
-                            envelope: Arc::new(env),
-                        });
-                    }
-                    Err(e) => {
-                        warn!(%peer, error = %e, "rejected request");
-                        self.stats.rpc_rejected += 1;
-                    }
-                },
+                } => self.on_inbound_request(peer, &request, channel),
                 request_response::Message::Response {
                     request_id,
                     response,

@@ -8,15 +8,17 @@
 //! and was most of an idle node's CPU; now the fast rate costs O(watched peers).
 //!
 //! Both sides run outside the swarm loop on `libp2p-stream`: a beat task per watched peer, and
-//! one accept task that echoes (at most [`MAX_INBOUND`] streams at once, each closed after
-//! [`INBOUND_IDLE`] of silence).
+//! one accept task that echoes (at most [`MAX_INBOUND_PER_PEER`] streams per remote and
+//! [`MAX_INBOUND`] in all at once, each closed after [`INBOUND_IDLE`] of silence; a refused
+//! stream is counted in `NetworkStats::heartbeat_streams_refused`). The accept loop never waits
+//! on anything but the next stream: libp2p-stream hands inbound streams over a one-slot channel
+//! and drops what arrives while it is full.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
@@ -24,11 +26,17 @@ use tracing::{Instrument, debug};
 pub const HEARTBEAT_PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/heartbeat/1.0.0");
 /// Most inbound heartbeat streams served at once; more are closed on arrival.
 pub const MAX_INBOUND: usize = 256;
+/// Most inbound heartbeat streams one peer may hold (it needs one; a reconnect briefly two).
+pub const MAX_INBOUND_PER_PEER: usize = 4;
 /// An inbound heartbeat stream silent for this long is closed.
 pub const INBOUND_IDLE: Duration = Duration::from_secs(30);
 
 /// Serves heartbeats: echoes each 8-byte beat on every inbound stream until `cancel`.
-pub(crate) fn serve(mut control: libp2p_stream::Control, cancel: CancellationToken) {
+pub(crate) fn serve(
+    mut control: libp2p_stream::Control,
+    quota: crate::StreamQuota,
+    cancel: CancellationToken,
+) {
     let incoming = control.accept(HEARTBEAT_PROTOCOL);
     tokio::spawn(
         async move {
@@ -36,7 +44,6 @@ pub(crate) fn serve(mut control: libp2p_stream::Control, cancel: CancellationTok
                 debug!("heartbeat protocol already registered");
                 return;
             };
-            let slots = Arc::new(Semaphore::new(MAX_INBOUND));
             loop {
                 let (peer, stream) = tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -45,8 +52,8 @@ pub(crate) fn serve(mut control: libp2p_stream::Control, cancel: CancellationTok
                         None => break,
                     },
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    debug!(%peer, "too many heartbeat streams; closing one");
+                // Refusals are counted and logged by the quota; dropping the stream closes it.
+                let Some(slot) = quota.try_acquire(peer) else {
                     continue;
                 };
                 let cancel = cancel.clone();

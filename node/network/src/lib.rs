@@ -14,12 +14,14 @@
 
 mod behaviour;
 mod event_loop;
-mod heartbeat;
+pub mod heartbeat;
 pub mod keys;
 pub mod presence;
+pub mod quota;
 mod rpc_codec;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agora_market::NodeId;
@@ -29,6 +31,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub use behaviour::MAX_GOSSIP_TRANSMIT;
 pub use event_loop::spawn;
 pub use presence::{PeerPresence, PresenceEvent};
+pub use quota::{StreamPermit, StreamQuota};
 pub use rpc_codec::RPC_PROTOCOL;
 
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, multiaddr};
@@ -147,8 +150,10 @@ pub struct PeerInfo {
     pub rtt_ms: Option<u64>,
 }
 
-/// Counters the loop keeps.
+/// Counters the loop keeps. Every refusal of a per-peer limit (#13.9) has its own counter;
+/// each is also logged with the peer (at `warn` for the 1st, 2nd, 4th, 8th… refusal).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct NetworkStats {
     /// Gossip messages accepted and delivered to the application.
     pub gossip_accepted: u64,
@@ -158,6 +163,35 @@ pub struct NetworkStats {
     pub rpc_rejected: u64,
     /// Gossip messages published by this node.
     pub gossip_published: u64,
+    /// Inbound requests refused because their peer exceeded its request rate.
+    pub rpc_rate_limited: u64,
+    /// Inbound requests refused because their peer (or everyone together) already had the
+    /// most requests waiting for an answer.
+    pub rpc_pending_refused: u64,
+    /// Inbound requests that expired unanswered (the peer stopped waiting).
+    pub rpc_expired: u64,
+    /// Inbound heartbeat streams refused (per-peer or total quota).
+    pub heartbeat_streams_refused: u64,
+    /// Inbound bitswap streams refused (per-peer or total quota).
+    pub bitswap_streams_refused: u64,
+    /// Incoming connections refused by the connection limits.
+    pub connections_refused: u64,
+    /// Peers evicted from a full per-peer table (presence, addresses).
+    pub peers_evicted: u64,
+}
+
+/// Counters shared with tasks outside the swarm loop (stream accept loops).
+#[derive(Debug, Default)]
+pub(crate) struct SharedCounters {
+    pub(crate) heartbeat_refused: Arc<AtomicU64>,
+    pub(crate) bitswap_refused: Arc<AtomicU64>,
+}
+
+impl SharedCounters {
+    pub(crate) fn fill(&self, stats: &mut NetworkStats) {
+        stats.heartbeat_streams_refused = self.heartbeat_refused.load(Ordering::Relaxed);
+        stats.bitswap_streams_refused = self.bitswap_refused.load(Ordering::Relaxed);
+    }
 }
 
 /// Things the network reports to the application.
@@ -220,6 +254,7 @@ pub struct NetworkHandle {
     local: NodeId,
     peer_id: PeerId,
     streams: libp2p_stream::Control,
+    counters: Arc<SharedCounters>,
 }
 
 impl std::fmt::Debug for NetworkHandle {
@@ -370,5 +405,17 @@ impl NetworkHandle {
     /// Gossipsub score of a peer as seen by this node.
     pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, NetworkError> {
         self.call(|r| Command::PeerScore(peer, r)).await
+    }
+
+    /// The quota for inbound bitswap streams (at most `per_peer` per remote, `total` in all);
+    /// its refusals are counted in [`NetworkStats::bitswap_streams_refused`]. Share one quota
+    /// among the accept loops of every bitswap protocol version.
+    pub fn bitswap_quota(&self, per_peer: usize, total: usize) -> StreamQuota {
+        StreamQuota::new(
+            "bitswap",
+            per_peer,
+            total,
+            self.counters.bitswap_refused.clone(),
+        )
     }
 }

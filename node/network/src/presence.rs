@@ -60,12 +60,19 @@ struct Entry {
     connected: bool,
 }
 
+/// Most peers the tracker remembers; above it, unwatched peers without a connection are
+/// evicted (unreachable ones first, the longest-unreachable first). Watched and connected
+/// peers are never evicted (they are bounded by the watches and the connection limits).
+pub const MAX_TRACKED_PEERS: usize = 2048;
+
 /// Pure presence tracker; the event loop feeds it connection events, pings and ticks.
 #[derive(Debug)]
 pub struct PresenceTracker {
     watched_timeout: u64,
     idle_timeout: u64,
+    max_peers: usize,
     peers: HashMap<NodeId, Entry>,
+    evicted: u64,
 }
 
 impl PresenceTracker {
@@ -75,11 +82,55 @@ impl PresenceTracker {
         PresenceTracker {
             watched_timeout: agora_wire::duration_ms(watched_timeout),
             idle_timeout: agora_wire::duration_ms(idle_timeout),
+            max_peers: MAX_TRACKED_PEERS,
             peers: HashMap::new(),
+            evicted: 0,
+        }
+    }
+
+    /// The same tracker remembering at most `max_peers` evictable peers.
+    pub fn with_max_peers(mut self, max_peers: usize) -> Self {
+        self.max_peers = max_peers.max(1);
+        self
+    }
+
+    /// Peers evicted so far because the table was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Number of peers in the table.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Makes room for one more peer: evicts the unwatched, unconnected peer that is
+    /// unreachable the longest (or, failing that, silent the longest).
+    fn make_room(&mut self) {
+        if self.peers.len() < self.max_peers {
+            return;
+        }
+        let victim = self
+            .peers
+            .values()
+            .filter(|e| !e.presence.watched && !e.connected)
+            .min_by_key(|e| (e.presence.reachable, e.presence.since))
+            .map(|e| e.presence.node);
+        if let Some(v) = victim {
+            self.peers.remove(&v);
+            self.evicted += 1;
         }
     }
 
     fn entry(&mut self, node: NodeId, now: Timestamp) -> &mut Entry {
+        if !self.peers.contains_key(&node) {
+            self.make_room();
+        }
         self.peers.entry(node).or_insert_with(|| Entry {
             presence: PeerPresence {
                 node,
@@ -284,6 +335,30 @@ mod tests {
             t.connected(n, 50),
             Some(PresenceEvent::Up { node: n, at: 50 })
         );
+    }
+
+    #[test]
+    fn table_is_bounded_and_evicts_unreachable_unwatched_peers_first() {
+        let mut t =
+            PresenceTracker::new(Duration::from_secs(1), Duration::from_secs(1)).with_max_peers(3);
+        let ids: Vec<NodeId> = (10..20)
+            .map(|s| KeySigner::from_seed(s).node_id())
+            .collect();
+        // A watched peer and a connected one are never evicted.
+        t.set_watched(ids[0], true, 0);
+        t.connected(ids[1], 0);
+        // A peer that came and went (down), then many throwaway identities passing through.
+        t.connected(ids[2], 0);
+        t.disconnected(ids[2]);
+        t.dial_failed(ids[2], 1);
+        for (i, id) in ids.iter().enumerate().skip(3) {
+            t.connected(*id, i as u64);
+            t.disconnected(*id);
+        }
+        assert!(t.len() <= 3, "table grew to {}", t.len());
+        assert!(t.get(&ids[0]).is_some() && t.get(&ids[1]).is_some());
+        assert!(t.get(&ids[2]).is_none(), "the down peer went first");
+        assert_eq!(t.evicted(), 7);
     }
 
     #[test]

@@ -20,6 +20,9 @@ use agora_wire::now_ms;
 
 /// Most addresses remembered per peer.
 const MAX_ADDRS_PER_PEER: usize = 8;
+/// Most peers whose addresses are remembered; above it, addresses of peers that are neither
+/// connected nor watched are forgotten.
+const MAX_ADDR_PEERS: usize = 2048;
 /// Longest wait between two redials of a watched peer.
 const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -54,6 +57,26 @@ impl EventLoop {
     }
 
     fn remember_addr(&mut self, peer: PeerId, addr: Multiaddr) {
+        if !self.liveness.addrs.contains_key(&peer) && self.liveness.addrs.len() >= MAX_ADDR_PEERS {
+            let before = self.liveness.addrs.len();
+            let watched = &self.liveness.watched;
+            let swarm = &self.swarm;
+            self.liveness
+                .addrs
+                .retain(|p, _| watched.contains_key(p) || swarm.is_connected(p));
+            let gone = before - self.liveness.addrs.len();
+            self.stats.peers_evicted += gone as u64;
+            if gone > 0 {
+                info!(
+                    forgotten = gone,
+                    "address table full: forgot peers that left"
+                );
+            }
+            if self.liveness.addrs.len() >= MAX_ADDR_PEERS {
+                debug!(%peer, "address table full of connected or watched peers");
+                return;
+            }
+        }
         let list = self.liveness.addrs.entry(peer).or_default();
         if !list.contains(&addr) {
             list.insert(0, addr);

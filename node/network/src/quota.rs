@@ -1,0 +1,240 @@
+//! Per-peer limits on inbound traffic (issue #13.9): concurrent raw streams per protocol
+//! ([`StreamQuota`]) and request rates ([`RateLimiter`]). A remote can hold at most its own
+//! share; a refusal is counted (in [`crate::NetworkStats`]) and logged with the peer.
+//!
+//! Both maps are keyed by `PeerId` and hold an entry only while it matters: a stream quota
+//! only while the peer holds a permit (so never more than `total` entries), a rate limiter
+//! until the peer disconnects ([`RateLimiter::forget`]); and at most `max_peers` entries.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use libp2p::PeerId;
+use tracing::{debug, warn};
+
+/// Whether a refusal should be logged at `warn` (the 1st, 2nd, 4th, 8th… of a counter), so a
+/// flood cannot turn the log into a second flood; every other refusal is logged at `debug`.
+pub(crate) fn loud(count: u64) -> bool {
+    count.is_power_of_two()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug)]
+struct QuotaInner {
+    name: &'static str,
+    per_peer: usize,
+    total: usize,
+    held: Mutex<HashMap<PeerId, usize>>,
+    refused: Arc<AtomicU64>,
+}
+
+/// Limits the inbound streams of one protocol held open at once: `per_peer` for each remote,
+/// `total` for all of them. Cloneable (one quota shared by every accept loop of a protocol
+/// family, e.g. the four bitswap versions).
+#[derive(Clone, Debug)]
+pub struct StreamQuota {
+    inner: Arc<QuotaInner>,
+}
+
+/// One admitted stream; dropping it frees the slot.
+#[derive(Debug)]
+pub struct StreamPermit {
+    inner: Arc<QuotaInner>,
+    peer: PeerId,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut held = lock(&self.inner.held);
+        if let Some(n) = held.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl StreamQuota {
+    /// A quota named `name` (for logs) counting refusals in `refused`.
+    pub(crate) fn new(
+        name: &'static str,
+        per_peer: usize,
+        total: usize,
+        refused: Arc<AtomicU64>,
+    ) -> StreamQuota {
+        StreamQuota {
+            inner: Arc::new(QuotaInner {
+                name,
+                per_peer: per_peer.max(1),
+                total: total.max(1),
+                held: Mutex::new(HashMap::new()),
+                refused,
+            }),
+        }
+    }
+
+    /// Admits one more stream from `peer`, or refuses it (counted and logged) when the peer
+    /// already holds `per_peer` or everyone together `total`.
+    pub fn try_acquire(&self, peer: PeerId) -> Option<StreamPermit> {
+        let q = &self.inner;
+        let mut held = lock(&q.held);
+        let mine = held.get(&peer).copied().unwrap_or(0);
+        let all: usize = held.values().sum();
+        if mine >= q.per_peer || all >= q.total {
+            drop(held);
+            let n = q.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            let why = if mine >= q.per_peer {
+                "per-peer"
+            } else {
+                "total"
+            };
+            if loud(n) {
+                warn!(%peer, protocol = q.name, limit = why, refused = n, "inbound stream refused: quota full");
+            } else {
+                debug!(%peer, protocol = q.name, limit = why, "inbound stream refused: quota full");
+            }
+            return None;
+        }
+        *held.entry(peer).or_insert(0) += 1;
+        Some(StreamPermit {
+            inner: self.inner.clone(),
+            peer,
+        })
+    }
+
+    /// Streams `peer` holds now.
+    pub fn held_by(&self, peer: &PeerId) -> usize {
+        lock(&self.inner.held).get(peer).copied().unwrap_or(0)
+    }
+
+    /// Peers holding at least one stream (the map's size).
+    pub fn peers(&self) -> usize {
+        lock(&self.inner.held).len()
+    }
+}
+
+/// A token bucket per peer: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    max_peers: usize,
+    buckets: HashMap<PeerId, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(per_second: u32, burst: u32, max_peers: usize) -> RateLimiter {
+        RateLimiter {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+            max_peers: max_peers.max(1),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one token from `peer`'s bucket; `false` when it is empty.
+    pub(crate) fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
+        if !self.buckets.contains_key(&peer) && self.buckets.len() >= self.max_peers {
+            // Full of peers: drop the fullest bucket (the peer that asked least recently is
+            // the one that loses least from a reset).
+            let victim = self
+                .buckets
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(p, _)| *p);
+            if let Some(v) = victim {
+                self.buckets.remove(&v);
+            }
+        }
+        let (tokens, last) = self.buckets.entry(peer).or_insert((self.burst, now));
+        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+        *tokens = (*tokens + elapsed * self.per_second).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The peer left: its bucket goes.
+    pub(crate) fn forget(&mut self, peer: &PeerId) {
+        self.buckets.remove(peer);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn stream_quota_is_per_peer_and_total_and_frees_on_drop() {
+        let refused = Arc::new(AtomicU64::new(0));
+        let q = StreamQuota::new("test", 2, 3, refused.clone());
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let a1 = q.try_acquire(a).unwrap();
+        let _a2 = q.try_acquire(a).unwrap();
+        assert!(q.try_acquire(a).is_none(), "per-peer limit");
+        let b1 = q.try_acquire(b).unwrap();
+        assert!(q.try_acquire(b).is_none(), "total limit");
+        assert_eq!(refused.load(Ordering::Relaxed), 2);
+        drop(a1);
+        assert!(q.try_acquire(b).is_some(), "a freed slot is reusable");
+        drop(b1);
+        assert_eq!(q.held_by(&a), 1);
+    }
+
+    #[test]
+    fn stream_quota_map_shrinks_when_permits_go() {
+        let q = StreamQuota::new("test", 1, 1000, Arc::new(AtomicU64::new(0)));
+        let permits: Vec<_> = (0..100)
+            .map(|_| q.try_acquire(PeerId::random()).unwrap())
+            .collect();
+        assert_eq!(q.peers(), 100);
+        drop(permits);
+        assert_eq!(q.peers(), 0);
+    }
+
+    #[test]
+    fn rate_limiter_allows_a_burst_then_the_refill_rate() {
+        let mut r = RateLimiter::new(10, 5, 100);
+        let p = PeerId::random();
+        let t0 = Instant::now();
+        assert!((0..5).all(|_| r.allow(p, t0)));
+        assert!(!r.allow(p, t0), "burst spent");
+        assert!(
+            r.allow(p, t0 + Duration::from_millis(110)),
+            "one token after 100 ms"
+        );
+        assert!(!r.allow(p, t0 + Duration::from_millis(110)));
+        // Another peer has its own bucket.
+        assert!(r.allow(PeerId::random(), t0));
+    }
+
+    #[test]
+    fn rate_limiter_is_bounded_and_forgets_peers() {
+        let mut r = RateLimiter::new(1, 1, 10);
+        let t0 = Instant::now();
+        let peers: Vec<_> = (0..50).map(|_| PeerId::random()).collect();
+        for (i, p) in peers.iter().enumerate() {
+            r.allow(*p, t0 + Duration::from_millis(i as u64));
+        }
+        assert_eq!(r.len(), 10);
+        r.forget(&peers[49]);
+        assert_eq!(r.len(), 9);
+    }
+}

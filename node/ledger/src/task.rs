@@ -36,6 +36,9 @@ pub enum LedgerTaskError {
     /// The mempool refused.
     #[error(transparent)]
     Mempool(#[from] MempoolError),
+    /// The ledger refuses this node's own transaction (checked before it is gossiped).
+    #[error(transparent)]
+    Refused(agora_contracts::LedgerError),
 }
 
 /// A block as applied, for subscribers (the orchestrator acts on its events).
@@ -407,7 +410,7 @@ impl LedgerTask {
             self.view
                 .ledger
                 .check(now_ms(), &tx)
-                .map_err(|e| LedgerTaskError::Ledger(e.to_string()))?;
+                .map_err(LedgerTaskError::Refused)?;
         }
         let size = serde_cbor::to_vec(&tx)
             .map_err(|e| LedgerTaskError::Ledger(format!("cannot encode transaction: {e}")))?

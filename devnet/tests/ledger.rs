@@ -338,3 +338,39 @@ async fn idle_chain_is_quiet_but_decides_transactions_at_once() {
     );
     net.shutdown().await;
 }
+
+/// #13.3 on a real swarm: one of four arbitrators (a test hook in its consensus driver)
+/// proposes every block 30 days ahead of its clock. The honest three do not vote for those
+/// proposals (`contracts::check_block_time`), its rounds time out and the next proposer
+/// decides: the chain keeps deciding and ledger time never jumps, on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arbitrator_proposing_thirty_days_ahead_cannot_move_ledger_time() {
+    const DAY_MS: u64 = 24 * 60 * 60 * 1_000;
+    let net = Devnet::builder().nodes(4).spawn().await.unwrap();
+    net.wait_connected(3, WAIT).await.unwrap();
+    let l3 = net.node(3).unwrap().ledger.clone().unwrap();
+    l3.byzantine_proposal_skew(30 * DAY_MS).await.unwrap();
+    let start = height(&net, 0).await;
+    // Eight transactions, each final before the next: proposers rotate by height and round, so
+    // the skewed arbitrator gets its turns.
+    let l1 = net.node(1).unwrap().ledger.clone().unwrap();
+    let mut want = balance(&net, 0, 1).await;
+    for _ in 0..8 {
+        l1.submit(TxKind::Faucet { amount: 10 }).await.unwrap();
+        want += 10;
+        wait_balance(&net, &[0, 1, 2, 3], 1, want).await;
+    }
+    assert!(
+        height(&net, 0).await >= start + 8,
+        "the chain kept deciding"
+    );
+    let now = agora_wire::now_ms();
+    for i in 0..4 {
+        let l = net.node(i).unwrap().ledger.clone().unwrap();
+        let time = l.query(|v| v.ledger.last_block_time()).await.unwrap();
+        assert!(
+            time <= now + 2_000,
+            "node{i}: ledger time {time} jumped past the clock {now}"
+        );
+    }
+}

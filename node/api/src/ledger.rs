@@ -10,7 +10,7 @@ use agora_contracts::{ContractId, TxKind};
 use agora_market::NodeId;
 
 use super::{ApiError, ApiState, authorize};
-use agora_ledger::LedgerHandle;
+use agora_ledger::{LedgerHandle, LedgerTaskError, MempoolError};
 
 /// `GET /v1/ledger/status`
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -236,7 +236,7 @@ async fn transfer(
             amount: req.amount,
         })
         .await
-        .map_err(bad)?;
+        .map_err(|e| bad(explain(s.network.node_id(), &e)))?;
     Ok(Json(SubmittedReply {
         sender: tx.tx.sender.to_string(),
         nonce: tx.tx.nonce,
@@ -252,11 +252,89 @@ async fn faucet(
     let tx = ledger(&s)?
         .submit(TxKind::Faucet { amount: req.amount })
         .await
-        .map_err(bad)?;
+        .map_err(|e| bad(explain(s.network.node_id(), &e)))?;
     Ok(Json(SubmittedReply {
         sender: tx.tx.sender.to_string(),
         nonce: tx.tx.nonce,
     }))
+}
+
+/// Turns the ledger's (or the mempool's) refusal of this node's own transaction into a full
+/// sentence that names the fix; other errors keep their own message.
+fn explain(me: NodeId, e: &LedgerTaskError) -> String {
+    use agora_contracts::{AdmissionError as A, LedgerError as L};
+    let fund_me = format!(
+        "this node's account {me} does not exist on the ledger yet (it is not in the genesis \
+         file, and the faucet only tops up existing accounts): ask the operator of a funded node \
+         to send it at least the minimum balance, e.g. `agora transfer {me} 1000 --data-dir \
+         .agora-devnet/node0`, then try again"
+    );
+    let sentence = match e {
+        LedgerTaskError::Refused(L::UnknownAccount { .. })
+        | LedgerTaskError::Mempool(MempoolError::Refused(A::UnknownAccount { .. })) => fund_me,
+        LedgerTaskError::Mempool(MempoolError::Refused(A::Unfunded { holds, min, .. })) => format!(
+            "this node's account {me} holds {holds} tokens, less than the {min} an account needs \
+             to submit transactions: ask a funded node to send it at least {}, e.g. `agora \
+             transfer {me} {} --data-dir .agora-devnet/node0`",
+            min.saturating_sub(*holds),
+            min.saturating_sub(*holds)
+        ),
+        LedgerTaskError::Refused(L::ZeroAmount { .. }) => {
+            "the amount is 0: transfers and faucet requests must move at least 1 token".into()
+        }
+        LedgerTaskError::Refused(L::BelowMinimumBalance { to, amount, min }) => format!(
+            "{to} has no account yet, and a transfer that creates an account must bring at least \
+             {min} tokens (this one brings {amount}): send {min} or more"
+        ),
+        LedgerTaskError::Refused(L::InsufficientFunds {
+            available, needed, ..
+        }) => format!(
+            "this node has {available} spendable tokens but this needs {needed} (locked and \
+             bonded funds cannot be spent): send less, or on a devnet ask the faucet first \
+             (`agora faucet --amount N`)"
+        ),
+        LedgerTaskError::Refused(L::FaucetDisabled) => {
+            "this chain has no faucet (only devnets do): ask the operator of a funded account \
+             for a transfer (`agora transfer NODE_ID AMOUNT` on their node)"
+                .into()
+        }
+        LedgerTaskError::Refused(L::FaucetLimit { requested, max }) => format!(
+            "the faucet gives at most {max} per request ({requested} asked): ask for {max} or \
+             less, e.g. `agora faucet --amount {max}`"
+        ),
+        LedgerTaskError::Refused(L::FaucetAccountCap {
+            received,
+            requested,
+            max,
+            ..
+        }) => format!(
+            "the faucet already gave this account {received} of its lifetime cap of {max}, so \
+             {requested} more is refused: ask for at most {} or get a transfer from a funded \
+             account",
+            max.saturating_sub(*received)
+        ),
+        LedgerTaskError::Refused(L::FaucetBlockCap { max, .. }) => format!(
+            "the faucet already minted close to its per-block cap of {max} in this block: wait \
+             a few seconds for the next block and ask again (or for less)"
+        ),
+        LedgerTaskError::Mempool(MempoolError::Refused(A::SenderFull { pending, .. })) => {
+            format!(
+                "this node already has {pending} transactions waiting for a block: wait a few \
+                 seconds for them to be included, then submit again"
+            )
+        }
+        LedgerTaskError::Mempool(MempoolError::Full { .. }) => {
+            "the mempool is full: wait a few seconds for the next block, then submit again".into()
+        }
+        other => return other.to_string(),
+    };
+    let mut s = sentence;
+    if let Some(first) = s.get(..1) {
+        let upper = first.to_uppercase();
+        s.replace_range(..1, &upper);
+    }
+    s.push('.');
+    s
 }
 
 /// The ledger routes.
@@ -269,4 +347,59 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/ledger/earnings", get(earnings))
         .route("/v1/ledger/transfer", post(transfer))
         .route("/v1/ledger/faucet", post(faucet))
+}
+
+#[cfg(test)]
+mod tests {
+    use agora_contracts::{AdmissionError, LedgerError};
+    use agora_market::NodeId;
+
+    use super::*;
+
+    #[test]
+    fn refusals_become_sentences_that_name_the_fix() {
+        let me = NodeId([3; 32]);
+        let fresh = explain(
+            me,
+            &LedgerTaskError::Mempool(MempoolError::Refused(AdmissionError::UnknownAccount {
+                sender: me,
+                min: 1_000,
+            })),
+        );
+        assert!(fresh.starts_with("This node's account"), "{fresh}");
+        assert!(
+            fresh.contains(&format!("agora transfer {me} 1000")),
+            "{fresh}"
+        );
+        assert!(fresh.ends_with('.'));
+        let zero = explain(
+            me,
+            &LedgerTaskError::Refused(LedgerError::ZeroAmount { sender: me }),
+        );
+        assert!(zero.contains("at least 1 token"), "{zero}");
+        let cap = explain(
+            me,
+            &LedgerTaskError::Refused(LedgerError::FaucetAccountCap {
+                account: me,
+                received: 9_000,
+                requested: 5_000,
+                max: 10_000,
+            }),
+        );
+        assert!(cap.contains("at most 1000"), "{cap}");
+        let small = explain(
+            me,
+            &LedgerTaskError::Refused(LedgerError::BelowMinimumBalance {
+                to: me,
+                amount: 5,
+                min: 1_000,
+            }),
+        );
+        assert!(small.contains("send 1000 or more"), "{small}");
+        // Anything else keeps the ledger's own message.
+        assert_eq!(
+            explain(me, &LedgerTaskError::Stopped),
+            LedgerTaskError::Stopped.to_string()
+        );
+    }
 }

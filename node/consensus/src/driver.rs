@@ -34,8 +34,9 @@ pub struct ConsensusDriver {
     state: State<AgoraContext>,
     io: Io,
     me: NodeId,
-    /// Verified proposals for `height + 1`, replayed when that height starts.
-    future_proposals: Vec<(NodeId, SignedProposalMsg)>,
+    /// Verified proposals for `height + 1` with when they arrived, replayed when that height
+    /// starts (their block time is judged against the clock at arrival).
+    future_proposals: Vec<(NodeId, SignedProposalMsg, Timestamp)>,
     last_sync_request: Option<(u64, Timestamp)>,
 }
 
@@ -81,6 +82,8 @@ impl ConsensusDriver {
                 now: 0,
                 height: 0,
                 parent: BlockId::GENESIS_PARENT,
+                parent_time: 0,
+                proposal_skew_ms: 0,
                 height_started_at: 0,
                 effects: Vec::new(),
                 followups: VecDeque::new(),
@@ -113,6 +116,20 @@ impl ConsensusDriver {
     /// The committee.
     pub fn validators(&self) -> &ValidatorSet {
         &self.io.validators
+    }
+
+    /// Sets the time of the block the next [`Input::StartHeight`] builds on (the ledger's last
+    /// block time): proposals must be after it. Call before starting a height from storage;
+    /// after a decision the driver tracks it itself.
+    pub fn set_parent_time(&mut self, time: Timestamp) {
+        self.io.parent_time = time;
+    }
+
+    /// Test hook: this node proposes blocks `skew_ms` ahead of its clock (a faulty or
+    /// byzantine proposer). Only with the `test-utils` feature.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn byzantine_proposal_skew(&mut self, skew_ms: u64) {
+        self.io.proposal_skew_ms = skew_ms;
     }
 
     /// A decided block still held in memory.
@@ -223,17 +240,17 @@ impl ConsensusDriver {
         }
         let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.future_proposals)
             .into_iter()
-            .filter(|(_, p)| p.proposal.block().height >= height)
-            .partition(|(_, p)| p.proposal.block().height == height);
+            .filter(|(_, p, _)| p.proposal.block().height >= height)
+            .partition(|(_, p, _)| p.proposal.block().height == height);
         self.future_proposals = later;
-        for (from, proposal) in ready {
-            self.on_proposal(from, proposal);
+        for (from, proposal, arrived) in ready {
+            self.on_proposal(from, proposal, arrived);
         }
     }
 
     fn on_message(&mut self, from: NodeId, msg: ConsensusMessage) {
         match msg {
-            ConsensusMessage::Proposal(p) => self.on_proposal(from, p),
+            ConsensusMessage::Proposal(p) => self.on_proposal(from, p, self.io.now),
             ConsensusMessage::Vote(v) => self.on_vote(from, v),
             ConsensusMessage::PolkaCertificate(cert) => {
                 let (height, count) = (cert.height, cert.signatures.len());
@@ -310,7 +327,8 @@ impl ConsensusDriver {
         self.process(mc::Input::Vote(vote.to_malachite()));
     }
 
-    fn on_proposal(&mut self, from: NodeId, proposal: SignedProposalMsg) {
+    /// A proposal that arrived at `arrived` (ms, our clock).
+    fn on_proposal(&mut self, from: NodeId, proposal: SignedProposalMsg, arrived: Timestamp) {
         if let Err(error) = proposal.verify(&self.io.validators) {
             return self.reject(Some(from), error);
         }
@@ -324,11 +342,11 @@ impl ConsensusDriver {
             // Keep the first proposal per (height, round): an equivocating proposer cannot
             // crowd out the other rounds' proposers.
             let round = proposal.proposal.round_number();
-            let seen = self.future_proposals.iter().any(|(_, p)| {
+            let seen = self.future_proposals.iter().any(|(_, p, _)| {
                 p.proposal.block().height == height && p.proposal.round_number() == round
             });
             if !seen && self.future_proposals.len() < MAX_FUTURE_PROPOSALS {
-                self.future_proposals.push((from, proposal));
+                self.future_proposals.push((from, proposal, arrived));
             }
             return;
         }
@@ -337,6 +355,31 @@ impl ConsensusDriver {
                 height,
                 block: block.id(),
                 reason: "parent is not the block decided at the previous height",
+            };
+            return self.reject(Some(from), error);
+        }
+        // BFT time: a fresh proposal must be after its parent and near our clock; a
+        // re-proposal of a value locked in an earlier round (pol round) only after its parent.
+        let round = proposal.proposal.round_number();
+        let timely = match proposal.proposal.pol_round_number() {
+            Some(_) if block.timestamp > self.io.parent_time => Ok(()),
+            Some(_) => Err(agora_contracts::BlockTimeError::NotAfterParent {
+                parent: self.io.parent_time,
+                proposed: block.timestamp,
+            }),
+            None => agora_contracts::check_block_time(
+                self.io.parent_time,
+                block.timestamp,
+                arrived,
+                self.io.config.block_time_tolerance_ms,
+            ),
+        };
+        if let Err(error) = timely {
+            let error = ConsensusError::BlockTime {
+                proposer: block.proposer,
+                height,
+                round,
+                error,
             };
             return self.reject(Some(from), error);
         }
@@ -369,7 +412,12 @@ impl ConsensusDriver {
             height,
             parent: self.io.parent,
             proposer: self.me,
-            timestamp: self.io.now,
+            // Always after the parent, even when this node's clock lags the last block.
+            timestamp: self
+                .io
+                .now
+                .saturating_add(self.io.proposal_skew_ms)
+                .max(self.io.parent_time.saturating_add(1)),
             transactions,
         };
         self.io.blocks.insert(block.id(), block.clone());

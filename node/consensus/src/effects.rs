@@ -26,6 +26,10 @@ pub struct ConsensusConfig {
     /// Minimum time between two sync requests, and how long a height may run before a peer
     /// one height ahead makes us ask for sync (ms).
     pub sync_retry_ms: u64,
+    /// How far a proposed block's time may lie from this validator's clock, either way (the
+    /// chain's `LedgerParams::block_time_tolerance_ms`): a fresh proposal outside it, or not
+    /// after its parent, is not voted for (`agora_contracts::check_block_time`).
+    pub block_time_tolerance_ms: u64,
 }
 
 impl Default for ConsensusConfig {
@@ -35,6 +39,7 @@ impl Default for ConsensusConfig {
             history: 1024,
             max_sync_blocks: 64,
             sync_retry_ms: 2_000,
+            block_time_tolerance_ms: 2_000,
         }
     }
 }

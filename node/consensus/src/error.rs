@@ -76,6 +76,19 @@ pub enum ConsensusError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A fresh proposal's block time is not after its parent's or too far from our clock; this
+    /// validator does not vote for it (the round times out and prevotes nil).
+    #[error("proposal by {proposer} for height {height} round {round} refused: {error}")]
+    BlockTime {
+        /// The proposer.
+        proposer: NodeId,
+        /// Height.
+        height: u64,
+        /// Round.
+        round: u32,
+        /// What is wrong with its time.
+        error: agora_contracts::BlockTimeError,
+    },
     /// A message carries too many items (votes or blocks).
     #[error("message from {from:?} carries {got} {what}, at most {max} allowed")]
     TooMany {

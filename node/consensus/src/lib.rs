@@ -7,8 +7,21 @@
 //!
 //! Owns: the Malachite context (heights, validators, signatures), proposals, votes, round and
 //! commit certificates, the write-ahead-log entries, and block sync as the engine sees it. May
-//! depend on Malachite's core crates and `agora-market` (`NodeId`, signing); never on the
-//! network, the ledger or any other node crate. (Malachite's `core-consensus` pulls in tokio,
+//! depend on Malachite's core crates, `agora-market` (`NodeId`, signing) and the pure
+//! `agora-contracts` (one definition of the block-time rule, `check_block_time`); never on the
+//! network, the ledger or any other node crate.
+//!
+//! # Block time
+//!
+//! A fresh proposal whose block time is not after its parent's, or more than
+//! `ConsensusConfig::block_time_tolerance_ms` from this validator's clock when it arrived, is
+//! refused (`ConsensusError::BlockTime`) and never reaches the engine: the round's propose
+//! timeout fires and this validator prevotes nil, so one faulty proposer cannot move ledger
+//! time. A re-proposal of a locked value (a pol round) must only be after its parent. The
+//! ledger task sets the parent's time when it starts a height from storage
+//! (`ConsensusDriver::set_parent_time`); after a decision the driver tracks it. The
+//! `test-utils` feature adds `ConsensusDriver::byzantine_proposal_skew`, a faulty proposer for
+//! tests; the shipped binary never enables it. (Malachite's `core-consensus` pulls in tokio,
 //! which is why this driver is a node crate and not part of the pure `agora-contracts`.)
 //!
 //! # How the ledger task drives it

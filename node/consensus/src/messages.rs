@@ -189,6 +189,11 @@ impl Proposal {
         &self.block
     }
 
+    /// The proof-of-lock round of a re-proposal (`None` for a fresh value).
+    pub fn pol_round_number(&self) -> Option<u32> {
+        self.pol_round
+    }
+
     /// The round it was proposed in.
     pub fn round_number(&self) -> u32 {
         self.round

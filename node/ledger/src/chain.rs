@@ -136,6 +136,8 @@ impl LedgerTask {
             .filter_map(|b| WalEntry::decode(b).ok())
             .collect();
         self.timers.last_decided_at = now_ms();
+        self.driver
+            .set_parent_time(self.view.ledger.last_block_time());
         self.feed(Input::StartHeight {
             height,
             parent,

@@ -36,6 +36,9 @@ pub enum LedgerTaskError {
     /// The mempool refused.
     #[error(transparent)]
     Mempool(#[from] MempoolError),
+    /// The ledger refuses this node's own transaction (checked before it is gossiped).
+    #[error(transparent)]
+    Refused(agora_contracts::LedgerError),
 }
 
 /// A block as applied, for subscribers (the orchestrator acts on its events).
@@ -88,6 +91,9 @@ enum Command {
         TxKind,
         oneshot::Sender<Result<SignedTransaction, LedgerTaskError>>,
     ),
+    /// Test hook: propose blocks this far ahead of the clock.
+    #[cfg(feature = "test-utils")]
+    ProposalSkew(u64),
 }
 
 /// Cloneable handle to the ledger task.
@@ -128,6 +134,16 @@ impl LedgerHandle {
             .await
             .map_err(|_| LedgerTaskError::Stopped)?;
         rx.await.map_err(|_| LedgerTaskError::Stopped)?
+    }
+
+    /// Test hook (feature `test-utils`, never in the shipped binary): this node's consensus
+    /// driver proposes blocks `skew_ms` ahead of its clock, like a faulty arbitrator.
+    #[cfg(feature = "test-utils")]
+    pub async fn byzantine_proposal_skew(&self, skew_ms: u64) -> Result<(), LedgerTaskError> {
+        self.tx
+            .send(Command::ProposalSkew(skew_ms))
+            .await
+            .map_err(|_| LedgerTaskError::Stopped)
     }
 
     /// Outcomes of applied blocks, as they happen.
@@ -245,7 +261,9 @@ pub async fn spawn(
     }
     let validators = ValidatorSet::new(genesis.committee.iter().copied())
         .map_err(|e| LedgerTaskError::Ledger(format!("genesis committee: {e}")))?;
-    let params = ChainParams::default();
+    let mut params = ChainParams::default();
+    // Proposals are judged against the chain's own tolerance (genesis `LedgerParams`).
+    params.consensus.block_time_tolerance_ms = ledger.params().block_time_tolerance_ms;
     let driver = ConsensusDriver::new(
         Arc::new(signer.clone()),
         validators,
@@ -365,6 +383,14 @@ impl LedgerTask {
                 let res = self.submit(kind).await;
                 let _ = reply.send(res);
             }
+            #[cfg(feature = "test-utils")]
+            Command::ProposalSkew(ms) => {
+                warn!(
+                    skew_ms = ms,
+                    "test hook: this node proposes blocks ahead of its clock"
+                );
+                self.driver.byzantine_proposal_skew(ms);
+            }
         }
     }
 
@@ -384,7 +410,7 @@ impl LedgerTask {
             self.view
                 .ledger
                 .check(now_ms(), &tx)
-                .map_err(|e| LedgerTaskError::Ledger(e.to_string()))?;
+                .map_err(LedgerTaskError::Refused)?;
         }
         let size = serde_cbor::to_vec(&tx)
             .map_err(|e| LedgerTaskError::Ledger(format!("cannot encode transaction: {e}")))?

@@ -47,6 +47,11 @@ pub(crate) struct Io {
     pub(crate) now: Timestamp,
     pub(crate) height: u64,
     pub(crate) parent: BlockId,
+    /// Time of the block decided at `height - 1` (as the ledger applied it: never before the
+    /// block before it); 0 at genesis.
+    pub(crate) parent_time: Timestamp,
+    /// Test hook: added to this node's proposal times (0 for an honest node).
+    pub(crate) proposal_skew_ms: u64,
     pub(crate) height_started_at: Timestamp,
     pub(crate) effects: Vec<Effect>,
     pub(crate) followups: VecDeque<Followup>,
@@ -258,6 +263,7 @@ impl Io {
             return;
         };
         let certificate = CommitCertificate::from_malachite(cert);
+        self.parent_time = self.parent_time.max(block.timestamp);
         self.history.insert(
             height,
             DecidedBlock {

@@ -84,6 +84,44 @@ fn three_of_four_decide_while_one_is_crashed() {
 }
 
 #[test]
+fn a_proposer_thirty_days_ahead_is_not_voted_for_and_ledger_time_does_not_move() {
+    const DAY_MS: u64 = 24 * 60 * 60 * 1_000;
+    let mut sim = Sim::new(4, 21);
+    sim.nodes[3].driver.byzantine_proposal_skew(30 * DAY_MS);
+    let all = [0, 1, 2, 3];
+    assert!(
+        sim.run_until(120_000, |s| s.all_reached(&all, 12)),
+        "stalled with a proposer whose clock is 30 days ahead: {:?}",
+        all.map(|i| sim.nodes[i].tip().0)
+    );
+    assert_consistent(&sim, &all);
+    let skewed = sim.nodes[3].id();
+    // Its turns came (round robin) but none of its blocks was decided; every decided time is
+    // within the simulation's clock, after its parent.
+    let decided = &sim.nodes[0].decided;
+    assert!(decided.iter().all(|(_, b, _)| b.proposer != skewed));
+    let mut parent = 0;
+    for (h, b, _) in decided {
+        assert!(b.timestamp > parent, "height {h}: time goes forward");
+        assert!(
+            b.timestamp <= sim.now + 2_000,
+            "height {h}: time did not jump"
+        );
+        parent = b.timestamp;
+    }
+    // The honest ones said why.
+    for i in 0..3 {
+        assert!(
+            sim.nodes[i].rejected.iter().any(|(_, e)| matches!(
+                e,
+                ConsensusError::BlockTime { proposer, .. } if *proposer == skewed
+            )),
+            "node {i} refused the skewed proposals"
+        );
+    }
+}
+
+#[test]
 fn two_crashed_of_four_stall_without_deciding_anything_wrong() {
     let mut sim = Sim::new(4, 12);
     sim.crash(1);

@@ -32,6 +32,7 @@ pub fn test_config() -> ConsensusConfig {
         history: 1024,
         max_sync_blocks: 64,
         sync_retry_ms: 500,
+        block_time_tolerance_ms: 2_000,
     }
 }
 

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use agora_devnet::Devnet;
+use agora_hosting::ceiling::{ContractCeiling, ServiceEnd};
 use agora_hosting::{
     ImageRecord, PublishedMsg, ServiceError, ServiceHost, ServiceManifest, image::store_image,
 };
@@ -204,6 +205,113 @@ async fn hostile_modules_stop_with_a_reason_while_another_service_runs() {
     });
     assert!(healthy.await.is_ok(), "{:?}", host.health("echo"));
     assert_eq!(host.stop("echo").await.unwrap(), StopReason::Requested);
+    net.shutdown().await;
+}
+
+/// A ceiling for a made-up contract: `memory_bytes`, `cpu_millis`, ending `end_in_ms` from now
+/// (negative: already ended).
+fn ceiling(memory_bytes: u64, cpu_millis: u64, end_in_ms: i64) -> ContractCeiling {
+    let now = agora_wire::now_ms();
+    ContractCeiling {
+        contract: agora_contracts::ContractId([7; 32]),
+        memory_bytes,
+        cpu_millis,
+        end: ServiceEnd::At(now.saturating_add_signed(end_in_ms)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_service_runs_under_the_contracts_limits_not_its_manifests() {
+    let net = Devnet::builder().nodes(1).spawn().await.unwrap();
+    let host = &net.node(0).unwrap().services;
+    // Manifests asking for far more than the contracts below bought.
+    let greedy = |name: &str| {
+        let mut m = limited(name, 64 << 20, 100_000_000_000);
+        m.resources.memory_mb = 64;
+        m.limits.instances = 8;
+        m
+    };
+    let publish = |wat: &'static str, name: &'static str| {
+        let m = greedy(name);
+        async move {
+            let info = host.publish(wat.as_bytes().to_vec(), m).await.unwrap();
+            info.image.parse::<agora_storage::Cid>().unwrap()
+        }
+    };
+    let bomb = publish(MEMORY_BOMB, "bomb").await;
+    let spin = publish(INFINITE_LOOP, "spin").await;
+    let echo = publish(ECHO, "echo").await;
+
+    // Memory: the contract's 2 MiB, not the manifest's 64 MiB.
+    host.stage_for_contract("bomb", bomb, &ceiling(2 << 20, 100, 60_000))
+        .await
+        .unwrap();
+    let limits = host.limits("bomb").unwrap();
+    assert_eq!(limits.memory_bytes, 2 << 20);
+    assert_eq!(limits.max_instances, 1, "one instance per contract");
+    assert!(
+        limits.wall_clock_ms.is_some_and(|l| l <= 60_000),
+        "{limits:?}"
+    );
+    host.start("bomb").await.unwrap();
+    assert_eq!(
+        host.wait_stopped("bomb", WAIT).await.unwrap(),
+        StopReason::MemoryLimit
+    );
+    assert!(host.metering("bomb").unwrap().peak_memory_bytes <= 2 << 20);
+
+    // CPU: 10 millicores at the host's rate, not the manifest's 10^11 fuel a second.
+    host.stage_for_contract("spin", spin, &ceiling(2 << 20, 10, 60_000))
+        .await
+        .unwrap();
+    let fuel =
+        agora_runtime::HostConfig::new(std::env::temp_dir(), [0; 32]).fuel_per_second_for(10);
+    assert_eq!(host.limits("spin").unwrap().fuel_per_second, fuel);
+    host.start("spin").await.unwrap();
+    assert_eq!(
+        host.wait_stopped("spin", WAIT).await.unwrap(),
+        StopReason::CpuLimit
+    );
+
+    // Lifetime: what is left of the contract, recomputed at start.
+    host.stage_for_contract("echo", echo, &ceiling(2 << 20, 100, 1_500))
+        .await
+        .unwrap();
+    host.start("echo").await.unwrap();
+    assert_eq!(
+        host.wait_stopped("echo", WAIT).await.unwrap(),
+        StopReason::Lifetime
+    );
+    // The contract has ended by now: the service may not start again.
+    let err = host.start("echo").await.unwrap_err();
+    assert!(matches!(err, ServiceError::ContractEnded { .. }), "{err}");
+    assert!(err.to_string().contains("cannot run any more"), "{err}");
+
+    // A contract that ended before staging, and one that bought no memory.
+    let late = host
+        .stage_for_contract("late", echo, &ceiling(2 << 20, 100, -1))
+        .await
+        .unwrap_err();
+    assert!(matches!(late, ServiceError::ContractEnded { .. }), "{late}");
+    let broke = host
+        .stage_for_contract("broke", echo, &ceiling(0, 100, 60_000))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &broke,
+            ServiceError::Runtime(RuntimeError::BadLimits { source, .. })
+                if source.field == "memory_bytes"
+                    && source.side == agora_runtime::LimitsSide::Ceiling
+        ),
+        "{broke}"
+    );
+    assert!(
+        host.list()
+            .iter()
+            .all(|s| s.id != "late" && s.id != "broke"),
+        "nothing staged for an unusable contract"
+    );
     net.shutdown().await;
 }
 

@@ -70,6 +70,36 @@ async fn lifetime_ends_the_service() {
 }
 
 #[tokio::test]
+async fn limits_can_be_replaced_only_while_not_active() {
+    let h = harness();
+    let id = h.stage("later", ECHO, tight());
+    let mut shorter = tight();
+    shorter.wall_clock_ms = Some(100);
+    h.manager.set_limits(&id, shorter.clone()).unwrap();
+    assert_eq!(h.manager.limits(&id).unwrap(), shorter);
+    let mut zero = tight();
+    zero.fuel_per_second = 0;
+    assert!(matches!(
+        h.manager.set_limits(&id, zero),
+        Err(RuntimeError::BadLimits { .. })
+    ));
+    let mut huge = tight();
+    huge.memory_bytes = 1 << 30;
+    assert!(matches!(
+        h.manager.set_limits(&id, huge),
+        Err(RuntimeError::OverHostMemory { .. })
+    ));
+    h.manager.start(&id).unwrap();
+    assert!(matches!(
+        h.manager.set_limits(&id, tight()),
+        Err(RuntimeError::WrongState { .. })
+    ));
+    // The start used the replaced limits: the 100 ms lifetime ends it.
+    assert_eq!(h.stopped(&id).await, StopReason::Lifetime);
+    h.manager.set_limits(&id, tight()).unwrap();
+}
+
+#[tokio::test]
 async fn max_instances_bounds_active_copies_of_a_module() {
     let h = harness();
     let mut limits = tight();

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use agora_runtime::{Health, RuntimeError, StopReason};
+use agora_runtime::{Health, LimitsSide, RuntimeError, StopReason};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
@@ -86,7 +86,41 @@ fn services(s: &ApiState) -> Result<&ServiceHost, ApiError> {
     })
 }
 
+/// The runtime's limit refusals as full sentences that say what to change.
+fn limits_message(e: &ServiceError) -> Option<String> {
+    match e {
+        ServiceError::Runtime(RuntimeError::BadLimits { service, source }) => {
+            let fix = match source.side {
+                LimitsSide::Requested => {
+                    "Fix the [limits] section of the service's manifest and publish it again."
+                }
+                LimitsSide::Ceiling => {
+                    "The contract did not buy enough for any service to run; buy the service \
+                     with more memory (--memory) or CPU (--cpu)."
+                }
+            };
+            Some(format!(
+                "Service {service} cannot run: its {} limit `{}` = {} is unusable ({}). {fix}",
+                source.side, source.field, source.value, source.reason
+            ))
+        }
+        ServiceError::Runtime(RuntimeError::OverHostMemory {
+            service,
+            asked,
+            max,
+        }) => Some(format!(
+            "Service {service} asks for {asked} bytes of memory, but this node allows at \
+                 most {max} bytes per service. Lower limits.memory_bytes in its manifest, or \
+                 raise [services] max_memory_mb in this node's config.toml."
+        )),
+        _ => None,
+    }
+}
+
 fn bad(e: ServiceError) -> ApiError {
+    if let Some(message) = limits_message(&e) {
+        return ApiError(StatusCode::BAD_REQUEST, message);
+    }
     let code = match &e {
         ServiceError::Unknown(_) | ServiceError::Runtime(RuntimeError::UnknownService(_)) => {
             StatusCode::NOT_FOUND
@@ -104,6 +138,7 @@ fn bad(e: ServiceError) -> ApiError {
             | RuntimeError::BadReading { .. },
         ) => StatusCode::BAD_REQUEST,
         ServiceError::AlreadyStaged(_)
+        | ServiceError::ContractEnded { .. }
         | ServiceError::Runtime(
             RuntimeError::WrongState { .. }
             | RuntimeError::InstanceLimit { .. }
@@ -260,4 +295,52 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/services/{id}/remove", post(remove))
         .route("/v1/services/{id}/logs", get(logs))
         .route("/v1/services/{id}/readings", post(readings))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_refusals_are_400s_with_full_sentences() {
+        let bad_limits = ServiceError::Runtime(RuntimeError::BadLimits {
+            service: "gw1".into(),
+            source: agora_runtime::LimitsError {
+                side: LimitsSide::Requested,
+                field: "fuel_per_second",
+                value: 5,
+                reason: "must be at least 10000 (a guest needs fuel to run at all)",
+            },
+        });
+        let ApiError(code, msg) = bad(bad_limits);
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(msg.starts_with("Service gw1 cannot run"), "{msg}");
+        assert!(msg.contains("`fuel_per_second` = 5"), "{msg}");
+        assert!(msg.contains("publish it again."), "{msg}");
+
+        let ceiling = ServiceError::Runtime(RuntimeError::BadLimits {
+            service: "c1".into(),
+            source: agora_runtime::LimitsError {
+                side: LimitsSide::Ceiling,
+                field: "memory_bytes",
+                value: 0,
+                reason: "must be at least 65536 (one wasm page)",
+            },
+        });
+        let ApiError(code, msg) = bad(ceiling);
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(msg.contains("ceiling (contract)"), "{msg}");
+        assert!(msg.contains("--memory"), "{msg}");
+
+        let over = ServiceError::Runtime(RuntimeError::OverHostMemory {
+            service: "gw1".into(),
+            asked: 1 << 30,
+            max: 128 << 20,
+        });
+        let ApiError(code, msg) = bad(over);
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(msg.contains("max_memory_mb"), "{msg}");
+        assert!(msg.ends_with('.'), "{msg}");
+    }
 }

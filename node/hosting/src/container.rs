@@ -47,8 +47,16 @@ impl ServiceHost {
         let spec = ContainerSpec {
             name: format!("agora-{id}"),
             image: image.image,
-            memory_bytes: Some(s.manifest.limits.memory_bytes),
-            cpus: Some(s.manifest.resources.cpu_millis as f64 / 1000.0),
+            // The manifest's, clamped to the contract's when it has one.
+            memory_bytes: Some(s.limits.memory_bytes),
+            cpus: Some(
+                s.ceiling
+                    .as_ref()
+                    .map_or(s.manifest.resources.cpu_millis, |c| {
+                        c.cpu_millis.min(s.manifest.resources.cpu_millis)
+                    }) as f64
+                    / 1000.0,
+            ),
             env: s
                 .manifest
                 .env

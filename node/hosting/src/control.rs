@@ -5,6 +5,8 @@
 use async_trait::async_trait;
 use cid::Cid;
 
+use crate::ceiling::ContractCeiling;
+
 /// A staged (fetched, verified, compiled, idle) service.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StagedService {
@@ -15,8 +17,17 @@ pub struct StagedService {
 /// Service control as the orchestrator uses it; errors are human-readable reasons.
 #[async_trait]
 pub trait ServiceControl: Send + Sync + 'static {
-    /// Fetches, verifies and compiles `image` as service `id`, idle.
+    /// Fetches, verifies and compiles `image` as service `id`, idle, under its manifest's
+    /// limits (the node's own service).
     async fn stage(&self, id: &str, image: Cid) -> Result<StagedService, String>;
+    /// [`Self::stage`] for a contract: the manifest's limits clamped to what the contract
+    /// allows ([`crate::ceiling`]).
+    async fn stage_for_contract(
+        &self,
+        id: &str,
+        image: Cid,
+        ceiling: ContractCeiling,
+    ) -> Result<StagedService, String>;
     /// Starts the staged service `id`.
     async fn start(&self, id: &str) -> Result<(), String>;
     /// Stops service `id`.
@@ -34,6 +45,21 @@ impl ServiceControl for crate::ServiceHost {
         // A re-stage (after a stop, or on recovery) replaces the previous instance.
         let _ = self.remove(id).await;
         let info = crate::ServiceHost::stage(self, id, image)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(StagedService {
+            devices: info.manifest.devices,
+        })
+    }
+
+    async fn stage_for_contract(
+        &self,
+        id: &str,
+        image: Cid,
+        ceiling: ContractCeiling,
+    ) -> Result<StagedService, String> {
+        let _ = self.remove(id).await;
+        let info = crate::ServiceHost::stage_for_contract(self, id, image, &ceiling)
             .await
             .map_err(|e| e.to_string())?;
         Ok(StagedService {

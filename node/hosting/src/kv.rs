@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use agora_runtime::KvStore;
-use agora_runtime::io::{MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES};
+use agora_runtime::io::{MAX_KV_KEY_BYTES, MAX_KV_SCAN_ITEMS, MAX_KV_VALUE_BYTES};
+use agora_runtime::{KvEntries, KvStore, KvUnsupported};
 
 /// Keys one service may hold.
 pub const MAX_KV_ENTRIES: usize = 1024;
@@ -83,6 +83,48 @@ impl KvStore for SledKv {
             }
         }
     }
+
+    fn delete(&self, namespace: &str, key: &[u8]) -> Result<bool, KvUnsupported> {
+        if key.len() > MAX_KV_KEY_BYTES {
+            return Ok(false);
+        }
+        match self.tree.remove(full_key(namespace, key)) {
+            Ok(old) => Ok(old.is_some()),
+            Err(err) => {
+                tracing::warn!(service = namespace, %err, "guest kv delete failed");
+                Ok(false)
+            }
+        }
+    }
+
+    fn scan(
+        &self,
+        namespace: &str,
+        start: &[u8],
+        max_items: usize,
+    ) -> Result<KvEntries, KvUnsupported> {
+        let ns = prefix(namespace);
+        let mut out = Vec::new();
+        // Keys of one namespace are contiguous in sled's byte order and sorted by the guest's
+        // key after the prefix; the host never asks for more than MAX_KV_SCAN_ITEMS.
+        for item in self
+            .tree
+            .range(full_key(namespace, start)..)
+            .take(max_items.min(MAX_KV_SCAN_ITEMS))
+        {
+            match item {
+                Ok((k, v)) => match k.strip_prefix(ns.as_slice()) {
+                    Some(key) => out.push((key.to_vec(), v.to_vec())),
+                    None => break,
+                },
+                Err(err) => {
+                    tracing::warn!(service = namespace, %err, "guest kv scan failed");
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -116,5 +158,59 @@ mod tests {
         assert_eq!(kv.get("ab", b"k1").unwrap(), b"other");
         assert_eq!(kv.get("b", b"k1"), None);
         assert_eq!(kv.len("a"), 2);
+    }
+
+    #[test]
+    fn delete_and_scan_stay_inside_their_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let kv = SledKv::from_tree(db.open_tree("guest-kv").unwrap(), 3);
+        for k in [&b"b"[..], b"a", b"c"] {
+            assert!(kv.put("svc", k, k));
+        }
+        // A neighbour whose prefix sorts right after ours, and one that sorts before.
+        assert!(kv.put("svd", b"a", b"other"));
+        assert!(kv.put("sva", b"z", b"other"));
+        let all = kv.scan("svc", b"", 64).unwrap();
+        let keys: Vec<&[u8]> = all.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(
+            keys,
+            vec![&b"a"[..], b"b", b"c"],
+            "key order, own keys only"
+        );
+        assert_eq!(kv.scan("svc", b"b", 64).unwrap().len(), 2, "from b on");
+        assert_eq!(kv.scan("svc", b"b\0", 64).unwrap().len(), 1, "after b");
+        assert_eq!(
+            kv.scan("svc", b"", 2).unwrap().len(),
+            2,
+            "at most max_items"
+        );
+        assert!(kv.scan("nobody", b"", 64).unwrap().is_empty());
+
+        assert_eq!(kv.delete("svc", b"b"), Ok(true));
+        assert_eq!(kv.delete("svc", b"b"), Ok(false), "already gone");
+        assert_eq!(kv.delete("svc", &[0; MAX_KV_KEY_BYTES + 1]), Ok(false));
+        assert_eq!(
+            kv.get("svd", b"a").unwrap(),
+            b"other",
+            "neighbour untouched"
+        );
+        // Deleting frees a slot under the bound.
+        assert!(kv.put("svc", b"d", b"d"));
+        assert!(!kv.put("svc", b"e", b"e"), "bound of 3 again");
+    }
+
+    #[test]
+    fn a_scan_never_returns_more_than_the_abi_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let kv = SledKv::from_tree(db.open_tree("guest-kv").unwrap(), 1000);
+        for i in 0..200u32 {
+            assert!(kv.put("svc", &i.to_be_bytes(), b"v"));
+        }
+        assert_eq!(
+            kv.scan("svc", b"", usize::MAX).unwrap().len(),
+            MAX_KV_SCAN_ITEMS
+        );
     }
 }

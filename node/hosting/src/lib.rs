@@ -8,15 +8,18 @@
 //! The orchestrator and the radio drive it through [`control::ServiceControl`] (`stage(id,
 //! image_cid)`, `start`, `stop`, `push_reading`, `running`), which tests may fake.
 //!
-//! May depend on `agora-runtime` (the sandbox), `agora-exchange` (fetching and storing images)
-//! and `agora-storage`; never on the network, the ledger or another driver crate.
+//! A contract's service runs under the manifest's limits clamped to what the contract bought
+//! ([`ceiling`], `stage_for_contract`); the node operator's own services under the manifest's.
+//!
+//! May depend on `agora-image` (manifests and image records), `agora-runtime` (the sandbox),
+//! `agora-exchange` (fetching and storing images), `agora-contracts` (a contract's terms) and
+//! `agora-storage`; never on the network, the ledger or another driver crate.
 #![forbid(unsafe_code)]
 
+pub mod ceiling;
 mod container;
 pub mod control;
-pub mod image;
 pub mod kv;
-pub mod manifest;
 mod ops;
 pub mod published;
 mod query;
@@ -36,9 +39,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use image::{ImageError, ImageRecord};
+/// Service images (manifest and image record) live in `agora-image`, a small crate the fuzz
+/// targets can build without the network; re-exported under their old paths.
+pub use agora_image::record as image;
+pub use agora_image::{
+    Activation, ImageError, ImageRecord, ManifestError, ServiceKind, ServiceManifest,
+};
+pub use agora_image::{manifest, record};
 pub use kv::SledKv;
-pub use manifest::{Activation, ManifestError, ServiceKind, ServiceManifest};
 pub use published::{PublishedError, PublishedMsg, SERVICE_PUBLISH};
 
 use agora_exchange::{ExchangeError, StorageHandle};
@@ -57,6 +65,9 @@ pub struct ServicesConfig {
     pub outbox: usize,
     /// Signed messages buffered for each `published()` subscriber.
     pub broadcast: usize,
+    /// Most bytes one contract service may write to stdout/stderr per start (this provider's
+    /// policy; a manifest may only ask for less).
+    pub max_output_bytes: u64,
 }
 
 impl Default for ServicesConfig {
@@ -66,6 +77,7 @@ impl Default for ServicesConfig {
             max_memory_bytes: 128 << 20,
             outbox: 256,
             broadcast: 1024,
+            max_output_bytes: 1 << 20,
         }
     }
 }
@@ -78,6 +90,8 @@ pub struct ServicesSection {
     pub max_instances: u32,
     /// Largest memory limit a service may run with, in MiB.
     pub max_memory_mb: u64,
+    /// Most stdout/stderr a contract service may write per start, in KiB.
+    pub max_output_kib: u64,
 }
 
 impl Default for ServicesSection {
@@ -86,16 +100,19 @@ impl Default for ServicesSection {
         Self {
             max_instances: d.max_instances,
             max_memory_mb: d.max_memory_bytes >> 20,
+            max_output_kib: d.max_output_bytes >> 10,
         }
     }
 }
 
 impl ServicesSection {
-    /// The service host config (values clamped to 1..=1024 instances and 1..=4096 MiB).
+    /// The service host config (values clamped to 1..=1024 instances, 1..=4096 MiB and
+    /// 1..=1048576 KiB of output).
     pub fn service_config(&self) -> ServicesConfig {
         ServicesConfig {
             max_instances: self.max_instances.clamp(1, 1024),
             max_memory_bytes: self.max_memory_mb.clamp(1, 4096) << 20,
+            max_output_bytes: self.max_output_kib.clamp(1, 1 << 20) << 10,
             ..ServicesConfig::default()
         }
     }
@@ -145,6 +162,18 @@ pub enum ServiceError {
         asked: u64,
         /// Host maximum.
         max: u64,
+    },
+    /// The contract a service was staged or started for has already ended.
+    #[error(
+        "contract {contract} ended at {end_ms} ms (now {now_ms} ms); its service cannot run any more"
+    )]
+    ContractEnded {
+        /// The contract.
+        contract: agora_contracts::ContractId,
+        /// When its window ended.
+        end_ms: u64,
+        /// This node's clock.
+        now_ms: u64,
     },
     /// The service did not stop in time.
     #[error(
@@ -235,6 +264,10 @@ pub struct ServiceInfo {
 struct Staged {
     image: Cid,
     manifest: ServiceManifest,
+    /// The limits it runs under (the manifest's, clamped to its contract's when it has one).
+    limits: agora_runtime::ServiceLimits,
+    /// The contract it was staged for, if any: its lifetime is recomputed at every start.
+    ceiling: Option<ceiling::ContractCeiling>,
     container: Option<container::ContainerSlot>,
 }
 
@@ -350,6 +383,7 @@ mod tests {
         let s = c.service_config();
         assert_eq!(s.max_instances, 1);
         assert_eq!(s.max_memory_bytes, 64 << 20);
+        assert_eq!(s.max_output_bytes, 1 << 20, "default output policy");
         assert!(toml::from_str::<ServicesSection>("max_cpus = 1\n").is_err());
     }
 }

@@ -2,15 +2,33 @@
 
 use std::time::Duration;
 
-use agora_runtime::{ServiceId, ServiceLimits, ServiceSpec, ServiceState, StopReason};
+use agora_runtime::{
+    RuntimeError, ServiceId, ServiceLimits, ServiceSpec, ServiceState, StopReason,
+};
 use agora_storage::Cid;
+use agora_wire::now_ms;
 
-use super::image::{read_image, store_image};
+use super::ceiling::{ContractCeiling, ServiceEnd};
+
 use super::manifest::{ServiceKind, ServiceManifest};
 use super::{ImageInfo, ServiceError, ServiceHost, Staged, StagedInfo, container, lock};
+use agora_image::{read_image, store_image};
 
 /// How long `stop` waits for a service to report `Stopped`.
 const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// The error for a service whose contract ended before `now`.
+fn ended(c: &ContractCeiling, now: u64) -> ServiceError {
+    let end_ms = match c.end {
+        ServiceEnd::At(end) => end,
+        ServiceEnd::AfterStart(_) => now,
+    };
+    ServiceError::ContractEnded {
+        contract: c.contract,
+        end_ms,
+        now_ms: now,
+    }
+}
 
 /// Checks a service id: it names threads, sled namespaces and containers.
 fn check_id(id: &str) -> Result<(), ServiceError> {
@@ -67,33 +85,78 @@ impl ServiceHost {
     }
 
     /// Fetches the image (from peers if not local), verifies and compiles the module, and
-    /// stages it as `id` with the manifest's limits or `limits` (a contract's) when given.
+    /// stages it as `id` under the manifest's limits (the operator's own service).
     pub async fn stage(&self, id: &str, image: Cid) -> Result<StagedInfo, ServiceError> {
-        self.stage_with_limits(id, image, None).await
+        self.stage_inner(id, image, None).await
     }
 
-    /// [`Self::stage`] with the contract's limits instead of the manifest's.
-    pub async fn stage_with_limits(
+    /// [`Self::stage`] for a contract: the manifest's limits clamped to what the contract
+    /// allows (see [`crate::ceiling`]). The lifetime is recomputed from the contract's end at
+    /// every start.
+    pub async fn stage_for_contract(
         &self,
         id: &str,
         image: Cid,
-        limits: Option<ServiceLimits>,
+        ceiling: &ContractCeiling,
+    ) -> Result<StagedInfo, ServiceError> {
+        self.stage_inner(id, image, Some(ceiling)).await
+    }
+
+    /// The limits a service of `manifest` runs under: its own, clamped to `ceiling` at `now`.
+    fn limits_for(
+        &self,
+        id: &str,
+        manifest: &ServiceManifest,
+        ceiling: Option<&ContractCeiling>,
+        now: u64,
+    ) -> Result<ServiceLimits, ServiceError> {
+        let requested = manifest.service_limits();
+        let Some(ceiling) = ceiling else {
+            return Ok(requested);
+        };
+        let fuel = self
+            .inner
+            .manager
+            .host()
+            .config()
+            .fuel_per_second_for(ceiling.cpu_millis);
+        let Some(max) = ceiling.limits(fuel, self.inner.config.max_output_bytes, now) else {
+            return Err(ended(ceiling, now));
+        };
+        requested.clamp_to(&max).map_err(|source| {
+            ServiceError::Runtime(RuntimeError::BadLimits {
+                service: id.to_string(),
+                source,
+            })
+        })
+    }
+
+    async fn stage_inner(
+        &self,
+        id: &str,
+        image: Cid,
+        ceiling: Option<&ContractCeiling>,
     ) -> Result<StagedInfo, ServiceError> {
         check_id(id)?;
         if lock(&self.inner.staged).contains_key(id) {
             return Err(ServiceError::AlreadyStaged(id.to_string()));
         }
+        if let Some(c) = ceiling
+            && c.lifetime_at(now_ms()).is_none()
+        {
+            return Err(ended(c, now_ms()));
+        }
         // Fetches every block of the image over bitswap (each verified against its CID), pins.
         // The module is capped at MAX_MODULE_BYTES; the manifest and record are small.
         self.inner
             .storage
-            .pin_within(image, super::image::MAX_MODULE_BYTES + (1 << 20))
+            .pin_within(image, agora_image::MAX_MODULE_BYTES + (1 << 20))
             .await?;
         let (record, manifest, module) = self
             .embedded_store()?
             .blocking(move |s| Ok(read_image(s, &image)))
             .await??;
-        let limits = limits.unwrap_or_else(|| manifest.service_limits());
+        let limits = self.limits_for(id, &manifest, ceiling, now_ms())?;
         let max = self.inner.config.max_memory_bytes;
         if limits.memory_bytes > max {
             return Err(ServiceError::OverHostLimit {
@@ -113,7 +176,7 @@ impl ServiceHost {
                     .await
                     .map_err(|e| ServiceError::Task(e.to_string()))??;
                 from_cache = compiled.from_cache();
-                let mut spec = ServiceSpec::new(id, compiled, limits);
+                let mut spec = ServiceSpec::new(id, compiled, limits.clone());
                 spec.tick_ms = manifest.tick_ms;
                 spec.env = manifest
                     .env
@@ -137,10 +200,21 @@ impl ServiceHost {
             Staged {
                 image,
                 manifest: manifest.clone(),
+                limits: limits.clone(),
+                ceiling: ceiling.cloned(),
                 container: slot,
             },
         );
-        tracing::info!(service = id, %image, from_cache, "service staged");
+        tracing::info!(
+            service = id,
+            %image,
+            from_cache,
+            contract = ceiling.map(|c| c.contract.short()),
+            memory_bytes = limits.memory_bytes,
+            fuel_per_second = limits.fuel_per_second,
+            lifetime_ms = limits.wall_clock_ms,
+            "service staged"
+        );
         Ok(StagedInfo {
             id: id.to_string(),
             image: image.to_string(),
@@ -150,9 +224,28 @@ impl ServiceHost {
         })
     }
 
-    /// Activates a staged (or stopped) service.
+    /// Activates a staged (or stopped) service. A contract service gets what is left of its
+    /// contract as its lifetime, and is refused once the contract ended.
     pub async fn start(&self, id: &str) -> Result<(), ServiceError> {
-        if self.is_container(id)? {
+        let (limits, ceiling) = {
+            let staged = lock(&self.inner.staged);
+            let s = staged
+                .get(id)
+                .ok_or_else(|| ServiceError::Unknown(id.to_string()))?;
+            (s.limits.clone(), s.ceiling.clone())
+        };
+        let container = self.is_container(id)?;
+        if let Some(c) = &ceiling {
+            let now = now_ms();
+            let left = c.lifetime_at(now).ok_or_else(|| ended(c, now))?;
+            // Containers get no lifetime from the runtime yet; only the end is checked.
+            if !container {
+                let mut limits = limits;
+                limits.wall_clock_ms = Some(limits.wall_clock_ms.map_or(left, |l| l.min(left)));
+                self.inner.manager.set_limits(&id.into(), limits)?;
+            }
+        }
+        if container {
             return self.container_start(id).await;
         }
         Ok(self.inner.manager.start(&id.into())?)

@@ -37,6 +37,19 @@ impl ServiceHost {
             .collect()
     }
 
+    /// The limits a wasm service runs under: its manifest's, clamped to its contract's when
+    /// it was staged for one (the lifetime is recomputed from the contract's end at each start).
+    pub fn limits(&self, id: &str) -> Result<agora_runtime::ServiceLimits, ServiceError> {
+        match self.inner.manager.limits(&id.into()) {
+            Ok(limits) => Ok(limits),
+            Err(RuntimeError::UnknownService(_)) => lock(&self.inner.staged)
+                .get(id)
+                .map(|s| s.limits.clone())
+                .ok_or_else(|| ServiceError::Unknown(id.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The service's kept log tail (stdout, stderr and `log` lines).
     pub async fn logs(&self, id: &str) -> Result<String, ServiceError> {
         if self.is_container(id)? {

@@ -5,7 +5,7 @@
 
 use agora_contracts::attestation::Liveness;
 use agora_contracts::{
-    ActivationClause, Contract, ContractId, ContractKind, ContractRecord, ContractStatus, Duty,
+    ActivationClause, ContractId, ContractKind, ContractRecord, ContractStatus, Duty,
     HeartbeatBatch, LedgerEvent, SettleReason, TxKind, UptimeInterval, duties_for,
 };
 use agora_market::NodeId;
@@ -67,7 +67,7 @@ impl Orchestrator {
                         | ContractStatus::Active
                 )
             {
-                self.prepare(id, c, rec.status == ContractStatus::Active);
+                self.prepare(id, &rec, rec.status == ContractStatus::Active);
             }
             if c.committee.contains(&me)
                 && c.kind == ContractKind::Storage
@@ -150,12 +150,15 @@ impl Orchestrator {
 
     /// Provider: gets ready to serve `c` in the background — takes custody of the file of a
     /// storage contract, stages the service image of any other (then starts it if `start`).
-    fn prepare(&mut self, id: ContractId, c: &Contract, start: bool) {
+    /// The service runs under the manifest's limits clamped to the contract's (#13.6).
+    fn prepare(&mut self, id: ContractId, rec: &ContractRecord, start: bool) {
+        let c = &rec.contract;
         if c.kind == ContractKind::Storage {
             self.take_custody(id, c);
         } else {
             let hb = c.qos.heartbeat_interval_ms;
-            self.stage(id, c.customer, c.service_image, hb, start);
+            let ceiling = agora_hosting::ceiling::ContractCeiling::for_record(id, rec);
+            self.stage(id, c.customer, c.service_image, hb, start, ceiling);
         }
     }
 
@@ -163,7 +166,7 @@ impl Orchestrator {
         match duty {
             Duty::Migrate { contract, .. } => {
                 if let Some(rec) = self.record(contract).await {
-                    self.prepare(contract, &rec.contract, false);
+                    self.prepare(contract, &rec, false);
                 }
             }
             Duty::Arm { contract } => {
@@ -335,7 +338,7 @@ impl Orchestrator {
         let Some(h) = self.hosted.get(&contract).cloned() else {
             // Not staged yet (e.g. right after a restart): activation follows staging.
             if let Some(rec) = self.record(contract).await {
-                self.prepare(contract, &rec.contract, true);
+                self.prepare(contract, &rec, true);
             }
             return;
         };

@@ -416,7 +416,15 @@ impl Orchestrator {
     }
 
     /// Stages `image` for `contract` in the background.
-    fn stage(&mut self, contract: ContractId, customer: NodeId, image: Cid, hb: u64, start: bool) {
+    fn stage(
+        &mut self,
+        contract: ContractId,
+        customer: NodeId,
+        image: Cid,
+        hb: u64,
+        start: bool,
+        ceiling: agora_hosting::ceiling::ContractCeiling,
+    ) {
         if !self.staging.insert(contract) {
             return;
         }
@@ -427,7 +435,10 @@ impl Orchestrator {
             async move {
                 let id = Self::service_id(&contract);
                 for attempt in 0..20u64 {
-                    match services.stage(&id, image).await {
+                    match services
+                        .stage_for_contract(&id, image, ceiling.clone())
+                        .await
+                    {
                         Ok(staged) => {
                             let _ = done
                                 .send(Done::Staged {

@@ -86,6 +86,51 @@ impl ServiceManager {
         Ok(())
     }
 
+    /// Replaces the limits of a service that is not active (checked as in [`Self::stage`]);
+    /// its next start runs under them. The node uses it to shorten a contract service's
+    /// lifetime to what is left of the contract when it starts.
+    pub fn set_limits(
+        &self,
+        id: &ServiceId,
+        limits: crate::ServiceLimits,
+    ) -> Result<(), RuntimeError> {
+        limits
+            .validate(LimitsSide::Requested)
+            .map_err(|source| RuntimeError::BadLimits {
+                service: id.0.clone(),
+                source,
+            })?;
+        let host_max = self.host.config().max_memory_bytes;
+        if limits.memory_bytes > host_max {
+            return Err(RuntimeError::OverHostMemory {
+                service: id.0.clone(),
+                asked: limits.memory_bytes,
+                max: host_max,
+            });
+        }
+        let mut services = lock(&self.services);
+        let entry = services
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::UnknownService(id.0.clone()))?;
+        if lock(&entry.shared.live).state == ServiceState::Active {
+            return Err(RuntimeError::WrongState {
+                service: id.0.clone(),
+                state: "active".into(),
+                hint: "stop it before changing its limits",
+            });
+        }
+        entry.spec.limits = limits;
+        Ok(())
+    }
+
+    /// The limits a service runs under (as staged, or as last set).
+    pub fn limits(&self, id: &ServiceId) -> Result<crate::ServiceLimits, RuntimeError> {
+        lock(&self.services)
+            .get(id)
+            .map(|e| e.spec.limits.clone())
+            .ok_or_else(|| RuntimeError::UnknownService(id.0.clone()))
+    }
+
     /// Activates a `Staged` or `Stopped` service as a task on the host's guest runtime.
     pub fn start(&self, id: &ServiceId) -> Result<(), RuntimeError> {
         let services = lock(&self.services);

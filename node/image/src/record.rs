@@ -9,7 +9,7 @@ use agora_storage::wire::{put_cbor_cid, put_cbor_head, put_cbor_text};
 use agora_storage::{BlockStore, Cid, ImportOptions, StorageError, unixfs};
 use serde::Deserialize;
 
-use super::manifest::{ServiceKind, ServiceManifest};
+use crate::manifest::{ServiceKind, ServiceManifest};
 
 /// Version of the image record layout.
 pub const IMAGE_RECORD_VERSION: u64 = 1;

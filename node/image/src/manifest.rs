@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use agora_market::Resources;
-use agora_runtime::ServiceLimits;
+use agora_runtime::{LimitsSide, ServiceLimits};
 use serde::{Deserialize, Serialize};
 
 /// Longest service name.
@@ -161,6 +161,18 @@ pub enum ManifestError {
     },
 }
 
+/// The manifest's name of a [`ServiceLimits`] field.
+fn manifest_field(limit: &str) -> &'static str {
+    match limit {
+        "memory_bytes" => "limits.memory_bytes",
+        "fuel_per_second" => "limits.fuel_per_second",
+        "wall_clock_ms" => "limits.max_lifetime_ms",
+        "max_instances" => "limits.instances",
+        "max_output_bytes" => "limits.max_output_bytes",
+        _ => "limits",
+    }
+}
+
 fn field(field: &'static str, reason: impl Into<String>) -> ManifestError {
     ManifestError::Field {
         field,
@@ -215,10 +227,12 @@ impl ServiceManifest {
             return Err(field("tick_ms", "must be between 1 and 60000 milliseconds"));
         }
         let l = &self.limits;
-        if l.memory_bytes < 64 << 10 {
+        // The runtime's own ranges (fuel, memory, lifetime, instances): a manifest may ask for
+        // less than a contract allows, never for a value the runtime cannot run under.
+        if let Err(e) = self.service_limits().validate(LimitsSide::Requested) {
             return Err(field(
-                "limits.memory_bytes",
-                "must be at least 65536 (one wasm page)",
+                manifest_field(e.field),
+                format!("{} is unusable: {}", e.value, e.reason),
             ));
         }
         let wanted_mb = l.memory_bytes.div_ceil(1 << 20);
@@ -229,15 +243,6 @@ impl ServiceManifest {
                     "{} bytes exceed resources.memory_mb = {}; raise memory_mb or lower the limit",
                     l.memory_bytes, self.resources.memory_mb
                 ),
-            ));
-        }
-        if l.fuel_per_second == 0 {
-            return Err(field("limits.fuel_per_second", "must be greater than 0"));
-        }
-        if l.max_lifetime_ms == Some(0) {
-            return Err(field(
-                "limits.max_lifetime_ms",
-                "must be greater than 0; omit it to run until stopped",
             ));
         }
         if !(1..=64).contains(&l.instances) {
@@ -355,6 +360,26 @@ mod tests {
                 "limits.instances",
             ),
             (
+                "name = \"x\"\nversion = \"1\"\n[limits]\nfuel_per_second = 0",
+                "limits.fuel_per_second",
+            ),
+            (
+                "name = \"x\"\nversion = \"1\"\n[limits]\nfuel_per_second = 9999",
+                "limits.fuel_per_second",
+            ),
+            (
+                "name = \"x\"\nversion = \"1\"\n[limits]\nfuel_per_second = 100000000001",
+                "limits.fuel_per_second",
+            ),
+            (
+                "name = \"x\"\nversion = \"1\"\n[limits]\nmax_lifetime_ms = 0",
+                "limits.max_lifetime_ms",
+            ),
+            (
+                "name = \"x\"\nversion = \"1\"\n[resources]\nmemory_mb = 0\n[limits]\nmemory_bytes = 8589934592",
+                "limits.memory_bytes",
+            ),
+            (
                 "name = \"x\"\nversion = \"1\"\n[env]\n\"A=B\" = \"c\"",
                 "env",
             ),
@@ -369,6 +394,25 @@ mod tests {
             ServiceManifest::from_toml("name = \"x\"\nversion = \"1\"\nunknown = 1"),
             Err(ManifestError::Toml(_))
         ));
+    }
+
+    #[test]
+    fn fuel_range_error_says_what_to_use() {
+        let err = ServiceManifest::from_toml(
+            "name = \"x\"\nversion = \"1\"\n[limits]\nfuel_per_second = 18446744073709551615",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`limits.fuel_per_second`"), "{err}");
+        assert!(err.contains("must be at most 100000000000"), "{err}");
+        // The bounds themselves are accepted.
+        for fuel in [
+            agora_runtime::MIN_FUEL_PER_SECOND,
+            agora_runtime::MAX_FUEL_PER_SECOND,
+        ] {
+            let text = format!("name = \"x\"\nversion = \"1\"\n[limits]\nfuel_per_second = {fuel}");
+            ServiceManifest::from_toml(&text).unwrap();
+        }
     }
 
     #[test]

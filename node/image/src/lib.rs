@@ -1,0 +1,21 @@
+//! Service images: the manifest a customer writes (`svc.toml`, [`manifest`]) and the image
+//! record that links it to the module in content-addressed storage ([`record`]). Everything
+//! here reads bytes a peer or a customer chose (a manifest file, blocks fetched over bitswap),
+//! so it is validated field by field and fuzzed (`tests/fuzz`: `manifest`, `image_record`).
+//!
+//! Owns: the manifest format and its validation (including the limits a manifest may ask for),
+//! the image record's DAG-CBOR layout, and reading/writing an image in a [`agora_storage::BlockStore`].
+//! May depend on `agora-runtime` (limits, module ids), `agora-storage` and `agora-market`; never
+//! on the network, the exchange or any other node crate — so decoders can be fuzzed cheaply.
+#![forbid(unsafe_code)]
+
+pub mod manifest;
+pub mod record;
+
+pub use manifest::{
+    Activation, ContainerImage, ManifestError, ManifestLimits, ManifestResources, ServiceKind,
+    ServiceManifest,
+};
+pub use record::{
+    IMAGE_RECORD_VERSION, ImageError, ImageRecord, MAX_MODULE_BYTES, read_image, store_image,
+};

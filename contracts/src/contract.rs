@@ -17,8 +17,35 @@ pub use terms::Terms;
 pub type Amount = u64;
 
 /// A contract's id: blake3 over its canonical bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ContractId(#[serde(with = "serde_bytes")] pub [u8; 32]);
+///
+/// 32 bytes in binary formats (CBOR); its 64-character hex text in human-readable ones (JSON
+/// from the API and CLI), as printed in tables and taken by CLI arguments.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContractId(pub [u8; 32]);
+
+impl Serialize for ContractId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            serde_bytes::serialize(&self.0, s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ContractId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            d.deserialize_any(agora_market::identity::id32::Text::new(
+                "a hex contract id",
+                |s| s.parse::<ContractId>().ok().map(|c| c.0),
+            ))
+            .map(ContractId)
+        } else {
+            serde_bytes::deserialize::<[u8; 32], D>(d).map(ContractId)
+        }
+    }
+}
 
 impl ContractId {
     /// The short human form (first 8 hex characters), used in logs.
@@ -57,6 +84,39 @@ impl std::str::FromStr for ContractId {
 #[cfg(test)]
 mod id_tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn ids_are_text_in_json_and_bytes_in_cbor() {
+        let id = ContractId([0xab; 32]);
+        let node = agora_market::NodeId([7; 32]);
+        let json = serde_json::to_string(&(id, node)).unwrap();
+        assert_eq!(json, format!("[\"{id}\",\"{node}\"]"));
+        let back: (ContractId, agora_market::NodeId) = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, (id, node));
+        // Older JSON (arrays of numbers) still reads.
+        let old = serde_json::to_string(&([0xabu8; 32], [7u8; 32])).unwrap();
+        let back: (ContractId, agora_market::NodeId) = serde_json::from_str(&old).unwrap();
+        assert_eq!(back, (id, node));
+        assert!(serde_json::from_str::<ContractId>("\"zz\"").is_err());
+        assert!(serde_json::from_str::<agora_market::NodeId>("[1,2,3]").is_err());
+        // The binary form is the plain 32-byte string it always was (signed bytes unchanged).
+        let cbor = serde_cbor::to_vec(&id).unwrap();
+        assert_eq!(
+            cbor,
+            serde_cbor::to_vec(&serde_bytes::Bytes::new(&[0xab; 32])).unwrap()
+        );
+        assert_eq!(serde_cbor::from_slice::<ContractId>(&cbor).unwrap(), id);
+        let cbor = serde_cbor::to_vec(&node).unwrap();
+        assert_eq!(
+            cbor,
+            serde_cbor::to_vec(&serde_bytes::Bytes::new(&[7; 32])).unwrap()
+        );
+        assert_eq!(
+            serde_cbor::from_slice::<agora_market::NodeId>(&cbor).unwrap(),
+            node
+        );
+    }
 
     #[test]
     fn contract_id_parses_its_display_form() {

@@ -216,8 +216,28 @@ pub enum MarketError {
         /// The node that tried.
         who: NodeId,
     },
+    /// This node already bid on the auction (its decision unit bids on its own unless
+    /// `auto_bid` is off); a provider bids once per auction.
+    #[error(
+        "this node already bid {price} on auction {auction} (bid {bid}, placed by its decision \
+         unit or an earlier manual bid) and a provider bids once per auction, so no second bid \
+         was sent; wait for the award (`agora market watch`), or bid by hand on nodes whose \
+         decision unit does not: set market.engine.dmu.provider.auto_bid = false in \
+         config.toml (`agora devnet up --manual M` does so for the last M nodes)"
+    )]
+    AlreadyBid {
+        /// Auction id.
+        auction: AuctionId,
+        /// The bid already placed.
+        bid: BidId,
+        /// Its price.
+        price: u64,
+    },
     /// The auction is not open (already closed or awarded).
-    #[error("auction {auction} is not open for this")]
+    #[error(
+        "auction {auction} is no longer open: its bid window closed or it was awarded \
+         (`agora auctions` shows its status)"
+    )]
     NotOpen {
         /// Auction id.
         auction: AuctionId,

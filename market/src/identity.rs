@@ -14,8 +14,84 @@ use serde::{Deserialize, Serialize};
 pub type Timestamp = u64;
 
 /// A node's identity: its ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct NodeId(#[serde(with = "serde_bytes")] pub [u8; 32]);
+///
+/// Serialized as 32 bytes in binary formats (CBOR on the wire and in the store) and as its
+/// base58 text in human-readable ones (JSON from the API and CLI, TOML), the form the tables
+/// and the CLI arguments use; human-readable input may also be the older array of 32 numbers.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub [u8; 32]);
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            serde_bytes::serialize(&self.0, s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            d.deserialize_any(id32::Text::new("a base58 node id", |s| {
+                s.parse::<NodeId>().ok().map(|n| n.0)
+            }))
+            .map(NodeId)
+        } else {
+            serde_bytes::deserialize::<[u8; 32], D>(d).map(NodeId)
+        }
+    }
+}
+
+/// Human-readable serde of 32-byte ids: their text form, or (older files) an array of numbers.
+#[doc(hidden)]
+pub mod id32 {
+    use serde::de::{self, SeqAccess, Visitor};
+    use std::fmt;
+
+    /// Visitor accepting the text form (parsed by `parse`), an array of 32 numbers or bytes.
+    pub struct Text {
+        what: &'static str,
+        parse: fn(&str) -> Option<[u8; 32]>,
+    }
+
+    impl Text {
+        /// `what` names the text form in error messages.
+        pub fn new(what: &'static str, parse: fn(&str) -> Option<[u8; 32]>) -> Self {
+            Text { what, parse }
+        }
+    }
+
+    impl<'de> Visitor<'de> for Text {
+        type Value = [u8; 32];
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{} (or an array of 32 bytes)", self.what)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<[u8; 32], E> {
+            (self.parse)(v).ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<[u8; 32], E> {
+            v.try_into().map_err(|_| E::invalid_length(v.len(), &self))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 32], A::Error> {
+            let mut out = [0u8; 32];
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+            }
+            if seq.next_element::<u8>()?.is_some() {
+                return Err(de::Error::invalid_length(33, &self));
+            }
+            Ok(out)
+        }
+    }
+}
 
 impl NodeId {
     /// The short human form (first 8 base58 characters), used in logs and tables.

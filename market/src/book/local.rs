@@ -59,8 +59,12 @@ impl<S: Signer + Clone> MarketState<S> {
         if entry.status != AuctionStatus::Open {
             return Err(MarketError::NotOpen { auction });
         }
-        if self.my_bids.contains_key(&auction) {
-            return Err(MarketError::NotOpen { auction });
+        if let Some((bid, price)) = self.my_bids.get(&auction) {
+            return Err(MarketError::AlreadyBid {
+                auction,
+                bid: *bid,
+                price: *price,
+            });
         }
         let request = entry.request.clone();
         let nonce = self.next_nonce(now);

@@ -296,3 +296,34 @@ fn counter_offers_within_bounds_are_accepted_automatically() {
     );
     assert_eq!(net.agreed(1), net.agreed(0));
 }
+
+#[test]
+fn a_second_bid_on_one_auction_says_why_and_what_to_do() {
+    let mut net = Net::new(vec![
+        MarketConfig::default(),
+        provider_config(big_capacity()),
+    ]);
+    net.input(0, 0, Input::CreateAuction(spec(1000)));
+    let aid = *net.nodes[0].auctions().keys().next().unwrap();
+    let (auto_bid, auto_price) = *net.nodes[1].my_bids.get(&aid).unwrap();
+    let spec = BidSpec {
+        price: 80,
+        capacity: net.nodes[1].ledger().available().clone(),
+        location: None,
+        reputation_permille: 500,
+    };
+    let out = net.nodes[1].handle(1, Input::PlaceBid { auction: aid, spec });
+    let [Effect::Rejected { error, .. }] = &out[..] else {
+        panic!("expected one refusal, got {out:?}");
+    };
+    assert!(
+        matches!(error, MarketError::AlreadyBid { auction, bid, price }
+            if *auction == aid && *bid == auto_bid && *price == auto_price),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(text.contains("auto_bid = false"), "{text}");
+    assert!(text.contains("--manual"), "{text}");
+    // The first bid stands; the customer still holds exactly one bid from this provider.
+    assert_eq!(net.nodes[0].auctions()[&aid].bids.len(), 1);
+}

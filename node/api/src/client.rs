@@ -164,6 +164,18 @@ impl ApiClient {
         self.get("/v1/peers").await
     }
 
+    /// Dials `addr` (ending in `/p2p/<peer id>`) and waits until connected.
+    pub async fn connect(&self, addr: &str) -> Result<crate::PeerChangeReply, ClientError> {
+        let body = crate::ConnectRequest { addr: addr.into() };
+        self.post("/v1/peers/connect", &body).await
+    }
+
+    /// Closes the connections to `peer` (peer id or multiaddr with `/p2p/`).
+    pub async fn disconnect(&self, peer: &str) -> Result<crate::PeerChangeReply, ClientError> {
+        let body = crate::DisconnectRequest { peer: peer.into() };
+        self.post("/v1/peers/disconnect", &body).await
+    }
+
     /// Presence table.
     pub async fn presence(&self) -> Result<Vec<PeerPresence>, ClientError> {
         self.get("/v1/presence").await

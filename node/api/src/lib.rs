@@ -108,6 +108,34 @@ pub struct GossipRequest {
     pub text: String,
 }
 
+/// `POST /v1/peers/connect` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    /// Multiaddr ending in `/p2p/<peer id>`.
+    pub addr: String,
+}
+
+/// `POST /v1/peers/disconnect` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DisconnectRequest {
+    /// libp2p peer id, or a multiaddr ending in `/p2p/<peer id>`.
+    pub peer: String,
+}
+
+/// Answer of `connect` / `disconnect`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerChangeReply {
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Agora node id (base58), when the peer id carries an ed25519 key.
+    pub node_id: Option<String>,
+    /// Whether the peer is connected after the call.
+    pub connected: bool,
+}
+
+/// How long `connect` waits for the connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Error body.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiErrorBody {
@@ -189,6 +217,111 @@ async fn presence(
     Ok(Json(s.network.presence().await?))
 }
 
+fn peer_of(addr: &agora_network::Multiaddr) -> Option<agora_network::PeerId> {
+    addr.iter().find_map(|p| match p {
+        agora_network::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+fn change_reply(peer: agora_network::PeerId, connected: bool) -> PeerChangeReply {
+    PeerChangeReply {
+        peer_id: peer.to_string(),
+        node_id: agora_network::keys::node_id_of(&peer).map(|n| n.to_string()),
+        connected,
+    }
+}
+
+async fn connect(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Json(req): Json<ConnectRequest>,
+) -> Result<Json<PeerChangeReply>, ApiError> {
+    authorize(&s, &headers)?;
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let addr: agora_network::Multiaddr = req.addr.trim().parse().map_err(|_| {
+        bad(format!(
+            "'{}' is not a multiaddr; pass one like /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... \
+             (the P2P column of `agora devnet status`, or `agora status` on that node)",
+            req.addr
+        ))
+    })?;
+    let peer = peer_of(&addr).ok_or_else(|| {
+        bad(format!(
+            "{addr} names no peer; append /p2p/<peer id> (the peer id is in `agora status` on \
+             that node) so the connection can be authenticated"
+        ))
+    })?;
+    if peer == s.network.peer_id() {
+        return Err(bad(format!("{addr} is this node itself")));
+    }
+    let connected = |peers: &[PeerInfo]| peers.iter().any(|p| p.peer_id == peer.to_string());
+    if connected(&s.network.peers().await?) {
+        return Ok(Json(change_reply(peer, true)));
+    }
+    let mut events = s.network.events();
+    s.network
+        .dial(addr.clone())
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(agora_network::NetworkEvent::Connected(p))) if p == peer => break,
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                if connected(&s.network.peers().await?) {
+                    break;
+                }
+            }
+            Ok(Err(_)) | Err(_) => {
+                if connected(&s.network.peers().await?) {
+                    break;
+                }
+                return Err(ApiError(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "could not connect to {addr} within {} s; check that the node runs \
+                         (`agora status` there), that the address and peer id are current \
+                         (ports change when a node restarts without a fixed network.listen), \
+                         and that no firewall is in the way",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Json(change_reply(peer, true)))
+}
+
+async fn disconnect(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Json(req): Json<DisconnectRequest>,
+) -> Result<Json<PeerChangeReply>, ApiError> {
+    authorize(&s, &headers)?;
+    let text = req.peer.trim();
+    let peer = text
+        .parse::<agora_network::PeerId>()
+        .ok()
+        .or_else(|| text.parse().ok().as_ref().and_then(peer_of))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "'{text}' is neither a peer id (12D3KooW...) nor a multiaddr ending in \
+                     /p2p/<peer id>; `agora peers --json` lists the connected ones"
+                ),
+            )
+        })?;
+    if !s.network.disconnect(peer).await? {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("{peer} is not connected; `agora peers --json` lists the connected peers"),
+        ));
+    }
+    Ok(Json(change_reply(peer, false)))
+}
+
 async fn gossip(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -216,6 +349,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: C
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
+        .route("/v1/peers/connect", post(connect))
+        .route("/v1/peers/disconnect", post(disconnect))
         .route("/v1/presence", get(presence))
         .route("/v1/gossip", post(gossip))
         .route("/v1/shutdown", post(shutdown))

@@ -306,6 +306,9 @@ impl EventLoop {
                     });
                 let _ = reply.send(res);
             }
+            Command::Disconnect(peer, reply) => {
+                let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
+            }
             Command::Peers(reply) => {
                 let mut peers: Vec<PeerInfo> = self
                     .swarm

@@ -234,6 +234,7 @@ pub(crate) enum Command {
     Request(PeerId, Vec<u8>, Reply<Result<Envelope, NetworkError>>),
     Respond(u64, Vec<u8>, Reply<Result<(), NetworkError>>),
     Dial(Multiaddr, Reply<Result<(), NetworkError>>),
+    Disconnect(PeerId, Reply<bool>),
     Peers(Reply<Vec<PeerInfo>>),
     ListenAddrs(Reply<Vec<Multiaddr>>),
     Presence(Reply<Vec<PeerPresence>>),
@@ -347,6 +348,12 @@ impl NetworkHandle {
     /// Dials an address.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetworkError> {
         self.call(|r| Command::Dial(addr, r)).await?
+    }
+
+    /// Closes every connection to `peer`; `false` if it was not connected. A watched peer or
+    /// a bootstrap peer may be dialled again by the node later.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<bool, NetworkError> {
+        self.call(|r| Command::Disconnect(peer, r)).await
     }
 
     /// Connected peers.

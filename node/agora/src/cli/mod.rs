@@ -38,8 +38,12 @@ pub enum Command {
     Node(NodeCommand),
     /// Show the running node's status.
     Status,
-    /// List the running node's connected peers.
-    Peers,
+    /// List the running node's connected peers; `connect` / `disconnect` one.
+    Peers {
+        /// Connect or disconnect (without: list).
+        #[command(subcommand)]
+        action: Option<status::PeersCommand>,
+    },
     /// Show which peers are reachable (pings to direct and watched peers), and since when.
     Presence,
     /// Open auctions (as customer).
@@ -144,7 +148,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Node(NodeCommand::Run(args)) => run::run(&dir, args).await,
         Command::Node(NodeCommand::Stop) => status::stop(&dir, cli.json).await,
         Command::Status => status::status(&dir, cli.json).await,
-        Command::Peers => status::peers(&dir, cli.json).await,
+        Command::Peers { action: None } => status::peers(&dir, cli.json).await,
+        Command::Peers {
+            action: Some(action),
+        } => status::peers_change(&dir, action, cli.json).await,
         Command::Presence => status::presence(&dir, cli.json).await,
         Command::Auction(cmd) => market::auction(&dir, cmd, cli.json).await,
         Command::Auctions => market::auctions(&dir, cli.json).await,

@@ -56,6 +56,44 @@ pub async fn peers(dir: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `agora peers connect|disconnect`
+#[derive(Debug, clap::Subcommand)]
+pub enum PeersCommand {
+    /// Connect to a peer now (like `ipfs swarm connect`) and wait until connected.
+    Connect {
+        /// Multiaddr ending in /p2p/<peer id>, e.g. from `agora devnet status` or `agora status`.
+        multiaddr: String,
+    },
+    /// Close the connections to a peer (it may be dialled again later, e.g. if watched).
+    Disconnect {
+        /// Peer id (12D3KooW...) or a multiaddr ending in /p2p/<peer id>.
+        peer: String,
+    },
+}
+
+/// `agora peers connect|disconnect`
+pub async fn peers_change(dir: &Path, action: &PeersCommand, json: bool) -> anyhow::Result<()> {
+    let client = ApiClient::for_data_dir(dir)?;
+    let reply = match action {
+        PeersCommand::Connect { multiaddr } => client.connect(multiaddr).await?,
+        PeersCommand::Disconnect { peer } => client.disconnect(peer).await?,
+    };
+    if json {
+        return print_json(&reply);
+    }
+    let who = reply
+        .node_id
+        .as_deref()
+        .map(|n| n.chars().take(8).collect::<String>())
+        .unwrap_or_else(|| reply.peer_id.clone());
+    if reply.connected {
+        println!("connected to {who} ({})", reply.peer_id);
+    } else {
+        println!("disconnected from {who} ({})", reply.peer_id);
+    }
+    Ok(())
+}
+
 /// `agora presence`
 pub async fn presence(dir: &Path, json: bool) -> anyhow::Result<()> {
     let table = ApiClient::for_data_dir(dir)?.presence().await?;

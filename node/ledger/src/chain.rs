@@ -253,23 +253,36 @@ impl LedgerTask {
     pub(super) async fn on_sync_request(&mut self, from: NodeId, id: u64, msg: SyncMsg) {
         match msg {
             SyncMsg::Request { height } => {
-                // Every applied block is in the store (with its certificate), so sync reaches
-                // back past the driver's in-memory history.
-                let raw = self
-                    .store
-                    .blocks_from(height, SYNC_BATCH)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(_, raw)| (raw.len(), raw));
-                let stored: Vec<DecidedBlock> = within_bytes(raw, SYNC_BYTES)
-                    .iter()
-                    .filter_map(|raw| serde_cbor::from_slice(raw).ok())
-                    .collect();
-                if !stored.is_empty() {
-                    return self
-                        .respond(id, &SyncMsg::Response { blocks: stored })
-                        .await;
+                let Some(permit) = self.sync_limiter.admit(from, now_ms()) else {
+                    debug!(
+                        from = %from.short(),
+                        refused = self.sync_limiter.refused(),
+                        "sync request refused: too frequent from this peer, or too many served at once"
+                    );
+                    return self.respond(id, &SyncMsg::Ack).await;
+                };
+                if height <= self.view.ledger.height() {
+                    // Every applied block is in the store (with its certificate), so sync
+                    // reaches back past the driver's in-memory history. Read, encoded and
+                    // answered off this task, so a sync flood cannot stall consensus.
+                    self.seq += 1;
+                    let (seq, store) = (self.seq, self.store.clone());
+                    let (signer, network) = (self.signer.clone(), self.network.clone());
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let blocks =
+                            tokio::task::spawn_blocking(move || stored_blocks(&store, height))
+                                .await
+                                .unwrap_or_default();
+                        let Ok(body) = serde_cbor::to_vec(&SyncMsg::Response { blocks }) else {
+                            return;
+                        };
+                        let env = Envelope::seal(&signer, Kind::Consensus, now_ms(), seq, body);
+                        let _ = network.respond(id, &env).await;
+                    });
+                    return;
                 }
+                drop(permit);
                 self.timers.sync_requests.insert(from, id);
                 self.feed(Input::SyncRequest { from, height }).await;
                 // The driver answers through `SendSyncResponse`; if it had nothing, ack.
@@ -558,6 +571,19 @@ pub(crate) struct SyncReply {
     pub asked: u64,
     /// Its blocks from there on, in order (at most one sync batch).
     pub blocks: Vec<DecidedBlock>,
+}
+
+/// The stored decided blocks from `height` on, within one sync answer's count and byte caps.
+fn stored_blocks(store: &crate::store::LedgerStore, height: u64) -> Vec<DecidedBlock> {
+    let raw = store
+        .blocks_from(height, SYNC_BATCH)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, raw)| (raw.len(), raw));
+    within_bytes(raw, SYNC_BYTES)
+        .iter()
+        .filter_map(|raw| serde_cbor::from_slice(raw).ok())
+        .collect()
 }
 
 /// The leading items whose sizes add up to at most `max` bytes (always the first one, so a

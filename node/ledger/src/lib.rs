@@ -13,6 +13,7 @@
 pub mod chain;
 pub mod mempool;
 pub mod store;
+pub mod sync_server;
 pub mod task;
 
 pub use agora_wire::topics::{BLOCKS_TOPIC, CONSENSUS_TOPIC, TX_TOPIC};

@@ -175,6 +175,8 @@ pub(super) struct LedgerTask {
     pub(super) own: BTreeMap<u64, SignedTransaction>,
     /// The mempool's losses already reported in the log (see [`MempoolStats::lost`]).
     pub(super) logged_lost: u64,
+    /// Admission of inbound sync requests (per-peer rate, bounded serving).
+    pub(super) sync_limiter: crate::sync_server::SyncLimiter,
 }
 
 /// Locally submitted transactions waiting to be gossiped together: one signed envelope (and
@@ -297,6 +299,7 @@ pub async fn spawn(
         outbox: TxOutbox::default(),
         own: BTreeMap::new(),
         logged_lost: 0,
+        sync_limiter: Default::default(),
     };
     let join = tokio::spawn(task.run(rx, sync_rx, events, cancel).in_current_span());
     Ok((LedgerHandle { tx, outcomes }, join))

@@ -21,6 +21,7 @@
 
 pub mod envelopes;
 pub mod flood;
+pub mod gossip;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -58,3 +58,65 @@ pub async fn requests(adv: &Adversary, peer: PeerId, bytes: &[u8], n: usize) -> 
     }
     report
 }
+
+/// How many of `streams` a heartbeat server still echoes on (a beat written, the same 8 bytes
+/// read back within `wait`); the others were refused (closed by the target).
+pub async fn echoing(streams: &mut [Stream], wait: std::time::Duration) -> usize {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let beats = streams.iter_mut().enumerate().map(|(i, s)| async move {
+        let beat = (i as u64).to_le_bytes();
+        let round = async {
+            s.write_all(&beat).await?;
+            s.flush().await?;
+            let mut back = [0u8; 8];
+            s.read_exact(&mut back).await?;
+            Ok::<bool, std::io::Error>(back == beat)
+        };
+        matches!(tokio::time::timeout(wait, round).await, Ok(Ok(true)))
+    });
+    futures::future::join_all(beats)
+        .await
+        .into_iter()
+        .filter(|ok| *ok)
+        .count()
+}
+
+/// How many of `streams` the target still holds open after `wait`: a stream it refused reads
+/// end-of-stream or a reset at once, one it serves stays silent (bitswap answers on a stream
+/// of its own).
+pub async fn held_open(streams: &mut [Stream], wait: std::time::Duration) -> usize {
+    use futures::AsyncReadExt;
+    let reads = streams.iter_mut().map(|s| async move {
+        let mut buf = [0u8; 1];
+        // Timed out: still open and served.
+        tokio::time::timeout(wait, s.read(&mut buf)).await.is_err()
+    });
+    futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|open| *open)
+        .count()
+}
+
+/// Like [`requests`], but gives up waiting on answers after `wait` (requests nobody answers
+/// time out only after the request-response timeout); what did not finish counts as neither.
+pub async fn requests_for(
+    adv: &Adversary,
+    peer: PeerId,
+    bytes: &[u8],
+    n: usize,
+    wait: std::time::Duration,
+) -> FloodReport {
+    let mut sent: FuturesUnordered<_> = (0..n)
+        .map(|_| adv.request_raw(peer, bytes.to_vec()))
+        .collect();
+    let mut report = FloodReport::default();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(r)) = tokio::time::timeout_at(deadline, sent.next()).await {
+        match r {
+            Ok(_) => report.accepted += 1,
+            Err(_) => report.refused += 1,
+        }
+    }
+    report
+}

@@ -94,3 +94,20 @@ fn second_bid_explains_itself_and_peers_connect_and_disconnect() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("peer id"));
 }
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef agora"),
+        ("fish", "complete -c agora"),
+    ] {
+        let out = agora(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: {text:.200}");
+        assert!(text.contains("disconnect"), "{shell} completes subcommands");
+    }
+    let out = agora(&["completions", "tcsh"]);
+    assert!(!out.status.success());
+}

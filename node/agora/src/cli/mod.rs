@@ -115,6 +115,12 @@ pub enum Command {
     },
     /// What the orchestrator did: migrations, attestations, activations, settlements.
     Timeline,
+    /// Print a shell completion script, e.g. `agora completions bash > ~/.agora.bash` and
+    /// `source ~/.agora.bash` (zsh: into a directory on $fpath as `_agora`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `agora node …`
@@ -173,5 +179,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Own { image } => edge::own(&dir, image, cli.json).await,
         Command::Timeline => edge::timeline(&dir, cli.json).await,
         Command::Service(cmd) => service::service(&dir, cmd, cli.json).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "agora", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }

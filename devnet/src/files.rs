@@ -169,8 +169,8 @@ pub fn devnet_node_config(i: usize, genesis: &Path, manual: bool) -> NodeConfig 
     config.api.listen = "127.0.0.1:0".into();
     config.radio.listen = "127.0.0.1:0".into();
     // Devnet contracts hand over after one second of attested unreachability.
-    config.deals.handover_after_ms = 1_000;
-    config.deals.heartbeat_interval_ms = 500;
+    config.deals.customer.handover_after_ms = 1_000;
+    config.deals.customer.heartbeat_interval_ms = 500;
     let engine = &mut config.market.engine;
     engine.capacity = Resources {
         cpu_millis: 4000,

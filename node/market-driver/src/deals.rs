@@ -1,17 +1,23 @@
 //! Deals become contracts: when the market reports agreed terms, the customer builds the
-//! contract, signs it and asks the provider (request-response, `Kind::Deal`) to countersign;
-//! the provider checks the contract against its own agreed terms and its stake limit, signs,
-//! and the customer registers the dual-signed contract on the ledger (payment and both stakes go
-//! into escrow).
+//! contract (`agora_contracts::deal::build_contract`), signs it and asks the provider
+//! (request-response, `Kind::Deal`) to countersign; the provider checks every field against its
+//! own copy of the agreed terms, its ledger and market views and its [`DealPolicy`]
+//! (`agora_contracts::deal::check_proposal`), and countersigns or refuses with the typed
+//! [`DealRefusal`]; the customer registers the dual-signed contract on the ledger (payment and
+//! both stakes go into escrow). A proposal the provider cannot answer yet (it has not seen the
+//! agreement) is retried on a schedule beside the task's loop, which keeps serving meanwhile.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use agora_contracts::{
-    ActivationClause, Contract, ContractKind, Qos, SignedContract, Stakes, Terms, TxKind,
+use agora_contracts::deal::{
+    AuctionFacts, CommitteeView, DealContext, DealPolicy, DealRefusal, ProposalPolicy,
+    build_contract, check_proposal,
 };
-use agora_market::{
-    AgreedTerms, AuctionKind, AwardId, AwardSubject, KeySigner, NodeId, Signature, Signer,
-};
+use agora_contracts::{Contract, ContractKind, SignedContract, TxKind};
+use agora_market::{AgreedTerms, AwardId, AwardSubject, KeySigner, NodeId, Signature, Signer};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -30,42 +36,82 @@ use agora_wire::now_ms;
 pub use agora_wire::deal::DealMsg;
 
 /// CID of the empty UnixFS file: the service image of deals made before an image is attached.
-pub const EMPTY_IMAGE: &str = "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH";
+pub const EMPTY_IMAGE: &str = agora_contracts::deal::EMPTY_IMAGE;
 
-/// How deals are turned into contracts (the `[deals]` config section).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// How often the customer proposes one contract before giving up (the provider may not have
+/// processed the agreement yet); the waits between grow by [`RETRY_STEP`].
+pub const PROPOSAL_ATTEMPTS: u64 = 10;
+/// Growth of the wait between two proposals of the same contract.
+pub const RETRY_STEP: Duration = Duration::from_millis(100);
+/// Proposals in flight at once; the customer's own awards beyond it are refused with a log line.
+pub const MAX_PROPOSALS_IN_FLIGHT: usize = 32;
+/// Agreements remembered as provider; the oldest is dropped beyond it.
+pub const MAX_AGREED_AS_PROVIDER: usize = 1_024;
+
+/// How deals are turned into contracts (the `[deals]` config section): what this node proposes
+/// as customer (`[deals.customer]`) and what it accepts as provider (`[deals.provider]`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct DealConfig {
+    /// What this node proposes as customer.
+    pub customer: CustomerDeals,
+    /// What this node countersigns as provider.
+    pub provider: DealPolicy,
+}
+
+/// `[deals.customer]`: the contract this node proposes for its awards.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct CustomerDeals {
     /// Customer stake, permille of the price.
     pub customer_stake_permille: u64,
-    /// Provider stake, permille of the price.
+    /// Provider stake asked for, permille of the price.
     pub provider_stake_permille: u64,
-    /// Largest provider stake this node accepts, permille of the price.
-    pub max_provider_stake_permille: u64,
-    /// Standby contracts: how long the customer must be unreachable before handover.
+    /// Standby contracts: how long the customer must be unreachable before handover, ms.
     pub handover_after_ms: u64,
-    /// QoS: longest delay from trigger to activation.
+    /// QoS: longest delay from trigger to activation, ms.
     pub max_activation_delay_ms: u64,
     /// QoS: minimum uptime, permille.
     pub min_uptime_permille: u16,
-    /// QoS: heartbeat interval while active.
+    /// QoS: heartbeat interval while active, ms.
     pub heartbeat_interval_ms: u64,
-    /// Service image CID used for deals (until the customer attaches one).
+    /// Service image CID used for deals whose auction names none.
     pub service_image: String,
 }
 
-impl Default for DealConfig {
+impl Default for CustomerDeals {
     fn default() -> Self {
-        DealConfig {
-            customer_stake_permille: 100,
-            provider_stake_permille: 500,
-            max_provider_stake_permille: 1_000,
-            handover_after_ms: 3_000,
-            max_activation_delay_ms: 5_000,
-            min_uptime_permille: 900,
-            heartbeat_interval_ms: 1_000,
+        let p = ProposalPolicy::default();
+        CustomerDeals {
+            customer_stake_permille: p.customer_stake_permille,
+            provider_stake_permille: p.provider_stake_permille,
+            handover_after_ms: p.handover_after_ms,
+            max_activation_delay_ms: p.max_activation_delay_ms,
+            min_uptime_permille: p.min_uptime_permille,
+            heartbeat_interval_ms: p.heartbeat_interval_ms,
             service_image: EMPTY_IMAGE.into(),
         }
+    }
+}
+
+impl CustomerDeals {
+    /// The pure crate's policy; fails when `service_image` is not a CID.
+    pub fn policy(&self) -> Result<ProposalPolicy, String> {
+        let service_image: Cid = self.service_image.parse().map_err(|e| {
+            format!(
+                "deals.customer.service_image '{}' is not a CID: {e}",
+                self.service_image
+            )
+        })?;
+        Ok(ProposalPolicy {
+            customer_stake_permille: self.customer_stake_permille,
+            provider_stake_permille: self.provider_stake_permille,
+            handover_after_ms: self.handover_after_ms,
+            max_activation_delay_ms: self.max_activation_delay_ms,
+            min_uptime_permille: self.min_uptime_permille,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            service_image,
+        })
     }
 }
 
@@ -76,9 +122,11 @@ struct DealTask {
     ledger: LedgerHandle,
     storage: StorageHandle,
     market: MarketHandle,
-    /// Terms this node agreed to as provider, by award.
-    as_provider: HashMap<AwardId, AgreedTerms>,
-    seq: u64,
+    /// Terms this node agreed to as provider, by award, with when they arrived.
+    as_provider: HashMap<AwardId, (AgreedTerms, u64)>,
+    seq: Arc<AtomicU64>,
+    /// Proposals whose retry loop runs beside the task.
+    in_flight: Arc<AtomicU64>,
 }
 
 /// Starts the deal task.
@@ -101,17 +149,16 @@ pub fn spawn(
         storage,
         market: market.clone(),
         as_provider: HashMap::new(),
-        seq: 0,
+        seq: Arc::new(AtomicU64::new(now_ms())),
+        in_flight: Arc::default(),
     };
     tokio::spawn(task.run(agreed, events, cancel).in_current_span())
 }
 
-fn kind_of(k: AuctionKind) -> ContractKind {
-    match k {
-        AuctionKind::Hosted => ContractKind::Hosted,
-        AuctionKind::Standby => ContractKind::Standby,
-        AuctionKind::Storage => ContractKind::Storage,
-    }
+/// Signs one deal message with the task's sequence numbers.
+fn seal(signer: &KeySigner, seq: &AtomicU64, msg: &DealMsg) -> Option<Envelope> {
+    let n = seq.fetch_add(1, Ordering::Relaxed);
+    Envelope::seal_body(signer, Kind::Deal, now_ms(), n, msg).ok()
 }
 
 impl DealTask {
@@ -126,20 +173,13 @@ impl DealTask {
                 biased;
                 _ = cancel.cancelled() => break,
                 t = agreed.recv() => match t {
-                    Ok(terms) => self.on_agreed(terms).await,
+                    Ok(terms) => self.on_agreed(terms, &cancel).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "deal task lagged"),
                     Err(_) => break,
                 },
                 ev = events.recv() => match ev {
                     Ok(NetworkEvent::Request { id, envelope, .. }) if envelope.kind == Kind::Deal => {
-                        let reply = match envelope.body::<DealMsg>(Kind::Deal) {
-                            Ok(DealMsg::Propose { award, contract, customer_sig }) => {
-                                self.countersign(envelope.sender, award, *contract, customer_sig)
-                            }
-                            Ok(_) => DealMsg::Refused { reason: "unexpected deal message".into() },
-                            Err(e) => DealMsg::Refused { reason: e.to_string() },
-                        };
-                        self.respond(id, &reply).await;
+                        self.on_request(id, &envelope).await;
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -149,133 +189,114 @@ impl DealTask {
         }
     }
 
-    fn seal(&mut self, msg: &DealMsg) -> Option<Envelope> {
-        self.seq += 1;
-        Envelope::seal_body(&self.signer, Kind::Deal, now_ms(), self.seq, msg).ok()
-    }
-
-    async fn respond(&mut self, id: u64, msg: &DealMsg) {
-        if let Some(env) = self.seal(msg) {
+    /// Provider: answers one proposal.
+    async fn on_request(&mut self, id: u64, envelope: &Envelope) {
+        let reply = match envelope.body::<DealMsg>(Kind::Deal) {
+            Ok(DealMsg::Propose {
+                award,
+                contract,
+                customer_sig,
+            }) => match self
+                .countersign(envelope.sender, award, &contract, &customer_sig)
+                .await
+            {
+                Ok(provider_sig) => DealMsg::Signed { provider_sig },
+                Err(reason) => {
+                    info!(award = %award.short(), %reason, "refused to countersign");
+                    DealMsg::Refused { reason }
+                }
+            },
+            Ok(_) => DealMsg::Refused {
+                reason: DealRefusal::Malformed {
+                    reason: "expected a proposal".into(),
+                },
+            },
+            Err(e) => DealMsg::Refused {
+                reason: DealRefusal::Malformed {
+                    reason: e.to_string(),
+                },
+            },
+        };
+        if let Some(env) = seal(&self.signer, &self.seq, &reply) {
             let _ = self.network.respond(id, &env).await;
         }
     }
 
-    /// The contract both parties derive from the same agreed terms.
-    async fn contract_for(&self, t: &AgreedTerms) -> Result<Contract, String> {
-        let (customer, provider) = (t.customer, t.provider);
-        // The contract's arbitrators: every arbitrator of the committee but the two parties.
-        let (committee, min) = self
+    /// What both sides look up for an award: the auction's image and start time from the local
+    /// market book, and the ledger's arbitrators.
+    async fn views(&self, t: &AgreedTerms) -> Result<(AuctionFacts, CommitteeView), String> {
+        let auction = match t.subject {
+            AwardSubject::Bid { auction, .. } => {
+                let (image, start_at) = self
+                    .market
+                    .query(move |s| {
+                        s.auction(&auction)
+                            .map(|a| (a.request.body.service.clone(), a.request.body.start_at))
+                            .unwrap_or_default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                AuctionFacts { image, start_at }
+            }
+            AwardSubject::Offer { .. } => AuctionFacts::default(),
+        };
+        let committee = self
             .ledger
-            .query(|v| {
-                (
-                    v.ledger.committee().iter().copied().collect::<Vec<_>>(),
-                    v.ledger.params().min_committee,
-                )
-            })
+            .query(|v| CommitteeView::of(&v.ledger))
             .await
             .map_err(|e| e.to_string())?;
-        let arbitrators: Vec<NodeId> = committee
-            .iter()
-            .copied()
-            .filter(|c| *c != customer && *c != provider)
-            .collect();
-        if arbitrators.len() < min {
-            return Err(format!(
-                "only {} of the ledger's {} arbitrators are not parties to this deal; a \
-                 contract needs at least {min}: add arbitrators to the genesis committee (a \
-                 devnet of 7 nodes makes every node one: `agora devnet up --nodes 7`)",
-                arbitrators.len(),
-                committee.len()
-            ));
-        }
-        // The auction names the service image; without one the configured default is used.
-        let (named, start_at) = match t.subject {
-            AwardSubject::Bid { auction, .. } => self
-                .market
-                .query(move |s| {
-                    s.auction(&auction)
-                        .map(|a| (a.request.body.service.clone(), a.request.body.start_at))
-                        .unwrap_or_default()
-                })
-                .await
-                .map_err(|e| e.to_string())?,
-            AwardSubject::Offer { .. } => (None, None),
-        };
-        let image: Cid = match named {
-            Some(cid) => cid
-                .parse()
-                .map_err(|e| format!("the auction's service image {cid} is not a CID: {e}"))?,
-            None => self
-                .config
-                .service_image
-                .parse()
-                .map_err(|e| format!("deals.service_image is not a CID: {e}"))?,
-        };
-        let kind = kind_of(t.kind);
+        Ok((auction, committee))
+    }
+
+    /// Customer: the contract for agreed terms `t`.
+    async fn contract_for(&self, t: &AgreedTerms) -> Result<Contract, String> {
+        let policy = self.config.customer.policy()?;
+        let (auction, committee) = self.views(t).await?;
         // A storage contract's config is the customer's chunk commitment to the file, which the
         // arbitrators challenge the provider against.
-        let config = match kind {
-            ContractKind::Storage => {
+        let commitment = if agora_contracts::deal::kind_of(t.kind) == ContractKind::Storage {
+            let image = agora_contracts::deal::contract_image(&auction, policy.service_image)
+                .map_err(|e| e.to_string())?;
+            Some(
                 self.storage
                     .commit_file(image)
                     .await
                     .map_err(|e| e.to_string())?
-                    .0
-            }
-            _ => image,
+                    .0,
+            )
+        } else {
+            None
         };
-        let activation = match kind {
-            ContractKind::Standby => ActivationClause::OnHandover {
-                unreachable_for_ms: self.config.handover_after_ms,
-            },
-            _ => match start_at {
-                Some(t) => ActivationClause::At(t),
-                None => ActivationClause::Immediately,
-            },
+        let ctx = DealContext {
+            terms: t,
+            committee: &committee,
+            auction: &auction,
+            now: now_ms(),
         };
-        let permille = |p: u64| t.price.saturating_mul(p) / 1000;
-        Ok(Contract {
-            customer,
-            provider,
-            terms: Terms {
-                cpu_millis: t.resources.cpu_millis,
-                memory_bytes: t.resources.memory_bytes,
-                storage_bytes: t.resources.storage_bytes,
-                interfaces: t
-                    .resources
-                    .interfaces
-                    .iter()
-                    .map(|(i, n)| format!("{i:?}:{n}").to_lowercase())
-                    .collect(),
-                price: t.price,
-                duration_ms: t.duration_ms,
-            },
-            service_image: image,
-            config,
-            activation,
-            kind,
-            duration_ms: t.duration_ms,
-            qos: Qos {
-                max_activation_delay_ms: self.config.max_activation_delay_ms,
-                min_uptime_permille: self.config.min_uptime_permille,
-                heartbeat_interval_ms: self.config.heartbeat_interval_ms,
-            },
-            stakes: Stakes {
-                customer_stake: permille(self.config.customer_stake_permille),
-                provider_stake: permille(self.config.provider_stake_permille),
-            },
-            payment: t.price,
-            committee: arbitrators,
-            created_at: now_ms(),
-            // Deterministic per award so a retry proposes the same contract.
-            nonce: u64::from_le_bytes(t.award.0[..8].try_into().unwrap_or_default()),
+        build_contract(&ctx, &policy, commitment).map_err(|e| match e {
+            agora_contracts::deal::DealError::CommitteeTooSmall { .. } => format!(
+                "{e}: add arbitrators to the genesis committee (a devnet of 7 nodes makes every \
+                 node one: `agora devnet up --nodes 7`)"
+            ),
+            e => e.to_string(),
         })
     }
 
-    async fn on_agreed(&mut self, terms: AgreedTerms) {
+    async fn on_agreed(&mut self, terms: AgreedTerms, cancel: &CancellationToken) {
         let me = self.signer.node_id();
         if terms.provider == me {
-            self.as_provider.insert(terms.award, terms);
+            if self.as_provider.len() >= MAX_AGREED_AS_PROVIDER {
+                let oldest = self
+                    .as_provider
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(a, _)| *a);
+                if let Some(a) = oldest {
+                    self.as_provider.remove(&a);
+                    warn!(award = %a.short(), "agreements table full; the oldest is forgotten");
+                }
+            }
+            self.as_provider.insert(terms.award, (terms, now_ms()));
             return;
         }
         if terms.customer != me {
@@ -294,109 +315,146 @@ impl DealTask {
         let Some(peer) = peer_id_of(&terms.provider) else {
             return;
         };
-        let msg = DealMsg::Propose {
+        if self.in_flight.load(Ordering::Relaxed) >= MAX_PROPOSALS_IN_FLIGHT as u64 {
+            return warn!(award = %terms.award.short(), "too many proposals in flight; award dropped");
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let proposal = Proposal {
             award: terms.award,
-            contract: Box::new(contract.clone()),
+            contract,
             customer_sig,
+            peer,
+            signer: self.signer.clone(),
+            seq: self.seq.clone(),
+            network: self.network.clone(),
+            ledger: self.ledger.clone(),
         };
-        let Some(env) = self.seal(&msg) else { return };
-        // The provider may not have processed the agreement yet: retry a few times.
-        for attempt in 0..10u64 {
+        let in_flight = self.in_flight.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = proposal.run() => {}
+                }
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Provider: checks a proposal with `check_proposal` against this node's own views and
+    /// policy; signs it if it passes.
+    async fn countersign(
+        &mut self,
+        from: NodeId,
+        award: AwardId,
+        contract: &Contract,
+        customer_sig: &Signature,
+    ) -> Result<Signature, DealRefusal> {
+        let Some((t, _)) = self.as_provider.get(&award).cloned() else {
+            return Err(DealRefusal::UnknownAward { award });
+        };
+        let (auction, committee) = self
+            .views(&t)
+            .await
+            .map_err(|reason| DealRefusal::Malformed { reason })?;
+        let ctx = DealContext {
+            terms: &t,
+            committee: &committee,
+            auction: &auction,
+            now: now_ms(),
+        };
+        check_proposal(
+            &ctx,
+            &self.config.provider,
+            self.signer.node_id(),
+            from,
+            contract,
+            customer_sig,
+        )?;
+        let (_, provider_sig) =
+            contract
+                .sign_as(&self.signer)
+                .map_err(|e| DealRefusal::Malformed {
+                    reason: e.to_string(),
+                })?;
+        info!(award = %award.short(), "countersigned contract");
+        self.as_provider.remove(&award);
+        Ok(provider_sig)
+    }
+}
+
+/// One proposal with its retry schedule, run beside the deal task.
+struct Proposal {
+    award: AwardId,
+    contract: Contract,
+    customer_sig: Signature,
+    peer: agora_network::PeerId,
+    signer: KeySigner,
+    seq: Arc<AtomicU64>,
+    network: NetworkHandle,
+    ledger: LedgerHandle,
+}
+
+impl Proposal {
+    async fn run(self) {
+        let msg = DealMsg::Propose {
+            award: self.award,
+            contract: Box::new(self.contract.clone()),
+            customer_sig: self.customer_sig,
+        };
+        for attempt in 0..PROPOSAL_ATTEMPTS {
+            let last = attempt + 1 == PROPOSAL_ATTEMPTS;
+            let Some(env) = seal(&self.signer, &self.seq, &msg) else {
+                return warn!("cannot encode the proposal");
+            };
             match self
                 .network
-                .request(peer, &env)
+                .request(self.peer, &env)
                 .await
                 .map(|r| r.body::<DealMsg>(Kind::Deal))
             {
                 Ok(Ok(DealMsg::Signed { provider_sig })) => {
-                    let signed = SignedContract {
-                        contract,
-                        customer_sig,
-                        provider_sig,
-                    };
-                    match signed.verify() {
-                        Ok(id) => match self
-                            .ledger
-                            .submit(TxKind::RegisterContract(Box::new(signed)))
-                            .await
-                        {
-                            Ok(_) => {
-                                info!(contract = %id.short(), "contract signed by both parties and submitted")
-                            }
-                            Err(e) => {
-                                warn!(contract = %id.short(), error = %e, "contract registration refused")
-                            }
-                        },
-                        Err(e) => warn!(error = %e, "provider's signature does not verify"),
-                    }
-                    return;
+                    return self.register(provider_sig).await;
                 }
-                Ok(Ok(DealMsg::Refused { reason }))
-                    if reason.contains("unknown award") && attempt < 9 =>
-                {
-                    debug!(%reason, "provider not ready, retrying");
+                Ok(Ok(DealMsg::Refused {
+                    reason: DealRefusal::UnknownAward { .. },
+                })) if !last => {
+                    debug!(award = %self.award.short(), "provider has not seen the agreement yet; retrying");
                 }
                 Ok(Ok(DealMsg::Refused { reason })) => {
-                    return warn!(%reason, "provider refused to sign the contract");
+                    return warn!(award = %self.award.short(), %reason, "provider refused to sign the contract");
                 }
-                Ok(Ok(DealMsg::Propose { .. })) | Ok(Err(_)) | Err(_) if attempt < 9 => {}
-                other => return warn!(result = ?other.err(), "contract not countersigned"),
+                Ok(Ok(DealMsg::Propose { .. })) | Ok(Err(_)) | Err(_) if !last => {}
+                other => {
+                    return warn!(award = %self.award.short(), result = ?other.err(), "contract not countersigned");
+                }
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100 * (attempt + 1))).await;
+            tokio::time::sleep(RETRY_STEP * u32::try_from(attempt + 1).unwrap_or(1)).await;
         }
     }
 
-    fn countersign(
-        &mut self,
-        from: NodeId,
-        award: AwardId,
-        contract: Contract,
-        customer_sig: Signature,
-    ) -> DealMsg {
-        let refuse = |reason: String| DealMsg::Refused { reason };
-        let Some(t) = self.as_provider.get(&award) else {
-            return refuse(format!("unknown award {}", award.short()));
+    async fn register(self, provider_sig: Signature) {
+        let signed = SignedContract {
+            contract: self.contract,
+            customer_sig: self.customer_sig,
+            provider_sig,
         };
-        let me = self.signer.node_id();
-        if contract.customer != from || contract.customer != t.customer || contract.provider != me {
-            return refuse("contract parties differ from the deal".into());
-        }
-        if contract.payment != t.price
-            || contract.terms.price != t.price
-            || contract.duration_ms != t.duration_ms
-            || contract.terms.cpu_millis != t.resources.cpu_millis
-            || contract.terms.memory_bytes != t.resources.memory_bytes
-            || contract.kind != kind_of(t.kind)
-        {
-            return refuse("contract terms differ from the agreed terms".into());
-        }
-        let max_stake = t
-            .price
-            .saturating_mul(self.config.max_provider_stake_permille)
-            / 1000;
-        if contract.stakes.provider_stake > max_stake {
-            return refuse(format!(
-                "provider stake {} exceeds this node's limit {max_stake}",
-                contract.stakes.provider_stake
-            ));
-        }
-        if agora_market::verify(
-            &from,
-            agora_market::Domain::CONTRACT,
-            &contract.canonical_bytes().unwrap_or_default(),
-            &customer_sig,
-        )
-        .is_err()
-        {
-            return refuse("customer signature does not verify".into());
-        }
-        match contract.sign_as(&self.signer) {
-            Ok((_, provider_sig)) => {
-                info!(award = %award.short(), "countersigned contract");
-                self.as_provider.remove(&award);
-                DealMsg::Signed { provider_sig }
-            }
-            Err(e) => refuse(e.to_string()),
+        match signed.verify() {
+            Ok(id) => match self
+                .ledger
+                .submit(TxKind::RegisterContract(Box::new(signed)))
+                .await
+            {
+                Ok(_) => {
+                    info!(contract = %id.short(), "contract signed by both parties and submitted")
+                }
+                Err(e) => {
+                    warn!(contract = %id.short(), error = %e, "contract registration refused")
+                }
+            },
+            Err(e) => warn!(error = %e, "provider's signature does not verify"),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! customer sends the contract it built and signed, the provider countersigns or refuses.
 
 use agora_contracts::Contract;
+use agora_contracts::deal::DealRefusal;
 use agora_market::{AwardId, Signature};
 use serde::{Deserialize, Serialize};
 
@@ -22,9 +23,9 @@ pub enum DealMsg {
         /// The provider's signature.
         provider_sig: Signature,
     },
-    /// Provider → customer: refused, with the reason.
+    /// Provider → customer: refused, with the typed reason (which field, expected, got).
     Refused {
         /// Why.
-        reason: String,
+        reason: DealRefusal,
     },
 }

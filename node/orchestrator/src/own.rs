@@ -17,7 +17,11 @@ use agora_wire::now_ms;
 /// Service id of the node's own service.
 pub const OWN_SERVICE: &str = "own";
 /// Longest wait for the provider's last checkpoint before taking the sensors back.
-const RECLAIM_WAIT: Duration = Duration::from_secs(3);
+/// (The sensors' readings are buffered meanwhile and replayed, so waiting loses nothing.)
+const RECLAIM_WAIT: Duration = Duration::from_secs(8);
+/// How recently a handed-over contract must have closed for a restarted node to wait for the
+/// provider's last checkpoint before taking its sensors back.
+const RECENT_HANDOVER_MS: u64 = 120_000;
 
 /// `<data-dir>/own-service.json`: the image the node runs on its own sensors.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +140,31 @@ impl Orchestrator {
         }
         if self.own.running {
             return;
+        }
+        // A node restarted during a handover may find the contract already closed when it
+        // has caught up (it never saw the handover in effect, so `yielded_at` is unset): the
+        // provider may still be serving the sensors until it sees the close. Wait for its last
+        // checkpoint from the recent handover's trigger, as if this node had yielded then.
+        if self.own.yielded_at.is_none() {
+            let now = now_ms();
+            self.own.yielded_at = self
+                .ledger
+                .query(move |v| {
+                    v.ledger
+                        .contracts()
+                        .values()
+                        .filter(|r| {
+                            r.contract.customer == me
+                                && r.contract.kind == ContractKind::Standby
+                                && r.activated_at.is_some()
+                                && r.closed_at
+                                    .is_some_and(|c| now.saturating_sub(c) < RECENT_HANDOVER_MS)
+                        })
+                        .filter_map(|r| r.trigger_at)
+                        .max()
+                })
+                .await
+                .unwrap_or(None);
         }
         if let Some(since) = self.own.yielded_at {
             let deadline = tokio::time::Instant::now() + RECLAIM_WAIT;

@@ -205,7 +205,8 @@ async fn replicas_follow_decided_blocks_without_vote_traffic() {
     let (mut votes, mut blocks) = (0, Vec::new());
     loop {
         match heard.try_recv() {
-            Ok(NetworkEvent::Gossip {
+            // The ledger's topics are judged before they are forwarded (#13.1).
+            Ok(NetworkEvent::GossipToJudge {
                 topic, envelope, ..
             }) => {
                 if topic == CONSENSUS_TOPIC {

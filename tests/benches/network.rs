@@ -169,6 +169,9 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
             while let Ok(ev) = rx.recv().await {
                 if let NetworkEvent::Gossip {
                     topic, envelope, ..
+                }
+                | NetworkEvent::GossipToJudge {
+                    topic, envelope, ..
                 } = ev
                 {
                     let mut t = topics.lock().unwrap();

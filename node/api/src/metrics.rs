@@ -407,6 +407,7 @@ impl Metrics {
         if let Ok(n) = st.network.stats().await {
             for (outcome, v) in [
                 ("accepted", n.gossip_accepted),
+                ("ignored", n.gossip_ignored),
                 ("rejected", n.gossip_rejected),
                 ("published", n.gossip_published),
             ] {

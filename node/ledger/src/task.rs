@@ -16,8 +16,8 @@ use super::mempool::{Mempool, MempoolError, MempoolStats};
 use super::store::{LedgerStore, StoreError};
 use crate::chain::{ChainParams, ChainTimers, SyncMsg, SyncReply};
 use agora_consensus::{ConsensusDriver, DecidedBlock, Input, ValidatorSet};
-use agora_network::{NetworkEvent, NetworkHandle};
-use agora_wire::codec::Kind;
+use agora_network::{GossipTicket, GossipVerdict, NetworkEvent, NetworkHandle};
+use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 use agora_wire::topics::{BLOCKS_TOPIC, CONSENSUS_TOPIC};
 
@@ -84,6 +84,11 @@ const TX_BATCH_MAX: usize = 256;
 const TX_BATCH_BYTES: usize = 128 * 1024;
 /// How long a locally submitted transaction may wait for others to share its gossip message.
 const TX_BATCH_DELAY_MS: u64 = 2;
+/// How often this node gossips again its own transactions still waiting for a block. A
+/// gossip message can be lost (a peer's queue full under a flood, a peer that lagged behind
+/// its events, no mesh yet); without this, such a transaction would wait for this node's own
+/// turn to propose, or forever if its proposals do not get through.
+const OWN_REGOSSIP_MS: u64 = 3_000;
 
 enum Command {
     Query(QueryJob),
@@ -173,6 +178,8 @@ pub(super) struct LedgerTask {
     pub(super) outbox: TxOutbox,
     /// This node's own submitted transactions whose nonce the ledger has not consumed yet.
     pub(super) own: BTreeMap<u64, SignedTransaction>,
+    /// When this node last gossiped its own transactions (ms).
+    pub(super) own_gossiped_at: u64,
     /// The mempool's losses already reported in the log (see [`MempoolStats::lost`]).
     pub(super) logged_lost: u64,
     /// Admission of inbound sync requests (per-peer rate, bounded serving).
@@ -249,7 +256,12 @@ pub async fn spawn(
         &[TX_TOPIC, BLOCKS_TOPIC]
     };
     for topic in topics {
-        if let Err(e) = network.subscribe(topic).await {
+        // Every ledger topic is judged before it travels on: transactions only when this node
+        // admitted something new from them, so a flood of unfunded or gapped transactions stops
+        // at its first hop (#13.1); votes, proposals and decided blocks only when a committee
+        // member wrote them, so a stranger's consensus traffic goes nowhere.
+        let res = network.subscribe_judged(topic).await;
+        if let Err(e) = res {
             warn!(%topic, error = %e, "cannot subscribe");
         }
     }
@@ -298,6 +310,7 @@ pub async fn spawn(
         tip_asked_at: 0,
         outbox: TxOutbox::default(),
         own: BTreeMap::new(),
+        own_gossiped_at: 0,
         logged_lost: 0,
         sync_limiter: Default::default(),
     };
@@ -320,6 +333,7 @@ impl LedgerTask {
                 .next_due()
                 .into_iter()
                 .chain(self.outbox.due())
+                .chain(self.own_regossip_due())
                 .chain(self.next_tip_check())
                 .min();
             let sleep = async move {
@@ -335,6 +349,9 @@ impl LedgerTask {
                 biased;
                 _ = cancel.cancelled() => break,
                 _ = sleep => {
+                    if self.own_regossip_due().is_some_and(|at| at <= now_ms()) {
+                        self.regossip_own();
+                    }
                     if self.outbox.due().is_some_and(|at| at <= now_ms()) {
                         self.flush_outbox().await;
                     }
@@ -354,15 +371,8 @@ impl LedgerTask {
                     None => break,
                 },
                 ev = events.recv() => match ev {
-                    Ok(NetworkEvent::Gossip { envelope, .. }) if envelope.kind == Kind::Transaction => {
-                        self.on_gossiped_batch(&envelope.payload);
-                    }
-                    Ok(NetworkEvent::Gossip { topic, envelope, .. }) if envelope.kind == Kind::Consensus => {
-                        if topic == BLOCKS_TOPIC {
-                            self.on_block_gossip(envelope.sender, &envelope.payload).await;
-                        } else {
-                            self.on_consensus_gossip(envelope.sender, envelope.payload.clone()).await;
-                        }
+                    Ok(NetworkEvent::GossipToJudge { topic, envelope, ticket, .. }) => {
+                        self.on_judged_gossip(&topic, &envelope, ticket).await;
                     }
                     Ok(NetworkEvent::Request { id, envelope, .. }) if envelope.kind == Kind::Consensus => {
                         match envelope.body::<SyncMsg>(Kind::Consensus) {
@@ -452,12 +462,46 @@ impl LedgerTask {
         }
     }
 
+    /// When own transactions still wait for a block: [`OWN_REGOSSIP_MS`] after they were last
+    /// gossiped.
+    fn own_regossip_due(&self) -> Option<u64> {
+        let next = self.view.ledger.next_nonce(&self.view.me);
+        self.own
+            .range(next..)
+            .any(|(_, tx)| self.mempool.holds(tx))
+            .then_some(self.own_gossiped_at + OWN_REGOSSIP_MS)
+    }
+
+    /// Puts own transactions that still wait for a block back in the outbox (at most one
+    /// batch; the rest go next time).
+    fn regossip_own(&mut self) {
+        let next = self.view.ledger.next_nonce(&self.view.me);
+        let waiting: Vec<SignedTransaction> = self
+            .own
+            .range(next..)
+            .map(|(_, tx)| tx)
+            .filter(|tx| self.mempool.holds(tx))
+            .take(TX_BATCH_MAX)
+            .cloned()
+            .collect();
+        debug!(
+            txs = waiting.len(),
+            "gossiping again own transactions still waiting for a block"
+        );
+        for tx in waiting {
+            let size = serde_cbor::to_vec(&tx).map_or(0, |b| b.len());
+            self.outbox.push(tx, size);
+        }
+        self.own_gossiped_at = now_ms();
+    }
+
     /// Gossips the waiting local transactions as one batch.
     async fn flush_outbox(&mut self) {
         let batch = self.outbox.take();
         if batch.is_empty() {
             return;
         }
+        self.own_gossiped_at = now_ms();
         match serde_cbor::to_vec(&batch) {
             Ok(bytes) => {
                 if let Err(e) = self
@@ -472,12 +516,46 @@ impl LedgerTask {
         }
     }
 
+    /// A message of one of the ledger's topics: judged (see [`GossipVerdict`]), then used.
+    async fn on_judged_gossip(&mut self, topic: &str, envelope: &Envelope, ticket: GossipTicket) {
+        let verdict = match envelope.kind {
+            Kind::Transaction if topic == TX_TOPIC => self.on_gossiped_batch(&envelope.payload),
+            Kind::Consensus if topic == BLOCKS_TOPIC || topic == CONSENSUS_TOPIC => {
+                if self.view.ledger.committee().contains(&envelope.sender) {
+                    GossipVerdict::Accept
+                } else {
+                    // Not penalised: a replica behind on committee changes may be wrong.
+                    debug!(from = %envelope.sender.short(), %topic, "consensus gossip from a non-member ignored");
+                    GossipVerdict::Ignore
+                }
+            }
+            _ => GossipVerdict::Reject,
+        };
+        // The verdict first, so the network forwards votes without waiting for their processing.
+        self.network.judge(ticket, verdict).await;
+        if verdict != GossipVerdict::Accept || envelope.kind != Kind::Consensus {
+            return;
+        }
+        if topic == BLOCKS_TOPIC {
+            self.on_block_gossip(envelope.sender, &envelope.payload)
+                .await;
+        } else {
+            self.on_consensus_gossip(envelope.sender, envelope.payload.clone())
+                .await;
+        }
+    }
+
     /// Admits what a peer gossiped: a batch of transactions, each checked on its own (a bad
     /// one is dropped, the others still count).
-    fn on_gossiped_batch(&mut self, payload: &[u8]) {
+    /// Admits a gossiped batch; the verdict decides whether the network forwards it: only a
+    /// batch that brought at least one new admissible transaction travels on.
+    fn on_gossiped_batch(&mut self, payload: &[u8]) -> GossipVerdict {
         let batch = match serde_cbor::from_slice::<Vec<SignedTransaction>>(payload) {
             Ok(b) => b,
-            Err(e) => return debug!(error = %e, "malformed transaction batch"),
+            Err(e) => {
+                debug!(error = %e, "malformed transaction batch");
+                return GossipVerdict::Reject;
+            }
         };
         let mut admitted = false;
         let now = now_ms();
@@ -490,6 +568,11 @@ impl LedgerTask {
         self.sync_mempool_view();
         if admitted && self.mempool.has_ready(&self.view.ledger) {
             self.on_new_transaction();
+        }
+        if admitted {
+            GossipVerdict::Accept
+        } else {
+            GossipVerdict::Ignore
         }
     }
 

@@ -2,7 +2,7 @@
 //! [`NetworkEvent`]s. It moves bytes and ids; validation is the codec's, business logic lives in
 //! the pure crates.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use super::behaviour::{AgoraBehaviour, AgoraBehaviourEvent, build_swarm, topic_s
 use super::presence::PresenceTracker;
 use super::quota::{RateLimiter, loud};
 use super::{
-    Command, NetworkConfig, NetworkError, NetworkEvent, NetworkHandle, NetworkStats, PeerInfo,
-    Reply, SharedCounters,
+    Command, GossipTicket, GossipVerdict, NetworkConfig, NetworkError, NetworkEvent, NetworkHandle,
+    NetworkStats, PeerInfo, Reply, SharedCounters,
 };
 use crate::keys::{NodeKey, node_id_of};
 use agora_wire::codec::{Envelope, GOSSIP_MAX_SKEW_MS, MAX_GOSSIP_BYTES, MAX_RPC_BYTES};
@@ -81,6 +81,8 @@ struct EventLoop {
     counters: Arc<SharedCounters>,
     /// Refusals per kind so far, for quiet logging (see `quota::loud`).
     refusals: HashMap<&'static str, u64>,
+    /// Topics whose messages the application judges before they are forwarded.
+    judged: HashSet<gossipsub::TopicHash>,
 }
 
 /// An inbound request waiting for the application's answer.
@@ -166,6 +168,7 @@ pub async fn spawn(
         cancel: cancel.clone(),
         counters,
         refusals: HashMap::new(),
+        judged: HashSet::new(),
     };
     let task = tokio::spawn(event_loop.run(cancel).in_current_span());
     Ok((handle, task))
@@ -268,6 +271,30 @@ impl EventLoop {
                     self.stats.gossip_published += 1;
                 }
                 let _ = reply.send(res);
+            }
+            Command::SubscribeJudged(topic, reply) => {
+                self.judged.insert(IdentTopic::new(topic.clone()).hash());
+                self.on_command(Command::Subscribe(topic, reply));
+            }
+            Command::Judge(ticket, verdict) => {
+                let acceptance = match verdict {
+                    GossipVerdict::Accept => MessageAcceptance::Accept,
+                    GossipVerdict::Ignore => MessageAcceptance::Ignore,
+                    GossipVerdict::Reject => MessageAcceptance::Reject,
+                };
+                // False when the message already left the cache (judged too late): nothing to do.
+                let known = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&ticket.id, &ticket.source, acceptance);
+                if known {
+                    match verdict {
+                        GossipVerdict::Accept => {}
+                        GossipVerdict::Ignore => self.stats.gossip_ignored += 1,
+                        GossipVerdict::Reject => self.stats.gossip_rejected += 1,
+                    }
+                }
             }
             Command::Broadcast(topic, kind, payload, reply) => {
                 self.seq += 1;
@@ -535,6 +562,17 @@ impl EventLoop {
                 warn!(peer = %source, error = %e, "rejected gossip message");
                 gossip.report_message_validation_result(&id, &source, MessageAcceptance::Reject);
                 self.stats.gossip_rejected += 1;
+            }
+            Ok(env) if self.judged.contains(&message.topic) => {
+                // Forwarded only once the application accepts it (see `Command::Judge`).
+                self.stats.gossip_accepted += 1;
+                let topic = message.topic.as_str().to_string();
+                self.emit(NetworkEvent::GossipToJudge {
+                    topic,
+                    envelope: Arc::new(env),
+                    via: source,
+                    ticket: GossipTicket { id, source },
+                });
             }
             Ok(env) => {
                 gossip.report_message_validation_result(&id, &source, MessageAcceptance::Accept);

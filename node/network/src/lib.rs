@@ -157,8 +157,12 @@ pub struct PeerInfo {
 pub struct NetworkStats {
     /// Gossip messages accepted and delivered to the application.
     pub gossip_accepted: u64,
-    /// Gossip messages rejected by validation (forged, oversized, malformed).
+    /// Gossip messages rejected by validation (forged, oversized, malformed), by the network
+    /// or by the application that judges the topic.
     pub gossip_rejected: u64,
+    /// Gossip messages of a judged topic the application ignored (nothing new in them): they
+    /// are delivered to no one else and not forwarded, so a flood stops at its first hop.
+    pub gossip_ignored: u64,
     /// Inbound requests rejected by validation.
     pub rpc_rejected: u64,
     /// Gossip messages published by this node.
@@ -206,6 +210,19 @@ pub enum NetworkEvent {
         /// The peer that forwarded it to us.
         via: PeerId,
     },
+    /// A gossip message of a topic subscribed with [`NetworkHandle::subscribe_judged`]: its
+    /// envelope is valid, but it is forwarded to other peers only once the application says
+    /// so with [`NetworkHandle::judge`] (until then, and if it never does, it goes no further).
+    GossipToJudge {
+        /// Topic it arrived on.
+        topic: String,
+        /// The validated envelope.
+        envelope: Arc<Envelope>,
+        /// The peer that forwarded it to us.
+        via: PeerId,
+        /// What to pass back to [`NetworkHandle::judge`].
+        ticket: GossipTicket,
+    },
     /// A validated inbound request; answer with [`NetworkHandle::respond`].
     Request {
         /// Id to respond to.
@@ -223,12 +240,33 @@ pub enum NetworkEvent {
     Disconnected(PeerId),
 }
 
+/// Names one gossip message awaiting the application's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GossipTicket {
+    pub(crate) id: libp2p::gossipsub::MessageId,
+    pub(crate) source: PeerId,
+}
+
+/// The application's verdict on a gossip message of a judged topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GossipVerdict {
+    /// Something new and valid: forward it to the mesh.
+    Accept,
+    /// Valid but nothing new (duplicates, or refused by policy such as an unfunded sender):
+    /// not forwarded, and its sender is not penalised (an honest peer may be behind).
+    Ignore,
+    /// Invalid: not forwarded, and the sender's gossip score is penalised.
+    Reject,
+}
+
 pub(crate) type Reply<T> = oneshot::Sender<T>;
 
 /// Commands the handle sends to the swarm task.
 #[derive(Debug)]
 pub(crate) enum Command {
     Subscribe(String, Reply<Result<(), NetworkError>>),
+    SubscribeJudged(String, Reply<Result<(), NetworkError>>),
+    Judge(GossipTicket, GossipVerdict),
     Publish(String, Vec<u8>, Reply<Result<(), NetworkError>>),
     Broadcast(String, Kind, Vec<u8>, Reply<Result<(), NetworkError>>),
     Request(PeerId, Vec<u8>, Reply<Result<Envelope, NetworkError>>),
@@ -295,6 +333,21 @@ impl NetworkHandle {
     pub async fn subscribe(&self, topic: &str) -> Result<(), NetworkError> {
         self.call(|r| Command::Subscribe(topic.to_string(), r))
             .await?
+    }
+
+    /// Subscribes to a gossip topic whose messages the application judges before they travel
+    /// on: each arrives as [`NetworkEvent::GossipToJudge`] and is forwarded only after
+    /// [`Self::judge`] accepts it. A subscriber that floods the topic then reaches only its
+    /// direct peers, and an honest node's outbound queues never fill with what it refused.
+    pub async fn subscribe_judged(&self, topic: &str) -> Result<(), NetworkError> {
+        self.call(|r| Command::SubscribeJudged(topic.to_string(), r))
+            .await?
+    }
+
+    /// Passes the application's verdict on a judged gossip message to the network.
+    pub async fn judge(&self, ticket: GossipTicket, verdict: GossipVerdict) {
+        // No reply: the verdict is advice to gossipsub, and a stopped network has no use for it.
+        let _ = self.commands.send(Command::Judge(ticket, verdict)).await;
     }
 
     /// Publishes a sealed envelope on a topic.

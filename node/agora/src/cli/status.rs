@@ -23,8 +23,11 @@ pub async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
     println!("uptime    {} s", s.uptime_s);
     println!("version   {}", s.version);
     println!(
-        "gossip    {} accepted, {} rejected, {} published",
-        s.stats.gossip_accepted, s.stats.gossip_rejected, s.stats.gossip_published
+        "gossip    {} accepted, {} ignored, {} rejected, {} published",
+        s.stats.gossip_accepted,
+        s.stats.gossip_ignored,
+        s.stats.gossip_rejected,
+        s.stats.gossip_published
     );
     Ok(())
 }

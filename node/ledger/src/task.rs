@@ -371,7 +371,10 @@ impl LedgerTask {
                     None => break,
                 },
                 ev = events.recv() => match ev {
-                    Ok(NetworkEvent::GossipToJudge { topic, envelope, ticket, .. }) => {
+                    // Other tasks judge their own topics (the market driver's).
+                    Ok(NetworkEvent::GossipToJudge { topic, envelope, ticket, .. })
+                        if [TX_TOPIC, BLOCKS_TOPIC, CONSENSUS_TOPIC].contains(&topic.as_str()) =>
+                    {
                         self.on_judged_gossip(&topic, &envelope, ticket).await;
                     }
                     Ok(NetworkEvent::Request { id, envelope, .. }) if envelope.kind == Kind::Consensus => {

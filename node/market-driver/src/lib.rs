@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use agora_network::keys::peer_id_of;
-use agora_network::{NetworkEvent, NetworkHandle};
+use agora_network::{GossipVerdict, NetworkEvent, NetworkHandle};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 
@@ -202,7 +202,7 @@ pub async fn spawn(
 impl MarketTask {
     async fn ensure_subscribed(&mut self, topic: &str) {
         if self.subscribed.insert(topic.to_string())
-            && let Err(e) = self.network.subscribe(topic).await
+            && let Err(e) = self.network.subscribe_judged(topic).await
         {
             warn!(%topic, error = %e, "cannot subscribe to market topic");
         }
@@ -277,14 +277,57 @@ impl MarketTask {
                     }
                 }
             }
-            NetworkEvent::Gossip { envelope, .. } if envelope.kind == Kind::Market => {
-                match MarketMessage::decode(&envelope.payload) {
-                    Ok(msg) => self.remote(envelope.sender, msg).await,
-                    Err(e) => self.record(
-                        "rejected",
-                        format!("from {}: {e}", envelope.sender.short()),
-                        serde_json::Value::Null,
-                    ),
+            // Other tasks judge their own topics (the ledger's).
+            NetworkEvent::GossipToJudge {
+                topic,
+                envelope,
+                ticket,
+                ..
+            } if self.subscribed.contains(&topic) => {
+                // A market message travels on only if this node's book took it: a flood of
+                // bids for unknown auctions, replays or refused messages stops at its first hop
+                // and never fills the outbound queues this node's own bids share (#13 N7).
+                let msg = match envelope.kind {
+                    Kind::Market => {
+                        MarketMessage::decode(&envelope.payload).map_err(|e| e.to_string())
+                    }
+                    other => Err(format!("a {other:?} message on a market topic")),
+                };
+                match msg {
+                    // An auction the book already holds is no news: not forwarded again (a
+                    // peer re-sealing known auctions cannot make every node relay them).
+                    Ok(MarketMessage::Auction(req))
+                        if req.id().is_ok_and(|id| self.state.auction(&id).is_some()) =>
+                    {
+                        self.network.judge(ticket, GossipVerdict::Ignore).await;
+                    }
+                    Ok(msg) => {
+                        let effects = self.state.handle(
+                            now_ms(),
+                            Input::Remote {
+                                from: envelope.sender,
+                                msg,
+                            },
+                        );
+                        let refused = effects
+                            .iter()
+                            .any(|e| matches!(e, Effect::Rejected { from: Some(_), .. }));
+                        let verdict = if refused {
+                            GossipVerdict::Ignore
+                        } else {
+                            GossipVerdict::Accept
+                        };
+                        self.network.judge(ticket, verdict).await;
+                        self.execute(&effects).await;
+                    }
+                    Err(e) => {
+                        self.network.judge(ticket, GossipVerdict::Reject).await;
+                        self.record(
+                            "rejected",
+                            format!("from {}: {e}", envelope.sender.short()),
+                            serde_json::Value::Null,
+                        );
+                    }
                 }
             }
             NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Market => {

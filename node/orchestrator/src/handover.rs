@@ -272,6 +272,10 @@ impl Orchestrator {
             } => return self.on_probed(contract, interval, outcome).await,
         };
         self.staging.remove(&contract);
+        // Who may checkpoint these sensors (#13.4): their owner and this node.
+        self.radio
+            .managed_by(devices.clone(), vec![customer, self.me])
+            .await;
         self.hosted.entry(contract).or_insert(Hosted {
             devices: devices.clone(),
             customer,

@@ -20,6 +20,7 @@
 //! `tests/tests/attack_*.rs`. Each attack test asserts what honest nodes still do (a transfer
 //! finalises, an auction awards, …) and that no node process died ([`HostileDevnet::assert_alive`]).
 
+pub mod challenge;
 pub mod envelopes;
 pub mod flood;
 pub mod gossip;

@@ -138,9 +138,14 @@ impl Hub {
     }
 }
 
-/// Encodes a snapshot as an event payload.
-fn encode(s: &Snapshot) -> Arc<str> {
-    serde_json::to_string(s)
+/// Reads a snapshot with the stream's counters and encodes it as an event payload.
+async fn read(api: &ApiState, hub: &Hub) -> Arc<str> {
+    let mut s = snapshot::read(api).await;
+    s.stream = Some(snapshot::StreamStats {
+        listeners: hub.listeners(),
+        dropped: hub.dropped(),
+    });
+    serde_json::to_string(&s)
         .unwrap_or_else(|_| "{}".into())
         .into()
 }
@@ -161,7 +166,7 @@ pub async fn produce(api: ApiState, hub: Hub, cancel: CancellationToken) {
             last = None;
             continue;
         }
-        let event = encode(&snapshot::read(&api).await);
+        let event = read(&api, &hub).await;
         if last.as_deref() != Some(&*event) {
             hub.publish(event.clone());
             last = Some(event);
@@ -194,7 +199,7 @@ async fn events(State(d): State<DashState>, headers: HeaderMap) -> Result<Respon
         .hub
         .subscribe()
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let first = encode(&snapshot::read(&d.api).await);
+    let first = read(&d.api, &d.hub).await;
     let stream = client_stream(first, rx);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())

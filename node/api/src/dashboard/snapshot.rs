@@ -132,6 +132,17 @@ pub struct Snapshot {
     pub devices: Vec<DeviceStatus>,
     /// Balance and earnings, when the node has a ledger.
     pub account: Option<AccountView>,
+    /// The event stream itself.
+    pub stream: Option<StreamStats>,
+}
+
+/// The event stream's own counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StreamStats {
+    /// Listeners connected now.
+    pub listeners: usize,
+    /// Listeners dropped since start because they fell behind.
+    pub dropped: u64,
 }
 
 /// Reads a snapshot of the node's state.

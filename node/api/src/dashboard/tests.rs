@@ -162,6 +162,13 @@ async fn snapshots_arrive_and_follow_changes() {
     assert_eq!(node.name, "dash-test");
     assert_eq!(node.peer_id, net.peer_id().to_string());
     assert!(first.peers.is_empty(), "{:?}", first.peers);
+    assert_eq!(
+        first.stream,
+        Some(snapshot::StreamStats {
+            listeners: 1,
+            dropped: 0
+        })
+    );
 
     // A peer connects: the next snapshots show it, without asking again.
     let other = network(&cancel).await;

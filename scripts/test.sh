@@ -17,6 +17,15 @@ if ! command -v prometheus >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v a
       || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }; } \
     >/dev/null 2>&1 || echo "warning: could not install prometheus; its test will be SKIPPED" >&2
 fi
+# The dashboard's browser test (tests/tests/dashboard_browser.rs) drives Debian's headless
+# `chromium` through `chromedriver` (package chromium-driver); installed quietly when missing and
+# running as root, otherwise that test says SKIPPED.
+if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -qq --no-install-recommends chromium chromium-driver \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; }; } \
+    >/dev/null 2>&1 || echo "warning: could not install chromium; the dashboard browser test will be SKIPPED" >&2
+fi
 # End-to-end tests drive the real `agora` binary; build it first so it is never stale.
 cargo build --locked -p agora-node --bin agora
 log=$(mktemp)

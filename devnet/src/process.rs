@@ -530,9 +530,49 @@ pub async fn down(dir: &Path, clean: bool) -> anyhow::Result<usize> {
     Ok(stopped)
 }
 
+/// The dashboard's address on a node's control API; with `token`, the token rides in the
+/// fragment, which the browser keeps to itself (never sent in a request).
+pub fn dashboard_url(api: &str, token: Option<&str>) -> String {
+    match token {
+        Some(t) => format!("http://{api}/#token={t}"),
+        None => format!("http://{api}/"),
+    }
+}
+
+fn read_token(data_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(data_dir.join(agora_api::API_TOKEN_FILE))
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// Prints where each running node's dashboard is. The token goes into the address only when
+/// stdout is a terminal (output redirected to a log file that others may read gets the bare
+/// address and where the token is).
+fn print_dashboards(dashboards: &[(&DevnetNode, Option<String>)]) {
+    use std::io::IsTerminal;
+    let terminal = std::io::stdout().is_terminal();
+    for (node, token) in dashboards {
+        match token.as_deref().filter(|_| terminal) {
+            Some(t) => println!(
+                "dashboard {}: {}",
+                node.name,
+                dashboard_url(&node.api, Some(t))
+            ),
+            None => println!(
+                "dashboard {}: {} (token: {})",
+                node.name,
+                dashboard_url(&node.api, None),
+                node.data_dir.join(agora_api::API_TOKEN_FILE).display()
+            ),
+        }
+    }
+}
+
 async fn print_manifest(m: &DevnetManifest, json: bool) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut out = Vec::new();
+    let mut dashboards = Vec::new();
     for node in &m.nodes {
         let running = node.pid.is_some_and(|p| is_our_process(p, &node.data_dir));
         let peers = if running {
@@ -557,11 +597,20 @@ async fn print_manifest(m: &DevnetManifest, json: bool) -> anyhow::Result<()> {
             node.api.clone(),
             p2p,
         ]);
+        let token = if running {
+            read_token(&node.data_dir)
+        } else {
+            None
+        };
         out.push(serde_json::json!({
             "name": node.name, "node_id": node.node_id, "running": running,
             "pid": node.pid, "peers": peers, "api": node.api, "p2p": node.p2p,
             "data_dir": node.data_dir, "metrics": node.metrics,
+            "dashboard": token.as_deref().map(|t| dashboard_url(&node.api, Some(t))),
         }));
+        if running {
+            dashboards.push((node, token));
+        }
     }
     if json {
         return print_json(
@@ -570,6 +619,7 @@ async fn print_manifest(m: &DevnetManifest, json: bool) -> anyhow::Result<()> {
     }
     print_table(&["NODE", "ID", "STATE", "PEERS", "CONTROL", "P2P"], &rows);
     println!("devnet dir: {}", m.dir.display());
+    print_dashboards(&dashboards);
     let metrics: Vec<String> = m
         .nodes
         .iter()

@@ -375,3 +375,66 @@ async fn an_arbitrator_proposing_thirty_days_ahead_cannot_move_ledger_time() {
         );
     }
 }
+
+/// #13.13 on a real swarm: one of four arbitrators (a test hook in its consensus driver) casts
+/// every vote twice, for different values. The honest drivers find the two signed votes, each
+/// node submits them once as `ReportEquivocation` through its mempool, the report is decided,
+/// and every replica burns the equivocator's bond; the chain keeps deciding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equivocating_arbitrator_is_reported_and_its_bond_slashed_on_every_replica() {
+    let net = Devnet::builder().nodes(4).spawn().await.unwrap();
+    net.wait_connected(3, WAIT).await.unwrap();
+    let bad = net.node_id(3);
+    let bond = |i: usize| {
+        let l = net.node(i).unwrap().ledger.clone().unwrap();
+        async move {
+            l.query(move |v| {
+                (
+                    v.ledger.account(&bad).map(|a| a.bonded).unwrap_or(0),
+                    v.ledger.slashed().get(&bad).map(|s| s.amount),
+                    v.evidence.contains(&bad),
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let (bonded, slashed, _) = bond(0).await;
+    assert!(bonded > 0, "the arbitrator holds a bond before");
+    assert_eq!(slashed, None);
+    net.node(3)
+        .unwrap()
+        .ledger
+        .clone()
+        .unwrap()
+        .byzantine_double_vote()
+        .await
+        .unwrap();
+
+    // Transactions make heights (and votes) happen; the double votes come with them.
+    let l1 = net.node(1).unwrap().ledger.clone().unwrap();
+    let mut want = balance(&net, 0, 1).await;
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    'outer: loop {
+        l1.submit(TxKind::Faucet { amount: 10 }).await.unwrap();
+        want += 10;
+        wait_balance(&net, &[0, 1, 2], 1, want).await;
+        let mut done = true;
+        for i in 0..3 {
+            let (now_bonded, now_slashed, seen) = bond(i).await;
+            done &= now_bonded == 0 && now_slashed == Some(bonded) && seen;
+        }
+        if done {
+            break 'outer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the equivocator's bond was not slashed on every honest replica: {:?}",
+            [bond(0).await, bond(1).await, bond(2).await]
+        );
+    }
+    // Slashed once, whoever reported first; the chain still decides.
+    l1.submit(TxKind::Faucet { amount: 10 }).await.unwrap();
+    wait_balance(&net, &[0, 1, 2], 1, want + 10).await;
+    net.shutdown().await;
+}

@@ -13,15 +13,18 @@
 //! - seal envelopes of any kind with its own key ([`Adversary::seal`]), or hand-craft broken
 //!   ones with [`envelopes`] (forged signature, replayed, stale, future-dated, oversized, wrong
 //!   kind, garbage),
+//! - forge radio checkpoints ([`radio`]),
 //! - and come in numbers: [`Adversary::many`] joins throwaway identities (keys are free).
 //!
 //! Attack families live in one file each under `adversary/` and are used by the tests in
 //! `tests/tests/attack_*.rs`. Each attack test asserts what honest nodes still do (a transfer
 //! finalises, an auction awards, …) and that no node process died ([`HostileDevnet::assert_alive`]).
 
+pub mod challenge;
 pub mod envelopes;
 pub mod flood;
 pub mod gossip;
+pub mod radio;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -252,6 +255,24 @@ impl Adversary {
     pub async fn join(net: &HostileDevnet) -> anyhow::Result<Adversary> {
         let adv = Self::start(NodeKey::generate(), net.p2p_addrs()).await?;
         let peers: Vec<PeerId> = (0..net.len()).map(|i| net.peer_id(i)).collect();
+        adv.wait_connected(&peers).await?;
+        Ok(adv)
+    }
+
+    /// A fresh identity that dials every node of a devnet started some other way (a demo
+    /// story) and waits until connected to all.
+    pub async fn join_manifest(m: &DevnetManifest) -> anyhow::Result<Adversary> {
+        let addrs = m.nodes.iter().flat_map(|n| n.p2p.iter());
+        let adv = Self::start(
+            NodeKey::generate(),
+            addrs.filter_map(|a| a.parse().ok()).collect(),
+        )
+        .await?;
+        let peers: Vec<PeerId> = m
+            .nodes
+            .iter()
+            .filter_map(|n| peer_id_of(&n.node_id.parse().ok()?))
+            .collect();
         adv.wait_connected(&peers).await?;
         Ok(adv)
     }

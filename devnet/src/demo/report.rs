@@ -152,6 +152,7 @@ mod tests {
                 released: vec![],
                 at: 0,
             },
+            verified: true,
         }
     }
 

@@ -440,6 +440,16 @@ impl Story {
     /// Stops the sensors, lets the last checkpoints arrive and accounts every reading, as a node
     /// that is neither A nor `b` heard the checkpoints.
     pub async fn coverage(&mut self, b: usize) -> Coverage {
+        self.coverage_of(b, |_| true).await
+    }
+
+    /// [`Self::coverage`] counting only the checkpoints `keep` accepts (an attack test leaves
+    /// out a hostile peer's, which an observer that manages nothing cannot tell apart).
+    pub async fn coverage_of(
+        &mut self,
+        b: usize,
+        keep: impl Fn(&agora_radio::CheckpointRecord) -> bool,
+    ) -> Coverage {
         let sent = match self.sensors.take() {
             Some(s) => s.stop().await,
             None => BTreeMap::new(),
@@ -456,7 +466,8 @@ impl Story {
             Err(_) => RadioStatus::default(),
         };
         let a_id = &self.m.nodes[self.a].node_id;
-        coverage(&sent, &st.checkpoints, |edge| {
+        let kept: Vec<_> = st.checkpoints.into_iter().filter(|c| keep(c)).collect();
+        coverage(&sent, &kept, |edge| {
             let name = names.get(edge).cloned().unwrap_or_else(|| short(edge));
             if edge == a_id {
                 format!("{name} (A)")

@@ -181,6 +181,17 @@ impl ApiClient {
         self.get("/v1/presence").await
     }
 
+    /// `GET /ready`: the readiness checks, whether they pass (200) or not (503).
+    pub async fn readiness(&self) -> Result<crate::metrics::Readiness, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/ready", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        resp.json().await.map_err(|e| self.unreachable(e))
+    }
+
     /// Asks the node to stop.
     pub async fn shutdown(&self) -> Result<(), ClientError> {
         let _: serde_json::Value = self.post("/v1/shutdown", &serde_json::json!({})).await?;

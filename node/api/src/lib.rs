@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod dashboard;
 pub mod edge;
 pub mod ledger;
 pub mod market;
@@ -360,7 +361,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: C
         .merge(edge::routes())
         .merge(services::routes())
         .with_state(state.clone())
-        .merge(metrics::probe_routes(state.clone(), state.metrics.clone()));
+        .merge(metrics::probe_routes(state.clone(), state.metrics.clone()))
+        .merge(dashboard::routes(state.clone(), cancel.clone()));
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await;

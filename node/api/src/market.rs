@@ -209,32 +209,43 @@ async fn list_auctions(
         .query(|m| {
             m.auctions()
                 .iter()
-                .map(|(id, e)| {
-                    let b = &e.request.body;
-                    let (status, provider) = match &e.status {
-                        AuctionStatus::Open => ("open", None),
-                        AuctionStatus::Closed { .. } => ("closed", None),
-                        AuctionStatus::Awarded { provider, .. } => {
-                            ("awarded", Some(provider.to_string()))
-                        }
-                    };
-                    AuctionView {
-                        id: id.to_string(),
-                        customer: b.customer.to_string(),
-                        region: b.region.clone(),
-                        kind: b.kind,
-                        max_price: b.max_price,
-                        duration_ms: b.duration_ms,
-                        window_closes_at: b.window_closes_at,
-                        status: status.into(),
-                        provider,
-                        bids: e.bids.len(),
-                    }
-                })
+                .map(|(id, e)| auction_view(id, e))
                 .collect()
         })
         .await?;
     Ok(Json(views))
+}
+
+/// The listed form of one auction of the book.
+pub(crate) fn auction_view(id: &AuctionId, e: &agora_market::AuctionEntry) -> AuctionView {
+    let b = &e.request.body;
+    let (status, provider) = match &e.status {
+        AuctionStatus::Open => ("open", None),
+        AuctionStatus::Closed { .. } => ("closed", None),
+        AuctionStatus::Awarded { provider, .. } => ("awarded", Some(provider.to_string())),
+    };
+    AuctionView {
+        id: id.to_string(),
+        customer: b.customer.to_string(),
+        region: b.region.clone(),
+        kind: b.kind,
+        max_price: b.max_price,
+        duration_ms: b.duration_ms,
+        window_closes_at: b.window_closes_at,
+        status: status.into(),
+        provider,
+        bids: e.bids.len(),
+    }
+}
+
+/// The listed form of one bid.
+pub(crate) fn bid_view(id: &agora_market::BidId, b: &agora_market::Bid) -> BidView {
+    BidView {
+        id: id.to_string(),
+        provider: b.body.provider.to_string(),
+        price: b.body.price,
+        reputation_permille: b.body.reputation_permille,
+    }
 }
 
 async fn submit_bid(
@@ -274,12 +285,7 @@ async fn list_bids(
             m.auction(&auction).map(|e| {
                 e.bids
                     .iter()
-                    .map(|(bid, b)| BidView {
-                        id: bid.to_string(),
-                        provider: b.body.provider.to_string(),
-                        price: b.body.price,
-                        reputation_permille: b.body.reputation_permille,
-                    })
+                    .map(|(bid, b)| bid_view(bid, b))
                     .collect::<Vec<_>>()
             })
         })

@@ -94,6 +94,7 @@ struct Series {
     orchestrator_synced: Gauge,
     readings: Family<Labels, Counter>,
     radio_devices: Family<Labels, Gauge>,
+    radio_refused: Family<Labels, Counter>,
     bitswap: Family<Labels, Counter>,
     services: Family<Labels, Gauge>,
     service_fuel_used: Family<Labels, Counter>,
@@ -125,6 +126,7 @@ impl Series {
             orchestrator_synced: Gauge::default(),
             readings: Family::default(),
             radio_devices: Family::default(),
+            radio_refused: Family::default(),
             bitswap: Family::default(),
             services: Family::default(),
             service_fuel_used: Family::default(),
@@ -238,6 +240,12 @@ impl Series {
             "radio_devices",
             "Devices the radio hears, by role here (managed, buffering)",
             s.radio_devices.clone(),
+        );
+        r.register(
+            "radio_refused",
+            "Peer checkpoints and device-table entries the radio refused or evicted, by reason \
+             (not_manager, beyond_heard, release, replay_clamped, evicted, table_full)",
+            s.radio_refused.clone(),
         );
         r.register(
             "bitswap",
@@ -517,6 +525,17 @@ impl Metrics {
             }
             set_family_gauge(&s.radio_devices, &[("role", "managed")], managed);
             set_family_gauge(&s.radio_devices, &[("role", "buffering")], buffering);
+            let r = &status.stats;
+            for (reason, v) in [
+                ("not_manager", r.ranges_refused_not_manager),
+                ("beyond_heard", r.ranges_refused_beyond_heard),
+                ("release", r.releases_refused),
+                ("replay_clamped", r.replay_covered_clamped),
+                ("evicted", r.devices_evicted),
+                ("table_full", r.frames_dropped_table_full),
+            ] {
+                set_family_counter(&s.radio_refused, &[("reason", reason)], v);
+            }
         }
         if let Some(b) = st.storage.as_ref().and_then(|x| x.bitswap()) {
             let b = b.stats();

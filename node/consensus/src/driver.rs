@@ -84,6 +84,7 @@ impl ConsensusDriver {
                 parent: BlockId::GENESIS_PARENT,
                 parent_time: 0,
                 proposal_skew_ms: 0,
+                double_vote: false,
                 height_started_at: 0,
                 effects: Vec::new(),
                 followups: VecDeque::new(),
@@ -130,6 +131,13 @@ impl ConsensusDriver {
     #[cfg(any(test, feature = "test-utils"))]
     pub fn byzantine_proposal_skew(&mut self, skew_ms: u64) {
         self.io.proposal_skew_ms = skew_ms;
+    }
+
+    /// Test hook: every vote this node casts goes out with a conflicting twin (an
+    /// equivocating arbitrator). Only with the `test-utils` feature.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn byzantine_double_vote(&mut self) {
+        self.io.double_vote = true;
     }
 
     /// A decided block still held in memory.

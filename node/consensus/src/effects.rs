@@ -175,6 +175,21 @@ impl Misbehavior {
             | Misbehavior::DoubleProposal { validator, .. } => *validator,
         }
     }
+
+    /// The evidence as `TxKind::ReportEquivocation` carries it: two conflicting signed votes.
+    /// `None` for a double proposal, which the ledger has no rule for (a proposer that
+    /// equivocates gets no block decided from it; only double votes are slashed).
+    pub fn ledger_evidence(&self) -> Option<agora_contracts::EquivocationEvidence> {
+        match self {
+            Misbehavior::DoubleVote { first, second, .. } => {
+                Some(agora_contracts::EquivocationEvidence {
+                    first: first.to_ledger(),
+                    second: second.to_ledger(),
+                })
+            }
+            Misbehavior::DoubleProposal { .. } => None,
+        }
+    }
 }
 
 /// What the node must do; carry effects out in order.

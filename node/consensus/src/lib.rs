@@ -57,8 +57,9 @@
 //!   proposer also publishes it on `agora/blocks/1`.
 //! * `SyncRequest { height }` — a `SyncMsg::Request` to one other arbitrator, round robin.
 //! * `SendSyncResponse { to, blocks }` — the answer to that node's pending request.
-//! * `Evidence(misbehavior)` — logged and kept in the ledger view's `evidence` list; nothing
-//!   acts on it yet (equivocation is not slashed).
+//! * `Evidence(misbehavior)` — logged and kept in the ledger view's `evidence` list; a double
+//!   vote is submitted once as `TxKind::ReportEquivocation` ([`Misbehavior::ledger_evidence`]),
+//!   and the ledger burns the equivocator's bond.
 //! * `Rejected { from, error }` — logged at debug level. (The envelope's signature was already
 //!   checked when gossip was validated; the driver's own rejections do not change peer scores.)
 //!

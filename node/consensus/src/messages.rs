@@ -345,6 +345,25 @@ impl SignedVoteMsg {
         SignedMessage::new(self.vote.clone(), self.signature.into())
     }
 
+    /// The ledger's form of this vote (same signed bytes), for equivocation evidence.
+    pub fn to_ledger(&self) -> agora_contracts::SignedVote {
+        let v = &self.vote;
+        agora_contracts::SignedVote {
+            vote: agora_contracts::ConsensusVote {
+                kind: if v.prevote {
+                    agora_contracts::VoteKind::Prevote
+                } else {
+                    agora_contracts::VoteKind::Precommit
+                },
+                height: v.height.0,
+                round: v.round,
+                block: v.block_id().map(|id| agora_contracts::BlockHash(id.0)),
+                voter: v.voter(),
+            },
+            signature: self.signature,
+        }
+    }
+
     /// From the malachite form.
     pub fn from_malachite(signed: SignedMessage<AgoraContext, Vote>) -> Self {
         SignedVoteMsg {

@@ -3,7 +3,10 @@
 //! contracts and judge the answers against the customer's commitment.
 //!
 //! The data side (commitments, custody, building answers) is in
-//! [`crate::custody`]; the judging is `agora_storage::challenge`.
+//! [`crate::custody`]; the judging is `agora_storage::challenge`; who is answered at all is
+//! [`gate`] (only the contract's committee, per-member quotas).
+
+pub mod gate;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +31,9 @@ pub use agora_wire::storage::StorageRpc;
 pub const AUDIT_SAMPLES: usize = 4;
 /// How long a provider has to answer a challenge.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Challenges a provider answers at once; more are refused as busy rather than queued, so a
-/// flood of challenges cannot pile up disk reads.
+/// Challenges a provider answers at once, to committee members only (strangers are refused
+/// before they take a slot); more are refused as busy rather than queued, so a flood of
+/// challenges cannot pile up disk reads.
 pub const CONCURRENT_ANSWERS: usize = 4;
 
 /// Signs envelopes for one role with its own sequence numbers.
@@ -46,7 +50,8 @@ impl Sealer {
     }
 }
 
-/// Starts the provider side: answers every storage challenge addressed to this node.
+/// Starts the provider side: answers the storage challenges the [`gate`] admits (the
+/// committee of a storage contract keeping the file); refuses the rest with the reason.
 pub fn spawn_responder(
     storage: StorageHandle,
     network: NetworkHandle,
@@ -65,24 +70,21 @@ pub fn spawn_responder(
                 _ = cancel.cancelled() => break,
                 ev = events.recv() => ev,
             };
-            let (id, envelope) = match ev {
-                Ok(NetworkEvent::Request { id, envelope, .. })
+            let (id, peer, envelope) = match ev {
+                Ok(NetworkEvent::Request { id, peer, envelope })
                     if envelope.kind == Kind::Storage =>
                 {
-                    (id, envelope)
+                    (id, peer, envelope)
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => break,
             };
             // Answering reads chunks from disk: do it beside the loop, not in it.
             let (storage, network, sealer) = (storage.clone(), network.clone(), sealer.clone());
-            let slot = slots.clone().try_acquire_owned();
+            let slots = slots.clone();
             tokio::spawn(
                 async move {
-                    let answer = match (slot, envelope.body::<StorageRpc>(Kind::Storage)) {
-                        (Err(_), _) => StorageRpc::Busy,
-                        (Ok(_slot), body) => answer(&storage, body).await,
-                    };
+                    let answer = admit_and_answer(&storage, &slots, peer, &envelope).await;
                     if let Some(env) = sealer.seal(&answer) {
                         let _ = network.respond(id, &env).await;
                     }
@@ -94,23 +96,41 @@ pub fn spawn_responder(
     tokio::spawn(task.in_current_span())
 }
 
-async fn answer(
+/// The provider's answer to one request: refused unless the gate admits the asker, busy when
+/// every slot is taken (no quota spent), else the proof from the store.
+async fn admit_and_answer(
     storage: &StorageHandle,
-    body: Result<StorageRpc, agora_wire::codec::CodecError>,
+    slots: &Arc<Semaphore>,
+    peer: agora_network::PeerId,
+    envelope: &Envelope,
 ) -> StorageRpc {
-    match body {
-        Ok(StorageRpc::Challenge(c)) => match storage.prove(c).await {
-            Ok(proof) => StorageRpc::Proof(proof),
-            Err(e) => StorageRpc::Refused {
-                reason: e.to_string(),
-            },
-        },
-        Ok(_) => StorageRpc::Refused {
-            reason: "expected a challenge".into(),
-        },
-        Err(e) => StorageRpc::Refused {
-            reason: e.to_string(),
-        },
+    let gate = storage.challenge_gate();
+    let refuse = |reason: String| StorageRpc::Refused { reason };
+    let challenge = match envelope.body::<StorageRpc>(Kind::Storage) {
+        Ok(StorageRpc::Challenge(c)) => c,
+        Ok(_) => {
+            gate.count_malformed();
+            return refuse("expected a challenge".into());
+        }
+        Err(e) => {
+            gate.count_malformed();
+            return refuse(e.to_string());
+        }
+    };
+    let asker = envelope.sender;
+    if let Err(r) = gate.check(asker, peer, &challenge.file) {
+        return refuse(r.to_string());
+    }
+    let Ok(_slot) = slots.clone().try_acquire_owned() else {
+        gate.count_busy();
+        return StorageRpc::Busy;
+    };
+    if let Err(r) = gate.spend(asker, &challenge.file, now_ms()) {
+        return refuse(r.to_string());
+    }
+    match storage.prove(challenge).await {
+        Ok(proof) => StorageRpc::Proof(proof),
+        Err(e) => refuse(e.to_string()),
     }
 }
 

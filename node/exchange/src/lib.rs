@@ -117,6 +117,7 @@ pub struct StorageHandle {
     config: StorageConfig,
     jobs: jobs::Jobs,
     provers: custody::Provers,
+    gate: audit::gate::ChallengeGate,
 }
 
 /// Starts the configured backend. Embedded: opens the block store, starts bitswap on the swarm
@@ -139,6 +140,7 @@ pub async fn spawn(
             config,
             jobs: jobs::Jobs::default(),
             provers: custody::Provers::default(),
+            gate: audit::gate::ChallengeGate::default(),
         });
     }
     let path = data_dir.join(BLOCKS_DIR);
@@ -160,6 +162,7 @@ pub async fn spawn(
         config,
         jobs: jobs::Jobs::default(),
         provers: custody::Provers::default(),
+        gate: audit::gate::ChallengeGate::default(),
     };
     tokio::spawn(
         async move {
@@ -181,6 +184,12 @@ impl StorageHandle {
     /// The bitswap engine, if the embedded backend runs.
     pub fn bitswap(&self) -> Option<&Bitswap> {
         self.embedded.as_ref().map(Embedded::bitswap)
+    }
+
+    /// Who this node answers storage challenges from: the orchestrator writes the committees
+    /// of the storage contracts it keeps files for; the challenge responder reads them.
+    pub fn challenge_gate(&self) -> &audit::gate::ChallengeGate {
+        &self.gate
     }
 
     /// The configured backend.

@@ -134,9 +134,17 @@ impl StorageHandle {
         self.backend.gc().await
     }
 
-    /// Backend counters (bitswap counters for embedded, repo figures for Kubo).
+    /// Backend counters (bitswap counters for embedded, repo figures for Kubo), with the
+    /// proof-of-storage challenge counters under `challenges`.
     pub async fn stats(&self) -> Result<serde_json::Value, ExchangeError> {
-        self.backend.stats().await
+        let mut stats = self.backend.stats().await?;
+        // Proof-of-storage challenges this node was asked, answered and refused (#13.7).
+        let challenges = serde_json::to_value(self.gate.stats())
+            .map_err(|e| ExchangeError::Task(e.to_string()))?;
+        if let Some(map) = stats.as_object_mut() {
+            map.insert("challenges".into(), challenges);
+        }
+        Ok(stats)
     }
 
     /// Writes the DAG under `cid` (fetched if needed) as a CAR v1 file.

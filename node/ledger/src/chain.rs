@@ -446,8 +446,12 @@ impl LedgerTask {
                 None
             }
             Effect::Evidence(m) => {
-                warn!(validator = %m.validator().short(), "arbitrator equivocated; evidence recorded");
-                self.view.evidence.push(m.validator());
+                let validator = m.validator();
+                warn!(validator = %validator.short(), "arbitrator equivocated; evidence recorded");
+                if !self.view.evidence.contains(&validator) {
+                    self.view.evidence.push(validator);
+                }
+                self.report_equivocation(&m).await;
                 None
             }
             Effect::Rejected { from, error } => {

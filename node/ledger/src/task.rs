@@ -99,6 +99,9 @@ enum Command {
     /// Test hook: propose blocks this far ahead of the clock.
     #[cfg(feature = "test-utils")]
     ProposalSkew(u64),
+    /// Test hook: cast every vote twice, differently.
+    #[cfg(feature = "test-utils")]
+    DoubleVote,
 }
 
 /// Cloneable handle to the ledger task.
@@ -151,6 +154,16 @@ impl LedgerHandle {
             .map_err(|_| LedgerTaskError::Stopped)
     }
 
+    /// Test hook (feature `test-utils`, never in the shipped binary): this node's consensus
+    /// driver casts every vote twice, for different values, like an equivocating arbitrator.
+    #[cfg(feature = "test-utils")]
+    pub async fn byzantine_double_vote(&self) -> Result<(), LedgerTaskError> {
+        self.tx
+            .send(Command::DoubleVote)
+            .await
+            .map_err(|_| LedgerTaskError::Stopped)
+    }
+
     /// Outcomes of applied blocks, as they happen.
     pub fn outcomes(&self) -> broadcast::Receiver<Arc<AppliedBlock>> {
         self.outcomes.subscribe()
@@ -182,6 +195,9 @@ pub(super) struct LedgerTask {
     pub(super) own_gossiped_at: u64,
     /// The mempool's losses already reported in the log (see [`MempoolStats::lost`]).
     pub(super) logged_lost: u64,
+    /// Arbitrators whose equivocation this node already reported to the ledger (bounded by
+    /// the committee: the driver only finds evidence against its members).
+    pub(super) reported: std::collections::BTreeSet<NodeId>,
     /// Admission of inbound sync requests (per-peer rate, bounded serving).
     pub(super) sync_limiter: crate::sync_server::SyncLimiter,
 }
@@ -311,6 +327,7 @@ pub async fn spawn(
         outbox: TxOutbox::default(),
         own: BTreeMap::new(),
         own_gossiped_at: 0,
+        reported: Default::default(),
         logged_lost: 0,
         sync_limiter: Default::default(),
     };
@@ -407,6 +424,11 @@ impl LedgerTask {
                 );
                 self.driver.byzantine_proposal_skew(ms);
             }
+            #[cfg(feature = "test-utils")]
+            Command::DoubleVote => {
+                warn!("test hook: this node casts every vote twice, differently");
+                self.driver.byzantine_double_vote();
+            }
         }
     }
 
@@ -441,6 +463,32 @@ impl LedgerTask {
             self.flush_outbox().await;
         }
         Ok(tx)
+    }
+
+    /// Submits double-vote evidence as `TxKind::ReportEquivocation`, through the mempool like
+    /// any own transaction, once per arbitrator: the ledger burns the equivocator's bond.
+    /// Double proposals have no ledger rule (nothing decided comes of them) and are only
+    /// logged.
+    pub(super) async fn report_equivocation(&mut self, m: &agora_consensus::Misbehavior) {
+        let arbitrator = m.validator();
+        let Some(evidence) = m.ledger_evidence() else {
+            return;
+        };
+        if self.view.ledger.is_slashed(&arbitrator) || self.reported.contains(&arbitrator) {
+            return;
+        }
+        match self
+            .submit(TxKind::ReportEquivocation(Box::new(evidence)))
+            .await
+        {
+            Ok(tx) => {
+                self.reported.insert(arbitrator);
+                info!(arbitrator = %arbitrator.short(), nonce = tx.tx.nonce, "equivocation reported to the ledger");
+            }
+            Err(e) => {
+                warn!(arbitrator = %arbitrator.short(), error = %e, "equivocation evidence not submitted");
+            }
+        }
     }
 
     /// Signs again, with fresh nonces, own transactions whose nonce `txs` (a block just

@@ -57,6 +57,7 @@ impl Orchestrator {
             // A commitment that does not describe the file would fail every honest answer:
             // call the contract off before activation instead of being slashed for it.
             self.timeline.push("custody-refused", Some(&contract), e);
+            self.storage.challenge_gate().remove(&contract.0);
             if matches!(
                 rec.status,
                 ContractStatus::Validated | ContractStatus::Migrated | ContractStatus::Armed

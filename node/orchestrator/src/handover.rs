@@ -154,6 +154,14 @@ impl Orchestrator {
     fn prepare(&mut self, id: ContractId, rec: &ContractRecord, start: bool) {
         let c = &rec.contract;
         if c.kind == ContractKind::Storage {
+            // Only this contract's committee may challenge the file (#13.7); open the gate
+            // before custody is checked so a restarted provider answers its audits at once.
+            self.storage.challenge_gate().insert(
+                id.0,
+                c.service_image,
+                c.committee.clone(),
+                rec.evidence_period_ms(),
+            );
             self.take_custody(id, c);
         } else {
             let hb = c.qos.heartbeat_interval_ms;
@@ -272,6 +280,10 @@ impl Orchestrator {
             } => return self.on_probed(contract, interval, outcome).await,
         };
         self.staging.remove(&contract);
+        // Who may checkpoint these sensors (#13.4): their owner and this node.
+        self.radio
+            .managed_by(devices.clone(), vec![customer, self.me])
+            .await;
         self.hosted.entry(contract).or_insert(Hosted {
             devices: devices.clone(),
             customer,
@@ -393,6 +405,7 @@ impl Orchestrator {
     }
 
     async fn stop_hosted(&mut self, contract: ContractId) {
+        self.storage.challenge_gate().remove(&contract.0);
         if let Some((file, commitment)) = self.stored.remove(&contract) {
             return self.release_custody(contract, file, commitment).await;
         }

@@ -106,12 +106,33 @@ impl Orchestrator {
                 }
             }
         }
+        let me = self.me;
+        // Who may checkpoint these sensors (#13.4): this node and the provider of every standby
+        // contract it has made for them.
+        let providers = self
+            .ledger
+            .query(move |v| {
+                v.ledger
+                    .contracts()
+                    .values()
+                    .filter(|r| {
+                        r.contract.customer == me && r.contract.kind != ContractKind::Storage
+                    })
+                    .map(|r| r.contract.provider)
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+        let mut managers = vec![me];
+        managers.extend(providers);
+        self.radio
+            .managed_by(self.own.devices.clone(), managers)
+            .await;
         // A restarted node's ledger may be stale (a handover may have happened meanwhile):
         // touch the sensors only once it has caught up.
         if !self.synced {
             return;
         }
-        let me = self.me;
         let handed_over = self
             .ledger
             .query(move |v| {

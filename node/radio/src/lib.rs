@@ -14,12 +14,14 @@
 //! ledger or the orchestrator, which tells it what to route where.
 #![forbid(unsafe_code)]
 
+pub mod rules;
+mod table;
 mod task;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use agora_market::Timestamp;
+use agora_market::{NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,6 +42,12 @@ pub struct RadioConfig {
     pub checkpoint_ms: u64,
     /// Readings buffered per device on standby.
     pub buffer_per_device: usize,
+    /// How far (in sequence numbers) a peer's checkpoint may run ahead of the highest sequence
+    /// number this edge heard from a device; further is refused (see [`rules`]).
+    pub checkpoint_window: u32,
+    /// Devices tracked; a frame from a new device when the table is full evicts the stalest
+    /// device this edge neither manages, buffers for a contract nor knows the managers of.
+    pub max_devices: usize,
 }
 
 impl Default for RadioConfig {
@@ -48,6 +56,8 @@ impl Default for RadioConfig {
             listen: String::new(),
             checkpoint_ms: 200,
             buffer_per_device: 4096,
+            checkpoint_window: 1024,
+            max_devices: 4096,
         }
     }
 }
@@ -59,8 +69,13 @@ pub struct CheckpointRecord {
     pub edge: String,
     /// Whether it is this node's.
     pub mine: bool,
-    /// The checkpoint.
+    /// The checkpoint (a peer's: only the ranges and releases that counted here).
     pub checkpoint: Checkpoint,
+    /// Whether the signer was checked against the devices' known managers (always for this
+    /// node's own); `false`: this edge knows no manager of those devices, only the bound on
+    /// sequence numbers was applied (see [`rules`]).
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// One device as this edge sees it.
@@ -89,6 +104,34 @@ pub struct DeviceStatus {
     pub last_processed: Option<u32>,
     /// Highest sequence number covered by another edge's checkpoint.
     pub peer_covered: Option<u32>,
+    /// Highest sequence number heard from the device (the radio, or peers' replays).
+    #[serde(default)]
+    pub heard: Option<u32>,
+    /// Edges known here to manage or to have managed the device (from the ledger).
+    #[serde(default)]
+    pub managers: Vec<String>,
+}
+
+/// What the radio refused or evicted (threat R1), since the node started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RadioStats {
+    /// Peer checkpoint ranges that moved a device's coverage, signer checked.
+    pub ranges_counted: u64,
+    /// Peer checkpoint ranges that moved coverage under the bound only (managers unknown here).
+    pub ranges_unverified: u64,
+    /// Peer checkpoint ranges refused: signer neither manages nor managed the device.
+    pub ranges_refused_not_manager: u64,
+    /// Peer checkpoint ranges refused: `last` beyond what was heard plus the window.
+    pub ranges_refused_beyond_heard: u64,
+    /// Device releases refused: signer is not a manager of the device.
+    pub releases_refused: u64,
+    /// `covered` values of peers' replay answers cut down to the window.
+    pub replay_covered_clamped: u64,
+    /// Devices evicted from a full table.
+    pub devices_evicted: u64,
+    /// Frames dropped because the table was full of devices that may not be evicted.
+    pub frames_dropped_table_full: u64,
 }
 
 /// `GET /v1/radio`.
@@ -100,6 +143,9 @@ pub struct RadioStatus {
     pub devices: Vec<DeviceStatus>,
     /// Recent checkpoints (this node's and others'), oldest first.
     pub checkpoints: Vec<CheckpointRecord>,
+    /// Refusals and evictions.
+    #[serde(default)]
+    pub stats: RadioStats,
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -119,6 +165,7 @@ enum Command {
         reply: Reply<()>,
     },
     Listen(Vec<u32>, bool),
+    Managers(Vec<u32>, Vec<NodeId>),
     Status(Reply<RadioStatus>),
 }
 
@@ -206,6 +253,14 @@ impl RadioHandle {
         let _ = self.tx.send(Command::Listen(devices, on)).await;
     }
 
+    /// Records that `edges` manage or managed `devices` (the customer that owns them, the
+    /// provider of one of their contracts, as the ledger says): from then on a peer checkpoint
+    /// for those devices counts only when one of them signed it. Additive; at most
+    /// [`rules::MAX_MANAGERS_PER_DEVICE`] per device (the oldest are forgotten first).
+    pub async fn managed_by(&self, devices: Vec<u32>, edges: Vec<NodeId>) {
+        let _ = self.tx.send(Command::Managers(devices, edges)).await;
+    }
+
     /// Devices and checkpoints.
     pub async fn status(&self) -> RadioStatus {
         let (reply, rx) = oneshot::channel();
@@ -233,6 +288,7 @@ impl RadioHandle {
     pub async fn released_by_peer(&self, devices: &[u32], since: Timestamp) -> bool {
         self.status().await.checkpoints.iter().any(|c| {
             !c.mine
+                && c.verified
                 && c.checkpoint.at >= since
                 && c.checkpoint.released.iter().any(|d| devices.contains(d))
         })

@@ -1,6 +1,6 @@
 //! The radio task: owns the UDP socket, the per-device routing and buffers, and checkpoints.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use super::{
-    Checkpoint, CheckpointRecord, Command, DeviceStatus, FRAME_LEN, MAX_REPLAY_FRAMES, RADIO_TOPIC,
-    RadioConfig, RadioHandle, RadioRpc, RadioStatus, ReplayedDevice, SeqRange, parse_frame,
+    Checkpoint, CheckpointRecord, Command, FRAME_LEN, MAX_REPLAY_FRAMES, RADIO_TOPIC, RadioConfig,
+    RadioHandle, RadioRpc, RadioStats, RadioStatus, ReplayedDevice, SeqRange, parse_frame,
 };
+use crate::rules::{self, MAX_MANAGERS_PER_DEVICE, Verdict};
+use crate::table::{Admit, Device, DeviceTable};
 use agora_exchange::StorageHandle;
 use agora_hosting::control::ServiceControl;
 use agora_network::{NetworkEvent, NetworkHandle};
@@ -29,15 +31,6 @@ const REPLAY_PEERS: usize = 4;
 /// How long a takeover waits for peers' replays.
 const REPLAY_TIMEOUT: Duration = Duration::from_millis(1_500);
 
-#[derive(Default)]
-struct Device {
-    status: DeviceStatus,
-    /// Uplinks heard and not (yet) covered by any checkpoint, ascending by arrival.
-    buffer: VecDeque<(u32, Vec<u8>)>,
-    /// Highest sequence number covered by any checkpoint (this edge's or a peer's).
-    covered: Option<u32>,
-}
-
 struct RadioTask {
     me: NodeId,
     signer: KeySigner,
@@ -46,10 +39,11 @@ struct RadioTask {
     network: NetworkHandle,
     storage: StorageHandle,
     services: Arc<dyn ServiceControl>,
-    devices: BTreeMap<u32, Device>,
+    table: DeviceTable,
     /// Frames fed to each service since its last checkpoint.
     pending: BTreeMap<String, Vec<(u32, u32, Vec<u8>)>>,
     checkpoints: VecDeque<CheckpointRecord>,
+    stats: RadioStats,
 }
 
 /// Binds the radio (if configured) and starts its task.
@@ -89,9 +83,10 @@ pub async fn spawn(
         network,
         storage,
         services,
-        devices: BTreeMap::new(),
+        table: DeviceTable::default(),
         pending: BTreeMap::new(),
         checkpoints: VecDeque::new(),
+        stats: RadioStats::default(),
     };
     let handle = tokio::spawn(task.run(socket, rx, events, cancel).in_current_span());
     Ok((RadioHandle { tx, addr }, handle))
@@ -151,9 +146,12 @@ impl RadioTask {
             Err(e) => return debug!(error = %e, "radio frame dropped"),
         };
         let max_buffer = self.cfg.buffer_per_device;
-        let d = self.devices.entry(device).or_default();
-        d.status.device = device;
+        if !self.make_room(device) {
+            return;
+        }
+        let d = self.table.touch(device);
         d.status.received += 1;
+        d.hear(seq);
         if let Some(service) = d.status.service.clone() {
             self.process(device, seq, frame.to_vec(), &service, false);
         } else {
@@ -170,9 +168,40 @@ impl RadioTask {
         }
     }
 
+    /// Whether `device` has (or now has) room in the table; counts and logs an eviction or a
+    /// drop.
+    fn make_room(&mut self, device: u32) -> bool {
+        match self.table.admit(device, self.cfg.max_devices) {
+            Admit::Known | Admit::Room => true,
+            Admit::Evicted(victim) => {
+                self.stats.devices_evicted += 1;
+                if self.stats.devices_evicted.is_power_of_two() {
+                    warn!(
+                        device,
+                        evicted = victim,
+                        total = self.stats.devices_evicted,
+                        "radio device table full (radio.max_devices): stalest device evicted"
+                    );
+                }
+                true
+            }
+            Admit::Full => {
+                self.stats.frames_dropped_table_full += 1;
+                if self.stats.frames_dropped_table_full.is_power_of_two() {
+                    warn!(
+                        device,
+                        dropped = self.stats.frames_dropped_table_full,
+                        "radio device table full of devices in use (radio.max_devices): frame dropped"
+                    );
+                }
+                false
+            }
+        }
+    }
+
     /// Feeds one frame to `service` unless it is stale or a duplicate.
     fn process(&mut self, device: u32, seq: u32, frame: Vec<u8>, service: &str, replay: bool) {
-        let Some(d) = self.devices.get_mut(&device) else {
+        let Some(d) = self.table.get_mut(&device) else {
             return;
         };
         if d.status.last_processed.is_some_and(|l| seq <= l)
@@ -207,8 +236,7 @@ impl RadioTask {
                 self.fill_gaps(&devices, &mut resume_after, ask_peers).await;
                 let mut replayed = 0;
                 for device in devices {
-                    let d = self.devices.entry(device).or_default();
-                    d.status.device = device;
+                    let d = self.table.local_entry(device);
                     if let Some(&after) = resume_after.get(&device) {
                         let cover = d.status.peer_covered.map_or(after, |c| c.max(after));
                         d.status.peer_covered = Some(cover);
@@ -222,9 +250,9 @@ impl RadioTask {
                     buffered.sort_by_key(|(seq, _)| *seq);
                     d.status.buffered = 0;
                     for (seq, frame) in buffered {
-                        let before = self.devices.get(&device).map_or(0, |d| d.status.processed);
+                        let before = self.table.get(&device).map_or(0, |d| d.status.processed);
                         self.process(device, seq, frame, &service, true);
-                        let after = self.devices.get(&device).map_or(0, |d| d.status.processed);
+                        let after = self.table.get(&device).map_or(0, |d| d.status.processed);
                         replayed += after - before;
                     }
                 }
@@ -234,13 +262,13 @@ impl RadioTask {
             Command::Release { devices, reply } => {
                 let services: Vec<String> = devices
                     .iter()
-                    .filter_map(|d| self.devices.get(d)?.status.service.clone())
+                    .filter_map(|d| self.table.get(d)?.status.service.clone())
                     .collect();
                 let mut services = services;
                 services.sort();
                 services.dedup();
                 for d in &devices {
-                    if let Some(dev) = self.devices.get_mut(d) {
+                    if let Some(dev) = self.table.get_mut(d) {
                         dev.status.service = None;
                     }
                 }
@@ -251,38 +279,115 @@ impl RadioTask {
             }
             Command::Listen(devices, on) => {
                 for device in devices {
-                    let d = self.devices.entry(device).or_default();
-                    d.status.device = device;
+                    let d = self.table.local_entry(device);
                     d.status.buffering = on && d.status.service.is_none();
+                }
+            }
+            Command::Managers(devices, edges) => {
+                for device in devices {
+                    let d = self.table.local_entry(device);
+                    for e in &edges {
+                        if !d.managers.contains(e) {
+                            d.managers.push(*e);
+                        }
+                    }
+                    let excess = d.managers.len().saturating_sub(MAX_MANAGERS_PER_DEVICE);
+                    d.managers.drain(..excess);
+                    d.status.managers = d.managers.iter().map(ToString::to_string).collect();
                 }
             }
             Command::Status(reply) => {
                 let _ = reply.send(RadioStatus {
                     addr: None,
-                    devices: self.devices.values().map(|d| d.status.clone()).collect(),
+                    devices: self.table.values().map(|d| d.status.clone()).collect(),
                     checkpoints: self.checkpoints.iter().cloned().collect(),
+                    stats: self.stats.clone(),
                 });
             }
         }
     }
 
-    fn on_peer_checkpoint(&mut self, edge: NodeId, c: Checkpoint) {
-        for r in &c.ranges {
-            let d = self.devices.entry(r.device).or_default();
-            d.status.device = r.device;
-            {
-                d.status.peer_covered =
-                    Some(d.status.peer_covered.map_or(r.last, |p| p.max(r.last)));
-                d.covered = Some(d.covered.map_or(r.last, |p| p.max(r.last)));
-                // Buffered frames the peer already processed are no longer needed.
-                d.buffer.retain(|(seq, _)| *seq > r.last);
-                d.status.buffered = d.buffer.len();
+    /// Applies a peer's checkpoint: each range moves its device's coverage only when
+    /// [`rules::judge`] says so, each release counts only from a manager; the rest is dropped
+    /// and counted, with one log line per checkpoint.
+    fn on_peer_checkpoint(&mut self, edge: NodeId, mut c: Checkpoint) {
+        let window = self.cfg.checkpoint_window;
+        let mut verified = true;
+        let mut refused: Vec<(u32, u32, Verdict)> = Vec::new();
+        c.ranges.retain(|r| {
+            let Some(d) = self.table.get_mut(&r.device) else {
+                // Never heard here: nothing to cover (and no entry a remote could grow).
+                refused.push((r.device, r.last, Verdict::BeyondHeard));
+                return false;
+            };
+            let verdict = rules::judge(&edge, r.last, &d.managers(), d.status.heard, window);
+            match verdict {
+                Verdict::Counted => self.stats.ranges_counted += 1,
+                Verdict::Unverified => {
+                    self.stats.ranges_unverified += 1;
+                    verified = false;
+                }
+                Verdict::NotManager | Verdict::BeyondHeard => {
+                    refused.push((r.device, r.last, verdict));
+                    return false;
+                }
             }
+            d.status.peer_covered = Some(d.status.peer_covered.map_or(r.last, |p| p.max(r.last)));
+            d.covered = Some(d.covered.map_or(r.last, |p| p.max(r.last)));
+            // Buffered frames the peer already processed are no longer needed.
+            d.buffer.retain(|(seq, _)| *seq > r.last);
+            d.status.buffered = d.buffer.len();
+            true
+        });
+        let mut releases_refused = 0u64;
+        c.released.retain(|device| {
+            let managers = self
+                .table
+                .get(device)
+                .map(Device::managers)
+                .unwrap_or_default();
+            if rules::may_release(&edge, &managers) {
+                verified &= !managers.is_empty();
+                true
+            } else {
+                releases_refused += 1;
+                false
+            }
+        });
+        self.stats.releases_refused += releases_refused;
+        for (_, _, v) in &refused {
+            match v {
+                Verdict::NotManager => self.stats.ranges_refused_not_manager += 1,
+                _ => self.stats.ranges_refused_beyond_heard += 1,
+            }
+        }
+        let total = self.stats.ranges_refused_not_manager
+            + self.stats.ranges_refused_beyond_heard
+            + self.stats.releases_refused;
+        // One line per refused checkpoint, then fewer under a flood (the counters keep count).
+        if (!refused.is_empty() || releases_refused > 0) && (total <= 64 || total.is_power_of_two())
+        {
+            let shown: Vec<_> = refused.iter().take(4).collect();
+            warn!(
+                %edge,
+                refused = refused.len(),
+                releases_refused,
+                sample = ?shown,
+                "peer checkpoint ranges refused (signer not a manager of the device, or beyond \
+                 what this edge heard plus radio.checkpoint_window)"
+            );
+        }
+        if c.ranges.is_empty()
+            && c.released.is_empty()
+            && (!refused.is_empty() || releases_refused > 0)
+        {
+            return;
         }
         self.remember(CheckpointRecord {
             edge: edge.to_string(),
             mine: false,
             checkpoint: c,
+            verified,
         });
     }
 
@@ -325,7 +430,7 @@ impl RadioTask {
             }
         };
         for r in ranges.values() {
-            if let Some(d) = self.devices.get_mut(&r.device) {
+            if let Some(d) = self.table.get_mut(&r.device) {
                 d.covered = Some(d.covered.map_or(r.last, |p| p.max(r.last)));
             }
         }
@@ -348,6 +453,7 @@ impl RadioTask {
             edge: self.me.to_string(),
             mine: true,
             checkpoint: c,
+            verified: true,
         });
     }
 }
@@ -358,7 +464,7 @@ impl RadioTask {
             devices: devices
                 .iter()
                 .filter_map(|d| {
-                    let dev = self.devices.get(d)?;
+                    let dev = self.table.get(d)?;
                     let mut frames: Vec<(u32, Vec<u8>)> = dev.buffer.iter().cloned().collect();
                     frames.sort_by_key(|(s, _)| *s);
                     frames.truncate(MAX_REPLAY_FRAMES);
@@ -397,7 +503,7 @@ impl RadioTask {
                     return true;
                 };
                 let oldest = self
-                    .devices
+                    .table
                     .get(d)
                     .and_then(|dev| dev.buffer.iter().map(|(s, _)| *s).min());
                 oldest.is_none_or(|o| o > resume.saturating_add(1))
@@ -421,41 +527,75 @@ impl RadioTask {
         ) else {
             return;
         };
-        let asks =
-            peers
-                .iter()
-                .filter_map(|p| p.peer_id.parse::<agora_network::PeerId>().ok())
-                .take(REPLAY_PEERS)
-                .map(|peer| {
-                    let network = self.network.clone();
-                    let env = env.clone();
-                    async move {
-                        tokio::time::timeout(REPLAY_TIMEOUT, network.request(peer, &env)).await
-                    }
-                });
+        // The devices' known managers first: their word on coverage is the one that counts.
+        let managers: BTreeSet<agora_network::PeerId> = gaps
+            .iter()
+            .filter_map(|d| self.table.get(d))
+            .flat_map(|d| d.managers.iter())
+            .filter_map(agora_network::keys::peer_id_of)
+            .collect();
+        let mut peers: Vec<agora_network::PeerId> = peers
+            .iter()
+            .filter_map(|p| p.peer_id.parse::<agora_network::PeerId>().ok())
+            .collect();
+        peers.sort_by_key(|p| !managers.contains(p));
+        let asks = peers.into_iter().take(REPLAY_PEERS).map(|peer| {
+            let network = self.network.clone();
+            let env = env.clone();
+            async move { tokio::time::timeout(REPLAY_TIMEOUT, network.request(peer, &env)).await }
+        });
         let answers = futures::future::join_all(asks).await;
         let mut got = 0usize;
+        let mut claimed: Vec<(u32, u32, bool)> = Vec::new();
         for answer in answers.into_iter().flatten().flatten() {
             let Ok(RadioRpc::Frames { devices }) = answer.body::<RadioRpc>(Kind::Radio) else {
                 continue;
             };
             for rd in devices.into_iter().filter(|rd| gaps.contains(&rd.device)) {
                 if let Some(c) = rd.covered {
-                    let r = resume_after.entry(rd.device).or_insert(c);
-                    *r = (*r).max(c);
+                    let by_manager = self
+                        .table
+                        .get(&rd.device)
+                        .is_some_and(|d| d.managers.contains(&answer.sender));
+                    claimed.push((rd.device, c, by_manager));
                 }
-                let dev = self.devices.entry(rd.device).or_default();
-                dev.status.device = rd.device;
+                let dev = self.table.local_entry(rd.device);
                 for f in rd.frames.into_iter().take(MAX_REPLAY_FRAMES) {
                     if let Ok((device, seq)) = parse_frame(&f)
                         && device == rd.device
                         && !dev.buffer.iter().any(|(s, _)| *s == seq)
                     {
+                        dev.hear(seq);
                         dev.buffer.push_back((seq, f));
                         got += 1;
                     }
                 }
             }
+        }
+        // A peer's word on coverage is hearsay: never more than the window beyond what was
+        // heard (here and in the replayed frames), so a hostile answer cannot skip a device.
+        // A manager's own answer, when one came, is the word on coverage; others' is hearsay.
+        let from_managers: BTreeSet<u32> = claimed.iter().filter(|c| c.2).map(|c| c.0).collect();
+        for (device, c, by_manager) in claimed {
+            if !by_manager && from_managers.contains(&device) {
+                continue;
+            }
+            let heard = self.table.get(&device).and_then(|d| d.status.heard);
+            let Some(c2) = rules::clamp_covered(c, heard, self.cfg.checkpoint_window) else {
+                self.stats.replay_covered_clamped += 1;
+                continue;
+            };
+            if c2 != c {
+                self.stats.replay_covered_clamped += 1;
+                warn!(
+                    device,
+                    claimed = c,
+                    kept = c2,
+                    "replay answer's coverage cut to the window"
+                );
+            }
+            let r = resume_after.entry(device).or_insert(c2);
+            *r = (*r).max(c2);
         }
         info!(?gaps, frames = got, "missed uplinks fetched from peers");
     }

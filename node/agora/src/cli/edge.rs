@@ -57,6 +57,17 @@ pub async fn radio(dir: &Path, json: bool) -> anyhow::Result<()> {
         "checkpoints: {mine} made here, {} from other edges",
         st.checkpoints.len() - mine
     );
+    let r = &st.stats;
+    println!(
+        "refused: {} checkpoint ranges from non-managers, {} beyond what was heard, {} releases; \
+         {} replay coverages clamped; {} devices evicted, {} frames dropped (table full)",
+        r.ranges_refused_not_manager,
+        r.ranges_refused_beyond_heard,
+        r.releases_refused,
+        r.replay_covered_clamped,
+        r.devices_evicted,
+        r.frames_dropped_table_full
+    );
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! The `agora` command line: one module per subcommand.
 
+pub mod doctor;
 pub mod edge;
 pub mod init;
 pub mod ledger;
@@ -115,6 +116,9 @@ pub enum Command {
     },
     /// What the orchestrator did: migrations, attestations, activations, settlements.
     Timeline,
+    /// Check this node's setup: key and token permissions, API and metrics ports, peers,
+    /// ledger sync, clock against the chain, disk space — with a fix for each failure.
+    Doctor,
     /// Print a shell completion script, e.g. `agora completions bash > ~/.agora.bash` and
     /// `source ~/.agora.bash` (zsh: into a directory on $fpath as `_agora`).
     Completions {
@@ -179,6 +183,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Own { image } => edge::own(&dir, image, cli.json).await,
         Command::Timeline => edge::timeline(&dir, cli.json).await,
         Command::Service(cmd) => service::service(&dir, cmd, cli.json).await,
+        Command::Doctor => doctor::doctor(&dir, cli.json).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "agora", &mut std::io::stdout());

@@ -13,7 +13,7 @@ use arc_malachitebft_core_consensus::{
     self as mc, ConsensusMsg, LivenessMsg, ProposedValue, Resumable, Resume,
 };
 use arc_malachitebft_core_types::{
-    CertificateError, Round, SignedMessage, Timeouts, Validity, ValueOrigin,
+    CertificateError, NilOrVal, Round, SignedMessage, Timeouts, Validity, ValueOrigin, Vote as _,
 };
 use tracing::{debug, warn};
 
@@ -23,7 +23,7 @@ use crate::context::{AgoraContext, Height, ValidatorSet};
 use crate::effects::{ConsensusConfig, Effect, Misbehavior, TimeoutId};
 use crate::error::ConsensusError;
 use crate::liveness::{PolkaCertificateMsg, RoundCertificateMsg, check_polka, check_round};
-use crate::messages::{ConsensusMessage, SignedProposalMsg, SignedVoteMsg};
+use crate::messages::{ConsensusMessage, SignedProposalMsg, SignedVoteMsg, Vote};
 use crate::wal::WalEntry;
 
 type Ctx = AgoraContext;
@@ -52,6 +52,9 @@ pub(crate) struct Io {
     pub(crate) parent_time: Timestamp,
     /// Test hook: added to this node's proposal times (0 for an honest node).
     pub(crate) proposal_skew_ms: u64,
+    /// Test hook: every vote of this node goes out with a conflicting twin (false for an
+    /// honest node).
+    pub(crate) double_vote: bool,
     pub(crate) height_started_at: Timestamp,
     pub(crate) effects: Vec<Effect>,
     pub(crate) followups: VecDeque<Followup>,
@@ -66,6 +69,27 @@ pub(crate) struct Io {
 impl Io {
     fn push(&mut self, effect: Effect) {
         self.effects.push(effect);
+    }
+
+    /// Broadcasts a vote (with a conflicting twin of our own votes under the test hook).
+    fn broadcast_vote(&mut self, v: SignedVoteMsg) {
+        if self.double_vote && v.vote.voter() == self.signer.node_id() {
+            let other = match v.vote.block_id() {
+                Some(_) => NilOrVal::Nil,
+                None => NilOrVal::Val(BlockId([0xEE; 32])),
+            };
+            let vote = &v.vote;
+            let twin = Vote::new(
+                vote.vote_type(),
+                vote.height(),
+                vote.round(),
+                other,
+                *vote.validator_address(),
+            );
+            let twin = SignedVoteMsg::sign(twin, self.signer.as_ref());
+            self.push(Effect::Broadcast(ConsensusMessage::Vote(twin)));
+        }
+        self.push(Effect::Broadcast(ConsensusMessage::Vote(v)));
     }
 
     /// Answers one engine effect.
@@ -97,21 +121,21 @@ impl Io {
                 r.resume_with(())
             }
             E::PublishConsensusMsg(msg, r) => {
-                let msg = match msg {
+                match msg {
                     mc::SignedConsensusMsg::Vote(v) => {
-                        ConsensusMessage::Vote(SignedVoteMsg::from_malachite(v))
+                        self.broadcast_vote(SignedVoteMsg::from_malachite(v));
                     }
-                    mc::SignedConsensusMsg::Proposal(p) => {
-                        ConsensusMessage::Proposal(SignedProposalMsg::from_malachite(p))
-                    }
-                };
-                self.push(Effect::Broadcast(msg));
+                    mc::SignedConsensusMsg::Proposal(p) => self.push(Effect::Broadcast(
+                        ConsensusMessage::Proposal(SignedProposalMsg::from_malachite(p)),
+                    )),
+                }
                 r.resume_with(())
             }
             E::PublishLivenessMsg(msg, r) => {
                 let msg = match msg {
                     LivenessMsg::Vote(v) => {
-                        ConsensusMessage::Vote(SignedVoteMsg::from_malachite(v))
+                        self.broadcast_vote(SignedVoteMsg::from_malachite(v));
+                        return Ok(r.resume_with(()));
                     }
                     LivenessMsg::PolkaCertificate(c) => {
                         ConsensusMessage::PolkaCertificate(PolkaCertificateMsg::from_malachite(&c))
@@ -124,9 +148,7 @@ impl Io {
                 r.resume_with(())
             }
             E::RepublishVote(v, r) => {
-                self.push(Effect::Broadcast(ConsensusMessage::Vote(
-                    SignedVoteMsg::from_malachite(v),
-                )));
+                self.broadcast_vote(SignedVoteMsg::from_malachite(v));
                 r.resume_with(())
             }
             E::RepublishRoundCertificate(c, r) => {

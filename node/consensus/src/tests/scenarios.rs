@@ -171,6 +171,9 @@ fn equivocating_arbitrator_is_detected_and_honest_ones_agree() {
                 assert_ne!(first.vote, second.vote);
                 first.verify(&sim.validators).unwrap();
                 second.verify(&sim.validators).unwrap();
+                // What the node submits as `ReportEquivocation` convinces the ledger.
+                let report = e.ledger_evidence().expect("a double vote is reportable");
+                assert_eq!(report.verify(), Ok(cheater), "seed {seed}");
             }
         }
     }

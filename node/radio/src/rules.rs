@@ -1,0 +1,213 @@
+//! Which peer checkpoints count (issue #13.4, threat R1): pure functions, no I/O.
+//!
+//! A checkpoint from another edge says "I processed device `d` up to sequence number `last`";
+//! an edge that believes it stops processing (or buffering for a handover) everything up to
+//! `last`. So a checkpoint moves a device's coverage only when
+//! - its signer is an edge that manages or managed the device, as this node's orchestrator
+//!   knows it from the ledger (the customer that owns the device, the provider of one of its
+//!   standby contracts) — when this edge knows the device's managers at all; and
+//! - its `last` is not beyond the highest sequence number this edge has heard from the device
+//!   plus a window (`radio.checkpoint_window`): a checkpoint cannot cover readings that were
+//!   never sent, so `last = u32::MAX` is refused whoever signed it.
+//!
+//! An edge that does not know a device's managers (neither its customer nor a provider of it)
+//! can only apply the bound; such checkpoints count as [`Verdict::Unverified`]: they trim its
+//! standby buffer and are reported as hearsay in replay answers, never more than the window
+//! beyond what was heard.
+
+use std::collections::BTreeSet;
+
+use agora_market::NodeId;
+
+/// Edges known to manage or to have managed a device (customer, providers).
+pub const MAX_MANAGERS_PER_DEVICE: usize = 16;
+
+/// What becomes of one range of a peer checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Signed by a manager of the device and within the bound: moves its coverage.
+    Counted,
+    /// This edge does not know the device's managers; within the bound, so it moves the
+    /// coverage of what this edge buffers (hearsay for replay answers).
+    Unverified,
+    /// Signed by an edge that neither manages nor managed the device: dropped.
+    NotManager,
+    /// Claims readings beyond what this edge heard plus the window (or the device was never
+    /// heard here): dropped.
+    BeyondHeard,
+}
+
+impl Verdict {
+    /// Whether the range moves the device's coverage.
+    pub fn counts(self) -> bool {
+        matches!(self, Verdict::Counted | Verdict::Unverified)
+    }
+}
+
+/// The rule for one range: `signer` claims it processed the device up to `last`; `managers`
+/// are the device's known managers (empty: unknown here), `heard` the highest sequence number
+/// this edge heard from the device, `window` how far a checkpoint may run ahead of it.
+pub fn judge(
+    signer: &NodeId,
+    last: u32,
+    managers: &BTreeSet<NodeId>,
+    heard: Option<u32>,
+    window: u32,
+) -> Verdict {
+    if !managers.is_empty() && !managers.contains(signer) {
+        return Verdict::NotManager;
+    }
+    if heard.is_none_or(|h| u64::from(last) > u64::from(h) + u64::from(window)) {
+        return Verdict::BeyondHeard;
+    }
+    if managers.is_empty() {
+        Verdict::Unverified
+    } else {
+        Verdict::Counted
+    }
+}
+
+/// Whether `signer` may give up a device (a checkpoint's `released` list): only a manager, when
+/// the managers are known here.
+pub fn may_release(signer: &NodeId, managers: &BTreeSet<NodeId>) -> bool {
+    managers.is_empty() || managers.contains(signer)
+}
+
+/// The highest sequence number a peer's replay answer may say a checkpoint covers: no more
+/// than the window beyond what this edge (with the frames the answers brought) has heard.
+pub fn clamp_covered(covered: u32, heard: Option<u32>, window: u32) -> Option<u32> {
+    let h = heard?;
+    Some(covered.min(h.saturating_add(window)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(b: u8) -> NodeId {
+        NodeId([b; 32])
+    }
+
+    fn set(ids: &[u8]) -> BTreeSet<NodeId> {
+        ids.iter().map(|b| id(*b)).collect()
+    }
+
+    #[test]
+    fn a_manager_within_the_window_counts() {
+        assert_eq!(
+            judge(&id(1), 120, &set(&[1, 2]), Some(100), 64),
+            Verdict::Counted
+        );
+        assert_eq!(
+            judge(&id(2), 164, &set(&[1, 2]), Some(100), 64),
+            Verdict::Counted
+        );
+    }
+
+    #[test]
+    fn u32_max_is_refused_even_from_a_manager() {
+        assert_eq!(
+            judge(&id(1), u32::MAX, &set(&[1]), Some(100), 1024),
+            Verdict::BeyondHeard
+        );
+        // Nor does the window wrap near the top of the range.
+        assert_eq!(
+            judge(&id(1), 5, &set(&[1]), Some(u32::MAX - 1), u32::MAX),
+            Verdict::Counted
+        );
+    }
+
+    #[test]
+    fn a_non_manager_is_refused_however_well_formed() {
+        assert_eq!(
+            judge(&id(9), 50, &set(&[1, 2]), Some(100), 64),
+            Verdict::NotManager
+        );
+        assert!(!may_release(&id(9), &set(&[1, 2])));
+        assert!(may_release(&id(2), &set(&[1, 2])));
+    }
+
+    #[test]
+    fn a_device_never_heard_here_is_refused() {
+        assert_eq!(judge(&id(1), 0, &set(&[1]), None, 64), Verdict::BeyondHeard);
+        assert_eq!(judge(&id(1), 0, &set(&[]), None, 64), Verdict::BeyondHeard);
+    }
+
+    #[test]
+    fn unknown_managers_leave_only_the_bound() {
+        assert_eq!(
+            judge(&id(7), 100, &set(&[]), Some(100), 0),
+            Verdict::Unverified
+        );
+        assert_eq!(
+            judge(&id(7), 101, &set(&[]), Some(100), 0),
+            Verdict::BeyondHeard
+        );
+        assert!(may_release(&id(7), &set(&[])));
+    }
+
+    #[test]
+    fn replay_covered_is_clamped_to_the_window() {
+        assert_eq!(clamp_covered(u32::MAX, Some(10), 5), Some(15));
+        assert_eq!(clamp_covered(7, Some(10), 5), Some(7));
+        assert_eq!(clamp_covered(7, None, 5), None);
+        assert_eq!(
+            clamp_covered(u32::MAX, Some(u32::MAX - 1), 5),
+            Some(u32::MAX)
+        );
+    }
+
+    proptest! {
+        /// The rule, both ways: a range counts exactly when (managers unknown or the signer is
+        /// one) and `last` is at most `heard + window`; nothing unheard ever counts.
+        #[test]
+        fn counts_iff_manager_and_within_bound(
+            signer in 0u8..6,
+            managers in proptest::collection::btree_set(0u8..6, 0..4),
+            heard in proptest::option::of(any::<u32>()),
+            last in any::<u32>(),
+            window in 0u32..100_000,
+        ) {
+            let managers: BTreeSet<NodeId> = managers.into_iter().map(id).collect();
+            let v = judge(&id(signer), last, &managers, heard, window);
+            let manager_ok = managers.is_empty() || managers.contains(&id(signer));
+            let bound_ok =
+                heard.is_some_and(|h| u64::from(last) <= u64::from(h) + u64::from(window));
+            prop_assert_eq!(v.counts(), manager_ok && bound_ok);
+            prop_assert_eq!(v == Verdict::Counted, v.counts() && !managers.is_empty());
+        }
+
+        /// Folding any schedule of peer checkpoints (honest and forged) into a device's
+        /// coverage never puts it beyond the highest sequence number heard plus the window, and
+        /// checkpoints from non-managers never move it.
+        #[test]
+        fn coverage_never_runs_past_what_was_heard(
+            events in proptest::collection::vec((0u8..4, any::<u32>(), any::<bool>()), 0..64),
+            window in 0u32..2_000,
+        ) {
+            let managers = set(&[0, 1]);
+            let mut heard: Option<u32> = None;
+            let mut covered: Option<u32> = None;
+            let mut by_managers: Option<u32> = None;
+            for (who, n, is_frame) in events {
+                if is_frame {
+                    // A frame heard: the sequence numbers of a real device grow slowly.
+                    let next = heard.map_or(n % 1_000, |h| h.saturating_add(n % 50));
+                    heard = Some(heard.map_or(next, |h| h.max(next)));
+                    continue;
+                }
+                if judge(&id(who), n, &managers, heard, window).counts() {
+                    covered = Some(covered.map_or(n, |c| c.max(n)));
+                    if who <= 1 {
+                        by_managers = Some(by_managers.map_or(n, |c| c.max(n)));
+                    }
+                }
+                if let (Some(c), Some(h)) = (covered, heard) {
+                    prop_assert!(u64::from(c) <= u64::from(h) + u64::from(window));
+                }
+                prop_assert_eq!(covered, by_managers);
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Threat R1 (issue #13.4) on real processes: a hostile peer forges radio checkpoints for the
+//! insured sensors of the demo-shaped devnet (7 nodes, edge A's LoRa gateway service, a
+//! standby contract with provider B) — one claiming every reading up to `u32::MAX`, signed by
+//! its own key, and a well-formed one (the next readings, and a release) from an edge that
+//! manages nothing. Then A is killed and the handover happens: B processes every reading
+//! (0 missing, 0 duplicated, as the demo measures) and the radio counters show the forged
+//! checkpoints were refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agora_api::client::ApiClient;
+use agora_devnet::demo::story::{DEVICES, wait_for};
+use agora_devnet::demo::{Story, module_bytes};
+use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
+use agora_devnet::process::{Launcher, spawn_node};
+use agora_radio::RadioStatus;
+use agora_tests::adversary::{Adversary, radio};
+use agora_tests::agora_bin;
+
+/// Loopback nodes running the test build's `agora` binary.
+struct Bin(PathBuf);
+
+impl Launcher for Bin {
+    fn host(&self, _i: usize) -> String {
+        "127.0.0.1".into()
+    }
+    fn spawn(&self, _i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
+        spawn_node(exe, data_dir)
+    }
+    fn exe(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.0.clone())
+    }
+}
+
+async fn radio_of(n: &DevnetNode) -> Option<RadioStatus> {
+    ApiClient::for_data_dir(&n.data_dir)
+        .ok()?
+        .get("/v1/radio")
+        .await
+        .ok()
+}
+
+/// The highest sequence number `n` heard from each insured sensor.
+async fn heard(n: &DevnetNode) -> Vec<(u32, u32)> {
+    let st = radio_of(n).await.unwrap_or_default();
+    st.devices
+        .iter()
+        .filter(|d| DEVICES.contains(&d.device))
+        .filter_map(|d| Some((d.device, d.heard?)))
+        .collect()
+}
+
+/// Publishes both forgeries, fresh (gossipsub drops repeats of the same bytes).
+async fn forge(adv: &Adversary, at: &DevnetNode) {
+    adv.publish_checkpoint(&radio::silencing(&DEVICES))
+        .await
+        .unwrap();
+    // The next readings past what the sensors sent so far: the ones an honest manager's next
+    // checkpoint would cover.
+    let next: Vec<(u32, u32)> = heard(at)
+        .await
+        .into_iter()
+        .map(|(d, h)| (d, h + 1))
+        .collect();
+    assert_eq!(next.len(), DEVICES.len(), "{} hears the sensors", at.name);
+    adv.publish_checkpoint(&radio::plausible(&next, 20))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_checkpoints_do_not_silence_the_insured_sensors() {
+    let module = match module_bytes(None) {
+        Ok(m) => m,
+        Err(e) => {
+            agora_devnet::skipped(
+                "attack_radio::forged_checkpoints_do_not_silence_the_insured_sensors",
+                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
+            );
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Story::start(
+        &tmp.path().join("net"),
+        CONTRACT_NODES,
+        &module,
+        Arc::new(Bin(agora_bin())),
+        true,
+    )
+    .await
+    .expect("story starts");
+    // Two minutes: the contract outlives the handover and the accounting under this load.
+    let armed = s.standby_lasting(120_000).await.unwrap();
+    let (a, b) = (s.a, armed.b);
+    let obs = (0..CONTRACT_NODES).find(|i| *i != a && *i != b).unwrap();
+    let (an, bn, on) = (
+        s.m.nodes[a].clone(),
+        s.m.nodes[b].clone(),
+        s.m.nodes[obs].clone(),
+    );
+    let adv = Adversary::join_manifest(&s.m).await.unwrap();
+    let hostile = adv.node_id().to_string();
+
+    // Before the handover: A (the owner) and B (the armed standby) know who manages the
+    // sensors, and refuse both forgeries for their signer; the observer, which manages
+    // nothing, refuses the silencing one for its bound.
+    forge(&adv, &bn).await;
+    wait_for(
+        "A, B and the observer to refuse the forgeries",
+        30,
+        async || {
+            let (ra, rb, ro) = (
+                radio_of(&an).await?,
+                radio_of(&bn).await?,
+                radio_of(&on).await?,
+            );
+            (ra.stats.ranges_refused_not_manager >= 2 * DEVICES.len() as u64
+                && rb.stats.ranges_refused_not_manager >= 2 * DEVICES.len() as u64
+                && rb.stats.releases_refused >= DEVICES.len() as u64
+                && ro.stats.ranges_refused_beyond_heard >= DEVICES.len() as u64)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // The customer dies; the forgeries come again while the handover happens.
+    let killed = s.kill(a).unwrap();
+    forge(&adv, &bn).await;
+    let split = s.failover(&armed, killed).await.unwrap();
+    assert!(split.end_to_end_ms > 0);
+    forge(&adv, &bn).await;
+    // B serves on past the forged ranges.
+    let past: Vec<(u32, u32)> = heard(&bn).await;
+    wait_for("B to process past the forged ranges", 30, async || {
+        let rb = radio_of(&bn).await?;
+        past.iter()
+            .all(|(dev, h)| {
+                rb.devices.iter().any(|d| {
+                    d.device == *dev
+                        && d.service.is_some()
+                        && d.last_processed.is_some_and(|l| l > h + 20)
+                })
+            })
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The three rounds of forgeries all reached B and were refused there.
+    wait_for("B to refuse every forgery", 30, async || {
+        let rb = radio_of(&bn).await?;
+        (rb.stats.ranges_refused_not_manager >= 6 * DEVICES.len() as u64).then_some(())
+    })
+    .await
+    .unwrap();
+    let rb = radio_of(&bn).await.unwrap();
+    for d in rb.devices.iter().filter(|d| DEVICES.contains(&d.device)) {
+        assert!(
+            d.peer_covered.is_none_or(|c| c < u32::MAX),
+            "B believed a forged checkpoint: {d:?}"
+        );
+    }
+    assert!(
+        rb.checkpoints.iter().all(|c| c.edge != hostile),
+        "B kept a forged checkpoint: {:?}",
+        rb.stats
+    );
+    let ro = radio_of(&on).await.unwrap();
+    assert!(
+        ro.checkpoints
+            .iter()
+            .filter(|c| c.edge == hostile)
+            .all(|c| !c.verified && c.checkpoint.ranges.iter().all(|r| r.last < u32::MAX)),
+        "the observer kept the hostile peer's word only as unverified hearsay within the bound"
+    );
+
+    // Every reading processed once, as the demo measures it from the checkpoints an observer
+    // heard (A's and B's; the hostile peer's are not readings anyone processed).
+    let honest = [an.node_id.clone(), bn.node_id.clone()];
+    let cov = s.coverage_of(b, |c| honest.contains(&c.edge)).await;
+    eprintln!("coverage under forged checkpoints: {cov:?}; split {split:?}");
+    assert!(cov.sent > 0, "{cov:?}");
+    assert_eq!(cov.missing, 0, "{cov:?}");
+    assert_eq!(cov.duplicated, 0, "{cov:?}");
+    drop(adv);
+    s.down(true).await.unwrap();
+}

@@ -40,6 +40,12 @@ const MAX_PENDING_PER_PEER: usize = 32;
 /// Inbound requests per second one peer may send (sustained), and the burst it may send at once.
 const RPC_RATE_PER_SECOND: u32 = 50;
 const RPC_BURST: u32 = 200;
+/// Gossip bytes per second one peer may deliver (sustained), and at once. Honest peers stay far
+/// below: votes are small, blocks are at most 128 KiB a height, transaction batches at most
+/// 128 KiB; a transaction flood at this rate is a few thousand transactions a second, which the
+/// ledger task refuses without falling behind.
+const GOSSIP_BYTES_PER_SECOND: u32 = 1024 * 1024;
+const GOSSIP_BYTES_BURST: u32 = 4 * 1024 * 1024;
 /// Most peers with a request-rate bucket (one per connected peer; bounded like a connection).
 const MAX_RATE_PEERS: usize = 4096;
 /// Most peers whose agent string is remembered (connected peers only).
@@ -61,6 +67,8 @@ struct EventLoop {
     inbound: BTreeMap<u64, PendingInbound>,
     pending_per_peer: HashMap<PeerId, usize>,
     rpc_rates: RateLimiter,
+    /// Gossip bytes each peer may deliver to us (the peer that forwarded a message pays).
+    gossip_rates: RateLimiter,
     next_inbound: u64,
     listen_addrs: Vec<Multiaddr>,
     peer_addrs: HashMap<PeerId, Multiaddr>,
@@ -153,6 +161,7 @@ pub async fn spawn(
         inbound: BTreeMap::new(),
         pending_per_peer: HashMap::new(),
         rpc_rates: RateLimiter::new(RPC_RATE_PER_SECOND, RPC_BURST, MAX_RATE_PEERS),
+        gossip_rates: RateLimiter::new(GOSSIP_BYTES_PER_SECOND, GOSSIP_BYTES_BURST, MAX_RATE_PEERS),
         next_inbound: 0,
         listen_addrs: Vec::new(),
         peer_addrs: HashMap::new(),
@@ -442,6 +451,7 @@ impl EventLoop {
                 self.rtts.remove(&peer_id);
                 self.agents.remove(&peer_id);
                 self.rpc_rates.forget(&peer_id);
+                self.gossip_rates.forget(&peer_id);
                 self.emit(NetworkEvent::Disconnected(peer_id));
                 self.on_peer_disconnected(peer_id);
             }
@@ -550,6 +560,23 @@ impl EventLoop {
     }
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        // Each peer delivers at most its byte rate, before anything is verified or decoded: a
+        // flood of valid messages cannot make a task here (the ledger decoding transaction
+        // batches) fall behind and drop honest traffic. Ignored: not forwarded, not penalised.
+        if !self
+            .gossip_rates
+            .take(source, message.data.len(), std::time::Instant::now())
+        {
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&id, &source, MessageAcceptance::Ignore);
+            self.stats.gossip_rate_limited += 1;
+            if self.refused("gossip rate") {
+                warn!(peer = %source, refused = self.stats.gossip_rate_limited, "gossip ignored: peer over its byte rate");
+            }
+            return;
+        }
         // The envelope's signature authenticates the author; the freshness window keeps a relay
         // from re-injecting an old one (see `GOSSIP_MAX_SKEW_MS`).
         let verdict = Envelope::open(&message.data, MAX_GOSSIP_BYTES).and_then(|env| {

@@ -160,6 +160,9 @@ pub struct NetworkStats {
     /// Gossip messages rejected by validation (forged, oversized, malformed), by the network
     /// or by the application that judges the topic.
     pub gossip_rejected: u64,
+    /// Gossip messages ignored because the peer that delivered them was over its byte rate
+    /// (`GOSSIP_BYTES_PER_SECOND`); not verified, not delivered, not forwarded.
+    pub gossip_rate_limited: u64,
     /// Gossip messages of a judged topic the application ignored (nothing new in them): they
     /// are delivered to no one else and not forwarded, so a flood stops at its first hop.
     pub gossip_ignored: u64,

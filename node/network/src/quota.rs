@@ -140,6 +140,12 @@ impl RateLimiter {
 
     /// Takes one token from `peer`'s bucket; `false` when it is empty.
     pub(crate) fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
+        self.take(peer, 1, now)
+    }
+
+    /// Takes `cost` tokens from `peer`'s bucket; `false` (and nothing taken) when it holds
+    /// fewer. A cost above the burst is charged as the burst, so a full bucket always admits.
+    pub(crate) fn take(&mut self, peer: PeerId, cost: usize, now: Instant) -> bool {
         if !self.buckets.contains_key(&peer) && self.buckets.len() >= self.max_peers {
             // Full of peers: drop the fullest bucket (the peer that asked least recently is
             // the one that loses least from a reset).
@@ -156,8 +162,9 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(*last).as_secs_f64();
         *tokens = (*tokens + elapsed * self.per_second).min(self.burst);
         *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        let cost = (cost as f64).clamp(1.0, self.burst);
+        if *tokens >= cost {
+            *tokens -= cost;
             true
         } else {
             false
@@ -207,6 +214,20 @@ mod tests {
         assert_eq!(q.peers(), 100);
         drop(permits);
         assert_eq!(q.peers(), 0);
+    }
+
+    #[test]
+    fn byte_costs_are_charged_and_a_message_above_the_burst_costs_the_burst() {
+        let mut r = RateLimiter::new(1_000, 4_000, 100);
+        let p = PeerId::random();
+        let t0 = Instant::now();
+        assert!(r.take(p, 3_000, t0));
+        assert!(!r.take(p, 2_000, t0), "only 1,000 left");
+        assert!(r.take(p, 1_000, t0));
+        // Two seconds refill 2,000: a 10,000-byte message (above the burst) still waits for a
+        // full bucket, then passes.
+        assert!(!r.take(p, 10_000, t0 + Duration::from_secs(2)));
+        assert!(r.take(p, 10_000, t0 + Duration::from_secs(6)));
     }
 
     #[test]

@@ -20,6 +20,9 @@ prints one line of JSON, non-zero (2) on failure with a JSON line saying why.
                                       (the namespaces share one file system), wait for the
                                       peer's file, then both send to each other's mapping
                                       until each has heard the other (a naive UDP hole punch).
+  sink --port 7001                    TCP server that reads each connection to its end and
+                                      answers with the byte count (for `send`).
+  send HOST PORT --bytes N            send N bytes over TCP to a sink; prints seconds and MB/s.
 """
 
 import argparse
@@ -206,6 +209,49 @@ def cmd_punch(a):
     )
 
 
+def cmd_sink(a):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", a.port))
+    s.listen(16)
+    print(json.dumps({"ok": True, "sink": a.port}), flush=True)
+    while True:
+        conn, _ = s.accept()
+        total = 0
+        try:
+            conn.settimeout(60)
+            while True:
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    break
+                total += len(chunk)
+            conn.sendall(f"{total}\n".encode())
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def cmd_send(a):
+    block = b"\0" * (1 << 16)
+    started = time.monotonic()
+    try:
+        with socket.create_connection((a.host, a.port), timeout=a.timeout) as s:
+            s.settimeout(a.timeout)
+            left = a.bytes
+            while left > 0:
+                n = s.send(block[: min(left, len(block))])
+                left -= n
+            s.shutdown(socket.SHUT_WR)
+            answer = s.makefile().readline().strip()
+    except OSError as e:
+        out(False, error=str(e) or type(e).__name__)
+    seconds = time.monotonic() - started
+    ok = answer == str(a.bytes)
+    out(ok, bytes=a.bytes, received=answer, seconds=round(seconds, 3),
+        mbit_per_s=round(a.bytes * 8 / seconds / 1e6, 2))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -230,6 +276,13 @@ def main():
     u.add_argument("--me", required=True)
     u.add_argument("--peer", required=True)
     u.add_argument("--timeout", type=float, default=4.0)
+    k = sub.add_parser("sink")
+    k.add_argument("--port", type=int, default=7001)
+    d = sub.add_parser("send")
+    d.add_argument("host")
+    d.add_argument("port", type=int)
+    d.add_argument("--bytes", type=int, default=1 << 20)
+    d.add_argument("--timeout", type=float, default=60.0)
     a = p.parse_args()
     if a.cmd == "observer":
         serve(a.hosts.split(","), [int(x) for x in a.ports.split(",")], seen)
@@ -243,6 +296,10 @@ def main():
         cmd_mapping(a)
     elif a.cmd == "punch":
         cmd_punch(a)
+    elif a.cmd == "sink":
+        cmd_sink(a)
+    elif a.cmd == "send":
+        cmd_send(a)
 
 
 if __name__ == "__main__":

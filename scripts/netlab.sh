@@ -2,9 +2,10 @@
 # A NAT lab of Linux network namespaces for real-process NAT tests and benchmarks (issue #17).
 # See docs/NETLAB.md for the topology, the commands and how tests use it.
 #
-#   netlab.sh [--prefix P] up [--homes N] [--nat KIND[,KIND...]] [--rate RATE]
+#   netlab.sh [--prefix P] up [--homes N] [--nat KIND[,KIND...]] [--rate RATE] [--udp-timeout S]
 #   netlab.sh [--prefix P] down
 #   netlab.sh [--prefix P] exec NS -- CMD...     NS: pub, h1, r1, inet ... or a full name
+#   netlab.sh [--prefix P] addr NS               the namespace's IPv4 address (pub: 203.0.113.2)
 #   netlab.sh [--prefix P] status
 #   netlab.sh check                              exit 0 if a lab can run here, else 77
 #   netlab.sh selftest                           brings labs up, proves NAT behaviour, tears down
@@ -23,6 +24,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY="$HERE/netlab.py"
 PYTHON=python3
 PREFIX=${NETLAB_PREFIX:-nl}
+PREFIX_GIVEN=${NETLAB_PREFIX:-}
 STATE_DIR=${NETLAB_STATE_DIR:-/run/netlab}
 
 # Addresses (RFC 5737 documentation range for the internet, RFC 1918 for the homes).
@@ -69,7 +71,7 @@ preflight() {
 # ---------------------------------------------------------------------------------------------
 # Every namespace of this prefix that exists now (whatever state `up` reached).
 lab_namespaces() {
-  ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${PREFIX}-(inet|pub|r[0-9]+|h[0-9]+)\$" || true
+  ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${PREFIX}-(inet|pub|r[0-9]+|h[0-9]+)\$" | sort -V || true
 }
 
 nsx() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
@@ -110,12 +112,13 @@ EOF
 }
 
 cmd_up() {
-  local homes=2 nat=cone rate=""
+  local homes=2 nat=cone rate="" udp_timeout=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --homes) homes=${2:?}; shift 2 ;;
       --nat) nat=${2:?}; shift 2 ;;
       --rate) rate=${2:?}; shift 2 ;;
+      --udp-timeout) udp_timeout=${2:?}; [[ $udp_timeout =~ ^[1-9][0-9]*$ ]] || die "--udp-timeout: seconds"; shift 2 ;;
       *) die "up: unknown option '$1'" ;;
     esac
   done
@@ -132,6 +135,7 @@ cmd_up() {
   done
   # From here on a failure leaves a partial lab: tear it down before reporting.
   trap 'echo "netlab: up failed; removing the partial lab" >&2; cmd_down >/dev/null 2>&1' ERR
+  trap 'echo "netlab: up interrupted; removing the partial lab" >&2; cmd_down >/dev/null 2>&1; exit 130' INT TERM
   set -E
 
   # The "internet": a bridge in its own namespace, so the lab never touches the root namespace's
@@ -165,6 +169,10 @@ cmd_up() {
     ip -n "$(ns "r$i")" route add default dev wan
     ip netns exec "$(ns "r$i")" sysctl -qw net.ipv4.ip_forward=1
     nat_rules "$k" | ip netns exec "$(ns "r$i")" nft -f -
+    if [ -n "$udp_timeout" ]; then  # how long an idle UDP mapping lives (kernel default 30 s / 120 s)
+      ip netns exec "$(ns "r$i")" sysctl -qw net.netfilter.nf_conntrack_udp_timeout="$udp_timeout" \
+        net.netfilter.nf_conntrack_udp_timeout_stream="$udp_timeout"
+    fi
     ip -n "$(ns "h$i")" addr add "$lan.2/24" dev eth0
     ip -n "$(ns "h$i")" link set eth0 up
     ip -n "$(ns "h$i")" route add default via "$lan.1"
@@ -178,8 +186,9 @@ cmd_up() {
     echo "homes=$homes"
     echo "nat=$nat"
     echo "rate=$rate"
+    echo "udp_timeout=$udp_timeout"
   } >"$STATE_DIR/$PREFIX.env"
-  trap - ERR
+  trap - ERR INT TERM
   echo "netlab '$PREFIX' up: public node $(ns pub) $PUB_IP; $homes home(s) (nat $nat${rate:+, rate $rate})"
 }
 
@@ -221,11 +230,21 @@ cmd_exec() {
   exec ip netns exec "$n" "$@"
 }
 
+cmd_addr() {
+  [ $# -eq 1 ] || die "addr NS"
+  local n=$1
+  case "$n" in "$PREFIX"-*) ;; *) n=$(ns "$n") ;; esac
+  local a
+  a=$(ip -n "$n" -4 -o addr show 2>/dev/null | awk '$2 != "lo" {sub("/.*", "", $4); print $4; exit}')
+  [ -n "$a" ] || die "no address for '$n' (is the lab up?)"
+  echo "$a"
+}
+
 cmd_status() {
   local list n
   list=$(lab_namespaces)
   if [ -z "$list" ]; then echo "netlab '$PREFIX': nothing exists"; return 0; fi
-  [ -f "$STATE_DIR/$PREFIX.env" ] && sed 's/^/  /' "$STATE_DIR/$PREFIX.env" | paste -sd' ' | sed "s/^/netlab '$PREFIX':/"
+  if [ -f "$STATE_DIR/$PREFIX.env" ]; then echo "netlab '$PREFIX': $(paste -sd' ' "$STATE_DIR/$PREFIX.env")"; fi
   printf '%-14s %-40s %-10s %s\n' NAMESPACE ADDRESSES NFT PROCS
   for n in $list; do
     local addrs tables procs
@@ -355,7 +374,7 @@ cmd_selftest() {
   local reason
   if ! reason=$(preflight); then echo "SKIPPED netlab: $reason"; exit 0; fi
   PYTHON=$(python3 -c 'import sys; print(sys.executable)')  # skip pyenv's shim on every call
-  ST_BASE=${NETLAB_PREFIX:-nlst$$}
+  ST_BASE=${PREFIX_GIVEN:-nlst$$}  # two labs: ${ST_BASE}c (cone) and ${ST_BASE}s (symmetric)
   local base=$ST_BASE start=$SECONDS
   trap 'PREFIX=${ST_BASE}c cmd_down >/dev/null 2>&1; PREFIX=${ST_BASE}s cmd_down >/dev/null 2>&1' EXIT
   PREFIX=${base}c selftest_lab cone
@@ -373,10 +392,10 @@ main() {
   while [ $# -gt 0 ]; do
     case "$1" in
       --prefix)
-        PREFIX=${2:?--prefix NAME}
+        PREFIX=${2:?--prefix NAME}; PREFIX_GIVEN=$PREFIX
         [[ $PREFIX =~ ^[A-Za-z0-9_]{1,12}$ ]] || die "--prefix: 1-12 letters, digits or _ (no '-')"
         shift 2 ;;
-      -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+      -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
       *) break ;;
     esac
   done
@@ -386,9 +405,10 @@ main() {
     down) cmd_down ;;
     exec) cmd_exec "$@" ;;
     status) cmd_status ;;
+    addr) cmd_addr "$@" ;;
     check) local reason; if ! reason=$(preflight); then skip "$reason"; fi; echo "netlab: usable" ;;
     selftest) cmd_selftest ;;
-    *) sed -n '2,20p' "$0"; [ -z "$cmd" ] && exit 1; die "unknown command '$cmd'" ;;
+    *) sed -n '2,21p' "$0"; [ -z "$cmd" ] && exit 1; die "unknown command '$cmd'" ;;
   esac
 }
 main "$@"

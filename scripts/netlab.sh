@@ -272,9 +272,12 @@ probe_bg() {  # key ns proto host port timeout: result in $ST_TMP/key.out, exit 
   ( if nsx "$n" "$PYTHON" "$PY" "$proto" "$host" "$port" --timeout "$t" >"$ST_TMP/$key.out" 2>&1
     then echo yes >"$ST_TMP/$key.rc"; else echo no >"$ST_TMP/$key.rc"; fi ) &
 }
-probe_get() {  # key -> P_OK (yes/no), P_OUT (json line)
-  P_OK=$(cat "$ST_TMP/$1.rc" 2>/dev/null || echo no)
+probe_get() {  # key -> P_OK (yes / no / error), P_OUT (json line)
+  # "no" only when the probe ran and reported a network failure (its JSON says ok: false);
+  # a probe that never finished or crashed is "error", which fails positive and negative checks.
+  P_OK=$(cat "$ST_TMP/$1.rc" 2>/dev/null || echo error)
   P_OUT=$(cat "$ST_TMP/$1.out" 2>/dev/null || true)
+  if [ "$P_OK" = no ] && [ "$(json_field ok <<<"$P_OUT")" != False ]; then P_OK=error; fi
 }
 
 json_field() { "$PYTHON" -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1]).get(sys.argv[1], ""))' "$1" 2>/dev/null || true; }
@@ -316,6 +319,9 @@ selftest_lab() {  # kind: runs one lab of two homes of this NAT kind under $PREF
     probe_bg "publan$proto" pub "$proto" "$(lan_net 1).2" 7000 1
     probe_bg "h1h2lan$proto" h1 "$proto" "$(lan_net 2).2" 7000 1
     probe_bg "h1h2wan$proto" h1 "$proto" "$(wan_ip 2)" 7000 1
+    # controls: the echo servers the negative probes aim at do answer from inside each home
+    probe_bg "r1h1$proto" r1 "$proto" "$(lan_net 1).2" 7000 3
+    probe_bg "r2h2$proto" r2 "$proto" "$(lan_net 2).2" 7000 3
   done
   wait_probes
   nsx pub ip route del "$(lan_net 1).0/24" via "$(wan_ip 1)"
@@ -330,6 +336,10 @@ selftest_lab() {  # kind: runs one lab of two homes of this NAT kind under $PREF
           "$([ "${seen%:*}" = "$(wan_ip "$i")" ] && echo yes || echo no)" "$seen"
       fi
     done
+  done
+  for proto in tcp udp; do
+    probe_get "r1h1$proto"; row "$lab" "r1 -> h1 echo $proto (control)" yes "$P_OK" "$(json_field answer <<<"$P_OUT")$(json_field error <<<"$P_OUT")"
+    probe_get "r2h2$proto"; row "$lab" "r2 -> h2 echo $proto (control)" yes "$P_OK" "$(json_field answer <<<"$P_OUT")$(json_field error <<<"$P_OUT")"
   done
   for proto in tcp udp; do
     probe_get "pubwan$proto"; row "$lab" "pub -> r1 WAN:7000 $proto (no port forward)" no "$P_OK" "$(json_field error <<<"$P_OUT")"
@@ -354,6 +364,9 @@ selftest_lab() {  # kind: runs one lab of two homes of this NAT kind under $PREF
   local p2=$! r1=yes r2=yes
   wait "$p1" || r1=no
   wait "$p2" || r2=no
+  # a failed punch counts as "no" only if both mappings were learned (else it is an error)
+  [ "$r1" = yes ] || [ -n "$(json_field peer <"$ST_TMP/p1")" ] || r1=error
+  [ "$r2" = yes ] || [ -n "$(json_field peer <"$ST_TMP/p2")" ] || r2=error
   local summary='import json,sys; d=json.loads(sys.stdin.read().splitlines()[-1]); print("me", d.get("mine"), "peer", d.get("peer"), "heard", d.get("heard_from"), "after", d.get("seconds"), "s")'
   row "$lab" "hole punch h1 <-> h2 (h1 side)" "$expect_punch" "$r1" "$("$PYTHON" -c "$summary" <"$ST_TMP/p1" 2>/dev/null || tail -1 "$ST_TMP/p1")"
   row "$lab" "hole punch h1 <-> h2 (h2 side)" "$expect_punch" "$r2" "$("$PYTHON" -c "$summary" <"$ST_TMP/p2" 2>/dev/null || tail -1 "$ST_TMP/p2")"
@@ -364,8 +377,8 @@ selftest_lab() {  # kind: runs one lab of two homes of this NAT kind under $PREF
 
 wait_probes() {  # wait for the probe subshells (not the servers, which run until `down`)
   local i
-  for i in $(seq 1 100); do
-    [ "$(find "$ST_TMP" -name '*.rc' | wc -l)" -ge 12 ] && return 0
+  for i in $(seq 1 150); do
+    [ "$(find "$ST_TMP" -name '*.rc' | wc -l)" -ge 16 ] && return 0
     sleep 0.1
   done
 }

@@ -20,6 +20,12 @@ prints one line of JSON, non-zero (2) on failure with a JSON line saying why.
                                       (the namespaces share one file system), wait for the
                                       peer's file, then both send to each other's mapping
                                       until each has heard the other (a naive UDP hole punch).
+  relay --port 3480                   UDP relay: datagrams "TOKEN|NAME" are forwarded to every
+                                      other address that sent the same TOKEN (at most 2 per token,
+                                      64 tokens); a stand-in for a circuit relay.
+  relayed --relay H:P --token T --name N [--timeout S]
+                                      exchange datagrams with the other peer of token T through the
+                                      relay; ok once we heard the peer and it heard us.
   sink --port 7001                    TCP server that reads each connection to its end and
                                       answers with the byte count (for `send`).
   send HOST PORT --bytes N            send N bytes over TCP to a sink; prints seconds and MB/s.
@@ -209,6 +215,56 @@ def cmd_punch(a):
     )
 
 
+def cmd_relay(a):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", a.port))
+    print(json.dumps({"ok": True, "relay": a.port}), flush=True)
+    peers = {}  # token -> [addr, ...]; bounded: 64 tokens, 2 addresses each
+    while True:
+        data, addr = s.recvfrom(2048)
+        token = data.split(b"|", 1)[0]
+        members = peers.get(token)
+        if members is None:
+            if len(peers) >= 64:
+                peers.pop(next(iter(peers)))  # evict the oldest token
+            members = peers[token] = []
+        if addr not in members and len(members) < 2:
+            members.append(addr)
+        if addr in members:
+            for other in members:
+                if other != addr:
+                    s.sendto(data, other)
+
+
+def cmd_relayed(a):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    relay = hostport(a.relay)
+    deadline = time.monotonic() + a.timeout
+    started = time.monotonic()
+    heard, heard_ack = None, False
+    while time.monotonic() < deadline and not (heard and heard_ack):
+        flag = "ack" if heard else "syn"
+        s.sendto(f"{a.token}|{a.name}|{flag}".encode(), relay)
+        s.settimeout(0.05)
+        try:
+            while True:
+                data, addr = s.recvfrom(2048)
+                parts = data.decode(errors="replace").split("|")
+                if addr == relay and len(parts) == 3 and parts[0] == a.token and parts[1] != a.name:
+                    heard = parts[1]
+                    heard_ack = heard_ack or parts[2] == "ack"
+        except (socket.timeout, ConnectionRefusedError):
+            pass
+    if heard and heard_ack:
+        for _ in range(5):
+            s.sendto(f"{a.token}|{a.name}|ack".encode(), relay)
+            time.sleep(0.02)
+    ok = bool(heard and heard_ack)
+    out(ok, heard=heard, seconds=round(time.monotonic() - started, 3),
+        **({} if ok else {"error": "no two-way traffic through the relay"}))
+
+
 def cmd_sink(a):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -276,6 +332,13 @@ def main():
     u.add_argument("--me", required=True)
     u.add_argument("--peer", required=True)
     u.add_argument("--timeout", type=float, default=4.0)
+    r = sub.add_parser("relay")
+    r.add_argument("--port", type=int, default=3480)
+    rd = sub.add_parser("relayed")
+    rd.add_argument("--relay", required=True)
+    rd.add_argument("--token", required=True)
+    rd.add_argument("--name", required=True)
+    rd.add_argument("--timeout", type=float, default=4.0)
     k = sub.add_parser("sink")
     k.add_argument("--port", type=int, default=7001)
     d = sub.add_parser("send")
@@ -296,6 +359,10 @@ def main():
         cmd_mapping(a)
     elif a.cmd == "punch":
         cmd_punch(a)
+    elif a.cmd == "relay":
+        cmd_relay(a)
+    elif a.cmd == "relayed":
+        cmd_relayed(a)
     elif a.cmd == "sink":
         cmd_sink(a)
     elif a.cmd == "send":

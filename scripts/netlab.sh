@@ -300,6 +300,7 @@ selftest_lab() {  # kind: runs one lab of two homes of this NAT kind under $PREF
   ST_TMP=$(mktemp -d)
   # servers: the observer (STUN-like) on both public addresses, an echo server on each LAN host
   nsx pub "$PYTHON" "$PY" observer --hosts "$PUB_IP,$PUB_IP2" --ports 3478,3479 >"$ST_TMP/observer.log" 2>&1 &
+  nsx pub "$PYTHON" "$PY" relay --port 3480 >"$ST_TMP/relay.log" 2>&1 &
   nsx h1 "$PYTHON" "$PY" echo --ports 7000 >"$ST_TMP/echo1.log" 2>&1 &
   nsx h2 "$PYTHON" "$PY" echo --ports 7000 >"$ST_TMP/echo2.log" 2>&1 &
   if ! { wait_listening pub "$PUB_IP" 3479 && wait_listening pub "$PUB_IP2" 3478 \
@@ -370,6 +371,16 @@ selftest_lab() {  # kind: runs one lab of two homes of this NAT kind under $PREF
   local summary='import json,sys; d=json.loads(sys.stdin.read().splitlines()[-1]); print("me", d.get("mine"), "peer", d.get("peer"), "heard", d.get("heard_from"), "after", d.get("seconds"), "s")'
   row "$lab" "hole punch h1 <-> h2 (h1 side)" "$expect_punch" "$r1" "$("$PYTHON" -c "$summary" <"$ST_TMP/p1" 2>/dev/null || tail -1 "$ST_TMP/p1")"
   row "$lab" "hole punch h1 <-> h2 (h2 side)" "$expect_punch" "$r2" "$("$PYTHON" -c "$summary" <"$ST_TMP/p2" 2>/dev/null || tail -1 "$ST_TMP/p2")"
+
+  # Whatever the NAT, the two hosts can talk through a relay on the public node.
+  nsx h1 "$PYTHON" "$PY" relayed --relay "$PUB_IP:3480" --token "$lab" --name h1 --timeout 3 >"$ST_TMP/q1" 2>&1 &
+  p1=$!
+  nsx h2 "$PYTHON" "$PY" relayed --relay "$PUB_IP:3480" --token "$lab" --name h2 --timeout 3 >"$ST_TMP/q2" 2>&1 &
+  p2=$!; r1=yes; r2=yes
+  wait "$p1" || r1=no
+  wait "$p2" || r2=no
+  row "$lab" "h1 <-> h2 through a UDP relay on pub (h1)" yes "$r1" "heard $(json_field heard <"$ST_TMP/q1") after $(json_field seconds <"$ST_TMP/q1") s $(json_field error <"$ST_TMP/q1")"
+  row "$lab" "h1 <-> h2 through a UDP relay on pub (h2)" yes "$r2" "heard $(json_field heard <"$ST_TMP/q2") after $(json_field seconds <"$ST_TMP/q2") s $(json_field error <"$ST_TMP/q2")"
 
   cmd_down >/dev/null
   rm -rf "$ST_TMP"

@@ -400,7 +400,7 @@ cmd_selftest() {
   PYTHON=$(python3 -c 'import sys; print(sys.executable)')  # skip pyenv's shim on every call
   ST_BASE=${PREFIX_GIVEN:-nlst$$}  # two labs: ${ST_BASE}c (cone) and ${ST_BASE}s (symmetric)
   local base=$ST_BASE start=$SECONDS
-  trap 'PREFIX=${ST_BASE}c cmd_down >/dev/null 2>&1; PREFIX=${ST_BASE}s cmd_down >/dev/null 2>&1' EXIT
+  trap 'PREFIX=${ST_BASE}c cmd_down >/dev/null 2>&1; PREFIX=${ST_BASE}s cmd_down >/dev/null 2>&1; [ -z "${ST_TMP:-}" ] || rm -rf "$ST_TMP"' EXIT
   PREFIX=${base}c selftest_lab cone
   PREFIX=${base}s selftest_lab symmetric
   printf '%-10s %-44s %-9s %-9s %-5s %s\n' LAB CHECK EXPECTED GOT OK DETAIL

@@ -401,6 +401,7 @@ cmd_selftest() {
   ST_BASE=${PREFIX_GIVEN:-nlst$$}  # two labs: ${ST_BASE}c (cone) and ${ST_BASE}s (symmetric)
   local base=$ST_BASE start=$SECONDS
   trap 'PREFIX=${ST_BASE}c cmd_down >/dev/null 2>&1; PREFIX=${ST_BASE}s cmd_down >/dev/null 2>&1; [ -z "${ST_TMP:-}" ] || rm -rf "$ST_TMP"' EXIT
+  trap 'echo "netlab selftest: interrupted" >&2; exit 130' INT TERM
   PREFIX=${base}c selftest_lab cone
   PREFIX=${base}s selftest_lab symmetric
   printf '%-10s %-44s %-9s %-9s %-5s %s\n' LAB CHECK EXPECTED GOT OK DETAIL

@@ -204,23 +204,24 @@ async fn earnings(
     headers: HeaderMap,
 ) -> Result<Json<Vec<EarningView>>, ApiError> {
     authorize(&s, &headers)?;
-    let list = ledger(&s)?
-        .query(|v| {
-            v.ledger
-                .contracts()
-                .iter()
-                .filter(|(_, r)| r.contract.provider == v.me)
-                .map(|(id, r)| EarningView {
-                    contract: id.to_string(),
-                    customer: r.contract.customer.to_string(),
-                    status: format!("{:?}", r.status).to_lowercase(),
-                    payment: r.contract.payment,
-                    paid: r.paid_to_provider,
-                })
-                .collect()
-        })
-        .await?;
+    let list = ledger(&s)?.query(earnings_of).await?;
     Ok(Json(list))
+}
+
+/// What this node earns as a provider, one entry per contract (the API and the dashboard).
+pub(crate) fn earnings_of(v: &agora_ledger::LedgerView) -> Vec<EarningView> {
+    v.ledger
+        .contracts()
+        .iter()
+        .filter(|(_, r)| r.contract.provider == v.me)
+        .map(|(id, r)| EarningView {
+            contract: id.to_string(),
+            customer: r.contract.customer.to_string(),
+            status: format!("{:?}", r.status).to_lowercase(),
+            payment: r.contract.payment,
+            paid: r.paid_to_provider,
+        })
+        .collect()
 }
 
 async fn transfer(

@@ -245,19 +245,7 @@ fn ledger_part(v: &agora_ledger::LedgerView) -> (Vec<ContractDash>, AccountView)
     contracts.sort_by_key(|c| std::cmp::Reverse(c.registered_at));
     contracts.truncate(MAX_CONTRACTS);
     let a = v.ledger.account(&v.me).cloned().unwrap_or_default();
-    let earnings: Vec<EarningView> = v
-        .ledger
-        .contracts()
-        .iter()
-        .filter(|(_, r)| r.contract.provider == v.me)
-        .map(|(id, r)| EarningView {
-            contract: id.to_string(),
-            customer: r.contract.customer.to_string(),
-            status: format!("{:?}", r.status).to_lowercase(),
-            payment: r.contract.payment,
-            paid: r.paid_to_provider,
-        })
-        .collect();
+    let earnings = crate::ledger::earnings_of(v);
     let earned = earnings.iter().fold(0u64, |s, e| s.saturating_add(e.paid));
     let account = AccountView {
         balance: BalanceReply {

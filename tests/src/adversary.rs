@@ -48,7 +48,7 @@ use crate::{DevnetGuard, agora_bin, alive};
 pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Starts devnet nodes from the `agora` binary of this test run (not the test executable).
-struct TestLauncher(PathBuf);
+pub struct TestLauncher(pub PathBuf);
 
 impl Launcher for TestLauncher {
     fn host(&self, _i: usize) -> String {

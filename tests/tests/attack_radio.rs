@@ -7,32 +7,15 @@
 //! checkpoints were refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agora_api::client::ApiClient;
 use agora_devnet::demo::story::{DEVICES, wait_for};
 use agora_devnet::demo::{Story, module_bytes};
 use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
-use agora_devnet::process::{Launcher, spawn_node};
 use agora_radio::RadioStatus;
-use agora_tests::adversary::{Adversary, radio};
+use agora_tests::adversary::{Adversary, TestLauncher, radio};
 use agora_tests::agora_bin;
-
-/// Loopback nodes running the test build's `agora` binary.
-struct Bin(PathBuf);
-
-impl Launcher for Bin {
-    fn host(&self, _i: usize) -> String {
-        "127.0.0.1".into()
-    }
-    fn spawn(&self, _i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
-        spawn_node(exe, data_dir)
-    }
-    fn exe(&self) -> anyhow::Result<PathBuf> {
-        Ok(self.0.clone())
-    }
-}
 
 async fn radio_of(n: &DevnetNode) -> Option<RadioStatus> {
     ApiClient::for_data_dir(&n.data_dir)
@@ -87,7 +70,7 @@ async fn forged_checkpoints_do_not_silence_the_insured_sensors() {
         &tmp.path().join("net"),
         CONTRACT_NODES,
         &module,
-        Arc::new(Bin(agora_bin())),
+        Arc::new(TestLauncher(agora_bin())),
         true,
     )
     .await

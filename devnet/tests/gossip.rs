@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use agora_devnet::Devnet;
 use agora_market::KeySigner;
-use agora_network::{NetworkEvent, NetworkHandle};
+use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle};
 use agora_wire::codec::{Envelope, Kind, MAX_GOSSIP_BYTES};
-use tokio::sync::broadcast;
 use tokio::time::timeout;
 
 const TOPIC: &str = "agora/test/1";
@@ -28,13 +27,10 @@ async fn publish_when_ready(h: &NetworkHandle, payload: &[u8]) {
     }
 }
 
-async fn next_gossip(rx: &mut broadcast::Receiver<NetworkEvent>) -> Envelope {
+async fn next_gossip(rx: &mut Inbox) -> Envelope {
     loop {
-        match rx.recv().await {
-            Ok(NetworkEvent::Gossip { envelope, .. }) => return (*envelope).clone(),
-            Ok(_) => continue,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(e) => panic!("event channel closed: {e}"),
+        if let NetworkEvent::Gossip { envelope, .. } = rx.recv().await {
+            return (*envelope).clone();
         }
     }
 }
@@ -48,8 +44,8 @@ async fn five_nodes_connect_gossip_and_reject_bad_messages() {
     let handles: Vec<_> = (0..5).map(|i| net.handle(i).unwrap()).collect();
     let mut rxs = Vec::new();
     for h in &handles {
+        rxs.push(h.inbox(Interest::new("test").topic(TOPIC).presence()));
         h.subscribe(TOPIC).await.unwrap();
-        rxs.push(h.events());
     }
 
     // A valid message from node 2 reaches all four others, with its author intact.
@@ -163,7 +159,7 @@ async fn presence_reports_up_and_down_and_restart_rejoins() {
     net.wait_connected(2, WAIT).await.unwrap();
     let watcher = net.handle(0).unwrap();
     let target = net.node_id(2);
-    let mut events = watcher.events();
+    let mut events = watcher.inbox(Interest::new("test").presence());
 
     // Node 2 becomes reachable (its first heartbeat may have been seen before we subscribed).
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -182,7 +178,7 @@ async fn presence_reports_up_and_down_and_restart_rejoins() {
     net.stop(2).await;
     let down = timeout(WAIT, async {
         loop {
-            if let Ok(NetworkEvent::Presence(agora_network::PresenceEvent::Down { node, .. })) =
+            if let NetworkEvent::Presence(agora_network::PresenceEvent::Down { node, .. }) =
                 events.recv().await
                 && node == target
             {
@@ -196,7 +192,7 @@ async fn presence_reports_up_and_down_and_restart_rejoins() {
     net.restart(2).await.unwrap();
     let up = timeout(WAIT, async {
         loop {
-            if let Ok(NetworkEvent::Presence(agora_network::PresenceEvent::Up { node, .. })) =
+            if let NetworkEvent::Presence(agora_network::PresenceEvent::Up { node, .. }) =
                 events.recv().await
                 && node == target
             {
@@ -227,8 +223,8 @@ async fn spare_connections_are_trimmed_and_gossip_still_reaches_all() {
     let handles: Vec<_> = (0..n).map(|i| net.handle(i).unwrap()).collect();
     let mut rxs = Vec::new();
     for h in &handles {
+        rxs.push(h.inbox(Interest::new("test").topic(TOPIC).presence()));
         h.subscribe(TOPIC).await.unwrap();
-        rxs.push(h.events());
     }
     // Node 0 is every node's bootstrap peer; trimming takes it well below everyone.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -253,16 +249,15 @@ async fn spare_connections_are_trimmed_and_gossip_still_reaches_all() {
         let got = timeout(WAIT, async {
             loop {
                 match rx.recv().await {
-                    Ok(NetworkEvent::Gossip { envelope, .. })
+                    NetworkEvent::Gossip { envelope, .. }
                         if envelope.payload == b"after trimming" =>
                     {
                         return true;
                     }
-                    Ok(NetworkEvent::Presence(agora_network::PresenceEvent::Down {
-                        node, ..
-                    })) => panic!("node{i}: live peer {node} reported down after trimming"),
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(e) => panic!("event channel closed: {e}"),
+                    NetworkEvent::Presence(agora_network::PresenceEvent::Down { node, .. }) => {
+                        panic!("node{i}: live peer {node} reported down after trimming")
+                    }
+                    _ => {}
                 }
             }
         })

@@ -5,26 +5,19 @@ use std::time::Duration;
 
 use agora_devnet::Devnet;
 use agora_market::NodeId;
-use agora_network::{NetworkEvent, NetworkHandle, PresenceEvent};
-use tokio::sync::broadcast;
+use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle, PresenceEvent};
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn next_presence(
-    rx: &mut broadcast::Receiver<NetworkEvent>,
-    target: NodeId,
-    want_up: bool,
-) -> PresenceEvent {
+async fn next_presence(rx: &mut Inbox, target: NodeId, want_up: bool) -> PresenceEvent {
     loop {
-        match rx.recv().await {
-            Ok(NetworkEvent::Presence(ev)) => match &ev {
+        if let NetworkEvent::Presence(ev) = rx.recv().await {
+            match &ev {
                 PresenceEvent::Up { node, .. } if want_up && *node == target => return ev,
                 PresenceEvent::Down { node, .. } if !want_up && *node == target => return ev,
                 _ => {}
-            },
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(e) => panic!("event channel closed: {e}"),
+            }
         }
     }
 }
@@ -54,7 +47,7 @@ async fn watched_peer_is_redialled_and_reported_down_and_up() {
     let watcher = net.handle(1).unwrap();
     let target = net.node_id(2);
     let target_peer = net.handle(2).unwrap().peer_id().to_string();
-    let mut events = watcher.events();
+    let mut events = watcher.inbox(Interest::new("test").presence());
 
     // Node 1 watches node 2 (address from Kademlia via node 0): reachable and watched.
     watcher.watch(target).await.unwrap();

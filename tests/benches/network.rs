@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agora_devnet::Devnet;
-use agora_network::NetworkEvent;
+use agora_network::{Interest, NetworkEvent};
 use agora_wire::codec::Kind;
 
 const TOPIC: &str = "agora/bench/1";
@@ -121,10 +121,11 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
     for i in 0..n {
         let h = net.handle(i).unwrap();
         h.subscribe(TOPIC).await.unwrap();
-        let mut rx = h.events();
+        let mut rx = h.inbox(Interest::new("bench").topic(TOPIC));
         let receipts = receipts.clone();
         tokio::spawn(async move {
-            while let Ok(ev) = rx.recv().await {
+            loop {
+                let ev = rx.recv().await;
                 if let NetworkEvent::Gossip { envelope, .. } = ev
                     && let Ok(b) = <[u8; 8]>::try_from(envelope.payload.as_slice())
                 {
@@ -163,10 +164,17 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
     let idle_secs = env_usize("AGORA_BENCH_IDLE_SECS").unwrap_or(3) as u64;
     let topics: Arc<Mutex<HashMap<String, (usize, usize)>>> = Arc::default();
     {
-        let mut rx = net.handle(0).unwrap().events();
+        // A copy of every gossip topic node 0 reads (requests go to their one owner only).
+        let mut interest = Interest::new("bench tap").topic(TOPIC);
+        use agora_wire::topics::{BLOCKS_TOPIC, CONSENSUS_TOPIC, RADIO_TOPIC, TX_TOPIC};
+        for t in [TX_TOPIC, CONSENSUS_TOPIC, BLOCKS_TOPIC, RADIO_TOPIC] {
+            interest = interest.topic(t);
+        }
+        let mut rx = net.handle(0).unwrap().inbox(interest);
         let topics = topics.clone();
         tokio::spawn(async move {
-            while let Ok(ev) = rx.recv().await {
+            loop {
+                let ev = rx.recv().await;
                 if let NetworkEvent::Gossip {
                     topic, envelope, ..
                 }
@@ -176,11 +184,6 @@ async fn gossip_time_to_all(n: usize, messages: usize) -> Outcome {
                 {
                     let mut t = topics.lock().unwrap();
                     let e = t.entry(topic).or_default();
-                    e.0 += 1;
-                    e.1 += envelope.payload.len();
-                } else if let NetworkEvent::Request { envelope, .. } = ev {
-                    let mut t = topics.lock().unwrap();
-                    let e = t.entry(format!("request {:?}", envelope.kind)).or_default();
                     e.0 += 1;
                     e.1 += envelope.payload.len();
                 }

@@ -79,10 +79,11 @@ async fn request_floods_from_one_peer_and_many_identities_are_limited_and_counte
     let rss_before = rss_all(&net);
     let target = net.peer_id(0);
 
-    // One peer, 600 correctly signed requests nobody answers (raw kind), all at once: its
-    // rate and its pending share run out.
+    // One peer, 600 correctly signed requests its owner never answers (ledger sync requests
+    // whose body is not a sync message; a kind no task owns would be refused at once as
+    // unrouted), all at once: its rate and its pending share run out.
     let adv = Adversary::join(&net).await.unwrap();
-    let req = adv.seal(Kind::Raw, b"flood".to_vec()).to_bytes();
+    let req = adv.seal(Kind::Consensus, b"flood".to_vec()).to_bytes();
     let one = flood::requests_for(&adv, target, &req, 600, Duration::from_secs(5)).await;
     eprintln!("one peer: {one:?}");
     let s = net.stats(0).await.unwrap();
@@ -90,7 +91,10 @@ async fn request_floods_from_one_peer_and_many_identities_are_limited_and_counte
     // Of the 600, libp2p's request-response handler itself drops what exceeds its 100
     // concurrent inbound streams per connection (uncounted, before our loop sees them); of
     // those that reach the loop, 32 wait for an answer and the rest are refused and counted.
-    assert!(one.accepted == 0, "a raw request was answered: {one:?}");
+    assert!(
+        one.accepted == 0,
+        "a malformed sync request was answered: {one:?}"
+    );
     assert!(
         s.rpc_rate_limited + s.rpc_pending_refused >= 100,
         "a 600-request flood was not refused: {s:?}"
@@ -101,7 +105,7 @@ async fn request_floods_from_one_peer_and_many_identities_are_limited_and_counte
     let before = s.rpc_pending_refused;
     let many = Adversary::many(&net, 8).await.unwrap();
     let floods = many.iter().map(|a| {
-        let req = a.seal(Kind::Raw, b"flood".to_vec()).to_bytes();
+        let req = a.seal(Kind::Consensus, b"flood".to_vec()).to_bytes();
         async move { flood::requests_for(a, target, &req, 60, Duration::from_secs(5)).await }
     });
     let reports = futures::future::join_all(floods).await;

@@ -260,7 +260,10 @@ async fn connect(
     if connected(&s.network.peers().await?) {
         return Ok(Json(change_reply(peer, true)));
     }
-    let mut events = s.network.events();
+    // Its own connection changes (never lost), until this request ends.
+    let mut events = s
+        .network
+        .inbox(agora_network::Interest::new("api connect").connections());
     s.network
         .dial(addr.clone())
         .await
@@ -268,13 +271,13 @@ async fn connect(
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(agora_network::NetworkEvent::Connected(p))) if p == peer => break,
-            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+            Ok(agora_network::NetworkEvent::Connected(p)) if p == peer => break,
+            Ok(_) => {
                 if connected(&s.network.peers().await?) {
                     break;
                 }
             }
-            Ok(Err(_)) | Err(_) => {
+            Err(_) => {
                 if connected(&s.network.peers().await?) {
                     break;
                 }

@@ -79,6 +79,9 @@ struct Series {
     presence_peers: Family<Labels, Gauge>,
     gossip_messages: Family<Labels, Counter>,
     rpc_rejected: Counter,
+    inbound_routes: Family<Labels, Counter>,
+    gossip_route_dropped: Family<Labels, Counter>,
+    rpc_inbound_failed: Family<Labels, Counter>,
     ledger_height: Gauge,
     ledger_last_block_age_seconds: Gauge<f64, AtomicU64>,
     ledger_caught_up: Gauge,
@@ -111,6 +114,9 @@ impl Series {
             presence_peers: Family::default(),
             gossip_messages: Family::default(),
             rpc_rejected: Counter::default(),
+            inbound_routes: Family::default(),
+            gossip_route_dropped: Family::default(),
+            rpc_inbound_failed: Family::default(),
             ledger_height: Gauge::default(),
             ledger_last_block_age_seconds: Gauge::default(),
             ledger_caught_up: Gauge::default(),
@@ -162,6 +168,23 @@ impl Series {
             "rpc_rejected",
             "Inbound requests rejected by validation",
             s.rpc_rejected.clone(),
+        );
+        r.register(
+            "inbound_routes",
+            "Inbound traffic the routes refused or merged, by outcome (rpc_busy: the owning \
+             task was behind; rpc_unrouted, gossip_unrouted: no task reads it; peer_coalesced, \
+             peer_dropped: presence and connection changes)",
+            s.inbound_routes.clone(),
+        );
+        r.register(
+            "gossip_route_dropped",
+            "Gossip messages dropped because the task reading their topic was behind, by topic",
+            s.gossip_route_dropped.clone(),
+        );
+        r.register(
+            "rpc_inbound_failed",
+            "Inbound requests that failed as libp2p reports them, by reason",
+            s.rpc_inbound_failed.clone(),
         );
         r.register(
             "ledger_height",
@@ -422,6 +445,21 @@ impl Metrics {
                 set_family_counter(&s.gossip_messages, &[("outcome", outcome)], v);
             }
             set_counter(&s.rpc_rejected, n.rpc_rejected);
+            for (outcome, v) in [
+                ("rpc_busy", n.rpc_route_busy),
+                ("rpc_unrouted", n.rpc_unrouted),
+                ("gossip_unrouted", n.gossip_unrouted),
+                ("peer_coalesced", n.peer_events_coalesced),
+                ("peer_dropped", n.peer_events_dropped),
+            ] {
+                set_family_counter(&s.inbound_routes, &[("outcome", outcome)], v);
+            }
+            for (topic, v) in &n.gossip_route_dropped_by_topic {
+                set_family_counter(&s.gossip_route_dropped, &[("topic", topic)], *v);
+            }
+            for (reason, v) in &n.rpc_inbound_failed {
+                set_family_counter(&s.rpc_inbound_failed, &[("reason", reason)], *v);
+            }
         }
         self.refresh_ledger(st).await;
         self.refresh_market(st).await;

@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use agora_market::{KeySigner, NodeId};
 use agora_storage::challenge::{Challenge, StorageCommitment, verify_response};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
 use crate::StorageHandle;
 use agora_network::keys::peer_id_of;
-use agora_network::{NetworkEvent, NetworkHandle};
+use agora_network::{Interest, NetworkEvent, NetworkHandle};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 
@@ -58,7 +58,7 @@ pub fn spawn_responder(
     signer: KeySigner,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
-    let mut events = network.events();
+    let mut events = network.inbox(Interest::new("storage audit").requests(Kind::Storage));
     let sealer = Sealer {
         signer,
         seq: Arc::default(),
@@ -71,13 +71,10 @@ pub fn spawn_responder(
                 ev = events.recv() => ev,
             };
             let (id, peer, envelope) = match ev {
-                Ok(NetworkEvent::Request { id, peer, envelope })
-                    if envelope.kind == Kind::Storage =>
-                {
+                NetworkEvent::Request { id, peer, envelope } if envelope.kind == Kind::Storage => {
                     (id, peer, envelope)
                 }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => break,
+                _ => continue,
             };
             // Answering reads chunks from disk: do it beside the loop, not in it.
             let (storage, network, sealer) = (storage.clone(), network.clone(), sealer.clone());

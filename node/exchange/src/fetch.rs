@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::bitswap::{Bitswap, SessionEvent};
-use agora_network::{NetworkEvent, NetworkHandle};
+use agora_network::{Interest, NetworkEvent, NetworkHandle};
 
 /// Limits of one fetch.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +100,7 @@ pub async fn fetch_dag(
     cfg: FetchConfig,
     progress: &watch::Sender<FetchProgress>,
 ) -> Result<FetchProgress, FetchError> {
-    let mut events = network.events();
+    let mut events = network.inbox(Interest::new("fetch").connections());
     let (session, mut rx) = bitswap.open_session();
     let _guard = SessionGuard(bitswap, session);
     let mut f = Fetch {
@@ -176,10 +176,9 @@ pub async fn fetch_dag(
                 None => return Err(FetchError::Stopped(root)),
             },
             ev = events.recv() => match ev {
-                Ok(NetworkEvent::Disconnected(peer)) => f.drop_provider(peer),
-                Ok(NetworkEvent::Connected(peer)) => f.add_provider(peer),
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => return Err(FetchError::Stopped(root)),
+                NetworkEvent::Disconnected(peer) => f.drop_provider(peer),
+                NetworkEvent::Connected(peer) => f.add_provider(peer),
+                _ => {}
             },
             Some(found) = prov_rx.recv() => {
                 for p in found {

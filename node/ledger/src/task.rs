@@ -16,7 +16,7 @@ use super::mempool::{Mempool, MempoolError, MempoolStats};
 use super::store::{LedgerStore, StoreError};
 use crate::chain::{ChainParams, ChainTimers, SyncMsg, SyncReply};
 use agora_consensus::{ConsensusDriver, DecidedBlock, Input, ValidatorSet};
-use agora_network::{GossipTicket, GossipVerdict, NetworkEvent, NetworkHandle};
+use agora_network::{GossipTicket, GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 use agora_wire::topics::{BLOCKS_TOPIC, CONSENSUS_TOPIC};
@@ -244,7 +244,11 @@ pub async fn spawn(
     network: NetworkHandle,
     cancel: CancellationToken,
 ) -> Result<(LedgerHandle, JoinHandle<()>), LedgerTaskError> {
-    let events = network.events();
+    let mut interest = Interest::new("ledger").requests(Kind::Consensus);
+    for topic in [TX_TOPIC, BLOCKS_TOPIC, CONSENSUS_TOPIC] {
+        interest = interest.topic(topic);
+    }
+    let events = network.inbox(interest);
     let ledger = match store.snapshot()? {
         Some((height, bytes)) => {
             let l = Ledger::from_snapshot(&bytes)
@@ -340,7 +344,7 @@ impl LedgerTask {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut sync_replies: mpsc::Receiver<SyncReply>,
-        mut events: broadcast::Receiver<NetworkEvent>,
+        mut events: Inbox,
         cancel: CancellationToken,
     ) {
         self.start_chain().await;
@@ -389,20 +393,18 @@ impl LedgerTask {
                 },
                 ev = events.recv() => match ev {
                     // Other tasks judge their own topics (the market driver's).
-                    Ok(NetworkEvent::GossipToJudge { topic, envelope, ticket, .. })
+                    NetworkEvent::GossipToJudge { topic, envelope, ticket, .. }
                         if [TX_TOPIC, BLOCKS_TOPIC, CONSENSUS_TOPIC].contains(&topic.as_str()) =>
                     {
                         self.on_judged_gossip(&topic, &envelope, ticket).await;
                     }
-                    Ok(NetworkEvent::Request { id, envelope, .. }) if envelope.kind == Kind::Consensus => {
+                    NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Consensus => {
                         match envelope.body::<SyncMsg>(Kind::Consensus) {
                             Ok(msg) => self.on_sync_request(envelope.sender, id, msg).await,
                             Err(e) => debug!(error = %e, "malformed sync request"),
                         }
                     }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "ledger lagged behind network events"),
-                    Err(_) => break,
+                    _ => {}
                 },
             }
         }

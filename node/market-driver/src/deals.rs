@@ -29,7 +29,7 @@ use crate::MarketHandle;
 use agora_exchange::StorageHandle;
 use agora_ledger::LedgerHandle;
 use agora_network::keys::peer_id_of;
-use agora_network::{NetworkEvent, NetworkHandle};
+use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 
@@ -140,7 +140,7 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
     let agreed = market.agreed();
-    let events = network.events();
+    let events = network.inbox(Interest::new("deals").requests(Kind::Deal));
     let task = DealTask {
         signer,
         config,
@@ -165,7 +165,7 @@ impl DealTask {
     async fn run(
         mut self,
         mut agreed: broadcast::Receiver<AgreedTerms>,
-        mut events: broadcast::Receiver<NetworkEvent>,
+        mut events: Inbox,
         cancel: CancellationToken,
     ) {
         loop {
@@ -178,12 +178,10 @@ impl DealTask {
                     Err(_) => break,
                 },
                 ev = events.recv() => match ev {
-                    Ok(NetworkEvent::Request { id, envelope, .. }) if envelope.kind == Kind::Deal => {
+                    NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Deal => {
                         self.on_request(id, &envelope).await;
                     }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => break,
+                    _ => {}
                 },
             }
         }

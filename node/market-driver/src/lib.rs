@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use agora_network::keys::peer_id_of;
-use agora_network::{GossipVerdict, NetworkEvent, NetworkHandle};
+use agora_network::{GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle, TopicRoutes};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 
@@ -144,6 +144,8 @@ struct MarketTask {
     signer: KeySigner,
     network: NetworkHandle,
     subscribed: BTreeSet<String>,
+    /// Routes the gossip of each topic subscribed to this task's inbox.
+    routes: TopicRoutes,
     timers: BTreeSet<u64>,
     log: Arc<Mutex<EventLog>>,
     feedback: mpsc::Sender<(NodeId, MarketMessage)>,
@@ -165,8 +167,9 @@ pub async fn spawn(
     network: NetworkHandle,
     cancel: CancellationToken,
 ) -> (MarketHandle, JoinHandle<()>) {
-    // Subscribe before anything else so no connection event is missed.
-    let events = network.events();
+    // Register before anything else so no connection event is missed; region topics are
+    // added as the task subscribes to them (`ensure_subscribed`).
+    let events = network.inbox(Interest::new("market").requests(Kind::Market).connections());
     let (tx, rx) = mpsc::channel(256);
     let (fb_tx, fb_rx) = mpsc::channel(256);
     let log = Arc::new(Mutex::new(EventLog::default()));
@@ -176,6 +179,7 @@ pub async fn spawn(
         signer,
         network: network.clone(),
         subscribed: BTreeSet::new(),
+        routes: events.topics(),
         timers: BTreeSet::new(),
         log: log.clone(),
         feedback: fb_tx,
@@ -201,6 +205,9 @@ pub async fn spawn(
 
 impl MarketTask {
     async fn ensure_subscribed(&mut self, topic: &str) {
+        if !self.subscribed.contains(topic) {
+            self.routes.add(topic);
+        }
         if self.subscribed.insert(topic.to_string())
             && let Err(e) = self.network.subscribe_judged(topic).await
         {
@@ -212,7 +219,7 @@ impl MarketTask {
         mut self,
         mut commands: mpsc::Receiver<MarketCommand>,
         mut feedback: mpsc::Receiver<(NodeId, MarketMessage)>,
-        mut events: tokio::sync::broadcast::Receiver<NetworkEvent>,
+        mut events: Inbox,
         cancel: CancellationToken,
     ) {
         loop {
@@ -239,13 +246,7 @@ impl MarketTask {
                     None => break,
                 },
                 Some((from, msg)) = feedback.recv() => self.remote(from, msg).await,
-                ev = events.recv() => match ev {
-                    Ok(ev) => self.on_network(ev).await,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        warn!(missed = n, "market task lagged behind network events");
-                    }
-                    Err(_) => break,
-                },
+                ev = events.recv() => self.on_network(ev).await,
                 _ = sleep => {
                     let now = now_ms();
                     self.timers.retain(|t| *t > now);

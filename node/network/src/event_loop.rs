@@ -12,7 +12,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, ping};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
@@ -20,6 +20,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::behaviour::{AgoraBehaviour, AgoraBehaviourEvent, build_swarm, topic_score_params};
 use super::presence::PresenceTracker;
 use super::quota::{RateLimiter, loud};
+use super::routes::{RequestRefused, RouteTable};
 use super::{
     Command, GossipTicket, GossipVerdict, NetworkConfig, NetworkError, NetworkEvent, NetworkHandle,
     NetworkStats, PeerInfo, Reply, SharedCounters,
@@ -57,7 +58,7 @@ const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(300);
 struct EventLoop {
     swarm: Swarm<AgoraBehaviour>,
     commands: mpsc::Receiver<Command>,
-    events: broadcast::Sender<NetworkEvent>,
+    routes: Arc<RouteTable>,
     signer: KeySigner,
     presence: PresenceTracker,
     liveness: liveness::Liveness,
@@ -137,10 +138,10 @@ pub async fn spawn(
     super::heartbeat::serve(streams.clone(), heartbeat_quota, cancel.clone());
     let (alive_tx, alive_rx) = mpsc::channel(1024);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
-    let (ev_tx, _) = broadcast::channel(4096);
+    let routes = Arc::new(RouteTable::default());
     let handle = NetworkHandle {
         commands: cmd_tx,
-        events: ev_tx.clone(),
+        routes: routes.clone(),
         local: key.node_id(),
         peer_id: *swarm.local_peer_id(),
         streams: streams.clone(),
@@ -149,7 +150,7 @@ pub async fn spawn(
     let event_loop = EventLoop {
         swarm,
         commands: cmd_rx,
-        events: ev_tx,
+        routes,
         signer: key.signer().clone(),
         presence: PresenceTracker::new(
             cfg.presence_timeout,
@@ -219,9 +220,10 @@ impl EventLoop {
         debug!("network loop stopped");
     }
 
+    /// Hands a presence or connection change to every task that registered for them (never
+    /// lost; see `routes`).
     fn emit(&self, event: NetworkEvent) {
-        // No receivers is fine: nobody is listening yet.
-        let _ = self.events.send(event);
+        self.routes.peer_change(event);
     }
 
     /// Redials bootstrap peers while we have fewer than `target_peers` connections, and trims
@@ -380,6 +382,7 @@ impl EventLoop {
             Command::Stats(reply) => {
                 let mut stats = self.stats.clone();
                 self.counters.fill(&mut stats);
+                self.routes.fill(&mut stats);
                 stats.peers_evicted += self.presence.evicted();
                 let _ = reply.send(stats);
             }
@@ -594,22 +597,34 @@ impl EventLoop {
                 // Forwarded only once the application accepts it (see `Command::Judge`).
                 self.stats.gossip_accepted += 1;
                 let topic = message.topic.as_str().to_string();
-                self.emit(NetworkEvent::GossipToJudge {
-                    topic,
+                let ev = NetworkEvent::GossipToJudge {
+                    topic: topic.clone(),
                     envelope: Arc::new(env),
                     via: source,
-                    ticket: GossipTicket { id, source },
-                });
+                    ticket: GossipTicket {
+                        id: id.clone(),
+                        source,
+                    },
+                };
+                if !self.routes.gossip(&topic, ev) {
+                    // Nobody will judge it: let gossipsub forget it now (not forwarded).
+                    gossip.report_message_validation_result(
+                        &id,
+                        &source,
+                        MessageAcceptance::Ignore,
+                    );
+                }
             }
             Ok(env) => {
                 gossip.report_message_validation_result(&id, &source, MessageAcceptance::Accept);
                 self.stats.gossip_accepted += 1;
                 let topic = message.topic.as_str().to_string();
-                self.emit(NetworkEvent::Gossip {
-                    topic,
+                let ev = NetworkEvent::Gossip {
+                    topic: topic.clone(),
                     envelope: Arc::new(env),
                     via: source,
-                });
+                };
+                self.routes.gossip(&topic, ev);
             }
         }
     }
@@ -657,14 +672,35 @@ impl EventLoop {
         match Envelope::open(request, MAX_RPC_BYTES) {
             Ok(env) => {
                 let id = self.next_inbound;
-                self.next_inbound += 1;
-                self.inbound.insert(id, PendingInbound { peer, channel });
-                *self.pending_per_peer.entry(peer).or_insert(0) += 1;
-                self.emit(NetworkEvent::Request {
+                let kind = env.kind;
+                let ev = NetworkEvent::Request {
                     id,
                     peer,
                     envelope: Arc::new(env),
-                });
+                };
+                // Routed to the one task that answers this kind; refused (the channel dropped,
+                // so the requester fails at once) and counted when that task is behind.
+                match self.routes.request(kind, ev) {
+                    Ok(()) => {
+                        self.next_inbound += 1;
+                        self.inbound.insert(id, PendingInbound { peer, channel });
+                        *self.pending_per_peer.entry(peer).or_insert(0) += 1;
+                    }
+                    Err(RequestRefused::Busy(task)) => {
+                        if self.refused("rpc route busy") {
+                            warn!(%peer, ?kind, task, "request refused: the task that answers it is behind");
+                        } else {
+                            debug!(%peer, ?kind, task, "request refused: route full");
+                        }
+                    }
+                    Err(RequestRefused::Unrouted) => {
+                        if self.refused("rpc unrouted") {
+                            warn!(%peer, ?kind, "request refused: no task answers this kind");
+                        } else {
+                            debug!(%peer, ?kind, "request refused: unrouted");
+                        }
+                    }
+                }
             }
             Err(e) => {
                 warn!(%peer, error = %e, "rejected request");
@@ -741,6 +777,20 @@ impl EventLoop {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 debug!(%peer, %error, "inbound request failed");
+                let reason = match error {
+                    request_response::InboundFailure::Timeout => "timeout",
+                    request_response::InboundFailure::ConnectionClosed => "connection-closed",
+                    request_response::InboundFailure::UnsupportedProtocols => {
+                        "unsupported-protocols"
+                    }
+                    request_response::InboundFailure::ResponseOmission => "response-omission",
+                    request_response::InboundFailure::Io(_) => "io",
+                };
+                *self
+                    .stats
+                    .rpc_inbound_failed
+                    .entry(reason.to_string())
+                    .or_insert(0) += 1;
             }
             request_response::Event::ResponseSent { .. } => {}
         }

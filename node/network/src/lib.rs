@@ -2,7 +2,8 @@
 //! `Swarm` (TCP + noise + yamux, gossipsub, request-response over the envelope codec, identify,
 //! ping, Kademlia, optional mDNS, raw streams); everyone else talks to it through a cloneable
 //! [`NetworkHandle`] (bounded command channel, every command carrying a oneshot reply) and
-//! listens to [`NetworkEvent`]s on a broadcast channel. It also owns presence (who is reachable,
+//! receives the [`NetworkEvent`]s it registered for on its own [`Inbox`] ([`routes`]: each
+//! inbound message goes to the one task that owns it, with a bound and a stated policy). It also owns presence (who is reachable,
 //! since when; heartbeats to watched peers) and the node's identity key ([`keys::NodeKey`]),
 //! from which both the ledger `NodeId` and the libp2p `PeerId` derive.
 //!
@@ -18,6 +19,7 @@ pub mod heartbeat;
 pub mod keys;
 pub mod presence;
 pub mod quota;
+pub mod routes;
 mod rpc_codec;
 
 use std::sync::Arc;
@@ -26,12 +28,13 @@ use std::time::Duration;
 
 use agora_market::NodeId;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 pub use behaviour::MAX_GOSSIP_TRANSMIT;
 pub use event_loop::spawn;
 pub use presence::{PeerPresence, PresenceEvent};
 pub use quota::{StreamPermit, StreamQuota};
+pub use routes::{Inbox, Interest, TopicRoutes};
 pub use rpc_codec::RPC_PROTOCOL;
 
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, multiaddr};
@@ -185,6 +188,28 @@ pub struct NetworkStats {
     pub connections_refused: u64,
     /// Peers evicted from a full per-peer table (presence, addresses).
     pub peers_evicted: u64,
+    /// Gossip messages dropped because the task that reads their topic was behind (its route
+    /// was full; see [`routes`]), in all.
+    pub gossip_route_dropped: u64,
+    /// The same, per topic.
+    pub gossip_route_dropped_by_topic: std::collections::BTreeMap<String, u64>,
+    /// Valid gossip messages of a topic no task reads (not delivered).
+    pub gossip_unrouted: u64,
+    /// Inbound requests refused because the task that answers their kind had the most
+    /// requests waiting (the requester sees the refusal at once).
+    pub rpc_route_busy: u64,
+    /// Inbound requests refused because no task answers their kind.
+    pub rpc_unrouted: u64,
+    /// Presence or connection changes merged into a later change of the same peer before a
+    /// task read them (never a lost `Down`: see [`routes`]).
+    pub peer_events_coalesced: u64,
+    /// Presence or connection changes dropped because too many peers had changes waiting.
+    pub peer_events_dropped: u64,
+    /// Inbound requests that failed as libp2p reports them, per reason (`timeout`,
+    /// `connection-closed`, `unsupported-protocols`, `response-omission` — which includes
+    /// every refusal counted above —, `io`). libp2p reports nothing for inbound streams its
+    /// request-response handler drops beyond its 100 concurrent streams per connection.
+    pub rpc_inbound_failed: std::collections::BTreeMap<String, u64>,
 }
 
 /// Counters shared with tasks outside the swarm loop (stream accept loops).
@@ -292,7 +317,7 @@ pub(crate) enum Command {
 #[derive(Clone)]
 pub struct NetworkHandle {
     commands: mpsc::Sender<Command>,
-    events: broadcast::Sender<NetworkEvent>,
+    routes: Arc<routes::RouteTable>,
     local: NodeId,
     peer_id: PeerId,
     streams: libp2p_stream::Control,
@@ -327,9 +352,13 @@ impl NetworkHandle {
         self.peer_id
     }
 
-    /// A new receiver of network events (lagging receivers lose the oldest events).
-    pub fn events(&self) -> broadcast::Receiver<NetworkEvent> {
-        self.events.subscribe()
+    /// Registers a task's inbound traffic: gossip of the interest's topics, requests of its
+    /// kinds, presence and connection changes go to the returned inbox and to no other (a
+    /// topic or kind registered twice goes to both inboxes, requests to the first with room).
+    /// See [`routes`] for what happens when an inbox is full. Register before subscribing to
+    /// a topic or answering requests, so nothing arrives before there is a route for it.
+    pub fn inbox(&self, interest: Interest) -> Inbox {
+        self.routes.register(interest)
     }
 
     /// Subscribes to a gossip topic.

@@ -45,7 +45,7 @@ use tracing::{Instrument, debug, info};
 use agora_exchange::StorageHandle;
 use agora_hosting::control::ServiceControl;
 use agora_ledger::{AppliedBlock, LedgerHandle};
-use agora_network::{NetworkEvent, NetworkHandle};
+use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle};
 use agora_radio::RadioHandle;
 use agora_wire::now_ms;
 
@@ -310,7 +310,7 @@ pub fn spawn(
     let (done_tx, done_rx) = mpsc::channel(64);
     let (req_tx, req_rx) = mpsc::channel(16);
     let outcomes = ledger.outcomes();
-    let events = network.events();
+    let events = network.inbox(Interest::new("orchestrator").presence());
     let serving = probe::Serving::default();
     probe::spawn_responder(
         network.clone(),
@@ -360,7 +360,7 @@ impl Orchestrator {
     async fn run(
         mut self,
         mut outcomes: broadcast::Receiver<Arc<AppliedBlock>>,
-        mut events: broadcast::Receiver<NetworkEvent>,
+        mut events: Inbox,
         mut done_rx: mpsc::Receiver<Done>,
         mut req_rx: mpsc::Receiver<Request>,
         cancel: CancellationToken,
@@ -379,10 +379,9 @@ impl Orchestrator {
                     }
                     Err(_) => break,
                 },
-                ev = events.recv() => match ev {
-                    Ok(NetworkEvent::Presence(p)) => self.on_presence(p).await,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => break,
+                // Presence changes are never lost (see `agora_network::routes`).
+                ev = events.recv() => if let NetworkEvent::Presence(p) = ev {
+                    self.on_presence(p).await;
                 },
                 Some(done) = done_rx.recv() => self.on_done(done).await,
                 Some(Request::SetOwn(image, reply)) = req_rx.recv() => {

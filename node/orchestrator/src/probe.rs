@@ -17,11 +17,11 @@ use agora_contracts::{ContractId, ContractStatus, TxKind};
 use agora_hosting::control::ServiceControl;
 use agora_market::{KeySigner, NodeId, Timestamp};
 use agora_network::keys::peer_id_of;
-use agora_network::{NetworkEvent, NetworkHandle, PeerId};
+use agora_network::{Interest, NetworkEvent, NetworkHandle, PeerId};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 use agora_wire::probe::ProbeMsg;
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
@@ -274,7 +274,7 @@ pub fn spawn_responder(
     serving: Serving,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
-    let mut events = network.events();
+    let mut events = network.inbox(Interest::new("probe").requests(Kind::Probe));
     let quota = Arc::new(Mutex::new(Quota::default()));
     let slots = Arc::new(Semaphore::new(CONCURRENT_ANSWERS));
     let seq = Arc::new(std::sync::atomic::AtomicU64::new(now_ms()));
@@ -285,13 +285,10 @@ pub fn spawn_responder(
                 ev = events.recv() => ev,
             };
             let (id, peer, envelope) = match ev {
-                Ok(NetworkEvent::Request { id, peer, envelope })
-                    if envelope.kind == Kind::Probe =>
-                {
+                NetworkEvent::Request { id, peer, envelope } if envelope.kind == Kind::Probe => {
                     (id, peer, envelope)
                 }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => break,
+                _ => continue,
             };
             let (network, services, signer, serving, quota, seq) = (
                 network.clone(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agora_market::{KeySigner, NodeId};
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
@@ -19,7 +19,7 @@ use crate::rules::{self, MAX_MANAGERS_PER_DEVICE, Verdict};
 use crate::table::{Admit, Device, DeviceTable};
 use agora_exchange::StorageHandle;
 use agora_hosting::control::ServiceControl;
-use agora_network::{NetworkEvent, NetworkHandle};
+use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 
@@ -71,7 +71,11 @@ pub async fn spawn(
         None => None,
     };
     let (tx, rx) = mpsc::channel(256);
-    let events = network.events();
+    let events = network.inbox(
+        Interest::new("radio")
+            .topic(RADIO_TOPIC)
+            .requests(Kind::Radio),
+    );
     if let Err(e) = network.subscribe(RADIO_TOPIC).await {
         warn!(error = %e, "radio checkpoints topic not subscribed");
     }
@@ -97,7 +101,7 @@ impl RadioTask {
         mut self,
         socket: Option<UdpSocket>,
         mut rx: mpsc::Receiver<Command>,
-        mut events: broadcast::Receiver<NetworkEvent>,
+        mut events: Inbox,
         cancel: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.checkpoint_ms.max(10)));
@@ -115,20 +119,19 @@ impl RadioTask {
                     None => break,
                 },
                 ev = events.recv() => match ev {
-                    Ok(NetworkEvent::Request { id, envelope, .. }) if envelope.kind == Kind::Radio => {
+                    NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Radio => {
                         if let Ok(RadioRpc::Replay { devices }) = envelope.body::<RadioRpc>(Kind::Radio) {
                             self.answer_replay(id, &devices).await;
                         }
                     }
-                    Ok(NetworkEvent::Gossip { topic, envelope, .. }) if topic == RADIO_TOPIC => {
+                    NetworkEvent::Gossip { topic, envelope, .. } if topic == RADIO_TOPIC => {
                         match envelope.body::<Checkpoint>(Kind::Radio) {
                             Ok(c) if envelope.sender != self.me => self.on_peer_checkpoint(envelope.sender, c),
                             Ok(_) => {}
                             Err(e) => debug!(error = %e, "bad radio checkpoint"),
                         }
                     }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => break,
+                    _ => {}
                 },
                 _ = tick.tick() => {
                     let services: Vec<String> = self.pending.keys().cloned().collect();

@@ -1,0 +1,121 @@
+//! Routed inbound traffic (#14 §2): a task that stops reading its gossip topic loses only its
+//! own gossip (counted per topic); another task on the same node still gets every request and
+//! every presence change.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use agora_devnet::Devnet;
+use agora_market::KeySigner;
+use agora_network::{Interest, NetworkEvent, PresenceEvent};
+use agora_wire::codec::{Envelope, Kind};
+use tokio::time::timeout;
+
+const FLOOD: &str = "agora/test/flood";
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_gossip_reader_costs_no_other_task_a_request_or_a_presence_down() {
+    let mut net = Devnet::builder()
+        .nodes(3)
+        .committee(1)
+        .presence(Duration::from_millis(100), Duration::from_millis(600))
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(2, WAIT).await.unwrap();
+    let (a, b, c) = (
+        net.handle(0).unwrap(),
+        net.handle(1).unwrap(),
+        net.handle(2).unwrap(),
+    );
+    // On node 0: a task that never reads its flood topic, and one that owns Raw requests and
+    // presence.
+    let _slow = a.inbox(Interest::new("slow reader").topic(FLOOD));
+    let mut owner = a.inbox(Interest::new("owner").requests(Kind::Raw).presence());
+    a.subscribe(FLOOD).await.unwrap();
+    b.subscribe(FLOOD).await.unwrap();
+    a.watch(net.node_id(2)).await.unwrap();
+
+    // Node 1 floods the topic until node 0's slow route overflows.
+    let mut n = 0u64;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for _ in 0..200 {
+            n += 1;
+            let _ = b
+                .broadcast(FLOOD, Kind::Raw, n.to_le_bytes().to_vec())
+                .await;
+        }
+        let s = a.stats().await.unwrap();
+        if s.gossip_route_dropped_by_topic
+            .get(FLOOD)
+            .copied()
+            .unwrap_or(0)
+            > 0
+        {
+            assert_eq!(
+                s.gossip_route_dropped,
+                s.gossip_route_dropped_by_topic[FLOOD]
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 0's slow route never overflowed after {n} messages: {s:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    // A request from node 2 still reaches its owner, which answers it.
+    let signer = KeySigner::from_seed(2);
+    let ask = Envelope::seal(
+        &signer,
+        Kind::Raw,
+        agora_wire::now_ms(),
+        1,
+        b"ping".to_vec(),
+    );
+    let a_peer = a.peer_id();
+    let asking = tokio::spawn(async move { c.request(a_peer, &ask).await });
+    let answered = timeout(WAIT, async {
+        loop {
+            if let NetworkEvent::Request { id, envelope, .. } = owner.recv().await
+                && envelope.payload == b"ping"
+            {
+                let reply = Envelope::seal(
+                    &KeySigner::from_seed(0),
+                    Kind::Raw,
+                    agora_wire::now_ms(),
+                    1,
+                    b"pong".to_vec(),
+                );
+                a.respond(id, &reply).await.unwrap();
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "the request never reached its owner");
+    let reply = timeout(WAIT, asking).await.unwrap().unwrap().unwrap();
+    assert_eq!(reply.payload, b"pong");
+
+    // Node 2 stops: the owner hears its Down.
+    let target = net.node_id(2);
+    net.stop(2).await;
+    let down = timeout(WAIT, async {
+        loop {
+            if let NetworkEvent::Presence(PresenceEvent::Down { node, .. }) = owner.recv().await
+                && node == target
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(down.is_ok(), "node 2's Down was lost");
+    let s = a.stats().await.unwrap();
+    assert_eq!(s.rpc_route_busy, 0, "{s:?}");
+    assert_eq!(s.peer_events_dropped, 0, "{s:?}");
+    net.shutdown().await;
+}

@@ -119,3 +119,66 @@ async fn a_slow_gossip_reader_costs_no_other_task_a_request_or_a_presence_down()
     assert_eq!(s.peer_events_dropped, 0, "{s:?}");
     net.shutdown().await;
 }
+
+/// A large request is checked beside the swarm loop: a valid one still reaches its owner and is
+/// answered, a forged one is rejected and counted, and both are counted as checked aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_requests_are_checked_beside_the_loop() {
+    let net = Devnet::builder()
+        .nodes(2)
+        .committee(1)
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(1, WAIT).await.unwrap();
+    let (a, b) = (net.handle(0).unwrap(), net.handle(1).unwrap());
+    let mut owner = a.inbox(Interest::new("owner").requests(Kind::Raw));
+    let before = a.stats().await.unwrap();
+    let big = vec![7u8; 200 * 1024];
+    let ask = Envelope::seal(
+        &KeySigner::from_seed(1),
+        Kind::Raw,
+        agora_wire::now_ms(),
+        1,
+        big.clone(),
+    );
+    let mut forged = ask.to_bytes();
+    let mid = forged.len() / 2;
+    forged[mid] ^= 1;
+
+    let a_peer = a.peer_id();
+    let b2 = b.clone();
+    let asking = tokio::spawn(async move { b2.request(a_peer, &ask).await });
+    let answered = timeout(WAIT, async {
+        loop {
+            if let NetworkEvent::Request { id, envelope, .. } = owner.recv().await {
+                assert_eq!(envelope.payload.len(), big.len());
+                let reply = Envelope::seal(
+                    &KeySigner::from_seed(0),
+                    Kind::Raw,
+                    agora_wire::now_ms(),
+                    1,
+                    b"ok".to_vec(),
+                );
+                a.respond(id, &reply).await.unwrap();
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        answered.is_ok(),
+        "the large request never reached its owner"
+    );
+    let reply = timeout(WAIT, asking).await.unwrap().unwrap().unwrap();
+    assert_eq!(reply.payload, b"ok");
+
+    let refused = timeout(WAIT, b.request_bytes(a_peer, forged))
+        .await
+        .unwrap();
+    assert!(refused.is_err(), "a forged request was answered");
+    let s = a.stats().await.unwrap();
+    assert_eq!(s.rpc_verified_aside, before.rpc_verified_aside + 2, "{s:?}");
+    assert_eq!(s.rpc_rejected, before.rpc_rejected + 1, "{s:?}");
+    net.shutdown().await;
+}

@@ -26,7 +26,9 @@ use super::{
     NetworkStats, PeerInfo, Reply, SharedCounters,
 };
 use crate::keys::{NodeKey, node_id_of};
-use agora_wire::codec::{Envelope, GOSSIP_MAX_SKEW_MS, MAX_GOSSIP_BYTES, MAX_RPC_BYTES};
+use agora_wire::codec::{
+    CodecError, Envelope, GOSSIP_MAX_SKEW_MS, MAX_GOSSIP_BYTES, MAX_RPC_BYTES,
+};
 use agora_wire::now_ms;
 
 mod liveness;
@@ -47,6 +49,13 @@ const RPC_BURST: u32 = 200;
 /// ledger task refuses without falling behind.
 const GOSSIP_BYTES_PER_SECOND: u32 = 1024 * 1024;
 const GOSSIP_BYTES_BURST: u32 = 4 * 1024 * 1024;
+/// Requests at least this large have their envelope decoded and signature checked on a blocking
+/// thread beside the swarm loop (a 4 MiB envelope costs milliseconds the loop would otherwise
+/// spend away from every other peer's traffic); smaller ones are cheaper to check in place.
+const VERIFY_ASIDE_BYTES: usize = 64 * 1024;
+/// Most requests being checked beside the loop at once; past this they are checked in the loop
+/// (backpressure: the loop slows down rather than queueing without bound).
+const MAX_VERIFYING_ASIDE: usize = 8;
 /// Most peers with a request-rate bucket (one per connected peer; bounded like a connection).
 const MAX_RATE_PEERS: usize = 4096;
 /// Most peers whose agent string is remembered (connected peers only).
@@ -84,6 +93,11 @@ struct EventLoop {
     /// Answered heartbeats, from the beat tasks.
     alive_tx: mpsc::Sender<PeerId>,
     alive_rx: mpsc::Receiver<PeerId>,
+    /// Inbound requests whose envelope is being checked beside the loop (counted as pending).
+    verifying: HashMap<u64, PendingInbound>,
+    /// Their verdicts, from the blocking threads.
+    verified_tx: mpsc::Sender<(u64, Result<Envelope, CodecError>)>,
+    verified_rx: mpsc::Receiver<(u64, Result<Envelope, CodecError>)>,
     /// Stops the network's background tasks (heartbeat server and beats).
     cancel: CancellationToken,
     /// Refusal counters of tasks outside the loop (stream quotas).
@@ -137,6 +151,7 @@ pub async fn spawn(
     );
     super::heartbeat::serve(streams.clone(), heartbeat_quota, cancel.clone());
     let (alive_tx, alive_rx) = mpsc::channel(1024);
+    let (verified_tx, verified_rx) = mpsc::channel(MAX_VERIFYING_ASIDE);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let routes = Arc::new(RouteTable::default());
     let handle = NetworkHandle {
@@ -175,6 +190,9 @@ pub async fn spawn(
         streams,
         alive_tx,
         alive_rx,
+        verifying: HashMap::new(),
+        verified_tx,
+        verified_rx,
         cancel: cancel.clone(),
         counters,
         refusals: HashMap::new(),
@@ -211,6 +229,7 @@ impl EventLoop {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(peer) = self.alive_rx.recv() => self.on_ping_ok(peer),
+                Some((id, verdict)) = self.verified_rx.recv() => self.on_verified(id, verdict),
                 _ = presence_timer.tick() => self.on_presence_tick(),
                 _ = redial_timer.tick() => self.redial(),
                 _ = kad_timer.tick() => self.kad_bootstrap(),
@@ -636,13 +655,14 @@ impl EventLoop {
         loud(*n)
     }
 
-    /// An inbound request: rate-limited per peer (before the signature is checked), then
-    /// validated, then kept for the application's answer within the per-peer and total
-    /// pending limits. A refused request's channel is dropped: the peer sees its request fail.
+    /// An inbound request: rate-limited per peer (before the signature is checked), then kept
+    /// within the per-peer and total pending limits, then validated (a large one beside the
+    /// loop, see [`VERIFY_ASIDE_BYTES`]) and routed to the task that owns its kind. A refused
+    /// request's channel is dropped: the peer sees its request fail.
     fn on_inbound_request(
         &mut self,
         peer: PeerId,
-        request: &[u8],
+        request: Vec<u8>,
         channel: ResponseChannel<Vec<u8>>,
     ) {
         if !self.rpc_rates.allow(peer, std::time::Instant::now()) {
@@ -655,7 +675,8 @@ impl EventLoop {
             return;
         }
         let mine = self.pending_per_peer.get(&peer).copied().unwrap_or(0);
-        if mine >= MAX_PENDING_PER_PEER || self.inbound.len() >= MAX_PENDING_INBOUND {
+        let total = self.inbound.len() + self.verifying.len();
+        if mine >= MAX_PENDING_PER_PEER || total >= MAX_PENDING_INBOUND {
             self.stats.rpc_pending_refused += 1;
             let limit = if mine >= MAX_PENDING_PER_PEER {
                 "per-peer"
@@ -669,9 +690,37 @@ impl EventLoop {
             }
             return;
         }
-        match Envelope::open(request, MAX_RPC_BYTES) {
+        let id = self.next_inbound;
+        self.next_inbound += 1;
+        *self.pending_per_peer.entry(peer).or_insert(0) += 1;
+        if request.len() >= VERIFY_ASIDE_BYTES && self.verifying.len() < MAX_VERIFYING_ASIDE {
+            self.verifying.insert(id, PendingInbound { peer, channel });
+            self.stats.rpc_verified_aside += 1;
+            let tx = self.verified_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let verdict = Envelope::open(&request, MAX_RPC_BYTES);
+                // Room is certain (capacity = most in flight); a stopped loop has no use for it.
+                let _ = tx.blocking_send((id, verdict));
+            });
+            return;
+        }
+        let verdict = Envelope::open(&request, MAX_RPC_BYTES);
+        self.admit(id, PendingInbound { peer, channel }, verdict);
+    }
+
+    /// A request checked beside the loop.
+    fn on_verified(&mut self, id: u64, verdict: Result<Envelope, CodecError>) {
+        if let Some(p) = self.verifying.remove(&id) {
+            self.admit(id, p, verdict);
+        }
+    }
+
+    /// Routes a checked request (already counted as pending for its peer) to its owner, or
+    /// refuses it.
+    fn admit(&mut self, id: u64, p: PendingInbound, verdict: Result<Envelope, CodecError>) {
+        let peer = p.peer;
+        match verdict {
             Ok(env) => {
-                let id = self.next_inbound;
                 let kind = env.kind;
                 let ev = NetworkEvent::Request {
                     id,
@@ -682,11 +731,10 @@ impl EventLoop {
                 // so the requester fails at once) and counted when that task is behind.
                 match self.routes.request(kind, ev) {
                     Ok(()) => {
-                        self.next_inbound += 1;
-                        self.inbound.insert(id, PendingInbound { peer, channel });
-                        *self.pending_per_peer.entry(peer).or_insert(0) += 1;
+                        self.inbound.insert(id, p);
                     }
                     Err(RequestRefused::Busy(task)) => {
+                        self.release_pending(peer);
                         if self.refused("rpc route busy") {
                             warn!(%peer, ?kind, task, "request refused: the task that answers it is behind");
                         } else {
@@ -694,6 +742,7 @@ impl EventLoop {
                         }
                     }
                     Err(RequestRefused::Unrouted) => {
+                        self.release_pending(peer);
                         if self.refused("rpc unrouted") {
                             warn!(%peer, ?kind, "request refused: no task answers this kind");
                         } else {
@@ -703,6 +752,7 @@ impl EventLoop {
                 }
             }
             Err(e) => {
+                self.release_pending(peer);
                 warn!(%peer, error = %e, "rejected request");
                 self.stats.rpc_rejected += 1;
             }
@@ -746,7 +796,7 @@ impl EventLoop {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => self.on_inbound_request(peer, &request, channel),
+                } => self.on_inbound_request(peer, request, channel),
                 request_response::Message::Response {
                     request_id,
                     response,

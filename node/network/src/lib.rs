@@ -205,6 +205,9 @@ pub struct NetworkStats {
     pub peer_events_coalesced: u64,
     /// Presence or connection changes dropped because too many peers had changes waiting.
     pub peer_events_dropped: u64,
+    /// Inbound requests large enough that their envelope was decoded and its signature checked
+    /// beside the swarm loop (on a blocking thread) rather than in it.
+    pub rpc_verified_aside: u64,
     /// Inbound requests that failed as libp2p reports them, per reason (`timeout`,
     /// `connection-closed`, `unsupported-protocols`, `response-omission` — which includes
     /// every refusal counted above —, `io`). libp2p reports nothing for inbound streams its

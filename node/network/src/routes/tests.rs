@@ -254,3 +254,50 @@ async fn recv_is_woken_by_a_change_that_arrives_while_it_waits() {
     assert!(is_down(&ev));
     waker.await.unwrap();
 }
+
+proptest::proptest! {
+    /// Whatever changes two peers go through while the reader sleeps: at most two wait per
+    /// peer, each peer's last change read is its latest state, a peer that went down at least
+    /// once is read down at least once, and one peer's changes never reorder.
+    #[test]
+    fn coalescing_keeps_the_latest_state_and_every_down(
+        changes in proptest::collection::vec((0u8..2, proptest::bool::ANY), 0..200)
+    ) {
+        let mut q = PeerQueue::default();
+        for (i, (peer, up_now)) in changes.iter().enumerate() {
+            let at = i as u64;
+            q.push(if *up_now { up(*peer, at) } else { down(*peer, at) });
+        }
+        let mut read: Vec<NetworkEvent> = Vec::new();
+        while let Some(ev) = q.pop() {
+            read.push(ev);
+        }
+        for peer in 0u8..2 {
+            let pushed: Vec<(usize, bool)> = changes
+                .iter()
+                .enumerate()
+                .filter(|(_, (p, _))| *p == peer)
+                .map(|(i, (_, u))| (i, *u))
+                .collect();
+            let got: Vec<(u64, bool)> = read
+                .iter()
+                .filter_map(|ev| match ev {
+                    NetworkEvent::Presence(PresenceEvent::Up { node, at })
+                        if *node == NodeId([peer; 32]) => Some((*at, true)),
+                    NetworkEvent::Presence(PresenceEvent::Down { node, at, .. })
+                        if *node == NodeId([peer; 32]) => Some((*at, false)),
+                    _ => None,
+                })
+                .collect();
+            proptest::prop_assert!(got.len() <= 2);
+            proptest::prop_assert_eq!(got.is_empty(), pushed.is_empty());
+            if let Some((i, u)) = pushed.last() {
+                proptest::prop_assert_eq!(got.last().copied(), Some((*i as u64, *u)));
+            }
+            if pushed.iter().any(|(_, u)| !u) {
+                proptest::prop_assert!(got.iter().any(|(_, u)| !u), "a Down was lost: {:?}", got);
+            }
+            proptest::prop_assert!(got.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 != w[1].1));
+        }
+    }
+}

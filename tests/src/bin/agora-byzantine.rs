@@ -11,7 +11,8 @@
 //! - `--false-attest`: for every armed standby contract whose committee it sits on, it attests
 //!   the live customer unreachable since long enough for the handover clause, and again every
 //!   few seconds: the `Attest` transactions an honest arbitrator submits for a real failure,
-//!   for one that did not happen (A4; signed with its own key like any of its transactions);
+//!   for one that did not happen (A4; signed with its own key like any of its transactions;
+//!   each one a decided block applies is printed as `byzantine: attestation recorded`);
 //! - `--no-bid`: it neither bids nor accepts awards (an arbitrator only, never a contract's
 //!   provider, so it sits on every contract's committee).
 //!
@@ -27,7 +28,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use agora_contracts::attestation::Liveness;
-use agora_contracts::{ActivationClause, ContractId, ContractKind, ContractStatus, TxKind};
+use agora_contracts::{
+    ActivationClause, ContractId, ContractKind, ContractStatus, LedgerEvent, TxKind,
+};
 use agora_daemon::config::NodeConfig;
 use agora_ledger::LedgerHandle;
 use agora_market::NodeId;
@@ -176,6 +179,11 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         if args.false_attest {
             println!("byzantine: false-attest");
+            tokio::spawn(lies_recorded(
+                ledger.clone(),
+                node.node_id(),
+                node.cancel_token(),
+            ));
             tokio::spawn(false_attest(ledger.clone(), node.cancel_token()));
         }
     }
@@ -253,6 +261,41 @@ async fn false_attest(ledger: LedgerHandle, cancel: CancellationToken) {
                     );
                 }
                 Err(e) => warn!(error = %e, "byzantine: false attestation not admitted"),
+            }
+        }
+    }
+}
+
+/// Prints `byzantine: attestation recorded subject=… height=…` for each of this node's
+/// unreachable attestations a decided block applied (its replica applies the same blocks as
+/// every honest one): the lie is on the chain, not refused.
+async fn lies_recorded(ledger: LedgerHandle, me: NodeId, cancel: CancellationToken) {
+    let mut blocks = ledger.outcomes();
+    loop {
+        let block = tokio::select! {
+            _ = cancel.cancelled() => return,
+            b = blocks.recv() => b,
+        };
+        let block = match block {
+            Ok(b) => b,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!(missed = n, "byzantine: missed applied blocks");
+                continue;
+            }
+            Err(_) => return,
+        };
+        for e in &block.events {
+            if let LedgerEvent::AttestationRecorded {
+                attester,
+                subject,
+                unreachable: true,
+            } = e
+                && *attester == me
+            {
+                println!(
+                    "byzantine: attestation recorded subject={subject} height={}",
+                    block.height
+                );
             }
         }
     }

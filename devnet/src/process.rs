@@ -270,6 +270,12 @@ async fn wait_for_file(path: &Path, deadline: Instant) -> anyhow::Result<String>
 /// Starts `agora node run` for `data_dir` in the background (own process group, log in
 /// `node.log`); returns its pid.
 pub fn spawn_node(exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
+    spawn_node_with(exe, data_dir, &[])
+}
+
+/// [`spawn_node`] with `extra` arguments after `node run --data-dir DIR` (a test binary's
+/// own options).
+pub fn spawn_node_with(exe: &Path, data_dir: &Path, extra: &[String]) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
     let log_path = data_dir.join("node.log");
     let log = std::fs::File::create(&log_path)
@@ -280,6 +286,7 @@ pub fn spawn_node(exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
         .arg("run")
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use agora_api::client::ApiClient;
 use agora_api::ledger::{BalanceReply, SubmittedReply, TransferRequest};
 use agora_devnet::files::{DevnetManifest, DevnetNode};
-use agora_devnet::process::{Launcher, spawn_node, up_with};
+use agora_devnet::process::{Launcher, spawn_node, spawn_node_with, up_with};
 use agora_market::{KeySigner, NodeId};
 use agora_network::keys::{NodeKey, peer_id_of};
 use agora_network::{Multiaddr, NetworkConfig, NetworkHandle, NetworkStats, PeerId, Stream};
@@ -62,6 +62,36 @@ impl Launcher for TestLauncher {
     }
 }
 
+/// Starts devnet nodes like [`TestLauncher`], except node `node`, which runs `exe` (the test
+/// crate's `agora-byzantine` binary: the same node with misbehaviours) with `args` after
+/// `node run --data-dir DIR`. Restarts of that node come back byzantine too.
+pub struct ByzantineLauncher {
+    /// The honest nodes' launcher.
+    pub honest: TestLauncher,
+    /// Index of the byzantine node.
+    pub node: usize,
+    /// The byzantine binary (`env!("CARGO_BIN_EXE_agora-byzantine")` in a test).
+    pub exe: PathBuf,
+    /// Its misbehaviours, e.g. `["--skew-proposals", "30d"]`.
+    pub args: Vec<String>,
+}
+
+impl Launcher for ByzantineLauncher {
+    fn host(&self, i: usize) -> String {
+        self.honest.host(i)
+    }
+    fn spawn(&self, i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
+        if i == self.node {
+            spawn_node_with(&self.exe, data_dir, &self.args)
+        } else {
+            self.honest.spawn(i, exe, data_dir)
+        }
+    }
+    fn exe(&self) -> anyhow::Result<PathBuf> {
+        self.honest.exe()
+    }
+}
+
 /// A devnet of real `agora` processes under attack; stopped (and its temp dir removed) on drop.
 pub struct HostileDevnet {
     /// What `devnet up` started (node ids, pids, data dirs, addresses).
@@ -82,11 +112,15 @@ impl std::fmt::Debug for HostileDevnet {
 impl HostileDevnet {
     /// Starts `nodes` processes and waits until they are connected.
     pub async fn up(nodes: usize) -> anyhow::Result<HostileDevnet> {
+        Self::up_with(nodes, &TestLauncher(agora_bin())).await
+    }
+
+    /// [`Self::up`] with the processes started by `launcher` (e.g. a [`ByzantineLauncher`]).
+    pub async fn up_with(nodes: usize, launcher: &dyn Launcher) -> anyhow::Result<HostileDevnet> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("net");
         let guard = DevnetGuard(dir.clone());
-        let launcher = TestLauncher(agora_bin());
-        let manifest = up_with(&dir, nodes, 0, WAIT, &launcher).await?;
+        let manifest = up_with(&dir, nodes, 0, WAIT, launcher).await?;
         Ok(HostileDevnet {
             manifest,
             _guard: guard,

@@ -31,6 +31,24 @@ pub struct LedgerStatus {
     /// nonce, invalid, sender quota, full), evicted, expired, dropped.
     #[serde(default)]
     pub mempool_stats: agora_ledger::MempoolStats,
+    /// Every committee member's bond, and its slash if it was proven to equivocate.
+    #[serde(default)]
+    pub arbitrators: Vec<ArbitratorView>,
+    /// Proposals this node refused since it started because their block time was not after
+    /// the parent's or not near its clock (`block_time_tolerance_ms`): a faulty proposer.
+    #[serde(default)]
+    pub proposals_refused_block_time: u64,
+}
+
+/// One arbitrator of the ledger's committee, in `GET /v1/ledger/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ArbitratorView {
+    /// Node id.
+    pub id: String,
+    /// Bond still locked (0 once slashed).
+    pub bonded: u64,
+    /// The slash for equivocation, if any.
+    pub slashed: Option<agora_contracts::ledger::SlashedArbitrator>,
 }
 
 /// One account.
@@ -117,6 +135,17 @@ async fn status(
             state_hash: v.ledger.state_hash().map(hex::encode).unwrap_or_default(),
             mempool: v.mempool,
             mempool_stats: v.mempool_stats.clone(),
+            arbitrators: v
+                .ledger
+                .committee()
+                .iter()
+                .map(|c| ArbitratorView {
+                    id: c.to_string(),
+                    bonded: v.ledger.account(c).map_or(0, |a| a.bonded),
+                    slashed: v.ledger.slashed().get(c).copied(),
+                })
+                .collect(),
+            proposals_refused_block_time: v.proposals_refused_block_time,
         })
         .await?;
     Ok(Json(st))

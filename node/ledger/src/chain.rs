@@ -19,8 +19,8 @@ use agora_market::NodeId;
 use tracing::{debug, info, warn};
 
 use agora_consensus::{
-    Block, BlockId, ConsensusConfig, ConsensusTimeouts, DecidedBlock, Effect, Input, TimeoutId,
-    TimeoutStep, WalEntry,
+    Block, BlockId, ConsensusConfig, ConsensusError, ConsensusTimeouts, DecidedBlock, Effect,
+    Input, TimeoutId, TimeoutStep, WalEntry,
 };
 use agora_network::keys::peer_id_of;
 use agora_wire::codec::{Envelope, Kind};
@@ -455,6 +455,10 @@ impl LedgerTask {
                 None
             }
             Effect::Rejected { from, error } => {
+                if matches!(error, ConsensusError::BlockTime { .. }) {
+                    self.view.proposals_refused_block_time =
+                        self.view.proposals_refused_block_time.saturating_add(1);
+                }
                 debug!(from = ?from.map(|f| f.short()), %error, "consensus input rejected");
                 None
             }

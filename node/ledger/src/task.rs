@@ -74,6 +74,9 @@ pub struct LedgerView {
     /// decided nothing past its height. On a quiet chain the next block can be 10 s away, so a
     /// restarted node cannot wait for a fresh block to know its ledger is current.
     pub caught_up: bool,
+    /// Proposals this node refused because their block time was not after the parent's or
+    /// not within the chain's tolerance of its clock (a faulty or byzantine proposer).
+    pub proposals_refused_block_time: u64,
 }
 
 type QueryJob = Box<dyn FnOnce(&LedgerView) + Send>;
@@ -315,6 +318,7 @@ pub async fn spawn(
             me: signer.node_id(),
             evidence: Vec::new(),
             caught_up: false,
+            proposals_refused_block_time: 0,
         },
         mempool: Mempool::new(me),
         store,

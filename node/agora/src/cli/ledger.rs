@@ -105,7 +105,14 @@ pub async fn ledger(dir: &Path, cmd: &LedgerCommand, json: bool) -> anyhow::Resu
     );
     println!("committee   {} arbitrators", s.committee.len());
     for c in &s.committee {
-        println!("            {c}");
+        let slash = s.arbitrators.iter().find(|a| &a.id == c);
+        match slash.and_then(|a| a.slashed) {
+            Some(x) => println!(
+                "            {c}  slashed {} for equivocating at height {} round {}",
+                x.amount, x.height, x.round
+            ),
+            None => println!("            {c}"),
+        }
     }
     Ok(())
 }

@@ -1,0 +1,335 @@
+//! `agora-byzantine`: a real agora node with byzantine arbitrator behaviour switched on from its
+//! command line, for the attack tests of issue #13 (`tests/tests/attack_arbitrators.rs`).
+//!
+//! `agora-byzantine node run --data-dir DIR [MISBEHAVIOURS]` starts the node exactly as
+//! `agora node run --data-dir DIR` does (the same config file, environment overrides, data
+//! directory and `agora_daemon::start` assembly), then turns on:
+//! - `--skew-proposals 30d`: every block it proposes is stamped this far ahead of its clock
+//!   (threat A1; the consensus driver's `test-utils` hook `byzantine_proposal_skew`);
+//! - `--double-vote`: every vote it casts goes out with a conflicting twin (A2; the hook
+//!   `byzantine_double_vote`);
+//! - `--false-attest`: for every armed standby contract whose committee it sits on, it attests
+//!   the live customer unreachable since long enough for the handover clause, and again every
+//!   few seconds: the `Attest` transactions an honest arbitrator submits for a real failure,
+//!   for one that did not happen (A4; signed with its own key like any of its transactions;
+//!   each one a decided block applies is printed as `byzantine: attestation recorded`);
+//! - `--no-bid`: it neither bids nor accepts awards (an arbitrator only, never a contract's
+//!   provider, so it sits on every contract's committee).
+//!
+//! This binary lives in the test crate, which is the only crate that turns on the `test-utils`
+//! feature of `agora-ledger` outside dev-dependencies: the shipped `agora` binary has no flag,
+//! config key or environment variable that reaches these hooks. Each misbehaviour prints one
+//! line starting with `byzantine:` to stdout (the devnet writes it to `node.log`).
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agora_contracts::attestation::Liveness;
+use agora_contracts::{
+    ActivationClause, ContractId, ContractKind, ContractStatus, LedgerEvent, TxKind,
+};
+use agora_daemon::config::NodeConfig;
+use agora_ledger::LedgerHandle;
+use agora_market::NodeId;
+use agora_wire::now_ms;
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+use tracing_subscriber::EnvFilter;
+
+/// How often a false attestation is repeated while the contract stays armed (well inside the
+/// ledger's attestation window, so the lie stays fresh).
+const REATTEST_MS: u64 = 3_000;
+/// How far before the clause's delay the false attestation dates the "failure".
+const SINCE_MARGIN_MS: u64 = 5_000;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agora-byzantine",
+    about = "A real agora node with byzantine arbitrator behaviour (test binary, never shipped)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Debug, Subcommand)]
+enum Top {
+    /// The node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Run the node in the foreground, misbehaving as told.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The node's data directory (as `agora node run --data-dir`).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Stamp every proposed block this far ahead of the clock (`30d`, `2h`, `90s`, `500ms`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    skew_proposals: Option<u64>,
+    /// Cast every vote twice, for different values.
+    #[arg(long)]
+    double_vote: bool,
+    /// Attest the live customers of armed standby contracts it arbitrates unreachable.
+    #[arg(long)]
+    false_attest: bool,
+    /// Neither bid nor accept awards (stay an arbitrator of every contract).
+    #[arg(long)]
+    no_bid: bool,
+}
+
+/// `30d`, `2h`, `15m`, `90s`, `500ms` (or plain milliseconds) as milliseconds.
+fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration: write e.g. 30d, 2h, 90s or 500ms"))?;
+    let scale: u64 = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: use ms, s, m, h or d"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let Top::Node {
+        command: NodeCommand::Run(args),
+    } = cli.command;
+    match run(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let dir: &Path = &args.data_dir;
+    // As `agora node run --data-dir DIR`: defaults < config file < environment.
+    let mut config = NodeConfig::load(dir)?;
+    config.apply_env(|k| std::env::var(k).ok());
+    if args.no_bid {
+        config.market.engine.dmu.provider.auto_bid = false;
+        config.market.engine.dmu.provider.auto_accept_award = false;
+        println!("byzantine: no-bid (an arbitrator only)");
+    }
+    let node = agora_daemon::start(dir, &config).await?;
+    println!("node {} running", node.node_id());
+    for a in &node.p2p_addrs {
+        println!("p2p: {a}");
+    }
+    println!("api: {}", node.api_addr);
+    let misbehaves = args.skew_proposals.is_some() || args.double_vote || args.false_attest;
+    let ledger = match (&node.ledger, misbehaves) {
+        (Some(l), _) => Some(l.clone()),
+        (None, false) => None,
+        (None, true) => {
+            node.shutdown().await;
+            bail!("the misbehaviours need a ledger: set node.genesis in the node's config.toml");
+        }
+    };
+    if let Some(ledger) = &ledger {
+        if let Some(ms) = args.skew_proposals {
+            ledger
+                .byzantine_proposal_skew(ms)
+                .await
+                .context("turning on the proposal skew")?;
+            println!("byzantine: skew-proposals {ms} ms");
+        }
+        if args.double_vote {
+            ledger
+                .byzantine_double_vote()
+                .await
+                .context("turning on double votes")?;
+            println!("byzantine: double-vote");
+        }
+        if args.false_attest {
+            println!("byzantine: false-attest");
+            tokio::spawn(lies_recorded(
+                ledger.clone(),
+                node.node_id(),
+                node.cancel_token(),
+            ));
+            tokio::spawn(false_attest(ledger.clone(), node.cancel_token()));
+        }
+    }
+    let cancel = node.cancel_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        cancel.cancel();
+    });
+    node.wait().await;
+    Ok(())
+}
+
+/// One armed standby contract this node arbitrates: its customer and handover delay.
+type Target = (ContractId, NodeId, u64);
+
+/// Every armed standby contract awaiting handover on whose committee `me` sits (not as a
+/// party).
+fn targets(ledger: &agora_contracts::Ledger, me: NodeId) -> Vec<Target> {
+    ledger
+        .contracts()
+        .iter()
+        .filter(|(_, r)| {
+            r.contract.kind == ContractKind::Standby
+                && r.status == ContractStatus::Armed
+                && r.handover.is_none()
+                && r.contract.committee.contains(&me)
+                && r.contract.customer != me
+                && r.contract.provider != me
+        })
+        .filter_map(|(id, r)| match r.contract.activation {
+            ActivationClause::OnHandover { unreachable_for_ms } => {
+                Some((*id, r.contract.customer, unreachable_for_ms))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Attests the customer of every armed standby contract this node arbitrates unreachable
+/// (dated far enough back for the handover clause), again every [`REATTEST_MS`], until the
+/// node stops. Each submission prints
+/// `byzantine: false attestation contract=… subject=… since=… nonce=…`.
+async fn false_attest(ledger: LedgerHandle, cancel: CancellationToken) {
+    let mut last: BTreeMap<ContractId, u64> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(found) = ledger.query(|v| targets(&v.ledger, v.me)).await else {
+            return;
+        };
+        let now = now_ms();
+        last.retain(|id, _| found.iter().any(|(c, _, _)| c == id));
+        for (id, customer, delay) in found {
+            if last
+                .get(&id)
+                .is_some_and(|t| now < t.saturating_add(REATTEST_MS))
+            {
+                continue;
+            }
+            let since = now.saturating_sub(delay.saturating_add(SINCE_MARGIN_MS));
+            let kind = TxKind::Attest {
+                subject: customer,
+                liveness: Liveness::Unreachable { since },
+            };
+            match ledger.submit(kind).await {
+                Ok(tx) => {
+                    last.insert(id, now);
+                    println!(
+                        "byzantine: false attestation contract={id} subject={customer} \
+                         since={since} nonce={}",
+                        tx.tx.nonce
+                    );
+                }
+                Err(e) => warn!(error = %e, "byzantine: false attestation not admitted"),
+            }
+        }
+    }
+}
+
+/// Prints `byzantine: attestation recorded subject=… height=…` for each of this node's
+/// unreachable attestations a decided block applied (its replica applies the same blocks as
+/// every honest one): the lie is on the chain, not refused.
+async fn lies_recorded(ledger: LedgerHandle, me: NodeId, cancel: CancellationToken) {
+    let mut blocks = ledger.outcomes();
+    loop {
+        let block = tokio::select! {
+            _ = cancel.cancelled() => return,
+            b = blocks.recv() => b,
+        };
+        let block = match block {
+            Ok(b) => b,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!(missed = n, "byzantine: missed applied blocks");
+                continue;
+            }
+            Err(_) => return,
+        };
+        for e in &block.events {
+            if let LedgerEvent::AttestationRecorded {
+                attester,
+                subject,
+                unreachable: true,
+            } = e
+                && *attester == me
+            {
+                println!(
+                    "byzantine: attestation recorded subject={subject} height={}",
+                    block.height
+                );
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_garbage() {
+        assert_eq!(parse_duration_ms("30d"), Ok(30 * 86_400_000));
+        assert_eq!(parse_duration_ms("2h"), Ok(7_200_000));
+        assert_eq!(parse_duration_ms("15m"), Ok(900_000));
+        assert_eq!(parse_duration_ms("90s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("42"), Ok(42));
+        for bad in ["", "d", "3w", "-1d", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad}");
+        }
+    }
+}

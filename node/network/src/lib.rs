@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use behaviour::MAX_GOSSIP_TRANSMIT;
-pub use event_loop::spawn;
+pub use event_loop::{p2p_metrics, spawn, spawn_with_metrics};
 pub use presence::{PeerPresence, PresenceEvent};
 pub use quota::{StreamPermit, StreamQuota};
 pub use rpc_codec::RPC_PROTOCOL;

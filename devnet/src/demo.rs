@@ -143,7 +143,7 @@ max_output_bytes = 1048576
             "/v1/services/publish",
             &agora_api::services::PublishRequest {
                 module: module_path.canonicalize()?,
-                manifest: manifest_path.canonicalize()?,
+                manifest: Some(manifest_path.canonicalize()?),
             },
         )
         .await

@@ -119,8 +119,16 @@ pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
                 metrics: a.metrics,
             };
             let timeout = Duration::from_secs(a.timeout);
-            let m = up_with_options(&a.dir, a.nodes, timeout, opts, &Loopback).await?;
-            print_manifest(&m, json).await
+            let progress = crate::progress::Progress::start(
+                format!(
+                    "starting {} nodes, waiting until they are connected",
+                    a.nodes
+                ),
+                json,
+            );
+            let m = up_with_options(&a.dir, a.nodes, timeout, opts, &Loopback).await;
+            progress.finish();
+            print_manifest(&m?, json).await
         }
         DevnetCommand::Demo(a) => crate::demo::run(a, json).await,
         DevnetCommand::Status(a) => {

@@ -147,6 +147,17 @@ fn devnet_nodes_serve_metrics_health_and_readiness() {
         assert_eq!(m["agora_ledger_committee_size"], 3.0);
         assert!(m.contains_key("agora_gossip_messages_total{outcome=\"accepted\"}"));
         assert!(m.contains_key("agora_bitswap_total{event=\"blocks_sent\"}"));
+        assert!(m.contains_key("agora_bitswap_bytes_total{direction=\"received\"}"));
+        // libp2p's own series share the registry (the `metrics` feature of libp2p).
+        for prefix in ["libp2p_swarm_connections_established", "libp2p_identify_"] {
+            assert!(
+                m.keys().any(|k| k.starts_with(prefix)),
+                "no {prefix}… series: {:?}",
+                m.keys()
+                    .filter(|k| k.starts_with("libp2p"))
+                    .collect::<Vec<_>>()
+            );
+        }
     }
 
     // Ready once connected, at the tip and synced; the answer says what was checked.

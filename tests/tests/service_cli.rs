@@ -77,6 +77,29 @@ fn publish_list_stage_start_logs_stop_across_nodes() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("field `name`"));
 
+    // Without --manifest: defaults derived from the module, and the manifest used is shown to
+    // copy; a module without the guest ABI's exports is refused naming the export.
+    let derived = agora(&["service", "publish", &module_s, "--data-dir", &node(0)]);
+    assert!(derived.status.success(), "{derived:?}");
+    let text = String::from_utf8_lossy(&derived.stdout);
+    assert!(text.contains("lora_gateway 0.1.0"), "{text}");
+    assert!(text.contains("no --manifest"), "{text}");
+    assert!(text.contains("name = \"lora_gateway\""), "{text}");
+    let empty = tmp.path().join("empty.wat");
+    std::fs::write(&empty, "(module)").unwrap();
+    let refused = agora(&[
+        "service",
+        "publish",
+        &empty.display().to_string(),
+        "--data-dir",
+        &node(0),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("does not export"),
+        "{refused:?}"
+    );
+
     let listed = agora_json(&["service", "list", "--data-dir", &node(1)]);
     assert_eq!(listed.as_array().unwrap().len(), 0);
     let staged = agora_json(&[

@@ -51,7 +51,8 @@ fn add_on_node0_get_on_node2_and_proofs_across_nodes() {
     assert_eq!(got["written"], data.len() as u64);
     assert_eq!(std::fs::read(&out).unwrap(), data);
 
-    // Human mode draws a progress bar on stderr and a summary on stdout.
+    // Human mode prints a summary on stdout; piped, it draws no progress bar (#18: progress
+    // only on a terminal).
     let out2 = tmp.path().join("out2.bin");
     let o = agora(&[
         "storage",
@@ -64,7 +65,11 @@ fn add_on_node0_get_on_node2_and_proofs_across_nodes() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("saved "));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("blocks"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !err.contains('\r') && !err.contains('\x1b') && !err.contains("blocks"),
+        "no progress bar on a pipe: {err:?}"
+    );
     assert_eq!(std::fs::read(&out2).unwrap(), data);
 
     // node2 pinned nothing; node0 lists both roots.

@@ -68,6 +68,11 @@ async fn node_fetches_file_added_on_another_node() {
             .blocks_sent
             > 0
     );
+    // Every byte of the file crossed bitswap once at least (blocks carry a little DAG on top).
+    let sent = net.node(0).unwrap().storage.bitswap().unwrap().stats();
+    let received = b.bitswap().unwrap().stats();
+    assert!(sent.bytes_sent >= data.len() as u64, "{sent:?}");
+    assert!(received.bytes_received >= data.len() as u64, "{received:?}");
     net.shutdown().await;
 }
 

@@ -99,6 +99,7 @@ struct Series {
     radio_devices: Family<Labels, Gauge>,
     radio_refused: Family<Labels, Counter>,
     bitswap: Family<Labels, Counter>,
+    bitswap_bytes: Family<Labels, Counter>,
     services: Family<Labels, Gauge>,
     service_fuel_used: Family<Labels, Counter>,
     service_peak_memory_bytes: Family<Labels, Gauge>,
@@ -134,6 +135,7 @@ impl Series {
             radio_devices: Family::default(),
             radio_refused: Family::default(),
             bitswap: Family::default(),
+            bitswap_bytes: Family::default(),
             services: Family::default(),
             service_fuel_used: Family::default(),
             service_peak_memory_bytes: Family::default(),
@@ -274,6 +276,11 @@ impl Series {
             "bitswap",
             "Bitswap events (messages_in, rejected, blocks_sent, blocks_received, unwanted)",
             s.bitswap.clone(),
+        );
+        r.register(
+            "bitswap_bytes",
+            "Bytes of block data sent and received (wanted and stored) over bitswap, by direction",
+            s.bitswap_bytes.clone(),
         );
         r.register("services", "Hosted services by state", s.services.clone());
         r.register(
@@ -585,6 +592,9 @@ impl Metrics {
                 ("unwanted", b.unwanted),
             ] {
                 set_family_counter(&s.bitswap, &[("event", event)], v);
+            }
+            for (direction, v) in [("sent", b.bytes_sent), ("received", b.bytes_received)] {
+                set_family_counter(&s.bitswap_bytes, &[("direction", direction)], v);
             }
         }
         if let Some(host) = &st.services {

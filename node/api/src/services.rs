@@ -21,8 +21,10 @@ use agora_hosting::{
 pub struct PublishRequest {
     /// Absolute path of the module (`.wasm`, or `.wat` text).
     pub module: PathBuf,
-    /// Absolute path of the manifest (`svc.toml`).
-    pub manifest: PathBuf,
+    /// Absolute path of the manifest (`svc.toml`); without it, the defaults of
+    /// `ServiceManifest::for_module` (a wasm service named after the module's file).
+    #[serde(default)]
+    pub manifest: Option<PathBuf>,
 }
 
 /// `POST /v1/services/stage`
@@ -169,13 +171,19 @@ async fn publish(
 ) -> Result<Json<ImageInfo>, ApiError> {
     authorize(&s, &headers)?;
     let host = services(&s)?;
-    let text = String::from_utf8(read(&req.manifest)?).map_err(|_| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("{} is not UTF-8 TOML", req.manifest.display()),
-        )
-    })?;
-    let manifest = ServiceManifest::from_toml(&text).map_err(|e| bad(e.into()))?;
+    let manifest = match &req.manifest {
+        Some(path) => {
+            let text = String::from_utf8(read(path)?).map_err(|_| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("{} is not UTF-8 TOML", path.display()),
+                )
+            })?;
+            ServiceManifest::from_toml(&text)
+        }
+        None => ServiceManifest::for_module(&req.module),
+    }
+    .map_err(|e| bad(e.into()))?;
     let module = read(&req.module)?;
     Ok(Json(host.publish(module, manifest).await.map_err(bad)?))
 }

@@ -210,7 +210,12 @@ async fn start_with_key(
     let metrics_addr = config.metrics_addr()?;
     let metrics = metrics_addr.map(|_| agora_api::metrics::Metrics::new());
     let token = load_or_create_token(data_dir)?;
-    let (network, net_task) = agora_network::spawn(&key, net_cfg, cancel.clone()).await?;
+    // libp2p's own series (`libp2p_…`) go into the same registry as Agora's.
+    let p2p_metrics = metrics
+        .as_ref()
+        .map(|m| m.with_registry(agora_network::p2p_metrics));
+    let (network, net_task) =
+        agora_network::spawn_with_metrics(&key, net_cfg, cancel.clone(), p2p_metrics).await?;
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let listen = loop {

@@ -77,6 +77,12 @@ pub struct BitswapStats {
     pub blocks_received: u64,
     /// Blocks received that no session wanted (dropped).
     pub unwanted: u64,
+    /// Bytes of block data sent to peers.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Bytes of wanted block data received and stored.
+    #[serde(default)]
+    pub bytes_received: u64,
 }
 
 #[derive(Default)]
@@ -86,6 +92,8 @@ struct Counters {
     blocks_sent: AtomicU64,
     blocks_received: AtomicU64,
     unwanted: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
 }
 
 type Sessions = HashMap<u64, (mpsc::UnboundedSender<SessionEvent>, Vec<Cid>)>;
@@ -195,6 +203,8 @@ impl Bitswap {
             blocks_sent: c.blocks_sent.load(Ordering::Relaxed),
             blocks_received: c.blocks_received.load(Ordering::Relaxed),
             unwanted: c.unwanted.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
         }
     }
 
@@ -294,6 +304,11 @@ impl Bitswap {
                         .counters
                         .blocks_sent
                         .fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
+                    let bytes: usize = msg.payload.iter().map(|b| b.data.len()).sum();
+                    me.inner
+                        .counters
+                        .bytes_sent
+                        .fetch_add(bytes as u64, Ordering::Relaxed);
                 }
                 lock(&me.inner.peers).remove(&peer);
             }
@@ -394,6 +409,8 @@ impl Bitswap {
             let links =
                 agora_storage::blockstore::block_links(&block.cid, &block.data).unwrap_or_default();
             c.blocks_received.fetch_add(1, Ordering::Relaxed);
+            c.bytes_received
+                .fetch_add(block.data.len() as u64, Ordering::Relaxed);
             for tx in targets {
                 let _ = tx.send(SessionEvent::Block {
                     cid: block.cid,

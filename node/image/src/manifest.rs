@@ -205,6 +205,47 @@ impl ServiceManifest {
         }
     }
 
+    /// The manifest `agora service publish MODULE` uses without `--manifest`: a wasm service
+    /// named after the module's file (lowercased; characters a name may not hold become `-`),
+    /// version 0.1.0, and the defaults of [`Self::wasm`] (the runtime's default limits, no
+    /// devices, immediate activation). Fails, naming the field, when no valid name can be
+    /// derived.
+    pub fn for_module(file: &std::path::Path) -> Result<Self, ManifestError> {
+        let stem = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name: String = stem
+            .chars()
+            .map(|c| c.to_ascii_lowercase())
+            .map(|c| {
+                if c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(MAX_NAME)
+            .collect();
+        if !name.chars().any(|c| c.is_ascii_alphanumeric()) {
+            return Err(field(
+                "name",
+                format!(
+                    "cannot be derived from the file name `{}`; pass --manifest with                      name = \"...\" (a-z, 0-9, '.', '_', '-')",
+                    file.display()
+                ),
+            ));
+        }
+        let m = Self::wasm(&name, "0.1.0");
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// This manifest as TOML that [`Self::from_toml`] reads back (to copy into a `svc.toml`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot write TOML: {e}\n"))
+    }
+
     /// Checks every field; errors say which field and what to change.
     pub fn validate(&self) -> Result<(), ManifestError> {
         let name_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
@@ -334,6 +375,25 @@ mod tests {
     fn defaults_fill_a_minimal_manifest() {
         let m = ServiceManifest::from_toml("name = \"x\"\nversion = \"1\"\n").unwrap();
         assert_eq!(m, ServiceManifest::wasm("x", "1"));
+    }
+
+    #[test]
+    fn a_module_alone_gets_a_manifest_named_after_it() {
+        let m =
+            ServiceManifest::for_module(std::path::Path::new("/x/Lora_Gateway v2.wasm")).unwrap();
+        assert_eq!(m.name, "lora_gateway-v2");
+        assert_eq!(m.version, "0.1.0");
+        assert_eq!(m.kind, ServiceKind::Wasm);
+        assert!(m.service_limits().validate(LimitsSide::Requested).is_ok());
+        // What the CLI shows to copy reads back as the same manifest.
+        assert_eq!(ServiceManifest::from_toml(&m.to_toml()).unwrap(), m);
+        let err = ServiceManifest::for_module(std::path::Path::new("/x/@@.wasm"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`name`") && err.contains("--manifest"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -106,6 +106,9 @@ struct EventLoop {
     refusals: HashMap<&'static str, u64>,
     /// Topics whose messages the application judges before they are forwarded.
     judged: HashSet<gossipsub::TopicHash>,
+    /// libp2p's own metrics (swarm, gossipsub, identify, kad, ping), when the node serves
+    /// `/metrics`.
+    p2p_metrics: Option<libp2p::metrics::Metrics>,
 }
 
 /// An inbound request waiting for the application's answer.
@@ -125,6 +128,22 @@ pub async fn spawn(
     key: &NodeKey,
     cfg: NetworkConfig,
     cancel: CancellationToken,
+) -> Result<(NetworkHandle, JoinHandle<()>), NetworkError> {
+    spawn_with_metrics(key, cfg, cancel, None).await
+}
+
+/// libp2p's own metrics, registered under `libp2p_` in the node's Prometheus registry.
+pub fn p2p_metrics(registry: &mut libp2p::metrics::Registry) -> libp2p::metrics::Metrics {
+    libp2p::metrics::Metrics::new(registry)
+}
+
+/// [`spawn`], recording swarm, gossipsub, identify, Kademlia and ping events into
+/// `p2p_metrics` (see [`p2p_metrics`]).
+pub async fn spawn_with_metrics(
+    key: &NodeKey,
+    cfg: NetworkConfig,
+    cancel: CancellationToken,
+    p2p_metrics: Option<libp2p::metrics::Metrics>,
 ) -> Result<(NetworkHandle, JoinHandle<()>), NetworkError> {
     let mut swarm = build_swarm(key.libp2p_keypair(), &cfg)?;
     for addr in &cfg.listen {
@@ -197,6 +216,7 @@ pub async fn spawn(
         counters,
         refusals: HashMap::new(),
         judged: HashSet::new(),
+        p2p_metrics,
     };
     let task = tokio::spawn(event_loop.run(cancel).in_current_span());
     Ok((handle, task))
@@ -443,6 +463,17 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<AgoraBehaviourEvent>) {
+        if let Some(m) = &self.p2p_metrics {
+            use libp2p::metrics::Recorder;
+            m.record(&event);
+            match &event {
+                SwarmEvent::Behaviour(AgoraBehaviourEvent::Gossipsub(e)) => m.record(e),
+                SwarmEvent::Behaviour(AgoraBehaviourEvent::Identify(e)) => m.record(e),
+                SwarmEvent::Behaviour(AgoraBehaviourEvent::Kad(e)) => m.record(e),
+                SwarmEvent::Behaviour(AgoraBehaviourEvent::Ping(e)) => m.record(e),
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");

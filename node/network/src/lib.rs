@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use behaviour::MAX_GOSSIP_TRANSMIT;
-pub use event_loop::spawn;
+pub use event_loop::{p2p_metrics, spawn, spawn_with_metrics};
 pub use presence::{PeerPresence, PresenceEvent};
 pub use quota::{StreamPermit, StreamQuota};
 pub use routes::{Inbox, Interest, TopicRoutes};

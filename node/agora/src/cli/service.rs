@@ -12,6 +12,7 @@ use agora_api::services::{
 use agora_hosting::{ImageInfo, ServiceInfo, StagedInfo};
 
 use agora_devnet::output::{print_json, print_table};
+use agora_devnet::progress::Progress;
 
 /// `agora service …`
 #[derive(Debug, Subcommand)]
@@ -20,9 +21,11 @@ pub enum ServiceCommand {
     Publish {
         /// The module (`.wasm`, wasm32-wasip1, guest ABI v1).
         module: PathBuf,
-        /// The service manifest (TOML).
+        /// The service manifest (TOML). Without it: a wasm service named after the module's
+        /// file, version 0.1.0, the runtime's default limits, no devices (the manifest used is
+        /// printed, to copy and edit).
         #[arg(long)]
-        manifest: PathBuf,
+        manifest: Option<PathBuf>,
     },
     /// List the services on this node.
     List,
@@ -84,13 +87,25 @@ pub async fn service(dir: &Path, cmd: &ServiceCommand, json: bool) -> anyhow::Re
         ServiceCommand::Publish { module, manifest } => {
             let req = PublishRequest {
                 module: absolute(module)?,
-                manifest: absolute(manifest)?,
+                manifest: manifest.as_deref().map(absolute).transpose()?,
             };
+            let progress = Progress::start("publishing (compiling the module)", json);
             let r: ImageInfo = api.post_long("/v1/services/publish", &req).await?;
+            progress.finish();
             if json {
                 return print_json(&r);
             }
             println!("published {} {} {}", r.image, r.name, r.version);
+            if manifest.is_none() {
+                // The node derived the same manifest from the same path.
+                let derived = agora_hosting::manifest::ServiceManifest::for_module(&req.module)?;
+                println!(
+                    "no --manifest: published with defaults derived from the module; to set \
+                     devices, limits or activation, save this as svc.toml, edit it and publish \
+                     again with --manifest svc.toml:\n\n{}",
+                    derived.to_toml()
+                );
+            }
         }
         ServiceCommand::List => {
             let r: Vec<ServiceInfo> = api.get("/v1/services").await?;
@@ -120,7 +135,10 @@ pub async fn service(dir: &Path, cmd: &ServiceCommand, json: bool) -> anyhow::Re
                 image: image.clone(),
                 id: id.clone(),
             };
+            let progress =
+                Progress::start(format!("staging {image} (fetch, verify, compile)"), json);
             let r: StagedInfo = api.post_long("/v1/services/stage", &req).await?;
+            progress.finish();
             if json {
                 return print_json(&r);
             }

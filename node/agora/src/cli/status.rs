@@ -78,7 +78,13 @@ pub enum PeersCommand {
 pub async fn peers_change(dir: &Path, action: &PeersCommand, json: bool) -> anyhow::Result<()> {
     let client = ApiClient::for_data_dir(dir)?;
     let reply = match action {
-        PeersCommand::Connect { multiaddr } => client.connect(multiaddr).await?,
+        PeersCommand::Connect { multiaddr } => {
+            let progress =
+                agora_devnet::progress::Progress::start(format!("connecting to {multiaddr}"), json);
+            let reply = client.connect(multiaddr).await?;
+            progress.finish();
+            reply
+        }
         PeersCommand::Disconnect { peer } => client.disconnect(peer).await?,
     };
     if json {

@@ -16,6 +16,7 @@ use agora_api::storage::{
 use agora_exchange::{AddReply, FetchProgress, JobStatus, LsReply, ProofCreated, ProofVerified};
 
 use agora_devnet::output::{print_json, print_table};
+use agora_devnet::progress::Progress;
 
 /// `agora storage …`
 #[derive(Debug, Subcommand)]
@@ -127,7 +128,9 @@ pub async fn storage(dir: &Path, cmd: &StorageCommand, json: bool) -> anyhow::Re
                 path: absolute(file)?,
                 cid_version: *cid_version,
             };
+            let progress = Progress::start(format!("adding {}", file.display()), json);
             let r: AddReply = api.post_long("/v1/storage/add", &req).await?;
+            progress.finish();
             if json {
                 print_json(&r)?;
             } else {
@@ -140,9 +143,11 @@ pub async fn storage(dir: &Path, cmd: &StorageCommand, json: bool) -> anyhow::Re
             timeout,
         } => get(&api, cid, output, *timeout, json).await?,
         StorageCommand::Pin { cid } => {
+            let progress = Progress::start(format!("pinning {cid}"), json);
             let r: DoneReply = api
                 .post_long("/v1/storage/pin", &CidRequest { cid: cid.clone() })
                 .await?;
+            progress.finish();
             print_done("pinned", &r, json)?;
         }
         StorageCommand::Unpin { cid } => {
@@ -211,7 +216,11 @@ async fn get(
         timeout_ms: timeout.map(|s| s.saturating_mul(1000)),
     };
     let job: JobReply = api.post("/v1/storage/get", &req).await?;
-    let mut bar = ProgressBar::new(!json);
+    // Only on a terminal and never in --json: piped output stays clean.
+    let mut bar = ProgressBar::new(agora_devnet::progress::wanted(
+        json,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    ));
     let status = loop {
         let st: JobStatus = api.get(&format!("/v1/storage/jobs/{}", job.job)).await?;
         bar.draw(&st.progress);

@@ -7,7 +7,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let cid = cid_v1_blake3(DAG_CBOR, data);
-    assert!(ImageRecord::decode(&cid_v1_blake3(RAW, data), data).is_err(), "raw codec refused");
+    assert!(
+        ImageRecord::decode(&cid_v1_blake3(RAW, data), data).is_err(),
+        "raw codec refused"
+    );
     let Ok(record) = ImageRecord::decode(&cid, data) else {
         return;
     };

@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
     // An opened envelope re-encodes to bytes that open to the same envelope.
     let again = Envelope::open(&env.to_bytes(), MAX_RPC_BYTES).expect("own encoding opens");
     assert_eq!(again, env);
-    let _ = env.check_fresh(env.sent_at, 0).expect("fresh at its own time");
+    let _ = env
+        .check_fresh(env.sent_at, 0)
+        .expect("fresh at its own time");
     let _ = env.check_fresh(u64::MAX, agora_wire::GOSSIP_MAX_SKEW_MS);
     // Every kind's body decoder, as the node's drivers call it.
     let _ = env.body::<agora_wire::deal::DealMsg>(Kind::Deal);

@@ -117,8 +117,70 @@ fn main() {
             },
         ),
     ];
-    for (name, msg) in messages {
+    for (name, msg) in &messages {
         write("market_decode", name, &msg.encode().expect("encode"));
     }
+
+    // Signed envelopes of the node's kinds (`wire_envelope`) and their bodies alone
+    // (`wire_bodies`: the first byte picks the type, as the target reads it).
+    use agora_wire::radio::{Checkpoint, RadioRpc, SeqRange};
+    use agora_wire::storage::StorageRpc;
+    use agora_wire::{Envelope, Kind};
+    let checkpoint = Checkpoint {
+        service: "gw1".into(),
+        ranges: vec![SeqRange {
+            device: 101,
+            first: 1,
+            last: 9,
+            count: 9,
+        }],
+        proof: String::new(),
+        released: vec![102],
+        at: 1_000,
+    };
+    let replay = RadioRpc::Replay {
+        devices: vec![101, 102],
+    };
+    let cbor = |v: &dyn erased::Cbor| v.cbor();
+    let bodies: [(&str, u8, Kind, Vec<u8>); 4] = [
+        ("checkpoint", 2, Kind::Radio, cbor(&checkpoint)),
+        ("replay", 3, Kind::Radio, cbor(&replay)),
+        ("storage-busy", 4, Kind::Storage, cbor(&StorageRpc::Busy)),
+        (
+            "transactions",
+            5,
+            Kind::Transaction,
+            cbor(&Vec::<agora_contracts::SignedTransaction>::new()),
+        ),
+    ];
+    for (i, (name, which, kind, body)) in bodies.into_iter().enumerate() {
+        let env = Envelope::seal(&signer(4), kind, 1_000, i as u64, body.clone());
+        write("wire_envelope", name, &env.to_bytes());
+        let mut prefixed = vec![which];
+        prefixed.extend_from_slice(&body);
+        write("wire_bodies", name, &prefixed);
+    }
+    for (i, (name, msg)) in messages.iter().enumerate() {
+        let env = Envelope::seal(
+            &signer(5),
+            Kind::Market,
+            2_000,
+            i as u64,
+            msg.encode().expect("encode"),
+        );
+        write("wire_envelope", &format!("market-{name}"), &env.to_bytes());
+    }
     println!("seeds written under tests/fuzz/seeds/");
+}
+
+/// CBOR of any serialisable body (a trait object, so one array can hold different types).
+mod erased {
+    pub trait Cbor {
+        fn cbor(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Cbor for T {
+        fn cbor(&self) -> Vec<u8> {
+            serde_cbor::to_vec(self).expect("a body encodes")
+        }
+    }
 }

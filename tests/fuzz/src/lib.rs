@@ -5,6 +5,7 @@
 //! expected outcome for most inputs.
 
 pub mod market;
+pub mod node;
 pub mod unixfs;
 
 /// Asserts that decoding the encoding of a value gives the same encoding back, for types whose

@@ -24,6 +24,7 @@ pub mod demo;
 pub mod files;
 pub mod output;
 pub mod process;
+pub mod sensor_keys;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

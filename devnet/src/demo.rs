@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::Args;
 
 pub use report::{Coverage, FailoverSplit, percentile};
-pub use sensors::{Region, Sensors, frame};
+pub use sensors::{Region, Sensors, frame, uplink};
 pub use story::{Armed, Story};
 
 use crate::process::Loopback;

@@ -25,6 +25,7 @@ pub mod files;
 pub mod output;
 pub mod process;
 pub mod progress;
+pub mod sensor_keys;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

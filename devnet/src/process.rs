@@ -198,6 +198,7 @@ pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
                 a.devices.clone(),
                 Duration::from_millis(a.interval_ms.max(1)),
                 region,
+                crate::sensor_keys::load(&a.dir),
             )
             .await?;
             match a.for_s {
@@ -399,6 +400,8 @@ pub async fn up_with_options(
 
     let mut ids = Vec::new();
     let mut configs = Vec::new();
+    let sensor_keys = crate::sensor_keys::create(&dir)?;
+    let owner = crate::sensor_keys::sensor_owner(n, manual);
     for i in 0..n {
         let name = format!("node{i}");
         let data_dir = dir.join(&name);
@@ -412,6 +415,9 @@ pub async fn up_with_options(
         }
         if opts.metrics {
             config.metrics.listen = Some(format!("{host}:0"));
+        }
+        if i == owner {
+            config.radio.device_keys = sensor_keys.clone();
         }
         let key = init_data_dir(&data_dir, &config)?;
         ids.push((name, key.node_id()));

@@ -5,6 +5,12 @@
 //! manages nothing. Then A is killed and the handover happens: B processes every reading
 //! (0 missing, 0 duplicated, as the demo measures) and the radio counters show the forged
 //! checkpoints were refused.
+//!
+//! And spoofed frames (threat R1, frames): a hostile radio in range of A and B sends the
+//! insured sensors' frames with forged MICs, far-ahead counters and no MIC at all, and replays
+//! genuine frames it overheard, before and during the handover. A (the owner) and B (handed the
+//! keys when the contract was staged) drop and count every one; no spoofed reading reaches a
+//! service, and the accounting still shows 0 missing / 0 duplicated.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -14,6 +20,7 @@ use agora_devnet::demo::story::{DEVICES, wait_for};
 use agora_devnet::demo::{Story, module_bytes};
 use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
 use agora_radio::RadioStatus;
+use agora_tests::adversary::radio::{HostileRadio, forged_frame, unsigned_frame};
 use agora_tests::adversary::{Adversary, TestLauncher, radio};
 use agora_tests::agora_bin;
 
@@ -170,5 +177,179 @@ async fn forged_checkpoints_do_not_silence_the_insured_sensors() {
     assert_eq!(cov.missing, 0, "{cov:?}");
     assert_eq!(cov.duplicated, 0, "{cov:?}");
     drop(adv);
+    s.down(true).await.unwrap();
+}
+
+fn radio_addr(n: &DevnetNode) -> std::net::SocketAddr {
+    std::fs::read_to_string(n.data_dir.join(agora_api::RADIO_ADDR_FILE))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// One round of spoofing for every insured sensor, just past what `at` heard: forged MICs at
+/// counters inside the window (far past anything the sensors send during the test, so a leak
+/// would show), a counter far beyond the window, an unsigned v1 frame, and genuine frames the
+/// hostile radio overheard (rebuilt here with the real key at counters already sent: byte for
+/// byte what the sensor put on the air, which the hostile radio could have recorded).
+async fn spoof(
+    radio: &mut HostileRadio,
+    at: &DevnetNode,
+    to: &[std::net::SocketAddr],
+    keys: &std::collections::BTreeMap<u32, agora_radio::DeviceKey>,
+    round: u64,
+) {
+    for (dev, h) in heard(at).await {
+        for i in 0..4u32 {
+            let f = forged_frame(dev, h + 5_000 + i, round * 16 + u64::from(i));
+            radio.send("bad_mic", &f, to).await.unwrap();
+        }
+        let far = forged_frame(dev, h + 1_000_000, round);
+        radio.send("beyond_window", &far, to).await.unwrap();
+        radio
+            .send("unsigned", &unsigned_frame(dev, h + 5_100), to)
+            .await
+            .unwrap();
+        let key = keys
+            .get(&dev)
+            .expect("the devnet keyed the insured sensors");
+        let i = DEVICES.iter().position(|d| *d == dev).unwrap_or(0) as u16;
+        for seq in [1, h.saturating_sub(5).max(1)] {
+            // What the sensor sent at `seq` (devnet/src/demo/sensors.rs), byte for byte.
+            let temp = 2000 + (seq % 50) as i16 * 10;
+            let genuine = agora_devnet::demo::uplink(Some(key), dev, seq, temp, 5000 + i * 100);
+            radio.send("replayed", &genuine, to).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_frames_never_reach_the_service() {
+    let module = match module_bytes(None) {
+        Ok(m) => m,
+        Err(e) => {
+            agora_devnet::skipped(
+                "attack_radio::spoofed_frames_never_reach_the_service",
+                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
+            );
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Story::start(
+        &tmp.path().join("net"),
+        CONTRACT_NODES,
+        &module,
+        Arc::new(TestLauncher(agora_bin())),
+        true,
+    )
+    .await
+    .expect("story starts");
+    let armed = s.standby_lasting(120_000).await.unwrap();
+    let (a, b) = (s.a, armed.b);
+    let obs = (0..CONTRACT_NODES).find(|i| *i != a && *i != b).unwrap();
+    let (an, bn, on) = (
+        s.m.nodes[a].clone(),
+        s.m.nodes[b].clone(),
+        s.m.nodes[obs].clone(),
+    );
+    let keys = agora_devnet::sensor_keys::load(&s.m.dir);
+    let to = [radio_addr(&an), radio_addr(&bn)];
+    let mut hostile = HostileRadio::bind().await.unwrap();
+
+    // The owner verifies its sensors; B got their keys from A when it staged the contract;
+    // the observer has none and hears them as hearsay.
+    wait_for("B to hold the insured sensors' keys", 60, async || {
+        let rb = radio_of(&bn).await?;
+        let keyed = rb
+            .devices
+            .iter()
+            .filter(|d| DEVICES.contains(&d.device) && d.authenticated)
+            .count();
+        (keyed == DEVICES.len() && rb.stats.frames_verified > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let ra = radio_of(&an).await.unwrap();
+    assert!(
+        ra.devices
+            .iter()
+            .filter(|d| DEVICES.contains(&d.device))
+            .all(|d| d.authenticated),
+        "A verifies its own sensors: {:?}",
+        ra.devices
+    );
+    let ro = radio_of(&on).await.unwrap();
+    assert!(
+        ro.devices.iter().all(|d| !d.authenticated) && ro.stats.frames_unverified > 0,
+        "the observer holds no key: {:?}",
+        ro.stats
+    );
+    let start: u32 = heard(&bn).await.iter().map(|(_, h)| *h).max().unwrap();
+
+    // Before the handover.
+    spoof(&mut hostile, &bn, &to, &keys, 0).await;
+    let n = DEVICES.len() as u64;
+    wait_for("A and B to refuse every spoofed frame", 30, async || {
+        let (ra, rb) = (radio_of(&an).await?, radio_of(&bn).await?);
+        [ra, rb]
+            .iter()
+            .all(|r| {
+                r.stats.frames_refused_bad_mic >= 4 * n
+                    && r.stats.frames_refused_beyond_window >= n
+                    && r.stats.frames_refused_unsigned >= n
+                    && r.stats.frames_refused_replayed >= 2 * n
+            })
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The customer dies; the spoofing goes on while B takes over.
+    let killed = s.kill(a).unwrap();
+    spoof(&mut hostile, &bn, &to, &keys, 1).await;
+    let split = s.failover(&armed, killed).await.unwrap();
+    assert!(split.end_to_end_ms > 0);
+    spoof(&mut hostile, &bn, &to, &keys, 2).await;
+    wait_for("B to refuse the later rounds", 30, async || {
+        let rb = radio_of(&bn).await?;
+        (rb.stats.frames_refused_bad_mic >= 12 * n
+            && rb.stats.frames_refused_beyond_window >= 3 * n
+            && rb.stats.frames_refused_unsigned >= 3 * n
+            && rb.stats.frames_refused_replayed >= 6 * n)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // No spoofed counter was heard, processed or checkpointed: every spoofed frame sat at
+    // least 5,000 past the sensors, which send one frame per 100 ms.
+    let rb = radio_of(&bn).await.unwrap();
+    let bound = start + 4_000;
+    for d in rb.devices.iter().filter(|d| DEVICES.contains(&d.device)) {
+        assert!(d.service.is_some(), "B serves {d:?}");
+        assert!(
+            d.heard.is_some_and(|h| h < bound) && d.last_processed.is_some_and(|l| l < bound),
+            "a spoofed counter reached B: {d:?}"
+        );
+    }
+    assert!(
+        rb.checkpoints
+            .iter()
+            .flat_map(|c| &c.checkpoint.ranges)
+            .all(|r| r.last < bound),
+        "a spoofed reading was checkpointed"
+    );
+    eprintln!(
+        "hostile radio sent {:?}; B refused {:?}",
+        hostile.sent, rb.stats
+    );
+
+    let cov = s.coverage(b).await;
+    eprintln!("coverage under spoofed frames: {cov:?}; split {split:?}");
+    assert!(cov.sent > 0, "{cov:?}");
+    assert_eq!(cov.missing, 0, "{cov:?}");
+    assert_eq!(cov.duplicated, 0, "{cov:?}");
     s.down(true).await.unwrap();
 }

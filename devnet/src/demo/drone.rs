@@ -159,7 +159,13 @@ pub(super) async fn run(args: &DemoArgs, module: &[u8], json: bool) -> anyhow::R
         region.set(addrs.get(edge).copied().into_iter().collect());
         if sensors.is_none() {
             sensors = Some(
-                Sensors::start(vec![DRONE], Duration::from_millis(100), region.clone()).await?,
+                Sensors::start(
+                    vec![DRONE],
+                    Duration::from_millis(100),
+                    region.clone(),
+                    crate::sensor_keys::load(&m.dir),
+                )
+                .await?,
             );
         }
         clock.line(

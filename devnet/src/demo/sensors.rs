@@ -1,11 +1,13 @@
-//! Simulated LoRa-style sensors: each device broadcasts a 16-byte uplink frame at a fixed
-//! interval into a radio region; every edge in range (a UDP address) hears it.
+//! Simulated LoRa-style sensors: each device broadcasts an uplink frame at a fixed interval into
+//! a radio region; every edge in range (a UDP address) hears it. A device with a key sends
+//! authenticated 24-byte v2 frames (MIC, increasing counter); one without sends 16-byte v1.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agora_radio::DeviceKey;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +46,19 @@ impl Region {
     }
 }
 
+/// The frame `device` sends: v2 under `key`, v1 without one.
+pub fn uplink(key: Option<&DeviceKey>, device: u32, seq: u32, temp: i16, hum: u16) -> Vec<u8> {
+    let f = frame(device, seq, temp, hum);
+    match key {
+        Some(k) => {
+            let mut payload = [0u8; 7];
+            payload.copy_from_slice(&f[9..]);
+            agora_radio::seal_frame(k, device, seq, payload).to_vec()
+        }
+        None => f.to_vec(),
+    }
+}
+
 /// Running sensors; `sent()` tells the last sequence number each device sent (from 1).
 pub struct Sensors {
     sent: Arc<Mutex<BTreeMap<u32, u32>>>,
@@ -52,11 +67,13 @@ pub struct Sensors {
 }
 
 impl Sensors {
-    /// Starts `devices`, each sending every `interval` to the edges of `region`.
+    /// Starts `devices`, each sending every `interval` to the edges of `region`, signed with
+    /// its key in `keys` if it has one.
     pub async fn start(
         devices: Vec<u32>,
         interval: Duration,
         region: Region,
+        keys: BTreeMap<u32, DeviceKey>,
     ) -> std::io::Result<Self> {
         let socket = UdpSocket::bind("0.0.0.0:0").await?;
         let sent = Arc::new(Mutex::new(BTreeMap::new()));
@@ -74,7 +91,8 @@ impl Sensors {
                 let edges = region.edges();
                 for (i, d) in devices.iter().enumerate() {
                     let temp = 2000 + i16::try_from((seq % 50) * 10).unwrap_or(0);
-                    let f = frame(*d, seq, temp, 5000 + u16::try_from(i).unwrap_or(0) * 100);
+                    let hum = 5000 + u16::try_from(i).unwrap_or(0) * 100;
+                    let f = uplink(keys.get(d), *d, seq, temp, hum);
                     for e in &edges {
                         let _ = socket.send_to(&f, e).await;
                     }

@@ -145,7 +145,8 @@ impl Story {
         let a = m.nodes.len() - 1;
         let region = Region::default();
         region.set(radio_addrs(&m));
-        let sensors = Sensors::start(DEVICES.to_vec(), UPLINK, region).await?;
+        let keys = crate::sensor_keys::load(&m.dir);
+        let sensors = Sensors::start(DEVICES.to_vec(), UPLINK, region, keys).await?;
         let an = m.nodes[a].clone();
         let (image, needs) = publish(
             &api(&an)?,

@@ -269,7 +269,8 @@ impl Series {
         r.register(
             "radio_refused",
             "Peer checkpoints and device-table entries the radio refused or evicted, by reason \
-             (not_manager, beyond_heard, release, replay_clamped, evicted, table_full)",
+             (not_manager, beyond_heard, release, replay_clamped, evicted, table_full, frame_bad_mic, \
+             frame_replayed, frame_beyond_window, frame_unsigned, replay_frame, key_request)",
             s.radio_refused.clone(),
         );
         r.register(
@@ -578,6 +579,12 @@ impl Metrics {
                 ("replay_clamped", r.replay_covered_clamped),
                 ("evicted", r.devices_evicted),
                 ("table_full", r.frames_dropped_table_full),
+                ("frame_bad_mic", r.frames_refused_bad_mic),
+                ("frame_replayed", r.frames_refused_replayed),
+                ("frame_beyond_window", r.frames_refused_beyond_window),
+                ("frame_unsigned", r.frames_refused_unsigned),
+                ("replay_frame", r.replay_frames_refused),
+                ("key_request", r.key_requests_refused),
             ] {
                 set_family_counter(&s.radio_refused, &[("reason", reason)], v);
             }

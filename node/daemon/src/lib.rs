@@ -415,6 +415,7 @@ async fn start_edge(
         network.clone(),
         storage.clone(),
         services.clone(),
+        Some(data_dir.join(agora_radio::RECEIVED_KEYS_FILE)),
         cancel.clone(),
     )
     .await

@@ -284,6 +284,9 @@ impl Orchestrator {
         self.radio
             .managed_by(devices.clone(), vec![customer, self.me])
             .await;
+        // Their frame keys, from their owner, now while it is alive (threat R1): at the
+        // takeover it will not be.
+        self.radio.fetch_keys(devices.clone(), customer).await;
         self.hosted.entry(contract).or_insert(Hosted {
             devices: devices.clone(),
             customer,

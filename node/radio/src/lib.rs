@@ -9,11 +9,19 @@
 //! block) plus the per-device sequence ranges it covers, gossiped on [`RADIO_TOPIC`]. The frame,
 //! checkpoint and replay messages are `agora_wire::radio` types, re-exported here.
 //!
+//! Frames are authenticated per device (threat R1, see [`agora_wire::radio::frame`]): an edge
+//! that holds a device's key (its owner, from `radio.device_keys`; a provider of one of its
+//! contracts, handed the key by the owner when the contract is staged, see [`keys`]) drops every
+//! frame of that device without a valid MIC or with a counter that does not increase, before
+//! it reaches a service, a buffer or a replay answer; an edge without the key keeps what it
+//! hears as hearsay (`DeviceStatus::authenticated` false).
+//!
 //! May depend on `agora-wire`, `agora-network`, `agora-exchange` (proofs are stored as blocks)
 //! and `agora-hosting` (readings go to a guest service through `ServiceControl`); never on the
 //! ledger or the orchestrator, which tells it what to route where.
 #![forbid(unsafe_code)]
 
+pub mod keys;
 pub mod rules;
 mod table;
 mod task;
@@ -26,9 +34,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use agora_wire::radio::{
-    Checkpoint, FRAME_LEN, FRAME_MAGIC, FrameError, MAX_REPLAY_FRAMES, RadioRpc, ReplayedDevice,
-    SeqRange, parse_frame,
+    Checkpoint, DEFAULT_COUNTER_WINDOW, DeviceKey, FRAME_LEN, FRAME_MAGIC, FRAME_V2_LEN,
+    FRAME_V2_MAGIC, FrameError, FrameRefusal, MAX_REPLAY_FRAMES, RadioRpc, ReplayedDevice,
+    SeqRange, parse_frame, seal_frame,
 };
+pub use keys::DeviceKeyConfig;
+
+/// File in the data dir holding the device keys owners handed to this node (mode 0600).
+pub const RECEIVED_KEYS_FILE: &str = "radio-keys.json";
 pub use agora_wire::topics::RADIO_TOPIC;
 pub use task::spawn;
 
@@ -48,6 +61,12 @@ pub struct RadioConfig {
     /// Devices tracked; a frame from a new device when the table is full evicts the stalest
     /// device this edge neither manages, buffers for a contract nor knows the managers of.
     pub max_devices: usize,
+    /// How far a device's frame counter may jump past the last one accepted here.
+    pub frame_counter_window: u32,
+    /// Frame keys of the devices this node owns (`[[radio.device_keys]] device = 7, key =
+    /// "<64 hex digits>"`): their frames must carry a valid MIC; the keys are handed to the
+    /// provider of a contract for these devices when it is staged.
+    pub device_keys: Vec<DeviceKeyConfig>,
 }
 
 impl Default for RadioConfig {
@@ -58,6 +77,8 @@ impl Default for RadioConfig {
             buffer_per_device: 4096,
             checkpoint_window: 1024,
             max_devices: 4096,
+            frame_counter_window: DEFAULT_COUNTER_WINDOW,
+            device_keys: Vec::new(),
         }
     }
 }
@@ -110,6 +131,10 @@ pub struct DeviceStatus {
     /// Edges known here to manage or to have managed the device (from the ledger).
     #[serde(default)]
     pub managers: Vec<String>,
+    /// Whether this edge holds the device's key (its frames are verified here); `false`:
+    /// what it hears of the device is hearsay.
+    #[serde(default)]
+    pub authenticated: bool,
 }
 
 /// What the radio refused or evicted (threat R1), since the node started.
@@ -132,6 +157,25 @@ pub struct RadioStats {
     pub devices_evicted: u64,
     /// Frames dropped because the table was full of devices that may not be evicted.
     pub frames_dropped_table_full: u64,
+    /// Frames whose MIC and counter were checked and passed.
+    pub frames_verified: u64,
+    /// Frames of devices whose key this edge does not hold (kept as hearsay).
+    pub frames_unverified: u64,
+    /// Frames dropped: bad MIC (forged or corrupted).
+    pub frames_refused_bad_mic: u64,
+    /// Frames dropped: counter not above the last accepted (a replay or an old frame).
+    pub frames_refused_replayed: u64,
+    /// Frames dropped: counter beyond `radio.frame_counter_window`.
+    pub frames_refused_beyond_window: u64,
+    /// Frames dropped: unsigned (v1) frame of a device that has a key here.
+    pub frames_refused_unsigned: u64,
+    /// Frames in peers' replay answers dropped: bad MIC or unsigned for a device with a key.
+    pub replay_frames_refused: u64,
+    /// Device keys received from their owners.
+    pub keys_received: u64,
+    /// Key requests refused: the asker is not a provider of the device here, or it is not
+    /// this node's.
+    pub key_requests_refused: u64,
 }
 
 /// `GET /v1/radio`.
@@ -166,6 +210,7 @@ enum Command {
     },
     Listen(Vec<u32>, bool),
     Managers(Vec<u32>, Vec<NodeId>),
+    FetchKeys(Vec<u32>, NodeId),
     Status(Reply<RadioStatus>),
 }
 
@@ -259,6 +304,14 @@ impl RadioHandle {
     /// [`rules::MAX_MANAGERS_PER_DEVICE`] per device (the oldest are forgotten first).
     pub async fn managed_by(&self, devices: Vec<u32>, edges: Vec<NodeId>) {
         let _ = self.tx.send(Command::Managers(devices, edges)).await;
+    }
+
+    /// Asks `owner` for the frame keys of `devices` this edge has none for (a provider, when
+    /// a contract for them is staged: the owner is alive then, and may not be at the takeover),
+    /// retrying in the background until it answers; the owner gives them only to an edge it
+    /// knows as a provider of the devices ([`Self::managed_by`] on its side).
+    pub async fn fetch_keys(&self, devices: Vec<u32>, owner: NodeId) {
+        let _ = self.tx.send(Command::FetchKeys(devices, owner)).await;
     }
 
     /// Devices and checkpoints.

@@ -1,8 +1,9 @@
 //! The radio task: owns the UDP socket, the per-device routing and buffers, and checkpoints.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agora_market::{KeySigner, NodeId};
 use tokio::net::UdpSocket;
@@ -15,6 +16,7 @@ use super::{
     Checkpoint, CheckpointRecord, Command, FRAME_LEN, MAX_REPLAY_FRAMES, RADIO_TOPIC, RadioConfig,
     RadioHandle, RadioRpc, RadioStats, RadioStatus, ReplayedDevice, SeqRange, parse_frame,
 };
+use crate::keys::KeyStore;
 use crate::rules::{self, MAX_MANAGERS_PER_DEVICE, Verdict};
 use crate::table::{Admit, Device, DeviceTable};
 use agora_exchange::StorageHandle;
@@ -22,6 +24,7 @@ use agora_hosting::control::ServiceControl;
 use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
+use agora_wire::radio::{DeviceKey, FrameRefusal, MAX_KEYS_PER_MESSAGE, authenticate, check_mic};
 
 /// Checkpoints kept for `status`.
 const KEPT_CHECKPOINTS: usize = 2048;
@@ -30,6 +33,17 @@ const KEPT_CHECKPOINTS: usize = 2048;
 const REPLAY_PEERS: usize = 4;
 /// How long a takeover waits for peers' replays.
 const REPLAY_TIMEOUT: Duration = Duration::from_millis(1_500);
+/// How long a key request waits for the owner's answer.
+const KEY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Interval between key requests to an owner that has not answered (or not yet known this
+/// edge as a provider of its devices).
+const KEY_RETRY: Duration = Duration::from_secs(2);
+
+/// Requests per device before a key fetch is given up (with a log line): two minutes.
+const KEY_ATTEMPTS: u32 = 60;
+
+/// What came back from an owner asked for keys.
+type KeyAnswer = (NodeId, Vec<(u32, [u8; 32])>);
 
 struct RadioTask {
     me: NodeId,
@@ -44,6 +58,16 @@ struct RadioTask {
     pending: BTreeMap<String, Vec<(u32, u32, Vec<u8>)>>,
     checkpoints: VecDeque<CheckpointRecord>,
     stats: RadioStats,
+    /// Frame keys held here (owned and received).
+    keys: KeyStore,
+    /// Last frame counter accepted over the radio, per device with a key.
+    counters: BTreeMap<u32, u32>,
+    /// Devices whose key this edge still has to fetch: from which owner, requests so far.
+    key_fetches: BTreeMap<u32, (NodeId, u32)>,
+    /// Owners asked and not answered yet.
+    key_fetching: BTreeSet<NodeId>,
+    next_key_fetch: Instant,
+    keys_tx: mpsc::Sender<KeyAnswer>,
 }
 
 /// Binds the radio (if configured) and starts its task.
@@ -53,6 +77,7 @@ pub async fn spawn(
     network: NetworkHandle,
     storage: StorageHandle,
     services: Arc<dyn ServiceControl>,
+    keys_file: Option<PathBuf>,
     cancel: CancellationToken,
 ) -> std::io::Result<(RadioHandle, JoinHandle<()>)> {
     let socket = if cfg.listen.is_empty() {
@@ -79,7 +104,15 @@ pub async fn spawn(
     if let Err(e) = network.subscribe(RADIO_TOPIC).await {
         warn!(error = %e, "radio checkpoints topic not subscribed");
     }
+    let (keys_tx, keys_rx) = mpsc::channel(16);
+    let keys = KeyStore::load(&cfg.device_keys, keys_file);
     let task = RadioTask {
+        keys,
+        counters: BTreeMap::new(),
+        key_fetches: BTreeMap::new(),
+        key_fetching: BTreeSet::new(),
+        next_key_fetch: Instant::now(),
+        keys_tx,
         me: network.node_id(),
         signer,
         seq: 0,
@@ -92,7 +125,10 @@ pub async fn spawn(
         checkpoints: VecDeque::new(),
         stats: RadioStats::default(),
     };
-    let handle = tokio::spawn(task.run(socket, rx, events, cancel).in_current_span());
+    let handle = tokio::spawn(
+        task.run(socket, rx, keys_rx, events, cancel)
+            .in_current_span(),
+    );
     Ok((RadioHandle { tx, addr }, handle))
 }
 
@@ -101,6 +137,7 @@ impl RadioTask {
         mut self,
         socket: Option<UdpSocket>,
         mut rx: mpsc::Receiver<Command>,
+        mut keys_rx: mpsc::Receiver<KeyAnswer>,
         mut events: Inbox,
         cancel: CancellationToken,
     ) {
@@ -118,10 +155,15 @@ impl RadioTask {
                     Some(cmd) => self.on_command(cmd).await,
                     None => break,
                 },
+                Some((owner, keys)) = keys_rx.recv() => self.on_keys(owner, keys),
                 ev = events.recv() => match ev {
                     NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Radio => {
-                        if let Ok(RadioRpc::Replay { devices }) = envelope.body::<RadioRpc>(Kind::Radio) {
-                            self.answer_replay(id, &devices).await;
+                        match envelope.body::<RadioRpc>(Kind::Radio) {
+                            Ok(RadioRpc::Replay { devices }) => self.answer_replay(id, &devices).await,
+                            Ok(RadioRpc::KeyRequest { devices }) => {
+                                self.answer_keys(id, envelope.sender, &devices).await;
+                            }
+                            Ok(_) | Err(_) => {}
                         }
                     }
                     NetworkEvent::Gossip { topic, envelope, .. } if topic == RADIO_TOPIC => {
@@ -134,6 +176,7 @@ impl RadioTask {
                     _ => {}
                 },
                 _ = tick.tick() => {
+                    self.fetch_keys();
                     let services: Vec<String> = self.pending.keys().cloned().collect();
                     for s in services {
                         self.checkpoint(&s, Vec::new()).await;
@@ -148,6 +191,16 @@ impl RadioTask {
             Ok(x) => x,
             Err(e) => return debug!(error = %e, "radio frame dropped"),
         };
+        let last = self.counters.get(&device).copied();
+        let key = self.keys.get(device);
+        match authenticate(frame, key, last, self.cfg.frame_counter_window) {
+            Ok(a) if a.verified => {
+                self.stats.frames_verified += 1;
+                self.counters.insert(device, seq);
+            }
+            Ok(_) => self.stats.frames_unverified += 1,
+            Err(refusal) => return self.refuse_frame(refusal),
+        }
         let max_buffer = self.cfg.buffer_per_device;
         if !self.make_room(device) {
             return;
@@ -168,6 +221,26 @@ impl RadioTask {
                 d.buffer.pop_front();
             }
             d.status.buffered = d.buffer.len();
+        }
+    }
+
+    /// Counts and logs (one line per refusal at first, then fewer under a flood) a frame
+    /// dropped before it reached a service, a buffer or a replay answer.
+    fn refuse_frame(&mut self, refusal: FrameRefusal) {
+        let s = &mut self.stats;
+        match refusal {
+            FrameRefusal::Malformed(e) => return debug!(error = %e, "radio frame dropped"),
+            FrameRefusal::Unsigned { .. } => s.frames_refused_unsigned += 1,
+            FrameRefusal::BadMic { .. } => s.frames_refused_bad_mic += 1,
+            FrameRefusal::Replayed { .. } => s.frames_refused_replayed += 1,
+            FrameRefusal::BeyondWindow { .. } => s.frames_refused_beyond_window += 1,
+        }
+        let total = s.frames_refused_unsigned
+            + s.frames_refused_bad_mic
+            + s.frames_refused_replayed
+            + s.frames_refused_beyond_window;
+        if total <= 16 || total.is_power_of_two() {
+            warn!(total, "radio frame refused: {refusal}");
         }
     }
 
@@ -213,7 +286,11 @@ impl RadioTask {
             d.status.duplicates += 1;
             return;
         }
-        if let Err(e) = self.services.push_reading(service, frame.clone()) {
+        // The service reads the 16-byte v1 reading; the MIC was checked here.
+        let Some(reading) = agora_wire::radio::reading(&frame) else {
+            return;
+        };
+        if let Err(e) = self.services.push_reading(service, reading.to_vec()) {
             return debug!(device, seq, error = %e, "reading not queued");
         }
         d.status.processed += 1;
@@ -299,10 +376,31 @@ impl RadioTask {
                     d.status.managers = d.managers.iter().map(ToString::to_string).collect();
                 }
             }
+            Command::FetchKeys(devices, owner) => {
+                let max = self.cfg.max_devices;
+                for device in devices.into_iter().take(MAX_KEYS_PER_MESSAGE) {
+                    if owner != self.me
+                        && !self.keys.has(device)
+                        && (self.key_fetches.len() < max || self.key_fetches.contains_key(&device))
+                    {
+                        self.key_fetches.insert(device, (owner, 0));
+                    }
+                }
+                self.next_key_fetch = Instant::now();
+                self.fetch_keys();
+            }
             Command::Status(reply) => {
                 let _ = reply.send(RadioStatus {
                     addr: None,
-                    devices: self.table.values().map(|d| d.status.clone()).collect(),
+                    devices: self
+                        .table
+                        .values()
+                        .map(|d| {
+                            let mut st = d.status.clone();
+                            st.authenticated = self.keys.has(st.device);
+                            st
+                        })
+                        .collect(),
                     checkpoints: self.checkpoints.iter().cloned().collect(),
                     stats: self.stats.clone(),
                 });
@@ -423,7 +521,8 @@ impl RadioTask {
             String::new()
         } else {
             let data: Vec<Vec<u8>> = frames.into_iter().map(|(_, _, f)| f).collect();
-            debug_assert!(data.iter().all(|f| f.len() == FRAME_LEN));
+            // Frames as heard: a v2 frame keeps its MIC, so the proof shows the device's word.
+            debug_assert!(data.iter().all(|f| f.len() >= FRAME_LEN));
             match self.storage.proof_create(data).await {
                 Ok(p) => p.cid,
                 Err(e) => {
@@ -562,8 +661,19 @@ impl RadioTask {
                         .is_some_and(|d| d.managers.contains(&answer.sender));
                     claimed.push((rd.device, c, by_manager));
                 }
+                let key = self.keys.get(rd.device).cloned();
+                let mut refused = 0u64;
                 let dev = self.table.local_entry(rd.device);
                 for f in rd.frames.into_iter().take(MAX_REPLAY_FRAMES) {
+                    // A peer's replay is hearsay too: a device with a key here counts only
+                    // frames its key signed (the counter is not checked: these are old frames
+                    // by nature, and the buffer and coverage already drop duplicates).
+                    if let Some(k) = &key
+                        && check_mic(k, &f).is_err()
+                    {
+                        refused += 1;
+                        continue;
+                    }
                     if let Ok((device, seq)) = parse_frame(&f)
                         && device == rd.device
                         && !dev.buffer.iter().any(|(s, _)| *s == seq)
@@ -572,6 +682,15 @@ impl RadioTask {
                         dev.buffer.push_back((seq, f));
                         got += 1;
                     }
+                }
+                if refused > 0 {
+                    self.stats.replay_frames_refused += refused;
+                    warn!(
+                        device = rd.device,
+                        refused,
+                        peer = %answer.sender,
+                        "replayed frames refused: bad MIC or unsigned for a device with a key here"
+                    );
                 }
             }
         }
@@ -613,5 +732,177 @@ async fn recv(socket: Option<&UdpSocket>, buf: &mut [u8]) -> Option<usize> {
             }
         },
         None => std::future::pending().await,
+    }
+}
+
+impl RadioTask {
+    /// Asks each owner for the keys still missing (one request in flight per owner).
+    fn fetch_keys(&mut self) {
+        if self.key_fetches.is_empty() || Instant::now() < self.next_key_fetch {
+            return;
+        }
+        self.next_key_fetch = Instant::now() + KEY_RETRY;
+        let gave_up: Vec<u32> = self
+            .key_fetches
+            .iter()
+            .filter(|(_, (_, n))| *n >= KEY_ATTEMPTS)
+            .map(|(d, _)| *d)
+            .collect();
+        for d in gave_up {
+            if let Some((owner, _)) = self.key_fetches.remove(&d) {
+                warn!(
+                    device = d,
+                    %owner,
+                    "device key not handed over by its owner: this edge hears the device as \
+                     hearsay (frames unverified)"
+                );
+            }
+        }
+        let mut by_owner: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
+        for (device, (owner, n)) in self.key_fetches.iter_mut() {
+            if !self.key_fetching.contains(owner) {
+                *n += 1;
+            }
+            by_owner.entry(*owner).or_default().push(*device);
+        }
+        for (owner, devices) in by_owner {
+            if !self.key_fetching.insert(owner) {
+                continue;
+            }
+            self.seq += 1;
+            let env = Envelope::seal_body(
+                &self.signer,
+                Kind::Radio,
+                now_ms(),
+                self.seq,
+                &RadioRpc::KeyRequest { devices },
+            );
+            let (network, tx) = (self.network.clone(), self.keys_tx.clone());
+            tokio::spawn(
+                async move {
+                    let mut keys = Vec::new();
+                    if let (Ok(env), Some(peer)) = (env, agora_network::keys::peer_id_of(&owner)) {
+                        match tokio::time::timeout(KEY_TIMEOUT, network.request(peer, &env)).await {
+                            Ok(Ok(answer)) if answer.sender == owner => {
+                                if let Ok(RadioRpc::Keys { keys: k }) =
+                                    answer.body::<RadioRpc>(Kind::Radio)
+                                {
+                                    keys = k;
+                                }
+                            }
+                            Ok(Ok(_)) => {
+                                warn!(%owner, "key answer signed by another node: ignored")
+                            }
+                            Ok(Err(e)) => {
+                                debug!(%owner, error = %e, "device owner not reached for keys")
+                            }
+                            Err(_) => debug!(%owner, "device owner did not answer the key request"),
+                        }
+                    }
+                    let _ = tx.send((owner, keys)).await;
+                }
+                .in_current_span(),
+            );
+        }
+    }
+
+    /// Keeps the keys `owner` sent for devices this edge asked it about; re-checks what was
+    /// buffered for them before the key arrived.
+    fn on_keys(&mut self, owner: NodeId, keys: Vec<(u32, [u8; 32])>) {
+        self.key_fetching.remove(&owner);
+        let asked: Vec<(u32, DeviceKey)> = keys
+            .into_iter()
+            .take(MAX_KEYS_PER_MESSAGE)
+            .filter(|(d, _)| self.key_fetches.get(d).is_some_and(|(o, _)| *o == owner))
+            .map(|(d, k)| (d, DeviceKey(k)))
+            .collect();
+        for (d, _) in &asked {
+            self.key_fetches.remove(d);
+        }
+        let changed = self.keys.receive(asked, self.cfg.max_devices);
+        if changed.is_empty() {
+            return;
+        }
+        self.stats.keys_received += changed.len() as u64;
+        info!(%owner, devices = ?changed, "device keys received from their owner");
+        for device in changed {
+            self.recheck_buffer(device);
+        }
+    }
+
+    /// Drops buffered frames of `device` that its (new) key did not sign, and recomputes what
+    /// was heard from the rest: hearsay from before the key must not reach the service.
+    fn recheck_buffer(&mut self, device: u32) {
+        let Some(key) = self.keys.get(device).cloned() else {
+            return;
+        };
+        let Some(d) = self.table.get_mut(&device) else {
+            return;
+        };
+        let before = d.buffer.len();
+        d.buffer.retain(|(_, f)| check_mic(&key, f).is_ok());
+        let dropped = before - d.buffer.len();
+        d.status.buffered = d.buffer.len();
+        d.status.heard = d
+            .buffer
+            .iter()
+            .map(|(s, _)| *s)
+            .chain(d.status.last_processed)
+            .chain(d.covered)
+            .max();
+        if let Some(last) = d.buffer.iter().map(|(s, _)| *s).max() {
+            self.counters.insert(device, last);
+        }
+        if dropped > 0 {
+            self.stats.frames_refused_bad_mic += dropped as u64;
+            warn!(
+                device,
+                dropped, "buffered frames not signed by the device's key dropped"
+            );
+        }
+    }
+
+    /// Answers a provider's key request: only keys this node owns, only for devices it knows
+    /// `asker` manages (the provider of one of its contracts, from the ledger).
+    async fn answer_keys(&mut self, id: u64, asker: NodeId, devices: &[u32]) {
+        let mut keys = Vec::new();
+        let mut refused = Vec::new();
+        for &device in devices.iter().take(MAX_KEYS_PER_MESSAGE) {
+            let manager = asker != self.me
+                && self
+                    .table
+                    .get(&device)
+                    .is_some_and(|d| d.managers.contains(&asker));
+            match self.keys.owned(device) {
+                Some(k) if manager => keys.push((device, k.0)),
+                _ => refused.push(device),
+            }
+        }
+        if !refused.is_empty() {
+            self.stats.key_requests_refused += 1;
+            if self.stats.key_requests_refused <= 16
+                || self.stats.key_requests_refused.is_power_of_two()
+            {
+                warn!(
+                    %asker,
+                    ?refused,
+                    "device keys not handed over: not this node's devices, or the asker is not \
+                     a provider of them as far as this node's ledger knows (yet)"
+                );
+            }
+        }
+        if !keys.is_empty() {
+            info!(%asker, devices = ?keys.iter().map(|k| k.0).collect::<Vec<_>>(), "device keys handed to their provider");
+        }
+        self.seq += 1;
+        if let Ok(env) = Envelope::seal_body(
+            &self.signer,
+            Kind::Radio,
+            now_ms(),
+            self.seq,
+            &RadioRpc::Keys { keys },
+        ) {
+            let _ = self.network.respond(id, &env).await;
+        }
     }
 }

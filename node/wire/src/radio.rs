@@ -3,35 +3,37 @@
 //! their proof), and the replay request-response (`Kind::Radio` envelopes) an edge taking devices
 //! over uses to fetch the readings its peers heard during a gap.
 
+pub mod frame;
+
 use agora_market::Timestamp;
 use serde::{Deserialize, Serialize};
 
-/// Length of one uplink frame.
+pub use frame::{
+    Accepted, DEFAULT_COUNTER_WINDOW, DeviceKey, FRAME_V2_LEN, FRAME_V2_MAGIC, FrameRefusal,
+    MIC_LEN, Uplink, authenticate, check_counter, check_mic, parse_uplink, reading, seal_frame,
+};
+
+/// Length of a version-1 uplink frame.
 pub const FRAME_LEN: usize = 16;
 /// First byte of a version-1 frame.
 pub const FRAME_MAGIC: u8 = 0xA7;
 
-/// A frame that is not a version-1 uplink.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// A frame that is neither a version-1 nor a version-2 uplink.
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
-    /// Wrong size.
-    #[error("radio frame of {0} bytes, expected {FRAME_LEN}")]
+    /// Wrong size for its version.
+    #[error("radio frame of {0} bytes, expected {FRAME_LEN} (v1) or {FRAME_V2_LEN} (v2)")]
     Length(usize),
     /// Unknown version byte.
-    #[error("radio frame with magic {0:#04x}, expected {FRAME_MAGIC:#04x}")]
+    #[error(
+        "radio frame with magic {0:#04x}, expected {FRAME_MAGIC:#04x} (v1) or {FRAME_V2_MAGIC:#04x} (v2)"
+    )]
     Magic(u8),
 }
 
-/// Device and sequence number of an uplink frame.
+/// Device and sequence number of an uplink frame of either version (see [`frame`]).
 pub fn parse_frame(b: &[u8]) -> Result<(u32, u32), FrameError> {
-    if b.len() != FRAME_LEN {
-        return Err(FrameError::Length(b.len()));
-    }
-    if b[0] != FRAME_MAGIC {
-        return Err(FrameError::Magic(b[0]));
-    }
-    let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    Ok((u32_at(1), u32_at(5)))
+    parse_uplink(b).map(|u| (u.device, u.seq))
 }
 
 /// Sequence numbers of one device covered by a checkpoint.
@@ -77,7 +79,22 @@ pub enum RadioRpc {
         /// `(device, covered, frames)`.
         devices: Vec<ReplayedDevice>,
     },
+    /// A provider that will manage these devices asks their owner for their frame keys (sent
+    /// when a contract is staged, while the owner is alive; at most [`MAX_KEYS_PER_MESSAGE`]).
+    KeyRequest {
+        /// Devices.
+        devices: Vec<u32>,
+    },
+    /// The owner's answer: the keys of the requested devices the asker may manage. Travels
+    /// only over the authenticated, encrypted libp2p connection between the two.
+    Keys {
+        /// `(device, key)`.
+        keys: Vec<(u32, [u8; 32])>,
+    },
 }
+
+/// Devices per key request or answer.
+pub const MAX_KEYS_PER_MESSAGE: usize = 1024;
 
 /// One device in a [`RadioRpc::Frames`] answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

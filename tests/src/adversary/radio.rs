@@ -56,3 +56,66 @@ impl Adversary {
         self.publish_raw(RADIO_TOPIC, env.to_bytes()).await
     }
 }
+
+/// A radio in range of some edges (threat R1, frames): it cannot sign a device's frames, but it
+/// can send anything to an edge's radio port — forged MICs, far-ahead counters, unsigned v1
+/// frames — and replay genuine frames it overheard.
+pub struct HostileRadio {
+    socket: tokio::net::UdpSocket,
+    /// Every frame sent so far, per kind.
+    pub sent: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl HostileRadio {
+    /// Binds a loopback socket.
+    pub async fn bind() -> anyhow::Result<Self> {
+        Ok(HostileRadio {
+            socket: tokio::net::UdpSocket::bind("127.0.0.1:0").await?,
+            sent: Default::default(),
+        })
+    }
+
+    /// Sends `frame` (counted under `kind`) to each edge of `to`.
+    pub async fn send(
+        &mut self,
+        kind: &'static str,
+        frame: &[u8],
+        to: &[std::net::SocketAddr],
+    ) -> anyhow::Result<()> {
+        for addr in to {
+            self.socket.send_to(frame, addr).await?;
+        }
+        *self.sent.entry(kind).or_default() += 1;
+        Ok(())
+    }
+}
+
+/// A v2 frame of `device` at counter `seq` whose MIC is `salt`-derived noise (the attacker
+/// has no key): a distinctive payload, so a leak would be visible in what a service got.
+pub fn forged_frame(device: u32, seq: u32, salt: u64) -> Vec<u8> {
+    let noise = agora_wire::radio::DeviceKey(*noise(salt));
+    agora_wire::radio::seal_frame(&noise, device, seq, [0x5a; 7]).to_vec()
+}
+
+/// An unsigned v1 frame of `device` at counter `seq`, same distinctive payload.
+pub fn unsigned_frame(device: u32, seq: u32) -> Vec<u8> {
+    let mut f = vec![agora_wire::radio::FRAME_MAGIC];
+    f.extend(device.to_le_bytes());
+    f.extend(seq.to_le_bytes());
+    f.extend([0x5a; 7]);
+    f
+}
+
+/// 32 bytes that vary with `salt` (a key nobody holds).
+fn noise(salt: u64) -> Box<[u8; 32]> {
+    let mut k = [0u8; 32];
+    let mut x = salt ^ 0x9e37_79b9_7f4a_7c15;
+    for b in k.iter_mut() {
+        // xorshift: noise, not secrecy.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x >> 24) as u8;
+    }
+    Box::new(k)
+}

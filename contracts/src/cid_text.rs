@@ -150,10 +150,7 @@ mod tests {
         // Older JSON (the plain fields' arrays of numbers) still reads.
         let old = serde_json::to_string(&plain).unwrap();
         assert_eq!(serde_json::from_str::<Record>(&old).unwrap(), r);
-        let none = Record {
-            maybe: None,
-            ..r
-        };
+        let none = Record { maybe: None, ..r };
         let json = serde_json::to_string(&none).unwrap();
         assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), none);
         assert!(serde_json::from_str::<Record>(r#"{"one":"zz","maybe":null,"many":[]}"#).is_err());

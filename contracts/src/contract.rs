@@ -188,8 +188,10 @@ pub struct Contract {
     /// The agreed resources and price.
     pub terms: Terms,
     /// CID of the service image (Wasm module).
+    #[serde(with = "crate::cid_text")]
     pub service_image: Cid,
     /// CID of the service configuration.
+    #[serde(with = "crate::cid_text")]
     pub config: Cid,
     /// When the service must be started.
     pub activation: ActivationClause,

@@ -24,6 +24,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
 pub mod attestation;
+pub mod cid_text;
 pub mod contract;
 pub mod deal;
 pub mod duties;

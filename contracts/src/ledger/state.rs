@@ -86,6 +86,7 @@ pub struct ContractRecord {
     /// Number of data-integrity proofs reported.
     pub data_proof_count: u64,
     /// The most recent data-integrity proof.
+    #[serde(default, with = "crate::cid_text::option")]
     pub last_data_proof: Option<Cid>,
     /// Storage challenges passed.
     pub storage_passed: u64,

@@ -27,6 +27,7 @@ pub struct HeartbeatBatch {
     /// Sensor readings processed in this batch.
     pub readings_processed: u64,
     /// CIDs of data-integrity proofs over the batch's readings.
+    #[serde(with = "crate::cid_text::vec")]
     pub data_proofs: Vec<Cid>,
 }
 
@@ -104,6 +105,7 @@ pub enum TxKind {
         /// The audit round ([`crate::ContractRecord::evidence_round`] of the challenge time).
         round: u64,
         /// The challenged content.
+        #[serde(with = "crate::cid_text")]
         challenge: Cid,
         /// Whether the provider's proof checked out.
         passed: bool,

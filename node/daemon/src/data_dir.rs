@@ -60,8 +60,29 @@ pub fn init_data_dir(data_dir: &Path, config: &NodeConfig) -> Result<NodeKey, In
     Ok(key)
 }
 
-/// Overwrites `config.toml`.
+/// Overwrites `config.toml`, with mode 0600 (it may hold secrets: the owner's radio device keys
+/// in `[[radio.device_keys]]`), written atomically like the token.
 pub fn write_config(data_dir: &Path, config: &NodeConfig) -> Result<(), InitError> {
     let path = data_dir.join(CONFIG_FILE);
-    std::fs::write(&path, config.to_toml()).map_err(|e| InitError::Config(path, e))
+    crate::write_private(&path, config.to_toml().as_bytes()).map_err(|e| InitError::Config(path, e))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_config_is_written_0600_because_it_may_hold_device_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        // Even over an existing world-readable file.
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_config(dir.path(), &NodeConfig::default()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!std::fs::read_to_string(&path).unwrap().is_empty());
+    }
 }

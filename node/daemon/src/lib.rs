@@ -164,7 +164,7 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, DaemonError> {
 
 /// Writes `bytes` to `path` through a temporary file created with mode 0600 and renamed into
 /// place (atomic: readers see the old file or the whole new one, never a wider mode).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();

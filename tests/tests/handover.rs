@@ -213,6 +213,16 @@ async fn provider_crash_mid_contract_loses_nothing() {
     let cov = s.coverage(armed.b).await;
     assert_eq!(cov.missing, 0, "{cov:?}");
     assert_eq!(cov.duplicated, 0, "{cov:?}");
+    // B's own count agrees: after its crash it skipped no reading that nobody processed.
+    let c = ApiClient::for_data_dir(&bn.data_dir).unwrap();
+    let st: agora_radio::RadioStatus = c.get("/v1/radio").await.unwrap();
+    for d in st
+        .devices
+        .iter()
+        .filter(|d| [101, 102, 103].contains(&d.device))
+    {
+        assert_eq!(d.missing, 0, "B's node-local missing count: {d:?}");
+    }
     s.down(true).await.unwrap();
 }
 

@@ -258,7 +258,8 @@ impl Series {
         r.register(
             "readings",
             "Sensor frames by outcome, summed over devices (received, processed, replayed \
-             from the standby buffer, duplicate or stale dropped)",
+             from the standby buffer, duplicate or stale dropped, missing: sequence numbers \
+             skipped that neither this edge nor a peer's checkpoint covered)",
             s.readings.clone(),
         );
         r.register(
@@ -552,12 +553,14 @@ impl Metrics {
         if let Some(radio) = &st.radio {
             let status = radio.status().await;
             let (mut received, mut processed, mut replayed, mut duplicates) = (0, 0, 0, 0);
+            let mut missing = 0u64;
             let (mut managed, mut buffering) = (0i64, 0i64);
             for d in &status.devices {
                 received += d.received;
                 processed += d.processed;
                 replayed += d.replayed;
                 duplicates += d.duplicates;
+                missing = missing.saturating_add(d.missing);
                 managed += i64::from(d.service.is_some());
                 buffering += i64::from(d.buffering);
             }
@@ -566,6 +569,7 @@ impl Metrics {
                 ("processed", processed),
                 ("replayed", replayed),
                 ("duplicate", duplicates),
+                ("missing", missing),
             ] {
                 set_family_counter(&s.readings, &[("outcome", outcome)], v);
             }

@@ -118,6 +118,11 @@ pub struct DeviceStatus {
     pub replayed: u64,
     /// Duplicates and stale frames dropped.
     pub duplicates: u64,
+    /// Sequence numbers skipped over while processing here: after the highest one processed
+    /// here or covered by a peer's checkpoint, before the frame processed next
+    /// ([`rules::skipped`]) — readings no edge known here processed.
+    #[serde(default)]
+    pub missing: u64,
     /// When this edge first fed a frame of the device to a service since the device was last
     /// assigned here (ms).
     pub first_processed_at: Option<Timestamp>,

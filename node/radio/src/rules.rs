@@ -80,6 +80,19 @@ pub fn clamp_covered(covered: u32, heard: Option<u32>, window: u32) -> Option<u3
     Some(covered.min(h.saturating_add(window)))
 }
 
+/// Sequence numbers a frame `seq` skips over, as this edge sees it: those after the highest one
+/// it processed or a peer's checkpoint covered, and before `seq` (`0` for the first frame of a
+/// device, with nothing processed or covered yet, and for a frame that is not ahead). These
+/// readings were processed by no one this edge knows of — the node-local "readings missing"
+/// (`agora_readings_total{outcome="missing"}`); a frame of them arriving later is stale and
+/// dropped as a duplicate.
+pub fn skipped(last_processed: Option<u32>, peer_covered: Option<u32>, seq: u32) -> u64 {
+    match last_processed.max(peer_covered) {
+        Some(floor) if seq > floor => u64::from(seq - floor - 1),
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +222,21 @@ mod tests {
                 prop_assert_eq!(covered, by_managers);
             }
         }
+    }
+
+    #[test]
+    fn skipped_counts_the_numbers_between_coverage_and_the_frame() {
+        assert_eq!(skipped(None, None, 57), 0, "first frame of a device");
+        assert_eq!(skipped(Some(9), None, 10), 0, "in order");
+        assert_eq!(
+            skipped(Some(9), None, 13),
+            3,
+            "10, 11 and 12 never processed"
+        );
+        assert_eq!(skipped(Some(9), Some(12), 13), 0, "a peer covered 10 to 12");
+        assert_eq!(skipped(None, Some(20), 25), 4, "after a takeover at 20");
+        assert_eq!(skipped(Some(9), None, 9), 0, "a duplicate skips nothing");
+        assert_eq!(skipped(Some(9), None, 3), 0, "a stale frame skips nothing");
+        assert_eq!(skipped(Some(0), None, u32::MAX), u64::from(u32::MAX) - 1);
     }
 }

@@ -293,6 +293,11 @@ impl RadioTask {
         if let Err(e) = self.services.push_reading(service, reading.to_vec()) {
             return debug!(device, seq, error = %e, "reading not queued");
         }
+        d.status.missing = d.status.missing.saturating_add(rules::skipped(
+            d.status.last_processed,
+            d.status.peer_covered,
+            seq,
+        ));
         d.status.processed += 1;
         d.status.replayed += u64::from(replay);
         d.status.last_processed = Some(seq);

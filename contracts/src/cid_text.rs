@@ -57,12 +57,13 @@ impl<'de> Visitor<'de> for CidVisitor {
     }
 }
 
+/// A CID that serializes through this module (for the `Option` and `Vec` forms).
+#[derive(Serialize, Deserialize)]
+struct Text(#[serde(with = "crate::cid_text")] Cid);
+
 /// `Option<Cid>` as text in human-readable formats.
 pub mod option {
     use super::*;
-
-    #[derive(Serialize, Deserialize)]
-    struct Text(#[serde(with = "super")] Cid);
 
     /// Writes `Some(cid)` as text, `None` as null.
     pub fn serialize<S: Serializer>(cid: &Option<Cid>, s: S) -> Result<S::Ok, S::Error> {
@@ -78,9 +79,6 @@ pub mod option {
 /// `Vec<Cid>` as a list of texts in human-readable formats.
 pub mod vec {
     use super::*;
-
-    #[derive(Serialize, Deserialize)]
-    struct Text(#[serde(with = "super")] Cid);
 
     /// Writes each CID as text.
     pub fn serialize<S: Serializer>(cids: &[Cid], s: S) -> Result<S::Ok, S::Error> {

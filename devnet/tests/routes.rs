@@ -7,11 +7,36 @@ use std::time::Duration;
 
 use agora_devnet::Devnet;
 use agora_market::KeySigner;
-use agora_network::{Interest, NetworkEvent, PresenceEvent};
+use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle, PresenceEvent};
 use agora_wire::codec::{Envelope, Kind};
 use tokio::time::timeout;
 
 const FLOOD: &str = "agora/test/flood";
+
+/// Waits on `owner` for the first request `wanted` accepts, answers it on `node` with a Raw
+/// envelope carrying `reply`, and returns the request.
+async fn answer_one(
+    owner: &mut Inbox,
+    node: &NetworkHandle,
+    wanted: impl Fn(&Envelope) -> bool,
+    reply: &[u8],
+) -> std::sync::Arc<Envelope> {
+    loop {
+        if let NetworkEvent::Request { id, envelope, .. } = owner.recv().await
+            && wanted(&envelope)
+        {
+            let answer = Envelope::seal(
+                &KeySigner::from_seed(0),
+                Kind::Raw,
+                agora_wire::now_ms(),
+                1,
+                reply.to_vec(),
+            );
+            node.respond(id, &answer).await.unwrap();
+            return envelope;
+        }
+    }
+}
 const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,23 +103,10 @@ async fn a_slow_gossip_reader_costs_no_other_task_a_request_or_a_presence_down()
     );
     let a_peer = a.peer_id();
     let asking = tokio::spawn(async move { c.request(a_peer, &ask).await });
-    let answered = timeout(WAIT, async {
-        loop {
-            if let NetworkEvent::Request { id, envelope, .. } = owner.recv().await
-                && envelope.payload == b"ping"
-            {
-                let reply = Envelope::seal(
-                    &KeySigner::from_seed(0),
-                    Kind::Raw,
-                    agora_wire::now_ms(),
-                    1,
-                    b"pong".to_vec(),
-                );
-                a.respond(id, &reply).await.unwrap();
-                return;
-            }
-        }
-    })
+    let answered = timeout(
+        WAIT,
+        answer_one(&mut owner, &a, |e| e.payload == b"ping", b"pong"),
+    )
     .await;
     assert!(answered.is_ok(), "the request never reached its owner");
     let reply = timeout(WAIT, asking).await.unwrap().unwrap().unwrap();
@@ -149,27 +161,9 @@ async fn large_requests_are_checked_beside_the_loop() {
     let a_peer = a.peer_id();
     let b2 = b.clone();
     let asking = tokio::spawn(async move { b2.request(a_peer, &ask).await });
-    let answered = timeout(WAIT, async {
-        loop {
-            if let NetworkEvent::Request { id, envelope, .. } = owner.recv().await {
-                assert_eq!(envelope.payload.len(), big.len());
-                let reply = Envelope::seal(
-                    &KeySigner::from_seed(0),
-                    Kind::Raw,
-                    agora_wire::now_ms(),
-                    1,
-                    b"ok".to_vec(),
-                );
-                a.respond(id, &reply).await.unwrap();
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(
-        answered.is_ok(),
-        "the large request never reached its owner"
-    );
+    let answered = timeout(WAIT, answer_one(&mut owner, &a, |_| true, b"ok")).await;
+    let asked = answered.expect("the large request never reached its owner");
+    assert_eq!(asked.payload.len(), big.len());
     let reply = timeout(WAIT, asking).await.unwrap().unwrap().unwrap();
     assert_eq!(reply.payload, b"ok");
 

@@ -24,6 +24,63 @@ use agora_tests::adversary::radio::{HostileRadio, forged_frame, unsigned_frame};
 use agora_tests::adversary::{Adversary, TestLauncher, radio};
 use agora_tests::agora_bin;
 
+/// The demo-shaped devnet both attacks run on, with A's standby contract armed on B.
+struct Armed {
+    tmp: tempfile::TempDir,
+    s: Story,
+    armed: agora_devnet::demo::story::Armed,
+    a: usize,
+    b: usize,
+    an: DevnetNode,
+    bn: DevnetNode,
+    /// An observer: neither A nor B.
+    on: DevnetNode,
+}
+
+/// Starts the story and arms the standby contract; `None` (after saying skipped) when the
+/// lora-gateway module cannot be built here.
+async fn armed_story(test: &str) -> Option<Armed> {
+    let module = match module_bytes(None) {
+        Ok(m) => m,
+        Err(e) => {
+            agora_devnet::skipped(
+                test,
+                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
+            );
+            return None;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Story::start(
+        &tmp.path().join("net"),
+        CONTRACT_NODES,
+        &module,
+        Arc::new(TestLauncher(agora_bin())),
+        true,
+    )
+    .await
+    .expect("story starts");
+    // Two minutes: the contract outlives the handover and the accounting under this load.
+    let armed = s.standby_lasting(120_000).await.unwrap();
+    let (a, b) = (s.a, armed.b);
+    let obs = (0..CONTRACT_NODES).find(|i| *i != a && *i != b).unwrap();
+    let (an, bn, on) = (
+        s.m.nodes[a].clone(),
+        s.m.nodes[b].clone(),
+        s.m.nodes[obs].clone(),
+    );
+    Some(Armed {
+        tmp,
+        s,
+        armed,
+        a,
+        b,
+        an,
+        bn,
+        on,
+    })
+}
+
 async fn radio_of(n: &DevnetNode) -> Option<RadioStatus> {
     ApiClient::for_data_dir(&n.data_dir)
         .ok()?
@@ -62,35 +119,19 @@ async fn forge(adv: &Adversary, at: &DevnetNode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_checkpoints_do_not_silence_the_insured_sensors() {
-    let module = match module_bytes(None) {
-        Ok(m) => m,
-        Err(e) => {
-            agora_devnet::skipped(
-                "attack_radio::forged_checkpoints_do_not_silence_the_insured_sensors",
-                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
-            );
-            return;
-        }
+    let Some(Armed {
+        tmp: _tmp,
+        mut s,
+        armed,
+        a,
+        b,
+        an,
+        bn,
+        on,
+    }) = armed_story("attack_radio::forged_checkpoints_do_not_silence_the_insured_sensors").await
+    else {
+        return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let mut s = Story::start(
-        &tmp.path().join("net"),
-        CONTRACT_NODES,
-        &module,
-        Arc::new(TestLauncher(agora_bin())),
-        true,
-    )
-    .await
-    .expect("story starts");
-    // Two minutes: the contract outlives the handover and the accounting under this load.
-    let armed = s.standby_lasting(120_000).await.unwrap();
-    let (a, b) = (s.a, armed.b);
-    let obs = (0..CONTRACT_NODES).find(|i| *i != a && *i != b).unwrap();
-    let (an, bn, on) = (
-        s.m.nodes[a].clone(),
-        s.m.nodes[b].clone(),
-        s.m.nodes[obs].clone(),
-    );
     let adv = Adversary::join_manifest(&s.m).await.unwrap();
     let hostile = adv.node_id().to_string();
 
@@ -226,34 +267,19 @@ async fn spoof(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_frames_never_reach_the_service() {
-    let module = match module_bytes(None) {
-        Ok(m) => m,
-        Err(e) => {
-            agora_devnet::skipped(
-                "attack_radio::spoofed_frames_never_reach_the_service",
-                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
-            );
-            return;
-        }
+    let Some(Armed {
+        tmp: _tmp,
+        mut s,
+        armed,
+        a,
+        b,
+        an,
+        bn,
+        on,
+    }) = armed_story("attack_radio::spoofed_frames_never_reach_the_service").await
+    else {
+        return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let mut s = Story::start(
-        &tmp.path().join("net"),
-        CONTRACT_NODES,
-        &module,
-        Arc::new(TestLauncher(agora_bin())),
-        true,
-    )
-    .await
-    .expect("story starts");
-    let armed = s.standby_lasting(120_000).await.unwrap();
-    let (a, b) = (s.a, armed.b);
-    let obs = (0..CONTRACT_NODES).find(|i| *i != a && *i != b).unwrap();
-    let (an, bn, on) = (
-        s.m.nodes[a].clone(),
-        s.m.nodes[b].clone(),
-        s.m.nodes[obs].clone(),
-    );
     let keys = agora_devnet::sensor_keys::load(&s.m.dir);
     let to = [radio_addr(&an), radio_addr(&bn)];
     let mut hostile = HostileRadio::bind().await.unwrap();

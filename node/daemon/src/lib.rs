@@ -192,6 +192,22 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     written
 }
 
+/// Waits for Ctrl-C or SIGTERM (how `agora node run` and `devnet down` stop a node).
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Starts a node from a data directory and a resolved config.
 pub async fn start(data_dir: &Path, config: &NodeConfig) -> Result<RunningNode, DaemonError> {
     let key = NodeKey::load(data_dir)?;

@@ -189,7 +189,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     let cancel = node.cancel_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        agora_daemon::wait_for_signal().await;
         cancel.cancel();
     });
     node.wait().await;
@@ -297,21 +297,6 @@ async fn lies_recorded(ledger: LedgerHandle, me: NodeId, cancel: CancellationTok
                     block.height
                 );
             }
-        }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

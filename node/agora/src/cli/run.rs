@@ -72,25 +72,10 @@ pub async fn run(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
     println!("api: {}", node.api_addr);
     let cancel = node.cancel_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        daemon::wait_for_signal().await;
         info!("signal received, stopping");
         cancel.cancel();
     });
     node.wait().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -24,7 +24,7 @@ pub const DEFAULT_DEVNET_DIR: &str = ".agora-devnet";
 /// `agora devnet …`
 #[derive(Debug, Subcommand)]
 pub enum DevnetCommand {
-    /// Create keys, genesis and config, start N nodes and wait until they are connected.
+    /// Create keys, genesis and config, start N nodes and wait until they are connected and ready.
     Up(UpArgs),
     /// Show the devnet's nodes and whether they run.
     Status(DirArgs),
@@ -76,7 +76,7 @@ pub struct UpArgs {
     /// Devnet directory.
     #[arg(long, default_value = DEFAULT_DEVNET_DIR)]
     pub dir: PathBuf,
-    /// Seconds to wait for the nodes to connect.
+    /// Seconds to wait for the nodes to connect and become ready.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
     /// The last M nodes neither bid nor accept awards automatically (their operator does).
@@ -121,7 +121,7 @@ pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
             let timeout = Duration::from_secs(a.timeout);
             let progress = crate::progress::Progress::start(
                 format!(
-                    "starting {} nodes, waiting until they are connected",
+                    "starting {} nodes, waiting until they are connected and ready",
                     a.nodes
                 ),
                 json,
@@ -336,7 +336,7 @@ impl Launcher for Loopback {
     }
 }
 
-/// Starts `n` nodes in `dir` and waits until each is connected to all others (or to the target).
+/// Starts `n` nodes in `dir` and waits until each is connected to all others (or to the target) and ready.
 pub async fn up(
     dir: &Path,
     n: usize,
@@ -486,32 +486,50 @@ pub async fn up_with_options(
         nodes,
     };
     manifest.save()?;
-    wait_connected(&manifest, deadline).await?;
+    wait_ready(&manifest, deadline).await?;
     Ok(manifest)
 }
 
-async fn wait_connected(m: &DevnetManifest, deadline: Instant) -> anyhow::Result<()> {
+/// Waits until every node is connected to its peers (up to the dial target) and answers
+/// `/ready` (ledger at the chain's tip, orchestrator synced), so that the first command a user
+/// types after `agora devnet up` (or `agora doctor`) finds a ready devnet.
+async fn wait_ready(m: &DevnetManifest, deadline: Instant) -> anyhow::Result<()> {
     // Nodes dial discovered peers only up to the target, so large devnets are not a full mesh.
     let want = (m.nodes.len() - 1).min(agora_network::NetworkConfig::default().target_peers);
     loop {
-        let mut all = true;
+        let mut waiting: Option<String> = None;
         for node in &m.nodes {
-            let peers = match ApiClient::for_data_dir(&node.data_dir) {
-                Ok(c) => c.peers().await.map(|p| p.len()).unwrap_or(0),
-                Err(_) => 0,
+            let client = match ApiClient::for_data_dir(&node.data_dir) {
+                Ok(c) => c,
+                Err(e) => {
+                    waiting = Some(format!("{}: {e}", node.name));
+                    break;
+                }
             };
+            let peers = client.peers().await.map(|p| p.len()).unwrap_or(0);
             if peers < want {
-                all = false;
+                waiting = Some(format!("{}: {peers} of {want} peers connected", node.name));
                 break;
             }
+            match client.readiness().await {
+                Ok(r) if r.ready => {}
+                Ok(r) => {
+                    waiting = Some(format!("{}: {}", node.name, r.waiting_for.join("; ")));
+                    break;
+                }
+                Err(e) => {
+                    waiting = Some(format!("{}: {e}", node.name));
+                    break;
+                }
+            }
         }
-        if all {
+        let Some(what) = waiting else {
             return Ok(());
-        }
+        };
         if Instant::now() > deadline {
             bail!(
-                "devnet nodes did not all connect in time; check the node.log files under {} \
-                 (or pass --timeout)",
+                "devnet nodes did not all become ready in time ({what}); check the node.log \
+                 files under {} (or pass --timeout)",
                 m.dir.display()
             );
         }

@@ -87,6 +87,72 @@ impl Drop for DevnetGuard {
     }
 }
 
+/// A devnet of real `agora` processes in a fresh temporary directory (`<tmp>/net`), started by
+/// `agora devnet up --json` and brought down when dropped (before the directory is removed).
+#[derive(Debug)]
+pub struct TestDevnet {
+    // Fields drop in declaration order: the nodes stop before their directory goes.
+    _guard: DevnetGuard,
+    /// The devnet directory (`--dir`).
+    pub dir: PathBuf,
+    /// What `agora devnet up --json` printed.
+    pub up: serde_json::Value,
+    tmp: tempfile::TempDir,
+}
+
+impl TestDevnet {
+    /// `agora devnet up --nodes NODES --dir <tmp>/net --timeout TIMEOUT_SECS EXTRA…`; panics
+    /// with the command's output when it fails.
+    pub fn up(nodes: usize, timeout_secs: u64, extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+        let dir = tmp.path().join("net");
+        let guard = DevnetGuard(dir.clone());
+        let (nodes, dir_s, timeout) = (
+            nodes.to_string(),
+            dir.display().to_string(),
+            timeout_secs.to_string(),
+        );
+        let mut args = vec![
+            "devnet",
+            "up",
+            "--nodes",
+            &nodes,
+            "--dir",
+            &dir_s,
+            "--timeout",
+            &timeout,
+        ];
+        args.extend_from_slice(extra);
+        let up = agora_json(&args);
+        Self {
+            _guard: guard,
+            dir,
+            up,
+            tmp,
+        }
+    }
+
+    /// The devnet directory as a string (for `--dir`).
+    pub fn dir_s(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    /// Data directory of node `i` as a string (for `--data-dir`).
+    pub fn node(&self, i: usize) -> String {
+        self.dir.join(format!("node{i}")).display().to_string()
+    }
+
+    /// The nodes `agora devnet up` reported (name, pid, node_id, api, p2p, …).
+    pub fn nodes(&self) -> Vec<serde_json::Value> {
+        self.up["nodes"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The temporary directory that holds the devnet, for a test's other files.
+    pub fn tmp(&self) -> &Path {
+        self.tmp.path()
+    }
+}
+
 /// Polls `f` every 100 ms until it holds; panics naming `what` once `timeout` has passed.
 pub fn wait_until(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use agora_devnet::files::CONTRACT_NODES;
-use agora_tests::{DevnetGuard, agora_json, wait_until};
+use agora_tests::{TestDevnet, agora_json, wait_until};
 use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -243,19 +243,9 @@ fn the_dashboard_shows_an_award_and_a_contract_live_in_chromium() {
         );
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let _guard = DevnetGuard(dir.clone());
-    let up = agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        &CONTRACT_NODES.to_string(),
-        "--dir",
-        &dir.display().to_string(),
-        "--timeout",
-        "120",
-    ]);
+    let net = TestDevnet::up(CONTRACT_NODES, 120, &[]);
+    let dir = &net.dir;
+    let up = &net.up;
     let node0 = &up["nodes"][0];
     let url = node0["dashboard"].as_str().unwrap().to_string();
     let token = std::fs::read_to_string(dir.join("node0/api.token")).unwrap();
@@ -268,8 +258,8 @@ fn the_dashboard_shows_an_award_and_a_contract_live_in_chromium() {
         )
     );
 
-    let driver = Driver::start(&chromedriver, &tmp.path().join("chromedriver.log"));
-    let browser = Browser::open(&driver, &tmp.path().join("profile"));
+    let driver = Driver::start(&chromedriver, &net.tmp().join("chromedriver.log"));
+    let browser = Browser::open(&driver, &net.tmp().join("profile"));
     browser.navigate(&url);
     wait_until("the dashboard to go live", Duration::from_secs(60), || {
         browser.eval(
@@ -352,7 +342,7 @@ fn the_dashboard_shows_an_award_and_a_contract_live_in_chromium() {
         "the page was reloaded"
     );
 
-    let shot = tmp.path().join("dashboard.png");
+    let shot = net.tmp().join("dashboard.png");
     let bytes = browser.screenshot(&shot);
     assert!(
         bytes > 10_000,

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use agora_tests::{DevnetGuard, agora, agora_json, alive, try_agora_json, wait_until};
+use agora_tests::{TestDevnet, agora, agora_json, alive, try_agora_json, wait_until};
 
 fn log_of(dir: &std::path::Path, node: &str) -> String {
     std::fs::read_to_string(dir.join(node).join("node.log")).unwrap_or_default()
@@ -14,21 +14,10 @@ fn log_of(dir: &std::path::Path, node: &str) -> String {
 
 #[test]
 fn a_customer_demanding_terms_no_provider_agreed_to_gets_no_contract() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let dir_s = dir.display().to_string();
-    let _guard = DevnetGuard(dir.clone());
-    agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        "7",
-        "--dir",
-        &dir_s,
-        "--timeout",
-        "60",
-    ]);
-    let node = |i: usize| dir.join(format!("node{i}")).display().to_string();
+    let net = TestDevnet::up(7, 60, &[]);
+    let dir = &net.dir;
+    let dir_s = net.dir_s();
+    let node = |i: usize| net.node(i);
 
     // node6 turns hostile: its deals demand perfect uptime and instant activation.
     let kill = agora(&["devnet", "kill", "node6", "--dir", &dir_s]);
@@ -79,12 +68,12 @@ fn a_customer_demanding_terms_no_provider_agreed_to_gets_no_contract() {
     wait_until(
         "the typed refusal at the customer",
         Duration::from_secs(60),
-        || log_of(&dir, "node6").contains(refusal),
+        || log_of(dir, "node6").contains(refusal),
     );
     let provider = (0..6)
-        .find(|i| log_of(&dir, &format!("node{i}")).contains("refused to countersign"))
+        .find(|i| log_of(dir, &format!("node{i}")).contains("refused to countersign"))
         .expect("a provider logged its refusal");
-    assert!(log_of(&dir, &format!("node{provider}")).contains(refusal));
+    assert!(log_of(dir, &format!("node{provider}")).contains(refusal));
 
     // Let the chain move on past the refusal: still no contract anywhere.
     let height = |i: usize| {

@@ -1,25 +1,14 @@
 //! Process-level test: `agora devnet up/status/down` with three real node processes.
 #![allow(clippy::unwrap_used)]
 
-use agora_tests::{DevnetGuard, JoinedNode, agora, agora_json, alive, try_agora_json, wait_until};
+use agora_tests::{JoinedNode, TestDevnet, agora, agora_json, alive, try_agora_json, wait_until};
 
 #[test]
 fn devnet_up_status_peers_down() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let dir_s = dir.display().to_string();
-    let _guard = DevnetGuard(dir.clone());
-
-    let up = agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        "3",
-        "--dir",
-        &dir_s,
-        "--timeout",
-        "60",
-    ]);
+    let net = TestDevnet::up(3, 60, &[]);
+    let dir = &net.dir;
+    let dir_s = net.dir_s();
+    let up = &net.up;
     let nodes = up["nodes"].as_array().unwrap().clone();
     assert_eq!(nodes.len(), 3);
     let pids: Vec<u64> = nodes.iter().map(|n| n["pid"].as_u64().unwrap()).collect();
@@ -45,7 +34,7 @@ fn devnet_up_status_peers_down() {
     assert_eq!(genesis["committee"].as_array().unwrap().len(), 3);
 
     // A user joins the devnet from another terminal with a node of their own.
-    let mine = JoinedNode::start(&tmp.path().join("mine"), &dir);
+    let mine = JoinedNode::start(&net.tmp().join("mine"), dir);
     wait_until(
         "the joined node to reach every devnet node",
         std::time::Duration::from_secs(30),

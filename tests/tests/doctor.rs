@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use agora_tests::{DevnetGuard, agora, agora_json, wait_until};
+use agora_tests::{TestDevnet, agora, wait_until};
 
 fn doctor(data_dir: &str) -> (bool, serde_json::Value) {
     let out = agora(&["doctor", "--json", "--data-dir", data_dir]);
@@ -27,20 +27,8 @@ fn outcome<'a>(v: &'a serde_json::Value, check: &str) -> &'a serde_json::Value {
 #[test]
 fn doctor_passes_a_healthy_node_and_names_the_fix_for_each_failure() {
     use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let _guard = DevnetGuard(dir.clone());
-    agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        "2",
-        "--metrics",
-        "--dir",
-        &dir.display().to_string(),
-        "--timeout",
-        "90",
-    ]);
+    let net = TestDevnet::up(2, 90, &["--metrics"]);
+    let dir = &net.dir;
     let node0 = dir.join("node0").display().to_string();
     wait_until("node0 to be healthy", Duration::from_secs(90), || {
         doctor(&node0).0

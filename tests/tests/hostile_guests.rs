@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use agora_runtime::test_utils::{
     BUSY_FOREVER, ECHO, HOST_CALLS_FOREVER, MEMORY_BOMB, SLEEP_FOREVER, STDOUT_FLOOD,
 };
-use agora_tests::{DevnetGuard, agora, agora_json, alive, wait_until};
+use agora_tests::{TestDevnet, agora, agora_json, alive, wait_until};
 use serde_json::Value;
 
 /// Logs `ready`, then `kv_put`s a new 4-byte key on every iteration forever; logs `kv full`
@@ -183,20 +183,10 @@ fn timed(args: &[&str]) -> (Duration, Value) {
 
 #[test]
 fn hostile_guests_are_stopped_and_the_node_and_its_honest_service_carry_on() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let dir_s = dir.display().to_string();
-    let _guard = DevnetGuard(dir.clone());
-    let up = agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        "2",
-        "--dir",
-        &dir_s,
-        "--timeout",
-        "60",
-    ]);
+    let net = TestDevnet::up(2, 60, &[]);
+    let dir = &net.dir;
+    let dir_s = net.dir_s();
+    let up = &net.up;
     let pids: Vec<u64> = up["nodes"]
         .as_array()
         .unwrap()
@@ -208,7 +198,7 @@ fn hostile_guests_are_stopped_and_the_node_and_its_honest_service_carry_on() {
 
     // The honest neighbour: an echo service that publishes every reading it is given.
     let echo = publish(
-        tmp.path(),
+        net.tmp(),
         &host,
         "honest",
         ECHO,
@@ -229,7 +219,7 @@ fn hostile_guests_are_stopped_and_the_node_and_its_honest_service_carry_on() {
     // Every hostile guest at once, each under its own manifest's limits.
     let guests = guests();
     for g in &guests {
-        let image = publish(tmp.path(), &host, g.id, g.wat, g.limits);
+        let image = publish(net.tmp(), &host, g.id, g.wat, g.limits);
         agora_json(&[
             "service",
             "stage",

@@ -5,33 +5,19 @@
 
 use std::time::Duration;
 
-use agora_tests::{DevnetGuard, JoinedNode, agora, agora_json, try_agora_json, wait_until};
+use agora_tests::{JoinedNode, TestDevnet, agora, agora_json, try_agora_json, wait_until};
 
 #[test]
 fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let dir_s = dir.display().to_string();
-    let _guard = DevnetGuard(dir.clone());
-    let up = agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        "7",
-        "--manual",
-        "1",
-        "--dir",
-        &dir_s,
-        "--timeout",
-        "60",
-    ]);
+    let net = TestDevnet::up(7, 60, &["--manual", "1"]);
+    let up = &net.up;
     let ids: Vec<String> = up["nodes"]
         .as_array()
         .unwrap()
         .iter()
         .map(|n| n["node_id"].as_str().unwrap().to_string())
         .collect();
-    let node = |i: usize| dir.join(format!("node{i}")).display().to_string();
+    let node = |i: usize| net.node(i);
 
     // Bad input is refused with a clear error, not a panic.
     let bad = agora(&[
@@ -217,23 +203,8 @@ fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
 
 #[test]
 fn manual_provider_counters_and_customer_accepts_within_max() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let dir_s = dir.display().to_string();
-    let _guard = DevnetGuard(dir.clone());
-    agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        "3",
-        "--manual",
-        "1",
-        "--dir",
-        &dir_s,
-        "--timeout",
-        "60",
-    ]);
-    let node = |i: usize| dir.join(format!("node{i}")).display().to_string();
+    let net = TestDevnet::up(3, 60, &["--manual", "1"]);
+    let node = |i: usize| net.node(i);
     // Only node2 (0.004° from the centre on each axis) is within 100 m of this point.
     let created = agora_json(&[
         "auction",
@@ -338,21 +309,9 @@ fn manual_provider_counters_and_customer_accepts_within_max() {
 
 #[test]
 fn standing_offer_taken_and_late_joiner_gets_open_auctions() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let dir_s = dir.display().to_string();
-    let _guard = DevnetGuard(dir.clone());
-    agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        "3",
-        "--dir",
-        &dir_s,
-        "--timeout",
-        "60",
-    ]);
-    let node = |i: usize| dir.join(format!("node{i}")).display().to_string();
+    let net = TestDevnet::up(3, 60, &[]);
+    let dir = &net.dir;
+    let node = |i: usize| net.node(i);
 
     // node1 publishes a standing offer; node0 sees it and takes it directly.
     let offer = agora_json(&[
@@ -422,7 +381,7 @@ fn standing_offer_taken_and_late_joiner_gets_open_auctions() {
     ]);
     let auction = created["id"].as_str().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(500));
-    let late = JoinedNode::start(&tmp.path().join("late"), &dir);
+    let late = JoinedNode::start(&net.tmp().join("late"), dir);
     wait_until(
         "the late joiner to receive the open auction",
         Duration::from_secs(20),

@@ -15,7 +15,7 @@ use agora_devnet::files::DevnetManifest;
 use agora_market::{KeySigner, Signer as _};
 use agora_network::NetworkConfig;
 use agora_network::keys::NodeKey;
-use agora_tests::{DevnetGuard, agora, agora_json, alive, try_agora_json, wait_until};
+use agora_tests::{TestDevnet, agora, agora_json, alive, try_agora_json, wait_until};
 use agora_wire::codec::Kind;
 use agora_wire::topics::TX_TOPIC;
 use tokio_util::sync::CancellationToken;
@@ -91,20 +91,10 @@ fn stats(node: &str) -> serde_json::Value {
 
 #[test]
 fn free_and_gapped_keys_flooding_the_mempool_do_not_lock_out_honest_transactions() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let dir_s = dir.display().to_string();
-    let _guard = DevnetGuard(dir.clone());
-    let up = agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        "4",
-        "--dir",
-        &dir_s,
-        "--timeout",
-        "120",
-    ]);
+    let net = TestDevnet::up(4, 120, &[]);
+    let dir = &net.dir;
+    let dir_s = net.dir_s();
+    let up = &net.up;
     let nodes = up["nodes"].as_array().unwrap().clone();
     let pids: Vec<u64> = nodes.iter().map(|n| n["pid"].as_u64().unwrap()).collect();
     let ids: Vec<String> = nodes

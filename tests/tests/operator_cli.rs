@@ -4,26 +4,14 @@
 
 use std::time::Duration;
 
-use agora_tests::{DevnetGuard, agora, agora_json, wait_until};
+use agora_tests::{TestDevnet, agora, agora_json, wait_until};
 
 #[test]
 fn second_bid_explains_itself_and_peers_connect_and_disconnect() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let dir_s = dir.display().to_string();
-    let _guard = DevnetGuard(dir.clone());
-    let up = agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        "3",
-        "--dir",
-        &dir_s,
-        "--timeout",
-        "90",
-    ]);
+    let net = TestDevnet::up(3, 90, &[]);
+    let up = &net.up;
     let nodes = up["nodes"].as_array().unwrap().clone();
-    let node = |i: usize| dir.join(format!("node{i}")).display().to_string();
+    let node = |i: usize| net.node(i);
 
     // node1's decision unit bids on node0's auction; a manual bid from node1 then explains.
     let created = agora_json(&[

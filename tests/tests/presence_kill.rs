@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use agora_market::NodeId;
-use agora_tests::{DevnetGuard, agora_bin, agora_json, alive, try_agora_json, wait_until};
+use agora_tests::{TestDevnet, agora_bin, alive, try_agora_json, wait_until};
 
 /// Whether `node` is listed as reachable (`Some(true)`), unreachable (`Some(false)`) or not
 /// at all (`None`) in the presence table of the node in `dir`.
@@ -22,20 +22,9 @@ fn reachable(dir: &str, node: &NodeId) -> Option<bool> {
 
 #[test]
 fn killed_node_is_down_at_its_peers_and_up_after_restart() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let dir_s = dir.display().to_string();
-    let _guard = DevnetGuard(dir.clone());
-    let up = agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        "3",
-        "--dir",
-        &dir_s,
-        "--timeout",
-        "60",
-    ]);
+    let net = TestDevnet::up(3, 60, &[]);
+    let dir = &net.dir;
+    let up = &net.up;
     let nodes = up["nodes"].as_array().unwrap().clone();
     let victim: NodeId = nodes[2]["node_id"].as_str().unwrap().parse().unwrap();
     let victim_pid = nodes[2]["pid"].as_u64().unwrap();

@@ -5,28 +5,15 @@
 use std::time::Duration;
 
 use agora_runtime::test_utils::{lora_frame, lora_gateway_wasm};
-use agora_tests::{DevnetGuard, agora, agora_json, wait_until};
+use agora_tests::{TestDevnet, agora, agora_json, wait_until};
 
 #[test]
 fn publish_list_stage_start_logs_stop_across_nodes() {
     let wasm = lora_gateway_wasm().unwrap_or_else(|e| panic!("{e}"));
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let dir_s = dir.display().to_string();
-    let _guard = DevnetGuard(dir.clone());
-    agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        "2",
-        "--dir",
-        &dir_s,
-        "--timeout",
-        "60",
-    ]);
-    let node = |i: usize| dir.join(format!("node{i}")).display().to_string();
+    let net = TestDevnet::up(2, 60, &[]);
+    let node = |i: usize| net.node(i);
 
-    let module = tmp.path().join("lora_gateway.wasm");
+    let module = net.tmp().join("lora_gateway.wasm");
     std::fs::write(&module, &wasm).unwrap();
     let manifest = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -63,7 +50,7 @@ fn publish_list_stage_start_logs_stop_across_nodes() {
     );
 
     // A bad manifest is refused with the field named.
-    let bad = tmp.path().join("bad.toml");
+    let bad = net.tmp().join("bad.toml");
     std::fs::write(&bad, "name = \"Bad Name\"\nversion = \"1\"\n").unwrap();
     let refused = agora(&[
         "service",
@@ -85,7 +72,7 @@ fn publish_list_stage_start_logs_stop_across_nodes() {
     assert!(text.contains("lora_gateway 0.1.0"), "{text}");
     assert!(text.contains("no --manifest"), "{text}");
     assert!(text.contains("name = \"lora_gateway\""), "{text}");
-    let empty = tmp.path().join("empty.wat");
+    let empty = net.tmp().join("empty.wat");
     std::fs::write(&empty, "(module)").unwrap();
     let refused = agora(&[
         "service",

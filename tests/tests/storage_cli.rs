@@ -6,29 +6,17 @@
 
 use std::time::Duration;
 
-use agora_tests::{DevnetGuard, agora, agora_json, try_agora_json, wait_until};
+use agora_tests::{TestDevnet, agora, agora_json, try_agora_json, wait_until};
 
 #[test]
 fn add_on_node0_get_on_node2_and_proofs_across_nodes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let dir_s = dir.display().to_string();
-    let _guard = DevnetGuard(dir.clone());
-    agora_json(&[
-        "devnet",
-        "up",
-        "--nodes",
-        "7",
-        "--dir",
-        &dir_s,
-        "--timeout",
-        "60",
-    ]);
-    let node = |i: usize| dir.join(format!("node{i}")).display().to_string();
+    let net = TestDevnet::up(7, 60, &[]);
+    let dir_s = net.dir_s();
+    let node = |i: usize| net.node(i);
 
     // 1 MiB + 1 byte: five leaves under one root.
     let data: Vec<u8> = (0..1_048_577u32).map(|i| (i * 7 % 251) as u8).collect();
-    let input = tmp.path().join("in.bin");
+    let input = net.tmp().join("in.bin");
     std::fs::write(&input, &data).unwrap();
     let input_s = input.display().to_string();
     let added = agora_json(&["storage", "add", &input_s, "--data-dir", &node(0)]);
@@ -45,7 +33,7 @@ fn add_on_node0_get_on_node2_and_proofs_across_nodes() {
     ]);
     assert!(v1["cid"].as_str().unwrap().starts_with("bafy"));
 
-    let out = tmp.path().join("out.bin");
+    let out = net.tmp().join("out.bin");
     let out_s = out.display().to_string();
     let got = agora_json(&["storage", "get", &cid, "-o", &out_s, "--data-dir", &node(2)]);
     assert_eq!(got["written"], data.len() as u64);
@@ -53,7 +41,7 @@ fn add_on_node0_get_on_node2_and_proofs_across_nodes() {
 
     // Human mode prints a summary on stdout; piped, it draws no progress bar (#18: progress
     // only on a terminal).
-    let out2 = tmp.path().join("out2.bin");
+    let out2 = net.tmp().join("out2.bin");
     let o = agora(&[
         "storage",
         "get",
@@ -92,7 +80,7 @@ fn add_on_node0_get_on_node2_and_proofs_across_nodes() {
             .iter()
             .any(|p| p == cid.as_str())
     );
-    let car = tmp.path().join("f.car");
+    let car = net.tmp().join("f.car");
     let car_s = car.display().to_string();
     agora_json(&[
         "storage",
@@ -126,7 +114,7 @@ fn add_on_node0_get_on_node2_and_proofs_across_nodes() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no provider delivered"));
 
     // Data proofs: created and signed on node0, verified publicly on node2.
-    let readings = tmp.path().join("readings.txt");
+    let readings = net.tmp().join("readings.txt");
     std::fs::write(&readings, "t=1 21.5C\nt=2 21.7C\nt=3 22.0C\n").unwrap();
     let readings_s = readings.display().to_string();
     let proof = agora_json(&[

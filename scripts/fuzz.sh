@@ -4,7 +4,9 @@
 # failed to build. Installs what it needs when missing: the nightly toolchain (rustup) and
 # cargo-fuzz (`cargo install --locked`).
 #
-#   bash scripts/fuzz.sh [--runtime] [SECONDS_PER_TARGET] [TARGET...]
+#   bash scripts/fuzz.sh [--build-only] [--runtime] [SECONDS_PER_TARGET] [TARGET...]
+#
+# `--build-only` installs and builds, then stops (CI starts it beside the tests, at low priority).
 #
 # Without TARGETs it runs every target that needs no wasmtime. `--runtime` builds with the fuzz
 # crate's `runtime` feature and, without TARGETs, runs only the targets that need it (manifest,
@@ -17,6 +19,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 features=()
 runtime=0
+build_only=0
+if [ "${1:-}" = "--build-only" ]; then
+  build_only=1
+  shift
+fi
 if [ "${1:-}" = "--runtime" ]; then
   runtime=1
   features=(--features runtime)
@@ -57,6 +64,10 @@ if ! cargo +nightly fuzz build --fuzz-dir "$fuzz_dir" "${features[@]}" >"$build_
   exit 1
 fi
 rm -f "$build_log"
+if [ "$build_only" -eq 1 ]; then
+  echo "fuzz: built"
+  exit 0
+fi
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT

@@ -21,6 +21,7 @@ pub mod presence;
 pub mod quota;
 pub mod routes;
 mod rpc_codec;
+pub mod wan;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

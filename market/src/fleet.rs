@@ -23,7 +23,7 @@ pub use record::{
     Deployment, DeploymentBody, DeploymentSpec, Replicas, Strategy, decode_deployment,
     deployment_id, encode_deployment, next_version, tombstone,
 };
-pub use selector::{ProviderFacts, Selector};
+pub use selector::{CandidateFacts, ProviderFacts, Selector};
 pub use state::{
     Effect, FleetConfig, FleetCounters, FleetState, Input, LocalReplica, OwnDeployment,
 };

@@ -6,6 +6,7 @@ use crate::fleet::FleetError;
 use crate::fleet::limits::{MAX_REASON_LEN, MAX_RECORD_BYTES};
 use crate::fleet::plan::TargetPhase;
 use crate::fleet::record::Deployment;
+use crate::fleet::selector::CandidateFacts;
 use crate::ids::DeploymentId;
 
 /// Gossip topic on which deployers announce records (push).
@@ -19,12 +20,21 @@ pub const MAX_MESSAGE_BYTES: usize = MAX_RECORD_BYTES + 256;
 pub enum FleetMessage {
     /// The newest version of a deployment (gossip on a push, or the answer to a poll).
     Announce(Box<Deployment>),
-    /// A target asks for the newest version of `deployment` (pull).
+    /// A target asks for the newest version of `deployment` (pull), saying what it offers.
     Poll {
         /// The deployment.
         deployment: DeploymentId,
         /// The version the asker holds (0: none).
         have_version: u64,
+        /// The asker's facts (region, labels, capacity), so the deployer can choose it.
+        facts: CandidateFacts,
+    },
+    /// A provider that a deployment selects offers itself as a target (push; refreshed).
+    Candidate {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The provider's facts.
+        facts: CandidateFacts,
     },
     /// The answer to a poll when nothing newer is held.
     UpToDate {
@@ -62,15 +72,22 @@ impl FleetMessage {
         }
         let msg: FleetMessage =
             serde_cbor::from_slice(bytes).map_err(|e| FleetError::Decode(e.to_string()))?;
-        if let FleetMessage::Report {
-            reason: Some(r), ..
-        } = &msg
-            && r.len() > MAX_REASON_LEN
-        {
-            return Err(FleetError::TooLarge {
-                len: r.len(),
-                max: MAX_REASON_LEN,
-            });
+        match &msg {
+            FleetMessage::Report {
+                reason: Some(r), ..
+            } if r.len() > MAX_REASON_LEN => {
+                return Err(FleetError::TooLarge {
+                    len: r.len(),
+                    max: MAX_REASON_LEN,
+                });
+            }
+            FleetMessage::Poll { facts, .. } | FleetMessage::Candidate { facts, .. } => {
+                facts.check().map_err(|hint| FleetError::BadSelector {
+                    part: "candidate facts".into(),
+                    hint,
+                })?;
+            }
+            _ => {}
         }
         Ok(msg)
     }

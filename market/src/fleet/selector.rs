@@ -39,6 +39,56 @@ pub struct ProviderFacts {
     pub last_seen: Timestamp,
 }
 
+/// What a provider says about itself to a deployer: [`ProviderFacts`] without the node id and
+/// time, which the receiver fills in from the authenticated sender and its own clock.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateFacts {
+    /// Its region.
+    pub region: Option<String>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its total advertised capacity.
+    pub capacity: Resources,
+    /// What it has free now.
+    pub free: Resources,
+}
+
+impl CandidateFacts {
+    /// Checks the bounds of facts from outside (the same as a selector's region and labels).
+    pub fn check(&self) -> Result<(), &'static str> {
+        Selector {
+            region: self.region.clone(),
+            labels: self.labels.clone(),
+            interfaces: BTreeMap::new(),
+        }
+        .check()
+    }
+
+    /// The facts as known about `node` at `now`.
+    pub fn about(self, node: NodeId, now: Timestamp) -> ProviderFacts {
+        ProviderFacts {
+            node,
+            region: self.region,
+            labels: self.labels,
+            capacity: self.capacity,
+            free: self.free,
+            last_seen: now,
+        }
+    }
+}
+
+impl ProviderFacts {
+    /// What this provider tells a deployer about itself.
+    pub fn candidate(&self) -> CandidateFacts {
+        CandidateFacts {
+            region: self.region.clone(),
+            labels: self.labels.clone(),
+            capacity: self.capacity.clone(),
+            free: self.free.clone(),
+        }
+    }
+}
+
 impl Selector {
     /// Checks the bounds of a selector from outside; `Err` carries the accepted form.
     pub fn check(&self) -> Result<(), &'static str> {

@@ -41,6 +41,8 @@ pub struct FleetConfig {
     pub valid_for_ms: u64,
     /// Re-sign a version this long before it expires, ms.
     pub resign_before_ms: u64,
+    /// How often a push target offers itself again to its deployer (keeps it "online"), ms.
+    pub candidate_refresh_ms: u64,
     /// How long a failed target is not chosen again, ms.
     pub avoid_for_ms: u64,
     /// Most deployments this node deploys itself.
@@ -58,6 +60,7 @@ impl Default for FleetConfig {
             pull_interval_ms: 1_000,
             valid_for_ms: 600_000,
             resign_before_ms: 120_000,
+            candidate_refresh_ms: 10_000,
             avoid_for_ms: 60_000,
             max_own: 64,
             max_providers: 2048,
@@ -77,6 +80,9 @@ pub enum Input {
     SelfFacts(ProviderFacts),
     /// What a provider advertises (presence, offers, its config's labels).
     Provider(ProviderFacts),
+    /// A peer became reachable: a deployer sends it its live records (late joiners and
+    /// restarted targets learn them without waiting for the next version), and counts it seen.
+    PeerUp(NodeId),
     /// A fleet message from peer `from` (authenticated by the transport).
     Remote {
         /// The sender (for gossip: the peer that forwarded it).
@@ -224,6 +230,7 @@ impl<S: Signer> FleetState<S> {
             Input::Delete(id) => self.delete(now, id, &mut out)?,
             Input::SelfFacts(facts) => self.self_facts = Some(facts),
             Input::Provider(facts) => self.provider_seen(facts),
+            Input::PeerUp(node) => self.peer_up(now, node, &mut out),
             Input::Remote { from, gossip, msg } => self.remote(now, from, gossip, msg, &mut out),
             Input::TargetProgress {
                 deployment,
@@ -318,6 +325,20 @@ impl<S: Signer> FleetState<S> {
             }
         }
         self.providers.insert(facts.node, facts);
+    }
+
+    fn peer_up(&mut self, now: Timestamp, node: NodeId, out: &mut Vec<Effect>) {
+        if let Some(p) = self.providers.get_mut(&node) {
+            p.last_seen = p.last_seen.max(now);
+        }
+        for own in self.own.values() {
+            if !own.record.body.deleted && own.record.body.expires_at > now {
+                out.push(Effect::Send {
+                    to: node,
+                    msg: FleetMessage::Announce(Box::new(own.record.clone())),
+                });
+            }
+        }
     }
 
     fn progress(

@@ -7,6 +7,7 @@ use crate::fleet::limits::MAX_REASON_LEN;
 use crate::fleet::message::FleetMessage;
 use crate::fleet::plan::{TargetPhase, TargetStatus, wants};
 use crate::fleet::record::{Deployment, Strategy};
+use crate::fleet::selector::{CandidateFacts, ProviderFacts};
 use crate::identity::{NodeId, Signer, Timestamp};
 use crate::ids::DeploymentId;
 
@@ -21,6 +22,8 @@ pub struct LocalReplica {
     pub prefetched: Option<String>,
     /// When the deployer was last polled.
     pub last_poll: Timestamp,
+    /// When this node last offered itself as a candidate (push).
+    pub last_offer: Timestamp,
     /// The phase last reported to the deployer.
     pub reported: Option<TargetStatus>,
 }
@@ -49,8 +52,10 @@ impl<S: Signer> FleetState<S> {
             FleetMessage::Poll {
                 deployment,
                 have_version,
+                facts,
             } => {
                 self.counters.polls_answered += 1;
+                self.candidate(now, from, deployment, facts);
                 let held = self
                     .own
                     .get(&deployment)
@@ -65,6 +70,9 @@ impl<S: Signer> FleetState<S> {
                 out.push(Effect::Send { to: from, msg });
             }
             FleetMessage::UpToDate { .. } => {}
+            FleetMessage::Candidate { deployment, facts } => {
+                self.candidate(now, from, deployment, facts)
+            }
             FleetMessage::Report {
                 deployment,
                 phase,
@@ -89,6 +97,20 @@ impl<S: Signer> FleetState<S> {
                     }
                 }
             }
+        }
+    }
+
+    /// A provider offers itself for one of this node's deployments: keep its facts (only for
+    /// our own deployments, so strangers cannot fill the table by asking about others').
+    fn candidate(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        deployment: DeploymentId,
+        facts: CandidateFacts,
+    ) {
+        if self.own.contains_key(&deployment) && facts.check().is_ok() {
+            self.provider_seen(facts.about(from, now));
         }
     }
 
@@ -156,10 +178,25 @@ impl<S: Signer> FleetState<S> {
             acted_version: 0,
             prefetched: None,
             last_poll: 0,
+            last_offer: 0,
             reported: None,
         });
-        let act = body.strategy == Strategy::Push || answer;
-        if act && body.version > local.acted_version {
+        let push = body.strategy == Strategy::Push;
+        if push
+            && let Some(me) = &self.self_facts
+            && (local.last_offer == 0
+                || now.saturating_sub(local.last_offer) >= self.config.candidate_refresh_ms)
+        {
+            local.last_offer = now;
+            out.push(Effect::Send {
+                to: body.deployer,
+                msg: FleetMessage::Candidate {
+                    deployment: id,
+                    facts: me.candidate(),
+                },
+            });
+        }
+        if (push || answer) && body.version > local.acted_version {
             local.acted_version = body.version;
             if local.prefetched.as_deref() != Some(body.image.as_str()) {
                 local.prefetched = Some(body.image.clone());
@@ -185,6 +222,11 @@ impl<S: Signer> FleetState<S> {
             self.sync_local(now, id, false, out);
         }
         let interval = self.config.pull_interval_ms;
+        let facts = self
+            .self_facts
+            .as_ref()
+            .map(ProviderFacts::candidate)
+            .unwrap_or_default();
         for (id, local) in self.local.iter_mut() {
             let pull = self
                 .store
@@ -197,6 +239,7 @@ impl<S: Signer> FleetState<S> {
                     msg: FleetMessage::Poll {
                         deployment: *id,
                         have_version: local.acted_version,
+                        facts: facts.clone(),
                     },
                 });
             }

@@ -56,6 +56,17 @@ struct Net {
 
 impl Net {
     fn new(config: FleetConfig) -> Net {
+        let mut net = Net::silent(config);
+        for seed in 2..=5 {
+            let site = if seed == 5 { "b" } else { "a" };
+            net.input(T0, 1, Input::Provider(facts(seed, site, T0)))
+                .unwrap();
+        }
+        net
+    }
+
+    /// Five nodes; the deployer knows nothing of the providers yet.
+    fn silent(config: FleetConfig) -> Net {
         let mut nodes = BTreeMap::new();
         for seed in 1..=5 {
             let site = if seed == 5 { "b" } else { "a" };
@@ -64,16 +75,17 @@ impl Net {
                 .unwrap();
             nodes.insert(signer(seed).node_id(), m);
         }
-        let mut net = Net {
+        Net {
             nodes,
             done: Vec::new(),
-        };
-        for seed in 2..=5 {
-            let site = if seed == 5 { "b" } else { "a" };
-            net.input(T0, 1, Input::Provider(facts(seed, site, T0)))
-                .unwrap();
         }
-        net
+    }
+
+    fn join(&mut self, seed: u64, site: &str, now: Timestamp) {
+        let mut m = FleetState::new(signer(seed), FleetConfig::default());
+        m.handle(now, Input::SelfFacts(facts(seed, site, now)))
+            .unwrap();
+        self.nodes.insert(signer(seed).node_id(), m);
     }
 
     fn id(seed: u64) -> NodeId {
@@ -364,4 +376,72 @@ fn a_provider_whose_labels_change_stops_and_is_replaced() {
         .collect();
     assert_eq!(now.len(), 2);
     assert!(!now.contains(&moved));
+}
+
+fn placed(done: &[(NodeId, Effect)]) -> Vec<NodeId> {
+    let mut out: Vec<NodeId> = done
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Place { target, .. } => Some(*target),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_deployer_learns_targets_from_candidates_and_late_joiners() {
+    let mut net = Net::silent(FleetConfig::default());
+    assert!(net.deployer().providers().is_empty());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    // Push: every selected provider offers itself; the one that is not selected stays silent.
+    let known: Vec<NodeId> = net.deployer().providers().keys().copied().collect();
+    let mut want = vec![Net::id(2), Net::id(3), Net::id(4)];
+    want.sort();
+    assert_eq!(known, want);
+    net.take();
+    net.input(T0 + 1, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()), want);
+    // Node 6 (site=a) was down during the rollout: when it comes up, the deployer hands it the
+    // record, it fetches the image and offers itself, and the next round places it.
+    net.join(6, "a", T0 + 5_000);
+    net.input(T0 + 5_000, 1, Input::PeerUp(Net::id(6))).unwrap();
+    assert_eq!(prefetchers(&net.take()), vec![Net::id(6)]);
+    net.input(T0 + 5_001, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()), vec![Net::id(6)]);
+    // Candidates refresh their offer (which keeps them online for the deployer).
+    let refresh = T0 + FleetConfig::default().candidate_refresh_ms;
+    net.input(refresh, 2, Input::Tick).unwrap();
+    assert_eq!(
+        net.deployer()
+            .providers()
+            .get(&Net::id(2))
+            .unwrap()
+            .last_seen,
+        refresh
+    );
+}
+
+#[test]
+fn pull_polls_carry_the_facts_the_deployer_chooses_from() {
+    let mut net = Net::silent(FleetConfig::default());
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Pull, Replicas::Count(2))),
+    )
+    .unwrap();
+    assert!(
+        net.deployer().providers().is_empty(),
+        "pull: no candidate on the gossip"
+    );
+    for seed in 2..=5 {
+        net.input(T0 + 1_000, seed, Input::Tick).unwrap();
+    }
+    assert_eq!(net.deployer().providers().len(), 3);
+    net.take();
+    net.input(T0 + 1_001, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()).len(), 2);
 }

@@ -70,6 +70,7 @@ pub struct Observed {
 
 /// Tuning of the reconcile rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PlanConfig {
     /// A provider not heard from for this long is offline: never chosen as a new target, and a
     /// counted target on it is released and replaced (with `--all` it is kept and converges

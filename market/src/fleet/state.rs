@@ -179,6 +179,77 @@ pub struct OwnDeployment {
     pub avoid: BTreeMap<NodeId, Timestamp>,
 }
 
+/// One deployment as the CLI and API show it (`--json` prints this).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentView {
+    /// Stable id (hex).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Image CID.
+    pub image: String,
+    /// Selector, as `--to` takes it.
+    pub selector: String,
+    /// Replica count, or `None` for all.
+    pub replicas: Option<u32>,
+    /// `push` or `pull`.
+    pub strategy: String,
+    /// Current version.
+    pub version: u64,
+    /// Deleted (targets being released).
+    pub deleted: bool,
+    /// Per target: node id, phase, reason.
+    pub targets: Vec<TargetView>,
+    /// Targets per phase.
+    pub summary: BTreeMap<String, usize>,
+}
+
+/// One target's line in `deploy status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetView {
+    /// The provider.
+    pub node: NodeId,
+    /// contracting / fetching / staged / running / healthy / failed.
+    pub phase: String,
+    /// Why, for failures.
+    pub reason: Option<String>,
+}
+
+impl DeploymentView {
+    fn of(id: DeploymentId, own: &OwnDeployment) -> DeploymentView {
+        let b = &own.record.body;
+        DeploymentView {
+            id: id.to_string(),
+            name: b.name.clone(),
+            image: b.image.clone(),
+            selector: b.selector.to_string(),
+            replicas: match b.replicas {
+                crate::fleet::record::Replicas::Count(n) => Some(n),
+                crate::fleet::record::Replicas::All => None,
+            },
+            strategy: match b.strategy {
+                crate::fleet::record::Strategy::Push => "push".into(),
+                crate::fleet::record::Strategy::Pull => "pull".into(),
+            },
+            version: b.version,
+            deleted: b.deleted,
+            targets: own
+                .targets
+                .iter()
+                .map(|(node, s)| TargetView {
+                    node: *node,
+                    phase: s.phase.as_str().into(),
+                    reason: s.reason.clone(),
+                })
+                .collect(),
+            summary: crate::fleet::plan::summarize(&own.targets)
+                .into_iter()
+                .map(|(p, n)| (p.as_str().to_string(), n))
+                .collect(),
+        }
+    }
+}
+
 /// What the machine counted (for metrics and `agora deploy status`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetCounters {
@@ -413,6 +484,19 @@ impl<S: Signer> FleetState<S> {
             }
         }
         Ok(())
+    }
+
+    /// What `agora deploy status ID` shows for one of this node's deployments.
+    pub fn status(&self, id: &DeploymentId) -> Option<DeploymentView> {
+        self.own.get(id).map(|own| DeploymentView::of(*id, own))
+    }
+
+    /// What `agora deploy list` shows: every deployment this node deploys.
+    pub fn list(&self) -> Vec<DeploymentView> {
+        self.own
+            .iter()
+            .map(|(id, own)| DeploymentView::of(*id, own))
+            .collect()
     }
 
     /// This node's own deployment `id`.

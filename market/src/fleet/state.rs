@@ -128,8 +128,8 @@ pub enum Effect {
         /// Message.
         msg: FleetMessage,
     },
-    /// Deployer: contract `target` to host a replica (a hosted auction for `image` that only
-    /// the target's bid may win).
+    /// Deployer: contract `target` to host a replica: a hosted auction for `image` that only
+    /// the target's bid may win (`crate::Input::CreateAuctionFor`).
     Place {
         /// The deployment.
         deployment: DeploymentId,

@@ -104,6 +104,14 @@ pub struct AuctionEntry {
 pub enum Input {
     /// Open an auction as customer.
     CreateAuction(crate::auction::AuctionSpec),
+    /// Open an auction as customer that only bids from `only` can win (a fleet deployment
+    /// placing a replica on the providers its plan chose); other bids are kept but never win.
+    CreateAuctionFor {
+        /// The auction.
+        spec: crate::auction::AuctionSpec,
+        /// The providers whose bids may win.
+        only: std::collections::BTreeSet<NodeId>,
+    },
     /// Bid on a known auction as provider.
     PlaceBid {
         /// The auction.
@@ -258,6 +266,8 @@ pub struct MarketState<S> {
     deals: BTreeMap<AwardId, Deal<S>>,
     last_nonce: u64,
     counters: BookCounters,
+    /// Own auctions that only some providers may win (dropped with the auction).
+    restricted: BTreeMap<AuctionId, std::collections::BTreeSet<NodeId>>,
 }
 
 impl<S: Signer + Clone> MarketState<S> {
@@ -277,6 +287,7 @@ impl<S: Signer + Clone> MarketState<S> {
             my_bids: BTreeMap::new(),
             deals: BTreeMap::new(),
             last_nonce: 0,
+            restricted: BTreeMap::new(),
             counters: BookCounters::default(),
         }
     }
@@ -285,7 +296,12 @@ impl<S: Signer + Clone> MarketState<S> {
     pub fn handle(&mut self, now: Timestamp, input: Input) -> Vec<Effect> {
         let mut out = Vec::new();
         let result = match input {
-            Input::CreateAuction(spec) => self.create_auction(now, spec, &mut out),
+            Input::CreateAuction(spec) => self.create_auction(now, spec, &mut out).map(|_| ()),
+            Input::CreateAuctionFor { spec, only } => {
+                self.create_auction(now, spec, &mut out).map(|id| {
+                    self.restricted.insert(id, only);
+                })
+            }
             Input::PlaceBid { auction, spec } => self.place_bid(now, auction, spec, &mut out),
             Input::PublishOffer(spec) => self.publish_offer(now, spec, &mut out),
             Input::TakeOffer { offer, duration_ms } => {

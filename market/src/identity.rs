@@ -176,6 +176,8 @@ impl Domain {
     pub const PRESENCE: Domain = Domain("agora/v1/presence");
     /// A consensus vote or proposal.
     pub const CONSENSUS: Domain = Domain("agora/v1/consensus");
+    /// A fleet deployment record (desired state for many providers).
+    pub const DEPLOYMENT: Domain = Domain("agora/v1/deployment");
 
     /// The bytes actually signed: `domain || 0x00 || message`.
     pub fn signing_bytes(&self, message: &[u8]) -> Vec<u8> {

@@ -109,6 +109,14 @@ id_type!(
     /// Id of a negotiation message.
     NegotiationMsgId
 );
+id_type!(
+    /// Id of a fleet deployment: blake3 of its deployer and name, stable across versions.
+    DeploymentId
+);
+id_type!(
+    /// Content id of one signed version of a deployment record.
+    DeploymentRecordId
+);
 
 #[cfg(test)]
 mod tests {

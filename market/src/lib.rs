@@ -15,6 +15,7 @@ pub mod book;
 pub mod capacity;
 pub mod dmu;
 pub mod error;
+pub mod fleet;
 pub mod identity;
 pub mod ids;
 pub mod message;
@@ -43,7 +44,7 @@ pub use error::MarketError;
 pub use identity::{
     Domain, KeySigner, NodeId, Signature, SignatureError, Signer, Timestamp, verify,
 };
-pub use ids::{AuctionId, AwardId, BidId, OfferId, TermsId};
+pub use ids::{AuctionId, AwardId, BidId, DeploymentId, OfferId, TermsId};
 pub use message::{MarketMessage, topic_for_region};
 pub use negotiation::{AgreedTerms, Negotiation, NegotiationInput, NegotiationMessage};
 pub use resources::{Battery, Interface, Location, Near, Resources, Uptime};

@@ -25,11 +25,15 @@ impl<S: Signer + Clone> MarketState<S> {
                 continue;
             };
             let mine = entry.request.body.customer == self.me;
+            let only = self.restricted.get(&id);
             let winner = if mine {
                 select_winner(
                     &entry.request,
                     id,
-                    entry.bids.iter(),
+                    entry
+                        .bids
+                        .iter()
+                        .filter(|(_, b)| only.is_none_or(|o| o.contains(&b.body.provider))),
                     &self.config.dmu.customer.weights,
                 )
             } else {
@@ -54,6 +58,7 @@ impl<S: Signer + Clone> MarketState<S> {
         self.auctions.retain(|_, e| e.request.body.expires_at > now);
         let auctions = &self.auctions;
         self.my_bids.retain(|id, _| auctions.contains_key(id));
+        self.restricted.retain(|id, _| auctions.contains_key(id));
         self.offers.retain(|_, o| o.body.expires_at > now);
         let lapsed = self.ledger.prune(now);
         if !lapsed.is_empty() {

@@ -20,7 +20,7 @@ impl<S: Signer + Clone> MarketState<S> {
         now: Timestamp,
         spec: AuctionSpec,
         out: &mut Vec<Effect>,
-    ) -> Result<(), MarketError> {
+    ) -> Result<AuctionId, MarketError> {
         let nonce = self.next_nonce(now);
         let req = spec.create(&self.signer, now, nonce)?;
         // Our own request passes the same checks as a peer's, so we never gossip garbage.
@@ -42,7 +42,7 @@ impl<S: Signer + Clone> MarketState<S> {
             msg: MarketMessage::Auction(req),
         });
         out.push(Effect::ScheduleTimeout { at: close });
-        Ok(())
+        Ok(id)
     }
 
     pub(super) fn place_bid(

@@ -327,3 +327,59 @@ fn a_second_bid_on_one_auction_says_why_and_what_to_do() {
     // The first bid stands; the customer still holds exactly one bid from this provider.
     assert_eq!(net.nodes[0].auctions()[&aid].bids.len(), 1);
 }
+
+#[test]
+fn a_restricted_auction_is_won_only_by_the_chosen_provider() {
+    // Node 1 is cheap and would win; the fleet's plan chose node 2, so only its bid may win.
+    let mut dear = provider_config(big_capacity());
+    dear.dmu.provider.per_millicore_hour = 500;
+    let mut net = Net::new(vec![
+        MarketConfig::default(),
+        provider_config(big_capacity()),
+        dear,
+    ]);
+    let chosen = net.nodes[2].node_id();
+    net.input(
+        0,
+        0,
+        Input::CreateAuctionFor {
+            spec: spec(1000),
+            only: std::collections::BTreeSet::from([chosen]),
+        },
+    );
+    let entry = net.nodes[0].auctions().values().next().cloned().unwrap();
+    assert_eq!(
+        entry.bids.len(),
+        2,
+        "both bid; the restriction is the customer's own"
+    );
+    net.input(10_000, 0, Input::Tick);
+    let winner = net
+        .effects_of(0)
+        .find_map(|e| match e {
+            Effect::AuctionClosed { winner, .. } => Some(winner.unwrap()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(entry.bids[&winner.bid].body.provider, chosen);
+    assert_eq!(net.agreed(2).len(), 1);
+    assert!(net.agreed(1).is_empty());
+    // Nobody allowed bid: the auction closes without a winner.
+    let mut net = Net::new(vec![
+        MarketConfig::default(),
+        provider_config(big_capacity()),
+    ]);
+    net.input(
+        0,
+        0,
+        Input::CreateAuctionFor {
+            spec: spec(1000),
+            only: std::collections::BTreeSet::from([signer(77).node_id()]),
+        },
+    );
+    net.input(10_000, 0, Input::Tick);
+    assert!(
+        net.effects_of(0)
+            .any(|e| matches!(e, Effect::AuctionClosed { winner: None, .. }))
+    );
+}

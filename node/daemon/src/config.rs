@@ -37,6 +37,19 @@ pub struct NodeConfig {
     pub services: agora_hosting::ServicesSection,
     /// Prometheus metrics and health/readiness probes.
     pub metrics: MetricsSection,
+    /// What this node says about itself as a provider (fleet selectors match on it).
+    pub provider: ProviderSection,
+    /// Fleet deployments: reconcile, pull and store bounds (`docs/FLEETS.md`).
+    pub fleet: agora_market::fleet::FleetConfig,
+}
+
+/// `[provider]`
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ProviderSection {
+    /// Labels a fleet selector can match, e.g. `{ site = "factory", role = "gateway" }`
+    /// (at most 16; keys up to 32 and values up to 64 characters of `a-z 0-9 - _ .`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `[metrics]`
@@ -214,6 +227,9 @@ pub enum ConfigError {
     /// The metrics address did not parse.
     #[error("metrics.listen = '{0}' is not a socket address such as 127.0.0.1:9100")]
     BadMetricsAddr(String),
+    /// `[provider] labels` out of bounds.
+    #[error("provider.labels in {0} is invalid: {1}; e.g. labels = {{ site = \"factory\" }}")]
+    BadLabels(PathBuf, &'static str),
     /// The API must stay on loopback.
     #[error("api.listen = '{0}' must be a loopback socket address such as 127.0.0.1:7700")]
     ApiNotLoopback(String),
@@ -228,7 +244,26 @@ impl NodeConfig {
         }
         let text =
             std::fs::read_to_string(&path).map_err(|e| ConfigError::Read(path.clone(), e))?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse(path, e.to_string()))
+        let config: NodeConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?;
+        config
+            .candidate_facts()
+            .check()
+            .map_err(|hint| ConfigError::BadLabels(path, hint))?;
+        Ok(config)
+    }
+
+    /// What this node tells a fleet deployer about itself: its first market region, its
+    /// `[provider] labels` and its advertised capacity (free = capacity; the node subtracts
+    /// its reservations before sending).
+    pub fn candidate_facts(&self) -> agora_market::fleet::CandidateFacts {
+        let capacity = self.market.engine.capacity.clone();
+        agora_market::fleet::CandidateFacts {
+            region: self.market.regions.first().map(|r| r.to_ascii_lowercase()),
+            labels: self.provider.labels.clone(),
+            free: capacity.clone(),
+            capacity,
+        }
     }
 
     /// The TOML text of this config.
@@ -319,6 +354,27 @@ fn parse_addrs(field: &'static str, values: &[String]) -> Result<Vec<Multiaddr>,
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_labels_are_read_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        std::fs::write(&path, "[provider]\nlabels = { site = \"factory\" }\n").unwrap();
+        let c = NodeConfig::load(dir.path()).unwrap();
+        let facts = c.candidate_facts();
+        assert_eq!(
+            facts.labels.get("site").map(String::as_str),
+            Some("factory")
+        );
+        assert_eq!(facts.region.as_deref(), Some("default"));
+        let sel = agora_market::fleet::Selector::parse("site=factory").unwrap();
+        let me = facts.about(agora_market::NodeId([7; 32]), 0);
+        assert!(sel.admits(&me, &agora_market::Resources::default()));
+        std::fs::write(&path, "[provider]\nlabels = { Site = \"Fac tory\" }\n").unwrap();
+        let err = NodeConfig::load(dir.path()).unwrap_err();
+        assert!(matches!(err, ConfigError::BadLabels(..)), "{err}");
+        assert!(err.to_string().contains("provider.labels"));
+    }
 
     #[test]
     fn defaults_round_trip_through_toml() {

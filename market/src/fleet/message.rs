@@ -1,0 +1,94 @@
+//! Wire messages of the fleet protocol, decoded with a size check before any allocation.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::FleetError;
+use crate::fleet::limits::{MAX_REASON_LEN, MAX_RECORD_BYTES};
+use crate::fleet::plan::TargetPhase;
+use crate::fleet::record::Deployment;
+use crate::fleet::selector::CandidateFacts;
+use crate::ids::DeploymentId;
+
+/// Gossip topic on which deployers announce records (push).
+pub const FLEET_TOPIC: &str = "agora/fleet/v1";
+
+/// Largest encoded fleet message (a record plus a little framing).
+pub const MAX_MESSAGE_BYTES: usize = MAX_RECORD_BYTES + 256;
+
+/// A fleet message, on gossip (`Announce`) or request-response (the others).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FleetMessage {
+    /// The newest version of a deployment (gossip on a push, or the answer to a poll).
+    Announce(Box<Deployment>),
+    /// A target asks for the newest version of `deployment` (pull), saying what it offers.
+    Poll {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The version the asker holds (0: none).
+        have_version: u64,
+        /// The asker's facts (region, labels, capacity), so the deployer can choose it.
+        facts: CandidateFacts,
+    },
+    /// A provider that a deployment selects offers itself as a target (push; refreshed).
+    Candidate {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The provider's facts.
+        facts: CandidateFacts,
+    },
+    /// The answer to a poll when nothing newer is held.
+    UpToDate {
+        /// The deployment.
+        deployment: DeploymentId,
+    },
+    /// A target tells the deployer where its replica is.
+    Report {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The version the target acts on.
+        version: u64,
+        /// Its phase.
+        phase: TargetPhase,
+        /// Why (failures), at most [`MAX_REASON_LEN`] bytes.
+        reason: Option<String>,
+    },
+}
+
+impl FleetMessage {
+    /// Encodes for the wire.
+    pub fn encode(&self) -> Result<Vec<u8>, FleetError> {
+        serde_cbor::to_vec(self).map_err(|e| FleetError::Decode(e.to_string()))
+    }
+
+    /// Decodes peer bytes: size first, then CBOR, then the bounds of free-text fields. Records
+    /// inside are NOT verified here (see [`crate::fleet::decode_deployment`] and
+    /// [`crate::fleet::FleetState`], which verify before storing).
+    pub fn decode(bytes: &[u8]) -> Result<FleetMessage, FleetError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(FleetError::TooLarge {
+                len: bytes.len(),
+                max: MAX_MESSAGE_BYTES,
+            });
+        }
+        let msg: FleetMessage =
+            serde_cbor::from_slice(bytes).map_err(|e| FleetError::Decode(e.to_string()))?;
+        match &msg {
+            FleetMessage::Report {
+                reason: Some(r), ..
+            } if r.len() > MAX_REASON_LEN => {
+                return Err(FleetError::TooLarge {
+                    len: r.len(),
+                    max: MAX_REASON_LEN,
+                });
+            }
+            FleetMessage::Poll { facts, .. } | FleetMessage::Candidate { facts, .. } => {
+                facts.check().map_err(|hint| FleetError::BadSelector {
+                    part: "candidate facts".into(),
+                    hint,
+                })?;
+            }
+            _ => {}
+        }
+        Ok(msg)
+    }
+}

@@ -1,0 +1,286 @@
+//! The signed deployment record: desired state for a fleet, versioned, with bounded fields.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::FleetError;
+use crate::fleet::limits::{
+    MAX_CID_LEN, MAX_CREATE_SKEW_MS, MAX_NAME_LEN, MAX_RECORD_BYTES, MAX_REPLICAS,
+};
+use crate::fleet::selector::Selector;
+use crate::identity::{Domain, NodeId, Signer, Timestamp};
+use crate::ids::{DeploymentId, DeploymentRecordId};
+use crate::resources::Resources;
+use crate::signed::{Body, Signed};
+
+/// How many providers should host the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Replicas {
+    /// Exactly this many (fewer while not enough providers match).
+    Count(u32),
+    /// Every matching provider (at most [`MAX_REPLICAS`]).
+    All,
+}
+
+impl Replicas {
+    /// The most targets this deployment may ever hold.
+    pub fn ceiling(&self) -> usize {
+        match self {
+            Replicas::Count(n) => usize::try_from(*n)
+                .unwrap_or(MAX_REPLICAS)
+                .min(MAX_REPLICAS),
+            Replicas::All => MAX_REPLICAS,
+        }
+    }
+}
+
+/// How targets learn of a new version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Strategy {
+    /// The deployer announces on gossip; matching targets act at once.
+    Push,
+    /// Targets ask for the desired state at an interval.
+    Pull,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = FleetError;
+    fn from_str(s: &str) -> Result<Self, FleetError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "push" => Ok(Strategy::Push),
+            "pull" => Ok(Strategy::Pull),
+            other => Err(FleetError::BadStrategy(other.chars().take(32).collect())),
+        }
+    }
+}
+
+/// The unsigned content of a deployment record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentBody {
+    /// Who deploys (and pays every target's contract).
+    pub deployer: NodeId,
+    /// The deployer's name for it; with `deployer` it makes the [`DeploymentId`].
+    pub name: String,
+    /// CID (text) of the service image every target runs.
+    pub image: String,
+    /// Which providers qualify.
+    pub selector: Selector,
+    /// Resources one replica needs (a target must have them free to be chosen).
+    pub needs: Resources,
+    /// How many targets.
+    pub replicas: Replicas,
+    /// Push or pull.
+    pub strategy: Strategy,
+    /// Version, increasing; a higher version replaces a lower one everywhere.
+    pub version: u64,
+    /// A tombstone: every target stops and is released.
+    pub deleted: bool,
+    /// Highest total price per replica's contract, in tokens.
+    pub max_price_per_replica: u64,
+    /// How long each replica's contract runs, in ms.
+    pub duration_ms: u64,
+    /// Author nonce (unique per deployer).
+    pub nonce: u64,
+    /// Creation time of this version.
+    pub created_at: Timestamp,
+    /// After this time nobody keeps or acts on this version.
+    pub expires_at: Timestamp,
+}
+
+/// A signed deployment record.
+pub type Deployment = Signed<DeploymentBody>;
+
+impl Body for DeploymentBody {
+    const DOMAIN: Domain = Domain::DEPLOYMENT;
+    const KIND: &'static str = "deployment";
+    type Id = DeploymentRecordId;
+    fn author(&self) -> NodeId {
+        self.deployer
+    }
+    fn nonce(&self) -> u64 {
+        self.nonce
+    }
+    fn expires_at(&self) -> Timestamp {
+        self.expires_at
+    }
+}
+
+/// The stable id of `deployer`'s deployment called `name`.
+pub fn deployment_id(deployer: &NodeId, name: &str) -> DeploymentId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"agora/v1/deployment-id\0");
+    h.update(&deployer.0);
+    h.update(name.as_bytes());
+    DeploymentId(*h.finalize().as_bytes())
+}
+
+impl DeploymentBody {
+    /// The stable id of this deployment (same for every version).
+    pub fn id(&self) -> DeploymentId {
+        deployment_id(&self.deployer, &self.name)
+    }
+
+    /// Checks every field's bounds; `now` bounds the times.
+    pub fn check(&self, now: Timestamp) -> Result<(), FleetError> {
+        let id = self.id();
+        let absurd = |field: &'static str, hint: &'static str| FleetError::Absurd {
+            deployment: id,
+            field,
+            hint,
+        };
+        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN || !is_token(&self.name) {
+            return Err(absurd(
+                "name",
+                "1 to 64 characters of a-z, 0-9, '-', '_' or '.'",
+            ));
+        }
+        if self.image.is_empty()
+            || self.image.len() > MAX_CID_LEN
+            || !self.image.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(absurd("image", "a CID in text form (base32 or base58)"));
+        }
+        self.selector
+            .check()
+            .map_err(|hint| absurd("selector", hint))?;
+        if let Replicas::Count(n) = self.replicas
+            && (n == 0 || usize::try_from(n).map_or(true, |n| n > MAX_REPLICAS))
+        {
+            return Err(absurd("replicas", "1 to 1024, or all"));
+        }
+        if self.version == 0 {
+            return Err(absurd("version", "versions start at 1"));
+        }
+        if self.duration_ms == 0 {
+            return Err(absurd("duration_ms", "a positive contract duration"));
+        }
+        if self.created_at > now.saturating_add(MAX_CREATE_SKEW_MS) {
+            return Err(absurd("created_at", "not more than a minute in the future"));
+        }
+        if self.expires_at <= now {
+            return Err(FleetError::Expired {
+                deployment: id,
+                expires_at: self.expires_at,
+                now,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// True for names made of `a-z 0-9 - _ .` (the form that goes into ids and file names).
+pub(crate) fn is_token(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Decodes a record from peer bytes, checking the size before decoding, then the signature and
+/// every field's bounds. Returns the record and its stable id.
+pub fn decode_deployment(
+    bytes: &[u8],
+    now: Timestamp,
+) -> Result<(Deployment, DeploymentId), FleetError> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(FleetError::TooLarge {
+            len: bytes.len(),
+            max: MAX_RECORD_BYTES,
+        });
+    }
+    let record: Deployment =
+        serde_cbor::from_slice(bytes).map_err(|e| FleetError::Decode(e.to_string()))?;
+    let id = record.body.id();
+    record.verify().map_err(|e| FleetError::BadRecord {
+        deployment: id,
+        reason: e.to_string(),
+    })?;
+    record.body.check(now)?;
+    Ok((record, id))
+}
+
+/// Encodes a record for the wire (the inverse of [`decode_deployment`]).
+pub fn encode_deployment(record: &Deployment) -> Result<Vec<u8>, FleetError> {
+    let bytes = serde_cbor::to_vec(record).map_err(|e| FleetError::Decode(e.to_string()))?;
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(FleetError::TooLarge {
+            len: bytes.len(),
+            max: MAX_RECORD_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// What a deployer fills in; [`DeploymentSpec::sign`] adds identity, times, version and signature.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentSpec {
+    /// Name (1..=64 of `a-z 0-9 - _ .`).
+    pub name: String,
+    /// Image CID text.
+    pub image: String,
+    /// Which providers qualify.
+    pub selector: Selector,
+    /// Per-replica resources.
+    pub needs: Resources,
+    /// How many.
+    pub replicas: Replicas,
+    /// Push or pull.
+    pub strategy: Strategy,
+    /// Highest price per replica's contract.
+    pub max_price_per_replica: u64,
+    /// Contract duration per replica, ms.
+    pub duration_ms: u64,
+    /// How long this version stays valid, ms (the deployer re-signs before it lapses).
+    pub valid_for_ms: u64,
+}
+
+impl DeploymentSpec {
+    /// Signs version `version` at `now`, checking it like a peer would.
+    pub fn sign(
+        self,
+        signer: &dyn Signer,
+        now: Timestamp,
+        version: u64,
+        nonce: u64,
+    ) -> Result<Deployment, FleetError> {
+        let body = DeploymentBody {
+            deployer: signer.node_id(),
+            name: self.name,
+            image: self.image,
+            selector: self.selector,
+            needs: self.needs,
+            replicas: self.replicas,
+            strategy: self.strategy,
+            version,
+            deleted: false,
+            max_price_per_replica: self.max_price_per_replica,
+            duration_ms: self.duration_ms,
+            nonce,
+            created_at: now,
+            expires_at: now.saturating_add(self.valid_for_ms),
+        };
+        body.check(now)?;
+        Signed::sign(body, signer).map_err(|e| FleetError::Sign(e.to_string()))
+    }
+}
+
+/// The tombstone for `record`: the next version (the later of version + 1 and `now`, so it
+/// supersedes whatever a restarted deployer signed before), marked deleted, signed at `now`.
+pub fn tombstone(
+    record: &DeploymentBody,
+    signer: &dyn Signer,
+    now: Timestamp,
+    valid_for_ms: u64,
+) -> Result<Deployment, FleetError> {
+    let mut body = record.clone();
+    body.version = next_version(body.version, now);
+    body.deleted = true;
+    body.nonce = body.version;
+    body.created_at = now;
+    body.expires_at = now.saturating_add(valid_for_ms);
+    body.check(now)?;
+    Signed::sign(body, signer).map_err(|e| FleetError::Sign(e.to_string()))
+}
+
+/// The version after `previous` at `now`: versions follow the clock, so a deployer that lost
+/// its state still supersedes what it signed before.
+pub fn next_version(previous: u64, now: Timestamp) -> u64 {
+    previous.saturating_add(1).max(now)
+}

@@ -1,0 +1,529 @@
+//! The fleet state machine a node drives: `handle(now, input) -> Result<Vec<Effect>, _>`.
+//!
+//! One machine plays both roles. As **deployer** it keeps its own deployments, a bounded table of
+//! provider facts and, per deployment, the targets and their phases; every `Tick` it re-signs
+//! records close to expiry and runs [`plan`](crate::fleet::plan) to place and release targets.
+//! As **provider** it keeps the records it hears in a bounded [`DeploymentStore`], fetches the
+//! image at once when a push record wants it, polls the deployer at an interval for pull
+//! records, tells the deployer its replica's phase, and stops a replica no longer wanted.
+//! The driver in the node turns gossip, requests, presence and contracts into inputs and
+//! carries out the effects (auctions and contracts per target through the existing market).
+
+mod provider;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::FleetError;
+use crate::fleet::message::FleetMessage;
+use crate::fleet::plan::{
+    Action, PlanConfig, ReleaseReason, TargetPhase, TargetStatus, plan_parts,
+};
+use crate::fleet::record::{Deployment, DeploymentSpec, deployment_id, next_version, tombstone};
+use crate::fleet::selector::ProviderFacts;
+use crate::fleet::store::{DeploymentStore, StoreLimits};
+use crate::identity::{NodeId, Signer, Timestamp};
+use crate::ids::DeploymentId;
+use crate::resources::Resources;
+
+pub use provider::LocalReplica;
+
+/// Tuning of the fleet machine (`[fleet]` in the node's config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FleetConfig {
+    /// Reconcile rules.
+    pub plan: PlanConfig,
+    /// How often a pull target asks its deployer for the newest version, ms.
+    pub pull_interval_ms: u64,
+    /// How long a signed version stays valid, ms.
+    pub valid_for_ms: u64,
+    /// Re-sign a version this long before it expires, ms.
+    pub resign_before_ms: u64,
+    /// How often a push target offers itself again to its deployer (keeps it "online"), ms.
+    pub candidate_refresh_ms: u64,
+    /// How long a failed target is not chosen again, ms.
+    pub avoid_for_ms: u64,
+    /// Most deployments this node deploys itself.
+    pub max_own: usize,
+    /// Most providers whose facts are kept (oldest heard evicted first).
+    pub max_providers: usize,
+    /// Bounds of the store of records heard from others.
+    pub store: StoreLimits,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            plan: PlanConfig::default(),
+            pull_interval_ms: 1_000,
+            valid_for_ms: 600_000,
+            resign_before_ms: 120_000,
+            candidate_refresh_ms: 10_000,
+            avoid_for_ms: 60_000,
+            max_own: 64,
+            max_providers: 2048,
+            store: StoreLimits::default(),
+        }
+    }
+}
+
+/// What the node feeds the machine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// Create (or change the selector/count of) one of this node's deployments.
+    Create(DeploymentSpec),
+    /// Delete one of this node's deployments: tombstone it and release every target.
+    Delete(DeploymentId),
+    /// This node's own facts as a provider (labels, region, capacity, free).
+    SelfFacts(ProviderFacts),
+    /// What a provider advertises (presence, offers, its config's labels).
+    Provider(ProviderFacts),
+    /// A peer became reachable: a deployer sends it its live records (late joiners and
+    /// restarted targets learn them without waiting for the next version), and counts it seen.
+    PeerUp(NodeId),
+    /// A fleet message from peer `from` (authenticated by the transport).
+    Remote {
+        /// The sender (for gossip: the peer that forwarded it).
+        from: NodeId,
+        /// True for gossip, false for a request or its answer.
+        gossip: bool,
+        /// The message.
+        msg: FleetMessage,
+    },
+    /// Deployer side: how the placement of `target` is going (auction, contract, ledger).
+    TargetProgress {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The target.
+        target: NodeId,
+        /// Its phase.
+        phase: TargetPhase,
+        /// Why, for failures.
+        reason: Option<String>,
+    },
+    /// Provider side: the phase of this node's replica of `deployment` (staging, hosting).
+    LocalPhase {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The phase.
+        phase: TargetPhase,
+        /// Why, for failures.
+        reason: Option<String>,
+    },
+    /// Time passed; reconcile, re-sign, poll.
+    Tick,
+}
+
+/// What the node must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Publish on [`crate::fleet::FLEET_TOPIC`].
+    Broadcast(FleetMessage),
+    /// Send to one peer over request-response.
+    Send {
+        /// Recipient.
+        to: NodeId,
+        /// Message.
+        msg: FleetMessage,
+    },
+    /// Deployer: contract `target` to host a replica: a hosted auction for `image` that only
+    /// the target's bid may win (`crate::Input::CreateAuctionFor`).
+    Place {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The provider.
+        target: NodeId,
+        /// Image CID text.
+        image: String,
+        /// One replica's needs.
+        needs: Resources,
+        /// Highest price.
+        max_price: u64,
+        /// Contract duration, ms.
+        duration_ms: u64,
+    },
+    /// Deployer: end the replica's contract on `target`.
+    Release {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The target.
+        target: NodeId,
+        /// Why.
+        reason: ReleaseReason,
+    },
+    /// Provider: fetch `image` now (bitswap, from every peer that holds it), ready for the
+    /// contract.
+    Prefetch {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// Image CID text.
+        image: String,
+    },
+    /// Provider: this node's replica of `deployment` is no longer wanted; stop it.
+    Stop {
+        /// The deployment.
+        deployment: DeploymentId,
+    },
+}
+
+/// One of this node's own deployments and its targets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnDeployment {
+    /// The newest signed version.
+    pub record: Deployment,
+    /// Targets and their phases.
+    pub targets: BTreeMap<NodeId, TargetStatus>,
+    /// Providers not to choose again until the given time.
+    pub avoid: BTreeMap<NodeId, Timestamp>,
+}
+
+/// One deployment as the CLI and API show it (`--json` prints this).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentView {
+    /// Stable id (hex).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Image CID.
+    pub image: String,
+    /// Selector, as `--to` takes it.
+    pub selector: String,
+    /// Replica count, or `None` for all.
+    pub replicas: Option<u32>,
+    /// `push` or `pull`.
+    pub strategy: String,
+    /// Current version.
+    pub version: u64,
+    /// Deleted (targets being released).
+    pub deleted: bool,
+    /// Per target: node id, phase, reason.
+    pub targets: Vec<TargetView>,
+    /// Targets per phase.
+    pub summary: BTreeMap<String, usize>,
+}
+
+/// One target's line in `deploy status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetView {
+    /// The provider.
+    pub node: NodeId,
+    /// contracting / fetching / staged / running / healthy / failed.
+    pub phase: String,
+    /// Why, for failures.
+    pub reason: Option<String>,
+}
+
+impl DeploymentView {
+    fn of(id: DeploymentId, own: &OwnDeployment) -> DeploymentView {
+        let b = &own.record.body;
+        DeploymentView {
+            id: id.to_string(),
+            name: b.name.clone(),
+            image: b.image.clone(),
+            selector: b.selector.to_string(),
+            replicas: match b.replicas {
+                crate::fleet::record::Replicas::Count(n) => Some(n),
+                crate::fleet::record::Replicas::All => None,
+            },
+            strategy: match b.strategy {
+                crate::fleet::record::Strategy::Push => "push".into(),
+                crate::fleet::record::Strategy::Pull => "pull".into(),
+            },
+            version: b.version,
+            deleted: b.deleted,
+            targets: own
+                .targets
+                .iter()
+                .map(|(node, s)| TargetView {
+                    node: *node,
+                    phase: s.phase.as_str().into(),
+                    reason: s.reason.clone(),
+                })
+                .collect(),
+            summary: crate::fleet::plan::summarize(&own.targets)
+                .into_iter()
+                .map(|(p, n)| (p.as_str().to_string(), n))
+                .collect(),
+        }
+    }
+}
+
+/// What the machine counted (for metrics and `agora deploy status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetCounters {
+    /// Records refused: bad signature, bounds, expiry, size.
+    pub bad_records: u64,
+    /// Reports from peers that are not a target of that deployment.
+    pub stray_reports: u64,
+    /// Provider facts evicted from the full table.
+    pub providers_evicted: u64,
+    /// Polls answered.
+    pub polls_answered: u64,
+}
+
+/// The fleet state of one node.
+pub struct FleetState<S: Signer> {
+    signer: S,
+    me: NodeId,
+    config: FleetConfig,
+    own: BTreeMap<DeploymentId, OwnDeployment>,
+    providers: BTreeMap<NodeId, ProviderFacts>,
+    self_facts: Option<ProviderFacts>,
+    store: DeploymentStore,
+    local: BTreeMap<DeploymentId, LocalReplica>,
+    counters: FleetCounters,
+}
+
+impl<S: Signer> FleetState<S> {
+    /// A machine for the node whose key is `signer`.
+    pub fn new(signer: S, config: FleetConfig) -> Self {
+        let me = signer.node_id();
+        FleetState {
+            store: DeploymentStore::new(me, config.store),
+            signer,
+            me,
+            config,
+            own: BTreeMap::new(),
+            providers: BTreeMap::new(),
+            self_facts: None,
+            local: BTreeMap::new(),
+            counters: FleetCounters::default(),
+        }
+    }
+
+    /// Feeds one input; local commands that cannot be done return an error.
+    pub fn handle(&mut self, now: Timestamp, input: Input) -> Result<Vec<Effect>, FleetError> {
+        let mut out = Vec::new();
+        match input {
+            Input::Create(spec) => self.create(now, spec, &mut out)?,
+            Input::Delete(id) => self.delete(now, id, &mut out)?,
+            Input::SelfFacts(facts) => self.self_facts = Some(facts),
+            Input::Provider(facts) => self.provider_seen(facts),
+            Input::PeerUp(node) => self.peer_up(now, node, &mut out),
+            Input::Remote { from, gossip, msg } => self.remote(now, from, gossip, msg, &mut out),
+            Input::TargetProgress {
+                deployment,
+                target,
+                phase,
+                reason,
+            } => self.progress(deployment, target, phase, reason),
+            Input::LocalPhase {
+                deployment,
+                phase,
+                reason,
+            } => self.local_phase(deployment, phase, reason, &mut out),
+            Input::Tick => {
+                self.reconcile(now, &mut out)?;
+                self.provider_tick(now, &mut out);
+            }
+        }
+        Ok(out)
+    }
+
+    fn create(
+        &mut self,
+        now: Timestamp,
+        spec: DeploymentSpec,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), FleetError> {
+        let id = deployment_id(&self.me, &spec.name);
+        let previous = self.own.get(&id).map(|o| &o.record.body);
+        if let Some(prev) = previous
+            && !prev.deleted
+            && prev.image != spec.image
+        {
+            return Err(FleetError::UpgradeNotSupported { deployment: id });
+        }
+        if previous.is_none() && self.own.len() >= self.config.max_own {
+            return Err(FleetError::TooManyOwn {
+                max: self.config.max_own,
+            });
+        }
+        let version = previous.map_or(now, |p| next_version(p.version, now));
+        let record = spec.sign(&self.signer, now, version, version)?;
+        out.push(Effect::Broadcast(FleetMessage::Announce(Box::new(
+            record.clone(),
+        ))));
+        let entry = self.own.entry(id).or_insert_with(|| OwnDeployment {
+            record: record.clone(),
+            targets: BTreeMap::new(),
+            avoid: BTreeMap::new(),
+        });
+        entry.record = record;
+        Ok(())
+    }
+
+    fn delete(
+        &mut self,
+        now: Timestamp,
+        id: DeploymentId,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), FleetError> {
+        let own = self
+            .own
+            .get_mut(&id)
+            .ok_or(FleetError::NotMine { deployment: id })?;
+        if own.record.body.deleted {
+            return Ok(());
+        }
+        let record = tombstone(
+            &own.record.body,
+            &self.signer,
+            now,
+            self.config.valid_for_ms,
+        )?;
+        own.record = record.clone();
+        out.push(Effect::Broadcast(FleetMessage::Announce(Box::new(record))));
+        // Release at once rather than waiting for the next tick.
+        self.reconcile(now, out)
+    }
+
+    fn provider_seen(&mut self, facts: ProviderFacts) {
+        if !self.providers.contains_key(&facts.node)
+            && self.providers.len() >= self.config.max_providers
+        {
+            let oldest = self
+                .providers
+                .values()
+                .min_by_key(|p| (p.last_seen, p.node))
+                .map(|p| p.node);
+            if let Some(node) = oldest {
+                self.providers.remove(&node);
+                self.counters.providers_evicted += 1;
+                tracing::debug!(provider = %node.short(), "fleet provider table full: evicted the oldest");
+            }
+        }
+        self.providers.insert(facts.node, facts);
+    }
+
+    fn peer_up(&mut self, now: Timestamp, node: NodeId, out: &mut Vec<Effect>) {
+        if let Some(p) = self.providers.get_mut(&node) {
+            p.last_seen = p.last_seen.max(now);
+        }
+        for own in self.own.values() {
+            if !own.record.body.deleted && own.record.body.expires_at > now {
+                out.push(Effect::Send {
+                    to: node,
+                    msg: FleetMessage::Announce(Box::new(own.record.clone())),
+                });
+            }
+        }
+    }
+
+    fn progress(
+        &mut self,
+        deployment: DeploymentId,
+        target: NodeId,
+        phase: TargetPhase,
+        reason: Option<String>,
+    ) {
+        if let Some(own) = self.own.get_mut(&deployment)
+            && let Some(status) = own.targets.get_mut(&target)
+        {
+            *status = TargetStatus { phase, reason };
+        }
+    }
+
+    /// Deployer: re-sign what is close to expiry, forget deleted deployments with no targets
+    /// left, and run the plan for every deployment.
+    fn reconcile(&mut self, now: Timestamp, out: &mut Vec<Effect>) -> Result<(), FleetError> {
+        let cfg = self.config;
+        self.own
+            .retain(|_, o| !(o.record.body.deleted && o.targets.is_empty()));
+        for (id, own) in self.own.iter_mut() {
+            let body = &own.record.body;
+            if !body.deleted && now.saturating_add(cfg.resign_before_ms) >= body.expires_at {
+                let mut next = body.clone();
+                next.version = next_version(next.version, now);
+                next.nonce = next.version;
+                next.created_at = now;
+                next.expires_at = now.saturating_add(cfg.valid_for_ms);
+                own.record = crate::signed::Signed::sign(next, &self.signer)
+                    .map_err(|e| FleetError::Sign(e.to_string()))?;
+                out.push(Effect::Broadcast(FleetMessage::Announce(Box::new(
+                    own.record.clone(),
+                ))));
+            }
+            own.avoid.retain(|_, until| *until > now);
+            let avoid: BTreeSet<NodeId> = own.avoid.keys().copied().collect();
+            let body = &own.record.body;
+            for action in plan_parts(body, &self.providers, &own.targets, &avoid, now, &cfg.plan) {
+                match action {
+                    Action::Place { target } => {
+                        own.targets.insert(
+                            target,
+                            TargetStatus {
+                                phase: TargetPhase::Contracting,
+                                reason: None,
+                            },
+                        );
+                        out.push(Effect::Place {
+                            deployment: *id,
+                            target,
+                            image: body.image.clone(),
+                            needs: body.needs.clone(),
+                            max_price: body.max_price_per_replica,
+                            duration_ms: body.duration_ms,
+                        });
+                    }
+                    Action::Release { target, reason } => {
+                        own.targets.remove(&target);
+                        if reason == ReleaseReason::Failed {
+                            own.avoid
+                                .insert(target, now.saturating_add(cfg.avoid_for_ms));
+                        }
+                        out.push(Effect::Release {
+                            deployment: *id,
+                            target,
+                            reason,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What `agora deploy status ID` shows for one of this node's deployments.
+    pub fn status(&self, id: &DeploymentId) -> Option<DeploymentView> {
+        self.own.get(id).map(|own| DeploymentView::of(*id, own))
+    }
+
+    /// What `agora deploy list` shows: every deployment this node deploys.
+    pub fn list(&self) -> Vec<DeploymentView> {
+        self.own
+            .iter()
+            .map(|(id, own)| DeploymentView::of(*id, own))
+            .collect()
+    }
+
+    /// This node's own deployment `id`.
+    pub fn own(&self, id: &DeploymentId) -> Option<&OwnDeployment> {
+        self.own.get(id)
+    }
+
+    /// Every deployment this node deploys.
+    pub fn own_deployments(&self) -> impl Iterator<Item = (&DeploymentId, &OwnDeployment)> {
+        self.own.iter()
+    }
+
+    /// Records heard from others.
+    pub fn store(&self) -> &DeploymentStore {
+        &self.store
+    }
+
+    /// Providers whose facts are known.
+    pub fn providers(&self) -> &BTreeMap<NodeId, ProviderFacts> {
+        &self.providers
+    }
+
+    /// What was counted.
+    pub fn counters(&self) -> FleetCounters {
+        self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests;

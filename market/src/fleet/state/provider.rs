@@ -1,0 +1,283 @@
+//! The provider side of the fleet machine: records heard, push and pull, reports, stop.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Effect, FleetState};
+use crate::fleet::limits::MAX_REASON_LEN;
+use crate::fleet::message::FleetMessage;
+use crate::fleet::plan::{TargetPhase, TargetStatus, wants};
+use crate::fleet::record::{Deployment, Strategy};
+use crate::fleet::selector::{CandidateFacts, ProviderFacts};
+use crate::identity::{NodeId, Signer, Timestamp};
+use crate::ids::DeploymentId;
+
+/// This node's view of a deployment that wants it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalReplica {
+    /// Who deploys it (polled, reported to).
+    pub deployer: NodeId,
+    /// The version this node acted on (0: none yet).
+    pub acted_version: u64,
+    /// The image fetched for it, if any.
+    pub prefetched: Option<String>,
+    /// When the deployer was last polled.
+    pub last_poll: Timestamp,
+    /// When this node last offered itself as a candidate (push).
+    pub last_offer: Timestamp,
+    /// The phase last reported to the deployer.
+    pub reported: Option<TargetStatus>,
+}
+
+fn bounded_reason(reason: Option<String>) -> Option<String> {
+    reason.map(|r| {
+        let mut end = r.len().min(MAX_REASON_LEN);
+        while !r.is_char_boundary(end) {
+            end -= 1;
+        }
+        r[..end].to_string()
+    })
+}
+
+impl<S: Signer> FleetState<S> {
+    pub(super) fn remote(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        gossip: bool,
+        msg: FleetMessage,
+        out: &mut Vec<Effect>,
+    ) {
+        match msg {
+            FleetMessage::Announce(record) => self.heard(now, from, gossip, *record, out),
+            FleetMessage::Poll {
+                deployment,
+                have_version,
+                facts,
+            } => {
+                self.counters.polls_answered += 1;
+                self.candidate(now, from, deployment, facts);
+                let held = self
+                    .own
+                    .get(&deployment)
+                    .map(|o| &o.record)
+                    .or_else(|| self.store.get(&deployment));
+                let msg = match held {
+                    Some(r) if r.body.version > have_version => {
+                        FleetMessage::Announce(Box::new(r.clone()))
+                    }
+                    _ => FleetMessage::UpToDate { deployment },
+                };
+                out.push(Effect::Send { to: from, msg });
+            }
+            FleetMessage::UpToDate { .. } => {}
+            FleetMessage::Candidate { deployment, facts } => {
+                self.candidate(now, from, deployment, facts)
+            }
+            FleetMessage::Report {
+                deployment,
+                phase,
+                reason,
+                ..
+            } => {
+                let status = self
+                    .own
+                    .get_mut(&deployment)
+                    .and_then(|o| o.targets.get_mut(&from));
+                match status {
+                    Some(status) => {
+                        *status = TargetStatus {
+                            phase,
+                            reason: bounded_reason(reason),
+                        }
+                    }
+                    None => {
+                        self.counters.stray_reports += 1;
+                        tracing::debug!(peer = %from.short(), deployment = %deployment.short(),
+                            "fleet report from a peer that is not a target: ignored");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A provider offers itself for one of this node's deployments: keep its facts (only for
+    /// our own deployments, so strangers cannot fill the table by asking about others').
+    fn candidate(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        deployment: DeploymentId,
+        facts: CandidateFacts,
+    ) {
+        if self.own.contains_key(&deployment) && facts.check().is_ok() {
+            self.provider_seen(facts.about(from, now));
+        }
+    }
+
+    /// A record from a peer: verify, store, and act on it if it wants this node.
+    fn heard(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        gossip: bool,
+        record: Deployment,
+        out: &mut Vec<Effect>,
+    ) {
+        let id = record.body.id();
+        if record.body.deployer == self.me {
+            return;
+        }
+        if let Err(e) = record
+            .verify()
+            .map_err(|e| e.to_string())
+            .and_then(|_| record.body.check(now).map_err(|e| e.to_string()))
+        {
+            self.counters.bad_records += 1;
+            tracing::debug!(peer = %from.short(), deployment = %id.short(), error = %e,
+                "fleet record refused");
+            return;
+        }
+        let deployer = record.body.deployer;
+        let wanted = self
+            .self_facts
+            .as_ref()
+            .is_some_and(|me| wants(&record.body, me, now));
+        if let Err(e) = self.store.insert(record, wanted) {
+            tracing::debug!(deployment = %id.short(), error = %e, "fleet record not stored");
+            return;
+        }
+        // Push: act on any copy. Pull: act only on the deployer's answer to our poll.
+        let answer = !gossip && from == deployer;
+        self.sync_local(now, id, answer, out);
+    }
+
+    /// Brings this node's replica of `id` in line with the stored record: start tracking and
+    /// fetch the image if it is wanted (at once on a push, on `answer` on a pull), stop it if
+    /// it no longer is.
+    fn sync_local(
+        &mut self,
+        now: Timestamp,
+        id: DeploymentId,
+        answer: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        let record = self.store.get(&id);
+        let wanted = match (record, &self.self_facts) {
+            (Some(r), Some(me)) => wants(&r.body, me, now),
+            _ => false,
+        };
+        let Some(record) = record.filter(|_| wanted) else {
+            if self.local.remove(&id).is_some() {
+                out.push(Effect::Stop { deployment: id });
+            }
+            return;
+        };
+        let body = &record.body;
+        let local = self.local.entry(id).or_insert_with(|| LocalReplica {
+            deployer: body.deployer,
+            acted_version: 0,
+            prefetched: None,
+            last_poll: 0,
+            last_offer: 0,
+            reported: None,
+        });
+        let push = body.strategy == Strategy::Push;
+        if push
+            && let Some(me) = &self.self_facts
+            && (local.last_offer == 0
+                || now.saturating_sub(local.last_offer) >= self.config.candidate_refresh_ms)
+        {
+            local.last_offer = now;
+            out.push(Effect::Send {
+                to: body.deployer,
+                msg: FleetMessage::Candidate {
+                    deployment: id,
+                    facts: me.candidate(),
+                },
+            });
+        }
+        if (push || answer) && body.version > local.acted_version {
+            local.acted_version = body.version;
+            if local.prefetched.as_deref() != Some(body.image.as_str()) {
+                local.prefetched = Some(body.image.clone());
+                out.push(Effect::Prefetch {
+                    deployment: id,
+                    image: body.image.clone(),
+                });
+            }
+        }
+    }
+
+    /// Provider tick: drop expired records, follow changes of this node's own facts, poll the
+    /// deployers of pull deployments.
+    pub(super) fn provider_tick(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        self.store.prune(now);
+        let ids: Vec<DeploymentId> = self
+            .store
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(self.local.keys().copied())
+            .collect();
+        for id in ids {
+            self.sync_local(now, id, false, out);
+        }
+        let interval = self.config.pull_interval_ms;
+        let facts = self
+            .self_facts
+            .as_ref()
+            .map(ProviderFacts::candidate)
+            .unwrap_or_default();
+        for (id, local) in self.local.iter_mut() {
+            let pull = self
+                .store
+                .get(id)
+                .is_some_and(|r| r.body.strategy == Strategy::Pull);
+            if pull && now.saturating_sub(local.last_poll) >= interval {
+                local.last_poll = now;
+                out.push(Effect::Send {
+                    to: local.deployer,
+                    msg: FleetMessage::Poll {
+                        deployment: *id,
+                        have_version: local.acted_version,
+                        facts: facts.clone(),
+                    },
+                });
+            }
+        }
+    }
+
+    /// Provider: this node's replica of `deployment` reached `phase`; tell the deployer once.
+    pub(super) fn local_phase(
+        &mut self,
+        deployment: DeploymentId,
+        phase: TargetPhase,
+        reason: Option<String>,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(local) = self.local.get_mut(&deployment) else {
+            return;
+        };
+        let status = TargetStatus {
+            phase,
+            reason: bounded_reason(reason),
+        };
+        if local.reported.as_ref() == Some(&status) {
+            return;
+        }
+        local.reported = Some(status.clone());
+        out.push(Effect::Send {
+            to: local.deployer,
+            msg: FleetMessage::Report {
+                deployment,
+                version: local.acted_version,
+                phase: status.phase,
+                reason: status.reason,
+            },
+        });
+    }
+
+    /// This node's replicas of others' deployments.
+    pub fn local_replicas(&self) -> impl Iterator<Item = (&DeploymentId, &LocalReplica)> {
+        self.local.iter()
+    }
+}

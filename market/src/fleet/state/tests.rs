@@ -1,0 +1,447 @@
+//! The fleet machine between several nodes, messages delivered by a tiny in-memory network.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::*;
+use crate::fleet::record::{Replicas, Strategy};
+use crate::fleet::selector::Selector;
+use crate::identity::KeySigner;
+use crate::resources::Interface;
+use crate::test_utils::signer;
+
+const T0: Timestamp = 1_000_000;
+const IMAGE: &str = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+
+fn facts(seed: u64, site: &str, now: Timestamp) -> ProviderFacts {
+    let cap = Resources {
+        cpu_millis: 1000,
+        memory_bytes: 1 << 30,
+        ..Resources::default()
+    }
+    .with_interface(Interface::LoRa, 1);
+    ProviderFacts {
+        node: signer(seed).node_id(),
+        region: Some("eu".into()),
+        labels: BTreeMap::from([("site".to_string(), site.to_string())]),
+        free: cap.clone(),
+        capacity: cap,
+        last_seen: now,
+    }
+}
+
+fn spec(strategy: Strategy, replicas: Replicas) -> DeploymentSpec {
+    DeploymentSpec {
+        name: "gw".into(),
+        image: IMAGE.into(),
+        selector: Selector::parse("site=a").unwrap(),
+        needs: Resources {
+            cpu_millis: 100,
+            ..Resources::default()
+        },
+        replicas,
+        strategy,
+        max_price_per_replica: 50,
+        duration_ms: 3_600_000,
+        valid_for_ms: 600_000,
+    }
+}
+
+/// Node 1 deploys; nodes 2..=4 are `site=a`, node 5 is `site=b`.
+struct Net {
+    nodes: BTreeMap<NodeId, FleetState<KeySigner>>,
+    /// Every effect a node had to carry out itself, with who.
+    done: Vec<(NodeId, Effect)>,
+}
+
+impl Net {
+    fn new(config: FleetConfig) -> Net {
+        let mut net = Net::silent(config);
+        for seed in 2..=5 {
+            let site = if seed == 5 { "b" } else { "a" };
+            net.input(T0, 1, Input::Provider(facts(seed, site, T0)))
+                .unwrap();
+        }
+        net
+    }
+
+    /// Five nodes; the deployer knows nothing of the providers yet.
+    fn silent(config: FleetConfig) -> Net {
+        let mut nodes = BTreeMap::new();
+        for seed in 1..=5 {
+            let site = if seed == 5 { "b" } else { "a" };
+            let mut m = FleetState::new(signer(seed), config);
+            m.handle(T0, Input::SelfFacts(facts(seed, site, T0)))
+                .unwrap();
+            nodes.insert(signer(seed).node_id(), m);
+        }
+        Net {
+            nodes,
+            done: Vec::new(),
+        }
+    }
+
+    fn join(&mut self, seed: u64, site: &str, now: Timestamp) {
+        let mut m = FleetState::new(signer(seed), FleetConfig::default());
+        m.handle(now, Input::SelfFacts(facts(seed, site, now)))
+            .unwrap();
+        self.nodes.insert(signer(seed).node_id(), m);
+    }
+
+    fn id(seed: u64) -> NodeId {
+        signer(seed).node_id()
+    }
+
+    /// Feeds `input` to node `seed` and delivers every message that follows, in order.
+    fn input(&mut self, now: Timestamp, seed: u64, input: Input) -> Result<(), FleetError> {
+        let first = self
+            .nodes
+            .get_mut(&Net::id(seed))
+            .unwrap()
+            .handle(now, input)?;
+        let mut queue: VecDeque<(NodeId, Effect)> =
+            first.into_iter().map(|e| (Net::id(seed), e)).collect();
+        while let Some((from, effect)) = queue.pop_front() {
+            let deliveries: Vec<(NodeId, bool, FleetMessage)> = match &effect {
+                Effect::Broadcast(msg) => self
+                    .nodes
+                    .keys()
+                    .filter(|n| **n != from)
+                    .map(|n| (*n, true, msg.clone()))
+                    .collect(),
+                Effect::Send { to, msg } => vec![(*to, false, msg.clone())],
+                _ => {
+                    self.done.push((from, effect));
+                    continue;
+                }
+            };
+            for (to, gossip, msg) in deliveries {
+                let Some(node) = self.nodes.get_mut(&to) else {
+                    continue;
+                };
+                let more = node.handle(now, Input::Remote { from, gossip, msg })?;
+                queue.extend(more.into_iter().map(|e| (to, e)));
+            }
+        }
+        Ok(())
+    }
+
+    fn tick_all(&mut self, now: Timestamp) {
+        for seed in 1..=5 {
+            self.input(now, seed, Input::Tick).unwrap();
+        }
+    }
+
+    fn take(&mut self) -> Vec<(NodeId, Effect)> {
+        std::mem::take(&mut self.done)
+    }
+
+    fn deployer(&self) -> &FleetState<KeySigner> {
+        self.nodes.get(&Net::id(1)).unwrap()
+    }
+}
+
+fn prefetchers(done: &[(NodeId, Effect)]) -> Vec<NodeId> {
+    done.iter()
+        .filter(|(_, e)| matches!(e, Effect::Prefetch { image, .. } if image == IMAGE))
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+#[test]
+fn push_rollout_reports_and_delete() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    // Push: the matching providers fetch the image on the announcement, before any contract.
+    let mut fetch = prefetchers(&net.take());
+    fetch.sort();
+    let mut want = vec![Net::id(2), Net::id(3), Net::id(4)];
+    want.sort();
+    assert_eq!(fetch, want);
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    let placed: Vec<NodeId> = net
+        .take()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Place { target, image, .. } if image == IMAGE => Some(target),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(placed.len(), 3);
+    for seed in 2..=4 {
+        let phase = Input::LocalPhase {
+            deployment: id,
+            phase: TargetPhase::Running,
+            reason: None,
+        };
+        net.input(T0 + 20, seed, phase.clone()).unwrap();
+        net.input(T0 + 21, seed, phase).unwrap(); // reported once
+    }
+    let own = net.deployer().own(&id).unwrap();
+    assert!(
+        own.targets
+            .values()
+            .all(|s| s.phase == TargetPhase::Running)
+    );
+    assert_eq!(own.targets.len(), 3);
+    net.input(T0 + 30, 1, Input::Delete(id)).unwrap();
+    let done = net.take();
+    let released = done
+        .iter()
+        .filter(|(n, e)| *n == Net::id(1) && matches!(e, Effect::Release { .. }))
+        .count();
+    let stopped = done
+        .iter()
+        .filter(|(_, e)| matches!(e, Effect::Stop { deployment } if *deployment == id))
+        .count();
+    assert_eq!((released, stopped), (3, 3));
+    net.tick_all(T0 + 40);
+    assert!(
+        net.deployer().own(&id).is_none(),
+        "deleted and released: forgotten"
+    );
+}
+
+#[test]
+fn pull_targets_act_when_they_poll_not_on_gossip() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Pull, Replicas::All)))
+        .unwrap();
+    assert!(prefetchers(&net.take()).is_empty(), "pull ignores the push");
+    for seed in 2..=5 {
+        net.input(T0 + 1000, seed, Input::Tick).unwrap();
+    }
+    let mut fetch = prefetchers(&net.take());
+    fetch.sort();
+    let mut want = vec![Net::id(2), Net::id(3), Net::id(4)];
+    want.sort();
+    assert_eq!(fetch, want, "fetched on the deployer's answer");
+    assert_eq!(net.deployer().counters().polls_answered, 3);
+    // Next poll: up to date, nothing to fetch; within the interval, no poll at all.
+    net.tick_all(T0 + 1500);
+    assert_eq!(net.deployer().counters().polls_answered, 3);
+    net.tick_all(T0 + 2000);
+    assert!(prefetchers(&net.take()).is_empty());
+    assert_eq!(net.deployer().counters().polls_answered, 6);
+}
+
+#[test]
+fn forged_records_and_stray_reports_are_counted_and_ignored() {
+    let mut net = Net::new(FleetConfig::default());
+    let mut forged = spec(Strategy::Push, Replicas::All)
+        .sign(&signer(1), T0, T0, T0)
+        .unwrap();
+    forged.body.image = "bafkreievil".into();
+    net.input(T0, 5, Input::Tick).unwrap();
+    let p2 = net.nodes.get_mut(&Net::id(2)).unwrap();
+    let out = p2
+        .handle(
+            T0,
+            Input::Remote {
+                from: Net::id(5),
+                gossip: true,
+                msg: FleetMessage::Announce(Box::new(forged)),
+            },
+        )
+        .unwrap();
+    assert!(out.is_empty());
+    assert_eq!(p2.counters().bad_records, 1);
+    assert!(p2.store().is_empty());
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Push, Replicas::Count(1))),
+    )
+    .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    let d = net.nodes.get_mut(&Net::id(1)).unwrap();
+    d.handle(
+        T0,
+        Input::Remote {
+            from: Net::id(5),
+            gossip: false,
+            msg: FleetMessage::Report {
+                deployment: id,
+                version: 1,
+                phase: TargetPhase::Running,
+                reason: Some("x".repeat(10_000)),
+            },
+        },
+    )
+    .unwrap();
+    assert_eq!(d.counters().stray_reports, 1);
+}
+
+#[test]
+fn records_are_resigned_before_expiry_and_upgrades_refused() {
+    let config = FleetConfig::default();
+    let mut d = FleetState::new(signer(1), config);
+    d.handle(T0, Input::Create(spec(Strategy::Push, Replicas::Count(2))))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    let v1 = d.own(&id).unwrap().record.body.clone();
+    let before = v1.expires_at - config.resign_before_ms - 1;
+    assert!(
+        !d.handle(before, Input::Tick)
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Effect::Broadcast(_)))
+    );
+    let out = d.handle(before + 1, Input::Tick).unwrap();
+    assert!(out.iter().any(|e| matches!(e, Effect::Broadcast(_))));
+    let v2 = d.own(&id).unwrap().record.body.clone();
+    assert!(v2.version > v1.version && v2.expires_at > v1.expires_at);
+    let other = DeploymentSpec {
+        image: "bafkreiother".into(),
+        ..spec(Strategy::Push, Replicas::Count(2))
+    };
+    assert!(matches!(
+        d.handle(before + 2, Input::Create(other)),
+        Err(FleetError::UpgradeNotSupported { .. })
+    ));
+    let stranger = deployment_id(&Net::id(2), "gw");
+    assert!(matches!(
+        d.handle(before + 2, Input::Delete(stranger)),
+        Err(FleetError::NotMine { .. })
+    ));
+    let small = FleetConfig {
+        max_own: 1,
+        max_providers: 2,
+        ..config
+    };
+    let mut d = FleetState::new(signer(1), small);
+    d.handle(T0, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let second = DeploymentSpec {
+        name: "other".into(),
+        ..spec(Strategy::Push, Replicas::All)
+    };
+    assert!(matches!(
+        d.handle(T0, Input::Create(second)),
+        Err(FleetError::TooManyOwn { max: 1 })
+    ));
+    for seed in 2..=4 {
+        d.handle(T0 + seed, Input::Provider(facts(seed, "a", T0 + seed)))
+            .unwrap();
+    }
+    assert_eq!(d.providers().len(), 2);
+    assert!(!d.providers().contains_key(&Net::id(2)), "the oldest went");
+    assert_eq!(d.counters().providers_evicted, 1);
+}
+
+#[test]
+fn a_provider_whose_labels_change_stops_and_is_replaced() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Push, Replicas::Count(2))),
+    )
+    .unwrap();
+    net.input(T0 + 1, 1, Input::Tick).unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    let targets: Vec<NodeId> = net
+        .deployer()
+        .own(&id)
+        .unwrap()
+        .targets
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(targets.len(), 2);
+    let moved = targets[0];
+    let seed = (2..=4).find(|s| Net::id(*s) == moved).unwrap();
+    net.take();
+    // The provider's operator relabels it: it stops its replica, and the deployer (hearing the
+    // new facts) releases it and places a replacement.
+    net.input(T0 + 2, seed, Input::SelfFacts(facts(seed, "b", T0 + 2)))
+        .unwrap();
+    net.input(T0 + 2, seed, Input::Tick).unwrap();
+    net.input(T0 + 2, 1, Input::Provider(facts(seed, "b", T0 + 2)))
+        .unwrap();
+    net.input(T0 + 3, 1, Input::Tick).unwrap();
+    let done = net.take();
+    assert!(done.contains(&(moved, Effect::Stop { deployment: id })));
+    assert!(done.iter().any(|(_, e)| matches!(e,
+        Effect::Release { target, reason: ReleaseReason::NoLongerMatches, .. } if *target == moved)));
+    let now: Vec<NodeId> = net
+        .deployer()
+        .own(&id)
+        .unwrap()
+        .targets
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(now.len(), 2);
+    assert!(!now.contains(&moved));
+}
+
+fn placed(done: &[(NodeId, Effect)]) -> Vec<NodeId> {
+    let mut out: Vec<NodeId> = done
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Place { target, .. } => Some(*target),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_deployer_learns_targets_from_candidates_and_late_joiners() {
+    let mut net = Net::silent(FleetConfig::default());
+    assert!(net.deployer().providers().is_empty());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    // Push: every selected provider offers itself; the one that is not selected stays silent.
+    let known: Vec<NodeId> = net.deployer().providers().keys().copied().collect();
+    let mut want = vec![Net::id(2), Net::id(3), Net::id(4)];
+    want.sort();
+    assert_eq!(known, want);
+    net.take();
+    net.input(T0 + 1, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()), want);
+    // Node 6 (site=a) was down during the rollout: when it comes up, the deployer hands it the
+    // record, it fetches the image and offers itself, and the next round places it.
+    net.join(6, "a", T0 + 5_000);
+    net.input(T0 + 5_000, 1, Input::PeerUp(Net::id(6))).unwrap();
+    assert_eq!(prefetchers(&net.take()), vec![Net::id(6)]);
+    net.input(T0 + 5_001, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()), vec![Net::id(6)]);
+    // Candidates refresh their offer (which keeps them online for the deployer).
+    let refresh = T0 + FleetConfig::default().candidate_refresh_ms;
+    net.input(refresh, 2, Input::Tick).unwrap();
+    assert_eq!(
+        net.deployer()
+            .providers()
+            .get(&Net::id(2))
+            .unwrap()
+            .last_seen,
+        refresh
+    );
+}
+
+#[test]
+fn pull_polls_carry_the_facts_the_deployer_chooses_from() {
+    let mut net = Net::silent(FleetConfig::default());
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Pull, Replicas::Count(2))),
+    )
+    .unwrap();
+    assert!(
+        net.deployer().providers().is_empty(),
+        "pull: no candidate on the gossip"
+    );
+    for seed in 2..=5 {
+        net.input(T0 + 1_000, seed, Input::Tick).unwrap();
+    }
+    assert_eq!(net.deployer().providers().len(), 3);
+    net.take();
+    net.input(T0 + 1_001, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()).len(), 2);
+}

@@ -1,0 +1,184 @@
+//! A bounded store of deployment records heard from peers (latest version per deployment).
+//!
+//! Strangers can sign as many records as they like, so the store has a total cap and a cap per
+//! deployer. When full, a record that selects this node (or is the node's own) evicts the record
+//! that matters least: first records that do not select this node, then those that do, soonest
+//! expiry first; the node's own records are never evicted, and a record that does not select
+//! this node is refused rather than evicting anything. Every drop is counted.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::FleetError;
+use crate::fleet::record::Deployment;
+use crate::identity::{NodeId, Timestamp};
+use crate::ids::DeploymentId;
+
+/// Store bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreLimits {
+    /// Records held in total.
+    pub max_records: usize,
+    /// Records held per deployer (the node's own deployments are exempt).
+    pub max_per_deployer: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_records: 256,
+            max_per_deployer: 8,
+        }
+    }
+}
+
+/// What the store did with a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// A deployment not seen before.
+    New,
+    /// A higher version of a known deployment replaced the old one.
+    Replaced,
+    /// Not newer than what is held; ignored.
+    Stale,
+}
+
+/// Counters of what the store did, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreCounters {
+    /// Records stored (new or replacing).
+    pub stored: u64,
+    /// Records ignored as not newer.
+    pub stale: u64,
+    /// Records refused: the deployer's quota or the whole store was full.
+    pub refused: u64,
+    /// Records evicted to make room.
+    pub evicted: u64,
+    /// Records dropped on expiry.
+    pub expired: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Entry {
+    record: Deployment,
+    wants_me: bool,
+}
+
+/// The latest known version of each deployment, bounded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeploymentStore {
+    me: NodeId,
+    limits: StoreLimits,
+    entries: BTreeMap<DeploymentId, Entry>,
+    counters: StoreCounters,
+}
+
+impl DeploymentStore {
+    /// An empty store for node `me`.
+    pub fn new(me: NodeId, limits: StoreLimits) -> Self {
+        DeploymentStore {
+            me,
+            limits,
+            entries: BTreeMap::new(),
+            counters: StoreCounters::default(),
+        }
+    }
+
+    /// Stores `record` (already verified and checked, see
+    /// [`crate::fleet::decode_deployment`]); `wants_me` says whether it selects this node.
+    pub fn insert(&mut self, record: Deployment, wants_me: bool) -> Result<Stored, FleetError> {
+        let id = record.body.id();
+        let deployer = record.body.deployer;
+        if let Some(held) = self.entries.get_mut(&id) {
+            if record.body.version <= held.record.body.version {
+                self.counters.stale += 1;
+                return Ok(Stored::Stale);
+            }
+            *held = Entry { record, wants_me };
+            self.counters.stored += 1;
+            return Ok(Stored::Replaced);
+        }
+        if deployer != self.me {
+            let from_deployer = self
+                .entries
+                .values()
+                .filter(|e| e.record.body.deployer == deployer)
+                .count();
+            if from_deployer >= self.limits.max_per_deployer {
+                self.counters.refused += 1;
+                return Err(FleetError::DeployerQuota {
+                    deployer,
+                    max: self.limits.max_per_deployer,
+                });
+            }
+        }
+        if self.entries.len() >= self.limits.max_records && !self.evict_for(deployer, wants_me) {
+            self.counters.refused += 1;
+            return Err(FleetError::StoreFull {
+                max: self.limits.max_records,
+            });
+        }
+        self.entries.insert(id, Entry { record, wants_me });
+        self.counters.stored += 1;
+        Ok(Stored::New)
+    }
+
+    /// Evicts one stranger's record to make room for one that selects this node or is the
+    /// node's own; a record that does not select this node never evicts anything.
+    fn evict_for(&mut self, incoming: NodeId, incoming_wants_me: bool) -> bool {
+        if incoming != self.me && !incoming_wants_me {
+            return false;
+        }
+        let victim = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.record.body.deployer != self.me)
+            .min_by_key(|(id, e)| (e.wants_me, e.record.body.expires_at, **id))
+            .map(|(id, _)| *id);
+        match victim {
+            Some(id) => {
+                self.entries.remove(&id);
+                self.counters.evicted += 1;
+                tracing::debug!(deployment = %id.short(), "deployment store full: evicted a record");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops every record expired at `now`; returns how many.
+    pub fn prune(&mut self, now: Timestamp) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, e| e.record.body.expires_at > now);
+        let dropped = before - self.entries.len();
+        self.counters.expired += dropped as u64;
+        dropped
+    }
+
+    /// The latest version of deployment `id`.
+    pub fn get(&self, id: &DeploymentId) -> Option<&Deployment> {
+        self.entries.get(id).map(|e| &e.record)
+    }
+
+    /// Every held record, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&DeploymentId, &Deployment)> {
+        self.entries.iter().map(|(id, e)| (id, &e.record))
+    }
+
+    /// How many records are held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// What the store did so far.
+    pub fn counters(&self) -> StoreCounters {
+        self.counters
+    }
+}

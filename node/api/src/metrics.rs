@@ -82,6 +82,10 @@ struct Series {
     inbound_routes: Family<Labels, Counter>,
     gossip_route_dropped: Family<Labels, Counter>,
     rpc_inbound_failed: Family<Labels, Counter>,
+    nat_status: Family<Labels, Gauge>,
+    relay: Family<Labels, Counter>,
+    relay_open: Family<Labels, Gauge>,
+    hole_punches: Family<Labels, Counter>,
     ledger_height: Gauge,
     ledger_last_block_age_seconds: Gauge<f64, AtomicU64>,
     ledger_caught_up: Gauge,
@@ -118,6 +122,10 @@ impl Series {
             inbound_routes: Family::default(),
             gossip_route_dropped: Family::default(),
             rpc_inbound_failed: Family::default(),
+            nat_status: Family::default(),
+            relay: Family::default(),
+            relay_open: Family::default(),
+            hole_punches: Family::default(),
             ledger_height: Gauge::default(),
             ledger_last_block_age_seconds: Gauge::default(),
             ledger_caught_up: Gauge::default(),
@@ -187,6 +195,28 @@ impl Series {
             "rpc_inbound_failed",
             "Inbound requests that failed as libp2p reports them, by reason",
             s.rpc_inbound_failed.clone(),
+        );
+        r.register(
+            "nat_status",
+            "1 for what AutoNAT concluded about this node (status = unknown, public, private)",
+            s.nat_status.clone(),
+        );
+        r.register(
+            "relay",
+            "Circuit relay v2 server decisions, by kind (reservation, circuit) and outcome \
+             (accepted, denied: over a per-peer or total limit, or a rate)",
+            s.relay.clone(),
+        );
+        r.register(
+            "relay_open",
+            "Relay state now, by kind (circuits: carried for others as a relay server; \
+             reservations_held: slots this node holds on relays)",
+            s.relay_open.clone(),
+        );
+        r.register(
+            "hole_punches",
+            "DCUtR hole punches by outcome (succeeded: the relayed connection became direct)",
+            s.hole_punches.clone(),
         );
         r.register(
             "ledger_height",
@@ -468,6 +498,34 @@ impl Metrics {
             }
             for (reason, v) in &n.rpc_inbound_failed {
                 set_family_counter(&s.rpc_inbound_failed, &[("reason", reason)], *v);
+            }
+            for status in ["unknown", "public", "private"] {
+                let on = i64::from(n.nat_status == status);
+                set_family_gauge(&s.nat_status, &[("status", status)], on);
+            }
+            for (kind, outcome, v) in [
+                ("reservation", "accepted", n.relay_reservations_accepted),
+                ("reservation", "denied", n.relay_reservations_denied),
+                ("circuit", "accepted", n.relay_circuits_accepted),
+                ("circuit", "denied", n.relay_circuits_denied),
+            ] {
+                set_family_counter(&s.relay, &[("kind", kind), ("outcome", outcome)], v);
+            }
+            set_family_gauge(
+                &s.relay_open,
+                &[("kind", "circuits")],
+                int(n.relay_circuits_open),
+            );
+            set_family_gauge(
+                &s.relay_open,
+                &[("kind", "reservations_held")],
+                int(n.relay_reservations_held),
+            );
+            for (outcome, v) in [
+                ("succeeded", n.hole_punch_succeeded),
+                ("failed", n.hole_punch_failed),
+            ] {
+                set_family_counter(&s.hole_punches, &[("outcome", outcome)], v);
             }
         }
         self.refresh_ledger(st).await;

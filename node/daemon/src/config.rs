@@ -149,7 +149,8 @@ impl Default for NodeSection {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct NetworkSection {
-    /// Listen multiaddrs.
+    /// Listen multiaddrs: TCP and QUIC (`/udp/PORT/quic-v1`) by default; peers without UDP
+    /// still reach the node over TCP.
     pub listen: Vec<String>,
     /// Bootstrap multiaddrs (with `/p2p/<peer id>`).
     pub bootstrap: Vec<String>,
@@ -168,13 +169,26 @@ pub struct NetworkSection {
     pub target_peers: usize,
     /// Connections younger than this are never closed as spare, ms.
     pub trim_grace_ms: u64,
+    /// Addresses at which others reach this node (e.g. `/ip4/PUBLIC/tcp/4001` behind a port
+    /// forward). A relay serves only once it has one (configured here, or confirmed by
+    /// AutoNAT after a few probes).
+    pub external: Vec<String>,
+    /// Serve circuit relay v2 to nodes behind NAT (`agora node run --relay`), with per-peer
+    /// limits on reservations and circuits.
+    pub relay_server: bool,
+    /// AutoNAT never dials back private or reserved addresses. Turn off only in a test lab
+    /// whose "internet" uses reserved ranges (the netlab).
+    pub autonat_only_global_ips: bool,
 }
 
 impl Default for NetworkSection {
     fn default() -> Self {
         let d = NetworkConfig::default();
         NetworkSection {
-            listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4001".into(),
+                "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
+            ],
             bootstrap: Vec::new(),
             mdns: false,
             presence_interval_ms: duration_ms(d.presence_interval),
@@ -183,6 +197,9 @@ impl Default for NetworkSection {
             gossip_heartbeat_ms: duration_ms(d.gossip_heartbeat),
             target_peers: d.target_peers,
             trim_grace_ms: duration_ms(d.trim_grace),
+            external: Vec::new(),
+            relay_server: d.relay_server,
+            autonat_only_global_ips: d.autonat_only_global_ips,
         }
     }
 }
@@ -300,6 +317,9 @@ impl NodeConfig {
             gossip_heartbeat: Duration::from_millis(self.network.gossip_heartbeat_ms.max(10)),
             target_peers: self.network.target_peers.max(1),
             trim_grace: Duration::from_millis(self.network.trim_grace_ms),
+            external: parse_addrs("network.external", &self.network.external)?,
+            relay_server: self.network.relay_server,
+            autonat_only_global_ips: self.network.autonat_only_global_ips,
         })
     }
 

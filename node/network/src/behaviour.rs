@@ -6,8 +6,8 @@ use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, connection_limits, identify, kad, mdns, noise, ping, request_response,
-    tcp, yamux,
+    StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, kad, mdns, noise, ping,
+    relay, request_response, tcp, yamux,
 };
 
 use super::rpc_codec::{RPC_PROTOCOL, RpcCodec};
@@ -41,6 +41,14 @@ pub(crate) struct AgoraBehaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Circuit relay v2 server (`[network] relay_server`), with per-peer limits.
+    pub relay_server: Toggle<relay::Behaviour>,
+    /// Circuit relay v2 client: reserves slots on relays and dials through them.
+    pub relay_client: relay::client::Behaviour,
+    /// Hole punching: upgrades a relayed connection to a direct one.
+    pub dcutr: dcutr::Behaviour,
+    /// Whether this node is publicly reachable (and an AutoNAT server for others).
+    pub autonat: autonat::Behaviour,
     /// Raw streams for bitswap: `libp2p-stream` gives the block exchange its own
     /// `Control` to open/accept streams outside the swarm loop, so block transfer never stalls
     /// gossip and the loop stays free of bitswap state (a custom behaviour would put the
@@ -70,6 +78,8 @@ pub(crate) fn build_swarm(
     let mdns_enabled = cfg.mdns;
     let gossip_heartbeat = cfg.gossip_heartbeat;
     let idle_ping = cfg.idle_ping_interval;
+    let relay_server = cfg.relay_server;
+    let autonat_only_global = cfg.autonat_only_global_ips;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -78,7 +88,12 @@ pub(crate) fn build_swarm(
             yamux::Config::default,
         )
         .map_err(|e| setup(e.to_string()))?
-        .with_behaviour(|key| {
+        // QUIC beside TCP: one UDP socket for listening and dialing, so a cone NAT maps it to
+        // one public port and hole punching works; peers without UDP still use TCP.
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(e.to_string()))?
+        .with_behaviour(|key, relay_client| {
             // Gossip is unsigned at the libp2p layer, like Ethereum's consensus gossip
             // (`StrictNoSign`): every payload is an envelope signed by its author (domain
             // separated, checked once per message in `on_gossip`), so gossipsub's own signature
@@ -116,9 +131,12 @@ pub(crate) fn build_swarm(
                 [(RPC_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
             );
+            // Listen-address changes are pushed, so peers (and through Kademlia everyone) learn
+            // a relayed `/p2p-circuit` address as soon as the reservation is accepted.
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
-                    .with_agent_version(format!("agora/{}", env!("CARGO_PKG_VERSION"))),
+                    .with_agent_version(format!("agora/{}", env!("CARGO_PKG_VERSION")))
+                    .with_push_listen_addr_updates(true),
             );
             // Slow liveness and round-trip times of every direct peer; watched peers get fast
             // heartbeats on top (see `heartbeat`).
@@ -148,6 +166,8 @@ pub(crate) fn build_swarm(
                     .with_max_established_incoming(Some(MAX_INCOMING_CONNECTIONS))
                     .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
             );
+            let relay_server = relay_server.then(|| relay::Behaviour::new(peer_id, relay_config()));
+            let autonat = autonat::Behaviour::new(peer_id, autonat_config(autonat_only_global));
             Ok(AgoraBehaviour {
                 limits,
                 gossipsub,
@@ -157,10 +177,55 @@ pub(crate) fn build_swarm(
                 kad,
                 mdns: Toggle::from(mdns),
                 stream: libp2p_stream::Behaviour::new(),
+                relay_server: Toggle::from(relay_server),
+                relay_client,
+                dcutr: dcutr::Behaviour::new(peer_id),
+                autonat,
             })
         })
         .map_err(|e| setup(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
     Ok(swarm)
+}
+
+/// Most relay reservations a relay server holds, in all and per peer.
+pub const RELAY_MAX_RESERVATIONS: usize = 128;
+pub const RELAY_MAX_RESERVATIONS_PER_PEER: usize = 2;
+/// Most relayed circuits a relay server carries, in all and per peer.
+pub const RELAY_MAX_CIRCUITS: usize = 64;
+pub const RELAY_MAX_CIRCUITS_PER_PEER: usize = 4;
+/// How long one circuit may live and how many bytes it may carry (each direction). libp2p's
+/// defaults (2 min, 128 KiB) are meant for the hole-punch handshake only; agora edges behind a
+/// symmetric NAT have no direct path, so gossip, requests, presence and small bitswap transfers
+/// must fit. A circuit that reaches a limit is closed and redialled (presence notices within
+/// its timeout); bulk content should not travel through someone else's relay.
+pub const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(30 * 60);
+pub const RELAY_CIRCUIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The relay server's limits: a relay is a resource strangers can make us hold, so everything is
+/// bounded (libp2p's per-peer and per-IP rate limiters on reservations and circuits stay on).
+fn relay_config() -> relay::Config {
+    relay::Config {
+        max_reservations: RELAY_MAX_RESERVATIONS,
+        max_reservations_per_peer: RELAY_MAX_RESERVATIONS_PER_PEER,
+        max_circuits: RELAY_MAX_CIRCUITS,
+        max_circuits_per_peer: RELAY_MAX_CIRCUITS_PER_PEER,
+        max_circuit_duration: RELAY_CIRCUIT_DURATION,
+        max_circuit_bytes: RELAY_CIRCUIT_BYTES,
+        ..relay::Config::default()
+    }
+}
+
+/// AutoNAT v1: first probe soon after start (a node behind NAT should get its relay slot within
+/// seconds), retried every 30 s until confident. `only_global` refuses to dial back private
+/// addresses (off only in test labs whose "internet" uses reserved ranges).
+fn autonat_config(only_global: bool) -> autonat::Config {
+    autonat::Config {
+        boot_delay: Duration::from_secs(2),
+        retry_interval: Duration::from_secs(30),
+        throttle_server_period: Duration::from_secs(5),
+        only_global_ips: only_global,
+        ..autonat::Config::default()
+    }
 }

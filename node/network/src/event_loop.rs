@@ -32,6 +32,7 @@ use agora_wire::codec::{
 use agora_wire::now_ms;
 
 mod liveness;
+mod nat;
 
 /// A peer not watched is declared unreachable after this many idle ping intervals of silence.
 const IDLE_PINGS_BEFORE_DOWN: u32 = 4;
@@ -109,6 +110,8 @@ struct EventLoop {
     /// libp2p's own metrics (swarm, gossipsub, identify, kad, ping), when the node serves
     /// `/metrics`.
     p2p_metrics: Option<libp2p::metrics::Metrics>,
+    /// AutoNAT verdict, relay reservations, relayed connections.
+    nat: nat::NatState,
 }
 
 /// An inbound request waiting for the application's answer.
@@ -153,6 +156,9 @@ pub async fn spawn_with_metrics(
                 addr: addr.clone(),
                 reason: transport_reason(&e),
             })?;
+    }
+    for addr in &cfg.external {
+        swarm.add_external_address(addr.clone());
     }
     for addr in &cfg.bootstrap {
         if let Err(e) = swarm.dial(addr.clone()) {
@@ -217,6 +223,7 @@ pub async fn spawn_with_metrics(
         refusals: HashMap::new(),
         judged: HashSet::new(),
         p2p_metrics,
+        nat: nat::NatState::default(),
     };
     let task = tokio::spawn(event_loop.run(cancel).in_current_span());
     Ok((handle, task))
@@ -269,6 +276,7 @@ impl EventLoop {
     /// spare connections above it.
     fn redial(&mut self) {
         self.expire_inbound();
+        self.reserve_relays();
         self.trim_connections();
         if !self.below_target() {
             return;
@@ -383,6 +391,11 @@ impl EventLoop {
                     });
                 let _ = reply.send(res);
             }
+            Command::AddExternal(addr, reply) => {
+                info!(%addr, "external address added");
+                self.swarm.add_external_address(addr);
+                let _ = reply.send(());
+            }
             Command::Disconnect(peer, reply) => {
                 let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
             }
@@ -391,6 +404,8 @@ impl EventLoop {
                     .swarm
                     .connected_peers()
                     .map(|p| PeerInfo {
+                        direct: self.nat.paths(p).0,
+                        relayed: self.nat.paths(p).1,
                         peer_id: p.to_string(),
                         node_id: node_id_of(p).map(|n| n.to_string()),
                         addr: self
@@ -422,6 +437,7 @@ impl EventLoop {
                 let mut stats = self.stats.clone();
                 self.counters.fill(&mut stats);
                 self.routes.fill(&mut stats);
+                self.nat_fill(&mut stats);
                 stats.peers_evicted += self.presence.evicted();
                 let _ = reply.send(stats);
             }
@@ -471,8 +487,30 @@ impl EventLoop {
                 SwarmEvent::Behaviour(AgoraBehaviourEvent::Identify(e)) => m.record(e),
                 SwarmEvent::Behaviour(AgoraBehaviourEvent::Kad(e)) => m.record(e),
                 SwarmEvent::Behaviour(AgoraBehaviourEvent::Ping(e)) => m.record(e),
+                SwarmEvent::Behaviour(AgoraBehaviourEvent::Dcutr(e)) => m.record(e),
+                SwarmEvent::Behaviour(AgoraBehaviourEvent::RelayServer(e)) => m.record(e),
                 _ => {}
             }
+        }
+        match &event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let relayed = nat::is_relayed(endpoint.get_remote_address());
+                self.nat_connection_opened(*peer_id, *connection_id, relayed);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            } => self.nat_connection_closed(*peer_id, *connection_id),
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                self.nat_listener_closed(*listener_id)
+            }
+            _ => {}
         }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -542,6 +580,7 @@ impl EventLoop {
             AgoraBehaviourEvent::Rpc(ev) => self.on_rpc(ev),
             AgoraBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 self.on_peer_addrs(peer_id, &info.listen_addrs);
+                self.nat_on_identify(peer_id, &info.protocols);
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
@@ -582,6 +621,10 @@ impl EventLoop {
                 step,
                 ..
             }) => self.on_kad_query(id, result, step.last),
+            AgoraBehaviourEvent::Autonat(e) => self.on_autonat(e),
+            AgoraBehaviourEvent::RelayClient(e) => self.on_relay_client(e),
+            AgoraBehaviourEvent::RelayServer(e) => self.on_relay_server(e),
+            AgoraBehaviourEvent::Dcutr(e) => self.on_dcutr(e),
             AgoraBehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
                 if !self.swarm.is_connected(&peer) && self.below_target() =>
             {

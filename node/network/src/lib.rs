@@ -73,6 +73,15 @@ pub struct NetworkConfig {
     /// A connection younger than this is never trimmed (lets Kademlia lookups and gossipsub
     /// grafts settle first).
     pub trim_grace: Duration,
+    /// Addresses at which others reach this node (a public node behind a port forward, or a
+    /// relay: a relay server serves only once it has a confirmed external address; AutoNAT
+    /// confirms one on its own after a few probes).
+    pub external: Vec<Multiaddr>,
+    /// Serve circuit relay v2 to others (bounded: see `RELAY_MAX_*`).
+    pub relay_server: bool,
+    /// AutoNAT refuses to dial back private and reserved addresses (turn off only in a lab
+    /// whose "internet" uses reserved ranges, such as the netlab's 203.0.113.0/24).
+    pub autonat_only_global_ips: bool,
 }
 
 impl Default for NetworkConfig {
@@ -87,6 +96,9 @@ impl Default for NetworkConfig {
             gossip_heartbeat: Duration::from_millis(500),
             target_peers: 16,
             trim_grace: Duration::from_secs(30),
+            external: Vec::new(),
+            relay_server: false,
+            autonat_only_global_ips: true,
         }
     }
 }
@@ -152,6 +164,12 @@ pub struct PeerInfo {
     pub agent: Option<String>,
     /// Last ping round-trip, ms.
     pub rtt_ms: Option<u64>,
+    /// At least one connection to the peer is direct (not through a relay).
+    #[serde(default)]
+    pub direct: bool,
+    /// At least one connection to the peer goes through a circuit relay.
+    #[serde(default)]
+    pub relayed: bool,
 }
 
 /// Counters the loop keeps. Every refusal of a per-peer limit (#13.9) has its own counter;
@@ -214,6 +232,20 @@ pub struct NetworkStats {
     /// every refusal counted above —, `io`). libp2p reports nothing for inbound streams its
     /// request-response handler drops beyond its 100 concurrent streams per connection.
     pub rpc_inbound_failed: std::collections::BTreeMap<String, u64>,
+    /// What AutoNAT concluded about this node: `unknown`, `public` or `private`.
+    pub nat_status: String,
+    /// Relay reservations this node holds on relays (accepted, still open).
+    pub relay_reservations_held: u64,
+    /// As a relay server: reservations accepted, refused (over a limit or rate), circuits
+    /// accepted, refused, and open now.
+    pub relay_reservations_accepted: u64,
+    pub relay_reservations_denied: u64,
+    pub relay_circuits_accepted: u64,
+    pub relay_circuits_denied: u64,
+    pub relay_circuits_open: u64,
+    /// Hole punches (DCUtR) that made a relayed connection direct, and that failed.
+    pub hole_punch_succeeded: u64,
+    pub hole_punch_failed: u64,
 }
 
 /// Counters shared with tasks outside the swarm loop (stream accept loops).
@@ -304,6 +336,7 @@ pub(crate) enum Command {
     Request(PeerId, Vec<u8>, Reply<Result<Envelope, NetworkError>>),
     Respond(u64, Vec<u8>, Reply<Result<(), NetworkError>>),
     Dial(Multiaddr, Reply<Result<(), NetworkError>>),
+    AddExternal(Multiaddr, Reply<()>),
     Disconnect(PeerId, Reply<bool>),
     Peers(Reply<Vec<PeerInfo>>),
     ListenAddrs(Reply<Vec<Multiaddr>>),
@@ -437,6 +470,12 @@ impl NetworkHandle {
     /// Dials an address.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetworkError> {
         self.call(|r| Command::Dial(addr, r)).await?
+    }
+
+    /// Declares an address at which others reach this node (like `NetworkConfig::external`,
+    /// for an address known only after start, such as a port chosen by the OS).
+    pub async fn add_external_address(&self, addr: Multiaddr) -> Result<(), NetworkError> {
+        self.call(|r| Command::AddExternal(addr, r)).await
     }
 
     /// Closes every connection to `peer`; `false` if it was not connected. A watched peer or

@@ -27,6 +27,13 @@ pub struct RunArgs {
     /// Discover peers on the LAN with mDNS.
     #[arg(long)]
     pub mdns: bool,
+    /// Serve circuit relay v2 to nodes behind NAT (bounded per peer; see `[network]
+    /// relay_server`). Give the node a reachable `[network] external` address too.
+    #[arg(long)]
+    pub relay: bool,
+    /// Address at which others reach this node (repeatable), e.g. /ip4/PUBLIC_IP/tcp/4001.
+    #[arg(long)]
+    pub external: Vec<String>,
 }
 
 /// Builds the effective config: defaults < file < env < flags.
@@ -57,6 +64,12 @@ pub fn resolve_config(dir: &Path, args: &RunArgs) -> anyhow::Result<NodeConfig> 
     }
     if args.mdns {
         config.network.mdns = true;
+    }
+    if args.relay {
+        config.network.relay_server = true;
+    }
+    if !args.external.is_empty() {
+        config.network.external = args.external.clone();
     }
     Ok(config)
 }

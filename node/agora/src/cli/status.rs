@@ -29,6 +29,13 @@ pub async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
         s.stats.gossip_rejected,
         s.stats.gossip_published
     );
+    println!(
+        "nat       {} (relay slots held: {}; hole punches {} ok, {} failed)",
+        s.stats.nat_status,
+        s.stats.relay_reservations_held,
+        s.stats.hole_punch_succeeded,
+        s.stats.hole_punch_failed
+    );
     Ok(())
 }
 
@@ -47,6 +54,13 @@ pub async fn peers(dir: &Path, json: bool) -> anyhow::Result<()> {
                     .map(|n| n.chars().take(8).collect())
                     .unwrap_or_else(|| "-".into()),
                 p.addr.clone(),
+                match (p.direct, p.relayed) {
+                    (true, true) => "direct+relay",
+                    (true, false) => "direct",
+                    (false, true) => "relay",
+                    (false, false) => "-",
+                }
+                .into(),
                 p.rtt_ms
                     .map(|r| format!("{r} ms"))
                     .unwrap_or_else(|| "-".into()),
@@ -54,7 +68,7 @@ pub async fn peers(dir: &Path, json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print_table(&["NODE", "ADDRESS", "RTT", "AGENT"], &rows);
+    print_table(&["NODE", "ADDRESS", "PATH", "RTT", "AGENT"], &rows);
     println!("{} peers", peers.len());
     Ok(())
 }

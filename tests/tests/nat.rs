@@ -1,0 +1,376 @@
+//! Edges behind real NAT (issue #17), on real `agora` processes in the netlab
+//! (`scripts/netlab.sh`: network namespaces, nftables masquerade routers, one "internet" bridge).
+//!
+//! - Cone NATs: a public relay node and two edges in separate homes. Each edge's AutoNAT finds
+//!   it private, so it reserves a slot on the relay; the second edge connects to the first
+//!   through the relay, and DCUtR hole-punches a direct connection (asserted from
+//!   `agora peers --json`: `direct`), after which the relayed one is closed.
+//! - Symmetric NATs: the same, but the hole punch fails; the edges stay on the relay and still
+//!   exchange content (bitswap over the circuit) and presence.
+//!
+//! Needs root, network namespaces and nftables: otherwise prints `SKIPPED nat: <reason>` and
+//! returns. The lab (and every process in it) is torn down by a guard in every path.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use agora_tests::agora_bin;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(120);
+const RELAY_IP: &str = "203.0.113.2";
+
+fn netlab_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/netlab.sh")
+}
+
+/// A lab brought up for one test; `down` (which also kills every process in it) on drop.
+struct Lab {
+    prefix: String,
+    nodes: Vec<Child>,
+}
+
+impl Lab {
+    /// Brings up a lab with two homes behind `nat`, or `Err(reason)` when it cannot run here.
+    fn up(tag: &str, nat: &str) -> Result<Lab, String> {
+        let prefix = format!("n{tag}{}", std::process::id() % 100_000);
+        let out = Command::new("bash")
+            .arg(netlab_script())
+            .args(["--prefix", &prefix, "up", "--homes", "2", "--nat", nat])
+            .output()
+            .map_err(|e| format!("cannot run netlab.sh: {e}"))?;
+        let lab = Lab {
+            prefix,
+            nodes: Vec::new(),
+        };
+        if out.status.code() == Some(77) {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        assert!(
+            out.status.success(),
+            "netlab up failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(lab)
+    }
+
+    /// `cmd` run inside namespace `ns` (`pub`, `h1`, `h2`).
+    fn exec(&self, ns: &str) -> Command {
+        let mut c = Command::new("bash");
+        c.arg(netlab_script())
+            .args(["--prefix", &self.prefix, "exec", ns, "--"]);
+        c
+    }
+
+    /// `agora ARGS --json` inside `ns`, parsed; `None` if it failed.
+    fn agora_json(&self, ns: &str, args: &[&str]) -> Option<Value> {
+        let out = self.agora(ns, args, true);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn agora(&self, ns: &str, args: &[&str], json: bool) -> Output {
+        let mut c = self.exec(ns);
+        c.arg(agora_bin()).args(args);
+        if json {
+            c.arg("--json");
+        }
+        match c.output() {
+            Ok(o) => o,
+            Err(e) => panic!("cannot run agora in {ns}: {e}"),
+        }
+    }
+
+    /// Initialises `dir` for the lab (AutoNAT may probe the lab's reserved addresses, pings
+    /// every second so round trips are measured) and starts `agora node run ARGS` in `ns`.
+    fn start_node(&mut self, ns: &str, dir: &Path, args: &[String]) {
+        let d = dir.display().to_string();
+        let out = self.agora(ns, &["init", "--data-dir", &d], true);
+        assert!(out.status.success(), "init {d}: {out:?}");
+        let cfg_path = dir.join("config.toml");
+        let cfg = std::fs::read_to_string(&cfg_path).expect("config.toml");
+        let edited = cfg
+            .replace(
+                "autonat_only_global_ips = true",
+                "autonat_only_global_ips = false",
+            )
+            .replace(
+                "idle_ping_interval_ms = 15000",
+                "idle_ping_interval_ms = 1000",
+            );
+        assert!(
+            edited.contains("autonat_only_global_ips = false")
+                && edited.contains("idle_ping_interval_ms = 1000"),
+            "config.toml has another shape:\n{cfg}"
+        );
+        std::fs::write(&cfg_path, edited).expect("write config.toml");
+        let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
+        let child = self
+            .exec(ns)
+            .arg(agora_bin())
+            .args([
+                "node",
+                "run",
+                "--data-dir",
+                &d,
+                "--api-listen",
+                "127.0.0.1:7700",
+            ])
+            .args(args)
+            .env("RUST_LOG", "info,libp2p_dcutr=debug,libp2p_relay=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agora node run");
+        self.nodes.push(child);
+    }
+
+    fn status(&self, ns: &str, dir: &Path) -> Option<Value> {
+        self.agora_json(ns, &["status", "--data-dir", &dir.display().to_string()])
+    }
+
+    /// The peer `peer_id` as `agora peers --json` in `ns` reports it.
+    fn peer(&self, ns: &str, dir: &Path, peer_id: &str) -> Option<Value> {
+        let peers = self.agora_json(ns, &["peers", "--data-dir", &dir.display().to_string()])?;
+        peers
+            .as_array()?
+            .iter()
+            .find(|p| p["peer_id"] == peer_id)
+            .cloned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("bash")
+            .arg(netlab_script())
+            .args(["--prefix", &self.prefix, "down"])
+            .output();
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`; panics naming `what` after [`WAIT`].
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A relay on the public node and an edge in each home, both holding a relay slot; the second
+/// edge connected to the first through the relay. Returns the lab, the data dirs and edge 1's
+/// peer id.
+struct Scene {
+    lab: Lab,
+    _tmp: tempfile::TempDir,
+    e1: PathBuf,
+    e2: PathBuf,
+    e1_peer: String,
+    /// When `agora peers connect` returned.
+    connected_at: Instant,
+}
+
+fn scene(tag: &str, nat: &str) -> Option<Scene> {
+    let mut lab = match Lab::up(tag, nat) {
+        Ok(lab) => lab,
+        Err(reason) => {
+            eprintln!("SKIPPED nat: {reason}");
+            return None;
+        }
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (relay, e1, e2) = (
+        tmp.path().join("relay"),
+        tmp.path().join("edge1"),
+        tmp.path().join("edge2"),
+    );
+    let tcp = format!("/ip4/{RELAY_IP}/tcp/4001");
+    let quic = format!("/ip4/{RELAY_IP}/udp/4001/quic-v1");
+    lab.start_node(
+        "pub",
+        &relay,
+        &[
+            "--relay".into(),
+            "--listen".into(),
+            tcp.clone(),
+            "--listen".into(),
+            quic.clone(),
+            "--external".into(),
+            tcp.clone(),
+            "--external".into(),
+            quic.clone(),
+        ],
+    );
+    let relay_peer = wait_for("the relay's status", || lab.status("pub", &relay))["peer_id"]
+        .as_str()
+        .expect("peer_id")
+        .to_string();
+    let edge_args = vec![
+        "--listen".to_string(),
+        "/ip4/0.0.0.0/tcp/4001".into(),
+        "--listen".into(),
+        "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
+        "--bootstrap".into(),
+        format!("{tcp}/p2p/{relay_peer}"),
+        "--bootstrap".into(),
+        format!("{quic}/p2p/{relay_peer}"),
+    ];
+    lab.start_node("h1", &e1, &edge_args);
+    lab.start_node("h2", &e2, &edge_args);
+    for (ns, dir) in [("h1", &e1), ("h2", &e2)] {
+        let st = wait_for(&format!("{ns} private with a relay slot"), || {
+            lab.status(ns, dir).filter(|s| {
+                s["stats"]["nat_status"] == "private"
+                    && s["stats"]["relay_reservations_held"].as_u64() >= Some(1)
+            })
+        });
+        eprintln!("{ns}: {}", st["stats"]);
+    }
+    let e1_peer = lab.status("h1", &e1).expect("edge1 status")["peer_id"]
+        .as_str()
+        .expect("peer_id")
+        .to_string();
+    // Edge 2 reaches edge 1 the only way it can: through the relay on the public node.
+    let circuit = format!("{quic}/p2p/{relay_peer}/p2p-circuit/p2p/{e1_peer}");
+    let e2s = e2.display().to_string();
+    let out = lab.agora(
+        "h2",
+        &["peers", "connect", &circuit, "--data-dir", &e2s],
+        true,
+    );
+    assert!(
+        out.status.success(),
+        "connect through the relay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let connected_at = Instant::now();
+    Some(Scene {
+        lab,
+        _tmp: tmp,
+        e1,
+        e2,
+        e1_peer,
+        connected_at,
+    })
+}
+
+#[test]
+#[ignore = "written for #17 but not yet run green (the session ran out of build time); run as root: cargo test -p agora-tests --test nat -- --ignored --nocapture"]
+fn edges_behind_cone_nats_meet_through_the_relay_and_hole_punch_to_direct() {
+    let Some(s) = scene("c", "cone") else { return };
+    let peer = wait_for("a direct connection from edge 2 to edge 1", || {
+        s.lab
+            .peer("h2", &s.e2, &s.e1_peer)
+            .filter(|p| p["direct"] == true)
+    });
+    let to_direct = s.connected_at.elapsed();
+    // The relayed connection is closed once the direct one exists.
+    let peer_after = wait_for("the relayed connection closed", || {
+        s.lab
+            .peer("h2", &s.e2, &s.e1_peer)
+            .filter(|p| p["relayed"] == false && p["direct"] == true)
+    });
+    eprintln!(
+        "NAT cone: relay -> direct in {} ms (polled every 100 ms); peer {peer}; direct rtt_ms {}",
+        to_direct.as_millis(),
+        peer_after["rtt_ms"]
+    );
+    let e1 = s.lab.status("h1", &s.e1).expect("edge1 status");
+    let e2 = s.lab.status("h2", &s.e2).expect("edge2 status");
+    let punched = e1["stats"]["hole_punch_succeeded"].as_u64().unwrap_or(0)
+        + e2["stats"]["hole_punch_succeeded"].as_u64().unwrap_or(0);
+    assert!(punched >= 1, "no hole punch counted: {e1} {e2}");
+}
+
+#[test]
+#[ignore = "written for #17 but not yet run green (the session ran out of build time); run as root: cargo test -p agora-tests --test nat -- --ignored --nocapture"]
+fn edges_behind_symmetric_nats_stay_on_the_relay_and_still_exchange_content() {
+    let Some(s) = scene("s", "symmetric") else {
+        return;
+    };
+    let peer = wait_for("edge 2 connected to edge 1 through the relay", || {
+        s.lab
+            .peer("h2", &s.e2, &s.e1_peer)
+            .filter(|p| p["relayed"] == true)
+    });
+    // DCUtR tries and fails (endpoint-dependent mapping on both sides).
+    wait_for("a failed hole punch", || {
+        let f = |ns: &str, dir: &Path| {
+            s.lab
+                .status(ns, dir)
+                .and_then(|st| st["stats"]["hole_punch_failed"].as_u64())
+        };
+        let failed = f("h1", &s.e1).unwrap_or(0) + f("h2", &s.e2).unwrap_or(0);
+        (failed >= 1).then_some(())
+    });
+    let now = s
+        .lab
+        .peer("h2", &s.e2, &s.e1_peer)
+        .expect("still connected");
+    assert_eq!(now["direct"], false, "{now}");
+    assert_eq!(now["relayed"], true, "{now}");
+    // Content over the circuit: edge 1 adds a file, edge 2 fetches it by CID.
+    let file = s.e1.with_extension("bin");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &data).expect("write");
+    let e1s = s.e1.display().to_string();
+    let added = s
+        .lab
+        .agora_json(
+            "h1",
+            &[
+                "storage",
+                "add",
+                &file.display().to_string(),
+                "--data-dir",
+                &e1s,
+            ],
+        )
+        .expect("storage add");
+    let cid = added["cid"].as_str().expect("cid").to_string();
+    let out_file = s.e2.with_extension("out");
+    let e2s = s.e2.display().to_string();
+    let started = Instant::now();
+    let got = s.lab.agora(
+        "h2",
+        &[
+            "storage",
+            "get",
+            &cid,
+            "--output",
+            &out_file.display().to_string(),
+            "--timeout",
+            "60",
+            "--data-dir",
+            &e2s,
+        ],
+        true,
+    );
+    assert!(
+        got.status.success(),
+        "fetch over the relay: {}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(std::fs::read(&out_file).expect("fetched file"), data);
+    let presence = s
+        .lab
+        .agora_json("h2", &["presence", "--data-dir", &e2s])
+        .expect("presence");
+    eprintln!(
+        "NAT symmetric: relayed peer {peer}; 200 kB over the relay in {} ms; relayed rtt_ms {}; presence {presence}",
+        started.elapsed().as_millis(),
+        now["rtt_ms"]
+    );
+}

@@ -186,6 +186,9 @@ pub struct RolesConfig {
     /// evidence round. The driver passes a random value at start, so a provider cannot tell
     /// when to be up.
     pub evidence_seed: u64,
+    /// The roles this machine decides for ([`RoleSet::ALL`] unless a driver still decides some
+    /// itself).
+    pub roles: RoleSet,
 }
 
 impl Default for RolesConfig {
@@ -194,8 +197,38 @@ impl Default for RolesConfig {
             provider_lease_ms: PROVIDER_LEASE_MS,
             owner_suspend_ms: PRESENCE_TIMEOUT_MS + TICK_MS,
             evidence_seed: 0,
+            roles: RoleSet::ALL,
         }
     }
+}
+
+/// Which of the three roles a [`Roles`] machine decides for. A disabled role's handler never
+/// runs: it emits no effects and no timeline entries (its status changes included), and keeps
+/// no state. The node's orchestrator moves over one role at a time; the ledger facts, the sync
+/// rule and the wake-ups stay the machine's whatever the set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoleSet {
+    /// Own service, settlement, taking the sensors back.
+    pub customer: bool,
+    /// Migrate, arm, activate, heartbeat, custody, stop.
+    pub provider: bool,
+    /// Watch, attest, probe, challenge.
+    pub arbitrator: bool,
+}
+
+impl RoleSet {
+    /// All three roles.
+    pub const ALL: RoleSet = RoleSet {
+        customer: true,
+        provider: true,
+        arbitrator: true,
+    };
+    /// Only the arbitrator's duties.
+    pub const ARBITRATOR: RoleSet = RoleSet {
+        customer: false,
+        provider: false,
+        arbitrator: true,
+    };
 }
 
 impl RolesConfig {
@@ -300,10 +333,19 @@ impl Roles {
             block_time: self.block_time,
             block_seen_at: self.block_seen_at,
         };
-        self.provider.handle(&view, &input, &mut out);
-        self.arbitrator.handle(&view, &input, &mut out);
-        self.customer.handle(&view, &input, &mut out);
-        self.emit_authority(&mut out);
+        let roles = self.cfg.roles;
+        if roles.provider {
+            self.provider.handle(&view, &input, &mut out);
+        }
+        if roles.arbitrator {
+            self.arbitrator.handle(&view, &input, &mut out);
+        }
+        if roles.customer {
+            self.customer.handle(&view, &input, &mut out);
+        }
+        if roles.customer || roles.provider {
+            self.emit_authority(&mut out);
+        }
         self.emit_wake(now, &mut out);
         out
     }
@@ -311,11 +353,14 @@ impl Roles {
     /// Service images whose contracts the ledger facts must include (see
     /// [`LedgerFacts::from_ledger`]).
     pub fn images(&self) -> BTreeSet<Cid> {
-        self.customer
-            .image()
+        let roles = self.cfg.roles;
+        let own = self.customer.image().filter(|_| roles.customer);
+        let provided = roles
+            .provider
+            .then(|| self.provider.images(&self.records))
             .into_iter()
-            .chain(self.provider.images(&self.records))
-            .collect()
+            .flatten();
+        own.into_iter().chain(provided).collect()
     }
 
     /// Whether the ledger is known to be current.
@@ -373,23 +418,29 @@ impl Roles {
             match ev {
                 LedgerEvent::HandoverAttested {
                     contract, customer, ..
-                } if *customer == self.me => out.push(Effect::Timeline(Note::new(
-                    "handover-attested-while-up",
-                    Some(*contract),
-                    "yielding sensors",
-                ))),
+                } if *customer == self.me && self.cfg.roles.customer => {
+                    out.push(Effect::Timeline(Note::new(
+                        "handover-attested-while-up",
+                        Some(*contract),
+                        "yielding sensors",
+                    )))
+                }
                 LedgerEvent::StatusChanged { contract, to, .. } => {
                     let Some(r) = self.records.get(contract) else {
                         continue;
                     };
                     let c = &r.contract;
+                    let roles = self.cfg.roles;
                     let role = if c.provider == self.me {
-                        "provider"
+                        roles.provider.then_some("provider")
                     } else if c.customer == self.me {
-                        "customer"
+                        roles.customer.then_some("customer")
                     } else if c.committee.contains(&self.me) {
-                        "arbitrator"
+                        roles.arbitrator.then_some("arbitrator")
                     } else {
+                        None
+                    };
+                    let Some(role) = role else {
                         continue;
                     };
                     out.push(Effect::Timeline(Note::new(

@@ -448,6 +448,7 @@ async fn start_edge(
             radio: radio.clone(),
             storage: storage.clone(),
             signer,
+            presence_timeout_ms: config.network.presence_timeout_ms.max(20),
         };
         let (handle, task) = agora_orchestrator::spawn(
             parts,

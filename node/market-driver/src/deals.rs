@@ -20,7 +20,7 @@ use agora_contracts::{Contract, ContractKind, SignedContract, TxKind};
 use agora_market::{AgreedTerms, AwardId, AwardSubject, KeySigner, NodeId, Signature, Signer};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
@@ -139,7 +139,12 @@ pub fn spawn(
     storage: StorageHandle,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
-    let agreed = market.agreed();
+    let agreed = market.take_agreed();
+    if agreed.is_none() {
+        warn!(
+            "another deal task already receives the agreed terms; this one only answers proposals"
+        );
+    }
     let events = network.inbox(Interest::new("deals").requests(Kind::Deal));
     let task = DealTask {
         signer,
@@ -155,6 +160,17 @@ pub fn spawn(
     tokio::spawn(task.run(agreed, events, cancel).in_current_span())
 }
 
+/// The next agreed terms; never, without a receiver or once the market task is gone.
+async fn next_agreed(agreed: &mut Option<mpsc::Receiver<AgreedTerms>>) -> AgreedTerms {
+    if let Some(rx) = agreed {
+        if let Some(t) = rx.recv().await {
+            return t;
+        }
+        *agreed = None;
+    }
+    std::future::pending().await
+}
+
 /// Signs one deal message with the task's sequence numbers.
 fn seal(signer: &KeySigner, seq: &AtomicU64, msg: &DealMsg) -> Option<Envelope> {
     let n = seq.fetch_add(1, Ordering::Relaxed);
@@ -164,7 +180,7 @@ fn seal(signer: &KeySigner, seq: &AtomicU64, msg: &DealMsg) -> Option<Envelope> 
 impl DealTask {
     async fn run(
         mut self,
-        mut agreed: broadcast::Receiver<AgreedTerms>,
+        mut agreed: Option<mpsc::Receiver<AgreedTerms>>,
         mut events: Inbox,
         cancel: CancellationToken,
     ) {
@@ -172,11 +188,7 @@ impl DealTask {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                t = agreed.recv() => match t {
-                    Ok(terms) => self.on_agreed(terms, &cancel).await,
-                    Err(broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "deal task lagged"),
-                    Err(_) => break,
-                },
+                terms = next_agreed(&mut agreed) => self.on_agreed(terms, &cancel).await,
                 ev = events.recv() => match ev {
                     NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Deal => {
                         self.on_request(id, &envelope).await;

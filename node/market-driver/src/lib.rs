@@ -12,7 +12,10 @@
 //! customer's chunk commitment); never on hosting, the radio or the orchestrator.
 #![forbid(unsafe_code)]
 
+mod agreed;
 pub mod deals;
+
+pub use agreed::{AGREED_CHANNEL, MAX_PENDING_AGREED};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -72,7 +75,8 @@ enum MarketCommand {
 pub struct MarketHandle {
     tx: mpsc::Sender<MarketCommand>,
     log: Arc<Mutex<EventLog>>,
-    agreed: tokio::sync::broadcast::Sender<agora_market::AgreedTerms>,
+    /// The deal task's end of the agreed terms, until it takes it.
+    agreed: Arc<Mutex<Option<mpsc::Receiver<agora_market::AgreedTerms>>>>,
 }
 
 impl std::fmt::Debug for MarketHandle {
@@ -116,9 +120,10 @@ impl MarketHandle {
         rx.await.map_err(|_| MarketTaskError::Stopped)
     }
 
-    /// Deals as they are agreed (the deal service turns them into contracts).
-    pub fn agreed(&self) -> tokio::sync::broadcast::Receiver<agora_market::AgreedTerms> {
-        self.agreed.subscribe()
+    /// Deals as they are agreed, in order and none lost (the deal task turns them into
+    /// contracts): one receiver, for the first caller; `None` after that.
+    pub fn take_agreed(&self) -> Option<mpsc::Receiver<agora_market::AgreedTerms>> {
+        self.agreed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// How many market events of each kind (`bid-received`, `awarded`, …) this node recorded
@@ -149,7 +154,8 @@ struct MarketTask {
     timers: BTreeSet<u64>,
     log: Arc<Mutex<EventLog>>,
     feedback: mpsc::Sender<(NodeId, MarketMessage)>,
-    agreed: tokio::sync::broadcast::Sender<agora_market::AgreedTerms>,
+    /// Agreed terms on their way to the deal task (bounded, never lost silently).
+    agreed: agreed::AgreedOutbox,
     seq: u64,
     regions: Vec<String>,
     /// Peers asked for region snapshots (late join); a few are enough.
@@ -173,7 +179,7 @@ pub async fn spawn(
     let (tx, rx) = mpsc::channel(256);
     let (fb_tx, fb_rx) = mpsc::channel(256);
     let log = Arc::new(Mutex::new(EventLog::default()));
-    let (agreed, _) = tokio::sync::broadcast::channel(64);
+    let (agreed, agreed_rx) = agreed::AgreedOutbox::channel();
     let mut task = MarketTask {
         state: MarketState::new(signer.clone(), config),
         signer,
@@ -183,7 +189,7 @@ pub async fn spawn(
         timers: BTreeSet::new(),
         log: log.clone(),
         feedback: fb_tx,
-        agreed: agreed.clone(),
+        agreed,
         seq: 0,
         regions: regions.clone(),
         snapshot_peers: BTreeSet::new(),
@@ -200,6 +206,7 @@ pub async fn spawn(
         }
     }
     let handle = tokio::spawn(task.run(rx, fb_rx, events, cancel).in_current_span());
+    let agreed = Arc::new(Mutex::new(Some(agreed_rx)));
     (MarketHandle { tx, log, agreed }, handle)
 }
 
@@ -246,6 +253,8 @@ impl MarketTask {
                     None => break,
                 },
                 Some((from, msg)) = feedback.recv() => self.remote(from, msg).await,
+                // Agreed terms waiting for room in the deal task's channel.
+                _ = self.agreed.forward(), if self.agreed.has_pending() => {}
                 ev = events.recv() => self.on_network(ev).await,
                 _ = sleep => {
                     let now = now_ms();
@@ -370,7 +379,17 @@ impl MarketTask {
                     self.timers.insert(*at);
                 }
                 Effect::Agreed(terms) => {
-                    let _ = self.agreed.send(terms.clone());
+                    if !self.agreed.push(terms.clone()) {
+                        self.record(
+                            "agreed-dropped",
+                            format!(
+                                "award {}: the deal task is gone or {MAX_PENDING_AGREED} agreed \
+                                 deals wait for it",
+                                terms.award
+                            ),
+                            serde_json::Value::Null,
+                        );
+                    }
                     self.record_effect(effect);
                 }
                 other => self.record_effect(other),

@@ -1,14 +1,13 @@
-//! Storage contracts: the provider keeps the customer's file (custody), the arbitrators
-//! challenge it periodically and put each outcome on the ledger, where settlement judges the
-//! provider by the share of challenges it passed.
+//! Storage contracts, the provider's side: keep the customer's file (custody). The arbitrators
+//! challenge it once per audit round and put each outcome on the ledger, where settlement
+//! judges the provider by the share of challenges it passed (decided by the role machine,
+//! performed in `roles`).
 
 use agora_contracts::{Contract, ContractId, ContractStatus, Duty, TxKind};
-use agora_market::NodeId;
 use cid::Cid;
 use tracing::{Instrument, debug};
 
-use super::{Audit, Done, Orchestrator};
-use agora_exchange::audit::Verdict;
+use super::{Done, Orchestrator};
 use agora_wire::now_ms;
 
 impl Orchestrator {
@@ -133,138 +132,5 @@ impl Orchestrator {
             Some(&contract),
             format!("storage contract closed; {file} unpinned"),
         );
-    }
-
-    /// Arbitrator: starts challenging the provider of `contract`.
-    pub(super) fn start_audit(
-        &mut self,
-        contract: ContractId,
-        provider: NodeId,
-        file: Cid,
-        commitment: Cid,
-        every_ms: u64,
-    ) {
-        if self.audits.contains_key(&contract) {
-            return;
-        }
-        self.audits.insert(
-            contract,
-            Audit {
-                provider,
-                file,
-                commitment_cid: commitment,
-                commitment: None,
-                every_ms,
-                next_at: now_ms().saturating_add(every_ms),
-                running: false,
-            },
-        );
-        self.timeline.push(
-            "auditing",
-            Some(&contract),
-            format!(
-                "challenging {} for {file} every {every_ms} ms",
-                provider.short()
-            ),
-        );
-    }
-
-    /// Arbitrator: starts the challenges that are due, each in the background.
-    pub(super) fn run_due_audits(&mut self, now: u64) {
-        for (contract, a) in self.audits.iter_mut() {
-            if a.running || now < a.next_at {
-                continue;
-            }
-            a.running = true;
-            let (contract, provider, cid, known) =
-                (*contract, a.provider, a.commitment_cid, a.commitment);
-            let (storage, network, signer) = (
-                self.storage.clone(),
-                self.network.clone(),
-                self.signer.clone(),
-            );
-            let done = self.done_tx.clone();
-            tokio::spawn(
-                async move {
-                    let commitment = match known {
-                        Some(c) => Some(c),
-                        None => storage.commitment(cid).await.ok(),
-                    };
-                    let verdict = match &commitment {
-                        Some(c) => Some(
-                            agora_exchange::audit::challenge(&network, &signer, provider, c).await,
-                        ),
-                        None => None,
-                    };
-                    let _ = done
-                        .send(Done::Audited {
-                            contract,
-                            verdict,
-                            commitment,
-                        })
-                        .await;
-                }
-                .in_current_span(),
-            );
-        }
-    }
-
-    /// Arbitrator: records one challenge's outcome on the ledger.
-    pub(super) async fn on_audited(
-        &mut self,
-        contract: ContractId,
-        verdict: Option<Verdict>,
-        commitment: Option<agora_storage::challenge::StorageCommitment>,
-    ) {
-        let rec = self.record(contract).await;
-        let now = now_ms();
-        let round = rec.as_ref().and_then(|r| r.evidence_round(now));
-        // The next challenge falls in the middle of the next round, so every arbitrator reports
-        // each round once and the rounds reach their quorum.
-        let next_mid = round
-            .and_then(|r| rec.as_ref()?.round_span(r.saturating_add(1)))
-            .map(|(s, e)| s.saturating_add(e.saturating_sub(s) / 2));
-        let Some(a) = self.audits.get_mut(&contract) else {
-            return; // ended meanwhile
-        };
-        a.running = false;
-        a.next_at = next_mid.unwrap_or_else(|| now.saturating_add(a.every_ms));
-        if a.commitment.is_none() {
-            a.commitment = commitment;
-        }
-        let file = a.file;
-        let Some(verdict) = verdict else {
-            self.timeline.push(
-                "audit-skipped",
-                Some(&contract),
-                "commitment block not reachable from this node",
-            );
-            return;
-        };
-        let passed = verdict == Verdict::Passed;
-        // The ledger counts results per evidence round; a challenge outside the contract's
-        // service window has no round and is not reported.
-        let Some(round) = round else {
-            return;
-        };
-        if self
-            .submit(
-                TxKind::StorageProofResult {
-                    contract,
-                    round,
-                    challenge: file,
-                    passed,
-                },
-                "storage proof result",
-            )
-            .await
-        {
-            let detail = match verdict {
-                Verdict::Passed => "passed".to_string(),
-                Verdict::Failed(why) => format!("failed: {why}"),
-            };
-            self.timeline
-                .push("storage-challenge", Some(&contract), detail);
-        }
     }
 }

@@ -1,19 +1,17 @@
-//! The handover, role by role: what the provider (migrate, arm, activate, heartbeat, stop),
-//! the contract's arbitrators (watch the customer, attest) and the customer (settle, take its
-//! sensors back) do as blocks, presence changes and ticks arrive. The rules themselves come from
-//! `agora_contracts::duties_for`; this module performs them.
+//! The handover, for the provider (migrate, arm, activate, heartbeat, stop) and the customer
+//! (settle, take its sensors back), as blocks and ticks arrive. The rules themselves come from
+//! `agora_contracts::duties_for`; this module performs them. The contract's arbitrators' side
+//! (watch the customer, attest, probe, challenge) is the role machine's, driven in `roles`.
 
-use agora_contracts::attestation::Liveness;
+use agora_contracts::roles::Input;
 use agora_contracts::{
-    ActivationClause, ContractId, ContractKind, ContractRecord, ContractStatus, Duty,
-    HeartbeatBatch, LedgerEvent, SettleReason, TxKind, UptimeInterval, duties_for,
+    ContractId, ContractKind, ContractRecord, ContractStatus, Duty, HeartbeatBatch, LedgerEvent,
+    SettleReason, TxKind, UptimeInterval, duties_for,
 };
-use agora_market::NodeId;
 use tracing::{debug, warn};
 
 use super::{Done, Hosted, Orchestrator};
 use agora_ledger::AppliedBlock;
-use agora_network::PresenceEvent;
 use agora_wire::now_ms;
 
 /// Block time may trail the local clock a little; uptime claims stay this far behind it.
@@ -30,8 +28,12 @@ impl Orchestrator {
             .flatten()
     }
 
-    /// Re-derives standing duties from the ledger (start, restart, lag).
+    /// Re-derives standing duties from the ledger (start, restart, lag): the role machine
+    /// from a rescan, the provider's from the contracts it serves.
     pub(super) async fn recover(&mut self) {
+        if let Some(facts) = self.facts(Vec::new()).await {
+            self.drive(Input::Ledger(facts)).await;
+        }
         let me = self.me;
         let Ok(mine) = self
             .ledger
@@ -39,11 +41,7 @@ impl Orchestrator {
                 v.ledger
                     .contracts()
                     .values()
-                    .filter(|r| !r.status.is_final())
-                    .filter(|r| {
-                        let c = &r.contract;
-                        c.customer == me || c.provider == me || c.committee.contains(&me)
-                    })
+                    .filter(|r| !r.status.is_final() && r.contract.provider == me)
                     .cloned()
                     .collect::<Vec<_>>()
             })
@@ -56,9 +54,7 @@ impl Orchestrator {
                 Ok(id) => id,
                 Err(_) => continue,
             };
-            let c = &rec.contract;
-            if c.provider == me
-                && !self.hosted.contains_key(&id)
+            if !self.hosted.contains_key(&id)
                 && matches!(
                     rec.status,
                     ContractStatus::Validated
@@ -69,27 +65,6 @@ impl Orchestrator {
             {
                 self.prepare(id, &rec, rec.status == ContractStatus::Active);
             }
-            if c.committee.contains(&me)
-                && c.kind == ContractKind::Storage
-                && rec.status == ContractStatus::Active
-            {
-                self.on_duty(agora_contracts::audit_duty(id, c)).await;
-            }
-            if c.committee.contains(&me)
-                && rec.status == ContractStatus::Active
-                && let Some(duty) = agora_contracts::probe_duty(id, c)
-            {
-                self.on_duty(duty).await;
-            }
-            if c.committee.contains(&me)
-                && c.kind == ContractKind::Standby
-                && matches!(
-                    rec.status,
-                    ContractStatus::Validated | ContractStatus::Migrated | ContractStatus::Armed
-                )
-            {
-                self.watch(id, &rec).await;
-            }
         }
         self.evaluate_own().await;
     }
@@ -97,10 +72,10 @@ impl Orchestrator {
     pub(super) async fn on_block(&mut self, block: &AppliedBlock) {
         self.block_seen_at = now_ms();
         let me = self.me;
-        let caught_up = !self.synced && block.time >= self.started_at;
-        if caught_up {
-            self.mark_synced(format!("ledger caught up at height {}", block.height));
-        }
+        let caught_up = match self.facts(block.events.clone()).await {
+            Some(facts) => self.drive(Input::Ledger(facts)).await,
+            None => false,
+        };
         let events = block.events.clone();
         let duties = self
             .ledger
@@ -127,13 +102,12 @@ impl Orchestrator {
                     let Some(rec) = self.record(*contract).await else {
                         continue;
                     };
+                    // The arbitrator's entries are the role machine's.
                     let role = if rec.contract.provider == me {
                         "provider"
                     } else if rec.contract.customer == me {
                         own_changed = true;
                         "customer"
-                    } else if rec.contract.committee.contains(&me) {
-                        "arbitrator"
                     } else {
                         continue;
                     };
@@ -190,66 +164,13 @@ impl Orchestrator {
                 ..
             } => self.activate_at(contract, not_before).await,
             Duty::Stop { contract } => self.stop_hosted(contract).await,
-            Duty::Watch { contract, .. } => {
-                if let Some(rec) = self.record(contract).await {
-                    self.watch(contract, &rec).await;
-                }
-            }
-            Duty::Audit {
-                contract,
-                provider,
-                file,
-                commitment,
-                every_ms,
-            } => self.start_audit(contract, provider, file, commitment, every_ms),
-            Duty::Probe {
-                contract,
-                provider,
-                every_ms,
-            } => self.start_probe(contract, provider, every_ms),
-            Duty::EndProbe { contract } => self.end_probe(contract),
-            Duty::EndAudit { contract } => {
-                if self.audits.remove(&contract).is_some() {
-                    self.timeline
-                        .push("audit-ended", Some(&contract), "contract closed");
-                }
-            }
-            Duty::Unwatch { contract, subject } => {
-                if let Some(w) = self.watched.get_mut(&subject) {
-                    w.contracts.remove(&contract);
-                    if w.contracts.is_empty() {
-                        self.watched.remove(&subject);
-                        let _ = self.network.unwatch(subject).await;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn watch(&mut self, contract: ContractId, rec: &ContractRecord) {
-        let after = match rec.contract.activation {
-            ActivationClause::OnHandover { unreachable_for_ms } => unreachable_for_ms,
-            _ => 0,
-        };
-        let w = self.watched.entry(rec.contract.customer).or_default();
-        if w.contracts.insert(contract) {
-            w.unreachable_for_ms = if w.contracts.len() == 1 {
-                after
-            } else {
-                w.unreachable_for_ms.min(after)
-            };
-            self.timeline.push(
-                "watching",
-                Some(&contract),
-                format!("customer {}", rec.contract.customer.short()),
-            );
-            // Keep a direct connection so the liveness check is this node's own (one network
-            // watch per customer, undone when its last contract is unwatched).
-            if w.contracts.len() == 1
-                && let Err(e) = self.network.watch(rec.contract.customer).await
-            {
-                debug!(error = %e, "cannot watch the customer");
-            }
+            // The arbitrator's duties are the role machine's (`roles`).
+            Duty::Watch { .. }
+            | Duty::Unwatch { .. }
+            | Duty::Audit { .. }
+            | Duty::EndAudit { .. }
+            | Duty::Probe { .. }
+            | Duty::EndProbe { .. } => {}
         }
     }
 
@@ -341,7 +262,7 @@ impl Orchestrator {
 
     /// Starts a staged service and takes its sensors over.
     async fn activate(&mut self, contract: ContractId) {
-        if !self.synced {
+        if !self.roles.synced() {
             // Just (re)started: wait until the ledger caught up, which also means peers are
             // connected to replay the uplinks this node missed while it was down.
             self.scheduled.insert(contract, now_ms());
@@ -433,92 +354,31 @@ impl Orchestrator {
         );
     }
 
-    pub(super) async fn on_presence(&mut self, p: PresenceEvent) {
-        let now = now_ms();
-        match p {
-            PresenceEvent::Down {
-                node, last_seen, ..
-            } => {
-                let Some(w) = self.watched.get_mut(&node) else {
-                    return;
-                };
-                w.down_since = Some(last_seen);
-                let due = last_seen
-                    .saturating_add(w.unreachable_for_ms)
-                    .saturating_add(20);
-                w.reattest_at = (due > now).then_some(due);
-                self.attest(node, Liveness::Unreachable { since: last_seen })
-                    .await;
-            }
-            PresenceEvent::Up { node, .. } => {
-                let Some(w) = self.watched.get_mut(&node) else {
-                    return;
-                };
-                if w.down_since.take().is_some() {
-                    w.reattest_at = None;
-                    self.attest(node, Liveness::Reachable).await;
-                }
-            }
-        }
-    }
-
-    async fn attest(&self, subject: NodeId, liveness: Liveness) {
-        let what = match liveness {
-            Liveness::Unreachable { .. } => "attested-down",
-            Liveness::Reachable => "attested-up",
-        };
-        if self
-            .submit(TxKind::Attest { subject, liveness }, what)
-            .await
-        {
-            self.timeline
-                .push(what, None, format!("{} {liveness:?}", subject.short()));
-        }
-    }
-
-    /// The ledger is current: from now on this node acts on it (its own sensors, activations).
-    fn mark_synced(&mut self, how: String) {
-        self.synced = true;
-        self.timeline.push("synced", None, how);
-    }
-
     pub(super) async fn on_tick(&mut self) {
         // A quiet chain may not produce a fresh block for a while: the ledger task also finds
         // out from the arbitrators that nothing newer was decided.
-        if !self.synced
+        if !self.roles.synced()
             && let Ok(Some(height)) = self
                 .ledger
                 .query(|v| v.caught_up.then(|| v.ledger.height()))
                 .await
+            && self.drive(Input::CaughtUp { height }).await
         {
-            self.mark_synced(format!(
-                "ledger at the chain's tip at height {height} (the arbitrators have nothing newer)"
-            ));
             self.evaluate_own().await;
         }
+        // The arbitrator's re-attestations, probes (and their timeouts) and challenges.
+        self.drive(Input::Tick).await;
         let now = now_ms();
+        let synced = self.roles.synced();
         let due: Vec<ContractId> = self
             .scheduled
             .iter()
-            .filter(|(_, t)| self.synced && **t <= now)
+            .filter(|(_, t)| synced && **t <= now)
             .map(|(c, _)| *c)
             .collect();
         for c in due {
             self.scheduled.remove(&c);
             self.activate(c).await;
-        }
-        let due: Vec<(NodeId, u64)> = self
-            .watched
-            .iter_mut()
-            .filter_map(|(n, w)| {
-                let at = w.reattest_at.filter(|t| *t <= now)?;
-                let _ = at;
-                w.reattest_at = None;
-                Some((*n, w.down_since?))
-            })
-            .collect();
-        for (node, since) in due {
-            self.attest(node, Liveness::Unreachable { since }).await;
         }
         let beating: Vec<ContractId> = self
             .hosted
@@ -529,8 +389,6 @@ impl Orchestrator {
         for id in beating {
             self.heartbeat(id, now).await;
         }
-        self.run_due_audits(now);
-        self.run_due_probes(now).await;
         self.settle_due(now).await;
     }
 

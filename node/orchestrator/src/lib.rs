@@ -11,9 +11,12 @@
 //! - Customer: run its own service on its own sensors, and when it is back after a handover (or
 //!   a deadline passed without activation, or the term ended) settle and take the sensors back.
 //!
-//! Decisions come from `agora_contracts::duties_for` on every applied block, and from the
-//! ledger's current state on start, so a restarted node resumes whatever it was doing. The
-//! handover of a standby contract is in `handover`, the custody and challenges of a storage
+//! The arbitrator's decisions, and whether the ledger is current, are the pure role machine's
+//! (`agora_contracts::roles::Roles`): `roles` turns blocks, presence changes, ticks and the
+//! outcomes of probes and challenges into its inputs and performs its effects. The provider's
+//! and the customer's decisions still come from `agora_contracts::duties_for` on every applied
+//! block, and from the ledger's current state on start, so a restarted node resumes whatever
+//! it was doing: the handover of a standby contract is in `handover`, the custody of a storage
 //! contract in `custody`, the node's own service in `own`.
 //!
 //! May depend on every crate below it: `agora-ledger` (facts, submitting transactions),
@@ -26,12 +29,14 @@ mod custody;
 mod handover;
 mod own;
 mod probe;
+mod roles;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agora_contracts::roles::{AuditVerdict, Roles, RolesConfig};
 use agora_contracts::{ContractId, TxKind};
 use agora_market::{KeySigner, NodeId, Timestamp};
 use agora_storage::challenge::StorageCommitment;
@@ -155,30 +160,6 @@ struct Hosted {
     readings_reported: u64,
 }
 
-/// A customer this node watches as arbitrator.
-#[derive(Clone, Debug, Default)]
-struct Watched {
-    contracts: BTreeSet<ContractId>,
-    unreachable_for_ms: u64,
-    /// Down since (last seen), when this node attested it unreachable.
-    down_since: Option<Timestamp>,
-    /// When to attest again while down (once the handover delay has passed).
-    reattest_at: Option<Timestamp>,
-}
-
-/// A storage contract this node audits as arbitrator.
-#[derive(Clone, Debug)]
-struct Audit {
-    provider: NodeId,
-    file: Cid,
-    commitment_cid: Cid,
-    /// Fetched on the first challenge.
-    commitment: Option<StorageCommitment>,
-    every_ms: u64,
-    next_at: Timestamp,
-    running: bool,
-}
-
 /// Requests from the control API.
 enum Request {
     SetOwn(Cid, oneshot::Sender<Result<Vec<u32>, String>>),
@@ -221,14 +202,13 @@ enum Done {
         commitment: Cid,
         result: Result<(), String>,
     },
-    /// Arbitrator: one challenge done; `None` when this node could not judge (its own fault,
-    /// e.g. the commitment block was not reachable), which is not reported.
+    /// Arbitrator: one challenge done, with the commitment it decoded (kept for the next).
     Audited {
         contract: ContractId,
-        verdict: Option<agora_exchange::audit::Verdict>,
-        commitment: Option<StorageCommitment>,
+        verdict: AuditVerdict,
+        commitment: Option<(Cid, StorageCommitment)>,
     },
-    /// Arbitrator: one probe done; `Err` says why it counts as down.
+    /// Arbitrator: one probe answered; `Err` says why it counts as down.
     Probed {
         contract: ContractId,
         interval: u64,
@@ -251,10 +231,10 @@ pub struct Orchestrator {
     stored: BTreeMap<ContractId, (Cid, Cid)>,
     /// Storage contracts whose custody is being taken.
     taking_custody: BTreeSet<ContractId>,
-    /// Storage contracts this node challenges as arbitrator.
-    audits: BTreeMap<ContractId, Audit>,
-    /// Hosted and standby contracts this node probes as arbitrator.
-    probes: BTreeMap<ContractId, probe::Probing>,
+    /// The role machine: decides the arbitrator's duties and whether the ledger is current.
+    roles: Roles,
+    /// Arbitrator: storage commitments decoded for challenges, by CID (bounded).
+    commitments: BTreeMap<Cid, StorageCommitment>,
     /// Provider: the contracts whose service runs here, for the probe responder.
     serving: probe::Serving,
     /// Sequence number of this task's envelopes (probes and their answers).
@@ -262,14 +242,9 @@ pub struct Orchestrator {
     staging: BTreeSet<ContractId>,
     /// Activations scheduled for a fixed time (`ActivationClause::At`).
     scheduled: BTreeMap<ContractId, Timestamp>,
-    watched: BTreeMap<NodeId, Watched>,
     own: own::Own,
     /// Contracts this node (as customer) already asked to settle, with when.
     settling: BTreeMap<ContractId, Timestamp>,
-    /// When this orchestrator started; the ledger counts as caught up once a block decided
-    /// after that time was applied.
-    started_at: Timestamp,
-    synced: bool,
     /// When the block being handled arrived (for the activation latency).
     block_seen_at: Timestamp,
     done_tx: mpsc::Sender<Done>,
@@ -290,6 +265,8 @@ pub struct OrchestratorParts {
     pub storage: StorageHandle,
     /// This node's key (signs storage challenges).
     pub signer: KeySigner,
+    /// The network's presence timeout for watched peers (`network.presence_timeout_ms`).
+    pub presence_timeout_ms: u64,
 }
 
 /// Starts the orchestrator; `data_dir` holds its own-service record.
@@ -306,6 +283,7 @@ pub fn spawn(
         radio,
         storage,
         signer,
+        presence_timeout_ms,
     } = parts;
     let (done_tx, done_rx) = mpsc::channel(64);
     let (req_tx, req_rx) = mpsc::channel(16);
@@ -319,8 +297,9 @@ pub fn spawn(
         serving.clone(),
         cancel.clone(),
     );
+    let me = network.node_id();
     let o = Orchestrator {
-        me: network.node_id(),
+        me,
         ledger,
         network,
         services,
@@ -331,17 +310,23 @@ pub fn spawn(
         hosted: BTreeMap::new(),
         stored: BTreeMap::new(),
         taking_custody: BTreeSet::new(),
-        audits: BTreeMap::new(),
-        probes: BTreeMap::new(),
+        roles: Roles::new(
+            me,
+            now_ms(),
+            RolesConfig {
+                evidence_seed: rand::random(),
+                roles: roles::RoleSet::ARBITRATOR,
+                ..RolesConfig::with_presence_timeout(presence_timeout_ms)
+            },
+            None,
+        ),
+        commitments: BTreeMap::new(),
         serving: serving.clone(),
         seq: now_ms(),
         staging: BTreeSet::new(),
         scheduled: BTreeMap::new(),
-        watched: BTreeMap::new(),
         own: own::Own::load(data_dir),
         settling: BTreeMap::new(),
-        started_at: now_ms(),
-        synced: false,
         block_seen_at: 0,
         done_tx,
     };

@@ -130,7 +130,7 @@ impl Orchestrator {
             .await;
         // A restarted node's ledger may be stale (a handover may have happened meanwhile):
         // touch the sensors only once it has caught up.
-        if !self.synced {
+        if !self.roles.synced() {
             return;
         }
         let handed_over = self

@@ -1,7 +1,9 @@
 //! Uptime probes of hosted and active standby services (#13.10): the contract's arbitrators ask
 //! the provider once per probe interval whether the service runs and put each outcome on the
 //! ledger (`ProbeResult`), where a quorum of the committee confirms or refutes the interval;
-//! payment follows the confirmed uptime. What an answer proves is in `agora_wire::probe`.
+//! payment follows the confirmed uptime. What an answer proves is in `agora_wire::probe`; when
+//! to probe and what to report is the role machine's (`agora_contracts::roles`, driven in
+//! `roles`), which sends the probes and checks the answers with [`judge`].
 //!
 //! Provider side ([`spawn_responder`]): a task of its own, so a busy orchestrator never delays
 //! an answer. It answers only the members of the probed contract's committee, asking over
@@ -11,9 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use agora_contracts::{ContractId, ContractStatus, TxKind};
+use agora_contracts::ContractId;
 use agora_hosting::control::ServiceControl;
 use agora_market::{KeySigner, NodeId, Timestamp};
 use agora_network::keys::peer_id_of;
@@ -26,10 +27,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
-use super::{Done, Orchestrator};
-
-/// Longest wait for a probe's answer; silence counts as down.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1_500);
 /// Length of the provider's per-asker quota window.
 pub const PROBE_WINDOW_MS: u64 = 10_000;
 /// Probes one committee member may send per window (its duty is one per interval of at least
@@ -67,18 +64,6 @@ impl Serving {
     }
 }
 
-/// A contract this node probes as arbitrator.
-#[derive(Clone, Debug)]
-pub(super) struct Probing {
-    provider: NodeId,
-    /// Activation and evidence period from the ledger, fetched once the contract is active.
-    schedule: Option<(Timestamp, u64)>,
-    /// The next interval to probe.
-    next: u64,
-    in_flight: bool,
-    last_up: Option<bool>,
-}
-
 /// The provider's per-asker quota.
 #[derive(Debug, Default)]
 pub(super) struct Quota {
@@ -111,157 +96,6 @@ impl Quota {
         }
         w.1 += 1;
         true
-    }
-}
-
-impl Orchestrator {
-    /// Arbitrator: starts probing `contract`'s provider.
-    pub(super) fn start_probe(&mut self, contract: ContractId, provider: NodeId, every_ms: u64) {
-        if self.probes.contains_key(&contract) {
-            return;
-        }
-        self.probes.insert(
-            contract,
-            Probing {
-                provider,
-                schedule: None,
-                next: 0,
-                in_flight: false,
-                last_up: None,
-            },
-        );
-        self.timeline.push(
-            "probing",
-            Some(&contract),
-            format!("probing {} every {every_ms} ms", provider.short()),
-        );
-    }
-
-    /// Arbitrator: the contract is no longer active.
-    pub(super) fn end_probe(&mut self, contract: ContractId) {
-        if self.probes.remove(&contract).is_some() {
-            self.timeline
-                .push("probe-ended", Some(&contract), "contract closed");
-        }
-    }
-
-    /// Arbitrator: sends the probes that are due, each in the background. Interval `r` is
-    /// probed once, from the middle of its span on (a provider cannot tell the moment from the
-    /// interval's start).
-    pub(super) async fn run_due_probes(&mut self, now: Timestamp) {
-        let missing: Vec<ContractId> = self
-            .probes
-            .iter()
-            .filter(|(_, p)| p.schedule.is_none())
-            .map(|(c, _)| *c)
-            .collect();
-        for c in missing {
-            let schedule = self
-                .record(c)
-                .await
-                .filter(|r| r.status == ContractStatus::Active)
-                .and_then(|r| Some((r.activated_at?, r.evidence_period_ms())));
-            if let (Some(s), Some(p)) = (schedule, self.probes.get_mut(&c)) {
-                p.schedule = Some(s);
-                // After a restart, start with the current interval.
-                p.next = now.saturating_sub(s.0) / s.1.max(1);
-            }
-        }
-        let mut due = Vec::new();
-        for (contract, p) in self.probes.iter_mut() {
-            let Some((start, period)) = p.schedule else {
-                continue;
-            };
-            if p.in_flight || now < start {
-                continue;
-            }
-            let current = (now - start) / period.max(1);
-            if current > p.next {
-                // Intervals missed (e.g. this node was busy or down): only the current one
-                // can still be judged from what is seen now.
-                p.next = current;
-            }
-            let moment = start
-                .saturating_add(p.next.saturating_mul(period))
-                .saturating_add(period / 2);
-            if current == p.next && now >= moment {
-                p.in_flight = true;
-                due.push((*contract, p.provider, p.next));
-                p.next += 1;
-            }
-        }
-        for (contract, provider, interval) in due {
-            self.send_probe(contract, provider, interval);
-        }
-    }
-
-    fn send_probe(&mut self, contract: ContractId, provider: NodeId, interval: u64) {
-        let nonce: u64 = rand::random();
-        let ask = ProbeMsg::Ask {
-            contract,
-            interval,
-            nonce,
-        };
-        let seq = self.next_seq();
-        let env = Envelope::seal_body(&self.signer, Kind::Probe, now_ms(), seq, &ask);
-        let network = self.network.clone();
-        let done = self.done_tx.clone();
-        tokio::spawn(
-            async move {
-                let outcome = match (env, peer_id_of(&provider)) {
-                    (Ok(env), Some(peer)) => {
-                        match tokio::time::timeout(PROBE_TIMEOUT, network.request(peer, &env)).await
-                        {
-                            Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
-                            Ok(Err(e)) => Err(format!("unreachable: {e}")),
-                            Ok(Ok(answer)) => judge(&answer, provider, contract, interval, nonce),
-                        }
-                    }
-                    (Err(e), _) => Err(format!("cannot encode the probe: {e}")),
-                    (_, None) => Err("provider id is not a valid peer id".into()),
-                };
-                let _ = done
-                    .send(Done::Probed {
-                        contract,
-                        interval,
-                        outcome,
-                    })
-                    .await;
-            }
-            .in_current_span(),
-        );
-    }
-
-    /// Arbitrator: reports one probe's outcome on the ledger.
-    pub(super) async fn on_probed(
-        &mut self,
-        contract: ContractId,
-        interval: u64,
-        outcome: Result<(), String>,
-    ) {
-        let Some(p) = self.probes.get_mut(&contract) else {
-            return; // ended meanwhile
-        };
-        p.in_flight = false;
-        let up = outcome.is_ok();
-        let changed = p.last_up != Some(up);
-        p.last_up = Some(up);
-        if changed {
-            let detail = match &outcome {
-                Ok(()) => format!("interval {interval}: service running"),
-                Err(why) => format!("interval {interval}: down ({why})"),
-            };
-            self.timeline.push("probe", Some(&contract), detail);
-        }
-        self.submit(
-            TxKind::ProbeResult {
-                contract,
-                interval,
-                up,
-            },
-            "probe result",
-        )
-        .await;
     }
 }
 
@@ -381,7 +215,7 @@ async fn reply(
 
 /// Whether `answer` is the provider's signed statement that the service runs, for exactly this
 /// probe.
-fn judge(
+pub(super) fn judge(
     answer: &Envelope,
     provider: NodeId,
     contract: ContractId,

@@ -121,3 +121,53 @@ fn images_name_the_own_service_and_the_provided_ones() {
     let roles = Roles::new(signer(9).node_id(), 0, RolesConfig::default(), None);
     assert!(roles.images().is_empty());
 }
+
+#[test]
+fn a_machine_for_the_arbitrator_only_leaves_the_other_roles_alone() {
+    let mut chain = Chain::new();
+    let only = RolesConfig {
+        roles: RoleSet::ARBITRATOR,
+        ..RolesConfig::default()
+    };
+    let p = chain.provider.node_id();
+    let a = chain.committee[0].node_id();
+    let customer = chain.customer.node_id();
+    let mut provider_all = Roles::new(p, chain.now - 1, RolesConfig::default(), None);
+    let mut provider = Roles::new(p, chain.now - 1, only, None);
+    let mut arbitrator = Roles::new(a, chain.now - 1, only, None);
+    let (id, ev) = chain.register(Chain::standby().signed());
+    let stages = |out: &[Effect]| {
+        out.iter()
+            .filter(|e| matches!(e, Effect::Stage { .. }))
+            .count()
+    };
+    let out = provider_all.handle(chain.now, chain.facts(&provider_all, p, ev.clone()));
+    assert_eq!(stages(&out), 1, "the full machine stages the image");
+    let out = provider.handle(chain.now, chain.facts(&provider, p, ev.clone()));
+    assert_eq!(stages(&out), 0);
+    // The sync rule stays the machine's; nothing of the provider's.
+    assert_eq!(phases(&out), vec!["synced".to_string()]);
+    assert!(!out.iter().any(|e| matches!(e, Effect::Authority(_))));
+    assert!(provider.images().is_empty());
+    let out = arbitrator.handle(chain.now, chain.facts(&arbitrator, a, ev));
+    assert!(out.contains(&Effect::Watch(customer)));
+    assert!(out.contains(&Effect::Timeline(Note::new(
+        "validated",
+        Some(id),
+        "arbitrator"
+    ))));
+    let out = arbitrator.handle(
+        chain.now + 10,
+        Input::Presence(Presence::Down {
+            node: customer,
+            last_seen: chain.now,
+        }),
+    );
+    assert_eq!(
+        submitted(&out),
+        vec![TxKind::Attest {
+            subject: customer,
+            liveness: Liveness::Unreachable { since: chain.now },
+        }]
+    );
+}

@@ -1,0 +1,266 @@
+//! The driver of the role machine (`agora_contracts::roles::Roles`): ledger blocks, presence
+//! changes, ticks and the answers of background work become its inputs, with the time passed
+//! in; this module performs the effects it returns, in order.
+//!
+//! The machine decides the arbitrator's duties (watch the customers of standby contracts,
+//! attest their liveness, probe hosted and standby services, challenge storage providers,
+//! report each outcome) and whether the ledger is current (`synced`). The provider's and the
+//! customer's duties are still decided in `handover`, `custody` and `own` (the machine runs with
+//! [`RoleSet::ARBITRATOR`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use agora_contracts::ContractId;
+use agora_contracts::roles::{AuditVerdict, Effect, Input, LedgerFacts, Presence};
+use agora_market::NodeId;
+use agora_network::PresenceEvent;
+use agora_network::keys::peer_id_of;
+use agora_storage::challenge::StorageCommitment;
+use agora_wire::codec::{Envelope, Kind};
+use agora_wire::now_ms;
+use agora_wire::probe::ProbeMsg;
+use cid::Cid;
+use tracing::{Instrument, debug, warn};
+
+pub use agora_contracts::roles::RoleSet;
+
+use super::{Done, Orchestrator};
+
+/// Inputs handled for one outside event (its answers included) before the rest is dropped
+/// with a warning: the machine's answers to answers are timeline entries, so a handful is the
+/// norm and the bound only guards against a loop.
+const MAX_STEPS: usize = 256;
+/// Decoded storage commitments kept by CID (one per storage contract this node challenges).
+const MAX_COMMITMENTS: usize = 256;
+
+impl Orchestrator {
+    /// Hands `input` to the role machine at the current time and performs its effects, and
+    /// those of the answers that are known at once (a transaction admitted or refused).
+    /// Returns whether the ledger became current meanwhile.
+    pub(super) async fn drive(&mut self, input: Input) -> bool {
+        let was_synced = self.roles.synced();
+        let mut queue = VecDeque::from([input]);
+        let mut steps = 0;
+        while let Some(input) = queue.pop_front() {
+            steps += 1;
+            if steps > MAX_STEPS {
+                warn!(
+                    dropped = queue.len() + 1,
+                    "role machine kept answering itself; inputs dropped"
+                );
+                break;
+            }
+            for effect in self.roles.handle(now_ms(), input) {
+                if let Some(answer) = self.perform(effect).await {
+                    queue.push_back(answer);
+                }
+            }
+        }
+        !was_synced && self.roles.synced()
+    }
+
+    /// The ledger after `events` (none: a rescan), as the machine needs it.
+    pub(super) async fn facts(
+        &self,
+        events: Vec<agora_contracts::LedgerEvent>,
+    ) -> Option<LedgerFacts> {
+        let (me, images) = (self.me, self.roles.images());
+        self.ledger
+            .query(move |v| LedgerFacts::from_ledger(me, &v.ledger, events, &images))
+            .await
+            .ok()
+    }
+
+    /// A presence change, for the machine.
+    pub(super) async fn on_presence(&mut self, p: PresenceEvent) {
+        let p = match p {
+            PresenceEvent::Up { node, .. } => Presence::Up { node },
+            PresenceEvent::Down {
+                node, last_seen, ..
+            } => Presence::Down { node, last_seen },
+        };
+        self.drive(Input::Presence(p)).await;
+    }
+
+    /// Performs one effect; returns the answer to feed back at once, if any.
+    async fn perform(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Submit(tx) => {
+                let accepted = match self.ledger.submit(tx.clone()).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        debug!(tx = ?tx, error = %e, "transaction not submitted");
+                        false
+                    }
+                };
+                return Some(Input::Submitted { tx, accepted });
+            }
+            Effect::Watch(node) => {
+                if let Err(e) = self.network.watch(node).await {
+                    debug!(node = %node.short(), error = %e, "cannot watch the peer");
+                }
+            }
+            Effect::Unwatch(node) => {
+                if let Err(e) = self.network.unwatch(node).await {
+                    debug!(node = %node.short(), error = %e, "cannot unwatch the peer");
+                }
+            }
+            Effect::Challenge {
+                contract,
+                provider,
+                commitment,
+                ..
+            } => self.challenge(contract, provider, commitment),
+            Effect::Probe {
+                contract,
+                provider,
+                interval,
+                timeout_ms,
+            } => self.probe(contract, provider, interval, timeout_ms),
+            Effect::Timeline(note) => self.timeline.push_latency(
+                &note.phase,
+                note.contract.as_ref(),
+                note.detail,
+                note.latency_ms,
+            ),
+            // One tick every `TICK_MS` delivers every wake-up in time.
+            Effect::WakeAt(_) => {}
+            other => {
+                // The provider and customer roles are off in this machine: never emitted.
+                warn!(effect = ?other, "effect of a role the machine does not drive; ignored");
+            }
+        }
+        None
+    }
+
+    /// Challenges `provider` once in the background; answers `Done::Audited`.
+    fn challenge(&mut self, contract: ContractId, provider: NodeId, commitment_cid: Cid) {
+        let known = self.commitments.get(&commitment_cid).copied();
+        let (storage, network, signer) = (
+            self.storage.clone(),
+            self.network.clone(),
+            self.signer.clone(),
+        );
+        let done = self.done_tx.clone();
+        tokio::spawn(
+            async move {
+                let commitment = match known {
+                    Some(c) => Some(c),
+                    None => storage.commitment(commitment_cid).await.ok(),
+                };
+                let verdict = match &commitment {
+                    Some(c) => {
+                        match agora_exchange::audit::challenge(&network, &signer, provider, c).await
+                        {
+                            agora_exchange::audit::Verdict::Passed => AuditVerdict::Passed,
+                            agora_exchange::audit::Verdict::Failed(why) => {
+                                AuditVerdict::Failed(why)
+                            }
+                        }
+                    }
+                    None => AuditVerdict::Unjudged(
+                        "commitment block not reachable from this node".into(),
+                    ),
+                };
+                let _ = done
+                    .send(Done::Audited {
+                        contract,
+                        verdict,
+                        commitment: commitment.map(|c| (commitment_cid, c)),
+                    })
+                    .await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// A challenge's outcome, for the machine; its commitment is kept for the next one.
+    pub(super) async fn on_audited(
+        &mut self,
+        contract: ContractId,
+        verdict: AuditVerdict,
+        commitment: Option<(Cid, StorageCommitment)>,
+    ) {
+        if let Some((cid, c)) = commitment {
+            remember(&mut self.commitments, cid, c);
+        }
+        self.drive(Input::AuditAnswer { contract, verdict }).await;
+    }
+
+    /// Asks `provider` in the background whether the service of `contract` runs; answers
+    /// `Done::Probed`, or nothing when it stays silent for `timeout_ms` (the machine counts
+    /// the silence as down itself).
+    fn probe(&mut self, contract: ContractId, provider: NodeId, interval: u64, timeout_ms: u64) {
+        let nonce: u64 = rand::random();
+        let ask = ProbeMsg::Ask {
+            contract,
+            interval,
+            nonce,
+        };
+        let seq = self.next_seq();
+        let env = Envelope::seal_body(&self.signer, Kind::Probe, now_ms(), seq, &ask);
+        let network = self.network.clone();
+        let done = self.done_tx.clone();
+        let timeout = Duration::from_millis(timeout_ms);
+        tokio::spawn(
+            async move {
+                let outcome = match (env, peer_id_of(&provider)) {
+                    (Ok(env), Some(peer)) => {
+                        match tokio::time::timeout(timeout, network.request(peer, &env)).await {
+                            Err(_) => {
+                                debug!(contract = %contract.short(), interval, "probe unanswered");
+                                return;
+                            }
+                            Ok(Err(e)) => Err(format!("unreachable: {e}")),
+                            Ok(Ok(answer)) => {
+                                super::probe::judge(&answer, provider, contract, interval, nonce)
+                            }
+                        }
+                    }
+                    (Err(e), _) => Err(format!("cannot encode the probe: {e}")),
+                    (_, None) => Err("provider id is not a valid peer id".into()),
+                };
+                let _ = done
+                    .send(Done::Probed {
+                        contract,
+                        interval,
+                        outcome,
+                    })
+                    .await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// A probe's outcome, for the machine.
+    pub(super) async fn on_probed(
+        &mut self,
+        contract: ContractId,
+        interval: u64,
+        outcome: Result<(), String>,
+    ) {
+        if let Err(why) = &outcome {
+            debug!(contract = %contract.short(), interval, why, "probe: down");
+        }
+        let up = outcome.is_ok();
+        self.drive(Input::ProbeAnswer {
+            contract,
+            interval,
+            up,
+        })
+        .await;
+    }
+}
+
+/// Keeps `c` under `cid`, dropping an arbitrary other entry when the cache is full.
+fn remember(cache: &mut BTreeMap<Cid, StorageCommitment>, cid: Cid, c: StorageCommitment) {
+    if !cache.contains_key(&cid)
+        && cache.len() >= MAX_COMMITMENTS
+        && let Some(evict) = cache.keys().next().copied()
+    {
+        cache.remove(&evict);
+        debug!(%evict, "commitment cache full; one entry dropped");
+    }
+    cache.insert(cid, c);
+}

@@ -162,7 +162,6 @@ mod tests {
     }
 
     #[test]
-    #[test]
     fn outsiders_do_not_count() {
         let c = ids(4);
         let outsiders = (0..10).map(|i| KeySigner::from_seed(900 + i).node_id());

@@ -451,10 +451,10 @@ async fn withholding_arbitrator_processes_one_of_four_cannot_stop_the_chain_two_
     // Nothing was in flight when the second one stopped voting (each transfer before was
     // final everywhere), so the transfer submitted since must be applied nowhere.
     let stuck = *stalled.iter().max().unwrap();
-    for i in 0..NODES {
+    for (i, was) in was.iter().enumerate() {
         let now = net.balance(i, to).await.unwrap();
         assert_eq!(
-            now, was[i],
+            now, *was,
             "node{i}: the transfer was applied while 2 of 4 withheld their votes"
         );
     }
@@ -466,11 +466,11 @@ async fn withholding_arbitrator_processes_one_of_four_cannot_stop_the_chain_two_
         .await
         .unwrap();
     let deadline = Instant::now() + PATIENCE;
-    for i in 0..NODES {
+    for (i, &was) in was.iter().enumerate() {
         loop {
-            let now = net.balance(i, to).await.unwrap_or(was[i]);
-            if now >= was[i] + req.amount {
-                assert_eq!(now, was[i] + req.amount, "node{i}: applied exactly once");
+            let now = net.balance(i, to).await.unwrap_or(was);
+            if now >= was + req.amount {
+                assert_eq!(now, was + req.amount, "node{i}: applied exactly once");
                 break;
             }
             assert!(

@@ -169,6 +169,39 @@ mod tests {
         assert_eq!(evaluate(&c, &obs, 10_000, 60_000, 0), None);
     }
 
+    /// f = (n - 1) / 3 colluding members attesting a live subject down since forever never
+    /// trigger a handover, whatever the others say; with them, a handover needs at least
+    /// quorum - f honest members seeing the subject down (threat A4/A5).
+    #[test]
+    fn f_colluding_liars_never_reach_the_quorum() {
+        for n in 1..=31u64 {
+            let c = ids(n);
+            let n = c.len();
+            let f = (n - 1) / 3;
+            let liars: BTreeMap<_, _> = c[..f].iter().map(|m| (*m, down(0, 9_000))).collect();
+            let mut obs = liars.clone();
+            for m in &c[f..] {
+                obs.insert(
+                    *m,
+                    Observation {
+                        liveness: Liveness::Reachable,
+                        recorded_at: 9_000,
+                    },
+                );
+            }
+            assert_eq!(evaluate(&c, &liars, 10_000, 60_000, 0), None, "n={n}");
+            assert_eq!(evaluate(&c, &obs, 10_000, 60_000, 0), None, "n={n}");
+            let honest_needed = quorum(n) - f;
+            let mut obs = liars.clone();
+            for m in &c[f..f + honest_needed - 1] {
+                obs.insert(*m, down(0, 9_000));
+            }
+            assert_eq!(evaluate(&c, &obs, 10_000, 60_000, 0), None, "n={n}");
+            obs.insert(c[f + honest_needed - 1], down(0, 9_000));
+            assert!(evaluate(&c, &obs, 10_000, 60_000, 0).is_some(), "n={n}");
+        }
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use agora_api::client::ApiClient;
 use agora_api::ledger::{BalanceReply, SubmittedReply, TransferRequest};
 use agora_devnet::files::{DevnetManifest, DevnetNode};
-use agora_devnet::process::{Launcher, spawn_node, spawn_node_with, up_with};
+use agora_devnet::process::{Launcher, is_our_process, spawn_node, spawn_node_with, up_with};
 use agora_market::{KeySigner, NodeId};
 use agora_network::keys::{NodeKey, peer_id_of};
 use agora_network::{Multiaddr, NetworkConfig, NetworkHandle, NetworkStats, PeerId, Stream};
@@ -68,12 +68,11 @@ impl Launcher for TestLauncher {
 pub struct ByzantineLauncher {
     /// The honest nodes' launcher.
     pub honest: TestLauncher,
-    /// Index of the byzantine node.
-    pub node: usize,
     /// The byzantine binary (`env!("CARGO_BIN_EXE_agora-byzantine")` in a test).
     pub exe: PathBuf,
-    /// Its misbehaviours, e.g. `["--skew-proposals", "30d"]`.
-    pub args: Vec<String>,
+    /// The byzantine nodes by index, each with its misbehaviours, e.g.
+    /// `(3, ["--skew-proposals", "30d"])`.
+    pub bad: Vec<(usize, Vec<String>)>,
 }
 
 impl Launcher for ByzantineLauncher {
@@ -81,8 +80,8 @@ impl Launcher for ByzantineLauncher {
         self.honest.host(i)
     }
     fn spawn(&self, i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
-        if i == self.node {
-            spawn_node_with(&self.exe, data_dir, &self.args)
+        if let Some((_, args)) = self.bad.iter().find(|(n, _)| *n == i) {
+            spawn_node_with(&self.exe, data_dir, args)
         } else {
             self.honest.spawn(i, exe, data_dir)
         }
@@ -126,6 +125,56 @@ impl HostileDevnet {
             _guard: guard,
             _tmp: tmp,
         })
+    }
+
+    /// Stops node `i` (asking it to shut down, then SIGKILL) and starts it again from its data
+    /// directory with `launcher` (an honest node becoming byzantine or back again); returns
+    /// once its control API answers. The manifest keeps the new pid, so the devnet's cleanup
+    /// stops it.
+    pub async fn restart_with(&mut self, i: usize, launcher: &dyn Launcher) -> anyhow::Result<()> {
+        let node = self.manifest.nodes[i].clone();
+        if let Some(pid) = node.pid {
+            if let Ok(c) = ApiClient::for_data_dir(&node.data_dir) {
+                let _ = c.shutdown().await;
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while is_our_process(pid, &node.data_dir) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if is_our_process(pid, &node.data_dir) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+        let api_file = node.data_dir.join(agora_api::API_ADDR_FILE);
+        let _ = std::fs::remove_file(&api_file);
+        let exe = launcher.exe()?;
+        let pid = launcher.spawn(i, &exe, &node.data_dir)?;
+        self.manifest.nodes[i].pid = Some(pid);
+        self.manifest.save()?;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(c) = ApiClient::for_data_dir(&node.data_dir)
+                && c.status().await.is_ok()
+            {
+                return Ok(());
+            }
+            if !alive(u64::from(pid)) {
+                bail!(
+                    "{} exited on restart; see {}/node.log",
+                    node.name,
+                    node.data_dir.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not answer within {WAIT:?} of its restart",
+                    node.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Node `i` of the manifest.

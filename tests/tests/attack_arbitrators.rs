@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_api::client::ApiClient;
-use agora_api::ledger::LedgerStatus;
+use agora_api::ledger::{LedgerStatus, SubmittedReply, TransferRequest};
 use agora_contracts::{ActivationClause, ContractStatus};
 use agora_devnet::demo::Story;
 use agora_devnet::demo::module_bytes;
@@ -31,11 +31,18 @@ const PATIENCE: Duration = Duration::from_secs(150);
 
 /// A launcher whose node `bad` runs `agora-byzantine` with `args`.
 fn byzantine(bad: usize, args: &[&str]) -> ByzantineLauncher {
+    byzantines(&[(bad, args)])
+}
+
+/// A launcher whose nodes `bad` run `agora-byzantine`, each with its own arguments.
+fn byzantines(bad: &[(usize, &[&str])]) -> ByzantineLauncher {
     ByzantineLauncher {
         honest: TestLauncher(agora_bin()),
-        node: bad,
         exe: env!("CARGO_BIN_EXE_agora-byzantine").into(),
-        args: args.iter().map(|a| a.to_string()).collect(),
+        bad: bad
+            .iter()
+            .map(|(i, args)| (*i, args.iter().map(|a| a.to_string()).collect()))
+            .collect(),
     }
 }
 
@@ -345,6 +352,272 @@ async fn a_false_attestation_by_one_arbitrator_process_triggers_no_handover() {
     eprintln!(
         "{lies} false attestations submitted, {applied} applied before the real failure; \
          handover agreed by {agreeing}"
+    );
+    s.down(true).await.unwrap();
+}
+
+/// The ledger's view of node `i`: (height, state hash).
+async fn tip(net: &HostileDevnet, i: usize) -> (u64, String) {
+    let s = status(net, i).await;
+    (s.height, s.state_hash)
+}
+
+/// Asserts that every pair of nodes at the same height has the same state: no replica
+/// decided anything the others did not.
+async fn same_state_at_same_height(net: &HostileDevnet) {
+    let mut tips = Vec::new();
+    for i in 0..net.len() {
+        tips.push(tip(net, i).await);
+    }
+    for (i, a) in tips.iter().enumerate() {
+        for (j, b) in tips.iter().enumerate().skip(i + 1) {
+            if a.0 == b.0 {
+                assert_eq!(a.1, b.1, "node{i} and node{j} differ at height {}", a.0);
+            }
+        }
+    }
+}
+
+/// A5: withheld votes, on a 4-arbitrator devnet (f = 1). One arbitrator process that never
+/// sends a prevote or precommit cannot stop the chain: transfers finalise. When a second
+/// one withholds too (f + 1 = 2 of 4, below the 2f + 1 quorum) the chain stops: over a 20 s
+/// window no replica gets past the height in flight, a transfer submitted meanwhile is
+/// applied nowhere, and replicas at the same height hold the same state. When that second
+/// arbitrator is restarted as an honest `agora` process the chain resumes: the waiting
+/// transfer is applied exactly once on every replica and new ones finalise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withholding_arbitrator_processes_one_of_four_cannot_stop_the_chain_two_can_until_one_votes_again()
+ {
+    let _serial = SERIAL.lock().await;
+    const NODES: usize = 4;
+    const FIRST: usize = 3;
+    const SECOND: usize = 2;
+    let args = ["--withhold-votes"];
+    let mut net = HostileDevnet::up_with(NODES, &byzantine(FIRST, &args))
+        .await
+        .unwrap();
+    wait_misbehaving(&net.node(FIRST).data_dir, "withhold-votes").await;
+
+    // f = 1 withholding: the other three are a quorum.
+    let start = status(&net, 0).await.height;
+    for _ in 0..3 {
+        net.transfer_finalises(0, 1, 1).await.unwrap();
+    }
+    let after_one = status(&net, 0).await.height;
+    assert!(after_one >= start + 3, "decided {start} -> {after_one}");
+    same_state_at_same_height(&net).await;
+
+    // f + 1 = 2 withholding.
+    net.restart_with(SECOND, &byzantine(SECOND, &args))
+        .await
+        .unwrap();
+    wait_misbehaving(&net.node(SECOND).data_dir, "withhold-votes").await;
+    let mut top = 0;
+    for i in 0..NODES {
+        top = top.max(status(&net, i).await.height);
+    }
+    let to = 1;
+    let mut was = Vec::new();
+    for i in 0..NODES {
+        was.push(net.balance(i, to).await.unwrap());
+    }
+    let req = TransferRequest {
+        to: net.node_id(to).to_string(),
+        amount: 7,
+    };
+    let _: SubmittedReply = net
+        .client(0)
+        .unwrap()
+        .post("/v1/ledger/transfer", &req)
+        .await
+        .unwrap();
+    // A negative observation needs a window: many consensus rounds (timeouts of 1-3 s) fit
+    // in 20 s, polled throughout.
+    let window = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < window {
+        for i in 0..NODES {
+            let h = status(&net, i).await.height;
+            assert!(
+                h <= top + 1,
+                "node{i} decided height {h} with 2 of 4 withholding (top was {top})"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut stalled = Vec::new();
+    for i in 0..NODES {
+        stalled.push(status(&net, i).await.height);
+    }
+    // Nothing was in flight when the second one stopped voting (each transfer before was
+    // final everywhere), so the transfer submitted since must be applied nowhere.
+    let stuck = *stalled.iter().max().unwrap();
+    for (i, was) in was.iter().enumerate() {
+        let now = net.balance(i, to).await.unwrap();
+        assert_eq!(
+            now, *was,
+            "node{i}: the transfer was applied while 2 of 4 withheld their votes"
+        );
+    }
+    same_state_at_same_height(&net).await;
+    eprintln!("stalled at heights {stalled:?} (top before {top})");
+
+    // The second one comes back honest: 3 of 4 vote again.
+    net.restart_with(SECOND, &TestLauncher(agora_bin()))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    for (i, &was) in was.iter().enumerate() {
+        loop {
+            let now = net.balance(i, to).await.unwrap_or(was);
+            if now >= was + req.amount {
+                assert_eq!(now, was + req.amount, "node{i}: applied exactly once");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{i}: the waiting transfer was not applied after the arbitrator came back"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    net.transfer_finalises(1, 0, 1).await.unwrap();
+    let mut resumed = Vec::new();
+    for i in 0..NODES {
+        resumed.push(status(&net, i).await.height);
+    }
+    assert!(resumed.iter().all(|h| *h > stuck), "resumed: {resumed:?}");
+    same_state_at_same_height(&net).await;
+    eprintln!("resumed at heights {resumed:?}");
+    net.assert_alive();
+}
+
+/// A5 and A4 together on a 7-arbitrator devnet (f = 2): node 0 withholds every vote and
+/// node 1 does not, and both collude to attest the live customer A of an armed standby
+/// contract unreachable (dated back past the handover clause, every 3 s); neither bids, so
+/// both sit on the contract's committee of 5, whose quorum is 4. The chain keeps deciding
+/// without node 0's votes (the contract is armed, the lies are applied), yet two liars are
+/// no quorum: once the chain's clock is past the clause the contract is still armed on every
+/// honest replica, nothing paid. Then A is killed for real (a second fault among the
+/// arbitrators: 5 of 7 still vote) and the handover to B completes with a quorum in which
+/// at least two honest members agreed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withholding_arbitrator_and_two_colluding_liars_neither_stop_the_chain_nor_hand_over() {
+    let _serial = SERIAL.lock().await;
+    const WITHHOLDER: usize = 0;
+    const LIAR: usize = 1;
+    let module = module_bytes(None).expect("lora-gateway module (rustup target add wasm32-wasip1)");
+    let tmp = tempfile::tempdir().unwrap();
+    let withholder: &[&str] = &["--withhold-votes", "--false-attest", "--no-bid"];
+    let liar: &[&str] = &["--false-attest", "--no-bid"];
+    let launcher = Arc::new(byzantines(&[(WITHHOLDER, withholder), (LIAR, liar)]));
+    let mut s = Story::start(
+        &tmp.path().join("net"),
+        CONTRACT_NODES,
+        &module,
+        launcher,
+        true,
+    )
+    .await
+    .expect("story starts");
+    let bad_dirs = [
+        s.m.nodes[WITHHOLDER].data_dir.clone(),
+        s.m.nodes[LIAR].data_dir.clone(),
+    ];
+    wait_misbehaving(&bad_dirs[0], "withhold-votes").await;
+    for d in &bad_dirs {
+        wait_misbehaving(d, "false-attest").await;
+    }
+    // Armed with node 0 withholding: the chain decided the contract.
+    let armed = s.standby().await.unwrap();
+    let liars: Vec<String> = [WITHHOLDER, LIAR]
+        .iter()
+        .map(|i| s.m.nodes[*i].node_id.clone())
+        .collect();
+    assert!(![WITHHOLDER, LIAR].contains(&armed.b), "liars do not bid");
+    let committee: Vec<String> = armed
+        .rec
+        .contract
+        .committee
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    assert!(
+        liars.iter().all(|l| committee.contains(l)),
+        "both liars sit on the committee {committee:?}"
+    );
+    let n = committee.len();
+    let quorum = agora_contracts::attestation::quorum(n);
+    assert!(
+        liars.len() < quorum,
+        "{} liars of {n}, quorum {quorum}",
+        liars.len()
+    );
+    let obs = (0..CONTRACT_NODES)
+        .find(|i| ![s.a, armed.b, WITHHOLDER, LIAR].contains(i))
+        .unwrap();
+    let customer = armed.rec.contract.customer.to_string();
+    let ActivationClause::OnHandover { unreachable_for_ms } = armed.rec.contract.activation else {
+        panic!("a standby contract activates on handover");
+    };
+    let recorded = format!("byzantine: attestation recorded subject={customer} ");
+    let applied = |d: &Path| {
+        byzantine_lines(d)
+            .iter()
+            .filter(|l| l.starts_with(&recorded))
+            .count()
+    };
+    wait_for("both liars' attestations to be applied", 90, async || {
+        bad_dirs
+            .iter()
+            .all(|d| applied(d.as_path()) > 0)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let lied_at = agora_wire::now_ms();
+    let c = ApiClient::for_data_dir(&s.m.nodes[obs].data_dir).unwrap();
+    let past = lied_at + unreachable_for_ms + 6_000;
+    wait_for("the handover clause to pass on the chain", 90, async || {
+        let st: LedgerStatus = c.get("/v1/ledger/status").await.ok()?;
+        st.last_block_at.filter(|at| *at >= past).map(|_| ())
+    })
+    .await
+    .unwrap();
+    for i in (0..CONTRACT_NODES).filter(|i| ![WITHHOLDER, LIAR].contains(i)) {
+        let rec = s.contract(i, &armed.id).await.unwrap();
+        assert_eq!(rec.status, ContractStatus::Armed, "node{i}: {rec:?}");
+        assert!(
+            rec.handover.is_none() && rec.trigger_at.is_none() && rec.activated_at.is_none(),
+            "node{i}: no handover: {rec:?}"
+        );
+        assert_eq!(rec.paid_to_provider, 0, "node{i}: nobody paid");
+    }
+    let lies: Vec<usize> = bad_dirs.iter().map(|d| applied(d.as_path())).collect();
+
+    // A real failure: A killed. With node 0 silent too, 5 of 7 arbitrators vote.
+    let killed = s.kill(s.a).unwrap();
+    s.failover(&armed, killed).await.unwrap();
+    let rec = s.contract(obs, &armed.id).await.unwrap();
+    let agreeing = rec.handover.map(|h| h.agreeing).unwrap_or_default();
+    let honest_agreeing = agreeing
+        .iter()
+        .filter(|m| !liars.contains(&m.to_string()))
+        .count();
+    assert!(
+        agreeing.len() >= quorum && honest_agreeing >= quorum - liars.len(),
+        "handover agreed by {} of {n} ({honest_agreeing} honest)",
+        agreeing.len()
+    );
+    for i in [WITHHOLDER, LIAR] {
+        assert!(
+            alive(u64::from(s.m.nodes[i].pid.unwrap())),
+            "byzantine node{i} still running"
+        );
+    }
+    eprintln!(
+        "lies applied per liar before the real failure: {lies:?}; handover agreed by {} \
+         ({honest_agreeing} honest) of {n}",
+        agreeing.len()
     );
     s.down(true).await.unwrap();
 }

@@ -85,6 +85,7 @@ impl ConsensusDriver {
                 parent_time: 0,
                 proposal_skew_ms: 0,
                 double_vote: false,
+                withhold_votes: false,
                 height_started_at: 0,
                 effects: Vec::new(),
                 followups: VecDeque::new(),
@@ -138,6 +139,14 @@ impl ConsensusDriver {
     #[cfg(any(test, feature = "test-utils"))]
     pub fn byzantine_double_vote(&mut self) {
         self.io.double_vote = true;
+    }
+
+    /// Test hook: while `on`, this node never sends its own prevotes and precommits (a
+    /// withholding arbitrator; it still proposes and follows the others' votes). Only with
+    /// the `test-utils` feature.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn byzantine_withhold_votes(&mut self, on: bool) {
+        self.io.withhold_votes = on;
     }
 
     /// A decided block still held in memory.

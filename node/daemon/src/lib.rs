@@ -431,7 +431,7 @@ async fn start_edge(
         network.clone(),
         storage.clone(),
         services.clone(),
-        Some(data_dir.join(agora_radio::RECEIVED_KEYS_FILE)),
+        agora_radio::RadioFiles::in_dir(data_dir),
         cancel.clone(),
     )
     .await

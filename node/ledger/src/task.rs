@@ -105,6 +105,9 @@ enum Command {
     /// Test hook: cast every vote twice, differently.
     #[cfg(feature = "test-utils")]
     DoubleVote,
+    /// Test hook: send none of our own votes (or again, with `false`).
+    #[cfg(feature = "test-utils")]
+    WithholdVotes(bool),
 }
 
 /// Cloneable handle to the ledger task.
@@ -163,6 +166,17 @@ impl LedgerHandle {
     pub async fn byzantine_double_vote(&self) -> Result<(), LedgerTaskError> {
         self.tx
             .send(Command::DoubleVote)
+            .await
+            .map_err(|_| LedgerTaskError::Stopped)
+    }
+
+    /// Test hook (feature `test-utils`, never in the shipped binary): while `on`, this node's
+    /// consensus driver sends none of its own prevotes and precommits, like a withholding
+    /// arbitrator.
+    #[cfg(feature = "test-utils")]
+    pub async fn byzantine_withhold_votes(&self, on: bool) -> Result<(), LedgerTaskError> {
+        self.tx
+            .send(Command::WithholdVotes(on))
             .await
             .map_err(|_| LedgerTaskError::Stopped)
     }
@@ -434,6 +448,11 @@ impl LedgerTask {
             Command::DoubleVote => {
                 warn!("test hook: this node casts every vote twice, differently");
                 self.driver.byzantine_double_vote();
+            }
+            #[cfg(feature = "test-utils")]
+            Command::WithholdVotes(on) => {
+                warn!(on, "test hook: this node withholds its votes");
+                self.driver.byzantine_withhold_votes(on);
             }
         }
     }

@@ -21,6 +21,7 @@
 //! ledger or the orchestrator, which tells it what to route where.
 #![forbid(unsafe_code)]
 
+mod counters;
 pub mod keys;
 pub mod rules;
 mod table;
@@ -42,6 +43,27 @@ pub use keys::DeviceKeyConfig;
 
 /// File in the data dir holding the device keys owners handed to this node (mode 0600).
 pub const RECEIVED_KEYS_FILE: &str = "radio-keys.json";
+/// File in the data dir holding the last accepted frame counter per keyed device (mode 0600).
+pub const FRAME_COUNTERS_FILE: &str = "radio-counters.json";
+
+/// Where the radio task keeps what must survive a restart (`None`: memory only, for tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RadioFiles {
+    /// Device keys received from owners ([`RECEIVED_KEYS_FILE`]).
+    pub keys: Option<std::path::PathBuf>,
+    /// Last accepted frame counters ([`FRAME_COUNTERS_FILE`]).
+    pub counters: Option<std::path::PathBuf>,
+}
+
+impl RadioFiles {
+    /// Both files in the node's data directory.
+    pub fn in_dir(data_dir: &std::path::Path) -> Self {
+        RadioFiles {
+            keys: Some(data_dir.join(RECEIVED_KEYS_FILE)),
+            counters: Some(data_dir.join(FRAME_COUNTERS_FILE)),
+        }
+    }
+}
 pub use agora_wire::topics::RADIO_TOPIC;
 pub use task::spawn;
 

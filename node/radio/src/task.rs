@@ -1,7 +1,6 @@
 //! The radio task: owns the UDP socket, the per-device routing and buffers, and checkpoints.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,10 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::{
     Checkpoint, CheckpointRecord, Command, FRAME_LEN, MAX_REPLAY_FRAMES, RADIO_TOPIC, RadioConfig,
-    RadioHandle, RadioRpc, RadioStats, RadioStatus, ReplayedDevice, SeqRange, parse_frame,
+    RadioFiles, RadioHandle, RadioRpc, RadioStats, RadioStatus, ReplayedDevice, SeqRange,
+    parse_frame,
 };
+use crate::counters::CounterStore;
 use crate::keys::KeyStore;
 use crate::rules::{self, MAX_MANAGERS_PER_DEVICE, Verdict};
 use crate::table::{Admit, Device, DeviceTable};
@@ -60,8 +61,8 @@ struct RadioTask {
     stats: RadioStats,
     /// Frame keys held here (owned and received).
     keys: KeyStore,
-    /// Last frame counter accepted over the radio, per device with a key.
-    counters: BTreeMap<u32, u32>,
+    /// Last frame counter accepted over the radio, per device with a key (persisted).
+    counters: CounterStore,
     /// Devices whose key this edge still has to fetch: from which owner, requests so far.
     key_fetches: BTreeMap<u32, (NodeId, u32)>,
     /// Owners asked and not answered yet.
@@ -77,7 +78,7 @@ pub async fn spawn(
     network: NetworkHandle,
     storage: StorageHandle,
     services: Arc<dyn ServiceControl>,
-    keys_file: Option<PathBuf>,
+    files: RadioFiles,
     cancel: CancellationToken,
 ) -> std::io::Result<(RadioHandle, JoinHandle<()>)> {
     let socket = if cfg.listen.is_empty() {
@@ -105,10 +106,11 @@ pub async fn spawn(
         warn!(error = %e, "radio checkpoints topic not subscribed");
     }
     let (keys_tx, keys_rx) = mpsc::channel(16);
-    let keys = KeyStore::load(&cfg.device_keys, keys_file);
+    let keys = KeyStore::load(&cfg.device_keys, files.keys);
+    let counters = CounterStore::load(files.counters, cfg.max_devices);
     let task = RadioTask {
         keys,
-        counters: BTreeMap::new(),
+        counters,
         key_fetches: BTreeMap::new(),
         key_fetching: BTreeSet::new(),
         next_key_fetch: Instant::now(),
@@ -176,6 +178,7 @@ impl RadioTask {
                     _ => {}
                 },
                 _ = tick.tick() => {
+                    self.counters.flush();
                     self.fetch_keys();
                     let services: Vec<String> = self.pending.keys().cloned().collect();
                     for s in services {
@@ -184,6 +187,8 @@ impl RadioTask {
                 }
             }
         }
+        // Whatever moved since the last tick, before the process goes.
+        self.counters.flush();
     }
 
     fn on_frame(&mut self, frame: &[u8]) {
@@ -191,12 +196,12 @@ impl RadioTask {
             Ok(x) => x,
             Err(e) => return debug!(error = %e, "radio frame dropped"),
         };
-        let last = self.counters.get(&device).copied();
+        let last = self.counters.get(device);
         let key = self.keys.get(device);
         match authenticate(frame, key, last, self.cfg.frame_counter_window) {
             Ok(a) if a.verified => {
                 self.stats.frames_verified += 1;
-                self.counters.insert(device, seq);
+                self.counters.accept(device, seq);
             }
             Ok(_) => self.stats.frames_unverified += 1,
             Err(refusal) => return self.refuse_frame(refusal),
@@ -856,7 +861,7 @@ impl RadioTask {
             .chain(d.covered)
             .max();
         if let Some(last) = d.buffer.iter().map(|(s, _)| *s).max() {
-            self.counters.insert(device, last);
+            self.counters.accept(device, last);
         }
         if dropped > 0 {
             self.stats.frames_refused_bad_mic += dropped as u64;

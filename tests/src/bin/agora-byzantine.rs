@@ -13,6 +13,9 @@
 //!   few seconds: the `Attest` transactions an honest arbitrator submits for a real failure,
 //!   for one that did not happen (A4; signed with its own key like any of its transactions;
 //!   each one a decided block applies is printed as `byzantine: attestation recorded`);
+//! - `--withhold-votes`: it never sends a prevote or precommit of its own (it still proposes,
+//!   follows the others' votes and applies what they decide; issue #13's "withheld votes",
+//!   THREATS A5; the hook `byzantine_withhold_votes`);
 //! - `--no-bid`: it neither bids nor accepts awards (an arbitrator only, never a contract's
 //!   provider, so it sits on every contract's committee).
 //!
@@ -86,6 +89,9 @@ struct RunArgs {
     /// Attest the live customers of armed standby contracts it arbitrates unreachable.
     #[arg(long)]
     false_attest: bool,
+    /// Send none of its own prevotes and precommits.
+    #[arg(long)]
+    withhold_votes: bool,
     /// Neither bid nor accept awards (stay an arbitrator of every contract).
     #[arg(long)]
     no_bid: bool,
@@ -153,7 +159,10 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         println!("p2p: {a}");
     }
     println!("api: {}", node.api_addr);
-    let misbehaves = args.skew_proposals.is_some() || args.double_vote || args.false_attest;
+    let misbehaves = args.skew_proposals.is_some()
+        || args.double_vote
+        || args.false_attest
+        || args.withhold_votes;
     let ledger = match (&node.ledger, misbehaves) {
         (Some(l), _) => Some(l.clone()),
         (None, false) => None,
@@ -176,6 +185,13 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
                 .await
                 .context("turning on double votes")?;
             println!("byzantine: double-vote");
+        }
+        if args.withhold_votes {
+            ledger
+                .byzantine_withhold_votes(true)
+                .await
+                .context("turning on vote withholding")?;
+            println!("byzantine: withhold-votes");
         }
         if args.false_attest {
             println!("byzantine: false-attest");

@@ -55,6 +55,8 @@ pub(crate) struct Io {
     /// Test hook: every vote of this node goes out with a conflicting twin (false for an
     /// honest node).
     pub(crate) double_vote: bool,
+    /// Test hook: this node's own votes are never sent (false for an honest node).
+    pub(crate) withhold_votes: bool,
     pub(crate) height_started_at: Timestamp,
     pub(crate) effects: Vec<Effect>,
     pub(crate) followups: VecDeque<Followup>,
@@ -71,8 +73,13 @@ impl Io {
         self.effects.push(effect);
     }
 
-    /// Broadcasts a vote (with a conflicting twin of our own votes under the test hook).
+    /// Broadcasts a vote (with a conflicting twin of our own votes, or not at all, under the
+    /// test hooks).
     fn broadcast_vote(&mut self, v: SignedVoteMsg) {
+        if self.withhold_votes && v.vote.voter() == self.signer.node_id() {
+            debug!(height = self.height, "test hook: own vote withheld");
+            return;
+        }
         if self.double_vote && v.vote.voter() == self.signer.node_id() {
             let other = match v.vote.block_id() {
                 Some(_) => NilOrVal::Nil,

@@ -135,6 +135,50 @@ fn two_crashed_of_four_stall_without_deciding_anything_wrong() {
 }
 
 #[test]
+fn one_withholding_arbitrator_of_four_cannot_stop_the_chain_two_can_until_one_votes_again() {
+    let mut sim = Sim::new(4, 31);
+    let all = [0, 1, 2, 3];
+    // f = 1 of 4 sends no prevote and no precommit: the other three are a quorum.
+    sim.nodes[3].driver.byzantine_withhold_votes(true);
+    assert!(
+        sim.run_until(120_000, |s| s.all_reached(&all, 6)),
+        "stalled with one withholding arbitrator: {:?}",
+        all.map(|i| sim.nodes[i].tip().0)
+    );
+    assert_consistent(&sim, &all);
+    no_rejections(&sim, &all);
+    // No certificate carries a vote of the withholder.
+    let withholder = sim.nodes[3].id();
+    for (h, _, cert) in &sim.nodes[0].decided {
+        assert!(
+            cert.signatures.iter().all(|s| s.validator != withholder),
+            "height {h}: the withholder's vote is in a certificate"
+        );
+    }
+    // f + 1 = 2 withholding: below the 2f + 1 quorum, nothing more is decided.
+    sim.nodes[2].driver.byzantine_withhold_votes(true);
+    let tips: Vec<_> = all.iter().map(|&i| sim.nodes[i].tip()).collect();
+    let top = tips.iter().map(|t| t.0).max().unwrap_or(0);
+    let moved = sim.run_until(sim.now + 60_000, |s| s.all_reached(&all, top + 2));
+    assert!(!moved, "2 of 4 withholding must stop the chain");
+    let stalled: Vec<_> = all.iter().map(|&i| sim.nodes[i].tip().0).collect();
+    assert!(
+        stalled.iter().all(|h| *h <= top + 1),
+        "at most the height in flight when the second one stopped voting: {stalled:?}"
+    );
+    assert_consistent(&sim, &all);
+    // One of them votes again: the chain resumes, and everyone agrees on every height.
+    sim.nodes[2].driver.byzantine_withhold_votes(false);
+    assert!(
+        sim.run_until(sim.now + 300_000, |s| s.all_reached(&all, top + 4)),
+        "did not resume once 3 of 4 vote: {:?}",
+        all.map(|i| sim.nodes[i].tip().0)
+    );
+    assert_consistent(&sim, &all);
+    no_rejections(&sim, &all);
+}
+
+#[test]
 fn equivocating_arbitrator_is_detected_and_honest_ones_agree() {
     for seed in 21..=26 {
         let mut sim = Sim::new(4, seed);

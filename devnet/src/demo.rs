@@ -50,6 +50,9 @@ pub struct DemoArgs {
     /// Which story.
     #[arg(long, value_enum, default_value = "standby")]
     pub scenario: Scenario,
+    /// WAN emulation on every link (the standby story only).
+    #[command(flatten)]
+    pub wan: crate::process::WanArgs,
 }
 
 /// Demo stories.
@@ -164,7 +167,19 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
             args.dir.display()
         );
     }
-    let mut story = Story::start(&args.dir, args.nodes, &module, Arc::new(Loopback), json).await?;
+    let opts = crate::process::UpOptions {
+        wan: args.wan.profile(),
+        ..Default::default()
+    };
+    let mut story = Story::start_with(
+        &args.dir,
+        args.nodes,
+        &module,
+        Arc::new(Loopback),
+        json,
+        opts,
+    )
+    .await?;
     let mut splits = Vec::new();
     let mut settled_ok = true;
     let mut last_b = 0;

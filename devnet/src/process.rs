@@ -86,6 +86,37 @@ pub struct UpArgs {
     /// scrape config for the devnet to `<dir>/prometheus.yml`.
     #[arg(long)]
     pub metrics: bool,
+    /// WAN emulation on every link.
+    #[command(flatten)]
+    pub wan: WanArgs,
+}
+
+/// WAN emulation options of `devnet up` and `devnet demo` (devnets only; see
+/// `agora_network::wan` for how faithful it is).
+#[derive(Clone, Debug, Default, Args)]
+pub struct WanArgs {
+    /// One-way delay added to each direction of every link, e.g. `50ms` (the round trip grows
+    /// by twice that).
+    #[arg(long, value_parser = agora_network::wan::parse_duration)]
+    pub latency: Option<Duration>,
+    /// With --latency: each delay is drawn from latency ± jitter, e.g. `10ms` (order is kept).
+    #[arg(long, value_parser = agora_network::wan::parse_duration, requires = "latency")]
+    pub jitter: Option<Duration>,
+    /// With --latency: share of TCP segments lost, e.g. `1%`; a loss costs a retransmission
+    /// timeout, never bytes.
+    #[arg(long, value_parser = agora_network::wan::parse_loss, requires = "latency")]
+    pub loss: Option<u32>,
+}
+
+impl WanArgs {
+    /// The profile every node's config gets, if any.
+    pub fn profile(&self) -> Option<agora_network::wan::WanProfile> {
+        self.latency.map(|latency| agora_network::wan::WanProfile {
+            latency,
+            jitter: self.jitter.unwrap_or_default(),
+            loss_ppm: self.loss.unwrap_or_default(),
+        })
+    }
 }
 
 /// Scrape interval written into the devnet's Prometheus config, ms.
@@ -117,6 +148,7 @@ pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
             let opts = UpOptions {
                 manual: a.manual,
                 metrics: a.metrics,
+                wan: a.wan.profile(),
             };
             let timeout = Duration::from_secs(a.timeout);
             let progress = crate::progress::Progress::start(
@@ -356,7 +388,7 @@ pub async fn up_with(
 ) -> anyhow::Result<DevnetManifest> {
     let opts = UpOptions {
         manual,
-        metrics: false,
+        ..UpOptions::default()
     };
     up_with_options(dir, n, timeout, opts, launcher).await
 }
@@ -368,6 +400,8 @@ pub struct UpOptions {
     pub manual: usize,
     /// Every node serves Prometheus metrics; `prometheus.yml` is written to the devnet dir.
     pub metrics: bool,
+    /// WAN emulation on every node's TCP links.
+    pub wan: Option<agora_network::wan::WanProfile>,
 }
 
 /// [`up_with`] with every option.
@@ -416,6 +450,7 @@ pub async fn up_with_options(
         if opts.metrics {
             config.metrics.listen = Some(format!("{host}:0"));
         }
+        config.network.wan = opts.wan;
         if i == owner {
             config.radio.device_keys = sensor_keys.clone();
         }

@@ -14,7 +14,7 @@ use super::publish;
 use super::report::{Coverage, FailoverSplit, coverage};
 use super::sensors::{Region, Sensors};
 use crate::files::{CONTRACT_NODES, DevnetManifest, DevnetNode};
-use crate::process::{Launcher, down, up_with};
+use crate::process::{Launcher, UpOptions, down, up_with_options};
 use agora_api::client::ApiClient;
 use agora_api::edge::{OwnReply, OwnRequest};
 use agora_api::ledger::BalanceReply;
@@ -123,6 +123,18 @@ impl Story {
         launcher: Arc<dyn Launcher>,
         quiet: bool,
     ) -> anyhow::Result<Story> {
+        Self::start_with(dir, nodes, module, launcher, quiet, UpOptions::default()).await
+    }
+
+    /// [`Story::start`] with the devnet's options (WAN emulation, metrics).
+    pub async fn start_with(
+        dir: &std::path::Path,
+        nodes: usize,
+        module: &[u8],
+        launcher: Arc<dyn Launcher>,
+        quiet: bool,
+        opts: UpOptions,
+    ) -> anyhow::Result<Story> {
         if nodes < CONTRACT_NODES {
             bail!(
                 "--nodes must be at least {CONTRACT_NODES}: a contract needs 4 arbitrators that \
@@ -136,7 +148,8 @@ impl Story {
             start: now_ms(),
             quiet,
         };
-        let m = up_with(dir, nodes, 0, Duration::from_secs(60), launcher.as_ref()).await?;
+        let m =
+            up_with_options(dir, nodes, Duration::from_secs(60), opts, launcher.as_ref()).await?;
         clock.line(
             "devnet",
             now_ms(),

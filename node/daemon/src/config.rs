@@ -179,6 +179,11 @@ pub struct NetworkSection {
     /// AutoNAT never dials back private or reserved addresses. Turn off only in a test lab
     /// whose "internet" uses reserved ranges (the netlab).
     pub autonat_only_global_ips: bool,
+    /// WAN emulation for devnets and tests (`agora devnet up --latency 50ms`): inbound TCP
+    /// bytes are delayed by `latency_ms ± jitter_ms` and a share `loss_ppm` (per million) of
+    /// segments costs a retransmission timeout (`agora_network::wan`). Never for production.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wan: Option<agora_network::wan::WanProfile>,
 }
 
 impl Default for NetworkSection {
@@ -200,6 +205,7 @@ impl Default for NetworkSection {
             external: Vec::new(),
             relay_server: d.relay_server,
             autonat_only_global_ips: d.autonat_only_global_ips,
+            wan: d.wan,
         }
     }
 }
@@ -320,6 +326,7 @@ impl NodeConfig {
             external: parse_addrs("network.external", &self.network.external)?,
             relay_server: self.network.relay_server,
             autonat_only_global_ips: self.network.autonat_only_global_ips,
+            wan: self.network.wan,
         })
     }
 

@@ -1,6 +1,13 @@
 //! The composed libp2p behaviour and swarm construction.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use libp2p::PeerId;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, Transport};
+use libp2p::core::upgrade::Version;
 
 use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
 use libp2p::swarm::NetworkBehaviour;
@@ -11,6 +18,7 @@ use libp2p::{
 };
 
 use super::rpc_codec::{RPC_PROTOCOL, RpcCodec};
+use super::wan::{Shaped, WanProfile};
 use super::{NetworkConfig, NetworkError};
 use agora_wire::codec::GOSSIP_MAX_SKEW_MS;
 
@@ -70,6 +78,35 @@ pub(crate) fn topic_score_params() -> gossipsub::TopicScoreParams {
     }
 }
 
+/// TCP with noise and yamux, as `SwarmBuilder::with_tcp` builds it; each connection's bytes go
+/// through [`Shaped`] first when a WAN profile is given.
+fn tcp_transport(
+    key: &libp2p::identity::Keypair,
+    wan: Option<WanProfile>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let noise = noise::Config::new(key)?;
+    Ok(match wan {
+        None => tcp
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(p, c), _| (p, StreamMuxerBox::new(c)))
+            .boxed(),
+        Some(profile) => {
+            let seeds = Arc::new(AtomicU64::new(0));
+            tcp.map(move |stream, _| {
+                Shaped::new(stream, profile, seeds.fetch_add(1, Ordering::Relaxed))
+            })
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(p, c), _| (p, StreamMuxerBox::new(c)))
+            .boxed()
+        }
+    })
+}
+
 pub(crate) fn build_swarm(
     keypair: libp2p::identity::Keypair,
     cfg: &NetworkConfig,
@@ -80,17 +117,24 @@ pub(crate) fn build_swarm(
     let idle_ping = cfg.idle_ping_interval;
     let relay_server = cfg.relay_server;
     let autonat_only_global = cfg.autonat_only_global_ips;
+    let wan = cfg.wan.filter(WanProfile::is_active);
+    if let Some(w) = wan {
+        tracing::warn!(
+            latency_ms = w.latency.as_millis() as u64,
+            jitter_ms = w.jitter.as_millis() as u64,
+            loss_ppm = w.loss_ppm,
+            "WAN emulation is on: every inbound TCP byte is delayed (a devnet and test setting, \
+             never for production; remove [network.wan] from config.toml to turn it off)"
+        );
+    }
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| setup(e.to_string()))?
         // QUIC beside TCP: one UDP socket for listening and dialing, so a cone NAT maps it to
         // one public port and hole punching works; peers without UDP still use TCP.
         .with_quic()
+        // TCP as libp2p's `with_tcp` builds it (noise, yamux), or WAN-shaped when configured.
+        .with_other_transport(|key| tcp_transport(key, wan))
+        .map_err(|e| setup(e.to_string()))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(e.to_string()))?
         .with_behaviour(|key, relay_client| {

@@ -82,6 +82,9 @@ pub struct NetworkConfig {
     /// AutoNAT refuses to dial back private and reserved addresses (turn off only in a lab
     /// whose "internet" uses reserved ranges, such as the netlab's 203.0.113.0/24).
     pub autonat_only_global_ips: bool,
+    /// WAN emulation (devnets, tests and benchmarks only): every TCP connection's inbound bytes
+    /// are delayed, jittered and "lost" as [`wan::Shaped`] describes. `None` in production.
+    pub wan: Option<wan::WanProfile>,
 }
 
 impl Default for NetworkConfig {
@@ -99,6 +102,7 @@ impl Default for NetworkConfig {
             external: Vec::new(),
             relay_server: false,
             autonat_only_global_ips: true,
+            wan: None,
         }
     }
 }

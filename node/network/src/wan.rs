@@ -1,8 +1,9 @@
 //! WAN emulation for devnets, tests and benchmarks (issue #17): one-way delay, jitter and loss
 //! added in user space under the transport, because this machine's kernel has no `netem` qdisc.
 //!
-//! It is off unless a [`WanProfile`] is configured (`[network.wan]` in `config.toml`, which only
-//! `agora devnet up --latency …` writes); a node without one never builds a [`Shaped`] stream.
+//! It is off unless a [`WanProfile`] is configured (`[network.wan]` in `config.toml`, which
+//! `agora devnet up --latency …` writes); a node without one never builds a [`Shaped`] stream,
+//! and one with it logs a warning at start.
 //!
 //! How faithful it is: every byte a shaped node *receives* is held until `latency ± jitter`
 //! after it arrived, in order (a later byte never overtakes an earlier one, as on TCP). When
@@ -39,12 +40,12 @@ const MIN_RTO: Duration = Duration::from_millis(200);
 /// What a shaped link adds to every byte it delivers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WanProfile {
-    /// One-way delay added to each direction.
-    #[serde(with = "millis")]
+    /// One-way delay added to each direction (`latency_ms` in `config.toml`).
+    #[serde(rename = "latency_ms", with = "millis")]
     pub latency: Duration,
     /// Each chunk's delay is drawn uniformly from `latency ± jitter` (never below zero; order
     /// is kept).
-    #[serde(with = "millis", default)]
+    #[serde(rename = "jitter_ms", with = "millis", default)]
     pub jitter: Duration,
     /// Segments lost per million (10,000 = 1 %).
     #[serde(default)]

@@ -151,11 +151,15 @@ fn read_private(path: &Path) -> Vec<DeviceKeyConfig> {
     }
 }
 
-/// Writes through a temporary file created 0600 and renamed into place.
-fn write_private(path: &Path, keys: &[DeviceKeyConfig]) -> std::io::Result<()> {
+/// Writes `value` as JSON through a temporary file created 0600 and renamed into place (the
+/// radio's private files: device keys and frame counters).
+pub(crate) fn write_private<T: serde::Serialize + ?Sized>(
+    path: &Path,
+    value: &T,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let body = serde_json::to_vec_pretty(keys).map_err(std::io::Error::other)?;
+    let body = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp.{}", std::process::id()));
     let tmp = PathBuf::from(tmp);

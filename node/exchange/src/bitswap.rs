@@ -296,6 +296,7 @@ impl Bitswap {
                             }
                         }
                     }
+                    tracing::trace!(%peer, sent, wants = msg.wantlist.as_ref().map_or(0, |w| w.entries.len()), blocks = msg.payload.len(), "bitswap message out");
                     if !sent {
                         // Peer unreachable: forget the writer so a later send starts afresh.
                         break;
@@ -341,6 +342,7 @@ impl Bitswap {
                 .counters
                 .messages_in
                 .fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(%peer, blocks = msg.payload.len(), presences = msg.block_presences.len(), wants = msg.wantlist.as_ref().map_or(0, |w| w.entries.len()), "bitswap message in");
             self.on_message(peer, msg).await;
         }
     }

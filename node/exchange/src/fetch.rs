@@ -5,6 +5,14 @@
 //! provider records). A DONT_HAVE, a disconnect or a per-block timeout moves the want to another
 //! provider, so a fetch survives a provider dropping out. Blocks already stored are skipped, so
 //! a fetch that failed half way resumes where it stopped.
+//!
+//! How long a want may wait is measured, not fixed: each provider's block latency is smoothed
+//! as TCP smooths round-trip times (RFC 6298: `srtt + 4·rttvar`, samples of re-asked blocks
+//! ignored as Karn does), and a want older than that is asked again, between
+//! [`MIN_BLOCK_TIMEOUT`] and `block_timeout`. A stock Kubo peer answers every message on a
+//! fresh stream, and libp2p-stream drops an inbound stream whenever our accept loop has not
+//! taken the previous one yet, so under load some of its blocks never reach us: with a fixed
+//! 5 s timeout a 64 MiB fetch from Kubo spent most of its 17–22 s waiting for lost wants.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -22,7 +30,9 @@ use agora_network::{Interest, NetworkEvent, NetworkHandle};
 pub struct FetchConfig {
     /// Blocks in flight at once.
     pub parallelism: usize,
-    /// A block not delivered within this time is asked of another provider.
+    /// A block not delivered within this time is asked again (of another provider if there is
+    /// one). The upper bound: once a provider's latency is measured, its wants are asked again
+    /// after `srtt + 4·rttvar`, at least [`MIN_BLOCK_TIMEOUT`].
     pub block_timeout: Duration,
     /// The whole fetch fails if no block arrives for this long.
     pub idle_timeout: Duration,
@@ -39,6 +49,39 @@ impl Default for FetchConfig {
             idle_timeout: Duration::from_secs(30),
             max_bytes: None,
         }
+    }
+}
+
+/// The shortest wait before a want is asked again, however fast the provider was so far.
+pub const MIN_BLOCK_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How often in-flight wants are checked against their deadline.
+const EXPIRE_TICK: Duration = Duration::from_millis(50);
+
+/// Smoothed block latency of one provider (RFC 6298's estimator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Latency {
+    srtt: Duration,
+    rttvar: Duration,
+}
+
+impl Latency {
+    fn first(sample: Duration) -> Latency {
+        Latency {
+            srtt: sample,
+            rttvar: sample / 2,
+        }
+    }
+
+    fn update(&mut self, sample: Duration) {
+        let err = self.srtt.abs_diff(sample);
+        self.rttvar = (self.rttvar * 3 + err) / 4;
+        self.srtt = (self.srtt * 7 + sample) / 8;
+    }
+
+    /// How long a want to this provider may wait, within `[min, max]`.
+    fn timeout(&self, min: Duration, max: Duration) -> Duration {
+        (self.srtt + self.rttvar * 4).clamp(min, max.max(min))
     }
 }
 
@@ -112,6 +155,8 @@ pub async fn fetch_dag(
         seen: HashSet::from([root]),
         in_flight: HashMap::new(),
         refused: HashMap::new(),
+        latency: HashMap::new(),
+        asked_again: HashSet::new(),
         providers: Vec::new(),
         next: 0,
         p: FetchProgress::default(),
@@ -132,7 +177,8 @@ pub async fn fetch_dag(
         let _ = prov_tx.send(found).await;
     });
     let _lookup_guard = AbortOnDrop(lookup);
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(EXPIRE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_progress = Instant::now();
     loop {
         f.fill().await?;
@@ -160,8 +206,9 @@ pub async fn fetch_dag(
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(SessionEvent::Block { cid, size, links, from }) => {
-                    if f.in_flight.remove(&cid).is_some() {
+                    if let Some((asked, at)) = f.in_flight.remove(&cid) {
                         bitswap.unwant(session, &[cid]);
+                        f.sample(cid, asked, from, at.elapsed());
                         f.arrived(cid, size as u64, &links);
                         if cid == root {
                             f.p.total_bytes = unixfs_size(bitswap.store(), cid).await;
@@ -219,6 +266,10 @@ struct Fetch<'a> {
     in_flight: HashMap<Cid, (PeerId, Instant)>,
     /// Block -> providers that refused or timed out on it.
     refused: HashMap<Cid, HashSet<PeerId>>,
+    /// Measured block latency per provider (at most one entry per provider).
+    latency: HashMap<PeerId, Latency>,
+    /// Blocks asked for more than once: their latency is ambiguous (Karn), not sampled.
+    asked_again: HashSet<Cid>,
     providers: Vec<PeerId>,
     next: usize,
     p: FetchProgress,
@@ -233,6 +284,7 @@ impl Fetch<'_> {
 
     fn drop_provider(&mut self, peer: PeerId) {
         self.providers.retain(|p| *p != peer);
+        self.latency.remove(&peer);
         let lost: Vec<Cid> = self
             .in_flight
             .iter()
@@ -253,17 +305,41 @@ impl Fetch<'_> {
         }
     }
 
-    /// Re-queues blocks whose provider is too slow.
+    /// Learns the latency of `asked` from a block it delivered `elapsed` after the want.
+    fn sample(&mut self, cid: Cid, asked: PeerId, from: PeerId, elapsed: Duration) {
+        if self.asked_again.remove(&cid) || asked != from {
+            return;
+        }
+        self.latency
+            .entry(from)
+            .and_modify(|l| l.update(elapsed))
+            .or_insert_with(|| Latency::first(elapsed));
+    }
+
+    /// How long a want to `peer` may wait before it is asked again.
+    fn deadline(&self, peer: &PeerId) -> Duration {
+        let max = self.cfg.block_timeout;
+        self.latency
+            .get(peer)
+            .map_or(max, |l| l.timeout(MIN_BLOCK_TIMEOUT.min(max), max))
+    }
+
+    /// Re-queues blocks whose provider is too slow, cancelling them in one message per provider.
     fn expire(&mut self) {
         let late: Vec<(Cid, PeerId)> = self
             .in_flight
             .iter()
-            .filter(|(_, (_, at))| at.elapsed() > self.cfg.block_timeout)
+            .filter(|(_, (p, at))| at.elapsed() > self.deadline(p))
             .map(|(c, (p, _))| (*c, *p))
             .collect();
+        let mut cancels: HashMap<PeerId, Vec<Cid>> = HashMap::new();
         for (cid, peer) in late {
-            self.bitswap.cancel(peer, &[cid]);
+            cancels.entry(peer).or_default().push(cid);
+            self.asked_again.insert(cid);
             self.refuse(cid, peer);
+        }
+        for (peer, cids) in cancels {
+            self.bitswap.cancel(peer, &cids);
         }
     }
 
@@ -271,6 +347,7 @@ impl Fetch<'_> {
         self.p.blocks += 1;
         self.p.bytes += size;
         self.refused.remove(&cid);
+        self.asked_again.remove(&cid);
         for l in links {
             if self.seen.insert(*l) {
                 self.queue.push_back(*l);
@@ -355,4 +432,46 @@ async fn unixfs_size(store: &std::sync::Arc<dyn BlockStore>, cid: Cid) -> Option
     .await
     .ok()
     .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_steady_provider_gets_a_short_deadline_within_the_bounds() {
+        let mut l = Latency::first(Duration::from_millis(5));
+        for _ in 0..50 {
+            l.update(Duration::from_millis(5));
+        }
+        assert_eq!(l.timeout(MIN_BLOCK_TIMEOUT, MAX), MIN_BLOCK_TIMEOUT);
+        let mut slow = Latency::first(Duration::from_secs(2));
+        slow.update(Duration::from_secs(3));
+        assert_eq!(slow.timeout(MIN_BLOCK_TIMEOUT, MAX), MAX);
+    }
+
+    #[test]
+    fn the_deadline_follows_latency_and_its_variation() {
+        let mut l = Latency::first(Duration::from_millis(200));
+        for _ in 0..100 {
+            l.update(Duration::from_millis(200));
+        }
+        let steady = l.timeout(MIN_BLOCK_TIMEOUT, MAX);
+        assert!(steady >= Duration::from_millis(200) && steady < Duration::from_millis(260));
+        l.update(Duration::from_millis(900));
+        l.update(Duration::from_millis(100));
+        assert!(
+            l.timeout(MIN_BLOCK_TIMEOUT, MAX) > steady,
+            "jitter widens the deadline"
+        );
+    }
+
+    #[test]
+    fn a_minimum_above_the_maximum_keeps_the_minimum() {
+        let l = Latency::first(Duration::from_millis(1));
+        let tiny = Duration::from_millis(50);
+        assert_eq!(l.timeout(MIN_BLOCK_TIMEOUT.min(tiny), tiny), tiny);
+    }
 }

@@ -38,6 +38,13 @@ pub struct LedgerStatus {
     /// the parent's or not near its clock (`block_time_tolerance_ms`): a faulty proposer.
     #[serde(default)]
     pub proposals_refused_block_time: u64,
+    /// Sync requests for stored blocks this node served since it started.
+    #[serde(default)]
+    pub sync_served: u64,
+    /// Sync requests it refused since it started (one per peer every 100 ms, at most 4 served
+    /// at once): a peer asking too often, or a flood from many.
+    #[serde(default)]
+    pub sync_refused: u64,
 }
 
 /// One arbitrator of the ledger's committee, in `GET /v1/ledger/status`.
@@ -146,6 +153,8 @@ async fn status(
                 })
                 .collect(),
             proposals_refused_block_time: v.proposals_refused_block_time,
+            sync_served: v.sync_served,
+            sync_refused: v.sync_refused,
         })
         .await?;
     Ok(Json(st))

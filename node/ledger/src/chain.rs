@@ -254,6 +254,7 @@ impl LedgerTask {
         match msg {
             SyncMsg::Request { height } => {
                 let Some(permit) = self.sync_limiter.admit(from, now_ms()) else {
+                    self.view.sync_refused = self.sync_limiter.refused();
                     debug!(
                         from = %from.short(),
                         refused = self.sync_limiter.refused(),
@@ -266,6 +267,7 @@ impl LedgerTask {
                     // reaches back past the driver's in-memory history. Read, encoded and
                     // answered off this task, so a sync flood cannot stall consensus.
                     self.seq += 1;
+                    self.view.sync_served = self.view.sync_served.saturating_add(1);
                     let (seq, store) = (self.seq, self.store.clone());
                     let (signer, network) = (self.signer.clone(), self.network.clone());
                     tokio::spawn(async move {

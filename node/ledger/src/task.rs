@@ -77,6 +77,11 @@ pub struct LedgerView {
     /// Proposals this node refused because their block time was not after the parent's or
     /// not within the chain's tolerance of its clock (a faulty or byzantine proposer).
     pub proposals_refused_block_time: u64,
+    /// Sync requests for stored blocks served since start (read and answered beside the task).
+    pub sync_served: u64,
+    /// Sync requests refused since start (too frequent from one peer, or too many being
+    /// served at once; answered `Ack`).
+    pub sync_refused: u64,
 }
 
 type QueryJob = Box<dyn FnOnce(&LedgerView) + Send>;
@@ -333,6 +338,8 @@ pub async fn spawn(
             evidence: Vec::new(),
             caught_up: false,
             proposals_refused_block_time: 0,
+            sync_served: 0,
+            sync_refused: 0,
         },
         mempool: Mempool::new(me),
         store,

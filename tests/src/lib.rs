@@ -165,6 +165,23 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut f: impl FnMut() 
     }
 }
 
+/// The market events node `dir` has seen so far (`agora market watch --once --json`, one JSON
+/// object a line), oldest first.
+pub fn market_events(dir: &str) -> Vec<serde_json::Value> {
+    let out = agora(&["market", "watch", "--once", "--json", "--data-dir", dir]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// Whether node `dir` has seen `auction` (hex id) awarded.
+pub fn awarded(dir: &str, auction: &str) -> bool {
+    market_events(dir)
+        .iter()
+        .any(|v| v["kind"] == "awarded" && v["data"]["auction"] == auction)
+}
+
 /// Runs `agora ARGS --json` and parses stdout, or `None` when the command fails (for polling a
 /// node that may still be starting).
 pub fn try_agora_json(args: &[&str]) -> Option<serde_json::Value> {

@@ -20,7 +20,7 @@ use agora_market::signed::Signed;
 use agora_market::{AuctionId, MarketMessage, NodeId, Resources, topic_for_region};
 use agora_network::{Interest, NetworkEvent};
 use agora_tests::adversary::{Adversary, HostileDevnet};
-use agora_tests::{agora, agora_json, wait_until};
+use agora_tests::{agora_json, awarded, wait_until};
 use agora_wire::codec::Kind;
 use agora_wire::now_ms;
 
@@ -150,21 +150,7 @@ fn auctions_never_awarded_hold_only_a_bounded_share_and_honest_auctions_still_cl
     wait_until(
         "node0's auction to be awarded during the attack",
         Duration::from_secs(60),
-        || {
-            let out = agora(&[
-                "market",
-                "watch",
-                "--once",
-                "--json",
-                "--data-dir",
-                &node(0),
-            ]);
-            String::from_utf8_lossy(&out.stdout).lines().any(|line| {
-                serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
-                    v["kind"] == "awarded" && v["data"]["auction"] == auction.as_str()
-                })
-            })
-        },
+        || awarded(&node(0), &auction),
     );
 
     listener.abort();

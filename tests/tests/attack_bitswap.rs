@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use agora_storage::bitswap::{Block, PROTOCOL};
-use agora_storage::bitswap::{MAX_ENTRIES, Message, WantEntry, WantType, Wantlist};
+use agora_storage::bitswap::{MAX_ENTRIES, Message};
 use agora_storage::hash::{RAW, cid_v1_blake3};
 use agora_storage::wire::encode_varint;
 use agora_tests::adversary::{Adversary, HostileDevnet};
@@ -23,23 +23,16 @@ fn frame(body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Want-blocks for `n` blocks nobody has, each asking for an explicit DONT_HAVE.
 fn wants(n: usize, salt: &str) -> Message {
-    let entries = (0..n)
-        .map(|i| WantEntry {
-            cid: cid_v1_blake3(RAW, format!("{salt}-{i}").as_bytes()),
-            priority: 1,
-            cancel: false,
-            want_type: WantType::Block,
-            send_dont_have: true,
-        })
+    let cids: Vec<_> = (0..n)
+        .map(|i| cid_v1_blake3(RAW, format!("{salt}-{i}").as_bytes()))
         .collect();
-    Message {
-        wantlist: Some(Wantlist {
-            entries,
-            full: false,
-        }),
-        ..Message::default()
+    let mut msg = Message::want_blocks(&cids);
+    for e in msg.wantlist.iter_mut().flat_map(|w| w.entries.iter_mut()) {
+        e.send_dont_have = true;
     }
+    msg
 }
 
 /// The hostile inputs, each sent on a stream of its own (a refused message ends its stream).

@@ -13,7 +13,7 @@ use agora_market::auction::BidBody;
 use agora_market::signed::Signed;
 use agora_market::{AuctionId, MarketMessage, Resources, topic_for_region};
 use agora_tests::adversary::{Adversary, HostileDevnet};
-use agora_tests::{agora, agora_json, wait_until};
+use agora_tests::{agora_json, awarded, wait_until};
 use agora_wire::codec::Kind;
 use tokio_util::sync::CancellationToken;
 
@@ -107,21 +107,7 @@ fn a_bid_flood_on_a_market_topic_stops_at_its_first_hop_and_auctions_still_close
     wait_until(
         "node0's auction to be awarded during the flood",
         Duration::from_secs(60),
-        || {
-            let out = agora(&[
-                "market",
-                "watch",
-                "--once",
-                "--json",
-                "--data-dir",
-                &node(0),
-            ]);
-            String::from_utf8_lossy(&out.stdout).lines().any(|line| {
-                serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
-                    v["kind"] == "awarded" && v["data"]["auction"] == auction.as_str()
-                })
-            })
-        },
+        || awarded(&node(0), &auction),
     );
 
     stop.cancel();

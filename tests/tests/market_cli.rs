@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use agora_tests::{JoinedNode, TestDevnet, agora, agora_json, try_agora_json, wait_until};
+use agora_tests::{
+    JoinedNode, TestDevnet, agora, agora_json, market_events, try_agora_json, wait_until,
+};
 
 #[test]
 fn auction_gets_dmu_and_manual_bids_and_both_sides_agree() {
@@ -246,16 +248,7 @@ fn manual_provider_counters_and_customer_accepts_within_max() {
         "the award proposal at node2",
         Duration::from_secs(20),
         || {
-            let out = agora(&[
-                "market",
-                "watch",
-                "--once",
-                "--json",
-                "--data-dir",
-                &node(2),
-            ]);
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            for v in market_events(&node(2)) {
                 if v["kind"] == "awarded" {
                     award = v["data"]["award"].as_str().unwrap().to_string();
                 }

@@ -207,15 +207,23 @@ impl JoinedNode {
     pub fn start(data_dir: &Path, devnet: &Path) -> JoinedNode {
         let data_dir = data_dir.display().to_string();
         agora_json(&["init", "--data-dir", &data_dir]);
+        Self::run(&data_dir, &["--join", &devnet.display().to_string()])
+    }
+
+    /// Starts `agora node run --data-dir DATA_DIR EXTRA…` for an initialised data dir.
+    pub fn run(data_dir: &str, extra: &[&str]) -> JoinedNode {
         let child = Command::new(agora_bin())
-            .args(["node", "run", "--data-dir", &data_dir, "--join"])
-            .arg(devnet)
+            .args(["node", "run", "--data-dir", data_dir])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn();
         match child {
-            Ok(child) => JoinedNode { child, data_dir },
-            Err(e) => panic!("cannot start the joining node: {e}"),
+            Ok(child) => JoinedNode {
+                child,
+                data_dir: data_dir.to_string(),
+            },
+            Err(e) => panic!("cannot start the node in {data_dir}: {e}"),
         }
     }
 }

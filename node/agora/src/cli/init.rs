@@ -1,6 +1,8 @@
 //! `agora init`: creates the key (0600), API token (0600) and `config.toml`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use clap::Args;
 
@@ -17,6 +19,22 @@ pub struct InitArgs {
     /// Control API address to write into the config.
     #[arg(long)]
     pub api_listen: Option<String>,
+    /// The network's genesis file (from `agora genesis create`): this node keeps a ledger
+    /// replica of that chain. Its absolute path goes into the config.
+    #[arg(long)]
+    pub genesis: Option<PathBuf>,
+    /// A peer to dial at start, `/ip4/HOST/tcp/4001/p2p/PEER_ID` (repeatable; replaces the
+    /// config's list). `agora status` and `<data-dir>/p2p.addr` show a node's addresses.
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+    /// Address at which other machines reach this node, e.g. `/ip4/PUBLIC_IP/tcp/4001`
+    /// (repeatable; replaces the config's list). Needed behind a port forward, and to serve
+    /// relay.
+    #[arg(long)]
+    pub external: Vec<String>,
+    /// Serve circuit relay v2 to nodes behind NAT (a publicly reachable node with `--external`).
+    #[arg(long)]
+    pub relay: bool,
 }
 
 /// Runs `agora init`.
@@ -28,6 +46,41 @@ pub fn run(dir: &Path, args: &InitArgs, json: bool) -> anyhow::Result<()> {
     }
     if let Some(a) = &args.api_listen {
         config.api.listen = a.clone();
+    }
+    if let Some(g) = &args.genesis {
+        let path =
+            std::path::absolute(g).with_context(|| format!("cannot resolve {}", g.display()))?;
+        agora_daemon::data_dir::load_genesis(&path).with_context(|| {
+            format!(
+                "--genesis {}: not a genesis file (write one with `agora genesis create`)",
+                g.display()
+            )
+        })?;
+        config.node.genesis = Some(path);
+    }
+    for a in args.bootstrap.iter().chain(&args.external) {
+        a.parse::<agora_network::Multiaddr>().map_err(|e| {
+            anyhow::anyhow!(
+                "`{a}` is not a multiaddr ({e}); write it like /ip4/203.0.113.7/tcp/4001"
+            )
+        })?;
+    }
+    for a in &args.bootstrap {
+        if !a.contains("/p2p/") {
+            anyhow::bail!(
+                "--bootstrap {a} has no /p2p/PEER_ID; append the peer's id, e.g. from its \
+                 p2p.addr file or `agora status`"
+            );
+        }
+    }
+    if !args.bootstrap.is_empty() {
+        config.network.bootstrap = args.bootstrap.clone();
+    }
+    if !args.external.is_empty() {
+        config.network.external = args.external.clone();
+    }
+    if args.relay {
+        config.network.relay_server = true;
     }
     let key = init_data_dir(dir, &config)?;
     if json {

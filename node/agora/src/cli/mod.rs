@@ -2,6 +2,7 @@
 
 pub mod doctor;
 pub mod edge;
+pub mod genesis;
 pub mod init;
 pub mod ledger;
 pub mod market;
@@ -119,6 +120,12 @@ pub enum Command {
     /// Check this node's setup: key and token permissions, API and metrics ports, peers,
     /// ledger sync, clock against the chain, disk space — with a fix for each failure.
     Doctor,
+    /// The genesis file of a network across machines (its arbitrators and funded accounts).
+    Genesis {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: genesis::GenesisCommand,
+    },
     /// Print a shell completion script, e.g. `agora completions bash > ~/.agora.bash` and
     /// `source ~/.agora.bash` (zsh: into a directory on $fpath as `_agora`).
     Completions {
@@ -184,6 +191,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Timeline => edge::timeline(&dir, cli.json).await,
         Command::Service(cmd) => service::service(&dir, cmd, cli.json).await,
         Command::Doctor => doctor::doctor(&dir, cli.json).await,
+        Command::Genesis { cmd } => genesis::genesis(cmd, cli.json),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "agora", &mut std::io::stdout());

@@ -35,6 +35,7 @@ fn four_machines_share_a_genesis_and_a_bootstrap_address_and_finalise_a_transfer
 
     // On each machine: a key, a config listening on its own port.
     let mut ids = Vec::new();
+    let mut peer_ids = Vec::new();
     for dir in &dirs {
         let listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
         let init = agora_json(&[
@@ -47,6 +48,7 @@ fn four_machines_share_a_genesis_and_a_bootstrap_address_and_finalise_a_transfer
             "127.0.0.1:0",
         ]);
         ids.push(init["node_id"].as_str().unwrap().to_string());
+        peer_ids.push(init["peer_id"].as_str().unwrap().to_string());
     }
 
     // One machine writes the genesis naming every arbitrator; it is copied to the others.
@@ -73,7 +75,13 @@ fn four_machines_share_a_genesis_and_a_bootstrap_address_and_finalise_a_transfer
     );
     let first = std::fs::read_to_string(&addr_file).unwrap();
     let bootstrap = first.lines().next().unwrap().trim().to_string();
-    assert!(bootstrap.contains("/p2p/"), "{bootstrap}");
+    // The peer id `init --json` printed is the one the node runs with, so an operator can
+    // write other machines' bootstrap lists before the first node starts.
+    assert!(
+        bootstrap.ends_with(&format!("/p2p/{}", peer_ids[0])),
+        "{bootstrap} vs {}",
+        peer_ids[0]
+    );
     // A bootstrap address without the peer id is refused with what to add.
     let bad = agora(&[
         "init",

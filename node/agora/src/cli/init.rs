@@ -86,6 +86,7 @@ pub fn run(dir: &Path, args: &InitArgs, json: bool) -> anyhow::Result<()> {
     if json {
         agora_devnet::output::print_json(&serde_json::json!({
             "node_id": key.node_id().to_string(),
+            "peer_id": agora_network::keys::peer_id_of(&key.node_id()).map(|p| p.to_string()),
             "short_id": key.node_id().short(),
             "data_dir": dir.display().to_string(),
             "created": !existed,

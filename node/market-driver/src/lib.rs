@@ -312,6 +312,10 @@ impl MarketTask {
                         self.network.judge(ticket, GossipVerdict::Ignore).await;
                     }
                     Ok(msg) => {
+                        let auction = match &msg {
+                            MarketMessage::Auction(req) => req.id().ok(),
+                            _ => None,
+                        };
                         let effects = self.state.handle(
                             now_ms(),
                             Input::Remote {
@@ -327,6 +331,11 @@ impl MarketTask {
                         } else {
                             GossipVerdict::Accept
                         };
+                        if let Some(id) = auction.filter(|_| !refused) {
+                            // The time an auction reached this node: gossip time-to-all in the
+                            // Shadow benchmark (`scripts/shadow.py`) is read from this line.
+                            debug!(auction = %id, "auction entered the book from gossip");
+                        }
                         self.network.judge(ticket, verdict).await;
                         self.execute(&effects).await;
                     }

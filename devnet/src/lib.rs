@@ -62,6 +62,7 @@ pub struct DevnetBuilder {
     manual: usize,
     target_peers: Option<usize>,
     committee: Option<usize>,
+    wan: Option<agora_network::wan::WanProfile>,
 }
 
 struct Slot {
@@ -98,6 +99,7 @@ impl Default for DevnetBuilder {
             manual: 0,
             target_peers: None,
             committee: None,
+            wan: None,
         }
     }
 }
@@ -147,6 +149,12 @@ impl DevnetBuilder {
         self
     }
 
+    /// WAN emulation on every node's TCP links (`agora devnet up --latency …`'s profile).
+    pub fn wan(mut self, profile: Option<agora_network::wan::WanProfile>) -> Self {
+        self.wan = profile;
+        self
+    }
+
     /// Only the first `k` nodes form the arbitrator committee (default: as `agora devnet up`).
     pub fn committee(mut self, k: usize) -> Self {
         self.committee = Some(k.max(1));
@@ -178,6 +186,7 @@ impl DevnetBuilder {
             if let Some(t) = self.target_peers {
                 config.network.target_peers = t;
             }
+            config.network.wan = self.wan;
             let key = init_data_dir(&data_dir, &config)?;
             slots.push(Slot {
                 name,

@@ -2,7 +2,8 @@
 //! from the moment A's process is killed to B's copy of the service processing A's first
 //! reading. N defaults to 20 (`AGORA_FAILOVER_RUNS` overrides).
 //!
-//! `cargo bench -p agora-tests --bench failover`
+//! `cargo bench -p agora-tests --bench failover`; `AGORA_BENCH_LATENCY` (e.g. `50ms` one way),
+//! `AGORA_BENCH_JITTER` and `AGORA_BENCH_LOSS` pass `--latency/--jitter/--loss` to the demo.
 
 use std::process::Command;
 
@@ -18,6 +19,7 @@ fn main() {
     let out = Command::new(agora_bin())
         .args(["devnet", "demo", "--json", "--outage", "1", "--runs"])
         .arg(runs.to_string())
+        .args(agora_tests::bench_wan().1)
         .arg("--dir")
         .arg(&dir)
         .output();

@@ -5,7 +5,9 @@
 //! - throughput: bursts of faucet transactions from every node until all replicas applied them.
 //!
 //! `AGORA_BENCH_SIZES` (default `4,7`), `AGORA_BENCH_TXS` (latency samples, default 50),
-//! `AGORA_BENCH_BURST` (transactions per node per burst, default 500).
+//! `AGORA_BENCH_BURST` (transactions per node per burst, default 500); `AGORA_BENCH_LATENCY`
+//! (e.g. `50ms` one way), `AGORA_BENCH_JITTER`, `AGORA_BENCH_LOSS` run it over emulated WAN
+//! links (`agora_network::wan`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -33,7 +35,12 @@ async fn nonce_everywhere(net: &Devnet, of: usize) -> u64 {
 }
 
 async fn run(n: usize, samples: usize, burst: u64) -> (Vec<f64>, f64) {
-    let net = Devnet::builder().nodes(n).spawn().await.expect("devnet");
+    let net = Devnet::builder()
+        .nodes(n)
+        .wan(agora_tests::bench_wan().0)
+        .spawn()
+        .await
+        .expect("devnet");
     net.wait_connected(n - 1, Duration::from_secs(60))
         .await
         .expect("connected");
@@ -118,7 +125,11 @@ fn main() {
     let samples: usize = env("AGORA_BENCH_TXS", "50").parse().unwrap_or(50);
     let burst: u64 = env("AGORA_BENCH_BURST", "500").parse().unwrap_or(500);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    println!("finality (submit -> applied on every replica) and throughput, loopback TCP");
+    let links = match agora_tests::bench_wan().1 {
+        flags if flags.is_empty() => "loopback TCP".to_string(),
+        flags => format!("loopback TCP shaped {}", flags.join(" ")),
+    };
+    println!("finality (submit -> applied on every replica) and throughput, {links}");
     println!(
         "{:>12} {:>10} {:>10} {:>10}",
         "arbitrators", "p50 ms", "p99 ms", "tx/s"

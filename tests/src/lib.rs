@@ -234,3 +234,29 @@ impl Drop for JoinedNode {
         let _ = self.child.wait();
     }
 }
+
+/// The WAN the benches run over, from `AGORA_BENCH_LATENCY` (one way, e.g. `50ms`),
+/// `AGORA_BENCH_JITTER` and `AGORA_BENCH_LOSS` (e.g. `1%`): the profile for in-process devnets
+/// and the same as `agora devnet up|demo` flags. `(None, [])` without `AGORA_BENCH_LATENCY`.
+pub fn bench_wan() -> (Option<agora_network::wan::WanProfile>, Vec<String>) {
+    use agora_network::wan::{WanProfile, parse_duration, parse_loss};
+    let Ok(latency) = std::env::var("AGORA_BENCH_LATENCY") else {
+        return (None, Vec::new());
+    };
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let bad = |k: &str, e: String| -> ! { panic!("{k}: {e}") };
+    let mut flags = vec!["--latency".to_string(), latency.clone()];
+    let mut profile = WanProfile {
+        latency: parse_duration(&latency).unwrap_or_else(|e| bad("AGORA_BENCH_LATENCY", e)),
+        ..WanProfile::default()
+    };
+    if let Some(j) = var("AGORA_BENCH_JITTER") {
+        profile.jitter = parse_duration(&j).unwrap_or_else(|e| bad("AGORA_BENCH_JITTER", e));
+        flags.extend(["--jitter".to_string(), j]);
+    }
+    if let Some(l) = var("AGORA_BENCH_LOSS") {
+        profile.loss_ppm = parse_loss(&l).unwrap_or_else(|e| bad("AGORA_BENCH_LOSS", e));
+        flags.extend(["--loss".to_string(), l]);
+    }
+    (Some(profile), flags)
+}

@@ -62,6 +62,7 @@ pub struct DevnetBuilder {
     manual: usize,
     target_peers: Option<usize>,
     committee: Option<usize>,
+    wan: Option<agora_network::wan::WanProfile>,
 }
 
 struct Slot {
@@ -98,6 +99,7 @@ impl Default for DevnetBuilder {
             manual: 0,
             target_peers: None,
             committee: None,
+            wan: None,
         }
     }
 }
@@ -153,6 +155,13 @@ impl DevnetBuilder {
         self
     }
 
+    /// WAN emulation on every node's TCP links (`[network.wan]`, as `agora devnet up
+    /// --latency`); `None` (the default) is plain loopback.
+    pub fn wan(mut self, profile: Option<agora_network::wan::WanProfile>) -> Self {
+        self.wan = profile;
+        self
+    }
+
     /// Creates data dirs and genesis, then starts every node (node 0 first; the others
     /// bootstrap from it).
     pub async fn spawn(self) -> anyhow::Result<Devnet> {
@@ -178,6 +187,7 @@ impl DevnetBuilder {
             if let Some(t) = self.target_peers {
                 config.network.target_peers = t;
             }
+            config.network.wan = self.wan;
             let key = init_data_dir(&data_dir, &config)?;
             slots.push(Slot {
                 name,

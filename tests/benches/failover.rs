@@ -1,13 +1,15 @@
 //! Failover bench: `agora devnet demo --runs N` on real processes, then p50/p99 of each phase
 //! from the moment A's process is killed to B's copy of the service processing A's first
-//! reading. N defaults to 20 (`AGORA_FAILOVER_RUNS` overrides).
+//! reading. N defaults to 20 (`AGORA_FAILOVER_RUNS` overrides). Over emulated WAN links with
+//! `AGORA_BENCH_LATENCY=50ms` (and `AGORA_BENCH_JITTER`, `AGORA_BENCH_LOSS`), passed to the
+//! demo as `--latency/--jitter/--loss`.
 //!
 //! `cargo bench -p agora-tests --bench failover`
 
 use std::process::Command;
 
 use agora_devnet::demo::{FailoverSplit, percentile};
-use agora_tests::agora_bin;
+use agora_tests::{agora_bin, bench_wan_args};
 
 fn main() {
     let runs: usize = std::env::var("AGORA_FAILOVER_RUNS")
@@ -20,6 +22,7 @@ fn main() {
         .arg(runs.to_string())
         .arg("--dir")
         .arg(&dir)
+        .args(bench_wan_args())
         .output();
     let _ = std::fs::remove_dir_all(&dir);
     let out = match out {
@@ -42,8 +45,9 @@ fn main() {
         serde_json::from_value(v["failovers"].clone()).unwrap_or_default();
     let col = |f: fn(&FailoverSplit) -> u64| -> Vec<u64> { splits.iter().map(f).collect() };
     println!(
-        "failover on 5 real processes, {} runs (ms from SIGKILL of A)",
-        splits.len()
+        "failover on real processes, {} runs (ms from SIGKILL of A){}",
+        splits.len(),
+        bench_wan_args().join(" ")
     );
     println!("{:<14} {:>8} {:>8} {:>8}", "phase", "p50", "p99", "max");
     for (name, v) in [

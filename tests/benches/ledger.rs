@@ -5,7 +5,9 @@
 //! - throughput: bursts of faucet transactions from every node until all replicas applied them.
 //!
 //! `AGORA_BENCH_SIZES` (default `4,7`), `AGORA_BENCH_TXS` (latency samples, default 50),
-//! `AGORA_BENCH_BURST` (transactions per node per burst, default 500).
+//! `AGORA_BENCH_BURST` (transactions per node per burst, default 500). `AGORA_BENCH_LATENCY=50ms`
+//! (with `AGORA_BENCH_JITTER`, `AGORA_BENCH_LOSS`) runs the devnets over emulated WAN links
+//! (`[network.wan]`, as `agora devnet up --latency`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -33,7 +35,12 @@ async fn nonce_everywhere(net: &Devnet, of: usize) -> u64 {
 }
 
 async fn run(n: usize, samples: usize, burst: u64) -> (Vec<f64>, f64) {
-    let net = Devnet::builder().nodes(n).spawn().await.expect("devnet");
+    let net = Devnet::builder()
+        .nodes(n)
+        .wan(agora_tests::bench_wan())
+        .spawn()
+        .await
+        .expect("devnet");
     net.wait_connected(n - 1, Duration::from_secs(60))
         .await
         .expect("connected");

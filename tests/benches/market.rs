@@ -1,7 +1,9 @@
 //! Market benchmark (prints a table; run with `cargo bench -p agora-tests --bench market`):
 //! on an in-process 10-node devnet, the time from an auction's window close to both the customer
 //! and the winning provider holding the award (p50/p99), with bids from the providers' decision
-//! units. `AGORA_BENCH_AUCTIONS` sets the number of auctions (default 30).
+//! units. `AGORA_BENCH_AUCTIONS` sets the number of auctions (default 30);
+//! `AGORA_BENCH_LATENCY=50ms` (with `AGORA_BENCH_JITTER`, `AGORA_BENCH_LOSS`) runs it over
+//! emulated WAN links (`[network.wan]`, as `agora devnet up --latency`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -18,7 +20,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn run(auctions: usize) -> (Vec<f64>, usize) {
-    let net = Devnet::builder().nodes(10).spawn().await.expect("devnet");
+    let net = Devnet::builder()
+        .nodes(10)
+        .wan(agora_tests::bench_wan())
+        .spawn()
+        .await
+        .expect("devnet");
     net.wait_connected(3, Duration::from_secs(60))
         .await
         .expect("connected");

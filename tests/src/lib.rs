@@ -209,3 +209,39 @@ impl Drop for JoinedNode {
         let _ = self.child.wait();
     }
 }
+
+/// The WAN profile a benchmark runs over: `AGORA_BENCH_LATENCY` (one-way, e.g. `50ms`), with
+/// `AGORA_BENCH_JITTER` and `AGORA_BENCH_LOSS` (e.g. `1%`) beside it, as `agora devnet up
+/// --latency/--jitter/--loss` take them; `None` (loopback) when no latency is set. Panics on a
+/// malformed value, naming the variable.
+pub fn bench_wan() -> Option<agora_network::wan::WanProfile> {
+    use agora_network::wan::{WanProfile, parse_duration, parse_loss};
+    fn parsed<T>(key: &str, f: fn(&str) -> Result<T, String>) -> Option<T> {
+        let v = std::env::var(key).ok().filter(|v| !v.trim().is_empty())?;
+        match f(&v) {
+            Ok(t) => Some(t),
+            Err(e) => panic!("{key}={v}: {e}"),
+        }
+    }
+    let profile = WanProfile {
+        latency: parsed("AGORA_BENCH_LATENCY", parse_duration)?,
+        jitter: parsed("AGORA_BENCH_JITTER", parse_duration).unwrap_or_default(),
+        loss_ppm: parsed("AGORA_BENCH_LOSS", parse_loss).unwrap_or_default(),
+    };
+    Some(profile)
+}
+
+/// [`bench_wan`] as `agora devnet up|demo` flags (empty on loopback).
+pub fn bench_wan_args() -> Vec<String> {
+    let Some(w) = bench_wan() else {
+        return Vec::new();
+    };
+    vec![
+        "--latency".into(),
+        format!("{}ms", w.latency.as_millis()),
+        "--jitter".into(),
+        format!("{}ms", w.jitter.as_millis()),
+        "--loss".into(),
+        format!("{}%", f64::from(w.loss_ppm) / 10_000.0),
+    ]
+}

@@ -44,7 +44,7 @@ fn main() {
         serde_json::from_value(v["failovers"].clone()).unwrap_or_default();
     let col = |f: fn(&FailoverSplit) -> u64| -> Vec<u64> { splits.iter().map(f).collect() };
     println!(
-        "failover on 5 real processes, {} runs (ms from SIGKILL of A)",
+        "failover on real processes, {} runs (ms from SIGKILL of A)",
         splits.len()
     );
     println!("{:<14} {:>8} {:>8} {:>8}", "phase", "p50", "p99", "max");

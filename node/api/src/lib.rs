@@ -218,11 +218,15 @@ async fn presence(
     Ok(Json(s.network.presence().await?))
 }
 
+/// The peer an address leads to: its last `/p2p/` (in a relayed address
+/// `<relay>/p2p/RELAY/p2p-circuit/p2p/TARGET` the first one names the relay).
 fn peer_of(addr: &agora_network::Multiaddr) -> Option<agora_network::PeerId> {
-    addr.iter().find_map(|p| match p {
-        agora_network::multiaddr::Protocol::P2p(id) => Some(id),
-        _ => None,
-    })
+    addr.iter()
+        .filter_map(|p| match p {
+            agora_network::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .last()
 }
 
 fn change_reply(peer: agora_network::PeerId, connected: bool) -> PeerChangeReply {
@@ -371,5 +375,34 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: C
         .await;
     if let Err(e) = res {
         tracing::warn!(error = %e, "control API stopped with an error");
+    }
+}
+
+#[cfg(test)]
+mod peer_of_tests {
+    use super::peer_of;
+
+    #[test]
+    fn a_relayed_address_leads_to_its_target_not_to_the_relay() {
+        let relay = "12D3KooWMsLdbMA9kXyiund3DBbczNZD6UBomkiSNqUfpoAVjrU9";
+        let target = "12D3KooWK8aqFyR2kkgxctmbEKKefLfC36jipZUWNSv8diizSaiR";
+        let circuit: agora_network::Multiaddr =
+            format!("/ip4/203.0.113.2/udp/4001/quic-v1/p2p/{relay}/p2p-circuit/p2p/{target}")
+                .parse()
+                .expect("multiaddr");
+        assert_eq!(
+            peer_of(&circuit).map(|p| p.to_string()).as_deref(),
+            Some(target)
+        );
+        let direct: agora_network::Multiaddr = format!("/ip4/203.0.113.2/tcp/4001/p2p/{relay}")
+            .parse()
+            .expect("multiaddr");
+        assert_eq!(
+            peer_of(&direct).map(|p| p.to_string()).as_deref(),
+            Some(relay)
+        );
+        let none: agora_network::Multiaddr =
+            "/ip4/203.0.113.2/tcp/4001".parse().expect("multiaddr");
+        assert_eq!(peer_of(&none), None);
     }
 }

@@ -499,8 +499,7 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                let relayed = nat::is_relayed(endpoint.get_remote_address());
-                self.nat_connection_opened(*peer_id, *connection_id, relayed);
+                self.nat_connection_opened(*peer_id, *connection_id, endpoint.get_remote_address());
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,

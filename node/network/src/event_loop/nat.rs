@@ -33,9 +33,8 @@ pub(super) struct NatState {
     reservations: HashMap<ListenerId, PeerId>,
     /// Relays whose reservation was accepted and is still open.
     held: HashSet<PeerId>,
-    /// Every open connection and whether it goes through a relay (bounded by the connection
-    /// limits).
-    pub(super) conns: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// Every open connection and its remote address (bounded by the connection limits).
+    pub(super) conns: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
 }
 
 /// Whether an address goes through a circuit relay.
@@ -47,7 +46,10 @@ impl NatState {
     /// (direct, relayed): whether some connection to `peer` is direct, and some relayed.
     pub(super) fn paths(&self, peer: &PeerId) -> (bool, bool) {
         let conns = self.conns.get(peer).map(Vec::as_slice).unwrap_or_default();
-        (conns.iter().any(|(_, r)| !r), conns.iter().any(|(_, r)| *r))
+        (
+            conns.iter().any(|(_, a)| !is_relayed(a)),
+            conns.iter().any(|(_, a)| is_relayed(a)),
+        )
     }
 
     pub(super) fn status_text(&self) -> &'static str {
@@ -65,16 +67,44 @@ impl NatState {
 
 impl EventLoop {
     /// A connection opened (any, not only the first to its peer).
-    pub(super) fn nat_connection_opened(&mut self, peer: PeerId, id: ConnectionId, relayed: bool) {
-        self.nat.conns.entry(peer).or_default().push((id, relayed));
+    /// A direct connection replaces a relayed one as the peer's shown address (`agora peers`).
+    pub(super) fn nat_connection_opened(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        addr: &Multiaddr,
+    ) {
+        if is_relayed(addr) {
+            info!(%peer, %addr, "relayed connection opened");
+        }
+        self.nat
+            .conns
+            .entry(peer)
+            .or_default()
+            .push((id, addr.clone()));
+        if !is_relayed(addr)
+            && let Some(shown) = self.peer_addrs.get_mut(&peer)
+            && is_relayed(shown)
+        {
+            *shown = addr.clone();
+        }
     }
 
-    /// A connection closed.
+    /// A connection closed; if the peer's shown address was that connection's (the relayed one
+    /// after a hole punch), it becomes a remaining connection's, direct first.
     pub(super) fn nat_connection_closed(&mut self, peer: PeerId, id: ConnectionId) {
         if let Some(list) = self.nat.conns.get_mut(&peer) {
             list.retain(|(c, _)| *c != id);
             if list.is_empty() {
                 self.nat.conns.remove(&peer);
+            } else if let Some(shown) = self.peer_addrs.get_mut(&peer)
+                && !list.iter().any(|(_, a)| a == shown)
+                && let Some((_, a)) = list
+                    .iter()
+                    .find(|(_, a)| !is_relayed(a))
+                    .or_else(|| list.first())
+            {
+                *shown = a.clone();
             }
         }
         if self.nat.relays.contains_key(&peer) && !self.swarm.is_connected(&peer) {
@@ -258,7 +288,7 @@ impl EventLoop {
                     .get(&peer)
                     .map(|l| {
                         l.iter()
-                            .filter(|(c, r)| *r && *c != direct)
+                            .filter(|(c, a)| is_relayed(a) && *c != direct)
                             .map(|(c, _)| *c)
                             .collect()
                     })

@@ -133,7 +133,7 @@ use tracing::debug;
 use crate::contract::ContractId;
 use crate::ledger::{ContractRecord, LedgerEvent};
 
-pub use authority::{Group, Timing, device_authority};
+pub use authority::{Group, KeyHolder, Timing, device_authority, key_holders};
 pub use facts::LedgerFacts;
 pub use io::{AuditVerdict, Effect, Input, Note, OWN_SERVICE, Presence, ServiceRef};
 pub use readings::{DeviceAuthority, DeviceId, Previous, Readings, ReadingsConfig};

@@ -91,10 +91,15 @@ async fn radio_of(n: &DevnetNode) -> Option<RadioStatus> {
 
 /// The highest sequence number `n` heard from each insured sensor.
 async fn heard(n: &DevnetNode) -> Vec<(u32, u32)> {
+    heard_of(n, &DEVICES).await
+}
+
+/// The highest sequence number `n` heard from each of `devices`.
+async fn heard_of(n: &DevnetNode, devices: &[u32]) -> Vec<(u32, u32)> {
     let st = radio_of(n).await.unwrap_or_default();
     st.devices
         .iter()
-        .filter(|d| DEVICES.contains(&d.device))
+        .filter(|d| devices.contains(&d.device))
         .filter_map(|d| Some((d.device, d.heard?)))
         .collect()
 }
@@ -241,7 +246,19 @@ async fn spoof(
     keys: &std::collections::BTreeMap<u32, agora_radio::DeviceKey>,
     round: u64,
 ) {
-    for (dev, h) in heard(at).await {
+    spoof_devices(radio, at, to, keys, round, &DEVICES).await;
+}
+
+/// [`spoof`] for `devices`, sent by one `Sensors` in this order.
+async fn spoof_devices(
+    radio: &mut HostileRadio,
+    at: &DevnetNode,
+    to: &[std::net::SocketAddr],
+    keys: &std::collections::BTreeMap<u32, agora_radio::DeviceKey>,
+    round: u64,
+    devices: &[u32],
+) {
+    for (dev, h) in heard_of(at, devices).await {
         for i in 0..4u32 {
             let f = forged_frame(dev, h + 5_000 + i, round * 16 + u64::from(i));
             radio.send("bad_mic", &f, to).await.unwrap();
@@ -255,7 +272,7 @@ async fn spoof(
         let key = keys
             .get(&dev)
             .expect("the devnet keyed the insured sensors");
-        let i = DEVICES.iter().position(|d| *d == dev).unwrap_or(0) as u16;
+        let i = devices.iter().position(|d| *d == dev).unwrap_or(0) as u16;
         for seq in [1, h.saturating_sub(5).max(1)] {
             // What the sensor sent at `seq` (devnet/src/demo/sensors.rs), byte for byte.
             let temp = 2000 + (seq % 50) as i16 * 10;
@@ -377,5 +394,110 @@ async fn spoofed_frames_never_reach_the_service() {
     assert!(cov.sent > 0, "{cov:?}");
     assert_eq!(cov.missing, 0, "{cov:?}");
     assert_eq!(cov.duplicated, 0, "{cov:?}");
+    s.down(true).await.unwrap();
+}
+
+/// The drone's case (R1): a hosted contract of A's for a device its own service does not name.
+/// The provider asks A for the device's key when it stages the contract, and A hands it over
+/// because its ledger says the asker provides for that device; so the provider verifies the
+/// device's frames while it feeds them to the contract's service, and a hostile radio's forged,
+/// far-ahead, unsigned and replayed frames are refused and counted there, never processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosted_contracts_provider_refuses_spoofed_frames() {
+    const DRONE: u32 = agora_devnet::sensor_keys::KEYED_SENSORS[3];
+    let module = match module_bytes(None) {
+        Ok(m) => m,
+        Err(e) => {
+            agora_devnet::skipped(
+                "attack_radio::a_hosted_contracts_provider_refuses_spoofed_frames",
+                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
+            );
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Story::start(
+        &tmp.path().join("net"),
+        CONTRACT_NODES,
+        &module,
+        Arc::new(TestLauncher(agora_bin())),
+        true,
+    )
+    .await
+    .expect("story starts");
+    assert!(!DEVICES.contains(&DRONE), "not a device of A's own service");
+    let keys = agora_devnet::sensor_keys::load(&s.m.dir);
+    assert!(keys.contains_key(&DRONE), "the devnet keys the drone");
+    let hosted = s.hosted(&[DRONE], 120_000).await.unwrap();
+    let pn = s.m.nodes[hosted.b].clone();
+    assert_ne!(hosted.b, s.a);
+    let region = agora_devnet::demo::Region::default();
+    region.set(vec![radio_addr(&pn)]);
+    let drone = agora_devnet::demo::Sensors::start(
+        vec![DRONE],
+        std::time::Duration::from_millis(100),
+        region,
+        keys.clone(),
+    )
+    .await
+    .unwrap();
+
+    // The provider holds the drone's key (from A) and feeds its verified frames.
+    wait_for(
+        "the provider to verify and process the drone",
+        60,
+        async || {
+            let rp = radio_of(&pn).await?;
+            let d = rp.devices.iter().find(|d| d.device == DRONE)?;
+            (d.authenticated
+                && d.service.is_some()
+                && d.processed > 0
+                && rp.stats.keys_received > 0)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let start = heard_of(&pn, &[DRONE]).await[0].1;
+
+    let mut hostile = HostileRadio::bind().await.unwrap();
+    let to = [radio_addr(&pn)];
+    for round in 0..2 {
+        spoof_devices(&mut hostile, &pn, &to, &keys, round, &[DRONE]).await;
+    }
+    wait_for(
+        "the provider to refuse every spoofed frame",
+        30,
+        async || {
+            let r = radio_of(&pn).await?.stats;
+            (r.frames_refused_bad_mic >= 8
+                && r.frames_refused_beyond_window >= 2
+                && r.frames_refused_unsigned >= 2
+                && r.frames_refused_replayed >= 4)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let sent = drone.stop().await;
+    let rp = radio_of(&pn).await.unwrap();
+    let bound = start + 4_000;
+    let d = rp.devices.iter().find(|d| d.device == DRONE).unwrap();
+    assert!(
+        d.heard.is_some_and(|h| h < bound) && d.last_processed.is_some_and(|l| l < bound),
+        "a spoofed counter reached the provider: {d:?}"
+    );
+    assert!(
+        rp.checkpoints
+            .iter()
+            .flat_map(|c| &c.checkpoint.ranges)
+            .filter(|r| r.device == DRONE)
+            .all(|r| r.last < bound),
+        "a spoofed reading was checkpointed"
+    );
+    eprintln!(
+        "drone sent {sent:?}; hostile radio sent {:?}; the provider refused {:?}",
+        hostile.sent, rp.stats
+    );
     s.down(true).await.unwrap();
 }

@@ -156,6 +156,45 @@ fn group_authority(
     }
 }
 
+/// A provider the owner of an image's devices may hand their frame keys to (threat R1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyHolder {
+    /// The owner's contract.
+    pub contract: ContractId,
+    /// Its service image (the manifest names the devices).
+    pub image: Cid,
+    /// Its provider.
+    pub provider: NodeId,
+}
+
+/// Whom `owner` may hand the frame keys of its devices to: the provider of each of its own
+/// hosted or standby contracts that is not final yet, with the contract's image (whose manifest
+/// names the devices). A provider stages the image from validation on and must verify the
+/// devices' frames from the moment it feeds them, which for a hosted contract is the start of
+/// its slot and for a standby contract a handover after the owner died; so the keys go out
+/// early, while the owner is alive. Storage contracts name no devices; a contract whose
+/// customer is someone else gives nothing, even on the owner's image; a contract with itself
+/// as provider needs no hand-over.
+pub fn key_holders(
+    owner: NodeId,
+    records: &BTreeMap<ContractId, ContractRecord>,
+) -> Vec<KeyHolder> {
+    records
+        .iter()
+        .filter(|(_, r)| {
+            r.contract.customer == owner
+                && r.contract.provider != owner
+                && r.contract.kind != ContractKind::Storage
+                && !r.status.is_final()
+        })
+        .map(|(id, r)| KeyHolder {
+            contract: *id,
+            image: r.contract.service_image,
+            provider: r.contract.provider,
+        })
+        .collect()
+}
+
 /// One entry per node: the one with the latest `until`.
 fn one_per_node(mut previous: Vec<Previous>) -> Vec<Previous> {
     previous.sort_by(|a, b| a.node.cmp(&b.node).then(b.until.cmp(&a.until)));

@@ -207,13 +207,23 @@ pub(super) async fn run(args: &DemoArgs, module: &[u8], json: bool) -> anyhow::R
         paid.insert(name, (done.status, done.paid_to_provider));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let st: RadioStatus = api(&op)?.get("/v1/radio").await.context("operator radio")?;
+    // Each edge's own checkpoints, as it signed and gossiped them: the operator is out of the
+    // drone's range, hears none of its frames, and so counts no checkpoint that claims them
+    // (threat R1: coverage never runs past what an edge heard).
+    let mut checkpoints = Vec::new();
+    for &edge in &route {
+        let st: RadioStatus = api(&m.nodes[edge])?
+            .get("/v1/radio")
+            .await
+            .with_context(|| format!("{}'s radio", m.nodes[edge].name))?;
+        checkpoints.extend(st.checkpoints.into_iter().filter(|c| c.mine));
+    }
     let names: BTreeMap<String, String> = m
         .nodes
         .iter()
         .map(|n| (n.node_id.clone(), n.name.clone()))
         .collect();
-    let cov = coverage(&sent, &st.checkpoints, |e| {
+    let cov = coverage(&sent, &checkpoints, |e| {
         names.get(e).cloned().unwrap_or_else(|| short(e))
     });
     let ok = cov.missing == 0

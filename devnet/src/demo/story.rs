@@ -86,14 +86,14 @@ impl Clock {
     }
 }
 
-/// A standby contract, armed.
+/// A standby contract, armed (or a hosted one, active: [`Story::hosted`]).
 #[derive(Clone, Debug)]
 pub struct Armed {
     /// Contract id (hex).
     pub id: String,
     /// Index of the provider node.
     pub b: usize,
-    /// The record when it was armed.
+    /// The record when it was armed (active).
     pub rec: ContractRecord,
 }
 
@@ -292,6 +292,72 @@ impl Story {
             "  armed",
             rec.armed_at.unwrap_or(0),
             format!("{} on standby for A's sensors", bn.name),
+        );
+        Ok(Armed { id, b, rec })
+    }
+
+    /// A hosted contract of A's for a second image that names `devices` (not A's own
+    /// service's: the drone's case, R1), starting at once and lasting `duration_ms`; returns
+    /// once it is active, with the provider's index.
+    pub async fn hosted(&self, devices: &[u32], duration_ms: u64) -> anyhow::Result<Armed> {
+        let an = &self.m.nodes[self.a];
+        let module = std::fs::read(self.m.dir.join("service").join("lora-gateway.wasm"))
+            .context("A's published module")?;
+        let (image, needs) = publish(
+            &api(an)?,
+            &self.m.dir.join("hosted"),
+            &module,
+            devices,
+            "immediate",
+        )
+        .await?;
+        let spec = agora_market::AuctionSpec {
+            region: "default".into(),
+            resources: needs,
+            duration_ms,
+            max_price: 1_000,
+            window_ms: 1_500,
+            kind: agora_market::AuctionKind::Hosted,
+            near: None,
+            award_grace_ms: 30_000,
+            service: Some(image),
+            start_at: None,
+        };
+        let known: Vec<String> = list_contracts(an).await.into_iter().map(|c| c.id).collect();
+        let created: CreatedReply = api(an)?.post("/v1/market/auctions", &spec).await?;
+        self.clock.line(
+            "2 auction",
+            now_ms(),
+            format!(
+                "hosted auction {} for devices {devices:?}",
+                short(&created.id)
+            ),
+        );
+        let row = wait_for("the hosted contract", 30, async || {
+            list_contracts(an)
+                .await
+                .into_iter()
+                .find(|c| c.customer == an.node_id && !known.contains(&c.id))
+        })
+        .await?;
+        let id = row.id;
+        let rec = wait_for("the hosted contract's activation", 60, async || {
+            contract(an, &id)
+                .await
+                .filter(|r| r.status == ContractStatus::Active)
+        })
+        .await?;
+        let provider = rec.contract.provider.to_string();
+        let b = self
+            .m
+            .nodes
+            .iter()
+            .position(|n| n.node_id == provider)
+            .context("the provider is not a devnet node")?;
+        self.clock.line(
+            "  active",
+            rec.activated_at.unwrap_or(0),
+            format!("{} hosts devices {devices:?}", self.m.nodes[b].name),
         );
         Ok(Armed { id, b, rec })
     }

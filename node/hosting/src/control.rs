@@ -28,6 +28,9 @@ pub trait ServiceControl: Send + Sync + 'static {
         image: Cid,
         ceiling: ContractCeiling,
     ) -> Result<StagedService, String>;
+    /// The sensor devices `image`'s manifest takes over, if this node holds the image (the
+    /// customer of a contract for it: it learns which devices the provider will manage).
+    async fn devices_of(&self, image: Cid) -> Result<Vec<u32>, String>;
     /// Starts the staged service `id`.
     async fn start(&self, id: &str) -> Result<(), String>;
     /// Stops service `id`.
@@ -65,6 +68,10 @@ impl ServiceControl for crate::ServiceHost {
         Ok(StagedService {
             devices: info.manifest.devices,
         })
+    }
+
+    async fn devices_of(&self, image: Cid) -> Result<Vec<u32>, String> {
+        self.image_devices(image).await.map_err(|e| e.to_string())
     }
 
     async fn start(&self, id: &str) -> Result<(), String> {

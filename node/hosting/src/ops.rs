@@ -12,7 +12,7 @@ use super::ceiling::{ContractCeiling, ServiceEnd};
 
 use super::manifest::{ServiceKind, ServiceManifest};
 use super::{ImageInfo, ServiceError, ServiceHost, Staged, StagedInfo, container, lock};
-use agora_image::{read_image, store_image};
+use agora_image::{read_image, read_manifest, store_image};
 
 /// How long `stop` waits for a service to report `Stopped`.
 const STOP_WAIT: Duration = Duration::from_secs(10);
@@ -88,6 +88,16 @@ impl ServiceHost {
     /// stages it as `id` under the manifest's limits (the operator's own service).
     pub async fn stage(&self, id: &str, image: Cid) -> Result<StagedInfo, ServiceError> {
         self.stage_inner(id, image, None).await
+    }
+
+    /// The sensor devices `image`'s manifest takes over, read from this node's store only (no
+    /// fetch, no module): the customer of a contract holds the image it published.
+    pub async fn image_devices(&self, image: Cid) -> Result<Vec<u32>, ServiceError> {
+        let (_, manifest) = self
+            .embedded_store()?
+            .blocking(move |s| Ok(read_manifest(s, &image)))
+            .await??;
+        Ok(manifest.devices)
     }
 
     /// [`Self::stage`] for a contract: the manifest's limits clamped to what the contract

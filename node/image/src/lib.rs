@@ -17,5 +17,6 @@ pub use manifest::{
     ServiceManifest,
 };
 pub use record::{
-    IMAGE_RECORD_VERSION, ImageError, ImageRecord, MAX_MODULE_BYTES, read_image, store_image,
+    IMAGE_RECORD_VERSION, ImageError, ImageRecord, MAX_MODULE_BYTES, read_image, read_manifest,
+    store_image,
 };

@@ -147,12 +147,12 @@ pub fn store_image(
     Ok((cid, record))
 }
 
-/// Reads an image whose blocks are all in `store`: record, validated manifest and module bytes.
-/// The module bytes are not yet checked against `module_id` (the runtime does that on load).
-pub fn read_image(
+/// Reads an image's record and validated manifest from `store`, without its module (what a
+/// customer needs to know which devices its contract's service takes over).
+pub fn read_manifest(
     store: &dyn BlockStore,
     image: &Cid,
-) -> Result<(ImageRecord, ServiceManifest, Vec<u8>), ImageError> {
+) -> Result<(ImageRecord, ServiceManifest), ImageError> {
     let record = ImageRecord::decode(image, &store.get(image)?)?;
     let manifest_bytes = store.get(&record.manifest)?;
     let manifest: ServiceManifest = serde_cbor::from_slice(&manifest_bytes)
@@ -163,6 +163,16 @@ pub fn read_image(
     if manifest.kind != record.kind {
         return Err(malformed(image, "record kind differs from the manifest's"));
     }
+    Ok((record, manifest))
+}
+
+/// Reads an image whose blocks are all in `store`: record, validated manifest and module bytes.
+/// The module bytes are not yet checked against `module_id` (the runtime does that on load).
+pub fn read_image(
+    store: &dyn BlockStore,
+    image: &Cid,
+) -> Result<(ImageRecord, ServiceManifest, Vec<u8>), ImageError> {
+    let (record, manifest) = read_manifest(store, image)?;
     let mut reader = unixfs::FileReader::new(store, &record.module);
     let mut module = Vec::new();
     while let Some(chunk) = reader.next_chunk()? {
@@ -197,6 +207,19 @@ mod tests {
         assert_eq!(m, manifest);
         assert_eq!(bytes, module);
         r.module_id.verify(&bytes).unwrap();
+    }
+
+    #[test]
+    fn the_manifest_reads_without_the_module() {
+        let store = MemoryBlockStore::default();
+        let mut manifest = ServiceManifest::wasm("svc", "1.0.0");
+        manifest.devices = vec![201];
+        let (cid, record) = store_image(&store, b"module bytes", &manifest).unwrap();
+        store.delete(&record.module).unwrap();
+        assert!(read_image(&store, &cid).is_err(), "the module is gone");
+        let (r, m) = read_manifest(&store, &cid).unwrap();
+        assert_eq!(r, record);
+        assert_eq!(m.devices, vec![201]);
     }
 
     #[test]

@@ -66,6 +66,7 @@ impl Orchestrator {
                 self.prepare(id, &rec, rec.status == ContractStatus::Active);
             }
         }
+        self.name_key_holders().await;
         self.evaluate_own().await;
     }
 
@@ -116,6 +117,13 @@ impl Orchestrator {
                 }
                 _ => {}
             }
+        }
+        if block
+            .events
+            .iter()
+            .any(|e| matches!(e, LedgerEvent::StatusChanged { .. }))
+        {
+            self.name_key_holders().await;
         }
         if own_changed || caught_up {
             self.evaluate_own().await;

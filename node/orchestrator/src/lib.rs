@@ -243,6 +243,9 @@ pub struct Orchestrator {
     /// Activations scheduled for a fixed time (`ActivationClause::At`).
     scheduled: BTreeMap<ContractId, Timestamp>,
     own: own::Own,
+    /// Customer: open contracts whose provider the radio was told manages their devices (so
+    /// it may be handed their frame keys, threat R1).
+    keys_named: BTreeSet<ContractId>,
     /// Contracts this node (as customer) already asked to settle, with when.
     settling: BTreeMap<ContractId, Timestamp>,
     /// When the block being handled arrived (for the activation latency).
@@ -326,6 +329,7 @@ pub fn spawn(
         staging: BTreeSet::new(),
         scheduled: BTreeMap::new(),
         own: own::Own::load(data_dir),
+        keys_named: BTreeSet::new(),
         settling: BTreeMap::new(),
         block_seen_at: 0,
         done_tx,

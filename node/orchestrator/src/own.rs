@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agora_contracts::roles::key_holders;
 use agora_contracts::{ContractKind, ContractStatus};
 use agora_market::Timestamp;
 use cid::Cid;
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::Orchestrator;
 use agora_wire::now_ms;
@@ -66,6 +67,44 @@ impl Own {
 }
 
 impl Orchestrator {
+    /// Customer: names the provider of each of this node's open hosted and standby contracts
+    /// to the radio as a manager of the contract's devices (threat R1), whether or not they
+    /// are the devices of this node's own service (a hosted contract's, like the drone's, are
+    /// not): from then on the radio hands that provider the devices' frame keys when it asks,
+    /// and counts its checkpoints. Who qualifies is `roles::key_holders` on the ledger; the
+    /// devices come from the image's manifest in this node's store. Once per contract.
+    pub(super) async fn name_key_holders(&mut self) {
+        let me = self.me;
+        let Ok(holders) = self
+            .ledger
+            .query(move |v| key_holders(me, v.ledger.contracts()))
+            .await
+        else {
+            return;
+        };
+        self.keys_named
+            .retain(|c| holders.iter().any(|h| h.contract == *c));
+        for h in holders {
+            if !self.keys_named.insert(h.contract) {
+                continue;
+            }
+            match self.services.devices_of(h.image).await {
+                Ok(devices) if devices.is_empty() => {}
+                Ok(devices) => {
+                    debug!(contract = %h.contract.short(), provider = %h.provider, ?devices, "provider may be handed the devices' keys");
+                    self.radio.managed_by(devices, vec![h.provider]).await;
+                }
+                Err(e) => warn!(
+                    contract = %h.contract.short(),
+                    image = %h.image,
+                    error = %e,
+                    "the contract's image is not in this node's store: its devices' keys are not \
+                     handed to the provider, which hears them unverified"
+                ),
+            }
+        }
+    }
+
     /// Makes `image` this node's own service (persisted), staging and starting it.
     pub(super) async fn set_own(&mut self, image: Cid) -> Result<Vec<u32>, String> {
         if self.own.running {

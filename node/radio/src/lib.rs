@@ -85,6 +85,11 @@ pub struct RadioConfig {
     pub max_devices: usize,
     /// How far a device's frame counter may jump past the last one accepted here.
     pub frame_counter_window: u32,
+    /// How many accepted frames of a keyed device may be delivered before their counter is
+    /// saved to `radio-counters.json`: a frame further past the saved counter is saved first,
+    /// so a node killed with SIGKILL accepts again at most this many genuine frames per device
+    /// (0: every frame is saved before it is delivered). Saved at each checkpoint tick anyway.
+    pub max_unsaved_frames: u32,
     /// Frame keys of the devices this node owns (`[[radio.device_keys]] device = 7, key =
     /// "<64 hex digits>"`): their frames must carry a valid MIC; the keys are handed to the
     /// provider of a contract for these devices when it is staged.
@@ -100,6 +105,7 @@ impl Default for RadioConfig {
             checkpoint_window: 1024,
             max_devices: 4096,
             frame_counter_window: DEFAULT_COUNTER_WINDOW,
+            max_unsaved_frames: 16,
             device_keys: Vec::new(),
         }
     }

@@ -107,7 +107,7 @@ pub async fn spawn(
     }
     let (keys_tx, keys_rx) = mpsc::channel(16);
     let keys = KeyStore::load(&cfg.device_keys, files.keys);
-    let counters = CounterStore::load(files.counters, cfg.max_devices);
+    let counters = CounterStore::load(files.counters, cfg.max_devices, cfg.max_unsaved_frames);
     let task = RadioTask {
         keys,
         counters,
@@ -201,7 +201,11 @@ impl RadioTask {
         match authenticate(frame, key, last, self.cfg.frame_counter_window) {
             Ok(a) if a.verified => {
                 self.stats.frames_verified += 1;
-                self.counters.accept(device, seq);
+                // Saved before it is delivered when it runs too far past the saved counter,
+                // so a SIGKILL leaves at most `radio.max_unsaved_frames` replayable frames.
+                if self.counters.accept(device, seq) {
+                    self.counters.flush();
+                }
             }
             Ok(_) => self.stats.frames_unverified += 1,
             Err(refusal) => return self.refuse_frame(refusal),
@@ -860,8 +864,10 @@ impl RadioTask {
             .chain(d.status.last_processed)
             .chain(d.covered)
             .max();
-        if let Some(last) = d.buffer.iter().map(|(s, _)| *s).max() {
-            self.counters.accept(device, last);
+        if let Some(last) = d.buffer.iter().map(|(s, _)| *s).max()
+            && self.counters.accept(device, last)
+        {
+            self.counters.flush();
         }
         if dropped > 0 {
             self.stats.frames_refused_bad_mic += dropped as u64;

@@ -158,3 +158,50 @@ fn of_two_contracts_in_effect_the_latest_triggered_manages() {
                 && x.until == 3_000 + PROVIDER_LEASE_MS + CLOCK_MARGIN_MS)
     );
 }
+
+#[test]
+fn keys_go_to_the_providers_of_the_owners_own_open_contracts_only() {
+    use crate::contract::ContractKind;
+    use crate::ledger::ContractRecord;
+    use crate::lifecycle::ContractStatus;
+    let owner = signer(1).node_id();
+    let record = |b: ContractBuilder, status: ContractStatus| {
+        let c = b.build();
+        let mut r = ContractRecord::new(c.clone(), 0).unwrap();
+        r.status = status;
+        (c.id().unwrap(), r)
+    };
+    let hosted = ContractBuilder::new(1, 2).at(5_000);
+    let standby = Chain::standby().nonce(1);
+    let records: BTreeMap<ContractId, ContractRecord> = [
+        // The drone's case: a hosted slot on the owner's image, keys before the slot begins.
+        record(hosted.clone(), ContractStatus::Armed),
+        record(standby, ContractStatus::Validated),
+        // Not the owner's contract, even on the same image: nothing.
+        record(ContractBuilder::new(3, 4).nonce(2), ContractStatus::Active),
+        // Storage names no devices; a final contract's provider gets nothing more.
+        record(
+            ContractBuilder::new(1, 5).storage().nonce(3),
+            ContractStatus::Active,
+        ),
+        record(ContractBuilder::new(1, 6).nonce(4), ContractStatus::Settled),
+        // Its own provider: nothing to hand over.
+        record(ContractBuilder::new(1, 1).nonce(5), ContractStatus::Active),
+    ]
+    .into_iter()
+    .collect();
+    let holders = key_holders(owner, &records);
+    let mut providers: Vec<NodeId> = holders.iter().map(|h| h.provider).collect();
+    providers.sort();
+    assert_eq!(providers, vec![signer(2).node_id(), signer(2).node_id()]);
+    let kinds: Vec<ContractKind> = holders
+        .iter()
+        .map(|h| records[&h.contract].contract.kind)
+        .collect();
+    assert!(kinds.contains(&ContractKind::Hosted) && kinds.contains(&ContractKind::Standby));
+    assert!(holders.iter().all(|h| h.image == Chain::image()));
+    assert!(
+        key_holders(signer(2).node_id(), &records).is_empty(),
+        "a provider owns nothing"
+    );
+}

@@ -347,3 +347,40 @@ proptest! {
         }
     }
 }
+
+/// Simulated time of a job with a 256 KiB image (10 kB/s link, 256-byte chunks, 0–20 ms
+/// per message each way) as the number of devices grows at `max_unavailable` 2: waves of 2,
+/// so it grows linearly with the number of devices. Prints the figures (simulated, not wall
+/// time).
+#[test]
+fn a_256k_job_takes_waves_of_max_unavailable() {
+    let spec = Spec {
+        locked: false,
+        faults: Faults::default(),
+    };
+    let mut times = Vec::new();
+    for n in [2usize, 4, 8] {
+        let mut w = World::new(&vec![spec; n], 2, 1, 256 * 1024, 1, 0);
+        let mut done_at = None;
+        while w.step() {
+            if w.job.finished() {
+                done_at = Some(w.now);
+                break;
+            }
+        }
+        assert_eq!(w.violation.take(), None);
+        assert_eq!(w.job.summary().updated, n);
+        let t = done_at.expect("finished");
+        eprintln!(
+            "256 KiB job, {n} devices, max-unavailable 2: {:.1} s simulated",
+            t as f64 / 1000.0
+        );
+        times.push(t);
+    }
+    // At least the pure write time per wave (26.2 s at 10 kB/s), and one wave per 2 devices.
+    assert!(times[0] >= 26_214);
+    assert!(
+        times[1] > times[0] * 3 / 2 && times[2] > times[1] * 3 / 2,
+        "{times:?}"
+    );
+}

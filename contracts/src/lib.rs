@@ -27,6 +27,7 @@ pub mod attestation;
 pub mod cid_text;
 pub mod contract;
 pub mod deal;
+pub mod devices;
 pub mod duties;
 pub mod ledger;
 pub mod lifecycle;

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod devices;
 pub mod files;
 pub mod output;
 pub mod process;

@@ -38,6 +38,44 @@ pub enum DevnetCommand {
     Start(NodeArgs),
     /// Simulated LoRa sensors broadcasting to every node's radio until Ctrl-C (or --for).
     Sensors(SensorArgs),
+    /// Simulated devices with endpoints (metadata, reboot, flash, verify, boot, rollback)
+    /// talking to every node's radio until Ctrl-C (or --for).
+    Devices(DeviceArgs),
+}
+
+/// Options of `devnet devices`.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// Number of devices.
+    #[arg(long, default_value_t = 10)]
+    pub count: u32,
+    /// Of those, the last M are locked by their owner.
+    #[arg(long, default_value_t = 0)]
+    pub locked: u32,
+    /// Of those, the first C corrupt every flash (fault injection).
+    #[arg(long, default_value_t = 0)]
+    pub corrupt: u32,
+    /// The next F fail to boot a new image (fault injection).
+    #[arg(long, default_value_t = 0)]
+    pub fail_boot: u32,
+    /// Id of the first device.
+    #[arg(long, default_value_t = 1000)]
+    pub first_id: u32,
+    /// Flash link rate in bytes per second (a chunk of N bytes takes N / rate).
+    #[arg(long, default_value_t = 31_250)]
+    pub link_rate: u64,
+    /// Reading interval in ms.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Reboot time in ms.
+    #[arg(long, default_value_t = 500)]
+    pub reboot_ms: u64,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long = "for")]
+    pub for_s: Option<u64>,
+    /// Devnet directory.
+    #[arg(long, default_value = DEFAULT_DEVNET_DIR)]
+    pub dir: PathBuf,
 }
 
 /// Options naming one devnet node.
@@ -208,17 +246,10 @@ pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
             println!("started {} (pid {pid})", a.node);
             Ok(())
         }
+        DevnetCommand::Devices(a) => run_devices(a, json).await,
         DevnetCommand::Sensors(a) => {
-            let m = DevnetManifest::load(&a.dir)?;
             let region = crate::demo::Region::default();
-            let addrs: Vec<std::net::SocketAddr> = m
-                .nodes
-                .iter()
-                .filter_map(|n| {
-                    std::fs::read_to_string(n.data_dir.join(agora_api::RADIO_ADDR_FILE)).ok()
-                })
-                .filter_map(|s| s.trim().parse().ok())
-                .collect();
+            let addrs = radio_addrs(&a.dir)?;
             println!(
                 "sensors {:?} sending every {} ms to {} edges; Ctrl-C stops",
                 a.devices,
@@ -717,5 +748,70 @@ async fn print_manifest(m: &DevnetManifest, json: bool) -> anyhow::Result<()> {
             .map(|n| n.data_dir.display().to_string())
             .unwrap_or_default()
     );
+    Ok(())
+}
+
+/// The radio UDP addresses of the devnet's running nodes.
+fn radio_addrs(dir: &Path) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    let m = DevnetManifest::load(dir)?;
+    Ok(m.nodes
+        .iter()
+        .filter_map(|n| std::fs::read_to_string(n.data_dir.join(agora_api::RADIO_ADDR_FILE)).ok())
+        .filter_map(|s| s.trim().parse().ok())
+        .collect())
+}
+
+/// `agora devnet devices`.
+async fn run_devices(a: &DeviceArgs, json: bool) -> anyhow::Result<()> {
+    let addrs = radio_addrs(&a.dir)?;
+    if addrs.is_empty() {
+        bail!(
+            "no running node of the devnet in {} has a radio address; run `agora devnet up` first",
+            a.dir.display()
+        );
+    }
+    let specs = crate::devices::specs(a.first_id, a.count, a.locked, a.corrupt, a.fail_boot);
+    let cfg = agora_contracts::devices::agent::AgentConfig {
+        reboot_ms: a.reboot_ms,
+        link_bytes_per_s: a.link_rate.max(1),
+        reading_ms: a.interval_ms,
+    };
+    let region = crate::demo::Region::default();
+    region.set(addrs.clone());
+    let devices = crate::devices::SimDevices::start(specs, cfg, region).await?;
+    let last = a.first_id.saturating_add(a.count).saturating_sub(1);
+    if json {
+        print_json(&serde_json::json!({
+            "devices": a.count, "first_id": a.first_id, "last_id": last, "locked": a.locked,
+            "corrupt": a.corrupt, "fail_boot": a.fail_boot, "link_rate": a.link_rate,
+            "edges": addrs.len(),
+        }))?;
+    } else {
+        println!(
+            "devices {}..={} ({} locked, {} corrupting, {} failing boot) talking to {} edges at {} B/s; Ctrl-C stops",
+            a.first_id,
+            last,
+            a.locked,
+            a.corrupt,
+            a.fail_boot,
+            addrs.len(),
+            a.link_rate
+        );
+    }
+    match a.for_s {
+        Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    let metas = devices.stop().await;
+    if !json {
+        for m in metas.values() {
+            println!(
+                "{} {} {} locked={} {:?}",
+                m.id, m.firmware_type, m.version, m.locked, m.mode
+            );
+        }
+    }
     Ok(())
 }

@@ -38,7 +38,8 @@ impl Region {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = edges;
     }
 
-    fn edges(&self) -> Vec<SocketAddr> {
+    /// Edges in range now.
+    pub fn edges(&self) -> Vec<SocketAddr> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -1,4 +1,4 @@
-//! Control API routes of the edge: the sensor radio, the node's own service and the
+//! Control API routes of the edge: the sensor radio, the devices it discovered, the node's own service and the
 //! orchestrator's timeline.
 
 use axum::extract::State;
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, authorize};
 use agora_orchestrator::{OrchestratorHandle, TimelineEntry};
-use agora_radio::{RadioHandle, RadioStatus};
+use agora_radio::{DeviceList, RadioHandle, RadioStatus};
 
 /// `POST /v1/own` body.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,6 +56,14 @@ async fn radio_status(
     Ok(Json(radio(&s)?.status().await))
 }
 
+async fn devices(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<DeviceList>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(radio(&s)?.devices().await))
+}
+
 async fn timeline(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -90,6 +98,7 @@ async fn set_own(
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/radio", get(radio_status))
+        .route("/v1/devices", get(devices))
         .route("/v1/timeline", get(timeline))
         .route("/v1/own", post(set_own))
 }

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod counters;
+pub mod discovery;
 pub mod keys;
 pub mod rules;
 mod table;
@@ -39,6 +40,7 @@ pub use agora_wire::radio::{
     FRAME_V2_MAGIC, FrameError, FrameRefusal, MAX_REPLAY_FRAMES, RadioRpc, ReplayedDevice,
     SeqRange, parse_frame, seal_frame,
 };
+pub use discovery::{DiscoveredDevice, DiscoveryStats};
 pub use keys::DeviceKeyConfig;
 
 /// File in the data dir holding the device keys owners handed to this node (mode 0600).
@@ -211,6 +213,15 @@ pub struct RadioStats {
     pub key_requests_refused: u64,
 }
 
+/// `GET /v1/devices`: the devices discovered here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceList {
+    /// Devices, by id.
+    pub devices: Vec<DiscoveredDevice>,
+    /// Refusals and evictions of discovery.
+    pub stats: DiscoveryStats,
+}
+
 /// `GET /v1/radio`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RadioStatus {
@@ -228,6 +239,7 @@ pub struct RadioStatus {
 type Reply<T> = oneshot::Sender<T>;
 
 enum Command {
+    Devices(Reply<(Vec<DiscoveredDevice>, DiscoveryStats)>),
     Assign {
         devices: Vec<u32>,
         service: String,
@@ -356,6 +368,16 @@ impl RadioHandle {
         let mut status = rx.await.unwrap_or_default();
         status.addr = self.addr.as_deref().map(str::to_string);
         status
+    }
+
+    /// The devices discovered here, with their metadata (`agora device list`).
+    pub async fn devices(&self) -> DeviceList {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Devices(reply)).await.is_err() {
+            return DeviceList::default();
+        }
+        let (devices, stats) = rx.await.unwrap_or_default();
+        DeviceList { devices, stats }
     }
 
     /// Highest sequence number of each of `devices` covered by another edge's checkpoint.

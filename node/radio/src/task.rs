@@ -1,6 +1,7 @@
 //! The radio task: owns the UDP socket, the per-device routing and buffers, and checkpoints.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use super::{
     parse_frame,
 };
 use crate::counters::CounterStore;
+use crate::discovery::Discovery;
 use crate::keys::KeyStore;
 use crate::rules::{self, MAX_MANAGERS_PER_DEVICE, Verdict};
 use crate::table::{Admit, Device, DeviceTable};
@@ -25,6 +27,7 @@ use agora_hosting::control::ServiceControl;
 use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
+use agora_wire::radio::endpoint::is_endpoint;
 use agora_wire::radio::{DeviceKey, FrameRefusal, MAX_KEYS_PER_MESSAGE, authenticate, check_mic};
 
 /// Checkpoints kept for `status`.
@@ -69,7 +72,12 @@ struct RadioTask {
     key_fetching: BTreeSet<NodeId>,
     next_key_fetch: Instant,
     keys_tx: mpsc::Sender<KeyAnswer>,
+    /// Devices discovered with their metadata (issue #16).
+    discovery: Discovery,
 }
+
+/// How often a discovered device is asked for its metadata again, ms.
+const DISCOVERY_REFRESH_MS: u64 = 30_000;
 
 /// Binds the radio (if configured) and starts its task.
 pub async fn spawn(
@@ -108,6 +116,7 @@ pub async fn spawn(
     let (keys_tx, keys_rx) = mpsc::channel(16);
     let keys = KeyStore::load(&cfg.device_keys, files.keys);
     let counters = CounterStore::load(files.counters, cfg.max_devices, cfg.max_unsaved_frames);
+    let cfg_max_devices = cfg.max_devices;
     let task = RadioTask {
         keys,
         counters,
@@ -123,6 +132,7 @@ pub async fn spawn(
         storage,
         services,
         table: DeviceTable::default(),
+        discovery: Discovery::new(cfg_max_devices, DISCOVERY_REFRESH_MS),
         pending: BTreeMap::new(),
         checkpoints: VecDeque::new(),
         stats: RadioStats::default(),
@@ -150,7 +160,10 @@ impl RadioTask {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = recv(socket.as_ref(), &mut buf) => match r {
-                    Some(n) => self.on_frame(&buf[..n]),
+                    Some((n, from)) => {
+                        let bytes = buf.get(..n).unwrap_or_default().to_vec();
+                        self.on_datagram(socket.as_ref(), &bytes, from).await;
+                    }
                     None => break,
                 },
                 cmd = rx.recv() => match cmd {
@@ -191,10 +204,30 @@ impl RadioTask {
         self.counters.flush();
     }
 
-    fn on_frame(&mut self, frame: &[u8]) {
+    /// A datagram on the radio socket from `from`: an endpoint reply goes to discovery, an
+    /// uplink to [`Self::on_frame`]; a device whose uplink passed is asked for its metadata
+    /// when due.
+    async fn on_datagram(&mut self, socket: Option<&UdpSocket>, bytes: &[u8], from: SocketAddr) {
+        if is_endpoint(bytes) {
+            return self.discovery.on_reply(bytes, from, now_ms());
+        }
+        if let Some(device) = self.on_frame(bytes)
+            && let Some(req) = self.discovery.heard(device, from, now_ms())
+            && let Some(s) = socket
+            && let Err(e) = s.send_to(&req, from).await
+        {
+            debug!(device, error = %e, "metadata request not sent");
+        }
+    }
+
+    /// An uplink; returns its device if the frame passed authentication.
+    fn on_frame(&mut self, frame: &[u8]) -> Option<u32> {
         let (device, seq) = match parse_frame(frame) {
             Ok(x) => x,
-            Err(e) => return debug!(error = %e, "radio frame dropped"),
+            Err(e) => {
+                debug!(error = %e, "radio frame dropped");
+                return None;
+            }
         };
         let last = self.counters.get(device);
         let key = self.keys.get(device);
@@ -208,11 +241,14 @@ impl RadioTask {
                 }
             }
             Ok(_) => self.stats.frames_unverified += 1,
-            Err(refusal) => return self.refuse_frame(refusal),
+            Err(refusal) => {
+                self.refuse_frame(refusal);
+                return None;
+            }
         }
         let max_buffer = self.cfg.buffer_per_device;
         if !self.make_room(device) {
-            return;
+            return Some(device);
         }
         let d = self.table.touch(device);
         d.status.received += 1;
@@ -223,7 +259,7 @@ impl RadioTask {
             // Every edge in range keeps what no checkpoint covers yet (see `RadioRpc`).
             if d.covered.is_some_and(|c| seq <= c) || d.buffer.iter().any(|(s, _)| *s == seq) {
                 d.status.duplicates += 1;
-                return;
+                return Some(device);
             }
             d.buffer.push_back((seq, frame.to_vec()));
             while d.buffer.len() > max_buffer {
@@ -231,6 +267,7 @@ impl RadioTask {
             }
             d.status.buffered = d.buffer.len();
         }
+        Some(device)
     }
 
     /// Counts and logs (one line per refusal at first, then fewer under a flood) a frame
@@ -402,6 +439,16 @@ impl RadioTask {
                 }
                 self.next_key_fetch = Instant::now();
                 self.fetch_keys();
+            }
+            Command::Devices(reply) => {
+                let table = &self.table;
+                let list = self.discovery.list(|id| {
+                    table
+                        .get(&id)
+                        .and_then(|d| d.managers.last())
+                        .map(|n| n.to_string())
+                });
+                let _ = reply.send((list, self.discovery.stats));
             }
             Command::Status(reply) => {
                 let _ = reply.send(RadioStatus {
@@ -737,11 +784,11 @@ impl RadioTask {
     }
 }
 
-async fn recv(socket: Option<&UdpSocket>, buf: &mut [u8]) -> Option<usize> {
+async fn recv(socket: Option<&UdpSocket>, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
     match socket {
         Some(s) => loop {
             match s.recv_from(buf).await {
-                Ok((n, _)) => return Some(n),
+                Ok((n, from)) => return Some((n, from)),
                 Err(e) => debug!(error = %e, "radio receive failed"),
             }
         },

@@ -1,8 +1,10 @@
 //! Sensor-radio messages: the 16-byte uplink frame sensors send over UDP, the checkpoints
 //! edges gossip on [`crate::topics::RADIO_TOPIC`] (which readings they processed, with the CID of
 //! their proof), and the replay request-response (`Kind::Radio` envelopes) an edge taking devices
-//! over uses to fetch the readings its peers heard during a gap.
+//! over uses to fetch the readings its peers heard during a gap; and the device endpoint
+//! protocol ([`endpoint`]: metadata, reboot, flash, verify, boot, rollback) of issue #16.
 
+pub mod endpoint;
 pub mod frame;
 
 use agora_market::Timestamp;

@@ -1,4 +1,5 @@
-//! Edge commands: `radio` (sensors heard and managed, checkpoints), `own IMAGE` (run a service
+//! Edge commands: `radio` (sensors heard and managed, checkpoints), `device list` (devices
+//! discovered with their metadata), `own IMAGE` (run a service
 //! on this node's own sensors) and `timeline` (what the orchestrator did).
 
 use std::path::Path;
@@ -6,12 +7,84 @@ use std::path::Path;
 use agora_api::client::ApiClient;
 use agora_api::edge::{OwnReply, OwnRequest};
 use agora_orchestrator::TimelineEntry;
-use agora_radio::RadioStatus;
+use agora_radio::{DeviceList, RadioStatus};
 
 use agora_devnet::output::{print_json, print_table};
 
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |x| x.to_string())
+}
+
+/// `agora device …`
+#[derive(Debug, clap::Subcommand)]
+pub enum DeviceCommand {
+    /// Devices this edge discovered: id, kind, firmware, version, lock, mode, manager, last heard.
+    List,
+}
+
+/// `agora device …`
+pub async fn device(dir: &Path, cmd: &DeviceCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        DeviceCommand::List => {
+            let list: DeviceList = ApiClient::for_data_dir(dir)?.get("/v1/devices").await?;
+            if json {
+                return print_json(&list);
+            }
+            let now = agora_wire::now_ms();
+            let rows: Vec<Vec<String>> = list
+                .devices
+                .iter()
+                .map(|d| {
+                    let mut row = vec![d.id.to_string()];
+                    match &d.meta {
+                        Some(m) => row.extend([
+                            m.kind.clone(),
+                            m.firmware_type.clone(),
+                            m.version.clone(),
+                            if m.locked { "locked" } else { "-" }.into(),
+                            agora_radio::discovery::mode_name(m.mode).into(),
+                        ]),
+                        None => row.extend(std::iter::repeat_n("?".to_string(), 5)),
+                    }
+                    row.extend([
+                        d.manager
+                            .as_deref()
+                            .map_or("-".into(), |n| n.chars().take(8).collect()),
+                        format!(
+                            "{:.1}s ago",
+                            now.saturating_sub(d.last_heard) as f64 / 1000.0
+                        ),
+                    ]);
+                    row
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID",
+                    "KIND",
+                    "FIRMWARE",
+                    "VERSION",
+                    "LOCK",
+                    "MODE",
+                    "MANAGER",
+                    "LAST HEARD",
+                ],
+                &rows,
+            );
+            let st = &list.stats;
+            println!(
+                "{} devices; {} announcements, {} metadata requests, dropped: {} malformed, {} wrong source, {} unsolicited, {} evicted",
+                list.devices.len(),
+                st.announcements,
+                st.requests_sent,
+                st.replies_malformed,
+                st.replies_wrong_source,
+                st.replies_unsolicited,
+                st.evicted
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `agora radio`

@@ -109,6 +109,9 @@ pub enum Command {
     Devnet(agora_devnet::process::DevnetCommand),
     /// Sensors this edge hears and manages, and the checkpoints of processed readings.
     Radio,
+    /// Devices this edge discovered, with their metadata (`agora device list`).
+    #[command(subcommand)]
+    Device(edge::DeviceCommand),
     /// Run a published service image on this node's own sensors (the service a standby
     /// contract insures).
     Own {
@@ -187,6 +190,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Storage(cmd) => storage::storage(&dir, cmd, cli.json).await,
         Command::Proof(cmd) => storage::proof(&dir, cmd, cli.json).await,
         Command::Radio => edge::radio(&dir, cli.json).await,
+        Command::Device(cmd) => edge::device(&dir, cmd, cli.json).await,
         Command::Own { image } => edge::own(&dir, image, cli.json).await,
         Command::Timeline => edge::timeline(&dir, cli.json).await,
         Command::Service(cmd) => service::service(&dir, cmd, cli.json).await,

@@ -1,0 +1,16 @@
+//! Devices (issue #16): what a device says about itself, firmware jobs that flash an image
+//! onto the devices an edge manages (pure: [`job::FirmwareJob`]), and a model of a device's
+//! endpoints ([`agent::DeviceAgent`]) that the devnet's simulated devices wrap and the job's
+//! property tests run against. Design: `docs/DEVICES.md`.
+
+pub mod agent;
+pub mod job;
+mod meta;
+#[cfg(test)]
+mod proptests;
+
+pub use job::{
+    Command, DeviceProgress, Effect, FailReason, FirmwareJob, Input, JobConfig, JobError, JobId,
+    JobStatus, Outcome, SkipReason, Step, Summary,
+};
+pub use meta::{DeviceId, DeviceMeta, Firmware, MAX_LABEL_LEN, Mode, Selector, SelectorError};

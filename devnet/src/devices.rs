@@ -1,0 +1,336 @@
+//! Simulated devices with endpoints (issue #16, `agora devnet devices`): each wraps the pure
+//! [`DeviceAgent`] in a UDP socket of its own (its source address is how an edge answers it),
+//! sends readings to every edge in range while running, answers the endpoint protocol
+//! (`agora_wire::radio::endpoint`) and announces its metadata after every boot — to every edge
+//! in range, as a radio would.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agora_contracts::devices::agent::{self, AgentConfig, DeviceAgent, Faults};
+use agora_contracts::devices::{DeviceId, DeviceMeta};
+use agora_radio::DeviceKey;
+use agora_wire::radio::endpoint::{MAX_ENDPOINT_LEN, decode_request, encode_reply};
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::demo::Region;
+
+/// Firmware type the devnet's devices take.
+pub const FIRMWARE_TYPE: &str = "agora-sensor";
+/// Firmware version they start with.
+pub const START_VERSION: &str = "1.0.0";
+
+/// One simulated device.
+#[derive(Clone, Debug)]
+pub struct DeviceSpec {
+    /// Id.
+    pub id: DeviceId,
+    /// Kind.
+    pub kind: String,
+    /// Locked by its owner.
+    pub locked: bool,
+    /// Faults it injects.
+    pub faults: Faults,
+    /// Frame key (v2 uplinks), if any.
+    pub key: Option<DeviceKey>,
+}
+
+/// `count` devices from `first`, the last `locked` of them locked, the first `corrupt`
+/// unlocked ones corrupting their flash and the next `fail_boot` failing to boot.
+pub fn specs(
+    first: DeviceId,
+    count: u32,
+    locked: u32,
+    corrupt: u32,
+    fail_boot: u32,
+) -> Vec<DeviceSpec> {
+    (0..count)
+        .map(|i| DeviceSpec {
+            id: first.saturating_add(i),
+            kind: "thermo".into(),
+            locked: i >= count.saturating_sub(locked),
+            faults: Faults {
+                corrupt_flash: i < corrupt,
+                fail_boot: i >= corrupt && i < corrupt.saturating_add(fail_boot),
+            },
+            key: None,
+        })
+        .collect()
+}
+
+/// Running simulated devices.
+pub struct SimDevices {
+    state: Arc<Mutex<BTreeMap<DeviceId, DeviceMeta>>>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl SimDevices {
+    /// Starts `specs`, each on its own loopback UDP socket, talking to the edges of `region`.
+    pub async fn start(
+        specs: Vec<DeviceSpec>,
+        cfg: AgentConfig,
+        region: Region,
+    ) -> std::io::Result<Self> {
+        let state = Arc::new(Mutex::new(BTreeMap::new()));
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let t0 = Instant0::new();
+        for spec in specs {
+            let socket = UdpSocket::bind("127.0.0.1:0").await?;
+            let a = DeviceAgent::new(
+                (
+                    spec.id,
+                    &spec.kind,
+                    FIRMWARE_TYPE,
+                    START_VERSION,
+                    spec.locked,
+                ),
+                cfg.clone(),
+                spec.faults,
+                t0.now(),
+            );
+            let run = DeviceTask {
+                agent: a,
+                key: spec.key,
+                socket,
+                region: region.clone(),
+                state: state.clone(),
+                t0,
+                pending: BTreeMap::new(),
+                seq: 0,
+            };
+            tasks.spawn(run.run(cancel.clone()));
+        }
+        Ok(Self {
+            state,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// What each device says about itself now.
+    pub fn metas(&self) -> BTreeMap<DeviceId, DeviceMeta> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops every device.
+    pub async fn stop(mut self) -> BTreeMap<DeviceId, DeviceMeta> {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.metas()
+    }
+}
+
+/// Milliseconds since the devices started (the agents' clock).
+#[derive(Clone, Copy)]
+struct Instant0(std::time::Instant);
+
+impl Instant0 {
+    fn new() -> Self {
+        Self(std::time::Instant::now())
+    }
+    fn now(&self) -> u64 {
+        agora_wire::duration_ms(self.0.elapsed())
+    }
+    fn at(&self, ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.0) + Duration::from_millis(ms)
+    }
+}
+
+struct DeviceTask {
+    agent: DeviceAgent,
+    key: Option<DeviceKey>,
+    socket: UdpSocket,
+    region: Region,
+    state: Arc<Mutex<BTreeMap<DeviceId, DeviceMeta>>>,
+    t0: Instant0,
+    /// Replies due at a time (flash writes take time), in order.
+    pending: BTreeMap<(u64, u64), Vec<u8>>,
+    seq: u64,
+}
+
+impl DeviceTask {
+    async fn run(mut self, cancel: CancellationToken) {
+        let id = self.agent.meta().id;
+        let mut buf = vec![0u8; MAX_ENDPOINT_LEN + 1];
+        let mut wake = Some(0u64);
+        // Announce at start, like after a boot: edges in range discover it.
+        self.queue(self.t0.now(), agent::Reply::Meta(self.agent.meta()));
+        loop {
+            self.publish();
+            let next = [wake, self.pending.keys().next().map(|(t, _)| *t)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(u64::MAX / 2);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.socket.recv_from(&mut buf) => {
+                    let Ok((n, _from)) = r else { continue };
+                    let Some(bytes) = buf.get(..n) else { continue };
+                    match decode_request(bytes) {
+                        Ok((to, req)) if to == id => {
+                            let out = self.agent.handle(self.t0.now(), agent::Input::Request(req));
+                            wake = self.effects(out).or(wake);
+                        }
+                        Ok((to, _)) => tracing::debug!(device = id, to, "request for another device dropped"),
+                        Err(e) => tracing::debug!(device = id, error = %e, "malformed request dropped"),
+                    }
+                }
+                _ = tokio::time::sleep_until(self.t0.at(next)) => {
+                    let now = self.t0.now();
+                    if wake.is_some_and(|w| w <= now) {
+                        wake = None;
+                        let out = self.agent.handle(now, agent::Input::Tick);
+                        wake = self.effects(out).or(wake);
+                    }
+                    self.flush(now).await;
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let m = self.agent.meta();
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(m.id, m);
+    }
+
+    fn queue(&mut self, at: u64, reply: agent::Reply) {
+        let id = self.agent.meta().id;
+        match encode_reply(id, &reply) {
+            Ok(b) => {
+                self.seq += 1;
+                self.pending.insert((at, self.seq), b);
+            }
+            Err(e) => tracing::warn!(device = id, error = %e, "reply not encodable"),
+        }
+    }
+
+    /// Carries out the agent's effects; returns its next wake-up.
+    fn effects(&mut self, out: Vec<agent::Effect>) -> Option<u64> {
+        let mut wake = None;
+        for e in out {
+            match e {
+                agent::Effect::Reply { at, reply } => self.queue(at, reply),
+                agent::Effect::Reading(counter) => {
+                    let id = self.agent.meta().id;
+                    let temp = 2000 + i16::try_from(counter % 50).unwrap_or(0) * 10;
+                    let f = crate::demo::uplink(self.key.as_ref(), id, counter, temp, 5000);
+                    self.seq += 1;
+                    self.pending.insert((self.t0.now(), self.seq), f);
+                }
+                agent::Effect::WakeAt(t) => wake = Some(t),
+            }
+        }
+        wake
+    }
+
+    async fn flush(&mut self, now: u64) {
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let bytes = entry.remove();
+            for e in self.region_edges() {
+                let _ = self.socket.send_to(&bytes, e).await;
+            }
+        }
+    }
+
+    fn region_edges(&self) -> Vec<SocketAddr> {
+        self.region.edges()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use agent::{Reply, Request};
+    use agora_wire::radio::endpoint::{decode_reply, encode_request};
+
+    async fn recv_reply(sock: &UdpSocket, want: impl Fn(&Reply) -> bool) -> (SocketAddr, Reply) {
+        let mut buf = vec![0u8; 2048];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf))
+                .await
+                .expect("a reply within 20 s")
+                .expect("recv");
+            if let Ok((_, reply)) = decode_reply(&buf[..r.0])
+                && want(&reply)
+            {
+                return (r.1, reply);
+            }
+        }
+    }
+
+    /// One device over real UDP: announced, rebooted into the bootloader (rediscovered),
+    /// flashed, verified and booted on the new version.
+    #[tokio::test]
+    async fn a_device_is_flashed_over_udp() {
+        let edge = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let region = Region::default();
+        region.set(vec![edge.local_addr().unwrap()]);
+        let cfg = AgentConfig {
+            reboot_ms: 50,
+            link_bytes_per_s: 100_000,
+            reading_ms: 100,
+        };
+        let devs = SimDevices::start(specs(500, 1, 0, 0, 0), cfg, region)
+            .await
+            .unwrap();
+        let (addr, first) = recv_reply(&edge, |r| matches!(r, Reply::Meta(_))).await;
+        let Reply::Meta(m) = first else {
+            unreachable!()
+        };
+        assert_eq!((m.id, m.version.as_str()), (500, START_VERSION));
+        let send = |r: Request| {
+            let b = encode_request(500, &r).unwrap();
+            let edge = &edge;
+            async move { edge.send_to(&b, addr).await.unwrap() }
+        };
+        send(Request::RebootToBootloader).await;
+        recv_reply(
+            &edge,
+            |r| matches!(r, Reply::Meta(m) if m.mode == agora_contracts::devices::Mode::Bootloader),
+        )
+        .await;
+        let image = vec![9u8; 3000];
+        for (i, c) in image.chunks(1024).enumerate() {
+            send(Request::FlashChunk {
+                index: i as u32,
+                offset: (i * 1024) as u64,
+                data: c.to_vec(),
+            })
+            .await;
+            recv_reply(&edge, |r| *r == Reply::ChunkAck { index: i as u32 }).await;
+        }
+        send(Request::Verify).await;
+        let (_, h) = recv_reply(&edge, |r| matches!(r, Reply::Hash(_))).await;
+        assert_eq!(h, Reply::Hash(*blake3::hash(&image).as_bytes()));
+        send(Request::Boot {
+            version: "2.0.0".into(),
+        })
+        .await;
+        let (_, m) = recv_reply(
+            &edge,
+            |r| matches!(r, Reply::Meta(m) if m.version == "2.0.0"),
+        )
+        .await;
+        let Reply::Meta(m) = m else { unreachable!() };
+        assert_eq!(m.boots, 3);
+        assert_eq!(devs.stop().await[&500].version, "2.0.0");
+    }
+}

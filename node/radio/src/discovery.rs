@@ -1,0 +1,272 @@
+//! Device discovery (issue #16), like an Akri discovery handler: every device this edge hears
+//! (an uplink or an unasked announcement) is asked for its metadata over the endpoint protocol
+//! (`agora_wire::radio::endpoint`), and kept in a bounded table with its metadata, the address
+//! it talks from and when it was last heard (`agora device list`).
+//!
+//! Hostile input: anyone on the radio's network can send an announcement for any device id.
+//! An announcement is taken only from the address the device was first heard from (a device's
+//! socket; a new device is admitted from wherever it speaks first), the table is bounded
+//! (`radio.max_devices`; the stalest entry is evicted, counted and logged), metadata requests
+//! are rate-limited per device, and replies that are not announcements (chunk acks, hashes:
+//! for a firmware job) are counted and dropped here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use agora_contracts::devices::agent::{Reply, Request};
+use agora_contracts::devices::{DeviceId, DeviceMeta, Mode};
+use agora_market::Timestamp;
+use agora_wire::radio::endpoint::{decode_reply, encode_request};
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+/// A device this edge discovered (`GET /v1/devices`, `agora device list`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveredDevice {
+    /// Device id.
+    pub id: DeviceId,
+    /// Its metadata, once it answered.
+    pub meta: Option<DeviceMeta>,
+    /// The address it talks from.
+    pub addr: String,
+    /// When it was last heard (uplink or announcement), ms.
+    pub last_heard: Timestamp,
+    /// Uplinks heard.
+    pub uplinks: u64,
+    /// The edge that manages it, as this node's orchestrator knows it (node id).
+    pub manager: Option<String>,
+}
+
+/// What discovery refused or dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryStats {
+    /// Metadata requests sent.
+    pub requests_sent: u64,
+    /// Announcements taken.
+    pub announcements: u64,
+    /// Replies that did not decode.
+    pub replies_malformed: u64,
+    /// Announcements from another address than the device's.
+    pub replies_wrong_source: u64,
+    /// Chunk acks and hashes (no firmware job on this edge takes them yet).
+    pub replies_unsolicited: u64,
+    /// Devices evicted from a full table.
+    pub evicted: u64,
+}
+
+struct Entry {
+    addr: SocketAddr,
+    meta: Option<DeviceMeta>,
+    last_heard: Timestamp,
+    last_asked: Option<Timestamp>,
+    uplinks: u64,
+}
+
+/// The discovery table.
+pub(crate) struct Discovery {
+    devices: BTreeMap<DeviceId, Entry>,
+    max: usize,
+    /// Metadata is asked again after this long (and never more often), ms.
+    refresh_ms: u64,
+    pub(crate) stats: DiscoveryStats,
+}
+
+impl Discovery {
+    pub(crate) fn new(max: usize, refresh_ms: u64) -> Self {
+        Self {
+            devices: BTreeMap::new(),
+            max: max.max(1),
+            refresh_ms,
+            stats: DiscoveryStats::default(),
+        }
+    }
+
+    /// Makes room for a new device: evicts the stalest one when full.
+    fn admit(&mut self, device: DeviceId) {
+        if self.devices.contains_key(&device) || self.devices.len() < self.max {
+            return;
+        }
+        let stalest = self
+            .devices
+            .iter()
+            .min_by_key(|(_, e)| e.last_heard)
+            .map(|(id, _)| *id);
+        if let Some(victim) = stalest {
+            self.devices.remove(&victim);
+            self.stats.evicted += 1;
+            debug!(
+                victim,
+                device, "discovery table full: stalest device evicted"
+            );
+        }
+    }
+
+    /// An uplink of `device` from `from`: returns the metadata request to send, if one is due.
+    pub(crate) fn heard(
+        &mut self,
+        device: DeviceId,
+        from: SocketAddr,
+        now: Timestamp,
+    ) -> Option<Vec<u8>> {
+        self.admit(device);
+        let e = self.devices.entry(device).or_insert(Entry {
+            addr: from,
+            meta: None,
+            last_heard: now,
+            last_asked: None,
+            uplinks: 0,
+        });
+        if e.addr != from {
+            // Uplinks carry a MIC when keyed (checked by the radio); the address follows them.
+            e.addr = from;
+            e.meta = None;
+        }
+        e.last_heard = now;
+        e.uplinks += 1;
+        let due = match (&e.meta, e.last_asked) {
+            (_, None) => true,
+            (_, Some(at)) => now >= at.saturating_add(self.refresh_ms),
+        };
+        if !due {
+            return None;
+        }
+        e.last_asked = Some(now);
+        self.stats.requests_sent += 1;
+        encode_request(device, &Request::Metadata).ok()
+    }
+
+    /// A datagram that is an endpoint reply, from `from`.
+    pub(crate) fn on_reply(&mut self, bytes: &[u8], from: SocketAddr, now: Timestamp) {
+        let (device, reply) = match decode_reply(bytes) {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.replies_malformed += 1;
+                return debug!(error = %e, %from, "device reply dropped");
+            }
+        };
+        let Reply::Meta(meta) = reply else {
+            self.stats.replies_unsolicited += 1;
+            return;
+        };
+        if let Some(e) = self.devices.get(&device)
+            && e.addr != from
+        {
+            self.stats.replies_wrong_source += 1;
+            return debug!(device, %from, "announcement from another address than the device's dropped");
+        }
+        self.admit(device);
+        let e = self.devices.entry(device).or_insert(Entry {
+            addr: from,
+            meta: None,
+            last_heard: now,
+            last_asked: Some(now),
+            uplinks: 0,
+        });
+        e.meta = Some(meta);
+        e.last_heard = now;
+        self.stats.announcements += 1;
+    }
+
+    /// The table, with each device's manager from `manager`.
+    pub(crate) fn list(
+        &self,
+        manager: impl Fn(DeviceId) -> Option<String>,
+    ) -> Vec<DiscoveredDevice> {
+        self.devices
+            .iter()
+            .map(|(id, e)| DiscoveredDevice {
+                id: *id,
+                meta: e.meta.clone(),
+                addr: e.addr.to_string(),
+                last_heard: e.last_heard,
+                uplinks: e.uplinks,
+                manager: manager(*id),
+            })
+            .collect()
+    }
+}
+
+/// `running`/`bootloader` for tables.
+pub fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Running => "running",
+        Mode::Bootloader => "bootloader",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use agora_wire::radio::endpoint::{decode_request, encode_reply};
+
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn announce(id: DeviceId, version: &str) -> Vec<u8> {
+        let m = DeviceMeta {
+            id,
+            kind: "thermo".into(),
+            firmware_type: "agora-sensor".into(),
+            version: version.into(),
+            locked: false,
+            mode: Mode::Running,
+            boots: 1,
+        };
+        encode_reply(id, &Reply::Meta(m)).unwrap()
+    }
+
+    #[test]
+    fn a_heard_device_is_asked_for_metadata_once_per_refresh() {
+        let mut d = Discovery::new(8, 1_000);
+        let req = d.heard(5, addr(1), 0).unwrap();
+        assert_eq!(decode_request(&req), Ok((5, Request::Metadata)));
+        assert!(d.heard(5, addr(1), 10).is_none(), "rate-limited");
+        d.on_reply(&announce(5, "1.0"), addr(1), 20);
+        assert!(d.heard(5, addr(1), 500).is_none());
+        assert!(d.heard(5, addr(1), 1_000).is_some(), "refreshed");
+        let list = d.list(|_| Some("ab".into()));
+        assert_eq!(list[0].meta.as_ref().unwrap().version, "1.0");
+        assert_eq!((list[0].uplinks, list[0].last_heard), (4, 1_000));
+        assert_eq!(list[0].manager.as_deref(), Some("ab"));
+    }
+
+    #[test]
+    fn announcements_from_another_address_and_garbage_are_dropped_and_counted() {
+        let mut d = Discovery::new(8, 1_000);
+        d.heard(5, addr(1), 0);
+        d.on_reply(&announce(5, "6.6.6"), addr(2), 1);
+        d.on_reply(&[0xAA, 1, 2], addr(2), 1);
+        d.on_reply(
+            &encode_reply(5, &Reply::ChunkAck { index: 0 }).unwrap(),
+            addr(1),
+            1,
+        );
+        assert_eq!(d.list(|_| None)[0].meta, None);
+        let s = d.stats;
+        assert_eq!(
+            (
+                s.replies_wrong_source,
+                s.replies_malformed,
+                s.replies_unsolicited
+            ),
+            (1, 1, 1)
+        );
+        // A device first heard through its announcement is admitted (a rebooted one).
+        d.on_reply(&announce(6, "1.0"), addr(3), 2);
+        assert!(d.list(|_| None)[1].meta.is_some());
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_evicts_the_stalest() {
+        let mut d = Discovery::new(2, 1_000);
+        d.heard(1, addr(1), 0);
+        d.heard(2, addr(2), 5);
+        d.heard(1, addr(1), 10);
+        d.heard(3, addr(3), 20);
+        let ids: Vec<_> = d.list(|_| None).iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![1, 3]);
+        assert_eq!(d.stats.evicted, 1);
+    }
+}

@@ -1,0 +1,413 @@
+//! The device endpoint protocol (issue #16): what an edge asks a device over the radio's UDP
+//! socket (metadata, reboot to the bootloader, flash a chunk, verify, boot, roll back) and what
+//! the device answers. Compact binary, like the uplink frames, every field bounded:
+//!
+//! ```text
+//! request: A9 | device u32 LE | op u8 | body
+//!   1 metadata | 2 reboot-to-bootloader | 4 verify | 6 rollback      (no body)
+//!   3 flash chunk: index u32 | offset u32 | len u16 (≤ 1024) | data[len]
+//!   5 boot:        vlen u8 (≤ 32) | version[vlen] (UTF-8)
+//! reply:   AA | device u32 LE | op u8 | body
+//!   1 meta:      kind, firmware type, version (each len u8 ≤ 32 + UTF-8) | flags u8
+//!                (bit 0 locked, bit 1 bootloader) | boots u32
+//!   2 chunk ack: index u32
+//!   3 hash:      32 bytes
+//! ```
+//!
+//! Decoding never trusts a length: it is checked against its bound and against what is left
+//! before anything is allocated, and trailing bytes are refused, so a decoded message encodes to
+//! exactly the bytes it came from. Pure: no I/O. Endpoint messages carry no MIC in this slice
+//! (anyone on the radio's network can send them; see `docs/DEVICES.md`).
+
+use agora_contracts::devices::agent::{Reply, Request};
+use agora_contracts::devices::{DeviceId, DeviceMeta, MAX_LABEL_LEN, Mode};
+
+/// First byte of an edge → device request.
+pub const REQUEST_MAGIC: u8 = 0xA9;
+/// First byte of a device → edge reply.
+pub const REPLY_MAGIC: u8 = 0xAA;
+/// Largest flash chunk on the wire.
+pub const MAX_CHUNK_DATA: usize = 1024;
+/// Largest endpoint message.
+pub const MAX_ENDPOINT_LEN: usize = 1 + 4 + 1 + 4 + 4 + 2 + MAX_CHUNK_DATA;
+
+/// An endpoint message that does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// Wrong first byte.
+    #[error(
+        "endpoint message with magic {0:#04x}, expected {REQUEST_MAGIC:#04x} or {REPLY_MAGIC:#04x}"
+    )]
+    Magic(u8),
+    /// Unknown operation.
+    #[error("endpoint message with unknown op {0}")]
+    Op(u8),
+    /// Ends before a field does.
+    #[error("endpoint message truncated at byte {0}")]
+    Truncated(usize),
+    /// Bytes after the last field.
+    #[error("endpoint message has {0} trailing bytes")]
+    Trailing(usize),
+    /// A length beyond its bound.
+    #[error("endpoint field of {len} bytes, at most {max}")]
+    TooLong {
+        /// Claimed length.
+        len: usize,
+        /// Bound.
+        max: usize,
+    },
+    /// A label that is not UTF-8.
+    #[error("endpoint label is not UTF-8")]
+    Utf8,
+    /// Unknown flag bits, or a value that does not fit the wire (encoding).
+    #[error("endpoint field out of range: {0}")]
+    Range(&'static str),
+}
+
+/// Reads fields off a byte slice, never past its end.
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], EndpointError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(EndpointError::Truncated(self.at))?;
+        let s = self
+            .b
+            .get(self.at..end)
+            .ok_or(EndpointError::Truncated(self.at))?;
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, EndpointError> {
+        Ok(self.take(1)?.first().copied().unwrap_or(0))
+    }
+    fn u16(&mut self) -> Result<u16, EndpointError> {
+        let s = self.take(2)?;
+        Ok(u16::from_le_bytes([s[0], s[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, EndpointError> {
+        let s = self.take(4)?;
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    fn label(&mut self) -> Result<String, EndpointError> {
+        let len = usize::from(self.u8()?);
+        if len > MAX_LABEL_LEN {
+            return Err(EndpointError::TooLong {
+                len,
+                max: MAX_LABEL_LEN,
+            });
+        }
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| EndpointError::Utf8)
+    }
+    fn header(&mut self, magic: u8) -> Result<(DeviceId, u8), EndpointError> {
+        let m = self.u8()?;
+        if m != magic {
+            return Err(EndpointError::Magic(m));
+        }
+        Ok((self.u32()?, self.u8()?))
+    }
+    fn end(&self) -> Result<(), EndpointError> {
+        match self.b.len().saturating_sub(self.at) {
+            0 => Ok(()),
+            n => Err(EndpointError::Trailing(n)),
+        }
+    }
+}
+
+fn put_label(out: &mut Vec<u8>, s: &str) -> Result<(), EndpointError> {
+    let len = u8::try_from(s.len())
+        .ok()
+        .filter(|l| usize::from(*l) <= MAX_LABEL_LEN)
+        .ok_or(EndpointError::TooLong {
+            len: s.len(),
+            max: MAX_LABEL_LEN,
+        })?;
+    out.push(len);
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// Encodes a request to `device`.
+pub fn encode_request(device: DeviceId, r: &Request) -> Result<Vec<u8>, EndpointError> {
+    let mut out = vec![REQUEST_MAGIC];
+    out.extend_from_slice(&device.to_le_bytes());
+    match r {
+        Request::Metadata => out.push(1),
+        Request::RebootToBootloader => out.push(2),
+        Request::FlashChunk {
+            index,
+            offset,
+            data,
+        } => {
+            let offset = u32::try_from(*offset).map_err(|_| EndpointError::Range("offset"))?;
+            if data.len() > MAX_CHUNK_DATA {
+                return Err(EndpointError::TooLong {
+                    len: data.len(),
+                    max: MAX_CHUNK_DATA,
+                });
+            }
+            out.push(3);
+            out.extend_from_slice(&index.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(&(data.len() as u16).to_le_bytes());
+            out.extend_from_slice(data);
+        }
+        Request::Verify => out.push(4),
+        Request::Boot { version } => {
+            out.push(5);
+            put_label(&mut out, version)?;
+        }
+        Request::Rollback => out.push(6),
+    }
+    Ok(out)
+}
+
+/// Decodes a request (what a device does with the bytes an edge sent).
+pub fn decode_request(b: &[u8]) -> Result<(DeviceId, Request), EndpointError> {
+    let mut r = Reader { b, at: 0 };
+    let (device, op) = r.header(REQUEST_MAGIC)?;
+    let req = match op {
+        1 => Request::Metadata,
+        2 => Request::RebootToBootloader,
+        3 => {
+            let index = r.u32()?;
+            let offset = u64::from(r.u32()?);
+            let len = usize::from(r.u16()?);
+            if len > MAX_CHUNK_DATA {
+                return Err(EndpointError::TooLong {
+                    len,
+                    max: MAX_CHUNK_DATA,
+                });
+            }
+            let data = r.take(len)?.to_vec();
+            Request::FlashChunk {
+                index,
+                offset,
+                data,
+            }
+        }
+        4 => Request::Verify,
+        5 => Request::Boot {
+            version: r.label()?,
+        },
+        6 => Request::Rollback,
+        op => return Err(EndpointError::Op(op)),
+    };
+    r.end()?;
+    Ok((device, req))
+}
+
+/// Encodes a device's reply.
+pub fn encode_reply(device: DeviceId, reply: &Reply) -> Result<Vec<u8>, EndpointError> {
+    let mut out = vec![REPLY_MAGIC];
+    out.extend_from_slice(&device.to_le_bytes());
+    match reply {
+        Reply::Meta(m) => {
+            if m.id != device {
+                return Err(EndpointError::Range("meta of another device"));
+            }
+            out.push(1);
+            put_label(&mut out, &m.kind)?;
+            put_label(&mut out, &m.firmware_type)?;
+            put_label(&mut out, &m.version)?;
+            let flags = u8::from(m.locked) | (u8::from(m.mode == Mode::Bootloader) << 1);
+            out.push(flags);
+            out.extend_from_slice(&m.boots.to_le_bytes());
+        }
+        Reply::ChunkAck { index } => {
+            out.push(2);
+            out.extend_from_slice(&index.to_le_bytes());
+        }
+        Reply::Hash(h) => {
+            out.push(3);
+            out.extend_from_slice(h);
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes a device's reply (what an edge does with the bytes a device sent).
+pub fn decode_reply(b: &[u8]) -> Result<(DeviceId, Reply), EndpointError> {
+    let mut r = Reader { b, at: 0 };
+    let (device, op) = r.header(REPLY_MAGIC)?;
+    let reply = match op {
+        1 => {
+            let kind = r.label()?;
+            let firmware_type = r.label()?;
+            let version = r.label()?;
+            let flags = r.u8()?;
+            if flags & !0b11 != 0 {
+                return Err(EndpointError::Range("flags"));
+            }
+            let boots = r.u32()?;
+            Reply::Meta(DeviceMeta {
+                id: device,
+                kind,
+                firmware_type,
+                version,
+                locked: flags & 1 != 0,
+                mode: if flags & 2 != 0 {
+                    Mode::Bootloader
+                } else {
+                    Mode::Running
+                },
+                boots,
+            })
+        }
+        2 => Reply::ChunkAck { index: r.u32()? },
+        3 => {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(r.take(32)?);
+            Reply::Hash(h)
+        }
+        op => return Err(EndpointError::Op(op)),
+    };
+    r.end()?;
+    Ok((device, reply))
+}
+
+/// Whether `b` is an endpoint message rather than an uplink frame (by its first byte).
+pub fn is_endpoint(b: &[u8]) -> bool {
+    matches!(b.first(), Some(&REQUEST_MAGIC | &REPLY_MAGIC))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn meta() -> DeviceMeta {
+        DeviceMeta {
+            id: 9,
+            kind: "thermo".into(),
+            firmware_type: "esp32".into(),
+            version: "1.2.3".into(),
+            locked: true,
+            mode: Mode::Bootloader,
+            boots: 77,
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let reqs = [
+            Request::Metadata,
+            Request::RebootToBootloader,
+            Request::FlashChunk {
+                index: 3,
+                offset: 3 * 1024,
+                data: vec![1; 1024],
+            },
+            Request::Verify,
+            Request::Boot {
+                version: "2.0".into(),
+            },
+            Request::Rollback,
+        ];
+        for r in reqs {
+            let b = encode_request(9, &r).unwrap();
+            assert!(b.len() <= MAX_ENDPOINT_LEN && is_endpoint(&b));
+            assert_eq!(decode_request(&b), Ok((9, r)));
+        }
+        for r in [
+            Reply::Meta(meta()),
+            Reply::ChunkAck { index: 5 },
+            Reply::Hash([4; 32]),
+        ] {
+            let b = encode_reply(9, &r).unwrap();
+            assert_eq!(decode_reply(&b), Ok((9, r)));
+        }
+    }
+
+    #[test]
+    fn hostile_lengths_and_bytes_are_refused_before_allocation() {
+        // A chunk claiming 65535 bytes: refused on the bound, not read.
+        let mut b = vec![
+            REQUEST_MAGIC,
+            9,
+            0,
+            0,
+            0,
+            3,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0xff,
+            0xff,
+        ];
+        assert_eq!(
+            decode_request(&b),
+            Err(EndpointError::TooLong {
+                len: 65535,
+                max: MAX_CHUNK_DATA
+            })
+        );
+        // A chunk claiming more than it carries.
+        b[14] = 10;
+        b[15] = 0;
+        assert_eq!(decode_request(&b), Err(EndpointError::Truncated(16)));
+        // A label over the bound.
+        let mut boot = vec![REQUEST_MAGIC, 9, 0, 0, 0, 5, 200];
+        boot.extend([b'a'; 200]);
+        assert!(matches!(
+            decode_request(&boot),
+            Err(EndpointError::TooLong { len: 200, .. })
+        ));
+        // Trailing bytes, unknown ops and flags, wrong magic, not UTF-8.
+        let mut v = encode_request(9, &Request::Verify).unwrap();
+        v.push(0);
+        assert_eq!(decode_request(&v), Err(EndpointError::Trailing(1)));
+        assert_eq!(
+            decode_request(&[REQUEST_MAGIC, 9, 0, 0, 0, 99]),
+            Err(EndpointError::Op(99))
+        );
+        let mut m = encode_reply(9, &Reply::Meta(meta())).unwrap();
+        let flags_at = m.len() - 5;
+        m[flags_at] = 0x80;
+        assert_eq!(decode_reply(&m), Err(EndpointError::Range("flags")));
+        assert_eq!(decode_reply(&[0xA7]), Err(EndpointError::Magic(0xA7)));
+        assert_eq!(
+            decode_request(&[REQUEST_MAGIC, 9, 0, 0, 0, 5, 1, 0xff]),
+            Err(EndpointError::Utf8)
+        );
+        // Encoding refuses what the wire cannot carry.
+        let big = Request::FlashChunk {
+            index: 0,
+            offset: 0,
+            data: vec![0; MAX_CHUNK_DATA + 1],
+        };
+        assert!(encode_request(1, &big).is_err());
+        assert!(
+            encode_reply(1, &Reply::Meta(meta())).is_err(),
+            "meta of device 9 as 1"
+        );
+    }
+
+    proptest! {
+        /// Any bytes: decoding never panics, and what decodes encodes back to the same bytes.
+        #[test]
+        fn decoding_is_total_and_canonical(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut b = b;
+            if let Some(first) = b.first_mut() {
+                *first = if *first % 2 == 0 { REQUEST_MAGIC } else { REPLY_MAGIC };
+            }
+            if let Ok((d, r)) = decode_request(&b) {
+                prop_assert_eq!(encode_request(d, &r).unwrap(), b.clone());
+            }
+            if let Ok((d, r)) = decode_reply(&b) {
+                prop_assert_eq!(encode_reply(d, &r).unwrap(), b);
+            }
+        }
+    }
+}

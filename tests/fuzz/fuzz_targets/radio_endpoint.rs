@@ -1,0 +1,21 @@
+//! Raw bytes as a device endpoint message (issue #16): anyone on the radio's network can send
+//! an edge a "reply" or a device a "request". Decoding never panics, and whatever decodes
+//! encodes back to exactly the bytes it came from.
+#![no_main]
+use agora_wire::radio::endpoint::{
+    MAX_CHUNK_DATA, decode_reply, decode_request, encode_reply, encode_request,
+};
+use agora_contracts::devices::agent::Request;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok((device, req)) = decode_request(data) {
+        if let Request::FlashChunk { data: chunk, .. } = &req {
+            assert!(chunk.len() <= MAX_CHUNK_DATA);
+        }
+        assert_eq!(encode_request(device, &req).expect("re-encodes"), data);
+    }
+    if let Ok((device, reply)) = decode_reply(data) {
+        assert_eq!(encode_reply(device, &reply).expect("re-encodes"), data);
+    }
+});

@@ -2,8 +2,9 @@
 //! providers `site=factory` (one of them down), `agora deploy create IMAGE --to site=factory
 //! --all` from node0: every running matching provider ends up running the image under its own
 //! hosted contract and no other node runs it; the provider that was down converges after it
-//! restarts; `agora deploy delete` ends the contracts and stops every replica. Prints the
-//! origin's bitswap upload against N × image size.
+//! restarts; `agora deploy delete` ends the contracts and stops every replica. Then a pull
+//! deployment of one replica: exactly one labelled provider runs it until it is deleted.
+//! Prints the origin's bitswap upload against N × image size.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -247,6 +248,47 @@ fn deploy_all_to_a_label_runs_on_every_match_only_converges_late_and_delete_stop
     wait_until("every replica to stop after the delete", WAIT, || {
         (1..7).all(|i| !runs(&net, i, &image))
     });
+
+    // Pull, one replica: the labelled providers poll node0 for the record, offering
+    // themselves; exactly one is chosen and runs it, and a delete stops it again.
+    let pulled = agora_json(&[
+        "deploy",
+        "create",
+        &image,
+        "--to",
+        "site=factory",
+        "--replicas",
+        "1",
+        "--strategy",
+        "pull",
+        "--name",
+        "pull-one",
+        "--cpu",
+        "250m",
+        "--memory",
+        "64MiB",
+        "--data-dir",
+        &net.node(0),
+    ]);
+    let pull_id = pulled["id"].as_str().unwrap().to_string();
+    assert_eq!(pulled["strategy"], "pull");
+    let running = |net: &TestDevnet| (1..7).filter(|i| runs(net, *i, &image)).collect::<Vec<_>>();
+    wait_until(
+        "one labelled provider to run the pulled image",
+        WAIT,
+        || running(&net).len() == 1,
+    );
+    let chosen = running(&net)[0];
+    assert!(LABELLED.contains(&chosen), "node{chosen} is not labelled");
+    wait_until("the deployer to see its one target running", WAIT, || {
+        phase_of(&status(&net, &pull_id), &ids[chosen]).as_deref() == Some("running")
+    });
+    assert_eq!(running(&net), vec![chosen], "one replica only");
+    agora_json(&["deploy", "delete", &pull_id, "--data-dir", &net.node(0)]);
+    wait_until("the pulled replica to stop after the delete", WAIT, || {
+        running(&net).is_empty()
+    });
+
     let gone = agora(&["deploy", "status", "0000", "--data-dir", &net.node(0)]);
     assert!(!gone.status.success());
     assert!(

@@ -25,7 +25,8 @@ pub use record::{
 };
 pub use selector::{CandidateFacts, ProviderFacts, Selector};
 pub use state::{
-    Effect, FleetConfig, FleetCounters, FleetState, Input, LocalReplica, OwnDeployment,
+    DeploymentView, Effect, FleetConfig, FleetCounters, FleetState, Input, LocalReplica,
+    OwnDeployment, TargetView,
 };
 pub use store::{DeploymentStore, StoreCounters, StoreLimits, Stored};
 

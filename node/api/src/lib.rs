@@ -12,6 +12,7 @@
 pub mod client;
 pub mod dashboard;
 pub mod edge;
+pub mod fleet;
 pub mod ledger;
 pub mod market;
 pub mod metrics;
@@ -71,6 +72,8 @@ pub struct ApiState {
     pub orchestrator: Option<agora_orchestrator::OrchestratorHandle>,
     /// The service host, when running.
     pub services: Option<agora_hosting::ServiceHost>,
+    /// The fleet task (deployments), when running.
+    pub fleet: Option<agora_fleet::FleetHandle>,
     /// The node's metrics, when `[metrics] listen` is set.
     pub metrics: Option<metrics::Metrics>,
 }
@@ -367,6 +370,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: C
         .merge(storage::routes())
         .merge(edge::routes())
         .merge(services::routes())
+        .merge(fleet::routes())
         .with_state(state.clone())
         .merge(metrics::probe_routes(state.clone(), state.metrics.clone()))
         .merge(dashboard::routes(state.clone(), cancel.clone()));

@@ -322,6 +322,29 @@ async fn start_with_key(
     })?;
     tasks.push(services_task);
 
+    // Early, so a deployer's greeting to a node that just came up finds the fleet inbox.
+    let (fleet, fleet_task) = agora_fleet::spawn(
+        agora_fleet::FleetParts {
+            signer: key.signer().clone(),
+            config: config.fleet,
+            facts: config.candidate_facts(),
+            region: config
+                .market
+                .regions
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "default".into()),
+            network: network.clone(),
+            market: market.clone(),
+            ledger: ledger.clone(),
+            services: services.clone(),
+            storage: storage.clone(),
+        },
+        cancel.clone(),
+    )
+    .await;
+    tasks.push(fleet_task);
+
     let (radio, orchestrator) = start_edge(
         data_dir,
         config,
@@ -362,6 +385,7 @@ async fn start_with_key(
         radio: Some(radio.clone()),
         orchestrator: orchestrator.clone(),
         services: Some(services.clone()),
+        fleet: Some(fleet),
         metrics: metrics.clone(),
     };
     let metrics_path = data_dir.join(agora_api::METRICS_ADDR_FILE);

@@ -42,6 +42,8 @@ pub enum Kind {
     Storage,
     /// Uptime probes of hosted and standby services by their contract's arbitrators.
     Probe,
+    /// Fleet deployments: records, polls, candidate offers and progress reports (#15).
+    Fleet,
 }
 
 impl Kind {
@@ -57,6 +59,7 @@ impl Kind {
             Kind::Radio => Domain("agora/v1/envelope/radio"),
             Kind::Storage => Domain("agora/v1/envelope/storage"),
             Kind::Probe => Domain("agora/v1/envelope/probe"),
+            Kind::Fleet => Domain("agora/v1/envelope/fleet"),
         }
     }
 }

@@ -41,7 +41,7 @@ pub struct ResourceArgs {
 }
 
 impl ResourceArgs {
-    fn resources(&self) -> anyhow::Result<Resources> {
+    pub(crate) fn resources(&self) -> anyhow::Result<Resources> {
         Ok(Resources {
             cpu_millis: parse_cpu(&self.cpu).context("--cpu")?,
             memory_bytes: parse_bytes(&self.memory).context("--memory")?,

@@ -1,5 +1,6 @@
 //! The `agora` command line: one module per subcommand.
 
+pub mod deploy;
 pub mod doctor;
 pub mod edge;
 pub mod genesis;
@@ -104,6 +105,9 @@ pub enum Command {
     /// Services: publish images, stage, start, stop, logs.
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Fleet deployments: one image on every provider a selector matches (push or pull).
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
     /// Manage a local devnet of several nodes.
     #[command(subcommand)]
     Devnet(agora_devnet::process::DevnetCommand),
@@ -186,6 +190,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Ledger(cmd) => ledger::ledger(&dir, cmd, cli.json).await,
         Command::Contract(cmd) => ledger::contract(&dir, cmd, cli.json).await,
         Command::Earnings => ledger::earnings(&dir, cli.json).await,
+        Command::Deploy(cmd) => deploy::deploy(&dir, cmd, cli.json).await,
         Command::Devnet(cmd) => agora_devnet::process::run(cmd, cli.json).await,
         Command::Storage(cmd) => storage::storage(&dir, cmd, cli.json).await,
         Command::Proof(cmd) => storage::proof(&dir, cmd, cli.json).await,

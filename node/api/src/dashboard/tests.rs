@@ -51,6 +51,7 @@ async fn api(cancel: &CancellationToken) -> (String, NetworkHandle) {
         storage: None,
         radio: None,
         orchestrator: None,
+        fleet: None,
         services: None,
         metrics: None,
     };

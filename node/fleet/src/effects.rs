@@ -1,0 +1,299 @@
+//! Carrying out the fleet machine's effects: gossip, requests, placements through the market,
+//! releases through the ledger, prefetches through storage.
+
+use std::collections::BTreeSet;
+
+use agora_contracts::{ContractStatus, SettleReason, TxKind};
+use agora_market::fleet::{Effect, FLEET_TOPIC, FleetMessage, Input, ReleaseReason, TargetPhase};
+use agora_market::{AuctionKind, AuctionSpec, DeploymentId, MarketMessage, NodeId, Resources};
+use agora_network::keys::peer_id_of;
+use agora_wire::codec::{Envelope, Kind};
+use agora_wire::now_ms;
+use tracing::{Instrument, debug, info, warn};
+
+use super::{Done, FleetTask, MAX_PLACEMENTS, Placement};
+
+/// Bidding window of a placement's auction.
+const PLACE_WINDOW_MS: u64 = 2_000;
+/// Time after the window to award it.
+const PLACE_AWARD_GRACE_MS: u64 = 30_000;
+/// Attempts to deliver one fleet message.
+const SEND_ATTEMPTS: u64 = 4;
+/// Delay before the first retry, doubled each time.
+const SEND_RETRY_MS: u64 = 1_000;
+/// Largest image a prefetch pins (the hosting layer's own limit for staging).
+const PREFETCH_MAX_BYTES: u64 = 64 << 20;
+
+impl FleetTask {
+    /// Carries out one effect; returns the inputs it leads to (a placement that failed at once).
+    pub(super) async fn execute(&mut self, effect: Effect) -> Vec<Input> {
+        match effect {
+            Effect::Broadcast(msg) => {
+                match msg.encode() {
+                    Ok(bytes) => {
+                        if let Err(e) = self
+                            .parts
+                            .network
+                            .broadcast(FLEET_TOPIC, Kind::Fleet, bytes)
+                            .await
+                        {
+                            // No peer on the topic yet: pull targets and PeerUp still reach them.
+                            debug!(error = %e, "fleet broadcast not published");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "cannot encode a fleet message"),
+                }
+                Vec::new()
+            }
+            Effect::Send { to, msg } => {
+                self.send(to, &msg);
+                Vec::new()
+            }
+            Effect::Place {
+                deployment,
+                target,
+                image,
+                needs,
+                max_price,
+                duration_ms,
+            } => {
+                self.place(deployment, target, image, needs, max_price, duration_ms)
+                    .await
+            }
+            Effect::Release {
+                deployment,
+                target,
+                reason,
+            } => {
+                self.release(deployment, target, reason).await;
+                Vec::new()
+            }
+            Effect::Prefetch { deployment, image } => {
+                self.prefetch(deployment, image);
+                Vec::new()
+            }
+            Effect::Stop { deployment } => {
+                // The replica's service runs under its contract: the deployer's release settles
+                // it and the orchestrator stops the service then (stopping it here first would
+                // fail the committee's probes of a contract still in force).
+                self.fetching.remove(&deployment);
+                info!(deployment = %deployment.short(), "fleet replica no longer wanted here; its contract's settlement stops it");
+                Vec::new()
+            }
+        }
+    }
+
+    fn send(&mut self, to: NodeId, msg: &FleetMessage) {
+        let Some(peer) = peer_id_of(&to) else {
+            warn!(to = %to.short(), "cannot address fleet peer");
+            return;
+        };
+        let bytes = match msg.encode() {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "cannot encode a fleet message");
+                return;
+            }
+        };
+        // A peer that just came up may not listen for fleet requests yet (its fleet task
+        // starts after the network): retry a few times, each a fresh envelope.
+        let first_seq = self.seq.wrapping_add(1);
+        self.seq = self.seq.wrapping_add(SEND_ATTEMPTS);
+        let network = self.parts.network.clone();
+        let signer = self.signer.clone();
+        tokio::spawn(
+            async move {
+                for attempt in 0..SEND_ATTEMPTS {
+                    let seq = first_seq.wrapping_add(attempt);
+                    let env = Envelope::seal(&signer, Kind::Fleet, now_ms(), seq, bytes.clone());
+                    match network.request(peer, &env).await {
+                        Ok(_) => return,
+                        Err(e) if attempt + 1 == SEND_ATTEMPTS => {
+                            debug!(to = %to.short(), error = %e, "fleet message not delivered");
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(std::time::Duration::from_millis(
+                                SEND_RETRY_MS << attempt,
+                            ))
+                            .await;
+                        }
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// A hosted auction for `image` that only `target` may win.
+    async fn place(
+        &mut self,
+        deployment: DeploymentId,
+        target: NodeId,
+        image: String,
+        needs: Resources,
+        max_price: u64,
+        duration_ms: u64,
+    ) -> Vec<Input> {
+        let failed = |reason: String| {
+            vec![Input::TargetProgress {
+                deployment,
+                target,
+                phase: TargetPhase::Failed,
+                reason: Some(reason),
+            }]
+        };
+        if !self.placements.contains_key(&(deployment, target))
+            && self.placements.len() >= MAX_PLACEMENTS
+        {
+            self.stats.placements_dropped += 1;
+            warn!(deployment = %deployment.short(), target = %target.short(), "fleet placement table full: not placed");
+            return failed(format!(
+                "this node already follows {MAX_PLACEMENTS} placements; retried later"
+            ));
+        }
+        let spec = AuctionSpec {
+            region: self.parts.region.clone(),
+            resources: needs,
+            duration_ms,
+            max_price,
+            window_ms: PLACE_WINDOW_MS,
+            kind: AuctionKind::Hosted,
+            near: None,
+            award_grace_ms: PLACE_AWARD_GRACE_MS,
+            service: Some(image),
+            start_at: None,
+        };
+        let input = agora_market::Input::CreateAuctionFor {
+            spec,
+            only: BTreeSet::from([target]),
+        };
+        let effects = match self.parts.market.input(input).await {
+            Ok(e) => e,
+            Err(e) => return failed(e.to_string()),
+        };
+        let mut auction = None;
+        for e in &effects {
+            match e {
+                agora_market::Effect::Broadcast {
+                    msg: MarketMessage::Auction(req),
+                    ..
+                } => auction = req.id().ok(),
+                agora_market::Effect::Rejected { from: None, error } => {
+                    return failed(format!("auction refused: {error}"));
+                }
+                _ => {}
+            }
+        }
+        info!(deployment = %deployment.short(), target = %target.short(),
+            auction = ?auction.map(|a| a.short()), "fleet replica placed: auction open to the target only");
+        self.placements.insert(
+            (deployment, target),
+            Placement {
+                auction,
+                placed_at: now_ms(),
+                contract: None,
+            },
+        );
+        Vec::new()
+    }
+
+    /// Ends the target's contract: cancel before activation, settle pro rata after.
+    async fn release(&mut self, deployment: DeploymentId, target: NodeId, reason: ReleaseReason) {
+        let placement = self.placements.remove(&(deployment, target));
+        let Some(ledger) = self.parts.ledger.clone() else {
+            return;
+        };
+        let contract = match placement.and_then(|p| p.contract) {
+            Some(c) => Some(c),
+            None => self.find_contract(deployment, target).await,
+        };
+        let Some(contract) = contract else {
+            return;
+        };
+        let Ok(Some(status)) = ledger
+            .query(move |v| v.ledger.contracts().get(&contract).map(|r| r.status))
+            .await
+        else {
+            return;
+        };
+        let tx = match status {
+            ContractStatus::Active => TxKind::Settle {
+                contract,
+                reason: SettleReason::CustomerBack,
+            },
+            s if super::progress::ended(s) => return,
+            _ => TxKind::Cancel(contract),
+        };
+        match ledger.submit(tx).await {
+            Ok(_) => info!(deployment = %deployment.short(), target = %target.short(),
+                contract = %contract.short(), ?reason, "fleet target released: its contract ends"),
+            Err(e) => warn!(deployment = %deployment.short(), target = %target.short(),
+                contract = %contract.short(), error = %e, "fleet release not submitted"),
+        }
+    }
+
+    /// The live contract carrying `deployment`'s replica on `target`, from the ledger.
+    async fn find_contract(
+        &self,
+        deployment: DeploymentId,
+        target: NodeId,
+    ) -> Option<agora_contracts::ContractId> {
+        let ledger = self.parts.ledger.clone()?;
+        let image = self.state.own(&deployment)?.record.body.image.clone();
+        let me = self.me;
+        ledger
+            .query(move |v| {
+                v.ledger
+                    .contracts()
+                    .iter()
+                    .find(|(_, r)| {
+                        r.contract.customer == me
+                            && r.contract.provider == target
+                            && r.contract.service_image.to_string() == image
+                            && !super::progress::ended(r.status)
+                    })
+                    .map(|(id, _)| *id)
+            })
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn prefetch(&mut self, deployment: DeploymentId, image: String) {
+        let cid = match agora_exchange::parse_cid(&image) {
+            Ok(c) => c,
+            Err(e) => {
+                let done = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let _ = done
+                        .send(Done::Prefetched {
+                            deployment,
+                            result: Err(e.to_string()),
+                        })
+                        .await;
+                });
+                return;
+            }
+        };
+        if !self.fetching.insert(deployment) {
+            return;
+        }
+        let storage = self.parts.storage.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(
+            async move {
+                let result = storage
+                    .pin_within(cid, PREFETCH_MAX_BYTES)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                match &result {
+                    Ok(()) => info!(deployment = %deployment.short(), image = %cid, "fleet image prefetched"),
+                    Err(e) => warn!(deployment = %deployment.short(), image = %cid, error = %e, "fleet image prefetch failed"),
+                }
+                let _ = done.send(Done::Prefetched { deployment, result }).await;
+            }
+            .in_current_span(),
+        );
+    }
+}

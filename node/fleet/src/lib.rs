@@ -1,0 +1,458 @@
+//! The fleet task (issue #15): drives the pure `agora_market::fleet::FleetState` over the
+//! network and carries out its effects through the node's existing paths.
+//!
+//! - **Push**: the deployer publishes its signed record on `agora/fleet/v1`
+//!   (`subscribe_judged`: a copy is forwarded only if this node's store took it).
+//! - **Pull** and everything addressed to one peer (polls, candidate offers, reports, the
+//!   answer to a poll) travel as `Kind::Fleet` requests, acknowledged at once, with a per-peer
+//!   quota ([`quota`]).
+//! - **Place** opens a hosted auction that only the chosen target may win
+//!   (`market::Input::CreateAuctionFor`), so hosting and payment go through auction → award →
+//!   contract → ledger as for any service; the deployer follows each target's contract on the
+//!   ledger ([`progress`]) and hears the target's own reports.
+//! - **Release** ends the target's contract (cancel before activation, settle pro rata after).
+//! - **Prefetch** pins the image over bitswap (from every peer holding blocks).
+//!
+//! May depend on the pure crates, `agora-network`, `agora-wire`, `agora-market-driver`,
+//! `agora-ledger`, `agora-exchange`, `agora-hosting` and `agora-runtime`; only the API and the
+//! daemon depend on it.
+#![forbid(unsafe_code)]
+
+mod effects;
+pub mod progress;
+pub mod quota;
+mod tick;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use agora_contracts::ContractId;
+use agora_exchange::StorageHandle;
+use agora_hosting::ServiceHost;
+use agora_ledger::LedgerHandle;
+use agora_market::fleet::{
+    CandidateFacts, DeploymentSpec, DeploymentView, FLEET_TOPIC, FleetConfig, FleetCounters,
+    FleetError, FleetMessage, FleetState, Input,
+};
+use agora_market::{AuctionId, DeploymentId, KeySigner, NodeId, Signer};
+use agora_market_driver::MarketHandle;
+use agora_network::{GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle, PresenceEvent};
+use agora_wire::codec::{Envelope, Kind};
+use agora_wire::now_ms;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, warn};
+
+/// Most placements (auctions/contracts under way for this node's own deployments) tracked.
+pub const MAX_PLACEMENTS: usize = 4096;
+
+/// Errors of the fleet task, as the control API reports them.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetTaskError {
+    /// The task is gone.
+    #[error("fleet task stopped; is the node shutting down?")]
+    Stopped,
+    /// The pure machine refused the command.
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    /// The image is not held by this node.
+    #[error(
+        "image {image} is not held by this node: publish it first (`agora service publish \
+         MODULE`) and pass the CID it prints"
+    )]
+    UnknownImage {
+        /// The CID given.
+        image: String,
+    },
+    /// Not a CID at all.
+    #[error("'{image}' is not a CID: {reason}; pass the image CID `agora service publish` printed")]
+    BadImage {
+        /// The text given.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// No such deployment of this node.
+    #[error("deployment {0} is not one of this node's; `agora deploy list` shows them")]
+    UnknownDeployment(DeploymentId),
+}
+
+/// What the task counted (for `agora deploy list --json` and metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStats {
+    /// The pure machine's counters.
+    pub machine: FleetCounters,
+    /// Records held from others.
+    pub stored: usize,
+    /// Requests refused by the per-peer quota.
+    pub quota_refused: u64,
+    /// Peers evicted from the quota table.
+    pub quota_evicted: u64,
+    /// Fleet messages that did not decode (gossip and requests).
+    pub undecodable: u64,
+    /// Placements under way.
+    pub placements: usize,
+    /// Placements not tracked because the table was full.
+    pub placements_dropped: u64,
+    /// Gossip copies forwarded (the store took them).
+    pub gossip_accepted: u64,
+    /// Gossip copies not forwarded (known, refused or not stored).
+    pub gossip_ignored: u64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, FleetTaskError>>;
+
+enum Command {
+    Create(Box<DeploymentSpec>, Reply<DeploymentView>),
+    Delete(DeploymentId, Reply<DeploymentView>),
+    Status(DeploymentId, Reply<DeploymentView>),
+    List(oneshot::Sender<(Vec<DeploymentView>, FleetStats)>),
+}
+
+/// Cloneable handle to the fleet task.
+#[derive(Clone)]
+pub struct FleetHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for FleetHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetHandle")
+    }
+}
+
+impl FleetHandle {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, FleetTaskError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| FleetTaskError::Stopped)?;
+        rx.await.map_err(|_| FleetTaskError::Stopped)?
+    }
+
+    /// Creates (or re-targets) one of this node's deployments; returns its view.
+    pub async fn create(&self, spec: DeploymentSpec) -> Result<DeploymentView, FleetTaskError> {
+        self.call(|r| Command::Create(Box::new(spec), r)).await
+    }
+
+    /// Deletes one of this node's deployments (tombstone, release every target).
+    pub async fn delete(&self, id: DeploymentId) -> Result<DeploymentView, FleetTaskError> {
+        self.call(|r| Command::Delete(id, r)).await
+    }
+
+    /// One of this node's deployments, per target.
+    pub async fn status(&self, id: DeploymentId) -> Result<DeploymentView, FleetTaskError> {
+        self.call(|r| Command::Status(id, r)).await
+    }
+
+    /// Every deployment of this node, and the task's counters.
+    pub async fn list(&self) -> Result<(Vec<DeploymentView>, FleetStats), FleetTaskError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::List(tx))
+            .await
+            .map_err(|_| FleetTaskError::Stopped)?;
+        rx.await.map_err(|_| FleetTaskError::Stopped)
+    }
+}
+
+/// The node components the fleet task drives.
+#[derive(Clone)]
+pub struct FleetParts {
+    /// This node's key (signs records and envelopes).
+    pub signer: KeySigner,
+    /// `[fleet]` of the node's config.
+    pub config: FleetConfig,
+    /// What this node says about itself as a provider (`NodeConfig::candidate_facts`).
+    pub facts: CandidateFacts,
+    /// The market region placements are auctioned in (the node's first).
+    pub region: String,
+    /// The swarm.
+    pub network: NetworkHandle,
+    /// The market driver (placements are auctions).
+    pub market: MarketHandle,
+    /// The ledger replica (contracts of targets), when the node has one.
+    pub ledger: Option<LedgerHandle>,
+    /// The service host (the phase of this node's replicas).
+    pub services: ServiceHost,
+    /// Block storage (prefetch, and the image check on create).
+    pub storage: StorageHandle,
+}
+
+/// One target being placed or hosting, as the deployer follows it.
+#[derive(Clone, Debug)]
+struct Placement {
+    auction: Option<AuctionId>,
+    placed_at: u64,
+    contract: Option<ContractId>,
+}
+
+/// Results of background work, back to the loop.
+enum Done {
+    /// A prefetch finished (`Err`: why it failed).
+    Prefetched {
+        deployment: DeploymentId,
+        result: Result<(), String>,
+    },
+}
+
+struct FleetTask {
+    me: NodeId,
+    signer: KeySigner,
+    state: FleetState<KeySigner>,
+    parts: FleetParts,
+    quota: quota::Quota,
+    placements: BTreeMap<(DeploymentId, NodeId), Placement>,
+    /// This node's replicas whose image is being fetched.
+    fetching: BTreeSet<DeploymentId>,
+    /// Last market event looked at (auction closures).
+    market_seq: Option<u64>,
+    stats: FleetStats,
+    seq: u64,
+    done_tx: mpsc::Sender<Done>,
+}
+
+/// Starts the fleet task.
+pub async fn spawn(parts: FleetParts, cancel: CancellationToken) -> (FleetHandle, JoinHandle<()>) {
+    let network = parts.network.clone();
+    let inbox = network.inbox(
+        Interest::new("fleet")
+            .topic(FLEET_TOPIC)
+            .requests(Kind::Fleet)
+            .presence(),
+    );
+    if let Err(e) = network.subscribe_judged(FLEET_TOPIC).await {
+        warn!(error = %e, "cannot subscribe to the fleet topic; push deployments will not reach this node");
+    }
+    let me = parts.signer.node_id();
+    let mut state = FleetState::new(parts.signer.clone(), parts.config);
+    let _ = state.handle(
+        now_ms(),
+        Input::SelfFacts(parts.facts.clone().about(me, now_ms())),
+    );
+    let (tx, rx) = mpsc::channel(64);
+    let (done_tx, done_rx) = mpsc::channel(64);
+    let task = FleetTask {
+        me,
+        signer: parts.signer.clone(),
+        state,
+        quota: quota::Quota::new(quota::QuotaConfig::default()),
+        parts,
+        placements: BTreeMap::new(),
+        fetching: BTreeSet::new(),
+        market_seq: None,
+        stats: FleetStats::default(),
+        seq: now_ms(),
+        done_tx,
+    };
+    let handle = tokio::spawn(task.run(rx, done_rx, inbox, cancel).in_current_span());
+    (FleetHandle { tx }, handle)
+}
+
+impl FleetTask {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut done: mpsc::Receiver<Done>,
+        mut inbox: Inbox,
+        cancel: CancellationToken,
+    ) {
+        let period = self.parts.config.pull_interval_ms.clamp(100, 5_000);
+        let mut tick = tokio::time::interval(Duration::from_millis(period));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd).await,
+                    None => break,
+                },
+                Some(d) = done.recv() => self.done(d).await,
+                ev = inbox.recv() => self.on_network(ev).await,
+                _ = tick.tick() => self.tick().await,
+            }
+        }
+        debug!("fleet task stopped");
+    }
+
+    fn view(&self, id: &DeploymentId) -> Result<DeploymentView, FleetTaskError> {
+        self.state
+            .status(id)
+            .ok_or(FleetTaskError::UnknownDeployment(*id))
+    }
+
+    fn stats(&self) -> FleetStats {
+        let q = self.quota.counters();
+        FleetStats {
+            machine: self.state.counters(),
+            stored: self.state.store().len(),
+            quota_refused: q.refused,
+            quota_evicted: q.evicted,
+            placements: self.placements.len(),
+            ..self.stats
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Create(spec, reply) => {
+                let r = self.create(*spec).await;
+                let _ = reply.send(r);
+            }
+            Command::Delete(id, reply) => {
+                let r = self.apply(Input::Delete(id)).await;
+                let _ = reply.send(r.and_then(|_| self.view(&id)));
+            }
+            Command::Status(id, reply) => {
+                let _ = reply.send(self.view(&id));
+            }
+            Command::List(reply) => {
+                let _ = reply.send((self.state.list(), self.stats()));
+            }
+        }
+    }
+
+    async fn create(&mut self, mut spec: DeploymentSpec) -> Result<DeploymentView, FleetTaskError> {
+        if spec.valid_for_ms == 0 {
+            // The API leaves it to the node's `[fleet] valid_for_ms`.
+            spec.valid_for_ms = self.parts.config.valid_for_ms;
+        }
+        let cid = agora_exchange::parse_cid(&spec.image).map_err(|e| FleetTaskError::BadImage {
+            image: spec.image.clone(),
+            reason: e.to_string(),
+        })?;
+        let held = self
+            .parts
+            .storage
+            .ls()
+            .await
+            .map(|ls| ls.pins.contains(&cid.to_string()))
+            .unwrap_or(false);
+        if !held {
+            return Err(FleetTaskError::UnknownImage { image: spec.image });
+        }
+        let id = agora_market::fleet::deployment_id(&self.me, &spec.name);
+        self.apply(Input::Create(spec)).await?;
+        self.view(&id)
+    }
+
+    /// Feeds one input and carries out its effects, and the inputs they lead to.
+    async fn apply(&mut self, input: Input) -> Result<(), FleetTaskError> {
+        let mut queue = vec![input];
+        let mut first = true;
+        // Follow-ups are few (a failed placement); the bound guards against a loop.
+        for _ in 0..64 {
+            let Some(input) = queue.pop() else { break };
+            match self.state.handle(now_ms(), input) {
+                Ok(effects) => {
+                    for effect in effects {
+                        queue.extend(self.execute(effect).await);
+                    }
+                }
+                Err(e) if first => return Err(e.into()),
+                Err(e) => debug!(error = %e, "fleet follow-up refused"),
+            }
+            first = false;
+        }
+        Ok(())
+    }
+
+    async fn done(&mut self, done: Done) {
+        match done {
+            Done::Prefetched { deployment, result } => {
+                self.fetching.remove(&deployment);
+                if let Err(reason) = result {
+                    let _ = self
+                        .apply(Input::LocalPhase {
+                            deployment,
+                            phase: agora_market::fleet::TargetPhase::Failed,
+                            reason: Some(format!("image fetch failed: {reason}")),
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn on_network(&mut self, ev: NetworkEvent) {
+        match ev {
+            NetworkEvent::Presence(PresenceEvent::Up { node, .. }) => {
+                let _ = self.apply(Input::PeerUp(node)).await;
+            }
+            NetworkEvent::GossipToJudge {
+                topic,
+                envelope,
+                ticket,
+                ..
+            } if topic == FLEET_TOPIC => {
+                let verdict = self.judge(&envelope).await;
+                match verdict {
+                    GossipVerdict::Accept => self.stats.gossip_accepted += 1,
+                    _ => self.stats.gossip_ignored += 1,
+                }
+                self.parts.network.judge(ticket, verdict).await;
+            }
+            NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Fleet => {
+                // Acknowledge at once; answers travel as their own requests.
+                self.seq += 1;
+                let ack = Envelope::seal(&self.signer, Kind::Fleet, now_ms(), self.seq, Vec::new());
+                let _ = self.parts.network.respond(id, &ack).await;
+                let from = envelope.sender;
+                if !self.quota.allow(from, now_ms()) {
+                    debug!(peer = %from.short(), "fleet request refused: peer over its quota");
+                    return;
+                }
+                match FleetMessage::decode(&envelope.payload) {
+                    Ok(msg) => {
+                        let _ = self
+                            .apply(Input::Remote {
+                                from,
+                                gossip: false,
+                                msg,
+                            })
+                            .await;
+                    }
+                    Err(e) => {
+                        self.stats.undecodable += 1;
+                        debug!(peer = %from.short(), error = %e, "fleet request refused");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A gossiped record travels on only if this node's store took it as news.
+    async fn judge(&mut self, envelope: &Envelope) -> GossipVerdict {
+        let record = match (envelope.kind, FleetMessage::decode(&envelope.payload)) {
+            (Kind::Fleet, Ok(FleetMessage::Announce(record))) => record,
+            _ => {
+                self.stats.undecodable += 1;
+                return GossipVerdict::Reject;
+            }
+        };
+        let id = record.body.id();
+        let version = record.body.version;
+        let held = |s: &FleetState<KeySigner>| s.store().get(&id).map(|r| r.body.version);
+        let before = held(&self.state);
+        let bad_before = self.state.counters().bad_records;
+        let _ = self
+            .apply(Input::Remote {
+                from: envelope.sender,
+                gossip: true,
+                msg: FleetMessage::Announce(record),
+            })
+            .await;
+        if self.state.counters().bad_records > bad_before {
+            GossipVerdict::Reject
+        } else if held(&self.state) == Some(version) && before != Some(version) {
+            GossipVerdict::Accept
+        } else {
+            GossipVerdict::Ignore
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Every tick: the machine's own rules (reconcile, re-sign, poll), then progress: the deployer
+//! follows its targets' auctions and contracts, a target reports its own replica's phase.
+
+use std::collections::BTreeMap;
+
+use agora_contracts::{ContractId, ContractStatus};
+use agora_market::fleet::{Input, TargetPhase};
+use agora_market::{AuctionId, DeploymentId, NodeId};
+use agora_runtime::ServiceState;
+use agora_wire::now_ms;
+use tracing::debug;
+
+use super::FleetTask;
+use super::progress::{advances, ended, ledger_phase, local_phase};
+
+/// A placement without a contract after this long failed (no bid from the target, no deal).
+pub const PLACE_TIMEOUT_MS: u64 = 120_000;
+
+/// A contract as the fleet task needs it: (provider or customer, image, status).
+type ContractFacts = Vec<(ContractId, NodeId, String, ContractStatus)>;
+
+impl FleetTask {
+    pub(super) async fn tick(&mut self) {
+        let _ = self.apply(Input::Tick).await;
+        let mut inputs = self.auction_closures();
+        inputs.extend(self.deployer_progress().await);
+        inputs.extend(self.provider_progress().await);
+        for input in inputs {
+            let _ = self.apply(input).await;
+        }
+    }
+
+    /// Placements whose auction closed without the target's bid failed.
+    fn auction_closures(&mut self) -> Vec<Input> {
+        let events = self.parts.market.events_after(self.market_seq);
+        if let Some(last) = events.last() {
+            self.market_seq = Some(last.seq);
+        }
+        if self.placements.is_empty() {
+            return Vec::new();
+        }
+        let by_auction: BTreeMap<AuctionId, (DeploymentId, NodeId)> = self
+            .placements
+            .iter()
+            .filter_map(|(key, p)| p.auction.map(|a| (a, *key)))
+            .collect();
+        events
+            .iter()
+            .filter(|e| e.kind == "auction-closed" && e.data["winner"].is_null())
+            .filter_map(|e| e.data["auction"].as_str()?.parse::<AuctionId>().ok())
+            .filter_map(|a| by_auction.get(&a).copied())
+            .map(|(deployment, target)| Input::TargetProgress {
+                deployment,
+                target,
+                phase: TargetPhase::Failed,
+                reason: Some(
+                    "the auction closed without the target's bid (no room, or its price is \
+                     above --max-price)"
+                        .into(),
+                ),
+            })
+            .collect()
+    }
+
+    /// Deployer: each placed target's contract on the ledger moves it forward; a contract that
+    /// ended, or none after [`PLACE_TIMEOUT_MS`], fails it (the plan then places another).
+    async fn deployer_progress(&mut self) -> Vec<Input> {
+        let Some(ledger) = self.parts.ledger.clone() else {
+            return Vec::new();
+        };
+        if self.placements.is_empty() {
+            return Vec::new();
+        }
+        let me = self.me;
+        let contracts: ContractFacts = match ledger
+            .query(move |v| {
+                v.ledger
+                    .contracts()
+                    .iter()
+                    .filter(|(_, r)| r.contract.customer == me)
+                    .map(|(id, r)| {
+                        (
+                            *id,
+                            r.contract.provider,
+                            r.contract.service_image.to_string(),
+                            r.status,
+                        )
+                    })
+                    .collect()
+            })
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "fleet: ledger not readable");
+                return Vec::new();
+            }
+        };
+        let now = now_ms();
+        let mut out = Vec::new();
+        for ((deployment, target), placement) in self.placements.iter_mut() {
+            let Some(own) = self.state.own(deployment) else {
+                continue;
+            };
+            let image = &own.record.body.image;
+            let current = own.targets.get(target).map(|s| s.phase);
+            let live = contracts.iter().find(|(id, provider, img, status)| {
+                provider == target
+                    && img == image
+                    && !ended(*status)
+                    && placement.contract.is_none_or(|c| c == *id)
+            });
+            let failed = |reason: String| Input::TargetProgress {
+                deployment: *deployment,
+                target: *target,
+                phase: TargetPhase::Failed,
+                reason: Some(reason),
+            };
+            match (live, placement.contract) {
+                (Some((id, _, _, status)), _) => {
+                    placement.contract = Some(*id);
+                    if let Some(phase) = ledger_phase(*status)
+                        && advances(current, phase)
+                    {
+                        out.push(Input::TargetProgress {
+                            deployment: *deployment,
+                            target: *target,
+                            phase,
+                            reason: None,
+                        });
+                    }
+                }
+                (None, Some(c)) if current != Some(TargetPhase::Failed) => {
+                    let status = contracts
+                        .iter()
+                        .find(|(id, ..)| *id == c)
+                        .map(|(.., s)| format!("{s:?}").to_lowercase())
+                        .unwrap_or_else(|| "unknown".into());
+                    out.push(failed(format!("contract {} ended ({status})", c.short())));
+                }
+                (None, None)
+                    if current != Some(TargetPhase::Failed)
+                        && now.saturating_sub(placement.placed_at) > PLACE_TIMEOUT_MS =>
+                {
+                    out.push(failed(format!(
+                        "no contract within {} s of the auction (the target did not bid, or the \
+                         deal was not signed)",
+                        PLACE_TIMEOUT_MS / 1000
+                    )));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Target: the phase of each replica this node holds, from its contract and its service;
+    /// the machine reports a change to the deployer once.
+    async fn provider_progress(&mut self) -> Vec<Input> {
+        let replicas: Vec<(DeploymentId, NodeId, String)> = self
+            .state
+            .local_replicas()
+            .filter_map(|(id, local)| {
+                let image = self.state.store().get(id)?.body.image.clone();
+                Some((*id, local.deployer, image))
+            })
+            .collect();
+        if replicas.is_empty() {
+            return Vec::new();
+        }
+        let me = self.me;
+        let contracts: ContractFacts = match &self.parts.ledger {
+            Some(ledger) => ledger
+                .query(move |v| {
+                    v.ledger
+                        .contracts()
+                        .iter()
+                        .filter(|(_, r)| r.contract.provider == me && !ended(r.status))
+                        .map(|(id, r)| {
+                            (
+                                *id,
+                                r.contract.customer,
+                                r.contract.service_image.to_string(),
+                                r.status,
+                            )
+                        })
+                        .collect()
+                })
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let services: BTreeMap<String, ServiceState> = self
+            .parts
+            .services
+            .list()
+            .into_iter()
+            .map(|s| (s.id, s.state))
+            .collect();
+        let mut out = Vec::new();
+        for (deployment, deployer, image) in replicas {
+            let contract = contracts
+                .iter()
+                .find(|(_, customer, img, _)| *customer == deployer && *img == image);
+            let service = contract.and_then(|(id, ..)| services.get(&id.to_string()));
+            let fetching = self.fetching.contains(&deployment);
+            if let Some((phase, reason)) =
+                local_phase(contract.map(|(.., s)| *s), service, fetching)
+            {
+                out.push(Input::LocalPhase {
+                    deployment,
+                    phase,
+                    reason,
+                });
+            }
+        }
+        out
+    }
+}

@@ -62,15 +62,16 @@ def agora(bin_path, *args):
 def graph_gml():
     lines = ["graph [", "  directed 0"]
     for i, r in enumerate(REGIONS):
-        lines += [f"  node [ id {i} label \"{r}\" host_bandwidth_down \"100 Mbit\"",
-                  "         host_bandwidth_up \"20 Mbit\" ]"]
+        lines += ["  node [", f"    id {i}", f'    label "{r}"',
+                  '    host_bandwidth_down "100 Mbit"', '    host_bandwidth_up "20 Mbit"', "  ]"]
     for i, a in enumerate(REGIONS):
         for j, b in enumerate(REGIONS):
             if j < i:
                 continue
             ms = LATENCY.get((a, b)) or LATENCY[(b, a)]
             loss = 0.0 if i == j else 0.001
-            lines.append(f"  edge [ source {i} target {j} latency \"{ms} ms\" packet_loss {loss} ]")
+            lines += ["  edge [", f"    source {i}", f"    target {j}", f'    latency "{ms} ms"',
+                      f"    packet_loss {loss}", "  ]"]
     lines.append("]")
     return "\n".join(lines)
 

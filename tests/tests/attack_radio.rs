@@ -37,9 +37,9 @@ struct Armed {
     on: DevnetNode,
 }
 
-/// Starts the story and arms the standby contract; `None` (after saying skipped) when the
-/// lora-gateway module cannot be built here.
-async fn armed_story(test: &str) -> Option<Armed> {
+/// The demo's devnet of [`CONTRACT_NODES`] real processes in a temp dir, A's service running;
+/// `None` (after saying skipped) when the lora-gateway module cannot be built here.
+async fn started_story(test: &str) -> Option<(tempfile::TempDir, Story)> {
     let module = match module_bytes(None) {
         Ok(m) => m,
         Err(e) => {
@@ -60,6 +60,13 @@ async fn armed_story(test: &str) -> Option<Armed> {
     )
     .await
     .expect("story starts");
+    Some((tmp, s))
+}
+
+/// Starts the story and arms the standby contract; `None` (after saying skipped) when the
+/// lora-gateway module cannot be built here.
+async fn armed_story(test: &str) -> Option<Armed> {
+    let (tmp, s) = started_story(test).await?;
     // Two minutes: the contract outlives the handover and the accounting under this load.
     let armed = s.standby_lasting(120_000).await.unwrap();
     let (a, b) = (s.a, armed.b);
@@ -405,26 +412,11 @@ async fn spoofed_frames_never_reach_the_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hosted_contracts_provider_refuses_spoofed_frames() {
     const DRONE: u32 = agora_devnet::sensor_keys::KEYED_SENSORS[3];
-    let module = match module_bytes(None) {
-        Ok(m) => m,
-        Err(e) => {
-            agora_devnet::skipped(
-                "attack_radio::a_hosted_contracts_provider_refuses_spoofed_frames",
-                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
-            );
-            return;
-        }
+    let Some((_tmp, s)) =
+        started_story("attack_radio::a_hosted_contracts_provider_refuses_spoofed_frames").await
+    else {
+        return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let s = Story::start(
-        &tmp.path().join("net"),
-        CONTRACT_NODES,
-        &module,
-        Arc::new(TestLauncher(agora_bin())),
-        true,
-    )
-    .await
-    .expect("story starts");
     assert!(!DEVICES.contains(&DRONE), "not a device of A's own service");
     let keys = agora_devnet::sensor_keys::load(&s.m.dir);
     assert!(keys.contains_key(&DRONE), "the devnet keys the drone");

@@ -220,7 +220,6 @@ impl Story {
 
     /// [`Story::standby`] for a contract of `duration_ms`.
     pub async fn standby_lasting(&self, duration_ms: u64) -> anyhow::Result<Armed> {
-        let an = &self.m.nodes[self.a];
         let spec = agora_market::AuctionSpec {
             region: "default".into(),
             resources: self.needs.clone(),
@@ -233,34 +232,14 @@ impl Story {
             service: Some(self.image.clone()),
             start_at: None,
         };
-        let known: Vec<String> = list_contracts(an).await.into_iter().map(|c| c.id).collect();
-        let created: CreatedReply = api(an)?.post("/v1/market/auctions", &spec).await?;
-        self.clock.line(
-            "2 auction",
-            now_ms(),
-            format!("standby auction {}", short(&created.id)),
-        );
-        let row = wait_for("the contract", 30, async || {
-            list_contracts(an)
-                .await
-                .into_iter()
-                .find(|c| c.customer == an.node_id && !known.contains(&c.id))
-        })
-        .await?;
-        let id = row.id;
-        let rec = wait_for("arming", 30, async || {
-            contract(an, &id)
-                .await
-                .filter(|r| r.status == ContractStatus::Armed)
-        })
-        .await?;
-        let provider = rec.contract.provider.to_string();
-        let b = self
-            .m
-            .nodes
-            .iter()
-            .position(|n| n.node_id == provider)
-            .context("the provider is not a devnet node")?;
+        let Armed { id, b, rec } = self
+            .buy(
+                &spec,
+                |auction| format!("standby auction {auction}"),
+                ("the contract", "arming", 30),
+                ContractStatus::Armed,
+            )
+            .await?;
         let bn = &self.m.nodes[b];
         let c = &self.clock;
         c.line(
@@ -323,17 +302,42 @@ impl Story {
             service: Some(image),
             start_at: None,
         };
-        let known: Vec<String> = list_contracts(an).await.into_iter().map(|c| c.id).collect();
-        let created: CreatedReply = api(an)?.post("/v1/market/auctions", &spec).await?;
+        let Armed { id, b, rec } = self
+            .buy(
+                &spec,
+                |auction| format!("hosted auction {auction} for devices {devices:?}"),
+                (
+                    "the hosted contract",
+                    "the hosted contract's activation",
+                    60,
+                ),
+                ContractStatus::Active,
+            )
+            .await?;
         self.clock.line(
-            "2 auction",
-            now_ms(),
-            format!(
-                "hosted auction {} for devices {devices:?}",
-                short(&created.id)
-            ),
+            "  active",
+            rec.activated_at.unwrap_or(0),
+            format!("{} hosts devices {devices:?}", self.m.nodes[b].name),
         );
-        let row = wait_for("the hosted contract", 30, async || {
+        Ok(Armed { id, b, rec })
+    }
+
+    /// A buys with `spec` (its auction logged as `what(short id)`): waits up to 30 s for the
+    /// new contract (`waits.0` names it) and up to `waits.2` s for it to reach `status`
+    /// (`waits.1`); returns it with its provider's index.
+    async fn buy(
+        &self,
+        spec: &agora_market::AuctionSpec,
+        what: impl Fn(&str) -> String,
+        waits: (&str, &str, u64),
+        status: ContractStatus,
+    ) -> anyhow::Result<Armed> {
+        let an = &self.m.nodes[self.a];
+        let known: Vec<String> = list_contracts(an).await.into_iter().map(|c| c.id).collect();
+        let created: CreatedReply = api(an)?.post("/v1/market/auctions", spec).await?;
+        self.clock
+            .line("2 auction", now_ms(), what(&short(&created.id)));
+        let row = wait_for(waits.0, 30, async || {
             list_contracts(an)
                 .await
                 .into_iter()
@@ -341,10 +345,8 @@ impl Story {
         })
         .await?;
         let id = row.id;
-        let rec = wait_for("the hosted contract's activation", 60, async || {
-            contract(an, &id)
-                .await
-                .filter(|r| r.status == ContractStatus::Active)
+        let rec = wait_for(waits.1, waits.2, async || {
+            contract(an, &id).await.filter(|r| r.status == status)
         })
         .await?;
         let provider = rec.contract.provider.to_string();
@@ -354,11 +356,6 @@ impl Story {
             .iter()
             .position(|n| n.node_id == provider)
             .context("the provider is not a devnet node")?;
-        self.clock.line(
-            "  active",
-            rec.activated_at.unwrap_or(0),
-            format!("{} hosts devices {devices:?}", self.m.nodes[b].name),
-        );
         Ok(Armed { id, b, rec })
     }
 

@@ -303,19 +303,20 @@ impl MarketTask {
                     }
                     other => Err(format!("a {other:?} message on a market topic")),
                 };
+                // An auction's id (a hash of its canonical bytes), computed once.
+                let auction = match &msg {
+                    Ok(MarketMessage::Auction(req)) => req.id().ok(),
+                    _ => None,
+                };
                 match msg {
                     // An auction the book already holds is no news: not forwarded again (a
                     // peer re-sealing known auctions cannot make every node relay them).
-                    Ok(MarketMessage::Auction(req))
-                        if req.id().is_ok_and(|id| self.state.auction(&id).is_some()) =>
+                    Ok(MarketMessage::Auction(_))
+                        if auction.is_some_and(|id| self.state.auction(&id).is_some()) =>
                     {
                         self.network.judge(ticket, GossipVerdict::Ignore).await;
                     }
                     Ok(msg) => {
-                        let auction = match &msg {
-                            MarketMessage::Auction(req) => req.id().ok(),
-                            _ => None,
-                        };
                         let effects = self.state.handle(
                             now_ms(),
                             Input::Remote {

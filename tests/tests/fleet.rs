@@ -193,15 +193,22 @@ fn deploy_all_to_a_label_runs_on_every_match_only_converges_late_and_delete_stop
         assert!(!runs(&net, i, &image), "node{i} is not labelled");
         assert_eq!(phase_of(&status(&net, &id), &ids[i]), None);
     }
-    // A contract per target, node0 the customer.
-    let contracts = agora_json(&["contract", "list", "--data-dir", &net.node(0)]);
-    let hosting = contracts
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["customer"] == ids[0].as_str() && c["status"] == "active")
-        .count();
-    assert!(hosting >= up.len(), "{contracts}");
+    // A contract per target, node0 the customer, active on node0's own ledger replica (a
+    // target reports running from its replica, which may apply the activation block first).
+    let active_at_node0 = || {
+        let contracts = agora_json(&["contract", "list", "--data-dir", &net.node(0)]);
+        contracts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["customer"] == ids[0].as_str() && c["status"] == "active")
+            .count()
+    };
+    wait_until(
+        "node0's ledger to show an active contract per running target",
+        Duration::from_secs(60),
+        || active_at_node0() >= up.len(),
+    );
     let list = agora_json(&["deploy", "list", "--data-dir", &net.node(0)]);
     assert_eq!(list["deployments"][0]["id"], id.as_str());
 

@@ -89,7 +89,44 @@ async fn run(auctions: usize) -> (Vec<f64>, usize) {
         }
         match done {
             Some(ms) => latencies.push(ms),
-            None => failed += 1,
+            None => {
+                failed += 1;
+                // Say why, from the customer's own log: bids that came in time, how the window
+                // closed, bids refused because they came after it.
+                let short = &auction[..auction.len().min(8)];
+                let (mut late, mut said) = (0, Vec::new());
+                for r in customer.events_after(None) {
+                    let error = r.data["error"].as_str().unwrap_or_default();
+                    if r.kind == "rejected" && error.contains(auction.as_str()) {
+                        late += 1;
+                    } else if r.data["auction"] == auction.as_str() {
+                        said.push(format!("{} ({})", r.kind, r.detail));
+                    }
+                }
+                eprintln!(
+                    "not awarded {short}: {}; {late} bids refused by the customer (most often: \
+                     they came after the window closed)",
+                    if said.is_empty() {
+                        "no event in time".to_string()
+                    } else {
+                        said.join(", ")
+                    }
+                );
+            }
+        }
+    }
+    // Providers that declined to bid, and holds that lapsed, per node.
+    for i in 1..net.len() {
+        if let Some(node) = net.node(i)
+            && let Ok(stats) = node.market.query(|s| s.book_stats()).await
+        {
+            let c = stats.counters;
+            if c.auto_bids_declined > 0 || c.holds_lapsed > 0 {
+                eprintln!(
+                    "node {i}: {} auto-bids declined, {} holds lapsed",
+                    c.auto_bids_declined, c.holds_lapsed
+                );
+            }
         }
     }
     net.shutdown().await;

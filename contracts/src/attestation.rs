@@ -55,27 +55,8 @@ pub fn evaluate(
     window_ms: u64,
     unreachable_for_ms: u64,
 ) -> Option<HandoverDecision> {
-    let mut members: Vec<NodeId> = committee.to_vec();
-    members.sort();
-    members.dedup();
-    let needed = quorum(members.len());
-    let mut votes: Vec<(Timestamp, NodeId)> = members
-        .iter()
-        .filter_map(|m| {
-            let obs = observations.get(m)?;
-            let fresh = obs.recorded_at.saturating_add(window_ms) >= now;
-            match obs.liveness {
-                Liveness::Unreachable { since } if fresh => Some((since, *m)),
-                _ => None,
-            }
-        })
-        .collect();
-    if votes.len() < needed {
-        return None;
-    }
-    votes.sort();
-    // The quorum's agreed start: `needed` arbitrators saw the subject down since at least this.
-    let (since, _) = votes[needed - 1];
+    let fresh = |obs: &Observation| obs.recorded_at.saturating_add(window_ms) >= now;
+    let (since, votes) = quorum_since(committee, observations, fresh)?;
     if now < since.saturating_add(unreachable_for_ms) {
         return None;
     }
@@ -89,6 +70,59 @@ pub fn evaluate(
         agreeing,
         unreachable_since: since,
     })
+}
+
+/// The earliest time at which [`evaluate`] can decide with the observations recorded so far:
+/// a quorum already reports the subject unreachable, and the required time has not run yet.
+/// `None` when no quorum reports it (only new attestations can change that, and those are
+/// transactions that make a block anyway) or when a vote would be stale by then. A proposer
+/// uses this to time the block that carries the decision instead of waiting for its regular
+/// interval, which over slow links cost up to one interval of extra outage.
+pub fn decidable_at(
+    committee: &[NodeId],
+    observations: &BTreeMap<NodeId, Observation>,
+    window_ms: u64,
+    unreachable_for_ms: u64,
+) -> Option<Timestamp> {
+    let (since, votes) = quorum_since(committee, observations, |_| true)?;
+    let due = since.saturating_add(unreachable_for_ms);
+    // Every vote that makes up the quorum must still be fresh when the block is due.
+    let stale = votes.iter().filter(|(s, _)| *s <= since).any(|(_, m)| {
+        observations
+            .get(m)
+            .is_none_or(|o| o.recorded_at.saturating_add(window_ms) < due)
+    });
+    (!stale).then_some(due)
+}
+
+/// The quorum's agreed start of the outage (`needed` members saw the subject down since at
+/// least this) and every counted vote (sorted by `since`), among members whose observation
+/// passes `fresh`.
+fn quorum_since(
+    committee: &[NodeId],
+    observations: &BTreeMap<NodeId, Observation>,
+    fresh: impl Fn(&Observation) -> bool,
+) -> Option<(Timestamp, Vec<(Timestamp, NodeId)>)> {
+    let mut members: Vec<NodeId> = committee.to_vec();
+    members.sort();
+    members.dedup();
+    let needed = quorum(members.len());
+    let mut votes: Vec<(Timestamp, NodeId)> = members
+        .iter()
+        .filter_map(|m| {
+            let obs = observations.get(m)?;
+            match obs.liveness {
+                Liveness::Unreachable { since } if fresh(obs) => Some((since, *m)),
+                _ => None,
+            }
+        })
+        .collect();
+    if votes.len() < needed {
+        return None;
+    }
+    votes.sort();
+    let (since, _) = *votes.get(needed.checked_sub(1)?)?;
+    Some((since, votes))
 }
 
 #[cfg(test)]
@@ -129,6 +163,31 @@ mod tests {
         let d = evaluate(&c, &obs, 10_000, 60_000, 5_000).unwrap();
         assert_eq!(d.unreachable_since, 1_500);
         assert_eq!(d.agreeing.len(), 3);
+    }
+
+    #[test]
+    fn the_decision_is_due_when_the_quorums_outage_has_lasted_long_enough() {
+        let c = ids(4);
+        let mut obs = BTreeMap::new();
+        obs.insert(c[0], down(1_000, 1_050));
+        obs.insert(c[1], down(1_020, 1_100));
+        assert_eq!(decidable_at(&c, &obs, 60_000, 1_000), None, "2 of 4");
+        obs.insert(c[2], down(1_040, 1_100));
+        assert_eq!(decidable_at(&c, &obs, 60_000, 1_000), Some(2_040));
+        // Exactly then (and not a millisecond earlier) the rule decides.
+        assert_eq!(evaluate(&c, &obs, 2_039, 60_000, 1_000), None);
+        assert!(evaluate(&c, &obs, 2_040, 60_000, 1_000).is_some());
+        // A vote that would be stale by then makes nothing due.
+        assert_eq!(decidable_at(&c, &obs, 900, 1_000), None);
+        // A reachable report among the quorum: nothing due.
+        obs.insert(
+            c[2],
+            Observation {
+                liveness: Liveness::Reachable,
+                recorded_at: 1_100,
+            },
+        );
+        assert_eq!(decidable_at(&c, &obs, 60_000, 1_000), None);
     }
 
     #[test]

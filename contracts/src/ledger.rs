@@ -11,8 +11,8 @@ use agora_market::{NodeId, Signer, Timestamp};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use crate::attestation::{Liveness, Observation};
-use crate::contract::{Amount, ContractId};
+use crate::attestation::{self, Liveness, Observation};
+use crate::contract::{ActivationClause, Amount, ContractId};
 use crate::lifecycle::ContractStatus;
 
 mod admission;
@@ -329,6 +329,32 @@ impl Ledger {
                             .any(|o| matches!(o.liveness, Liveness::Unreachable { .. }))
                     }))
         })
+    }
+
+    /// The earliest ledger time after the last block at which a pending standby handover
+    /// becomes decidable with the attestations already recorded (`attestation::decidable_at`).
+    /// While the ledger [`awaits_time`](Self::awaits_time) a proposer makes an empty block
+    /// every `empty_block_interval`; timing one at this instant instead saves up to one
+    /// interval of outage. `None` when nothing is due later than the last block (only new
+    /// attestations, which are transactions, can change that).
+    pub fn handover_due(&self) -> Option<Timestamp> {
+        self.contracts
+            .values()
+            .filter(|r| Self::awaits_handover(r))
+            .filter_map(|r| {
+                let ActivationClause::OnHandover { unreachable_for_ms } = r.contract.activation
+                else {
+                    return None;
+                };
+                attestation::decidable_at(
+                    &r.contract.committee,
+                    self.liveness.get(&r.contract.customer)?,
+                    self.params.attestation_window_ms,
+                    unreachable_for_ms,
+                )
+            })
+            .filter(|due| *due > self.last_block_time)
+            .min()
     }
 
     /// Time-driven checks (pending handovers, overdue pending settlements); `apply_block` calls

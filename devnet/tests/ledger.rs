@@ -87,6 +87,27 @@ async fn four_arbitrators_finalise_survive_a_crash_and_catch_up() {
     wait_balance(&net, &[0, 1, 2], 1, start + 750).await;
     assert!(height(&net, 0).await > h_before);
 
+    // Heights the crashed arbitrator would propose do not wait out the whole propose timeout:
+    // the survivors' networks report it down, and they move to the next round at once. With
+    // four proposers in turn, a few more blocks reach one of its heights.
+    let cut = |i: usize| {
+        let l = net.node(i).unwrap().ledger.clone().unwrap();
+        async move { l.query(|v| v.propose_timeouts_cut).await.unwrap() }
+    };
+    let mut paid = 750;
+    for _ in 0..8 {
+        if cut(0).await > 0 {
+            break;
+        }
+        l1.submit(TxKind::Faucet { amount: 1 }).await.unwrap();
+        paid += 1;
+        wait_balance(&net, &[0, 1, 2], 1, start + paid).await;
+    }
+    assert!(
+        cut(0).await > 0,
+        "no round of the crashed proposer was cut short on node0"
+    );
+
     // An overspend is refused at once, with the reason.
     let too_much = TxKind::Transfer {
         to: net.node_id(0),
@@ -96,7 +117,7 @@ async fn four_arbitrators_finalise_survive_a_crash_and_catch_up() {
 
     // The crashed arbitrator restarts from its sled store and catches up via sync.
     net.restart(3).await.unwrap();
-    wait_balance(&net, &[3], 1, start + 750).await;
+    wait_balance(&net, &[3], 1, start + paid).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (h0, h3) = (height(&net, 0).await, height(&net, 3).await);

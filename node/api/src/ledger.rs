@@ -45,6 +45,10 @@ pub struct LedgerStatus {
     /// at once): a peer asking too often, or a flood from many.
     #[serde(default)]
     pub sync_refused: u64,
+    /// Propose timeouts cut short since start: the round's proposer was an arbitrator this
+    /// node's network reported down, so the round moved on after 100 ms instead of 1.5 s.
+    #[serde(default)]
+    pub propose_timeouts_cut: u64,
 }
 
 /// One arbitrator of the ledger's committee, in `GET /v1/ledger/status`.
@@ -155,6 +159,7 @@ async fn status(
             proposals_refused_block_time: v.proposals_refused_block_time,
             sync_served: v.sync_served,
             sync_refused: v.sync_refused,
+            propose_timeouts_cut: v.propose_timeouts_cut,
         })
         .await?;
     Ok(Json(st))

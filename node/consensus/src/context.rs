@@ -214,6 +214,11 @@ impl ValidatorSet {
         total * 2 / 3 + 1
     }
 
+    /// The proposer's node id for (height, round) as the driver numbers rounds.
+    pub fn proposer_at(&self, height: u64, round: u32) -> NodeId {
+        self.proposer(height, Round::new(round)).public_key
+    }
+
     /// The proposer for (height, round): round-robin by `height + round`.
     pub fn proposer(&self, height: u64, round: Round) -> &Validator {
         let round = u64::try_from(round.as_i64()).unwrap_or(0);

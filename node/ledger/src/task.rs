@@ -16,7 +16,9 @@ use super::mempool::{Mempool, MempoolError, MempoolStats};
 use super::store::{LedgerStore, StoreError};
 use crate::chain::{ChainParams, ChainTimers, SyncMsg, SyncReply};
 use agora_consensus::{ConsensusDriver, DecidedBlock, Input, ValidatorSet};
-use agora_network::{GossipTicket, GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle};
+use agora_network::{
+    GossipTicket, GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle, PresenceEvent,
+};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 use agora_wire::topics::{BLOCKS_TOPIC, CONSENSUS_TOPIC};
@@ -82,6 +84,9 @@ pub struct LedgerView {
     /// Sync requests refused since start (too frequent from one peer, or too many being
     /// served at once; answered `Ack`).
     pub sync_refused: u64,
+    /// Propose timeouts this node cut short since start because the round's proposer was a
+    /// committee member its network reported down (`DOWN_PROPOSER_TIMEOUT_MS`).
+    pub propose_timeouts_cut: u64,
 }
 
 type QueryJob = Box<dyn FnOnce(&LedgerView) + Send>;
@@ -266,7 +271,7 @@ pub async fn spawn(
     network: NetworkHandle,
     cancel: CancellationToken,
 ) -> Result<(LedgerHandle, JoinHandle<()>), LedgerTaskError> {
-    let mut interest = Interest::new("ledger").requests(Kind::Consensus);
+    let mut interest = Interest::new("ledger").requests(Kind::Consensus).presence();
     for topic in [TX_TOPIC, BLOCKS_TOPIC, CONSENSUS_TOPIC] {
         interest = interest.topic(topic);
     }
@@ -340,6 +345,7 @@ pub async fn spawn(
             proposals_refused_block_time: 0,
             sync_served: 0,
             sync_refused: 0,
+            propose_timeouts_cut: 0,
         },
         mempool: Mempool::new(me),
         store,
@@ -423,6 +429,10 @@ impl LedgerTask {
                     {
                         self.on_judged_gossip(&topic, &envelope, ticket).await;
                     }
+                    NetworkEvent::Presence(p) => match p {
+                        PresenceEvent::Up { node, .. } => self.on_presence(node, true),
+                        PresenceEvent::Down { node, .. } => self.on_presence(node, false),
+                    },
                     NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Consensus => {
                         match envelope.body::<SyncMsg>(Kind::Consensus) {
                             Ok(msg) => self.on_sync_request(envelope.sender, id, msg).await,

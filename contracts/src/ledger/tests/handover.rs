@@ -103,6 +103,30 @@ fn only_a_suspected_outage_makes_the_ledger_wait_for_time() {
 }
 
 #[test]
+fn a_pending_handover_says_when_a_block_can_decide_it() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
+    h.now = 10_000;
+    h.attest(0, Liveness::Unreachable { since: 9_000 });
+    h.attest(1, Liveness::Unreachable { since: 9_100 });
+    assert_eq!(h.ledger.handover_due(), None, "2 of 4 decide nothing");
+    h.attest(2, Liveness::Unreachable { since: 9_200 });
+    assert_eq!(h.ledger.handover_due(), Some(14_200));
+    // A block just before is not enough, the one at the due time decides.
+    h.now = 14_199;
+    h.ledger.tick(h.now);
+    assert!(h.ledger.contract(&id).unwrap().handover.is_none());
+    h.now = 14_200;
+    let ev = h.ledger.tick(h.now);
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, LedgerEvent::HandoverAttested { contract, .. } if *contract == id)
+        )
+    );
+    assert_eq!(h.ledger.handover_due(), None, "decided: nothing pending");
+}
+
+#[test]
 fn partition_between_customer_and_provider_only_does_not_trigger_handover() {
     let mut h = Harness::new();
     let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());

@@ -102,6 +102,17 @@ def generate(args, out):
             if not b.endswith(peers[i]):
                 extra += ["--bootstrap", b]
         agora(bin_path, "init", "--data-dir", d, "--genesis", genesis, *extra)
+        # Every node is a provider that bids on its own (what `agora devnet up` sets too).
+        cfg = os.path.join(d, "config.toml")
+        with open(cfg) as f:
+            text = f.read()
+        with open(cfg, "w") as f:
+            # `agora init` advertises no capacity (an operator states it); devnets give each
+            # node some, and so does this: 4 cores, 4 GiB per simulated edge.
+            text = text.replace("auto_bid = false", "auto_bid = true", 1)
+            text = text.replace("cpu_millis = 0", "cpu_millis = 4000", 1)
+            text = text.replace("memory_bytes = 0", "memory_bytes = 4294967296", 1)
+            f.write(text)
     customers = [args.nodes - 1 - k for k in range(min(args.auctions, args.nodes - 1))]
     env = {"RUST_LOG": "warn,agora_market_driver=debug", "AGORA_NO_PROGRESS": "1"}
     hosts = {}
@@ -136,7 +147,15 @@ def generate(args, out):
             "data_directory": os.path.join(out, "shadow.data"),
         },
         "network": {"graph": {"type": "gml", "inline": graph_gml()}},
-        "experimental": {"use_memory_manager": False},
+        # sled's `Lazy` spins on an atomic while another thread initialises it; Shadow runs one
+        # thread of a host at a time and only switches at syscalls, so without preemption
+        # that spin never ends (the first runs stalled at simulated 1.01 s, `sled-io-0` at
+        # 100 % CPU in `sled::lazy::Lazy::deref`). Native preemption breaks such loops at the
+        # cost of determinism.
+        "experimental": {
+            "use_memory_manager": False,
+            "native_preemption_enabled": True,
+        },
         "hosts": hosts,
     }
     path = os.path.join(out, "shadow.yaml")
@@ -190,9 +209,9 @@ def report(args, out, customers, wall, rss_kib):
             t = stamp(line)
             if t is None:
                 continue
-            if "event=auction-closed" in plain and closed_at is None:
+            if re.search(r'event="?auction-closed', plain) and closed_at is None:
                 closed_at = t
-            if "event=awarded" in plain and awarded_at is None:
+            if re.search(r'event="?awarded', plain) and awarded_at is None:
                 awarded_at = t
         if closed_at is not None and awarded_at is not None:
             award.append(awarded_at - closed_at)
@@ -200,7 +219,7 @@ def report(args, out, customers, wall, rss_kib):
     for i in range(args.nodes):
         for _, line in logs_of(out, i):
             plain = ANSI.sub("", line)
-            m = re.search(r"auction=(\w+).*auction entered the book from gossip", plain)
+            m = re.search(r"auction entered the book from gossip auction=(\w+)", plain)
             if m:
                 t = stamp(line)
                 if t is not None:
@@ -238,10 +257,16 @@ def main():
     p.add_argument("--shadow", default=shutil.which("shadow") or os.path.expanduser("~/.local/bin/shadow"))
     p.add_argument("--out")
     p.add_argument("--no-run", action="store_true", help="only generate the configuration")
+    p.add_argument("--report-only", action="store_true",
+                   help="only report on the finished run in --out (same --nodes/--auctions)")
     args = p.parse_args()
     if args.nodes < 2 or args.arbitrators < 1 or args.arbitrators > args.nodes:
         sys.exit("need --nodes >= 2 and 1 <= --arbitrators <= --nodes")
     out = os.path.abspath(args.out or tempfile.mkdtemp(prefix="agora-shadow-"))
+    if args.report_only:
+        customers = [args.nodes - 1 - k for k in range(min(args.auctions, args.nodes - 1))]
+        report(args, out, customers, float("nan"), 0)
+        return
     path, customers = generate(args, out)
     print(f"generated {path} ({args.nodes} nodes)")
     if args.no_run:

@@ -21,7 +21,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use agora_api::client::ApiClient;
+use agora_api::ledger::BalanceReply;
+use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
+use agora_devnet::process::{UpOptions, up_with_options};
+use agora_network::PeerInfo;
 use agora_tests::agora_bin;
+use agora_tests::natlab::NatLab;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -459,4 +465,171 @@ fn edges_behind_symmetric_nats_stay_on_the_relay_and_still_exchange_content() {
         started.elapsed().as_millis(),
         now["rtt_ms"]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A contract devnet across two NATs (`agora_tests::natlab`): five public arbitrators (node 0
+// also the relay and everyone's bootstrap peer), edge B (node 5) behind NAT 2 and customer
+// edge A (node 6) behind NAT 1, each node's control API and radio on a management veth the
+// test reaches from the root namespace.
+
+/// Prints the tail of every node's log when a devnet test fails (the temp dir goes with it).
+struct LogsOnPanic(PathBuf, usize);
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for i in 0..self.1 {
+            let log = self.0.join(format!("node{i}")).join("node.log");
+            let text = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("----- node{i}/node.log (last 40 lines)");
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// The NAT lab for a contract devnet, or `None` (after printing why) when it cannot run here.
+fn contract_lab(nat: &str) -> Option<std::sync::Arc<NatLab>> {
+    match NatLab::up(CONTRACT_NODES, 2, nat, agora_bin()) {
+        Ok(lab) => Some(std::sync::Arc::new(lab)),
+        Err(reason) => {
+            eprintln!("SKIPPED nat: {reason}");
+            None
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `secs`.
+async fn poll<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn client(n: &DevnetNode) -> ApiClient {
+    ApiClient::for_data_dir(&n.data_dir).expect("control API address")
+}
+
+/// How `from` reaches `to` (`agora peers`), once connected.
+async fn path(from: &DevnetNode, to: &DevnetNode) -> Option<PeerInfo> {
+    let peers = client(from).peers().await.ok()?;
+    peers
+        .into_iter()
+        .find(|p| p.node_id.as_deref() == Some(to.node_id.as_str()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_devnet_across_two_cone_nats_connects_and_finalises_an_edges_transfer() {
+    let Some(lab) = contract_lab("cone") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("net");
+    let _logs = LogsOnPanic(dir.clone(), CONTRACT_NODES);
+    let started = Instant::now();
+    // Returns once every node has all six others as peers (the two edges included: they find
+    // each other through the public nodes and connect through the relay) and is ready.
+    let m = up_with_options(
+        &dir,
+        CONTRACT_NODES,
+        Duration::from_secs(180),
+        UpOptions::default(),
+        lab.as_ref(),
+    )
+    .await
+    .expect("devnet up in the NAT lab");
+    let (a, b) = (&m.nodes[CONTRACT_NODES - 1], &m.nodes[CONTRACT_NODES - 2]);
+    eprintln!(
+        "NAT lab devnet: {} nodes connected and ready in {} ms",
+        m.nodes.len(),
+        started.elapsed().as_millis()
+    );
+    for (edge, home) in [(a, 1), (b, 2)] {
+        let st = client(edge).status().await.expect("edge status");
+        assert_eq!(
+            st.stats.nat_status, "private",
+            "{}: {:?}",
+            edge.name, st.stats
+        );
+        assert!(
+            st.p2p_addrs
+                .iter()
+                .all(|a| a.contains(&format!("/192.168.{home}.2/"))),
+            "an edge listens only on its LAN address: {:?}",
+            st.p2p_addrs
+        );
+    }
+    // The public nodes see each edge at its router's public address.
+    let seen = path(&m.nodes[1], a).await.expect("node1 is connected to A");
+    assert!(
+        seen.addr.contains(&format!("/{}/", NatLab::router_ip(1))),
+        "node1 reaches A through NAT 1: {seen:?}"
+    );
+    let ab = poll("A connected to B", 60, async || path(a, b).await).await;
+    eprintln!("A -> B: {ab:?}");
+    // A transfer sent by edge A is final on every replica.
+    let before: Vec<u64> = futures_balances(&m.nodes, &b.node_id).await;
+    let submitted: serde_json::Value = client(a)
+        .post(
+            "/v1/ledger/transfer",
+            &serde_json::json!({ "to": b.node_id, "amount": 250 }),
+        )
+        .await
+        .expect("A submits a transfer");
+    let sent = Instant::now();
+    for (n, was) in m.nodes.iter().zip(before) {
+        poll(
+            &format!("the transfer final on {}", n.name),
+            60,
+            async || {
+                let bal = balance(n, &b.node_id).await?;
+                (bal >= was + 250).then_some(())
+            },
+        )
+        .await;
+    }
+    eprintln!(
+        "NAT lab devnet: A's transfer {submitted} final on all {} replicas {} ms after submission",
+        m.nodes.len(),
+        sent.elapsed().as_millis()
+    );
+    agora_devnet::process::down(&m.dir, false)
+        .await
+        .expect("devnet down");
+}
+
+async fn balance(n: &DevnetNode, who: &str) -> Option<u64> {
+    let r: BalanceReply = client(n)
+        .get(&format!("/v1/ledger/accounts/{who}"))
+        .await
+        .ok()?;
+    Some(r.balance)
+}
+
+async fn futures_balances(nodes: &[DevnetNode], who: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(
+            poll(
+                &format!("{}'s balance on {}", who, n.name),
+                30,
+                async || balance(n, who).await,
+            )
+            .await,
+        );
+    }
+    out
 }

@@ -13,6 +13,7 @@ use crate::files::{
 };
 use agora_api::client::ApiClient;
 use agora_api::{API_ADDR_FILE, P2P_ADDR_FILE};
+use agora_daemon::config::NodeConfig;
 use agora_daemon::data_dir::{init_data_dir, save_genesis, write_config};
 use agora_wire::now_ms;
 
@@ -374,10 +375,17 @@ pub fn spawn_node_with(exe: &Path, data_dir: &Path, extra: &[String]) -> anyhow:
 }
 
 /// Where devnet nodes live and how they are started: plain loopback processes by default;
-/// tests put each node in its own network namespace to cut links for real.
+/// tests put each node in its own network namespace to cut links for real, or behind a NAT
+/// in the netlab.
 pub trait Launcher: Send + Sync {
-    /// The IP address node `i` listens on.
+    /// The IP address node `i` listens on: its control API and radio always, and its p2p
+    /// transport unless [`Launcher::configure`] moves it (a node behind a NAT keeps its API
+    /// on a management address the test can reach and its p2p on its LAN address).
     fn host(&self, i: usize) -> String;
+    /// Last word on node `i`'s config before its data dir is written (p2p listen and
+    /// external addresses, relay service, AutoNAT, whether it bids). Node 0's p2p addresses
+    /// are still every later node's bootstrap list. Default: nothing changes.
+    fn configure(&self, _i: usize, _config: &mut NodeConfig) {}
     /// Starts `agora node run` for node `i`; returns its pid.
     fn spawn(&self, i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32>;
     /// The `agora` binary to run (default: this one).
@@ -482,6 +490,7 @@ pub async fn up_with_options(
             config.metrics.listen = Some(format!("{host}:0"));
         }
         config.network.wan = opts.wan;
+        launcher.configure(i, &mut config);
         if i == owner {
             config.radio.device_keys = sensor_keys.clone();
         }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adversary;
+pub mod natlab;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -21,7 +21,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use agora_api::client::ApiClient;
+use agora_api::ledger::BalanceReply;
+use agora_contracts::ContractStatus;
+use agora_devnet::demo::Story;
+use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
+use agora_devnet::process::{UpOptions, up_with_options};
+use agora_network::PeerInfo;
 use agora_tests::agora_bin;
+use agora_tests::natlab::NatLab;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -459,4 +467,323 @@ fn edges_behind_symmetric_nats_stay_on_the_relay_and_still_exchange_content() {
         started.elapsed().as_millis(),
         now["rtt_ms"]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A contract devnet across two NATs (`agora_tests::natlab`): five public arbitrators (node 0
+// also the relay and everyone's bootstrap peer), edge B (node 5) behind NAT 2 and customer
+// edge A (node 6) behind NAT 1, each node's control API and radio on a management veth the
+// test reaches from the root namespace.
+
+/// Prints the tail of every node's log when a devnet test fails (the temp dir goes with it).
+struct LogsOnPanic(PathBuf, usize);
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for i in 0..self.1 {
+            let log = self.0.join(format!("node{i}")).join("node.log");
+            let text = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("----- node{i}/node.log (last 40 lines)");
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// The NAT lab for a contract devnet, or `None` (after printing why) when it cannot run here.
+fn contract_lab(nat: &str) -> Option<std::sync::Arc<NatLab>> {
+    match NatLab::up(CONTRACT_NODES, 2, nat, agora_bin()) {
+        Ok(lab) => Some(std::sync::Arc::new(lab)),
+        Err(reason) => {
+            eprintln!("SKIPPED nat: {reason}");
+            None
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `secs`.
+async fn poll<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn client(n: &DevnetNode) -> ApiClient {
+    ApiClient::for_data_dir(&n.data_dir).expect("control API address")
+}
+
+/// How `from` reaches `to` (`agora peers`), once connected.
+async fn path(from: &DevnetNode, to: &DevnetNode) -> Option<PeerInfo> {
+    let peers = client(from).peers().await.ok()?;
+    peers
+        .into_iter()
+        .find(|p| p.node_id.as_deref() == Some(to.node_id.as_str()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_devnet_across_two_cone_nats_connects_and_finalises_an_edges_transfer() {
+    let _serial = SERIAL.lock().await;
+    let Some(lab) = contract_lab("cone") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("net");
+    let _logs = LogsOnPanic(dir.clone(), CONTRACT_NODES);
+    let started = Instant::now();
+    // Returns once every node has all six others as peers (the two edges included: they find
+    // each other through the public nodes and connect through the relay) and is ready.
+    let m = up_with_options(
+        &dir,
+        CONTRACT_NODES,
+        Duration::from_secs(180),
+        UpOptions::default(),
+        lab.as_ref(),
+    )
+    .await
+    .expect("devnet up in the NAT lab");
+    let (a, b) = (&m.nodes[CONTRACT_NODES - 1], &m.nodes[CONTRACT_NODES - 2]);
+    eprintln!(
+        "NAT lab devnet: {} nodes connected and ready in {} ms",
+        m.nodes.len(),
+        started.elapsed().as_millis()
+    );
+    for (edge, home) in [(a, 1), (b, 2)] {
+        // AutoNAT's verdict may come after the node is connected and ready (a peer can dial
+        // the edge through the other edge's relay slot before the edge has its own).
+        let st = poll(
+            &format!("{} found private by AutoNAT", edge.name),
+            60,
+            async || {
+                client(edge)
+                    .status()
+                    .await
+                    .ok()
+                    .filter(|s| s.stats.nat_status == "private")
+            },
+        )
+        .await;
+        assert!(
+            st.p2p_addrs
+                .iter()
+                .all(|a| a.contains(&format!("/192.168.{home}.2/"))),
+            "an edge listens only on its LAN address: {:?}",
+            st.p2p_addrs
+        );
+    }
+    // The public nodes see each edge at its router's public address.
+    let seen = path(&m.nodes[1], a).await.expect("node1 is connected to A");
+    assert!(
+        seen.addr.contains(&format!("/{}/", NatLab::router_ip(1))),
+        "node1 reaches A through NAT 1: {seen:?}"
+    );
+    // The edges found each other through the public nodes, met through the relay and
+    // hole-punched (cone NATs): a direct connection, the relayed one closed.
+    let ab = poll(
+        "a direct connection from A to B, none relayed",
+        60,
+        async || path(a, b).await.filter(|p| p.direct && !p.relayed),
+    )
+    .await;
+    eprintln!("A -> B: {ab:?}");
+    // A transfer sent by edge A is final on every replica.
+    let before: Vec<u64> = futures_balances(&m.nodes, &b.node_id).await;
+    let submitted: serde_json::Value = client(a)
+        .post(
+            "/v1/ledger/transfer",
+            &serde_json::json!({ "to": b.node_id, "amount": 250 }),
+        )
+        .await
+        .expect("A submits a transfer");
+    let sent = Instant::now();
+    for (n, was) in m.nodes.iter().zip(before) {
+        poll(
+            &format!("the transfer final on {}", n.name),
+            60,
+            async || {
+                let bal = balance(n, &b.node_id).await?;
+                (bal >= was + 250).then_some(())
+            },
+        )
+        .await;
+    }
+    eprintln!(
+        "NAT lab devnet: A's transfer {submitted} final on all {} replicas {} ms after submission",
+        m.nodes.len(),
+        sent.elapsed().as_millis()
+    );
+    agora_devnet::process::down(&m.dir, false)
+        .await
+        .expect("devnet down");
+}
+
+async fn balance(n: &DevnetNode, who: &str) -> Option<u64> {
+    let r: BalanceReply = client(n)
+        .get(&format!("/v1/ledger/accounts/{who}"))
+        .await
+        .ok()?;
+    Some(r.balance)
+}
+
+async fn futures_balances(nodes: &[DevnetNode], who: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(
+            poll(
+                &format!("{}'s balance on {}", who, n.name),
+                30,
+                async || balance(n, who).await,
+            )
+            .await,
+        );
+    }
+    out
+}
+
+/// One contract devnet at a time: seven nodes each on a small machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The flagship story across NATs (issue #17), both homes behind `nat`: customer A buys a standby contract that edge B wins; B stages A's image by bitswap over
+/// the edge-to-edge path (hole-punched behind cone NATs, the relay's circuit behind symmetric
+/// ones); A is killed, the public arbitrators attest it, B runs A's service on A's sensors,
+/// A comes back, the contract settles and B is paid; no reading is lost or processed twice.
+///
+/// The simulated sensors run in the test process (root namespace) and reach every node's
+/// radio over its management veth, like a LoRa radio both edges hear.
+async fn handover_across_nats(nat: &str) {
+    let Some(lab) = contract_lab(nat) else {
+        return;
+    };
+    let module = agora_devnet::demo::module_bytes(None)
+        .expect("lora-gateway module (rustup target add wasm32-wasip1)");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("net");
+    let _logs = LogsOnPanic(dir.clone(), CONTRACT_NODES);
+    let started = Instant::now();
+    let mut s = Story::start_with(
+        &dir,
+        CONTRACT_NODES,
+        &module,
+        lab.clone(),
+        true,
+        UpOptions::default(),
+    )
+    .await
+    .expect("the story starts in the NAT lab");
+    assert_eq!(lab.home(s.a), Some(1), "A is the edge behind NAT 1");
+    let up_ms = started.elapsed().as_millis();
+
+    // 2–6: the standby auction, won by the only other bidder, edge B behind NAT 2.
+    let armed = s.standby().await.expect("standby contract armed");
+    assert_eq!(lab.home(armed.b), Some(2), "B is the edge behind NAT 2");
+    let (an, bn) = (s.m.nodes[s.a].clone(), s.m.nodes[armed.b].clone());
+    let timeline: Value = client(&bn).get("/v1/timeline").await.expect("B's timeline");
+    let staged = timeline
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["phase"] == "staged" && e["contract"] == armed.id.as_str());
+    assert!(staged.is_some(), "B staged A's image: {timeline}");
+    // B fetched the image from A, the only node holding it, over the edge-to-edge path:
+    // hole-punched behind cone NATs, the relay's circuit behind symmetric ones.
+    let ba = if nat == "cone" {
+        poll("a direct path from B to A, none relayed", 30, async || {
+            path(&bn, &an).await.filter(|p| p.direct && !p.relayed)
+        })
+        .await
+    } else {
+        let p = path(&bn, &an).await.expect("B is connected to A");
+        assert!(
+            p.relayed && !p.direct,
+            "relay only behind symmetric NATs: {p:?}"
+        );
+        p
+    };
+    let (sa, sb) = (
+        client(&an).status().await.expect("A status").stats,
+        client(&bn).status().await.expect("B status").stats,
+    );
+    if nat != "cone" {
+        assert_eq!(
+            sa.hole_punch_succeeded + sb.hole_punch_succeeded,
+            0,
+            "no punch through symmetric NATs"
+        );
+    }
+    eprintln!(
+        "NAT {nat}: devnet up in {up_ms} ms; contract {} armed on B; B -> A direct {} relayed {} \
+         (rtt {:?} ms); hole punches ok/failed: A {}/{}, B {}/{}",
+        armed.id,
+        ba.direct,
+        ba.relayed,
+        ba.rtt_ms,
+        sa.hole_punch_succeeded,
+        sa.hole_punch_failed,
+        sb.hole_punch_succeeded,
+        sb.hole_punch_failed
+    );
+
+    // 7: A fails for real; the public arbitrators attest it and B takes over.
+    let obs = (0..CONTRACT_NODES)
+        .find(|i| !lab.is_edge(*i))
+        .expect("a public node");
+    let provider = armed.rec.contract.provider.to_string();
+    let before = s
+        .account(obs, &provider)
+        .await
+        .expect("B's account")
+        .balance;
+    let killed = s.kill(s.a).expect("kill A");
+    let split = s.failover(&armed, killed).await.expect("B takes over");
+    s.wait_contract(obs, &armed.id, "B's first heartbeat", 30, |r| {
+        r.uptime_ms > 0
+    })
+    .await
+    .expect("B's service on the record");
+    s.restart(s.a).await.expect("A restarts behind its NAT");
+    let done = s
+        .wait_contract(obs, &armed.id, "settlement", 60, |r| r.status.is_final())
+        .await
+        .expect("the contract settles");
+    assert_eq!(done.status, ContractStatus::Settled, "{done:?}");
+    assert!(done.paid_to_provider > 0, "B is paid: {done:?}");
+    let after = s
+        .account(obs, &provider)
+        .await
+        .expect("B's account")
+        .balance;
+    assert!(after > before, "B's balance grows: {before} -> {after}");
+    s.a_resumed().await.expect("A takes its sensors back");
+    let cov = s.coverage(armed.b).await;
+    assert_eq!(cov.missing, 0, "{cov:?}");
+    assert_eq!(cov.duplicated, 0, "{cov:?}");
+    eprintln!(
+        "NAT {nat}: failover {split:?}; B paid {} of {} tokens",
+        done.paid_to_provider, done.contract.payment
+    );
+    s.down(true).await.expect("devnet down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_contract_between_edges_behind_cone_nats_hands_over_and_pays_b() {
+    let _serial = SERIAL.lock().await;
+    handover_across_nats("cone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_contract_between_edges_behind_symmetric_nats_hands_over_over_the_relay() {
+    let _serial = SERIAL.lock().await;
+    handover_across_nats("symmetric").await;
 }

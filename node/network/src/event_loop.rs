@@ -499,7 +499,7 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                self.nat_connection_opened(*peer_id, *connection_id, endpoint.get_remote_address());
+                self.nat_connection_opened(*peer_id, *connection_id, nat::path_addr(endpoint));
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -527,7 +527,7 @@ impl EventLoop {
             } if num_established.get() == 1 => {
                 debug!(peer = %peer_id, "connected");
                 self.peer_addrs
-                    .insert(peer_id, endpoint.get_remote_address().clone());
+                    .insert(peer_id, nat::path_addr(&endpoint).clone());
                 self.emit(NetworkEvent::Connected(peer_id));
                 self.on_peer_connected(peer_id, &endpoint);
             }

@@ -180,6 +180,14 @@ async fn private_nodes_reserve_a_relay_slot_and_exchange_requests_through_it() {
         connected(&b, a.peer_id()).await
     );
     assert!(peer.relayed, "{peer:?}");
+    // The accepting side knows too, although libp2p gives an inbound circuit only
+    // `/p2p/<peer>` as its remote address (it used to show such a connection as direct).
+    let seen = wait_for!(
+        "a connected to b through the relay",
+        connected(&a, b.peer_id()).await
+    );
+    assert!(seen.relayed, "{seen:?}");
+    assert!(seen.addr.contains("/p2p-circuit"), "{seen:?}");
     for _ in 0..3 {
         assert_eq!(probe(&b, a.peer_id()).await, Ok(b"gnip".to_vec()));
     }

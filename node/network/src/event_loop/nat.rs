@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use libp2p::core::ConnectedPoint;
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
@@ -40,6 +41,18 @@ pub(super) struct NatState {
 /// Whether an address goes through a circuit relay.
 pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// The address that says how a connection reaches its peer: the remote address, except for a
+/// circuit the peer opened to us through our relay reservation, whose remote address is only
+/// `/p2p/<peer>` (libp2p's relay client knows no more), so the circuit is told by our local
+/// address, `<relay>/p2p-circuit`. Without this, an inbound relayed connection counted as
+/// direct.
+pub(super) fn path_addr(endpoint: &ConnectedPoint) -> &Multiaddr {
+    match endpoint {
+        ConnectedPoint::Listener { local_addr, .. } if is_relayed(local_addr) => local_addr,
+        other => other.get_remote_address(),
+    }
 }
 
 impl NatState {
@@ -334,6 +347,34 @@ mod tests {
             .parse()
             .expect("multiaddr");
         assert!(!is_relayed(&direct));
+    }
+
+    #[test]
+    fn an_inbound_circuit_is_relayed_although_its_remote_address_is_only_a_peer_id() {
+        let peer: PeerId = "12D3KooWGzJ8bmpwYcqVqyYCyKxxW8o3Dpx3hQd8rSxsN3wNMCFR"
+            .parse()
+            .expect("peer id");
+        let circuit: Multiaddr =
+            "/ip4/203.0.113.2/tcp/4001/p2p/12D3KooWGzJ8bmpwYcqVqyYCyKxxW8o3Dpx3hQd8rSxsN3wNMCFR/p2p-circuit"
+                .parse()
+                .expect("multiaddr");
+        let inbound = ConnectedPoint::Listener {
+            local_addr: circuit.clone(),
+            send_back_addr: Multiaddr::empty().with(Protocol::P2p(peer)),
+        };
+        assert!(is_relayed(path_addr(&inbound)));
+        let direct: Multiaddr = "/ip4/203.0.113.11/tcp/4001".parse().expect("multiaddr");
+        let inbound_direct = ConnectedPoint::Listener {
+            local_addr: "/ip4/192.168.1.2/tcp/4001".parse().expect("multiaddr"),
+            send_back_addr: direct.clone(),
+        };
+        assert_eq!(path_addr(&inbound_direct), &direct);
+        let outbound = ConnectedPoint::Dialer {
+            address: circuit.with(Protocol::P2p(peer)),
+            role_override: libp2p::core::Endpoint::Dialer,
+            port_use: libp2p::core::transport::PortUse::Reuse,
+        };
+        assert!(is_relayed(path_addr(&outbound)));
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! reports the new version in `agora device list --json`), skips the 2 locked ones, rolls the
 //! corrupting one back and reports it failed, and exits non-zero; `agora device job status
 //! --json` agrees.
+//!
+//! And threat R2: devices the devnet keyed (101-103, whose keys node1 owns) take only requests
+//! sealed under their key; node1's job seals them and flashes all three.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
@@ -26,8 +29,7 @@ impl Drop for Devices {
 const FIRST: u32 = 700;
 const COUNT: u32 = 10;
 
-fn manifest() -> String {
-    let devices: Vec<u32> = (FIRST..FIRST + COUNT).collect();
+fn manifest(devices: &[u32]) -> String {
     format!(
         r#"name = "lora-gateway"
 version = "0.1.0"
@@ -50,10 +52,75 @@ max_output_bytes = 1048576
     )
 }
 
-/// The device list of `node`, once every device answered and (if `manager` is set) names
-/// that node its manager.
+/// Publishes the gateway with `devices` in its manifest on node `i` and makes it the node's own
+/// service: node `i` manages those devices.
+fn own_service(net: &TestDevnet, i: usize, module: &[u8], devices: &[u32]) {
+    let svc = net.tmp().join(format!("svc{i}"));
+    std::fs::create_dir_all(&svc).unwrap();
+    std::fs::write(svc.join("gw.wasm"), module).unwrap();
+    std::fs::write(svc.join("gw.toml"), manifest(devices)).unwrap();
+    let node = net.node(i);
+    let published = agora_json(&[
+        "service",
+        "publish",
+        &svc.join("gw.wasm").display().to_string(),
+        "--manifest",
+        &svc.join("gw.toml").display().to_string(),
+        "--data-dir",
+        &node,
+    ]);
+    let image = published["image"].as_str().expect("image CID").to_string();
+    agora_json(&["own", &image, "--data-dir", &node]);
+}
+
+/// `agora devnet devices` on the devnet, until dropped.
+fn devices(net: &TestDevnet, first: u32, count: u32, extra: &[&str]) -> Devices {
+    let (first, count, dir) = (first.to_string(), count.to_string(), net.dir_s());
+    let mut args = vec![
+        "devnet",
+        "devices",
+        "--count",
+        &count,
+        "--first-id",
+        &first,
+        "--interval-ms",
+        "200",
+        "--reboot-ms",
+        "200",
+        "--for",
+        "600",
+        "--dir",
+        &dir,
+    ];
+    args.extend_from_slice(extra);
+    Devices(
+        Command::new(agora_bin())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agora devnet devices"),
+    )
+}
+
+/// The lora-gateway module, or `None` after saying the test is skipped.
+fn module(test: &str) -> Option<Vec<u8>> {
+    match agora_devnet::demo::module_bytes(None) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            agora_devnet::skipped(
+                test,
+                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
+            );
+            None
+        }
+    }
+}
+
+/// The device list of `node`, once all `count` devices answered and `ok` holds for each.
 fn listed(
     node: &str,
+    count: usize,
     what: &str,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> Vec<serde_json::Value> {
@@ -63,7 +130,7 @@ fn listed(
             return false;
         };
         last = list["devices"].as_array().cloned().unwrap_or_default();
-        last.len() == COUNT as usize && last.iter().all(|d| !d["meta"].is_null() && ok(d))
+        last.len() == count && last.iter().all(|d| !d["meta"].is_null() && ok(d))
     });
     last
 }
@@ -72,70 +139,25 @@ fn listed(
 fn the_managing_edge_flashes_its_devices_skips_locked_ones_and_rolls_back_a_corrupt_one() {
     let test =
         "the_managing_edge_flashes_its_devices_skips_locked_ones_and_rolls_back_a_corrupt_one";
-    let module = match agora_devnet::demo::module_bytes(None) {
-        Ok(m) => m,
-        Err(e) => {
-            return agora_devnet::skipped(
-                test,
-                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
-            );
-        }
-    };
+    let Some(module) = module(test) else { return };
     let net = TestDevnet::up(2, 120, &[]);
-    let dir = net.dir_s();
     let (n0, n1) = (net.node(0), net.node(1));
     let node0_id = net.nodes()[0]["node_id"].as_str().unwrap().to_string();
-
     // node0 runs its own service on the devices: it manages them.
-    let svc = net.tmp().join("svc");
-    std::fs::create_dir_all(&svc).unwrap();
-    std::fs::write(svc.join("gw.wasm"), &module).unwrap();
-    std::fs::write(svc.join("gw.toml"), manifest()).unwrap();
-    let published = agora_json(&[
-        "service",
-        "publish",
-        &svc.join("gw.wasm").display().to_string(),
-        "--manifest",
-        &svc.join("gw.toml").display().to_string(),
-        "--data-dir",
-        &n0,
-    ]);
-    let image = published["image"].as_str().expect("image CID").to_string();
-    agora_json(&["own", &image, "--data-dir", &n0]);
-
-    let _devices = Devices(
-        Command::new(agora_bin())
-            .args([
-                "devnet",
-                "devices",
-                "--count",
-                &COUNT.to_string(),
-                "--locked",
-                "2",
-                "--corrupt",
-                "1",
-                "--first-id",
-                &FIRST.to_string(),
-                "--interval-ms",
-                "200",
-                "--reboot-ms",
-                "200",
-                "--for",
-                "600",
-                "--dir",
-                &dir,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agora devnet devices"),
+    own_service(
+        &net,
+        0,
+        &module,
+        &(FIRST..FIRST + COUNT).collect::<Vec<_>>(),
     );
+    let _devices = devices(&net, FIRST, COUNT, &["--locked", "2", "--corrupt", "1"]);
     listed(
         &n0,
+        10,
         "node0 to discover the 10 devices as their manager",
         |d| d["manager"].as_str() == Some(node0_id.as_str()),
     );
-    listed(&n1, "node1 to discover the 10 devices", |_| true);
+    listed(&n1, 10, "node1 to discover the 10 devices", |_| true);
 
     let firmware = net.tmp().join("fw-2.0.0.bin");
     let bytes: Vec<u8> = (0..6_000u32).map(|i| (i * 7 % 256) as u8).collect();
@@ -249,6 +271,7 @@ fn the_managing_edge_flashes_its_devices_skips_locked_ones_and_rolls_back_a_corr
     // What the devices themselves now report, through discovery.
     listed(
         &n0,
+        10,
         "the devices to report their versions after the job",
         |d| {
             let id = d["id"].as_u64().unwrap() as u32;
@@ -263,4 +286,55 @@ fn the_managing_edge_flashes_its_devices_skips_locked_ones_and_rolls_back_a_corr
     );
     let list = agora_json(&["device", "list", "--data-dir", &n0]);
     assert!(list["stats"]["replies_wrong_source"].as_u64() == Some(0));
+}
+
+#[test]
+fn keyed_devices_are_flashed_with_sealed_requests() {
+    let Some(module) = module("keyed_devices_are_flashed_with_sealed_requests") else {
+        return;
+    };
+    let net = TestDevnet::up(2, 120, &[]);
+    // The devnet keys sensors 101-103; their owner is the last node.
+    let keys = std::fs::read_to_string(net.dir.join("sensor-keys.json")).expect("sensor keys");
+    assert!(keys.contains("101"), "{keys}");
+    let owner = net.node(1);
+    let owner_id = net.nodes()[1]["node_id"].as_str().unwrap().to_string();
+    own_service(&net, 1, &module, &[101, 102, 103]);
+    let _devices = devices(&net, 101, 3, &[]);
+    listed(
+        &owner,
+        3,
+        "node1 to discover the keyed devices as their manager",
+        |d| d["manager"].as_str() == Some(owner_id.as_str()),
+    );
+    let firmware = net.tmp().join("fw.bin");
+    std::fs::write(&firmware, vec![0x5A; 3_000]).unwrap();
+    let out = agora(&[
+        "device",
+        "flash",
+        "--devices",
+        "id=101-103",
+        "--firmware",
+        &firmware.display().to_string(),
+        "--version",
+        "1.1.0",
+        "--max-unavailable",
+        "3",
+        "--json",
+        "--data-dir",
+        &owner,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"]["summary"]["updated"], 3, "{v:#}");
+    listed(&owner, 3, "the keyed devices to report 1.1.0", |d| {
+        d["meta"]["version"] == "1.1.0"
+    });
+    // Their uplinks are verified with the owner's keys (R1), and the requests were sealed
+    // with the same keys (R2): an unsealed one would have been refused and the job failed.
+    let radio = agora_json(&["radio", "--data-dir", &owner]);
+    assert!(
+        radio["stats"]["frames_verified"].as_u64().unwrap_or(0) > 0,
+        "{radio:#}"
+    );
 }

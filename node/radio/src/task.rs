@@ -28,7 +28,7 @@ use agora_hosting::control::ServiceControl;
 use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
-use agora_wire::radio::endpoint::{encode_request, is_endpoint};
+use agora_wire::radio::endpoint::{encode_request, is_endpoint, seal_request};
 use agora_wire::radio::{DeviceKey, FrameRefusal, MAX_KEYS_PER_MESSAGE, authenticate, check_mic};
 
 /// Checkpoints kept for `status`.
@@ -77,6 +77,9 @@ struct RadioTask {
     discovery: Discovery,
     /// Firmware jobs this edge runs (issue #16).
     jobs: Jobs,
+    /// Counter of the last sealed endpoint request (threat R2): the wall clock in ms, or one
+    /// more than the last when requests come faster, so it rises across restarts too.
+    request_counter: u64,
 }
 
 /// How often a discovered device is asked for its metadata again, ms.
@@ -137,6 +140,7 @@ pub async fn spawn(
         table: DeviceTable::default(),
         discovery: Discovery::new(cfg_max_devices, DISCOVERY_REFRESH_MS),
         jobs: Jobs::new(MAX_JOBS),
+        request_counter: 0,
         pending: BTreeMap::new(),
         checkpoints: VecDeque::new(),
         stats: RadioStats::default(),
@@ -705,17 +709,24 @@ impl RadioTask {
     /// Sends firmware-job requests to the devices' addresses (as discovery knows them).
     async fn send_requests(&mut self, socket: Option<&UdpSocket>, out: Outgoing) {
         for (device, req) in out {
-            let sent = match (socket, self.discovery.addr_of(device)) {
-                (Some(s), Some(addr)) => match encode_request(device, &req) {
-                    Ok(bytes) => s
-                        .send_to(&bytes, addr)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
-                (None, _) => Err("no radio socket".into()),
-                (_, None) => Err("device address unknown".into()),
+            // Threat R2: sealed under the device's key (if this edge holds it), with a rising
+            // counter.
+            let bytes = match self.keys.get(device).cloned() {
+                Some(key) => {
+                    self.request_counter = now_ms().max(self.request_counter.saturating_add(1));
+                    seal_request(&key, device, self.request_counter, &req)
+                }
+                None => encode_request(device, &req),
+            };
+            let sent = match (socket, self.discovery.addr_of(device), bytes) {
+                (Some(s), Some(addr), Ok(bytes)) => s
+                    .send_to(&bytes, addr)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                (_, _, Err(e)) => Err(e.to_string()),
+                (None, _, _) => Err("no radio socket".into()),
+                (_, None, _) => Err("device address unknown".into()),
             };
             match sent {
                 Ok(()) => self.jobs.stats.requests_sent += 1,

@@ -2,17 +2,19 @@
 //! [`DeviceAgent`] in a UDP socket of its own (its source address is how an edge answers it),
 //! sends readings to every edge in range while running, answers the endpoint protocol
 //! (`agora_wire::radio::endpoint`) and announces its metadata after every boot — to every edge
-//! in range, as a radio would.
+//! in range, as a radio would. A device with a key takes only requests sealed under it with a
+//! rising counter (threat R2; `Metadata` excepted) and counts the ones it refuses.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_contracts::devices::agent::{self, AgentConfig, DeviceAgent, Faults};
 use agora_contracts::devices::{DeviceId, DeviceMeta};
 use agora_radio::DeviceKey;
-use agora_wire::radio::endpoint::{MAX_ENDPOINT_LEN, decode_request, encode_reply};
+use agora_wire::radio::endpoint::{MAX_SEALED_LEN, encode_reply, open_request};
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +67,7 @@ pub fn specs(
 /// Running simulated devices.
 pub struct SimDevices {
     state: Arc<Mutex<BTreeMap<DeviceId, DeviceMeta>>>,
+    refused: Arc<AtomicU64>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -77,6 +80,7 @@ impl SimDevices {
         region: Region,
     ) -> std::io::Result<Self> {
         let state = Arc::new(Mutex::new(BTreeMap::new()));
+        let refused = Arc::new(AtomicU64::new(0));
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let t0 = Instant0::new();
@@ -100,6 +104,8 @@ impl SimDevices {
                 socket,
                 region: region.clone(),
                 state: state.clone(),
+                refused: refused.clone(),
+                last_request: None,
                 t0,
                 pending: BTreeMap::new(),
                 seq: 0,
@@ -108,6 +114,7 @@ impl SimDevices {
         }
         Ok(Self {
             state,
+            refused,
             cancel,
             tasks,
         })
@@ -119,6 +126,11 @@ impl SimDevices {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Requests the devices refused (unsealed, bad MIC, replayed: threat R2).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Stops every device.
@@ -151,6 +163,9 @@ struct DeviceTask {
     socket: UdpSocket,
     region: Region,
     state: Arc<Mutex<BTreeMap<DeviceId, DeviceMeta>>>,
+    refused: Arc<AtomicU64>,
+    /// Counter of the last sealed request taken.
+    last_request: Option<u64>,
     t0: Instant0,
     /// Replies due at a time (flash writes take time), in order.
     pending: BTreeMap<(u64, u64), Vec<u8>>,
@@ -160,7 +175,7 @@ struct DeviceTask {
 impl DeviceTask {
     async fn run(mut self, cancel: CancellationToken) {
         let id = self.agent.meta().id;
-        let mut buf = vec![0u8; MAX_ENDPOINT_LEN + 1];
+        let mut buf = vec![0u8; MAX_SEALED_LEN + 1];
         let mut wake = Some(0u64);
         // Announce at start, like after a boot: edges in range discover it.
         self.queue(self.t0.now(), agent::Reply::Meta(self.agent.meta()));
@@ -176,13 +191,19 @@ impl DeviceTask {
                 r = self.socket.recv_from(&mut buf) => {
                     let Ok((n, _from)) = r else { continue };
                     let Some(bytes) = buf.get(..n) else { continue };
-                    match decode_request(bytes) {
-                        Ok((to, req)) if to == id => {
+                    match open_request(bytes, self.key.as_ref(), self.last_request) {
+                        Ok((to, req, counter)) if to == id => {
+                            if self.key.is_some() && counter.is_some() {
+                                self.last_request = counter;
+                            }
                             let out = self.agent.handle(self.t0.now(), agent::Input::Request(req));
                             wake = self.effects(out).or(wake);
                         }
-                        Ok((to, _)) => tracing::debug!(device = id, to, "request for another device dropped"),
-                        Err(e) => tracing::debug!(device = id, error = %e, "malformed request dropped"),
+                        Ok((to, _, _)) => tracing::debug!(device = id, to, "request for another device dropped"),
+                        Err(e) => {
+                            self.refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(device = id, error = %e, "request refused");
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(self.t0.at(next)) => {
@@ -332,5 +353,59 @@ mod tests {
         let Reply::Meta(m) = m else { unreachable!() };
         assert_eq!(m.boots, 3);
         assert_eq!(devs.stop().await[&500].version, "2.0.0");
+    }
+
+    /// Threat R2: a device with a key ignores an unsealed reboot, one sealed under another
+    /// key and a replayed one; it obeys a sealed one with a fresh counter.
+    #[tokio::test]
+    async fn a_keyed_device_refuses_spoofed_and_replayed_reboots() {
+        use agora_contracts::devices::Mode;
+        use agora_wire::radio::endpoint::seal_request;
+        let edge = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let region = Region::default();
+        region.set(vec![edge.local_addr().unwrap()]);
+        let cfg = AgentConfig {
+            reboot_ms: 50,
+            link_bytes_per_s: 100_000,
+            reading_ms: 0,
+        };
+        let key = DeviceKey([5; 32]);
+        let mut spec = specs(600, 1, 0, 0, 0);
+        spec[0].key = Some(key.clone());
+        let devs = SimDevices::start(spec, cfg, region).await.unwrap();
+        let (addr, _) = recv_reply(&edge, |r| matches!(r, Reply::Meta(_))).await;
+        let send = |b: Vec<u8>| {
+            let edge = &edge;
+            async move { edge.send_to(&b, addr).await.unwrap() }
+        };
+        let genuine = seal_request(&key, 600, 10, &Request::RebootToBootloader).unwrap();
+        let spoofed = [
+            encode_request(600, &Request::RebootToBootloader).unwrap(),
+            seal_request(&DeviceKey([6; 32]), 600, 11, &Request::RebootToBootloader).unwrap(),
+        ];
+        for b in spoofed {
+            send(b).await;
+        }
+        // Requests are taken in order: once the (unsealed, allowed) metadata request that
+        // follows is answered, the spoofed ones were refused, not delayed.
+        send(encode_request(600, &Request::Metadata).unwrap()).await;
+        let (_, m) = recv_reply(&edge, |r| matches!(r, Reply::Meta(_))).await;
+        let Reply::Meta(m) = m else { unreachable!() };
+        assert_eq!((m.mode, m.boots), (Mode::Running, 1), "not rebooted");
+        assert_eq!(devs.refused(), 2);
+        // The genuine request is obeyed; the same bytes replayed are refused.
+        send(genuine.clone()).await;
+        recv_reply(
+            &edge,
+            |r| matches!(r, Reply::Meta(m) if m.mode == Mode::Bootloader),
+        )
+        .await;
+        send(genuine).await;
+        send(encode_request(600, &Request::Metadata).unwrap()).await;
+        let (_, m) = recv_reply(&edge, |r| matches!(r, Reply::Meta(_))).await;
+        let Reply::Meta(m) = m else { unreachable!() };
+        assert_eq!(m.boots, 2, "the replay did not reboot it again");
+        assert_eq!(devs.refused(), 3);
+        devs.stop().await;
     }
 }

@@ -779,7 +779,14 @@ async fn run_devices(a: &DeviceArgs, json: bool) -> anyhow::Result<()> {
             a.dir.display()
         );
     }
-    let specs = crate::devices::specs(a.first_id, a.count, a.locked, a.corrupt, a.fail_boot);
+    let mut specs = crate::devices::specs(a.first_id, a.count, a.locked, a.corrupt, a.fail_boot);
+    // A device the devnet keyed (`sensor-keys.json`: 101-103, 201) seals its uplinks and takes
+    // only requests sealed under its key (threat R2).
+    let keys = crate::sensor_keys::load(&a.dir);
+    for s in &mut specs {
+        s.key = keys.get(&s.id).cloned();
+    }
+    let keyed = specs.iter().filter(|s| s.key.is_some()).count();
     let cfg = agora_contracts::devices::agent::AgentConfig {
         reboot_ms: a.reboot_ms,
         link_bytes_per_s: a.link_rate.max(1),
@@ -793,14 +800,15 @@ async fn run_devices(a: &DeviceArgs, json: bool) -> anyhow::Result<()> {
         print_json(&serde_json::json!({
             "devices": a.count, "first_id": a.first_id, "last_id": last, "locked": a.locked,
             "corrupt": a.corrupt, "fail_boot": a.fail_boot, "link_rate": a.link_rate,
-            "edges": addrs.len(),
+            "edges": addrs.len(), "keyed": keyed,
         }))?;
     } else {
         println!(
-            "devices {}..={} ({} locked, {} corrupting, {} failing boot) talking to {} edges at {} B/s; Ctrl-C stops",
+            "devices {}..={} ({} locked, {} keyed, {} corrupting, {} failing boot) talking to {} edges at {} B/s; Ctrl-C stops",
             a.first_id,
             last,
             a.locked,
+            keyed,
             a.corrupt,
             a.fail_boot,
             addrs.len(),

@@ -1,7 +1,7 @@
 //! Control API routes of the edge: the sensor radio, the devices it discovered, the node's own service and the
 //! orchestrator's timeline.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, authorize};
 use agora_orchestrator::{OrchestratorHandle, TimelineEntry};
+use agora_radio::firmware::{FirmwareError, JobId, JobList, JobRequest, JobStarted, JobView};
 use agora_radio::{DeviceList, RadioHandle, RadioStatus};
 
 /// `POST /v1/own` body.
@@ -64,6 +65,58 @@ async fn devices(
     Ok(Json(radio(&s)?.devices().await))
 }
 
+fn job_error(e: FirmwareError) -> ApiError {
+    let code = match &e {
+        FirmwareError::NoRadio => StatusCode::SERVICE_UNAVAILABLE,
+        FirmwareError::TableFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+        FirmwareError::Image { .. } => StatusCode::NOT_FOUND,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    ApiError(code, e.to_string())
+}
+
+/// `POST /v1/devices/jobs`: loads the image from the blockstore (fetching it from peers if
+/// needed) and starts a firmware job on the selected devices this edge manages.
+async fn start_job(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Json(req): Json<JobRequest>,
+) -> Result<Json<JobStarted>, ApiError> {
+    authorize(&s, &headers)?;
+    let radio = radio(&s)?;
+    let storage = s.storage.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node's storage is not running".into(),
+        )
+    })?;
+    let image = agora_radio::firmware::load_image(storage, &req.firmware)
+        .await
+        .map_err(job_error)?;
+    Ok(Json(radio.start_job(req, image).await.map_err(job_error)?))
+}
+
+async fn jobs(State(s): State<ApiState>, headers: HeaderMap) -> Result<Json<JobList>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(radio(&s)?.jobs().await))
+}
+
+async fn job(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<JobId>,
+) -> Result<Json<JobView>, ApiError> {
+    authorize(&s, &headers)?;
+    radio(&s)?.job(id).await.map(Json).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no firmware job {id} on this edge (finished jobs are evicted once 16 are kept);                  see GET /v1/devices/jobs"
+            ),
+        )
+    })
+}
+
 async fn timeline(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -99,6 +152,8 @@ pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/radio", get(radio_status))
         .route("/v1/devices", get(devices))
+        .route("/v1/devices/jobs", get(jobs).post(start_job))
+        .route("/v1/devices/jobs/{id}", get(job))
         .route("/v1/timeline", get(timeline))
         .route("/v1/own", post(set_own))
 }

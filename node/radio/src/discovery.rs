@@ -48,7 +48,7 @@ pub struct DiscoveryStats {
     pub replies_malformed: u64,
     /// Announcements from another address than the device's.
     pub replies_wrong_source: u64,
-    /// Chunk acks and hashes (no firmware job on this edge takes them yet).
+    /// Chunk acks and hashes no firmware job on this edge took.
     pub replies_unsolicited: u64,
     /// Devices evicted from a full table.
     pub evicted: u64,
@@ -135,25 +135,36 @@ impl Discovery {
         encode_request(device, &Request::Metadata).ok()
     }
 
-    /// A datagram that is an endpoint reply, from `from`.
-    pub(crate) fn on_reply(&mut self, bytes: &[u8], from: SocketAddr, now: Timestamp) {
+    /// A datagram that is an endpoint reply, from `from`: an announcement updates the table;
+    /// every reply taken (an announcement, or a chunk ack or hash from the device's own address)
+    /// is returned for the firmware jobs.
+    pub(crate) fn on_reply(
+        &mut self,
+        bytes: &[u8],
+        from: SocketAddr,
+        now: Timestamp,
+    ) -> Option<(DeviceId, Reply)> {
         let (device, reply) = match decode_reply(bytes) {
             Ok(x) => x,
             Err(e) => {
                 self.stats.replies_malformed += 1;
-                return debug!(error = %e, %from, "device reply dropped");
+                debug!(error = %e, %from, "device reply dropped");
+                return None;
             }
         };
-        let Reply::Meta(meta) = reply else {
-            self.stats.replies_unsolicited += 1;
-            return;
-        };
-        if let Some(e) = self.devices.get(&device)
-            && e.addr != from
-        {
+        let known = self.devices.get(&device).map(|e| e.addr);
+        if known.is_some_and(|a| a != from) {
             self.stats.replies_wrong_source += 1;
-            return debug!(device, %from, "announcement from another address than the device's dropped");
+            debug!(device, %from, "reply from another address than the device's dropped");
+            return None;
         }
+        let Reply::Meta(meta) = &reply else {
+            if known.is_none() {
+                self.stats.replies_unsolicited += 1;
+                return None;
+            }
+            return Some((device, reply));
+        };
         self.admit(device);
         let e = self.devices.entry(device).or_insert(Entry {
             addr: from,
@@ -162,9 +173,23 @@ impl Discovery {
             last_asked: Some(now),
             uplinks: 0,
         });
-        e.meta = Some(meta);
+        e.meta = Some(meta.clone());
         e.last_heard = now;
         self.stats.announcements += 1;
+        Some((device, reply))
+    }
+
+    /// Where `device` talks from.
+    pub(crate) fn addr_of(&self, device: DeviceId) -> Option<SocketAddr> {
+        self.devices.get(&device).map(|e| e.addr)
+    }
+
+    /// The metadata of every device that answered.
+    pub(crate) fn metas(&self) -> Vec<DeviceMeta> {
+        self.devices
+            .values()
+            .filter_map(|e| e.meta.clone())
+            .collect()
     }
 
     /// The table, with each device's manager from `manager`.
@@ -238,11 +263,15 @@ mod tests {
         d.heard(5, addr(1), 0);
         d.on_reply(&announce(5, "6.6.6"), addr(2), 1);
         d.on_reply(&[0xAA, 1, 2], addr(2), 1);
-        d.on_reply(
-            &encode_reply(5, &Reply::ChunkAck { index: 0 }).unwrap(),
-            addr(1),
-            1,
+        // A chunk ack from the device's address goes to the firmware jobs; one from another
+        // address, or of a device never heard, is dropped.
+        let ack = |id| encode_reply(id, &Reply::ChunkAck { index: 0 }).unwrap();
+        assert_eq!(
+            d.on_reply(&ack(5), addr(1), 1),
+            Some((5, Reply::ChunkAck { index: 0 }))
         );
+        assert_eq!(d.on_reply(&ack(5), addr(2), 1), None);
+        assert_eq!(d.on_reply(&ack(9), addr(9), 1), None);
         assert_eq!(d.list(|_| None)[0].meta, None);
         let s = d.stats;
         assert_eq!(
@@ -251,7 +280,7 @@ mod tests {
                 s.replies_malformed,
                 s.replies_unsolicited
             ),
-            (1, 1, 1)
+            (2, 1, 1)
         );
         // A device first heard through its announcement is admitted (a rebooted one).
         d.on_reply(&announce(6, "1.0"), addr(3), 2);

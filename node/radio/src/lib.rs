@@ -23,6 +23,7 @@
 
 mod counters;
 pub mod discovery;
+pub mod firmware;
 pub mod keys;
 pub mod rules;
 mod table;
@@ -257,6 +258,13 @@ enum Command {
     Managers(Vec<u32>, Vec<NodeId>),
     FetchKeys(Vec<u32>, NodeId),
     Status(Reply<RadioStatus>),
+    StartJob {
+        request: firmware::JobRequest,
+        image: Vec<u8>,
+        reply: Reply<Result<firmware::JobStarted, firmware::FirmwareError>>,
+    },
+    Jobs(Reply<firmware::JobList>),
+    Job(firmware::JobId, Reply<Option<firmware::JobView>>),
 }
 
 /// Handle to the radio task.
@@ -378,6 +386,41 @@ impl RadioHandle {
         }
         let (devices, stats) = rx.await.unwrap_or_default();
         DeviceList { devices, stats }
+    }
+
+    /// Starts a firmware job flashing `image` (the bytes of `request.firmware`, see
+    /// [`firmware::load_image`]) onto the selected devices this edge manages.
+    pub async fn start_job(
+        &self,
+        request: firmware::JobRequest,
+        image: Vec<u8>,
+    ) -> Result<firmware::JobStarted, firmware::FirmwareError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::StartJob {
+            request,
+            image,
+            reply,
+        };
+        if self.tx.send(cmd).await.is_err() {
+            return Err(firmware::FirmwareError::NoRadio);
+        }
+        rx.await.unwrap_or(Err(firmware::FirmwareError::NoRadio))
+    }
+
+    /// The firmware jobs kept here (`agora device job status`).
+    pub async fn jobs(&self) -> firmware::JobList {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Jobs(reply)).await.is_err() {
+            return firmware::JobList::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// One firmware job, if it is kept here.
+    pub async fn job(&self, id: firmware::JobId) -> Option<firmware::JobView> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Job(id, reply)).await.ok()?;
+        rx.await.ok().flatten()
     }
 
     /// Highest sequence number of each of `devices` covered by another edge's checkpoint.

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::counters::CounterStore;
 use crate::discovery::Discovery;
+use crate::firmware::{Jobs, MAX_JOBS, Outgoing};
 use crate::keys::KeyStore;
 use crate::rules::{self, MAX_MANAGERS_PER_DEVICE, Verdict};
 use crate::table::{Admit, Device, DeviceTable};
@@ -27,7 +28,7 @@ use agora_hosting::control::ServiceControl;
 use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
-use agora_wire::radio::endpoint::is_endpoint;
+use agora_wire::radio::endpoint::{encode_request, is_endpoint, seal_request};
 use agora_wire::radio::{DeviceKey, FrameRefusal, MAX_KEYS_PER_MESSAGE, authenticate, check_mic};
 
 /// Checkpoints kept for `status`.
@@ -74,6 +75,11 @@ struct RadioTask {
     keys_tx: mpsc::Sender<KeyAnswer>,
     /// Devices discovered with their metadata (issue #16).
     discovery: Discovery,
+    /// Firmware jobs this edge runs (issue #16).
+    jobs: Jobs,
+    /// Counter of the last sealed endpoint request (threat R2): the wall clock in ms, or one
+    /// more than the last when requests come faster, so it rises across restarts too.
+    request_counter: u64,
 }
 
 /// How often a discovered device is asked for its metadata again, ms.
@@ -133,6 +139,8 @@ pub async fn spawn(
         services,
         table: DeviceTable::default(),
         discovery: Discovery::new(cfg_max_devices, DISCOVERY_REFRESH_MS),
+        jobs: Jobs::new(MAX_JOBS),
+        request_counter: 0,
         pending: BTreeMap::new(),
         checkpoints: VecDeque::new(),
         stats: RadioStats::default(),
@@ -167,7 +175,7 @@ impl RadioTask {
                     None => break,
                 },
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd).await,
+                    Some(cmd) => self.on_command(socket.as_ref(), cmd).await,
                     None => break,
                 },
                 Some((owner, keys)) = keys_rx.recv() => self.on_keys(owner, keys),
@@ -191,6 +199,7 @@ impl RadioTask {
                     _ => {}
                 },
                 _ = tick.tick() => {
+                    self.tick_jobs(socket.as_ref()).await;
                     self.counters.flush();
                     self.fetch_keys();
                     let services: Vec<String> = self.pending.keys().cloned().collect();
@@ -209,7 +218,16 @@ impl RadioTask {
     /// when due.
     async fn on_datagram(&mut self, socket: Option<&UdpSocket>, bytes: &[u8], from: SocketAddr) {
         if is_endpoint(bytes) {
-            return self.discovery.on_reply(bytes, from, now_ms());
+            let now = now_ms();
+            let Some((device, reply)) = self.discovery.on_reply(bytes, from, now) else {
+                return;
+            };
+            let is_meta = matches!(reply, agora_contracts::devices::agent::Reply::Meta(_));
+            let (taken, out) = self.jobs.on_reply(now, device, reply);
+            if !taken && !is_meta {
+                self.discovery.stats.replies_unsolicited += 1;
+            }
+            return self.send_requests(socket, out).await;
         }
         if let Some(device) = self.on_frame(bytes)
             && let Some(req) = self.discovery.heard(device, from, now_ms())
@@ -354,8 +372,35 @@ impl RadioTask {
             .push((device, seq, frame));
     }
 
-    async fn on_command(&mut self, cmd: Command) {
+    async fn on_command(&mut self, socket: Option<&UdpSocket>, cmd: Command) {
         match cmd {
+            Command::StartJob {
+                request,
+                image,
+                reply,
+            } => {
+                let result = if socket.is_none() {
+                    Err(crate::firmware::FirmwareError::NoRadio)
+                } else {
+                    let table = self.discovery.metas();
+                    let managed = self.managed_here(table.iter().map(|m| m.id));
+                    self.jobs.start(now_ms(), &request, image, table, managed)
+                };
+                let result = match result {
+                    Ok((started, out)) => {
+                        self.send_requests(socket, out).await;
+                        Ok(started)
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Jobs(reply) => {
+                let _ = reply.send(self.jobs.list());
+            }
+            Command::Job(id, reply) => {
+                let _ = reply.send(self.jobs.view(id));
+            }
             Command::Assign {
                 devices,
                 service,
@@ -622,6 +667,77 @@ impl RadioTask {
 }
 
 impl RadioTask {
+    /// Of `devices`, those this edge manages: the manager `agora device list` shows (the last
+    /// edge the orchestrator named for the device) is this node.
+    fn managed_here(
+        &self,
+        devices: impl IntoIterator<Item = u32>,
+    ) -> BTreeSet<agora_contracts::devices::DeviceId> {
+        devices
+            .into_iter()
+            .filter(|d| {
+                self.table
+                    .get(d)
+                    .and_then(|dev| dev.managers.last())
+                    .is_some_and(|m| *m == self.me)
+            })
+            .collect()
+    }
+
+    /// Ticks the running firmware jobs (timeouts, who manages their devices now).
+    async fn tick_jobs(&mut self, socket: Option<&UdpSocket>) {
+        if !self.jobs.running() {
+            return;
+        }
+        let table = &self.table;
+        let me = self.me;
+        let out = self.jobs.tick(now_ms(), |devices| {
+            devices
+                .iter()
+                .copied()
+                .filter(|d| {
+                    table
+                        .get(d)
+                        .and_then(|dev| dev.managers.last())
+                        .is_some_and(|m| *m == me)
+                })
+                .collect()
+        });
+        self.send_requests(socket, out).await;
+    }
+
+    /// Sends firmware-job requests to the devices' addresses (as discovery knows them).
+    async fn send_requests(&mut self, socket: Option<&UdpSocket>, out: Outgoing) {
+        for (device, req) in out {
+            // Threat R2: sealed under the device's key (if this edge holds it), with a rising
+            // counter.
+            let bytes = match self.keys.get(device).cloned() {
+                Some(key) => {
+                    self.request_counter = now_ms().max(self.request_counter.saturating_add(1));
+                    seal_request(&key, device, self.request_counter, &req)
+                }
+                None => encode_request(device, &req),
+            };
+            let sent = match (socket, self.discovery.addr_of(device), bytes) {
+                (Some(s), Some(addr), Ok(bytes)) => s
+                    .send_to(&bytes, addr)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                (_, _, Err(e)) => Err(e.to_string()),
+                (None, _, _) => Err("no radio socket".into()),
+                (_, None, _) => Err("device address unknown".into()),
+            };
+            match sent {
+                Ok(()) => self.jobs.stats.requests_sent += 1,
+                Err(e) => {
+                    self.jobs.stats.requests_failed += 1;
+                    debug!(device, error = %e, "firmware job request not sent");
+                }
+            }
+        }
+    }
+
     async fn answer_replay(&mut self, id: u64, devices: &[u32]) {
         let answer = RadioRpc::Frames {
             devices: devices

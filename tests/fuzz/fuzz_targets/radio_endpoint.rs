@@ -1,11 +1,14 @@
 //! Raw bytes as a device endpoint message (issue #16): anyone on the radio's network can send
 //! an edge a "reply" or a device a "request". Decoding never panics, and whatever decodes
-//! encodes back to exactly the bytes it came from.
+//! encodes back to exactly the bytes it came from. A sealed request (threat R2) opens only
+//! under its key, and then seals back to the same bytes.
 #![no_main]
-use agora_wire::radio::endpoint::{
-    MAX_CHUNK_DATA, decode_reply, decode_request, encode_reply, encode_request,
-};
 use agora_contracts::devices::agent::Request;
+use agora_wire::radio::DeviceKey;
+use agora_wire::radio::endpoint::{
+    MAX_CHUNK_DATA, decode_reply, decode_request, encode_reply, encode_request, open_request,
+    seal_request,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,6 +17,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(chunk.len() <= MAX_CHUNK_DATA);
         }
         assert_eq!(encode_request(device, &req).expect("re-encodes"), data);
+    }
+    let key = DeviceKey([3; 32]);
+    if let Ok((device, req, Some(counter))) = open_request(data, Some(&key), None) {
+        assert_eq!(
+            seal_request(&key, device, counter, &req).expect("re-seals"),
+            data
+        );
     }
     if let Ok((device, reply)) = decode_reply(data) {
         assert_eq!(encode_reply(device, &reply).expect("re-encodes"), data);

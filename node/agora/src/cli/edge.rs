@@ -1,5 +1,6 @@
 //! Edge commands: `radio` (sensors heard and managed, checkpoints), `device list` (devices
-//! discovered with their metadata), `own IMAGE` (run a service
+//! discovered with their metadata), `device flash` / `device job status` (firmware jobs),
+//! `own IMAGE` (run a service
 //! on this node's own sensors) and `timeline` (what the orchestrator did).
 
 use std::path::Path;
@@ -7,6 +8,7 @@ use std::path::Path;
 use agora_api::client::ApiClient;
 use agora_api::edge::{OwnReply, OwnRequest};
 use agora_orchestrator::TimelineEntry;
+use agora_radio::firmware::{JobId, JobList, JobRequest, JobStarted, JobView};
 use agora_radio::{DeviceList, RadioStatus};
 
 use agora_devnet::output::{print_json, print_table};
@@ -20,11 +22,111 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 pub enum DeviceCommand {
     /// Devices this edge discovered: id, kind, firmware, version, lock, mode, manager, last heard.
     List,
+    /// Flash a firmware image onto the selected devices this edge manages (reboot into the
+    /// bootloader, flash, verify, boot; retry, then roll back). Waits and prints progress;
+    /// exits non-zero if any device failed.
+    Flash(FlashArgs),
+    /// Firmware jobs of this edge.
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+/// `agora device flash`
+#[derive(Debug, clap::Args)]
+pub struct FlashArgs {
+    /// Devices: `all`, or `kind=K,type=T,id=N-M` terms (terms of one key are alternatives).
+    #[arg(long)]
+    pub devices: String,
+    /// The image: a file (added to this node's store first) or the CID of one.
+    #[arg(long)]
+    pub firmware: String,
+    /// Version label the devices report once they run the image.
+    #[arg(long)]
+    pub version: String,
+    /// Devices that may be unavailable (rebooting, flashing) at once.
+    #[arg(long, default_value_t = 1)]
+    pub max_unavailable: usize,
+    /// Firmware type of the image (default: the one type the selected devices share).
+    #[arg(long = "type")]
+    pub firmware_type: Option<String>,
+    /// Print the job id and return at once (follow with `agora device job status ID`).
+    #[arg(long)]
+    pub detach: bool,
+    /// Give up waiting after this many seconds (the job goes on; see `job status`).
+    #[arg(long, default_value_t = 3600)]
+    pub timeout: u64,
+}
+
+/// `agora device job …`
+#[derive(Debug, clap::Subcommand)]
+pub enum JobCommand {
+    /// One job: summary and every device's step and outcome.
+    Status {
+        /// Job id (from `agora device flash`).
+        id: JobId,
+    },
+    /// Every job kept on this edge.
+    List,
 }
 
 /// `agora device …`
 pub async fn device(dir: &Path, cmd: &DeviceCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
+        DeviceCommand::Flash(a) => flash(dir, a, json).await,
+        DeviceCommand::Job(JobCommand::Status { id }) => {
+            let v: JobView = ApiClient::for_data_dir(dir)?
+                .get(&format!("/v1/devices/jobs/{id}"))
+                .await?;
+            if json {
+                print_json(&v)?;
+            } else {
+                print_job(&v);
+            }
+            failed(&v)
+        }
+        DeviceCommand::Job(JobCommand::List) => {
+            let list: JobList = ApiClient::for_data_dir(dir)?
+                .get("/v1/devices/jobs")
+                .await?;
+            if json {
+                return print_json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .jobs
+                .iter()
+                .map(|j| {
+                    let s = &j.status.summary;
+                    vec![
+                        j.status.id.to_string(),
+                        j.status.version.clone(),
+                        j.selector.clone(),
+                        if j.finished { "finished" } else { "running" }.into(),
+                        format!("{}/{}/{}/{}", s.updated, s.skipped, s.rolled_back, s.lost),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "JOB",
+                    "VERSION",
+                    "DEVICES",
+                    "STATE",
+                    "UPD/SKIP/ROLLBACK/LOST",
+                ],
+                &rows,
+            );
+            let st = &list.stats;
+            println!(
+                "{} started, {} refused (table full), {} evicted; {} requests sent, {} not sent, {} replies taken",
+                st.started,
+                st.refused_full,
+                st.evicted,
+                st.requests_sent,
+                st.requests_failed,
+                st.replies_taken
+            );
+            Ok(())
+        }
         DeviceCommand::List => {
             let list: DeviceList = ApiClient::for_data_dir(dir)?.get("/v1/devices").await?;
             if json {
@@ -184,5 +286,194 @@ pub async fn timeline(dir: &Path, json: bool) -> anyhow::Result<()> {
         })
         .collect();
     print_table(&["AT (ms)", "PHASE", "CONTRACT", "DETAIL"], &rows);
+    Ok(())
+}
+
+/// `agora device flash`
+async fn flash(dir: &Path, a: &FlashArgs, json: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let api = ApiClient::for_data_dir(dir)?;
+    let path = Path::new(&a.firmware);
+    let firmware = if path.is_file() {
+        let abs =
+            std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
+        let added: agora_exchange::AddReply = api
+            .post_long(
+                "/v1/storage/add",
+                &agora_api::storage::AddRequest {
+                    path: abs,
+                    cid_version: 1,
+                },
+            )
+            .await
+            .with_context(|| format!("adding {} to the node's store", path.display()))?;
+        if !json {
+            println!(
+                "firmware {} added as {} ({} bytes)",
+                path.display(),
+                added.cid,
+                added.bytes
+            );
+        }
+        added.cid
+    } else {
+        a.firmware.clone()
+    };
+    let req = JobRequest {
+        selector: a.devices.clone(),
+        firmware,
+        version: a.version.clone(),
+        max_unavailable: a.max_unavailable,
+        firmware_type: a.firmware_type.clone(),
+    };
+    let started: JobStarted = api.post_long("/v1/devices/jobs", &req).await?;
+    if a.detach {
+        if json {
+            return print_json(&started);
+        }
+        println!(
+            "job {} started on {} devices; follow with `agora device job status {}`",
+            started.id, started.devices, started.id
+        );
+        return Ok(());
+    }
+    if !json {
+        println!(
+            "job {}: {} devices, version {}, at most {} unavailable",
+            started.id, started.devices, a.version, a.max_unavailable
+        );
+    }
+    let path = format!("/v1/devices/jobs/{}", started.id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.timeout);
+    let mut seen: std::collections::BTreeMap<u32, String> = std::collections::BTreeMap::new();
+    loop {
+        let v: JobView = api.get(&path).await?;
+        if !json {
+            for d in &v.status.devices {
+                let line = progress_line(d);
+                if seen.get(&d.device) != Some(&line) {
+                    println!("device {}: {line}", d.device);
+                    seen.insert(d.device, line);
+                }
+            }
+        }
+        if v.finished {
+            if json {
+                print_json(&v)?;
+            } else {
+                print_summary(&v);
+            }
+            return failed(&v);
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "job {} still running after {} s; follow it with `agora device job status {}`",
+                started.id,
+                a.timeout,
+                started.id
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+/// One device's state as a progress line.
+fn progress_line(d: &agora_contracts::devices::DeviceProgress) -> String {
+    use agora_contracts::devices::{Outcome, Step};
+    match &d.outcome {
+        Some(Outcome::Updated { attempts }) => {
+            format!("updated to {} ({attempts} attempt(s))", d.version)
+        }
+        Some(Outcome::Skipped(r)) => format!("skipped: {}", json_word(r)),
+        Some(Outcome::RolledBack { last, attempts }) => format!(
+            "FAILED after {attempts} attempt(s) ({}), rolled back to {}",
+            json_word(last),
+            d.previous_version
+        ),
+        Some(Outcome::Lost { last }) => format!("FAILED and lost ({})", json_word(last)),
+        None => match d.step {
+            Step::Waiting => "waiting".into(),
+            Step::Flashing => format!("flashing (attempt {})", d.attempt),
+            step => format!("{} (attempt {})", json_word(&step), d.attempt),
+        },
+    }
+}
+
+/// The snake_case JSON form of a value, for lines.
+fn json_word<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+fn print_summary(v: &JobView) {
+    let s = &v.status.summary;
+    let secs = v
+        .finished_at
+        .map_or(0.0, |f| f.saturating_sub(v.started_at) as f64 / 1000.0);
+    println!(
+        "job {} finished in {secs:.1} s: {} updated, {} skipped, {} rolled back, {} lost (of {})",
+        v.status.id, s.updated, s.skipped, s.rolled_back, s.lost, s.total
+    );
+}
+
+fn print_job(v: &JobView) {
+    println!(
+        "job {}: version {} of {} ({} bytes, {} chunks), devices {}, {}",
+        v.status.id,
+        v.status.version,
+        v.firmware_type,
+        v.size,
+        v.status.chunks,
+        v.selector,
+        if v.finished { "finished" } else { "running" }
+    );
+    let rows: Vec<Vec<String>> = v
+        .status
+        .devices
+        .iter()
+        .map(|d| {
+            vec![
+                d.device.to_string(),
+                d.previous_version.clone(),
+                d.version.clone(),
+                progress_line(d),
+            ]
+        })
+        .collect();
+    print_table(&["DEVICE", "WAS", "NOW", "STATE"], &rows);
+    if v.finished {
+        print_summary(v);
+    }
+}
+
+/// An error (non-zero exit) if any device failed.
+fn failed(v: &JobView) -> anyhow::Result<()> {
+    let s = &v.status.summary;
+    if s.failed() > 0 {
+        let ids: Vec<String> = v
+            .status
+            .devices
+            .iter()
+            .filter(|d| {
+                matches!(
+                    d.outcome,
+                    Some(agora_contracts::devices::Outcome::RolledBack { .. })
+                        | Some(agora_contracts::devices::Outcome::Lost { .. })
+                )
+            })
+            .map(|d| d.device.to_string())
+            .collect();
+        anyhow::bail!(
+            "job {}: {} device(s) failed ({} rolled back, {} lost): {}",
+            v.status.id,
+            s.failed(),
+            s.rolled_back,
+            s.lost,
+            ids.join(", ")
+        );
+    }
     Ok(())
 }

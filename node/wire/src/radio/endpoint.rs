@@ -7,6 +7,8 @@
 //!   1 metadata | 2 reboot-to-bootloader | 4 verify | 6 rollback      (no body)
 //!   3 flash chunk: index u32 | offset u32 | len u16 (≤ 1024) | data[len]
 //!   5 boot:        vlen u8 (≤ 32) | version[vlen] (UTF-8)
+//! sealed:  AB | device u32 LE | op u8 | body | counter u64 LE | MIC 8 bytes
+//!          (a request authenticated under the device's key, threat R2)
 //! reply:   AA | device u32 LE | op u8 | body
 //!   1 meta:      kind, firmware type, version (each len u8 ≤ 32 + UTF-8) | flags u8
 //!                (bit 0 locked, bit 1 bootloader) | boots u32
@@ -16,11 +18,20 @@
 //!
 //! Decoding never trusts a length: it is checked against its bound and against what is left
 //! before anything is allocated, and trailing bytes are refused, so a decoded message encodes to
-//! exactly the bytes it came from. Pure: no I/O. Endpoint messages carry no MIC in this slice
-//! (anyone on the radio's network can send them; see `docs/DEVICES.md`).
+//! exactly the bytes it came from. Pure: no I/O.
+//!
+//! Threat R2: an edge that holds a device's key (its owner, or the provider handed it) seals
+//! every request to it ([`seal_request`]): a counter that increases with every request and a
+//! MIC (keyed BLAKE3 under the device's frame key, as uplink frames carry) over everything
+//! before it. A device with a key takes ([`open_request`]) only sealed requests with a valid MIC
+//! and a counter above the last it took; the one exception is `Metadata`, which it answers
+//! to anyone (it announces the same after every boot). Replies are not sealed: an edge takes a
+//! device's replies only from the address it hears the device on.
 
 use agora_contracts::devices::agent::{Reply, Request};
 use agora_contracts::devices::{DeviceId, DeviceMeta, MAX_LABEL_LEN, Mode};
+
+use super::frame::{DeviceKey, MIC_LEN, mic};
 
 /// First byte of an edge → device request.
 pub const REQUEST_MAGIC: u8 = 0xA9;
@@ -30,6 +41,40 @@ pub const REPLY_MAGIC: u8 = 0xAA;
 pub const MAX_CHUNK_DATA: usize = 1024;
 /// Largest endpoint message.
 pub const MAX_ENDPOINT_LEN: usize = 1 + 4 + 1 + 4 + 4 + 2 + MAX_CHUNK_DATA;
+/// First byte of a sealed edge → device request.
+pub const SEALED_REQUEST_MAGIC: u8 = 0xAB;
+/// Largest sealed request.
+pub const MAX_SEALED_LEN: usize = MAX_ENDPOINT_LEN + 8 + MIC_LEN;
+
+/// A request a device refuses (threat R2).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestRefusal {
+    /// It does not decode.
+    #[error(transparent)]
+    Malformed(#[from] EndpointError),
+    /// Not sealed, to a device with a key (only `Metadata` may be).
+    #[error("unsealed request to device {device}, which has a key: dropped")]
+    Unsealed {
+        /// Device.
+        device: DeviceId,
+    },
+    /// The MIC is not the device key's.
+    #[error("request to device {device} with a bad MIC: dropped")]
+    BadMic {
+        /// Device.
+        device: DeviceId,
+    },
+    /// The counter is not above the last one taken (a replayed request).
+    #[error("request to device {device} with counter {counter}, not above {last}: dropped")]
+    Replayed {
+        /// Device.
+        device: DeviceId,
+        /// Its counter.
+        counter: u64,
+        /// The last counter taken.
+        last: u64,
+    },
+}
 
 /// An endpoint message that does not decode.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +212,78 @@ pub fn encode_request(device: DeviceId, r: &Request) -> Result<Vec<u8>, Endpoint
     Ok(out)
 }
 
+/// Encodes a request to `device` sealed under its key with `counter` (which must increase
+/// with every request an edge sends the device).
+pub fn seal_request(
+    key: &DeviceKey,
+    device: DeviceId,
+    counter: u64,
+    r: &Request,
+) -> Result<Vec<u8>, EndpointError> {
+    let mut out = encode_request(device, r)?;
+    if let Some(m) = out.first_mut() {
+        *m = SEALED_REQUEST_MAGIC;
+    }
+    out.extend_from_slice(&counter.to_le_bytes());
+    let m = mic(key, &out);
+    out.extend_from_slice(&m);
+    Ok(out)
+}
+
+/// What a device does with the bytes an edge sent. With a `key`: a sealed request whose MIC
+/// is the key's and whose counter is above `last` (its counter is returned, to keep as the new
+/// `last`), or an unsealed `Metadata` request; everything else is refused. Without a key: any
+/// request (a sealed one unchecked).
+pub fn open_request(
+    b: &[u8],
+    key: Option<&DeviceKey>,
+    last: Option<u64>,
+) -> Result<(DeviceId, Request, Option<u64>), RequestRefusal> {
+    if b.first() != Some(&SEALED_REQUEST_MAGIC) {
+        let (device, req) = decode_request(b)?;
+        if key.is_some() && req != Request::Metadata {
+            return Err(RequestRefusal::Unsealed { device });
+        }
+        return Ok((device, req, None));
+    }
+    if b.len() > MAX_SEALED_LEN {
+        return Err(EndpointError::TooLong {
+            len: b.len(),
+            max: MAX_SEALED_LEN,
+        }
+        .into());
+    }
+    let body_len = b
+        .len()
+        .checked_sub(8 + MIC_LEN)
+        .ok_or(EndpointError::Truncated(b.len()))?;
+    let (body, tail) = b.split_at(body_len);
+    let (counter, got) = tail.split_at(8);
+    let mut plain = body.to_vec();
+    if let Some(m) = plain.first_mut() {
+        *m = REQUEST_MAGIC;
+    }
+    let (device, req) = decode_request(&plain)?;
+    let mut c = [0u8; 8];
+    c.copy_from_slice(counter);
+    let counter = u64::from_le_bytes(c);
+    if let Some(k) = key {
+        let want = mic(k, b.get(..body_len + 8).unwrap_or_default());
+        // Constant time, like the frames' check.
+        if want.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+            return Err(RequestRefusal::BadMic { device });
+        }
+        if let Some(last) = last.filter(|l| counter <= *l) {
+            return Err(RequestRefusal::Replayed {
+                device,
+                counter,
+                last,
+            });
+        }
+    }
+    Ok((device, req, Some(counter)))
+}
+
 /// Decodes a request (what a device does with the bytes an edge sent).
 pub fn decode_request(b: &[u8]) -> Result<(DeviceId, Request), EndpointError> {
     let mut r = Reader { b, at: 0 };
@@ -273,7 +390,10 @@ pub fn decode_reply(b: &[u8]) -> Result<(DeviceId, Reply), EndpointError> {
 
 /// Whether `b` is an endpoint message rather than an uplink frame (by its first byte).
 pub fn is_endpoint(b: &[u8]) -> bool {
-    matches!(b.first(), Some(&REQUEST_MAGIC | &REPLY_MAGIC))
+    matches!(
+        b.first(),
+        Some(&REQUEST_MAGIC | &REPLY_MAGIC | &SEALED_REQUEST_MAGIC)
+    )
 }
 
 #[cfg(test)]
@@ -409,5 +529,58 @@ mod tests {
                 prop_assert_eq!(encode_reply(d, &r).unwrap(), b);
             }
         }
+    }
+
+    #[test]
+    fn sealed_requests_are_taken_only_with_the_key_and_a_rising_counter() {
+        let key = DeviceKey([7; 32]);
+        let other = DeviceKey([8; 32]);
+        let reboot = Request::RebootToBootloader;
+        let b = seal_request(&key, 9, 100, &reboot).unwrap();
+        assert!(is_endpoint(&b) && b.len() <= MAX_SEALED_LEN);
+        assert_eq!(
+            open_request(&b, Some(&key), Some(99)),
+            Ok((9, reboot.clone(), Some(100)))
+        );
+        assert_eq!(
+            open_request(&b, Some(&key), Some(100)),
+            Err(RequestRefusal::Replayed {
+                device: 9,
+                counter: 100,
+                last: 100
+            }),
+            "a replay"
+        );
+        let forged = seal_request(&other, 9, 101, &reboot).unwrap();
+        assert_eq!(
+            open_request(&forged, Some(&key), Some(100)),
+            Err(RequestRefusal::BadMic { device: 9 })
+        );
+        let plain = encode_request(9, &reboot).unwrap();
+        assert_eq!(
+            open_request(&plain, Some(&key), None),
+            Err(RequestRefusal::Unsealed { device: 9 })
+        );
+        // Metadata is answered to anyone; a device without a key takes everything.
+        let meta = encode_request(9, &Request::Metadata).unwrap();
+        assert_eq!(
+            open_request(&meta, Some(&key), None),
+            Ok((9, Request::Metadata, None))
+        );
+        assert_eq!(
+            open_request(&plain, None, None),
+            Ok((9, reboot.clone(), None))
+        );
+        assert_eq!(
+            open_request(&forged, None, None),
+            Ok((9, reboot, Some(101)))
+        );
+        // A flipped byte anywhere breaks the MIC (or the decoding).
+        for i in 0..b.len() {
+            let mut t = b.clone();
+            t[i] ^= 1;
+            assert!(open_request(&t, Some(&key), None).is_err(), "byte {i}");
+        }
+        assert!(open_request(&b[..10], Some(&key), None).is_err());
     }
 }

@@ -1,0 +1,479 @@
+//! Firmware jobs run by this edge (issue #16, `agora device flash`): the node-side driver of
+//! the pure [`FirmwareJob`]. A job is started with the image's bytes (resolved from the
+//! blockstore by [`load_image`]), a selector, a version and `max_unavailable`; the radio task
+//! feeds it the discovery table, the devices this edge manages, the devices' replies and a
+//! tick, and sends the endpoint requests its effects name over the radio's UDP socket.
+//!
+//! Only devices this edge manages are flashed: the manager is the one `agora device list`
+//! shows (the last edge the orchestrator named to the radio for the device, from the ledger
+//! and the node's own service). Selected devices managed elsewhere (or by nobody known here)
+//! are reported `not_managed` and never sent a command. A device already in a running job on
+//! this edge is left out of a new one.
+//!
+//! Bounded: at most [`MAX_JOBS`] jobs are kept; a new job evicts the oldest finished one
+//! (counted, logged) and is refused when all are running. Images are at most
+//! [`MAX_FIRMWARE_BYTES`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use agora_contracts::devices::agent::{Reply, Request};
+use agora_contracts::devices::{
+    Command, DeviceId, DeviceMeta, Effect, Firmware, FirmwareJob, Input, JobConfig, JobError,
+    JobStatus, Selector, SelectorError,
+};
+use agora_market::Timestamp;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+pub use agora_contracts::devices::JobId;
+
+/// Jobs kept (running and finished) per edge.
+pub const MAX_JOBS: usize = 16;
+/// Largest firmware image a job takes, bytes.
+pub const MAX_FIRMWARE_BYTES: u64 = 4 << 20;
+
+/// `POST /v1/devices/jobs`: flash an image onto the selected devices this edge manages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// Selector (`all`, `kind=K,type=T,id=N-M`).
+    pub selector: String,
+    /// CID of the image in this node's blockstore (or fetchable from a peer).
+    pub firmware: String,
+    /// Version label the devices report once they run the image.
+    pub version: String,
+    /// Devices that may be unavailable at once.
+    #[serde(default = "one")]
+    pub max_unavailable: usize,
+    /// Firmware type of the image; `None`: the one type the selected devices share.
+    #[serde(default)]
+    pub firmware_type: Option<String>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// `POST /v1/devices/jobs` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStarted {
+    /// Job id (`agora device job status ID`).
+    pub id: JobId,
+    /// Devices in the job.
+    pub devices: usize,
+}
+
+/// One job as `GET /v1/devices/jobs[/ID]` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The machine's status (summary and per-device progress).
+    pub status: JobStatus,
+    /// Selector it was started with.
+    pub selector: String,
+    /// Firmware type of the image.
+    pub firmware_type: String,
+    /// Image size, bytes.
+    pub size: u64,
+    /// Whether every device is done.
+    pub finished: bool,
+    /// When it started, ms.
+    pub started_at: Timestamp,
+    /// When it finished, ms.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// Counters of the job table and its driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStats {
+    /// Jobs started.
+    pub started: u64,
+    /// Jobs refused: the table was full of running jobs.
+    pub refused_full: u64,
+    /// Finished jobs evicted to make room.
+    pub evicted: u64,
+    /// Endpoint requests sent to devices.
+    pub requests_sent: u64,
+    /// Requests not sent (device address unknown, encoding or socket error).
+    pub requests_failed: u64,
+    /// Device replies taken by a job.
+    pub replies_taken: u64,
+}
+
+/// `GET /v1/devices/jobs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobList {
+    /// Jobs, oldest first.
+    pub jobs: Vec<JobView>,
+    /// Counters.
+    pub stats: JobStats,
+}
+
+/// A job that cannot be started.
+#[derive(Debug, thiserror::Error)]
+pub enum FirmwareError {
+    /// The selector does not parse.
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
+    /// The pure machine refused the job.
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// Every kept job is still running.
+    #[error("{max} firmware jobs are running on this edge; wait for one to finish")]
+    TableFull {
+        /// [`MAX_JOBS`].
+        max: usize,
+    },
+    /// The selector matches no discovered device.
+    #[error(
+        "selector {selector:?} matches no device this edge discovered (or they are all in a \
+         running job); see `agora device list`"
+    )]
+    NoDevices {
+        /// Selector.
+        selector: String,
+    },
+    /// The selected devices take several firmware types.
+    #[error("the selected devices take firmware types {types:?}; pass --type T")]
+    AmbiguousType {
+        /// Types.
+        types: Vec<String>,
+    },
+    /// The version label is empty or too long.
+    #[error("version {0:?} must be 1..=32 bytes")]
+    Version(String),
+    /// The image could not be read from the blockstore.
+    #[error("firmware image {cid} not loaded: {reason}; add it with `agora storage add FILE`")]
+    Image {
+        /// CID.
+        cid: String,
+        /// Why.
+        reason: String,
+    },
+    /// The image is larger than [`MAX_FIRMWARE_BYTES`].
+    #[error("firmware image {cid} has {size} bytes, more than {MAX_FIRMWARE_BYTES}")]
+    TooLarge {
+        /// CID.
+        cid: String,
+        /// Size.
+        size: u64,
+    },
+    /// The node has no radio (or it stopped).
+    #[error("this node's radio is not running: set radio.listen in config.toml")]
+    NoRadio,
+}
+
+/// Fetches `cid` (from this node's store, or peers) into memory, at most
+/// [`MAX_FIRMWARE_BYTES`], through a temporary file removed afterwards.
+pub async fn load_image(
+    storage: &agora_exchange::StorageHandle,
+    cid: &str,
+) -> Result<Vec<u8>, FirmwareError> {
+    let err = |reason: String| FirmwareError::Image {
+        cid: cid.to_string(),
+        reason,
+    };
+    let root = agora_exchange::parse_cid(cid).map_err(|e| err(e.to_string()))?;
+    let tmp = std::env::temp_dir().join(format!(
+        "agora-firmware-{}-{}",
+        std::process::id(),
+        agora_wire::now_ms()
+    ));
+    let (progress, _rx) = tokio::sync::watch::channel(agora_exchange::FetchProgress::default());
+    let cfg = agora_exchange::FetchConfig {
+        max_bytes: Some(MAX_FIRMWARE_BYTES.saturating_mul(2)),
+        ..storage.fetch_config()
+    };
+    let got = storage.get_file(root, tmp.clone(), &progress, cfg).await;
+    let bytes = match got {
+        Ok(_) => tokio::fs::read(&tmp).await.map_err(|e| err(e.to_string())),
+        Err(e) => Err(err(e.to_string())),
+    };
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let bytes = bytes?;
+    if bytes.len() as u64 > MAX_FIRMWARE_BYTES {
+        return Err(FirmwareError::TooLarge {
+            cid: cid.to_string(),
+            size: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
+}
+
+struct Running {
+    job: FirmwareJob,
+    image: Vec<u8>,
+    devices: BTreeSet<DeviceId>,
+    selector: String,
+    started_at: Timestamp,
+    finished_at: Option<Timestamp>,
+}
+
+/// Requests to send: device and request.
+pub(crate) type Outgoing = Vec<(DeviceId, Request)>;
+
+/// The edge's firmware jobs.
+pub(crate) struct Jobs {
+    jobs: BTreeMap<JobId, Running>,
+    next_id: JobId,
+    max: usize,
+    pub(crate) stats: JobStats,
+}
+
+impl Jobs {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            jobs: BTreeMap::new(),
+            next_id: 1,
+            max: max.max(1),
+            stats: JobStats::default(),
+        }
+    }
+
+    /// Starts a job over `table` (the discovered devices with metadata), of which this edge
+    /// manages `managed`; returns its id, its size and the first requests.
+    pub(crate) fn start(
+        &mut self,
+        now: Timestamp,
+        req: &JobRequest,
+        image: Vec<u8>,
+        table: Vec<DeviceMeta>,
+        managed: BTreeSet<DeviceId>,
+    ) -> Result<(JobStarted, Outgoing), FirmwareError> {
+        let selector = Selector::parse(&req.selector)?;
+        if self.jobs.len() >= self.max && self.jobs.values().all(|r| r.finished_at.is_none()) {
+            self.stats.refused_full += 1;
+            warn!(
+                max = self.max,
+                "firmware job refused: every kept job is running"
+            );
+            return Err(FirmwareError::TableFull { max: self.max });
+        }
+        if req.version.is_empty() || req.version.len() > agora_contracts::devices::MAX_LABEL_LEN {
+            return Err(FirmwareError::Version(req.version.clone()));
+        }
+        let busy: BTreeSet<DeviceId> = self
+            .jobs
+            .values()
+            .filter(|r| r.finished_at.is_none())
+            .flat_map(|r| r.devices.iter().copied())
+            .collect();
+        let table: Vec<DeviceMeta> = table
+            .into_iter()
+            .filter(|m| selector.matches(m) && !busy.contains(&m.id))
+            .collect();
+        if table.is_empty() {
+            return Err(FirmwareError::NoDevices {
+                selector: req.selector.clone(),
+            });
+        }
+        let firmware_type = match &req.firmware_type {
+            Some(t) => t.clone(),
+            None => {
+                let types: BTreeSet<&str> =
+                    table.iter().map(|m| m.firmware_type.as_str()).collect();
+                match types.iter().next() {
+                    Some(t) if types.len() == 1 => (*t).to_string(),
+                    _ => {
+                        return Err(FirmwareError::AmbiguousType {
+                            types: types.into_iter().map(str::to_string).collect(),
+                        });
+                    }
+                }
+            }
+        };
+        self.make_room()?;
+        let id = self.next_id;
+        let firmware = Firmware {
+            cid: req.firmware.clone(),
+            hash: *blake3::hash(&image).as_bytes(),
+            size: image.len() as u64,
+            firmware_type,
+            version: req.version.clone(),
+        };
+        let cfg = JobConfig {
+            max_unavailable: req.max_unavailable,
+            ..JobConfig::default()
+        };
+        let devices: BTreeSet<DeviceId> = table.iter().map(|m| m.id).collect();
+        let job = FirmwareJob::new(id, firmware, &selector, cfg, table, managed)?;
+        self.next_id += 1;
+        self.stats.started += 1;
+        let mut run = Running {
+            job,
+            image,
+            devices,
+            selector: req.selector.clone(),
+            started_at: now,
+            finished_at: None,
+        };
+        let effects = run.job.handle(now, Input::Start);
+        let out = carry_out(&mut run, now, effects);
+        let started = JobStarted {
+            id,
+            devices: run.devices.len(),
+        };
+        info!(
+            job = id,
+            devices = started.devices,
+            version = %req.version,
+            firmware = %req.firmware,
+            "firmware job started"
+        );
+        self.jobs.insert(id, run);
+        Ok((started, out))
+    }
+
+    /// Evicts the oldest finished job when the table is full.
+    fn make_room(&mut self) -> Result<(), FirmwareError> {
+        if self.jobs.len() < self.max {
+            return Ok(());
+        }
+        let oldest = self
+            .jobs
+            .iter()
+            .find(|(_, r)| r.finished_at.is_some())
+            .map(|(id, _)| *id);
+        match oldest {
+            Some(id) => {
+                self.jobs.remove(&id);
+                self.stats.evicted += 1;
+                info!(
+                    job = id,
+                    "firmware job table full: oldest finished job evicted"
+                );
+                Ok(())
+            }
+            None => Err(FirmwareError::TableFull { max: self.max }),
+        }
+    }
+
+    /// A reply of `device` that discovery accepted (from the device's address); whether a
+    /// running job took it, and the requests to send.
+    pub(crate) fn on_reply(
+        &mut self,
+        now: Timestamp,
+        device: DeviceId,
+        reply: Reply,
+    ) -> (bool, Outgoing) {
+        let input = match reply {
+            Reply::Meta(m) => Input::Discovered(m),
+            Reply::ChunkAck { index } => Input::ChunkAck { device, index },
+            Reply::Hash(hash) => Input::Hash { device, hash },
+        };
+        let mut out = Vec::new();
+        let mut taken = false;
+        for run in self.jobs.values_mut() {
+            if run.finished_at.is_some() || !run.devices.contains(&device) {
+                continue;
+            }
+            taken = true;
+            let effects = run.job.handle(now, input.clone());
+            out.extend(carry_out(run, now, effects));
+        }
+        self.stats.replies_taken += u64::from(taken);
+        (taken, out)
+    }
+
+    /// Time passed; `managed` says which of a job's devices this edge manages now.
+    pub(crate) fn tick(
+        &mut self,
+        now: Timestamp,
+        managed: impl Fn(&BTreeSet<DeviceId>) -> BTreeSet<DeviceId>,
+    ) -> Outgoing {
+        let mut out = Vec::new();
+        for run in self.jobs.values_mut() {
+            if run.finished_at.is_some() {
+                continue;
+            }
+            let mut effects = run.job.handle(now, Input::Managed(managed(&run.devices)));
+            effects.extend(run.job.handle(now, Input::Tick));
+            out.extend(carry_out(run, now, effects));
+        }
+        out
+    }
+
+    /// Whether any job is running (the radio ticks it).
+    pub(crate) fn running(&self) -> bool {
+        self.jobs.values().any(|r| r.finished_at.is_none())
+    }
+
+    pub(crate) fn view(&self, id: JobId) -> Option<JobView> {
+        self.jobs.get(&id).map(view)
+    }
+
+    pub(crate) fn list(&self) -> JobList {
+        JobList {
+            jobs: self.jobs.values().map(view).collect(),
+            stats: self.stats,
+        }
+    }
+}
+
+fn view(r: &Running) -> JobView {
+    JobView {
+        status: r.job.status(),
+        selector: r.selector.clone(),
+        firmware_type: r.job.firmware().firmware_type.clone(),
+        size: r.job.firmware().size,
+        finished: r.job.finished(),
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+    }
+}
+
+/// Turns the machine's effects into endpoint requests (a chunk's bytes cut from the image).
+fn carry_out(run: &mut Running, now: Timestamp, effects: Vec<Effect>) -> Outgoing {
+    let job = run.job.id();
+    let mut out = Vec::new();
+    for e in effects {
+        match e {
+            Effect::Send { device, command } => {
+                let req = match command {
+                    Command::RebootToBootloader => Request::RebootToBootloader,
+                    Command::Verify => Request::Verify,
+                    Command::Boot { version } => Request::Boot { version },
+                    Command::Rollback => Request::Rollback,
+                    Command::FlashChunk { index, offset, len } => {
+                        let data = usize::try_from(offset).ok().and_then(|start| {
+                            let end = start.checked_add(usize::try_from(len).ok()?)?;
+                            run.image.get(start..end)
+                        });
+                        let Some(data) = data else {
+                            warn!(job, device, index, "chunk outside the image: not sent");
+                            continue;
+                        };
+                        Request::FlashChunk {
+                            index,
+                            offset,
+                            data: data.to_vec(),
+                        }
+                    }
+                };
+                out.push((device, req));
+            }
+            Effect::Done { device, outcome } => {
+                info!(job, device, ?outcome, "firmware job: device done");
+            }
+            Effect::Finished(summary) => {
+                run.finished_at = Some(now);
+                info!(
+                    job,
+                    updated = summary.updated,
+                    skipped = summary.skipped,
+                    rolled_back = summary.rolled_back,
+                    lost = summary.lost,
+                    "firmware job finished"
+                );
+            }
+            // The device sends nothing while it is away (it is in its bootloader or
+            // rebooting); the radio's reading accounting does not need the hint yet.
+            Effect::Pause(_) | Effect::Resume(_) => {}
+            // The radio ticks running jobs at every checkpoint tick (radio.checkpoint_ms).
+            Effect::WakeAt(_) => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,313 @@
+//! The runner's bookkeeping, driven against the pure device model
+//! ([`agora_contracts::devices::agent::DeviceAgent`]) in simulated time.
+
+use std::collections::BTreeMap;
+
+use agora_contracts::devices::agent::{self, AgentConfig, DeviceAgent, Faults};
+use agora_contracts::devices::{Outcome, SkipReason};
+
+use super::*;
+
+const TYPE: &str = "agora-sensor";
+
+fn agent(id: DeviceId, locked: bool, faults: Faults) -> DeviceAgent {
+    let cfg = AgentConfig {
+        reboot_ms: 50,
+        link_bytes_per_s: 1_000_000,
+        reading_ms: 0,
+    };
+    DeviceAgent::new((id, "thermo", TYPE, "1.0.0", locked), cfg, faults, 0)
+}
+
+fn request(selector: &str, version: &str, k: usize) -> JobRequest {
+    JobRequest {
+        selector: selector.into(),
+        firmware: "bafkfirmware".into(),
+        version: version.into(),
+        max_unavailable: k,
+        firmware_type: None,
+    }
+}
+
+/// Devices and the replies they have yet to send, in simulated time.
+struct Sim {
+    agents: BTreeMap<DeviceId, DeviceAgent>,
+    replies: Vec<(Timestamp, DeviceId, agent::Reply)>,
+    wakes: BTreeMap<DeviceId, Timestamp>,
+    /// Every request the edge sent, per device.
+    sent: BTreeMap<DeviceId, Vec<Request>>,
+}
+
+impl Sim {
+    fn new(agents: Vec<DeviceAgent>) -> Self {
+        Sim {
+            agents: agents.into_iter().map(|a| (a.meta().id, a)).collect(),
+            replies: Vec::new(),
+            wakes: BTreeMap::new(),
+            sent: BTreeMap::new(),
+        }
+    }
+
+    fn table(&self) -> Vec<DeviceMeta> {
+        self.agents.values().map(DeviceAgent::meta).collect()
+    }
+
+    fn effects(&mut self, id: DeviceId, out: Vec<agent::Effect>) {
+        for e in out {
+            match e {
+                agent::Effect::Reply { at, reply } => self.replies.push((at, id, reply)),
+                agent::Effect::WakeAt(t) => {
+                    self.wakes.insert(id, t);
+                }
+                agent::Effect::Reading(_) => {}
+            }
+        }
+    }
+
+    fn deliver(&mut self, now: Timestamp, out: Outgoing) {
+        for (id, req) in out {
+            self.sent.entry(id).or_default().push(req.clone());
+            if let Some(a) = self.agents.get_mut(&id) {
+                let fx = a.handle(now, agent::Input::Request(req));
+                self.effects(id, fx);
+            }
+        }
+    }
+
+    /// Runs until every job is finished (or `limit` ms pass), ticking the jobs every 200 ms.
+    fn run(
+        &mut self,
+        jobs: &mut Jobs,
+        managed: &BTreeSet<DeviceId>,
+        limit: Timestamp,
+    ) -> Timestamp {
+        let mut now = 0;
+        while jobs.running() && now < limit {
+            now += 10;
+            let due: Vec<DeviceId> = self
+                .wakes
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in due {
+                self.wakes.remove(&id);
+                if let Some(a) = self.agents.get_mut(&id) {
+                    let fx = a.handle(now, agent::Input::Tick);
+                    self.effects(id, fx);
+                }
+            }
+            let (ready, later): (Vec<_>, Vec<_>) =
+                self.replies.drain(..).partition(|(at, _, _)| *at <= now);
+            self.replies = later;
+            for (_, id, reply) in ready {
+                let (_, out) = jobs.on_reply(now, id, reply);
+                self.deliver(now, out);
+            }
+            if now % 200 == 0 {
+                let out = jobs.tick(now, |d| d.intersection(managed).copied().collect());
+                self.deliver(now, out);
+            }
+        }
+        now
+    }
+}
+
+#[test]
+fn a_job_flashes_managed_devices_skips_the_rest_and_rolls_back_a_corrupt_one() {
+    let corrupt = Faults {
+        corrupt_flash: true,
+        fail_boot: false,
+    };
+    let mut sim = Sim::new(vec![
+        agent(1, false, Faults::default()),
+        agent(2, false, Faults::default()),
+        agent(3, false, corrupt),
+        agent(4, true, Faults::default()),
+        agent(5, false, Faults::default()),
+    ]);
+    // 5 is managed by another edge.
+    let managed: BTreeSet<DeviceId> = [1, 2, 3, 4].into();
+    let image: Vec<u8> = (0..5_000u32).map(|i| (i % 251) as u8).collect();
+    let mut jobs = Jobs::new(MAX_JOBS);
+    let (started, out) = jobs
+        .start(
+            0,
+            &request("all", "2.0.0", 2),
+            image.clone(),
+            sim.table(),
+            managed.clone(),
+        )
+        .unwrap();
+    assert_eq!((started.id, started.devices), (1, 5));
+    sim.deliver(0, out);
+    let end = sim.run(&mut jobs, &managed, 600_000);
+    assert!(!jobs.running(), "finished within the limit (ran {end} ms)");
+    let v = jobs.view(1).unwrap();
+    assert!(v.finished && v.finished_at.is_some());
+    let s = v.status.summary;
+    assert_eq!((s.updated, s.skipped, s.rolled_back, s.lost), (2, 2, 1, 0));
+    let outcome = |id| {
+        v.status
+            .devices
+            .iter()
+            .find(|d| d.device == id)
+            .and_then(|d| d.outcome.clone())
+    };
+    assert_eq!(outcome(4), Some(Outcome::Skipped(SkipReason::Locked)));
+    assert_eq!(outcome(5), Some(Outcome::Skipped(SkipReason::NotManaged)));
+    assert!(matches!(outcome(3), Some(Outcome::RolledBack { .. })));
+    for id in [1, 2] {
+        assert_eq!(sim.agents[&id].version(), "2.0.0");
+    }
+    assert_eq!(sim.agents[&3].version(), "1.0.0", "rolled back");
+    assert!(!sim.sent.contains_key(&4), "locked: never sent a command");
+    assert!(
+        !sim.sent.contains_key(&5),
+        "not managed here: never sent a command"
+    );
+    // The chunks sent were the image's bytes, at their offsets.
+    let mut flashed = vec![0u8; image.len()];
+    for r in &sim.sent[&1] {
+        if let Request::FlashChunk { offset, data, .. } = r {
+            let o = *offset as usize;
+            flashed[o..o + data.len()].copy_from_slice(data);
+        }
+    }
+    assert_eq!(flashed, image);
+    assert!(jobs.stats.replies_taken > 0);
+}
+
+#[test]
+fn the_table_is_bounded_evicts_the_oldest_finished_and_refuses_when_all_run() {
+    let sim = Sim::new(vec![
+        agent(1, false, Faults::default()),
+        agent(2, false, Faults::default()),
+    ]);
+    let managed: BTreeSet<DeviceId> = [1, 2].into();
+    let mut jobs = Jobs::new(2);
+    jobs.start(
+        0,
+        &request("id=1", "2.0.0", 1),
+        vec![1; 10],
+        sim.table(),
+        managed.clone(),
+    )
+    .unwrap();
+    jobs.start(
+        0,
+        &request("id=2", "2.0.0", 1),
+        vec![1; 10],
+        sim.table(),
+        managed.clone(),
+    )
+    .unwrap();
+    // Both running: a third is refused, and counted.
+    let err = jobs
+        .start(
+            0,
+            &request("all", "3.0.0", 1),
+            vec![1; 10],
+            sim.table(),
+            managed.clone(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, FirmwareError::TableFull { max: 2 }), "{err}");
+    assert_eq!(jobs.stats.refused_full, 1);
+    // Job 1 finishes (its device never answers: it is lost after the timeouts).
+    for t in 1..=200 {
+        jobs.tick(t * 1_000, |d| d.clone());
+    }
+    assert!(jobs.view(1).unwrap().finished && jobs.view(2).unwrap().finished);
+    let (started, _) = jobs
+        .start(
+            300_000,
+            &request("all", "3.0.0", 1),
+            vec![1; 10],
+            sim.table(),
+            managed,
+        )
+        .unwrap();
+    assert_eq!(started.id, 3);
+    assert!(jobs.view(1).is_none(), "oldest finished evicted");
+    assert!(jobs.view(2).is_some());
+    assert_eq!(jobs.stats.evicted, 1);
+    assert_eq!(jobs.list().jobs.len(), 2);
+}
+
+#[test]
+fn a_device_in_a_running_job_is_left_out_of_a_new_one() {
+    let sim = Sim::new(vec![
+        agent(1, false, Faults::default()),
+        agent(2, false, Faults::default()),
+    ]);
+    let managed: BTreeSet<DeviceId> = [1, 2].into();
+    let mut jobs = Jobs::new(4);
+    jobs.start(
+        0,
+        &request("id=1", "2.0.0", 1),
+        vec![1; 10],
+        sim.table(),
+        managed.clone(),
+    )
+    .unwrap();
+    let (second, _) = jobs
+        .start(
+            0,
+            &request("all", "2.0.0", 1),
+            vec![1; 10],
+            sim.table(),
+            managed.clone(),
+        )
+        .unwrap();
+    assert_eq!(second.devices, 1);
+    let err = jobs
+        .start(
+            0,
+            &request("id=1", "2.0.0", 1),
+            vec![1; 10],
+            sim.table(),
+            managed,
+        )
+        .unwrap_err();
+    assert!(matches!(err, FirmwareError::NoDevices { .. }), "{err}");
+}
+
+#[test]
+fn bad_requests_say_what_to_pass() {
+    let mut metas = Sim::new(vec![agent(1, false, Faults::default())]).table();
+    let mut other = metas[0].clone();
+    other.id = 2;
+    other.firmware_type = "nrf52".into();
+    metas.push(other);
+    let managed: BTreeSet<DeviceId> = [1, 2].into();
+    let mut jobs = Jobs::new(4);
+    let start = |jobs: &mut Jobs, r: JobRequest, image: Vec<u8>| {
+        jobs.start(0, &r, image, metas.clone(), managed.clone())
+    };
+    assert!(matches!(
+        start(&mut jobs, request("all", "2.0.0", 1), vec![1]),
+        Err(FirmwareError::AmbiguousType { .. })
+    ));
+    assert!(matches!(
+        start(&mut jobs, request("colour=red", "2.0.0", 1), vec![1]),
+        Err(FirmwareError::Selector(_))
+    ));
+    assert!(matches!(
+        start(&mut jobs, request("id=1", "", 1), vec![1]),
+        Err(FirmwareError::Version(_))
+    ));
+    assert!(matches!(
+        start(&mut jobs, request("id=1", "2.0.0", 0), vec![1]),
+        Err(FirmwareError::Job(JobError::ZeroUnavailable))
+    ));
+    assert!(matches!(
+        start(&mut jobs, request("id=1", "2.0.0", 1), vec![]),
+        Err(FirmwareError::Job(JobError::EmptyImage { .. }))
+    ));
+    let mut typed = request("all", "2.0.0", 1);
+    typed.firmware_type = Some("nrf52".into());
+    let (ok, _) = start(&mut jobs, typed, vec![1]).unwrap();
+    assert_eq!(ok.devices, 2, "device 1 is reported wrong-type, 2 flashed");
+    assert_eq!(jobs.stats.started, 1);
+}

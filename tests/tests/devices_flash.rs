@@ -1,0 +1,340 @@
+//! Issue #16 on real processes: a firmware job driven by the managing edge. A two-node devnet,
+//! node0 runs its own service on devices 700..=709 (so `agora device list` names node0 their
+//! manager), `agora devnet devices --count 10 --locked 2 --corrupt 1` simulates them over UDP.
+//! `agora device flash` on node1 (which manages none of them) flashes nothing and reports
+//! every device "not managed"; on node0 it updates the 7 healthy unlocked devices (each then
+//! reports the new version in `agora device list --json`), skips the 2 locked ones, rolls the
+//! corrupting one back and reports it failed, and exits non-zero; `agora device job status
+//! --json` agrees.
+//!
+//! And threat R2: devices the devnet keyed (101-103, whose keys node1 owns) take only requests
+//! sealed under their key; node1's job seals them and flashes all three.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use agora_tests::{TestDevnet, agora, agora_bin, agora_json, try_agora_json, wait_until};
+
+/// Kills the devices process when dropped.
+struct Devices(Child);
+
+impl Drop for Devices {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const FIRST: u32 = 700;
+const COUNT: u32 = 10;
+
+fn manifest(devices: &[u32]) -> String {
+    format!(
+        r#"name = "lora-gateway"
+version = "0.1.0"
+kind = "wasm"
+tick_ms = 100
+activation = "standby"
+devices = {devices:?}
+
+[resources]
+cpu_millis = 100
+memory_mb = 32
+storage_mb = 1
+
+[limits]
+memory_bytes = 16777216
+fuel_per_second = 200000000
+instances = 1
+max_output_bytes = 1048576
+"#
+    )
+}
+
+/// Publishes the gateway with `devices` in its manifest on node `i` and makes it the node's own
+/// service: node `i` manages those devices.
+fn own_service(net: &TestDevnet, i: usize, module: &[u8], devices: &[u32]) {
+    let svc = net.tmp().join(format!("svc{i}"));
+    std::fs::create_dir_all(&svc).unwrap();
+    std::fs::write(svc.join("gw.wasm"), module).unwrap();
+    std::fs::write(svc.join("gw.toml"), manifest(devices)).unwrap();
+    let node = net.node(i);
+    let published = agora_json(&[
+        "service",
+        "publish",
+        &svc.join("gw.wasm").display().to_string(),
+        "--manifest",
+        &svc.join("gw.toml").display().to_string(),
+        "--data-dir",
+        &node,
+    ]);
+    let image = published["image"].as_str().expect("image CID").to_string();
+    agora_json(&["own", &image, "--data-dir", &node]);
+}
+
+/// `agora devnet devices` on the devnet, until dropped.
+fn devices(net: &TestDevnet, first: u32, count: u32, extra: &[&str]) -> Devices {
+    let (first, count, dir) = (first.to_string(), count.to_string(), net.dir_s());
+    let mut args = vec![
+        "devnet",
+        "devices",
+        "--count",
+        &count,
+        "--first-id",
+        &first,
+        "--interval-ms",
+        "200",
+        "--reboot-ms",
+        "200",
+        "--for",
+        "600",
+        "--dir",
+        &dir,
+    ];
+    args.extend_from_slice(extra);
+    Devices(
+        Command::new(agora_bin())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agora devnet devices"),
+    )
+}
+
+/// The lora-gateway module, or `None` after saying the test is skipped.
+fn module(test: &str) -> Option<Vec<u8>> {
+    match agora_devnet::demo::module_bytes(None) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            agora_devnet::skipped(
+                test,
+                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
+            );
+            None
+        }
+    }
+}
+
+/// The device list of `node`, once all `count` devices answered and `ok` holds for each.
+fn listed(
+    node: &str,
+    count: usize,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut last = Vec::new();
+    wait_until(what, Duration::from_secs(120), || {
+        let Some(list) = try_agora_json(&["device", "list", "--data-dir", node]) else {
+            return false;
+        };
+        last = list["devices"].as_array().cloned().unwrap_or_default();
+        last.len() == count && last.iter().all(|d| !d["meta"].is_null() && ok(d))
+    });
+    last
+}
+
+#[test]
+fn the_managing_edge_flashes_its_devices_skips_locked_ones_and_rolls_back_a_corrupt_one() {
+    let test =
+        "the_managing_edge_flashes_its_devices_skips_locked_ones_and_rolls_back_a_corrupt_one";
+    let Some(module) = module(test) else { return };
+    let net = TestDevnet::up(2, 120, &[]);
+    let (n0, n1) = (net.node(0), net.node(1));
+    let node0_id = net.nodes()[0]["node_id"].as_str().unwrap().to_string();
+    // node0 runs its own service on the devices: it manages them.
+    own_service(
+        &net,
+        0,
+        &module,
+        &(FIRST..FIRST + COUNT).collect::<Vec<_>>(),
+    );
+    let _devices = devices(&net, FIRST, COUNT, &["--locked", "2", "--corrupt", "1"]);
+    listed(
+        &n0,
+        10,
+        "node0 to discover the 10 devices as their manager",
+        |d| d["manager"].as_str() == Some(node0_id.as_str()),
+    );
+    listed(&n1, 10, "node1 to discover the 10 devices", |_| true);
+
+    let firmware = net.tmp().join("fw-2.0.0.bin");
+    let bytes: Vec<u8> = (0..6_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(&firmware, &bytes).unwrap();
+    let fw = firmware.display().to_string();
+    let selector = format!("id={FIRST}-{}", FIRST + COUNT - 1);
+
+    // node1 manages none of them: every device is reported not managed, none is touched.
+    let out = agora(&[
+        "device",
+        "flash",
+        "--devices",
+        &selector,
+        "--firmware",
+        &fw,
+        "--version",
+        "2.0.0",
+        "--max-unavailable",
+        "2",
+        "--json",
+        "--data-dir",
+        &n1,
+    ]);
+    assert!(out.status.success(), "nothing failed on node1: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["status"]["summary"];
+    assert_eq!(
+        (s["total"].as_u64(), s["skipped"].as_u64()),
+        (Some(10), Some(10)),
+        "{v:#}"
+    );
+    for d in v["status"]["devices"].as_array().unwrap() {
+        let locked = d["device"].as_u64().unwrap() >= u64::from(FIRST + COUNT - 2);
+        let want = if locked { "locked" } else { "not_managed" };
+        assert_eq!(d["outcome"]["skipped"], want, "{d}");
+    }
+
+    // node0 manages them: 7 updated, 2 locked skipped, the corrupting one rolled back.
+    let out = agora(&[
+        "device",
+        "flash",
+        "--devices",
+        &selector,
+        "--firmware",
+        &fw,
+        "--version",
+        "2.0.0",
+        "--max-unavailable",
+        "2",
+        "--data-dir",
+        &n0,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    eprintln!("agora device flash on node0:\n{stdout}{stderr}");
+    assert!(
+        !out.status.success(),
+        "a device failed: non-zero exit\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("7 updated, 2 skipped, 1 rolled back, 0 lost (of 10)"),
+        "summary line\n{stdout}"
+    );
+    assert!(stderr.contains("1 device(s) failed"), "{stderr}");
+    assert!(
+        stdout.contains(&format!("device {FIRST}: FAILED")),
+        "{stdout}"
+    );
+    let id = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("job ")?
+                .split(':')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("job id line");
+
+    let status = agora(&[
+        "device",
+        "job",
+        "status",
+        &id.to_string(),
+        "--json",
+        "--data-dir",
+        &n0,
+    ]);
+    assert!(!status.status.success(), "job status exits non-zero too");
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["finished"], true);
+    let s = &v["status"]["summary"];
+    let counts =
+        ["updated", "skipped", "rolled_back", "lost", "pending"].map(|k| s[k].as_u64().unwrap());
+    assert_eq!(counts, [7, 2, 1, 0, 0], "{v:#}");
+    for d in v["status"]["devices"].as_array().unwrap() {
+        let dev = d["device"].as_u64().unwrap() as u32;
+        let o = &d["outcome"];
+        if dev == FIRST {
+            assert!(o["rolled_back"].is_object(), "{d}");
+            assert_eq!(o["rolled_back"]["last"], "hash_mismatch", "{d}");
+            assert_eq!(d["version"], "1.0.0");
+        } else if dev >= FIRST + COUNT - 2 {
+            assert_eq!(o["skipped"], "locked", "{d}");
+        } else {
+            assert!(o["updated"].is_object(), "{d}");
+            assert_eq!(d["version"], "2.0.0");
+        }
+    }
+
+    // What the devices themselves now report, through discovery.
+    listed(
+        &n0,
+        10,
+        "the devices to report their versions after the job",
+        |d| {
+            let id = d["id"].as_u64().unwrap() as u32;
+            let m = &d["meta"];
+            let want = if id == FIRST || id >= FIRST + COUNT - 2 {
+                "1.0.0"
+            } else {
+                "2.0.0"
+            };
+            m["version"] == want && m["mode"] == "running"
+        },
+    );
+    let list = agora_json(&["device", "list", "--data-dir", &n0]);
+    assert!(list["stats"]["replies_wrong_source"].as_u64() == Some(0));
+}
+
+#[test]
+fn keyed_devices_are_flashed_with_sealed_requests() {
+    let Some(module) = module("keyed_devices_are_flashed_with_sealed_requests") else {
+        return;
+    };
+    let net = TestDevnet::up(2, 120, &[]);
+    // The devnet keys sensors 101-103; their owner is the last node.
+    let keys = std::fs::read_to_string(net.dir.join("sensor-keys.json")).expect("sensor keys");
+    assert!(keys.contains("101"), "{keys}");
+    let owner = net.node(1);
+    let owner_id = net.nodes()[1]["node_id"].as_str().unwrap().to_string();
+    own_service(&net, 1, &module, &[101, 102, 103]);
+    let _devices = devices(&net, 101, 3, &[]);
+    listed(
+        &owner,
+        3,
+        "node1 to discover the keyed devices as their manager",
+        |d| d["manager"].as_str() == Some(owner_id.as_str()),
+    );
+    let firmware = net.tmp().join("fw.bin");
+    std::fs::write(&firmware, vec![0x5A; 3_000]).unwrap();
+    let out = agora(&[
+        "device",
+        "flash",
+        "--devices",
+        "id=101-103",
+        "--firmware",
+        &firmware.display().to_string(),
+        "--version",
+        "1.1.0",
+        "--max-unavailable",
+        "3",
+        "--json",
+        "--data-dir",
+        &owner,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"]["summary"]["updated"], 3, "{v:#}");
+    listed(&owner, 3, "the keyed devices to report 1.1.0", |d| {
+        d["meta"]["version"] == "1.1.0"
+    });
+    // Their uplinks are verified with the owner's keys (R1), and the requests were sealed
+    // with the same keys (R2): an unsealed one would have been refused and the job failed.
+    let radio = agora_json(&["radio", "--data-dir", &owner]);
+    assert!(
+        radio["stats"]["frames_verified"].as_u64().unwrap_or(0) > 0,
+        "{radio:#}"
+    );
+}

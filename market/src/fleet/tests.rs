@@ -513,3 +513,43 @@ proptest! {
         }
     }
 }
+
+fn arb_phase() -> impl Gen<Value = TargetPhase> {
+    prop_oneof![
+        Just(TargetPhase::Contracting),
+        Just(TargetPhase::Fetching),
+        Just(TargetPhase::Staged),
+        Just(TargetPhase::Running),
+        Just(TargetPhase::Unhealthy),
+        Just(TargetPhase::Healthy),
+        Just(TargetPhase::Failed),
+    ]
+}
+
+proptest! {
+    /// Reports of every phase (healthy, unhealthy with a reason, …) round-trip; a reason over
+    /// the bound is refused whatever the phase; a truncated report never panics the decoder.
+    #[test]
+    fn health_reports_round_trip_and_are_bounded(
+        phase in arb_phase(),
+        reason in proptest::option::of("[a-z :0-9]{0,260}"),
+        version in any::<u64>(),
+        cut in 0usize..64,
+    ) {
+        let msg = FleetMessage::Report {
+            deployment: deployment_id(&signer(1).node_id(), "gw"),
+            version,
+            phase,
+            reason: reason.clone(),
+        };
+        let bytes = msg.encode().unwrap();
+        let decoded = FleetMessage::decode(&bytes);
+        if reason.as_ref().is_some_and(|r| r.len() > limits::MAX_REASON_LEN) {
+            let refused = matches!(decoded, Err(FleetError::TooLarge { .. }));
+            prop_assert!(refused);
+        } else {
+            prop_assert_eq!(decoded.unwrap(), msg);
+        }
+        let _ = FleetMessage::decode(&bytes[..bytes.len().saturating_sub(cut)]);
+    }
+}

@@ -22,7 +22,7 @@ pub use plan::{
 };
 pub use record::{
     Deployment, DeploymentBody, DeploymentSpec, Replicas, Strategy, decode_deployment,
-    deployment_id, encode_deployment, next_version, tombstone,
+    deployment_id, encode_deployment, next_version, tombstone, upgraded,
 };
 pub use selector::{CandidateFacts, ProviderFacts, Selector};
 pub use state::{

@@ -13,6 +13,7 @@ pub mod state;
 pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod upgrade;
 
 pub use message::{FLEET_TOPIC, FleetMessage};
 pub use plan::{
@@ -21,7 +22,7 @@ pub use plan::{
 };
 pub use record::{
     Deployment, DeploymentBody, DeploymentSpec, Replicas, Strategy, decode_deployment,
-    deployment_id, encode_deployment, next_version, tombstone,
+    deployment_id, encode_deployment, next_version, tombstone, upgraded,
 };
 pub use selector::{CandidateFacts, ProviderFacts, Selector};
 pub use state::{
@@ -29,6 +30,7 @@ pub use state::{
     OwnDeployment, TargetView,
 };
 pub use store::{DeploymentStore, StoreCounters, StoreLimits, Stored};
+pub use upgrade::{Outcome, Step, Upgrade, UpgradeAction, UpgradeConfig, Which};
 
 use crate::identity::{NodeId, Timestamp};
 use crate::ids::DeploymentId;

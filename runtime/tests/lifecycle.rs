@@ -140,6 +140,36 @@ async fn health_reports_an_active_polled_service() {
     assert!(!h.manager.health(&id).unwrap().healthy);
 }
 
+/// Answers every poll, but its health export says 1 (unhealthy).
+const SICK: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "agora_poll") (result i32) (i32.const 0))
+  (func (export "agora_health") (result i32) (i32.const 1)))"#;
+
+#[tokio::test]
+async fn a_sick_guest_is_heard_with_its_first_poll_and_never_healthy() {
+    let h = harness();
+    let id = h.run("sick", SICK, tight());
+    // The first completed poll already carries the guest's verdict: there is no moment when
+    // the service answers but its export has not been heard (and it would look healthy).
+    let first = tokio::time::timeout(WAIT, async {
+        loop {
+            let health = h.manager.health(&id).unwrap();
+            if health.last_poll_ms_ago.is_some() {
+                return health;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.guest_health, Some(1));
+    assert!(!first.healthy);
+    assert_eq!(first.state, ServiceState::Active);
+    h.manager.stop(&id).unwrap();
+    h.stopped(&id).await;
+}
+
 #[tokio::test]
 async fn kv_persists_across_restarts_and_log_is_captured() {
     let mut h = harness();

@@ -4,7 +4,8 @@
 //! hosted contract and no other node runs it; the provider that was down converges after it
 //! restarts; `agora deploy delete` ends the contracts and stops every replica. Then a pull
 //! deployment of one replica: exactly one labelled provider runs it until it is deleted.
-//! Prints the origin's bitswap upload against N × image size.
+//! Every target reports its replica `healthy` (guest health export + node probes). Prints the
+//! origin's bitswap upload against N × image size.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -184,11 +185,19 @@ fn deploy_all_to_a_label_runs_on_every_match_only_converges_late_and_delete_stop
         WAIT,
         || up.iter().all(|i| runs(&net, *i, &image)),
     );
-    wait_until("the deployer to see them running", WAIT, || {
+    // Each target reports its replica healthy (the guest's health export and the node's
+    // probes: started, answering), and the deployer shows it.
+    wait_until("the deployer to see them healthy", WAIT, || {
         let st = status(&net, &id);
         up.iter()
-            .all(|i| phase_of(&st, &ids[*i]).as_deref() == Some("running"))
+            .all(|i| phase_of(&st, &ids[*i]).as_deref() == Some("healthy"))
     });
+    let table = agora(&["deploy", "status", &id, "--data-dir", &net.node(0)]);
+    assert!(table.status.success(), "{table:?}");
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("healthy"),
+        "{table:?}"
+    );
     for i in [1, 5, 6] {
         assert!(!runs(&net, i, &image), "node{i} is not labelled");
         assert_eq!(phase_of(&status(&net, &id), &ids[i]), None);
@@ -220,13 +229,13 @@ fn deploy_all_to_a_label_runs_on_every_match_only_converges_late_and_delete_stop
         runs(&net, LATE, &image)
     });
     wait_until(
-        "the deployer to see every labelled target running",
+        "the deployer to see every labelled target healthy",
         WAIT,
         || {
             let st = status(&net, &id);
             LABELLED
                 .iter()
-                .all(|i| phase_of(&st, &ids[*i]).as_deref() == Some("running"))
+                .all(|i| phase_of(&st, &ids[*i]).as_deref() == Some("healthy"))
         },
     );
     for i in [1, 5, 6] {
@@ -287,8 +296,8 @@ fn deploy_all_to_a_label_runs_on_every_match_only_converges_late_and_delete_stop
     );
     let chosen = running(&net)[0];
     assert!(LABELLED.contains(&chosen), "node{chosen} is not labelled");
-    wait_until("the deployer to see its one target running", WAIT, || {
-        phase_of(&status(&net, &pull_id), &ids[chosen]).as_deref() == Some("running")
+    wait_until("the deployer to see its one target healthy", WAIT, || {
+        phase_of(&status(&net, &pull_id), &ids[chosen]).as_deref() == Some("healthy")
     });
     assert_eq!(running(&net), vec![chosen], "one replica only");
     agora_json(&["deploy", "delete", &pull_id, "--data-dir", &net.node(0)]);

@@ -26,8 +26,12 @@ pub enum TargetPhase {
     Fetching,
     /// Image staged on the target.
     Staged,
-    /// Service running.
+    /// Service running (started; not yet answering or no health verdict yet).
     Running,
+    /// Running but unhealthy: the guest's health export reports a failure, or the service
+    /// stopped answering (no poll within three ticks); `reason` says which. Ordered after
+    /// `Running` so the ledger's coarser "active" never hides a target's own verdict.
+    Unhealthy,
     /// Running and reporting healthy.
     Healthy,
     /// Something failed; `reason` says what.
@@ -42,6 +46,7 @@ impl TargetPhase {
             TargetPhase::Fetching => "fetching",
             TargetPhase::Staged => "staged",
             TargetPhase::Running => "running",
+            TargetPhase::Unhealthy => "unhealthy",
             TargetPhase::Healthy => "healthy",
             TargetPhase::Failed => "failed",
         }

@@ -62,6 +62,11 @@ pub struct DeploymentBody {
     pub name: String,
     /// CID (text) of the service image every target runs.
     pub image: String,
+    /// During and after an upgrade: the image it replaces, which every target rolls back to if
+    /// the new one is not healthy (bounded like `image`). Not encoded when absent, so records
+    /// without it sign and verify exactly as before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_image: Option<String>,
     /// Which providers qualify.
     pub selector: Selector,
     /// Resources one replica needs (a target must have them free to be chosen).
@@ -133,11 +138,16 @@ impl DeploymentBody {
                 "1 to 64 characters of a-z, 0-9, '-', '_' or '.'",
             ));
         }
-        if self.image.is_empty()
-            || self.image.len() > MAX_CID_LEN
-            || !self.image.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
+        if !is_cid_text(&self.image) {
             return Err(absurd("image", "a CID in text form (base32 or base58)"));
+        }
+        if let Some(prev) = &self.previous_image
+            && (!is_cid_text(prev) || *prev == self.image)
+        {
+            return Err(absurd(
+                "previous_image",
+                "a CID in text form (base32 or base58) other than the image",
+            ));
         }
         self.selector
             .check()
@@ -165,6 +175,11 @@ impl DeploymentBody {
         }
         Ok(())
     }
+}
+
+/// True for CID text: 1..=[`MAX_CID_LEN`] ASCII alphanumerics.
+fn is_cid_text(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_CID_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// True for names made of `a-z 0-9 - _ .` (the form that goes into ids and file names).
@@ -244,6 +259,7 @@ impl DeploymentSpec {
             deployer: signer.node_id(),
             name: self.name,
             image: self.image,
+            previous_image: None,
             selector: self.selector,
             needs: self.needs,
             replicas: self.replicas,
@@ -272,6 +288,27 @@ pub fn tombstone(
     let mut body = record.clone();
     body.version = next_version(body.version, now);
     body.deleted = true;
+    body.nonce = body.version;
+    body.created_at = now;
+    body.expires_at = now.saturating_add(valid_for_ms);
+    body.check(now)?;
+    Signed::sign(body, signer).map_err(|e| FleetError::Sign(e.to_string()))
+}
+
+/// The next version of `record` moving its targets to `image` (an upgrade): `previous_image`
+/// is the image it replaces, the version the later of version + 1 and `now`, signed at `now`.
+/// The pure upgrade machine ([`crate::fleet::upgrade`]) drives the targets; this is the record
+/// every node reads (`agora deploy upgrade` is not wired yet).
+pub fn upgraded(
+    record: &DeploymentBody,
+    image: String,
+    signer: &dyn Signer,
+    now: Timestamp,
+    valid_for_ms: u64,
+) -> Result<Deployment, FleetError> {
+    let mut body = record.clone();
+    body.previous_image = Some(std::mem::replace(&mut body.image, image));
+    body.version = next_version(body.version, now);
     body.nonce = body.version;
     body.created_at = now;
     body.expires_at = now.saturating_add(valid_for_ms);

@@ -188,6 +188,9 @@ pub struct DeploymentView {
     pub name: String,
     /// Image CID.
     pub image: String,
+    /// The image an upgrade replaced (what a rollback returns to), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_image: Option<String>,
     /// Selector, as `--to` takes it.
     pub selector: String,
     /// Replica count, or `None` for all.
@@ -222,6 +225,7 @@ impl DeploymentView {
             id: id.to_string(),
             name: b.name.clone(),
             image: b.image.clone(),
+            previous_image: b.previous_image.clone(),
             selector: b.selector.to_string(),
             replicas: match b.replicas {
                 crate::fleet::record::Replicas::Count(n) => Some(n),

@@ -119,6 +119,52 @@ fn record_signs_encodes_and_decodes() {
 }
 
 #[test]
+fn an_upgraded_record_names_the_image_it_replaces_signed_and_bounded() {
+    let d = desired("site=a", Replicas::All);
+    assert_eq!(d.body.previous_image, None);
+    let new_image = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+    let up = record::upgraded(&d.body, new_image.into(), &signer(1), NOW + 10, 600_000).unwrap();
+    assert_eq!(up.body.image, new_image);
+    assert_eq!(
+        up.body.previous_image.as_deref(),
+        Some(d.body.image.as_str())
+    );
+    assert!(up.body.version > d.body.version);
+    assert_eq!(up.body.id(), d.body.id(), "same deployment, next version");
+    let bytes = encode_deployment(&up).unwrap();
+    assert_eq!(decode_deployment(&bytes, NOW + 20).unwrap().0, up);
+    // Signed: a peer cannot change what the targets roll back to.
+    let mut forged = up.clone();
+    forged.body.previous_image = Some("bafkreiother".into());
+    let bytes = serde_cbor::to_vec(&forged).unwrap();
+    assert!(matches!(
+        decode_deployment(&bytes, NOW + 20),
+        Err(FleetError::BadRecord { .. })
+    ));
+    // Bounded like the image, and never the image itself.
+    for bad in ["x".repeat(200), "not a cid".into(), new_image.into()] {
+        let mut body = up.body.clone();
+        body.previous_image = Some(bad);
+        assert!(
+            matches!(
+                body.check(NOW + 20),
+                Err(FleetError::Absurd {
+                    field: "previous_image",
+                    ..
+                })
+            ),
+            "{:?}",
+            body.previous_image
+        );
+    }
+    // Without an upgrade the field is not encoded at all, so the signed bytes (and every
+    // record nodes without this field sign and verify) are unchanged.
+    let plain = encode_deployment(&d).unwrap();
+    assert!(!plain.windows(14).any(|w| w == b"previous_image"));
+    assert!(bytes.windows(14).any(|w| w == b"previous_image"));
+}
+
+#[test]
 fn tampered_oversized_expired_and_absurd_records_are_refused() {
     let d = desired("site=a", Replicas::All);
     let mut forged = d.clone();
@@ -511,5 +557,45 @@ proptest! {
         if let Ok((record, _)) = decode_deployment(&bytes, NOW) {
             prop_assert!(record.verify().is_ok());
         }
+    }
+}
+
+fn arb_phase() -> impl Gen<Value = TargetPhase> {
+    prop_oneof![
+        Just(TargetPhase::Contracting),
+        Just(TargetPhase::Fetching),
+        Just(TargetPhase::Staged),
+        Just(TargetPhase::Running),
+        Just(TargetPhase::Unhealthy),
+        Just(TargetPhase::Healthy),
+        Just(TargetPhase::Failed),
+    ]
+}
+
+proptest! {
+    /// Reports of every phase (healthy, unhealthy with a reason, …) round-trip; a reason over
+    /// the bound is refused whatever the phase; a truncated report never panics the decoder.
+    #[test]
+    fn health_reports_round_trip_and_are_bounded(
+        phase in arb_phase(),
+        reason in proptest::option::of("[a-z :0-9]{0,260}"),
+        version in any::<u64>(),
+        cut in 0usize..64,
+    ) {
+        let msg = FleetMessage::Report {
+            deployment: deployment_id(&signer(1).node_id(), "gw"),
+            version,
+            phase,
+            reason: reason.clone(),
+        };
+        let bytes = msg.encode().unwrap();
+        let decoded = FleetMessage::decode(&bytes);
+        if reason.as_ref().is_some_and(|r| r.len() > limits::MAX_REASON_LEN) {
+            let refused = matches!(decoded, Err(FleetError::TooLarge { .. }));
+            prop_assert!(refused);
+        } else {
+            prop_assert_eq!(decoded.unwrap(), msg);
+        }
+        let _ = FleetMessage::decode(&bytes[..bytes.len().saturating_sub(cut)]);
     }
 }

@@ -4,7 +4,7 @@
 
 use agora_contracts::ContractStatus;
 use agora_market::fleet::TargetPhase;
-use agora_runtime::ServiceState;
+use agora_runtime::{Health, ServiceState};
 
 /// A contract ended (or is being settled): it no longer carries a replica.
 pub fn ended(status: ContractStatus) -> bool {
@@ -32,15 +32,41 @@ pub fn advances(current: Option<TargetPhase>, next: TargetPhase) -> bool {
     }
 }
 
-/// The phase of this node's replica: from its contract (if any) and the state of the service
-/// the orchestrator staged for it (if any).
+/// The verdict on a running replica from its health check: the node-side probes (started,
+/// answering: polled within three ticks) and the guest's `agora_health` export (0 = healthy).
+/// The reasons are fixed texts so that a target reports a change once, not every tick.
+pub fn health_phase(health: Option<&Health>) -> (TargetPhase, Option<String>) {
+    let Some(h) = health else {
+        // Started, but its health cannot be read (yet): running, no verdict.
+        return (TargetPhase::Running, None);
+    };
+    if h.healthy {
+        return (TargetPhase::Healthy, None);
+    }
+    match (h.guest_health, h.last_poll_ms_ago) {
+        (Some(code), _) if code != 0 => (
+            TargetPhase::Unhealthy,
+            Some(format!("the guest's health export returned {code}")),
+        ),
+        // Started, not answered its first poll yet.
+        (_, None) => (TargetPhase::Running, None),
+        _ => (
+            TargetPhase::Unhealthy,
+            Some("not answering: no poll completed within three ticks".into()),
+        ),
+    }
+}
+
+/// The phase of this node's replica: from its contract (if any), the state of the service the
+/// orchestrator staged for it (if any) and, once it runs, its health check.
 pub fn local_phase(
     contract: Option<ContractStatus>,
     service: Option<&ServiceState>,
+    health: Option<&Health>,
     fetching: bool,
 ) -> Option<(TargetPhase, Option<String>)> {
     match (contract, service) {
-        (_, Some(ServiceState::Active)) => Some((TargetPhase::Running, None)),
+        (_, Some(ServiceState::Active)) => Some(health_phase(health)),
         (Some(c), Some(ServiceState::Stopped(reason))) if !ended(c) => Some((
             TargetPhase::Failed,
             Some(format!("service stopped: {reason:?}")),
@@ -99,34 +125,81 @@ mod tests {
     fn the_local_phase_comes_from_the_service_and_its_contract() {
         let active = ContractStatus::Active;
         assert_eq!(
-            local_phase(Some(active), Some(&ServiceState::Active), false),
+            local_phase(Some(active), Some(&ServiceState::Active), None, false),
             Some((TargetPhase::Running, None))
+        );
+        assert_eq!(
+            local_phase(
+                Some(active),
+                Some(&ServiceState::Active),
+                Some(&health(true, Some(0), Some(50))),
+                false
+            ),
+            Some((TargetPhase::Healthy, None))
         );
         assert_eq!(
             local_phase(
                 Some(ContractStatus::Armed),
                 Some(&ServiceState::Staged),
+                None,
                 false
             ),
             Some((TargetPhase::Staged, None))
         );
         assert_eq!(
-            local_phase(Some(ContractStatus::Validated), None, false),
+            local_phase(Some(ContractStatus::Validated), None, None, false),
             Some((TargetPhase::Fetching, None))
         );
         assert_eq!(
-            local_phase(None, None, true),
+            local_phase(None, None, None, true),
             Some((TargetPhase::Fetching, None))
         );
-        assert_eq!(local_phase(None, None, false), None);
+        assert_eq!(local_phase(None, None, None, false), None);
         // A settled contract's stopped service is the release, not a failure.
         assert_eq!(
             local_phase(
                 Some(ContractStatus::Settled),
                 Some(&ServiceState::Stopped(agora_runtime::StopReason::Requested)),
+                None,
                 false
             ),
             None
         );
+    }
+
+    fn health(healthy: bool, guest: Option<i32>, polled: Option<u64>) -> Health {
+        Health {
+            state: ServiceState::Active,
+            last_poll_ms_ago: polled,
+            guest_health: guest,
+            healthy,
+        }
+    }
+
+    #[test]
+    fn health_comes_from_the_guest_export_and_the_node_probes() {
+        // Healthy: answering, the guest says 0 (or has no export).
+        assert_eq!(
+            health_phase(Some(&health(true, None, Some(10)))),
+            (TargetPhase::Healthy, None)
+        );
+        // The guest's export reports a failure: unhealthy with the code.
+        let (phase, reason) = health_phase(Some(&health(false, Some(3), Some(10))));
+        assert_eq!(phase, TargetPhase::Unhealthy);
+        assert!(reason.is_some_and(|r| r.contains("returned 3")));
+        // Answering stopped (last poll long ago): unhealthy, a fixed reason (reported once).
+        let stale = health_phase(Some(&health(false, Some(0), Some(9_000))));
+        assert_eq!(stale.0, TargetPhase::Unhealthy);
+        assert_eq!(
+            stale,
+            health_phase(Some(&health(false, None, Some(60_000))))
+        );
+        assert!(stale.1.is_some_and(|r| r.contains("not answering")));
+        // Started, no poll yet, or no health readable: running, no verdict.
+        assert_eq!(
+            health_phase(Some(&health(false, None, None))),
+            (TargetPhase::Running, None)
+        );
+        assert_eq!(health_phase(None), (TargetPhase::Running, None));
     }
 }

@@ -202,11 +202,19 @@ impl FleetTask {
             let contract = contracts
                 .iter()
                 .find(|(_, customer, img, _)| *customer == deployer && *img == image);
-            let service = contract.and_then(|(id, ..)| services.get(&id.to_string()));
+            let service_id = contract.map(|(id, ..)| id.to_string());
+            let service = service_id.as_ref().and_then(|id| services.get(id));
+            let health = match (&service_id, service) {
+                (Some(id), Some(ServiceState::Active)) => self.parts.services.health(id).ok(),
+                _ => None,
+            };
             let fetching = self.fetching.contains(&deployment);
-            if let Some((phase, reason)) =
-                local_phase(contract.map(|(.., s)| *s), service, fetching)
-            {
+            if let Some((phase, reason)) = local_phase(
+                contract.map(|(.., s)| *s),
+                service,
+                health.as_ref(),
+                fetching,
+            ) {
                 out.push(Input::LocalPhase {
                     deployment,
                     phase,

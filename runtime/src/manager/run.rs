@@ -92,7 +92,9 @@ async fn run_instance(
     let tick = Duration::from_millis(spec.tick_ms.max(1));
     let budget = spec.limits.fuel_per_second.max(1);
     let mut window = (Instant::now(), inst.fuel_used);
-    let mut last_health = Instant::now();
+    // The first successful poll also reads the guest's health, so a sick guest is never seen
+    // as answering before its health export has been heard.
+    let mut last_health: Option<Instant> = None;
     let reason = loop {
         if shared.stop.is_requested() {
             break StopReason::Requested;
@@ -123,8 +125,8 @@ async fn run_instance(
             }
         }
         let result = inst.poll().await;
-        if result.is_ok() && last_health.elapsed() >= HEALTH_INTERVAL {
-            last_health = Instant::now();
+        if result.is_ok() && last_health.is_none_or(|t| t.elapsed() >= HEALTH_INTERVAL) {
+            last_health = Some(Instant::now());
             match inst.health().await {
                 Some(Ok(h)) => lock(&shared.live).guest_health = Some(h),
                 Some(Err(reason)) => break reason,

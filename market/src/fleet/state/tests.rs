@@ -205,6 +205,84 @@ fn push_rollout_reports_and_delete() {
 }
 
 #[test]
+fn targets_report_health_and_the_deployer_shows_it() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    let local = |phase, reason: Option<&str>| Input::LocalPhase {
+        deployment: id,
+        phase,
+        reason: reason.map(str::to_string),
+    };
+    net.input(T0 + 20, 2, local(TargetPhase::Healthy, None))
+        .unwrap();
+    net.input(
+        T0 + 20,
+        3,
+        local(
+            TargetPhase::Unhealthy,
+            Some("the guest's health export returned 2"),
+        ),
+    )
+    .unwrap();
+    let view = net.deployer().status(&id).unwrap();
+    let of = |seed| {
+        view.targets
+            .iter()
+            .find(|t| t.node == Net::id(seed))
+            .map(|t| (t.phase.clone(), t.reason.clone()))
+    };
+    assert_eq!(of(2), Some(("healthy".into(), None)));
+    assert_eq!(
+        of(3),
+        Some((
+            "unhealthy".into(),
+            Some("the guest's health export returned 2".into())
+        ))
+    );
+    assert_eq!(view.summary.get("healthy"), Some(&1));
+    assert_eq!(view.summary.get("unhealthy"), Some(&1));
+    // The ledger's coarser "running" does not hide a target's own verdict, and an unhealthy
+    // target is not released by the plan (it is not failed).
+    net.input(
+        T0 + 30,
+        1,
+        Input::TargetProgress {
+            deployment: id,
+            target: Net::id(3),
+            phase: TargetPhase::Running,
+            reason: None,
+        },
+    )
+    .unwrap();
+    // (The deployer's driver applies ledger facts only when they advance: `TargetProgress`
+    // itself overwrites, so the node's `advances` rule is what keeps the verdict.)
+    net.input(
+        T0 + 40,
+        3,
+        local(TargetPhase::Unhealthy, Some("not answering")),
+    )
+    .unwrap();
+    net.input(T0 + 50, 1, Input::Tick).unwrap();
+    assert!(
+        !net.take()
+            .iter()
+            .any(|(_, e)| matches!(e, Effect::Release { .. })),
+        "an unhealthy target is reported, not released"
+    );
+    let own = net.deployer().own(&id).unwrap();
+    assert_eq!(own.targets[&Net::id(3)].phase, TargetPhase::Unhealthy);
+    // Recovery is reported too.
+    net.input(T0 + 60, 3, local(TargetPhase::Healthy, None))
+        .unwrap();
+    let own = net.deployer().own(&id).unwrap();
+    assert_eq!(own.targets[&Net::id(3)].phase, TargetPhase::Healthy);
+    assert_eq!(own.targets[&Net::id(3)].reason, None);
+}
+
+#[test]
 fn pull_targets_act_when_they_poll_not_on_gossip() {
     let mut net = Net::new(FleetConfig::default());
     net.input(T0, 1, Input::Create(spec(Strategy::Pull, Replicas::All)))

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use agora_api::client::ApiClient;
 use agora_api::fleet::{CreateDeploymentRequest, DeploymentList};
-use agora_market::fleet::DeploymentView;
+use agora_market::fleet::{DeploymentView, TargetView};
 use agora_market::resources::parse_duration_ms;
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -19,7 +19,8 @@ pub enum DeployCommand {
     /// Put an image on the providers a selector matches: one hosted contract per replica,
     /// through the market and the ledger.
     Create(Box<CreateArgs>),
-    /// Per target: contracting / fetching / staged / running / healthy / failed, with reasons.
+    /// Per target: contracting / fetching / staged / running / healthy / unhealthy / failed,
+    /// with reasons.
     Status {
         /// Deployment id (from `deploy create` or `deploy list`).
         id: String,
@@ -81,6 +82,14 @@ fn default_name(image: &str) -> String {
     format!("deploy-{}", tail.to_ascii_lowercase())
 }
 
+/// One target's status as the table shows it: `healthy`, `unhealthy: reason`, `failed: reason`.
+fn target_status(t: &TargetView) -> String {
+    match &t.reason {
+        Some(reason) if !reason.is_empty() => format!("{}: {reason}", t.phase),
+        _ => t.phase.clone(),
+    }
+}
+
 fn print_view(v: &DeploymentView) {
     let replicas = v
         .replicas
@@ -99,18 +108,12 @@ fn print_view(v: &DeploymentView) {
     let rows: Vec<Vec<String>> = v
         .targets
         .iter()
-        .map(|t| {
-            vec![
-                t.node.to_string(),
-                t.phase.clone(),
-                t.reason.clone().unwrap_or_default(),
-            ]
-        })
+        .map(|t| vec![t.node.to_string(), target_status(t)])
         .collect();
     if rows.is_empty() {
         println!("no targets yet (waiting for matching providers to offer themselves)");
     } else {
-        print_table(&["TARGET", "PHASE", "REASON"], &rows);
+        print_table(&["TARGET", "STATUS"], &rows);
     }
 }
 
@@ -211,5 +214,24 @@ mod tests {
     fn the_default_name_is_a_valid_deployment_name() {
         let name = default_name("bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy");
         assert_eq!(name, "deploy-7aqa4s52zy");
+    }
+
+    #[test]
+    fn a_target_shows_its_phase_and_why() {
+        let node = agora_market::NodeId([7; 32]);
+        let t = |phase: &str, reason: Option<&str>| TargetView {
+            node,
+            phase: phase.into(),
+            reason: reason.map(str::to_string),
+        };
+        assert_eq!(target_status(&t("healthy", None)), "healthy");
+        assert_eq!(
+            target_status(&t(
+                "unhealthy",
+                Some("the guest's health export returned 1")
+            )),
+            "unhealthy: the guest's health export returned 1"
+        );
+        assert_eq!(target_status(&t("running", Some(""))), "running");
     }
 }

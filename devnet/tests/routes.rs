@@ -176,3 +176,88 @@ async fn large_requests_are_checked_beside_the_loop() {
     assert_eq!(s.rpc_rejected, before.rpc_rejected + 1, "{s:?}");
     net.shutdown().await;
 }
+
+/// Publishes `bytes` on `topic` from `node`, retrying while no peer's subscription is known yet.
+async fn publish_when_subscribed(node: &NetworkHandle, topic: &str, bytes: Vec<u8>) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match node.publish_bytes(topic, bytes.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "not published on {topic}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A large gossip message (#14: "gossip envelopes of up to 256 KiB are still checked inside the
+/// loop") is checked beside the swarm loop as large requests are: a valid one still reaches the
+/// task that reads its topic, a forged one is rejected and counted, and both are counted as
+/// checked aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_gossip_is_checked_beside_the_loop() {
+    const BIG: &str = "agora/test/big";
+    let net = Devnet::builder()
+        .nodes(2)
+        .committee(1)
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(1, WAIT).await.unwrap();
+    let (a, b) = (net.handle(0).unwrap(), net.handle(1).unwrap());
+    let mut reader = a.inbox(Interest::new("reader").topic(BIG));
+    a.subscribe(BIG).await.unwrap();
+    b.subscribe(BIG).await.unwrap();
+    let before = a.stats().await.unwrap();
+    let seal = |seq: u64| {
+        Envelope::seal(
+            &KeySigner::from_seed(1),
+            Kind::Raw,
+            agora_wire::now_ms(),
+            seq,
+            vec![7u8; 200 * 1024],
+        )
+    };
+    publish_when_subscribed(&b, BIG, seal(1).to_bytes()).await;
+    let got = timeout(WAIT, async {
+        loop {
+            if let NetworkEvent::Gossip { envelope, .. } = reader.recv().await {
+                return envelope;
+            }
+        }
+    })
+    .await
+    .expect("the large gossip message never reached its reader");
+    assert_eq!(got.payload.len(), 200 * 1024);
+
+    let mut forged = seal(2).to_bytes();
+    let mid = forged.len() / 2;
+    forged[mid] ^= 1;
+    publish_when_subscribed(&b, BIG, forged).await;
+    let s = timeout(WAIT, async {
+        loop {
+            let s = a.stats().await.unwrap();
+            if s.gossip_rejected > before.gossip_rejected {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the forged large gossip message was never rejected");
+    assert_eq!(s.gossip_rejected, before.gossip_rejected + 1, "{s:?}");
+    assert_eq!(
+        s.gossip_verified_aside,
+        before.gossip_verified_aside + 2,
+        "{s:?}"
+    );
+    assert!(
+        reader.try_recv().is_none(),
+        "the forged message was delivered"
+    );
+    net.shutdown().await;
+}

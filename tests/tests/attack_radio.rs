@@ -149,10 +149,50 @@ async fn forged_checkpoints_do_not_silence_the_insured_sensors() {
 
     // Before the handover: A (the owner) and B (the armed standby) know who manages the
     // sensors, and refuse both forgeries for their signer; the observer, which manages
-    // nothing, refuses the silencing one for its bound.
+    // nothing, refuses the silencing one for its bound. Honest edges no longer forward the
+    // forgeries (threat N7), so a node whose subscription the fresh adversary had not heard of
+    // yet when it published gets none: the forgeries are published again (fresh) every 5 s
+    // until every node has judged them.
     forge(&adv, &bn).await;
-    wait_for(
+    let mut forged_at = std::time::Instant::now();
+    let mut seen = None;
+    let refused = wait_for(
         "A, B and the observer to refuse the forgeries",
+        60,
+        async || {
+            if forged_at.elapsed() > std::time::Duration::from_secs(5) {
+                forge(&adv, &bn).await;
+                forged_at = std::time::Instant::now();
+            }
+            let (ra, rb, ro) = (
+                radio_of(&an).await?,
+                radio_of(&bn).await?,
+                radio_of(&on).await?,
+            );
+            let ok = ra.stats.ranges_refused_not_manager >= 2 * DEVICES.len() as u64
+                && rb.stats.ranges_refused_not_manager >= 2 * DEVICES.len() as u64
+                && rb.stats.releases_refused >= DEVICES.len() as u64
+                && ro.stats.ranges_refused_beyond_heard >= DEVICES.len() as u64;
+            seen = Some([ra.stats, rb.stats, ro.stats]);
+            ok.then_some(())
+        },
+    )
+    .await;
+    if let Err(e) = refused {
+        panic!("{e:#}; A, B, observer: {seen:#?}");
+    }
+
+    // Threat N7: the radio topic is judged before gossipsub forwards it. The forgeries above
+    // were refused by the rules, so A and B (which know the sensors' managers) did not forward
+    // them (ignored, counted); a malformed checkpoint is rejected by every edge (the sender is
+    // penalised, nothing applied). Checked per node (rejected and counted); the adversary is
+    // connected to every node, so a third hop is not observed here.
+    adv.publish_checkpoint(&radio::malformed(&DEVICES))
+        .await
+        .unwrap();
+    let mut seen = None;
+    let judged = wait_for(
+        "A, B and the observer to judge the forgeries (not forwarded)",
         30,
         async || {
             let (ra, rb, ro) = (
@@ -160,15 +200,20 @@ async fn forged_checkpoints_do_not_silence_the_insured_sensors() {
                 radio_of(&bn).await?,
                 radio_of(&on).await?,
             );
-            (ra.stats.ranges_refused_not_manager >= 2 * DEVICES.len() as u64
-                && rb.stats.ranges_refused_not_manager >= 2 * DEVICES.len() as u64
-                && rb.stats.releases_refused >= DEVICES.len() as u64
-                && ro.stats.ranges_refused_beyond_heard >= DEVICES.len() as u64)
-                .then_some(())
+            let ok = ra.stats.checkpoints_ignored >= 2
+                && rb.stats.checkpoints_ignored >= 2
+                && ro.stats.checkpoints_ignored >= 1
+                && ra.stats.checkpoints_rejected >= 1
+                && rb.stats.checkpoints_rejected >= 1
+                && ro.stats.checkpoints_rejected >= 1;
+            seen = Some([ra.stats, rb.stats, ro.stats]);
+            ok.then_some(())
         },
     )
-    .await
-    .unwrap();
+    .await;
+    if let Err(e) = judged {
+        panic!("{e:#}; A, B, observer: {seen:#?}");
+    }
 
     // The customer dies; the forgeries come again while the handover happens.
     let killed = s.kill(a).unwrap();

@@ -647,6 +647,8 @@ impl Metrics {
                 ("frame_unsigned", r.frames_refused_unsigned),
                 ("replay_frame", r.replay_frames_refused),
                 ("key_request", r.key_requests_refused),
+                ("checkpoint_ignored", r.checkpoints_ignored),
+                ("checkpoint_rejected", r.checkpoints_rejected),
             ] {
                 set_family_counter(&s.radio_refused, &[("reason", reason)], v);
             }

@@ -55,7 +55,8 @@ const GOSSIP_BYTES_BURST: u32 = 4 * 1024 * 1024;
 /// spend away from every other peer's traffic); smaller ones are cheaper to check in place.
 const VERIFY_ASIDE_BYTES: usize = 64 * 1024;
 /// Most requests being checked beside the loop at once; past this they are checked in the loop
-/// (backpressure: the loop slows down rather than queueing without bound).
+/// (backpressure: the loop slows down rather than queueing without bound). Gossip messages of at
+/// least [`VERIFY_ASIDE_BYTES`] have the same bound of their own.
 const MAX_VERIFYING_ASIDE: usize = 8;
 /// Most peers with a request-rate bucket (one per connected peer; bounded like a connection).
 const MAX_RATE_PEERS: usize = 4096;
@@ -99,6 +100,11 @@ struct EventLoop {
     /// Their verdicts, from the blocking threads.
     verified_tx: mpsc::Sender<(u64, Result<Envelope, CodecError>)>,
     verified_rx: mpsc::Receiver<(u64, Result<Envelope, CodecError>)>,
+    /// Large gossip messages whose envelope is being checked beside the loop (gossipsub holds
+    /// them, unforwarded, until `on_gossip_checked` reports the verdict).
+    gossip_verifying: usize,
+    gossip_verified_tx: mpsc::Sender<(GossipAside, Result<Envelope, CodecError>)>,
+    gossip_verified_rx: mpsc::Receiver<(GossipAside, Result<Envelope, CodecError>)>,
     /// Stops the network's background tasks (heartbeat server and beats).
     cancel: CancellationToken,
     /// Refusal counters of tasks outside the loop (stream quotas).
@@ -112,6 +118,13 @@ struct EventLoop {
     p2p_metrics: Option<libp2p::metrics::Metrics>,
     /// AutoNAT verdict, relay reservations, relayed connections.
     nat: nat::NatState,
+}
+
+/// A gossip message being checked beside the loop: what its verdict is reported against.
+struct GossipAside {
+    id: gossipsub::MessageId,
+    source: PeerId,
+    topic: gossipsub::TopicHash,
 }
 
 /// An inbound request waiting for the application's answer.
@@ -177,6 +190,7 @@ pub async fn spawn_with_metrics(
     super::heartbeat::serve(streams.clone(), heartbeat_quota, cancel.clone());
     let (alive_tx, alive_rx) = mpsc::channel(1024);
     let (verified_tx, verified_rx) = mpsc::channel(MAX_VERIFYING_ASIDE);
+    let (gossip_verified_tx, gossip_verified_rx) = mpsc::channel(MAX_VERIFYING_ASIDE);
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let routes = Arc::new(RouteTable::default());
     let handle = NetworkHandle {
@@ -218,6 +232,9 @@ pub async fn spawn_with_metrics(
         verifying: HashMap::new(),
         verified_tx,
         verified_rx,
+        gossip_verifying: 0,
+        gossip_verified_tx,
+        gossip_verified_rx,
         cancel: cancel.clone(),
         counters,
         refusals: HashMap::new(),
@@ -257,6 +274,10 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(peer) = self.alive_rx.recv() => self.on_ping_ok(peer),
                 Some((id, verdict)) = self.verified_rx.recv() => self.on_verified(id, verdict),
+                Some((g, verdict)) = self.gossip_verified_rx.recv() => {
+                    self.gossip_verifying = self.gossip_verifying.saturating_sub(1);
+                    self.on_gossip_checked(g.source, g.id, g.topic, verdict);
+                }
                 _ = presence_timer.tick() => self.on_presence_tick(),
                 _ = redial_timer.tick() => self.redial(),
                 _ = kad_timer.tick() => self.kad_bootstrap(),
@@ -673,11 +694,45 @@ impl EventLoop {
             return;
         }
         // The envelope's signature authenticates the author; the freshness window keeps a relay
-        // from re-injecting an old one (see `GOSSIP_MAX_SKEW_MS`).
-        let verdict = Envelope::open(&message.data, MAX_GOSSIP_BYTES).and_then(|env| {
-            env.check_fresh(now_ms(), GOSSIP_MAX_SKEW_MS)?;
-            Ok(env)
-        });
+        // from re-injecting an old one (see `GOSSIP_MAX_SKEW_MS`). A large envelope is checked
+        // on a blocking thread (gossipsub holds the message, unforwarded, until the verdict):
+        // a flood of 256 KiB envelopes does not keep the loop from every other peer's traffic.
+        let check = |data: &[u8]| {
+            Envelope::open(data, MAX_GOSSIP_BYTES).and_then(|env| {
+                env.check_fresh(now_ms(), GOSSIP_MAX_SKEW_MS)?;
+                Ok(env)
+            })
+        };
+        if message.data.len() >= VERIFY_ASIDE_BYTES && self.gossip_verifying < MAX_VERIFYING_ASIDE {
+            self.gossip_verifying += 1;
+            self.stats.gossip_verified_aside += 1;
+            let tx = self.gossip_verified_tx.clone();
+            let aside = GossipAside {
+                id,
+                source,
+                topic: message.topic,
+            };
+            let data = message.data;
+            tokio::task::spawn_blocking(move || {
+                let verdict = check(&data);
+                // Room is certain (capacity = most in flight); a stopped loop has no use for it.
+                let _ = tx.blocking_send((aside, verdict));
+            });
+            return;
+        }
+        let verdict = check(&message.data);
+        self.on_gossip_checked(source, id, message.topic, verdict);
+    }
+
+    /// A gossip message whose envelope was checked (here or beside the loop): rejected, held
+    /// for its task's verdict (a judged topic) or accepted, and routed.
+    fn on_gossip_checked(
+        &mut self,
+        source: PeerId,
+        id: gossipsub::MessageId,
+        topic_hash: gossipsub::TopicHash,
+        verdict: Result<Envelope, CodecError>,
+    ) {
         let gossip = &mut self.swarm.behaviour_mut().gossipsub;
         match verdict {
             Err(e) => {
@@ -685,10 +740,10 @@ impl EventLoop {
                 gossip.report_message_validation_result(&id, &source, MessageAcceptance::Reject);
                 self.stats.gossip_rejected += 1;
             }
-            Ok(env) if self.judged.contains(&message.topic) => {
+            Ok(env) if self.judged.contains(&topic_hash) => {
                 // Forwarded only once the application accepts it (see `Command::Judge`).
                 self.stats.gossip_accepted += 1;
-                let topic = message.topic.as_str().to_string();
+                let topic = topic_hash.as_str().to_string();
                 let ev = NetworkEvent::GossipToJudge {
                     topic: topic.clone(),
                     envelope: Arc::new(env),
@@ -710,7 +765,7 @@ impl EventLoop {
             Ok(env) => {
                 gossip.report_message_validation_result(&id, &source, MessageAcceptance::Accept);
                 self.stats.gossip_accepted += 1;
-                let topic = message.topic.as_str().to_string();
+                let topic = topic_hash.as_str().to_string();
                 let ev = NetworkEvent::Gossip {
                     topic: topic.clone(),
                     envelope: Arc::new(env),

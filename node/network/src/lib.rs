@@ -231,6 +231,9 @@ pub struct NetworkStats {
     /// Inbound requests large enough that their envelope was decoded and its signature checked
     /// beside the swarm loop (on a blocking thread) rather than in it.
     pub rpc_verified_aside: u64,
+    /// Gossip messages large enough (64 KiB or more) that their envelope was decoded and its
+    /// signature checked beside the swarm loop; gossipsub forwards none of them before that.
+    pub gossip_verified_aside: u64,
     /// Inbound requests that failed as libp2p reports them, per reason (`timeout`,
     /// `connection-closed`, `unsupported-protocols`, `response-omission` — which includes
     /// every refusal counted above —, `io`). libp2p reports nothing for inbound streams its

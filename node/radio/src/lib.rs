@@ -24,6 +24,7 @@
 mod counters;
 pub mod discovery;
 pub mod firmware;
+mod judge;
 pub mod keys;
 pub mod rules;
 mod table;
@@ -212,6 +213,15 @@ pub struct RadioStats {
     /// Key requests refused: the asker is not a provider of the device here, or it is not
     /// this node's.
     pub key_requests_refused: u64,
+    /// Peer checkpoints forwarded on the radio topic: a known manager's range moved coverage
+    /// here, or a known manager released a device (threat N7).
+    pub checkpoints_forwarded: u64,
+    /// Peer checkpoints not forwarded and not penalised: refused by the rules here, hearsay
+    /// only, or nothing new (threat N7).
+    pub checkpoints_ignored: u64,
+    /// Peer checkpoints rejected (sender penalised, not forwarded): undecodable, or malformed
+    /// (too many devices, over-long text, impossible ranges, a device twice).
+    pub checkpoints_rejected: u64,
 }
 
 /// `GET /v1/devices`: the devices discovered here.

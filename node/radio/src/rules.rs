@@ -18,6 +18,7 @@
 use std::collections::BTreeSet;
 
 use agora_market::NodeId;
+use agora_wire::radio::Checkpoint;
 
 /// Edges known to manage or to have managed a device (customer, providers).
 pub const MAX_MANAGERS_PER_DEVICE: usize = 16;
@@ -71,6 +72,92 @@ pub fn judge(
 /// the managers are known here.
 pub fn may_release(signer: &NodeId, managers: &BTreeSet<NodeId>) -> bool {
     managers.is_empty() || managers.contains(signer)
+}
+
+/// Longest service name or proof CID a peer checkpoint may carry (an honest one names a
+/// contract's service and a CID, well under this).
+pub const MAX_CHECKPOINT_TEXT: usize = 512;
+
+/// Why a peer checkpoint is invalid whatever this edge knows (gossip `Reject`, threat N7).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// More ranges or releases than an edge may hold devices (`radio.max_devices`).
+    #[error("checkpoint names {got} devices, more than radio.max_devices ({max})")]
+    TooManyDevices { got: usize, max: usize },
+    /// A service name or proof longer than [`MAX_CHECKPOINT_TEXT`].
+    #[error("checkpoint text of {got} bytes, more than {MAX_CHECKPOINT_TEXT}")]
+    TextTooLong { got: usize },
+    /// A range whose `first` is after its `last`, or whose `count` is 0 or more than the
+    /// sequence numbers between them: no edge processes readings that way.
+    #[error("device {device}: range {first}..={last} with count {count} is impossible")]
+    BadRange {
+        device: u32,
+        first: u32,
+        last: u32,
+        count: u32,
+    },
+    /// Two ranges for one device.
+    #[error("device {device} has two ranges")]
+    DuplicateDevice { device: u32 },
+}
+
+/// Checks what does not depend on this edge's view: bounds and internal consistency. A
+/// checkpoint that fails is invalid for every edge (rejected, its sender penalised).
+pub fn well_formed(c: &Checkpoint, max_devices: usize) -> Result<(), Malformed> {
+    let got = c.ranges.len().max(c.released.len());
+    if got > max_devices {
+        return Err(Malformed::TooManyDevices {
+            got,
+            max: max_devices,
+        });
+    }
+    let got = c.service.len().max(c.proof.len());
+    if got > MAX_CHECKPOINT_TEXT {
+        return Err(Malformed::TextTooLong { got });
+    }
+    let mut seen = BTreeSet::new();
+    for r in &c.ranges {
+        let (device, first, last, count) = (r.device, r.first, r.last, r.count);
+        if first > last || count == 0 || u64::from(count) > u64::from(last - first) + 1 {
+            return Err(Malformed::BadRange {
+                device,
+                first,
+                last,
+                count,
+            });
+        }
+        if !seen.insert(device) {
+            return Err(Malformed::DuplicateDevice { device });
+        }
+    }
+    Ok(())
+}
+
+/// What the radio tells gossipsub about a peer checkpoint once it has applied it (threat N7):
+/// it travels on only if this edge took something new by the rules (a known manager's range,
+/// or hearsay within the bound where no manager is known here, that moved coverage; a release
+/// by a known manager, or hearsay of a device heard here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forward {
+    /// Forward it to the mesh.
+    Accept,
+    /// Valid, but nothing new taken here (refused by policy, beyond what was heard, or a
+    /// replay of what is already covered): not forwarded, the sender not penalised (this
+    /// edge's ledger may be behind).
+    Ignore,
+    /// Invalid for anyone ([`Malformed`], undecodable): not forwarded, the sender penalised.
+    Reject,
+}
+
+/// The verdict on an applied checkpoint: `moved` ranges the rules accepted that moved a
+/// device's coverage, `released` releases accepted (a known manager's, or hearsay of a device
+/// heard here).
+pub fn forward(moved: usize, released: usize) -> Forward {
+    if moved > 0 || released > 0 {
+        Forward::Accept
+    } else {
+        Forward::Ignore
+    }
 }
 
 /// The highest sequence number a peer's replay answer may say a checkpoint covers: no more
@@ -222,6 +309,86 @@ mod tests {
                 prop_assert_eq!(covered, by_managers);
             }
         }
+    }
+
+    fn checkpoint(ranges: &[(u32, u32, u32, u32)], released: &[u32]) -> Checkpoint {
+        Checkpoint {
+            service: "svc".into(),
+            ranges: ranges
+                .iter()
+                .map(
+                    |&(device, first, last, count)| agora_wire::radio::SeqRange {
+                        device,
+                        first,
+                        last,
+                        count,
+                    },
+                )
+                .collect(),
+            proof: String::new(),
+            released: released.to_vec(),
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn honest_checkpoints_are_well_formed() {
+        assert_eq!(well_formed(&checkpoint(&[], &[]), 4), Ok(()));
+        let c = checkpoint(
+            &[(1, 10, 19, 10), (2, 5, 5, 1), (3, 0, u32::MAX, 7)],
+            &[1, 2],
+        );
+        assert_eq!(well_formed(&c, 4), Ok(()));
+    }
+
+    #[test]
+    fn impossible_ranges_and_oversized_checkpoints_are_malformed() {
+        let bad = |r: (u32, u32, u32, u32)| well_formed(&checkpoint(&[r], &[]), 4);
+        assert!(matches!(
+            bad((1, 20, 10, 1)),
+            Err(Malformed::BadRange { .. })
+        ));
+        assert!(matches!(
+            bad((1, 10, 20, 0)),
+            Err(Malformed::BadRange { .. })
+        ));
+        assert!(matches!(
+            bad((1, 10, 20, 12)),
+            Err(Malformed::BadRange { .. })
+        ));
+        assert_eq!(bad((1, 10, 20, 11)), Ok(()));
+        assert_eq!(
+            well_formed(&checkpoint(&[(1, 0, 0, 1), (1, 1, 1, 1)], &[]), 4),
+            Err(Malformed::DuplicateDevice { device: 1 })
+        );
+        let five: Vec<_> = (0..5).map(|d| (d, 0, 0, 1)).collect();
+        assert_eq!(
+            well_formed(&checkpoint(&five, &[]), 4),
+            Err(Malformed::TooManyDevices { got: 5, max: 4 })
+        );
+        assert_eq!(
+            well_formed(&checkpoint(&[], &[1, 2, 3, 4, 5]), 4),
+            Err(Malformed::TooManyDevices { got: 5, max: 4 })
+        );
+        let mut long = checkpoint(&[], &[]);
+        long.service = "s".repeat(MAX_CHECKPOINT_TEXT + 1);
+        assert!(matches!(
+            well_formed(&long, 4),
+            Err(Malformed::TextTooLong { .. })
+        ));
+        let mut long = checkpoint(&[], &[]);
+        long.proof = "b".repeat(MAX_CHECKPOINT_TEXT + 1);
+        assert!(matches!(
+            well_formed(&long, 4),
+            Err(Malformed::TextTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn only_news_travels_on() {
+        assert_eq!(forward(1, 0), Forward::Accept);
+        assert_eq!(forward(0, 1), Forward::Accept);
+        assert_eq!(forward(0, 0), Forward::Ignore);
     }
 
     #[test]

@@ -20,12 +20,13 @@ use super::{
 use crate::counters::CounterStore;
 use crate::discovery::Discovery;
 use crate::firmware::{Jobs, MAX_JOBS, Outgoing};
+use crate::judge;
 use crate::keys::KeyStore;
-use crate::rules::{self, MAX_MANAGERS_PER_DEVICE, Verdict};
-use crate::table::{Admit, Device, DeviceTable};
+use crate::rules::{self, Forward, MAX_MANAGERS_PER_DEVICE};
+use crate::table::{Admit, DeviceTable};
 use agora_exchange::StorageHandle;
 use agora_hosting::control::ServiceControl;
-use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle};
+use agora_network::{GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 use agora_wire::radio::endpoint::{encode_request, is_endpoint, seal_request};
@@ -116,7 +117,8 @@ pub async fn spawn(
             .topic(RADIO_TOPIC)
             .requests(Kind::Radio),
     );
-    if let Err(e) = network.subscribe(RADIO_TOPIC).await {
+    // Judged: a peer checkpoint travels on only once this edge applied it (threat N7).
+    if let Err(e) = network.subscribe_judged(RADIO_TOPIC).await {
         warn!(error = %e, "radio checkpoints topic not subscribed");
     }
     let (keys_tx, keys_rx) = mpsc::channel(16);
@@ -189,12 +191,24 @@ impl RadioTask {
                             Ok(_) | Err(_) => {}
                         }
                     }
-                    NetworkEvent::Gossip { topic, envelope, .. } if topic == RADIO_TOPIC => {
-                        match envelope.body::<Checkpoint>(Kind::Radio) {
+                    NetworkEvent::GossipToJudge { topic, envelope, ticket, via } if topic == RADIO_TOPIC => {
+                        let verdict = match envelope.body::<Checkpoint>(Kind::Radio) {
                             Ok(c) if envelope.sender != self.me => self.on_peer_checkpoint(envelope.sender, c),
-                            Ok(_) => {}
-                            Err(e) => debug!(error = %e, "bad radio checkpoint"),
-                        }
+                            Ok(_) => Forward::Ignore,
+                            Err(e) => {
+                                self.stats.checkpoints_rejected += 1;
+                                if self.stats.checkpoints_rejected.is_power_of_two() {
+                                    warn!(%via, sender = %envelope.sender, error = %e, rejected = self.stats.checkpoints_rejected, "undecodable radio checkpoint rejected");
+                                }
+                                Forward::Reject
+                            }
+                        };
+                        let verdict = match verdict {
+                            Forward::Accept => GossipVerdict::Accept,
+                            Forward::Ignore => GossipVerdict::Ignore,
+                            Forward::Reject => GossipVerdict::Reject,
+                        };
+                        self.network.judge(ticket, verdict).await;
                     }
                     _ => {}
                 },
@@ -514,88 +528,53 @@ impl RadioTask {
         }
     }
 
-    /// Applies a peer's checkpoint: each range moves its device's coverage only when
-    /// [`rules::judge`] says so, each release counts only from a manager; the rest is dropped
-    /// and counted, with one log line per checkpoint.
-    fn on_peer_checkpoint(&mut self, edge: NodeId, mut c: Checkpoint) {
-        let window = self.cfg.checkpoint_window;
-        let mut verified = true;
-        let mut refused: Vec<(u32, u32, Verdict)> = Vec::new();
-        c.ranges.retain(|r| {
-            let Some(d) = self.table.get_mut(&r.device) else {
-                // Never heard here: nothing to cover (and no entry a remote could grow).
-                refused.push((r.device, r.last, Verdict::BeyondHeard));
-                return false;
-            };
-            let verdict = rules::judge(&edge, r.last, &d.managers(), d.status.heard, window);
-            match verdict {
-                Verdict::Counted => self.stats.ranges_counted += 1,
-                Verdict::Unverified => {
-                    self.stats.ranges_unverified += 1;
-                    verified = false;
-                }
-                Verdict::NotManager | Verdict::BeyondHeard => {
-                    refused.push((r.device, r.last, verdict));
-                    return false;
-                }
+    /// Applies a peer's checkpoint (see [`judge::apply`]): each range moves its device's
+    /// coverage only when [`rules::judge`] says so, each release counts only from a manager;
+    /// the rest is dropped and counted, with one log line per checkpoint. Returns whether
+    /// gossipsub forwards it (threat N7).
+    fn on_peer_checkpoint(&mut self, edge: NodeId, mut c: Checkpoint) -> Forward {
+        let a = judge::apply(
+            &mut self.table,
+            &mut self.stats,
+            &edge,
+            &mut c,
+            self.cfg.checkpoint_window,
+            self.cfg.max_devices,
+        );
+        if let Some(e) = &a.malformed {
+            if self.stats.checkpoints_rejected <= 16
+                || self.stats.checkpoints_rejected.is_power_of_two()
+            {
+                warn!(%edge, error = %e, rejected = self.stats.checkpoints_rejected, "malformed radio checkpoint rejected");
             }
-            d.status.peer_covered = Some(d.status.peer_covered.map_or(r.last, |p| p.max(r.last)));
-            d.covered = Some(d.covered.map_or(r.last, |p| p.max(r.last)));
-            // Buffered frames the peer already processed are no longer needed.
-            d.buffer.retain(|(seq, _)| *seq > r.last);
-            d.status.buffered = d.buffer.len();
-            true
-        });
-        let mut releases_refused = 0u64;
-        c.released.retain(|device| {
-            let managers = self
-                .table
-                .get(device)
-                .map(Device::managers)
-                .unwrap_or_default();
-            if rules::may_release(&edge, &managers) {
-                verified &= !managers.is_empty();
-                true
-            } else {
-                releases_refused += 1;
-                false
-            }
-        });
-        self.stats.releases_refused += releases_refused;
-        for (_, _, v) in &refused {
-            match v {
-                Verdict::NotManager => self.stats.ranges_refused_not_manager += 1,
-                _ => self.stats.ranges_refused_beyond_heard += 1,
-            }
+            return a.forward;
         }
         let total = self.stats.ranges_refused_not_manager
             + self.stats.ranges_refused_beyond_heard
             + self.stats.releases_refused;
         // One line per refused checkpoint, then fewer under a flood (the counters keep count).
-        if (!refused.is_empty() || releases_refused > 0) && (total <= 64 || total.is_power_of_two())
+        if (!a.refused.is_empty() || a.releases_refused > 0)
+            && (total <= 64 || total.is_power_of_two())
         {
-            let shown: Vec<_> = refused.iter().take(4).collect();
+            let shown: Vec<_> = a.refused.iter().take(4).collect();
             warn!(
                 %edge,
-                refused = refused.len(),
-                releases_refused,
+                refused = a.refused.len(),
+                releases_refused = a.releases_refused,
                 sample = ?shown,
                 "peer checkpoint ranges refused (signer not a manager of the device, or beyond \
                  what this edge heard plus radio.checkpoint_window)"
             );
         }
-        if c.ranges.is_empty()
-            && c.released.is_empty()
-            && (!refused.is_empty() || releases_refused > 0)
-        {
-            return;
+        if a.keep {
+            self.remember(CheckpointRecord {
+                edge: edge.to_string(),
+                mine: false,
+                checkpoint: c,
+                verified: a.verified,
+            });
         }
-        self.remember(CheckpointRecord {
-            edge: edge.to_string(),
-            mine: false,
-            checkpoint: c,
-            verified,
-        });
+        a.forward
     }
 
     fn remember(&mut self, rec: CheckpointRecord) {

@@ -48,6 +48,26 @@ pub fn plausible(devices: &[(u32, u32)], n: u32) -> Checkpoint {
     }
 }
 
+/// A malformed checkpoint (threat N7): a range whose `first` is after its `last` — no edge
+/// processes readings that way, so every honest edge rejects it whoever signed it.
+pub fn malformed(devices: &[u32]) -> Checkpoint {
+    Checkpoint {
+        service: "hostile".into(),
+        ranges: devices
+            .iter()
+            .map(|d| SeqRange {
+                device: *d,
+                first: 10,
+                last: 5,
+                count: 1,
+            })
+            .collect(),
+        proof: String::new(),
+        released: Vec::new(),
+        at: now_ms(),
+    }
+}
+
 impl Adversary {
     /// Publishes `c`, signed with the adversary's own key, on the radio topic.
     pub async fn publish_checkpoint(&self, c: &Checkpoint) -> anyhow::Result<()> {

@@ -332,9 +332,13 @@ fn keyed_devices_are_flashed_with_sealed_requests() {
     });
     // Their uplinks are verified with the owner's keys (R1), and the requests were sealed
     // with the same keys (R2): an unsealed one would have been refused and the job failed.
-    let radio = agora_json(&["radio", "--data-dir", &owner]);
-    assert!(
-        radio["stats"]["frames_verified"].as_u64().unwrap_or(0) > 0,
-        "{radio:#}"
+    // (The devices send their next uplink some time after they boot the new firmware: wait.)
+    wait_until(
+        "the owner to verify an uplink of a flashed, keyed device",
+        Duration::from_secs(60),
+        || {
+            let radio = agora_json(&["radio", "--data-dir", &owner]);
+            radio["stats"]["frames_verified"].as_u64().unwrap_or(0) > 0
+        },
     );
 }

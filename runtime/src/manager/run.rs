@@ -125,6 +125,14 @@ async fn run_instance(
             }
         }
         let result = inst.poll().await;
+        // The poll is counted before the health read: a stop requested meanwhile ends that
+        // read (`Err(Requested)`), and the readings this poll processed must still show as
+        // polled. It counts as answering (`last_poll`) only once its health was heard.
+        {
+            let mut live = lock(&shared.live);
+            fold(&mut live.metering, &base, &inst, shared);
+            live.metering.polls = live.metering.polls.saturating_add(1);
+        }
         if result.is_ok() && last_health.is_none_or(|t| t.elapsed() >= HEALTH_INTERVAL) {
             last_health = Some(Instant::now());
             match inst.health().await {
@@ -133,12 +141,7 @@ async fn run_instance(
                 None => {}
             }
         }
-        {
-            let mut live = lock(&shared.live);
-            fold(&mut live.metering, &base, &inst, shared);
-            live.metering.polls = live.metering.polls.saturating_add(1);
-            live.last_poll = Some(Instant::now());
-        }
+        lock(&shared.live).last_poll = Some(Instant::now());
         match result {
             Ok(0) => {}
             Ok(code) => break StopReason::Exited(code),

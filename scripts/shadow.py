@@ -114,7 +114,7 @@ def generate(args, out):
             text = text.replace("memory_bytes = 0", "memory_bytes = 4294967296", 1)
             f.write(text)
     customers = [args.nodes - 1 - k for k in range(min(args.auctions, args.nodes - 1))]
-    env = {"RUST_LOG": "warn,agora_market_driver=debug", "AGORA_NO_PROGRESS": "1"}
+    env = {"RUST_LOG": args.rust_log, "AGORA_NO_PROGRESS": "1"}
     hosts = {}
     for i in range(args.nodes):
         d = os.path.join(data, f"node{i}")
@@ -257,6 +257,8 @@ def main():
     p.add_argument("--shadow", default=shutil.which("shadow") or os.path.expanduser("~/.local/bin/shadow"))
     p.add_argument("--out")
     p.add_argument("--no-run", action="store_true", help="only generate the configuration")
+    p.add_argument("--rust-log", default="warn,agora_market_driver=debug",
+                   help="RUST_LOG of every node (the report needs agora_market_driver=debug)")
     p.add_argument("--report-only", action="store_true",
                    help="only report on the finished run in --out (same --nodes/--auctions)")
     args = p.parse_args()

@@ -76,6 +76,11 @@ def graph_gml():
     return "\n".join(lines)
 
 
+def customers_of(args):
+    """The nodes that each create one auction: the last --auctions nodes."""
+    return [args.nodes - 1 - k for k in range(min(args.auctions, args.nodes - 1))]
+
+
 def generate(args, out):
     bin_path = os.path.abspath(args.agora)
     data = os.path.join(out, "data")
@@ -113,7 +118,7 @@ def generate(args, out):
             text = text.replace("cpu_millis = 0", "cpu_millis = 4000", 1)
             text = text.replace("memory_bytes = 0", "memory_bytes = 4294967296", 1)
             f.write(text)
-    customers = [args.nodes - 1 - k for k in range(min(args.auctions, args.nodes - 1))]
+    customers = customers_of(args)
     env = {"RUST_LOG": args.rust_log, "AGORA_NO_PROGRESS": "1"}
     hosts = {}
     for i in range(args.nodes):
@@ -266,7 +271,7 @@ def main():
         sys.exit("need --nodes >= 2 and 1 <= --arbitrators <= --nodes")
     out = os.path.abspath(args.out or tempfile.mkdtemp(prefix="agora-shadow-"))
     if args.report_only:
-        customers = [args.nodes - 1 - k for k in range(min(args.auctions, args.nodes - 1))]
+        customers = customers_of(args)
         report(args, out, customers, float("nan"), 0)
         return
     path, customers = generate(args, out)

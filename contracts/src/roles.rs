@@ -113,6 +113,7 @@ mod arbitrator;
 pub mod authority;
 mod customer;
 pub mod facts;
+pub mod followed;
 pub mod io;
 mod provider;
 pub mod readings;
@@ -135,6 +136,7 @@ use crate::ledger::{ContractRecord, LedgerEvent};
 
 pub use authority::{Group, KeyHolder, Timing, device_authority, key_holders};
 pub use facts::LedgerFacts;
+pub use followed::FollowedDevices;
 pub use io::{AuditVerdict, Effect, Input, Note, OWN_SERVICE, Presence, ServiceRef};
 pub use readings::{DeviceAuthority, DeviceId, Previous, Readings, ReadingsConfig};
 

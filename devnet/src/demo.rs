@@ -183,11 +183,15 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
     let mut splits = Vec::new();
     let mut settled_ok = true;
     let mut last_b = 0;
+    let mut earlier_bs = Vec::new();
     for run in 0..args.runs {
         if args.runs > 1 && !json {
             println!("\n-- failover {}/{} --", run + 1, args.runs);
         }
         let armed = story.standby().await?;
+        if run > 0 && !earlier_bs.contains(&last_b) {
+            earlier_bs.push(last_b);
+        }
         last_b = armed.b;
         let provider = armed.rec.contract.provider.to_string();
         let observer = (0..story.m.nodes.len())
@@ -231,10 +235,38 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
             done.status == agora_contracts::ContractStatus::Settled && done.paid_to_provider > 0;
         story.a_resumed().await?;
     }
-    let cov = story.coverage(last_b).await;
+    // The hardest observer is an earlier provider: it must count the later providers'
+    // checkpoints for A's sensors too, not only its own.
+    let observer = earlier_bs
+        .iter()
+        .copied()
+        .find(|b| *b != last_b && *b != story.a)
+        .unwrap_or_else(|| {
+            (0..story.m.nodes.len())
+                .find(|i| *i != story.a && *i != last_b)
+                .unwrap_or(0)
+        });
+    let cov = story.coverage_seen_by(observer, |_| true).await;
+    if !json {
+        println!(
+            "\nreadings as {} accounts them{}",
+            story.m.nodes[observer].name,
+            if earlier_bs.contains(&observer) {
+                " (an earlier provider)"
+            } else {
+                ""
+            }
+        );
+    }
     let ok = settled_ok && cov.missing == 0 && cov.duplicated == 0;
     if json {
-        let out = serde_json::json!({ "failovers": splits, "coverage": cov, "ok": ok });
+        let out = serde_json::json!({
+            "failovers": splits,
+            "coverage": cov,
+            "observer": story.m.nodes[observer].name,
+            "observer_was_provider": earlier_bs.contains(&observer),
+            "ok": ok,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         report::print_coverage(&cov, story::DEVICES.len());

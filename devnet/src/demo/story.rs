@@ -527,6 +527,19 @@ impl Story {
         b: usize,
         keep: impl Fn(&agora_radio::CheckpointRecord) -> bool,
     ) -> Coverage {
+        let observer = (0..self.m.nodes.len())
+            .find(|i| *i != self.a && *i != b)
+            .unwrap_or(0);
+        self.coverage_seen_by(observer, keep).await
+    }
+
+    /// [`Self::coverage_of`] as node `observer` heard the checkpoints (the demo asks an earlier
+    /// provider when there is one: it must count every later provider's checkpoints too).
+    pub async fn coverage_seen_by(
+        &mut self,
+        observer: usize,
+        keep: impl Fn(&agora_radio::CheckpointRecord) -> bool,
+    ) -> Coverage {
         let sent = match self.sensors.take() {
             Some(s) => s.stop().await,
             None => BTreeMap::new(),
@@ -538,7 +551,7 @@ impl Story {
             .iter()
             .map(|n| (n.node_id.clone(), n.name.clone()))
             .collect();
-        let st: RadioStatus = match api(self.observer(b)) {
+        let st: RadioStatus = match api(&self.m.nodes[observer]) {
             Ok(c) => c.get("/v1/radio").await.unwrap_or_default(),
             Err(_) => RadioStatus::default(),
         };

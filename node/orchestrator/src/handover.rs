@@ -10,9 +10,8 @@ use agora_contracts::{
 };
 use tracing::{debug, warn};
 
-use super::{Done, Hosted, MAX_DEVICE_OWNERS, MAX_DEVICES_FOLLOWED, Orchestrator};
+use super::{Done, Hosted, Orchestrator};
 use agora_ledger::AppliedBlock;
-use agora_market::NodeId;
 use agora_wire::now_ms;
 
 /// Block time may trail the local clock a little; uptime claims stay this far behind it.
@@ -132,36 +131,13 @@ impl Orchestrator {
         }
     }
 
-    /// Provider: remembers `customer`'s `devices` (see `Orchestrator::device_owners`).
-    fn follow_devices(&mut self, customer: NodeId, devices: &[u32]) {
-        if !self.device_owners.contains_key(&customer)
-            && self.device_owners.len() >= MAX_DEVICE_OWNERS
-        {
-            self.device_owners.pop_first();
-        }
-        let known = self.device_owners.entry(customer).or_default();
-        for d in devices {
-            if !known.contains(d) {
-                known.push(*d);
-            }
-        }
-        let excess = known.len().saturating_sub(MAX_DEVICES_FOLLOWED);
-        known.drain(..excess);
-    }
-
     /// A contract of a customer whose devices this node follows names their new manager: the
     /// radio counts that provider's checkpoints for them from now on. Without this, an edge
     /// that once provided for the devices refused the checkpoints of every later provider as
     /// "not a manager", and its account of who processed which reading had holes.
     async fn new_manager_of_followed(&mut self, rec: &ContractRecord) {
-        let c = &rec.contract;
-        if c.kind == ContractKind::Storage || c.provider == self.me {
-            return;
-        }
-        if let Some(devices) = self.device_owners.get(&c.customer) {
-            self.radio
-                .managed_by(devices.clone(), vec![c.provider])
-                .await;
+        if let Some((devices, provider)) = self.device_owners.manager_of(self.me, &rec.contract) {
+            self.radio.managed_by(devices, vec![provider]).await;
         }
     }
 
@@ -248,7 +224,7 @@ impl Orchestrator {
         self.radio
             .managed_by(devices.clone(), vec![customer, self.me])
             .await;
-        self.follow_devices(customer, &devices);
+        self.device_owners.follow(customer, &devices);
         // Their frame keys, from their owner, now while it is alive (threat R1): at the
         // takeover it will not be.
         self.radio.fetch_keys(devices.clone(), customer).await;

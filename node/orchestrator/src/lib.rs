@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agora_contracts::roles::{AuditVerdict, Roles, RolesConfig};
+use agora_contracts::roles::{AuditVerdict, FollowedDevices, Roles, RolesConfig};
 use agora_contracts::{ContractId, TxKind};
 use agora_market::{KeySigner, NodeId, Timestamp};
 use agora_storage::challenge::StorageCommitment;
@@ -250,18 +250,13 @@ pub struct Orchestrator {
     settling: BTreeMap<ContractId, Timestamp>,
     /// When the block being handled arrived (for the activation latency).
     block_seen_at: Timestamp,
-    /// Provider: the devices of each customer this node has staged a contract for (bounded by
-    /// [`MAX_DEVICE_OWNERS`]). The radio knows their managers from this node's own contracts;
-    /// each later contract of that customer adds its provider, so a checkpoint from the edge
-    /// that manages them now still counts here after this node's own turn is over.
-    device_owners: BTreeMap<NodeId, Vec<u32>>,
+    /// Provider: the devices of each customer this node has staged a contract for (bounded;
+    /// `agora_contracts::roles::followed`). The radio knows their managers from this node's own
+    /// contracts; each later contract of that customer adds its provider, so a checkpoint from
+    /// the edge that manages them now still counts here after this node's own turn is over.
+    device_owners: FollowedDevices,
     done_tx: mpsc::Sender<Done>,
 }
-
-/// Customers whose devices a provider keeps following (see `Orchestrator::device_owners`).
-const MAX_DEVICE_OWNERS: usize = 256;
-/// Devices followed per customer (a service manifest names far fewer).
-const MAX_DEVICES_FOLLOWED: usize = 1024;
 
 /// The node components the orchestrator drives.
 #[derive(Clone)]
@@ -342,7 +337,7 @@ pub fn spawn(
         keys_named: BTreeSet::new(),
         settling: BTreeMap::new(),
         block_seen_at: 0,
-        device_owners: BTreeMap::new(),
+        device_owners: FollowedDevices::default(),
         done_tx,
     };
     let handle = OrchestratorHandle {

@@ -139,7 +139,7 @@ pub(super) fn to_trim<P: Clone>(conns: &[Conn<P>], target: usize, grace: Duratio
         .iter()
         .filter(|c| !c.protected && c.age >= grace)
         .collect();
-    spare.sort_by(|a, b| b.age.cmp(&a.age));
+    spare.sort_by_key(|c| std::cmp::Reverse(c.age));
     spare
         .into_iter()
         .take(excess)
@@ -199,6 +199,7 @@ impl EventLoop {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -31,6 +31,7 @@ use agora_wire::codec::{
 };
 use agora_wire::now_ms;
 
+mod discovery;
 mod liveness;
 mod nat;
 
@@ -65,6 +66,8 @@ const MAX_AGENTS: usize = 4096;
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
 /// Routing-table refresh (Kademlia's own default period); each refresh dials the peers it queries.
 const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(300);
+/// How often the discovery policy is asked whether a walk is due (`discovery::Pacer`).
+const DISCOVERY_TICK: Duration = Duration::from_secs(1);
 
 struct EventLoop {
     swarm: Swarm<AgoraBehaviour>,
@@ -89,6 +92,9 @@ struct EventLoop {
     stats: NetworkStats,
     seq: u64,
     kad_bootstrapped: bool,
+    /// When to walk the DHT for peers next, and the walk in flight.
+    pacer: discovery::Pacer,
+    walk: Option<kad::QueryId>,
     provider_queries: HashMap<kad::QueryId, ProviderQuery>,
     /// Opens heartbeat streams to watched peers.
     streams: libp2p_stream::Control,
@@ -225,6 +231,8 @@ pub async fn spawn_with_metrics(
         stats: NetworkStats::default(),
         seq: 0,
         kad_bootstrapped: false,
+        pacer: discovery::Pacer::new(std::time::Instant::now()),
+        walk: None,
         provider_queries: HashMap::new(),
         streams,
         alive_tx,
@@ -263,6 +271,8 @@ impl EventLoop {
         presence_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut redial_timer = tokio::time::interval(REDIAL_INTERVAL);
         let mut kad_timer = tokio::time::interval(KAD_BOOTSTRAP_INTERVAL);
+        let mut discovery_timer = tokio::time::interval(DISCOVERY_TICK);
+        discovery_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -281,6 +291,7 @@ impl EventLoop {
                 _ = presence_timer.tick() => self.on_presence_tick(),
                 _ = redial_timer.tick() => self.redial(),
                 _ = kad_timer.tick() => self.kad_bootstrap(),
+                _ = discovery_timer.tick() => self.discover(),
             }
         }
         self.cancel.cancel();
@@ -599,9 +610,21 @@ impl EventLoop {
             }) => self.on_gossip(propagation_source, message_id, message),
             AgoraBehaviourEvent::Rpc(ev) => self.on_rpc(ev),
             AgoraBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                self.on_peer_addrs(peer_id, &info.listen_addrs);
+                // Only addresses others can use go to our store and the routing table (which
+                // hands them to everyone who asks), at most a few per peer.
+                let via_loopback = self
+                    .peer_addrs
+                    .get(&peer_id)
+                    .is_some_and(discovery::is_loopback);
+                let addrs: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .into_iter()
+                    .filter(|a| discovery::announce_worthy(a, via_loopback))
+                    .take(discovery::MAX_IDENTIFY_ADDRS)
+                    .collect();
+                self.on_peer_addrs(peer_id, &addrs);
                 self.nat_on_identify(peer_id, &info.protocols);
-                for addr in info.listen_addrs {
+                for addr in addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
                 if self.swarm.is_connected(&peer_id)
@@ -655,6 +678,18 @@ impl EventLoop {
     }
 
     fn on_kad_query(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
+        if self.walk == Some(id) {
+            match result {
+                kad::QueryResult::GetClosestPeers(Ok(ok)) => self.on_walk_done(ok.peers),
+                kad::QueryResult::GetClosestPeers(Err(kad::GetClosestPeersError::Timeout {
+                    peers,
+                    ..
+                })) => self.on_walk_done(peers),
+                _ if last => self.walk = None,
+                _ => {}
+            }
+            return;
+        }
         let kad::QueryResult::GetProviders(res) = result else {
             return;
         };

@@ -211,6 +211,11 @@ pub struct NetworkStats {
     pub connections_refused: u64,
     /// Peers evicted from a full per-peer table (presence, addresses).
     pub peers_evicted: u64,
+    /// Kademlia walks (lookups of a random key) started to find peers beyond the bootstrap
+    /// list: soon and often while below `target_peers`, rarely at it.
+    pub discovery_walks: u64,
+    /// Peers those walks found that this node then dialled.
+    pub discovery_dials: u64,
     /// Gossip messages dropped because the task that reads their topic was behind (its route
     /// was full; see [`routes`]), in all.
     pub gossip_route_dropped: u64,

@@ -144,7 +144,7 @@ impl EventLoop {
     /// query and gossipsub keeps each of those connections open, so without trimming every node
     /// ends up connected to most of the network (54 connections per node at 100 nodes), each
     /// paying pings and lazy gossip. Closes the oldest connections above the target that carry
-    /// no gossipsub mesh, no watch and are older than `trim_grace`.
+    /// no gossipsub mesh, no watch and are older than `trim_grace` (`discovery::to_trim`).
     pub(super) fn trim_connections(&mut self) {
         let connected = self.swarm.network_info().num_peers();
         if connected <= self.cfg.target_peers {
@@ -158,19 +158,17 @@ impl EventLoop {
             .copied()
             .collect();
         let now = Instant::now();
-        let mut spare: Vec<(Instant, PeerId)> = self
+        let conns: Vec<super::discovery::Conn<PeerId>> = self
             .liveness
             .connected_at
             .iter()
-            .filter(|(p, at)| {
-                now.duration_since(**at) >= self.cfg.trim_grace
-                    && !mesh.contains(p)
-                    && !self.liveness.watched.contains_key(p)
+            .map(|(p, at)| super::discovery::Conn {
+                peer: *p,
+                age: now.saturating_duration_since(*at),
+                protected: mesh.contains(p) || self.liveness.watched.contains_key(p),
             })
-            .map(|(p, at)| (*at, *p))
             .collect();
-        spare.sort();
-        for (_, peer) in spare.into_iter().take(connected - self.cfg.target_peers) {
+        for peer in super::discovery::to_trim(&conns, self.cfg.target_peers, self.cfg.trim_grace) {
             debug!(%peer, "trimming a spare connection");
             let _ = self.swarm.disconnect_peer_id(peer);
         }

@@ -10,7 +10,7 @@ use agora_runtime::ServiceState;
 use agora_wire::now_ms;
 use tracing::debug;
 
-use super::FleetTask;
+use super::{FleetTask, PlacementKey};
 use super::progress::{advances, ended, ledger_phase, local_phase};
 
 /// A placement without a contract after this long failed (no bid from the target, no deal).
@@ -39,19 +39,20 @@ impl FleetTask {
         if self.placements.is_empty() {
             return Vec::new();
         }
-        let by_auction: BTreeMap<AuctionId, (DeploymentId, NodeId)> = self
+        let by_auction: BTreeMap<AuctionId, &PlacementKey> = self
             .placements
             .iter()
-            .filter_map(|(key, p)| p.auction.map(|a| (a, *key)))
+            .filter_map(|(key, p)| p.auction.map(|a| (a, key)))
             .collect();
         events
             .iter()
             .filter(|e| e.kind == "auction-closed" && e.data["winner"].is_null())
             .filter_map(|e| e.data["auction"].as_str()?.parse::<AuctionId>().ok())
             .filter_map(|a| by_auction.get(&a).copied())
-            .map(|(deployment, target)| Input::TargetProgress {
-                deployment,
-                target,
+            .map(|(deployment, target, image)| Input::TargetProgress {
+                deployment: *deployment,
+                target: *target,
+                image: image.clone(),
                 phase: TargetPhase::Failed,
                 reason: Some(
                     "the auction closed without the target's bid (no room, or its price is \
@@ -98,12 +99,11 @@ impl FleetTask {
         };
         let now = now_ms();
         let mut out = Vec::new();
-        for ((deployment, target), placement) in self.placements.iter_mut() {
-            let Some(own) = self.state.own(deployment) else {
+        for ((deployment, target, image), placement) in self.placements.iter_mut() {
+            if self.state.own(deployment).is_none() {
                 continue;
-            };
-            let image = &own.record.body.image;
-            let current = own.targets.get(target).map(|s| s.phase);
+            }
+            let current = self.state.target_phase(deployment, target, image);
             let live = contracts.iter().find(|(id, provider, img, status)| {
                 provider == target
                     && img == image
@@ -113,6 +113,7 @@ impl FleetTask {
             let failed = |reason: String| Input::TargetProgress {
                 deployment: *deployment,
                 target: *target,
+                image: image.clone(),
                 phase: TargetPhase::Failed,
                 reason: Some(reason),
             };
@@ -125,6 +126,7 @@ impl FleetTask {
                         out.push(Input::TargetProgress {
                             deployment: *deployment,
                             target: *target,
+                            image: image.clone(),
                             phase,
                             reason: None,
                         });

@@ -1,4 +1,4 @@
-//! Process test of `agora deploy upgrade` (issue #15): on a 5-node contract devnet, two
+//! Process test of `agora deploy upgrade` (issue #15): on a 7-node contract devnet, two
 //! providers labelled `site=factory` run a deployment of image v1 from node0. A healthy upgrade
 //! to v2 (`--max-unavailable 1`, start-first: a second contract per target for the new image,
 //! the old one released once the new one is healthy) exits 0 and leaves every target running
@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use agora_tests::{TestDevnet, agora, agora_json, try_agora_json, wait_until};
+use agora_tests::{TestDevnet, agora, agora_json, try_agora_json};
 
 const LABELLED: [usize; 2] = [2, 3];
 const WAIT: Duration = Duration::from_secs(300);
@@ -92,6 +92,24 @@ fn phase_of(st: &serde_json::Value, node_id: &str) -> Option<String> {
         .and_then(|t| t["phase"].as_str().map(str::to_string))
 }
 
+/// `wait_until`, printing the deployment's status and the targets' services if it times out.
+fn wait_for(net: &TestDevnet, id: &str, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !f() {
+        if std::time::Instant::now() >= deadline {
+            eprintln!("status: {}", status(net, id));
+            for i in LABELLED {
+                eprintln!(
+                    "node{i} services: {:?}",
+                    try_agora_json(&["service", "list", "--data-dir", &net.node(i)])
+                );
+            }
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -102,7 +120,7 @@ fn text(out: &std::process::Output) -> String {
 
 #[test]
 fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_back() {
-    let net = TestDevnet::up(5, 180, &[]);
+    let net = TestDevnet::up(7, 180, &[]);
     let dir = net.dir_s();
     let ids: Vec<String> = net
         .nodes()
@@ -141,7 +159,7 @@ fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_bac
         &net.node(0),
     ]);
     let id = created["id"].as_str().unwrap().to_string();
-    wait_until("every labelled target to run v1 healthy", WAIT, || {
+    wait_for(&net, &id, "every labelled target to run v1 healthy", || {
         let st = status(&net, &id);
         LABELLED
             .iter()
@@ -198,7 +216,7 @@ fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_bac
         "{st}"
     );
     // Every target runs v2; the old contracts end and v1 stops everywhere.
-    wait_until("v1 to stop on every target", WAIT, || {
+    wait_for(&net, &id, "v1 to stop on every target", || {
         LABELLED
             .iter()
             .all(|i| runs(&net, *i, &v2) && !runs(&net, *i, &v1))
@@ -230,22 +248,28 @@ fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_bac
     let st = status(&net, &id);
     assert_eq!(st["upgrade"]["state"], "rolled-back", "{st}");
     assert_eq!(st["image"], v2.as_str(), "the record names v2 again");
-    wait_until(
+    wait_for(
+        &net,
+        &id,
         "every target back on v2 only, running, no sick replica",
-        WAIT,
         || {
             LABELLED
                 .iter()
                 .all(|i| runs(&net, *i, &v2) && !runs(&net, *i, &sick))
         },
     );
-    wait_until("the deployer to show every target healthy on v2", WAIT, || {
-        let st = status(&net, &id);
-        LABELLED
-            .iter()
-            .all(|i| phase_of(&st, &ids[*i]).as_deref() == Some("healthy"))
-    });
-    for i in [1, 4] {
+    wait_for(
+        &net,
+        &id,
+        "the deployer to show every target healthy on v2",
+        || {
+            let st = status(&net, &id);
+            LABELLED
+                .iter()
+                .all(|i| phase_of(&st, &ids[*i]).as_deref() == Some("healthy"))
+        },
+    );
+    for i in [1, 4, 5, 6] {
         for image in [&v1, &v2, &sick] {
             assert!(!runs(&net, i, image), "node{i} is not labelled");
         }

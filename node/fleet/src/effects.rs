@@ -145,9 +145,7 @@ impl FleetTask {
                 reason: Some(reason),
             }]
         };
-        if !self.placements.contains_key(&key)
-            && self.placements.len() >= MAX_PLACEMENTS
-        {
+        if !self.placements.contains_key(&key) && self.placements.len() >= MAX_PLACEMENTS {
             self.stats.placements_dropped += 1;
             warn!(deployment = %deployment.short(), target = %target.short(), "fleet placement table full: not placed");
             return failed(format!(
@@ -209,9 +207,7 @@ impl FleetTask {
         image: String,
         reason: ReleaseReason,
     ) {
-        let placement = self
-            .placements
-            .remove(&(deployment, target, image.clone()));
+        let placement = self.placements.remove(&(deployment, target, image.clone()));
         let Some(ledger) = self.parts.ledger.clone() else {
             return;
         };

@@ -10,8 +10,8 @@ use agora_runtime::ServiceState;
 use agora_wire::now_ms;
 use tracing::debug;
 
-use super::{FleetTask, PlacementKey};
 use super::progress::{advances, ended, ledger_phase, local_phase};
+use super::{FleetTask, PlacementKey};
 
 /// A placement without a contract after this long failed (no bid from the target, no deal).
 pub const PLACE_TIMEOUT_MS: u64 = 120_000;

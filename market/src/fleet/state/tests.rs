@@ -536,9 +536,7 @@ fn deployer_moves(done: &[(NodeId, Effect)]) -> Vec<(u64, String, &'static str)>
         .filter(|(n, _)| *n == Net::id(1))
         .filter_map(|(_, e)| match e {
             Effect::Place { target, image, .. } => Some((seed(target), image.clone(), "place")),
-            Effect::Release { target, image, .. } => {
-                Some((seed(target), image.clone(), "release"))
-            }
+            Effect::Release { target, image, .. } => Some((seed(target), image.clone(), "release")),
             _ => None,
         })
         .collect()
@@ -623,8 +621,14 @@ fn an_upgrade_goes_in_waves_over_the_network_and_a_sick_one_rolls_back() {
     let up = view.upgrade.clone().unwrap();
     assert_eq!(up.state, "succeeded");
     assert!(up.is_final());
-    assert_eq!((view.image.as_str(), view.previous_image.as_deref()), (NEW, Some(IMAGE)));
-    assert!(view.targets.iter().all(|t| t.phase == "healthy"), "{view:?}");
+    assert_eq!(
+        (view.image.as_str(), view.previous_image.as_deref()),
+        (NEW, Some(IMAGE))
+    );
+    assert!(
+        view.targets.iter().all(|t| t.phase == "healthy"),
+        "{view:?}"
+    );
     // The plan is back and has nothing to do.
     net.input(now, 1, Input::Tick).unwrap();
     assert!(deployer_moves(&net.take()).is_empty());
@@ -657,13 +661,29 @@ fn an_upgrade_goes_in_waves_over_the_network_and_a_sick_one_rolls_back() {
         up.reason.as_deref().unwrap_or("").contains("returned 1"),
         "{up:?}"
     );
-    assert_eq!((view.image.as_str(), view.previous_image.as_deref()), (NEW, Some(SICK)));
+    let line = up
+        .targets
+        .iter()
+        .find(|t| t.node == Net::id(sick_on))
+        .unwrap();
+    assert_eq!(line.step, "reverted");
+    assert_eq!(
+        line.new.as_deref(),
+        Some("released (was unhealthy: the guest's health export returned 1)")
+    );
+    assert_eq!(
+        (view.image.as_str(), view.previous_image.as_deref()),
+        (NEW, Some(SICK))
+    );
     // Targets heard the record that names NEW again.
     for seed in 2..=4 {
         let node = net.nodes.get(&Net::id(seed)).unwrap();
         assert_eq!(node.store().get(&id).unwrap().body.image, NEW);
     }
-    assert!(view.targets.iter().all(|t| t.phase == "healthy"), "{view:?}");
+    assert!(
+        view.targets.iter().all(|t| t.phase == "healthy"),
+        "{view:?}"
+    );
     net.input(now + 20, 1, Input::Tick).unwrap();
     assert!(deployer_moves(&net.take()).is_empty());
 }
@@ -682,7 +702,8 @@ fn a_rollback_restarts_the_old_image_where_it_was_replaced_before_stopping_the_n
         reason: None,
     };
     for seed in 2..=4 {
-        net.input(T0 + 20, seed, local(TargetPhase::Healthy)).unwrap();
+        net.input(T0 + 20, seed, local(TargetPhase::Healthy))
+            .unwrap();
     }
     let config = UpgradeConfig {
         max_unavailable: 1,
@@ -699,7 +720,8 @@ fn a_rollback_restarts_the_old_image_where_it_was_replaced_before_stopping_the_n
     )
     .unwrap();
     let first = deployer_moves(&net.take())[0].0;
-    net.input(T0 + 31, first, local(TargetPhase::Healthy)).unwrap();
+    net.input(T0 + 31, first, local(TargetPhase::Healthy))
+        .unwrap();
     net.input(T0 + 32, 1, Input::Tick).unwrap();
     let second = deployer_moves(&net.take())
         .into_iter()
@@ -723,15 +745,25 @@ fn a_rollback_restarts_the_old_image_where_it_was_replaced_before_stopping_the_n
     let moves = deployer_moves(&net.take());
     // The first (already upgraded) target gets the old image again; the second's new instance
     // goes; nobody releases the first's new instance yet.
-    assert!(moves.contains(&(first, IMAGE.to_string(), "place")), "{moves:?}");
-    assert!(moves.contains(&(second, NEW.to_string(), "release")), "{moves:?}");
-    assert!(!moves.contains(&(first, NEW.to_string(), "release")), "{moves:?}");
+    assert!(
+        moves.contains(&(first, IMAGE.to_string(), "place")),
+        "{moves:?}"
+    );
+    assert!(
+        moves.contains(&(second, NEW.to_string(), "release")),
+        "{moves:?}"
+    );
+    assert!(
+        !moves.contains(&(first, NEW.to_string(), "release")),
+        "{moves:?}"
+    );
     let view = net.deployer().status(&id).unwrap();
     assert_eq!(view.upgrade.as_ref().unwrap().state, "rolling-back");
     assert_eq!(view.image, IMAGE, "the record names the old image again");
     // The old image's instance on the first target reports healthy (its report names it):
     // only then is the new one released.
-    net.input(T0 + 40, first, local(TargetPhase::Healthy)).unwrap();
+    net.input(T0 + 40, first, local(TargetPhase::Healthy))
+        .unwrap();
     net.input(T0 + 41, 1, Input::Tick).unwrap();
     assert_eq!(
         deployer_moves(&net.take()),

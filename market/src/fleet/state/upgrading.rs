@@ -46,9 +46,11 @@ pub struct UpgradeTargetView {
     pub node: NodeId,
     /// `waiting`, `starting`, `upgraded`, `reverting` or `reverted`.
     pub step: String,
-    /// The old image's instance: its last phase (with the reason, if any).
+    /// The old image's instance: its last phase (with the reason, if any), or
+    /// `released (was …)` once the upgrade released it.
     pub old: Option<String>,
-    /// The new image's instance: its last phase (with the reason, if any).
+    /// The new image's instance: its last phase (with the reason, if any), or
+    /// `released (was …)` once a rollback released it.
     pub new: Option<String>,
 }
 
@@ -60,10 +62,18 @@ impl UpgradeView {
             Outcome::RollingBack { reason, .. } => ("rolling-back", Some(reason.clone())),
             Outcome::RolledBack { reason, .. } => ("rolled-back", Some(reason.clone())),
         };
-        let shown = |t: NodeId, which: Which| {
-            up.phase(t, which).map(|(p, r)| match r {
-                Some(r) if !r.is_empty() => format!("{}: {r}", p.as_str()),
-                _ => p.as_str().to_string(),
+        let shown = |t: NodeId, which: Which, released: bool| {
+            up.phase(t, which).map(|(p, r)| {
+                let phase = match r {
+                    Some(r) if !r.is_empty() => format!("{}: {r}", p.as_str()),
+                    _ => p.as_str().to_string(),
+                };
+                // The machine released that instance: say so, with what it last was.
+                if released {
+                    format!("released (was {phase})")
+                } else {
+                    phase
+                }
             })
         };
         UpgradeView {
@@ -79,8 +89,8 @@ impl UpgradeView {
                 .map(|(t, step)| UpgradeTargetView {
                     node: *t,
                     step: step_name(step).into(),
-                    old: shown(*t, Which::Old),
-                    new: shown(*t, Which::New),
+                    old: shown(*t, Which::Old, *step == Step::Upgraded),
+                    new: shown(*t, Which::New, *step == Step::Reverted),
                 })
                 .collect(),
         }
@@ -104,7 +114,9 @@ fn step_name(step: &Step) -> &'static str {
 
 /// Whether `own` has an upgrade under way (not yet succeeded or rolled back).
 pub(super) fn under_way(own: &OwnDeployment) -> bool {
-    own.upgrade.as_ref().is_some_and(|u| !u.outcome().is_final())
+    own.upgrade
+        .as_ref()
+        .is_some_and(|u| !u.outcome().is_final())
 }
 
 /// The deployment is deleted: release the instances of the image the record no longer names
@@ -231,7 +243,13 @@ impl<S: Signer> FleetState<S> {
             return Err(not("it already runs that image"));
         }
         let from = own.record.body.image.clone();
-        let record = upgraded(&own.record.body, image.clone(), &self.signer, now, valid_for_ms)?;
+        let record = upgraded(
+            &own.record.body,
+            image.clone(),
+            &self.signer,
+            now,
+            valid_for_ms,
+        )?;
         let mut up = Upgrade::new(from, image, own.targets.keys().copied(), config);
         for (target, status) in &own.targets {
             up.observe(*target, Which::Old, status.phase, status.reason.clone());

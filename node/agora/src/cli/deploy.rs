@@ -230,7 +230,10 @@ async fn upgrade(dir: &Path, a: &UpgradeArgs, json: bool) -> anyhow::Result<()> 
     let mut seen = Vec::new();
     loop {
         let Some(u) = view.upgrade.clone() else {
-            anyhow::bail!("deployment {} shows no upgrade; see `agora deploy status`", a.id);
+            anyhow::bail!(
+                "deployment {} shows no upgrade; see `agora deploy status`",
+                a.id
+            );
         };
         if !json {
             for line in progress_lines(&u, &mut seen) {

@@ -207,15 +207,48 @@ impl FleetTask {
         image: String,
         reason: ReleaseReason,
     ) {
-        let placement = self.placements.remove(&(deployment, target, image.clone()));
-        let Some(ledger) = self.parts.ledger.clone() else {
+        let key = (deployment, target, image.clone());
+        let placement = self.placements.remove(&key);
+        if self.parts.ledger.is_none() {
             return;
-        };
-        let contract = match placement.and_then(|p| p.contract) {
+        }
+        let contract = match placement.as_ref().and_then(|p| p.contract) {
             Some(c) => Some(c),
             None => self.find_contract(target, image.clone()).await,
         };
         let Some(contract) = contract else {
+            if placement.is_some_and(|p| p.auction.is_some()) {
+                // Its auction may still end in a contract: end that one when it appears.
+                self.orphan(key, reason);
+            }
+            return;
+        };
+        self.end_contract(key, contract, reason).await;
+    }
+
+    /// Remembers a placement released before it had a contract (bounded, oldest dropped).
+    fn orphan(&mut self, key: super::PlacementKey, reason: ReleaseReason) {
+        if self.orphans.len() >= MAX_PLACEMENTS
+            && let Some(oldest) = self
+                .orphans
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+        {
+            self.orphans.remove(&oldest);
+            self.stats.placements_dropped += 1;
+        }
+        self.orphans.insert(key, (now_ms(), reason));
+    }
+
+    /// Cancels `contract` before activation or settles it pro rata after (nothing if it ended).
+    pub(super) async fn end_contract(
+        &mut self,
+        (deployment, target, image): super::PlacementKey,
+        contract: agora_contracts::ContractId,
+        reason: ReleaseReason,
+    ) {
+        let Some(ledger) = self.parts.ledger.clone() else {
             return;
         };
         let Ok(Some(status)) = ledger

@@ -32,7 +32,7 @@ use agora_hosting::ServiceHost;
 use agora_ledger::LedgerHandle;
 use agora_market::fleet::{
     CandidateFacts, DeploymentSpec, DeploymentView, FLEET_TOPIC, FleetConfig, FleetCounters,
-    FleetError, FleetMessage, FleetState, Input, UpgradeConfig,
+    FleetError, FleetMessage, FleetState, Input, ReleaseReason, UpgradeConfig,
 };
 use agora_market::{AuctionId, DeploymentId, KeySigner, NodeId, Signer};
 use agora_market_driver::MarketHandle;
@@ -224,6 +224,10 @@ struct FleetTask {
     placements: BTreeMap<PlacementKey, Placement>,
     /// This node's replicas whose image is being fetched.
     fetching: BTreeSet<DeploymentId>,
+    /// Placements released while their auction was open, when and why: a contract they still
+    /// lead to is ended when it appears (bounded by [`MAX_PLACEMENTS`]; forgotten after
+    /// [`tick::PLACE_TIMEOUT_MS`]).
+    orphans: BTreeMap<PlacementKey, (u64, ReleaseReason)>,
     /// Last market event looked at (auction closures).
     market_seq: Option<u64>,
     stats: FleetStats,
@@ -259,6 +263,7 @@ pub async fn spawn(parts: FleetParts, cancel: CancellationToken) -> (FleetHandle
         parts,
         placements: BTreeMap::new(),
         fetching: BTreeSet::new(),
+        orphans: BTreeMap::new(),
         market_seq: None,
         stats: FleetStats::default(),
         seq: now_ms(),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use agora_contracts::{ContractId, ContractStatus};
-use agora_market::fleet::{Input, TargetPhase};
+use agora_market::fleet::{Input, ReleaseReason, TargetPhase};
 use agora_market::{AuctionId, DeploymentId, NodeId};
 use agora_runtime::ServiceState;
 use agora_wire::now_ms;
@@ -69,7 +69,7 @@ impl FleetTask {
         let Some(ledger) = self.parts.ledger.clone() else {
             return Vec::new();
         };
-        if self.placements.is_empty() {
+        if self.placements.is_empty() && self.orphans.is_empty() {
             return Vec::new();
         }
         let me = self.me;
@@ -98,6 +98,7 @@ impl FleetTask {
             }
         };
         let now = now_ms();
+        self.end_orphans(&contracts, now).await;
         let mut out = Vec::new();
         for ((deployment, target, image), placement) in self.placements.iter_mut() {
             if self.state.own(deployment).is_none() {
@@ -154,6 +155,36 @@ impl FleetTask {
             }
         }
         out
+    }
+
+    /// Placements released while their auction was open: a contract that appeared for one
+    /// since is ended at once; one with none after [`PLACE_TIMEOUT_MS`] is forgotten. A key
+    /// placed again meanwhile is left to that placement (its contract is wanted).
+    async fn end_orphans(&mut self, contracts: &ContractFacts, now: u64) {
+        if self.orphans.is_empty() {
+            return;
+        }
+        let placements = &self.placements;
+        self.orphans.retain(|key, (at, _)| {
+            !placements.contains_key(key) && now.saturating_sub(*at) <= PLACE_TIMEOUT_MS
+        });
+        let found: Vec<(PlacementKey, ContractId, ReleaseReason)> = self
+            .orphans
+            .iter()
+            .filter_map(|(key, (_, reason))| {
+                let (_, target, image) = key;
+                contracts
+                    .iter()
+                    .find(|(_, provider, img, status)| {
+                        provider == target && img == image && !ended(*status)
+                    })
+                    .map(|(id, ..)| (key.clone(), *id, *reason))
+            })
+            .collect();
+        for (key, contract, reason) in found {
+            self.orphans.remove(&key);
+            self.end_contract(key, contract, reason).await;
+        }
     }
 
     /// Target: the phase of each replica this node holds, from its contract and its service;

@@ -27,7 +27,7 @@ pub use record::{
 pub use selector::{CandidateFacts, ProviderFacts, Selector};
 pub use state::{
     DeploymentView, Effect, FleetConfig, FleetCounters, FleetState, Input, LocalReplica,
-    OwnDeployment, TargetView,
+    OwnDeployment, TargetView, UpgradeTargetView, UpgradeView,
 };
 pub use store::{DeploymentStore, StoreCounters, StoreLimits, Stored};
 pub use upgrade::{Outcome, Step, Upgrade, UpgradeAction, UpgradeConfig, Which};
@@ -127,14 +127,31 @@ pub enum FleetError {
         /// The quota.
         max: usize,
     },
-    /// Changing the image of a live deployment is an upgrade, not in this slice.
+    /// Changing the image of a live deployment through `create`: that is an upgrade.
     #[error(
-        "deployment {deployment} runs another image; upgrades are not supported yet: delete it \
-         (agora deploy delete) and create the new image under another name"
+        "deployment {deployment} runs another image; change it with `agora deploy upgrade \
+         {deployment} --image NEW_CID` (start-first, rolled back if unhealthy)"
     )]
     UpgradeNotSupported {
         /// The deployment.
         deployment: DeploymentId,
+    },
+    /// An upgrade of this deployment is under way.
+    #[error(
+        "deployment {deployment} is being upgraded; wait for it to finish (agora deploy status \
+         shows its waves) before changing it again"
+    )]
+    UpgradeUnderWay {
+        /// The deployment.
+        deployment: DeploymentId,
+    },
+    /// An upgrade that cannot start: deleted, or already on that image.
+    #[error("deployment {deployment} cannot be upgraded: {reason}")]
+    NotUpgradable {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// Why.
+        reason: &'static str,
     },
     /// This node already deploys its maximum number of deployments.
     #[error("this node already deploys {max} deployments; delete some (agora deploy delete) first")]

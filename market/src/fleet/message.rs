@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::FleetError;
-use crate::fleet::limits::{MAX_REASON_LEN, MAX_RECORD_BYTES};
+use crate::fleet::limits::{MAX_CID_LEN, MAX_REASON_LEN, MAX_RECORD_BYTES};
 use crate::fleet::plan::TargetPhase;
 use crate::fleet::record::Deployment;
 use crate::fleet::selector::CandidateFacts;
@@ -51,6 +51,10 @@ pub enum FleetMessage {
         phase: TargetPhase,
         /// Why (failures), at most [`MAX_REASON_LEN`] bytes.
         reason: Option<String>,
+        /// The image this phase is about (during an upgrade a target runs two), at most
+        /// [`MAX_CID_LEN`] alphanumerics. Not encoded when absent (reports from before it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
     },
 }
 
@@ -80,6 +84,16 @@ impl FleetMessage {
                     len: r.len(),
                     max: MAX_REASON_LEN,
                 });
+            }
+            FleetMessage::Report {
+                image: Some(image), ..
+            } if image.is_empty()
+                || image.len() > MAX_CID_LEN
+                || !image.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
+                return Err(FleetError::Decode(
+                    "a report's image is not CID text of at most 128 alphanumerics".into(),
+                ));
             }
             FleetMessage::Poll { facts, .. } | FleetMessage::Candidate { facts, .. } => {
                 facts.check().map_err(|hint| FleetError::BadSelector {

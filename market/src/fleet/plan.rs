@@ -108,6 +108,10 @@ pub enum ReleaseReason {
     Offline,
     /// More targets than replicas.
     Surplus,
+    /// Upgrade: the old image's instance, once the new one on that target is healthy.
+    Upgraded,
+    /// Upgrade halted: the new image's instance, withdrawn (rollback).
+    RolledBack,
 }
 
 /// One step towards the desired state.

@@ -10,6 +10,7 @@
 //! carries out the effects (auctions and contracts per target through the existing market).
 
 mod provider;
+mod upgrading;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,11 +24,13 @@ use crate::fleet::plan::{
 use crate::fleet::record::{Deployment, DeploymentSpec, deployment_id, next_version, tombstone};
 use crate::fleet::selector::ProviderFacts;
 use crate::fleet::store::{DeploymentStore, StoreLimits};
+use crate::fleet::upgrade::{Upgrade, UpgradeConfig};
 use crate::identity::{NodeId, Signer, Timestamp};
 use crate::ids::DeploymentId;
 use crate::resources::Resources;
 
 pub use provider::LocalReplica;
+pub use upgrading::{UpgradeTargetView, UpgradeView};
 
 /// Tuning of the fleet machine (`[fleet]` in the node's config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +79,16 @@ pub enum Input {
     Create(DeploymentSpec),
     /// Delete one of this node's deployments: tombstone it and release every target.
     Delete(DeploymentId),
+    /// Upgrade one of this node's deployments to `image`, start-first in waves
+    /// ([`crate::fleet::upgrade`]): signs the next version naming the image it replaces.
+    Upgrade {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The new image CID text.
+        image: String,
+        /// Wave size and health timeout.
+        config: UpgradeConfig,
+    },
     /// This node's own facts as a provider (labels, region, capacity, free).
     SelfFacts(ProviderFacts),
     /// What a provider advertises (presence, offers, its config's labels).
@@ -92,12 +105,15 @@ pub enum Input {
         /// The message.
         msg: FleetMessage,
     },
-    /// Deployer side: how the placement of `target` is going (auction, contract, ledger).
+    /// Deployer side: how the placement of `image` on `target` is going (auction, contract,
+    /// ledger).
     TargetProgress {
         /// The deployment.
         deployment: DeploymentId,
         /// The target.
         target: NodeId,
+        /// The image of that placement (during an upgrade a target holds two).
+        image: String,
         /// Its phase.
         phase: TargetPhase,
         /// Why, for failures.
@@ -144,12 +160,14 @@ pub enum Effect {
         /// Contract duration, ms.
         duration_ms: u64,
     },
-    /// Deployer: end the replica's contract on `target`.
+    /// Deployer: end the contract of `target`'s replica of `image`.
     Release {
         /// The deployment.
         deployment: DeploymentId,
         /// The target.
         target: NodeId,
+        /// The image whose replica ends.
+        image: String,
         /// Why.
         reason: ReleaseReason,
     },
@@ -177,6 +195,8 @@ pub struct OwnDeployment {
     pub targets: BTreeMap<NodeId, TargetStatus>,
     /// Providers not to choose again until the given time.
     pub avoid: BTreeMap<NodeId, Timestamp>,
+    /// The last upgrade (under way, or how it ended); the plan waits while one is under way.
+    pub upgrade: Option<Upgrade>,
 }
 
 /// One deployment as the CLI and API show it (`--json` prints this).
@@ -205,6 +225,9 @@ pub struct DeploymentView {
     pub targets: Vec<TargetView>,
     /// Targets per phase.
     pub summary: BTreeMap<String, usize>,
+    /// The last upgrade: under way, succeeded or rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeView>,
 }
 
 /// One target's line in `deploy status`.
@@ -250,6 +273,7 @@ impl DeploymentView {
                 .into_iter()
                 .map(|(p, n)| (p.as_str().to_string(), n))
                 .collect(),
+            upgrade: own.upgrade.as_ref().map(UpgradeView::of),
         }
     }
 }
@@ -303,6 +327,11 @@ impl<S: Signer> FleetState<S> {
         match input {
             Input::Create(spec) => self.create(now, spec, &mut out)?,
             Input::Delete(id) => self.delete(now, id, &mut out)?,
+            Input::Upgrade {
+                deployment,
+                image,
+                config,
+            } => self.start_upgrade(now, deployment, image, config, &mut out)?,
             Input::SelfFacts(facts) => self.self_facts = Some(facts),
             Input::Provider(facts) => self.provider_seen(facts),
             Input::PeerUp(node) => self.peer_up(now, node, &mut out),
@@ -310,9 +339,12 @@ impl<S: Signer> FleetState<S> {
             Input::TargetProgress {
                 deployment,
                 target,
+                image,
                 phase,
                 reason,
-            } => self.progress(deployment, target, phase, reason),
+            } => {
+                self.observe(deployment, target, Some(&image), phase, reason);
+            }
             Input::LocalPhase {
                 deployment,
                 phase,
@@ -333,6 +365,9 @@ impl<S: Signer> FleetState<S> {
         out: &mut Vec<Effect>,
     ) -> Result<(), FleetError> {
         let id = deployment_id(&self.me, &spec.name);
+        if self.own.get(&id).is_some_and(upgrading::under_way) {
+            return Err(FleetError::UpgradeUnderWay { deployment: id });
+        }
         let previous = self.own.get(&id).map(|o| &o.record.body);
         if let Some(prev) = previous
             && !prev.deleted
@@ -354,7 +389,12 @@ impl<S: Signer> FleetState<S> {
             record: record.clone(),
             targets: BTreeMap::new(),
             avoid: BTreeMap::new(),
+            upgrade: None,
         });
+        if entry.record.body.deleted {
+            // A new deployment under the old name: no upgrade history.
+            entry.upgrade = None;
+        }
         entry.record = record;
         Ok(())
     }
@@ -380,6 +420,7 @@ impl<S: Signer> FleetState<S> {
         )?;
         own.record = record.clone();
         out.push(Effect::Broadcast(FleetMessage::Announce(Box::new(record))));
+        upgrading::abandon(id, own, out);
         // Release at once rather than waiting for the next tick.
         self.reconcile(now, out)
     }
@@ -416,20 +457,6 @@ impl<S: Signer> FleetState<S> {
         }
     }
 
-    fn progress(
-        &mut self,
-        deployment: DeploymentId,
-        target: NodeId,
-        phase: TargetPhase,
-        reason: Option<String>,
-    ) {
-        if let Some(own) = self.own.get_mut(&deployment)
-            && let Some(status) = own.targets.get_mut(&target)
-        {
-            *status = TargetStatus { phase, reason };
-        }
-    }
-
     /// Deployer: re-sign what is close to expiry, forget deleted deployments with no targets
     /// left, and run the plan for every deployment.
     fn reconcile(&mut self, now: Timestamp, out: &mut Vec<Effect>) -> Result<(), FleetError> {
@@ -449,6 +476,11 @@ impl<S: Signer> FleetState<S> {
                 out.push(Effect::Broadcast(FleetMessage::Announce(Box::new(
                     own.record.clone(),
                 ))));
+            }
+            if upgrading::under_way(own) {
+                // The upgrade owns the targets until it ends; the plan resumes then.
+                upgrading::drive(*id, own, now, &self.signer, cfg.valid_for_ms, out)?;
+                continue;
             }
             own.avoid.retain(|_, until| *until > now);
             let avoid: BTreeSet<NodeId> = own.avoid.keys().copied().collect();
@@ -481,6 +513,7 @@ impl<S: Signer> FleetState<S> {
                         out.push(Effect::Release {
                             deployment: *id,
                             target,
+                            image: body.image.clone(),
                             reason,
                         });
                     }

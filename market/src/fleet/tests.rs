@@ -524,6 +524,7 @@ fn fleet_messages_round_trip_and_hostile_ones_are_refused() {
         version: 1,
         phase: TargetPhase::Failed,
         reason: Some("x".repeat(limits::MAX_REASON_LEN + 1)),
+        image: None,
     };
     assert!(matches!(
         FleetMessage::decode(&long.encode().unwrap()),
@@ -587,6 +588,7 @@ proptest! {
             version,
             phase,
             reason: reason.clone(),
+            image: None,
         };
         let bytes = msg.encode().unwrap();
         let decoded = FleetMessage::decode(&bytes);

@@ -182,8 +182,28 @@ impl Upgrade {
         }
     }
 
-    fn phase(&self, target: NodeId, which: Which) -> Option<&(TargetPhase, Option<String>)> {
+    /// The last phase (and reason) heard of `target`'s instance of `which` image.
+    pub fn phase(&self, target: NodeId, which: Which) -> Option<&(TargetPhase, Option<String>)> {
         self.seen.get(&(target, which))
+    }
+
+    /// The image of `which` instance.
+    pub fn image(&self, which: Which) -> &str {
+        match which {
+            Which::Old => &self.from,
+            Which::New => &self.to,
+        }
+    }
+
+    /// Which instance runs `image`, if it is one of this upgrade's two.
+    pub fn which(&self, image: &str) -> Option<Which> {
+        if image == self.to {
+            Some(Which::New)
+        } else if image == self.from {
+            Some(Which::Old)
+        } else {
+            None
+        }
     }
 
     fn healthy(&self, target: NodeId, which: Which) -> bool {

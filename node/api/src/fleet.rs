@@ -7,8 +7,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use agora_fleet::{FleetHandle, FleetStats, FleetTaskError};
+use agora_market::fleet::upgrade::MAX_WAVE;
 use agora_market::fleet::{
-    DeploymentSpec, DeploymentView, FleetError, Replicas, Selector, Strategy,
+    DeploymentSpec, DeploymentView, FleetError, Replicas, Selector, Strategy, UpgradeConfig,
 };
 use agora_market::{DeploymentId, Resources};
 
@@ -33,6 +34,40 @@ pub struct CreateDeploymentRequest {
     pub max_price: u64,
     /// Contract duration per replica, ms.
     pub duration_ms: u64,
+}
+
+/// `POST /v1/fleet/deployments/{id}/upgrade` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UpgradeRequest {
+    /// The new image CID (from `agora service publish`; this node must hold it).
+    pub image: String,
+    /// Most targets mid-upgrade at once (1..=1024).
+    pub max_unavailable: u32,
+    /// How long a new instance has to report healthy, ms.
+    pub health_timeout_ms: u64,
+}
+
+/// Longest `--health-timeout` accepted (a day).
+pub const MAX_HEALTH_TIMEOUT_MS: u64 = 86_400_000;
+
+/// The machine's configuration for an upgrade request, or why it is refused.
+pub fn upgrade_config(req: &UpgradeRequest) -> Result<UpgradeConfig, ApiError> {
+    if req.max_unavailable == 0 || req.max_unavailable > MAX_WAVE {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("--max-unavailable must be 1 to {MAX_WAVE}"),
+        ));
+    }
+    if req.health_timeout_ms == 0 || req.health_timeout_ms > MAX_HEALTH_TIMEOUT_MS {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "--health-timeout must be positive and at most 24h".into(),
+        ));
+    }
+    Ok(UpgradeConfig {
+        max_unavailable: req.max_unavailable,
+        health_timeout_ms: req.health_timeout_ms,
+    })
 }
 
 /// `GET /v1/fleet/deployments` reply.
@@ -60,6 +95,8 @@ fn refused(e: FleetTaskError) -> ApiError {
         | FleetTaskError::Fleet(FleetError::NotMine { .. }) => StatusCode::NOT_FOUND,
         FleetTaskError::Fleet(
             FleetError::UpgradeNotSupported { .. }
+            | FleetError::UpgradeUnderWay { .. }
+            | FleetError::NotUpgradable { .. }
             | FleetError::TooManyOwn { .. }
             | FleetError::StoreFull { .. },
         ) => StatusCode::CONFLICT,
@@ -135,12 +172,30 @@ async fn delete(
     Ok(Json(fleet(&s)?.delete(id).await.map_err(refused)?))
 }
 
+async fn upgrade(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<UpgradeRequest>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    authorize(&s, &headers)?;
+    let id = parse_id(&id)?;
+    let config = upgrade_config(&req)?;
+    Ok(Json(
+        fleet(&s)?
+            .upgrade(id, req.image, config)
+            .await
+            .map_err(refused)?,
+    ))
+}
+
 /// The fleet routes.
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/fleet/deployments", post(create).get(list))
         .route("/v1/fleet/deployments/{id}", get(status))
         .route("/v1/fleet/deployments/{id}/delete", post(delete))
+        .route("/v1/fleet/deployments/{id}/upgrade", post(upgrade))
 }
 
 #[cfg(test)]
@@ -178,5 +233,26 @@ mod tests {
         let unknown = refused(FleetTaskError::UnknownDeployment(DeploymentId([7; 32])));
         assert_eq!(unknown.0, StatusCode::NOT_FOUND);
         assert!(unknown.1.contains("agora deploy list"));
+    }
+
+    #[test]
+    fn an_upgrade_request_is_bounded_and_busy_deployments_conflict() {
+        let req = |k, t| UpgradeRequest {
+            image: "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy".into(),
+            max_unavailable: k,
+            health_timeout_ms: t,
+        };
+        let ok = upgrade_config(&req(2, 60_000)).unwrap();
+        assert_eq!((ok.max_unavailable, ok.health_timeout_ms), (2, 60_000));
+        for (k, t) in [(0, 60_000), (MAX_WAVE + 1, 60_000), (1, 0), (1, u64::MAX)] {
+            let e = upgrade_config(&req(k, t)).unwrap_err();
+            assert_eq!(e.0, StatusCode::BAD_REQUEST);
+            assert!(e.1.contains("--"), "{}", e.1);
+        }
+        let busy = refused(FleetTaskError::Fleet(FleetError::UpgradeUnderWay {
+            deployment: DeploymentId([7; 32]),
+        }));
+        assert_eq!(busy.0, StatusCode::CONFLICT);
+        assert!(busy.1.contains("deploy status"), "{}", busy.1);
     }
 }

@@ -63,9 +63,10 @@ impl FleetTask {
             Effect::Release {
                 deployment,
                 target,
+                image,
                 reason,
             } => {
-                self.release(deployment, target, reason).await;
+                self.release(deployment, target, image, reason).await;
                 Vec::new()
             }
             Effect::Prefetch { deployment, image } => {
@@ -134,17 +135,17 @@ impl FleetTask {
         max_price: u64,
         duration_ms: u64,
     ) -> Vec<Input> {
+        let key = (deployment, target, image.clone());
         let failed = |reason: String| {
             vec![Input::TargetProgress {
                 deployment,
                 target,
+                image: image.clone(),
                 phase: TargetPhase::Failed,
                 reason: Some(reason),
             }]
         };
-        if !self.placements.contains_key(&(deployment, target))
-            && self.placements.len() >= MAX_PLACEMENTS
-        {
+        if !self.placements.contains_key(&key) && self.placements.len() >= MAX_PLACEMENTS {
             self.stats.placements_dropped += 1;
             warn!(deployment = %deployment.short(), target = %target.short(), "fleet placement table full: not placed");
             return failed(format!(
@@ -160,7 +161,7 @@ impl FleetTask {
             kind: AuctionKind::Hosted,
             near: None,
             award_grace_ms: PLACE_AWARD_GRACE_MS,
-            service: Some(image),
+            service: Some(image.clone()),
             start_at: None,
         };
         let input = agora_market::Input::CreateAuctionFor {
@@ -184,10 +185,10 @@ impl FleetTask {
                 _ => {}
             }
         }
-        info!(deployment = %deployment.short(), target = %target.short(),
+        info!(deployment = %deployment.short(), target = %target.short(), %image,
             auction = ?auction.map(|a| a.short()), "fleet replica placed: auction open to the target only");
         self.placements.insert(
-            (deployment, target),
+            key,
             Placement {
                 auction,
                 placed_at: now_ms(),
@@ -197,17 +198,57 @@ impl FleetTask {
         Vec::new()
     }
 
-    /// Ends the target's contract: cancel before activation, settle pro rata after.
-    async fn release(&mut self, deployment: DeploymentId, target: NodeId, reason: ReleaseReason) {
-        let placement = self.placements.remove(&(deployment, target));
-        let Some(ledger) = self.parts.ledger.clone() else {
+    /// Ends the contract of the target's replica of `image`: cancel before activation, settle
+    /// pro rata after.
+    async fn release(
+        &mut self,
+        deployment: DeploymentId,
+        target: NodeId,
+        image: String,
+        reason: ReleaseReason,
+    ) {
+        let key = (deployment, target, image.clone());
+        let placement = self.placements.remove(&key);
+        if self.parts.ledger.is_none() {
             return;
-        };
-        let contract = match placement.and_then(|p| p.contract) {
+        }
+        let contract = match placement.as_ref().and_then(|p| p.contract) {
             Some(c) => Some(c),
-            None => self.find_contract(deployment, target).await,
+            None => self.find_contract(target, image.clone()).await,
         };
         let Some(contract) = contract else {
+            if placement.is_some_and(|p| p.auction.is_some()) {
+                // Its auction may still end in a contract: end that one when it appears.
+                self.orphan(key, reason);
+            }
+            return;
+        };
+        self.end_contract(key, contract, reason).await;
+    }
+
+    /// Remembers a placement released before it had a contract (bounded, oldest dropped).
+    fn orphan(&mut self, key: super::PlacementKey, reason: ReleaseReason) {
+        if self.orphans.len() >= MAX_PLACEMENTS
+            && let Some(oldest) = self
+                .orphans
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+        {
+            self.orphans.remove(&oldest);
+            self.stats.placements_dropped += 1;
+        }
+        self.orphans.insert(key, (now_ms(), reason));
+    }
+
+    /// Cancels `contract` before activation or settles it pro rata after (nothing if it ended).
+    pub(super) async fn end_contract(
+        &mut self,
+        (deployment, target, image): super::PlacementKey,
+        contract: agora_contracts::ContractId,
+        reason: ReleaseReason,
+    ) {
+        let Some(ledger) = self.parts.ledger.clone() else {
             return;
         };
         let Ok(Some(status)) = ledger
@@ -225,21 +266,21 @@ impl FleetTask {
             _ => TxKind::Cancel(contract),
         };
         match ledger.submit(tx).await {
-            Ok(_) => info!(deployment = %deployment.short(), target = %target.short(),
+            Ok(_) => info!(deployment = %deployment.short(), target = %target.short(), %image,
                 contract = %contract.short(), ?reason, "fleet target released: its contract ends"),
             Err(e) => warn!(deployment = %deployment.short(), target = %target.short(),
                 contract = %contract.short(), error = %e, "fleet release not submitted"),
         }
     }
 
-    /// The live contract carrying `deployment`'s replica on `target`, from the ledger.
+    /// The live contract of this node (the customer) carrying `image` on `target`, from the
+    /// ledger.
     async fn find_contract(
         &self,
-        deployment: DeploymentId,
         target: NodeId,
+        image: String,
     ) -> Option<agora_contracts::ContractId> {
         let ledger = self.parts.ledger.clone()?;
-        let image = self.state.own(&deployment)?.record.body.image.clone();
         let me = self.me;
         ledger
             .query(move |v| {

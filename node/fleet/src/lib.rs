@@ -32,7 +32,7 @@ use agora_hosting::ServiceHost;
 use agora_ledger::LedgerHandle;
 use agora_market::fleet::{
     CandidateFacts, DeploymentSpec, DeploymentView, FLEET_TOPIC, FleetConfig, FleetCounters,
-    FleetError, FleetMessage, FleetState, Input,
+    FleetError, FleetMessage, FleetState, Input, ReleaseReason, UpgradeConfig,
 };
 use agora_market::{AuctionId, DeploymentId, KeySigner, NodeId, Signer};
 use agora_market_driver::MarketHandle;
@@ -107,6 +107,7 @@ type Reply<T> = oneshot::Sender<Result<T, FleetTaskError>>;
 enum Command {
     Create(Box<DeploymentSpec>, Reply<DeploymentView>),
     Delete(DeploymentId, Reply<DeploymentView>),
+    Upgrade(DeploymentId, String, UpgradeConfig, Reply<DeploymentView>),
     Status(DeploymentId, Reply<DeploymentView>),
     List(oneshot::Sender<(Vec<DeploymentView>, FleetStats)>),
 }
@@ -141,6 +142,17 @@ impl FleetHandle {
     /// Deletes one of this node's deployments (tombstone, release every target).
     pub async fn delete(&self, id: DeploymentId) -> Result<DeploymentView, FleetTaskError> {
         self.call(|r| Command::Delete(id, r)).await
+    }
+
+    /// Starts a start-first upgrade of one of this node's deployments to `image` (which this
+    /// node must hold); returns its view (the upgrade's first wave under way).
+    pub async fn upgrade(
+        &self,
+        id: DeploymentId,
+        image: String,
+        config: UpgradeConfig,
+    ) -> Result<DeploymentView, FleetTaskError> {
+        self.call(|r| Command::Upgrade(id, image, config, r)).await
     }
 
     /// One of this node's deployments, per target.
@@ -190,6 +202,9 @@ struct Placement {
     contract: Option<ContractId>,
 }
 
+/// A placement: the deployment, the target and the image it hosts.
+type PlacementKey = (DeploymentId, NodeId, String);
+
 /// Results of background work, back to the loop.
 enum Done {
     /// A prefetch finished (`Err`: why it failed).
@@ -205,9 +220,14 @@ struct FleetTask {
     state: FleetState<KeySigner>,
     parts: FleetParts,
     quota: quota::Quota,
-    placements: BTreeMap<(DeploymentId, NodeId), Placement>,
+    /// Keyed by image too: during an upgrade a target holds one contract per image.
+    placements: BTreeMap<PlacementKey, Placement>,
     /// This node's replicas whose image is being fetched.
     fetching: BTreeSet<DeploymentId>,
+    /// Placements released while their auction was open, when and why: a contract they still
+    /// lead to is ended when it appears (bounded by [`MAX_PLACEMENTS`]; forgotten after
+    /// [`tick::PLACE_TIMEOUT_MS`]).
+    orphans: BTreeMap<PlacementKey, (u64, ReleaseReason)>,
     /// Last market event looked at (auction closures).
     market_seq: Option<u64>,
     stats: FleetStats,
@@ -243,6 +263,7 @@ pub async fn spawn(parts: FleetParts, cancel: CancellationToken) -> (FleetHandle
         parts,
         placements: BTreeMap::new(),
         fetching: BTreeSet::new(),
+        orphans: BTreeMap::new(),
         market_seq: None,
         stats: FleetStats::default(),
         seq: now_ms(),
@@ -307,6 +328,10 @@ impl FleetTask {
                 let r = self.apply(Input::Delete(id)).await;
                 let _ = reply.send(r.and_then(|_| self.view(&id)));
             }
+            Command::Upgrade(id, image, config, reply) => {
+                let r = self.upgrade(id, image, config).await;
+                let _ = reply.send(r);
+            }
             Command::Status(id, reply) => {
                 let _ = reply.send(self.view(&id));
             }
@@ -316,13 +341,10 @@ impl FleetTask {
         }
     }
 
-    async fn create(&mut self, mut spec: DeploymentSpec) -> Result<DeploymentView, FleetTaskError> {
-        if spec.valid_for_ms == 0 {
-            // The API leaves it to the node's `[fleet] valid_for_ms`.
-            spec.valid_for_ms = self.parts.config.valid_for_ms;
-        }
-        let cid = agora_exchange::parse_cid(&spec.image).map_err(|e| FleetTaskError::BadImage {
-            image: spec.image.clone(),
+    /// Checks that `image` is a CID this node holds (pinned), so targets can fetch it.
+    async fn check_image(&self, image: &str) -> Result<(), FleetTaskError> {
+        let cid = agora_exchange::parse_cid(image).map_err(|e| FleetTaskError::BadImage {
+            image: image.to_string(),
             reason: e.to_string(),
         })?;
         let held = self
@@ -333,8 +355,36 @@ impl FleetTask {
             .map(|ls| ls.pins.contains(&cid.to_string()))
             .unwrap_or(false);
         if !held {
-            return Err(FleetTaskError::UnknownImage { image: spec.image });
+            return Err(FleetTaskError::UnknownImage {
+                image: image.to_string(),
+            });
         }
+        Ok(())
+    }
+
+    async fn upgrade(
+        &mut self,
+        id: DeploymentId,
+        image: String,
+        config: UpgradeConfig,
+    ) -> Result<DeploymentView, FleetTaskError> {
+        self.view(&id)?;
+        self.check_image(&image).await?;
+        self.apply(Input::Upgrade {
+            deployment: id,
+            image,
+            config,
+        })
+        .await?;
+        self.view(&id)
+    }
+
+    async fn create(&mut self, mut spec: DeploymentSpec) -> Result<DeploymentView, FleetTaskError> {
+        if spec.valid_for_ms == 0 {
+            // The API leaves it to the node's `[fleet] valid_for_ms`.
+            spec.valid_for_ms = self.parts.config.valid_for_ms;
+        }
+        self.check_image(&spec.image).await?;
         let id = agora_market::fleet::deployment_id(&self.me, &spec.name);
         self.apply(Input::Create(spec)).await?;
         self.view(&id)

@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 
 use agora_contracts::{ContractId, ContractStatus};
-use agora_market::fleet::{Input, TargetPhase};
+use agora_market::fleet::{Input, ReleaseReason, TargetPhase};
 use agora_market::{AuctionId, DeploymentId, NodeId};
 use agora_runtime::ServiceState;
 use agora_wire::now_ms;
 use tracing::debug;
 
-use super::FleetTask;
 use super::progress::{advances, ended, ledger_phase, local_phase};
+use super::{FleetTask, PlacementKey};
 
 /// A placement without a contract after this long failed (no bid from the target, no deal).
 pub const PLACE_TIMEOUT_MS: u64 = 120_000;
@@ -39,19 +39,20 @@ impl FleetTask {
         if self.placements.is_empty() {
             return Vec::new();
         }
-        let by_auction: BTreeMap<AuctionId, (DeploymentId, NodeId)> = self
+        let by_auction: BTreeMap<AuctionId, &PlacementKey> = self
             .placements
             .iter()
-            .filter_map(|(key, p)| p.auction.map(|a| (a, *key)))
+            .filter_map(|(key, p)| p.auction.map(|a| (a, key)))
             .collect();
         events
             .iter()
             .filter(|e| e.kind == "auction-closed" && e.data["winner"].is_null())
             .filter_map(|e| e.data["auction"].as_str()?.parse::<AuctionId>().ok())
             .filter_map(|a| by_auction.get(&a).copied())
-            .map(|(deployment, target)| Input::TargetProgress {
-                deployment,
-                target,
+            .map(|(deployment, target, image)| Input::TargetProgress {
+                deployment: *deployment,
+                target: *target,
+                image: image.clone(),
                 phase: TargetPhase::Failed,
                 reason: Some(
                     "the auction closed without the target's bid (no room, or its price is \
@@ -68,7 +69,7 @@ impl FleetTask {
         let Some(ledger) = self.parts.ledger.clone() else {
             return Vec::new();
         };
-        if self.placements.is_empty() {
+        if self.placements.is_empty() && self.orphans.is_empty() {
             return Vec::new();
         }
         let me = self.me;
@@ -97,13 +98,13 @@ impl FleetTask {
             }
         };
         let now = now_ms();
+        self.end_orphans(&contracts, now).await;
         let mut out = Vec::new();
-        for ((deployment, target), placement) in self.placements.iter_mut() {
-            let Some(own) = self.state.own(deployment) else {
+        for ((deployment, target, image), placement) in self.placements.iter_mut() {
+            if self.state.own(deployment).is_none() {
                 continue;
-            };
-            let image = &own.record.body.image;
-            let current = own.targets.get(target).map(|s| s.phase);
+            }
+            let current = self.state.target_phase(deployment, target, image);
             let live = contracts.iter().find(|(id, provider, img, status)| {
                 provider == target
                     && img == image
@@ -113,6 +114,7 @@ impl FleetTask {
             let failed = |reason: String| Input::TargetProgress {
                 deployment: *deployment,
                 target: *target,
+                image: image.clone(),
                 phase: TargetPhase::Failed,
                 reason: Some(reason),
             };
@@ -125,6 +127,7 @@ impl FleetTask {
                         out.push(Input::TargetProgress {
                             deployment: *deployment,
                             target: *target,
+                            image: image.clone(),
                             phase,
                             reason: None,
                         });
@@ -152,6 +155,36 @@ impl FleetTask {
             }
         }
         out
+    }
+
+    /// Placements released while their auction was open: a contract that appeared for one
+    /// since is ended at once; one with none after [`PLACE_TIMEOUT_MS`] is forgotten. A key
+    /// placed again meanwhile is left to that placement (its contract is wanted).
+    async fn end_orphans(&mut self, contracts: &ContractFacts, now: u64) {
+        if self.orphans.is_empty() {
+            return;
+        }
+        let placements = &self.placements;
+        self.orphans.retain(|key, (at, _)| {
+            !placements.contains_key(key) && now.saturating_sub(*at) <= PLACE_TIMEOUT_MS
+        });
+        let found: Vec<(PlacementKey, ContractId, ReleaseReason)> = self
+            .orphans
+            .iter()
+            .filter_map(|(key, (_, reason))| {
+                let (_, target, image) = key;
+                contracts
+                    .iter()
+                    .find(|(_, provider, img, status)| {
+                        provider == target && img == image && !ended(*status)
+                    })
+                    .map(|(id, ..)| (key.clone(), *id, *reason))
+            })
+            .collect();
+        for (key, contract, reason) in found {
+            self.orphans.remove(&key);
+            self.end_contract(key, contract, reason).await;
+        }
     }
 
     /// Target: the phase of each replica this node holds, from its contract and its service;

@@ -24,8 +24,8 @@ pub struct LocalReplica {
     pub last_poll: Timestamp,
     /// When this node last offered itself as a candidate (push).
     pub last_offer: Timestamp,
-    /// The phase last reported to the deployer.
-    pub reported: Option<TargetStatus>,
+    /// The phase last reported to the deployer, and the image it was about.
+    pub reported: Option<(String, TargetStatus)>,
 }
 
 fn bounded_reason(reason: Option<String>) -> Option<String> {
@@ -77,24 +77,14 @@ impl<S: Signer> FleetState<S> {
                 deployment,
                 phase,
                 reason,
+                image,
                 ..
             } => {
-                let status = self
-                    .own
-                    .get_mut(&deployment)
-                    .and_then(|o| o.targets.get_mut(&from));
-                match status {
-                    Some(status) => {
-                        *status = TargetStatus {
-                            phase,
-                            reason: bounded_reason(reason),
-                        }
-                    }
-                    None => {
-                        self.counters.stray_reports += 1;
-                        tracing::debug!(peer = %from.short(), deployment = %deployment.short(),
-                            "fleet report from a peer that is not a target: ignored");
-                    }
+                let reason = bounded_reason(reason);
+                if !self.observe(deployment, from, image.as_deref(), phase, reason) {
+                    self.counters.stray_reports += 1;
+                    tracing::debug!(peer = %from.short(), deployment = %deployment.short(),
+                        "fleet report from a peer that is not a target: ignored");
                 }
             }
         }
@@ -246,7 +236,8 @@ impl<S: Signer> FleetState<S> {
         }
     }
 
-    /// Provider: this node's replica of `deployment` reached `phase`; tell the deployer once.
+    /// Provider: this node's replica of `deployment` (of the image its record names now)
+    /// reached `phase`; tell the deployer once per phase and image.
     pub(super) fn local_phase(
         &mut self,
         deployment: DeploymentId,
@@ -257,14 +248,19 @@ impl<S: Signer> FleetState<S> {
         let Some(local) = self.local.get_mut(&deployment) else {
             return;
         };
+        let Some(image) = self.store.get(&deployment).map(|r| r.body.image.clone()) else {
+            return;
+        };
         let status = TargetStatus {
             phase,
             reason: bounded_reason(reason),
         };
-        if local.reported.as_ref() == Some(&status) {
+        let report = (image, status);
+        if local.reported.as_ref() == Some(&report) {
             return;
         }
-        local.reported = Some(status.clone());
+        local.reported = Some(report.clone());
+        let (image, status) = report;
         out.push(Effect::Send {
             to: local.deployer,
             msg: FleetMessage::Report {
@@ -272,6 +268,7 @@ impl<S: Signer> FleetState<S> {
                 version: local.acted_version,
                 phase: status.phase,
                 reason: status.reason,
+                image: Some(image),
             },
         });
     }

@@ -252,6 +252,7 @@ fn targets_report_health_and_the_deployer_shows_it() {
         Input::TargetProgress {
             deployment: id,
             target: Net::id(3),
+            image: IMAGE.into(),
             phase: TargetPhase::Running,
             reason: None,
         },
@@ -345,6 +346,7 @@ fn forged_records_and_stray_reports_are_counted_and_ignored() {
                 version: 1,
                 phase: TargetPhase::Running,
                 reason: Some("x".repeat(10_000)),
+                image: None,
             },
         },
     )
@@ -522,4 +524,253 @@ fn pull_polls_carry_the_facts_the_deployer_chooses_from() {
     net.take();
     net.input(T0 + 1_001, 1, Input::Tick).unwrap();
     assert_eq!(placed(&net.take()).len(), 2);
+}
+
+const NEW: &str = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq";
+const SICK: &str = "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4";
+
+/// What node 1 (the deployer) placed and released, as (target seed, image, what).
+fn deployer_moves(done: &[(NodeId, Effect)]) -> Vec<(u64, String, &'static str)> {
+    let seed = |n: &NodeId| (2..=5).find(|s| Net::id(*s) == *n).unwrap_or(0);
+    done.iter()
+        .filter(|(n, _)| *n == Net::id(1))
+        .filter_map(|(_, e)| match e {
+            Effect::Place { target, image, .. } => Some((seed(target), image.clone(), "place")),
+            Effect::Release { target, image, .. } => Some((seed(target), image.clone(), "release")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_upgrade_goes_in_waves_over_the_network_and_a_sick_one_rolls_back() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    net.take();
+    let local = |phase, reason: Option<&str>| Input::LocalPhase {
+        deployment: id,
+        phase,
+        reason: reason.map(str::to_string),
+    };
+    for seed in 2..=4 {
+        net.input(T0 + 20, seed, local(TargetPhase::Healthy, None))
+            .unwrap();
+    }
+    let config = UpgradeConfig {
+        max_unavailable: 1,
+        health_timeout_ms: 60_000,
+    };
+    let upgrade = |image: &str| Input::Upgrade {
+        deployment: id,
+        image: image.into(),
+        config,
+    };
+    // The image it already runs: refused with a reason.
+    assert!(matches!(
+        net.input(T0 + 25, 1, upgrade(IMAGE)),
+        Err(FleetError::NotUpgradable { .. })
+    ));
+
+    // Healthy upgrade, one target at a time: start the new image beside the old one, release
+    // the old one once the new one reports healthy (its report names the new image).
+    net.input(T0 + 30, 1, upgrade(NEW)).unwrap();
+    let done = net.take();
+    let first = deployer_moves(&done);
+    assert_eq!(first.len(), 1, "one wave of one: {first:?}");
+    assert_eq!((first[0].1.as_str(), first[0].2), (NEW, "place"));
+    // Every target heard the new record (push) and fetches the new image.
+    assert_eq!(
+        done.iter()
+            .filter(|(_, e)| matches!(e, Effect::Prefetch { image, .. } if image == NEW))
+            .count(),
+        3
+    );
+    assert!(matches!(
+        net.input(T0 + 31, 1, upgrade(SICK)),
+        Err(FleetError::UpgradeUnderWay { .. })
+    ));
+    let mut upgraded = Vec::new();
+    let mut now = T0 + 40;
+    let mut wave = first[0].0;
+    for _ in 0..3 {
+        // Still starting: the plan does not touch the other targets meanwhile.
+        net.input(now, 1, Input::Tick).unwrap();
+        assert!(deployer_moves(&net.take()).is_empty());
+        net.input(now + 1, wave, local(TargetPhase::Healthy, None))
+            .unwrap();
+        net.input(now + 2, 1, Input::Tick).unwrap();
+        let moves = deployer_moves(&net.take());
+        assert!(
+            moves.contains(&(wave, IMAGE.to_string(), "release")),
+            "old released once the new is healthy: {moves:?}"
+        );
+        upgraded.push(wave);
+        if let Some(next) = moves.iter().find(|m| m.2 == "place") {
+            assert_eq!(next.1, NEW);
+            assert!(!upgraded.contains(&next.0));
+            wave = next.0;
+        }
+        now += 10;
+    }
+    upgraded.sort();
+    assert_eq!(upgraded, vec![2, 3, 4]);
+    let view = net.deployer().status(&id).unwrap();
+    let up = view.upgrade.clone().unwrap();
+    assert_eq!(up.state, "succeeded");
+    assert!(up.is_final());
+    assert_eq!(
+        (view.image.as_str(), view.previous_image.as_deref()),
+        (NEW, Some(IMAGE))
+    );
+    assert!(
+        view.targets.iter().all(|t| t.phase == "healthy"),
+        "{view:?}"
+    );
+    // The plan is back and has nothing to do.
+    net.input(now, 1, Input::Tick).unwrap();
+    assert!(deployer_moves(&net.take()).is_empty());
+
+    // A sick image: the first new instance reports unhealthy; it is released, no other target
+    // is touched, and the record names the running image again.
+    net.input(now + 10, 1, upgrade(SICK)).unwrap();
+    let moves = deployer_moves(&net.take());
+    assert_eq!(moves.len(), 1);
+    let (sick_on, ..) = moves[0].clone();
+    net.input(
+        now + 11,
+        sick_on,
+        local(
+            TargetPhase::Unhealthy,
+            Some("the guest's health export returned 1"),
+        ),
+    )
+    .unwrap();
+    net.input(now + 12, 1, Input::Tick).unwrap();
+    let done = net.take();
+    assert_eq!(
+        deployer_moves(&done),
+        vec![(sick_on, SICK.to_string(), "release")]
+    );
+    let view = net.deployer().status(&id).unwrap();
+    let up = view.upgrade.clone().unwrap();
+    assert_eq!(up.state, "rolled-back");
+    assert!(
+        up.reason.as_deref().unwrap_or("").contains("returned 1"),
+        "{up:?}"
+    );
+    let line = up
+        .targets
+        .iter()
+        .find(|t| t.node == Net::id(sick_on))
+        .unwrap();
+    assert_eq!(line.step, "reverted");
+    assert_eq!(
+        line.new.as_deref(),
+        Some("released (was unhealthy: the guest's health export returned 1)")
+    );
+    assert_eq!(
+        (view.image.as_str(), view.previous_image.as_deref()),
+        (NEW, Some(SICK))
+    );
+    // Targets heard the record that names NEW again.
+    for seed in 2..=4 {
+        let node = net.nodes.get(&Net::id(seed)).unwrap();
+        assert_eq!(node.store().get(&id).unwrap().body.image, NEW);
+    }
+    assert!(
+        view.targets.iter().all(|t| t.phase == "healthy"),
+        "{view:?}"
+    );
+    net.input(now + 20, 1, Input::Tick).unwrap();
+    assert!(deployer_moves(&net.take()).is_empty());
+}
+
+#[test]
+fn a_rollback_restarts_the_old_image_where_it_was_replaced_before_stopping_the_new() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    net.take();
+    let local = |phase| Input::LocalPhase {
+        deployment: id,
+        phase,
+        reason: None,
+    };
+    for seed in 2..=4 {
+        net.input(T0 + 20, seed, local(TargetPhase::Healthy))
+            .unwrap();
+    }
+    let config = UpgradeConfig {
+        max_unavailable: 1,
+        health_timeout_ms: 60_000,
+    };
+    net.input(
+        T0 + 30,
+        1,
+        Input::Upgrade {
+            deployment: id,
+            image: NEW.into(),
+            config,
+        },
+    )
+    .unwrap();
+    let first = deployer_moves(&net.take())[0].0;
+    net.input(T0 + 31, first, local(TargetPhase::Healthy))
+        .unwrap();
+    net.input(T0 + 32, 1, Input::Tick).unwrap();
+    let second = deployer_moves(&net.take())
+        .into_iter()
+        .find(|m| m.2 == "place")
+        .unwrap()
+        .0;
+    // The second target's new instance fails (its contract ended, from the ledger).
+    net.input(
+        T0 + 33,
+        1,
+        Input::TargetProgress {
+            deployment: id,
+            target: Net::id(second),
+            image: NEW.into(),
+            phase: TargetPhase::Failed,
+            reason: Some("contract ended".into()),
+        },
+    )
+    .unwrap();
+    net.input(T0 + 34, 1, Input::Tick).unwrap();
+    let moves = deployer_moves(&net.take());
+    // The first (already upgraded) target gets the old image again; the second's new instance
+    // goes; nobody releases the first's new instance yet.
+    assert!(
+        moves.contains(&(first, IMAGE.to_string(), "place")),
+        "{moves:?}"
+    );
+    assert!(
+        moves.contains(&(second, NEW.to_string(), "release")),
+        "{moves:?}"
+    );
+    assert!(
+        !moves.contains(&(first, NEW.to_string(), "release")),
+        "{moves:?}"
+    );
+    let view = net.deployer().status(&id).unwrap();
+    assert_eq!(view.upgrade.as_ref().unwrap().state, "rolling-back");
+    assert_eq!(view.image, IMAGE, "the record names the old image again");
+    // The old image's instance on the first target reports healthy (its report names it):
+    // only then is the new one released.
+    net.input(T0 + 40, first, local(TargetPhase::Healthy))
+        .unwrap();
+    net.input(T0 + 41, 1, Input::Tick).unwrap();
+    assert_eq!(
+        deployer_moves(&net.take()),
+        vec![(first, NEW.to_string(), "release")]
+    );
+    let view = net.deployer().status(&id).unwrap();
+    let up = view.upgrade.unwrap();
+    assert_eq!(up.state, "rolled-back");
+    assert!(up.reason.unwrap().contains("contract ended"));
 }

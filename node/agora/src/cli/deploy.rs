@@ -1,10 +1,11 @@
-//! Fleet deployments: `agora deploy create|status|list|delete` (issue #15, docs/FLEETS.md).
+//! Fleet deployments: `agora deploy create|status|list|delete|upgrade` (issue #15,
+//! docs/FLEETS.md).
 
 use std::path::Path;
 
 use agora_api::client::ApiClient;
-use agora_api::fleet::{CreateDeploymentRequest, DeploymentList};
-use agora_market::fleet::{DeploymentView, TargetView};
+use agora_api::fleet::{CreateDeploymentRequest, DeploymentList, UpgradeRequest};
+use agora_market::fleet::{DeploymentView, TargetView, UpgradeView};
 use agora_market::resources::parse_duration_ms;
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -32,6 +33,33 @@ pub enum DeployCommand {
         /// Deployment id.
         id: String,
     },
+    /// Upgrade a deployment to another image, start-first in waves: on each target the new
+    /// image starts beside the old one (its own contract), the old one stops once the new one
+    /// is healthy. A new instance unhealthy, failed or not healthy in time rolls every target
+    /// back to the old image. Waits and prints each change; exits 0 when every target runs the
+    /// new image healthy, non-zero with the reason after a rollback.
+    Upgrade(UpgradeArgs),
+}
+
+/// Options of `deploy upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Deployment id (from `deploy create` or `deploy list`).
+    id: String,
+    /// The new image CID (from `agora service publish` on this node).
+    #[arg(long)]
+    image: String,
+    /// Most targets mid-upgrade at once (the wave size).
+    #[arg(long, default_value_t = 1)]
+    max_unavailable: u32,
+    /// How long a new instance has to report healthy (it needs a contract, the image and a
+    /// first healthy poll), e.g. `5m`.
+    #[arg(long, default_value = "5m")]
+    health_timeout: String,
+    /// Give up waiting after this long (the upgrade carries on; follow it with `deploy
+    /// status`), e.g. `1h`.
+    #[arg(long, default_value = "1h")]
+    wait: String,
 }
 
 /// Options of `deploy create`.
@@ -115,6 +143,133 @@ fn print_view(v: &DeploymentView) {
     } else {
         print_table(&["TARGET", "STATUS"], &rows);
     }
+    if let Some(u) = &v.upgrade {
+        print_upgrade(u);
+    }
+}
+
+fn upgrade_state(u: &UpgradeView) -> String {
+    match &u.reason {
+        Some(reason) => format!("{}: {reason}", u.state),
+        None => u.state.clone(),
+    }
+}
+
+fn print_upgrade(u: &UpgradeView) {
+    println!(
+        "upgrade {} -> {}  {}  (max-unavailable {}, health-timeout {} s)",
+        u.from,
+        u.to,
+        upgrade_state(u),
+        u.max_unavailable,
+        u.health_timeout_ms / 1000
+    );
+    let rows: Vec<Vec<String>> = u
+        .targets
+        .iter()
+        .map(|t| {
+            vec![
+                t.node.to_string(),
+                t.step.clone(),
+                t.old.clone().unwrap_or_else(|| "-".into()),
+                t.new.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        print_table(&["TARGET", "STEP", "OLD IMAGE", "NEW IMAGE"], &rows);
+    }
+}
+
+/// The lines of an upgrade's progress not printed yet (one per target whose step or phases
+/// changed, one when the state changes); `seen` remembers what was printed.
+fn progress_lines(u: &UpgradeView, seen: &mut Vec<String>) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut now = vec![upgrade_state(u)];
+    for t in &u.targets {
+        now.push(format!(
+            "  {} {}: old {}, new {}",
+            t.node.short(),
+            t.step,
+            t.old.as_deref().unwrap_or("-"),
+            t.new.as_deref().unwrap_or("-")
+        ));
+    }
+    for (i, line) in now.iter().enumerate() {
+        if seen.get(i) != Some(line) {
+            lines.push(if i == 0 {
+                format!("upgrade {line}")
+            } else {
+                line.clone()
+            });
+        }
+    }
+    *seen = now;
+    lines
+}
+
+async fn upgrade(dir: &Path, a: &UpgradeArgs, json: bool) -> anyhow::Result<()> {
+    let req = UpgradeRequest {
+        image: a.image.clone(),
+        max_unavailable: a.max_unavailable,
+        health_timeout_ms: parse_duration_ms(&a.health_timeout).context("--health-timeout")?,
+    };
+    let wait_ms = parse_duration_ms(&a.wait).context("--wait")?;
+    let client = client(dir)?;
+    let path = format!("/v1/fleet/deployments/{}", a.id);
+    let mut view: DeploymentView = client.post(&format!("{path}/upgrade"), &req).await?;
+    if !json {
+        println!(
+            "upgrading deployment {} from {} to {}",
+            view.id,
+            view.previous_image.as_deref().unwrap_or("?"),
+            view.image
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    let mut seen = Vec::new();
+    loop {
+        let Some(u) = view.upgrade.clone() else {
+            anyhow::bail!(
+                "deployment {} shows no upgrade; see `agora deploy status`",
+                a.id
+            );
+        };
+        if !json {
+            for line in progress_lines(&u, &mut seen) {
+                println!("{line}");
+            }
+        }
+        if u.is_final() {
+            if json {
+                print_json(&view)?;
+            }
+            return match u.state.as_str() {
+                "succeeded" => {
+                    if !json {
+                        println!("every target runs {} and is healthy", u.to);
+                    }
+                    Ok(())
+                }
+                _ => Err(anyhow::anyhow!(
+                    "upgrade rolled back: {}; every target is back on {}",
+                    u.reason.as_deref().unwrap_or("no reason given"),
+                    u.from
+                )),
+            };
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the upgrade is still {} after --wait {}; it carries on: follow it with \
+                 `agora deploy status {}`",
+                u.state,
+                a.wait,
+                a.id
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        view = client.get(&path).await?;
+    }
 }
 
 /// Runs `agora deploy …`.
@@ -186,6 +341,7 @@ pub async fn deploy(dir: &Path, cmd: &DeployCommand, json: bool) -> anyhow::Resu
             );
             Ok(())
         }
+        DeployCommand::Upgrade(a) => upgrade(dir, a, json).await,
         DeployCommand::Delete { id } => {
             let view: DeploymentView = client(dir)?
                 .post(
@@ -233,5 +389,33 @@ mod tests {
             "unhealthy: the guest's health export returned 1"
         );
         assert_eq!(target_status(&t("running", Some(""))), "running");
+    }
+
+    #[test]
+    fn upgrade_progress_prints_only_what_changed() {
+        let node = agora_market::NodeId([7; 32]);
+        let mut u = UpgradeView {
+            from: "old".into(),
+            to: "new".into(),
+            state: "in-progress".into(),
+            reason: None,
+            max_unavailable: 1,
+            health_timeout_ms: 60_000,
+            targets: vec![agora_market::fleet::UpgradeTargetView {
+                node,
+                step: "starting".into(),
+                old: Some("healthy".into()),
+                new: None,
+            }],
+        };
+        let mut seen = Vec::new();
+        let first = progress_lines(&u, &mut seen);
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(first[0].contains("in-progress"));
+        assert!(progress_lines(&u, &mut seen).is_empty());
+        u.targets[0].new = Some("unhealthy: the guest's health export returned 1".into());
+        let next = progress_lines(&u, &mut seen);
+        assert_eq!(next.len(), 1);
+        assert!(next[0].contains("new unhealthy"), "{next:?}");
     }
 }

@@ -9,8 +9,7 @@
 //! reading is lost or counted twice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agora_api::client::ApiClient;
@@ -19,12 +18,29 @@ use agora_contracts::devices::{Mode, Outcome, SkipReason, Step};
 use agora_devnet::demo::story::{DEVICES, DeviceOptions, wait_for};
 use agora_devnet::demo::{Story, module_bytes};
 use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
+use agora_devnet::process::{Launcher, spawn_node};
 use agora_radio::DeviceList;
 use agora_radio::firmware::{JobList, JobStarted, JobView};
 use agora_tests::{agora, agora_bin};
-use support::Bin;
 
 const VERSION: &str = "2.0.0";
+
+/// Loopback nodes running the test build's `agora` binary.
+struct Bin(PathBuf);
+
+impl Launcher for Bin {
+    fn host(&self, _i: usize) -> String {
+        "127.0.0.1".into()
+    }
+
+    fn spawn(&self, _i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
+        spawn_node(exe, data_dir)
+    }
+
+    fn exe(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.0.clone())
+    }
+}
 
 fn api(n: &DevnetNode) -> Option<ApiClient> {
     ApiClient::for_data_dir(&n.data_dir).ok()

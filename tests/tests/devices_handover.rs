@@ -95,15 +95,19 @@ async fn a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_
     // Long enough that the contract is still in effect when B has finished the job.
     let armed = s.standby_lasting(180_000).await.unwrap();
     let (an, bn) = (s.m.nodes[s.a].clone(), s.m.nodes[armed.b].clone());
-    wait_for("A to discover its devices with their metadata", 60, async || {
-        let l: DeviceList = api(&an)?.get("/v1/devices").await.ok()?;
-        let known = l
-            .devices
-            .iter()
-            .filter(|d| DEVICES.contains(&d.id) && d.meta.is_some())
-            .count();
-        (known == DEVICES.len()).then_some(())
-    })
+    wait_for(
+        "A to discover its devices with their metadata",
+        60,
+        async || {
+            let l: DeviceList = api(&an)?.get("/v1/devices").await.ok()?;
+            let known = l
+                .devices
+                .iter()
+                .filter(|d| DEVICES.contains(&d.id) && d.meta.is_some())
+                .count();
+            (known == DEVICES.len()).then_some(())
+        },
+    )
     .await
     .unwrap();
 
@@ -173,14 +177,12 @@ async fn a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_
     // B resumes A's job and finishes it.
     let resumed = wait_for("B to finish A's job", 120, async || {
         let l: JobList = api(&bn)?.get("/v1/devices/jobs").await.ok()?;
-        l.jobs
-            .into_iter()
-            .find(|j| {
-                j.finished
-                    && j.resumed_from
-                        .as_ref()
-                        .is_some_and(|r| r.owner == a_id && r.job == started.id)
-            })
+        l.jobs.into_iter().find(|j| {
+            j.finished
+                && j.resumed_from
+                    .as_ref()
+                    .is_some_and(|r| r.owner == a_id && r.job == started.id)
+        })
     })
     .await
     .unwrap();

@@ -22,11 +22,11 @@ use super::{
 use crate::counters::CounterStore;
 use crate::discovery::Discovery;
 use crate::firmware::{Jobs, MAX_JOBS, Origin, Outgoing};
-use agora_contracts::devices::handoff::{Handoffs, JobHandoff, MAX_HANDOFFS};
 use crate::judge;
 use crate::keys::KeyStore;
 use crate::rules::{self, Forward, MAX_MANAGERS_PER_DEVICE};
 use crate::table::{Admit, DeviceTable};
+use agora_contracts::devices::handoff::{Handoffs, JobHandoff, MAX_HANDOFFS};
 use agora_exchange::StorageHandle;
 use agora_hosting::control::ServiceControl;
 use agora_network::{GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle};

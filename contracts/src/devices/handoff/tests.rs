@@ -124,14 +124,19 @@ fn a_hand_off_is_resumed_once_custody_is_taken_and_only_once() {
 #[test]
 fn a_resent_job_replaces_the_kept_request_and_a_finished_one_retires_it() {
     let mut t = Handoffs::new(4);
-    t.receive(0, node(1), handoff(1, &[1, 2]), owner_of).unwrap();
+    t.receive(0, node(1), handoff(1, &[1, 2]), owner_of)
+        .unwrap();
     let mut again = handoff(1, &[2, 1, 2, 3]);
     again.version = "2.0.1".into();
     t.receive(5, node(1), again, owner_of).unwrap();
     let kept = t.list();
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].handoff.version, "2.0.1");
-    assert_eq!(kept[0].handoff.devices, vec![1, 2, 3], "sorted, deduplicated");
+    assert_eq!(
+        kept[0].handoff.devices,
+        vec![1, 2, 3],
+        "sorted, deduplicated"
+    );
     let mut done = handoff(1, &[1]);
     done.finished = true;
     assert_eq!(
@@ -139,7 +144,10 @@ fn a_resent_job_replaces_the_kept_request_and_a_finished_one_retires_it() {
         Ok(Received::Retired)
     );
     assert!(t.list().is_empty());
-    assert!(t.due(10, |_| true).is_empty(), "a retired job is never resumed");
+    assert!(
+        t.due(10, |_| true).is_empty(),
+        "a retired job is never resumed"
+    );
     // A finished hand-off from someone else does not retire the owner's job.
     t.receive(11, node(1), handoff(1, &[1]), owner_of).unwrap();
     assert!(t.receive(12, node(2), done, owner_of).is_err());
@@ -163,10 +171,16 @@ fn the_owner_resends_until_kept_then_retires_once() {
     assert_eq!(o.due(0, &to, false), vec![b]);
     assert!(o.due(1, &to, false).is_empty(), "one send in flight");
     o.answered(b, false, false);
-    assert!(o.due(RESEND_MS - 1, &to, false).is_empty(), "not before RESEND_MS");
+    assert!(
+        o.due(RESEND_MS - 1, &to, false).is_empty(),
+        "not before RESEND_MS"
+    );
     assert_eq!(o.due(RESEND_MS, &to, false), vec![b]);
     o.answered(b, true, false);
-    assert!(o.due(10 * RESEND_MS, &to, false).is_empty(), "kept: not sent again");
+    assert!(
+        o.due(10 * RESEND_MS, &to, false).is_empty(),
+        "kept: not sent again"
+    );
     // A provider named later (a contract armed after the job started) is sent it too.
     let both: BTreeSet<NodeId> = [b, c].into();
     assert_eq!(o.due(10 * RESEND_MS, &both, false), vec![c]);

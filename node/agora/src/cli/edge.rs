@@ -126,7 +126,9 @@ pub async fn device(dir: &Path, cmd: &DeviceCommand, json: bool) -> anyhow::Resu
                 st.replies_taken
             );
             if !list.handoffs.is_empty() {
-                println!("jobs handed here by the devices' owners (resumed if this edge takes them over):");
+                println!(
+                    "jobs handed here by the devices' owners (resumed if this edge takes them over):"
+                );
                 let rows: Vec<Vec<String>> = list
                     .handoffs
                     .iter()
@@ -146,7 +148,13 @@ pub async fn device(dir: &Path, cmd: &DeviceCommand, json: bool) -> anyhow::Resu
             if h.kept + h.refused_not_owner + h.refused_malformed > 0 {
                 println!(
                     "hand-offs: {} kept, {} resumed, {} refused (not the devices' owner), {} malformed, {} retired, {} evicted, {} expired",
-                    h.kept, h.resumed, h.refused_not_owner, h.refused_malformed, h.retired, h.evicted, h.expired
+                    h.kept,
+                    h.resumed,
+                    h.refused_not_owner,
+                    h.refused_malformed,
+                    h.retired,
+                    h.evicted,
+                    h.expired
                 );
             }
             Ok(())

@@ -361,7 +361,11 @@ fn a_job_over_owned_devices_is_handed_to_their_providers_until_kept_then_retired
     assert_eq!(due.len(), 1);
     let (job, peer, h) = &due[0];
     assert_eq!((*job, *peer), (started.id, b));
-    assert_eq!(h.devices, vec![1, 2], "only devices both in the job and owned here");
+    assert_eq!(
+        h.devices,
+        vec![1, 2],
+        "only devices both in the job and owned here"
+    );
     assert_eq!(
         (h.version.as_str(), h.firmware_type.as_str()),
         ("2.0.0", TYPE)
@@ -369,7 +373,10 @@ fn a_job_over_owned_devices_is_handed_to_their_providers_until_kept_then_retired
     assert_eq!((h.issued_at, h.max_unavailable, h.finished), (7, 1, false));
     jobs.handoff_answered(started.id, b, true, false);
     assert!(jobs.handoffs_due(100_000, providers).is_empty(), "kept");
-    assert_eq!(jobs.view(started.id).unwrap().handed_to, vec![b.to_string()]);
+    assert_eq!(
+        jobs.view(started.id).unwrap().handed_to,
+        vec![b.to_string()]
+    );
     sim.deliver(7, out);
     sim.run(&mut jobs, &managed, 60_000);
     assert!(jobs.view(started.id).unwrap().finished);

@@ -1,9 +1,11 @@
 //! Devices (issue #16): what a device says about itself, firmware jobs that flash an image
 //! onto the devices an edge manages (pure: [`job::FirmwareJob`]), and a model of a device's
 //! endpoints ([`agent::DeviceAgent`]) that the devnet's simulated devices wrap and the job's
-//! property tests run against. Design: `docs/DEVICES.md`.
+//! property tests run against, and the hand-off of a job to the devices' standby provider
+//! ([`handoff`]). Design: `docs/DEVICES.md`.
 
 pub mod agent;
+pub mod handoff;
 pub mod job;
 mod meta;
 #[cfg(test)]

@@ -67,6 +67,7 @@ pub fn specs(
 /// Running simulated devices.
 pub struct SimDevices {
     state: Arc<Mutex<BTreeMap<DeviceId, DeviceMeta>>>,
+    sent: Arc<Mutex<BTreeMap<DeviceId, u32>>>,
     refused: Arc<AtomicU64>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
@@ -80,6 +81,7 @@ impl SimDevices {
         region: Region,
     ) -> std::io::Result<Self> {
         let state = Arc::new(Mutex::new(BTreeMap::new()));
+        let sent = Arc::new(Mutex::new(BTreeMap::new()));
         let refused = Arc::new(AtomicU64::new(0));
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -104,6 +106,7 @@ impl SimDevices {
                 socket,
                 region: region.clone(),
                 state: state.clone(),
+                sent: sent.clone(),
                 refused: refused.clone(),
                 last_request: None,
                 t0,
@@ -114,6 +117,7 @@ impl SimDevices {
         }
         Ok(Self {
             state,
+            sent,
             refused,
             cancel,
             tasks,
@@ -128,9 +132,24 @@ impl SimDevices {
             .clone()
     }
 
+    /// The frame counter of each device's last reading (readings are numbered from 1).
+    pub fn sent(&self) -> BTreeMap<DeviceId, u32> {
+        self.sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Requests the devices refused (unsealed, bad MIC, replayed: threat R2).
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Stops every device; returns the frame counter of each one's last reading sent.
+    pub async fn stop_counting(mut self) -> BTreeMap<DeviceId, u32> {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.sent()
     }
 
     /// Stops every device.
@@ -163,12 +182,14 @@ struct DeviceTask {
     socket: UdpSocket,
     region: Region,
     state: Arc<Mutex<BTreeMap<DeviceId, DeviceMeta>>>,
+    sent: Arc<Mutex<BTreeMap<DeviceId, u32>>>,
     refused: Arc<AtomicU64>,
     /// Counter of the last sealed request taken.
     last_request: Option<u64>,
     t0: Instant0,
-    /// Replies due at a time (flash writes take time), in order.
-    pending: BTreeMap<(u64, u64), Vec<u8>>,
+    /// Replies and readings (with their frame counter) due at a time (flash writes take
+    /// time), in order.
+    pending: BTreeMap<(u64, u64), (Vec<u8>, Option<u32>)>,
     seq: u64,
 }
 
@@ -232,7 +253,7 @@ impl DeviceTask {
         match encode_reply(id, &reply) {
             Ok(b) => {
                 self.seq += 1;
-                self.pending.insert((at, self.seq), b);
+                self.pending.insert((at, self.seq), (b, None));
             }
             Err(e) => tracing::warn!(device = id, error = %e, "reply not encodable"),
         }
@@ -249,7 +270,8 @@ impl DeviceTask {
                     let temp = 2000 + i16::try_from(counter % 50).unwrap_or(0) * 10;
                     let f = crate::demo::uplink(self.key.as_ref(), id, counter, temp, 5000);
                     self.seq += 1;
-                    self.pending.insert((self.t0.now(), self.seq), f);
+                    self.pending
+                        .insert((self.t0.now(), self.seq), (f, Some(counter)));
                 }
                 agent::Effect::WakeAt(t) => wake = Some(t),
             }
@@ -262,9 +284,15 @@ impl DeviceTask {
             if entry.key().0 > now {
                 break;
             }
-            let bytes = entry.remove();
+            let (bytes, reading) = entry.remove();
             for e in self.region_edges() {
                 let _ = self.socket.send_to(&bytes, e).await;
+            }
+            if let Some(counter) = reading {
+                self.sent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(self.agent.meta().id, counter);
             }
         }
     }

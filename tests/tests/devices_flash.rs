@@ -342,3 +342,75 @@ fn keyed_devices_are_flashed_with_sealed_requests() {
         },
     );
 }
+
+/// The end-to-end size: 50 devices, 5 locked, 1 corrupting its flash: the job brings
+/// the 44 healthy unlocked ones to the new version, leaves the 5 locked ones untouched and
+/// rolls the corrupting one back, reporting it failed.
+#[test]
+fn fifty_devices_five_locked_one_corrupting() {
+    let test = "fifty_devices_five_locked_one_corrupting";
+    let Some(module) = module(test) else { return };
+    const FIRST50: u32 = 800;
+    const COUNT50: u32 = 50;
+    let net = TestDevnet::up(2, 120, &[]);
+    let n0 = net.node(0);
+    let node0_id = net.nodes()[0]["node_id"].as_str().unwrap().to_string();
+    own_service(
+        &net,
+        0,
+        &module,
+        &(FIRST50..FIRST50 + COUNT50).collect::<Vec<_>>(),
+    );
+    let _devices = devices(&net, FIRST50, COUNT50, &["--locked", "5", "--corrupt", "1"]);
+    listed(
+        &n0,
+        50,
+        "node0 to discover the 50 devices as their manager",
+        |d| d["manager"].as_str() == Some(node0_id.as_str()),
+    );
+    let firmware = net.tmp().join("fw-2.0.0.bin");
+    std::fs::write(&firmware, vec![0x3C; 4_000]).unwrap();
+    let out = agora(&[
+        "device",
+        "flash",
+        "--devices",
+        &format!("id={FIRST50}-{}", FIRST50 + COUNT50 - 1),
+        "--firmware",
+        &firmware.display().to_string(),
+        "--version",
+        "2.0.0",
+        "--max-unavailable",
+        "10",
+        "--json",
+        "--data-dir",
+        &n0,
+    ]);
+    assert!(!out.status.success(), "one device failed: non-zero exit");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["status"]["summary"];
+    let counts =
+        ["updated", "skipped", "rolled_back", "lost", "pending"].map(|k| s[k].as_u64().unwrap());
+    assert_eq!(counts, [44, 5, 1, 0, 0], "{v:#}");
+    for d in v["status"]["devices"].as_array().unwrap() {
+        let dev = d["device"].as_u64().unwrap() as u32;
+        if dev >= FIRST50 + COUNT50 - 5 {
+            assert_eq!(d["outcome"]["skipped"], "locked", "{d}");
+        } else if dev == FIRST50 {
+            assert!(d["outcome"]["rolled_back"].is_object(), "{d}");
+        }
+    }
+    listed(
+        &n0,
+        50,
+        "the devices to report their versions after the job",
+        |d| {
+            let id = d["id"].as_u64().unwrap() as u32;
+            let want = if id == FIRST50 || id >= FIRST50 + COUNT50 - 5 {
+                "1.0.0"
+            } else {
+                "2.0.0"
+            };
+            d["meta"]["version"] == want && d["meta"]["mode"] == "running"
+        },
+    );
+}

@@ -3,9 +3,10 @@
 //!
 //! Rules, each with a unit test in `job/tests.rs`:
 //! - Locked devices, devices of another firmware type and devices already at the version are
-//!   skipped at the start and reported; they are never sent a command. A device's lock and the
-//!   edge's authority are checked again when its turn comes (`NotManaged`: the ledger gives it
-//!   to another edge).
+//!   skipped at the start and reported; they are never sent a command. A device's lock, its
+//!   version and the edge's authority are checked again when its turn comes (`NotManaged`:
+//!   the ledger gives it to another edge; `AlreadyCurrent`: it was updated meanwhile, by the
+//!   edge that ran the job before a handover).
 //! - At most `max_unavailable` devices are unavailable at once: from the moment one is paused
 //!   and told to reboot until it is rediscovered running a final firmware; lost devices stay
 //!   unavailable, and once as many are lost as may be unavailable the job starts no more
@@ -193,6 +194,11 @@ impl FirmwareJob {
         self.id
     }
 
+    /// Devices that may be unavailable at once.
+    pub fn max_unavailable(&self) -> usize {
+        self.plan.cfg.max_unavailable
+    }
+
     /// The image.
     pub fn firmware(&self) -> &Firmware {
         &self.plan.firmware
@@ -289,6 +295,11 @@ impl FirmwareJob {
             }
             if slot.meta.locked {
                 finish(slot, Outcome::Skipped(SkipReason::Locked), out);
+                continue;
+            }
+            // Updated meanwhile (by the edge that ran this job before a handover).
+            if slot.meta.mode == Mode::Running && slot.meta.version == self.plan.firmware.version {
+                finish(slot, Outcome::Skipped(SkipReason::AlreadyCurrent), out);
                 continue;
             }
             if !self.managed.contains(&slot.meta.id) {

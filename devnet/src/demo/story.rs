@@ -13,12 +13,14 @@ use serde::Deserialize;
 use super::publish;
 use super::report::{Coverage, FailoverSplit, coverage};
 use super::sensors::{Region, Sensors};
+use crate::devices::SimDevices;
 use crate::files::{CONTRACT_NODES, DevnetManifest, DevnetNode};
 use crate::process::{Launcher, UpOptions, down, up_with_options};
 use agora_api::client::ApiClient;
 use agora_api::edge::{OwnReply, OwnRequest};
 use agora_api::ledger::BalanceReply;
 use agora_api::market::CreatedReply;
+use agora_contracts::devices::agent::AgentConfig;
 use agora_orchestrator::TimelineEntry;
 use agora_radio::RadioStatus;
 use agora_wire::now_ms;
@@ -86,6 +88,32 @@ impl Clock {
     }
 }
 
+/// A's sensors: plain uplink senders, or devices with endpoints that firmware jobs can flash
+/// (issue #16, [`Story::start_devices`]).
+enum Radios {
+    Plain(Sensors),
+    Endpoints(SimDevices),
+}
+
+impl Radios {
+    /// Stops them; returns the last sequence number each device sent.
+    async fn stop(self) -> BTreeMap<u32, u32> {
+        match self {
+            Radios::Plain(s) => s.stop().await,
+            Radios::Endpoints(d) => d.stop_counting().await,
+        }
+    }
+}
+
+/// A's sensors as devices with endpoints ([`Story::start_devices`]).
+#[derive(Clone, Debug)]
+pub struct DeviceOptions {
+    /// The devices' timings (reboot, link rate; `reading_ms` is the uplink interval).
+    pub agent: AgentConfig,
+    /// The last `locked` of A's sensors are locked by their owner.
+    pub locked: u32,
+}
+
 /// A standby contract, armed (or a hosted one, active: [`Story::hosted`]).
 #[derive(Clone, Debug)]
 pub struct Armed {
@@ -109,7 +137,7 @@ pub struct Story {
     pub needs: agora_market::Resources,
     /// Prints the timeline.
     pub clock: Clock,
-    sensors: Option<Sensors>,
+    sensors: Option<Radios>,
     launcher: Arc<dyn Launcher>,
 }
 
@@ -135,6 +163,32 @@ impl Story {
         quiet: bool,
         opts: UpOptions,
     ) -> anyhow::Result<Story> {
+        Self::start_inner(dir, nodes, module, launcher, quiet, opts, None).await
+    }
+
+    /// [`Story::start`] with A's sensors as devices with endpoints (keyed like the plain
+    /// ones), which `agora device flash` can flash.
+    pub async fn start_devices(
+        dir: &std::path::Path,
+        nodes: usize,
+        module: &[u8],
+        launcher: Arc<dyn Launcher>,
+        quiet: bool,
+        devices: DeviceOptions,
+    ) -> anyhow::Result<Story> {
+        let opts = UpOptions::default();
+        Self::start_inner(dir, nodes, module, launcher, quiet, opts, Some(devices)).await
+    }
+
+    async fn start_inner(
+        dir: &std::path::Path,
+        nodes: usize,
+        module: &[u8],
+        launcher: Arc<dyn Launcher>,
+        quiet: bool,
+        opts: UpOptions,
+        devices: Option<DeviceOptions>,
+    ) -> anyhow::Result<Story> {
         if nodes < CONTRACT_NODES {
             bail!(
                 "--nodes must be at least {CONTRACT_NODES}: a contract needs 4 arbitrators that \
@@ -159,7 +213,17 @@ impl Story {
         let region = Region::default();
         region.set(radio_addrs(&m));
         let keys = crate::sensor_keys::load(&m.dir);
-        let sensors = Sensors::start(DEVICES.to_vec(), UPLINK, region, keys).await?;
+        let sensors = match devices {
+            None => Radios::Plain(Sensors::start(DEVICES.to_vec(), UPLINK, region, keys).await?),
+            Some(o) => {
+                let count = u32::try_from(DEVICES.len()).unwrap_or(u32::MAX);
+                let mut specs = crate::devices::specs(DEVICES[0], count, o.locked, 0, 0);
+                for s in &mut specs {
+                    s.key = keys.get(&s.id).cloned();
+                }
+                Radios::Endpoints(SimDevices::start(specs, o.agent, region).await?)
+            }
+        };
         let an = m.nodes[a].clone();
         let (image, needs) = publish(
             &api(&an)?,
@@ -202,6 +266,14 @@ impl Story {
             sensors: Some(sensors),
             launcher,
         })
+    }
+
+    /// What A's sensors say about themselves now (devices with endpoints only).
+    pub fn device_metas(&self) -> BTreeMap<u32, agora_contracts::devices::DeviceMeta> {
+        match &self.sensors {
+            Some(Radios::Endpoints(d)) => d.metas(),
+            _ => BTreeMap::new(),
+        }
     }
 
     /// A node that is neither A nor `b` (reads the ledger and hears every checkpoint).

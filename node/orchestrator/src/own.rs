@@ -162,6 +162,7 @@ impl Orchestrator {
             })
             .await
             .unwrap_or_default();
+        self.radio.owned_by(self.own.devices.clone(), me).await;
         let mut managers = vec![me];
         managers.extend(providers);
         self.radio

@@ -17,11 +17,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use agora_contracts::devices::agent::{Reply, Request};
+use agora_contracts::devices::handoff::{HandoffStats, JobHandoff, KeptHandoff, Outbox};
 use agora_contracts::devices::{
     Command, DeviceId, DeviceMeta, Effect, Firmware, FirmwareJob, Input, JobConfig, JobError,
     JobStatus, Selector, SelectorError,
 };
-use agora_market::Timestamp;
+use agora_market::{NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -79,6 +80,21 @@ pub struct JobView {
     pub started_at: Timestamp,
     /// When it finished, ms.
     pub finished_at: Option<Timestamp>,
+    /// A job this edge resumed at a handover: the devices' owner and its job id there.
+    #[serde(default)]
+    pub resumed_from: Option<ResumedFrom>,
+    /// Providers of the owner's contracts for the devices that keep this job's hand-off.
+    #[serde(default)]
+    pub handed_to: Vec<String>,
+}
+
+/// Where a resumed job came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumedFrom {
+    /// The devices' owner, who started the job (node id).
+    pub owner: String,
+    /// The job's id on the owner's edge.
+    pub job: JobId,
 }
 
 /// Counters of the job table and its driver.
@@ -96,6 +112,12 @@ pub struct JobStats {
     pub requests_failed: u64,
     /// Device replies taken by a job.
     pub replies_taken: u64,
+    /// Hand-offs sent to providers (and answers that they kept them).
+    pub handoffs_sent: u64,
+    /// Hand-offs a provider kept.
+    pub handoffs_acked: u64,
+    /// Kept hand-offs whose image could not be loaded when their turn came.
+    pub resume_failed: u64,
 }
 
 /// `GET /v1/devices/jobs`.
@@ -105,6 +127,13 @@ pub struct JobList {
     pub jobs: Vec<JobView>,
     /// Counters.
     pub stats: JobStats,
+    /// Jobs handed here by the owners of devices this edge is a provider for (resumed if it
+    /// takes the devices over).
+    #[serde(default)]
+    pub handoffs: Vec<KeptHandoff>,
+    /// Counters of the hand-offs received.
+    #[serde(default)]
+    pub handoff_stats: HandoffStats,
 }
 
 /// A job that cannot be started.
@@ -205,7 +234,34 @@ struct Running {
     selector: String,
     started_at: Timestamp,
     finished_at: Option<Timestamp>,
+    origin: Origin,
 }
+
+/// Who asked for a job.
+#[derive(Clone, Debug)]
+pub(crate) enum Origin {
+    /// `agora device flash` here; of its devices, this node owns these (their job is handed to
+    /// the providers of this node's contracts for them).
+    Local {
+        owned: BTreeSet<DeviceId>,
+        outbox: Outbox,
+    },
+    /// A hand-off of the devices' owner, resumed here at a handover.
+    Resumed { owner: NodeId, job: JobId },
+}
+
+impl Origin {
+    /// A job started here over devices of which this node owns `owned`.
+    pub(crate) fn local(owned: BTreeSet<DeviceId>) -> Self {
+        Origin::Local {
+            owned,
+            outbox: Outbox::default(),
+        }
+    }
+}
+
+/// A hand-off to send: the job here, the provider, the request.
+pub(crate) type HandoffSend = (JobId, NodeId, JobHandoff);
 
 /// Requests to send: device and request.
 pub(crate) type Outgoing = Vec<(DeviceId, Request)>;
@@ -237,6 +293,7 @@ impl Jobs {
         image: Vec<u8>,
         table: Vec<DeviceMeta>,
         managed: BTreeSet<DeviceId>,
+        origin: Origin,
     ) -> Result<(JobStarted, Outgoing), FirmwareError> {
         let selector = Selector::parse(&req.selector)?;
         if self.jobs.len() >= self.max && self.jobs.values().all(|r| r.finished_at.is_none()) {
@@ -304,7 +361,11 @@ impl Jobs {
             selector: req.selector.clone(),
             started_at: now,
             finished_at: None,
+            origin,
         };
+        if let Origin::Local { owned, .. } = &mut run.origin {
+            owned.retain(|d| run.devices.contains(d));
+        }
         let effects = run.job.handle(now, Input::Start);
         let out = carry_out(&mut run, now, effects);
         let started = JobStarted {
@@ -391,6 +452,64 @@ impl Jobs {
         out
     }
 
+    /// Hand-offs to send now: for every job started here over devices this node owns, to the
+    /// providers `recipients` names for those devices (the job's request while it runs, until
+    /// each keeps it; the finished version once it is over, to those that kept it).
+    pub(crate) fn handoffs_due(
+        &mut self,
+        now: Timestamp,
+        recipients: impl Fn(&BTreeSet<DeviceId>) -> BTreeSet<NodeId>,
+    ) -> Vec<HandoffSend> {
+        let mut out = Vec::new();
+        for (id, run) in &mut self.jobs {
+            let Origin::Local { owned, outbox } = &mut run.origin else {
+                continue;
+            };
+            if owned.is_empty() {
+                continue;
+            }
+            let finished = run.finished_at.is_some();
+            let to = if finished {
+                BTreeSet::new()
+            } else {
+                recipients(owned)
+            };
+            let due = outbox.due(now, &to, finished);
+            if due.is_empty() {
+                continue;
+            }
+            let fw = run.job.firmware();
+            let handoff = JobHandoff {
+                job: *id,
+                selector: run.selector.clone(),
+                firmware: fw.cid.clone(),
+                firmware_type: fw.firmware_type.clone(),
+                version: fw.version.clone(),
+                max_unavailable: run.job.max_unavailable(),
+                devices: owned.iter().copied().collect(),
+                issued_at: run.started_at,
+                finished,
+            };
+            for peer in due {
+                self.stats.handoffs_sent += 1;
+                out.push((*id, peer, handoff.clone()));
+            }
+        }
+        out
+    }
+
+    /// `peer` answered the hand-off of job `id` (sent `finished` or not).
+    pub(crate) fn handoff_answered(&mut self, id: JobId, peer: NodeId, kept: bool, finished: bool) {
+        self.stats.handoffs_acked += u64::from(kept);
+        if let Some(Running {
+            origin: Origin::Local { outbox, .. },
+            ..
+        }) = self.jobs.get_mut(&id)
+        {
+            outbox.answered(peer, kept, finished);
+        }
+    }
+
     /// Whether any job is running (the radio ticks it).
     pub(crate) fn running(&self) -> bool {
         self.jobs.values().any(|r| r.finished_at.is_none())
@@ -404,6 +523,7 @@ impl Jobs {
         JobList {
             jobs: self.jobs.values().map(view).collect(),
             stats: self.stats,
+            ..JobList::default()
         }
     }
 }
@@ -417,6 +537,19 @@ fn view(r: &Running) -> JobView {
         finished: r.job.finished(),
         started_at: r.started_at,
         finished_at: r.finished_at,
+        resumed_from: match &r.origin {
+            Origin::Resumed { owner, job } => Some(ResumedFrom {
+                owner: owner.to_string(),
+                job: *job,
+            }),
+            Origin::Local { .. } => None,
+        },
+        handed_to: match &r.origin {
+            Origin::Local { outbox, .. } => {
+                outbox.kept_by().iter().map(ToString::to_string).collect()
+            }
+            Origin::Resumed { .. } => Vec::new(),
+        },
     }
 }
 

@@ -267,6 +267,7 @@ enum Command {
     Listen(Vec<u32>, bool),
     Managers(Vec<u32>, Vec<NodeId>),
     FetchKeys(Vec<u32>, NodeId),
+    Owners(Vec<u32>, NodeId),
     Status(Reply<RadioStatus>),
     StartJob {
         request: firmware::JobRequest,
@@ -375,6 +376,14 @@ impl RadioHandle {
     /// knows as a provider of the devices ([`Self::managed_by`] on its side).
     pub async fn fetch_keys(&self, devices: Vec<u32>, owner: NodeId) {
         let _ = self.tx.send(Command::FetchKeys(devices, owner)).await;
+    }
+
+    /// Records `owner` as the owner of `devices` (this node for its own service's devices;
+    /// [`Self::fetch_keys`] records the customer of a contract as the owner of its devices):
+    /// the owner's firmware jobs are handed to the devices' providers, and a provider keeps a
+    /// hand-off only from the devices' owner.
+    pub async fn owned_by(&self, devices: Vec<u32>, owner: NodeId) {
+        let _ = self.tx.send(Command::Owners(devices, owner)).await;
     }
 
     /// Devices and checkpoints.

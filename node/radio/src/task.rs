@@ -1,5 +1,7 @@
 //! The radio task: owns the UDP socket, the per-device routing and buffers, and checkpoints.
 
+mod handoff;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,11 +21,12 @@ use super::{
 };
 use crate::counters::CounterStore;
 use crate::discovery::Discovery;
-use crate::firmware::{Jobs, MAX_JOBS, Outgoing};
+use crate::firmware::{Jobs, MAX_JOBS, Origin, Outgoing};
 use crate::judge;
 use crate::keys::KeyStore;
 use crate::rules::{self, Forward, MAX_MANAGERS_PER_DEVICE};
 use crate::table::{Admit, DeviceTable};
+use agora_contracts::devices::handoff::{Handoffs, JobHandoff, MAX_HANDOFFS};
 use agora_exchange::StorageHandle;
 use agora_hosting::control::ServiceControl;
 use agora_network::{GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle};
@@ -50,6 +53,12 @@ const KEY_ATTEMPTS: u32 = 60;
 
 /// What came back from an owner asked for keys.
 type KeyAnswer = (NodeId, Vec<(u32, [u8; 32])>);
+
+/// A provider's answer to a hand-off: the job here, the provider, kept, sent finished.
+type HandoffAnswer = (u64, NodeId, bool, bool);
+
+/// A kept hand-off whose turn came, with its image loaded (or why not).
+type Resume = (NodeId, JobHandoff, Result<Vec<u8>, String>);
 
 struct RadioTask {
     me: NodeId,
@@ -78,6 +87,13 @@ struct RadioTask {
     discovery: Discovery,
     /// Firmware jobs this edge runs (issue #16).
     jobs: Jobs,
+    /// Who owns each device, as this node's ledger says (the customer of a contract this edge
+    /// is a provider of, or this node for its own service's devices).
+    owners: BTreeMap<u32, NodeId>,
+    /// Firmware jobs the devices' owners handed here, resumed when this edge takes custody.
+    handoffs: Handoffs,
+    handoff_tx: mpsc::Sender<HandoffAnswer>,
+    resume_tx: mpsc::Sender<Resume>,
     /// Counter of the last sealed endpoint request (threat R2): the wall clock in ms, or one
     /// more than the last when requests come faster, so it rises across restarts too.
     request_counter: u64,
@@ -122,6 +138,8 @@ pub async fn spawn(
         warn!(error = %e, "radio checkpoints topic not subscribed");
     }
     let (keys_tx, keys_rx) = mpsc::channel(16);
+    let (handoff_tx, handoff_rx) = mpsc::channel(64);
+    let (resume_tx, resume_rx) = mpsc::channel(MAX_HANDOFFS);
     let keys = KeyStore::load(&cfg.device_keys, files.keys);
     let counters = CounterStore::load(files.counters, cfg.max_devices, cfg.max_unsaved_frames);
     let cfg_max_devices = cfg.max_devices;
@@ -142,13 +160,17 @@ pub async fn spawn(
         table: DeviceTable::default(),
         discovery: Discovery::new(cfg_max_devices, DISCOVERY_REFRESH_MS),
         jobs: Jobs::new(MAX_JOBS),
+        owners: BTreeMap::new(),
+        handoffs: Handoffs::new(MAX_HANDOFFS),
+        handoff_tx,
+        resume_tx,
         request_counter: 0,
         pending: BTreeMap::new(),
         checkpoints: VecDeque::new(),
         stats: RadioStats::default(),
     };
     let handle = tokio::spawn(
-        task.run(socket, rx, keys_rx, events, cancel)
+        task.run(socket, rx, keys_rx, (handoff_rx, resume_rx), events, cancel)
             .in_current_span(),
     );
     Ok((RadioHandle { tx, addr }, handle))
@@ -160,6 +182,7 @@ impl RadioTask {
         socket: Option<UdpSocket>,
         mut rx: mpsc::Receiver<Command>,
         mut keys_rx: mpsc::Receiver<KeyAnswer>,
+        (mut handoff_rx, mut resume_rx): (mpsc::Receiver<HandoffAnswer>, mpsc::Receiver<Resume>),
         mut events: Inbox,
         cancel: CancellationToken,
     ) {
@@ -181,12 +204,21 @@ impl RadioTask {
                     None => break,
                 },
                 Some((owner, keys)) = keys_rx.recv() => self.on_keys(owner, keys),
+                Some((job, peer, kept, finished)) = handoff_rx.recv() => {
+                    self.jobs.handoff_answered(job, peer, kept, finished);
+                }
+                Some((owner, handoff, image)) = resume_rx.recv() => {
+                    self.on_resume(socket.as_ref(), owner, handoff, image).await;
+                }
                 ev = events.recv() => match ev {
                     NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Radio => {
                         match envelope.body::<RadioRpc>(Kind::Radio) {
                             Ok(RadioRpc::Replay { devices }) => self.answer_replay(id, &devices).await,
                             Ok(RadioRpc::KeyRequest { devices }) => {
                                 self.answer_keys(id, envelope.sender, &devices).await;
+                            }
+                            Ok(RadioRpc::JobHandoff { handoff }) => {
+                                self.on_handoff(id, envelope.sender, handoff).await;
                             }
                             Ok(_) | Err(_) => {}
                         }
@@ -214,6 +246,8 @@ impl RadioTask {
                 },
                 _ = tick.tick() => {
                     self.tick_jobs(socket.as_ref()).await;
+                    self.send_handoffs();
+                    self.resume_handoffs();
                     self.counters.flush();
                     self.fetch_keys();
                     let services: Vec<String> = self.pending.keys().cloned().collect();
@@ -398,7 +432,14 @@ impl RadioTask {
                 } else {
                     let table = self.discovery.metas();
                     let managed = self.managed_here(table.iter().map(|m| m.id));
-                    self.jobs.start(now_ms(), &request, image, table, managed)
+                    let owned = table
+                        .iter()
+                        .map(|m| m.id)
+                        .filter(|d| self.owners.get(d) == Some(&self.me))
+                        .collect();
+                    let origin = Origin::local(owned);
+                    self.jobs
+                        .start(now_ms(), &request, image, table, managed, origin)
                 };
                 let result = match result {
                     Ok((started, out)) => {
@@ -410,8 +451,12 @@ impl RadioTask {
                 let _ = reply.send(result);
             }
             Command::Jobs(reply) => {
-                let _ = reply.send(self.jobs.list());
+                let mut list = self.jobs.list();
+                list.handoffs = self.handoffs.list();
+                list.handoff_stats = self.handoffs.stats;
+                let _ = reply.send(list);
             }
+            Command::Owners(devices, owner) => self.set_owners(devices, owner),
             Command::Job(id, reply) => {
                 let _ = reply.send(self.jobs.view(id));
             }
@@ -487,6 +532,7 @@ impl RadioTask {
                 }
             }
             Command::FetchKeys(devices, owner) => {
+                self.set_owners(devices.clone(), owner);
                 let max = self.cfg.max_devices;
                 for device in devices.into_iter().take(MAX_KEYS_PER_MESSAGE) {
                     if owner != self.me
@@ -500,13 +546,9 @@ impl RadioTask {
                 self.fetch_keys();
             }
             Command::Devices(reply) => {
-                let table = &self.table;
-                let list = self.discovery.list(|id| {
-                    table
-                        .get(&id)
-                        .and_then(|d| d.managers.last())
-                        .map(|n| n.to_string())
-                });
+                let list = self
+                    .discovery
+                    .list(|id| self.manager_of(id).map(|n| n.to_string()));
                 let _ = reply.send((list, self.discovery.stats));
             }
             Command::Status(reply) => {
@@ -646,21 +688,54 @@ impl RadioTask {
 }
 
 impl RadioTask {
-    /// Of `devices`, those this edge manages: the manager `agora device list` shows (the last
-    /// edge the orchestrator named for the device) is this node.
+    /// Whether this edge has custody of `device`: the orchestrator assigned it to a service
+    /// running here (the node's own service, or a contract's in effect), as the ledger says.
+    fn custody(&self, device: u32) -> bool {
+        self.table
+            .get(&device)
+            .is_some_and(|d| d.status.service.is_some())
+    }
+
+    /// Who manages `device` as this edge knows it (`agora device list`): this node while it has
+    /// custody, else the last other edge the orchestrator named for it.
+    fn manager_of(&self, device: u32) -> Option<NodeId> {
+        if self.custody(device) {
+            return Some(self.me);
+        }
+        self.table
+            .get(&device)?
+            .managers
+            .iter()
+            .rev()
+            .find(|m| **m != self.me)
+            .copied()
+    }
+
+    /// Of `devices`, those this edge manages (has custody of).
     fn managed_here(
         &self,
         devices: impl IntoIterator<Item = u32>,
     ) -> BTreeSet<agora_contracts::devices::DeviceId> {
-        devices
-            .into_iter()
-            .filter(|d| {
-                self.table
-                    .get(d)
-                    .and_then(|dev| dev.managers.last())
-                    .is_some_and(|m| *m == self.me)
-            })
-            .collect()
+        devices.into_iter().filter(|d| self.custody(*d)).collect()
+    }
+
+    /// Records `owner` as the owner of `devices` (bounded by `radio.max_devices`).
+    fn set_owners(&mut self, devices: Vec<u32>, owner: NodeId) {
+        let max = self.cfg.max_devices;
+        let mut dropped = 0usize;
+        for d in devices.into_iter().take(MAX_KEYS_PER_MESSAGE) {
+            if self.owners.len() < max || self.owners.contains_key(&d) {
+                self.owners.insert(d, owner);
+            } else {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            warn!(
+                dropped,
+                max, "device owners not recorded: radio.max_devices owners known already"
+            );
+        }
     }
 
     /// Ticks the running firmware jobs (timeouts, who manages their devices now).
@@ -669,17 +744,11 @@ impl RadioTask {
             return;
         }
         let table = &self.table;
-        let me = self.me;
         let out = self.jobs.tick(now_ms(), |devices| {
             devices
                 .iter()
                 .copied()
-                .filter(|d| {
-                    table
-                        .get(d)
-                        .and_then(|dev| dev.managers.last())
-                        .is_some_and(|m| *m == me)
-                })
+                .filter(|d| table.get(d).is_some_and(|d| d.status.service.is_some()))
                 .collect()
         });
         self.send_requests(socket, out).await;

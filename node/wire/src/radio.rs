@@ -93,6 +93,19 @@ pub enum RadioRpc {
         /// `(device, key)`.
         keys: Vec<(u32, [u8; 32])>,
     },
+    /// The devices' owner hands a firmware job it started to a provider of one of its
+    /// contracts for them (issue #16), so the provider resumes it if it takes the devices over
+    /// at a handover. The envelope's signer is the owner; the provider keeps it only if that is
+    /// who owns every device it names.
+    JobHandoff {
+        /// The job's request.
+        handoff: agora_contracts::devices::handoff::JobHandoff,
+    },
+    /// The provider's answer to [`RadioRpc::JobHandoff`]: whether it kept (or retired) it.
+    HandoffAck {
+        /// Kept.
+        kept: bool,
+    },
 }
 
 /// Devices per key request or answer.

@@ -484,3 +484,45 @@ fn the_selector_picks_the_job_s_devices() {
     let ids: Vec<_> = j.status().devices.iter().map(|d| d.device).collect();
     assert_eq!(ids, vec![2, 3, 5]);
 }
+
+#[test]
+fn a_device_updated_before_its_turn_is_skipped_as_current() {
+    // A job resumed after a handover: device 2 was updated meanwhile (by the edge that ran the
+    // job before), after this job's table was built.
+    let mut j = job(
+        vec![
+            meta(1, "1.0", Mode::Running, 1),
+            meta(2, "1.0", Mode::Running, 1),
+        ],
+        1,
+        1,
+    );
+    j.handle(0, Input::Start);
+    j.handle(1, Input::Discovered(meta(2, "2.0", Mode::Running, 3)));
+    let now = flash_to_boot(&mut j, 1, 1, 1);
+    let out = j.handle(now, Input::Discovered(meta(1, "2.0", Mode::Running, 3)));
+    assert_eq!(
+        done(&out).last(),
+        Some(&(2, Outcome::Skipped(SkipReason::AlreadyCurrent)))
+    );
+    assert!(sent(&out).is_empty(), "device 2 is not flashed again");
+    assert_eq!(j.summary().updated, 1);
+    assert!(j.finished());
+}
+
+#[test]
+fn a_device_caught_in_its_bootloader_is_flashed_again_from_the_start() {
+    // The edge that ran the job before a handover died mid-flash: the device sits in its
+    // bootloader with part of the image. A job resumed on the new manager reboots it (which
+    // clears the staging slot) and flashes it whole.
+    let mut j = job(vec![meta(1, "1.0", Mode::Bootloader, 4)], 1, 2);
+    let out = j.handle(0, Input::Start);
+    assert_eq!(sent(&out), vec![(1, Command::RebootToBootloader)]);
+    let now = flash_to_boot(&mut j, 0, 1, 4);
+    let out = j.handle(now, Input::Discovered(meta(1, "2.0", Mode::Running, 6)));
+    assert_eq!(
+        done(&out),
+        vec![(1, Outcome::Updated { attempts: 1 })],
+        "one attempt on this edge"
+    );
+}

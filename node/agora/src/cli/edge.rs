@@ -125,6 +125,38 @@ pub async fn device(dir: &Path, cmd: &DeviceCommand, json: bool) -> anyhow::Resu
                 st.requests_failed,
                 st.replies_taken
             );
+            if !list.handoffs.is_empty() {
+                println!(
+                    "jobs handed here by the devices' owners (resumed if this edge takes them over):"
+                );
+                let rows: Vec<Vec<String>> = list
+                    .handoffs
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.owner.to_string(),
+                            k.handoff.job.to_string(),
+                            k.handoff.version.clone(),
+                            k.handoff.devices.len().to_string(),
+                            if k.resumed { "resumed" } else { "kept" }.into(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["OWNER", "JOB", "VERSION", "DEVICES", "STATE"], &rows);
+            }
+            let h = &list.handoff_stats;
+            if h.kept + h.refused_not_owner + h.refused_malformed > 0 {
+                println!(
+                    "hand-offs: {} kept, {} resumed, {} refused (not the devices' owner), {} malformed, {} retired, {} evicted, {} expired",
+                    h.kept,
+                    h.resumed,
+                    h.refused_not_owner,
+                    h.refused_malformed,
+                    h.retired,
+                    h.evicted,
+                    h.expired
+                );
+            }
             Ok(())
         }
         DeviceCommand::List => {
@@ -444,6 +476,18 @@ fn print_job(v: &JobView) {
         })
         .collect();
     print_table(&["DEVICE", "WAS", "NOW", "STATE"], &rows);
+    if let Some(r) = &v.resumed_from {
+        println!(
+            "resumed at a handover: job {} of the devices' owner {}",
+            r.job, r.owner
+        );
+    }
+    if !v.handed_to.is_empty() {
+        println!(
+            "handed to the devices' providers: {}",
+            v.handed_to.join(", ")
+        );
+    }
     if v.finished {
         print_summary(v);
     }

@@ -137,6 +137,7 @@ fn a_job_flashes_managed_devices_skips_the_rest_and_rolls_back_a_corrupt_one() {
             image.clone(),
             sim.table(),
             managed.clone(),
+            Origin::local(BTreeSet::new()),
         )
         .unwrap();
     assert_eq!((started.id, started.devices), (1, 5));
@@ -192,6 +193,7 @@ fn the_table_is_bounded_evicts_the_oldest_finished_and_refuses_when_all_run() {
         vec![1; 10],
         sim.table(),
         managed.clone(),
+        Origin::local(BTreeSet::new()),
     )
     .unwrap();
     jobs.start(
@@ -200,6 +202,7 @@ fn the_table_is_bounded_evicts_the_oldest_finished_and_refuses_when_all_run() {
         vec![1; 10],
         sim.table(),
         managed.clone(),
+        Origin::local(BTreeSet::new()),
     )
     .unwrap();
     // Both running: a third is refused, and counted.
@@ -210,6 +213,7 @@ fn the_table_is_bounded_evicts_the_oldest_finished_and_refuses_when_all_run() {
             vec![1; 10],
             sim.table(),
             managed.clone(),
+            Origin::local(BTreeSet::new()),
         )
         .unwrap_err();
     assert!(matches!(err, FirmwareError::TableFull { max: 2 }), "{err}");
@@ -226,6 +230,7 @@ fn the_table_is_bounded_evicts_the_oldest_finished_and_refuses_when_all_run() {
             vec![1; 10],
             sim.table(),
             managed,
+            Origin::local(BTreeSet::new()),
         )
         .unwrap();
     assert_eq!(started.id, 3);
@@ -249,6 +254,7 @@ fn a_device_in_a_running_job_is_left_out_of_a_new_one() {
         vec![1; 10],
         sim.table(),
         managed.clone(),
+        Origin::local(BTreeSet::new()),
     )
     .unwrap();
     let (second, _) = jobs
@@ -258,6 +264,7 @@ fn a_device_in_a_running_job_is_left_out_of_a_new_one() {
             vec![1; 10],
             sim.table(),
             managed.clone(),
+            Origin::local(BTreeSet::new()),
         )
         .unwrap();
     assert_eq!(second.devices, 1);
@@ -268,6 +275,7 @@ fn a_device_in_a_running_job_is_left_out_of_a_new_one() {
             vec![1; 10],
             sim.table(),
             managed,
+            Origin::local(BTreeSet::new()),
         )
         .unwrap_err();
     assert!(matches!(err, FirmwareError::NoDevices { .. }), "{err}");
@@ -283,7 +291,14 @@ fn bad_requests_say_what_to_pass() {
     let managed: BTreeSet<DeviceId> = [1, 2].into();
     let mut jobs = Jobs::new(4);
     let start = |jobs: &mut Jobs, r: JobRequest, image: Vec<u8>| {
-        jobs.start(0, &r, image, metas.clone(), managed.clone())
+        jobs.start(
+            0,
+            &r,
+            image,
+            metas.clone(),
+            managed.clone(),
+            Origin::local(BTreeSet::new()),
+        )
     };
     assert!(matches!(
         start(&mut jobs, request("all", "2.0.0", 1), vec![1]),
@@ -310,4 +325,91 @@ fn bad_requests_say_what_to_pass() {
     let (ok, _) = start(&mut jobs, typed, vec![1]).unwrap();
     assert_eq!(ok.devices, 2, "device 1 is reported wrong-type, 2 flashed");
     assert_eq!(jobs.stats.started, 1);
+}
+
+#[test]
+fn a_job_over_owned_devices_is_handed_to_their_providers_until_kept_then_retired() {
+    let mut sim = Sim::new(vec![
+        agent(1, false, Faults::default()),
+        agent(2, false, Faults::default()),
+        agent(3, false, Faults::default()),
+    ]);
+    let managed: BTreeSet<DeviceId> = [1, 2, 3].into();
+    let (b, c) = (NodeId([2; 32]), NodeId([3; 32]));
+    let mut jobs = Jobs::new(4);
+    let (started, out) = jobs
+        .start(
+            7,
+            &request("all", "2.0.0", 1),
+            vec![4; 3_000],
+            sim.table(),
+            managed.clone(),
+            Origin::local([1, 2, 9].into()),
+        )
+        .unwrap();
+    // B provides for device 1, C for device 3 (not this node's: not handed over).
+    let providers = |d: &BTreeSet<DeviceId>| -> BTreeSet<NodeId> {
+        d.iter()
+            .filter_map(|d| match d {
+                1 => Some(b),
+                3 => Some(c),
+                _ => None,
+            })
+            .collect()
+    };
+    let due = jobs.handoffs_due(10, providers);
+    assert_eq!(due.len(), 1);
+    let (job, peer, h) = &due[0];
+    assert_eq!((*job, *peer), (started.id, b));
+    assert_eq!(
+        h.devices,
+        vec![1, 2],
+        "only devices both in the job and owned here"
+    );
+    assert_eq!(
+        (h.version.as_str(), h.firmware_type.as_str()),
+        ("2.0.0", TYPE)
+    );
+    assert_eq!((h.issued_at, h.max_unavailable, h.finished), (7, 1, false));
+    jobs.handoff_answered(started.id, b, true, false);
+    assert!(jobs.handoffs_due(100_000, providers).is_empty(), "kept");
+    assert_eq!(
+        jobs.view(started.id).unwrap().handed_to,
+        vec![b.to_string()]
+    );
+    sim.deliver(7, out);
+    sim.run(&mut jobs, &managed, 60_000);
+    assert!(jobs.view(started.id).unwrap().finished);
+    let due = jobs.handoffs_due(200_000, providers);
+    assert_eq!(due.len(), 1);
+    assert!(due[0].2.finished, "the provider is told the job is over");
+    jobs.handoff_answered(started.id, b, true, true);
+    assert!(jobs.handoffs_due(300_000, providers).is_empty());
+}
+
+#[test]
+fn a_resumed_job_says_whose_it_was_and_is_never_handed_on() {
+    let sim = Sim::new(vec![agent(1, false, Faults::default())]);
+    let owner = NodeId([1; 32]);
+    let mut jobs = Jobs::new(4);
+    let (started, _) = jobs
+        .start(
+            0,
+            &request("all", "2.0.0", 1),
+            vec![4; 10],
+            sim.table(),
+            [1].into(),
+            Origin::Resumed { owner, job: 42 },
+        )
+        .unwrap();
+    let v = jobs.view(started.id).unwrap();
+    assert_eq!(
+        v.resumed_from,
+        Some(ResumedFrom {
+            owner: owner.to_string(),
+            job: 42
+        })
+    );
+    let everyone = |_: &BTreeSet<DeviceId>| -> BTreeSet<NodeId> { [NodeId([2; 32])].into() };
+    assert!(jobs.handoffs_due(0, everyone).is_empty());
 }

@@ -1,0 +1,353 @@
+//! Firmware jobs that survive a handover (issue #16): the devices' owner hands the request of
+//! each job it starts to every provider of its open contracts for those devices (standby
+//! included); a provider keeps it and, once it takes custody of any of the devices at a
+//! handover, resumes it. Pure: the sender's identity (the envelope's signer), who owns each
+//! device (from the ledger's contracts) and who has custody are passed in.
+//!
+//! Rules, each with a unit test below:
+//! - A hand-off is kept only when its sender owns every device it names; anything else is
+//!   refused and counted (`refused_not_owner`), as is a malformed one (`refused_malformed`).
+//! - The table is bounded ([`MAX_HANDOFFS`]): a new hand-off evicts a resumed one first, then
+//!   the oldest; every eviction is counted.
+//! - The same job (owner, owner's job id) sent again replaces the kept request until it is
+//!   resumed; a `finished` hand-off retires it (the owner finished the job itself).
+//! - A kept hand-off is due once this edge has custody of any of its devices, and only once;
+//!   one not resumed within [`HANDOFF_TTL_MS`] of its arrival expires.
+//! - The owner's side ([`Outbox`]): each recipient is sent the hand-off until it answers that it
+//!   kept it, at most every [`RESEND_MS`], [`MAX_SENDS`] times; once the job finishes, every
+//!   recipient that kept it is sent the `finished` version once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use agora_market::{NodeId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::job::JobId;
+use super::meta::{DeviceId, MAX_LABEL_LEN};
+
+/// Hand-offs a provider keeps.
+pub const MAX_HANDOFFS: usize = 16;
+/// Devices one hand-off may name.
+pub const MAX_HANDOFF_DEVICES: usize = 1024;
+/// Longest selector or firmware CID in a hand-off, bytes.
+pub const MAX_HANDOFF_TEXT: usize = 256;
+/// A kept hand-off not resumed within this long of its arrival expires (a day).
+pub const HANDOFF_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Interval between sends of a hand-off a recipient did not (yet) keep.
+pub const RESEND_MS: u64 = 2_000;
+/// Sends of a hand-off per recipient before the owner gives up (two minutes).
+pub const MAX_SENDS: u32 = 60;
+
+/// A firmware job's request as its devices' owner hands it on. Travels inside an envelope
+/// signed by the owner's node key; the signer is the owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobHandoff {
+    /// The job's id on the owner's edge.
+    pub job: JobId,
+    /// Selector it was started with.
+    pub selector: String,
+    /// CID of the image.
+    pub firmware: String,
+    /// Firmware type of the image.
+    pub firmware_type: String,
+    /// Version the devices report once they run it.
+    pub version: String,
+    /// Devices that may be unavailable at once.
+    pub max_unavailable: usize,
+    /// The owner's devices in the job.
+    pub devices: Vec<DeviceId>,
+    /// When the owner started it, ms.
+    pub issued_at: Timestamp,
+    /// The owner finished the job: forget it.
+    pub finished: bool,
+}
+
+/// Why a hand-off was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandoffRefusal {
+    /// The sender is not the owner of a device it names (as this edge's ledger knows it).
+    #[error("device {device} is not the sender's (its owner here: {owner:?})")]
+    NotOwner {
+        /// Device.
+        device: DeviceId,
+        /// Its owner as this edge knows it.
+        owner: Option<NodeId>,
+    },
+    /// Out of bounds or empty.
+    #[error("malformed hand-off: {0}")]
+    Malformed(&'static str),
+}
+
+/// What became of an accepted hand-off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Kept (new, or replacing the same job's earlier request).
+    Kept {
+        /// A hand-off evicted to make room.
+        evicted: Option<(NodeId, JobId)>,
+    },
+    /// Already resumed here: nothing changes.
+    AlreadyResumed,
+    /// `finished`: forgotten (whether or not it was kept).
+    Retired,
+}
+
+/// Counters of a provider's hand-off table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffStats {
+    /// Hand-offs kept (new or replacing).
+    pub kept: u64,
+    /// Refused: the sender does not own a device it names.
+    pub refused_not_owner: u64,
+    /// Refused: malformed.
+    pub refused_malformed: u64,
+    /// Evicted to make room.
+    pub evicted: u64,
+    /// Retired by their owner.
+    pub retired: u64,
+    /// Expired before this edge took custody.
+    pub expired: u64,
+    /// Resumed here.
+    pub resumed: u64,
+}
+
+/// One kept hand-off as `agora device job list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptHandoff {
+    /// The owner (signer).
+    pub owner: NodeId,
+    /// The request.
+    pub handoff: JobHandoff,
+    /// When it arrived, ms.
+    pub received_at: Timestamp,
+    /// Whether this edge resumed it.
+    pub resumed: bool,
+}
+
+/// A provider's kept hand-offs.
+#[derive(Clone, Debug, Default)]
+pub struct Handoffs {
+    kept: BTreeMap<(NodeId, JobId), KeptHandoff>,
+    max: usize,
+    /// Counters.
+    pub stats: HandoffStats,
+}
+
+impl Handoffs {
+    /// An empty table of at most `max` (at least 1) hand-offs.
+    pub fn new(max: usize) -> Self {
+        Self {
+            kept: BTreeMap::new(),
+            max: max.max(1),
+            stats: HandoffStats::default(),
+        }
+    }
+
+    /// A hand-off signed by `from`; `owner_of` says who owns a device as this edge's ledger
+    /// knows it.
+    pub fn receive(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        mut h: JobHandoff,
+        owner_of: impl Fn(DeviceId) -> Option<NodeId>,
+    ) -> Result<Received, HandoffRefusal> {
+        if let Err(e) = check(&h) {
+            self.stats.refused_malformed += 1;
+            return Err(e);
+        }
+        h.devices.sort_unstable();
+        h.devices.dedup();
+        if let Some(&device) = h.devices.iter().find(|d| owner_of(**d) != Some(from)) {
+            self.stats.refused_not_owner += 1;
+            return Err(HandoffRefusal::NotOwner {
+                device,
+                owner: owner_of(device),
+            });
+        }
+        let key = (from, h.job);
+        if h.finished {
+            self.kept.remove(&key);
+            self.stats.retired += 1;
+            return Ok(Received::Retired);
+        }
+        if let Some(k) = self.kept.get_mut(&key) {
+            if k.resumed {
+                return Ok(Received::AlreadyResumed);
+            }
+            k.handoff = h;
+            k.received_at = now;
+            self.stats.kept += 1;
+            return Ok(Received::Kept { evicted: None });
+        }
+        let evicted = if self.kept.len() >= self.max {
+            // A resumed one first, then the oldest to arrive.
+            let victim = self
+                .kept
+                .iter()
+                .min_by_key(|(_, k)| (!k.resumed, k.received_at))
+                .map(|(key, _)| *key);
+            if let Some(v) = victim {
+                self.kept.remove(&v);
+                self.stats.evicted += 1;
+            }
+            victim
+        } else {
+            None
+        };
+        self.kept.insert(
+            key,
+            KeptHandoff {
+                owner: from,
+                handoff: h,
+                received_at: now,
+                resumed: false,
+            },
+        );
+        self.stats.kept += 1;
+        Ok(Received::Kept { evicted })
+    }
+
+    /// The kept hand-offs to resume now: those of which this edge has custody of any device
+    /// (`custody`), each once. Expired ones are dropped first.
+    pub fn due(
+        &mut self,
+        now: Timestamp,
+        custody: impl Fn(DeviceId) -> bool,
+    ) -> Vec<(NodeId, JobHandoff)> {
+        let before = self.kept.len();
+        self.kept
+            .retain(|_, k| k.resumed || now.saturating_sub(k.received_at) < HANDOFF_TTL_MS);
+        self.stats.expired += (before - self.kept.len()) as u64;
+        let mut due = Vec::new();
+        for k in self.kept.values_mut() {
+            if !k.resumed && k.handoff.devices.iter().any(|d| custody(*d)) {
+                k.resumed = true;
+                self.stats.resumed += 1;
+                due.push((k.owner, k.handoff.clone()));
+            }
+        }
+        due
+    }
+
+    /// Whether any kept hand-off is waiting for custody.
+    pub fn waiting(&self) -> bool {
+        self.kept.values().any(|k| !k.resumed)
+    }
+
+    /// The kept hand-offs, by owner and job.
+    pub fn list(&self) -> Vec<KeptHandoff> {
+        self.kept.values().cloned().collect()
+    }
+}
+
+fn check(h: &JobHandoff) -> Result<(), HandoffRefusal> {
+    let bad = HandoffRefusal::Malformed;
+    if h.devices.is_empty() {
+        return Err(bad("no devices"));
+    }
+    if h.devices.len() > MAX_HANDOFF_DEVICES {
+        return Err(bad("too many devices"));
+    }
+    if h.version.is_empty() || h.version.len() > MAX_LABEL_LEN {
+        return Err(bad("version not 1..=32 bytes"));
+    }
+    if h.firmware_type.is_empty() || h.firmware_type.len() > MAX_LABEL_LEN {
+        return Err(bad("firmware type not 1..=32 bytes"));
+    }
+    if h.firmware.is_empty() || h.firmware.len() > MAX_HANDOFF_TEXT {
+        return Err(bad("firmware CID empty or too long"));
+    }
+    if h.selector.len() > MAX_HANDOFF_TEXT {
+        return Err(bad("selector too long"));
+    }
+    if h.max_unavailable == 0 || h.max_unavailable > MAX_HANDOFF_DEVICES {
+        return Err(bad("max_unavailable out of range"));
+    }
+    Ok(())
+}
+
+/// Per recipient: sends so far, when the next is due, and whether it kept the hand-off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Recipient {
+    sends: u32,
+    next_at: Timestamp,
+    in_flight: bool,
+    kept: bool,
+    retired: bool,
+}
+
+/// The owner's side of one job's hand-off: whom to send it (again) to.
+#[derive(Clone, Debug, Default)]
+pub struct Outbox {
+    to: BTreeMap<NodeId, Recipient>,
+}
+
+impl Outbox {
+    /// Recipients due a send now: `recipients` are the providers of the owner's contracts for
+    /// the job's devices (as the ledger says now), `finished` whether the job is over. Each is
+    /// marked in flight until [`Self::answered`]. While the job runs, a recipient that has not
+    /// kept it is sent it every [`RESEND_MS`], at most [`MAX_SENDS`] times; once it is over,
+    /// every recipient that kept it is sent the finished version once, and nobody new.
+    pub fn due(
+        &mut self,
+        now: Timestamp,
+        recipients: &BTreeSet<NodeId>,
+        finished: bool,
+    ) -> Vec<NodeId> {
+        if !finished {
+            for r in recipients {
+                self.to.entry(*r).or_default();
+            }
+        }
+        let mut due = Vec::new();
+        for (peer, r) in &mut self.to {
+            if r.in_flight || r.retired {
+                continue;
+            }
+            let send = if finished {
+                r.kept
+            } else {
+                !r.kept && r.sends < MAX_SENDS && now >= r.next_at
+            };
+            if send {
+                r.in_flight = true;
+                r.sends = r.sends.saturating_add(1);
+                r.next_at = now.saturating_add(RESEND_MS);
+                due.push(*peer);
+            }
+        }
+        due
+    }
+
+    /// `peer` answered (`kept`: it keeps, or retired, the hand-off) or did not (`false`).
+    pub fn answered(&mut self, peer: NodeId, kept: bool, finished: bool) {
+        if let Some(r) = self.to.get_mut(&peer) {
+            r.in_flight = false;
+            if finished {
+                // Sent once: a provider that missed it lets it expire.
+                r.retired = true;
+            } else {
+                r.kept |= kept;
+            }
+        }
+    }
+
+    /// Recipients that kept the hand-off.
+    pub fn kept_by(&self) -> Vec<NodeId> {
+        self.to
+            .iter()
+            .filter(|(_, r)| r.kept)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Whether nothing is left to send once the job is over.
+    pub fn done(&self) -> bool {
+        self.to.values().all(|r| !r.kept || r.retired)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,211 @@
+use super::*;
+
+fn node(b: u8) -> NodeId {
+    NodeId([b; 32])
+}
+
+fn handoff(job: JobId, devices: &[DeviceId]) -> JobHandoff {
+    JobHandoff {
+        job,
+        selector: "id=1-9".into(),
+        firmware: "bafkreiexample".into(),
+        firmware_type: "agora-sensor".into(),
+        version: "2.0.0".into(),
+        max_unavailable: 1,
+        devices: devices.to_vec(),
+        issued_at: 5,
+        finished: false,
+    }
+}
+
+/// Devices 1..=9 belong to node 1, 10.. to node 2.
+fn owner_of(d: DeviceId) -> Option<NodeId> {
+    match d {
+        1..=9 => Some(node(1)),
+        10..=19 => Some(node(2)),
+        _ => None,
+    }
+}
+
+#[test]
+fn only_the_owner_of_every_device_hands_a_job_over() {
+    let mut t = Handoffs::new(4);
+    assert_eq!(
+        t.receive(0, node(1), handoff(1, &[1, 2]), owner_of),
+        Ok(Received::Kept { evicted: None })
+    );
+    // Another node, even one owning other devices, for node 1's devices: refused.
+    assert_eq!(
+        t.receive(0, node(2), handoff(2, &[1]), owner_of),
+        Err(HandoffRefusal::NotOwner {
+            device: 1,
+            owner: Some(node(1))
+        })
+    );
+    // One foreign device among its own is enough to refuse the whole request.
+    assert!(matches!(
+        t.receive(0, node(1), handoff(3, &[2, 10]), owner_of),
+        Err(HandoffRefusal::NotOwner { device: 10, .. })
+    ));
+    // A device whose owner this edge does not know.
+    assert!(matches!(
+        t.receive(0, node(1), handoff(4, &[99]), owner_of),
+        Err(HandoffRefusal::NotOwner {
+            device: 99,
+            owner: None
+        })
+    ));
+    assert_eq!(t.stats.refused_not_owner, 3);
+    assert_eq!(t.list().len(), 1);
+}
+
+#[test]
+fn malformed_hand_offs_are_refused_and_counted() {
+    let mut t = Handoffs::new(4);
+    let mut empty = handoff(1, &[]);
+    assert!(t.receive(0, node(1), empty.clone(), owner_of).is_err());
+    empty.devices = vec![1];
+    empty.version = "v".repeat(MAX_LABEL_LEN + 1);
+    assert!(t.receive(0, node(1), empty.clone(), owner_of).is_err());
+    let mut zero = handoff(1, &[1]);
+    zero.max_unavailable = 0;
+    assert!(t.receive(0, node(1), zero, owner_of).is_err());
+    let many = handoff(1, &[1; MAX_HANDOFF_DEVICES + 1]);
+    assert!(t.receive(0, node(1), many, owner_of).is_err());
+    assert_eq!(t.stats.refused_malformed, 4);
+    assert!(t.list().is_empty());
+}
+
+#[test]
+fn the_table_is_bounded_and_evicts_resumed_then_oldest() {
+    let mut t = Handoffs::new(2);
+    t.receive(10, node(1), handoff(1, &[1]), owner_of).unwrap();
+    t.receive(20, node(1), handoff(2, &[2]), owner_of).unwrap();
+    // Custody of device 2: job 2 is resumed, so it goes first.
+    assert_eq!(t.due(30, |d| d == 2).len(), 1);
+    assert_eq!(
+        t.receive(40, node(1), handoff(3, &[3]), owner_of),
+        Ok(Received::Kept {
+            evicted: Some((node(1), 2))
+        })
+    );
+    // Then the oldest to arrive.
+    assert_eq!(
+        t.receive(50, node(1), handoff(4, &[4]), owner_of),
+        Ok(Received::Kept {
+            evicted: Some((node(1), 1))
+        })
+    );
+    assert_eq!(t.list().len(), 2);
+    assert_eq!(t.stats.evicted, 2);
+}
+
+#[test]
+fn a_hand_off_is_resumed_once_custody_is_taken_and_only_once() {
+    let mut t = Handoffs::new(4);
+    t.receive(0, node(1), handoff(1, &[1, 2, 3]), owner_of)
+        .unwrap();
+    assert!(t.due(10, |_| false).is_empty(), "no custody, nothing due");
+    assert!(t.waiting());
+    let due = t.due(20, |d| d == 3);
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].0, node(1));
+    assert_eq!(due[0].1.devices, vec![1, 2, 3]);
+    assert!(t.due(30, |_| true).is_empty(), "resumed once");
+    assert!(!t.waiting());
+    // The owner sending it again changes nothing once resumed.
+    assert_eq!(
+        t.receive(40, node(1), handoff(1, &[1, 2, 3]), owner_of),
+        Ok(Received::AlreadyResumed)
+    );
+    assert_eq!(t.stats.resumed, 1);
+}
+
+#[test]
+fn a_resent_job_replaces_the_kept_request_and_a_finished_one_retires_it() {
+    let mut t = Handoffs::new(4);
+    t.receive(0, node(1), handoff(1, &[1, 2]), owner_of)
+        .unwrap();
+    let mut again = handoff(1, &[2, 1, 2, 3]);
+    again.version = "2.0.1".into();
+    t.receive(5, node(1), again, owner_of).unwrap();
+    let kept = t.list();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].handoff.version, "2.0.1");
+    assert_eq!(
+        kept[0].handoff.devices,
+        vec![1, 2, 3],
+        "sorted, deduplicated"
+    );
+    let mut done = handoff(1, &[1]);
+    done.finished = true;
+    assert_eq!(
+        t.receive(9, node(1), done.clone(), owner_of),
+        Ok(Received::Retired)
+    );
+    assert!(t.list().is_empty());
+    assert!(
+        t.due(10, |_| true).is_empty(),
+        "a retired job is never resumed"
+    );
+    // A finished hand-off from someone else does not retire the owner's job.
+    t.receive(11, node(1), handoff(1, &[1]), owner_of).unwrap();
+    assert!(t.receive(12, node(2), done, owner_of).is_err());
+    assert_eq!(t.list().len(), 1);
+}
+
+#[test]
+fn a_hand_off_never_resumed_expires() {
+    let mut t = Handoffs::new(4);
+    t.receive(0, node(1), handoff(1, &[1]), owner_of).unwrap();
+    assert!(t.due(HANDOFF_TTL_MS, |_| true).is_empty());
+    assert_eq!(t.stats.expired, 1);
+    assert!(t.list().is_empty());
+}
+
+#[test]
+fn the_owner_resends_until_kept_then_retires_once() {
+    let (b, c) = (node(2), node(3));
+    let mut o = Outbox::default();
+    let to: BTreeSet<NodeId> = [b].into();
+    assert_eq!(o.due(0, &to, false), vec![b]);
+    assert!(o.due(1, &to, false).is_empty(), "one send in flight");
+    o.answered(b, false, false);
+    assert!(
+        o.due(RESEND_MS - 1, &to, false).is_empty(),
+        "not before RESEND_MS"
+    );
+    assert_eq!(o.due(RESEND_MS, &to, false), vec![b]);
+    o.answered(b, true, false);
+    assert!(
+        o.due(10 * RESEND_MS, &to, false).is_empty(),
+        "kept: not sent again"
+    );
+    // A provider named later (a contract armed after the job started) is sent it too.
+    let both: BTreeSet<NodeId> = [b, c].into();
+    assert_eq!(o.due(10 * RESEND_MS, &both, false), vec![c]);
+    o.answered(c, false, false);
+    assert_eq!(o.kept_by(), vec![b]);
+    // The job is over: only the one that kept it is told, once; nobody new.
+    let d = node(4);
+    let all: BTreeSet<NodeId> = [b, c, d].into();
+    assert_eq!(o.due(20 * RESEND_MS, &all, true), vec![b]);
+    o.answered(b, true, true);
+    assert!(o.due(30 * RESEND_MS, &all, true).is_empty());
+    assert!(o.done());
+}
+
+#[test]
+fn the_owner_gives_up_on_a_recipient_after_max_sends() {
+    let b = node(2);
+    let mut o = Outbox::default();
+    let to: BTreeSet<NodeId> = [b].into();
+    let mut sends = 0;
+    for i in 0..(u64::from(MAX_SENDS) + 10) {
+        for p in o.due(i * RESEND_MS, &to, false) {
+            sends += 1;
+            o.answered(p, false, false);
+        }
+    }
+    assert_eq!(sends, MAX_SENDS);
+}

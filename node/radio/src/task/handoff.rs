@@ -1,0 +1,213 @@
+//! Firmware jobs that survive a handover (issue #16, `docs/DEVICES.md`): the owner's edge hands
+//! each job over its own devices to the providers of its contracts for them
+//! ([`RadioRpc::JobHandoff`], in an envelope it signs); a provider keeps the requests of the
+//! devices' owner only ([`Handoffs`]) and fetches their image into its store at once (the owner
+//! may be dead when it is needed); once it takes custody of any of the devices, it resumes the
+//! job over the devices as they are then.
+
+use std::collections::BTreeSet;
+
+use agora_contracts::devices::DeviceMeta;
+use agora_contracts::devices::handoff::{JobHandoff, Received};
+use agora_market::NodeId;
+use agora_wire::codec::{Envelope, Kind};
+use agora_wire::now_ms;
+use tokio::net::UdpSocket;
+use tracing::{Instrument, debug, info, warn};
+
+use super::{KEY_TIMEOUT, RadioTask};
+use crate::RadioRpc;
+use crate::firmware::{JobRequest, Origin, load_image};
+
+impl RadioTask {
+    /// Owner: sends the hand-offs due (each a request of its own; the answers come back on
+    /// `handoff_tx`). The recipients are the other edges the orchestrator named as managers of
+    /// the devices: the providers of this node's contracts for them, as the ledger says.
+    pub(super) fn send_handoffs(&mut self) {
+        let (table, me) = (&self.table, self.me);
+        let due = self.jobs.handoffs_due(now_ms(), |devices| {
+            devices
+                .iter()
+                .filter_map(|d| table.get(d))
+                .flat_map(|d| d.managers.iter().copied())
+                .filter(|m| *m != me)
+                .collect()
+        });
+        for (job, peer, handoff) in due {
+            self.send_handoff(job, peer, handoff);
+        }
+    }
+
+    fn send_handoff(&mut self, job: u64, peer: NodeId, handoff: JobHandoff) {
+        let finished = handoff.finished;
+        self.seq += 1;
+        let env = Envelope::seal_body(
+            &self.signer,
+            Kind::Radio,
+            now_ms(),
+            self.seq,
+            &RadioRpc::JobHandoff { handoff },
+        );
+        let (network, tx) = (self.network.clone(), self.handoff_tx.clone());
+        tokio::spawn(
+            async move {
+                let mut kept = false;
+                if let (Ok(env), Some(pid)) = (env, agora_network::keys::peer_id_of(&peer)) {
+                    match tokio::time::timeout(KEY_TIMEOUT, network.request(pid, &env)).await {
+                        Ok(Ok(answer)) if answer.sender == peer => {
+                            kept = matches!(
+                                answer.body::<RadioRpc>(Kind::Radio),
+                                Ok(RadioRpc::HandoffAck { kept: true })
+                            );
+                        }
+                        Ok(Ok(_)) => warn!(%peer, "hand-off answer signed by another node: ignored"),
+                        Ok(Err(e)) => debug!(%peer, error = %e, "provider not reached with a job hand-off"),
+                        Err(_) => debug!(%peer, "provider did not answer a job hand-off"),
+                    }
+                }
+                if kept {
+                    info!(job, %peer, finished, "firmware job handed to the devices' provider");
+                } else {
+                    debug!(job, %peer, finished, "firmware job hand-off not kept (yet): sent again later");
+                }
+                let _ = tx.send((job, peer, kept, finished)).await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Provider: a hand-off signed by `sender`; kept only if `sender` owns every device it
+    /// names (as this node's ledger says: the customer of its contracts for them).
+    pub(super) async fn on_handoff(&mut self, id: u64, sender: NodeId, handoff: JobHandoff) {
+        let (job, firmware) = (handoff.job, handoff.firmware.clone());
+        let owners = &self.owners;
+        let received = self
+            .handoffs
+            .receive(now_ms(), sender, handoff, |d| owners.get(&d).copied());
+        let kept = match received {
+            Ok(Received::Kept { evicted }) => {
+                info!(owner = %sender, job, %firmware, "firmware job handed over by the devices' owner: kept");
+                if let Some((owner, j)) = evicted {
+                    info!(%owner, job = j, "hand-off table full: one evicted");
+                }
+                self.prefetch(firmware);
+                true
+            }
+            Ok(Received::AlreadyResumed) => true,
+            Ok(Received::Retired) => {
+                info!(owner = %sender, job, "firmware job finished by its owner: hand-off retired");
+                true
+            }
+            Err(e) => {
+                let s = self.handoffs.stats;
+                let refused = s.refused_not_owner + s.refused_malformed;
+                if refused <= 16 || refused.is_power_of_two() {
+                    warn!(%sender, job, error = %e, refused, "firmware job hand-off refused");
+                }
+                false
+            }
+        };
+        self.seq += 1;
+        if let Ok(env) = Envelope::seal_body(
+            &self.signer,
+            Kind::Radio,
+            now_ms(),
+            self.seq,
+            &RadioRpc::HandoffAck { kept },
+        ) {
+            let _ = self.network.respond(id, &env).await;
+        }
+    }
+
+    /// Fetches a handed-over job's image into this node's store now, while its owner is alive.
+    fn prefetch(&self, cid: String) {
+        let storage = self.storage.clone();
+        tokio::spawn(
+            async move {
+                match load_image(&storage, &cid).await {
+                    Ok(b) => debug!(%cid, bytes = b.len(), "handed-over firmware image stored"),
+                    Err(e) => {
+                        warn!(%cid, error = %e, "handed-over firmware image not fetched yet")
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Provider: starts loading the images of kept hand-offs of which this edge now has custody
+    /// of a device; [`Self::on_resume`] starts the job.
+    pub(super) fn resume_handoffs(&mut self) {
+        if !self.handoffs.waiting() {
+            return;
+        }
+        let table = &self.table;
+        let due = self.handoffs.due(now_ms(), |d| {
+            table.get(&d).is_some_and(|d| d.status.service.is_some())
+        });
+        for (owner, h) in due {
+            info!(%owner, job = h.job, devices = ?h.devices, "custody taken: resuming the owner's firmware job");
+            let (storage, tx) = (self.storage.clone(), self.resume_tx.clone());
+            tokio::spawn(
+                async move {
+                    let image = load_image(&storage, &h.firmware)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send((owner, h, image)).await;
+                }
+                .in_current_span(),
+            );
+        }
+    }
+
+    /// Provider: the image of a hand-off whose turn came is loaded: runs the job over its
+    /// devices as discovery knows them now (those already on the version are skipped, those
+    /// left in their bootloader are flashed again, those not in custody here are reported
+    /// `not_managed`).
+    pub(super) async fn on_resume(
+        &mut self,
+        socket: Option<&UdpSocket>,
+        owner: NodeId,
+        h: JobHandoff,
+        image: Result<Vec<u8>, String>,
+    ) {
+        let image = match (socket, image) {
+            (Some(_), Ok(i)) => i,
+            (None, _) => return,
+            (_, Err(e)) => {
+                self.jobs.stats.resume_failed += 1;
+                warn!(%owner, job = h.job, error = %e, "handed-over firmware job not resumed: image not loaded");
+                return;
+            }
+        };
+        let request = JobRequest {
+            selector: h.selector.clone(),
+            firmware: h.firmware.clone(),
+            version: h.version.clone(),
+            max_unavailable: h.max_unavailable,
+            firmware_type: Some(h.firmware_type.clone()),
+        };
+        let devices: BTreeSet<u32> = h.devices.iter().copied().collect();
+        let table: Vec<DeviceMeta> = self
+            .discovery
+            .metas()
+            .into_iter()
+            .filter(|m| devices.contains(&m.id))
+            .collect();
+        let managed = self.managed_here(table.iter().map(|m| m.id));
+        let origin = Origin::Resumed { owner, job: h.job };
+        match self
+            .jobs
+            .start(now_ms(), &request, image, table, managed, origin)
+        {
+            Ok((started, out)) => {
+                info!(%owner, owner_job = h.job, job = started.id, devices = started.devices, "handed-over firmware job resumed");
+                self.send_requests(socket, out).await;
+            }
+            Err(e) => {
+                self.jobs.stats.resume_failed += 1;
+                warn!(%owner, job = h.job, error = %e, "handed-over firmware job not resumed");
+            }
+        }
+    }
+}

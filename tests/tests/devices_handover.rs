@@ -1,0 +1,258 @@
+//! Issue #16 on real processes: a firmware job survives the edge running it being killed.
+//!
+//! The handover story (7 nodes, every one an arbitrator) with A's sensors 101-103 as devices
+//! with endpoints (keyed, 103 locked by its owner). A buys standby insurance from B, then starts
+//! a firmware job on its devices; A hands the job to B (its provider for them), B keeps it. A
+//! is SIGKILLed while it flashes the second device (the first one updated): the arbitrators
+//! attest, B takes the devices and resumes the job — the updated device is skipped as current,
+//! the one A left in its bootloader is flashed again, the locked one is never touched — and no
+//! reading is lost or counted twice.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agora_api::client::ApiClient;
+use agora_contracts::devices::agent::AgentConfig;
+use agora_contracts::devices::{Mode, Outcome, SkipReason, Step};
+use agora_devnet::demo::story::{DEVICES, DeviceOptions, wait_for};
+use agora_devnet::demo::{Story, module_bytes};
+use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
+use agora_devnet::process::{Launcher, spawn_node};
+use agora_radio::DeviceList;
+use agora_radio::firmware::{JobList, JobStarted, JobView};
+use agora_tests::{agora, agora_bin};
+
+const VERSION: &str = "2.0.0";
+
+/// Loopback nodes running the test build's `agora` binary.
+struct Bin(PathBuf);
+
+impl Launcher for Bin {
+    fn host(&self, _i: usize) -> String {
+        "127.0.0.1".into()
+    }
+
+    fn spawn(&self, _i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
+        spawn_node(exe, data_dir)
+    }
+
+    fn exe(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.0.clone())
+    }
+}
+
+fn api(n: &DevnetNode) -> Option<ApiClient> {
+    ApiClient::for_data_dir(&n.data_dir).ok()
+}
+
+/// `agora ARGS --json`, off the runtime's threads (the simulated devices run on them).
+async fn cli_json(args: Vec<String>) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.push("--json");
+        let out = agora(&all);
+        assert!(out.status.success(), "agora {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_it() {
+    let test = "a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_it";
+    let module = match module_bytes(None) {
+        Ok(m) => m,
+        Err(e) => {
+            agora_devnet::skipped(
+                test,
+                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
+            );
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // 24 KiB at 8 KB/s: three seconds of flashing per device, long enough to kill A mid-way.
+    let devices = DeviceOptions {
+        agent: AgentConfig {
+            reboot_ms: 300,
+            link_bytes_per_s: 8_000,
+            reading_ms: 100,
+        },
+        locked: 1,
+    };
+    let mut s = Story::start_devices(
+        &tmp.path().join("net"),
+        CONTRACT_NODES,
+        &module,
+        Arc::new(Bin(agora_bin())),
+        true,
+        devices,
+    )
+    .await
+    .expect("story starts");
+    // Long enough that the contract is still in effect when B has finished the job.
+    let armed = s.standby_lasting(180_000).await.unwrap();
+    let (an, bn) = (s.m.nodes[s.a].clone(), s.m.nodes[armed.b].clone());
+    wait_for(
+        "A to discover its devices with their metadata",
+        60,
+        async || {
+            let l: DeviceList = api(&an)?.get("/v1/devices").await.ok()?;
+            let known = l
+                .devices
+                .iter()
+                .filter(|d| DEVICES.contains(&d.id) && d.meta.is_some())
+                .count();
+            (known == DEVICES.len()).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    let firmware = tmp.path().join("fw-2.0.0.bin");
+    let bytes: Vec<u8> = (0..24_576u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&firmware, &bytes).unwrap();
+    let started = cli_json(
+        [
+            "device",
+            "flash",
+            "--devices",
+            "id=101-103",
+            "--firmware",
+            &firmware.display().to_string(),
+            "--version",
+            VERSION,
+            "--detach",
+            "--data-dir",
+            &an.data_dir.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    let started: JobStarted = serde_json::from_value(started).unwrap();
+    assert_eq!(started.devices, 3);
+
+    // B, A's provider for these devices, keeps A's hand-off.
+    let a_id = an.node_id.clone();
+    wait_for("B to keep A's firmware job", 30, async || {
+        let l: JobList = api(&bn)?.get("/v1/devices/jobs").await.ok()?;
+        l.handoffs
+            .iter()
+            .any(|k| k.owner.to_string() == a_id && k.handoff.job == started.id && !k.resumed)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Kill A once the first device is updated and the second is being flashed.
+    let path = format!("/v1/devices/jobs/{}", started.id);
+    let progress = wait_for("A to update 101 and flash 102", 90, async || {
+        let v: JobView = api(&an)?.get(&path).await.ok()?;
+        let d = |id: u32| v.status.devices.iter().find(|d| d.device == id).cloned();
+        let (d101, d102) = (d(101)?, d(102)?);
+        (matches!(d101.outcome, Some(Outcome::Updated { .. }))
+            && d102.step == Step::Flashing
+            && d102.chunks_done >= 2)
+            .then_some(v)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        progress.handed_to,
+        vec![bn.node_id.clone()],
+        "A knows B kept it"
+    );
+    let killed = s.kill(s.a).unwrap();
+    let caught = s.device_metas()[&102].clone();
+    assert_eq!(
+        (caught.mode, caught.version.as_str()),
+        (Mode::Bootloader, "1.0.0"),
+        "A died with 102 in its bootloader"
+    );
+    s.failover(&armed, killed).await.unwrap();
+
+    // B resumes A's job and finishes it.
+    let resumed = wait_for("B to finish A's job", 120, async || {
+        let l: JobList = api(&bn)?.get("/v1/devices/jobs").await.ok()?;
+        l.jobs.into_iter().find(|j| {
+            j.finished
+                && j.resumed_from
+                    .as_ref()
+                    .is_some_and(|r| r.owner == a_id && r.job == started.id)
+        })
+    })
+    .await
+    .unwrap();
+    let outcome = |id: u32| {
+        resumed
+            .status
+            .devices
+            .iter()
+            .find(|d| d.device == id)
+            .and_then(|d| d.outcome.clone())
+    };
+    assert_eq!(
+        outcome(101),
+        Some(Outcome::Skipped(SkipReason::AlreadyCurrent)),
+        "{resumed:#?}"
+    );
+    assert!(
+        matches!(outcome(102), Some(Outcome::Updated { .. })),
+        "{resumed:#?}"
+    );
+    assert_eq!(
+        outcome(103),
+        Some(Outcome::Skipped(SkipReason::Locked)),
+        "{resumed:#?}"
+    );
+
+    // What B's `agora device list` says, and what the devices say.
+    let b_dir = bn.data_dir.display().to_string();
+    let mut list = serde_json::Value::Null;
+    for _ in 0..100 {
+        list = cli_json(
+            ["device", "list", "--data-dir", &b_dir]
+                .map(String::from)
+                .to_vec(),
+        )
+        .await;
+        let version = |id: u32| {
+            list["devices"]
+                .as_array()
+                .and_then(|a| a.iter().find(|d| d["id"] == id))
+                .map(|d| d["meta"]["version"].clone())
+        };
+        if version(101) == Some(VERSION.into())
+            && version(102) == Some(VERSION.into())
+            && version(103) == Some("1.0.0".into())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for d in list["devices"].as_array().unwrap() {
+        let id = d["id"].as_u64().unwrap() as u32;
+        if !DEVICES.contains(&id) {
+            continue;
+        }
+        let want = if id == 103 { "1.0.0" } else { VERSION };
+        assert_eq!(d["meta"]["version"], want, "B's device list: {d}");
+        assert_eq!(d["meta"]["mode"], "running", "{d}");
+        assert_eq!(d["manager"].as_str(), Some(bn.node_id.as_str()), "{d}");
+    }
+    let metas = s.device_metas();
+    assert_eq!(metas[&103].boots, 1, "the locked device never rebooted");
+    assert_eq!(metas[&102].version, VERSION);
+
+    let cov = s.coverage(armed.b).await;
+    assert_eq!(cov.missing, 0, "{cov:?}");
+    assert_eq!(cov.duplicated, 0, "{cov:?}");
+    assert!(
+        cov.by_edge.len() >= 2,
+        "A and B both processed readings: {cov:?}"
+    );
+    s.down(true).await.unwrap();
+}

@@ -117,6 +117,11 @@ def generate(args, out):
             text = text.replace("auto_bid = false", "auto_bid = true", 1)
             text = text.replace("cpu_millis = 0", "cpu_millis = 4000", 1)
             text = text.replace("memory_bytes = 0", "memory_bytes = 4294967296", 1)
+            # Shadow answers a second socket bound to the listening port (libp2p's TCP port
+            # reuse) with "address in use": every dial after the first failed, so nodes never
+            # got beyond their bootstrap connections. Dial from fresh ports here.
+            text = text.replace("tcp_port_reuse = true", "tcp_port_reuse = false", 1)
+            assert "tcp_port_reuse = false" in text, "config.toml has no [network] tcp_port_reuse"
             f.write(text)
     customers = customers_of(args)
     env = {"RUST_LOG": args.rust_log, "AGORA_NO_PROGRESS": "1"}

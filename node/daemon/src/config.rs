@@ -156,6 +156,9 @@ pub struct NetworkSection {
     pub bootstrap: Vec<String>,
     /// LAN discovery with mDNS.
     pub mdns: bool,
+    /// TCP dials from the listening port (default; TCP hole punching needs it). `false`: every
+    /// TCP dial takes a fresh port (hosts or simulators whose sockets cannot share a port).
+    pub tcp_port_reuse: bool,
     /// Heartbeat interval to each watched peer (contract counterparts), ms.
     pub presence_interval_ms: u64,
     /// Silence after which a watched peer counts as unreachable, ms.
@@ -196,6 +199,7 @@ impl Default for NetworkSection {
             ],
             bootstrap: Vec::new(),
             mdns: false,
+            tcp_port_reuse: d.tcp_port_reuse,
             presence_interval_ms: duration_ms(d.presence_interval),
             presence_timeout_ms: duration_ms(d.presence_timeout),
             idle_ping_interval_ms: duration_ms(d.idle_ping_interval),
@@ -327,6 +331,7 @@ impl NodeConfig {
             relay_server: self.network.relay_server,
             autonat_only_global_ips: self.network.autonat_only_global_ips,
             wan: self.network.wan,
+            tcp_port_reuse: self.network.tcp_port_reuse,
         })
     }
 
@@ -408,6 +413,15 @@ mod tests {
         let c = NodeConfig::default();
         let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn tcp_port_reuse_is_on_by_default_and_can_be_turned_off() {
+        let c = NodeConfig::default();
+        assert!(c.network.tcp_port_reuse);
+        assert!(c.network_config().unwrap().tcp_port_reuse);
+        let off: NodeConfig = toml::from_str("[network]\ntcp_port_reuse = false\n").unwrap();
+        assert!(!off.network_config().unwrap().tcp_port_reuse);
     }
 
     #[test]

@@ -78,13 +78,62 @@ pub(crate) fn topic_score_params() -> gossipsub::TopicScoreParams {
     }
 }
 
+/// A transport whose dials take a fresh local port when `fresh` (see
+/// [`NetworkConfig::tcp_port_reuse`]); otherwise the behaviour's choice stands.
+struct FreshPorts<T> {
+    inner: T,
+    fresh: bool,
+}
+
+impl<T: Transport + Unpin> Transport for FreshPorts<T> {
+    type Output = T::Output;
+    type Error = T::Error;
+    type ListenerUpgrade = T::ListenerUpgrade;
+    type Dial = T::Dial;
+
+    fn listen_on(
+        &mut self,
+        id: libp2p::core::transport::ListenerId,
+        addr: libp2p::Multiaddr,
+    ) -> Result<(), libp2p::core::transport::TransportError<Self::Error>> {
+        self.inner.listen_on(id, addr)
+    }
+
+    fn remove_listener(&mut self, id: libp2p::core::transport::ListenerId) -> bool {
+        self.inner.remove_listener(id)
+    }
+
+    fn dial(
+        &mut self,
+        addr: libp2p::Multiaddr,
+        mut opts: libp2p::core::transport::DialOpts,
+    ) -> Result<Self::Dial, libp2p::core::transport::TransportError<Self::Error>> {
+        if self.fresh {
+            opts.port_use = libp2p::core::transport::PortUse::New;
+        }
+        self.inner.dial(addr, opts)
+    }
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<libp2p::core::transport::TransportEvent<Self::ListenerUpgrade, Self::Error>>
+    {
+        std::pin::Pin::new(&mut self.inner).poll(cx)
+    }
+}
+
 /// TCP with noise and yamux, as `SwarmBuilder::with_tcp` builds it; each connection's bytes go
 /// through [`Shaped`] first when a WAN profile is given.
 fn tcp_transport(
     key: &libp2p::identity::Keypair,
     wan: Option<WanProfile>,
+    port_reuse: bool,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let tcp = FreshPorts {
+        inner: tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)),
+        fresh: !port_reuse,
+    };
     let noise = noise::Config::new(key)?;
     Ok(match wan {
         None => tcp
@@ -118,6 +167,7 @@ pub(crate) fn build_swarm(
     let relay_server = cfg.relay_server;
     let autonat_only_global = cfg.autonat_only_global_ips;
     let wan = cfg.wan.filter(WanProfile::is_active);
+    let port_reuse = cfg.tcp_port_reuse;
     if let Some(w) = wan {
         tracing::warn!(
             latency_ms = w.latency.as_millis() as u64,
@@ -133,7 +183,7 @@ pub(crate) fn build_swarm(
         // one public port and hole punching works; peers without UDP still use TCP.
         .with_quic()
         // TCP as libp2p's `with_tcp` builds it (noise, yamux), or WAN-shaped when configured.
-        .with_other_transport(|key| tcp_transport(key, wan))
+        .with_other_transport(|key| tcp_transport(key, wan, port_reuse))
         .map_err(|e| setup(e.to_string()))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(e.to_string()))?

@@ -56,6 +56,10 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
+    /// TCP dials from the listening port (libp2p's default; TCP hole punching needs it). Off:
+    /// every TCP dial takes a fresh port — for hosts whose sockets cannot share a bound port
+    /// (the Shadow simulator answers every such bind with "address in use").
+    pub tcp_port_reuse: bool,
     /// Interval between heartbeats to each watched peer (see [`NetworkHandle::watch`]).
     pub presence_interval: Duration,
     /// Time without an answered heartbeat after which a watched peer is declared unreachable.
@@ -103,6 +107,7 @@ impl Default for NetworkConfig {
             relay_server: false,
             autonat_only_global_ips: true,
             wan: None,
+            tcp_port_reuse: true,
         }
     }
 }

@@ -196,3 +196,52 @@ async fn private_nodes_reserve_a_relay_slot_and_exchange_requests_through_it() {
     assert!(sr.relay_circuits_accepted >= 1, "{sr:?}");
     cancel.cancel();
 }
+
+/// The TCP port `net` sees `peer` connected from.
+async fn remote_tcp_port(net: &NetworkHandle, peer: PeerId) -> Option<u16> {
+    let info = connected(net, peer).await?;
+    let addr: Multiaddr = info.addr.parse().ok()?;
+    addr.iter().find_map(|p| match p {
+        Protocol::Tcp(port) => Some(port),
+        _ => None,
+    })
+}
+
+/// With port reuse (the default) a TCP dial leaves from the dialer's listening port; with
+/// `tcp_port_reuse: false` from a fresh one (what the Shadow simulator needs: it refuses a
+/// second socket bound to the listening port, and every dial after the first failed).
+#[tokio::test]
+async fn tcp_dials_leave_from_the_listening_port_unless_port_reuse_is_off() {
+    let cancel = CancellationToken::new();
+    let tcp_only = |reuse: bool| NetworkConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
+        tcp_port_reuse: reuse,
+        ..NetworkConfig::default()
+    };
+    let a = start(tcp_only(true), &cancel).await;
+    let a_addr = listen_addr(&a, "/tcp/").await;
+    for reuse in [true, false] {
+        let b = start(tcp_only(reuse), &cancel).await;
+        let b_port = listen_addr(&b, "/tcp/")
+            .await
+            .iter()
+            .find_map(|p| match p {
+                Protocol::Tcp(port) => Some(port),
+                _ => None,
+            })
+            .expect("a tcp port");
+        b.dial(a_addr.clone().with(Protocol::P2p(a.peer_id())))
+            .await
+            .expect("dial");
+        let seen = wait_for!("a connected to b", remote_tcp_port(&a, b.peer_id()).await);
+        if reuse {
+            assert_eq!(
+                seen, b_port,
+                "with port reuse b dials from its listening port"
+            );
+        } else {
+            assert_ne!(seen, b_port, "without port reuse b dials from a fresh port");
+        }
+    }
+    cancel.cancel();
+}

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adversary;
+pub mod fleet;
 pub mod natlab;
 
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use agora_runtime::test_utils::lora_gateway_wasm;
+use agora_tests::fleet::{label, phase_of, runs, status};
 use agora_tests::{TestDevnet, agora, agora_json, try_agora_json, wait_until};
 
 const LABELLED: [usize; 3] = [2, 3, 4];
@@ -36,42 +37,6 @@ fuel_per_second = 200000000
 instances = 1
 max_output_bytes = 1048576
 "#;
-
-/// Gives node `i` the label `site=factory` in its config (the node must be stopped).
-fn label(net: &TestDevnet, i: usize) {
-    let path = net.dir.join(format!("node{i}")).join("config.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = if text.contains("[provider.labels]") {
-        text.replace("[provider.labels]", "[provider.labels]\nsite = \"factory\"")
-    } else if text.contains("[provider]") {
-        text.replace("[provider]", "[provider]\nlabels = { site = \"factory\" }")
-    } else {
-        format!("{text}\n[provider]\nlabels = {{ site = \"factory\" }}\n")
-    };
-    std::fs::write(&path, text).unwrap();
-}
-
-/// Whether node `i` runs a service of `image` (state Active).
-fn runs(net: &TestDevnet, i: usize, image: &str) -> bool {
-    try_agora_json(&["service", "list", "--data-dir", &net.node(i)])
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .any(|s| s["image"] == image && s["state"] == "Active")
-}
-
-fn status(net: &TestDevnet, id: &str) -> serde_json::Value {
-    try_agora_json(&["deploy", "status", id, "--data-dir", &net.node(0)])
-        .unwrap_or(serde_json::Value::Null)
-}
-
-fn phase_of(st: &serde_json::Value, node_id: &str) -> Option<String> {
-    st["targets"]
-        .as_array()?
-        .iter()
-        .find(|t| t["node"] == node_id)
-        .and_then(|t| t["phase"].as_str().map(str::to_string))
-}
 
 /// The first `bytes_sent` counter in a storage stats document (bitswap's).
 fn bytes_sent(v: &serde_json::Value) -> Option<u64> {

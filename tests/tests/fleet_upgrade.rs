@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use agora_tests::fleet::{label, phase_of, runs, status};
 use agora_tests::{TestDevnet, agora, agora_json, try_agora_json};
 
 const LABELLED: [usize; 2] = [2, 3];
@@ -54,42 +55,6 @@ fn publish(net: &TestDevnet, version: &str, wat: &str) -> String {
         &net.node(0),
     ]);
     published["image"].as_str().unwrap().to_string()
-}
-
-/// Gives node `i` the label `site=factory` (the node must be stopped).
-fn label(net: &TestDevnet, i: usize) {
-    let path = net.dir.join(format!("node{i}")).join("config.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = if text.contains("[provider.labels]") {
-        text.replace("[provider.labels]", "[provider.labels]\nsite = \"factory\"")
-    } else if text.contains("[provider]") {
-        text.replace("[provider]", "[provider]\nlabels = { site = \"factory\" }")
-    } else {
-        format!("{text}\n[provider]\nlabels = {{ site = \"factory\" }}\n")
-    };
-    std::fs::write(&path, text).unwrap();
-}
-
-/// Whether node `i` runs a service of `image` (state Active).
-fn runs(net: &TestDevnet, i: usize, image: &str) -> bool {
-    try_agora_json(&["service", "list", "--data-dir", &net.node(i)])
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .any(|s| s["image"] == image && s["state"] == "Active")
-}
-
-fn status(net: &TestDevnet, id: &str) -> serde_json::Value {
-    try_agora_json(&["deploy", "status", id, "--data-dir", &net.node(0)])
-        .unwrap_or(serde_json::Value::Null)
-}
-
-fn phase_of(st: &serde_json::Value, node_id: &str) -> Option<String> {
-    st["targets"]
-        .as_array()?
-        .iter()
-        .find(|t| t["node"] == node_id)
-        .and_then(|t| t["phase"].as_str().map(str::to_string))
 }
 
 /// `wait_until`, printing the deployment's status and the targets' services if it times out.

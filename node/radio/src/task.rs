@@ -786,6 +786,12 @@ impl RadioTask {
         }
     }
 
+    /// `rpc` in an envelope signed by this node, with the next sequence number.
+    fn seal(&mut self, rpc: &RadioRpc) -> Result<Envelope, agora_wire::codec::CodecError> {
+        self.seq += 1;
+        Envelope::seal_body(&self.signer, Kind::Radio, now_ms(), self.seq, rpc)
+    }
+
     async fn answer_replay(&mut self, id: u64, devices: &[u32]) {
         let answer = RadioRpc::Frames {
             devices: devices
@@ -803,9 +809,7 @@ impl RadioTask {
                 })
                 .collect(),
         };
-        self.seq += 1;
-        if let Ok(env) = Envelope::seal_body(&self.signer, Kind::Radio, now_ms(), self.seq, &answer)
-        {
+        if let Ok(env) = self.seal(&answer) {
             let _ = self.network.respond(id, &env).await;
         }
     }
@@ -842,16 +846,9 @@ impl RadioTask {
         let Ok(peers) = self.network.peers().await else {
             return;
         };
-        self.seq += 1;
-        let Ok(env) = Envelope::seal_body(
-            &self.signer,
-            Kind::Radio,
-            now_ms(),
-            self.seq,
-            &RadioRpc::Replay {
-                devices: gaps.clone(),
-            },
-        ) else {
+        let Ok(env) = self.seal(&RadioRpc::Replay {
+            devices: gaps.clone(),
+        }) else {
             return;
         };
         // The devices' known managers first: their word on coverage is the one that counts.
@@ -994,14 +991,7 @@ impl RadioTask {
             if !self.key_fetching.insert(owner) {
                 continue;
             }
-            self.seq += 1;
-            let env = Envelope::seal_body(
-                &self.signer,
-                Kind::Radio,
-                now_ms(),
-                self.seq,
-                &RadioRpc::KeyRequest { devices },
-            );
+            let env = self.seal(&RadioRpc::KeyRequest { devices });
             let (network, tx) = (self.network.clone(), self.keys_tx.clone());
             tokio::spawn(
                 async move {
@@ -1121,14 +1111,7 @@ impl RadioTask {
         if !keys.is_empty() {
             info!(%asker, devices = ?keys.iter().map(|k| k.0).collect::<Vec<_>>(), "device keys handed to their provider");
         }
-        self.seq += 1;
-        if let Ok(env) = Envelope::seal_body(
-            &self.signer,
-            Kind::Radio,
-            now_ms(),
-            self.seq,
-            &RadioRpc::Keys { keys },
-        ) {
+        if let Ok(env) = self.seal(&RadioRpc::Keys { keys }) {
             let _ = self.network.respond(id, &env).await;
         }
     }

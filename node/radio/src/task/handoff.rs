@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use agora_contracts::devices::DeviceMeta;
 use agora_contracts::devices::handoff::{JobHandoff, Received};
 use agora_market::NodeId;
-use agora_wire::codec::{Envelope, Kind};
+use agora_wire::codec::Kind;
 use agora_wire::now_ms;
 use tokio::net::UdpSocket;
 use tracing::{Instrument, debug, info, warn};
@@ -40,14 +40,7 @@ impl RadioTask {
 
     fn send_handoff(&mut self, job: u64, peer: NodeId, handoff: JobHandoff) {
         let finished = handoff.finished;
-        self.seq += 1;
-        let env = Envelope::seal_body(
-            &self.signer,
-            Kind::Radio,
-            now_ms(),
-            self.seq,
-            &RadioRpc::JobHandoff { handoff },
-        );
+        let env = self.seal(&RadioRpc::JobHandoff { handoff });
         let (network, tx) = (self.network.clone(), self.handoff_tx.clone());
         tokio::spawn(
             async move {
@@ -107,14 +100,7 @@ impl RadioTask {
                 false
             }
         };
-        self.seq += 1;
-        if let Ok(env) = Envelope::seal_body(
-            &self.signer,
-            Kind::Radio,
-            now_ms(),
-            self.seq,
-            &RadioRpc::HandoffAck { kept },
-        ) {
+        if let Ok(env) = self.seal(&RadioRpc::HandoffAck { kept }) {
             let _ = self.network.respond(id, &env).await;
         }
     }

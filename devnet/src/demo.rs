@@ -194,9 +194,7 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
         }
         last_b = armed.b;
         let provider = armed.rec.contract.provider.to_string();
-        let observer = (0..story.m.nodes.len())
-            .find(|i| *i != story.a && *i != armed.b)
-            .unwrap_or(0);
+        let observer = story.observer_index(armed.b);
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         let before = story
             .account(observer, &provider)
@@ -241,11 +239,7 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
         .iter()
         .copied()
         .find(|b| *b != last_b && *b != story.a)
-        .unwrap_or_else(|| {
-            (0..story.m.nodes.len())
-                .find(|i| *i != story.a && *i != last_b)
-                .unwrap_or(0)
-        });
+        .unwrap_or_else(|| story.observer_index(last_b));
     let cov = story.coverage_seen_by(observer, |_| true).await;
     if !json {
         println!(

@@ -278,10 +278,14 @@ impl Story {
 
     /// A node that is neither A nor `b` (reads the ledger and hears every checkpoint).
     pub fn observer(&self, b: usize) -> &DevnetNode {
-        let i = (0..self.m.nodes.len())
+        &self.m.nodes[self.observer_index(b)]
+    }
+
+    /// The index of [`Self::observer`]`(b)`.
+    pub fn observer_index(&self, b: usize) -> usize {
+        (0..self.m.nodes.len())
             .find(|i| *i != self.a && *i != b)
-            .unwrap_or(0);
-        &self.m.nodes[i]
+            .unwrap_or(0)
     }
 
     /// Steps 2–6: A's standby auction, negotiation, signatures, escrow, migration, arming (a
@@ -599,9 +603,7 @@ impl Story {
         b: usize,
         keep: impl Fn(&agora_radio::CheckpointRecord) -> bool,
     ) -> Coverage {
-        let observer = (0..self.m.nodes.len())
-            .find(|i| *i != self.a && *i != b)
-            .unwrap_or(0);
+        let observer = self.observer_index(b);
         self.coverage_seen_by(observer, keep).await
     }
 

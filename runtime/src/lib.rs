@@ -101,7 +101,8 @@ pub use limits::{
 };
 
 pub use manager::{
-    Health, RestartPolicy, ServiceId, ServiceManager, ServiceSpec, ServiceState, ServiceStatus,
+    Backoff, Health, RestartPolicy, ServiceId, ServiceManager, ServiceSpec, ServiceState,
+    ServiceStatus,
 };
 pub use module_id::{MAX_MODULE_ID_BYTES, MAX_MODULE_ID_CHARS, ModuleId};
 

@@ -176,6 +176,9 @@ pub enum StopReason {
     Requested,
     /// The host could not start it (pool exhausted, missing import...): not the guest's fault.
     StartFailed(String),
+    /// Its `agora_health` export answered this non-zero value for longer than the service's
+    /// `unhealthy_restart_ms` ([`crate::ServiceSpec`]).
+    Unhealthy(i32),
 }
 
 impl StopReason {
@@ -221,6 +224,7 @@ mod tests {
     fn failures_are_classified_for_restart() {
         assert!(StopReason::CpuLimit.is_failure());
         assert!(StopReason::Exited(3).is_failure());
+        assert!(StopReason::Unhealthy(1).is_failure());
         assert!(StopReason::Trap("x".into()).is_failure());
         assert!(!StopReason::Exited(0).is_failure());
         assert!(!StopReason::Requested.is_failure());

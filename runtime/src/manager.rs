@@ -8,7 +8,7 @@ mod run;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -47,6 +47,46 @@ pub enum RestartPolicy {
     },
 }
 
+/// How long a service waits before a restart: `initial_ms` after its first failure, doubling
+/// with each consecutive one, never more than `max_ms`. An instance that ran for at least
+/// [`Backoff::reset_after`] before failing starts the doubling again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    /// Delay before the first restart, in milliseconds.
+    pub initial_ms: u64,
+    /// Largest delay, in milliseconds.
+    pub max_ms: u64,
+}
+
+impl Default for Backoff {
+    /// 1 s, doubling up to 30 s.
+    fn default() -> Self {
+        Self {
+            initial_ms: 1_000,
+            max_ms: 30_000,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before a restart after `consecutive` failures in a row (1 = the first).
+    pub fn delay(&self, consecutive: u32) -> Duration {
+        let doublings = consecutive.saturating_sub(1).min(63);
+        let ms = self
+            .initial_ms
+            .checked_mul(1u64 << doublings)
+            .unwrap_or(u64::MAX)
+            .min(self.max_ms.max(self.initial_ms));
+        Duration::from_millis(ms)
+    }
+
+    /// How long an instance must have run for its failure to count as the first in a row
+    /// again: the longest delay, and at least 10 s.
+    pub fn reset_after(&self) -> Duration {
+        Duration::from_millis(self.max_ms.max(self.initial_ms).max(10_000))
+    }
+}
+
 /// Lifecycle state of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServiceState {
@@ -70,6 +110,12 @@ pub struct ServiceSpec {
     pub limits: ServiceLimits,
     /// Restart policy.
     pub restart: RestartPolicy,
+    /// Wait before each restart ([`RestartPolicy::OnFailure`] only).
+    pub backoff: Backoff,
+    /// Stop an instance whose `agora_health` export has answered non-zero for this long
+    /// (milliseconds) as [`StopReason::Unhealthy`], a failure the restart policy acts on.
+    /// `None`: an unhealthy guest is reported, never stopped for it.
+    pub unhealthy_restart_ms: Option<u64>,
     /// Environment variables granted to the guest (none by default).
     pub env: Vec<(String, String)>,
     /// Arguments granted to the guest (none by default).
@@ -83,13 +129,16 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
-    /// A spec with no grants, no restarts, a 100 ms tick, 256 queued readings, 64 KiB of logs.
+    /// A spec with no grants, no restarts (a 1 s backoff if a policy is set, unhealthy guests
+    /// reported but not stopped), a 100 ms tick, 256 queued readings, 64 KiB of logs.
     pub fn new(id: impl Into<ServiceId>, module: CompiledModule, limits: ServiceLimits) -> Self {
         Self {
             id: id.into(),
             module,
             limits,
             restart: RestartPolicy::Never,
+            backoff: Backoff::default(),
+            unhealthy_restart_ms: None,
             env: Vec::new(),
             args: Vec::new(),
             tick_ms: 100,

@@ -59,6 +59,29 @@ pub const KV_COUNTER: &str = r#"(module
     (drop (call $publish (i32.const 16) (i32.const 8)))
     (i32.const 0)))"#;
 
+/// Counts its instances in the key `boots` (`agora_init`) and reports itself unhealthy
+/// (`agora_health` returns 1) while it is in its first instance: a guest that a restart cures.
+pub const SICK_UNTIL_SECOND_BOOT: &str = r#"(module
+  (import "agora" "kv_get" (func $get (param i32 i32 i32 i32) (result i32)))
+  (import "agora" "kv_put" (func $put (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "boots")
+  (func (export "agora_init") (result i32)
+    (i64.store (i32.const 16) (i64.const 0))
+    (drop (call $get (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 8)))
+    (i64.store (i32.const 16) (i64.add (i64.load (i32.const 16)) (i64.const 1)))
+    (drop (call $put (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 8)))
+    (i32.const 0))
+  (func (export "agora_poll") (result i32) (i32.const 0))
+  (func (export "agora_health") (result i32)
+    (i64.lt_u (i64.load (i32.const 16)) (i64.const 2))))"#;
+
+/// Always reports itself unhealthy (`agora_health` returns 1); polls fine.
+pub const ALWAYS_SICK: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "agora_poll") (result i32) (i32.const 0))
+  (func (export "agora_health") (result i32) (i32.const 1)))"#;
+
 /// Spins forever inside one call.
 pub const INFINITE_LOOP: &str = r#"(module
   (memory (export "memory") 1)

@@ -3,11 +3,14 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use agora_runtime::test_utils::{self, ECHO, KV_COUNTER, TRAP};
+use agora_runtime::test_utils::{
+    self, ALWAYS_SICK, ECHO, KV_COUNTER, SICK_UNTIL_SECOND_BOOT, TRAP,
+};
 use agora_runtime::{
-    Host, HostConfig, ModuleId, RestartPolicy, RuntimeError, ServiceSpec, ServiceState, StopReason,
+    Backoff, Host, HostConfig, ModuleId, RestartPolicy, RuntimeError, ServiceSpec, ServiceState,
+    StopReason,
 };
 use common::{WAIT, harness, tight};
 
@@ -52,12 +55,141 @@ async fn on_failure_restarts_up_to_the_limit() {
     let module = test_utils::compile(&h.host, TRAP);
     let mut spec = ServiceSpec::new("crashy", module, tight());
     spec.restart = RestartPolicy::OnFailure { max_restarts: 2 };
+    spec.backoff = Backoff {
+        initial_ms: 50,
+        max_ms: 80,
+    };
     spec.tick_ms = 5;
     h.manager.stage(spec).unwrap();
     let id = "crashy".into();
+    let t = Instant::now();
     h.manager.start(&id).unwrap();
     assert!(matches!(h.stopped(&id).await, StopReason::Trap(_)));
     assert_eq!(h.manager.metering(&id).unwrap().restarts, 2);
+    // Two waits, 50 ms then 80 ms (the doubling capped): a lower bound sleeps guarantee.
+    assert!(
+        t.elapsed() >= Duration::from_millis(130),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn backoff_doubles_per_failure_in_a_row_up_to_its_cap() {
+    let b = Backoff {
+        initial_ms: 1_000,
+        max_ms: 30_000,
+    };
+    let delays: Vec<u64> = (1..=7).map(|n| b.delay(n).as_millis() as u64).collect();
+    assert_eq!(delays, [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000]);
+    assert_eq!(b.delay(u32::MAX), Duration::from_millis(30_000));
+    assert_eq!(b.reset_after(), Duration::from_secs(30));
+    let huge = Backoff {
+        initial_ms: u64::MAX / 2,
+        max_ms: u64::MAX,
+    };
+    assert_eq!(huge.delay(40), Duration::from_millis(u64::MAX));
+    // A cap below the first delay is the first delay.
+    let odd = Backoff {
+        initial_ms: 500,
+        max_ms: 10,
+    };
+    assert_eq!(odd.delay(3), Duration::from_millis(500));
+    assert_eq!(odd.reset_after(), Duration::from_secs(10));
+}
+
+/// An instance whose health export answers non-zero for `unhealthy_restart_ms` is stopped as
+/// `Unhealthy` and, under `OnFailure`, restarted after its backoff; the next instance (which
+/// counts its boots in the service's key-value store) is healthy and keeps running.
+#[tokio::test]
+async fn an_unhealthy_guest_is_restarted_after_its_backoff_and_recovers() {
+    let h = harness();
+    let module = test_utils::compile(&h.host, SICK_UNTIL_SECOND_BOOT);
+    let mut spec = ServiceSpec::new("sick-once", module, tight());
+    spec.restart = RestartPolicy::OnFailure { max_restarts: 3 };
+    spec.backoff = Backoff {
+        initial_ms: 200,
+        max_ms: 200,
+    };
+    spec.unhealthy_restart_ms = Some(0);
+    spec.tick_ms = 10;
+    h.manager.stage(spec).unwrap();
+    let id = "sick-once".into();
+    h.manager.start(&id).unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let health = h.manager.health(&id).unwrap();
+            if health.healthy && h.manager.metering(&id).unwrap().restarts == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the restarted instance never became healthy");
+    assert_eq!(h.manager.state(&id).unwrap(), ServiceState::Active);
+    assert_eq!(h.manager.health(&id).unwrap().guest_health, Some(0));
+    h.manager.stop(&id).unwrap();
+    assert_eq!(h.stopped(&id).await, StopReason::Requested);
+    assert_eq!(h.manager.metering(&id).unwrap().restarts, 1);
+}
+
+/// A guest that stays sick uses up its restarts and stops as `Unhealthy(1)`; without
+/// `unhealthy_restart_ms` the same guest is only reported unhealthy and keeps running.
+#[tokio::test]
+async fn a_guest_that_stays_sick_stops_unhealthy_after_its_restarts() {
+    let h = harness();
+    let module = test_utils::compile(&h.host, ALWAYS_SICK);
+    let mut spec = ServiceSpec::new("sick", module, tight());
+    spec.restart = RestartPolicy::OnFailure { max_restarts: 2 };
+    spec.backoff = Backoff {
+        initial_ms: 10,
+        max_ms: 20,
+    };
+    spec.unhealthy_restart_ms = Some(0);
+    spec.tick_ms = 10;
+    h.manager.stage(spec).unwrap();
+    let id = "sick".into();
+    h.manager.start(&id).unwrap();
+    assert_eq!(h.stopped(&id).await, StopReason::Unhealthy(1));
+    assert_eq!(h.manager.metering(&id).unwrap().restarts, 2);
+
+    let reported = h.run("sick-reported", ALWAYS_SICK, tight());
+    tokio::time::timeout(WAIT, async {
+        while h.manager.health(&reported).unwrap().guest_health != Some(1) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the guest's health was never read");
+    assert_eq!(h.manager.state(&reported).unwrap(), ServiceState::Active);
+    assert!(!h.manager.health(&reported).unwrap().healthy);
+}
+
+/// A stop requested during a backoff ends the wait at once: the service stops `Requested`.
+#[tokio::test]
+async fn a_stop_during_the_backoff_ends_it() {
+    let h = harness();
+    let module = test_utils::compile(&h.host, TRAP);
+    let mut spec = ServiceSpec::new("waiting", module, tight());
+    spec.restart = RestartPolicy::OnFailure { max_restarts: 5 };
+    spec.backoff = Backoff {
+        initial_ms: 3_600_000,
+        max_ms: 3_600_000,
+    };
+    h.manager.stage(spec).unwrap();
+    let id = "waiting".into();
+    h.manager.start(&id).unwrap();
+    tokio::time::timeout(WAIT, async {
+        while h.manager.metering(&id).unwrap().restarts == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the trap never counted as a restart");
+    assert!(!h.manager.health(&id).unwrap().healthy);
+    h.manager.stop(&id).unwrap();
+    assert_eq!(h.stopped(&id).await, StopReason::Requested);
 }
 
 #[tokio::test]

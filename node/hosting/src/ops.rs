@@ -188,6 +188,8 @@ impl ServiceHost {
                 from_cache = compiled.from_cache();
                 let mut spec = ServiceSpec::new(id, compiled, limits.clone());
                 spec.tick_ms = manifest.tick_ms;
+                (spec.restart, spec.backoff, spec.unhealthy_restart_ms) =
+                    manifest.restart.runtime();
                 spec.env = manifest
                     .env
                     .iter()

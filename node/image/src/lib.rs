@@ -13,8 +13,8 @@ pub mod manifest;
 pub mod record;
 
 pub use manifest::{
-    Activation, ContainerImage, ManifestError, ManifestLimits, ManifestResources, ServiceKind,
-    ServiceManifest,
+    Activation, ContainerImage, ManifestError, ManifestLimits, ManifestResources, ManifestRestart,
+    RestartOn, ServiceKind, ServiceManifest,
 };
 pub use record::{
     IMAGE_RECORD_VERSION, ImageError, ImageRecord, MAX_MODULE_BYTES, read_image, read_manifest,

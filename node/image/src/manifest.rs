@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use agora_market::Resources;
-use agora_runtime::{LimitsSide, ServiceLimits};
+use agora_runtime::{Backoff, LimitsSide, RestartPolicy, ServiceLimits};
 use serde::{Deserialize, Serialize};
 
 /// Longest service name.
@@ -97,6 +97,106 @@ impl Default for ManifestLimits {
     }
 }
 
+/// What the node does when the service fails (`[restart]` in `svc.toml`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartOn {
+    /// Stay stopped (the default).
+    #[default]
+    Never,
+    /// Restart after a trap, a non-zero exit, a limit, or (with `unhealthy_after_ms`) a health
+    /// export that keeps answering non-zero.
+    OnFailure,
+}
+
+/// The restart policy: `[restart] policy = "on-failure"`, at most `max_restarts` restarts over
+/// the service's life, waiting `backoff_ms` before the first and doubling up to
+/// `max_backoff_ms`; `unhealthy_after_ms` > 0 also restarts a guest whose `agora_health`
+/// export has answered non-zero for that long (0: reported, never restarted for it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManifestRestart {
+    /// `"never"` or `"on-failure"`.
+    pub policy: RestartOn,
+    /// Restarts allowed over the service's life.
+    pub max_restarts: u32,
+    /// Wait before the first restart, in milliseconds.
+    pub backoff_ms: u64,
+    /// Longest wait, in milliseconds.
+    pub max_backoff_ms: u64,
+    /// Restart a guest unhealthy for this long, in milliseconds (0: never for that).
+    pub unhealthy_after_ms: u64,
+}
+
+impl Default for ManifestRestart {
+    fn default() -> Self {
+        let b = Backoff::default();
+        Self {
+            policy: RestartOn::Never,
+            max_restarts: 5,
+            backoff_ms: b.initial_ms,
+            max_backoff_ms: b.max_ms,
+            unhealthy_after_ms: 0,
+        }
+    }
+}
+
+impl ManifestRestart {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The runtime's policy, backoff and unhealthy limit for this section.
+    pub fn runtime(&self) -> (RestartPolicy, Backoff, Option<u64>) {
+        let policy = match self.policy {
+            RestartOn::Never => RestartPolicy::Never,
+            RestartOn::OnFailure => RestartPolicy::OnFailure {
+                max_restarts: self.max_restarts,
+            },
+        };
+        let backoff = Backoff {
+            initial_ms: self.backoff_ms,
+            max_ms: self.max_backoff_ms,
+        };
+        let unhealthy = (self.policy == RestartOn::OnFailure && self.unhealthy_after_ms > 0)
+            .then_some(self.unhealthy_after_ms);
+        (policy, backoff, unhealthy)
+    }
+
+    fn validate(&self) -> Result<(), ManifestError> {
+        if self.max_restarts > 1_000 {
+            return Err(field("restart.max_restarts", "must be at most 1000"));
+        }
+        if !(10..=3_600_000).contains(&self.backoff_ms) {
+            return Err(field(
+                "restart.backoff_ms",
+                "must be between 10 and 3600000 milliseconds",
+            ));
+        }
+        if !(self.backoff_ms..=3_600_000).contains(&self.max_backoff_ms) {
+            return Err(field(
+                "restart.max_backoff_ms",
+                "must be at least restart.backoff_ms and at most 3600000 milliseconds",
+            ));
+        }
+        if self.unhealthy_after_ms != 0 && !(1_000..=86_400_000).contains(&self.unhealthy_after_ms)
+        {
+            return Err(field(
+                "restart.unhealthy_after_ms",
+                "must be 0 (never) or between 1000 and 86400000 milliseconds \
+                 (health is read once a second)",
+            ));
+        }
+        if self.unhealthy_after_ms != 0 && self.policy == RestartOn::Never {
+            return Err(field(
+                "restart.unhealthy_after_ms",
+                "needs policy = \"on-failure\" (a policy of never restarts nothing)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The container to run for `kind = "container"`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -139,6 +239,10 @@ pub struct ServiceManifest {
     /// The container to run (`kind = "container"` only).
     #[serde(default)]
     pub container: Option<ContainerImage>,
+    /// What to do when it fails (default: stay stopped). Not written when default, so the
+    /// images (and CIDs) of manifests without a `[restart]` section are what they were.
+    #[serde(default, skip_serializing_if = "ManifestRestart::is_default")]
+    pub restart: ManifestRestart,
 }
 
 fn default_tick_ms() -> u64 {
@@ -202,6 +306,7 @@ impl ServiceManifest {
             env: BTreeMap::new(),
             activation: Activation::Immediate,
             container: None,
+            restart: ManifestRestart::default(),
         }
     }
 
@@ -310,6 +415,7 @@ impl ServiceManifest {
                 format!("variable name `{k}` must be non-empty without '=' or NUL"),
             ));
         }
+        self.restart.validate()?;
         match (self.kind, &self.container) {
             (ServiceKind::Wasm, Some(_)) => Err(field(
                 "container",
@@ -375,6 +481,45 @@ mod tests {
     fn defaults_fill_a_minimal_manifest() {
         let m = ServiceManifest::from_toml("name = \"x\"\nversion = \"1\"\n").unwrap();
         assert_eq!(m, ServiceManifest::wasm("x", "1"));
+    }
+
+    #[test]
+    fn a_restart_section_becomes_the_runtime_policy_and_bad_ones_are_named() {
+        let m = ServiceManifest::from_toml(
+            "name = \"x\"\nversion = \"1\"\n[restart]\npolicy = \"on-failure\"\n\
+             max_restarts = 3\nbackoff_ms = 500\nmax_backoff_ms = 8000\nunhealthy_after_ms = 5000\n",
+        )
+        .unwrap();
+        let (policy, backoff, unhealthy) = m.restart.runtime();
+        assert_eq!(policy, RestartPolicy::OnFailure { max_restarts: 3 });
+        assert_eq!((backoff.initial_ms, backoff.max_ms), (500, 8000));
+        assert_eq!(unhealthy, Some(5000));
+        // No section: never restarted, and the CBOR (so the image CID) is what it was.
+        let plain = ServiceManifest::wasm("x", "1");
+        assert_eq!(plain.restart.runtime().0, RestartPolicy::Never);
+        let cbor = serde_cbor::to_vec(&plain).unwrap();
+        assert!(!String::from_utf8_lossy(&cbor).contains("restart"));
+        assert!(String::from_utf8_lossy(&serde_cbor::to_vec(&m).unwrap()).contains("restart"));
+        for (body, named) in [
+            ("max_restarts = 5000", "restart.max_restarts"),
+            ("backoff_ms = 1", "restart.backoff_ms"),
+            (
+                "backoff_ms = 2000\nmax_backoff_ms = 1000",
+                "restart.max_backoff_ms",
+            ),
+            (
+                "policy = \"on-failure\"\nunhealthy_after_ms = 10",
+                "restart.unhealthy_after_ms",
+            ),
+            ("unhealthy_after_ms = 5000", "restart.unhealthy_after_ms"),
+        ] {
+            let err = ServiceManifest::from_toml(&format!(
+                "name = \"x\"\nversion = \"1\"\n[restart]\n{body}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(named), "{body}: {err}");
+        }
     }
 
     #[test]

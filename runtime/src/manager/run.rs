@@ -10,7 +10,7 @@ use wasmtime::Engine;
 
 use crate::io::lock;
 use crate::manager::instance::{Launch, Running};
-use crate::manager::{RestartPolicy, ServiceSpec, ServiceState, Shared};
+use crate::manager::{Live, RestartPolicy, ServiceSpec, ServiceState, Shared};
 use crate::{Metering, StopReason};
 
 /// How often `agora_health` is called while the service runs.
@@ -24,7 +24,8 @@ pub(crate) struct HostParts {
     pub fuel_per_cpu_ms: u64,
 }
 
-/// Runs a service until it stops for good.
+/// Runs a service until it stops for good. Between a failed instance and its restart it waits
+/// the spec's [`crate::Backoff`] (a stop request ends the wait); the wait is not uptime.
 pub(crate) async fn run_service(host: HostParts, spec: ServiceSpec, shared: Arc<Shared>) {
     let started = Instant::now();
     // A lifetime too long to represent is no lifetime.
@@ -33,7 +34,10 @@ pub(crate) async fn run_service(host: HostParts, spec: ServiceSpec, shared: Arc<
         .wall_clock_ms
         .and_then(|ms| started.checked_add(Duration::from_millis(ms)));
     let mut restarts = 0u32;
+    // Failures in a row: an instance that ran for `reset_after` starts the doubling again.
+    let mut in_a_row = 0u32;
     let reason = loop {
+        let began = Instant::now();
         let reason = run_instance(&host, &spec, &shared, deadline).await;
         let retry = match spec.restart {
             RestartPolicy::Never => false,
@@ -45,17 +49,49 @@ pub(crate) async fn run_service(host: HostParts, spec: ServiceSpec, shared: Arc<
             break reason;
         }
         restarts += 1;
-        lock(&shared.live).metering.restarts = restarts;
-        tracing::info!(service = %spec.id, ?reason, restarts, "service failed; restarting");
+        in_a_row = if began.elapsed() >= spec.backoff.reset_after() {
+            1
+        } else {
+            in_a_row.saturating_add(1)
+        };
+        let delay = spec.backoff.delay(in_a_row);
+        {
+            let mut live = lock(&shared.live);
+            live.metering.restarts = restarts;
+            bank_uptime(&mut live);
+            // The next instance has answered nothing yet.
+            live.last_poll = None;
+            live.guest_health = None;
+        }
+        tracing::info!(
+            service = %spec.id,
+            ?reason,
+            restarts,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "service failed; restarting after its backoff"
+        );
+        let until_deadline =
+            deadline.map_or(delay, |d| d.saturating_duration_since(Instant::now()));
+        pause(&shared, delay.min(until_deadline)).await;
+        if shared.stop.is_requested() {
+            break StopReason::Requested;
+        }
+        lock(&shared.live).active_since = Some(Instant::now());
     };
     tracing::info!(service = %spec.id, ?reason, "service stopped");
     let mut live = lock(&shared.live);
-    live.banked_uptime_ms = live.banked_uptime_ms.saturating_add(elapsed_ms(started));
+    bank_uptime(&mut live);
     live.metering.uptime_ms = live.banked_uptime_ms;
-    live.active_since = None;
     live.state = ServiceState::Stopped(reason.clone());
     drop(live);
     shared.state_tx.send_replace(ServiceState::Stopped(reason));
+}
+
+/// Moves the current active period into the banked uptime.
+fn bank_uptime(live: &mut Live) {
+    if let Some(since) = live.active_since.take() {
+        live.banked_uptime_ms = live.banked_uptime_ms.saturating_add(elapsed_ms(since));
+    }
 }
 
 fn elapsed_ms(since: Instant) -> u64 {
@@ -95,6 +131,9 @@ async fn run_instance(
     // The first successful poll also reads the guest's health, so a sick guest is never seen
     // as answering before its health export has been heard.
     let mut last_health: Option<Instant> = None;
+    // Since when the guest's health export has answered non-zero without a break.
+    let mut sick_since: Option<Instant> = None;
+    let sick_limit = spec.unhealthy_restart_ms.map(Duration::from_millis);
     let reason = loop {
         if shared.stop.is_requested() {
             break StopReason::Requested;
@@ -136,7 +175,17 @@ async fn run_instance(
         if result.is_ok() && last_health.is_none_or(|t| t.elapsed() >= HEALTH_INTERVAL) {
             last_health = Some(Instant::now());
             match inst.health().await {
-                Some(Ok(h)) => lock(&shared.live).guest_health = Some(h),
+                Some(Ok(h)) => {
+                    lock(&shared.live).guest_health = Some(h);
+                    if h == 0 {
+                        sick_since = None;
+                    } else {
+                        let since = *sick_since.get_or_insert_with(Instant::now);
+                        if sick_limit.is_some_and(|limit| since.elapsed() >= limit) {
+                            break StopReason::Unhealthy(h);
+                        }
+                    }
+                }
                 Some(Err(reason)) => break reason,
                 None => {}
             }

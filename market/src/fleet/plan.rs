@@ -112,6 +112,9 @@ pub enum ReleaseReason {
     Upgraded,
     /// Upgrade halted: the new image's instance, withdrawn (rollback).
     RolledBack,
+    /// Variants: the target runs another variant now (a rebalance after targets joined or
+    /// left); this variant's instance ends and the other one is placed.
+    Rebalanced,
 }
 
 /// One step towards the desired state.
@@ -186,7 +189,7 @@ pub fn plan_parts(
     for (target, status) in targets {
         let reason = match providers.get(target) {
             None => Some(ReleaseReason::Unknown),
-            Some(p) if !desired.selector.admits(p, &desired.needs) => {
+            Some(p) if !desired.admits(p) => {
                 Some(ReleaseReason::NoLongerMatches)
             }
             Some(_) if status.phase == TargetPhase::Failed => Some(ReleaseReason::Failed),
@@ -226,7 +229,7 @@ pub fn plan_parts(
                 && !targets.contains_key(&p.node)
                 && !avoid.contains(&p.node)
                 && online(p, now, cfg)
-                && desired.selector.can_take(p, &desired.needs)
+                && desired.can_take(p)
         })
         .map(|p| (&p.node, weight(&id, &p.node)))
         .collect();
@@ -247,7 +250,7 @@ pub fn wants(desired: &DeploymentBody, me: &ProviderFacts, now: Timestamp) -> bo
     !desired.deleted
         && now < desired.expires_at
         && me.node != desired.deployer
-        && desired.selector.admits(me, &desired.needs)
+        && desired.admits(me)
 }
 
 /// Counts of targets per phase, for `deploy status` and `deploy list`.

@@ -27,6 +27,7 @@ fn spec(selector: &str, replicas: Replicas) -> DeploymentSpec {
         name: "gw".into(),
         image: "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy".into(),
         selector: Selector::parse(selector).unwrap(),
+        variants: Vec::new(),
         needs: needs(),
         replicas,
         strategy: Strategy::Push,

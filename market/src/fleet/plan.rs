@@ -189,9 +189,7 @@ pub fn plan_parts(
     for (target, status) in targets {
         let reason = match providers.get(target) {
             None => Some(ReleaseReason::Unknown),
-            Some(p) if !desired.admits(p) => {
-                Some(ReleaseReason::NoLongerMatches)
-            }
+            Some(p) if !desired.admits(p) => Some(ReleaseReason::NoLongerMatches),
             Some(_) if status.phase == TargetPhase::Failed => Some(ReleaseReason::Failed),
             Some(p) if !online(p, now, cfg) && matches!(desired.replicas, Replicas::Count(_)) => {
                 Some(ReleaseReason::Offline)

@@ -136,7 +136,10 @@ impl DeploymentBody {
     pub fn admits(&self, p: &ProviderFacts) -> bool {
         self.selector.admits(p, &self.needs)
             && (self.variants.is_empty()
-                || self.variants.iter().any(|v| v.selector.admits(p, &self.needs)))
+                || self
+                    .variants
+                    .iter()
+                    .any(|v| v.selector.admits(p, &self.needs)))
     }
 
     /// True when `p` qualifies as a new target: admitted, with one replica's needs free.

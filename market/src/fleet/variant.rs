@@ -66,8 +66,7 @@ impl Variant {
 
     /// Checks one variant's bounds; `Err` carries the accepted form.
     pub fn check(&self) -> Result<(), &'static str> {
-        if self.name.is_empty() || self.name.len() > MAX_VARIANT_NAME_LEN || !is_token(&self.name)
-        {
+        if self.name.is_empty() || self.name.len() > MAX_VARIANT_NAME_LEN || !is_token(&self.name) {
             return Err("variant names: 1 to 32 characters of a-z, 0-9, '-', '_' or '.'");
         }
         if self.image.is_empty()

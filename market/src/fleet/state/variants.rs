@@ -94,3 +94,6 @@ pub(super) fn rebalance(
         own.variants.insert(target, given);
     }
 }
+
+#[cfg(test)]
+mod tests;

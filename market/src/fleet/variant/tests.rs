@@ -93,10 +93,20 @@ fn parse_takes_name_cid_and_an_optional_selector() {
     assert_eq!(v.name, "b");
     assert_eq!(v.image, "bafkreiabc");
     assert_eq!(v.selector.interfaces.get(&Interface::Ble), Some(&1));
-    assert_eq!(v.selector.labels.get("site").map(String::as_str), Some("factory"));
+    assert_eq!(
+        v.selector.labels.get("site").map(String::as_str),
+        Some("factory")
+    );
     let a = Variant::parse("a=bafkreixyz").unwrap();
     assert_eq!(a.selector, Selector::default());
-    for bad in ["a", "=bafk", "a=", "a=ba-fk", "A B=bafk", "a=bafk:iface=radio"] {
+    for bad in [
+        "a",
+        "=bafk",
+        "a=",
+        "a=ba-fk",
+        "A B=bafk",
+        "a=bafk:iface=radio",
+    ] {
         assert!(Variant::parse(bad).is_err(), "{bad}");
     }
     assert!(Variant::parse(&format!("{}=bafk", "n".repeat(33))).is_err());
@@ -109,9 +119,14 @@ fn a_deployment_names_at_most_eight_distinct_variants() {
         image: image.into(),
         selector: Selector::default(),
     };
-    let eight: Vec<Variant> = (0..8).map(|i| v(&format!("v{i}"), &format!("img{i}"))).collect();
+    let eight: Vec<Variant> = (0..8)
+        .map(|i| v(&format!("v{i}"), &format!("img{i}")))
+        .collect();
     assert_eq!(check_variants(&eight, "img0"), Ok(()));
-    assert!(check_variants(&eight, "img1").is_err(), "image is the first variant's");
+    assert!(
+        check_variants(&eight, "img1").is_err(),
+        "image is the first variant's"
+    );
     let mut nine = eight.clone();
     nine.push(v("v8", "img8"));
     assert!(check_variants(&nine, "img0").is_err());
@@ -134,11 +149,16 @@ fn b_only_on_ble_and_the_rest_balanced() {
 #[test]
 fn a_balanced_fleet_stays_put_and_a_join_moves_only_what_balance_needs() {
     // 4 targets, BLE on 3: 2/2 (one BLE target runs a).
-    let mut eligible: BTreeMap<NodeId, Mask> =
-        (0..4).map(|i| (node(i), if i < 3 { 0b11 } else { 0b01 })).collect();
+    let mut eligible: BTreeMap<NodeId, Mask> = (0..4)
+        .map(|i| (node(i), if i < 3 { 0b11 } else { 0b01 }))
+        .collect();
     let first = assign(&eligible, &BTreeMap::new(), 2);
     assert_eq!(counts(&first, 2), vec![2, 2]);
-    assert_eq!(assign(&eligible, &first, 2), first, "stable when nothing changes");
+    assert_eq!(
+        assign(&eligible, &first, 2),
+        first,
+        "stable when nothing changes"
+    );
     // Two targets without BLE join: 3/3, so the BLE target that ran a moves to b, and only it.
     eligible.insert(node(4), 0b01);
     eligible.insert(node(5), 0b01);
@@ -165,7 +185,11 @@ fn thirty_targets_ten_with_ble_then_six_join() {
     };
     let mut eligible = fleet(30, 10);
     let before = assign(&eligible, &BTreeMap::new(), 2);
-    assert_eq!(counts(&before, 2), vec![20, 10], "b is capped by the 10 BLE targets");
+    assert_eq!(
+        counts(&before, 2),
+        vec![20, 10],
+        "b is capped by the 10 BLE targets"
+    );
     assert!(before.iter().all(|(n, v)| *v == 0 || eligible[n] == 0b11));
     for i in 30..36 {
         eligible.insert(node(i), if i < 33 { 0b11 } else { 0b01 });
@@ -183,7 +207,11 @@ fn thirty_targets_ten_with_ble_then_six_join() {
     }
     let after = assign(&eligible, &before, 2);
     assert_eq!(counts(&after, 2), vec![18, 18]);
-    assert_eq!(moves(&after, &before), 3, "three BLE targets move from a to b");
+    assert_eq!(
+        moves(&after, &before),
+        3,
+        "three BLE targets move from a to b"
+    );
     assert!(after.iter().all(|(n, v)| *v == 0 || eligible[n] == 0b11));
 }
 
@@ -218,8 +246,14 @@ fn eligibility_follows_each_variants_selector() {
         Variant::parse("a=bafka").unwrap(),
         Variant::parse("b=bafkb:iface=ble").unwrap(),
     ];
-    assert_eq!(eligibility(&variants, &p(true), &Resources::default()), 0b11);
-    assert_eq!(eligibility(&variants, &p(false), &Resources::default()), 0b01);
+    assert_eq!(
+        eligibility(&variants, &p(true), &Resources::default()),
+        0b11
+    );
+    assert_eq!(
+        eligibility(&variants, &p(false), &Resources::default()),
+        0b01
+    );
 }
 
 fn fleet_strategy() -> impl Strategy<Value = (usize, Vec<Mask>, Vec<Option<usize>>, Vec<Mask>)> {

@@ -303,7 +303,12 @@ mod tests {
         assert!(both.to_string().contains("not both"), "{both}");
         let nine: Vec<String> = (0..9).map(|i| format!("v{i}=bafkrei{i}")).collect();
         let nine: Vec<&str> = nine.iter().map(String::as_str).collect();
-        assert!(spec_of(with("", &nine)).unwrap_err().to_string().contains("at most 8"));
+        assert!(
+            spec_of(with("", &nine))
+                .unwrap_err()
+                .to_string()
+                .contains("at most 8")
+        );
         let dup = spec_of(with("", &["a=bafkreia", "a=bafkreib"])).unwrap_err();
         assert!(dup.to_string().contains("unique"), "{dup}");
         let bad = spec_of(with("", &["a=bafkreia:iface=radio"])).unwrap_err();

@@ -316,7 +316,10 @@ pub async fn deploy(dir: &Path, cmd: &DeployCommand, json: bool) -> anyhow::Resu
     match cmd {
         DeployCommand::Create(a) => {
             let req = CreateDeploymentRequest {
-                name: a.name.clone().unwrap_or_else(|| default_name(&first_image(a))),
+                name: a
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| default_name(&first_image(a))),
                 image: a.image.clone().unwrap_or_default(),
                 variants: a.variant.clone(),
                 to: a.to.clone(),

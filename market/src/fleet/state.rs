@@ -203,6 +203,9 @@ pub struct OwnDeployment {
     pub upgrade: Option<Upgrade>,
     /// With variants: the variant each target was given (empty otherwise).
     pub variants: BTreeMap<NodeId, Assigned>,
+    /// With variants: the targets and the variants each may run when they were last assigned
+    /// (the assignment runs again only when this changes).
+    pub assigned_over: BTreeMap<NodeId, crate::fleet::variant::Mask>,
 }
 
 impl OwnDeployment {
@@ -431,11 +434,13 @@ impl<S: Signer> FleetState<S> {
             avoid: BTreeMap::new(),
             upgrade: None,
             variants: BTreeMap::new(),
+            assigned_over: BTreeMap::new(),
         });
         if entry.record.body.deleted {
             // A new deployment under the old name: no upgrade history, no variants given.
             entry.upgrade = None;
             entry.variants.clear();
+            entry.assigned_over.clear();
         }
         entry.record = record;
         Ok(())

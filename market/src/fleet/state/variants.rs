@@ -43,6 +43,11 @@ pub(super) fn rebalance(
             Some((*t, eligibility(&body.variants, p, &body.needs)))
         })
         .collect();
+    // Nothing changed since the last assignment (the same targets, each admitting the same
+    // variants, each given one): it would give the same answer, so skip its cost.
+    if eligible == own.assigned_over && eligible.keys().all(|t| own.variants.contains_key(t)) {
+        return;
+    }
     let previous: BTreeMap<NodeId, usize> = own
         .variants
         .iter()
@@ -54,7 +59,9 @@ pub(super) fn rebalance(
             Some((*t, i))
         })
         .collect();
-    for (target, index) in assign(&eligible, &previous, body.variants.len()) {
+    let assignment = assign(&eligible, &previous, body.variants.len());
+    own.assigned_over = eligible;
+    for (target, index) in assignment {
         let Some(variant) = body.variants.get(index) else {
             continue;
         };

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fleet::record::{DeploymentBody, Replicas};
 use crate::fleet::selector::ProviderFacts;
+use crate::fleet::variant::{Mask, choose, eligibility};
 use crate::identity::{NodeId, Timestamp};
 use crate::ids::DeploymentId;
 
@@ -232,6 +233,20 @@ pub fn plan_parts(
         .map(|p| (&p.node, weight(&id, &p.node)))
         .collect();
     candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    if !desired.variants.is_empty() && matches!(desired.replicas, Replicas::Count(_)) {
+        // Which providers join decides how balanced the variants can be: choose them for it
+        // (rendezvous order breaks ties).
+        let mask = |node: &NodeId| {
+            providers
+                .get(node)
+                .map_or(0, |p| eligibility(&desired.variants, p, &desired.needs))
+        };
+        let kept: BTreeMap<NodeId, Mask> = kept.iter().map(|(t, _)| (**t, mask(t))).collect();
+        let ranked: Vec<(NodeId, Mask)> = candidates.iter().map(|(n, _)| (**n, mask(n))).collect();
+        let chosen = choose(&kept, &ranked, want, desired.variants.len());
+        actions.extend(chosen.into_iter().map(|target| Action::Place { target }));
+        return actions;
+    }
     actions.extend(
         candidates
             .into_iter()

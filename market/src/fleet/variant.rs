@@ -123,27 +123,103 @@ pub fn assign(
     variants: usize,
 ) -> BTreeMap<NodeId, usize> {
     let k = variants.min(MAX_VARIANTS);
-    let full: Mask = if k >= 8 { Mask::MAX } else { (1 << k) - 1 };
-    let nodes: Vec<(NodeId, Mask, Option<usize>)> = eligible
+    let nodes: Vec<FlowNode> = eligible
+        .iter()
+        .map(|(n, m)| FlowNode {
+            node: *n,
+            mask: *m & full_mask(k),
+            previous: previous.get(n).copied().filter(|v| *v < k),
+            must: true,
+        })
+        .filter(|f| f.mask != 0)
+        .collect();
+    let rounds = nodes.len();
+    flow(&nodes, k, rounds)
+        .into_iter()
+        .zip(&nodes)
+        .filter_map(|(v, f)| v.map(|v| (f.node, v)))
+        .collect()
+}
+
+/// Chooses up to `want` new targets among `candidates` (in order of preference) to join the
+/// `kept` ones so that the variants can be as balanced as the constraints allow (a deployment
+/// with a replica count and variants: which providers to add matters, not only which variant
+/// each runs). Among equally good choices the earlier candidates win.
+pub fn choose(
+    kept: &BTreeMap<NodeId, Mask>,
+    candidates: &[(NodeId, Mask)],
+    want: usize,
+    variants: usize,
+) -> Vec<NodeId> {
+    let k = variants.min(MAX_VARIANTS);
+    let full = full_mask(k);
+    let mut nodes: Vec<FlowNode> = kept
         .iter()
         .filter(|(_, m)| **m & full != 0)
-        .map(|(n, m)| (*n, *m & full, previous.get(n).copied().filter(|v| *v < k)))
+        .map(|(n, m)| FlowNode {
+            node: *n,
+            mask: *m & full,
+            previous: None,
+            must: true,
+        })
         .collect();
+    let must = nodes.len();
+    nodes.extend(
+        candidates
+            .iter()
+            .filter(|(n, m)| *m & full != 0 && !kept.contains_key(n))
+            .map(|(n, m)| FlowNode {
+                node: *n,
+                mask: *m & full,
+                previous: None,
+                must: false,
+            }),
+    );
+    flow(&nodes, k, must.saturating_add(want))
+        .into_iter()
+        .zip(&nodes)
+        .filter(|(v, f)| v.is_some() && !f.must)
+        .map(|(_, f)| f.node)
+        .collect()
+}
+
+fn full_mask(k: usize) -> Mask {
+    if k >= 8 { Mask::MAX } else { (1 << k) - 1 }
+}
+
+/// One target (or candidate) in the flow.
+struct FlowNode {
+    node: NodeId,
+    mask: Mask,
+    previous: Option<usize>,
+    /// Must be assigned (a kept target) rather than may be (a candidate).
+    must: bool,
+}
+
+/// The min-cost flow of `rounds` units: every `must` node first, then candidates; counts as
+/// balanced as the masks allow; then the fewest nodes moved off their previous variant.
+fn flow(nodes: &[FlowNode], k: usize, rounds: usize) -> Vec<Option<usize>> {
     let n = nodes.len();
-    // A balance step (the sum of squares changes by an even number) outweighs every move.
+    // A balance step (the sum of squares changes by an even number) outweighs every move, and
+    // taking a `must` node outweighs any balance (a path's sink cost is at most (2n+1)·big).
     let big = i64::try_from(n).unwrap_or(i64::MAX / 64).saturating_add(1);
-    let cost = |i: usize, v: usize| -> i64 { i64::from(nodes[i].2.is_some_and(|p| p != v)) };
+    let must = big.saturating_mul(2 * big + 2);
+    let cost = |i: usize, v: usize| -> i64 { i64::from(nodes[i].previous.is_some_and(|p| p != v)) };
     let mut at: Vec<Option<usize>> = vec![None; n];
     let mut count = [0i64; MAX_VARIANTS];
     let (source, sink) = (k, k + 1);
-    for _ in 0..n {
+    for _ in 0..rounds.min(n) {
         // Edges of the residual graph over variants: source → v (an unassigned target takes
         // v), u → v (a target on u moves to v), v → sink (v's count grows: convex cost).
         let mut edge: Vec<Vec<Option<(i64, usize)>>> = vec![vec![None; k + 2]; k + 2];
-        for (i, (_, mask, _)) in nodes.iter().enumerate() {
+        for (i, f) in nodes.iter().enumerate() {
             let from = at[i].unwrap_or(source);
-            for v in (0..k).filter(|v| mask & (1 << v) != 0 && Some(*v) != at[i]) {
-                let c = cost(i, v) - at[i].map_or(0, |u| cost(i, u));
+            for v in (0..k).filter(|v| f.mask & (1 << v) != 0 && Some(*v) != at[i]) {
+                let c = match at[i] {
+                    Some(u) => cost(i, v) - cost(i, u),
+                    None if f.must => cost(i, v) - must,
+                    None => cost(i, v),
+                };
                 if edge[from][v].is_none_or(|(best, _)| c < best) {
                     edge[from][v] = Some((c, i));
                 }
@@ -199,11 +275,7 @@ pub fn assign(
             }
         }
     }
-    nodes
-        .iter()
-        .zip(at)
-        .filter_map(|((node, ..), v)| v.map(|v| (*node, v)))
-        .collect()
+    at
 }
 
 /// Targets per variant of an assignment (index → count), for tests and views.

@@ -307,3 +307,80 @@ proptest! {
         check_optimal(&eligible, &before, k, &after);
     }
 }
+
+/// With a replica count: one target without BLE kept, one more wanted among three candidates,
+/// two without BLE first in preference and one with BLE last: the choice takes the BLE one, so
+/// the variants can be 1/1 rather than 2/0 (b needs BLE).
+#[test]
+fn choose_prefers_candidates_that_let_the_variants_balance() {
+    let kept: BTreeMap<NodeId, Mask> = BTreeMap::from([(node(0), 0b01)]);
+    let cands = vec![(node(1), 0b01), (node(2), 0b01), (node(3), 0b11)];
+    let chosen = choose(&kept, &cands, 1, 2);
+    assert_eq!(chosen, vec![node(3)], "the BLE candidate lets b run");
+    let chosen = choose(&kept, &cands, 3, 2);
+    assert_eq!(chosen.len(), 3);
+    // Without variants' constraints at stake, preference order decides.
+    let any = vec![(node(1), 0b11), (node(2), 0b11), (node(3), 0b11)];
+    assert_eq!(choose(&kept, &any, 2, 2), vec![node(1), node(2)]);
+    assert!(choose(&kept, &cands, 0, 2).is_empty());
+}
+
+fn best_sumsq(eligible: &[(NodeId, Mask)], k: usize) -> usize {
+    all_assignments(eligible, k)
+        .iter()
+        .map(|a| sumsq(&counts(a, k)))
+        .min()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Random kept targets and candidates: `choose` takes as many as wanted (or all), and the
+    /// variants over the kept targets plus its choice are as balanced as over any choice of
+    /// that many candidates (brute force over every subset).
+    #[test]
+    fn choose_picks_the_most_balanceable_candidates(
+        k in 1usize..=3,
+        kept in proptest::collection::vec(1u8..8, 0..=3),
+        cands in proptest::collection::vec(1u8..8, 0..=5),
+        want in 0usize..=3,
+    ) {
+        let full = (1u8 << k) - 1;
+        let kept: BTreeMap<NodeId, Mask> = kept
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (node(i as u64), m & full))
+            .filter(|(_, m)| *m != 0)
+            .collect();
+        let cands: Vec<(NodeId, Mask)> = cands
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (node(50 + i as u64), m & full))
+            .filter(|(_, m)| *m != 0)
+            .collect();
+        let chosen = choose(&kept, &cands, want, k);
+        let take = want.min(cands.len());
+        prop_assert_eq!(chosen.len(), take);
+        let with = |pick: &[NodeId]| -> Vec<(NodeId, Mask)> {
+            let mut all: Vec<(NodeId, Mask)> = kept.iter().map(|(n, m)| (*n, *m)).collect();
+            all.extend(cands.iter().filter(|(n, _)| pick.contains(n)).copied());
+            all
+        };
+        let got = best_sumsq(&with(&chosen), k);
+        let mut best = usize::MAX;
+        for bits in 0u32..(1 << cands.len()) {
+            if bits.count_ones() as usize != take {
+                continue;
+            }
+            let pick: Vec<NodeId> = cands
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| bits & (1 << i) != 0)
+                .map(|(_, (n, _))| *n)
+                .collect();
+            best = best.min(best_sumsq(&with(&pick), k));
+        }
+        prop_assert_eq!(got, best);
+    }
+}

@@ -282,3 +282,27 @@ fn a_provider_fetches_early_only_when_one_variant_fits_and_reports_its_variant()
         "the prefetched one"
     );
 }
+
+#[test]
+fn with_a_replica_count_the_targets_are_chosen_so_the_variants_can_balance() {
+    // One provider with BLE among five, each in turn (so rendezvous order alone would miss it
+    // for most): two replicas must include it, so a and b run 1/1.
+    for ble_seed in 2..=6 {
+        let mut d = FleetState::new(signer(1), FleetConfig::default());
+        for seed in 2..=6 {
+            d.handle(T0, Input::Provider(facts(seed, seed == ble_seed, T0)))
+                .unwrap();
+        }
+        let two = DeploymentSpec {
+            replicas: Replicas::Count(2),
+            ..spec()
+        };
+        d.handle(T0, Input::Create(two)).unwrap();
+        let mut live = BTreeSet::new();
+        let out = d.handle(T0 + 1, Input::Tick).unwrap();
+        apply(&mut live, &out);
+        assert_eq!(live.len(), 2, "{live:?}");
+        assert!(live.contains(&(id(ble_seed), B.to_string())), "{live:?}");
+        assert_eq!((count(&live, A), count(&live, B)), (1, 1));
+    }
+}

@@ -4,8 +4,8 @@
 //! target moved to another variant (a rebalance after targets joined or left) has its old
 //! variant's contract released and the new one placed in the same tick: the release is one
 //! ledger transaction, the new contract an auction (its window alone is 2 s), a contract and a
-//! migration, so the old instance ends first and a target never runs two variants of one
-//! deployment.
+//! migration, so the old instance ends first (an ordering of latencies, not a handshake: the
+//! process test `fleet_variants` checks at every poll that no node runs two variants).
 
 use std::collections::BTreeMap;
 

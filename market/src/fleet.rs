@@ -14,6 +14,7 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 pub mod upgrade;
+pub mod variant;
 
 pub use message::{FLEET_TOPIC, FleetMessage};
 pub use plan::{
@@ -31,6 +32,7 @@ pub use state::{
 };
 pub use store::{DeploymentStore, StoreCounters, StoreLimits, Stored};
 pub use upgrade::{Outcome, Step, Upgrade, UpgradeAction, UpgradeConfig, Which};
+pub use variant::{MAX_VARIANTS, Variant, assign};
 
 use crate::identity::{NodeId, Timestamp};
 use crate::ids::DeploymentId;
@@ -113,6 +115,22 @@ pub enum FleetError {
         part: String,
         /// The accepted form.
         hint: &'static str,
+    },
+    /// `--variant` text that is not a variant.
+    #[error("variant '{text}' is not valid: {hint}")]
+    BadVariant {
+        /// The offending text.
+        text: String,
+        /// The accepted form.
+        hint: &'static str,
+    },
+    /// `create` of a live deployment with other variants than it has.
+    #[error(
+        "deployment {deployment} runs other variants; delete it (agora deploy delete) and create          it again: changing a deployment's variants in place is not supported"
+    )]
+    VariantsChanged {
+        /// The deployment.
+        deployment: DeploymentId,
     },
     /// `--strategy` that is neither push nor pull.
     #[error("strategy '{0}' is unknown; use --strategy push or --strategy pull")]

@@ -41,3 +41,41 @@ pub fn phase_of(st: &serde_json::Value, node_id: &str) -> Option<String> {
         .find(|t| t["node"] == node_id)
         .and_then(|t| t["phase"].as_str().map(str::to_string))
 }
+
+/// Takes BLE out of node `i`'s advertised interfaces (the node must be stopped), so a selector
+/// `iface=ble` no longer admits it.
+pub fn without_ble(net: &TestDevnet, i: usize) {
+    let path = net.dir.join(format!("node{i}")).join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut section = String::new();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            if line.starts_with('[') {
+                section = line.trim().to_string();
+            }
+            !(section == "[market.engine.capacity.interfaces]" && line.trim().starts_with("Ble"))
+        })
+        .collect();
+    assert_ne!(
+        kept.len(),
+        text.lines().count(),
+        "node{i} advertised no BLE"
+    );
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+}
+
+/// The images among `images` node `i` runs (state Active).
+pub fn running_of(net: &TestDevnet, i: usize, images: &[&str]) -> Vec<String> {
+    let list = try_agora_json(&["service", "list", "--data-dir", &net.node(i)])
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    images
+        .iter()
+        .filter(|img| {
+            list.iter()
+                .any(|s| s["image"] == **img && s["state"] == "Active")
+        })
+        .map(|img| img.to_string())
+        .collect()
+}

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fleet::record::{DeploymentBody, Replicas};
 use crate::fleet::selector::ProviderFacts;
+use crate::fleet::variant::{Mask, choose, eligibility};
 use crate::identity::{NodeId, Timestamp};
 use crate::ids::DeploymentId;
 
@@ -112,6 +113,9 @@ pub enum ReleaseReason {
     Upgraded,
     /// Upgrade halted: the new image's instance, withdrawn (rollback).
     RolledBack,
+    /// Variants: the target runs another variant now (a rebalance after targets joined or
+    /// left); this variant's instance ends and the other one is placed.
+    Rebalanced,
 }
 
 /// One step towards the desired state.
@@ -186,9 +190,7 @@ pub fn plan_parts(
     for (target, status) in targets {
         let reason = match providers.get(target) {
             None => Some(ReleaseReason::Unknown),
-            Some(p) if !desired.selector.admits(p, &desired.needs) => {
-                Some(ReleaseReason::NoLongerMatches)
-            }
+            Some(p) if !desired.admits(p) => Some(ReleaseReason::NoLongerMatches),
             Some(_) if status.phase == TargetPhase::Failed => Some(ReleaseReason::Failed),
             Some(p) if !online(p, now, cfg) && matches!(desired.replicas, Replicas::Count(_)) => {
                 Some(ReleaseReason::Offline)
@@ -226,11 +228,25 @@ pub fn plan_parts(
                 && !targets.contains_key(&p.node)
                 && !avoid.contains(&p.node)
                 && online(p, now, cfg)
-                && desired.selector.can_take(p, &desired.needs)
+                && desired.can_take(p)
         })
         .map(|p| (&p.node, weight(&id, &p.node)))
         .collect();
     candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    if !desired.variants.is_empty() && matches!(desired.replicas, Replicas::Count(_)) {
+        // Which providers join decides how balanced the variants can be: choose them for it
+        // (rendezvous order breaks ties).
+        let mask = |node: &NodeId| {
+            providers
+                .get(node)
+                .map_or(0, |p| eligibility(&desired.variants, p, &desired.needs))
+        };
+        let kept: BTreeMap<NodeId, Mask> = kept.iter().map(|(t, _)| (**t, mask(t))).collect();
+        let ranked: Vec<(NodeId, Mask)> = candidates.iter().map(|(n, _)| (**n, mask(n))).collect();
+        let chosen = choose(&kept, &ranked, want, desired.variants.len());
+        actions.extend(chosen.into_iter().map(|target| Action::Place { target }));
+        return actions;
+    }
     actions.extend(
         candidates
             .into_iter()
@@ -247,7 +263,7 @@ pub fn wants(desired: &DeploymentBody, me: &ProviderFacts, now: Timestamp) -> bo
     !desired.deleted
         && now < desired.expires_at
         && me.node != desired.deployer
-        && desired.selector.admits(me, &desired.needs)
+        && desired.admits(me)
 }
 
 /// Counts of targets per phase, for `deploy status` and `deploy list`.

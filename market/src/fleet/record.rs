@@ -6,7 +6,8 @@ use crate::fleet::FleetError;
 use crate::fleet::limits::{
     MAX_CID_LEN, MAX_CREATE_SKEW_MS, MAX_NAME_LEN, MAX_RECORD_BYTES, MAX_REPLICAS,
 };
-use crate::fleet::selector::Selector;
+use crate::fleet::selector::{ProviderFacts, Selector};
+use crate::fleet::variant::{Variant, check_variants};
 use crate::identity::{Domain, NodeId, Signer, Timestamp};
 use crate::ids::{DeploymentId, DeploymentRecordId};
 use crate::resources::Resources;
@@ -69,6 +70,12 @@ pub struct DeploymentBody {
     pub previous_image: Option<String>,
     /// Which providers qualify.
     pub selector: Selector,
+    /// Variants of the service (issue #16): each target runs exactly one, chosen by
+    /// [`crate::fleet::variant::assign`] among those whose constraint admits it; `image` is then
+    /// the first variant's. At most [`crate::fleet::MAX_VARIANTS`]; not encoded when empty, so
+    /// records without variants sign and verify exactly as before the field existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<Variant>,
     /// Resources one replica needs (a target must have them free to be chosen).
     pub needs: Resources,
     /// How many targets.
@@ -124,6 +131,31 @@ impl DeploymentBody {
         deployment_id(&self.deployer, &self.name)
     }
 
+    /// True when `p` qualifies to keep hosting a replica: the selector admits it and, with
+    /// variants, at least one variant's constraint does too.
+    pub fn admits(&self, p: &ProviderFacts) -> bool {
+        self.selector.admits(p, &self.needs)
+            && (self.variants.is_empty()
+                || self
+                    .variants
+                    .iter()
+                    .any(|v| v.selector.admits(p, &self.needs)))
+    }
+
+    /// True when `p` qualifies as a new target: admitted, with one replica's needs free.
+    pub fn can_take(&self, p: &ProviderFacts) -> bool {
+        self.admits(p) && self.needs.fits_in(&p.free)
+    }
+
+    /// Every image a target of this deployment may run: the variants', or the one image.
+    pub fn images(&self) -> Vec<&str> {
+        if self.variants.is_empty() {
+            vec![self.image.as_str()]
+        } else {
+            self.variants.iter().map(|v| v.image.as_str()).collect()
+        }
+    }
+
     /// Checks every field's bounds; `now` bounds the times.
     pub fn check(&self, now: Timestamp) -> Result<(), FleetError> {
         let id = self.id();
@@ -152,6 +184,13 @@ impl DeploymentBody {
         self.selector
             .check()
             .map_err(|hint| absurd("selector", hint))?;
+        check_variants(&self.variants, &self.image).map_err(|hint| absurd("variants", hint))?;
+        if !self.variants.is_empty() && self.previous_image.is_some() {
+            return Err(absurd(
+                "previous_image",
+                "none on a deployment with variants (they are not upgraded in place)",
+            ));
+        }
         if let Replicas::Count(n) = self.replicas
             && (n == 0 || usize::try_from(n).map_or(true, |n| n > MAX_REPLICAS))
         {
@@ -232,6 +271,10 @@ pub struct DeploymentSpec {
     pub image: String,
     /// Which providers qualify.
     pub selector: Selector,
+    /// Variants (empty: every target runs `image`); with variants, `image` must be the first
+    /// variant's.
+    #[serde(default)]
+    pub variants: Vec<Variant>,
     /// Per-replica resources.
     pub needs: Resources,
     /// How many.
@@ -261,6 +304,7 @@ impl DeploymentSpec {
             image: self.image,
             previous_image: None,
             selector: self.selector,
+            variants: self.variants,
             needs: self.needs,
             replicas: self.replicas,
             strategy: self.strategy,
@@ -273,7 +317,10 @@ impl DeploymentSpec {
             expires_at: now.saturating_add(self.valid_for_ms),
         };
         body.check(now)?;
-        Signed::sign(body, signer).map_err(|e| FleetError::Sign(e.to_string()))
+        let record = Signed::sign(body, signer).map_err(|e| FleetError::Sign(e.to_string()))?;
+        // A record peers would refuse (too large with its variants) is refused here first.
+        encode_deployment(&record)?;
+        Ok(record)
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod provider;
 mod upgrading;
+mod variants;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +32,7 @@ use crate::resources::Resources;
 
 pub use provider::LocalReplica;
 pub use upgrading::{UpgradeTargetView, UpgradeView};
+pub use variants::Assigned;
 
 /// Tuning of the fleet machine (`[fleet]` in the node's config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +125,8 @@ pub enum Input {
     LocalPhase {
         /// The deployment.
         deployment: DeploymentId,
+        /// The image of the replica (its variant's, from its contract); `None`: the record's.
+        image: Option<String>,
         /// The phase.
         phase: TargetPhase,
         /// Why, for failures.
@@ -197,6 +201,20 @@ pub struct OwnDeployment {
     pub avoid: BTreeMap<NodeId, Timestamp>,
     /// The last upgrade (under way, or how it ended); the plan waits while one is under way.
     pub upgrade: Option<Upgrade>,
+    /// With variants: the variant each target was given (empty otherwise).
+    pub variants: BTreeMap<NodeId, Assigned>,
+    /// With variants: the targets and the variants each may run when they were last assigned
+    /// (the assignment runs again only when this changes).
+    pub assigned_over: BTreeMap<NodeId, crate::fleet::variant::Mask>,
+}
+
+impl OwnDeployment {
+    /// The image `target` runs: its variant's, or the record's.
+    pub fn image_of(&self, target: &NodeId) -> &str {
+        self.variants
+            .get(target)
+            .map_or(self.record.body.image.as_str(), |a| a.image.as_str())
+    }
 }
 
 /// One deployment as the CLI and API show it (`--json` prints this).
@@ -221,10 +239,16 @@ pub struct DeploymentView {
     pub version: u64,
     /// Deleted (targets being released).
     pub deleted: bool,
-    /// Per target: node id, phase, reason.
+    /// The variants (empty: every target runs `image`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<crate::fleet::Variant>,
+    /// Per target: node id, phase, reason (and its variant).
     pub targets: Vec<TargetView>,
     /// Targets per phase.
     pub summary: BTreeMap<String, usize>,
+    /// With variants: targets per variant name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variant_counts: BTreeMap<String, usize>,
     /// The last upgrade: under way, succeeded or rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeView>,
@@ -239,6 +263,9 @@ pub struct TargetView {
     pub phase: String,
     /// Why, for failures.
     pub reason: Option<String>,
+    /// The variant it runs (deployments with variants only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 impl DeploymentView {
@@ -267,8 +294,17 @@ impl DeploymentView {
                     node: *node,
                     phase: s.phase.as_str().into(),
                     reason: s.reason.clone(),
+                    variant: own.variants.get(node).map(|a| a.variant.clone()),
                 })
                 .collect(),
+            variants: b.variants.clone(),
+            variant_counts: own.targets.keys().filter_map(|t| own.variants.get(t)).fold(
+                BTreeMap::new(),
+                |mut m, a| {
+                    *m.entry(a.variant.clone()).or_insert(0) += 1;
+                    m
+                },
+            ),
             summary: crate::fleet::plan::summarize(&own.targets)
                 .into_iter()
                 .map(|(p, n)| (p.as_str().to_string(), n))
@@ -347,9 +383,10 @@ impl<S: Signer> FleetState<S> {
             }
             Input::LocalPhase {
                 deployment,
+                image,
                 phase,
                 reason,
-            } => self.local_phase(deployment, phase, reason, &mut out),
+            } => self.local_phase(deployment, image, phase, reason, &mut out),
             Input::Tick => {
                 self.reconcile(now, &mut out)?;
                 self.provider_tick(now, &mut out);
@@ -371,6 +408,12 @@ impl<S: Signer> FleetState<S> {
         let previous = self.own.get(&id).map(|o| &o.record.body);
         if let Some(prev) = previous
             && !prev.deleted
+            && prev.variants != spec.variants
+        {
+            return Err(FleetError::VariantsChanged { deployment: id });
+        }
+        if let Some(prev) = previous
+            && !prev.deleted
             && prev.image != spec.image
         {
             return Err(FleetError::UpgradeNotSupported { deployment: id });
@@ -390,10 +433,14 @@ impl<S: Signer> FleetState<S> {
             targets: BTreeMap::new(),
             avoid: BTreeMap::new(),
             upgrade: None,
+            variants: BTreeMap::new(),
+            assigned_over: BTreeMap::new(),
         });
         if entry.record.body.deleted {
-            // A new deployment under the old name: no upgrade history.
+            // A new deployment under the old name: no upgrade history, no variants given.
             entry.upgrade = None;
+            entry.variants.clear();
+            entry.assigned_over.clear();
         }
         entry.record = record;
         Ok(())
@@ -485,6 +532,7 @@ impl<S: Signer> FleetState<S> {
             own.avoid.retain(|_, until| *until > now);
             let avoid: BTreeSet<NodeId> = own.avoid.keys().copied().collect();
             let body = &own.record.body;
+            let with_variants = !body.variants.is_empty();
             for action in plan_parts(body, &self.providers, &own.targets, &avoid, now, &cfg.plan) {
                 match action {
                     Action::Place { target } => {
@@ -495,6 +543,10 @@ impl<S: Signer> FleetState<S> {
                                 reason: None,
                             },
                         );
+                        if with_variants {
+                            // Placed below, once the assignment gave it a variant.
+                            continue;
+                        }
                         out.push(Effect::Place {
                             deployment: *id,
                             target,
@@ -506,6 +558,8 @@ impl<S: Signer> FleetState<S> {
                     }
                     Action::Release { target, reason } => {
                         own.targets.remove(&target);
+                        let image = own.image_of(&target).to_string();
+                        own.variants.remove(&target);
                         if reason == ReleaseReason::Failed {
                             own.avoid
                                 .insert(target, now.saturating_add(cfg.avoid_for_ms));
@@ -513,11 +567,14 @@ impl<S: Signer> FleetState<S> {
                         out.push(Effect::Release {
                             deployment: *id,
                             target,
-                            image: body.image.clone(),
+                            image,
                             reason,
                         });
                     }
                 }
+            }
+            if with_variants {
+                variants::rebalance(*id, own, &self.providers, out);
             }
         }
         Ok(())

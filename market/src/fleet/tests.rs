@@ -27,6 +27,7 @@ fn spec(selector: &str, replicas: Replicas) -> DeploymentSpec {
         name: "gw".into(),
         image: "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy".into(),
         selector: Selector::parse(selector).unwrap(),
+        variants: Vec::new(),
         needs: needs(),
         replicas,
         strategy: Strategy::Push,
@@ -599,5 +600,52 @@ proptest! {
             prop_assert_eq!(decoded.unwrap(), msg);
         }
         let _ = FleetMessage::decode(&bytes[..bytes.len().saturating_sub(cut)]);
+    }
+}
+
+/// Variants travel signed in the record and are bounded when a record is decoded: a peer that
+/// signs nine variants, a duplicate name or an image that is not its first variant's by hand is
+/// refused; a record without variants does not encode the field (it signs as before).
+#[test]
+fn variants_are_signed_and_bounded_when_a_record_is_decoded() {
+    use crate::fleet::variant::Variant;
+    let plain = desired("site=a", Replicas::All);
+    let bytes = encode_deployment(&plain).unwrap();
+    assert!(!bytes.windows(8).any(|w| w == b"variants"));
+    let image = plain.body.image.clone();
+    let variant = |name: &str, img: &str| Variant {
+        name: name.into(),
+        image: img.into(),
+        selector: Selector::parse("iface=ble").unwrap(),
+    };
+    let mut with = plain.body.clone();
+    with.variants = vec![variant("a", &image), variant("b", "bafkreib")];
+    let signed = crate::signed::Signed::sign(with.clone(), &signer(1)).unwrap();
+    let (back, _) = decode_deployment(&encode_deployment(&signed).unwrap(), NOW).unwrap();
+    assert_eq!(back.body.variants, with.variants);
+    let hostile = |variants: Vec<Variant>| {
+        let mut body = plain.body.clone();
+        body.variants = variants;
+        let signed = crate::signed::Signed::sign(body, &signer(1)).unwrap();
+        decode_deployment(&serde_cbor::to_vec(&signed).unwrap(), NOW)
+    };
+    let mut nine = vec![variant("v0", &image)];
+    nine.extend((1..9).map(|i| variant(&format!("v{i}"), &format!("bafkreiv{i}"))));
+    for bad in [
+        nine,
+        vec![variant("a", &image), variant("a", "bafkreib")],
+        vec![variant("a", "bafkreinotthefirst")],
+        vec![variant("Not A Token", &image)],
+    ] {
+        assert!(
+            matches!(
+                hostile(bad.clone()),
+                Err(FleetError::Absurd {
+                    field: "variants",
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
     }
 }

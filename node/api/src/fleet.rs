@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use agora_fleet::{FleetHandle, FleetStats, FleetTaskError};
 use agora_market::fleet::upgrade::MAX_WAVE;
 use agora_market::fleet::{
-    DeploymentSpec, DeploymentView, FleetError, Replicas, Selector, Strategy, UpgradeConfig,
+    DeploymentSpec, DeploymentView, FleetError, MAX_VARIANTS, Replicas, Selector, Strategy,
+    UpgradeConfig, Variant,
 };
 use agora_market::{DeploymentId, Resources};
 
@@ -20,8 +21,12 @@ use super::{ApiError, ApiState, authorize};
 pub struct CreateDeploymentRequest {
     /// Name (1..=64 of `a-z 0-9 - _ .`); the same name again re-targets that deployment.
     pub name: String,
-    /// Image CID (from `agora service publish`).
+    /// Image CID (from `agora service publish`); empty when `variants` are given.
+    #[serde(default)]
     pub image: String,
+    /// Variants, `NAME=CID[:SELECTOR]` each (at most 8); each target runs one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<String>,
     /// Selector text, e.g. `region=eu-west,site=factory`.
     pub to: String,
     /// Replica count; `None` for every matching provider (`--all`).
@@ -98,6 +103,7 @@ fn refused(e: FleetTaskError) -> ApiError {
             | FleetError::UpgradeUnderWay { .. }
             | FleetError::NotUpgradable { .. }
             | FleetError::TooManyOwn { .. }
+            | FleetError::VariantsChanged { .. }
             | FleetError::StoreFull { .. },
         ) => StatusCode::CONFLICT,
         FleetTaskError::Fleet(FleetError::Sign(_)) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -119,10 +125,35 @@ fn parse_id(id: &str) -> Result<DeploymentId, ApiError> {
 pub fn spec_of(req: CreateDeploymentRequest) -> Result<DeploymentSpec, FleetError> {
     let selector = Selector::parse(&req.to)?;
     let strategy: Strategy = req.strategy.parse()?;
+    let bad = |text: &str, hint| FleetError::BadVariant {
+        text: text.chars().take(80).collect(),
+        hint,
+    };
+    if req.variants.len() > MAX_VARIANTS {
+        return Err(bad("--variant", "at most 8 variants"));
+    }
+    let variants = req
+        .variants
+        .iter()
+        .map(|v| Variant::parse(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let image = match variants.first() {
+        Some(_) if !req.image.is_empty() => {
+            return Err(bad(
+                &req.image,
+                "give the image or --variant NAME=CID[:SELECTOR], not both",
+            ));
+        }
+        Some(first) => first.image.clone(),
+        None => req.image,
+    };
+    agora_market::fleet::variant::check_variants(&variants, &image)
+        .map_err(|hint| bad("--variant", hint))?;
     Ok(DeploymentSpec {
         name: req.name,
-        image: req.image,
+        image,
         selector,
+        variants,
         needs: req.needs,
         replicas: req.replicas.map_or(Replicas::All, Replicas::Count),
         strategy,
@@ -207,6 +238,7 @@ mod tests {
         CreateDeploymentRequest {
             name: "gw".into(),
             image: "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy".into(),
+            variants: Vec::new(),
             to: to.into(),
             replicas: None,
             strategy: strategy.into(),
@@ -254,5 +286,37 @@ mod tests {
         }));
         assert_eq!(busy.0, StatusCode::CONFLICT);
         assert!(busy.1.contains("deploy status"), "{}", busy.1);
+    }
+
+    #[test]
+    fn variants_are_parsed_bounded_and_exclusive_with_the_image() {
+        let with = |image: &str, variants: &[&str]| CreateDeploymentRequest {
+            image: image.into(),
+            variants: variants.iter().map(|v| v.to_string()).collect(),
+            ..req("site=factory", "push")
+        };
+        let spec = spec_of(with("", &["a=bafkreia", "b=bafkreib:iface=ble"])).unwrap();
+        assert_eq!(spec.image, "bafkreia", "the first variant's image");
+        assert_eq!(spec.variants.len(), 2);
+        assert_eq!(spec.variants[1].selector.to_string(), "iface=ble");
+        let both = spec_of(with("bafkreia", &["a=bafkreia"])).unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
+        let nine: Vec<String> = (0..9).map(|i| format!("v{i}=bafkrei{i}")).collect();
+        let nine: Vec<&str> = nine.iter().map(String::as_str).collect();
+        assert!(
+            spec_of(with("", &nine))
+                .unwrap_err()
+                .to_string()
+                .contains("at most 8")
+        );
+        let dup = spec_of(with("", &["a=bafkreia", "a=bafkreib"])).unwrap_err();
+        assert!(dup.to_string().contains("unique"), "{dup}");
+        let bad = spec_of(with("", &["a=bafkreia:iface=radio"])).unwrap_err();
+        assert_eq!(refused(bad.into()).0, StatusCode::BAD_REQUEST);
+        let changed = refused(FleetTaskError::Fleet(FleetError::VariantsChanged {
+            deployment: DeploymentId([7; 32]),
+        }));
+        assert_eq!(changed.0, StatusCode::CONFLICT);
+        assert!(changed.1.contains("agora deploy delete"), "{}", changed.1);
     }
 }

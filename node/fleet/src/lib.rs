@@ -385,6 +385,9 @@ impl FleetTask {
             spec.valid_for_ms = self.parts.config.valid_for_ms;
         }
         self.check_image(&spec.image).await?;
+        for variant in &spec.variants {
+            self.check_image(&variant.image).await?;
+        }
         let id = agora_market::fleet::deployment_id(&self.me, &spec.name);
         self.apply(Input::Create(spec)).await?;
         self.view(&id)
@@ -419,6 +422,7 @@ impl FleetTask {
                     let _ = self
                         .apply(Input::LocalPhase {
                             deployment,
+                            image: None,
                             phase: agora_market::fleet::TargetPhase::Failed,
                             reason: Some(format!("image fetch failed: {reason}")),
                         })

@@ -190,12 +190,15 @@ impl FleetTask {
     /// Target: the phase of each replica this node holds, from its contract and its service;
     /// the machine reports a change to the deployer once.
     async fn provider_progress(&mut self) -> Vec<Input> {
-        let replicas: Vec<(DeploymentId, NodeId, String)> = self
+        // Every image the replica may run: the record's, or with variants each variant's (the
+        // deployer's contract says which one this node was given).
+        let replicas: Vec<(DeploymentId, NodeId, Vec<String>)> = self
             .state
             .local_replicas()
             .filter_map(|(id, local)| {
-                let image = self.state.store().get(id)?.body.image.clone();
-                Some((*id, local.deployer, image))
+                let body = &self.state.store().get(id)?.body;
+                let images = body.images().into_iter().map(str::to_string).collect();
+                Some((*id, local.deployer, images))
             })
             .collect();
         if replicas.is_empty() {
@@ -231,10 +234,10 @@ impl FleetTask {
             .map(|s| (s.id, s.state))
             .collect();
         let mut out = Vec::new();
-        for (deployment, deployer, image) in replicas {
+        for (deployment, deployer, images) in replicas {
             let contract = contracts
                 .iter()
-                .find(|(_, customer, img, _)| *customer == deployer && *img == image);
+                .find(|(_, customer, img, _)| *customer == deployer && images.contains(img));
             let service_id = contract.map(|(id, ..)| id.to_string());
             let service = service_id.as_ref().and_then(|id| services.get(id));
             let health = match (&service_id, service) {
@@ -250,6 +253,7 @@ impl FleetTask {
             ) {
                 out.push(Input::LocalPhase {
                     deployment,
+                    image: contract.map(|(_, _, img, _)| img.clone()),
                     phase,
                     reason,
                 });

@@ -188,11 +188,28 @@ impl<S: Signer> FleetState<S> {
         }
         if (push || answer) && body.version > local.acted_version {
             local.acted_version = body.version;
-            if local.prefetched.as_deref() != Some(body.image.as_str()) {
-                local.prefetched = Some(body.image.clone());
+            // With variants, which one this node runs is the deployer's choice (its contract
+            // says): fetch early only when a single variant admits this node.
+            let image = match &self.self_facts {
+                Some(me) if !body.variants.is_empty() => {
+                    let mut fit = body
+                        .variants
+                        .iter()
+                        .filter(|v| v.selector.admits(me, &body.needs));
+                    match (fit.next(), fit.next()) {
+                        (Some(only), None) => Some(only.image.clone()),
+                        _ => None,
+                    }
+                }
+                _ => Some(body.image.clone()),
+            };
+            if let Some(image) = image
+                && local.prefetched.as_deref() != Some(image.as_str())
+            {
+                local.prefetched = Some(image.clone());
                 out.push(Effect::Prefetch {
                     deployment: id,
-                    image: body.image.clone(),
+                    image,
                 });
             }
         }
@@ -236,11 +253,12 @@ impl<S: Signer> FleetState<S> {
         }
     }
 
-    /// Provider: this node's replica of `deployment` (of the image its record names now)
-    /// reached `phase`; tell the deployer once per phase and image.
+    /// Provider: this node's replica of `deployment` (of `image`, its variant's, or else the
+    /// image its record names now) reached `phase`; tell the deployer once per phase and image.
     pub(super) fn local_phase(
         &mut self,
         deployment: DeploymentId,
+        image: Option<String>,
         phase: TargetPhase,
         reason: Option<String>,
         out: &mut Vec<Effect>,
@@ -248,8 +266,18 @@ impl<S: Signer> FleetState<S> {
         let Some(local) = self.local.get_mut(&deployment) else {
             return;
         };
-        let Some(image) = self.store.get(&deployment).map(|r| r.body.image.clone()) else {
+        let Some(body) = self.store.get(&deployment).map(|r| &r.body) else {
             return;
+        };
+        let image = match image {
+            Some(i) if body.images().contains(&i.as_str()) => i,
+            Some(_) => return,
+            // With variants, the image fetched early is the only one known before a contract.
+            None if !body.variants.is_empty() => match &local.prefetched {
+                Some(i) => i.clone(),
+                None => return,
+            },
+            None => body.image.clone(),
         };
         let status = TargetStatus {
             phase,

@@ -35,6 +35,7 @@ fn spec(strategy: Strategy, replicas: Replicas) -> DeploymentSpec {
         name: "gw".into(),
         image: IMAGE.into(),
         selector: Selector::parse("site=a").unwrap(),
+        variants: Vec::new(),
         needs: Resources {
             cpu_millis: 100,
             ..Resources::default()
@@ -173,6 +174,7 @@ fn push_rollout_reports_and_delete() {
     for seed in 2..=4 {
         let phase = Input::LocalPhase {
             deployment: id,
+            image: None,
             phase: TargetPhase::Running,
             reason: None,
         };
@@ -213,6 +215,7 @@ fn targets_report_health_and_the_deployer_shows_it() {
     net.input(T0 + 10, 1, Input::Tick).unwrap();
     let local = |phase, reason: Option<&str>| Input::LocalPhase {
         deployment: id,
+        image: None,
         phase,
         reason: reason.map(str::to_string),
     };
@@ -552,6 +555,7 @@ fn an_upgrade_goes_in_waves_over_the_network_and_a_sick_one_rolls_back() {
     net.take();
     let local = |phase, reason: Option<&str>| Input::LocalPhase {
         deployment: id,
+        image: None,
         phase,
         reason: reason.map(str::to_string),
     };
@@ -698,6 +702,7 @@ fn a_rollback_restarts_the_old_image_where_it_was_replaced_before_stopping_the_n
     net.take();
     let local = |phase| Input::LocalPhase {
         deployment: id,
+        image: None,
         phase,
         reason: None,
     };

@@ -242,6 +242,12 @@ impl<S: Signer> FleetState<S> {
         if own.record.body.image == image {
             return Err(not("it already runs that image"));
         }
+        if !own.record.body.variants.is_empty() {
+            return Err(not(
+                "it has variants, which are not upgraded in place yet; delete it and create it \
+                 again with the new variants",
+            ));
+        }
         let from = own.record.body.image.clone();
         let record = upgraded(
             &own.record.body,
@@ -288,10 +294,13 @@ impl<S: Signer> FleetState<S> {
             }
             return true;
         }
+        // With variants, only observations of the target's own variant's image count (a late
+        // report about the variant it was moved off changes nothing).
+        let current = image.is_none_or(|i| i == own.image_of(&target));
         let Some(status) = own.targets.get_mut(&target) else {
             return false;
         };
-        if image.is_none_or(|i| i == own.record.body.image) {
+        if current {
             *status = TargetStatus { phase, reason };
         }
         true
@@ -311,7 +320,7 @@ impl<S: Signer> FleetState<S> {
                 .which(image)
                 .and_then(|which| up.phase(*target, which))
                 .map(|(p, _)| *p),
-            None if own.record.body.image == image => own.targets.get(target).map(|s| s.phase),
+            None if own.image_of(target) == image => own.targets.get(target).map(|s| s.phase),
             None => None,
         }
     }

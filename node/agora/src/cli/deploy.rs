@@ -17,8 +17,9 @@ use super::market::ResourceArgs;
 /// `agora deploy …`
 #[derive(Debug, Subcommand)]
 pub enum DeployCommand {
-    /// Put an image on the providers a selector matches: one hosted contract per replica,
-    /// through the market and the ledger.
+    /// Put an image (or variants of it: `--variant NAME=CID[:SELECTOR]`, repeatable) on the
+    /// providers a selector matches: one hosted contract per replica, through the market and
+    /// the ledger.
     Create(Box<CreateArgs>),
     /// Per target: contracting / fetching / staged / running / healthy / unhealthy / failed,
     /// with reasons.
@@ -65,8 +66,15 @@ pub struct UpgradeArgs {
 /// Options of `deploy create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Image CID (from `agora service publish`).
-    image: String,
+    /// Image CID (from `agora service publish`); or give `--variant` instead.
+    #[arg(required_unless_present = "variant", conflicts_with = "variant")]
+    image: Option<String>,
+    /// A variant of the service, `NAME=CID[:SELECTOR]`, e.g. `a=bafy…` or `b=bafy…:iface=ble`
+    /// (only targets the selector admits may run it); repeat for up to 8. Every target runs
+    /// exactly one variant, the counts as equal as the constraints allow, rebalanced with as
+    /// few moves as possible when targets join or leave.
+    #[arg(long, value_name = "NAME=CID[:SELECTOR]")]
+    variant: Vec<String>,
     /// Which providers: `region=eu-west,iface=lora,site=factory` (any other key is a label
     /// of `[provider] labels`).
     #[arg(long)]
@@ -118,6 +126,19 @@ fn target_status(t: &TargetView) -> String {
     }
 }
 
+/// The first image a create names: the image, or the first variant's CID.
+fn first_image(a: &CreateArgs) -> String {
+    match &a.image {
+        Some(image) => image.clone(),
+        None => a
+            .variant
+            .first()
+            .and_then(|v| v.split_once('=').map(|(_, rest)| rest))
+            .map(|rest| rest.split(':').next().unwrap_or(rest).to_string())
+            .unwrap_or_default(),
+    }
+}
+
 fn print_view(v: &DeploymentView) {
     let replicas = v
         .replicas
@@ -133,15 +154,33 @@ fn print_view(v: &DeploymentView) {
         "image {}  to {}  replicas {replicas}  strategy {}",
         v.image, v.selector, v.strategy
     );
+    for variant in &v.variants {
+        println!(
+            "variant {} image {} on {}  targets {}",
+            variant.name,
+            variant.image,
+            variant.selector,
+            v.variant_counts.get(&variant.name).copied().unwrap_or(0)
+        );
+    }
     let rows: Vec<Vec<String>> = v
         .targets
         .iter()
-        .map(|t| vec![t.node.to_string(), target_status(t)])
+        .map(|t| {
+            let mut row = vec![t.node.to_string()];
+            if !v.variants.is_empty() {
+                row.push(t.variant.clone().unwrap_or_else(|| "-".into()));
+            }
+            row.push(target_status(t));
+            row
+        })
         .collect();
     if rows.is_empty() {
         println!("no targets yet (waiting for matching providers to offer themselves)");
-    } else {
+    } else if v.variants.is_empty() {
         print_table(&["TARGET", "STATUS"], &rows);
+    } else {
+        print_table(&["TARGET", "VARIANT", "STATUS"], &rows);
     }
     if let Some(u) = &v.upgrade {
         print_upgrade(u);
@@ -277,8 +316,12 @@ pub async fn deploy(dir: &Path, cmd: &DeployCommand, json: bool) -> anyhow::Resu
     match cmd {
         DeployCommand::Create(a) => {
             let req = CreateDeploymentRequest {
-                name: a.name.clone().unwrap_or_else(|| default_name(&a.image)),
-                image: a.image.clone(),
+                name: a
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| default_name(&first_image(a))),
+                image: a.image.clone().unwrap_or_default(),
+                variants: a.variant.clone(),
                 to: a.to.clone(),
                 replicas: if a.all { None } else { a.replicas },
                 strategy: a.strategy.clone(),
@@ -379,6 +422,7 @@ mod tests {
             node,
             phase: phase.into(),
             reason: reason.map(str::to_string),
+            variant: None,
         };
         assert_eq!(target_status(&t("healthy", None)), "healthy");
         assert_eq!(

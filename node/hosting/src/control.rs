@@ -39,6 +39,20 @@ pub trait ServiceControl: Send + Sync + 'static {
     fn push_reading(&self, id: &str, frame: Vec<u8>) -> Result<(), String>;
     /// Whether service `id` is running.
     async fn running(&self, id: &str) -> bool;
+    /// What this node answers an arbitrator's uptime probe of service `id` (`agora_wire::probe`):
+    /// by default whether its hosting layer runs the instance, [`Self::running`].
+    async fn probe(&self, id: &str) -> ProbeWitness {
+        ProbeWitness {
+            running: self.running(id).await,
+        }
+    }
+}
+
+/// The hosting layer's side of an uptime probe's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeWitness {
+    /// Whether the service's instance runs.
+    pub running: bool,
 }
 
 /// The node's wasm/container host as the orchestrator drives it.

@@ -204,7 +204,7 @@ async fn reply(
             ));
         }
     }
-    let running = services.running(&contract.to_string()).await;
+    let running = services.probe(&contract.to_string()).await.running;
     ProbeMsg::Answer {
         contract,
         interval,

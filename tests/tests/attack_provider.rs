@@ -32,10 +32,13 @@ const DEVICE: u32 = agora_devnet::sensor_keys::KEYED_SENSORS[3];
 /// How long the hosted contract lasts: many probe intervals (one per heartbeat interval).
 const DURATION_MS: u64 = 30_000;
 
-/// Node `BAD` runs nothing with `args`; the others but A (the last) do not bid.
+/// Node `BAD` runs nothing with `args` (a plain `agora` node when `args` is empty); the others
+/// but A (the last) do not bid.
 fn launcher(args: &[&str]) -> ByzantineLauncher {
-    let mut bad: Vec<(usize, Vec<String>)> =
-        vec![(BAD, args.iter().map(|a| a.to_string()).collect())];
+    let mut bad: Vec<(usize, Vec<String>)> = Vec::new();
+    if !args.is_empty() {
+        bad.push((BAD, args.iter().map(|a| a.to_string()).collect()));
+    }
     for i in 1..CONTRACT_NODES - 1 {
         bad.push((i, vec!["--no-bid".into()]));
     }
@@ -97,16 +100,18 @@ async fn story(
     )
     .await
     .expect("story starts");
-    let dir = s.m.nodes[BAD].data_dir.clone();
-    let want = format!("byzantine: host-nothing={word}");
-    wait_for("the provider to run nothing", 30, async || {
-        byzantine_lines(&dir)
-            .iter()
-            .any(|l| *l == want)
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    if !word.is_empty() {
+        let dir = s.m.nodes[BAD].data_dir.clone();
+        let want = format!("byzantine: host-nothing={word}");
+        wait_for("the provider to run nothing", 30, async || {
+            byzantine_lines(&dir)
+                .iter()
+                .any(|l| *l == want)
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    }
     Some((tmp, s))
 }
 
@@ -134,17 +139,25 @@ async fn honest_transfer_finalises(s: &Story, from: usize, to: usize) {
     }
 }
 
-/// P1 (b): the provider of a hosted contract stages its image but never runs it, activates the
-/// contract and claims uptime in every heartbeat; asked by the arbitrators' probes, it says
-/// its service does not run. No interval is confirmed up, a quorum confirms them down: the
-/// contract is slashed at its end on every honest replica, the provider is paid nothing and
-/// its balance does not grow, and the honest nodes keep trading.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing() {
-    let _serial = SERIAL.lock().await;
-    let test =
-        "attack_provider::a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing";
-    let Some((_tmp, s)) = story(test, launcher(&["--host-nothing=honest"]), "honest").await else {
+/// `agora timeline --json` on `dir`: how many entries of `phase` name `contract`.
+fn timeline_count(dir: &Path, phase: &str, contract: &str) -> usize {
+    let dir = dir.display().to_string();
+    let v = agora_json(&["timeline", "--data-dir", &dir]);
+    v.as_array()
+        .expect("timeline JSON")
+        .iter()
+        .filter(|e| e["phase"] == phase && e["contract"] == contract)
+        .count()
+}
+
+/// Node `BAD` runs nothing as the provider of a 30 s hosted contract, answering the probes as
+/// `word` says (`honest` or `lie`). Asserts, on every honest replica, that the contract ends
+/// slashed with nothing paid and no interval confirmed up, though the provider claimed uptime
+/// in its heartbeats; that its balance did not grow; that each honest arbitrator counted its
+/// answers as `phase` (`agora timeline --json`); and that the honest nodes keep trading.
+async fn provider_running_nothing(test: &str, word: &str, phase: &str) {
+    let arg = format!("--host-nothing={word}");
+    let Some((_tmp, s)) = story(test, launcher(&[arg.as_str()]), word).await else {
         return;
     };
     let hosted = s.hosted(&[DEVICE], DURATION_MS).await.unwrap();
@@ -177,16 +190,17 @@ async fn a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing()
         )
         .await
         .unwrap();
+    let running = word == "lie";
+    let said = format!(
+        "byzantine: probe answered service={} running={running}",
+        hosted.id
+    );
     let answered = byzantine_lines(&bad_dir)
         .iter()
-        .filter(|l| {
-            l.starts_with(&format!(
-                "byzantine: probe answered service={} running=false",
-                hosted.id
-            ))
-        })
+        .filter(|l| l.starts_with(&said))
         .count();
     assert!(answered > 0, "the provider answered probes (not silent)");
+    let mut counted = Vec::new();
     for i in 1..CONTRACT_NODES {
         s.wait_contract(i, &hosted.id, "settlement here too", 30, |r| {
             r.status.is_final()
@@ -208,7 +222,16 @@ async fn a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing()
             r.uptime_ms > 0,
             "node{i}: the provider did claim uptime: {r:?}"
         );
+        let me = &s.m.nodes[i].node_id;
+        if r.contract.committee.iter().any(|m| m.to_string() == *me) {
+            // An arbitrator of the contract: it counted the answers.
+            counted.push(timeline_count(&s.m.nodes[i].data_dir, phase, &hosted.id));
+        }
     }
+    assert!(
+        counted.len() >= 4 && counted.iter().all(|n| *n > 0),
+        "every honest arbitrator counted `{phase}`: {counted:?}"
+    );
     let after = cli_balance(&s.m.nodes[obs].data_dir, &provider);
     assert!(
         after.balance <= before.balance,
@@ -227,13 +250,103 @@ async fn a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing()
         assert!(alive(u64::from(n.pid.unwrap())), "node{i} still runs");
     }
     eprintln!(
-        "{answered} probes answered \"not running\"; claimed uptime {} ms, confirmed down {} ms; \
-         paid {} of {payment}; provider balance {} -> {}",
+        "{answered} probes answered running={running}; `{phase}` per arbitrator {counted:?}; \
+         claimed uptime {} ms, confirmed down {} ms; paid {} of {payment}; provider balance \
+         {} -> {}",
         done.uptime_ms,
         done.confirmed_down_ms,
         done.paid_to_provider,
         before.balance,
         after.balance
+    );
+    s.down(true).await.unwrap();
+}
+
+/// P1 (b): the provider of a hosted contract stages its image but never runs it, activates the
+/// contract and claims uptime in every heartbeat; asked by the arbitrators' probes, it says
+/// its service does not run. No interval is confirmed up, a quorum confirms them down: the
+/// contract is slashed at its end on every honest replica, the provider is paid nothing and
+/// its balance does not grow, and the honest nodes keep trading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing() {
+    let _serial = SERIAL.lock().await;
+    provider_running_nothing(
+        "attack_provider::a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing",
+        "honest",
+        "probe-not-running",
+    )
+    .await;
+}
+
+/// P1 (b), the liar: the same provider answers every probe "running", with a made-up value
+/// for the image's `agora_probe(nonce)` (the lora-gateway image exports it). Each honest
+/// arbitrator computes the value on its own instance of the image, finds the answer wrong
+/// (`probe-guest-mismatch`) and reports the interval down: paid nothing, slashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_running_nothing_that_lies_to_the_probes_is_caught_by_the_guest_value() {
+    let _serial = SERIAL.lock().await;
+    provider_running_nothing(
+        "attack_provider::a_provider_running_nothing_that_lies_to_the_probes_is_caught_by_the_guest_value",
+        "lie",
+        "probe-guest-mismatch",
+    )
+    .await;
+}
+
+/// The control: node 0 is a plain, honest `agora` node and the only bidder; it runs the
+/// contract's lora-gateway image, whose `agora_probe` its live instance answers and every
+/// arbitrator checks on its own instance: the contract settles, the provider is paid for
+/// confirmed intervals, and no arbitrator found a wrong or missing guest value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_provider_answers_the_guest_value_and_is_paid() {
+    let _serial = SERIAL.lock().await;
+    let test = "attack_provider::an_honest_provider_answers_the_guest_value_and_is_paid";
+    let Some((_tmp, s)) = story(test, launcher(&[]), "").await else {
+        return;
+    };
+    let hosted = s.hosted(&[DEVICE], DURATION_MS).await.unwrap();
+    assert_eq!(hosted.b, BAD, "the only bidder won");
+    let obs = 1;
+    s.wait_contract(
+        obs,
+        &hosted.id,
+        "settlement",
+        DURATION_MS / 1000 + 90,
+        |r| r.status.is_final(),
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    for i in 1..CONTRACT_NODES {
+        s.wait_contract(i, &hosted.id, "settlement here too", 30, |r| {
+            r.status.is_final()
+        })
+        .await
+        .unwrap();
+        let r = cli_contract(&s.m.nodes[i].data_dir, &hosted.id);
+        assert_eq!(r.status, ContractStatus::Settled, "node{i}: {r:?}");
+        assert!(r.paid_to_provider > 0, "node{i}: {r:?}");
+        assert!(r.confirmed_up_ms > 0, "node{i}: {r:?}");
+        let me = &s.m.nodes[i].node_id;
+        if r.contract.committee.iter().any(|m| m.to_string() == *me) {
+            let dir = &s.m.nodes[i].data_dir;
+            let bad: usize = [
+                "probe-guest-mismatch",
+                "probe-no-guest-value",
+                "probe-not-running",
+            ]
+            .iter()
+            .map(|p| timeline_count(dir, p, &hosted.id))
+            .sum();
+            assert_eq!(bad, 0, "node{i} found the honest provider's answers wrong");
+            seen.push(timeline_count(dir, "probe-unverified", &hosted.id));
+        }
+    }
+    let done = s.contract(obs, &hosted.id).await.unwrap();
+    eprintln!(
+        "honest provider: paid {} of {}; confirmed up {} ms, down {} ms; probes on the hosting \
+         layer's word per arbitrator {seen:?}",
+        done.paid_to_provider, done.contract.payment, done.confirmed_up_ms, done.confirmed_down_ms
     );
     s.down(true).await.unwrap();
 }

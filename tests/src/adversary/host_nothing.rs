@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use agora_contracts::probe::GuestExpectation;
 use agora_hosting::ceiling::ContractCeiling;
 use agora_hosting::control::{ProbeWitness, ServiceControl, StagedService};
 use async_trait::async_trait;
@@ -22,7 +23,8 @@ use cid::Cid;
 pub enum HostNothing {
     /// "Not running": the truth about its hosting layer (yet its heartbeats claim uptime).
     Honest,
-    /// "Running": a lie about its hosting layer.
+    /// "Running", with a made-up `agora_probe` value (the nonce): a lie about its hosting
+    /// layer, which only the guest value can expose.
     Lie,
 }
 
@@ -104,12 +106,18 @@ impl ServiceControl for NothingHost {
         self.pretends(id) || self.inner.running(id).await
     }
 
-    async fn probe(&self, id: &str) -> ProbeWitness {
+    async fn probe(&self, id: &str, nonce: i64) -> ProbeWitness {
         if !self.pretends(id) {
-            return self.inner.probe(id).await;
+            return self.inner.probe(id, nonce).await;
         }
         let running = self.kind == HostNothing::Lie;
+        // No instance to ask: the liar makes a value up (the nonce itself).
+        let guest = running.then_some(nonce);
         println!("byzantine: probe answered service={id} running={running}");
-        ProbeWitness { running }
+        ProbeWitness { running, guest }
+    }
+
+    async fn probe_image(&self, image: Cid, nonce: i64) -> GuestExpectation {
+        self.inner.probe_image(image, nonce).await
     }
 }

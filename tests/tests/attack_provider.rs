@@ -104,10 +104,7 @@ async fn story(
         let dir = s.m.nodes[BAD].data_dir.clone();
         let want = format!("byzantine: host-nothing={word}");
         wait_for("the provider to run nothing", 30, async || {
-            byzantine_lines(&dir)
-                .iter()
-                .any(|l| *l == want)
-                .then_some(())
+            byzantine_lines(&dir).contains(&want).then_some(())
         })
         .await
         .unwrap();

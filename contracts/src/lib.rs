@@ -31,6 +31,7 @@ pub mod devices;
 pub mod duties;
 pub mod ledger;
 pub mod lifecycle;
+pub mod probe;
 pub mod roles;
 pub mod vote;
 

@@ -100,6 +100,16 @@ pub enum RuntimeError {
         /// The rejected length.
         len: usize,
     },
+    /// An `agora_probe` call was not answered: the service is busy with probes, stopped
+    /// meanwhile, or the call failed (a failing probe call stops the service, like
+    /// `agora_health`).
+    #[error("probing service {service} failed: {reason}")]
+    Probe {
+        /// The service id.
+        service: String,
+        /// Why.
+        reason: String,
+    },
     /// The reading queue of a service is full.
     #[error("service {0} has a full reading queue; the oldest reading was dropped")]
     ReadingsFull(String),

@@ -34,7 +34,15 @@
 //!   the service with `StopReason::Exited(value)`.
 //! - Optional exports: `_initialize` (WASI reactor init, called first), `agora_init() -> i32`
 //!   (called once per instance after `_initialize`; non-zero stops the service like `agora_poll`),
-//!   and `agora_health() -> i32` (polled by health checks; `0` means healthy).
+//!   `agora_health() -> i32` (polled by health checks; `0` means healthy), and
+//!   `agora_probe(nonce: i64) -> i64` (uptime probe evidence, THREATS P1: when an arbitrator
+//!   probes a contract's service, the provider's host calls it on the live instance with the
+//!   probe's nonce, between two polls, with [`PROBE_FUEL`], and signs the value; the arbitrator
+//!   calls it on a fresh instance of the same image — after `_initialize` and `agora_init`, no
+//!   readings, an empty store — and counts the provider down unless the values match. So it
+//!   must be a pure function of the nonce: no state, clock, randomness or host imports. A
+//!   failing call stops the service, as a failing `agora_health` does).
+//!   Without it, a probe rests on the hosting layer's word that the instance runs.
 //! - Imports from module `"agora"` (pointers and lengths are wasm32 `i32`, read as unsigned;
 //!   any out-of-bounds range traps the guest, it never panics the host):
 //!   - `readings(ptr, cap) -> i32`: copy the next queued sensor reading into `ptr`; returns its
@@ -100,6 +108,7 @@ pub use limits::{
     MIN_FUEL_PER_SECOND, MIN_MEMORY_BYTES, Metering, ServiceLimits, StopReason,
 };
 
+pub use manager::instance::PROBE_FUEL;
 pub use manager::{
     Backoff, Health, RestartPolicy, ServiceId, ServiceManager, ServiceSpec, ServiceState,
     ServiceStatus,

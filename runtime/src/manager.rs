@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::guard::StopSignal;
 use crate::host::{CompiledModule, Host};
@@ -184,12 +184,23 @@ pub(crate) struct Live {
     banked_uptime_ms: u64,
 }
 
+/// One `agora_probe` call asked of a live instance: the nonce, and where its outcome goes
+/// (`Ok(None)`: the guest has no probe export).
+pub(crate) type ProbeAsk = (i64, oneshot::Sender<Result<Option<i64>, StopReason>>);
+
+/// Probe calls waiting for a service's task at most (more are refused as busy).
+pub(crate) const PROBES_QUEUED: usize = 4;
+
 /// State shared between the manager and a service's thread.
 pub(crate) struct Shared {
     io: Arc<ServiceIo>,
     stop: Arc<StopSignal>,
     live: Mutex<Live>,
     state_tx: watch::Sender<ServiceState>,
+    /// Probe calls for the live instance ([`ServiceManager::probe`]).
+    probe_tx: mpsc::Sender<ProbeAsk>,
+    /// Held by the service's task while an instance runs.
+    probe_rx: tokio::sync::Mutex<mpsc::Receiver<ProbeAsk>>,
 }
 
 struct Entry {

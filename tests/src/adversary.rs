@@ -14,6 +14,7 @@
 //!   ones with [`envelopes`] (forged signature, replayed, stale, future-dated, oversized, wrong
 //!   kind, garbage),
 //! - forge radio checkpoints ([`radio`]),
+//! - run nothing as a hosted contract's provider ([`host_nothing`], in `agora-byzantine`),
 //! - and come in numbers: [`Adversary::many`] joins throwaway identities (keys are free).
 //!
 //! Attack families live in one file each under `adversary/` and are used by the tests in
@@ -24,6 +25,7 @@ pub mod challenge;
 pub mod envelopes;
 pub mod flood;
 pub mod gossip;
+pub mod host_nothing;
 pub mod radio;
 
 use std::path::{Path, PathBuf};

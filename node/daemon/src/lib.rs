@@ -15,6 +15,7 @@ pub mod data_dir;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_market::NodeId;
@@ -25,6 +26,7 @@ use tracing::{Instrument, info};
 
 use crate::config::{ConfigError, NodeConfig};
 use agora_api::ApiState;
+use agora_hosting::control::ServiceControl;
 use agora_network::keys::{KeyError, NodeKey};
 use agora_network::{NetworkError, NetworkHandle};
 
@@ -212,13 +214,35 @@ pub async fn wait_for_signal() {
 pub async fn start(data_dir: &Path, config: &NodeConfig) -> Result<RunningNode, DaemonError> {
     let key = NodeKey::load(data_dir)?;
     let span = tracing::info_span!("node", id = %key.node_id().short());
-    start_with_key(data_dir, config, key).instrument(span).await
+    start_with_key(data_dir, config, key, None)
+        .instrument(span)
+        .await
+}
+
+/// Puts something between the service host and the radio and orchestrator that drive it.
+pub type ServiceWrap = Box<dyn FnOnce(Arc<dyn ServiceControl>) -> Arc<dyn ServiceControl> + Send>;
+
+/// [`start`], with the radio and the orchestrator driving `wrap(host)` instead of the service
+/// host: the test crate's byzantine provider (`agora-byzantine --host-nothing`) runs nothing
+/// behind it. Only with the `test-utils` feature, which only the test crate turns on.
+#[cfg(feature = "test-utils")]
+pub async fn start_wrapped(
+    data_dir: &Path,
+    config: &NodeConfig,
+    wrap: ServiceWrap,
+) -> Result<RunningNode, DaemonError> {
+    let key = NodeKey::load(data_dir)?;
+    let span = tracing::info_span!("node", id = %key.node_id().short());
+    start_with_key(data_dir, config, key, Some(wrap))
+        .instrument(span)
+        .await
 }
 
 async fn start_with_key(
     data_dir: &Path,
     config: &NodeConfig,
     key: NodeKey,
+    wrap: Option<ServiceWrap>,
 ) -> Result<RunningNode, DaemonError> {
     let cancel = CancellationToken::new();
     let net_cfg = config.network_config()?;
@@ -351,7 +375,13 @@ async fn start_with_key(
         &network,
         &storage,
         ledger.as_ref(),
-        std::sync::Arc::new(services.clone()),
+        {
+            let host: Arc<dyn ServiceControl> = Arc::new(services.clone());
+            match wrap {
+                Some(wrap) => wrap(host),
+                None => host,
+            }
+        },
         key.signer().clone(),
         metrics.as_ref(),
         &cancel,

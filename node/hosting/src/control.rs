@@ -2,6 +2,7 @@
 //! and stop it, feed it readings, ask whether it runs. The node's `ServiceHost` implements it;
 //! tests may use a fake.
 
+use agora_contracts::probe::GuestExpectation;
 use async_trait::async_trait;
 use cid::Cid;
 
@@ -39,6 +40,31 @@ pub trait ServiceControl: Send + Sync + 'static {
     fn push_reading(&self, id: &str, frame: Vec<u8>) -> Result<(), String>;
     /// Whether service `id` is running.
     async fn running(&self, id: &str) -> bool;
+    /// What this node answers an arbitrator's uptime probe of service `id` with `nonce`
+    /// (`agora_wire::probe`): whether its hosting layer runs the instance ([`Self::running`])
+    /// and, by default, no guest value.
+    async fn probe(&self, id: &str, nonce: i64) -> ProbeWitness {
+        let _ = nonce;
+        ProbeWitness {
+            running: self.running(id).await,
+            guest: None,
+        }
+    }
+    /// What `image`'s `agora_probe(nonce)` returns on a fresh instance on this node (the
+    /// arbitrator's check of a provider's answer); by default unknown.
+    async fn probe_image(&self, image: Cid, nonce: i64) -> GuestExpectation {
+        let _ = (image, nonce);
+        GuestExpectation::Unknown("this node runs no images".into())
+    }
+}
+
+/// The hosting layer's side of an uptime probe's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeWitness {
+    /// Whether the service's instance runs.
+    pub running: bool,
+    /// What the live instance's `agora_probe(nonce)` returned, if it has the export.
+    pub guest: Option<i64>,
 }
 
 /// The node's wasm/container host as the orchestrator drives it.
@@ -94,5 +120,19 @@ impl ServiceControl for crate::ServiceHost {
     async fn running(&self, id: &str) -> bool {
         self.health(id)
             .is_ok_and(|h| h.state == agora_runtime::ServiceState::Active)
+    }
+
+    async fn probe(&self, id: &str, nonce: i64) -> ProbeWitness {
+        let running = self.running(id).await;
+        let guest = if running {
+            self.probe_live(id, nonce).await
+        } else {
+            None
+        };
+        ProbeWitness { running, guest }
+    }
+
+    async fn probe_image(&self, image: Cid, nonce: i64) -> GuestExpectation {
+        crate::ServiceHost::probe_image(self, image, nonce).await
     }
 }

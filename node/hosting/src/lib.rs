@@ -21,6 +21,7 @@ mod container;
 pub mod control;
 pub mod kv;
 mod ops;
+pub mod probe;
 pub mod published;
 mod query;
 
@@ -278,6 +279,8 @@ struct Inner {
     config: ServicesConfig,
     staged: Mutex<BTreeMap<String, Staged>>,
     published: broadcast::Sender<PublishedMsg>,
+    /// Images compiled for arbitrators' probes (bounded, `probe`).
+    probe_modules: Mutex<BTreeMap<Cid, probe::ProbeModule>>,
 }
 
 /// Cloneable handle to the node's service host.
@@ -331,6 +334,7 @@ pub fn spawn(
         config,
         staged: Mutex::new(BTreeMap::new()),
         published,
+        probe_modules: Mutex::new(BTreeMap::new()),
     });
     let host = ServiceHost {
         inner: inner.clone(),

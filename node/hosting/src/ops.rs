@@ -41,7 +41,7 @@ fn check_id(id: &str) -> Result<(), ServiceError> {
 
 impl ServiceHost {
     /// The embedded block store images are read from and written to.
-    fn embedded_store(&self) -> Result<&agora_exchange::Embedded, ServiceError> {
+    pub(crate) fn embedded_store(&self) -> Result<&agora_exchange::Embedded, ServiceError> {
         self.inner
             .storage
             .embedded()

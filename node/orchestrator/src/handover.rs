@@ -99,6 +99,9 @@ impl Orchestrator {
                     );
                     own_changed = true;
                 }
+                LedgerEvent::ContractRegistered { contract, .. } => {
+                    self.warm_probe_image(*contract).await;
+                }
                 LedgerEvent::StatusChanged { contract, to, .. } => {
                     let Some(rec) = self.record(*contract).await else {
                         continue;

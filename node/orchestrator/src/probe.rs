@@ -204,24 +204,33 @@ async fn reply(
             ));
         }
     }
-    let running = services.running(&contract.to_string()).await;
+    let witness = services
+        .probe(&contract.to_string(), nonce_value(nonce))
+        .await;
     ProbeMsg::Answer {
         contract,
         interval,
         nonce,
-        running,
+        running: witness.running,
+        guest: witness.guest,
     }
 }
 
-/// Whether `answer` is the provider's signed statement that the service runs, for exactly this
-/// probe.
+/// The probe's nonce as the guest's `agora_probe` argument (the same bits).
+pub(super) fn nonce_value(nonce: u64) -> i64 {
+    i64::from_le_bytes(nonce.to_le_bytes())
+}
+
+/// The provider's signed statement for exactly this probe: whether its hosting layer runs the
+/// service, and the guest's `agora_probe` value if any (judged with
+/// `agora_contracts::probe::judge_answer`); `Err` for anything else (why it counts as down).
 pub(super) fn judge(
     answer: &Envelope,
     provider: NodeId,
     contract: ContractId,
     interval: u64,
     nonce: u64,
-) -> Result<(), String> {
+) -> Result<(bool, Option<i64>), String> {
     if answer.sender != provider {
         return Err("answer signed by another node".into());
     }
@@ -231,13 +240,8 @@ pub(super) fn judge(
             interval: i,
             nonce: n,
             running,
-        }) if c == contract && i == interval && n == nonce => {
-            if running {
-                Ok(())
-            } else {
-                Err("the provider reports its service not running".into())
-            }
-        }
+            guest,
+        }) if c == contract && i == interval && n == nonce => Ok((running, guest)),
         Ok(ProbeMsg::Answer { .. }) => Err("answer names another probe".into()),
         Ok(ProbeMsg::Refused { reason }) => Err(format!("refused: {reason}")),
         Ok(ProbeMsg::Ask { .. }) => Err("answered with a probe".into()),
@@ -256,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_providers_answer_to_this_probe_counts_as_up() {
+    fn only_the_providers_answer_to_this_probe_is_taken() {
         let p = KeySigner::from_seed(1);
         let other = KeySigner::from_seed(2);
         let c = ContractId([3; 32]);
@@ -265,8 +269,12 @@ mod tests {
             interval: 4,
             nonce: 5,
             running: true,
+            guest: Some(9),
         };
-        assert!(judge(&answer(&p, &ok), p.node_id(), c, 4, 5).is_ok());
+        assert_eq!(
+            judge(&answer(&p, &ok), p.node_id(), c, 4, 5),
+            Ok((true, Some(9)))
+        );
         assert!(judge(&answer(&other, &ok), p.node_id(), c, 4, 5).is_err());
         assert!(
             judge(&answer(&p, &ok), p.node_id(), c, 4, 6).is_err(),
@@ -285,8 +293,13 @@ mod tests {
             interval: 4,
             nonce: 5,
             running: false,
+            guest: None,
         };
-        assert!(judge(&answer(&p, &stopped), p.node_id(), c, 4, 5).is_err());
+        assert_eq!(
+            judge(&answer(&p, &stopped), p.node_id(), c, 4, 5),
+            Ok((false, None)),
+            "\"not running\" is judged with the guest value, by agora_contracts::probe"
+        );
         let refused = ProbeMsg::Refused { reason: "x".into() };
         assert!(judge(&answer(&p, &refused), p.node_id(), c, 4, 5).is_err());
     }

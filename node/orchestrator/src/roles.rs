@@ -11,8 +11,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use agora_contracts::ContractId;
+use agora_contracts::probe::{GuestExpectation, ProbeFault, ProbeUp, judge_answer};
 use agora_contracts::roles::{AuditVerdict, Effect, Input, LedgerFacts, Presence};
+use agora_contracts::{ContractId, ContractKind};
 use agora_market::NodeId;
 use agora_network::PresenceEvent;
 use agora_network::keys::peer_id_of;
@@ -190,7 +191,13 @@ impl Orchestrator {
 
     /// Asks `provider` in the background whether the service of `contract` runs; answers
     /// `Done::Probed`, or nothing when it stays silent for `timeout_ms` (the machine counts
-    /// the silence as down itself).
+    /// the silence as down itself). Meanwhile this node computes the image's `agora_probe` for
+    /// the nonce on its own instance ([`ServiceControl::probe_image`]) and judges the signed
+    /// answer against it (`agora_contracts::probe::judge_answer`); a value not ready before the
+    /// probe's time runs out leaves the hosting layer's word (counted `probe-unverified`).
+    /// Refused, "not running" and mismatched answers go on the timeline (`probe-refused`,
+    /// `probe-not-running`, `probe-guest-mismatch`, `probe-no-guest-value`), hence into
+    /// `orchestrator_phases` in the node's metrics.
     fn probe(&mut self, contract: ContractId, provider: NodeId, interval: u64, timeout_ms: u64) {
         let nonce: u64 = rand::random();
         let ask = ProbeMsg::Ask {
@@ -202,7 +209,19 @@ impl Orchestrator {
         let env = Envelope::seal_body(&self.signer, Kind::Probe, now_ms(), seq, &ask);
         let network = self.network.clone();
         let done = self.done_tx.clone();
+        let timeline = self.timeline.clone();
         let timeout = Duration::from_millis(timeout_ms);
+        // The verdict must reach the machine before it counts the probe as silent.
+        let judge_by = tokio::time::Instant::now() + timeout.saturating_sub(JUDGE_MARGIN);
+        let mut expected = tokio::spawn(
+            expected_value(
+                self.ledger.clone(),
+                self.services.clone(),
+                contract,
+                super::probe::nonce_value(nonce),
+            )
+            .in_current_span(),
+        );
         tokio::spawn(
             async move {
                 let outcome = match (env, peer_id_of(&provider)) {
@@ -214,7 +233,36 @@ impl Orchestrator {
                             }
                             Ok(Err(e)) => Err(format!("unreachable: {e}")),
                             Ok(Ok(answer)) => {
-                                super::probe::judge(&answer, provider, contract, interval, nonce)
+                                match super::probe::judge(
+                                    &answer, provider, contract, interval, nonce,
+                                ) {
+                                    Err(why) => {
+                                        timeline.push(
+                                            "probe-refused",
+                                            Some(&contract),
+                                            why.clone(),
+                                        );
+                                        Err(why)
+                                    }
+                                    Ok((running, guest)) => {
+                                        let want =
+                                            match tokio::time::timeout_at(judge_by, &mut expected)
+                                                .await
+                                            {
+                                                Ok(Ok(e)) => e,
+                                                Ok(Err(e)) => {
+                                                    GuestExpectation::Unknown(e.to_string())
+                                                }
+                                                Err(_) => GuestExpectation::Unknown(
+                                                    "this node's own value was not ready in time"
+                                                        .into(),
+                                                ),
+                                            };
+                                        verdict(
+                                            &timeline, contract, interval, running, guest, &want,
+                                        )
+                                    }
+                                }
                             }
                         }
                     }
@@ -228,6 +276,30 @@ impl Orchestrator {
                         outcome,
                     })
                     .await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// An arbitrator of a newly registered hosted or standby contract compiles its image for
+    /// probes now, in the background, so its first probe (within seconds of activation) can
+    /// already be checked against the guest's value rather than the hosting layer's word.
+    pub(super) async fn warm_probe_image(&self, contract: ContractId) {
+        let Some(rec) = self.record(contract).await else {
+            return;
+        };
+        let c = &rec.contract;
+        if !c.committee.contains(&self.me)
+            || !matches!(c.kind, ContractKind::Hosted | ContractKind::Standby)
+        {
+            return;
+        }
+        let (services, image) = (self.services.clone(), c.service_image);
+        tokio::spawn(
+            async move {
+                let started = std::time::Instant::now();
+                let e = services.probe_image(image, 0).await;
+                tracing::info!(%image, ms = started.elapsed().as_millis(), ?e, "image ready for probes");
             }
             .in_current_span(),
         );
@@ -250,6 +322,71 @@ impl Orchestrator {
             up,
         })
         .await;
+    }
+}
+
+/// How long before the machine's probe timeout a verdict is given, whatever is still missing.
+const JUDGE_MARGIN: Duration = Duration::from_millis(150);
+
+/// What `contract`'s image's `agora_probe(nonce)` returns on this node (its image from the
+/// ledger). Runs in a task of its own: compiling a cold image goes on (and fills the cache)
+/// even when the probe was judged without it.
+async fn expected_value(
+    ledger: agora_ledger::LedgerHandle,
+    services: std::sync::Arc<dyn agora_hosting::control::ServiceControl>,
+    contract: ContractId,
+    nonce: i64,
+) -> GuestExpectation {
+    let image = ledger
+        .query(move |v| {
+            v.ledger
+                .contract(&contract)
+                .map(|r| r.contract.service_image)
+        })
+        .await
+        .ok()
+        .flatten();
+    match image {
+        Some(image) => services.probe_image(image, nonce).await,
+        None => GuestExpectation::Unknown("the contract is not on this node's ledger".into()),
+    }
+}
+
+/// Judges a signed answer against this node's own value, noting what counts against the
+/// provider (or was taken on the hosting layer's word) on the timeline.
+fn verdict(
+    timeline: &crate::Timeline,
+    contract: ContractId,
+    interval: u64,
+    running: bool,
+    guest: Option<i64>,
+    want: &GuestExpectation,
+) -> Result<(), String> {
+    match judge_answer(running, guest, want) {
+        Ok(ProbeUp::Unverified) => {
+            if let GuestExpectation::Unknown(why) = want {
+                timeline.push(
+                    "probe-unverified",
+                    Some(&contract),
+                    format!("interval {interval}: on the hosting layer's word: {why}"),
+                );
+            }
+            Ok(())
+        }
+        Ok(ProbeUp::Verified | ProbeUp::HostingWord) => Ok(()),
+        Err(fault) => {
+            let phase = match fault {
+                ProbeFault::NotRunning => "probe-not-running",
+                ProbeFault::NoGuestValue => "probe-no-guest-value",
+                ProbeFault::GuestMismatch { .. } => "probe-guest-mismatch",
+            };
+            timeline.push(
+                phase,
+                Some(&contract),
+                format!("interval {interval}: {fault}"),
+            );
+            Err(fault.to_string())
+        }
     }
 }
 

@@ -5,9 +5,12 @@
 //! What an answer proves: the provider's node was reachable over the swarm during the interval
 //! and signed (the envelope's signature, sender = the provider) a statement naming the contract,
 //! the interval and the arbitrator's fresh nonce, saying whether its hosting layer reports the
-//! contract's service instance running. It does not prove the guest does useful work: a provider
-//! that lies about its own hosting layer is caught only by what the customer's devices see
-//! (readings processed, data proofs), not by the probe.
+//! contract's service instance running, and — when the image exports `agora_probe` — the value
+//! its live instance computed for the nonce, which the arbitrator checks on its own instance of
+//! the image (`agora_contracts::probe`): the provider holds the image and executed it at probe
+//! time. It does not prove the guest ran between probes (a provider that instantiates on demand
+//! passes) nor that it does useful work; for an image without the export the hosting layer's
+//! word is all there is.
 
 use agora_contracts::ContractId;
 use serde::{Deserialize, Serialize};
@@ -34,6 +37,10 @@ pub enum ProbeMsg {
         nonce: u64,
         /// Whether the provider's hosting layer reports the contract's service instance running.
         running: bool,
+        /// What the live instance's `agora_probe(nonce)` export returned, when the image has
+        /// one (`agora_contracts::probe`): the arbitrator checks it against its own instance.
+        #[serde(default)]
+        guest: Option<i64>,
     },
     /// Provider → arbitrator: not answered, and why (not a committee member, over quota, not
     /// this node's contract). Counts as down for the asker.
@@ -58,6 +65,7 @@ mod tests {
             interval: 3,
             nonce: 42,
             running: true,
+            guest: Some(-7),
         };
         let env = Envelope::seal_body(&s, Kind::Probe, 10, 1, &msg).unwrap();
         let back = Envelope::open(&env.to_bytes(), MAX_RPC_BYTES).unwrap();

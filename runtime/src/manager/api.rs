@@ -18,6 +18,9 @@ use crate::io::{KvStore, LogBuffer, Published, ReadingQueue, lock};
 use crate::state::ServiceIo;
 use crate::{LimitsSide, Metering, RuntimeError, StopReason};
 
+/// How long a fresh instance made to answer one probe may live.
+const FRESH_PROBE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl ServiceManager {
     /// A manager on `host` using `kv` for guest storage; published messages arrive on the
     /// returned receiver (bounded by `outbox_capacity`; a full outbox makes `publish` return -1).
@@ -68,7 +71,10 @@ impl ServiceManager {
             published: AtomicU64::new(0),
         });
         let (state_tx, _) = watch::channel(ServiceState::Staged);
+        let (probe_tx, probe_rx) = mpsc::channel(super::PROBES_QUEUED);
         let shared = Arc::new(Shared {
+            probe_tx,
+            probe_rx: tokio::sync::Mutex::new(probe_rx),
             io,
             stop: Arc::new(StopSignal::default()),
             live: Mutex::new(Live {
@@ -292,6 +298,78 @@ impl ServiceManager {
             guest_health: live.guest_health,
             healthy,
         })
+    }
+
+    /// Calls the live instance's `agora_probe(nonce)` (with [`crate::PROBE_FUEL`]) between two
+    /// polls; `Ok(None)` when the guest has no probe export. Wrap in a timeout: a busy guest
+    /// answers after its current call.
+    pub async fn probe(&self, id: &ServiceId, nonce: i64) -> Result<Option<i64>, RuntimeError> {
+        let shared = self.shared(id)?;
+        let fail = |reason: String| RuntimeError::Probe {
+            service: id.0.clone(),
+            reason,
+        };
+        if lock(&shared.live).state != ServiceState::Active {
+            return Err(RuntimeError::WrongState {
+                service: id.0.clone(),
+                state: "not active".into(),
+                hint: "only a running service answers probes",
+            });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        shared
+            .probe_tx
+            .try_send((nonce, tx))
+            .map_err(|_| fail(format!("{} probes already waiting", super::PROBES_QUEUED)))?;
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(reason)) => Err(fail(format!("the call failed: {reason:?}"))),
+            Err(_) => Err(fail("the service stopped first".into())),
+        }
+    }
+
+    /// Calls `agora_probe(nonce)` on a fresh instance of `module` under `limits` (instantiated,
+    /// `_initialize` and `agora_init` run, then the probe, with [`crate::PROBE_FUEL`]; no
+    /// readings, an empty in-memory store, dropped at once): what an arbitrator computes to
+    /// check a provider's answer. `Ok(None)` when the module has no probe export.
+    pub async fn probe_fresh(
+        &self,
+        module: crate::CompiledModule,
+        limits: crate::ServiceLimits,
+        nonce: i64,
+    ) -> Result<Option<i64>, RuntimeError> {
+        let id = format!("probe-{}", module.id());
+        let fail = |reason: String| RuntimeError::Probe {
+            service: id.clone(),
+            reason,
+        };
+        let spec = ServiceSpec::new(id.as_str(), module, limits);
+        let (outbox, _dropped) = mpsc::channel(1);
+        let io = Arc::new(ServiceIo {
+            service: id.clone(),
+            readings: ReadingQueue::new(1),
+            log: LogBuffer::new(4 << 10),
+            kv: Arc::new(crate::MemoryKv::new(64)),
+            outbox,
+            readings_processed: AtomicU64::new(0),
+            readings_dropped: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+        });
+        let launch = super::instance::Launch {
+            engine: self.host.engine().clone(),
+            fuel_per_cpu_ms: self.host.config().fuel_per_cpu_ms,
+            stop: Arc::new(StopSignal::default()),
+            deadline: Instant::now().checked_add(FRESH_PROBE_LIFETIME),
+        };
+        let call = async move {
+            let mut inst = super::instance::Running::start(launch, &spec.module, &spec, io).await?;
+            inst.probe(nonce).await.transpose()
+        };
+        match self.host.guests().spawn(call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(reason)) => Err(fail(format!("{reason:?}"))),
+            Err(e) => Err(fail(e.to_string())),
+        }
     }
 
     /// The host this manager runs on.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Engine, Instance, Store, Trap, TypedFunc, WasmResults};
+use wasmtime::{Engine, Instance, Store, Trap, TypedFunc, WasmParams, WasmResults};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::WasiCtxBuilder;
 
@@ -17,6 +17,9 @@ use crate::state::{LogSink, MemoryLimiter, ServiceIo, StoreState};
 
 /// Largest WASI `random_get` a guest may make in one call (larger traps).
 pub(crate) const MAX_RANDOM_BYTES: u64 = 64 << 10;
+/// Fuel one `agora_probe` call may use: the same cap on the provider's live instance and on an
+/// arbitrator's fresh one, so a call that runs out of fuel runs out on both.
+pub const PROBE_FUEL: u64 = 1_000_000;
 
 /// What an instance needs from the host and the manager besides its spec.
 pub(crate) struct Launch {
@@ -38,6 +41,7 @@ pub(crate) struct Running {
     guard: Arc<CallGuard>,
     poll: TypedFunc<(), i32>,
     health: Option<TypedFunc<(), i32>>,
+    probe: Option<TypedFunc<i64, i64>>,
     sink: LogSink,
     fuel_per_call: u64,
     fuel_per_cpu_ms: u64,
@@ -112,6 +116,9 @@ impl Running {
         let health = instance
             .get_typed_func::<(), i32>(&mut store, "agora_health")
             .ok();
+        let probe = instance
+            .get_typed_func::<i64, i64>(&mut store, "agora_probe")
+            .ok();
         let initialize = instance
             .get_typed_func::<(), ()>(&mut store, "_initialize")
             .ok();
@@ -124,6 +131,7 @@ impl Running {
             guard,
             poll,
             health,
+            probe,
             sink,
             fuel_per_call,
             fuel_per_cpu_ms: launch.fuel_per_cpu_ms,
@@ -152,6 +160,13 @@ impl Running {
     pub(crate) async fn health(&mut self) -> Option<Result<i32, StopReason>> {
         let f = self.health.clone()?;
         Some(self.call(&f).await)
+    }
+
+    /// Calls `agora_probe(nonce)` if exported, with [`PROBE_FUEL`] (charged to the instance like
+    /// any call); `None` when the guest has no probe export.
+    pub(crate) async fn probe(&mut self, nonce: i64) -> Option<Result<i64, StopReason>> {
+        let f = self.probe.clone()?;
+        Some(self.call_with(&f, nonce, PROBE_FUEL).await)
     }
 
     /// Calls the export `name` taking four `i32`s and returning one (fuzzing and tests drive
@@ -194,22 +209,38 @@ impl Running {
 
     /// Runs one guest call with a fresh per-call budget, charges it and classifies a failure.
     async fn call<R: WasmResults + Sync>(&mut self, f: &TypedFunc<(), R>) -> Result<R, StopReason> {
+        let fuel = self.fuel_per_call;
+        self.call_with(f, (), fuel).await
+    }
+
+    /// [`Self::call`] with `args` and a budget of `fuel`.
+    async fn call_with<P: WasmParams + Sync, R: WasmResults + Sync>(
+        &mut self,
+        f: &TypedFunc<P, R>,
+        args: P,
+        fuel: u64,
+    ) -> Result<R, StopReason> {
         self.store
-            .set_fuel(self.fuel_per_call)
+            .set_fuel(fuel)
             .map_err(|e| StopReason::StartFailed(format!("{e:#}")))?;
         self.store.set_epoch_deadline(1);
         self.guard.clock.reset();
         let guard = self.guard.clone();
-        let result = guard.race(f.call_async(&mut self.store, ())).await;
-        self.charge();
+        let result = guard.race(f.call_async(&mut self.store, args)).await;
+        self.charge_from(fuel);
         result.map_err(|err| classify(&self.store, &self.sink, &err))
     }
 
     /// Charges the last call: the larger of the fuel it consumed (instructions and host calls)
     /// and the fuel its CPU time is worth on this host.
     fn charge(&mut self) {
+        self.charge_from(self.fuel_per_call);
+    }
+
+    /// [`Self::charge`] for a call given `given` fuel.
+    fn charge_from(&mut self, given: u64) {
         let left = self.store.get_fuel().unwrap_or(0);
-        let counted = self.fuel_per_call.saturating_sub(left);
+        let counted = given.saturating_sub(left);
         let timed = fuel_for(self.guard.clock.busy(), self.fuel_per_cpu_ms);
         self.fuel_used = self.fuel_used.saturating_add(counted.max(timed));
     }

@@ -10,7 +10,7 @@ use wasmtime::Engine;
 
 use crate::io::lock;
 use crate::manager::instance::{Launch, Running};
-use crate::manager::{Live, RestartPolicy, ServiceSpec, ServiceState, Shared};
+use crate::manager::{Live, ProbeAsk, RestartPolicy, ServiceSpec, ServiceState, Shared};
 use crate::{Metering, StopReason};
 
 /// How often `agora_health` is called while the service runs.
@@ -124,6 +124,8 @@ async fn run_instance(
         Ok(inst) => inst,
         Err(reason) => return reason,
     };
+    // This task alone answers probes while the instance lives.
+    let mut probes = shared.probe_rx.lock().await;
     let base = lock(&shared.live).metering.clone();
     let tick = Duration::from_millis(spec.tick_ms.max(1));
     let budget = spec.limits.fuel_per_second.max(1);
@@ -137,6 +139,12 @@ async fn run_instance(
     let reason = loop {
         if shared.stop.is_requested() {
             break StopReason::Requested;
+        }
+        if let Ok(ask) = probes.try_recv() {
+            match answer_probe(&mut inst, ask).await {
+                Some(reason) => break reason,
+                None => continue,
+            }
         }
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
@@ -156,6 +164,12 @@ async fn run_instance(
             let wait = tick.min(until_deadline);
             tokio::select! {
                 () = shared.stop.requested() => continue,
+                Some(ask) = probes.recv() => {
+                    match answer_probe(&mut inst, ask).await {
+                        Some(reason) => break reason,
+                        None => continue,
+                    }
+                }
                 () = shared.io.readings.readable() => {}
                 () = tokio::time::sleep(wait) => {}
             }
@@ -200,6 +214,15 @@ async fn run_instance(
     fold(&mut lock(&shared.live).metering, &base, &inst, shared);
     drop(inst);
     reason
+}
+
+/// Calls `agora_probe` for one [`ProbeAsk`] and sends the outcome; a failed call stops the
+/// service (as a failed `agora_health` does): returns its reason.
+async fn answer_probe(inst: &mut Running, (nonce, reply): ProbeAsk) -> Option<StopReason> {
+    let outcome = inst.probe(nonce).await.transpose();
+    let failed = outcome.as_ref().err().cloned();
+    let _ = reply.send(outcome);
+    failed
 }
 
 /// Metering = what earlier instances used (`base`) + this instance's usage so far.

@@ -17,10 +17,14 @@
 //!   follows the others' votes and applies what they decide; issue #13's "withheld votes",
 //!   THREATS A5; the hook `byzantine_withhold_votes`);
 //! - `--no-bid`: it neither bids nor accepts awards (an arbitrator only, never a contract's
-//!   provider, so it sits on every contract's committee).
+//!   provider, so it sits on every contract's committee);
+//! - `--host-nothing[=honest|lie]`: as the provider of a hosted contract it stages the image but
+//!   never starts an instance, yet activates the contract and claims uptime in every heartbeat;
+//!   `honest` answers the arbitrators' probes "not running", `lie` answers "running" (THREATS
+//!   P1; `agora_tests::adversary::host_nothing`, behind `agora_daemon::start_wrapped`).
 //!
 //! This binary lives in the test crate, which is the only crate that turns on the `test-utils`
-//! feature of `agora-ledger` outside dev-dependencies: the shipped `agora` binary has no flag,
+//! features of `agora-ledger` and `agora-daemon` outside dev-dependencies: the shipped `agora` binary has no flag,
 //! config key or environment variable that reaches these hooks. Each misbehaviour prints one
 //! line starting with `byzantine:` to stdout (the devnet writes it to `node.log`).
 #![forbid(unsafe_code)]
@@ -37,6 +41,7 @@ use agora_contracts::{
 use agora_daemon::config::NodeConfig;
 use agora_ledger::LedgerHandle;
 use agora_market::NodeId;
+use agora_tests::adversary::host_nothing::{HostNothing, NothingHost};
 use agora_wire::now_ms;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -95,6 +100,21 @@ struct RunArgs {
     /// Neither bid nor accept awards (stay an arbitrator of every contract).
     #[arg(long)]
     no_bid: bool,
+    /// As a hosted contract's provider, run nothing (claiming uptime all the same) and answer
+    /// probes "not running" (`honest`, the default) or "running" (`lie`).
+    #[arg(long, value_name = "honest|lie", num_args = 0..=1, default_missing_value = "honest",
+          value_parser = parse_host_nothing)]
+    host_nothing: Option<HostNothing>,
+}
+
+fn parse_host_nothing(text: &str) -> Result<HostNothing, String> {
+    match text {
+        "honest" => Ok(HostNothing::Honest),
+        "lie" => Ok(HostNothing::Lie),
+        other => Err(format!(
+            "`{other}`: write --host-nothing=honest or --host-nothing=lie"
+        )),
+    }
 }
 
 /// `30d`, `2h`, `15m`, `90s`, `500ms` (or plain milliseconds) as milliseconds.
@@ -153,7 +173,23 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         config.market.engine.dmu.provider.auto_accept_award = false;
         println!("byzantine: no-bid (an arbitrator only)");
     }
-    let node = agora_daemon::start(dir, &config).await?;
+    let node = match args.host_nothing {
+        Some(kind) => {
+            let node = agora_daemon::start_wrapped(
+                dir,
+                &config,
+                Box::new(move |host| NothingHost::wrap(host, kind)),
+            )
+            .await?;
+            let word = match kind {
+                HostNothing::Honest => "honest",
+                HostNothing::Lie => "lie",
+            };
+            println!("byzantine: host-nothing={word}");
+            node
+        }
+        None => agora_daemon::start(dir, &config).await?,
+    };
     println!("node {} running", node.node_id());
     for a in &node.p2p_addrs {
         println!("p2p: {a}");
@@ -319,7 +355,15 @@ async fn lies_recorded(ledger: LedgerHandle, me: NodeId, cancel: CancellationTok
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration_ms;
+    use super::{HostNothing, parse_duration_ms, parse_host_nothing};
+
+    #[test]
+    fn host_nothing_takes_honest_or_lie_only() {
+        assert_eq!(parse_host_nothing("honest"), Ok(HostNothing::Honest));
+        assert_eq!(parse_host_nothing("lie"), Ok(HostNothing::Lie));
+        assert!(parse_host_nothing("").is_err());
+        assert!(parse_host_nothing("true").is_err());
+    }
 
     #[test]
     fn durations_parse_with_units_and_refuse_garbage() {

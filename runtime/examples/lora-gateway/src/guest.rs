@@ -164,3 +164,14 @@ pub extern "C" fn agora_health() -> i32 {
         }
     })
 }
+
+/// Uptime probe evidence (THREATS P1): a pure function of the nonce, so a fresh instance of
+/// this image on an arbitrator computes what the live one does (SplitMix64's finaliser over
+/// the nonce and this image's constant).
+#[unsafe(no_mangle)]
+pub extern "C" fn agora_probe(nonce: i64) -> i64 {
+    let mut z = u64::from_le_bytes(nonce.to_le_bytes()) ^ 0x6c6f_7261_2d67_7731; // "lora-gw1"
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    i64::from_le_bytes((z ^ (z >> 31)).to_le_bytes())
+}

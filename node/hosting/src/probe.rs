@@ -1,0 +1,116 @@
+//! Uptime probe evidence from the guest (THREATS P1, `agora_contracts::probe`): the provider's
+//! side calls the live instance's `agora_probe(nonce)`; an arbitrator's side computes the same
+//! on its own fresh instance of the contract's image, fetched like a provider fetches it
+//! (pinned in this node's store), compiled once and kept in a bounded cache.
+
+use std::time::Duration;
+
+use agora_contracts::probe::GuestExpectation;
+use agora_runtime::{CompiledModule, ServiceLimits};
+use agora_storage::Cid;
+
+use super::manifest::ServiceKind;
+use super::{ServiceError, ServiceHost, lock};
+use agora_image::read_image;
+
+/// How long the provider's live instance may take to answer (it answers between two polls).
+pub const LIVE_PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+/// Compiled images an arbitrator keeps for probes; beyond it the oldest entry goes.
+pub const MAX_PROBE_MODULES: usize = 16;
+
+/// An image compiled for probes: its module (`None`: a container image, nothing to call) and
+/// the limits a fresh instance gets.
+#[derive(Clone)]
+pub(crate) struct ProbeModule {
+    module: Option<(CompiledModule, ServiceLimits)>,
+    /// Insertion order, for eviction.
+    seq: u64,
+}
+
+impl ServiceHost {
+    /// The live instance of service `id`'s `agora_probe(nonce)`, if it has one and answers in
+    /// time ([`LIVE_PROBE_TIMEOUT`]).
+    pub async fn probe_live(&self, id: &str, nonce: i64) -> Option<i64> {
+        if self.is_container(id).unwrap_or(true) {
+            return None;
+        }
+        let service = id.into();
+        let call = self.inner.manager.probe(&service, nonce);
+        match tokio::time::timeout(LIVE_PROBE_TIMEOUT, call).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::debug!(service = id, error = %e, "probe export not answered");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(service = id, "probe export too slow");
+                None
+            }
+        }
+    }
+
+    /// What `image`'s `agora_probe(nonce)` returns on a fresh instance here: what the
+    /// provider's live instance must have answered.
+    pub async fn probe_image(&self, image: Cid, nonce: i64) -> GuestExpectation {
+        let m = match self.probe_module(image).await {
+            Ok(m) => m,
+            Err(e) => return GuestExpectation::Unknown(e.to_string()),
+        };
+        let Some((module, limits)) = m else {
+            return GuestExpectation::NoExport;
+        };
+        match self.inner.manager.probe_fresh(module, limits, nonce).await {
+            Ok(Some(v)) => GuestExpectation::Value(v),
+            Ok(None) => GuestExpectation::NoExport,
+            Err(e) => GuestExpectation::Unknown(e.to_string()),
+        }
+    }
+
+    /// `image` compiled for probes, from the cache or fetched, verified and compiled now.
+    async fn probe_module(
+        &self,
+        image: Cid,
+    ) -> Result<Option<(CompiledModule, ServiceLimits)>, ServiceError> {
+        if let Some(m) = lock(&self.inner.probe_modules).get(&image) {
+            return Ok(m.module.clone());
+        }
+        self.inner
+            .storage
+            .pin_within(image, agora_image::MAX_MODULE_BYTES + (1 << 20))
+            .await?;
+        let (record, manifest, bytes): (_, _, Vec<u8>) = self
+            .embedded_store()?
+            .blocking(move |s| Ok(read_image(s, &image)))
+            .await??;
+        let module = match manifest.kind {
+            ServiceKind::Container => None,
+            ServiceKind::Wasm => {
+                let host = self.inner.manager.host().clone();
+                let id = record.module_id;
+                let compiled = tokio::task::spawn_blocking(move || host.load(&id, &bytes))
+                    .await
+                    .map_err(|e| ServiceError::Task(e.to_string()))??;
+                let mut limits = manifest.service_limits();
+                limits.memory_bytes = limits.memory_bytes.min(self.inner.config.max_memory_bytes);
+                limits.wall_clock_ms = None;
+                Some((compiled, limits))
+            }
+        };
+        let mut cache = lock(&self.inner.probe_modules);
+        let seq = cache.values().map(|m| m.seq).max().map_or(0, |s| s + 1);
+        if !cache.contains_key(&image)
+            && cache.len() >= MAX_PROBE_MODULES
+            && let Some(oldest) = cache.iter().min_by_key(|(_, m)| m.seq).map(|(c, _)| *c)
+        {
+            cache.remove(&oldest);
+        }
+        cache.insert(
+            image,
+            ProbeModule {
+                module: module.clone(),
+                seq,
+            },
+        );
+        Ok(module)
+    }
+}

@@ -1,0 +1,349 @@
+//! A hosted provider that runs nothing (issue #13.10, THREATS P1) on a 7-node devnet of real
+//! processes: node 0 runs the test crate's `agora-byzantine --host-nothing=…` (the real node,
+//! whose service host stages the contract's image but never starts it, while its orchestrator
+//! activates the contract and claims uptime in every heartbeat); nodes 1–5 run
+//! `agora-byzantine --no-bid` (honest arbitrators that do not bid, so node 0 is the only
+//! bidder); node 6 is the customer A, a plain `agora` process.
+//!
+//! Build the node first: `nice cargo build -p agora-node --bin agora` (cargo builds
+//! `agora-byzantine` itself for this test), then
+//! `nice cargo test -p agora-tests --test attack_provider`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use agora_api::ledger::{BalanceReply, TransferRequest};
+use agora_contracts::{ContractRecord, ContractStatus};
+use agora_devnet::demo::story::wait_for;
+use agora_devnet::demo::{Story, module_bytes};
+use agora_devnet::files::CONTRACT_NODES;
+use agora_tests::adversary::{ByzantineLauncher, TestLauncher};
+use agora_tests::{agora_bin, agora_json, alive};
+
+/// One devnet at a time: each test runs seven nodes on a small machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The provider that runs nothing.
+const BAD: usize = 0;
+/// The device the hosted contract's image names (not one of A's own service's).
+const DEVICE: u32 = agora_devnet::sensor_keys::KEYED_SENSORS[3];
+/// How long the hosted contract lasts: many probe intervals (one per heartbeat interval).
+const DURATION_MS: u64 = 30_000;
+
+/// Node `BAD` runs nothing with `args` (a plain `agora` node when `args` is empty); the others
+/// but A (the last) do not bid.
+fn launcher(args: &[&str]) -> ByzantineLauncher {
+    let mut bad: Vec<(usize, Vec<String>)> = Vec::new();
+    if !args.is_empty() {
+        bad.push((BAD, args.iter().map(|a| a.to_string()).collect()));
+    }
+    for i in 1..CONTRACT_NODES - 1 {
+        bad.push((i, vec!["--no-bid".into()]));
+    }
+    ByzantineLauncher {
+        honest: TestLauncher(agora_bin()),
+        exe: env!("CARGO_BIN_EXE_agora-byzantine").into(),
+        bad,
+    }
+}
+
+/// The `byzantine:` lines node `dir` printed to its log.
+fn byzantine_lines(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("node.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("byzantine: "))
+        .map(String::from)
+        .collect()
+}
+
+/// `agora contract show ID --json` on `dir`, as an operator reads it.
+fn cli_contract(dir: &Path, id: &str) -> ContractRecord {
+    let dir = dir.display().to_string();
+    let v = agora_json(&["contract", "show", id, "--data-dir", &dir]);
+    serde_json::from_value(v).expect("contract JSON")
+}
+
+/// `agora balance WHO --json` on `dir`.
+fn cli_balance(dir: &Path, who: &str) -> BalanceReply {
+    let dir = dir.display().to_string();
+    let v = agora_json(&["balance", who, "--data-dir", &dir]);
+    serde_json::from_value(v).expect("balance JSON")
+}
+
+/// A started story on the devnet `launcher` makes, node `BAD` misbehaving as `word` says;
+/// `None` (after saying skipped) when the lora-gateway module cannot be built here.
+async fn story(
+    test: &str,
+    launcher: ByzantineLauncher,
+    word: &str,
+) -> Option<(tempfile::TempDir, Story)> {
+    let module = match module_bytes(None) {
+        Ok(m) => m,
+        Err(e) => {
+            agora_devnet::skipped(
+                test,
+                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
+            );
+            return None;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Story::start(
+        &tmp.path().join("net"),
+        CONTRACT_NODES,
+        &module,
+        Arc::new(launcher),
+        true,
+    )
+    .await
+    .expect("story starts");
+    if !word.is_empty() {
+        let dir = s.m.nodes[BAD].data_dir.clone();
+        let want = format!("byzantine: host-nothing={word}");
+        wait_for("the provider to run nothing", 30, async || {
+            byzantine_lines(&dir).contains(&want).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    Some((tmp, s))
+}
+
+/// A transfer between two honest nodes is applied on every honest replica.
+async fn honest_transfer_finalises(s: &Story, from: usize, to: usize) {
+    let who = s.m.nodes[to].node_id.clone();
+    let mut was = Vec::new();
+    for i in 1..CONTRACT_NODES {
+        was.push(s.account(i, &who).await.unwrap().balance);
+    }
+    let req = TransferRequest {
+        to: who.clone(),
+        amount: 3,
+    };
+    let c = agora_api::client::ApiClient::for_data_dir(&s.m.nodes[from].data_dir).unwrap();
+    let _: agora_api::ledger::SubmittedReply = c.post("/v1/ledger/transfer", &req).await.unwrap();
+    for (k, i) in (1..CONTRACT_NODES).enumerate() {
+        let want = was[k] + req.amount;
+        wait_for(&format!("node{i} to apply the transfer"), 60, async || {
+            let b = s.account(i, &who).await?.balance;
+            (b >= want).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// `agora timeline --json` on `dir`: how many entries of `phase` name `contract`.
+fn timeline_count(dir: &Path, phase: &str, contract: &str) -> usize {
+    let dir = dir.display().to_string();
+    let v = agora_json(&["timeline", "--data-dir", &dir]);
+    v.as_array()
+        .expect("timeline JSON")
+        .iter()
+        .filter(|e| e["phase"] == phase && e["contract"] == contract)
+        .count()
+}
+
+/// Node `BAD` runs nothing as the provider of a 30 s hosted contract, answering the probes as
+/// `word` says (`honest` or `lie`). Asserts, on every honest replica, that the contract ends
+/// slashed with nothing paid and no interval confirmed up, though the provider claimed uptime
+/// in its heartbeats; that its balance did not grow; that each honest arbitrator counted its
+/// answers as `phase` (`agora timeline --json`); and that the honest nodes keep trading.
+async fn provider_running_nothing(test: &str, word: &str, phase: &str) {
+    let arg = format!("--host-nothing={word}");
+    let Some((_tmp, s)) = story(test, launcher(&[arg.as_str()]), word).await else {
+        return;
+    };
+    let hosted = s.hosted(&[DEVICE], DURATION_MS).await.unwrap();
+    assert_eq!(hosted.b, BAD, "the only bidder won");
+    let bad_dir = s.m.nodes[BAD].data_dir.clone();
+    let provider = hosted.rec.contract.provider.to_string();
+    assert_eq!(provider, s.m.nodes[BAD].node_id);
+    let payment = hosted.rec.contract.payment;
+    assert!(payment > 0, "{:?}", hosted.rec);
+    let obs = 1;
+    let before = cli_balance(&s.m.nodes[obs].data_dir, &provider);
+    // It ran nothing: it only pretended to start the contract's service.
+    let pretended = format!(
+        "byzantine: host-nothing pretends to start service={}",
+        hosted.id
+    );
+    assert!(
+        byzantine_lines(&bad_dir).contains(&pretended),
+        "{:?}",
+        byzantine_lines(&bad_dir)
+    );
+
+    let done = s
+        .wait_contract(
+            obs,
+            &hosted.id,
+            "settlement",
+            DURATION_MS / 1000 + 90,
+            |r| r.status.is_final(),
+        )
+        .await
+        .unwrap();
+    let running = word == "lie";
+    let said = format!(
+        "byzantine: probe answered service={} running={running}",
+        hosted.id
+    );
+    let answered = byzantine_lines(&bad_dir)
+        .iter()
+        .filter(|l| l.starts_with(&said))
+        .count();
+    assert!(answered > 0, "the provider answered probes (not silent)");
+    let mut counted = Vec::new();
+    for i in 1..CONTRACT_NODES {
+        s.wait_contract(i, &hosted.id, "settlement here too", 30, |r| {
+            r.status.is_final()
+        })
+        .await
+        .unwrap();
+        let r = cli_contract(&s.m.nodes[i].data_dir, &hosted.id);
+        assert_eq!(r.status, ContractStatus::Slashed, "node{i}: {r:?}");
+        assert_eq!(r.paid_to_provider, 0, "node{i}: paid nothing: {r:?}");
+        assert_eq!(
+            r.confirmed_up_ms, 0,
+            "node{i}: no interval confirmed up: {r:?}"
+        );
+        assert!(
+            r.confirmed_down_ms > 0,
+            "node{i}: intervals confirmed down: {r:?}"
+        );
+        assert!(
+            r.uptime_ms > 0,
+            "node{i}: the provider did claim uptime: {r:?}"
+        );
+        let me = &s.m.nodes[i].node_id;
+        if r.contract.committee.iter().any(|m| m.to_string() == *me) {
+            // An arbitrator of the contract: it counted the answers.
+            counted.push(timeline_count(&s.m.nodes[i].data_dir, phase, &hosted.id));
+        }
+    }
+    assert!(
+        counted.len() >= 4 && counted.iter().all(|n| *n > 0),
+        "every honest arbitrator counted `{phase}`: {counted:?}"
+    );
+    let after = cli_balance(&s.m.nodes[obs].data_dir, &provider);
+    assert!(
+        after.balance <= before.balance,
+        "the provider's balance did not grow: {} -> {}",
+        before.balance,
+        after.balance
+    );
+    assert!(
+        after.reputation < before.reputation,
+        "{before:?} -> {after:?}"
+    );
+
+    // The honest nodes keep trading.
+    honest_transfer_finalises(&s, 2, 3).await;
+    for (i, n) in s.m.nodes.iter().enumerate() {
+        assert!(alive(u64::from(n.pid.unwrap())), "node{i} still runs");
+    }
+    eprintln!(
+        "{answered} probes answered running={running}; `{phase}` per arbitrator {counted:?}; \
+         claimed uptime {} ms, confirmed down {} ms; paid {} of {payment}; provider balance \
+         {} -> {}",
+        done.uptime_ms,
+        done.confirmed_down_ms,
+        done.paid_to_provider,
+        before.balance,
+        after.balance
+    );
+    s.down(true).await.unwrap();
+}
+
+/// P1 (b): the provider of a hosted contract stages its image but never runs it, activates the
+/// contract and claims uptime in every heartbeat; asked by the arbitrators' probes, it says
+/// its service does not run. No interval is confirmed up, a quorum confirms them down: the
+/// contract is slashed at its end on every honest replica, the provider is paid nothing and
+/// its balance does not grow, and the honest nodes keep trading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing() {
+    let _serial = SERIAL.lock().await;
+    provider_running_nothing(
+        "attack_provider::a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing",
+        "honest",
+        "probe-not-running",
+    )
+    .await;
+}
+
+/// P1 (b), the liar: the same provider answers every probe "running", with a made-up value
+/// for the image's `agora_probe(nonce)` (the lora-gateway image exports it). Each honest
+/// arbitrator computes the value on its own instance of the image, finds the answer wrong
+/// (`probe-guest-mismatch`) and reports the interval down: paid nothing, slashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_running_nothing_that_lies_to_the_probes_is_caught_by_the_guest_value() {
+    let _serial = SERIAL.lock().await;
+    provider_running_nothing(
+        "attack_provider::a_provider_running_nothing_that_lies_to_the_probes_is_caught_by_the_guest_value",
+        "lie",
+        "probe-guest-mismatch",
+    )
+    .await;
+}
+
+/// The control: node 0 is a plain, honest `agora` node and the only bidder; it runs the
+/// contract's lora-gateway image, whose `agora_probe` its live instance answers and every
+/// arbitrator checks on its own instance: the contract settles, the provider is paid for
+/// confirmed intervals, and no arbitrator found a wrong or missing guest value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_provider_answers_the_guest_value_and_is_paid() {
+    let _serial = SERIAL.lock().await;
+    let test = "attack_provider::an_honest_provider_answers_the_guest_value_and_is_paid";
+    let Some((_tmp, s)) = story(test, launcher(&[]), "").await else {
+        return;
+    };
+    let hosted = s.hosted(&[DEVICE], DURATION_MS).await.unwrap();
+    assert_eq!(hosted.b, BAD, "the only bidder won");
+    let obs = 1;
+    s.wait_contract(
+        obs,
+        &hosted.id,
+        "settlement",
+        DURATION_MS / 1000 + 90,
+        |r| r.status.is_final(),
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    for i in 1..CONTRACT_NODES {
+        s.wait_contract(i, &hosted.id, "settlement here too", 30, |r| {
+            r.status.is_final()
+        })
+        .await
+        .unwrap();
+        let r = cli_contract(&s.m.nodes[i].data_dir, &hosted.id);
+        assert_eq!(r.status, ContractStatus::Settled, "node{i}: {r:?}");
+        assert!(r.paid_to_provider > 0, "node{i}: {r:?}");
+        assert!(r.confirmed_up_ms > 0, "node{i}: {r:?}");
+        let me = &s.m.nodes[i].node_id;
+        if r.contract.committee.iter().any(|m| m.to_string() == *me) {
+            let dir = &s.m.nodes[i].data_dir;
+            let bad: usize = [
+                "probe-guest-mismatch",
+                "probe-no-guest-value",
+                "probe-not-running",
+            ]
+            .iter()
+            .map(|p| timeline_count(dir, p, &hosted.id))
+            .sum();
+            assert_eq!(bad, 0, "node{i} found the honest provider's answers wrong");
+            seen.push(timeline_count(dir, "probe-unverified", &hosted.id));
+        }
+    }
+    let done = s.contract(obs, &hosted.id).await.unwrap();
+    eprintln!(
+        "honest provider: paid {} of {}; confirmed up {} ms, down {} ms; probes on the hosting \
+         layer's word per arbitrator {seen:?}",
+        done.paid_to_provider, done.contract.payment, done.confirmed_up_ms, done.confirmed_down_ms
+    );
+    s.down(true).await.unwrap();
+}

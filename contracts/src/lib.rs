@@ -32,6 +32,7 @@ pub mod duties;
 pub mod ledger;
 pub mod lifecycle;
 pub mod roles;
+pub mod state;
 pub mod vote;
 
 #[cfg(any(test, feature = "test-utils"))]

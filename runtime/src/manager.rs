@@ -157,3 +157,4 @@ pub struct ServiceManager {
 }
 
 mod api;
+mod kv_state;

@@ -340,6 +340,11 @@ impl StateStore {
         self.kept.get(contract)
     }
 
+    /// The kept snapshots, by contract.
+    pub fn snapshots(&self) -> impl Iterator<Item = &StateSnapshot> {
+        self.kept.values()
+    }
+
     /// Contracts with a kept snapshot.
     pub fn len(&self) -> usize {
         self.kept.len()

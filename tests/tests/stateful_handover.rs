@@ -97,6 +97,11 @@ async fn stateful_handover_continues_the_count_from_the_customers_last_checkpoin
         .get("/v1/radio")
         .await
         .unwrap();
+    eprintln!(
+        "stateful handover: A counted {before} before SIGKILL; {sent} readings sent; B's count \
+         {last:?}; coverage {cov:?}; B's state stats {:?}",
+        st.state
+    );
     assert!(
         got.is_ok(),
         "B's count {last:?} != {sent} readings sent (A had counted {before} before it was \

@@ -82,13 +82,17 @@ pub enum StateError {
     #[error("state snapshot holds {0} bytes of keys and values, at most {MAX_STATE_BYTES} travel")]
     TooLarge(usize),
     /// A key or value over the runtime's limits.
-    #[error("state snapshot entry over the key ({MAX_STATE_KEY_BYTES}) or value ({MAX_STATE_VALUE_BYTES}) limit")]
+    #[error(
+        "state snapshot entry over the key ({MAX_STATE_KEY_BYTES}) or value ({MAX_STATE_VALUE_BYTES}) limit"
+    )]
     EntryTooLarge,
     /// Keys not strictly ascending (or a key twice).
     #[error("state snapshot keys are not strictly ascending")]
     KeysUnordered,
     /// Coverage malformed: too many devices, not ascending, or a device twice.
-    #[error("state snapshot coverage is malformed (more than {MAX_STATE_DEVICES} devices, or not strictly ascending)")]
+    #[error(
+        "state snapshot coverage is malformed (more than {MAX_STATE_DEVICES} devices, or not strictly ascending)"
+    )]
     BadCoverage,
     /// Coverage names a device the contract does not cover.
     #[error("state snapshot covers device {0}, which the contract's service does not take over")]
@@ -260,8 +264,7 @@ impl StateStore {
             self.stats.refused_full += 1;
             return false;
         }
-        self.allowed
-            .insert(contract, Allowed { customer, devices });
+        self.allowed.insert(contract, Allowed { customer, devices });
         true
     }
 
@@ -311,7 +314,9 @@ impl StateStore {
     /// checked again); returns whether it was taken. The contract must be allowed again for a
     /// newer one to replace it.
     pub fn restore(&mut self, snap: StateSnapshot) -> bool {
-        if snap.check(&snap.coverage.iter().map(|(d, _)| *d).collect::<Vec<_>>()).is_err()
+        if snap
+            .check(&snap.coverage.iter().map(|(d, _)| *d).collect::<Vec<_>>())
+            .is_err()
             || (self.kept.len() >= MAX_KEPT_STATES && !self.kept.contains_key(&snap.contract))
         {
             return false;

@@ -78,9 +78,7 @@ async fn stateful_handover_continues_the_count_from_the_customers_last_checkpoin
     s.failover(&armed, killed).await.unwrap();
     // B counts on from A's state.
     wait_for("B counting past A's count", 30, async || {
-        count(&bn.data_dir, &armed.id)
-            .await
-            .filter(|c| *c > before)
+        count(&bn.data_dir, &armed.id).await.filter(|c| *c > before)
     })
     .await
     .unwrap();

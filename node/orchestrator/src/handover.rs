@@ -389,8 +389,7 @@ impl Orchestrator {
             }
             Err(e) => {
                 warn!(contract = %contract.short(), error = %e, "customer's state not restored");
-                self.timeline
-                    .push("state-not-restored", Some(&contract), e);
+                self.timeline.push("state-not-restored", Some(&contract), e);
                 None
             }
         }

@@ -134,9 +134,7 @@ impl Orchestrator {
             })
             .await
             .unwrap_or_default();
-        self.radio
-            .state_to(OWN_SERVICE.to_string(), targets)
-            .await;
+        self.radio.state_to(OWN_SERVICE.to_string(), targets).await;
     }
 
     /// Makes `image` this node's own service (persisted), staging and starting it.

@@ -513,7 +513,10 @@ impl RadioHandle {
     /// once).
     pub async fn take_state(&self, contract: ContractId) -> Option<StateSnapshot> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::TakeState(contract, reply)).await.ok()?;
+        self.tx
+            .send(Command::TakeState(contract, reply))
+            .await
+            .ok()?;
         rx.await.ok().flatten()
     }
 

@@ -187,7 +187,7 @@ pub async fn spawn(
             events,
             cancel,
         )
-            .in_current_span(),
+        .in_current_span(),
     );
     Ok((RadioHandle { tx, addr }, handle))
 }

@@ -101,8 +101,7 @@ impl StateSide {
         if targets.is_empty() {
             self.targets.remove(&service);
             self.held.remove(&service);
-        } else if self.targets.contains_key(&service)
-            || self.targets.len() < MAX_STATEFUL_SERVICES
+        } else if self.targets.contains_key(&service) || self.targets.len() < MAX_STATEFUL_SERVICES
         {
             self.targets.insert(service, targets);
         }
@@ -221,12 +220,7 @@ impl RadioTask {
             .map(|(key, value)| StateEntry { key, value })
             .collect();
         self.state.seq += 1;
-        let targets = self
-            .state
-            .targets
-            .get(service)
-            .cloned()
-            .unwrap_or_default();
+        let targets = self.state.targets.get(service).cloned().unwrap_or_default();
         let mut sends = Vec::new();
         for (contract, provider) in targets {
             let snapshot = StateSnapshot {

@@ -194,6 +194,10 @@ impl StateSnapshot {
     }
 }
 
+/// A device whose checkpoints run past the restored state: `(device, the snapshot's coverage,
+/// the checkpoints' coverage)`.
+pub type Behind = (u32, Option<u32>, u32);
+
 /// Where readings resume at a takeover that restores `snapshot`: per device, after the later of
 /// the snapshot's coverage and `peer_covered` (the peers' checkpoints). Also returns the devices
 /// whose checkpoints run past the snapshot, `(device, snapshot coverage, checkpoint)`: the
@@ -201,7 +205,7 @@ impl StateSnapshot {
 pub fn resume_after(
     snapshot: Option<&StateSnapshot>,
     peer_covered: &BTreeMap<u32, u32>,
-) -> (BTreeMap<u32, u32>, Vec<(u32, Option<u32>, u32)>) {
+) -> (BTreeMap<u32, u32>, Vec<Behind>) {
     let mut resume = peer_covered.clone();
     let Some(s) = snapshot else {
         return (resume, Vec::new());

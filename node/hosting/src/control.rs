@@ -48,12 +48,12 @@ pub trait ServiceControl: Send + Sync + 'static {
         id: &str,
         max_entries: usize,
         max_bytes: usize,
-    ) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, String> {
+    ) -> Result<Option<agora_runtime::KvEntries>, String> {
         let _ = (id, max_entries, max_bytes);
         Ok(None)
     }
     /// Replaces service `id`'s key-value state (staged, not running).
-    async fn kv_replace(&self, id: &str, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
+    async fn kv_replace(&self, id: &str, entries: agora_runtime::KvEntries) -> Result<(), String> {
         let _ = (id, entries);
         Err("this service host keeps no key-value state".into())
     }
@@ -114,11 +114,11 @@ impl ServiceControl for crate::ServiceHost {
         id: &str,
         max_entries: usize,
         max_bytes: usize,
-    ) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, String> {
+    ) -> Result<Option<agora_runtime::KvEntries>, String> {
         crate::ServiceHost::kv_snapshot(self, id, max_entries, max_bytes).map_err(|e| e.to_string())
     }
 
-    async fn kv_replace(&self, id: &str, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
+    async fn kv_replace(&self, id: &str, entries: agora_runtime::KvEntries) -> Result<(), String> {
         let me = self.clone();
         let id = id.to_string();
         // Deleting and writing up to a thousand sled keys: off the async threads.

@@ -2,7 +2,10 @@
 //! adds one to the key `count` in its key-value store) on its sensors, buys standby insurance;
 //! A is killed with SIGKILL; the provider B restores A's state from A's last snapshot and
 //! replays the readings after it, so B's count ends equal to the number of readings the sensors
-//! sent: none lost, none counted twice.
+//! sent: none lost, none counted twice. Before the kill a hostile peer sends B forged state
+//! (its own, signed by itself), and, with A's key (as a replay of A's old or a malformed
+//! snapshot would be), an older and an oversized one: B refuses and counts each, and the count
+//! still comes out exact.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,19 +13,62 @@ use std::sync::Arc;
 
 use agora_api::client::ApiClient;
 use agora_api::services::LogsReply;
+use agora_contracts::state::{StateEntry, StateSnapshot};
 use agora_devnet::demo::Story;
 use agora_devnet::demo::story::wait_for;
 use agora_devnet::files::CONTRACT_NODES;
-use agora_radio::RadioStatus;
+use agora_market::KeySigner;
+use agora_network::keys::{NodeKey, peer_id_of};
+use agora_radio::{RadioRpc, RadioStatus};
 use agora_runtime::test_utils::{READINGS_COUNTER, last_count};
-use agora_tests::adversary::TestLauncher;
+use agora_tests::adversary::{Adversary, TestLauncher};
 use agora_tests::agora_bin;
+use agora_wire::codec::{Envelope, Kind};
+use agora_wire::now_ms;
 
 /// The last `count=N` the service `id` logged on the node at `data_dir`.
 async fn count(data_dir: &std::path::Path, id: &str) -> Option<u64> {
     let c = ApiClient::for_data_dir(data_dir).ok()?;
     let r: LogsReply = c.get(&format!("/v1/services/{id}/logs")).await.ok()?;
     last_count(&r.logs)
+}
+
+/// Sends `snapshot` to B signed by `signer` over the adversary's connection; B's answer.
+async fn send_state(
+    adv: &Adversary,
+    signer: &KeySigner,
+    b: agora_network::PeerId,
+    snapshot: StateSnapshot,
+) -> RadioRpc {
+    let env = Envelope::seal_body(
+        signer,
+        Kind::Radio,
+        now_ms(),
+        now_ms(),
+        &RadioRpc::State { snapshot },
+    )
+    .unwrap();
+    let answer = adv.network().request(b, &env).await.unwrap();
+    answer.body::<RadioRpc>(Kind::Radio).unwrap()
+}
+
+fn hostile(contract: agora_contracts::ContractId, seq: u64, keys: u32) -> StateSnapshot {
+    StateSnapshot {
+        contract,
+        seq,
+        taken_at: now_ms(),
+        coverage: vec![(101, 1)],
+        entries: (0..keys)
+            .map(|i| StateEntry {
+                key: if i == 0 {
+                    b"count".to_vec()
+                } else {
+                    format!("k{i:06}").into_bytes()
+                },
+                value: 1_000_000u64.to_le_bytes().to_vec(),
+            })
+            .collect(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,6 +119,38 @@ async fn stateful_handover_continues_the_count_from_the_customers_last_checkpoin
     })
     .await
     .unwrap();
+    // Hostile snapshots: a stranger's; with A's key, an older one and one over the bounds.
+    let adv = Adversary::join_manifest(&s.m).await.unwrap();
+    let b_peer = peer_id_of(&armed.rec.contract.provider).unwrap();
+    let contract = armed.rec.contract.id().unwrap();
+    let a_key = NodeKey::load(&an.data_dir).unwrap();
+    let refused = |r: &RadioRpc| matches!(r, RadioRpc::StateAck { kept: false, .. });
+    let r = send_state(
+        &adv,
+        adv.signer(),
+        b_peer,
+        hostile(contract, u64::MAX / 2, 1),
+    )
+    .await;
+    assert!(refused(&r), "a stranger's state: {r:?}");
+    let r = send_state(&adv, a_key.signer(), b_peer, hostile(contract, 1, 1)).await;
+    assert!(refused(&r), "an older state: {r:?}");
+    let r = send_state(
+        &adv,
+        a_key.signer(),
+        b_peer,
+        hostile(contract, u64::MAX / 2, 1025),
+    )
+    .await;
+    assert!(refused(&r), "an oversized state: {r:?}");
+    let st: RadioStatus = ApiClient::for_data_dir(&bn.data_dir)
+        .unwrap()
+        .get("/v1/radio")
+        .await
+        .unwrap();
+    assert!(st.state.refused_not_customer >= 1, "{:?}", st.state);
+    assert!(st.state.refused_older >= 1, "{:?}", st.state);
+    assert!(st.state.refused_malformed >= 1, "{:?}", st.state);
     let before = count(&an.data_dir, "own").await.unwrap();
     let killed = s.kill(s.a).unwrap();
     s.failover(&armed, killed).await.unwrap();

@@ -106,7 +106,8 @@ impl Orchestrator {
     }
 
     /// Customer: the own service's key-value state goes, with the readings it reflects, to
-    /// the provider of each of its standby contracts not in effect yet (issue #15): from then
+    /// the provider of each of its standby contracts migrated or armed, not in effect yet
+    /// (issue #15): from then
     /// on the radio gossips the own service's checkpoints only after the snapshot of the same
     /// readings reached them (`agora_radio::task::state`).
     async fn state_to_standby_providers(&mut self) {
@@ -122,11 +123,10 @@ impl Orchestrator {
                             && r.contract.kind == ContractKind::Standby
                             && Some(r.contract.service_image) == image
                             && r.trigger_at.is_none()
+                            // Migrated: the provider has staged it and accepts state.
                             && matches!(
                                 r.status,
-                                ContractStatus::Validated
-                                    | ContractStatus::Migrated
-                                    | ContractStatus::Armed
+                                ContractStatus::Migrated | ContractStatus::Armed
                             )
                     })
                     .map(|(id, r)| (*id, r.contract.provider))

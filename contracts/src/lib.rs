@@ -33,6 +33,7 @@ pub mod ledger;
 pub mod lifecycle;
 pub mod probe;
 pub mod roles;
+pub mod state;
 pub mod vote;
 
 #[cfg(any(test, feature = "test-utils"))]

@@ -110,6 +110,14 @@ pub enum RuntimeError {
         /// Why.
         reason: String,
     },
+    /// The service's key-value store could not be copied or replaced.
+    #[error("key-value state of service {service}: {reason}")]
+    KvState {
+        /// The service.
+        service: String,
+        /// Why.
+        reason: String,
+    },
     /// The reading queue of a service is full.
     #[error("service {0} has a full reading queue; the oldest reading was dropped")]
     ReadingsFull(String),

@@ -217,3 +217,4 @@ pub struct ServiceManager {
 }
 
 mod api;
+mod kv_state;

@@ -23,6 +23,9 @@ pub(crate) struct ServiceIo {
     pub readings_processed: AtomicU64,
     pub readings_dropped: AtomicU64,
     pub published: AtomicU64,
+    /// Held while the guest runs a call (init, poll, health) and while the node copies or
+    /// replaces its key-value store, so a copy never sees a call half done.
+    pub calls: tokio::sync::Mutex<()>,
 }
 
 /// The `T` of every `Store<T>` this crate creates.

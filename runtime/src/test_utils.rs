@@ -82,6 +82,49 @@ pub const ALWAYS_SICK: &str = r#"(module
   (func (export "agora_poll") (result i32) (i32.const 0))
   (func (export "agora_health") (result i32) (i32.const 1)))"#;
 
+/// Readings counter: adds 1 to the 8-byte little-endian key "count" for every reading it takes
+/// (read from and written to its key-value store each time, so its count is its state), then
+/// logs `count=N` once per poll that took readings.
+pub const READINGS_COUNTER: &str = r#"(module
+  (import "agora" "readings" (func $readings (param i32 i32) (result i32)))
+  (import "agora" "kv_get" (func $get (param i32 i32 i32 i32) (result i32)))
+  (import "agora" "kv_put" (func $put (param i32 i32 i32 i32) (result i32)))
+  (import "agora" "log" (func $log (param i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "count")
+  (data (i32.const 64) "count=")
+  (func (export "agora_poll") (result i32)
+    (local $n i32) (local $got i32) (local $p i32) (local $v i64)
+    (block $done (loop $next
+      (local.set $n (call $readings (i32.const 1024) (i32.const 1024)))
+      (br_if $done (i32.le_s (local.get $n) (i32.const 0)))
+      (i64.store (i32.const 16) (i64.const 0))
+      (drop (call $get (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 8)))
+      (i64.store (i32.const 16) (i64.add (i64.load (i32.const 16)) (i64.const 1)))
+      (drop (call $put (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 8)))
+      (local.set $got (i32.const 1))
+      (br $next)))
+    (if (local.get $got) (then
+      (local.set $v (i64.load (i32.const 16)))
+      (local.set $p (i32.const 120))
+      (loop $digit
+        (local.set $p (i32.sub (local.get $p) (i32.const 1)))
+        (i32.store8 (local.get $p)
+          (i32.add (i32.const 48) (i32.wrap_i64 (i64.rem_u (local.get $v) (i64.const 10)))))
+        (local.set $v (i64.div_u (local.get $v) (i64.const 10)))
+        (br_if $digit (i64.ne (local.get $v) (i64.const 0))))
+      (local.set $p (i32.sub (local.get $p) (i32.const 6)))
+      (memory.copy (local.get $p) (i32.const 64) (i32.const 6))
+      (call $log (local.get $p) (i32.sub (i32.const 120) (local.get $p)))))
+    (i32.const 0)))"#;
+
+/// The last `count=N` a [`READINGS_COUNTER`] logged.
+pub fn last_count(logs: &str) -> Option<u64> {
+    logs.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("count=")?.trim().parse().ok())
+}
+
 /// Spins forever inside one call.
 pub const INFINITE_LOOP: &str = r#"(module
   (memory (export "memory") 1)
@@ -305,6 +348,7 @@ pub(crate) fn bare_io(kv: Arc<dyn crate::KvStore>) -> Arc<crate::state::ServiceI
         readings_processed: AtomicU64::new(0),
         readings_dropped: AtomicU64::new(0),
         published: AtomicU64::new(0),
+        calls: tokio::sync::Mutex::new(()),
     })
 }
 

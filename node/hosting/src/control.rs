@@ -56,6 +56,24 @@ pub trait ServiceControl: Send + Sync + 'static {
         let _ = (image, nonce);
         GuestExpectation::Unknown("this node runs no images".into())
     }
+    /// A consistent copy of service `id`'s key-value state, taken only while it is quiescent
+    /// (no reading queued, no guest call running): `Ok(None)` while it is busy or when it has
+    /// no such state (a container). Called from the task that feeds it readings, so none
+    /// arrives meanwhile.
+    fn kv_snapshot(
+        &self,
+        id: &str,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<agora_runtime::KvEntries>, String> {
+        let _ = (id, max_entries, max_bytes);
+        Ok(None)
+    }
+    /// Replaces service `id`'s key-value state (staged, not running).
+    async fn kv_replace(&self, id: &str, entries: agora_runtime::KvEntries) -> Result<(), String> {
+        let _ = (id, entries);
+        Err("this service host keeps no key-value state".into())
+    }
 }
 
 /// The hosting layer's side of an uptime probe's answer.
@@ -115,6 +133,26 @@ impl ServiceControl for crate::ServiceHost {
 
     fn push_reading(&self, id: &str, frame: Vec<u8>) -> Result<(), String> {
         crate::ServiceHost::push_reading(self, id, frame).map_err(|e| e.to_string())
+    }
+
+    fn kv_snapshot(
+        &self,
+        id: &str,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<agora_runtime::KvEntries>, String> {
+        crate::ServiceHost::kv_snapshot(self, id, max_entries, max_bytes).map_err(|e| e.to_string())
+    }
+
+    async fn kv_replace(&self, id: &str, entries: agora_runtime::KvEntries) -> Result<(), String> {
+        let me = self.clone();
+        let id = id.to_string();
+        // Deleting and writing up to a thousand sled keys: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            crate::ServiceHost::kv_replace(&me, &id, &entries).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     async fn running(&self, id: &str) -> bool {

@@ -93,6 +93,33 @@ impl ServiceHost {
         Ok(self.inner.manager.push_reading(&id.into(), reading)?)
     }
 
+    /// A consistent copy of wasm service `id`'s key-value state, taken only while it is
+    /// quiescent (no reading queued, no guest call running): `Ok(None)` while it is busy. More
+    /// than `max_entries` keys or `max_bytes` is an error (too large to travel).
+    pub fn kv_snapshot(
+        &self,
+        id: &str,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<agora_runtime::KvEntries>, ServiceError> {
+        if self.is_container(id)? {
+            return Ok(None);
+        }
+        Ok(self
+            .inner
+            .manager
+            .kv_snapshot(&id.into(), max_entries, max_bytes)?)
+    }
+
+    /// Replaces wasm service `id`'s key-value state (it must not be running).
+    pub fn kv_replace(
+        &self,
+        id: &str,
+        entries: &agora_runtime::KvEntries,
+    ) -> Result<(), ServiceError> {
+        Ok(self.inner.manager.kv_replace(&id.into(), entries)?)
+    }
+
     /// Whether `id` is staged as a container service (errors if it is not staged at all).
     pub(super) fn is_container(&self, id: &str) -> Result<bool, ServiceError> {
         lock(&self.inner.staged)

@@ -228,6 +228,11 @@ impl Orchestrator {
             .managed_by(devices.clone(), vec![customer, self.me])
             .await;
         self.device_owners.follow(customer, &devices);
+        // The customer's service state, with the readings it reflects, from the customer only
+        // (issue #15); restored at the takeover.
+        self.radio
+            .accept_state(contract, customer, devices.clone())
+            .await;
         // Their frame keys, from their owner, now while it is alive (threat R1): at the
         // takeover it will not be.
         self.radio.fetch_keys(devices.clone(), customer).await;
@@ -305,13 +310,20 @@ impl Orchestrator {
             return;
         }
         let id = Self::service_id(&contract);
+        let state = self.restore_state(contract, &id).await;
         if let Err(e) = self.services.start(&id).await {
             warn!(contract = %contract.short(), error = %e, "service did not start");
             self.timeline.push("activation-failed", Some(&contract), e);
             return;
         }
         let started = now_ms();
-        let resume = self.radio.peer_covered(&h.devices).await;
+        let peer = self.radio.peer_covered(&h.devices).await;
+        // Readings resume after what the restored state reflects (which reaches at least as far
+        // as the customer's last checkpoint heard here): none is applied to it twice.
+        let (resume, behind) = agora_contracts::state::resume_after(state.as_ref(), &peer);
+        if !behind.is_empty() {
+            warn!(contract = %contract.short(), ?behind, "checkpoints run past the restored state: it misses those readings");
+        }
         let replayed = self
             .radio
             .assign(h.devices.clone(), id, resume.clone())
@@ -351,12 +363,48 @@ impl Orchestrator {
         }
     }
 
+    /// Provider, at the takeover: loads the customer's newest state snapshot (if one came)
+    /// into the service's key-value store before it starts.
+    async fn restore_state(
+        &mut self,
+        contract: ContractId,
+        id: &str,
+    ) -> Option<agora_contracts::state::StateSnapshot> {
+        let s = self.radio.take_state(contract).await?;
+        let entries = s
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        match self.services.kv_replace(id, entries).await {
+            Ok(()) => {
+                self.timeline.push(
+                    "state-restored",
+                    Some(&contract),
+                    format!(
+                        "{} keys ({} bytes) of the customer's state, reflecting readings up to {:?}",
+                        s.entries.len(),
+                        s.size_bytes(),
+                        s.coverage
+                    ),
+                );
+                Some(s)
+            }
+            Err(e) => {
+                warn!(contract = %contract.short(), error = %e, "customer's state not restored");
+                self.timeline.push("state-not-restored", Some(&contract), e);
+                None
+            }
+        }
+    }
+
     async fn stop_hosted(&mut self, contract: ContractId) {
         self.storage.challenge_gate().remove(&contract.0);
         if let Some((file, commitment)) = self.stored.remove(&contract) {
             return self.release_custody(contract, file, commitment).await;
         }
         self.serving.remove(&contract);
+        self.radio.forget_state(contract).await;
         let Some(h) = self.hosted.remove(&contract) else {
             return;
         };

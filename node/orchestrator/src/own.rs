@@ -105,6 +105,38 @@ impl Orchestrator {
         }
     }
 
+    /// Customer: the own service's key-value state goes, with the readings it reflects, to
+    /// the provider of each of its standby contracts migrated or armed, not in effect yet
+    /// (issue #15): from then
+    /// on the radio gossips the own service's checkpoints only after the snapshot of the same
+    /// readings reached them (`agora_radio::task::state`).
+    async fn state_to_standby_providers(&mut self) {
+        let (me, image) = (self.me, self.own.image);
+        let targets = self
+            .ledger
+            .query(move |v| {
+                v.ledger
+                    .contracts()
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.contract.customer == me
+                            && r.contract.kind == ContractKind::Standby
+                            && Some(r.contract.service_image) == image
+                            && r.trigger_at.is_none()
+                            // Migrated: the provider has staged it and accepts state.
+                            && matches!(
+                                r.status,
+                                ContractStatus::Migrated | ContractStatus::Armed
+                            )
+                    })
+                    .map(|(id, r)| (*id, r.contract.provider))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+        self.radio.state_to(OWN_SERVICE.to_string(), targets).await;
+    }
+
     /// Makes `image` this node's own service (persisted), staging and starting it.
     pub(super) async fn set_own(&mut self, image: Cid) -> Result<Vec<u32>, String> {
         if self.own.running {
@@ -162,6 +194,7 @@ impl Orchestrator {
             })
             .await
             .unwrap_or_default();
+        self.state_to_standby_providers().await;
         self.radio.owned_by(self.own.devices.clone(), me).await;
         let mut managers = vec![me];
         managers.extend(providers);

@@ -33,6 +33,8 @@ mod task;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use agora_contracts::ContractId;
+use agora_contracts::state::StateSnapshot;
 use agora_market::{NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -49,6 +51,9 @@ pub use keys::DeviceKeyConfig;
 pub const RECEIVED_KEYS_FILE: &str = "radio-keys.json";
 /// File in the data dir holding the last accepted frame counter per keyed device (mode 0600).
 pub const FRAME_COUNTERS_FILE: &str = "radio-counters.json";
+/// Directory in the data dir holding the newest state snapshot per contract this node provides
+/// (issue #15, see [`agora_contracts::state`]).
+pub const STATE_DIR: &str = "radio-state";
 
 /// Where the radio task keeps what must survive a restart (`None`: memory only, for tests).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -57,6 +62,8 @@ pub struct RadioFiles {
     pub keys: Option<std::path::PathBuf>,
     /// Last accepted frame counters ([`FRAME_COUNTERS_FILE`]).
     pub counters: Option<std::path::PathBuf>,
+    /// State snapshots kept as a provider ([`STATE_DIR`]).
+    pub states: Option<std::path::PathBuf>,
 }
 
 impl RadioFiles {
@@ -65,6 +72,7 @@ impl RadioFiles {
         RadioFiles {
             keys: Some(data_dir.join(RECEIVED_KEYS_FILE)),
             counters: Some(data_dir.join(FRAME_COUNTERS_FILE)),
+            states: Some(data_dir.join(STATE_DIR)),
         }
     }
 }
@@ -222,7 +230,20 @@ pub struct RadioStats {
     /// Peer checkpoints rejected (sender penalised, not forwarded): undecodable, or malformed
     /// (too many devices, over-long text, impossible ranges, a device twice).
     pub checkpoints_rejected: u64,
+    /// Customer: state snapshots sent to a standby provider and kept there.
+    pub state_sent: u64,
+    /// Customer: state snapshots the provider refused or did not answer (the checkpoint went
+    /// out anyway).
+    pub state_send_failed: u64,
+    /// Customer: checkpoints gossiped without a state snapshot: the service stayed busy for
+    /// [`STATE_MAX_HELD_TICKS`] ticks, its state was too large to travel, or it could not be
+    /// copied.
+    pub state_skipped: u64,
 }
+
+/// Checkpoint ticks a stateful service's checkpoint waits for a quiescent moment to copy its
+/// state before it goes out without one.
+pub const STATE_MAX_HELD_TICKS: u32 = 10;
 
 /// `GET /v1/devices`: the devices discovered here.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +266,27 @@ pub struct RadioStatus {
     /// Refusals and evictions.
     #[serde(default)]
     pub stats: RadioStats,
+    /// State snapshots kept and refused as a provider (issue #15).
+    #[serde(default)]
+    pub state: agora_contracts::state::StateStats,
+    /// Contracts with a state snapshot kept here: `(contract, seq, coverage, entries)`.
+    #[serde(default)]
+    pub states: Vec<KeptState>,
+}
+
+/// A state snapshot kept here as a provider, as `GET /v1/radio` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptState {
+    /// The contract.
+    pub contract: String,
+    /// The snapshot's `seq`.
+    pub seq: u64,
+    /// `(device, highest sequence number)` it reflects.
+    pub coverage: Vec<(u32, u32)>,
+    /// Keys in it.
+    pub entries: usize,
+    /// Bytes of keys and values.
+    pub bytes: usize,
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -276,6 +318,10 @@ enum Command {
     },
     Jobs(Reply<firmware::JobList>),
     Job(firmware::JobId, Reply<Option<firmware::JobView>>),
+    StateTo(String, Vec<(ContractId, NodeId)>),
+    AcceptState(ContractId, NodeId, Vec<u32>),
+    ForgetState(ContractId),
+    TakeState(ContractId, Reply<Option<StateSnapshot>>),
 }
 
 /// Handle to the radio task.
@@ -439,6 +485,38 @@ impl RadioHandle {
     pub async fn job(&self, id: firmware::JobId) -> Option<firmware::JobView> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Job(id, reply)).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Customer: from now on, checkpoints of `service` wait for a copy of its key-value state,
+    /// taken while it is quiescent, to reach each `(contract, provider)` (its standby
+    /// providers) first; an empty list ends it (issue #15).
+    pub async fn state_to(&self, service: String, targets: Vec<(ContractId, NodeId)>) {
+        let _ = self.tx.send(Command::StateTo(service, targets)).await;
+    }
+
+    /// Provider: keeps state snapshots of `contract` from `customer` covering `devices` (as
+    /// this node's ledger says), the newest one only ([`agora_contracts::state::StateStore`]).
+    pub async fn accept_state(&self, contract: ContractId, customer: NodeId, devices: Vec<u32>) {
+        let _ = self
+            .tx
+            .send(Command::AcceptState(contract, customer, devices))
+            .await;
+    }
+
+    /// Provider: the contract ended; its snapshot goes.
+    pub async fn forget_state(&self, contract: ContractId) {
+        let _ = self.tx.send(Command::ForgetState(contract)).await;
+    }
+
+    /// Provider: the newest state snapshot of `contract`, taken out (a takeover restores it
+    /// once).
+    pub async fn take_state(&self, contract: ContractId) -> Option<StateSnapshot> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::TakeState(contract, reply))
+            .await
+            .ok()?;
         rx.await.ok().flatten()
     }
 

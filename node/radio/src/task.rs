@@ -1,6 +1,7 @@
 //! The radio task: owns the UDP socket, the per-device routing and buffers, and checkpoints.
 
 mod handoff;
+mod state;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -60,6 +61,9 @@ type HandoffAnswer = (u64, NodeId, bool, bool);
 /// A kept hand-off whose turn came, with its image loaded (or why not).
 type Resume = (NodeId, JobHandoff, Result<Vec<u8>, String>);
 
+/// A service's state snapshot answered by its providers: the service, whether all kept it.
+type StateAnswer = (String, bool);
+
 struct RadioTask {
     me: NodeId,
     signer: KeySigner,
@@ -97,6 +101,8 @@ struct RadioTask {
     /// Counter of the last sealed endpoint request (threat R2): the wall clock in ms, or one
     /// more than the last when requests come faster, so it rises across restarts too.
     request_counter: u64,
+    /// Stateful services (issue #15), see `state`.
+    state: state::StateSide,
 }
 
 /// How often a discovered device is asked for its metadata again, ms.
@@ -140,6 +146,8 @@ pub async fn spawn(
     let (keys_tx, keys_rx) = mpsc::channel(16);
     let (handoff_tx, handoff_rx) = mpsc::channel(64);
     let (resume_tx, resume_rx) = mpsc::channel(MAX_HANDOFFS);
+    let (state_tx, state_rx) = mpsc::channel(64);
+    let state = state::StateSide::load(files.states, state_tx);
     let keys = KeyStore::load(&cfg.device_keys, files.keys);
     let counters = CounterStore::load(files.counters, cfg.max_devices, cfg.max_unsaved_frames);
     let cfg_max_devices = cfg.max_devices;
@@ -165,13 +173,21 @@ pub async fn spawn(
         handoff_tx,
         resume_tx,
         request_counter: 0,
+        state,
         pending: BTreeMap::new(),
         checkpoints: VecDeque::new(),
         stats: RadioStats::default(),
     };
     let handle = tokio::spawn(
-        task.run(socket, rx, keys_rx, (handoff_rx, resume_rx), events, cancel)
-            .in_current_span(),
+        task.run(
+            socket,
+            rx,
+            keys_rx,
+            (handoff_rx, resume_rx, state_rx),
+            events,
+            cancel,
+        )
+        .in_current_span(),
     );
     Ok((RadioHandle { tx, addr }, handle))
 }
@@ -182,7 +198,11 @@ impl RadioTask {
         socket: Option<UdpSocket>,
         mut rx: mpsc::Receiver<Command>,
         mut keys_rx: mpsc::Receiver<KeyAnswer>,
-        (mut handoff_rx, mut resume_rx): (mpsc::Receiver<HandoffAnswer>, mpsc::Receiver<Resume>),
+        (mut handoff_rx, mut resume_rx, mut state_rx): (
+            mpsc::Receiver<HandoffAnswer>,
+            mpsc::Receiver<Resume>,
+            mpsc::Receiver<StateAnswer>,
+        ),
         mut events: Inbox,
         cancel: CancellationToken,
     ) {
@@ -210,6 +230,7 @@ impl RadioTask {
                 Some((owner, handoff, image)) = resume_rx.recv() => {
                     self.on_resume(socket.as_ref(), owner, handoff, image).await;
                 }
+                Some((service, kept)) = state_rx.recv() => self.on_state_answer(&service, kept).await,
                 ev = events.recv() => match ev {
                     NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Radio => {
                         match envelope.body::<RadioRpc>(Kind::Radio) {
@@ -219,6 +240,9 @@ impl RadioTask {
                             }
                             Ok(RadioRpc::JobHandoff { handoff }) => {
                                 self.on_handoff(id, envelope.sender, handoff).await;
+                            }
+                            Ok(RadioRpc::State { snapshot }) => {
+                                self.on_state(id, envelope.sender, snapshot).await;
                             }
                             Ok(_) | Err(_) => {}
                         }
@@ -252,7 +276,11 @@ impl RadioTask {
                     self.fetch_keys();
                     let services: Vec<String> = self.pending.keys().cloned().collect();
                     for s in services {
-                        self.checkpoint(&s, Vec::new()).await;
+                        if self.state.stateful(&s) {
+                            self.checkpoint_with_state(&s).await;
+                        } else {
+                            self.checkpoint(&s, Vec::new()).await;
+                        }
                     }
                 }
             }
@@ -457,6 +485,14 @@ impl RadioTask {
                 let _ = reply.send(list);
             }
             Command::Owners(devices, owner) => self.set_owners(devices, owner),
+            Command::StateTo(service, targets) => self.state.set_targets(service, targets),
+            Command::AcceptState(contract, customer, devices) => {
+                self.state.accept(contract, customer, devices);
+            }
+            Command::ForgetState(contract) => self.state.forget(&contract),
+            Command::TakeState(contract, reply) => {
+                let _ = reply.send(self.state.take(&contract));
+            }
             Command::Job(id, reply) => {
                 let _ = reply.send(self.jobs.view(id));
             }
@@ -508,7 +544,10 @@ impl RadioTask {
                     }
                 }
                 for s in services {
-                    self.checkpoint(&s, devices.clone()).await;
+                    // A checkpoint waiting for its state snapshot's answer goes out now too.
+                    let mut frames = self.state.take_in_flight(&s);
+                    frames.extend(self.pending.remove(&s).unwrap_or_default());
+                    self.checkpoint_frames(&s, frames, devices.clone()).await;
                 }
                 let _ = reply.send(());
             }
@@ -565,6 +604,8 @@ impl RadioTask {
                         .collect(),
                     checkpoints: self.checkpoints.iter().cloned().collect(),
                     stats: self.stats.clone(),
+                    state: self.state.store.stats,
+                    states: self.state.kept(),
                 });
             }
         }
@@ -629,6 +670,16 @@ impl RadioTask {
     /// Proves, stores and gossips what `service` processed since its last checkpoint.
     async fn checkpoint(&mut self, service: &str, released: Vec<u32>) {
         let frames = self.pending.remove(service).unwrap_or_default();
+        self.checkpoint_frames(service, frames, released).await;
+    }
+
+    /// Proves, stores and gossips `frames` fed to `service` (and the devices it gives up).
+    async fn checkpoint_frames(
+        &mut self,
+        service: &str,
+        frames: Vec<(u32, u32, Vec<u8>)>,
+        released: Vec<u32>,
+    ) {
         if frames.is_empty() && released.is_empty() {
             return;
         }

@@ -106,6 +106,21 @@ pub enum RadioRpc {
         /// Kept.
         kept: bool,
     },
+    /// The customer of a standby contract hands its service's key-value state, with the
+    /// readings it reflects, to the contract's provider (issue #15), before it gossips the
+    /// checkpoint of those readings. The envelope's signer is the customer; the provider keeps
+    /// it only per `agora_contracts::state` (its ledger's customer, bounded, newest).
+    State {
+        /// The snapshot.
+        snapshot: agora_contracts::state::StateSnapshot,
+    },
+    /// The provider's answer to [`RadioRpc::State`]: kept, or why not.
+    StateAck {
+        /// Kept.
+        kept: bool,
+        /// Why it was refused (empty when kept).
+        reason: String,
+    },
 }
 
 /// Devices per key request or answer.

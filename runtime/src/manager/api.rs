@@ -69,6 +69,7 @@ impl ServiceManager {
             readings_processed: AtomicU64::new(0),
             readings_dropped: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            calls: tokio::sync::Mutex::new(()),
         });
         let (state_tx, _) = watch::channel(ServiceState::Staged);
         let (probe_tx, probe_rx) = mpsc::channel(super::PROBES_QUEUED);
@@ -377,7 +378,7 @@ impl ServiceManager {
         &self.host
     }
 
-    fn shared(&self, id: &ServiceId) -> Result<Arc<Shared>, RuntimeError> {
+    pub(super) fn shared(&self, id: &ServiceId) -> Result<Arc<Shared>, RuntimeError> {
         lock(&self.services)
             .get(id)
             .map(|e| e.shared.clone())

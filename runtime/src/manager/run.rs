@@ -120,7 +120,11 @@ async fn run_instance(
         stop: shared.stop.clone(),
         deadline,
     };
-    let mut inst = match Running::start(launch, &spec.module, spec, shared.io.clone()).await {
+    let started = {
+        let _calls = shared.io.calls.lock().await;
+        Running::start(launch, &spec.module, spec, shared.io.clone()).await
+    };
+    let mut inst = match started {
         Ok(inst) => inst,
         Err(reason) => return reason,
     };
@@ -177,7 +181,10 @@ async fn run_instance(
                 continue;
             }
         }
-        let result = inst.poll().await;
+        let result = {
+            let _calls = shared.io.calls.lock().await;
+            inst.poll().await
+        };
         // The poll is counted before the health read: a stop requested meanwhile ends that
         // read (`Err(Requested)`), and the readings this poll processed must still show as
         // polled. It counts as answering (`last_poll`) only once its health was heard.
@@ -188,7 +195,11 @@ async fn run_instance(
         }
         if result.is_ok() && last_health.is_none_or(|t| t.elapsed() >= HEALTH_INTERVAL) {
             last_health = Some(Instant::now());
-            match inst.health().await {
+            let health = {
+                let _calls = shared.io.calls.lock().await;
+                inst.health().await
+            };
+            match health {
                 Some(Ok(h)) => {
                     lock(&shared.live).guest_health = Some(h);
                     if h == 0 {

@@ -1,0 +1,191 @@
+//! Stateful handover (issue #15) on real processes: edge A runs a counter guest (each reading
+//! adds one to the key `count` in its key-value store) on its sensors, buys standby insurance;
+//! A is killed with SIGKILL; the provider B restores A's state from A's last snapshot and
+//! replays the readings after it, so B's count ends equal to the number of readings the sensors
+//! sent: none lost, none counted twice. Before the kill a hostile peer sends B forged state
+//! (its own, signed by itself), and, with A's key (as a replay of A's old or a malformed
+//! snapshot would be), an older and an oversized one: B refuses and counts each, and the count
+//! still comes out exact.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use agora_api::client::ApiClient;
+use agora_api::services::LogsReply;
+use agora_contracts::state::{StateEntry, StateSnapshot};
+use agora_devnet::demo::Story;
+use agora_devnet::demo::story::wait_for;
+use agora_devnet::files::CONTRACT_NODES;
+use agora_market::KeySigner;
+use agora_network::keys::{NodeKey, peer_id_of};
+use agora_radio::{RadioRpc, RadioStatus};
+use agora_runtime::test_utils::{READINGS_COUNTER, last_count};
+use agora_tests::adversary::{Adversary, TestLauncher};
+use agora_tests::agora_bin;
+use agora_wire::codec::{Envelope, Kind};
+use agora_wire::now_ms;
+
+/// The last `count=N` the service `id` logged on the node at `data_dir`.
+async fn count(data_dir: &std::path::Path, id: &str) -> Option<u64> {
+    let c = ApiClient::for_data_dir(data_dir).ok()?;
+    let r: LogsReply = c.get(&format!("/v1/services/{id}/logs")).await.ok()?;
+    last_count(&r.logs)
+}
+
+/// Sends `snapshot` to B signed by `signer` over the adversary's connection; B's answer.
+async fn send_state(
+    adv: &Adversary,
+    signer: &KeySigner,
+    b: agora_network::PeerId,
+    snapshot: StateSnapshot,
+) -> RadioRpc {
+    let env = Envelope::seal_body(
+        signer,
+        Kind::Radio,
+        now_ms(),
+        now_ms(),
+        &RadioRpc::State { snapshot },
+    )
+    .unwrap();
+    let answer = adv.network().request(b, &env).await.unwrap();
+    answer.body::<RadioRpc>(Kind::Radio).unwrap()
+}
+
+fn hostile(contract: agora_contracts::ContractId, seq: u64, keys: u32) -> StateSnapshot {
+    StateSnapshot {
+        contract,
+        seq,
+        taken_at: now_ms(),
+        coverage: vec![(101, 1)],
+        entries: (0..keys)
+            .map(|i| StateEntry {
+                key: if i == 0 {
+                    b"count".to_vec()
+                } else {
+                    format!("k{i:06}").into_bytes()
+                },
+                value: 1_000_000u64.to_le_bytes().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_handover_continues_the_count_from_the_customers_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let module = wat::parse_str(READINGS_COUNTER).unwrap();
+    let mut s = Story::start(
+        &tmp.path().join("net"),
+        CONTRACT_NODES,
+        &module,
+        Arc::new(TestLauncher(agora_bin())),
+        true,
+    )
+    .await
+    .expect("story starts");
+    let an = s.m.nodes[s.a].clone();
+    wait_for("A counting its readings", 30, async || {
+        count(&an.data_dir, "own").await.filter(|c| *c > 0)
+    })
+    .await
+    .unwrap();
+    let armed = s.standby().await.unwrap();
+    let bn = s.m.nodes[armed.b].clone();
+    // B keeps A's state snapshots (the newest only), and they keep coming.
+    let first = wait_for("B to keep a snapshot of A's state", 30, async || {
+        let st: RadioStatus = ApiClient::for_data_dir(&bn.data_dir)
+            .ok()?
+            .get("/v1/radio")
+            .await
+            .ok()?;
+        st.states
+            .iter()
+            .find(|k| k.contract == armed.id && k.entries == 1)
+            .map(|k| k.seq)
+    })
+    .await
+    .unwrap();
+    wait_for("a newer snapshot on B", 30, async || {
+        let st: RadioStatus = ApiClient::for_data_dir(&bn.data_dir)
+            .ok()?
+            .get("/v1/radio")
+            .await
+            .ok()?;
+        st.states
+            .iter()
+            .any(|k| k.contract == armed.id && k.seq > first)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // Hostile snapshots: a stranger's; with A's key, an older one and one over the bounds.
+    let adv = Adversary::join_manifest(&s.m).await.unwrap();
+    let b_peer = peer_id_of(&armed.rec.contract.provider).unwrap();
+    let contract = armed.rec.contract.id().unwrap();
+    let a_key = NodeKey::load(&an.data_dir).unwrap();
+    let refused = |r: &RadioRpc| matches!(r, RadioRpc::StateAck { kept: false, .. });
+    let r = send_state(
+        &adv,
+        adv.signer(),
+        b_peer,
+        hostile(contract, u64::MAX / 2, 1),
+    )
+    .await;
+    assert!(refused(&r), "a stranger's state: {r:?}");
+    let r = send_state(&adv, a_key.signer(), b_peer, hostile(contract, 1, 1)).await;
+    assert!(refused(&r), "an older state: {r:?}");
+    let r = send_state(
+        &adv,
+        a_key.signer(),
+        b_peer,
+        hostile(contract, u64::MAX / 2, 1025),
+    )
+    .await;
+    assert!(refused(&r), "an oversized state: {r:?}");
+    let st: RadioStatus = ApiClient::for_data_dir(&bn.data_dir)
+        .unwrap()
+        .get("/v1/radio")
+        .await
+        .unwrap();
+    assert!(st.state.refused_not_customer >= 1, "{:?}", st.state);
+    assert!(st.state.refused_older >= 1, "{:?}", st.state);
+    assert!(st.state.refused_malformed >= 1, "{:?}", st.state);
+    let before = count(&an.data_dir, "own").await.unwrap();
+    let killed = s.kill(s.a).unwrap();
+    s.failover(&armed, killed).await.unwrap();
+    // B counts on from A's state.
+    wait_for("B counting past A's count", 30, async || {
+        count(&bn.data_dir, &armed.id).await.filter(|c| *c > before)
+    })
+    .await
+    .unwrap();
+    let cov = s.coverage(armed.b).await;
+    let sent = cov.sent;
+    // The sensors stopped; B's last poll may still be on its way to the log.
+    let got = wait_for("B's count to settle at the readings sent", 15, async || {
+        count(&bn.data_dir, &armed.id).await.filter(|c| *c == sent)
+    })
+    .await;
+    let last = count(&bn.data_dir, &armed.id).await;
+    let st: RadioStatus = ApiClient::for_data_dir(&bn.data_dir)
+        .unwrap()
+        .get("/v1/radio")
+        .await
+        .unwrap();
+    eprintln!(
+        "stateful handover: A counted {before} before SIGKILL; {sent} readings sent; B's count \
+         {last:?}; coverage {cov:?}; B's state stats {:?}",
+        st.state
+    );
+    assert!(
+        got.is_ok(),
+        "B's count {last:?} != {sent} readings sent (A had counted {before} before it was \
+         killed); coverage {cov:?}; B's state stats {:?}",
+        st.state
+    );
+    assert!(st.state.kept > 1, "{:?}", st.state);
+    assert_eq!(st.state.restored, 1, "{:?}", st.state);
+    assert_eq!(cov.duplicated, 0, "{cov:?}");
+    s.down(true).await.unwrap();
+}

@@ -355,6 +355,7 @@ impl ServiceManager {
             readings_processed: AtomicU64::new(0),
             readings_dropped: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            calls: tokio::sync::Mutex::new(()),
         });
         let launch = super::instance::Launch {
             engine: self.host.engine().clone(),

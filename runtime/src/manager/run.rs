@@ -145,7 +145,11 @@ async fn run_instance(
             break StopReason::Requested;
         }
         if let Ok(ask) = probes.try_recv() {
-            match answer_probe(&mut inst, ask).await {
+            let answered = {
+                let _calls = shared.io.calls.lock().await;
+                answer_probe(&mut inst, ask).await
+            };
+            match answered {
                 Some(reason) => break reason,
                 None => continue,
             }
@@ -169,7 +173,12 @@ async fn run_instance(
             tokio::select! {
                 () = shared.stop.requested() => continue,
                 Some(ask) = probes.recv() => {
-                    match answer_probe(&mut inst, ask).await {
+                    let answered = {
+                        // A probe is a guest call too: no state copy while it runs.
+                        let _calls = shared.io.calls.lock().await;
+                        answer_probe(&mut inst, ask).await
+                    };
+                    match answered {
                         Some(reason) => break reason,
                         None => continue,
                     }

@@ -74,8 +74,7 @@ impl Backoff {
         let doublings = consecutive.saturating_sub(1).min(63);
         let ms = self
             .initial_ms
-            .checked_mul(1u64 << doublings)
-            .unwrap_or(u64::MAX)
+            .saturating_mul(1u64 << doublings)
             .min(self.max_ms.max(self.initial_ms));
         Duration::from_millis(ms)
     }

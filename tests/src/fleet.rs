@@ -1,8 +1,85 @@
-//! Helpers of the fleet process tests (`tests/tests/fleet.rs`, `fleet_upgrade.rs`): labels,
-//! a node's running services, a deployment's status as the deployer reports it.
+//! Helpers of the fleet process tests (`tests/tests/fleet.rs`, `fleet_upgrade.rs`,
+//! `fleet_variants.rs`): node ids, reconfiguring a node, publishing a service, labels, a node's
+//! running services, a deployment's status as the deployer reports it.
 #![allow(clippy::unwrap_used)]
 
-use crate::{TestDevnet, try_agora_json};
+use crate::{TestDevnet, agora, agora_json, try_agora_json};
+
+/// The devnet's node ids, in node order.
+pub fn node_ids(net: &TestDevnet) -> Vec<String> {
+    net.nodes()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Stops node `i`, lets `edit` change its config (e.g. [`label`]), and starts it again unless
+/// `start` is false (a node that joins later).
+pub fn reconfigure(net: &TestDevnet, i: usize, start: bool, edit: impl FnOnce(&TestDevnet, usize)) {
+    let (name, dir) = (format!("node{i}"), net.dir_s());
+    let out = agora(&["devnet", "kill", &name, "--dir", &dir]);
+    assert!(out.status.success(), "{out:?}");
+    edit(net, i);
+    if start {
+        let out = agora(&["devnet", "start", &name, "--dir", &dir]);
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+/// Publishes `wasm` on node 0 (the deployer) as service `name` version `version`, under the
+/// fleet tests' manifest (immediate, no devices, 250 millicores, 64 MiB); returns the image CID.
+pub fn publish(net: &TestDevnet, name: &str, version: &str, wasm: &[u8]) -> String {
+    let module = net.tmp().join(format!("{name}-{version}.wasm"));
+    let manifest = net.tmp().join(format!("{name}-{version}.toml"));
+    std::fs::write(&module, wasm).unwrap();
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"{name}\"\nversion = \"{version}\"\nkind = \"wasm\"\ntick_ms = 100\n\
+             activation = \"immediate\"\ndevices = []\n\n[resources]\ncpu_millis = 250\n\
+             memory_mb = 64\nstorage_mb = 1\n\n[limits]\nmemory_bytes = 16777216\n\
+             fuel_per_second = 200000000\ninstances = 1\nmax_output_bytes = 1048576\n"
+        ),
+    )
+    .unwrap();
+    let published = agora_json(&[
+        "service",
+        "publish",
+        &module.display().to_string(),
+        "--manifest",
+        &manifest.display().to_string(),
+        "--data-dir",
+        &net.node(0),
+    ]);
+    published["image"].as_str().unwrap().to_string()
+}
+
+/// Polls `f` every 200 ms until it holds; once `timeout` has passed, prints the deployment's
+/// status and the services of `nodes`, then panics naming `what` (what `crate::wait_until`
+/// does, with what a fleet test needs to diagnose a timeout).
+pub fn wait_for(
+    net: &TestDevnet,
+    id: &str,
+    nodes: &[usize],
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !f() {
+        if std::time::Instant::now() >= deadline {
+            eprintln!("status: {}", status(net, id));
+            for i in nodes {
+                eprintln!(
+                    "node{i} services: {:?}",
+                    try_agora_json(&["service", "list", "--data-dir", &net.node(*i)])
+                );
+            }
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
 
 /// Gives node `i` the label `site=factory` in its config (the node must be stopped).
 pub fn label(net: &TestDevnet, i: usize) {
@@ -20,11 +97,7 @@ pub fn label(net: &TestDevnet, i: usize) {
 
 /// Whether node `i` runs a service of `image` (state Active).
 pub fn runs(net: &TestDevnet, i: usize, image: &str) -> bool {
-    try_agora_json(&["service", "list", "--data-dir", &net.node(i)])
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .any(|s| s["image"] == image && s["state"] == "Active")
+    !running_of(net, i, &[image]).is_empty()
 }
 
 /// The deployment's status from node 0 (the deployer), `Null` while it cannot be read.

@@ -11,32 +11,13 @@
 use std::time::Duration;
 
 use agora_runtime::test_utils::lora_gateway_wasm;
-use agora_tests::fleet::{label, phase_of, runs, status};
+use agora_tests::fleet::{label, node_ids, phase_of, publish, reconfigure, runs, status};
 use agora_tests::{TestDevnet, agora, agora_json, try_agora_json, wait_until};
 
 const LABELLED: [usize; 3] = [2, 3, 4];
 /// Labelled but down while the deployment rolls out.
 const LATE: usize = 4;
 const WAIT: Duration = Duration::from_secs(300);
-
-const MANIFEST: &str = r#"name = "fleet-gw"
-version = "0.1.0"
-kind = "wasm"
-tick_ms = 100
-activation = "immediate"
-devices = []
-
-[resources]
-cpu_millis = 250
-memory_mb = 64
-storage_mb = 1
-
-[limits]
-memory_bytes = 16777216
-fuel_per_second = 200000000
-instances = 1
-max_output_bytes = 1048576
-"#;
 
 /// The first `bytes_sent` counter in a storage stats document (bitswap's).
 fn bytes_sent(v: &serde_json::Value) -> Option<u64> {
@@ -54,40 +35,16 @@ fn deploy_all_to_a_label_runs_on_every_match_only_converges_late_and_delete_stop
     let wasm = lora_gateway_wasm().unwrap_or_else(|e| panic!("{e}"));
     let net = TestDevnet::up(7, 180, &[]);
     let dir = net.dir_s();
-    let ids: Vec<String> = net
-        .nodes()
-        .iter()
-        .map(|n| n["node_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = node_ids(&net);
 
     // Label the providers one at a time (the committee keeps its quorum); the late one stays
     // down.
     for i in LABELLED {
-        let name = format!("node{i}");
-        let out = agora(&["devnet", "kill", &name, "--dir", &dir]);
-        assert!(out.status.success(), "{out:?}");
-        label(&net, i);
-        if i != LATE {
-            let out = agora(&["devnet", "start", &name, "--dir", &dir]);
-            assert!(out.status.success(), "{out:?}");
-        }
+        reconfigure(&net, i, i != LATE, label);
     }
 
     // The image, published on node0 (the deployer).
-    let module = net.tmp().join("fleet_gw.wasm");
-    let manifest = net.tmp().join("fleet_gw.toml");
-    std::fs::write(&module, &wasm).unwrap();
-    std::fs::write(&manifest, MANIFEST).unwrap();
-    let published = agora_json(&[
-        "service",
-        "publish",
-        &module.display().to_string(),
-        "--manifest",
-        &manifest.display().to_string(),
-        "--data-dir",
-        &net.node(0),
-    ]);
-    let image = published["image"].as_str().unwrap().to_string();
+    let image = publish(&net, "fleet-gw", "0.1.0", &wasm);
     let sent_before = try_agora_json(&["storage", "stats", "--data-dir", &net.node(0)])
         .as_ref()
         .and_then(bytes_sent);

@@ -7,11 +7,10 @@
 //! that are not labelled never run any of them.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::time::Duration;
 
-use agora_tests::fleet::{label, phase_of, runs, status};
-use agora_tests::{TestDevnet, agora, agora_json, try_agora_json};
+use agora_tests::fleet::{label, node_ids, phase_of, publish, reconfigure, runs, status, wait_for};
+use agora_tests::{TestDevnet, agora, agora_json};
 
 const LABELLED: [usize; 2] = [2, 3];
 const WAIT: Duration = Duration::from_secs(300);
@@ -29,50 +28,8 @@ fn guest(tag: u32, health: i32) -> String {
 }
 
 /// Publishes `wat` on node0 as service `fleet-up` version `version`; returns the image CID.
-fn publish(net: &TestDevnet, version: &str, wat: &str) -> String {
-    let tmp: &Path = net.tmp();
-    let wasm = wat::parse_str(wat).unwrap();
-    let module = tmp.join(format!("fleet-up-{version}.wasm"));
-    let manifest = tmp.join(format!("fleet-up-{version}.toml"));
-    std::fs::write(&module, wasm).unwrap();
-    std::fs::write(
-        &manifest,
-        format!(
-            "name = \"fleet-up\"\nversion = \"{version}\"\nkind = \"wasm\"\ntick_ms = 100\n\
-             activation = \"immediate\"\ndevices = []\n\n[resources]\ncpu_millis = 250\n\
-             memory_mb = 64\nstorage_mb = 1\n\n[limits]\nmemory_bytes = 16777216\n\
-             fuel_per_second = 200000000\ninstances = 1\nmax_output_bytes = 1048576\n"
-        ),
-    )
-    .unwrap();
-    let published = agora_json(&[
-        "service",
-        "publish",
-        &module.display().to_string(),
-        "--manifest",
-        &manifest.display().to_string(),
-        "--data-dir",
-        &net.node(0),
-    ]);
-    published["image"].as_str().unwrap().to_string()
-}
-
-/// `wait_until`, printing the deployment's status and the targets' services if it times out.
-fn wait_for(net: &TestDevnet, id: &str, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while !f() {
-        if std::time::Instant::now() >= deadline {
-            eprintln!("status: {}", status(net, id));
-            for i in LABELLED {
-                eprintln!(
-                    "node{i} services: {:?}",
-                    try_agora_json(&["service", "list", "--data-dir", &net.node(i)])
-                );
-            }
-            panic!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn publish_wat(net: &TestDevnet, version: &str, wat: &str) -> String {
+    publish(net, "fleet-up", version, &wat::parse_str(wat).unwrap())
 }
 
 fn text(out: &std::process::Output) -> String {
@@ -86,25 +43,15 @@ fn text(out: &std::process::Output) -> String {
 #[test]
 fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_back() {
     let net = TestDevnet::up(7, 180, &[]);
-    let dir = net.dir_s();
-    let ids: Vec<String> = net
-        .nodes()
-        .iter()
-        .map(|n| n["node_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = node_ids(&net);
     // Label the providers one at a time (the committee keeps its quorum).
     for i in LABELLED {
-        let name = format!("node{i}");
-        let out = agora(&["devnet", "kill", &name, "--dir", &dir]);
-        assert!(out.status.success(), "{out:?}");
-        label(&net, i);
-        let out = agora(&["devnet", "start", &name, "--dir", &dir]);
-        assert!(out.status.success(), "{out:?}");
+        reconfigure(&net, i, true, label);
     }
 
-    let v1 = publish(&net, "1.0.0", &guest(1, 0));
-    let v2 = publish(&net, "2.0.0", &guest(2, 0));
-    let sick = publish(&net, "3.0.0", &guest(3, 1));
+    let v1 = publish_wat(&net, "1.0.0", &guest(1, 0));
+    let v2 = publish_wat(&net, "2.0.0", &guest(2, 0));
+    let sick = publish_wat(&net, "3.0.0", &guest(3, 1));
     assert!(v1 != v2 && v2 != sick);
 
     let created = agora_json(&[
@@ -124,13 +71,20 @@ fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_bac
         &net.node(0),
     ]);
     let id = created["id"].as_str().unwrap().to_string();
-    wait_for(&net, &id, "every labelled target to run v1 healthy", || {
-        let st = status(&net, &id);
-        LABELLED
-            .iter()
-            .all(|i| phase_of(&st, &ids[*i]).as_deref() == Some("healthy"))
-            && LABELLED.iter().all(|i| runs(&net, *i, &v1))
-    });
+    wait_for(
+        &net,
+        &id,
+        &LABELLED,
+        "every labelled target to run v1 healthy",
+        WAIT,
+        || {
+            let st = status(&net, &id);
+            LABELLED
+                .iter()
+                .all(|i| phase_of(&st, &ids[*i]).as_deref() == Some("healthy"))
+                && LABELLED.iter().all(|i| runs(&net, *i, &v1))
+        },
+    );
     // Before the upgrade: v1 only, and `create` with another image says to upgrade instead.
     assert!(LABELLED.iter().all(|i| !runs(&net, *i, &v2)));
     let again = agora(&[
@@ -181,11 +135,18 @@ fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_bac
         "{st}"
     );
     // Every target runs v2; the old contracts end and v1 stops everywhere.
-    wait_for(&net, &id, "v1 to stop on every target", || {
-        LABELLED
-            .iter()
-            .all(|i| runs(&net, *i, &v2) && !runs(&net, *i, &v1))
-    });
+    wait_for(
+        &net,
+        &id,
+        &LABELLED,
+        "v1 to stop on every target",
+        WAIT,
+        || {
+            LABELLED
+                .iter()
+                .all(|i| runs(&net, *i, &v2) && !runs(&net, *i, &v1))
+        },
+    );
     let table = agora(&["deploy", "status", &id, "--data-dir", &net.node(0)]);
     assert!(table.status.success(), "{table:?}");
     assert!(text(&table).contains("succeeded"), "{table:?}");
@@ -216,7 +177,9 @@ fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_bac
     wait_for(
         &net,
         &id,
+        &LABELLED,
         "every target back on v2 only, running, no sick replica",
+        WAIT,
         || {
             LABELLED
                 .iter()
@@ -226,7 +189,9 @@ fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_bac
     wait_for(
         &net,
         &id,
+        &LABELLED,
         "the deployer to show every target healthy on v2",
+        WAIT,
         || {
             let st = status(&net, &id);
             LABELLED

@@ -13,8 +13,10 @@
 use std::time::Duration;
 
 use agora_runtime::test_utils::lora_gateway_wasm;
-use agora_tests::fleet::{label, running_of, status, without_ble};
-use agora_tests::{TestDevnet, agora, agora_json, wait_until};
+use agora_tests::fleet::{
+    label, node_ids, publish, reconfigure, running_of, status, wait_for, without_ble,
+};
+use agora_tests::{TestDevnet, agora, agora_json};
 
 /// Labelled `site=factory`.
 const LABELLED: [usize; 6] = [1, 2, 3, 4, 6, 7];
@@ -24,61 +26,26 @@ const BLE: [usize; 3] = [1, 2, 3];
 const JOIN: [usize; 2] = [6, 7];
 const WAIT: Duration = Duration::from_secs(300);
 
-fn manifest(name: &str) -> String {
-    format!(
-        "name = \"{name}\"\nversion = \"0.1.0\"\nkind = \"wasm\"\ntick_ms = 100\n\
-         activation = \"immediate\"\ndevices = []\n\n[resources]\ncpu_millis = 250\n\
-         memory_mb = 64\nstorage_mb = 1\n\n[limits]\nmemory_bytes = 16777216\n\
-         fuel_per_second = 200000000\ninstances = 1\nmax_output_bytes = 1048576\n"
-    )
-}
-
-fn publish(net: &TestDevnet, wasm: &[u8], name: &str) -> String {
-    let module = net.tmp().join(format!("{name}.wasm"));
-    let manifest_path = net.tmp().join(format!("{name}.toml"));
-    std::fs::write(&module, wasm).unwrap();
-    std::fs::write(&manifest_path, manifest(name)).unwrap();
-    let published = agora_json(&[
-        "service",
-        "publish",
-        &module.display().to_string(),
-        "--manifest",
-        &manifest_path.display().to_string(),
-        "--data-dir",
-        &net.node(0),
-    ]);
-    published["image"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn variants_respect_constraints_balance_and_rebalance_after_a_join() {
     let wasm = lora_gateway_wasm().unwrap_or_else(|e| panic!("{e}"));
     let net = TestDevnet::up(8, 180, &[]);
     let dir = net.dir_s();
-    let ids: Vec<String> = net
-        .nodes()
-        .iter()
-        .map(|n| n["node_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = node_ids(&net);
 
     // Label the providers one at a time (the committee, nodes 0-6, keeps its quorum); take
     // BLE out of the ones without it; the joiners stay down.
     for i in LABELLED {
-        let name = format!("node{i}");
-        let out = agora(&["devnet", "kill", &name, "--dir", &dir]);
-        assert!(out.status.success(), "{out:?}");
-        label(&net, i);
-        if !BLE.contains(&i) {
-            without_ble(&net, i);
-        }
-        if !JOIN.contains(&i) {
-            let out = agora(&["devnet", "start", &name, "--dir", &dir]);
-            assert!(out.status.success(), "{out:?}");
-        }
+        reconfigure(&net, i, !JOIN.contains(&i), |net, i| {
+            label(net, i);
+            if !BLE.contains(&i) {
+                without_ble(net, i);
+            }
+        });
     }
 
-    let a = publish(&net, &wasm, "variant-a");
-    let b = publish(&net, &wasm, "variant-b");
+    let a = publish(&net, "variant-a", "0.1.0", &wasm);
+    let b = publish(&net, "variant-b", "0.1.0", &wasm);
     assert_ne!(a, b);
     let images = [a.as_str(), b.as_str()];
 
@@ -177,10 +144,17 @@ fn variants_respect_constraints_balance_and_rebalance_after_a_join() {
         .copied()
         .filter(|i| !JOIN.contains(i))
         .collect();
-    wait_until("2 targets on a and 2 on b, shown healthy", WAIT, || {
-        let runs = fleet(&net);
-        on(&runs, &a).len() == 2 && on(&runs, &b).len() == 2 && shown(&first, &runs)
-    });
+    wait_for(
+        &net,
+        &id,
+        &LABELLED,
+        "2 targets on a and 2 on b, shown healthy",
+        WAIT,
+        || {
+            let runs = fleet(&net);
+            on(&runs, &a).len() == 2 && on(&runs, &b).len() == 2 && shown(&first, &runs)
+        },
+    );
     let runs = fleet(&net);
     let a_before = on(&runs, &a);
     let b_before = on(&runs, &b);
@@ -208,10 +182,17 @@ fn variants_respect_constraints_balance_and_rebalance_after_a_join() {
         let out = agora(&["devnet", "start", &format!("node{i}"), "--dir", &dir]);
         assert!(out.status.success(), "{out:?}");
     }
-    wait_until("3 targets on a and 3 on b after the join", WAIT, || {
-        let runs = fleet(&net);
-        on(&runs, &a).len() == 3 && on(&runs, &b).len() == 3 && shown(&LABELLED, &runs)
-    });
+    wait_for(
+        &net,
+        &id,
+        &LABELLED,
+        "3 targets on a and 3 on b after the join",
+        WAIT,
+        || {
+            let runs = fleet(&net);
+            on(&runs, &a).len() == 3 && on(&runs, &b).len() == 3 && shown(&LABELLED, &runs)
+        },
+    );
     let runs = fleet(&net);
     let mut a_after = on(&runs, &a);
     a_after.sort();

@@ -155,6 +155,21 @@ impl TestDevnet {
     }
 }
 
+/// The demo's lora-gateway module, or `None` after saying `test` is skipped (it is built for
+/// wasm32-wasip1, which this machine may lack).
+pub fn lora_module(test: &str) -> Option<Vec<u8>> {
+    match agora_devnet::demo::module_bytes(None) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            agora_devnet::skipped(
+                test,
+                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
+            );
+            None
+        }
+    }
+}
+
 /// Polls `f` every 100 ms until it holds; panics naming `what` once `timeout` has passed.
 pub fn wait_until(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use agora_api::ledger::{BalanceReply, TransferRequest};
 use agora_contracts::{ContractRecord, ContractStatus};
+use agora_devnet::demo::Story;
 use agora_devnet::demo::story::wait_for;
-use agora_devnet::demo::{Story, module_bytes};
 use agora_devnet::files::CONTRACT_NODES;
 use agora_tests::adversary::{ByzantineLauncher, TestLauncher};
 use agora_tests::{agora_bin, agora_json, alive};
@@ -80,16 +80,7 @@ async fn story(
     launcher: ByzantineLauncher,
     word: &str,
 ) -> Option<(tempfile::TempDir, Story)> {
-    let module = match module_bytes(None) {
-        Ok(m) => m,
-        Err(e) => {
-            agora_devnet::skipped(
-                test,
-                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
-            );
-            return None;
-        }
-    };
+    let module = agora_tests::lora_module(test)?;
     let tmp = tempfile::tempdir().unwrap();
     let s = Story::start(
         &tmp.path().join("net"),

@@ -16,8 +16,8 @@
 use std::sync::Arc;
 
 use agora_api::client::ApiClient;
+use agora_devnet::demo::Story;
 use agora_devnet::demo::story::{DEVICES, wait_for};
-use agora_devnet::demo::{Story, module_bytes};
 use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
 use agora_radio::RadioStatus;
 use agora_tests::adversary::radio::{HostileRadio, forged_frame, unsigned_frame};
@@ -40,16 +40,7 @@ struct Armed {
 /// The demo's devnet of [`CONTRACT_NODES`] real processes in a temp dir, A's service running;
 /// `None` (after saying skipped) when the lora-gateway module cannot be built here.
 async fn started_story(test: &str) -> Option<(tempfile::TempDir, Story)> {
-    let module = match module_bytes(None) {
-        Ok(m) => m,
-        Err(e) => {
-            agora_devnet::skipped(
-                test,
-                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
-            );
-            return None;
-        }
-    };
+    let module = agora_tests::lora_module(test)?;
     let tmp = tempfile::tempdir().unwrap();
     let s = Story::start(
         &tmp.path().join("net"),

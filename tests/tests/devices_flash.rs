@@ -103,20 +103,6 @@ fn devices(net: &TestDevnet, first: u32, count: u32, extra: &[&str]) -> Devices 
     )
 }
 
-/// The lora-gateway module, or `None` after saying the test is skipped.
-fn module(test: &str) -> Option<Vec<u8>> {
-    match agora_devnet::demo::module_bytes(None) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            agora_devnet::skipped(
-                test,
-                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
-            );
-            None
-        }
-    }
-}
-
 /// The device list of `node`, once all `count` devices answered and `ok` holds for each.
 fn listed(
     node: &str,
@@ -139,7 +125,9 @@ fn listed(
 fn the_managing_edge_flashes_its_devices_skips_locked_ones_and_rolls_back_a_corrupt_one() {
     let test =
         "the_managing_edge_flashes_its_devices_skips_locked_ones_and_rolls_back_a_corrupt_one";
-    let Some(module) = module(test) else { return };
+    let Some(module) = agora_tests::lora_module(test) else {
+        return;
+    };
     let net = TestDevnet::up(2, 120, &[]);
     let (n0, n1) = (net.node(0), net.node(1));
     let node0_id = net.nodes()[0]["node_id"].as_str().unwrap().to_string();
@@ -290,7 +278,8 @@ fn the_managing_edge_flashes_its_devices_skips_locked_ones_and_rolls_back_a_corr
 
 #[test]
 fn keyed_devices_are_flashed_with_sealed_requests() {
-    let Some(module) = module("keyed_devices_are_flashed_with_sealed_requests") else {
+    let Some(module) = agora_tests::lora_module("keyed_devices_are_flashed_with_sealed_requests")
+    else {
         return;
     };
     let net = TestDevnet::up(2, 120, &[]);
@@ -349,7 +338,9 @@ fn keyed_devices_are_flashed_with_sealed_requests() {
 #[test]
 fn fifty_devices_five_locked_one_corrupting() {
     let test = "fifty_devices_five_locked_one_corrupting";
-    let Some(module) = module(test) else { return };
+    let Some(module) = agora_tests::lora_module(test) else {
+        return;
+    };
     const FIRST50: u32 = 800;
     const COUNT50: u32 = 50;
     let net = TestDevnet::up(2, 120, &[]);

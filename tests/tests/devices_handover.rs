@@ -15,8 +15,8 @@ use std::sync::Arc;
 use agora_api::client::ApiClient;
 use agora_contracts::devices::agent::AgentConfig;
 use agora_contracts::devices::{Mode, Outcome, SkipReason, Step};
+use agora_devnet::demo::Story;
 use agora_devnet::demo::story::{DEVICES, DeviceOptions, wait_for};
-use agora_devnet::demo::{Story, module_bytes};
 use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
 use agora_devnet::process::{Launcher, spawn_node};
 use agora_radio::DeviceList;
@@ -62,15 +62,8 @@ async fn cli_json(args: Vec<String>) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_it() {
     let test = "a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_it";
-    let module = match module_bytes(None) {
-        Ok(m) => m,
-        Err(e) => {
-            agora_devnet::skipped(
-                test,
-                &format!("no lora-gateway module ({e:#}); rustup target add wasm32-wasip1"),
-            );
-            return;
-        }
+    let Some(module) = agora_tests::lora_module(test) else {
+        return;
     };
     let tmp = tempfile::tempdir().unwrap();
     // 24 KiB at 8 KB/s: three seconds of flashing per device, long enough to kill A mid-way.

@@ -21,12 +21,21 @@ fuzz_target!(|data: &[u8]| {
             let _ = cbor_body::<radio::Checkpoint>(body);
         }
         3 => {
-            if let Some(radio::RadioRpc::Frames { devices }) = cbor_body::<radio::RadioRpc>(body) {
-                for d in devices {
-                    for f in d.frames {
-                        let _ = radio::parse_frame(&f);
+            match cbor_body::<radio::RadioRpc>(body) {
+                Some(radio::RadioRpc::Frames { devices }) => {
+                    for d in devices {
+                        for f in d.frames {
+                            let _ = radio::parse_frame(&f);
+                        }
                     }
                 }
+                // A state snapshot's bounds and shape, as a standby provider checks them.
+                Some(radio::RadioRpc::State { snapshot }) => {
+                    let devices: Vec<u32> = snapshot.coverage.iter().map(|(d, _)| *d).collect();
+                    let _ = snapshot.check(&devices);
+                    let _ = snapshot.check(&[]);
+                }
+                _ => {}
             }
         }
         4 => {

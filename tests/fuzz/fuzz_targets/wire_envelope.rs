@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = env.body::<agora_wire::radio::Checkpoint>(Kind::Radio);
     let _ = env.body::<agora_wire::radio::RadioRpc>(Kind::Radio);
     let _ = env.body::<agora_wire::storage::StorageRpc>(Kind::Storage);
+    let _ = env.body::<agora_wire::probe::ProbeMsg>(Kind::Probe);
     let _ = env.body::<Vec<agora_contracts::SignedTransaction>>(Kind::Transaction);
     if env.kind == Kind::Consensus {
         let _ = agora_consensus::ConsensusMessage::decode(&env.payload);

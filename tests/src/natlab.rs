@@ -7,7 +7,8 @@
 //! **Management addresses.** The test process stays in the root namespace and reaches every
 //! node's control API and radio over a management veth: one point-to-point /30 per lab
 //! namespace (root end `10.214.L.4j+1`, namespace end `10.214.L.4j+2`, where `L` is
-//! unique per lab). The nodes' p2p transport listens only on the lab addresses (public:
+//! unique per lab among the labs of every process on this host: it is reserved with a lock file,
+//! [`SubnetLease`], since the test runner may run several test processes side by side). The nodes' p2p transport listens only on the lab addresses (public:
 //! `203.0.113.2:4001+i`, homes: `192.168.k.2:4001`), so nothing advertises a management
 //! address, and the management links cannot carry p2p traffic between nodes: each namespace
 //! knows only its own /30 and the root namespace does not forward (`ip_forward = 0`). Deleting
@@ -59,6 +60,60 @@ pub struct NatLab {
     homes: usize,
     subnet: String,
     exe: PathBuf,
+    /// Holds `subnet` for this lab; released after the lab is down.
+    _lease: SubnetLease,
+}
+
+/// A `10.214.L` management subnet reserved for one lab on this host: the lock file
+/// `agora-natlab-10.214.L.lock` in the temp dir, created exclusively and holding the owner's pid,
+/// removed on drop. A lock whose pid no longer runs (a crashed run's) is taken over.
+struct SubnetLease {
+    subnet: String,
+    lock: PathBuf,
+}
+
+impl SubnetLease {
+    fn take(start: usize) -> Result<SubnetLease, String> {
+        let me = std::process::id();
+        for k in 0..250 {
+            let l = (start + k) % 250;
+            let subnet = format!("10.214.{l}");
+            let lock = std::env::temp_dir().join(format!("agora-natlab-{subnet}.lock"));
+            for _ in 0..2 {
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&lock)
+                {
+                    Ok(mut f) => {
+                        use std::io::Write;
+                        let _ = write!(f, "{me}");
+                        return Ok(SubnetLease { subnet, lock });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        let owner = std::fs::read_to_string(&lock).unwrap_or_default();
+                        let alive = owner
+                            .trim()
+                            .parse::<u32>()
+                            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                        // Written but not yet filled in by a live process: leave it.
+                        if alive || owner.is_empty() {
+                            break;
+                        }
+                        let _ = std::fs::remove_file(&lock);
+                    }
+                    Err(e) => return Err(format!("cannot reserve {subnet}: {e}")),
+                }
+            }
+        }
+        Err("every 10.214.L management subnet is reserved by another lab".into())
+    }
+}
+
+impl Drop for SubnetLease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.lock);
+    }
 }
 
 impl NatLab {
@@ -71,6 +126,7 @@ impl NatLab {
         let seq = LABS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("nd{}x{seq}", pid % 100_000);
         let script = netlab_script();
+        let lease = SubnetLease::take(pid as usize * 7 + seq)?;
         // A lab with this prefix can only be a crashed run's whose pid was reused.
         let _ = Command::new("bash")
             .arg(&script)
@@ -86,8 +142,9 @@ impl NatLab {
             prefix,
             n,
             homes,
-            subnet: format!("10.214.{}", (pid as usize * 7 + seq) % 250),
+            subnet: lease.subnet.clone(),
             exe,
+            _lease: lease,
         };
         if out.status.code() == Some(77) {
             return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());

@@ -157,7 +157,7 @@ fn the_systemd_unit_in_the_repo_verifies() {
         .output()
         .is_err()
     {
-        eprintln!("SKIPPED systemd_unit: systemd-analyze is not installed here");
+        agora_devnet::skipped("systemd_unit", "systemd-analyze is not installed here");
         return;
     }
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

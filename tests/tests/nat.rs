@@ -266,7 +266,7 @@ fn scene(tag: &str, nat: &str) -> Option<Scene> {
     let mut lab = match Lab::up(tag, nat) {
         Ok(lab) => lab,
         Err(reason) => {
-            eprintln!("SKIPPED nat: {reason}");
+            agora_devnet::skipped("nat", &reason);
             return None;
         }
     };
@@ -500,7 +500,7 @@ fn contract_lab(nat: &str) -> Option<std::sync::Arc<NatLab>> {
     match NatLab::up(CONTRACT_NODES, 2, nat, agora_bin()) {
         Ok(lab) => Some(std::sync::Arc::new(lab)),
         Err(reason) => {
-            eprintln!("SKIPPED nat: {reason}");
+            agora_devnet::skipped("nat", &reason);
             None
         }
     }

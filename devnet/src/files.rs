@@ -1,4 +1,4 @@
-//! Files of a devnet: its genesis (every node funded, the committee a 3f+1 prefix of the nodes),
+//! Files of a devnet: its genesis (every node funded, the committee a bounded prefix of the nodes),
 //! the manifest `agora devnet up` writes (which nodes, where, which processes), and the config
 //! of each devnet node. Writing a data directory and reading a genesis file are the daemon's
 //! (`agora_daemon::data_dir`), since a node outside any devnet needs them too.
@@ -25,29 +25,73 @@ pub const DEVNET_BALANCE: u64 = 1_000_000;
 /// decides blocks with both parties down.
 pub const CONTRACT_NODES: usize = 7;
 
-/// A devnet genesis (the ledger's own [`Genesis`] type): every node funded with
-/// [`DEVNET_BALANCE`], the faucet on, and a committee that is the largest 3f+1 prefix of the nodes
-/// (all nodes when fewer than four).
-pub fn devnet_genesis(nodes: &[(String, NodeId)], created_at: u64) -> Genesis {
-    let n = nodes.len();
-    let committee_size = if n < 4 { n } else { 3 * ((n - 1) / 3) + 1 };
-    Genesis {
-        chain_id: format!("agora-devnet-{created_at}"),
-        accounts: nodes
-            .iter()
-            .map(|(_, id)| GenesisAccount {
-                id: *id,
-                balance: DEVNET_BALANCE,
-            })
-            .collect(),
-        committee: nodes
-            .iter()
-            .take(committee_size)
-            .map(|(_, id)| *id)
-            .collect(),
-        faucet_enabled: true,
-        params: Default::default(),
+/// Arbitrators of a devnet of at least [`CONTRACT_NODES`] nodes unless `--arbitrators` says
+/// otherwise. Arbitrators vote on every block and watch each other with fast heartbeats, so a
+/// committee that grew with the devnet made every idle node's cost grow with it (issue #15);
+/// seven keeps a contract between two arbitrators at a committee of five (≥ `min_committee`).
+pub const DEFAULT_ARBITRATORS: usize = CONTRACT_NODES;
+
+/// Why a devnet cannot have the committee asked for.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommitteeError {
+    /// Zero arbitrators, or more than there are nodes.
+    #[error("--arbitrators {asked} is not possible with {nodes} nodes; pass 1 to {nodes}")]
+    OutOfRange {
+        /// Asked for.
+        asked: usize,
+        /// Nodes in the devnet.
+        nodes: usize,
+    },
+}
+
+/// How many of `n` devnet nodes are arbitrators: `asked`, or by default the largest 3f+1 that
+/// fits (all nodes when fewer than four), capped at [`DEFAULT_ARBITRATORS`], so the committee
+/// stays the same size however large the devnet grows.
+pub fn committee_size(n: usize, asked: Option<usize>) -> Result<usize, CommitteeError> {
+    match asked {
+        Some(k) if k == 0 || k > n => Err(CommitteeError::OutOfRange { asked: k, nodes: n }),
+        Some(k) => Ok(k),
+        None if n < 4 => Ok(n),
+        None => Ok((3 * ((n - 1) / 3) + 1).min(DEFAULT_ARBITRATORS)),
     }
+}
+
+/// The arbitrators of a devnet: the first `k` accounts that hold at least the arbitrator bond
+/// (the ledger locks it at genesis), in node order, so `node0` … `node{k-1}` when every node
+/// is funded, as in a devnet. Fewer than `k` when fewer are funded.
+pub fn choose_committee(accounts: &[GenesisAccount], bond: u64, k: usize) -> Vec<NodeId> {
+    accounts
+        .iter()
+        .filter(|a| a.balance >= bond)
+        .map(|a| a.id)
+        .take(k)
+        .collect()
+}
+
+/// A devnet genesis (the ledger's own [`Genesis`] type): every node funded with
+/// [`DEVNET_BALANCE`], the faucet on, and a committee of [`committee_size`] nodes chosen by
+/// [`choose_committee`].
+pub fn devnet_genesis(
+    nodes: &[(String, NodeId)],
+    created_at: u64,
+    arbitrators: Option<usize>,
+) -> Result<Genesis, CommitteeError> {
+    let k = committee_size(nodes.len(), arbitrators)?;
+    let accounts: Vec<GenesisAccount> = nodes
+        .iter()
+        .map(|(_, id)| GenesisAccount {
+            id: *id,
+            balance: DEVNET_BALANCE,
+        })
+        .collect();
+    let params = agora_contracts::LedgerParams::default();
+    Ok(Genesis {
+        chain_id: format!("agora-devnet-{created_at}"),
+        committee: choose_committee(&accounts, params.arbitrator_bond, k),
+        accounts,
+        faucet_enabled: true,
+        params,
+    })
 }
 
 /// One node of a devnet, as recorded by `agora devnet up`.
@@ -199,18 +243,90 @@ mod tests {
     use super::*;
     use agora_market::{KeySigner, Signer};
 
+    fn ids(n: usize) -> Vec<(String, NodeId)> {
+        (0..n)
+            .map(|i| (format!("n{i}"), KeySigner::from_seed(i as u64).node_id()))
+            .collect()
+    }
+
     #[test]
-    fn committee_is_3f_plus_1() {
-        let nodes: Vec<_> = (0..10)
-            .map(|i| (format!("n{i}"), KeySigner::from_seed(i).node_id()))
-            .collect();
-        for (n, want) in [(1, 1), (3, 3), (4, 4), (5, 4), (7, 7), (9, 7), (10, 10)] {
-            assert_eq!(
-                devnet_genesis(&nodes[..n], 0).committee.len(),
-                want,
-                "n={n}"
-            );
+    fn default_committee_is_3f_plus_1_up_to_seven() {
+        let nodes = ids(200);
+        for (n, want) in [
+            (1, 1),
+            (3, 3),
+            (4, 4),
+            (5, 4),
+            (7, 7),
+            (9, 7),
+            (10, 7),
+            (50, 7),
+            (200, 7),
+        ] {
+            let g = devnet_genesis(&nodes[..n], 0, None).expect("genesis");
+            assert_eq!(g.committee.len(), want, "n={n}");
+            // The prefix: node0 … node{k-1}, so the 7-node devnet every test uses is unchanged.
+            let prefix: Vec<NodeId> = nodes[..want].iter().map(|(_, id)| *id).collect();
+            assert_eq!(g.committee, prefix, "n={n}");
+            assert_eq!(g.accounts.len(), n, "every node is funded");
         }
+    }
+
+    #[test]
+    fn asked_committee_is_bounded_by_the_nodes() {
+        let nodes = ids(50);
+        assert_eq!(
+            devnet_genesis(&nodes, 0, Some(10))
+                .expect("k=10")
+                .committee
+                .len(),
+            10
+        );
+        assert_eq!(
+            devnet_genesis(&nodes, 0, Some(50))
+                .expect("k=n")
+                .committee
+                .len(),
+            50
+        );
+        assert_eq!(
+            devnet_genesis(&nodes, 0, Some(51)).err(),
+            Some(CommitteeError::OutOfRange {
+                asked: 51,
+                nodes: 50
+            })
+        );
+        assert!(devnet_genesis(&nodes, 0, Some(0)).is_err());
+    }
+
+    #[test]
+    fn a_contract_between_two_default_arbitrators_has_a_committee() {
+        // Every arbitrator but the two parties: above the ledger's minimum at any devnet size
+        // of at least CONTRACT_NODES.
+        let nodes = ids(200);
+        let g = devnet_genesis(&nodes, 0, None).expect("genesis");
+        let view = agora_contracts::deal::CommitteeView {
+            arbitrators: g.committee.clone(),
+            min_size: g.params.min_committee,
+        };
+        let both = view.for_parties(g.committee[0], g.committee[1]);
+        assert!(both.len() >= g.params.min_committee, "{}", both.len());
+        let neither = view.for_parties(nodes[100].1, nodes[199].1);
+        assert_eq!(neither.len(), DEFAULT_ARBITRATORS);
+    }
+
+    #[test]
+    fn only_funded_accounts_become_arbitrators() {
+        let accounts: Vec<GenesisAccount> = ids(5)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, id))| GenesisAccount {
+                id,
+                balance: if i == 1 { 10 } else { 1_000 },
+            })
+            .collect();
+        let chosen = choose_committee(&accounts, 100, 3);
+        assert_eq!(chosen, vec![accounts[0].id, accounts[2].id, accounts[3].id]);
     }
 }
 

@@ -171,7 +171,8 @@ impl DevnetBuilder {
         self
     }
 
-    /// Only the first `k` nodes form the arbitrator committee (default: as `agora devnet up`).
+    /// Only the first `k` nodes form the arbitrator committee (default: as `agora devnet up`,
+    /// [`files::committee_size`]); `k` above the node count means every node.
     pub fn committee(mut self, k: usize) -> Self {
         self.committee = Some(k.max(1));
         self
@@ -213,10 +214,8 @@ impl DevnetBuilder {
             });
         }
         let ids: Vec<_> = slots.iter().map(|s| (s.name.clone(), s.node_id)).collect();
-        let mut genesis = devnet_genesis(&ids, agora_wire::now_ms());
-        if let Some(k) = self.committee {
-            genesis.committee.truncate(k);
-        }
+        let committee = self.committee.map(|k| k.min(self.nodes));
+        let genesis = devnet_genesis(&ids, agora_wire::now_ms(), committee)?;
         save_genesis(&genesis_path, &genesis)?;
         let mut net = Devnet { _dir: dir, slots };
         for i in 0..net.slots.len() {

@@ -125,6 +125,11 @@ pub struct UpArgs {
     /// scrape config for the devnet to `<dir>/prometheus.yml`.
     #[arg(long)]
     pub metrics: bool,
+    /// Number of arbitrators (the ledger's committee; contracts' committees are drawn from it):
+    /// the first K nodes. Default: the largest 3f+1 up to 7 (every node of a devnet of 1-4 or
+    /// 7 nodes), whatever the devnet's size; a contract between two arbitrators needs K ≥ 6.
+    #[arg(long, value_name = "K")]
+    pub arbitrators: Option<usize>,
     /// WAN emulation on every link.
     #[command(flatten)]
     pub wan: WanArgs,
@@ -188,6 +193,7 @@ pub async fn run(cmd: &DevnetCommand, json: bool) -> anyhow::Result<()> {
                 manual: a.manual,
                 metrics: a.metrics,
                 wan: a.wan.profile(),
+                arbitrators: a.arbitrators,
             };
             let timeout = Duration::from_secs(a.timeout);
             let progress = crate::progress::Progress::start(
@@ -441,6 +447,8 @@ pub struct UpOptions {
     pub metrics: bool,
     /// WAN emulation on every node's TCP links.
     pub wan: Option<agora_network::wan::WanProfile>,
+    /// Committee size (`--arbitrators`); `None`: [`crate::files::committee_size`]'s default.
+    pub arbitrators: Option<usize>,
 }
 
 /// [`up_with`] with every option.
@@ -455,6 +463,7 @@ pub async fn up_with_options(
     if n == 0 {
         bail!("--nodes must be at least 1");
     }
+    crate::files::committee_size(n, opts.arbitrators)?;
     if let Ok(m) = DevnetManifest::load(dir)
         && m.nodes
             .iter()
@@ -498,11 +507,17 @@ pub async fn up_with_options(
         ids.push((name, key.node_id()));
         configs.push((data_dir, config));
     }
-    save_genesis(&genesis_path, &devnet_genesis(&ids, now_ms()))?;
+    save_genesis(
+        &genesis_path,
+        &devnet_genesis(&ids, now_ms(), opts.arbitrators)?,
+    )?;
 
     let deadline = Instant::now() + timeout;
     let mut nodes = Vec::new();
     let mut bootstrap: Vec<String> = Vec::new();
+    // Node 0 first (its addresses are everyone's bootstrap), then all the others at once,
+    // rather than each waiting for the one before it to write its addresses (issue #15).
+    let mut started = Vec::new();
     for (i, (data_dir, mut config)) in configs.into_iter().enumerate() {
         config.network.bootstrap = bootstrap.clone();
         write_config(&data_dir, &config)?;
@@ -515,40 +530,28 @@ pub async fn up_with_options(
             let _ = std::fs::remove_file(data_dir.join(f));
         }
         let pid = launcher.spawn(i, &exe, &data_dir)?;
-        let p2p_text = wait_for_file(&data_dir.join(P2P_ADDR_FILE), deadline).await?;
-        let api = wait_for_file(&data_dir.join(API_ADDR_FILE), deadline).await?;
-        let p2p: Vec<String> = p2p_text.lines().map(String::from).collect();
         if i == 0 {
-            bootstrap = p2p.clone();
-        }
-        // Pin the ports the node got, so a restart from its config comes back on the same ones.
-        config.network.listen = p2p
-            .iter()
-            .map(|a| a.split("/p2p/").next().unwrap_or(a).to_string())
-            .collect();
-        config.api.listen = api.trim().to_string();
-        if !config.radio.listen.is_empty() {
-            let radio = wait_for_file(&data_dir.join(agora_api::RADIO_ADDR_FILE), deadline).await?;
-            config.radio.listen = radio.trim().to_string();
-        }
-        let metrics = if config.metrics.listen.is_some() {
-            let path = data_dir.join(agora_api::METRICS_ADDR_FILE);
-            let addr = wait_for_file(&path, deadline).await?.trim().to_string();
-            config.metrics.listen = Some(addr.clone());
-            Some(addr)
+            let node = node_started(&ids[i], data_dir, config, pid, deadline).await?;
+            bootstrap = node.p2p.clone();
+            nodes.push(node);
         } else {
-            None
-        };
-        write_config(&data_dir, &config)?;
-        nodes.push(DevnetNode {
-            name: ids[i].0.clone(),
-            data_dir,
-            node_id: ids[i].1.to_string(),
-            pid: Some(pid),
-            api: api.trim().to_string(),
-            p2p,
-            metrics,
-        });
+            started.push((i, data_dir, config, pid));
+        }
+    }
+    let pids: Vec<u32> = started.iter().map(|s| s.3).collect();
+    for (i, data_dir, config, pid) in started {
+        match node_started(&ids[i], data_dir, config, pid, deadline).await {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                // No manifest names them yet: stop what this call started.
+                for pid in nodes.iter().filter_map(|n| n.pid).chain(pids) {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+                return Err(e);
+            }
+        }
     }
     if opts.metrics {
         let path = dir.join(PROMETHEUS_FILE);
@@ -563,6 +566,47 @@ pub async fn up_with_options(
     manifest.save()?;
     wait_ready(&manifest, deadline).await?;
     Ok(manifest)
+}
+
+/// Waits for a node `up` spawned to write its addresses, then pins the ports it got in its
+/// config, so a restart from that config comes back on the same ones.
+async fn node_started(
+    (name, id): &(String, agora_market::NodeId),
+    data_dir: PathBuf,
+    mut config: NodeConfig,
+    pid: u32,
+    deadline: Instant,
+) -> anyhow::Result<DevnetNode> {
+    let p2p_text = wait_for_file(&data_dir.join(P2P_ADDR_FILE), deadline).await?;
+    let api = wait_for_file(&data_dir.join(API_ADDR_FILE), deadline).await?;
+    let p2p: Vec<String> = p2p_text.lines().map(String::from).collect();
+    config.network.listen = p2p
+        .iter()
+        .map(|a| a.split("/p2p/").next().unwrap_or(a).to_string())
+        .collect();
+    config.api.listen = api.trim().to_string();
+    if !config.radio.listen.is_empty() {
+        let radio = wait_for_file(&data_dir.join(agora_api::RADIO_ADDR_FILE), deadline).await?;
+        config.radio.listen = radio.trim().to_string();
+    }
+    let metrics = if config.metrics.listen.is_some() {
+        let path = data_dir.join(agora_api::METRICS_ADDR_FILE);
+        let addr = wait_for_file(&path, deadline).await?.trim().to_string();
+        config.metrics.listen = Some(addr.clone());
+        Some(addr)
+    } else {
+        None
+    };
+    write_config(&data_dir, &config)?;
+    Ok(DevnetNode {
+        name: name.clone(),
+        data_dir,
+        node_id: id.to_string(),
+        pid: Some(pid),
+        api: api.trim().to_string(),
+        p2p,
+        metrics,
+    })
 }
 
 /// Waits until every node is connected to its peers (up to the dial target) and answers

@@ -9,8 +9,8 @@
 # `--build-only` installs and builds, then stops (CI starts it beside the tests, at low priority).
 #
 # Without TARGETs it runs every target that needs no wasmtime. `--runtime` builds with the fuzz
-# crate's `runtime` feature and, without TARGETs, runs only the targets that need it (manifest,
-# image_record, runtime_*): wasmtime's instrumented build takes minutes, so CI leaves them out.
+# crate's `runtime` feature and, without TARGETs, runs only the targets that need it
+# (runtime_*): wasmtime's instrumented build takes minutes, so CI leaves them out.
 #
 # Crash inputs land in tests/fuzz/artifacts/TARGET/; reproduce one with
 #   cargo +nightly fuzz run --fuzz-dir tests/fuzz TARGET tests/fuzz/artifacts/TARGET/crash-...

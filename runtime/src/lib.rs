@@ -85,37 +85,55 @@
 //!   [`KvStore`].
 //! - Containers ([`CliExecutor`]) get the limits of [`ContainerSpec`] but no manager, metering
 //!   or restart policy yet.
+//!
+//! # Features
+//! `host` (default) is the wasmtime host: [`Host`], [`ServiceManager`], containers, the guest
+//! ABI. Without it the crate is only the plain data a manifest or image record names —
+//! [`ServiceLimits`], [`ModuleId`], [`RestartPolicy`], [`Backoff`], [`RuntimeError`] — so
+//! `agora-image` decodes (and the fuzzer runs) without building wasmtime.
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+#[cfg(feature = "host")]
 pub(crate) mod abi;
+#[cfg(feature = "host")]
 pub mod container;
 mod error;
+#[cfg(feature = "host")]
 mod guard;
+#[cfg(feature = "host")]
 pub mod host;
+#[cfg(feature = "host")]
 pub mod io;
 mod limits;
+#[cfg(feature = "host")]
 pub mod manager;
 mod module_id;
+mod restart;
+#[cfg(feature = "host")]
 mod state;
+#[cfg(feature = "host")]
 pub use abi::fuel as host_fuel;
+#[cfg(feature = "host")]
 pub use container::{CliExecutor, ContainerError, ContainerSpec, Executor};
 pub use error::RuntimeError;
+#[cfg(feature = "host")]
 pub use host::{CompiledModule, Host, HostConfig};
+#[cfg(feature = "host")]
 pub use io::{KvEntries, KvStore, KvUnsupported, MemoryKv, Published};
 pub use limits::{
     LimitsError, LimitsSide, MAX_FUEL_PER_SECOND, MAX_INSTANCES, MAX_MEMORY_BYTES,
     MIN_FUEL_PER_SECOND, MIN_MEMORY_BYTES, Metering, ServiceLimits, StopReason,
 };
+pub use restart::{Backoff, RestartPolicy};
 
+#[cfg(feature = "host")]
 pub use manager::instance::PROBE_FUEL;
-pub use manager::{
-    Backoff, Health, RestartPolicy, ServiceId, ServiceManager, ServiceSpec, ServiceState,
-    ServiceStatus,
-};
+#[cfg(feature = "host")]
+pub use manager::{Health, ServiceId, ServiceManager, ServiceSpec, ServiceState, ServiceStatus};
 pub use module_id::{MAX_MODULE_ID_BYTES, MAX_MODULE_ID_CHARS, ModuleId};
 
-#[cfg(any(test, feature = "test-utils"))]
+#[cfg(all(feature = "host", any(test, feature = "test-utils")))]
 pub mod fuzz;
-#[cfg(any(test, feature = "test-utils"))]
+#[cfg(all(feature = "host", any(test, feature = "test-utils")))]
 pub mod test_utils;

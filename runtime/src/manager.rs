@@ -8,7 +8,7 @@ mod run;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::guard::StopSignal;
 use crate::host::{CompiledModule, Host};
 use crate::io::{KvStore, Published};
+pub use crate::restart::{Backoff, RestartPolicy};
 use crate::state::ServiceIo;
 use crate::{Metering, ServiceLimits, StopReason};
 
@@ -32,57 +33,6 @@ impl fmt::Display for ServiceId {
 impl From<&str> for ServiceId {
     fn from(s: &str) -> Self {
         Self(s.to_string())
-    }
-}
-
-/// What to do when a service stops with a failure ([`StopReason::is_failure`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RestartPolicy {
-    /// Stay stopped.
-    Never,
-    /// Start a fresh instance, at most `max_restarts` times.
-    OnFailure {
-        /// Restarts allowed over the service's life.
-        max_restarts: u32,
-    },
-}
-
-/// How long a service waits before a restart: `initial_ms` after its first failure, doubling
-/// with each consecutive one, never more than `max_ms`. An instance that ran for at least
-/// [`Backoff::reset_after`] before failing starts the doubling again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Backoff {
-    /// Delay before the first restart, in milliseconds.
-    pub initial_ms: u64,
-    /// Largest delay, in milliseconds.
-    pub max_ms: u64,
-}
-
-impl Default for Backoff {
-    /// 1 s, doubling up to 30 s.
-    fn default() -> Self {
-        Self {
-            initial_ms: 1_000,
-            max_ms: 30_000,
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before a restart after `consecutive` failures in a row (1 = the first).
-    pub fn delay(&self, consecutive: u32) -> Duration {
-        let doublings = consecutive.saturating_sub(1).min(63);
-        let ms = self
-            .initial_ms
-            .saturating_mul(1u64 << doublings)
-            .min(self.max_ms.max(self.initial_ms));
-        Duration::from_millis(ms)
-    }
-
-    /// How long an instance must have run for its failure to count as the first in a row
-    /// again: the longest delay, and at least 10 s.
-    pub fn reset_after(&self) -> Duration {
-        Duration::from_millis(self.max_ms.max(self.initial_ms).max(10_000))
     }
 }
 

@@ -17,7 +17,6 @@ use agora_api::client::ApiClient;
 use agora_api::ledger::{LedgerStatus, SubmittedReply, TransferRequest};
 use agora_contracts::{ActivationClause, ContractStatus};
 use agora_devnet::demo::Story;
-use agora_devnet::demo::module_bytes;
 use agora_devnet::demo::story::wait_for;
 use agora_devnet::files::CONTRACT_NODES;
 use agora_tests::adversary::{ByzantineLauncher, HostileDevnet, TestLauncher};
@@ -223,7 +222,11 @@ async fn a_separate_equivocating_arbitrator_process_is_slashed_on_every_honest_r
 async fn a_false_attestation_by_one_arbitrator_process_triggers_no_handover() {
     let _serial = SERIAL.lock().await;
     const BAD: usize = 0;
-    let module = module_bytes(None).expect("lora-gateway module (rustup target add wasm32-wasip1)");
+    let Some(module) = agora_tests::lora_module(
+        "a_false_attestation_by_one_arbitrator_process_triggers_no_handover",
+    ) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let launcher = Arc::new(byzantine(BAD, &["--false-attest", "--no-bid"]));
     let mut s = Story::start(
@@ -505,7 +508,11 @@ async fn a_withholding_arbitrator_and_two_colluding_liars_neither_stop_the_chain
     let _serial = SERIAL.lock().await;
     const WITHHOLDER: usize = 0;
     const LIAR: usize = 1;
-    let module = module_bytes(None).expect("lora-gateway module (rustup target add wasm32-wasip1)");
+    let Some(module) = agora_tests::lora_module(
+        "a_withholding_arbitrator_and_two_colluding_liars_neither_stop_the_chain_nor_hand_over",
+    ) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let withholder: &[&str] = &["--withhold-votes", "--false-attest", "--no-bid"];
     let liar: &[&str] = &["--false-attest", "--no-bid"];

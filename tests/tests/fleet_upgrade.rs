@@ -1,9 +1,9 @@
 //! Process test of `agora deploy upgrade` (issue #15): on a 7-node contract devnet, two
 //! providers labelled `site=factory` run a deployment of image v1 from node0: a counter guest
-//! (one per reading in its key `count`) on sensor device 101, whose readings reach node2 only.
+//! (one per reading in its key `count`) on sensor devices 101 and 102, heard by one target each.
 //! A healthy upgrade to v2 (`--max-unavailable 1`, start-first: a second contract per target for
 //! the new image, the old one released once the new one is healthy) exits 0 and leaves every
-//! target running v2 and not v1; on node2 the new instance ran without devices until the
+//! target running v2 and not v1; on each target the new instance ran without devices until the
 //! switch, then took over v1's key-value state and device (timeline `state-moved`), and its
 //! count equals the readings sent over the whole run: none lost, none counted twice. An upgrade
 //! to a sick image (its `agora_health` export returns 1) exits non-zero with the reason, and
@@ -24,12 +24,11 @@ use agora_tests::fleet::{
 use agora_tests::{TestDevnet, agora, agora_json, try_agora_json};
 
 const LABELLED: [usize; 2] = [2, 3];
-/// The labelled node the sensor's readings reach.
-const FED: usize = 2;
 const WAIT: Duration = Duration::from_secs(300);
 
-/// The sensor device the images take over.
-const DEVICE: u32 = 101;
+/// The sensor devices the images take over: each target hears one of them only (two edges
+/// processing the same device at once would each skip what the other's checkpoints cover).
+const DEVICES: [u32; 2] = [101, 102];
 
 /// A counter guest (each reading adds one to its key `count`, logged as `count=N`) whose health
 /// export returns `health` (0 = healthy); `tag` makes each version's module different.
@@ -41,7 +40,7 @@ fn guest(tag: u32, health: i32) -> String {
     )
 }
 
-/// Publishes `wat` on node0 as service `fleet-up` version `version` on [`DEVICE`]; returns the
+/// Publishes `wat` on node0 as service `fleet-up` version `version` on [`DEVICES`]; returns the
 /// image CID.
 fn publish_wat(net: &TestDevnet, version: &str, wat: &str) -> String {
     publish_with_devices(
@@ -49,11 +48,12 @@ fn publish_wat(net: &TestDevnet, version: &str, wat: &str) -> String {
         "fleet-up",
         version,
         &wat::parse_str(wat).unwrap(),
-        &[DEVICE],
+        &DEVICES,
     )
 }
 
-/// A sensor sending unsigned frames of [`DEVICE`] every 50 ms to one edge while `on`.
+/// Sensors: every 50 ms while `on`, one unsigned frame of each `(device, edge)` to its edge,
+/// all with the same sequence number.
 struct Sensor {
     on: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -62,9 +62,8 @@ struct Sensor {
 }
 
 impl Sensor {
-    fn start(edge: &str) -> Self {
+    fn start(edges: Vec<(u32, String)>) -> Self {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.connect(edge).unwrap();
         let (on, stop, sent) = (
             Arc::new(AtomicBool::new(true)),
             Arc::new(AtomicBool::new(false)),
@@ -75,9 +74,10 @@ impl Sensor {
             while !st.load(Ordering::SeqCst) {
                 if o.load(Ordering::SeqCst) {
                     let seq = se.load(Ordering::SeqCst) + 1;
-                    if socket.send(&unsigned_frame(DEVICE, seq)).is_ok() {
-                        se.store(seq, Ordering::SeqCst);
+                    for (device, edge) in &edges {
+                        socket.send_to(&unsigned_frame(*device, seq), edge).unwrap();
                     }
+                    se.store(seq, Ordering::SeqCst);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -139,13 +139,13 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
-/// Waits until node2's instance of `image` has counted exactly `sent` readings (the sensor is
-/// paused; the last poll may still be on its way to the log), and fails if it counts past.
-fn exact_count(net: &TestDevnet, id: &str, image: &str, sent: u32) {
+/// Waits until node `i`'s instance of `image` has counted exactly `sent` readings (the sensor
+/// is paused; the last poll may still be on its way to the log), and fails if it counts past.
+fn exact_count(net: &TestDevnet, i: usize, id: &str, image: &str, sent: u32) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let c = count_of(net, FED, image);
-        eprintln!("node2 counted {c:?} of {sent} readings sent");
+        let c = count_of(net, i, image);
+        eprintln!("node{i} counted {c:?} of {sent} readings sent");
         assert!(
             c.is_none_or(|c| c <= u64::from(sent)),
             "counted twice: {c:?} > {sent}"
@@ -157,9 +157,9 @@ fn exact_count(net: &TestDevnet, id: &str, image: &str, sent: u32) {
             eprintln!("status: {}", status(net, id));
             eprintln!(
                 "radio: {:?}",
-                try_agora_json(&["radio", "--data-dir", &net.node(FED)])
+                try_agora_json(&["radio", "--data-dir", &net.node(i)])
             );
-            panic!("node2's count {c:?} != {sent} readings sent");
+            panic!("node{i}'s count {c:?} != {sent} readings sent");
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -210,20 +210,21 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
                 && LABELLED.iter().all(|i| runs(&net, *i, &v1))
         },
     );
-    // Readings of the device reach node2 only; v1 counts them there.
-    let edge = agora_json(&["radio", "--data-dir", &net.node(FED)])["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sensor = Sensor::start(&edge);
-    wait_for(
-        &net,
-        &id,
-        &[FED],
-        "v1 counting readings on node2",
-        WAIT,
-        || count_of(&net, FED, &v1).is_some_and(|c| c >= 5),
-    );
+    // Device 101's readings reach node2, 102's node3; v1 counts them on each.
+    let edges = LABELLED
+        .iter()
+        .zip(DEVICES)
+        .map(|(i, device)| {
+            let radio = agora_json(&["radio", "--data-dir", &net.node(*i)]);
+            (device, radio["addr"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let sensor = Sensor::start(edges);
+    wait_for(&net, &id, &LABELLED, "v1 counting readings", WAIT, || {
+        LABELLED
+            .iter()
+            .all(|i| count_of(&net, *i, &v1).is_some_and(|c| c >= 5))
+    });
     // Before the upgrade: v1 only, and `create` with another image says to upgrade instead.
     assert!(LABELLED.iter().all(|i| !runs(&net, *i, &v2)));
     let again = agora(&[
@@ -286,18 +287,21 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
                 .all(|i| runs(&net, *i, &v2) && !runs(&net, *i, &v1))
         },
     );
-    // On node2 the new instance stood by without the device, then took v1's state and device
-    // over: with the sensor paused, its count comes to every reading sent since the start.
+    // On each target the new instance stood by without the device, then took v1's state and
+    // device over: with the sensor paused, its count comes to every reading sent since the
+    // start.
     let sent = sensor.set(false);
-    let moved = timeline(&net, FED, "state-moved");
-    eprintln!(
-        "node2 standby: {:?}\nnode2 switch: {moved:?}",
-        timeline(&net, FED, "standby-started")
-    );
-    assert_eq!(moved.len(), 1, "one switch on node2: {moved:?}");
-    assert!(!timeline(&net, FED, "standby-started").is_empty());
-    assert!(timeline(&net, FED, "state-not-moved").is_empty());
-    exact_count(&net, &id, &v2, sent);
+    for i in LABELLED {
+        let moved = timeline(&net, i, "state-moved");
+        eprintln!(
+            "node{i} standby: {:?}\nnode{i} switch: {moved:?}",
+            timeline(&net, i, "standby-started")
+        );
+        exact_count(&net, i, &id, &v2, sent);
+        assert_eq!(moved.len(), 1, "one switch on node{i}: {moved:?}");
+        assert!(!timeline(&net, i, "standby-started").is_empty());
+        assert!(timeline(&net, i, "state-not-moved").is_empty());
+    }
     sensor.set(true);
     let table = agora(&["deploy", "status", &id, "--data-dir", &net.node(0)]);
     assert!(table.status.success(), "{table:?}");
@@ -351,14 +355,17 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
                 .all(|i| phase_of(&st, &ids[*i]).as_deref() == Some("healthy"))
         },
     );
-    // The sick instance never held the device: v2 counted every reading of the whole run.
+    // The sick instance never held the device (and released none when it stopped): v2
+    // counted every reading of the whole run.
     let sent = sensor.set(false);
-    exact_count(&net, &id, &v2, sent);
-    assert_eq!(
-        timeline(&net, FED, "state-moved").len(),
-        1,
-        "no switch to the sick image"
-    );
+    for i in LABELLED {
+        exact_count(&net, i, &id, &v2, sent);
+        assert_eq!(
+            timeline(&net, i, "state-moved").len(),
+            1,
+            "no switch to the sick"
+        );
+    }
     drop(sensor);
     for i in [1, 4, 5, 6] {
         for image in [&v1, &v2, &sick] {

@@ -335,8 +335,7 @@ impl Orchestrator {
                 // Readings resume after what the restored state reflects (which reaches at
                 // least as far as the customer's last checkpoint heard here): none is applied
                 // to it twice.
-                let (resume, behind) =
-                    agora_contracts::state::resume_after(state.as_ref(), &peer);
+                let (resume, behind) = agora_contracts::state::resume_after(state.as_ref(), &peer);
                 if !behind.is_empty() {
                     warn!(contract = %contract.short(), ?behind, "checkpoints run past the restored state: it misses those readings");
                 }

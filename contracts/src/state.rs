@@ -25,6 +25,8 @@
 //!   checkpoints, per device ([`resume_after`]); a device whose checkpoints run past the
 //!   snapshot is reported (its state misses those readings: the snapshot did not reach here).
 
+pub mod lineage;
+
 use std::collections::BTreeMap;
 
 use agora_market::{NodeId, Timestamp};

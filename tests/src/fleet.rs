@@ -29,6 +29,17 @@ pub fn reconfigure(net: &TestDevnet, i: usize, start: bool, edit: impl FnOnce(&T
 /// Publishes `wasm` on node 0 (the deployer) as service `name` version `version`, under the
 /// fleet tests' manifest (immediate, no devices, 250 millicores, 64 MiB); returns the image CID.
 pub fn publish(net: &TestDevnet, name: &str, version: &str, wasm: &[u8]) -> String {
+    publish_with_devices(net, name, version, wasm, &[])
+}
+
+/// [`publish`] with a manifest that takes over the sensor `devices` where it runs.
+pub fn publish_with_devices(
+    net: &TestDevnet,
+    name: &str,
+    version: &str,
+    wasm: &[u8],
+    devices: &[u32],
+) -> String {
     let module = net.tmp().join(format!("{name}-{version}.wasm"));
     let manifest = net.tmp().join(format!("{name}-{version}.toml"));
     std::fs::write(&module, wasm).unwrap();
@@ -36,7 +47,7 @@ pub fn publish(net: &TestDevnet, name: &str, version: &str, wasm: &[u8]) -> Stri
         &manifest,
         format!(
             "name = \"{name}\"\nversion = \"{version}\"\nkind = \"wasm\"\ntick_ms = 100\n\
-             activation = \"immediate\"\ndevices = []\n\n[resources]\ncpu_millis = 250\n\
+             activation = \"immediate\"\ndevices = {devices:?}\n\n[resources]\ncpu_millis = 250\n\
              memory_mb = 64\nstorage_mb = 1\n\n[limits]\nmemory_bytes = 16777216\n\
              fuel_per_second = 200000000\ninstances = 1\nmax_output_bytes = 1048576\n"
         ),

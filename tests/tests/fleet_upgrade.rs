@@ -1,35 +1,134 @@
 //! Process test of `agora deploy upgrade` (issue #15): on a 7-node contract devnet, two
-//! providers labelled `site=factory` run a deployment of image v1 from node0. A healthy upgrade
-//! to v2 (`--max-unavailable 1`, start-first: a second contract per target for the new image,
-//! the old one released once the new one is healthy) exits 0 and leaves every target running
-//! v2 and not v1. An upgrade to a sick image (its `agora_health` export returns 1) exits non-zero
-//! with the reason, and every target ends on v2, running, with no sick replica left. Nodes
-//! that are not labelled never run any of them.
+//! providers labelled `site=factory` run a deployment of image v1 from node0: a counter guest
+//! (one per reading in its key `count`) on sensor devices 101 and 102, heard by one target each.
+//! A healthy upgrade to v2 (`--max-unavailable 1`, start-first: a second contract per target for
+//! the new image, the old one released once the new one is healthy) exits 0 and leaves every
+//! target running v2 and not v1; on each target the new instance ran without devices until the
+//! switch, then took over v1's key-value state and device (timeline `state-moved`), and its
+//! count equals the readings sent over the whole run: none lost, none counted twice. An upgrade
+//! to a sick image (its `agora_health` export returns 1) exits non-zero with the reason, and
+//! every target ends on v2, running, with no sick replica left; v2's count still equals every
+//! reading sent (the sick instance never held the device). Nodes that are not labelled never run
+//! any of them.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use agora_tests::fleet::{label, node_ids, phase_of, publish, reconfigure, runs, status, wait_for};
-use agora_tests::{TestDevnet, agora, agora_json};
+use agora_runtime::test_utils::{READINGS_COUNTER, last_count};
+use agora_tests::adversary::radio::unsigned_frame;
+use agora_tests::fleet::{
+    label, node_ids, phase_of, publish_with_devices, reconfigure, runs, status, wait_for,
+};
+use agora_tests::{TestDevnet, agora, agora_json, try_agora_json};
 
 const LABELLED: [usize; 2] = [2, 3];
 const WAIT: Duration = Duration::from_secs(300);
 
-/// A guest that answers every poll and whose health export returns `health` (0 = healthy);
-/// `tag` makes each version's module different.
+/// The sensor devices the images take over: each target hears one of them only (two edges
+/// processing the same device at once would each skip what the other's checkpoints cover).
+const DEVICES: [u32; 2] = [101, 102];
+
+/// A counter guest (each reading adds one to its key `count`, logged as `count=N`) whose health
+/// export returns `health` (0 = healthy); `tag` makes each version's module different.
 fn guest(tag: u32, health: i32) -> String {
+    let body = READINGS_COUNTER.trim_end().strip_suffix(')').unwrap();
     format!(
-        r#"(module
-  (memory (export "memory") 1)
-  (global $tag i32 (i32.const {tag}))
-  (func (export "agora_poll") (result i32) (i32.const 0))
-  (func (export "agora_health") (result i32) (i32.const {health})))"#
+        "{body}\n  (global $tag i32 (i32.const {tag}))\n  \
+         (func (export \"agora_health\") (result i32) (i32.const {health})))"
     )
 }
 
-/// Publishes `wat` on node0 as service `fleet-up` version `version`; returns the image CID.
+/// Publishes `wat` on node0 as service `fleet-up` version `version` on [`DEVICES`]; returns the
+/// image CID.
 fn publish_wat(net: &TestDevnet, version: &str, wat: &str) -> String {
-    publish(net, "fleet-up", version, &wat::parse_str(wat).unwrap())
+    publish_with_devices(
+        net,
+        "fleet-up",
+        version,
+        &wat::parse_str(wat).unwrap(),
+        &DEVICES,
+    )
+}
+
+/// Sensors: every 50 ms while `on`, one unsigned frame of each `(device, edge)` to its edge,
+/// all with the same sequence number.
+struct Sensor {
+    on: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU32>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sensor {
+    fn start(edges: Vec<(u32, String)>) -> Self {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (on, stop, sent) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU32::new(0)),
+        );
+        let (o, st, se) = (on.clone(), stop.clone(), sent.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                if o.load(Ordering::SeqCst) {
+                    let seq = se.load(Ordering::SeqCst) + 1;
+                    for (device, edge) in &edges {
+                        socket.send_to(&unsigned_frame(*device, seq), edge).unwrap();
+                    }
+                    se.store(seq, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Sensor {
+            on,
+            stop,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    /// Pauses (`false`) or resumes sending; returns the readings sent so far.
+    fn set(&self, on: bool) -> u32 {
+        self.on.store(on, Ordering::SeqCst);
+        // A send in progress finishes within one period.
+        std::thread::sleep(Duration::from_millis(120));
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The count logged by node `i`'s instance of `image`, if it runs and counted.
+fn count_of(net: &TestDevnet, i: usize, image: &str) -> Option<u64> {
+    let list = try_agora_json(&["service", "list", "--data-dir", &net.node(i)])?;
+    let id = list
+        .as_array()?
+        .iter()
+        .find(|s| s["image"] == image && s["state"] == "Active")?["id"]
+        .as_str()?
+        .to_string();
+    let logs = try_agora_json(&["service", "logs", &id, "--data-dir", &net.node(i)])?;
+    last_count(logs["logs"].as_str()?)
+}
+
+/// Node `i`'s timeline entries of `phase`.
+fn timeline(net: &TestDevnet, i: usize, phase: &str) -> Vec<serde_json::Value> {
+    try_agora_json(&["timeline", "--data-dir", &net.node(i)])
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["phase"] == phase)
+        .collect()
 }
 
 fn text(out: &std::process::Output) -> String {
@@ -40,8 +139,34 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// Waits until node `i`'s instance of `image` has counted exactly `sent` readings (the sensor
+/// is paused; the last poll may still be on its way to the log), and fails if it counts past.
+fn exact_count(net: &TestDevnet, i: usize, id: &str, image: &str, sent: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = count_of(net, i, image);
+        eprintln!("node{i} counted {c:?} of {sent} readings sent");
+        assert!(
+            c.is_none_or(|c| c <= u64::from(sent)),
+            "counted twice: {c:?} > {sent}"
+        );
+        if c == Some(u64::from(sent)) {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!("status: {}", status(net, id));
+            eprintln!(
+                "radio: {:?}",
+                try_agora_json(&["radio", "--data-dir", &net.node(i)])
+            );
+            panic!("node{i}'s count {c:?} != {sent} readings sent");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[test]
-fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_back() {
+fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_a_sick_one_back() {
     let net = TestDevnet::up(7, 180, &[]);
     let ids = node_ids(&net);
     // Label the providers one at a time (the committee keeps its quorum).
@@ -85,6 +210,21 @@ fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_bac
                 && LABELLED.iter().all(|i| runs(&net, *i, &v1))
         },
     );
+    // Device 101's readings reach node2, 102's node3; v1 counts them on each.
+    let edges = LABELLED
+        .iter()
+        .zip(DEVICES)
+        .map(|(i, device)| {
+            let radio = agora_json(&["radio", "--data-dir", &net.node(*i)]);
+            (device, radio["addr"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let sensor = Sensor::start(edges);
+    wait_for(&net, &id, &LABELLED, "v1 counting readings", WAIT, || {
+        LABELLED
+            .iter()
+            .all(|i| count_of(&net, *i, &v1).is_some_and(|c| c >= 5))
+    });
     // Before the upgrade: v1 only, and `create` with another image says to upgrade instead.
     assert!(LABELLED.iter().all(|i| !runs(&net, *i, &v2)));
     let again = agora(&[
@@ -147,6 +287,22 @@ fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_bac
                 .all(|i| runs(&net, *i, &v2) && !runs(&net, *i, &v1))
         },
     );
+    // On each target the new instance stood by without the device, then took v1's state and
+    // device over: with the sensor paused, its count comes to every reading sent since the
+    // start.
+    let sent = sensor.set(false);
+    for i in LABELLED {
+        let moved = timeline(&net, i, "state-moved");
+        eprintln!(
+            "node{i} standby: {:?}\nnode{i} switch: {moved:?}",
+            timeline(&net, i, "standby-started")
+        );
+        exact_count(&net, i, &id, &v2, sent);
+        assert_eq!(moved.len(), 1, "one switch on node{i}: {moved:?}");
+        assert!(!timeline(&net, i, "standby-started").is_empty());
+        assert!(timeline(&net, i, "state-not-moved").is_empty());
+    }
+    sensor.set(true);
     let table = agora(&["deploy", "status", &id, "--data-dir", &net.node(0)]);
     assert!(table.status.success(), "{table:?}");
     assert!(text(&table).contains("succeeded"), "{table:?}");
@@ -199,6 +355,18 @@ fn deploy_upgrade_moves_every_target_to_a_healthy_image_and_rolls_a_sick_one_bac
                 .all(|i| phase_of(&st, &ids[*i]).as_deref() == Some("healthy"))
         },
     );
+    // The sick instance never held the device (and released none when it stopped): v2
+    // counted every reading of the whole run.
+    let sent = sensor.set(false);
+    for i in LABELLED {
+        exact_count(&net, i, &id, &v2, sent);
+        assert_eq!(
+            timeline(&net, i, "state-moved").len(),
+            1,
+            "no switch to the sick"
+        );
+    }
+    drop(sensor);
     for i in [1, 4, 5, 6] {
         for image in [&v1, &v2, &sick] {
             assert!(!runs(&net, i, image), "node{i} is not labelled");

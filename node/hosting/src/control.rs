@@ -13,6 +13,8 @@ use crate::ceiling::ContractCeiling;
 pub struct StagedService {
     /// Sensor devices the service's manifest takes over.
     pub devices: Vec<u32>,
+    /// The manifest's service name (an upgrade's old and new image share it).
+    pub name: String,
 }
 
 /// Service control as the orchestrator uses it; errors are human-readable reasons.
@@ -74,6 +76,19 @@ pub trait ServiceControl: Send + Sync + 'static {
         let _ = (id, entries);
         Err("this service host keeps no key-value state".into())
     }
+    /// Moves service `from`'s key-value state into service `to` (which may run), only while
+    /// both are quiescent: `Ok(None)` while either is busy, `Ok(Some(keys))` once moved. Called
+    /// from the task that feeds them readings, so none arrives meanwhile.
+    fn kv_move(
+        &self,
+        from: &str,
+        to: &str,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<usize>, String> {
+        let _ = (from, to, max_entries, max_bytes);
+        Err("this service host keeps no key-value state".into())
+    }
 }
 
 /// The hosting layer's side of an uptime probe's answer.
@@ -96,6 +111,7 @@ impl ServiceControl for crate::ServiceHost {
             .map_err(|e| e.to_string())?;
         Ok(StagedService {
             devices: info.manifest.devices,
+            name: info.manifest.name,
         })
     }
 
@@ -111,6 +127,7 @@ impl ServiceControl for crate::ServiceHost {
             .map_err(|e| e.to_string())?;
         Ok(StagedService {
             devices: info.manifest.devices,
+            name: info.manifest.name,
         })
     }
 
@@ -142,6 +159,17 @@ impl ServiceControl for crate::ServiceHost {
         max_bytes: usize,
     ) -> Result<Option<agora_runtime::KvEntries>, String> {
         crate::ServiceHost::kv_snapshot(self, id, max_entries, max_bytes).map_err(|e| e.to_string())
+    }
+
+    fn kv_move(
+        &self,
+        from: &str,
+        to: &str,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<usize>, String> {
+        crate::ServiceHost::kv_move(self, from, to, max_entries, max_bytes)
+            .map_err(|e| e.to_string())
     }
 
     async fn kv_replace(&self, id: &str, entries: agora_runtime::KvEntries) -> Result<(), String> {

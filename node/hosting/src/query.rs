@@ -111,6 +111,28 @@ impl ServiceHost {
             .kv_snapshot(&id.into(), max_entries, max_bytes)?)
     }
 
+    /// Moves wasm service `from`'s key-value state into wasm service `to` while both are
+    /// quiescent (`Ok(None)`: busy); see `ServiceManager::kv_move`.
+    pub fn kv_move(
+        &self,
+        from: &str,
+        to: &str,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<usize>, ServiceError> {
+        if self.is_container(from)? || self.is_container(to)? {
+            return Err(ServiceError::Runtime(RuntimeError::WrongState {
+                service: to.to_string(),
+                state: "a container".into(),
+                hint: "only wasm services keep key-value state",
+            }));
+        }
+        Ok(self
+            .inner
+            .manager
+            .kv_move(&from.into(), &to.into(), max_entries, max_bytes)?)
+    }
+
     /// Replaces wasm service `id`'s key-value state (it must not be running).
     pub fn kv_replace(
         &self,

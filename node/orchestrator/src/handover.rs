@@ -11,6 +11,7 @@ use agora_contracts::{
 use tracing::{debug, warn};
 
 use super::{Done, Hosted, Orchestrator};
+use agora_contracts::state::lineage::{Activation, Ending};
 use agora_ledger::AppliedBlock;
 use agora_wire::now_ms;
 
@@ -197,14 +198,15 @@ impl Orchestrator {
     }
 
     pub(super) async fn on_done(&mut self, done: Done) {
-        let (contract, customer, devices, heartbeat_ms, then_start) = match done {
+        let (contract, customer, devices, name, heartbeat_ms, then_start) = match done {
             Done::Staged {
                 contract,
                 customer,
                 devices,
+                name,
                 heartbeat_ms,
                 then_start,
-            } => (contract, customer, devices, heartbeat_ms, then_start),
+            } => (contract, customer, devices, name, heartbeat_ms, then_start),
             Done::Custody {
                 contract,
                 file,
@@ -238,6 +240,7 @@ impl Orchestrator {
         self.radio.fetch_keys(devices.clone(), customer).await;
         self.hosted.entry(contract).or_insert(Hosted {
             devices: devices.clone(),
+            name,
             customer,
             active_since: None,
             reported_to: 0,
@@ -310,24 +313,53 @@ impl Orchestrator {
             return;
         }
         let id = Self::service_id(&contract);
-        let state = self.restore_state(contract, &id).await;
+        // A start-first upgrade: another contract of the line holds the devices and state
+        // until it ends (`stop_hosted` switches them over); this one runs without devices.
+        let standby = match self.lines.activate(contract, h.customer, &h.name) {
+            Activation::Standby { holder } => Some(holder),
+            Activation::Hold => None,
+        };
+        let state = match standby {
+            None => self.restore_state(contract, &id).await,
+            Some(_) => None,
+        };
         if let Err(e) = self.services.start(&id).await {
             warn!(contract = %contract.short(), error = %e, "service did not start");
             self.timeline.push("activation-failed", Some(&contract), e);
             return;
         }
         let started = now_ms();
-        let peer = self.radio.peer_covered(&h.devices).await;
-        // Readings resume after what the restored state reflects (which reaches at least as far
-        // as the customer's last checkpoint heard here): none is applied to it twice.
-        let (resume, behind) = agora_contracts::state::resume_after(state.as_ref(), &peer);
-        if !behind.is_empty() {
-            warn!(contract = %contract.short(), ?behind, "checkpoints run past the restored state: it misses those readings");
-        }
-        let replayed = self
-            .radio
-            .assign(h.devices.clone(), id, resume.clone())
-            .await;
+        let (resume, replayed) = match standby {
+            None => {
+                let peer = self.radio.peer_covered(&h.devices).await;
+                // Readings resume after what the restored state reflects (which reaches at
+                // least as far as the customer's last checkpoint heard here): none is applied
+                // to it twice.
+                let (resume, behind) = agora_contracts::state::resume_after(state.as_ref(), &peer);
+                if !behind.is_empty() {
+                    warn!(contract = %contract.short(), ?behind, "checkpoints run past the restored state: it misses those readings");
+                }
+                let replayed = self
+                    .radio
+                    .assign(h.devices.clone(), id, resume.clone())
+                    .await;
+                (resume, replayed)
+            }
+            Some(holder) => {
+                self.timeline.push(
+                    "standby-started",
+                    Some(&contract),
+                    format!(
+                        "service {} started beside contract {} of the same line, without devices; \
+                         its devices {:?} and key-value state move here when that one ends",
+                        h.name,
+                        holder.short(),
+                        h.devices
+                    ),
+                );
+                (Default::default(), 0)
+            }
+        };
         let rec = self.record(contract).await;
         let already_reported = rec.as_ref().and_then(|r| r.activated_at);
         // After a restart, uptime is claimed only from now on (and never before what the
@@ -408,8 +440,15 @@ impl Orchestrator {
         let Some(h) = self.hosted.remove(&contract) else {
             return;
         };
-        self.radio.release(h.devices.clone()).await;
-        self.radio.listen(h.devices.clone(), false).await;
+        match self.lines.end(&contract) {
+            Ending::Alone => {
+                self.radio.release(h.devices.clone()).await;
+                self.radio.listen(h.devices.clone(), false).await;
+            }
+            // It held no device: the line's holder keeps them.
+            Ending::Standby => {}
+            Ending::Switch { to } => self.switch_to(contract, &h, to).await,
+        }
         let id = Self::service_id(&contract);
         if let Err(e) = self.services.stop(&id).await {
             debug!(error = %e, "service stop");

@@ -30,6 +30,7 @@ mod handover;
 mod own;
 mod probe;
 mod roles;
+mod upgrade;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -150,6 +151,9 @@ impl Timeline {
 #[derive(Clone, Debug)]
 struct Hosted {
     devices: Vec<u32>,
+    /// The manifest's service name: with the customer, its line (an upgrade's old and new
+    /// contract share it; `agora_contracts::state::lineage`).
+    name: String,
     customer: NodeId,
     active_since: Option<Timestamp>,
     /// End of the uptime already reported.
@@ -192,6 +196,7 @@ enum Done {
         contract: ContractId,
         customer: NodeId,
         devices: Vec<u32>,
+        name: String,
         heartbeat_ms: u64,
         then_start: bool,
     },
@@ -255,6 +260,9 @@ pub struct Orchestrator {
     /// contracts; each later contract of that customer adds its provider, so a checkpoint from
     /// the edge that manages them now still counts here after this node's own turn is over.
     device_owners: FollowedDevices,
+    /// Provider: which hosted contract of a service line holds its devices and state (a
+    /// start-first upgrade runs two side by side; docs/FLEETS.md "Upgrade").
+    lines: agora_contracts::state::lineage::Lines,
     done_tx: mpsc::Sender<Done>,
 }
 
@@ -338,6 +346,7 @@ pub fn spawn(
         settling: BTreeMap::new(),
         block_seen_at: 0,
         device_owners: FollowedDevices::default(),
+        lines: Default::default(),
         done_tx,
     };
     let handle = OrchestratorHandle {
@@ -439,6 +448,7 @@ impl Orchestrator {
                                     contract,
                                     customer,
                                     devices: staged.devices,
+                                    name: staged.name,
                                     heartbeat_ms: hb,
                                     then_start: start,
                                 })

@@ -274,6 +274,19 @@ pub struct RadioStatus {
     pub states: Vec<KeptState>,
 }
 
+/// What [`RadioHandle::switch`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchOutcome {
+    /// Keys of the old instance's state now in the new one's store (`None`: not moved).
+    pub keys: Option<usize>,
+    /// Why the state did not move (the old instance stayed busy, or its state is over the
+    /// bounds or could not be copied); the devices moved anyway.
+    pub not_moved: Option<String>,
+    /// Each moved device with the last sequence number the old instance processed: the new
+    /// one processes from the next.
+    pub last_processed: Vec<(u32, Option<u32>)>,
+}
+
 /// A state snapshot kept here as a provider, as `GET /v1/radio` shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeptState {
@@ -305,6 +318,12 @@ enum Command {
     Release {
         devices: Vec<u32>,
         reply: Reply<()>,
+    },
+    Switch {
+        from: String,
+        to: String,
+        devices: Vec<u32>,
+        reply: Reply<SwitchOutcome>,
     },
     Listen(Vec<u32>, bool),
     Managers(Vec<u32>, Vec<NodeId>),
@@ -387,6 +406,28 @@ impl RadioHandle {
             return 0;
         }
         rx.await.unwrap_or(0)
+    }
+
+    /// A start-first upgrade on this node: waits (bounded) until service `from` is quiescent,
+    /// moves its key-value state into service `to` (which runs, with no devices), routes
+    /// `devices` from `from` to `to` and checkpoints what `from` processed, all in one step of
+    /// the radio task, so no reading is lost or fed to both (docs/FLEETS.md "Upgrade").
+    pub async fn switch(&self, from: String, to: String, devices: Vec<u32>) -> SwitchOutcome {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Switch {
+            from,
+            to,
+            devices,
+            reply,
+        };
+        let stopped = || SwitchOutcome {
+            not_moved: Some("the radio task stopped".into()),
+            ..SwitchOutcome::default()
+        };
+        if self.tx.send(cmd).await.is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
     }
 
     /// Stops routing `devices`, after a last checkpoint of what was processed.

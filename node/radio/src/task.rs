@@ -2,6 +2,7 @@
 
 mod handoff;
 mod state;
+mod switch;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -529,6 +530,15 @@ impl RadioTask {
                 }
                 info!(%service, replayed, "devices assigned");
                 let _ = reply.send(replayed);
+            }
+            Command::Switch {
+                from,
+                to,
+                devices,
+                reply,
+            } => {
+                let outcome = self.switch(&from, &to, &devices).await;
+                let _ = reply.send(outcome);
             }
             Command::Release { devices, reply } => {
                 let services: Vec<String> = devices

@@ -24,34 +24,58 @@ impl ServiceManager {
         if !shared.io.readings.is_empty() {
             return Ok(None);
         }
-        let err = |reason: String| RuntimeError::KvState {
-            service: id.0.clone(),
-            reason,
-        };
         let (kv, ns) = (&*shared.io.kv, shared.io.service.as_str());
-        let mut out: KvEntries = Vec::new();
-        let mut bytes = 0usize;
-        let mut start = Vec::new();
-        loop {
-            let page = kv
-                .scan(ns, &start, MAX_KV_SCAN_ITEMS)
-                .map_err(|e| err(e.to_string()))?;
-            let full = page.len() >= MAX_KV_SCAN_ITEMS;
-            for (k, v) in page {
-                bytes = bytes.saturating_add(k.len() + v.len());
-                if out.len() >= max_entries || bytes > max_bytes {
-                    return Err(err(format!(
-                        "more than {max_entries} keys or {max_bytes} bytes; too large to travel"
-                    )));
-                }
-                start.clone_from(&k);
-                out.push((k, v));
-            }
-            if !full {
-                return Ok(Some(out));
-            }
-            start.push(0);
+        copy(kv, ns, max_entries, max_bytes)
+            .map(Some)
+            .map_err(|reason| RuntimeError::KvState {
+                service: id.0.clone(),
+                reason,
+            })
+    }
+
+    /// Moves service `from`'s key-value state into service `to` (a start-first upgrade on one
+    /// node: the new instance takes over the old one's state), only while both are quiescent:
+    /// no reading queued for either and no guest call running in either (both call gates are
+    /// held, so none starts while it copies); `to` may be running. `to`'s keys are replaced,
+    /// not merged. `Ok(None)`: busy, ask again later; `Ok(Some(n))`: `n` keys moved. Over
+    /// `max_entries` or `max_bytes` is an error and changes nothing.
+    pub fn kv_move(
+        &self,
+        from: &ServiceId,
+        to: &ServiceId,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<usize>, RuntimeError> {
+        if from == to {
+            return Err(RuntimeError::KvState {
+                service: to.0.clone(),
+                reason: "moving a service's state onto itself".into(),
+            });
         }
+        let (a, b) = (self.shared(from)?, self.shared(to)?);
+        let Ok(_from_calls) = a.io.calls.try_lock() else {
+            return Ok(None);
+        };
+        let Ok(_to_calls) = b.io.calls.try_lock() else {
+            return Ok(None);
+        };
+        if !a.io.readings.is_empty() || !b.io.readings.is_empty() {
+            return Ok(None);
+        }
+        let entries =
+            copy(&*a.io.kv, a.io.service.as_str(), max_entries, max_bytes).map_err(|reason| {
+                RuntimeError::KvState {
+                    service: from.0.clone(),
+                    reason,
+                }
+            })?;
+        write(&*b.io.kv, b.io.service.as_str(), &entries).map_err(|reason| {
+            RuntimeError::KvState {
+                service: to.0.clone(),
+                reason,
+            }
+        })?;
+        Ok(Some(entries.len()))
     }
 
     /// Replaces service `id`'s key-value store with `entries` (the service must not be
@@ -72,18 +96,54 @@ impl ServiceManager {
         let Ok(_calls) = shared.io.calls.try_lock() else {
             return Err(err("a guest call is running".into()));
         };
-        let (kv, ns) = (&*shared.io.kv, shared.io.service.as_str());
-        clear(kv, ns).map_err(err)?;
-        for (k, v) in entries {
-            if !kv.put(ns, k, v) {
-                return Err(err(format!(
-                    "key of {} bytes refused by the store's bounds",
-                    k.len()
-                )));
-            }
-        }
-        Ok(())
+        write(&*shared.io.kv, shared.io.service.as_str(), entries).map_err(err)
     }
+}
+
+/// Every entry of `ns` in key order; more than `max_entries` or `max_bytes` is an error.
+fn copy(
+    kv: &dyn KvStore,
+    ns: &str,
+    max_entries: usize,
+    max_bytes: usize,
+) -> Result<KvEntries, String> {
+    let mut out: KvEntries = Vec::new();
+    let mut bytes = 0usize;
+    let mut start = Vec::new();
+    loop {
+        let page = kv
+            .scan(ns, &start, MAX_KV_SCAN_ITEMS)
+            .map_err(|e| e.to_string())?;
+        let full = page.len() >= MAX_KV_SCAN_ITEMS;
+        for (k, v) in page {
+            bytes = bytes.saturating_add(k.len() + v.len());
+            if out.len() >= max_entries || bytes > max_bytes {
+                return Err(format!(
+                    "more than {max_entries} keys or {max_bytes} bytes; too large to travel"
+                ));
+            }
+            start.clone_from(&k);
+            out.push((k, v));
+        }
+        if !full {
+            return Ok(out);
+        }
+        start.push(0);
+    }
+}
+
+/// Replaces every key of `ns` with `entries`.
+fn write(kv: &dyn KvStore, ns: &str, entries: &KvEntries) -> Result<(), String> {
+    clear(kv, ns)?;
+    for (k, v) in entries {
+        if !kv.put(ns, k, v) {
+            return Err(format!(
+                "key of {} bytes refused by the store's bounds",
+                k.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Deletes every key of `ns`.
@@ -166,5 +226,45 @@ mod tests {
         m.start(&b).unwrap();
         m.push_reading(&b, vec![1; 16]).unwrap();
         wait_count(&m, &b, 6).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_running_instance_takes_over_a_quiescent_ones_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = test_utils::host(dir.path());
+        let module = test_utils::compile(&host, READINGS_COUNTER);
+        let (m, _out) = ServiceManager::new(host, Arc::new(MemoryKv::default()), 16);
+        let (old, new) = (ServiceId::from("old"), ServiceId::from("new"));
+        m.stage(ServiceSpec::new("old", module.clone(), limits()))
+            .unwrap();
+        m.stage(ServiceSpec::new("new", module, limits())).unwrap();
+        m.start(&old).unwrap();
+        m.start(&new).unwrap();
+        for _ in 0..5 {
+            m.push_reading(&old, vec![1; 16]).unwrap();
+        }
+        wait_count(&m, &old, 5).await;
+        // The new instance counted on its own meanwhile: replaced, not merged.
+        m.push_reading(&new, vec![1; 16]).unwrap();
+        wait_count(&m, &new, 1).await;
+        assert!(m.kv_move(&old, &old, 16, 1 << 20).is_err(), "onto itself");
+        assert!(m.kv_move(&old, &new, 0, 1 << 20).is_err(), "over the bound");
+        // Not while a reading waits for the old one.
+        m.stop(&old).unwrap();
+        m.wait_stopped(&old).await.unwrap();
+        m.push_reading(&old, vec![1; 16]).unwrap();
+        assert_eq!(m.kv_move(&old, &new, 16, 1 << 20).unwrap(), None);
+        m.start(&old).unwrap();
+        wait_count(&m, &old, 6).await;
+        let moved = loop {
+            if let Some(n) = m.kv_move(&old, &new, 16, 1 << 20).unwrap() {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(moved, 1);
+        // The running new instance counts on from the old one's 6.
+        m.push_reading(&new, vec![1; 16]).unwrap();
+        wait_count(&m, &new, 7).await;
     }
 }

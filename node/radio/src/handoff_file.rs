@@ -75,16 +75,16 @@ mod tests {
     fn kept_hand_offs_persist_0600_and_reload() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("radio-handoffs.json");
-        let mut t = load(Some(&path), 0);
+        let mut t = load(Some(path.as_path()), 0);
         assert!(t.list().is_empty(), "no file: empty");
         t.receive(10, NodeId([1; 32]), handoff(7, vec![1, 2]), owner)
             .unwrap();
-        save(Some(&path), &t);
+        save(Some(path.as_path()), &t);
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let again = load(Some(&path), 20);
+        let again = load(Some(path.as_path()), 20);
         assert_eq!(again.list(), t.list());
         assert_eq!(
             again.list()[0].handoff.done,
@@ -109,15 +109,15 @@ mod tests {
         t.receive(10, NodeId([1; 32]), handoff(7, vec![1]), owner)
             .unwrap();
         write(&serde_json::to_vec(&t.list()).unwrap(), 0o644);
-        assert!(load(Some(&path), 20).list().is_empty());
+        assert!(load(Some(path.as_path()), 20).list().is_empty());
         // Not JSON, or the wrong JSON.
         write(b"\xff{garbage", 0o600);
-        assert!(load(Some(&path), 20).list().is_empty());
+        assert!(load(Some(path.as_path()), 20).list().is_empty());
         write(b"{\"a\": 1}", 0o600);
-        assert!(load(Some(&path), 20).list().is_empty());
+        assert!(load(Some(path.as_path()), 20).list().is_empty());
         // Too large: not even read.
-        write(&vec![b' '; MAX_FILE_BYTES as usize + 1], 0o600);
-        assert!(load(Some(&path), 20).list().is_empty());
+        write(" ".repeat(MAX_FILE_BYTES as usize + 1).as_bytes(), 0o600);
+        assert!(load(Some(path.as_path()), 20).list().is_empty());
         // More entries than the table holds, some malformed: bounded, the rest counted.
         let mut entries = Vec::new();
         for job in 0..40u64 {
@@ -130,7 +130,7 @@ mod tests {
             entries.push(k);
         }
         write(&serde_json::to_vec(&entries).unwrap(), 0o600);
-        let t = load(Some(&path), 100);
+        let t = load(Some(path.as_path()), 100);
         assert_eq!(t.list().len(), MAX_HANDOFFS);
         assert_eq!(t.stats.dropped_on_load, 40 - MAX_HANDOFFS as u64);
         assert!(t.list().iter().all(|k| !k.handoff.devices.is_empty()));

@@ -145,7 +145,7 @@ impl Sim {
                 self.hold(jobs);
                 self.deliver(now, out);
             }
-            if now % 200 == 0 {
+            if now.is_multiple_of(200) {
                 let out = jobs.tick(now, |d| d.intersection(managed).copied().collect());
                 self.hold(jobs);
                 self.deliver(now, out);

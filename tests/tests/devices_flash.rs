@@ -274,6 +274,97 @@ fn the_managing_edge_flashes_its_devices_skips_locked_ones_and_rolls_back_a_corr
     );
     let list = agora_json(&["device", "list", "--data-dir", &n0]);
     assert!(list["stats"]["replies_wrong_source"].as_u64() == Some(0));
+    readings_paused_while_flashed_and_counted_once(&n0);
+}
+
+/// The readings pause, as node0 (which ran the job and processes the devices' readings) saw
+/// it: each flashed device was paused once, sent nothing while paused, and resumed at the next
+/// reading after boot; node0's own checkpoints cover every reading from the first it processed
+/// to the last exactly once — those before the flash, none during, those after.
+fn readings_paused_while_flashed_and_counted_once(node: &str) {
+    let flashed = |id: u32| id < FIRST + COUNT - 2;
+    let mut radio = serde_json::Value::Null;
+    wait_until(
+        "node0 to process 3 readings of each flashed device after its boot",
+        Duration::from_secs(60),
+        || {
+            radio = agora_json(&["radio", "--data-dir", node]);
+            radio["devices"].as_array().is_some_and(|ds| {
+                (FIRST..FIRST + COUNT).all(|id| {
+                    ds.iter().any(|d| {
+                        d["device"] == id
+                            && (!flashed(id)
+                                || d["resumed_from"].as_u64().is_some_and(|r| {
+                                    d["last_processed"].as_u64().unwrap_or(0) >= r + 3
+                                }))
+                    })
+                })
+            })
+        },
+    );
+    let kept = radio["checkpoints"].as_array().unwrap().clone();
+    for d in radio["devices"].as_array().unwrap() {
+        let id = d["device"].as_u64().unwrap() as u32;
+        if !(FIRST..FIRST + COUNT).contains(&id) {
+            continue;
+        }
+        assert_eq!(d["paused"], false, "{d}");
+        assert_eq!(d["duplicates"], 0, "{d}");
+        assert_eq!(d["missing"], 0, "{d}");
+        assert_eq!(d["heard_paused"], 0, "nothing heard while paused: {d}");
+        if flashed(id) {
+            assert_eq!(d["pauses"], 1, "{d}");
+            let after = d["paused_after"]
+                .as_u64()
+                .expect("readings before the flash");
+            assert_eq!(
+                d["resumed_from"].as_u64(),
+                Some(after + 1),
+                "the next reading after boot: {d}"
+            );
+        } else {
+            assert_eq!(d["pauses"], 0, "locked: never paused: {d}");
+        }
+        // node0's own checkpoints: contiguous ranges, each reading once.
+        let mut ranges: Vec<(u64, u64, u64)> = kept
+            .iter()
+            .filter(|c| c["mine"] == true)
+            .flat_map(|c| {
+                c["checkpoint"]["ranges"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|r| r["device"] == id)
+            .map(|r| {
+                let n = |k: &str| r[k].as_u64().unwrap();
+                (n("first"), n("last"), n("count"))
+            })
+            .collect();
+        ranges.sort();
+        assert!(!ranges.is_empty(), "device {id}: node0 checkpointed none");
+        let (first, last) = (ranges[0].0, ranges[ranges.len() - 1].1);
+        let mut next = first;
+        for (f, l, n) in &ranges {
+            assert_eq!(
+                *f, next,
+                "device {id}: a reading missing or twice: {ranges:?}"
+            );
+            assert_eq!(*n, l - f + 1, "device {id}: {ranges:?}");
+            next = l + 1;
+        }
+        if flashed(id) {
+            let after = d["paused_after"].as_u64().unwrap();
+            assert!(
+                first <= after && after < last,
+                "readings before and after the flash covered: {first}..={last}, paused after {after}"
+            );
+        }
+        assert!(
+            d["last_processed"].as_u64().unwrap() >= last,
+            "checkpointed up to what was processed"
+        );
+    }
 }
 
 #[test]

@@ -15,7 +15,12 @@
 //!   one not resumed within [`HANDOFF_TTL_MS`] of its arrival expires.
 //! - The owner's side ([`Outbox`]): each recipient is sent the hand-off until it answers that it
 //!   kept it, at most every [`RESEND_MS`], [`MAX_SENDS`] times; once the job finishes, every
-//!   recipient that kept it is sent the `finished` version once.
+//!   recipient that ever kept it is sent the `finished` version once. When the owner finishes
+//!   a device (updated or rolled back) the hand-off changes ([`JobHandoff::done`]): every
+//!   recipient is sent it again ([`Outbox::refresh`]), so a provider never redoes it.
+//! - A provider persists its kept hand-offs; what it reloads ([`Handoffs::restore`]) passes
+//!   the same checks as what it receives (bounds, expiry, the table's size), the rest is
+//!   dropped and counted (`dropped_on_load`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -60,6 +65,20 @@ pub struct JobHandoff {
     pub issued_at: Timestamp,
     /// The owner finished the job: forget it.
     pub finished: bool,
+    /// Devices of the job the owner already finished, and how (at most one entry per device,
+    /// each one of `devices`): a provider resuming the job leaves them out.
+    #[serde(default)]
+    pub done: Vec<(DeviceId, OwnerDone)>,
+}
+
+/// How the owner finished a device of a handed-over job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerDone {
+    /// It runs the new version (the owner saw it back on it).
+    Updated,
+    /// Every attempt failed and it runs its previous firmware again.
+    RolledBack,
 }
 
 /// Why a hand-off was refused.
@@ -109,6 +128,10 @@ pub struct HandoffStats {
     pub expired: u64,
     /// Resumed here.
     pub resumed: u64,
+    /// Entries of the persisted table dropped when it was reloaded (malformed, expired,
+    /// duplicated or beyond the table's size).
+    #[serde(default)]
+    pub dropped_on_load: u64,
 }
 
 /// One kept hand-off as `agora device job list` shows it.
@@ -156,8 +179,7 @@ impl Handoffs {
             self.stats.refused_malformed += 1;
             return Err(e);
         }
-        h.devices.sort_unstable();
-        h.devices.dedup();
+        normalise(&mut h);
         if let Some(&device) = h.devices.iter().find(|d| owner_of(**d) != Some(from)) {
             self.stats.refused_not_owner += 1;
             return Err(HandoffRefusal::NotOwner {
@@ -230,6 +252,36 @@ impl Handoffs {
         due
     }
 
+    /// Reloads a persisted table (this edge's own file, but checked as if it came from
+    /// outside): each entry must pass the checks a received hand-off passes and not have
+    /// expired; the same job twice keeps the later; at most the table's size, newest first.
+    /// Everything dropped is counted (`dropped_on_load`). Owners are not re-checked: the
+    /// ledger's view is not known yet at start, and each entry was checked when it arrived.
+    pub fn restore(&mut self, now: Timestamp, entries: Vec<KeptHandoff>) {
+        let total = entries.len();
+        let mut fresh: Vec<KeptHandoff> = entries
+            .into_iter()
+            .filter(|k| check(&k.handoff).is_ok() && !k.handoff.finished)
+            .filter(|k| k.resumed || now.saturating_sub(k.received_at) < HANDOFF_TTL_MS)
+            .map(|mut k| {
+                normalise(&mut k.handoff);
+                k
+            })
+            .collect();
+        // Newest first, so the dedup and the bound keep the latest.
+        fresh.sort_by_key(|k| std::cmp::Reverse(k.received_at));
+        let mut kept = 0usize;
+        for k in fresh {
+            let key = (k.owner, k.handoff.job);
+            if self.kept.len() >= self.max || self.kept.contains_key(&key) {
+                continue;
+            }
+            self.kept.insert(key, k);
+            kept += 1;
+        }
+        self.stats.dropped_on_load += (total - kept) as u64;
+    }
+
     /// Whether any kept hand-off is waiting for custody.
     pub fn waiting(&self) -> bool {
         self.kept.values().any(|k| !k.resumed)
@@ -239,6 +291,14 @@ impl Handoffs {
     pub fn list(&self) -> Vec<KeptHandoff> {
         self.kept.values().cloned().collect()
     }
+}
+
+/// Devices sorted and unique; `done` sorted by device, one entry each.
+fn normalise(h: &mut JobHandoff) {
+    h.devices.sort_unstable();
+    h.devices.dedup();
+    h.done.sort_unstable();
+    h.done.dedup_by_key(|(d, _)| *d);
 }
 
 fn check(h: &JobHandoff) -> Result<(), HandoffRefusal> {
@@ -264,6 +324,12 @@ fn check(h: &JobHandoff) -> Result<(), HandoffRefusal> {
     if h.max_unavailable == 0 || h.max_unavailable > MAX_HANDOFF_DEVICES {
         return Err(bad("max_unavailable out of range"));
     }
+    if h.done.len() > h.devices.len() {
+        return Err(bad("more devices done than in the job"));
+    }
+    if h.done.iter().any(|(d, _)| !h.devices.contains(d)) {
+        return Err(bad("a device done that is not in the job"));
+    }
     Ok(())
 }
 
@@ -274,6 +340,10 @@ struct Recipient {
     next_at: Timestamp,
     in_flight: bool,
     kept: bool,
+    /// Kept some version of the hand-off (so it is told when the job finishes).
+    ever_kept: bool,
+    /// The hand-off changed while a send was in flight: its answer does not count as kept.
+    stale: bool,
     retired: bool,
 }
 
@@ -306,7 +376,7 @@ impl Outbox {
                 continue;
             }
             let send = if finished {
-                r.kept
+                r.ever_kept
             } else {
                 !r.kept && r.sends < MAX_SENDS && now >= r.next_at
             };
@@ -328,8 +398,22 @@ impl Outbox {
                 // Sent once: a provider that missed it lets it expire.
                 r.retired = true;
             } else {
-                r.kept |= kept;
+                // It keeps some version either way; an outdated one is sent again.
+                r.ever_kept |= kept;
+                r.kept |= kept && !r.stale;
+                r.stale = false;
             }
+        }
+    }
+
+    /// The hand-off changed (the owner finished a device): every recipient not retired is sent
+    /// it again, with a fresh budget of [`MAX_SENDS`].
+    pub fn refresh(&mut self) {
+        for r in self.to.values_mut().filter(|r| !r.retired) {
+            r.stale = r.in_flight;
+            r.kept = false;
+            r.sends = 0;
+            r.next_at = 0;
         }
     }
 

@@ -294,7 +294,7 @@ impl Series {
         );
         r.register(
             "radio_devices",
-            "Devices the radio hears, by role here (managed, buffering)",
+            "Devices the radio hears, by role here (managed, buffering, paused: in a firmware job)",
             s.radio_devices.clone(),
         );
         r.register(
@@ -612,7 +612,7 @@ impl Metrics {
             let status = radio.status().await;
             let (mut received, mut processed, mut replayed, mut duplicates) = (0, 0, 0, 0);
             let mut missing = 0u64;
-            let (mut managed, mut buffering) = (0i64, 0i64);
+            let (mut managed, mut buffering, mut paused) = (0i64, 0i64, 0i64);
             for d in &status.devices {
                 received += d.received;
                 processed += d.processed;
@@ -621,6 +621,7 @@ impl Metrics {
                 missing = missing.saturating_add(d.missing);
                 managed += i64::from(d.service.is_some());
                 buffering += i64::from(d.buffering);
+                paused += i64::from(d.paused);
             }
             for (outcome, v) in [
                 ("received", received),
@@ -633,6 +634,7 @@ impl Metrics {
             }
             set_family_gauge(&s.radio_devices, &[("role", "managed")], managed);
             set_family_gauge(&s.radio_devices, &[("role", "buffering")], buffering);
+            set_family_gauge(&s.radio_devices, &[("role", "paused")], paused);
             let r = &status.stats;
             for (reason, v) in [
                 ("not_manager", r.ranges_refused_not_manager),

@@ -17,10 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use agora_contracts::devices::agent::{Reply, Request};
-use agora_contracts::devices::handoff::{HandoffStats, JobHandoff, KeptHandoff, Outbox};
+use agora_contracts::devices::handoff::{HandoffStats, JobHandoff, KeptHandoff, Outbox, OwnerDone};
 use agora_contracts::devices::{
     Command, DeviceId, DeviceMeta, Effect, Firmware, FirmwareJob, Input, JobConfig, JobError,
-    JobStatus, Selector, SelectorError,
+    JobStatus, Outcome, Selector, SelectorError,
 };
 use agora_market::{NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,9 @@ pub struct ResumedFrom {
     pub owner: String,
     /// The job's id on the owner's edge.
     pub job: JobId,
+    /// Devices the owner had finished before the handover (left out of the job here).
+    #[serde(default)]
+    pub done: Vec<(DeviceId, OwnerDone)>,
 }
 
 /// Counters of the job table and its driver.
@@ -245,9 +248,16 @@ pub(crate) enum Origin {
     Local {
         owned: BTreeSet<DeviceId>,
         outbox: Outbox,
+        /// Devices finished that the hand-off last sent said so of.
+        sent_done: usize,
     },
-    /// A hand-off of the devices' owner, resumed here at a handover.
-    Resumed { owner: NodeId, job: JobId },
+    /// A hand-off of the devices' owner, resumed here at a handover; `done`: the devices the
+    /// owner had finished (left out of the job).
+    Resumed {
+        owner: NodeId,
+        job: JobId,
+        done: Vec<(DeviceId, OwnerDone)>,
+    },
 }
 
 impl Origin {
@@ -256,6 +266,7 @@ impl Origin {
         Origin::Local {
             owned,
             outbox: Outbox::default(),
+            sent_done: 0,
         }
     }
 }
@@ -266,12 +277,18 @@ pub(crate) type HandoffSend = (JobId, NodeId, JobHandoff);
 /// Requests to send: device and request.
 pub(crate) type Outgoing = Vec<(DeviceId, Request)>;
 
+/// A device's readings pause: `true` when a job takes it offline, `false` when it runs a final
+/// firmware again or its job ended (the radio task applies them, see `pause.rs`).
+pub(crate) type Hold = (DeviceId, bool);
+
 /// The edge's firmware jobs.
 pub(crate) struct Jobs {
     jobs: BTreeMap<JobId, Running>,
     next_id: JobId,
     max: usize,
     pub(crate) stats: JobStats,
+    /// Pauses and resumes the jobs' effects named, in order, until the task takes them.
+    holds: Vec<Hold>,
 }
 
 impl Jobs {
@@ -281,6 +298,7 @@ impl Jobs {
             next_id: 1,
             max: max.max(1),
             stats: JobStats::default(),
+            holds: Vec::new(),
         }
     }
 
@@ -367,7 +385,7 @@ impl Jobs {
             owned.retain(|d| run.devices.contains(d));
         }
         let effects = run.job.handle(now, Input::Start);
-        let out = carry_out(&mut run, now, effects);
+        let out = carry_out(&mut run, now, effects, &mut self.holds);
         let started = JobStarted {
             id,
             devices: run.devices.len(),
@@ -428,7 +446,7 @@ impl Jobs {
             }
             taken = true;
             let effects = run.job.handle(now, input.clone());
-            out.extend(carry_out(run, now, effects));
+            out.extend(carry_out(run, now, effects, &mut self.holds));
         }
         self.stats.replies_taken += u64::from(taken);
         (taken, out)
@@ -447,7 +465,7 @@ impl Jobs {
             }
             let mut effects = run.job.handle(now, Input::Managed(managed(&run.devices)));
             effects.extend(run.job.handle(now, Input::Tick));
-            out.extend(carry_out(run, now, effects));
+            out.extend(carry_out(run, now, effects, &mut self.holds));
         }
         out
     }
@@ -462,13 +480,36 @@ impl Jobs {
     ) -> Vec<HandoffSend> {
         let mut out = Vec::new();
         for (id, run) in &mut self.jobs {
-            let Origin::Local { owned, outbox } = &mut run.origin else {
+            let Origin::Local {
+                owned,
+                outbox,
+                sent_done,
+            } = &mut run.origin
+            else {
                 continue;
             };
             if owned.is_empty() {
                 continue;
             }
             let finished = run.finished_at.is_some();
+            // What the owner finished travels with the hand-off: a provider that resumes the
+            // job does not redo it. Outcomes are final, so the list only grows.
+            let done: Vec<(DeviceId, OwnerDone)> = run
+                .job
+                .status()
+                .devices
+                .iter()
+                .filter(|d| owned.contains(&d.device))
+                .filter_map(|d| match d.outcome {
+                    Some(Outcome::Updated { .. }) => Some((d.device, OwnerDone::Updated)),
+                    Some(Outcome::RolledBack { .. }) => Some((d.device, OwnerDone::RolledBack)),
+                    _ => None,
+                })
+                .collect();
+            if !finished && done.len() != *sent_done {
+                outbox.refresh();
+                *sent_done = done.len();
+            }
             let to = if finished {
                 BTreeSet::new()
             } else {
@@ -489,6 +530,7 @@ impl Jobs {
                 devices: owned.iter().copied().collect(),
                 issued_at: run.started_at,
                 finished,
+                done,
             };
             for peer in due {
                 self.stats.handoffs_sent += 1;
@@ -508,6 +550,11 @@ impl Jobs {
         {
             outbox.answered(peer, kept, finished);
         }
+    }
+
+    /// The pauses and resumes named since the last call, in order.
+    pub(crate) fn take_holds(&mut self) -> Vec<Hold> {
+        std::mem::take(&mut self.holds)
     }
 
     /// Whether any job is running (the radio ticks it).
@@ -538,9 +585,10 @@ fn view(r: &Running) -> JobView {
         started_at: r.started_at,
         finished_at: r.finished_at,
         resumed_from: match &r.origin {
-            Origin::Resumed { owner, job } => Some(ResumedFrom {
+            Origin::Resumed { owner, job, done } => Some(ResumedFrom {
                 owner: owner.to_string(),
                 job: *job,
+                done: done.clone(),
             }),
             Origin::Local { .. } => None,
         },
@@ -554,7 +602,12 @@ fn view(r: &Running) -> JobView {
 }
 
 /// Turns the machine's effects into endpoint requests (a chunk's bytes cut from the image).
-fn carry_out(run: &mut Running, now: Timestamp, effects: Vec<Effect>) -> Outgoing {
+fn carry_out(
+    run: &mut Running,
+    now: Timestamp,
+    effects: Vec<Effect>,
+    holds: &mut Vec<Hold>,
+) -> Outgoing {
     let job = run.job.id();
     let mut out = Vec::new();
     for e in effects {
@@ -588,6 +641,9 @@ fn carry_out(run: &mut Running, now: Timestamp, effects: Vec<Effect>) -> Outgoin
             }
             Effect::Finished(summary) => {
                 run.finished_at = Some(now);
+                // A device the job lost (or halted on) gets no `Resume` of its own: its
+                // readings count again once the job is over.
+                holds.extend(run.devices.iter().map(|d| (*d, false)));
                 info!(
                     job,
                     updated = summary.updated,
@@ -597,9 +653,10 @@ fn carry_out(run: &mut Running, now: Timestamp, effects: Vec<Effect>) -> Outgoin
                     "firmware job finished"
                 );
             }
-            // The device sends nothing while it is away (it is in its bootloader or
-            // rebooting); the radio's reading accounting does not need the hint yet.
-            Effect::Pause(_) | Effect::Resume(_) => {}
+            // The device sends nothing while it is away (rebooting, in its bootloader, being
+            // flashed): the radio task marks it paused until it runs a final firmware.
+            Effect::Pause(device) => holds.push((device, true)),
+            Effect::Resume(device) => holds.push((device, false)),
             // The radio ticks running jobs at every checkpoint tick (radio.checkpoint_ms).
             Effect::WakeAt(_) => {}
         }

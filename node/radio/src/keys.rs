@@ -151,6 +151,39 @@ fn read_private(path: &Path) -> Vec<DeviceKeyConfig> {
     }
 }
 
+/// Reads one of the radio's private JSON files: `None` (with a log line naming what to do) when
+/// it is missing, readable by others, larger than `max_bytes` or not the expected JSON.
+pub(crate) fn read_private_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    max_bytes: u64,
+) -> Option<T> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        warn!(path = %path.display(), "radio file readable by others: refused; chmod 600 it");
+        return None;
+    }
+    if meta.len() > max_bytes {
+        warn!(path = %path.display(), bytes = meta.len(), max_bytes, "radio file too large: ignored");
+        return None;
+    }
+    let mut body = Vec::new();
+    let read = std::fs::File::open(path)
+        .and_then(|f| f.take(max_bytes.saturating_add(1)).read_to_end(&mut body));
+    if let Err(e) = read {
+        warn!(path = %path.display(), error = %e, "radio file unreadable; ignored");
+        return None;
+    }
+    match serde_json::from_slice(&body) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "radio file not the expected JSON; ignored");
+            None
+        }
+    }
+}
+
 /// Writes `value` as JSON through a temporary file created 0600 and renamed into place (the
 /// radio's private files: device keys and frame counters).
 pub(crate) fn write_private<T: serde::Serialize + ?Sized>(

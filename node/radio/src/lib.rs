@@ -24,8 +24,12 @@
 mod counters;
 pub mod discovery;
 pub mod firmware;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod flash_sim;
+mod handoff_file;
 mod judge;
 pub mod keys;
+mod pause;
 pub mod rules;
 mod table;
 mod task;
@@ -54,6 +58,9 @@ pub const FRAME_COUNTERS_FILE: &str = "radio-counters.json";
 /// Directory in the data dir holding the newest state snapshot per contract this node provides
 /// (issue #15, see [`agora_contracts::state`]).
 pub const STATE_DIR: &str = "radio-state";
+/// File in the data dir holding the firmware-job hand-offs this node keeps as a provider
+/// (issue #16, mode 0600).
+pub const HANDOFFS_FILE: &str = "radio-handoffs.json";
 
 /// Where the radio task keeps what must survive a restart (`None`: memory only, for tests).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,6 +71,8 @@ pub struct RadioFiles {
     pub counters: Option<std::path::PathBuf>,
     /// State snapshots kept as a provider ([`STATE_DIR`]).
     pub states: Option<std::path::PathBuf>,
+    /// Firmware-job hand-offs kept as a provider ([`HANDOFFS_FILE`]).
+    pub handoffs: Option<std::path::PathBuf>,
 }
 
 impl RadioFiles {
@@ -73,6 +82,7 @@ impl RadioFiles {
             keys: Some(data_dir.join(RECEIVED_KEYS_FILE)),
             counters: Some(data_dir.join(FRAME_COUNTERS_FILE)),
             states: Some(data_dir.join(STATE_DIR)),
+            handoffs: Some(data_dir.join(HANDOFFS_FILE)),
         }
     }
 }
@@ -180,6 +190,23 @@ pub struct DeviceStatus {
     /// what it hears of the device is hearsay.
     #[serde(default)]
     pub authenticated: bool,
+    /// A firmware job here took the device offline (bootloader, flashing): it is expected to
+    /// send nothing until it boots a final firmware (`pause.rs`).
+    #[serde(default)]
+    pub paused: bool,
+    /// Times a firmware job here paused the device.
+    #[serde(default)]
+    pub pauses: u64,
+    /// Highest sequence number heard or processed when the last pause began.
+    #[serde(default)]
+    pub paused_after: Option<u32>,
+    /// First sequence number processed after the last pause began (`None`: none yet).
+    #[serde(default)]
+    pub resumed_from: Option<u32>,
+    /// Readings above `paused_after` heard while paused (the device was sending after all:
+    /// counted, still processed).
+    #[serde(default)]
+    pub heard_paused: u64,
 }
 
 /// What the radio refused or evicted (threat R1), since the node started.

@@ -97,6 +97,8 @@ struct RadioTask {
     owners: BTreeMap<u32, NodeId>,
     /// Firmware jobs the devices' owners handed here, resumed when this edge takes custody.
     handoffs: Handoffs,
+    /// Where they are persisted (`radio-handoffs.json`).
+    handoffs_file: Option<std::path::PathBuf>,
     handoff_tx: mpsc::Sender<HandoffAnswer>,
     resume_tx: mpsc::Sender<Resume>,
     /// Counter of the last sealed endpoint request (threat R2): the wall clock in ms, or one
@@ -170,7 +172,8 @@ pub async fn spawn(
         discovery: Discovery::new(cfg_max_devices, DISCOVERY_REFRESH_MS),
         jobs: Jobs::new(MAX_JOBS),
         owners: BTreeMap::new(),
-        handoffs: Handoffs::new(MAX_HANDOFFS),
+        handoffs: crate::handoff_file::load(files.handoffs.as_deref(), now_ms()),
+        handoffs_file: files.handoffs,
         handoff_tx,
         resume_tx,
         request_counter: 0,
@@ -348,6 +351,7 @@ impl RadioTask {
         let d = self.table.touch(device);
         d.status.received += 1;
         d.hear(seq);
+        crate::pause::on_heard(&mut d.status, seq);
         if let Some(service) = d.status.service.clone() {
             self.process(device, seq, frame.to_vec(), &service, false);
         } else {
@@ -442,6 +446,7 @@ impl RadioTask {
         d.status.processed += 1;
         d.status.replayed += u64::from(replay);
         d.status.last_processed = Some(seq);
+        crate::pause::on_processed(&mut d.status, seq);
         d.status.first_processed_at.get_or_insert_with(now_ms);
         self.pending
             .entry(service.to_string())
@@ -815,8 +820,27 @@ impl RadioTask {
         self.send_requests(socket, out).await;
     }
 
+    /// Marks the devices the jobs took offline paused, and those back on a final firmware (or
+    /// whose job ended) not, in the order the jobs said so. Only a device in the table (one
+    /// this edge has custody of) is touched.
+    fn apply_holds(&mut self) {
+        for (device, paused) in self.jobs.take_holds() {
+            let Some(d) = self.table.get_mut(&device) else {
+                continue;
+            };
+            if paused {
+                crate::pause::pause(&mut d.status);
+                debug!(device, after = ?d.status.paused_after, "device readings paused: firmware job");
+            } else if d.status.paused {
+                crate::pause::resume(&mut d.status);
+                debug!(device, "device readings resumed");
+            }
+        }
+    }
+
     /// Sends firmware-job requests to the devices' addresses (as discovery knows them).
     async fn send_requests(&mut self, socket: Option<&UdpSocket>, out: Outgoing) {
+        self.apply_holds();
         for (device, req) in out {
             // Threat R2: sealed under the device's key (if this edge holds it), with a rising
             // counter.
@@ -894,6 +918,15 @@ impl RadioTask {
                 let Some(resume) = resume_after.get(d) else {
                     return true;
                 };
+                // A device a firmware job here paused sends nothing: when nothing it sent
+                // before is past the resume point, there is nothing to ask peers for.
+                if self
+                    .table
+                    .get(d)
+                    .is_some_and(|dev| crate::pause::silent_since(&dev.status, *resume))
+                {
+                    return false;
+                }
                 let oldest = self
                     .table
                     .get(d)

@@ -15,6 +15,7 @@ fn handoff(job: JobId, devices: &[DeviceId]) -> JobHandoff {
         devices: devices.to_vec(),
         issued_at: 5,
         finished: false,
+        done: Vec::new(),
     }
 }
 
@@ -208,4 +209,107 @@ fn the_owner_gives_up_on_a_recipient_after_max_sends() {
         }
     }
     assert_eq!(sends, MAX_SENDS);
+}
+
+#[test]
+fn outcomes_the_owner_reached_travel_checked() {
+    let mut t = Handoffs::new(4);
+    let mut h = handoff(1, &[1, 2, 3]);
+    h.done = vec![
+        (2, OwnerDone::RolledBack),
+        (1, OwnerDone::Updated),
+        (2, OwnerDone::Updated),
+    ];
+    assert!(t.receive(0, node(1), h, owner_of).is_ok());
+    assert_eq!(
+        t.list()[0].handoff.done,
+        vec![(1, OwnerDone::Updated), (2, OwnerDone::Updated)],
+        "one entry per device (the first after sorting), sorted"
+    );
+    let mut foreign = handoff(2, &[1]);
+    foreign.done = vec![(5, OwnerDone::Updated)];
+    assert_eq!(
+        t.receive(0, node(1), foreign, owner_of),
+        Err(HandoffRefusal::Malformed(
+            "a device done that is not in the job"
+        ))
+    );
+    let mut many = handoff(3, &[1]);
+    many.done = vec![(1, OwnerDone::Updated), (1, OwnerDone::RolledBack)];
+    assert!(
+        matches!(
+            t.receive(0, node(1), many, owner_of),
+            Err(HandoffRefusal::Malformed(_))
+        ),
+        "more entries than devices"
+    );
+}
+
+#[test]
+fn a_persisted_table_reloads_checked_bounded_and_fresh() {
+    let mut t = Handoffs::new(3);
+    t.receive(10, node(1), handoff(1, &[1]), owner_of).unwrap();
+    t.receive(20, node(1), handoff(2, &[2]), owner_of).unwrap();
+    let saved = t.list();
+    let mut again = Handoffs::new(3);
+    again.restore(30, saved.clone());
+    assert_eq!(again.list(), saved, "what was kept comes back");
+    assert_eq!(again.stats.dropped_on_load, 0);
+    assert!(again.waiting());
+    // Hostile or stale entries: malformed, finished, expired, a duplicate, beyond the bound.
+    let entry = |job, at, h: JobHandoff| KeptHandoff {
+        owner: node(1),
+        handoff: JobHandoff { job, ..h },
+        received_at: at,
+        resumed: false,
+    };
+    let mut no_devices = handoff(0, &[]);
+    no_devices.devices.clear();
+    let mut finished = handoff(0, &[3]);
+    finished.finished = true;
+    let now = HANDOFF_TTL_MS + 100;
+    let entries = vec![
+        entry(1, now, no_devices),
+        entry(2, now, finished),
+        entry(3, 50, handoff(0, &[3])),
+        entry(4, now - 1, handoff(0, &[4])),
+        entry(4, now - 2, handoff(0, &[5])),
+        entry(5, now - 3, handoff(0, &[6])),
+        entry(6, now - 4, handoff(0, &[7])),
+        entry(7, now - 5, handoff(0, &[8])),
+    ];
+    let mut t = Handoffs::new(3);
+    t.restore(now, entries);
+    let jobs: Vec<JobId> = t.list().iter().map(|k| k.handoff.job).collect();
+    assert_eq!(jobs, vec![4, 5, 6], "the newest three valid ones");
+    assert_eq!(
+        t.list()[0].handoff.devices,
+        vec![4],
+        "the later of a duplicate"
+    );
+    assert_eq!(t.stats.dropped_on_load, 5);
+}
+
+#[test]
+fn a_changed_hand_off_is_sent_again_and_an_outdated_ack_does_not_count() {
+    let mut o = Outbox::default();
+    let to: BTreeSet<NodeId> = [node(7), node(8)].into();
+    assert_eq!(o.due(0, &to, false).len(), 2);
+    o.answered(node(7), true, false);
+    // node 8's send is still in flight when the owner finishes a device.
+    o.refresh();
+    o.answered(node(8), true, false);
+    assert!(o.kept_by().is_empty(), "both hold an outdated version");
+    assert_eq!(
+        o.due(1, &to, false),
+        vec![node(7), node(8)],
+        "sent again at once"
+    );
+    o.answered(node(7), true, false);
+    o.answered(node(8), true, false);
+    assert_eq!(o.kept_by(), vec![node(7), node(8)]);
+    assert!(o.due(10_000, &to, false).is_empty());
+    // A recipient that kept only an outdated version is still told the job finished.
+    o.refresh();
+    assert_eq!(o.due(20_000, &BTreeSet::new(), true).len(), 2);
 }

@@ -238,6 +238,7 @@ pub async fn radio(dir: &Path, json: bool) -> anyhow::Result<()> {
                     .as_deref()
                     .map_or("-".into(), |s| s.chars().take(12).collect()),
                 if d.buffering { "standby" } else { "-" }.into(),
+                if d.paused { "flashing" } else { "-" }.into(),
                 d.received.to_string(),
                 d.processed.to_string(),
                 d.replayed.to_string(),
@@ -251,6 +252,7 @@ pub async fn radio(dir: &Path, json: bool) -> anyhow::Result<()> {
             "DEVICE",
             "SERVICE",
             "BUFFER",
+            "PAUSED",
             "HEARD",
             "PROCESSED",
             "REPLAYED",
@@ -481,6 +483,20 @@ fn print_job(v: &JobView) {
             "resumed at a handover: job {} of the devices' owner {}",
             r.job, r.owner
         );
+        if !r.done.is_empty() {
+            let done: Vec<String> = r
+                .done
+                .iter()
+                .map(|(d, how)| {
+                    let how = serde_json::to_value(how).unwrap_or_default();
+                    format!("{d} {}", how.as_str().unwrap_or("?"))
+                })
+                .collect();
+            println!(
+                "finished by the owner before the handover (left out): {}",
+                done.join(", ")
+            );
+        }
     }
     if !v.handed_to.is_empty() {
         println!(

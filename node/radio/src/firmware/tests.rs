@@ -36,6 +36,12 @@ struct Sim {
     wakes: BTreeMap<DeviceId, Timestamp>,
     /// Every request the edge sent, per device.
     sent: BTreeMap<DeviceId, Vec<Request>>,
+    /// Devices the jobs' holds say are paused now.
+    paused: BTreeSet<DeviceId>,
+    /// Every pause (`true`) and resume the jobs named, per device, in order.
+    holds: BTreeMap<DeviceId, Vec<bool>>,
+    /// Every reading the devices sent: frame counter, and whether the device was paused.
+    readings: BTreeMap<DeviceId, Vec<(u32, bool)>>,
 }
 
 impl Sim {
@@ -45,6 +51,9 @@ impl Sim {
             replies: Vec::new(),
             wakes: BTreeMap::new(),
             sent: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            holds: BTreeMap::new(),
+            readings: BTreeMap::new(),
         }
     }
 
@@ -59,7 +68,22 @@ impl Sim {
                 agent::Effect::WakeAt(t) => {
                     self.wakes.insert(id, t);
                 }
-                agent::Effect::Reading(_) => {}
+                agent::Effect::Reading(c) => {
+                    let paused = self.paused.contains(&id);
+                    self.readings.entry(id).or_default().push((c, paused));
+                }
+            }
+        }
+    }
+
+    /// Applies the jobs' pauses and resumes, as the radio task does before sending.
+    fn hold(&mut self, jobs: &mut Jobs) {
+        for (id, paused) in jobs.take_holds() {
+            self.holds.entry(id).or_default().push(paused);
+            if paused {
+                self.paused.insert(id);
+            } else {
+                self.paused.remove(&id);
             }
         }
     }
@@ -81,31 +105,49 @@ impl Sim {
         managed: &BTreeSet<DeviceId>,
         limit: Timestamp,
     ) -> Timestamp {
-        let mut now = 0;
+        self.run_from(0, jobs, managed, limit)
+    }
+
+    /// Lets the devices' own time pass up to `now` (their readings, reboots).
+    fn wake(&mut self, now: Timestamp) {
+        let due: Vec<DeviceId> = self
+            .wakes
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.wakes.remove(&id);
+            if let Some(a) = self.agents.get_mut(&id) {
+                let fx = a.handle(now, agent::Input::Tick);
+                self.effects(id, fx);
+            }
+        }
+    }
+
+    /// [`Self::run`] from `start` ms.
+    fn run_from(
+        &mut self,
+        start: Timestamp,
+        jobs: &mut Jobs,
+        managed: &BTreeSet<DeviceId>,
+        limit: Timestamp,
+    ) -> Timestamp {
+        let mut now = start;
         while jobs.running() && now < limit {
             now += 10;
-            let due: Vec<DeviceId> = self
-                .wakes
-                .iter()
-                .filter(|(_, t)| **t <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in due {
-                self.wakes.remove(&id);
-                if let Some(a) = self.agents.get_mut(&id) {
-                    let fx = a.handle(now, agent::Input::Tick);
-                    self.effects(id, fx);
-                }
-            }
+            self.wake(now);
             let (ready, later): (Vec<_>, Vec<_>) =
                 self.replies.drain(..).partition(|(at, _, _)| *at <= now);
             self.replies = later;
             for (_, id, reply) in ready {
                 let (_, out) = jobs.on_reply(now, id, reply);
+                self.hold(jobs);
                 self.deliver(now, out);
             }
-            if now % 200 == 0 {
+            if now.is_multiple_of(200) {
                 let out = jobs.tick(now, |d| d.intersection(managed).copied().collect());
+                self.hold(jobs);
                 self.deliver(now, out);
             }
         }
@@ -399,7 +441,11 @@ fn a_resumed_job_says_whose_it_was_and_is_never_handed_on() {
             vec![4; 10],
             sim.table(),
             [1].into(),
-            Origin::Resumed { owner, job: 42 },
+            Origin::Resumed {
+                owner,
+                job: 42,
+                done: vec![(9, OwnerDone::RolledBack)],
+            },
         )
         .unwrap();
     let v = jobs.view(started.id).unwrap();
@@ -407,9 +453,153 @@ fn a_resumed_job_says_whose_it_was_and_is_never_handed_on() {
         v.resumed_from,
         Some(ResumedFrom {
             owner: owner.to_string(),
-            job: 42
+            job: 42,
+            done: vec![(9, OwnerDone::RolledBack)],
         })
     );
     let everyone = |_: &BTreeSet<DeviceId>| -> BTreeSet<NodeId> { [NodeId([2; 32])].into() };
     assert!(jobs.handoffs_due(0, everyone).is_empty());
+}
+
+/// The readings pause: a device is paused from before its reboot until it runs a final
+/// firmware (updated or rolled back), it sends no reading meanwhile, and its readings go on
+/// from the next counter after boot: every counter once, before and after the flash.
+#[test]
+fn devices_are_paused_while_flashed_and_their_readings_go_on_after_boot() {
+    let cfg = AgentConfig {
+        reboot_ms: 50,
+        link_bytes_per_s: 100_000,
+        reading_ms: 40,
+    };
+    let corrupt = Faults {
+        corrupt_flash: true,
+        fail_boot: false,
+    };
+    let make = |id, locked, faults| {
+        DeviceAgent::new(
+            (id, "thermo", TYPE, "1.0.0", locked),
+            cfg.clone(),
+            faults,
+            0,
+        )
+    };
+    let mut sim = Sim::new(vec![
+        make(1, false, Faults::default()),
+        make(2, false, corrupt),
+        make(3, true, Faults::default()),
+    ]);
+    for id in [1, 2, 3] {
+        sim.wakes.insert(id, cfg.reading_ms);
+    }
+    // A second of readings before the job.
+    for now in (10..=1_000).step_by(10) {
+        sim.wake(now);
+    }
+    let before: BTreeMap<DeviceId, usize> =
+        sim.readings.iter().map(|(d, r)| (*d, r.len())).collect();
+    assert!(before.values().all(|n| *n >= 20), "{before:?}");
+    let managed: BTreeSet<DeviceId> = [1, 2, 3].into();
+    let mut jobs = Jobs::new(MAX_JOBS);
+    let (_, out) = jobs
+        .start(
+            1_000,
+            &request("all", "2.0.0", 1),
+            vec![0x42u8; 8_000],
+            sim.table(),
+            managed.clone(),
+            Origin::local(BTreeSet::new()),
+        )
+        .unwrap();
+    sim.hold(&mut jobs);
+    assert!(sim.paused.contains(&1), "paused before its reboot is sent");
+    sim.deliver(1_000, out);
+    let end = sim.run_from(1_000, &mut jobs, &managed, 600_000);
+    assert!(!jobs.running());
+    let s = jobs.view(1).unwrap().status.summary;
+    assert_eq!((s.updated, s.skipped, s.rolled_back), (1, 1, 1));
+    // Readings after the job too.
+    for now in (end..end + 1_000).step_by(10) {
+        sim.wake(now);
+    }
+    // Each flashed device paused once, then only resumes (its own, then the job's end).
+    for id in [1, 2] {
+        let h = &sim.holds[&id];
+        assert_eq!(h.first(), Some(&true), "device {id}: {h:?}");
+        assert_eq!(h.iter().filter(|p| **p).count(), 1, "device {id}: {h:?}");
+        assert!(h.len() >= 2, "device {id} resumed: {h:?}");
+    }
+    assert!(
+        sim.holds.get(&3).is_none_or(|h| h.iter().all(|p| !p)),
+        "locked: never paused"
+    );
+    assert!(sim.paused.is_empty(), "nobody is left paused");
+    for id in [1, 2, 3] {
+        let r = &sim.readings[&id];
+        assert!(
+            r.iter().all(|(_, paused)| !paused),
+            "device {id} sent while paused: {r:?}"
+        );
+        let counters: Vec<u32> = r.iter().map(|(c, _)| *c).collect();
+        let want: Vec<u32> = (1..=counters.len() as u32).collect();
+        assert_eq!(counters, want, "device {id}: every counter once, in order");
+        assert!(
+            r.len() > before[&id] + 20,
+            "device {id}: readings after the job"
+        );
+    }
+}
+
+/// What the owner finished travels with its hand-off: each device's outcome, as it happens,
+/// sent again to a provider that already kept an older version, and in the finished version.
+#[test]
+fn the_owner_s_finished_devices_travel_with_the_hand_off() {
+    let corrupt = Faults {
+        corrupt_flash: true,
+        fail_boot: false,
+    };
+    let mut sim = Sim::new(vec![
+        agent(1, false, Faults::default()),
+        agent(2, false, corrupt),
+    ]);
+    let managed: BTreeSet<DeviceId> = [1, 2].into();
+    let b = NodeId([2; 32]);
+    let providers = |_: &BTreeSet<DeviceId>| -> BTreeSet<NodeId> { [b].into() };
+    let mut jobs = Jobs::new(4);
+    let (started, out) = jobs
+        .start(
+            0,
+            &request("all", "2.0.0", 1),
+            vec![4; 3_000],
+            sim.table(),
+            managed.clone(),
+            Origin::local([1, 2].into()),
+        )
+        .unwrap();
+    sim.deliver(0, out);
+    let mut sent: Vec<(bool, Vec<(DeviceId, OwnerDone)>)> = Vec::new();
+    let mut now = 0;
+    while jobs.running() && now < 600_000 {
+        for (job, peer, h) in jobs.handoffs_due(now, providers) {
+            sent.push((h.finished, h.done.clone()));
+            jobs.handoff_answered(job, peer, true, h.finished);
+        }
+        now = sim.run_from(now, &mut jobs, &managed, now + 100);
+    }
+    for (job, peer, h) in jobs.handoffs_due(now, providers) {
+        sent.push((h.finished, h.done.clone()));
+        jobs.handoff_answered(job, peer, true, h.finished);
+    }
+    assert_eq!(jobs.view(started.id).unwrap().status.summary.rolled_back, 1);
+    assert_eq!(
+        sent,
+        vec![
+            (false, vec![]),
+            (false, vec![(1, OwnerDone::Updated)]),
+            (
+                true,
+                vec![(1, OwnerDone::Updated), (2, OwnerDone::RolledBack)]
+            ),
+        ],
+        "first the request, then again once device 1 was updated, then the finished version"
+    );
 }

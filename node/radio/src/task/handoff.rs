@@ -100,6 +100,10 @@ impl RadioTask {
                 false
             }
         };
+        if kept {
+            // Before the answer: a provider that says it keeps a hand-off has it on disk.
+            crate::handoff_file::save(self.handoffs_file.as_deref(), &self.handoffs);
+        }
         if let Ok(env) = self.seal(&RadioRpc::HandoffAck { kept }) {
             let _ = self.network.respond(id, &env).await;
         }
@@ -128,9 +132,13 @@ impl RadioTask {
             return;
         }
         let table = &self.table;
+        let expired = self.handoffs.stats.expired;
         let due = self.handoffs.due(now_ms(), |d| {
             table.get(&d).is_some_and(|d| d.status.service.is_some())
         });
+        if !due.is_empty() || self.handoffs.stats.expired != expired {
+            crate::handoff_file::save(self.handoffs_file.as_deref(), &self.handoffs);
+        }
         for (owner, h) in due {
             info!(%owner, job = h.job, devices = ?h.devices, "custody taken: resuming the owner's firmware job");
             let (storage, tx) = (self.storage.clone(), self.resume_tx.clone());
@@ -173,7 +181,18 @@ impl RadioTask {
             max_unavailable: h.max_unavailable,
             firmware_type: Some(h.firmware_type.clone()),
         };
-        let devices: BTreeSet<u32> = h.devices.iter().copied().collect();
+        // Devices the owner finished (updated or rolled back) are not redone here.
+        let done: BTreeSet<u32> = h.done.iter().map(|(d, _)| *d).collect();
+        let devices: BTreeSet<u32> = h
+            .devices
+            .iter()
+            .copied()
+            .filter(|d| !done.contains(d))
+            .collect();
+        if devices.is_empty() {
+            info!(%owner, job = h.job, "handed-over firmware job: the owner finished every device; nothing to resume");
+            return;
+        }
         let table: Vec<DeviceMeta> = self
             .discovery
             .metas()
@@ -181,7 +200,11 @@ impl RadioTask {
             .filter(|m| devices.contains(&m.id))
             .collect();
         let managed = self.managed_here(table.iter().map(|m| m.id));
-        let origin = Origin::Resumed { owner, job: h.job };
+        let origin = Origin::Resumed {
+            owner,
+            job: h.job,
+            done: h.done.clone(),
+        };
         match self
             .jobs
             .start(now_ms(), &request, image, table, managed, origin)

@@ -183,6 +183,22 @@ fn the_managing_edge_flashes_its_devices_skips_locked_ones_and_rolls_back_a_corr
         assert_eq!(d["outcome"]["skipped"], want, "{d}");
     }
 
+    // node0 has processed a reading of every device, so the pause below has readings before
+    // it (`paused_after`) to check.
+    wait_until(
+        "node0 to process a reading of each device before the flash",
+        Duration::from_secs(60),
+        || {
+            let radio = agora_json(&["radio", "--data-dir", &n0]);
+            radio["devices"].as_array().is_some_and(|ds| {
+                (FIRST..FIRST + COUNT).all(|id| {
+                    ds.iter()
+                        .any(|d| d["device"] == id && d["last_processed"].as_u64().is_some())
+                })
+            })
+        },
+    );
+
     // node0 manages them: 7 updated, 2 locked skipped, the corrupting one rolled back.
     let out = agora(&[
         "device",

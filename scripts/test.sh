@@ -35,11 +35,13 @@ log=$(mktemp)
 # (`agora_devnet::skipped`); listed and counted at the end, so a skip is never taken for a pass.
 skipped=$(mktemp)
 export AGORA_SKIPPED_FILE="$skipped"
-# cargo-nextest when it is installed (every test in its own process, the tests of all binaries
-# scheduled together, the longest end-to-end tests first: .config/nextest.toml), else cargo test.
-# AGORA_TEST_RUNNER=cargo forces cargo test. Arguments go to the runner (a test name filter,
-# `-p CRATE`, ...).
-if [ "${AGORA_TEST_RUNNER:-}" != cargo ] && cargo nextest --version >/dev/null 2>&1; then
+# cargo test by default. AGORA_TEST_RUNNER=nextest runs cargo-nextest instead (every test in its
+# own process, the tests of all binaries scheduled together, the longest end-to-end tests first:
+# .config/nextest.toml): the test phase takes ~525 s instead of ~800 s, but with two end-to-end
+# tests side by side the way back of a handover lost readings in 3 of 4 runs (docs/STATUS.md
+# #7), so it is not the default until that is fixed. Arguments go to the runner (a test name
+# filter, `-p CRATE`, ...).
+if [ "${AGORA_TEST_RUNNER:-cargo}" = nextest ]; then
   cargo nextest run --workspace --locked "$@" 2>&1 | tee "$log"
   # nextest does not run doctests: cargo test does, for the whole run only.
   if [ "$#" -eq 0 ]; then

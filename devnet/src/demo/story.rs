@@ -618,50 +618,27 @@ impl Story {
             Some(s) => s.stop().await,
             None => BTreeMap::new(),
         };
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
         let names: BTreeMap<String, String> = self
             .m
             .nodes
             .iter()
             .map(|n| (n.node_id.clone(), n.name.clone()))
             .collect();
-        let a_id = self.m.nodes[self.a].node_id.clone();
-        // The checkpoints of the last readings reach the observer a checkpoint tick and a gossip
-        // hop after the sensors stop (longer on a busy machine): read its view from 1 s on until
-        // nothing is missing, or until it has not changed for 5 s (at most 30 s), and count that
-        // one. A
-        // reading no edge processed stays missing, so waiting longer never hides a loss.
-        let started = tokio::time::Instant::now();
-        let mut last_change = started;
-        let mut last: Option<Coverage> = None;
-        loop {
-            let st: RadioStatus = match api(&self.m.nodes[observer]) {
-                Ok(c) => c.get("/v1/radio").await.unwrap_or_default(),
-                Err(_) => RadioStatus::default(),
-            };
-            let kept: Vec<_> = st.checkpoints.into_iter().filter(|c| keep(c)).collect();
-            let cov = coverage(&sent, &kept, |edge| {
-                let name = names.get(edge).cloned().unwrap_or_else(|| short(edge));
-                if edge == a_id.as_str() {
-                    format!("{name} (A)")
-                } else {
-                    name
-                }
-            });
-            let now = tokio::time::Instant::now();
-            if last.as_ref() != Some(&cov) {
-                last_change = now;
+        let st: RadioStatus = match api(&self.m.nodes[observer]) {
+            Ok(c) => c.get("/v1/radio").await.unwrap_or_default(),
+            Err(_) => RadioStatus::default(),
+        };
+        let a_id = &self.m.nodes[self.a].node_id;
+        let kept: Vec<_> = st.checkpoints.into_iter().filter(|c| keep(c)).collect();
+        coverage(&sent, &kept, |edge| {
+            let name = names.get(edge).cloned().unwrap_or_else(|| short(edge));
+            if edge == a_id {
+                format!("{name} (A)")
+            } else {
+                name
             }
-            // Never before 1 s: a late checkpoint can also add a duplicate.
-            let waited = now.duration_since(started);
-            if (cov.missing == 0 && waited >= Duration::from_secs(1))
-                || now.duration_since(last_change) >= Duration::from_secs(5)
-                || waited >= Duration::from_secs(30)
-            {
-                return cov;
-            }
-            last = Some(cov);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
     }
 
     /// Stops the devnet (data kept unless `clean`).

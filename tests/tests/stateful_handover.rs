@@ -45,7 +45,10 @@ async fn send_state(
         Kind::Radio,
         now_ms(),
         now_ms(),
-        &RadioRpc::State { snapshot },
+        &RadioRpc::State {
+            snapshot,
+            checkpoint: None,
+        },
     )
     .unwrap();
     let answer = adv.network().request(b, &env).await.unwrap();

@@ -20,7 +20,14 @@ pub struct Coverage {
     pub duplicated: u64,
     /// Signed data-integrity proofs behind the checkpoints.
     pub proofs: u64,
+    /// The missing readings per device, as inclusive ranges of sequence numbers (at most
+    /// [`MAX_GAPS`] per device), so a failure says where they fell.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gaps: BTreeMap<u32, Vec<(u32, u32)>>,
 }
+
+/// Most gaps listed per device in [`Coverage::gaps`].
+pub const MAX_GAPS: usize = 16;
 
 /// Accounts the readings `1..=sent[device]` of each device against `checkpoints`, naming edges
 /// with `name`. Ranges are taken as contiguous when their count says so; a range whose count is
@@ -60,10 +67,20 @@ pub fn coverage(
             }
         }
     }
-    for h in hits.values() {
-        for x in h.iter().skip(1) {
+    for (device, h) in &hits {
+        for (seq, x) in h.iter().enumerate().skip(1) {
             match x {
-                0 => c.missing += 1,
+                0 => {
+                    c.missing += 1;
+                    let seq = u32::try_from(seq).unwrap_or(u32::MAX);
+                    let gaps = c.gaps.entry(*device).or_default();
+                    let full = gaps.len() >= MAX_GAPS;
+                    match gaps.last_mut() {
+                        Some((_, last)) if last.saturating_add(1) == seq => *last = seq,
+                        _ if !full => gaps.push((seq, seq)),
+                        _ => {}
+                    }
+                }
                 1 => {}
                 _ => c.duplicated += 1,
             }
@@ -167,6 +184,7 @@ mod tests {
         assert_eq!(c.by_edge["b"], 5);
         assert_eq!(c.duplicated, 1);
         assert_eq!(c.missing, 2);
+        assert_eq!(c.gaps, BTreeMap::from([(1, vec![(9, 10)])]));
         assert_eq!(c.proofs, 2);
     }
 

@@ -630,15 +630,61 @@ impl Story {
             Err(_) => RadioStatus::default(),
         };
         let a_id = &self.m.nodes[self.a].node_id;
+        let stats = st.stats.clone();
         let kept: Vec<_> = st.checkpoints.into_iter().filter(|c| keep(c)).collect();
-        coverage(&sent, &kept, |edge| {
+        let c = coverage(&sent, &kept, |edge| {
             let name = names.get(edge).cloned().unwrap_or_else(|| short(edge));
             if edge == a_id {
                 format!("{name} (A)")
             } else {
                 name
             }
-        })
+        });
+        if c.missing > 0 {
+            self.explain_gaps(observer, &c, &stats).await;
+        }
+        c
+    }
+
+    /// Says, on stderr, where the missing readings of `c` went: the observer's refusal
+    /// counters, and every node's own checkpoints that touch a gap (a checkpoint the observer
+    /// never kept, or no checkpoint at all).
+    async fn explain_gaps(&self, observer: usize, c: &Coverage, stats: &agora_radio::RadioStats) {
+        eprintln!(
+            "readings missing as {} heard the checkpoints: gaps {:?}; its radio stats {stats:?}",
+            self.m.nodes[observer].name, c.gaps
+        );
+        for n in &self.m.nodes {
+            let Ok(client) = api(n) else { continue };
+            let Ok(st) = client.get::<RadioStatus>("/v1/radio").await else {
+                eprintln!("  {}: radio status unavailable", n.name);
+                continue;
+            };
+            for rec in st.checkpoints.iter().filter(|r| r.mine) {
+                for r in &rec.checkpoint.ranges {
+                    let touches = c.gaps.get(&r.device).is_some_and(|gaps| {
+                        gaps.iter().any(|(lo, hi)| {
+                            r.first <= hi.saturating_add(2) && r.last.saturating_add(2) >= *lo
+                        })
+                    });
+                    if touches {
+                        eprintln!(
+                            "  {} checkpointed device {} {}..={} (count {}) at {} released {:?}",
+                            n.name,
+                            r.device,
+                            r.first,
+                            r.last,
+                            r.count,
+                            rec.checkpoint.at,
+                            rec.checkpoint.released
+                        );
+                    }
+                }
+            }
+            for d in st.devices.iter().filter(|d| c.gaps.contains_key(&d.device)) {
+                eprintln!("  {} device {:?}", n.name, d);
+            }
+        }
     }
 
     /// Stops the devnet (data kept unless `clean`).

@@ -266,6 +266,12 @@ pub struct RadioStats {
     /// [`STATE_MAX_HELD_TICKS`] ticks, its state was too large to travel, or it could not be
     /// copied.
     pub state_skipped: u64,
+    /// Provider: the customer's checkpoints that came with a kept state snapshot and were
+    /// gossiped from here (so they survive the customer dying before it gossips them).
+    pub state_checkpoints_relayed: u64,
+    /// Provider: checkpoints that came with a snapshot and were refused (not the snapshot's
+    /// signer, not a radio checkpoint, stale, undecodable, oversized).
+    pub state_checkpoints_refused: u64,
 }
 
 /// Checkpoint ticks a stateful service's checkpoint waits for a quiescent moment to copy its

@@ -245,8 +245,8 @@ impl RadioTask {
                             Ok(RadioRpc::JobHandoff { handoff }) => {
                                 self.on_handoff(id, envelope.sender, handoff).await;
                             }
-                            Ok(RadioRpc::State { snapshot }) => {
-                                self.on_state(id, envelope.sender, snapshot).await;
+                            Ok(RadioRpc::State { snapshot, checkpoint }) => {
+                                self.on_state(id, envelope.sender, snapshot, checkpoint).await;
                             }
                             Ok(_) | Err(_) => {}
                         }
@@ -559,9 +559,11 @@ impl RadioTask {
                     }
                 }
                 for s in services {
-                    // A checkpoint waiting for its state snapshot's answer goes out now too.
-                    let mut frames = self.state.take_in_flight(&s);
-                    frames.extend(self.pending.remove(&s).unwrap_or_default());
+                    // A checkpoint waiting for its state snapshot's answer goes out first.
+                    if let Some(p) = self.state.take_in_flight(&s) {
+                        self.publish_checkpoint(p).await;
+                    }
+                    let frames = self.pending.remove(&s).unwrap_or_default();
                     self.checkpoint_frames(&s, frames, devices.clone()).await;
                 }
                 let _ = reply.send(());
@@ -695,8 +697,22 @@ impl RadioTask {
         frames: Vec<(u32, u32, Vec<u8>)>,
         released: Vec<u32>,
     ) {
+        if let Some(prepared) = self.prepare_checkpoint(service, frames, released).await {
+            self.publish_checkpoint(prepared).await;
+        }
+    }
+
+    /// Proves and stores `frames` fed to `service`, moves this edge's coverage, and seals the
+    /// checkpoint (with the devices it gives up) for gossip; `None` when there is nothing to
+    /// say or it could not be sealed.
+    async fn prepare_checkpoint(
+        &mut self,
+        service: &str,
+        frames: Vec<(u32, u32, Vec<u8>)>,
+        released: Vec<u32>,
+    ) -> Option<PreparedCheckpoint> {
         if frames.is_empty() && released.is_empty() {
-            return;
+            return None;
         }
         let mut ranges: BTreeMap<u32, SeqRange> = BTreeMap::new();
         for (device, seq, _) in &frames {
@@ -729,28 +745,44 @@ impl RadioTask {
                 d.covered = Some(d.covered.map_or(r.last, |p| p.max(r.last)));
             }
         }
-        let c = Checkpoint {
+        let checkpoint = Checkpoint {
             service: service.to_string(),
             ranges: ranges.into_values().collect(),
             proof,
             released,
             at: now_ms(),
         };
-        match serde_cbor::to_vec(&c) {
-            Ok(body) => {
-                if let Err(e) = self.network.broadcast(RADIO_TOPIC, Kind::Radio, body).await {
-                    debug!(error = %e, "checkpoint not gossiped (no peers yet?)");
-                }
+        self.seq += 1;
+        match Envelope::seal_body(&self.signer, Kind::Radio, now_ms(), self.seq, &checkpoint) {
+            Ok(envelope) => Some(PreparedCheckpoint {
+                checkpoint,
+                envelope,
+            }),
+            Err(e) => {
+                warn!(error = %e, "checkpoint not encoded");
+                None
             }
-            Err(e) => warn!(error = %e, "checkpoint not encoded"),
+        }
+    }
+
+    /// Gossips a sealed checkpoint of this edge and keeps it in the history.
+    async fn publish_checkpoint(&mut self, p: PreparedCheckpoint) {
+        if let Err(e) = self.network.publish(RADIO_TOPIC, &p.envelope).await {
+            debug!(error = %e, "checkpoint not gossiped (no peers yet?)");
         }
         self.remember(CheckpointRecord {
             edge: self.me.to_string(),
             mine: true,
-            checkpoint: c,
+            checkpoint: p.checkpoint,
             verified: true,
         });
     }
+}
+
+/// A checkpoint of this edge, sealed for gossip and not gossiped yet.
+pub(crate) struct PreparedCheckpoint {
+    checkpoint: Checkpoint,
+    envelope: Envelope,
 }
 
 impl RadioTask {

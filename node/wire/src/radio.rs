@@ -113,6 +113,13 @@ pub enum RadioRpc {
     State {
         /// The snapshot.
         snapshot: agora_contracts::state::StateSnapshot,
+        /// The checkpoint of the readings the snapshot reflects, as the customer will gossip
+        /// it: a [`Checkpoint`] in a `Kind::Radio` envelope the customer signed (at most
+        /// `MAX_GOSSIP_BYTES`). The provider that keeps the snapshot gossips it too, so a
+        /// customer that dies between the provider's answer and its own gossip does not take
+        /// the only record of those readings with it (a copy is a gossip duplicate).
+        #[serde(default, with = "serde_bytes")]
+        checkpoint: Option<Vec<u8>>,
     },
     /// The provider's answer to [`RadioRpc::State`]: kept, or why not.
     StateAck {

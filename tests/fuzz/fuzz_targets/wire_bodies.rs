@@ -30,10 +30,22 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 // A state snapshot's bounds and shape, as a standby provider checks them.
-                Some(radio::RadioRpc::State { snapshot }) => {
+                // And the checkpoint that came with it, as the provider opens it to gossip it on.
+                Some(radio::RadioRpc::State {
+                    snapshot,
+                    checkpoint,
+                }) => {
                     let devices: Vec<u32> = snapshot.coverage.iter().map(|(d, _)| *d).collect();
                     let _ = snapshot.check(&devices);
                     let _ = snapshot.check(&[]);
+                    if let Some(bytes) = checkpoint
+                        && let Ok(env) = agora_wire::codec::Envelope::open(
+                            &bytes,
+                            agora_wire::codec::MAX_GOSSIP_BYTES,
+                        )
+                    {
+                        let _ = env.body::<radio::Checkpoint>(agora_wire::codec::Kind::Radio);
+                    }
                 }
                 _ => {}
             }

@@ -8,10 +8,16 @@
 //! checkpoint of those readings is gossiped only once the providers answered (or did not within
 //! [`STATE_TIMEOUT`]): a provider's newest snapshot covers at least as far as the customer's
 //! last checkpoint it heard. While the answer is awaited the next frames wait in `pending`.
+//! That checkpoint is sealed before the snapshot goes and travels inside it.
 //!
 //! Provider: keeps the newest snapshot per contract from the contract's customer only (as the
 //! orchestrator, reading the ledger, named them), one file per contract under
 //! [`crate::STATE_DIR`] so a restart keeps it; the orchestrator takes it out at the takeover.
+//! It applies the checkpoint that came with a kept snapshot and gossips it on, as the customer
+//! signed it ([`relayable`]): a customer killed after the answer and before its own gossip
+//! (found under load: two readings per device processed by the customer, reflected in the
+//! provider's snapshot, and recorded by no checkpoint) no longer takes the only record of those
+//! readings with it. When the customer does gossip it, one of the two copies is a duplicate.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,13 +28,14 @@ use agora_contracts::state::{
     MAX_KEPT_STATES, MAX_STATE_BYTES, MAX_STATE_ENTRIES, StateEntry, StateSnapshot, StateStore,
 };
 use agora_market::NodeId;
-use agora_wire::codec::Kind;
+use agora_wire::codec::{Envelope, GOSSIP_MAX_SKEW_MS, Kind, MAX_GOSSIP_BYTES};
 use agora_wire::now_ms;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{RadioTask, StateAnswer};
-use crate::{KeptState, RadioRpc, STATE_MAX_HELD_TICKS};
+use super::{PreparedCheckpoint, RadioTask, StateAnswer};
+use crate::rules::Forward;
+use crate::{Checkpoint, KeptState, RADIO_TOPIC, RadioRpc, STATE_MAX_HELD_TICKS};
 
 /// How long a customer waits for its providers to answer a snapshot.
 const STATE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,15 +44,12 @@ const MAX_STATE_TARGETS: usize = 8;
 /// Stateful services on one node.
 const MAX_STATEFUL_SERVICES: usize = 64;
 
-/// Frames fed to a service, waiting for their checkpoint.
-type Frames = Vec<(u32, u32, Vec<u8>)>;
-
 /// Both sides' state of the radio task.
 pub(super) struct StateSide {
     /// Customer: service → its standby providers `(contract, provider)`.
     targets: BTreeMap<String, Vec<(ContractId, NodeId)>>,
-    /// Customer: frames whose checkpoint waits for the providers' answer.
-    in_flight: BTreeMap<String, Frames>,
+    /// Customer: the checkpoint (sealed) that waits for the providers' answer, per service.
+    in_flight: BTreeMap<String, Option<PreparedCheckpoint>>,
     /// Customer: ticks a service's checkpoint has waited for a quiescent moment.
     held: BTreeMap<String, u32>,
     /// Customer: the next snapshot's `seq` (starts at the clock, so it rises across restarts).
@@ -107,9 +111,9 @@ impl StateSide {
         }
     }
 
-    /// Frames of `service` waiting for an answer, taken out (their checkpoint goes now).
-    pub(super) fn take_in_flight(&mut self, service: &str) -> Frames {
-        self.in_flight.remove(service).unwrap_or_default()
+    /// The checkpoint of `service` waiting for an answer, taken out (it goes now).
+    pub(super) fn take_in_flight(&mut self, service: &str) -> Option<PreparedCheckpoint> {
+        self.in_flight.remove(service).flatten()
     }
 
     pub(super) fn accept(&mut self, contract: ContractId, customer: NodeId, devices: Vec<u32>) {
@@ -215,6 +219,10 @@ impl RadioTask {
             .filter(|d| d.status.service.as_deref() == Some(service))
             .filter_map(|d| Some((d.status.device, d.status.last_processed?)))
             .collect();
+        // The checkpoint is sealed now and travels with the snapshot: the provider gossips it
+        // too, so it outlives this node dying between the answer and its own gossip.
+        let prepared = self.prepare_checkpoint(service, frames, Vec::new()).await;
+        let checkpoint = prepared.as_ref().map(|p| p.envelope.to_bytes());
         let entries: Vec<StateEntry> = entries
             .into_iter()
             .map(|(key, value)| StateEntry { key, value })
@@ -230,12 +238,15 @@ impl RadioTask {
                 coverage: coverage.clone(),
                 entries: entries.clone(),
             };
-            match self.seal(&RadioRpc::State { snapshot }) {
+            match self.seal(&RadioRpc::State {
+                snapshot,
+                checkpoint: checkpoint.clone(),
+            }) {
                 Ok(env) => sends.push((provider, env)),
                 Err(e) => warn!(error = %e, "state snapshot not sealed"),
             }
         }
-        self.state.in_flight.insert(service.to_string(), frames);
+        self.state.in_flight.insert(service.to_string(), prepared);
         let (network, tx, service) = (
             self.network.clone(),
             self.state.answers.clone(),
@@ -288,17 +299,27 @@ impl RadioTask {
         } else {
             self.stats.state_send_failed += 1;
         }
-        if let Some(frames) = self.state.in_flight.remove(service) {
-            self.checkpoint_frames(service, frames, Vec::new()).await;
+        if let Some(p) = self.state.take_in_flight(service) {
+            self.publish_checkpoint(p).await;
         }
     }
 
-    /// Provider: a snapshot signed by `sender`; kept per `agora_contracts::state`, answered.
-    pub(super) async fn on_state(&mut self, id: u64, sender: NodeId, snapshot: StateSnapshot) {
+    /// Provider: a snapshot signed by `sender`; kept per `agora_contracts::state`, answered;
+    /// the checkpoint that came with a kept one is applied here and gossiped on
+    /// ([`Self::relay_checkpoint`]).
+    pub(super) async fn on_state(
+        &mut self,
+        id: u64,
+        sender: NodeId,
+        snapshot: StateSnapshot,
+        checkpoint: Option<Vec<u8>>,
+    ) {
         let contract = snapshot.contract;
         let (seq, keys) = (snapshot.seq, snapshot.entries.len());
+        let mut relay = None;
         let answer = match self.state.store.receive(sender, snapshot) {
             Ok(()) => {
+                relay = checkpoint;
                 debug!(contract = %contract.short(), seq, keys, "state snapshot kept");
                 self.state.save(&contract);
                 RadioRpc::StateAck {
@@ -325,5 +346,153 @@ impl RadioTask {
         if let Ok(env) = self.seal(&answer) {
             let _ = self.network.respond(id, &env).await;
         }
+        if let Some(bytes) = relay {
+            self.relay_checkpoint(sender, &bytes).await;
+        }
+    }
+
+    /// Provider: the customer's checkpoint of the readings a kept snapshot reflects. Applied
+    /// here as if the customer had gossiped it, and gossiped on when it moved something (the
+    /// customer's own gossip of it, if it comes, is a duplicate); refused and counted unless
+    /// [`relayable`] (the customer's signature, fresh, a radio checkpoint).
+    async fn relay_checkpoint(&mut self, customer: NodeId, bytes: &[u8]) {
+        match relayable(&customer, bytes, now_ms()) {
+            Ok((envelope, checkpoint)) => {
+                if self.on_peer_checkpoint(customer, checkpoint) == Forward::Accept {
+                    self.stats.state_checkpoints_relayed += 1;
+                    if let Err(e) = self.network.publish(RADIO_TOPIC, &envelope).await {
+                        debug!(error = %e, "customer's checkpoint not gossiped on");
+                    }
+                }
+            }
+            Err(e) => {
+                self.stats.state_checkpoints_refused += 1;
+                let n = self.stats.state_checkpoints_refused;
+                if n <= 16 || n.is_power_of_two() {
+                    warn!(%customer, error = %e, refused = n, "checkpoint with a state snapshot refused");
+                }
+            }
+        }
+    }
+}
+
+/// Why a checkpoint that came with a state snapshot is not gossiped on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum RelayRefusal {
+    /// Not an envelope, a bad signature, over [`MAX_GOSSIP_BYTES`], or outside the gossip
+    /// freshness window (receivers would drop it as stale).
+    #[error("not a fresh signed envelope: {0}")]
+    Envelope(String),
+    /// Signed by someone else than the snapshot's signer.
+    #[error("signed by {0}, not by the snapshot's signer")]
+    NotTheSigner(NodeId),
+    /// Not a radio checkpoint.
+    #[error("not a radio checkpoint: {0}")]
+    NotACheckpoint(String),
+}
+
+/// The checkpoint in `bytes` if it may be gossiped on for `customer`: a `Kind::Radio`
+/// envelope that `customer` signed, within the gossip size limit and freshness window, whose
+/// body is a [`Checkpoint`]. Whether its ranges count is the radio rules' business, as for any
+/// gossiped checkpoint.
+pub(crate) fn relayable(
+    customer: &NodeId,
+    bytes: &[u8],
+    now: u64,
+) -> Result<(Envelope, Checkpoint), RelayRefusal> {
+    let envelope = Envelope::open(bytes, MAX_GOSSIP_BYTES)
+        .and_then(|e| e.check_fresh(now, GOSSIP_MAX_SKEW_MS).map(|()| e))
+        .map_err(|e| RelayRefusal::Envelope(e.to_string()))?;
+    if envelope.sender != *customer {
+        return Err(RelayRefusal::NotTheSigner(envelope.sender));
+    }
+    let checkpoint = envelope
+        .body::<Checkpoint>(Kind::Radio)
+        .map_err(|e| RelayRefusal::NotACheckpoint(e.to_string()))?;
+    Ok((envelope, checkpoint))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::SeqRange;
+    use agora_market::{KeySigner, Signer};
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn checkpoint() -> Checkpoint {
+        Checkpoint {
+            service: "own".into(),
+            ranges: vec![SeqRange {
+                device: 101,
+                first: 159,
+                last: 160,
+                count: 2,
+            }],
+            proof: String::new(),
+            released: Vec::new(),
+            at: NOW,
+        }
+    }
+
+    fn sealed(signer: &KeySigner, kind: Kind, at: u64, body: &impl serde::Serialize) -> Vec<u8> {
+        Envelope::seal_body(signer, kind, at, 7, body)
+            .unwrap()
+            .to_bytes()
+    }
+
+    #[test]
+    fn the_customers_fresh_checkpoint_is_relayed_as_signed() {
+        let customer = KeySigner::from_seed(1);
+        let bytes = sealed(&customer, Kind::Radio, NOW - 1_000, &checkpoint());
+        let (envelope, c) = relayable(&customer.node_id(), &bytes, NOW).unwrap();
+        assert_eq!(c, checkpoint());
+        // Gossiped as the very bytes the customer signed: its own copy is a duplicate.
+        assert_eq!(envelope.to_bytes(), bytes);
+        assert_eq!(envelope.sender, customer.node_id());
+    }
+
+    #[test]
+    fn anything_but_the_signers_fresh_radio_checkpoint_is_refused() {
+        let customer = KeySigner::from_seed(1);
+        let other = KeySigner::from_seed(2);
+        let me = customer.node_id();
+        // Someone else's checkpoint, handed over inside the customer's snapshot.
+        let theirs = sealed(&other, Kind::Radio, NOW, &checkpoint());
+        assert_eq!(
+            relayable(&me, &theirs, NOW).unwrap_err(),
+            RelayRefusal::NotTheSigner(other.node_id())
+        );
+        // Stale: receivers would drop it; a fresh one from the future too.
+        for at in [NOW - GOSSIP_MAX_SKEW_MS - 1, NOW + GOSSIP_MAX_SKEW_MS + 1] {
+            let old = sealed(&customer, Kind::Radio, at, &checkpoint());
+            assert!(matches!(
+                relayable(&me, &old, NOW),
+                Err(RelayRefusal::Envelope(_))
+            ));
+        }
+        // Another kind of message, or another body.
+        let market = sealed(&customer, Kind::Market, NOW, &checkpoint());
+        assert!(matches!(
+            relayable(&me, &market, NOW),
+            Err(RelayRefusal::NotACheckpoint(_))
+        ));
+        let not = sealed(&customer, Kind::Radio, NOW, &"a string");
+        assert!(matches!(
+            relayable(&me, &not, NOW),
+            Err(RelayRefusal::NotACheckpoint(_))
+        ));
+        // Tampered, garbage, oversized.
+        let mut tampered = sealed(&customer, Kind::Radio, NOW, &checkpoint());
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(relayable(&me, &tampered, NOW).is_err());
+        assert!(relayable(&me, b"junk", NOW).is_err());
+        let big = vec![0u8; MAX_GOSSIP_BYTES + 1];
+        assert!(matches!(
+            relayable(&me, &big, NOW),
+            Err(RelayRefusal::Envelope(_))
+        ));
     }
 }

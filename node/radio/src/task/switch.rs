@@ -47,8 +47,10 @@ impl RadioTask {
             last_processed.push((*device, d.status.last_processed));
         }
         // What the old instance processed is checkpointed under its name.
-        let mut frames = self.state.take_in_flight(from);
-        frames.extend(self.pending.remove(from).unwrap_or_default());
+        if let Some(p) = self.state.take_in_flight(from) {
+            self.publish_checkpoint(p).await;
+        }
+        let frames = self.pending.remove(from).unwrap_or_default();
         self.checkpoint_frames(from, frames, Vec::new()).await;
         match &state {
             Ok(keys) => info!(%from, %to, keys, ?last_processed, "devices and state moved"),

@@ -37,11 +37,15 @@ skipped=$(mktemp)
 export AGORA_SKIPPED_FILE="$skipped"
 # cargo test by default. AGORA_TEST_RUNNER=nextest runs cargo-nextest instead (every test in its
 # own process, the tests of all binaries scheduled together, the longest end-to-end tests first:
-# .config/nextest.toml): the test phase takes ~525 s instead of ~800 s, but with two end-to-end
-# tests side by side the way back of a handover lost readings in 3 of 4 runs (docs/STATUS.md
-# #7), so it is not the default until that is fixed. Arguments go to the runner (a test name
-# filter, `-p CRATE`, ...).
+# .config/nextest.toml): the test phase takes ~525 s instead of ~800 s. It is not the default:
+# CI would first have to build cargo-nextest, and its side-by-side schedule is what found the
+# handover's lost checkpoint (docs/STATUS.md #7, fixed in session 21); it has had no full run
+# since. Arguments go to the runner (a test name filter, `-p CRATE`, ...).
 if [ "${AGORA_TEST_RUNNER:-cargo}" = nextest ]; then
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "test: installing cargo-nextest (cargo install --locked)"
+    cargo install --locked cargo-nextest
+  fi
   cargo nextest run --workspace --locked "$@" 2>&1 | tee "$log"
   # nextest does not run doctests: cargo test does, for the whole run only.
   if [ "$#" -eq 0 ]; then

@@ -190,5 +190,10 @@ async fn stateful_handover_continues_the_count_from_the_customers_last_checkpoin
     assert!(st.state.kept > 1, "{:?}", st.state);
     assert_eq!(st.state.restored, 1, "{:?}", st.state);
     assert_eq!(cov.duplicated, 0, "{cov:?}");
+    assert_eq!(cov.missing, 0, "{cov:?}");
+    // A's checkpoints came with its snapshots and B gossiped them on (a SIGKILL between B's
+    // answer and A's own gossip no longer loses one).
+    assert!(st.stats.state_checkpoints_relayed >= 1, "{:?}", st.stats);
+    assert_eq!(st.stats.state_checkpoints_refused, 0, "{:?}", st.stats);
     s.down(true).await.unwrap();
 }

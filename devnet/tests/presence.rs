@@ -160,3 +160,67 @@ async fn only_watched_peers_get_fast_heartbeats() {
     );
     net.shutdown().await;
 }
+
+/// A watched peer behind a slow link (600 ms each way: heartbeats come back after 1.2 s, more
+/// than the 1 s presence timeout) answers every beat and is never declared down: its timeout
+/// follows its measured round trip (`agora_network::presence::watched_timeout`). With the fixed
+/// timeout it flapped down and up at every beat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_peer_on_a_slow_link_is_not_declared_down_while_it_answers() {
+    let net = Devnet::builder()
+        .nodes(2)
+        .committee(1)
+        .presence(Duration::from_millis(250), Duration::from_millis(1000))
+        .wan(Some(agora_network::wan::WanProfile {
+            latency: Duration::from_millis(600),
+            jitter: Duration::ZERO,
+            loss_ppm: 0,
+        }))
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let watcher = net.handle(1).unwrap();
+    let target = net.node_id(0);
+    let target_peer = net.handle(0).unwrap().peer_id().to_string();
+    // The connection's ping has measured the round trip (as on any connection that carries
+    // gossip before someone watches it).
+    let rtt = timeout(Duration::from_secs(30), async {
+        loop {
+            let peers = watcher.peers().await.unwrap();
+            if let Some(ms) = peers
+                .iter()
+                .find(|p| p.peer_id == target_peer)
+                .and_then(|p| p.rtt_ms)
+            {
+                return ms;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the ping measured the round trip");
+    assert!(rtt >= 1_150, "the link is slow: {rtt} ms");
+    let mut events = watcher.inbox(Interest::new("test").presence());
+    watcher.watch(target).await.unwrap();
+    // Eight seconds of heartbeats: about six answered beats, none within the fixed timeout.
+    let watched = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut downs = 0;
+    while let Ok(ev) = tokio::time::timeout_at(watched, events.recv()).await {
+        if matches!(ev, NetworkEvent::Presence(PresenceEvent::Down { node, .. }) if node == target)
+        {
+            downs += 1;
+        }
+    }
+    let table = watcher.presence().await.unwrap();
+    let p = table.iter().find(|p| p.node == target).unwrap();
+    assert_eq!(downs, 0, "a slow but answering peer was declared down");
+    assert!(p.reachable && p.watched, "{p:?}");
+    assert!(
+        agora_wire::now_ms().saturating_sub(p.last_seen) < 3_000,
+        "its heartbeats are answered: {p:?}"
+    );
+    net.shutdown().await;
+}

@@ -59,31 +59,7 @@ pub const MIN_BLOCK_TIMEOUT: Duration = Duration::from_millis(100);
 const EXPIRE_TICK: Duration = Duration::from_millis(50);
 
 /// Smoothed block latency of one provider (RFC 6298's estimator).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Latency {
-    srtt: Duration,
-    rttvar: Duration,
-}
-
-impl Latency {
-    fn first(sample: Duration) -> Latency {
-        Latency {
-            srtt: sample,
-            rttvar: sample / 2,
-        }
-    }
-
-    fn update(&mut self, sample: Duration) {
-        let err = self.srtt.abs_diff(sample);
-        self.rttvar = (self.rttvar * 3 + err) / 4;
-        self.srtt = (self.srtt * 7 + sample) / 8;
-    }
-
-    /// How long a want to this provider may wait, within `[min, max]`.
-    fn timeout(&self, min: Duration, max: Duration) -> Duration {
-        (self.srtt + self.rttvar * 4).clamp(min, max.max(min))
-    }
-}
+type Latency = agora_wire::rtt::RttEstimator;
 
 /// Progress of a fetch, published on a watch channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -438,40 +414,15 @@ async fn unixfs_size(store: &std::sync::Arc<dyn BlockStore>, cid: Cid) -> Option
 mod tests {
     use super::*;
 
-    const MAX: Duration = Duration::from_secs(5);
-
     #[test]
-    fn a_steady_provider_gets_a_short_deadline_within_the_bounds() {
+    fn a_steady_provider_gets_the_minimum_deadline_and_a_slow_one_the_maximum() {
+        let max = Duration::from_secs(5);
         let mut l = Latency::first(Duration::from_millis(5));
         for _ in 0..50 {
             l.update(Duration::from_millis(5));
         }
-        assert_eq!(l.timeout(MIN_BLOCK_TIMEOUT, MAX), MIN_BLOCK_TIMEOUT);
-        let mut slow = Latency::first(Duration::from_secs(2));
-        slow.update(Duration::from_secs(3));
-        assert_eq!(slow.timeout(MIN_BLOCK_TIMEOUT, MAX), MAX);
-    }
-
-    #[test]
-    fn the_deadline_follows_latency_and_its_variation() {
-        let mut l = Latency::first(Duration::from_millis(200));
-        for _ in 0..100 {
-            l.update(Duration::from_millis(200));
-        }
-        let steady = l.timeout(MIN_BLOCK_TIMEOUT, MAX);
-        assert!(steady >= Duration::from_millis(200) && steady < Duration::from_millis(260));
-        l.update(Duration::from_millis(900));
-        l.update(Duration::from_millis(100));
-        assert!(
-            l.timeout(MIN_BLOCK_TIMEOUT, MAX) > steady,
-            "jitter widens the deadline"
-        );
-    }
-
-    #[test]
-    fn a_minimum_above_the_maximum_keeps_the_minimum() {
-        let l = Latency::first(Duration::from_millis(1));
-        let tiny = Duration::from_millis(50);
-        assert_eq!(l.timeout(MIN_BLOCK_TIMEOUT.min(tiny), tiny), tiny);
+        assert_eq!(l.timeout(MIN_BLOCK_TIMEOUT, max), MIN_BLOCK_TIMEOUT);
+        let slow = Latency::first(Duration::from_secs(3));
+        assert_eq!(slow.timeout(MIN_BLOCK_TIMEOUT, max), max);
     }
 }

@@ -99,8 +99,8 @@ struct EventLoop {
     /// Opens heartbeat streams to watched peers.
     streams: libp2p_stream::Control,
     /// Answered heartbeats, from the beat tasks.
-    alive_tx: mpsc::Sender<PeerId>,
-    alive_rx: mpsc::Receiver<PeerId>,
+    alive_tx: mpsc::Sender<(PeerId, Option<Duration>)>,
+    alive_rx: mpsc::Receiver<(PeerId, Option<Duration>)>,
     /// Inbound requests whose envelope is being checked beside the loop (counted as pending).
     verifying: HashMap<u64, PendingInbound>,
     /// Their verdicts, from the blocking threads.
@@ -215,7 +215,8 @@ pub async fn spawn_with_metrics(
         presence: PresenceTracker::new(
             cfg.presence_timeout,
             cfg.idle_ping_interval * IDLE_PINGS_BEFORE_DOWN,
-        ),
+        )
+        .with_interval(cfg.presence_interval),
         liveness: liveness::Liveness::default(),
         cfg,
         pending_requests: HashMap::new(),
@@ -282,7 +283,7 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                Some(peer) = self.alive_rx.recv() => self.on_ping_ok(peer),
+                Some((peer, rtt)) = self.alive_rx.recv() => self.on_ping_ok(peer, rtt),
                 Some((id, verdict)) = self.verified_rx.recv() => self.on_verified(id, verdict),
                 Some((g, verdict)) = self.gossip_verified_rx.recv() => {
                     self.gossip_verifying = self.gossip_verifying.saturating_sub(1);
@@ -645,7 +646,7 @@ impl EventLoop {
                 ..
             }) => {
                 self.rtts.insert(peer, rtt);
-                self.on_ping_ok(peer);
+                self.on_ping_ok(peer, Some(rtt));
             }
             AgoraBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {

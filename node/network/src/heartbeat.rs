@@ -83,21 +83,30 @@ async fn echo(mut stream: Stream) -> std::io::Result<()> {
 }
 
 /// Sends `peer` a heartbeat every `interval` until `cancel`; each answered beat is reported on
-/// `alive`. A beat unanswered within `timeout`, or a stream that cannot be opened, is simply
-/// not reported: the presence tracker declares the peer down once it has been silent for its
-/// timeout. A broken stream is reopened at the next beat.
+/// `alive` with its round-trip time (none for a round that opened the stream). A beat unanswered within its timeout (`timeout`, or more
+/// on a slow link: the presence tracker's [`crate::presence::watched_timeout`] of the rounds
+/// measured here, starting from the ping's `known_rtt`; doubled after each unanswered beat, at
+/// most [`crate::presence::MAX_TIMEOUT_FACTOR`] × `timeout`), or a stream that cannot be opened, is simply not reported: the presence
+/// tracker declares the peer down once it has been silent for its timeout. A broken stream is
+/// reopened at the next beat.
 pub(crate) fn beat(
     mut control: libp2p_stream::Control,
     peer: PeerId,
     interval: Duration,
     timeout: Duration,
-    alive: mpsc::Sender<PeerId>,
+    known_rtt: Option<Duration>,
+    alive: mpsc::Sender<(PeerId, Option<Duration>)>,
     cancel: CancellationToken,
 ) {
     tokio::spawn(
         async move {
             let mut stream: Option<Stream> = None;
             let mut seq = 0u64;
+            let mut rtt = known_rtt.map(agora_wire::rtt::RttEstimator::first);
+            // Doubles after each unanswered beat (RFC 6298 §5.5), so a link slower than the
+            // timeout still gets a round through, and with it a sample.
+            let mut backoff = 1u32;
+            let cap = timeout * crate::presence::MAX_TIMEOUT_FACTOR;
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -106,6 +115,11 @@ pub(crate) fn beat(
                     _ = tick.tick() => {}
                 }
                 seq = seq.wrapping_add(1);
+                let round_timeout =
+                    (crate::presence::watched_timeout(timeout, interval, rtt.as_ref()) * backoff)
+                        .min(cap.max(timeout));
+                let started = tokio::time::Instant::now();
+                let opened = stream.is_some();
                 let round = async {
                     let s = match stream.as_mut() {
                         Some(s) => s,
@@ -127,19 +141,29 @@ pub(crate) fn beat(
                 };
                 let outcome = tokio::select! {
                     _ = cancel.cancelled() => break,
-                    r = tokio::time::timeout(timeout, round) => r,
+                    r = tokio::time::timeout(round_timeout, round) => r,
                 };
                 match outcome {
                     Ok(Ok(())) => {
+                        backoff = 1;
+                        // A round that opened its stream measured the stream's set-up too:
+                        // not a round-trip sample.
+                        let took = opened.then(|| started.elapsed());
+                        if let Some(t) = took {
+                            rtt = Some(agora_wire::rtt::RttEstimator::sampled(rtt, t));
+                        }
                         // A full queue means the loop is busy; the next beat will do.
-                        let _ = alive.try_send(peer);
+                        let _ = alive.try_send((peer, took));
                     }
                     Ok(Err(e)) => {
                         debug!(%peer, error = %e, "heartbeat failed");
                         stream = None;
                     }
                     Err(_) => {
-                        debug!(%peer, "heartbeat timed out");
+                        debug!(%peer, ?round_timeout, "heartbeat timed out");
+                        backoff = backoff
+                            .saturating_mul(2)
+                            .min(crate::presence::MAX_TIMEOUT_FACTOR);
                         stream = None;
                     }
                 }

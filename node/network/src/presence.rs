@@ -10,12 +10,19 @@
 //! they depend on: a watched peer gets fast heartbeats and the short timeout, every other direct
 //! peer only the slow idle ping and the long timeout.
 //!
+//! The short timeout is a floor: a watched peer's timeout follows its measured round-trip time
+//! ([`watched_timeout`]), so a peer on a slow link (satellite, cellular, a congested uplink)
+//! whose heartbeats take most of a second to come back is not declared down while it answers
+//! every one — a false `Down` would make its arbitrators hand its service over. On loopback and
+//! LAN links the floor applies, as before.
+//!
 //! This module is the pure tracker; the swarm loop feeds it connection and ping events.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use agora_market::{NodeId, Timestamp};
+use agora_wire::rtt::RttEstimator;
 use serde::{Deserialize, Serialize};
 
 /// A change in a peer's reachability.
@@ -58,6 +65,29 @@ pub struct PeerPresence {
 struct Entry {
     presence: PeerPresence,
     connected: bool,
+    /// Smoothed round-trip time of its pings and heartbeats.
+    rtt: Option<RttEstimator>,
+}
+
+/// At most this many times the configured watched timeout, however slow the peer's link: a
+/// peer that delays its own answers delays its own `Down` by a bounded amount only.
+pub const MAX_TIMEOUT_FACTOR: u32 = 10;
+
+/// How long a watched peer may be silent before it is down: the heartbeat interval plus two
+/// retransmission timeouts of its measured round trip (`srtt + 4·rttvar`, RFC 6298), so one
+/// lost or late heartbeat is not a death; never less than `floor` (the configured timeout),
+/// never more than [`MAX_TIMEOUT_FACTOR`] × `floor`. Without a sample yet: `floor`.
+pub fn watched_timeout(
+    floor: Duration,
+    interval: Duration,
+    rtt: Option<&RttEstimator>,
+) -> Duration {
+    let Some(rtt) = rtt else {
+        return floor;
+    };
+    let cap = floor * MAX_TIMEOUT_FACTOR;
+    let derived = interval + rtt.timeout(Duration::ZERO, cap) * 2;
+    derived.clamp(floor, cap.max(floor))
 }
 
 /// Most peers the tracker remembers; above it, unwatched peers without a connection are
@@ -68,7 +98,8 @@ pub const MAX_TRACKED_PEERS: usize = 2048;
 /// Pure presence tracker; the event loop feeds it connection events, pings and ticks.
 #[derive(Debug)]
 pub struct PresenceTracker {
-    watched_timeout: u64,
+    watched_timeout: Duration,
+    interval: Duration,
     idle_timeout: u64,
     max_peers: usize,
     peers: HashMap<NodeId, Entry>,
@@ -80,12 +111,20 @@ impl PresenceTracker {
     /// ping, and any other peer after `idle_timeout`.
     pub fn new(watched_timeout: Duration, idle_timeout: Duration) -> Self {
         PresenceTracker {
-            watched_timeout: agora_wire::duration_ms(watched_timeout),
+            watched_timeout,
+            interval: Duration::ZERO,
             idle_timeout: agora_wire::duration_ms(idle_timeout),
             max_peers: MAX_TRACKED_PEERS,
             peers: HashMap::new(),
             evicted: 0,
         }
+    }
+
+    /// The same tracker with watched peers beating every `interval` (part of their
+    /// RTT-derived timeout, see [`watched_timeout`]).
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
     }
 
     /// The same tracker remembering at most `max_peers` evictable peers.
@@ -140,7 +179,34 @@ impl PresenceTracker {
                 watched: false,
             },
             connected: false,
+            rtt: None,
         })
+    }
+
+    /// A measured round trip to `node` (a ping or a heartbeat); ignored for a peer not in the
+    /// table (it is added by its connection, not by a sample).
+    pub fn rtt_sample(&mut self, node: NodeId, rtt: Duration) {
+        if let Some(e) = self.peers.get_mut(&node) {
+            e.rtt = Some(RttEstimator::sampled(e.rtt, rtt));
+        }
+    }
+
+    /// How long `node` may be silent before it is down, as things stand (ms); `None` for a
+    /// peer not in the table.
+    pub fn timeout_ms(&self, node: &NodeId) -> Option<u64> {
+        self.peers.get(node).map(|e| self.timeout_of(e))
+    }
+
+    fn timeout_of(&self, e: &Entry) -> u64 {
+        if e.presence.watched {
+            agora_wire::duration_ms(watched_timeout(
+                self.watched_timeout,
+                self.interval,
+                e.rtt.as_ref(),
+            ))
+        } else {
+            self.idle_timeout
+        }
     }
 
     /// A connection to `node` was established; `Up` if it was not reachable before.
@@ -189,20 +255,21 @@ impl PresenceTracker {
 
     /// Declares peers down whose pings stopped for longer than their timeout.
     pub fn tick(&mut self, now: Timestamp) -> Vec<PresenceEvent> {
-        let (watched_timeout, idle_timeout) = (self.watched_timeout, self.idle_timeout);
-        let mut out: Vec<PresenceEvent> = self
+        let late: Vec<NodeId> = self
             .peers
-            .values_mut()
+            .values()
             .filter(|e| {
-                let timeout = if e.presence.watched {
-                    watched_timeout
-                } else {
-                    idle_timeout
-                };
-                e.presence.reachable && now.saturating_sub(e.presence.last_seen) > timeout
+                e.presence.reachable
+                    && now.saturating_sub(e.presence.last_seen) > self.timeout_of(e)
             })
-            .map(|e| Self::mark_down(&mut e.presence, now))
+            .map(|e| e.presence.node)
             .collect();
+        let mut out = Vec::with_capacity(late.len());
+        for n in &late {
+            if let Some(e) = self.peers.get_mut(n) {
+                out.push(Self::mark_down(&mut e.presence, now));
+            }
+        }
         out.sort_by_key(|e| match e {
             PresenceEvent::Up { node, .. } | PresenceEvent::Down { node, .. } => *node,
         });
@@ -308,6 +375,65 @@ mod tests {
         assert!(t.get(&b).is_some_and(|p| p.reachable));
         assert_eq!(t.tick(5_001).len(), 1, "the idle peer times out later");
         assert!(t.get(&b).is_some_and(|p| !p.reachable));
+    }
+
+    #[test]
+    fn a_watched_peer_on_a_slow_link_is_down_only_after_its_rtt_derived_timeout() {
+        let (slow, fast) = (node(), KeySigner::from_seed(2).node_id());
+        let mut t = PresenceTracker::new(Duration::from_secs(1), Duration::from_secs(60))
+            .with_interval(Duration::from_millis(250));
+        for n in [slow, fast] {
+            t.set_watched(n, true, 0);
+            t.connected(n, 0);
+        }
+        // Heartbeats answered after 800 ms (a 400 ms link each way), steadily; the other peer
+        // is on loopback.
+        for _ in 0..20 {
+            t.rtt_sample(slow, Duration::from_millis(800));
+            t.rtt_sample(fast, Duration::from_millis(1));
+        }
+        // 250 + 2 × (800 + 4·rttvar): about 1.9 s, against the 1 s floor.
+        let slow_timeout = t.timeout_ms(&slow).unwrap_or(0);
+        assert!((1_850..2_100).contains(&slow_timeout), "{slow_timeout}");
+        assert_eq!(t.timeout_ms(&fast), Some(1_000), "loopback keeps the floor");
+        // Its answers come every ~800 ms, so silences of up to that much are normal: 1.2 s of
+        // silence (one late answer) is no death for it, and is for the fast peer.
+        let down = t.tick(1_200);
+        assert_eq!(
+            down.iter()
+                .map(|e| match e {
+                    PresenceEvent::Down { node, .. } | PresenceEvent::Up { node, .. } => *node,
+                })
+                .collect::<Vec<_>>(),
+            vec![fast]
+        );
+        assert!(t.get(&slow).is_some_and(|p| p.reachable));
+        // Past its own timeout it is down too.
+        assert_eq!(t.tick(slow_timeout + 1).len(), 1);
+        assert!(t.get(&slow).is_some_and(|p| !p.reachable));
+    }
+
+    #[test]
+    fn the_derived_timeout_has_a_floor_a_cap_and_ignores_unknown_peers() {
+        let floor = Duration::from_secs(1);
+        let beat = Duration::from_millis(250);
+        assert_eq!(watched_timeout(floor, beat, None), floor);
+        let lan = RttEstimator::first(Duration::from_millis(2));
+        assert_eq!(watched_timeout(floor, beat, Some(&lan)), floor);
+        // A peer that answers after a minute gets at most ten times the floor.
+        let stalling = RttEstimator::first(Duration::from_secs(60));
+        assert_eq!(
+            watched_timeout(floor, beat, Some(&stalling)),
+            floor * MAX_TIMEOUT_FACTOR
+        );
+        // An unwatched peer keeps the idle timeout whatever its RTT.
+        let n = node();
+        let mut t = PresenceTracker::new(floor, Duration::from_secs(30)).with_interval(beat);
+        t.rtt_sample(n, Duration::from_secs(5));
+        assert_eq!(t.timeout_ms(&n), None, "a sample adds no peer to the table");
+        t.connected(n, 0);
+        t.rtt_sample(n, Duration::from_secs(5));
+        assert_eq!(t.timeout_ms(&n), Some(30_000));
     }
 
     #[test]

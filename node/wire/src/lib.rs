@@ -14,6 +14,7 @@ pub mod codec;
 pub mod deal;
 pub mod probe;
 pub mod radio;
+pub mod rtt;
 pub mod storage;
 pub mod sync;
 pub mod topics;

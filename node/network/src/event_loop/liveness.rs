@@ -106,10 +106,13 @@ impl EventLoop {
         }
     }
 
-    /// `peer` answered a ping or a heartbeat.
-    pub(super) fn on_ping_ok(&mut self, peer: PeerId) {
+    /// `peer` answered a ping or a heartbeat, after `rtt` when that was a round trip.
+    pub(super) fn on_ping_ok(&mut self, peer: PeerId, rtt: Option<Duration>) {
         if let Some(node) = node_id_of(&peer) {
             let ev = self.presence.alive(node, now_ms());
+            if let Some(rtt) = rtt {
+                self.presence.rtt_sample(node, rtt);
+            }
             self.emit_presence(ev);
         }
     }
@@ -245,6 +248,7 @@ impl EventLoop {
                 peer,
                 self.cfg.presence_interval,
                 self.cfg.presence_timeout,
+                self.rtts.get(&peer).copied(),
                 self.alive_tx.clone(),
                 beats.clone(),
             );

@@ -50,7 +50,16 @@ pub struct AuctionBody {
     /// Hosted service wanted from this time on (a pre-contracted slot), else right away.
     #[serde(default)]
     pub start_at: Option<Timestamp>,
+    /// The only providers the customer will award (a fleet placement names its target);
+    /// empty: any. Others do not bid, so they hold no capacity for it (at most
+    /// [`MAX_AUCTION_ONLY`], checked on receipt). Left out of the encoding when empty, so an
+    /// open auction's bytes and id are what they were before the field existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<NodeId>,
 }
+
+/// Most providers an auction may be restricted to.
+pub const MAX_AUCTION_ONLY: usize = 64;
 
 /// A signed auction request.
 pub type AuctionRequest = Signed<AuctionBody>;
@@ -105,6 +114,18 @@ impl AuctionSpec {
         now: Timestamp,
         nonce: u64,
     ) -> Result<AuctionRequest, MarketError> {
+        self.create_for(signer, now, nonce, Vec::new())
+    }
+
+    /// [`AuctionSpec::create`] for an auction only the providers in `only` may win (empty:
+    /// any); the request names them so that nobody else bids.
+    pub fn create_for(
+        self,
+        signer: &dyn Signer,
+        now: Timestamp,
+        nonce: u64,
+        only: Vec<NodeId>,
+    ) -> Result<AuctionRequest, MarketError> {
         let window_closes_at = now.saturating_add(self.window_ms);
         let body = AuctionBody {
             customer: signer.node_id(),
@@ -120,6 +141,7 @@ impl AuctionSpec {
             expires_at: window_closes_at.saturating_add(self.award_grace_ms),
             service: self.service,
             start_at: self.start_at,
+            only,
         };
         Signed::sign(body, signer)
     }

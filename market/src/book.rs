@@ -296,12 +296,14 @@ impl<S: Signer + Clone> MarketState<S> {
     pub fn handle(&mut self, now: Timestamp, input: Input) -> Vec<Effect> {
         let mut out = Vec::new();
         let result = match input {
-            Input::CreateAuction(spec) => self.create_auction(now, spec, &mut out).map(|_| ()),
-            Input::CreateAuctionFor { spec, only } => {
-                self.create_auction(now, spec, &mut out).map(|id| {
+            Input::CreateAuction(spec) => self
+                .create_auction(now, spec, Vec::new(), &mut out)
+                .map(|_| ()),
+            Input::CreateAuctionFor { spec, only } => self
+                .create_auction(now, spec, only.iter().copied().collect(), &mut out)
+                .map(|id| {
                     self.restricted.insert(id, only);
-                })
-            }
+                }),
             Input::PlaceBid { auction, spec } => self.place_bid(now, auction, spec, &mut out),
             Input::PublishOffer(spec) => self.publish_offer(now, spec, &mut out),
             Input::TakeOffer { offer, duration_ms } => {

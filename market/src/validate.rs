@@ -234,6 +234,15 @@ pub fn check_auction(
             "1 ..= market.limits.max_price tokens",
         ));
     }
+    if b.only.len() > crate::auction::MAX_AUCTION_ONLY {
+        return Err(absurd(
+            "auction",
+            ids,
+            "only",
+            b.only.len(),
+            "an auction names at most 64 providers it is restricted to",
+        ));
+    }
     if let Some(near) = &b.near
         && !near.is_valid()
     {

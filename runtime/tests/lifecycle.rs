@@ -426,3 +426,26 @@ fn stage_refuses_unusable_limits() {
         Err(RuntimeError::OverHostMemory { .. })
     ));
 }
+
+#[test]
+fn concurrent_loads_of_one_module_compile_it_once() {
+    // An arbitrator of several contracts and provider of another, all with one image, loads it
+    // from several tasks at once: the first compiles and caches, the others wait and reuse the
+    // artifact (before, each compiled it, and all but one failed to cache it).
+    let dir = tempfile::tempdir().unwrap();
+    let host = test_utils::host(dir.path());
+    let id = ModuleId::for_bytes(ECHO.as_bytes());
+    let loads: Vec<_> = (0..6)
+        .map(|_| {
+            let host = host.clone();
+            std::thread::spawn(move || host.load(&id, ECHO.as_bytes()).map(|m| m.from_cache()))
+        })
+        .collect();
+    let cached: Vec<bool> = loads
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert_eq!(host.compiles(), 1, "compiled once");
+    assert_eq!(cached.iter().filter(|c| !**c).count(), 1, "{cached:?}");
+    assert!(host.load_cached(&id).unwrap().unwrap().from_cache());
+}

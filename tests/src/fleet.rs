@@ -79,16 +79,91 @@ pub fn wait_for(
     let deadline = std::time::Instant::now() + timeout;
     while !f() {
         if std::time::Instant::now() >= deadline {
-            eprintln!("status: {}", status(net, id));
-            for i in nodes {
-                eprintln!(
-                    "node{i} services: {:?}",
-                    try_agora_json(&["service", "list", "--data-dir", &net.node(*i)])
-                );
-            }
+            dump(net, id, nodes);
             panic!("timed out waiting for {what}");
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// What a failed wait prints, so that the failure explains itself: the deployer's status and
+/// counters, its contracts as its ledger sees them, and per node its ledger height, the
+/// contracts it provides as its own ledger sees them, and its services (state, image, uptime).
+/// The devnet directory with every node's log is kept too (`TestDevnet`'s drop on a panic).
+pub fn dump(net: &TestDevnet, id: &str, nodes: &[usize]) {
+    let ids = node_ids(net);
+    let short =
+        |v: &serde_json::Value| -> String { v.as_str().unwrap_or("?").chars().take(8).collect() };
+    let who = |v: &serde_json::Value| -> String {
+        ids.iter()
+            .position(|n| Some(n.as_str()) == v.as_str())
+            .map_or_else(|| short(v), |i| format!("node{i}"))
+    };
+    let img = |v: &serde_json::Value| -> String {
+        let s = v.as_str().unwrap_or("?");
+        s.get(s.len().saturating_sub(6)..).unwrap_or(s).to_string()
+    };
+    let contracts = |i: usize| -> Vec<String> {
+        try_agora_json(&["contract", "list", "--data-dir", &net.node(i)])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| {
+                c["customer"] == ids[0].as_str() && (i == 0 || c["provider"] == ids[i].as_str())
+            })
+            .map(|c| {
+                format!(
+                    "{} {}->{} image ..{} {}",
+                    short(&c["id"]),
+                    who(&c["customer"]),
+                    who(&c["provider"]),
+                    img(&c["image"]),
+                    c["status"].as_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    };
+    let height = |i: usize| {
+        try_agora_json(&["ledger", "status", "--data-dir", &net.node(i)])
+            .map(|s| s["height"].clone())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    eprintln!("deployer status: {}", status(net, id));
+    eprintln!(
+        "deployer fleet stats: {}",
+        try_agora_json(&["deploy", "list", "--data-dir", &net.node(0)])
+            .map(|v| v["stats"].clone())
+            .unwrap_or(serde_json::Value::Null)
+    );
+    eprintln!(
+        "node0 (deployer) height {}, its contracts: {:#?}",
+        height(0),
+        contracts(0)
+    );
+    for &i in nodes {
+        let services: Vec<String> =
+            try_agora_json(&["service", "list", "--data-dir", &net.node(i)])
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {} ..{} {} up {} ms",
+                        short(&s["id"]),
+                        s["name"].as_str().unwrap_or("?"),
+                        img(&s["image"]),
+                        s["state"],
+                        s["metering"]["uptime_ms"]
+                    )
+                })
+                .collect();
+        eprintln!(
+            "node{i} ({}): height {}, contracts it provides {:?}, services {:?}",
+            short(&serde_json::Value::String(ids[i].clone())),
+            height(i),
+            contracts(i),
+            services
+        );
     }
 }
 

@@ -155,6 +155,20 @@ impl TestDevnet {
     }
 }
 
+impl Drop for TestDevnet {
+    /// A failing test (or `AGORA_KEEP_DEVNET=1`) keeps the devnet directory, with every
+    /// node's `node.log`, and says where it is; the nodes are still brought down.
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("AGORA_KEEP_DEVNET").is_some() {
+            self.tmp.disable_cleanup(true);
+            eprintln!(
+                "devnet kept for inspection (node logs in nodeN/node.log): {}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
 /// The demo's lora-gateway module, or `None` after saying `test` is skipped when this toolchain
 /// has no wasm32-wasip1 target (`rustup target add wasm32-wasip1`; `scripts/test.sh` and CI
 /// add it). With the target installed the module must build: a failure panics, so a test that

@@ -51,6 +51,7 @@ fn hostile_auction(adv: &Adversary, nonce: u64, window_ms: u64) -> (AuctionId, V
         expires_at: now + window_ms + 3_600_000,
         service: None,
         start_at: None,
+        only: Vec::new(),
     };
     let signed = Signed::sign(body, adv.signer()).unwrap();
     let id = signed.id().unwrap();

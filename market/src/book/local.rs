@@ -8,7 +8,7 @@ use crate::auction::{
 };
 use crate::capacity::ReservationKey;
 use crate::error::MarketError;
-use crate::identity::{Signer, Timestamp};
+use crate::identity::{NodeId, Signer, Timestamp};
 use crate::ids::{AuctionId, OfferId};
 use crate::message::{MarketMessage, topic_for_region};
 use crate::signed::Signed;
@@ -19,10 +19,11 @@ impl<S: Signer + Clone> MarketState<S> {
         &mut self,
         now: Timestamp,
         spec: AuctionSpec,
+        only: Vec<NodeId>,
         out: &mut Vec<Effect>,
     ) -> Result<AuctionId, MarketError> {
         let nonce = self.next_nonce(now);
-        let req = spec.create(&self.signer, now, nonce)?;
+        let req = spec.create_for(&self.signer, now, nonce, only)?;
         // Our own request passes the same checks as a peer's, so we never gossip garbage.
         let id = check_auction(&req, now, &self.config.limits)?;
         self.replay.record(&req.body)?;

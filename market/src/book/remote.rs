@@ -73,7 +73,11 @@ impl<S: Signer + Clone> MarketState<S> {
         self.replay.record(&req.body)?;
         tracing::debug!(auction = %id.short(), customer = %req.body.customer.short(), "auction accepted");
         let close = req.body.window_closes_at;
-        let decision = if req.body.customer == self.me {
+        // An auction restricted to other providers is not ours to bid on: a bid would only
+        // hold capacity and count against the customer's holds here (`may_auto_bid`), so a
+        // deployer placing three targets at once had the third target decline its own.
+        let not_for_us = !req.body.only.is_empty() && !req.body.only.contains(&self.me);
+        let decision = if req.body.customer == self.me || not_for_us {
             None
         } else {
             self.config.dmu.provider.decide_bid(&req.body, &self.ledger)

@@ -329,6 +329,47 @@ fn a_second_bid_on_one_auction_says_why_and_what_to_do() {
 }
 
 #[test]
+fn auctions_restricted_to_others_do_not_use_up_a_provider_s_holds_for_that_customer() {
+    // A fleet deployer places three targets at once, one restricted auction each. Each
+    // provider may hold at most two open bids per customer (`max_holds_per_customer`): when
+    // every provider bid on every auction, the third target had already used its two holds on
+    // the others' auctions and declined its own, which closed without a bid (the
+    // `fleet_variants` flake: the target moved to variant b waited a minute per retry).
+    let mut net = Net::new(vec![
+        MarketConfig::default(),
+        provider_config(big_capacity()),
+        provider_config(big_capacity()),
+        provider_config(big_capacity()),
+    ]);
+    assert_eq!(net.nodes[1].config().dmu.provider.max_holds_per_customer, 2);
+    for p in [1, 2, 3] {
+        let only = std::collections::BTreeSet::from([net.nodes[p].node_id()]);
+        net.input(
+            0,
+            0,
+            Input::CreateAuctionFor {
+                spec: spec(1000),
+                only,
+            },
+        );
+    }
+    let auctions = net.nodes[0].auctions().clone();
+    assert_eq!(auctions.len(), 3);
+    for entry in auctions.values() {
+        let providers: Vec<NodeId> = entry.bids.values().map(|b| b.body.provider).collect();
+        assert_eq!(providers, entry.request.body.only, "only its target bid");
+    }
+    for p in [1, 2, 3] {
+        assert_eq!(net.nodes[p].ledger().reservations().len(), 1, "node{p}");
+        assert_eq!(net.nodes[p].book_stats().counters.auto_bids_declined, 0);
+    }
+    net.input(10_000, 0, Input::Tick);
+    for p in [1, 2, 3] {
+        assert_eq!(net.agreed(p).len(), 1, "node{p} won its own auction");
+    }
+}
+
+#[test]
 fn a_restricted_auction_is_won_only_by_the_chosen_provider() {
     // Node 1 is cheap and would win; the fleet's plan chose node 2, so only its bid may win.
     let mut dear = provider_config(big_capacity());
@@ -347,11 +388,27 @@ fn a_restricted_auction_is_won_only_by_the_chosen_provider() {
             only: std::collections::BTreeSet::from([chosen]),
         },
     );
-    let entry = net.nodes[0].auctions().values().next().cloned().unwrap();
+    let (aid, entry) = net.nodes[0]
+        .auctions()
+        .iter()
+        .next()
+        .map(|(k, v)| (*k, v.clone()))
+        .unwrap();
+    assert_eq!(
+        entry.request.body.only,
+        vec![chosen],
+        "the request names it"
+    );
     assert_eq!(
         entry.bids.len(),
-        2,
-        "both bid; the restriction is the customer's own"
+        1,
+        "only the chosen provider bids; the other holds nothing for it"
+    );
+    assert!(
+        !net.nodes[1]
+            .ledger()
+            .reservations()
+            .contains_key(&ReservationKey::Auction(aid))
     );
     net.input(10_000, 0, Input::Tick);
     let winner = net

@@ -74,6 +74,26 @@ fn auction_checks() {
         check_auction(&nowhere, 1, &limits()),
         Err(MarketError::UnknownRegion { .. })
     ));
+    // Restricted to at most 64 providers; an unrestricted auction encodes as before.
+    let named = |n: u64| {
+        let mut body = ok.body.clone();
+        body.only = (0..n)
+            .map(|i| crate::identity::Signer::node_id(&signer(100 + i)))
+            .collect();
+        crate::signed::Signed::sign(body, &c).unwrap()
+    };
+    assert!(check_auction(&named(64), 1, &limits()).is_ok());
+    assert!(matches!(
+        check_auction(&named(65), 1, &limits()),
+        Err(MarketError::Absurd { field: "only", .. })
+    ));
+    // The CBOR key "only" (a text string of 4 bytes: 0x64).
+    let has_key = |body: &crate::auction::AuctionBody| {
+        let bytes = crate::signed::canonical_bytes(body, "auction").unwrap();
+        bytes.windows(5).any(|w| w == b"\x64only")
+    };
+    assert!(!has_key(&ok.body), "an empty restriction is left out");
+    assert!(has_key(&named(1).body));
 }
 
 #[test]

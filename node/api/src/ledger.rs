@@ -209,6 +209,7 @@ async fn contracts(
                         "provider": r.contract.provider.to_string(),
                         "kind": format!("{:?}", r.contract.kind).to_lowercase(),
                         "status": format!("{:?}", r.status).to_lowercase(),
+                        "image": r.contract.service_image.to_string(),
                         "payment": r.contract.payment,
                         "paid_to_provider": r.paid_to_provider,
                     })

@@ -43,7 +43,14 @@ fn live_contracts(net: &TestDevnet, ids: &[String], image: &str) -> Vec<usize> {
                         && c["image"] == image
                         && !matches!(
                             c["status"].as_str(),
-                            Some("completed" | "breached" | "cancelled" | "settled" | "slashed" | "expired")
+                            Some(
+                                "completed"
+                                    | "breached"
+                                    | "cancelled"
+                                    | "settled"
+                                    | "slashed"
+                                    | "expired"
+                            )
                         )
                 })
                 .count()
@@ -119,7 +126,11 @@ fn a_restarted_deployer_keeps_its_deployment_and_places_no_second_replica() {
         .iter()
         .filter_map(|d| d["id"].as_str())
         .collect();
-    assert_eq!(listed, vec![id.as_str()], "deploy list after the restart: {list}");
+    assert_eq!(
+        listed,
+        vec![id.as_str()],
+        "deploy list after the restart: {list}"
+    );
     let st = status(&net, &id);
     assert_eq!(st["version"], version, "{st}");
     assert_eq!(st["targets"].as_array().map(Vec::len), Some(3), "{st}");

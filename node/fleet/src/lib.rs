@@ -380,10 +380,17 @@ impl FleetTask {
                 );
             }
         }
-        info!(kept = report.kept, dropped = report.dropped, targets = report.targets,
-            adopted = report.adopted, gone = report.gone, bad_entries = report.bad_entries,
-            upgrades_resumed = report.upgrades_resumed, placements = self.placements.len(),
-            "fleet deployments restored after a restart");
+        info!(
+            kept = report.kept,
+            dropped = report.dropped,
+            targets = report.targets,
+            adopted = report.adopted,
+            gone = report.gone,
+            bad_entries = report.bad_entries,
+            upgrades_resumed = report.upgrades_resumed,
+            placements = self.placements.len(),
+            "fleet deployments restored after a restart"
+        );
         for effect in effects {
             let _ = self.execute(effect).await;
         }

@@ -157,8 +157,8 @@ pub fn write(path: &Path, body: &[u8]) -> std::io::Result<()> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use agora_market::fleet::{
-        DeploymentSpec, FleetConfig, FleetState, Input, LiveContract, Replicas, Selector,
-        Strategy, TargetPhase,
+        DeploymentSpec, FleetConfig, FleetState, Input, LiveContract, Replicas, Selector, Strategy,
+        TargetPhase,
     };
     use agora_market::{KeySigner, Resources, Signer};
 

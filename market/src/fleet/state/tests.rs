@@ -842,8 +842,10 @@ fn a_restarted_deployer_keeps_its_deployments_and_places_no_second_replica() {
         .iter()
         .map(|t| (t.node, t.phase.clone()))
         .collect();
-    let mut want: Vec<(NodeId, String)> =
-        vec![(Net::id(2), "healthy".into()), (Net::id(3), "healthy".into())];
+    let mut want: Vec<(NodeId, String)> = vec![
+        (Net::id(2), "healthy".into()),
+        (Net::id(3), "healthy".into()),
+    ];
     want.sort();
     assert_eq!(
         phases, want,
@@ -865,8 +867,12 @@ fn a_restarted_deployer_keeps_its_deployments_and_places_no_second_replica() {
 #[test]
 fn a_restore_adopts_open_contracts_and_waits_for_unknown_targets() {
     let mut net = Net::new(FleetConfig::default());
-    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::Count(2))))
-        .unwrap();
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Push, Replicas::Count(2))),
+    )
+    .unwrap();
     let id = deployment_id(&Net::id(1), "gw");
     // Saved before any tick: no target yet, no provider facts. The ledger shows a contract of
     // the image on node 3 (an auction that ended in a contract as the deployer went down) and

@@ -10,6 +10,7 @@
 //! carries out the effects (auctions and contracts per target through the existing market).
 
 mod provider;
+mod saved;
 mod upgrading;
 mod variants;
 
@@ -31,6 +32,7 @@ use crate::ids::DeploymentId;
 use crate::resources::Resources;
 
 pub use provider::LocalReplica;
+pub use saved::{LiveContract, RESTORE_GRACE_MS, RestoreReport, SavedDeployment, SavedFleet};
 pub use upgrading::{UpgradeTargetView, UpgradeView};
 pub use variants::Assigned;
 
@@ -338,6 +340,8 @@ pub struct FleetState<S: Signer> {
     store: DeploymentStore,
     local: BTreeMap<DeploymentId, LocalReplica>,
     counters: FleetCounters,
+    /// When this node's deployments were restored after a restart ([`FleetState::restore`]).
+    restored_at: Option<Timestamp>,
 }
 
 impl<S: Signer> FleetState<S> {
@@ -354,6 +358,7 @@ impl<S: Signer> FleetState<S> {
             self_facts: None,
             local: BTreeMap::new(),
             counters: FleetCounters::default(),
+            restored_at: None,
         }
     }
 
@@ -527,6 +532,11 @@ impl<S: Signer> FleetState<S> {
             if upgrading::under_way(own) {
                 // The upgrade owns the targets until it ends; the plan resumes then.
                 upgrading::drive(*id, own, now, &self.signer, cfg.valid_for_ms, out)?;
+                continue;
+            }
+            if saved::in_grace(self.restored_at, &self.providers, own, now) {
+                // Restored after a restart: wait for its targets to offer themselves again
+                // rather than releasing them as unknown.
                 continue;
             }
             own.avoid.retain(|_, until| *until > now);

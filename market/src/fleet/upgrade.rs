@@ -182,6 +182,25 @@ impl Upgrade {
         }
     }
 
+    /// How many instances' phases the machine holds (bounds a saved machine read back).
+    pub fn seen_len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// The longest reason the machine holds, bytes (bounds a saved machine read back).
+    pub fn longest_reason(&self) -> usize {
+        let outcome = match &self.outcome {
+            Outcome::RollingBack { reason, .. } | Outcome::RolledBack { reason, .. } => {
+                reason.len()
+            }
+            _ => 0,
+        };
+        self.seen
+            .values()
+            .filter_map(|(_, r)| r.as_ref().map(String::len))
+            .fold(outcome, usize::max)
+    }
+
     /// The last phase (and reason) heard of `target`'s instance of `which` image.
     pub fn phase(&self, target: NodeId, which: Which) -> Option<&(TargetPhase, Option<String>)> {
         self.seen.get(&(target, which))

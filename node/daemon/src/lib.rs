@@ -363,6 +363,7 @@ async fn start_with_key(
             ledger: ledger.clone(),
             services: services.clone(),
             storage: storage.clone(),
+            state_file: Some(data_dir.join(agora_fleet::saved_file::FILE_NAME)),
         },
         cancel.clone(),
     )

@@ -21,18 +21,20 @@
 mod effects;
 pub mod progress;
 pub mod quota;
+pub mod saved_file;
 mod tick;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use agora_contracts::ContractId;
+use agora_contracts::{ContractId, ContractStatus};
 use agora_exchange::StorageHandle;
 use agora_hosting::ServiceHost;
 use agora_ledger::LedgerHandle;
 use agora_market::fleet::{
     CandidateFacts, DeploymentSpec, DeploymentView, FLEET_TOPIC, FleetConfig, FleetCounters,
-    FleetError, FleetMessage, FleetState, Input, ReleaseReason, UpgradeConfig,
+    FleetError, FleetMessage, FleetState, Input, LiveContract, ReleaseReason, UpgradeConfig,
 };
 use agora_market::{AuctionId, DeploymentId, KeySigner, NodeId, Signer};
 use agora_market_driver::MarketHandle;
@@ -43,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
 /// Most placements (auctions/contracts under way for this node's own deployments) tracked.
 pub const MAX_PLACEMENTS: usize = 4096;
@@ -192,6 +194,9 @@ pub struct FleetParts {
     pub services: ServiceHost,
     /// Block storage (prefetch, and the image check on create).
     pub storage: StorageHandle,
+    /// Where this node's own deployments are saved and reloaded from
+    /// (`<data-dir>/fleet-deployments.json`, [`saved_file`]); `None`: kept in memory only.
+    pub state_file: Option<PathBuf>,
 }
 
 /// One target being placed or hosting, as the deployer follows it.
@@ -233,6 +238,11 @@ struct FleetTask {
     stats: FleetStats,
     seq: u64,
     done_tx: mpsc::Sender<Done>,
+    /// The saved deployments were reloaded (saving starts only then, so a start never
+    /// overwrites the file with an empty table).
+    restored: bool,
+    /// What was last written to the state file (written again only when it changes).
+    saved_bytes: Option<Vec<u8>>,
 }
 
 /// Starts the fleet task.
@@ -268,6 +278,8 @@ pub async fn spawn(parts: FleetParts, cancel: CancellationToken) -> (FleetHandle
         stats: FleetStats::default(),
         seq: now_ms(),
         done_tx,
+        restored: false,
+        saved_bytes: None,
     };
     let handle = tokio::spawn(task.run(rx, done_rx, inbox, cancel).in_current_span());
     (FleetHandle { tx }, handle)
@@ -282,6 +294,7 @@ impl FleetTask {
         cancel: CancellationToken,
     ) {
         let period = self.parts.config.pull_interval_ms.clamp(100, 5_000);
+        self.restore().await;
         let mut tick = tokio::time::interval(Duration::from_millis(period));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -289,15 +302,158 @@ impl FleetTask {
                 biased;
                 _ = cancel.cancelled() => break,
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.command(cmd).await,
+                    Some(cmd) => {
+                        self.command(cmd).await;
+                        self.persist();
+                    }
                     None => break,
                 },
                 Some(d) = done.recv() => self.done(d).await,
                 ev = inbox.recv() => self.on_network(ev).await,
-                _ = tick.tick() => self.tick().await,
+                _ = tick.tick() => {
+                    self.tick().await;
+                    self.persist();
+                }
             }
         }
         debug!("fleet task stopped");
+    }
+
+    /// Reloads this node's own deployments saved before a restart and rebuilds their
+    /// placements from the contracts the ledger shows open for this node (so no target is
+    /// given a second replica), then announces the records again.
+    async fn restore(&mut self) {
+        let path = self.parts.state_file.clone();
+        let saved = path.as_deref().map(saved_file::load).unwrap_or_default();
+        if saved.deployments.is_empty() {
+            self.restored = true;
+            return;
+        }
+        let open = self.open_contracts().await;
+        let live: Vec<LiveContract> = open
+            .iter()
+            .filter_map(|(_, target, image, status)| {
+                Some(LiveContract {
+                    target: *target,
+                    image: image.clone(),
+                    phase: progress::ledger_phase(*status)?,
+                })
+            })
+            .collect();
+        let now = now_ms();
+        let (report, effects) = self.state.restore(now, saved, &live);
+        // The placements: each target's open contract of its image (both images while an
+        // upgrade is under way); a target still contracting waits for its auction's contract
+        // (failed after `tick::PLACE_TIMEOUT_MS`, as before the restart).
+        let mut keys: Vec<(PlacementKey, bool)> = Vec::new();
+        for (id, own) in self.state.own_deployments() {
+            match own.upgrade.as_ref().filter(|u| !u.outcome().is_final()) {
+                Some(up) => {
+                    for t in up.steps().keys() {
+                        keys.push(((*id, *t, up.from.clone()), false));
+                        keys.push(((*id, *t, up.to.clone()), false));
+                    }
+                }
+                None => {
+                    for (t, status) in &own.targets {
+                        let contracting =
+                            status.phase == agora_market::fleet::TargetPhase::Contracting;
+                        keys.push(((*id, *t, own.image_of(t).to_string()), contracting));
+                    }
+                }
+            }
+        }
+        for (key, contracting) in keys {
+            let (_, target, image) = &key;
+            let contract = open
+                .iter()
+                .find(|(_, p, img, _)| p == target && img == image)
+                .map(|(c, ..)| *c);
+            if contract.is_some() || contracting {
+                self.placements.insert(
+                    key,
+                    Placement {
+                        auction: None,
+                        placed_at: now,
+                        contract,
+                    },
+                );
+            }
+        }
+        info!(
+            kept = report.kept,
+            dropped = report.dropped,
+            targets = report.targets,
+            adopted = report.adopted,
+            gone = report.gone,
+            bad_entries = report.bad_entries,
+            upgrades_resumed = report.upgrades_resumed,
+            placements = self.placements.len(),
+            "fleet deployments restored after a restart"
+        );
+        for effect in effects {
+            let _ = self.execute(effect).await;
+        }
+        self.restored = true;
+    }
+
+    /// The contracts the ledger shows open (not ended) with this node as customer.
+    async fn open_contracts(&self) -> Vec<(ContractId, NodeId, String, ContractStatus)> {
+        let Some(ledger) = self.parts.ledger.clone() else {
+            return Vec::new();
+        };
+        let me = self.me;
+        ledger
+            .query(move |v| {
+                v.ledger
+                    .contracts()
+                    .iter()
+                    .filter(|(_, r)| r.contract.customer == me && !progress::ended(r.status))
+                    .map(|(id, r)| {
+                        (
+                            *id,
+                            r.contract.provider,
+                            r.contract.service_image.to_string(),
+                            r.status,
+                        )
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "fleet: ledger not readable at start; placements not rebuilt");
+                Vec::new()
+            })
+    }
+
+    /// Writes this node's own deployments to the state file when they changed.
+    fn persist(&mut self) {
+        if !self.restored {
+            return;
+        }
+        let Some(path) = self.parts.state_file.as_deref() else {
+            return;
+        };
+        let saved = self.state.saved();
+        if saved.deployments.is_empty() && self.saved_bytes.is_none() && !path.exists() {
+            return;
+        }
+        let bytes = match saved_file::encode(&saved) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "fleet deployments not encoded; a restart would forget changes");
+                return;
+            }
+        };
+        if self.saved_bytes.as_ref() == Some(&bytes) {
+            return;
+        }
+        if let Err(e) = saved_file::write(path, &bytes) {
+            warn!(path = %path.display(), error = %e,
+                "fleet deployments not saved; a restart forgets the changes since the last save");
+        }
+        // Tried once per change (a failing disk is logged once, not every second).
+        self.saved_bytes = Some(bytes);
     }
 
     fn view(&self, id: &DeploymentId) -> Result<DeploymentView, FleetTaskError> {

@@ -779,3 +779,201 @@ fn a_rollback_restarts_the_old_image_where_it_was_replaced_before_stopping_the_n
     assert_eq!(up.state, "rolled-back");
     assert!(up.reason.unwrap().contains("contract ended"));
 }
+
+/// The deployer (node 1) restarts: a fresh machine with the same key takes back what the old
+/// one saved, with the contracts the ledger still shows open.
+fn restart_deployer(net: &mut Net, now: Timestamp, live: &[LiveContract]) -> RestoreReport {
+    let saved = net.deployer().saved();
+    let mut fresh = FleetState::new(signer(1), FleetConfig::default());
+    fresh
+        .handle(now, Input::SelfFacts(facts(1, "a", now)))
+        .unwrap();
+    let (report, effects) = fresh.restore(now, saved, live);
+    assert!(
+        effects
+            .iter()
+            .all(|e| matches!(e, Effect::Broadcast(FleetMessage::Announce(_)))),
+        "a restore only announces: {effects:?}"
+    );
+    net.nodes.insert(Net::id(1), fresh);
+    report
+}
+
+fn live(seed: u64, image: &str, phase: TargetPhase) -> LiveContract {
+    LiveContract {
+        target: Net::id(seed),
+        image: image.into(),
+        phase,
+    }
+}
+
+#[test]
+fn a_restarted_deployer_keeps_its_deployments_and_places_no_second_replica() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()).len(), 3);
+    for seed in 2..=4 {
+        let phase = Input::LocalPhase {
+            deployment: id,
+            image: None,
+            phase: TargetPhase::Healthy,
+            reason: None,
+        };
+        net.input(T0 + 20, seed, phase).unwrap();
+    }
+    let before = net.deployer().status(&id).unwrap();
+    // Node 2's and 3's contracts are open; node 4's ended while the deployer was down.
+    let report = restart_deployer(
+        &mut net,
+        T0 + 100,
+        &[
+            live(2, IMAGE, TargetPhase::Running),
+            live(3, IMAGE, TargetPhase::Running),
+        ],
+    );
+    assert_eq!((report.kept, report.targets, report.gone), (1, 2, 1));
+    let after = net.deployer().status(&id).unwrap();
+    assert_eq!(after.version, before.version);
+    let phases: Vec<(NodeId, String)> = after
+        .targets
+        .iter()
+        .map(|t| (t.node, t.phase.clone()))
+        .collect();
+    let mut want: Vec<(NodeId, String)> = vec![
+        (Net::id(2), "healthy".into()),
+        (Net::id(3), "healthy".into()),
+    ];
+    want.sort();
+    assert_eq!(
+        phases, want,
+        "saved phases kept where a contract is open; node 4's target forgotten"
+    );
+    // The first tick places only the target whose contract ended, never a second replica.
+    net.input(T0 + 110, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()), vec![Net::id(4)]);
+    // Delete still releases every target.
+    net.input(T0 + 120, 1, Input::Delete(id)).unwrap();
+    let released = net
+        .take()
+        .iter()
+        .filter(|(n, e)| *n == Net::id(1) && matches!(e, Effect::Release { .. }))
+        .count();
+    assert_eq!(released, 3);
+}
+
+#[test]
+fn a_restore_adopts_open_contracts_and_waits_for_unknown_targets() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Push, Replicas::Count(2))),
+    )
+    .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    // Saved before any tick: no target yet, no provider facts. The ledger shows a contract of
+    // the image on node 3 (an auction that ended in a contract as the deployer went down) and
+    // one of another image on node 2 (not this deployment's).
+    let report = restart_deployer(
+        &mut net,
+        T0 + 100,
+        &[
+            live(3, IMAGE, TargetPhase::Fetching),
+            live(2, "bafkreiotherimage", TargetPhase::Running),
+        ],
+    );
+    assert_eq!((report.kept, report.adopted), (1, 1));
+    let view = net.deployer().status(&id).unwrap();
+    assert_eq!(view.targets.len(), 1);
+    assert_eq!(view.targets[0].node, Net::id(3));
+    // Node 3's facts are unknown: the plan waits rather than releasing it as unknown.
+    net.input(T0 + 110, 1, Input::Tick).unwrap();
+    assert!(
+        deployer_moves(&net.take()).is_empty(),
+        "nothing placed or released within the grace"
+    );
+    // Once it (and the others) offer themselves, the plan tops up to two without touching it.
+    for seed in 2..=4 {
+        net.input(T0 + 120, 1, Input::Provider(facts(seed, "a", T0 + 120)))
+            .unwrap();
+    }
+    net.input(T0 + 130, 1, Input::Tick).unwrap();
+    let moves = deployer_moves(&net.take());
+    assert_eq!(moves.len(), 1, "{moves:?}");
+    assert_eq!(moves[0].2, "place");
+    assert_eq!(net.deployer().status(&id).unwrap().targets.len(), 2);
+}
+
+#[test]
+fn an_upgrade_under_way_resumes_after_a_restart() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    for seed in 2..=4 {
+        let phase = Input::LocalPhase {
+            deployment: id,
+            image: None,
+            phase: TargetPhase::Healthy,
+            reason: None,
+        };
+        net.input(T0 + 20, seed, phase).unwrap();
+    }
+    net.take();
+    let config = UpgradeConfig {
+        max_unavailable: 1,
+        health_timeout_ms: 60_000,
+    };
+    net.input(
+        T0 + 30,
+        1,
+        Input::Upgrade {
+            deployment: id,
+            image: NEW.into(),
+            config,
+        },
+    )
+    .unwrap();
+    let first = deployer_moves(&net.take());
+    assert_eq!(first.len(), 1);
+    let wave = first[0].0;
+    let mut contracts: Vec<LiveContract> = (2..=4)
+        .map(|s| live(s, IMAGE, TargetPhase::Running))
+        .collect();
+    contracts.push(live(wave, NEW, TargetPhase::Running));
+    let report = restart_deployer(&mut net, T0 + 40, &contracts);
+    assert_eq!(report.upgrades_resumed, 1);
+    let view = net.deployer().status(&id).unwrap();
+    assert_eq!(view.upgrade.as_ref().unwrap().state, "in-progress");
+    // The new instance of the first wave reports healthy: the restored machine releases the
+    // old one there and starts the next wave, as it would have without the restart.
+    net.input(
+        T0 + 50,
+        wave,
+        Input::LocalPhase {
+            deployment: id,
+            image: Some(NEW.into()),
+            phase: TargetPhase::Healthy,
+            reason: None,
+        },
+    )
+    .unwrap();
+    net.input(T0 + 60, 1, Input::Tick).unwrap();
+    let moves = deployer_moves(&net.take());
+    assert!(
+        moves.contains(&(wave, IMAGE.to_string(), "release")),
+        "{moves:?}"
+    );
+    assert_eq!(
+        moves
+            .iter()
+            .filter(|(s, img, m)| *s != wave && img == NEW && *m == "place")
+            .count(),
+        1,
+        "the next wave: {moves:?}"
+    );
+}

@@ -59,7 +59,9 @@ async fn stage(
             manifest(name, depends_on),
         )
         .await?;
-    host.stage(id, info.image.parse().unwrap()).await.map(|_| ())
+    host.stage(id, info.image.parse().unwrap())
+        .await
+        .map(|_| ())
 }
 
 fn row(host: &ServiceHost, id: &str) -> ServiceInfo {
@@ -73,7 +75,9 @@ async fn dependencies_start_first_when_ready_and_dependents_stop_first() {
     // db reports itself sick at its first health read and healthy at the next (a second
     // later): cache must not start before that.
     stage(host, "db1", "db", "", 3, &[]).await.unwrap();
-    stage(host, "cache1", "cache", "", 0, &["db"]).await.unwrap();
+    stage(host, "cache1", "cache", "", 0, &["db"])
+        .await
+        .unwrap();
     stage(host, "web1", "web", "", 0, &["cache", "db"])
         .await
         .unwrap();
@@ -89,10 +93,24 @@ async fn dependencies_start_first_when_ready_and_dependents_stop_first() {
     assert_eq!(web.depends_on, ["cache", "db"]);
     let at = |s: &ServiceInfo| s.started_at_ms.unwrap();
     // cache waited for db's healthy answer, a second after db started; web for cache.
-    assert!(at(&cache) >= at(&db) + 900, "db {} cache {}", at(&db), at(&cache));
-    assert!(at(&web) >= at(&cache), "cache {} web {}", at(&cache), at(&web));
+    assert!(
+        at(&cache) >= at(&db) + 900,
+        "db {} cache {}",
+        at(&db),
+        at(&cache)
+    );
+    assert!(
+        at(&web) >= at(&cache),
+        "cache {} web {}",
+        at(&cache),
+        at(&web)
+    );
     let db_health = host.health("db1").unwrap();
-    assert_eq!(db_health.guest_health, Some(0), "db was healthy before cache");
+    assert_eq!(
+        db_health.guest_health,
+        Some(0),
+        "db was healthy before cache"
+    );
     assert!(host.metering("cache1").unwrap().polls >= 1);
 
     // Stopping db stops web, then cache, then db; the unrelated service keeps running.
@@ -138,7 +156,9 @@ async fn missing_cyclic_ambiguous_and_sick_dependencies_are_refused_naming_them(
     let host = &net.node(0).unwrap().services;
 
     // A name nothing staged has: start refuses, naming both, and starts nothing.
-    stage(host, "app1", "app", "", 0, &["absent"]).await.unwrap();
+    stage(host, "app1", "app", "", 0, &["absent"])
+        .await
+        .unwrap();
     let err = host.start("app1").await.unwrap_err();
     assert!(
         matches!(&err, ServiceError::Order(OrderError::Missing { service, dependency })
@@ -178,8 +198,12 @@ async fn missing_cyclic_ambiguous_and_sick_dependencies_are_refused_naming_them(
 
     // A dependency that never gets healthy: the wait is bounded and the error says why; the
     // dependency is left running for the operator to inspect, the dependent is not started.
-    stage(host, "sick1", "sick", "", u32::MAX, &[]).await.unwrap();
-    stage(host, "needy1", "needy", "", 0, &["sick"]).await.unwrap();
+    stage(host, "sick1", "sick", "", u32::MAX, &[])
+        .await
+        .unwrap();
+    stage(host, "needy1", "needy", "", 0, &["sick"])
+        .await
+        .unwrap();
     let err = host
         .start_in_order_within("needy1", Duration::from_millis(1500))
         .await

@@ -82,14 +82,20 @@ fn start_follows_depends_on_and_stop_goes_in_reverse() {
 
     // One command starts all three, dependencies first; the reply says which it started.
     let started = agora_json(&["service", "start", "web1", "--data-dir", &node]);
-    assert_eq!(started["started"], serde_json::json!(["db1", "cache1", "web1"]));
+    assert_eq!(
+        started["started"],
+        serde_json::json!(["db1", "cache1", "web1"])
+    );
     assert_eq!(started["service"]["state"], "Active");
     let list = agora_json(&["service", "list", "--data-dir", &node]);
     let at = |id: &str| field(&list, id, "started_at_ms").as_u64().unwrap();
     // Each dependency answered healthy (a second after its start) before the next started.
     assert!(at("cache1") >= at("db1") + 900, "{list}");
     assert!(at("web1") >= at("cache1") + 900, "{list}");
-    assert_eq!(field(&list, "web1", "depends_on"), serde_json::json!(["cache", "db"]));
+    assert_eq!(
+        field(&list, "web1", "depends_on"),
+        serde_json::json!(["cache", "db"])
+    );
 
     // Stopping db stops what depends on it first: web, then cache, then db.
     let stopped = agora_json(&["service", "stop", "db1", "--data-dir", &node]);
@@ -102,19 +108,31 @@ fn start_follows_depends_on_and_stop_goes_in_reverse() {
     assert_eq!(order, ["web1", "cache1", "db1"], "{stopped}");
     let list = agora_json(&["service", "list", "--data-dir", &node]);
     let end = |id: &str| field(&list, id, "stopped_at_ms").as_u64().unwrap();
-    assert!(end("web1") <= end("cache1") && end("cache1") <= end("db1"), "{list}");
+    assert!(
+        end("web1") <= end("cache1") && end("cache1") <= end("db1"),
+        "{list}"
+    );
     for id in ["db1", "cache1", "web1"] {
-        assert_eq!(field(&list, id, "state"), serde_json::json!({"Stopped": "Requested"}));
+        assert_eq!(
+            field(&list, id, "state"),
+            serde_json::json!({"Stopped": "Requested"})
+        );
     }
 
     // Human output says what else it started and stopped.
     let out = agora(&["service", "start", "cache1", "--data-dir", &node]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(text.contains("started db1 (a dependency of cache1)"), "{text}");
+    assert!(
+        text.contains("started db1 (a dependency of cache1)"),
+        "{text}"
+    );
     let out = agora(&["service", "stop", "db1", "--data-dir", &node]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("stopped cache1: Requested (it depends on db1)"), "{text}");
+    assert!(
+        text.contains("stopped cache1: Requested (it depends on db1)"),
+        "{text}"
+    );
 
     // A dependency nothing staged has: start fails at once, naming both.
     let image = publish(tmp, &node, "app", "\"absent\"");
@@ -140,7 +158,11 @@ fn start_follows_depends_on_and_stop_goes_in_reverse() {
     let module = tmp.join("self.wat");
     std::fs::write(&module, guest("self")).unwrap();
     let manifest = tmp.join("self.toml");
-    std::fs::write(&manifest, "name = \"me\"\nversion = \"1\"\ndepends_on = [\"me\"]\n").unwrap();
+    std::fs::write(
+        &manifest,
+        "name = \"me\"\nversion = \"1\"\ndepends_on = [\"me\"]\n",
+    )
+    .unwrap();
     let out = agora(&[
         "service",
         "publish",
@@ -152,5 +174,8 @@ fn start_follows_depends_on_and_stop_goes_in_reverse() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("`depends_on`") && err.contains("itself"), "{err}");
+    assert!(
+        err.contains("`depends_on`") && err.contains("itself"),
+        "{err}"
+    );
 }

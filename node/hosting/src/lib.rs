@@ -47,9 +47,9 @@ pub use agora_image::record as image;
 pub use agora_image::{
     Activation, ImageError, ImageRecord, ManifestError, OrderError, ServiceKind, ServiceManifest,
 };
-pub use order::DEPENDENCY_WAIT;
 pub use agora_image::{manifest, record};
 pub use kv::SledKv;
+pub use order::DEPENDENCY_WAIT;
 pub use published::{PublishedError, PublishedMsg, SERVICE_PUBLISH};
 
 use agora_exchange::{ExchangeError, StorageHandle};

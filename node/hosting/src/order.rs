@@ -19,7 +19,9 @@ pub const DEPENDENCY_WAIT: Duration = Duration::from_secs(10);
 const READY_POLL: Duration = Duration::from_millis(10);
 
 /// The name graph of `services` (a name several share has the union of their dependencies).
-pub(crate) fn graph_of<'a>(services: impl IntoIterator<Item = (&'a str, &'a [String])>) -> DepGraph {
+pub(crate) fn graph_of<'a>(
+    services: impl IntoIterator<Item = (&'a str, &'a [String])>,
+) -> DepGraph {
     let mut graph = DepGraph::new();
     for (name, deps) in services {
         graph
@@ -101,13 +103,13 @@ impl ServiceHost {
         let mut started = Vec::new();
         for dep in deps {
             if dep.state != ServiceState::Active {
-                self.start_one(&dep.id).await.map_err(|source| {
-                    ServiceError::DependencyFailed {
+                self.start_one(&dep.id)
+                    .await
+                    .map_err(|source| ServiceError::DependencyFailed {
                         service: id.to_string(),
                         dependency: dep.id.clone(),
                         source: Box::new(source),
-                    }
-                })?;
+                    })?;
                 tracing::info!(service = id, dependency = %dep.id, "dependency started");
                 started.push(dep.id.clone());
             }
@@ -119,7 +121,12 @@ impl ServiceHost {
     }
 
     /// Waits until dependency `dep` of `service` is ready, at most `wait`.
-    async fn wait_ready(&self, service: &str, dep: &str, wait: Duration) -> Result<(), ServiceError> {
+    async fn wait_ready(
+        &self,
+        service: &str,
+        dep: &str,
+        wait: Duration,
+    ) -> Result<(), ServiceError> {
         let began = Instant::now();
         loop {
             let health = self.health(dep)?;

@@ -13,7 +13,8 @@ pub mod deps;
 pub mod manifest;
 pub mod record;
 
-pub use deps::{DepGraph, MAX_DEPENDS_ON, OrderError, check_acyclic, shutdown_order, start_order, stop_order,
+pub use deps::{
+    DepGraph, MAX_DEPENDS_ON, OrderError, check_acyclic, shutdown_order, start_order, stop_order,
 };
 pub use manifest::{
     Activation, ContainerImage, ManifestError, ManifestLimits, ManifestResources, ManifestRestart,

@@ -598,7 +598,10 @@ mod tests {
             ))
             .unwrap_err()
             .to_string();
-            assert!(err.contains("`depends_on`") && err.contains(why), "{deps}: {err}");
+            assert!(
+                err.contains("`depends_on`") && err.contains(why),
+                "{deps}: {err}"
+            );
         }
     }
 

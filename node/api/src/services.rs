@@ -59,6 +59,19 @@ pub struct StopReply {
     pub id: String,
     /// Why it stopped.
     pub reason: StopReason,
+    /// Every service this request stopped, in order: the running services that depend on
+    /// `id` first, `id` last.
+    #[serde(default)]
+    pub stopped: Vec<StoppedService>,
+}
+
+/// One service a `stop` stopped.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoppedService {
+    /// The service id.
+    pub id: String,
+    /// Why it stopped.
+    pub reason: StopReason,
 }
 
 /// Reply of `logs`.
@@ -77,6 +90,10 @@ pub struct ShowReply {
     pub service: ServiceInfo,
     /// Health check.
     pub health: Health,
+    /// `start` only: the services this request started, in order (dependencies that were not
+    /// running first, this service last).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub started: Vec<String>,
 }
 
 fn services(s: &ApiState) -> Result<&ServiceHost, ApiError> {
@@ -141,6 +158,10 @@ fn bad(e: ServiceError) -> ApiError {
         ) => StatusCode::BAD_REQUEST,
         ServiceError::AlreadyStaged(_)
         | ServiceError::ContractEnded { .. }
+        | ServiceError::Order(_)
+        | ServiceError::AmbiguousDependency { .. }
+        | ServiceError::DependencyFailed { .. }
+        | ServiceError::DependencyNotReady { .. }
         | ServiceError::Runtime(
             RuntimeError::WrongState { .. }
             | RuntimeError::InstanceLimit { .. }
@@ -224,7 +245,11 @@ async fn show(
         .into_iter()
         .find(|i| i.id == id)
         .ok_or_else(|| bad(ServiceError::Unknown(id.clone())))?;
-    Ok(Json(ShowReply { service, health }))
+    Ok(Json(ShowReply {
+        service,
+        health,
+        started: Vec::new(),
+    }))
 }
 
 async fn start(
@@ -233,8 +258,10 @@ async fn start(
     Path(id): Path<String>,
 ) -> Result<Json<ShowReply>, ApiError> {
     authorize(&s, &headers)?;
-    services(&s)?.start(&id).await.map_err(bad)?;
-    show(State(s), headers, Path(id)).await
+    let started = services(&s)?.start_in_order(&id).await.map_err(bad)?;
+    let Json(mut reply) = show(State(s), headers, Path(id)).await?;
+    reply.started = started;
+    Ok(Json(reply))
 }
 
 async fn stop(
@@ -243,8 +270,22 @@ async fn stop(
     Path(id): Path<String>,
 ) -> Result<Json<StopReply>, ApiError> {
     authorize(&s, &headers)?;
-    let reason = services(&s)?.stop(&id).await.map_err(bad)?;
-    Ok(Json(StopReply { id, reason }))
+    let stopped: Vec<StoppedService> = services(&s)?
+        .stop_in_order(&id)
+        .await
+        .map_err(bad)?
+        .into_iter()
+        .map(|(id, reason)| StoppedService { id, reason })
+        .collect();
+    let reason = stopped
+        .last()
+        .map(|s| s.reason.clone())
+        .ok_or_else(|| bad(ServiceError::Unknown(id.clone())))?;
+    Ok(Json(StopReply {
+        id,
+        reason,
+        stopped,
+    }))
 }
 
 async fn remove(

@@ -21,6 +21,7 @@ mod container;
 pub mod control;
 pub mod kv;
 mod ops;
+mod order;
 pub mod probe;
 pub mod published;
 mod query;
@@ -44,10 +45,11 @@ use tracing::Instrument;
 /// targets can build without the network; re-exported under their old paths.
 pub use agora_image::record as image;
 pub use agora_image::{
-    Activation, ImageError, ImageRecord, ManifestError, ServiceKind, ServiceManifest,
+    Activation, ImageError, ImageRecord, ManifestError, OrderError, ServiceKind, ServiceManifest,
 };
 pub use agora_image::{manifest, record};
 pub use kv::SledKv;
+pub use order::DEPENDENCY_WAIT;
 pub use published::{PublishedError, PublishedMsg, SERVICE_PUBLISH};
 
 use agora_exchange::{ExchangeError, StorageHandle};
@@ -192,6 +194,49 @@ pub enum ServiceError {
     /// A blocking task died.
     #[error("service host task failed: {0}")]
     Task(String),
+    /// No dependency order exists (a `depends_on` name nothing staged has, or a cycle).
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    /// Several staged services have a dependency's name and none runs: which to start is
+    /// the operator's choice.
+    #[error(
+        "service {service} depends on `{dependency}`, which several staged services are named \
+         ({}) and none runs; start the one you want first",
+        .ids.join(", ")
+    )]
+    AmbiguousDependency {
+        /// The service being started.
+        service: String,
+        /// The dependency's name.
+        dependency: String,
+        /// The staged services with that name.
+        ids: Vec<String>,
+    },
+    /// A dependency could not be started.
+    #[error("cannot start {service}: its dependency {dependency} did not start: {source}")]
+    DependencyFailed {
+        /// The service being started.
+        service: String,
+        /// The dependency's service id.
+        dependency: String,
+        /// Why it did not start.
+        source: Box<ServiceError>,
+    },
+    /// A dependency started but did not become ready (first poll answered, healthy) in time.
+    #[error(
+        "cannot start {service}: its dependency {dependency} was not ready within {waited_ms} ms \
+         ({detail}); it is left running, see `agora service show {dependency}` and its logs"
+    )]
+    DependencyNotReady {
+        /// The service being started.
+        service: String,
+        /// The dependency's service id.
+        dependency: String,
+        /// How long it was waited for.
+        waited_ms: u64,
+        /// What it was doing.
+        detail: String,
+    },
 }
 
 impl From<ImageError> for ServiceError {
@@ -259,6 +304,15 @@ pub struct ServiceInfo {
     pub state: ServiceState,
     /// Usage so far (zero for containers: not metered yet).
     pub metering: Metering,
+    /// Names of the services it depends on (its manifest's `depends_on`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// When this node last started it on request (`start`, or as a dependency), Unix ms.
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    /// When this node last stopped it on request (`stop`, or as a dependent), Unix ms.
+    #[serde(default)]
+    pub stopped_at_ms: Option<u64>,
 }
 
 /// One staged service as the host remembers it.
@@ -270,6 +324,10 @@ struct Staged {
     /// The contract it was staged for, if any: its lifetime is recomputed at every start.
     ceiling: Option<ceiling::ContractCeiling>,
     container: Option<container::ContainerSlot>,
+    /// When it was last started on request, Unix ms.
+    started_at_ms: Option<u64>,
+    /// When it was last stopped on request, Unix ms.
+    stopped_at_ms: Option<u64>,
 }
 
 struct Inner {

@@ -11,7 +11,9 @@ use agora_wire::now_ms;
 use super::ceiling::{ContractCeiling, ServiceEnd};
 
 use super::manifest::{ServiceKind, ServiceManifest};
-use super::{ImageInfo, ServiceError, ServiceHost, Staged, StagedInfo, container, lock};
+use super::{
+    ImageInfo, ServiceError, ServiceHost, ServiceInfo, Staged, StagedInfo, container, lock,
+};
 use agora_image::{read_image, read_manifest, store_image};
 
 /// How long `stop` waits for a service to report `Stopped`.
@@ -166,6 +168,8 @@ impl ServiceHost {
             .embedded_store()?
             .blocking(move |s| Ok(read_image(s, &image)))
             .await??;
+        // Refuse a cycle with what is staged before compiling anything.
+        self.check_acyclic_with(&lock(&self.inner.staged), &manifest)?;
         let limits = self.limits_for(id, &manifest, ceiling, now_ms())?;
         let max = self.inner.config.max_memory_bytes;
         if limits.memory_bytes > max {
@@ -200,12 +204,19 @@ impl ServiceHost {
             }
         };
         let mut staged = lock(&self.inner.staged);
-        if staged.contains_key(id) {
-            // Lost a race with another stage of the same id: undo ours.
+        // Checked again under the lock: another stage may have added the other half of a cycle.
+        let refused = if staged.contains_key(id) {
+            // Lost a race with another stage of the same id.
+            Some(ServiceError::AlreadyStaged(id.to_string()))
+        } else {
+            self.check_acyclic_with(&staged, &manifest).err()
+        };
+        if let Some(e) = refused {
+            // Undo ours.
             if slot.is_none() {
                 let _ = self.inner.manager.remove(&id.into());
             }
-            return Err(ServiceError::AlreadyStaged(id.to_string()));
+            return Err(e);
         }
         staged.insert(
             id.to_string(),
@@ -215,6 +226,8 @@ impl ServiceHost {
                 limits: limits.clone(),
                 ceiling: ceiling.cloned(),
                 container: slot,
+                started_at_ms: None,
+                stopped_at_ms: None,
             },
         );
         tracing::info!(
@@ -236,9 +249,10 @@ impl ServiceHost {
         })
     }
 
-    /// Activates a staged (or stopped) service. A contract service gets what is left of its
-    /// contract as its lifetime, and is refused once the contract ended.
-    pub async fn start(&self, id: &str) -> Result<(), ServiceError> {
+    /// Activates one staged (or stopped) service, without its dependencies. A contract service
+    /// gets what is left of its contract as its lifetime, and is refused once the contract
+    /// ended.
+    pub(crate) async fn start_one(&self, id: &str) -> Result<(), ServiceError> {
         let (limits, ceiling) = {
             let staged = lock(&self.inner.staged);
             let s = staged
@@ -258,14 +272,29 @@ impl ServiceHost {
             }
         }
         if container {
-            return self.container_start(id).await;
+            self.container_start(id).await?;
+        } else {
+            self.inner.manager.start(&id.into())?;
         }
-        Ok(self.inner.manager.start(&id.into())?)
+        if let Some(s) = lock(&self.inner.staged).get_mut(id) {
+            s.started_at_ms = Some(now_ms());
+        }
+        Ok(())
     }
 
-    /// Stops an active service and waits (up to 10 s) for it; returns why it stopped. A service
-    /// that already stopped on its own returns its recorded reason.
-    pub async fn stop(&self, id: &str) -> Result<StopReason, ServiceError> {
+    /// Stops one active service, without its dependents, and waits (up to 10 s) for it;
+    /// returns why it stopped. A service that already stopped on its own returns its recorded
+    /// reason.
+    pub(crate) async fn stop_one(&self, id: &str) -> Result<StopReason, ServiceError> {
+        let was_active = self.state_of(id)? == ServiceState::Active;
+        let reason = self.stop_one_inner(id).await?;
+        if was_active && let Some(s) = lock(&self.inner.staged).get_mut(id) {
+            s.stopped_at_ms = Some(now_ms());
+        }
+        Ok(reason)
+    }
+
+    async fn stop_one_inner(&self, id: &str) -> Result<StopReason, ServiceError> {
         if self.is_container(id)? {
             return self.container_stop(id).await;
         }
@@ -326,36 +355,36 @@ impl ServiceHost {
         Ok(())
     }
 
-    /// Stops every active service (node shutdown), waiting up to 2 s in all for the wasm ones so
-    /// their threads release the guest store before the node can be started again.
+    /// Stops every active service (node shutdown), dependents before what they depend on,
+    /// waiting up to 2 s in all for the wasm ones so their threads release the guest store
+    /// before the node can be started again.
     pub(crate) async fn stop_all(&self) {
-        let ids: Vec<(String, bool)> = lock(&self.inner.staged)
-            .iter()
-            .map(|(id, s)| (id.clone(), s.container.is_some()))
+        let running: Vec<ServiceInfo> = self
+            .list()
+            .into_iter()
+            .filter(|s| s.state == ServiceState::Active)
             .collect();
-        let mut stopping = Vec::new();
-        for (id, is_container) in ids {
-            if is_container {
-                if self.container_state(&id).ok() == Some(ServiceState::Active) {
-                    let _ = self.container_stop(&id).await;
+        let graph = super::order::graph_of(
+            running
+                .iter()
+                .map(|s| (s.name.as_str(), s.depends_on.as_slice())),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut late = false;
+        for name in agora_image::shutdown_order(&graph) {
+            for s in running.iter().filter(|s| s.name == name) {
+                if s.kind == ServiceKind::Container {
+                    let _ = self.container_stop(&s.id).await;
+                    continue;
                 }
-                continue;
-            }
-            let sid = ServiceId::from(id.as_str());
-            if self.inner.manager.state(&sid).ok() == Some(ServiceState::Active)
-                && self.inner.manager.stop(&sid).is_ok()
-            {
-                stopping.push(sid);
+                let sid = ServiceId::from(s.id.as_str());
+                if self.inner.manager.stop(&sid).is_ok() {
+                    let wait = self.inner.manager.wait_stopped(&sid);
+                    late |= tokio::time::timeout_at(deadline, wait).await.is_err();
+                }
             }
         }
-        let waits = stopping
-            .iter()
-            .map(|sid| self.inner.manager.wait_stopped(sid));
-        let all = futures::future::join_all(waits);
-        if tokio::time::timeout(Duration::from_secs(2), all)
-            .await
-            .is_err()
-        {
+        if late {
             tracing::warn!("some services were still stopping at shutdown");
         }
     }

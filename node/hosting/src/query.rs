@@ -32,6 +32,9 @@ impl ServiceHost {
                     kind: s.manifest.kind,
                     state,
                     metering,
+                    depends_on: s.manifest.depends_on.clone(),
+                    started_at_ms: s.started_at_ms,
+                    stopped_at_ms: s.stopped_at_ms,
                 }
             })
             .collect()

@@ -9,9 +9,13 @@
 //! on the network, the exchange or any other node crate — so decoders can be fuzzed cheaply.
 #![forbid(unsafe_code)]
 
+pub mod deps;
 pub mod manifest;
 pub mod record;
 
+pub use deps::{
+    DepGraph, MAX_DEPENDS_ON, OrderError, check_acyclic, shutdown_order, start_order, stop_order,
+};
 pub use manifest::{
     Activation, ContainerImage, ManifestError, ManifestLimits, ManifestResources, ManifestRestart,
     RestartOn, ServiceKind, ServiceManifest,

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use agora_market::Resources;
+
+use crate::deps::MAX_DEPENDS_ON;
 use agora_runtime::{Backoff, LimitsSide, RestartPolicy, ServiceLimits};
 use serde::{Deserialize, Serialize};
 
@@ -243,10 +245,21 @@ pub struct ServiceManifest {
     /// images (and CIDs) of manifests without a `[restart]` section are what they were.
     #[serde(default, skip_serializing_if = "ManifestRestart::is_default")]
     pub restart: ManifestRestart,
+    /// Names of services (their manifests' `name`) on the same node that must run before this
+    /// one starts; stopping one of them stops this one first. Not written when empty, so the
+    /// images (and CIDs) of manifests without it are what they were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 fn default_tick_ms() -> u64 {
     100
+}
+
+/// Whether `name` is a service name: 1..=64 characters of a-z, 0-9, '.', '_', '-'.
+fn name_ok(name: &str) -> bool {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
+    !name.is_empty() && name.len() <= MAX_NAME && name.chars().all(ok)
 }
 
 /// A manifest that cannot be used; the message names the field and what to change.
@@ -307,6 +320,7 @@ impl ServiceManifest {
             activation: Activation::Immediate,
             container: None,
             restart: ManifestRestart::default(),
+            depends_on: Vec::new(),
         }
     }
 
@@ -353,8 +367,7 @@ impl ServiceManifest {
 
     /// Checks every field; errors say which field and what to change.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        let name_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
-        if self.name.is_empty() || self.name.len() > MAX_NAME || !self.name.chars().all(name_ok) {
+        if !name_ok(&self.name) {
             return Err(field(
                 "name",
                 format!(
@@ -363,6 +376,7 @@ impl ServiceManifest {
                 ),
             ));
         }
+        self.validate_depends_on()?;
         if self.version.trim().is_empty() || self.version.len() > MAX_NAME {
             return Err(field(
                 "version",
@@ -433,6 +447,35 @@ impl ServiceManifest {
             }
             _ => Ok(()),
         }
+    }
+
+    fn validate_depends_on(&self) -> Result<(), ManifestError> {
+        if self.depends_on.len() > MAX_DEPENDS_ON {
+            return Err(field(
+                "depends_on",
+                format!("lists more than {MAX_DEPENDS_ON} services"),
+            ));
+        }
+        if let Some(bad) = self.depends_on.iter().find(|d| !name_ok(d)) {
+            return Err(field(
+                "depends_on",
+                format!(
+                    "`{bad}` is not a service name (1..=64 characters of a-z, 0-9, '.', '_', '-')"
+                ),
+            ));
+        }
+        if self.depends_on.contains(&self.name) {
+            return Err(field(
+                "depends_on",
+                format!("`{}` cannot depend on itself", self.name),
+            ));
+        }
+        let mut sorted: Vec<&String> = self.depends_on.iter().collect();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(field("depends_on", format!("lists `{}` twice", w[0])));
+        }
+        Ok(())
     }
 
     /// The runtime limits this manifest asks for.
@@ -519,6 +562,46 @@ mod tests {
             .unwrap_err()
             .to_string();
             assert!(err.contains(named), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn depends_on_is_checked_and_absent_from_the_encoding_when_empty() {
+        let m = ServiceManifest::from_toml(
+            "name = \"web\"\nversion = \"1\"\ndepends_on = [\"db\", \"cache\"]\n",
+        )
+        .unwrap();
+        assert_eq!(m.depends_on, ["db", "cache"]);
+        assert_eq!(ServiceManifest::from_toml(&m.to_toml()).unwrap(), m);
+        // Without it, the CBOR (so the image CID) is what it was, and old records decode.
+        let plain = ServiceManifest::wasm("web", "1");
+        let cbor = serde_cbor::to_vec(&plain).unwrap();
+        assert!(!String::from_utf8_lossy(&cbor).contains("depends_on"));
+        assert_eq!(
+            serde_cbor::from_slice::<ServiceManifest>(&cbor).unwrap(),
+            plain
+        );
+        let with = serde_cbor::to_vec(&m).unwrap();
+        assert!(String::from_utf8_lossy(&with).contains("depends_on"));
+        assert_eq!(serde_cbor::from_slice::<ServiceManifest>(&with).unwrap(), m);
+        let many: Vec<String> = (0..=MAX_DEPENDS_ON).map(|i| format!("\"s{i}\"")).collect();
+        let many = format!("[{}]", many.join(", "));
+        for (deps, why) in [
+            ("[\"web\"]", "itself"),
+            ("[\"db\", \"db\"]", "twice"),
+            ("[\"Bad Name\"]", "not a service name"),
+            ("[\"\"]", "not a service name"),
+            (many.as_str(), "more than 16"),
+        ] {
+            let err = ServiceManifest::from_toml(&format!(
+                "name = \"web\"\nversion = \"1\"\ndepends_on = {deps}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("`depends_on`") && err.contains(why),
+                "{deps}: {err}"
+            );
         }
     }
 

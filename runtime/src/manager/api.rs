@@ -170,6 +170,10 @@ impl ServiceManager {
             let mut live = lock(&entry.shared.live);
             live.state = ServiceState::Active;
             live.active_since = Some(Instant::now());
+            // The new instance has answered nothing yet: a poll of the previous one must not
+            // make it look healthy (what a dependent's start waits for).
+            live.last_poll = None;
+            live.guest_health = None;
         }
         entry.shared.state_tx.send_replace(ServiceState::Active);
         let parts = HostParts {

@@ -37,12 +37,14 @@ pub enum ServiceCommand {
         #[arg(long)]
         id: Option<String>,
     },
-    /// Start a staged or stopped service.
+    /// Start a staged or stopped service, after the services its manifest's `depends_on`
+    /// names (each started if needed and waited for until it answers).
     Start {
         /// Service id.
         id: String,
     },
-    /// Stop a running service and print why it stopped.
+    /// Stop a running service and print why it stopped; running services that depend on it
+    /// are stopped first.
     Stop {
         /// Service id.
         id: String,
@@ -153,18 +155,28 @@ pub async fn service(dir: &Path, cmd: &ServiceCommand, json: bool) -> anyhow::Re
             );
         }
         ServiceCommand::Start { id } => {
+            // Long: each dependency that is not running is started and waited for first.
             let r: ShowReply = api
-                .post(&path(id, "/start"), &serde_json::json!({}))
+                .post_long(&path(id, "/start"), &serde_json::json!({}))
                 .await?;
             if json {
                 return print_json(&r);
             }
+            for dep in r.started.iter().filter(|d| *d != id) {
+                println!("started {dep} (a dependency of {id})");
+            }
             println!("started {} ({})", id, state_text(&r.service.state));
         }
         ServiceCommand::Stop { id } => {
-            let r: StopReply = api.post(&path(id, "/stop"), &serde_json::json!({})).await?;
+            // Long: each running dependent is stopped and waited for first.
+            let r: StopReply = api
+                .post_long(&path(id, "/stop"), &serde_json::json!({}))
+                .await?;
             if json {
                 return print_json(&r);
+            }
+            for s in r.stopped.iter().filter(|s| s.id != r.id) {
+                println!("stopped {}: {:?} (it depends on {})", s.id, s.reason, r.id);
             }
             println!("stopped {}: {:?}", r.id, r.reason);
         }
@@ -205,6 +217,9 @@ pub async fn service(dir: &Path, cmd: &ServiceCommand, json: bool) -> anyhow::Re
             println!("service:   {}@{} ({})", s.name, s.version, s.kind.as_str());
             println!("image:     {}", s.image);
             println!("state:     {}", state_text(&s.state));
+            if !s.depends_on.is_empty() {
+                println!("needs:     {}", s.depends_on.join(", "));
+            }
             println!("healthy:   {}", r.health.healthy);
             println!("uptime:    {} ms", m.uptime_ms);
             println!("fuel used: {}", m.fuel_used);

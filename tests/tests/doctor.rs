@@ -70,3 +70,29 @@ fn doctor_passes_a_healthy_node_and_names_the_fix_for_each_failure() {
     );
     assert_eq!(outcome(&v, "peers")["outcome"], "skip", "{v}");
 }
+
+/// A network of one (`agora devnet up --nodes 1`: no bootstrap peers, nobody else in the
+/// genesis) becomes ready without a peer, and `agora doctor` passes it, saying why no peer is
+/// needed; before, `/ready` waited for a peer that could never come and `devnet up` timed out.
+#[test]
+fn a_one_node_devnet_is_ready_and_the_doctor_passes_it() {
+    let net = TestDevnet::up(1, 60, &[]);
+    let node0 = net.dir.join("node0").display().to_string();
+    let nodes = net.up["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{}", net.up);
+    wait_until(
+        "the lone node to be healthy",
+        Duration::from_secs(60),
+        || doctor(&node0).0,
+    );
+    let (_, v) = doctor(&node0);
+    let peers = outcome(&v, "peers");
+    assert_eq!(peers["outcome"], "ok", "{v}");
+    assert!(
+        peers["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("network of one")),
+        "{v}"
+    );
+    assert_eq!(outcome(&v, "readiness")["outcome"], "ok", "{v}");
+}

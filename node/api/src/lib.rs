@@ -47,6 +47,9 @@ use agora_wire::codec::Kind;
 #[derive(Clone, Debug)]
 pub struct ApiState {
     /// The swarm handle.
+    /// A network of one: no bootstrap peers and nobody else in the genesis, so the node is
+    /// ready without a connected peer (`agora devnet up --nodes 1`).
+    pub alone: bool,
     pub network: NetworkHandle,
     /// Bearer token every request must carry.
     pub token: String,

@@ -716,6 +716,9 @@ pub struct Readiness {
     pub ready: bool,
     /// At least one peer is connected.
     pub connected: bool,
+    /// A network of one (no bootstrap peers, nobody else in the genesis): ready without peers.
+    #[serde(default)]
+    pub alone: bool,
     /// The ledger replica knows it is at the chain's tip (true when the node has no ledger).
     pub ledger_at_tip: bool,
     /// The orchestrator has synced (true when the node has none).
@@ -728,7 +731,7 @@ pub struct Readiness {
 pub async fn readiness(st: &ApiState, metrics: Option<&Metrics>) -> Readiness {
     let mut waiting_for = Vec::new();
     let connected = st.network.peers().await.is_ok_and(|p| !p.is_empty());
-    if !connected {
+    if !connected && !st.alone {
         waiting_for.push(
             "no peer is connected: check network.bootstrap in config.toml or run \
              `agora peers` to see who answers"
@@ -759,6 +762,7 @@ pub async fn readiness(st: &ApiState, metrics: Option<&Metrics>) -> Readiness {
     Readiness {
         ready: waiting_for.is_empty(),
         connected,
+        alone: st.alone,
         ledger_at_tip,
         orchestrator_synced,
         waiting_for,

@@ -304,10 +304,15 @@ async fn start_with_key(
         key.signer().clone(),
         cancel.clone(),
     )];
+    // Anyone else named in the genesis means the node has a network to reach.
+    let mut genesis_names_others = false;
     let ledger = match &config.node.genesis {
         Some(path) => {
             let genesis =
                 data_dir::load_genesis(path).map_err(|e| DaemonError::Genesis(e.to_string()))?;
+            let me = key.node_id();
+            genesis_names_others = genesis.accounts.iter().any(|a| a.id != me)
+                || genesis.committee.iter().any(|c| *c != me);
             let store = agora_ledger::LedgerStore::open(&data_dir.join("ledger"))
                 .map_err(|e| DaemonError::Genesis(e.to_string()))?;
             let (handle, task) = agora_ledger::spawn(
@@ -403,6 +408,7 @@ async fn start_with_key(
             source,
         })?;
     let state = ApiState {
+        alone: config.network.bootstrap.is_empty() && !genesis_names_others,
         network: network.clone(),
         token,
         started: Instant::now(),

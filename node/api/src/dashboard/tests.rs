@@ -39,6 +39,7 @@ async fn listen_addr(net: &NetworkHandle) -> Multiaddr {
 async fn api(cancel: &CancellationToken) -> (String, NetworkHandle) {
     let net = network(cancel).await;
     let state = ApiState {
+        alone: false,
         network: net.clone(),
         token: TOKEN.into(),
         started: std::time::Instant::now(),

@@ -64,7 +64,8 @@ pub fn init_data_dir(data_dir: &Path, config: &NodeConfig) -> Result<NodeKey, In
 /// in `[[radio.device_keys]]`), written atomically like the token.
 pub fn write_config(data_dir: &Path, config: &NodeConfig) -> Result<(), InitError> {
     let path = data_dir.join(CONFIG_FILE);
-    crate::write_private(&path, config.to_toml().as_bytes()).map_err(|e| InitError::Config(path, e))
+    agora_network::private_file::write(&path, config.to_toml().as_bytes())
+        .map_err(|e| InitError::Config(path, e))
 }
 
 #[cfg(test)]

@@ -160,38 +160,9 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, DaemonError> {
     let mut bytes = [0u8; 24];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
     let token = hex::encode(bytes);
-    write_private(&path, token.as_bytes()).map_err(|e| DaemonError::Io(path.clone(), e))?;
+    agora_network::private_file::write(&path, token.as_bytes())
+        .map_err(|e| DaemonError::Io(path.clone(), e))?;
     Ok(token)
-}
-
-/// Writes `bytes` to `path` through a temporary file created with mode 0600 and renamed into
-/// place (atomic: readers see the old file or the whole new one, never a wider mode).
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    // A leftover from a crashed start: created by us with 0600, safe to replace.
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
 }
 
 /// Waits for Ctrl-C or SIGTERM (how `agora node run` and `devnet down` stop a node).

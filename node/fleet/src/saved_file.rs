@@ -9,11 +9,10 @@
 //! want back) and the node starts without it; the entries of a file that parses are checked
 //! one by one by `FleetState::restore` (signature, deployer = this node, bounds).
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use agora_market::fleet::SavedFleet;
+use agora_network::private_file::{self, ReadError};
 use tracing::warn;
 
 /// Name of the file in the data dir.
@@ -25,32 +24,9 @@ pub const MAX_FILE_BYTES: u64 = 32 << 20;
 /// Why a file was not read back.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// Readable (or writable) by others than the node's user.
-    #[error("{path} is readable by others (mode {mode:o}): refused; chmod 600 it")]
-    Permissions {
-        /// The file.
-        path: PathBuf,
-        /// Its mode.
-        mode: u32,
-    },
-    /// Larger than any honest file.
-    #[error("{path} is {bytes} bytes, more than the {max}-byte limit: refused")]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-        /// Its size.
-        bytes: u64,
-        /// The limit.
-        max: u64,
-    },
-    /// Not readable.
-    #[error("{path} unreadable: {error}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        error: std::io::Error,
-    },
+    /// Refused as a private file: readable by others, too large or unreadable.
+    #[error(transparent)]
+    File(#[from] ReadError),
     /// Not the expected JSON.
     #[error("{path} is not the expected JSON: {error}; refused")]
     Json {
@@ -63,45 +39,9 @@ pub enum LoadError {
 
 /// Reads the saved deployments at `path`: `Ok(None)` when there is no file.
 pub fn read(path: &Path) -> Result<Option<SavedFleet>, LoadError> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => {
-            return Err(LoadError::Io {
-                path: path.into(),
-                error,
-            });
-        }
+    let Some(body) = private_file::read(path, MAX_FILE_BYTES)? else {
+        return Ok(None);
     };
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(LoadError::Permissions {
-            path: path.into(),
-            mode,
-        });
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(LoadError::TooLarge {
-            path: path.into(),
-            bytes: meta.len(),
-            max: MAX_FILE_BYTES,
-        });
-    }
-    let mut body = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut body))
-        .map_err(|error| LoadError::Io {
-            path: path.into(),
-            error,
-        })?;
-    if body.len() as u64 > MAX_FILE_BYTES {
-        // Grew between the metadata and the read.
-        return Err(LoadError::TooLarge {
-            path: path.into(),
-            bytes: body.len() as u64,
-            max: MAX_FILE_BYTES,
-        });
-    }
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|error| LoadError::Json {
@@ -133,24 +73,7 @@ pub fn encode(saved: &SavedFleet) -> Result<Vec<u8>, serde_json::Error> {
 
 /// Writes `body` to `path` through a temporary file created 0600 and renamed into place.
 pub fn write(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    private_file::write(path, body)
 }
 
 #[cfg(test)]
@@ -161,6 +84,8 @@ mod tests {
         TargetPhase,
     };
     use agora_market::{KeySigner, Resources, Signer};
+
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 
@@ -237,7 +162,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         write_mode(&path, &encode(&saved_by(1, &["gw"])).unwrap(), 0o644);
-        assert!(matches!(read(&path), Err(LoadError::Permissions { .. })));
+        assert!(matches!(
+            read(&path),
+            Err(LoadError::File(ReadError::Permissions { .. }))
+        ));
         assert_eq!(load(&path), SavedFleet::default());
         assert!(!path.exists(), "moved aside");
         assert!(dir.path().join(format!("{FILE_NAME}.refused")).exists());
@@ -252,7 +180,10 @@ mod tests {
             " ".repeat(MAX_FILE_BYTES as usize + 1).as_bytes(),
             0o600,
         );
-        assert!(matches!(read(&path), Err(LoadError::TooLarge { .. })));
+        assert!(matches!(
+            read(&path),
+            Err(LoadError::File(ReadError::TooLarge { .. }))
+        ));
         write_mode(&path, b"\xff{garbage", 0o600);
         assert!(matches!(read(&path), Err(LoadError::Json { .. })));
         write_mode(&path, b"{\"deployments\": 7}", 0o600);

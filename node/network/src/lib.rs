@@ -18,6 +18,7 @@ mod event_loop;
 pub mod heartbeat;
 pub mod keys;
 pub mod presence;
+pub mod private_file;
 pub mod quota;
 pub mod routes;
 mod rpc_codec;

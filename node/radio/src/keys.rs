@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use agora_network::private_file::ReadError;
 use agora_wire::radio::DeviceKey;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -157,24 +158,21 @@ pub(crate) fn read_private_json<T: serde::de::DeserializeOwned>(
     path: &Path,
     max_bytes: u64,
 ) -> Option<T> {
-    use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        warn!(path = %path.display(), "radio file readable by others: refused; chmod 600 it");
-        return None;
-    }
-    if meta.len() > max_bytes {
-        warn!(path = %path.display(), bytes = meta.len(), max_bytes, "radio file too large: ignored");
-        return None;
-    }
-    let mut body = Vec::new();
-    let read = std::fs::File::open(path)
-        .and_then(|f| f.take(max_bytes.saturating_add(1)).read_to_end(&mut body));
-    if let Err(e) = read {
-        warn!(path = %path.display(), error = %e, "radio file unreadable; ignored");
-        return None;
-    }
+    let body = match agora_network::private_file::read(path, max_bytes) {
+        Ok(body) => body?,
+        Err(e @ ReadError::Permissions { .. }) => {
+            warn!(path = %path.display(), error = %e, "radio file readable by others: refused; chmod 600 it");
+            return None;
+        }
+        Err(ReadError::TooLarge { bytes, .. }) => {
+            warn!(path = %path.display(), bytes, max_bytes, "radio file too large: ignored");
+            return None;
+        }
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "radio file unreadable; ignored");
+            return None;
+        }
+    };
     match serde_json::from_slice(&body) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -190,27 +188,8 @@ pub(crate) fn write_private<T: serde::Serialize + ?Sized>(
     path: &Path,
     value: &T,
 ) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let body = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    agora_network::private_file::write(path, &body)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! running services, a deployment's status as the deployer reports it.
 #![allow(clippy::unwrap_used)]
 
-use crate::{TestDevnet, agora, agora_json, try_agora_json};
+use crate::{TestDevnet, agora, publish_service, try_agora_json};
 
 /// The devnet's node ids, in node order.
 pub fn node_ids(net: &TestDevnet) -> Vec<String> {
@@ -40,29 +40,17 @@ pub fn publish_with_devices(
     wasm: &[u8],
     devices: &[u32],
 ) -> String {
-    let module = net.tmp().join(format!("{name}-{version}.wasm"));
-    let manifest = net.tmp().join(format!("{name}-{version}.toml"));
-    std::fs::write(&module, wasm).unwrap();
-    std::fs::write(
-        &manifest,
-        format!(
+    publish_service(
+        &net.node(0),
+        &net.tmp().join(format!("{name}-{version}.wasm")),
+        wasm,
+        &format!(
             "name = \"{name}\"\nversion = \"{version}\"\nkind = \"wasm\"\ntick_ms = 100\n\
              activation = \"immediate\"\ndevices = {devices:?}\n\n[resources]\ncpu_millis = 250\n\
              memory_mb = 64\nstorage_mb = 1\n\n[limits]\nmemory_bytes = 16777216\n\
              fuel_per_second = 200000000\ninstances = 1\nmax_output_bytes = 1048576\n"
         ),
     )
-    .unwrap();
-    let published = agora_json(&[
-        "service",
-        "publish",
-        &module.display().to_string(),
-        "--manifest",
-        &manifest.display().to_string(),
-        "--data-dir",
-        &net.node(0),
-    ]);
-    published["image"].as_str().unwrap().to_string()
 }
 
 /// Polls `f` every 200 ms until it holds; once `timeout` has passed, prints the deployment's

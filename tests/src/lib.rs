@@ -65,6 +65,29 @@ pub fn agora_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
+/// Writes `body` (a Wasm or WAT module) to `module` and `manifest` (TOML) beside it as
+/// `module.toml`, publishes them with `agora service publish --manifest` on the node at
+/// `data_dir` and returns the image CID.
+pub fn publish_service(data_dir: &str, module: &Path, body: &[u8], manifest: &str) -> String {
+    let manifest_file = module.with_extension("toml");
+    std::fs::write(module, body).unwrap_or_else(|e| panic!("writing {}: {e}", module.display()));
+    std::fs::write(&manifest_file, manifest)
+        .unwrap_or_else(|e| panic!("writing {}: {e}", manifest_file.display()));
+    let published = agora_json(&[
+        "service",
+        "publish",
+        &module.display().to_string(),
+        "--manifest",
+        &manifest_file.display().to_string(),
+        "--data-dir",
+        data_dir,
+    ]);
+    published["image"]
+        .as_str()
+        .unwrap_or_else(|| panic!("service publish printed no image: {published}"))
+        .to_string()
+}
+
 /// Whether a process exists and is not a zombie.
 pub fn alive(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

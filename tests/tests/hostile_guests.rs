@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use agora_runtime::test_utils::{
     BUSY_FOREVER, ECHO, HOST_CALLS_FOREVER, MEMORY_BOMB, SLEEP_FOREVER, STDOUT_FLOOD,
 };
-use agora_tests::{TestDevnet, agora, agora_json, alive, wait_until};
+use agora_tests::{TestDevnet, agora, agora_json, alive, publish_service, wait_until};
 use serde_json::Value;
 
 /// Logs `ready`, then `kv_put`s a new 4-byte key on every iteration forever; logs `kv full`
@@ -111,24 +111,12 @@ fn guests() -> Vec<Guest> {
 /// the image CID.
 fn publish(tmp: &Path, node: &str, name: &str, wat: &str, limits: &str) -> String {
     let wasm = wat::parse_str(wat).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let module = tmp.join(format!("{name}.wasm"));
-    std::fs::write(&module, wasm).unwrap();
-    let manifest = tmp.join(format!("{name}.toml"));
-    std::fs::write(
-        &manifest,
-        format!("name = \"{name}\"\nversion = \"1\"\ntick_ms = 50\n[limits]\n{limits}\n"),
-    )
-    .unwrap();
-    let published = agora_json(&[
-        "service",
-        "publish",
-        &module.display().to_string(),
-        "--manifest",
-        &manifest.display().to_string(),
-        "--data-dir",
+    publish_service(
         node,
-    ]);
-    published["image"].as_str().unwrap().to_string()
+        &tmp.join(format!("{name}.wasm")),
+        &wasm,
+        &format!("name = \"{name}\"\nversion = \"1\"\ntick_ms = 50\n[limits]\n{limits}\n"),
+    )
 }
 
 fn show(node: &str, id: &str) -> Value {

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agora_runtime::test_utils::{ALWAYS_SICK, SICK_UNTIL_SECOND_BOOT};
-use agora_tests::{TestDevnet, agora_json, wait_until};
+use agora_tests::{TestDevnet, agora_json, publish_service, wait_until};
 use serde_json::Value;
 
 /// Traps (`unreachable`) on its third poll; `tag` only makes the module bytes (and so the
@@ -34,24 +34,12 @@ fn traps_on_third_poll(tag: &str) -> String {
 /// stages it as `name` and starts it.
 fn publish_stage_start(tmp: &Path, node: &str, name: &str, wat: &str, extra: &str) {
     let wasm = wat::parse_str(wat).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let module = tmp.join(format!("{name}.wasm"));
-    std::fs::write(&module, wasm).unwrap();
-    let manifest = tmp.join(format!("{name}.toml"));
-    std::fs::write(
-        &manifest,
-        format!("name = \"{name}\"\nversion = \"1\"\ntick_ms = 50\n{extra}"),
-    )
-    .unwrap();
-    let published = agora_json(&[
-        "service",
-        "publish",
-        &module.display().to_string(),
-        "--manifest",
-        &manifest.display().to_string(),
-        "--data-dir",
+    let image = publish_service(
         node,
-    ]);
-    let image = published["image"].as_str().unwrap().to_string();
+        &tmp.join(format!("{name}.wasm")),
+        &wasm,
+        &format!("name = \"{name}\"\nversion = \"1\"\ntick_ms = 50\n{extra}"),
+    );
     agora_json(&["service", "stage", &image, "--id", name, "--data-dir", node]);
     let started = agora_json(&["service", "start", name, "--data-dir", node]);
     assert_eq!(started["service"]["state"], "Active", "{name}: {started}");

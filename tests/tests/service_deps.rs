@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use agora_tests::{TestDevnet, agora, agora_json};
+use agora_tests::{TestDevnet, agora, agora_json, publish_service};
 
 /// A guest that is sick at its first health read and healthy from the next (a second later),
 /// so a dependent that started early would show in the start times. `name` varies the bytes.
@@ -27,27 +27,15 @@ fn guest(name: &str) -> String {
 /// Writes `NAME.wat` and `NAME.toml` (depending on `depends_on`) and publishes them on `node`;
 /// returns the image CID, or the failed command's output.
 fn publish(tmp: &Path, node: &str, name: &str, depends_on: &str) -> String {
-    let module = tmp.join(format!("{name}.wat"));
-    std::fs::write(&module, guest(name)).unwrap();
-    let manifest = tmp.join(format!("{name}.toml"));
-    std::fs::write(
-        &manifest,
-        format!(
+    publish_service(
+        node,
+        &tmp.join(format!("{name}.wat")),
+        guest(name).as_bytes(),
+        &format!(
             "name = \"{name}\"\nversion = \"1.0.0\"\ntick_ms = 10\ndepends_on = [{depends_on}]\n\
              [limits]\nmemory_bytes = 1048576\n"
         ),
     )
-    .unwrap();
-    let out = agora_json(&[
-        "service",
-        "publish",
-        &module.display().to_string(),
-        "--manifest",
-        &manifest.display().to_string(),
-        "--data-dir",
-        node,
-    ]);
-    out["image"].as_str().unwrap().to_string()
 }
 
 fn stage(node: &str, image: &str, id: &str) -> std::process::Output {

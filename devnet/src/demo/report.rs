@@ -24,6 +24,10 @@ pub struct Coverage {
     /// [`MAX_GAPS`] per device), so a failure says where they fell.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub gaps: BTreeMap<u32, Vec<(u32, u32)>>,
+    /// The readings more than one checkpoint covers, per device, as inclusive ranges (at most
+    /// [`MAX_GAPS`] per device), so a failure says where they fell.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub doubled: BTreeMap<u32, Vec<(u32, u32)>>,
 }
 
 /// Most gaps listed per device in [`Coverage::gaps`].
@@ -69,24 +73,32 @@ pub fn coverage(
     }
     for (device, h) in &hits {
         for (seq, x) in h.iter().enumerate().skip(1) {
+            let seq = u32::try_from(seq).unwrap_or(u32::MAX);
             match x {
                 0 => {
                     c.missing += 1;
-                    let seq = u32::try_from(seq).unwrap_or(u32::MAX);
-                    let gaps = c.gaps.entry(*device).or_default();
-                    let full = gaps.len() >= MAX_GAPS;
-                    match gaps.last_mut() {
-                        Some((_, last)) if last.saturating_add(1) == seq => *last = seq,
-                        _ if !full => gaps.push((seq, seq)),
-                        _ => {}
-                    }
+                    add_to_ranges(c.gaps.entry(*device).or_default(), seq);
                 }
                 1 => {}
-                _ => c.duplicated += 1,
+                _ => {
+                    c.duplicated += 1;
+                    add_to_ranges(c.doubled.entry(*device).or_default(), seq);
+                }
             }
         }
     }
     c
+}
+
+/// Adds `seq` to ascending inclusive `ranges`, extending the last one when it follows it; at
+/// most [`MAX_GAPS`] ranges.
+fn add_to_ranges(ranges: &mut Vec<(u32, u32)>, seq: u32) {
+    let full = ranges.len() >= MAX_GAPS;
+    match ranges.last_mut() {
+        Some((_, last)) if last.saturating_add(1) == seq => *last = seq,
+        _ if !full => ranges.push((seq, seq)),
+        _ => {}
+    }
 }
 
 /// One failover, in ms from the kill.
@@ -185,6 +197,7 @@ mod tests {
         assert_eq!(c.duplicated, 1);
         assert_eq!(c.missing, 2);
         assert_eq!(c.gaps, BTreeMap::from([(1, vec![(9, 10)])]));
+        assert_eq!(c.doubled, BTreeMap::from([(1, vec![(4, 4)])]));
         assert_eq!(c.proofs, 2);
     }
 

@@ -641,19 +641,48 @@ impl Story {
             }
         });
         if c.missing > 0 {
-            self.explain_gaps(observer, &c, &stats).await;
+            eprintln!(
+                "readings missing as {} heard the checkpoints: gaps {:?}; its radio stats {stats:?}",
+                self.m.nodes[observer].name, c.gaps
+            );
+            self.explain(&c.gaps).await;
+        }
+        if c.duplicated > 0 {
+            eprintln!(
+                "readings covered twice as {} heard the checkpoints: {:?}; its radio stats {stats:?}",
+                self.m.nodes[observer].name, c.doubled
+            );
+            for rec in &kept {
+                for r in &rec.checkpoint.ranges {
+                    let touches = c.doubled.get(&r.device).is_some_and(|near| {
+                        near.iter().any(|(lo, hi)| r.first <= *hi && r.last >= *lo)
+                    });
+                    if touches {
+                        eprintln!(
+                            "  {} kept {}'s checkpoint of device {} {}..={} (count {}) at {}",
+                            self.m.nodes[observer].name,
+                            names
+                                .get(&rec.edge)
+                                .cloned()
+                                .unwrap_or_else(|| short(&rec.edge)),
+                            r.device,
+                            r.first,
+                            r.last,
+                            r.count,
+                            rec.checkpoint.at
+                        );
+                    }
+                }
+            }
+            self.explain(&c.doubled).await;
         }
         c
     }
 
-    /// Says, on stderr, where the missing readings of `c` went: the observer's refusal
-    /// counters, and every node's own checkpoints that touch a gap (a checkpoint the observer
-    /// never kept, or no checkpoint at all).
-    async fn explain_gaps(&self, observer: usize, c: &Coverage, stats: &agora_radio::RadioStats) {
-        eprintln!(
-            "readings missing as {} heard the checkpoints: gaps {:?}; its radio stats {stats:?}",
-            self.m.nodes[observer].name, c.gaps
-        );
+    /// Says, on stderr, who processed the readings around `ranges` (missing or covered twice,
+    /// per device): every node's own checkpoints that touch one (a checkpoint the observer never
+    /// kept, or no checkpoint at all), with their time, and its view of those devices.
+    async fn explain(&self, ranges: &BTreeMap<u32, Vec<(u32, u32)>>) {
         for n in &self.m.nodes {
             let Ok(client) = api(n) else { continue };
             let Ok(st) = client.get::<RadioStatus>("/v1/radio").await else {
@@ -662,8 +691,8 @@ impl Story {
             };
             for rec in st.checkpoints.iter().filter(|r| r.mine) {
                 for r in &rec.checkpoint.ranges {
-                    let touches = c.gaps.get(&r.device).is_some_and(|gaps| {
-                        gaps.iter().any(|(lo, hi)| {
+                    let touches = ranges.get(&r.device).is_some_and(|near| {
+                        near.iter().any(|(lo, hi)| {
                             r.first <= hi.saturating_add(2) && r.last.saturating_add(2) >= *lo
                         })
                     });
@@ -681,7 +710,7 @@ impl Story {
                     }
                 }
             }
-            for d in st.devices.iter().filter(|d| c.gaps.contains_key(&d.device)) {
+            for d in st.devices.iter().filter(|d| ranges.contains_key(&d.device)) {
                 eprintln!("  {} device {:?}", n.name, d);
             }
         }

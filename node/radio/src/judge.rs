@@ -14,12 +14,14 @@
 //!   replays of what is already covered are `Ignore`d: not forwarded, the sender not penalised
 //!   (this edge's ledger may be behind an honest peer's).
 
+use std::collections::VecDeque;
+
 use agora_market::NodeId;
 use agora_wire::radio::Checkpoint;
 
-use crate::RadioStats;
 use crate::rules::{self, Forward, Verdict};
 use crate::table::{Device, DeviceTable};
+use crate::{CheckpointRecord, RadioStats};
 
 /// What applying one peer checkpoint did.
 #[derive(Debug, PartialEq, Eq)]
@@ -132,6 +134,18 @@ pub(crate) fn apply(
         verified,
         keep,
     }
+}
+
+/// Whether `kept` already holds `c` from `edge`, whole: the same signed checkpoint reached this
+/// edge a second time. That happens to an honest provider: the customer's checkpoint comes with
+/// its state snapshot (and is relayed from here), and the customer gossips it again once it has
+/// the answer; when that gossip arrives before the relay is published, gossipsub's duplicate
+/// cache has not seen it yet. Kept twice, one reading would be accounted twice. Newest first:
+/// a second copy arrives soon after the first.
+pub(crate) fn already_kept(kept: &VecDeque<CheckpointRecord>, edge: &str, c: &Checkpoint) -> bool {
+    kept.iter()
+        .rev()
+        .any(|r| !r.mine && r.edge == edge && r.checkpoint == *c)
 }
 
 #[cfg(test)]
@@ -290,5 +304,33 @@ mod tests {
             a.malformed,
             Some(rules::Malformed::TooManyDevices { .. })
         ));
+    }
+
+    #[test]
+    fn a_checkpoint_kept_whole_from_the_same_edge_is_already_kept() {
+        let c = checkpoint(&[(7, 1, 10)], &[]);
+        let rec = |edge: &str, mine: bool, c: &Checkpoint| CheckpointRecord {
+            edge: edge.into(),
+            mine,
+            checkpoint: c.clone(),
+            verified: true,
+        };
+        let mut kept = VecDeque::new();
+        assert!(!already_kept(&kept, "a", &c));
+        kept.push_back(rec("a", false, &c));
+        assert!(already_kept(&kept, "a", &c));
+        // Another signer, another checkpoint of the same signer, or one trimmed here (only
+        // part of it counted the first time) is not the same.
+        assert!(!already_kept(&kept, "b", &c));
+        let mut later = c.clone();
+        later.at = 1;
+        assert!(!already_kept(&kept, "a", &later));
+        let wider = checkpoint(&[(7, 1, 10), (8, 1, 5)], &[]);
+        assert!(!already_kept(&kept, "a", &wider));
+        // This edge's own checkpoints are never a peer's duplicate.
+        let mut own = VecDeque::from([rec("a", true, &c)]);
+        assert!(!already_kept(&own, "a", &c));
+        own.push_back(rec("a", false, &c));
+        assert!(already_kept(&own, "a", &c));
     }
 }

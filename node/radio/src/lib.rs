@@ -257,6 +257,9 @@ pub struct RadioStats {
     /// Peer checkpoints rejected (sender penalised, not forwarded): undecodable, or malformed
     /// (too many devices, over-long text, impossible ranges, a device twice).
     pub checkpoints_rejected: u64,
+    /// Peer checkpoints that arrived a second time, whole (the same signed checkpoint by
+    /// gossip and with a state snapshot, or replayed): ignored, not kept twice.
+    pub checkpoints_duplicate: u64,
     /// Customer: state snapshots sent to a standby provider and kept there.
     pub state_sent: u64,
     /// Customer: state snapshots the provider refused or did not answer (the checkpoint went

@@ -633,6 +633,12 @@ impl RadioTask {
     /// the rest is dropped and counted, with one log line per checkpoint. Returns whether
     /// gossipsub forwards it (threat N7).
     fn on_peer_checkpoint(&mut self, edge: NodeId, mut c: Checkpoint) -> Forward {
+        if judge::already_kept(&self.checkpoints, &edge.to_string(), &c) {
+            self.stats.checkpoints_duplicate += 1;
+            self.stats.checkpoints_ignored += 1;
+            debug!(%edge, at = c.at, "peer checkpoint already kept: ignored");
+            return Forward::Ignore;
+        }
         let a = judge::apply(
             &mut self.table,
             &mut self.stats,

@@ -35,13 +35,23 @@ log=$(mktemp)
 # (`agora_devnet::skipped`); listed and counted at the end, so a skip is never taken for a pass.
 skipped=$(mktemp)
 export AGORA_SKIPPED_FILE="$skipped"
-# cargo test by default. AGORA_TEST_RUNNER=nextest runs cargo-nextest instead (every test in its
-# own process, the tests of all binaries scheduled together, the longest end-to-end tests first:
-# .config/nextest.toml): the test phase takes ~525 s instead of ~800 s. It is not the default:
-# CI would first have to build cargo-nextest, and its side-by-side schedule is what found the
-# handover's lost checkpoint (docs/STATUS.md #7, fixed in session 21); it has had no full run
-# since. Arguments go to the runner (a test name filter, `-p CRATE`, ...).
-if [ "${AGORA_TEST_RUNNER:-cargo}" = nextest ]; then
+# The runner: cargo-nextest when it is installed (this project's CI machines have it), else
+# cargo test. nextest runs every test in its own process and schedules the tests of all
+# binaries together, the longest end-to-end tests first (.config/nextest.toml): the test phase
+# takes ~10 minutes instead of ~14 on 2 cores. AGORA_TEST_RUNNER=cargo forces cargo test;
+# AGORA_TEST_RUNNER=nextest forces nextest (installed with `cargo install` when missing).
+# Arguments go to the runner (a test name filter, `-p CRATE`, ...).
+runner="${AGORA_TEST_RUNNER:-}"
+if [ -z "$runner" ]; then
+  if cargo nextest --version >/dev/null 2>&1; then
+    runner=nextest
+  else
+    echo "test: cargo-nextest is not installed; running the tests with cargo test" \
+      "(AGORA_TEST_RUNNER=nextest installs it)"
+    runner=cargo
+  fi
+fi
+if [ "$runner" = nextest ]; then
   if ! cargo nextest --version >/dev/null 2>&1; then
     echo "test: installing cargo-nextest (cargo install --locked)"
     cargo install --locked cargo-nextest

@@ -259,6 +259,9 @@ pub(crate) struct Running {
     pub(crate) waiting_until: Option<Timestamp>,
     /// Changed in a way a restart must not lose since the last save.
     pub(crate) dirty: bool,
+    /// Where its devices talked from, as saved before a restart (asked for their metadata
+    /// there until heard again).
+    pub(crate) addrs: BTreeMap<DeviceId, std::net::SocketAddr>,
 }
 
 /// Who asked for a job.
@@ -404,6 +407,7 @@ impl Jobs {
             restored_at: None,
             waiting_until: None,
             dirty: true,
+            addrs: BTreeMap::new(),
         };
         if let Origin::Local { owned, .. } = &mut run.origin {
             owned.retain(|d| run.devices.contains(d));
@@ -623,6 +627,15 @@ impl Jobs {
     /// Whether any job is running (the radio ticks it).
     pub(crate) fn running(&self) -> bool {
         self.jobs.values().any(|r| r.finished_at.is_none())
+    }
+
+    /// The devices restored jobs wait for, at the addresses saved with them.
+    pub(crate) fn hints(&self) -> Vec<(DeviceId, std::net::SocketAddr)> {
+        self.jobs
+            .values()
+            .filter(|r| r.waiting_until.is_some())
+            .flat_map(|r| r.addrs.iter().map(|(d, a)| (*d, *a)))
+            .collect()
     }
 
     /// Whether a job changed in a way a restart must not lose since the last call (job

@@ -15,6 +15,7 @@
 //! be had is halted: its devices not done are reported `halted`).
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use agora_contracts::devices::handoff::OwnerDone;
@@ -47,6 +48,9 @@ pub(crate) struct SavedJob {
     pub(crate) finished_at: Option<Timestamp>,
     pub(crate) origin: SavedOrigin,
     pub(crate) devices: Vec<SlotRecord>,
+    /// Where its devices talked from (a device left in its bootloader is asked there).
+    #[serde(default)]
+    pub(crate) addrs: Vec<(DeviceId, SocketAddr)>,
 }
 
 /// Who asked for a saved job.
@@ -92,11 +96,14 @@ fn check(s: &SavedJob) -> Result<(), String> {
     {
         return Err("owns a device outside the job".into());
     }
+    if !s.addrs.iter().all(|(d, _)| devices.contains(d)) || s.addrs.len() > devices.len() {
+        return Err("an address for a device outside the job".into());
+    }
     Ok(())
 }
 
 impl SavedJob {
-    fn of(id: JobId, r: &Running) -> Self {
+    fn of(id: JobId, r: &Running, addr_of: &dyn Fn(DeviceId) -> Option<SocketAddr>) -> Self {
         SavedJob {
             id,
             selector: r.selector.clone(),
@@ -115,16 +122,21 @@ impl SavedJob {
                 },
             },
             devices: r.job.records(),
+            addrs: r
+                .devices
+                .iter()
+                .filter_map(|d| Some((*d, addr_of(*d).or_else(|| r.addrs.get(d).copied())?)))
+                .collect(),
         }
     }
 }
 
 impl Jobs {
-    /// The jobs as saved.
-    pub(crate) fn saved(&self) -> Vec<SavedJob> {
+    /// The jobs as saved, with where discovery last heard their devices (`addr_of`).
+    pub(crate) fn saved(&self, addr_of: &dyn Fn(DeviceId) -> Option<SocketAddr>) -> Vec<SavedJob> {
         self.jobs
             .iter()
-            .map(|(id, r)| SavedJob::of(*id, r))
+            .map(|(id, r)| SavedJob::of(*id, r, addr_of))
             .collect()
     }
 
@@ -196,6 +208,7 @@ impl Jobs {
                 restored_at: Some(now),
                 waiting_until: (!finished).then_some(now.saturating_add(RESUME_GRACE_MS)),
                 dirty: false,
+                addrs: s.addrs.into_iter().collect(),
             },
         );
         Ok(())
@@ -264,11 +277,15 @@ pub(crate) fn load(path: Option<&Path>, now: Timestamp, max: usize) -> Jobs {
 }
 
 /// Writes the table to `path` (a failure is logged: a restart would lose the jobs' progress).
-pub(crate) fn save(path: Option<&Path>, jobs: &Jobs) {
+pub(crate) fn save(
+    path: Option<&Path>,
+    jobs: &Jobs,
+    addr_of: &dyn Fn(DeviceId) -> Option<SocketAddr>,
+) {
     let Some(path) = path else {
         return;
     };
-    if let Err(e) = write_private(path, &jobs.saved()) {
+    if let Err(e) = write_private(path, &jobs.saved(addr_of)) {
         warn!(path = %path.display(), error = %e, "firmware jobs not saved; a restart forgets them");
     }
 }

@@ -848,6 +848,14 @@ impl RadioTask {
         if !self.jobs.running() {
             return;
         }
+        // Devices of restored jobs not heard since the restart, asked where they were.
+        for (device, addr) in self.jobs.hints() {
+            if let (Some(s), Some(req)) = (socket, self.discovery.hint(device, addr, now_ms()))
+                && let Err(e) = s.send_to(&req, addr).await
+            {
+                debug!(device, error = %e, "metadata request not sent");
+            }
+        }
         let table = &self.table;
         let heard: BTreeMap<u32, agora_contracts::devices::DeviceMeta> = self
             .discovery
@@ -872,7 +880,10 @@ impl RadioTask {
     /// Saves the job table if a job changed in a way a restart must not lose.
     fn save_jobs(&mut self) {
         if self.jobs.take_dirty() {
-            crate::jobs_file::save(self.jobs_file.as_deref(), &self.jobs);
+            let discovery = &self.discovery;
+            crate::jobs_file::save(self.jobs_file.as_deref(), &self.jobs, &|d| {
+                discovery.addr_of(d)
+            });
         }
     }
 

@@ -72,14 +72,18 @@ fn the_job_table_persists_0600_and_reloads_with_its_history() {
     // A tick that changes nothing a restart needs does not ask for a save.
     jobs.tick(20, |d| d.clone(), &BTreeMap::new());
     assert!(!jobs.take_dirty());
-    save(Some(path.as_path()), &jobs);
+    save(Some(path.as_path()), &jobs, &|_| None);
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
     );
     let mut again = load(Some(path.as_path()), 100, MAX_JOBS_TEST);
     assert_eq!(again.stats.restored, 1);
-    assert_eq!(again.saved(), jobs.saved(), "same records");
+    assert_eq!(
+        again.saved(&|_| None),
+        jobs.saved(&|_| None),
+        "same records"
+    );
     let view = again.view(1).unwrap();
     assert_eq!(view.restored_at, Some(100));
     assert_eq!(view.waiting_until, Some(100 + RESUME_GRACE_MS));
@@ -123,7 +127,7 @@ fn a_restored_job_whose_image_is_gone_or_changed_is_halted() {
     let jobs = running();
     for image in [Err("gone".to_string()), Ok(vec![1u8; 3000])] {
         let mut again = Jobs::new(MAX_JOBS_TEST);
-        again.restore(5, jobs.saved());
+        again.restore(5, jobs.saved(&|_| None));
         again.image_loaded(6, 1, image);
         let v = again.view(1).unwrap();
         assert!(v.finished && v.finished_at == Some(6));
@@ -136,7 +140,7 @@ fn a_restored_job_whose_image_is_gone_or_changed_is_halted() {
 fn a_hostile_job_file_is_refused_or_checked_entry_by_entry() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("radio-jobs.json");
-    let good = running().saved();
+    let good = running().saved(&|_| None);
     let body = serde_json::to_vec(&good).unwrap();
     // Readable by others: refused whole.
     write(&path, &body, 0o644);

@@ -72,7 +72,8 @@ fn the_job_table_persists_0600_and_reloads_with_its_history() {
     // A tick that changes nothing a restart needs does not ask for a save.
     jobs.tick(20, |d| d.clone(), &BTreeMap::new());
     assert!(!jobs.take_dirty());
-    save(Some(path.as_path()), &jobs, &|_| None);
+    let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    save(Some(path.as_path()), &jobs, &|d| (d == 1).then_some(addr));
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
@@ -80,9 +81,14 @@ fn the_job_table_persists_0600_and_reloads_with_its_history() {
     let mut again = load(Some(path.as_path()), 100, MAX_JOBS_TEST);
     assert_eq!(again.stats.restored, 1);
     assert_eq!(
-        again.saved(&|_| None),
-        jobs.saved(&|_| None),
+        again.saved(&|_| None)[0].devices,
+        jobs.saved(&|_| None)[0].devices,
         "same records"
+    );
+    assert_eq!(
+        again.hints(),
+        vec![(1, addr)],
+        "device 1 is asked where it was"
     );
     let view = again.view(1).unwrap();
     assert_eq!(view.restored_at, Some(100));

@@ -13,6 +13,6 @@ mod proptests;
 
 pub use job::{
     Command, DeviceProgress, Effect, FailReason, FirmwareJob, Input, JobConfig, JobError, JobId,
-    JobStatus, Outcome, SkipReason, Step, Summary,
+    JobStatus, MAX_RESTORED_DEVICES, Outcome, RestoreError, SkipReason, SlotRecord, Step, Summary,
 };
 pub use meta::{DeviceId, DeviceMeta, Firmware, MAX_LABEL_LEN, Mode, Selector, SelectorError};

@@ -21,6 +21,7 @@
 //!   out-of-order acks, devices outside the job) change nothing and are counted.
 
 mod io;
+mod restore;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +33,7 @@ pub use io::{
     Command, DeviceProgress, Effect, FailReason, Input, JobConfig, JobError, JobId, JobStatus,
     MAX_CHUNK, Outcome, SkipReason, Step, Summary,
 };
+pub use restore::{MAX_RESTORED_DEVICES, RestoreError, SlotRecord};
 
 use super::meta::{DeviceId, DeviceMeta, Firmware, Mode, Selector};
 
@@ -51,6 +53,10 @@ struct Slot {
     deadline: Option<Timestamp>,
     last_failure: Option<FailReason>,
     outcome: Option<Outcome>,
+    /// Under way when the edge running the job stopped (restored by
+    /// [`FirmwareJob::restore`]): found on the target version when its turn comes, it was
+    /// updated by this job, not before it.
+    interrupted: bool,
 }
 
 impl Slot {
@@ -121,6 +127,7 @@ impl FirmwareJob {
                     deadline: None,
                     last_failure: None,
                     outcome: None,
+                    interrupted: false,
                 };
                 (slot.meta.id, slot)
             })
@@ -257,6 +264,15 @@ impl FirmwareJob {
     fn skip_at_start(&mut self, out: &mut Vec<Effect>) {
         let fw = &self.plan.firmware;
         for slot in self.slots.values_mut() {
+            // Finished before a restart: never touched again.
+            if slot.outcome.is_some() {
+                continue;
+            }
+            if slot.interrupted && current(slot, fw) {
+                let attempts = slot.attempt;
+                finish(slot, Outcome::Updated { attempts }, out);
+                continue;
+            }
             let reason = if slot.meta.locked {
                 SkipReason::Locked
             } else if slot.meta.firmware_type != fw.firmware_type {
@@ -297,9 +313,17 @@ impl FirmwareJob {
                 finish(slot, Outcome::Skipped(SkipReason::Locked), out);
                 continue;
             }
-            // Updated meanwhile (by the edge that ran this job before a handover).
-            if slot.meta.mode == Mode::Running && slot.meta.version == self.plan.firmware.version {
-                finish(slot, Outcome::Skipped(SkipReason::AlreadyCurrent), out);
+            // Updated meanwhile (by the edge that ran this job before a handover), or by this
+            // job's attempt that a restart of this edge interrupted after the boot command.
+            if current(slot, &self.plan.firmware) {
+                let outcome = if slot.interrupted {
+                    Outcome::Updated {
+                        attempts: slot.attempt,
+                    }
+                } else {
+                    Outcome::Skipped(SkipReason::AlreadyCurrent)
+                };
+                finish(slot, outcome, out);
                 continue;
             }
             if !self.managed.contains(&slot.meta.id) {
@@ -307,9 +331,16 @@ impl FirmwareJob {
                 continue;
             }
             busy += 1;
-            slot.previous_version = slot.meta.version.clone();
             out.push(Effect::Pause(slot.meta.id));
-            slot.attempt = 1;
+            if slot.interrupted {
+                // The attempt the restart cut short starts over under its own number (the
+                // edge stopped, not the device), and the version to roll back to stays the one
+                // it ran when the job first reached it (it may be in its bootloader now).
+                slot.attempt = slot.attempt.max(1);
+            } else {
+                slot.previous_version = slot.meta.version.clone();
+                slot.attempt = 1;
+            }
             reboot(slot, now, cfg, out);
         }
     }
@@ -515,6 +546,11 @@ impl Plan {
             command: Command::Rollback,
         });
     }
+}
+
+/// Whether the device runs the job's version.
+fn current(slot: &Slot, fw: &Firmware) -> bool {
+    slot.meta.mode == Mode::Running && slot.meta.version == fw.version
 }
 
 fn finish(slot: &mut Slot, outcome: Outcome, out: &mut Vec<Effect>) {

@@ -135,6 +135,37 @@ impl Discovery {
         encode_request(device, &Request::Metadata).ok()
     }
 
+    /// A device of a job restored after a restart, at the address saved with the job, not
+    /// heard since: returns the metadata request to send (at most one a second). A device left
+    /// in its bootloader when the edge stopped sends nothing unasked; one heard since keeps the
+    /// address it talks from.
+    pub(crate) fn hint(
+        &mut self,
+        device: DeviceId,
+        addr: SocketAddr,
+        now: Timestamp,
+    ) -> Option<Vec<u8>> {
+        if self.devices.get(&device).is_some_and(|e| e.meta.is_some()) {
+            return None;
+        }
+        self.admit(device);
+        let e = self.devices.entry(device).or_insert(Entry {
+            addr,
+            meta: None,
+            last_heard: now,
+            last_asked: None,
+            uplinks: 0,
+        });
+        if e.last_asked
+            .is_some_and(|at| now < at.saturating_add(1_000))
+        {
+            return None;
+        }
+        e.last_asked = Some(now);
+        self.stats.requests_sent += 1;
+        encode_request(device, &Request::Metadata).ok()
+    }
+
     /// A datagram that is an endpoint reply, from `from`: an announcement updates the table;
     /// every reply taken (an announcement, or a chunk ack or hash from the device's own address)
     /// is returned for the firmware jobs.

@@ -86,6 +86,14 @@ pub struct JobView {
     /// Providers of the owner's contracts for the devices that keep this job's hand-off.
     #[serde(default)]
     pub handed_to: Vec<String>,
+    /// When this edge reloaded the job from its data dir after a restart (`None`: never
+    /// restarted while the job was kept).
+    #[serde(default)]
+    pub restored_at: Option<Timestamp>,
+    /// A restored job waiting to go on: until every device not done is heard again and
+    /// managed here, or this time passes, ms.
+    #[serde(default)]
+    pub waiting_until: Option<Timestamp>,
 }
 
 /// Where a resumed job came from.
@@ -121,6 +129,12 @@ pub struct JobStats {
     pub handoffs_acked: u64,
     /// Kept hand-offs whose image could not be loaded when their turn came.
     pub resume_failed: u64,
+    /// Jobs reloaded from the data dir at start (`radio-jobs.json`).
+    pub restored: u64,
+    /// Saved jobs refused when reloaded (malformed, out of bounds, beyond the table).
+    pub dropped_on_load: u64,
+    /// Restored jobs halted because their image could not be loaded again.
+    pub restore_failed: u64,
 }
 
 /// `GET /v1/devices/jobs`.
@@ -230,14 +244,24 @@ pub async fn load_image(
     Ok(bytes)
 }
 
-struct Running {
-    job: FirmwareJob,
-    image: Vec<u8>,
-    devices: BTreeSet<DeviceId>,
-    selector: String,
-    started_at: Timestamp,
-    finished_at: Option<Timestamp>,
-    origin: Origin,
+pub(crate) struct Running {
+    pub(crate) job: FirmwareJob,
+    pub(crate) image: Vec<u8>,
+    pub(crate) devices: BTreeSet<DeviceId>,
+    pub(crate) selector: String,
+    pub(crate) started_at: Timestamp,
+    pub(crate) finished_at: Option<Timestamp>,
+    pub(crate) origin: Origin,
+    /// Reloaded after a restart at this time.
+    pub(crate) restored_at: Option<Timestamp>,
+    /// Restored and not started again yet: starts once its devices are heard and managed
+    /// here, or at this time.
+    pub(crate) waiting_until: Option<Timestamp>,
+    /// Changed in a way a restart must not lose since the last save.
+    pub(crate) dirty: bool,
+    /// Where its devices talked from, as saved before a restart (asked for their metadata
+    /// there until heard again).
+    pub(crate) addrs: BTreeMap<DeviceId, std::net::SocketAddr>,
 }
 
 /// Who asked for a job.
@@ -283,9 +307,9 @@ pub(crate) type Hold = (DeviceId, bool);
 
 /// The edge's firmware jobs.
 pub(crate) struct Jobs {
-    jobs: BTreeMap<JobId, Running>,
-    next_id: JobId,
-    max: usize,
+    pub(crate) jobs: BTreeMap<JobId, Running>,
+    pub(crate) next_id: JobId,
+    pub(crate) max: usize,
     pub(crate) stats: JobStats,
     /// Pauses and resumes the jobs' effects named, in order, until the task takes them.
     holds: Vec<Hold>,
@@ -380,6 +404,10 @@ impl Jobs {
             started_at: now,
             finished_at: None,
             origin,
+            restored_at: None,
+            waiting_until: None,
+            dirty: true,
+            addrs: BTreeMap::new(),
         };
         if let Origin::Local { owned, .. } = &mut run.origin {
             owned.retain(|d| run.devices.contains(d));
@@ -453,17 +481,56 @@ impl Jobs {
     }
 
     /// Time passed; `managed` says which of a job's devices this edge manages now.
+    ///
+    /// A job restored after a restart starts again once every device it has not finished is
+    /// in `heard` (metadata announced since the restart) and managed here, or at its
+    /// `waiting_until`; it is given that metadata first.
     pub(crate) fn tick(
         &mut self,
         now: Timestamp,
         managed: impl Fn(&BTreeSet<DeviceId>) -> BTreeSet<DeviceId>,
+        heard: &BTreeMap<DeviceId, DeviceMeta>,
     ) -> Outgoing {
         let mut out = Vec::new();
         for run in self.jobs.values_mut() {
             if run.finished_at.is_some() {
                 continue;
             }
-            let mut effects = run.job.handle(now, Input::Managed(managed(&run.devices)));
+            let managed = managed(&run.devices);
+            let mut effects = run.job.handle(now, Input::Managed(managed.clone()));
+            if let Some(until) = run.waiting_until {
+                if run.image.is_empty() {
+                    // Its image is being read again.
+                    continue;
+                }
+                let pending: Vec<DeviceId> = run
+                    .job
+                    .status()
+                    .devices
+                    .iter()
+                    .filter(|d| d.outcome.is_none())
+                    .map(|d| d.device)
+                    .collect();
+                let ready = pending
+                    .iter()
+                    .all(|d| heard.contains_key(d) && managed.contains(d));
+                if !ready && now < until {
+                    continue;
+                }
+                for d in &pending {
+                    if let Some(m) = heard.get(d) {
+                        effects.extend(run.job.handle(now, Input::Discovered(m.clone())));
+                    }
+                }
+                run.waiting_until = None;
+                info!(
+                    job = run.job.id(),
+                    devices = pending.len(),
+                    ready,
+                    "restored firmware job goes on"
+                );
+                effects.extend(run.job.handle(now, Input::Start));
+            }
             effects.extend(run.job.handle(now, Input::Tick));
             out.extend(carry_out(run, now, effects, &mut self.holds));
         }
@@ -562,6 +629,25 @@ impl Jobs {
         self.jobs.values().any(|r| r.finished_at.is_none())
     }
 
+    /// The devices restored jobs wait for, at the addresses saved with them.
+    pub(crate) fn hints(&self) -> Vec<(DeviceId, std::net::SocketAddr)> {
+        self.jobs
+            .values()
+            .filter(|r| r.waiting_until.is_some())
+            .flat_map(|r| r.addrs.iter().map(|(d, a)| (*d, *a)))
+            .collect()
+    }
+
+    /// Whether a job changed in a way a restart must not lose since the last call (job
+    /// created, a device paused or done, an attempt begun, the job finished).
+    pub(crate) fn take_dirty(&mut self) -> bool {
+        let mut dirty = false;
+        for run in self.jobs.values_mut() {
+            dirty |= std::mem::take(&mut run.dirty);
+        }
+        dirty
+    }
+
     pub(crate) fn view(&self, id: JobId) -> Option<JobView> {
         self.jobs.get(&id).map(view)
     }
@@ -598,6 +684,8 @@ fn view(r: &Running) -> JobView {
             }
             Origin::Resumed { .. } => Vec::new(),
         },
+        restored_at: r.restored_at,
+        waiting_until: r.waiting_until,
     }
 }
 
@@ -611,6 +699,16 @@ fn carry_out(
     let job = run.job.id();
     let mut out = Vec::new();
     for e in effects {
+        // What a restart must not lose: an attempt begun, a device done, the job over.
+        run.dirty |= matches!(
+            e,
+            Effect::Send {
+                command: Command::RebootToBootloader,
+                ..
+            } | Effect::Pause(_)
+                | Effect::Done { .. }
+                | Effect::Finished(_)
+        );
         match e {
             Effect::Send { device, command } => {
                 let req = match command {

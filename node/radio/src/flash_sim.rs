@@ -189,9 +189,11 @@ pub fn flash_fleet(cfg: &FleetConfig) -> FleetRun {
                 let edge = &mut fleet[e];
                 if edge.jobs.running() {
                     let managed = edge.managed.clone();
-                    let out = edge
-                        .jobs
-                        .tick(now, |d| d.intersection(&managed).copied().collect());
+                    let out = edge.jobs.tick(
+                        now,
+                        |d| d.intersection(&managed).copied().collect(),
+                        &BTreeMap::new(),
+                    );
                     outgoing.push((e, out));
                     q.push(now + cfg.tick_ms.max(1), Event::Tick(e));
                 }

@@ -27,6 +27,7 @@ pub mod firmware;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod flash_sim;
 mod handoff_file;
+mod jobs_file;
 mod judge;
 pub mod keys;
 mod pause;
@@ -61,6 +62,9 @@ pub const STATE_DIR: &str = "radio-state";
 /// File in the data dir holding the firmware-job hand-offs this node keeps as a provider
 /// (issue #16, mode 0600).
 pub const HANDOFFS_FILE: &str = "radio-handoffs.json";
+/// This edge's own firmware jobs (issue #16), reloaded at start so a restarted edge resumes
+/// them (mode 0600).
+pub const JOBS_FILE: &str = "radio-jobs.json";
 
 /// Where the radio task keeps what must survive a restart (`None`: memory only, for tests).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,6 +77,8 @@ pub struct RadioFiles {
     pub states: Option<std::path::PathBuf>,
     /// Firmware-job hand-offs kept as a provider ([`HANDOFFS_FILE`]).
     pub handoffs: Option<std::path::PathBuf>,
+    /// This edge's own firmware jobs ([`JOBS_FILE`]).
+    pub jobs: Option<std::path::PathBuf>,
 }
 
 impl RadioFiles {
@@ -83,6 +89,7 @@ impl RadioFiles {
             counters: Some(data_dir.join(FRAME_COUNTERS_FILE)),
             states: Some(data_dir.join(STATE_DIR)),
             handoffs: Some(data_dir.join(HANDOFFS_FILE)),
+            jobs: Some(data_dir.join(JOBS_FILE)),
         }
     }
 }

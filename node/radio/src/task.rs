@@ -23,7 +23,7 @@ use super::{
 };
 use crate::counters::CounterStore;
 use crate::discovery::Discovery;
-use crate::firmware::{Jobs, MAX_JOBS, Origin, Outgoing};
+use crate::firmware::{Jobs, MAX_JOBS, Origin, Outgoing, load_image};
 use crate::judge;
 use crate::keys::KeyStore;
 use crate::rules::{self, Forward, MAX_MANAGERS_PER_DEVICE};
@@ -99,6 +99,8 @@ struct RadioTask {
     handoffs: Handoffs,
     /// Where they are persisted (`radio-handoffs.json`).
     handoffs_file: Option<std::path::PathBuf>,
+    /// Where this edge's own jobs are persisted (`radio-jobs.json`).
+    jobs_file: Option<std::path::PathBuf>,
     handoff_tx: mpsc::Sender<HandoffAnswer>,
     resume_tx: mpsc::Sender<Resume>,
     /// Counter of the last sealed endpoint request (threat R2): the wall clock in ms, or one
@@ -107,6 +109,9 @@ struct RadioTask {
     /// Stateful services (issue #15), see `state`.
     state: state::StateSide,
 }
+
+/// How long a restored job's image may take to be read again at start.
+const IMAGE_RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often a discovered device is asked for its metadata again, ms.
 const DISCOVERY_REFRESH_MS: u64 = 30_000;
@@ -170,7 +175,8 @@ pub async fn spawn(
         services,
         table: DeviceTable::default(),
         discovery: Discovery::new(cfg_max_devices, DISCOVERY_REFRESH_MS),
-        jobs: Jobs::new(MAX_JOBS),
+        jobs: crate::jobs_file::load(files.jobs.as_deref(), now_ms(), MAX_JOBS),
+        jobs_file: files.jobs,
         owners: BTreeMap::new(),
         handoffs: crate::handoff_file::load(files.handoffs.as_deref(), now_ms()),
         handoffs_file: files.handoffs,
@@ -213,6 +219,7 @@ impl RadioTask {
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.checkpoint_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = [0u8; 512];
+        self.load_restored_images().await;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -847,15 +854,62 @@ impl RadioTask {
         if !self.jobs.running() {
             return;
         }
+        // Devices of restored jobs not heard since the restart, asked where they were.
+        for (device, addr) in self.jobs.hints() {
+            if let (Some(s), Some(req)) = (socket, self.discovery.hint(device, addr, now_ms()))
+                && let Err(e) = s.send_to(&req, addr).await
+            {
+                debug!(device, error = %e, "metadata request not sent");
+            }
+        }
         let table = &self.table;
-        let out = self.jobs.tick(now_ms(), |devices| {
-            devices
-                .iter()
-                .copied()
-                .filter(|d| table.get(d).is_some_and(|d| d.status.service.is_some()))
-                .collect()
-        });
+        let heard: BTreeMap<u32, agora_contracts::devices::DeviceMeta> = self
+            .discovery
+            .metas()
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect();
+        let out = self.jobs.tick(
+            now_ms(),
+            |devices| {
+                devices
+                    .iter()
+                    .copied()
+                    .filter(|d| table.get(d).is_some_and(|d| d.status.service.is_some()))
+                    .collect()
+            },
+            &heard,
+        );
         self.send_requests(socket, out).await;
+    }
+
+    /// Saves the job table if a job changed in a way a restart must not lose.
+    fn save_jobs(&mut self) {
+        if self.jobs.take_dirty() {
+            let discovery = &self.discovery;
+            crate::jobs_file::save(self.jobs_file.as_deref(), &self.jobs, &|d| {
+                discovery.addr_of(d)
+            });
+        }
+    }
+
+    /// Reads again the images of the jobs restored at start (from this node's store; a job
+    /// whose image cannot be had within [`IMAGE_RELOAD_TIMEOUT`] is halted).
+    async fn load_restored_images(&mut self) {
+        for (id, cid) in self.jobs.images_needed() {
+            let image =
+                match tokio::time::timeout(IMAGE_RELOAD_TIMEOUT, load_image(&self.storage, &cid))
+                    .await
+                {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("not read within {IMAGE_RELOAD_TIMEOUT:?}")),
+                };
+            if image.is_ok() {
+                info!(job = id, %cid, "restored firmware job: image read again");
+            }
+            self.jobs.image_loaded(now_ms(), id, image);
+        }
+        self.save_jobs();
     }
 
     /// Marks the devices the jobs took offline paused, and those back on a final firmware (or
@@ -879,6 +933,7 @@ impl RadioTask {
     /// Sends firmware-job requests to the devices' addresses (as discovery knows them).
     async fn send_requests(&mut self, socket: Option<&UdpSocket>, out: Outgoing) {
         self.apply_holds();
+        self.save_jobs();
         for (device, req) in out {
             // Threat R2: sealed under the device's key (if this edge holds it), with a rising
             // counter.

@@ -526,3 +526,130 @@ fn a_device_caught_in_its_bootloader_is_flashed_again_from_the_start() {
         "one attempt on this edge"
     );
 }
+
+/// Job over devices 1, 2, 3 (k = 1): device 1 updated, device 2 flashed up to chunk 1 when
+/// the edge stops; device 3 not reached. Returns the records that survive.
+fn records_cut_mid_flash() -> Vec<SlotRecord> {
+    let table = (1..=3).map(|d| meta(d, "1.0", Mode::Running, 4)).collect();
+    let mut j = job(table, 1, 2);
+    j.handle(0, Input::Start);
+    let now = flash_to_boot(&mut j, 0, 1, 4);
+    let out = j.handle(
+        now + 10,
+        Input::Discovered(meta(1, "2.0", Mode::Running, 6)),
+    );
+    assert_eq!(sent(&out), vec![(2, Command::RebootToBootloader)]);
+    j.handle(
+        now + 20,
+        Input::Discovered(meta(2, "1.0", Mode::Bootloader, 5)),
+    );
+    j.handle(
+        now + 30,
+        Input::ChunkAck {
+            device: 2,
+            index: 0,
+        },
+    );
+    j.records()
+}
+
+fn restored(records: Vec<SlotRecord>) -> FirmwareJob {
+    let mut j = FirmwareJob::restore(1, fw(), cfg(1, 2), records).unwrap();
+    j.handle(0, Input::Managed((1..=3).collect()));
+    j
+}
+
+#[test]
+fn a_restored_job_keeps_finished_devices_and_restarts_the_interrupted_one() {
+    let records = records_cut_mid_flash();
+    assert_eq!(records[0].outcome, Some(Outcome::Updated { attempts: 1 }));
+    assert_eq!((records[1].attempt, records[1].outcome.clone()), (1, None));
+    assert_eq!((records[2].attempt, records[2].outcome.clone()), (0, None));
+    let mut j = restored(records);
+    assert!(!j.finished());
+    assert_eq!(j.summary().updated, 1, "history kept");
+    // Device 2 sits in its bootloader with part of the image: its steps start over, under the
+    // same attempt number; device 1 is never sent anything again.
+    j.handle(1, Input::Discovered(meta(2, "1.0", Mode::Bootloader, 5)));
+    let out = j.handle(2, Input::Start);
+    assert_eq!(out.first(), Some(&Effect::Pause(2)));
+    assert_eq!(sent(&out), vec![(2, Command::RebootToBootloader)]);
+    let now = flash_to_boot(&mut j, 2, 2, 5);
+    let out = j.handle(
+        now + 10,
+        Input::Discovered(meta(2, "2.0", Mode::Running, 7)),
+    );
+    assert_eq!(done(&out), vec![(2, Outcome::Updated { attempts: 1 })]);
+    assert_eq!(sent(&out), vec![(3, Command::RebootToBootloader)]);
+    let status = j.status();
+    assert_eq!(
+        status.devices[1].previous_version, "1.0",
+        "rollback target kept"
+    );
+    let now = flash_to_boot(&mut j, now + 10, 3, 4);
+    let out = j.handle(
+        now + 10,
+        Input::Discovered(meta(3, "2.0", Mode::Running, 6)),
+    );
+    assert_eq!(done(&out), vec![(3, Outcome::Updated { attempts: 1 })]);
+    assert!(j.finished());
+    assert_eq!(j.summary().updated, 3);
+}
+
+#[test]
+fn a_device_that_booted_the_image_while_the_edge_was_down_is_updated_not_skipped() {
+    let mut j = restored(records_cut_mid_flash());
+    j.handle(1, Input::Discovered(meta(2, "2.0", Mode::Running, 7)));
+    let out = j.handle(2, Input::Start);
+    assert_eq!(done(&out), vec![(2, Outcome::Updated { attempts: 1 })]);
+    // Device 3 (never reached) on the version already is current, not updated by this job.
+    j.handle(3, Input::Discovered(meta(3, "2.0", Mode::Running, 5)));
+    let mut j2 = restored(records_cut_mid_flash());
+    j2.handle(1, Input::Discovered(meta(3, "2.0", Mode::Running, 5)));
+    let out = j2.handle(2, Input::Start);
+    assert_eq!(
+        done(&out),
+        vec![(3, Outcome::Skipped(SkipReason::AlreadyCurrent))]
+    );
+}
+
+#[test]
+fn a_restored_job_whose_devices_are_all_done_is_finished_and_sends_nothing() {
+    let mut records = records_cut_mid_flash();
+    records[1].outcome = Some(Outcome::Skipped(SkipReason::Locked));
+    records[2].outcome = Some(Outcome::Skipped(SkipReason::Halted));
+    let mut j = restored(records);
+    assert!(j.finished());
+    let out = j.handle(5, Input::Start);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(j.summary().pending, 0);
+}
+
+#[test]
+fn restored_records_are_checked_like_outside_input() {
+    let good = records_cut_mid_flash();
+    let restore = |r: Vec<SlotRecord>| FirmwareJob::restore(1, fw(), cfg(1, 2), r).err();
+    assert_eq!(restore(Vec::new()), Some(RestoreError::Devices(0)));
+    let many: Vec<SlotRecord> = (0..=restore::MAX_RESTORED_DEVICES as u32)
+        .map(|d| SlotRecord {
+            meta: meta(d, "1.0", Mode::Running, 1),
+            ..good[2].clone()
+        })
+        .collect();
+    assert_eq!(
+        restore(many),
+        Some(RestoreError::Devices(restore::MAX_RESTORED_DEVICES + 1))
+    );
+    let mut dup = good.clone();
+    dup.push(good[0].clone());
+    assert_eq!(restore(dup), Some(RestoreError::Duplicate(1)));
+    let mut attempts = good.clone();
+    attempts[1].attempt = 3;
+    assert_eq!(restore(attempts), Some(RestoreError::Attempts(2, 3)));
+    let mut label = good.clone();
+    label[2].previous_version = "x".repeat(crate::devices::MAX_LABEL_LEN + 1);
+    assert_eq!(restore(label), Some(RestoreError::Label(3)));
+    let bad_job = FirmwareJob::restore(1, fw(), cfg(0, 2), good.clone()).err();
+    assert_eq!(bad_job, Some(RestoreError::Job(JobError::ZeroUnavailable)));
+    assert!(restore(good).is_none());
+}

@@ -11,46 +11,14 @@
 //! sealed under their key; node1's job seals them and flashes all three.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use agora_tests::devices::{DevicesProcess, gateway_manifest};
 use agora_tests::{TestDevnet, agora, agora_bin, agora_json, try_agora_json, wait_until};
-
-/// Kills the devices process when dropped.
-struct Devices(Child);
-
-impl Drop for Devices {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const FIRST: u32 = 700;
 const COUNT: u32 = 10;
-
-fn manifest(devices: &[u32]) -> String {
-    format!(
-        r#"name = "lora-gateway"
-version = "0.1.0"
-kind = "wasm"
-tick_ms = 100
-activation = "standby"
-devices = {devices:?}
-
-[resources]
-cpu_millis = 100
-memory_mb = 32
-storage_mb = 1
-
-[limits]
-memory_bytes = 16777216
-fuel_per_second = 200000000
-instances = 1
-max_output_bytes = 1048576
-"#
-    )
-}
 
 /// Publishes the gateway with `devices` in its manifest on node `i` and makes it the node's own
 /// service: node `i` manages those devices.
@@ -58,7 +26,7 @@ fn own_service(net: &TestDevnet, i: usize, module: &[u8], devices: &[u32]) {
     let svc = net.tmp().join(format!("svc{i}"));
     std::fs::create_dir_all(&svc).unwrap();
     std::fs::write(svc.join("gw.wasm"), module).unwrap();
-    std::fs::write(svc.join("gw.toml"), manifest(devices)).unwrap();
+    std::fs::write(svc.join("gw.toml"), gateway_manifest(devices)).unwrap();
     let node = net.node(i);
     let published = agora_json(&[
         "service",
@@ -74,7 +42,7 @@ fn own_service(net: &TestDevnet, i: usize, module: &[u8], devices: &[u32]) {
 }
 
 /// `agora devnet devices` on the devnet, until dropped.
-fn devices(net: &TestDevnet, first: u32, count: u32, extra: &[&str]) -> Devices {
+fn devices(net: &TestDevnet, first: u32, count: u32, extra: &[&str]) -> DevicesProcess {
     let (first, count, dir) = (first.to_string(), count.to_string(), net.dir_s());
     let mut args = vec![
         "devnet",
@@ -93,7 +61,7 @@ fn devices(net: &TestDevnet, first: u32, count: u32, extra: &[&str]) -> Devices 
         &dir,
     ];
     args.extend_from_slice(extra);
-    Devices(
+    DevicesProcess(
         Command::new(agora_bin())
             .args(&args)
             .stdout(Stdio::null())

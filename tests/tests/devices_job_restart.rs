@@ -12,49 +12,17 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use agora_tests::devices::{DevicesProcess, gateway_manifest};
 use agora_tests::{
     TestDevnet, agora, agora_bin, agora_json, publish_service, try_agora_json, wait_until,
 };
 
-/// Kills the devices process when dropped.
-struct Devices(Child);
-
-impl Drop for Devices {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const FIRST: u32 = 900;
 const COUNT: u32 = 6;
 const LOCKED: u32 = 1;
-
-fn manifest(devices: &[u32]) -> String {
-    format!(
-        r#"name = "lora-gateway"
-version = "0.1.0"
-kind = "wasm"
-tick_ms = 100
-activation = "standby"
-devices = {devices:?}
-
-[resources]
-cpu_millis = 100
-memory_mb = 32
-storage_mb = 1
-
-[limits]
-memory_bytes = 16777216
-fuel_per_second = 200000000
-instances = 1
-max_output_bytes = 1048576
-"#
-    )
-}
 
 /// Device id → (boot counter, version, mode) as node0's `agora device list` shows them, once
 /// every device answered and `ok` holds for all.
@@ -115,10 +83,10 @@ fn a_restarted_owner_resumes_its_own_firmware_job() {
     let ids: Vec<u32> = (FIRST..FIRST + COUNT).collect();
     let svc = net.tmp().join("svc0");
     std::fs::create_dir_all(&svc).unwrap();
-    let image = publish_service(&n0, &svc.join("gw.wasm"), &module, &manifest(&ids));
+    let image = publish_service(&n0, &svc.join("gw.wasm"), &module, &gateway_manifest(&ids));
     agora_json(&["own", &image, "--data-dir", &n0]);
     let (first, count, locked) = (FIRST.to_string(), COUNT.to_string(), LOCKED.to_string());
-    let _devices = Devices(
+    let _devices = DevicesProcess(
         Command::new(agora_bin())
             .args([
                 "devnet",

@@ -612,7 +612,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, (phase, restarts))| TargetView {
-                    node: agora_market::NodeId([u8::try_from(i).unwrap(); 32]),
+                    node: agora_market::NodeId([u8::try_from(i).unwrap_or(u8::MAX); 32]),
                     phase: (*phase).into(),
                     reason: None,
                     variant: None,

@@ -55,6 +55,10 @@ pub enum FleetMessage {
         /// [`MAX_CID_LEN`] alphanumerics. Not encoded when absent (reports from before it).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         image: Option<String>,
+        /// How many times the target's runtime restarted this replica (its restart policy).
+        /// Not encoded when absent (older targets, or none yet); a u32, so bounded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        restarts: Option<u32>,
     },
 }
 

@@ -134,6 +134,14 @@ pub enum Input {
         /// Why, for failures.
         reason: Option<String>,
     },
+    /// Provider side: the runtime restarted this node's replica of `deployment` `restarts`
+    /// times in all (its metering); a change is reported with the next `LocalPhase`.
+    LocalRestarts {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// Restarts so far.
+        restarts: u32,
+    },
     /// Time passed; reconcile, re-sign, poll.
     Tick,
 }
@@ -208,6 +216,9 @@ pub struct OwnDeployment {
     /// With variants: the targets and the variants each may run when they were last assigned
     /// (the assignment runs again only when this changes).
     pub assigned_over: BTreeMap<NodeId, crate::fleet::variant::Mask>,
+    /// Restarts of each target's replica, as the target itself last reported them (current
+    /// targets only; not saved: a restarted deployer learns them at the target's next change).
+    pub restarts: BTreeMap<NodeId, u32>,
 }
 
 impl OwnDeployment {
@@ -268,6 +279,10 @@ pub struct TargetView {
     /// The variant it runs (deployments with variants only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// How many times the target's runtime restarted its replica (its manifest's restart
+    /// policy), as the target reports it; 0 from targets that do not report it.
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 impl DeploymentView {
@@ -297,6 +312,7 @@ impl DeploymentView {
                     phase: s.phase.as_str().into(),
                     reason: s.reason.clone(),
                     variant: own.variants.get(node).map(|a| a.variant.clone()),
+                    restarts: own.restarts.get(node).copied().unwrap_or(0),
                 })
                 .collect(),
             variants: b.variants.clone(),
@@ -342,6 +358,9 @@ pub struct FleetState<S: Signer> {
     counters: FleetCounters,
     /// When this node's deployments were restored after a restart ([`FleetState::restore`]).
     restored_at: Option<Timestamp>,
+    /// Something [`FleetState::saved`] returns changed since [`FleetState::take_dirty`] was
+    /// last called (the node writes its state file only then).
+    dirty: bool,
 }
 
 impl<S: Signer> FleetState<S> {
@@ -359,6 +378,7 @@ impl<S: Signer> FleetState<S> {
             local: BTreeMap::new(),
             counters: FleetCounters::default(),
             restored_at: None,
+            dirty: false,
         }
     }
 
@@ -366,13 +386,22 @@ impl<S: Signer> FleetState<S> {
     pub fn handle(&mut self, now: Timestamp, input: Input) -> Result<Vec<Effect>, FleetError> {
         let mut out = Vec::new();
         match input {
-            Input::Create(spec) => self.create(now, spec, &mut out)?,
-            Input::Delete(id) => self.delete(now, id, &mut out)?,
+            Input::Create(spec) => {
+                self.create(now, spec, &mut out)?;
+                self.dirty = true;
+            }
+            Input::Delete(id) => {
+                self.delete(now, id, &mut out)?;
+                self.dirty = true;
+            }
             Input::Upgrade {
                 deployment,
                 image,
                 config,
-            } => self.start_upgrade(now, deployment, image, config, &mut out)?,
+            } => {
+                self.start_upgrade(now, deployment, image, config, &mut out)?;
+                self.dirty = true;
+            }
             Input::SelfFacts(facts) => self.self_facts = Some(facts),
             Input::Provider(facts) => self.provider_seen(facts),
             Input::PeerUp(node) => self.peer_up(now, node, &mut out),
@@ -392,6 +421,10 @@ impl<S: Signer> FleetState<S> {
                 phase,
                 reason,
             } => self.local_phase(deployment, image, phase, reason, &mut out),
+            Input::LocalRestarts {
+                deployment,
+                restarts,
+            } => self.local_restarts(deployment, restarts),
             Input::Tick => {
                 self.reconcile(now, &mut out)?;
                 self.provider_tick(now, &mut out);
@@ -440,6 +473,7 @@ impl<S: Signer> FleetState<S> {
             upgrade: None,
             variants: BTreeMap::new(),
             assigned_over: BTreeMap::new(),
+            restarts: BTreeMap::new(),
         });
         if entry.record.body.deleted {
             // A new deployment under the old name: no upgrade history, no variants given.
@@ -478,6 +512,16 @@ impl<S: Signer> FleetState<S> {
     }
 
     fn provider_seen(&mut self, facts: ProviderFacts) {
+        // The facts of targets are saved (without `last_seen`): a change of them is a change.
+        let changed = self.providers.get(&facts.node).is_none_or(|old| {
+            ProviderFacts {
+                last_seen: facts.last_seen,
+                ..old.clone()
+            } != facts
+        });
+        if changed && self.own.values().any(|o| targets_node(o, &facts.node)) {
+            self.dirty = true;
+        }
         if !self.providers.contains_key(&facts.node)
             && self.providers.len() >= self.config.max_providers
         {
@@ -489,6 +533,7 @@ impl<S: Signer> FleetState<S> {
             if let Some(node) = oldest {
                 self.providers.remove(&node);
                 self.counters.providers_evicted += 1;
+                self.dirty = true;
                 tracing::debug!(provider = %node.short(), "fleet provider table full: evicted the oldest");
             }
         }
@@ -512,80 +557,115 @@ impl<S: Signer> FleetState<S> {
     /// Deployer: re-sign what is close to expiry, forget deleted deployments with no targets
     /// left, and run the plan for every deployment.
     fn reconcile(&mut self, now: Timestamp, out: &mut Vec<Effect>) -> Result<(), FleetError> {
-        let cfg = self.config;
+        let before = self.own.len();
         self.own
             .retain(|_, o| !(o.record.body.deleted && o.targets.is_empty()));
-        for (id, own) in self.own.iter_mut() {
-            let body = &own.record.body;
-            if !body.deleted && now.saturating_add(cfg.resign_before_ms) >= body.expires_at {
-                let mut next = body.clone();
-                next.version = next_version(next.version, now);
-                next.nonce = next.version;
-                next.created_at = now;
-                next.expires_at = now.saturating_add(cfg.valid_for_ms);
-                own.record = crate::signed::Signed::sign(next, &self.signer)
-                    .map_err(|e| FleetError::Sign(e.to_string()))?;
-                out.push(Effect::Broadcast(FleetMessage::Announce(Box::new(
-                    own.record.clone(),
-                ))));
-            }
-            if upgrading::under_way(own) {
-                // The upgrade owns the targets until it ends; the plan resumes then.
-                upgrading::drive(*id, own, now, &self.signer, cfg.valid_for_ms, out)?;
+        if self.own.len() != before {
+            self.dirty = true;
+        }
+        let ids: Vec<DeploymentId> = self.own.keys().copied().collect();
+        for id in ids {
+            let Some(own) = self.own.get(&id) else {
                 continue;
+            };
+            // What is saved changes only with an effect (a re-signed record, a placement, a
+            // release, an upgrade's start or stop) or in the upgrade or the variants given,
+            // compared here; a quiet tick leaves the state file alone.
+            let effects_before = out.len();
+            let upgrade_before = own.upgrade.clone();
+            let variants_before = own.variants.clone();
+            self.reconcile_one(id, now, out)?;
+            if let Some(own) = self.own.get(&id)
+                && (out.len() != effects_before
+                    || own.upgrade != upgrade_before
+                    || own.variants != variants_before)
+            {
+                self.dirty = true;
             }
-            if saved::in_grace(self.restored_at, &self.providers, own, now) {
-                // Restored after a restart: wait for its targets to offer themselves again
-                // rather than releasing them as unknown.
-                continue;
-            }
-            own.avoid.retain(|_, until| *until > now);
-            let avoid: BTreeSet<NodeId> = own.avoid.keys().copied().collect();
-            let body = &own.record.body;
-            let with_variants = !body.variants.is_empty();
-            for action in plan_parts(body, &self.providers, &own.targets, &avoid, now, &cfg.plan) {
-                match action {
-                    Action::Place { target } => {
-                        own.targets.insert(
-                            target,
-                            TargetStatus {
-                                phase: TargetPhase::Contracting,
-                                reason: None,
-                            },
-                        );
-                        if with_variants {
-                            // Placed below, once the assignment gave it a variant.
-                            continue;
-                        }
-                        out.push(Effect::Place {
-                            deployment: *id,
-                            target,
-                            image: body.image.clone(),
-                            needs: body.needs.clone(),
-                            max_price: body.max_price_per_replica,
-                            duration_ms: body.duration_ms,
-                        });
+        }
+        Ok(())
+    }
+
+    fn reconcile_one(
+        &mut self,
+        id: DeploymentId,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), FleetError> {
+        let cfg = self.config;
+        let Some(own) = self.own.get_mut(&id) else {
+            return Ok(());
+        };
+        let body = &own.record.body;
+        if !body.deleted && now.saturating_add(cfg.resign_before_ms) >= body.expires_at {
+            let mut next = body.clone();
+            next.version = next_version(next.version, now);
+            next.nonce = next.version;
+            next.created_at = now;
+            next.expires_at = now.saturating_add(cfg.valid_for_ms);
+            own.record = crate::signed::Signed::sign(next, &self.signer)
+                .map_err(|e| FleetError::Sign(e.to_string()))?;
+            out.push(Effect::Broadcast(FleetMessage::Announce(Box::new(
+                own.record.clone(),
+            ))));
+        }
+        if upgrading::under_way(own) {
+            // The upgrade owns the targets until it ends; the plan resumes then.
+            return upgrading::drive(id, own, now, &self.signer, cfg.valid_for_ms, out);
+        }
+        if saved::in_grace(self.restored_at, &self.providers, own, now) {
+            // Restored after a restart: wait for its targets to offer themselves again
+            // rather than releasing them as unknown.
+            return Ok(());
+        }
+        own.avoid.retain(|_, until| *until > now);
+        let avoid: BTreeSet<NodeId> = own.avoid.keys().copied().collect();
+        let body = &own.record.body;
+        let with_variants = !body.variants.is_empty();
+        for action in plan_parts(body, &self.providers, &own.targets, &avoid, now, &cfg.plan) {
+            match action {
+                Action::Place { target } => {
+                    own.targets.insert(
+                        target,
+                        TargetStatus {
+                            phase: TargetPhase::Contracting,
+                            reason: None,
+                        },
+                    );
+                    own.restarts.remove(&target);
+                    if with_variants {
+                        // Placed below, once the assignment gave it a variant.
+                        continue;
                     }
-                    Action::Release { target, reason } => {
-                        own.targets.remove(&target);
-                        let image = own.image_of(&target).to_string();
-                        own.variants.remove(&target);
-                        if reason == ReleaseReason::Failed {
-                            own.avoid
-                                .insert(target, now.saturating_add(cfg.avoid_for_ms));
-                        }
-                        out.push(Effect::Release {
-                            deployment: *id,
-                            target,
-                            image,
-                            reason,
-                        });
+                    out.push(Effect::Place {
+                        deployment: id,
+                        target,
+                        image: body.image.clone(),
+                        needs: body.needs.clone(),
+                        max_price: body.max_price_per_replica,
+                        duration_ms: body.duration_ms,
+                    });
+                }
+                Action::Release { target, reason } => {
+                    own.targets.remove(&target);
+                    own.restarts.remove(&target);
+                    let image = own.image_of(&target).to_string();
+                    own.variants.remove(&target);
+                    if reason == ReleaseReason::Failed {
+                        own.avoid
+                            .insert(target, now.saturating_add(cfg.avoid_for_ms));
                     }
+                    out.push(Effect::Release {
+                        deployment: id,
+                        target,
+                        image,
+                        reason,
+                    });
                 }
             }
-            if with_variants {
-                variants::rebalance(*id, own, &self.providers, out);
-            }
+        }
+        if with_variants {
+            variants::rebalance(id, own, &self.providers, out);
         }
         Ok(())
     }
@@ -627,6 +707,21 @@ impl<S: Signer> FleetState<S> {
     pub fn counters(&self) -> FleetCounters {
         self.counters
     }
+
+    /// True if what [`FleetState::saved`] returns may have changed since the last call (the
+    /// node writes its state file only then, instead of encoding it every tick); clears it.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+}
+
+/// True when `node` is one of `own`'s targets (or of its upgrade).
+fn targets_node(own: &OwnDeployment, node: &NodeId) -> bool {
+    own.targets.contains_key(node)
+        || own
+            .upgrade
+            .as_ref()
+            .is_some_and(|u| u.steps().contains_key(node))
 }
 
 #[cfg(test)]

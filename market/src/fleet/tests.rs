@@ -526,6 +526,7 @@ fn fleet_messages_round_trip_and_hostile_ones_are_refused() {
         phase: TargetPhase::Failed,
         reason: Some("x".repeat(limits::MAX_REASON_LEN + 1)),
         image: None,
+        restarts: None,
     };
     assert!(matches!(
         FleetMessage::decode(&long.encode().unwrap()),
@@ -583,6 +584,7 @@ proptest! {
         reason in proptest::option::of("[a-z :0-9]{0,260}"),
         version in any::<u64>(),
         cut in 0usize..64,
+        restarts in proptest::option::of(any::<u32>()),
     ) {
         let msg = FleetMessage::Report {
             deployment: deployment_id(&signer(1).node_id(), "gw"),
@@ -590,6 +592,7 @@ proptest! {
             phase,
             reason: reason.clone(),
             image: None,
+            restarts,
         };
         let bytes = msg.encode().unwrap();
         let decoded = FleetMessage::decode(&bytes);

@@ -319,4 +319,20 @@ mod tests {
         assert_eq!(changed.0, StatusCode::CONFLICT);
         assert!(changed.1.contains("agora deploy delete"), "{}", changed.1);
     }
+
+    #[test]
+    fn a_target_s_restarts_are_in_the_json_and_default_to_zero_from_older_nodes() {
+        let t = agora_market::fleet::TargetView {
+            node: agora_market::NodeId([7; 32]),
+            phase: "healthy".into(),
+            reason: None,
+            variant: None,
+            restarts: 3,
+        };
+        let mut json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["restarts"], 3);
+        json.as_object_mut().unwrap().remove("restarts");
+        let older: agora_market::fleet::TargetView = serde_json::from_value(json).unwrap();
+        assert_eq!(older.restarts, 0);
+    }
 }

@@ -434,6 +434,10 @@ impl FleetTask {
         let Some(path) = self.parts.state_file.as_deref() else {
             return;
         };
+        // The pure machine says when what it saves changed: a quiet tick encodes nothing.
+        if !self.state.take_dirty() {
+            return;
+        }
         let saved = self.state.saved();
         if saved.deployments.is_empty() && self.saved_bytes.is_none() && !path.exists() {
             return;

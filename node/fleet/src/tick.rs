@@ -226,12 +226,13 @@ impl FleetTask {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        let services: BTreeMap<String, ServiceState> = self
+        // State and restarts (the runtime's metering: restarts made by the restart policy).
+        let services: BTreeMap<String, (ServiceState, u32)> = self
             .parts
             .services
             .list()
             .into_iter()
-            .map(|s| (s.id, s.state))
+            .map(|s| (s.id, (s.state, s.metering.restarts)))
             .collect();
         let mut out = Vec::new();
         for (deployment, deployer, images) in replicas {
@@ -240,6 +241,13 @@ impl FleetTask {
                 .find(|(_, customer, img, _)| *customer == deployer && images.contains(img));
             let service_id = contract.map(|(id, ..)| id.to_string());
             let service = service_id.as_ref().and_then(|id| services.get(id));
+            if let Some((_, restarts)) = service {
+                out.push(Input::LocalRestarts {
+                    deployment,
+                    restarts: *restarts,
+                });
+            }
+            let service = service.map(|(state, _)| state);
             let health = match (&service_id, service) {
                 (Some(id), Some(ServiceState::Active)) => self.parts.services.health(id).ok(),
                 _ => None,

@@ -26,6 +26,12 @@ pub struct LocalReplica {
     pub last_offer: Timestamp,
     /// The phase last reported to the deployer, and the image it was about.
     pub reported: Option<(String, TargetStatus)>,
+    /// How many times the runtime restarted this replica ([`super::Input::LocalRestarts`]).
+    #[serde(default)]
+    pub restarts: u32,
+    /// The restart count last reported (a change is reported even when the phase is not).
+    #[serde(default)]
+    pub reported_restarts: u32,
 }
 
 fn bounded_reason(reason: Option<String>) -> Option<String> {
@@ -78,10 +84,15 @@ impl<S: Signer> FleetState<S> {
                 phase,
                 reason,
                 image,
+                restarts,
                 ..
             } => {
                 let reason = bounded_reason(reason);
-                if !self.observe(deployment, from, image.as_deref(), phase, reason) {
+                if self.observe(deployment, from, image.as_deref(), phase, reason) {
+                    // `from` is the transport-authenticated sender and a target: a count is only
+                    // ever taken from the target itself.
+                    self.note_restarts(deployment, from, image.as_deref(), restarts.unwrap_or(0));
+                } else {
                     self.counters.stray_reports += 1;
                     tracing::debug!(peer = %from.short(), deployment = %deployment.short(),
                         "fleet report from a peer that is not a target: ignored");
@@ -170,6 +181,8 @@ impl<S: Signer> FleetState<S> {
             last_poll: 0,
             last_offer: 0,
             reported: None,
+            restarts: 0,
+            reported_restarts: 0,
         });
         let push = body.strategy == Strategy::Push;
         if push
@@ -284,10 +297,11 @@ impl<S: Signer> FleetState<S> {
             reason: bounded_reason(reason),
         };
         let report = (image, status);
-        if local.reported.as_ref() == Some(&report) {
+        if local.reported.as_ref() == Some(&report) && local.reported_restarts == local.restarts {
             return;
         }
         local.reported = Some(report.clone());
+        local.reported_restarts = local.restarts;
         let (image, status) = report;
         out.push(Effect::Send {
             to: local.deployer,
@@ -297,8 +311,17 @@ impl<S: Signer> FleetState<S> {
                 phase: status.phase,
                 reason: status.reason,
                 image: Some(image),
+                restarts: (local.restarts > 0).then_some(local.restarts),
             },
         });
+    }
+
+    /// Provider: the runtime restarted this node's replica of `deployment` `restarts` times in
+    /// all; the next [`super::Input::LocalPhase`] reports a change even if the phase is the same.
+    pub(super) fn local_restarts(&mut self, deployment: DeploymentId, restarts: u32) {
+        if let Some(local) = self.local.get_mut(&deployment) {
+            local.restarts = restarts;
+        }
     }
 
     /// This node's replicas of others' deployments.

@@ -225,6 +225,7 @@ impl<S: Signer> FleetState<S> {
         }
         if report.kept > 0 {
             self.restored_at = Some(now);
+            self.dirty = true;
         }
         (report, out)
     }
@@ -369,6 +370,7 @@ fn restore_one(
         upgrade,
         variants,
         assigned_over: BTreeMap::new(),
+        restarts: BTreeMap::new(),
     }
 }
 

@@ -350,6 +350,7 @@ fn forged_records_and_stray_reports_are_counted_and_ignored() {
                 phase: TargetPhase::Running,
                 reason: Some("x".repeat(10_000)),
                 image: None,
+                restarts: Some(7),
             },
         },
     )
@@ -976,4 +977,191 @@ fn an_upgrade_under_way_resumes_after_a_restart() {
         1,
         "the next wave: {moves:?}"
     );
+}
+
+/// The deployer's view of `seed`'s restart count for `id`.
+fn restarts_shown(net: &Net, id: &DeploymentId, seed: u64) -> Option<u32> {
+    net.deployer()
+        .status(id)
+        .unwrap()
+        .targets
+        .iter()
+        .find(|t| t.node == Net::id(seed))
+        .map(|t| t.restarts)
+}
+
+#[test]
+fn targets_report_restarts_once_per_change_and_only_for_themselves() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    let healthy = Input::LocalPhase {
+        deployment: id,
+        image: None,
+        phase: TargetPhase::Healthy,
+        reason: None,
+    };
+    for seed in 2..=4 {
+        net.input(T0 + 20, seed, healthy.clone()).unwrap();
+    }
+    assert_eq!(restarts_shown(&net, &id, 2), Some(0));
+    // Node 2's runtime restarted its replica twice; the phase is the same, the count is news.
+    let reports = |net: &mut Net, seed: u64, now: Timestamp, input: Input| {
+        let out = net
+            .nodes
+            .get_mut(&Net::id(seed))
+            .unwrap()
+            .handle(now, input)
+            .unwrap();
+        for e in &out {
+            if let Effect::Send { to, msg } = e {
+                net.nodes
+                    .get_mut(to)
+                    .unwrap()
+                    .handle(
+                        now,
+                        Input::Remote {
+                            from: Net::id(seed),
+                            gossip: false,
+                            msg: msg.clone(),
+                        },
+                    )
+                    .unwrap();
+            }
+        }
+        out.iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Send {
+                        msg: FleetMessage::Report { .. },
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let restarted = Input::LocalRestarts {
+        deployment: id,
+        restarts: 2,
+    };
+    assert_eq!(reports(&mut net, 2, T0 + 30, restarted.clone()), 0);
+    assert_eq!(reports(&mut net, 2, T0 + 30, healthy.clone()), 1);
+    assert_eq!(restarts_shown(&net, &id, 2), Some(2));
+    assert_eq!(restarts_shown(&net, &id, 3), Some(0));
+    // Once per change: the same count and phase again send nothing.
+    assert_eq!(reports(&mut net, 2, T0 + 40, restarted), 0);
+    assert_eq!(reports(&mut net, 2, T0 + 40, healthy), 0);
+    // A peer that is not a target cannot set a count, for itself or anyone.
+    let stray = FleetMessage::Report {
+        deployment: id,
+        version: 1,
+        phase: TargetPhase::Healthy,
+        reason: None,
+        image: None,
+        restarts: Some(99),
+    };
+    net.nodes
+        .get_mut(&Net::id(1))
+        .unwrap()
+        .handle(
+            T0 + 50,
+            Input::Remote {
+                from: Net::id(5),
+                gossip: false,
+                msg: stray,
+            },
+        )
+        .unwrap();
+    assert_eq!(restarts_shown(&net, &id, 5), None);
+    assert_eq!(restarts_shown(&net, &id, 2), Some(2));
+    assert_eq!(net.deployer().counters().stray_reports, 1);
+}
+
+#[test]
+fn only_a_change_of_what_is_saved_marks_the_state_dirty() {
+    let mut net = Net::new(FleetConfig::default());
+    let dirty = |net: &mut Net| net.nodes.get_mut(&Net::id(1)).unwrap().take_dirty();
+    let saved = |net: &Net| net.deployer().saved();
+    // Every step below: if the saved state changed, it is marked dirty.
+    let mut last = saved(&net);
+    let mut step = |net: &mut Net, what: &str| -> bool {
+        let now = saved(net);
+        let d = dirty(net);
+        assert!(
+            d || now == last,
+            "{what}: the saved state changed but is not dirty"
+        );
+        last = now;
+        d
+    };
+    step(&mut net, "providers known, nothing deployed");
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    assert!(step(&mut net, "create"), "a create is a change");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    assert!(
+        step(&mut net, "first tick places"),
+        "placements are a change"
+    );
+    let id = deployment_id(&Net::id(1), "gw");
+    for seed in 2..=4 {
+        let healthy = Input::LocalPhase {
+            deployment: id,
+            image: None,
+            phase: TargetPhase::Healthy,
+            reason: None,
+        };
+        net.input(T0 + 20, seed, healthy).unwrap();
+    }
+    assert!(
+        step(&mut net, "reports"),
+        "a target's new phase is a change"
+    );
+    // Quiet ticks (targets offering themselves again, nothing new): not dirty.
+    for k in 0..5 {
+        net.tick_all(T0 + 1_000 + k * 1_000);
+        assert!(!step(&mut net, "quiet tick"), "tick {k} changed nothing");
+    }
+    // The same report again, a candidate refresh with the same facts: not dirty.
+    net.input(
+        T0 + 20_000,
+        1,
+        Input::Remote {
+            from: Net::id(2),
+            gossip: false,
+            msg: FleetMessage::Candidate {
+                deployment: id,
+                facts: facts(2, "a", T0).candidate(),
+            },
+        },
+    )
+    .unwrap();
+    assert!(!step(&mut net, "same facts again"));
+    // A target's phase changes: dirty.
+    net.input(
+        T0 + 21_000,
+        3,
+        Input::LocalPhase {
+            deployment: id,
+            image: None,
+            phase: TargetPhase::Unhealthy,
+            reason: Some("the guest's health export returned 1".into()),
+        },
+    )
+    .unwrap();
+    assert!(step(&mut net, "unhealthy"));
+    // Re-signing before expiry: dirty.
+    let expires = net.deployer().own(&id).unwrap().record.body.expires_at;
+    net.input(
+        expires - FleetConfig::default().resign_before_ms,
+        1,
+        Input::Tick,
+    )
+    .unwrap();
+    assert!(step(&mut net, "re-signed"));
+    net.input(expires, 1, Input::Delete(id)).unwrap();
+    assert!(step(&mut net, "delete"));
 }

@@ -291,6 +291,7 @@ impl<S: Signer> FleetState<S> {
             }
             if let Some(which) = image.and_then(|i| up.which(i)) {
                 up.observe(target, which, phase, reason);
+                self.dirty = true;
             }
             return true;
         }
@@ -300,10 +301,34 @@ impl<S: Signer> FleetState<S> {
         let Some(status) = own.targets.get_mut(&target) else {
             return false;
         };
-        if current {
+        if current && (status.phase != phase || status.reason != reason) {
             *status = TargetStatus { phase, reason };
+            self.dirty = true;
         }
         true
+    }
+
+    /// A target's own count of its replica's restarts (from its report; the caller checked it
+    /// is a target). During an upgrade a target runs two instances: the count kept is the one
+    /// of the image the record names for it.
+    pub(super) fn note_restarts(
+        &mut self,
+        deployment: DeploymentId,
+        target: NodeId,
+        image: Option<&str>,
+        restarts: u32,
+    ) {
+        let Some(own) = self.own.get_mut(&deployment) else {
+            return;
+        };
+        if !own.targets.contains_key(&target) || image.is_some_and(|i| i != own.image_of(&target)) {
+            return;
+        }
+        if restarts == 0 {
+            own.restarts.remove(&target);
+        } else {
+            own.restarts.insert(target, restarts);
+        }
     }
 
     /// The phase last known of `target`'s instance of `image` in `deployment` (the node applies

@@ -22,10 +22,18 @@ pub enum DeployCommand {
     /// the ledger.
     Create(Box<CreateArgs>),
     /// Per target: contracting / fetching / staged / running / healthy / unhealthy / failed,
-    /// with reasons.
+    /// with reasons, and how many times its runtime restarted the replica.
     Status {
         /// Deployment id (from `deploy create` or `deploy list`).
         id: String,
+        /// Follow it live until every target is healthy or failed (or Ctrl-C): on a terminal
+        /// the table is redrawn in place, otherwise each changed line is printed. Exits 0 when
+        /// every target is healthy, non-zero naming the failed ones.
+        #[arg(long)]
+        watch: bool,
+        /// How often `--watch` asks the node, e.g. `1s`, `500ms`.
+        #[arg(long, default_value = "1s", requires = "watch")]
+        interval: String,
     },
     /// This node's deployments.
     List,
@@ -171,6 +179,7 @@ fn print_view(v: &DeploymentView) {
             if !v.variants.is_empty() {
                 row.push(t.variant.clone().unwrap_or_else(|| "-".into()));
             }
+            row.push(t.restarts.to_string());
             row.push(target_status(t));
             row
         })
@@ -178,9 +187,9 @@ fn print_view(v: &DeploymentView) {
     if rows.is_empty() {
         println!("no targets yet (waiting for matching providers to offer themselves)");
     } else if v.variants.is_empty() {
-        print_table(&["TARGET", "STATUS"], &rows);
+        print_table(&["TARGET", "RESTARTS", "STATUS"], &rows);
     } else {
-        print_table(&["TARGET", "VARIANT", "STATUS"], &rows);
+        print_table(&["TARGET", "VARIANT", "RESTARTS", "STATUS"], &rows);
     }
     if let Some(u) = &v.upgrade {
         print_upgrade(u);
@@ -245,6 +254,124 @@ fn progress_lines(u: &UpgradeView, seen: &mut Vec<String>) -> Vec<String> {
     }
     *seen = now;
     lines
+}
+
+/// True once `--watch` has nothing more to wait for: every target (as many as the count asks
+/// for) is healthy or failed and no upgrade is under way, or a deleted deployment has no
+/// targets left.
+fn settled(v: &DeploymentView) -> bool {
+    if v.deleted {
+        return v.targets.is_empty();
+    }
+    let enough = v
+        .replicas
+        .is_none_or(|n| v.targets.len() >= usize::try_from(n).unwrap_or(usize::MAX));
+    enough
+        && !v.targets.is_empty()
+        && v.targets
+            .iter()
+            .all(|t| t.phase == "healthy" || t.phase == "failed")
+        && v.upgrade.as_ref().is_none_or(UpgradeView::is_final)
+}
+
+/// The lines of `--watch` without a terminal: a summary, then one per target; `seen` keeps
+/// what was printed, so only the lines that changed are returned.
+fn watch_lines(
+    v: &DeploymentView,
+    seen: &mut std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let summary = v
+        .summary
+        .iter()
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut now = vec![(
+        String::new(),
+        format!(
+            "deployment {} v{}: {}",
+            v.name,
+            v.version,
+            if summary.is_empty() {
+                "no targets yet"
+            } else {
+                &summary
+            }
+        ),
+    )];
+    for t in &v.targets {
+        now.push((
+            t.node.to_string(),
+            format!(
+                "  {} {} (restarts {})",
+                t.node.short(),
+                target_status(t),
+                t.restarts
+            ),
+        ));
+    }
+    let mut lines = Vec::new();
+    for (key, line) in &now {
+        if seen.get(key) != Some(line) {
+            lines.push(line.clone());
+        }
+    }
+    let gone: Vec<String> = seen
+        .keys()
+        .filter(|k| !now.iter().any(|(key, _)| key == *k))
+        .cloned()
+        .collect();
+    for k in gone {
+        lines.push(format!("  {} released", &k[..k.len().min(8)]));
+    }
+    *seen = now.into_iter().collect();
+    lines
+}
+
+/// `deploy status ID --watch`.
+async fn watch(dir: &Path, id: &str, interval: &str, json: bool) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let every = parse_duration_ms(interval).context("--interval")?.max(100);
+    let client = client(dir)?;
+    let path = format!("/v1/fleet/deployments/{id}");
+    let terminal = !json && std::io::stdout().is_terminal();
+    let mut seen = std::collections::BTreeMap::new();
+    loop {
+        let view: DeploymentView = client.get(&path).await?;
+        let done = settled(&view);
+        if terminal {
+            // Home and clear, then the same table `deploy status` prints.
+            print!("\x1b[H\x1b[2J");
+            print_view(&view);
+            if !done {
+                println!("(every {every} ms; Ctrl-C to stop)");
+            }
+        } else if !json {
+            for line in watch_lines(&view, &mut seen) {
+                println!("{line}");
+            }
+        }
+        std::io::stdout().flush().ok();
+        if done {
+            if json {
+                print_json(&view)?;
+            }
+            let failed: Vec<String> = view
+                .targets
+                .iter()
+                .filter(|t| t.phase == "failed")
+                .map(|t| format!("{}: {}", t.node.short(), target_status(t)))
+                .collect();
+            if failed.is_empty() {
+                return Ok(());
+            }
+            anyhow::bail!("{} target(s) failed: {}", failed.len(), failed.join("; "));
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = tokio::time::sleep(std::time::Duration::from_millis(every)) => {}
+        }
+    }
 }
 
 async fn upgrade(dir: &Path, a: &UpgradeArgs, json: bool) -> anyhow::Result<()> {
@@ -338,7 +465,12 @@ pub async fn deploy(dir: &Path, cmd: &DeployCommand, json: bool) -> anyhow::Resu
                 Ok(())
             }
         }
-        DeployCommand::Status { id } => {
+        DeployCommand::Status {
+            id,
+            watch: true,
+            interval,
+        } => watch(dir, id, interval, json).await,
+        DeployCommand::Status { id, .. } => {
             let view: DeploymentView = client(dir)?
                 .get(&format!("/v1/fleet/deployments/{id}"))
                 .await?;
@@ -423,6 +555,7 @@ mod tests {
             phase: phase.into(),
             reason: reason.map(str::to_string),
             variant: None,
+            restarts: 0,
         };
         assert_eq!(target_status(&t("healthy", None)), "healthy");
         assert_eq!(
@@ -461,5 +594,54 @@ mod tests {
         let next = progress_lines(&u, &mut seen);
         assert_eq!(next.len(), 1);
         assert!(next[0].contains("new unhealthy"), "{next:?}");
+    }
+
+    fn view(phases: &[(&str, u32)], replicas: Option<u32>) -> DeploymentView {
+        DeploymentView {
+            id: "id".into(),
+            name: "gw".into(),
+            image: "img".into(),
+            previous_image: None,
+            selector: "site=factory".into(),
+            replicas,
+            strategy: "push".into(),
+            version: 1,
+            deleted: false,
+            variants: Vec::new(),
+            targets: phases
+                .iter()
+                .enumerate()
+                .map(|(i, (phase, restarts))| TargetView {
+                    node: agora_market::NodeId([u8::try_from(i).unwrap_or(u8::MAX); 32]),
+                    phase: (*phase).into(),
+                    reason: None,
+                    variant: None,
+                    restarts: *restarts,
+                })
+                .collect(),
+            summary: Default::default(),
+            variant_counts: Default::default(),
+            upgrade: None,
+        }
+    }
+
+    #[test]
+    fn watch_ends_when_every_target_is_healthy_or_failed() {
+        assert!(!settled(&view(&[], None)), "no targets yet");
+        assert!(!settled(&view(&[("healthy", 0), ("running", 0)], None)));
+        assert!(!settled(&view(&[("healthy", 0)], Some(2))), "one of two");
+        assert!(settled(&view(&[("healthy", 0), ("failed", 3)], Some(2))));
+        assert!(!settled(&view(&[("unhealthy", 0)], None)), "may recover");
+    }
+
+    #[test]
+    fn watch_prints_only_the_lines_that_changed() {
+        let mut seen = Default::default();
+        let first = watch_lines(&view(&[("running", 0), ("running", 0)], None), &mut seen);
+        assert_eq!(first.len(), 3, "{first:?}");
+        assert!(watch_lines(&view(&[("running", 0), ("running", 0)], None), &mut seen).is_empty());
+        let next = watch_lines(&view(&[("running", 0), ("running", 2)], None), &mut seen);
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert!(next[0].contains("restarts 2"), "{next:?}");
     }
 }

@@ -6,7 +6,8 @@
 //! is SIGKILLed while it flashes the second device (the first one updated): the arbitrators
 //! attest, B takes the devices and resumes the job — the updated device is skipped as current,
 //! the one A left in its bootloader is flashed again, the locked one is never touched — and no
-//! reading is lost or counted twice.
+//! reading is lost or counted twice. Before the kill, a stranger sends B hand-offs it has no right
+//! to make (threat R2): each is refused and counted, and A's job stays kept.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -14,14 +15,19 @@ use std::sync::Arc;
 
 use agora_api::client::ApiClient;
 use agora_contracts::devices::agent::AgentConfig;
+use agora_contracts::devices::handoff::{HandoffStats, JobHandoff};
 use agora_contracts::devices::{Mode, Outcome, SkipReason, Step};
 use agora_devnet::demo::Story;
 use agora_devnet::demo::story::{DEVICES, DeviceOptions, wait_for};
 use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
 use agora_devnet::process::{Launcher, spawn_node};
+use agora_network::keys::peer_id_of;
 use agora_radio::DeviceList;
 use agora_radio::firmware::{JobList, JobStarted, JobView};
+use agora_tests::adversary::Adversary;
 use agora_tests::{agora, agora_bin};
+use agora_wire::codec::Kind;
+use agora_wire::radio::RadioRpc;
 
 const VERSION: &str = "2.0.0";
 
@@ -57,6 +63,106 @@ async fn cli_json(args: Vec<String>) -> serde_json::Value {
     })
     .await
     .unwrap()
+}
+
+/// A hostile peer sends B hand-offs it has no right to make (see the call site); B refuses and
+/// counts each, keeps no job of the stranger and still keeps A's job `job`, not resumed.
+async fn hostile_handoffs(s: &Story, bn: &DevnetNode, a_id: &str, job: u64) {
+    let genuine: JobList = api(bn).unwrap().get("/v1/devices/jobs").await.unwrap();
+    let genuine = genuine
+        .handoffs
+        .iter()
+        .find(|k| k.owner.to_string() == a_id && k.handoff.job == job)
+        .expect("A's hand-off kept on B")
+        .handoff
+        .clone();
+    let before = genuine_stats(bn).await;
+    let adv = Adversary::join_manifest(&s.m)
+        .await
+        .expect("adversary joins");
+    let b_peer = peer_id_of(&bn.node_id.parse().unwrap()).unwrap();
+    let send = async |h: JobHandoff| -> Option<bool> {
+        let body = serde_cbor::to_vec(&RadioRpc::JobHandoff { handoff: h }).unwrap();
+        let env = adv.seal(Kind::Radio, body);
+        let answer = adv.request_raw(b_peer, env.to_bytes()).await.ok()?;
+        match serde_cbor::from_slice(&answer.payload).ok()? {
+            RadioRpc::HandoffAck { kept } => Some(kept),
+            _ => None,
+        }
+    };
+    let own_job = JobHandoff {
+        job: 4242,
+        ..genuine.clone()
+    };
+    assert_eq!(
+        send(own_job).await,
+        Some(false),
+        "a stranger's job on A's devices"
+    );
+    let retire = JobHandoff {
+        finished: true,
+        ..genuine.clone()
+    };
+    assert_eq!(
+        send(retire).await,
+        Some(false),
+        "a stranger retiring A's job"
+    );
+    let empty = JobHandoff {
+        job: 4243,
+        devices: Vec::new(),
+        done: Vec::new(),
+        ..genuine.clone()
+    };
+    assert_eq!(
+        send(empty).await,
+        Some(false),
+        "a hand-off naming no device"
+    );
+    // A's id on the stranger's signature: the envelope does not verify, nothing is answered.
+    let retire = serde_cbor::to_vec(&RadioRpc::JobHandoff {
+        handoff: JobHandoff {
+            finished: true,
+            ..genuine.clone()
+        },
+    })
+    .unwrap();
+    let mut forged = adv.seal(Kind::Radio, retire);
+    forged.sender = a_id.parse().unwrap();
+    assert!(
+        adv.request_raw(b_peer, forged.to_bytes()).await.is_err(),
+        "a hand-off claiming to be A's is not answered"
+    );
+
+    let after = genuine_stats(bn).await;
+    assert!(
+        after.refused_not_owner >= before.refused_not_owner + 2,
+        "B counts the stranger's job and retirement: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.refused_malformed > before.refused_malformed,
+        "B counts the malformed hand-off: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.retired, before.retired, "nothing was retired");
+    let l: JobList = api(bn).unwrap().get("/v1/devices/jobs").await.unwrap();
+    assert!(
+        l.handoffs
+            .iter()
+            .any(|k| k.owner.to_string() == a_id && k.handoff.job == job && !k.resumed),
+        "B still keeps A's job: {:?}",
+        l.handoffs
+    );
+    assert!(
+        !l.handoffs.iter().any(|k| k.owner == adv.node_id()),
+        "B keeps no job of the stranger: {:?}",
+        l.handoffs
+    );
+}
+
+/// B's hand-off counters.
+async fn genuine_stats(bn: &DevnetNode) -> HandoffStats {
+    let l: JobList = api(bn).unwrap().get("/v1/devices/jobs").await.unwrap();
+    l.handoff_stats
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,6 +245,12 @@ async fn a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_
     })
     .await
     .unwrap();
+
+    // Threat R2 on real processes: a stranger's hand-offs to B are refused and counted, and A's
+    // stays kept — one naming A's devices as its own job, one retiring A's job ("finished"),
+    // one malformed (no device), and one claiming to be A (A's id on the stranger's signature,
+    // dropped before it is read).
+    hostile_handoffs(&s, &bn, &a_id, started.id).await;
 
     // Kill A once the first device is updated and the second is being flashed.
     let path = format!("/v1/devices/jobs/{}", started.id);

@@ -274,18 +274,22 @@ fn settled(v: &DeploymentView) -> bool {
         && v.upgrade.as_ref().is_none_or(UpgradeView::is_final)
 }
 
+/// A deployment's targets per phase on one line: `running 2, healthy 1`.
+fn summary_line(v: &DeploymentView) -> String {
+    v.summary
+        .iter()
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The lines of `--watch` without a terminal: a summary, then one per target; `seen` keeps
 /// what was printed, so only the lines that changed are returned.
 fn watch_lines(
     v: &DeploymentView,
     seen: &mut std::collections::BTreeMap<String, String>,
 ) -> Vec<String> {
-    let summary = v
-        .summary
-        .iter()
-        .map(|(p, n)| format!("{p} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let summary = summary_line(v);
     let mut now = vec![(
         String::new(),
         format!(
@@ -490,12 +494,7 @@ pub async fn deploy(dir: &Path, cmd: &DeployCommand, json: bool) -> anyhow::Resu
                 .deployments
                 .iter()
                 .map(|v| {
-                    let summary = v
-                        .summary
-                        .iter()
-                        .map(|(p, n)| format!("{p} {n}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let summary = summary_line(v);
                     vec![
                         v.id.clone(),
                         v.name.clone(),

@@ -215,6 +215,11 @@ impl Discovery {
         self.devices.get(&device).map(|e| e.addr)
     }
 
+    /// The metadata `device` announced, once it answered.
+    pub(crate) fn meta_of(&self, device: DeviceId) -> Option<DeviceMeta> {
+        self.devices.get(&device).and_then(|e| e.meta.clone())
+    }
+
     /// The metadata of every device that answered.
     pub(crate) fn metas(&self) -> Vec<DeviceMeta> {
         self.devices

@@ -483,13 +483,14 @@ impl Jobs {
     /// Time passed; `managed` says which of a job's devices this edge manages now.
     ///
     /// A job restored after a restart starts again once every device it has not finished is
-    /// in `heard` (metadata announced since the restart) and managed here, or at its
-    /// `waiting_until`; it is given that metadata first.
+    /// `heard` (its metadata announced since the restart) and managed here, or at its
+    /// `waiting_until`; it is given that metadata first. `heard` is asked only for the devices
+    /// of such a waiting job.
     pub(crate) fn tick(
         &mut self,
         now: Timestamp,
         managed: impl Fn(&BTreeSet<DeviceId>) -> BTreeSet<DeviceId>,
-        heard: &BTreeMap<DeviceId, DeviceMeta>,
+        heard: impl Fn(DeviceId) -> Option<DeviceMeta>,
     ) -> Outgoing {
         let mut out = Vec::new();
         for run in self.jobs.values_mut() {
@@ -511,16 +512,16 @@ impl Jobs {
                     .filter(|d| d.outcome.is_none())
                     .map(|d| d.device)
                     .collect();
+                let metas: Vec<Option<DeviceMeta>> = pending.iter().map(|d| heard(*d)).collect();
                 let ready = pending
                     .iter()
-                    .all(|d| heard.contains_key(d) && managed.contains(d));
+                    .zip(&metas)
+                    .all(|(d, m)| m.is_some() && managed.contains(d));
                 if !ready && now < until {
                     continue;
                 }
-                for d in &pending {
-                    if let Some(m) = heard.get(d) {
-                        effects.extend(run.job.handle(now, Input::Discovered(m.clone())));
-                    }
+                for m in metas.into_iter().flatten() {
+                    effects.extend(run.job.handle(now, Input::Discovered(m)));
                 }
                 run.waiting_until = None;
                 info!(

@@ -192,7 +192,7 @@ pub fn flash_fleet(cfg: &FleetConfig) -> FleetRun {
                     let out = edge.jobs.tick(
                         now,
                         |d| d.intersection(&managed).copied().collect(),
-                        &BTreeMap::new(),
+                        |_| None,
                     );
                     outgoing.push((e, out));
                     q.push(now + cfg.tick_ms.max(1), Event::Tick(e));

@@ -862,13 +862,7 @@ impl RadioTask {
                 debug!(device, error = %e, "metadata request not sent");
             }
         }
-        let table = &self.table;
-        let heard: BTreeMap<u32, agora_contracts::devices::DeviceMeta> = self
-            .discovery
-            .metas()
-            .into_iter()
-            .map(|m| (m.id, m))
-            .collect();
+        let (table, discovery) = (&self.table, &self.discovery);
         let out = self.jobs.tick(
             now_ms(),
             |devices| {
@@ -878,7 +872,7 @@ impl RadioTask {
                     .filter(|d| table.get(d).is_some_and(|d| d.status.service.is_some()))
                     .collect()
             },
-            &heard,
+            |d| discovery.meta_of(d),
         );
         self.send_requests(socket, out).await;
     }

@@ -149,7 +149,7 @@ impl Sim {
                 let out = jobs.tick(
                     now,
                     |d| d.intersection(managed).copied().collect(),
-                    &BTreeMap::new(),
+                    |_| None,
                 );
                 self.hold(jobs);
                 self.deliver(now, out);
@@ -266,7 +266,7 @@ fn the_table_is_bounded_evicts_the_oldest_finished_and_refuses_when_all_run() {
     assert_eq!(jobs.stats.refused_full, 1);
     // Job 1 finishes (its device never answers: it is lost after the timeouts).
     for t in 1..=200 {
-        jobs.tick(t * 1_000, |d| d.clone(), &BTreeMap::new());
+        jobs.tick(t * 1_000, |d| d.clone(), |_| None);
     }
     assert!(jobs.view(1).unwrap().finished && jobs.view(2).unwrap().finished);
     let (started, _) = jobs

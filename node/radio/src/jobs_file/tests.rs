@@ -70,7 +70,7 @@ fn the_job_table_persists_0600_and_reloads_with_its_history() {
     assert!(jobs.take_dirty(), "a new job must be saved");
     assert!(!jobs.take_dirty(), "nothing changed since");
     // A tick that changes nothing a restart needs does not ask for a save.
-    jobs.tick(20, |d| d.clone(), &BTreeMap::new());
+    jobs.tick(20, |d| d.clone(), |_| None);
     assert!(!jobs.take_dirty());
     let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
     save(Some(path.as_path()), &jobs, &|d| (d == 1).then_some(addr));
@@ -100,7 +100,7 @@ fn the_job_table_persists_0600_and_reloads_with_its_history() {
     // cut mid-attempt), and device 3 not yet.
     again.image_loaded(100, 1, Ok(image()));
     let heard: BTreeMap<DeviceId, DeviceMeta> = [(1, meta(1, "1.0.0", Mode::Bootloader, 2))].into();
-    let out = again.tick(200, |d| d.clone(), &heard);
+    let out = again.tick(200, |d| d.clone(), |d| heard.get(&d).cloned());
     assert!(
         out.is_empty(),
         "devices 2 and 3 not heard yet: still waiting"
@@ -122,7 +122,7 @@ fn the_job_table_persists_0600_and_reloads_with_its_history() {
             )
         })
         .collect();
-    let out = again.tick(300, |d| d.clone(), &heard);
+    let out = again.tick(300, |d| d.clone(), |d| heard.get(&d).cloned());
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, 1, "device 1 starts over: {out:?}");
     assert!(again.view(1).unwrap().waiting_until.is_none());

@@ -49,6 +49,25 @@ pub struct LedgerStatus {
     /// node's network reported down, so the round moved on after 100 ms instead of 1.5 s.
     #[serde(default)]
     pub propose_timeouts_cut: u64,
+    /// How this member paces consensus to its committee's round trip (issue #17).
+    #[serde(default)]
+    pub pacing: PacingView,
+}
+
+/// The round timeouts a member uses, in `GET /v1/ledger/status`: the chain's own on fast
+/// links, stretched for the committee's quorum round trip on slow ones.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PacingView {
+    /// The smallest round trip within which a quorum of the committee (this member counted)
+    /// answers, ms, re-measured every 5 s; `None` until a quorum was measured, and outside the
+    /// committee.
+    pub quorum_round_trip_ms: Option<u64>,
+    /// Round 0's propose timeout, ms.
+    pub propose_ms: u64,
+    /// Round 0's prevote and precommit timeouts, ms.
+    pub vote_ms: u64,
+    /// Heights this node decided since it started in a round after the first.
+    pub decided_in_later_round: u64,
 }
 
 /// One arbitrator of the ledger's committee, in `GET /v1/ledger/status`.
@@ -160,6 +179,12 @@ async fn status(
             sync_served: v.sync_served,
             sync_refused: v.sync_refused,
             propose_timeouts_cut: v.propose_timeouts_cut,
+            pacing: PacingView {
+                quorum_round_trip_ms: v.quorum_round_trip_ms,
+                propose_ms: u64::try_from(v.timeouts.propose.as_millis()).unwrap_or(u64::MAX),
+                vote_ms: u64::try_from(v.timeouts.prevote.as_millis()).unwrap_or(u64::MAX),
+                decided_in_later_round: v.decided_in_later_round,
+            },
         })
         .await?;
     Ok(Json(st))

@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::block::{Block, BlockId, Transaction};
 use super::certificate::DecidedBlock;
-use super::context::{Address, AgoraContext, Height, ValidatorSet};
+use super::context::{Address, AgoraContext, ConsensusTimeouts, Height, ValidatorSet};
 use super::effects::{ConsensusConfig, Effect, Input};
 use super::error::ConsensusError;
 use super::messages::{ConsensusMessage, SignedProposalMsg, SignedVoteMsg};
@@ -125,6 +125,17 @@ impl ConsensusDriver {
     /// after a decision the driver tracks it itself.
     pub fn set_parent_time(&mut self, time: Timestamp) {
         self.io.parent_time = time;
+    }
+
+    /// The round timeouts in force.
+    pub fn timeouts(&self) -> ConsensusTimeouts {
+        self.io.config.timeouts
+    }
+
+    /// Replaces the round timeouts for every timeout scheduled from now on (one already
+    /// scheduled keeps its time): see [`ConsensusTimeouts::for_round_trip`].
+    pub fn set_timeouts(&mut self, timeouts: ConsensusTimeouts) {
+        self.io.config.timeouts = timeouts;
     }
 
     /// Test hook: this node proposes blocks `skew_ms` ahead of its clock (a faulty or

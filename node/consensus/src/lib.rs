@@ -74,6 +74,7 @@ mod effects;
 mod error;
 mod liveness;
 mod messages;
+mod pacing;
 mod wal;
 
 #[cfg(test)]
@@ -93,4 +94,5 @@ pub use messages::{
     BlockPart, ConsensusMessage, MAX_MESSAGE_BYTES, Proposal, SignedProposalMsg, SignedVoteMsg,
     Vote,
 };
+pub use pacing::{MAX_ROUND_TRIP, quorum_round_trip};
 pub use wal::WalEntry;

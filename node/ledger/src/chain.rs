@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use agora_consensus::{
     Block, BlockId, ConsensusConfig, ConsensusError, ConsensusTimeouts, DecidedBlock, Effect,
-    Input, TimeoutId, TimeoutStep, WalEntry,
+    Input, TimeoutId, TimeoutStep, WalEntry, quorum_round_trip,
 };
 use agora_network::keys::peer_id_of;
 use agora_wire::codec::{Envelope, Kind};
@@ -71,14 +71,7 @@ impl Default for ChainParams {
             empty_block_interval_ms: 1_000,
             quiet_block_interval_ms: 10_000,
             consensus: ConsensusConfig {
-                timeouts: ConsensusTimeouts {
-                    propose: Duration::from_millis(1_500),
-                    prevote: Duration::from_millis(500),
-                    precommit: Duration::from_millis(500),
-                    rebroadcast: Duration::from_millis(3_000),
-                    delta: Duration::from_millis(250),
-                    max: Duration::from_secs(30),
-                },
+                timeouts: ConsensusTimeouts::CHAIN,
                 ..ConsensusConfig::default()
             },
         }
@@ -465,6 +458,9 @@ impl LedgerTask {
             } => {
                 self.timers.pending_value = None;
                 self.timers.last_decided_at = now_ms();
+                if certificate.round > 0 {
+                    self.view.decided_in_later_round += 1;
+                }
                 let (txs, time) = block_inputs(&block, &self.view.ledger);
                 let proposed_here = block.proposer == self.view.me;
                 let decided = DecidedBlock { block, certificate };
@@ -631,6 +627,68 @@ impl LedgerTask {
 
 /// How often a node that does not know it is at the tip asks the arbitrators.
 const TIP_CHECK_EVERY_MS: u64 = 1_000;
+
+/// How often a committee member re-reads its round trips to the others and re-paces its
+/// consensus timeouts.
+const PACE_EVERY_MS: u64 = 5_000;
+
+impl LedgerTask {
+    /// When a committee member paces its consensus timeouts next (`None` outside it).
+    pub(super) fn next_pacing(&self) -> Option<u64> {
+        self.driver
+            .validators()
+            .contains(&self.view.me)
+            .then_some(self.paced_at.saturating_add(PACE_EVERY_MS))
+    }
+
+    /// Stretches the round timeouts for the committee's quorum round trip as the network
+    /// measures it (issue #17; `agora_consensus::quorum_round_trip`,
+    /// `ConsensusTimeouts::for_round_trip`): the chain's own timeouts on fast links, longer
+    /// ones over slow links, where fixed ones lose round 0. Only reachable members count.
+    pub(super) async fn pace(&mut self) {
+        self.paced_at = now_ms();
+        let presence = match self.network.presence().await {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(error = %e, "no presence table to pace consensus with");
+                return;
+            }
+        };
+        let rtts: HashMap<NodeId, Duration> = presence
+            .into_iter()
+            .filter(|p| p.reachable)
+            .filter_map(|p| Some((p.node, Duration::from_millis(p.rtt_ms?))))
+            .collect();
+        let rtt = quorum_round_trip(self.driver.validators(), &self.view.me, |n| {
+            rtts.get(n).copied()
+        });
+        let base = self.params.consensus.timeouts;
+        let paced = rtt.map_or(base, |r| base.for_round_trip(r));
+        self.view.quorum_round_trip_ms = rtt.map(|r| u64::try_from(r.as_millis()).unwrap_or(0));
+        let before = self.driver.timeouts();
+        if paced == before {
+            return;
+        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if (paced == base) != (before == base) {
+            info!(
+                quorum_round_trip_ms = ?self.view.quorum_round_trip_ms,
+                propose_ms = ms(paced.propose),
+                vote_ms = ms(paced.prevote),
+                "consensus timeouts now follow the committee's round trip ({})",
+                if paced == base { "fast links: the chain's own" } else { "stretched" }
+            );
+        } else {
+            debug!(
+                quorum_round_trip_ms = ?self.view.quorum_round_trip_ms,
+                propose_ms = ms(paced.propose),
+                "consensus timeouts re-paced"
+            );
+        }
+        self.driver.set_timeouts(paced);
+        self.view.timeouts = paced;
+    }
+}
 
 /// An arbitrator's answer to a sync request: the blocks from `asked` on (none: it has decided
 /// nothing past `asked - 1`).

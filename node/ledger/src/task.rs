@@ -15,7 +15,7 @@ use super::TX_TOPIC;
 use super::mempool::{Mempool, MempoolError, MempoolStats};
 use super::store::{LedgerStore, StoreError};
 use crate::chain::{ChainParams, ChainTimers, SyncMsg, SyncReply};
-use agora_consensus::{ConsensusDriver, DecidedBlock, Input, ValidatorSet};
+use agora_consensus::{ConsensusDriver, ConsensusTimeouts, DecidedBlock, Input, ValidatorSet};
 use agora_network::{
     GossipTicket, GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle, PresenceEvent,
 };
@@ -87,6 +87,16 @@ pub struct LedgerView {
     /// Propose timeouts this node cut short since start because the round's proposer was a
     /// committee member its network reported down (`DOWN_PROPOSER_TIMEOUT_MS`).
     pub propose_timeouts_cut: u64,
+    /// The committee's quorum round trip as this member last measured it
+    /// (`agora_consensus::quorum_round_trip`), ms; `None` before a quorum was measured or on a
+    /// node outside the committee.
+    pub quorum_round_trip_ms: Option<u64>,
+    /// The round timeouts in force: the chain's, stretched for that round trip
+    /// (`ConsensusTimeouts::for_round_trip`).
+    pub timeouts: ConsensusTimeouts,
+    /// Heights this node decided since start in a round after the first (its proposal came
+    /// too late or not at all): what pacing to the round trip keeps at 0 over slow links.
+    pub decided_in_later_round: u64,
 }
 
 type QueryJob = Box<dyn FnOnce(&LedgerView) + Send>;
@@ -227,6 +237,8 @@ pub(super) struct LedgerTask {
     pub(super) reported: std::collections::BTreeSet<NodeId>,
     /// Admission of inbound sync requests (per-peer rate, bounded serving).
     pub(super) sync_limiter: crate::sync_server::SyncLimiter,
+    /// When this node last paced its consensus timeouts to the committee's round trip (ms).
+    pub(super) paced_at: u64,
 }
 
 /// Locally submitted transactions waiting to be gossiped together: one signed envelope (and
@@ -346,6 +358,9 @@ pub async fn spawn(
             sync_served: 0,
             sync_refused: 0,
             propose_timeouts_cut: 0,
+            quorum_round_trip_ms: None,
+            timeouts: params.consensus.timeouts,
+            decided_in_later_round: 0,
         },
         mempool: Mempool::new(me),
         store,
@@ -365,6 +380,7 @@ pub async fn spawn(
         reported: Default::default(),
         logged_lost: 0,
         sync_limiter: Default::default(),
+        paced_at: 0,
     };
     let join = tokio::spawn(task.run(rx, sync_rx, events, cancel).in_current_span());
     Ok((LedgerHandle { tx, outcomes }, join))
@@ -387,6 +403,7 @@ impl LedgerTask {
                 .chain(self.outbox.due())
                 .chain(self.own_regossip_due())
                 .chain(self.next_tip_check())
+                .chain(self.next_pacing())
                 .min();
             let sleep = async move {
                 match due {
@@ -409,6 +426,9 @@ impl LedgerTask {
                     }
                     self.on_chain_timer().await;
                     self.check_tip();
+                    if self.next_pacing().is_some_and(|at| at <= now_ms()) {
+                        self.pace().await;
+                    }
                 }
                 Some(reply) = sync_replies.recv() => {
                     if reply.blocks.is_empty() {

@@ -59,6 +59,10 @@ pub struct PeerPresence {
     pub last_seen: Timestamp,
     /// Whether this node keeps a connection to the peer on purpose (`NetworkHandle::watch`).
     pub watched: bool,
+    /// Its measured round trip, ms: RFC 6298's `srtt + 4·rttvar` over its pings and
+    /// heartbeats (`None` before the first sample). The ledger paces consensus with it.
+    #[serde(default)]
+    pub rtt_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -177,6 +181,7 @@ impl PresenceTracker {
                 since: now,
                 last_seen: 0,
                 watched: false,
+                rtt_ms: None,
             },
             connected: false,
             rtt: None,
@@ -187,7 +192,10 @@ impl PresenceTracker {
     /// table (it is added by its connection, not by a sample).
     pub fn rtt_sample(&mut self, node: NodeId, rtt: Duration) {
         if let Some(e) = self.peers.get_mut(&node) {
-            e.rtt = Some(RttEstimator::sampled(e.rtt, rtt));
+            let estimate = RttEstimator::sampled(e.rtt, rtt);
+            e.rtt = Some(estimate);
+            let rto = estimate.timeout(Duration::ZERO, Duration::MAX);
+            e.presence.rtt_ms = Some(u64::try_from(rto.as_millis()).unwrap_or(u64::MAX));
         }
     }
 
@@ -396,6 +404,14 @@ mod tests {
         let slow_timeout = t.timeout_ms(&slow).unwrap_or(0);
         assert!((1_850..2_100).contains(&slow_timeout), "{slow_timeout}");
         assert_eq!(t.timeout_ms(&fast), Some(1_000), "loopback keeps the floor");
+        // The round trip the snapshot reports (the ledger paces consensus with it).
+        let rtt_of = |n: &NodeId| t.get(n).and_then(|p| p.rtt_ms);
+        assert!(
+            rtt_of(&slow).is_some_and(|r| (800..900).contains(&r)),
+            "{:?}",
+            rtt_of(&slow)
+        );
+        assert!(rtt_of(&fast).is_some_and(|r| r <= 2), "{:?}", rtt_of(&fast));
         // Its answers come every ~800 ms, so silences of up to that much are normal: 1.2 s of
         // silence (one late answer) is no death for it, and is for the fast peer.
         let down = t.tick(1_200);

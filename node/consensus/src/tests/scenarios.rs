@@ -345,3 +345,60 @@ fn arbitrators_agree_over_a_lossy_network() {
         );
     }
 }
+
+/// Issue #17: over links of 450–550 ms one way, with the proposer answering as a node does for
+/// an empty block (1 s after the round starts), the chain's fixed timeouts lose round 0 of some
+/// heights (2 to 5 of 10 with these seeds; 32–42 simulated seconds for 10 heights); timeouts
+/// stretched for the measured round trip decide every height in round 0, and sooner (25 s).
+#[test]
+fn timeouts_that_follow_the_round_trip_keep_slow_links_in_round_zero() {
+    use std::time::Duration;
+
+    use super::sim::{SimSetup, test_config};
+    use crate::ConsensusTimeouts;
+
+    const HEIGHTS: u64 = 10;
+    let run = |timeouts: ConsensusTimeouts, seed: u64| {
+        let setup = SimSetup {
+            config: crate::ConsensusConfig {
+                timeouts,
+                ..test_config()
+            },
+            links_ms: (450, 550),
+            empty_block_ms: Some(1_000),
+        };
+        let mut sim = Sim::with(4, seed, setup);
+        let all = [0, 1, 2, 3];
+        assert!(
+            sim.run_until(600_000, |s| s.all_reached(&all, HEIGHTS)),
+            "seed {seed}: stalled at {:?}",
+            all.map(|i| sim.nodes[i].tip().0)
+        );
+        assert_consistent(&sim, &all);
+        no_rejections(&sim, &all);
+        let later_rounds = sim.nodes[0].decided[..HEIGHTS as usize]
+            .iter()
+            .filter(|(_, _, c)| c.round > 0)
+            .count();
+        (later_rounds, sim.now)
+    };
+    // The round trip a node measures over these links: at most 2 × 550 ms.
+    let rtt = Duration::from_millis(1_100);
+    for seed in 1..=3 {
+        let (fixed_later, fixed_ms) = run(ConsensusTimeouts::CHAIN, seed);
+        let (paced_later, paced_ms) = run(ConsensusTimeouts::CHAIN.for_round_trip(rtt), seed);
+        assert!(
+            fixed_later >= 2,
+            "seed {seed}: with fixed timeouts only {fixed_later} of {HEIGHTS} heights needed a \
+             later round (the scenario no longer shows the problem)"
+        );
+        assert_eq!(
+            paced_later, 0,
+            "seed {seed}: {paced_later} heights needed a later round with paced timeouts"
+        );
+        assert!(
+            paced_ms < fixed_ms,
+            "seed {seed}: paced {paced_ms} ms vs fixed {fixed_ms} ms for {HEIGHTS} heights"
+        );
+    }
+}

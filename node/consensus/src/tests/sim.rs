@@ -106,11 +106,42 @@ pub struct Sim {
     generation: u64,
     /// Probability that a gossip delivery is lost.
     pub loss: f64,
+    /// One-way delay of every delivery, ms (uniform in the range).
+    links_ms: (u64, u64),
+    /// The proposer answers a value request this long after it (ms); `None`: at once (2 ms).
+    /// With `Some(e)` it answers at `min(e, ¾ of the propose timeout)`, as a node's ledger
+    /// task does for an empty block (`ChainTimers`).
+    empty_block_ms: Option<u64>,
+    config: ConsensusConfig,
+}
+
+/// How a [`Sim`] is set up beyond its size and seed.
+pub struct SimSetup {
+    pub config: ConsensusConfig,
+    /// One-way link delay range, ms.
+    pub links_ms: (u64, u64),
+    /// See [`Sim`]'s field of that name.
+    pub empty_block_ms: Option<u64>,
+}
+
+impl Default for SimSetup {
+    fn default() -> Self {
+        SimSetup {
+            config: test_config(),
+            links_ms: (5, 40),
+            empty_block_ms: None,
+        }
+    }
 }
 
 impl Sim {
     /// `n` arbitrators with seeded keys, all started at height 1.
     pub fn new(n: usize, seed: u64) -> Self {
+        Sim::with(n, seed, SimSetup::default())
+    }
+
+    /// [`Sim::new`] with other timeouts, links or proposers.
+    pub fn with(n: usize, seed: u64, setup: SimSetup) -> Self {
         let signers: Vec<Arc<KeySigner>> = (0..n as u64)
             .map(|i| {
                 Arc::new(KeySigner::from_seed(
@@ -122,7 +153,11 @@ impl Sim {
         let nodes = signers
             .into_iter()
             .map(|signer| SimNode {
-                driver: ConsensusDriver::new(signer.clone(), validators.clone(), test_config()),
+                driver: ConsensusDriver::new(
+                    signer.clone(),
+                    validators.clone(),
+                    setup.config.clone(),
+                ),
                 signer,
                 decided: Vec::new(),
                 evidence: Vec::new(),
@@ -144,6 +179,9 @@ impl Sim {
             rng: StdRng::seed_from_u64(seed),
             generation: 0,
             loss: 0.0,
+            links_ms: setup.links_ms,
+            empty_block_ms: setup.empty_block_ms,
+            config: setup.config,
         };
         for i in 0..n {
             sim.input(
@@ -164,7 +202,7 @@ impl Sim {
     }
 
     fn delay(&mut self) -> u64 {
-        self.rng.gen_range(5..=40)
+        self.rng.gen_range(self.links_ms.0..=self.links_ms.1)
     }
 
     /// Feeds an input to node `i` and carries out its effects.
@@ -235,9 +273,16 @@ impl Sim {
                 self.nodes[i].timers.remove(&id);
             }
             Effect::CancelAllTimeouts => self.nodes[i].timers.clear(),
-            Effect::RequestValue { height, round, .. } => {
+            Effect::RequestValue {
+                height,
+                round,
+                within,
+            } => {
+                let after = self.empty_block_ms.map_or(2, |e| {
+                    e.min(u64::try_from(within.as_millis() * 3 / 4).unwrap_or(u64::MAX))
+                });
                 self.schedule(
-                    2,
+                    after,
                     Event::Mempool {
                         node: i,
                         height,
@@ -388,8 +433,11 @@ impl Sim {
     pub fn restart(&mut self, i: usize) -> Vec<ConsensusMessage> {
         let node = &mut self.nodes[i];
         node.crashed = false;
-        node.driver =
-            ConsensusDriver::new(node.signer.clone(), self.validators.clone(), test_config());
+        node.driver = ConsensusDriver::new(
+            node.signer.clone(),
+            self.validators.clone(),
+            self.config.clone(),
+        );
         let (height, parent) = node.tip();
         let wal = node.wal.clone();
         let start = Input::StartHeight {

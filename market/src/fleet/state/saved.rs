@@ -43,6 +43,10 @@ pub struct SavedDeployment {
     /// The last upgrade (under way or finished).
     #[serde(default)]
     pub upgrade: Option<Upgrade>,
+    /// Each target's own count of its replica's restarts, as it last reported it (a target
+    /// reports only when the count changes, so a deployer that forgot it would show 0).
+    #[serde(default)]
+    pub restarts: Vec<(NodeId, u32)>,
 }
 
 /// Everything the deployer saves.
@@ -131,6 +135,7 @@ impl<S: Signer> FleetState<S> {
                     targets: own.targets.iter().map(|(t, s)| (*t, s.clone())).collect(),
                     variants: own.variants.iter().map(|(t, a)| (*t, a.clone())).collect(),
                     upgrade: own.upgrade.clone(),
+                    restarts: own.restarts.iter().map(|(t, n)| (*t, *n)).collect(),
                 }
             })
             .collect();
@@ -363,6 +368,15 @@ fn restore_one(
         }
     }
     variants.retain(|t, _| targets.contains_key(t));
+    // Counts only of targets kept; a count of 0 is never saved, so one is a bad entry.
+    let mut restarts = BTreeMap::new();
+    for (t, n) in sd.restarts.into_iter().take(MAX_REPLICAS) {
+        if n > 0 && targets.contains_key(&t) {
+            restarts.insert(t, n);
+        } else if n == 0 {
+            report.bad_entries += 1;
+        }
+    }
     OwnDeployment {
         record: sd.record,
         targets,
@@ -370,7 +384,7 @@ fn restore_one(
         upgrade,
         variants,
         assigned_over: BTreeMap::new(),
-        restarts: BTreeMap::new(),
+        restarts,
     }
 }
 

@@ -140,6 +140,10 @@ impl Net {
     fn deployer(&self) -> &FleetState<KeySigner> {
         self.nodes.get(&Net::id(1)).unwrap()
     }
+
+    fn deployer_mut(&mut self) -> &mut FleetState<KeySigner> {
+        self.nodes.get_mut(&Net::id(1)).unwrap()
+    }
 }
 
 fn prefetchers(done: &[(NodeId, Effect)]) -> Vec<NodeId> {
@@ -1078,6 +1082,62 @@ fn targets_report_restarts_once_per_change_and_only_for_themselves() {
     assert_eq!(restarts_shown(&net, &id, 5), None);
     assert_eq!(restarts_shown(&net, &id, 2), Some(2));
     assert_eq!(net.deployer().counters().stray_reports, 1);
+}
+
+/// A target reports its restart count only when it changes, so the deployer saves the counts
+/// with the deployment: after its own restart it still shows them, and a saved count for a
+/// node that is no longer a target is not restored.
+#[test]
+fn restart_counts_survive_a_deployer_restart() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    for seed in 2..=4 {
+        let healthy = Input::LocalPhase {
+            deployment: id,
+            image: None,
+            phase: TargetPhase::Healthy,
+            reason: None,
+        };
+        net.input(T0 + 20, seed, healthy).unwrap();
+    }
+    net.deployer_mut().take_dirty();
+    for (seed, restarts) in [(2, 3), (4, 1)] {
+        let restarted = Input::LocalRestarts {
+            deployment: id,
+            restarts,
+        };
+        net.input(T0 + 30, seed, restarted).unwrap();
+        let healthy = Input::LocalPhase {
+            deployment: id,
+            image: None,
+            phase: TargetPhase::Healthy,
+            reason: None,
+        };
+        net.input(T0 + 31, seed, healthy).unwrap();
+    }
+    assert_eq!(restarts_shown(&net, &id, 2), Some(3));
+    assert!(
+        net.deployer_mut().take_dirty(),
+        "a new count is saved state"
+    );
+    // Node 4's contract ended while the deployer was down.
+    let report = restart_deployer(
+        &mut net,
+        T0 + 100,
+        &[
+            live(2, IMAGE, TargetPhase::Running),
+            live(3, IMAGE, TargetPhase::Running),
+        ],
+    );
+    assert_eq!(report.bad_entries, 0);
+    assert_eq!(restarts_shown(&net, &id, 2), Some(3));
+    assert_eq!(restarts_shown(&net, &id, 3), Some(0));
+    assert_eq!(restarts_shown(&net, &id, 4), None);
+    let saved = net.deployer().saved();
+    assert_eq!(saved.deployments[0].restarts, vec![(Net::id(2), 3)]);
 }
 
 #[test]

@@ -324,11 +324,13 @@ impl<S: Signer> FleetState<S> {
         if !own.targets.contains_key(&target) || image.is_some_and(|i| i != own.image_of(&target)) {
             return;
         }
-        if restarts == 0 {
-            own.restarts.remove(&target);
+        let changed = if restarts == 0 {
+            own.restarts.remove(&target).is_some()
         } else {
-            own.restarts.insert(target, restarts);
-        }
+            own.restarts.insert(target, restarts) != Some(restarts)
+        };
+        // Saved with the deployment: a target reports its count only when it changes.
+        self.dirty |= changed;
     }
 
     /// The phase last known of `target`'s instance of `image` in `deployment` (the node applies

@@ -177,6 +177,22 @@ struct Run {
     phases: BTreeMap<String, usize>,
     /// Whether the deployment was deleted and every replica stopped afterwards.
     cleaned: bool,
+    /// node0's contracts of this image by status after the delete (`settled`, `cancelled`,
+    /// `slashed`, … — how the deployment's contracts ended).
+    ended: BTreeMap<String, usize>,
+}
+
+/// node0's contracts (as customer) of `image`, counted by status.
+fn contract_outcomes(net: &TestDevnet, image: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let list = try_agora_json(&["contract", "list", "--data-dir", &net.node(0)])
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    for c in list.iter().filter(|c| c["image"] == image) {
+        let status = c["status"].as_str().unwrap_or("?").to_string();
+        *out.entry(status).or_insert(0) += 1;
+    }
+    out
 }
 
 fn phase_runs(phase: &str) -> bool {
@@ -290,6 +306,7 @@ fn run(
         std::thread::sleep(Duration::from_secs(1));
     }
     Ok(Run {
+        ended: contract_outcomes(net, image),
         placed,
         running: running.into_values().collect(),
         healthy: healthy.into_values().collect(),
@@ -329,7 +346,7 @@ fn main() {
         agora_tests::agora_bin().display()
     );
     println!(
-        "{:>4} {:>7} {:>5} | {:>9} | {:>7} {:>7} {:>7} {:>9} | {:>8} | {:>11} {:>6} {:>6} | {:>5} {}",
+        "{:>4} {:>7} {:>5} | {:>9} | {:>7} {:>7} {:>7} {:>9} | {:>8} | {:>11} {:>6} {:>6} | {:>5} note",
         "N",
         "image",
         "strat",
@@ -342,8 +359,7 @@ fn main() {
         "origin B",
         "% N×sz",
         "recv %",
-        "load",
-        "note"
+        "load"
     );
     let mut nonce = std::process::id() as u64 * 1_000_003 + 1;
     for n in sizes {
@@ -391,6 +407,7 @@ fn main() {
                         if !r.cleaned {
                             note.push_str("delete did not stop every replica within 180 s; ");
                         }
+                        note.push_str(&format!("contracts after delete {:?}", r.ended));
                         println!(
                             "{:>4} {:>7} {:>5} | {:>4}/{:<4} | {:>7.1} {:>7.1} {:>7.1} {:>9.1} | {:>8} | {:>11} {:>6} {:>6} | {:>5.1} {}",
                             n,

@@ -181,6 +181,22 @@ pub enum StopReason {
     Unhealthy(i32),
 }
 
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::MemoryLimit => f.write_str("memory limit"),
+            StopReason::CpuLimit => f.write_str("cpu limit"),
+            StopReason::Lifetime => f.write_str("lifetime ended"),
+            StopReason::Trap(t) => write!(f, "trap: {t}"),
+            StopReason::OutputLimit => f.write_str("output limit"),
+            StopReason::Exited(code) => write!(f, "exited with {code}"),
+            StopReason::Requested => f.write_str("stop requested"),
+            StopReason::StartFailed(e) => write!(f, "start failed: {e}"),
+            StopReason::Unhealthy(h) => write!(f, "unhealthy (agora_health {h})"),
+        }
+    }
+}
+
 impl StopReason {
     /// Whether this counts as a failure for restart policies (everything but a clean or
     /// requested stop and the end of its lifetime).

@@ -108,6 +108,9 @@ pub struct ServiceStatus {
     pub state: ServiceState,
     /// Usage so far.
     pub metering: Metering,
+    /// Why the instance the restart policy last replaced stopped (`None` before any restart).
+    #[serde(default)]
+    pub last_failure: Option<StopReason>,
 }
 
 /// Result of a health check.
@@ -131,6 +134,8 @@ pub(crate) struct Live {
     guest_health: Option<i32>,
     active_since: Option<Instant>,
     banked_uptime_ms: u64,
+    /// See [`ServiceStatus::last_failure`].
+    last_failure: Option<StopReason>,
 }
 
 /// One `agora_probe` call asked of a live instance: the nonce, and where its outcome goes

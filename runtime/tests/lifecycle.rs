@@ -132,6 +132,14 @@ async fn an_unhealthy_guest_is_restarted_after_its_backoff_and_recovers() {
     h.manager.stop(&id).unwrap();
     assert_eq!(h.stopped(&id).await, StopReason::Requested);
     assert_eq!(h.manager.metering(&id).unwrap().restarts, 1);
+    // The list says why the replaced instance stopped, and an operator reads it as text.
+    let row = h.manager.list().into_iter().find(|s| s.id == id).unwrap();
+    assert!(
+        matches!(row.last_failure, Some(StopReason::Unhealthy(h)) if h != 0),
+        "{:?}",
+        row.last_failure
+    );
+    assert!(row.last_failure.unwrap().to_string().starts_with("unhealthy"));
 }
 
 /// A guest that stays sick uses up its restarts and stops as `Unhealthy(1)`; without

@@ -3,7 +3,8 @@
 //! (`deploy create --replicas 1`) a guest that traps on its 30th poll (3 s at `tick_ms = 100`)
 //! under `[restart] policy = "on-failure"`. `deploy status ID --watch` without a terminal prints
 //! the lines that change and exits 0 once the target is healthy; then the target's runtime
-//! restarts the crashing guest and `deploy status --json` shows `restarts` ≥ 1 for it (from the
+//! restarts the crashing guest and `deploy status --json` shows `restarts` ≥ 1 and why
+//! (`last_failure`, the trap) for it (from the
 //! target's own report), and the table has the RESTARTS column.
 #![allow(clippy::unwrap_used)]
 
@@ -143,12 +144,20 @@ fn deploy_status_shows_a_crashing_targets_restarts_and_watch_follows_the_rollout
     let shown = restarts_of(&status(&net, &id), &ids[TARGET]).unwrap();
     let on_target = agora_json(&["service", "list", "--data-dir", &net.node(TARGET)]);
     println!("deployer shows {shown} restarts; the target's services: {on_target}");
+    // Why: the trap, as the target's runtime saw it, in the JSON and in the table.
+    let st = status(&net, &id);
+    let why = st["targets"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["node"] == ids[TARGET].as_str()))
+        .and_then(|t| t["last_failure"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(why.starts_with("trap"), "last_failure {why:?} in {st}");
     let table = agora(&["deploy", "status", &id, "--data-dir", &net.node(0)]);
     assert!(table.status.success(), "{table:?}");
-    assert!(
-        String::from_utf8_lossy(&table.stdout).contains("RESTARTS"),
-        "{table:?}"
-    );
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("RESTARTS"), "{table}");
+    assert!(table.contains("(trap"), "{table}");
     for i in [1, 3, 4, 5, 6] {
         assert_eq!(restarts_of(&status(&net, &id), &ids[i]), None, "node{i}");
     }

@@ -59,6 +59,10 @@ pub enum FleetMessage {
         /// Not encoded when absent (older targets, or none yet); a u32, so bounded.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         restarts: Option<u32>,
+        /// Why the runtime last restarted it, at most [`MAX_REASON_LEN`] bytes. Not encoded
+        /// when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_failure: Option<String>,
     },
 }
 
@@ -83,6 +87,10 @@ impl FleetMessage {
         match &msg {
             FleetMessage::Report {
                 reason: Some(r), ..
+            }
+            | FleetMessage::Report {
+                last_failure: Some(r),
+                ..
             } if r.len() > MAX_REASON_LEN => {
                 return Err(FleetError::TooLarge {
                     len: r.len(),

@@ -141,6 +141,8 @@ pub enum Input {
         deployment: DeploymentId,
         /// Restarts so far.
         restarts: u32,
+        /// Why the runtime last restarted it (bounded to [`MAX_REASON_LEN`] when reported).
+        last_failure: Option<String>,
     },
     /// Time passed; reconcile, re-sign, poll.
     Tick,
@@ -217,8 +219,11 @@ pub struct OwnDeployment {
     /// (the assignment runs again only when this changes).
     pub assigned_over: BTreeMap<NodeId, crate::fleet::variant::Mask>,
     /// Restarts of each target's replica, as the target itself last reported them (current
-    /// targets only; not saved: a restarted deployer learns them at the target's next change).
+    /// targets only; saved with the deployment: a target reports only a change).
     pub restarts: BTreeMap<NodeId, u32>,
+    /// Why each target's runtime last restarted its replica, as the target reported it (with
+    /// its count; current targets only; saved).
+    pub failures: BTreeMap<NodeId, String>,
 }
 
 impl OwnDeployment {
@@ -283,6 +288,9 @@ pub struct TargetView {
     /// policy), as the target reports it; 0 from targets that do not report it.
     #[serde(default)]
     pub restarts: u32,
+    /// Why its runtime last restarted it, as the target reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
 }
 
 impl DeploymentView {
@@ -313,6 +321,7 @@ impl DeploymentView {
                     reason: s.reason.clone(),
                     variant: own.variants.get(node).map(|a| a.variant.clone()),
                     restarts: own.restarts.get(node).copied().unwrap_or(0),
+                    last_failure: own.failures.get(node).cloned(),
                 })
                 .collect(),
             variants: b.variants.clone(),
@@ -424,7 +433,8 @@ impl<S: Signer> FleetState<S> {
             Input::LocalRestarts {
                 deployment,
                 restarts,
-            } => self.local_restarts(deployment, restarts),
+                last_failure,
+            } => self.local_restarts(deployment, restarts, last_failure),
             Input::Tick => {
                 self.reconcile(now, &mut out)?;
                 self.provider_tick(now, &mut out);
@@ -474,6 +484,7 @@ impl<S: Signer> FleetState<S> {
             variants: BTreeMap::new(),
             assigned_over: BTreeMap::new(),
             restarts: BTreeMap::new(),
+            failures: BTreeMap::new(),
         });
         if entry.record.body.deleted {
             // A new deployment under the old name: no upgrade history, no variants given.
@@ -633,6 +644,7 @@ impl<S: Signer> FleetState<S> {
                         },
                     );
                     own.restarts.remove(&target);
+                    own.failures.remove(&target);
                     if with_variants {
                         // Placed below, once the assignment gave it a variant.
                         continue;
@@ -649,6 +661,7 @@ impl<S: Signer> FleetState<S> {
                 Action::Release { target, reason } => {
                     own.targets.remove(&target);
                     own.restarts.remove(&target);
+                    own.failures.remove(&target);
                     let image = own.image_of(&target).to_string();
                     own.variants.remove(&target);
                     if reason == ReleaseReason::Failed {

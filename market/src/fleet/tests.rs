@@ -527,9 +527,24 @@ fn fleet_messages_round_trip_and_hostile_ones_are_refused() {
         reason: Some("x".repeat(limits::MAX_REASON_LEN + 1)),
         image: None,
         restarts: None,
+        last_failure: None,
     };
     assert!(matches!(
         FleetMessage::decode(&long.encode().unwrap()),
+        Err(FleetError::TooLarge { .. })
+    ));
+    // The same bound holds for the last restart's reason.
+    let long_failure = FleetMessage::Report {
+        deployment: deployment_id(&signer(1).node_id(), "gw"),
+        version: 1,
+        phase: TargetPhase::Running,
+        reason: None,
+        image: None,
+        restarts: Some(1),
+        last_failure: Some("x".repeat(limits::MAX_REASON_LEN + 1)),
+    };
+    assert!(matches!(
+        FleetMessage::decode(&long_failure.encode().unwrap()),
         Err(FleetError::TooLarge { .. })
     ));
     let huge = vec![0u8; message::MAX_MESSAGE_BYTES + 1];
@@ -593,6 +608,7 @@ proptest! {
             reason: reason.clone(),
             image: None,
             restarts,
+            last_failure: None,
         };
         let bytes = msg.encode().unwrap();
         let decoded = FleetMessage::decode(&bytes);

@@ -328,6 +328,7 @@ mod tests {
             reason: None,
             variant: None,
             restarts: 3,
+            last_failure: None,
         };
         let mut json = serde_json::to_value(&t).unwrap();
         assert_eq!(json["restarts"], 3);

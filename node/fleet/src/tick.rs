@@ -28,6 +28,7 @@ impl FleetTask {
         for input in inputs {
             let _ = self.apply(input).await;
         }
+        //RECHECK
     }
 
     /// Placements whose auction closed without the target's bid failed.
@@ -226,13 +227,17 @@ impl FleetTask {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        // State and restarts (the runtime's metering: restarts made by the restart policy).
-        let services: BTreeMap<String, (ServiceState, u32)> = self
+        // State, restarts (the runtime's metering: restarts made by the restart policy) and why
+        // the last one happened.
+        let services: BTreeMap<String, (ServiceState, u32, Option<String>)> = self
             .parts
             .services
             .list()
             .into_iter()
-            .map(|s| (s.id, (s.state, s.metering.restarts)))
+            .map(|s| {
+                let failure = s.last_failure.map(|r| r.to_string());
+                (s.id, (s.state, s.metering.restarts, failure))
+            })
             .collect();
         let mut out = Vec::new();
         for (deployment, deployer, images) in replicas {
@@ -241,13 +246,14 @@ impl FleetTask {
                 .find(|(_, customer, img, _)| *customer == deployer && images.contains(img));
             let service_id = contract.map(|(id, ..)| id.to_string());
             let service = service_id.as_ref().and_then(|id| services.get(id));
-            if let Some((_, restarts)) = service {
+            if let Some((_, restarts, failure)) = service {
                 out.push(Input::LocalRestarts {
                     deployment,
                     restarts: *restarts,
+                    last_failure: failure.clone(),
                 });
             }
-            let service = service.map(|(state, _)| state);
+            let service = service.map(|(state, ..)| state);
             let health = match (&service_id, service) {
                 (Some(id), Some(ServiceState::Active)) => self.parts.services.health(id).ok(),
                 _ => None,

@@ -85,6 +85,7 @@ impl ServiceManager {
                 guest_health: None,
                 active_since: None,
                 banked_uptime_ms: 0,
+                last_failure: None,
             }),
             state_tx,
         });
@@ -259,12 +260,16 @@ impl ServiceManager {
             .values()
             .map(|e| {
                 // Take the state in its own statement: the guard must drop before metering_now.
-                let state = lock(&e.shared.live).state.clone();
+                let (state, last_failure) = {
+                    let live = lock(&e.shared.live);
+                    (live.state.clone(), live.last_failure.clone())
+                };
                 ServiceStatus {
                     id: e.spec.id.clone(),
                     module: e.spec.module.id().to_string(),
                     state,
                     metering: metering_now(&e.shared),
+                    last_failure,
                 }
             })
             .collect()

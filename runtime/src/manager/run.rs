@@ -58,6 +58,7 @@ pub(crate) async fn run_service(host: HostParts, spec: ServiceSpec, shared: Arc<
         {
             let mut live = lock(&shared.live);
             live.metering.restarts = restarts;
+            live.last_failure = Some(reason.clone());
             bank_uptime(&mut live);
             // The next instance has answered nothing yet.
             live.last_poll = None;

@@ -32,6 +32,9 @@ pub struct LocalReplica {
     /// The restart count last reported (a change is reported even when the phase is not).
     #[serde(default)]
     pub reported_restarts: u32,
+    /// Why the runtime last restarted this replica, bounded ([`super::Input::LocalRestarts`]).
+    #[serde(default)]
+    pub last_failure: Option<String>,
 }
 
 fn bounded_reason(reason: Option<String>) -> Option<String> {
@@ -85,13 +88,20 @@ impl<S: Signer> FleetState<S> {
                 reason,
                 image,
                 restarts,
+                last_failure,
                 ..
             } => {
                 let reason = bounded_reason(reason);
                 if self.observe(deployment, from, image.as_deref(), phase, reason) {
                     // `from` is the transport-authenticated sender and a target: a count is only
                     // ever taken from the target itself.
-                    self.note_restarts(deployment, from, image.as_deref(), restarts.unwrap_or(0));
+                    self.note_restarts(
+                        deployment,
+                        from,
+                        image.as_deref(),
+                        restarts.unwrap_or(0),
+                        bounded_reason(last_failure),
+                    );
                 } else {
                     self.counters.stray_reports += 1;
                     tracing::debug!(peer = %from.short(), deployment = %deployment.short(),
@@ -183,6 +193,7 @@ impl<S: Signer> FleetState<S> {
             reported: None,
             restarts: 0,
             reported_restarts: 0,
+            last_failure: None,
         });
         let push = body.strategy == Strategy::Push;
         if push
@@ -312,15 +323,26 @@ impl<S: Signer> FleetState<S> {
                 reason: status.reason,
                 image: Some(image),
                 restarts: (local.restarts > 0).then_some(local.restarts),
+                last_failure: local
+                    .last_failure
+                    .clone()
+                    .filter(|_| local.restarts > 0),
             },
         });
     }
 
     /// Provider: the runtime restarted this node's replica of `deployment` `restarts` times in
-    /// all; the next [`super::Input::LocalPhase`] reports a change even if the phase is the same.
-    pub(super) fn local_restarts(&mut self, deployment: DeploymentId, restarts: u32) {
+    /// all, the last time because of `last_failure`; the next [`super::Input::LocalPhase`]
+    /// reports a change of the count even if the phase is the same.
+    pub(super) fn local_restarts(
+        &mut self,
+        deployment: DeploymentId,
+        restarts: u32,
+        last_failure: Option<String>,
+    ) {
         if let Some(local) = self.local.get_mut(&deployment) {
             local.restarts = restarts;
+            local.last_failure = bounded_reason(last_failure);
         }
     }
 

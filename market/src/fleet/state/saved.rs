@@ -47,6 +47,9 @@ pub struct SavedDeployment {
     /// reports only when the count changes, so a deployer that forgot it would show 0).
     #[serde(default)]
     pub restarts: Vec<(NodeId, u32)>,
+    /// Why each target's runtime last restarted its replica, as the target reported it.
+    #[serde(default)]
+    pub failures: Vec<(NodeId, String)>,
 }
 
 /// Everything the deployer saves.
@@ -136,6 +139,7 @@ impl<S: Signer> FleetState<S> {
                     variants: own.variants.iter().map(|(t, a)| (*t, a.clone())).collect(),
                     upgrade: own.upgrade.clone(),
                     restarts: own.restarts.iter().map(|(t, n)| (*t, *n)).collect(),
+                    failures: own.failures.iter().map(|(t, f)| (*t, f.clone())).collect(),
                 }
             })
             .collect();
@@ -377,6 +381,17 @@ fn restore_one(
             report.bad_entries += 1;
         }
     }
+    let mut failures = BTreeMap::new();
+    for (t, f) in sd.failures.into_iter().take(MAX_REPLICAS) {
+        if !restarts.contains_key(&t) {
+            continue;
+        }
+        if f.len() <= MAX_REASON_LEN {
+            failures.insert(t, f);
+        } else {
+            report.bad_entries += 1;
+        }
+    }
     OwnDeployment {
         record: sd.record,
         targets,
@@ -385,6 +400,7 @@ fn restore_one(
         variants,
         assigned_over: BTreeMap::new(),
         restarts,
+        failures,
     }
 }
 

@@ -355,6 +355,7 @@ fn forged_records_and_stray_reports_are_counted_and_ignored() {
                 reason: Some("x".repeat(10_000)),
                 image: None,
                 restarts: Some(7),
+                last_failure: None,
             },
         },
     )
@@ -1050,6 +1051,7 @@ fn targets_report_restarts_once_per_change_and_only_for_themselves() {
     let restarted = Input::LocalRestarts {
         deployment: id,
         restarts: 2,
+        last_failure: Some("trap: wasm `unreachable` instruction executed".into()),
     };
     assert_eq!(reports(&mut net, 2, T0 + 30, restarted.clone()), 0);
     assert_eq!(reports(&mut net, 2, T0 + 30, healthy.clone()), 1);
@@ -1066,6 +1068,7 @@ fn targets_report_restarts_once_per_change_and_only_for_themselves() {
         reason: None,
         image: None,
         restarts: Some(99),
+        last_failure: Some("forged".into()),
     };
     net.nodes
         .get_mut(&Net::id(1))
@@ -1081,6 +1084,19 @@ fn targets_report_restarts_once_per_change_and_only_for_themselves() {
         .unwrap();
     assert_eq!(restarts_shown(&net, &id, 5), None);
     assert_eq!(restarts_shown(&net, &id, 2), Some(2));
+    let two = net
+        .deployer()
+        .status(&id)
+        .unwrap()
+        .targets
+        .into_iter()
+        .find(|t| t.node == Net::id(2))
+        .unwrap();
+    assert_eq!(
+        two.last_failure.as_deref(),
+        Some("trap: wasm `unreachable` instruction executed"),
+        "the reason comes with the count, from the target only"
+    );
     assert_eq!(net.deployer().counters().stray_reports, 1);
 }
 
@@ -1108,6 +1124,7 @@ fn restart_counts_survive_a_deployer_restart() {
         let restarted = Input::LocalRestarts {
             deployment: id,
             restarts,
+            last_failure: Some(format!("exited with {restarts}")),
         };
         net.input(T0 + 30, seed, restarted).unwrap();
         let healthy = Input::LocalPhase {
@@ -1138,6 +1155,14 @@ fn restart_counts_survive_a_deployer_restart() {
     assert_eq!(restarts_shown(&net, &id, 4), None);
     let saved = net.deployer().saved();
     assert_eq!(saved.deployments[0].restarts, vec![(Net::id(2), 3)]);
+    // The reason of the last restart travels and survives with the count.
+    let shown = net.deployer().status(&id).unwrap();
+    let two = shown.targets.iter().find(|t| t.node == Net::id(2)).unwrap();
+    assert_eq!(two.last_failure.as_deref(), Some("exited with 3"));
+    assert_eq!(
+        saved.deployments[0].failures,
+        vec![(Net::id(2), "exited with 3".to_string())]
+    );
 }
 
 #[test]

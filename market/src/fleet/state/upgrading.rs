@@ -317,6 +317,7 @@ impl<S: Signer> FleetState<S> {
         target: NodeId,
         image: Option<&str>,
         restarts: u32,
+        last_failure: Option<String>,
     ) {
         let Some(own) = self.own.get_mut(&deployment) else {
             return;
@@ -324,10 +325,14 @@ impl<S: Signer> FleetState<S> {
         if !own.targets.contains_key(&target) || image.is_some_and(|i| i != own.image_of(&target)) {
             return;
         }
-        let changed = if restarts == 0 {
+        let mut changed = if restarts == 0 {
             own.restarts.remove(&target).is_some()
         } else {
             own.restarts.insert(target, restarts) != Some(restarts)
+        };
+        changed |= match last_failure.filter(|_| restarts > 0) {
+            Some(f) => own.failures.insert(target, f.clone()) != Some(f),
+            None => own.failures.remove(&target).is_some(),
         };
         // Saved with the deployment: a target reports its count only when it changes.
         self.dirty |= changed;

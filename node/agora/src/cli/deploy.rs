@@ -126,6 +126,15 @@ fn default_name(image: &str) -> String {
     format!("deploy-{}", tail.to_ascii_lowercase())
 }
 
+/// A target's restart count, with why the last restart happened when the target said:
+/// `2 (trap: wasm \`unreachable\` instruction executed)`.
+fn restarts_cell(t: &TargetView) -> String {
+    match (&t.last_failure, t.restarts) {
+        (Some(why), n) if n > 0 => format!("{n} ({why})"),
+        (_, n) => n.to_string(),
+    }
+}
+
 /// One target's status as the table shows it: `healthy`, `unhealthy: reason`, `failed: reason`.
 fn target_status(t: &TargetView) -> String {
     match &t.reason {
@@ -179,7 +188,7 @@ fn print_view(v: &DeploymentView) {
             if !v.variants.is_empty() {
                 row.push(t.variant.clone().unwrap_or_else(|| "-".into()));
             }
-            row.push(t.restarts.to_string());
+            row.push(restarts_cell(t));
             row.push(target_status(t));
             row
         })
@@ -310,7 +319,7 @@ fn watch_lines(
                 "  {} {} (restarts {})",
                 t.node.short(),
                 target_status(t),
-                t.restarts
+                restarts_cell(t)
             ),
         ));
     }
@@ -555,8 +564,16 @@ mod tests {
             reason: reason.map(str::to_string),
             variant: None,
             restarts: 0,
+            last_failure: None,
         };
         assert_eq!(target_status(&t("healthy", None)), "healthy");
+        assert_eq!(restarts_cell(&t("healthy", None)), "0");
+        let restarted = TargetView {
+            restarts: 2,
+            last_failure: Some("exited with 3".into()),
+            ..t("healthy", None)
+        };
+        assert_eq!(restarts_cell(&restarted), "2 (exited with 3)");
         assert_eq!(
             target_status(&t(
                 "unhealthy",
@@ -616,6 +633,7 @@ mod tests {
                     reason: None,
                     variant: None,
                     restarts: *restarts,
+                    last_failure: None,
                 })
                 .collect(),
             summary: Default::default(),

@@ -257,19 +257,69 @@ impl FleetTask {
         else {
             return;
         };
-        let tx = match status {
-            ContractStatus::Active => TxKind::Settle {
+        let Some(by) = super::ending::end_by(status) else {
+            return;
+        };
+        match self.submit_end(contract, by).await {
+            Ok(()) => info!(deployment = %deployment.short(), target = %target.short(), %image,
+                contract = %contract.short(), ?reason, "fleet target released: its contract ends"),
+            Err(e) => warn!(deployment = %deployment.short(), target = %target.short(),
+                contract = %contract.short(), error = %e, "fleet release not submitted (checked again)"),
+        }
+    }
+
+    /// Submits the transaction that ends `contract`, and checks it again a few seconds later
+    /// ([`super::ending`]): a block may refuse it (a cancel that met an activation).
+    pub(super) async fn submit_end(
+        &mut self,
+        contract: agora_contracts::ContractId,
+        by: super::ending::EndBy,
+    ) -> Result<(), String> {
+        self.ending.submitted(contract, now_ms());
+        let Some(ledger) = self.parts.ledger.clone() else {
+            return Err("no ledger".into());
+        };
+        let tx = match by {
+            super::ending::EndBy::Settle => TxKind::Settle {
                 contract,
                 reason: SettleReason::CustomerBack,
             },
-            s if super::progress::ended(s) => return,
-            _ => TxKind::Cancel(contract),
+            super::ending::EndBy::Cancel => TxKind::Cancel(contract),
         };
-        match ledger.submit(tx).await {
-            Ok(_) => info!(deployment = %deployment.short(), target = %target.short(), %image,
-                contract = %contract.short(), ?reason, "fleet target released: its contract ends"),
-            Err(e) => warn!(deployment = %deployment.short(), target = %target.short(),
-                contract = %contract.short(), error = %e, "fleet release not submitted"),
+        ledger.submit(tx).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Checks the contracts being ended that are due: ended ones are forgotten, live ones get
+    /// their end transaction again (a settlement now if a cancel met an activation).
+    pub(super) async fn recheck_ending(&mut self) {
+        let due = self.ending.due(now_ms());
+        if due.is_empty() {
+            return;
+        }
+        let Some(ledger) = self.parts.ledger.clone() else {
+            return;
+        };
+        for contract in due {
+            let Ok(status) = ledger
+                .query(move |v| v.ledger.contracts().get(&contract).map(|r| r.status))
+                .await
+            else {
+                return;
+            };
+            match self.ending.recheck(contract, status) {
+                super::ending::Recheck::Ended => {}
+                super::ending::Recheck::Submit(by) => {
+                    info!(contract = %contract.short(), ?status, ?by,
+                        "fleet: a released contract is still live; ending it again");
+                    if let Err(e) = self.submit_end(contract, by).await {
+                        warn!(contract = %contract.short(), error = %e, "fleet release not submitted (checked again)");
+                    }
+                }
+                super::ending::Recheck::GiveUp => {
+                    warn!(contract = %contract.short(), ?status, attempts = super::ending::MAX_ATTEMPTS,
+                        "fleet: a released contract is still live after every attempt to end it");
+                }
+            }
         }
     }
 

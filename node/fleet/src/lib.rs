@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod effects;
+pub mod ending;
 pub mod progress;
 pub mod quota;
 pub mod saved_file;
@@ -102,6 +103,13 @@ pub struct FleetStats {
     pub gossip_accepted: u64,
     /// Gossip copies not forwarded (known, refused or not stored).
     pub gossip_ignored: u64,
+    /// Contracts this deployer is ending, checked again until the ledger shows them ended
+    /// ([`ending`]).
+    #[serde(default)]
+    pub ending: usize,
+    /// Contracts still live after every attempt to end them (logged).
+    #[serde(default)]
+    pub ending_given_up: u64,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, FleetTaskError>>;
@@ -243,6 +251,8 @@ struct FleetTask {
     restored: bool,
     /// What was last written to the state file (written again only when it changes).
     saved_bytes: Option<Vec<u8>>,
+    /// Contracts released and checked again until they ended ([`ending`]).
+    ending: ending::Ending,
 }
 
 /// Starts the fleet task.
@@ -280,6 +290,7 @@ pub async fn spawn(parts: FleetParts, cancel: CancellationToken) -> (FleetHandle
         done_tx,
         restored: false,
         saved_bytes: None,
+        ending: ending::Ending::default(),
     };
     let handle = tokio::spawn(task.run(rx, done_rx, inbox, cancel).in_current_span());
     (FleetHandle { tx }, handle)
@@ -474,6 +485,8 @@ impl FleetTask {
             quota_refused: q.refused,
             quota_evicted: q.evicted,
             placements: self.placements.len(),
+            ending: self.ending.len(),
+            ending_given_up: self.ending.given_up,
             ..self.stats
         }
     }

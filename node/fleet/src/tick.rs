@@ -28,7 +28,7 @@ impl FleetTask {
         for input in inputs {
             let _ = self.apply(input).await;
         }
-        //RECHECK
+        self.recheck_ending().await;
     }
 
     /// Placements whose auction closed without the target's bid failed.

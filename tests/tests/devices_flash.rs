@@ -295,7 +295,19 @@ fn readings_paused_while_flashed_and_counted_once(node: &str) {
         assert_eq!(d["paused"], false, "{d}");
         assert_eq!(d["duplicates"], 0, "{d}");
         assert_eq!(d["missing"], 0, "{d}");
-        assert_eq!(d["heard_paused"], 0, "nothing heard while paused: {d}");
+        // The edge pauses a device's readings just before it sends the reboot command, so a
+        // reading the device sent before the command reached it can still arrive after the
+        // pause (seen once under load: `heard_paused` 1 for a device paused once). A device
+        // that kept sending while offline (the reboot, the flash, the boot: several of its
+        // 200 ms readings) would be heard more often than it was paused.
+        let (heard, pauses) = (
+            d["heard_paused"].as_u64().unwrap(),
+            d["pauses"].as_u64().unwrap(),
+        );
+        assert!(
+            heard <= pauses,
+            "heard while paused more often than paused (at most one reading in flight per pause): {d}"
+        );
         if flashed(id) {
             assert_eq!(d["pauses"], 1, "{d}");
             let after = d["paused_after"]

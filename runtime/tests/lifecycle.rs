@@ -139,7 +139,12 @@ async fn an_unhealthy_guest_is_restarted_after_its_backoff_and_recovers() {
         "{:?}",
         row.last_failure
     );
-    assert!(row.last_failure.unwrap().to_string().starts_with("unhealthy"));
+    assert!(
+        row.last_failure
+            .unwrap()
+            .to_string()
+            .starts_with("unhealthy")
+    );
 }
 
 /// A guest that stays sick uses up its restarts and stops as `Unhealthy(1)`; without

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use agora_contracts::{ContractStatus, SettleReason, TxKind};
+use agora_contracts::{SettleReason, TxKind};
 use agora_market::fleet::{Effect, FLEET_TOPIC, FleetMessage, Input, ReleaseReason, TargetPhase};
 use agora_market::{AuctionKind, AuctionSpec, DeploymentId, MarketMessage, NodeId, Resources};
 use agora_network::keys::peer_id_of;
@@ -286,7 +286,11 @@ impl FleetTask {
             },
             super::ending::EndBy::Cancel => TxKind::Cancel(contract),
         };
-        ledger.submit(tx).await.map(|_| ()).map_err(|e| e.to_string())
+        ledger
+            .submit(tx)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Checks the contracts being ended that are due: ended ones are forgotten, live ones get

@@ -159,7 +159,10 @@ mod tests {
     fn a_cancel_refused_by_a_contract_that_activated_meanwhile_becomes_a_settlement() {
         let mut e = Ending::default();
         e.submitted(c(1), 1_000);
-        assert!(e.due(1_000 + RECHECK_MS - 1).is_empty(), "not before its recheck");
+        assert!(
+            e.due(1_000 + RECHECK_MS - 1).is_empty(),
+            "not before its recheck"
+        );
         assert_eq!(e.due(1_000 + RECHECK_MS), vec![c(1)]);
         assert_eq!(
             e.recheck(c(1), Some(ContractStatus::Active)),

@@ -313,6 +313,9 @@ pub struct ServiceInfo {
     /// When this node last stopped it on request (`stop`, or as a dependent), Unix ms.
     #[serde(default)]
     pub stopped_at_ms: Option<u64>,
+    /// Why the instance its restart policy last replaced stopped (wasm services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<agora_runtime::StopReason>,
 }
 
 /// One staged service as the host remembers it.

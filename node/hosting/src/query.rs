@@ -19,10 +19,12 @@ impl ServiceHost {
         lock(&self.inner.staged)
             .iter()
             .map(|(id, s)| {
-                let (state, metering) = match (&s.container, wasm.get(id)) {
-                    (Some(c), _) => (c.state.clone(), Metering::default()),
-                    (None, Some(w)) => (w.state.clone(), w.metering.clone()),
-                    (None, None) => (ServiceState::Staged, Metering::default()),
+                let (state, metering, last_failure) = match (&s.container, wasm.get(id)) {
+                    (Some(c), _) => (c.state.clone(), Metering::default(), None),
+                    (None, Some(w)) => {
+                        (w.state.clone(), w.metering.clone(), w.last_failure.clone())
+                    }
+                    (None, None) => (ServiceState::Staged, Metering::default(), None),
                 };
                 ServiceInfo {
                     id: id.clone(),
@@ -35,6 +37,7 @@ impl ServiceHost {
                     depends_on: s.manifest.depends_on.clone(),
                     started_at_ms: s.started_at_ms,
                     stopped_at_ms: s.stopped_at_ms,
+                    last_failure,
                 }
             })
             .collect()

@@ -323,10 +323,7 @@ impl<S: Signer> FleetState<S> {
                 reason: status.reason,
                 image: Some(image),
                 restarts: (local.restarts > 0).then_some(local.restarts),
-                last_failure: local
-                    .last_failure
-                    .clone()
-                    .filter(|_| local.restarts > 0),
+                last_failure: local.last_failure.clone().filter(|_| local.restarts > 0),
             },
         });
     }

@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use agora_runtime::test_utils::lora_gateway_wasm;
+use agora_tests::bench::{env_u64, load1, quantile};
 use agora_tests::fleet::{node_ids, publish, running_of, status};
 use agora_tests::{TestDevnet, agora, try_agora_json};
 
@@ -39,13 +40,6 @@ const BIG: usize = 8 << 20;
 /// How often node0's `deploy status` is read while a run is under way.
 const POLL: Duration = Duration::from_millis(250);
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
         .unwrap_or_else(|_| default.into())
@@ -53,22 +47,6 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
         .collect()
-}
-
-fn load1() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
-}
-
-fn quantile(v: &[f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[(((s.len() - 1) as f64) * q).round() as usize]
 }
 
 /// The first `key` counter in a storage stats document (bitswap's `bytes_sent` /

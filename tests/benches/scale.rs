@@ -20,17 +20,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use agora_tests::bench::{env_u64, load1, quantile};
 use agora_tests::{DevnetGuard, agora_bin};
 
 /// Clock ticks per second of `/proc/PID/stat` (`getconf CLK_TCK` on Linux).
 const TICKS: f64 = 100.0;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// User + system ticks of process `pid`.
 fn cpu_ticks(pid: u64) -> Option<u64> {
@@ -52,22 +46,6 @@ fn rss_mib(pid: u64) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kib / 1024.0)
-}
-
-fn load1() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
-}
-
-fn quantile(v: &[f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[(((s.len() - 1) as f64) * q).round() as usize]
 }
 
 /// One size's figures.

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adversary;
+pub mod bench;
 pub mod devices;
 pub mod fleet;
 pub mod natlab;

@@ -821,15 +821,7 @@ fn a_restarted_deployer_keeps_its_deployments_and_places_no_second_replica() {
     let id = deployment_id(&Net::id(1), "gw");
     net.input(T0 + 10, 1, Input::Tick).unwrap();
     assert_eq!(placed(&net.take()).len(), 3);
-    for seed in 2..=4 {
-        let phase = Input::LocalPhase {
-            deployment: id,
-            image: None,
-            phase: TargetPhase::Healthy,
-            reason: None,
-        };
-        net.input(T0 + 20, seed, phase).unwrap();
-    }
+    targets_healthy(&mut net, id, T0 + 20);
     let before = net.deployer().status(&id).unwrap();
     // Node 2's and 3's contracts are open; node 4's ended while the deployer was down.
     let report = restart_deployer(
@@ -920,15 +912,7 @@ fn an_upgrade_under_way_resumes_after_a_restart() {
         .unwrap();
     let id = deployment_id(&Net::id(1), "gw");
     net.input(T0 + 10, 1, Input::Tick).unwrap();
-    for seed in 2..=4 {
-        let phase = Input::LocalPhase {
-            deployment: id,
-            image: None,
-            phase: TargetPhase::Healthy,
-            reason: None,
-        };
-        net.input(T0 + 20, seed, phase).unwrap();
-    }
+    targets_healthy(&mut net, id, T0 + 20);
     net.take();
     let config = UpgradeConfig {
         max_unavailable: 1,
@@ -984,6 +968,24 @@ fn an_upgrade_under_way_resumes_after_a_restart() {
     );
 }
 
+/// A target's report that its replica of `id` (the record's image) is healthy.
+fn healthy_report(id: DeploymentId) -> Input {
+    Input::LocalPhase {
+        deployment: id,
+        image: None,
+        phase: TargetPhase::Healthy,
+        reason: None,
+    }
+}
+
+/// Nodes 2, 3 and 4 (the three targets of a push to every provider) report their replicas of
+/// `id` healthy at `at`.
+fn targets_healthy(net: &mut Net, id: DeploymentId, at: Timestamp) {
+    for seed in 2..=4 {
+        net.input(at, seed, healthy_report(id)).unwrap();
+    }
+}
+
 /// The deployer's view of `seed`'s restart count for `id`.
 fn restarts_shown(net: &Net, id: &DeploymentId, seed: u64) -> Option<u32> {
     net.deployer()
@@ -1002,15 +1004,8 @@ fn targets_report_restarts_once_per_change_and_only_for_themselves() {
         .unwrap();
     let id = deployment_id(&Net::id(1), "gw");
     net.input(T0 + 10, 1, Input::Tick).unwrap();
-    let healthy = Input::LocalPhase {
-        deployment: id,
-        image: None,
-        phase: TargetPhase::Healthy,
-        reason: None,
-    };
-    for seed in 2..=4 {
-        net.input(T0 + 20, seed, healthy.clone()).unwrap();
-    }
+    targets_healthy(&mut net, id, T0 + 20);
+    let healthy = healthy_report(id);
     assert_eq!(restarts_shown(&net, &id, 2), Some(0));
     // Node 2's runtime restarted its replica twice; the phase is the same, the count is news.
     let reports = |net: &mut Net, seed: u64, now: Timestamp, input: Input| {
@@ -1110,15 +1105,7 @@ fn restart_counts_survive_a_deployer_restart() {
         .unwrap();
     let id = deployment_id(&Net::id(1), "gw");
     net.input(T0 + 10, 1, Input::Tick).unwrap();
-    for seed in 2..=4 {
-        let healthy = Input::LocalPhase {
-            deployment: id,
-            image: None,
-            phase: TargetPhase::Healthy,
-            reason: None,
-        };
-        net.input(T0 + 20, seed, healthy).unwrap();
-    }
+    targets_healthy(&mut net, id, T0 + 20);
     net.deployer_mut().take_dirty();
     for (seed, restarts) in [(2, 3), (4, 1)] {
         let restarted = Input::LocalRestarts {
@@ -1127,13 +1114,7 @@ fn restart_counts_survive_a_deployer_restart() {
             last_failure: Some(format!("exited with {restarts}")),
         };
         net.input(T0 + 30, seed, restarted).unwrap();
-        let healthy = Input::LocalPhase {
-            deployment: id,
-            image: None,
-            phase: TargetPhase::Healthy,
-            reason: None,
-        };
-        net.input(T0 + 31, seed, healthy).unwrap();
+        net.input(T0 + 31, seed, healthy_report(id)).unwrap();
     }
     assert_eq!(restarts_shown(&net, &id, 2), Some(3));
     assert!(
@@ -1192,15 +1173,7 @@ fn only_a_change_of_what_is_saved_marks_the_state_dirty() {
         "placements are a change"
     );
     let id = deployment_id(&Net::id(1), "gw");
-    for seed in 2..=4 {
-        let healthy = Input::LocalPhase {
-            deployment: id,
-            image: None,
-            phase: TargetPhase::Healthy,
-            reason: None,
-        };
-        net.input(T0 + 20, seed, healthy).unwrap();
-    }
+    targets_healthy(&mut net, id, T0 + 20);
     assert!(
         step(&mut net, "reports"),
         "a target's new phase is a change"

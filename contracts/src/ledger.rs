@@ -41,7 +41,9 @@ pub use arbitrators::{FaucetWindow, SlashedArbitrator};
 pub use block_time::{BlockTimeError, check_block_time};
 pub use error::LedgerError;
 pub use event::{BreachReason, LedgerEvent};
-pub use genesis::{Genesis, GenesisAccount, LedgerParams, b58, b58_vec};
+pub use genesis::{
+    ACTIVATION_REPORT_GRACE_MS, Genesis, GenesisAccount, LedgerParams, b58, b58_vec,
+};
 pub use quorum::RoundTally;
 pub use state::{Account, ContractRecord, Escrow, MIN_EVIDENCE_PERIOD_MS};
 pub use tx::{

@@ -44,8 +44,8 @@
 //!   of its committees once per interval, and challenges each active storage contract once per
 //!   audit round, at a moment of the round's first `length - PROBE_TIMEOUT_MS` drawn from
 //!   [`RolesConfig::evidence_seed`], its own id, the contract and the round (each member looks
-//!   at its own moment; the provider cannot tell when to be up). [`PROBE_TIMEOUT_MS`] (1 s):
-//!   a silent provider is reported down then. [`REPORT_VIEW_MAX_AGE_MS`] (3 s): a probe "down"
+//!   at its own moment; the provider cannot tell when to be up). [`probe_timeout_ms`] (one
+//!   round, 1–4 s; 2 s for the usual rounds): a silent provider is reported down then. [`REPORT_VIEW_MAX_AGE_MS`] (3 s): a probe "down"
 //!   or a failed challenge is reported only while this node's latest block is at most this
 //!   old, since silence may be its own isolation.
 //!
@@ -167,9 +167,23 @@ pub const REFUSED_RETRY_MS: u64 = 1_000;
 pub const PROVIDER_LEASE_MS: u64 = 3_000;
 /// The node's default presence timeout for watched peers (`network.presence_timeout_ms`).
 pub const PRESENCE_TIMEOUT_MS: u64 = 1_000;
-/// A probed provider has this long to answer; silence counts as its service down. Probes start
-/// at least this long before their interval ends, so the outcome belongs to the interval.
+/// Probes start at least this long before their interval ends, and a probed provider has at
+/// least this long to answer ([`probe_timeout_ms`]); silence counts as its service down.
 pub const PROBE_TIMEOUT_MS: u64 = 1_000;
+/// A probed provider has at most this long to answer ([`probe_timeout_ms`]): the report must
+/// still reach a block within the ledger's report window (`quorum_report_grace_ms`, 10 s by
+/// default, after the interval's end).
+pub const MAX_PROBE_TIMEOUT_MS: u64 = 4_000;
+
+/// How long a provider has to answer a probe of a contract whose evidence rounds last
+/// `period_ms`: one round, within [`PROBE_TIMEOUT_MS`]..=[`MAX_PROBE_TIMEOUT_MS`] (2 s for the
+/// usual rounds). A fixed second was too short for an honest provider on a loaded edge or a
+/// slow link: in the provisioning bench (20 processes on 2 cores) every deleted deployment's
+/// provider was slashed for rounds a quorum saw "silent" while the service ran (issue #15). An
+/// answer that lands after the round's end still counts for the round of the probe's moment.
+pub fn probe_timeout_ms(period_ms: u64) -> u64 {
+    period_ms.clamp(PROBE_TIMEOUT_MS, MAX_PROBE_TIMEOUT_MS)
+}
 /// An arbitrator reports a probe "down" or a failed storage challenge only while its latest
 /// block arrived at most this long ago: one that hears no blocks may be the one cut off, and
 /// must not blame the provider for its own isolation (blocks come every second while a

@@ -3,7 +3,7 @@
 //! running services, a deployment's status as the deployer reports it.
 #![allow(clippy::unwrap_used)]
 
-use crate::{TestDevnet, agora, publish_service, try_agora_json};
+use crate::{TestDevnet, agora, publish_service, try_agora_json, wait_until};
 
 /// The devnet's node ids, in node order.
 pub fn node_ids(net: &TestDevnet) -> Vec<String> {
@@ -226,3 +226,39 @@ pub fn running_of(net: &TestDevnet, i: usize, images: &[&str]) -> Vec<String> {
         .map(|img| img.to_string())
         .collect()
 }
+
+/// Node 0's (the deployer's) contracts carrying `image`: `(id, provider, status)` each, as
+/// `agora contract list` on node 0 shows them (empty while it cannot be read).
+pub fn deployer_contracts(net: &TestDevnet, image: &str) -> Vec<(String, String, String)> {
+    let ids = node_ids(net);
+    try_agora_json(&["contract", "list", "--data-dir", &net.node(0)])
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c["customer"] == ids[0].as_str() && c["image"] == image)
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("?").to_string();
+            (s("id"), s("provider"), s("status"))
+        })
+        .collect()
+}
+
+/// Waits until every contract node 0 holds for `image` ended, and returns how each ended.
+/// Honest providers whose deployment was deleted are paid pro rata, never slashed: the caller
+/// asserts on the statuses.
+pub fn wait_contracts_ended(net: &TestDevnet, image: &str) -> Vec<(String, String, String)> {
+    let ended = |s: &str| matches!(s, "settled" | "slashed" | "cancelled" | "expired");
+    wait_until(
+        "every contract of the deleted deployment to end on the ledger",
+        WAIT_ENDED,
+        || {
+            let c = deployer_contracts(net, image);
+            !c.is_empty() && c.iter().all(|(_, _, s)| ended(s))
+        },
+    );
+    deployer_contracts(net, image)
+}
+
+/// How long the contracts of a deleted deployment may take to end: the settlement waits for
+/// the committee's probe reports of its last interval (a few blocks).
+const WAIT_ENDED: std::time::Duration = std::time::Duration::from_secs(120);

@@ -11,7 +11,9 @@
 use std::time::Duration;
 
 use agora_runtime::test_utils::lora_gateway_wasm;
-use agora_tests::fleet::{label, node_ids, phase_of, publish, reconfigure, runs, status};
+use agora_tests::fleet::{
+    label, node_ids, phase_of, publish, reconfigure, runs, status, wait_contracts_ended,
+};
 use agora_tests::{TestDevnet, agora, agora_json, try_agora_json, wait_until};
 
 const LABELLED: [usize; 3] = [2, 3, 4];
@@ -186,6 +188,16 @@ fn deploy_all_to_a_label_runs_on_every_match_only_converges_late_and_delete_stop
     wait_until("every replica to stop after the delete", WAIT, || {
         (1..7).all(|i| !runs(&net, i, &image))
     });
+    // Each contract ends paid pro rata (or cancelled before it activated): the providers ran
+    // the replica as agreed, so none is slashed for the customer's early end.
+    let ended = wait_contracts_ended(&net, &image);
+    eprintln!("fleet: contracts after the delete: {ended:?}");
+    assert!(
+        ended
+            .iter()
+            .all(|(_, _, s)| s == "settled" || s == "cancelled"),
+        "an honest provider was slashed or its contract expired after the delete: {ended:?}"
+    );
 
     // Pull, one replica: the labelled providers poll node0 for the record, offering
     // themselves; exactly one is chosen and runs it, and a delete stops it again.

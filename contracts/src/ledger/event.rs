@@ -215,6 +215,20 @@ pub enum LedgerEvent {
         /// Judged at this ledger time at the latest.
         until: Timestamp,
     },
+    /// A settlement judges the service up to `end`: what decided probe rounds counted past it
+    /// was taken out of the contract's confirmed time (`up_ms`, `down_ms`).
+    EvidenceTrimmed {
+        /// The contract.
+        contract: ContractId,
+        /// End of the service judged.
+        end: Timestamp,
+        /// Confirmed-up time taken out.
+        up_ms: u64,
+        /// Confirmed-down time taken out.
+        down_ms: u64,
+        /// Confirmed-up time after it.
+        confirmed_up_ms: u64,
+    },
     /// An account's reputation changed.
     ReputationChanged {
         /// The account.

@@ -23,7 +23,8 @@ pub struct LedgerParams {
     /// Extra time after a contract's duration before an unarmed contract may be expired.
     pub expiry_grace_ms: u64,
     /// How far a reported activation time may lie before the ledger time of the report; older
-    /// claims are clamped, so a provider cannot backdate a late activation.
+    /// claims are clamped, so a provider cannot backdate a late activation. A `NoActivation`
+    /// settlement is accepted only this long after the activation deadline.
     pub activation_report_grace_ms: u64,
     /// Smallest contract committee `RegisterContract` accepts: 3f+1 with f ≥ 1 is 4, the least
     /// that tolerates one faulty arbitrator. Committees are drawn from the genesis arbitrators.
@@ -47,6 +48,11 @@ pub struct LedgerParams {
     pub quorum_report_grace_ms: u64,
 }
 
+/// The default of [`LedgerParams::activation_report_grace_ms`]: how old an activation claim
+/// may be when it lands, and how long after a contract's activation deadline a `NoActivation`
+/// settlement waits (so an honest provider's report in flight is not beaten by it).
+pub const ACTIVATION_REPORT_GRACE_MS: u64 = 10_000;
+
 impl Default for LedgerParams {
     fn default() -> Self {
         LedgerParams {
@@ -55,7 +61,7 @@ impl Default for LedgerParams {
             reputation_reward: 10,
             reputation_penalty: 50,
             expiry_grace_ms: 60_000,
-            activation_report_grace_ms: 10_000,
+            activation_report_grace_ms: ACTIVATION_REPORT_GRACE_MS,
             min_committee: 4,
             min_account_balance: 1_000,
             faucet_max_per_account: 10_000_000,

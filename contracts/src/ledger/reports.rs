@@ -174,9 +174,15 @@ impl Ledger {
             reporter: sender,
             up,
         }];
-        if let Some((up, ms)) = decided
+        if let Some((up, full_ms)) = decided
             && let Some(rec) = self.contracts.get_mut(&id)
         {
+            // Once a settlement is pending for the service up to `end`, only the part of a
+            // round before `end` counts: rounds decided while it waits for its evidence must
+            // not count against (or for) the service it judges.
+            let ms = rec
+                .closing
+                .map_or(full_ms, |end| counted_ms(rec, interval, end));
             if up {
                 rec.confirmed_up_ms = rec.confirmed_up_ms.saturating_add(ms);
             } else {
@@ -193,6 +199,40 @@ impl Ledger {
         }
         events.extend(self.finish_closing_if_ready(now, id)?);
         Ok(events)
+    }
+
+    /// Takes out of `rec`'s confirmed up and down time what its decided probe rounds count
+    /// past `end` (a round decided before it ended, or a round starting within the clock skew
+    /// ahead): a settlement judges the service up to `end` only. The event says what changed.
+    pub(super) fn trim_probe_evidence(
+        id: ContractId,
+        rec: &mut ContractRecord,
+        end: Timestamp,
+    ) -> Option<LedgerEvent> {
+        let (mut up_ms, mut down_ms) = (0u64, 0u64);
+        for (round, up) in &rec.probes.decided {
+            let Some((start, stop)) = rec.round_span(*round) else {
+                continue;
+            };
+            let over = (stop - start).saturating_sub(counted_ms(rec, *round, end));
+            if *up {
+                up_ms = up_ms.saturating_add(over);
+            } else {
+                down_ms = down_ms.saturating_add(over);
+            }
+        }
+        if up_ms == 0 && down_ms == 0 {
+            return None;
+        }
+        rec.confirmed_up_ms = rec.confirmed_up_ms.saturating_sub(up_ms);
+        rec.confirmed_down_ms = rec.confirmed_down_ms.saturating_sub(down_ms);
+        Some(LedgerEvent::EvidenceTrimmed {
+            contract: id,
+            end,
+            up_ms,
+            down_ms,
+            confirmed_up_ms: rec.confirmed_up_ms,
+        })
     }
 
     pub(super) fn storage_proof(
@@ -278,4 +318,11 @@ impl Ledger {
         );
         heartbeats_in_flight || (!judged_now && !self.probes_complete(rec, end, now))
     }
+}
+
+/// How much of probe round `round` of `rec` lies before `end` (ms): the round's span clipped
+/// to `end`, 0 for a round starting at or after it.
+fn counted_ms(rec: &ContractRecord, round: u64, end: Timestamp) -> u64 {
+    rec.round_span(round)
+        .map_or(0, |(start, stop)| stop.min(end).saturating_sub(start))
 }

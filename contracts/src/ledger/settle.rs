@@ -153,6 +153,7 @@ impl Ledger {
             reason: why,
         };
         let window_end = rec.window_end();
+        let mut trimmed = None;
         let verdict: Result<Timestamp, BreachReason> = match rec.status {
             ContractStatus::Active => {
                 let end = window_end.unwrap_or(now);
@@ -173,6 +174,13 @@ impl Ledger {
                         "settlement already pending for the service up to {end}"
                     )));
                 }
+                // Judged up to `effective_end` only: probe rounds already decided past it (the
+                // current one, decided early) count their part before it, no more.
+                let Some(r) = self.contracts.get_mut(&id) else {
+                    return Err(LedgerError::UnknownContract(id));
+                };
+                trimmed = Ledger::trim_probe_evidence(id, r, effective_end);
+                let rec = self.record(id)?;
                 let verdict = breach_of(rec, effective_end);
                 // Heartbeats or probe reports for the service judged may still be in flight:
                 // judge when they arrive, or when the grace period ends.
@@ -181,11 +189,13 @@ impl Ledger {
                     if let Some(r) = self.contracts.get_mut(&id) {
                         r.closing = Some(effective_end);
                     }
-                    return Ok(vec![LedgerEvent::SettlementPending {
+                    let mut events: Vec<LedgerEvent> = trimmed.into_iter().collect();
+                    events.push(LedgerEvent::SettlementPending {
                         contract: id,
                         end: effective_end,
                         until,
-                    }]);
+                    });
+                    return Ok(events);
                 }
                 match verdict {
                     Some(b) => Err(b),
@@ -193,7 +203,12 @@ impl Ledger {
                 }
             }
             ContractStatus::Validated | ContractStatus::Migrated | ContractStatus::Armed => {
-                let missed = rec.activation_deadline().is_some_and(|d| now > d);
+                // A provider that started in time may report it up to
+                // `activation_report_grace_ms` later (`report_activation` accepts claims that
+                // old): its report must not lose a race with the customer's settlement.
+                let missed = rec.activation_deadline().is_some_and(|d| {
+                    now > d.saturating_add(self.params.activation_report_grace_ms)
+                });
                 let standby_done = rec.status == ContractStatus::Armed
                     && c.kind == ContractKind::Standby
                     && rec.handover.is_none()
@@ -210,10 +225,12 @@ impl Ledger {
             }
             status => return Err(not_now(format!("cannot settle a contract in {status:?}"))),
         };
-        match verdict {
-            Ok(end) => self.pay_out(now, id, end),
-            Err(breach) => self.slash(now, id, breach),
-        }
+        let mut events: Vec<LedgerEvent> = trimmed.into_iter().collect();
+        events.extend(match verdict {
+            Ok(end) => self.pay_out(now, id, end)?,
+            Err(breach) => self.slash(now, id, breach)?,
+        });
+        Ok(events)
     }
 
     /// Judges a pending settlement of `id` early, once nothing it waits for can change it any

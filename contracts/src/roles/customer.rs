@@ -13,7 +13,7 @@ use super::io::{Effect, Input, Note, Presence, ServiceRef};
 use super::{OWN_RETRY_MS, SETTLE_RETRY_MS, View};
 use crate::attestation::quorum;
 use crate::contract::{ContractId, ContractKind};
-use crate::ledger::{SettleReason, TxKind};
+use crate::ledger::{ACTIVATION_REPORT_GRACE_MS, SettleReason, TxKind};
 use crate::lifecycle::ContractStatus;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -313,7 +313,8 @@ impl Customer {
                     Some(SettleReason::DurationEnded)
                 }
                 ContractStatus::Validated | ContractStatus::Migrated | ContractStatus::Armed
-                    if r.activation_deadline().is_some_and(|d| v.now > d) =>
+                    if r.activation_deadline()
+                        .is_some_and(|d| v.now > d.saturating_add(ACTIVATION_REPORT_GRACE_MS)) =>
                 {
                     Some(SettleReason::NoActivation)
                 }

@@ -87,7 +87,8 @@ pub fn event_contract(e: &LedgerEvent) -> Option<ContractId> {
         | LedgerEvent::Paid { contract, .. }
         | LedgerEvent::Refunded { contract, .. }
         | LedgerEvent::Slashed { contract, .. }
-        | LedgerEvent::SettlementPending { contract, .. } => Some(*contract),
+        | LedgerEvent::SettlementPending { contract, .. }
+        | LedgerEvent::EvidenceTrimmed { contract, .. } => Some(*contract),
         _ => None,
     }
 }

@@ -205,8 +205,21 @@ impl Orchestrator {
             interval,
             nonce,
         };
-        let seq = self.next_seq();
-        let env = Envelope::seal_body(&self.signer, Kind::Probe, now_ms(), seq, &ask);
+        // One envelope per attempt (each its own sequence number: the provider refuses
+        // replays).
+        let first_seq = self.next_seq();
+        self.seq = self.seq.wrapping_add(PROBE_ATTEMPTS - 1);
+        let envs: Result<Vec<Envelope>, _> = (0..PROBE_ATTEMPTS)
+            .map(|i| {
+                Envelope::seal_body(
+                    &self.signer,
+                    Kind::Probe,
+                    now_ms(),
+                    first_seq.wrapping_add(i),
+                    &ask,
+                )
+            })
+            .collect();
         let network = self.network.clone();
         let done = self.done_tx.clone();
         let timeline = self.timeline.clone();
@@ -224,9 +237,11 @@ impl Orchestrator {
         );
         tokio::spawn(
             async move {
-                let outcome = match (env, peer_id_of(&provider)) {
-                    (Ok(env), Some(peer)) => {
-                        match tokio::time::timeout(timeout, network.request(peer, &env)).await {
+                let outcome = match (envs, peer_id_of(&provider)) {
+                    (Ok(envs), Some(peer)) => {
+                        let deadline = tokio::time::Instant::now() + timeout;
+                        let asked = ask_until(&network, peer, &envs, deadline);
+                        match tokio::time::timeout_at(deadline, asked).await {
                             Err(_) => {
                                 debug!(contract = %contract.short(), interval, "probe unanswered");
                                 return;
@@ -327,6 +342,37 @@ impl Orchestrator {
 
 /// How long before the machine's probe timeout a verdict is given, whatever is still missing.
 const JUDGE_MARGIN: Duration = Duration::from_millis(150);
+
+/// Requests per probe at most: a request that fails at once (the connection closed under it, a
+/// dial that failed) is sent again while the provider's time to answer lasts, so one dropped
+/// connection does not count as its service down.
+const PROBE_ATTEMPTS: u64 = 3;
+
+/// Pause before a probe's request is sent again.
+const PROBE_RETRY: Duration = Duration::from_millis(200);
+
+/// Sends the probe `envs[0]`, then the next one after each failed request while a retry fits
+/// before `deadline`; the provider's answer, or the last request's error.
+async fn ask_until(
+    network: &agora_network::NetworkHandle,
+    peer: agora_network::PeerId,
+    envs: &[Envelope],
+    deadline: tokio::time::Instant,
+) -> Result<Envelope, String> {
+    let mut last = String::from("no request sent");
+    for (i, env) in envs.iter().enumerate() {
+        match network.request(peer, env).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) => last = e.to_string(),
+        }
+        if i + 1 == envs.len() || tokio::time::Instant::now() + PROBE_RETRY >= deadline {
+            break;
+        }
+        debug!(%peer, attempt = i + 1, error = %last, "probe request failed; sending it again");
+        tokio::time::sleep(PROBE_RETRY).await;
+    }
+    Err(last)
+}
 
 /// What `contract`'s image's `agora_probe(nonce)` returns on this node (its image from the
 /// ledger). Runs in a task of its own: compiling a cold image goes on (and fills the cache)

@@ -3,7 +3,9 @@
 use super::Harness;
 use super::lifecycle_flows::{for_contract, settle, uptime};
 use crate::attestation::Liveness;
-use crate::ledger::{BreachReason, LedgerError, LedgerEvent, SettleReason, TxKind};
+use crate::ledger::{
+    ACTIVATION_REPORT_GRACE_MS, BreachReason, LedgerError, LedgerEvent, SettleReason, TxKind,
+};
 use crate::lifecycle::ContractStatus;
 use crate::test_utils::ContractBuilder;
 use agora_market::Signer;
@@ -215,6 +217,35 @@ fn late_activation_is_a_breach() {
     )));
 }
 
+/// An honest provider started the service just before the deadline; its report lands after
+/// it, when the customer has already asked to settle for `NoActivation`: the report wins
+/// while it is within the ledger's grace, and the activation counts as in time (issue #15: in
+/// the provisioning bench, customer settlements and activation reports landed seconds apart).
+#[test]
+fn an_activation_reported_late_is_not_beaten_by_a_no_activation_settlement() {
+    let mut h = Harness::new();
+    let id = handed_over(&mut h);
+    let (c, p) = (h.customer(), h.provider());
+    h.now = 17_000;
+    let err = h
+        .try_apply(&c, settle(id, SettleReason::NoActivation))
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }), "{err:?}");
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 14_900,
+        },
+    );
+    assert_eq!(h.status(id), ContractStatus::Active);
+    assert_eq!(
+        h.ledger.contract(&id).unwrap().activated_at,
+        Some(14_900),
+        "started before the deadline (15 000): in time"
+    );
+}
+
 #[test]
 fn no_activation_after_deadline_is_slashed() {
     let mut h = Harness::new();
@@ -225,7 +256,13 @@ fn no_activation_after_deadline_is_slashed() {
         .try_apply(&c, settle(id, SettleReason::NoActivation))
         .unwrap_err();
     assert!(matches!(err, LedgerError::NotNow { .. }));
-    h.now = 15_001;
+    // Past the deadline (15 000) but within the grace for the provider's report in flight.
+    h.now = 15_001 + ACTIVATION_REPORT_GRACE_MS - 1;
+    let err = h
+        .try_apply(&c, settle(id, SettleReason::NoActivation))
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }));
+    h.now = 15_001 + ACTIVATION_REPORT_GRACE_MS;
     h.ok(&c, settle(id, SettleReason::NoActivation));
     assert_eq!(h.status(id), ContractStatus::Slashed);
     assert_eq!(h.balance(&c), 10_000 + 500);

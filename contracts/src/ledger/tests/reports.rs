@@ -235,3 +235,58 @@ fn minority_storage_failures_never_count() {
     // A closed contract keeps no tallies.
     assert!(h.ledger.contract(&id).unwrap().audits.is_empty());
 }
+
+/// The customer takes a hosted contract back at 12 000, mid-round; its settlement waits for the
+/// committee's reports of that round. Rounds the committee decides while it waits, past the
+/// service it judges, count only their part before 12 000 (issue #15: in the provisioning
+/// bench, rounds after a deleted deployment's settlement end were reported "silent" on a loaded
+/// machine and slashed honest providers).
+#[test]
+fn rounds_decided_while_a_settlement_waits_count_only_up_to_its_end() {
+    let mut h = Harness::new();
+    let id = active_hosted(&mut h);
+    let (c, p) = (h.customer(), h.provider());
+    h.probed_until(id, 11_000, true);
+    h.now = 12_000;
+    h.ok(&p, for_contract(uptime(1_000, 12_000), id));
+    let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, LedgerEvent::SettlementPending { end: 12_000, .. })),
+        "{ev:?}"
+    );
+    // Round 6 (13 000..15 000) lies wholly after the end: a quorum calling it down changes
+    // nothing (without the rule: 2 s down of 11 s judged, 818 ‰ < 900 ‰, slashed).
+    h.now = 15_000;
+    h.probe(id, 6, false, 0..3);
+    assert_eq!(h.ledger.contract(&id).unwrap().confirmed_down_ms, 0);
+    // Round 5 (11 000..13 000), the one the end falls in, was up: 1 s of it counts.
+    let ev = h.probe(id, 5, true, 0..3);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        LedgerEvent::UptimeConfirmed {
+            interval: 5,
+            ms: 1_000,
+            ..
+        }
+    )));
+    assert_eq!(h.status(id), ContractStatus::Settled);
+}
+
+/// A round decided down before the customer settles mid-round counts only its part before the
+/// end: 1 s of 11 s judged (909 ‰ ≥ 900 ‰) instead of its whole 2 s (818 ‰, slashed).
+#[test]
+fn a_round_decided_before_the_settlement_counts_only_up_to_its_end() {
+    let mut h = Harness::new();
+    let id = active_hosted(&mut h);
+    let (c, p) = (h.customer(), h.provider());
+    h.probed_until(id, 11_000, true);
+    h.now = 11_500;
+    h.probe(id, 5, false, 0..3);
+    assert_eq!(h.ledger.contract(&id).unwrap().confirmed_down_ms, 2_000);
+    h.now = 12_000;
+    h.ok(&p, for_contract(uptime(1_000, 12_000), id));
+    h.ok(&c, settle(id, SettleReason::CustomerBack));
+    assert_eq!(h.ledger.contract(&id).unwrap().confirmed_down_ms, 1_000);
+    assert_eq!(h.status(id), ContractStatus::Settled);
+}

@@ -2,8 +2,9 @@
 //! node judges ([`Duty::Probe`]) once per probe interval, and report each outcome
 //! (`ProbeResult`). Payment follows the intervals a quorum of the committee confirmed up, so
 //! each report is this node's own observation: up when the provider answered that the service
-//! runs, down when it answered that it does not or stayed silent for [`PROBE_TIMEOUT_MS`] — and
-//! "down" only from a fresh ledger view, since silence may be this node's own isolation.
+//! runs, down when it answered that it does not or stayed silent for [`probe_timeout_ms`] (one
+//! round, 1–4 s) — and "down" only from a fresh ledger view, since silence may be this node's
+//! own isolation.
 //!
 //! Level-triggered like the other handlers: after a restart the first ledger facts list the
 //! active contracts again ([`probe_duty`]) and probing resumes with the current interval.
@@ -16,7 +17,7 @@ use crate::duties::{Duty, probe_duty};
 use crate::ledger::TxKind;
 use crate::lifecycle::ContractStatus;
 use crate::roles::io::{Effect, Note};
-use crate::roles::{PROBE_TIMEOUT_MS, REPORT_VIEW_MAX_AGE_MS, View};
+use crate::roles::{REPORT_VIEW_MAX_AGE_MS, View, probe_timeout_ms};
 
 /// An active hosted or standby contract this node probes.
 #[derive(Clone, Debug)]
@@ -122,16 +123,20 @@ impl Arbitrator {
                 continue;
             }
             p.next = None;
-            // The interval of the probe time, whatever was planned (a late tick).
-            let Some(interval) = v.records.get(id).and_then(|r| r.evidence_round(v.now)) else {
+            let Some(rec) = v.records.get(id) else {
                 continue;
             };
-            p.asking = Some((interval, v.now.saturating_add(PROBE_TIMEOUT_MS)));
+            // The interval of the probe time, whatever was planned (a late tick).
+            let Some(interval) = rec.evidence_round(v.now) else {
+                continue;
+            };
+            let timeout_ms = probe_timeout_ms(rec.evidence_period_ms());
+            p.asking = Some((interval, v.now.saturating_add(timeout_ms)));
             out.push(Effect::Probe {
                 contract: *id,
                 provider: p.provider,
                 interval,
-                timeout_ms: PROBE_TIMEOUT_MS,
+                timeout_ms,
             });
         }
     }

@@ -63,6 +63,11 @@ fn decided(sim: &Sim) -> Result<BTreeMap<ContractId, Decided>, String> {
                     d.confirmed_up_ms += ms;
                 }
             }
+            LedgerEvent::EvidenceTrimmed {
+                contract,
+                confirmed_up_ms,
+                ..
+            } => all.entry(*contract).or_default().confirmed_up_ms = *confirmed_up_ms,
             LedgerEvent::Activated { contract, .. } => {
                 all.entry(*contract).or_default().activated_block = Some(*t);
             }

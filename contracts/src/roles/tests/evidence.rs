@@ -7,6 +7,7 @@ use super::*;
 use crate::contract::Qos;
 use crate::duties::{Duty, duties_for, probe_duty};
 use crate::ledger::SettleReason;
+use crate::roles::probe_timeout_ms;
 
 /// Arbitrator 0's machine and an active contract (registered at 1 000, activated at 1 300; the
 /// default two-second rounds run from there), with the output of the activation block.
@@ -68,6 +69,11 @@ fn span(chain: &Chain, id: ContractId, round: u64) -> (Timestamp, Timestamp) {
         .unwrap()
 }
 
+/// How long the provider of `id` has to answer a probe (one evidence round, 1–4 s).
+fn wait(chain: &Chain, id: ContractId) -> Timestamp {
+    probe_timeout_ms(chain.ledger.contract(&id).unwrap().evidence_period_ms())
+}
+
 fn probe_result(contract: ContractId, interval: u64, up: bool) -> TxKind {
     TxKind::ProbeResult {
         contract,
@@ -104,7 +110,7 @@ fn an_active_hosted_contract_is_probed_once_per_interval_and_each_outcome_report
         contract: id,
         provider,
         interval: 0,
-        timeout_ms: PROBE_TIMEOUT_MS
+        timeout_ms: wait(&chain, id)
     }));
     assert!(t >= s0 && t < e0 - PROBE_TIMEOUT_MS, "probed at {t}");
     // The answer is reported for the interval probed, and the ledger counts it from this member.
@@ -157,9 +163,9 @@ fn a_silent_provider_is_reported_down_when_its_time_to_answer_runs_out() {
     let (_, e0) = span(&chain, id, 0);
     let (t, out) = tick_until(&mut roles, chain.now, e0, is_probe).unwrap();
     // The driver need not answer: the machine wakes at the deadline.
-    assert!(out.contains(&Effect::WakeAt(t + PROBE_TIMEOUT_MS)));
-    assert!(submitted(&roles.handle(t + PROBE_TIMEOUT_MS - 1, Input::Tick)).is_empty());
-    let out = roles.handle(t + PROBE_TIMEOUT_MS, Input::Tick);
+    assert!(out.contains(&Effect::WakeAt(t + wait(&chain, id))));
+    assert!(submitted(&roles.handle(t + wait(&chain, id) - 1, Input::Tick)).is_empty());
+    let out = roles.handle(t + wait(&chain, id), Input::Tick);
     assert_eq!(submitted(&out), vec![probe_result(id, 0, false)]);
     // An answer after the deadline is not reported again.
     let late = Input::ProbeAnswer {
@@ -167,7 +173,7 @@ fn a_silent_provider_is_reported_down_when_its_time_to_answer_runs_out() {
         interval: 0,
         up: true,
     };
-    assert!(submitted(&roles.handle(t + PROBE_TIMEOUT_MS + 1, late)).is_empty());
+    assert!(submitted(&roles.handle(t + wait(&chain, id) + 1, late)).is_empty());
 }
 
 #[test]
@@ -183,13 +189,20 @@ fn a_node_that_hears_no_blocks_does_not_blame_the_provider() {
     assert!(early.contains(&probe_result(id, 0, false)), "{early:?}");
     // By interval 2 the view is older than REPORT_VIEW_MAX_AGE_MS: silence is not reported.
     let (t, _) = tick_until(&mut roles, s2, e2, is_probe).unwrap();
-    assert!(t + PROBE_TIMEOUT_MS - 1_300 > REPORT_VIEW_MAX_AGE_MS);
-    let out = roles.handle(t + PROBE_TIMEOUT_MS, Input::Tick);
+    assert!(t + wait(&chain, id) - 1_300 > REPORT_VIEW_MAX_AGE_MS);
+    let out = roles.handle(t + wait(&chain, id), Input::Tick);
     assert!(submitted(&out).is_empty());
     assert!(phases(&out).contains(&"probe-skipped".to_string()));
-    // An answer that the service runs is reported even so: it is no one's isolation.
+    // An answer that the service runs is reported even so: it is no one's isolation. (Interval
+    // 3's probe goes out at that same tick when its moment already passed.)
     let (_, e3) = span(&chain, id, 3);
-    let (t, _) = tick_until(&mut roles, t + PROBE_TIMEOUT_MS, e3, is_probe).unwrap();
+    let t = if out.iter().any(is_probe) {
+        t + wait(&chain, id)
+    } else {
+        tick_until(&mut roles, t + wait(&chain, id), e3, is_probe)
+            .unwrap()
+            .0
+    };
     let up = Input::ProbeAnswer {
         contract: id,
         interval: 3,
@@ -393,4 +406,18 @@ fn storage_is_challenged_once_per_audit_round_and_each_verdict_carries_its_round
     )]);
     let out = roles.handle(chain.now, chain.facts(&roles, me, ev));
     assert!(phases(&out).contains(&"audit-ended".to_string()));
+}
+
+#[test]
+fn a_provider_has_one_round_to_answer_a_probe_within_bounds() {
+    use crate::roles::{MAX_PROBE_TIMEOUT_MS, PROBE_TIMEOUT_MS};
+    // The usual rounds (heartbeats of 1 s, rounds of at least 2 s): 2 s to answer.
+    assert_eq!(probe_timeout_ms(2_000), 2_000);
+    assert_eq!(probe_timeout_ms(500), PROBE_TIMEOUT_MS);
+    // Long rounds: the report must still reach a block inside the ledger's report window.
+    assert_eq!(probe_timeout_ms(30_000), MAX_PROBE_TIMEOUT_MS);
+    assert!(
+        MAX_PROBE_TIMEOUT_MS + 2_000
+            <= crate::ledger::LedgerParams::default().quorum_report_grace_ms
+    );
 }

@@ -159,13 +159,23 @@ fn an_active_hosted_contract_is_probed_once_per_interval_and_each_outcome_report
 #[test]
 fn a_silent_provider_is_reported_down_when_its_time_to_answer_runs_out() {
     let mut chain = Chain::new();
-    let (mut roles, _, id, _) = active(&mut chain, ContractBuilder::new(1, 2));
+    let (mut roles, me, id, _) = active(&mut chain, ContractBuilder::new(1, 2));
     let (_, e0) = span(&chain, id, 0);
     let (t, out) = tick_until(&mut roles, chain.now, e0, is_probe).unwrap();
-    // The driver need not answer: the machine wakes at the deadline.
-    assert!(out.contains(&Effect::WakeAt(t + wait(&chain, id))));
-    assert!(submitted(&roles.handle(t + wait(&chain, id) - 1, Input::Tick)).is_empty());
-    let out = roles.handle(t + wait(&chain, id), Input::Tick);
+    // The driver need not answer: the machine wakes at the deadline, and asks once more.
+    let w = wait(&chain, id);
+    assert!(out.contains(&Effect::WakeAt(t + w)));
+    assert!(submitted(&roles.handle(t + w - 1, Input::Tick)).is_empty());
+    let out = roles.handle(t + w, Input::Tick);
+    assert!(submitted(&out).is_empty(), "one silence is not yet down");
+    let second = probe_interval(&out).expect("asked once more");
+    // Silent again (blocks keep arriving, so this node's view is current): down, for the
+    // interval first asked.
+    chain.now = t + w;
+    let ev = chain.block(vec![]);
+    roles.handle(chain.now, chain.facts(&roles, me, ev));
+    assert!(submitted(&roles.handle(t + 2 * w - 1, Input::Tick)).is_empty());
+    let out = roles.handle(t + 2 * w, Input::Tick);
     assert_eq!(submitted(&out), vec![probe_result(id, 0, false)]);
     // An answer after the deadline is not reported again.
     let late = Input::ProbeAnswer {
@@ -173,60 +183,121 @@ fn a_silent_provider_is_reported_down_when_its_time_to_answer_runs_out() {
         interval: 0,
         up: true,
     };
-    assert!(submitted(&roles.handle(t + wait(&chain, id) + 1, late)).is_empty());
+    assert!(submitted(&roles.handle(t + 2 * w + 1, late)).is_empty());
+    let late = Input::ProbeAnswer {
+        contract: id,
+        interval: second,
+        up: true,
+    };
+    assert!(submitted(&roles.handle(t + 2 * w + 2, late)).is_empty());
+}
+
+/// An overloaded honest provider misses one deadline: the second ask's answer counts (issue
+/// #15).
+#[test]
+fn a_provider_that_answers_the_second_ask_is_reported_up() {
+    let mut chain = Chain::new();
+    let (mut roles, _, id, _) = active(&mut chain, ContractBuilder::new(1, 2));
+    let (_, e0) = span(&chain, id, 0);
+    let (t, _) = tick_until(&mut roles, chain.now, e0, is_probe).unwrap();
+    let w = wait(&chain, id);
+    let again = roles.handle(t + w, Input::Tick);
+    assert!(submitted(&again).is_empty());
+    // Asked for the interval of that moment (the next one, for rounds as long as the time to
+    // answer): the answer counts there, and says nothing of interval 0.
+    let second = probe_interval(&again).expect("asked once more");
+    assert_eq!(
+        Some(second),
+        chain.ledger.contract(&id).unwrap().evidence_round(t + w)
+    );
+    let up = Input::ProbeAnswer {
+        contract: id,
+        interval: second,
+        up: true,
+    };
+    assert_eq!(
+        submitted(&roles.handle(t + w + 300, up)),
+        vec![probe_result(id, second, true)]
+    );
 }
 
 #[test]
 fn a_node_that_hears_no_blocks_does_not_blame_the_provider() {
     let mut chain = Chain::new();
     let (mut roles, me, id, _) = active(&mut chain, ContractBuilder::new(1, 2));
-    // No block since the activation block at 1 300. Intervals 0 and 1 pass unanswered.
-    let (s2, e2) = span(&chain, id, 2);
-    let early: Vec<TxKind> = (chain.now..s2)
-        .step_by(10)
-        .flat_map(|t| submitted(&roles.handle(t, Input::Tick)))
-        .collect();
-    assert!(early.contains(&probe_result(id, 0, false)), "{early:?}");
-    // By interval 2 the view is older than REPORT_VIEW_MAX_AGE_MS: silence is not reported.
-    let (t, _) = tick_until(&mut roles, s2, e2, is_probe).unwrap();
-    assert!(t + wait(&chain, id) - 1_300 > REPORT_VIEW_MAX_AGE_MS);
-    let out = roles.handle(t + wait(&chain, id), Input::Tick);
-    assert!(submitted(&out).is_empty());
+    // Interval 0 passes unanswered (both asks) while a block keeps this node's view fresh:
+    // reported down.
+    let (_, e0) = span(&chain, id, 0);
+    let (t0, _) = tick_until(&mut roles, chain.now, e0, is_probe).unwrap();
+    chain.now = t0 + wait(&chain, id);
+    let ev = chain.block(vec![]);
+    roles.handle(chain.now, chain.facts(&roles, me, ev));
+    let fresh_at = chain.now;
+    assert_eq!(
+        submitted(&roles.handle(t0 + 2 * wait(&chain, id), Input::Tick)),
+        vec![probe_result(id, 0, false)]
+    );
+    // No block from here on: once the view is older than REPORT_VIEW_MAX_AGE_MS, silence (on
+    // both asks) is not reported.
+    let (t, out) = tick_until(
+        &mut roles,
+        t0 + 2 * wait(&chain, id) + 1,
+        e0 + 20_000,
+        is_probe,
+    )
+    .unwrap();
+    let asked = probe_interval(&out).unwrap();
+    let t = t + wait(&chain, id);
+    let again = roles.handle(t, Input::Tick);
+    assert!(
+        probe_interval(&again).is_some(),
+        "asked once more: {again:?}"
+    );
+    assert!(submitted(&again).is_empty());
+    let t = t + wait(&chain, id);
+    assert!(t - fresh_at > REPORT_VIEW_MAX_AGE_MS);
+    let out = roles.handle(t, Input::Tick);
+    assert!(submitted(&out).is_empty(), "interval {asked}: {out:?}");
     assert!(phases(&out).contains(&"probe-skipped".to_string()));
-    // An answer that the service runs is reported even so: it is no one's isolation. (Interval
-    // 3's probe goes out at that same tick when its moment already passed.)
-    let (_, e3) = span(&chain, id, 3);
-    let t = if out.iter().any(is_probe) {
-        t + wait(&chain, id)
-    } else {
-        tick_until(&mut roles, t + wait(&chain, id), e3, is_probe)
-            .unwrap()
-            .0
+    // An answer that the service runs is reported even so: it is no one's isolation. (The next
+    // probe may go out at that same tick when its moment already passed.)
+    let (t, out) = match probe_interval(&out) {
+        Some(_) => (t, out),
+        None => tick_until(&mut roles, t + 1, t + 10_000, is_probe).unwrap(),
     };
+    let next = probe_interval(&out).unwrap();
     let up = Input::ProbeAnswer {
         contract: id,
-        interval: 3,
+        interval: next,
         up: true,
     };
     assert_eq!(
         submitted(&roles.handle(t, up)),
-        vec![probe_result(id, 3, true)]
+        vec![probe_result(id, next, true)]
     );
     // A fresh block: "down" is reported again.
-    chain.now = e3;
+    chain.now = t + 10;
     let ev = chain.block(vec![]);
     roles.handle(chain.now, chain.facts(&roles, me, ev));
-    let (_, e4) = span(&chain, id, 4);
-    let (t, _) = tick_until(&mut roles, e3, e4, is_probe).unwrap();
+    let (t, out) = tick_until(&mut roles, chain.now, chain.now + 10_000, is_probe).unwrap();
+    let last = probe_interval(&out).unwrap();
     let down = Input::ProbeAnswer {
         contract: id,
-        interval: 4,
+        interval: last,
         up: false,
     };
     assert_eq!(
         submitted(&roles.handle(t, down)),
-        vec![probe_result(id, 4, false)]
+        vec![probe_result(id, last, false)]
     );
+}
+
+/// The interval of the probe among `out`, if one went out.
+fn probe_interval(out: &[Effect]) -> Option<u64> {
+    out.iter().find_map(|e| match e {
+        Effect::Probe { interval, .. } => Some(*interval),
+        _ => None,
+    })
 }
 
 #[test]

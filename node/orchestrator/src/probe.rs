@@ -7,8 +7,8 @@
 //!
 //! Provider side ([`spawn_responder`]): a task of its own, so a busy orchestrator never delays
 //! an answer. It answers only the members of the probed contract's committee, asking over
-//! their own connection, at most [`PROBES_PER_WINDOW`] per member per [`PROBE_WINDOW_MS`] and
-//! [`CONCURRENT_ANSWERS`] at once, from the orchestrator's table of the contracts it serves
+//! their own connection, at most [`PROBES_PER_WINDOW`] per member and contract per
+//! [`PROBE_WINDOW_MS`] and [`CONCURRENT_ANSWERS`] at once, from the orchestrator's table of the contracts it serves
 //! ([`Serving`]).
 
 use std::collections::BTreeMap;
@@ -27,13 +27,17 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
-/// Length of the provider's per-asker quota window.
+/// Length of the provider's quota window.
 pub const PROBE_WINDOW_MS: u64 = 10_000;
-/// Probes one committee member may send per window (its duty is one per interval of at least
-/// two seconds, per contract; a few contracts with the same provider fit).
-pub const PROBES_PER_WINDOW: u32 = 20;
-/// Askers whose quota the provider remembers; the oldest window is dropped beyond it.
-pub const MAX_QUOTA_ENTRIES: usize = 256;
+/// Probes one committee member may send about one contract per window: its duty is one per
+/// interval of at least two seconds (5), asked once more when silent (5 more), with room to
+/// spare. Per contract, not per member: a quota per member refused the probes of an honest
+/// provider hosting more than four contracts judged by the same arbitrator, and each refusal
+/// counts as down (issue #15).
+pub const PROBES_PER_WINDOW: u32 = 15;
+/// (member, contract) pairs whose quota the provider remembers; the oldest window is dropped
+/// beyond it. Only pairs of a served contract and a member of its committee get an entry.
+pub const MAX_QUOTA_ENTRIES: usize = 1_024;
 /// Probes a provider answers at once; more are refused rather than queued.
 pub const CONCURRENT_ANSWERS: usize = 16;
 
@@ -64,29 +68,30 @@ impl Serving {
     }
 }
 
-/// The provider's per-asker quota.
+/// The provider's quota per asking member and contract.
 #[derive(Debug, Default)]
 pub(super) struct Quota {
-    windows: BTreeMap<NodeId, (Timestamp, u32)>,
+    windows: BTreeMap<(NodeId, ContractId), (Timestamp, u32)>,
     /// Probes refused for quota, for the log.
     refused: u64,
 }
 
 impl Quota {
-    /// Counts one probe from `asker` at `now`; false when over quota.
-    fn admit(&mut self, asker: NodeId, now: Timestamp) -> bool {
-        if !self.windows.contains_key(&asker) && self.windows.len() >= MAX_QUOTA_ENTRIES {
+    /// Counts one probe from `asker` about `contract` at `now`; false when over quota.
+    fn admit(&mut self, asker: NodeId, contract: ContractId, now: Timestamp) -> bool {
+        let key = (asker, contract);
+        if !self.windows.contains_key(&key) && self.windows.len() >= MAX_QUOTA_ENTRIES {
             let oldest = self
                 .windows
                 .iter()
                 .min_by_key(|(_, (start, _))| *start)
-                .map(|(n, _)| *n);
-            if let Some(n) = oldest {
-                self.windows.remove(&n);
-                debug!(asker = %n.short(), "probe quota table full; oldest entry dropped");
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.windows.remove(&k);
+                debug!(asker = %k.0.short(), "probe quota table full; oldest entry dropped");
             }
         }
-        let w = self.windows.entry(asker).or_insert((now, 0));
+        let w = self.windows.entry(key).or_insert((now, 0));
         if now.saturating_sub(w.0) >= PROBE_WINDOW_MS {
             *w = (now, 0);
         }
@@ -195,7 +200,7 @@ async fn reply(
         let mut q = quota
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !q.admit(asker, now_ms()) {
+        if !q.admit(asker, contract, now_ms()) {
             if q.refused.is_power_of_two() {
                 warn!(asker = %asker.short(), refused = q.refused, "probes over quota refused");
             }
@@ -308,14 +313,20 @@ mod tests {
     fn quota_refuses_past_the_window_budget_and_stays_bounded() {
         let mut q = Quota::default();
         let a = KeySigner::from_seed(1).node_id();
+        let (c1, c2) = (ContractId([1; 32]), ContractId([2; 32]));
         for _ in 0..PROBES_PER_WINDOW {
-            assert!(q.admit(a, 100));
+            assert!(q.admit(a, c1, 100));
         }
-        assert!(!q.admit(a, 200));
-        assert!(q.admit(a, 100 + PROBE_WINDOW_MS), "a new window");
+        assert!(!q.admit(a, c1, 200));
+        // The same member's probes of another contract have their own budget: a provider
+        // hosting many contracts judged by one arbitrator answers each of them.
+        for _ in 0..PROBES_PER_WINDOW {
+            assert!(q.admit(a, c2, 200));
+        }
+        assert!(q.admit(a, c1, 100 + PROBE_WINDOW_MS), "a new window");
         for i in 0..(MAX_QUOTA_ENTRIES as u64 + 10) {
             let n = KeySigner::from_seed(1_000 + i).node_id();
-            assert!(q.admit(n, 1_000 + i));
+            assert!(q.admit(n, c1, 1_000 + i));
         }
         assert!(q.windows.len() <= MAX_QUOTA_ENTRIES);
     }

@@ -3,8 +3,8 @@
 //! (`ProbeResult`). Payment follows the intervals a quorum of the committee confirmed up, so
 //! each report is this node's own observation: up when the provider answered that the service
 //! runs, down when it answered that it does not or stayed silent for [`probe_timeout_ms`] (one
-//! round, 1–4 s) on each of [`ASKS_ON_SILENCE`] asks — and "down" only from a fresh ledger view, since silence may be this node's
-//! own isolation.
+//! round, 1–4 s) on each of [`ASKS_ON_SILENCE`] asks — and "down" only from a fresh ledger
+//! view, since silence may be this node's own isolation.
 //!
 //! Level-triggered like the other handlers: after a restart the first ledger facts list the
 //! active contracts again ([`probe_duty`]) and probing resumes with the current interval.
@@ -39,9 +39,9 @@ pub(super) struct Probing {
 }
 
 /// How often a silent provider is asked before it is reported down for the interval first
-/// asked: once more, at once, when its time to answer ran out. An overloaded honest provider (or a loaded network)
-/// misses one deadline far more often than two in a row, while a provider that is down stays
-/// down: in the provisioning bench (20 processes on 2 cores) single silent probes of running
+/// asked: once more, at once, when its time to answer ran out. An overloaded honest provider
+/// (or a loaded network) misses one deadline far more often than two in a row, while a
+/// provider that is down stays down: in the provisioning bench (20 processes on 2 cores) single silent probes of running
 /// services decided whole intervals down (issue #15). An answer that the service does not run,
 /// or a refusal, is reported at once.
 pub const ASKS_ON_SILENCE: u32 = 2;

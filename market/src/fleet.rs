@@ -60,6 +60,10 @@ pub mod limits {
     pub const MAX_REASON_LEN: usize = 200;
     /// How far in the future a record's creation time may be.
     pub const MAX_CREATE_SKEW_MS: u64 = 60_000;
+    /// Longest a signed version may stay valid (an honest deployer signs for 10 minutes and
+    /// re-signs before expiry): a stranger's record cannot outlive every honest one in a full
+    /// store.
+    pub const MAX_VALID_FOR_MS: u64 = 24 * 60 * 60 * 1000;
 }
 
 /// Why a deployment record or command was refused.

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fleet::FleetError;
 use crate::fleet::limits::{
-    MAX_CID_LEN, MAX_CREATE_SKEW_MS, MAX_NAME_LEN, MAX_RECORD_BYTES, MAX_REPLICAS,
+    MAX_CID_LEN, MAX_CREATE_SKEW_MS, MAX_NAME_LEN, MAX_RECORD_BYTES, MAX_REPLICAS, MAX_VALID_FOR_MS,
 };
 use crate::fleet::selector::{ProviderFacts, Selector};
 use crate::fleet::variant::{Variant, check_variants};
@@ -204,6 +204,12 @@ impl DeploymentBody {
         }
         if self.created_at > now.saturating_add(MAX_CREATE_SKEW_MS) {
             return Err(absurd("created_at", "not more than a minute in the future"));
+        }
+        if self.expires_at > now.saturating_add(MAX_VALID_FOR_MS) {
+            return Err(absurd(
+                "expires_at",
+                "at most 24 hours after now (deployers re-sign before expiry)",
+            ));
         }
         if self.expires_at <= now {
             return Err(FleetError::Expired {

@@ -5,8 +5,13 @@
 //! that matters least: first records that do not select this node, then those that do, soonest
 //! expiry first; the node's own records are never evicted, and a record that does not select
 //! this node is refused rather than evicting anything. Every drop is counted.
+//!
+//! Keys are free, so a flood of validly signed records from throwaway deployers would evict
+//! every honest record. Records this node runs a replica of under a live contract are
+//! **pinned** ([`DeploymentStore::pin`]): a contract on the ledger costs its deployer money, so
+//! pinned records are never evicted by anyone's (at most half the store is pinned).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +77,10 @@ pub struct DeploymentStore {
     me: NodeId,
     limits: StoreLimits,
     entries: BTreeMap<DeploymentId, Entry>,
+    /// Held records backed by a live contract on this node: never evicted.
+    pinned: BTreeSet<DeploymentId>,
+    /// Records evicted since [`DeploymentStore::take_evicted`] was last called.
+    evicted: Vec<DeploymentId>,
     counters: StoreCounters,
 }
 
@@ -82,6 +91,8 @@ impl DeploymentStore {
             me,
             limits,
             entries: BTreeMap::new(),
+            pinned: BTreeSet::new(),
+            evicted: Vec::new(),
             counters: StoreCounters::default(),
         }
     }
@@ -134,12 +145,13 @@ impl DeploymentStore {
         let victim = self
             .entries
             .iter()
-            .filter(|(_, e)| e.record.body.deployer != self.me)
+            .filter(|(id, e)| e.record.body.deployer != self.me && !self.pinned.contains(*id))
             .min_by_key(|(id, e)| (e.wants_me, e.record.body.expires_at, **id))
             .map(|(id, _)| *id);
         match victim {
             Some(id) => {
                 self.entries.remove(&id);
+                self.evicted.push(id);
                 self.counters.evicted += 1;
                 tracing::debug!(deployment = %id.short(), "deployment store full: evicted a record");
                 true
@@ -152,9 +164,45 @@ impl DeploymentStore {
     pub fn prune(&mut self, now: Timestamp) -> usize {
         let before = self.entries.len();
         self.entries.retain(|_, e| e.record.body.expires_at > now);
+        let entries = &self.entries;
+        self.pinned.retain(|id| entries.contains_key(id));
         let dropped = before - self.entries.len();
         self.counters.expired += dropped as u64;
         dropped
+    }
+
+    /// The records evicted since the last call (at most one per insert), so the caller lets
+    /// go of what it kept for them at once.
+    pub fn take_evicted(&mut self) -> Vec<DeploymentId> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Pins held record `id`: this node runs a replica of it under a live contract, so no
+    /// stranger's record evicts it. False when it is not held or half the store is pinned
+    /// already (it stays evictable then).
+    pub fn pin(&mut self, id: DeploymentId) -> bool {
+        if self.pinned.contains(&id) {
+            return true;
+        }
+        if !self.entries.contains_key(&id) || self.pinned.len() >= self.limits.max_records / 2 {
+            return false;
+        }
+        self.pinned.insert(id)
+    }
+
+    /// Unpins `id` (its contract here ended, or the replica is gone).
+    pub fn unpin(&mut self, id: &DeploymentId) {
+        self.pinned.remove(id);
+    }
+
+    /// True when `id` is pinned.
+    pub fn is_pinned(&self, id: &DeploymentId) -> bool {
+        self.pinned.contains(id)
+    }
+
+    /// How many records are pinned.
+    pub fn pinned(&self) -> usize {
+        self.pinned.len()
     }
 
     /// The latest version of deployment `id`.

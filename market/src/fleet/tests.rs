@@ -439,6 +439,87 @@ fn store_keeps_latest_version_and_bounds_strangers() {
     assert_eq!(store.len(), 1);
 }
 
+#[test]
+fn pinned_records_are_never_evicted_and_at_most_half_the_store_is_pinned() {
+    let me = signer(99).node_id();
+    let limits = StoreLimits {
+        max_records: 4,
+        max_per_deployer: 8,
+    };
+    let mut store = DeploymentStore::new(me, limits);
+    let named = |seed: u64, name: &str, valid: u64| {
+        DeploymentSpec {
+            name: name.into(),
+            valid_for_ms: valid,
+            ..spec("", Replicas::All)
+        }
+        .sign(&signer(seed), NOW, 1, 1)
+        .unwrap()
+    };
+    let id = |seed: u64, name: &str| deployment_id(&signer(seed).node_id(), name);
+    assert!(!store.pin(id(1, "a")), "only held records are pinned");
+    for (seed, name) in [(1, "a"), (1, "b"), (1, "c")] {
+        store.insert(named(seed, name, 1000), true).unwrap();
+    }
+    assert!(store.pin(id(1, "a")) && store.pin(id(1, "b")));
+    assert!(!store.pin(id(1, "c")), "half the store is pinned already");
+    assert_eq!(store.pinned(), 2);
+    store.insert(named(2, "x", 50_000), true).unwrap();
+    // Full: every wanted record from now on evicts the unpinned one expiring soonest; the
+    // pinned ones expire sooner than all of them and stay.
+    for n in 0..20 {
+        store
+            .insert(named(3 + n, "flood", 60_000 + n), true)
+            .unwrap();
+    }
+    assert_eq!(store.len(), 4);
+    assert!(store.get(&id(1, "a")).is_some() && store.get(&id(1, "b")).is_some());
+    assert!(store.get(&id(1, "c")).is_none());
+    // A new version replaces a pinned record in place and stays pinned.
+    store
+        .insert(
+            DeploymentSpec {
+                name: "a".into(),
+                valid_for_ms: 1000,
+                ..spec("", Replicas::All)
+            }
+            .sign(&signer(1), NOW, 2, 2)
+            .unwrap(),
+            true,
+        )
+        .unwrap();
+    assert!(store.is_pinned(&id(1, "a")));
+    store.unpin(&id(1, "b"));
+    store.insert(named(40, "flood", 70_000), true).unwrap();
+    assert!(
+        store.get(&id(1, "b")).is_none(),
+        "unpinned: evictable again"
+    );
+    // Expiry drops pinned records too (the deployer re-signs before it).
+    assert_eq!(store.prune(NOW + 1000), 1);
+    assert_eq!(store.pinned(), 0);
+}
+
+#[test]
+fn records_valid_for_more_than_a_day_are_absurd() {
+    let long = DeploymentSpec {
+        valid_for_ms: limits::MAX_VALID_FOR_MS + 1,
+        ..spec("", Replicas::All)
+    };
+    assert!(matches!(
+        long.sign(&signer(1), NOW, 1, 1),
+        Err(FleetError::Absurd {
+            field: "expires_at",
+            ..
+        })
+    ));
+    let day = DeploymentSpec {
+        valid_for_ms: limits::MAX_VALID_FOR_MS,
+        ..spec("", Replicas::All)
+    };
+    assert!(day.sign(&signer(1), NOW, 1, 1).is_ok());
+}
+
 fn arb_provider() -> impl Gen<Value = (u64, bool, u64, bool)> {
     // (seed, site matches, cpu, online)
     (

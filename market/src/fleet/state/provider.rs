@@ -153,7 +153,15 @@ impl<S: Signer> FleetState<S> {
             .self_facts
             .as_ref()
             .is_some_and(|me| wants(&record.body, me, now));
-        if let Err(e) = self.store.insert(record, wanted) {
+        let inserted = self.store.insert(record, wanted);
+        // A record evicted to make room: its replica here (no contract backs it, or it would
+        // be pinned) goes at once, so the replicas stay within the store's bound.
+        for gone in self.store.take_evicted() {
+            if self.local.remove(&gone).is_some() {
+                out.push(Effect::Stop { deployment: gone });
+            }
+        }
+        if let Err(e) = inserted {
             tracing::debug!(deployment = %id.short(), error = %e, "fleet record not stored");
             return;
         }
@@ -178,6 +186,7 @@ impl<S: Signer> FleetState<S> {
             _ => false,
         };
         let Some(record) = record.filter(|_| wanted) else {
+            self.store.unpin(&id);
             if self.local.remove(&id).is_some() {
                 out.push(Effect::Stop { deployment: id });
             }
@@ -293,6 +302,11 @@ impl<S: Signer> FleetState<S> {
         let Some(body) = self.store.get(&deployment).map(|r| &r.body) else {
             return;
         };
+        // The node names the image only when a live contract of the deployer's with this node
+        // runs it: that record is pinned (no stranger's record evicts it) while it does.
+        let backed = image
+            .as_ref()
+            .is_some_and(|i| body.images().contains(&i.as_str()));
         let image = match image {
             Some(i) if body.images().contains(&i.as_str()) => i,
             Some(_) => return,
@@ -302,6 +316,14 @@ impl<S: Signer> FleetState<S> {
                 None => return,
             },
             None => body.image.clone(),
+        };
+        if backed {
+            self.store.pin(deployment);
+        } else {
+            self.store.unpin(&deployment);
+        }
+        let Some(local) = self.local.get_mut(&deployment) else {
+            return;
         };
         let status = TargetStatus {
             phase,

@@ -1223,3 +1223,122 @@ fn only_a_change_of_what_is_saved_marks_the_state_dirty() {
     net.input(expires, 1, Input::Delete(id)).unwrap();
     assert!(step(&mut net, "delete"));
 }
+
+/// A target that runs a replica under a contract keeps its record, its replica and its reports
+/// through a flood of validly signed records from throwaway deployers that all select it; a
+/// record no contract backs yet is evictable (THREATS N8).
+#[test]
+fn a_flood_of_strangers_records_never_evicts_a_replica_a_contract_backs() {
+    let mut p2 = FleetState::new(signer(2), FleetConfig::default());
+    p2.handle(T0, Input::SelfFacts(facts(2, "a", T0))).unwrap();
+    let announce = |record: Deployment| Input::Remote {
+        from: Net::id(7),
+        gossip: true,
+        msg: FleetMessage::Announce(Box::new(record)),
+    };
+    let honest = spec(Strategy::Push, Replicas::Count(1))
+        .sign(&signer(1), T0, 1, 1)
+        .unwrap();
+    let id = honest.body.id();
+    let unbacked = DeploymentSpec {
+        name: "unbacked".into(),
+        ..spec(Strategy::Push, Replicas::Count(1))
+    }
+    .sign(&signer(1), T0, 1, 2)
+    .unwrap();
+    let unbacked_id = unbacked.body.id();
+    p2.handle(T0, announce(honest)).unwrap();
+    p2.handle(T0, announce(unbacked)).unwrap();
+    assert_eq!(p2.local_replicas().count(), 2);
+    // The contract's image runs here: the node names it, and the record is pinned.
+    p2.handle(
+        T0 + 1,
+        Input::LocalPhase {
+            deployment: id,
+            image: Some(IMAGE.into()),
+            phase: TargetPhase::Running,
+            reason: None,
+        },
+    )
+    .unwrap();
+    assert!(p2.store().is_pinned(&id) && !p2.store().is_pinned(&unbacked_id));
+
+    // 600 records from 100 throwaway keys, all selecting site=a and valid for 23 hours (the
+    // honest one expires in 10 minutes: the soonest).
+    let mut now = T0 + 2;
+    for n in 0..600u64 {
+        let flood = DeploymentSpec {
+            name: format!("flood-{n}"),
+            valid_for_ms: 23 * 3_600_000,
+            ..spec(Strategy::Push, Replicas::All)
+        }
+        .sign(&signer(1_000 + n % 100), now, 1, n)
+        .unwrap();
+        p2.handle(now, announce(flood)).unwrap();
+        if n % 50 == 0 {
+            p2.handle(now, Input::Tick).unwrap();
+        }
+        assert!(
+            p2.local_replicas().count() <= p2.store().len(),
+            "a replica outlived its record"
+        );
+        now += 10;
+    }
+    p2.handle(now, Input::Tick).unwrap();
+    let limits = FleetConfig::default().store;
+    assert_eq!(
+        p2.store().len(),
+        limits.max_records,
+        "the store stays bounded"
+    );
+    assert!(
+        p2.store().counters().evicted >= 300,
+        "{:?}",
+        p2.store().counters()
+    );
+    assert!(
+        p2.store().get(&id).is_some(),
+        "the backed record was evicted"
+    );
+    assert!(p2.store().is_pinned(&id));
+    assert!(
+        p2.local_replicas().any(|(d, _)| *d == id),
+        "the backed replica was dropped"
+    );
+    assert!(
+        p2.store().get(&unbacked_id).is_none(),
+        "the unbacked record expires soonest: a flood evicts it (its replica is fetched again \
+         at the deployer's next announcement)"
+    );
+    assert!(!p2.local_replicas().any(|(d, _)| *d == unbacked_id));
+    // The backed replica still reports to its deployer.
+    let out = p2
+        .handle(
+            now,
+            Input::LocalPhase {
+                deployment: id,
+                image: Some(IMAGE.into()),
+                phase: TargetPhase::Healthy,
+                reason: None,
+            },
+        )
+        .unwrap();
+    assert!(
+        out.iter().any(|e| matches!(e,
+            Effect::Send { to, msg: FleetMessage::Report { deployment, phase: TargetPhase::Healthy, .. } }
+                if *to == Net::id(1) && *deployment == id)),
+        "{out:?}"
+    );
+    // Its contract ended: no longer pinned, evictable again.
+    p2.handle(
+        now,
+        Input::LocalPhase {
+            deployment: id,
+            image: None,
+            phase: TargetPhase::Failed,
+            reason: Some("contract ended".into()),
+        },
+    )
+    .unwrap();
+    assert!(!p2.store().is_pinned(&id));
+}

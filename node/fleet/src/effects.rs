@@ -2,6 +2,7 @@
 //! releases through the ledger, prefetches through storage.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agora_contracts::{SettleReason, TxKind};
 use agora_market::fleet::{Effect, FLEET_TOPIC, FleetMessage, Input, ReleaseReason, TargetPhase};
@@ -11,7 +12,12 @@ use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{Done, FleetTask, MAX_PLACEMENTS, Placement};
+use cid::Cid;
+
+use super::progress::ended;
+use super::{
+    Done, FleetTask, MAX_PLACEMENTS, MAX_SENDS_IN_FLIGHT, MAX_UNBACKED_PREFETCHES, Placement,
+};
 
 /// Bidding window of a placement's auction.
 const PLACE_WINDOW_MS: u64 = 2_000;
@@ -70,7 +76,7 @@ impl FleetTask {
                 Vec::new()
             }
             Effect::Prefetch { deployment, image } => {
-                self.prefetch(deployment, image);
+                self.prefetch(deployment, image).await;
                 Vec::new()
             }
             Effect::Stop { deployment } => {
@@ -79,6 +85,7 @@ impl FleetTask {
                 // fail the committee's probes of a contract still in force).
                 self.fetching.remove(&deployment);
                 info!(deployment = %deployment.short(), "fleet replica no longer wanted here; its contract's settlement stops it");
+                self.drop_prefetch(deployment).await;
                 Vec::new()
             }
         }
@@ -96,6 +103,18 @@ impl FleetTask {
                 return;
             }
         };
+        // Each send may live for 7 s of retries: bounded, so a flood of records that each ask
+        // for an answer (a candidate offer, a report) cannot pile up tasks.
+        // Messages to the deployers of replicas a contract backs here, and to the targets of
+        // this node's own deployments, are not counted against it: contracts bound them.
+        let in_flight = self.sends_in_flight.clone();
+        let counted = !self.trusted(&to);
+        if counted && in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_SENDS_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.stats.sends_dropped += 1;
+            debug!(to = %to.short(), "fleet message dropped: too many being delivered");
+            return;
+        }
         // A peer that just came up may not listen for fleet requests yet (its fleet task
         // starts after the network): retry a few times, each a fresh envelope.
         let first_seq = self.seq.wrapping_add(1);
@@ -104,6 +123,7 @@ impl FleetTask {
         let signer = self.signer.clone();
         tokio::spawn(
             async move {
+                let _in_flight = counted.then(|| InFlight(in_flight));
                 for attempt in 0..SEND_ATTEMPTS {
                     let seq = first_seq.wrapping_add(attempt);
                     let env = Envelope::seal(&signer, Kind::Fleet, now_ms(), seq, bytes.clone());
@@ -354,7 +374,7 @@ impl FleetTask {
             .flatten()
     }
 
-    fn prefetch(&mut self, deployment: DeploymentId, image: String) {
+    async fn prefetch(&mut self, deployment: DeploymentId, image: String) {
         let cid = match agora_exchange::parse_cid(&image) {
             Ok(c) => c,
             Err(e) => {
@@ -363,6 +383,7 @@ impl FleetTask {
                     let _ = done
                         .send(Done::Prefetched {
                             deployment,
+                            image: None,
                             result: Err(e.to_string()),
                         })
                         .await;
@@ -370,9 +391,30 @@ impl FleetTask {
                 return;
             }
         };
-        if !self.fetching.insert(deployment) {
+        if self.fetching.contains(&deployment) {
             return;
         }
+        // Pins made before any contract are a stranger's to ask for: only so many are held
+        // for replicas no contract backs (a backed one's contract holds its image).
+        let store = self.state.store();
+        self.prefetched.retain(|d, _| !store.is_pinned(d));
+        if self.prefetches_in_flight >= MAX_UNBACKED_PREFETCHES
+            || (!self.prefetched.contains_key(&deployment)
+                && self.prefetched.len() >= MAX_UNBACKED_PREFETCHES)
+        {
+            self.stats.prefetch_skipped += 1;
+            debug!(deployment = %deployment.short(), image = %cid,
+                "early image fetch skipped: {MAX_UNBACKED_PREFETCHES} held for replicas without a contract");
+            return;
+        }
+        if let Some(old) = self.prefetched.insert(deployment, cid)
+            && old != cid
+        {
+            // The record moved on to another image: the early copy of the old one may go.
+            self.unpin_unless_contracted(old).await;
+        }
+        self.fetching.insert(deployment);
+        self.prefetches_in_flight += 1;
         let storage = self.parts.storage.clone();
         let done = self.done_tx.clone();
         tokio::spawn(
@@ -386,9 +428,82 @@ impl FleetTask {
                     Ok(()) => info!(deployment = %deployment.short(), image = %cid, "fleet image prefetched"),
                     Err(e) => warn!(deployment = %deployment.short(), image = %cid, error = %e, "fleet image prefetch failed"),
                 }
-                let _ = done.send(Done::Prefetched { deployment, result }).await;
+                let _ = done
+                    .send(Done::Prefetched {
+                        deployment,
+                        image: Some(cid),
+                        result,
+                    })
+                    .await;
             }
             .in_current_span(),
         );
+    }
+
+    /// True when `peer` deploys a replica a live contract backs here (its record is pinned) or
+    /// is a target of one of this node's own deployments.
+    fn trusted(&self, peer: &NodeId) -> bool {
+        let store = self.state.store();
+        store
+            .iter()
+            .any(|(id, r)| r.body.deployer == *peer && store.is_pinned(id))
+            || self
+                .state
+                .own_deployments()
+                .any(|(_, own)| own.targets.contains_key(peer))
+    }
+
+    /// The replica of `deployment` went away: an image fetched early for it and held for no
+    /// contract is unpinned (blocks go at the next garbage collection).
+    async fn drop_prefetch(&mut self, deployment: DeploymentId) {
+        let Some(cid) = self.prefetched.remove(&deployment) else {
+            return;
+        };
+        if self.state.store().is_pinned(&deployment) {
+            return;
+        }
+        self.unpin_unless_contracted(cid).await;
+    }
+
+    /// Unpins `cid` unless another early fetch or a live contract on this node (as provider
+    /// or customer) names it: pins are not counted per user.
+    pub(super) async fn unpin_unless_contracted(&mut self, cid: Cid) {
+        if self.prefetched.values().any(|c| *c == cid) {
+            return;
+        }
+        let image = cid.to_string();
+        let me = self.me;
+        let in_use = match &self.parts.ledger {
+            Some(ledger) => ledger
+                .query(move |v| {
+                    v.ledger.contracts().values().any(|r| {
+                        (r.contract.provider == me || r.contract.customer == me)
+                            && r.contract.service_image.to_string() == image
+                            && !ended(r.status)
+                    })
+                })
+                .await
+                .unwrap_or(true),
+            None => true,
+        };
+        if in_use {
+            return;
+        }
+        match self.parts.storage.unpin(cid).await {
+            Ok(()) => {
+                self.stats.prefetch_unpinned += 1;
+                debug!(image = %cid, "early-fetched image unpinned: its replica went away");
+            }
+            Err(e) => debug!(image = %cid, error = %e, "early-fetched image not unpinned"),
+        }
+    }
+}
+
+/// Counts one fleet message being delivered; the count drops when the delivery ends.
+struct InFlight(std::sync::Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -35,13 +35,15 @@ use agora_hosting::ServiceHost;
 use agora_ledger::LedgerHandle;
 use agora_market::fleet::{
     CandidateFacts, DeploymentSpec, DeploymentView, FLEET_TOPIC, FleetConfig, FleetCounters,
-    FleetError, FleetMessage, FleetState, Input, LiveContract, ReleaseReason, UpgradeConfig,
+    FleetError, FleetMessage, FleetState, Input, LiveContract, ReleaseReason, StoreCounters,
+    UpgradeConfig,
 };
 use agora_market::{AuctionId, DeploymentId, KeySigner, NodeId, Signer};
 use agora_market_driver::MarketHandle;
 use agora_network::{GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle, PresenceEvent};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
+use cid::Cid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -110,7 +112,39 @@ pub struct FleetStats {
     /// Contracts still live after every attempt to end them (logged).
     #[serde(default)]
     pub ending_given_up: u64,
+    /// Others' records pinned here: this node runs a replica of them under a live contract,
+    /// so no stranger's record evicts them.
+    #[serde(default)]
+    pub pinned: usize,
+    /// What the store of others' records did (stored, stale, refused, evicted, expired).
+    #[serde(default)]
+    pub store: StoreCounters,
+    /// This node's replicas of others' deployments.
+    #[serde(default)]
+    pub replicas: usize,
+    /// Images fetched early for replicas no contract backs yet (at most
+    /// [`MAX_UNBACKED_PREFETCHES`]).
+    #[serde(default)]
+    pub prefetched: usize,
+    /// Early fetches not made because that many were held already (the contract's staging
+    /// fetches the image when a contract comes).
+    #[serde(default)]
+    pub prefetch_skipped: u64,
+    /// Early-fetched images unpinned because their replica went away without a contract.
+    #[serde(default)]
+    pub prefetch_unpinned: u64,
+    /// Fleet messages not sent because [`MAX_SENDS_IN_FLIGHT`] were being delivered.
+    #[serde(default)]
+    pub sends_dropped: u64,
 }
+
+/// Most images fetched early (before any contract) and held for replicas no contract backs:
+/// a stranger's records cannot make a provider pin more than this many images.
+pub const MAX_UNBACKED_PREFETCHES: usize = 8;
+
+/// Most fleet messages being delivered at once (each retried for up to 7 s): a flood of
+/// records that each ask for a reply cannot pile up tasks.
+pub const MAX_SENDS_IN_FLIGHT: usize = 256;
 
 type Reply<T> = oneshot::Sender<Result<T, FleetTaskError>>;
 
@@ -223,6 +257,8 @@ enum Done {
     /// A prefetch finished (`Err`: why it failed).
     Prefetched {
         deployment: DeploymentId,
+        /// The image (`None`: its CID did not parse).
+        image: Option<Cid>,
         result: Result<(), String>,
     },
 }
@@ -237,6 +273,15 @@ struct FleetTask {
     placements: BTreeMap<PlacementKey, Placement>,
     /// This node's replicas whose image is being fetched.
     fetching: BTreeSet<DeploymentId>,
+    /// Images fetched (or being fetched) early for replicas, by deployment; those of replicas
+    /// no contract backs are bounded by [`MAX_UNBACKED_PREFETCHES`] and unpinned when the
+    /// replica goes away.
+    prefetched: BTreeMap<DeploymentId, Cid>,
+    /// Early fetches under way (at most [`MAX_UNBACKED_PREFETCHES`]; one whose replica went
+    /// away still counts until it ends).
+    prefetches_in_flight: usize,
+    /// Fleet messages being delivered ([`MAX_SENDS_IN_FLIGHT`]).
+    sends_in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Placements released while their auction was open, when and why: a contract they still
     /// lead to is ended when it appears (bounded by [`MAX_PLACEMENTS`]; forgotten after
     /// [`tick::PLACE_TIMEOUT_MS`]).
@@ -283,6 +328,9 @@ pub async fn spawn(parts: FleetParts, cancel: CancellationToken) -> (FleetHandle
         parts,
         placements: BTreeMap::new(),
         fetching: BTreeSet::new(),
+        prefetched: BTreeMap::new(),
+        prefetches_in_flight: 0,
+        sends_in_flight: Default::default(),
         orphans: BTreeMap::new(),
         market_seq: None,
         stats: FleetStats::default(),
@@ -487,6 +535,10 @@ impl FleetTask {
             placements: self.placements.len(),
             ending: self.ending.len(),
             ending_given_up: self.ending.given_up,
+            pinned: self.state.store().pinned(),
+            store: self.state.store().counters(),
+            replicas: self.state.local_replicas().count(),
+            prefetched: self.prefetched.len(),
             ..self.stats
         }
     }
@@ -589,9 +641,23 @@ impl FleetTask {
 
     async fn done(&mut self, done: Done) {
         match done {
-            Done::Prefetched { deployment, result } => {
+            Done::Prefetched {
+                deployment,
+                image,
+                result,
+            } => {
                 self.fetching.remove(&deployment);
+                if image.is_some() {
+                    self.prefetches_in_flight = self.prefetches_in_flight.saturating_sub(1);
+                }
+                if let (Ok(()), Some(cid)) = (&result, image)
+                    && self.prefetched.get(&deployment) != Some(&cid)
+                {
+                    // The replica went away (or moved on) while its image was being fetched.
+                    self.unpin_unless_contracted(cid).await;
+                }
                 if let Err(reason) = result {
+                    self.prefetched.remove(&deployment);
                     let _ = self
                         .apply(Input::LocalPhase {
                             deployment,

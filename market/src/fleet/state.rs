@@ -36,6 +36,9 @@ pub use saved::{LiveContract, RESTORE_GRACE_MS, RestoreReport, SavedDeployment, 
 pub use upgrading::{UpgradeTargetView, UpgradeView};
 pub use variants::Assigned;
 
+/// Most deployers' balances kept ([`Input::DeployerBalance`]; the lowest id goes first).
+pub const MAX_BALANCES: usize = 4096;
+
 /// Tuning of the fleet machine (`[fleet]` in the node's config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -58,6 +61,10 @@ pub struct FleetConfig {
     pub max_providers: usize,
     /// Bounds of the store of records heard from others.
     pub store: StoreLimits,
+    /// Least ledger balance a stranger's deployer must hold for its record to evict another
+    /// from a full store (and at least its price for the replicas it asks for): keys are free,
+    /// balances are not.
+    pub min_deployer_balance: u64,
 }
 
 impl Default for FleetConfig {
@@ -72,6 +79,7 @@ impl Default for FleetConfig {
             max_own: 64,
             max_providers: 2048,
             store: StoreLimits::default(),
+            min_deployer_balance: 100,
         }
     }
 }
@@ -97,6 +105,14 @@ pub enum Input {
     SelfFacts(ProviderFacts),
     /// What a provider advertises (presence, offers, its config's labels).
     Provider(ProviderFacts),
+    /// A deployer's ledger balance as this node's ledger shows it (the node feeds it before a
+    /// record of that deployer; see [`FleetConfig::min_deployer_balance`]).
+    DeployerBalance {
+        /// The deployer.
+        deployer: NodeId,
+        /// Its balance.
+        balance: u64,
+    },
     /// A peer became reachable: a deployer sends it its live records (late joiners and
     /// restarted targets learn them without waiting for the next version), and counts it seen.
     PeerUp(NodeId),
@@ -365,6 +381,8 @@ pub struct FleetState<S: Signer> {
     store: DeploymentStore,
     local: BTreeMap<DeploymentId, LocalReplica>,
     counters: FleetCounters,
+    /// Deployers' balances the node fed ([`Input::DeployerBalance`]), bounded.
+    balances: BTreeMap<NodeId, u64>,
     /// When this node's deployments were restored after a restart ([`FleetState::restore`]).
     restored_at: Option<Timestamp>,
     /// Something [`FleetState::saved`] returns changed since [`FleetState::take_dirty`] was
@@ -386,6 +404,7 @@ impl<S: Signer> FleetState<S> {
             self_facts: None,
             local: BTreeMap::new(),
             counters: FleetCounters::default(),
+            balances: BTreeMap::new(),
             restored_at: None,
             dirty: false,
         }
@@ -414,6 +433,12 @@ impl<S: Signer> FleetState<S> {
             Input::SelfFacts(facts) => self.self_facts = Some(facts),
             Input::Provider(facts) => self.provider_seen(facts),
             Input::PeerUp(node) => self.peer_up(now, node, &mut out),
+            Input::DeployerBalance { deployer, balance } => {
+                if self.balances.len() >= MAX_BALANCES && !self.balances.contains_key(&deployer) {
+                    self.balances.pop_first();
+                }
+                self.balances.insert(deployer, balance);
+            }
             Input::Remote { from, gossip, msg } => self.remote(now, from, gossip, msg, &mut out),
             Input::TargetProgress {
                 deployment,

@@ -7,7 +7,9 @@
 //! this node is refused rather than evicting anything. Every drop is counted.
 //!
 //! Keys are free, so a flood of validly signed records from throwaway deployers would evict
-//! every honest record. Records this node runs a replica of under a live contract are
+//! every honest record. Only a **funded** record (its deployer's ledger balance covers what it
+//! asks for, [`crate::fleet::FleetConfig::min_deployer_balance`]) may evict another, and
+//! unfunded records are evicted first. Records this node runs a replica of under a live contract are
 //! **pinned** ([`DeploymentStore::pin`]): a contract on the ledger costs its deployer money, so
 //! pinned records are never evicted by anyone's (at most half the store is pinned).
 
@@ -69,6 +71,7 @@ pub struct StoreCounters {
 struct Entry {
     record: Deployment,
     wants_me: bool,
+    funded: bool,
 }
 
 /// The latest known version of each deployment, bounded.
@@ -98,8 +101,21 @@ impl DeploymentStore {
     }
 
     /// Stores `record` (already verified and checked, see
-    /// [`crate::fleet::decode_deployment`]); `wants_me` says whether it selects this node.
+    /// [`crate::fleet::decode_deployment`]); `wants_me` says whether it selects this node. The
+    /// record counts as funded ([`DeploymentStore::insert_funded`]).
     pub fn insert(&mut self, record: Deployment, wants_me: bool) -> Result<Stored, FleetError> {
+        self.insert_funded(record, wants_me, true)
+    }
+
+    /// [`DeploymentStore::insert`], saying whether the deployer's balance covers the record
+    /// (`funded`): only a funded record (or the node's own) may evict another when the store is
+    /// full, and unfunded records are evicted first.
+    pub fn insert_funded(
+        &mut self,
+        record: Deployment,
+        wants_me: bool,
+        funded: bool,
+    ) -> Result<Stored, FleetError> {
         let id = record.body.id();
         let deployer = record.body.deployer;
         if let Some(held) = self.entries.get_mut(&id) {
@@ -107,7 +123,11 @@ impl DeploymentStore {
                 self.counters.stale += 1;
                 return Ok(Stored::Stale);
             }
-            *held = Entry { record, wants_me };
+            *held = Entry {
+                record,
+                wants_me,
+                funded,
+            };
             self.counters.stored += 1;
             return Ok(Stored::Replaced);
         }
@@ -125,28 +145,38 @@ impl DeploymentStore {
                 });
             }
         }
-        if self.entries.len() >= self.limits.max_records && !self.evict_for(deployer, wants_me) {
+        if self.entries.len() >= self.limits.max_records
+            && !self.evict_for(deployer, wants_me && funded)
+        {
             self.counters.refused += 1;
             return Err(FleetError::StoreFull {
                 max: self.limits.max_records,
             });
         }
-        self.entries.insert(id, Entry { record, wants_me });
+        self.entries.insert(
+            id,
+            Entry {
+                record,
+                wants_me,
+                funded,
+            },
+        );
         self.counters.stored += 1;
         Ok(Stored::New)
     }
 
-    /// Evicts one stranger's record to make room for one that selects this node or is the
-    /// node's own; a record that does not select this node never evicts anything.
-    fn evict_for(&mut self, incoming: NodeId, incoming_wants_me: bool) -> bool {
-        if incoming != self.me && !incoming_wants_me {
+    /// Evicts one stranger's record to make room for a funded one that selects this node, or
+    /// the node's own; any other record never evicts anything. Unfunded records go first, then
+    /// those that do not select this node, then the soonest to expire.
+    fn evict_for(&mut self, incoming: NodeId, incoming_may_evict: bool) -> bool {
+        if incoming != self.me && !incoming_may_evict {
             return false;
         }
         let victim = self
             .entries
             .iter()
             .filter(|(id, e)| e.record.body.deployer != self.me && !self.pinned.contains(*id))
-            .min_by_key(|(id, e)| (e.wants_me, e.record.body.expires_at, **id))
+            .min_by_key(|(id, e)| (e.funded, e.wants_me, e.record.body.expires_at, **id))
             .map(|(id, _)| *id);
         match victim {
             Some(id) => {

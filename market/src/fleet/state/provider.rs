@@ -6,7 +6,7 @@ use super::{Effect, FleetState};
 use crate::fleet::limits::MAX_REASON_LEN;
 use crate::fleet::message::FleetMessage;
 use crate::fleet::plan::{TargetPhase, TargetStatus, wants};
-use crate::fleet::record::{Deployment, Strategy};
+use crate::fleet::record::{Deployment, DeploymentBody, Replicas, Strategy};
 use crate::fleet::selector::{CandidateFacts, ProviderFacts};
 use crate::identity::{NodeId, Signer, Timestamp};
 use crate::ids::DeploymentId;
@@ -153,7 +153,8 @@ impl<S: Signer> FleetState<S> {
             .self_facts
             .as_ref()
             .is_some_and(|me| wants(&record.body, me, now));
-        let inserted = self.store.insert(record, wanted);
+        let funded = self.funded(&record.body);
+        let inserted = self.store.insert_funded(record, wanted, funded);
         // A record evicted to make room: its replica here (no contract backs it, or it would
         // be pinned) goes at once, so the replicas stay within the store's bound.
         for gone in self.store.take_evicted() {
@@ -168,6 +169,22 @@ impl<S: Signer> FleetState<S> {
         // Push: act on any copy. Pull: act only on the deployer's answer to our poll.
         let answer = !gossip && from == deployer;
         self.sync_local(now, id, answer, out);
+    }
+
+    /// True when the deployer's balance, as the node fed it, covers the record: at least
+    /// [`super::FleetConfig::min_deployer_balance`] and its price for the replicas it asks for.
+    fn funded(&self, body: &DeploymentBody) -> bool {
+        let replicas = match body.replicas {
+            Replicas::Count(n) => u64::from(n),
+            Replicas::All => 1,
+        };
+        let needs = body
+            .max_price_per_replica
+            .saturating_mul(replicas)
+            .max(self.config.min_deployer_balance);
+        self.balances
+            .get(&body.deployer)
+            .is_some_and(|balance| *balance >= needs)
     }
 
     /// Brings this node's replica of `id` in line with the stored record: start tracking and

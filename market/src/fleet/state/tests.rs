@@ -1247,6 +1247,18 @@ fn a_flood_of_strangers_records_never_evicts_a_replica_a_contract_backs() {
     .sign(&signer(1), T0, 1, 2)
     .unwrap();
     let unbacked_id = unbacked.body.id();
+    // The flood's keys are funded (the adversary paid for them): what protects the honest
+    // replica here is the pin (an unfunded flood: the next test).
+    for seed in std::iter::once(1).chain(1_000..1_100) {
+        p2.handle(
+            T0,
+            Input::DeployerBalance {
+                deployer: signer(seed).node_id(),
+                balance: 1_000,
+            },
+        )
+        .unwrap();
+    }
     p2.handle(T0, announce(honest)).unwrap();
     p2.handle(T0, announce(unbacked)).unwrap();
     assert_eq!(p2.local_replicas().count(), 2);
@@ -1263,8 +1275,8 @@ fn a_flood_of_strangers_records_never_evicts_a_replica_a_contract_backs() {
     .unwrap();
     assert!(p2.store().is_pinned(&id) && !p2.store().is_pinned(&unbacked_id));
 
-    // 600 records from 100 throwaway keys, all selecting site=a and valid for 23 hours (the
-    // honest one expires in 10 minutes: the soonest).
+    // 600 records from 100 funded throwaway keys, all selecting site=a and valid for 23 hours
+    // (the honest one expires in 10 minutes: the soonest).
     let mut now = T0 + 2;
     for n in 0..600u64 {
         let flood = DeploymentSpec {
@@ -1341,4 +1353,81 @@ fn a_flood_of_strangers_records_never_evicts_a_replica_a_contract_backs() {
     )
     .unwrap();
     assert!(!p2.store().is_pinned(&id));
+}
+
+/// An unfunded flood (throwaway keys with no balance on the ledger) evicts nothing: not even a
+/// record no contract backs yet; the store fills and refuses the rest.
+#[test]
+fn records_of_unfunded_deployers_never_evict() {
+    let mut p2 = FleetState::new(signer(2), FleetConfig::default());
+    p2.handle(T0, Input::SelfFacts(facts(2, "a", T0))).unwrap();
+    p2.handle(
+        T0,
+        Input::DeployerBalance {
+            deployer: signer(1).node_id(),
+            balance: 100,
+        },
+    )
+    .unwrap();
+    let announce = |record: Deployment| Input::Remote {
+        from: Net::id(7),
+        gossip: true,
+        msg: FleetMessage::Announce(Box::new(record)),
+    };
+    let mut now = T0;
+    for n in 0..400u64 {
+        let flood = DeploymentSpec {
+            name: format!("flood-{n}"),
+            valid_for_ms: 23 * 3_600_000,
+            ..spec(Strategy::Push, Replicas::All)
+        }
+        .sign(&signer(1_000 + n % 100), now, 1, n)
+        .unwrap();
+        p2.handle(now, announce(flood)).unwrap();
+        now += 10;
+    }
+    let c = p2.store().counters();
+    assert_eq!((p2.store().len(), c.evicted), (256, 0), "{c:?}");
+    assert_eq!(c.refused, 144);
+    // A new deployment of a funded deployer (balance 100 >= max(100, 50 x 1)) still gets in,
+    // evicting one of the flood's, and stays through more of it.
+    let honest = spec(Strategy::Push, Replicas::Count(1))
+        .sign(&signer(1), now, 1, 1)
+        .unwrap();
+    let id = honest.body.id();
+    p2.handle(now, announce(honest)).unwrap();
+    assert!(p2.store().get(&id).is_some());
+    assert!(p2.local_replicas().any(|(d, _)| *d == id));
+    for n in 400..800u64 {
+        let flood = DeploymentSpec {
+            name: format!("flood-{n}"),
+            valid_for_ms: 23 * 3_600_000,
+            ..spec(Strategy::Push, Replicas::All)
+        }
+        .sign(&signer(1_000 + n % 100), now, 1, n)
+        .unwrap();
+        p2.handle(now, announce(flood)).unwrap();
+        now += 10;
+    }
+    p2.handle(now, Input::Tick).unwrap();
+    assert!(
+        p2.store().get(&id).is_some(),
+        "an unfunded record evicted it"
+    );
+    assert!(p2.local_replicas().any(|(d, _)| *d == id));
+    assert_eq!(p2.store().counters().evicted, 1);
+    // Below the price of what it asks for, a deployer is not funded.
+    let greedy = DeploymentSpec {
+        name: "greedy".into(),
+        replicas: Replicas::Count(3),
+        ..spec(Strategy::Push, Replicas::Count(3))
+    }
+    .sign(&signer(1), now, 1, 2)
+    .unwrap();
+    let greedy_id = greedy.body.id();
+    p2.handle(now, announce(greedy)).unwrap();
+    assert!(
+        p2.store().get(&greedy_id).is_none(),
+        "150 > balance 100: may not evict"
+    );
 }

@@ -5,21 +5,26 @@
 //!   another image, an expired record and one valid for two days;
 //! - sends node0 a report claiming node2's replica failed, a candidate offer with absurd facts
 //!   and a burst of polls;
-//! - then floods the fleet topic with validly signed records from 64 throwaway deployers, all
-//!   selecting every provider and valid for 23 hours (an honest record lives 10 minutes, so it
-//!   would be the first evicted from a full store), for as long as the test runs.
+//! - floods the fleet topic with ~200 validly signed records a second from 64 throwaway
+//!   deployers with nothing on the ledger, all selecting every provider and valid for 23 hours
+//!   (an honest record lives 10 minutes, so it would be the first evicted from a full store);
+//! - then buys 1,000 tokens for 40 of those keys (node6 transfers them) and floods from those.
 //!
-//! Every node refuses and counts the broken messages, its store stays bounded, and during the
-//! flood node0 upgrades the deployment (health-gated, start-first): node2 keeps its record
-//! (pinned: a live contract backs its replica), reports the new image healthy, and the upgrade
-//! succeeds. Before records backed by a contract were pinned, the flood evicted node2's record,
-//! node2 dropped its replica and stopped reporting, and the upgrade could not see the new
-//! image healthy. No node runs the forged image; every node still answers.
+//! Every node refuses and counts the broken messages (node2 stays `healthy`). The unfunded
+//! flood evicts nothing (stores full at 256, the rest refused), and a second deployment created
+//! meanwhile becomes healthy on node2. The funded flood evicts the unfunded records and then
+//! every record no contract backs, while node0 upgrades node2's replica (health-gated,
+//! start-first): node2 keeps its records (pinned: live contracts back its replicas), reports
+//! the new image healthy, and the upgrade succeeds. Mutation-checked: without the pin the
+//! upgrade rolls back ("new image not healthy within 120000 ms"); without the balance gate
+//! the unfunded flood evicts (the counter check fails; the second deployment still became
+//! healthy, so that check alone does not prove the gate). No node runs the forged image; every
+//! node still answers, and the early fetches stay within their bound.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use agora_devnet::files::DevnetManifest;
@@ -32,7 +37,7 @@ use agora_network::keys::peer_id_of;
 use agora_runtime::test_utils::lora_gateway_wasm;
 use agora_tests::adversary::Adversary;
 use agora_tests::fleet::{label, node_ids, phase_of, publish, reconfigure, runs, status, wait_for};
-use agora_tests::{TestDevnet, agora, try_agora_json};
+use agora_tests::{TestDevnet, agora, try_agora_json, wait_until};
 use agora_wire::codec::Kind;
 use agora_wire::now_ms;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +49,15 @@ const WAIT: Duration = Duration::from_secs(300);
 const NOWHERE: &str = "bafkreieqbu7ngvfhj3nfpvcsy2hxgvkpmqv3vnetkqpyanb5o4gmbjqiwe";
 /// Throwaway deployers of the flood.
 const SYBILS: u64 = 64;
+/// How many of them the adversary funds on the ledger for the flood's second part: enough to
+/// hold more than a whole store (8 records each), so funded records evict more than the
+/// unfunded ones.
+const FUNDED: u64 = 40;
+
+/// Throwaway deployer `n` of the flood.
+fn sybil(n: u64) -> KeySigner {
+    KeySigner::from_seed(7_000 + n)
+}
 
 /// The fleet stats of node `i` (`agora deploy list --json`), `Null` while it cannot be read.
 fn stats(net: &TestDevnet, i: usize) -> serde_json::Value {
@@ -274,18 +288,27 @@ fn a_hostile_fleet_peer_neither_hijacks_nor_blinds_a_deployment() {
     );
 
     // The flood: validly signed records from throwaway deployers, selecting every provider,
-    // ~200 a second, until the test ends.
+    // ~200 a second, until the test ends. First from 64 keys with nothing on the ledger.
     let stop = CancellationToken::new();
     let published = Arc::new(AtomicU64::new(0));
+    let funded_only = Arc::new(AtomicBool::new(false));
     let flood = {
-        let (adv, stop, published) = (adv.clone(), stop.clone(), published.clone());
+        let (adv, stop, published, funded_only) = (
+            adv.clone(),
+            stop.clone(),
+            published.clone(),
+            funded_only.clone(),
+        );
         rt.spawn(async move {
-            let sybils: Vec<KeySigner> = (0..SYBILS)
-                .map(|n| KeySigner::from_seed(7_000 + n))
-                .collect();
+            let sybils: Vec<KeySigner> = (0..SYBILS).map(sybil).collect();
             let mut n = 0u64;
             while !stop.is_cancelled() {
-                let signer = &sybils[(n % SYBILS) as usize];
+                let keys = if funded_only.load(Ordering::Relaxed) {
+                    FUNDED
+                } else {
+                    SYBILS
+                };
+                let signer = &sybils[(n % keys) as usize];
                 let record = any_provider(&format!("flood-{n}"), NOWHERE, 23 * 3_600_000)
                     .sign(signer as &dyn Signer, now_ms(), 1, n)
                     .unwrap();
@@ -307,14 +330,99 @@ fn a_hostile_fleet_peer_neither_hijacks_nor_blinds_a_deployment() {
         &net,
         &id,
         &[TARGET],
-        "node2's store to be full and evicting the flood's records",
+        "node2's store to be full and turning the unfunded flood away",
         Duration::from_secs(120),
-        || count(&stats(&net, TARGET), &["store", "evicted"]) >= 200,
+        || {
+            let s = stats(&net, TARGET);
+            count(&s, &["stored"]) == 256
+                && count(&s, &["store", "refused"]) + count(&s, &["store", "evicted"]) >= 200
+        },
     );
     let s2 = stats(&net, TARGET);
     assert!(count(&s2, &["pinned"]) >= 1, "node2 pinned nothing: {s2}");
+    assert_eq!(
+        count(&s2, &["store", "evicted"]),
+        0,
+        "an unfunded record evicted: {s2}"
+    );
 
-    // The upgrade, during the flood: node2 must see the new version and report it healthy.
+    // A new deployment during the unfunded flood: its record (funded: node0's balance) gets
+    // into node2's full store, and node2 reports its replica healthy.
+    let mut wasm3 = wasm.clone();
+    wasm3.extend_from_slice(&[0, 8, 7]);
+    wasm3.extend_from_slice(b"agora-3");
+    let v3 = publish(&net, "fleet-gw-b", "0.1.0", &wasm3);
+    let second = agora_tests::agora_json(&[
+        "deploy",
+        "create",
+        &v3,
+        "--to",
+        "site=factory",
+        "--replicas",
+        "1",
+        "--name",
+        "gw-b",
+        "--cpu",
+        "250m",
+        "--memory",
+        "64MiB",
+        "--data-dir",
+        &net.node(0),
+    ]);
+    let id_b = second["id"].as_str().unwrap().to_string();
+    wait_for(
+        &net,
+        &id_b,
+        &[TARGET],
+        "node2 to run the new deployment healthy during the unfunded flood",
+        Duration::from_secs(180),
+        || {
+            phase_of(&status(&net, &id_b), &ids[TARGET]).as_deref() == Some("healthy")
+                && runs(&net, TARGET, &v3)
+        },
+    );
+
+    // The adversary buys tokens for 40 of its keys (node6 sends them 1,000 each) and floods
+    // from those only: funded records evict the unfunded ones, then every record no contract
+    // backs.
+    for n in 0..FUNDED {
+        let to = sybil(n).node_id().to_string();
+        let out = agora(&["transfer", &to, "1000", "--data-dir", &net.node(6)]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    wait_until(
+        "node2's ledger to show the funded keys",
+        Duration::from_secs(120),
+        || {
+            (0..FUNDED).all(|n| {
+                try_agora_json(&[
+                    "balance",
+                    &sybil(n).node_id().to_string(),
+                    "--data-dir",
+                    &net.node(TARGET),
+                ])
+                .is_some_and(|b| b["balance"].as_u64() >= Some(1000))
+            })
+        },
+    );
+    funded_only.store(true, Ordering::Relaxed);
+    wait_for(
+        &net,
+        &id,
+        &[TARGET],
+        "node2's store to evict for the funded flood",
+        Duration::from_secs(120),
+        // More than the ~250 unfunded records held: funded ones are evicted too.
+        || count(&stats(&net, TARGET), &["store", "evicted"]) >= 350,
+    );
+    let s2 = stats(&net, TARGET);
+    assert!(
+        count(&s2, &["pinned"]) >= 2,
+        "node2 does not pin both replicas: {s2}"
+    );
+
+    // The upgrade, during the funded flood: node2 must see the new version and report it
+    // healthy.
     let up = agora(&[
         "deploy",
         "upgrade",
@@ -353,6 +461,11 @@ fn a_hostile_fleet_peer_neither_hijacks_nor_blinds_a_deployment() {
             phase_of(&status(&net, &id), &ids[TARGET]).as_deref() == Some("healthy")
                 && runs(&net, TARGET, &v2)
         },
+    );
+    assert_eq!(
+        phase_of(&status(&net, &id_b), &ids[TARGET]).as_deref(),
+        Some("healthy"),
+        "the second deployment's replica on node2"
     );
 
     stop.cancel();

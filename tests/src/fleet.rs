@@ -262,3 +262,26 @@ pub fn wait_contracts_ended(net: &TestDevnet, image: &str) -> Vec<(String, Strin
 /// How long the contracts of a deleted deployment may take to end: the settlement waits for
 /// the committee's probe reports of its last interval (a few blocks).
 const WAIT_ENDED: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `agora deploy create IMAGE --to site=factory --replicas 1 --name NAME --cpu 250m --memory
+/// 64MiB` on node 0 (the deployer); returns the deployment id.
+pub fn create_one(net: &TestDevnet, image: &str, name: &str) -> String {
+    let created = crate::agora_json(&[
+        "deploy",
+        "create",
+        image,
+        "--to",
+        "site=factory",
+        "--replicas",
+        "1",
+        "--name",
+        name,
+        "--cpu",
+        "250m",
+        "--memory",
+        "64MiB",
+        "--data-dir",
+        &net.node(0),
+    ]);
+    created["id"].as_str().unwrap().to_string()
+}

@@ -36,7 +36,9 @@ use agora_market::{KeySigner, NodeId, Resources, Signer};
 use agora_network::keys::peer_id_of;
 use agora_runtime::test_utils::lora_gateway_wasm;
 use agora_tests::adversary::Adversary;
-use agora_tests::fleet::{label, node_ids, phase_of, publish, reconfigure, runs, status, wait_for};
+use agora_tests::fleet::{
+    create_one, label, node_ids, phase_of, publish, reconfigure, runs, status, wait_for,
+};
 use agora_tests::{TestDevnet, agora, try_agora_json, wait_until};
 use agora_wire::codec::Kind;
 use agora_wire::now_ms;
@@ -160,24 +162,7 @@ fn a_hostile_fleet_peer_neither_hijacks_nor_blinds_a_deployment() {
     wasm2.extend_from_slice(b"agora-2");
     let v2 = publish(&net, "fleet-gw", "0.2.0", &wasm2);
     assert_ne!(v1, v2);
-    let created = agora_tests::agora_json(&[
-        "deploy",
-        "create",
-        &v1,
-        "--to",
-        "site=factory",
-        "--replicas",
-        "1",
-        "--name",
-        "gw",
-        "--cpu",
-        "250m",
-        "--memory",
-        "64MiB",
-        "--data-dir",
-        &net.node(0),
-    ]);
-    let id = created["id"].as_str().unwrap().to_string();
+    let id = create_one(&net, &v1, "gw");
     wait_for(
         &net,
         &id,
@@ -352,24 +337,7 @@ fn a_hostile_fleet_peer_neither_hijacks_nor_blinds_a_deployment() {
     wasm3.extend_from_slice(&[0, 8, 7]);
     wasm3.extend_from_slice(b"agora-3");
     let v3 = publish(&net, "fleet-gw-b", "0.1.0", &wasm3);
-    let second = agora_tests::agora_json(&[
-        "deploy",
-        "create",
-        &v3,
-        "--to",
-        "site=factory",
-        "--replicas",
-        "1",
-        "--name",
-        "gw-b",
-        "--cpu",
-        "250m",
-        "--memory",
-        "64MiB",
-        "--data-dir",
-        &net.node(0),
-    ]);
-    let id_b = second["id"].as_str().unwrap().to_string();
+    let id_b = create_one(&net, &v3, "gw-b");
     wait_for(
         &net,
         &id_b,

@@ -1,13 +1,18 @@
 //! Fleet messages as peers send them (issue #13): decode, re-encode, and feed to a fleet machine
 //! that deploys a push and a pull deployment of its own, with validly signed announcements from
-//! a few other deployers mixed in and time passing. After every step the machine stays within
-//! its bounds: the store of others' records, the providers it keeps, its own deployments.
+//! a few other deployers mixed in, their ledger balances, its own replicas' phases (with or
+//! without a contract: pinning) and time passing. The node is a provider too (`site=factory`).
+//! After every step the machine stays within its bounds: the store of others' records, the
+//! records pinned in it, its replicas (never more than the records held), the providers it
+//! keeps, its own deployments.
 #![no_main]
 
 use agora_fuzz::assert_stable_encoding;
+use std::collections::BTreeMap;
+
 use agora_market::fleet::{
-    CandidateFacts, DeploymentSpec, FleetConfig, FleetMessage, FleetState, Input, Replicas,
-    Selector, StoreLimits, Strategy,
+    CandidateFacts, DeploymentSpec, FleetConfig, FleetMessage, FleetState, Input, ProviderFacts,
+    Replicas, Selector, StoreLimits, Strategy, TargetPhase, deployment_id,
 };
 use agora_market::resources::Resources;
 use agora_market::{KeySigner, Signer};
@@ -33,6 +38,11 @@ enum Op {
     },
     /// A party offers itself as a target of one of our deployments.
     Candidate { from: u8, own: bool },
+    /// The node's ledger shows party `from`'s balance.
+    Balance { from: u8, balance: u16 },
+    /// The node's replica of party `from`'s deployment `name` reached a phase, under a live
+    /// contract (`backed`: pinned) or not.
+    Phase { from: u8, name: u8, backed: bool },
     /// Time passes.
     Advance(u16),
     Tick,
@@ -74,8 +84,25 @@ fn config() -> FleetConfig {
 fuzz_target!(|ops: Vec<Op>| {
     let cfg = config();
     let parties: Vec<KeySigner> = (1..=4).map(KeySigner::from_seed).collect();
-    let mut node = FleetState::new(KeySigner::from_seed(100), cfg);
+    let me = KeySigner::from_seed(100);
+    let mut node = FleetState::new(me.clone(), cfg);
     let mut now = 1_000_000u64;
+    let capacity = Resources {
+        cpu_millis: 1_000,
+        memory_bytes: 1 << 30,
+        ..Resources::default()
+    };
+    let _ = node.handle(
+        now,
+        Input::SelfFacts(ProviderFacts {
+            node: me.node_id(),
+            region: None,
+            labels: BTreeMap::from([("site".to_string(), "factory".to_string())]),
+            free: capacity.clone(),
+            capacity,
+            last_seen: now,
+        }),
+    );
     let mut own = Vec::new();
     for (name, pull) in [("push-own", false), ("pull-own", true)] {
         let _ = node.handle(now, Input::Create(spec(name.into(), 2, pull, 600_000)));
@@ -141,6 +168,19 @@ fuzz_target!(|ops: Vec<Op>| {
                     },
                 }
             }
+            Op::Balance { from, balance } => Input::DeployerBalance {
+                deployer: parties[usize::from(from) % parties.len()].node_id(),
+                balance: u64::from(balance),
+            },
+            Op::Phase { from, name, backed } => Input::LocalPhase {
+                deployment: deployment_id(
+                    &parties[usize::from(from) % parties.len()].node_id(),
+                    &format!("d{}", name % 8),
+                ),
+                image: backed.then(|| IMAGE.to_string()),
+                phase: TargetPhase::Running,
+                reason: None,
+            },
             Op::Advance(ms) => {
                 now = now.saturating_add(u64::from(ms) * 100);
                 Input::Tick
@@ -149,6 +189,14 @@ fuzz_target!(|ops: Vec<Op>| {
         };
         let _ = node.handle(now, input);
         assert!(node.store().len() <= cfg.store.max_records, "store over its bound");
+        assert!(
+            node.store().pinned() <= cfg.store.max_records / 2,
+            "more than half the store pinned"
+        );
+        assert!(
+            node.local_replicas().count() <= node.store().len(),
+            "a replica outlived its record"
+        );
         assert!(node.providers().len() <= cfg.max_providers, "providers over their bound");
         assert!(node.own_deployments().count() <= cfg.max_own, "own deployments over bound");
     }

@@ -1224,6 +1224,18 @@ fn only_a_change_of_what_is_saved_marks_the_state_dirty() {
     assert!(step(&mut net, "delete"));
 }
 
+/// Flood record `n` from one of 100 throwaway keys (seeds 1000..1100): selects site=a, valid
+/// for 23 hours, signed at `now`.
+fn flood_record(n: u64, now: Timestamp) -> Deployment {
+    DeploymentSpec {
+        name: format!("flood-{n}"),
+        valid_for_ms: 23 * 3_600_000,
+        ..spec(Strategy::Push, Replicas::All)
+    }
+    .sign(&signer(1_000 + n % 100), now, 1, n)
+    .unwrap()
+}
+
 /// A target that runs a replica under a contract keeps its record, its replica and its reports
 /// through a flood of validly signed records from throwaway deployers that all select it; a
 /// record no contract backs yet is evictable (THREATS N8).
@@ -1279,14 +1291,7 @@ fn a_flood_of_strangers_records_never_evicts_a_replica_a_contract_backs() {
     // (the honest one expires in 10 minutes: the soonest).
     let mut now = T0 + 2;
     for n in 0..600u64 {
-        let flood = DeploymentSpec {
-            name: format!("flood-{n}"),
-            valid_for_ms: 23 * 3_600_000,
-            ..spec(Strategy::Push, Replicas::All)
-        }
-        .sign(&signer(1_000 + n % 100), now, 1, n)
-        .unwrap();
-        p2.handle(now, announce(flood)).unwrap();
+        p2.handle(now, announce(flood_record(n, now))).unwrap();
         if n % 50 == 0 {
             p2.handle(now, Input::Tick).unwrap();
         }
@@ -1376,14 +1381,7 @@ fn records_of_unfunded_deployers_never_evict() {
     };
     let mut now = T0;
     for n in 0..400u64 {
-        let flood = DeploymentSpec {
-            name: format!("flood-{n}"),
-            valid_for_ms: 23 * 3_600_000,
-            ..spec(Strategy::Push, Replicas::All)
-        }
-        .sign(&signer(1_000 + n % 100), now, 1, n)
-        .unwrap();
-        p2.handle(now, announce(flood)).unwrap();
+        p2.handle(now, announce(flood_record(n, now))).unwrap();
         now += 10;
     }
     let c = p2.store().counters();
@@ -1399,14 +1397,7 @@ fn records_of_unfunded_deployers_never_evict() {
     assert!(p2.store().get(&id).is_some());
     assert!(p2.local_replicas().any(|(d, _)| *d == id));
     for n in 400..800u64 {
-        let flood = DeploymentSpec {
-            name: format!("flood-{n}"),
-            valid_for_ms: 23 * 3_600_000,
-            ..spec(Strategy::Push, Replicas::All)
-        }
-        .sign(&signer(1_000 + n % 100), now, 1, n)
-        .unwrap();
-        p2.handle(now, announce(flood)).unwrap();
+        p2.handle(now, announce(flood_record(n, now))).unwrap();
         now += 10;
     }
     p2.handle(now, Input::Tick).unwrap();

@@ -263,25 +263,22 @@ pub fn wait_contracts_ended(net: &TestDevnet, image: &str) -> Vec<(String, Strin
 /// the committee's probe reports of its last interval (a few blocks).
 const WAIT_ENDED: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// `agora deploy create IMAGE --to site=factory --replicas 1 --name NAME --cpu 250m --memory
-/// 64MiB` on node 0 (the deployer); returns the deployment id.
-pub fn create_one(net: &TestDevnet, image: &str, name: &str) -> String {
-    let created = crate::agora_json(&[
-        "deploy",
-        "create",
-        image,
-        "--to",
-        "site=factory",
-        "--replicas",
-        "1",
-        "--name",
-        name,
-        "--cpu",
-        "250m",
-        "--memory",
-        "64MiB",
-        "--data-dir",
-        &net.node(0),
-    ]);
+/// `agora deploy create IMAGE ARGS… --cpu 250m --memory 64MiB` on node 0 (the deployer), the
+/// fleet tests' replica size; returns the deployment id.
+pub fn create(net: &TestDevnet, image: &str, args: &[&str]) -> String {
+    let node0 = net.node(0);
+    let mut all = vec!["deploy", "create", image];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--cpu", "250m", "--memory", "64MiB", "--data-dir", &node0]);
+    let created = crate::agora_json(&all);
     created["id"].as_str().unwrap().to_string()
+}
+
+/// [`create`] with `--to site=factory --replicas 1 --name NAME`.
+pub fn create_one(net: &TestDevnet, image: &str, name: &str) -> String {
+    create(
+        net,
+        image,
+        &["--to", "site=factory", "--replicas", "1", "--name", name],
+    )
 }

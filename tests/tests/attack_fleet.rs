@@ -244,14 +244,16 @@ fn a_hostile_fleet_peer_neither_hijacks_nor_blinds_a_deployment() {
             facts: absurd,
         };
         send(offer.encode().unwrap()).await.unwrap();
-        for _ in 0..100 {
-            let poll = FleetMessage::Poll {
-                deployment,
-                have_version: 0,
-                facts: Default::default(),
-            };
-            let _ = send(poll.encode().unwrap()).await;
+        // At once (the quota allows a burst of 32, then 16 a second): sent one after another,
+        // a loaded machine's round trips let the quota refill between them.
+        let poll = FleetMessage::Poll {
+            deployment,
+            have_version: 0,
+            facts: Default::default(),
         }
+        .encode()
+        .unwrap();
+        futures::future::join_all((0..100).map(|_| send(poll.clone()))).await;
     });
     wait_for(
         &net,

@@ -12,7 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use agora_runtime::test_utils::lora_gateway_wasm;
-use agora_tests::fleet::{label, node_ids, phase_of, publish, reconfigure, status, wait_for};
+use agora_tests::fleet::{
+    create, label, node_ids, phase_of, publish, reconfigure, status, wait_for,
+};
 use agora_tests::{TestDevnet, agora, agora_json, try_agora_json};
 
 const LABELLED: [usize; 3] = [2, 3, 4];
@@ -72,23 +74,11 @@ fn a_restarted_deployer_keeps_its_deployment_and_places_no_second_replica() {
         reconfigure(&net, i, true, label);
     }
     let image = publish(&net, "fleet-keep", "0.1.0", &wasm);
-    let created = agora_json(&[
-        "deploy",
-        "create",
+    let id = create(
+        &net,
         &image,
-        "--to",
-        "site=factory",
-        "--all",
-        "--strategy",
-        "push",
-        "--cpu",
-        "250m",
-        "--memory",
-        "64MiB",
-        "--data-dir",
-        &net.node(0),
-    ]);
-    let id = created["id"].as_str().unwrap().to_string();
+        &["--to", "site=factory", "--all", "--strategy", "push"],
+    );
     let everyone: Vec<usize> = (1..7).collect();
     wait_for(
         &net,

@@ -11,7 +11,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agora_tests::fleet::{label, node_ids, reconfigure, status, wait_for};
+use agora_tests::fleet::{create, label, node_ids, reconfigure, status, wait_for};
 use agora_tests::{TestDevnet, agora, agora_bin, agora_json, publish_service};
 
 const TARGET: usize = 2;
@@ -52,22 +52,7 @@ fn deploy_status_shows_a_crashing_targets_restarts_and_watch_follows_the_rollout
          [restart]\npolicy = \"on-failure\"\nmax_restarts = 1000\nbackoff_ms = 500\n\
          max_backoff_ms = 1000\n",
     );
-    let created = agora_json(&[
-        "deploy",
-        "create",
-        &image,
-        "--to",
-        "site=factory",
-        "--replicas",
-        "1",
-        "--cpu",
-        "250m",
-        "--memory",
-        "64MiB",
-        "--data-dir",
-        &net.node(0),
-    ]);
-    let id = created["id"].as_str().unwrap().to_string();
+    let id = create(&net, &image, &["--to", "site=factory", "--replicas", "1"]);
 
     // `--watch` without a terminal: the changed lines, then exit 0 once the target is healthy.
     let started = Instant::now();

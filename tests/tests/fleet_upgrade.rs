@@ -19,7 +19,7 @@ use std::time::Duration;
 use agora_runtime::test_utils::{READINGS_COUNTER, last_count};
 use agora_tests::adversary::radio::unsigned_frame;
 use agora_tests::fleet::{
-    label, node_ids, phase_of, publish_with_devices, reconfigure, runs, status, wait_for,
+    create, label, node_ids, phase_of, publish_with_devices, reconfigure, runs, status, wait_for,
 };
 use agora_tests::{TestDevnet, agora, agora_json, try_agora_json};
 
@@ -179,23 +179,11 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
     let sick = publish_wat(&net, "3.0.0", &guest(3, 1));
     assert!(v1 != v2 && v2 != sick);
 
-    let created = agora_json(&[
-        "deploy",
-        "create",
+    let id = create(
+        &net,
         &v1,
-        "--to",
-        "site=factory",
-        "--all",
-        "--name",
-        "fleet-up",
-        "--cpu",
-        "250m",
-        "--memory",
-        "64MiB",
-        "--data-dir",
-        &net.node(0),
-    ]);
-    let id = created["id"].as_str().unwrap().to_string();
+        &["--to", "site=factory", "--all", "--name", "fleet-up"],
+    );
     wait_for(
         &net,
         &id,

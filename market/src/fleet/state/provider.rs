@@ -320,19 +320,17 @@ impl<S: Signer> FleetState<S> {
             return;
         };
         // The node names the image only when a live contract of the deployer's with this node
-        // runs it: that record is pinned (no stranger's record evicts it) while it does.
-        let backed = image
-            .as_ref()
-            .is_some_and(|i| body.images().contains(&i.as_str()));
-        let image = match image {
-            Some(i) if body.images().contains(&i.as_str()) => i,
+        // runs it (`backed`): that record is pinned (no stranger's record evicts it) while it
+        // does.
+        let (image, backed) = match image {
+            Some(i) if body.images().contains(&i.as_str()) => (i, true),
             Some(_) => return,
             // With variants, the image fetched early is the only one known before a contract.
             None if !body.variants.is_empty() => match &local.prefetched {
-                Some(i) => i.clone(),
+                Some(i) => (i.clone(), false),
                 None => return,
             },
-            None => body.image.clone(),
+            None => (body.image.clone(), false),
         };
         if backed {
             self.store.pin(deployment);

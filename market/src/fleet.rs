@@ -27,9 +27,9 @@ pub use record::{
 };
 pub use selector::{CandidateFacts, ProviderFacts, Selector};
 pub use state::{
-    DeploymentView, Effect, FleetConfig, FleetCounters, FleetState, Input, LiveContract,
-    LocalReplica, OwnDeployment, RESTORE_GRACE_MS, RestoreReport, SavedDeployment, SavedFleet,
-    TargetView, UpgradeTargetView, UpgradeView,
+    BALANCE_TTL_MS, DeploymentView, Effect, FleetConfig, FleetCounters, FleetState, Input,
+    LiveContract, LocalReplica, OwnDeployment, RESTORE_GRACE_MS, RestoreReport, SavedDeployment,
+    SavedFleet, TargetView, UpgradeTargetView, UpgradeView,
 };
 pub use store::{DeploymentStore, StoreCounters, StoreLimits, Stored};
 pub use upgrade::{Outcome, Step, Upgrade, UpgradeAction, UpgradeConfig, Which};

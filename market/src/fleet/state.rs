@@ -39,6 +39,10 @@ pub use variants::Assigned;
 /// Most deployers' balances kept ([`Input::DeployerBalance`]; the lowest id goes first).
 pub const MAX_BALANCES: usize = 4096;
 
+/// How long a deployer's balance counts as fresh: the node looks it up again only after this
+/// ([`FleetState::balance_is_fresh`]), ms.
+pub const BALANCE_TTL_MS: u64 = 5_000;
+
 /// Tuning of the fleet machine (`[fleet]` in the node's config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -381,8 +385,8 @@ pub struct FleetState<S: Signer> {
     store: DeploymentStore,
     local: BTreeMap<DeploymentId, LocalReplica>,
     counters: FleetCounters,
-    /// Deployers' balances the node fed ([`Input::DeployerBalance`]), bounded.
-    balances: BTreeMap<NodeId, u64>,
+    /// Deployers' balances the node fed ([`Input::DeployerBalance`]) and when, bounded.
+    balances: BTreeMap<NodeId, (u64, Timestamp)>,
     /// When this node's deployments were restored after a restart ([`FleetState::restore`]).
     restored_at: Option<Timestamp>,
     /// Something [`FleetState::saved`] returns changed since [`FleetState::take_dirty`] was
@@ -391,6 +395,14 @@ pub struct FleetState<S: Signer> {
 }
 
 impl<S: Signer> FleetState<S> {
+    /// True when `deployer`'s balance was fed less than [`BALANCE_TTL_MS`] before `now` (the
+    /// node need not look it up again).
+    pub fn balance_is_fresh(&self, deployer: &NodeId, now: Timestamp) -> bool {
+        self.balances
+            .get(deployer)
+            .is_some_and(|(_, at)| now.saturating_sub(*at) < BALANCE_TTL_MS)
+    }
+
     /// A machine for the node whose key is `signer`.
     pub fn new(signer: S, config: FleetConfig) -> Self {
         let me = signer.node_id();
@@ -437,7 +449,7 @@ impl<S: Signer> FleetState<S> {
                 if self.balances.len() >= MAX_BALANCES && !self.balances.contains_key(&deployer) {
                     self.balances.pop_first();
                 }
-                self.balances.insert(deployer, balance);
+                self.balances.insert(deployer, (balance, now));
             }
             Input::Remote { from, gossip, msg } => self.remote(now, from, gossip, msg, &mut out),
             Input::TargetProgress {

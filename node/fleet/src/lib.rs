@@ -142,11 +142,6 @@ pub struct FleetStats {
 /// a stranger's records cannot make a provider pin more than this many images.
 pub const MAX_UNBACKED_PREFETCHES: usize = 8;
 
-/// How long a deployer's looked-up balance is used before it is looked up again, ms.
-const BALANCE_TTL_MS: u64 = 5_000;
-/// Most deployers' balances cached (the cache is emptied when full).
-const MAX_BALANCES_CACHED: usize = 4096;
-
 /// Most fleet messages being delivered at once (each retried for up to 7 s): a flood of
 /// records that each ask for a reply cannot pile up tasks.
 pub const MAX_SENDS_IN_FLIGHT: usize = 256;
@@ -285,8 +280,6 @@ struct FleetTask {
     /// Early fetches under way (at most [`MAX_UNBACKED_PREFETCHES`]; one whose replica went
     /// away still counts until it ends).
     prefetches_in_flight: usize,
-    /// Deployers' ledger balances and when they were looked up ([`FleetTask::feed_balance`]).
-    balances: BTreeMap<NodeId, (u64, u64)>,
     /// Fleet messages being delivered ([`MAX_SENDS_IN_FLIGHT`]).
     sends_in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Placements released while their auction was open, when and why: a contract they still
@@ -338,7 +331,6 @@ pub async fn spawn(parts: FleetParts, cancel: CancellationToken) -> (FleetHandle
         prefetched: BTreeMap::new(),
         prefetches_in_flight: 0,
         sends_in_flight: Default::default(),
-        balances: BTreeMap::new(),
         orphans: BTreeMap::new(),
         market_seq: None,
         stats: FleetStats::default(),
@@ -731,26 +723,19 @@ impl FleetTask {
     }
 
     /// Tells the machine `deployer`'s ledger balance before one of its records: only a funded
-    /// deployer's record may evict another from a full store. Balances are looked up at most
-    /// every [`BALANCE_TTL_MS`] per deployer ([`MAX_BALANCES_CACHED`] kept).
+    /// deployer's record may evict another from a full store. The machine keeps the balances;
+    /// one is looked up again only once it is no longer fresh
+    /// ([`agora_market::fleet::BALANCE_TTL_MS`]).
     async fn feed_balance(&mut self, deployer: NodeId) {
-        let now = now_ms();
-        let balance = match self.balances.get(&deployer) {
-            Some((balance, at)) if now.saturating_sub(*at) < BALANCE_TTL_MS => *balance,
-            _ => {
-                let balance = match &self.parts.ledger {
-                    Some(ledger) => ledger
-                        .query(move |v| v.ledger.account(&deployer).map_or(0, |a| a.balance))
-                        .await
-                        .unwrap_or(0),
-                    None => 0,
-                };
-                if self.balances.len() >= MAX_BALANCES_CACHED {
-                    self.balances.clear();
-                }
-                self.balances.insert(deployer, (balance, now));
-                balance
-            }
+        if self.state.balance_is_fresh(&deployer, now_ms()) {
+            return;
+        }
+        let balance = match &self.parts.ledger {
+            Some(ledger) => ledger
+                .query(move |v| v.ledger.account(&deployer).map_or(0, |a| a.balance))
+                .await
+                .unwrap_or(0),
+            None => 0,
         };
         let _ = self
             .apply(Input::DeployerBalance { deployer, balance })

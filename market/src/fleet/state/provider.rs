@@ -184,7 +184,7 @@ impl<S: Signer> FleetState<S> {
             .max(self.config.min_deployer_balance);
         self.balances
             .get(&body.deployer)
-            .is_some_and(|balance| *balance >= needs)
+            .is_some_and(|(balance, _)| *balance >= needs)
     }
 
     /// Brings this node's replica of `id` in line with the stored record: start tracking and

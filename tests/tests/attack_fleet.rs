@@ -15,7 +15,11 @@
 //! meanwhile becomes healthy on node2. The funded flood evicts the unfunded records and then
 //! every record no contract backs, while node0 upgrades node2's replica (health-gated,
 //! start-first): node2 keeps its records (pinned: live contracts back its replicas), reports
-//! the new image healthy, and the upgrade succeeds. Mutation-checked: without the pin the
+//! the new image healthy, and the upgrade succeeds. A third deployment created during the
+//! funded flood also becomes healthy on node2: its record (valid 10 minutes, the soonest to
+//! expire) is evicted from node2's store moments after it arrives, before any contract backs
+//! it, and node0 sends it again to node2 until node2 reports acting on it; once its contract
+//! is live node2 pins it on arrival. Mutation-checked: without the pin the
 //! upgrade rolls back ("new image not healthy within 120000 ms"); without the balance gate
 //! the unfunded flood evicts (the counter check fails; the second deployment still became
 //! healthy, so that check alone does not prove the gate). No node runs the forged image; every
@@ -436,6 +440,36 @@ fn a_hostile_fleet_peer_neither_hijacks_nor_blinds_a_deployment() {
         phase_of(&status(&net, &id_b), &ids[TARGET]).as_deref(),
         Some("healthy"),
         "the second deployment's replica on node2"
+    );
+
+    // A new deployment during the funded flood: node2 evicts its record moments after it
+    // arrives (no contract backs it yet), so node2 learns it again from node0, which sends it
+    // to a target that has not reported acting on it; node2 pins it once its contract is live.
+    let evicted_before = count(&stats(&net, TARGET), &["store", "evicted"]);
+    let mut wasm4 = wasm.clone();
+    wasm4.extend_from_slice(&[0, 8, 7]);
+    wasm4.extend_from_slice(b"agora-4");
+    let v4 = publish(&net, "fleet-gw-c", "0.1.0", &wasm4);
+    let id_c = create_one(&net, &v4, "gw-c");
+    wait_for(
+        &net,
+        &id_c,
+        &[TARGET],
+        "node2 to run the third deployment healthy during the funded flood",
+        Duration::from_secs(180),
+        || {
+            phase_of(&status(&net, &id_c), &ids[TARGET]).as_deref() == Some("healthy")
+                && runs(&net, TARGET, &v4)
+        },
+    );
+    let s2 = stats(&net, TARGET);
+    assert!(
+        count(&s2, &["store", "evicted"]) > evicted_before + 100,
+        "the funded flood stopped evicting meanwhile: {s2}"
+    );
+    assert!(
+        count(&s2, &["pinned"]) >= 3,
+        "node2 does not pin the third replica: {s2}"
     );
 
     stop.cancel();

@@ -39,6 +39,10 @@ pub use variants::Assigned;
 /// Most deployers' balances kept ([`Input::DeployerBalance`]; the lowest id goes first).
 pub const MAX_BALANCES: usize = 4096;
 
+/// Most live contracts kept as backing ([`Input::Backing`]): a node provides for at most as many
+/// contracts as its capacity holds, far fewer than this.
+pub const MAX_BACKING: usize = 1024;
+
 /// How long a deployer's balance counts as fresh: the node looks it up again only after this
 /// ([`FleetState::balance_is_fresh`]), ms.
 pub const BALANCE_TTL_MS: u64 = 5_000;
@@ -117,6 +121,11 @@ pub enum Input {
         /// Its balance.
         balance: u64,
     },
+    /// Provider side: the live contracts this node provides for, as `(customer, image)` (the
+    /// node feeds them every tick from its ledger; at most [`MAX_BACKING`] are kept). A record
+    /// whose deployer has a live contract here for one of its images is pinned when it arrives
+    /// (no stranger's record evicts it), however it arrives.
+    Backing(Vec<(NodeId, String)>),
     /// A peer became reachable: a deployer sends it its live records (late joiners and
     /// restarted targets learn them without waiting for the next version), and counts it seen.
     PeerUp(NodeId),
@@ -244,6 +253,14 @@ pub struct OwnDeployment {
     /// Why each target's runtime last restarted its replica, as the target reported it (with
     /// its count; current targets only; saved).
     pub failures: BTreeMap<NodeId, String>,
+    /// The version each target last said it acts on (its reports; current targets only; not
+    /// saved). A target behind the current version is sent the record directly
+    /// ([`FleetConfig::candidate_refresh_ms`] apart): gossip may not have reached it, or a
+    /// flood may have evicted the record from its store before its contract pinned it.
+    pub acted: BTreeMap<NodeId, u64>,
+    /// Per target, the version it was last given and when: first seen as a target or a new
+    /// version signed (gossip carries it), or sent directly since (not saved).
+    pub sent: BTreeMap<NodeId, (u64, Timestamp)>,
 }
 
 impl OwnDeployment {
@@ -387,6 +404,8 @@ pub struct FleetState<S: Signer> {
     counters: FleetCounters,
     /// Deployers' balances the node fed ([`Input::DeployerBalance`]) and when, bounded.
     balances: BTreeMap<NodeId, (u64, Timestamp)>,
+    /// The live contracts this node provides for, `(customer, image)` ([`Input::Backing`]).
+    backing: BTreeSet<(NodeId, String)>,
     /// When this node's deployments were restored after a restart ([`FleetState::restore`]).
     restored_at: Option<Timestamp>,
     /// Something [`FleetState::saved`] returns changed since [`FleetState::take_dirty`] was
@@ -417,6 +436,7 @@ impl<S: Signer> FleetState<S> {
             local: BTreeMap::new(),
             counters: FleetCounters::default(),
             balances: BTreeMap::new(),
+            backing: BTreeSet::new(),
             restored_at: None,
             dirty: false,
         }
@@ -444,6 +464,9 @@ impl<S: Signer> FleetState<S> {
             }
             Input::SelfFacts(facts) => self.self_facts = Some(facts),
             Input::Provider(facts) => self.provider_seen(facts),
+            Input::Backing(live) => {
+                self.backing = live.into_iter().take(MAX_BACKING).collect();
+            }
             Input::PeerUp(node) => self.peer_up(now, node, &mut out),
             Input::DeployerBalance { deployer, balance } => {
                 if self.balances.len() >= MAX_BALANCES && !self.balances.contains_key(&deployer) {
@@ -522,6 +545,8 @@ impl<S: Signer> FleetState<S> {
             assigned_over: BTreeMap::new(),
             restarts: BTreeMap::new(),
             failures: BTreeMap::new(),
+            acted: BTreeMap::new(),
+            sent: BTreeMap::new(),
         });
         if entry.record.body.deleted {
             // A new deployment under the old name: no upgrade history, no variants given.
@@ -631,7 +656,52 @@ impl<S: Signer> FleetState<S> {
                 self.dirty = true;
             }
         }
+        self.resend_to_targets_behind(now, out);
         Ok(())
+    }
+
+    /// Deployer: sends the current record directly to every target that still has not said it
+    /// acts on it [`FleetConfig::candidate_refresh_ms`] after the version was signed or the
+    /// target chosen (and again that often). Gossip reaches most targets first; this covers the
+    /// one it missed, and the one whose store a flood of strangers' records emptied of ours
+    /// before its contract pinned it: once its contract is live, the record arriving again is
+    /// pinned there ([`Input::Backing`]). Not saved, and not a change of what is saved.
+    fn resend_to_targets_behind(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        let every = self.config.candidate_refresh_ms;
+        for own in self.own.values_mut() {
+            let body = &own.record.body;
+            let current: BTreeSet<NodeId> = own
+                .targets
+                .keys()
+                .copied()
+                .chain(own.upgrade.iter().flat_map(|u| u.steps().keys().copied()))
+                .collect();
+            own.acted.retain(|t, _| current.contains(t));
+            own.sent.retain(|t, _| current.contains(t));
+            if body.deleted || body.expires_at <= now {
+                continue;
+            }
+            for target in current {
+                let behind = own.acted.get(&target).is_none_or(|v| *v < body.version);
+                let due = match own.sent.get(&target) {
+                    Some((version, at)) if *version == body.version => {
+                        now.saturating_sub(*at) >= every
+                    }
+                    // Just chosen, or a new version gossiped: give gossip its time.
+                    _ => {
+                        own.sent.insert(target, (body.version, now));
+                        false
+                    }
+                };
+                if behind && due {
+                    own.sent.insert(target, (body.version, now));
+                    out.push(Effect::Send {
+                        to: target,
+                        msg: FleetMessage::Announce(Box::new(own.record.clone())),
+                    });
+                }
+            }
+        }
     }
 
     fn reconcile_one(

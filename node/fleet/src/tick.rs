@@ -202,9 +202,6 @@ impl FleetTask {
                 Some((*id, local.deployer, images))
             })
             .collect();
-        if replicas.is_empty() {
-            return Vec::new();
-        }
         let me = self.me;
         let contracts: ContractFacts = match &self.parts.ledger {
             Some(ledger) => ledger
@@ -227,6 +224,18 @@ impl FleetTask {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
+        // The machine pins a record a live contract here backs the moment it arrives (a flood
+        // of strangers' records may have evicted it before the contract; its deployer sends it
+        // again).
+        let mut out = vec![Input::Backing(
+            contracts
+                .iter()
+                .map(|(_, customer, image, _)| (*customer, image.clone()))
+                .collect(),
+        )];
+        if replicas.is_empty() {
+            return out;
+        }
         // State, restarts (the runtime's metering: restarts made by the restart policy) and why
         // the last one happened.
         let services: BTreeMap<String, (ServiceState, u32, Option<String>)> = self
@@ -239,7 +248,6 @@ impl FleetTask {
                 (s.id, (s.state, s.metering.restarts, failure))
             })
             .collect();
-        let mut out = Vec::new();
         for (deployment, deployer, images) in replicas {
             let contract = contracts
                 .iter()

@@ -1,7 +1,8 @@
 //! Fleet messages as peers send them (issue #13): decode, re-encode, and feed to a fleet machine
 //! that deploys a push and a pull deployment of its own, with validly signed announcements from
-//! a few other deployers mixed in, their ledger balances, its own replicas' phases (with or
-//! without a contract: pinning) and time passing. The node is a provider too (`site=factory`).
+//! a few other deployers mixed in (gossiped, or sent by the deployer itself), their ledger
+//! balances, the live contracts it provides for (backing: pinned on arrival), its own replicas'
+//! phases (with or without a contract: pinning) and time passing. The node is a provider too (`site=factory`).
 //! After every step the machine stays within its bounds: the store of others' records, the
 //! records pinned in it, its replicas (never more than the records held), the providers it
 //! keeps, its own deployments.
@@ -35,14 +36,28 @@ enum Op {
         replicas: u8,
         pull: bool,
         valid_for_s: u16,
+        /// Gossiped (or sent by the deployer itself).
+        gossip: bool,
     },
+    /// The live contracts the node provides for: one per party in the mask (its image).
+    Backing(u8),
     /// A party offers itself as a target of one of our deployments.
-    Candidate { from: u8, own: bool },
+    Candidate {
+        from: u8,
+        own: bool,
+    },
     /// The node's ledger shows party `from`'s balance.
-    Balance { from: u8, balance: u16 },
+    Balance {
+        from: u8,
+        balance: u16,
+    },
     /// The node's replica of party `from`'s deployment `name` reached a phase, under a live
     /// contract (`backed`: pinned) or not.
-    Phase { from: u8, name: u8, backed: bool },
+    Phase {
+        from: u8,
+        name: u8,
+        backed: bool,
+    },
     /// Time passes.
     Advance(u16),
     Tick,
@@ -135,6 +150,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 replicas,
                 pull,
                 valid_for_s,
+                gossip,
             } => {
                 let signer = &parties[usize::from(from) % parties.len()];
                 let Ok(record) = spec(
@@ -143,16 +159,23 @@ fuzz_target!(|ops: Vec<Op>| {
                     pull,
                     u64::from(valid_for_s) * 1_000,
                 )
-                .sign(signer, now, u64::from(version), u64::from(name))
-                else {
+                .sign(signer, now, u64::from(version), u64::from(name)) else {
                     continue;
                 };
                 Input::Remote {
                     from: signer.node_id(),
-                    gossip: true,
+                    gossip,
                     msg: FleetMessage::Announce(Box::new(record)),
                 }
             }
+            Op::Backing(mask) => Input::Backing(
+                parties
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, p)| (p.node_id(), IMAGE.to_string()))
+                    .collect(),
+            ),
             Op::Candidate { from, own: ours } => {
                 let party = &parties[usize::from(from) % parties.len()];
                 let deployment = match (ours, own.first()) {
@@ -187,8 +210,12 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Tick => Input::Tick,
         };
+        let ticked = matches!(input, Input::Tick);
         let _ = node.handle(now, input);
-        assert!(node.store().len() <= cfg.store.max_records, "store over its bound");
+        assert!(
+            node.store().len() <= cfg.store.max_records,
+            "store over its bound"
+        );
         assert!(
             node.store().pinned() <= cfg.store.max_records / 2,
             "more than half the store pinned"
@@ -197,7 +224,21 @@ fuzz_target!(|ops: Vec<Op>| {
             node.local_replicas().count() <= node.store().len(),
             "a replica outlived its record"
         );
-        assert!(node.providers().len() <= cfg.max_providers, "providers over their bound");
-        assert!(node.own_deployments().count() <= cfg.max_own, "own deployments over bound");
+        assert!(
+            node.providers().len() <= cfg.max_providers,
+            "providers over their bound"
+        );
+        assert!(
+            node.own_deployments().count() <= cfg.max_own,
+            "own deployments over bound"
+        );
+        // Pruned to the current targets every tick.
+        for (_, d) in node.own_deployments().filter(|_| ticked) {
+            let targets = d.targets.len() + d.upgrade.as_ref().map_or(0, |u| u.steps().len());
+            assert!(
+                d.acted.len() <= targets && d.sent.len() <= targets,
+                "what was sent to targets outlived them"
+            );
+        }
     }
 });

@@ -35,6 +35,10 @@ pub struct LocalReplica {
     /// Why the runtime last restarted this replica, bounded ([`super::Input::LocalRestarts`]).
     #[serde(default)]
     pub last_failure: Option<String>,
+    /// The version last reported (a newer one acted on is reported even when the phase is not:
+    /// the deployer sends the record again to a target behind).
+    #[serde(default)]
+    pub reported_version: u64,
 }
 
 fn bounded_reason(reason: Option<String>) -> Option<String> {
@@ -84,15 +88,20 @@ impl<S: Signer> FleetState<S> {
             }
             FleetMessage::Report {
                 deployment,
+                version,
                 phase,
                 reason,
                 image,
                 restarts,
                 last_failure,
-                ..
             } => {
                 let reason = bounded_reason(reason);
                 if self.observe(deployment, from, image.as_deref(), phase, reason) {
+                    // The version the target acts on: one behind is sent the record again.
+                    if let Some(own) = self.own.get_mut(&deployment) {
+                        let acted = own.acted.entry(from).or_insert(0);
+                        *acted = (*acted).max(version.min(own.record.body.version));
+                    }
                     // `from` is the transport-authenticated sender and a target: a count is only
                     // ever taken from the target itself.
                     self.note_restarts(
@@ -153,8 +162,19 @@ impl<S: Signer> FleetState<S> {
             .self_facts
             .as_ref()
             .is_some_and(|me| wants(&record.body, me, now));
-        let funded = self.funded(&record.body);
+        // A live contract of its deployer's here for one of its images backs it: that costs
+        // the deployer money, so it may evict and is pinned at once.
+        let backed = wanted
+            && record
+                .body
+                .images()
+                .into_iter()
+                .any(|i| self.backing.contains(&(deployer, i.to_string())));
+        let funded = backed || self.funded(&record.body);
         let inserted = self.store.insert_funded(record, wanted, funded);
+        if backed && inserted.is_ok() {
+            self.store.pin(id);
+        }
         // A record evicted to make room: its replica here (no contract backs it, or it would
         // be pinned) goes at once, so the replicas stay within the store's bound.
         for gone in self.store.take_evicted() {
@@ -220,6 +240,7 @@ impl<S: Signer> FleetState<S> {
             restarts: 0,
             reported_restarts: 0,
             last_failure: None,
+            reported_version: 0,
         });
         let push = body.strategy == Strategy::Push;
         if push
@@ -345,11 +366,15 @@ impl<S: Signer> FleetState<S> {
             reason: bounded_reason(reason),
         };
         let report = (image, status);
-        if local.reported.as_ref() == Some(&report) && local.reported_restarts == local.restarts {
+        if local.reported.as_ref() == Some(&report)
+            && local.reported_restarts == local.restarts
+            && local.reported_version == local.acted_version
+        {
             return;
         }
         local.reported = Some(report.clone());
         local.reported_restarts = local.restarts;
+        local.reported_version = local.acted_version;
         let (image, status) = report;
         out.push(Effect::Send {
             to: local.deployer,

@@ -401,6 +401,8 @@ fn restore_one(
         assigned_over: BTreeMap::new(),
         restarts,
         failures,
+        acted: BTreeMap::new(),
+        sent: BTreeMap::new(),
     }
 }
 

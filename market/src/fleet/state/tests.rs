@@ -1422,3 +1422,226 @@ fn records_of_unfunded_deployers_never_evict() {
         "150 > balance 100: may not evict"
     );
 }
+
+/// The direct sends of one deployer's record to `target` among `out`.
+fn direct_to(out: &[Effect], target: NodeId, version: u64) -> usize {
+    out.iter()
+        .filter(|e| {
+            matches!(e,
+            Effect::Send { to, msg: FleetMessage::Announce(r) }
+                if *to == target && r.body.version == version)
+        })
+        .count()
+}
+
+/// A deployer sends its record directly to a target that has not said it acts on the current
+/// version ten seconds after it was chosen or the version was signed, and again every ten
+/// seconds, until the target's report says it does (THREATS N8: the record a flood evicted
+/// before the contract comes back).
+#[test]
+fn the_deployer_sends_its_record_again_to_a_target_behind() {
+    let every = FleetConfig::default().candidate_refresh_ms;
+    let mut d = FleetState::new(signer(1), FleetConfig::default());
+    d.handle(T0, Input::Provider(facts(2, "a", T0))).unwrap();
+    d.handle(T0, Input::Create(spec(Strategy::Push, Replicas::Count(1))))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    let version = d.own(&id).unwrap().record.body.version;
+    let target = Net::id(2);
+    // The target stays online (it offers itself every few seconds).
+    let tick = |d: &mut FleetState<KeySigner>, now: Timestamp| {
+        d.handle(now, Input::Provider(facts(2, "a", now))).unwrap();
+        d.handle(now, Input::Tick).unwrap()
+    };
+    let out = tick(&mut d, T0 + 10);
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Effect::Place { target: t, .. } if *t == target))
+    );
+    assert_eq!(direct_to(&out, target, version), 0, "gossip gets its time");
+    let out = tick(&mut d, T0 + 10 + every / 2);
+    assert_eq!(direct_to(&out, target, version), 0);
+    let out = tick(&mut d, T0 + 10 + every);
+    assert_eq!(direct_to(&out, target, version), 1, "still behind: sent");
+    let out = tick(&mut d, T0 + 10 + every + 1);
+    assert_eq!(direct_to(&out, target, version), 0, "not twice at once");
+    let out = tick(&mut d, T0 + 10 + 2 * every);
+    assert_eq!(direct_to(&out, target, version), 1, "and again");
+    // The target reports it acts on an older version (a stranger cannot report for it: the
+    // report counts only from the target): still behind.
+    let report = |version: u64| Input::Remote {
+        from: target,
+        gossip: false,
+        msg: FleetMessage::Report {
+            deployment: id,
+            version,
+            phase: TargetPhase::Fetching,
+            reason: None,
+            image: Some(IMAGE.into()),
+            restarts: None,
+            last_failure: None,
+        },
+    };
+    d.handle(T0 + 20 + 2 * every, report(version - 1)).unwrap();
+    let out = tick(&mut d, T0 + 10 + 3 * every);
+    assert_eq!(direct_to(&out, target, version), 1);
+    d.handle(T0 + 20 + 3 * every, report(version)).unwrap();
+    for k in 4..10 {
+        let out = tick(&mut d, T0 + 10 + k * every);
+        assert_eq!(direct_to(&out, target, version), 0, "acts on it: no more");
+    }
+    // Re-signed: gossiped at once, sent directly only if the target is still behind later.
+    let expires = d.own(&id).unwrap().record.body.expires_at;
+    let at = expires - FleetConfig::default().resign_before_ms;
+    let out = tick(&mut d, at);
+    let next = d.own(&id).unwrap().record.body.version;
+    assert!(next > version);
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Effect::Broadcast(FleetMessage::Announce(_))))
+    );
+    assert_eq!(direct_to(&out, target, next), 0);
+    let out = tick(&mut d, at + every);
+    assert_eq!(direct_to(&out, target, next), 1);
+}
+
+/// A record a flood of funded strangers' records evicted before its contract (it expires
+/// soonest) comes back when its deployer sends it again once the contract is live, and is then
+/// pinned on arrival: the flood no longer evicts it, and the replica reports (THREATS N8).
+#[test]
+fn a_record_evicted_before_its_contract_comes_back_pinned() {
+    let mut p2 = FleetState::new(signer(2), FleetConfig::default());
+    p2.handle(T0, Input::SelfFacts(facts(2, "a", T0))).unwrap();
+    for seed in std::iter::once(1).chain(1_000..1_100) {
+        p2.handle(
+            T0,
+            Input::DeployerBalance {
+                deployer: signer(seed).node_id(),
+                balance: 1_000,
+            },
+        )
+        .unwrap();
+    }
+    let from = |n: u64, gossip: bool, record: Deployment| Input::Remote {
+        from: Net::id(n),
+        gossip,
+        msg: FleetMessage::Announce(Box::new(record)),
+    };
+    let honest = spec(Strategy::Push, Replicas::Count(1))
+        .sign(&signer(1), T0, 1, 1)
+        .unwrap();
+    let id = honest.body.id();
+    p2.handle(T0, from(7, true, honest.clone())).unwrap();
+    let mut now = T0 + 1;
+    let flood = |p2: &mut FleetState<KeySigner>, now: &mut Timestamp, from_n: u64| {
+        for n in from_n..from_n + 300 {
+            p2.handle(*now, from(7, true, flood_record(n, *now)))
+                .unwrap();
+            *now += 10;
+        }
+    };
+    flood(&mut p2, &mut now, 0);
+    assert!(p2.store().get(&id).is_none(), "the flood evicts it first");
+    assert!(!p2.local_replicas().any(|(d, _)| *d == id));
+    // Its contract is on the ledger now; the deployer sends the record again.
+    p2.handle(now, Input::Backing(vec![(Net::id(1), IMAGE.into())]))
+        .unwrap();
+    // A stranger's copy (gossip, forwarded) of a record naming the same image but another
+    // deployer is not backed by that contract.
+    let other = DeploymentSpec {
+        name: "copycat".into(),
+        ..spec(Strategy::Push, Replicas::Count(1))
+    }
+    .sign(&signer(1_000), now, 1, 1)
+    .unwrap();
+    p2.handle(now, from(7, true, other.clone())).unwrap();
+    assert!(!p2.store().is_pinned(&other.body.id()));
+    p2.handle(now, from(1, false, honest)).unwrap();
+    assert!(p2.store().get(&id).is_some() && p2.store().is_pinned(&id));
+    assert!(p2.local_replicas().any(|(d, _)| *d == id));
+    flood(&mut p2, &mut now, 300);
+    p2.handle(now, Input::Tick).unwrap();
+    assert!(p2.store().get(&id).is_some(), "evicted again");
+    let out = p2
+        .handle(
+            now,
+            Input::LocalPhase {
+                deployment: id,
+                image: Some(IMAGE.into()),
+                phase: TargetPhase::Healthy,
+                reason: None,
+            },
+        )
+        .unwrap();
+    assert!(
+        out.iter().any(|e| matches!(e,
+            Effect::Send { to, msg: FleetMessage::Report { deployment, version: 1, .. } }
+                if *to == Net::id(1) && *deployment == id)),
+        "{out:?}"
+    );
+    // Its contract ended: the next copy is not pinned.
+    p2.handle(now, Input::Backing(Vec::new())).unwrap();
+    p2.handle(
+        now,
+        Input::LocalPhase {
+            deployment: id,
+            image: None,
+            phase: TargetPhase::Failed,
+            reason: Some("contract ended".into()),
+        },
+    )
+    .unwrap();
+    assert!(!p2.store().is_pinned(&id));
+}
+
+/// A target that acts on a new version reports it even when its phase did not change, so its
+/// deployer stops sending the record.
+#[test]
+fn a_target_reports_a_new_version_it_acts_on() {
+    let mut p2 = FleetState::new(signer(2), FleetConfig::default());
+    p2.handle(T0, Input::SelfFacts(facts(2, "a", T0))).unwrap();
+    let deliver = |version: u64, at: Timestamp| Input::Remote {
+        from: Net::id(1),
+        gossip: false,
+        msg: FleetMessage::Announce(Box::new(
+            spec(Strategy::Push, Replicas::Count(1))
+                .sign(&signer(1), at, version, version)
+                .unwrap(),
+        )),
+    };
+    p2.handle(
+        T0,
+        Input::DeployerBalance {
+            deployer: Net::id(1),
+            balance: 1_000,
+        },
+    )
+    .unwrap();
+    p2.handle(T0, deliver(1, T0)).unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    let healthy = Input::LocalPhase {
+        deployment: id,
+        image: Some(IMAGE.into()),
+        phase: TargetPhase::Healthy,
+        reason: None,
+    };
+    let reports = |out: &[Effect]| -> Vec<u64> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    msg: FleetMessage::Report { version, .. },
+                    ..
+                } => Some(*version),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(reports(&p2.handle(T0, healthy.clone()).unwrap()), vec![1]);
+    assert!(reports(&p2.handle(T0 + 1, healthy.clone()).unwrap()).is_empty());
+    p2.handle(T0 + 2, deliver(2, T0 + 2)).unwrap();
+    assert_eq!(
+        reports(&p2.handle(T0 + 3, healthy.clone()).unwrap()),
+        vec![2]
+    );
+    assert!(reports(&p2.handle(T0 + 4, healthy).unwrap()).is_empty());
+}

@@ -103,6 +103,29 @@ fn announce(record: Signed<agora_market::fleet::DeploymentBody>) -> Vec<u8> {
     FleetMessage::Announce(Box::new(record)).encode().unwrap()
 }
 
+/// Publishes a variant `n` of the gateway image (a custom section `agora-N` makes its CID
+/// new), deploys it to node2 as `gw-N` and waits until node2 reports it healthy; its id.
+fn deploy_healthy(net: &TestDevnet, wasm: &[u8], n: u8, when: &str) -> String {
+    let mut image = wasm.to_vec();
+    image.extend_from_slice(&[0, 8, 7]);
+    image.extend_from_slice(format!("agora-{n}").as_bytes());
+    let cid = publish(net, &format!("fleet-gw-{n}"), "0.1.0", &image);
+    let id = create_one(net, &cid, &format!("gw-{n}"));
+    let node2 = node_ids(net)[TARGET].clone();
+    wait_for(
+        net,
+        &id,
+        &[TARGET],
+        &format!("node2 to run gw-{n} healthy {when}"),
+        Duration::from_secs(180),
+        || {
+            phase_of(&status(net, &id), &node2).as_deref() == Some("healthy")
+                && runs(net, TARGET, &cid)
+        },
+    );
+    id
+}
+
 /// A spec that selects every provider, for `image`.
 fn any_provider(name: &str, image: &str, valid_for_ms: u64) -> DeploymentSpec {
     DeploymentSpec {
@@ -339,22 +362,7 @@ fn a_hostile_fleet_peer_neither_hijacks_nor_blinds_a_deployment() {
 
     // A new deployment during the unfunded flood: its record (funded: node0's balance) gets
     // into node2's full store, and node2 reports its replica healthy.
-    let mut wasm3 = wasm.clone();
-    wasm3.extend_from_slice(&[0, 8, 7]);
-    wasm3.extend_from_slice(b"agora-3");
-    let v3 = publish(&net, "fleet-gw-b", "0.1.0", &wasm3);
-    let id_b = create_one(&net, &v3, "gw-b");
-    wait_for(
-        &net,
-        &id_b,
-        &[TARGET],
-        "node2 to run the new deployment healthy during the unfunded flood",
-        Duration::from_secs(180),
-        || {
-            phase_of(&status(&net, &id_b), &ids[TARGET]).as_deref() == Some("healthy")
-                && runs(&net, TARGET, &v3)
-        },
-    );
+    let id_b = deploy_healthy(&net, &wasm, 3, "during the unfunded flood");
 
     // The adversary buys tokens for 40 of its keys (node6 sends them 1,000 each) and floods
     // from those only: funded records evict the unfunded ones, then every record no contract
@@ -446,22 +454,7 @@ fn a_hostile_fleet_peer_neither_hijacks_nor_blinds_a_deployment() {
     // arrives (no contract backs it yet), so node2 learns it again from node0, which sends it
     // to a target that has not reported acting on it; node2 pins it once its contract is live.
     let evicted_before = count(&stats(&net, TARGET), &["store", "evicted"]);
-    let mut wasm4 = wasm.clone();
-    wasm4.extend_from_slice(&[0, 8, 7]);
-    wasm4.extend_from_slice(b"agora-4");
-    let v4 = publish(&net, "fleet-gw-c", "0.1.0", &wasm4);
-    let id_c = create_one(&net, &v4, "gw-c");
-    wait_for(
-        &net,
-        &id_c,
-        &[TARGET],
-        "node2 to run the third deployment healthy during the funded flood",
-        Duration::from_secs(180),
-        || {
-            phase_of(&status(&net, &id_c), &ids[TARGET]).as_deref() == Some("healthy")
-                && runs(&net, TARGET, &v4)
-        },
-    );
+    deploy_healthy(&net, &wasm, 4, "during the funded flood");
     let s2 = stats(&net, TARGET);
     assert!(
         count(&s2, &["store", "evicted"]) > evicted_before + 100,

@@ -1236,13 +1236,71 @@ fn flood_record(n: u64, now: Timestamp) -> Deployment {
     .unwrap()
 }
 
+/// Node 2 as a target (`site=a`), with the balances of deployer 1 and of the flood's 100 keys
+/// fed (1,000 each: funded).
+fn flooded_target() -> FleetState<KeySigner> {
+    let mut p2 = FleetState::new(signer(2), FleetConfig::default());
+    p2.handle(T0, Input::SelfFacts(facts(2, "a", T0))).unwrap();
+    for seed in std::iter::once(1).chain(1_000..1_100) {
+        p2.handle(
+            T0,
+            Input::DeployerBalance {
+                deployer: signer(seed).node_id(),
+                balance: 1_000,
+            },
+        )
+        .unwrap();
+    }
+    p2
+}
+
+/// The node tells `p2` its replica of `id` (version 1, deployer 1) runs healthy under its
+/// contract: `p2` reports that to the deployer.
+fn reports_healthy(p2: &mut FleetState<KeySigner>, now: Timestamp, id: DeploymentId) {
+    let out = p2
+        .handle(
+            now,
+            Input::LocalPhase {
+                deployment: id,
+                image: Some(IMAGE.into()),
+                phase: TargetPhase::Healthy,
+                reason: None,
+            },
+        )
+        .unwrap();
+    assert!(
+        out.iter().any(|e| matches!(e,
+            Effect::Send {
+                to,
+                msg: FleetMessage::Report { deployment, version: 1, phase: TargetPhase::Healthy, .. },
+            } if *to == Net::id(1) && *deployment == id)),
+        "{out:?}"
+    );
+}
+
+/// The node tells `p2` its replica of `id` has no contract any more: the record is unpinned.
+fn contract_ends(p2: &mut FleetState<KeySigner>, now: Timestamp, id: DeploymentId) {
+    p2.handle(
+        now,
+        Input::LocalPhase {
+            deployment: id,
+            image: None,
+            phase: TargetPhase::Failed,
+            reason: Some("contract ended".into()),
+        },
+    )
+    .unwrap();
+    assert!(!p2.store().is_pinned(&id));
+}
+
 /// A target that runs a replica under a contract keeps its record, its replica and its reports
 /// through a flood of validly signed records from throwaway deployers that all select it; a
 /// record no contract backs yet is evictable (THREATS N8).
 #[test]
 fn a_flood_of_strangers_records_never_evicts_a_replica_a_contract_backs() {
-    let mut p2 = FleetState::new(signer(2), FleetConfig::default());
-    p2.handle(T0, Input::SelfFacts(facts(2, "a", T0))).unwrap();
+    // The flood's keys are funded (the adversary paid for them): what protects the honest
+    // replica here is the pin (an unfunded flood: the next test).
+    let mut p2 = flooded_target();
     let announce = |record: Deployment| Input::Remote {
         from: Net::id(7),
         gossip: true,
@@ -1259,18 +1317,6 @@ fn a_flood_of_strangers_records_never_evicts_a_replica_a_contract_backs() {
     .sign(&signer(1), T0, 1, 2)
     .unwrap();
     let unbacked_id = unbacked.body.id();
-    // The flood's keys are funded (the adversary paid for them): what protects the honest
-    // replica here is the pin (an unfunded flood: the next test).
-    for seed in std::iter::once(1).chain(1_000..1_100) {
-        p2.handle(
-            T0,
-            Input::DeployerBalance {
-                deployer: signer(seed).node_id(),
-                balance: 1_000,
-            },
-        )
-        .unwrap();
-    }
     p2.handle(T0, announce(honest)).unwrap();
     p2.handle(T0, announce(unbacked)).unwrap();
     assert_eq!(p2.local_replicas().count(), 2);
@@ -1324,40 +1370,14 @@ fn a_flood_of_strangers_records_never_evicts_a_replica_a_contract_backs() {
     );
     assert!(
         p2.store().get(&unbacked_id).is_none(),
-        "the unbacked record expires soonest: a flood evicts it (its replica is fetched again \
-         at the deployer's next announcement)"
+        "the unbacked record expires soonest: a flood evicts it (its deployer sends it again: \
+         a_record_evicted_before_its_contract_comes_back_pinned)"
     );
     assert!(!p2.local_replicas().any(|(d, _)| *d == unbacked_id));
     // The backed replica still reports to its deployer.
-    let out = p2
-        .handle(
-            now,
-            Input::LocalPhase {
-                deployment: id,
-                image: Some(IMAGE.into()),
-                phase: TargetPhase::Healthy,
-                reason: None,
-            },
-        )
-        .unwrap();
-    assert!(
-        out.iter().any(|e| matches!(e,
-            Effect::Send { to, msg: FleetMessage::Report { deployment, phase: TargetPhase::Healthy, .. } }
-                if *to == Net::id(1) && *deployment == id)),
-        "{out:?}"
-    );
+    reports_healthy(&mut p2, now, id);
     // Its contract ended: no longer pinned, evictable again.
-    p2.handle(
-        now,
-        Input::LocalPhase {
-            deployment: id,
-            image: None,
-            phase: TargetPhase::Failed,
-            reason: Some("contract ended".into()),
-        },
-    )
-    .unwrap();
-    assert!(!p2.store().is_pinned(&id));
+    contract_ends(&mut p2, now, id);
 }
 
 /// An unfunded flood (throwaway keys with no balance on the ledger) evicts nothing: not even a
@@ -1510,18 +1530,7 @@ fn the_deployer_sends_its_record_again_to_a_target_behind() {
 /// pinned on arrival: the flood no longer evicts it, and the replica reports (THREATS N8).
 #[test]
 fn a_record_evicted_before_its_contract_comes_back_pinned() {
-    let mut p2 = FleetState::new(signer(2), FleetConfig::default());
-    p2.handle(T0, Input::SelfFacts(facts(2, "a", T0))).unwrap();
-    for seed in std::iter::once(1).chain(1_000..1_100) {
-        p2.handle(
-            T0,
-            Input::DeployerBalance {
-                deployer: signer(seed).node_id(),
-                balance: 1_000,
-            },
-        )
-        .unwrap();
-    }
+    let mut p2 = flooded_target();
     let from = |n: u64, gossip: bool, record: Deployment| Input::Remote {
         from: Net::id(n),
         gossip,
@@ -1562,36 +1571,10 @@ fn a_record_evicted_before_its_contract_comes_back_pinned() {
     flood(&mut p2, &mut now, 300);
     p2.handle(now, Input::Tick).unwrap();
     assert!(p2.store().get(&id).is_some(), "evicted again");
-    let out = p2
-        .handle(
-            now,
-            Input::LocalPhase {
-                deployment: id,
-                image: Some(IMAGE.into()),
-                phase: TargetPhase::Healthy,
-                reason: None,
-            },
-        )
-        .unwrap();
-    assert!(
-        out.iter().any(|e| matches!(e,
-            Effect::Send { to, msg: FleetMessage::Report { deployment, version: 1, .. } }
-                if *to == Net::id(1) && *deployment == id)),
-        "{out:?}"
-    );
+    reports_healthy(&mut p2, now, id);
     // Its contract ended: the next copy is not pinned.
     p2.handle(now, Input::Backing(Vec::new())).unwrap();
-    p2.handle(
-        now,
-        Input::LocalPhase {
-            deployment: id,
-            image: None,
-            phase: TargetPhase::Failed,
-            reason: Some("contract ended".into()),
-        },
-    )
-    .unwrap();
-    assert!(!p2.store().is_pinned(&id));
+    contract_ends(&mut p2, now, id);
 }
 
 /// A target that acts on a new version reports it even when its phase did not change, so its

@@ -404,8 +404,8 @@ pub struct FleetState<S: Signer> {
     counters: FleetCounters,
     /// Deployers' balances the node fed ([`Input::DeployerBalance`]) and when, bounded.
     balances: BTreeMap<NodeId, (u64, Timestamp)>,
-    /// The live contracts this node provides for, `(customer, image)` ([`Input::Backing`]).
-    backing: BTreeSet<(NodeId, String)>,
+    /// The live contracts this node provides for: images per customer ([`Input::Backing`]).
+    backing: BTreeMap<NodeId, BTreeSet<String>>,
     /// When this node's deployments were restored after a restart ([`FleetState::restore`]).
     restored_at: Option<Timestamp>,
     /// Something [`FleetState::saved`] returns changed since [`FleetState::take_dirty`] was
@@ -436,7 +436,7 @@ impl<S: Signer> FleetState<S> {
             local: BTreeMap::new(),
             counters: FleetCounters::default(),
             balances: BTreeMap::new(),
-            backing: BTreeSet::new(),
+            backing: BTreeMap::new(),
             restored_at: None,
             dirty: false,
         }
@@ -465,7 +465,10 @@ impl<S: Signer> FleetState<S> {
             Input::SelfFacts(facts) => self.self_facts = Some(facts),
             Input::Provider(facts) => self.provider_seen(facts),
             Input::Backing(live) => {
-                self.backing = live.into_iter().take(MAX_BACKING).collect();
+                self.backing.clear();
+                for (customer, image) in live.into_iter().take(MAX_BACKING) {
+                    self.backing.entry(customer).or_default().insert(image);
+                }
             }
             Input::PeerUp(node) => self.peer_up(now, node, &mut out),
             Input::DeployerBalance { deployer, balance } => {

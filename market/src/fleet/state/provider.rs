@@ -165,11 +165,10 @@ impl<S: Signer> FleetState<S> {
         // A live contract of its deployer's here for one of its images backs it: that costs
         // the deployer money, so it may evict and is pinned at once.
         let backed = wanted
-            && record
-                .body
-                .images()
-                .into_iter()
-                .any(|i| self.backing.contains(&(deployer, i.to_string())));
+            && self
+                .backing
+                .get(&deployer)
+                .is_some_and(|live| record.body.images().iter().any(|i| live.contains(*i)));
         let funded = backed || self.funded(&record.body);
         let inserted = self.store.insert_funded(record, wanted, funded);
         if backed && inserted.is_ok() {

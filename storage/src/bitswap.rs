@@ -5,7 +5,7 @@
 mod engine;
 mod message;
 
-pub use engine::{Received, ingest, respond};
+pub use engine::{Received, TARGET_MESSAGE_SIZE, ingest, respond};
 pub use message::{
     BitswapError, Block, BlockPresence, MAX_ENTRIES, MAX_ITEMS, MAX_MESSAGE_SIZE, Message,
     PresenceType, WantEntry, WantType, Wantlist,

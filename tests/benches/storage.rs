@@ -9,7 +9,9 @@
 //! skips the add); `AGORA_BENCH_LATENCY` (e.g. `50ms` one way), `AGORA_BENCH_JITTER` and
 //! `AGORA_BENCH_LOSS` run the fetches over emulated WAN links (`agora_network::wan`);
 //! `AGORA_BENCH_FETCH_PARALLELISM` sets the blocks in flight (default 32) and
-//! `AGORA_BENCH_FETCH_STATS=1` prints every node's bitswap counters after each fetch.
+//! `AGORA_BENCH_FETCH_STATS=1` prints every node's bitswap counters after each fetch;
+//! `AGORA_BENCH_LOG` (a tracing filter such as `agora_exchange=trace,yamux=debug`) prints the
+//! in-process nodes' logs to stderr.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -205,6 +207,12 @@ print(ffi.string(p).decode(), dt)
 }
 
 fn main() {
+    if let Ok(filter) = std::env::var("AGORA_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let tmp = tempfile::tempdir().unwrap();
     let fetch_mib = env_mib("AGORA_BENCH_FETCH_MIB", 64);
     let add_mib = env_mib("AGORA_BENCH_ADD_MIB", 256);

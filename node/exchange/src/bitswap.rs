@@ -169,6 +169,8 @@ impl Bitswap {
                         let Some(permit) = quota.try_acquire(peer) else {
                             continue;
                         };
+                        // Our stream back starts opening now (see `spawn_writer`).
+                        me.writer(peer);
                         let me = me.clone();
                         let cancel = cancel.clone();
                         tokio::spawn(
@@ -248,13 +250,7 @@ impl Bitswap {
     /// Queues a message to `peer`, starting its writer task if needed. Drops it if the queue is
     /// full (the peer is slow; wants are retried by the fetcher).
     pub fn send(&self, peer: PeerId, message: Message) {
-        let mut peers = lock(&self.inner.peers);
-        let tx = peers
-            .entry(peer)
-            .or_insert_with(|| self.spawn_writer(peer))
-            .clone();
-        drop(peers);
-        if let Err(e) = tx.try_send(message) {
+        if let Err(e) = self.writer(peer).try_send(message) {
             debug!(%peer, error = %e, "bitswap message dropped");
         }
     }
@@ -265,11 +261,27 @@ impl Bitswap {
         tokio::spawn(
             async move {
                 let mut control = me.inner.control.clone();
-                let mut stream = None;
-                loop {
+                // Opened at once, not on the first message: a writer also starts when a peer
+                // opens a stream to us (`start`), so our stream back is negotiated while that
+                // peer's wants are on their way, which saves a round trip on its first block.
+                // A peer we cannot reach gets no writer (its messages are dropped; the next
+                // one starts a new writer).
+                let mut stream = tokio::select! {
+                    _ = me.inner.cancel.cancelled() => None,
+                    opened = open(&mut control, peer) => opened
+                        .map_err(|e| debug!(%peer, error = %e, "cannot open bitswap stream"))
+                        .ok(),
+                };
+                while stream.is_some() {
+                    // An idle writer ends (the peer closes our idle stream after the same
+                    // time), so writers are kept only for peers active lately, however many
+                    // identities have opened a stream to us.
                     let msg = tokio::select! {
                         _ = me.inner.cancel.cancelled() => break,
-                        m = rx.recv() => match m { Some(m) => m, None => break },
+                        m = tokio::time::timeout(INBOUND_IDLE, rx.recv()) => match m {
+                            Ok(Some(m)) => m,
+                            Ok(None) | Err(_) => break,
+                        },
                     };
                     // One reconnect attempt per message: a stream reset by the peer is reopened.
                     let mut sent = false;
@@ -387,11 +399,15 @@ impl Bitswap {
 
     /// Queues a message to `peer`, waiting for room; false if the peer's writer is gone.
     async fn send_wait(&self, peer: PeerId, message: Message) -> bool {
-        let tx = lock(&self.inner.peers)
+        self.writer(peer).send(message).await.is_ok()
+    }
+
+    /// The queue of `peer`'s writer, started if there is none.
+    fn writer(&self, peer: PeerId) -> mpsc::Sender<Message> {
+        lock(&self.inner.peers)
             .entry(peer)
             .or_insert_with(|| self.spawn_writer(peer))
-            .clone();
-        tx.send(message).await.is_ok()
+            .clone()
     }
 
     /// Stores wanted blocks and tells the sessions that want them (blocking: sled).

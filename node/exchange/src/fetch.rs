@@ -283,6 +283,7 @@ impl Fetch<'_> {
 
     /// Learns the latency of `asked` from a block it delivered `elapsed` after the want.
     fn sample(&mut self, cid: Cid, asked: PeerId, from: PeerId, elapsed: Duration) {
+        tracing::trace!(%cid, ms = elapsed.as_secs_f64() * 1e3, in_flight = self.in_flight.len(), "block arrived");
         if self.asked_again.remove(&cid) || asked != from {
             return;
         }

@@ -28,8 +28,11 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, Sleep};
 
-/// Bytes a shaped connection holds back at most before it stops reading from the socket.
-pub const MAX_HELD_BYTES: usize = 4 << 20;
+/// Bytes a shaped connection holds back at most before it stops reading from the socket. A
+/// real link holds its rate times its delay on the wire, so this caps the emulated rate at
+/// `MAX_HELD_BYTES / latency`: 320 MiB/s at 50 ms one way (4 MiB, until session 28, capped it
+/// at 80 MiB/s, near what two nodes on this machine reach; `docs/PERFORMANCE.md`).
+pub const MAX_HELD_BYTES: usize = 16 << 20;
 
 /// TCP's usual maximum segment size on Ethernet: the unit that is lost.
 const SEGMENT: usize = 1460;

@@ -13,7 +13,14 @@ use crate::{BlockStore, StorageError};
 /// Room left for framing and presences when packing blocks into one message.
 const HEADROOM: usize = 64 * 1024;
 
-/// Answers a peer's wants from `store`, split into messages each under the size limit.
+/// Blocks go into one message until it holds this many bytes; a larger block travels alone.
+/// Small blocks are batched, but a 256 KiB block (UnixFS's usual chunk) is a message of its
+/// own, so the receiver can store it, and ask for the next one, as soon as it arrived instead
+/// of after up to 4 MiB of other blocks (as Kubo's engine sends large blocks one at a time).
+pub const TARGET_MESSAGE_SIZE: usize = 256 * 1024;
+
+/// Answers a peer's wants from `store`, split into messages each under the size limit and,
+/// unless a single block is larger, at most [`TARGET_MESSAGE_SIZE`].
 ///
 /// Block wants we can serve get the block; Have wants get HAVE; wants we cannot serve get
 /// DONT_HAVE when the peer asked for it. Corrupted local blocks are treated as missing (the store
@@ -35,7 +42,8 @@ pub fn respond<S: BlockStore + ?Sized>(
             WantType::Block => match store.get(&entry.cid) {
                 Ok(data) => {
                     let need = data.len() + 128;
-                    if size + need > MAX_MESSAGE_SIZE - HEADROOM && size > 0 {
+                    let limit = TARGET_MESSAGE_SIZE.min(MAX_MESSAGE_SIZE - HEADROOM);
+                    if size + need > limit && size > 0 {
                         out.push(Message::default());
                         size = 0;
                     }

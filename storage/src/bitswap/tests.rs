@@ -192,6 +192,36 @@ fn large_responses_are_split_under_the_limit() {
     assert_eq!(served, cids);
 }
 
+/// Issue #17: a UnixFS-sized block travels in a message of its own (the receiver stores it,
+/// and asks for the next, as soon as it arrived); small blocks are still batched.
+#[test]
+fn chunk_sized_blocks_travel_alone_and_small_ones_together() {
+    let store = MemoryBlockStore::new();
+    let put = |data: Vec<u8>| {
+        let cid = cid_v1_sha256(RAW, &data);
+        store.put(&cid, &data).unwrap();
+        cid
+    };
+    let chunks: Vec<Cid> = (0..5u8).map(|i| put(vec![i; 256 * 1024])).collect();
+    let out = respond(&store, &Message::want_blocks(&chunks)).unwrap();
+    assert_eq!(out.len(), 5);
+    assert!(out.iter().all(|m| m.payload.len() == 1));
+    let small: Vec<Cid> = (0..100u8).map(|i| put(vec![i; 1024])).collect();
+    let out = respond(&store, &Message::want_blocks(&small)).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].payload.len(), 100);
+    let many: Vec<Cid> = (0..600u16)
+        .map(|i| put(i.to_be_bytes().repeat(512)))
+        .collect();
+    let out = respond(&store, &Message::want_blocks(&many)).unwrap();
+    assert!(out.len() >= 2);
+    assert!(
+        out.iter()
+            .all(|m| m.encode().len() <= TARGET_MESSAGE_SIZE + 1024)
+    );
+    assert_eq!(out.iter().map(|m| m.payload.len()).sum::<usize>(), 600);
+}
+
 /// Issue #13.5: the 4 MiB message of 5-byte fixed32 fields that overflowed a debug build's stack
 /// (one recursive call per field). Decoded here on a 128 KiB stack.
 #[test]

@@ -192,6 +192,36 @@ async fn unknown_cid_times_out_with_a_clear_error() {
     net.shutdown().await;
 }
 
+/// A peer that opens a bitswap stream to a node gets the node's stream back at once, before
+/// it asked for anything: the negotiation of the stream back overlaps the peer's first wants
+/// (issue #17: a round trip saved on the first block over a long link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_opens_a_stream_gets_the_stream_back_before_any_answer() {
+    let net = devnet(2).await;
+    let a = &net.node(0).unwrap().storage;
+    assert_eq!(a.bitswap().unwrap().stats().writers, 0);
+    let target = net.handle(0).unwrap().peer_id();
+    let mut control = net.handle(1).unwrap().stream_control();
+    let mut s = control
+        .open_stream(target, StreamProtocol::new("/ipfs/bitswap/1.2.0"))
+        .await
+        .unwrap();
+    // An empty message: nothing to answer.
+    s.write_all(&encode_varint(0)).await.unwrap();
+    s.flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.bitswap().unwrap().stats().writers < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no writer back to the peer: {:?}",
+            a.bitswap().unwrap().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.bitswap().unwrap().stats().blocks_sent, 0);
+    net.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_and_oversized_messages_are_rejected_without_harm() {
     let tmp = tempfile::tempdir().unwrap();

@@ -83,6 +83,10 @@ pub struct BitswapStats {
     /// Bytes of wanted block data received and stored.
     #[serde(default)]
     pub bytes_received: u64,
+    /// Peers we hold a writer (an outbound stream and its queue) for now: peers that opened a
+    /// stream to us or that we sent something, within the last minute.
+    #[serde(default)]
+    pub writers: u64,
 }
 
 #[derive(Default)]
@@ -207,6 +211,7 @@ impl Bitswap {
             unwanted: c.unwanted.load(Ordering::Relaxed),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            writers: lock(&self.inner.peers).len() as u64,
         }
     }
 

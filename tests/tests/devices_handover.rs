@@ -6,7 +6,8 @@
 //! is SIGKILLed while it flashes the second device (the first one updated): the arbitrators
 //! attest, B takes the devices and resumes the job — the updated device is skipped as current,
 //! the one A left in its bootloader is flashed again, the locked one is never touched — and no
-//! reading is lost or counted twice. Before the kill, a stranger sends B hand-offs it has no right
+//! reading is lost or counted twice — also when B is SIGKILLed in turn while it flashes 102 and
+//! restarted: its job table brings the job back and it finishes it. Before the kill, a stranger sends B hand-offs it has no right
 //! to make (threat R2): each is refused and counted, and A's job stays kept.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -279,6 +280,38 @@ async fn a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_
     );
     s.failover(&armed, killed).await.unwrap();
 
+    // B is SIGKILLed in turn while it flashes 102 for A's job, and restarted (issue #16: a
+    // provider restarted while it runs a taken-over job). Its job table brings the job back
+    // (`radio-jobs.json`), 102 starts over from its bootloader, and the kept hand-off stays
+    // resumed: no second job is started from it.
+    let resumed_job = |l: &JobList| {
+        l.jobs
+            .iter()
+            .filter(|j| {
+                j.resumed_from
+                    .as_ref()
+                    .is_some_and(|r| r.owner == a_id && r.job == started.id)
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    wait_for("B to resume A's job and flash 102", 90, async || {
+        let l: JobList = api(&bn)?.get("/v1/devices/jobs").await.ok()?;
+        let j = resumed_job(&l).pop()?;
+        let d102 = j.status.devices.iter().find(|d| d.device == 102)?;
+        (d102.step == Step::Flashing && d102.chunks_done >= 2).then_some(())
+    })
+    .await
+    .unwrap();
+    s.kill(armed.b).unwrap();
+    let cut = s.device_metas()[&102].clone();
+    assert_eq!(
+        (cut.mode, cut.version.as_str()),
+        (Mode::Bootloader, "1.0.0"),
+        "B died with 102 in its bootloader"
+    );
+    s.restart(armed.b).await.unwrap();
+
     // B resumes A's job and finishes it.
     let resumed = wait_for("B to finish A's job", 120, async || {
         let l: JobList = api(&bn)?.get("/v1/devices/jobs").await.ok()?;
@@ -291,6 +324,31 @@ async fn a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_
     })
     .await
     .unwrap();
+    assert!(
+        resumed.restored_at.is_some(),
+        "B reloaded the job it was running when it was killed: {resumed:#?}"
+    );
+    let after: JobList = api(&bn).unwrap().get("/v1/devices/jobs").await.unwrap();
+    assert_eq!(
+        resumed_job(&after).len(),
+        1,
+        "one job on B for A's hand-off, restored, not started again: {:#?}",
+        after.jobs
+    );
+    assert!(after.stats.restored >= 1, "{:?}", after.stats);
+    assert_eq!(
+        after.stats.resume_failed, 0,
+        "the reloaded hand-off is not resumed a second time: {:?}",
+        after.stats
+    );
+    assert!(
+        after
+            .handoffs
+            .iter()
+            .any(|k| k.owner.to_string() == a_id && k.handoff.job == started.id && k.resumed),
+        "B's kept hand-off reloaded as resumed: {:?}",
+        after.handoffs
+    );
     let outcome = |id: u32| {
         resumed
             .status

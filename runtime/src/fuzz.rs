@@ -61,7 +61,10 @@ const RECORD: usize = 17;
 fn fuzz_host() -> Option<&'static (Arc<Host>, CompiledModule)> {
     static HOST: OnceLock<Option<(Arc<Host>, CompiledModule)>> = OnceLock::new();
     HOST.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("agora-runtime-fuzz-{}", std::process::id()));
+        // One directory for every fuzzing process: it only ever caches the trampoline's
+        // compiled module (the same id each run; the cache writes through renamed temporary
+        // files), so runs reuse it instead of leaving a directory per process in /tmp.
+        let dir = std::env::temp_dir().join("agora-runtime-fuzz");
         let mut config = HostConfig::new(dir, [9; 32]);
         config.max_instances = 4;
         config.max_memory_bytes = 1 << 20;

@@ -5,9 +5,10 @@
 //! counts are the balanced 2/2, no node ever runs both variants, and `deploy status` shows each
 //! target's variant. Providers 6 and 7 join: the fleet rebalances to 3/3 — they run a, and the
 //! one BLE provider that ran a is moved to b (its a contract released, b placed) while the
-//! other two keep b (the fewest moves). The scale (30 nodes, 10 with BLE, 6 joining)
-//! runs in the pure test `agora-market fleet::variant::tests::thirty_targets_ten_with_ble_then_six_join`:
-//! 30 processes are too many for this shared 2-core machine.
+//! other two keep b (the fewest moves). The scale (30 targets, 10 with BLE, 6 joining)
+//! runs in the pure test `agora-market fleet::variant::tests::thirty_targets_ten_with_ble_then_six_join`
+//! and, on 37 real processes, in the bench `cargo bench -p agora-tests --bench variants` (too
+//! heavy for CI's time budget).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;

@@ -11,12 +11,27 @@ use crate::signed::Signed;
 use crate::validate::check_bid_constraints;
 
 impl<S: Signer + Clone> MarketState<S> {
+    /// Whether `entry` is our own auction open only to some providers and each of them has
+    /// bid: no other bid may win it, so it closes now rather than at its window's end (a fleet
+    /// placement's window is long so that a target's bid slowed by a loaded machine or link
+    /// still arrives in time, and it costs nothing when the bid arrives at once).
+    pub(super) fn every_chosen_bid(&self, id: &AuctionId, entry: &super::AuctionEntry) -> bool {
+        entry.request.body.customer == self.me
+            && self.restricted.get(id).is_some_and(|only| {
+                !only.is_empty()
+                    && only
+                        .iter()
+                        .all(|p| entry.bids.values().any(|b| b.body.provider == *p))
+            })
+    }
+
     pub(super) fn tick(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
         let closing: Vec<AuctionId> = self
             .auctions
             .iter()
-            .filter(|(_, e)| {
-                e.status == AuctionStatus::Open && e.request.body.window_closes_at <= now
+            .filter(|(id, e)| {
+                e.status == AuctionStatus::Open
+                    && (e.request.body.window_closes_at <= now || self.every_chosen_bid(id, e))
             })
             .map(|(id, _)| *id)
             .collect();

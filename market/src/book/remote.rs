@@ -128,6 +128,14 @@ impl<S: Signer + Clone> MarketState<S> {
         if let Some(entry) = self.auctions.get_mut(&auction) {
             entry.bids.insert(bid_id, bid);
         }
+        if self
+            .auctions
+            .get(&auction)
+            .is_some_and(|e| self.every_chosen_bid(&auction, e))
+        {
+            // Every provider it is open to has bid: close it at the next tick, now.
+            out.push(Effect::ScheduleTimeout { at: now });
+        }
         tracing::debug!(auction = %auction.short(), bid = %bid_id.short(), price, "bid accepted");
         out.push(Effect::BidReceived {
             auction,

@@ -370,6 +370,103 @@ fn auctions_restricted_to_others_do_not_use_up_a_provider_s_holds_for_that_custo
 }
 
 #[test]
+fn a_restricted_auction_closes_as_soon_as_every_chosen_provider_has_bid() {
+    // A fleet placement's auction is open to its target only, with a long window so that a
+    // bid slowed by a loaded machine still counts; once the target has bid, nothing else can
+    // win it, so it closes at once instead of at the window's end.
+    let mut net = Net::new(vec![
+        MarketConfig::default(),
+        provider_config(big_capacity()),
+    ]);
+    let chosen = net.nodes[1].node_id();
+    net.input(
+        0,
+        0,
+        Input::CreateAuctionFor {
+            spec: AuctionBuilder::new()
+                .max_price(1000)
+                .window_ms(10_000)
+                .spec(),
+            only: std::collections::BTreeSet::from([chosen]),
+        },
+    );
+    assert!(
+        net.effects_of(0)
+            .any(|e| matches!(e, Effect::ScheduleTimeout { at: 0 })),
+        "the chosen provider's bid asks for a tick now"
+    );
+    net.input(1, 0, Input::Tick);
+    assert!(
+        net.effects_of(0).any(|e| matches!(
+            e,
+            Effect::AuctionClosed {
+                winner: Some(_),
+                ..
+            }
+        )),
+        "closed 1 ms in, 10 s before its window ends"
+    );
+    assert_eq!(net.agreed(1).len(), 1);
+
+    // Open to two providers of which one has not bid (it is no provider): it waits for the
+    // window's end, then the one bid wins.
+    let mut net = Net::new(vec![
+        MarketConfig::default(),
+        provider_config(big_capacity()),
+        MarketConfig::default(),
+    ]);
+    let only = std::collections::BTreeSet::from([net.nodes[1].node_id(), net.nodes[2].node_id()]);
+    net.input(
+        0,
+        0,
+        Input::CreateAuctionFor {
+            spec: AuctionBuilder::new()
+                .max_price(1000)
+                .window_ms(10_000)
+                .spec(),
+            only,
+        },
+    );
+    net.input(1, 0, Input::Tick);
+    net.input(9_999, 0, Input::Tick);
+    assert!(
+        !net.effects_of(0)
+            .any(|e| matches!(e, Effect::AuctionClosed { .. })),
+        "one chosen provider has not bid: still open"
+    );
+    net.input(10_000, 0, Input::Tick);
+    assert!(net.effects_of(0).any(|e| matches!(
+        e,
+        Effect::AuctionClosed {
+            winner: Some(_),
+            ..
+        }
+    )));
+    assert_eq!(net.agreed(1).len(), 1);
+
+    // An auction open to everyone never closes early, however many bid.
+    let mut net = Net::new(vec![
+        MarketConfig::default(),
+        provider_config(big_capacity()),
+    ]);
+    net.input(
+        0,
+        0,
+        Input::CreateAuction(
+            AuctionBuilder::new()
+                .max_price(1000)
+                .window_ms(10_000)
+                .spec(),
+        ),
+    );
+    net.input(1, 0, Input::Tick);
+    assert!(
+        !net.effects_of(0)
+            .any(|e| matches!(e, Effect::AuctionClosed { .. }))
+    );
+}
+
+#[test]
 fn a_restricted_auction_is_won_only_by_the_chosen_provider() {
     // Node 1 is cheap and would win; the fleet's plan chose node 2, so only its bid may win.
     let mut dear = provider_config(big_capacity());

@@ -19,8 +19,12 @@ use super::{
     Done, FleetTask, MAX_PLACEMENTS, MAX_SENDS_IN_FLIGHT, MAX_UNBACKED_PREFETCHES, Placement,
 };
 
-/// Bidding window of a placement's auction.
-const PLACE_WINDOW_MS: u64 = 2_000;
+/// Bidding window of a placement's auction. The auction is open to its target only and closes
+/// as soon as the target has bid (`agora_market` closes such an auction early), so the window
+/// costs nothing when the bid arrives at once; it is long so that a bid slowed by a loaded
+/// machine or a slow link still counts (at 2 s, 37 processes on 2 cores lost placements to bids
+/// arriving 0.2-3.5 s after the window, each then waiting a minute to be placed again).
+const PLACE_WINDOW_MS: u64 = 10_000;
 /// Time after the window to award it.
 const PLACE_AWARD_GRACE_MS: u64 = 30_000;
 /// Attempts to deliver one fleet message.

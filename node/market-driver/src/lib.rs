@@ -14,6 +14,7 @@
 
 mod agreed;
 pub mod deals;
+mod deliver;
 
 pub use agreed::{AGREED_CHANNEL, MAX_PENDING_AGREED};
 
@@ -160,6 +161,8 @@ struct MarketTask {
     regions: Vec<String>,
     /// Peers asked for region snapshots (late join); a few are enough.
     snapshot_peers: BTreeSet<NodeId>,
+    /// Direct messages being retried (bounded).
+    retrying: deliver::Retrying,
 }
 
 /// How many peers a node asks for open auctions and offers when it joins.
@@ -193,6 +196,7 @@ pub async fn spawn(
         seq: 0,
         regions: regions.clone(),
         snapshot_peers: BTreeSet::new(),
+        retrying: deliver::Retrying::default(),
     };
     for r in &regions {
         task.ensure_subscribed(&topic_for_region(r)).await;
@@ -422,14 +426,39 @@ impl MarketTask {
             return;
         };
         let Ok(bytes) = msg.encode() else { return };
-        self.seq += 1;
-        let env = Envelope::seal(&self.signer, Kind::Market, now_ms(), self.seq, bytes);
-        let network = self.network.clone();
+        // A failed request is sent again a few times, each in a fresh envelope (`deliver`).
+        let (slot, attempts) = self.retrying.take(deliver::MAX_RETRYING);
+        let first_seq = self.seq.wrapping_add(1);
+        self.seq = self.seq.wrapping_add(u64::from(attempts));
+        let (network, signer) = (self.network.clone(), self.signer.clone());
         let kind = msg.kind();
         tokio::spawn(
             async move {
-                if let Err(e) = network.request(peer, &env).await {
-                    warn!(to = %to.short(), kind, error = %e, "market message not delivered");
+                let _slot = slot;
+                let sent = deliver::with_retries(attempts, deliver::RETRY_MS, |n| {
+                    let env = Envelope::seal(
+                        &signer,
+                        Kind::Market,
+                        now_ms(),
+                        first_seq.wrapping_add(u64::from(n)),
+                        bytes.clone(),
+                    );
+                    let network = network.clone();
+                    async move {
+                        network.request(peer, &env).await.map(|_| ()).inspect_err(|e| {
+                            debug!(to = %to.short(), kind, attempt = n, error = %e, "market message not delivered; retrying while attempts last");
+                        })
+                    }
+                })
+                .await;
+                match sent {
+                    Ok(n) if n > 0 => {
+                        info!(to = %to.short(), kind, attempt = n, "market message delivered on a retry");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(to = %to.short(), kind, attempts, error = %e, "market message not delivered");
+                    }
                 }
             }
             .in_current_span(),

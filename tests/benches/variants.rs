@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 
 use agora_runtime::test_utils::lora_gateway_wasm;
 use agora_tests::bench::{env_u64, load1};
-use agora_tests::fleet::{label, node_ids, publish, reconfigure, running_of, status, without_ble};
-use agora_tests::{TestDevnet, agora, agora_json};
+use agora_tests::fleet::{
+    create_ble_variants, label, node_ids, publish, reconfigure, running_of, status, without_ble,
+};
+use agora_tests::{TestDevnet, agora};
 
 /// How often the fleet is looked at.
 const POLL: Duration = Duration::from_millis(500);
@@ -194,25 +196,7 @@ fn main() {
     let a = publish(&net, "variant-a", "0.1.0", &wasm);
     let b = publish(&net, "variant-b", "0.1.0", &wasm);
     let images = [a.as_str(), b.as_str()];
-    let created = agora_json(&[
-        "deploy",
-        "create",
-        "--variant",
-        &format!("a={a}"),
-        "--variant",
-        &format!("b={b}:iface=ble"),
-        "--to",
-        "site=factory",
-        "--all",
-        "--name",
-        "diverse",
-        "--cpu",
-        "250m",
-        "--memory",
-        "64MiB",
-        "--data-dir",
-        &net.node(0),
-    ]);
+    let created = create_ble_variants(&net, &a, &b, "diverse");
     let id = created["id"].as_str().unwrap().to_string();
 
     let none = BTreeMap::new();

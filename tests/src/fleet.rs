@@ -274,6 +274,31 @@ pub fn create(net: &TestDevnet, image: &str, args: &[&str]) -> String {
     created["id"].as_str().unwrap().to_string()
 }
 
+/// `agora deploy create --variant a=A --variant b=B:iface=ble --to site=factory --all --name
+/// NAME` on node 0 with the fleet tests' replica size: variant `a` anywhere, `b` only where BLE
+/// is; returns the JSON answer.
+pub fn create_ble_variants(net: &TestDevnet, a: &str, b: &str, name: &str) -> serde_json::Value {
+    crate::agora_json(&[
+        "deploy",
+        "create",
+        "--variant",
+        &format!("a={a}"),
+        "--variant",
+        &format!("b={b}:iface=ble"),
+        "--to",
+        "site=factory",
+        "--all",
+        "--name",
+        name,
+        "--cpu",
+        "250m",
+        "--memory",
+        "64MiB",
+        "--data-dir",
+        &net.node(0),
+    ])
+}
+
 /// [`create`] with `--to site=factory --replicas 1 --name NAME`.
 pub fn create_one(net: &TestDevnet, image: &str, name: &str) -> String {
     create(

@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use agora_runtime::test_utils::lora_gateway_wasm;
 use agora_tests::fleet::{
-    label, node_ids, publish, reconfigure, running_of, status, wait_for, without_ble,
+    create_ble_variants, label, node_ids, publish, reconfigure, running_of, status, wait_for,
+    without_ble,
 };
-use agora_tests::{TestDevnet, agora, agora_json};
+use agora_tests::{TestDevnet, agora};
 
 /// Labelled `site=factory`.
 const LABELLED: [usize; 6] = [1, 2, 3, 4, 6, 7];
@@ -81,25 +82,7 @@ fn variants_respect_constraints_balance_and_rebalance_after_a_join() {
     ]);
     assert!(!both.status.success(), "{both:?}");
 
-    let created = agora_json(&[
-        "deploy",
-        "create",
-        "--variant",
-        &format!("a={a}"),
-        "--variant",
-        &format!("b={b}:iface=ble"),
-        "--to",
-        "site=factory",
-        "--all",
-        "--name",
-        "diverse",
-        "--cpu",
-        "250m",
-        "--memory",
-        "64MiB",
-        "--data-dir",
-        &net.node(0),
-    ]);
+    let created = create_ble_variants(&net, &a, &b, "diverse");
     let id = created["id"].as_str().unwrap().to_string();
     assert_eq!(created["variants"].as_array().map(Vec::len), Some(2));
 

@@ -101,8 +101,20 @@ impl<S: Signer + Clone> MarketState<S> {
         customer == self.me || self.my_bids.contains_key(id)
     }
 
+    /// Whether this node may bid on `req`: it is open to everyone or names this node.
+    fn open_to_me(&self, req: &AuctionRequest) -> bool {
+        req.body.only.is_empty() || req.body.only.contains(&self.me)
+    }
+
     /// Checks a remote auction against the per-customer and total bounds; evicts one entry if
     /// that makes room. Call after validation, before recording the nonce.
+    ///
+    /// The per-customer quota counts only auctions this node may bid on: an auction open only
+    /// to other providers (a fleet placement for another target) is kept to be judged and
+    /// forwarded, under the total bound alone, and is the first to give way when the book is
+    /// full. Otherwise a deployer placing more targets at once than the quota made each
+    /// provider's book refuse the very auction open to it (seen with 36 targets: the auction
+    /// closed without its target's bid and the target waited a minute to be placed again).
     pub(super) fn admit_auction(
         &mut self,
         id: AuctionId,
@@ -110,12 +122,17 @@ impl<S: Signer + Clone> MarketState<S> {
     ) -> Result<(), MarketError> {
         let customer = req.body.customer;
         let limits = &self.config.limits;
+        let for_me = self.open_to_me(req);
         let mut held: BTreeMap<NodeId, usize> = BTreeMap::new();
+        let mut held_for_me: BTreeMap<NodeId, usize> = BTreeMap::new();
         for e in self.auctions.values() {
             *held.entry(e.request.body.customer).or_default() += 1;
+            if self.open_to_me(&e.request) {
+                *held_for_me.entry(e.request.body.customer).or_default() += 1;
+            }
         }
-        let mine = held.get(&customer).copied().unwrap_or(0);
-        if mine >= limits.max_auctions_per_customer {
+        let quota_used = held_for_me.get(&customer).copied().unwrap_or(0);
+        if for_me && quota_used >= limits.max_auctions_per_customer {
             self.counters.auctions_refused_quota += 1;
             tracing::debug!(auction = %id.short(), customer = %customer.short(), max = limits.max_auctions_per_customer, "auction refused: customer quota");
             return Err(MarketError::CustomerQuota {
@@ -123,10 +140,12 @@ impl<S: Signer + Clone> MarketState<S> {
                 max: limits.max_auctions_per_customer,
             });
         }
+        let mine = held.get(&customer).copied().unwrap_or(0);
         let room = if self.auctions.len() < limits.max_auctions {
             Some(Room::Free)
         } else {
-            // Closed before open, then the heaviest customer, then the soonest to expire.
+            // Auctions open only to others first, then closed before open, then the heaviest
+            // customer, then the soonest to expire.
             self.auctions
                 .iter()
                 .filter(|(aid, e)| !self.needed(aid, e.request.body.customer))
@@ -134,13 +153,22 @@ impl<S: Signer + Clone> MarketState<S> {
                     let owner = e.request.body.customer;
                     let count = held.get(&owner).copied().unwrap_or(0);
                     let open = e.status == AuctionStatus::Open;
+                    let victim_for_me = self.open_to_me(&e.request);
                     (
-                        (open, Reverse(count), e.request.body.expires_at, *aid),
+                        (
+                            victim_for_me,
+                            open,
+                            Reverse(count),
+                            e.request.body.expires_at,
+                            *aid,
+                        ),
                         count,
                     )
                 })
                 .min_by_key(|(key, _)| *key)
-                .filter(|((open, ..), count)| !open || *count > mine)
+                .filter(|((victim_for_me, open, ..), count)| {
+                    (for_me && !victim_for_me) || !open || *count > mine
+                })
                 .map(|((.., aid), _)| Room::Evict(aid))
         };
         match room {

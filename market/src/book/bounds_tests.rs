@@ -238,6 +238,65 @@ fn one_customer_cannot_fill_the_auction_book() {
 }
 
 #[test]
+fn auctions_open_only_to_others_do_not_use_up_the_quota_of_their_customer() {
+    // A fleet deployer places more targets at once than the per-customer quota: every
+    // provider's book holds the placements for the other targets, and its own still gets in
+    // (before: refused by the quota, so the target never bid on the auction open to it).
+    let mut cfg = small_book();
+    cfg.capacity = big_capacity();
+    cfg.dmu.provider.auto_bid = true;
+    cfg.limits.max_auctions = 8;
+    let mut node = MarketState::new(signer(50), cfg);
+    let deployer = signer(1);
+    let open_to = |only: Vec<NodeId>, now: Timestamp| {
+        AuctionBuilder::new()
+            .spec()
+            .create_for(&deployer, now, crate::test_utils::fresh_nonce(), only)
+            .unwrap()
+    };
+    for i in 0..6u8 {
+        let a = open_to(vec![NodeId([100 + i; 32])], u64::from(i));
+        let out = remote(&mut node, u64::from(i), MarketMessage::Auction(a));
+        assert!(
+            rejected(&out).is_empty(),
+            "placement {i} for another target"
+        );
+        assert!(sent_bid(&out).is_none(), "not open to this node: no bid");
+    }
+    let mine = open_to(vec![node.node_id()], 6);
+    let out = remote(&mut node, 6, MarketMessage::Auction(mine));
+    assert!(rejected(&out).is_empty(), "{:?}", rejected(&out));
+    assert!(
+        sent_bid(&out).is_some(),
+        "the target bids on the auction open to it"
+    );
+    // The quota still holds for auctions this node may bid on: 3 in all (the third fills the
+    // book, 8, and takes the place of a placement for another target).
+    for i in 7..9 {
+        let a = AuctionBuilder::new().build(&deployer, i);
+        assert!(rejected(&remote(&mut node, i, MarketMessage::Auction(a))).is_empty());
+    }
+    let extra = AuctionBuilder::new().build(&deployer, 9);
+    assert!(matches!(
+        &rejected(&remote(&mut node, 9, MarketMessage::Auction(extra)))[..],
+        [MarketError::CustomerQuota { max: 3, .. }]
+    ));
+    // The book is full: an auction open to this node from another customer takes the place of
+    // another one open only to others, never of one this node may bid on.
+    assert_eq!(node.auctions().len(), 8);
+    let other = AuctionBuilder::new().build(&signer(2), 10);
+    assert!(rejected(&remote(&mut node, 10, MarketMessage::Auction(other))).is_empty());
+    let for_me = node
+        .auctions()
+        .values()
+        .filter(|e| e.request.body.only.is_empty() || e.request.body.only.contains(&node.node_id()))
+        .count();
+    assert_eq!(for_me, 4, "the 3 of the deployer and the newcomer");
+    assert_eq!(node.book_stats().counters.auctions_evicted, 2);
+    assert_eq!(node.auctions().len(), 8);
+}
+
+#[test]
 fn closed_auctions_give_way_first_and_needed_ones_never() {
     let mut cfg = small_book();
     cfg.capacity = big_capacity();

@@ -369,6 +369,21 @@ fn auctions_restricted_to_others_do_not_use_up_a_provider_s_holds_for_that_custo
     }
 }
 
+/// Node 0 opens, at 0, an auction with a 10 s window that only `only` may win.
+fn open_for_ten_seconds_to(net: &mut Net, only: std::collections::BTreeSet<NodeId>) {
+    net.input(
+        0,
+        0,
+        Input::CreateAuctionFor {
+            spec: AuctionBuilder::new()
+                .max_price(1000)
+                .window_ms(10_000)
+                .spec(),
+            only,
+        },
+    );
+}
+
 #[test]
 fn a_restricted_auction_closes_as_soon_as_every_chosen_provider_has_bid() {
     // A fleet placement's auction is open to its target only, with a long window so that a
@@ -379,17 +394,7 @@ fn a_restricted_auction_closes_as_soon_as_every_chosen_provider_has_bid() {
         provider_config(big_capacity()),
     ]);
     let chosen = net.nodes[1].node_id();
-    net.input(
-        0,
-        0,
-        Input::CreateAuctionFor {
-            spec: AuctionBuilder::new()
-                .max_price(1000)
-                .window_ms(10_000)
-                .spec(),
-            only: std::collections::BTreeSet::from([chosen]),
-        },
-    );
+    open_for_ten_seconds_to(&mut net, std::collections::BTreeSet::from([chosen]));
     assert!(
         net.effects_of(0)
             .any(|e| matches!(e, Effect::ScheduleTimeout { at: 0 })),
@@ -416,17 +421,7 @@ fn a_restricted_auction_closes_as_soon_as_every_chosen_provider_has_bid() {
         MarketConfig::default(),
     ]);
     let only = std::collections::BTreeSet::from([net.nodes[1].node_id(), net.nodes[2].node_id()]);
-    net.input(
-        0,
-        0,
-        Input::CreateAuctionFor {
-            spec: AuctionBuilder::new()
-                .max_price(1000)
-                .window_ms(10_000)
-                .spec(),
-            only,
-        },
-    );
+    open_for_ten_seconds_to(&mut net, only);
     net.input(1, 0, Input::Tick);
     net.input(9_999, 0, Input::Tick);
     assert!(

@@ -2,12 +2,12 @@
 //! releases through the ledger, prefetches through storage.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agora_contracts::{SettleReason, TxKind};
 use agora_market::fleet::{Effect, FLEET_TOPIC, FleetMessage, Input, ReleaseReason, TargetPhase};
 use agora_market::{AuctionKind, AuctionSpec, DeploymentId, MarketMessage, NodeId, Resources};
 use agora_network::keys::peer_id_of;
+use agora_network::retry;
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 use tracing::{Instrument, debug, info, warn};
@@ -28,7 +28,7 @@ const PLACE_WINDOW_MS: u64 = 10_000;
 /// Time after the window to award it.
 const PLACE_AWARD_GRACE_MS: u64 = 30_000;
 /// Attempts to deliver one fleet message.
-const SEND_ATTEMPTS: u64 = 4;
+const SEND_ATTEMPTS: u32 = 4;
 /// Delay before the first retry, doubled each time.
 const SEND_RETRY_MS: u64 = 1_000;
 /// Largest image a prefetch pins (the hosting layer's own limit for staging).
@@ -111,38 +111,34 @@ impl FleetTask {
         // for an answer (a candidate offer, a report) cannot pile up tasks.
         // Messages to the deployers of replicas a contract backs here, and to the targets of
         // this node's own deployments, are not counted against it: contracts bound them.
-        let in_flight = self.sends_in_flight.clone();
-        let counted = !self.trusted(&to);
-        if counted && in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_SENDS_IN_FLIGHT {
-            in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.stats.sends_dropped += 1;
-            debug!(to = %to.short(), "fleet message dropped: too many being delivered");
-            return;
-        }
+        let slot = if self.trusted(&to) {
+            None
+        } else {
+            let Some(slot) = self.sends_in_flight.take(MAX_SENDS_IN_FLIGHT) else {
+                self.stats.sends_dropped += 1;
+                debug!(to = %to.short(), "fleet message dropped: too many being delivered");
+                return;
+            };
+            Some(slot)
+        };
         // A peer that just came up may not listen for fleet requests yet (its fleet task
         // starts after the network): retry a few times, each a fresh envelope.
         let first_seq = self.seq.wrapping_add(1);
-        self.seq = self.seq.wrapping_add(SEND_ATTEMPTS);
+        self.seq = self.seq.wrapping_add(u64::from(SEND_ATTEMPTS));
         let network = self.parts.network.clone();
         let signer = self.signer.clone();
         tokio::spawn(
             async move {
-                let _in_flight = counted.then(|| InFlight(in_flight));
-                for attempt in 0..SEND_ATTEMPTS {
-                    let seq = first_seq.wrapping_add(attempt);
+                let _slot = slot;
+                let sent = retry::with_retries(SEND_ATTEMPTS, SEND_RETRY_MS, |n| {
+                    let seq = first_seq.wrapping_add(u64::from(n));
                     let env = Envelope::seal(&signer, Kind::Fleet, now_ms(), seq, bytes.clone());
-                    match network.request(peer, &env).await {
-                        Ok(_) => return,
-                        Err(e) if attempt + 1 == SEND_ATTEMPTS => {
-                            debug!(to = %to.short(), error = %e, "fleet message not delivered");
-                        }
-                        Err(_) => {
-                            tokio::time::sleep(std::time::Duration::from_millis(
-                                SEND_RETRY_MS << attempt,
-                            ))
-                            .await;
-                        }
-                    }
+                    let network = network.clone();
+                    async move { network.request(peer, &env).await.map(|_| ()) }
+                })
+                .await;
+                if let Err(e) = sent {
+                    debug!(to = %to.short(), error = %e, "fleet message not delivered");
                 }
             }
             .in_current_span(),
@@ -500,14 +496,5 @@ impl FleetTask {
             }
             Err(e) => debug!(image = %cid, error = %e, "early-fetched image not unpinned"),
         }
-    }
-}
-
-/// Counts one fleet message being delivered; the count drops when the delivery ends.
-struct InFlight(std::sync::Arc<AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

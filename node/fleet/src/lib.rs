@@ -281,7 +281,7 @@ struct FleetTask {
     /// away still counts until it ends).
     prefetches_in_flight: usize,
     /// Fleet messages being delivered ([`MAX_SENDS_IN_FLIGHT`]).
-    sends_in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    sends_in_flight: agora_network::retry::InFlight,
     /// Placements released while their auction was open, when and why: a contract they still
     /// lead to is ended when it appears (bounded by [`MAX_PLACEMENTS`]; forgotten after
     /// [`tick::PLACE_TIMEOUT_MS`]).

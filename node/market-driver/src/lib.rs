@@ -14,7 +14,6 @@
 
 mod agreed;
 pub mod deals;
-mod deliver;
 
 pub use agreed::{AGREED_CHANNEL, MAX_PENDING_AGREED};
 
@@ -33,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use agora_network::keys::peer_id_of;
+use agora_network::retry;
 use agora_network::{GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle, TopicRoutes};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
@@ -161,12 +161,26 @@ struct MarketTask {
     regions: Vec<String>,
     /// Peers asked for region snapshots (late join); a few are enough.
     snapshot_peers: BTreeSet<NodeId>,
-    /// Direct messages being retried (bounded).
-    retrying: deliver::Retrying,
+    /// Direct messages being retried (at most [`MAX_RETRYING`]).
+    retrying: retry::InFlight,
 }
 
 /// How many peers a node asks for open auctions and offers when it joins.
 const SNAPSHOT_PEERS: usize = 2;
+
+// Direct market messages (bids to a customer, awards, the negotiation of the terms) are
+// requests to one peer; one lost to a connection closed at the wrong moment cost a placement
+// its auction or a deal its contract (a 37-process devnet on 2 cores lost an award and two
+// negotiation messages so). A failed request is sent again, each time in a fresh envelope; a
+// copy of a message that did arrive is refused by the market as a replay or as no longer
+// fitting, which changes nothing. Bounded per message and in all, so a peer that makes this
+// node send many messages cannot make it hold many retrying tasks.
+/// Attempts per direct market message.
+const SEND_ATTEMPTS: u32 = 3;
+/// Delay before the first retry, doubled each time (0.5 s, then 1 s).
+const SEND_RETRY_MS: u64 = 500;
+/// Messages that may be retrying at once; past this, a message gets one attempt.
+const MAX_RETRYING: usize = 256;
 
 /// Starts the market task; subscribes to the given regions.
 pub async fn spawn(
@@ -196,7 +210,7 @@ pub async fn spawn(
         seq: 0,
         regions: regions.clone(),
         snapshot_peers: BTreeSet::new(),
-        retrying: deliver::Retrying::default(),
+        retrying: retry::InFlight::default(),
     };
     for r in &regions {
         task.ensure_subscribed(&topic_for_region(r)).await;
@@ -426,8 +440,9 @@ impl MarketTask {
             return;
         };
         let Ok(bytes) = msg.encode() else { return };
-        // A failed request is sent again a few times, each in a fresh envelope (`deliver`).
-        let (slot, attempts) = self.retrying.take(deliver::MAX_RETRYING);
+        // A failed request is sent again a few times, each in a fresh envelope.
+        let slot = self.retrying.take(MAX_RETRYING);
+        let attempts = if slot.is_some() { SEND_ATTEMPTS } else { 1 };
         let first_seq = self.seq.wrapping_add(1);
         self.seq = self.seq.wrapping_add(u64::from(attempts));
         let (network, signer) = (self.network.clone(), self.signer.clone());
@@ -435,7 +450,7 @@ impl MarketTask {
         tokio::spawn(
             async move {
                 let _slot = slot;
-                let sent = deliver::with_retries(attempts, deliver::RETRY_MS, |n| {
+                let sent = retry::with_retries(attempts, SEND_RETRY_MS, |n| {
                     let env = Envelope::seal(
                         &signer,
                         Kind::Market,

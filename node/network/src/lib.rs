@@ -20,6 +20,7 @@ pub mod keys;
 pub mod presence;
 pub mod private_file;
 pub mod quota;
+pub mod retry;
 pub mod routes;
 mod rpc_codec;
 pub mod wan;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use agora_contracts::devices::agent::{self, AgentConfig, DeviceAgent, Faults};
 use agora_contracts::devices::{DeviceId, DeviceMeta};
 use agora_radio::DeviceKey;
-use agora_wire::radio::endpoint::{MAX_SEALED_LEN, encode_reply, open_request};
+use agora_wire::radio::endpoint::{MAX_SEALED_LEN, encode_reply, open_keyed_request, open_request};
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,8 @@ pub struct DeviceSpec {
     pub locked: bool,
     /// Faults it injects.
     pub faults: Faults,
-    /// Frame key (v2 uplinks), if any.
+    /// Root key, if any: its uplinks are v2 frames and its requests sealed under the working
+    /// key of its epoch (which starts at 0), rekeys under the root itself.
     pub key: Option<DeviceKey>,
 }
 
@@ -69,6 +70,7 @@ pub struct SimDevices {
     state: Arc<Mutex<BTreeMap<DeviceId, DeviceMeta>>>,
     sent: Arc<Mutex<BTreeMap<DeviceId, u32>>>,
     refused: Arc<AtomicU64>,
+    epochs: Arc<Mutex<BTreeMap<DeviceId, u32>>>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -83,6 +85,7 @@ impl SimDevices {
         let state = Arc::new(Mutex::new(BTreeMap::new()));
         let sent = Arc::new(Mutex::new(BTreeMap::new()));
         let refused = Arc::new(AtomicU64::new(0));
+        let epochs = Arc::new(Mutex::new(BTreeMap::new()));
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let t0 = Instant0::new();
@@ -108,6 +111,8 @@ impl SimDevices {
                 state: state.clone(),
                 sent: sent.clone(),
                 refused: refused.clone(),
+                epochs: epochs.clone(),
+                epoch: 0,
                 last_request: None,
                 t0,
                 pending: BTreeMap::new(),
@@ -119,6 +124,7 @@ impl SimDevices {
             state,
             sent,
             refused,
+            epochs,
             cancel,
             tasks,
         })
@@ -143,6 +149,14 @@ impl SimDevices {
     /// Requests the devices refused (unsealed, bad MIC, replayed: threat R2).
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The key epoch of each keyed device that was rekeyed at least once.
+    pub fn epochs(&self) -> BTreeMap<DeviceId, u32> {
+        self.epochs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Stops every device; returns the frame counter of each one's last reading sent.
@@ -184,6 +198,9 @@ struct DeviceTask {
     state: Arc<Mutex<BTreeMap<DeviceId, DeviceMeta>>>,
     sent: Arc<Mutex<BTreeMap<DeviceId, u32>>>,
     refused: Arc<AtomicU64>,
+    epochs: Arc<Mutex<BTreeMap<DeviceId, u32>>>,
+    /// Key epoch: requests and uplinks use `key.for_epoch(epoch)`.
+    epoch: u32,
     /// Counter of the last sealed request taken.
     last_request: Option<u64>,
     t0: Instant0,
@@ -212,10 +229,21 @@ impl DeviceTask {
                 r = self.socket.recv_from(&mut buf) => {
                     let Ok((n, _from)) = r else { continue };
                     let Some(bytes) = buf.get(..n) else { continue };
-                    match open_request(bytes, self.key.as_ref(), self.last_request) {
+                    let opened = match &self.key {
+                        Some(root) => open_keyed_request(bytes, root, self.epoch, self.last_request),
+                        None => open_request(bytes, None, None),
+                    };
+                    match opened {
                         Ok((to, req, counter)) if to == id => {
                             if self.key.is_some() && counter.is_some() {
                                 self.last_request = counter;
+                            }
+                            if let agent::Request::Rekey { epoch } = req {
+                                // Only a keyed device gets here with a rekey (under its root).
+                                if self.key.is_some() {
+                                    self.rekey(epoch);
+                                }
+                                continue;
                             }
                             let out = self.agent.handle(self.t0.now(), agent::Input::Request(req));
                             wake = self.effects(out).or(wake);
@@ -238,6 +266,18 @@ impl DeviceTask {
                 }
             }
         }
+    }
+
+    /// Moves to `epoch` (above the current one: [`open_keyed_request`] checked) and says so.
+    fn rekey(&mut self, epoch: u32) {
+        self.epoch = epoch;
+        let id = self.agent.meta().id;
+        self.epochs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, epoch);
+        tracing::info!(device = id, epoch, "device rekeyed");
+        self.queue(self.t0.now(), agent::Reply::Rekeyed { epoch });
     }
 
     fn publish(&self) {
@@ -268,7 +308,8 @@ impl DeviceTask {
                 agent::Effect::Reading(counter) => {
                     let id = self.agent.meta().id;
                     let temp = 2000 + i16::try_from(counter % 50).unwrap_or(0) * 10;
-                    let f = crate::demo::uplink(self.key.as_ref(), id, counter, temp, 5000);
+                    let working = self.key.as_ref().map(|k| k.for_epoch(self.epoch));
+                    let f = crate::demo::uplink(working.as_ref(), id, counter, temp, 5000);
                     self.seq += 1;
                     self.pending
                         .insert((self.t0.now(), self.seq), (f, Some(counter)));
@@ -383,30 +424,42 @@ mod tests {
         assert_eq!(devs.stop().await[&500].version, "2.0.0");
     }
 
-    /// Threat R2: a device with a key ignores an unsealed reboot, one sealed under another
-    /// key and a replayed one; it obeys a sealed one with a fresh counter.
-    #[tokio::test]
-    async fn a_keyed_device_refuses_spoofed_and_replayed_reboots() {
-        use agora_contracts::devices::Mode;
-        use agora_wire::radio::endpoint::seal_request;
+    /// One device `id` with root key `key` sending a reading every `reading_ms` (0: none) to
+    /// an edge socket, once it announced itself: the edge, the device, its address.
+    async fn keyed_device(
+        id: DeviceId,
+        key: &DeviceKey,
+        reading_ms: u64,
+    ) -> (UdpSocket, SimDevices, SocketAddr) {
         let edge = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let region = Region::default();
         region.set(vec![edge.local_addr().unwrap()]);
         let cfg = AgentConfig {
             reboot_ms: 50,
             link_bytes_per_s: 100_000,
-            reading_ms: 0,
+            reading_ms,
         };
-        let key = DeviceKey([5; 32]);
-        let mut spec = specs(600, 1, 0, 0, 0);
+        let mut spec = specs(id, 1, 0, 0, 0);
         spec[0].key = Some(key.clone());
         let devs = SimDevices::start(spec, cfg, region).await.unwrap();
         let (addr, _) = recv_reply(&edge, |r| matches!(r, Reply::Meta(_))).await;
+        (edge, devs, addr)
+    }
+
+    /// Threat R2: a device with a key ignores an unsealed reboot, one sealed under another
+    /// key and a replayed one; it obeys a sealed one with a fresh counter.
+    #[tokio::test]
+    async fn a_keyed_device_refuses_spoofed_and_replayed_reboots() {
+        use agora_contracts::devices::Mode;
+        use agora_wire::radio::endpoint::seal_request;
+        let key = DeviceKey([5; 32]);
+        let (edge, devs, addr) = keyed_device(600, &key, 0).await;
         let send = |b: Vec<u8>| {
             let edge = &edge;
             async move { edge.send_to(&b, addr).await.unwrap() }
         };
-        let genuine = seal_request(&key, 600, 10, &Request::RebootToBootloader).unwrap();
+        let genuine =
+            seal_request(&key.for_epoch(0), 600, 10, &Request::RebootToBootloader).unwrap();
         let spoofed = [
             encode_request(600, &Request::RebootToBootloader).unwrap(),
             seal_request(&DeviceKey([6; 32]), 600, 11, &Request::RebootToBootloader).unwrap(),
@@ -434,6 +487,68 @@ mod tests {
         let Reply::Meta(m) = m else { unreachable!() };
         assert_eq!(m.boots, 2, "the replay did not reboot it again");
         assert_eq!(devs.refused(), 3);
+        devs.stop().await;
+    }
+
+    /// Key rotation (threats R1/R2) over real UDP: a rekey sealed under the working key (all a
+    /// provider holds) or another key is refused; one under the root moves the device to the
+    /// new epoch, after which the old working key commands nothing and the uplinks carry the
+    /// new key's MIC; a replayed or stale rekey is refused.
+    #[tokio::test]
+    async fn a_device_rekeyed_under_its_root_refuses_the_old_working_key() {
+        use agora_wire::radio::endpoint::seal_request;
+        use agora_wire::radio::frame::check_mic;
+        let root = DeviceKey([5; 32]);
+        let (old, new) = (root.for_epoch(0), root.for_epoch(1));
+        let (edge, devs, addr) = keyed_device(700, &root, 20).await;
+        let send = |b: Vec<u8>| {
+            let edge = &edge;
+            async move { edge.send_to(&b, addr).await.unwrap() }
+        };
+        // The old working key is the device's key at epoch 0: a sealed metadata request under
+        // it is answered.
+        send(seal_request(&old, 700, 10, &Request::Metadata).unwrap()).await;
+        recv_reply(&edge, |r| matches!(r, Reply::Meta(_))).await;
+        // Only the root rekeys.
+        for k in [&old, &DeviceKey([6; 32])] {
+            send(seal_request(k, 700, 11, &Request::Rekey { epoch: 1 }).unwrap()).await;
+        }
+        send(seal_request(&root, 700, 12, &Request::Rekey { epoch: 1 }).unwrap()).await;
+        let (_, r) = recv_reply(&edge, |r| matches!(r, Reply::Rekeyed { .. })).await;
+        assert_eq!(r, Reply::Rekeyed { epoch: 1 });
+        assert_eq!(
+            devs.refused(),
+            2,
+            "the rekeys under the working and a foreign key"
+        );
+        assert_eq!(devs.epochs()[&700], 1);
+        // Replayed and stale rekeys are refused; so is the old working key.
+        send(seal_request(&root, 700, 12, &Request::Rekey { epoch: 2 }).unwrap()).await;
+        send(seal_request(&root, 700, 13, &Request::Rekey { epoch: 1 }).unwrap()).await;
+        send(seal_request(&old, 700, 14, &Request::RebootToBootloader).unwrap()).await;
+        // Uplinks from now on verify under the new working key only.
+        let mut buf = vec![0u8; 2048];
+        let frame = loop {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(20), edge.recv_from(&mut buf))
+                .await
+                .expect("an uplink within 20 s")
+                .unwrap();
+            let b = buf[..n].to_vec();
+            if !agora_wire::radio::endpoint::is_endpoint(&b) && check_mic(&new, &b).is_ok() {
+                break b;
+            }
+        };
+        assert!(check_mic(&old, &frame).is_err());
+        send(seal_request(&new, 700, 15, &Request::RebootToBootloader).unwrap()).await;
+        let (_, m) = recv_reply(
+            &edge,
+            |r| matches!(r, Reply::Meta(m) if m.mode == agora_contracts::devices::Mode::Bootloader),
+        )
+        .await;
+        let Reply::Meta(m) = m else { unreachable!() };
+        assert_eq!(m.boots, 2, "only the new working key's reboot was obeyed");
+        assert_eq!(devs.refused(), 5);
+        assert_eq!(devs.epochs()[&700], 1);
         devs.stop().await;
     }
 }

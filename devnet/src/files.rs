@@ -199,13 +199,22 @@ impl DevnetManifest {
 
 /// Centre of the simulated devnet region (Vienna); node `i` sits a few hundred metres away.
 pub const DEVNET_CENTER: (f64, f64) = (48.2082, 16.3738);
+/// Where devnet node `i` says it is: 0.002° apart from each other from [`DEVNET_CENTER`]
+/// (about 280 m).
+pub fn devnet_location(i: usize) -> agora_market::Location {
+    let offset = i as f64 * 0.002;
+    agora_market::Location {
+        lat: DEVNET_CENTER.0 + offset,
+        lon: DEVNET_CENTER.1 - offset,
+    }
+}
 
 /// Config of devnet node `i`: loopback with free ports, a provider capacity typical of an edge
 /// gateway (4 cores, 4 GiB, one LoRa/BLE/Wi-Fi radio each), a location near
 /// [`DEVNET_CENTER`]. A `manual` node neither bids nor accepts awards on its own: its operator
 /// does both from the CLI.
 pub fn devnet_node_config(i: usize, genesis: &Path, manual: bool) -> NodeConfig {
-    use agora_market::{Interface, Location, Resources};
+    use agora_market::{Interface, Resources};
     let mut config = NodeConfig::default();
     config.node.name = format!("node{i}");
     config.node.genesis = Some(genesis.to_path_buf());
@@ -226,11 +235,7 @@ pub fn devnet_node_config(i: usize, genesis: &Path, manual: bool) -> NodeConfig 
     .with_interface(Interface::LoRa, 1)
     .with_interface(Interface::Ble, 1)
     .with_interface(Interface::Wifi, 1);
-    let offset = i as f64 * 0.002;
-    engine.dmu.provider.location = Some(Location {
-        lat: DEVNET_CENTER.0 + offset,
-        lon: DEVNET_CENTER.1 - offset,
-    });
+    engine.dmu.provider.location = Some(devnet_location(i));
     // Devnet providers ask at least 50 tokens, so short demo contracts pay visible amounts.
     engine.dmu.provider.floor_price = 50;
     engine.dmu.provider.auto_bid = !manual;

@@ -337,3 +337,12 @@ pub fn bench_wan() -> (Option<agora_network::wan::WanProfile>, Vec<String>) {
     }
     (Some(profile), flags)
 }
+
+/// The radio status of devnet node `n` (`GET /v1/radio`), `None` while it does not answer.
+pub async fn radio_status(n: &agora_devnet::files::DevnetNode) -> Option<agora_radio::RadioStatus> {
+    agora_api::client::ApiClient::for_data_dir(&n.data_dir)
+        .ok()?
+        .get("/v1/radio")
+        .await
+        .ok()
+}

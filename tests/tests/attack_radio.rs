@@ -15,7 +15,6 @@
 
 use std::sync::Arc;
 
-use agora_api::client::ApiClient;
 use agora_devnet::demo::Story;
 use agora_devnet::demo::story::{DEVICES, wait_for};
 use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
@@ -80,11 +79,7 @@ async fn armed_story(test: &str) -> Option<Armed> {
 }
 
 async fn radio_of(n: &DevnetNode) -> Option<RadioStatus> {
-    ApiClient::for_data_dir(&n.data_dir)
-        .ok()?
-        .get("/v1/radio")
-        .await
-        .ok()
+    agora_tests::radio_status(n).await
 }
 
 /// The highest sequence number `n` heard from each insured sensor.
@@ -319,7 +314,9 @@ async fn spoof_devices(
         for seq in [1, h.saturating_sub(5).max(1)] {
             // What the sensor sent at `seq` (devnet/src/demo/sensors.rs), byte for byte.
             let temp = 2000 + (seq % 50) as i16 * 10;
-            let genuine = agora_devnet::demo::uplink(Some(key), dev, seq, temp, 5000 + i * 100);
+            let working = key.for_epoch(0);
+            let genuine =
+                agora_devnet::demo::uplink(Some(&working), dev, seq, temp, 5000 + i * 100);
             radio.send("replayed", &genuine, to).await.unwrap();
         }
     }

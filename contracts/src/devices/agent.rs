@@ -79,6 +79,13 @@ pub enum Request {
     },
     /// Return to the fallback slot and reboot into it.
     Rollback,
+    /// Move the device's working key to `epoch` (key rotation, threats R1/R2). Taken by the
+    /// device's key layer, not the firmware model: only sealed under the device's root key,
+    /// only to a higher epoch.
+    Rekey {
+        /// New epoch.
+        epoch: u32,
+    },
 }
 
 /// A device's answer.
@@ -93,6 +100,12 @@ pub enum Reply {
     },
     /// BLAKE3 hash of the inactive slot.
     Hash([u8; 32]),
+    /// The device's working key is the one of `epoch` now (answer to [`Request::Rekey`], and
+    /// to a rekey to the epoch it is at already).
+    Rekeyed {
+        /// Epoch.
+        epoch: u32,
+    },
 }
 
 /// What happens to a device.

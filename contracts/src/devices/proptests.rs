@@ -200,6 +200,7 @@ impl World {
                     Reply::Meta(m) => Input::Discovered(m),
                     Reply::ChunkAck { index } => Input::ChunkAck { device: id, index },
                     Reply::Hash(hash) => Input::Hash { device: id, hash },
+                    Reply::Rekeyed { .. } => return true,
                 };
                 let out = self.job.handle(t, input);
                 self.job_effects(out);

@@ -69,7 +69,7 @@ pub struct Sensors {
 
 impl Sensors {
     /// Starts `devices`, each sending every `interval` to the edges of `region`, signed with
-    /// its key in `keys` if it has one.
+    /// the working key of epoch 0 of its root key in `keys` if it has one.
     pub async fn start(
         devices: Vec<u32>,
         interval: Duration,
@@ -80,6 +80,9 @@ impl Sensors {
         let sent = Arc::new(Mutex::new(BTreeMap::new()));
         let cancel = CancellationToken::new();
         let (s2, c2) = (sent.clone(), cancel.clone());
+        // These sensors only send (no endpoint takes a rekey): they stay at epoch 0.
+        let working: BTreeMap<u32, DeviceKey> =
+            keys.iter().map(|(d, k)| (*d, k.for_epoch(0))).collect();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             let mut seq: u32 = 0;
@@ -93,7 +96,7 @@ impl Sensors {
                 for (i, d) in devices.iter().enumerate() {
                     let temp = 2000 + i16::try_from((seq % 50) * 10).unwrap_or(0);
                     let hum = 5000 + u16::try_from(i).unwrap_or(0) * 100;
-                    let f = uplink(keys.get(d), *d, seq, temp, hum);
+                    let f = uplink(working.get(d), *d, seq, temp, hum);
                     for e in &edges {
                         let _ = socket.send_to(&f, e).await;
                     }

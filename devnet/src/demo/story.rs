@@ -276,6 +276,22 @@ impl Story {
         }
     }
 
+    /// The key epoch of each of A's devices with endpoints that was rekeyed (key rotation).
+    pub fn device_epochs(&self) -> BTreeMap<u32, u32> {
+        match &self.sensors {
+            Some(Radios::Endpoints(d)) => d.epochs(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// Requests A's devices with endpoints refused (unsealed, bad MIC, replayed, stale rekey).
+    pub fn device_refused(&self) -> u64 {
+        match &self.sensors {
+            Some(Radios::Endpoints(d)) => d.refused(),
+            _ => 0,
+        }
+    }
+
     /// A node that is neither A nor `b` (reads the ledger and hears every checkpoint).
     pub fn observer(&self, b: usize) -> &DevnetNode {
         &self.m.nodes[self.observer_index(b)]
@@ -355,6 +371,18 @@ impl Story {
     /// service's: the drone's case, R1), starting at once and lasting `duration_ms`; returns
     /// once it is active, with the provider's index.
     pub async fn hosted(&self, devices: &[u32], duration_ms: u64) -> anyhow::Result<Armed> {
+        self.hosted_near(devices, duration_ms, None).await
+    }
+
+    /// [`Story::hosted`] from the provider at node index `near`, if given: the auction admits
+    /// only providers within 100 m of where that node says it is (devnet nodes are ~280 m
+    /// apart), so a test picks a provider other than the standby's.
+    pub async fn hosted_near(
+        &self,
+        devices: &[u32],
+        duration_ms: u64,
+        near: Option<usize>,
+    ) -> anyhow::Result<Armed> {
         let an = &self.m.nodes[self.a];
         let module = std::fs::read(self.m.dir.join("service").join("lora-gateway.wasm"))
             .context("A's published module")?;
@@ -373,7 +401,10 @@ impl Story {
             max_price: 1_000,
             window_ms: 1_500,
             kind: agora_market::AuctionKind::Hosted,
-            near: None,
+            near: near.map(|i| agora_market::Near {
+                center: crate::files::devnet_location(i),
+                max_km: 0.1,
+            }),
             award_grace_ms: 30_000,
             service: Some(image),
             start_at: None,

@@ -649,6 +649,7 @@ impl Metrics {
                 ("frame_unsigned", r.frames_refused_unsigned),
                 ("replay_frame", r.replay_frames_refused),
                 ("key_request", r.key_requests_refused),
+                ("key_update", r.key_updates_refused),
                 ("checkpoint_ignored", r.checkpoints_ignored),
                 ("checkpoint_rejected", r.checkpoints_rejected),
             ] {

@@ -251,6 +251,9 @@ pub struct Orchestrator {
     /// Customer: open contracts whose provider the radio was told manages their devices (so
     /// it may be handed their frame keys, threat R1).
     keys_named: BTreeSet<ContractId>,
+    /// Customer: the devices each of those contracts names and its provider (the holders of
+    /// the devices' keys, threat R1 key rotation).
+    key_devices: BTreeMap<ContractId, (NodeId, Vec<u32>)>,
     /// Contracts this node (as customer) already asked to settle, with when.
     settling: BTreeMap<ContractId, Timestamp>,
     /// When the block being handled arrived (for the activation latency).
@@ -343,6 +346,7 @@ pub fn spawn(
         scheduled: BTreeMap::new(),
         own: own::Own::load(data_dir),
         keys_named: BTreeSet::new(),
+        key_devices: BTreeMap::new(),
         settling: BTreeMap::new(),
         block_seen_at: 0,
         device_owners: FollowedDevices::default(),

@@ -2,12 +2,13 @@
 //! sensors while a handover is in effect and takes them back, from the provider's last
 //! checkpoint, once the contract is settled.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use agora_contracts::roles::key_holders;
 use agora_contracts::{ContractKind, ContractStatus};
-use agora_market::Timestamp;
+use agora_market::{NodeId, Timestamp};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -84,6 +85,8 @@ impl Orchestrator {
         };
         self.keys_named
             .retain(|c| holders.iter().any(|h| h.contract == *c));
+        self.key_devices
+            .retain(|c, _| holders.iter().any(|h| h.contract == *c));
         for h in holders {
             if !self.keys_named.insert(h.contract) {
                 continue;
@@ -92,6 +95,8 @@ impl Orchestrator {
                 Ok(devices) if devices.is_empty() => {}
                 Ok(devices) => {
                     debug!(contract = %h.contract.short(), provider = %h.provider, ?devices, "provider may be handed the devices' keys");
+                    self.key_devices
+                        .insert(h.contract, (h.provider, devices.clone()));
                     self.radio.managed_by(devices, vec![h.provider]).await;
                 }
                 Err(e) => warn!(
@@ -103,6 +108,15 @@ impl Orchestrator {
                 ),
             }
         }
+        // The whole map each time: a provider missing from it no longer holds the keys, and
+        // the radio rotates those it was handed.
+        let mut by_device: BTreeMap<u32, BTreeSet<NodeId>> = BTreeMap::new();
+        for (provider, devices) in self.key_devices.values() {
+            for d in devices {
+                by_device.entry(*d).or_default().insert(*provider);
+            }
+        }
+        self.radio.key_holders(by_device).await;
     }
 
     /// Customer: the own service's key-value state goes, with the readings it reflects, to

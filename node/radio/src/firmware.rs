@@ -465,6 +465,8 @@ impl Jobs {
             Reply::Meta(m) => Input::Discovered(m),
             Reply::ChunkAck { index } => Input::ChunkAck { device, index },
             Reply::Hash(hash) => Input::Hash { device, hash },
+            // The key layer's answer (key rotation): no job's business.
+            Reply::Rekeyed { .. } => return (false, Vec::new()),
         };
         let mut out = Vec::new();
         let mut taken = false;

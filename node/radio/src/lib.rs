@@ -31,11 +31,12 @@ mod jobs_file;
 mod judge;
 pub mod keys;
 mod pause;
+mod rotation;
 pub mod rules;
 mod table;
 mod task;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use agora_contracts::ContractId;
@@ -65,6 +66,9 @@ pub const HANDOFFS_FILE: &str = "radio-handoffs.json";
 /// This edge's own firmware jobs (issue #16), reloaded at start so a restarted edge resumes
 /// them (mode 0600).
 pub const JOBS_FILE: &str = "radio-jobs.json";
+/// The owner's key rotation state (threats R1/R2): each owned device's key epoch and the
+/// providers its working key was handed to (mode 0600).
+pub const ROTATION_FILE: &str = "radio-rotation.json";
 
 /// Where the radio task keeps what must survive a restart (`None`: memory only, for tests).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -79,6 +83,8 @@ pub struct RadioFiles {
     pub handoffs: Option<std::path::PathBuf>,
     /// This edge's own firmware jobs ([`JOBS_FILE`]).
     pub jobs: Option<std::path::PathBuf>,
+    /// Key rotation state of the devices this node owns ([`ROTATION_FILE`]).
+    pub rotation: Option<std::path::PathBuf>,
 }
 
 impl RadioFiles {
@@ -90,6 +96,7 @@ impl RadioFiles {
             states: Some(data_dir.join(STATE_DIR)),
             handoffs: Some(data_dir.join(HANDOFFS_FILE)),
             jobs: Some(data_dir.join(JOBS_FILE)),
+            rotation: Some(data_dir.join(ROTATION_FILE)),
         }
     }
 }
@@ -197,6 +204,9 @@ pub struct DeviceStatus {
     /// what it hears of the device is hearsay.
     #[serde(default)]
     pub authenticated: bool,
+    /// Epoch of the device's working key held here (key rotation), if it holds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_epoch: Option<u32>,
     /// A firmware job here took the device offline (bootloader, flashing): it is expected to
     /// send nothing until it boots a final firmware (`pause.rs`).
     #[serde(default)]
@@ -255,6 +265,19 @@ pub struct RadioStats {
     /// Key requests refused: the asker is not a provider of the device here, or it is not
     /// this node's.
     pub key_requests_refused: u64,
+    /// Owner: device keys rotated (the device confirmed its new epoch) because a provider that
+    /// held the working key no longer provides for the device.
+    #[serde(default)]
+    pub keys_rotated: u64,
+    /// Owner: rekey requests sent to devices (retries included).
+    #[serde(default)]
+    pub rekeys_sent: u64,
+    /// Provider: next-epoch keys taken from the devices' owner (a rotation under way).
+    #[serde(default)]
+    pub key_updates_taken: u64,
+    /// Provider: key updates refused: their signer is not the devices' owner here.
+    #[serde(default)]
+    pub key_updates_refused: u64,
     /// Peer checkpoints forwarded on the radio topic: a known manager's range moved coverage
     /// here, or a known manager released a device (threat N7).
     pub checkpoints_forwarded: u64,
@@ -348,6 +371,7 @@ pub struct KeptState {
 type Reply<T> = oneshot::Sender<T>;
 
 enum Command {
+    KeyHolders(BTreeMap<u32, BTreeSet<NodeId>>),
     Devices(Reply<(Vec<DiscoveredDevice>, DiscoveryStats)>),
     Assign {
         devices: Vec<u32>,
@@ -490,6 +514,15 @@ impl RadioHandle {
     /// what it hears anyway, this only labels them.
     pub async fn listen(&self, devices: Vec<u32>, on: bool) {
         let _ = self.tx.send(Command::Listen(devices, on)).await;
+    }
+
+    /// Owner: the providers that may hold the working keys of this node's devices now, per
+    /// device (`roles::key_holders` on the ledger, the devices from each contract image's
+    /// manifest; the whole map each time). Keys are handed only to them; a device whose key
+    /// went to a provider missing here is rotated (its root moves it to a new epoch, whose key
+    /// goes to the remaining holders first).
+    pub async fn key_holders(&self, holders: BTreeMap<u32, BTreeSet<NodeId>>) {
+        let _ = self.tx.send(Command::KeyHolders(holders)).await;
     }
 
     /// Records that `edges` manage or managed `devices` (the customer that owns them, the

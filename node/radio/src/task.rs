@@ -1,6 +1,7 @@
 //! The radio task: owns the UDP socket, the per-device routing and buffers, and checkpoints.
 
 mod handoff;
+mod rekey;
 mod state;
 mod switch;
 
@@ -26,6 +27,7 @@ use crate::discovery::Discovery;
 use crate::firmware::{Jobs, MAX_JOBS, Origin, Outgoing, load_image};
 use crate::judge;
 use crate::keys::KeyStore;
+use crate::rotation::{Rotations, Step};
 use crate::rules::{self, Forward, MAX_MANAGERS_PER_DEVICE};
 use crate::table::{Admit, DeviceTable};
 use agora_contracts::devices::handoff::{Handoffs, JobHandoff, MAX_HANDOFFS};
@@ -35,7 +37,7 @@ use agora_network::{GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle}
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 use agora_wire::radio::endpoint::{encode_request, is_endpoint, seal_request};
-use agora_wire::radio::{DeviceKey, FrameRefusal, MAX_KEYS_PER_MESSAGE, authenticate, check_mic};
+use agora_wire::radio::{FrameRefusal, HandedKey, MAX_KEYS_PER_MESSAGE, authenticate, check_mic};
 
 /// Checkpoints kept for `status`.
 const KEPT_CHECKPOINTS: usize = 2048;
@@ -54,7 +56,7 @@ const KEY_RETRY: Duration = Duration::from_secs(2);
 const KEY_ATTEMPTS: u32 = 60;
 
 /// What came back from an owner asked for keys.
-type KeyAnswer = (NodeId, Vec<(u32, [u8; 32])>);
+type KeyAnswer = (NodeId, Vec<HandedKey>);
 
 /// A provider's answer to a hand-off: the job here, the provider, kept, sent finished.
 type HandoffAnswer = (u64, NodeId, bool, bool);
@@ -64,6 +66,9 @@ type Resume = (NodeId, JobHandoff, Result<Vec<u8>, String>);
 
 /// A service's state snapshot answered by its providers: the service, whether all kept it.
 type StateAnswer = (String, bool);
+
+/// A provider took a device's next key: `(device, epoch, provider)`.
+type KeyTaken = (u32, u32, NodeId);
 
 struct RadioTask {
     me: NodeId,
@@ -80,6 +85,12 @@ struct RadioTask {
     stats: RadioStats,
     /// Frame keys held here (owned and received).
     keys: KeyStore,
+    /// Owner: key rotation of the devices this node owns.
+    rotation: Rotations,
+    rot_tx: mpsc::Sender<KeyTaken>,
+    /// Provider: when each device whose frames stopped verifying last had its key asked for
+    /// again (the owner may have rotated it while this edge was away).
+    refetched: BTreeMap<u32, Instant>,
     /// Last frame counter accepted over the radio, per device with a key (persisted).
     counters: CounterStore,
     /// Devices whose key this edge still has to fetch: from which owner, requests so far.
@@ -156,11 +167,19 @@ pub async fn spawn(
     let (resume_tx, resume_rx) = mpsc::channel(MAX_HANDOFFS);
     let (state_tx, state_rx) = mpsc::channel(64);
     let state = state::StateSide::load(files.states, state_tx);
-    let keys = KeyStore::load(&cfg.device_keys, files.keys);
+    let rotation = Rotations::load(files.rotation, cfg.device_keys.iter().map(|e| e.device));
+    let mut keys = KeyStore::load(&cfg.device_keys, files.keys, &rotation.epochs());
+    for (device, epoch) in rotation.pending() {
+        keys.begin_rotation(device, epoch);
+    }
+    let (rot_tx, rot_rx) = mpsc::channel(64);
     let counters = CounterStore::load(files.counters, cfg.max_devices, cfg.max_unsaved_frames);
     let cfg_max_devices = cfg.max_devices;
     let task = RadioTask {
         keys,
+        rotation,
+        rot_tx,
+        refetched: BTreeMap::new(),
         counters,
         key_fetches: BTreeMap::new(),
         key_fetching: BTreeSet::new(),
@@ -193,7 +212,7 @@ pub async fn spawn(
             socket,
             rx,
             keys_rx,
-            (handoff_rx, resume_rx, state_rx),
+            (handoff_rx, resume_rx, state_rx, rot_rx),
             events,
             cancel,
         )
@@ -208,10 +227,11 @@ impl RadioTask {
         socket: Option<UdpSocket>,
         mut rx: mpsc::Receiver<Command>,
         mut keys_rx: mpsc::Receiver<KeyAnswer>,
-        (mut handoff_rx, mut resume_rx, mut state_rx): (
+        (mut handoff_rx, mut resume_rx, mut state_rx, mut rot_rx): (
             mpsc::Receiver<HandoffAnswer>,
             mpsc::Receiver<Resume>,
             mpsc::Receiver<StateAnswer>,
+            mpsc::Receiver<KeyTaken>,
         ),
         mut events: Inbox,
         cancel: CancellationToken,
@@ -242,6 +262,7 @@ impl RadioTask {
                     self.on_resume(socket.as_ref(), owner, handoff, image).await;
                 }
                 Some((service, kept)) = state_rx.recv() => self.on_state_answer(&service, kept).await,
+                Some((device, epoch, peer)) = rot_rx.recv() => self.rotation.acked(device, epoch, peer),
                 ev = events.recv() => match ev {
                     NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Radio => {
                         match envelope.body::<RadioRpc>(Kind::Radio) {
@@ -254,6 +275,9 @@ impl RadioTask {
                             }
                             Ok(RadioRpc::State { snapshot, checkpoint }) => {
                                 self.on_state(id, envelope.sender, snapshot, checkpoint).await;
+                            }
+                            Ok(RadioRpc::KeyUpdate { keys }) => {
+                                self.on_key_update(id, envelope.sender, keys).await;
                             }
                             Ok(_) | Err(_) => {}
                         }
@@ -285,6 +309,7 @@ impl RadioTask {
                     self.resume_handoffs();
                     self.counters.flush();
                     self.fetch_keys();
+                    self.drive_rotations(socket.as_ref()).await;
                     let services: Vec<String> = self.pending.keys().cloned().collect();
                     for s in services {
                         if self.state.stateful(&s) {
@@ -309,6 +334,9 @@ impl RadioTask {
             let Some((device, reply)) = self.discovery.on_reply(bytes, from, now) else {
                 return;
             };
+            if let agora_contracts::devices::agent::Reply::Rekeyed { epoch } = reply {
+                return self.on_rekeyed(device, epoch);
+            }
             let is_meta = matches!(reply, agora_contracts::devices::agent::Reply::Meta(_));
             let (taken, out) = self.jobs.on_reply(now, device, reply);
             if !taken && !is_meta {
@@ -335,8 +363,21 @@ impl RadioTask {
             }
         };
         let last = self.counters.get(device);
-        let key = self.keys.get(device);
-        match authenticate(frame, key, last, self.cfg.frame_counter_window) {
+        let window = self.cfg.frame_counter_window;
+        let mut checked = authenticate(frame, self.keys.get(device), last, window);
+        if matches!(checked, Err(FrameRefusal::BadMic { .. }))
+            && let Some(next) = self.keys.next(device)
+        {
+            // A rotation under way: the device may be at its next epoch already.
+            checked = authenticate(frame, Some(next), last, window);
+            if checked.is_ok() {
+                self.moved_to_next(device);
+            }
+        }
+        if matches!(checked, Err(FrameRefusal::BadMic { .. })) {
+            self.ask_key_again(device);
+        }
+        match checked {
             Ok(a) if a.verified => {
                 self.stats.frames_verified += 1;
                 // Saved before it is delivered when it runs too far past the saved counter,
@@ -581,6 +622,11 @@ impl RadioTask {
                     d.status.buffering = on && d.status.service.is_none();
                 }
             }
+            Command::KeyHolders(holders) => {
+                for (device, epoch, revoked) in self.rotation.set_holders(holders, now_ms()) {
+                    self.begin_rotation(device, epoch, &revoked);
+                }
+            }
             Command::Managers(devices, edges) => {
                 for device in devices {
                     let d = self.table.local_entry(device);
@@ -623,6 +669,7 @@ impl RadioTask {
                         .map(|d| {
                             let mut st = d.status.clone();
                             st.authenticated = self.keys.has(st.device);
+                            st.key_epoch = self.keys.epoch(st.device);
                             st
                         })
                         .collect(),
@@ -1064,16 +1111,14 @@ impl RadioTask {
                         .is_some_and(|d| d.managers.contains(&answer.sender));
                     claimed.push((rd.device, c, by_manager));
                 }
-                let key = self.keys.get(rd.device).cloned();
+                let keys = self.keys.candidates(rd.device);
                 let mut refused = 0u64;
                 let dev = self.table.local_entry(rd.device);
                 for f in rd.frames.into_iter().take(MAX_REPLAY_FRAMES) {
                     // A peer's replay is hearsay too: a device with a key here counts only
                     // frames its key signed (the counter is not checked: these are old frames
                     // by nature, and the buffer and coverage already drop duplicates).
-                    if let Some(k) = &key
-                        && check_mic(k, &f).is_err()
-                    {
+                    if !keys.is_empty() && keys.iter().all(|k| check_mic(k, &f).is_err()) {
                         refused += 1;
                         continue;
                     }
@@ -1204,16 +1249,19 @@ impl RadioTask {
 
     /// Keeps the keys `owner` sent for devices this edge asked it about; re-checks what was
     /// buffered for them before the key arrived.
-    fn on_keys(&mut self, owner: NodeId, keys: Vec<(u32, [u8; 32])>) {
+    fn on_keys(&mut self, owner: NodeId, keys: Vec<HandedKey>) {
         self.key_fetching.remove(&owner);
-        let asked: Vec<(u32, DeviceKey)> = keys
+        let asked: Vec<HandedKey> = keys
             .into_iter()
             .take(MAX_KEYS_PER_MESSAGE)
-            .filter(|(d, _)| self.key_fetches.get(d).is_some_and(|(o, _)| *o == owner))
-            .map(|(d, k)| (d, DeviceKey(k)))
+            .filter(|k| {
+                self.key_fetches
+                    .get(&k.device)
+                    .is_some_and(|(o, _)| *o == owner)
+            })
             .collect();
-        for (d, _) in &asked {
-            self.key_fetches.remove(d);
+        for k in &asked {
+            self.key_fetches.remove(&k.device);
         }
         let changed = self.keys.receive(asked, self.cfg.max_devices);
         if changed.is_empty() {
@@ -1229,14 +1277,16 @@ impl RadioTask {
     /// Drops buffered frames of `device` that its (new) key did not sign, and recomputes what
     /// was heard from the rest: hearsay from before the key must not reach the service.
     fn recheck_buffer(&mut self, device: u32) {
-        let Some(key) = self.keys.get(device).cloned() else {
+        let keys = self.keys.candidates(device);
+        if keys.is_empty() {
             return;
-        };
+        }
         let Some(d) = self.table.get_mut(&device) else {
             return;
         };
         let before = d.buffer.len();
-        d.buffer.retain(|(_, f)| check_mic(&key, f).is_ok());
+        d.buffer
+            .retain(|(_, f)| keys.iter().any(|k| check_mic(k, f).is_ok()));
         let dropped = before - d.buffer.len();
         d.status.buffered = d.buffer.len();
         d.status.heard = d
@@ -1266,14 +1316,14 @@ impl RadioTask {
         let mut keys = Vec::new();
         let mut refused = Vec::new();
         for &device in devices.iter().take(MAX_KEYS_PER_MESSAGE) {
-            let manager = asker != self.me
-                && self
-                    .table
-                    .get(&device)
-                    .is_some_and(|d| d.managers.contains(&asker));
-            match self.keys.owned(device) {
-                Some(k) if manager => keys.push((device, k.0)),
-                _ => refused.push(device),
+            // Only a provider the ledger names for the device now: one whose contract ended
+            // is refused (and its key rotated, see `rotation`).
+            let holder = asker != self.me && self.rotation.may_hold(device, &asker);
+            let owned = self.keys.owned(device);
+            if holder && !owned.is_empty() && self.rotation.handed(device, asker) {
+                keys.extend(owned);
+            } else {
+                refused.push(device);
             }
         }
         if !refused.is_empty() {
@@ -1290,7 +1340,7 @@ impl RadioTask {
             }
         }
         if !keys.is_empty() {
-            info!(%asker, devices = ?keys.iter().map(|k| k.0).collect::<Vec<_>>(), "device keys handed to their provider");
+            info!(%asker, devices = ?keys.iter().map(|k| k.device).collect::<Vec<_>>(), "device keys handed to their provider");
         }
         if let Ok(env) = self.seal(&RadioRpc::Keys { keys }) {
             let _ = self.network.respond(id, &env).await;

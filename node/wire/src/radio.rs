@@ -90,8 +90,21 @@ pub enum RadioRpc {
     /// The owner's answer: the keys of the requested devices the asker may manage. Travels
     /// only over the authenticated, encrypted libp2p connection between the two.
     Keys {
-        /// `(device, key)`.
-        keys: Vec<(u32, [u8; 32])>,
+        /// The working keys: the current epoch's and, while the owner rotates, the next's.
+        keys: Vec<HandedKey>,
+    },
+    /// The owner rotates these devices' keys (a provider's contract for them ended): it hands
+    /// the next epoch's working keys to the providers that still hold them, before it moves
+    /// the devices (at most [`MAX_KEYS_PER_MESSAGE`]). The envelope's signer must be the
+    /// devices' owner as the receiver's ledger knows it.
+    KeyUpdate {
+        /// The next working keys.
+        keys: Vec<HandedKey>,
+    },
+    /// The answer to [`RadioRpc::KeyUpdate`]: the devices whose key was taken.
+    KeysTaken {
+        /// Devices.
+        devices: Vec<u32>,
     },
     /// The devices' owner hands a firmware job it started to a provider of one of its
     /// contracts for them (issue #16), so the provider resumes it if it takes the devices over
@@ -132,6 +145,18 @@ pub enum RadioRpc {
 
 /// Devices per key request or answer.
 pub const MAX_KEYS_PER_MESSAGE: usize = 1024;
+
+/// A device's working key of one epoch (`DeviceKey::for_epoch` of its root), as an owner hands
+/// it to a provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedKey {
+    /// Device.
+    pub device: u32,
+    /// Epoch.
+    pub epoch: u32,
+    /// The working key.
+    pub key: [u8; 32],
+}
 
 /// One device in a [`RadioRpc::Frames`] answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

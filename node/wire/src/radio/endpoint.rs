@@ -7,6 +7,7 @@
 //!   1 metadata | 2 reboot-to-bootloader | 4 verify | 6 rollback      (no body)
 //!   3 flash chunk: index u32 | offset u32 | len u16 (≤ 1024) | data[len]
 //!   5 boot:        vlen u8 (≤ 32) | version[vlen] (UTF-8)
+//!   7 rekey:       epoch u32 (sealed under the device's root key only)
 //! sealed:  AB | device u32 LE | op u8 | body | counter u64 LE | MIC 8 bytes
 //!          (a request authenticated under the device's key, threat R2)
 //! reply:   AA | device u32 LE | op u8 | body
@@ -14,6 +15,7 @@
 //!                (bit 0 locked, bit 1 bootloader) | boots u32
 //!   2 chunk ack: index u32
 //!   3 hash:      32 bytes
+//!   4 rekeyed:   epoch u32
 //! ```
 //!
 //! Decoding never trusts a length: it is checked against its bound and against what is left
@@ -63,6 +65,16 @@ pub enum RequestRefusal {
     BadMic {
         /// Device.
         device: DeviceId,
+    },
+    /// A rekey to an epoch not above the device's (a replayed or stale rotation).
+    #[error("rekey of device {device} to epoch {epoch}, not above its epoch {at}: dropped")]
+    StaleEpoch {
+        /// Device.
+        device: DeviceId,
+        /// Epoch asked for.
+        epoch: u32,
+        /// The device's epoch.
+        at: u32,
     },
     /// The counter is not above the last one taken (a replayed request).
     #[error("request to device {device} with counter {counter}, not above {last}: dropped")]
@@ -208,6 +220,10 @@ pub fn encode_request(device: DeviceId, r: &Request) -> Result<Vec<u8>, Endpoint
             put_label(&mut out, version)?;
         }
         Request::Rollback => out.push(6),
+        Request::Rekey { epoch } => {
+            out.push(7);
+            out.extend_from_slice(&epoch.to_le_bytes());
+        }
     }
     Ok(out)
 }
@@ -239,9 +255,53 @@ pub fn open_request(
     key: Option<&DeviceKey>,
     last: Option<u64>,
 ) -> Result<(DeviceId, Request, Option<u64>), RequestRefusal> {
+    open_with(b, key.is_some(), |_| key.cloned(), last)
+}
+
+/// [`open_request`] for a device with a root key at `epoch` (key rotation): a
+/// [`Request::Rekey`] must be sealed under the root key itself and name a higher epoch (else it
+/// is refused as [`RequestRefusal::StaleEpoch`]), every other sealed request under the
+/// epoch's working key ([`DeviceKey::for_epoch`]).
+pub fn open_keyed_request(
+    b: &[u8],
+    root: &DeviceKey,
+    epoch: u32,
+    last: Option<u64>,
+) -> Result<(DeviceId, Request, Option<u64>), RequestRefusal> {
+    let working = root.for_epoch(epoch);
+    let opened = open_with(
+        b,
+        true,
+        |r| {
+            Some(if matches!(r, Request::Rekey { .. }) {
+                root.clone()
+            } else {
+                working.clone()
+            })
+        },
+        last,
+    )?;
+    if let (device, Request::Rekey { epoch: to }, _) = &opened
+        && *to <= epoch
+    {
+        return Err(RequestRefusal::StaleEpoch {
+            device: *device,
+            epoch: *to,
+            at: epoch,
+        });
+    }
+    Ok(opened)
+}
+
+fn open_with(
+    b: &[u8],
+    keyed: bool,
+    key_for: impl Fn(&Request) -> Option<DeviceKey>,
+    last: Option<u64>,
+) -> Result<(DeviceId, Request, Option<u64>), RequestRefusal> {
     if b.first() != Some(&SEALED_REQUEST_MAGIC) {
         let (device, req) = decode_request(b)?;
-        if key.is_some() && req != Request::Metadata {
+        if keyed && req != Request::Metadata {
             return Err(RequestRefusal::Unsealed { device });
         }
         return Ok((device, req, None));
@@ -267,8 +327,8 @@ pub fn open_request(
     let mut c = [0u8; 8];
     c.copy_from_slice(counter);
     let counter = u64::from_le_bytes(c);
-    if let Some(k) = key {
-        let want = mic(k, b.get(..body_len + 8).unwrap_or_default());
+    if keyed && let Some(k) = key_for(&req) {
+        let want = mic(&k, b.get(..body_len + 8).unwrap_or_default());
         // Constant time, like the frames' check.
         if want.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
             return Err(RequestRefusal::BadMic { device });
@@ -313,6 +373,7 @@ pub fn decode_request(b: &[u8]) -> Result<(DeviceId, Request), EndpointError> {
             version: r.label()?,
         },
         6 => Request::Rollback,
+        7 => Request::Rekey { epoch: r.u32()? },
         op => return Err(EndpointError::Op(op)),
     };
     r.end()?;
@@ -343,6 +404,10 @@ pub fn encode_reply(device: DeviceId, reply: &Reply) -> Result<Vec<u8>, Endpoint
         Reply::Hash(h) => {
             out.push(3);
             out.extend_from_slice(h);
+        }
+        Reply::Rekeyed { epoch } => {
+            out.push(4);
+            out.extend_from_slice(&epoch.to_le_bytes());
         }
     }
     Ok(out)
@@ -382,6 +447,7 @@ pub fn decode_reply(b: &[u8]) -> Result<(DeviceId, Reply), EndpointError> {
             h.copy_from_slice(r.take(32)?);
             Reply::Hash(h)
         }
+        4 => Reply::Rekeyed { epoch: r.u32()? },
         op => return Err(EndpointError::Op(op)),
     };
     r.end()?;
@@ -529,6 +595,66 @@ mod tests {
                 prop_assert_eq!(encode_reply(d, &r).unwrap(), b);
             }
         }
+    }
+
+    /// Key rotation: at epoch `e` a device takes requests under `root.for_epoch(e)` only, and
+    /// a rekey only under the root itself and only to a higher epoch.
+    #[test]
+    fn a_rekey_needs_the_root_and_a_higher_epoch() {
+        let root = DeviceKey([7; 32]);
+        let (e0, e1) = (root.for_epoch(0), root.for_epoch(1));
+        assert_ne!(e0, root);
+        assert_ne!(e0, e1);
+        let reboot = Request::RebootToBootloader;
+        let b = seal_request(&e0, 9, 10, &reboot).unwrap();
+        assert_eq!(
+            open_keyed_request(&b, &root, 0, None),
+            Ok((9, reboot.clone(), Some(10)))
+        );
+        assert_eq!(
+            open_keyed_request(&b, &root, 1, None),
+            Err(RequestRefusal::BadMic { device: 9 }),
+            "the old working key opens nothing at epoch 1"
+        );
+        assert_eq!(
+            open_keyed_request(
+                &seal_request(&root, 9, 10, &reboot).unwrap(),
+                &root,
+                0,
+                None
+            ),
+            Err(RequestRefusal::BadMic { device: 9 }),
+            "the root seals only rekeys"
+        );
+        let rekey = Request::Rekey { epoch: 1 };
+        assert_eq!(
+            open_keyed_request(&seal_request(&e0, 9, 11, &rekey).unwrap(), &root, 0, None),
+            Err(RequestRefusal::BadMic { device: 9 }),
+            "a working key cannot rekey"
+        );
+        let by_root = seal_request(&root, 9, 11, &rekey).unwrap();
+        assert_eq!(
+            open_keyed_request(&by_root, &root, 0, Some(10)),
+            Ok((9, rekey.clone(), Some(11)))
+        );
+        assert_eq!(
+            open_keyed_request(&by_root, &root, 0, Some(11)),
+            Err(RequestRefusal::Replayed {
+                device: 9,
+                counter: 11,
+                last: 11
+            })
+        );
+        assert_eq!(
+            open_keyed_request(&by_root, &root, 1, Some(10)),
+            Err(RequestRefusal::StaleEpoch {
+                device: 9,
+                epoch: 1,
+                at: 1
+            })
+        );
+        let (d, r) = decode_reply(&encode_reply(9, &Reply::Rekeyed { epoch: 1 }).unwrap()).unwrap();
+        assert_eq!((d, r), (9, Reply::Rekeyed { epoch: 1 }));
     }
 
     #[test]

@@ -64,6 +64,19 @@ impl DeviceKey {
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    /// The working key of `epoch` under this root key (key rotation, threats R1/R2): keyed
+    /// BLAKE3 of the root over a fixed label and the epoch. A device and its owner hold the
+    /// root; frames and requests use the epoch's key, which is all a provider is handed, so a
+    /// provider cannot derive the root or another epoch's key, and a device moved to a new
+    /// epoch (a rekey request sealed under the root) no longer takes or sends anything under
+    /// the old one.
+    pub fn for_epoch(&self, epoch: u32) -> DeviceKey {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(b"agora device key epoch v1");
+        h.update(&epoch.to_le_bytes());
+        DeviceKey(*h.finalize().as_bytes())
+    }
 }
 
 /// Device, counter and version of an uplink.

@@ -1,0 +1,387 @@
+//! Key rotation, owner side (threats R1/R2): a provider handed a device's working key keeps
+//! it when its contract ends; with it, it could still command the device and forge frames
+//! other holders would take. So the owner tracks whom it handed each device's working key
+//! (`handed`) and, once the ledger says one of them no longer provides for the device, moves
+//! the device to a new epoch: it hands the next epoch's working key to the providers that
+//! remain (`RadioRpc::KeyUpdate`), then sends the device a rekey sealed under its root key,
+//! until the device answers or shows in a frame that it moved. From then on the old working
+//! key opens nothing: the device refuses requests under it and every holder refuses frames
+//! sealed with it.
+//!
+//! The decisions are here, without I/O but the state file (`radio-rotation.json`, 0600): the
+//! radio task carries out the steps.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use agora_market::{NodeId, Timestamp};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::keys::{read_private_json, write_private};
+
+/// Providers a device's working key is handed to at most (each one a provider of a contract
+/// for the device on the ledger: staked, not free to mint).
+pub(crate) const MAX_HANDED_PER_DEVICE: usize = 64;
+/// How soon a rotation's steps are retried at first, ms.
+pub(crate) const RETRY_MS: u64 = 2_000;
+/// How long a rotation waits for the remaining providers to take the next key before it moves
+/// the device anyway (a provider that missed it asks again when the device's frames stop
+/// verifying), ms.
+pub(crate) const PUSH_GRACE_MS: u64 = 10_000;
+/// Largest rotation file read back.
+const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// One owned device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Owned {
+    /// Epoch of the device's current working key.
+    pub(crate) epoch: u32,
+    /// Providers that hold the current (or next) working key.
+    #[serde(default)]
+    pub(crate) handed: BTreeSet<NodeId>,
+    /// The epoch a rotation under way moves the device to.
+    #[serde(default)]
+    pub(crate) pending: Option<u32>,
+    #[serde(skip)]
+    run: Run,
+}
+
+/// A rotation's progress (not persisted: a restarted owner starts the steps over).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Run {
+    started: Option<Timestamp>,
+    next_at: Timestamp,
+    acked: BTreeSet<NodeId>,
+    /// Rounds so far (the retry interval doubles, up to 32 × [`RETRY_MS`]: a device that
+    /// has no endpoint never answers).
+    tries: u32,
+}
+
+/// What the radio task does next for a rotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Hand the next epoch's working key of `device` to `to`.
+    Push {
+        device: u32,
+        epoch: u32,
+        to: Vec<NodeId>,
+    },
+    /// Send `device` a rekey to `epoch` sealed under its root.
+    Rekey { device: u32, epoch: u32 },
+}
+
+/// The owner's rotation state of every device it owns.
+#[derive(Default)]
+pub(crate) struct Rotations {
+    devices: BTreeMap<u32, Owned>,
+    /// Who may hold each device's key now, from the ledger; `None` until the orchestrator
+    /// said (no rotation starts before: a node still loading its ledger revokes no one).
+    holders: Option<BTreeMap<u32, BTreeSet<NodeId>>>,
+    file: Option<PathBuf>,
+}
+
+impl Rotations {
+    /// The state of the devices in `owned` from `file` (others' entries are dropped).
+    pub(crate) fn load(file: Option<PathBuf>, owned: impl Iterator<Item = u32>) -> Self {
+        let stored: BTreeMap<u32, Owned> = file
+            .as_deref()
+            .and_then(|p| read_private_json(p, MAX_FILE_BYTES))
+            .unwrap_or_default();
+        let devices = owned
+            .map(|d| {
+                let mut o = stored.get(&d).cloned().unwrap_or_default();
+                o.pending = o.pending.filter(|p| *p > o.epoch);
+                if o.handed.len() > MAX_HANDED_PER_DEVICE {
+                    o.handed = o.handed.into_iter().take(MAX_HANDED_PER_DEVICE).collect();
+                }
+                (d, o)
+            })
+            .collect();
+        Rotations {
+            devices,
+            holders: None,
+            file,
+        }
+    }
+
+    /// Each owned device's epoch.
+    pub(crate) fn epochs(&self) -> BTreeMap<u32, u32> {
+        self.devices.iter().map(|(d, o)| (*d, o.epoch)).collect()
+    }
+
+    /// Rotations under way: `(device, epoch)`.
+    pub(crate) fn pending(&self) -> Vec<(u32, u32)> {
+        self.devices
+            .iter()
+            .filter_map(|(d, o)| Some((*d, o.pending?)))
+            .collect()
+    }
+
+    /// Whether `asker` may be handed `device`'s working key: the ledger names it a provider
+    /// of the device now.
+    pub(crate) fn may_hold(&self, device: u32, asker: &NodeId) -> bool {
+        self.devices.contains_key(&device)
+            && self
+                .holders
+                .as_ref()
+                .and_then(|h| h.get(&device))
+                .is_some_and(|h| h.contains(asker))
+    }
+
+    /// Records that `to` was handed `device`'s working key; false (not handed) past
+    /// [`MAX_HANDED_PER_DEVICE`].
+    pub(crate) fn handed(&mut self, device: u32, to: NodeId) -> bool {
+        let Some(o) = self.devices.get_mut(&device) else {
+            return false;
+        };
+        if o.handed.contains(&to) {
+            return true;
+        }
+        if o.handed.len() >= MAX_HANDED_PER_DEVICE {
+            warn!(
+                device,
+                max = MAX_HANDED_PER_DEVICE,
+                "device key not handed: it is held by as many providers as allowed"
+            );
+            return false;
+        }
+        o.handed.insert(to);
+        self.save();
+        true
+    }
+
+    /// The ledger's holders now (the whole map); returns the rotations this starts.
+    pub(crate) fn set_holders(
+        &mut self,
+        holders: BTreeMap<u32, BTreeSet<NodeId>>,
+        now: Timestamp,
+    ) -> Vec<(u32, u32, Vec<NodeId>)> {
+        self.holders = Some(holders);
+        self.start_due(now)
+    }
+
+    /// Starts a rotation for each owned device, not rotating already, whose key went to a
+    /// provider the ledger no longer names: `(device, new epoch, revoked)`.
+    pub(crate) fn start_due(&mut self, now: Timestamp) -> Vec<(u32, u32, Vec<NodeId>)> {
+        let Some(holders) = &self.holders else {
+            return Vec::new();
+        };
+        let mut started = Vec::new();
+        for (device, o) in &mut self.devices {
+            if o.pending.is_some() {
+                continue;
+            }
+            let now_holding = holders.get(device).cloned().unwrap_or_default();
+            let revoked: Vec<NodeId> = o.handed.difference(&now_holding).copied().collect();
+            if revoked.is_empty() {
+                continue;
+            }
+            let Some(epoch) = o.epoch.checked_add(1) else {
+                warn!(
+                    device,
+                    "device key at the last epoch: it cannot be rotated; provision a new root key"
+                );
+                continue;
+            };
+            o.handed.retain(|h| now_holding.contains(h));
+            o.pending = Some(epoch);
+            o.run = Run {
+                started: Some(now),
+                ..Run::default()
+            };
+            started.push((*device, epoch, revoked));
+        }
+        if !started.is_empty() {
+            self.save();
+        }
+        started
+    }
+
+    /// The steps due at `now`: the next key to the holders that have not taken it, then (once
+    /// all took it, or after [`PUSH_GRACE_MS`]) the rekey, every [`RETRY_MS`] until the device
+    /// confirms.
+    pub(crate) fn due(&mut self, now: Timestamp) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for (device, o) in &mut self.devices {
+            let Some(epoch) = o.pending else {
+                continue;
+            };
+            if now < o.run.next_at {
+                continue;
+            }
+            let started = *o.run.started.get_or_insert(now);
+            o.run.next_at = now.saturating_add(RETRY_MS << o.run.tries.min(5));
+            o.run.tries = o.run.tries.saturating_add(1);
+            let to: Vec<NodeId> = o.handed.difference(&o.run.acked).copied().collect();
+            let all_took = to.is_empty();
+            if !all_took {
+                steps.push(Step::Push {
+                    device: *device,
+                    epoch,
+                    to,
+                });
+            }
+            if all_took || now.saturating_sub(started) >= PUSH_GRACE_MS {
+                steps.push(Step::Rekey {
+                    device: *device,
+                    epoch,
+                });
+            }
+        }
+        steps
+    }
+
+    /// `peer` took `device`'s key of `epoch`.
+    pub(crate) fn acked(&mut self, device: u32, epoch: u32, peer: NodeId) {
+        if let Some(o) = self.devices.get_mut(&device)
+            && o.pending == Some(epoch)
+        {
+            o.run.acked.insert(peer);
+            // The rekey goes out at once once everyone has it.
+            if o.handed.is_subset(&o.run.acked) {
+                o.run.next_at = 0;
+            }
+        }
+    }
+
+    /// The device is at `epoch` now (its answer, or a frame under that epoch's key): whether
+    /// that ends the rotation under way (then persisted).
+    pub(crate) fn confirmed(&mut self, device: u32, epoch: u32) -> bool {
+        let Some(o) = self.devices.get_mut(&device) else {
+            return false;
+        };
+        if o.pending != Some(epoch) {
+            return false;
+        }
+        o.epoch = epoch;
+        o.pending = None;
+        o.run = Run::default();
+        self.save();
+        true
+    }
+
+    fn save(&self) {
+        let Some(path) = &self.file else {
+            return;
+        };
+        if let Err(e) = write_private(path, &self.devices) {
+            warn!(path = %path.display(), error = %e, "key rotation state not saved; a restart rotates again");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn node(b: u8) -> NodeId {
+        NodeId([b; 32])
+    }
+
+    fn holders(d: u32, ns: &[u8]) -> BTreeMap<u32, BTreeSet<NodeId>> {
+        BTreeMap::from([(d, ns.iter().map(|b| node(*b)).collect())])
+    }
+
+    #[test]
+    fn a_provider_dropped_by_the_ledger_starts_a_rotation_once() {
+        let mut r = Rotations::load(None, [7].into_iter());
+        // Before the ledger spoke, nothing starts, and no one may hold the key.
+        assert!(r.start_due(0).is_empty());
+        assert!(!r.may_hold(7, &node(1)));
+        assert!(r.set_holders(holders(7, &[1, 2]), 0).is_empty());
+        assert!(r.may_hold(7, &node(1)) && !r.may_hold(7, &node(3)));
+        assert!(!r.may_hold(8, &node(1)), "not this node's device");
+        assert!(r.handed(7, node(1)) && r.handed(7, node(2)));
+        // Provider 1's contract ended.
+        let started = r.set_holders(holders(7, &[2]), 100);
+        assert_eq!(started, vec![(7, 1, vec![node(1)])]);
+        assert_eq!(r.pending(), vec![(7, 1)]);
+        assert!(
+            r.set_holders(holders(7, &[]), 200).is_empty(),
+            "one rotation at a time"
+        );
+        // The remaining holder gets the next key first; the rekey waits for it.
+        assert_eq!(
+            r.due(100),
+            vec![Step::Push {
+                device: 7,
+                epoch: 1,
+                to: vec![node(2)]
+            }]
+        );
+        assert!(r.due(101).is_empty(), "retried after RETRY_MS");
+        r.acked(7, 1, node(2));
+        assert_eq!(
+            r.due(102),
+            vec![Step::Rekey {
+                device: 7,
+                epoch: 1
+            }]
+        );
+        // Unanswered, the rekey is retried less and less often.
+        assert!(r.due(102 + 2 * RETRY_MS - 1).is_empty());
+        assert_eq!(r.due(102 + 2 * RETRY_MS).len(), 1);
+        assert!(r.due(102 + 5 * RETRY_MS).is_empty());
+        assert_eq!(r.due(102 + 6 * RETRY_MS).len(), 1);
+        assert!(!r.confirmed(7, 2), "not the epoch under way");
+        assert!(r.confirmed(7, 1));
+        assert_eq!(r.epochs()[&7], 1);
+        assert!(r.due(10_000).is_empty());
+        // Provider 2 left meanwhile: the next rotation starts now.
+        assert_eq!(r.start_due(300), vec![(7, 2, vec![node(2)])]);
+    }
+
+    #[test]
+    fn an_unresponsive_holder_delays_the_rekey_only_for_the_grace() {
+        let mut r = Rotations::load(None, [7].into_iter());
+        r.set_holders(holders(7, &[1, 2]), 0);
+        r.handed(7, node(1));
+        r.handed(7, node(2));
+        r.set_holders(holders(7, &[2]), 0);
+        assert!(matches!(r.due(0)[..], [Step::Push { .. }]));
+        let late = r.due(PUSH_GRACE_MS);
+        assert_eq!(late.len(), 2, "{late:?}");
+        assert_eq!(
+            late[1],
+            Step::Rekey {
+                device: 7,
+                epoch: 1
+            }
+        );
+    }
+
+    #[test]
+    fn the_state_survives_a_restart_0600_and_stays_bounded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("radio-rotation.json");
+        let mut r = Rotations::load(Some(path.clone()), [7, 8].into_iter());
+        r.set_holders(holders(7, &[1]), 0);
+        r.handed(7, node(1));
+        r.set_holders(holders(7, &[]), 0);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let again = Rotations::load(Some(path.clone()), [7].into_iter());
+        assert_eq!(
+            again.pending(),
+            vec![(7, 1)],
+            "a rotation under way resumes"
+        );
+        assert_eq!(
+            again.epochs(),
+            BTreeMap::from([(7, 0)]),
+            "device 8 not owned now"
+        );
+        let mut full = Rotations::load(None, [7].into_iter());
+        full.set_holders(holders(7, &[]), 0);
+        for b in 0..=u8::try_from(MAX_HANDED_PER_DEVICE).unwrap() {
+            full.handed(7, node(b));
+        }
+        assert_eq!(full.devices[&7].handed.len(), MAX_HANDED_PER_DEVICE);
+    }
+}

@@ -159,7 +159,8 @@ impl RadioTask {
                 self.begin_rotation(d, e, &revoked);
             }
         }
-        self.recheck_buffer(device);
+        // The buffer is not re-checked: its frames were verified when they came (under the
+        // key of their epoch); re-checking them under the new key alone would drop them.
     }
 
     /// Provider: a frame of `device` verified under no key held here. If the key came from

@@ -119,6 +119,11 @@ impl Rotations {
             .collect()
     }
 
+    /// The epoch a rotation under way moves `device` to.
+    pub(crate) fn pending_epoch(&self, device: u32) -> Option<u32> {
+        self.devices.get(&device)?.pending
+    }
+
     /// Whether `asker` may be handed `device`'s working key: the ledger names it a provider
     /// of the device now.
     pub(crate) fn may_hold(&self, device: u32, asker: &NodeId) -> bool {

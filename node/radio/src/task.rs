@@ -70,6 +70,34 @@ type StateAnswer = (String, bool);
 /// A provider took a device's next key: `(device, epoch, provider)`.
 type KeyTaken = (u32, u32, NodeId);
 
+/// Sends `env` to `peer` and returns its answer, decoded, when `peer` itself signed it within
+/// `timeout`; otherwise logs why not (`what` names the request) and returns `None`. Every
+/// request the radio task makes of one peer goes through here.
+async fn ask_peer(
+    network: &NetworkHandle,
+    peer: NodeId,
+    env: &Envelope,
+    timeout: Duration,
+    what: &str,
+) -> Option<RadioRpc> {
+    let pid = agora_network::keys::peer_id_of(&peer)?;
+    match tokio::time::timeout(timeout, network.request(pid, env)).await {
+        Ok(Ok(answer)) if answer.sender == peer => answer.body::<RadioRpc>(Kind::Radio).ok(),
+        Ok(Ok(_)) => {
+            warn!(%peer, "answer to {what} signed by another node: ignored");
+            None
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "peer not reached with {what}");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "peer did not answer {what}");
+            None
+        }
+    }
+}
+
 struct RadioTask {
     me: NodeId,
     signer: KeySigner,
@@ -1222,23 +1250,11 @@ impl RadioTask {
             tokio::spawn(
                 async move {
                     let mut keys = Vec::new();
-                    if let (Ok(env), Some(peer)) = (env, agora_network::keys::peer_id_of(&owner)) {
-                        match tokio::time::timeout(KEY_TIMEOUT, network.request(peer, &env)).await {
-                            Ok(Ok(answer)) if answer.sender == owner => {
-                                if let Ok(RadioRpc::Keys { keys: k }) =
-                                    answer.body::<RadioRpc>(Kind::Radio)
-                                {
-                                    keys = k;
-                                }
-                            }
-                            Ok(Ok(_)) => {
-                                warn!(%owner, "key answer signed by another node: ignored")
-                            }
-                            Ok(Err(e)) => {
-                                debug!(%owner, error = %e, "device owner not reached for keys")
-                            }
-                            Err(_) => debug!(%owner, "device owner did not answer the key request"),
-                        }
+                    if let Ok(env) = env
+                        && let Some(RadioRpc::Keys { keys: k }) =
+                            ask_peer(&network, owner, &env, KEY_TIMEOUT, "a key request").await
+                    {
+                        keys = k;
                     }
                     let _ = tx.send((owner, keys)).await;
                 }

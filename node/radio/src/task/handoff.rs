@@ -10,12 +10,11 @@ use std::collections::BTreeSet;
 use agora_contracts::devices::DeviceMeta;
 use agora_contracts::devices::handoff::{JobHandoff, Received};
 use agora_market::NodeId;
-use agora_wire::codec::Kind;
 use agora_wire::now_ms;
 use tokio::net::UdpSocket;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{KEY_TIMEOUT, RadioTask};
+use super::{KEY_TIMEOUT, RadioTask, ask_peer};
 use crate::RadioRpc;
 use crate::firmware::{JobRequest, Origin, load_image};
 
@@ -45,18 +44,11 @@ impl RadioTask {
         tokio::spawn(
             async move {
                 let mut kept = false;
-                if let (Ok(env), Some(pid)) = (env, agora_network::keys::peer_id_of(&peer)) {
-                    match tokio::time::timeout(KEY_TIMEOUT, network.request(pid, &env)).await {
-                        Ok(Ok(answer)) if answer.sender == peer => {
-                            kept = matches!(
-                                answer.body::<RadioRpc>(Kind::Radio),
-                                Ok(RadioRpc::HandoffAck { kept: true })
-                            );
-                        }
-                        Ok(Ok(_)) => warn!(%peer, "hand-off answer signed by another node: ignored"),
-                        Ok(Err(e)) => debug!(%peer, error = %e, "provider not reached with a job hand-off"),
-                        Err(_) => debug!(%peer, "provider did not answer a job hand-off"),
-                    }
+                if let Ok(env) = env {
+                    kept = matches!(
+                        ask_peer(&network, peer, &env, KEY_TIMEOUT, "a job hand-off").await,
+                        Some(RadioRpc::HandoffAck { kept: true })
+                    );
                 }
                 if kept {
                     info!(job, %peer, finished, "firmware job handed to the devices' provider");

@@ -14,14 +14,13 @@ use std::time::Instant;
 
 use agora_contracts::devices::agent::Request;
 use agora_market::NodeId;
-use agora_wire::codec::Kind;
 use agora_wire::now_ms;
 use agora_wire::radio::HandedKey;
 use agora_wire::radio::endpoint::seal_request;
 use tokio::net::UdpSocket;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{KEY_TIMEOUT, RadioTask, Step};
+use super::{KEY_TIMEOUT, RadioTask, Step, ask_peer};
 use crate::RadioRpc;
 
 /// How often a provider asks a device's owner again for a key its frames no longer verify
@@ -67,28 +66,14 @@ impl RadioTask {
             return;
         };
         for peer in to {
-            let Some(pid) = agora_network::keys::peer_id_of(&peer) else {
-                continue;
-            };
             let (network, tx, env) = (self.network.clone(), self.rot_tx.clone(), env.clone());
             tokio::spawn(
                 async move {
-                    match tokio::time::timeout(KEY_TIMEOUT, network.request(pid, &env)).await {
-                        Ok(Ok(answer)) if answer.sender == peer => {
-                            if let Ok(RadioRpc::KeysTaken { devices }) =
-                                answer.body::<RadioRpc>(Kind::Radio)
-                                && devices.contains(&device)
-                            {
-                                let _ = tx.send((device, epoch, peer)).await;
-                            }
-                        }
-                        Ok(Ok(_)) => {
-                            warn!(%peer, "key update answer signed by another node: ignored")
-                        }
-                        Ok(Err(e)) => {
-                            debug!(%peer, error = %e, "provider not reached with a key update")
-                        }
-                        Err(_) => debug!(%peer, "provider did not answer a key update"),
+                    if let Some(RadioRpc::KeysTaken { devices }) =
+                        ask_peer(&network, peer, &env, KEY_TIMEOUT, "a key update").await
+                        && devices.contains(&device)
+                    {
+                        let _ = tx.send((device, epoch, peer)).await;
                     }
                 }
                 .in_current_span(),
@@ -128,12 +113,7 @@ impl RadioTask {
 
     /// A device's answer to a rekey (from the address it is heard on).
     pub(super) fn on_rekeyed(&mut self, device: u32, epoch: u32) {
-        let next = self
-            .rotation
-            .pending()
-            .into_iter()
-            .find(|(d, _)| *d == device);
-        if next.is_some_and(|(_, e)| e == epoch) {
+        if self.rotation.pending_epoch(device) == Some(epoch) {
             self.moved_to_next(device);
         } else {
             debug!(
@@ -217,10 +197,7 @@ impl RadioTask {
         if !changed.is_empty() {
             info!(%sender, devices = ?changed, "next device keys taken from their owner");
         }
-        let devices = taken
-            .into_iter()
-            .filter(|d| self.keys.next(*d).is_some() || self.keys.has(*d))
-            .collect();
+        let devices = taken.into_iter().filter(|d| self.keys.has(*d)).collect();
         if let Ok(env) = self.seal(&RadioRpc::KeysTaken { devices }) {
             let _ = self.network.respond(id, &env).await;
         }

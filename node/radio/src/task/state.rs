@@ -33,7 +33,7 @@ use agora_wire::now_ms;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{PreparedCheckpoint, RadioTask, StateAnswer};
+use super::{PreparedCheckpoint, RadioTask, StateAnswer, ask_peer};
 use crate::rules::Forward;
 use crate::{Checkpoint, KeptState, RADIO_TOPIC, RadioRpc, STATE_MAX_HELD_TICKS};
 
@@ -256,34 +256,17 @@ impl RadioTask {
             async move {
                 let mut all = !sends.is_empty();
                 for (peer, env) in sends {
-                    let kept = match agora_network::keys::peer_id_of(&peer) {
-                        Some(pid) => {
-                            match tokio::time::timeout(STATE_TIMEOUT, network.request(pid, &env))
-                                .await
-                            {
-                                Ok(Ok(a)) if a.sender == peer => {
-                                    match a.body::<RadioRpc>(Kind::Radio) {
-                                        Ok(RadioRpc::StateAck { kept: true, .. }) => true,
-                                        Ok(RadioRpc::StateAck { reason, .. }) => {
-                                            warn!(%peer, %reason, "state snapshot refused by the provider");
-                                            false
-                                        }
-                                        _ => false,
-                                    }
-                                }
-                                Ok(Ok(_)) => false,
-                                Ok(Err(e)) => {
-                                    debug!(%peer, error = %e, "provider not reached with a state snapshot");
-                                    false
-                                }
-                                Err(_) => {
-                                    debug!(%peer, "provider did not answer a state snapshot");
-                                    false
-                                }
+                    let kept =
+                        match ask_peer(&network, peer, &env, STATE_TIMEOUT, "a state snapshot")
+                            .await
+                        {
+                            Some(RadioRpc::StateAck { kept: true, .. }) => true,
+                            Some(RadioRpc::StateAck { reason, .. }) => {
+                                warn!(%peer, %reason, "state snapshot refused by the provider");
+                                false
                             }
-                        }
-                        None => false,
-                    };
+                            _ => false,
+                        };
                     all &= kept;
                 }
                 let _ = tx.send((service, all)).await;

@@ -98,7 +98,13 @@ impl<S: Signer> FleetState<S> {
                 let reason = bounded_reason(reason);
                 if self.observe(deployment, from, image.as_deref(), phase, reason) {
                     // The version the target acts on: one behind is sent the record again.
-                    if let Some(own) = self.own.get_mut(&deployment) {
+                    // A target only fetching may hold the record unpinned (its contract is not
+                    // live yet, or it fetches early): a flood of strangers' records can still
+                    // evict it there, so it is not yet counted as acting on it; from staged on,
+                    // a live contract pins the record (THREATS N8).
+                    if phase != TargetPhase::Fetching
+                        && let Some(own) = self.own.get_mut(&deployment)
+                    {
                         let acted = own.acted.entry(from).or_insert(0);
                         *acted = (*acted).max(version.min(own.record.body.version));
                     }

@@ -1489,24 +1489,36 @@ fn the_deployer_sends_its_record_again_to_a_target_behind() {
     assert_eq!(direct_to(&out, target, version), 1, "and again");
     // The target reports it acts on an older version (a stranger cannot report for it: the
     // report counts only from the target): still behind.
-    let report = |version: u64| Input::Remote {
+    let report = |version: u64, phase: TargetPhase| Input::Remote {
         from: target,
         gossip: false,
         msg: FleetMessage::Report {
             deployment: id,
             version,
-            phase: TargetPhase::Fetching,
+            phase,
             reason: None,
             image: Some(IMAGE.into()),
             restarts: None,
             last_failure: None,
         },
     };
-    d.handle(T0 + 20 + 2 * every, report(version - 1)).unwrap();
+    d.handle(
+        T0 + 20 + 2 * every,
+        report(version - 1, TargetPhase::Staged),
+    )
+    .unwrap();
     let out = tick(&mut d, T0 + 10 + 3 * every);
     assert_eq!(direct_to(&out, target, version), 1);
-    d.handle(T0 + 20 + 3 * every, report(version)).unwrap();
-    for k in 4..10 {
+    // Fetching the current version: its record may be unpinned there (no live contract yet),
+    // and a flood may evict it before the contract is: still sent (found by attack_fleet, an
+    // upgrade's record evicted right after the target's "fetching" report).
+    d.handle(T0 + 20 + 3 * every, report(version, TargetPhase::Fetching))
+        .unwrap();
+    let out = tick(&mut d, T0 + 10 + 4 * every);
+    assert_eq!(direct_to(&out, target, version), 1, "fetching: sent");
+    d.handle(T0 + 20 + 4 * every, report(version, TargetPhase::Staged))
+        .unwrap();
+    for k in 5..11 {
         let out = tick(&mut d, T0 + 10 + k * every);
         assert_eq!(direct_to(&out, target, version), 0, "acts on it: no more");
     }

@@ -98,6 +98,20 @@ pub(super) fn breach_of(rec: &ContractRecord, end: Timestamp) -> Option<BreachRe
     (permille < min).then_some(BreachReason::ConfirmedDowntime { permille })
 }
 
+impl ContractRecord {
+    /// What the provider of an active hosted contract could collect now with `SettleUptime`:
+    /// payment for paid uptime not paid yet. Zero otherwise, so a provider submits the
+    /// transaction only when it would be accepted (a refused one still costs a block's room).
+    pub fn collectable(&self) -> Amount {
+        if self.status != ContractStatus::Active || self.contract.kind != ContractKind::Hosted {
+            return 0;
+        }
+        earned(self, 0)
+            .saturating_sub(self.paid_to_provider)
+            .min(self.escrow.payment)
+    }
+}
+
 impl Ledger {
     pub(super) fn settle_uptime(
         &mut self,
@@ -112,10 +126,8 @@ impl Ledger {
                 action: "collect uptime payment for (hosted contracts, provider only)",
             });
         }
-        let to_pay = earned(rec, 0)
-            .saturating_sub(rec.paid_to_provider)
-            .min(rec.escrow.payment);
-        if rec.status != ContractStatus::Active || to_pay == 0 {
+        let to_pay = rec.collectable();
+        if to_pay == 0 {
             return Err(LedgerError::NotNow {
                 contract: id,
                 status: rec.status,

@@ -562,7 +562,7 @@ impl Orchestrator {
             }
         }
         if let Some(rec) = self.record(contract).await
-            && rec.contract.kind == ContractKind::Hosted
+            && rec.collectable() > 0
         {
             self.submit(TxKind::SettleUptime(contract), "uptime payment")
                 .await;

@@ -6,7 +6,7 @@ use cid::Cid;
 
 use super::steps::submit_once;
 use super::{Prep, Provider, Run, Step};
-use crate::contract::{ContractId, ContractKind};
+use crate::contract::ContractId;
 use crate::ledger::{HeartbeatBatch, TxKind, UptimeInterval};
 use crate::lifecycle::ContractStatus;
 use crate::roles::io::{Effect, Note, ServiceRef};
@@ -212,10 +212,7 @@ impl Provider {
             contract: id,
             batch,
         }));
-        if v.records
-            .get(&id)
-            .is_some_and(|r| r.contract.kind == ContractKind::Hosted)
-        {
+        if v.records.get(&id).is_some_and(|r| r.collectable() > 0) {
             out.push(Effect::Submit(TxKind::SettleUptime(id)));
         }
     }

@@ -131,7 +131,7 @@ pub enum FleetError {
     },
     /// `create` of a live deployment with other variants than it has.
     #[error(
-        "deployment {deployment} runs other variants; delete it (agora deploy delete) and create          it again: changing a deployment's variants in place is not supported"
+        "deployment {deployment} runs other variants; delete it (agora deploy delete) and create it again: changing a deployment's variants in place is not supported"
     )]
     VariantsChanged {
         /// The deployment.

@@ -11,6 +11,7 @@
 //! the devices are at epoch 1 (103 untouched); B verifies under the new keys with no frame
 //! refused; P's frames stop verifying, it asks A again and is refused; a reboot sealed under
 //! P's old key is refused by the device; frames forged under it are refused by A and B.
+//! Last, the operator rotates 103 by hand (`agora device rotate 103`): B moves with it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -217,5 +218,43 @@ async fn a_providers_key_is_rotated_away_when_its_contract_ends() {
     })
     .await
     .unwrap();
+
+    // The operator rotates 103 by hand (a key thought leaked): `agora device rotate`, exactly
+    // as the README shows it, on the owner. B, the provider the ledger names, takes the next
+    // key; the device moves; B verifies its frames without refusing one. On B, which does not
+    // own 103, the same command is refused.
+    let run = |dir: &Path| {
+        let dir = dir.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            agora_tests::agora(&["device", "rotate", "103", "--data-dir", &dir])
+        })
+    };
+    let b_refused = radio_of(&bn).await.unwrap().stats.frames_refused_bad_mic;
+    let out = run(&an.data_dir).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("rotating to key epoch 1"), "{text}");
+    assert!(text.contains("at key epoch 1"), "{text}");
+    assert_eq!(s.device_epochs().get(&103), Some(&1));
+    wait_for("B to verify 103 under its epoch-1 key", 60, async || {
+        (epoch_at(&bn, 103).await?.0 == Some(1)).then_some(())
+    })
+    .await
+    .unwrap();
+    let heard = epoch_at(&bn, 103).await.unwrap().1.unwrap_or(0);
+    wait_for("B to hear 103 under its new key", 30, async || {
+        (epoch_at(&bn, 103).await?.1.unwrap_or(0) > heard + 5).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        radio_of(&bn).await.unwrap().stats.frames_refused_bad_mic,
+        b_refused,
+        "B refused frames of 103 across the rotation"
+    );
+    let out = run(&bn.data_dir).await.unwrap();
+    assert!(!out.status.success(), "B rotated a device it does not own");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not this node's"), "{err}");
     s.down(true).await.unwrap();
 }

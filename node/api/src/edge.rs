@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, ApiState, authorize};
 use agora_orchestrator::{OrchestratorHandle, TimelineEntry};
 use agora_radio::firmware::{FirmwareError, JobId, JobList, JobRequest, JobStarted, JobView};
-use agora_radio::{DeviceList, RadioHandle, RadioStatus};
+use agora_radio::{DeviceList, RadioHandle, RadioStatus, RotateRefused, RotationStarted};
 
 /// `POST /v1/own` body.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -111,9 +111,27 @@ async fn job(
         ApiError(
             StatusCode::NOT_FOUND,
             format!(
-                "no firmware job {id} on this edge (finished jobs are evicted once 16 are kept);                  see GET /v1/devices/jobs"
+                "no firmware job {id} on this edge (finished jobs are evicted once 16 are kept); see GET /v1/devices/jobs"
             ),
         )
+    })
+}
+
+/// `POST /v1/devices/{id}/rotate`: rotates the working key of a device this node owns now
+/// (`agora device rotate`).
+async fn rotate(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(device): Path<u32>,
+) -> Result<Json<RotationStarted>, ApiError> {
+    authorize(&s, &headers)?;
+    radio(&s)?.rotate(device).await.map(Json).map_err(|e| {
+        let code = match e {
+            RotateRefused::NotOwned { .. } => StatusCode::NOT_FOUND,
+            RotateRefused::LastEpoch { .. } => StatusCode::CONFLICT,
+            RotateRefused::NoRadio => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(code, e.to_string())
     })
 }
 
@@ -154,6 +172,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/devices", get(devices))
         .route("/v1/devices/jobs", get(jobs).post(start_job))
         .route("/v1/devices/jobs/{id}", get(job))
+        .route("/v1/devices/{id}/rotate", post(rotate))
         .route("/v1/timeline", get(timeline))
         .route("/v1/own", post(set_own))
 }

@@ -350,7 +350,7 @@ impl ServiceManifest {
             return Err(field(
                 "name",
                 format!(
-                    "cannot be derived from the file name `{}`; pass --manifest with                      name = \"...\" (a-z, 0-9, '.', '_', '-')",
+                    "cannot be derived from the file name `{}`; pass --manifest with name = \"...\" (a-z, 0-9, '.', '_', '-')",
                     file.display()
                 ),
             ));

@@ -52,6 +52,7 @@ pub use agora_wire::radio::{
 };
 pub use discovery::{DiscoveredDevice, DiscoveryStats};
 pub use keys::DeviceKeyConfig;
+pub use rotation::{RotateRefused, Started as RotationStarted};
 
 /// File in the data dir holding the device keys owners handed to this node (mode 0600).
 pub const RECEIVED_KEYS_FILE: &str = "radio-keys.json";
@@ -403,6 +404,7 @@ enum Command {
         reply: Reply<Result<firmware::JobStarted, firmware::FirmwareError>>,
     },
     Jobs(Reply<firmware::JobList>),
+    Rotate(u32, Reply<Result<RotationStarted, RotateRefused>>),
     Job(firmware::JobId, Reply<Option<firmware::JobView>>),
     StateTo(String, Vec<(ContractId, NodeId)>),
     AcceptState(ContractId, NodeId, Vec<u32>),
@@ -587,6 +589,17 @@ impl RadioHandle {
             return Err(firmware::FirmwareError::NoRadio);
         }
         rx.await.unwrap_or(Err(firmware::FirmwareError::NoRadio))
+    }
+
+    /// Rotates the working key of `device`, which this node owns, now (`agora device
+    /// rotate`): the providers the ledger names for it get the next key, then the device is
+    /// rekeyed under its root. Progress shows in [`RadioStatus`] (`key_epoch`).
+    pub async fn rotate(&self, device: u32) -> Result<RotationStarted, RotateRefused> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Rotate(device, reply)).await.is_err() {
+            return Err(RotateRefused::NoRadio);
+        }
+        rx.await.unwrap_or(Err(RotateRefused::NoRadio))
     }
 
     /// The firmware jobs kept here (`agora device job status`).

@@ -72,6 +72,37 @@ pub(crate) enum Step {
     Rekey { device: u32, epoch: u32 },
 }
 
+/// A rotation asked for by the operator (`POST /v1/devices/{id}/rotate`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    /// The device.
+    pub device: u32,
+    /// The epoch it moves to.
+    pub epoch: u32,
+    /// False when a rotation to `epoch` was already under way (nothing new started).
+    pub fresh: bool,
+    /// Holders of the key the ledger no longer names: they are not handed the next one.
+    pub revoked: Vec<NodeId>,
+}
+
+/// Why a rotation was not started.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RotateRefused {
+    /// The root key of the device is not in this node's sensor keys.
+    #[error(
+        "device {device} is not this node's: only the node holding its root key (sensor-keys.json) rotates it"
+    )]
+    NotOwned { device: u32 },
+    /// The epoch counter is exhausted.
+    #[error(
+        "device {device}'s key is at the last epoch and cannot be rotated; provision a new root key"
+    )]
+    LastEpoch { device: u32 },
+    /// The radio task is not running.
+    #[error("this node's radio is not running")]
+    NoRadio,
+}
+
 /// The owner's rotation state of every device it owns.
 #[derive(Default)]
 pub(crate) struct Rotations {
@@ -202,6 +233,53 @@ impl Rotations {
             self.save();
         }
         started
+    }
+
+    /// Starts a rotation of `device` on the operator's word (`agora device rotate`): a key
+    /// thought leaked, or a routine change. The next key goes to the providers the ledger
+    /// names now (all it was handed to while the ledger has not spoken yet). A rotation under
+    /// way is that one (`fresh` false): one at a time.
+    pub(crate) fn start_now(
+        &mut self,
+        device: u32,
+        now: Timestamp,
+    ) -> Result<Started, RotateRefused> {
+        let Some(o) = self.devices.get_mut(&device) else {
+            return Err(RotateRefused::NotOwned { device });
+        };
+        if let Some(epoch) = o.pending {
+            return Ok(Started {
+                device,
+                epoch,
+                fresh: false,
+                revoked: Vec::new(),
+            });
+        }
+        let epoch = o
+            .epoch
+            .checked_add(1)
+            .ok_or(RotateRefused::LastEpoch { device })?;
+        let revoked: Vec<NodeId> = match self.holders.as_ref() {
+            Some(h) => {
+                let now_holding = h.get(&device).cloned().unwrap_or_default();
+                let gone = o.handed.difference(&now_holding).copied().collect();
+                o.handed.retain(|n| now_holding.contains(n));
+                gone
+            }
+            None => Vec::new(),
+        };
+        o.pending = Some(epoch);
+        o.run = Run {
+            started: Some(now),
+            ..Run::default()
+        };
+        self.save();
+        Ok(Started {
+            device,
+            epoch,
+            fresh: true,
+            revoked,
+        })
     }
 
     /// The steps due at `now`: the next key to the holders that have not taken it, then (once
@@ -355,6 +433,46 @@ mod tests {
                 device: 7,
                 epoch: 1
             }
+        );
+    }
+
+    #[test]
+    fn the_operator_rotates_a_device_it_owns_once_at_a_time() {
+        let mut r = Rotations::load(None, [7].into_iter());
+        assert_eq!(
+            r.start_now(8, 0),
+            Err(RotateRefused::NotOwned { device: 8 })
+        );
+        // Before the ledger spoke: every holder keeps its place.
+        r.handed(7, node(1));
+        let s = r.start_now(7, 0).unwrap();
+        assert_eq!((s.epoch, s.fresh, s.revoked.clone()), (1, true, vec![]));
+        assert_eq!(
+            r.due(0),
+            vec![Step::Push {
+                device: 7,
+                epoch: 1,
+                to: vec![node(1)]
+            }]
+        );
+        // Asked again while it runs: the same rotation.
+        let again = r.start_now(7, 10).unwrap();
+        assert_eq!((again.epoch, again.fresh), (1, false));
+        assert!(r.confirmed(7, 1));
+        // With the ledger's holders known, one it no longer names is not handed the next key.
+        r.set_holders(holders(7, &[1, 2]), 20);
+        r.handed(7, node(2));
+        // (Set directly: set_holders would start the rotation itself.)
+        r.holders = Some(holders(7, &[2]));
+        let s = r.start_now(7, 30).unwrap();
+        assert_eq!((s.epoch, s.revoked), (2, vec![node(1)]));
+        assert!(matches!(&r.due(30)[..], [Step::Push { to, .. }] if *to == vec![node(2)]));
+        // The last epoch cannot be left.
+        let mut last = Rotations::load(None, [9].into_iter());
+        last.devices.get_mut(&9).unwrap().epoch = u32::MAX;
+        assert_eq!(
+            last.start_now(9, 0),
+            Err(RotateRefused::LastEpoch { device: 9 })
         );
     }
 

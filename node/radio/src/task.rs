@@ -560,6 +560,21 @@ impl RadioTask {
                 };
                 let _ = reply.send(result);
             }
+            Command::Rotate(device, reply) => {
+                let started = self.rotation.start_now(device, now_ms());
+                if let Ok(s) = &started
+                    && s.fresh
+                {
+                    self.keys.begin_rotation(s.device, s.epoch);
+                    warn!(
+                        device,
+                        epoch = s.epoch,
+                        revoked = ?s.revoked,
+                        "rotating the device's key: asked for by the operator"
+                    );
+                }
+                let _ = reply.send(started);
+            }
             Command::Jobs(reply) => {
                 let mut list = self.jobs.list();
                 list.handoffs = self.handoffs.list();

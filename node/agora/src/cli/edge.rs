@@ -1,5 +1,6 @@
 //! Edge commands: `radio` (sensors heard and managed, checkpoints), `device list` (devices
 //! discovered with their metadata), `device flash` / `device job status` (firmware jobs),
+//! `device rotate` (a new working key for a device this node owns),
 //! `own IMAGE` (run a service
 //! on this node's own sensors) and `timeline` (what the orchestrator did).
 
@@ -9,7 +10,7 @@ use agora_api::client::ApiClient;
 use agora_api::edge::{OwnReply, OwnRequest};
 use agora_orchestrator::TimelineEntry;
 use agora_radio::firmware::{JobId, JobList, JobRequest, JobStarted, JobView};
-use agora_radio::{DeviceList, RadioStatus};
+use agora_radio::{DeviceList, RadioStatus, RotationStarted};
 
 use agora_devnet::output::{print_json, print_table};
 
@@ -29,6 +30,26 @@ pub enum DeviceCommand {
     /// Firmware jobs of this edge.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Rotate the working key of a device this node owns (its root key is in this node's
+    /// sensor keys) now: for a key you think leaked, or as routine. The providers the ledger
+    /// names for the device get the next key, then the device is rekeyed under its root; from
+    /// then on the old key opens nothing. (A provider whose contract ended is rotated away
+    /// without asking.) Waits until the device confirms; exits non-zero on timeout.
+    Rotate(RotateArgs),
+}
+
+/// `agora device rotate`
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    /// The device id (see `agora device list`).
+    pub device: u32,
+    /// Print the new epoch and return at once (progress: `agora radio`, KEY EPOCH).
+    #[arg(long)]
+    pub detach: bool,
+    /// Give up waiting after this many seconds (the rotation goes on: it retries until the
+    /// device answers).
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
 }
 
 /// `agora device flash`
@@ -73,6 +94,7 @@ pub enum JobCommand {
 pub async fn device(dir: &Path, cmd: &DeviceCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         DeviceCommand::Flash(a) => flash(dir, a, json).await,
+        DeviceCommand::Rotate(a) => rotate(dir, a, json).await,
         DeviceCommand::Job(JobCommand::Status { id }) => {
             let v: JobView = ApiClient::for_data_dir(dir)?
                 .get(&format!("/v1/devices/jobs/{id}"))
@@ -324,6 +346,65 @@ pub async fn timeline(dir: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 /// `agora device flash`
+async fn rotate(dir: &Path, a: &RotateArgs, json: bool) -> anyhow::Result<()> {
+    let api = ApiClient::for_data_dir(dir)?;
+    let started: RotationStarted = api
+        .post(&format!("/v1/devices/{}/rotate", a.device), &())
+        .await?;
+    if !json {
+        let what = if started.fresh {
+            "rotating"
+        } else {
+            "already rotating"
+        };
+        println!(
+            "device {}: {what} to key epoch {}",
+            started.device, started.epoch
+        );
+        if !started.revoked.is_empty() {
+            let revoked: Vec<String> = started.revoked.iter().map(|n| n.short()).collect();
+            println!(
+                "  not handed the next key (no longer providers for it): {}",
+                revoked.join(", ")
+            );
+        }
+    }
+    if a.detach {
+        return if json { print_json(&started) } else { Ok(()) };
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.timeout);
+    loop {
+        let st: RadioStatus = api.get("/v1/radio").await?;
+        let epoch = st
+            .devices
+            .iter()
+            .find(|d| d.device == a.device)
+            .and_then(|d| d.key_epoch);
+        if epoch.is_some_and(|e| e >= started.epoch) {
+            if json {
+                return print_json(&started);
+            }
+            println!(
+                "device {}: at key epoch {}; the old key opens nothing any more",
+                a.device, started.epoch
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "device {} has not confirmed key epoch {} within {} s (it is at {}); the \
+                 rotation goes on (rekeys are retried until the device answers): see `agora \
+                 radio`",
+                a.device,
+                started.epoch,
+                a.timeout,
+                opt(epoch)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 async fn flash(dir: &Path, a: &FlashArgs, json: bool) -> anyhow::Result<()> {
     use anyhow::Context;
     let api = ApiClient::for_data_dir(dir)?;

@@ -358,7 +358,9 @@ impl Outbox {
     /// the job's devices (as the ledger says now), `finished` whether the job is over. Each is
     /// marked in flight until [`Self::answered`]. While the job runs, a recipient that has not
     /// kept it is sent it every [`RESEND_MS`], at most [`MAX_SENDS`] times; once it is over,
-    /// every recipient that kept it is sent the finished version once, and nobody new.
+    /// every recipient that kept it is sent the finished version once, and nobody new. A
+    /// provider the ledger no longer names (its contract ended) is sent nothing more while the
+    /// job runs, and forgotten if it never kept it.
     pub fn due(
         &mut self,
         now: Timestamp,
@@ -366,6 +368,8 @@ impl Outbox {
         finished: bool,
     ) -> Vec<NodeId> {
         if !finished {
+            self.to
+                .retain(|p, r| recipients.contains(p) || r.ever_kept || r.in_flight);
             for r in recipients {
                 self.to.entry(*r).or_default();
             }
@@ -378,7 +382,7 @@ impl Outbox {
             let send = if finished {
                 r.ever_kept
             } else {
-                !r.kept && r.sends < MAX_SENDS && now >= r.next_at
+                !r.kept && r.sends < MAX_SENDS && now >= r.next_at && recipients.contains(peer)
             };
             if send {
                 r.in_flight = true;

@@ -166,6 +166,17 @@ impl Rotations {
                 .is_some_and(|h| h.contains(asker))
     }
 
+    /// The providers of this node's open contracts whose images name `device`, as the ledger
+    /// says now (none before it spoke), keyed device or not: who is handed the owner's
+    /// firmware jobs over it (and, for a device whose root is here, who may hold its key).
+    pub(crate) fn holders_of(&self, device: u32) -> BTreeSet<NodeId> {
+        self.holders
+            .as_ref()
+            .and_then(|h| h.get(&device))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Records that `to` was handed `device`'s working key; false (not handed) past
     /// [`MAX_HANDED_PER_DEVICE`].
     pub(crate) fn handed(&mut self, device: u32, to: NodeId) -> bool {
@@ -377,9 +388,12 @@ mod tests {
         assert!(r.set_holders(holders(7, &[1, 2]), 0).is_empty());
         assert!(r.may_hold(7, &node(1)) && !r.may_hold(7, &node(3)));
         assert!(!r.may_hold(8, &node(1)), "not this node's device");
+        assert_eq!(r.holders_of(7), BTreeSet::from([node(1), node(2)]));
+        assert!(r.holders_of(8).is_empty());
         assert!(r.handed(7, node(1)) && r.handed(7, node(2)));
-        // Provider 1's contract ended.
+        // Provider 1's contract ended: it is no holder any more (no key, no job hand-off).
         let started = r.set_holders(holders(7, &[2]), 100);
+        assert_eq!(r.holders_of(7), BTreeSet::from([node(2)]));
         assert_eq!(started, vec![(7, 1, vec![node(1)])]);
         assert_eq!(r.pending(), vec![(7, 1)]);
         assert!(

@@ -196,6 +196,38 @@ fn the_owner_resends_until_kept_then_retires_once() {
     assert!(o.done());
 }
 
+/// A provider whose contract ended (the ledger no longer names it) is sent nothing more while
+/// the job runs: not a refreshed hand-off if it kept one (it is told when the job ends), not
+/// the job at all if it never answered (it is forgotten).
+#[test]
+fn a_provider_the_ledger_dropped_is_sent_nothing_more() {
+    let (b, c) = (node(2), node(3));
+    let mut o = Outbox::default();
+    let both: BTreeSet<NodeId> = [b, c].into();
+    assert_eq!(o.due(0, &both, false), vec![b, c]);
+    o.answered(b, true, false);
+    o.answered(c, false, false);
+    // Both contracts ended; a new provider d is named.
+    let d = node(4);
+    let now: BTreeSet<NodeId> = [d].into();
+    assert_eq!(
+        o.due(RESEND_MS, &now, false),
+        vec![d],
+        "c is not sent it again"
+    );
+    o.answered(d, true, false);
+    o.refresh();
+    assert_eq!(
+        o.due(2 * RESEND_MS, &now, false),
+        vec![d],
+        "b gets no refreshed hand-off"
+    );
+    o.answered(d, true, false);
+    assert_eq!(o.kept_by(), vec![d], "b keeps an older version only");
+    // The job ends: those that kept it are told, c never is.
+    assert_eq!(o.due(3 * RESEND_MS, &now, true), vec![b, d]);
+}
+
 #[test]
 fn the_owner_gives_up_on_a_recipient_after_max_sends() {
     let b = node(2);

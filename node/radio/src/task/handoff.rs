@@ -20,15 +20,16 @@ use crate::firmware::{JobRequest, Origin, load_image};
 
 impl RadioTask {
     /// Owner: sends the hand-offs due (each a request of its own; the answers come back on
-    /// `handoff_tx`). The recipients are the other edges the orchestrator named as managers of
-    /// the devices: the providers of this node's contracts for them, as the ledger says.
+    /// `handoff_tx`). The recipients are the providers of this node's open contracts for the
+    /// devices as the ledger says now (the key holders of `crate::rotation`): not an edge
+    /// that managed them once, whose contract ended (it would learn the owner's jobs, and
+    /// keep asking for their images, for nothing).
     pub(super) fn send_handoffs(&mut self) {
-        let (table, me) = (&self.table, self.me);
+        let (rotation, me) = (&self.rotation, self.me);
         let due = self.jobs.handoffs_due(now_ms(), |devices| {
             devices
                 .iter()
-                .filter_map(|d| table.get(d))
-                .flat_map(|d| d.managers.iter().copied())
+                .flat_map(|d| rotation.holders_of(*d))
                 .filter(|m| *m != me)
                 .collect()
         });

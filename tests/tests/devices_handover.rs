@@ -8,7 +8,9 @@
 //! the one A left in its bootloader is flashed again, the locked one is never touched — and no
 //! reading is lost or counted twice — also when B is SIGKILLed in turn while it flashes 102 and
 //! restarted: its job table brings the job back and it finishes it. Before the kill, a stranger sends B hand-offs it has no right
-//! to make (threat R2): each is refused and counted, and A's job stays kept.
+//! to make (threat R2): each is refused and counted, and A's job stays kept. B is also SIGKILLed
+//! and restarted once before all this, while its contract is armed: it verifies and buffers
+//! A's devices again, keeps A's hand-off and takes over at the handover all the same.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -195,6 +197,30 @@ async fn a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_
     // Long enough that the contract is still in effect when B has finished the job.
     let armed = s.standby_lasting(180_000).await.unwrap();
     let (an, bn) = (s.m.nodes[s.a].clone(), s.m.nodes[armed.b].clone());
+
+    // Issue #16: the provider is SIGKILLed and restarted *before* the handover, while its
+    // contract is armed. From its data dir and the ledger it rebuilds what the handover needs:
+    // the devices' keys (`radio-keys.json`: it verifies their frames at epoch 0 again), its
+    // buffering of them, and who owns them (from its contract: it keeps A's hand-off below).
+    s.kill(armed.b).unwrap();
+    s.restart(armed.b).await.unwrap();
+    wait_for(
+        "B to verify and buffer A's devices again after its restart",
+        60,
+        async || {
+            let st: agora_radio::RadioStatus = api(&bn)?.get("/v1/radio").await.ok()?;
+            DEVICES
+                .iter()
+                .all(|d| {
+                    st.devices.iter().any(|x| {
+                        x.device == *d && x.key_epoch == Some(0) && x.authenticated && x.buffering
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
     wait_for(
         "A to discover its devices with their metadata",
         60,

@@ -413,3 +413,133 @@ async fn tampered_images_and_bad_requests_are_refused() {
     }
     net.shutdown().await;
 }
+
+/// A container engine that runs nothing: it records what it was asked.
+#[derive(Default)]
+struct FakeEngine {
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+impl agora_runtime::Executor for FakeEngine {
+    fn start(
+        &self,
+        spec: &agora_runtime::ContainerSpec,
+    ) -> Result<String, agora_runtime::ContainerError> {
+        let mut calls = self.calls.lock().unwrap();
+        let id = format!("c{}", calls.len());
+        calls.push(format!("start {} as {id}", spec.name));
+        Ok(id)
+    }
+    fn stop(&self, id: &str) -> Result<(), agora_runtime::ContainerError> {
+        self.calls.lock().unwrap().push(format!("stop {id}"));
+        Ok(())
+    }
+    fn is_running(&self, _id: &str) -> Result<bool, agora_runtime::ContainerError> {
+        Ok(true)
+    }
+    fn logs(&self, _id: &str) -> Result<String, agora_runtime::ContainerError> {
+        Ok(String::new())
+    }
+}
+
+/// Polls `list` until `id`'s state is `want` (containers have no `wait_stopped`).
+async fn container_reaches(host: &ServiceHost, id: &str, want: ServiceState) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let state = host
+            .list()
+            .into_iter()
+            .find(|s| s.id == id)
+            .map(|s| s.state);
+        if state.as_ref() == Some(&want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} never reached {want:?}: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Threat C3 for containers: a container service gets the lifetime a Wasm service does — what
+/// is left of its contract, or its manifest's `max_lifetime_ms` — and is stopped when it ends,
+/// unless it was stopped (or started again) meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_is_stopped_when_its_contract_or_its_lifetime_ends() {
+    let net = Devnet::builder().nodes(1).spawn().await.unwrap();
+    let host = &net.node(0).unwrap().services;
+    let engine = std::sync::Arc::new(FakeEngine::default());
+    host.set_container_engine(engine.clone());
+    let boxed = |name: &str, lifetime: Option<u64>| {
+        let mut c = ServiceManifest::wasm(name, "1");
+        c.kind = agora_hosting::ServiceKind::Container;
+        c.container = Some(agora_hosting::manifest::ContainerImage {
+            image: "docker.io/library/alpine:3.20".into(),
+            args: vec!["sleep".into(), "3600".into()],
+        });
+        c.limits.max_lifetime_ms = lifetime;
+        c
+    };
+    // A contract ending in 1.5 s: stopped then, for its lifetime.
+    let image = host
+        .publish(Vec::new(), boxed("leased", None))
+        .await
+        .unwrap();
+    let image: agora_storage::Cid = image.image.parse().unwrap();
+    host.stage_for_contract("leased", image, &ceiling(2 << 20, 100, 1_500))
+        .await
+        .unwrap();
+    host.start("leased").await.unwrap();
+    container_reaches(host, "leased", ServiceState::Active).await;
+    container_reaches(host, "leased", ServiceState::Stopped(StopReason::Lifetime)).await;
+    let err = host.start("leased").await.unwrap_err();
+    assert!(matches!(err, ServiceError::ContractEnded { .. }), "{err}");
+    // The manifest's own lifetime, without a contract.
+    let image = host
+        .publish(Vec::new(), boxed("short", Some(300)))
+        .await
+        .unwrap();
+    host.stage("short", image.image.parse().unwrap())
+        .await
+        .unwrap();
+    host.start("short").await.unwrap();
+    container_reaches(host, "short", ServiceState::Stopped(StopReason::Lifetime)).await;
+    // Stopped and started again before its lifetime ends: the first start's timer stops
+    // nothing; the second start's does, a whole lifetime after that start.
+    let image = host
+        .publish(Vec::new(), boxed("again", Some(1_000)))
+        .await
+        .unwrap();
+    host.stage("again", image.image.parse().unwrap())
+        .await
+        .unwrap();
+    host.start("again").await.unwrap();
+    host.stop("again").await.unwrap();
+    // (A gap, so that the first timer fires well inside the second run.)
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let second = tokio::time::Instant::now();
+    host.start("again").await.unwrap();
+    container_reaches(host, "again", ServiceState::Stopped(StopReason::Lifetime)).await;
+    assert!(
+        second.elapsed() >= Duration::from_millis(950),
+        "stopped {:?} into its second run: by the first run's timer",
+        second.elapsed()
+    );
+    let calls = engine.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![
+            "start agora-leased as c0",
+            "stop c0",
+            "start agora-short as c2",
+            "stop c2",
+            "start agora-again as c4",
+            "stop c4",
+            "start agora-again as c6",
+            "stop c6",
+        ],
+        "{calls:?}"
+    );
+    net.shutdown().await;
+}

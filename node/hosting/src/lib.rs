@@ -48,6 +48,7 @@ pub use agora_image::{
     Activation, ImageError, ImageRecord, ManifestError, OrderError, ServiceKind, ServiceManifest,
 };
 pub use agora_image::{manifest, record};
+pub use container::Engine as ContainerEngine;
 pub use kv::SledKv;
 pub use order::DEPENDENCY_WAIT;
 pub use published::{PublishedError, PublishedMsg, SERVICE_PUBLISH};
@@ -342,6 +343,8 @@ struct Inner {
     published: broadcast::Sender<PublishedMsg>,
     /// Images compiled for arbitrators' probes (bounded, `probe`).
     probe_modules: Mutex<BTreeMap<Cid, probe::ProbeModule>>,
+    /// The container engine set by [`ServiceHost::set_container_engine`].
+    container_engine: Mutex<Option<container::Engine>>,
 }
 
 /// Cloneable handle to the node's service host.
@@ -396,6 +399,7 @@ pub fn spawn(
         staged: Mutex::new(BTreeMap::new()),
         published,
         probe_modules: Mutex::new(BTreeMap::new()),
+        container_engine: Mutex::new(None),
     });
     let host = ServiceHost {
         inner: inner.clone(),

@@ -261,18 +261,19 @@ impl ServiceHost {
             (s.limits.clone(), s.ceiling.clone())
         };
         let container = self.is_container(id)?;
+        let mut lifetime = limits.wall_clock_ms;
         if let Some(c) = &ceiling {
             let now = now_ms();
             let left = c.lifetime_at(now).ok_or_else(|| ended(c, now))?;
-            // Containers get no lifetime from the runtime yet; only the end is checked.
+            lifetime = Some(lifetime.map_or(left, |l| l.min(left)));
             if !container {
                 let mut limits = limits;
-                limits.wall_clock_ms = Some(limits.wall_clock_ms.map_or(left, |l| l.min(left)));
+                limits.wall_clock_ms = lifetime;
                 self.inner.manager.set_limits(&id.into(), limits)?;
             }
         }
         if container {
-            self.container_start(id).await?;
+            self.container_start(id, lifetime).await?;
         } else {
             self.inner.manager.start(&id.into())?;
         }

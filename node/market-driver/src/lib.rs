@@ -63,6 +63,25 @@ struct EventLog {
     counts: BTreeMap<&'static str, u64>,
 }
 
+/// Records a market event in `log` (the task's `record`, also used by its send tasks).
+fn record_to(log: &Mutex<EventLog>, kind: &'static str, detail: String, data: serde_json::Value) {
+    info!(event = kind, %detail, "market");
+    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+    let seq = log.next;
+    log.next += 1;
+    *log.counts.entry(kind).or_default() += 1;
+    log.records.push_back(MarketEventRecord {
+        seq,
+        at: now_ms(),
+        kind: kind.to_string(),
+        detail,
+        data,
+    });
+    while log.records.len() > EVENT_LOG_CAP {
+        log.records.pop_front();
+    }
+}
+
 /// A read-only job run inside the market task.
 type QueryJob = Box<dyn FnOnce(&MarketState<KeySigner>) + Send>;
 
@@ -445,7 +464,7 @@ impl MarketTask {
         let attempts = if slot.is_some() { SEND_ATTEMPTS } else { 1 };
         let first_seq = self.seq.wrapping_add(1);
         self.seq = self.seq.wrapping_add(u64::from(attempts));
-        let (network, signer) = (self.network.clone(), self.signer.clone());
+        let (network, signer, log) = (self.network.clone(), self.signer.clone(), self.log.clone());
         let kind = msg.kind();
         tokio::spawn(
             async move {
@@ -467,12 +486,21 @@ impl MarketTask {
                 })
                 .await;
                 match sent {
-                    Ok(n) if n > 0 => {
-                        info!(to = %to.short(), kind, attempt = n, "market message delivered on a retry");
-                    }
+                    Ok(n) if n > 0 => record_to(
+                        &log,
+                        "delivered-on-retry",
+                        format!("{kind} to {} delivered on attempt {}", to.short(), n + 1),
+                        serde_json::json!({ "to": to.to_string(), "message": kind, "attempt": n + 1 }),
+                    ),
                     Ok(_) => {}
                     Err(e) => {
                         warn!(to = %to.short(), kind, attempts, error = %e, "market message not delivered");
+                        record_to(
+                            &log,
+                            "undelivered",
+                            format!("{kind} to {} not delivered in {attempts} attempts: {e}", to.short()),
+                            serde_json::json!({ "to": to.to_string(), "message": kind, "attempts": attempts }),
+                        );
                     }
                 }
             }
@@ -481,21 +509,7 @@ impl MarketTask {
     }
 
     fn record(&self, kind: &'static str, detail: String, data: serde_json::Value) {
-        info!(event = kind, %detail, "market");
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = log.next;
-        log.next += 1;
-        *log.counts.entry(kind).or_default() += 1;
-        log.records.push_back(MarketEventRecord {
-            seq,
-            at: now_ms(),
-            kind: kind.to_string(),
-            detail,
-            data,
-        });
-        while log.records.len() > EVENT_LOG_CAP {
-            log.records.pop_front();
-        }
+        record_to(&self.log, kind, detail, data);
     }
 
     fn record_effect(&self, effect: &Effect) {

@@ -441,9 +441,25 @@ impl Adversary {
     /// yet (subscriptions spread a moment after connecting). A duplicate of an earlier
     /// message is refused by gossipsub itself: that is returned as an error.
     pub async fn publish_raw(&self, topic: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.until_subscribed(topic, || self.net.publish_bytes(topic, bytes.clone()))
+            .await
+    }
+
+    /// Publishes `payload` on `topic` in an envelope of `kind` signed by the adversary (the
+    /// network's own sealing, as a node does), retrying like [`Self::publish_raw`].
+    pub async fn broadcast(&self, topic: &str, kind: Kind, payload: Vec<u8>) -> anyhow::Result<()> {
+        self.until_subscribed(topic, || self.net.broadcast(topic, kind, payload.clone()))
+            .await
+    }
+
+    async fn until_subscribed<F, Fut>(&self, topic: &str, publish: F) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), NetworkError>>,
+    {
         let deadline = Instant::now() + WAIT;
         loop {
-            match self.net.publish_bytes(topic, bytes.clone()).await {
+            match publish().await {
                 Ok(()) => return Ok(()),
                 Err(NetworkError::Publish { reason, .. })
                     if reason.contains("NoPeersSubscribedToTopic") =>

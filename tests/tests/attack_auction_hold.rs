@@ -111,25 +111,9 @@ fn auctions_never_awarded_hold_only_a_bounded_share_and_honest_auctions_still_cl
             if n >= HOLDING {
                 long_ids.insert(id);
             }
-            // Subscriptions spread a moment after connecting: retry while gossipsub knows no
-            // subscribed peer yet (at most 30 s).
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                match adv
-                    .network()
-                    .broadcast(&topic, Kind::Market, bytes.clone())
-                    .await
-                {
-                    Ok(_) => break,
-                    Err(e)
-                        if e.to_string().contains("NoPeersSubscribedToTopic")
-                            && std::time::Instant::now() < deadline =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(e) => panic!("publishing hostile auction {n}: {e}"),
-                }
-            }
+            adv.broadcast(&topic, Kind::Market, bytes)
+                .await
+                .unwrap_or_else(|e| panic!("publishing hostile auction {n}: {e}"));
         }
     });
 

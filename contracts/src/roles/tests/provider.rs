@@ -164,6 +164,21 @@ fn active(chain: &mut Chain, b: ContractBuilder) -> (Roles, ContractId, Timestam
 }
 
 /// The heartbeat batch among `out` (the only transaction).
+/// A heartbeat tick of `id` at `now` with the service running and nothing new processed:
+/// the effects of the meter's answer.
+fn beat(roles: &mut Roles, id: ContractId, now: Timestamp) -> Vec<Effect> {
+    roles.handle(now, Input::Tick);
+    roles.handle(
+        now,
+        Input::Metered {
+            contract: id,
+            running: true,
+            processed: 0,
+            proofs: Vec::new(),
+        },
+    )
+}
+
 fn one_batch(out: &[Effect]) -> HeartbeatBatch {
     match submitted(out).as_slice() {
         [TxKind::Heartbeats { batch, .. }] => batch.clone(),
@@ -284,20 +299,8 @@ fn hosted_contracts_collect_their_uptime_payment_once_there_is_some() {
     let me = chain.provider.node_id();
     let p = chain.provider.clone();
     let (mut roles, id, started) = active(&mut chain, ContractBuilder::new(1, 2));
-    let beat = |roles: &mut Roles, now: Timestamp| {
-        roles.handle(now, Input::Tick);
-        submitted(&roles.handle(
-            now,
-            Input::Metered {
-                contract: id,
-                running: true,
-                processed: 0,
-                proofs: Vec::new(),
-            },
-        ))
-    };
     let now = started + 1_000;
-    let txs = beat(&mut roles, now);
+    let txs = submitted(&beat(&mut roles, id, now));
     assert!(
         matches!(txs.as_slice(), [TxKind::Heartbeats { .. }]),
         "nothing confirmed yet, nothing to collect: {txs:?}"
@@ -316,7 +319,7 @@ fn hosted_contracts_collect_their_uptime_payment_once_there_is_some() {
     ev.extend(chain.confirm_up(id));
     roles.handle(chain.now, chain.facts(&roles, me, ev));
     assert!(chain.ledger.contract(&id).unwrap().collectable() > 0);
-    let txs = beat(&mut roles, chain.now + 10);
+    let txs = submitted(&beat(&mut roles, id, chain.now + 10));
     assert!(
         matches!(txs.as_slice(), [TxKind::Heartbeats { .. }, TxKind::SettleUptime(c)] if *c == id),
         "{txs:?}"
@@ -366,16 +369,7 @@ fn a_restarted_provider_resumes_an_active_contract_without_reporting_twice() {
     let (mut roles, id, started) = active(&mut chain, Chain::standby());
     // One heartbeat reaches the ledger.
     let now = started + 1_000;
-    roles.handle(now, Input::Tick);
-    let out = roles.handle(
-        now,
-        Input::Metered {
-            contract: id,
-            running: true,
-            processed: 0,
-            proofs: Vec::new(),
-        },
-    );
+    let out = beat(&mut roles, id, now);
     let p = chain.provider.clone();
     chain.now = now + 100;
     chain.block(submitted(&out).into_iter().map(|tx| (&p, tx)).collect());
@@ -407,16 +401,7 @@ fn a_restarted_provider_resumes_an_active_contract_without_reporting_twice() {
         "activation is on the ledger already"
     );
     let now = t + 300 + 1_000;
-    roles.handle(now, Input::Tick);
-    let out = roles.handle(
-        now,
-        Input::Metered {
-            contract: id,
-            running: true,
-            processed: 0,
-            proofs: Vec::new(),
-        },
-    );
+    let out = beat(&mut roles, id, now);
     let batch = one_batch(&out);
     assert_eq!(batch.intervals[0].from, (t + 250).max(held));
 }

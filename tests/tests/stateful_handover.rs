@@ -1,8 +1,9 @@
 //! Stateful handover (issue #15) on real processes: edge A runs a counter guest (each reading
 //! adds one to the key `count` in its key-value store) on its sensors, buys standby insurance;
 //! A is killed with SIGKILL; the provider B restores A's state from A's last snapshot and
-//! replays the readings after it, so B's count ends equal to the number of readings the sensors
-//! sent: none lost, none counted twice. Before the kill a hostile peer sends B forged state
+//! replays the readings after it. Then A comes back: B sends its state to A as it releases the
+//! sensors ("the way back"), A restores it and counts on, so A's count ends equal to the number
+//! of readings the sensors sent: none lost, none counted twice. Before the kill a hostile peer sends B forged state
 //! (its own, signed by itself), and, with A's key (as a replay of A's old or a malformed
 //! snapshot would be), an older and an oversized one: B refuses and counts each, and the count
 //! still comes out exact.
@@ -163,32 +164,65 @@ async fn stateful_handover_continues_the_count_from_the_customers_last_checkpoin
     })
     .await
     .unwrap();
+    // The way back: A comes back, the contract settles (customer back), B sends its state to
+    // A as it releases the sensors, and A counts on from B's count, not from its own older
+    // one.
+    s.restart(s.a).await.unwrap();
+    let obs = (0..CONTRACT_NODES)
+        .find(|i| *i != s.a && *i != armed.b)
+        .unwrap();
+    s.wait_contract(obs, &armed.id, "the settlement on A's return", 60, |r| {
+        r.status.is_final()
+    })
+    .await
+    .unwrap();
+    s.a_resumed().await.unwrap();
+    let b_last = count(&bn.data_dir, &armed.id).await.unwrap_or(0);
+    // A's own store stopped at `before`: past B's last logged count, A holds B's state.
+    wait_for("A counting on past B's count", 30, async || {
+        count(&an.data_dir, "own").await.filter(|c| *c > b_last)
+    })
+    .await
+    .unwrap();
     let cov = s.coverage(armed.b).await;
     let sent = cov.sent;
-    // The sensors stopped; B's last poll may still be on its way to the log.
-    let got = wait_for("B's count to settle at the readings sent", 15, async || {
-        count(&bn.data_dir, &armed.id).await.filter(|c| *c == sent)
+    // The sensors stopped; A's last poll may still be on its way to the log.
+    let got = wait_for("A's count to settle at the readings sent", 15, async || {
+        count(&an.data_dir, "own").await.filter(|c| *c == sent)
     })
     .await;
-    let last = count(&bn.data_dir, &armed.id).await;
+    let last = count(&an.data_dir, "own").await;
     let st: RadioStatus = ApiClient::for_data_dir(&bn.data_dir)
         .unwrap()
         .get("/v1/radio")
         .await
         .unwrap();
+    let a_st: RadioStatus = ApiClient::for_data_dir(&an.data_dir)
+        .unwrap()
+        .get("/v1/radio")
+        .await
+        .unwrap();
     eprintln!(
-        "stateful handover: A counted {before} before SIGKILL; {sent} readings sent; B's count \
-         {last:?}; coverage {cov:?}; B's state stats {:?}",
-        st.state
+        "stateful handover: A counted {before} before SIGKILL; B counted to {b_last}; {sent} \
+         readings sent; A's count after its return {last:?}; coverage {cov:?}; B's state stats \
+         {:?}; A's {:?}",
+        st.state, a_st.state
     );
     assert!(
         got.is_ok(),
-        "B's count {last:?} != {sent} readings sent (A had counted {before} before it was \
-         killed); coverage {cov:?}; B's state stats {:?}",
-        st.state
+        "A's count {last:?} != {sent} readings sent (A had counted {before} before it was \
+         killed, B {b_last}); coverage {cov:?}; B's state stats {:?}, A's {:?}",
+        st.state,
+        a_st.state
     );
     assert!(st.state.kept > 1, "{:?}", st.state);
     assert_eq!(st.state.restored, 1, "{:?}", st.state);
+    assert!(
+        st.stats.state_sent >= 1,
+        "B sent no state back: {:?}",
+        st.stats
+    );
+    assert!(a_st.state.kept >= 1, "A kept no state: {:?}", a_st.state);
     assert_eq!(cov.duplicated, 0, "{cov:?}");
     assert_eq!(cov.missing, 0, "{cov:?}");
     // A's checkpoints came with its snapshots and B gossiped them on (a SIGKILL between B's

@@ -361,6 +361,16 @@ impl Orchestrator {
             }
         };
         let rec = self.record(contract).await;
+        // The way back: a standby contract's state goes to the customer when it comes back.
+        if standby.is_none()
+            && rec
+                .as_ref()
+                .is_some_and(|r| r.contract.kind == ContractKind::Standby)
+        {
+            self.radio
+                .state_back(Self::service_id(&contract), contract, h.customer)
+                .await;
+        }
         let already_reported = rec.as_ref().and_then(|r| r.activated_at);
         // After a restart, uptime is claimed only from now on (and never before what the
         // ledger already holds).

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agora_contracts::roles::key_holders;
-use agora_contracts::{ContractKind, ContractStatus};
+use agora_contracts::{ContractId, ContractKind, ContractStatus};
 use agora_market::{NodeId, Timestamp};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
@@ -215,6 +215,31 @@ impl Orchestrator {
         self.radio
             .managed_by(self.own.devices.clone(), managers)
             .await;
+        // The way back: the provider of a standby contract sends its service's state when it
+        // releases the sensors; it is taken from that provider only, for as long as the
+        // contract is open (allowed from the start, even before this node has caught up: the
+        // provider may release them the moment it sees this node back).
+        let open: Vec<(ContractId, NodeId)> = self
+            .ledger
+            .query(move |v| {
+                v.ledger
+                    .contracts()
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.contract.customer == me
+                            && r.contract.kind == ContractKind::Standby
+                            && !r.status.is_final()
+                    })
+                    .map(|(id, r)| (*id, r.contract.provider))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        for (contract, provider) in open {
+            self.radio
+                .accept_state(contract, provider, self.own.devices.clone())
+                .await;
+        }
         // A restarted node's ledger may be stale (a handover may have happened meanwhile):
         // touch the sensors only once it has caught up.
         if !self.roles.synced() {
@@ -282,11 +307,21 @@ impl Orchestrator {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        let back = self.state_back_from_providers().await;
         if let Err(e) = self.services.start(OWN_SERVICE).await {
             self.timeline.push("own-service-failed", None, e);
             return;
         }
-        let resume = self.radio.peer_covered(&devices).await;
+        let peer = self.radio.peer_covered(&devices).await;
+        // Readings resume after what the provider's state reflects (its release checkpoint
+        // covers as much): none is applied to it twice.
+        let (resume, behind) = agora_contracts::state::resume_after(back.as_ref(), &peer);
+        if !behind.is_empty() {
+            warn!(
+                ?behind,
+                "checkpoints run past the state sent back: it misses those readings"
+            );
+        }
         let replayed = self
             .radio
             .reclaim(devices.clone(), OWN_SERVICE.to_string(), resume.clone())
@@ -298,5 +333,70 @@ impl Orchestrator {
             None,
             format!("sensors {devices:?}, resuming after {resume:?}, {replayed} buffered readings replayed"),
         );
+    }
+}
+
+impl Orchestrator {
+    /// The way back: the newest state the provider of a recent standby contract sent when it
+    /// released the sensors, loaded into the own service's store (staged, not running) before
+    /// it starts. `None` (the own service resumes from its own, older state) when none came.
+    async fn state_back_from_providers(&mut self) -> Option<agora_contracts::state::StateSnapshot> {
+        let (me, now) = (self.me, now_ms());
+        let recent: Vec<ContractId> = self
+            .ledger
+            .query(move |v| {
+                v.ledger
+                    .contracts()
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.contract.customer == me
+                            && r.contract.kind == ContractKind::Standby
+                            && r.activated_at.is_some()
+                            && r.closed_at
+                                .is_none_or(|c| now.saturating_sub(c) < RECENT_HANDOVER_MS)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        let mut newest: Option<agora_contracts::state::StateSnapshot> = None;
+        for contract in recent {
+            let taken = self.radio.take_state(contract).await;
+            self.radio.forget_state(contract).await;
+            if let Some(s) = taken
+                && newest.as_ref().is_none_or(|n| s.taken_at > n.taken_at)
+            {
+                newest = Some(s);
+            }
+        }
+        let s = newest?;
+        let entries = s
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        match self.services.kv_replace(OWN_SERVICE, entries).await {
+            Ok(()) => {
+                self.timeline.push(
+                    "state-restored",
+                    Some(&s.contract),
+                    format!(
+                        "{} keys ({} bytes) of the provider's state, sent back when it released \
+                         the sensors, reflecting readings up to {:?}",
+                        s.entries.len(),
+                        s.size_bytes(),
+                        s.coverage
+                    ),
+                );
+                Some(s)
+            }
+            Err(e) => {
+                warn!(contract = %s.contract.short(), error = %e, "the provider's state not restored");
+                self.timeline
+                    .push("state-not-restored", Some(&s.contract), e);
+                None
+            }
+        }
     }
 }

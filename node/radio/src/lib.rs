@@ -409,6 +409,7 @@ enum Command {
     StateTo(String, Vec<(ContractId, NodeId)>),
     AcceptState(ContractId, NodeId, Vec<u32>),
     ForgetState(ContractId),
+    StateBack(String, ContractId, NodeId),
     TakeState(ContractId, Reply<Option<StateSnapshot>>),
 }
 
@@ -627,10 +628,23 @@ impl RadioHandle {
 
     /// Provider: keeps state snapshots of `contract` from `customer` covering `devices` (as
     /// this node's ledger says), the newest one only ([`agora_contracts::state::StateStore`]).
+    /// Customer, for the way back ([`Self::state_back`]): the same with the provider of its
+    /// standby contract in effect as the one allowed to send.
     pub async fn accept_state(&self, contract: ContractId, customer: NodeId, devices: Vec<u32>) {
         let _ = self
             .tx
             .send(Command::AcceptState(contract, customer, devices))
+            .await;
+    }
+
+    /// Provider of the standby contract `contract` of `customer`, once it took the devices
+    /// over and runs them with `service`: when it releases them (the customer is back), the
+    /// service's state goes back to the customer first ("the way back"). The customer takes
+    /// it only if it called [`Self::accept_state`] with this provider.
+    pub async fn state_back(&self, service: String, contract: ContractId, customer: NodeId) {
+        let _ = self
+            .tx
+            .send(Command::StateBack(service, contract, customer))
             .await;
     }
 

@@ -587,6 +587,9 @@ impl RadioTask {
                 self.state.accept(contract, customer, devices);
             }
             Command::ForgetState(contract) => self.state.forget(&contract),
+            Command::StateBack(service, contract, customer) => {
+                self.state.set_back(service, contract, customer);
+            }
             Command::TakeState(contract, reply) => {
                 let _ = reply.send(self.state.take(&contract));
             }
@@ -644,6 +647,19 @@ impl RadioTask {
                 let mut services = services;
                 services.sort();
                 services.dedup();
+                // What each service processed of the released devices (its state reflects it).
+                let coverage: BTreeMap<String, Vec<(u32, u32)>> = services
+                    .iter()
+                    .map(|s| {
+                        let c = devices
+                            .iter()
+                            .filter_map(|d| self.table.get(d))
+                            .filter(|d| d.status.service.as_deref() == Some(s.as_str()))
+                            .filter_map(|d| Some((d.status.device, d.status.last_processed?)))
+                            .collect();
+                        (s.clone(), c)
+                    })
+                    .collect();
                 for d in &devices {
                     if let Some(dev) = self.table.get_mut(d) {
                         dev.status.service = None;
@@ -654,6 +670,9 @@ impl RadioTask {
                     if let Some(p) = self.state.take_in_flight(&s) {
                         self.publish_checkpoint(p).await;
                     }
+                    // The way back: the state reaches the customer before the release does.
+                    let c = coverage.get(&s).cloned().unwrap_or_default();
+                    self.state_back(&s, c).await;
                     let frames = self.pending.remove(&s).unwrap_or_default();
                     self.checkpoint_frames(&s, frames, devices.clone()).await;
                 }

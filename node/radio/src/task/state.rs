@@ -43,6 +43,8 @@ const STATE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_STATE_TARGETS: usize = 8;
 /// Stateful services on one node.
 const MAX_STATEFUL_SERVICES: usize = 64;
+/// Tries (20 ms apart) to find a released service quiescent for its state to go back.
+const BACK_TRIES: u32 = 10;
 
 /// Both sides' state of the radio task.
 pub(super) struct StateSide {
@@ -55,7 +57,11 @@ pub(super) struct StateSide {
     /// Customer: the next snapshot's `seq` (starts at the clock, so it rises across restarts).
     seq: u64,
     answers: mpsc::Sender<StateAnswer>,
-    /// Provider: the newest snapshot per contract.
+    /// Provider of a standby contract in effect: service → (contract, customer), whose state
+    /// goes back to the customer when the service releases the devices ("the way back").
+    back: BTreeMap<String, (ContractId, NodeId)>,
+    /// Provider: the newest snapshot per contract (customer, on the way back: the newest its
+    /// provider sent at the release).
     pub(super) store: StateStore,
     dir: Option<PathBuf>,
 }
@@ -90,8 +96,17 @@ impl StateSide {
             held: BTreeMap::new(),
             seq: now_ms(),
             answers,
+            back: BTreeMap::new(),
             store,
             dir,
+        }
+    }
+
+    /// Provider: `service` runs the standby contract `contract` of `customer` with its
+    /// devices; its state goes back to `customer` when it releases them.
+    pub(super) fn set_back(&mut self, service: String, contract: ContractId, customer: NodeId) {
+        if self.back.contains_key(&service) || self.back.len() < MAX_STATEFUL_SERVICES {
+            self.back.insert(service, (contract, customer));
         }
     }
 
@@ -273,6 +288,75 @@ impl RadioTask {
             }
             .in_current_span(),
         );
+    }
+
+    /// Provider, releasing the devices of `service` (the customer of its standby contract is
+    /// back): the service's state, with the readings it reflects (`coverage`), goes to the
+    /// customer before the release checkpoint does, so that the customer resumes from it ("the
+    /// way back"; the customer takes it only from the provider its ledger names,
+    /// `RadioHandle::accept_state`). The state is copied at a quiescent moment (the devices no
+    /// longer feed the service: at most [`BACK_TRIES`] short waits for the readings queued), and
+    /// the answer is awaited at most [`STATE_TIMEOUT`] (this holds the radio task that long
+    /// once per contract end). Without an answer the customer resumes from its own older
+    /// state, as before the way back existed (counted `state_send_failed`).
+    pub(super) async fn state_back(&mut self, service: &str, coverage: Vec<(u32, u32)>) {
+        let Some((contract, customer)) = self.state.back.remove(service) else {
+            return;
+        };
+        let mut entries = None;
+        for _ in 0..BACK_TRIES {
+            match self
+                .services
+                .kv_snapshot(service, MAX_STATE_ENTRIES, MAX_STATE_BYTES)
+            {
+                Ok(Some(e)) => {
+                    entries = Some(e);
+                    break;
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => {
+                    warn!(%service, error = %e, "state not sent back to the customer");
+                    break;
+                }
+            }
+        }
+        let Some(entries) = entries else {
+            self.stats.state_skipped += 1;
+            return;
+        };
+        self.state.seq += 1;
+        let snapshot = StateSnapshot {
+            contract,
+            seq: self.state.seq,
+            taken_at: now_ms(),
+            coverage,
+            entries: entries
+                .into_iter()
+                .map(|(key, value)| StateEntry { key, value })
+                .collect(),
+        };
+        let keys = snapshot.entries.len();
+        let Ok(env) = self.seal(&RadioRpc::State {
+            snapshot,
+            checkpoint: None,
+        }) else {
+            return;
+        };
+        let answer = ask_peer(
+            &self.network,
+            customer,
+            &env,
+            STATE_TIMEOUT,
+            "a state snapshot on the way back",
+        )
+        .await;
+        if matches!(answer, Some(RadioRpc::StateAck { kept: true, .. })) {
+            self.stats.state_sent += 1;
+            info!(contract = %contract.short(), %customer, keys, "service state sent back to the customer");
+        } else {
+            self.stats.state_send_failed += 1;
+            warn!(contract = %contract.short(), %customer, ?answer, "the customer did not keep the state sent back: it resumes from its own");
+        }
     }
 
     /// Customer: the providers answered `service`'s snapshot; its checkpoint goes out.

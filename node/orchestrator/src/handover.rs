@@ -413,6 +413,18 @@ impl Orchestrator {
         id: &str,
     ) -> Option<agora_contracts::state::StateSnapshot> {
         let s = self.radio.take_state(contract).await?;
+        self.load_state(id, s, "the customer's state").await
+    }
+
+    /// Loads snapshot `s` (`whose` state it is, for the timeline) into service `id`'s
+    /// key-value store (staged, not running): `Some(s)` once loaded (timeline
+    /// `state-restored`), `None` if the store refused it (`state-not-restored`).
+    pub(super) async fn load_state(
+        &mut self,
+        id: &str,
+        s: agora_contracts::state::StateSnapshot,
+        whose: &str,
+    ) -> Option<agora_contracts::state::StateSnapshot> {
         let entries = s
             .entries
             .iter()
@@ -422,9 +434,9 @@ impl Orchestrator {
             Ok(()) => {
                 self.timeline.push(
                     "state-restored",
-                    Some(&contract),
+                    Some(&s.contract),
                     format!(
-                        "{} keys ({} bytes) of the customer's state, reflecting readings up to {:?}",
+                        "{} keys ({} bytes) of {whose}, reflecting readings up to {:?}",
                         s.entries.len(),
                         s.size_bytes(),
                         s.coverage
@@ -433,8 +445,9 @@ impl Orchestrator {
                 Some(s)
             }
             Err(e) => {
-                warn!(contract = %contract.short(), error = %e, "customer's state not restored");
-                self.timeline.push("state-not-restored", Some(&contract), e);
+                warn!(contract = %s.contract.short(), error = %e, "{whose} not restored");
+                self.timeline
+                    .push("state-not-restored", Some(&s.contract), e);
                 None
             }
         }

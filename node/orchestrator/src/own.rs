@@ -193,18 +193,23 @@ impl Orchestrator {
         }
         let me = self.me;
         // Who may checkpoint these sensors (#13.4): this node and the provider of every standby
-        // contract it has made for them.
-        let providers = self
+        // contract it has made for them. And the standby contracts still open, each with its
+        // provider: the way back (below).
+        let (providers, open) = self
             .ledger
             .query(move |v| {
-                v.ledger
-                    .contracts()
-                    .values()
-                    .filter(|r| {
-                        r.contract.customer == me && r.contract.kind != ContractKind::Storage
+                let mine = v.ledger.contracts().iter().filter(|(_, r)| {
+                    r.contract.customer == me && r.contract.kind != ContractKind::Storage
+                });
+                let providers: Vec<NodeId> =
+                    mine.clone().map(|(_, r)| r.contract.provider).collect();
+                let open: Vec<(ContractId, NodeId)> = mine
+                    .filter(|(_, r)| {
+                        r.contract.kind == ContractKind::Standby && !r.status.is_final()
                     })
-                    .map(|r| r.contract.provider)
-                    .collect::<Vec<_>>()
+                    .map(|(id, r)| (*id, r.contract.provider))
+                    .collect();
+                (providers, open)
             })
             .await
             .unwrap_or_default();
@@ -219,22 +224,6 @@ impl Orchestrator {
         // releases the sensors; it is taken from that provider only, for as long as the
         // contract is open (allowed from the start, even before this node has caught up: the
         // provider may release them the moment it sees this node back).
-        let open: Vec<(ContractId, NodeId)> = self
-            .ledger
-            .query(move |v| {
-                v.ledger
-                    .contracts()
-                    .iter()
-                    .filter(|(_, r)| {
-                        r.contract.customer == me
-                            && r.contract.kind == ContractKind::Standby
-                            && !r.status.is_final()
-                    })
-                    .map(|(id, r)| (*id, r.contract.provider))
-                    .collect()
-            })
-            .await
-            .unwrap_or_default();
         for (contract, provider) in open {
             self.radio
                 .accept_state(contract, provider, self.own.devices.clone())
@@ -371,32 +360,11 @@ impl Orchestrator {
             }
         }
         let s = newest?;
-        let entries = s
-            .entries
-            .iter()
-            .map(|e| (e.key.clone(), e.value.clone()))
-            .collect();
-        match self.services.kv_replace(OWN_SERVICE, entries).await {
-            Ok(()) => {
-                self.timeline.push(
-                    "state-restored",
-                    Some(&s.contract),
-                    format!(
-                        "{} keys ({} bytes) of the provider's state, sent back when it released \
-                         the sensors, reflecting readings up to {:?}",
-                        s.entries.len(),
-                        s.size_bytes(),
-                        s.coverage
-                    ),
-                );
-                Some(s)
-            }
-            Err(e) => {
-                warn!(contract = %s.contract.short(), error = %e, "the provider's state not restored");
-                self.timeline
-                    .push("state-not-restored", Some(&s.contract), e);
-                None
-            }
-        }
+        self.load_state(
+            OWN_SERVICE,
+            s,
+            "the provider's state, sent back when it released the sensors",
+        )
+        .await
     }
 }

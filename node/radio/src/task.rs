@@ -565,13 +565,7 @@ impl RadioTask {
                 if let Ok(s) = &started
                     && s.fresh
                 {
-                    self.keys.begin_rotation(s.device, s.epoch);
-                    warn!(
-                        device,
-                        epoch = s.epoch,
-                        revoked = ?s.revoked,
-                        "rotating the device's key: asked for by the operator"
-                    );
+                    self.begin_rotation(s.device, s.epoch, &s.revoked, true);
                 }
                 let _ = reply.send(started);
             }
@@ -647,9 +641,11 @@ impl RadioTask {
                 let mut services = services;
                 services.sort();
                 services.dedup();
-                // What each service processed of the released devices (its state reflects it).
+                // What each service whose state goes back to a customer processed of the
+                // released devices (its state reflects it).
                 let coverage: BTreeMap<String, Vec<(u32, u32)>> = services
                     .iter()
+                    .filter(|s| self.state.goes_back(s))
                     .map(|s| {
                         let c = devices
                             .iter()
@@ -686,7 +682,7 @@ impl RadioTask {
             }
             Command::KeyHolders(holders) => {
                 for (device, epoch, revoked) in self.rotation.set_holders(holders, now_ms()) {
-                    self.begin_rotation(device, epoch, &revoked);
+                    self.begin_rotation(device, epoch, &revoked, false);
                 }
             }
             Command::Managers(devices, edges) => {

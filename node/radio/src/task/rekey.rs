@@ -28,17 +28,24 @@ use crate::RadioRpc;
 const REFETCH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl RadioTask {
-    /// Owner: a rotation of `device` to `epoch` starts (`revoked` no longer provide for it).
-    pub(super) fn begin_rotation(&mut self, device: u32, epoch: u32, revoked: &[NodeId]) {
+    /// Owner: a rotation of `device` to `epoch` starts (`revoked` no longer provide for it),
+    /// because a holder dropped out or, `by_hand`, the operator asked for it.
+    pub(super) fn begin_rotation(
+        &mut self,
+        device: u32,
+        epoch: u32,
+        revoked: &[NodeId],
+        by_hand: bool,
+    ) {
         if self.keys.begin_rotation(device, epoch).is_none() {
             return;
         }
-        warn!(
-            device,
-            epoch,
-            ?revoked,
-            "rotating the device's key: a provider that held it no longer provides for it"
-        );
+        let why = if by_hand {
+            "asked for by the operator"
+        } else {
+            "a provider that held it no longer provides for it"
+        };
+        warn!(device, epoch, ?revoked, "rotating the device's key: {why}");
     }
 
     /// Owner: carries out the rotation steps due.
@@ -136,7 +143,7 @@ impl RadioTask {
             );
             // A provider dropped meanwhile starts the next rotation.
             for (d, e, revoked) in self.rotation.start_due(now_ms()) {
-                self.begin_rotation(d, e, &revoked);
+                self.begin_rotation(d, e, &revoked, false);
             }
         }
         // The buffer is not re-checked: its frames were verified when they came (under the

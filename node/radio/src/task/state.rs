@@ -102,6 +102,11 @@ impl StateSide {
         }
     }
 
+    /// Whether `service`'s state goes back to a customer when it releases its devices.
+    pub(super) fn goes_back(&self, service: &str) -> bool {
+        self.back.contains_key(service)
+    }
+
     /// Provider: `service` runs the standby contract `contract` of `customer` with its
     /// devices; its state goes back to `customer` when it releases them.
     pub(super) fn set_back(&mut self, service: String, contract: ContractId, customer: NodeId) {

@@ -5,7 +5,7 @@
 //! lookups, connection upgrades) an idle node stays resident at the burst's high-water mark.
 //! On a loopback devnet that retention grew with the size of the network: an idle node held
 //! 7.4 MiB of anonymous memory among 10 nodes and 13.3 MiB among 60, of which only 1.3 MiB
-//! more was live (docs/PERFORMANCE.md, "Idle memory"). The node calls [`release_freed`]
+//! more was live (docs/PERFORMANCE.md, "Idle memory"). `agora node run` calls [`release_freed`]
 //! every [`RELEASE_EVERY`].
 
 use std::time::Duration;

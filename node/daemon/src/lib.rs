@@ -269,15 +269,12 @@ async fn start_with_key(
         cancel.cancel();
         DaemonError::Storage(Box::new(e))
     })?;
-    let mut tasks = vec![
-        agora_exchange::audit::spawn_responder(
-            storage.clone(),
-            network.clone(),
-            key.signer().clone(),
-            cancel.clone(),
-        ),
-        tokio::spawn(release_freed_memory(cancel.clone())),
-    ];
+    let mut tasks = vec![agora_exchange::audit::spawn_responder(
+        storage.clone(),
+        network.clone(),
+        key.signer().clone(),
+        cancel.clone(),
+    )];
     // Anyone else named in the genesis means the node has a network to reach.
     let mut genesis_names_others = false;
     let ledger = match &config.node.genesis {
@@ -504,23 +501,6 @@ fn write_file(path: &Path, text: &str) -> Result<(), DaemonError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).map_err(|e| DaemonError::Io(tmp.clone(), e))?;
     std::fs::rename(&tmp, path).map_err(|e| DaemonError::Io(path.to_path_buf(), e))
-}
-
-/// Hands the memory glibc keeps after frees back to the system every
-/// [`agora_alloc::RELEASE_EVERY`] until `cancel`: without it an idle node stayed resident at
-/// the high-water mark of its last burst of traffic, which grew with the network's size.
-async fn release_freed_memory(cancel: CancellationToken) {
-    let mut every = tokio::time::interval(agora_alloc::RELEASE_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = every.tick() => {
-                let released = agora_alloc::release_freed();
-                tracing::trace!(released, "released freed memory");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,24 @@ pub async fn run(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
     }
     println!("api: {}", node.api_addr);
     let cancel = node.cancel_token();
+    // The allocator is the process's, not the node's (an in-process devnet starts many nodes
+    // in one process), so the process entry point hands glibc's freed memory back every
+    // `RELEASE_EVERY`: without it an idle node stayed resident at the high-water mark of its
+    // last burst of traffic, which grew with the network's size (docs/PERFORMANCE.md).
+    let stopped = cancel.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(agora_alloc::RELEASE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stopped.cancelled() => return,
+                _ = every.tick() => {
+                    let released = agora_alloc::release_freed();
+                    tracing::trace!(released, "released freed memory");
+                }
+            }
+        }
+    });
     tokio::spawn(async move {
         daemon::wait_for_signal().await;
         info!("signal received, stopping");

@@ -129,9 +129,9 @@ pub enum FleetError {
         /// The accepted form.
         hint: &'static str,
     },
-    /// `create` of a live deployment with other variants than it has.
+    /// `create` of a live deployment switching between one image and variants.
     #[error(
-        "deployment {deployment} runs other variants; delete it (agora deploy delete) and create it again: changing a deployment's variants in place is not supported"
+        "deployment {deployment} would switch between one image and variants; delete it (agora deploy delete) and create it again (a deployment with variants may be given other variants in place)"
     )]
     VariantsChanged {
         /// The deployment.

@@ -5,7 +5,9 @@
 //! counts are the balanced 2/2, no node ever runs both variants, and `deploy status` shows each
 //! target's variant. Providers 6 and 7 join: the fleet rebalances to 3/3 — they run a, and the
 //! one BLE provider that ran a is moved to b (its a contract released, b placed) while the
-//! other two keep b (the fewest moves). The issue's scale (30 targets, 10 with BLE, 6 joining)
+//! other two keep b (the fewest moves). Then the live deployment is given other variants in
+//! place (`deploy create` of the same name with b on a new image): the three b targets move to
+//! it, stop-first, and a's three contracts are not touched. The issue's scale (30 targets, 10 with BLE, 6 joining)
 //! runs in the pure test `agora-market fleet::variant::tests::thirty_targets_ten_with_ble_then_six_join`
 //! and, on 37 real processes, in the bench `cargo bench -p agora-tests --bench variants` (too
 //! heavy for CI's time budget).
@@ -15,10 +17,10 @@ use std::time::Duration;
 
 use agora_runtime::test_utils::lora_gateway_wasm;
 use agora_tests::fleet::{
-    create_ble_variants, label, node_ids, publish, reconfigure, running_of, status, wait_for,
-    without_ble,
+    create_ble_variants, deployer_contracts, label, node_ids, publish, reconfigure, running_of,
+    status, wait_for, without_ble,
 };
-use agora_tests::{TestDevnet, agora};
+use agora_tests::{TestDevnet, agora, agora_json};
 
 /// Labelled `site=factory`.
 const LABELLED: [usize; 6] = [1, 2, 3, 4, 6, 7];
@@ -48,8 +50,10 @@ fn variants_respect_constraints_balance_and_rebalance_after_a_join() {
 
     let a = publish(&net, "variant-a", "0.1.0", &wasm);
     let b = publish(&net, "variant-b", "0.1.0", &wasm);
-    assert_ne!(a, b);
-    let images = [a.as_str(), b.as_str()];
+    // b's next image, given to the live deployment at the end.
+    let b2 = publish(&net, "variant-b", "0.2.0", &wasm);
+    assert!(a != b && b != b2 && a != b2);
+    let images = [a.as_str(), b.as_str(), b2.as_str()];
 
     // Clear errors: a bad variant, an image and variants together.
     let bad = agora(&[
@@ -93,7 +97,7 @@ fn variants_respect_constraints_balance_and_rebalance_after_a_join() {
             (0..8).map(|i| (i, running_of(net, i, &images))).collect();
         for (i, r) in &runs {
             assert!(r.len() <= 1, "node{i} runs two variants: {r:?}");
-            if r.first().map(String::as_str) == Some(b.as_str()) {
+            if r.first().is_some_and(|img| *img == b || *img == b2) {
                 assert!(BLE.contains(i), "node{i} runs b without BLE");
             }
             if !LABELLED.contains(i) {
@@ -118,7 +122,8 @@ fn variants_respect_constraints_balance_and_rebalance_after_a_join() {
             else {
                 return false;
             };
-            let want = if on(runs, &b).contains(i) { "b" } else { "a" };
+            let on_b = on(runs, &b).contains(i) || on(runs, &b2).contains(i);
+            let want = if on_b { "b" } else { "a" };
             t["phase"] == "healthy" && t["variant"] == want && !runs[*i].1.is_empty()
         })
     };
@@ -191,9 +196,65 @@ fn variants_respect_constraints_balance_and_rebalance_after_a_join() {
     let st = status(&net, &id);
     assert_eq!(st["variant_counts"]["a"], 3, "{st}");
     assert_eq!(st["variant_counts"]["b"], 3, "{st}");
+
+    // The live deployment is given other variants: b on its next image. b's three targets
+    // move to it (their old contracts end), a's three contracts stay as they were.
+    let active = |image: &str| -> Vec<String> {
+        let mut c: Vec<String> = deployer_contracts(&net, image)
+            .into_iter()
+            .filter(|(_, _, s)| s == "active")
+            .map(|(id, _, _)| id)
+            .collect();
+        c.sort();
+        c
+    };
+    let a_contracts = active(&a);
+    assert_eq!(a_contracts.len(), 3, "a's three contracts are active");
+    let changed = agora_json(&[
+        "deploy",
+        "create",
+        "--variant",
+        &format!("a={a}"),
+        "--variant",
+        &format!("b={b2}:iface=ble"),
+        "--to",
+        "site=factory",
+        "--all",
+        "--name",
+        "diverse",
+        "--cpu",
+        "250m",
+        "--memory",
+        "64MiB",
+        "--data-dir",
+        &net.node(0),
+    ]);
+    assert_eq!(changed["id"].as_str(), Some(id.as_str()), "{changed}");
+    wait_for(
+        &net,
+        &id,
+        &LABELLED,
+        "b's three targets on its new image, a's unchanged",
+        WAIT,
+        || {
+            let runs = fleet(&net);
+            let mut on_b2 = on(&runs, &b2);
+            on_b2.sort();
+            on_b2 == BLE.to_vec()
+                && on(&runs, &b).is_empty()
+                && on(&runs, &a).len() == 3
+                && shown(&LABELLED, &runs)
+                && active(&b).is_empty()
+        },
+    );
+    assert_eq!(active(&a), a_contracts, "a's contracts were not touched");
+    let st = status(&net, &id);
+    assert_eq!(st["variant_counts"]["a"], 3, "{st}");
+    assert_eq!(st["variant_counts"]["b"], 3, "{st}");
     eprintln!(
         "fleet variants: before the join a on {a_before:?}, b on {b_before:?}; after, a on \
-         {a_after:?}, b on {b_after:?} (node{} moved from a to b)",
-        moved[0]
+         {a_after:?}, b on {b_after:?} (node{} moved from a to b); b then moved to its new \
+         image on {:?}, a's contracts unchanged",
+        moved[0], BLE
     );
 }

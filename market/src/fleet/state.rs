@@ -517,14 +517,19 @@ impl<S: Signer> FleetState<S> {
             return Err(FleetError::UpgradeUnderWay { deployment: id });
         }
         let previous = self.own.get(&id).map(|o| &o.record.body);
-        if let Some(prev) = previous
-            && !prev.deleted
-            && prev.variants != spec.variants
+        let live = previous.filter(|p| !p.deleted);
+        // A live deployment with variants may be given other variants (the targets whose
+        // variant went or changed its image are replaced, stop-first; `variants.rs`); switching
+        // between one image and variants is a new deployment.
+        let variants_changed = live.is_some_and(|p| p.variants != spec.variants);
+        if let Some(prev) = live
+            && variants_changed
+            && (prev.variants.is_empty() || spec.variants.is_empty())
         {
             return Err(FleetError::VariantsChanged { deployment: id });
         }
-        if let Some(prev) = previous
-            && !prev.deleted
+        if let Some(prev) = live
+            && spec.variants.is_empty()
             && prev.image != spec.image
         {
             return Err(FleetError::UpgradeNotSupported { deployment: id });

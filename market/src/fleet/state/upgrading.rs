@@ -244,8 +244,9 @@ impl<S: Signer> FleetState<S> {
         }
         if !own.record.body.variants.is_empty() {
             return Err(not(
-                "it has variants, which are not upgraded in place yet; delete it and create it \
-                 again with the new variants",
+                "it has variants, which `deploy upgrade` does not roll out in waves; give it the \
+                 new variants with `agora deploy create --name NAME --variant ...` (the targets \
+                 of a changed variant are replaced, stop-first)",
             ));
         }
         let from = own.record.body.image.clone();

@@ -187,13 +187,13 @@ fn variants_are_placed_balanced_and_rebalanced_after_a_join_one_per_target() {
         BTreeMap::from([("a".into(), 3), ("b".into(), 3)])
     );
 
-    // Changing the variants in place and upgrading are refused, with what to do.
-    let other = DeploymentSpec {
-        variants: vec![variants()[0].clone()],
+    // Switching between one image and variants is refused, with what to do.
+    let plain = DeploymentSpec {
+        variants: Vec::new(),
         ..spec()
     };
     assert!(matches!(
-        d.handle(T0 + 6, Input::Create(other)),
+        d.handle(T0 + 6, Input::Create(plain)),
         Err(FleetError::VariantsChanged { .. })
     ));
     let up = Input::Upgrade {
@@ -305,4 +305,117 @@ fn with_a_replica_count_the_targets_are_chosen_so_the_variants_can_balance() {
         assert!(live.contains(&(id(ble_seed), B.to_string())), "{live:?}");
         assert_eq!((count(&live, A), count(&live, B)), (1, 1));
     }
+}
+
+const C: &str = "bafkreicccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+/// Releases and placements of `out`, as `(target, image)` each.
+fn moves(out: &[Effect]) -> (Vec<(NodeId, String)>, Vec<(NodeId, String)>) {
+    let mut released = Vec::new();
+    let mut placed = Vec::new();
+    for e in out {
+        match e {
+            Effect::Release { target, image, .. } => released.push((*target, image.clone())),
+            Effect::Place { target, image, .. } => placed.push((*target, image.clone())),
+            _ => {}
+        }
+    }
+    (released, placed)
+}
+
+#[test]
+fn a_live_deployment_is_given_other_variants_and_only_the_changed_ones_move() {
+    let mut d = FleetState::new(signer(1), FleetConfig::default());
+    // BLE on 2 and 3, not on 4 and 5: a on 4, 5; b on 2, 3.
+    for (seed, ble) in [(2, true), (3, true), (4, false), (5, false)] {
+        d.handle(T0, Input::Provider(facts(seed, ble, T0))).unwrap();
+    }
+    d.handle(T0, Input::Create(spec())).unwrap();
+    let dep = deployment_id(&id(1), "gw");
+    let mut live = BTreeSet::new();
+    apply(&mut live, &d.handle(T0 + 1, Input::Tick).unwrap());
+    let version = d.status(&dep).unwrap().version;
+
+    // b gets a new image (C): b's two targets are replaced, a's are not touched.
+    let new_b = DeploymentSpec {
+        variants: vec![
+            variants()[0].clone(),
+            Variant::parse(&format!("b={C}:iface=ble")).unwrap(),
+        ],
+        ..spec()
+    };
+    let out = d.handle(T0 + 2, Input::Create(new_b)).unwrap();
+    assert!(
+        out.iter().any(|e| matches!(e, Effect::Broadcast(_))),
+        "the new version is announced: {out:?}"
+    );
+    assert!(d.status(&dep).unwrap().version > version);
+    let out = d.handle(T0 + 3, Input::Tick).unwrap();
+    let (mut released, mut placed) = moves(&out);
+    released.sort();
+    placed.sort();
+    let mut want_released = vec![(id(2), B.to_string()), (id(3), B.to_string())];
+    want_released.sort();
+    let mut want_placed = vec![(id(2), C.to_string()), (id(3), C.to_string())];
+    want_placed.sort();
+    assert_eq!(released, want_released, "{out:?}");
+    assert_eq!(placed, want_placed, "{out:?}");
+    apply(&mut live, &out);
+    let view = d.status(&dep).unwrap();
+    assert_eq!(
+        view.variant_counts,
+        BTreeMap::from([("a".into(), 2), ("b".into(), 2)])
+    );
+    // Stable afterwards.
+    let (r, p) = moves(&d.handle(T0 + 4, Input::Tick).unwrap());
+    assert!(r.is_empty() && p.is_empty(), "{r:?} {p:?}");
+
+    // A third variant for BLE targets: balance 2 a / 1 b / 1 c wants one BLE target moved
+    // (the fewest moves), and never a target with two images.
+    let three = DeploymentSpec {
+        variants: vec![
+            variants()[0].clone(),
+            Variant::parse(&format!("b={C}:iface=ble")).unwrap(),
+            Variant::parse(&format!("c={B}:iface=ble")).unwrap(),
+        ],
+        ..spec()
+    };
+    d.handle(T0 + 5, Input::Create(three)).unwrap();
+    let out = d.handle(T0 + 6, Input::Tick).unwrap();
+    let (released, placed) = moves(&out);
+    assert_eq!(released.len(), 1, "{out:?}");
+    assert_eq!(placed.len(), 1, "{out:?}");
+    assert_eq!(released[0].1, C);
+    assert_eq!(placed[0], (released[0].0, B.to_string()));
+    apply(&mut live, &out);
+    assert_eq!((count(&live, A), count(&live, B), count(&live, C)), (2, 1, 1));
+    for (t, image) in &live {
+        if image != A {
+            assert!([id(2), id(3)].contains(t), "b and c only on BLE: {live:?}");
+        }
+    }
+
+    // A variant dropped: its target goes back to what remains.
+    let two = DeploymentSpec {
+        variants: vec![
+            variants()[0].clone(),
+            Variant::parse(&format!("b={C}:iface=ble")).unwrap(),
+        ],
+        ..spec()
+    };
+    d.handle(T0 + 7, Input::Create(two)).unwrap();
+    let out = d.handle(T0 + 8, Input::Tick).unwrap();
+    apply(&mut live, &out);
+    assert_eq!((count(&live, A), count(&live, B), count(&live, C)), (2, 0, 2));
+    // Upgrading a deployment with variants still names the way that works.
+    let up = Input::Upgrade {
+        deployment: dep,
+        image: "bafkreidddd".into(),
+        config: UpgradeConfig {
+            max_unavailable: 1,
+            health_timeout_ms: 1000,
+        },
+    };
+    let err = d.handle(T0 + 9, up).unwrap_err();
+    assert!(err.to_string().contains("--variant"), "{err}");
 }

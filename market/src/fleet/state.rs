@@ -561,6 +561,10 @@ impl<S: Signer> FleetState<S> {
             entry.upgrade = None;
             entry.variants.clear();
             entry.assigned_over.clear();
+        } else if variants_changed {
+            // Assign again on the next tick: targets keep a variant that is still there
+            // (same name and image) when balance allows; the others are moved.
+            entry.assigned_over.clear();
         }
         entry.record = record;
         Ok(())

@@ -309,8 +309,11 @@ fn with_a_replica_count_the_targets_are_chosen_so_the_variants_can_balance() {
 
 const C: &str = "bafkreicccccccccccccccccccccccccccccccccccccccccccccccccccc";
 
+/// `(target, image)` pairs.
+type Pairs = Vec<(NodeId, String)>;
+
 /// Releases and placements of `out`, as `(target, image)` each.
-fn moves(out: &[Effect]) -> (Vec<(NodeId, String)>, Vec<(NodeId, String)>) {
+fn moves(out: &[Effect]) -> (Pairs, Pairs) {
     let mut released = Vec::new();
     let mut placed = Vec::new();
     for e in out {
@@ -388,7 +391,10 @@ fn a_live_deployment_is_given_other_variants_and_only_the_changed_ones_move() {
     assert_eq!(released[0].1, C);
     assert_eq!(placed[0], (released[0].0, B.to_string()));
     apply(&mut live, &out);
-    assert_eq!((count(&live, A), count(&live, B), count(&live, C)), (2, 1, 1));
+    assert_eq!(
+        (count(&live, A), count(&live, B), count(&live, C)),
+        (2, 1, 1)
+    );
     for (t, image) in &live {
         if image != A {
             assert!([id(2), id(3)].contains(t), "b and c only on BLE: {live:?}");
@@ -406,7 +412,10 @@ fn a_live_deployment_is_given_other_variants_and_only_the_changed_ones_move() {
     d.handle(T0 + 7, Input::Create(two)).unwrap();
     let out = d.handle(T0 + 8, Input::Tick).unwrap();
     apply(&mut live, &out);
-    assert_eq!((count(&live, A), count(&live, B), count(&live, C)), (2, 0, 2));
+    assert_eq!(
+        (count(&live, A), count(&live, B), count(&live, C)),
+        (2, 0, 2)
+    );
     // Upgrading a deployment with variants still names the way that works.
     let up = Input::Upgrade {
         deployment: dep,

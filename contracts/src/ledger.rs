@@ -47,7 +47,8 @@ pub use genesis::{
 pub use quorum::RoundTally;
 pub use state::{Account, ContractRecord, Escrow, MIN_EVIDENCE_PERIOD_MS};
 pub use tx::{
-    HeartbeatBatch, SettleReason, SignedTransaction, Transaction, TxKind, UptimeInterval,
+    HeartbeatBatch, MAX_PROBE_RESULTS, ProbeReport, SettleReason, SignedTransaction, Transaction,
+    TxKind, UptimeInterval,
 };
 
 /// Outcome of applying a block: events of accepted transactions and why others were refused.
@@ -226,6 +227,7 @@ impl Ledger {
                 interval,
                 up,
             } => self.probe_result(now, sender, *contract, *interval, *up)?,
+            TxKind::ProbeResults(reports) => self.probe_results(now, sender, reports)?,
             TxKind::ReportEquivocation(evidence) => {
                 self.report_equivocation(now, sender, evidence)?
             }

@@ -201,6 +201,71 @@ impl Ledger {
         Ok(events)
     }
 
+    /// A batch of probe outcomes ([`TxKind::ProbeResults`]): malformed batches are refused
+    /// whole; of a well-formed one, the entries that [`Self::probe_result`] would refuse are
+    /// skipped (checked before anything changes, so a refusal changes nothing) and the others
+    /// are applied in order. Refused when no entry may be applied (the first refusal).
+    ///
+    /// [`TxKind::ProbeResults`]: super::TxKind::ProbeResults
+    pub(super) fn probe_results(
+        &mut self,
+        now: Timestamp,
+        sender: NodeId,
+        reports: &[super::tx::ProbeReport],
+    ) -> Result<Vec<LedgerEvent>, LedgerError> {
+        let malformed = |reason: String| LedgerError::InvalidEvidence { reason, now };
+        if reports.is_empty() {
+            return Err(malformed("an empty batch of probe results".into()));
+        }
+        if reports.len() > super::tx::MAX_PROBE_RESULTS {
+            return Err(malformed(format!(
+                "{} probe results in one batch; at most {}",
+                reports.len(),
+                super::tx::MAX_PROBE_RESULTS
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = reports
+            .iter()
+            .find(|r| !seen.insert((r.contract, r.interval)))
+        {
+            return Err(malformed(format!(
+                "interval {} of contract {} twice in one batch",
+                twice.interval, twice.contract
+            )));
+        }
+        // Checked before anything changes: a batch whose every entry is refused changes
+        // nothing.
+        let mut first_refusal = None;
+        let mut valid = Vec::with_capacity(reports.len());
+        for r in reports {
+            match self.check_report(now, sender, r.contract, r.interval, Tally::Probes) {
+                Ok(()) => valid.push(*r),
+                Err(e) => {
+                    debug!(contract = %r.contract.short(), interval = r.interval, error = %e,
+                        "probe result of a batch skipped");
+                    first_refusal.get_or_insert(e);
+                }
+            }
+        }
+        if valid.is_empty() {
+            return Err(first_refusal.unwrap_or_else(|| malformed("no probe result".into())));
+        }
+        let mut events = Vec::new();
+        for r in valid {
+            // An entry applied before may have ended its contract's settlement (which closes
+            // the contract): checked again, and skipped if it no longer may be applied.
+            if self
+                .check_report(now, sender, r.contract, r.interval, Tally::Probes)
+                .is_err()
+            {
+                continue;
+            }
+            events.extend(self.probe_result(now, sender, r.contract, r.interval, r.up)?);
+        }
+        Ok(events)
+    }
+
     /// Takes out of `rec`'s confirmed up and down time what its decided probe rounds count
     /// past `end` (a round decided before it ended, or a round starting within the clock skew
     /// ahead): a settlement judges the service up to `end` only. The event says what changed.

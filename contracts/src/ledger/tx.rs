@@ -19,6 +19,21 @@ pub struct UptimeInterval {
     pub to: Timestamp,
 }
 
+/// Most entries of one [`TxKind::ProbeResults`].
+pub const MAX_PROBE_RESULTS: usize = 64;
+
+/// One arbitrator's outcome of one probe interval of one contract (an entry of
+/// [`TxKind::ProbeResults`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProbeReport {
+    /// The hosted or standby contract.
+    pub contract: ContractId,
+    /// The probe interval ([`crate::ContractRecord::evidence_round`] of the probe time).
+    pub interval: u64,
+    /// Whether the service answered.
+    pub up: bool,
+}
+
 /// Metering evidence the provider reports for an active contract.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatBatch {
@@ -121,6 +136,12 @@ pub enum TxKind {
         /// Whether the service answered.
         up: bool,
     },
+    /// Arbitrator: several probe outcomes in one transaction (one signature, one nonce, one
+    /// gossip message): at most [`MAX_PROBE_RESULTS`], no (contract, interval) twice. Each
+    /// entry counts as its own [`TxKind::ProbeResult`] would; an entry the ledger refuses (its
+    /// round already decided or closed) is skipped and the others count. The transaction is
+    /// refused when the batch is malformed or every entry is refused.
+    ProbeResults(Vec<ProbeReport>),
     /// Anyone with an account: proof that an arbitrator signed two conflicting consensus
     /// votes. Burns its bond and leaves it out of new contract committees.
     ReportEquivocation(Box<EquivocationEvidence>),

@@ -501,6 +501,7 @@ impl Orchestrator {
         }
         // The arbitrator's re-attestations, probes (and their timeouts) and challenges.
         self.drive(Input::Tick).await;
+        self.flush_probe_results(now_ms()).await;
         let now = now_ms();
         let synced = self.roles.synced();
         let due: Vec<ContractId> = self

@@ -238,6 +238,11 @@ pub struct Orchestrator {
     taking_custody: BTreeSet<ContractId>,
     /// The role machine: decides the arbitrator's duties and whether the ledger is current.
     roles: Roles,
+    /// Arbitrator: probe outcomes waiting to be submitted together (`roles::PROBE_BATCH_MS`;
+    /// bounded: flushed every tick once the oldest has waited, or when a batch is full).
+    probe_batch: Vec<agora_contracts::ledger::ProbeReport>,
+    /// When the oldest of `probe_batch` was added.
+    probe_batch_since: Timestamp,
     /// Arbitrator: storage commitments decoded for challenges, by CID (bounded).
     commitments: BTreeMap<Cid, StorageCommitment>,
     /// Provider: the contracts whose service runs here, for the probe responder.
@@ -339,6 +344,8 @@ pub fn spawn(
             },
             None,
         ),
+        probe_batch: Vec::new(),
+        probe_batch_since: 0,
         commitments: BTreeMap::new(),
         serving: serving.clone(),
         seq: now_ms(),

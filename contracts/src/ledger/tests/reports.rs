@@ -290,3 +290,78 @@ fn a_round_decided_before_the_settlement_counts_only_up_to_its_end() {
     assert_eq!(h.ledger.contract(&id).unwrap().confirmed_down_ms, 1_000);
     assert_eq!(h.status(id), ContractStatus::Settled);
 }
+
+fn batch(entries: &[(ContractId, u64, bool)]) -> TxKind {
+    TxKind::ProbeResults(
+        entries
+            .iter()
+            .map(|&(contract, interval, up)| crate::ledger::ProbeReport {
+                contract,
+                interval,
+                up,
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn a_batch_of_probe_results_counts_each_entry_as_alone_and_skips_the_refused_ones() {
+    let mut h = Harness::new();
+    let id = active_hosted(&mut h);
+    h.now = 5_000;
+    let arbs: Vec<_> = h.committee.clone();
+    // Interval 0 decided up by three members' single reports.
+    h.probe(id, 0, true, [0, 1, 2]);
+    // Member 3's batch: interval 0 (decided: skipped), interval 1 (counts).
+    let ev = h.ok(&arbs[3], batch(&[(id, 0, false), (id, 1, true)]));
+    assert_eq!(
+        ev,
+        vec![LedgerEvent::ProbeRecorded {
+            contract: id,
+            interval: 1,
+            reporter: arbs[3].node_id(),
+            up: true
+        }]
+    );
+    // Batches of two more members decide interval 1 like single reports would.
+    h.ok(&arbs[0], batch(&[(id, 1, true)]));
+    let ev = h.ok(&arbs[1], batch(&[(id, 1, true)]));
+    assert!(ev.contains(&LedgerEvent::UptimeConfirmed {
+        contract: id,
+        interval: 1,
+        up: true,
+        ms: 2_000,
+        confirmed_up_ms: 4_000
+    }));
+    let rec = h.ledger.contract(&id).unwrap();
+    assert_eq!((rec.confirmed_up_ms, rec.confirmed_down_ms), (4_000, 0));
+    // Refused whole: every entry refused (nothing changes), empty, too long, an interval twice,
+    // a party's batch.
+    let before = h.ledger.state_hash().unwrap();
+    let err = h
+        .try_apply(&arbs[3], batch(&[(id, 0, true), (id, 1, true)]))
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::RoundDecided { .. }),
+        "the first refusal: {err}"
+    );
+    let err = h.try_apply(&arbs[3], batch(&[])).unwrap_err();
+    assert!(matches!(err, LedgerError::InvalidEvidence { .. }), "{err}");
+    let long: Vec<(ContractId, u64, bool)> = (0..=crate::ledger::MAX_PROBE_RESULTS as u64)
+        .map(|i| (id, i, true))
+        .collect();
+    let err = h.try_apply(&arbs[3], batch(&long)).unwrap_err();
+    assert!(err.to_string().contains("at most"), "{err}");
+    let err = h
+        .try_apply(&arbs[3], batch(&[(id, 2, true), (id, 2, false)]))
+        .unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
+    let p = h.provider();
+    let err = h.try_apply(&p, batch(&[(id, 2, true)])).unwrap_err();
+    assert!(matches!(err, LedgerError::NotAllowed { .. }), "{err}");
+    assert_eq!(
+        h.ledger.state_hash().unwrap(),
+        before,
+        "refused batches change nothing"
+    );
+}

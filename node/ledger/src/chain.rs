@@ -59,6 +59,13 @@ pub struct ChainParams {
     /// stretch their propose timeout to match (see `ChainTimers::held`), and a transaction
     /// ends the wait at once on every one of them.
     pub quiet_block_interval_ms: u64,
+    /// With transactions ready, a proposer still waits this long after the last block before
+    /// proposing (never past a handover that is due, nor past its own propose deadline). Each
+    /// block costs every node a certificate check, two sled writes and the consensus traffic
+    /// whatever it carries: proposing as soon as anything was ready made a chain with a few
+    /// running contracts decide 8 blocks a second at 1–2 transactions each (10 nodes, 9 hosted
+    /// contracts; docs/PERFORMANCE.md "What a running contract costs").
+    pub min_block_interval_ms: u64,
     /// Driver configuration (timeouts).
     pub consensus: ConsensusConfig,
 }
@@ -70,6 +77,7 @@ impl Default for ChainParams {
             max_block_bytes: agora_wire::codec::MAX_GOSSIP_BYTES / 2,
             empty_block_interval_ms: 1_000,
             quiet_block_interval_ms: 10_000,
+            min_block_interval_ms: 250,
             consensus: ConsensusConfig {
                 timeouts: ConsensusTimeouts::CHAIN,
                 ..ConsensusConfig::default()
@@ -222,12 +230,14 @@ impl LedgerTask {
         }
     }
 
-    /// A transaction arrived: a waiting proposer need not wait for the empty-block interval, and
+    /// A transaction arrived: a waiting proposer need not wait for the empty-block interval (only
+    /// for `min_block_interval_ms` after the last block), and
     /// nobody waits for a quiet chain's proposal any longer than the engine asked.
     pub(super) fn on_new_transaction(&mut self) {
         let now = now_ms();
-        if let Some((h, r, _, by)) = self.timers.pending_value {
-            self.timers.pending_value = Some((h, r, now, by));
+        if let Some((h, r, at, by)) = self.timers.pending_value {
+            let paced = self.paced_block_due(now).min(by);
+            self.timers.pending_value = Some((h, r, at.min(paced), by));
         }
         for (id, after) in std::mem::take(&mut self.timers.held) {
             if let Some(at) = self.timers.timeouts.get_mut(&id) {
@@ -253,6 +263,17 @@ impl LedgerTask {
             Some(due) => regular.min(due),
             None => regular,
         }
+    }
+
+    /// When this node, as proposer with transactions ready, proposes: `min_block_interval_ms`
+    /// after the last block, or at once when that has passed or a handover is due.
+    fn paced_block_due(&self, now: u64) -> u64 {
+        let paced = self
+            .timers
+            .last_decided_at
+            .saturating_add(self.params.min_block_interval_ms);
+        let due = self.view.ledger.handover_due().unwrap_or(u64::MAX);
+        paced.min(due).max(now)
     }
 
     async fn propose_now(&mut self, height: u64, round: u32) {
@@ -443,7 +464,7 @@ impl LedgerTask {
                 let at = if !self.mempool.has_ready(&self.view.ledger) {
                     self.empty_block_due().min(by)
                 } else {
-                    now
+                    self.paced_block_due(now).min(by)
                 };
                 if at <= now {
                     return Some(self.propose_value(height, round));

@@ -7,8 +7,8 @@
 //! one BLE provider that ran a is moved to b (its a contract released, b placed) while the
 //! other two keep b (the fewest moves). Then the live deployment is given other variants in
 //! place (`deploy create` of the same name with b on a new image): the three b targets move to
-//! it, stop-first, and a's three contracts are not touched. The scale (30 targets, 10 with BLE, 6 joining)
-//! runs in the pure test `agora-market fleet::variant::tests::thirty_targets_ten_with_ble_then_six_join`
+//! it, stop-first, and a's three contracts are not touched. The scale (30 targets, 10
+//! with BLE, 6 joining) runs in the pure test `agora-market fleet::variant::tests::thirty_targets_ten_with_ble_then_six_join`
 //! and, on 37 real processes, in the bench `cargo bench -p agora-tests --bench variants` (too
 //! heavy for CI's time budget).
 #![allow(clippy::unwrap_used)]
@@ -20,7 +20,7 @@ use agora_tests::fleet::{
     create_ble_variants, deployer_contracts, label, node_ids, publish, reconfigure, running_of,
     status, wait_for, without_ble,
 };
-use agora_tests::{TestDevnet, agora, agora_json};
+use agora_tests::{TestDevnet, agora};
 
 /// Labelled `site=factory`.
 const LABELLED: [usize; 6] = [1, 2, 3, 4, 6, 7];
@@ -210,25 +210,7 @@ fn variants_respect_constraints_balance_and_rebalance_after_a_join() {
     };
     let a_contracts = active(&a);
     assert_eq!(a_contracts.len(), 3, "a's three contracts are active");
-    let changed = agora_json(&[
-        "deploy",
-        "create",
-        "--variant",
-        &format!("a={a}"),
-        "--variant",
-        &format!("b={b2}:iface=ble"),
-        "--to",
-        "site=factory",
-        "--all",
-        "--name",
-        "diverse",
-        "--cpu",
-        "250m",
-        "--memory",
-        "64MiB",
-        "--data-dir",
-        &net.node(0),
-    ]);
+    let changed = create_ble_variants(&net, &a, &b2, "diverse");
     assert_eq!(changed["id"].as_str(), Some(id.as_str()), "{changed}");
     wait_for(
         &net,

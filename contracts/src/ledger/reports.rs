@@ -203,8 +203,8 @@ impl Ledger {
 
     /// A batch of probe outcomes ([`TxKind::ProbeResults`]): malformed batches are refused
     /// whole; of a well-formed one, the entries that [`Self::probe_result`] would refuse are
-    /// skipped (checked before anything changes, so a refusal changes nothing) and the others
-    /// are applied in order. Refused when no entry may be applied (the first refusal).
+    /// skipped and the others are applied in order. Refused when no entry may be applied (the
+    /// first refusal).
     ///
     /// [`TxKind::ProbeResults`]: super::TxKind::ProbeResults
     pub(super) fn probe_results(
@@ -234,36 +234,26 @@ impl Ledger {
                 twice.interval, twice.contract
             )));
         }
-        // Checked before anything changes: a batch whose every entry is refused changes
+        // Each entry is checked just before it is applied (an entry applied before may have
+        // ended its contract's settlement, which closes the contract) and skipped when
+        // refused; the check changes nothing, so a batch whose every entry is refused changes
         // nothing.
         let mut first_refusal = None;
-        let mut valid = Vec::with_capacity(reports.len());
-        for r in reports {
-            match self.check_report(now, sender, r.contract, r.interval, Tally::Probes) {
-                Ok(()) => valid.push(*r),
-                Err(e) => {
-                    debug!(contract = %r.contract.short(), interval = r.interval, error = %e,
-                        "probe result of a batch skipped");
-                    first_refusal.get_or_insert(e);
-                }
-            }
-        }
-        if valid.is_empty() {
-            return Err(first_refusal.unwrap_or_else(|| malformed("no probe result".into())));
-        }
         let mut events = Vec::new();
-        for r in valid {
-            // An entry applied before may have ended its contract's settlement (which closes
-            // the contract): checked again, and skipped if it no longer may be applied.
-            if self
-                .check_report(now, sender, r.contract, r.interval, Tally::Probes)
-                .is_err()
-            {
+        for r in reports {
+            if let Err(e) = self.check_report(now, sender, r.contract, r.interval, Tally::Probes) {
+                debug!(contract = %r.contract.short(), interval = r.interval, error = %e,
+                    "probe result of a batch skipped");
+                first_refusal.get_or_insert(e);
                 continue;
             }
+            // Never empty once applied: every applied entry records a `ProbeRecorded`.
             events.extend(self.probe_result(now, sender, r.contract, r.interval, r.up)?);
         }
-        Ok(events)
+        match first_refusal {
+            Some(e) if events.is_empty() => Err(e),
+            _ => Ok(events),
+        }
     }
 
     /// Takes out of `rec`'s confirmed up and down time what its decided probe rounds count

@@ -3,7 +3,10 @@
 //! whose service host stages the contract's image but never starts it, while its orchestrator
 //! activates the contract and claims uptime in every heartbeat); nodes 1–5 run
 //! `agora-byzantine --no-bid` (honest arbitrators that do not bid, so node 0 is the only
-//! bidder); node 6 is the customer A, a plain `agora` process.
+//! bidder); node 6 is the customer A, a plain `agora` process. Node 1, an arbitrator of every
+//! contract, lies about the probes in two tests (`agora-byzantine --no-bid --false-probes=…`):
+//! it reports every interval of the contract `up` for the provider that runs nothing, `down`
+//! for the honest one, in `ProbeResults` batches that also carry an entry no replica accepts.
 //!
 //! Build the node first: `nice cargo build -p agora-node --bin agora` (cargo builds
 //! `agora-byzantine` itself for this test), then
@@ -32,15 +35,22 @@ const DEVICE: u32 = agora_devnet::sensor_keys::KEYED_SENSORS[3];
 /// How long the hosted contract lasts: many probe intervals (one per heartbeat interval).
 const DURATION_MS: u64 = 30_000;
 
+/// The arbitrator that reports false probe outcomes in the tests that say so.
+const LIAR: usize = 1;
+
 /// Node `BAD` runs nothing with `args` (a plain `agora` node when `args` is empty); the others
-/// but A (the last) do not bid.
-fn launcher(args: &[&str]) -> ByzantineLauncher {
+/// but A (the last) do not bid, and node `LIAR` also misbehaves with `liar`.
+fn launcher(args: &[&str], liar: &[&str]) -> ByzantineLauncher {
     let mut bad: Vec<(usize, Vec<String>)> = Vec::new();
     if !args.is_empty() {
         bad.push((BAD, args.iter().map(|a| a.to_string()).collect()));
     }
     for i in 1..CONTRACT_NODES - 1 {
-        bad.push((i, vec!["--no-bid".into()]));
+        let mut a = vec!["--no-bid".to_string()];
+        if i == LIAR {
+            a.extend(liar.iter().map(|a| a.to_string()));
+        }
+        bad.push((i, a));
     }
     ByzantineLauncher {
         honest: TestLauncher(agora_bin()),
@@ -57,6 +67,25 @@ fn byzantine_lines(dir: &Path) -> Vec<String> {
         .filter(|l| l.starts_with("byzantine: "))
         .map(String::from)
         .collect()
+}
+
+/// How many of node `LIAR`'s false probe reports (`up` as given) for `contract` a decided block
+/// applied, from its `byzantine: false probe recorded` lines; waits (60 s at most) until its
+/// `--false-probes` misbehaviour is on first.
+async fn lies_recorded(dir: &Path, contract: &str, up: bool) -> usize {
+    let word = if up { "up" } else { "down" };
+    let on = format!("byzantine: false-probes={word}");
+    wait_for("the liar to lie", 60, async || {
+        byzantine_lines(dir).contains(&on).then_some(())
+    })
+    .await
+    .unwrap();
+    let want = format!("byzantine: false probe recorded contract={contract} ");
+    let outcome = format!(" up={up} ");
+    byzantine_lines(dir)
+        .iter()
+        .filter(|l| l.starts_with(&want) && l.contains(&outcome))
+        .count()
 }
 
 /// `agora contract show ID --json` on `dir`, as an operator reads it.
@@ -142,10 +171,13 @@ fn timeline_count(dir: &Path, phase: &str, contract: &str) -> usize {
 /// `word` says (`honest` or `lie`). Asserts, on every honest replica, that the contract ends
 /// slashed with nothing paid and no interval confirmed up, though the provider claimed uptime
 /// in its heartbeats; that its balance did not grow; that each honest arbitrator counted its
-/// answers as `phase` (`agora timeline --json`); and that the honest nodes keep trading.
-async fn provider_running_nothing(test: &str, word: &str, phase: &str) {
+/// answers as `phase` (`agora timeline --json`); and that the honest nodes keep trading. With
+/// `lie_up`, arbitrator `LIAR` reports every interval up all along (checked: its lies are on
+/// the chain), and changes none of that.
+async fn provider_running_nothing(test: &str, word: &str, phase: &str, lie_up: bool) {
     let arg = format!("--host-nothing={word}");
-    let Some((_tmp, s)) = story(test, launcher(&[arg.as_str()]), word).await else {
+    let liar: &[&str] = if lie_up { &["--false-probes=up"] } else { &[] };
+    let Some((_tmp, s)) = story(test, launcher(&[arg.as_str()], liar), word).await else {
         return;
     };
     let hosted = s.hosted(&[DEVICE], DURATION_MS).await.unwrap();
@@ -155,7 +187,7 @@ async fn provider_running_nothing(test: &str, word: &str, phase: &str) {
     assert_eq!(provider, s.m.nodes[BAD].node_id);
     let payment = hosted.rec.contract.payment;
     assert!(payment > 0, "{:?}", hosted.rec);
-    let obs = 1;
+    let obs = 2;
     let before = cli_balance(&s.m.nodes[obs].data_dir, &provider);
     // It ran nothing: it only pretended to start the contract's service.
     let pretended = format!(
@@ -211,11 +243,22 @@ async fn provider_running_nothing(test: &str, word: &str, phase: &str) {
             "node{i}: the provider did claim uptime: {r:?}"
         );
         let me = &s.m.nodes[i].node_id;
-        if r.contract.committee.iter().any(|m| m.to_string() == *me) {
-            // An arbitrator of the contract: it counted the answers.
+        if r.contract.committee.iter().any(|m| m.to_string() == *me) && !(lie_up && i == LIAR) {
+            // An honest arbitrator of the contract: it counted the answers.
             counted.push(timeline_count(&s.m.nodes[i].data_dir, phase, &hosted.id));
         }
     }
+    let lies = if lie_up {
+        lies_recorded(&s.m.nodes[LIAR].data_dir, &hosted.id, true).await
+    } else {
+        0
+    };
+    assert_eq!(
+        lies > 0,
+        lie_up,
+        "the liar's `up` reports are on the chain: {:?}",
+        byzantine_lines(&s.m.nodes[LIAR].data_dir)
+    );
     assert!(
         counted.len() >= 4 && counted.iter().all(|n| *n > 0),
         "every honest arbitrator counted `{phase}`: {counted:?}"
@@ -238,7 +281,8 @@ async fn provider_running_nothing(test: &str, word: &str, phase: &str) {
         assert!(alive(u64::from(n.pid.unwrap())), "node{i} still runs");
     }
     eprintln!(
-        "{answered} probes answered running={running}; `{phase}` per arbitrator {counted:?}; \
+        "{answered} probes answered running={running}; {lies} false `up` reports recorded; \
+         `{phase}` per honest arbitrator {counted:?}; \
          claimed uptime {} ms, confirmed down {} ms; paid {} of {payment}; provider balance \
          {} -> {}",
         done.uptime_ms,
@@ -252,16 +296,19 @@ async fn provider_running_nothing(test: &str, word: &str, phase: &str) {
 
 /// P1 (b): the provider of a hosted contract stages its image but never runs it, activates the
 /// contract and claims uptime in every heartbeat; asked by the arbitrators' probes, it says
-/// its service does not run. No interval is confirmed up, a quorum confirms them down: the
+/// its service does not run. One arbitrator (`LIAR`) sides with it and reports every interval
+/// up (a minority cannot pay). No interval is confirmed up, a quorum confirms them down: the
 /// contract is slashed at its end on every honest replica, the provider is paid nothing and
 /// its balance does not grow, and the honest nodes keep trading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing() {
+async fn a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing_though_one_arbitrator_lies_up()
+ {
     let _serial = SERIAL.lock().await;
     provider_running_nothing(
-        "attack_provider::a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing",
+        "attack_provider::a_provider_running_nothing_that_says_so_to_the_probes_is_paid_nothing_though_one_arbitrator_lies_up",
         "honest",
         "probe-not-running",
+        true,
     )
     .await;
 }
@@ -277,24 +324,27 @@ async fn a_provider_running_nothing_that_lies_to_the_probes_is_caught_by_the_gue
         "attack_provider::a_provider_running_nothing_that_lies_to_the_probes_is_caught_by_the_guest_value",
         "lie",
         "probe-guest-mismatch",
+        false,
     )
     .await;
 }
 
-/// The control: node 0 is a plain, honest `agora` node and the only bidder; it runs the
-/// contract's lora-gateway image, whose `agora_probe` its live instance answers and every
-/// arbitrator checks on its own instance: the contract settles, the provider is paid for
-/// confirmed intervals, and no arbitrator found a wrong or missing guest value.
+/// The honest provider: node 0 is a plain, honest `agora` node and the only bidder; it runs
+/// the contract's lora-gateway image, whose `agora_probe` its live instance answers and every
+/// arbitrator checks on its own instance. One arbitrator (`LIAR`) reports every interval down
+/// all along, as soon as each starts (a minority cannot slash): the contract settles, the
+/// provider is paid for the confirmed intervals (more than half the payment), no interval is
+/// confirmed down, and no honest arbitrator found a wrong or missing guest value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_honest_provider_answers_the_guest_value_and_is_paid() {
+async fn an_honest_provider_answers_the_guest_value_and_is_paid_though_one_arbitrator_lies_down() {
     let _serial = SERIAL.lock().await;
-    let test = "attack_provider::an_honest_provider_answers_the_guest_value_and_is_paid";
-    let Some((_tmp, s)) = story(test, launcher(&[]), "").await else {
+    let test = "attack_provider::an_honest_provider_answers_the_guest_value_and_is_paid_though_one_arbitrator_lies_down";
+    let Some((_tmp, s)) = story(test, launcher(&[], &["--false-probes=down"]), "").await else {
         return;
     };
     let hosted = s.hosted(&[DEVICE], DURATION_MS).await.unwrap();
     assert_eq!(hosted.b, BAD, "the only bidder won");
-    let obs = 1;
+    let obs = 2;
     s.wait_contract(
         obs,
         &hosted.id,
@@ -313,10 +363,14 @@ async fn an_honest_provider_answers_the_guest_value_and_is_paid() {
         .unwrap();
         let r = cli_contract(&s.m.nodes[i].data_dir, &hosted.id);
         assert_eq!(r.status, ContractStatus::Settled, "node{i}: {r:?}");
-        assert!(r.paid_to_provider > 0, "node{i}: {r:?}");
+        assert!(
+            r.paid_to_provider * 2 > r.contract.payment,
+            "node{i}: paid more than half: {r:?}"
+        );
         assert!(r.confirmed_up_ms > 0, "node{i}: {r:?}");
+        assert_eq!(r.confirmed_down_ms, 0, "node{i}: {r:?}");
         let me = &s.m.nodes[i].node_id;
-        if r.contract.committee.iter().any(|m| m.to_string() == *me) {
+        if r.contract.committee.iter().any(|m| m.to_string() == *me) && i != LIAR {
             let dir = &s.m.nodes[i].data_dir;
             let bad: usize = [
                 "probe-guest-mismatch",
@@ -330,10 +384,20 @@ async fn an_honest_provider_answers_the_guest_value_and_is_paid() {
             seen.push(timeline_count(dir, "probe-unverified", &hosted.id));
         }
     }
+    let lies = lies_recorded(&s.m.nodes[LIAR].data_dir, &hosted.id, false).await;
+    assert!(
+        lies > 0,
+        "the liar's `down` reports are on the chain: {:?}",
+        byzantine_lines(&s.m.nodes[LIAR].data_dir)
+    );
+    honest_transfer_finalises(&s, 2, 3).await;
+    for (i, n) in s.m.nodes.iter().enumerate() {
+        assert!(alive(u64::from(n.pid.unwrap())), "node{i} still runs");
+    }
     let done = s.contract(obs, &hosted.id).await.unwrap();
     eprintln!(
-        "honest provider: paid {} of {}; confirmed up {} ms, down {} ms; probes on the hosting \
-         layer's word per arbitrator {seen:?}",
+        "honest provider: paid {} of {}; confirmed up {} ms, down {} ms; {lies} false `down` \
+         reports recorded; probes on the hosting layer's word per honest arbitrator {seen:?}",
         done.paid_to_provider, done.contract.payment, done.confirmed_up_ms, done.confirmed_down_ms
     );
     s.down(true).await.unwrap();

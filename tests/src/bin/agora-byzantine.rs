@@ -21,7 +21,14 @@
 //! - `--host-nothing[=honest|lie]`: as the provider of a hosted contract it stages the image but
 //!   never starts an instance, yet activates the contract and claims uptime in every heartbeat;
 //!   `honest` answers the arbitrators' probes "not running", `lie` answers "running" (THREATS
-//!   P1; `agora_tests::adversary::host_nothing`, behind `agora_daemon::start_wrapped`).
+//!   P1; `agora_tests::adversary::host_nothing`, behind `agora_daemon::start_wrapped`);
+//! - `--false-probes[=down|up]`: as an arbitrator of active hosted and standby contracts it
+//!   reports every probe interval `down` (or `up`) whatever its probes find, as soon as the
+//!   interval starts (before its own probe, from the interval's middle, could report it), in
+//!   `ProbeResults` batches that also carry an entry no arbitrator may report (an interval far
+//!   outside the contract's window, which every replica skips); each lie a decided block
+//!   applies is printed as `byzantine: false probe recorded` (THREATS P1: a minority of the
+//!   committee can neither slash nor pay).
 //!
 //! This binary lives in the test crate, which is the only crate that turns on the `test-utils`
 //! features of `agora-ledger` and `agora-daemon` outside dev-dependencies: the shipped `agora` binary has no flag,
@@ -29,12 +36,13 @@
 //! line starting with `byzantine:` to stdout (the devnet writes it to `node.log`).
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use agora_contracts::attestation::Liveness;
+use agora_contracts::ledger::ProbeReport;
 use agora_contracts::{
     ActivationClause, ContractId, ContractKind, ContractStatus, LedgerEvent, TxKind,
 };
@@ -105,6 +113,22 @@ struct RunArgs {
     #[arg(long, value_name = "honest|lie", num_args = 0..=1, default_missing_value = "honest",
           value_parser = parse_host_nothing)]
     host_nothing: Option<HostNothing>,
+    /// As an arbitrator, report every probe interval of the contracts it judges `down` (the
+    /// default) or `up`, whatever the probes find.
+    #[arg(long, value_name = "down|up", num_args = 0..=1, default_missing_value = "down",
+          value_parser = parse_false_probes)]
+    false_probes: Option<bool>,
+}
+
+/// `down` → `false`, `up` → `true`: the outcome every false probe report states.
+fn parse_false_probes(text: &str) -> Result<bool, String> {
+    match text {
+        "down" => Ok(false),
+        "up" => Ok(true),
+        other => Err(format!(
+            "`{other}`: write --false-probes=down or --false-probes=up"
+        )),
+    }
 }
 
 fn parse_host_nothing(text: &str) -> Result<HostNothing, String> {
@@ -198,7 +222,8 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
     let misbehaves = args.skew_proposals.is_some()
         || args.double_vote
         || args.false_attest
-        || args.withhold_votes;
+        || args.withhold_votes
+        || args.false_probes.is_some();
     let ledger = match (&node.ledger, misbehaves) {
         (Some(l), _) => Some(l.clone()),
         (None, false) => None,
@@ -237,6 +262,16 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
                 node.cancel_token(),
             ));
             tokio::spawn(false_attest(ledger.clone(), node.cancel_token()));
+        }
+        if let Some(up) = args.false_probes {
+            let word = if up { "up" } else { "down" };
+            println!("byzantine: false-probes={word}");
+            tokio::spawn(false_probes_recorded(
+                ledger.clone(),
+                node.node_id(),
+                node.cancel_token(),
+            ));
+            tokio::spawn(false_probes(ledger.clone(), up, node.cancel_token()));
         }
     }
     let cancel = node.cancel_token();
@@ -353,9 +388,128 @@ async fn lies_recorded(ledger: LedgerHandle, me: NodeId, cancel: CancellationTok
     }
 }
 
+/// The current probe interval of every active hosted or standby contract on whose committee
+/// `me` sits (not as a party).
+fn probed_rounds(
+    ledger: &agora_contracts::Ledger,
+    me: NodeId,
+    now: u64,
+) -> BTreeSet<(ContractId, u64)> {
+    ledger
+        .contracts()
+        .iter()
+        .filter(|(_, r)| {
+            r.is_probed()
+                && r.status == ContractStatus::Active
+                && r.contract.committee.contains(&me)
+                && r.contract.customer != me
+                && r.contract.provider != me
+        })
+        .filter_map(|(id, r)| Some((*id, r.evidence_round(now)?)))
+        .collect()
+}
+
+/// Reports the current probe interval of every contract this node judges as `up` says, once
+/// per interval, as soon as the interval starts, until the node stops. Each batch also carries
+/// an entry for an interval far outside the contract's window, which every replica refuses and
+/// skips while it applies the rest. Each admitted batch prints
+/// `byzantine: false probe results up=… entries=… nonce=…`.
+async fn false_probes(ledger: LedgerHandle, up: bool, cancel: CancellationToken) {
+    let mut lied: BTreeSet<(ContractId, u64)> = BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        let Ok(rounds) = ledger
+            .query(move |v| probed_rounds(&v.ledger, v.me, now))
+            .await
+        else {
+            return;
+        };
+        // Bounded: only the contracts' current intervals are remembered.
+        lied.retain(|k| rounds.contains(k));
+        let fresh: Vec<ProbeReport> = rounds
+            .difference(&lied)
+            .map(|(contract, interval)| ProbeReport {
+                contract: *contract,
+                interval: *interval,
+                up,
+            })
+            .collect();
+        let Some(first) = fresh.first() else {
+            continue;
+        };
+        let mut batch = fresh.clone();
+        batch.push(ProbeReport {
+            contract: first.contract,
+            interval: u64::MAX / 2,
+            up,
+        });
+        match ledger.submit(TxKind::ProbeResults(batch)).await {
+            Ok(tx) => {
+                lied.extend(fresh.iter().map(|r| (r.contract, r.interval)));
+                println!(
+                    "byzantine: false probe results up={up} entries={} nonce={}",
+                    fresh.len() + 1,
+                    tx.tx.nonce
+                );
+            }
+            Err(e) => warn!(error = %e, "byzantine: false probe results not admitted"),
+        }
+    }
+}
+
+/// Prints `byzantine: false probe recorded contract=… interval=… up=… height=…` for each
+/// probe outcome of this node a decided block applied (the same blocks every honest replica
+/// applies): the lie is on the chain, counted as one member's report.
+async fn false_probes_recorded(ledger: LedgerHandle, me: NodeId, cancel: CancellationToken) {
+    let mut blocks = ledger.outcomes();
+    loop {
+        let block = tokio::select! {
+            _ = cancel.cancelled() => return,
+            b = blocks.recv() => b,
+        };
+        let block = match block {
+            Ok(b) => b,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!(missed = n, "byzantine: missed applied blocks");
+                continue;
+            }
+            Err(_) => return,
+        };
+        for e in &block.events {
+            if let LedgerEvent::ProbeRecorded {
+                contract,
+                interval,
+                reporter,
+                up,
+            } = e
+                && *reporter == me
+            {
+                println!(
+                    "byzantine: false probe recorded contract={contract} interval={interval} \
+                     up={up} height={}",
+                    block.height
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{HostNothing, parse_duration_ms, parse_host_nothing};
+    use super::{HostNothing, parse_duration_ms, parse_false_probes, parse_host_nothing};
+
+    #[test]
+    fn false_probes_take_down_or_up_only() {
+        assert_eq!(parse_false_probes("down"), Ok(false));
+        assert_eq!(parse_false_probes("up"), Ok(true));
+        assert!(parse_false_probes("").is_err());
+        assert!(parse_false_probes("true").is_err());
+    }
 
     #[test]
     fn host_nothing_takes_honest_or_lie_only() {

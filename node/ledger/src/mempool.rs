@@ -284,25 +284,46 @@ impl Mempool {
     }
 
     /// Up to `max` transactions that can apply in order (contiguous nonces per sender). This
-    /// node's own come first, so a flood of others never pushes them out of a block.
+    /// node's own come first, so a flood of others never pushes them out of a block; the
+    /// others follow oldest first: each step takes, of every sender's next executable
+    /// transaction, the one that arrived here first (ties by sender). Under a backlog every
+    /// sender therefore waits about as long as the backlog takes to clear, whatever its id: in
+    /// the order of the senders' ids, the senders sorting last waited for every block while
+    /// the backlog lasted (a 50-node fleet on 2 cores: providers whose heartbeats stayed
+    /// pending for minutes were slashed), and a key ground to sort first went ahead of
+    /// everyone.
     pub fn proposal(&self, ledger: &Ledger, max: usize) -> Vec<SignedTransaction> {
         let mut out = Vec::new();
-        let mut senders: Vec<NodeId> = Vec::with_capacity(self.per_sender.len());
-        if self.per_sender.contains_key(&self.me) {
-            senders.push(self.me);
-        }
-        senders.extend(self.per_sender.keys().filter(|s| **s != self.me));
-        for sender in senders {
-            let mut want = ledger.next_nonce(&sender);
-            while out.len() < max {
-                match self.txs.get(&(sender, want)) {
-                    Some(p) => out.push(p.tx.clone()),
-                    None => break,
-                }
-                want += 1;
+        let mut want = ledger.next_nonce(&self.me);
+        while out.len() < max {
+            match self.txs.get(&(self.me, want)) {
+                Some(p) => out.push(p.tx.clone()),
+                None => break,
             }
-            if out.len() >= max {
+            want += 1;
+        }
+        // (arrival of the sender's next executable transaction, sender, its nonce), oldest
+        // first.
+        let mut heads: BTreeSet<(u64, NodeId, u64)> = self
+            .per_sender
+            .keys()
+            .filter(|s| **s != self.me)
+            .filter_map(|s| {
+                let nonce = ledger.next_nonce(s);
+                self.txs.get(&(*s, nonce)).map(|p| (p.arrived, *s, nonce))
+            })
+            .collect();
+        while out.len() < max {
+            let Some((_, sender, nonce)) = heads.pop_first() else {
                 break;
+            };
+            let Some(p) = self.txs.get(&(sender, nonce)) else {
+                continue;
+            };
+            out.push(p.tx.clone());
+            let next = nonce.saturating_add(1);
+            if let Some(n) = self.txs.get(&(sender, next)) {
+                heads.insert((n.arrived, sender, next));
             }
         }
         out

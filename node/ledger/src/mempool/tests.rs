@@ -244,3 +244,53 @@ fn a_gap_only_pool_has_nothing_ready() {
     assert!(!pool.has_ready(&ledger));
     assert!(pool.proposal(&ledger, 10).is_empty());
 }
+
+#[test]
+fn a_proposal_takes_the_oldest_first_whatever_the_senders_ids() {
+    let me = signer(1);
+    let (ledger, accounts, mut pool) = setup(3, &me);
+    let chain = ledger.chain_id().to_string();
+    // `first` sorts before `last` (the order the senders' ids give).
+    let (mut first, mut last) = (&accounts[1], &accounts[2]);
+    if first.node_id() > last.node_id() {
+        std::mem::swap(&mut first, &mut last);
+    }
+    // `last` waited: its three arrived before a burst of eight (its quota) from `first`.
+    for nonce in 0..3 {
+        let t = tx_with_nonce(&chain, last, nonce, faucet());
+        assert_eq!(pool.admit(&ledger, nonce, t), Ok(true));
+    }
+    for nonce in 0..8 {
+        let t = tx_with_nonce(&chain, first, nonce, faucet());
+        assert_eq!(pool.admit(&ledger, 10 + nonce, t), Ok(true));
+    }
+    let p = pool.proposal(&ledger, 3);
+    assert_eq!(
+        p,
+        (0..3)
+            .map(|n| tx_with_nonce(&chain, last, n, faucet()))
+            .collect::<Vec<_>>(),
+        "the waiting sender goes first, not the one whose id sorts first"
+    );
+    // Interleaved arrivals interleave, each sender's nonces in order; this node's own first.
+    let (ledger, accounts, mut pool) = setup(3, &me);
+    let (a, b) = (&accounts[1], &accounts[2]);
+    for n in 0..3 {
+        let ta = tx_with_nonce(&chain, a, n, faucet());
+        let tb = tx_with_nonce(&chain, b, n, faucet());
+        assert_eq!(pool.admit(&ledger, 2 * n + 1, ta), Ok(true));
+        assert_eq!(pool.admit(&ledger, 2 * n + 2, tb), Ok(true));
+    }
+    let mine = tx_with_nonce(&chain, &me, 0, faucet());
+    assert_eq!(pool.admit(&ledger, 100, mine.clone()), Ok(true));
+    let order: Vec<(NodeId, u64)> = pool
+        .proposal(&ledger, 10)
+        .iter()
+        .map(|t| (t.tx.sender, t.tx.nonce))
+        .collect();
+    let (a, b, m) = (a.node_id(), b.node_id(), me.node_id());
+    assert_eq!(
+        order,
+        vec![(m, 0), (a, 0), (b, 0), (a, 1), (b, 1), (a, 2), (b, 2)]
+    );
+}

@@ -9,8 +9,10 @@
 //! (`confirmed_up_ms`): a provider that runs nothing is paid nothing, whatever it claims.
 //!
 //! Breach is judged on evidence anyone can check: a late activation, the provider's own
-//! heartbeats showing too little uptime, probe intervals a quorum confirmed down, or storage
-//! rounds a quorum judged failed. A minority of the committee can neither pay nor slash.
+//! heartbeats showing too little uptime over the time they report (gaps between reports;
+//! time after its last report is not evidence by itself: its heartbeats may be stuck behind a
+//! backlog), probe intervals a quorum confirmed down, or storage rounds a quorum judged
+//! failed. A minority of the committee can neither pay nor slash.
 
 use agora_market::{NodeId, Timestamp};
 use tracing::info;
@@ -81,16 +83,28 @@ pub(super) fn breach_of(rec: &ContractRecord, end: Timestamp) -> Option<BreachRe
     if span == 0 {
         return None;
     }
-    // The provider cannot have reported the interval since its last heartbeat when the other
-    // side settles: up to one heartbeat interval of that tail counts in its favour.
-    let reported_to = rec.last_uptime_end.unwrap_or(activated);
+    // The provider's heartbeats judge the time they speak for: from activation to the end of
+    // its last report, plus up to one heartbeat interval of tail it cannot have reported yet
+    // when the other side settles. Time it reported nothing for is no evidence either way
+    // (its heartbeats may be stuck behind a backlog of transactions, which anyone who floods
+    // the chain can cause): it is not paid (paid uptime needs the committee's confirmation),
+    // and it is a breach only when a quorum of the committee confirmed the service down
+    // (below). Gaps between its reports are its own admission and count against it.
+    let reported_to = rec
+        .last_uptime_end
+        .unwrap_or(activated)
+        .clamp(activated, end);
     let tail = end
         .saturating_sub(reported_to)
         .min(c.qos.heartbeat_interval_ms);
-    let judged = rec.uptime_ms.saturating_add(tail).min(span);
-    let permille = u64::try_from(u128::from(judged) * 1000 / u128::from(span)).unwrap_or(1000);
-    if permille < min {
-        return Some(BreachReason::InsufficientUptime { permille });
+    let spoken_for = reported_to.saturating_add(tail).saturating_sub(activated);
+    if spoken_for > 0 {
+        let judged = rec.uptime_ms.saturating_add(tail).min(spoken_for);
+        let permille =
+            u64::try_from(u128::from(judged) * 1000 / u128::from(spoken_for)).unwrap_or(1000);
+        if permille < min {
+            return Some(BreachReason::InsufficientUptime { permille });
+        }
     }
     // Time a quorum of the committee confirmed the service down.
     let not_down = span - rec.confirmed_down_ms.min(span);

@@ -20,7 +20,11 @@ fn qos(min_uptime_permille: u16) -> Qos {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// Hosted: honoured pays `payment × uptime / duration`; late or low uptime slashes.
+    /// Hosted: honoured pays `payment × uptime / duration`; late activation or downtime the
+    /// provider's heartbeats admit (a gap before its later reports) slashes. A provider that
+    /// reports its uptime and then nothing (`silent_after`: its heartbeats may be stuck in a
+    /// backlog) is paid for what it reported and not slashed for the silence, which only the
+    /// committee's confirmed downtime could prove.
     #[test]
     fn hosted_settlement_pays_for_uptime_or_slashes(
         payment in 0u64..5_000,
@@ -29,6 +33,7 @@ proptest! {
         delay in 0u64..8_000,
         uptime_permille in 0u64..=1_000,
         min_uptime in 0u16..=1_000,
+        silent_after in any::<bool>(),
     ) {
         let mut h = Harness::new();
         let signed = ContractBuilder::new(1, 2)
@@ -46,19 +51,30 @@ proptest! {
         // The committee confirms the whole window up: the provider's claim decides.
         h.probed_until(id, activated + duration, true);
         h.now = activated + duration;
-        let batch = HeartbeatBatch {
-            intervals: vec![UptimeInterval { from: activated, to: activated + up }],
-            readings_processed: 1,
-            data_proofs: vec![],
+        // Silent after its uptime, or down first and up for the rest of the window.
+        let (from, to) = if silent_after {
+            (activated, activated + up)
+        } else {
+            (activated + duration - up, activated + duration)
         };
-        h.ok(&p, TxKind::Heartbeats { contract: id, batch });
+        if up > 0 {
+            let batch = HeartbeatBatch {
+                intervals: vec![UptimeInterval { from, to }],
+                readings_processed: 1,
+                data_proofs: vec![],
+            };
+            h.ok(&p, TxKind::Heartbeats { contract: id, batch });
+        }
         let mut events = h.ok(&c, TxKind::Settle { contract: id, reason: SettleReason::DurationEnded });
         // A shortfall waits for in-flight heartbeats, then is judged after the grace period.
         h.now += 13_000;
         events.extend(h.ledger.tick(h.now));
-        // Judged uptime: reported plus at most one heartbeat interval of unreported tail.
-        let judged = (up + (duration - up).min(1_000)).min(duration);
-        let measured = judged * 1_000 / duration;
+        // Judged uptime: over the time the reports speak for (activation to the last report),
+        // plus at most one heartbeat interval of unreported tail.
+        let reported_to = if up > 0 { to } else { activated };
+        let tail = (activated + duration - reported_to).min(1_000);
+        let spoken_for = reported_to + tail - activated;
+        let measured = (up + tail).min(spoken_for) * 1_000 / spoken_for;
         let breached = delay > 5_000 || measured < u64::from(min_uptime);
         if breached {
             prop_assert_eq!(h.status(id), ContractStatus::Slashed);

@@ -94,7 +94,10 @@ fn hosted_contract_with_low_uptime_is_slashed() {
         },
     );
     h.now = 61_000;
+    // Up for 30 s, then down (no interval reported) until the last second, reported: the
+    // provider's own heartbeats admit 29 s of downtime.
     h.ok(&p, for_contract(uptime(1_000, 31_000), id));
+    h.ok(&p, for_contract(uptime(60_000, 61_000), id));
     let ev = h.ok(&c, settle(id, SettleReason::DurationEnded));
     // The shortfall could be heartbeats (or probe reports) in flight: judged once the grace
     // period (one probe interval plus the report grace) passes.
@@ -107,7 +110,7 @@ fn hosted_contract_with_low_uptime_is_slashed() {
     assert!(h.ledger.tick(h.now).is_empty());
     h.now = 73_000;
     let ev = h.ledger.tick(h.now);
-    // 30 s reported plus one heartbeat interval (1 s) of unreported tail, over 60 s.
+    // 31 s reported up over the 60 s its reports speak for.
     assert!(ev.iter().any(|e| matches!(
         e,
         LedgerEvent::Slashed {

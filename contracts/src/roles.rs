@@ -29,7 +29,8 @@
 //!   our clock by this much. Uptime claims end this far behind now, and the arbitrator's
 //!   re-attestation of a down customer waits this far past `since + unreachable_for_ms` (the
 //!   old `+ 20`), so the block that records it is past the handover threshold.
-//! - [`PROOFS_PER_HEARTBEAT`] (16), [`MIN_HEARTBEAT_MS`] (100): heartbeat batching.
+//! - [`PROOFS_PER_HEARTBEAT`] (16), [`MIN_HEARTBEAT_MS`] (2 s, one evidence round): heartbeat
+//!   batching.
 //! - [`SETTLE_RETRY_MS`] (2 s): a settlement request is repeated at most this often.
 //! - [`STAGE_ATTEMPTS`] × [`STAGE_BACKOFF_MS`]: staging retries (20, 250 ms × attempt).
 //! - [`PROVIDER_LEASE_MS`] (3 s, the old `RECLAIM_WAIT`): a provider feeds its customer's
@@ -146,8 +147,9 @@ pub const TICK_MS: u64 = 100;
 pub const CLOCK_MARGIN_MS: u64 = 50;
 /// Data-proof CIDs per heartbeat transaction.
 pub const PROOFS_PER_HEARTBEAT: usize = 16;
-/// Shortest heartbeat period honoured.
-pub const MIN_HEARTBEAT_MS: u64 = 100;
+/// Shortest period between two heartbeat transactions: one per evidence round at most (every
+/// replica verifies each; the node's orchestrator does the same, session 34).
+pub const MIN_HEARTBEAT_MS: u64 = crate::ledger::MIN_EVIDENCE_PERIOD_MS;
 /// A settlement request is repeated at most this often.
 pub const SETTLE_RETRY_MS: u64 = 2_000;
 /// Staging attempts before a provider gives up on a contract's image.

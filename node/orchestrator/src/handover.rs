@@ -249,7 +249,7 @@ impl Orchestrator {
             // least 2 s): every replica verifies each one, and 49 providers heartbeating every
             // 500 ms (twice a round) were most of a 50-node chain's backlog. The uptime they
             // report is the same; the settlement judges the time they speak for.
-            heartbeat_ms: heartbeat_ms.max(agora_contracts::ledger::MIN_EVIDENCE_PERIOD_MS),
+            heartbeat_ms: heartbeat_ms.max(agora_contracts::roles::MIN_HEARTBEAT_MS),
             proofs_reported: Default::default(),
             readings_reported: 0,
         });

@@ -190,7 +190,8 @@ fn one_batch(out: &[Effect]) -> HeartbeatBatch {
 fn heartbeats_report_uptime_new_readings_and_new_proofs() {
     let mut chain = Chain::new();
     let (mut roles, id, started) = active(&mut chain, Chain::standby());
-    let hb = 1_000;
+    // One heartbeat transaction per evidence round: the contract's 1 s interval, at least 2 s.
+    let hb = crate::roles::MIN_HEARTBEAT_MS.max(1_000);
     assert!(
         !roles
             .handle(started + hb - 1, Input::Tick)

@@ -357,6 +357,28 @@ async fn false_attest(ledger: LedgerHandle, cancel: CancellationToken) {
 /// unreachable attestations a decided block applied (its replica applies the same blocks as
 /// every honest one): the lie is on the chain, not refused.
 async fn lies_recorded(ledger: LedgerHandle, me: NodeId, cancel: CancellationToken) {
+    each_applied_event(ledger, cancel, |height, e| {
+        if let LedgerEvent::AttestationRecorded {
+            attester,
+            subject,
+            unreachable: true,
+        } = e
+            && *attester == me
+        {
+            println!("byzantine: attestation recorded subject={subject} height={height}");
+        }
+    })
+    .await;
+}
+
+/// Calls `f(height, event)` for every event of every block this node applies (the same
+/// blocks every honest replica applies), until the node stops; blocks missed while lagging
+/// are logged.
+async fn each_applied_event(
+    ledger: LedgerHandle,
+    cancel: CancellationToken,
+    mut f: impl FnMut(u64, &LedgerEvent),
+) {
     let mut blocks = ledger.outcomes();
     loop {
         let block = tokio::select! {
@@ -372,18 +394,7 @@ async fn lies_recorded(ledger: LedgerHandle, me: NodeId, cancel: CancellationTok
             Err(_) => return,
         };
         for e in &block.events {
-            if let LedgerEvent::AttestationRecorded {
-                attester,
-                subject,
-                unreachable: true,
-            } = e
-                && *attester == me
-            {
-                println!(
-                    "byzantine: attestation recorded subject={subject} height={}",
-                    block.height
-                );
-            }
+            f(block.height, e);
         }
     }
 }
@@ -466,37 +477,22 @@ async fn false_probes(ledger: LedgerHandle, up: bool, cancel: CancellationToken)
 /// probe outcome of this node a decided block applied (the same blocks every honest replica
 /// applies): the lie is on the chain, counted as one member's report.
 async fn false_probes_recorded(ledger: LedgerHandle, me: NodeId, cancel: CancellationToken) {
-    let mut blocks = ledger.outcomes();
-    loop {
-        let block = tokio::select! {
-            _ = cancel.cancelled() => return,
-            b = blocks.recv() => b,
-        };
-        let block = match block {
-            Ok(b) => b,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                warn!(missed = n, "byzantine: missed applied blocks");
-                continue;
-            }
-            Err(_) => return,
-        };
-        for e in &block.events {
-            if let LedgerEvent::ProbeRecorded {
-                contract,
-                interval,
-                reporter,
-                up,
-            } = e
-                && *reporter == me
-            {
-                println!(
-                    "byzantine: false probe recorded contract={contract} interval={interval} \
-                     up={up} height={}",
-                    block.height
-                );
-            }
+    each_applied_event(ledger, cancel, |height, e| {
+        if let LedgerEvent::ProbeRecorded {
+            contract,
+            interval,
+            reporter,
+            up,
+        } = e
+            && *reporter == me
+        {
+            println!(
+                "byzantine: false probe recorded contract={contract} interval={interval} \
+                 up={up} height={height}"
+            );
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

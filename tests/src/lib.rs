@@ -11,6 +11,53 @@ pub mod natlab;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Runs `bash scripts/SCRIPT ARGS… AGORA` (the `agora` binary of this test run last) from the
+/// repository root under `timeout SECS`, with `TMPDIR` set to `tmp` and `env` added, as a
+/// measurement script's test does; panics with its output unless it succeeds, and returns its
+/// stdout.
+pub fn run_script(
+    tmp: &Path,
+    secs: u32,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("timeout")
+        .arg(secs.to_string())
+        .arg("bash")
+        .arg(format!("scripts/{script}"))
+        .args(args)
+        .arg(agora_bin())
+        .current_dir(&repo)
+        .env("TMPDIR", tmp)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Panics when a process whose command line names `dir` still runs (a script's devnet left
+/// behind).
+pub fn assert_no_process_under(dir: &Path) {
+    let running = Command::new("pgrep")
+        .args(["-f", &dir.display().to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run pgrep: {e}"));
+    assert!(
+        running.stdout.is_empty(),
+        "processes still running from {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&running.stdout)
+    );
+}
+
 /// Path of the `agora` binary, building it first if this test run did not.
 pub fn agora_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();

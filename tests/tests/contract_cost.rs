@@ -4,9 +4,7 @@
 //! neither processes nor files behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
-
-use agora_tests::agora_bin;
+use agora_tests::{assert_no_process_under, run_script};
 
 #[test]
 fn contract_cost_script_measures_a_devnet_running_replicas_and_cleans_up() {
@@ -14,22 +12,12 @@ fn contract_cost_script_measures_a_devnet_running_replicas_and_cleans_up() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin = agora_bin();
-    let out = Command::new("timeout")
-        .args(["600", "bash", "scripts/contract_cost.sh", "8"])
-        .arg(&bin)
-        .current_dir(&repo)
-        .env("TMPDIR", tmp.path())
-        .env("WINDOW", "1")
-        .env("SETTLE", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "contract_cost.sh failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_script(
+        tmp.path(),
+        600,
+        "contract_cost.sh",
+        &["8"],
+        &[("WINDOW", "1"), ("SETTLE", "1")],
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(
@@ -59,9 +47,5 @@ fn contract_cost_script_measures_a_devnet_running_replicas_and_cleans_up() {
         })
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
-    let ps = Command::new("pgrep")
-        .args(["-f", &tmp.path().display().to_string()])
-        .output()
-        .unwrap();
-    assert!(ps.stdout.is_empty(), "processes left: {ps:?}");
+    assert_no_process_under(tmp.path());
 }

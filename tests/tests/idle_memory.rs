@@ -3,28 +3,12 @@
 //! and leaves neither processes nor files behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
-
-use agora_tests::agora_bin;
+use agora_tests::{assert_no_process_under, run_script};
 
 #[test]
 fn idle_memory_script_measures_a_devnet_and_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin = agora_bin();
-    let out = Command::new("timeout")
-        .args(["300", "bash", "scripts/idle_memory.sh", "2", "1"])
-        .arg(&bin)
-        .current_dir(&repo)
-        .env("TMPDIR", tmp.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "idle_memory.sh failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_script(tmp.path(), 300, "idle_memory.sh", &["2", "1"], &[]);
     // "2 of 2 nodes after 1 s idle: PSS mean 10.8 MiB (max 11.3), anonymous mean ..."
     assert!(
         stdout.starts_with("2 of 2 nodes after 1 s idle: PSS mean "),
@@ -40,13 +24,5 @@ fn idle_memory_script_measures_a_devnet_and_cleans_up() {
     // Its devnet is gone: no directory left, no node process running from it.
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
-    let running = Command::new("pgrep")
-        .args(["-f", &tmp.path().display().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        running.stdout.is_empty(),
-        "node processes still running: {}",
-        String::from_utf8_lossy(&running.stdout)
-    );
+    assert_no_process_under(tmp.path());
 }

@@ -309,20 +309,8 @@ fn non_committee_attestations_are_rejected() {
 
 #[test]
 fn customer_back_between_heartbeats_is_not_a_breach() {
-    let mut h = Harness::new();
-    let id = h.armed(ContractBuilder::new(1, 2).standby(1_000).signed());
+    let (mut h, id) = standby_activated_at_5s();
     let (c, p) = (h.customer(), h.provider());
-    h.now = 5_000;
-    for a in 0..3 {
-        h.attest(a, Liveness::Unreachable { since: 1_000 });
-    }
-    h.ok(
-        &p,
-        TxKind::ReportActivation {
-            contract: id,
-            activated_at: 5_000,
-        },
-    );
     h.probed_until(id, 8_000, true);
     h.ok(&p, for_contract(uptime(5_000, 8_000), id));
     // Back 0.9 s after the last heartbeat (interval 1 s): the unreported tail is not held
@@ -340,12 +328,12 @@ fn customer_back_between_heartbeats_is_not_a_breach() {
     assert_eq!(h.status(id), ContractStatus::Settled);
 }
 
-/// A standby contract whose provider reported 5–6 s and then nothing; the customer is back at
-/// 11 s. Returns the harness, the contract and the customer.
-fn silent_provider_after_one_heartbeat() -> (Harness, ContractId, KeySigner) {
+/// A standby contract handed over (a quorum attested its customer unreachable since 1 s) and
+/// activated by its provider at 5 s.
+fn standby_activated_at_5s() -> (Harness, ContractId) {
     let mut h = Harness::new();
     let id = h.armed(ContractBuilder::new(1, 2).standby(1_000).signed());
-    let (c, p) = (h.customer(), h.provider());
+    let p = h.provider();
     h.now = 5_000;
     for a in 0..3 {
         h.attest(a, Liveness::Unreachable { since: 1_000 });
@@ -357,15 +345,24 @@ fn silent_provider_after_one_heartbeat() -> (Harness, ContractId, KeySigner) {
             activated_at: 5_000,
         },
     );
+    (h, id)
+}
+
+/// [`standby_activated_at_5s`], whose provider then reported 5–6 s of uptime (at 6 s).
+/// Returns the harness, the contract and the customer.
+fn standby_reported_5_to_6s() -> (Harness, ContractId, KeySigner) {
+    let (mut h, id) = standby_activated_at_5s();
+    let p = h.provider();
     h.now = 6_000;
     h.ok(&p, for_contract(uptime(5_000, 6_000), id));
+    let c = h.customer();
     (h, id, c)
 }
 
 #[test]
 fn a_provider_silent_since_its_last_heartbeat_is_not_paid_for_the_silence_nor_slashed_without_the_committee()
  {
-    let (mut h, id, c) = silent_provider_after_one_heartbeat();
+    let (mut h, id, c) = standby_reported_5_to_6s();
     let p = h.provider();
     let before = h.balance(&p);
     // Its heartbeats may be stuck behind a backlog: the silence is no evidence by itself.
@@ -403,7 +400,7 @@ fn a_provider_silent_since_its_last_heartbeat_is_not_paid_for_the_silence_nor_sl
 
 #[test]
 fn a_silent_provider_the_committee_confirms_down_is_slashed() {
-    let (mut h, id, c) = silent_provider_after_one_heartbeat();
+    let (mut h, id, c) = standby_reported_5_to_6s();
     // A quorum confirms round 0 (5–7 s) up and rounds 1–2 (7–11 s) down.
     h.now = 7_000;
     h.probe(id, 0, true, 0..3);
@@ -432,22 +429,8 @@ fn a_silent_provider_the_committee_confirms_down_is_slashed() {
 
 #[test]
 fn pending_settlement_is_judged_when_the_in_flight_heartbeat_arrives() {
-    let mut h = Harness::new();
-    let id = h.armed(ContractBuilder::new(1, 2).standby(1_000).signed());
-    let (c, p) = (h.customer(), h.provider());
-    h.now = 5_000;
-    for a in 0..3 {
-        h.attest(a, Liveness::Unreachable { since: 1_000 });
-    }
-    h.ok(
-        &p,
-        TxKind::ReportActivation {
-            contract: id,
-            activated_at: 5_000,
-        },
-    );
-    h.now = 6_000;
-    h.ok(&p, for_contract(uptime(5_000, 6_000), id));
+    let (mut h, id, c) = standby_reported_5_to_6s();
+    let p = h.provider();
     // The customer is back at 9 s; blocks were slow and the provider's heartbeat for 6–9.5 s
     // lands only afterwards. It counts up to the settlement's end and settles the contract.
     h.now = 9_000;

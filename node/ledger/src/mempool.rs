@@ -293,38 +293,28 @@ impl Mempool {
     /// pending for minutes were slashed), and a key ground to sort first went ahead of
     /// everyone.
     pub fn proposal(&self, ledger: &Ledger, max: usize) -> Vec<SignedTransaction> {
-        let mut out = Vec::new();
-        let mut want = ledger.next_nonce(&self.me);
-        while out.len() < max {
-            match self.txs.get(&(self.me, want)) {
-                Some(p) => out.push(p.tx.clone()),
-                None => break,
-            }
-            want += 1;
-        }
-        // (arrival of the sender's next executable transaction, sender, its nonce), oldest
-        // first.
-        let mut heads: BTreeSet<(u64, NodeId, u64)> = self
+        // Each sender's next executable transaction, in the order they go: this node's own
+        // first, then by arrival (then sender).
+        let head = |sender: NodeId, nonce: u64| {
+            self.txs
+                .get(&(sender, nonce))
+                .map(|p| (sender != self.me, p.arrived, sender, nonce))
+        };
+        let mut heads: BTreeSet<(bool, u64, NodeId, u64)> = self
             .per_sender
             .keys()
-            .filter(|s| **s != self.me)
-            .filter_map(|s| {
-                let nonce = ledger.next_nonce(s);
-                self.txs.get(&(*s, nonce)).map(|p| (p.arrived, *s, nonce))
-            })
+            .filter_map(|s| head(*s, ledger.next_nonce(s)))
             .collect();
+        let mut out = Vec::new();
         while out.len() < max {
-            let Some((_, sender, nonce)) = heads.pop_first() else {
+            let Some((_, _, sender, nonce)) = heads.pop_first() else {
                 break;
             };
             let Some(p) = self.txs.get(&(sender, nonce)) else {
                 continue;
             };
             out.push(p.tx.clone());
-            let next = nonce.saturating_add(1);
-            if let Some(n) = self.txs.get(&(sender, next)) {
-                heads.insert((n.arrived, sender, next));
-            }
+            heads.extend(head(sender, nonce.saturating_add(1)));
         }
         out
     }

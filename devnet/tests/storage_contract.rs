@@ -150,7 +150,16 @@ async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slash
 
     // The provider drops the data; its answers now fail.
     let pstore = &net.node(provider).unwrap().storage;
-    pstore.unpin(file.parse().unwrap()).await.unwrap();
+    // Its custody holds the file (the operator's unpin is refused while it does): a provider
+    // that drops it lets go of every hold.
+    let root = file.parse().unwrap();
+    let err = pstore.unpin(root).await.unwrap_err().to_string();
+    assert!(err.contains("is held by custody:"), "{err}");
+    let holders = pstore.ls().await.unwrap().held[&file].clone();
+    for holder in holders {
+        pstore.release(root, &holder).await.unwrap();
+    }
+    assert!(!pstore.ls().await.unwrap().pins.contains(&file));
     pstore.gc().await.unwrap();
     let judged = wait_record(&net, customer, id, "failures below the minimum", |r| {
         let total = r.storage_passed + r.storage_failed;

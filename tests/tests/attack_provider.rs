@@ -23,7 +23,7 @@ use agora_devnet::demo::Story;
 use agora_devnet::demo::story::wait_for;
 use agora_devnet::files::CONTRACT_NODES;
 use agora_tests::adversary::{ByzantineLauncher, TestLauncher};
-use agora_tests::{agora_bin, agora_json, alive};
+use agora_tests::{agora_bin, agora_json, alive, try_agora_json};
 
 /// One devnet at a time: each test runs seven nodes on a small machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -400,5 +400,66 @@ async fn an_honest_provider_answers_the_guest_value_and_is_paid_though_one_arbit
          reports recorded; probes on the hosting layer's word per honest arbitrator {seen:?}",
         done.paid_to_provider, done.contract.payment, done.confirmed_up_ms, done.confirmed_down_ms
     );
+    what_an_ended_contract_left_goes(&s, &done, BAD).await;
     s.down(true).await.unwrap();
+}
+
+/// THREATS C4: the provider of `done` (node `provider`, which did not publish its image)
+/// removes the ended contract's service and unpins the image; the customer keeps its own
+/// published image pinned; an honest arbitrator that pins it holds it only for its bounded
+/// probe cache.
+async fn what_an_ended_contract_left_goes(s: &Story, done: &ContractRecord, provider: usize) {
+    let id = done.contract.id().unwrap().to_string();
+    let image = done.contract.service_image.to_string();
+    let dir = |i: usize| s.m.nodes[i].data_dir.display().to_string();
+    let pins = |i: usize| -> Option<serde_json::Value> {
+        try_agora_json(&["storage", "ls", "--data-dir", &dir(i)])
+    };
+    let pinned = |ls: &serde_json::Value| {
+        ls["pins"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|c| c == image.as_str()))
+    };
+    let on_provider = pins(provider).expect("provider's pins");
+    eprintln!("provider's pins at the settlement: {on_provider}");
+    wait_for(
+        "the provider to remove the ended contract's service and unpin its image",
+        60,
+        async || {
+            let services = try_agora_json(&["service", "list", "--data-dir", &dir(provider)])?;
+            let listed = services.as_array()?.iter().any(|x| x["id"] == id.as_str());
+            (!listed && !pinned(&pins(provider)?)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        timeline_count(&s.m.nodes[provider].data_dir, "retired", &id),
+        1,
+        "the provider's timeline says the service was retired"
+    );
+    let customer = pins(s.a).expect("customer's pins");
+    assert!(
+        pinned(&customer),
+        "the customer keeps its own image: {customer}"
+    );
+    for i in 1..CONTRACT_NODES {
+        let member = done
+            .contract
+            .committee
+            .iter()
+            .any(|m| m.to_string() == s.m.nodes[i].node_id);
+        if !member || i == LIAR || i == provider {
+            continue;
+        }
+        let ls = pins(i).expect("an arbitrator's pins");
+        eprintln!("arbitrator node{i}'s pins after the end: {ls}");
+        if pinned(&ls) {
+            assert_eq!(
+                ls["held"][image.as_str()],
+                serde_json::json!(["probe"]),
+                "node{i} holds the image for its probe cache only: {ls}"
+            );
+        }
+    }
 }

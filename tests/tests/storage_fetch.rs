@@ -145,19 +145,69 @@ async fn fetch_stops_when_the_dag_outgrows_its_byte_limit() {
         .unwrap();
     let cid: Cid = added.cid.parse().unwrap();
     let b = &net.node(1).unwrap().storage;
-    let err = b.pin_within(cid, 1024 * 1024).await.unwrap_err();
+    let err = b.hold(cid, "test", Some(1024 * 1024)).await.unwrap_err();
     assert!(
         matches!(&err, ExchangeError::Fetch(e) if matches!(**e, FetchError::TooLarge { .. })),
         "{err:?}"
     );
     assert!(err.to_string().contains("larger than"), "{err}");
+    let ls = b.ls().await.unwrap();
     assert!(
-        !b.ls().await.unwrap().pins.contains(&added.cid),
-        "nothing pinned after a refused fetch"
+        !ls.pins.contains(&added.cid) && ls.held.is_empty(),
+        "nothing pinned or held after a refused fetch: {ls:?}"
     );
     // Within the limit it is pinned.
-    b.pin_within(cid, 3 * 1024 * 1024).await.unwrap();
+    b.hold(cid, "test", Some(3 * 1024 * 1024)).await.unwrap();
     assert!(b.ls().await.unwrap().pins.contains(&added.cid));
+    net.shutdown().await;
+}
+
+/// THREATS C4: a root fetched for holders (a contract's service, the probe cache, custody) is
+/// unpinned when the last one lets go, never while one still holds it, and never when this
+/// node had it pinned before (its own publish) or its operator pinned it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_root_is_unpinned_when_its_last_holder_lets_go_unless_it_is_kept() {
+    use agora_exchange::holds::Released;
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(2).await;
+    let (path, _) = random_file(tmp.path(), "image.bin", 300 * 1024, 5);
+    let a = &net.node(0).unwrap().storage;
+    let b = &net.node(1).unwrap().storage;
+    let added = a.add_file(path, CidVersion::V0).await.unwrap();
+    let cid: Cid = added.cid.parse().unwrap();
+    let pinned = |ls: &agora_exchange::LsReply| ls.pins.contains(&added.cid);
+
+    // B fetches it for two holders.
+    b.hold(cid, "service:x", None).await.unwrap();
+    b.hold(cid, "probe", None).await.unwrap();
+    let ls = b.ls().await.unwrap();
+    assert!(pinned(&ls), "{ls:?}");
+    assert_eq!(ls.held[&added.cid], vec!["probe", "service:x"]);
+    // The operator cannot unpin what a holder needs.
+    let err = b.unpin(cid).await.unwrap_err().to_string();
+    assert!(err.contains("held by probe, service:x"), "{err}");
+    assert!(pinned(&b.ls().await.unwrap()));
+    assert_eq!(
+        b.release(cid, "service:x").await.unwrap(),
+        Released::StillHeld(vec!["probe".into()])
+    );
+    assert!(pinned(&b.ls().await.unwrap()), "one holder is left");
+    assert_eq!(b.release(cid, "probe").await.unwrap(), Released::Unpin);
+    let ls = b.ls().await.unwrap();
+    assert!(!pinned(&ls) && ls.held.is_empty(), "{ls:?}");
+    // Its blocks go at the next gc.
+    assert!(b.gc().await.unwrap().removed_blocks >= 2);
+
+    // Held, then pinned by the operator: kept when the holder lets go.
+    b.hold(cid, "service:y", None).await.unwrap();
+    b.pin(cid).await.unwrap();
+    assert_eq!(b.release(cid, "service:y").await.unwrap(), Released::Kept);
+    assert!(pinned(&b.ls().await.unwrap()));
+
+    // A's own file (pinned by its add): held and let go of, it stays.
+    a.hold(cid, "service:z", None).await.unwrap();
+    assert_eq!(a.release(cid, "service:z").await.unwrap(), Released::Kept);
+    assert!(pinned(&a.ls().await.unwrap()));
     net.shutdown().await;
 }
 

@@ -41,6 +41,12 @@ pub trait StoreBackend: Send + Sync + std::fmt::Debug {
     /// Pinned roots and the number of stored blocks.
     async fn ls(&self) -> BackendResult<LsReply>;
 
+    /// Whether `cid` is pinned (recursively) now.
+    async fn is_pinned(&self, cid: Cid) -> BackendResult<bool> {
+        let cid = cid.to_string();
+        Ok(self.ls().await?.pins.contains(&cid))
+    }
+
     /// Deletes unpinned blocks.
     async fn gc(&self) -> BackendResult<GcStats>;
 

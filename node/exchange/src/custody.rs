@@ -106,14 +106,40 @@ impl StorageHandle {
         decode_commitment(&cid, &block).map_err(invalid)
     }
 
-    /// Provider: fetches and pins `file` (at most `max_bytes`, the storage the contract buys)
-    /// and its commitment, and checks that the commitment really describes the file (a wrong
-    /// one would make every honest answer fail).
+    /// Provider: fetches and holds `file` (at most `max_bytes`, the storage the contract buys)
+    /// and its commitment for `holder` (the contract; [`crate::holds`]), and checks that the
+    /// commitment really describes the file (a wrong one would make every honest answer
+    /// fail). Refused custody holds nothing.
     pub async fn take_custody(
         &self,
         file: Cid,
         commitment: Cid,
         max_bytes: u64,
+        holder: &str,
+    ) -> Result<StorageCommitment, ExchangeError> {
+        let taken = self.hold_custody(file, commitment, max_bytes, holder).await;
+        if taken.is_err() {
+            self.release_custody(file, commitment, holder).await;
+        }
+        taken
+    }
+
+    /// Provider: the contract closed; `holder` lets go of its file and commitment (unpinned
+    /// unless something else here holds or keeps them).
+    pub async fn release_custody(&self, file: Cid, commitment: Cid, holder: &str) {
+        for cid in [file, commitment] {
+            if let Err(e) = self.release(cid, holder).await {
+                tracing::debug!(%cid, holder, error = %e, "custody hold not released");
+            }
+        }
+    }
+
+    async fn hold_custody(
+        &self,
+        file: Cid,
+        commitment: Cid,
+        max_bytes: u64,
+        holder: &str,
     ) -> Result<StorageCommitment, ExchangeError> {
         let store = self.custody_store()?;
         let claimed = self.commitment(commitment).await?;
@@ -123,8 +149,8 @@ impl StorageHandle {
                 claimed.file
             )));
         }
-        self.pin_within(file, max_bytes).await?;
-        self.pin(commitment).await?;
+        self.hold(file, holder, Some(max_bytes)).await?;
+        self.hold(commitment, holder, None).await?;
         let actual = store
             .blocking(move |s| StorageCommitment::for_file(s, &file))
             .await?;

@@ -146,9 +146,14 @@ impl StoreBackend for Embedded {
             Ok(LsReply {
                 pins,
                 blocks: s.list()?.len(),
+                ..LsReply::default()
             })
         })
         .await
+    }
+
+    async fn is_pinned(&self, cid: Cid) -> BackendResult<bool> {
+        self.blocking(move |s| Ok(s.pins()?.contains(&cid))).await
     }
 
     async fn gc(&self) -> BackendResult<GcStats> {

@@ -133,6 +133,7 @@ impl StoreBackend for KuboBackend {
         Ok(LsReply {
             pins,
             blocks: usize::try_from(stat.num_objects).unwrap_or(usize::MAX),
+            ..LsReply::default()
         })
     }
 

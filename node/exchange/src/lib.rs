@@ -20,12 +20,13 @@ pub mod custody;
 pub mod embedded;
 pub mod fetch;
 pub mod framing;
+pub mod holds;
 mod jobs;
 pub mod kubo;
 mod ops;
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use agora_market::KeySigner;
 use agora_storage::{BlockStore, KuboError, SledBlockStore, StorageError};
@@ -118,6 +119,9 @@ pub struct StorageHandle {
     jobs: jobs::Jobs,
     provers: custody::Provers,
     gate: audit::gate::ChallengeGate,
+    /// Who holds each pin ([`holds`]), and the file it is kept in.
+    holds: Arc<Mutex<holds::HoldTable>>,
+    holds_path: PathBuf,
 }
 
 /// Starts the configured backend. Embedded: opens the block store, starts bitswap on the swarm
@@ -141,7 +145,11 @@ pub async fn spawn(
             jobs: jobs::Jobs::default(),
             provers: custody::Provers::default(),
             gate: audit::gate::ChallengeGate::default(),
-        });
+            holds: Arc::default(),
+            holds_path: data_dir.join(holds::HOLDS_FILE),
+        }
+        .restarted()
+        .await);
     }
     let path = data_dir.join(BLOCKS_DIR);
     let store = tokio::task::spawn_blocking(move || SledBlockStore::open(path))
@@ -163,7 +171,11 @@ pub async fn spawn(
         jobs: jobs::Jobs::default(),
         provers: custody::Provers::default(),
         gate: audit::gate::ChallengeGate::default(),
-    };
+        holds: Arc::default(),
+        holds_path: data_dir.join(holds::HOLDS_FILE),
+    }
+    .restarted()
+    .await;
     tokio::spawn(
         async move {
             for root in embedded.blocking(|s| s.pins()).await.unwrap_or_default() {

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use agora_market::{Domain, Signer};
 use agora_storage::proof::{self, DataProof};
 use agora_storage::{Cid, blockstore::GcStats};
-use agora_storage::{CidVersion, unixfs};
+use agora_storage::{CidVersion, StorageError, unixfs};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::embedded::file_err;
+use super::holds::{HoldTable, Released};
 use super::{ExchangeError, FetchProgress, StorageHandle};
 use agora_wire::now_ms;
 
@@ -25,12 +26,16 @@ pub struct AddReply {
 }
 
 /// Result of listing the store.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LsReply {
     /// Recursively pinned roots.
     pub pins: Vec<String>,
     /// Blocks stored (pinned or not).
     pub blocks: usize,
+    /// Who holds each held root (a contract's service, custody, the probe cache, a fleet's
+    /// early fetch; [`crate::holds`]): it is unpinned when the last lets go, unless kept.
+    #[serde(default)]
+    pub held: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// A created data proof.
@@ -101,32 +106,126 @@ impl StorageHandle {
         self.backend.get_file(cid, out, progress, cfg).await
     }
 
-    /// Pins `cid`, fetching missing blocks first.
+    /// Pins `cid`, fetching missing blocks first: the operator's (or a publish's) pin, kept
+    /// whoever else holds the root ([`crate::holds`]).
     pub async fn pin(&self, cid: Cid) -> Result<FetchProgress, ExchangeError> {
-        self.backend.pin(cid, self.fetch_config()).await
+        let progress = self.backend.pin(cid, self.fetch_config()).await?;
+        self.with_holds(|t| t.keep(&cid));
+        Ok(progress)
     }
 
-    /// [`Self::pin`], failing once the DAG grows past `max_bytes`.
-    pub async fn pin_within(
+    /// `holder` takes a hold on `cid` ([`crate::holds`]): fetched (at most `max_bytes`, when
+    /// given) and pinned until the last holder lets go ([`Self::release`]).
+    pub async fn hold(
         &self,
         cid: Cid,
-        max_bytes: u64,
+        holder: &str,
+        max_bytes: Option<u64>,
     ) -> Result<FetchProgress, ExchangeError> {
+        let pinned_now = if self.with_holds(|t| t.is_held(&cid)) {
+            false
+        } else {
+            self.backend.is_pinned(cid).await?
+        };
+        self.with_holds(|t| t.take(cid, holder, || pinned_now))
+            .map_err(|e| ExchangeError::Invalid(e.to_string()))?;
         let cfg = super::FetchConfig {
-            max_bytes: Some(max_bytes),
+            max_bytes: max_bytes.or(self.fetch_config().max_bytes),
             ..self.fetch_config()
         };
-        self.backend.pin(cid, cfg).await
+        match self.backend.pin(cid, cfg).await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                if let Err(undo) = self.release(cid, holder).await {
+                    tracing::debug!(%cid, holder, error = %undo, "failed hold not undone");
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// Removes a pin.
+    /// `holder` lets go of `cid`: unpinned when it was the last holder and nobody keeps it
+    /// (its blocks go at the next `gc`).
+    pub async fn release(&self, cid: Cid, holder: &str) -> Result<Released, ExchangeError> {
+        let released = self.with_holds(|t| t.release(&cid, holder));
+        if released == Released::Unpin {
+            match self.backend.unpin(cid).await {
+                Ok(()) | Err(ExchangeError::Store(StorageError::NotFound { .. })) => {}
+                Err(e) => return Err(e),
+            }
+            // A hold taken while this one let go pinned before our unpin: pin it again
+            // (its blocks are here, nothing to fetch).
+            if self.with_holds(|t| t.is_held(&cid)) {
+                self.backend.pin(cid, self.fetch_config()).await?;
+            }
+            tracing::debug!(%cid, holder, "last hold released; root unpinned");
+        }
+        Ok(released)
+    }
+
+    /// The roots held now and by whom.
+    pub fn holders(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        self.with_holds(|t| t.holders())
+    }
+
+    /// Runs `f` on the hold table and writes it back if it changed.
+    fn with_holds<T>(&self, f: impl FnOnce(&mut HoldTable) -> T) -> T {
+        let mut table = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let before = table.clone();
+        let out = f(&mut table);
+        if *table != before
+            && let Err(e) = table.save(&self.holds_path)
+        {
+            tracing::warn!(path = %self.holds_path.display(), error = %e, "pin holds not saved");
+        }
+        out
+    }
+
+    /// At start: drops the holds of the previous run and unpins what only they held.
+    pub(crate) async fn restarted(self) -> Self {
+        let stale = match HoldTable::load(&self.holds_path) {
+            Ok(mut table) => table.restart(),
+            Err(e) => {
+                tracing::warn!(path = %self.holds_path.display(), error = %e,
+                    "pin holds unreadable: pins of the previous run stay until unpinned by hand");
+                Vec::new()
+            }
+        };
+        for cid in &stale {
+            if let Err(e) = self.backend.unpin(*cid).await {
+                tracing::debug!(%cid, error = %e, "held root of the previous run not unpinned");
+            }
+        }
+        if !stale.is_empty() {
+            tracing::info!(
+                roots = stale.len(),
+                "unpinned the roots only held by the previous run"
+            );
+        }
+        if let Err(e) = HoldTable::default().save(&self.holds_path) {
+            tracing::warn!(path = %self.holds_path.display(), error = %e, "pin holds not saved");
+        }
+        self
+    }
+
+    /// The operator's unpin: the root is no longer kept. Refused while others hold it (it is
+    /// unpinned when they let go).
     pub async fn unpin(&self, cid: Cid) -> Result<(), ExchangeError> {
+        if let Err(holders) = self.with_holds(|t| t.unkeep(&cid)) {
+            return Err(ExchangeError::Invalid(format!(
+                "{cid} is held by {}: it stays pinned while they need it and is unpinned when \
+                 the last lets go",
+                holders.join(", ")
+            )));
+        }
         self.backend.unpin(cid).await
     }
 
     /// Pins and block count.
     pub async fn ls(&self) -> Result<LsReply, ExchangeError> {
-        self.backend.ls().await
+        let mut reply = self.backend.ls().await?;
+        reply.held = self.holders();
+        Ok(reply)
     }
 
     /// Deletes every unpinned block.

@@ -14,7 +14,6 @@ use tracing::{Instrument, debug, info, warn};
 
 use cid::Cid;
 
-use super::progress::ended;
 use super::{
     Done, FleetTask, MAX_PLACEMENTS, MAX_SENDS_IN_FLIGHT, MAX_UNBACKED_PREFETCHES, Placement,
 };
@@ -396,8 +395,20 @@ impl FleetTask {
         }
         // Pins made before any contract are a stranger's to ask for: only so many are held
         // for replicas no contract backs (a backed one's contract holds its image).
+        // A replica a contract backs: the contract's service holds the image now.
         let store = self.state.store();
-        self.prefetched.retain(|d, _| !store.is_pinned(d));
+        let backed: Vec<(DeploymentId, Cid)> = self
+            .prefetched
+            .iter()
+            .filter(|(d, _)| store.is_pinned(d))
+            .map(|(d, c)| (*d, *c))
+            .collect();
+        for (d, c) in backed {
+            self.prefetched.remove(&d);
+            if !self.fetching.contains(&d) {
+                self.release_prefetch(d, c).await;
+            }
+        }
         if self.prefetches_in_flight >= MAX_UNBACKED_PREFETCHES
             || (!self.prefetched.contains_key(&deployment)
                 && self.prefetched.len() >= MAX_UNBACKED_PREFETCHES)
@@ -411,7 +422,7 @@ impl FleetTask {
             && old != cid
         {
             // The record moved on to another image: the early copy of the old one may go.
-            self.unpin_unless_contracted(old).await;
+            self.release_prefetch(deployment, old).await;
         }
         self.fetching.insert(deployment);
         self.prefetches_in_flight += 1;
@@ -420,7 +431,7 @@ impl FleetTask {
         tokio::spawn(
             async move {
                 let result = storage
-                    .pin_within(cid, PREFETCH_MAX_BYTES)
+                    .hold(cid, &prefetch_holder(&deployment), Some(PREFETCH_MAX_BYTES))
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string());
@@ -453,48 +464,38 @@ impl FleetTask {
                 .any(|(_, own)| own.targets.contains_key(peer))
     }
 
-    /// The replica of `deployment` went away: an image fetched early for it and held for no
-    /// contract is unpinned (blocks go at the next garbage collection).
+    /// The replica of `deployment` went away: an image fetched early for it lets go of its
+    /// hold (unpinned unless a contract's service or anything else here holds or keeps it; the
+    /// blocks go at the next garbage collection). A fetch under way lets go when it is done.
     async fn drop_prefetch(&mut self, deployment: DeploymentId) {
         let Some(cid) = self.prefetched.remove(&deployment) else {
             return;
         };
-        if self.state.store().is_pinned(&deployment) {
+        if self.fetching.contains(&deployment) {
             return;
         }
-        self.unpin_unless_contracted(cid).await;
+        self.release_prefetch(deployment, cid).await;
     }
 
-    /// Unpins `cid` unless another early fetch or a live contract on this node (as provider
-    /// or customer) names it: pins are not counted per user.
-    pub(super) async fn unpin_unless_contracted(&mut self, cid: Cid) {
-        if self.prefetched.values().any(|c| *c == cid) {
-            return;
-        }
-        let image = cid.to_string();
-        let me = self.me;
-        let in_use = match &self.parts.ledger {
-            Some(ledger) => ledger
-                .query(move |v| {
-                    v.ledger.contracts().values().any(|r| {
-                        (r.contract.provider == me || r.contract.customer == me)
-                            && r.contract.service_image.to_string() == image
-                            && !ended(r.status)
-                    })
-                })
-                .await
-                .unwrap_or(true),
-            None => true,
-        };
-        if in_use {
-            return;
-        }
-        match self.parts.storage.unpin(cid).await {
-            Ok(()) => {
+    /// `deployment`'s early fetch lets go of `cid` ([`agora_exchange::holds`]).
+    pub(super) async fn release_prefetch(&mut self, deployment: DeploymentId, cid: Cid) {
+        match self
+            .parts
+            .storage
+            .release(cid, &prefetch_holder(&deployment))
+            .await
+        {
+            Ok(agora_exchange::holds::Released::Unpin) => {
                 self.stats.prefetch_unpinned += 1;
                 debug!(image = %cid, "early-fetched image unpinned: its replica went away");
             }
-            Err(e) => debug!(image = %cid, error = %e, "early-fetched image not unpinned"),
+            Ok(_) => {}
+            Err(e) => debug!(image = %cid, error = %e, "early-fetched image not let go of"),
         }
     }
+}
+
+/// The name an early fetch holds its image under.
+fn prefetch_holder(deployment: &DeploymentId) -> String {
+    format!("prefetch:{deployment}")
 }

@@ -654,7 +654,7 @@ impl FleetTask {
                     && self.prefetched.get(&deployment) != Some(&cid)
                 {
                     // The replica went away (or moved on) while its image was being fetched.
-                    self.unpin_unless_contracted(cid).await;
+                    self.release_prefetch(deployment, cid).await;
                 }
                 if let Err(reason) = result {
                     self.prefetched.remove(&deployment);

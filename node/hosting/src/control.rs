@@ -38,6 +38,11 @@ pub trait ServiceControl: Send + Sync + 'static {
     async fn start(&self, id: &str) -> Result<(), String>;
     /// Stops service `id`.
     async fn stop(&self, id: &str) -> Result<(), String>;
+    /// Forgets service `id` (not running) and lets go of its image; by default nothing to do.
+    async fn remove(&self, id: &str) -> Result<(), String> {
+        let _ = id;
+        Ok(())
+    }
     /// Queues one sensor frame for service `id`.
     fn push_reading(&self, id: &str, frame: Vec<u8>) -> Result<(), String>;
     /// Whether service `id` is running.
@@ -145,6 +150,12 @@ impl ServiceControl for crate::ServiceHost {
         crate::ServiceHost::stop(self, id)
             .await
             .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), String> {
+        crate::ServiceHost::remove(self, id)
+            .await
             .map_err(|e| e.to_string())
     }
 

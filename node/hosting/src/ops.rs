@@ -19,6 +19,11 @@ use agora_image::{read_image, read_manifest, store_image};
 /// How long `stop` waits for a service to report `Stopped`.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
+/// The name service `id` holds its image under ([`agora_exchange::holds`]).
+fn image_holder(id: &str) -> String {
+    format!("service:{id}")
+}
+
 /// The error for a service whose contract ended before `now`.
 fn ended(c: &ContractCeiling, now: u64) -> ServiceError {
     let end_ms = match c.end {
@@ -158,12 +163,39 @@ impl ServiceHost {
         {
             return Err(ended(c, now_ms()));
         }
-        // Fetches every block of the image over bitswap (each verified against its CID), pins.
-        // The module is capped at MAX_MODULE_BYTES; the manifest and record are small.
+        // Fetches every block of the image over bitswap (each verified against its CID) and
+        // holds it while the service is staged. The module is capped at MAX_MODULE_BYTES; the
+        // manifest and record are small.
+        let holder = image_holder(id);
         self.inner
             .storage
-            .pin_within(image, agora_image::MAX_MODULE_BYTES + (1 << 20))
+            .hold(
+                image,
+                &holder,
+                Some(agora_image::MAX_MODULE_BYTES + (1 << 20)),
+            )
             .await?;
+        let staged = self.stage_held(id, image, ceiling).await;
+        if staged.is_err() && !lock(&self.inner.staged).contains_key(id) {
+            self.release_image(id, image).await;
+        }
+        staged
+    }
+
+    /// Lets go of service `id`'s hold on `image` (unpinned if nothing else holds or keeps it).
+    pub(crate) async fn release_image(&self, id: &str, image: Cid) {
+        if let Err(e) = self.inner.storage.release(image, &image_holder(id)).await {
+            tracing::debug!(service = id, %image, error = %e, "image hold not released");
+        }
+    }
+
+    /// [`Self::stage_inner`] once the image is held here.
+    async fn stage_held(
+        &self,
+        id: &str,
+        image: Cid,
+        ceiling: Option<&ContractCeiling>,
+    ) -> Result<StagedInfo, ServiceError> {
         let (record, manifest, module) = self
             .embedded_store()?
             .blocking(move |s| Ok(read_image(s, &image)))
@@ -339,7 +371,9 @@ impl ServiceHost {
             .map_err(ServiceError::from)
     }
 
-    /// Forgets a service that is not running (its image stays pinned).
+    /// Forgets a service that is not running and lets go of its image (unpinned unless this
+    /// node published or pinned it, or something else here holds it; the blocks go at the
+    /// next `agora storage gc`).
     pub async fn remove(&self, id: &str) -> Result<(), ServiceError> {
         if !self.is_container(id)? {
             self.inner.manager.remove(&id.into())?;
@@ -352,7 +386,10 @@ impl ServiceHost {
                 },
             ));
         }
-        lock(&self.inner.staged).remove(id);
+        let removed = lock(&self.inner.staged).remove(id);
+        if let Some(s) = removed {
+            self.release_image(id, s.image).await;
+        }
         Ok(())
     }
 

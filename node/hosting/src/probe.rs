@@ -15,8 +15,11 @@ use agora_image::read_image;
 
 /// How long the provider's live instance may take to answer (it answers between two polls).
 pub const LIVE_PROBE_TIMEOUT: Duration = Duration::from_millis(400);
-/// Compiled images an arbitrator keeps for probes; beyond it the oldest entry goes.
+/// Compiled images an arbitrator keeps for probes; beyond it the oldest entry goes, and its
+/// image is let go of (unpinned unless something else here holds or keeps it).
 pub const MAX_PROBE_MODULES: usize = 16;
+/// The name the probe cache holds its images under ([`agora_exchange::holds`]).
+pub const PROBE_HOLDER: &str = "probe";
 
 /// An image compiled for probes: its module (`None`: a container image, nothing to call) and
 /// the limits a fresh instance gets.
@@ -74,10 +77,66 @@ impl ServiceHost {
         if let Some(m) = lock(&self.inner.probe_modules).get(&image) {
             return Ok(m.module.clone());
         }
+        // Held while cached: an arbitrator keeps at most MAX_PROBE_MODULES probed images.
         self.inner
             .storage
-            .pin_within(image, agora_image::MAX_MODULE_BYTES + (1 << 20))
+            .hold(
+                image,
+                PROBE_HOLDER,
+                Some(agora_image::MAX_MODULE_BYTES + (1 << 20)),
+            )
             .await?;
+        let compiled = self.compile_probe_module(image).await;
+        let module = match compiled {
+            Ok(m) => m,
+            Err(e) => {
+                if !lock(&self.inner.probe_modules).contains_key(&image) {
+                    self.release_probe_image(image).await;
+                }
+                return Err(e);
+            }
+        };
+        let evicted = {
+            let mut cache = lock(&self.inner.probe_modules);
+            let seq = cache.values().map(|m| m.seq).max().map_or(0, |s| s + 1);
+            let evicted = if !cache.contains_key(&image) && cache.len() >= MAX_PROBE_MODULES {
+                cache
+                    .iter()
+                    .min_by_key(|(_, m)| m.seq)
+                    .map(|(c, _)| *c)
+                    .inspect(|oldest| {
+                        cache.remove(oldest);
+                    })
+            } else {
+                None
+            };
+            cache.insert(
+                image,
+                ProbeModule {
+                    module: module.clone(),
+                    seq,
+                },
+            );
+            evicted
+        };
+        if let Some(oldest) = evicted {
+            self.release_probe_image(oldest).await;
+        }
+        Ok(module)
+    }
+
+    /// The probe cache lets go of `image` (unpinned unless held or kept for another reason).
+    async fn release_probe_image(&self, image: Cid) {
+        if let Err(e) = self.inner.storage.release(image, PROBE_HOLDER).await {
+            tracing::debug!(%image, error = %e, "probe image hold not released");
+        }
+    }
+
+    /// `image` (held here) read, verified and compiled for probes.
+    async fn compile_probe_module(
+        &self,
+        image: Cid,
+    ) -> Result<Option<(CompiledModule, ServiceLimits)>, ServiceError> {
         let (record, manifest, bytes): (_, _, Vec<u8>) = self
             .embedded_store()?
             .blocking(move |s| Ok(read_image(s, &image)))
@@ -96,21 +155,6 @@ impl ServiceHost {
                 Some((compiled, limits))
             }
         };
-        let mut cache = lock(&self.inner.probe_modules);
-        let seq = cache.values().map(|m| m.seq).max().map_or(0, |s| s + 1);
-        if !cache.contains_key(&image)
-            && cache.len() >= MAX_PROBE_MODULES
-            && let Some(oldest) = cache.iter().min_by_key(|(_, m)| m.seq).map(|(c, _)| *c)
-        {
-            cache.remove(&oldest);
-        }
-        cache.insert(
-            image,
-            ProbeModule {
-                module: module.clone(),
-                seq,
-            },
-        );
         Ok(module)
     }
 }

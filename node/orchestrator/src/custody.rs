@@ -5,10 +5,15 @@
 
 use agora_contracts::{Contract, ContractId, ContractStatus, Duty, TxKind};
 use cid::Cid;
-use tracing::{Instrument, debug};
+use tracing::Instrument;
 
 use super::{Done, Orchestrator};
 use agora_wire::now_ms;
+
+/// The name a storage contract's custody holds its file under ([`agora_exchange::holds`]).
+fn custody_holder(contract: &ContractId) -> String {
+    format!("custody:{contract}")
+}
 
 impl Orchestrator {
     /// Provider: fetches, pins and checks the file and its commitment in the background; a
@@ -23,7 +28,7 @@ impl Orchestrator {
         tokio::spawn(
             async move {
                 let result = storage
-                    .take_custody(file, commitment, max)
+                    .take_custody(file, commitment, max, &custody_holder(&contract))
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string());
@@ -122,15 +127,13 @@ impl Orchestrator {
         file: Cid,
         commitment: Cid,
     ) {
-        for cid in [file, commitment] {
-            if let Err(e) = self.storage.unpin(cid).await {
-                debug!(%cid, error = %e, "unpin after storage contract");
-            }
-        }
+        self.storage
+            .release_custody(file, commitment, &custody_holder(&contract))
+            .await;
         self.timeline.push(
             "released",
             Some(&contract),
-            format!("storage contract closed; {file} unpinned"),
+            format!("storage contract closed; {file} let go of"),
         );
     }
 }

@@ -480,6 +480,7 @@ impl Orchestrator {
         if let Err(e) = self.services.stop(&id).await {
             debug!(error = %e, "service stop");
         }
+        self.retire(contract, now_ms());
         self.timeline.push(
             "stopped",
             Some(&contract),
@@ -506,6 +507,7 @@ impl Orchestrator {
         // The arbitrator's re-attestations, probes (and their timeouts) and challenges.
         self.drive(Input::Tick).await;
         self.flush_probe_results(now_ms()).await;
+        self.retire_due(now_ms()).await;
         let now = now_ms();
         let synced = self.roles.synced();
         let due: Vec<ContractId> = self

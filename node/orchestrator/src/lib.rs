@@ -29,6 +29,7 @@ mod custody;
 mod handover;
 mod own;
 mod probe;
+mod retire;
 mod roles;
 mod upgrade;
 
@@ -252,6 +253,10 @@ pub struct Orchestrator {
     staging: BTreeSet<ContractId>,
     /// Activations scheduled for a fixed time (`ActivationClause::At`).
     scheduled: BTreeMap<ContractId, Timestamp>,
+    /// Provider: services of ended contracts and when they are removed (`retire`).
+    retiring: BTreeMap<ContractId, Timestamp>,
+    /// When hosted contracts were last checked for an end they never ran to (`retire`).
+    last_retire_sweep: Timestamp,
     own: own::Own,
     /// Customer: open contracts whose provider the radio was told manages their devices (so
     /// it may be handed their frame keys, threat R1).
@@ -351,6 +356,8 @@ pub fn spawn(
         seq: now_ms(),
         staging: BTreeSet::new(),
         scheduled: BTreeMap::new(),
+        retiring: BTreeMap::new(),
+        last_retire_sweep: 0,
         own: own::Own::load(data_dir),
         keys_named: BTreeSet::new(),
         key_devices: BTreeMap::new(),
@@ -442,6 +449,7 @@ impl Orchestrator {
         if !self.staging.insert(contract) {
             return;
         }
+        self.retiring.remove(&contract);
         let services = self.services.clone();
         let done = self.done_tx.clone();
         let timeline = self.timeline.clone();

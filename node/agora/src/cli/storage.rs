@@ -161,8 +161,15 @@ pub async fn storage(dir: &Path, cmd: &StorageCommand, json: bool) -> anyhow::Re
             if json {
                 print_json(&r)?;
             } else {
-                let rows: Vec<Vec<String>> = r.pins.iter().map(|p| vec![p.clone()]).collect();
-                print_table(&["PINNED ROOT"], &rows);
+                let rows: Vec<Vec<String>> = r
+                    .pins
+                    .iter()
+                    .map(|p| {
+                        let held = r.held.get(p).map(|h| h.join(", ")).unwrap_or_default();
+                        vec![p.clone(), held]
+                    })
+                    .collect();
+                print_table(&["PINNED ROOT", "HELD BY"], &rows);
                 println!("{} blocks stored", r.blocks);
             }
         }

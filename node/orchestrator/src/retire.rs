@@ -1,0 +1,99 @@
+//! Provider: what an ended contract leaves behind goes (THREATS C4). A hosted contract's
+//! service is removed from the hosting layer some time after it stopped — the radio sends the
+//! service's state back to the customer from it first — and with it goes the service's hold on
+//! its image (unpinned unless something else here holds or keeps it; the blocks go at the next
+//! `agora storage gc`). A contract that ended before it ever ran here (a standby never
+//! activated, one cancelled while staging) is forgotten the same way. Before this, every
+//! contract a node ever provided for stayed staged and pinned for as long as the process ran,
+//! and its image stayed pinned for good.
+
+use agora_contracts::ContractId;
+use agora_market::Timestamp;
+use tracing::debug;
+
+use super::Orchestrator;
+
+/// How long an ended contract's stopped service stays before it is removed (the way back of
+/// its state takes at most a few seconds).
+pub(super) const RETIRE_AFTER_MS: u64 = 10_000;
+/// How often hosted contracts are checked against the ledger for an end they never ran to.
+const SWEEP_EVERY_MS: u64 = 5_000;
+
+impl Orchestrator {
+    /// `contract`'s service is removed [`RETIRE_AFTER_MS`] from `now`, unless it is staged
+    /// again meanwhile.
+    pub(super) fn retire(&mut self, contract: ContractId, now: Timestamp) {
+        self.retiring
+            .entry(contract)
+            .or_insert(now.saturating_add(RETIRE_AFTER_MS));
+    }
+
+    /// Removes the services whose time came, and forgets hosted contracts that ended without
+    /// running to their stop here.
+    pub(super) async fn retire_due(&mut self, now: Timestamp) {
+        if now >= self.last_retire_sweep.saturating_add(SWEEP_EVERY_MS) {
+            self.last_retire_sweep = now;
+            self.sweep_ended(now).await;
+        }
+        let due: Vec<ContractId> = self
+            .retiring
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for contract in due {
+            self.retiring.remove(&contract);
+            if self.hosted.contains_key(&contract) || self.staging.contains(&contract) {
+                continue;
+            }
+            let id = Self::service_id(&contract);
+            match self.services.remove(&id).await {
+                Ok(()) => self.timeline.push(
+                    "retired",
+                    Some(&contract),
+                    "ended contract's service removed; its image let go of",
+                ),
+                Err(e) => {
+                    debug!(contract = %contract.short(), error = %e, "ended service not removed")
+                }
+            }
+        }
+    }
+
+    /// Hosted contracts the ledger shows ended (or no longer has) that never reached their
+    /// stop here: they ended before they ran.
+    async fn sweep_ended(&mut self, now: Timestamp) {
+        let waiting: Vec<ContractId> = self
+            .hosted
+            .iter()
+            .filter(|(_, h)| h.active_since.is_none())
+            .map(|(c, _)| *c)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let Ok(ended) = self
+            .ledger
+            .query(move |v| {
+                waiting
+                    .into_iter()
+                    .filter(|c| {
+                        v.ledger
+                            .contracts()
+                            .get(c)
+                            .is_none_or(|r| r.status.is_final())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+        else {
+            return;
+        };
+        for contract in ended {
+            self.hosted.remove(&contract);
+            self.serving.remove(&contract);
+            self.scheduled.remove(&contract);
+            self.retire(contract, now);
+        }
+    }
+}

@@ -136,6 +136,60 @@ async fn image_published_on_node0_runs_on_node1_with_signed_batches() {
     net.shutdown().await;
 }
 
+/// THREATS C4: an ended contract's service is forgotten with its key-value state and its hold
+/// on the image (the publisher keeps its own pin); a restarted node drops the holds of the
+/// previous run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_contract_service_leaves_no_state_and_lets_go_of_its_image() {
+    let wasm = lora_gateway_wasm().unwrap_or_else(|e| panic!("{e}"));
+    let mut net = Devnet::builder().nodes(2).spawn().await.unwrap();
+    net.wait_connected(1, WAIT).await.unwrap();
+    let info = {
+        let n0 = net.node(0).unwrap();
+        n0.services.publish(wasm, lora_manifest()).await.unwrap()
+    };
+    let image = info.image.parse().unwrap();
+    let pinned = async |net: &Devnet, i: usize| {
+        let ls = net.node(i).unwrap().storage.ls().await.unwrap();
+        (ls.pins.contains(&info.image), ls.held)
+    };
+    let contract = "ended0123456789";
+    let n1 = net.node(1).unwrap();
+    timeout(WAIT, n1.services.stage(contract, image))
+        .await
+        .unwrap()
+        .unwrap();
+    let (on_1, held) = pinned(&net, 1).await;
+    assert!(on_1, "staging pins the image");
+    assert_eq!(held[&info.image], vec![format!("service:{contract}")]);
+    let mut rx = n1.services.published();
+    n1.services.start(contract).await.unwrap();
+    push_frames(&n1.services, contract, 0, 16).await;
+    for want in 0..2 {
+        assert_eq!(batch_number(&next_msg(&mut rx, contract).await), want);
+    }
+    n1.services.stop(contract).await.unwrap();
+
+    n1.services.forget(contract).await.unwrap();
+    assert!(n1.services.list().is_empty(), "the service is gone");
+    let (on_1, held) = pinned(&net, 1).await;
+    assert!(!on_1 && held.is_empty(), "node1 let go of the image");
+    assert!(pinned(&net, 0).await.0, "the publisher keeps its own pin");
+    // Staged again under the same id, it starts from no state: its batch counter is 0.
+    n1.services.stage(contract, image).await.unwrap();
+    n1.services.start(contract).await.unwrap();
+    push_frames(&n1.services, contract, 16, 8).await;
+    assert_eq!(batch_number(&next_msg(&mut rx, contract).await), 0);
+    n1.services.stop(contract).await.unwrap();
+
+    // A restart drops the holds of the previous run: nothing staged, nothing held or pinned.
+    net.stop(1).await;
+    net.restart(1).await.unwrap();
+    let (on_1, held) = pinned(&net, 1).await;
+    assert!(!on_1 && held.is_empty(), "the previous run's hold is gone");
+    net.shutdown().await;
+}
+
 fn limited(name: &str, memory_bytes: u64, fuel_per_second: u64) -> ServiceManifest {
     let mut m = ServiceManifest::wasm(name, "1");
     m.limits.memory_bytes = memory_bytes;

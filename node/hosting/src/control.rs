@@ -38,8 +38,9 @@ pub trait ServiceControl: Send + Sync + 'static {
     async fn start(&self, id: &str) -> Result<(), String>;
     /// Stops service `id`.
     async fn stop(&self, id: &str) -> Result<(), String>;
-    /// Forgets service `id` (not running) and lets go of its image; by default nothing to do.
-    async fn remove(&self, id: &str) -> Result<(), String> {
+    /// Forgets the stopped service `id` of an ended contract: its key-value state, the
+    /// service and its hold on the image; by default nothing to do.
+    async fn forget(&self, id: &str) -> Result<(), String> {
         let _ = id;
         Ok(())
     }
@@ -153,8 +154,8 @@ impl ServiceControl for crate::ServiceHost {
             .map_err(|e| e.to_string())
     }
 
-    async fn remove(&self, id: &str) -> Result<(), String> {
-        crate::ServiceHost::remove(self, id)
+    async fn forget(&self, id: &str) -> Result<(), String> {
+        crate::ServiceHost::forget(self, id)
             .await
             .map_err(|e| e.to_string())
     }

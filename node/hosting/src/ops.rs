@@ -371,6 +371,20 @@ impl ServiceHost {
             .map_err(ServiceError::from)
     }
 
+    /// Forgets an ended contract's service for good: deletes its key-value state, then
+    /// [`Self::remove`]s it (THREATS C4: each contract's guest may keep up to 16 MiB of state,
+    /// which stayed on the provider's disk for good).
+    pub async fn forget(&self, id: &str) -> Result<(), ServiceError> {
+        if !self.is_container(id)? {
+            let me = self.clone();
+            let sid = id.to_string();
+            tokio::task::spawn_blocking(move || me.kv_replace(&sid, &Vec::new()))
+                .await
+                .map_err(|e| ServiceError::Task(e.to_string()))??;
+        }
+        self.remove(id).await
+    }
+
     /// Forgets a service that is not running and lets go of its image (unpinned unless this
     /// node published or pinned it, or something else here holds it; the blocks go at the
     /// next `agora storage gc`).

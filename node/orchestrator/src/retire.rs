@@ -1,5 +1,6 @@
 //! Provider: what an ended contract leaves behind goes (THREATS C4). A hosted contract's
-//! service is removed from the hosting layer some time after it stopped — the radio sends the
+//! service and its key-value state are removed from the hosting layer some time after it
+//! stopped — the radio sends the
 //! service's state back to the customer from it first — and with it goes the service's hold on
 //! its image (unpinned unless something else here holds or keeps it; the blocks go at the next
 //! `agora storage gc`). A contract that ended before it ever ran here (a standby never
@@ -47,11 +48,11 @@ impl Orchestrator {
                 continue;
             }
             let id = Self::service_id(&contract);
-            match self.services.remove(&id).await {
+            match self.services.forget(&id).await {
                 Ok(()) => self.timeline.push(
                     "retired",
                     Some(&contract),
-                    "ended contract's service removed; its image let go of",
+                    "ended contract's service and its state removed; its image let go of",
                 ),
                 Err(e) => {
                     debug!(contract = %contract.short(), error = %e, "ended service not removed")

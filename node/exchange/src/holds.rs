@@ -13,6 +13,7 @@
 //! every holder is dropped and roots neither kept nor held are unpinned
 //! ([`HoldTable::restart`]); the blocks go at the next `agora storage gc`.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -85,20 +86,14 @@ impl HoldTable {
         if holder.is_empty() || holder.len() > MAX_HOLDER_LEN {
             return Err(HoldError::BadHolder(holder.len()));
         }
-        if !self.records.contains_key(&root) {
-            if self.records.len() >= MAX_HELD_ROOTS {
-                return Err(HoldError::Full);
-            }
-            self.records.insert(
-                root,
-                HoldRecord {
-                    holders: BTreeSet::new(),
-                    kept: pinned_now(),
-                },
-            );
-        }
-        let Some(rec) = self.records.get_mut(&root) else {
-            return Err(HoldError::Full);
+        let tracked = self.records.len();
+        let rec = match self.records.entry(root) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if tracked >= MAX_HELD_ROOTS => return Err(HoldError::Full),
+            Entry::Vacant(e) => e.insert(HoldRecord {
+                holders: BTreeSet::new(),
+                kept: pinned_now(),
+            }),
         };
         if rec.holders.contains(holder) {
             return Ok(false);

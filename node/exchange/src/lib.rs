@@ -137,19 +137,7 @@ pub async fn spawn(
         let kubo = KuboBackend::new(&config.kubo_api, config.fetch);
         kubo.check().await?;
         info!(api = %config.kubo_api, "storage backend: kubo");
-        return Ok(StorageHandle {
-            backend: Arc::new(kubo),
-            embedded: None,
-            signer,
-            config,
-            jobs: jobs::Jobs::default(),
-            provers: custody::Provers::default(),
-            gate: audit::gate::ChallengeGate::default(),
-            holds: Arc::default(),
-            holds_path: data_dir.join(holds::HOLDS_FILE),
-        }
-        .restarted()
-        .await);
+        return Ok(StorageHandle::start(Arc::new(kubo), None, signer, config, data_dir).await);
     }
     let path = data_dir.join(BLOCKS_DIR);
     let store = tokio::task::spawn_blocking(move || SledBlockStore::open(path))
@@ -163,18 +151,13 @@ pub async fn spawn(
     let bitswap = Bitswap::start(store, network.stream_control(), quota, cancel)
         .map_err(|_| ExchangeError::AlreadyRunning)?;
     let embedded = Embedded::new(bitswap, network, config.fetch);
-    let handle = StorageHandle {
-        backend: Arc::new(embedded.clone()),
-        embedded: Some(embedded.clone()),
+    let handle = StorageHandle::start(
+        Arc::new(embedded.clone()),
+        Some(embedded.clone()),
         signer,
         config,
-        jobs: jobs::Jobs::default(),
-        provers: custody::Provers::default(),
-        gate: audit::gate::ChallengeGate::default(),
-        holds: Arc::default(),
-        holds_path: data_dir.join(holds::HOLDS_FILE),
-    }
-    .restarted()
+        data_dir,
+    )
     .await;
     tokio::spawn(
         async move {
@@ -188,6 +171,29 @@ pub async fn spawn(
 }
 
 impl StorageHandle {
+    /// A handle on `backend`, with the holds of a previous run in `data_dir` dropped.
+    async fn start(
+        backend: Arc<dyn StoreBackend>,
+        embedded: Option<Embedded>,
+        signer: KeySigner,
+        config: StorageConfig,
+        data_dir: &Path,
+    ) -> Self {
+        StorageHandle {
+            backend,
+            embedded,
+            signer,
+            config,
+            jobs: jobs::Jobs::default(),
+            provers: custody::Provers::default(),
+            gate: audit::gate::ChallengeGate::default(),
+            holds: Arc::default(),
+            holds_path: data_dir.join(holds::HOLDS_FILE),
+        }
+        .restarted()
+        .await
+    }
+
     /// The embedded backend (block store and bitswap), if this node uses it.
     pub fn embedded(&self) -> Option<&Embedded> {
         self.embedded.as_ref()

@@ -122,7 +122,7 @@ impl StorageHandle {
         holder: &str,
         max_bytes: Option<u64>,
     ) -> Result<FetchProgress, ExchangeError> {
-        let pinned_now = if self.with_holds(|t| t.is_held(&cid)) {
+        let pinned_now = if self.read_holds(|t| t.is_held(&cid)) {
             false
         } else {
             self.backend.is_pinned(cid).await?
@@ -155,7 +155,7 @@ impl StorageHandle {
             }
             // A hold taken while this one let go pinned before our unpin: pin it again
             // (its blocks are here, nothing to fetch).
-            if self.with_holds(|t| t.is_held(&cid)) {
+            if self.read_holds(|t| t.is_held(&cid)) {
                 self.backend.pin(cid, self.fetch_config()).await?;
             }
             tracing::debug!(%cid, holder, "last hold released; root unpinned");
@@ -165,7 +165,12 @@ impl StorageHandle {
 
     /// The roots held now and by whom.
     pub fn holders(&self) -> std::collections::BTreeMap<String, Vec<String>> {
-        self.with_holds(|t| t.holders())
+        self.read_holds(HoldTable::holders)
+    }
+
+    /// Reads the hold table.
+    fn read_holds<T>(&self, f: impl FnOnce(&HoldTable) -> T) -> T {
+        f(&self.holds.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Runs `f` on the hold table and writes it back if it changed.

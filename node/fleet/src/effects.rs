@@ -395,19 +395,15 @@ impl FleetTask {
         }
         // Pins made before any contract are a stranger's to ask for: only so many are held
         // for replicas no contract backs (a backed one's contract holds its image).
-        // A replica a contract backs: the contract's service holds the image now.
         let store = self.state.store();
-        let backed: Vec<(DeploymentId, Cid)> = self
+        let backed: Vec<DeploymentId> = self
             .prefetched
-            .iter()
-            .filter(|(d, _)| store.is_pinned(d))
-            .map(|(d, c)| (*d, *c))
+            .keys()
+            .filter(|d| store.is_pinned(d))
+            .copied()
             .collect();
-        for (d, c) in backed {
-            self.prefetched.remove(&d);
-            if !self.fetching.contains(&d) {
-                self.release_prefetch(d, c).await;
-            }
+        for d in backed {
+            self.drop_prefetch(d).await;
         }
         if self.prefetches_in_flight >= MAX_UNBACKED_PREFETCHES
             || (!self.prefetched.contains_key(&deployment)
@@ -464,9 +460,10 @@ impl FleetTask {
                 .any(|(_, own)| own.targets.contains_key(peer))
     }
 
-    /// The replica of `deployment` went away: an image fetched early for it lets go of its
-    /// hold (unpinned unless a contract's service or anything else here holds or keeps it; the
-    /// blocks go at the next garbage collection). A fetch under way lets go when it is done.
+    /// The replica of `deployment` went away, or a contract backs it now: an image fetched
+    /// early for it lets go of its hold (unpinned unless a contract's service or anything else
+    /// here holds or keeps it; the blocks go at the next garbage collection). A fetch under way
+    /// lets go when it is done.
     async fn drop_prefetch(&mut self, deployment: DeploymentId) {
         let Some(cid) = self.prefetched.remove(&deployment) else {
             return;

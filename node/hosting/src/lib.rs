@@ -57,6 +57,9 @@ use agora_exchange::{ExchangeError, StorageHandle};
 
 /// Sub-directory of the data dir for the runtime (artifact cache, guest key-value store).
 pub const RUNTIME_DIR: &str = "runtime";
+/// Most bytes fetched for one service image: its module (at most
+/// [`agora_image::MAX_MODULE_BYTES`]) and a MiB for the manifest and record.
+pub(crate) const IMAGE_MAX_BYTES: u64 = agora_image::MAX_MODULE_BYTES + (1 << 20);
 
 /// Service host settings (built by the daemon; defaults suit an edge device).
 #[derive(Clone, Debug)]

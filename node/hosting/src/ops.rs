@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use agora_runtime::{
-    RuntimeError, ServiceId, ServiceLimits, ServiceSpec, ServiceState, StopReason,
+    CompiledModule, RuntimeError, ServiceId, ServiceLimits, ServiceSpec, ServiceState, StopReason,
 };
 use agora_storage::Cid;
 use agora_wire::now_ms;
@@ -65,11 +65,7 @@ impl ServiceHost {
         if manifest.kind == ServiceKind::Wasm {
             // Refuse what no node could run before it is announced to the network.
             let id = agora_runtime::ModuleId::for_bytes(&module);
-            let host = self.inner.manager.host().clone();
-            let bytes = module.clone();
-            tokio::task::spawn_blocking(move || host.load(&id, &bytes))
-                .await
-                .map_err(|e| ServiceError::Task(e.to_string()))??;
+            self.load_module(id, module.clone()).await?;
         }
         let module_bytes = module.len() as u64;
         let m = manifest.clone();
@@ -169,17 +165,26 @@ impl ServiceHost {
         let holder = image_holder(id);
         self.inner
             .storage
-            .hold(
-                image,
-                &holder,
-                Some(agora_image::MAX_MODULE_BYTES + (1 << 20)),
-            )
+            .hold(image, &holder, Some(crate::IMAGE_MAX_BYTES))
             .await?;
         let staged = self.stage_held(id, image, ceiling).await;
         if staged.is_err() && !lock(&self.inner.staged).contains_key(id) {
             self.release_image(id, image).await;
         }
         staged
+    }
+
+    /// Verifies `bytes` against module `id`, then compiles them or reuses the artifact, off
+    /// the async threads.
+    pub(crate) async fn load_module(
+        &self,
+        id: agora_runtime::ModuleId,
+        bytes: Vec<u8>,
+    ) -> Result<CompiledModule, ServiceError> {
+        let host = self.inner.manager.host().clone();
+        Ok(tokio::task::spawn_blocking(move || host.load(&id, &bytes))
+            .await
+            .map_err(|e| ServiceError::Task(e.to_string()))??)
     }
 
     /// Lets go of service `id`'s hold on `image` (unpinned if nothing else holds or keeps it).
@@ -216,11 +221,7 @@ impl ServiceHost {
         let slot = match manifest.kind {
             ServiceKind::Container => Some(container::ContainerSlot::default()),
             ServiceKind::Wasm => {
-                let host = self.inner.manager.host().clone();
-                // Verifies the bytes against the module id, then compiles or reuses the artifact.
-                let compiled = tokio::task::spawn_blocking(move || host.load(&module_id, &module))
-                    .await
-                    .map_err(|e| ServiceError::Task(e.to_string()))??;
+                let compiled = self.load_module(module_id, module).await?;
                 from_cache = compiled.from_cache();
                 let mut spec = ServiceSpec::new(id, compiled, limits.clone());
                 spec.tick_ms = manifest.tick_ms;

@@ -80,11 +80,7 @@ impl ServiceHost {
         // Held while cached: an arbitrator keeps at most MAX_PROBE_MODULES probed images.
         self.inner
             .storage
-            .hold(
-                image,
-                PROBE_HOLDER,
-                Some(agora_image::MAX_MODULE_BYTES + (1 << 20)),
-            )
+            .hold(image, PROBE_HOLDER, Some(crate::IMAGE_MAX_BYTES))
             .await?;
         let compiled = self.compile_probe_module(image).await;
         let module = match compiled {
@@ -100,16 +96,13 @@ impl ServiceHost {
             let mut cache = lock(&self.inner.probe_modules);
             let seq = cache.values().map(|m| m.seq).max().map_or(0, |s| s + 1);
             let evicted = if !cache.contains_key(&image) && cache.len() >= MAX_PROBE_MODULES {
-                cache
-                    .iter()
-                    .min_by_key(|(_, m)| m.seq)
-                    .map(|(c, _)| *c)
-                    .inspect(|oldest| {
-                        cache.remove(oldest);
-                    })
+                cache.iter().min_by_key(|(_, m)| m.seq).map(|(c, _)| *c)
             } else {
                 None
             };
+            if let Some(oldest) = &evicted {
+                cache.remove(oldest);
+            }
             cache.insert(
                 image,
                 ProbeModule {
@@ -144,11 +137,7 @@ impl ServiceHost {
         let module = match manifest.kind {
             ServiceKind::Container => None,
             ServiceKind::Wasm => {
-                let host = self.inner.manager.host().clone();
-                let id = record.module_id;
-                let compiled = tokio::task::spawn_blocking(move || host.load(&id, &bytes))
-                    .await
-                    .map_err(|e| ServiceError::Task(e.to_string()))??;
+                let compiled = self.load_module(record.module_id, bytes).await?;
                 let mut limits = manifest.service_limits();
                 limits.memory_bytes = limits.memory_bytes.min(self.inner.config.max_memory_bytes);
                 limits.wall_clock_ms = None;

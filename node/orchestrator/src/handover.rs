@@ -510,14 +510,12 @@ impl Orchestrator {
         self.retire_due(now_ms()).await;
         let now = now_ms();
         let synced = self.roles.synced();
-        let due: Vec<ContractId> = self
-            .scheduled
-            .iter()
-            .filter(|(_, t)| synced && **t <= now)
-            .map(|(c, _)| *c)
-            .collect();
+        let due = if synced {
+            super::take_due(&mut self.scheduled, now)
+        } else {
+            Vec::new()
+        };
         for c in due {
-            self.scheduled.remove(&c);
             self.activate(c).await;
         }
         let beating: Vec<ContractId> = self

@@ -378,6 +378,19 @@ pub fn spawn(
     (handle, task)
 }
 
+/// Removes from `map` the contracts whose time came by `now`, and returns them.
+fn take_due(map: &mut BTreeMap<ContractId, Timestamp>, now: Timestamp) -> Vec<ContractId> {
+    let due: Vec<ContractId> = map
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(c, _)| *c)
+        .collect();
+    for c in &due {
+        map.remove(c);
+    }
+    due
+}
+
 impl Orchestrator {
     async fn run(
         mut self,

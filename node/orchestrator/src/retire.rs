@@ -1,9 +1,8 @@
 //! Provider: what an ended contract leaves behind goes (THREATS C4). A hosted contract's
 //! service and its key-value state are removed from the hosting layer some time after it
-//! stopped — the radio sends the
-//! service's state back to the customer from it first — and with it goes the service's hold on
-//! its image (unpinned unless something else here holds or keeps it; the blocks go at the next
-//! `agora storage gc`). A contract that ended before it ever ran here (a standby never
+//! stopped — the radio sends the service's state back to the customer from it first — and with
+//! it goes the service's hold on its image (unpinned unless something else here holds or keeps
+//! it; the blocks go at the next `agora storage gc`). A contract that ended before it ever ran here (a standby never
 //! activated, one cancelled while staging) is forgotten the same way. Before this, every
 //! contract a node ever provided for stayed staged and pinned for as long as the process ran,
 //! and its image stayed pinned for good.
@@ -36,14 +35,7 @@ impl Orchestrator {
             self.last_retire_sweep = now;
             self.sweep_ended(now).await;
         }
-        let due: Vec<ContractId> = self
-            .retiring
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(c, _)| *c)
-            .collect();
-        for contract in due {
-            self.retiring.remove(&contract);
+        for contract in super::take_due(&mut self.retiring, now) {
             if self.hosted.contains_key(&contract) || self.staging.contains(&contract) {
                 continue;
             }

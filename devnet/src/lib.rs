@@ -79,6 +79,7 @@ pub struct DevnetBuilder {
     target_peers: Option<usize>,
     committee: Option<usize>,
     wan: Option<agora_network::wan::WanProfile>,
+    gc_interval_ms: Option<u64>,
 }
 
 struct Slot {
@@ -116,6 +117,7 @@ impl Default for DevnetBuilder {
             target_peers: None,
             committee: None,
             wan: None,
+            gc_interval_ms: None,
         }
     }
 }
@@ -178,6 +180,13 @@ impl DevnetBuilder {
         self
     }
 
+    /// Collection of unpinned blocks this long after an unpin (`storage.gc_interval_ms`;
+    /// default: the node's, 60 s; zero: only by hand).
+    pub fn gc_interval(mut self, every: Duration) -> Self {
+        self.gc_interval_ms = Some(duration_ms(every));
+        self
+    }
+
     /// Creates data dirs and genesis, then starts every node (node 0 first; the others
     /// bootstrap from it).
     pub async fn spawn(self) -> anyhow::Result<Devnet> {
@@ -204,6 +213,9 @@ impl DevnetBuilder {
                 config.network.target_peers = t;
             }
             config.network.wan = self.wan;
+            if let Some(ms) = self.gc_interval_ms {
+                config.storage.gc_interval_ms = ms;
+            }
             let key = init_data_dir(&data_dir, &config)?;
             slots.push(Slot {
                 name,

@@ -75,11 +75,18 @@ pub struct ByzantineLauncher {
     /// The byzantine nodes by index, each with its misbehaviours, e.g.
     /// `(3, ["--skew-proposals", "30d"])`.
     pub bad: Vec<(usize, Vec<String>)>,
+    /// Changes every node's config before its data dir is written (`None`: the defaults).
+    pub tune: Option<fn(usize, &mut agora_daemon::config::NodeConfig)>,
 }
 
 impl Launcher for ByzantineLauncher {
     fn host(&self, i: usize) -> String {
         self.honest.host(i)
+    }
+    fn configure(&self, i: usize, config: &mut agora_daemon::config::NodeConfig) {
+        if let Some(tune) = self.tune {
+            tune(i, config);
+        }
     }
     fn spawn(&self, i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
         if let Some((_, args)) = self.bad.iter().find(|(n, _)| *n == i) {

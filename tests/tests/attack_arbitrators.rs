@@ -42,6 +42,7 @@ fn byzantines(bad: &[(usize, &[&str])]) -> ByzantineLauncher {
             .iter()
             .map(|(i, args)| (*i, args.iter().map(|a| a.to_string()).collect()))
             .collect(),
+        tune: None,
     }
 }
 

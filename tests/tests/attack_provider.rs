@@ -56,6 +56,8 @@ fn launcher(args: &[&str], liar: &[&str]) -> ByzantineLauncher {
         honest: TestLauncher(agora_bin()),
         exe: env!("CARGO_BIN_EXE_agora-byzantine").into(),
         bad,
+        // What an ended contract leaves is collected 1 s after it is let go of, not 60 s.
+        tune: Some(|_, c| c.storage.gc_interval_ms = 1_000),
     }
 }
 
@@ -429,6 +431,18 @@ async fn what_an_ended_contract_left_goes(s: &Story, done: &ContractRecord, prov
             let services = try_agora_json(&["service", "list", "--data-dir", &dir(provider)])?;
             let listed = services.as_array()?.iter().any(|x| x["id"] == id.as_str());
             (!listed && !pinned(&pins(provider)?)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // Its blocks (the image's record, manifest and module at least) are collected without
+    // the operator (`storage.gc_interval_ms` after the unpin).
+    wait_for(
+        "the provider to collect the ended contract's image blocks",
+        30,
+        async || {
+            let stats = try_agora_json(&["storage", "stats", "--data-dir", &dir(provider)])?;
+            (stats["gc"]["removed_blocks"].as_u64()? >= 3).then_some(())
         },
     )
     .await

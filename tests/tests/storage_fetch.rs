@@ -165,6 +165,105 @@ async fn fetch_stops_when_the_dag_outgrows_its_byte_limit() {
 /// THREATS C4: a root fetched for holders (a contract's service, the probe cache, custody) is
 /// unpinned when the last one lets go, never while one still holds it, and never when this
 /// node had it pinned before (its own publish) or its operator pinned it.
+/// The number of blocks in `storage`'s store.
+async fn block_count(storage: &agora_exchange::StorageHandle) -> usize {
+    storage.ls().await.unwrap().blocks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_a_holder_let_go_of_are_collected_without_the_operator() {
+    use agora_exchange::holds::Released;
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Devnet::builder()
+        .nodes(2)
+        .gc_interval(Duration::from_millis(200))
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (path, _) = random_file(tmp.path(), "image.bin", 600 * 1024, 6);
+    let a = &net.node(0).unwrap().storage;
+    let b = &net.node(1).unwrap().storage;
+    let added = a.add_file(path, CidVersion::V0).await.unwrap();
+    let cid: Cid = added.cid.parse().unwrap();
+    let (a_blocks, before) = (block_count(a).await, block_count(b).await);
+
+    b.hold(cid, "service:x", None).await.unwrap();
+    let held = block_count(b).await;
+    assert!(
+        held >= before + 3,
+        "{before} blocks before the hold, {held} after"
+    );
+    assert_eq!(b.release(cid, "service:x").await.unwrap(), Released::Unpin);
+    // Nobody runs `gc`: the node collects by itself after the unpin.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while block_count(b).await > before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the let-go blocks are still there: {} blocks, {before} before the hold; gc: {}",
+            block_count(b).await,
+            b.stats().await.unwrap()["gc"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gc = b.stats().await.unwrap()["gc"].clone();
+    assert!(gc["runs"].as_u64().unwrap() >= 1, "{gc}");
+    assert!(
+        gc["removed_blocks"].as_u64().unwrap() >= (held - before) as u64,
+        "{gc}"
+    );
+    // The publisher's own file is kept (and A unpinned nothing: no collection there).
+    assert_eq!(block_count(a).await, a_blocks);
+    assert_eq!(a.stats().await.unwrap()["gc"]["runs"], 0);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_never_deletes_the_blocks_a_fetch_is_about_to_pin() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(2).await;
+    let (path, data) = random_file(tmp.path(), "big.bin", 4 * 1024 * 1024 + 5, 7);
+    let a = &net.node(0).unwrap().storage;
+    let b = net.node(1).unwrap().storage.clone();
+    let added = a.add_file(path, CidVersion::V1).await.unwrap();
+    let cid: Cid = added.cid.parse().unwrap();
+
+    // Collections asked for all the time while B fetches, pins and lets go of the file.
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = {
+        let (b, stop) = (b.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                b.gc().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    for round in 0..3 {
+        let held = tokio::time::timeout(Duration::from_secs(60), b.hold(cid, "service:x", None))
+            .await
+            .unwrap();
+        assert!(held.is_ok(), "round {round}: {held:?}");
+        let out = tmp.path().join(format!("out{round}.bin"));
+        let (tx, _rx) = watch::channel(FetchProgress::default());
+        b.get_file(cid, out.clone(), &tx, FetchConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), data, "round {round}");
+        b.release(cid, "service:x").await.unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    collector.await.unwrap();
+    let gc = b.stats().await.unwrap()["gc"].clone();
+    assert!(gc["runs"].as_u64().unwrap() >= 3, "{gc}");
+    assert_eq!(gc["writers"], 0, "{gc}");
+    net.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_root_is_unpinned_when_its_last_holder_lets_go_unless_it_is_kept() {
     use agora_exchange::holds::Released;

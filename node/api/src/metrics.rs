@@ -104,6 +104,7 @@ struct Series {
     radio_refused: Family<Labels, Counter>,
     bitswap: Family<Labels, Counter>,
     bitswap_bytes: Family<Labels, Counter>,
+    storage_gc: Family<Labels, Counter>,
     services: Family<Labels, Gauge>,
     service_fuel_used: Family<Labels, Counter>,
     service_peak_memory_bytes: Family<Labels, Gauge>,
@@ -144,6 +145,7 @@ impl Series {
             radio_refused: Family::default(),
             bitswap: Family::default(),
             bitswap_bytes: Family::default(),
+            storage_gc: Family::default(),
             services: Family::default(),
             service_fuel_used: Family::default(),
             service_peak_memory_bytes: Family::default(),
@@ -313,6 +315,12 @@ impl Series {
             "bitswap_bytes",
             "Bytes of block data sent and received (wanted and stored) over bitswap, by direction",
             s.bitswap_bytes.clone(),
+        );
+        r.register(
+            "storage_gc",
+            "Collections of unpinned blocks and what they deleted, by event (runs, deferred, \
+             failed, removed_blocks, removed_bytes)",
+            s.storage_gc.clone(),
         );
         r.register("services", "Hosted services by state", s.services.clone());
         r.register(
@@ -654,6 +662,18 @@ impl Metrics {
                 ("checkpoint_rejected", r.checkpoints_rejected),
             ] {
                 set_family_counter(&s.radio_refused, &[("reason", reason)], v);
+            }
+        }
+        if let Some(e) = st.storage.as_ref().and_then(|x| x.embedded()) {
+            let g = e.gc_gate().counters();
+            for (event, v) in [
+                ("runs", g.runs),
+                ("deferred", g.deferred),
+                ("failed", g.failed),
+                ("removed_blocks", g.removed_blocks),
+                ("removed_bytes", g.removed_bytes),
+            ] {
+                set_family_counter(&s.storage_gc, &[("event", event)], v);
             }
         }
         if let Some(b) = st.storage.as_ref().and_then(|x| x.bitswap()) {

@@ -76,6 +76,9 @@ pub struct StorageSection {
     pub block_timeout_ms: u64,
     /// A fetch fails after this long without any block arriving, ms.
     pub fetch_idle_timeout_ms: u64,
+    /// Embedded store: unpinned blocks are collected this long after a root was unpinned
+    /// (a contract's holder let go of it), ms; 0 leaves collection to `agora storage gc`.
+    pub gc_interval_ms: u64,
 }
 
 impl Default for StorageSection {
@@ -87,6 +90,7 @@ impl Default for StorageSection {
             fetch_parallelism: f.parallelism,
             block_timeout_ms: duration_ms(f.block_timeout),
             fetch_idle_timeout_ms: duration_ms(f.idle_timeout),
+            gc_interval_ms: duration_ms(agora_exchange::DEFAULT_GC_INTERVAL),
         }
     }
 }
@@ -103,6 +107,8 @@ impl StorageSection {
                 idle_timeout: Duration::from_millis(self.fetch_idle_timeout_ms.max(100)),
                 max_bytes: None,
             },
+            gc_interval: (self.gc_interval_ms > 0)
+                .then(|| Duration::from_millis(self.gc_interval_ms.max(100))),
         }
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::backend::{BackendResult, StoreBackend};
+use super::gc::{self, Collection, GcGate};
 use super::{AddReply, Bitswap, ExchangeError, FetchConfig, FetchProgress, LsReply};
 use agora_network::NetworkHandle;
 
@@ -20,6 +21,8 @@ pub struct Embedded {
     bitswap: Bitswap,
     network: NetworkHandle,
     fetch: FetchConfig,
+    /// Writes in flight against collections ([`gc`]).
+    gate: GcGate,
 }
 
 /// Maps an I/O failure on a user's file to an error naming the path.
@@ -37,7 +40,13 @@ impl Embedded {
             bitswap,
             network,
             fetch,
+            gate: GcGate::default(),
         }
+    }
+
+    /// The lock between block writes and collections.
+    pub fn gc_gate(&self) -> &GcGate {
+        &self.gate
     }
 
     /// The bitswap engine (and through it the block store).
@@ -45,8 +54,18 @@ impl Embedded {
         &self.bitswap
     }
 
-    /// Runs a store operation off the async workers.
+    /// Runs a store operation off the async workers, holding a [`gc`] pass: what it writes
+    /// and pins in one go is never collected half-way.
     pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn BlockStore) -> Result<T, StorageError> + Send + 'static,
+    ) -> BackendResult<T> {
+        let _pass = self.gate.enter().await;
+        self.run_blocking(f).await
+    }
+
+    /// Runs a store operation off the async workers (no pass: reads, unpins, collections).
+    async fn run_blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn BlockStore) -> Result<T, StorageError> + Send + 'static,
     ) -> BackendResult<T> {
@@ -64,19 +83,41 @@ impl Embedded {
         }
     }
 
-    /// Fetches the DAG under `root` (from the store or the network), reporting progress.
+    /// Fetches the DAG under `root` (from the store or the network), reporting progress. The
+    /// fetched blocks are not pinned: a caller that pins them holds a [`gc`] pass throughout.
     pub async fn fetch(
         &self,
         root: Cid,
         cfg: FetchConfig,
         progress: &watch::Sender<FetchProgress>,
     ) -> BackendResult<FetchProgress> {
+        let _pass = self.gate.enter().await;
         Ok(super::fetch::fetch_dag(&self.bitswap, &self.network, root, cfg, progress).await?)
     }
 
     async fn fetch_quiet(&self, root: Cid, cfg: FetchConfig) -> BackendResult<FetchProgress> {
         let (tx, _rx) = watch::channel(FetchProgress::default());
         self.fetch(root, cfg, &tx).await
+    }
+
+    /// Deletes every unpinned block under `collection` and counts it.
+    pub async fn collect(&self, collection: Collection) -> BackendResult<GcStats> {
+        let out = self.run_blocking(|s| s.gc()).await;
+        drop(collection);
+        match &out {
+            Ok(stats) => {
+                self.gate.record(Ok(stats));
+                if stats.removed_blocks > 0 {
+                    tracing::info!(
+                        blocks = stats.removed_blocks,
+                        bytes = stats.removed_bytes,
+                        "collected unpinned blocks"
+                    );
+                }
+            }
+            Err(e) => self.gate.record(Err(&e.to_string())),
+        }
+        out
     }
 }
 
@@ -110,6 +151,7 @@ impl StoreBackend for Embedded {
         progress: &watch::Sender<FetchProgress>,
         cfg: FetchConfig,
     ) -> BackendResult<unixfs::ExportStats> {
+        let _pass = self.gate.enter().await;
         self.fetch(cid, cfg, progress).await?;
         let target = out.clone();
         let file = std::fs::File::create(&out).map_err(|e| file_err(&out, e))?;
@@ -127,6 +169,7 @@ impl StoreBackend for Embedded {
     }
 
     async fn pin(&self, cid: Cid, cfg: FetchConfig) -> BackendResult<FetchProgress> {
+        let _pass = self.gate.enter().await;
         let progress = self.fetch_quiet(cid, cfg).await?;
         self.blocking(move |s| s.pin(&cid)).await?;
         self.provide(cid).await;
@@ -134,13 +177,14 @@ impl StoreBackend for Embedded {
     }
 
     async fn unpin(&self, cid: Cid) -> BackendResult<()> {
-        self.blocking(move |s| s.unpin(&cid)).await?;
+        self.run_blocking(move |s| s.unpin(&cid)).await?;
+        self.gate.note_unpinned();
         let _ = self.network.stop_providing(cid.hash().to_bytes()).await;
         Ok(())
     }
 
     async fn ls(&self) -> BackendResult<LsReply> {
-        self.blocking(|s| {
+        self.run_blocking(|s| {
             let mut pins: Vec<String> = s.pins()?.iter().map(Cid::to_string).collect();
             pins.sort();
             Ok(LsReply {
@@ -153,15 +197,31 @@ impl StoreBackend for Embedded {
     }
 
     async fn is_pinned(&self, cid: Cid) -> BackendResult<bool> {
-        self.blocking(move |s| Ok(s.pins()?.contains(&cid))).await
+        self.run_blocking(move |s| Ok(s.pins()?.contains(&cid)))
+            .await
     }
 
     async fn gc(&self) -> BackendResult<GcStats> {
-        self.blocking(|s| s.gc()).await
+        let Some(collection) = self.gate.collect_within(gc::MANUAL_GC_WAIT).await else {
+            return Err(ExchangeError::Invalid(format!(
+                "{} fetches, imports or publishes are writing blocks and did not finish within \
+                 {} s; run `agora storage gc` again when they are done",
+                self.gate.writers(),
+                gc::MANUAL_GC_WAIT.as_secs()
+            )));
+        };
+        self.collect(collection).await
     }
 
     async fn stats(&self) -> BackendResult<serde_json::Value> {
-        serde_json::to_value(self.bitswap.stats()).map_err(|e| ExchangeError::Task(e.to_string()))
+        let mut stats = serde_json::to_value(self.bitswap.stats())
+            .map_err(|e| ExchangeError::Task(e.to_string()))?;
+        let gc = serde_json::to_value(self.gate.counters())
+            .map_err(|e| ExchangeError::Task(e.to_string()))?;
+        if let Some(map) = stats.as_object_mut() {
+            map.insert("gc".into(), gc);
+        }
+        Ok(stats)
     }
 
     async fn put_block(&self, cid: Cid, data: Vec<u8>) -> BackendResult<()> {
@@ -175,11 +235,13 @@ impl StoreBackend for Embedded {
     }
 
     async fn get_block(&self, cid: Cid, cfg: FetchConfig) -> BackendResult<Vec<u8>> {
+        let _pass = self.gate.enter().await;
         self.fetch_quiet(cid, cfg).await?;
         self.blocking(move |s| s.get(&cid)).await
     }
 
     async fn car_export(&self, cid: Cid, out: PathBuf) -> BackendResult<()> {
+        let _pass = self.gate.enter().await;
         self.fetch_quiet(cid, self.fetch).await?;
         let file = std::fs::File::create(&out).map_err(|e| file_err(&out, e))?;
         self.blocking(move |s| {

@@ -20,6 +20,7 @@ pub mod custody;
 pub mod embedded;
 pub mod fetch;
 pub mod framing;
+pub mod gc;
 pub mod holds;
 mod jobs;
 pub mod kubo;
@@ -67,7 +68,13 @@ pub struct StorageConfig {
     pub kubo_api: String,
     /// Fetch limits.
     pub fetch: FetchConfig,
+    /// The embedded store collects unpinned blocks this long after a root was unpinned
+    /// ([`gc`]); `None`: only the operator's `agora storage gc` does.
+    pub gc_interval: Option<std::time::Duration>,
 }
+
+/// The default of [`StorageConfig::gc_interval`].
+pub const DEFAULT_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Errors of the node's storage and exchange.
 #[derive(Debug, thiserror::Error)]
@@ -148,9 +155,21 @@ pub async fn spawn(
         bitswap::MAX_INBOUND_STREAMS_PER_PEER,
         bitswap::MAX_INBOUND_STREAMS,
     );
-    let bitswap = Bitswap::start(store, network.stream_control(), quota, cancel)
+    let bitswap = Bitswap::start(store, network.stream_control(), quota, cancel.clone())
         .map_err(|_| ExchangeError::AlreadyRunning)?;
     let embedded = Embedded::new(bitswap, network, config.fetch);
+    if let Some(interval) = config.gc_interval {
+        let e = embedded.clone();
+        tokio::spawn(
+            gc::collector(embedded.gc_gate().clone(), interval, cancel, move |c| {
+                let e = e.clone();
+                async move {
+                    let _ = e.collect(c).await;
+                }
+            })
+            .in_current_span(),
+        );
+    }
     let handle = StorageHandle::start(
         Arc::new(embedded.clone()),
         Some(embedded.clone()),
@@ -228,6 +247,7 @@ impl StorageConfig {
             backend: Backend::Embedded,
             kubo_api: String::new(),
             fetch: FetchConfig::default(),
+            gc_interval: Some(DEFAULT_GC_INTERVAL),
         }
     }
 }

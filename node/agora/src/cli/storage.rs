@@ -184,10 +184,18 @@ pub async fn storage(dir: &Path, cmd: &StorageCommand, json: bool) -> anyhow::Re
             if json {
                 print_json(&r)?;
             } else if let Some(map) = r.as_object() {
-                let rows: Vec<Vec<String>> = map
-                    .iter()
-                    .map(|(k, v)| vec![k.clone(), v.to_string()])
-                    .collect();
+                // Groups (`challenges`, `gc`) print one row per counter: `gc.runs`.
+                let mut rows: Vec<Vec<String>> = Vec::new();
+                for (k, v) in map {
+                    match v.as_object() {
+                        Some(group) => rows.extend(
+                            group
+                                .iter()
+                                .map(|(sub, v)| vec![format!("{k}.{sub}"), v.to_string()]),
+                        ),
+                        None => rows.push(vec![k.clone(), v.to_string()]),
+                    }
+                }
                 print_table(&["COUNTER", "VALUE"], &rows);
             }
         }

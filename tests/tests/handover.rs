@@ -13,9 +13,9 @@ use agora_api::client::ApiClient;
 use agora_api::ledger::LedgerStatus;
 use agora_contracts::{ActivationClause, ContractRecord, ContractStatus};
 use agora_devnet::demo::Story;
-use agora_devnet::demo::story::wait_for;
+use agora_devnet::demo::story::{DEVICES, wait_for};
 use agora_devnet::files::CONTRACT_NODES;
-use agora_tests::agora_bin;
+use agora_tests::{agora_bin, try_agora_json};
 use support::Bin;
 use support::netns::NetLab;
 
@@ -304,5 +304,108 @@ async fn partition_between_customer_and_provider_is_no_handover() {
     // Control: a real failure of A does trigger the handover in this same setup.
     let killed = s.kill(s.a).unwrap();
     s.failover(&armed, killed).await.unwrap();
+    s.down(true).await.unwrap();
+}
+
+/// THREATS C4: a standby contract that ends without a handover (A stays up) leaves nothing
+/// on its provider B: B stops buffering A's devices for a takeover, removes the staged
+/// service and lets go of the image, whose blocks it collects. Before, an armed standby
+/// kept its devices "in use" in B's radio table (never evicted) and its service staged for
+/// the life of the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_ends_unused_leaves_nothing_on_its_provider() {
+    let _serial = SERIAL.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(s) = story(
+        "a_standby_that_ends_unused_leaves_nothing_on_its_provider",
+        &tmp.path().join("net"),
+        Arc::new(Bin(agora_bin())),
+    )
+    .await
+    else {
+        return;
+    };
+    let armed = s.standby_lasting(20_000).await.unwrap();
+    let bn = s.m.nodes[armed.b].clone();
+    let dir = bn.data_dir.display().to_string();
+    let image = armed.rec.contract.service_image.to_string();
+    let buffering = async |want: bool| {
+        let st: agora_radio::RadioStatus = ApiClient::for_data_dir(&bn.data_dir)
+            .ok()?
+            .get("/v1/radio")
+            .await
+            .ok()?;
+        DEVICES
+            .iter()
+            .all(|d| {
+                st.devices
+                    .iter()
+                    .any(|x| x.device == *d && x.buffering == want)
+            })
+            .then_some(())
+    };
+    wait_for("B to buffer A's devices while armed", 30, async || {
+        buffering(true).await
+    })
+    .await
+    .unwrap();
+    let pinned = |ls: &serde_json::Value| {
+        ls["pins"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|c| c == image.as_str()))
+    };
+    let on_b = try_agora_json(&["storage", "ls", "--data-dir", &dir]).unwrap();
+    assert!(
+        pinned(&on_b),
+        "B holds the staged image while armed: {on_b}"
+    );
+    let done = s
+        .wait_contract(armed.b, &armed.id, "the unused standby's end", 60, |r| {
+            r.status.is_final()
+        })
+        .await
+        .unwrap();
+    assert!(done.activated_at.is_none(), "no handover: {done:?}");
+    wait_for("B to stop buffering A's devices", 30, async || {
+        buffering(false).await
+    })
+    .await
+    .unwrap();
+    wait_for(
+        "B to remove the unused standby's service and let go of its image",
+        60,
+        async || {
+            let services = try_agora_json(&["service", "list", "--data-dir", &dir])?;
+            let listed = services
+                .as_array()?
+                .iter()
+                .any(|x| x["id"] == armed.id.as_str());
+            let ls = try_agora_json(&["storage", "ls", "--data-dir", &dir])?;
+            (!listed && !pinned(&ls)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("B to collect the image's blocks", 120, async || {
+        let stats = try_agora_json(&["storage", "stats", "--data-dir", &dir])?;
+        (stats["gc"]["removed_blocks"].as_u64()? >= 3).then_some(())
+    })
+    .await
+    .unwrap();
+    // A's own service is untouched: it still runs on its devices.
+    let an = s.m.nodes[s.a].clone();
+    let st: agora_radio::RadioStatus = ApiClient::for_data_dir(&an.data_dir)
+        .unwrap()
+        .get("/v1/radio")
+        .await
+        .unwrap();
+    assert!(
+        DEVICES.iter().all(|d| st
+            .devices
+            .iter()
+            .any(|x| x.device == *d && x.service.is_some())),
+        "A keeps its devices: {:?}",
+        st.devices
+    );
     s.down(true).await.unwrap();
 }

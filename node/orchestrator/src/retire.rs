@@ -2,8 +2,10 @@
 //! service and its key-value state are removed from the hosting layer some time after it
 //! stopped — the radio sends the service's state back to the customer from it first — and with
 //! it goes the service's hold on its image (unpinned unless something else here holds or keeps
-//! it; the blocks go at the next `agora storage gc`). A contract that ended before it ever ran here (a standby never
-//! activated, one cancelled while staging) is forgotten the same way. Before this, every
+//! it; its blocks go at the next collection, `agora_exchange::gc`). A contract that ended
+//! before it ever ran here (a standby never activated, one cancelled while staging) is
+//! forgotten the same way, and the radio stops buffering its devices for a takeover; a storage
+//! contract's custody that never ran to a stop is let go of. Before this, every
 //! contract a node ever provided for stayed staged and pinned for as long as the process ran,
 //! and its image stayed pinned for good.
 
@@ -53,14 +55,18 @@ impl Orchestrator {
         }
     }
 
-    /// Hosted contracts the ledger shows ended (or no longer has) that never reached their
-    /// stop here: they ended before they ran.
+    /// Contracts the ledger shows ended (or no longer has) that never reached their stop here:
+    /// hosted ones that never ran (their service and its image hold go, and the radio stops
+    /// buffering their devices for a takeover unless another contract here still names them)
+    /// and storage contracts whose custody was taken but that never ran to a stop (the file
+    /// and its commitment are let go of).
     async fn sweep_ended(&mut self, now: Timestamp) {
         let waiting: Vec<ContractId> = self
             .hosted
             .iter()
             .filter(|(_, h)| h.active_since.is_none())
             .map(|(c, _)| *c)
+            .chain(self.stored.keys().copied())
             .collect();
         if waiting.is_empty() {
             return;
@@ -83,9 +89,34 @@ impl Orchestrator {
             return;
         };
         for contract in ended {
-            self.hosted.remove(&contract);
+            if let Some((file, commitment)) = self.stored.remove(&contract) {
+                self.storage.challenge_gate().remove(&contract.0);
+                self.release_custody(contract, file, commitment).await;
+            }
+            let Some(h) = self.hosted.remove(&contract) else {
+                continue;
+            };
             self.serving.remove(&contract);
             self.scheduled.remove(&contract);
+            self.radio.forget_state(contract).await;
+            let needed: std::collections::BTreeSet<u32> = self
+                .hosted
+                .values()
+                .flat_map(|o| o.devices.iter().copied())
+                .collect();
+            let unheard: Vec<u32> = h
+                .devices
+                .into_iter()
+                .filter(|d| !needed.contains(d))
+                .collect();
+            if !unheard.is_empty() {
+                self.radio.listen(unheard.clone(), false).await;
+            }
+            self.timeline.push(
+                "ended-unused",
+                Some(&contract),
+                format!("ended before it ran here; no longer listening for devices {unheard:?}"),
+            );
             self.retire(contract, now);
         }
     }

@@ -1,6 +1,11 @@
 //! The radio's device table: bounded, since any radio in range (or a peer's replay answer)
-//! can name any device id. A new device when the table is full evicts the stalest device this
-//! edge does not use; if every device is in use, the new one is refused.
+//! can name any device id, and any customer's contract image up to 1,024 of them. A new device
+//! when the table is full evicts the stalest device this edge does not use — first one it knows
+//! no manager of, then one whose managers are all it knows (a device of an ended contract: a
+//! later checkpoint for it is judged on the bound alone, as hearsay); if every device is in use
+//! (assigned to a service here or buffered for a takeover), the new one is refused. Devices the
+//! orchestrator names are always taken, and then the table is trimmed back to its bound the
+//! same way ([`DeviceTable::trim`]): only devices in use may take it past the bound.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -30,7 +35,12 @@ impl Device {
     /// Whether the table may evict it: not managed here, not buffered for a contract, no
     /// known managers (all of which only this node's orchestrator sets).
     pub(crate) fn evictable(&self) -> bool {
-        self.status.service.is_none() && !self.status.buffering && self.managers.is_empty()
+        !self.in_use() && self.managers.is_empty()
+    }
+
+    /// Whether a contract here uses it now: assigned to a service, or buffered for a takeover.
+    pub(crate) fn in_use(&self) -> bool {
+        self.status.service.is_some() || self.status.buffering
     }
 
     /// Records that sequence number `seq` was heard.
@@ -71,17 +81,34 @@ impl DeviceTable {
         if self.devices.len() < max.max(1) {
             return Admit::Room;
         }
-        let victim = self
-            .staleness
-            .iter()
-            .find(|(_, d)| self.devices.get(d).is_some_and(Device::evictable))
-            .copied();
-        let Some((at, victim)) = victim else {
-            return Admit::Full;
+        match self.evict_one() {
+            Some(victim) => Admit::Evicted(victim),
+            None => Admit::Full,
+        }
+    }
+
+    /// Evicts the stalest device not in use: one without known managers first, then one with.
+    fn evict_one(&mut self) -> Option<u32> {
+        let pick = |f: fn(&Device) -> bool| {
+            self.staleness
+                .iter()
+                .find(|(_, d)| self.devices.get(d).is_some_and(f))
+                .copied()
         };
+        let (at, victim) = pick(Device::evictable).or_else(|| pick(|d| !d.in_use()))?;
         self.staleness.remove(&(at, victim));
         self.devices.remove(&victim);
-        Admit::Evicted(victim)
+        Some(victim)
+    }
+
+    /// Evicts devices not in use (stalest first: a device just named goes last) until at most
+    /// `max` are left or only devices in use remain; returns how many went.
+    pub(crate) fn trim(&mut self, max: usize) -> u64 {
+        let mut evicted = 0;
+        while self.devices.len() > max.max(1) && self.evict_one().is_some() {
+            evicted += 1;
+        }
+        evicted
     }
 
     /// Marks `device` as just heard (it becomes the freshest), creating its entry if needed
@@ -154,13 +181,42 @@ mod tests {
         let mut t = DeviceTable::default();
         t.local_entry(1).status.service = Some("svc".into());
         t.local_entry(2).status.buffering = true;
+        t.local_entry(3).status.buffering = true;
         t.local_entry(3).managers.push(NodeId([1; 32]));
         assert_eq!(hear(&mut t, 9, 3), Admit::Full);
         assert!(t.get(&9).is_none());
-        // The orchestrator may still name more devices.
+        // The orchestrator may still name more devices in use.
         t.local_entry(4).status.buffering = true;
+        assert_eq!(t.trim(3), 0);
         assert_eq!(t.len(), 4);
         assert_eq!(hear(&mut t, 2, 3), Admit::Known);
+    }
+
+    #[test]
+    fn managed_devices_no_contract_uses_go_after_unknown_ones_and_never_past_the_bound() {
+        let mut t = DeviceTable::default();
+        let m = NodeId([1; 32]);
+        // Devices an ended contract named: managers known, nothing uses them.
+        for d in 1..=3 {
+            t.local_entry(d).managers.push(m);
+        }
+        t.local_entry(4).status.service = Some("svc".into());
+        // A device heard with no manager known.
+        assert_eq!(hear(&mut t, 5, 10), Admit::Room);
+        // Full at 5: the unknown device goes first, then the stalest managed one.
+        assert_eq!(hear(&mut t, 6, 5), Admit::Evicted(5));
+        assert_eq!(hear(&mut t, 7, 5), Admit::Evicted(6));
+        t.get_mut(&7).unwrap().managers.push(m);
+        assert_eq!(hear(&mut t, 8, 5), Admit::Evicted(1));
+        // A contract names 100 devices at once: the table is trimmed back to its bound, the
+        // device just named (the freshest) last of all and the one in use never.
+        for d in 100..200 {
+            t.local_entry(d).managers.push(m);
+            t.trim(5);
+        }
+        assert_eq!(t.len(), 5);
+        assert!(t.get(&4).is_some() && t.get(&199).is_some());
+        assert_eq!(t.staleness.len(), t.devices.len());
     }
 
     proptest! {
@@ -174,7 +230,13 @@ mod tests {
             let mut t = DeviceTable::default();
             t.local_entry(1_000).status.service = Some("own".into());
             for id in ids {
-                hear(&mut t, id, max);
+                if id % 3 == 0 {
+                    // Named by a contract here (managers known, not in use).
+                    t.local_entry(id).managers.push(NodeId([1; 32]));
+                    t.trim(max);
+                } else {
+                    hear(&mut t, id, max);
+                }
                 prop_assert!(t.len() <= max);
                 prop_assert!(t.get(&1_000).is_some());
                 prop_assert_eq!(t.staleness.len(), t.devices.len());

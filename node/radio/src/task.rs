@@ -279,7 +279,10 @@ impl RadioTask {
                     None => break,
                 },
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.on_command(socket.as_ref(), cmd).await,
+                    Some(cmd) => {
+                        self.on_command(socket.as_ref(), cmd).await;
+                        self.trim_table();
+                    }
                     None => break,
                 },
                 Some((owner, keys)) = keys_rx.recv() => self.on_keys(owner, keys),
@@ -462,6 +465,20 @@ impl RadioTask {
             + s.frames_refused_beyond_window;
         if total <= 16 || total.is_power_of_two() {
             warn!(total, "radio frame refused: {refusal}");
+        }
+    }
+
+    /// Back to `radio.max_devices` after the orchestrator named devices (a contract's image
+    /// may name 1,024): devices no contract here uses go, stalest first (counted as evictions).
+    fn trim_table(&mut self) {
+        let evicted = self.table.trim(self.cfg.max_devices);
+        if evicted > 0 {
+            self.stats.devices_evicted += evicted;
+            warn!(
+                evicted,
+                total = self.stats.devices_evicted,
+                "radio device table over radio.max_devices: devices no contract here uses evicted"
+            );
         }
     }
 

@@ -206,7 +206,7 @@ mod tests {
         // Full at 5: the unknown device goes first, then the stalest managed one.
         assert_eq!(hear(&mut t, 6, 5), Admit::Evicted(5));
         assert_eq!(hear(&mut t, 7, 5), Admit::Evicted(6));
-        t.get_mut(&7).unwrap().managers.push(m);
+        t.local_entry(7).managers.push(m);
         assert_eq!(hear(&mut t, 8, 5), Admit::Evicted(1));
         // A contract names 100 devices at once: the table is trimmed back to its bound, the
         // device just named (the freshest) last of all and the one in use never.

@@ -27,12 +27,10 @@ pub mod attestation;
 pub mod cid_text;
 pub mod contract;
 pub mod deal;
-pub mod devices;
 pub mod duties;
 pub mod ledger;
 pub mod lifecycle;
 pub mod probe;
-pub mod roles;
 pub mod state;
 pub mod vote;
 

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agora_contracts::devices::agent::{self, AgentConfig, DeviceAgent, Faults};
-use agora_contracts::devices::{DeviceId, DeviceMeta};
+use agora_devices::agent::{self, AgentConfig, DeviceAgent, Faults};
+use agora_devices::{DeviceId, DeviceMeta};
 use agora_radio::DeviceKey;
 use agora_wire::radio::endpoint::{MAX_SEALED_LEN, encode_reply, open_keyed_request, open_request};
 use tokio::net::UdpSocket;
@@ -394,7 +394,7 @@ mod tests {
         send(Request::RebootToBootloader).await;
         recv_reply(
             &edge,
-            |r| matches!(r, Reply::Meta(m) if m.mode == agora_contracts::devices::Mode::Bootloader),
+            |r| matches!(r, Reply::Meta(m) if m.mode == agora_devices::Mode::Bootloader),
         )
         .await;
         let image = vec![9u8; 3000];
@@ -450,7 +450,7 @@ mod tests {
     /// key and a replayed one; it obeys a sealed one with a fresh counter.
     #[tokio::test]
     async fn a_keyed_device_refuses_spoofed_and_replayed_reboots() {
-        use agora_contracts::devices::Mode;
+        use agora_devices::Mode;
         use agora_wire::radio::endpoint::seal_request;
         let key = DeviceKey([5; 32]);
         let (edge, devs, addr) = keyed_device(600, &key, 0).await;
@@ -542,7 +542,7 @@ mod tests {
         send(seal_request(&new, 700, 15, &Request::RebootToBootloader).unwrap()).await;
         let (_, m) = recv_reply(
             &edge,
-            |r| matches!(r, Reply::Meta(m) if m.mode == agora_contracts::devices::Mode::Bootloader),
+            |r| matches!(r, Reply::Meta(m) if m.mode == agora_devices::Mode::Bootloader),
         )
         .await;
         let Reply::Meta(m) = m else { unreachable!() };

@@ -831,7 +831,7 @@ async fn run_devices(a: &DeviceArgs, json: bool) -> anyhow::Result<()> {
         s.key = keys.get(&s.id).cloned();
     }
     let keyed = specs.iter().filter(|s| s.key.is_some()).count();
-    let cfg = agora_contracts::devices::agent::AgentConfig {
+    let cfg = agora_devices::agent::AgentConfig {
         reboot_ms: a.reboot_ms,
         link_bytes_per_s: a.link_rate.max(1),
         reading_ms: a.interval_ms,

@@ -15,7 +15,6 @@ pub mod book;
 pub mod capacity;
 pub mod dmu;
 pub mod error;
-pub mod fleet;
 pub mod identity;
 pub mod ids;
 pub mod message;

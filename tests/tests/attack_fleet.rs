@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use agora_devnet::files::DevnetManifest;
-use agora_market::fleet::{
+use agora_fleet_core::{
     DeploymentSpec, FLEET_TOPIC, FleetMessage, Replicas, Selector, Strategy, TargetPhase,
 };
 use agora_market::signed::Signed;
@@ -99,7 +99,7 @@ async fn gossip(adv: &Adversary, payload: Vec<u8>) {
     }
 }
 
-fn announce(record: Signed<agora_market::fleet::DeploymentBody>) -> Vec<u8> {
+fn announce(record: Signed<agora_fleet_core::DeploymentBody>) -> Vec<u8> {
     FleetMessage::Announce(Box::new(record)).encode().unwrap()
 }
 
@@ -149,7 +149,7 @@ fn any_provider(name: &str, image: &str, valid_for_ms: u64) -> DeploymentSpec {
 async fn broken(adv: &Adversary, victim: NodeId, name: &str, round: u64) {
     // Garbage, and a message over the fleet's size bound (within the envelope's).
     gossip(adv, format!("not cbor {round}").into_bytes()).await;
-    let mut big = vec![0xA1u8; agora_market::fleet::message::MAX_MESSAGE_BYTES + 64];
+    let mut big = vec![0xA1u8; agora_fleet_core::message::MAX_MESSAGE_BYTES + 64];
     big[..8].copy_from_slice(&round.to_le_bytes());
     gossip(adv, big).await;
     // node0's deployment, another image, a version far ahead: signed by the adversary, then
@@ -207,7 +207,7 @@ fn a_hostile_fleet_peer_neither_hijacks_nor_blinds_a_deployment() {
     let adv = Arc::new(rt.block_on(Adversary::join_manifest(&manifest)).unwrap());
     let node0: NodeId = ids[0].parse().unwrap();
     let node0_peer = peer_id_of(&node0).unwrap();
-    let deployment = agora_market::fleet::deployment_id(&node0, "gw");
+    let deployment = agora_fleet_core::deployment_id(&node0, "gw");
     assert_eq!(
         deployment.to_string(),
         id,
@@ -262,7 +262,7 @@ fn a_hostile_fleet_peer_neither_hijacks_nor_blinds_a_deployment() {
             last_failure: None,
         };
         send(stray.encode().unwrap()).await.unwrap();
-        let mut absurd = agora_market::fleet::CandidateFacts::default();
+        let mut absurd = agora_fleet_core::CandidateFacts::default();
         for n in 0..100 {
             absurd.labels.insert(format!("k{n}"), "v".repeat(200));
         }

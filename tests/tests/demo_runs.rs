@@ -1,7 +1,7 @@
 //! Process-level test: `agora devnet demo --runs 2` (two failovers on one devnet, each with a
 //! fresh standby contract) ends with every reading processed exactly once, as an *earlier*
 //! provider accounts them. An edge that once provided for A's sensors must count the later
-//! providers' checkpoints too (`agora_contracts::roles::followed`); before that fix it refused
+//! providers' checkpoints too (`agora_roles::followed`); before that fix it refused
 //! them as "not a manager" and reported hundreds of readings missing.
 //!
 //! Who wins each standby auction is decided by the bids (ties by bid id), so both runs may pick

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agora_api::client::ApiClient;
-use agora_contracts::devices::agent::AgentConfig;
-use agora_contracts::devices::handoff::{HandoffStats, JobHandoff};
-use agora_contracts::devices::{Mode, Outcome, SkipReason, Step};
+use agora_devices::agent::AgentConfig;
+use agora_devices::handoff::{HandoffStats, JobHandoff};
+use agora_devices::{Mode, Outcome, SkipReason, Step};
 use agora_devnet::demo::Story;
 use agora_devnet::demo::story::{DEVICES, DeviceOptions, wait_for};
 use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
@@ -390,7 +390,7 @@ async fn a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_
         .as_ref()
         .and_then(|r| r.done.iter().find(|(d, _)| *d == 101).map(|(_, o)| *o));
     assert!(
-        owner_done == Some(agora_contracts::devices::handoff::OwnerDone::Updated)
+        owner_done == Some(agora_devices::handoff::OwnerDone::Updated)
             || outcome(101) == Some(Outcome::Skipped(SkipReason::AlreadyCurrent)),
         "{resumed:#?}"
     );

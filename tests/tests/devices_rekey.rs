@@ -18,8 +18,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agora_api::client::ApiClient;
-use agora_contracts::devices::Mode;
-use agora_contracts::devices::agent::{AgentConfig, Request};
+use agora_devices::Mode;
+use agora_devices::agent::{AgentConfig, Request};
 use agora_devnet::demo::Story;
 use agora_devnet::demo::story::{DeviceOptions, wait_for};
 use agora_devnet::files::{CONTRACT_NODES, DevnetNode};

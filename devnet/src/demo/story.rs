@@ -20,7 +20,7 @@ use agora_api::client::ApiClient;
 use agora_api::edge::{OwnReply, OwnRequest};
 use agora_api::ledger::BalanceReply;
 use agora_api::market::CreatedReply;
-use agora_contracts::devices::agent::AgentConfig;
+use agora_devices::agent::AgentConfig;
 use agora_orchestrator::TimelineEntry;
 use agora_radio::RadioStatus;
 use agora_wire::now_ms;
@@ -269,7 +269,7 @@ impl Story {
     }
 
     /// What A's sensors say about themselves now (devices with endpoints only).
-    pub fn device_metas(&self) -> BTreeMap<u32, agora_contracts::devices::DeviceMeta> {
+    pub fn device_metas(&self) -> BTreeMap<u32, agora_devices::DeviceMeta> {
         match &self.sensors {
             Some(Radios::Endpoints(d)) => d.metas(),
             _ => BTreeMap::new(),

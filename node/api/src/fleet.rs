@@ -7,8 +7,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use agora_fleet::{FleetHandle, FleetStats, FleetTaskError};
-use agora_market::fleet::upgrade::MAX_WAVE;
-use agora_market::fleet::{
+use agora_fleet_core::upgrade::MAX_WAVE;
+use agora_fleet_core::{
     DeploymentSpec, DeploymentView, FleetError, MAX_VARIANTS, Replicas, Selector, Strategy,
     UpgradeConfig, Variant,
 };
@@ -147,7 +147,7 @@ pub fn spec_of(req: CreateDeploymentRequest) -> Result<DeploymentSpec, FleetErro
         Some(first) => first.image.clone(),
         None => req.image,
     };
-    agora_market::fleet::variant::check_variants(&variants, &image)
+    agora_fleet_core::variant::check_variants(&variants, &image)
         .map_err(|hint| bad("--variant", hint))?;
     Ok(DeploymentSpec {
         name: req.name,
@@ -322,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_target_s_restarts_are_in_the_json_and_default_to_zero_from_older_nodes() {
-        let t = agora_market::fleet::TargetView {
+        let t = agora_fleet_core::TargetView {
             node: agora_market::NodeId([7; 32]),
             phase: "healthy".into(),
             reason: None,
@@ -333,7 +333,7 @@ mod tests {
         let mut json = serde_json::to_value(&t).unwrap();
         assert_eq!(json["restarts"], 3);
         json.as_object_mut().unwrap().remove("restarts");
-        let older: agora_market::fleet::TargetView = serde_json::from_value(json).unwrap();
+        let older: agora_fleet_core::TargetView = serde_json::from_value(json).unwrap();
         assert_eq!(older.restarts, 0);
     }
 }

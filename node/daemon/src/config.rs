@@ -40,7 +40,7 @@ pub struct NodeConfig {
     /// What this node says about itself as a provider (fleet selectors match on it).
     pub provider: ProviderSection,
     /// Fleet deployments: reconcile, pull and store bounds (`docs/FLEETS.md`).
-    pub fleet: agora_market::fleet::FleetConfig,
+    pub fleet: agora_fleet_core::FleetConfig,
 }
 
 /// `[provider]`
@@ -289,9 +289,9 @@ impl NodeConfig {
     /// What this node tells a fleet deployer about itself: its first market region, its
     /// `[provider] labels` and its advertised capacity (free = capacity; the node subtracts
     /// its reservations before sending).
-    pub fn candidate_facts(&self) -> agora_market::fleet::CandidateFacts {
+    pub fn candidate_facts(&self) -> agora_fleet_core::CandidateFacts {
         let capacity = self.market.engine.capacity.clone();
-        agora_market::fleet::CandidateFacts {
+        agora_fleet_core::CandidateFacts {
             region: self.market.regions.first().map(|r| r.to_ascii_lowercase()),
             labels: self.provider.labels.clone(),
             free: capacity.clone(),
@@ -405,7 +405,7 @@ mod tests {
             Some("factory")
         );
         assert_eq!(facts.region.as_deref(), Some("default"));
-        let sel = agora_market::fleet::Selector::parse("site=factory").unwrap();
+        let sel = agora_fleet_core::Selector::parse("site=factory").unwrap();
         let me = facts.about(agora_market::NodeId([7; 32]), 0);
         assert!(sel.admits(&me, &agora_market::Resources::default()));
         std::fs::write(&path, "[provider]\nlabels = { Site = \"Fac tory\" }\n").unwrap();

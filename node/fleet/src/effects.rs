@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use agora_contracts::{SettleReason, TxKind};
-use agora_market::fleet::{Effect, FLEET_TOPIC, FleetMessage, Input, ReleaseReason, TargetPhase};
+use agora_fleet_core::{Effect, FLEET_TOPIC, FleetMessage, Input, ReleaseReason, TargetPhase};
 use agora_market::{AuctionKind, AuctionSpec, DeploymentId, MarketMessage, NodeId, Resources};
 use agora_network::keys::peer_id_of;
 use agora_network::retry;

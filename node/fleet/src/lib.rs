@@ -1,4 +1,4 @@
-//! The fleet task (issue #15): drives the pure `agora_market::fleet::FleetState` over the
+//! The fleet task (issue #15): drives the pure `agora_fleet_core::FleetState` over the
 //! network and carries out its effects through the node's existing paths.
 //!
 //! - **Push**: the deployer publishes its signed record on `agora/fleet/v1`
@@ -31,13 +31,13 @@ use std::time::Duration;
 
 use agora_contracts::{ContractId, ContractStatus};
 use agora_exchange::StorageHandle;
-use agora_hosting::ServiceHost;
-use agora_ledger::LedgerHandle;
-use agora_market::fleet::{
+use agora_fleet_core::{
     CandidateFacts, DeploymentSpec, DeploymentView, FLEET_TOPIC, FleetConfig, FleetCounters,
     FleetError, FleetMessage, FleetState, Input, LiveContract, ReleaseReason, StoreCounters,
     UpgradeConfig,
 };
+use agora_hosting::ServiceHost;
+use agora_ledger::LedgerHandle;
 use agora_market::{AuctionId, DeploymentId, KeySigner, NodeId, Signer};
 use agora_market_driver::MarketHandle;
 use agora_network::{GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle, PresenceEvent};
@@ -416,7 +416,7 @@ impl FleetTask {
                 None => {
                     for (t, status) in &own.targets {
                         let contracting =
-                            status.phase == agora_market::fleet::TargetPhase::Contracting;
+                            status.phase == agora_fleet_core::TargetPhase::Contracting;
                         keys.push(((*id, *t, own.image_of(t).to_string()), contracting));
                     }
                 }
@@ -613,7 +613,7 @@ impl FleetTask {
         for variant in &spec.variants {
             self.check_image(&variant.image).await?;
         }
-        let id = agora_market::fleet::deployment_id(&self.me, &spec.name);
+        let id = agora_fleet_core::deployment_id(&self.me, &spec.name);
         self.apply(Input::Create(spec)).await?;
         self.view(&id)
     }
@@ -662,7 +662,7 @@ impl FleetTask {
                         .apply(Input::LocalPhase {
                             deployment,
                             image: None,
-                            phase: agora_market::fleet::TargetPhase::Failed,
+                            phase: agora_fleet_core::TargetPhase::Failed,
                             reason: Some(format!("image fetch failed: {reason}")),
                         })
                         .await;
@@ -725,7 +725,7 @@ impl FleetTask {
     /// Tells the machine `deployer`'s ledger balance before one of its records: only a funded
     /// deployer's record may evict another from a full store. The machine keeps the balances;
     /// one is looked up again only once it is no longer fresh
-    /// ([`agora_market::fleet::BALANCE_TTL_MS`]).
+    /// ([`agora_fleet_core::BALANCE_TTL_MS`]).
     async fn feed_balance(&mut self, deployer: NodeId) {
         if self.state.balance_is_fresh(&deployer, now_ms()) {
             return;

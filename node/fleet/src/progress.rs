@@ -3,7 +3,7 @@
 //! them what it queried.
 
 use agora_contracts::ContractStatus;
-use agora_market::fleet::TargetPhase;
+use agora_fleet_core::TargetPhase;
 use agora_runtime::{Health, ServiceState};
 
 /// A contract ended (or is being settled): it no longer carries a replica.

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agora_market::fleet::SavedFleet;
+use agora_fleet_core::SavedFleet;
 use agora_network::private_file::{self, ReadError};
 use tracing::warn;
 
@@ -79,7 +79,7 @@ pub fn write(path: &Path, body: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use agora_market::fleet::{
+    use agora_fleet_core::{
         DeploymentSpec, FleetConfig, FleetState, Input, LiveContract, Replicas, Selector, Strategy,
         TargetPhase,
     };
@@ -217,7 +217,7 @@ mod tests {
         let ok = named(&mut saved, "ok");
         saved.deployments[ok].targets.push((
             key(9).node_id(),
-            agora_market::fleet::TargetStatus {
+            agora_fleet_core::TargetStatus {
                 phase: TargetPhase::Contracting,
                 reason: Some("x".repeat(10_000)),
             },

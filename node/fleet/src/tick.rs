@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use agora_contracts::{ContractId, ContractStatus};
-use agora_market::fleet::{Input, ReleaseReason, TargetPhase};
+use agora_fleet_core::{Input, ReleaseReason, TargetPhase};
 use agora_market::{AuctionId, DeploymentId, NodeId};
 use agora_runtime::ServiceState;
 use agora_wire::now_ms;

@@ -3,11 +3,11 @@
 //! `agora_contracts::duties_for`; this module performs them. The contract's arbitrators' side
 //! (watch the customer, attest, probe, challenge) is the role machine's, driven in `roles`.
 
-use agora_contracts::roles::Input;
 use agora_contracts::{
     ContractId, ContractKind, ContractRecord, ContractStatus, Duty, HeartbeatBatch, LedgerEvent,
     SettleReason, TxKind, UptimeInterval, duties_for,
 };
+use agora_roles::Input;
 use tracing::{debug, warn};
 
 use super::{Done, Hosted, Orchestrator};
@@ -249,7 +249,7 @@ impl Orchestrator {
             // least 2 s): every replica verifies each one, and 49 providers heartbeating every
             // 500 ms (twice a round) were most of a 50-node chain's backlog. The uptime they
             // report is the same; the settlement judges the time they speak for.
-            heartbeat_ms: heartbeat_ms.max(agora_contracts::roles::MIN_HEARTBEAT_MS),
+            heartbeat_ms: heartbeat_ms.max(agora_roles::MIN_HEARTBEAT_MS),
             proofs_reported: Default::default(),
             readings_reported: 0,
         });

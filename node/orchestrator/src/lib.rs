@@ -12,7 +12,7 @@
 //!   a deadline passed without activation, or the term ended) settle and take the sensors back.
 //!
 //! The arbitrator's decisions, and whether the ledger is current, are the pure role machine's
-//! (`agora_contracts::roles::Roles`): `roles` turns blocks, presence changes, ticks and the
+//! (`agora_roles::Roles`): `roles` turns blocks, presence changes, ticks and the
 //! outcomes of probes and challenges into its inputs and performs its effects. The provider's
 //! and the customer's decisions still come from `agora_contracts::duties_for` on every applied
 //! block, and from the ledger's current state on start, so a restarted node resumes whatever
@@ -38,9 +38,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agora_contracts::roles::{AuditVerdict, FollowedDevices, Roles, RolesConfig};
 use agora_contracts::{ContractId, TxKind};
 use agora_market::{KeySigner, NodeId, Timestamp};
+use agora_roles::{AuditVerdict, FollowedDevices, Roles, RolesConfig};
 use agora_storage::challenge::StorageCommitment;
 use cid::Cid;
 use serde::{Deserialize, Serialize};
@@ -269,7 +269,7 @@ pub struct Orchestrator {
     /// When the block being handled arrived (for the activation latency).
     block_seen_at: Timestamp,
     /// Provider: the devices of each customer this node has staged a contract for (bounded;
-    /// `agora_contracts::roles::followed`). The radio knows their managers from this node's own
+    /// `agora_roles::followed`). The radio knows their managers from this node's own
     /// contracts; each later contract of that customer adds its provider, so a checkpoint from
     /// the edge that manages them now still counts here after this node's own turn is over.
     device_owners: FollowedDevices,

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agora_contracts::roles::key_holders;
 use agora_contracts::{ContractId, ContractKind, ContractStatus};
 use agora_market::{NodeId, Timestamp};
+use agora_roles::key_holders;
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};

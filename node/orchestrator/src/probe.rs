@@ -2,7 +2,7 @@
 //! the provider once per probe interval whether the service runs and put each outcome on the
 //! ledger (`ProbeResult`), where a quorum of the committee confirms or refutes the interval;
 //! payment follows the confirmed uptime. What an answer proves is in `agora_wire::probe`; when
-//! to probe and what to report is the role machine's (`agora_contracts::roles`, driven in
+//! to probe and what to report is the role machine's (`agora_roles`, driven in
 //! `roles`), which sends the probes and checks the answers with [`judge`].
 //!
 //! Provider side ([`spawn_responder`]): a task of its own, so a busy orchestrator never delays

@@ -1,4 +1,4 @@
-//! The driver of the role machine (`agora_contracts::roles::Roles`): ledger blocks, presence
+//! The driver of the role machine (`agora_roles::Roles`): ledger blocks, presence
 //! changes, ticks and the answers of background work become its inputs, with the time passed
 //! in; this module performs the effects it returns, in order.
 //!
@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use agora_contracts::ledger::{MAX_PROBE_RESULTS, ProbeReport};
 use agora_contracts::probe::{GuestExpectation, ProbeFault, ProbeUp, judge_answer};
-use agora_contracts::roles::{AuditVerdict, Effect, Input, LedgerFacts, Presence};
 use agora_contracts::{ContractId, ContractKind, TxKind};
 use agora_market::NodeId;
 use agora_network::PresenceEvent;
 use agora_network::keys::peer_id_of;
+use agora_roles::{AuditVerdict, Effect, Input, LedgerFacts, Presence};
 use agora_storage::challenge::StorageCommitment;
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
@@ -25,7 +25,7 @@ use agora_wire::probe::ProbeMsg;
 use cid::Cid;
 use tracing::{Instrument, debug, warn};
 
-pub use agora_contracts::roles::RoleSet;
+pub use agora_roles::RoleSet;
 
 use super::{Done, Orchestrator};
 

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use agora_contracts::devices::agent::AgentConfig;
+use agora_devices::agent::AgentConfig;
 use agora_radio::flash_sim::{FleetConfig, flash_fleet};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {

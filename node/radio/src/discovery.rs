@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use agora_contracts::devices::agent::{Reply, Request};
-use agora_contracts::devices::{DeviceId, DeviceMeta, Mode};
+use agora_devices::agent::{Reply, Request};
+use agora_devices::{DeviceId, DeviceMeta, Mode};
 use agora_market::Timestamp;
 use agora_wire::radio::endpoint::{decode_reply, encode_request};
 use serde::{Deserialize, Serialize};

@@ -16,9 +16,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use agora_contracts::devices::agent::{Reply, Request};
-use agora_contracts::devices::handoff::{HandoffStats, JobHandoff, KeptHandoff, Outbox, OwnerDone};
-use agora_contracts::devices::{
+use agora_devices::agent::{Reply, Request};
+use agora_devices::handoff::{HandoffStats, JobHandoff, KeptHandoff, Outbox, OwnerDone};
+use agora_devices::{
     Command, DeviceId, DeviceMeta, Effect, Firmware, FirmwareJob, Input, JobConfig, JobError,
     JobStatus, Outcome, Selector, SelectorError,
 };
@@ -26,7 +26,7 @@ use agora_market::{NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-pub use agora_contracts::devices::JobId;
+pub use agora_devices::JobId;
 
 /// Jobs kept (running and finished) per edge.
 pub const MAX_JOBS: usize = 16;
@@ -346,7 +346,7 @@ impl Jobs {
             );
             return Err(FirmwareError::TableFull { max: self.max });
         }
-        if req.version.is_empty() || req.version.len() > agora_contracts::devices::MAX_LABEL_LEN {
+        if req.version.is_empty() || req.version.len() > agora_devices::MAX_LABEL_LEN {
             return Err(FirmwareError::Version(req.version.clone()));
         }
         let busy: BTreeSet<DeviceId> = self

@@ -11,8 +11,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use agora_contracts::devices::agent::{self, AgentConfig, DeviceAgent, Faults, Reply};
-use agora_contracts::devices::{DeviceId, DeviceMeta};
+use agora_devices::agent::{self, AgentConfig, DeviceAgent, Faults, Reply};
+use agora_devices::{DeviceId, DeviceMeta};
 use agora_market::Timestamp;
 
 use crate::firmware::{JobRequest, Jobs, MAX_JOBS, Origin, Outgoing};

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use agora_contracts::devices::handoff::{Handoffs, KeptHandoff, MAX_HANDOFFS};
+use agora_devices::handoff::{Handoffs, KeptHandoff, MAX_HANDOFFS};
 use agora_market::Timestamp;
 use tracing::{info, warn};
 
@@ -47,7 +47,7 @@ pub(crate) fn save(path: Option<&Path>, t: &Handoffs) {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use agora_contracts::devices::handoff::{JobHandoff, OwnerDone};
+    use agora_devices::handoff::{JobHandoff, OwnerDone};
     use agora_market::NodeId;
 
     use super::*;

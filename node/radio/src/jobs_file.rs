@@ -18,8 +18,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use agora_contracts::devices::handoff::OwnerDone;
-use agora_contracts::devices::{
+use agora_devices::handoff::OwnerDone;
+use agora_devices::{
     DeviceId, Firmware, FirmwareJob, JobConfig, MAX_LABEL_LEN, MAX_RESTORED_DEVICES, Selector,
     SlotRecord,
 };

@@ -30,7 +30,7 @@ use crate::keys::KeyStore;
 use crate::rotation::{Rotations, Step};
 use crate::rules::{self, Forward, MAX_MANAGERS_PER_DEVICE};
 use crate::table::{Admit, DeviceTable};
-use agora_contracts::devices::handoff::{Handoffs, JobHandoff, MAX_HANDOFFS};
+use agora_devices::handoff::{Handoffs, JobHandoff, MAX_HANDOFFS};
 use agora_exchange::StorageHandle;
 use agora_hosting::control::ServiceControl;
 use agora_network::{GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle};
@@ -365,10 +365,10 @@ impl RadioTask {
             let Some((device, reply)) = self.discovery.on_reply(bytes, from, now) else {
                 return;
             };
-            if let agora_contracts::devices::agent::Reply::Rekeyed { epoch } = reply {
+            if let agora_devices::agent::Reply::Rekeyed { epoch } = reply {
                 return self.on_rekeyed(device, epoch);
             }
-            let is_meta = matches!(reply, agora_contracts::devices::agent::Reply::Meta(_));
+            let is_meta = matches!(reply, agora_devices::agent::Reply::Meta(_));
             let (taken, out) = self.jobs.on_reply(now, device, reply);
             if !taken && !is_meta {
                 self.discovery.stats.replies_unsolicited += 1;
@@ -948,7 +948,7 @@ impl RadioTask {
     fn managed_here(
         &self,
         devices: impl IntoIterator<Item = u32>,
-    ) -> BTreeSet<agora_contracts::devices::DeviceId> {
+    ) -> BTreeSet<agora_devices::DeviceId> {
         devices.into_iter().filter(|d| self.custody(*d)).collect()
     }
 

@@ -112,7 +112,7 @@ pub enum RadioRpc {
     /// who owns every device it names.
     JobHandoff {
         /// The job's request.
-        handoff: agora_contracts::devices::handoff::JobHandoff,
+        handoff: agora_devices::handoff::JobHandoff,
     },
     /// The provider's answer to [`RadioRpc::JobHandoff`]: whether it kept (or retired) it.
     HandoffAck {

@@ -11,7 +11,7 @@
 use agora_fuzz::assert_stable_encoding;
 use std::collections::BTreeMap;
 
-use agora_market::fleet::{
+use agora_fleet_core::{
     CandidateFacts, DeploymentSpec, FleetConfig, FleetMessage, FleetState, Input, ProviderFacts,
     Replicas, Selector, StoreLimits, Strategy, TargetPhase, deployment_id,
 };

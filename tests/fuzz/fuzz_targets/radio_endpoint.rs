@@ -4,7 +4,7 @@
 //! under its key, and then seals back to the same bytes; with key rotation, a rekey only under
 //! the root and to a higher epoch.
 #![no_main]
-use agora_contracts::devices::agent::Request;
+use agora_devices::agent::Request;
 use agora_wire::radio::DeviceKey;
 use agora_wire::radio::endpoint::{
     MAX_CHUNK_DATA, decode_reply, decode_request, encode_reply, encode_request, open_keyed_request,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use agora_api::client::ApiClient;
 use agora_api::fleet::{CreateDeploymentRequest, DeploymentList, UpgradeRequest};
-use agora_market::fleet::{DeploymentView, TargetView, UpgradeView};
+use agora_fleet_core::{DeploymentView, TargetView, UpgradeView};
 use agora_market::resources::parse_duration_ms;
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -594,7 +594,7 @@ mod tests {
             reason: None,
             max_unavailable: 1,
             health_timeout_ms: 60_000,
-            targets: vec![agora_market::fleet::UpgradeTargetView {
+            targets: vec![agora_fleet_core::UpgradeTargetView {
                 node,
                 step: "starting".into(),
                 old: Some("healthy".into()),

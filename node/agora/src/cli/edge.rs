@@ -493,8 +493,8 @@ async fn flash(dir: &Path, a: &FlashArgs, json: bool) -> anyhow::Result<()> {
 }
 
 /// One device's state as a progress line.
-fn progress_line(d: &agora_contracts::devices::DeviceProgress) -> String {
-    use agora_contracts::devices::{Outcome, Step};
+fn progress_line(d: &agora_devices::DeviceProgress) -> String {
+    use agora_devices::{Outcome, Step};
     match &d.outcome {
         Some(Outcome::Updated { attempts }) => {
             format!("updated to {} ({attempts} attempt(s))", d.version)
@@ -601,8 +601,8 @@ fn failed(v: &JobView) -> anyhow::Result<()> {
             .filter(|d| {
                 matches!(
                     d.outcome,
-                    Some(agora_contracts::devices::Outcome::RolledBack { .. })
-                        | Some(agora_contracts::devices::Outcome::Lost { .. })
+                    Some(agora_devices::Outcome::RolledBack { .. })
+                        | Some(agora_devices::Outcome::Lost { .. })
                 )
             })
             .map(|d| d.device.to_string())

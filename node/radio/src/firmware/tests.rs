@@ -1,10 +1,10 @@
 //! The runner's bookkeeping, driven against the pure device model
-//! ([`agora_contracts::devices::agent::DeviceAgent`]) in simulated time.
+//! ([`agora_devices::agent::DeviceAgent`]) in simulated time.
 
 use std::collections::BTreeMap;
 
-use agora_contracts::devices::agent::{self, AgentConfig, DeviceAgent, Faults};
-use agora_contracts::devices::{Outcome, SkipReason};
+use agora_devices::agent::{self, AgentConfig, DeviceAgent, Faults};
+use agora_devices::{Outcome, SkipReason};
 
 use super::*;
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 
-use agora_contracts::devices::{DeviceMeta, Mode, Outcome};
+use agora_devices::{DeviceMeta, Mode, Outcome};
 
 use super::*;
 use crate::firmware::JobRequest;

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeSet;
 
-use agora_contracts::devices::DeviceMeta;
-use agora_contracts::devices::handoff::{JobHandoff, Received};
+use agora_devices::DeviceMeta;
+use agora_devices::handoff::{JobHandoff, Received};
 use agora_market::NodeId;
 use agora_wire::now_ms;
 use tokio::net::UdpSocket;

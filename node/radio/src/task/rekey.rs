@@ -8,11 +8,11 @@
 //! frames verify under it; a device whose frames stop verifying has its key asked for again
 //! (at most every [`REFETCH_EVERY`]), for an edge that missed the update.
 //!
-//! [`Reply::Rekeyed`]: agora_contracts::devices::agent::Reply::Rekeyed
+//! [`Reply::Rekeyed`]: agora_devices::agent::Reply::Rekeyed
 
 use std::time::Instant;
 
-use agora_contracts::devices::agent::Request;
+use agora_devices::agent::Request;
 use agora_market::NodeId;
 use agora_wire::now_ms;
 use agora_wire::radio::HandedKey;

@@ -30,8 +30,8 @@
 //! to anyone (it announces the same after every boot). Replies are not sealed: an edge takes a
 //! device's replies only from the address it hears the device on.
 
-use agora_contracts::devices::agent::{Reply, Request};
-use agora_contracts::devices::{DeviceId, DeviceMeta, MAX_LABEL_LEN, Mode};
+use agora_devices::agent::{Reply, Request};
+use agora_devices::{DeviceId, DeviceMeta, MAX_LABEL_LEN, Mode};
 
 use super::frame::{DeviceKey, MIC_LEN, mic};
 

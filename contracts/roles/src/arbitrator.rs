@@ -1,0 +1,240 @@
+//! Arbitrator (committee member): watch the customers of standby contracts and attest what
+//! this node's own liveness checks see — at once when a customer goes down, again once the
+//! outage is long enough for the handover rule, and when it is back; probe the provider's
+//! service of every active hosted or standby contract once per probe interval
+//! ([`Duty::Probe`](agora_contracts::Duty::Probe), `probes.rs`) and challenge the provider of every
+//! active storage contract once per audit round (`audits.rs`), reporting each outcome for a
+//! quorum of the committee to decide.
+
+mod audits;
+mod probes;
+mod rounds;
+
+use std::collections::BTreeMap;
+
+use agora_market::{NodeId, Timestamp};
+
+use super::io::{Effect, Input, Note, Presence};
+use super::{CLOCK_MARGIN_MS, REPORT_VIEW_MAX_AGE_MS, View};
+use agora_contracts::attestation::Liveness;
+use agora_contracts::contract::{ActivationClause, ContractId, ContractKind};
+use agora_contracts::ledger::TxKind;
+use agora_contracts::lifecycle::ContractStatus;
+
+/// A customer this node watches.
+#[derive(Clone, Debug, Default)]
+struct Watched {
+    /// Its standby contracts with their outage thresholds.
+    contracts: BTreeMap<ContractId, u64>,
+    /// Down since (last seen), while this node reports it unreachable.
+    down_since: Option<Timestamp>,
+    /// When to attest again while down (once the outage is long enough).
+    reattest_at: Option<Timestamp>,
+}
+
+impl Watched {
+    /// The shortest outage any of its contracts hands over after (the watch threshold).
+    fn threshold(&self) -> u64 {
+        self.contracts.values().copied().min().unwrap_or(0)
+    }
+}
+
+/// The arbitrator side of this node.
+#[derive(Clone, Debug)]
+pub(super) struct Arbitrator {
+    watched: BTreeMap<NodeId, Watched>,
+    audits: BTreeMap<ContractId, audits::Audit>,
+    probes: BTreeMap<ContractId, probes::Probing>,
+    /// Places the observations within their rounds ([`super::RolesConfig::evidence_seed`]).
+    seed: u64,
+}
+
+/// Standby contracts are watched from registration until they close: while active too, so the
+/// customer's return is attested (a stale "unreachable" must not hand a later contract over).
+fn watched_status(s: ContractStatus) -> bool {
+    matches!(
+        s,
+        ContractStatus::Validated
+            | ContractStatus::Migrated
+            | ContractStatus::Armed
+            | ContractStatus::Active
+    )
+}
+
+/// Whether this node may report a bad outcome (a probe down, a challenge failed): its ledger
+/// view is current and fresh, so it is not itself the one cut off.
+fn may_blame(v: &View) -> bool {
+    v.synced && v.now.saturating_sub(v.block_seen_at) <= REPORT_VIEW_MAX_AGE_MS
+}
+
+impl Arbitrator {
+    /// An arbitrator side whose probes and challenges are placed by `seed`.
+    pub fn new(seed: u64) -> Self {
+        Arbitrator {
+            watched: BTreeMap::new(),
+            audits: BTreeMap::new(),
+            probes: BTreeMap::new(),
+            seed,
+        }
+    }
+
+    /// What places this node's probes and challenges within their rounds.
+    fn observer(&self, v: &View) -> rounds::Observer {
+        rounds::Observer {
+            seed: self.seed,
+            me: v.me,
+        }
+    }
+
+    /// The earliest time something is due.
+    pub fn next_wake(&self) -> Option<Timestamp> {
+        let reattest = self.watched.values().filter_map(|w| w.reattest_at);
+        let audits = self.audits.values().filter_map(audits::Audit::next_wake);
+        let probes = self.probes.values().filter_map(probes::Probing::next_wake);
+        reattest.chain(audits).chain(probes).min()
+    }
+
+    pub fn handle(&mut self, v: &View, input: &Input, out: &mut Vec<Effect>) {
+        match input {
+            Input::Presence(p) => self.on_presence(v, *p, out),
+            Input::AuditAnswer { contract, verdict } => {
+                self.on_audit_answer(v, *contract, verdict, out)
+            }
+            Input::ProbeAnswer {
+                contract,
+                interval,
+                up,
+            } => self.on_probe_answer(v, *contract, *interval, *up, out),
+            Input::Submitted { tx, accepted: true } => self.on_submitted(tx, out),
+            _ => {}
+        }
+        self.reconcile_watches(v, out);
+        self.reconcile_audits(v, out);
+        self.reconcile_probes(v, out);
+        self.reattest_due(v, out);
+        self.challenge_due(v, out);
+        self.probe_due(v, out);
+    }
+
+    fn reconcile_watches(&mut self, v: &View, out: &mut Vec<Effect>) {
+        let mut wanted: BTreeMap<NodeId, BTreeMap<ContractId, u64>> = BTreeMap::new();
+        for (id, r) in v.records {
+            let c = &r.contract;
+            if c.kind == ContractKind::Standby
+                && c.committee.contains(&v.me)
+                && watched_status(r.status)
+            {
+                let after = match c.activation {
+                    ActivationClause::OnHandover { unreachable_for_ms } => unreachable_for_ms,
+                    _ => 0,
+                };
+                wanted.entry(c.customer).or_default().insert(*id, after);
+            }
+        }
+        for (customer, contracts) in &wanted {
+            let w = self.watched.entry(*customer).or_default();
+            if w.contracts.is_empty() {
+                // Keep a direct connection so the liveness check is this node's own.
+                out.push(Effect::Watch(*customer));
+            }
+            for (id, after) in contracts {
+                if w.contracts.insert(*id, *after).is_none() {
+                    out.push(Effect::Timeline(Note::new(
+                        "watching",
+                        Some(*id),
+                        format!("customer {}", customer.short()),
+                    )));
+                }
+            }
+            w.contracts.retain(|id, _| contracts.contains_key(id));
+        }
+        let gone: Vec<NodeId> = self
+            .watched
+            .keys()
+            .filter(|n| !wanted.contains_key(n))
+            .copied()
+            .collect();
+        for n in gone {
+            self.watched.remove(&n);
+            out.push(Effect::Unwatch(n));
+        }
+    }
+
+    fn on_presence(&mut self, v: &View, p: Presence, out: &mut Vec<Effect>) {
+        match p {
+            Presence::Down { node, last_seen } => {
+                let Some(w) = self.watched.get_mut(&node) else {
+                    return;
+                };
+                w.down_since = Some(last_seen);
+                // The ledger hands over once `now >= since + threshold` at block time; the block
+                // that carries a re-attestation may be stamped up to CLOCK_MARGIN_MS behind this
+                // node's clock, so re-attest that much after the threshold.
+                let due = last_seen
+                    .saturating_add(w.threshold())
+                    .saturating_add(CLOCK_MARGIN_MS);
+                w.reattest_at = (due > v.now).then_some(due);
+                out.push(attest(node, Liveness::Unreachable { since: last_seen }));
+            }
+            Presence::Up { node } => {
+                let Some(w) = self.watched.get_mut(&node) else {
+                    return;
+                };
+                if w.down_since.take().is_some() {
+                    w.reattest_at = None;
+                    out.push(attest(node, Liveness::Reachable));
+                }
+            }
+        }
+    }
+
+    fn reattest_due(&mut self, v: &View, out: &mut Vec<Effect>) {
+        for (node, w) in self.watched.iter_mut() {
+            if w.reattest_at.is_some_and(|t| v.now >= t) {
+                w.reattest_at = None;
+                if let Some(since) = w.down_since {
+                    out.push(attest(*node, Liveness::Unreachable { since }));
+                }
+            }
+        }
+    }
+
+    fn on_submitted(&mut self, tx: &TxKind, out: &mut Vec<Effect>) {
+        match tx {
+            TxKind::Attest { subject, liveness } => {
+                let what = match liveness {
+                    Liveness::Unreachable { .. } => "attested-down",
+                    Liveness::Reachable => "attested-up",
+                };
+                out.push(Effect::Timeline(Note::new(
+                    what,
+                    None,
+                    format!("{} {liveness:?}", subject.short()),
+                )));
+            }
+            TxKind::StorageProofResult { contract, .. } => {
+                if let Some(detail) = self
+                    .audits
+                    .get_mut(contract)
+                    .and_then(|a| a.reporting.take())
+                {
+                    out.push(Effect::Timeline(Note::new(
+                        "storage-challenge",
+                        Some(*contract),
+                        detail,
+                    )));
+                }
+            }
+            TxKind::ProbeResult {
+                contract,
+                interval,
+                up,
+            } => self.on_probe_reported(*contract, *interval, *up, out),
+            _ => {}
+        }
+    }
+}
+
+fn attest(subject: NodeId, liveness: Liveness) -> Effect {
+    Effect::Submit(TxKind::Attest { subject, liveness })
+}

@@ -1,0 +1,286 @@
+//! The provider's answers to its effects (staged, custody, activation, metering, submission)
+//! and its heartbeats.
+
+use agora_market::Timestamp;
+use cid::Cid;
+
+use super::steps::submit_once;
+use super::{Prep, Provider, Run, Step};
+use crate::io::{Effect, Note, ServiceRef};
+use crate::{
+    CLOCK_MARGIN_MS, PROOFS_PER_HEARTBEAT, REFUSED_RETRY_MS, STAGE_ATTEMPTS, STAGE_BACKOFF_MS, View,
+};
+use agora_contracts::contract::ContractId;
+use agora_contracts::ledger::{HeartbeatBatch, TxKind, UptimeInterval};
+use agora_contracts::lifecycle::ContractStatus;
+
+impl Provider {
+    pub(super) fn heartbeat_if_due(&mut self, v: &View, id: ContractId, out: &mut Vec<Effect>) {
+        let Some(h) = self.hosts.get_mut(&id) else {
+            return;
+        };
+        let Prep::Ready { devices } = &h.prep else {
+            return;
+        };
+        if h.storage.is_some() || !matches!(h.run, Run::Active { .. }) || h.beat.metering {
+            return;
+        }
+        if v.now < h.beat.last.saturating_add(h.heartbeat_ms) {
+            return;
+        }
+        h.beat.metering = true;
+        h.beat.last = v.now;
+        out.push(Effect::Meter {
+            contract: id,
+            service: ServiceRef::Contract(id),
+            devices: devices.clone(),
+        });
+    }
+
+    pub(super) fn on_ready(&mut self, id: ContractId, devices: Vec<u32>, out: &mut Vec<Effect>) {
+        let Some(h) = self.hosts.get_mut(&id) else {
+            return;
+        };
+        if !matches!(h.prep, Prep::Preparing { .. }) {
+            return;
+        }
+        let note = match h.storage {
+            Some((file, commitment)) => Note::new(
+                "stored",
+                Some(id),
+                format!("file {file} fetched, verified against commitment {commitment}, pinned"),
+            ),
+            None => Note::new(
+                "staged",
+                Some(id),
+                format!("image fetched, verified, precompiled; devices {devices:?}"),
+            ),
+        };
+        h.prep = Prep::Ready { devices };
+        out.push(Effect::Timeline(note));
+    }
+
+    pub(super) fn on_stage_failed(
+        &mut self,
+        v: &View,
+        id: ContractId,
+        error: &str,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(h) = self.hosts.get_mut(&id) else {
+            return;
+        };
+        let Prep::Preparing { attempts, .. } = h.prep else {
+            return;
+        };
+        let attempts = attempts.saturating_add(1);
+        if attempts >= STAGE_ATTEMPTS {
+            h.prep = Prep::Failed;
+            out.push(Effect::Timeline(Note::new(
+                "migration-failed",
+                Some(id),
+                format!("gave up after {attempts} attempts: {error}"),
+            )));
+            return;
+        }
+        h.prep = Prep::Preparing {
+            attempts,
+            retry_at: Some(
+                v.now
+                    .saturating_add(STAGE_BACKOFF_MS.saturating_mul(u64::from(attempts))),
+            ),
+        };
+        out.push(Effect::Timeline(Note::new(
+            "migration-retry",
+            Some(id),
+            error,
+        )));
+    }
+
+    pub(super) fn on_custody_refused(
+        &mut self,
+        v: &View,
+        id: ContractId,
+        error: &str,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(h) = self.hosts.get_mut(&id) else {
+            return;
+        };
+        h.prep = Prep::Failed;
+        out.push(Effect::Timeline(Note::new(
+            "custody-refused",
+            Some(id),
+            error,
+        )));
+        // A commitment that does not describe the file would fail every honest answer: call the
+        // contract off before activation instead of being slashed for it.
+        let cancellable = v.records.get(&id).is_some_and(|r| {
+            matches!(
+                r.status,
+                ContractStatus::Validated | ContractStatus::Migrated | ContractStatus::Armed
+            )
+        });
+        if cancellable {
+            submit_once(h, Step::Cancel, TxKind::Cancel(id), v.now, out);
+        }
+    }
+
+    pub(super) fn on_activated(
+        &mut self,
+        v: &View,
+        id: ContractId,
+        started_at: Timestamp,
+        replayed: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(h) = self.hosts.get_mut(&id) else {
+            return;
+        };
+        if h.run != Run::Starting {
+            return;
+        }
+        let rec = v.records.get(&id);
+        // After a restart, uptime is claimed only from now on, and never before what the
+        // ledger already holds.
+        let cursor = rec.and_then(|r| r.last_uptime_end).unwrap_or(0);
+        h.run = Run::Active { since: started_at };
+        h.beat.reported_to = started_at.max(cursor);
+        h.beat.last = v.now;
+        let latency = v.now.saturating_sub(v.block_seen_at);
+        out.push(Effect::Timeline(Note {
+            latency_ms: Some(latency),
+            ..Note::new(
+                "activated",
+                Some(id),
+                format!(
+                    "service started and sensors taken over {latency} ms after the handover \
+                     block arrived ({replayed} buffered readings replayed)"
+                ),
+            )
+        }));
+        if rec.is_some_and(|r| r.activated_at.is_none()) {
+            submit_once(
+                h,
+                Step::Activation,
+                TxKind::ReportActivation {
+                    contract: id,
+                    activated_at: started_at,
+                },
+                v.now,
+                out,
+            );
+        }
+    }
+
+    pub(super) fn on_metered(
+        &mut self,
+        v: &View,
+        id: ContractId,
+        running: bool,
+        processed: u64,
+        proofs: &[Cid],
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(h) = self.hosts.get_mut(&id) else {
+            return;
+        };
+        h.beat.metering = false;
+        if !matches!(h.run, Run::Active { .. }) {
+            return;
+        }
+        // Forget reported proofs the radio no longer offers (it keeps a bounded history).
+        h.beat.proofs_reported.retain(|p| proofs.contains(p));
+        let fresh: Vec<Cid> = proofs
+            .iter()
+            .filter(|p| !h.beat.proofs_reported.contains(p))
+            .take(PROOFS_PER_HEARTBEAT)
+            .copied()
+            .collect();
+        let to = v.now.saturating_sub(CLOCK_MARGIN_MS);
+        let interval = (running && to > h.beat.reported_to).then_some(UptimeInterval {
+            from: h.beat.reported_to,
+            to,
+        });
+        let batch = HeartbeatBatch {
+            intervals: interval.into_iter().collect(),
+            readings_processed: processed.saturating_sub(h.beat.readings_reported),
+            data_proofs: fresh.clone(),
+        };
+        h.beat.in_flight = Some((interval.map(|i| i.to), processed, fresh));
+        out.push(Effect::Submit(TxKind::Heartbeats {
+            contract: id,
+            batch,
+        }));
+        if v.records.get(&id).is_some_and(|r| r.collectable() > 0) {
+            out.push(Effect::Submit(TxKind::SettleUptime(id)));
+        }
+    }
+
+    pub(super) fn on_submitted(
+        &mut self,
+        v: &View,
+        tx: &TxKind,
+        accepted: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        let (id, step) = match tx {
+            TxKind::MarkMigrated(id) => (*id, Some(Step::Migrated)),
+            TxKind::MarkArmed(id) => (*id, Some(Step::Armed)),
+            TxKind::ReportActivation { contract, .. } => (*contract, Some(Step::Activation)),
+            TxKind::Cancel(id) => (*id, Some(Step::Cancel)),
+            TxKind::Heartbeats { contract, .. } => (*contract, None),
+            TxKind::Settle { contract, reason } => {
+                if accepted && self.hosts.contains_key(contract) {
+                    out.push(Effect::Timeline(Note::new(
+                        "settle-requested",
+                        Some(*contract),
+                        format!("{reason:?}"),
+                    )));
+                }
+                return;
+            }
+            _ => return,
+        };
+        let Some(h) = self.hosts.get_mut(&id) else {
+            return;
+        };
+        match step {
+            Some(step) => {
+                if !accepted {
+                    // Refused (a full mempool, no connection): ask again a little later.
+                    h.in_flight
+                        .insert(step, v.now.saturating_add(REFUSED_RETRY_MS));
+                } else if step == Step::Activation
+                    && let Some((file, _)) = h.storage
+                {
+                    out.push(Effect::Timeline(Note::new(
+                        "activated",
+                        Some(id),
+                        format!("holding {file}; answering storage challenges"),
+                    )));
+                }
+            }
+            None => {
+                let Some((to, processed, proofs)) = h.beat.in_flight.take() else {
+                    return;
+                };
+                if accepted {
+                    if let Some(to) = to {
+                        h.beat.reported_to = to;
+                    }
+                    h.beat.readings_reported = processed;
+                    h.beat.proofs_reported.extend(proofs);
+                } else {
+                    // Refused (e.g. an overlapping interval): resynchronise with the ledger.
+                    let cursor = v
+                        .records
+                        .get(&id)
+                        .and_then(|r| r.last_uptime_end)
+                        .unwrap_or(0);
+                    h.beat.reported_to = h.beat.reported_to.max(cursor);
+                }
+            }
+        }
+    }
+}

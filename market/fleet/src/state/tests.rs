@@ -1,0 +1,1642 @@
+//! The fleet machine between several nodes, messages delivered by a tiny in-memory network.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::*;
+use crate::record::{Replicas, Strategy};
+use crate::selector::Selector;
+use agora_market::identity::KeySigner;
+use agora_market::resources::Interface;
+use agora_market::test_utils::signer;
+
+const T0: Timestamp = 1_000_000;
+const IMAGE: &str = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+
+fn facts(seed: u64, site: &str, now: Timestamp) -> ProviderFacts {
+    let cap = Resources {
+        cpu_millis: 1000,
+        memory_bytes: 1 << 30,
+        ..Resources::default()
+    }
+    .with_interface(Interface::LoRa, 1);
+    ProviderFacts {
+        node: signer(seed).node_id(),
+        region: Some("eu".into()),
+        labels: BTreeMap::from([("site".to_string(), site.to_string())]),
+        free: cap.clone(),
+        capacity: cap,
+        last_seen: now,
+    }
+}
+
+fn spec(strategy: Strategy, replicas: Replicas) -> DeploymentSpec {
+    DeploymentSpec {
+        name: "gw".into(),
+        image: IMAGE.into(),
+        selector: Selector::parse("site=a").unwrap(),
+        variants: Vec::new(),
+        needs: Resources {
+            cpu_millis: 100,
+            ..Resources::default()
+        },
+        replicas,
+        strategy,
+        max_price_per_replica: 50,
+        duration_ms: 3_600_000,
+        valid_for_ms: 600_000,
+    }
+}
+
+/// Node 1 deploys; nodes 2..=4 are `site=a`, node 5 is `site=b`.
+struct Net {
+    nodes: BTreeMap<NodeId, FleetState<KeySigner>>,
+    /// Every effect a node had to carry out itself, with who.
+    done: Vec<(NodeId, Effect)>,
+}
+
+impl Net {
+    fn new(config: FleetConfig) -> Net {
+        let mut net = Net::silent(config);
+        for seed in 2..=5 {
+            let site = if seed == 5 { "b" } else { "a" };
+            net.input(T0, 1, Input::Provider(facts(seed, site, T0)))
+                .unwrap();
+        }
+        net
+    }
+
+    /// Five nodes; the deployer knows nothing of the providers yet.
+    fn silent(config: FleetConfig) -> Net {
+        let mut nodes = BTreeMap::new();
+        for seed in 1..=5 {
+            let site = if seed == 5 { "b" } else { "a" };
+            let mut m = FleetState::new(signer(seed), config);
+            m.handle(T0, Input::SelfFacts(facts(seed, site, T0)))
+                .unwrap();
+            nodes.insert(signer(seed).node_id(), m);
+        }
+        Net {
+            nodes,
+            done: Vec::new(),
+        }
+    }
+
+    fn join(&mut self, seed: u64, site: &str, now: Timestamp) {
+        let mut m = FleetState::new(signer(seed), FleetConfig::default());
+        m.handle(now, Input::SelfFacts(facts(seed, site, now)))
+            .unwrap();
+        self.nodes.insert(signer(seed).node_id(), m);
+    }
+
+    fn id(seed: u64) -> NodeId {
+        signer(seed).node_id()
+    }
+
+    /// Feeds `input` to node `seed` and delivers every message that follows, in order.
+    fn input(&mut self, now: Timestamp, seed: u64, input: Input) -> Result<(), FleetError> {
+        let first = self
+            .nodes
+            .get_mut(&Net::id(seed))
+            .unwrap()
+            .handle(now, input)?;
+        let mut queue: VecDeque<(NodeId, Effect)> =
+            first.into_iter().map(|e| (Net::id(seed), e)).collect();
+        while let Some((from, effect)) = queue.pop_front() {
+            let deliveries: Vec<(NodeId, bool, FleetMessage)> = match &effect {
+                Effect::Broadcast(msg) => self
+                    .nodes
+                    .keys()
+                    .filter(|n| **n != from)
+                    .map(|n| (*n, true, msg.clone()))
+                    .collect(),
+                Effect::Send { to, msg } => vec![(*to, false, msg.clone())],
+                _ => {
+                    self.done.push((from, effect));
+                    continue;
+                }
+            };
+            for (to, gossip, msg) in deliveries {
+                let Some(node) = self.nodes.get_mut(&to) else {
+                    continue;
+                };
+                let more = node.handle(now, Input::Remote { from, gossip, msg })?;
+                queue.extend(more.into_iter().map(|e| (to, e)));
+            }
+        }
+        Ok(())
+    }
+
+    fn tick_all(&mut self, now: Timestamp) {
+        for seed in 1..=5 {
+            self.input(now, seed, Input::Tick).unwrap();
+        }
+    }
+
+    fn take(&mut self) -> Vec<(NodeId, Effect)> {
+        std::mem::take(&mut self.done)
+    }
+
+    fn deployer(&self) -> &FleetState<KeySigner> {
+        self.nodes.get(&Net::id(1)).unwrap()
+    }
+
+    fn deployer_mut(&mut self) -> &mut FleetState<KeySigner> {
+        self.nodes.get_mut(&Net::id(1)).unwrap()
+    }
+}
+
+fn prefetchers(done: &[(NodeId, Effect)]) -> Vec<NodeId> {
+    done.iter()
+        .filter(|(_, e)| matches!(e, Effect::Prefetch { image, .. } if image == IMAGE))
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+#[test]
+fn push_rollout_reports_and_delete() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    // Push: the matching providers fetch the image on the announcement, before any contract.
+    let mut fetch = prefetchers(&net.take());
+    fetch.sort();
+    let mut want = vec![Net::id(2), Net::id(3), Net::id(4)];
+    want.sort();
+    assert_eq!(fetch, want);
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    let placed: Vec<NodeId> = net
+        .take()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Place { target, image, .. } if image == IMAGE => Some(target),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(placed.len(), 3);
+    for seed in 2..=4 {
+        let phase = Input::LocalPhase {
+            deployment: id,
+            image: None,
+            phase: TargetPhase::Running,
+            reason: None,
+        };
+        net.input(T0 + 20, seed, phase.clone()).unwrap();
+        net.input(T0 + 21, seed, phase).unwrap(); // reported once
+    }
+    let own = net.deployer().own(&id).unwrap();
+    assert!(
+        own.targets
+            .values()
+            .all(|s| s.phase == TargetPhase::Running)
+    );
+    assert_eq!(own.targets.len(), 3);
+    net.input(T0 + 30, 1, Input::Delete(id)).unwrap();
+    let done = net.take();
+    let released = done
+        .iter()
+        .filter(|(n, e)| *n == Net::id(1) && matches!(e, Effect::Release { .. }))
+        .count();
+    let stopped = done
+        .iter()
+        .filter(|(_, e)| matches!(e, Effect::Stop { deployment } if *deployment == id))
+        .count();
+    assert_eq!((released, stopped), (3, 3));
+    net.tick_all(T0 + 40);
+    assert!(
+        net.deployer().own(&id).is_none(),
+        "deleted and released: forgotten"
+    );
+}
+
+#[test]
+fn targets_report_health_and_the_deployer_shows_it() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    let local = |phase, reason: Option<&str>| Input::LocalPhase {
+        deployment: id,
+        image: None,
+        phase,
+        reason: reason.map(str::to_string),
+    };
+    net.input(T0 + 20, 2, local(TargetPhase::Healthy, None))
+        .unwrap();
+    net.input(
+        T0 + 20,
+        3,
+        local(
+            TargetPhase::Unhealthy,
+            Some("the guest's health export returned 2"),
+        ),
+    )
+    .unwrap();
+    let view = net.deployer().status(&id).unwrap();
+    let of = |seed| {
+        view.targets
+            .iter()
+            .find(|t| t.node == Net::id(seed))
+            .map(|t| (t.phase.clone(), t.reason.clone()))
+    };
+    assert_eq!(of(2), Some(("healthy".into(), None)));
+    assert_eq!(
+        of(3),
+        Some((
+            "unhealthy".into(),
+            Some("the guest's health export returned 2".into())
+        ))
+    );
+    assert_eq!(view.summary.get("healthy"), Some(&1));
+    assert_eq!(view.summary.get("unhealthy"), Some(&1));
+    // The ledger's coarser "running" does not hide a target's own verdict, and an unhealthy
+    // target is not released by the plan (it is not failed).
+    net.input(
+        T0 + 30,
+        1,
+        Input::TargetProgress {
+            deployment: id,
+            target: Net::id(3),
+            image: IMAGE.into(),
+            phase: TargetPhase::Running,
+            reason: None,
+        },
+    )
+    .unwrap();
+    // (The deployer's driver applies ledger facts only when they advance: `TargetProgress`
+    // itself overwrites, so the node's `advances` rule is what keeps the verdict.)
+    net.input(
+        T0 + 40,
+        3,
+        local(TargetPhase::Unhealthy, Some("not answering")),
+    )
+    .unwrap();
+    net.input(T0 + 50, 1, Input::Tick).unwrap();
+    assert!(
+        !net.take()
+            .iter()
+            .any(|(_, e)| matches!(e, Effect::Release { .. })),
+        "an unhealthy target is reported, not released"
+    );
+    let own = net.deployer().own(&id).unwrap();
+    assert_eq!(own.targets[&Net::id(3)].phase, TargetPhase::Unhealthy);
+    // Recovery is reported too.
+    net.input(T0 + 60, 3, local(TargetPhase::Healthy, None))
+        .unwrap();
+    let own = net.deployer().own(&id).unwrap();
+    assert_eq!(own.targets[&Net::id(3)].phase, TargetPhase::Healthy);
+    assert_eq!(own.targets[&Net::id(3)].reason, None);
+}
+
+#[test]
+fn pull_targets_act_when_they_poll_not_on_gossip() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Pull, Replicas::All)))
+        .unwrap();
+    assert!(prefetchers(&net.take()).is_empty(), "pull ignores the push");
+    for seed in 2..=5 {
+        net.input(T0 + 1000, seed, Input::Tick).unwrap();
+    }
+    let mut fetch = prefetchers(&net.take());
+    fetch.sort();
+    let mut want = vec![Net::id(2), Net::id(3), Net::id(4)];
+    want.sort();
+    assert_eq!(fetch, want, "fetched on the deployer's answer");
+    assert_eq!(net.deployer().counters().polls_answered, 3);
+    // Next poll: up to date, nothing to fetch; within the interval, no poll at all.
+    net.tick_all(T0 + 1500);
+    assert_eq!(net.deployer().counters().polls_answered, 3);
+    net.tick_all(T0 + 2000);
+    assert!(prefetchers(&net.take()).is_empty());
+    assert_eq!(net.deployer().counters().polls_answered, 6);
+}
+
+#[test]
+fn forged_records_and_stray_reports_are_counted_and_ignored() {
+    let mut net = Net::new(FleetConfig::default());
+    let mut forged = spec(Strategy::Push, Replicas::All)
+        .sign(&signer(1), T0, T0, T0)
+        .unwrap();
+    forged.body.image = "bafkreievil".into();
+    net.input(T0, 5, Input::Tick).unwrap();
+    let p2 = net.nodes.get_mut(&Net::id(2)).unwrap();
+    let out = p2
+        .handle(
+            T0,
+            Input::Remote {
+                from: Net::id(5),
+                gossip: true,
+                msg: FleetMessage::Announce(Box::new(forged)),
+            },
+        )
+        .unwrap();
+    assert!(out.is_empty());
+    assert_eq!(p2.counters().bad_records, 1);
+    assert!(p2.store().is_empty());
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Push, Replicas::Count(1))),
+    )
+    .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    let d = net.nodes.get_mut(&Net::id(1)).unwrap();
+    d.handle(
+        T0,
+        Input::Remote {
+            from: Net::id(5),
+            gossip: false,
+            msg: FleetMessage::Report {
+                deployment: id,
+                version: 1,
+                phase: TargetPhase::Running,
+                reason: Some("x".repeat(10_000)),
+                image: None,
+                restarts: Some(7),
+                last_failure: None,
+            },
+        },
+    )
+    .unwrap();
+    assert_eq!(d.counters().stray_reports, 1);
+}
+
+#[test]
+fn records_are_resigned_before_expiry_and_upgrades_refused() {
+    let config = FleetConfig::default();
+    let mut d = FleetState::new(signer(1), config);
+    d.handle(T0, Input::Create(spec(Strategy::Push, Replicas::Count(2))))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    let v1 = d.own(&id).unwrap().record.body.clone();
+    let before = v1.expires_at - config.resign_before_ms - 1;
+    assert!(
+        !d.handle(before, Input::Tick)
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Effect::Broadcast(_)))
+    );
+    let out = d.handle(before + 1, Input::Tick).unwrap();
+    assert!(out.iter().any(|e| matches!(e, Effect::Broadcast(_))));
+    let v2 = d.own(&id).unwrap().record.body.clone();
+    assert!(v2.version > v1.version && v2.expires_at > v1.expires_at);
+    let other = DeploymentSpec {
+        image: "bafkreiother".into(),
+        ..spec(Strategy::Push, Replicas::Count(2))
+    };
+    assert!(matches!(
+        d.handle(before + 2, Input::Create(other)),
+        Err(FleetError::UpgradeNotSupported { .. })
+    ));
+    let stranger = deployment_id(&Net::id(2), "gw");
+    assert!(matches!(
+        d.handle(before + 2, Input::Delete(stranger)),
+        Err(FleetError::NotMine { .. })
+    ));
+    let small = FleetConfig {
+        max_own: 1,
+        max_providers: 2,
+        ..config
+    };
+    let mut d = FleetState::new(signer(1), small);
+    d.handle(T0, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let second = DeploymentSpec {
+        name: "other".into(),
+        ..spec(Strategy::Push, Replicas::All)
+    };
+    assert!(matches!(
+        d.handle(T0, Input::Create(second)),
+        Err(FleetError::TooManyOwn { max: 1 })
+    ));
+    for seed in 2..=4 {
+        d.handle(T0 + seed, Input::Provider(facts(seed, "a", T0 + seed)))
+            .unwrap();
+    }
+    assert_eq!(d.providers().len(), 2);
+    assert!(!d.providers().contains_key(&Net::id(2)), "the oldest went");
+    assert_eq!(d.counters().providers_evicted, 1);
+}
+
+#[test]
+fn a_provider_whose_labels_change_stops_and_is_replaced() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Push, Replicas::Count(2))),
+    )
+    .unwrap();
+    net.input(T0 + 1, 1, Input::Tick).unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    let targets: Vec<NodeId> = net
+        .deployer()
+        .own(&id)
+        .unwrap()
+        .targets
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(targets.len(), 2);
+    let moved = targets[0];
+    let seed = (2..=4).find(|s| Net::id(*s) == moved).unwrap();
+    net.take();
+    // The provider's operator relabels it: it stops its replica, and the deployer (hearing the
+    // new facts) releases it and places a replacement.
+    net.input(T0 + 2, seed, Input::SelfFacts(facts(seed, "b", T0 + 2)))
+        .unwrap();
+    net.input(T0 + 2, seed, Input::Tick).unwrap();
+    net.input(T0 + 2, 1, Input::Provider(facts(seed, "b", T0 + 2)))
+        .unwrap();
+    net.input(T0 + 3, 1, Input::Tick).unwrap();
+    let done = net.take();
+    assert!(done.contains(&(moved, Effect::Stop { deployment: id })));
+    assert!(done.iter().any(|(_, e)| matches!(e,
+        Effect::Release { target, reason: ReleaseReason::NoLongerMatches, .. } if *target == moved)));
+    let now: Vec<NodeId> = net
+        .deployer()
+        .own(&id)
+        .unwrap()
+        .targets
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(now.len(), 2);
+    assert!(!now.contains(&moved));
+}
+
+fn placed(done: &[(NodeId, Effect)]) -> Vec<NodeId> {
+    let mut out: Vec<NodeId> = done
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Place { target, .. } => Some(*target),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_deployer_learns_targets_from_candidates_and_late_joiners() {
+    let mut net = Net::silent(FleetConfig::default());
+    assert!(net.deployer().providers().is_empty());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    // Push: every selected provider offers itself; the one that is not selected stays silent.
+    let known: Vec<NodeId> = net.deployer().providers().keys().copied().collect();
+    let mut want = vec![Net::id(2), Net::id(3), Net::id(4)];
+    want.sort();
+    assert_eq!(known, want);
+    net.take();
+    net.input(T0 + 1, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()), want);
+    // Node 6 (site=a) was down during the rollout: when it comes up, the deployer hands it the
+    // record, it fetches the image and offers itself, and the next round places it.
+    net.join(6, "a", T0 + 5_000);
+    net.input(T0 + 5_000, 1, Input::PeerUp(Net::id(6))).unwrap();
+    assert_eq!(prefetchers(&net.take()), vec![Net::id(6)]);
+    net.input(T0 + 5_001, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()), vec![Net::id(6)]);
+    // Candidates refresh their offer (which keeps them online for the deployer).
+    let refresh = T0 + FleetConfig::default().candidate_refresh_ms;
+    net.input(refresh, 2, Input::Tick).unwrap();
+    assert_eq!(
+        net.deployer()
+            .providers()
+            .get(&Net::id(2))
+            .unwrap()
+            .last_seen,
+        refresh
+    );
+}
+
+#[test]
+fn pull_polls_carry_the_facts_the_deployer_chooses_from() {
+    let mut net = Net::silent(FleetConfig::default());
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Pull, Replicas::Count(2))),
+    )
+    .unwrap();
+    assert!(
+        net.deployer().providers().is_empty(),
+        "pull: no candidate on the gossip"
+    );
+    for seed in 2..=5 {
+        net.input(T0 + 1_000, seed, Input::Tick).unwrap();
+    }
+    assert_eq!(net.deployer().providers().len(), 3);
+    net.take();
+    net.input(T0 + 1_001, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()).len(), 2);
+}
+
+const NEW: &str = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq";
+const SICK: &str = "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4";
+
+/// What node 1 (the deployer) placed and released, as (target seed, image, what).
+fn deployer_moves(done: &[(NodeId, Effect)]) -> Vec<(u64, String, &'static str)> {
+    let seed = |n: &NodeId| (2..=5).find(|s| Net::id(*s) == *n).unwrap_or(0);
+    done.iter()
+        .filter(|(n, _)| *n == Net::id(1))
+        .filter_map(|(_, e)| match e {
+            Effect::Place { target, image, .. } => Some((seed(target), image.clone(), "place")),
+            Effect::Release { target, image, .. } => Some((seed(target), image.clone(), "release")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_upgrade_goes_in_waves_over_the_network_and_a_sick_one_rolls_back() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    net.take();
+    let local = |phase, reason: Option<&str>| Input::LocalPhase {
+        deployment: id,
+        image: None,
+        phase,
+        reason: reason.map(str::to_string),
+    };
+    for seed in 2..=4 {
+        net.input(T0 + 20, seed, local(TargetPhase::Healthy, None))
+            .unwrap();
+    }
+    let config = UpgradeConfig {
+        max_unavailable: 1,
+        health_timeout_ms: 60_000,
+    };
+    let upgrade = |image: &str| Input::Upgrade {
+        deployment: id,
+        image: image.into(),
+        config,
+    };
+    // The image it already runs: refused with a reason.
+    assert!(matches!(
+        net.input(T0 + 25, 1, upgrade(IMAGE)),
+        Err(FleetError::NotUpgradable { .. })
+    ));
+
+    // Healthy upgrade, one target at a time: start the new image beside the old one, release
+    // the old one once the new one reports healthy (its report names the new image).
+    net.input(T0 + 30, 1, upgrade(NEW)).unwrap();
+    let done = net.take();
+    let first = deployer_moves(&done);
+    assert_eq!(first.len(), 1, "one wave of one: {first:?}");
+    assert_eq!((first[0].1.as_str(), first[0].2), (NEW, "place"));
+    // Every target heard the new record (push) and fetches the new image.
+    assert_eq!(
+        done.iter()
+            .filter(|(_, e)| matches!(e, Effect::Prefetch { image, .. } if image == NEW))
+            .count(),
+        3
+    );
+    assert!(matches!(
+        net.input(T0 + 31, 1, upgrade(SICK)),
+        Err(FleetError::UpgradeUnderWay { .. })
+    ));
+    let mut upgraded = Vec::new();
+    let mut now = T0 + 40;
+    let mut wave = first[0].0;
+    for _ in 0..3 {
+        // Still starting: the plan does not touch the other targets meanwhile.
+        net.input(now, 1, Input::Tick).unwrap();
+        assert!(deployer_moves(&net.take()).is_empty());
+        net.input(now + 1, wave, local(TargetPhase::Healthy, None))
+            .unwrap();
+        net.input(now + 2, 1, Input::Tick).unwrap();
+        let moves = deployer_moves(&net.take());
+        assert!(
+            moves.contains(&(wave, IMAGE.to_string(), "release")),
+            "old released once the new is healthy: {moves:?}"
+        );
+        upgraded.push(wave);
+        if let Some(next) = moves.iter().find(|m| m.2 == "place") {
+            assert_eq!(next.1, NEW);
+            assert!(!upgraded.contains(&next.0));
+            wave = next.0;
+        }
+        now += 10;
+    }
+    upgraded.sort();
+    assert_eq!(upgraded, vec![2, 3, 4]);
+    let view = net.deployer().status(&id).unwrap();
+    let up = view.upgrade.clone().unwrap();
+    assert_eq!(up.state, "succeeded");
+    assert!(up.is_final());
+    assert_eq!(
+        (view.image.as_str(), view.previous_image.as_deref()),
+        (NEW, Some(IMAGE))
+    );
+    assert!(
+        view.targets.iter().all(|t| t.phase == "healthy"),
+        "{view:?}"
+    );
+    // The plan is back and has nothing to do.
+    net.input(now, 1, Input::Tick).unwrap();
+    assert!(deployer_moves(&net.take()).is_empty());
+
+    // A sick image: the first new instance reports unhealthy; it is released, no other target
+    // is touched, and the record names the running image again.
+    net.input(now + 10, 1, upgrade(SICK)).unwrap();
+    let moves = deployer_moves(&net.take());
+    assert_eq!(moves.len(), 1);
+    let (sick_on, ..) = moves[0].clone();
+    net.input(
+        now + 11,
+        sick_on,
+        local(
+            TargetPhase::Unhealthy,
+            Some("the guest's health export returned 1"),
+        ),
+    )
+    .unwrap();
+    net.input(now + 12, 1, Input::Tick).unwrap();
+    let done = net.take();
+    assert_eq!(
+        deployer_moves(&done),
+        vec![(sick_on, SICK.to_string(), "release")]
+    );
+    let view = net.deployer().status(&id).unwrap();
+    let up = view.upgrade.clone().unwrap();
+    assert_eq!(up.state, "rolled-back");
+    assert!(
+        up.reason.as_deref().unwrap_or("").contains("returned 1"),
+        "{up:?}"
+    );
+    let line = up
+        .targets
+        .iter()
+        .find(|t| t.node == Net::id(sick_on))
+        .unwrap();
+    assert_eq!(line.step, "reverted");
+    assert_eq!(
+        line.new.as_deref(),
+        Some("released (was unhealthy: the guest's health export returned 1)")
+    );
+    assert_eq!(
+        (view.image.as_str(), view.previous_image.as_deref()),
+        (NEW, Some(SICK))
+    );
+    // Targets heard the record that names NEW again.
+    for seed in 2..=4 {
+        let node = net.nodes.get(&Net::id(seed)).unwrap();
+        assert_eq!(node.store().get(&id).unwrap().body.image, NEW);
+    }
+    assert!(
+        view.targets.iter().all(|t| t.phase == "healthy"),
+        "{view:?}"
+    );
+    net.input(now + 20, 1, Input::Tick).unwrap();
+    assert!(deployer_moves(&net.take()).is_empty());
+}
+
+#[test]
+fn a_rollback_restarts_the_old_image_where_it_was_replaced_before_stopping_the_new() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    net.take();
+    let local = |phase| Input::LocalPhase {
+        deployment: id,
+        image: None,
+        phase,
+        reason: None,
+    };
+    for seed in 2..=4 {
+        net.input(T0 + 20, seed, local(TargetPhase::Healthy))
+            .unwrap();
+    }
+    let config = UpgradeConfig {
+        max_unavailable: 1,
+        health_timeout_ms: 60_000,
+    };
+    net.input(
+        T0 + 30,
+        1,
+        Input::Upgrade {
+            deployment: id,
+            image: NEW.into(),
+            config,
+        },
+    )
+    .unwrap();
+    let first = deployer_moves(&net.take())[0].0;
+    net.input(T0 + 31, first, local(TargetPhase::Healthy))
+        .unwrap();
+    net.input(T0 + 32, 1, Input::Tick).unwrap();
+    let second = deployer_moves(&net.take())
+        .into_iter()
+        .find(|m| m.2 == "place")
+        .unwrap()
+        .0;
+    // The second target's new instance fails (its contract ended, from the ledger).
+    net.input(
+        T0 + 33,
+        1,
+        Input::TargetProgress {
+            deployment: id,
+            target: Net::id(second),
+            image: NEW.into(),
+            phase: TargetPhase::Failed,
+            reason: Some("contract ended".into()),
+        },
+    )
+    .unwrap();
+    net.input(T0 + 34, 1, Input::Tick).unwrap();
+    let moves = deployer_moves(&net.take());
+    // The first (already upgraded) target gets the old image again; the second's new instance
+    // goes; nobody releases the first's new instance yet.
+    assert!(
+        moves.contains(&(first, IMAGE.to_string(), "place")),
+        "{moves:?}"
+    );
+    assert!(
+        moves.contains(&(second, NEW.to_string(), "release")),
+        "{moves:?}"
+    );
+    assert!(
+        !moves.contains(&(first, NEW.to_string(), "release")),
+        "{moves:?}"
+    );
+    let view = net.deployer().status(&id).unwrap();
+    assert_eq!(view.upgrade.as_ref().unwrap().state, "rolling-back");
+    assert_eq!(view.image, IMAGE, "the record names the old image again");
+    // The old image's instance on the first target reports healthy (its report names it):
+    // only then is the new one released.
+    net.input(T0 + 40, first, local(TargetPhase::Healthy))
+        .unwrap();
+    net.input(T0 + 41, 1, Input::Tick).unwrap();
+    assert_eq!(
+        deployer_moves(&net.take()),
+        vec![(first, NEW.to_string(), "release")]
+    );
+    let view = net.deployer().status(&id).unwrap();
+    let up = view.upgrade.unwrap();
+    assert_eq!(up.state, "rolled-back");
+    assert!(up.reason.unwrap().contains("contract ended"));
+}
+
+/// The deployer (node 1) restarts: a fresh machine with the same key takes back what the old
+/// one saved, with the contracts the ledger still shows open.
+fn restart_deployer(net: &mut Net, now: Timestamp, live: &[LiveContract]) -> RestoreReport {
+    let saved = net.deployer().saved();
+    let mut fresh = FleetState::new(signer(1), FleetConfig::default());
+    fresh
+        .handle(now, Input::SelfFacts(facts(1, "a", now)))
+        .unwrap();
+    let (report, effects) = fresh.restore(now, saved, live);
+    assert!(
+        effects
+            .iter()
+            .all(|e| matches!(e, Effect::Broadcast(FleetMessage::Announce(_)))),
+        "a restore only announces: {effects:?}"
+    );
+    net.nodes.insert(Net::id(1), fresh);
+    report
+}
+
+fn live(seed: u64, image: &str, phase: TargetPhase) -> LiveContract {
+    LiveContract {
+        target: Net::id(seed),
+        image: image.into(),
+        phase,
+    }
+}
+
+#[test]
+fn a_restarted_deployer_keeps_its_deployments_and_places_no_second_replica() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()).len(), 3);
+    targets_healthy(&mut net, id, T0 + 20);
+    let before = net.deployer().status(&id).unwrap();
+    // Node 2's and 3's contracts are open; node 4's ended while the deployer was down.
+    let report = restart_deployer(
+        &mut net,
+        T0 + 100,
+        &[
+            live(2, IMAGE, TargetPhase::Running),
+            live(3, IMAGE, TargetPhase::Running),
+        ],
+    );
+    assert_eq!((report.kept, report.targets, report.gone), (1, 2, 1));
+    let after = net.deployer().status(&id).unwrap();
+    assert_eq!(after.version, before.version);
+    let phases: Vec<(NodeId, String)> = after
+        .targets
+        .iter()
+        .map(|t| (t.node, t.phase.clone()))
+        .collect();
+    let mut want: Vec<(NodeId, String)> = vec![
+        (Net::id(2), "healthy".into()),
+        (Net::id(3), "healthy".into()),
+    ];
+    want.sort();
+    assert_eq!(
+        phases, want,
+        "saved phases kept where a contract is open; node 4's target forgotten"
+    );
+    // The first tick places only the target whose contract ended, never a second replica.
+    net.input(T0 + 110, 1, Input::Tick).unwrap();
+    assert_eq!(placed(&net.take()), vec![Net::id(4)]);
+    // Delete still releases every target.
+    net.input(T0 + 120, 1, Input::Delete(id)).unwrap();
+    let released = net
+        .take()
+        .iter()
+        .filter(|(n, e)| *n == Net::id(1) && matches!(e, Effect::Release { .. }))
+        .count();
+    assert_eq!(released, 3);
+}
+
+#[test]
+fn a_restore_adopts_open_contracts_and_waits_for_unknown_targets() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Push, Replicas::Count(2))),
+    )
+    .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    // Saved before any tick: no target yet, no provider facts. The ledger shows a contract of
+    // the image on node 3 (an auction that ended in a contract as the deployer went down) and
+    // one of another image on node 2 (not this deployment's).
+    let report = restart_deployer(
+        &mut net,
+        T0 + 100,
+        &[
+            live(3, IMAGE, TargetPhase::Fetching),
+            live(2, "bafkreiotherimage", TargetPhase::Running),
+        ],
+    );
+    assert_eq!((report.kept, report.adopted), (1, 1));
+    let view = net.deployer().status(&id).unwrap();
+    assert_eq!(view.targets.len(), 1);
+    assert_eq!(view.targets[0].node, Net::id(3));
+    // Node 3's facts are unknown: the plan waits rather than releasing it as unknown.
+    net.input(T0 + 110, 1, Input::Tick).unwrap();
+    assert!(
+        deployer_moves(&net.take()).is_empty(),
+        "nothing placed or released within the grace"
+    );
+    // Once it (and the others) offer themselves, the plan tops up to two without touching it.
+    for seed in 2..=4 {
+        net.input(T0 + 120, 1, Input::Provider(facts(seed, "a", T0 + 120)))
+            .unwrap();
+    }
+    net.input(T0 + 130, 1, Input::Tick).unwrap();
+    let moves = deployer_moves(&net.take());
+    assert_eq!(moves.len(), 1, "{moves:?}");
+    assert_eq!(moves[0].2, "place");
+    assert_eq!(net.deployer().status(&id).unwrap().targets.len(), 2);
+}
+
+#[test]
+fn an_upgrade_under_way_resumes_after_a_restart() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    targets_healthy(&mut net, id, T0 + 20);
+    net.take();
+    let config = UpgradeConfig {
+        max_unavailable: 1,
+        health_timeout_ms: 60_000,
+    };
+    net.input(
+        T0 + 30,
+        1,
+        Input::Upgrade {
+            deployment: id,
+            image: NEW.into(),
+            config,
+        },
+    )
+    .unwrap();
+    let first = deployer_moves(&net.take());
+    assert_eq!(first.len(), 1);
+    let wave = first[0].0;
+    let mut contracts: Vec<LiveContract> = (2..=4)
+        .map(|s| live(s, IMAGE, TargetPhase::Running))
+        .collect();
+    contracts.push(live(wave, NEW, TargetPhase::Running));
+    let report = restart_deployer(&mut net, T0 + 40, &contracts);
+    assert_eq!(report.upgrades_resumed, 1);
+    let view = net.deployer().status(&id).unwrap();
+    assert_eq!(view.upgrade.as_ref().unwrap().state, "in-progress");
+    // The new instance of the first wave reports healthy: the restored machine releases the
+    // old one there and starts the next wave, as it would have without the restart.
+    net.input(
+        T0 + 50,
+        wave,
+        Input::LocalPhase {
+            deployment: id,
+            image: Some(NEW.into()),
+            phase: TargetPhase::Healthy,
+            reason: None,
+        },
+    )
+    .unwrap();
+    net.input(T0 + 60, 1, Input::Tick).unwrap();
+    let moves = deployer_moves(&net.take());
+    assert!(
+        moves.contains(&(wave, IMAGE.to_string(), "release")),
+        "{moves:?}"
+    );
+    assert_eq!(
+        moves
+            .iter()
+            .filter(|(s, img, m)| *s != wave && img == NEW && *m == "place")
+            .count(),
+        1,
+        "the next wave: {moves:?}"
+    );
+}
+
+/// A target's report that its replica of `id` (the record's image) is healthy.
+fn healthy_report(id: DeploymentId) -> Input {
+    Input::LocalPhase {
+        deployment: id,
+        image: None,
+        phase: TargetPhase::Healthy,
+        reason: None,
+    }
+}
+
+/// Nodes 2, 3 and 4 (the three targets of a push to every provider) report their replicas of
+/// `id` healthy at `at`.
+fn targets_healthy(net: &mut Net, id: DeploymentId, at: Timestamp) {
+    for seed in 2..=4 {
+        net.input(at, seed, healthy_report(id)).unwrap();
+    }
+}
+
+/// The deployer's view of `seed`'s restart count for `id`.
+fn restarts_shown(net: &Net, id: &DeploymentId, seed: u64) -> Option<u32> {
+    net.deployer()
+        .status(id)
+        .unwrap()
+        .targets
+        .iter()
+        .find(|t| t.node == Net::id(seed))
+        .map(|t| t.restarts)
+}
+
+#[test]
+fn targets_report_restarts_once_per_change_and_only_for_themselves() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    targets_healthy(&mut net, id, T0 + 20);
+    let healthy = healthy_report(id);
+    assert_eq!(restarts_shown(&net, &id, 2), Some(0));
+    // Node 2's runtime restarted its replica twice; the phase is the same, the count is news.
+    let reports = |net: &mut Net, seed: u64, now: Timestamp, input: Input| {
+        let out = net
+            .nodes
+            .get_mut(&Net::id(seed))
+            .unwrap()
+            .handle(now, input)
+            .unwrap();
+        for e in &out {
+            if let Effect::Send { to, msg } = e {
+                net.nodes
+                    .get_mut(to)
+                    .unwrap()
+                    .handle(
+                        now,
+                        Input::Remote {
+                            from: Net::id(seed),
+                            gossip: false,
+                            msg: msg.clone(),
+                        },
+                    )
+                    .unwrap();
+            }
+        }
+        out.iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Send {
+                        msg: FleetMessage::Report { .. },
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let restarted = Input::LocalRestarts {
+        deployment: id,
+        restarts: 2,
+        last_failure: Some("trap: wasm `unreachable` instruction executed".into()),
+    };
+    assert_eq!(reports(&mut net, 2, T0 + 30, restarted.clone()), 0);
+    assert_eq!(reports(&mut net, 2, T0 + 30, healthy.clone()), 1);
+    assert_eq!(restarts_shown(&net, &id, 2), Some(2));
+    assert_eq!(restarts_shown(&net, &id, 3), Some(0));
+    // Once per change: the same count and phase again send nothing.
+    assert_eq!(reports(&mut net, 2, T0 + 40, restarted), 0);
+    assert_eq!(reports(&mut net, 2, T0 + 40, healthy), 0);
+    // A peer that is not a target cannot set a count, for itself or anyone.
+    let stray = FleetMessage::Report {
+        deployment: id,
+        version: 1,
+        phase: TargetPhase::Healthy,
+        reason: None,
+        image: None,
+        restarts: Some(99),
+        last_failure: Some("forged".into()),
+    };
+    net.nodes
+        .get_mut(&Net::id(1))
+        .unwrap()
+        .handle(
+            T0 + 50,
+            Input::Remote {
+                from: Net::id(5),
+                gossip: false,
+                msg: stray,
+            },
+        )
+        .unwrap();
+    assert_eq!(restarts_shown(&net, &id, 5), None);
+    assert_eq!(restarts_shown(&net, &id, 2), Some(2));
+    let two = net
+        .deployer()
+        .status(&id)
+        .unwrap()
+        .targets
+        .into_iter()
+        .find(|t| t.node == Net::id(2))
+        .unwrap();
+    assert_eq!(
+        two.last_failure.as_deref(),
+        Some("trap: wasm `unreachable` instruction executed"),
+        "the reason comes with the count, from the target only"
+    );
+    assert_eq!(net.deployer().counters().stray_reports, 1);
+}
+
+/// A target reports its restart count only when it changes, so the deployer saves the counts
+/// with the deployment: after its own restart it still shows them, and a saved count for a
+/// node that is no longer a target is not restored.
+#[test]
+fn restart_counts_survive_a_deployer_restart() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    targets_healthy(&mut net, id, T0 + 20);
+    net.deployer_mut().take_dirty();
+    for (seed, restarts) in [(2, 3), (4, 1)] {
+        let restarted = Input::LocalRestarts {
+            deployment: id,
+            restarts,
+            last_failure: Some(format!("exited with {restarts}")),
+        };
+        net.input(T0 + 30, seed, restarted).unwrap();
+        net.input(T0 + 31, seed, healthy_report(id)).unwrap();
+    }
+    assert_eq!(restarts_shown(&net, &id, 2), Some(3));
+    assert!(
+        net.deployer_mut().take_dirty(),
+        "a new count is saved state"
+    );
+    // Node 4's contract ended while the deployer was down.
+    let report = restart_deployer(
+        &mut net,
+        T0 + 100,
+        &[
+            live(2, IMAGE, TargetPhase::Running),
+            live(3, IMAGE, TargetPhase::Running),
+        ],
+    );
+    assert_eq!(report.bad_entries, 0);
+    assert_eq!(restarts_shown(&net, &id, 2), Some(3));
+    assert_eq!(restarts_shown(&net, &id, 3), Some(0));
+    assert_eq!(restarts_shown(&net, &id, 4), None);
+    let saved = net.deployer().saved();
+    assert_eq!(saved.deployments[0].restarts, vec![(Net::id(2), 3)]);
+    // The reason of the last restart travels and survives with the count.
+    let shown = net.deployer().status(&id).unwrap();
+    let two = shown.targets.iter().find(|t| t.node == Net::id(2)).unwrap();
+    assert_eq!(two.last_failure.as_deref(), Some("exited with 3"));
+    assert_eq!(
+        saved.deployments[0].failures,
+        vec![(Net::id(2), "exited with 3".to_string())]
+    );
+}
+
+#[test]
+fn only_a_change_of_what_is_saved_marks_the_state_dirty() {
+    let mut net = Net::new(FleetConfig::default());
+    let dirty = |net: &mut Net| net.nodes.get_mut(&Net::id(1)).unwrap().take_dirty();
+    let saved = |net: &Net| net.deployer().saved();
+    // Every step below: if the saved state changed, it is marked dirty.
+    let mut last = saved(&net);
+    let mut step = |net: &mut Net, what: &str| -> bool {
+        let now = saved(net);
+        let d = dirty(net);
+        assert!(
+            d || now == last,
+            "{what}: the saved state changed but is not dirty"
+        );
+        last = now;
+        d
+    };
+    step(&mut net, "providers known, nothing deployed");
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    assert!(step(&mut net, "create"), "a create is a change");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    assert!(
+        step(&mut net, "first tick places"),
+        "placements are a change"
+    );
+    let id = deployment_id(&Net::id(1), "gw");
+    targets_healthy(&mut net, id, T0 + 20);
+    assert!(
+        step(&mut net, "reports"),
+        "a target's new phase is a change"
+    );
+    // Quiet ticks (targets offering themselves again, nothing new): not dirty.
+    for k in 0..5 {
+        net.tick_all(T0 + 1_000 + k * 1_000);
+        assert!(!step(&mut net, "quiet tick"), "tick {k} changed nothing");
+    }
+    // The same report again, a candidate refresh with the same facts: not dirty.
+    net.input(
+        T0 + 20_000,
+        1,
+        Input::Remote {
+            from: Net::id(2),
+            gossip: false,
+            msg: FleetMessage::Candidate {
+                deployment: id,
+                facts: facts(2, "a", T0).candidate(),
+            },
+        },
+    )
+    .unwrap();
+    assert!(!step(&mut net, "same facts again"));
+    // A target's phase changes: dirty.
+    net.input(
+        T0 + 21_000,
+        3,
+        Input::LocalPhase {
+            deployment: id,
+            image: None,
+            phase: TargetPhase::Unhealthy,
+            reason: Some("the guest's health export returned 1".into()),
+        },
+    )
+    .unwrap();
+    assert!(step(&mut net, "unhealthy"));
+    // Re-signing before expiry: dirty.
+    let expires = net.deployer().own(&id).unwrap().record.body.expires_at;
+    net.input(
+        expires - FleetConfig::default().resign_before_ms,
+        1,
+        Input::Tick,
+    )
+    .unwrap();
+    assert!(step(&mut net, "re-signed"));
+    net.input(expires, 1, Input::Delete(id)).unwrap();
+    assert!(step(&mut net, "delete"));
+}
+
+/// Flood record `n` from one of 100 throwaway keys (seeds 1000..1100): selects site=a, valid
+/// for 23 hours, signed at `now`.
+fn flood_record(n: u64, now: Timestamp) -> Deployment {
+    DeploymentSpec {
+        name: format!("flood-{n}"),
+        valid_for_ms: 23 * 3_600_000,
+        ..spec(Strategy::Push, Replicas::All)
+    }
+    .sign(&signer(1_000 + n % 100), now, 1, n)
+    .unwrap()
+}
+
+/// Node 2 as a target (`site=a`), with the balances of deployer 1 and of the flood's 100 keys
+/// fed (1,000 each: funded).
+fn flooded_target() -> FleetState<KeySigner> {
+    let mut p2 = FleetState::new(signer(2), FleetConfig::default());
+    p2.handle(T0, Input::SelfFacts(facts(2, "a", T0))).unwrap();
+    for seed in std::iter::once(1).chain(1_000..1_100) {
+        p2.handle(
+            T0,
+            Input::DeployerBalance {
+                deployer: signer(seed).node_id(),
+                balance: 1_000,
+            },
+        )
+        .unwrap();
+    }
+    p2
+}
+
+/// The node tells `p2` its replica of `id` (version 1, deployer 1) runs healthy under its
+/// contract: `p2` reports that to the deployer.
+fn reports_healthy(p2: &mut FleetState<KeySigner>, now: Timestamp, id: DeploymentId) {
+    let out = p2
+        .handle(
+            now,
+            Input::LocalPhase {
+                deployment: id,
+                image: Some(IMAGE.into()),
+                phase: TargetPhase::Healthy,
+                reason: None,
+            },
+        )
+        .unwrap();
+    assert!(
+        out.iter().any(|e| matches!(e,
+            Effect::Send {
+                to,
+                msg: FleetMessage::Report { deployment, version: 1, phase: TargetPhase::Healthy, .. },
+            } if *to == Net::id(1) && *deployment == id)),
+        "{out:?}"
+    );
+}
+
+/// The node tells `p2` its replica of `id` has no contract any more: the record is unpinned.
+fn contract_ends(p2: &mut FleetState<KeySigner>, now: Timestamp, id: DeploymentId) {
+    p2.handle(
+        now,
+        Input::LocalPhase {
+            deployment: id,
+            image: None,
+            phase: TargetPhase::Failed,
+            reason: Some("contract ended".into()),
+        },
+    )
+    .unwrap();
+    assert!(!p2.store().is_pinned(&id));
+}
+
+/// A target that runs a replica under a contract keeps its record, its replica and its reports
+/// through a flood of validly signed records from throwaway deployers that all select it; a
+/// record no contract backs yet is evictable (THREATS N8).
+#[test]
+fn a_flood_of_strangers_records_never_evicts_a_replica_a_contract_backs() {
+    // The flood's keys are funded (the adversary paid for them): what protects the honest
+    // replica here is the pin (an unfunded flood: the next test).
+    let mut p2 = flooded_target();
+    let announce = |record: Deployment| Input::Remote {
+        from: Net::id(7),
+        gossip: true,
+        msg: FleetMessage::Announce(Box::new(record)),
+    };
+    let honest = spec(Strategy::Push, Replicas::Count(1))
+        .sign(&signer(1), T0, 1, 1)
+        .unwrap();
+    let id = honest.body.id();
+    let unbacked = DeploymentSpec {
+        name: "unbacked".into(),
+        ..spec(Strategy::Push, Replicas::Count(1))
+    }
+    .sign(&signer(1), T0, 1, 2)
+    .unwrap();
+    let unbacked_id = unbacked.body.id();
+    p2.handle(T0, announce(honest)).unwrap();
+    p2.handle(T0, announce(unbacked)).unwrap();
+    assert_eq!(p2.local_replicas().count(), 2);
+    // The contract's image runs here: the node names it, and the record is pinned.
+    p2.handle(
+        T0 + 1,
+        Input::LocalPhase {
+            deployment: id,
+            image: Some(IMAGE.into()),
+            phase: TargetPhase::Running,
+            reason: None,
+        },
+    )
+    .unwrap();
+    assert!(p2.store().is_pinned(&id) && !p2.store().is_pinned(&unbacked_id));
+
+    // 600 records from 100 funded throwaway keys, all selecting site=a and valid for 23 hours
+    // (the honest one expires in 10 minutes: the soonest).
+    let mut now = T0 + 2;
+    for n in 0..600u64 {
+        p2.handle(now, announce(flood_record(n, now))).unwrap();
+        if n % 50 == 0 {
+            p2.handle(now, Input::Tick).unwrap();
+        }
+        assert!(
+            p2.local_replicas().count() <= p2.store().len(),
+            "a replica outlived its record"
+        );
+        now += 10;
+    }
+    p2.handle(now, Input::Tick).unwrap();
+    let limits = FleetConfig::default().store;
+    assert_eq!(
+        p2.store().len(),
+        limits.max_records,
+        "the store stays bounded"
+    );
+    assert!(
+        p2.store().counters().evicted >= 300,
+        "{:?}",
+        p2.store().counters()
+    );
+    assert!(
+        p2.store().get(&id).is_some(),
+        "the backed record was evicted"
+    );
+    assert!(p2.store().is_pinned(&id));
+    assert!(
+        p2.local_replicas().any(|(d, _)| *d == id),
+        "the backed replica was dropped"
+    );
+    assert!(
+        p2.store().get(&unbacked_id).is_none(),
+        "the unbacked record expires soonest: a flood evicts it (its deployer sends it again: \
+         a_record_evicted_before_its_contract_comes_back_pinned)"
+    );
+    assert!(!p2.local_replicas().any(|(d, _)| *d == unbacked_id));
+    // The backed replica still reports to its deployer.
+    reports_healthy(&mut p2, now, id);
+    // Its contract ended: no longer pinned, evictable again.
+    contract_ends(&mut p2, now, id);
+}
+
+/// An unfunded flood (throwaway keys with no balance on the ledger) evicts nothing: not even a
+/// record no contract backs yet; the store fills and refuses the rest.
+#[test]
+fn records_of_unfunded_deployers_never_evict() {
+    let mut p2 = FleetState::new(signer(2), FleetConfig::default());
+    p2.handle(T0, Input::SelfFacts(facts(2, "a", T0))).unwrap();
+    p2.handle(
+        T0,
+        Input::DeployerBalance {
+            deployer: signer(1).node_id(),
+            balance: 100,
+        },
+    )
+    .unwrap();
+    let announce = |record: Deployment| Input::Remote {
+        from: Net::id(7),
+        gossip: true,
+        msg: FleetMessage::Announce(Box::new(record)),
+    };
+    let mut now = T0;
+    for n in 0..400u64 {
+        p2.handle(now, announce(flood_record(n, now))).unwrap();
+        now += 10;
+    }
+    let c = p2.store().counters();
+    assert_eq!((p2.store().len(), c.evicted), (256, 0), "{c:?}");
+    assert_eq!(c.refused, 144);
+    // A new deployment of a funded deployer (balance 100 >= max(100, 50 x 1)) still gets in,
+    // evicting one of the flood's, and stays through more of it.
+    let honest = spec(Strategy::Push, Replicas::Count(1))
+        .sign(&signer(1), now, 1, 1)
+        .unwrap();
+    let id = honest.body.id();
+    p2.handle(now, announce(honest)).unwrap();
+    assert!(p2.store().get(&id).is_some());
+    assert!(p2.local_replicas().any(|(d, _)| *d == id));
+    for n in 400..800u64 {
+        p2.handle(now, announce(flood_record(n, now))).unwrap();
+        now += 10;
+    }
+    p2.handle(now, Input::Tick).unwrap();
+    assert!(
+        p2.store().get(&id).is_some(),
+        "an unfunded record evicted it"
+    );
+    assert!(p2.local_replicas().any(|(d, _)| *d == id));
+    assert_eq!(p2.store().counters().evicted, 1);
+    // Below the price of what it asks for, a deployer is not funded.
+    let greedy = DeploymentSpec {
+        name: "greedy".into(),
+        replicas: Replicas::Count(3),
+        ..spec(Strategy::Push, Replicas::Count(3))
+    }
+    .sign(&signer(1), now, 1, 2)
+    .unwrap();
+    let greedy_id = greedy.body.id();
+    p2.handle(now, announce(greedy)).unwrap();
+    assert!(
+        p2.store().get(&greedy_id).is_none(),
+        "150 > balance 100: may not evict"
+    );
+}
+
+/// The direct sends of one deployer's record to `target` among `out`.
+fn direct_to(out: &[Effect], target: NodeId, version: u64) -> usize {
+    out.iter()
+        .filter(|e| {
+            matches!(e,
+            Effect::Send { to, msg: FleetMessage::Announce(r) }
+                if *to == target && r.body.version == version)
+        })
+        .count()
+}
+
+/// A deployer sends its record directly to a target that has not said it acts on the current
+/// version ten seconds after it was chosen or the version was signed, and again every ten
+/// seconds, until the target's report says it does (THREATS N8: the record a flood evicted
+/// before the contract comes back).
+#[test]
+fn the_deployer_sends_its_record_again_to_a_target_behind() {
+    let every = FleetConfig::default().candidate_refresh_ms;
+    let mut d = FleetState::new(signer(1), FleetConfig::default());
+    d.handle(T0, Input::Provider(facts(2, "a", T0))).unwrap();
+    d.handle(T0, Input::Create(spec(Strategy::Push, Replicas::Count(1))))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    let version = d.own(&id).unwrap().record.body.version;
+    let target = Net::id(2);
+    // The target stays online (it offers itself every few seconds).
+    let tick = |d: &mut FleetState<KeySigner>, now: Timestamp| {
+        d.handle(now, Input::Provider(facts(2, "a", now))).unwrap();
+        d.handle(now, Input::Tick).unwrap()
+    };
+    let out = tick(&mut d, T0 + 10);
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Effect::Place { target: t, .. } if *t == target))
+    );
+    assert_eq!(direct_to(&out, target, version), 0, "gossip gets its time");
+    let out = tick(&mut d, T0 + 10 + every / 2);
+    assert_eq!(direct_to(&out, target, version), 0);
+    let out = tick(&mut d, T0 + 10 + every);
+    assert_eq!(direct_to(&out, target, version), 1, "still behind: sent");
+    let out = tick(&mut d, T0 + 10 + every + 1);
+    assert_eq!(direct_to(&out, target, version), 0, "not twice at once");
+    let out = tick(&mut d, T0 + 10 + 2 * every);
+    assert_eq!(direct_to(&out, target, version), 1, "and again");
+    // The target reports it acts on an older version (a stranger cannot report for it: the
+    // report counts only from the target): still behind.
+    let report = |version: u64, phase: TargetPhase| Input::Remote {
+        from: target,
+        gossip: false,
+        msg: FleetMessage::Report {
+            deployment: id,
+            version,
+            phase,
+            reason: None,
+            image: Some(IMAGE.into()),
+            restarts: None,
+            last_failure: None,
+        },
+    };
+    d.handle(
+        T0 + 20 + 2 * every,
+        report(version - 1, TargetPhase::Staged),
+    )
+    .unwrap();
+    let out = tick(&mut d, T0 + 10 + 3 * every);
+    assert_eq!(direct_to(&out, target, version), 1);
+    // Fetching the current version: its record may be unpinned there (no live contract yet),
+    // and a flood may evict it before the contract is: still sent (found by attack_fleet, an
+    // upgrade's record evicted right after the target's "fetching" report).
+    d.handle(T0 + 20 + 3 * every, report(version, TargetPhase::Fetching))
+        .unwrap();
+    let out = tick(&mut d, T0 + 10 + 4 * every);
+    assert_eq!(direct_to(&out, target, version), 1, "fetching: sent");
+    d.handle(T0 + 20 + 4 * every, report(version, TargetPhase::Staged))
+        .unwrap();
+    for k in 5..11 {
+        let out = tick(&mut d, T0 + 10 + k * every);
+        assert_eq!(direct_to(&out, target, version), 0, "acts on it: no more");
+    }
+    // Re-signed: gossiped at once, sent directly only if the target is still behind later.
+    let expires = d.own(&id).unwrap().record.body.expires_at;
+    let at = expires - FleetConfig::default().resign_before_ms;
+    let out = tick(&mut d, at);
+    let next = d.own(&id).unwrap().record.body.version;
+    assert!(next > version);
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Effect::Broadcast(FleetMessage::Announce(_))))
+    );
+    assert_eq!(direct_to(&out, target, next), 0);
+    let out = tick(&mut d, at + every);
+    assert_eq!(direct_to(&out, target, next), 1);
+}
+
+/// A record a flood of funded strangers' records evicted before its contract (it expires
+/// soonest) comes back when its deployer sends it again once the contract is live, and is then
+/// pinned on arrival: the flood no longer evicts it, and the replica reports (THREATS N8).
+#[test]
+fn a_record_evicted_before_its_contract_comes_back_pinned() {
+    let mut p2 = flooded_target();
+    let from = |n: u64, gossip: bool, record: Deployment| Input::Remote {
+        from: Net::id(n),
+        gossip,
+        msg: FleetMessage::Announce(Box::new(record)),
+    };
+    let honest = spec(Strategy::Push, Replicas::Count(1))
+        .sign(&signer(1), T0, 1, 1)
+        .unwrap();
+    let id = honest.body.id();
+    p2.handle(T0, from(7, true, honest.clone())).unwrap();
+    let mut now = T0 + 1;
+    let flood = |p2: &mut FleetState<KeySigner>, now: &mut Timestamp, from_n: u64| {
+        for n in from_n..from_n + 300 {
+            p2.handle(*now, from(7, true, flood_record(n, *now)))
+                .unwrap();
+            *now += 10;
+        }
+    };
+    flood(&mut p2, &mut now, 0);
+    assert!(p2.store().get(&id).is_none(), "the flood evicts it first");
+    assert!(!p2.local_replicas().any(|(d, _)| *d == id));
+    // Its contract is on the ledger now; the deployer sends the record again.
+    p2.handle(now, Input::Backing(vec![(Net::id(1), IMAGE.into())]))
+        .unwrap();
+    // A stranger's copy (gossip, forwarded) of a record naming the same image but another
+    // deployer is not backed by that contract.
+    let other = DeploymentSpec {
+        name: "copycat".into(),
+        ..spec(Strategy::Push, Replicas::Count(1))
+    }
+    .sign(&signer(1_000), now, 1, 1)
+    .unwrap();
+    p2.handle(now, from(7, true, other.clone())).unwrap();
+    assert!(!p2.store().is_pinned(&other.body.id()));
+    p2.handle(now, from(1, false, honest)).unwrap();
+    assert!(p2.store().get(&id).is_some() && p2.store().is_pinned(&id));
+    assert!(p2.local_replicas().any(|(d, _)| *d == id));
+    flood(&mut p2, &mut now, 300);
+    p2.handle(now, Input::Tick).unwrap();
+    assert!(p2.store().get(&id).is_some(), "evicted again");
+    reports_healthy(&mut p2, now, id);
+    // Its contract ended: the next copy is not pinned.
+    p2.handle(now, Input::Backing(Vec::new())).unwrap();
+    contract_ends(&mut p2, now, id);
+}
+
+/// A target that acts on a new version reports it even when its phase did not change, so its
+/// deployer stops sending the record.
+#[test]
+fn a_target_reports_a_new_version_it_acts_on() {
+    let mut p2 = FleetState::new(signer(2), FleetConfig::default());
+    p2.handle(T0, Input::SelfFacts(facts(2, "a", T0))).unwrap();
+    let deliver = |version: u64, at: Timestamp| Input::Remote {
+        from: Net::id(1),
+        gossip: false,
+        msg: FleetMessage::Announce(Box::new(
+            spec(Strategy::Push, Replicas::Count(1))
+                .sign(&signer(1), at, version, version)
+                .unwrap(),
+        )),
+    };
+    p2.handle(
+        T0,
+        Input::DeployerBalance {
+            deployer: Net::id(1),
+            balance: 1_000,
+        },
+    )
+    .unwrap();
+    p2.handle(T0, deliver(1, T0)).unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    let healthy = Input::LocalPhase {
+        deployment: id,
+        image: Some(IMAGE.into()),
+        phase: TargetPhase::Healthy,
+        reason: None,
+    };
+    let reports = |out: &[Effect]| -> Vec<u64> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    msg: FleetMessage::Report { version, .. },
+                    ..
+                } => Some(*version),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(reports(&p2.handle(T0, healthy.clone()).unwrap()), vec![1]);
+    assert!(reports(&p2.handle(T0 + 1, healthy.clone()).unwrap()).is_empty());
+    p2.handle(T0 + 2, deliver(2, T0 + 2)).unwrap();
+    assert_eq!(
+        reports(&p2.handle(T0 + 3, healthy.clone()).unwrap()),
+        vec![2]
+    );
+    assert!(reports(&p2.handle(T0 + 4, healthy).unwrap()).is_empty());
+}

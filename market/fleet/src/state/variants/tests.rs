@@ -1,0 +1,430 @@
+//! Variants in the fleet machine: the deployer places each target's variant, rebalances after a
+//! join (release the old variant, place the new one), shows it, and refuses what it cannot do;
+//! a provider fetches early only when one variant fits it and reports its variant's image.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::super::*;
+use crate::record::{Replicas, Strategy, encode_deployment};
+use crate::selector::Selector;
+use crate::upgrade::UpgradeConfig;
+use crate::variant::Variant;
+use agora_market::identity::KeySigner;
+use agora_market::resources::Interface;
+use agora_market::test_utils::signer;
+
+const T0: Timestamp = 1_000_000;
+const A: &str = "bafkreiaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const B: &str = "bafkreibbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+fn facts(seed: u64, ble: bool, now: Timestamp) -> ProviderFacts {
+    let mut cap = Resources {
+        cpu_millis: 1000,
+        memory_bytes: 1 << 30,
+        ..Resources::default()
+    }
+    .with_interface(Interface::LoRa, 1);
+    if ble {
+        cap = cap.with_interface(Interface::Ble, 1);
+    }
+    ProviderFacts {
+        node: signer(seed).node_id(),
+        region: Some("eu".into()),
+        labels: BTreeMap::from([("site".to_string(), "a".to_string())]),
+        free: cap.clone(),
+        capacity: cap,
+        last_seen: now,
+    }
+}
+
+fn variants() -> Vec<Variant> {
+    vec![
+        Variant::parse(&format!("a={A}")).unwrap(),
+        Variant::parse(&format!("b={B}:iface=ble")).unwrap(),
+    ]
+}
+
+fn spec() -> DeploymentSpec {
+    DeploymentSpec {
+        name: "gw".into(),
+        image: A.into(),
+        selector: Selector::parse("site=a").unwrap(),
+        variants: variants(),
+        needs: Resources {
+            cpu_millis: 100,
+            ..Resources::default()
+        },
+        replicas: Replicas::All,
+        strategy: Strategy::Push,
+        max_price_per_replica: 50,
+        duration_ms: 3_600_000,
+        valid_for_ms: 600_000,
+    }
+}
+
+fn id(seed: u64) -> NodeId {
+    signer(seed).node_id()
+}
+
+/// Applies placements and releases to the set of live (target, image) contracts, in order,
+/// and checks no target ever holds two images of the deployment.
+fn apply(live: &mut BTreeSet<(NodeId, String)>, effects: &[Effect]) {
+    for e in effects {
+        match e {
+            Effect::Release { target, image, .. } => {
+                assert!(
+                    live.remove(&(*target, image.clone())),
+                    "released what was not placed"
+                );
+            }
+            Effect::Place { target, image, .. } => {
+                assert!(
+                    live.iter().all(|(t, _)| t != target),
+                    "a target would run two variants"
+                );
+                live.insert((*target, image.clone()));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn count(live: &BTreeSet<(NodeId, String)>, image: &str) -> usize {
+    live.iter().filter(|(_, i)| i == image).count()
+}
+
+#[test]
+fn variants_are_placed_balanced_and_rebalanced_after_a_join_one_per_target() {
+    let mut d = FleetState::new(signer(1), FleetConfig::default());
+    // Providers 2, 3, 4 have BLE, 5 has not: 2/2, b only on BLE.
+    for (seed, ble) in [(2, true), (3, true), (4, true), (5, false)] {
+        d.handle(T0, Input::Provider(facts(seed, ble, T0))).unwrap();
+    }
+    d.handle(T0, Input::Create(spec())).unwrap();
+    let dep = deployment_id(&id(1), "gw");
+    let mut live = BTreeSet::new();
+    let out = d.handle(T0 + 1, Input::Tick).unwrap();
+    apply(&mut live, &out);
+    assert_eq!((count(&live, A), count(&live, B)), (2, 2));
+    assert!(live.contains(&(id(5), A.to_string())), "no BLE: a");
+    let view = d.status(&dep).unwrap();
+    assert_eq!(
+        view.variant_counts,
+        BTreeMap::from([("a".into(), 2), ("b".into(), 2)])
+    );
+    assert_eq!(view.variants.len(), 2);
+    for t in &view.targets {
+        let image = if t.variant.as_deref() == Some("b") {
+            B
+        } else {
+            A
+        };
+        assert!(live.contains(&(t.node, image.to_string())));
+    }
+    // Progress counts only for the target's own variant's image.
+    let (b_target, _) = live.iter().find(|(_, i)| i == B).cloned().unwrap();
+    let progress = |image: &str, phase| Input::TargetProgress {
+        deployment: dep,
+        target: b_target,
+        image: image.into(),
+        phase,
+        reason: None,
+    };
+    d.handle(T0 + 2, progress(A, TargetPhase::Failed)).unwrap();
+    assert_eq!(
+        d.target_phase(&dep, &b_target, B),
+        Some(TargetPhase::Contracting)
+    );
+    d.handle(T0 + 2, progress(B, TargetPhase::Running)).unwrap();
+    assert_eq!(
+        d.target_phase(&dep, &b_target, B),
+        Some(TargetPhase::Running)
+    );
+    assert_eq!(d.target_phase(&dep, &b_target, A), None);
+    // Stable: nothing changes, nothing moves.
+    assert!(
+        d.handle(T0 + 3, Input::Tick)
+            .unwrap()
+            .iter()
+            .all(|e| !matches!(e, Effect::Place { .. } | Effect::Release { .. }))
+    );
+
+    // Two providers without BLE join: 3/3, so the BLE target that ran a moves to b: its a
+    // contract is released and b placed, and nothing else moves.
+    for seed in [6, 7] {
+        d.handle(T0 + 4, Input::Provider(facts(seed, false, T0 + 4)))
+            .unwrap();
+    }
+    let out = d.handle(T0 + 5, Input::Tick).unwrap();
+    let released: Vec<(NodeId, String, ReleaseReason)> = out
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Release {
+                target,
+                image,
+                reason,
+                ..
+            } => Some((*target, image.clone(), *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released.len(), 1, "{out:?}");
+    let (moved, image, reason) = released[0].clone();
+    assert_eq!((image.as_str(), reason), (A, ReleaseReason::Rebalanced));
+    assert!([id(2), id(3), id(4)].contains(&moved));
+    apply(&mut live, &out);
+    assert!(live.contains(&(moved, B.to_string())));
+    assert_eq!((count(&live, A), count(&live, B)), (3, 3));
+    for (t, i) in &live {
+        if i == B {
+            assert!([id(2), id(3), id(4)].contains(t), "b only on BLE");
+        }
+    }
+    let view = d.status(&dep).unwrap();
+    assert_eq!(
+        view.variant_counts,
+        BTreeMap::from([("a".into(), 3), ("b".into(), 3)])
+    );
+
+    // Switching between one image and variants is refused, with what to do.
+    let plain = DeploymentSpec {
+        variants: Vec::new(),
+        ..spec()
+    };
+    assert!(matches!(
+        d.handle(T0 + 6, Input::Create(plain)),
+        Err(FleetError::VariantsChanged { .. })
+    ));
+    let up = Input::Upgrade {
+        deployment: dep,
+        image: "bafkreicccc".into(),
+        config: UpgradeConfig {
+            max_unavailable: 1,
+            health_timeout_ms: 1000,
+        },
+    };
+    assert!(matches!(
+        d.handle(T0 + 6, up),
+        Err(FleetError::NotUpgradable { .. })
+    ));
+
+    // Delete releases each target's own variant.
+    let out = d.handle(T0 + 7, Input::Delete(dep)).unwrap();
+    apply(&mut live, &out);
+    assert!(live.is_empty(), "{live:?}");
+}
+
+#[test]
+fn a_provider_fetches_early_only_when_one_variant_fits_and_reports_its_variant() {
+    let deployer = signer(1);
+    let record = spec().sign(&deployer, T0, 1, 1).unwrap();
+    assert!(encode_deployment(&record).is_ok());
+    let heard = |seed: u64, ble: bool| {
+        let mut p: FleetState<KeySigner> = FleetState::new(signer(seed), FleetConfig::default());
+        p.handle(T0, Input::SelfFacts(facts(seed, ble, T0)))
+            .unwrap();
+        let out = p
+            .handle(
+                T0,
+                Input::Remote {
+                    from: id(1),
+                    gossip: true,
+                    msg: FleetMessage::Announce(Box::new(record.clone())),
+                },
+            )
+            .unwrap();
+        let prefetched: Vec<String> = out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Prefetch { image, .. } => Some(image.clone()),
+                _ => None,
+            })
+            .collect();
+        (p, prefetched)
+    };
+    let (_, none) = heard(2, true);
+    assert!(
+        none.is_empty(),
+        "a and b both fit a BLE provider: wait for the contract"
+    );
+    let (mut p, only_a) = heard(5, false);
+    assert_eq!(only_a, vec![A.to_string()]);
+
+    // A BLE provider given b reports b's image; an image of no variant is not reported.
+    let (mut ble, _) = heard(3, true);
+    let dep = record.body.id();
+    let report = |p: &mut FleetState<KeySigner>, image: Option<&str>| {
+        p.handle(
+            T0 + 1,
+            Input::LocalPhase {
+                deployment: dep,
+                image: image.map(str::to_string),
+                phase: TargetPhase::Running,
+                reason: None,
+            },
+        )
+        .unwrap()
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Send {
+                msg: FleetMessage::Report { image, .. },
+                ..
+            } => Some(image),
+            _ => None,
+        })
+    };
+    assert_eq!(report(&mut ble, Some("bafkreinotavariant")), None);
+    assert_eq!(report(&mut ble, Some(B)), Some(Some(B.to_string())));
+    assert_eq!(
+        report(&mut p, None),
+        Some(Some(A.to_string())),
+        "the prefetched one"
+    );
+}
+
+#[test]
+fn with_a_replica_count_the_targets_are_chosen_so_the_variants_can_balance() {
+    // One provider with BLE among five, each in turn (so rendezvous order alone would miss it
+    // for most): two replicas must include it, so a and b run 1/1.
+    for ble_seed in 2..=6 {
+        let mut d = FleetState::new(signer(1), FleetConfig::default());
+        for seed in 2..=6 {
+            d.handle(T0, Input::Provider(facts(seed, seed == ble_seed, T0)))
+                .unwrap();
+        }
+        let two = DeploymentSpec {
+            replicas: Replicas::Count(2),
+            ..spec()
+        };
+        d.handle(T0, Input::Create(two)).unwrap();
+        let mut live = BTreeSet::new();
+        let out = d.handle(T0 + 1, Input::Tick).unwrap();
+        apply(&mut live, &out);
+        assert_eq!(live.len(), 2, "{live:?}");
+        assert!(live.contains(&(id(ble_seed), B.to_string())), "{live:?}");
+        assert_eq!((count(&live, A), count(&live, B)), (1, 1));
+    }
+}
+
+const C: &str = "bafkreicccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+/// `(target, image)` pairs.
+type Pairs = Vec<(NodeId, String)>;
+
+/// Releases and placements of `out`, as `(target, image)` each.
+fn moves(out: &[Effect]) -> (Pairs, Pairs) {
+    let mut released = Vec::new();
+    let mut placed = Vec::new();
+    for e in out {
+        match e {
+            Effect::Release { target, image, .. } => released.push((*target, image.clone())),
+            Effect::Place { target, image, .. } => placed.push((*target, image.clone())),
+            _ => {}
+        }
+    }
+    (released, placed)
+}
+
+#[test]
+fn a_live_deployment_is_given_other_variants_and_only_the_changed_ones_move() {
+    let mut d = FleetState::new(signer(1), FleetConfig::default());
+    // BLE on 2 and 3, not on 4 and 5: a on 4, 5; b on 2, 3.
+    for (seed, ble) in [(2, true), (3, true), (4, false), (5, false)] {
+        d.handle(T0, Input::Provider(facts(seed, ble, T0))).unwrap();
+    }
+    d.handle(T0, Input::Create(spec())).unwrap();
+    let dep = deployment_id(&id(1), "gw");
+    let mut live = BTreeSet::new();
+    apply(&mut live, &d.handle(T0 + 1, Input::Tick).unwrap());
+    let version = d.status(&dep).unwrap().version;
+
+    // b gets a new image (C): b's two targets are replaced, a's are not touched.
+    let new_b = DeploymentSpec {
+        variants: vec![
+            variants()[0].clone(),
+            Variant::parse(&format!("b={C}:iface=ble")).unwrap(),
+        ],
+        ..spec()
+    };
+    let out = d.handle(T0 + 2, Input::Create(new_b)).unwrap();
+    assert!(
+        out.iter().any(|e| matches!(e, Effect::Broadcast(_))),
+        "the new version is announced: {out:?}"
+    );
+    assert!(d.status(&dep).unwrap().version > version);
+    let out = d.handle(T0 + 3, Input::Tick).unwrap();
+    let (mut released, mut placed) = moves(&out);
+    released.sort();
+    placed.sort();
+    let mut want_released = vec![(id(2), B.to_string()), (id(3), B.to_string())];
+    want_released.sort();
+    let mut want_placed = vec![(id(2), C.to_string()), (id(3), C.to_string())];
+    want_placed.sort();
+    assert_eq!(released, want_released, "{out:?}");
+    assert_eq!(placed, want_placed, "{out:?}");
+    apply(&mut live, &out);
+    let view = d.status(&dep).unwrap();
+    assert_eq!(
+        view.variant_counts,
+        BTreeMap::from([("a".into(), 2), ("b".into(), 2)])
+    );
+    // Stable afterwards.
+    let (r, p) = moves(&d.handle(T0 + 4, Input::Tick).unwrap());
+    assert!(r.is_empty() && p.is_empty(), "{r:?} {p:?}");
+
+    // A third variant for BLE targets: balance 2 a / 1 b / 1 c wants one BLE target moved
+    // (the fewest moves), and never a target with two images.
+    let three = DeploymentSpec {
+        variants: vec![
+            variants()[0].clone(),
+            Variant::parse(&format!("b={C}:iface=ble")).unwrap(),
+            Variant::parse(&format!("c={B}:iface=ble")).unwrap(),
+        ],
+        ..spec()
+    };
+    d.handle(T0 + 5, Input::Create(three)).unwrap();
+    let out = d.handle(T0 + 6, Input::Tick).unwrap();
+    let (released, placed) = moves(&out);
+    assert_eq!(released.len(), 1, "{out:?}");
+    assert_eq!(placed.len(), 1, "{out:?}");
+    assert_eq!(released[0].1, C);
+    assert_eq!(placed[0], (released[0].0, B.to_string()));
+    apply(&mut live, &out);
+    assert_eq!(
+        (count(&live, A), count(&live, B), count(&live, C)),
+        (2, 1, 1)
+    );
+    for (t, image) in &live {
+        if image != A {
+            assert!([id(2), id(3)].contains(t), "b and c only on BLE: {live:?}");
+        }
+    }
+
+    // A variant dropped: its target goes back to what remains.
+    let two = DeploymentSpec {
+        variants: vec![
+            variants()[0].clone(),
+            Variant::parse(&format!("b={C}:iface=ble")).unwrap(),
+        ],
+        ..spec()
+    };
+    d.handle(T0 + 7, Input::Create(two)).unwrap();
+    let out = d.handle(T0 + 8, Input::Tick).unwrap();
+    apply(&mut live, &out);
+    assert_eq!(
+        (count(&live, A), count(&live, B), count(&live, C)),
+        (2, 0, 2)
+    );
+    // Upgrading a deployment with variants still names the way that works.
+    let up = Input::Upgrade {
+        deployment: dep,
+        image: "bafkreidddd".into(),
+        config: UpgradeConfig {
+            max_unavailable: 1,
+            health_timeout_ms: 1000,
+        },
+    };
+    let err = d.handle(T0 + 9, up).unwrap_err();
+    assert!(err.to_string().contains("--variant"), "{err}");
+}

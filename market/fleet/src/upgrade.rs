@@ -1,0 +1,371 @@
+//! A start-first rolling upgrade of one deployment's targets, as a pure machine.
+//!
+//! Per target: start the new image beside the old one, wait until the new instance reports
+//! healthy (within `health_timeout_ms`), then stop the old one. At most `max_unavailable`
+//! targets are mid-upgrade at once (the wave). A new instance that reports unhealthy or failed,
+//! or is not healthy in time, halts the rollout: targets still starting have their new
+//! instance stopped (the old one never stopped), and every target already upgraded is rolled
+//! back start-first too (the old image started again beside the new one, the new one stopped
+//! once the old one is healthy). The machine never stops an old instance before the new one on
+//! that target is healthy, so a target is never left without a running instance by it.
+//!
+//! The driver turns each [`UpgradeAction`] into a placement or release of the target's
+//! contract for that image and feeds back what each instance reports ([`Upgrade::observe`]).
+//! Not in this slice: moving devices, readings and the guest's key-value state across the
+//! switch (issue #15's "none lost, none twice").
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::TargetPhase;
+use agora_market::identity::{NodeId, Timestamp};
+
+/// Most targets one wave may take at once (`--max-unavailable`).
+pub const MAX_WAVE: u32 = 1024;
+
+/// How one upgrade runs (`--max-unavailable K --health-timeout T`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeConfig {
+    /// At most this many targets mid-upgrade at once (1..=[`MAX_WAVE`]; 0 is read as 1).
+    pub max_unavailable: u32,
+    /// How long a new instance has to report healthy, ms.
+    pub health_timeout_ms: u64,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        UpgradeConfig {
+            max_unavailable: 1,
+            health_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Which of a target's two instances an observation is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Which {
+    /// The instance of the image being replaced.
+    Old,
+    /// The instance of the new image.
+    New,
+}
+
+/// Where one target is in the upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// Still on the old image, not started yet.
+    Waiting,
+    /// New instance started beside the old one at `since`; waiting for it to be healthy.
+    Starting {
+        /// When the new instance was asked for.
+        since: Timestamp,
+    },
+    /// New instance healthy, old one stopped.
+    Upgraded,
+    /// Rolling back: the old image started again beside the new one at `since`.
+    Reverting {
+        /// When the old instance was asked for again.
+        since: Timestamp,
+    },
+    /// Back on the old image (or never left it), the new instance stopped.
+    Reverted,
+}
+
+/// What the driver must do for one target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpgradeAction {
+    /// Start an instance of `which` image on `target` (beside the running one).
+    Start {
+        /// The target.
+        target: NodeId,
+        /// Old (rollback) or new (upgrade).
+        which: Which,
+    },
+    /// Stop the instance of `which` image on `target`.
+    Stop {
+        /// The target.
+        target: NodeId,
+        /// Old (after the new one is healthy) or new (halt or rollback).
+        which: Which,
+    },
+}
+
+/// How the upgrade ended (or that it has not).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Waves still under way.
+    InProgress,
+    /// Every target runs the new image.
+    Succeeded,
+    /// The new image failed on `target`; rolling back (until every target is `Reverted`).
+    RollingBack {
+        /// The first target whose new instance failed.
+        target: NodeId,
+        /// Why (unhealthy with its reason, failed, or timed out).
+        reason: String,
+    },
+    /// Every target is back on the old image; the upgrade failed for `reason`.
+    RolledBack {
+        /// The first target whose new instance failed.
+        target: NodeId,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// True once nothing more will happen.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Outcome::Succeeded | Outcome::RolledBack { .. })
+    }
+}
+
+/// One upgrade from `from` to `to` over a fixed set of targets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgrade {
+    /// Image CID being replaced.
+    pub from: String,
+    /// Image CID being rolled out.
+    pub to: String,
+    config: UpgradeConfig,
+    steps: BTreeMap<NodeId, Step>,
+    /// Last phase heard of each target's instances.
+    seen: BTreeMap<(NodeId, Which), (TargetPhase, Option<String>)>,
+    outcome: Outcome,
+}
+
+impl Upgrade {
+    /// An upgrade of `targets` (at most [`crate::limits::MAX_REPLICAS`], the
+    /// deployment's own bound) from `from` to `to`.
+    pub fn new(
+        from: String,
+        to: String,
+        targets: impl IntoIterator<Item = NodeId>,
+        config: UpgradeConfig,
+    ) -> Upgrade {
+        let config = UpgradeConfig {
+            max_unavailable: config.max_unavailable.clamp(1, MAX_WAVE),
+            ..config
+        };
+        let steps: BTreeMap<NodeId, Step> = targets
+            .into_iter()
+            .take(crate::limits::MAX_REPLICAS)
+            .map(|t| (t, Step::Waiting))
+            .collect();
+        let outcome = if steps.is_empty() {
+            Outcome::Succeeded
+        } else {
+            Outcome::InProgress
+        };
+        Upgrade {
+            from,
+            to,
+            config,
+            steps,
+            seen: BTreeMap::new(),
+            outcome,
+        }
+    }
+
+    /// What an instance on a target reports (its own report or its contract's progress).
+    /// Observations about targets outside the upgrade are ignored.
+    pub fn observe(
+        &mut self,
+        target: NodeId,
+        which: Which,
+        phase: TargetPhase,
+        reason: Option<String>,
+    ) {
+        if self.steps.contains_key(&target) {
+            self.seen.insert((target, which), (phase, reason));
+        }
+    }
+
+    /// How many instances' phases the machine holds (bounds a saved machine read back).
+    pub fn seen_len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// The longest reason the machine holds, bytes (bounds a saved machine read back).
+    pub fn longest_reason(&self) -> usize {
+        let outcome = match &self.outcome {
+            Outcome::RollingBack { reason, .. } | Outcome::RolledBack { reason, .. } => {
+                reason.len()
+            }
+            _ => 0,
+        };
+        self.seen
+            .values()
+            .filter_map(|(_, r)| r.as_ref().map(String::len))
+            .fold(outcome, usize::max)
+    }
+
+    /// The last phase (and reason) heard of `target`'s instance of `which` image.
+    pub fn phase(&self, target: NodeId, which: Which) -> Option<&(TargetPhase, Option<String>)> {
+        self.seen.get(&(target, which))
+    }
+
+    /// The image of `which` instance.
+    pub fn image(&self, which: Which) -> &str {
+        match which {
+            Which::Old => &self.from,
+            Which::New => &self.to,
+        }
+    }
+
+    /// Which instance runs `image`, if it is one of this upgrade's two.
+    pub fn which(&self, image: &str) -> Option<Which> {
+        if image == self.to {
+            Some(Which::New)
+        } else if image == self.from {
+            Some(Which::Old)
+        } else {
+            None
+        }
+    }
+
+    fn healthy(&self, target: NodeId, which: Which) -> bool {
+        self.phase(target, which)
+            .is_some_and(|(p, _)| *p == TargetPhase::Healthy)
+    }
+
+    /// Moves every target as far as the observations allow; returns what to do now.
+    pub fn step(&mut self, now: Timestamp) -> Vec<UpgradeAction> {
+        let mut out = Vec::new();
+        if matches!(self.outcome, Outcome::InProgress) {
+            self.advance(now, &mut out);
+        }
+        if let Outcome::RollingBack { target, reason } = &self.outcome {
+            let (target, reason) = (*target, reason.clone());
+            self.roll_back(now, &mut out);
+            if self.steps.values().all(|s| *s == Step::Reverted) {
+                self.outcome = Outcome::RolledBack { target, reason };
+            }
+        }
+        out
+    }
+
+    fn advance(&mut self, now: Timestamp, out: &mut Vec<UpgradeAction>) {
+        let targets: Vec<NodeId> = self.steps.keys().copied().collect();
+        for target in &targets {
+            let Some(Step::Starting { since }) = self.steps.get(target).copied() else {
+                continue;
+            };
+            if self.healthy(*target, Which::New) {
+                self.steps.insert(*target, Step::Upgraded);
+                out.push(UpgradeAction::Stop {
+                    target: *target,
+                    which: Which::Old,
+                });
+                continue;
+            }
+            let failure = match self.phase(*target, Which::New) {
+                Some((TargetPhase::Unhealthy, r)) => Some(format!(
+                    "new image unhealthy on {}: {}",
+                    target.short(),
+                    r.as_deref().unwrap_or("no reason given")
+                )),
+                Some((TargetPhase::Failed, r)) => Some(format!(
+                    "new image failed on {}: {}",
+                    target.short(),
+                    r.as_deref().unwrap_or("no reason given")
+                )),
+                _ if now.saturating_sub(since) > self.config.health_timeout_ms => Some(format!(
+                    "new image not healthy on {} within {} ms (--health-timeout)",
+                    target.short(),
+                    self.config.health_timeout_ms
+                )),
+                _ => None,
+            };
+            if let Some(reason) = failure {
+                self.outcome = Outcome::RollingBack {
+                    target: *target,
+                    reason,
+                };
+                return;
+            }
+        }
+        let mut in_flight = self
+            .steps
+            .values()
+            .filter(|s| matches!(s, Step::Starting { .. }))
+            .count();
+        let wave = usize::try_from(self.config.max_unavailable).unwrap_or(1);
+        for target in &targets {
+            if in_flight >= wave {
+                break;
+            }
+            if self.steps.get(target) == Some(&Step::Waiting) {
+                self.steps.insert(*target, Step::Starting { since: now });
+                out.push(UpgradeAction::Start {
+                    target: *target,
+                    which: Which::New,
+                });
+                in_flight += 1;
+            }
+        }
+        if self.steps.values().all(|s| *s == Step::Upgraded) {
+            self.outcome = Outcome::Succeeded;
+        }
+    }
+
+    /// Rollback: a target still on the old image stops its new instance (if any); an upgraded
+    /// one starts the old image again and stops the new one once the old is healthy.
+    fn roll_back(&mut self, now: Timestamp, out: &mut Vec<UpgradeAction>) {
+        let targets: Vec<NodeId> = self.steps.keys().copied().collect();
+        for target in targets {
+            match self.steps.get(&target).copied() {
+                Some(Step::Waiting) => {
+                    self.steps.insert(target, Step::Reverted);
+                }
+                Some(Step::Starting { .. }) => {
+                    self.steps.insert(target, Step::Reverted);
+                    out.push(UpgradeAction::Stop {
+                        target,
+                        which: Which::New,
+                    });
+                }
+                Some(Step::Upgraded) => {
+                    // The old instance's last phase is stale: it was stopped.
+                    self.seen.remove(&(target, Which::Old));
+                    self.steps.insert(target, Step::Reverting { since: now });
+                    out.push(UpgradeAction::Start {
+                        target,
+                        which: Which::Old,
+                    });
+                }
+                Some(Step::Reverting { .. }) => {
+                    // Never stop the new one before the old one is back (however long that
+                    // takes: the outcome stays `RollingBack` and says so).
+                    if self.healthy(target, Which::Old) {
+                        self.steps.insert(target, Step::Reverted);
+                        out.push(UpgradeAction::Stop {
+                            target,
+                            which: Which::New,
+                        });
+                    }
+                }
+                Some(Step::Reverted) | None => {}
+            }
+        }
+    }
+
+    /// How it ended, or that it has not.
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// Each target's step.
+    pub fn steps(&self) -> &BTreeMap<NodeId, Step> {
+        &self.steps
+    }
+
+    /// The configuration in force (the wave clamped to 1..=[`MAX_WAVE`]).
+    pub fn config(&self) -> UpgradeConfig {
+        self.config
+    }
+}
+
+#[cfg(test)]
+mod tests;

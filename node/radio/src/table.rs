@@ -123,14 +123,11 @@ impl DeviceTable {
         d
     }
 
-    /// The entry of a device this node's orchestrator named (such devices are not evicted
-    /// while in use, so the table may hold more than `max` of them).
+    /// The entry of a device this node's orchestrator named, made the freshest (such devices
+    /// are not evicted while in use, so the table may hold more than `max` of them; a device
+    /// just named goes last when the table is trimmed).
     pub(crate) fn local_entry(&mut self, device: u32) -> &mut Device {
-        if self.devices.contains_key(&device) {
-            self.devices.entry(device).or_default()
-        } else {
-            self.touch(device)
-        }
+        self.touch(device)
     }
 
     pub(crate) fn get(&self, device: &u32) -> Option<&Device> {
@@ -208,6 +205,11 @@ mod tests {
         assert_eq!(hear(&mut t, 7, 5), Admit::Evicted(6));
         t.local_entry(7).managers.push(m);
         assert_eq!(hear(&mut t, 8, 5), Admit::Evicted(1));
+        // Naming a device makes it the freshest: 2, named again now, outlives 3.
+        t.local_entry(8).managers.push(m);
+        t.local_entry(2).managers.push(m);
+        assert_eq!(hear(&mut t, 9, 5), Admit::Evicted(3));
+        assert!(t.get(&2).is_some());
         // A contract names 100 devices at once: the table is trimmed back to its bound, the
         // device just named (the freshest) last of all and the one in use never.
         for d in 100..200 {

@@ -105,16 +105,7 @@ impl Embedded {
         let out = self.run_blocking(|s| s.gc()).await;
         drop(collection);
         match &out {
-            Ok(stats) => {
-                self.gate.record(Ok(stats));
-                if stats.removed_blocks > 0 {
-                    tracing::info!(
-                        blocks = stats.removed_blocks,
-                        bytes = stats.removed_bytes,
-                        "collected unpinned blocks"
-                    );
-                }
-            }
+            Ok(stats) => self.gate.record(Ok(stats)),
             Err(e) => self.gate.record(Err(&e.to_string())),
         }
         out

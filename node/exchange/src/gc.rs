@@ -159,7 +159,7 @@ impl GcGate {
         self.inner.unpinned.load(Ordering::SeqCst)
     }
 
-    /// Records a finished collection.
+    /// Records (and logs) a finished collection.
     pub fn record(&self, outcome: Result<&GcStats, &str>) {
         let c = &self.inner.counters;
         c.runs.fetch_add(1, Ordering::Relaxed);
@@ -169,6 +169,13 @@ impl GcGate {
                     .fetch_add(stats.removed_blocks as u64, Ordering::Relaxed);
                 c.removed_bytes
                     .fetch_add(stats.removed_bytes, Ordering::Relaxed);
+                if stats.removed_blocks > 0 {
+                    tracing::info!(
+                        blocks = stats.removed_blocks,
+                        bytes = stats.removed_bytes,
+                        "collected unpinned blocks"
+                    );
+                }
             }
             Err(error) => {
                 c.failed.fetch_add(1, Ordering::Relaxed);

@@ -120,13 +120,13 @@ impl Orchestrator {
         }
     }
 
-    /// Provider: the contract closed; the file may go.
-    pub(super) async fn release_custody(
-        &mut self,
-        contract: ContractId,
-        file: Cid,
-        commitment: Cid,
-    ) {
+    /// Provider: the contract closed; no more challenges are answered for it, and the file it
+    /// kept here, if any, may go. Whether it was a storage contract this node kept a file for.
+    pub(super) async fn end_custody(&mut self, contract: ContractId) -> bool {
+        self.storage.challenge_gate().remove(&contract.0);
+        let Some((file, commitment)) = self.stored.remove(&contract) else {
+            return false;
+        };
         self.storage
             .release_custody(file, commitment, &custody_holder(&contract))
             .await;
@@ -135,5 +135,6 @@ impl Orchestrator {
             Some(&contract),
             format!("storage contract closed; {file} let go of"),
         );
+        true
     }
 }

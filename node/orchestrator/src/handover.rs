@@ -458,9 +458,8 @@ impl Orchestrator {
     }
 
     async fn stop_hosted(&mut self, contract: ContractId) {
-        self.storage.challenge_gate().remove(&contract.0);
-        if let Some((file, commitment)) = self.stored.remove(&contract) {
-            return self.release_custody(contract, file, commitment).await;
+        if self.end_custody(contract).await {
+            return;
         }
         self.serving.remove(&contract);
         self.radio.forget_state(contract).await;

@@ -89,10 +89,7 @@ impl Orchestrator {
             return;
         };
         for contract in ended {
-            if let Some((file, commitment)) = self.stored.remove(&contract) {
-                self.storage.challenge_gate().remove(&contract.0);
-                self.release_custody(contract, file, commitment).await;
-            }
+            self.end_custody(contract).await;
             let Some(h) = self.hosted.remove(&contract) else {
                 continue;
             };

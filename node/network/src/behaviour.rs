@@ -17,6 +17,7 @@ use libp2p::{
     relay, request_response, tcp, yamux,
 };
 
+use super::address_book::AddressBook;
 use super::rpc_codec::{RPC_PROTOCOL, RpcCodec};
 use super::wan::{Shaped, WanProfile};
 use super::{NetworkConfig, NetworkError};
@@ -43,6 +44,9 @@ pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1.0.0";
 pub(crate) struct AgoraBehaviour {
     /// Connection limits (first: denies before the other behaviours set anything up).
     pub limits: connection_limits::Behaviour,
+    /// Where peers listen (filtered identify addresses, dialled ones), offered to every dial;
+    /// identify's own cache is off (see `address_book`).
+    pub book: AddressBook,
     pub gossipsub: gossipsub::Behaviour,
     pub rpc: request_response::Behaviour<RpcCodec>,
     pub identify: identify::Behaviour,
@@ -230,7 +234,8 @@ pub(crate) fn build_swarm(
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
                     .with_agent_version(format!("agora/{}", env!("CARGO_PKG_VERSION")))
-                    .with_push_listen_addr_updates(true),
+                    .with_push_listen_addr_updates(true)
+                    .with_cache_size(0),
             );
             // Slow liveness and round-trip times of every direct peer; watched peers get fast
             // heartbeats on top (see `heartbeat`).
@@ -240,6 +245,10 @@ pub(crate) fn build_swarm(
                     .with_timeout(idle_ping * 2),
             );
             let peer_id = key.public().to_peer_id();
+            // Kademlia bootstraps itself: when the routing table gains a peer while it holds
+            // fewer than 20 (a node joining) and every 5 minutes. We add no bootstrap of our own:
+            // each one connects to most of a few-hundred-node network (the trimmer's storm
+            // ceiling closes those connections within seconds, `discovery::STORM_GRACE`).
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
                 kad::store::MemoryStore::new(peer_id),
@@ -264,6 +273,7 @@ pub(crate) fn build_swarm(
             let autonat = autonat::Behaviour::new(peer_id, autonat_config(autonat_only_global));
             Ok(AgoraBehaviour {
                 limits,
+                book: AddressBook::default(),
                 gossipsub,
                 rpc,
                 identify,

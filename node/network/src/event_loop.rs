@@ -64,8 +64,6 @@ const MAX_RATE_PEERS: usize = 4096;
 /// Most peers whose agent string is remembered (connected peers only).
 const MAX_AGENTS: usize = 4096;
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
-/// Routing-table refresh (Kademlia's own default period); each refresh dials the peers it queries.
-const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(300);
 /// How often the discovery policy is asked whether a walk is due (`discovery::Pacer`).
 const DISCOVERY_TICK: Duration = Duration::from_secs(1);
 
@@ -91,7 +89,6 @@ struct EventLoop {
     rtts: HashMap<PeerId, Duration>,
     stats: NetworkStats,
     seq: u64,
-    kad_bootstrapped: bool,
     /// When to walk the DHT for peers next, and the walk in flight.
     pacer: discovery::Pacer,
     walk: Option<kad::QueryId>,
@@ -231,7 +228,6 @@ pub async fn spawn_with_metrics(
         rtts: HashMap::new(),
         stats: NetworkStats::default(),
         seq: 0,
-        kad_bootstrapped: false,
         pacer: discovery::Pacer::new(std::time::Instant::now()),
         walk: None,
         provider_queries: HashMap::new(),
@@ -271,7 +267,6 @@ impl EventLoop {
         let mut presence_timer = tokio::time::interval(self.cfg.presence_interval);
         presence_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut redial_timer = tokio::time::interval(REDIAL_INTERVAL);
-        let mut kad_timer = tokio::time::interval(KAD_BOOTSTRAP_INTERVAL);
         let mut discovery_timer = tokio::time::interval(DISCOVERY_TICK);
         discovery_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -291,7 +286,6 @@ impl EventLoop {
                 }
                 _ = presence_timer.tick() => self.on_presence_tick(),
                 _ = redial_timer.tick() => self.redial(),
-                _ = kad_timer.tick() => self.kad_bootstrap(),
                 _ = discovery_timer.tick() => self.discover(),
             }
         }
@@ -323,12 +317,6 @@ impl EventLoop {
             if !connected {
                 let _ = self.swarm.dial(addr);
             }
-        }
-    }
-
-    fn kad_bootstrap(&mut self) {
-        if self.swarm.connected_peers().next().is_some() {
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
     }
 
@@ -472,6 +460,7 @@ impl EventLoop {
                 self.routes.fill(&mut stats);
                 self.nat_fill(&mut stats);
                 stats.peers_evicted += self.presence.evicted();
+                stats.addresses_struck = self.swarm.behaviour().book.struck();
                 let _ = reply.send(stats);
             }
             Command::PeerScore(peer, reply) => {
@@ -634,10 +623,6 @@ impl EventLoop {
                     let mut agent = info.agent_version;
                     agent.truncate(128);
                     self.agents.insert(peer_id, agent);
-                }
-                if !self.kad_bootstrapped {
-                    self.kad_bootstrapped = true;
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
             }
             AgoraBehaviourEvent::Ping(ping::Event {

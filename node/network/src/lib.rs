@@ -13,6 +13,7 @@
 //! re-exported from here, so no other crate lists libp2p.
 #![forbid(unsafe_code)]
 
+pub mod address_book;
 mod behaviour;
 mod event_loop;
 pub mod heartbeat;
@@ -218,6 +219,9 @@ pub struct NetworkStats {
     pub connections_refused: u64,
     /// Peers evicted from a full per-peer table (presence, addresses).
     pub peers_evicted: u64,
+    /// Addresses struck out of the address book because a dial to them reached another peer
+    /// (a peer announcing `127.0.0.1` from another host; `address_book`).
+    pub addresses_struck: u64,
     /// Kademlia walks (lookups of a random key) started to find peers beyond the bootstrap
     /// list: soon and often while below `target_peers`, rarely at it.
     pub discovery_walks: u64,

@@ -125,26 +125,54 @@ pub(super) struct Conn<P> {
     pub protected: bool,
 }
 
+/// Beyond [`storm_ceiling`] connections the excess is closed after this much instead of
+/// `trim_grace`. A node's Kademlia bootstrap (at join, and libp2p's own every 5 minutes) looks
+/// up one key per routing-table bucket and connects to every peer it asks: in a network of a few
+/// hundred nodes that is most of them, each held until the trimmer closes it, and every
+/// connection costs ~70 KiB (measured: 40 nodes on loopback, 12.2 MiB PSS a node while each held
+/// ~50 sockets, 10.3 MiB at ~21). A lookup is done with a peer within a few round trips, so the
+/// short grace keeps the queries working while the storm never piles up.
+pub(super) const STORM_GRACE: Duration = Duration::from_secs(5);
+
+/// How many connections a node holds before the excess is trimmed after [`STORM_GRACE`]:
+/// twice the target (room for the newcomers the target's `trim_grace` protects).
+pub(super) fn storm_ceiling(target: usize) -> usize {
+    target.saturating_mul(2)
+}
+
 /// Which connections to close to come back down to `target`: the oldest unprotected ones that
-/// are at least `grace` old. A newcomer is never trimmed within `grace`, and its own walks run
-/// at 2, 4, 8, 16 s after it starts, so by then it has been handed the addresses of others
-/// (through us, its first contact) and dialled them; the oldest peers have had longest to
-/// find theirs, so they are the ones that lose least.
+/// are at least `grace` old, and, while more than [`storm_ceiling`] would remain, the oldest
+/// unprotected ones at least [`STORM_GRACE`] old. A newcomer is never trimmed within `grace`
+/// unless the node is over its ceiling, and its own walks run at 2, 4, 8, 16 s after it starts,
+/// so by then it has been handed the addresses of others (through us, its first contact) and
+/// dialled them; the oldest peers have had longest to find theirs, so they are the ones that
+/// lose least.
 pub(super) fn to_trim<P: Clone>(conns: &[Conn<P>], target: usize, grace: Duration) -> Vec<P> {
     let excess = conns.len().saturating_sub(target);
     if excess == 0 {
         return Vec::new();
     }
-    let mut spare: Vec<&Conn<P>> = conns
-        .iter()
-        .filter(|c| !c.protected && c.age >= grace)
-        .collect();
+    let mut spare: Vec<&Conn<P>> = conns.iter().filter(|c| !c.protected).collect();
     spare.sort_by_key(|c| std::cmp::Reverse(c.age));
-    spare
+    let (settled, young): (Vec<&Conn<P>>, Vec<&Conn<P>>) =
+        spare.into_iter().partition(|c| c.age >= grace);
+    let mut out: Vec<P> = settled
         .into_iter()
         .take(excess)
         .map(|c| c.peer.clone())
-        .collect()
+        .collect();
+    let over_ceiling = conns
+        .len()
+        .saturating_sub(out.len())
+        .saturating_sub(storm_ceiling(target));
+    out.extend(
+        young
+            .into_iter()
+            .filter(|c| c.age >= STORM_GRACE)
+            .take(over_ceiling)
+            .map(|c| c.peer.clone()),
+    );
+    out
 }
 
 impl EventLoop {
@@ -295,6 +323,43 @@ mod tests {
         ];
         assert_eq!(to_trim(&conns, 3, grace), vec![4, 2]);
         // More over target than spare: only the spare ones (newcomers keep their grace).
-        assert_eq!(to_trim(&conns, 0, grace), vec![4, 2, 5]);
+        // (Target 1: the ceiling of 2 is not exceeded once the spare ones are gone.)
+        assert_eq!(to_trim(&conns, 1, grace), vec![4, 2, 5]);
+    }
+
+    #[test]
+    fn a_storm_of_connections_is_trimmed_to_the_ceiling_after_the_short_grace() {
+        let c = |peer: u8, age: u64, protected: bool| Conn {
+            peer,
+            age: Duration::from_secs(age),
+            protected,
+        };
+        let grace = Duration::from_secs(30);
+        // Target 2, ceiling 4: eight young connections (a bootstrap's), one of them a mesh peer.
+        let conns = [
+            c(1, 10, false),
+            c(2, 12, true),
+            c(3, 6, false),
+            c(4, 3, false),
+            c(5, 8, false),
+            c(6, 40, false),
+            c(7, 2, false),
+            c(8, 20, false),
+        ];
+        // The settled spare one (6) to the target's rule, then down to the ceiling: the oldest
+        // young spare ones past the short grace (8, 1, 5), never the mesh peer or one under 5 s.
+        assert_eq!(to_trim(&conns, 2, grace), vec![6, 8, 1, 5]);
+        // At or under the ceiling, young connections keep their grace.
+        assert_eq!(to_trim(&conns[..4], 2, grace), Vec::<u8>::new());
+        // Not enough old enough ones: fewer, never a connection under the short grace.
+        let young = [
+            c(1, 4, false),
+            c(2, 3, false),
+            c(3, 6, false),
+            c(4, 1, false),
+            c(5, 2, false),
+        ];
+        assert_eq!(to_trim(&young, 1, grace), vec![3]);
+        assert_eq!(storm_ceiling(16), 32);
     }
 }

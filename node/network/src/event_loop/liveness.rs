@@ -18,11 +18,6 @@ use crate::keys::{node_id_of, peer_id_of};
 use crate::{NetworkError, NetworkEvent, PresenceEvent};
 use agora_wire::now_ms;
 
-/// Most addresses remembered per peer.
-const MAX_ADDRS_PER_PEER: usize = 8;
-/// Most peers whose addresses are remembered; above it, addresses of peers that are neither
-/// connected nor watched are forgotten.
-const MAX_ADDR_PEERS: usize = 2048;
 /// Longest wait between two redials of a watched peer.
 const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -40,9 +35,6 @@ pub(super) struct Watch {
 /// Addresses and watches the presence driver keeps beside the pure tracker.
 #[derive(Debug, Default)]
 pub(super) struct Liveness {
-    /// Listen addresses peers told us (identify) or we dialled successfully. Kademlia forgets an
-    /// address after one failed dial; this store does not, so a restarted peer is found again.
-    addrs: HashMap<PeerId, Vec<Multiaddr>>,
     watched: HashMap<PeerId, Watch>,
     /// When the current connection to each peer was established.
     connected_at: HashMap<PeerId, Instant>,
@@ -56,15 +48,20 @@ impl EventLoop {
         }
     }
 
+    /// Listen addresses peers told us (identify) or we dialled successfully go to the address
+    /// book (`address_book`). Kademlia forgets an address after one failed dial; the book does
+    /// not, so a restarted peer is found again.
     fn remember_addr(&mut self, peer: PeerId, addr: Multiaddr) {
-        if !self.liveness.addrs.contains_key(&peer) && self.liveness.addrs.len() >= MAX_ADDR_PEERS {
-            let before = self.liveness.addrs.len();
-            let watched = &self.liveness.watched;
-            let swarm = &self.swarm;
-            self.liveness
-                .addrs
-                .retain(|p, _| watched.contains_key(p) || swarm.is_connected(p));
-            let gone = before - self.liveness.addrs.len();
+        let book = &self.swarm.behaviour().book;
+        if !book.contains(&peer) && book.is_full() {
+            let keep: std::collections::HashSet<PeerId> = self
+                .liveness
+                .watched
+                .keys()
+                .copied()
+                .chain(self.swarm.connected_peers().copied())
+                .collect();
+            let gone = self.swarm.behaviour_mut().book.retain(|p| keep.contains(p));
             self.stats.peers_evicted += gone as u64;
             if gone > 0 {
                 info!(
@@ -72,15 +69,9 @@ impl EventLoop {
                     "address table full: forgot peers that left"
                 );
             }
-            if self.liveness.addrs.len() >= MAX_ADDR_PEERS {
-                debug!(%peer, "address table full of connected or watched peers");
-                return;
-            }
         }
-        let list = self.liveness.addrs.entry(peer).or_default();
-        if !list.contains(&addr) {
-            list.insert(0, addr);
-            list.truncate(MAX_ADDRS_PER_PEER);
+        if !self.swarm.behaviour_mut().book.remember(peer, addr) {
+            debug!(%peer, "address table full of connected or watched peers");
         }
     }
 
@@ -195,7 +186,7 @@ impl EventLoop {
 
     /// Dials `peer` with every address we know, plus those the behaviours (Kademlia) know.
     fn dial_peer(&mut self, peer: PeerId) {
-        let addrs = self.liveness.addrs.get(&peer).cloned().unwrap_or_default();
+        let addrs = self.swarm.behaviour().book.get(&peer).to_vec();
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .addresses(addrs)

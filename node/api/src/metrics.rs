@@ -672,6 +672,8 @@ impl Metrics {
                 ("failed", g.failed),
                 ("removed_blocks", g.removed_blocks),
                 ("removed_bytes", g.removed_bytes),
+                ("drained", g.drained),
+                ("drain_gave_up", g.drain_gave_up),
             ] {
                 set_family_counter(&s.storage_gc, &[("event", event)], v);
             }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::backend::{BackendResult, StoreBackend};
-use super::gc::{self, Collection, GcGate};
+use super::gc::{self, Collection, GcGate, WritePass};
 use super::{AddReply, Bitswap, ExchangeError, FetchConfig, FetchProgress, LsReply};
 use agora_network::NetworkHandle;
 
@@ -64,6 +64,16 @@ impl Embedded {
         self.run_blocking(f).await
     }
 
+    /// [`Embedded::blocking`] for an operation that already holds a pass (one pass an
+    /// operation: a second one would wait out a drain of the collector, see [`gc`]).
+    async fn blocking_under<T: Send + 'static>(
+        &self,
+        _pass: &WritePass,
+        f: impl FnOnce(&dyn BlockStore) -> Result<T, StorageError> + Send + 'static,
+    ) -> BackendResult<T> {
+        self.run_blocking(f).await
+    }
+
     /// Runs a store operation off the async workers (no pass: reads, unpins, collections).
     async fn run_blocking<T: Send + 'static>(
         &self,
@@ -91,13 +101,29 @@ impl Embedded {
         cfg: FetchConfig,
         progress: &watch::Sender<FetchProgress>,
     ) -> BackendResult<FetchProgress> {
-        let _pass = self.gate.enter().await;
+        let pass = self.gate.enter().await;
+        self.fetch_under(&pass, root, cfg, progress).await
+    }
+
+    /// [`Embedded::fetch`] for an operation that already holds a pass.
+    async fn fetch_under(
+        &self,
+        _pass: &WritePass,
+        root: Cid,
+        cfg: FetchConfig,
+        progress: &watch::Sender<FetchProgress>,
+    ) -> BackendResult<FetchProgress> {
         Ok(super::fetch::fetch_dag(&self.bitswap, &self.network, root, cfg, progress).await?)
     }
 
-    async fn fetch_quiet(&self, root: Cid, cfg: FetchConfig) -> BackendResult<FetchProgress> {
+    async fn fetch_quiet_under(
+        &self,
+        pass: &WritePass,
+        root: Cid,
+        cfg: FetchConfig,
+    ) -> BackendResult<FetchProgress> {
         let (tx, _rx) = watch::channel(FetchProgress::default());
-        self.fetch(root, cfg, &tx).await
+        self.fetch_under(pass, root, cfg, &tx).await
     }
 
     /// Deletes every unpinned block under `collection` and counts it.
@@ -142,11 +168,11 @@ impl StoreBackend for Embedded {
         progress: &watch::Sender<FetchProgress>,
         cfg: FetchConfig,
     ) -> BackendResult<unixfs::ExportStats> {
-        let _pass = self.gate.enter().await;
-        self.fetch(cid, cfg, progress).await?;
+        let pass = self.gate.enter().await;
+        self.fetch_under(&pass, cid, cfg, progress).await?;
         let target = out.clone();
         let file = std::fs::File::create(&out).map_err(|e| file_err(&out, e))?;
-        self.blocking(move |s| {
+        self.blocking_under(&pass, move |s| {
             let mut w = std::io::BufWriter::new(file);
             let stats = unixfs::export(s, &cid, &mut w)?;
             std::io::Write::flush(&mut w)?;
@@ -160,9 +186,9 @@ impl StoreBackend for Embedded {
     }
 
     async fn pin(&self, cid: Cid, cfg: FetchConfig) -> BackendResult<FetchProgress> {
-        let _pass = self.gate.enter().await;
-        let progress = self.fetch_quiet(cid, cfg).await?;
-        self.blocking(move |s| s.pin(&cid)).await?;
+        let pass = self.gate.enter().await;
+        let progress = self.fetch_quiet_under(&pass, cid, cfg).await?;
+        self.blocking_under(&pass, move |s| s.pin(&cid)).await?;
         self.provide(cid).await;
         Ok(progress)
     }
@@ -226,16 +252,16 @@ impl StoreBackend for Embedded {
     }
 
     async fn get_block(&self, cid: Cid, cfg: FetchConfig) -> BackendResult<Vec<u8>> {
-        let _pass = self.gate.enter().await;
-        self.fetch_quiet(cid, cfg).await?;
-        self.blocking(move |s| s.get(&cid)).await
+        let pass = self.gate.enter().await;
+        self.fetch_quiet_under(&pass, cid, cfg).await?;
+        self.blocking_under(&pass, move |s| s.get(&cid)).await
     }
 
     async fn car_export(&self, cid: Cid, out: PathBuf) -> BackendResult<()> {
-        let _pass = self.gate.enter().await;
-        self.fetch_quiet(cid, self.fetch).await?;
+        let pass = self.gate.enter().await;
+        self.fetch_quiet_under(&pass, cid, self.fetch).await?;
         let file = std::fs::File::create(&out).map_err(|e| file_err(&out, e))?;
-        self.blocking(move |s| {
+        self.blocking_under(&pass, move |s| {
             let mut w = std::io::BufWriter::new(file);
             agora_storage::export_car(s, &[cid], &mut w)?;
             std::io::Write::flush(&mut w)?;

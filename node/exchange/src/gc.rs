@@ -6,13 +6,19 @@
 //! its `GCLocker`: adds and pins take a shared lock, `repo gc` the exclusive one). Here every
 //! store operation that may write holds a [`GcGate`] pass ([`GcGate::enter`]) from its first
 //! write to its pin, and a collection runs only when no pass is out ([`GcGate::try_collect`]);
-//! operations that arrive while it runs wait for it to finish. Passes nest (an operation
-//! holding one may take another), because a collection never waits for a pass to be handed
-//! out: it starts only when none is out, and is tried again later otherwise.
+//! operations that arrive while it runs wait for it to finish. An operation takes one pass and
+//! does its nested work under it (`Embedded::blocking_under`): a holder that asked for a
+//! second pass while the collector drains (below) would wait for the drain to give up.
 //!
 //! [`collector`] runs the collection on its own once holders let go of roots
 //! ([`crate::holds`]): `storage.gc_interval_ms` after the first unpin since the last
-//! collection, skipped (and counted `deferred`) while writes are in flight.
+//! collection, skipped (and counted `deferred`) while writes are in flight. Writes that never
+//! stop — fetches that overlap one another, which a peer serving slowly or a stream of
+//! contracts can keep up — would put collections off for ever and let the store grow without
+//! bound; so after [`STARVED_AFTER`] deferrals in a row the collector *drains*
+//! ([`GcGate::drain_within`]): new operations wait while those in flight finish, for at most
+//! [`DRAIN_WAIT`], then the collection runs (counted `drained`) or the drain gives up (counted
+//! `drain_gave_up`) and the writers go on.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 /// How long the operator's `agora storage gc` waits for writes in flight to finish.
 pub const MANUAL_GC_WAIT: Duration = Duration::from_secs(30);
+/// Automatic collections put off in a row before the collector holds new writes back.
+pub const STARVED_AFTER: u32 = 3;
+/// Longest a drain holds new writes back while those in flight finish.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 struct GateState {
@@ -32,6 +42,8 @@ struct GateState {
     writers: usize,
     /// A collection runs.
     collecting: bool,
+    /// A collection waits for the passes out; no new pass is handed out meanwhile.
+    draining: bool,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +63,8 @@ struct Counters {
     failed: AtomicU64,
     removed_blocks: AtomicU64,
     removed_bytes: AtomicU64,
+    drained: AtomicU64,
+    drain_gave_up: AtomicU64,
 }
 
 /// What the collections of this process did (`agora storage stats` → `gc`).
@@ -66,6 +80,10 @@ pub struct GcCounters {
     pub removed_blocks: u64,
     /// Bytes deleted.
     pub removed_bytes: u64,
+    /// Automatic collections that, put off too often, held new writes back to run.
+    pub drained: u64,
+    /// Drains that gave up (writes in flight outlasted [`DRAIN_WAIT`]).
+    pub drain_gave_up: u64,
     /// Operations that may write blocks, in flight now.
     pub writers: u64,
 }
@@ -95,7 +113,7 @@ impl GcGate {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A pass for an operation that may write blocks: waits while a collection runs.
+    /// A pass for an operation that may write blocks: waits while a collection runs or drains.
     pub async fn enter(&self) -> WritePass {
         loop {
             let changed = self.inner.changed.notified();
@@ -103,7 +121,7 @@ impl GcGate {
             changed.as_mut().enable();
             {
                 let mut s = self.state();
-                if !s.collecting {
+                if !s.collecting && !s.draining {
                     s.writers += 1;
                     return WritePass {
                         inner: self.inner.clone(),
@@ -121,6 +139,7 @@ impl GcGate {
             return None;
         }
         s.collecting = true;
+        s.draining = false;
         // Unpins from now on need another collection.
         self.inner.unpinned.store(false, Ordering::SeqCst);
         Some(Collection {
@@ -142,6 +161,22 @@ impl GcGate {
                 return None;
             }
         }
+    }
+
+    /// The right to collect, holding new passes back for up to `wait` while those out come
+    /// back; `None` (and new passes flow again) if they do not.
+    pub async fn drain_within(&self, wait: Duration) -> Option<Collection> {
+        {
+            let mut s = self.state();
+            if s.collecting || s.draining {
+                return None;
+            }
+            s.draining = true;
+        }
+        // Ends the drain however this returns, dropped half-way included (a collection that
+        // got in has already ended it: `try_collect`).
+        let _drain = EndDrain(&self.inner);
+        self.collect_within(wait).await
     }
 
     /// Operations that may write blocks, in flight now.
@@ -193,6 +228,8 @@ impl GcGate {
             failed: c.failed.load(Ordering::Relaxed),
             removed_blocks: c.removed_blocks.load(Ordering::Relaxed),
             removed_bytes: c.removed_bytes.load(Ordering::Relaxed),
+            drained: c.drained.load(Ordering::Relaxed),
+            drain_gave_up: c.drain_gave_up.load(Ordering::Relaxed),
             writers: self.writers() as u64,
         }
     }
@@ -208,6 +245,20 @@ impl Drop for WritePass {
         if last {
             self.inner.changed.notify_waiters();
         }
+    }
+}
+
+/// Ends a drain when dropped; new passes flow again.
+struct EndDrain<'a>(&'a GateInner);
+
+impl Drop for EndDrain<'_> {
+    fn drop(&mut self) {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .draining = false;
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -236,6 +287,7 @@ pub async fn collector<F, Fut>(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut put_off = 0u32;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -244,10 +296,41 @@ pub async fn collector<F, Fut>(
         if !gate.has_unpinned() {
             continue;
         }
+        let c = &gate.inner.counters;
+        if put_off >= STARVED_AFTER {
+            tracing::info!(
+                writers = gate.writers(),
+                put_off,
+                "block collection put off too often: holding new writes back"
+            );
+            let drained = tokio::select! {
+                () = cancel.cancelled() => return,
+                got = gate.drain_within(DRAIN_WAIT) => got,
+            };
+            match drained {
+                Some(collection) => {
+                    put_off = 0;
+                    c.drained.fetch_add(1, Ordering::Relaxed);
+                    collect(collection).await;
+                }
+                None => {
+                    c.drain_gave_up.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        writers = gate.writers(),
+                        "block collection: writes in flight outlasted the drain"
+                    );
+                }
+            }
+            continue;
+        }
         match gate.try_collect() {
-            Some(collection) => collect(collection).await,
+            Some(collection) => {
+                put_off = 0;
+                collect(collection).await;
+            }
             None => {
-                gate.inner.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                put_off += 1;
+                c.deferred.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     writers = gate.writers(),
                     "block collection put off: writes in flight"
@@ -314,6 +397,110 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(pass);
         assert!(waiting.await.unwrap());
+    }
+
+    /// Operations that overlap without end: a new one every 100 ms, each writing for 250 ms.
+    fn overlapping_writers(gate: &GcGate, started: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            loop {
+                let g = gate.clone();
+                let started = started.clone();
+                tokio::spawn(async move {
+                    let _pass = g.enter().await;
+                    started.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+
+    fn counting_collector(
+        gate: &GcGate,
+        interval: Duration,
+        cancel: &CancellationToken,
+    ) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+        let runs = Arc::new(AtomicU64::new(0));
+        let task = {
+            let (gate, runs, cancel) = (gate.clone(), runs.clone(), cancel.clone());
+            tokio::spawn(collector(gate.clone(), interval, cancel, move |c| {
+                let (gate, runs) = (gate.clone(), runs.clone());
+                async move {
+                    assert_eq!(gate.writers(), 0, "collected with a write in flight");
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    gate.record(Ok(&GcStats::default()));
+                    drop(c);
+                }
+            }))
+        };
+        (runs, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_that_never_stop_do_not_put_collections_off_for_ever() {
+        let gate = GcGate::default();
+        let cancel = CancellationToken::new();
+        let started = Arc::new(AtomicU64::new(0));
+        let writers = overlapping_writers(&gate, started.clone());
+        let (runs, task) = counting_collector(&gate, Duration::from_secs(1), &cancel);
+        gate.note_unpinned();
+        // Put off while writes overlap, then the drain: new writes wait, those in flight end.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        assert_eq!(gate.counters().deferred, u64::from(STARVED_AFTER));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the drain did not collect");
+        let c = gate.counters();
+        assert_eq!((c.drained, c.drain_gave_up), (1, 0));
+        // Writes go on after it.
+        let before = started.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            started.load(Ordering::SeqCst) >= before + 5,
+            "writes did not resume"
+        );
+        writers.abort();
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_that_a_write_outlasts_gives_up_and_lets_writes_through() {
+        let gate = GcGate::default();
+        let stuck = gate.enter().await;
+        let got = {
+            let g = gate.clone();
+            tokio::spawn(async move { g.drain_within(Duration::from_secs(5)).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // A new writer waits during the drain...
+        let g = gate.clone();
+        let mut late = tokio::spawn(async move {
+            let _pass = g.enter().await;
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), &mut late)
+                .await
+                .is_err(),
+            "a writer got in during a drain"
+        );
+        // ...and gets in when the drain gives up.
+        assert!(!got.await.unwrap());
+        tokio::time::timeout(Duration::from_secs(1), late)
+            .await
+            .unwrap()
+            .unwrap();
+        // A drain dropped half-way lets writes through too.
+        let g = gate.clone();
+        let dropped = tokio::spawn(async move { g.drain_within(Duration::from_secs(60)).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        dropped.abort();
+        let _ = dropped.await;
+        let pass = tokio::time::timeout(Duration::from_secs(1), gate.enter())
+            .await
+            .unwrap();
+        drop((pass, stuck));
     }
 
     #[tokio::test(start_paused = true)]

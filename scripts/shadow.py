@@ -274,6 +274,10 @@ def main():
     args = p.parse_args()
     if args.nodes < 2 or args.arbitrators < 1 or args.arbitrators > args.nodes:
         sys.exit("need --nodes >= 2 and 1 <= --arbitrators <= --nodes")
+    last_auction = AUCTION_START_S + AUCTION_EVERY_S * max(args.auctions - 1, 0)
+    if args.stop <= last_auction:
+        sys.exit(f"--stop {args.stop} ends the simulation before the last of {args.auctions} "
+                 f"auctions starts (at {last_auction} s): use --stop {last_auction + 30} or more")
     out = os.path.abspath(args.out or tempfile.mkdtemp(prefix="agora-shadow-"))
     if args.report_only:
         customers = customers_of(args)

@@ -64,7 +64,8 @@ const MAX_RATE_PEERS: usize = 4096;
 /// Most peers whose agent string is remembered (connected peers only).
 const MAX_AGENTS: usize = 4096;
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
-/// How often the discovery policy is asked whether a walk is due (`discovery::Pacer`).
+/// How often the discovery policy is asked whether a walk is due (`discovery::Pacer`) and
+/// spare connections are trimmed (`discovery::to_trim`).
 const DISCOVERY_TICK: Duration = Duration::from_secs(1);
 
 struct EventLoop {
@@ -299,12 +300,11 @@ impl EventLoop {
         self.routes.peer_change(event);
     }
 
-    /// Redials bootstrap peers while we have fewer than `target_peers` connections, and trims
-    /// spare connections above it.
+    /// Redials bootstrap peers while we have fewer than `target_peers` connections (spare
+    /// connections above it are trimmed on the discovery tick).
     fn redial(&mut self) {
         self.expire_inbound();
         self.reserve_relays();
-        self.trim_connections();
         if !self.below_target() {
             return;
         }

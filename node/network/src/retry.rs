@@ -38,9 +38,18 @@ impl InFlight {
     }
 }
 
+/// How long to wait after failure `n`: `retry_ms << n`, scaled by `0.5 + r` for `r` in [0, 1).
+/// The jitter matters when many nodes fail at once for one reason — three hundred providers
+/// bidding on one auction the moment it reaches them find the customer's handshake slots
+/// full (`MAX_PENDING_INCOMING`): with the same delays they would all come back together.
+pub fn backoff(retry_ms: u64, n: u32, r: f64) -> Duration {
+    let step = retry_ms.checked_shl(n).unwrap_or(u64::MAX) as f64;
+    Duration::from_millis((step * (0.5 + r.clamp(0.0, 1.0))) as u64)
+}
+
 /// Runs `attempt(n)` for n = 0, 1, … until one succeeds or `attempts` were made, sleeping
-/// `retry_ms << n` after failure n. Returns the number of the attempt that succeeded, or the
-/// last error.
+/// [`backoff`]`(retry_ms, n, random)` after failure n. Returns the number of the attempt that
+/// succeeded, or the last error.
 pub async fn with_retries<F, Fut, E>(attempts: u32, retry_ms: u64, mut attempt: F) -> Result<u32, E>
 where
     F: FnMut(u32) -> Fut,
@@ -52,7 +61,7 @@ where
             Ok(()) => return Ok(n),
             Err(e) if n + 1 >= attempts.max(1) => return Err(e),
             Err(_) => {
-                tokio::time::sleep(Duration::from_millis(retry_ms << n)).await;
+                tokio::time::sleep(backoff(retry_ms, n, rand::random::<f64>())).await;
                 n += 1;
             }
         }
@@ -64,6 +73,17 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
+
+    #[test]
+    fn the_backoff_doubles_and_spreads_half_a_step_either_way() {
+        assert_eq!(backoff(500, 0, 0.5), Duration::from_millis(500));
+        assert_eq!(backoff(500, 1, 0.5), Duration::from_millis(1000));
+        assert_eq!(backoff(500, 2, 0.0), Duration::from_millis(1000));
+        assert_eq!(backoff(500, 2, 0.999), Duration::from_millis(2998));
+        // Out-of-range draws are clamped; huge steps saturate instead of overflowing.
+        assert_eq!(backoff(500, 0, 7.0), Duration::from_millis(750));
+        assert!(backoff(500, 80, 0.5) > Duration::from_secs(1 << 40));
+    }
 
     #[tokio::test]
     async fn a_request_that_fails_is_sent_again_until_it_arrives() {

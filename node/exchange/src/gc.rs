@@ -56,6 +56,13 @@ struct GateInner {
     counters: Counters,
 }
 
+impl GateInner {
+    /// The state (a holder that panicked left it consistent: every change is one assignment).
+    fn state(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     runs: AtomicU64,
@@ -110,7 +117,7 @@ pub struct Collection {
 
 impl GcGate {
     fn state(&self) -> MutexGuard<'_, GateState> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.state()
     }
 
     /// A pass for an operation that may write blocks: waits while a collection runs or drains.
@@ -238,7 +245,7 @@ impl GcGate {
 impl Drop for WritePass {
     fn drop(&mut self) {
         let last = {
-            let mut s = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = self.inner.state();
             s.writers = s.writers.saturating_sub(1);
             s.writers == 0
         };
@@ -253,22 +260,14 @@ struct EndDrain<'a>(&'a GateInner);
 
 impl Drop for EndDrain<'_> {
     fn drop(&mut self) {
-        self.0
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .draining = false;
+        self.0.state().draining = false;
         self.0.changed.notify_waiters();
     }
 }
 
 impl Drop for Collection {
     fn drop(&mut self) {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .collecting = false;
+        self.inner.state().collecting = false;
         self.inner.changed.notify_waiters();
     }
 }
@@ -506,24 +505,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_collector_runs_only_after_an_unpin_and_defers_while_writing() {
         let gate = GcGate::default();
-        let runs = Arc::new(AtomicU64::new(0));
         let cancel = CancellationToken::new();
-        let task = {
-            let (gate, runs, cancel) = (gate.clone(), runs.clone(), cancel.clone());
-            tokio::spawn(collector(
-                gate.clone(),
-                Duration::from_secs(1),
-                cancel,
-                move |c| {
-                    let (gate, runs) = (gate.clone(), runs.clone());
-                    async move {
-                        runs.fetch_add(1, Ordering::SeqCst);
-                        gate.record(Ok(&GcStats::default()));
-                        drop(c);
-                    }
-                },
-            ))
-        };
+        let (runs, task) = counting_collector(&gate, Duration::from_secs(1), &cancel);
         tokio::time::sleep(Duration::from_millis(3500)).await;
         assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing was unpinned");
         gate.note_unpinned();

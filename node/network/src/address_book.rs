@@ -87,7 +87,8 @@ impl AddressBook {
         };
         let before = list.len();
         // A dialled address carries `/p2p/<peer>`; the book's may not.
-        list.retain(|a| a != addr && Some(a) != without_p2p(addr).as_ref());
+        let bare = without_p2p(addr);
+        list.retain(|a| a != addr && Some(a) != bare.as_ref());
         if list.len() < before {
             self.struck += 1;
         }

@@ -287,7 +287,10 @@ impl EventLoop {
                 }
                 _ = presence_timer.tick() => self.on_presence_tick(),
                 _ = redial_timer.tick() => self.redial(),
-                _ = discovery_timer.tick() => self.discover(),
+                _ = discovery_timer.tick() => {
+                    self.trim_connections();
+                    self.discover();
+                }
             }
         }
         self.cancel.cancel();

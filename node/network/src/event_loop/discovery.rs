@@ -179,7 +179,6 @@ pub(super) fn to_trim<P: Clone>(conns: &[Conn<P>], target: usize, grace: Duratio
 impl EventLoop {
     /// Discovery timer: starts a walk when one is due (see [`Pacer`]).
     pub(super) fn discover(&mut self) {
-        self.trim_connections();
         let connected = self.swarm.network_info().num_peers();
         let target = self.cfg.target_peers;
         if !self
@@ -234,6 +233,16 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+    const GRACE: Duration = Duration::from_secs(30);
+
+    /// A connection to `peer`, `age` seconds old.
+    fn c(peer: u8, age: u64, protected: bool) -> Conn<u8> {
+        Conn {
+            peer,
+            age: Duration::from_secs(age),
+            protected,
+        }
+    }
 
     #[test]
     fn the_interval_doubles_below_target_up_to_its_cap_and_is_the_refresh_at_target() {
@@ -307,14 +316,8 @@ mod tests {
 
     #[test]
     fn trimming_closes_the_oldest_unprotected_connections_and_spares_newcomers() {
-        let c = |peer: u8, age: u64, protected: bool| Conn {
-            peer,
-            age: Duration::from_secs(age),
-            protected,
-        };
-        let grace = Duration::from_secs(30);
         // At or below target: nothing.
-        assert!(to_trim(&[c(1, 100, false), c(2, 100, false)], 2, grace).is_empty());
+        assert!(to_trim(&[c(1, 100, false), c(2, 100, false)], 2, GRACE).is_empty());
         // Two over target: the two oldest unprotected, never a newcomer or a mesh peer.
         let conns = [
             c(1, 100, true),
@@ -323,20 +326,14 @@ mod tests {
             c(4, 200, false),
             c(5, 40, false),
         ];
-        assert_eq!(to_trim(&conns, 3, grace), vec![4, 2]);
+        assert_eq!(to_trim(&conns, 3, GRACE), vec![4, 2]);
         // More over target than spare: only the spare ones (newcomers keep their grace).
         // (Target 1: the ceiling of 2 is not exceeded once the spare ones are gone.)
-        assert_eq!(to_trim(&conns, 1, grace), vec![4, 2, 5]);
+        assert_eq!(to_trim(&conns, 1, GRACE), vec![4, 2, 5]);
     }
 
     #[test]
     fn a_storm_of_connections_is_trimmed_to_the_ceiling_after_the_short_grace() {
-        let c = |peer: u8, age: u64, protected: bool| Conn {
-            peer,
-            age: Duration::from_secs(age),
-            protected,
-        };
-        let grace = Duration::from_secs(30);
         // Target 2, ceiling 4: eight young connections (a bootstrap's), one of them a mesh peer.
         let conns = [
             c(1, 10, false),
@@ -349,10 +346,10 @@ mod tests {
             c(8, 20, false),
         ];
         // The settled spare one (6) to the target's rule, then down to the ceiling: the oldest
-        // young spare ones past the short grace (8, 1, 5), never the mesh peer or one under 5 s.
-        assert_eq!(to_trim(&conns, 2, grace), vec![6, 8, 1, 5]);
+        // young spare ones past the short grace (8, 1, 5), never the mesh peer or one under 3 s.
+        assert_eq!(to_trim(&conns, 2, GRACE), vec![6, 8, 1, 5]);
         // At or under the ceiling, young connections keep their grace.
-        assert_eq!(to_trim(&conns[..4], 2, grace), Vec::<u8>::new());
+        assert_eq!(to_trim(&conns[..4], 2, GRACE), Vec::<u8>::new());
         // Not enough old enough ones: fewer, never a connection under the short grace.
         let young = [
             c(1, 2, false),
@@ -361,7 +358,7 @@ mod tests {
             c(4, 1, false),
             c(5, 2, false),
         ];
-        assert_eq!(to_trim(&young, 1, grace), vec![3]);
+        assert_eq!(to_trim(&young, 1, GRACE), vec![3]);
         let young = [
             c(1, 4, false),
             c(2, 3, false),
@@ -369,7 +366,7 @@ mod tests {
             c(4, 1, false),
             c(5, 2, false),
         ];
-        assert_eq!(to_trim(&young, 1, grace), vec![3, 1, 2]);
+        assert_eq!(to_trim(&young, 1, GRACE), vec![3, 1, 2]);
         assert_eq!(storm_ceiling(16), 32);
     }
 }

@@ -184,13 +184,11 @@ impl EventLoop {
         }
     }
 
-    /// Dials `peer` with every address we know, plus those the behaviours (Kademlia) know.
+    /// Dials `peer` with every address the behaviours know (the address book, then Kademlia).
     fn dial_peer(&mut self, peer: PeerId) {
-        let addrs = self.swarm.behaviour().book.get(&peer).to_vec();
+        // No addresses of our own: the swarm asks every behaviour, the address book first.
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::DisconnectedAndNotDialing)
-            .addresses(addrs)
-            .extend_addresses_through_behaviour()
             .build();
         match self.swarm.dial(opts) {
             Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}

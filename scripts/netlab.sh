@@ -2,9 +2,10 @@
 # A NAT lab of Linux network namespaces for real-process NAT tests and benchmarks (issue #17).
 # See docs/NETLAB.md for the topology, the commands and how tests use it.
 #
-#   netlab.sh [--prefix P] up [--homes N] [--nat KIND[,KIND...]] [--rate RATE] [--udp-timeout S]
+#   netlab.sh [--prefix P] up [--homes N] [--hosts N] [--nat KIND[,KIND...]] [--rate RATE]
+#                             [--udp-timeout S]
 #   netlab.sh [--prefix P] down
-#   netlab.sh [--prefix P] exec NS -- CMD...     NS: pub, h1, r1, inet ... or a full name
+#   netlab.sh [--prefix P] exec NS -- CMD...     NS: pub, h1, r1, s1, inet ... or a full name
 #   netlab.sh [--prefix P] addr NS               the namespace's IPv4 address (pub: 203.0.113.2)
 #   netlab.sh [--prefix P] status
 #   netlab.sh check                              exit 0 if a lab can run here, else 77
@@ -13,7 +14,8 @@
 # KIND: cone (endpoint-independent mapping, address-and-port-dependent filtering: what a
 # typical home router does and what hole punching needs) or symmetric (a fresh random source
 # port per destination: nftables `masquerade fully-random`). One KIND applies to every home;
-# a comma list gives one per home (`--nat cone,symmetric`).
+# a comma list gives one per home (`--nat cone,symmetric`). `--hosts N` (0..50) adds N more
+# public hosts without NAT (`sK`, 203.0.113.(100+K)), beside the public node.
 #
 # Exit codes: 0 ok; 1 error; 77 "cannot run here" (not root, no namespaces, no nftables) with a
 # line `SKIPPED netlab: <reason>` on stderr. `selftest` prints that line and exits 0 instead,
@@ -33,6 +35,7 @@ PUB_IP=$INET_NET.2     # the public node (relay / bootstrap)
 PUB_IP2=$INET_NET.3    # a second public address on the same node (mapping tests)
 wan_ip() { echo "$INET_NET.$((10 + $1))"; }   # router of home i
 lan_net() { echo "192.168.$1"; }              # home i: router .1, host .2
+host_ip() { echo "$INET_NET.$((100 + $1))"; } # public host k (--hosts)
 
 die() { echo "netlab: $*" >&2; exit 1; }
 skip() { echo "SKIPPED netlab: $*" >&2; exit 77; }
@@ -71,7 +74,7 @@ preflight() {
 # ---------------------------------------------------------------------------------------------
 # Every namespace of this prefix that exists now (whatever state `up` reached).
 lab_namespaces() {
-  ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${PREFIX}-(inet|pub|r[0-9]+|h[0-9]+)\$" | sort -V || true
+  ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${PREFIX}-(inet|pub|r[0-9]+|h[0-9]+|s[0-9]+)\$" | sort -V || true
 }
 
 nsx() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
@@ -112,17 +115,19 @@ EOF
 }
 
 cmd_up() {
-  local homes=2 nat=cone rate="" udp_timeout=""
+  local homes=2 hosts=0 nat=cone rate="" udp_timeout=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --homes) homes=${2:?}; shift 2 ;;
+      --hosts) hosts=${2:?}; shift 2 ;;
       --nat) nat=${2:?}; shift 2 ;;
       --rate) rate=${2:?}; shift 2 ;;
       --udp-timeout) udp_timeout=${2:?}; [[ $udp_timeout =~ ^[1-9][0-9]*$ ]] || die "--udp-timeout: seconds"; shift 2 ;;
       *) die "up: unknown option '$1'" ;;
     esac
   done
-  [[ $homes =~ ^[1-9][0-9]?$ ]] && [ "$homes" -le 50 ] || die "--homes must be 1..50"
+  [[ $homes =~ ^[0-9][0-9]?$ ]] && [ "$homes" -le 50 ] || die "--homes must be 0..50"
+  [[ $hosts =~ ^[0-9][0-9]?$ ]] && [ "$hosts" -le 50 ] || die "--hosts must be 0..50"
   local reason
   if ! reason=$(preflight); then skip "$reason"; fi
   [ -z "$(lab_namespaces)" ] || die "a lab with prefix '$PREFIX' exists; run 'netlab.sh --prefix $PREFIX down' first"
@@ -152,6 +157,17 @@ cmd_up() {
   ip -n "$(ns pub)" addr add "$PUB_IP2/24" dev eth0
   ip -n "$(ns pub)" link set eth0 up
   ip -n "$(ns pub)" route add default dev eth0
+
+  # Public hosts without NAT: a namespace each on the bridge, all equally reachable.
+  for ((i = 1; i <= hosts; i++)); do
+    ns_base "s$i"
+    ip -n "$(ns inet)" link add "s$i" type veth peer name eth0 netns "$(ns "s$i")"
+    ip -n "$(ns inet)" link set "s$i" master br0 up
+    ip -n "$(ns "s$i")" addr add "$(host_ip "$i")/24" dev eth0
+    ip -n "$(ns "s$i")" link set eth0 up
+    # No default route: the lab's /24 is on-link, and a host must not reach another
+    # namespace's management address (a test's /30 into the root namespace) over the bridge.
+  done
 
   local lan wan
   for ((i = 1; i <= homes; i++)); do
@@ -184,12 +200,13 @@ cmd_up() {
   mkdir -p "$STATE_DIR"
   {
     echo "homes=$homes"
+    echo "hosts=$hosts"
     echo "nat=$nat"
     echo "rate=$rate"
     echo "udp_timeout=$udp_timeout"
   } >"$STATE_DIR/$PREFIX.env"
   trap - ERR INT TERM
-  echo "netlab '$PREFIX' up: public node $(ns pub) $PUB_IP; $homes home(s) (nat $nat${rate:+, rate $rate})"
+  echo "netlab '$PREFIX' up: public node $(ns pub) $PUB_IP; $hosts public host(s); $homes home(s) (nat $nat${rate:+, rate $rate})"
 }
 
 cmd_down() {

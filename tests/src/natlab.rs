@@ -2,7 +2,10 @@
 //! (arbitrators, node 0 also relay and bootstrap) in the lab's public namespace, the last
 //! `homes` nodes each alone behind its own NAT router (node `n-1` in home 1, node `n-2` in
 //! home 2, ...). [`NatLab`] is a [`Launcher`], so `agora_devnet::process::up_with_options` and
-//! the demo's `Story` run unchanged on it.
+//! the demo's `Story` run unchanged on it. [`NatLab::up_hosts`] lays out another shape: no NAT,
+//! node 0 in the public namespace and every other node on a public host of its own
+//! (`netlab.sh up --hosts`), each listening on `0.0.0.0:4001` — the same port on every host,
+//! as a fleet of machines configured alike (or the Shadow simulator's hosts) does.
 //!
 //! **Management addresses.** The test process stays in the root namespace and reaches every
 //! node's control API and radio over a management veth: one point-to-point /30 per lab
@@ -58,6 +61,8 @@ pub struct NatLab {
     prefix: String,
     n: usize,
     homes: usize,
+    /// Public hosts without NAT (nodes `1..=hosts`), each listening on `0.0.0.0:BASE_PORT`.
+    hosts: usize,
     subnet: String,
     exe: PathBuf,
     /// Holds `subnet` for this lab; released after the lab is down.
@@ -122,6 +127,25 @@ impl NatLab {
     /// cannot run here. Panics when the lab should run but fails to come up.
     pub fn up(n: usize, homes: usize, nat: &str, exe: PathBuf) -> Result<NatLab, String> {
         assert!(homes >= 1 && homes < n, "{homes} homes for {n} nodes");
+        NatLab::start(n, homes, 0, nat, exe)
+    }
+
+    /// A lab for `n` nodes without NAT: node 0 in the public namespace (bootstrap, on
+    /// `203.0.113.2:4001`), node `k` alone on public host `k` (`203.0.113.(100+k)`), listening
+    /// on `0.0.0.0:4001` with no external address configured, so what it announces is what
+    /// identify and its listeners report. `Err(reason)` when it cannot run here.
+    pub fn up_hosts(n: usize, exe: PathBuf) -> Result<NatLab, String> {
+        assert!((2..=51).contains(&n), "{n} nodes");
+        NatLab::start(n, 0, n - 1, "cone", exe)
+    }
+
+    fn start(
+        n: usize,
+        homes: usize,
+        hosts: usize,
+        nat: &str,
+        exe: PathBuf,
+    ) -> Result<NatLab, String> {
         let pid = std::process::id();
         let seq = LABS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("nd{}x{seq}", pid % 100_000);
@@ -135,6 +159,7 @@ impl NatLab {
         let out = Command::new("bash")
             .arg(&script)
             .args(["--prefix", &prefix, "up", "--homes", &homes.to_string()])
+            .args(["--hosts", &hosts.to_string()])
             .args(["--nat", nat])
             .output()
             .map_err(|e| format!("cannot run netlab.sh: {e}"))?;
@@ -142,6 +167,7 @@ impl NatLab {
             prefix,
             n,
             homes,
+            hosts,
             subnet: lease.subnet.clone(),
             exe,
             _lease: lease,
@@ -155,7 +181,7 @@ impl NatLab {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        for j in 0..=homes {
+        for j in 0..=homes + hosts {
             if let Err(e) = lab.add_mgmt(j) {
                 panic!("management veth for {}: {e}", lab.ns_name(j));
             }
@@ -168,10 +194,13 @@ impl NatLab {
         &self.prefix
     }
 
-    /// Namespace slot of node `i`: 0 = public, k = home k.
+    /// Namespace slot of node `i`: 0 = public, k in `1..=homes` = home k, `homes + k` = public
+    /// host k.
     fn slot(&self, i: usize) -> usize {
         if i + self.homes >= self.n {
             self.n - i
+        } else if (1..=self.hosts).contains(&i) {
+            self.homes + i
         } else {
             0
         }
@@ -179,20 +208,29 @@ impl NatLab {
 
     /// Whether node `i` is behind a NAT.
     pub fn is_edge(&self, i: usize) -> bool {
-        self.slot(i) > 0
+        self.home(i).is_some()
     }
 
     /// The home (1-based) node `i` sits in, `None` for a public node.
     pub fn home(&self, i: usize) -> Option<usize> {
-        Some(self.slot(i)).filter(|k| *k > 0)
+        Some(self.slot(i)).filter(|k| (1..=self.homes).contains(k))
+    }
+
+    /// The public host (1-based) node `i` runs on, `None` for the public node and the homes.
+    pub fn public_host(&self, i: usize) -> Option<usize> {
+        Some(self.slot(i))
+            .filter(|j| *j > self.homes)
+            .map(|j| j - self.homes)
     }
 
     /// Full namespace name of slot `j`.
     fn ns_name(&self, j: usize) -> String {
         if j == 0 {
             format!("{}-pub", self.prefix)
-        } else {
+        } else if j <= self.homes {
             format!("{}-h{j}", self.prefix)
+        } else {
+            format!("{}-s{}", self.prefix, j - self.homes)
         }
     }
 
@@ -201,12 +239,21 @@ impl NatLab {
         self.ns_name(self.slot(i))
     }
 
-    /// Node `i`'s p2p address inside the lab (what it listens on).
+    /// Node `i`'s p2p address inside the lab (what it listens on; a public host listens on
+    /// every interface, `0.0.0.0`).
     pub fn p2p_addr(&self, i: usize) -> String {
+        if self.public_host(i).is_some() {
+            return format!("/ip4/0.0.0.0/tcp/{BASE_PORT}");
+        }
         match self.slot(i) {
             0 => format!("/ip4/{PUBLIC_IP}/tcp/{}", BASE_PORT as usize + i),
             k => format!("/ip4/192.168.{k}.2/tcp/{BASE_PORT}"),
         }
+    }
+
+    /// Public host `k`'s address (`netlab.sh`'s `host_ip`).
+    pub fn host_ip(k: usize) -> String {
+        format!("203.0.113.{}", 100 + k)
     }
 
     /// The public address of home `k`'s router (what peers see of an edge there).
@@ -249,6 +296,10 @@ impl Launcher for NatLab {
         config.network.listen = vec![p2p.clone()];
         // The lab's "internet" is the documentation range, which AutoNAT otherwise skips.
         config.network.autonat_only_global_ips = false;
+        if self.public_host(i).is_some() {
+            // Announces what it finds: no external address, the market as on any devnet.
+            return;
+        }
         if !self.is_edge(i) {
             config.network.external = vec![p2p];
             // Node 0 is every node's bootstrap peer, so the edges' relay.

@@ -33,7 +33,7 @@ pub const MAX_ADDR_PEERS: usize = 2048;
 #[derive(Debug, Default)]
 pub struct AddressBook {
     addrs: HashMap<PeerId, Vec<Multiaddr>>,
-    /// Addresses struck out because they reached another peer.
+    /// Dials of an address that reached another peer (each one struck out, if it was here).
     struck: u64,
 }
 
@@ -80,24 +80,22 @@ impl AddressBook {
         before - self.addrs.len()
     }
 
-    /// Strikes out `addr` for `peer` (it led to somebody else).
+    /// Strikes out `addr` for `peer` (a dial there led to somebody else) and counts the dial,
+    /// whichever behaviour offered the address (the owner strikes it from the DHT's table).
     pub fn strike(&mut self, peer: &PeerId, addr: &Multiaddr) {
+        self.struck += 1;
         let Some(list) = self.addrs.get_mut(peer) else {
             return;
         };
-        let before = list.len();
         // A dialled address carries `/p2p/<peer>`; the book's may not.
         let bare = without_p2p(addr);
         list.retain(|a| a != addr && Some(a) != bare.as_ref());
-        if list.len() < before {
-            self.struck += 1;
-        }
         if list.is_empty() {
             self.addrs.remove(peer);
         }
     }
 
-    /// Addresses struck out so far.
+    /// Dials so far whose address reached another peer than the one dialled.
     pub fn struck(&self) -> u64 {
         self.struck
     }
@@ -238,5 +236,8 @@ mod tests {
         b.strike(&p, &a("/ip4/11.0.0.40/tcp/4001"));
         assert!(!b.contains(&p));
         assert!(b.get(&p).is_empty());
+        // A wrong-peer dial at an address another behaviour offered (the DHT's) counts too.
+        b.strike(&PeerId::random(), &a("/ip4/127.0.0.1/tcp/4001"));
+        assert_eq!(b.struck(), 3);
     }
 }

@@ -14,7 +14,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, kad, mdns, noise, ping,
-    relay, request_response, tcp, yamux,
+    quic, relay, request_response, tcp, yamux,
 };
 
 use super::address_book::AddressBook;
@@ -127,6 +127,101 @@ impl<T: Transport + Unpin> Transport for FreshPorts<T> {
     }
 }
 
+/// A transport that never dials one of its own listen addresses. A node listening on
+/// `0.0.0.0:4001` also listens on `127.0.0.1:4001`; when a peer on another host announces
+/// that address too (it listens on the same port), or a hostile peer announces one of ours as
+/// its own, a dial there reaches this node itself: it is the first connection of the dial to
+/// complete, fails with a wrong peer id and ends the whole dial, so the peer's real address is
+/// never tried (issue #13 row N10). The listen addresses come from the inner transport's own
+/// events, so they are exactly what this node listens on in its network namespace; a dial to
+/// one of them is refused at once and the swarm goes on with the peer's other addresses.
+pub(crate) struct NotSelf<T> {
+    inner: T,
+    /// What the inner transport reported listening on, per listener (a few per interface).
+    listening: Vec<(libp2p::core::transport::ListenerId, libp2p::Multiaddr)>,
+}
+
+impl<T> NotSelf<T> {
+    pub(crate) fn new(inner: T) -> Self {
+        NotSelf {
+            inner,
+            listening: Vec::new(),
+        }
+    }
+
+    fn is_own(&self, addr: &libp2p::Multiaddr) -> bool {
+        let mut bare = addr.clone();
+        while matches!(
+            bare.iter().last(),
+            Some(libp2p::multiaddr::Protocol::P2p(_))
+        ) {
+            bare.pop();
+        }
+        self.listening.iter().any(|(_, a)| *a == bare)
+    }
+}
+
+impl<T: Transport + Unpin> Transport for NotSelf<T> {
+    type Output = T::Output;
+    type Error = T::Error;
+    type ListenerUpgrade = T::ListenerUpgrade;
+    type Dial = T::Dial;
+
+    fn listen_on(
+        &mut self,
+        id: libp2p::core::transport::ListenerId,
+        addr: libp2p::Multiaddr,
+    ) -> Result<(), libp2p::core::transport::TransportError<Self::Error>> {
+        self.inner.listen_on(id, addr)
+    }
+
+    fn remove_listener(&mut self, id: libp2p::core::transport::ListenerId) -> bool {
+        self.listening.retain(|(l, _)| *l != id);
+        self.inner.remove_listener(id)
+    }
+
+    fn dial(
+        &mut self,
+        addr: libp2p::Multiaddr,
+        opts: libp2p::core::transport::DialOpts,
+    ) -> Result<Self::Dial, libp2p::core::transport::TransportError<Self::Error>> {
+        if self.is_own(&addr) {
+            tracing::debug!(%addr, "not dialling one of our own listen addresses");
+            return Err(libp2p::core::transport::TransportError::MultiaddrNotSupported(addr));
+        }
+        self.inner.dial(addr, opts)
+    }
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<libp2p::core::transport::TransportEvent<Self::ListenerUpgrade, Self::Error>>
+    {
+        use libp2p::core::transport::TransportEvent;
+        let ev = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll(cx));
+        match &ev {
+            // Bounded by the host's interfaces: one address per interface and listener.
+            TransportEvent::NewAddress {
+                listener_id,
+                listen_addr,
+            } if !self.listening.iter().any(|(_, a)| a == listen_addr) => {
+                self.listening.push((*listener_id, listen_addr.clone()));
+            }
+            TransportEvent::AddressExpired {
+                listener_id,
+                listen_addr,
+            } => self
+                .listening
+                .retain(|(l, a)| !(l == listener_id && a == listen_addr)),
+            TransportEvent::ListenerClosed { listener_id, .. } => {
+                self.listening.retain(|(l, _)| l != listener_id)
+            }
+            _ => {}
+        }
+        std::task::Poll::Ready(ev)
+    }
+}
+
 /// TCP with noise and yamux, as `SwarmBuilder::with_tcp` builds it; each connection's bytes go
 /// through [`Shaped`] first when a WAN profile is given.
 fn tcp_transport(
@@ -134,10 +229,10 @@ fn tcp_transport(
     wan: Option<WanProfile>,
     port_reuse: bool,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
-    let tcp = FreshPorts {
+    let tcp = NotSelf::new(FreshPorts {
         inner: tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)),
         fresh: !port_reuse,
-    };
+    });
     let noise = noise::Config::new(key)?;
     Ok(match wan {
         None => tcp
@@ -184,8 +279,13 @@ pub(crate) fn build_swarm(
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         // QUIC beside TCP: one UDP socket for listening and dialing, so a cone NAT maps it to
-        // one public port and hole punching works; peers without UDP still use TCP.
-        .with_quic()
+        // one public port and hole punching works; peers without UDP still use TCP. As
+        // `with_quic` builds it, but never dialling our own listen addresses (`NotSelf`).
+        .with_other_transport(|key| {
+            NotSelf::new(quic::tokio::Transport::new(quic::Config::new(key)))
+                .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+        })
+        .map_err(|e| setup(e.to_string()))?
         // TCP as libp2p's `with_tcp` builds it (noise, yamux), or WAN-shaped when configured.
         .with_other_transport(|key| tcp_transport(key, wan, port_reuse))
         .map_err(|e| setup(e.to_string()))?
@@ -331,5 +431,62 @@ fn autonat_config(only_global: bool) -> autonat::Config {
         throttle_server_period: Duration::from_secs(5),
         only_global_ips: only_global,
         ..autonat::Config::default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use libp2p::core::Endpoint;
+    use libp2p::core::transport::{DialOpts, ListenerId, PortUse, TransportError, TransportEvent};
+    use libp2p::multiaddr::Protocol;
+
+    fn dial_opts() -> DialOpts {
+        DialOpts {
+            role: Endpoint::Dialer,
+            port_use: PortUse::New,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transport_never_dials_its_own_listen_addresses() {
+        let mut t = NotSelf::new(tcp::tokio::Transport::new(tcp::Config::default()));
+        let id = ListenerId::next();
+        t.listen_on(id, "/ip4/0.0.0.0/tcp/0".parse().unwrap())
+            .unwrap();
+        // The unspecified address is reported per interface; loopback is one of them.
+        let own = loop {
+            let ev = futures::future::poll_fn(|cx| std::pin::Pin::new(&mut t).poll(cx)).await;
+            if let TransportEvent::NewAddress { listen_addr, .. } = ev
+                && listen_addr
+                    .iter()
+                    .next()
+                    .is_some_and(|p| p == Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
+            {
+                break listen_addr;
+            }
+        };
+        let peer = PeerId::random();
+        for addr in [own.clone(), own.clone().with(Protocol::P2p(peer))] {
+            assert!(
+                matches!(
+                    t.dial(addr.clone(), dial_opts()),
+                    Err(TransportError::MultiaddrNotSupported(_))
+                ),
+                "{addr} is ours"
+            );
+        }
+        // Another port on the same host is someone else's.
+        let Some(Protocol::Tcp(port)) = own.iter().nth(1) else {
+            panic!("{own}")
+        };
+        let other: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", port.wrapping_add(1))
+            .parse()
+            .unwrap();
+        assert!(t.dial(other, dial_opts()).is_ok());
+        // Once the listener is gone the address is no longer ours.
+        assert!(t.remove_listener(id));
+        assert!(t.dial(own, dial_opts()).is_ok());
     }
 }

@@ -406,13 +406,18 @@ impl EventLoop {
                 let _ = reply.send(res);
             }
             Command::Dial(addr, reply) => {
-                let res = self
-                    .swarm
-                    .dial(addr.clone())
-                    .map_err(|e| NetworkError::Dial {
-                        addr,
-                        reason: e.to_string(),
-                    });
+                let mut parts = addr.iter();
+                let opts = match (parts.next(), parts.next()) {
+                    // A peer id alone: the behaviours answer with the addresses they know.
+                    (Some(libp2p::multiaddr::Protocol::P2p(peer)), None) => {
+                        libp2p::swarm::dial_opts::DialOpts::peer_id(peer).build()
+                    }
+                    _ => addr.clone().into(),
+                };
+                let res = self.swarm.dial(opts).map_err(|e| NetworkError::Dial {
+                    addr,
+                    reason: e.to_string(),
+                });
                 let _ = reply.send(res);
             }
             Command::AddExternal(addr, reply) => {
@@ -574,7 +579,18 @@ impl EventLoop {
                 peer_id: Some(peer),
                 error,
                 ..
-            } => self.on_dial_failed(peer, &error),
+            } => {
+                if let libp2p::swarm::DialError::WrongPeerId { address, .. } = &error {
+                    // The address book struck it; the DHT's table must not offer it again.
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    kad.remove_address(&peer, address);
+                    let mut bare = address.clone();
+                    if matches!(bare.pop(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                        kad.remove_address(&peer, &bare);
+                    }
+                }
+                self.on_dial_failed(peer, &error)
+            }
             SwarmEvent::IncomingConnectionError {
                 peer_id,
                 send_back_addr,

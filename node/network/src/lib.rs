@@ -219,8 +219,9 @@ pub struct NetworkStats {
     pub connections_refused: u64,
     /// Peers evicted from a full per-peer table (presence, addresses).
     pub peers_evicted: u64,
-    /// Addresses struck out of the address book because a dial to them reached another peer
-    /// (a peer announcing `127.0.0.1` from another host; `address_book`).
+    /// Dials whose address reached another peer than the one dialled (a peer announcing
+    /// `127.0.0.1` from another host, or someone else's address); each such address is struck
+    /// out of the address book and the DHT's table (`address_book`).
     pub addresses_struck: u64,
     /// Kademlia walks (lookups of a random key) started to find peers beyond the bootstrap
     /// list: soon and often while below `target_peers`, rarely at it.
@@ -490,7 +491,9 @@ impl NetworkHandle {
             .await?
     }
 
-    /// Dials an address.
+    /// Dials an address. An address that is only `/p2p/<peer id>` dials that peer at the
+    /// addresses this node knows for it (its address book and the DHT's routing table); none
+    /// known is an error.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetworkError> {
         self.call(|r| Command::Dial(addr, r)).await?
     }

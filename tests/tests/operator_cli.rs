@@ -72,6 +72,11 @@ fn second_bid_explains_itself_and_peers_connect_and_disconnect() {
             .iter()
             .any(|p| p["peer_id"] == peer2.as_str())
     );
+    // Or by the peer id alone: node0 knows where node2 listens.
+    agora_json(&["peers", "disconnect", &peer2, "--data-dir", &node(0)]);
+    let back = agora_json(&["peers", "connect", &peer2, "--data-dir", &node(0)]);
+    assert_eq!(back["connected"], true, "{back}");
+    assert_eq!(back["peer_id"], peer2.as_str());
 
     // Bad input says what to pass.
     let bare = addr2.split("/p2p/").next().unwrap().to_string();

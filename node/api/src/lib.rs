@@ -61,8 +61,6 @@ pub struct ApiState {
     pub data_dir: PathBuf,
     /// The node's label.
     pub name: String,
-    /// p2p addresses.
-    pub p2p_addrs: Vec<String>,
     /// The market driver, when running.
     pub market: Option<agora_market_driver::MarketHandle>,
     /// The ledger replica, when the node has a genesis.
@@ -194,12 +192,25 @@ async fn status(
 ) -> Result<Json<StatusReply>, ApiError> {
     authorize(&s, &headers)?;
     let id = s.network.node_id();
+    let peer = s.network.peer_id();
+    // What it listens on now: an unspecified listen address (`0.0.0.0`) is reported per
+    // interface as the interfaces come and go.
+    let p2p_addrs = s
+        .network
+        .listen_addrs()
+        .await?
+        .into_iter()
+        .map(|a| {
+            a.with(agora_network::multiaddr::Protocol::P2p(peer))
+                .to_string()
+        })
+        .collect();
     Ok(Json(StatusReply {
         name: s.name.clone(),
         node_id: id.to_string(),
         short_id: id.short(),
-        peer_id: s.network.peer_id().to_string(),
-        p2p_addrs: s.p2p_addrs.clone(),
+        peer_id: peer.to_string(),
+        p2p_addrs,
         peers: s.network.peers().await?.len(),
         uptime_s: s.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -250,13 +261,24 @@ async fn connect(
 ) -> Result<Json<PeerChangeReply>, ApiError> {
     authorize(&s, &headers)?;
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
-    let addr: agora_network::Multiaddr = req.addr.trim().parse().map_err(|_| {
-        bad(format!(
-            "'{}' is not a multiaddr; pass one like /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... \
-             (the P2P column of `agora devnet status`, or `agora status` on that node)",
-            req.addr
-        ))
-    })?;
+    let text = req.addr.trim();
+    // A peer id alone is `/p2p/<id>`: dialled at the addresses this node knows for it.
+    let addr: agora_network::Multiaddr = text
+        .parse()
+        .or_else(|_| {
+            text.parse::<agora_network::PeerId>().map(|p| {
+                agora_network::Multiaddr::empty().with(agora_network::multiaddr::Protocol::P2p(p))
+            })
+        })
+        .map_err(|_| {
+            bad(format!(
+                "'{}' is neither a multiaddr nor a peer id; pass one like \
+                 /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... (the P2P column of `agora devnet \
+                 status`, or `agora status` on that node), or the peer id alone for a peer \
+                 this node already knows addresses of",
+                req.addr
+            ))
+        })?;
     let peer = peer_of(&addr).ok_or_else(|| {
         bad(format!(
             "{addr} names no peer; append /p2p/<peer id> (the peer id is in `agora status` on \
@@ -274,10 +296,17 @@ async fn connect(
     let mut events = s
         .network
         .inbox(agora_network::Interest::new("api connect").connections());
-    s.network
-        .dial(addr.clone())
-        .await
-        .map_err(|e| bad(e.to_string()))?;
+    let bare = addr.iter().count() == 1;
+    s.network.dial(addr.clone()).await.map_err(|e| {
+        if bare {
+            bad(format!(
+                "{e}: this node knows no address of {peer}; pass its multiaddr \
+                 (/ip4/.../tcp/.../p2p/{peer})"
+            ))
+        } else {
+            bad(e.to_string())
+        }
+    })?;
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {

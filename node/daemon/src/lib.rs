@@ -217,6 +217,13 @@ async fn start_with_key(
 ) -> Result<RunningNode, DaemonError> {
     let cancel = CancellationToken::new();
     let net_cfg = config.network_config()?;
+    let net_cfg_unspecified = net_cfg.listen.iter().any(|a| {
+        a.iter().next().is_some_and(|p| match p {
+            agora_network::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
+            agora_network::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
+            _ => false,
+        })
+    });
     let api_addr = config.api_addr()?;
     let metrics_addr = config.metrics_addr()?;
     let metrics = metrics_addr.map(|_| agora_api::metrics::Metrics::new());
@@ -229,10 +236,28 @@ async fn start_with_key(
         agora_network::spawn_with_metrics(&key, net_cfg, cancel.clone(), p2p_metrics).await?;
 
     let deadline = Instant::now() + Duration::from_secs(10);
+    // An unspecified listen address (`0.0.0.0:4001`) is reported one interface at a time:
+    // `p2p.addr` waits until the list has stood still for `SETTLED` (at most 1 s more), so it
+    // does not name only the first interface (often loopback, useless to other hosts).
+    const SETTLED: Duration = Duration::from_millis(100);
+    let mut seen: Vec<Multiaddr> = Vec::new();
+    let mut still_since = Instant::now();
+    let mut first_at: Option<Instant> = None;
     let listen = loop {
         let addrs = network.listen_addrs().await?;
-        if !addrs.is_empty() {
-            break addrs;
+        if addrs != seen {
+            seen = addrs;
+            still_since = Instant::now();
+        }
+        if !seen.is_empty() {
+            let first = *first_at.get_or_insert_with(Instant::now);
+            let wildcard = net_cfg_unspecified;
+            if !wildcard
+                || still_since.elapsed() >= SETTLED
+                || first.elapsed() >= Duration::from_secs(1)
+            {
+                break seen;
+            }
         }
         if Instant::now() > deadline {
             cancel.cancel();
@@ -386,7 +411,6 @@ async fn start_with_key(
         cancel: cancel.clone(),
         data_dir: data_dir.to_path_buf(),
         name: config.node.name.clone(),
-        p2p_addrs: p2p_addrs.iter().map(|a| a.to_string()).collect(),
         market: Some(market.clone()),
         ledger: ledger.clone(),
         storage: Some(storage.clone()),

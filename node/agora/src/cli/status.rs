@@ -78,7 +78,8 @@ pub async fn peers(dir: &Path, json: bool) -> anyhow::Result<()> {
 pub enum PeersCommand {
     /// Connect to a peer now (like `ipfs swarm connect`) and wait until connected.
     Connect {
-        /// Multiaddr ending in /p2p/<peer id>, e.g. from `agora devnet status` or `agora status`.
+        /// Multiaddr ending in /p2p/<peer id>, e.g. from `agora devnet status` or `agora status`;
+        /// or a peer id alone (12D3KooW...), dialled at the addresses this node knows for it.
         multiaddr: String,
     },
     /// Close the connections to a peer (it may be dialled again later, e.g. if watched).

@@ -46,7 +46,6 @@ async fn api(cancel: &CancellationToken) -> (String, NetworkHandle) {
         cancel: cancel.clone(),
         data_dir: std::env::temp_dir(),
         name: "dash-test".into(),
-        p2p_addrs: Vec::new(),
         market: None,
         ledger: None,
         storage: None,

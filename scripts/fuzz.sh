@@ -14,7 +14,8 @@
 #
 # Crash inputs land in tests/fuzz/artifacts/TARGET/; reproduce one with
 #   cargo +nightly fuzz run --fuzz-dir tests/fuzz TARGET tests/fuzz/artifacts/TARGET/crash-...
-# Env: FUZZ_ARGS (extra libFuzzer flags). An input that runs over 10 s counts as a crash.
+# Env: FUZZ_ARGS (extra libFuzzer flags); FUZZ_JOBS (targets run at once, default one per core).
+# An input that runs over 10 s counts as a crash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 features=()
@@ -71,18 +72,18 @@ fi
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
-failed=0
-for target in "${targets[@]}"; do
+# One libFuzzer process per target, FUZZ_JOBS of them at a time (default: one per core; each is
+# single-threaded), so CI's fuzz step takes about SECONDS × targets / cores.
+jobs_max="${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}"
+run_target() {
+  local target=$1 corpus artifacts before status=0 crashes runs rate
   corpus="$fuzz_dir/corpus/$target"
   artifacts="$fuzz_dir/artifacts/$target"
   mkdir -p "$corpus" "$artifacts"
-  seeds=()
+  local seeds=() dict=()
   [ -d "$fuzz_dir/seeds/$target" ] && seeds=("$fuzz_dir/seeds/$target")
-  dict=()
   [ -f "$fuzz_dir/dicts/$target.dict" ] && dict=("-dict=$fuzz_dir/dicts/$target.dict")
   before=$(find "$artifacts" -type f | wc -l)
-  status=0
-  # shellcheck disable=SC2086
   cargo +nightly fuzz run --fuzz-dir "$fuzz_dir" "${features[@]}" "$target" "$corpus" "${seeds[@]}" -- \
     -max_total_time="$seconds" -timeout=10 -print_final_stats=1 "${dict[@]}" ${FUZZ_ARGS:-} \
     >"$logs/$target" 2>&1 || status=$?
@@ -91,7 +92,28 @@ for target in "${targets[@]}"; do
   rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$logs/$target" | grep -o '[0-9]*$' | tail -1 || true)
   if [ "$status" -ne 0 ] && [ "$crashes" -eq 0 ]; then crashes=1; fi
   printf 'fuzz: %-14s %10s executions  %6s exec/s  %s crashes  (%ss)\n' \
-    "$target" "${runs:-?}" "${rate:-?}" "$crashes" "$seconds"
+    "$target" "${runs:-?}" "${rate:-?}" "$crashes" "$seconds" >"$logs/$target.line"
+  echo "$status $crashes" >"$logs/$target.status"
+}
+running=0
+for target in "${targets[@]}"; do
+  run_target "$target" &
+  running=$((running + 1))
+  if [ "$running" -ge "$jobs_max" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+done
+wait || true
+failed=0
+for target in "${targets[@]}"; do
+  if [ ! -f "$logs/$target.status" ]; then
+    echo "fuzz: $target did not report"
+    failed=1
+    continue
+  fi
+  cat "$logs/$target.line"
+  read -r status crashes <"$logs/$target.status"
   if [ "$status" -ne 0 ] || [ "$crashes" -ne 0 ]; then
     failed=1
     echo "fuzz: $target failed (exit $status); last lines of its log:"

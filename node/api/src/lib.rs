@@ -194,16 +194,13 @@ async fn status(
     let id = s.network.node_id();
     let peer = s.network.peer_id();
     // What it listens on now: an unspecified listen address (`0.0.0.0`) is reported per
-    // interface as the interfaces come and go.
+    // interface as the interfaces come and go, a relay reservation as `…/p2p-circuit/p2p/<us>`.
     let p2p_addrs = s
         .network
         .listen_addrs()
         .await?
         .into_iter()
-        .map(|a| {
-            a.with(agora_network::multiaddr::Protocol::P2p(peer))
-                .to_string()
-        })
+        .map(|a| agora_network::with_peer(a, peer).to_string())
         .collect();
     Ok(Json(StatusReply {
         name: s.name.clone(),

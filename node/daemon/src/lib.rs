@@ -268,7 +268,7 @@ async fn start_with_key(
     let peer = network.peer_id();
     let p2p_addrs: Vec<Multiaddr> = listen
         .into_iter()
-        .map(|a| a.with(agora_network::multiaddr::Protocol::P2p(peer)))
+        .map(|a| agora_network::with_peer(a, peer))
         .collect();
     let p2p_text: String = p2p_addrs.iter().map(|a| format!("{a}\n")).collect();
     write_file(&data_dir.join(P2P_ADDR_FILE), &p2p_text)?;

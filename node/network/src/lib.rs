@@ -43,6 +43,16 @@ pub use rpc_codec::RPC_PROTOCOL;
 
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, multiaddr};
 
+/// `addr` ending in `/p2p/<peer>`: appended unless it already ends in a peer id (a relay
+/// reservation's listen address, `…/p2p-circuit/p2p/<us>`, does).
+pub fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(multiaddr::Protocol::P2p(_))) {
+        addr
+    } else {
+        addr.with(multiaddr::Protocol::P2p(peer))
+    }
+}
+
 /// Raw libp2p streams (`libp2p-stream`), for protocols that frame their own bytes (bitswap).
 pub mod streams {
     pub use libp2p_stream::{AlreadyRegistered, Control, OpenStreamError};

@@ -217,7 +217,7 @@ async fn start_with_key(
 ) -> Result<RunningNode, DaemonError> {
     let cancel = CancellationToken::new();
     let net_cfg = config.network_config()?;
-    let net_cfg_unspecified = net_cfg.listen.iter().any(|a| {
+    let listens_everywhere = net_cfg.listen.iter().any(|a| {
         a.iter().next().is_some_and(|p| match p {
             agora_network::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
             agora_network::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
@@ -251,8 +251,7 @@ async fn start_with_key(
         }
         if !seen.is_empty() {
             let first = *first_at.get_or_insert_with(Instant::now);
-            let wildcard = net_cfg_unspecified;
-            if !wildcard
+            if !listens_everywhere
                 || still_since.elapsed() >= SETTLED
                 || first.elapsed() >= Duration::from_secs(1)
             {

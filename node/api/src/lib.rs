@@ -293,7 +293,7 @@ async fn connect(
     let mut events = s
         .network
         .inbox(agora_network::Interest::new("api connect").connections());
-    let bare = addr.iter().count() == 1;
+    let bare = agora_network::peer_only(&addr).is_some();
     s.network.dial(addr.clone()).await.map_err(|e| {
         if bare {
             bad(format!(

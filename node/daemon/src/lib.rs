@@ -217,13 +217,7 @@ async fn start_with_key(
 ) -> Result<RunningNode, DaemonError> {
     let cancel = CancellationToken::new();
     let net_cfg = config.network_config()?;
-    let listens_everywhere = net_cfg.listen.iter().any(|a| {
-        a.iter().next().is_some_and(|p| match p {
-            agora_network::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
-            agora_network::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
-            _ => false,
-        })
-    });
+    let listens_everywhere = net_cfg.listen.iter().any(agora_network::is_unspecified);
     let api_addr = config.api_addr()?;
     let metrics_addr = config.metrics_addr()?;
     let metrics = metrics_addr.map(|_| agora_api::metrics::Metrics::new());

@@ -102,7 +102,7 @@ impl AddressBook {
 }
 
 /// `addr` without a trailing `/p2p/<peer>`, if it had one.
-fn without_p2p(addr: &Multiaddr) -> Option<Multiaddr> {
+pub(crate) fn without_p2p(addr: &Multiaddr) -> Option<Multiaddr> {
     let mut a = addr.clone();
     match a.pop() {
         Some(libp2p::multiaddr::Protocol::P2p(_)) => Some(a),

@@ -17,7 +17,7 @@ use libp2p::{
     quic, relay, request_response, tcp, yamux,
 };
 
-use super::address_book::AddressBook;
+use super::address_book::{AddressBook, without_p2p};
 use super::rpc_codec::{RPC_PROTOCOL, RpcCodec};
 use super::wan::{Shaped, WanProfile};
 use super::{NetworkConfig, NetworkError};
@@ -82,51 +82,6 @@ pub(crate) fn topic_score_params() -> gossipsub::TopicScoreParams {
     }
 }
 
-/// A transport whose dials take a fresh local port when `fresh` (see
-/// [`NetworkConfig::tcp_port_reuse`]); otherwise the behaviour's choice stands.
-struct FreshPorts<T> {
-    inner: T,
-    fresh: bool,
-}
-
-impl<T: Transport + Unpin> Transport for FreshPorts<T> {
-    type Output = T::Output;
-    type Error = T::Error;
-    type ListenerUpgrade = T::ListenerUpgrade;
-    type Dial = T::Dial;
-
-    fn listen_on(
-        &mut self,
-        id: libp2p::core::transport::ListenerId,
-        addr: libp2p::Multiaddr,
-    ) -> Result<(), libp2p::core::transport::TransportError<Self::Error>> {
-        self.inner.listen_on(id, addr)
-    }
-
-    fn remove_listener(&mut self, id: libp2p::core::transport::ListenerId) -> bool {
-        self.inner.remove_listener(id)
-    }
-
-    fn dial(
-        &mut self,
-        addr: libp2p::Multiaddr,
-        mut opts: libp2p::core::transport::DialOpts,
-    ) -> Result<Self::Dial, libp2p::core::transport::TransportError<Self::Error>> {
-        if self.fresh {
-            opts.port_use = libp2p::core::transport::PortUse::New;
-        }
-        self.inner.dial(addr, opts)
-    }
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<libp2p::core::transport::TransportEvent<Self::ListenerUpgrade, Self::Error>>
-    {
-        std::pin::Pin::new(&mut self.inner).poll(cx)
-    }
-}
-
 /// A transport that never dials one of its own listen addresses. A node listening on
 /// `0.0.0.0:4001` also listens on `127.0.0.1:4001`; when a peer on another host announces
 /// that address too (it listens on the same port), or a hostile peer announces one of ours as
@@ -135,8 +90,12 @@ impl<T: Transport + Unpin> Transport for FreshPorts<T> {
 /// never tried (issue #13 row N10). The listen addresses come from the inner transport's own
 /// events, so they are exactly what this node listens on in its network namespace; a dial to
 /// one of them is refused at once and the swarm goes on with the peer's other addresses.
+///
+/// With `fresh_ports` its dials also take a fresh local port (see
+/// [`NetworkConfig::tcp_port_reuse`]); otherwise the behaviour's choice stands.
 pub(crate) struct NotSelf<T> {
     inner: T,
+    fresh_ports: bool,
     /// What the inner transport reported listening on, per listener (a few per interface).
     listening: Vec<(libp2p::core::transport::ListenerId, libp2p::Multiaddr)>,
 }
@@ -145,19 +104,21 @@ impl<T> NotSelf<T> {
     pub(crate) fn new(inner: T) -> Self {
         NotSelf {
             inner,
+            fresh_ports: false,
             listening: Vec::new(),
         }
     }
 
+    /// Every dial takes a fresh local port when `fresh`.
+    pub(crate) fn fresh_ports(mut self, fresh: bool) -> Self {
+        self.fresh_ports = fresh;
+        self
+    }
+
     fn is_own(&self, addr: &libp2p::Multiaddr) -> bool {
-        let mut bare = addr.clone();
-        while matches!(
-            bare.iter().last(),
-            Some(libp2p::multiaddr::Protocol::P2p(_))
-        ) {
-            bare.pop();
-        }
-        self.listening.iter().any(|(_, a)| *a == bare)
+        let bare = without_p2p(addr);
+        let bare = bare.as_ref().unwrap_or(addr);
+        self.listening.iter().any(|(_, a)| a == bare)
     }
 }
 
@@ -183,8 +144,11 @@ impl<T: Transport + Unpin> Transport for NotSelf<T> {
     fn dial(
         &mut self,
         addr: libp2p::Multiaddr,
-        opts: libp2p::core::transport::DialOpts,
+        mut opts: libp2p::core::transport::DialOpts,
     ) -> Result<Self::Dial, libp2p::core::transport::TransportError<Self::Error>> {
+        if self.fresh_ports {
+            opts.port_use = libp2p::core::transport::PortUse::New;
+        }
         if self.is_own(&addr) {
             tracing::debug!(%addr, "not dialling one of our own listen addresses");
             return Err(libp2p::core::transport::TransportError::MultiaddrNotSupported(addr));
@@ -229,10 +193,10 @@ fn tcp_transport(
     wan: Option<WanProfile>,
     port_reuse: bool,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
-    let tcp = NotSelf::new(FreshPorts {
-        inner: tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)),
-        fresh: !port_reuse,
-    });
+    let tcp = NotSelf::new(tcp::tokio::Transport::new(
+        tcp::Config::default().nodelay(true),
+    ))
+    .fresh_ports(!port_reuse);
     let noise = noise::Config::new(key)?;
     Ok(match wan {
         None => tcp

@@ -406,13 +406,10 @@ impl EventLoop {
                 let _ = reply.send(res);
             }
             Command::Dial(addr, reply) => {
-                let mut parts = addr.iter();
-                let opts = match (parts.next(), parts.next()) {
+                let opts = match crate::peer_only(&addr) {
                     // A peer id alone: the behaviours answer with the addresses they know.
-                    (Some(libp2p::multiaddr::Protocol::P2p(peer)), None) => {
-                        libp2p::swarm::dial_opts::DialOpts::peer_id(peer).build()
-                    }
-                    _ => addr.clone().into(),
+                    Some(peer) => libp2p::swarm::dial_opts::DialOpts::peer_id(peer).build(),
+                    None => addr.clone().into(),
                 };
                 let res = self.swarm.dial(opts).map_err(|e| NetworkError::Dial {
                     addr,
@@ -584,8 +581,7 @@ impl EventLoop {
                     // The address book struck it; the DHT's table must not offer it again.
                     let kad = &mut self.swarm.behaviour_mut().kad;
                     kad.remove_address(&peer, address);
-                    let mut bare = address.clone();
-                    if matches!(bare.pop(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                    if let Some(bare) = crate::address_book::without_p2p(address) {
                         kad.remove_address(&peer, &bare);
                     }
                 }

@@ -53,6 +53,26 @@ pub fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
     }
 }
 
+/// The peer of an address that is only `/p2p/<peer>` (dialled at the addresses this node
+/// knows for it, [`NetworkHandle::dial`]).
+pub fn peer_only(addr: &Multiaddr) -> Option<PeerId> {
+    let mut parts = addr.iter();
+    match (parts.next(), parts.next()) {
+        (Some(multiaddr::Protocol::P2p(peer)), None) => Some(peer),
+        _ => None,
+    }
+}
+
+/// Whether `addr` starts with an unspecified IP (`0.0.0.0`, `::`): a listen address that
+/// stands for every interface.
+pub fn is_unspecified(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(multiaddr::Protocol::Ip4(ip)) => ip.is_unspecified(),
+        Some(multiaddr::Protocol::Ip6(ip)) => ip.is_unspecified(),
+        _ => false,
+    }
+}
+
 /// Raw libp2p streams (`libp2p-stream`), for protocols that frame their own bytes (bitswap).
 pub mod streams {
     pub use libp2p_stream::{AlreadyRegistered, Control, OpenStreamError};

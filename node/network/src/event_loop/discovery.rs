@@ -98,12 +98,9 @@ pub(super) fn walk_width(connected: usize, target: usize) -> usize {
 /// address only when we reach that peer over loopback ourselves (a peer on another host that
 /// announces `127.0.0.1` points everyone who dials it at themselves).
 pub(super) fn announce_worthy(addr: &Multiaddr, via_loopback: bool) -> bool {
-    match addr.iter().next() {
-        Some(Protocol::Ip4(ip)) => !ip.is_unspecified() && (via_loopback || !ip.is_loopback()),
-        Some(Protocol::Ip6(ip)) => !ip.is_unspecified() && (via_loopback || !ip.is_loopback()),
-        Some(_) => true,
-        None => false,
-    }
+    addr.iter().next().is_some()
+        && !crate::is_unspecified(addr)
+        && (via_loopback || !is_loopback(addr))
 }
 
 /// Whether `addr` (a connection's remote address) is on loopback.

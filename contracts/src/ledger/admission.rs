@@ -28,12 +28,22 @@
 //!   `unexecutable_ttl_ms`, and drop what the ledger has moved past (stale nonces) after every
 //!   block, re-checking the rest with `admissible` (an account may have spent its funds);
 //! - count and log what it refuses or evicts.
+//!
+//! Which transactions a proposer takes first is the node's too, with one pure answer from
+//! here: [`Ledger::is_duty`] says whether a transaction is its sender's duty on a live
+//! contract (a provider's activation report or heartbeats, a committee member's probe or
+//! storage results, an arbitrator's attestation). The ledger judges those by the block that
+//! carries them (an activation report held longer than `activation_report_grace_ms` is dated
+//! back only that far; a probe report for a closed round is refused), so a backlog of other
+//! transactions — a flood from funded keys, or plain overload — must not hold them back. Keys
+//! are cheap but duties are not: each needs a contract (payment and both stakes locked) or a
+//! bonded seat on the committee.
 
 use agora_market::{NodeId, SignatureError};
 use serde::{Deserialize, Serialize};
 
-use super::{Ledger, SignedTransaction};
-use crate::contract::Amount;
+use super::{Ledger, MAX_PROBE_RESULTS, SignedTransaction, Transaction, TxKind};
+use crate::contract::{Amount, Contract, ContractId};
 
 /// The node's mempool admission limits (node policy, not consensus: replicas may differ).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,5 +241,54 @@ impl Ledger {
             },
             other => AdmissionError::Encoding(other.to_string()),
         })
+    }
+}
+
+impl Ledger {
+    /// Whether `tx` is its sender's duty on the chain as it stands: the provider's
+    /// `MarkMigrated`, `MarkArmed`, `ReportActivation`, `Heartbeats` or `SettleUptime` on a
+    /// contract not yet final; a party's `Settle`, `Cancel` or `Expire` of one; a member of a
+    /// live contract's committee reporting its probes (`ProbeResult`, every entry of a
+    /// well-formed `ProbeResults`) or storage audits; an arbitrator's `Attest` or
+    /// `ReportEquivocation`. Transfers, faucet requests and new contracts are not duties.
+    ///
+    /// Only an ordering hint (the mempool proposes duties before other transactions); whether
+    /// the transaction applies is still the block's to judge. Pure and cheap: a few lookups,
+    /// no signature check (the mempool admitted the transaction already).
+    pub fn is_duty(&self, tx: &Transaction) -> bool {
+        let sender = tx.sender;
+        let live = |id: &ContractId| -> Option<&Contract> {
+            self.contracts
+                .get(id)
+                .filter(|r| !r.status.is_final())
+                .map(|r| &r.contract)
+        };
+        let provides = |id: &ContractId| live(id).is_some_and(|c| c.provider == sender);
+        let party = |id: &ContractId| {
+            live(id).is_some_and(|c| c.provider == sender || c.customer == sender)
+        };
+        let member = |id: &ContractId| live(id).is_some_and(|c| c.committee.contains(&sender));
+        match &tx.kind {
+            TxKind::MarkMigrated(id) | TxKind::MarkArmed(id) | TxKind::SettleUptime(id) => {
+                provides(id)
+            }
+            TxKind::ReportActivation { contract, .. } | TxKind::Heartbeats { contract, .. } => {
+                provides(contract)
+            }
+            TxKind::Settle { contract, .. } => party(contract),
+            TxKind::Cancel(id) | TxKind::Expire(id) => party(id),
+            TxKind::StorageProofResult { contract, .. } | TxKind::ProbeResult { contract, .. } => {
+                member(contract)
+            }
+            TxKind::ProbeResults(reports) => {
+                !reports.is_empty()
+                    && reports.len() <= MAX_PROBE_RESULTS
+                    && reports.iter().all(|r| member(&r.contract))
+            }
+            TxKind::Attest { .. } | TxKind::ReportEquivocation(_) => {
+                self.committee.contains(&sender)
+            }
+            TxKind::Transfer { .. } | TxKind::Faucet { .. } | TxKind::RegisterContract(_) => false,
+        }
     }
 }

@@ -33,6 +33,21 @@ use serde::{Deserialize, Serialize};
 pub const MEMPOOL_CAP: usize = 10_000;
 /// Slots only this node's own transactions may use.
 pub const RESERVED_OWN: usize = 500;
+/// Most duties ([`Ledger::is_duty`]) of one sender a proposal takes ahead of other senders'
+/// transactions; the sender's further duties wait in the common lane, oldest first. An honest
+/// provider or arbitrator has one or two due at a time per contract.
+pub const DUTIES_PER_SENDER: usize = 4;
+
+/// The lanes of a proposal, in the order they go (see [`Mempool::proposal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Lane {
+    /// This node's own transactions.
+    Own,
+    /// Other senders' duties on live contracts, a few per sender.
+    Duty,
+    /// Everything else.
+    Other,
+}
 
 /// Why a transaction was not admitted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -283,38 +298,65 @@ impl Mempool {
             .any(|s| self.txs.contains_key(&(*s, ledger.next_nonce(s))))
     }
 
-    /// Up to `max` transactions that can apply in order (contiguous nonces per sender). This
-    /// node's own come first, so a flood of others never pushes them out of a block; the
-    /// others follow oldest first: each step takes, of every sender's next executable
+    /// Up to `max` transactions that can apply in order (contiguous nonces per sender), in
+    /// three lanes:
+    /// 1. this node's own, so a flood of others never pushes them out of a block;
+    /// 2. the others' **duties** ([`Ledger::is_duty`]: a provider's activation report and
+    ///    heartbeats, a committee member's probe and audit results, an attestation), at most
+    ///    [`DUTIES_PER_SENDER`] of one sender per proposal, the rest of its duties waiting in
+    ///    lane 3: the ledger judges a duty by the block that carries it (an activation report
+    ///    dated at most `activation_report_grace_ms` back, probe reports only while their
+    ///    round is open), so behind a backlog of transfers from funded keys an honest provider
+    ///    was slashed `LateActivation` and its committee's reports refused (THREATS N9). A
+    ///    duty needs a contract (payment and both stakes locked) or a bonded seat, so this
+    ///    lane is as small as the contracts are few;
+    /// 3. everything else.
+    ///
+    /// Within a lane, oldest first: each step takes, of every sender's next executable
     /// transaction, the one that arrived here first (ties by sender). Under a backlog every
     /// sender therefore waits about as long as the backlog takes to clear, whatever its id: in
     /// the order of the senders' ids, the senders sorting last waited for every block while
     /// the backlog lasted (a 50-node fleet on 2 cores: providers whose heartbeats stayed
     /// pending for minutes were slashed), and a key ground to sort first went ahead of
-    /// everyone.
+    /// everyone. A sender's nonces stay in order: its duty behind its own transfer waits for
+    /// that transfer.
     pub fn proposal(&self, ledger: &Ledger, max: usize) -> Vec<SignedTransaction> {
-        // Each sender's next executable transaction, in the order they go: this node's own
-        // first, then by arrival (then sender).
-        let head = |sender: NodeId, nonce: u64| {
-            self.txs
-                .get(&(sender, nonce))
-                .map(|p| (sender != self.me, p.arrived, sender, nonce))
+        // Duties taken per sender in this proposal.
+        let mut duties: BTreeMap<NodeId, usize> = BTreeMap::new();
+        // Each sender's next executable transaction, keyed by the order they go: lane, then
+        // arrival, then sender.
+        let head = |sender: NodeId, nonce: u64, duties: &BTreeMap<NodeId, usize>| {
+            self.txs.get(&(sender, nonce)).map(|p| {
+                let lane = if sender == self.me {
+                    Lane::Own
+                } else if duties.get(&sender).copied().unwrap_or(0) < DUTIES_PER_SENDER
+                    && ledger.is_duty(&p.tx.tx)
+                {
+                    Lane::Duty
+                } else {
+                    Lane::Other
+                };
+                (lane, p.arrived, sender, nonce)
+            })
         };
-        let mut heads: BTreeSet<(bool, u64, NodeId, u64)> = self
+        let mut heads: BTreeSet<(Lane, u64, NodeId, u64)> = self
             .per_sender
             .keys()
-            .filter_map(|s| head(*s, ledger.next_nonce(s)))
+            .filter_map(|s| head(*s, ledger.next_nonce(s), &duties))
             .collect();
         let mut out = Vec::new();
         while out.len() < max {
-            let Some((_, _, sender, nonce)) = heads.pop_first() else {
+            let Some((lane, _, sender, nonce)) = heads.pop_first() else {
                 break;
             };
             let Some(p) = self.txs.get(&(sender, nonce)) else {
                 continue;
             };
             out.push(p.tx.clone());
-            heads.extend(head(sender, nonce.saturating_add(1)));
+            if lane == Lane::Duty {
+                *duties.entry(sender).or_default() += 1;
+            }
+            heads.extend(head(sender, nonce.saturating_add(1), &duties));
         }
         out
     }

@@ -141,3 +141,89 @@ fn each_sender_gets_a_bounded_share_of_the_mempool() {
         })
     );
 }
+
+/// What a proposer takes first under a backlog (THREATS N9): only a sender's own duty on a
+/// contract that is still live, never a transfer, a stranger's report or a dead contract's.
+#[test]
+fn duties_are_a_senders_own_on_live_contracts_and_nothing_else() {
+    use crate::attestation::Liveness;
+    use crate::contract::ContractId;
+    use crate::ledger::{ProbeReport, SettleReason};
+    use crate::test_utils::ContractBuilder;
+
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).signed());
+    let (customer, provider) = (h.customer(), h.provider());
+    let member = h.committee[0].clone();
+    let stranger = h.accounts[2].clone();
+    let duty =
+        |h: &Harness, s: &KeySigner, kind: TxKind| h.ledger.is_duty(&tx(&h.ledger, s, kind).tx);
+    let activation = |contract| TxKind::ReportActivation {
+        contract,
+        activated_at: 1_000,
+    };
+    let heartbeats = |contract| TxKind::Heartbeats {
+        contract,
+        batch: HeartbeatBatch {
+            intervals: Vec::new(),
+            readings_processed: 0,
+            data_proofs: Vec::new(),
+        },
+    };
+    let probe = |contract| ProbeReport {
+        contract,
+        interval: 0,
+        up: true,
+    };
+    let unknown = ContractId([9; 32]);
+
+    // The provider's reports on its own contract; nobody else's, and not on a contract that
+    // does not exist.
+    assert!(duty(&h, &provider, activation(id)));
+    assert!(duty(&h, &provider, heartbeats(id)));
+    assert!(duty(&h, &provider, TxKind::SettleUptime(id)));
+    assert!(!duty(&h, &customer, activation(id)));
+    assert!(!duty(&h, &stranger, heartbeats(id)));
+    assert!(!duty(&h, &member, heartbeats(id)));
+    assert!(!duty(&h, &provider, activation(unknown)));
+    // Either party may end it; a stranger may not.
+    let settle = TxKind::Settle {
+        contract: id,
+        reason: SettleReason::CustomerBack,
+    };
+    assert!(duty(&h, &customer, settle.clone()));
+    assert!(duty(&h, &provider, TxKind::Cancel(id)));
+    assert!(!duty(&h, &stranger, settle));
+    // The committee's probe reports: every entry on a contract the sender is a member of.
+    assert!(duty(
+        &h,
+        &member,
+        TxKind::ProbeResult {
+            contract: id,
+            interval: 0,
+            up: true
+        }
+    ));
+    assert!(duty(&h, &member, TxKind::ProbeResults(vec![probe(id)])));
+    assert!(!duty(
+        &h,
+        &member,
+        TxKind::ProbeResults(vec![probe(id), probe(unknown)])
+    ));
+    assert!(!duty(&h, &member, TxKind::ProbeResults(Vec::new())));
+    assert!(!duty(&h, &stranger, TxKind::ProbeResults(vec![probe(id)])));
+    // Attestations from arbitrators only.
+    let attest = TxKind::Attest {
+        subject: customer.node_id(),
+        liveness: Liveness::Reachable,
+    };
+    assert!(duty(&h, &member, attest.clone()));
+    assert!(!duty(&h, &stranger, attest));
+    // Transfers, faucet requests and new contracts never, whoever sends them.
+    assert!(!duty(&h, &provider, transfer(&h)));
+    assert!(!duty(&h, &member, TxKind::Faucet { amount: 1 }));
+    // A contract that reached a final state asks nothing of anyone any more.
+    h.ok(&customer, TxKind::Cancel(id));
+    assert!(!duty(&h, &provider, heartbeats(id)));
+    assert!(!duty(&h, &member, TxKind::ProbeResults(vec![probe(id)])));
+}

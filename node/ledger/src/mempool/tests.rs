@@ -294,3 +294,118 @@ fn a_proposal_takes_the_oldest_first_whatever_the_senders_ids() {
         vec![(m, 0), (a, 0), (b, 0), (a, 1), (b, 1), (a, 2), (b, 2)]
     );
 }
+
+/// THREATS N9: a provider's duty goes ahead of an older backlog of others' transfers, at most
+/// `DUTIES_PER_SENDER` a proposal; its nonces stay in order; a report on a contract the sender
+/// has no part in waits like any transfer.
+#[test]
+fn a_providers_duties_go_ahead_of_an_older_backlog_a_few_a_proposal() {
+    use agora_contracts::test_utils::ContractBuilder;
+    let me = signer(50);
+    let (genesis, accounts, _) = genesis_with(3, 4, 10_000);
+    let mut ledger = Ledger::from_genesis(&genesis).unwrap();
+    let (customer, provider, flooder) = (&accounts[0], &accounts[1], &accounts[2]);
+    let signed = ContractBuilder::new(1, 2).signed();
+    let id = signed.contract.id().unwrap();
+    for (s, kind) in [
+        (customer, TxKind::RegisterContract(Box::new(signed))),
+        (provider, TxKind::MarkMigrated(id)),
+        (provider, TxKind::MarkArmed(id)),
+    ] {
+        let t = tx(&ledger, s, kind);
+        ledger.apply(1_000, &t).unwrap();
+    }
+    let chain = ledger.chain_id().to_string();
+    let policy = AdmissionPolicy {
+        max_pending_per_sender: 16,
+        max_nonce_ahead: 32,
+        ..AdmissionPolicy::default()
+    };
+    let transfer = || TxKind::Transfer {
+        to: customer.node_id(),
+        amount: 1,
+    };
+    let heartbeats = || TxKind::Heartbeats {
+        contract: id,
+        batch: HeartbeatBatch {
+            intervals: Vec::new(),
+            readings_processed: 0,
+            data_proofs: Vec::new(),
+        },
+    };
+    let (f, p) = (flooder.node_id(), provider.node_id());
+    let base = |s: &KeySigner| ledger.next_nonce(&s.node_id());
+    let (fb, pb) = (base(flooder), base(provider));
+    let order = |pool: &Mempool, max: usize| -> Vec<(NodeId, u64)> {
+        pool.proposal(&ledger, max)
+            .iter()
+            .map(|t| (t.tx.sender, t.tx.nonce))
+            .collect()
+    };
+
+    // A backlog of sixteen transfers arrived first; then the provider's activation report,
+    // six heartbeats and a transfer of its own.
+    let mut pool = Mempool::with_limits(me.node_id(), policy.clone(), 100, 5);
+    for n in 0..16 {
+        let t = tx_with_nonce(&chain, flooder, fb + n, transfer());
+        assert_eq!(pool.admit(&ledger, n, t), Ok(true));
+    }
+    let activation = TxKind::ReportActivation {
+        contract: id,
+        activated_at: 1_000,
+    };
+    let mut mine = vec![activation];
+    mine.extend((0..6).map(|_| heartbeats()));
+    mine.push(transfer());
+    for (n, kind) in mine.into_iter().enumerate() {
+        let n = n as u64;
+        let t = tx_with_nonce(&chain, provider, pb + n, kind);
+        assert_eq!(pool.admit(&ledger, 100 + n, t), Ok(true));
+    }
+    let want: Vec<_> = (0..DUTIES_PER_SENDER as u64)
+        .map(|n| (p, pb + n))
+        .chain((0..4).map(|n| (f, fb + n)))
+        .collect();
+    assert_eq!(order(&pool, 8), want, "four duties first, then the backlog");
+    let all = order(&pool, 100);
+    assert_eq!(all.len(), 24);
+    assert_eq!(all[..4], want[..4]);
+    assert_eq!(
+        all[4..20],
+        (0..16).map(|n| (f, fb + n)).collect::<Vec<_>>()[..],
+        "the rest of the backlog"
+    );
+    assert_eq!(
+        all[20..],
+        (4..8).map(|n| (p, pb + n)).collect::<Vec<_>>()[..],
+        "duties past the lane's share, and the provider's transfer, wait their turn"
+    );
+
+    // A duty behind the sender's own transfer waits for it; a stranger's heartbeats on the
+    // provider's contract are no duty.
+    let mut pool = Mempool::with_limits(me.node_id(), policy, 100, 5);
+    for n in 0..4 {
+        let t = tx_with_nonce(&chain, customer, base(customer) + n, transfer());
+        assert_eq!(pool.admit(&ledger, n, t), Ok(true));
+    }
+    let t = tx_with_nonce(&chain, provider, pb, transfer());
+    assert_eq!(pool.admit(&ledger, 10, t), Ok(true));
+    let t = tx_with_nonce(&chain, provider, pb + 1, heartbeats());
+    assert_eq!(pool.admit(&ledger, 11, t), Ok(true));
+    let t = tx_with_nonce(&chain, flooder, fb, heartbeats());
+    assert_eq!(pool.admit(&ledger, 12, t), Ok(true));
+    let c = customer.node_id();
+    let cb = base(customer);
+    assert_eq!(
+        order(&pool, 10),
+        vec![
+            (c, cb),
+            (c, cb + 1),
+            (c, cb + 2),
+            (c, cb + 3),
+            (p, pb),
+            (p, pb + 1),
+            (f, fb)
+        ]
+    );
+}

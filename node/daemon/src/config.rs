@@ -41,6 +41,8 @@ pub struct NodeConfig {
     pub provider: ProviderSection,
     /// Fleet deployments: reconcile, pull and store bounds (`docs/FLEETS.md`).
     pub fleet: agora_fleet_core::FleetConfig,
+    /// This node's policy as a block proposer.
+    pub ledger: agora_ledger::LedgerConfig,
 }
 
 /// `[provider]`

@@ -307,6 +307,7 @@ async fn start_with_key(
             let (handle, task) = agora_ledger::spawn(
                 store,
                 &genesis,
+                &config.ledger,
                 key.signer().clone(),
                 network.clone(),
                 cancel.clone(),

@@ -38,6 +38,28 @@ const SYNC_BATCH: usize = 64;
 /// Encoded bytes of blocks per sync answer (well inside the request-response size limit).
 const SYNC_BYTES: usize = agora_wire::codec::MAX_RPC_BYTES / 2;
 
+/// Most transactions a block may carry, and the default of [`LedgerConfig::max_block_txs`].
+pub const MAX_BLOCK_TXS: usize = 2_000;
+
+/// The `[ledger]` config section: this node's own policy as a proposer (not consensus: the
+/// other validators accept any block that applies, whatever this node chose).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LedgerConfig {
+    /// Most transactions this node puts in a block it proposes, 1 to [`MAX_BLOCK_TXS`]
+    /// (values outside are clamped, with a warning). A small value makes a backlog cheap to
+    /// produce; tests that flood the chain use it.
+    pub max_block_txs: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            max_block_txs: MAX_BLOCK_TXS,
+        }
+    }
+}
+
 /// Block production pacing.
 #[derive(Clone, Debug)]
 pub struct ChainParams {
@@ -73,7 +95,7 @@ pub struct ChainParams {
 impl Default for ChainParams {
     fn default() -> Self {
         ChainParams {
-            max_block_txs: 2_000,
+            max_block_txs: MAX_BLOCK_TXS,
             max_block_bytes: agora_wire::codec::MAX_GOSSIP_BYTES / 2,
             empty_block_interval_ms: 1_000,
             quiet_block_interval_ms: 10_000,

@@ -17,7 +17,7 @@ pub mod sync_server;
 pub mod task;
 
 pub use agora_wire::topics::{BLOCKS_TOPIC, CONSENSUS_TOPIC, TX_TOPIC};
-pub use chain::{ChainParams, SyncMsg};
+pub use chain::{ChainParams, LedgerConfig, MAX_BLOCK_TXS, SyncMsg};
 pub use mempool::{Mempool, MempoolError, MempoolStats};
 pub use store::{LedgerStore, StoreError};
 pub use task::{AppliedBlock, LedgerHandle, LedgerTaskError, LedgerView, spawn};

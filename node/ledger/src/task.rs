@@ -279,6 +279,7 @@ impl TxOutbox {
 pub async fn spawn(
     store: LedgerStore,
     genesis: &Genesis,
+    config: &crate::chain::LedgerConfig,
     signer: KeySigner,
     network: NetworkHandle,
     cancel: CancellationToken,
@@ -335,6 +336,15 @@ pub async fn spawn(
     let validators = ValidatorSet::new(genesis.committee.iter().copied())
         .map_err(|e| LedgerTaskError::Ledger(format!("genesis committee: {e}")))?;
     let mut params = ChainParams::default();
+    params.max_block_txs = config.max_block_txs.clamp(1, crate::chain::MAX_BLOCK_TXS);
+    if params.max_block_txs != config.max_block_txs {
+        warn!(
+            asked = config.max_block_txs,
+            used = params.max_block_txs,
+            "[ledger] max_block_txs must be 1 to {}; clamped",
+            crate::chain::MAX_BLOCK_TXS
+        );
+    }
     // Proposals are judged against the chain's own tolerance (genesis `LedgerParams`).
     params.consensus.block_time_tolerance_ms = ledger.params().block_time_tolerance_ms;
     let driver = ConsensusDriver::new(

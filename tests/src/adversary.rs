@@ -18,7 +18,7 @@
 //! - and come in numbers: [`Adversary::many`] joins throwaway identities (keys are free).
 //!
 //! Attack families live in one file each under `adversary/` and are used by the tests in
-//! `tests/tests/attack_*.rs`. Each attack test asserts what honest nodes still do (a transfer
+//! `tests/tests/e2e/attack_*.rs`. Each attack test asserts what honest nodes still do (a transfer
 //! finalises, an auction awards, …) and that no node process died ([`HostileDevnet::assert_alive`]).
 
 pub mod challenge;

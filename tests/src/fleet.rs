@@ -1,4 +1,4 @@
-//! Helpers of the fleet process tests (`tests/tests/fleet.rs`, `fleet_upgrade.rs`,
+//! Helpers of the fleet process tests (`tests/tests/e2e/fleet.rs`, `fleet_upgrade.rs`,
 //! `fleet_variants.rs`): node ids, reconfiguring a node, publishing a service, labels, a node's
 //! running services, a deployment's status as the deployer reports it.
 #![allow(clippy::unwrap_used)]

@@ -335,8 +335,10 @@ pub async fn spawn(
     }
     let validators = ValidatorSet::new(genesis.committee.iter().copied())
         .map_err(|e| LedgerTaskError::Ledger(format!("genesis committee: {e}")))?;
-    let mut params = ChainParams::default();
-    params.max_block_txs = config.max_block_txs.clamp(1, crate::chain::MAX_BLOCK_TXS);
+    let mut params = ChainParams {
+        max_block_txs: config.max_block_txs.clamp(1, crate::chain::MAX_BLOCK_TXS),
+        ..ChainParams::default()
+    };
     if params.max_block_txs != config.max_block_txs {
         warn!(
             asked = config.max_block_txs,

@@ -1,5 +1,5 @@
 //! `agora-byzantine`: a real agora node with byzantine arbitrator behaviour switched on from its
-//! command line, for the attack tests of issue #13 (`tests/tests/attack_arbitrators.rs`).
+//! command line, for the attack tests of issue #13 (`tests/tests/e2e/attack_arbitrators.rs`).
 //!
 //! `agora-byzantine node run --data-dir DIR [MISBEHAVIOURS]` starts the node exactly as
 //! `agora node run --data-dir DIR` does (the same config file, environment overrides, data

@@ -3,7 +3,7 @@
 //! become a network with the documented commands: `agora init` on each, `agora genesis create`
 //! naming their ids, `agora init --genesis … --bootstrap …`, `agora node run`. They connect,
 //! replicate one chain and finalise a transfer. What one host cannot show (NAT, real links) is
-//! the netlab's (`tests/tests/nat.rs`).
+//! the netlab's (`tests/tests/e2e/nat.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;

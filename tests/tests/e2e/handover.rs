@@ -5,10 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::Bin;
+use crate::support::netns::NetLab;
 use agora_api::client::ApiClient;
 use agora_api::ledger::LedgerStatus;
 use agora_contracts::{ActivationClause, ContractRecord, ContractStatus};
@@ -16,8 +16,6 @@ use agora_devnet::demo::Story;
 use agora_devnet::demo::story::{DEVICES, wait_for};
 use agora_devnet::files::CONTRACT_NODES;
 use agora_tests::{agora_bin, try_agora_json};
-use support::Bin;
-use support::netns::NetLab;
 
 /// One devnet at a time: each story runs seven nodes on a small machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -10,7 +10,7 @@
 //!
 //! Build the node first: `nice cargo build -p agora-node --bin agora` (cargo builds
 //! `agora-byzantine` itself for this test), then
-//! `nice cargo test -p agora-tests --test attack_provider`.
+//! `nice cargo test -p agora-tests --test e2e attack_provider::`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -5,7 +5,7 @@
 //!
 //! Build the node first: `nice cargo build -p agora-node --bin agora` (cargo builds
 //! `agora-byzantine` itself for this test), then
-//! `nice cargo test -p agora-tests --test attack_arbitrators`.
+//! `nice cargo test -p agora-tests --test e2e attack_arbitrators::`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -312,7 +312,7 @@ const ROWS: &[Row] = &[
     ),
     row(
         "prometheus --config.file=.agora-devnet/prometheus.yml --storage.tsdb.path=/tmp/agora-prom &",
-        How::NotRun("a real Prometheus scrapes a devnet in tests/tests/metrics.rs"),
+        How::NotRun("a real Prometheus scrapes a devnet in tests/tests/e2e/metrics.rs"),
     ),
     row("agora devnet status | grep '^dashboard'", How::Run),
     row(
@@ -485,7 +485,7 @@ impl Walk {
             .unwrap_or_else(|| {
                 panic!(
                     "README.md line {at}: the walkthrough test does not know this command \
-                     (add it to ROWS in tests/tests/readme_walkthrough.rs with how to run it, \
+                     (add it to ROWS in tests/tests/e2e/readme_walkthrough.rs with how to run it, \
                      or fix the README):\n  {cmd}"
                 )
             });

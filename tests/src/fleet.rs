@@ -64,7 +64,8 @@ pub fn wait_for(
     timeout: std::time::Duration,
     mut f: impl FnMut() -> bool,
 ) {
-    let deadline = std::time::Instant::now() + timeout;
+    let started = std::time::Instant::now();
+    let deadline = started + timeout;
     while !f() {
         if std::time::Instant::now() >= deadline {
             dump(net, id, nodes);
@@ -72,6 +73,7 @@ pub fn wait_for(
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    eprintln!("waited {:.1} s for {what}", started.elapsed().as_secs_f64());
 }
 
 /// What a failed wait prints, so that the failure explains itself: the deployer's status and

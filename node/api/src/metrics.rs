@@ -173,7 +173,7 @@ impl Series {
         );
         r.register(
             "gossip_messages",
-            "Gossip messages by outcome (accepted, rejected by validation, published)",
+            "Gossip messages by outcome (accepted; ignored by the task that judged them; rejected by validation; published; rate_limited: its peer over its byte rate; strangers_limited: all unfunded peers together over their one budget)",
             s.gossip_messages.clone(),
         );
         r.register(
@@ -488,6 +488,8 @@ impl Metrics {
                 ("ignored", n.gossip_ignored),
                 ("rejected", n.gossip_rejected),
                 ("published", n.gossip_published),
+                ("rate_limited", n.gossip_rate_limited),
+                ("strangers_limited", n.gossip_strangers_limited),
             ] {
                 set_family_counter(&s.gossip_messages, &[("outcome", outcome)], v);
             }

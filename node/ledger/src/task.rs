@@ -239,6 +239,8 @@ pub(super) struct LedgerTask {
     pub(super) sync_limiter: crate::sync_server::SyncLimiter,
     /// When this node last paced its consensus timeouts to the committee's round trip (ms).
     pub(super) paced_at: u64,
+    /// The funded accounts the network was last told to vouch for (THREATS N7).
+    pub(super) vouched: Option<std::collections::BTreeSet<NodeId>>,
 }
 
 /// Locally submitted transactions waiting to be gossiped together: one signed envelope (and
@@ -393,6 +395,7 @@ pub async fn spawn(
         logged_lost: 0,
         sync_limiter: Default::default(),
         paced_at: 0,
+        vouched: None,
     };
     let join = tokio::spawn(task.run(rx, sync_rx, events, cancel).in_current_span());
     Ok((LedgerHandle { tx, outcomes }, join))
@@ -407,6 +410,7 @@ impl LedgerTask {
         cancel: CancellationToken,
     ) {
         self.start_chain().await;
+        self.vouch_funded().await;
         loop {
             let due = self
                 .timers
@@ -701,6 +705,31 @@ impl LedgerTask {
         }
     }
 
+    /// Tells the network whom to vouch for when that changed: every identity whose account
+    /// holds the ledger's minimum balance (what admission asks of a sender). Gossip from
+    /// anyone else — identities are free — shares one byte budget (THREATS N7).
+    async fn vouch_funded(&mut self) {
+        let min = self.view.ledger.params().min_account_balance;
+        let funded: std::collections::BTreeSet<NodeId> = self
+            .view
+            .ledger
+            .accounts()
+            .iter()
+            .filter(|(_, a)| a.holdings() >= min)
+            .map(|(id, _)| *id)
+            .collect();
+        if self.vouched.as_ref() == Some(&funded) {
+            return;
+        }
+        let peers = funded
+            .iter()
+            .filter_map(agora_network::keys::peer_id_of)
+            .collect();
+        self.network.vouch(peers).await;
+        debug!(funded = funded.len(), "vouched for the funded accounts");
+        self.vouched = Some(funded);
+    }
+
     /// Copies the mempool's size and counters into the view queries read.
     fn sync_mempool_view(&mut self) {
         self.view.mempool = self.mempool.len();
@@ -773,6 +802,9 @@ impl LedgerTask {
             }
         }
         self.recheck_mempool();
+        if !txs.is_empty() {
+            self.vouch_funded().await;
+        }
         self.view.last_block_at = Some(time);
         let _ = self.outcomes.send(Arc::new(AppliedBlock {
             height,

@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::behaviour::{AgoraBehaviour, AgoraBehaviourEvent, build_swarm, topic_score_params};
 use super::presence::PresenceTracker;
-use super::quota::{RateLimiter, loud};
+use super::quota::{RateLimiter, StrangerBudget, loud};
 use super::routes::{RequestRefused, RouteTable};
 use super::{
     Command, GossipTicket, GossipVerdict, NetworkConfig, NetworkError, NetworkEvent, NetworkHandle,
@@ -51,6 +51,10 @@ const RPC_BURST: u32 = 200;
 /// ledger task refuses without falling behind.
 const GOSSIP_BYTES_PER_SECOND: u32 = 1024 * 1024;
 const GOSSIP_BYTES_BURST: u32 = 4 * 1024 * 1024;
+/// Gossip bytes per second, and at once, that all strangers together may deliver (peers the
+/// application has not vouched for; `quota::StrangerBudget`): what one peer may.
+const STRANGER_GOSSIP_BYTES_PER_SECOND: u32 = GOSSIP_BYTES_PER_SECOND;
+const STRANGER_GOSSIP_BYTES_BURST: u32 = GOSSIP_BYTES_BURST;
 /// Requests at least this large have their envelope decoded and signature checked on a blocking
 /// thread beside the swarm loop (a 4 MiB envelope costs milliseconds the loop would otherwise
 /// spend away from every other peer's traffic); smaller ones are cheaper to check in place.
@@ -83,6 +87,7 @@ struct EventLoop {
     rpc_rates: RateLimiter,
     /// Gossip bytes each peer may deliver to us (the peer that forwarded a message pays).
     gossip_rates: RateLimiter,
+    strangers: StrangerBudget,
     next_inbound: u64,
     listen_addrs: Vec<Multiaddr>,
     peer_addrs: HashMap<PeerId, Multiaddr>,
@@ -222,6 +227,10 @@ pub async fn spawn_with_metrics(
         pending_per_peer: HashMap::new(),
         rpc_rates: RateLimiter::new(RPC_RATE_PER_SECOND, RPC_BURST, MAX_RATE_PEERS),
         gossip_rates: RateLimiter::new(GOSSIP_BYTES_PER_SECOND, GOSSIP_BYTES_BURST, MAX_RATE_PEERS),
+        strangers: StrangerBudget::new(
+            STRANGER_GOSSIP_BYTES_PER_SECOND,
+            STRANGER_GOSSIP_BYTES_BURST,
+        ),
         next_inbound: 0,
         listen_addrs: Vec::new(),
         peer_addrs: HashMap::new(),
@@ -357,6 +366,10 @@ impl EventLoop {
             Command::SubscribeJudged(topic, reply) => {
                 self.judged.insert(IdentTopic::new(topic.clone()).hash());
                 self.on_command(Command::Subscribe(topic, reply));
+            }
+            Command::Vouch(peers) => {
+                self.strangers.vouch(peers);
+                self.stats.vouched_peers = self.strangers.vouched() as u64;
             }
             Command::Judge(ticket, verdict) => {
                 let acceptance = match verdict {
@@ -715,10 +728,8 @@ impl EventLoop {
         // Each peer delivers at most its byte rate, before anything is verified or decoded: a
         // flood of valid messages cannot make a task here (the ledger decoding transaction
         // batches) fall behind and drop honest traffic. Ignored: not forwarded, not penalised.
-        if !self
-            .gossip_rates
-            .take(source, message.data.len(), std::time::Instant::now())
-        {
+        let now = std::time::Instant::now();
+        if !self.gossip_rates.take(source, message.data.len(), now) {
             self.swarm
                 .behaviour_mut()
                 .gossipsub
@@ -728,6 +739,21 @@ impl EventLoop {
                 warn!(peer = %source, refused = self.stats.gossip_rate_limited, "gossip ignored: peer over its byte rate");
             }
             return;
+        }
+        // Strangers (no funded account: identities are free) share one budget on top (N7).
+        if self.strangers.is_stranger(&source) {
+            if !self.strangers.take(message.data.len(), now) {
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, MessageAcceptance::Ignore);
+                self.stats.gossip_strangers_limited += 1;
+                if self.refused("stranger gossip") {
+                    warn!(peer = %source, refused = self.stats.gossip_strangers_limited, "gossip ignored: strangers over their shared byte rate");
+                }
+                return;
+            }
+            self.stats.gossip_stranger_bytes += message.data.len() as u64;
         }
         // The envelope's signature authenticates the author; the freshness window keeps a relay
         // from re-injecting an old one (see `GOSSIP_MAX_SKEW_MS`). A large envelope is checked

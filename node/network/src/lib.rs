@@ -227,6 +227,13 @@ pub struct NetworkStats {
     /// Gossip messages ignored because the peer that delivered them was over its byte rate
     /// (`GOSSIP_BYTES_PER_SECOND`); not verified, not delivered, not forwarded.
     pub gossip_rate_limited: u64,
+    /// Gossip messages ignored because strangers (peers the application has not vouched for:
+    /// no funded ledger account) together were over their one shared byte rate.
+    pub gossip_strangers_limited: u64,
+    /// Bytes of gossip from strangers that their shared budget let through.
+    pub gossip_stranger_bytes: u64,
+    /// Peers vouched for (their gossip is not charged to the strangers' budget).
+    pub vouched_peers: u64,
     /// Gossip messages of a judged topic the application ignored (nothing new in them): they
     /// are delivered to no one else and not forwarded, so a flood stops at its first hop.
     pub gossip_ignored: u64,
@@ -385,6 +392,7 @@ pub(crate) enum Command {
     Subscribe(String, Reply<Result<(), NetworkError>>),
     SubscribeJudged(String, Reply<Result<(), NetworkError>>),
     Judge(GossipTicket, GossipVerdict),
+    Vouch(Vec<PeerId>),
     Publish(String, Vec<u8>, Reply<Result<(), NetworkError>>),
     Broadcast(String, Kind, Vec<u8>, Reply<Result<(), NetworkError>>),
     Request(PeerId, Vec<u8>, Reply<Result<Envelope, NetworkError>>),
@@ -471,6 +479,14 @@ impl NetworkHandle {
     pub async fn judge(&self, ticket: GossipTicket, verdict: GossipVerdict) {
         // No reply: the verdict is advice to gossipsub, and a stopped network has no use for it.
         let _ = self.commands.send(Command::Judge(ticket, verdict)).await;
+    }
+
+    /// Vouches for `peers` (replacing whoever was vouched for before): their gossip is charged
+    /// to their own byte rate only, while everyone else's — strangers' — also shares one budget
+    /// of one peer's rate (THREATS N7). Until the first call nobody is a stranger. The ledger
+    /// task vouches for every identity whose account holds the ledger's minimum balance.
+    pub async fn vouch(&self, peers: Vec<PeerId>) {
+        let _ = self.commands.send(Command::Vouch(peers)).await;
     }
 
     /// Publishes a sealed envelope on a topic.

@@ -6,7 +6,7 @@
 //! only while the peer holds a permit (so never more than `total` entries), a rate limiter
 //! until the peer disconnects ([`RateLimiter::forget`]); and at most `max_peers` entries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -182,6 +182,70 @@ impl RateLimiter {
     }
 }
 
+/// Most identities the application may vouch for; beyond that the rest stay strangers.
+pub(crate) const MAX_VOUCHED: usize = 65_536;
+
+/// One byte budget for all gossip that strangers deliver (THREATS N7). A stranger is a peer the
+/// application has not vouched for — on a node with a ledger, one whose identity holds no funded
+/// account. Identities are free: with a rate per peer only, a thousand of them deliver a
+/// thousand times that rate, and each message costs a signature check before anyone can judge
+/// it. Accounts are not free, so vouched peers keep their own rate each while every stranger
+/// together gets what one peer gets. Off (no one is a stranger) until the application vouches
+/// for someone: a node without a ledger treats every peer alike.
+#[derive(Debug)]
+pub(crate) struct StrangerBudget {
+    vouched: Option<HashSet<PeerId>>,
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl StrangerBudget {
+    pub(crate) fn new(per_second: u32, burst: u32) -> StrangerBudget {
+        let burst = f64::from(burst.max(1));
+        StrangerBudget {
+            vouched: None,
+            per_second: f64::from(per_second),
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    /// Replaces who is vouched for (at most [`MAX_VOUCHED`] of them; the rest stay strangers).
+    pub(crate) fn vouch(&mut self, peers: impl IntoIterator<Item = PeerId>) {
+        self.vouched = Some(peers.into_iter().take(MAX_VOUCHED).collect());
+    }
+
+    /// How many peers are vouched for.
+    pub(crate) fn vouched(&self) -> usize {
+        self.vouched.as_ref().map_or(0, HashSet::len)
+    }
+
+    /// Whether `peer` is a stranger (never, until someone was vouched for).
+    pub(crate) fn is_stranger(&self, peer: &PeerId) -> bool {
+        self.vouched.as_ref().is_some_and(|v| !v.contains(peer))
+    }
+
+    /// Charges a stranger's message of `bytes` to the shared budget; `false` (and nothing
+    /// taken) when the budget holds less. A message above the burst is charged as the burst.
+    pub(crate) fn take(&mut self, bytes: usize, now: Instant) -> bool {
+        let elapsed = self
+            .last
+            .map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.last = Some(now);
+        let cost = (bytes as f64).clamp(1.0, self.burst);
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -257,5 +321,39 @@ mod tests {
         assert_eq!(r.len(), 10);
         r.forget(&peers[49]);
         assert_eq!(r.len(), 9);
+    }
+
+    #[test]
+    fn strangers_share_one_budget_and_vouched_peers_are_not_charged() {
+        let mut b = StrangerBudget::new(1_000, 4_000);
+        let (a, c) = (PeerId::random(), PeerId::random());
+        // Nobody vouched for yet: nobody is a stranger (a node without a ledger).
+        assert!(!b.is_stranger(&a));
+        b.vouch([a]);
+        assert_eq!(b.vouched(), 1);
+        assert!(!b.is_stranger(&a));
+        assert!(b.is_stranger(&c));
+        let t0 = Instant::now();
+        // The burst, shared: what one stranger took, no other stranger gets.
+        assert!(b.take(3_000, t0));
+        assert!(
+            !b.take(2_000, t0),
+            "another stranger finds the budget spent"
+        );
+        assert!(b.take(1_000, t0));
+        assert!(!b.take(1, t0));
+        // Refilled at the rate, never past the burst.
+        assert!(b.take(500, t0 + Duration::from_millis(500)));
+        assert!(!b.take(1, t0 + Duration::from_millis(500)));
+        assert!(b.take(4_000, t0 + Duration::from_secs(60)));
+        // A message larger than the burst still goes through a full budget.
+        assert!(b.take(1 << 20, t0 + Duration::from_secs(120)));
+        // The set is bounded.
+        b.vouch((0..MAX_VOUCHED + 10).map(|_| PeerId::random()));
+        assert_eq!(b.vouched(), MAX_VOUCHED);
+        assert!(
+            b.is_stranger(&a),
+            "a replaced set forgets who it no longer names"
+        );
     }
 }

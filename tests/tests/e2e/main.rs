@@ -21,6 +21,7 @@ mod attack_market_flood;
 mod attack_provider;
 mod attack_radio;
 mod attack_smoke;
+mod attack_sybil;
 mod attack_sync;
 mod contract_cost;
 mod dashboard_browser;

@@ -328,8 +328,21 @@ impl Orchestrator {
             Some(_) => None,
         };
         if let Err(e) = self.services.start(&id).await {
-            warn!(contract = %contract.short(), error = %e, "service did not start");
-            self.timeline.push("activation-failed", Some(&contract), e);
+            // Tried again while the contract still asks for it (the tick checks the ledger):
+            // a start refused for a moment — the previous contract's instance of the same
+            // module still stopping at a stop-first variant change (`max_instances`) — cost
+            // an honest provider its stake (`NoActivation`), and its deployer a minute.
+            warn!(contract = %contract.short(), error = %e, "service did not start; trying again");
+            self.timeline.push(
+                "activation-failed",
+                Some(&contract),
+                format!(
+                    "{e}; trying again in {} ms",
+                    agora_roles::ACTIVATION_RETRY_MS
+                ),
+            );
+            self.scheduled
+                .insert(contract, now_ms() + agora_roles::ACTIVATION_RETRY_MS);
             return;
         }
         let started = now_ms();
@@ -515,7 +528,13 @@ impl Orchestrator {
             Vec::new()
         };
         for c in due {
-            self.activate(c).await;
+            // Only while the contract still asks for a start (a retry may outlive it).
+            let wanted = self.record(c).await.is_some_and(|r| {
+                matches!(r.status, ContractStatus::Armed | ContractStatus::Active)
+            });
+            if wanted {
+                self.activate(c).await;
+            }
         }
         let beating: Vec<ContractId> = self
             .hosted

@@ -230,6 +230,19 @@ fn variants_respect_constraints_balance_and_rebalance_after_a_join() {
         },
     );
     assert_eq!(active(&a), a_contracts, "a's contracts were not touched");
+    // No provider paid for the switch: the new image's service starts once the old contract's
+    // instance of the same module stops (a start refused meanwhile is tried again), so none is
+    // slashed for an activation it could not make (it was, NoActivation, until session 39).
+    for image in [&a, &b, &b2] {
+        let slashed: Vec<_> = deployer_contracts(&net, image)
+            .into_iter()
+            .filter(|(_, _, s)| s == "slashed")
+            .collect();
+        assert!(
+            slashed.is_empty(),
+            "providers slashed for {image}: {slashed:?}"
+        );
+    }
     let st = status(&net, &id);
     assert_eq!(st["variant_counts"]["a"], 3, "{st}");
     assert_eq!(st["variant_counts"]["b"], 3, "{st}");

@@ -52,7 +52,8 @@ const RPC_BURST: u32 = 200;
 const GOSSIP_BYTES_PER_SECOND: u32 = 1024 * 1024;
 const GOSSIP_BYTES_BURST: u32 = 4 * 1024 * 1024;
 /// Gossip bytes per second, and at once, that all strangers together may deliver (peers the
-/// application has not vouched for; `quota::StrangerBudget`): what one peer may.
+/// application has not vouched for; `quota::StrangerBudget`): what one peer may. Their
+/// requests together get one peer's request rate too.
 const STRANGER_GOSSIP_BYTES_PER_SECOND: u32 = GOSSIP_BYTES_PER_SECOND;
 const STRANGER_GOSSIP_BYTES_BURST: u32 = GOSSIP_BYTES_BURST;
 /// Requests at least this large have their envelope decoded and signature checked on a blocking
@@ -230,6 +231,8 @@ pub async fn spawn_with_metrics(
         strangers: StrangerBudget::new(
             STRANGER_GOSSIP_BYTES_PER_SECOND,
             STRANGER_GOSSIP_BYTES_BURST,
+            RPC_RATE_PER_SECOND,
+            RPC_BURST,
         ),
         next_inbound: 0,
         listen_addrs: Vec::new(),
@@ -742,7 +745,7 @@ impl EventLoop {
         }
         // Strangers (no funded account: identities are free) share one budget on top (N7).
         if self.strangers.is_stranger(&source) {
-            if !self.strangers.take(message.data.len(), now) {
+            if !self.strangers.take_gossip(message.data.len(), now) {
                 self.swarm
                     .behaviour_mut()
                     .gossipsub
@@ -855,7 +858,8 @@ impl EventLoop {
         request: Vec<u8>,
         channel: ResponseChannel<Vec<u8>>,
     ) {
-        if !self.rpc_rates.allow(peer, std::time::Instant::now()) {
+        let now = std::time::Instant::now();
+        if !self.rpc_rates.allow(peer, now) {
             self.stats.rpc_rate_limited += 1;
             if self.refused("rpc rate") {
                 warn!(%peer, refused = self.stats.rpc_rate_limited, "request refused: peer over its request rate");
@@ -863,6 +867,17 @@ impl EventLoop {
                 debug!(%peer, "request refused: rate");
             }
             return;
+        }
+        // Strangers (no funded account) share one request rate on top (THREATS N4, N7).
+        if self.strangers.is_stranger(&peer) {
+            if !self.strangers.take_request(now) {
+                self.stats.rpc_strangers_limited += 1;
+                if self.refused("stranger rpc") {
+                    warn!(%peer, refused = self.stats.rpc_strangers_limited, "request refused: strangers over their shared request rate");
+                }
+                return;
+            }
+            self.stats.rpc_stranger_admitted += 1;
         }
         let mine = self.pending_per_peer.get(&peer).copied().unwrap_or(0);
         let total = self.inbound.len() + self.verifying.len();

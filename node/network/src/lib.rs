@@ -232,8 +232,13 @@ pub struct NetworkStats {
     pub gossip_strangers_limited: u64,
     /// Bytes of gossip from strangers that their shared budget let through.
     pub gossip_stranger_bytes: u64,
-    /// Peers vouched for (their gossip is not charged to the strangers' budget).
+    /// Peers vouched for (their gossip and requests are not charged to the strangers' budget).
     pub vouched_peers: u64,
+    /// Inbound requests refused because strangers together were over their one shared request
+    /// rate (one peer's).
+    pub rpc_strangers_limited: u64,
+    /// Inbound requests from strangers that their shared request rate let through.
+    pub rpc_stranger_admitted: u64,
     /// Gossip messages of a judged topic the application ignored (nothing new in them): they
     /// are delivered to no one else and not forwarded, so a flood stops at its first hop.
     pub gossip_ignored: u64,
@@ -481,9 +486,9 @@ impl NetworkHandle {
         let _ = self.commands.send(Command::Judge(ticket, verdict)).await;
     }
 
-    /// Vouches for `peers` (replacing whoever was vouched for before): their gossip is charged
-    /// to their own byte rate only, while everyone else's — strangers' — also shares one budget
-    /// of one peer's rate (THREATS N7). Until the first call nobody is a stranger. The ledger
+    /// Vouches for `peers` (replacing whoever was vouched for before): their gossip and
+    /// requests are charged to their own rates only, while everyone else's — strangers' — also
+    /// share one budget of one peer's rates (THREATS N7, N4). Until the first call nobody is a stranger. The ledger
     /// task vouches for every identity whose account holds the ledger's minimum balance.
     pub async fn vouch(&self, peers: Vec<PeerId>) {
         let _ = self.commands.send(Command::Vouch(peers)).await;

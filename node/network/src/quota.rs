@@ -185,31 +185,72 @@ impl RateLimiter {
 /// Most identities the application may vouch for; beyond that the rest stay strangers.
 pub(crate) const MAX_VOUCHED: usize = 65_536;
 
-/// One byte budget for all gossip that strangers deliver (THREATS N7). A stranger is a peer the
-/// application has not vouched for — on a node with a ledger, one whose identity holds no funded
-/// account. Identities are free: with a rate per peer only, a thousand of them deliver a
-/// thousand times that rate, and each message costs a signature check before anyone can judge
-/// it. Accounts are not free, so vouched peers keep their own rate each while every stranger
-/// together gets what one peer gets. Off (no one is a stranger) until the application vouches
+/// One budget for all that strangers send (THREATS N7, N4): a byte rate for the gossip they
+/// deliver and a request rate for what they ask. A stranger is a peer the application has not
+/// vouched for — on a node with a ledger, one whose identity holds no funded account.
+/// Identities are free: with rates per peer only, a thousand of them get a thousand times the
+/// rate, and each message and request costs a signature check before anyone can judge it.
+/// Accounts are not free, so vouched peers keep their own rates each while all strangers
+/// together get what one peer gets. Off (no one is a stranger) until the application vouches
 /// for someone: a node without a ledger treats every peer alike.
 #[derive(Debug)]
 pub(crate) struct StrangerBudget {
     vouched: Option<HashSet<PeerId>>,
+    gossip: Bucket,
+    requests: Bucket,
+}
+
+/// One token bucket: `burst` at once, refilled at `per_second`.
+#[derive(Debug)]
+struct Bucket {
     per_second: f64,
     burst: f64,
     tokens: f64,
     last: Option<Instant>,
 }
 
-impl StrangerBudget {
-    pub(crate) fn new(per_second: u32, burst: u32) -> StrangerBudget {
+impl Bucket {
+    fn new(per_second: u32, burst: u32) -> Bucket {
         let burst = f64::from(burst.max(1));
-        StrangerBudget {
-            vouched: None,
+        Bucket {
             per_second: f64::from(per_second),
             burst,
             tokens: burst,
             last: None,
+        }
+    }
+
+    /// Takes `cost` (at least 1, at most the burst, so a full bucket always admits); `false`
+    /// and nothing taken when the bucket holds less.
+    fn take(&mut self, cost: usize, now: Instant) -> bool {
+        let elapsed = self
+            .last
+            .map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.last = Some(now);
+        let cost = (cost as f64).clamp(1.0, self.burst);
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl StrangerBudget {
+    /// All strangers together: `gossip` bytes per second (and `gossip_burst` at once), and
+    /// `requests` per second (and `request_burst` at once).
+    pub(crate) fn new(
+        gossip: u32,
+        gossip_burst: u32,
+        requests: u32,
+        request_burst: u32,
+    ) -> StrangerBudget {
+        StrangerBudget {
+            vouched: None,
+            gossip: Bucket::new(gossip, gossip_burst),
+            requests: Bucket::new(requests, request_burst),
         }
     }
 
@@ -228,21 +269,15 @@ impl StrangerBudget {
         self.vouched.as_ref().is_some_and(|v| !v.contains(peer))
     }
 
-    /// Charges a stranger's message of `bytes` to the shared budget; `false` (and nothing
-    /// taken) when the budget holds less. A message above the burst is charged as the burst.
-    pub(crate) fn take(&mut self, bytes: usize, now: Instant) -> bool {
-        let elapsed = self
-            .last
-            .map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
-        self.last = Some(now);
-        let cost = (bytes as f64).clamp(1.0, self.burst);
-        if self.tokens >= cost {
-            self.tokens -= cost;
-            true
-        } else {
-            false
-        }
+    /// Charges a stranger's gossip message of `bytes`; `false` (nothing taken) when the
+    /// strangers' byte budget holds less. A message above the burst is charged as the burst.
+    pub(crate) fn take_gossip(&mut self, bytes: usize, now: Instant) -> bool {
+        self.gossip.take(bytes, now)
+    }
+
+    /// Charges a stranger's request; `false` when the strangers' request budget is spent.
+    pub(crate) fn take_request(&mut self, now: Instant) -> bool {
+        self.requests.take(1, now)
     }
 }
 
@@ -325,7 +360,7 @@ mod tests {
 
     #[test]
     fn strangers_share_one_budget_and_vouched_peers_are_not_charged() {
-        let mut b = StrangerBudget::new(1_000, 4_000);
+        let mut b = StrangerBudget::new(1_000, 4_000, 2, 3);
         let (a, c) = (PeerId::random(), PeerId::random());
         // Nobody vouched for yet: nobody is a stranger (a node without a ledger).
         assert!(!b.is_stranger(&a));
@@ -335,19 +370,26 @@ mod tests {
         assert!(b.is_stranger(&c));
         let t0 = Instant::now();
         // The burst, shared: what one stranger took, no other stranger gets.
-        assert!(b.take(3_000, t0));
+        assert!(b.take_gossip(3_000, t0));
         assert!(
-            !b.take(2_000, t0),
+            !b.take_gossip(2_000, t0),
             "another stranger finds the budget spent"
         );
-        assert!(b.take(1_000, t0));
-        assert!(!b.take(1, t0));
+        assert!(b.take_gossip(1_000, t0));
+        assert!(!b.take_gossip(1, t0));
         // Refilled at the rate, never past the burst.
-        assert!(b.take(500, t0 + Duration::from_millis(500)));
-        assert!(!b.take(1, t0 + Duration::from_millis(500)));
-        assert!(b.take(4_000, t0 + Duration::from_secs(60)));
+        assert!(b.take_gossip(500, t0 + Duration::from_millis(500)));
+        assert!(!b.take_gossip(1, t0 + Duration::from_millis(500)));
+        assert!(b.take_gossip(4_000, t0 + Duration::from_secs(60)));
         // A message larger than the burst still goes through a full budget.
-        assert!(b.take(1 << 20, t0 + Duration::from_secs(120)));
+        assert!(b.take_gossip(1 << 20, t0 + Duration::from_secs(120)));
+        // Requests have a budget of their own: 3 at once, then 2 a second.
+        for _ in 0..3 {
+            assert!(b.take_request(t0));
+        }
+        assert!(!b.take_request(t0), "the strangers' request burst is spent");
+        assert!(b.take_request(t0 + Duration::from_millis(500)));
+        assert!(!b.take_request(t0 + Duration::from_millis(500)));
         // The set is bounded.
         b.vouch((0..MAX_VOUCHED + 10).map(|_| PeerId::random()));
         assert_eq!(b.vouched(), MAX_VOUCHED);

@@ -6,7 +6,8 @@
 //! account holds the minimum balance (the devnet's nodes, funded at genesis); everyone else's
 //! gossip also shares one budget of one peer's rate. The test asserts, per node, that the
 //! strangers together got no more than that budget over the flood (plus one burst), that the
-//! budget turned messages away, and that an honest transfer finalises meanwhile.
+//! budget turned messages away, and that an honest transfer finalises meanwhile; then the same
+//! identities flood node0 with requests, and together get one peer's request rate.
 //!
 //! Build the node first: `nice cargo build -p agora-node --bin agora`, then
 //! `nice cargo test -p agora-tests --test e2e attack_sybil::`.
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use agora_contracts::{SignedTransaction, Transaction, TxKind};
 use agora_market::{KeySigner, Signer as _};
-use agora_tests::adversary::{Adversary, HostileDevnet};
+use agora_tests::adversary::{Adversary, HostileDevnet, flood};
 use agora_wire::codec::Kind;
 use agora_wire::topics::TX_TOPIC;
 
@@ -33,6 +34,9 @@ const FLOOD: Duration = Duration::from_secs(8);
 /// network's `STRANGER_GOSSIP_BYTES_PER_SECOND` / `_BURST`).
 const STRANGER_BYTES_PER_SECOND: f64 = 1024.0 * 1024.0;
 const STRANGER_BURST: f64 = 4.0 * 1024.0 * 1024.0;
+/// What all strangers together may ask of one node: one peer's request rate and burst.
+const STRANGER_REQUESTS_PER_SECOND: f64 = 50.0;
+const STRANGER_REQUEST_BURST: f64 = 200.0;
 
 /// A batch of 800 transactions (about 130 KiB) from keys without an account (the ledger refuses them at
 /// once, so every batch is ignored, not penalised: the identities stay connected).
@@ -136,7 +140,39 @@ async fn many_identities_share_one_gossip_budget_and_honest_transfers_finalise()
             "node{i}: the strangers' budget turned nothing away: {a:?}"
         );
     }
-    // And once more after the flood.
+
+    // The same identities each send node0 60 requests at once (within their own request rate
+    // and burst): together they get one peer's request rate.
+    let target = net.peer_id(0);
+    let before = net.stats(0).await.unwrap();
+    let asked = Instant::now();
+    let floods = sybils.iter().map(|a| {
+        let req = a.seal(Kind::Consensus, b"flood".to_vec()).to_bytes();
+        async move { flood::requests_for(a, target, &req, 60, Duration::from_secs(5)).await }
+    });
+    let reports = futures::future::join_all(floods).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let window = asked.elapsed().as_secs_f64() + 1.0;
+    let after = net.stats(0).await.unwrap();
+    let admitted = after.rpc_stranger_admitted - before.rpc_stranger_admitted;
+    let limited = after.rpc_strangers_limited - before.rpc_strangers_limited;
+    let bound = STRANGER_REQUESTS_PER_SECOND * window + STRANGER_REQUEST_BURST;
+    eprintln!(
+        "node0: {} requests from {IDENTITIES} identities in {window:.1} s, {admitted} let \
+         through (bound {bound:.0}), {limited} refused by the strangers' request rate; \
+         answered/refused as the identities saw it: {reports:?}",
+        IDENTITIES * 60
+    );
+    assert!(
+        (admitted as f64) <= bound,
+        "node0 let {admitted} stranger requests through in {window:.1} s: {after:?}"
+    );
+    assert!(
+        limited > 0,
+        "the strangers' request rate refused nothing: {after:?}"
+    );
+
+    // And once more after the floods.
     net.transfer_finalises(1, 2, 5).await.unwrap();
     net.assert_alive();
 }

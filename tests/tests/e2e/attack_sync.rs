@@ -70,9 +70,14 @@ fn a_sync_flood_from_many_identities_is_rationed_and_the_chain_keeps_finalising(
     let after = ledger_status(&victim);
     let net_after = rt.block_on(net.stats(0)).unwrap();
     // Before the ledger sees a request, the network's per-peer quotas (50 a second, 32
-    // pending) refuse what one peer sends beyond them.
-    let quota_refused = (net_after.rpc_rate_limited + net_after.rpc_pending_refused)
-        - (net_before.rpc_rate_limited + net_before.rpc_pending_refused);
+    // pending) refuse what one peer sends beyond them, and the one request rate all strangers
+    // share (identities without a funded account) what they send together beyond it.
+    let quota_refused = (net_after.rpc_rate_limited
+        + net_after.rpc_pending_refused
+        + net_after.rpc_strangers_limited)
+        - (net_before.rpc_rate_limited
+            + net_before.rpc_pending_refused
+            + net_before.rpc_strangers_limited);
     let served = after["sync_served"].as_u64().unwrap() - before["sync_served"].as_u64().unwrap();
     let refused =
         after["sync_refused"].as_u64().unwrap() - before["sync_refused"].as_u64().unwrap();

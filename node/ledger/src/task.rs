@@ -706,8 +706,8 @@ impl LedgerTask {
     }
 
     /// Tells the network whom to vouch for when that changed: every identity whose account
-    /// holds the ledger's minimum balance (what admission asks of a sender). Gossip from
-    /// anyone else — identities are free — shares one byte budget (THREATS N7).
+    /// holds the ledger's minimum balance (what admission asks of a sender). Gossip and
+    /// requests from anyone else — identities are free — share one budget (THREATS N7).
     async fn vouch_funded(&mut self) {
         let min = self.view.ledger.params().min_account_balance;
         let funded: std::collections::BTreeSet<NodeId> = self
@@ -802,9 +802,9 @@ impl LedgerTask {
             }
         }
         self.recheck_mempool();
-        if !txs.is_empty() {
-            self.vouch_funded().await;
-        }
+        // Every block: one without transactions may still move funds (a settlement that falls
+        // due, a slash), so an account may cross the minimum balance either way.
+        self.vouch_funded().await;
         self.view.last_block_at = Some(time);
         let _ = self.outcomes.send(Arc::new(AppliedBlock {
             height,

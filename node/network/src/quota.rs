@@ -119,87 +119,6 @@ impl StreamQuota {
     }
 }
 
-/// A token bucket per peer: `burst` requests at once, refilled at `per_second`.
-#[derive(Debug)]
-pub(crate) struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    max_peers: usize,
-    buckets: HashMap<PeerId, (f64, Instant)>,
-}
-
-impl RateLimiter {
-    pub(crate) fn new(per_second: u32, burst: u32, max_peers: usize) -> RateLimiter {
-        RateLimiter {
-            per_second: f64::from(per_second),
-            burst: f64::from(burst.max(1)),
-            max_peers: max_peers.max(1),
-            buckets: HashMap::new(),
-        }
-    }
-
-    /// Takes one token from `peer`'s bucket; `false` when it is empty.
-    pub(crate) fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
-        self.take(peer, 1, now)
-    }
-
-    /// Takes `cost` tokens from `peer`'s bucket; `false` (and nothing taken) when it holds
-    /// fewer. A cost above the burst is charged as the burst, so a full bucket always admits.
-    pub(crate) fn take(&mut self, peer: PeerId, cost: usize, now: Instant) -> bool {
-        if !self.buckets.contains_key(&peer) && self.buckets.len() >= self.max_peers {
-            // Full of peers: drop the fullest bucket (the peer that asked least recently is
-            // the one that loses least from a reset).
-            let victim = self
-                .buckets
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(p, _)| *p);
-            if let Some(v) = victim {
-                self.buckets.remove(&v);
-            }
-        }
-        let (tokens, last) = self.buckets.entry(peer).or_insert((self.burst, now));
-        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
-        *tokens = (*tokens + elapsed * self.per_second).min(self.burst);
-        *last = now;
-        let cost = (cost as f64).clamp(1.0, self.burst);
-        if *tokens >= cost {
-            *tokens -= cost;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// The peer left: its bucket goes.
-    pub(crate) fn forget(&mut self, peer: &PeerId) {
-        self.buckets.remove(peer);
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.buckets.len()
-    }
-}
-
-/// Most identities the application may vouch for; beyond that the rest stay strangers.
-pub(crate) const MAX_VOUCHED: usize = 65_536;
-
-/// One budget for all that strangers send (THREATS N7, N4): a byte rate for the gossip they
-/// deliver and a request rate for what they ask. A stranger is a peer the application has not
-/// vouched for — on a node with a ledger, one whose identity holds no funded account.
-/// Identities are free: with rates per peer only, a thousand of them get a thousand times the
-/// rate, and each message and request costs a signature check before anyone can judge it.
-/// Accounts are not free, so vouched peers keep their own rates each while all strangers
-/// together get what one peer gets. Off (no one is a stranger) until the application vouches
-/// for someone: a node without a ledger treats every peer alike.
-#[derive(Debug)]
-pub(crate) struct StrangerBudget {
-    vouched: Option<HashSet<PeerId>>,
-    gossip: Bucket,
-    requests: Bucket,
-}
-
 /// One token bucket: `burst` at once, refilled at `per_second`.
 #[derive(Debug)]
 struct Bucket {
@@ -236,6 +155,81 @@ impl Bucket {
             false
         }
     }
+}
+
+/// A token bucket per peer: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    per_second: u32,
+    burst: u32,
+    max_peers: usize,
+    buckets: HashMap<PeerId, Bucket>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(per_second: u32, burst: u32, max_peers: usize) -> RateLimiter {
+        RateLimiter {
+            per_second,
+            burst,
+            max_peers: max_peers.max(1),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one token from `peer`'s bucket; `false` when it is empty.
+    pub(crate) fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
+        self.take(peer, 1, now)
+    }
+
+    /// Takes `cost` tokens from `peer`'s bucket; `false` (and nothing taken) when it holds
+    /// fewer. A cost above the burst is charged as the burst, so a full bucket always admits.
+    pub(crate) fn take(&mut self, peer: PeerId, cost: usize, now: Instant) -> bool {
+        if !self.buckets.contains_key(&peer) && self.buckets.len() >= self.max_peers {
+            // Full of peers: drop the fullest bucket (the peer that asked least recently is
+            // the one that loses least from a reset).
+            let victim = self
+                .buckets
+                .iter()
+                .min_by_key(|(_, b)| b.last)
+                .map(|(p, _)| *p);
+            if let Some(v) = victim {
+                self.buckets.remove(&v);
+            }
+        }
+        let (per_second, burst) = (self.per_second, self.burst);
+        self.buckets
+            .entry(peer)
+            .or_insert_with(|| Bucket::new(per_second, burst))
+            .take(cost, now)
+    }
+
+    /// The peer left: its bucket goes.
+    pub(crate) fn forget(&mut self, peer: &PeerId) {
+        self.buckets.remove(peer);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+/// Most identities the application may vouch for; beyond that the rest stay strangers.
+pub(crate) const MAX_VOUCHED: usize = 65_536;
+
+/// One budget for all that strangers send (THREATS N7, N4): a byte rate for the gossip they
+/// deliver and a request rate for what they ask. A stranger is a peer the application has not
+/// vouched for — on a node with a ledger, one whose identity holds no funded account.
+/// Identities are free: with rates per peer only, a thousand of them get a thousand times the
+/// rate, and each message and request costs a signature check before anyone can judge it.
+/// Accounts are not free, so vouched peers keep their own rates each while all strangers
+/// together get what one peer gets. Off (no one is a stranger) until the application vouches
+/// for someone: a node without a ledger treats every peer alike.
+#[derive(Debug)]
+pub(crate) struct StrangerBudget {
+    vouched: Option<HashSet<PeerId>>,
+    gossip: Bucket,
+    requests: Bucket,
 }
 
 impl StrangerBudget {

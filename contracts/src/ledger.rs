@@ -443,6 +443,23 @@ impl Ledger {
         &self.accounts
     }
 
+    /// Whether `id`'s account holds (spendable, locked and bonded) at least the minimum balance:
+    /// what admission asks of a sender ([`Ledger::admissible`]).
+    pub fn is_funded(&self, id: &NodeId) -> bool {
+        self.accounts
+            .get(id)
+            .is_some_and(|a| a.holdings() >= self.params.min_account_balance)
+    }
+
+    /// The accounts [`Ledger::is_funded`] holds true for, in id order.
+    pub fn funded(&self) -> impl Iterator<Item = &NodeId> {
+        let min = self.params.min_account_balance;
+        self.accounts
+            .iter()
+            .filter(move |(_, a)| a.holdings() >= min)
+            .map(|(id, _)| id)
+    }
+
     /// The next nonce `id` must use.
     pub fn next_nonce(&self, id: &NodeId) -> u64 {
         self.accounts.get(id).map_or(0, |a| a.nonce)

@@ -374,11 +374,10 @@ impl Mempool {
     /// transactions of senders no longer funded, and those that could not execute for
     /// `unexecutable_ttl_ms`. Returns what was dropped other than by inclusion.
     pub fn after_block(&mut self, ledger: &Ledger, now: u64) -> AfterBlock {
-        let min = ledger.params().min_account_balance;
         let mut report = AfterBlock::default();
         let senders: Vec<NodeId> = self.per_sender.keys().copied().collect();
         for sender in senders {
-            let funded = ledger.account(&sender).is_some_and(|a| a.holdings() >= min);
+            let funded = ledger.is_funded(&sender);
             let next = ledger.next_nonce(&sender);
             let keys: Vec<u64> = self
                 .txs

@@ -709,18 +709,17 @@ impl LedgerTask {
     /// holds the ledger's minimum balance (what admission asks of a sender). Gossip and
     /// requests from anyone else — identities are free — share one budget (THREATS N7).
     async fn vouch_funded(&mut self) {
-        let min = self.view.ledger.params().min_account_balance;
-        let funded: std::collections::BTreeSet<NodeId> = self
-            .view
-            .ledger
-            .accounts()
-            .iter()
-            .filter(|(_, a)| a.holdings() >= min)
-            .map(|(id, _)| *id)
-            .collect();
-        if self.vouched.as_ref() == Some(&funded) {
+        // Compared in place: the set is built only when it changed (rarely; this runs after
+        // every block).
+        let ledger = &self.view.ledger;
+        if self
+            .vouched
+            .as_ref()
+            .is_some_and(|v| v.iter().eq(ledger.funded()))
+        {
             return;
         }
+        let funded: std::collections::BTreeSet<NodeId> = ledger.funded().copied().collect();
         let peers = funded
             .iter()
             .filter_map(agora_network::keys::peer_id_of)

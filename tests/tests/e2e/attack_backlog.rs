@@ -29,9 +29,7 @@ use agora_devnet::demo::Story;
 use agora_devnet::demo::story::wait_for;
 use agora_devnet::process::UpOptions;
 use agora_market::{KeySigner, Signer as _};
-use agora_network::NetworkConfig;
-use agora_network::keys::NodeKey;
-use agora_tests::adversary::{ByzantineLauncher, TestLauncher};
+use agora_tests::adversary::{Adversary, ByzantineLauncher, TestLauncher};
 use agora_tests::agora_bin;
 use agora_wire::codec::Kind;
 use agora_wire::topics::TX_TOPIC;
@@ -77,33 +75,23 @@ async fn mempool(s: &Story, i: usize) -> Option<u64> {
     v["mempool"].as_u64()
 }
 
-/// The hostile peer: joins the devnet and, every 300 ms until `stop`, gossips every key's whole
-/// nonce window from the key's next nonce (asked of node 0's API), signed transfers of 1 to
-/// node 0. Returns the transactions it published.
-fn start_flood(
+/// The hostile peer: joins the devnet (connected to every node) and, every 300 ms until
+/// `stop`, gossips every key's whole nonce window from the key's next nonce (asked of node 0's
+/// API), signed transfers of 1 to node 0. Returns the transactions it published.
+async fn start_flood(
     s: &Story,
     chain: String,
     keys: Vec<KeySigner>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<u64> {
-    let cfg = NetworkConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: s
-            .m
-            .bootstrap_addrs()
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect(),
-        ..NetworkConfig::default()
-    };
+    let adv = Adversary::join_manifest(&s.m)
+        .await
+        .expect("hostile peer joins");
+    adv.network().subscribe(TX_TOPIC).await.unwrap();
     let node0 = api(s, 0);
     let to = s.m.nodes[0].node_id.parse().unwrap();
     tokio::spawn(async move {
-        let key = NodeKey::generate();
-        let (net, _task) = agora_network::spawn(&key, cfg, stop.clone())
-            .await
-            .expect("hostile peer starts");
-        net.subscribe(TX_TOPIC).await.unwrap();
+        let net = adv.network();
         let mut published = 0u64;
         while !stop.is_cancelled() {
             for k in &keys {
@@ -205,8 +193,8 @@ async fn a_funded_flood_does_not_hold_back_an_honest_providers_duties() {
             let v: serde_json::Value = api(&s, s.a).get("/v1/ledger/contracts").await.ok()?;
             (!v.as_array()?.is_empty()).then_some(())
         })
-        .await
-        .map(|()| start_flood(&s, chain.clone(), keys.clone(), stop.clone()))
+        .await?;
+        anyhow::Ok(start_flood(&s, chain.clone(), keys.clone(), stop.clone()).await)
     });
     let flood = flood.expect("the hosted contract is registered");
     let hosted = hosted.expect("the contract activates under the flood");

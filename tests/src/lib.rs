@@ -7,6 +7,7 @@ pub mod bench;
 pub mod devices;
 pub mod fleet;
 pub mod natlab;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

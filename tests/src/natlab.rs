@@ -20,11 +20,13 @@
 //! Needs root, network namespaces and nftables; [`NatLab::up`] returns `Err(reason)` otherwise.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agora_daemon::config::NodeConfig;
 use agora_devnet::process::Launcher;
+
+use crate::netns::{SubnetLease, ip, spawn_in};
 
 /// The public node's address in the lab (netlab.sh's `PUB_IP`).
 pub const PUBLIC_IP: &str = "203.0.113.2";
@@ -34,22 +36,6 @@ pub const BASE_PORT: u16 = 4001;
 
 fn netlab_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/netlab.sh")
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 /// Labs started by this process (two tests may run side by side).
@@ -67,58 +53,6 @@ pub struct NatLab {
     exe: PathBuf,
     /// Holds `subnet` for this lab; released after the lab is down.
     _lease: SubnetLease,
-}
-
-/// A `10.214.L` management subnet reserved for one lab on this host: the lock file
-/// `agora-natlab-10.214.L.lock` in the temp dir, created exclusively and holding the owner's pid,
-/// removed on drop. A lock whose pid no longer runs (a crashed run's) is taken over.
-struct SubnetLease {
-    subnet: String,
-    lock: PathBuf,
-}
-
-impl SubnetLease {
-    fn take(start: usize) -> Result<SubnetLease, String> {
-        let me = std::process::id();
-        for k in 0..250 {
-            let l = (start + k) % 250;
-            let subnet = format!("10.214.{l}");
-            let lock = std::env::temp_dir().join(format!("agora-natlab-{subnet}.lock"));
-            for _ in 0..2 {
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&lock)
-                {
-                    Ok(mut f) => {
-                        use std::io::Write;
-                        let _ = write!(f, "{me}");
-                        return Ok(SubnetLease { subnet, lock });
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        let owner = std::fs::read_to_string(&lock).unwrap_or_default();
-                        let alive = owner
-                            .trim()
-                            .parse::<u32>()
-                            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-                        // Written but not yet filled in by a live process: leave it.
-                        if alive || owner.is_empty() {
-                            break;
-                        }
-                        let _ = std::fs::remove_file(&lock);
-                    }
-                    Err(e) => return Err(format!("cannot reserve {subnet}: {e}")),
-                }
-            }
-        }
-        Err("every 10.214.L management subnet is reserved by another lab".into())
-    }
-}
-
-impl Drop for SubnetLease {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.lock);
-    }
 }
 
 impl NatLab {
@@ -150,7 +84,7 @@ impl NatLab {
         let seq = LABS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("nd{}x{seq}", pid % 100_000);
         let script = netlab_script();
-        let lease = SubnetLease::take(pid as usize * 7 + seq)?;
+        let lease = SubnetLease::take("10.214", pid as usize * 7 + seq)?;
         // A lab with this prefix can only be a crashed run's whose pid was reused.
         let _ = Command::new("bash")
             .arg(&script)
@@ -316,22 +250,7 @@ impl Launcher for NatLab {
     }
 
     fn spawn(&self, i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
-        let log = std::fs::File::create(data_dir.join("node.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(i)])
-            .arg(exe)
-            .args(["node", "run", "--data-dir"])
-            .arg(data_dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("NAT_RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()?;
-        // `ip netns exec` execs the command in place: the pid is the node's.
-        Ok(child.id())
+        spawn_in(&self.ns(i), exe, data_dir, "NAT_RUST_LOG")
     }
 }
 

@@ -8,13 +8,13 @@
 use std::sync::Arc;
 
 use crate::support::Bin;
-use crate::support::netns::NetLab;
 use agora_api::client::ApiClient;
 use agora_api::ledger::LedgerStatus;
 use agora_contracts::{ActivationClause, ContractRecord, ContractStatus};
 use agora_devnet::demo::Story;
 use agora_devnet::demo::story::{DEVICES, wait_for};
 use agora_devnet::files::CONTRACT_NODES;
+use agora_tests::netns::PartitionLab;
 use agora_tests::{agora_bin, try_agora_json};
 
 /// One devnet at a time: each story runs seven nodes on a small machine.
@@ -256,7 +256,7 @@ async fn provider_crash_mid_contract_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_between_customer_and_provider_is_no_handover() {
     let _serial = SERIAL.lock().await;
-    let lab = match NetLab::new(CONTRACT_NODES, agora_bin()) {
+    let lab = match PartitionLab::new(CONTRACT_NODES, agora_bin()) {
         Ok(lab) => Arc::new(lab),
         Err(why) => {
             agora_devnet::skipped(
@@ -282,6 +282,23 @@ async fn partition_between_customer_and_provider_is_no_handover() {
         .unwrap();
     let cut_at = agora_wire::now_ms();
     lab.cut(s.a, armed.b).unwrap();
+    // The cut is real: A's presence table loses B (and only through the cut: the other nodes
+    // still reach both).
+    let a_dir = s.m.nodes[s.a].data_dir.clone();
+    let b_node = s.m.nodes[armed.b].node_id.clone();
+    wait_for("A to see B unreachable through the cut", 30, async || {
+        let table = ApiClient::for_data_dir(&a_dir)
+            .ok()?
+            .presence()
+            .await
+            .ok()?;
+        table
+            .iter()
+            .any(|p| p.node.to_string() == b_node && !p.reachable)
+            .then_some(())
+    })
+    .await
+    .unwrap();
     // Wait until the chain's own clock is well past the moment a handover would have been
     // attested if losing B were enough: a watched peer is down after 1 s of silence, then the
     // contract's handover clause, plus a few blocks of margin.

@@ -1,7 +1,5 @@
 //! Shared pieces of the handover tests.
 
-pub mod netns;
-
 use std::path::{Path, PathBuf};
 
 use agora_devnet::process::{Launcher, spawn_node};

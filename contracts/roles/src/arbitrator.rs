@@ -67,6 +67,27 @@ fn may_blame(v: &View) -> bool {
     v.synced && v.now.saturating_sub(v.block_seen_at) <= REPORT_VIEW_MAX_AGE_MS
 }
 
+/// Forgets the duties (audits or probes) of every contract the view no longer shows active,
+/// with a timeline entry `phase` (`why`) for each.
+fn drop_inactive<T>(
+    duties: &mut BTreeMap<ContractId, T>,
+    v: &View,
+    phase: &'static str,
+    why: &'static str,
+    out: &mut Vec<Effect>,
+) {
+    duties.retain(|id, _| {
+        let active = v
+            .records
+            .get(id)
+            .is_some_and(|r| r.status == ContractStatus::Active);
+        if !active {
+            out.push(Effect::Timeline(Note::new(phase, Some(*id), why)));
+        }
+        active
+    });
+}
+
 impl Arbitrator {
     /// An arbitrator side whose probes and challenges are placed by `seed`.
     pub fn new(seed: u64) -> Self {

@@ -5,7 +5,7 @@
 use agora_market::{NodeId, Timestamp};
 use cid::Cid;
 
-use super::{Arbitrator, may_blame};
+use super::{Arbitrator, drop_inactive, may_blame};
 use crate::View;
 use crate::io::{AuditVerdict, Effect, Note};
 use agora_contracts::contract::{ContractId, ContractKind};
@@ -77,24 +77,7 @@ impl Arbitrator {
                 ),
             )));
         }
-        let ended: Vec<ContractId> = self
-            .audits
-            .keys()
-            .filter(|id| {
-                v.records
-                    .get(id)
-                    .is_none_or(|r| r.status != ContractStatus::Active)
-            })
-            .copied()
-            .collect();
-        for id in ended {
-            self.audits.remove(&id);
-            out.push(Effect::Timeline(Note::new(
-                "audit-ended",
-                Some(id),
-                "contract closed",
-            )));
-        }
+        drop_inactive(&mut self.audits, v, "audit-ended", "contract closed", out);
     }
 
     /// Challenges the providers whose moment came, from a current ledger view.

@@ -11,7 +11,7 @@
 
 use agora_market::{NodeId, Timestamp};
 
-use super::{Arbitrator, may_blame};
+use super::{Arbitrator, drop_inactive, may_blame};
 use crate::io::{Effect, Note};
 use crate::{REPORT_VIEW_MAX_AGE_MS, View, probe_timeout_ms};
 use agora_contracts::contract::ContractId;
@@ -94,24 +94,13 @@ impl Arbitrator {
                 ),
             )));
         }
-        let ended: Vec<ContractId> = self
-            .probes
-            .keys()
-            .filter(|id| {
-                v.records
-                    .get(id)
-                    .is_none_or(|r| r.status != ContractStatus::Active)
-            })
-            .copied()
-            .collect();
-        for id in ended {
-            self.probes.remove(&id);
-            out.push(Effect::Timeline(Note::new(
-                "probe-ended",
-                Some(id),
-                "contract no longer active",
-            )));
-        }
+        drop_inactive(
+            &mut self.probes,
+            v,
+            "probe-ended",
+            "contract no longer active",
+            out,
+        );
     }
 
     /// Reports the probes whose provider stayed silent too long, and sends the probes whose

@@ -190,6 +190,11 @@ pub struct NetworkSection {
     /// AutoNAT never dials back private or reserved addresses. Turn off only in a test lab
     /// whose "internet" uses reserved ranges (the netlab).
     pub autonat_only_global_ips: bool,
+    /// Peers this operator vouches for, by node id (as `agora status` shows it) or libp2p peer
+    /// id: e.g. its own fleet's edges that hold no funded account. They are never strangers,
+    /// so a flood from throwaway identities, which share one budget, cannot crowd out their
+    /// gossip and requests (THREATS N7).
+    pub trusted_peers: Vec<String>,
     /// WAN emulation for devnets and tests (`agora devnet up --latency 50ms`): inbound TCP
     /// bytes are delayed by `latency_ms ± jitter_ms` and a share `loss_ppm` (per million) of
     /// segments costs a retransmission timeout (`agora_network::wan`). Never for production.
@@ -217,6 +222,7 @@ impl Default for NetworkSection {
             external: Vec::new(),
             relay_server: d.relay_server,
             autonat_only_global_ips: d.autonat_only_global_ips,
+            trusted_peers: Vec::new(),
             wan: d.wan,
         }
     }
@@ -265,6 +271,11 @@ pub enum ConfigError {
     /// `[provider] labels` out of bounds.
     #[error("provider.labels in {0} is invalid: {1}; e.g. labels = {{ site = \"factory\" }}")]
     BadLabels(PathBuf, &'static str),
+    /// A trusted peer is neither a node id nor a peer id.
+    #[error(
+        "'{0}' in network.trusted_peers is neither a node id nor a peer id (`agora status` shows a node's id)"
+    )]
+    BadPeer(String),
     /// The API must stay on loopback.
     #[error("api.listen = '{0}' must be a loopback socket address such as 127.0.0.1:7700")]
     ApiNotLoopback(String),
@@ -340,6 +351,12 @@ impl NodeConfig {
             autonat_only_global_ips: self.network.autonat_only_global_ips,
             wan: self.network.wan,
             tcp_port_reuse: self.network.tcp_port_reuse,
+            trusted_peers: self
+                .network
+                .trusted_peers
+                .iter()
+                .map(|v| parse_peer(v).ok_or_else(|| ConfigError::BadPeer(v.clone())))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -376,6 +393,15 @@ fn split_list(v: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect()
+}
+
+/// A node id (base58 of its 32-byte ed25519 key) or a libp2p peer id.
+fn parse_peer(v: &str) -> Option<agora_network::PeerId> {
+    let v = v.trim();
+    match v.parse::<agora_market::NodeId>() {
+        Ok(node) => agora_network::keys::peer_id_of(&node),
+        Err(_) => v.parse().ok(),
+    }
 }
 
 fn parse_addrs(field: &'static str, values: &[String]) -> Result<Vec<Multiaddr>, ConfigError> {
@@ -442,6 +468,33 @@ mod tests {
         });
         assert_eq!(c.network.bootstrap.len(), 2);
         assert!(c.network_config().is_ok());
+    }
+
+    #[test]
+    fn trusted_peers_are_node_or_peer_ids() {
+        use agora_market::Signer as _;
+        let key = agora_market::KeySigner::from_seed(7);
+        let peer = agora_network::keys::peer_id_of(&key.node_id()).unwrap();
+        let other = agora_market::KeySigner::from_seed(8);
+        let text = format!(
+            "[network]\ntrusted_peers = [\"{}\", \"{}\"]\n",
+            key.node_id(),
+            agora_network::keys::peer_id_of(&other.node_id()).unwrap()
+        );
+        let c: NodeConfig = toml::from_str(&text).unwrap();
+        let trusted = c.network_config().unwrap().trusted_peers;
+        assert_eq!(trusted.len(), 2);
+        assert_eq!(trusted[0], peer);
+        assert_eq!(
+            Some(trusted[1]),
+            agora_network::keys::peer_id_of(&other.node_id())
+        );
+        let bad: NodeConfig = toml::from_str("[network]\ntrusted_peers = [\"nobody\"]\n").unwrap();
+        let err = bad.network_config().unwrap_err();
+        assert!(
+            matches!(err, ConfigError::BadPeer(ref v) if v == "nobody"),
+            "{err}"
+        );
     }
 
     #[test]

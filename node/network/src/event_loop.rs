@@ -211,6 +211,17 @@ pub async fn spawn_with_metrics(
         streams: streams.clone(),
         counters: counters.clone(),
     };
+    let strangers = StrangerBudget::new(
+        STRANGER_GOSSIP_BYTES_PER_SECOND,
+        STRANGER_GOSSIP_BYTES_BURST,
+        RPC_RATE_PER_SECOND,
+        RPC_BURST,
+    )
+    .trust(cfg.trusted_peers.iter().copied());
+    let stats = NetworkStats {
+        trusted_peers: strangers.trusted() as u64,
+        ..NetworkStats::default()
+    };
     let event_loop = EventLoop {
         swarm,
         commands: cmd_rx,
@@ -228,18 +239,13 @@ pub async fn spawn_with_metrics(
         pending_per_peer: HashMap::new(),
         rpc_rates: RateLimiter::new(RPC_RATE_PER_SECOND, RPC_BURST, MAX_RATE_PEERS),
         gossip_rates: RateLimiter::new(GOSSIP_BYTES_PER_SECOND, GOSSIP_BYTES_BURST, MAX_RATE_PEERS),
-        strangers: StrangerBudget::new(
-            STRANGER_GOSSIP_BYTES_PER_SECOND,
-            STRANGER_GOSSIP_BYTES_BURST,
-            RPC_RATE_PER_SECOND,
-            RPC_BURST,
-        ),
+        strangers,
         next_inbound: 0,
         listen_addrs: Vec::new(),
         peer_addrs: HashMap::new(),
         agents: HashMap::new(),
         rtts: HashMap::new(),
-        stats: NetworkStats::default(),
+        stats,
         seq: 0,
         pacer: discovery::Pacer::new(std::time::Instant::now()),
         walk: None,

@@ -50,6 +50,13 @@ impl NodeKey {
         }
     }
 
+    /// The key with this secret (tests and tools that need an identity known in advance).
+    pub fn from_secret(secret: [u8; 32]) -> NodeKey {
+        NodeKey {
+            signer: KeySigner::from_secret(secret),
+        }
+    }
+
     /// Loads the key from `data_dir`, refusing world- or group-readable files.
     pub fn load(data_dir: &Path) -> Result<NodeKey, KeyError> {
         let path = data_dir.join(KEY_FILE);

@@ -122,6 +122,11 @@ pub struct NetworkConfig {
     /// WAN emulation (devnets, tests and benchmarks only): every TCP connection's inbound bytes
     /// are delayed, jittered and "lost" as [`wan::Shaped`] describes. `None` in production.
     pub wan: Option<wan::WanProfile>,
+    /// Peers the operator vouches for (THREATS N7): never strangers, whatever the ledger
+    /// says — e.g. its own fleet's edges that hold no funded account. Their gossip and
+    /// requests keep their own per-peer rates instead of sharing the strangers' one budget.
+    /// At most `MAX_VOUCHED` are taken.
+    pub trusted_peers: Vec<PeerId>,
 }
 
 impl Default for NetworkConfig {
@@ -141,6 +146,7 @@ impl Default for NetworkConfig {
             autonat_only_global_ips: true,
             wan: None,
             tcp_port_reuse: true,
+            trusted_peers: Vec::new(),
         }
     }
 }
@@ -234,6 +240,9 @@ pub struct NetworkStats {
     pub gossip_stranger_bytes: u64,
     /// Peers vouched for (their gossip and requests are not charged to the strangers' budget).
     pub vouched_peers: u64,
+    /// Peers the operator vouches for in its config (`network.trusted_peers`): never
+    /// strangers, whether or not the ledger vouches for them too.
+    pub trusted_peers: u64,
     /// Inbound requests refused because strangers together were over their one shared request
     /// rate (one peer's).
     pub rpc_strangers_limited: u64,

@@ -224,10 +224,12 @@ pub(crate) const MAX_VOUCHED: usize = 65_536;
 /// rate, and each message and request costs a signature check before anyone can judge it.
 /// Accounts are not free, so vouched peers keep their own rates each while all strangers
 /// together get what one peer gets. Off (no one is a stranger) until the application vouches
-/// for someone: a node without a ledger treats every peer alike.
+/// for someone: a node without a ledger treats every peer alike. Peers the operator trusts
+/// (its config) are never strangers, whoever the application vouches for.
 #[derive(Debug)]
 pub(crate) struct StrangerBudget {
     vouched: Option<HashSet<PeerId>>,
+    trusted: HashSet<PeerId>,
     gossip: Bucket,
     requests: Bucket,
 }
@@ -243,6 +245,7 @@ impl StrangerBudget {
     ) -> StrangerBudget {
         StrangerBudget {
             vouched: None,
+            trusted: HashSet::new(),
             gossip: Bucket::new(gossip, gossip_burst),
             requests: Bucket::new(requests, request_burst),
         }
@@ -253,14 +256,29 @@ impl StrangerBudget {
         self.vouched = Some(peers.into_iter().take(MAX_VOUCHED).collect());
     }
 
+    /// The peers the operator trusts (at most [`MAX_VOUCHED`]), kept across every
+    /// [`Self::vouch`].
+    pub(crate) fn trust(mut self, peers: impl IntoIterator<Item = PeerId>) -> StrangerBudget {
+        self.trusted = peers.into_iter().take(MAX_VOUCHED).collect();
+        self
+    }
+
+    /// How many peers the operator trusts.
+    pub(crate) fn trusted(&self) -> usize {
+        self.trusted.len()
+    }
+
     /// How many peers are vouched for.
     pub(crate) fn vouched(&self) -> usize {
         self.vouched.as_ref().map_or(0, HashSet::len)
     }
 
-    /// Whether `peer` is a stranger (never, until someone was vouched for).
+    /// Whether `peer` is a stranger (never, until someone was vouched for; never when the
+    /// operator trusts it).
     pub(crate) fn is_stranger(&self, peer: &PeerId) -> bool {
-        self.vouched.as_ref().is_some_and(|v| !v.contains(peer))
+        self.vouched
+            .as_ref()
+            .is_some_and(|v| !v.contains(peer) && !self.trusted.contains(peer))
     }
 
     /// Charges a stranger's gossip message of `bytes`; `false` (nothing taken) when the
@@ -391,5 +409,28 @@ mod tests {
             b.is_stranger(&a),
             "a replaced set forgets who it no longer names"
         );
+    }
+
+    #[test]
+    fn peers_the_operator_trusts_are_never_strangers() {
+        let (t, s) = (PeerId::random(), PeerId::random());
+        let mut b = StrangerBudget::new(1_000, 4_000, 2, 3).trust([t]);
+        assert_eq!(b.trusted(), 1);
+        // No ledger has vouched yet: nobody is a stranger.
+        assert!(!b.is_stranger(&t) && !b.is_stranger(&s));
+        // The ledger's set names neither: only the untrusted peer becomes a stranger, and
+        // every later set replaces the ledger's word, never the operator's.
+        b.vouch([PeerId::random()]);
+        assert!(!b.is_stranger(&t));
+        assert!(b.is_stranger(&s));
+        b.vouch([s]);
+        assert!(!b.is_stranger(&t) && !b.is_stranger(&s));
+        b.vouch([]);
+        assert!(!b.is_stranger(&t));
+        assert!(b.is_stranger(&s));
+        // Bounded like the ledger's set.
+        let b =
+            StrangerBudget::new(1, 1, 1, 1).trust((0..MAX_VOUCHED + 10).map(|_| PeerId::random()));
+        assert_eq!(b.trusted(), MAX_VOUCHED);
     }
 }

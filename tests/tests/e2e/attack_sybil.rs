@@ -7,7 +7,9 @@
 //! gossip also shares one budget of one peer's rate. The test asserts, per node, that the
 //! strangers together got no more than that budget over the flood (plus one burst), that the
 //! budget turned messages away, and that an honest transfer finalises meanwhile; then the same
-//! identities flood node0 with requests, and together get one peer's request rate.
+//! identities flood node0 with requests, and together get one peer's request rate. Node0's
+//! operator trusts one more identity without an account (`network.trusted_peers`, its own
+//! edge): its requests, sent while the strangers' budget is spent, are not charged to it.
 //!
 //! Build the node first: `nice cargo build -p agora-node --bin agora`, then
 //! `nice cargo test -p agora-tests --test e2e attack_sybil::`.
@@ -20,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use agora_contracts::{SignedTransaction, Transaction, TxKind};
 use agora_market::{KeySigner, Signer as _};
-use agora_tests::adversary::{Adversary, HostileDevnet, flood};
+use agora_network::keys::NodeKey;
+use agora_tests::adversary::{Adversary, ByzantineLauncher, HostileDevnet, TestLauncher, flood};
+use agora_tests::agora_bin;
 use agora_wire::codec::Kind;
 use agora_wire::topics::TX_TOPIC;
 
@@ -37,6 +41,25 @@ const STRANGER_BURST: f64 = 4.0 * 1024.0 * 1024.0;
 /// What all strangers together may ask of one node: one peer's request rate and burst.
 const STRANGER_REQUESTS_PER_SECOND: f64 = 50.0;
 const STRANGER_REQUEST_BURST: f64 = 200.0;
+
+/// The identity node0's operator trusts: it holds no account, like a stranger.
+fn friend() -> NodeKey {
+    NodeKey::from_secret([0x5a; 32])
+}
+
+/// Honest nodes; node0 trusts [`friend`].
+fn launcher() -> ByzantineLauncher {
+    ByzantineLauncher {
+        honest: TestLauncher(agora_bin()),
+        exe: env!("CARGO_BIN_EXE_agora-byzantine").into(),
+        bad: Vec::new(),
+        tune: Some(|i, c| {
+            if i == 0 {
+                c.network.trusted_peers = vec![friend().node_id().to_string()];
+            }
+        }),
+    }
+}
 
 /// A batch of 800 transactions (about 130 KiB) from keys without an account (the ledger refuses them at
 /// once, so every batch is ignored, not penalised: the identities stay connected).
@@ -59,7 +82,7 @@ fn junk_batch(chain: &str, seed: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_identities_share_one_gossip_budget_and_honest_transfers_finalise() {
-    let net = HostileDevnet::up(NODES).await.unwrap();
+    let net = HostileDevnet::up_with(NODES, &launcher()).await.unwrap();
     let genesis: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(net.manifest.dir.join("genesis.json")).unwrap(),
     )
@@ -71,6 +94,7 @@ async fn many_identities_share_one_gossip_budget_and_honest_transfers_finalise()
             s.vouched_peers >= NODES as u64,
             "node{i} vouches for the funded nodes: {s:?}"
         );
+        assert_eq!(s.trusted_peers, u64::from(i == 0), "node{i}: {s:?}");
     }
 
     let started = Instant::now();
@@ -170,6 +194,31 @@ async fn many_identities_share_one_gossip_budget_and_honest_transfers_finalise()
     assert!(
         limited > 0,
         "the strangers' request rate refused nothing: {after:?}"
+    );
+
+    // The trusted identity, unfunded like them, sends node0 60 requests at once while the
+    // strangers' request budget is still nearly spent: none is charged to that budget (the
+    // strangers' counters do not move), so none is refused by it. They do reach node0: past
+    // the strangers' gate, the 28 beyond its 32 pending requests per peer are refused there.
+    let friend = Adversary::start(friend(), net.p2p_addrs()).await.unwrap();
+    friend.wait_connected(&[target]).await.unwrap();
+    let before = net.stats(0).await.unwrap();
+    let req = friend.seal(Kind::Consensus, b"friend".to_vec()).to_bytes();
+    let report = flood::requests_for(&friend, target, &req, 60, Duration::from_secs(5)).await;
+    let after = net.stats(0).await.unwrap();
+    let charged = (after.rpc_stranger_admitted + after.rpc_strangers_limited)
+        - (before.rpc_stranger_admitted + before.rpc_strangers_limited);
+    eprintln!(
+        "node0: the trusted identity's 60 requests: {report:?}, {charged} charged to the \
+         strangers' budget"
+    );
+    assert_eq!(
+        charged, 0,
+        "the trusted identity's requests were charged to the strangers: {after:?}"
+    );
+    assert!(
+        after.rpc_pending_refused > before.rpc_pending_refused,
+        "the trusted identity's requests never got past the strangers' gate: {after:?}"
     );
 
     // And once more after the floods.

@@ -191,12 +191,22 @@ pub async fn spawn_with_metrics(
     let streams = swarm.behaviour().stream.new_control();
     let cancel = cancel.child_token();
     let counters = Arc::new(SharedCounters::default());
+    let strangers = StrangerBudget::new(
+        STRANGER_GOSSIP_BYTES_PER_SECOND,
+        STRANGER_GOSSIP_BYTES_BURST,
+        RPC_RATE_PER_SECOND,
+        RPC_BURST,
+    )
+    .trust(cfg.trusted_peers.iter().copied());
+    // Strangers together hold at most half of the inbound streams (THREATS N7), of this
+    // protocol and of bitswap (`NetworkHandle::bitswap_quota`).
     let heartbeat_quota = crate::StreamQuota::new(
         "heartbeat",
         super::heartbeat::MAX_INBOUND_PER_PEER,
         super::heartbeat::MAX_INBOUND,
         counters.heartbeat_refused.clone(),
-    );
+    )
+    .with_strangers(strangers.classes(), super::heartbeat::MAX_INBOUND / 2);
     super::heartbeat::serve(streams.clone(), heartbeat_quota, cancel.clone());
     let (alive_tx, alive_rx) = mpsc::channel(1024);
     let (verified_tx, verified_rx) = mpsc::channel(MAX_VERIFYING_ASIDE);
@@ -210,14 +220,8 @@ pub async fn spawn_with_metrics(
         peer_id: *swarm.local_peer_id(),
         streams: streams.clone(),
         counters: counters.clone(),
+        strangers: strangers.classes(),
     };
-    let strangers = StrangerBudget::new(
-        STRANGER_GOSSIP_BYTES_PER_SECOND,
-        STRANGER_GOSSIP_BYTES_BURST,
-        RPC_RATE_PER_SECOND,
-        RPC_BURST,
-    )
-    .trust(cfg.trusted_peers.iter().copied());
     let stats = NetworkStats {
         trusted_peers: strangers.trusted() as u64,
         ..NetworkStats::default()

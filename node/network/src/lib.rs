@@ -435,6 +435,8 @@ pub struct NetworkHandle {
     peer_id: PeerId,
     streams: libp2p_stream::Control,
     counters: Arc<SharedCounters>,
+    /// Who is a stranger (the stream quotas give strangers together a share).
+    strangers: quota::Strangers,
 }
 
 impl std::fmt::Debug for NetworkHandle {
@@ -628,9 +630,10 @@ impl NetworkHandle {
         self.call(|r| Command::PeerScore(peer, r)).await
     }
 
-    /// The quota for inbound bitswap streams (at most `per_peer` per remote, `total` in all);
-    /// its refusals are counted in [`NetworkStats::bitswap_streams_refused`]. Share one quota
-    /// among the accept loops of every bitswap protocol version.
+    /// The quota for inbound bitswap streams (at most `per_peer` per remote, `total` in all,
+    /// half of it for all strangers together); its refusals are counted in
+    /// [`NetworkStats::bitswap_streams_refused`]. Share one quota among the accept loops of
+    /// every bitswap protocol version.
     pub fn bitswap_quota(&self, per_peer: usize, total: usize) -> StreamQuota {
         StreamQuota::new(
             "bitswap",
@@ -638,5 +641,6 @@ impl NetworkHandle {
             total,
             self.counters.bitswap_refused.clone(),
         )
+        .with_strangers(self.strangers.clone(), total / 2)
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use libp2p::PeerId;
@@ -29,13 +29,24 @@ struct QuotaInner {
     name: &'static str,
     per_peer: usize,
     total: usize,
-    held: Mutex<HashMap<PeerId, usize>>,
+    /// Who is a stranger, and the most streams strangers may hold together.
+    strangers: Option<(Strangers, usize)>,
+    held: Mutex<Held>,
     refused: Arc<AtomicU64>,
 }
 
+#[derive(Debug, Default)]
+struct Held {
+    by_peer: HashMap<PeerId, usize>,
+    all: usize,
+    strangers: usize,
+}
+
 /// Limits the inbound streams of one protocol held open at once: `per_peer` for each remote,
-/// `total` for all of them. Cloneable (one quota shared by every accept loop of a protocol
-/// family, e.g. the four bitswap versions).
+/// `total` for all of them and, with [`StreamQuota::with_strangers`], a share of the total for
+/// all strangers together (THREATS N7: identities are free, so per-peer shares alone let
+/// enough of them fill the total and lock out funded peers). Cloneable (one quota shared by
+/// every accept loop of a protocol family, e.g. the four bitswap versions).
 #[derive(Clone, Debug)]
 pub struct StreamQuota {
     inner: Arc<QuotaInner>,
@@ -46,15 +57,20 @@ pub struct StreamQuota {
 pub struct StreamPermit {
     inner: Arc<QuotaInner>,
     peer: PeerId,
+    stranger: bool,
 }
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
         let mut held = lock(&self.inner.held);
-        if let Some(n) = held.get_mut(&self.peer) {
+        if let Some(n) = held.by_peer.get_mut(&self.peer) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                held.remove(&self.peer);
+                held.by_peer.remove(&self.peer);
+            }
+            held.all = held.all.saturating_sub(1);
+            if self.stranger {
+                held.strangers = held.strangers.saturating_sub(1);
             }
         }
     }
@@ -73,24 +89,45 @@ impl StreamQuota {
                 name,
                 per_peer: per_peer.max(1),
                 total: total.max(1),
-                held: Mutex::new(HashMap::new()),
+                strangers: None,
+                held: Mutex::new(Held::default()),
                 refused,
             }),
         }
     }
 
+    /// The same quota, where strangers (as `strangers` says, at each admission) together hold
+    /// at most `share` streams. Set before the first admission (a quota already cloned keeps
+    /// its settings).
+    pub(crate) fn with_strangers(mut self, strangers: Strangers, share: usize) -> StreamQuota {
+        if let Some(q) = Arc::get_mut(&mut self.inner) {
+            q.strangers = Some((strangers, share.max(1)));
+        }
+        self
+    }
+
     /// Admits one more stream from `peer`, or refuses it (counted and logged) when the peer
-    /// already holds `per_peer` or everyone together `total`.
+    /// already holds `per_peer`, everyone together `total`, or, for a stranger, all strangers
+    /// together their share.
     pub fn try_acquire(&self, peer: PeerId) -> Option<StreamPermit> {
         let q = &self.inner;
+        let stranger = q
+            .strangers
+            .as_ref()
+            .is_some_and(|(s, _)| s.is_stranger(&peer));
         let mut held = lock(&q.held);
-        let mine = held.get(&peer).copied().unwrap_or(0);
-        let all: usize = held.values().sum();
-        if mine >= q.per_peer || all >= q.total {
+        let mine = held.by_peer.get(&peer).copied().unwrap_or(0);
+        let strangers_full = stranger
+            && q.strangers
+                .as_ref()
+                .is_some_and(|(_, share)| held.strangers >= *share);
+        if mine >= q.per_peer || held.all >= q.total || strangers_full {
             drop(held);
             let n = q.refused.fetch_add(1, Ordering::Relaxed) + 1;
             let why = if mine >= q.per_peer {
                 "per-peer"
+            } else if strangers_full {
+                "strangers"
             } else {
                 "total"
             };
@@ -101,21 +138,30 @@ impl StreamQuota {
             }
             return None;
         }
-        *held.entry(peer).or_insert(0) += 1;
+        *held.by_peer.entry(peer).or_insert(0) += 1;
+        held.all += 1;
+        if stranger {
+            held.strangers += 1;
+        }
         Some(StreamPermit {
             inner: self.inner.clone(),
             peer,
+            stranger,
         })
     }
 
     /// Streams `peer` holds now.
     pub fn held_by(&self, peer: &PeerId) -> usize {
-        lock(&self.inner.held).get(peer).copied().unwrap_or(0)
+        lock(&self.inner.held)
+            .by_peer
+            .get(peer)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Peers holding at least one stream (the map's size).
     pub fn peers(&self) -> usize {
-        lock(&self.inner.held).len()
+        lock(&self.inner.held).by_peer.len()
     }
 }
 
@@ -228,10 +274,40 @@ pub(crate) const MAX_VOUCHED: usize = 65_536;
 /// (its config) are never strangers, whoever the application vouches for.
 #[derive(Debug)]
 pub(crate) struct StrangerBudget {
-    vouched: Option<HashSet<PeerId>>,
-    trusted: HashSet<PeerId>,
+    classes: Strangers,
     gossip: Bucket,
     requests: Bucket,
+}
+
+/// Who is a stranger: shared between the swarm's loop (which the ledger tells whom to vouch
+/// for) and the stream quotas that serve outside it. Written only when the vouched set
+/// changes (after a block that changed the funded accounts).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Strangers(Arc<RwLock<Classes>>);
+
+#[derive(Debug, Default)]
+struct Classes {
+    vouched: Option<HashSet<PeerId>>,
+    trusted: HashSet<PeerId>,
+}
+
+impl Strangers {
+    /// Whether `peer` is a stranger (never, until someone was vouched for; never when the
+    /// operator trusts it).
+    pub(crate) fn is_stranger(&self, peer: &PeerId) -> bool {
+        let c = self.read();
+        c.vouched
+            .as_ref()
+            .is_some_and(|v| !v.contains(peer) && !c.trusted.contains(peer))
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Classes> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Classes> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl StrangerBudget {
@@ -244,8 +320,7 @@ impl StrangerBudget {
         request_burst: u32,
     ) -> StrangerBudget {
         StrangerBudget {
-            vouched: None,
-            trusted: HashSet::new(),
+            classes: Strangers::default(),
             gossip: Bucket::new(gossip, gossip_burst),
             requests: Bucket::new(requests, request_burst),
         }
@@ -253,32 +328,36 @@ impl StrangerBudget {
 
     /// Replaces who is vouched for (at most [`MAX_VOUCHED`] of them; the rest stay strangers).
     pub(crate) fn vouch(&mut self, peers: impl IntoIterator<Item = PeerId>) {
-        self.vouched = Some(peers.into_iter().take(MAX_VOUCHED).collect());
+        let set = peers.into_iter().take(MAX_VOUCHED).collect();
+        self.classes.write().vouched = Some(set);
     }
 
     /// The peers the operator trusts (at most [`MAX_VOUCHED`]), kept across every
     /// [`Self::vouch`].
-    pub(crate) fn trust(mut self, peers: impl IntoIterator<Item = PeerId>) -> StrangerBudget {
-        self.trusted = peers.into_iter().take(MAX_VOUCHED).collect();
+    pub(crate) fn trust(self, peers: impl IntoIterator<Item = PeerId>) -> StrangerBudget {
+        self.classes.write().trusted = peers.into_iter().take(MAX_VOUCHED).collect();
         self
     }
 
     /// How many peers the operator trusts.
     pub(crate) fn trusted(&self) -> usize {
-        self.trusted.len()
+        self.classes.read().trusted.len()
     }
 
     /// How many peers are vouched for.
     pub(crate) fn vouched(&self) -> usize {
-        self.vouched.as_ref().map_or(0, HashSet::len)
+        self.classes.read().vouched.as_ref().map_or(0, HashSet::len)
     }
 
     /// Whether `peer` is a stranger (never, until someone was vouched for; never when the
     /// operator trusts it).
     pub(crate) fn is_stranger(&self, peer: &PeerId) -> bool {
-        self.vouched
-            .as_ref()
-            .is_some_and(|v| !v.contains(peer) && !self.trusted.contains(peer))
+        self.classes.is_stranger(peer)
+    }
+
+    /// Who is a stranger, for the stream quotas.
+    pub(crate) fn classes(&self) -> Strangers {
+        self.classes.clone()
     }
 
     /// Charges a stranger's gossip message of `bytes`; `false` (nothing taken) when the
@@ -409,6 +488,48 @@ mod tests {
             b.is_stranger(&a),
             "a replaced set forgets who it no longer names"
         );
+    }
+
+    #[test]
+    fn strangers_together_hold_at_most_their_share_of_streams() {
+        let refused = Arc::new(AtomicU64::new(0));
+        let mut budget = StrangerBudget::new(1, 1, 1, 1);
+        let q = StreamQuota::new("test", 2, 5, refused.clone()).with_strangers(budget.classes(), 2);
+        let (funded, s1, s2, s3) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        // Nobody vouched for yet: nobody is a stranger, so no share applies.
+        let early: Vec<_> = [s1, s2, s3]
+            .iter()
+            .map(|p| q.try_acquire(*p).unwrap())
+            .collect();
+        drop(early);
+        budget.vouch([funded]);
+        let a = q.try_acquire(s1).unwrap();
+        let _b = q.try_acquire(s2).unwrap();
+        assert!(
+            q.try_acquire(s3).is_none(),
+            "a third stranger finds the strangers' share full"
+        );
+        assert!(
+            q.try_acquire(s2).is_none(),
+            "so does one below its own per-peer share"
+        );
+        // The funded peer still gets its per-peer share out of the rest of the total.
+        let _f1 = q.try_acquire(funded).unwrap();
+        let _f2 = q.try_acquire(funded).unwrap();
+        assert!(q.try_acquire(funded).is_none(), "per-peer share");
+        assert_eq!(refused.load(Ordering::Relaxed), 3);
+        // A stranger's freed stream goes back to the strangers' share.
+        drop(a);
+        let _c = q.try_acquire(s3).unwrap();
+        // Once vouched for, a peer's new streams are no longer the strangers'.
+        budget.vouch([funded, s1]);
+        let _d = q.try_acquire(s1).unwrap();
+        assert_eq!(q.peers(), 4);
     }
 
     #[test]

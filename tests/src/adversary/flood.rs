@@ -98,6 +98,24 @@ pub async fn held_open(streams: &mut [Stream], wait: std::time::Duration) -> usi
         .count()
 }
 
+/// Keeps only the streams of `streams` (each tagged with its opener) the target still holds
+/// open after `wait`, as [`held_open`] judges them.
+pub async fn retain_open<T>(streams: &mut Vec<(T, Stream)>, wait: std::time::Duration) {
+    use futures::AsyncReadExt;
+    let reads = std::mem::take(streams)
+        .into_iter()
+        .map(|(tag, mut s)| async move {
+            let mut buf = [0u8; 1];
+            let open = tokio::time::timeout(wait, s.read(&mut buf)).await.is_err();
+            open.then_some((tag, s))
+        });
+    *streams = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+}
+
 /// Like [`requests`], but gives up waiting on answers after `wait` (requests nobody answers
 /// time out only after the request-response timeout); what did not finish counts as neither.
 pub async fn requests_for(

@@ -10,6 +10,9 @@
 //! identities flood node0 with requests, and together get one peer's request rate. Node0's
 //! operator trusts one more identity without an account (`network.trusted_peers`, its own
 //! edge): its requests, sent while the strangers' budget is spent, are not charged to it.
+//! Last, the identities hold their per-peer shares of node0's inbound bitswap streams, which
+//! is the strangers' half of the total: one more stranger is refused a stream, the trusted
+//! identity is served.
 //!
 //! Build the node first: `nice cargo build -p agora-node --bin agora`, then
 //! `nice cargo test -p agora-tests --test e2e attack_sybil::`.
@@ -21,9 +24,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agora_contracts::{SignedTransaction, Transaction, TxKind};
+use agora_exchange::bitswap::{MAX_INBOUND_STREAMS, MAX_INBOUND_STREAMS_PER_PEER};
 use agora_market::{KeySigner, Signer as _};
 use agora_network::keys::NodeKey;
-use agora_tests::adversary::{Adversary, ByzantineLauncher, HostileDevnet, TestLauncher, flood};
+use agora_tests::adversary::flood::{self, BITSWAP};
+use agora_tests::adversary::{Adversary, ByzantineLauncher, HostileDevnet, TestLauncher};
 use agora_tests::agora_bin;
 use agora_wire::codec::Kind;
 use agora_wire::topics::TX_TOPIC;
@@ -220,6 +225,57 @@ async fn many_identities_share_one_gossip_budget_and_honest_transfers_finalise()
         after.rpc_pending_refused > before.rpc_pending_refused,
         "the trusted identity's requests never got past the strangers' gate: {after:?}"
     );
+
+    // Streams: the sixteen each open their per-peer share of node0's inbound bitswap streams,
+    // 128 together, the strangers' half of the 256 node0 serves at once. One more stranger is
+    // then refused a stream though the total has room; the trusted identity is served.
+    // libp2p-stream drops inbound streams that arrive while its accept loop is busy, so each
+    // identity tops its streams up until all of them are held.
+    let mut held: Vec<(usize, agora_network::Stream)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for (k, a) in sybils.iter().enumerate() {
+            let mine = held.iter().filter(|(o, _)| *o == k).count();
+            for _ in mine..MAX_INBOUND_STREAMS_PER_PEER {
+                let (streams, _) = flood::open_streams(a, target, BITSWAP, 1).await;
+                held.extend(streams.into_iter().map(|s| (k, s)));
+            }
+        }
+        flood::retain_open(&mut held, Duration::from_secs(1)).await;
+        if held.len() == MAX_INBOUND_STREAMS / 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sixteen hold {} bitswap streams, not the strangers' share",
+            held.len()
+        );
+    }
+    let open = held.len();
+    let before = net.stats(0).await.unwrap();
+    let late = Adversary::join(&net).await.unwrap();
+    let (mut theirs, _) = flood::open_streams(&late, target, BITSWAP, 1).await;
+    let stranger_open = flood::held_open(&mut theirs, Duration::from_secs(2)).await;
+    // A stream libp2p-stream drops on arrival is asked for again (the quota would refuse
+    // every one).
+    let (mut mine, mut friend_open) = (Vec::new(), 0);
+    for _ in 0..3 {
+        mine = flood::open_streams(&friend, target, BITSWAP, 1).await.0;
+        friend_open = flood::held_open(&mut mine, Duration::from_secs(2)).await;
+        if friend_open == 1 {
+            break;
+        }
+    }
+    let after = net.stats(0).await.unwrap();
+    eprintln!(
+        "node0: strangers hold {open} bitswap streams; one more stranger's stream held: \
+         {stranger_open}, the trusted identity's: {friend_open}; refused {}",
+        after.bitswap_streams_refused - before.bitswap_streams_refused
+    );
+    assert_eq!(stranger_open, 0, "a stranger got past the strangers' share");
+    assert_eq!(friend_open, 1, "the trusted identity was refused a stream");
+    assert!(after.bitswap_streams_refused > before.bitswap_streams_refused);
+    drop((held, theirs, mine));
 
     // And once more after the floods.
     net.transfer_finalises(1, 2, 5).await.unwrap();

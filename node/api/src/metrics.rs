@@ -76,6 +76,7 @@ struct Series {
     build_info: Family<Labels, Gauge>,
     uptime_seconds: Gauge,
     peers_connected: Gauge,
+    vouched_peers: Family<Labels, Gauge>,
     presence_peers: Family<Labels, Gauge>,
     gossip_messages: Family<Labels, Counter>,
     rpc_rejected: Counter,
@@ -117,6 +118,7 @@ impl Series {
             build_info: Family::default(),
             uptime_seconds: Gauge::default(),
             peers_connected: Gauge::default(),
+            vouched_peers: Family::default(),
             presence_peers: Family::default(),
             gossip_messages: Family::default(),
             rpc_rejected: Counter::default(),
@@ -165,6 +167,13 @@ impl Series {
             "peers_connected",
             "Peers with an open connection",
             s.peers_connected.clone(),
+        );
+        r.register(
+            "vouched_peers",
+            "Peers that are not strangers (their gossip, requests and streams do not share the \
+             strangers' one budget), by who vouches: ledger (a funded account) or operator \
+             (network.trusted_peers)",
+            s.vouched_peers.clone(),
         );
         r.register(
             "presence_peers",
@@ -494,6 +503,9 @@ impl Metrics {
                 set_family_counter(&s.gossip_messages, &[("outcome", outcome)], v);
             }
             set_counter(&s.rpc_rejected, n.rpc_rejected);
+            for (by, v) in [("ledger", n.vouched_peers), ("operator", n.trusted_peers)] {
+                set_family_gauge(&s.vouched_peers, &[("by", by)], int(v));
+            }
             for (outcome, v) in [
                 ("rpc_busy", n.rpc_route_busy),
                 ("rpc_unrouted", n.rpc_unrouted),

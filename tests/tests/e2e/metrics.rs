@@ -145,6 +145,13 @@ fn devnet_nodes_serve_metrics_health_and_readiness() {
         assert!(m.contains_key("agora_ledger_height"), "{m:?}");
         assert!(m.contains_key("agora_mempool_transactions"));
         assert_eq!(m["agora_ledger_committee_size"], 3.0);
+        // Funded at genesis, the three vouch for each other; no operator trusts anyone here.
+        wait_until(
+            "the ledger to vouch for the nodes",
+            Duration::from_secs(60),
+            || scrape(a).is_some_and(|m| m.get("agora_vouched_peers{by=\"ledger\"}") >= Some(&3.0)),
+        );
+        assert_eq!(m.get("agora_vouched_peers{by=\"operator\"}"), Some(&0.0));
         assert!(m.contains_key("agora_gossip_messages_total{outcome=\"accepted\"}"));
         assert!(m.contains_key("agora_bitswap_total{event=\"blocks_sent\"}"));
         assert!(m.contains_key("agora_bitswap_bytes_total{direction=\"received\"}"));

@@ -39,7 +39,7 @@ pub use state::{
     SavedFleet, TargetView, UpgradeTargetView, UpgradeView,
 };
 pub use store::{DeploymentStore, StoreCounters, StoreLimits, Stored};
-pub use upgrade::{Outcome, Step, Upgrade, UpgradeAction, UpgradeConfig, Which};
+pub use upgrade::{Outcome, Step, Upgrade, UpgradeAction, UpgradeConfig, UpgradeTo, Which};
 pub use variant::{MAX_VARIANTS, Variant, assign};
 
 use agora_market::identity::{NodeId, Timestamp};
@@ -182,6 +182,17 @@ pub enum FleetError {
         deployment: DeploymentId,
         /// Why.
         reason: &'static str,
+    },
+    /// An upgrade of variants names a variant the deployment does not have.
+    #[error(
+        "deployment {deployment} has no variant '{name}'; `agora deploy status {deployment}` \
+         lists its variants (an upgrade changes their images only)"
+    )]
+    UnknownVariant {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The name given.
+        name: String,
     },
     /// This node already deploys its maximum number of deployments.
     #[error("this node already deploys {max} deployments; delete some (agora deploy delete) first")]

@@ -369,6 +369,31 @@ pub fn upgraded(
     Signed::sign(body, signer).map_err(|e| FleetError::Sign(e.to_string()))
 }
 
+/// The next version of `record` (a deployment with variants) naming `variants` instead: the
+/// upgrade of some variants' images, or the rollback to the previous ones. `image` follows the
+/// first variant's, as every record with variants has it.
+pub fn with_variants(
+    record: &DeploymentBody,
+    variants: Vec<Variant>,
+    signer: &dyn Signer,
+    now: Timestamp,
+    valid_for_ms: u64,
+) -> Result<Deployment, FleetError> {
+    let mut body = record.clone();
+    if let Some(first) = variants.first() {
+        body.image = first.image.clone();
+    }
+    body.variants = variants;
+    body.version = next_version(body.version, now);
+    body.nonce = body.version;
+    body.created_at = now;
+    body.expires_at = now.saturating_add(valid_for_ms);
+    body.check(now)?;
+    let record = Signed::sign(body, signer).map_err(|e| FleetError::Sign(e.to_string()))?;
+    encode_deployment(&record)?;
+    Ok(record)
+}
+
 /// The version after `previous` at `now`: versions follow the clock, so a deployer that lost
 /// its state still supersedes what it signed before.
 pub fn next_version(previous: u64, now: Timestamp) -> u64 {

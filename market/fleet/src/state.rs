@@ -97,13 +97,13 @@ pub enum Input {
     Create(DeploymentSpec),
     /// Delete one of this node's deployments: tombstone it and release every target.
     Delete(DeploymentId),
-    /// Upgrade one of this node's deployments to `image`, start-first in waves
-    /// ([`crate::upgrade`]): signs the next version naming the image it replaces.
+    /// Upgrade one of this node's deployments to a new image (or its variants to new images),
+    /// start-first in waves ([`crate::upgrade`]): signs the next version.
     Upgrade {
         /// The deployment.
         deployment: DeploymentId,
-        /// The new image CID text.
-        image: String,
+        /// The new image, or the variants' new images.
+        to: crate::upgrade::UpgradeTo,
         /// Wave size and health timeout.
         config: UpgradeConfig,
     },
@@ -454,10 +454,10 @@ impl<S: Signer> FleetState<S> {
             }
             Input::Upgrade {
                 deployment,
-                image,
+                to,
                 config,
             } => {
-                self.start_upgrade(now, deployment, image, config, &mut out)?;
+                self.start_upgrade(now, deployment, to, config, &mut out)?;
                 self.dirty = true;
             }
             Input::SelfFacts(facts) => self.self_facts = Some(facts),

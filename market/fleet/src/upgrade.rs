@@ -13,12 +13,17 @@
 //! contract for that image and feeds back what each instance reports ([`Upgrade::observe`]).
 //! Not in this slice: moving devices, readings and the guest's key-value state across the
 //! switch (issue #15's "none lost, none twice").
+//!
+//! A deployment with variants upgrades the same way, each target from its variant's image to
+//! that variant's new one ([`Upgrade::with_images`]): `from` and `to` then only name the change
+//! (`a=CID,b=CID`) and the images are per target.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::plan::TargetPhase;
+use crate::variant::Variant;
 use agora_market::identity::{NodeId, Timestamp};
 
 /// Most targets one wave may take at once (`--max-unavailable`).
@@ -40,6 +45,16 @@ impl Default for UpgradeConfig {
             health_timeout_ms: 60_000,
         }
     }
+}
+
+/// What an upgrade rolls out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpgradeTo {
+    /// A new image for every target (a deployment without variants).
+    Image(String),
+    /// New images for some of the deployment's variants, by name (the others, and every
+    /// variant's selector, stay as they are).
+    Variants(BTreeMap<String, String>),
 }
 
 /// Which of a target's two instances an observation is about.
@@ -133,6 +148,16 @@ pub struct Upgrade {
     /// Last phase heard of each target's instances.
     seen: BTreeMap<(NodeId, Which), (TargetPhase, Option<String>)>,
     outcome: Outcome,
+    /// With variants: each target's old and new image (its variant's, before and after).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    images: BTreeMap<NodeId, (String, String)>,
+    /// With variants: the deployment's variants before the upgrade (what a rollback signs
+    /// again) and after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_variants: Vec<Variant>,
+    /// With variants: the variants being rolled out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_variants: Vec<Variant>,
 }
 
 impl Upgrade {
@@ -165,6 +190,70 @@ impl Upgrade {
             steps,
             seen: BTreeMap::new(),
             outcome,
+            images: BTreeMap::new(),
+            from_variants: Vec::new(),
+            to_variants: Vec::new(),
+        }
+    }
+
+    /// An upgrade of a deployment with variants from `from_variants` to `to_variants`: each
+    /// target of `images` moves from the first image of its pair to the second (targets whose
+    /// variant keeps its image are not part of it).
+    pub fn with_images(
+        from_variants: Vec<Variant>,
+        to_variants: Vec<Variant>,
+        images: BTreeMap<NodeId, (String, String)>,
+        config: UpgradeConfig,
+    ) -> Upgrade {
+        let label = |vs: &[Variant], other: &[Variant]| {
+            vs.iter()
+                .zip(other)
+                .filter(|(v, o)| v.image != o.image)
+                .map(|(v, _)| format!("{}={}", v.name, v.image))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut up = Upgrade::new(
+            label(&from_variants, &to_variants),
+            label(&to_variants, &from_variants),
+            images.keys().copied(),
+            config,
+        );
+        up.images = images
+            .into_iter()
+            .filter(|(t, _)| up.steps.contains_key(t))
+            .collect();
+        up.from_variants = from_variants;
+        up.to_variants = to_variants;
+        up
+    }
+
+    /// True for an upgrade of a deployment's variants.
+    pub fn of_variants(&self) -> bool {
+        !self.to_variants.is_empty()
+    }
+
+    /// Each target's old and new image (upgrades of variants; empty otherwise).
+    pub fn target_images(&self) -> &BTreeMap<NodeId, (String, String)> {
+        &self.images
+    }
+
+    /// The image of `target`'s instance of `which`.
+    pub fn image_of(&self, target: &NodeId, which: Which) -> &str {
+        match (self.images.get(target), which) {
+            (Some((old, _)), Which::Old) => old,
+            (Some((_, new)), Which::New) => new,
+            (None, which) => self.image(which),
+        }
+    }
+
+    /// Which of `target`'s instances runs `image`, if it is one of its two.
+    pub fn which_of(&self, target: &NodeId, image: &str) -> Option<Which> {
+        match self.images.get(target) {
+            Some((_, new)) if image == new => Some(Which::New),
+            Some((old, _)) if image == old => Some(Which::Old),
+            Some(_) => None,
+            None => self.which(image),
         }
     }
 

@@ -1,5 +1,7 @@
 //! Control API routes of fleet deployments (`agora deploy …`, issue #15).
 
+use std::collections::BTreeMap;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
@@ -10,7 +12,7 @@ use agora_fleet::{FleetHandle, FleetStats, FleetTaskError};
 use agora_fleet_core::upgrade::MAX_WAVE;
 use agora_fleet_core::{
     DeploymentSpec, DeploymentView, FleetError, MAX_VARIANTS, Replicas, Selector, Strategy,
-    UpgradeConfig, Variant,
+    UpgradeConfig, UpgradeTo, Variant,
 };
 use agora_market::{DeploymentId, Resources};
 
@@ -44,8 +46,14 @@ pub struct CreateDeploymentRequest {
 /// `POST /v1/fleet/deployments/{id}/upgrade` body.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UpgradeRequest {
-    /// The new image CID (from `agora service publish`; this node must hold it).
+    /// The new image CID (from `agora service publish`; this node must hold it), for a
+    /// deployment without variants; empty with `variants`.
+    #[serde(default)]
     pub image: String,
+    /// For a deployment with variants: the new image of each variant that changes, by name
+    /// (the others keep theirs).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, String>,
     /// Most targets mid-upgrade at once (1..=1024).
     pub max_unavailable: u32,
     /// How long a new instance has to report healthy, ms.
@@ -212,11 +220,26 @@ async fn upgrade(
     authorize(&s, &headers)?;
     let id = parse_id(&id)?;
     let config = upgrade_config(&req)?;
+    if req.variants.len() > MAX_VARIANTS {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("a deployment has at most {MAX_VARIANTS} variants"),
+        ));
+    }
+    let to = match (req.image.is_empty(), req.variants.is_empty()) {
+        (false, true) => UpgradeTo::Image(req.image),
+        (true, false) => UpgradeTo::Variants(req.variants),
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "give either --image (a deployment without variants) or --variant NAME=CID \
+                 (one per variant that changes), not both"
+                    .into(),
+            ));
+        }
+    };
     Ok(Json(
-        fleet(&s)?
-            .upgrade(id, req.image, config)
-            .await
-            .map_err(refused)?,
+        fleet(&s)?.upgrade(id, to, config).await.map_err(refused)?,
     ))
 }
 
@@ -271,6 +294,7 @@ mod tests {
     fn an_upgrade_request_is_bounded_and_busy_deployments_conflict() {
         let req = |k, t| UpgradeRequest {
             image: "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy".into(),
+            variants: BTreeMap::new(),
             max_unavailable: k,
             health_timeout_ms: t,
         };

@@ -34,7 +34,7 @@ use agora_exchange::StorageHandle;
 use agora_fleet_core::{
     CandidateFacts, DeploymentSpec, DeploymentView, FLEET_TOPIC, FleetConfig, FleetCounters,
     FleetError, FleetMessage, FleetState, Input, LiveContract, ReleaseReason, StoreCounters,
-    UpgradeConfig,
+    UpgradeConfig, UpgradeTo,
 };
 use agora_hosting::ServiceHost;
 use agora_ledger::LedgerHandle;
@@ -151,7 +151,12 @@ type Reply<T> = oneshot::Sender<Result<T, FleetTaskError>>;
 enum Command {
     Create(Box<DeploymentSpec>, Reply<DeploymentView>),
     Delete(DeploymentId, Reply<DeploymentView>),
-    Upgrade(DeploymentId, String, UpgradeConfig, Reply<DeploymentView>),
+    Upgrade(
+        DeploymentId,
+        UpgradeTo,
+        UpgradeConfig,
+        Reply<DeploymentView>,
+    ),
     Status(DeploymentId, Reply<DeploymentView>),
     List(oneshot::Sender<(Vec<DeploymentView>, FleetStats)>),
 }
@@ -188,15 +193,16 @@ impl FleetHandle {
         self.call(|r| Command::Delete(id, r)).await
     }
 
-    /// Starts a start-first upgrade of one of this node's deployments to `image` (which this
-    /// node must hold); returns its view (the upgrade's first wave under way).
+    /// Starts a start-first upgrade of one of this node's deployments to a new image, or of
+    /// some of its variants to new images (which this node must hold); returns its view (the
+    /// upgrade's first wave under way).
     pub async fn upgrade(
         &self,
         id: DeploymentId,
-        image: String,
+        to: UpgradeTo,
         config: UpgradeConfig,
     ) -> Result<DeploymentView, FleetTaskError> {
-        self.call(|r| Command::Upgrade(id, image, config, r)).await
+        self.call(|r| Command::Upgrade(id, to, config, r)).await
     }
 
     /// One of this node's deployments, per target.
@@ -553,8 +559,8 @@ impl FleetTask {
                 let r = self.apply(Input::Delete(id)).await;
                 let _ = reply.send(r.and_then(|_| self.view(&id)));
             }
-            Command::Upgrade(id, image, config, reply) => {
-                let r = self.upgrade(id, image, config).await;
+            Command::Upgrade(id, to, config, reply) => {
+                let r = self.upgrade(id, to, config).await;
                 let _ = reply.send(r);
             }
             Command::Status(id, reply) => {
@@ -590,14 +596,21 @@ impl FleetTask {
     async fn upgrade(
         &mut self,
         id: DeploymentId,
-        image: String,
+        to: UpgradeTo,
         config: UpgradeConfig,
     ) -> Result<DeploymentView, FleetTaskError> {
         self.view(&id)?;
-        self.check_image(&image).await?;
+        match &to {
+            UpgradeTo::Image(image) => self.check_image(image).await?,
+            UpgradeTo::Variants(images) => {
+                for image in images.values() {
+                    self.check_image(image).await?;
+                }
+            }
+        }
         self.apply(Input::Upgrade {
             deployment: id,
-            image,
+            to,
             config,
         })
         .await?;

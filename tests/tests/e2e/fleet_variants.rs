@@ -7,7 +7,9 @@
 //! one BLE provider that ran a is moved to b (its a contract released, b placed) while the
 //! other two keep b (the fewest moves). Then the live deployment is given other variants in
 //! place (`deploy create` of the same name with b on a new image): the three b targets move to
-//! it, stop-first, and a's three contracts are not touched. The issue's scale (30 targets, 10
+//! it, stop-first, and a's three contracts are not touched. Last, `deploy upgrade --variant
+//! b=CID` moves b to a third image start-first, one target at a time, and exits 0: every b
+//! target ends on it alone, a's contracts are still not touched, nobody is slashed. The issue's scale (30 targets, 10
 //! with BLE, 6 joining) runs in the pure test `agora-market fleet::variant::tests::thirty_targets_ten_with_ble_then_six_join`
 //! and, on 37 real processes, in the bench `cargo bench -p agora-tests --bench variants` (too
 //! heavy for CI's time budget).
@@ -29,6 +31,19 @@ const BLE: [usize; 3] = [1, 2, 3];
 /// Labelled but down until the first rollout is done: they join later.
 const JOIN: [usize; 2] = [6, 7];
 const WAIT: Duration = Duration::from_secs(300);
+
+/// `wasm` with a custom section carrying `tag`: another module (its own id, so a node may run
+/// it beside the original during a start-first upgrade), the same behaviour.
+fn tagged(wasm: &[u8], tag: u8) -> Vec<u8> {
+    let name = b"agora-test-tag";
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section
+    out.push(u8::try_from(1 + name.len() + 1).unwrap()); // its size: name length, name, tag
+    out.push(u8::try_from(name.len()).unwrap());
+    out.extend_from_slice(name);
+    out.push(tag);
+    out
+}
 
 #[test]
 fn variants_respect_constraints_balance_and_rebalance_after_a_join() {
@@ -246,6 +261,61 @@ fn variants_respect_constraints_balance_and_rebalance_after_a_join() {
     let st = status(&net, &id);
     assert_eq!(st["variant_counts"]["a"], 3, "{st}");
     assert_eq!(st["variant_counts"]["b"], 3, "{st}");
+
+    // `deploy upgrade` moves b to a third image, start-first: each b target runs it beside b2
+    // until it is healthy, then b2's contract there is released. The command waits for the
+    // end and exits 0; a's contracts stay as they were.
+    let b3 = publish(&net, "variant-b", "0.3.0", &tagged(&wasm, 3));
+    let upgrade = agora(&[
+        "deploy",
+        "upgrade",
+        &id,
+        "--variant",
+        &format!("b={b3}"),
+        "--max-unavailable",
+        "1",
+        "--health-timeout",
+        "2m",
+        "--wait",
+        "5m",
+        "--data-dir",
+        &net.node(0),
+    ]);
+    let text = String::from_utf8_lossy(&upgrade.stdout);
+    eprintln!("{text}");
+    assert!(upgrade.status.success(), "{upgrade:?}");
+    assert!(
+        text.contains(&format!("every target runs b={b3}")),
+        "{text}"
+    );
+    let all = [a.as_str(), b.as_str(), b2.as_str(), b3.as_str()];
+    wait_for(
+        &net,
+        &id,
+        &LABELLED,
+        "b's three targets on b3 alone, a's unchanged",
+        WAIT,
+        || {
+            let runs: Vec<Vec<String>> = (0..8).map(|i| running_of(&net, i, &all)).collect();
+            BLE.iter().all(|i| runs[*i] == vec![b3.clone()])
+                && [4, 6, 7].iter().all(|i| runs[*i] == vec![a.clone()])
+                && active(&b2).is_empty()
+                && active(&b3).len() == 3
+        },
+    );
+    assert_eq!(
+        active(&a),
+        a_contracts,
+        "a's contracts were not touched by the upgrade"
+    );
+    let slashed: Vec<_> = deployer_contracts(&net, &b3)
+        .into_iter()
+        .filter(|(_, _, s)| s == "slashed")
+        .collect();
+    assert!(slashed.is_empty(), "providers slashed for b3: {slashed:?}");
+    let st = status(&net, &id);
+    assert_eq!(st["variant_counts"]["b"], 3, "{st}");
+    assert_eq!(st["upgrade"]["state"], "succeeded", "{st}");
     eprintln!(
         "fleet variants: before the join a on {a_before:?}, b on {b_before:?}; after, a on \
          {a_after:?}, b on {b_after:?} (node{} moved from a to b); b then moved to its new \

@@ -109,11 +109,28 @@ fn reason_ok(reason: &Option<String>) -> bool {
 /// An upgrade read back is resumed only if it is about this record's images and within bounds.
 fn plausible(up: &Upgrade, record: &Deployment) -> bool {
     let body = &record.body;
-    let images = match &body.previous_image {
-        Some(prev) => {
-            (up.to == body.image && up.from == *prev) || (up.from == body.image && up.to == *prev)
+    let images = if up.of_variants() {
+        // The record names the variants before or after, and each target moves between the
+        // images of one variant of both lists.
+        let lists = up.from_variants.len() == up.to_variants.len()
+            && up.to_variants.len() <= crate::MAX_VARIANTS
+            && (body.variants == up.from_variants || body.variants == up.to_variants);
+        lists
+            && up.target_images().len() == up.steps().len()
+            && up.target_images().values().all(|(old, new)| {
+                up.from_variants
+                    .iter()
+                    .zip(&up.to_variants)
+                    .any(|(f, t)| f.name == t.name && f.image == *old && t.image == *new)
+            })
+    } else {
+        match &body.previous_image {
+            Some(prev) => {
+                (up.to == body.image && up.from == *prev)
+                    || (up.from == body.image && up.to == *prev)
+            }
+            None => false,
         }
-        None => false,
     };
     images
         && up.steps().len() <= MAX_REPLICAS

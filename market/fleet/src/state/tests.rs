@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use super::*;
 use crate::record::{Replicas, Strategy};
 use crate::selector::Selector;
+use crate::upgrade::UpgradeTo;
 use agora_market::identity::KeySigner;
 use agora_market::resources::Interface;
 use agora_market::test_utils::signer;
@@ -575,7 +576,7 @@ fn an_upgrade_goes_in_waves_over_the_network_and_a_sick_one_rolls_back() {
     };
     let upgrade = |image: &str| Input::Upgrade {
         deployment: id,
-        image: image.into(),
+        to: UpgradeTo::Image(image.into()),
         config,
     };
     // The image it already runs: refused with a reason.
@@ -725,7 +726,7 @@ fn a_rollback_restarts_the_old_image_where_it_was_replaced_before_stopping_the_n
         1,
         Input::Upgrade {
             deployment: id,
-            image: NEW.into(),
+            to: UpgradeTo::Image(NEW.into()),
             config,
         },
     )
@@ -923,7 +924,7 @@ fn an_upgrade_under_way_resumes_after_a_restart() {
         1,
         Input::Upgrade {
             deployment: id,
-            image: NEW.into(),
+            to: UpgradeTo::Image(NEW.into()),
             config,
         },
     )

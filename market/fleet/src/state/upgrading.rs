@@ -7,7 +7,9 @@
 //! on the ledger, its own reports, health included), routed by image. While an upgrade is under
 //! way the plan leaves the deployment's targets alone; when it rolls back, the deployer signs
 //! the next version with the old image again, so the targets' desired state (and their reports)
-//! follow it.
+//! follow it. A deployment with variants upgrades some variants' images: each target of a
+//! changed variant moves from its variant's image to the new one, and a rollback signs the old
+//! variants again; on success each target's variant is given its new image.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,8 +17,8 @@ use super::{Effect, FleetState, OwnDeployment};
 use crate::FleetError;
 use crate::message::FleetMessage;
 use crate::plan::{ReleaseReason, TargetPhase, TargetStatus};
-use crate::record::upgraded;
-use crate::upgrade::{Outcome, Step, Upgrade, UpgradeAction, UpgradeConfig, Which};
+use crate::record::{upgraded, with_variants};
+use crate::upgrade::{Outcome, Step, Upgrade, UpgradeAction, UpgradeConfig, UpgradeTo, Which};
 use agora_market::identity::{NodeId, Signer, Timestamp};
 use agora_market::ids::DeploymentId;
 
@@ -128,16 +130,19 @@ pub(super) fn abandon(id: DeploymentId, own: &mut OwnDeployment, out: &mut Vec<E
     if up.outcome().is_final() {
         return;
     }
-    let other = if own.record.body.image == up.to {
-        up.from.clone()
+    // The instances of the images the record (new, or old again after a rollback) does not
+    // name.
+    let on_new = if up.of_variants() {
+        own.record.body.variants == up.to_variants
     } else {
-        up.to.clone()
+        own.record.body.image == up.to
     };
+    let other = if on_new { Which::Old } else { Which::New };
     for target in up.steps().keys() {
         out.push(Effect::Release {
             deployment: id,
             target: *target,
-            image: other.clone(),
+            image: up.image_of(target, other).to_string(),
             reason: ReleaseReason::Deleted,
         });
     }
@@ -164,7 +169,7 @@ pub(super) fn drive(
             UpgradeAction::Start { target, which } => out.push(Effect::Place {
                 deployment: id,
                 target,
-                image: up.image(which).to_string(),
+                image: up.image_of(&target, which).to_string(),
                 needs: body.needs.clone(),
                 max_price: body.max_price_per_replica,
                 duration_ms: body.duration_ms,
@@ -172,7 +177,7 @@ pub(super) fn drive(
             UpgradeAction::Stop { target, which } => out.push(Effect::Release {
                 deployment: id,
                 target,
-                image: up.image(which).to_string(),
+                image: up.image_of(&target, which).to_string(),
                 reason: match which {
                     Which::Old => ReleaseReason::Upgraded,
                     Which::New => ReleaseReason::RolledBack,
@@ -184,13 +189,32 @@ pub(super) fn drive(
         up.outcome(),
         Outcome::RollingBack { .. } | Outcome::RolledBack { .. }
     );
-    if rolling_back && !was_rolling_back && own.record.body.image == up.to {
-        // The desired state is the old image again: targets follow it and report it.
-        let record = upgraded(&own.record.body, up.from.clone(), signer, now, valid_for_ms)?;
-        out.push(Effect::Broadcast(FleetMessage::Announce(Box::new(
-            record.clone(),
-        ))));
-        own.record = record;
+    if rolling_back && !was_rolling_back {
+        // The desired state is the old image (or variants) again: targets follow it and
+        // report it.
+        let record = if up.of_variants() {
+            (own.record.body.variants == up.to_variants)
+                .then(|| {
+                    with_variants(
+                        &own.record.body,
+                        up.from_variants.clone(),
+                        signer,
+                        now,
+                        valid_for_ms,
+                    )
+                })
+                .transpose()?
+        } else {
+            (own.record.body.image == up.to)
+                .then(|| upgraded(&own.record.body, up.from.clone(), signer, now, valid_for_ms))
+                .transpose()?
+        };
+        if let Some(record) = record {
+            out.push(Effect::Broadcast(FleetMessage::Announce(Box::new(
+                record.clone(),
+            ))));
+            own.record = record;
+        }
     }
     if up.outcome().is_final() {
         let which = if *up.outcome() == Outcome::Succeeded {
@@ -198,6 +222,14 @@ pub(super) fn drive(
         } else {
             Which::Old
         };
+        if which == Which::New {
+            // Each target's variant now has its new image.
+            for (target, (_, new)) in up.target_images() {
+                if let Some(assigned) = own.variants.get_mut(target) {
+                    assigned.image = new.clone();
+                }
+            }
+        }
         for target in up.steps().keys() {
             if let Some((phase, reason)) = up.phase(*target, which) {
                 own.targets.insert(
@@ -215,12 +247,13 @@ pub(super) fn drive(
 
 impl<S: Signer> FleetState<S> {
     /// `agora deploy upgrade`: sign the next version with the new image (naming the one it
-    /// replaces) and start the machine over the deployment's current targets.
+    /// replaces), or with the variants' new images, and start the machine over the
+    /// deployment's current targets (with variants: those of the variants that change).
     pub(super) fn start_upgrade(
         &mut self,
         now: Timestamp,
         id: DeploymentId,
-        image: String,
+        to: UpgradeTo,
         config: UpgradeConfig,
         out: &mut Vec<Effect>,
     ) -> Result<(), FleetError> {
@@ -239,14 +272,19 @@ impl<S: Signer> FleetState<S> {
         if own.record.body.deleted {
             return Err(not("it is deleted"));
         }
+        let image = match to {
+            UpgradeTo::Image(image) => image,
+            UpgradeTo::Variants(images) => {
+                return self.start_variants_upgrade(now, id, images, config, out);
+            }
+        };
         if own.record.body.image == image {
             return Err(not("it already runs that image"));
         }
         if !own.record.body.variants.is_empty() {
             return Err(not(
-                "it has variants, which `deploy upgrade` does not roll out in waves; give it the \
-                 new variants with `agora deploy create --name NAME --variant ...` (the targets \
-                 of a changed variant are replaced, stop-first)",
+                "it has variants: name the new image of each variant that changes \
+                 (`agora deploy upgrade ID --variant NAME=CID`)",
             ));
         }
         let from = own.record.body.image.clone();
@@ -270,6 +308,85 @@ impl<S: Signer> FleetState<S> {
         drive(id, own, now, &self.signer, valid_for_ms, out)
     }
 
+    /// The upgrade of some variants' images: each target of a changed variant moves from its
+    /// variant's image to the new one.
+    fn start_variants_upgrade(
+        &mut self,
+        now: Timestamp,
+        id: DeploymentId,
+        images: std::collections::BTreeMap<String, String>,
+        config: UpgradeConfig,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), FleetError> {
+        let valid_for_ms = self.config.valid_for_ms;
+        let own = self
+            .own
+            .get_mut(&id)
+            .ok_or(FleetError::NotMine { deployment: id })?;
+        let not = |reason| FleetError::NotUpgradable {
+            deployment: id,
+            reason,
+        };
+        let from_variants = own.record.body.variants.clone();
+        if from_variants.is_empty() {
+            return Err(not(
+                "it has no variants: give the new image with `agora deploy upgrade ID --image CID`",
+            ));
+        }
+        if let Some(name) = images
+            .keys()
+            .find(|n| !from_variants.iter().any(|v| v.name == **n))
+        {
+            return Err(FleetError::UnknownVariant {
+                deployment: id,
+                name: name.clone(),
+            });
+        }
+        let to_variants: Vec<crate::Variant> = from_variants
+            .iter()
+            .map(|v| crate::Variant {
+                image: images
+                    .get(&v.name)
+                    .cloned()
+                    .unwrap_or_else(|| v.image.clone()),
+                ..v.clone()
+            })
+            .collect();
+        if to_variants == from_variants {
+            return Err(not("its variants already run those images"));
+        }
+        // Signed first: a new image another variant already has is refused here, before any
+        // target moves.
+        let record = with_variants(
+            &own.record.body,
+            to_variants.clone(),
+            &self.signer,
+            now,
+            valid_for_ms,
+        )?;
+        let moves: std::collections::BTreeMap<NodeId, (String, String)> = own
+            .targets
+            .keys()
+            .filter_map(|t| {
+                let given = own.variants.get(t)?;
+                let new = &to_variants.iter().find(|v| v.name == given.variant)?.image;
+                (*new != given.image).then(|| (*t, (given.image.clone(), new.clone())))
+            })
+            .collect();
+        let mut up = Upgrade::with_images(from_variants, to_variants, moves, config);
+        for target in up.steps().keys().copied().collect::<Vec<_>>() {
+            if let Some(status) = own.targets.get(&target) {
+                up.observe(target, Which::Old, status.phase, status.reason.clone());
+            }
+        }
+        out.push(Effect::Broadcast(FleetMessage::Announce(Box::new(
+            record.clone(),
+        ))));
+        own.record = record;
+        own.upgrade = Some(up);
+        drive(id, own, now, &self.signer, valid_for_ms, out)
+    }
+
     /// What is heard of `target`'s instance of `image` (its contract's progress or its own
     /// report): during an upgrade it goes to the machine, else to the target's status if it is
     /// about the record's image. `image: None` (a report from before reports named it) counts
@@ -286,11 +403,14 @@ impl<S: Signer> FleetState<S> {
         let Some(own) = self.own.get_mut(&deployment) else {
             return false;
         };
-        if let Some(up) = own.upgrade.as_mut().filter(|u| !u.outcome().is_final()) {
-            if !up.steps().contains_key(&target) {
-                return false;
-            }
-            if let Some(which) = image.and_then(|i| up.which(i)) {
+        // A target outside the upgrade (with variants: one whose variant keeps its image) is
+        // followed as usual.
+        if let Some(up) = own
+            .upgrade
+            .as_mut()
+            .filter(|u| !u.outcome().is_final() && u.steps().contains_key(&target))
+        {
+            if let Some(which) = image.and_then(|i| up.which_of(&target, i)) {
                 up.observe(target, which, phase, reason);
                 self.dirty = true;
             }
@@ -348,9 +468,13 @@ impl<S: Signer> FleetState<S> {
         image: &str,
     ) -> Option<TargetPhase> {
         let own = self.own.get(deployment)?;
-        match own.upgrade.as_ref().filter(|u| !u.outcome().is_final()) {
+        match own
+            .upgrade
+            .as_ref()
+            .filter(|u| !u.outcome().is_final() && u.steps().contains_key(target))
+        {
             Some(up) => up
-                .which(image)
+                .which_of(target, image)
                 .and_then(|which| up.phase(*target, which))
                 .map(|(p, _)| *p),
             None if own.image_of(target) == image => own.targets.get(target).map(|s| s.phase),

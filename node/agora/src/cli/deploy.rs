@@ -55,9 +55,14 @@ pub enum DeployCommand {
 pub struct UpgradeArgs {
     /// Deployment id (from `deploy create` or `deploy list`).
     id: String,
-    /// The new image CID (from `agora service publish` on this node).
-    #[arg(long)]
-    image: String,
+    /// The new image CID (from `agora service publish` on this node); for a deployment with
+    /// variants give `--variant` instead.
+    #[arg(long, required_unless_present = "variant", conflicts_with = "variant")]
+    image: Option<String>,
+    /// For a deployment with variants: a variant's new image, `NAME=CID`; repeat for each
+    /// variant that changes (the others, and every variant's selector, stay as they are).
+    #[arg(long, value_name = "NAME=CID")]
+    variant: Vec<String>,
     /// Most targets mid-upgrade at once (the wave size).
     #[arg(long, default_value_t = 1)]
     max_unavailable: u32,
@@ -388,8 +393,21 @@ async fn watch(dir: &Path, id: &str, interval: &str, json: bool) -> anyhow::Resu
 }
 
 async fn upgrade(dir: &Path, a: &UpgradeArgs, json: bool) -> anyhow::Result<()> {
+    let mut variants = std::collections::BTreeMap::new();
+    for v in &a.variant {
+        let Some((name, cid)) = v
+            .split_once('=')
+            .filter(|(n, c)| !n.is_empty() && !c.is_empty())
+        else {
+            anyhow::bail!("--variant {v}: expected NAME=CID, e.g. b=bafy…");
+        };
+        if variants.insert(name.to_string(), cid.to_string()).is_some() {
+            anyhow::bail!("--variant {name}=… given twice");
+        }
+    }
     let req = UpgradeRequest {
-        image: a.image.clone(),
+        image: a.image.clone().unwrap_or_default(),
+        variants,
         max_unavailable: a.max_unavailable,
         health_timeout_ms: parse_duration_ms(&a.health_timeout).context("--health-timeout")?,
     };
@@ -398,12 +416,14 @@ async fn upgrade(dir: &Path, a: &UpgradeArgs, json: bool) -> anyhow::Result<()> 
     let path = format!("/v1/fleet/deployments/{}", a.id);
     let mut view: DeploymentView = client.post(&format!("{path}/upgrade"), &req).await?;
     if !json {
-        println!(
-            "upgrading deployment {} from {} to {}",
-            view.id,
-            view.previous_image.as_deref().unwrap_or("?"),
-            view.image
-        );
+        let (from, to) = match &view.upgrade {
+            Some(u) => (u.from.clone(), u.to.clone()),
+            None => (
+                view.previous_image.clone().unwrap_or_else(|| "?".into()),
+                view.image.clone(),
+            ),
+        };
+        println!("upgrading deployment {} from {from} to {to}", view.id);
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
     let mut seen = Vec::new();

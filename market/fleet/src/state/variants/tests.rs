@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::super::*;
 use crate::record::{Replicas, Strategy, encode_deployment};
 use crate::selector::Selector;
-use crate::upgrade::UpgradeConfig;
+use crate::upgrade::{Outcome, UpgradeConfig, UpgradeTo};
 use crate::variant::Variant;
 use agora_market::identity::KeySigner;
 use agora_market::resources::Interface;
@@ -198,7 +198,7 @@ fn variants_are_placed_balanced_and_rebalanced_after_a_join_one_per_target() {
     ));
     let up = Input::Upgrade {
         deployment: dep,
-        image: "bafkreicccc".into(),
+        to: UpgradeTo::Image("bafkreicccc".into()),
         config: UpgradeConfig {
             max_unavailable: 1,
             health_timeout_ms: 1000,
@@ -419,7 +419,7 @@ fn a_live_deployment_is_given_other_variants_and_only_the_changed_ones_move() {
     // Upgrading a deployment with variants still names the way that works.
     let up = Input::Upgrade {
         deployment: dep,
-        image: "bafkreidddd".into(),
+        to: UpgradeTo::Image("bafkreidddd".into()),
         config: UpgradeConfig {
             max_unavailable: 1,
             health_timeout_ms: 1000,
@@ -427,4 +427,179 @@ fn a_live_deployment_is_given_other_variants_and_only_the_changed_ones_move() {
     };
     let err = d.handle(T0 + 9, up).unwrap_err();
     assert!(err.to_string().contains("--variant"), "{err}");
+}
+
+/// Like [`apply`], but a target may hold two images at once (an upgrade is start-first).
+fn apply_start_first(live: &mut BTreeSet<(NodeId, String)>, effects: &[Effect]) {
+    for e in effects {
+        match e {
+            Effect::Release { target, image, .. } => {
+                assert!(
+                    live.remove(&(*target, image.clone())),
+                    "released what was not placed"
+                );
+            }
+            Effect::Place { target, image, .. } => {
+                assert!(live.insert((*target, image.clone())), "placed twice");
+            }
+            _ => {}
+        }
+    }
+}
+
+fn announced(effects: &[Effect]) -> Vec<Vec<Variant>> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Broadcast(FleetMessage::Announce(r)) => Some(r.body.variants.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_upgrade_of_variants_moves_their_targets_start_first_and_a_sick_one_rolls_back() {
+    const B2: &str = "bafkreib2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
+    const A2: &str = "bafkreia2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2";
+    let mut d = FleetState::new(signer(1), FleetConfig::default());
+    for (seed, ble) in [(2, true), (3, true), (4, true), (5, false)] {
+        d.handle(T0, Input::Provider(facts(seed, ble, T0))).unwrap();
+    }
+    d.handle(T0, Input::Create(spec())).unwrap();
+    let dep = deployment_id(&id(1), "gw");
+    let mut live = BTreeSet::new();
+    apply(&mut live, &d.handle(T0 + 1, Input::Tick).unwrap());
+    let on = |live: &BTreeSet<(NodeId, String)>, image: &str| -> Vec<NodeId> {
+        live.iter()
+            .filter(|(_, i)| i == image)
+            .map(|(t, _)| *t)
+            .collect()
+    };
+    let (a_targets, b_targets) = (on(&live, A), on(&live, B));
+    assert_eq!((a_targets.len(), b_targets.len()), (2, 2));
+    let progress = |target: NodeId, image: &str, phase| Input::TargetProgress {
+        deployment: dep,
+        target,
+        image: image.into(),
+        phase,
+        reason: Some("probe".into()).filter(|_| phase == TargetPhase::Unhealthy),
+    };
+    for (t, i) in live.clone() {
+        d.handle(T0 + 2, progress(t, &i, TargetPhase::Healthy))
+            .unwrap();
+    }
+    let config = UpgradeConfig {
+        max_unavailable: 1,
+        health_timeout_ms: 10_000,
+    };
+    let upgrade = |images: &[(&str, &str)]| Input::Upgrade {
+        deployment: dep,
+        to: UpgradeTo::Variants(
+            images
+                .iter()
+                .map(|(n, i)| (n.to_string(), i.to_string()))
+                .collect(),
+        ),
+        config,
+    };
+    // Refused with a reason: a variant it does not have, the images it already runs, a new
+    // image another variant has.
+    assert!(matches!(
+        d.handle(T0 + 3, upgrade(&[("c", B2)])),
+        Err(FleetError::UnknownVariant { ref name, .. }) if name == "c"
+    ));
+    assert!(matches!(
+        d.handle(T0 + 3, upgrade(&[("b", B)])),
+        Err(FleetError::NotUpgradable { .. })
+    ));
+    assert!(d.handle(T0 + 3, upgrade(&[("b", A)])).is_err());
+
+    // b moves to B2, one target at a time, each new instance started beside the old one.
+    let out = d.handle(T0 + 4, upgrade(&[("b", B2)])).unwrap();
+    let signed = announced(&out);
+    assert_eq!(signed.len(), 1);
+    assert_eq!(signed[0][1].image, B2, "the record names b's new image");
+    assert_eq!(signed[0][0].image, A, "and a's unchanged one");
+    apply_start_first(&mut live, &out);
+    assert_eq!(on(&live, B2).len(), 1);
+    assert_eq!(on(&live, B).len(), 2, "no old instance stopped yet");
+    let view = d.status(&dep).unwrap().upgrade.unwrap();
+    assert_eq!(
+        (view.from.as_str(), view.to.as_str()),
+        (&*format!("b={B}"), &*format!("b={B2}"))
+    );
+    assert_eq!(view.targets.len(), 2, "only b's targets move");
+    // A report of a's targets still counts while b moves.
+    d.handle(T0 + 5, progress(a_targets[0], A, TargetPhase::Running))
+        .unwrap();
+    assert_eq!(
+        d.target_phase(&dep, &a_targets[0], A),
+        Some(TargetPhase::Running)
+    );
+    d.handle(T0 + 5, progress(a_targets[0], A, TargetPhase::Healthy))
+        .unwrap();
+    let mut now = T0 + 6;
+    while d
+        .status(&dep)
+        .unwrap()
+        .upgrade
+        .is_some_and(|u| !u.is_final())
+    {
+        for t in on(&live, B2) {
+            d.handle(now, progress(t, B2, TargetPhase::Healthy))
+                .unwrap();
+        }
+        apply_start_first(&mut live, &d.handle(now, Input::Tick).unwrap());
+        now += 1;
+        assert!(now < T0 + 100, "the upgrade never ended");
+    }
+    assert_eq!(
+        d.own[&dep].upgrade.as_ref().unwrap().outcome(),
+        &Outcome::Succeeded
+    );
+    assert_eq!(on(&live, B2).len(), 2);
+    assert!(on(&live, B).is_empty());
+    assert_eq!(on(&live, A), a_targets, "a's targets untouched");
+    for t in &b_targets {
+        assert_eq!(
+            d.own[&dep].image_of(t),
+            B2,
+            "b's targets were given the new image"
+        );
+    }
+    // The plan takes over again and moves nothing.
+    let out = d.handle(now + 1, Input::Tick).unwrap();
+    assert!(
+        !out.iter()
+            .any(|e| matches!(e, Effect::Place { .. } | Effect::Release { .. })),
+        "{out:?}"
+    );
+
+    // a moves to A2, and its first new instance is sick: the rollout halts, the new instance
+    // goes, the old variants are signed again, every target keeps its old image.
+    let now = now + 2;
+    let out = d.handle(now, upgrade(&[("a", A2)])).unwrap();
+    apply_start_first(&mut live, &out);
+    let sick = on(&live, A2);
+    assert_eq!(sick.len(), 1);
+    d.handle(now + 1, progress(sick[0], A2, TargetPhase::Unhealthy))
+        .unwrap();
+    let out = d.handle(now + 2, Input::Tick).unwrap();
+    apply_start_first(&mut live, &out);
+    let signed = announced(&out);
+    assert_eq!(signed.len(), 1, "{out:?}");
+    assert_eq!(
+        (signed[0][0].image.as_str(), signed[0][1].image.as_str()),
+        (A, B2),
+        "the old variants signed again"
+    );
+    assert!(matches!(
+        d.own[&dep].upgrade.as_ref().unwrap().outcome(),
+        Outcome::RolledBack { .. }
+    ));
+    assert!(on(&live, A2).is_empty());
+    assert_eq!(on(&live, A), a_targets);
+    for t in &a_targets {
+        assert_eq!(d.own[&dep].image_of(t), A);
+    }
 }

@@ -670,6 +670,8 @@ impl Metrics {
                 ("frame_beyond_window", r.frames_refused_beyond_window),
                 ("frame_unsigned", r.frames_refused_unsigned),
                 ("replay_frame", r.replay_frames_refused),
+                ("replay_request_trimmed", r.replay_requests_trimmed),
+                ("replay_entry", r.replay_entries_refused),
                 ("key_request", r.key_requests_refused),
                 ("key_update", r.key_updates_refused),
                 ("checkpoint_ignored", r.checkpoints_ignored),

@@ -261,6 +261,12 @@ pub struct RadioStats {
     pub frames_refused_unsigned: u64,
     /// Frames in peers' replay answers dropped: bad MIC or unsigned for a device with a key.
     pub replay_frames_refused: u64,
+    /// Replay requests answered in part: a device named twice, more than
+    /// `MAX_KEYS_PER_MESSAGE` devices, or more frames than one answer's byte budget.
+    pub replay_requests_trimmed: u64,
+    /// Entries of peers' replay answers dropped: a device given twice in one answer, or frames
+    /// past the device's buffer bound (`radio.buffer_per_device`).
+    pub replay_entries_refused: u64,
     /// Device keys received from their owners.
     pub keys_received: u64,
     /// Key requests refused: the asker is not a provider of the device here, or it is not

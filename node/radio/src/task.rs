@@ -44,6 +44,9 @@ const KEPT_CHECKPOINTS: usize = 2048;
 
 /// Peers asked for missed uplinks when a takeover has a gap.
 const REPLAY_PEERS: usize = 4;
+/// Most bytes of frames one replay answer carries (half the RPC limit: room for the envelope
+/// and the encoding), whatever the request names.
+pub(crate) const REPLAY_ANSWER_BYTES: usize = agora_wire::codec::MAX_RPC_BYTES / 2;
 /// How long a takeover waits for peers' replays.
 const REPLAY_TIMEOUT: Duration = Duration::from_millis(1_500);
 /// How long a key request waits for the owner's answer.
@@ -1086,23 +1089,60 @@ impl RadioTask {
         Envelope::seal_body(&self.signer, Kind::Radio, now_ms(), self.seq, rpc)
     }
 
+    /// Answers a peer's replay request with what this edge buffered of the devices it names:
+    /// each device once, at most [`MAX_KEYS_PER_MESSAGE`] of them, and at most
+    /// [`REPLAY_ANSWER_BYTES`] of frames in all, so a small request (one device named ten
+    /// thousand times) costs one answer's worth, not gigabytes (THREATS R1).
     async fn answer_replay(&mut self, id: u64, devices: &[u32]) {
-        let answer = RadioRpc::Frames {
-            devices: devices
-                .iter()
-                .filter_map(|d| {
-                    let dev = self.table.get(d)?;
-                    let mut frames: Vec<(u32, Vec<u8>)> = dev.buffer.iter().cloned().collect();
-                    frames.sort_by_key(|(s, _)| *s);
-                    frames.truncate(MAX_REPLAY_FRAMES);
-                    Some(ReplayedDevice {
-                        device: *d,
-                        covered: dev.covered,
-                        frames: frames.into_iter().map(|(_, f)| f).collect(),
-                    })
-                })
-                .collect(),
-        };
+        let mut asked = BTreeSet::new();
+        for d in devices {
+            if asked.len() >= MAX_KEYS_PER_MESSAGE {
+                break;
+            }
+            asked.insert(*d);
+        }
+        let mut trimmed = asked.len() < devices.len();
+        let mut budget = REPLAY_ANSWER_BYTES;
+        let mut answered = Vec::new();
+        for d in asked {
+            let Some(dev) = self.table.get(&d) else {
+                continue;
+            };
+            let mut frames: Vec<&(u32, Vec<u8>)> = dev.buffer.iter().collect();
+            frames.sort_by_key(|(s, _)| *s);
+            let mut kept = Vec::new();
+            for (_, f) in frames.into_iter().take(MAX_REPLAY_FRAMES) {
+                // The frame and its CBOR framing.
+                let cost = f.len() + 8;
+                if cost > budget {
+                    trimmed = true;
+                    break;
+                }
+                budget -= cost;
+                kept.push(f.clone());
+            }
+            answered.push(ReplayedDevice {
+                device: d,
+                covered: dev.covered,
+                frames: kept,
+            });
+            if trimmed && budget < 64 {
+                break;
+            }
+        }
+        if trimmed {
+            self.stats.replay_requests_trimmed += 1;
+            let n = self.stats.replay_requests_trimmed;
+            if n <= 16 || n.is_power_of_two() {
+                warn!(
+                    devices = devices.len(),
+                    answered = answered.len(),
+                    trimmed = self.stats.replay_requests_trimmed,
+                    "replay request answered in part: a device named twice, too many devices or too many frames"
+                );
+            }
+        }
+        let answer = RadioRpc::Frames { devices: answered };
         if let Ok(env) = self.seal(&answer) {
             let _ = self.network.respond(id, &env).await;
         }
@@ -1174,11 +1214,20 @@ impl RadioTask {
         let answers = futures::future::join_all(asks).await;
         let mut got = 0usize;
         let mut claimed: Vec<(u32, u32, bool)> = Vec::new();
+        let max_buffer = self.cfg.buffer_per_device;
         for answer in answers.into_iter().flatten().flatten() {
             let Ok(RadioRpc::Frames { devices }) = answer.body::<RadioRpc>(Kind::Radio) else {
                 continue;
             };
+            // Each device once per answer: a hostile peer repeating one device's entry would
+            // make this edge check its frames again and again.
+            let mut answered = BTreeSet::new();
+            let mut entries_refused = 0u64;
             for rd in devices.into_iter().filter(|rd| gaps.contains(&rd.device)) {
+                if !answered.insert(rd.device) {
+                    entries_refused += 1;
+                    continue;
+                }
                 if let Some(c) = rd.covered {
                     let by_manager = self
                         .table
@@ -1189,7 +1238,16 @@ impl RadioTask {
                 let keys = self.keys.candidates(rd.device);
                 let mut refused = 0u64;
                 let dev = self.table.local_entry(rd.device);
-                for f in rd.frames.into_iter().take(MAX_REPLAY_FRAMES) {
+                // Sequence numbers already buffered, looked up once each (not a scan per frame).
+                let mut have: std::collections::HashSet<u32> =
+                    dev.buffer.iter().map(|(s, _)| *s).collect();
+                let mut frames = rd.frames.into_iter().take(MAX_REPLAY_FRAMES);
+                for f in frames.by_ref() {
+                    if dev.buffer.len() >= max_buffer {
+                        // The buffer's bound holds for replayed frames too.
+                        entries_refused += 1;
+                        break;
+                    }
                     // A peer's replay is hearsay too: a device with a key here counts only
                     // frames its key signed (the counter is not checked: these are old frames
                     // by nature, and the buffer and coverage already drop duplicates).
@@ -1199,13 +1257,14 @@ impl RadioTask {
                     }
                     if let Ok((device, seq)) = parse_frame(&f)
                         && device == rd.device
-                        && !dev.buffer.iter().any(|(s, _)| *s == seq)
+                        && have.insert(seq)
                     {
                         dev.hear(seq);
                         dev.buffer.push_back((seq, f));
                         got += 1;
                     }
                 }
+                entries_refused += frames.count() as u64;
                 if refused > 0 {
                     self.stats.replay_frames_refused += refused;
                     warn!(
@@ -1215,6 +1274,14 @@ impl RadioTask {
                         "replayed frames refused: bad MIC or unsigned for a device with a key here"
                     );
                 }
+            }
+            if entries_refused > 0 {
+                self.stats.replay_entries_refused += entries_refused;
+                warn!(
+                    peer = %answer.sender,
+                    refused = entries_refused,
+                    "replay answer entries dropped: a device given twice or frames past the buffer bound"
+                );
             }
         }
         // A peer's word on coverage is hearsay: never more than the window beyond what was

@@ -20,6 +20,7 @@ mod attack_floods;
 mod attack_market_flood;
 mod attack_provider;
 mod attack_radio;
+mod attack_replay;
 mod attack_smoke;
 mod attack_sybil;
 mod attack_sync;

@@ -54,6 +54,15 @@ impl Default for MarketConfig {
     }
 }
 
+/// A peer's snapshot request is answered at most once per this long (each answer carries up
+/// to [`MarketConfig::snapshot_max`] auctions and offers).
+pub const SNAPSHOT_EVERY_MS: u64 = 10_000;
+/// Most peers whose last snapshot answer is remembered; while that many were answered within
+/// [`SNAPSHOT_EVERY_MS`], further requests wait.
+pub const MAX_SNAPSHOT_PEERS: usize = 256;
+/// Most snapshots this node waits for at once.
+pub const MAX_SNAPSHOTS_ASKED: usize = 64;
+
 /// What a provider fills in to publish a standing offer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OfferSpec {
@@ -266,6 +275,10 @@ pub struct MarketState<S> {
     deals: BTreeMap<AwardId, Deal<S>>,
     last_nonce: u64,
     counters: BookCounters,
+    /// Snapshots this node asked for and has not received: (peer, region).
+    snapshots_asked: std::collections::BTreeSet<(NodeId, String)>,
+    /// When this node last answered each peer's snapshot request.
+    snapshots_served: BTreeMap<NodeId, Timestamp>,
     /// Own auctions that only some providers may win (dropped with the auction).
     restricted: BTreeMap<AuctionId, std::collections::BTreeSet<NodeId>>,
 }
@@ -289,6 +302,8 @@ impl<S: Signer + Clone> MarketState<S> {
             last_nonce: 0,
             restricted: BTreeMap::new(),
             counters: BookCounters::default(),
+            snapshots_asked: std::collections::BTreeSet::new(),
+            snapshots_served: BTreeMap::new(),
         }
     }
 
@@ -311,10 +326,14 @@ impl<S: Signer + Clone> MarketState<S> {
             }
             Input::Award { auction, bid } => self.award(now, auction, bid, &mut out),
             Input::RequestSnapshot { region, peer } => {
-                out.push(Effect::Send {
-                    to: peer,
-                    msg: MarketMessage::SnapshotRequest { region },
-                });
+                // Only an answer to a request is taken (a few at a time).
+                if self.snapshots_asked.len() < MAX_SNAPSHOTS_ASKED {
+                    self.snapshots_asked.insert((peer, region.clone()));
+                    out.push(Effect::Send {
+                        to: peer,
+                        msg: MarketMessage::SnapshotRequest { region },
+                    });
+                }
                 Ok(())
             }
             Input::Remote { from, msg } => {

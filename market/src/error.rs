@@ -242,6 +242,17 @@ pub enum MarketError {
         /// Auction id.
         auction: AuctionId,
     },
+    /// A snapshot response this node did not ask for (or already took).
+    #[error(
+        "snapshot of region {region} from {from} refused: this node did not ask it for one \
+         (a node asks a few peers when it joins)"
+    )]
+    UnsolicitedSnapshot {
+        /// Who sent it.
+        from: NodeId,
+        /// The region it names.
+        region: String,
+    },
     /// A negotiation step was refused.
     #[error(transparent)]
     Negotiation(#[from] crate::negotiation::NegotiationError),

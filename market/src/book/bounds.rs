@@ -23,6 +23,7 @@ use crate::ids::{AuctionId, BidId, OfferId};
 
 /// What the book refused, evicted or let lapse since start, for the node to export as metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BookCounters {
     /// Auctions refused: their customer already had `max_auctions_per_customer` in the book.
     pub auctions_refused_quota: u64,
@@ -49,6 +50,10 @@ pub struct BookCounters {
     pub auto_bids_declined: u64,
     /// Replay-guard nonces forgotten early because the guard was full.
     pub replay_evicted: u64,
+    /// Snapshot requests not answered (the same peer asked again within
+    /// [`SNAPSHOT_EVERY_MS`](super::SNAPSHOT_EVERY_MS), or too many peers asked at once) and
+    /// snapshot responses refused (this node had not asked that peer for that region).
+    pub snapshots_refused: u64,
 }
 
 /// Sizes of the book now, with the counters: what `MarketState::book_stats` reports.

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{AuctionEntry, AuctionStatus, Effect, MarketState};
+use super::{
+    AuctionEntry, AuctionStatus, Effect, MAX_SNAPSHOT_PEERS, MarketState, SNAPSHOT_EVERY_MS,
+};
 use crate::auction::{AuctionRequest, Award, AwardSubject, Bid, Offer, offer_total_price};
 use crate::capacity::ReservationKey;
 use crate::error::MarketError;
@@ -25,12 +27,23 @@ impl<S: Signer + Clone> MarketState<S> {
             MarketMessage::Offer(offer) => self.remote_offer(now, offer),
             MarketMessage::Award(award) => self.remote_award(now, award, out),
             MarketMessage::SnapshotRequest { region } => {
-                self.snapshot(now, from, region, out);
+                if self.may_serve_snapshot(now, from) {
+                    self.snapshot(now, from, region, out);
+                } else {
+                    self.counters.snapshots_refused += 1;
+                    tracing::debug!(peer = %from.short(), "snapshot request not answered: asked again too soon, or too many peers asked");
+                }
                 Ok(())
             }
             MarketMessage::SnapshotResponse {
-                auctions, offers, ..
+                region,
+                auctions,
+                offers,
             } => {
+                if !self.snapshots_asked.remove(&(from, region.clone())) {
+                    self.counters.snapshots_refused += 1;
+                    return Err(MarketError::UnsolicitedSnapshot { from, region });
+                }
                 let max = self.config.snapshot_max;
                 for req in auctions.into_iter().take(max) {
                     if let Err(error) = self.remote_auction(now, req, out) {
@@ -258,6 +271,24 @@ impl<S: Signer + Clone> MarketState<S> {
             self.negotiate(now, award_id, NegotiationInput::Accept, out)?;
         }
         Ok(())
+    }
+
+    /// Whether `from`'s snapshot request is answered now: once per [`SNAPSHOT_EVERY_MS`] per
+    /// peer, and for at most [`MAX_SNAPSHOT_PEERS`] peers per interval (a snapshot is up to
+    /// `snapshot_max` auctions and offers; identities are free).
+    fn may_serve_snapshot(&mut self, now: Timestamp, from: NodeId) -> bool {
+        let recent = |at: &Timestamp| now.saturating_sub(*at) < SNAPSHOT_EVERY_MS;
+        if self.snapshots_served.get(&from).is_some_and(recent) {
+            return false;
+        }
+        if self.snapshots_served.len() >= MAX_SNAPSHOT_PEERS {
+            self.snapshots_served.retain(|_, at| recent(at));
+            if self.snapshots_served.len() >= MAX_SNAPSHOT_PEERS {
+                return false;
+            }
+        }
+        self.snapshots_served.insert(from, now);
+        true
     }
 
     fn snapshot(&self, now: Timestamp, to: NodeId, region: String, out: &mut Vec<Effect>) {

@@ -532,3 +532,88 @@ fn a_restricted_auction_is_won_only_by_the_chosen_provider() {
             .any(|e| matches!(e, Effect::AuctionClosed { winner: None, .. }))
     );
 }
+
+#[test]
+fn snapshots_are_answered_once_per_interval_and_only_asked_for_ones_are_taken() {
+    let mut net = Net::new(vec![MarketConfig::default(), MarketConfig::default()]);
+    net.nodes[0].handle(0, Input::CreateAuction(spec(100)));
+    let (asker, server) = (net.nodes[1].node_id(), net.nodes[0].node_id());
+    let request = || Input::Remote {
+        from: asker,
+        msg: MarketMessage::SnapshotRequest {
+            region: "eu-west".into(),
+        },
+    };
+    let answers = |effects: &[Effect]| -> Vec<MarketMessage> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { msg, .. } => Some(msg.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // Answered once; asked again within the interval, not answered (counted); later, again.
+    let first = answers(&net.nodes[0].handle(10, request()));
+    assert!(matches!(
+        first.as_slice(),
+        [MarketMessage::SnapshotResponse { auctions, .. }] if auctions.len() == 1
+    ));
+    assert!(answers(&net.nodes[0].handle(20, request())).is_empty());
+    assert_eq!(net.nodes[0].book_stats().counters.snapshots_refused, 1);
+    assert_eq!(
+        answers(&net.nodes[0].handle(10 + SNAPSHOT_EVERY_MS, request())).len(),
+        1
+    );
+    // Many identities asking at once: at most MAX_SNAPSHOT_PEERS answered per interval.
+    let answered = (0..MAX_SNAPSHOT_PEERS as u64 + 10)
+        .filter(|n| {
+            let from = signer(1_000 + n).node_id();
+            let input = Input::Remote {
+                from,
+                msg: MarketMessage::SnapshotRequest {
+                    region: "eu-west".into(),
+                },
+            };
+            !answers(&net.nodes[0].handle(30 + SNAPSHOT_EVERY_MS, input)).is_empty()
+        })
+        .count();
+    assert!(answered < MAX_SNAPSHOT_PEERS, "{answered}");
+
+    // A response nobody asked for is refused and takes nothing.
+    let response = first[0].clone();
+    let effects = net.nodes[1].handle(
+        40,
+        Input::Remote {
+            from: server,
+            msg: response.clone(),
+        },
+    );
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Rejected {
+            error: MarketError::UnsolicitedSnapshot { .. },
+            ..
+        }
+    )));
+    assert!(net.nodes[1].auctions().is_empty());
+    // Asked for, it is taken once; the same response again is refused.
+    net.nodes[1].handle(
+        50,
+        Input::RequestSnapshot {
+            region: "eu-west".into(),
+            peer: server,
+        },
+    );
+    for _ in 0..2 {
+        net.nodes[1].handle(
+            60,
+            Input::Remote {
+                from: server,
+                msg: response.clone(),
+            },
+        );
+    }
+    assert_eq!(net.nodes[1].auctions().len(), 1);
+    assert_eq!(net.nodes[1].book_stats().counters.snapshots_refused, 2);
+}

@@ -97,6 +97,7 @@ struct Series {
     auctions: Family<Labels, Gauge>,
     auction_bids: Gauge,
     market_events: Family<Labels, Counter>,
+    market_book: Family<Labels, Counter>,
     orchestrator_phases: Family<Labels, Counter>,
     orchestrator_phase_latency_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     orchestrator_synced: Gauge,
@@ -139,6 +140,7 @@ impl Series {
             auctions: Family::default(),
             auction_bids: Gauge::default(),
             market_events: Family::default(),
+            market_book: Family::default(),
             orchestrator_phases: Family::default(),
             orchestrator_phase_latency_seconds: Family::new_with_constructor(phase_histogram),
             orchestrator_synced: Gauge::default(),
@@ -273,6 +275,13 @@ impl Series {
             "auction_bids",
             "Valid bids held in this node's market book",
             s.auction_bids.clone(),
+        );
+        r.register(
+            "market_book",
+            "What the market book refused, evicted or let lapse, by event (auctions_refused_quota, \
+             auctions_refused_full, auctions_evicted, offers_…, bids_…, holds_lapsed, \
+             auto_bids_declined, replay_evicted, snapshots_refused)",
+            s.market_book.clone(),
         );
         r.register(
             "market_events",
@@ -614,10 +623,27 @@ impl Metrics {
                     }
                     bids += int(e.bids.len());
                 }
-                (open, closed, awarded, bids)
+                (open, closed, awarded, bids, m.book_stats().counters)
             })
             .await;
-        if let Ok((open, closed, awarded, bids)) = counts {
+        if let Ok((open, closed, awarded, bids, c)) = counts {
+            for (event, v) in [
+                ("auctions_refused_quota", c.auctions_refused_quota),
+                ("auctions_refused_full", c.auctions_refused_full),
+                ("auctions_evicted", c.auctions_evicted),
+                ("offers_refused_quota", c.offers_refused_quota),
+                ("offers_refused_full", c.offers_refused_full),
+                ("offers_evicted", c.offers_evicted),
+                ("bids_refused_duplicate", c.bids_refused_duplicate),
+                ("bids_refused_full", c.bids_refused_full),
+                ("bids_evicted", c.bids_evicted),
+                ("holds_lapsed", c.holds_lapsed),
+                ("auto_bids_declined", c.auto_bids_declined),
+                ("replay_evicted", c.replay_evicted),
+                ("snapshots_refused", c.snapshots_refused),
+            ] {
+                set_family_counter(&s.market_book, &[("event", event)], v);
+            }
             for (status, n) in [("open", open), ("closed", closed), ("awarded", awarded)] {
                 set_family_gauge(&s.auctions, &[("status", status)], n);
             }

@@ -65,8 +65,16 @@ struct EventLog {
 
 /// Records a market event in `log` (the task's `record`, also used by its send tasks).
 fn record_to(log: &Mutex<EventLog>, kind: &'static str, detail: String, data: serde_json::Value) {
-    info!(event = kind, %detail, "market");
     let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+    let count = log.counts.get(kind).copied().unwrap_or(0) + 1;
+    // What peers send decides how many rejections there are: the 1st to 16th and then the
+    // 32nd, 64th… are logged at info, every other one at debug (all are in the event log and
+    // counted), so a flood of bad messages is not a flood of log lines.
+    if kind != "rejected" || count <= 16 || count.is_power_of_two() {
+        info!(event = kind, %detail, count, "market");
+    } else {
+        debug!(event = kind, %detail, count, "market");
+    }
     let seq = log.next;
     log.next += 1;
     *log.counts.entry(kind).or_default() += 1;
@@ -171,7 +179,9 @@ struct MarketTask {
     subscribed: BTreeSet<String>,
     /// Routes the gossip of each topic subscribed to this task's inbox.
     routes: TopicRoutes,
-    timers: BTreeSet<u64>,
+    /// When the book asked to be woken (rounded up to [`TIMER_GRANULARITY_MS`]), at most
+    /// [`MAX_TIMERS`].
+    timers: Timers,
     log: Arc<Mutex<EventLog>>,
     feedback: mpsc::Sender<(NodeId, MarketMessage)>,
     /// Agreed terms on their way to the deal task (bounded, never lost silently).
@@ -186,6 +196,58 @@ struct MarketTask {
 
 /// How many peers a node asks for open auctions and offers when it joins.
 const SNAPSHOT_PEERS: usize = 2;
+
+/// Wake-ups are rounded up to this (a market deadline — an auction's close, a hold's end —
+/// lands at most this late), so deadlines a peer spaces a millisecond apart cost at most one
+/// wake-up per this long.
+const TIMER_GRANULARITY_MS: u64 = 50;
+/// Most wake-ups kept. Every remote auction the book admits asks for one at its close (up to
+/// a week ahead), and an auction evicted from the full book leaves its wake-up behind: past
+/// this bound the latest are dropped and the task also wakes every
+/// [`OVERFLOW_TICK_MS`] (each tick re-derives every deadline, so none is missed for long).
+const MAX_TIMERS: usize = 16_384;
+/// How often the task wakes once wake-ups were dropped.
+const OVERFLOW_TICK_MS: u64 = 1_000;
+
+/// The book's wake-ups: bounded, rounded, each removed as it passes.
+#[derive(Debug, Default)]
+struct Timers {
+    at: BTreeSet<u64>,
+    /// Some were dropped at the bound: wake every [`OVERFLOW_TICK_MS`] too.
+    overflowed: bool,
+}
+
+impl Timers {
+    fn insert(&mut self, at: u64) {
+        let at = at
+            .div_ceil(TIMER_GRANULARITY_MS)
+            .saturating_mul(TIMER_GRANULARITY_MS);
+        if self.at.len() < MAX_TIMERS {
+            self.at.insert(at);
+            return;
+        }
+        self.overflowed = true;
+        if self.at.last().is_some_and(|last| at < *last) && self.at.insert(at) {
+            self.at.pop_last();
+        }
+    }
+
+    /// The next wake-up, if any.
+    fn next(&self, now: u64) -> Option<u64> {
+        let first = self.at.first().copied();
+        if self.overflowed {
+            let backstop = now.saturating_add(OVERFLOW_TICK_MS);
+            Some(first.map_or(backstop, |f| f.min(backstop)))
+        } else {
+            first
+        }
+    }
+
+    /// Forgets every wake-up up to `now` (a split, not a scan).
+    fn fired(&mut self, now: u64) {
+        self.at = self.at.split_off(&now.saturating_add(1));
+    }
+}
 
 // Direct market messages (bids to a customer, awards, the negotiation of the terms) are
 // requests to one peer; one lost to a connection closed at the wrong moment cost a placement
@@ -224,7 +286,7 @@ pub async fn spawn(
         network: network.clone(),
         subscribed: BTreeSet::new(),
         routes: events.topics(),
-        timers: BTreeSet::new(),
+        timers: Timers::default(),
         log: log.clone(),
         feedback: fb_tx,
         agreed,
@@ -269,7 +331,7 @@ impl MarketTask {
         cancel: CancellationToken,
     ) {
         loop {
-            let next_timer = self.timers.first().copied();
+            let next_timer = self.timers.next(now_ms());
             let sleep = async {
                 match next_timer {
                     Some(at) => {
@@ -297,7 +359,7 @@ impl MarketTask {
                 ev = events.recv() => self.on_network(ev).await,
                 _ = sleep => {
                     let now = now_ms();
-                    self.timers.retain(|t| *t > now);
+                    self.timers.fired(now);
                     let effects = self.state.handle(now, Input::Tick);
                     self.execute(&effects).await;
                 }
@@ -597,5 +659,37 @@ impl MarketTask {
             other => ("other", format!("{other:?}"), serde_json::Value::Null),
         };
         self.record(kind, detail, data);
+    }
+}
+
+#[cfg(test)]
+mod timer_tests {
+    use super::*;
+
+    #[test]
+    fn wake_ups_are_rounded_bounded_and_split_off_as_they_pass() {
+        let mut t = Timers::default();
+        assert_eq!(t.next(0), None);
+        t.insert(1_001);
+        t.insert(1_002);
+        t.insert(1_049);
+        assert_eq!(t.at.len(), 1, "one wake-up per granule");
+        assert_eq!(t.next(0), Some(1_050));
+        t.fired(1_050);
+        assert_eq!(t.next(1_050), None);
+        // Past the bound the latest go, and the task wakes every second as well.
+        for n in 0..MAX_TIMERS as u64 + 100 {
+            t.insert(10_000 + n * TIMER_GRANULARITY_MS);
+        }
+        assert_eq!(t.at.len(), MAX_TIMERS);
+        assert!(t.overflowed);
+        assert_eq!(t.next(5_000), Some(6_000));
+        assert_eq!(t.next(9_990), Some(10_000));
+        // An earlier deadline still gets in, in place of the latest.
+        t.insert(9_000);
+        assert_eq!(t.at.len(), MAX_TIMERS);
+        assert_eq!(t.at.first(), Some(&9_000));
+        t.fired(20_000);
+        assert!(t.at.first().is_some_and(|f| *f > 20_000));
     }
 }

@@ -153,6 +153,7 @@ fn devnet_nodes_serve_metrics_health_and_readiness() {
         );
         assert_eq!(m.get("agora_vouched_peers{by=\"operator\"}"), Some(&0.0));
         assert!(m.contains_key("agora_gossip_messages_total{outcome=\"accepted\"}"));
+        assert!(m.contains_key("agora_market_book_total{event=\"snapshots_refused\"}"));
         assert!(m.contains_key("agora_bitswap_total{event=\"blocks_sent\"}"));
         assert!(m.contains_key("agora_bitswap_bytes_total{direction=\"received\"}"));
         assert!(m.contains_key("agora_storage_gc_total{event=\"removed_blocks\"}"));

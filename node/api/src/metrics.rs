@@ -326,7 +326,8 @@ impl Series {
         );
         r.register(
             "bitswap",
-            "Bitswap events (messages_in, rejected, blocks_sent, blocks_received, unwanted)",
+            "Bitswap events (messages_in, rejected, blocks_sent, blocks_received, unwanted, \
+             writers_stalled: a peer took nothing for 30 s, wants_deduplicated)",
             s.bitswap.clone(),
         );
         r.register(
@@ -728,6 +729,8 @@ impl Metrics {
                 ("blocks_sent", b.blocks_sent),
                 ("blocks_received", b.blocks_received),
                 ("unwanted", b.unwanted),
+                ("writers_stalled", b.writers_stalled),
+                ("wants_deduplicated", b.wants_deduplicated),
             ] {
                 set_family_counter(&s.bitswap, &[("event", event)], v);
             }

@@ -43,6 +43,10 @@ pub const MAX_INBOUND_STREAMS_PER_PEER: usize = 8;
 /// An inbound stream with no complete message for this long is closed, so idle or trickling
 /// peers cannot hold serving slots forever (Kubo reopens its stream on the next send).
 const INBOUND_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+/// A message to a peer that does not take it within this long (it opened streams and stopped
+/// reading ours) ends the peer's writer: its queue and every answer waiting for room there are
+/// let go, and the inbound streams whose answers waited are closed.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a fetch session hears about the blocks it registered for.
 #[derive(Debug, Clone)]
@@ -87,6 +91,13 @@ pub struct BitswapStats {
     /// stream to us or that we sent something, within the last minute.
     #[serde(default)]
     pub writers: u64,
+    /// Writers ended because their peer took nothing for [`WRITE_TIMEOUT`] (it stopped
+    /// reading the stream we opened to it).
+    #[serde(default)]
+    pub writers_stalled: u64,
+    /// Wants dropped because the same message already named the block.
+    #[serde(default)]
+    pub wants_deduplicated: u64,
 }
 
 #[derive(Default)]
@@ -98,6 +109,8 @@ struct Counters {
     unwanted: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
+    writers_stalled: AtomicU64,
+    wants_deduplicated: AtomicU64,
 }
 
 type Sessions = HashMap<u64, (mpsc::UnboundedSender<SessionEvent>, Vec<Cid>)>;
@@ -212,6 +225,8 @@ impl Bitswap {
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
             writers: lock(&self.inner.peers).len() as u64,
+            writers_stalled: c.writers_stalled.load(Ordering::Relaxed),
+            wants_deduplicated: c.wants_deduplicated.load(Ordering::Relaxed),
         }
     }
 
@@ -301,14 +316,24 @@ impl Bitswap {
                             }
                         }
                         if let Some(s) = stream.as_mut() {
-                            match write_message(s, &msg).await {
-                                Ok(()) => {
+                            match tokio::time::timeout(WRITE_TIMEOUT, write_message(s, &msg)).await
+                            {
+                                Ok(Ok(())) => {
                                     sent = true;
                                     break;
                                 }
-                                Err(e) => {
+                                Ok(Err(e)) => {
                                     debug!(%peer, error = %e, "bitswap stream failed");
                                     stream = None;
+                                }
+                                Err(_) => {
+                                    // Not a reset: the peer stopped reading. No second try.
+                                    debug!(%peer, "bitswap peer took nothing for 30 s; writer ends");
+                                    me.inner
+                                        .counters
+                                        .writers_stalled
+                                        .fetch_add(1, Ordering::Relaxed);
+                                    break;
                                 }
                             }
                         }
@@ -373,9 +398,20 @@ impl Bitswap {
                 warn!(%peer, error = %e, "bitswap ingest task failed");
             }
         }
-        let Some(wants) = wants else {
+        let Some(mut wants) = wants else {
             return;
         };
+        // Each block once per message: a wantlist naming one large block a thousand times
+        // would otherwise be answered with a thousand copies.
+        let mut seen = std::collections::HashSet::new();
+        let listed = wants.entries.len();
+        wants.entries.retain(|e| seen.insert((e.cid, e.cancel)));
+        if wants.entries.len() < listed {
+            self.inner
+                .counters
+                .wants_deduplicated
+                .fetch_add((listed - wants.entries.len()) as u64, Ordering::Relaxed);
+        }
         for chunk in wants.entries.chunks(WANTS_PER_BATCH) {
             let request = Message {
                 wantlist: Some(bitswap::Wantlist {
@@ -402,9 +438,14 @@ impl Bitswap {
         }
     }
 
-    /// Queues a message to `peer`, waiting for room; false if the peer's writer is gone.
+    /// Queues a message to `peer`, waiting for room (at most [`WRITE_TIMEOUT`]); false if the
+    /// peer's writer is gone or took nothing meanwhile.
     async fn send_wait(&self, peer: PeerId, message: Message) -> bool {
-        self.writer(peer).send(message).await.is_ok()
+        let writer = self.writer(peer);
+        matches!(
+            tokio::time::timeout(WRITE_TIMEOUT, writer.send(message)).await,
+            Ok(Ok(()))
+        )
     }
 
     /// The queue of `peer`'s writer, started if there is none.

@@ -158,3 +158,98 @@ fn hostile_bitswap_messages_are_refused_and_the_node_keeps_serving() {
     assert_eq!(std::fs::read(&out).unwrap(), content);
     net.assert_alive();
 }
+
+/// A peer that wants one large block a thousand times in one message, then keeps asking for it
+/// while it never reads the stream node0 opened back to it (THREATS N4). Node0 answers the
+/// thousand wants with one block, and once its writer to that peer has taken nothing for 30 s
+/// it ends: the queue and the answers waiting for room there are let go, the peer's inbound
+/// stream is closed, and node0 goes on serving an honest fetch.
+#[test]
+fn a_peer_that_stops_reading_loses_its_writer_and_repeated_wants_are_answered_once() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let net = rt.block_on(HostileDevnet::up(2)).unwrap();
+    let adv = rt.block_on(Adversary::join(&net)).unwrap();
+    let (victim, fetcher) = (net.data_dir(0), net.data_dir(1));
+    // One chunk: the file's root block is ~200 KiB, so a few answers fill any stream window.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("one-block.bin");
+    let content: Vec<u8> = (0..200 * 1024).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(&file, &content).unwrap();
+    let added = agora_json(&[
+        "storage",
+        "add",
+        file.to_str().unwrap(),
+        "--data-dir",
+        &victim,
+    ]);
+    let cid_text = added["cid"].as_str().unwrap().to_string();
+    let cid = agora_exchange::parse_cid(&cid_text).unwrap();
+    let before = stats(&victim);
+
+    rt.block_on(async {
+        // Take node0's streams back to us and never read them.
+        let mut control = adv.network().stream_control();
+        let mut incoming = control
+            .accept(agora_network::StreamProtocol::new(PROTOCOL))
+            .unwrap();
+        let held = tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut kept = Vec::new();
+            while let Some((_, s)) = incoming.next().await {
+                kept.push(s);
+            }
+            kept.len()
+        });
+        let mut s = adv.open_stream(net.peer_id(0), PROTOCOL).await.unwrap();
+        let thousand = Message::want_blocks(&vec![cid; 1000]);
+        s.write_all(&frame(&thousand.encode())).await.unwrap();
+        let once = frame(&Message::want_blocks(&[cid]).encode());
+        // Node0 stops reading our stream once its answers wait for room: the writes stall
+        // (or fail once it closes the stream), which is the point.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            for _ in 0..200 {
+                if s.write_all(&once).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        wait_until(
+            "node0 to answer the thousand wants once and end the writer nobody reads",
+            Duration::from_secs(90),
+            || {
+                let st = stats(&victim);
+                st["wants_deduplicated"].as_u64().unwrap_or(0)
+                    >= before["wants_deduplicated"].as_u64().unwrap_or(0) + 999
+                    && st["writers_stalled"].as_u64().unwrap_or(0)
+                        > before["writers_stalled"].as_u64().unwrap_or(0)
+            },
+        );
+        held.abort();
+    });
+    let after = stats(&victim);
+    eprintln!(
+        "node0 bitswap: wants deduplicated {}, writers stalled {}, blocks sent {}, writers now {}",
+        after["wants_deduplicated"],
+        after["writers_stalled"],
+        after["blocks_sent"],
+        after["writers"]
+    );
+    net.assert_alive();
+
+    // Honest service goes on.
+    let out = tmp.path().join("fetched.bin");
+    let got = agora_json(&[
+        "storage",
+        "get",
+        &cid_text,
+        "-o",
+        out.to_str().unwrap(),
+        "--timeout",
+        "60",
+        "--data-dir",
+        &fetcher,
+    ]);
+    assert_eq!(got["written"].as_u64(), Some(content.len() as u64), "{got}");
+    net.assert_alive();
+}

@@ -378,6 +378,7 @@ impl DeploymentView {
 
 /// What the machine counted (for metrics and `agora deploy status`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FleetCounters {
     /// Records refused: bad signature, bounds, expiry, size.
     pub bad_records: u64,
@@ -387,6 +388,9 @@ pub struct FleetCounters {
     pub providers_evicted: u64,
     /// Polls answered.
     pub polls_answered: u64,
+    /// Polls about deployments this node neither deploys nor holds: not answered (an answer
+    /// is a request of its own, so a stranger's polls would make this node send).
+    pub polls_unknown: u64,
 }
 
 /// The fleet state of one node.
@@ -412,6 +416,14 @@ pub struct FleetState<S: Signer> {
 }
 
 impl<S: Signer> FleetState<S> {
+    /// True when `node`'s balance, as the node last fed it, holds at least
+    /// [`FleetConfig::min_deployer_balance`] (a funded peer, as far as this machine knows).
+    pub fn is_funded(&self, node: &NodeId) -> bool {
+        self.balances
+            .get(node)
+            .is_some_and(|(balance, _)| *balance >= self.config.min_deployer_balance)
+    }
+
     /// True when `deployer`'s balance was fed less than [`BALANCE_TTL_MS`] before `now` (the
     /// node need not look it up again).
     pub fn balance_is_fresh(&self, deployer: &NodeId, now: Timestamp) -> bool {

@@ -355,6 +355,15 @@ impl ConsensusDriver {
         self.process(mc::Input::Vote(vote.to_malachite()));
     }
 
+    /// The (height, round) of each proposal held for the next height (tests).
+    #[cfg(test)]
+    pub(crate) fn future_proposals_held(&self) -> Vec<(u64, u32)> {
+        self.future_proposals
+            .iter()
+            .map(|(_, p, _)| (p.proposal.block().height, p.proposal.round_number()))
+            .collect()
+    }
+
     /// A proposal that arrived at `arrived` (ms, our clock).
     fn on_proposal(&mut self, from: NodeId, proposal: SignedProposalMsg, arrived: Timestamp) {
         if let Err(error) = proposal.verify(&self.io.validators) {
@@ -368,8 +377,14 @@ impl ConsensusDriver {
         }
         if height == self.io.height + 1 || self.io.height == 0 {
             // Keep the first proposal per (height, round): an equivocating proposer cannot
-            // crowd out the other rounds' proposers.
+            // crowd out the other rounds' proposers. And only for the first rounds, one per
+            // validator: each of those is one validator's to propose, so a faulty member can
+            // hold one slot, not sixteen proposals for far rounds that leave no room for the
+            // honest round-0 proposal (a replica that is that far behind syncs instead).
             let round = proposal.proposal.round_number();
+            if usize::try_from(round).map_or(true, |r| r >= self.io.validators.len().max(1)) {
+                return;
+            }
             let seen = self.future_proposals.iter().any(|(_, p, _)| {
                 p.proposal.block().height == height && p.proposal.round_number() == round
             });

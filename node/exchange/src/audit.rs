@@ -181,7 +181,11 @@ pub async fn challenge(
                 continue;
             }
             Ok(StorageRpc::Busy) => Verdict::Failed(format!("busy for {ANSWER_TIMEOUT:?}")),
-            Ok(StorageRpc::Refused { reason }) => Verdict::Failed(format!("refused: {reason}")),
+            // The provider's text: it ends in the arbitrator's timeline and log, so bounded.
+            Ok(StorageRpc::Refused { reason }) => Verdict::Failed(format!(
+                "refused: {}",
+                agora_wire::clip(&reason, agora_wire::MAX_PEER_REASON)
+            )),
             Ok(StorageRpc::Challenge(_)) => Verdict::Failed("answered with a challenge".into()),
             Err(e) => {
                 debug!(error = %e, "malformed storage answer");

@@ -15,7 +15,8 @@ use tracing::{Instrument, debug, info, warn};
 use cid::Cid;
 
 use super::{
-    Done, FleetTask, MAX_PLACEMENTS, MAX_SENDS_IN_FLIGHT, MAX_UNBACKED_PREFETCHES, Placement,
+    Done, FleetTask, MAX_PLACEMENTS, MAX_SENDS_IN_FLIGHT, MAX_SENDS_PER_PEER,
+    MAX_STRANGER_SENDS_IN_FLIGHT, MAX_UNBACKED_PREFETCHES, Placement,
 };
 
 /// Bidding window of a placement's auction. The auction is open to its target only and closes
@@ -30,6 +31,44 @@ const PLACE_AWARD_GRACE_MS: u64 = 30_000;
 const SEND_ATTEMPTS: u32 = 4;
 /// Delay before the first retry, doubled each time.
 const SEND_RETRY_MS: u64 = 1_000;
+/// How long one delivery attempt waits for the peer's acknowledgement (the fleet task answers
+/// at once; the network's own request timeout is 30 s, which a peer that accepts a stream and
+/// never answers would make each of four attempts wait).
+const SEND_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fleet messages being delivered, per recipient (an entry only while one is).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PerPeer(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<NodeId, usize>>>,
+);
+
+/// One message being delivered to a peer; dropping it frees the place.
+pub(crate) struct PeerSlot(PerPeer, NodeId);
+
+impl PerPeer {
+    fn take(&self, peer: NodeId, max: usize) -> Option<PeerSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(peer).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot(self.clone(), peer))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = (self.0).0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Largest image a prefetch pins (the hosting layer's own limit for staging).
 const PREFETCH_MAX_BYTES: u64 = 64 << 20;
 
@@ -110,15 +149,35 @@ impl FleetTask {
         // for an answer (a candidate offer, a report) cannot pile up tasks.
         // Messages to the deployers of replicas a contract backs here, and to the targets of
         // this node's own deployments, are not counted against it: contracts bound them.
+        // Others get a place in the pool, at most a quarter of it each, and peers this node
+        // does not know to be funded share half of it.
         let slot = if self.trusted(&to) {
             None
         } else {
+            let Some(mine) = self.sends_per_peer.take(to, MAX_SENDS_PER_PEER) else {
+                self.stats.sends_dropped += 1;
+                debug!(to = %to.short(), "fleet message dropped: a quarter of the pool already being delivered to this peer");
+                return;
+            };
+            let stranger = if self.state.is_funded(&to) {
+                None
+            } else {
+                let Some(s) = self
+                    .stranger_sends_in_flight
+                    .take(MAX_STRANGER_SENDS_IN_FLIGHT)
+                else {
+                    self.stats.sends_dropped += 1;
+                    debug!(to = %to.short(), "fleet message dropped: too many being delivered to unfunded peers");
+                    return;
+                };
+                Some(s)
+            };
             let Some(slot) = self.sends_in_flight.take(MAX_SENDS_IN_FLIGHT) else {
                 self.stats.sends_dropped += 1;
                 debug!(to = %to.short(), "fleet message dropped: too many being delivered");
                 return;
             };
-            Some(slot)
+            Some((slot, stranger, mine))
         };
         // A peer that just came up may not listen for fleet requests yet (its fleet task
         // starts after the network): retry a few times, each a fresh envelope.
@@ -133,7 +192,17 @@ impl FleetTask {
                     let seq = first_seq.wrapping_add(u64::from(n));
                     let env = Envelope::seal(&signer, Kind::Fleet, now_ms(), seq, bytes.clone());
                     let network = network.clone();
-                    async move { network.request(peer, &env).await.map(|_| ()) }
+                    async move {
+                        match tokio::time::timeout(
+                            SEND_ATTEMPT_TIMEOUT,
+                            network.request(peer, &env),
+                        )
+                        .await
+                        {
+                            Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+                            Err(_) => Err("no acknowledgement within 5 s".to_string()),
+                        }
+                    }
                 })
                 .await;
                 if let Err(e) = sent {
@@ -495,4 +564,25 @@ impl FleetTask {
 /// The name an early fetch holds its image under.
 fn prefetch_holder(deployment: &DeploymentId) -> String {
     format!("prefetch:{deployment}")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod per_peer_tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_holds_at_most_its_places_and_frees_them_on_drop() {
+        let per = PerPeer::default();
+        let (a, b) = (NodeId([1; 32]), NodeId([2; 32]));
+        let a1 = per.take(a, 2).unwrap();
+        let _a2 = per.take(a, 2).unwrap();
+        assert!(per.take(a, 2).is_none());
+        let _b1 = per.take(b, 2).unwrap();
+        drop(a1);
+        assert!(per.take(a, 2).is_some());
+        drop(_b1);
+        let held = per.0.lock().unwrap().len();
+        assert_eq!(held, 1, "b's entry goes with its last place");
+    }
 }

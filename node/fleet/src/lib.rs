@@ -145,6 +145,14 @@ pub const MAX_UNBACKED_PREFETCHES: usize = 8;
 /// Most fleet messages being delivered at once (each retried for up to 7 s): a flood of
 /// records that each ask for a reply cannot pile up tasks.
 pub const MAX_SENDS_IN_FLIGHT: usize = 256;
+/// Of those, most to peers whose balance this node does not know to be funded (identities are
+/// free: thirty-two keys gossiping pull records made every provider poll them and filled the
+/// whole pool, so offers to honest deployers were dropped).
+pub const MAX_STRANGER_SENDS_IN_FLIGHT: usize = MAX_SENDS_IN_FLIGHT / 2;
+/// Most fleet messages being delivered to one peer at once, a quarter of the pool (room for a
+/// deployer's own records, `FleetConfig::max_own` = 64, announced to a peer that comes up);
+/// more are dropped (and counted).
+pub const MAX_SENDS_PER_PEER: usize = MAX_SENDS_IN_FLIGHT / 4;
 
 type Reply<T> = oneshot::Sender<Result<T, FleetTaskError>>;
 
@@ -288,6 +296,10 @@ struct FleetTask {
     prefetches_in_flight: usize,
     /// Fleet messages being delivered ([`MAX_SENDS_IN_FLIGHT`]).
     sends_in_flight: agora_network::retry::InFlight,
+    /// Of those, to peers not known to be funded ([`MAX_STRANGER_SENDS_IN_FLIGHT`]).
+    stranger_sends_in_flight: agora_network::retry::InFlight,
+    /// Messages being delivered per peer ([`MAX_SENDS_PER_PEER`]; an entry only while one is).
+    sends_per_peer: effects::PerPeer,
     /// Placements released while their auction was open, when and why: a contract they still
     /// lead to is ended when it appears (bounded by [`MAX_PLACEMENTS`]; forgotten after
     /// [`tick::PLACE_TIMEOUT_MS`]).
@@ -337,6 +349,8 @@ pub async fn spawn(parts: FleetParts, cancel: CancellationToken) -> (FleetHandle
         prefetched: BTreeMap::new(),
         prefetches_in_flight: 0,
         sends_in_flight: Default::default(),
+        stranger_sends_in_flight: Default::default(),
+        sends_per_peer: Default::default(),
         orphans: BTreeMap::new(),
         market_seq: None,
         stats: FleetStats::default(),

@@ -37,6 +37,11 @@ pub type SyncMsg = agora_wire::sync::SyncMsg<DecidedBlock>;
 const SYNC_BATCH: usize = 64;
 /// Encoded bytes of blocks per sync answer (well inside the request-response size limit).
 const SYNC_BYTES: usize = agora_wire::codec::MAX_RPC_BYTES / 2;
+/// Encoded bytes of blocks per sync answer to a stranger (an identity without a funded
+/// account: identities are free, and an answer stays queued for a peer that never reads it
+/// until the request times out, 30 s). Always at least one block, so an unfunded node that
+/// joins still syncs, in smaller steps.
+const STRANGER_SYNC_BYTES: usize = 64 * 1024;
 
 /// Most transactions a block may carry, and the default of [`LedgerConfig::max_block_txs`].
 pub const MAX_BLOCK_TXS: usize = 2_000;
@@ -360,14 +365,21 @@ impl LedgerTask {
                     // answered off this task, so a sync flood cannot stall consensus.
                     self.seq += 1;
                     self.view.sync_served = self.view.sync_served.saturating_add(1);
+                    let stranger = self.vouched.as_ref().is_some_and(|v| !v.contains(&from));
+                    let max_bytes = if stranger {
+                        STRANGER_SYNC_BYTES
+                    } else {
+                        SYNC_BYTES
+                    };
                     let (seq, store) = (self.seq, self.store.clone());
                     let (signer, network) = (self.signer.clone(), self.network.clone());
                     tokio::spawn(async move {
                         let _permit = permit;
-                        let blocks =
-                            tokio::task::spawn_blocking(move || stored_blocks(&store, height))
-                                .await
-                                .unwrap_or_default();
+                        let blocks = tokio::task::spawn_blocking(move || {
+                            stored_blocks(&store, height, max_bytes)
+                        })
+                        .await
+                        .unwrap_or_default();
                         let Ok(body) = serde_cbor::to_vec(&SyncMsg::Response { blocks }) else {
                             return;
                         };
@@ -746,13 +758,17 @@ pub(crate) struct SyncReply {
 }
 
 /// The stored decided blocks from `height` on, within one sync answer's count and byte caps.
-fn stored_blocks(store: &crate::store::LedgerStore, height: u64) -> Vec<DecidedBlock> {
+fn stored_blocks(
+    store: &crate::store::LedgerStore,
+    height: u64,
+    max_bytes: usize,
+) -> Vec<DecidedBlock> {
     let raw = store
         .blocks_from(height, SYNC_BATCH)
         .unwrap_or_default()
         .into_iter()
         .map(|(_, raw)| (raw.len(), raw));
-    within_bytes(raw, SYNC_BYTES)
+    within_bytes(raw, max_bytes)
         .iter()
         .filter_map(|raw| serde_cbor::from_slice(raw).ok())
         .collect()

@@ -60,6 +60,8 @@ pub use own::OwnService;
 
 /// Entries kept in the timeline.
 const KEPT_TIMELINE: usize = 512;
+/// Most bytes of one timeline entry's detail.
+const MAX_TIMELINE_DETAIL: usize = 1024;
 
 /// One step the orchestrator took, for `agora timeline` and the demo.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,11 +119,17 @@ impl Timeline {
         detail: impl Into<String>,
         latency_ms: Option<u64>,
     ) {
+        let mut detail = detail.into();
+        if detail.len() > MAX_TIMELINE_DETAIL {
+            // Whatever the caller passed (some details quote peers): the timeline holds 512
+            // entries and each is logged, so each is bounded too.
+            detail = agora_wire::clip(&detail, MAX_TIMELINE_DETAIL).into_owned();
+        }
         let entry = TimelineEntry {
             at: now_ms(),
             phase: phase.to_string(),
             contract: contract.map(ToString::to_string),
-            detail: detail.into(),
+            detail,
             latency_ms,
         };
         info!(phase, contract = ?entry.contract, detail = %entry.detail, "orchestrator");
@@ -496,5 +504,20 @@ impl Orchestrator {
             }
             .in_current_span(),
         );
+    }
+}
+
+#[cfg(test)]
+mod timeline_tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_long_reason_is_clipped_in_the_timeline() {
+        let t = Timeline::default();
+        t.push("probe-refused", None, "x".repeat(4 << 20));
+        t.push("armed", None, "short");
+        let e = t.entries();
+        assert!(e[0].detail.len() <= MAX_TIMELINE_DETAIL + '…'.len_utf8());
+        assert_eq!(e[1].detail, "short");
     }
 }

@@ -248,7 +248,11 @@ pub(super) fn judge(
             guest,
         }) if c == contract && i == interval && n == nonce => Ok((running, guest)),
         Ok(ProbeMsg::Answer { .. }) => Err("answer names another probe".into()),
-        Ok(ProbeMsg::Refused { reason }) => Err(format!("refused: {reason}")),
+        // The provider's text: kept in the timeline and logged, so bounded.
+        Ok(ProbeMsg::Refused { reason }) => Err(format!(
+            "refused: {}",
+            agora_wire::clip(&reason, agora_wire::MAX_PEER_REASON)
+        )),
         Ok(ProbeMsg::Ask { .. }) => Err("answered with a probe".into()),
         Err(e) => Err(format!("malformed answer: {e}")),
     }

@@ -32,7 +32,38 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Most bytes of a reason a peer gives (a refusal's text) that this node keeps, logs or shows.
+pub const MAX_PEER_REASON: usize = 256;
+
+/// `text` cut to at most `max` bytes at a character boundary, with `…` when cut: for text a
+/// peer chose (a refusal's reason may be megabytes) before it is kept, logged or shown.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &text[..end]))
+}
+
 /// A duration in whole milliseconds, saturating at `u64::MAX`.
 pub fn duration_ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod clip_tests {
+    #[test]
+    fn clip_cuts_at_a_character_boundary() {
+        assert_eq!(super::clip("short", 10), "short");
+        assert_eq!(super::clip("abcdef", 3), "abc…");
+        // 'é' is two bytes: a cut inside it moves back.
+        assert_eq!(super::clip("aé", 2), "a…");
+        assert_eq!(
+            super::clip(&"x".repeat(1 << 20), 256).len(),
+            256 + '…'.len_utf8()
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! The provider side of the fleet machine: records heard, push and pull, reports, stop.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Effect, FleetState};
@@ -67,19 +69,22 @@ impl<S: Signer> FleetState<S> {
                 have_version,
                 facts,
             } => {
-                self.counters.polls_answered += 1;
-                self.candidate(now, from, deployment, facts);
                 let held = self
                     .own
                     .get(&deployment)
                     .map(|o| &o.record)
                     .or_else(|| self.store.get(&deployment));
-                let msg = match held {
-                    Some(r) if r.body.version > have_version => {
-                        FleetMessage::Announce(Box::new(r.clone()))
-                    }
-                    _ => FleetMessage::UpToDate { deployment },
+                let Some(held) = held else {
+                    self.counters.polls_unknown += 1;
+                    return;
                 };
+                let msg = if held.body.version > have_version {
+                    FleetMessage::Announce(Box::new(held.clone()))
+                } else {
+                    FleetMessage::UpToDate { deployment }
+                };
+                self.counters.polls_answered += 1;
+                self.candidate(now, from, deployment, facts);
                 out.push(Effect::Send { to: from, msg });
             }
             FleetMessage::UpToDate { .. } => {}
@@ -310,11 +315,22 @@ impl<S: Signer> FleetState<S> {
             .as_ref()
             .map(ProviderFacts::candidate)
             .unwrap_or_default();
+        // A pull replica polls its deployer only when the record is backed here (pinned: a
+        // contract of its deployer's runs it) or its deployer is funded: a stranger's pull
+        // records would otherwise make every provider they select send it a poll a second.
+        let polled: BTreeSet<DeploymentId> = self
+            .local
+            .keys()
+            .filter(|id| {
+                self.store.get(id).is_some_and(|r| {
+                    r.body.strategy == Strategy::Pull
+                        && (self.store.is_pinned(id) || self.funded(&r.body))
+                })
+            })
+            .copied()
+            .collect();
         for (id, local) in self.local.iter_mut() {
-            let pull = self
-                .store
-                .get(id)
-                .is_some_and(|r| r.body.strategy == Strategy::Pull);
+            let pull = polled.contains(id);
             if pull && now.saturating_sub(local.last_poll) >= interval {
                 local.last_poll = now;
                 out.push(Effect::Send {

@@ -75,6 +75,15 @@ impl Net {
             let mut m = FleetState::new(signer(seed), config);
             m.handle(T0, Input::SelfFacts(facts(seed, site, T0)))
                 .unwrap();
+            // The node feeds a deployer's balance before its records: node 1 is funded.
+            m.handle(
+                T0,
+                Input::DeployerBalance {
+                    deployer: signer(1).node_id(),
+                    balance: 1_000,
+                },
+            )
+            .unwrap();
             nodes.insert(signer(seed).node_id(), m);
         }
         Net {
@@ -312,6 +321,79 @@ fn pull_targets_act_when_they_poll_not_on_gossip() {
     net.tick_all(T0 + 2000);
     assert!(prefetchers(&net.take()).is_empty());
     assert_eq!(net.deployer().counters().polls_answered, 6);
+}
+
+#[test]
+fn a_strangers_pull_records_make_no_polls_and_unknown_polls_get_no_answer() {
+    let mut p2 = FleetState::new(signer(2), FleetConfig::default());
+    p2.handle(T0, Input::SelfFacts(facts(2, "a", T0))).unwrap();
+    // A pull record from a key with no funded balance, selecting node 2: stored (there is
+    // room), but node 2 does not poll its deployer.
+    let record = DeploymentSpec {
+        name: "stranger".into(),
+        ..spec(Strategy::Pull, Replicas::All)
+    }
+    .sign(&signer(77), T0, 1, 1)
+    .unwrap();
+    let from = signer(77).node_id();
+    p2.handle(
+        T0,
+        Input::Remote {
+            from,
+            gossip: true,
+            msg: FleetMessage::Announce(Box::new(record)),
+        },
+    )
+    .unwrap();
+    let polls = |out: &[Effect]| {
+        out.iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Send {
+                        msg: FleetMessage::Poll { .. },
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    for t in 1..5 {
+        let out = p2.handle(T0 + t * 1_000, Input::Tick).unwrap();
+        assert_eq!(polls(&out), 0, "polled a stranger's deployer");
+    }
+    // Funded, the same record is polled.
+    p2.handle(
+        T0 + 5_000,
+        Input::DeployerBalance {
+            deployer: from,
+            balance: 1_000,
+        },
+    )
+    .unwrap();
+    let out = p2.handle(T0 + 6_000, Input::Tick).unwrap();
+    assert_eq!(polls(&out), 1);
+    // A poll about a deployment node 2 neither deploys nor holds: no answer, counted.
+    let out = p2
+        .handle(
+            T0 + 7_000,
+            Input::Remote {
+                from: signer(78).node_id(),
+                gossip: false,
+                msg: FleetMessage::Poll {
+                    deployment: deployment_id(&signer(78).node_id(), "nothing"),
+                    have_version: 0,
+                    facts: facts(78, "a", T0).candidate(),
+                },
+            },
+        )
+        .unwrap();
+    assert!(
+        out.iter().all(|e| !matches!(e, Effect::Send { .. })),
+        "{out:?}"
+    );
+    assert_eq!(p2.counters().polls_unknown, 1);
+    assert_eq!(p2.counters().polls_answered, 0);
 }
 
 #[test]

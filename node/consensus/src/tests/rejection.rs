@@ -512,3 +512,44 @@ fn a_gossiped_block_past_a_gap_asks_for_the_missing_ones() {
     );
     assert_eq!(d.height(), 1);
 }
+
+#[test]
+fn a_faulty_proposer_cannot_fill_the_next_heights_buffer_with_far_rounds() {
+    let mut f = fixture();
+    // Validator 2 signs a valid proposal for every round of height 2 it is the proposer of,
+    // far ahead: rounds past the first four (one per validator) are not held.
+    let faulty = f.signers[2].clone();
+    let mut far = 0;
+    for round in 4u32..200 {
+        if proposer_of(&f, 2, round).node_id() != faulty.node_id() {
+            continue;
+        }
+        let p = Proposal::new(
+            Height(2),
+            Round::new(round),
+            block_by(&faulty, 2, BlockId([1; 32])),
+            Round::Nil,
+            Address(faulty.node_id()),
+        );
+        let from = faulty.node_id();
+        let bytes =
+            ConsensusMessage::Proposal(SignedProposalMsg::sign(p, faulty.as_ref())).encode();
+        f.driver.handle(10, Input::Message { from, bytes });
+        far += 1;
+    }
+    assert!(far >= 16, "the faulty validator proposes {far} far rounds");
+    assert!(f.driver.future_proposals_held().is_empty());
+    // The honest round-0 proposal for height 2 is still held.
+    let honest = proposer_of(&f, 2, 0);
+    let p = Proposal::new(
+        Height(2),
+        Round::new(0),
+        block_by(&honest, 2, BlockId([1; 32])),
+        Round::Nil,
+        Address(honest.node_id()),
+    );
+    let from = honest.node_id();
+    let bytes = ConsensusMessage::Proposal(SignedProposalMsg::sign(p, honest.as_ref())).encode();
+    f.driver.handle(11, Input::Message { from, bytes });
+    assert_eq!(f.driver.future_proposals_held(), vec![(2, 0)]);
+}

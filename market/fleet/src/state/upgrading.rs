@@ -11,13 +11,15 @@
 //! changed variant moves from its variant's image to the new one, and a rollback signs the old
 //! variants again; on success each target's variant is given its new image.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Effect, FleetState, OwnDeployment};
 use crate::FleetError;
 use crate::message::FleetMessage;
 use crate::plan::{ReleaseReason, TargetPhase, TargetStatus};
-use crate::record::{upgraded, with_variants};
+use crate::record::{Deployment, upgraded, with_variants};
 use crate::upgrade::{Outcome, Step, Upgrade, UpgradeAction, UpgradeConfig, UpgradeTo, Which};
 use agora_market::identity::{NodeId, Signer, Timestamp};
 use agora_market::ids::DeploymentId;
@@ -245,6 +247,100 @@ pub(super) fn drive(
     Ok(())
 }
 
+/// The next record and the machine of a one-image upgrade of `own` to `image`.
+fn image_upgrade(
+    id: DeploymentId,
+    own: &OwnDeployment,
+    image: String,
+    config: UpgradeConfig,
+    signer: &dyn Signer,
+    now: Timestamp,
+    valid_for_ms: u64,
+) -> Result<(Deployment, Upgrade), FleetError> {
+    let not = |reason| FleetError::NotUpgradable {
+        deployment: id,
+        reason,
+    };
+    if own.record.body.image == image {
+        return Err(not("it already runs that image"));
+    }
+    if !own.record.body.variants.is_empty() {
+        return Err(not(
+            "it has variants: name the new image of each variant that changes \
+             (`agora deploy upgrade ID --variant NAME=CID`)",
+        ));
+    }
+    let from = own.record.body.image.clone();
+    let record = upgraded(&own.record.body, image.clone(), signer, now, valid_for_ms)?;
+    let up = Upgrade::new(from, image, own.targets.keys().copied(), config);
+    Ok((record, up))
+}
+
+/// The next record and the machine of an upgrade of some of `own`'s variants to the `images`
+/// named: each target of a changed variant moves from its variant's image to the new one.
+fn variants_upgrade(
+    id: DeploymentId,
+    own: &OwnDeployment,
+    images: BTreeMap<String, String>,
+    config: UpgradeConfig,
+    signer: &dyn Signer,
+    now: Timestamp,
+    valid_for_ms: u64,
+) -> Result<(Deployment, Upgrade), FleetError> {
+    let not = |reason| FleetError::NotUpgradable {
+        deployment: id,
+        reason,
+    };
+    let from_variants = own.record.body.variants.clone();
+    if from_variants.is_empty() {
+        return Err(not(
+            "it has no variants: give the new image with `agora deploy upgrade ID --image CID`",
+        ));
+    }
+    if let Some(name) = images
+        .keys()
+        .find(|n| !from_variants.iter().any(|v| v.name == **n))
+    {
+        return Err(FleetError::UnknownVariant {
+            deployment: id,
+            name: name.clone(),
+        });
+    }
+    let to_variants: Vec<crate::Variant> = from_variants
+        .iter()
+        .map(|v| crate::Variant {
+            image: images
+                .get(&v.name)
+                .cloned()
+                .unwrap_or_else(|| v.image.clone()),
+            ..v.clone()
+        })
+        .collect();
+    if to_variants == from_variants {
+        return Err(not("its variants already run those images"));
+    }
+    // Signed first: a new image another variant already has is refused here, before any
+    // target moves.
+    let record = with_variants(
+        &own.record.body,
+        to_variants.clone(),
+        signer,
+        now,
+        valid_for_ms,
+    )?;
+    let moves: BTreeMap<NodeId, (String, String)> = own
+        .targets
+        .keys()
+        .filter_map(|t| {
+            let given = own.variants.get(t)?;
+            let new = &to_variants.iter().find(|v| v.name == given.variant)?.image;
+            (*new != given.image).then(|| (*t, (given.image.clone(), new.clone())))
+        })
+        .collect();
+    let up = Upgrade::with_images(from_variants, to_variants, moves, config);
+    Ok((record, up))
+}
+
 impl<S: Signer> FleetState<S> {
     /// `agora deploy upgrade`: sign the next version with the new image (naming the one it
     /// replaces), or with the variants' new images, and start the machine over the
@@ -265,37 +361,22 @@ impl<S: Signer> FleetState<S> {
         if under_way(own) {
             return Err(FleetError::UpgradeUnderWay { deployment: id });
         }
-        let not = |reason| FleetError::NotUpgradable {
-            deployment: id,
-            reason,
-        };
         if own.record.body.deleted {
-            return Err(not("it is deleted"));
+            return Err(FleetError::NotUpgradable {
+                deployment: id,
+                reason: "it is deleted",
+            });
         }
-        let image = match to {
-            UpgradeTo::Image(image) => image,
+        let signer: &dyn Signer = &self.signer;
+        let (record, mut up) = match to {
+            UpgradeTo::Image(image) => {
+                image_upgrade(id, own, image, config, signer, now, valid_for_ms)?
+            }
             UpgradeTo::Variants(images) => {
-                return self.start_variants_upgrade(now, id, images, config, out);
+                variants_upgrade(id, own, images, config, signer, now, valid_for_ms)?
             }
         };
-        if own.record.body.image == image {
-            return Err(not("it already runs that image"));
-        }
-        if !own.record.body.variants.is_empty() {
-            return Err(not(
-                "it has variants: name the new image of each variant that changes \
-                 (`agora deploy upgrade ID --variant NAME=CID`)",
-            ));
-        }
-        let from = own.record.body.image.clone();
-        let record = upgraded(
-            &own.record.body,
-            image.clone(),
-            &self.signer,
-            now,
-            valid_for_ms,
-        )?;
-        let mut up = Upgrade::new(from, image, own.targets.keys().copied(), config);
+        // The old instances are where the targets are now (the machine keeps only its own).
         for (target, status) in &own.targets {
             up.observe(*target, Which::Old, status.phase, status.reason.clone());
         }
@@ -305,86 +386,7 @@ impl<S: Signer> FleetState<S> {
         own.record = record;
         own.upgrade = Some(up);
         // The first wave starts now rather than at the next tick.
-        drive(id, own, now, &self.signer, valid_for_ms, out)
-    }
-
-    /// The upgrade of some variants' images: each target of a changed variant moves from its
-    /// variant's image to the new one.
-    fn start_variants_upgrade(
-        &mut self,
-        now: Timestamp,
-        id: DeploymentId,
-        images: std::collections::BTreeMap<String, String>,
-        config: UpgradeConfig,
-        out: &mut Vec<Effect>,
-    ) -> Result<(), FleetError> {
-        let valid_for_ms = self.config.valid_for_ms;
-        let own = self
-            .own
-            .get_mut(&id)
-            .ok_or(FleetError::NotMine { deployment: id })?;
-        let not = |reason| FleetError::NotUpgradable {
-            deployment: id,
-            reason,
-        };
-        let from_variants = own.record.body.variants.clone();
-        if from_variants.is_empty() {
-            return Err(not(
-                "it has no variants: give the new image with `agora deploy upgrade ID --image CID`",
-            ));
-        }
-        if let Some(name) = images
-            .keys()
-            .find(|n| !from_variants.iter().any(|v| v.name == **n))
-        {
-            return Err(FleetError::UnknownVariant {
-                deployment: id,
-                name: name.clone(),
-            });
-        }
-        let to_variants: Vec<crate::Variant> = from_variants
-            .iter()
-            .map(|v| crate::Variant {
-                image: images
-                    .get(&v.name)
-                    .cloned()
-                    .unwrap_or_else(|| v.image.clone()),
-                ..v.clone()
-            })
-            .collect();
-        if to_variants == from_variants {
-            return Err(not("its variants already run those images"));
-        }
-        // Signed first: a new image another variant already has is refused here, before any
-        // target moves.
-        let record = with_variants(
-            &own.record.body,
-            to_variants.clone(),
-            &self.signer,
-            now,
-            valid_for_ms,
-        )?;
-        let moves: std::collections::BTreeMap<NodeId, (String, String)> = own
-            .targets
-            .keys()
-            .filter_map(|t| {
-                let given = own.variants.get(t)?;
-                let new = &to_variants.iter().find(|v| v.name == given.variant)?.image;
-                (*new != given.image).then(|| (*t, (given.image.clone(), new.clone())))
-            })
-            .collect();
-        let mut up = Upgrade::with_images(from_variants, to_variants, moves, config);
-        for target in up.steps().keys().copied().collect::<Vec<_>>() {
-            if let Some(status) = own.targets.get(&target) {
-                up.observe(target, Which::Old, status.phase, status.reason.clone());
-            }
-        }
-        out.push(Effect::Broadcast(FleetMessage::Announce(Box::new(
-            record.clone(),
-        ))));
-        own.record = record;
-        own.upgrade = Some(up);
-        drive(id, own, now, &self.signer, valid_for_ms, out)
+        drive(id, own, now, signer, valid_for_ms, out)
     }
 
     /// What is heard of `target`'s instance of `image` (its contract's progress or its own

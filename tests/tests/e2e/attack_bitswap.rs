@@ -70,6 +70,38 @@ fn hostile_streams() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Writes `content` to `dir/name` and adds it to node `data_dir`'s store; its CID.
+fn add(dir: &std::path::Path, name: &str, content: &[u8], data_dir: &str) -> String {
+    let file = dir.join(name);
+    std::fs::write(&file, content).unwrap();
+    let added = agora_json(&[
+        "storage",
+        "add",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data_dir,
+    ]);
+    added["cid"].as_str().unwrap().to_string()
+}
+
+/// Node `data_dir` fetches `cid` over bitswap and gets `content`, byte for byte.
+fn fetches_intact(dir: &std::path::Path, cid: &str, data_dir: &str, content: &[u8]) {
+    let out = dir.join("fetched.bin");
+    let got = agora_json(&[
+        "storage",
+        "get",
+        cid,
+        "-o",
+        out.to_str().unwrap(),
+        "--timeout",
+        "60",
+        "--data-dir",
+        data_dir,
+    ]);
+    assert_eq!(got["written"].as_u64(), Some(content.len() as u64), "{got}");
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+}
+
 fn stats(dir: &str) -> serde_json::Value {
     agora_json(&["storage", "stats", "--data-dir", dir])
 }
@@ -82,19 +114,10 @@ fn hostile_bitswap_messages_are_refused_and_the_node_keeps_serving() {
     let (victim, fetcher) = (net.data_dir(0), net.data_dir(1));
 
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("honest.bin");
     let content: Vec<u8> = (0..3 * 262_144 + 17)
         .map(|i| (i * 31 % 251) as u8)
         .collect();
-    std::fs::write(&file, &content).unwrap();
-    let added = agora_json(&[
-        "storage",
-        "add",
-        file.to_str().unwrap(),
-        "--data-dir",
-        &victim,
-    ]);
-    let cid = added["cid"].as_str().unwrap().to_string();
+    let cid = add(tmp.path(), "honest.bin", &content, &victim);
     let before = stats(&victim);
 
     let sent = rt.block_on(async {
@@ -142,20 +165,7 @@ fn hostile_bitswap_messages_are_refused_and_the_node_keeps_serving() {
     }
 
     // Honest service goes on: node1 fetches node0's file by CID over bitswap.
-    let out = tmp.path().join("fetched.bin");
-    let got = agora_json(&[
-        "storage",
-        "get",
-        &cid,
-        "-o",
-        out.to_str().unwrap(),
-        "--timeout",
-        "60",
-        "--data-dir",
-        &fetcher,
-    ]);
-    assert_eq!(got["written"].as_u64(), Some(content.len() as u64), "{got}");
-    assert_eq!(std::fs::read(&out).unwrap(), content);
+    fetches_intact(tmp.path(), &cid, &fetcher, &content);
     net.assert_alive();
 }
 
@@ -172,17 +182,8 @@ fn a_peer_that_stops_reading_loses_its_writer_and_repeated_wants_are_answered_on
     let (victim, fetcher) = (net.data_dir(0), net.data_dir(1));
     // One chunk: the file's root block is ~200 KiB, so a few answers fill any stream window.
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("one-block.bin");
     let content: Vec<u8> = (0..200 * 1024).map(|i| (i * 7 % 253) as u8).collect();
-    std::fs::write(&file, &content).unwrap();
-    let added = agora_json(&[
-        "storage",
-        "add",
-        file.to_str().unwrap(),
-        "--data-dir",
-        &victim,
-    ]);
-    let cid_text = added["cid"].as_str().unwrap().to_string();
+    let cid_text = add(tmp.path(), "one-block.bin", &content, &victim);
     let cid = agora_exchange::parse_cid(&cid_text).unwrap();
     let before = stats(&victim);
 
@@ -238,18 +239,6 @@ fn a_peer_that_stops_reading_loses_its_writer_and_repeated_wants_are_answered_on
     net.assert_alive();
 
     // Honest service goes on.
-    let out = tmp.path().join("fetched.bin");
-    let got = agora_json(&[
-        "storage",
-        "get",
-        &cid_text,
-        "-o",
-        out.to_str().unwrap(),
-        "--timeout",
-        "60",
-        "--data-dir",
-        &fetcher,
-    ]);
-    assert_eq!(got["written"].as_u64(), Some(content.len() as u64), "{got}");
+    fetches_intact(tmp.path(), &cid_text, &fetcher, &content);
     net.assert_alive();
 }

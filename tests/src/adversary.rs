@@ -273,6 +273,42 @@ impl HostileDevnet {
         Ok(reply.balance)
     }
 
+    /// The balance of any account (`id`) as node `at`'s ledger replica sees it.
+    pub async fn balance_of(&self, at: usize, id: &NodeId) -> anyhow::Result<u64> {
+        let path = format!("/v1/ledger/accounts/{id}");
+        let reply: BalanceReply = self.client(at)?.get(&path).await?;
+        Ok(reply.balance)
+    }
+
+    /// Node `from` submits a transfer of `amount` to any account `to` (not waiting for it).
+    pub async fn submit_transfer(
+        &self,
+        from: usize,
+        to: &NodeId,
+        amount: u64,
+    ) -> anyhow::Result<()> {
+        let req = TransferRequest {
+            to: to.to_string(),
+            amount,
+        };
+        let _: SubmittedReply = self
+            .client(from)?
+            .post("/v1/ledger/transfer", &req)
+            .await
+            .with_context(|| format!("node {from} submitting a transfer to {to}"))?;
+        Ok(())
+    }
+
+    /// The chain id of the devnet's genesis.
+    pub fn chain_id(&self) -> anyhow::Result<String> {
+        let genesis: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&self.manifest.genesis)?)?;
+        genesis["chain_id"]
+            .as_str()
+            .map(str::to_string)
+            .context("genesis without a chain_id")
+    }
+
     /// Honest trading still works: node `from` transfers `amount` to node `to`, and the
     /// transfer is final on every node's replica within [`WAIT`].
     pub async fn transfer_finalises(

@@ -117,3 +117,168 @@ fn a_sync_flood_from_many_identities_is_rationed_and_the_chain_keeps_finalising(
         || ledger_status(&victim)["height"].as_u64().unwrap_or(0) > height,
     );
 }
+
+/// Fresh keys funded to carry the load, and transfers each signs (the mempool's
+/// `max_pending_per_sender` and `max_nonce_ahead`).
+const LOAD_KEYS: u64 = 12;
+const LOAD_PER_KEY: u64 = 64;
+/// What a sync answer to a stranger may carry (`agora_ledger::chain`'s `STRANGER_SYNC_BYTES`).
+const STRANGER_SYNC_BYTES: usize = 64 * 1024;
+
+/// Asks node0 for blocks from `height` as `adv`, again while the answer is an `Ack` (the
+/// per-peer sync ration); the blocks and their encoded sizes.
+async fn blocks_from(adv: &Adversary, target: PeerId, height: u64) -> Vec<(u64, usize)> {
+    let body = serde_cbor::to_vec(&SyncMsg::<()>::Request { height }).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let bytes = adv.seal(Kind::Consensus, body.clone()).to_bytes();
+        if let Ok(env) = adv.request_raw(target, bytes).await {
+            let msg: agora_ledger::SyncMsg = serde_cbor::from_slice(&env.payload).unwrap();
+            if let SyncMsg::Response { blocks } = msg {
+                return blocks
+                    .iter()
+                    .map(|b| (b.block.height, serde_cbor::to_vec(b).unwrap().len()))
+                    .collect();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node0 answered no sync request from height {height} in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// THREATS N4 (sync answers): an answer stays queued for a peer that never reads it until the
+/// request times out, and identities are free, so a stranger (no funded account) gets at most
+/// 64 KiB of blocks an answer (always one block) while a funded peer gets up to half the
+/// request-response limit. The same identity asks twice for the same heavy blocks, before and
+/// after it is funded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_sync_answer_is_capped_and_a_funded_peers_is_not() {
+    use agora_contracts::{SignedTransaction, Transaction, TxKind};
+    use agora_market::{KeySigner, Signer as _};
+
+    let net = HostileDevnet::up(3).await.unwrap();
+    let chain = net.chain_id().unwrap();
+    let victim = net.data_dir(0);
+    let height = || ledger_status(&victim)["height"].as_u64().unwrap_or(0);
+    wait_until(
+        "node0's chain to decide its first block",
+        Duration::from_secs(60),
+        || height() >= 1,
+    );
+    let from = height() + 1;
+
+    // Heavy blocks: fresh keys, funded by node1, each sign transfers to node2.
+    let keys: Vec<KeySigner> = (0..LOAD_KEYS)
+        .map(|i| KeySigner::from_seed(80_000 + i))
+        .collect();
+    for k in &keys {
+        net.submit_transfer(1, &k.node_id(), 2_000).await.unwrap();
+    }
+    for k in &keys {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while net.balance_of(0, &k.node_id()).await.unwrap_or(0) < 2_000 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the load keys were not funded"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let adv = Adversary::join(&net).await.unwrap();
+    let target = net.peer_id(0);
+    let node2_before = net.balance(0, 2).await.unwrap();
+    for k in &keys {
+        let txs: Vec<SignedTransaction> = (0..LOAD_PER_KEY)
+            .map(|nonce| {
+                Transaction {
+                    chain_id: chain.clone(),
+                    sender: k.node_id(),
+                    nonce,
+                    kind: TxKind::Transfer {
+                        to: net.node_id(2),
+                        amount: 1,
+                    },
+                }
+                .sign(k)
+                .unwrap()
+            })
+            .collect();
+        adv.broadcast(
+            agora_wire::topics::TX_TOPIC,
+            Kind::Transaction,
+            serde_cbor::to_vec(&txs).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let load = LOAD_KEYS * LOAD_PER_KEY;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while net.balance(0, 2).await.unwrap_or(0) < node2_before + load {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node0's chain did not take the {load} transfers"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let to = height();
+    assert!(
+        to - from < 64,
+        "the load spread over {} blocks, more than one sync answer",
+        to - from + 1
+    );
+
+    // As a stranger.
+    let stranger = blocks_from(&adv, target, from).await;
+    let bytes: usize = stranger.iter().map(|(_, n)| n).sum();
+    eprintln!(
+        "a stranger asked for blocks {from}..={to}: got {} ({:?}), {bytes} bytes",
+        stranger.len(),
+        stranger.iter().map(|(h, _)| h).collect::<Vec<_>>()
+    );
+    assert_eq!(stranger.first().map(|(h, _)| *h), Some(from));
+    assert!(
+        stranger.len() == 1 || bytes <= STRANGER_SYNC_BYTES,
+        "a stranger got {bytes} bytes in {} blocks, over the cap",
+        stranger.len()
+    );
+
+    // Funded: the same identity, the same blocks.
+    net.submit_transfer(1, &adv.node_id(), 2_000).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let funded = loop {
+        let got = blocks_from(&adv, target, from).await;
+        if got.len() > stranger.len() {
+            break got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a funded peer's answer never outgrew the stranger's ({} blocks)",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let funded_bytes: usize = funded.iter().map(|(_, n)| n).sum();
+    eprintln!(
+        "funded, it got {} blocks ({:?}), {funded_bytes} bytes",
+        funded.len(),
+        funded.iter().map(|(h, _)| h).collect::<Vec<_>>()
+    );
+    assert!(
+        funded.iter().any(|(h, _)| *h >= to),
+        "a funded peer's answer stopped before block {to}"
+    );
+    // The load the stranger's answer left out was over its cap: the cap, not the chain, cut it.
+    let range: usize = funded
+        .iter()
+        .filter(|(h, _)| *h <= to)
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        range > STRANGER_SYNC_BYTES,
+        "blocks {from}..={to} hold {range} bytes, not more than a stranger's cap"
+    );
+    net.assert_alive();
+}

@@ -18,7 +18,8 @@ pub struct ServiceLimits {
     pub fuel_per_second: u64,
     /// Wall-clock lifetime of the service in milliseconds; `None` runs until stopped.
     pub wall_clock_ms: Option<u64>,
-    /// How many instances of the same module may be active at once on this host.
+    /// How many instances of the same module may be active at once on this host (in one
+    /// instance group: [`crate::ServiceSpec::instance_group`]).
     pub max_instances: u32,
     /// Total bytes one instance may write to stdout and stderr (a restart gets a fresh allowance).
     pub max_output_bytes: u64,

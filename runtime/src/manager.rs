@@ -75,6 +75,12 @@ pub struct ServiceSpec {
     pub reading_queue: usize,
     /// Bytes of log tail kept for `logs`.
     pub log_bytes: usize,
+    /// Which active services count together against `limits.max_instances`: those of the
+    /// same module in the same group. `None` (the operator's own services) groups every such
+    /// service of the module; the node gives each contract's service its own group, so one
+    /// contract's instance never keeps another contract's from starting (its provider would be
+    /// slashed for an activation it could not make; THREATS C5).
+    pub instance_group: Option<String>,
 }
 
 impl ServiceSpec {
@@ -93,6 +99,7 @@ impl ServiceSpec {
             tick_ms: 100,
             reading_queue: 256,
             log_bytes: 64 << 10,
+            instance_group: None,
         }
     }
 }

@@ -9,8 +9,8 @@ use agora_runtime::test_utils::{
     self, ALWAYS_SICK, ECHO, KV_COUNTER, SICK_UNTIL_SECOND_BOOT, TRAP,
 };
 use agora_runtime::{
-    Backoff, Host, HostConfig, ModuleId, RestartPolicy, RuntimeError, ServiceSpec, ServiceState,
-    StopReason,
+    Backoff, Host, HostConfig, ModuleId, RestartPolicy, RuntimeError, ServiceId, ServiceSpec,
+    ServiceState, StopReason,
 };
 use common::{WAIT, harness, tight};
 
@@ -261,6 +261,35 @@ async fn max_instances_bounds_active_copies_of_a_module() {
     assert!(matches!(
         h.manager.start(&b),
         Err(RuntimeError::WrongState { .. })
+    ));
+}
+
+/// Each contract's service is its own instance group (THREATS C5): the module's cap counts
+/// only services of the same group, so one contract's instance never blocks another's start
+/// (its provider would be slashed for not activating), while a group still holds its cap.
+#[tokio::test]
+async fn max_instances_counts_within_an_instance_group_only() {
+    let h = harness();
+    let mut limits = tight();
+    limits.max_instances = 1;
+    let module = test_utils::compile(&h.host, ECHO);
+    let staged = |id: &str, group: Option<&str>| {
+        let mut spec = ServiceSpec::new(id, module.clone(), limits.clone());
+        spec.tick_ms = 10;
+        spec.instance_group = group.map(str::to_string);
+        h.manager.stage(spec).unwrap();
+        ServiceId::from(id)
+    };
+    let local = staged("local", None);
+    let one = staged("contract-1", Some("contract-1"));
+    let two = staged("contract-2", Some("contract-2"));
+    let again = staged("contract-2-again", Some("contract-2"));
+    h.manager.start(&local).unwrap();
+    h.manager.start(&one).unwrap();
+    h.manager.start(&two).unwrap();
+    assert!(matches!(
+        h.manager.start(&again),
+        Err(RuntimeError::InstanceLimit { max: 1, .. })
     ));
 }
 

@@ -155,9 +155,10 @@ impl ServiceManager {
         }
         let module = entry.spec.module.id();
         let max = entry.spec.limits.max_instances;
+        let group = &entry.spec.instance_group;
         let active_same_module = services
             .values()
-            .filter(|e| e.spec.module.id() == module)
+            .filter(|e| e.spec.module.id() == module && e.spec.instance_group == *group)
             .filter(|e| lock(&e.shared.live).state == ServiceState::Active)
             .count();
         if active_same_module >= max as usize {

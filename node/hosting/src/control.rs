@@ -64,6 +64,11 @@ pub trait ServiceControl: Send + Sync + 'static {
         let _ = (image, nonce);
         GuestExpectation::Unknown("this node runs no images".into())
     }
+    /// Lets go of every image compiled for probes but those in `keep`; how many went.
+    async fn retain_probe_images(&self, keep: &std::collections::BTreeSet<Cid>) -> usize {
+        let _ = keep;
+        0
+    }
     /// A consistent copy of service `id`'s key-value state, taken only while it is quiescent
     /// (no reading queued, no guest call running): `Ok(None)` while it is busy or when it has
     /// no such state (a container). Called from the task that feeds it readings, so none
@@ -212,5 +217,9 @@ impl ServiceControl for crate::ServiceHost {
 
     async fn probe_image(&self, image: Cid, nonce: i64) -> GuestExpectation {
         crate::ServiceHost::probe_image(self, image, nonce).await
+    }
+
+    async fn retain_probe_images(&self, keep: &std::collections::BTreeSet<Cid>) -> usize {
+        crate::ServiceHost::retain_probe_images(self, keep).await
     }
 }

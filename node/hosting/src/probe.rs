@@ -118,6 +118,29 @@ impl ServiceHost {
         Ok(module)
     }
 
+    /// Keeps in the probe cache only the images in `keep` (those of the contracts this node
+    /// still judges) and lets go of the others at once, rather than when they are evicted or
+    /// the process ends (THREATS C4); returns how many it let go of.
+    pub async fn retain_probe_images(&self, keep: &std::collections::BTreeSet<Cid>) -> usize {
+        let gone: Vec<Cid> = {
+            let mut cache = lock(&self.inner.probe_modules);
+            let gone: Vec<Cid> = cache
+                .keys()
+                .filter(|c| !keep.contains(c))
+                .copied()
+                .collect();
+            for image in &gone {
+                cache.remove(image);
+            }
+            gone
+        };
+        for image in &gone {
+            tracing::debug!(%image, "probe image let go of: no contract judged here runs it");
+            self.release_probe_image(*image).await;
+        }
+        gone.len()
+    }
+
     /// The probe cache lets go of `image` (unpinned unless held or kept for another reason).
     async fn release_probe_image(&self, image: Cid) {
         if let Err(e) = self.inner.storage.release(image, PROBE_HOLDER).await {

@@ -129,6 +129,7 @@ impl Orchestrator {
             .any(|e| matches!(e, LedgerEvent::StatusChanged { .. }))
         {
             self.name_key_holders().await;
+            self.retain_probe_images().await;
         }
         if own_changed || caught_up {
             self.evaluate_own().await;

@@ -369,6 +369,43 @@ impl Orchestrator {
         );
     }
 
+    /// After a contract changed status: the probe cache keeps only the images of the hosted
+    /// and standby contracts this node still judges (a committee member, not ended), and lets
+    /// go of the others at once (THREATS C4) instead of holding up to 16 images until they
+    /// are evicted or the process ends.
+    pub(super) async fn retain_probe_images(&self) {
+        let me = self.me;
+        let Ok(keep) = self
+            .ledger
+            .query(move |v| {
+                v.ledger
+                    .contracts()
+                    .values()
+                    .filter(|r| {
+                        !r.status.is_final()
+                            && r.contract.committee.contains(&me)
+                            && matches!(
+                                r.contract.kind,
+                                ContractKind::Hosted | ContractKind::Standby
+                            )
+                    })
+                    .map(|r| r.contract.service_image)
+                    .collect::<std::collections::BTreeSet<_>>()
+            })
+            .await
+        else {
+            return;
+        };
+        let gone = self.services.retain_probe_images(&keep).await;
+        if gone > 0 {
+            tracing::info!(
+                gone,
+                kept = keep.len(),
+                "probe images of ended contracts let go of"
+            );
+        }
+    }
+
     /// A probe's outcome, for the machine.
     pub(super) async fn on_probed(
         &mut self,

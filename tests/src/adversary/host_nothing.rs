@@ -120,4 +120,8 @@ impl ServiceControl for NothingHost {
     async fn probe_image(&self, image: Cid, nonce: i64) -> GuestExpectation {
         self.inner.probe_image(image, nonce).await
     }
+
+    async fn retain_probe_images(&self, keep: &std::collections::BTreeSet<Cid>) -> usize {
+        self.inner.retain_probe_images(keep).await
+    }
 }

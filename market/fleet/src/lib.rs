@@ -63,6 +63,8 @@ pub mod limits {
     pub const MAX_LABEL_VALUE_LEN: usize = 64;
     /// Most targets one deployment may hold (also the meaning of `--all`).
     pub const MAX_REPLICAS: usize = 1024;
+    /// Most deployments one deployment may wait for (`after`).
+    pub const MAX_AFTER: usize = 16;
     /// Longest failure reason carried in a report.
     pub const MAX_REASON_LEN: usize = 200;
     /// How far in the future a record's creation time may be.
@@ -211,5 +213,24 @@ pub enum FleetError {
     StoreFull {
         /// The cap.
         max: usize,
+    },
+    /// Deleting a deployment that live deployments wait for (`--after`): they are deleted
+    /// first, so nothing is left running without what it needs.
+    #[error(
+        "deployment '{name}' is needed by {} (deployed --after {name}); delete {} first",
+        dependents.join(", "),
+        if dependents.len() == 1 { "it" } else { "them" }
+    )]
+    NeededBy {
+        /// The deployment's name.
+        name: String,
+        /// The live deployments that wait for it.
+        dependents: Vec<String>,
+    },
+    /// A deployment's `--after` closes a cycle: every deployment in it would wait for ever.
+    #[error("deployments wait for each other in a cycle: {}", cycle.join(" -> "))]
+    AfterCycle {
+        /// The names around the cycle, the first repeated at the end.
+        cycle: Vec<String>,
     },
 }

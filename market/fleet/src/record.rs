@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::FleetError;
 use crate::limits::{
-    MAX_CID_LEN, MAX_CREATE_SKEW_MS, MAX_NAME_LEN, MAX_RECORD_BYTES, MAX_REPLICAS, MAX_VALID_FOR_MS,
+    MAX_AFTER, MAX_CID_LEN, MAX_CREATE_SKEW_MS, MAX_NAME_LEN, MAX_RECORD_BYTES, MAX_REPLICAS,
+    MAX_VALID_FOR_MS,
 };
 use crate::selector::{ProviderFacts, Selector};
 use crate::variant::{Variant, check_variants};
@@ -78,6 +79,12 @@ pub struct DeploymentBody {
     pub variants: Vec<Variant>,
     /// Resources one replica needs (a target must have them free to be chosen).
     pub needs: Resources,
+    /// Dependency order across nodes: the names of this deployer's other deployments that
+    /// must be healthy before this one places a target (and that cannot be deleted while this
+    /// one is live). At most [`MAX_AFTER`]; not encoded when empty, so records without it sign
+    /// and verify exactly as before the field existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
     /// How many targets.
     pub replicas: Replicas,
     /// Push or pull.
@@ -191,6 +198,20 @@ impl DeploymentBody {
                 "none on a deployment with variants (they are not upgraded in place)",
             ));
         }
+        let after_hint = "at most 16 other deployments' names, none twice";
+        if self.after.len() > MAX_AFTER {
+            return Err(absurd("after", after_hint));
+        }
+        for (i, name) in self.after.iter().enumerate() {
+            if name.is_empty()
+                || name.len() > MAX_NAME_LEN
+                || !is_token(name)
+                || *name == self.name
+                || self.after[..i].contains(name)
+            {
+                return Err(absurd("after", after_hint));
+            }
+        }
         if let Replicas::Count(n) = self.replicas
             && (n == 0 || usize::try_from(n).map_or(true, |n| n > MAX_REPLICAS))
         {
@@ -293,6 +314,9 @@ pub struct DeploymentSpec {
     pub duration_ms: u64,
     /// How long this version stays valid, ms (the deployer re-signs before it lapses).
     pub valid_for_ms: u64,
+    /// The deployer's deployments (names) that must be healthy before this one is placed.
+    #[serde(default)]
+    pub after: Vec<String>,
 }
 
 impl DeploymentSpec {
@@ -312,6 +336,7 @@ impl DeploymentSpec {
             selector: self.selector,
             variants: self.variants,
             needs: self.needs,
+            after: self.after,
             replicas: self.replicas,
             strategy: self.strategy,
             version,

@@ -9,6 +9,7 @@
 //! The driver in the node turns gossip, requests, presence and contracts into inputs and
 //! carries out the effects (auctions and contracts per target through the existing market).
 
+mod order;
 mod provider;
 mod saved;
 mod upgrading;
@@ -305,6 +306,12 @@ pub struct DeploymentView {
     /// The last upgrade: under way, succeeded or rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeView>,
+    /// The deployments it waits for (`--after`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Why it places no target yet: each deployment it waits for that is not healthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
 }
 
 /// One target's line in `deploy status`.
@@ -372,6 +379,8 @@ impl DeploymentView {
                 .map(|(p, n)| (p.as_str().to_string(), n))
                 .collect(),
             upgrade: own.upgrade.as_ref().map(UpgradeView::of),
+            after: b.after.clone(),
+            waiting_for: Vec::new(),
         }
     }
 }
@@ -551,6 +560,10 @@ impl<S: Signer> FleetState<S> {
         }
         let version = previous.map_or(now, |p| next_version(p.version, now));
         let record = spec.sign(&self.signer, now, version, version)?;
+        let body = &record.body;
+        if let Some(cycle) = order::cycle(&self.own, &self.me, &body.name, &body.after) {
+            return Err(FleetError::AfterCycle { cycle });
+        }
         out.push(Effect::Broadcast(FleetMessage::Announce(Box::new(
             record.clone(),
         ))));
@@ -588,11 +601,19 @@ impl<S: Signer> FleetState<S> {
     ) -> Result<(), FleetError> {
         let own = self
             .own
-            .get_mut(&id)
+            .get(&id)
             .ok_or(FleetError::NotMine { deployment: id })?;
         if own.record.body.deleted {
             return Ok(());
         }
+        let name = own.record.body.name.clone();
+        let dependents = order::needed_by(&self.own, &name);
+        if !dependents.is_empty() {
+            return Err(FleetError::NeededBy { name, dependents });
+        }
+        let Some(own) = self.own.get_mut(&id) else {
+            return Ok(());
+        };
         let record = tombstone(
             &own.record.body,
             &self.signer,
@@ -733,6 +754,14 @@ impl<S: Signer> FleetState<S> {
         out: &mut Vec<Effect>,
     ) -> Result<(), FleetError> {
         let cfg = self.config;
+        // Dependency order across nodes: no new target while a deployment it waits for is
+        // not healthy (targets placed before are kept).
+        let waiting = self
+            .own
+            .get(&id)
+            .filter(|o| !o.record.body.after.is_empty())
+            .map(|o| order::waiting_for(&self.own, &self.me, &o.record.body))
+            .unwrap_or_default();
         let Some(own) = self.own.get_mut(&id) else {
             return Ok(());
         };
@@ -764,6 +793,7 @@ impl<S: Signer> FleetState<S> {
         let with_variants = !body.variants.is_empty();
         for action in plan_parts(body, &self.providers, &own.targets, &avoid, now, &cfg.plan) {
             match action {
+                Action::Place { .. } if !waiting.is_empty() => {}
                 Action::Place { target } => {
                     own.targets.insert(
                         target,
@@ -814,15 +844,23 @@ impl<S: Signer> FleetState<S> {
 
     /// What `agora deploy status ID` shows for one of this node's deployments.
     pub fn status(&self, id: &DeploymentId) -> Option<DeploymentView> {
-        self.own.get(id).map(|own| DeploymentView::of(*id, own))
+        self.own.get(id).map(|own| self.view_of(*id, own))
     }
 
     /// What `agora deploy list` shows: every deployment this node deploys.
     pub fn list(&self) -> Vec<DeploymentView> {
         self.own
             .iter()
-            .map(|(id, own)| DeploymentView::of(*id, own))
+            .map(|(id, own)| self.view_of(*id, own))
             .collect()
+    }
+
+    fn view_of(&self, id: DeploymentId, own: &OwnDeployment) -> DeploymentView {
+        let mut view = DeploymentView::of(id, own);
+        if !own.record.body.deleted {
+            view.waiting_for = order::waiting_for(&self.own, &self.me, &own.record.body);
+        }
+        view
     }
 
     /// This node's own deployment `id`.

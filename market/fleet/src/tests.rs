@@ -34,6 +34,7 @@ fn spec(selector: &str, replicas: Replicas) -> DeploymentSpec {
         max_price_per_replica: 100,
         duration_ms: 3_600_000,
         valid_for_ms: 600_000,
+        after: Vec::new(),
     }
 }
 

@@ -41,6 +41,9 @@ pub struct CreateDeploymentRequest {
     pub max_price: u64,
     /// Contract duration per replica, ms.
     pub duration_ms: u64,
+    /// This node's deployments (names) that must be healthy before this one is placed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 /// `POST /v1/fleet/deployments/{id}/upgrade` body.
@@ -112,7 +115,9 @@ fn refused(e: FleetTaskError) -> ApiError {
             | FleetError::NotUpgradable { .. }
             | FleetError::TooManyOwn { .. }
             | FleetError::VariantsChanged { .. }
-            | FleetError::StoreFull { .. },
+            | FleetError::StoreFull { .. }
+            | FleetError::NeededBy { .. }
+            | FleetError::AfterCycle { .. },
         ) => StatusCode::CONFLICT,
         FleetTaskError::Fleet(FleetError::Sign(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
@@ -169,6 +174,7 @@ pub fn spec_of(req: CreateDeploymentRequest) -> Result<DeploymentSpec, FleetErro
         duration_ms: req.duration_ms,
         // The node fills in its `[fleet] valid_for_ms`.
         valid_for_ms: 0,
+        after: req.after,
     })
 }
 
@@ -268,6 +274,7 @@ mod tests {
             needs: Resources::default(),
             max_price: 100,
             duration_ms: 60_000,
+            after: Vec::new(),
         }
     }
 

@@ -81,6 +81,7 @@ fn spec(name: String, replicas: u8, pull: bool, valid_for_ms: u64) -> Deployment
         max_price_per_replica: 100,
         duration_ms: 3_600_000,
         valid_for_ms,
+        after: Vec::new(),
     }
 }
 

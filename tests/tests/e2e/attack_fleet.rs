@@ -142,6 +142,7 @@ fn any_provider(name: &str, image: &str, valid_for_ms: u64) -> DeploymentSpec {
         max_price_per_replica: 1,
         duration_ms: 60_000,
         valid_for_ms,
+        after: Vec::new(),
     }
 }
 

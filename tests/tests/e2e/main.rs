@@ -37,6 +37,7 @@ mod devnet_cli;
 mod discovery;
 mod doctor;
 mod fleet;
+mod fleet_after;
 mod fleet_restart;
 mod fleet_restarts;
 mod fleet_upgrade;

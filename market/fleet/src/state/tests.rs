@@ -46,6 +46,7 @@ fn spec(strategy: Strategy, replicas: Replicas) -> DeploymentSpec {
         max_price_per_replica: 50,
         duration_ms: 3_600_000,
         valid_for_ms: 600_000,
+        after: Vec::new(),
     }
 }
 
@@ -1722,4 +1723,167 @@ fn a_target_reports_a_new_version_it_acts_on() {
         vec![2]
     );
     assert!(reports(&p2.handle(T0 + 4, healthy).unwrap()).is_empty());
+}
+
+/// Dependency order across nodes (`after`): a deployment places nothing until the deployments
+/// it waits for have every target healthy; those cannot be deleted while it is live; a cycle
+/// is refused.
+#[test]
+fn a_deployment_after_another_waits_for_it_to_be_healthy_and_outlives_it() {
+    let mut net = Net::new(FleetConfig::default());
+    let named = |name: &str, after: &[&str], replicas| DeploymentSpec {
+        name: name.into(),
+        after: after.iter().map(|a| a.to_string()).collect(),
+        ..spec(Strategy::Push, replicas)
+    };
+    let placed = |done: Vec<(NodeId, Effect)>, want: DeploymentId| -> Vec<NodeId> {
+        done.into_iter()
+            .filter_map(|(_, e)| match e {
+                Effect::Place {
+                    deployment, target, ..
+                } if deployment == want => Some(target),
+                _ => None,
+            })
+            .collect()
+    };
+    let (db, web) = (
+        deployment_id(&Net::id(1), "db"),
+        deployment_id(&Net::id(1), "web"),
+    );
+    // The dependent first: it waits for a deployment that does not exist yet.
+    net.input(
+        T0,
+        1,
+        Input::Create(named("web", &["db"], Replicas::Count(1))),
+    )
+    .unwrap();
+    net.input(T0 + 1, 1, Input::Tick).unwrap();
+    assert_eq!(placed(net.take(), web), Vec::<NodeId>::new());
+    assert_eq!(
+        net.deployer().status(&web).unwrap().waiting_for,
+        vec!["db: not deployed by this node".to_string()]
+    );
+    net.input(
+        T0 + 2,
+        1,
+        Input::Create(named("db", &[], Replicas::Count(2))),
+    )
+    .unwrap();
+    net.input(T0 + 3, 1, Input::Tick).unwrap();
+    let done = net.take();
+    let db_targets = placed(done.clone(), db);
+    assert_eq!(db_targets.len(), 2);
+    assert_eq!(
+        placed(done, web),
+        Vec::<NodeId>::new(),
+        "db is not healthy yet"
+    );
+    let seed_of = |n: &NodeId| (2..=5).find(|s| Net::id(*s) == *n).unwrap();
+    let phase = |phase| Input::LocalPhase {
+        deployment: db,
+        image: None,
+        phase,
+        reason: None,
+    };
+    // One healthy, one running: still waiting.
+    net.input(T0 + 4, seed_of(&db_targets[0]), phase(TargetPhase::Healthy))
+        .unwrap();
+    net.input(T0 + 4, seed_of(&db_targets[1]), phase(TargetPhase::Running))
+        .unwrap();
+    net.input(T0 + 5, 1, Input::Tick).unwrap();
+    assert_eq!(placed(net.take(), web), Vec::<NodeId>::new());
+    assert_eq!(
+        net.deployer().status(&web).unwrap().waiting_for,
+        vec!["db: 1 of 2 targets healthy".to_string()]
+    );
+    net.input(T0 + 6, seed_of(&db_targets[1]), phase(TargetPhase::Healthy))
+        .unwrap();
+    net.input(T0 + 7, 1, Input::Tick).unwrap();
+    assert_eq!(placed(net.take(), web).len(), 1, "db healthy: web placed");
+    let view = net.deployer().status(&web).unwrap();
+    assert!(view.waiting_for.is_empty());
+    assert_eq!(view.after, vec!["db".to_string()]);
+    // A dependency turning unhealthy later does not take the dependent's targets away.
+    net.input(
+        T0 + 8,
+        seed_of(&db_targets[0]),
+        phase(TargetPhase::Unhealthy),
+    )
+    .unwrap();
+    net.input(T0 + 9, 1, Input::Tick).unwrap();
+    assert!(!net.take().iter().any(|(_, e)| matches!(
+        e,
+        Effect::Release { deployment, .. } if *deployment == web
+    )));
+    assert_eq!(net.deployer().own(&web).unwrap().targets.len(), 1);
+
+    // A cycle is refused, naming it; so is waiting for itself (the record's bounds).
+    let cycle = net
+        .input(
+            T0 + 10,
+            1,
+            Input::Create(named("db", &["web"], Replicas::Count(2))),
+        )
+        .unwrap_err();
+    assert_eq!(
+        cycle,
+        FleetError::AfterCycle {
+            cycle: vec!["db".into(), "web".into(), "db".into()]
+        }
+    );
+    assert!(cycle.to_string().contains("db -> web -> db"), "{cycle}");
+    let own_name = net
+        .input(
+            T0 + 10,
+            1,
+            Input::Create(named("cache", &["cache"], Replicas::Count(1))),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(own_name, FleetError::Absurd { field: "after", .. }),
+        "{own_name}"
+    );
+
+    // Stop in reverse: db is needed while web is live.
+    let needed = net.input(T0 + 11, 1, Input::Delete(db)).unwrap_err();
+    assert_eq!(
+        needed,
+        FleetError::NeededBy {
+            name: "db".into(),
+            dependents: vec!["web".into()]
+        }
+    );
+    assert!(needed.to_string().contains("delete it first"), "{needed}");
+    assert!(!net.deployer().own(&db).unwrap().record.body.deleted);
+    net.input(T0 + 12, 1, Input::Delete(web)).unwrap();
+    net.input(T0 + 13, 1, Input::Delete(db)).unwrap();
+    assert!(net.deployer().own(&db).unwrap().record.body.deleted);
+}
+
+#[test]
+fn cycles_through_several_deployments_are_found_and_deleted_ones_do_not_count() {
+    let mut net = Net::new(FleetConfig::default());
+    let named = |name: &str, after: &[&str]| DeploymentSpec {
+        name: name.into(),
+        after: after.iter().map(|a| a.to_string()).collect(),
+        ..spec(Strategy::Push, Replicas::Count(1))
+    };
+    net.input(T0, 1, Input::Create(named("a", &["b", "x"])))
+        .unwrap();
+    net.input(T0, 1, Input::Create(named("b", &["c"]))).unwrap();
+    let e = net
+        .input(T0, 1, Input::Create(named("c", &["d", "a"])))
+        .unwrap_err();
+    assert_eq!(
+        e,
+        FleetError::AfterCycle {
+            cycle: vec!["c".into(), "a".into(), "b".into(), "c".into()]
+        }
+    );
+    // Without the back edge it is accepted; a deleted deployment's edges no longer count.
+    net.input(T0, 1, Input::Create(named("c", &["d"]))).unwrap();
+    net.input(T0 + 1, 1, Input::Delete(deployment_id(&Net::id(1), "a")))
+        .unwrap();
+    net.input(T0 + 2, 1, Input::Create(named("x", &["a"])))
+        .unwrap();
 }

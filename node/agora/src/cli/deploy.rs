@@ -105,6 +105,11 @@ pub struct CreateArgs {
     /// name again changes that deployment's selector or count.
     #[arg(long)]
     name: Option<String>,
+    /// Dependency order across nodes: place no replica until this node's deployment NAME has
+    /// every target healthy (repeat for up to 16); NAME cannot be deleted while this one is
+    /// live. A manifest's `depends_on` orders services on one node instead.
+    #[arg(long, value_name = "NAME")]
+    after: Vec<String>,
     #[command(flatten)]
     resources: ResourceArgs,
     /// Highest price of one replica's contract, in tokens.
@@ -185,6 +190,12 @@ fn print_view(v: &DeploymentView) {
             v.variant_counts.get(&variant.name).copied().unwrap_or(0)
         );
     }
+    if !v.after.is_empty() {
+        println!("after {}", v.after.join(", "));
+    }
+    for why in &v.waiting_for {
+        println!("waiting for {why}");
+    }
     let rows: Vec<Vec<String>> = v
         .targets
         .iter()
@@ -198,7 +209,9 @@ fn print_view(v: &DeploymentView) {
             row
         })
         .collect();
-    if rows.is_empty() {
+    if rows.is_empty() && !v.waiting_for.is_empty() {
+        println!("no targets yet (placed once what it waits for is healthy)");
+    } else if rows.is_empty() {
         println!("no targets yet (waiting for matching providers to offer themselves)");
     } else if v.variants.is_empty() {
         print_table(&["TARGET", "RESTARTS", "STATUS"], &rows);
@@ -488,6 +501,7 @@ pub async fn deploy(dir: &Path, cmd: &DeployCommand, json: bool) -> anyhow::Resu
                 needs: a.resources.resources()?,
                 max_price: a.max_price,
                 duration_ms: parse_duration_ms(&a.duration).context("--duration")?,
+                after: a.after.clone(),
             };
             let view: DeploymentView = client(dir)?.post("/v1/fleet/deployments", &req).await?;
             if json {
@@ -658,6 +672,8 @@ mod tests {
                 .collect(),
             summary: Default::default(),
             variant_counts: Default::default(),
+            after: Vec::new(),
+            waiting_for: Vec::new(),
             upgrade: None,
         }
     }

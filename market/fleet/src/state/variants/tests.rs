@@ -60,6 +60,7 @@ fn spec() -> DeploymentSpec {
         max_price_per_replica: 50,
         duration_ms: 3_600_000,
         valid_for_ms: 600_000,
+        after: Vec::new(),
     }
 }
 

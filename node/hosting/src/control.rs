@@ -8,6 +8,26 @@ use cid::Cid;
 
 use crate::ceiling::ContractCeiling;
 
+/// Why a contract's image was not staged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct StageError {
+    /// What failed.
+    pub reason: String,
+    /// Staging the same image again will not cure it
+    /// ([`crate::ServiceError::is_permanent`]).
+    pub permanent: bool,
+}
+
+impl From<crate::ServiceError> for StageError {
+    fn from(e: crate::ServiceError) -> Self {
+        StageError {
+            permanent: e.is_permanent(),
+            reason: e.to_string(),
+        }
+    }
+}
+
 /// A staged (fetched, verified, compiled, idle) service.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StagedService {
@@ -30,7 +50,7 @@ pub trait ServiceControl: Send + Sync + 'static {
         id: &str,
         image: Cid,
         ceiling: ContractCeiling,
-    ) -> Result<StagedService, String>;
+    ) -> Result<StagedService, StageError>;
     /// The sensor devices `image`'s manifest takes over, if this node holds the image (the
     /// customer of a contract for it: it learns which devices the provider will manage).
     async fn devices_of(&self, image: Cid) -> Result<Vec<u32>, String>;
@@ -131,11 +151,9 @@ impl ServiceControl for crate::ServiceHost {
         id: &str,
         image: Cid,
         ceiling: ContractCeiling,
-    ) -> Result<StagedService, String> {
+    ) -> Result<StagedService, StageError> {
         let _ = self.remove(id).await;
-        let info = crate::ServiceHost::stage_for_contract(self, id, image, &ceiling)
-            .await
-            .map_err(|e| e.to_string())?;
+        let info = crate::ServiceHost::stage_for_contract(self, id, image, &ceiling).await?;
         Ok(StagedService {
             devices: info.manifest.devices,
             name: info.manifest.name,

@@ -243,6 +243,23 @@ pub enum ServiceError {
     },
 }
 
+impl ServiceError {
+    /// True for a staging failure that staging the same image again will not cure: the image,
+    /// its manifest or its module is unusable here, or the contract no longer allows it (a
+    /// fetch that failed, a task or file error may pass).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ServiceError::Manifest(_)
+                | ServiceError::Image(_)
+                | ServiceError::Runtime(_)
+                | ServiceError::OverHostLimit { .. }
+                | ServiceError::ContractEnded { .. }
+                | ServiceError::BadId(_)
+        )
+    }
+}
+
 impl From<ImageError> for ServiceError {
     fn from(e: ImageError) -> Self {
         ServiceError::Image(Box::new(e))

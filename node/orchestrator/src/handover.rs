@@ -136,6 +136,29 @@ impl Orchestrator {
         }
     }
 
+    /// Provider: the contract's image cannot be staged here (it does not decode, verify or
+    /// compile, it asks for more than this host allows, or nobody served it while the
+    /// contract left time). The contract is called off while the ledger still lets the
+    /// provider back out (before it committed to stand by): a customer naming an image nobody
+    /// can run — one it withholds, or a broken one — no longer gets the provider slashed for
+    /// not activating (THREATS C6). Past that point it is only recorded.
+    async fn on_stage_failed(&mut self, contract: ContractId, reason: String) {
+        warn!(contract = %contract.short(), %reason, "service image not staged; calling the contract off");
+        self.timeline
+            .push("stage-failed", Some(&contract), reason.as_str());
+        let Some(rec) = self.record(contract).await else {
+            return;
+        };
+        if rec.contract.provider == self.me
+            && matches!(
+                rec.status,
+                ContractStatus::Validated | ContractStatus::Migrated
+            )
+        {
+            self.submit(TxKind::Cancel(contract), "cancel").await;
+        }
+    }
+
     /// A contract of a customer whose devices this node follows names their new manager: the
     /// radio counts that provider's checkpoints for them from now on. Without this, an edge
     /// that once provided for the devices refused the checkpoints of every later provider as
@@ -164,7 +187,20 @@ impl Orchestrator {
         } else {
             let hb = c.qos.heartbeat_interval_ms;
             let ceiling = agora_hosting::ceiling::ContractCeiling::for_record(id, rec);
-            self.stage(id, c.customer, c.service_image, hb, start, ceiling);
+            // Half the report grace past the activation deadline: a cancel submitted then
+            // lands before the customer may settle the contract as not activated.
+            let give_up_at = rec
+                .activation_deadline()
+                .map(|d| d.saturating_add(agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS / 2));
+            self.stage(
+                id,
+                c.customer,
+                c.service_image,
+                hb,
+                start,
+                ceiling,
+                give_up_at,
+            );
         }
     }
 
@@ -208,6 +244,10 @@ impl Orchestrator {
                 heartbeat_ms,
                 then_start,
             } => (contract, customer, devices, name, heartbeat_ms, then_start),
+            Done::StageFailed { contract, reason } => {
+                self.staging.remove(&contract);
+                return self.on_stage_failed(contract, reason).await;
+            }
             Done::Custody {
                 contract,
                 file,

@@ -209,6 +209,12 @@ enum Done {
         heartbeat_ms: u64,
         then_start: bool,
     },
+    /// Provider: the contract's image could not be staged (`reason`): unusable here, or not
+    /// fetched while the contract left time to activate.
+    StageFailed {
+        contract: ContractId,
+        reason: String,
+    },
     /// Provider of a storage contract: custody of the file taken (or refused, with why).
     Custody {
         contract: ContractId,
@@ -457,7 +463,12 @@ impl Orchestrator {
         contract.to_string()
     }
 
-    /// Stages `image` for `contract` in the background.
+    /// Stages `image` for `contract` in the background, retrying (20 attempts at most) until
+    /// `give_up_at` (Unix ms; `None`: no deadline yet); a failure that retrying cannot cure
+    /// ([`agora_hosting::ServiceError::is_permanent`]) ends it at once. Either way the task
+    /// reports `Done::StageFailed`, so the provider calls the contract off before the customer
+    /// can have it slashed for an activation the image made impossible.
+    #[allow(clippy::too_many_arguments)]
     fn stage(
         &mut self,
         contract: ContractId,
@@ -466,6 +477,7 @@ impl Orchestrator {
         hb: u64,
         start: bool,
         ceiling: agora_hosting::ceiling::ContractCeiling,
+        give_up_at: Option<u64>,
     ) {
         if !self.staging.insert(contract) {
             return;
@@ -477,11 +489,23 @@ impl Orchestrator {
         tokio::spawn(
             async move {
                 let id = Self::service_id(&contract);
+                let mut reason = String::from("not staged");
                 for attempt in 0..20u64 {
-                    match services
-                        .stage_for_contract(&id, image, ceiling.clone())
-                        .await
-                    {
+                    // One attempt (a fetch of a CID nobody serves may wait long) is cut at the
+                    // deadline too.
+                    let attempt_ends = give_up_at.map(|t| {
+                        tokio::time::Instant::now()
+                            + Duration::from_millis(t.saturating_sub(now_ms()))
+                    });
+                    let staging = services.stage_for_contract(&id, image, ceiling.clone());
+                    let outcome = match attempt_ends {
+                        Some(at) => match tokio::time::timeout_at(at, staging).await {
+                            Ok(r) => r.map_err(|e| (e.permanent, e.reason)),
+                            Err(_) => Err((true, "not staged by the deadline".to_string())),
+                        },
+                        None => staging.await.map_err(|e| (e.permanent, e.reason)),
+                    };
+                    match outcome {
                         Ok(staged) => {
                             let _ = done
                                 .send(Done::Staged {
@@ -495,12 +519,21 @@ impl Orchestrator {
                                 .await;
                             return;
                         }
-                        Err(e) => {
-                            timeline.push("migration-retry", Some(&contract), e);
-                            tokio::time::sleep(Duration::from_millis(250 * (attempt + 1))).await;
+                        Err((permanent, e)) => {
+                            timeline.push("migration-retry", Some(&contract), &e);
+                            reason = e;
+                            let wait = Duration::from_millis(250 * (attempt + 1));
+                            let late = give_up_at.is_some_and(|t| {
+                                now_ms().saturating_add(wait.as_millis() as u64) >= t
+                            });
+                            if permanent || late {
+                                break;
+                            }
+                            tokio::time::sleep(wait).await;
                         }
                     }
                 }
+                let _ = done.send(Done::StageFailed { contract, reason }).await;
             }
             .in_current_span(),
         );

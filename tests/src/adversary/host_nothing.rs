@@ -65,7 +65,7 @@ impl ServiceControl for NothingHost {
         id: &str,
         image: Cid,
         ceiling: ContractCeiling,
-    ) -> Result<StagedService, String> {
+    ) -> Result<StagedService, agora_hosting::control::StageError> {
         self.inner.stage_for_contract(id, image, ceiling).await
     }
 

@@ -17,6 +17,7 @@ mod attack_bitswap;
 mod attack_broken;
 mod attack_fleet;
 mod attack_floods;
+mod attack_image;
 mod attack_market_flood;
 mod attack_provider;
 mod attack_radio;

@@ -215,6 +215,21 @@ pub fn check_auction(
             "window must close before the request expires",
         ));
     }
+    // A pre-contracted slot starts after bidding closes (one that began before the award
+    // would be due before its contract exists) and within `max_duration_ms` (a slot far ahead
+    // holds the winner's stake until then).
+    if let Some(start_at) = b.start_at
+        && (start_at < b.window_closes_at
+            || start_at > b.created_at.saturating_add(limits.max_duration_ms))
+    {
+        return Err(absurd(
+            "auction",
+            ids,
+            "start_at",
+            start_at,
+            "a slot starts after the bidding window closes and within market.limits.max_duration_ms of the auction",
+        ));
+    }
     check_resources("auction", &ids, &b.resources, limits)?;
     if b.duration_ms == 0 || b.duration_ms > limits.max_duration_ms {
         return Err(absurd(

@@ -202,6 +202,20 @@ fn check_qos_and_stakes(
             got: q.max_activation_delay_ms,
         });
     }
+    // A pre-contracted slot's deadline runs from its start, whether or not the contract
+    // exists yet: one that leaves less than this provider's own activation time from now
+    // (a slot that began before the award) would be settled `NoActivation` at once.
+    if let ActivationClause::At(start_at) = c.activation {
+        let deadline = start_at.saturating_add(q.max_activation_delay_ms);
+        if deadline < ctx.now.saturating_add(policy.min_activation_delay_ms) {
+            return Err(DealRefusal::SlotAlreadyDue {
+                start_at,
+                deadline,
+                now: ctx.now,
+                min: policy.min_activation_delay_ms,
+            });
+        }
+    }
     let (min, max) = (
         policy.min_heartbeat_interval_ms,
         policy.max_heartbeat_interval_ms,

@@ -148,6 +148,22 @@ pub enum DealRefusal {
         /// Proposed.
         got: u64,
     },
+    /// A pre-contracted slot that must be active by `deadline`, less than this provider's
+    /// `min` activation time from `now`.
+    #[error(
+        "the slot starting at {start_at} must be active by {deadline}, less than this \
+         provider's {min} ms from now ({now}): it began before the contract could exist"
+    )]
+    SlotAlreadyDue {
+        /// The slot's start.
+        start_at: Timestamp,
+        /// Start plus the contract's activation delay.
+        deadline: Timestamp,
+        /// The provider's clock.
+        now: Timestamp,
+        /// Policy minimum activation time.
+        min: u64,
+    },
     /// The heartbeat interval is outside what this provider accepts.
     #[error("heartbeat interval {got} ms is outside this provider's {min}..={max} ms")]
     HeartbeatIntervalOutOfBounds {

@@ -380,6 +380,34 @@ fn a_scheduled_hosted_slot_activates_at_the_auctions_start() {
     ));
 }
 
+/// A slot whose activation deadline leaves the provider less than its own activation time
+/// (it began before the award) is refused: its contract would be settled `NoActivation` as
+/// soon as it is registered.
+#[test]
+fn a_slot_already_due_is_refused() {
+    let policy = DealPolicy::default();
+    let mut case = Case::new(AuctionKind::Hosted);
+    let delay = ProposalPolicy::default().max_activation_delay_ms;
+    // Due exactly the provider's minimum from now: still accepted.
+    case.auction.start_at = Some(NOW + policy.min_activation_delay_ms - delay);
+    let c = case.build(&ProposalPolicy::default());
+    assert_eq!(case.check(&c), Ok(()));
+    // One millisecond less, or a slot that began a minute ago: refused, saying why.
+    for start in [
+        NOW + policy.min_activation_delay_ms - delay - 1,
+        NOW - 60_000,
+    ] {
+        case.auction.start_at = Some(start);
+        let c = case.build(&ProposalPolicy::default());
+        let refused = case.check(&c).unwrap_err();
+        assert!(
+            matches!(refused, DealRefusal::SlotAlreadyDue { start_at, .. } if start_at == start),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("began before"), "{refused}");
+    }
+}
+
 #[test]
 fn the_customer_cannot_build_what_the_ledger_would_refuse() {
     let mut case = Case::new(AuctionKind::Hosted);

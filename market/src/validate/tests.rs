@@ -96,6 +96,39 @@ fn auction_checks() {
     assert!(has_key(&named(1).body));
 }
 
+/// A pre-contracted slot starts after bidding closes (one that began before the award would
+/// be due before its contract exists, and its provider settled `NoActivation` at once) and
+/// not beyond `max_duration_ms` of the auction.
+#[test]
+fn a_slot_starts_after_the_window_and_within_the_horizon() {
+    let c = signer(1);
+    let ok = AuctionBuilder::new().build(&c, 0);
+    let slot = |start_at: u64| {
+        let mut body = ok.body.clone();
+        body.start_at = Some(start_at);
+        crate::signed::Signed::sign(body, &c).unwrap()
+    };
+    let close = ok.body.window_closes_at;
+    assert!(check_auction(&slot(close), 1, &limits()).is_ok());
+    assert!(check_auction(&slot(close + 60_000), 1, &limits()).is_ok());
+    for bad in [
+        0,
+        close - 1,
+        ok.body.created_at + limits().max_duration_ms + 1,
+    ] {
+        assert!(
+            matches!(
+                check_auction(&slot(bad), 1, &limits()),
+                Err(MarketError::Absurd {
+                    field: "start_at",
+                    ..
+                })
+            ),
+            "slot at {bad}"
+        );
+    }
+}
+
 #[test]
 fn bid_checks() {
     let c = signer(1);

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use agora_tests::fleet::node_ids;
-use agora_tests::{TestDevnet, agora_json, try_agora_json, wait_until};
+use agora_tests::{TestDevnet, agora, agora_json, try_agora_json, wait_until};
 
 /// A valid CID that no node holds.
 const NOBODY_HAS: &str = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
@@ -31,6 +31,29 @@ fn a_provider_calls_off_a_contract_whose_image_nobody_serves_instead_of_being_sl
     let ids = node_ids(&net);
     let node0 = net.node(0);
     let before: Vec<u64> = ids.iter().map(|id| balance(&net, id)).collect();
+    // THREATS C7: a slot that would start before bidding closes (due before its contract
+    // could exist) is refused up front, by this node's market as by every provider's.
+    let early = agora(&[
+        "auction",
+        "create",
+        "--data-dir",
+        &node0,
+        "--cpu",
+        "250m",
+        "--duration",
+        "2m",
+        "--max-price",
+        "100",
+        "--window",
+        "3s",
+        "--start-in",
+        "1s",
+    ]);
+    assert!(!early.status.success(), "{early:?}");
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("bidding window closes"),
+        "{early:?}"
+    );
     agora_json(&[
         "auction",
         "create",

@@ -115,7 +115,8 @@ pub struct AuctionCreateArgs {
     /// `--kind storage`, the file to keep (from `agora storage add`).
     #[arg(long)]
     service: Option<String>,
-    /// Hosted: start the service this long from now (a pre-contracted slot), e.g. `30s`.
+    /// Hosted: start the service this long from now (a pre-contracted slot), e.g. `30s`; no
+    /// sooner than the bidding window closes.
     #[arg(long)]
     start_in: Option<String>,
 }

@@ -41,10 +41,12 @@ pub use arbitrators::{FaucetWindow, SlashedArbitrator};
 pub use block_time::{BlockTimeError, check_block_time};
 pub use error::LedgerError;
 pub use event::{BreachReason, LedgerEvent};
+pub use evidence::MAX_CLOCK_SKEW_MS;
 pub use genesis::{
     ACTIVATION_REPORT_GRACE_MS, Genesis, GenesisAccount, LedgerParams, b58, b58_vec,
 };
 pub use quorum::RoundTally;
+pub use register::MIN_SLOT_LEAD_MS;
 pub use state::{Account, ContractRecord, Escrow, MIN_EVIDENCE_PERIOD_MS};
 pub use tx::{
     HeartbeatBatch, MAX_PROBE_RESULTS, ProbeReport, SettleReason, SignedTransaction, Transaction,

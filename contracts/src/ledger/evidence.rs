@@ -78,6 +78,15 @@ impl Ledger {
         let ActivationClause::OnHandover { unreachable_for_ms } = rec.contract.activation else {
             return None;
         };
+        // No handover the provider could not start before the coverage window ends (the host
+        // refuses a service past its window, and the standby would be settled
+        // `NoActivation`): near its end, the window simply runs out (THREATS C11).
+        if rec
+            .window_end()
+            .is_some_and(|end| now.saturating_add(rec.contract.qos.max_activation_delay_ms) >= end)
+        {
+            return None;
+        }
         let observations = self.liveness.get(&rec.contract.customer)?;
         let decision = attestation::evaluate(
             &rec.contract.committee,
@@ -116,22 +125,29 @@ impl Ledger {
             });
         }
         self.can_step(id, LifecycleEvent::Activate)?;
-        let Some(trigger) = rec.trigger_at.filter(|t| *t <= now) else {
+        // The block's time may trail the provider's clock by up to the skew (a proposer's
+        // clock behind, or one stamping its block early on purpose): a report that far ahead
+        // counts as activated at the block's time, not refused (THREATS C10).
+        let latest = now.saturating_add(MAX_CLOCK_SKEW_MS);
+        let Some(trigger) = rec.trigger_at.filter(|t| *t <= latest) else {
             return Err(LedgerError::NotNow {
                 contract: id,
                 status: rec.status,
                 reason: "the activation trigger has not fired yet".into(),
             });
         };
-        if activated_at < trigger || activated_at > now {
+        if activated_at < trigger || activated_at > latest {
             return Err(invalid(
-                format!("activation at {activated_at} must lie between trigger {trigger} and now"),
+                format!(
+                    "activation at {activated_at} must lie between trigger {trigger} and now \
+                     (plus {MAX_CLOCK_SKEW_MS} ms of clock skew)"
+                ),
                 now,
             ));
         }
         let floor = now.saturating_sub(self.params.activation_report_grace_ms);
-        let activated_at = activated_at.max(floor);
-        let delay_ms = activated_at - trigger;
+        let activated_at = activated_at.min(now).max(floor);
+        let delay_ms = activated_at.saturating_sub(trigger);
         let event = self.step(id, LifecycleEvent::Activate, now)?;
         if let Some(rec) = self.contracts.get_mut(&id) {
             rec.activated_at = Some(activated_at);

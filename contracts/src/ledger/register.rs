@@ -7,6 +7,12 @@ use super::{ContractRecord, Ledger, LedgerError, LedgerEvent};
 use crate::contract::{ActivationClause, ContractId, ContractKind, SignedContract};
 use crate::lifecycle::{ContractStatus, LifecycleEvent};
 
+/// A pre-contracted slot's contract (`ActivationClause::At`) is registered only while its
+/// activation deadline is at least this far ahead: the provider countersigned with its own
+/// activation time to spare, and a customer holding the signed contract back until the
+/// deadline passed would otherwise settle it `NoActivation` in the next block (THREATS C8).
+pub const MIN_SLOT_LEAD_MS: u64 = 2_000;
+
 fn not_allowed(contract: ContractId, sender: NodeId, action: &'static str) -> LedgerError {
     LedgerError::NotAllowed {
         contract,
@@ -41,6 +47,19 @@ impl Ledger {
         }
         if self.contracts.contains_key(&id) {
             return Err(LedgerError::DuplicateContract(id));
+        }
+        if let ActivationClause::At(start_at) = c.activation {
+            let deadline = start_at.saturating_add(c.qos.max_activation_delay_ms);
+            if deadline < now.saturating_add(MIN_SLOT_LEAD_MS) {
+                return Err(LedgerError::NotNow {
+                    contract: id,
+                    status: ContractStatus::Signed,
+                    reason: format!(
+                        "its slot must be active by {deadline}, less than {MIN_SLOT_LEAD_MS} ms \
+                         from now ({now}): registered too late"
+                    ),
+                });
+            }
         }
         // `verify` already refused duplicates and parties on the committee.
         let min = self.params.min_committee;
@@ -140,8 +159,11 @@ impl Ledger {
         let rec = self.record(id)?;
         let status = rec.status;
         let allowed = if sender == rec.contract.customer {
-            // Once handover is attested the customer cannot walk away from the takeover.
+            // Once handover is attested the customer cannot walk away from the takeover, and
+            // an armed standby's coverage is paid for: its customer ends it at the window's
+            // end, not by a refund after being covered (THREATS C9).
             rec.handover.is_none()
+                && !(rec.contract.kind == ContractKind::Standby && status == ContractStatus::Armed)
         } else if sender == rec.contract.provider {
             // A provider may back out only before it committed to stand by.
             matches!(status, ContractStatus::Validated | ContractStatus::Migrated)

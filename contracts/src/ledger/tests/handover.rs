@@ -454,3 +454,42 @@ fn pending_settlement_is_judged_when_the_in_flight_heartbeat_arrives() {
     assert_eq!(rec.closing, None);
     assert!(!h.ledger.awaits_time());
 }
+
+/// THREATS C11: no handover is attested when the provider could not start the service before
+/// the coverage window ends (the host refuses it and the standby would be settled
+/// `NoActivation`); the window runs out and is paid as usual.
+#[test]
+fn no_handover_is_attested_too_close_to_the_end_of_the_window() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
+    // Registered at 1 s for 60 s: the window ends at 61 s; activation takes up to 5 s.
+    h.now = 56_000;
+    for a in 0..4 {
+        let ev = h.attest(a, Liveness::Unreachable { since: 40_000 });
+        assert!(
+            !ev.iter()
+                .any(|e| matches!(e, LedgerEvent::HandoverAttested { .. })),
+            "attested at {}",
+            h.now
+        );
+    }
+    h.now = 61_000;
+    let p = h.provider();
+    h.ok(&p, settle(id, SettleReason::DurationEnded));
+    assert!(matches!(
+        h.status(id),
+        ContractStatus::Completed | ContractStatus::Settled
+    ));
+    // A little earlier the same attestations hand over.
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
+    h.now = 55_000;
+    let mut attested = false;
+    for a in 0..4 {
+        let ev = h.attest(a, Liveness::Unreachable { since: 40_000 });
+        attested |= ev.iter().any(
+            |e| matches!(e, LedgerEvent::HandoverAttested { contract, .. } if *contract == id),
+        );
+    }
+    assert!(attested);
+}

@@ -151,13 +151,18 @@ fn cancel_and_expire_return_funds() {
     let mut h = Harness::new();
     let (c, p) = (h.customer(), h.provider());
     let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
-    assert!(matches!(
-        h.try_apply(&p, TxKind::Cancel(id)),
-        Err(LedgerError::NotAllowed { .. })
-    ));
+    // Neither party calls an armed standby off: the provider committed to stand by, and the
+    // customer has been covered since registration (THREATS C9).
+    for who in [&p, &c] {
+        assert!(matches!(
+            h.try_apply(who, TxKind::Cancel(id)),
+            Err(LedgerError::NotAllowed { .. })
+        ));
+    }
+    // Before it is armed the customer may.
+    let id = h.register(ContractBuilder::new(1, 2).standby(5_000).nonce(3).signed());
     h.ok(&c, TxKind::Cancel(id));
     assert_eq!(h.status(id), ContractStatus::Cancelled);
-    assert_eq!((h.balance(&c), h.balance(&p)), (10_000, 10_000));
 
     let id = h.register(ContractBuilder::new(1, 2).nonce(7).signed());
     let err = h.try_apply(&c, TxKind::Expire(id)).unwrap_err();
@@ -165,7 +170,9 @@ fn cancel_and_expire_return_funds() {
     h.now = 1_000 + 60_000 + 60_000;
     h.ok(&c, TxKind::Expire(id));
     assert_eq!(h.status(id), ContractStatus::Expired);
-    assert_eq!((h.balance(&c), h.balance(&p)), (10_000, 10_000));
+    // Everything returned but the armed standby's escrow (payment 1,000 and stake 100 of the
+    // customer, stake 500 of the provider), which its window settles.
+    assert_eq!((h.balance(&c), h.balance(&p)), (8_900, 9_500));
 }
 
 #[test]
@@ -365,4 +372,57 @@ fn backdated_activation_reports_are_clamped() {
             ..
         }
     )));
+}
+
+/// THREATS C8: a pre-contracted slot's contract held back by its customer until the slot's
+/// activation deadline passed is refused at registration (it would be settled `NoActivation`
+/// in the next block); one that leaves the provider `MIN_SLOT_LEAD_MS` is registered.
+#[test]
+fn a_slot_contract_registered_too_late_is_refused() {
+    let mut h = Harness::new();
+    h.now = 10_000;
+    let c = h.customer();
+    // Slot at 5 s, activation within 5 s: due at 10 s, now.
+    let late = ContractBuilder::new(1, 2).at(5_000).signed();
+    let err = h
+        .try_apply(&c, TxKind::RegisterContract(Box::new(late)))
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }), "{err}");
+    assert!(err.to_string().contains("registered too late"), "{err}");
+    let just = ContractBuilder::new(1, 2)
+        .at(10_000 + crate::ledger::MIN_SLOT_LEAD_MS - 5_000)
+        .nonce(1)
+        .signed();
+    let id = h.register(just);
+    assert_eq!(h.status(id), ContractStatus::Validated);
+}
+
+/// THREATS C10: the block's time may trail the provider's clock; an activation report up to
+/// `MAX_CLOCK_SKEW_MS` ahead of it counts at the block's time, one further ahead is refused.
+#[test]
+fn an_activation_report_a_little_ahead_of_the_block_counts_at_the_blocks_time() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).signed());
+    let p = h.provider();
+    h.now = 2_000;
+    let skew = crate::ledger::MAX_CLOCK_SKEW_MS;
+    let err = h
+        .try_apply(
+            &p,
+            TxKind::ReportActivation {
+                contract: id,
+                activated_at: h.now + skew + 1,
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("clock skew"), "{err}");
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: h.now + skew,
+        },
+    );
+    assert_eq!(h.status(id), ContractStatus::Active);
+    assert_eq!(h.ledger.contract(&id).unwrap().activated_at, Some(2_000));
 }

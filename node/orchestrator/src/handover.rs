@@ -293,6 +293,7 @@ impl Orchestrator {
             heartbeat_ms: heartbeat_ms.max(agora_roles::MIN_HEARTBEAT_MS),
             proofs_reported: Default::default(),
             readings_reported: 0,
+            activation_sent: 0,
         });
         self.timeline.push(
             "staged",
@@ -452,6 +453,9 @@ impl Orchestrator {
             Some(latency),
         );
         if already_reported.is_none() {
+            if let Some(h) = self.hosted.get_mut(&contract) {
+                h.activation_sent = now_ms();
+            }
             self.submit(
                 TxKind::ReportActivation {
                     contract,
@@ -577,6 +581,7 @@ impl Orchestrator {
                 self.activate(c).await;
             }
         }
+        self.resend_activation_reports(now).await;
         let beating: Vec<ContractId> = self
             .hosted
             .iter()
@@ -587,6 +592,43 @@ impl Orchestrator {
             self.heartbeat(id, now).await;
         }
         self.settle_due(now).await;
+    }
+
+    /// Sends an activation report again while the ledger has not applied it (a block whose
+    /// time trailed this node's clock, or a lost transaction, refused or dropped the first):
+    /// without it the customer settles the running contract `NoActivation` (THREATS C10).
+    async fn resend_activation_reports(&mut self, now: u64) {
+        let due: Vec<(ContractId, u64)> = self
+            .hosted
+            .iter()
+            .filter(|(_, h)| {
+                h.activation_sent > 0 && now >= h.activation_sent + super::ACTIVATION_RESEND_MS
+            })
+            .filter_map(|(id, h)| h.active_since.map(|s| (*id, s)))
+            .collect();
+        for (contract, started) in due {
+            let pending = self
+                .record(contract)
+                .await
+                .is_some_and(|r| r.activated_at.is_none() && r.status == ContractStatus::Armed);
+            let Some(h) = self.hosted.get_mut(&contract) else {
+                continue;
+            };
+            if !pending {
+                h.activation_sent = 0;
+                continue;
+            }
+            h.activation_sent = now;
+            warn!(contract = %contract.short(), "activation not on the ledger yet: reporting it again");
+            self.submit(
+                TxKind::ReportActivation {
+                    contract,
+                    activated_at: started,
+                },
+                "activation",
+            )
+            .await;
+        }
     }
 
     /// Reports uptime, readings and data proofs of an active hosted contract.

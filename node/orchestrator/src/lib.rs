@@ -171,7 +171,14 @@ struct Hosted {
     heartbeat_ms: u64,
     proofs_reported: BTreeSet<String>,
     readings_reported: u64,
+    /// When this node last submitted the contract's activation report (0: none waiting for
+    /// the ledger): sent again every [`ACTIVATION_RESEND_MS`] until the ledger shows the
+    /// activation (THREATS C10: a report refused by one block is not the end of it).
+    activation_sent: Timestamp,
 }
+
+/// How long an activation report may stay unapplied before it is sent again.
+const ACTIVATION_RESEND_MS: u64 = 3_000;
 
 /// Requests from the control API.
 enum Request {

@@ -268,6 +268,7 @@ fn ceiling(memory_bytes: u64, cpu_millis: u64, end_in_ms: i64) -> ContractCeilin
     let now = agora_wire::now_ms();
     ContractCeiling {
         contract: agora_contracts::ContractId([7; 32]),
+        customer: agora_market::NodeId([8; 32]),
         memory_bytes,
         cpu_millis,
         end: ServiceEnd::At(now.saturating_add_signed(end_in_ms)),

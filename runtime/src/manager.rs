@@ -77,9 +77,9 @@ pub struct ServiceSpec {
     pub log_bytes: usize,
     /// Which active services count together against `limits.max_instances`: those of the
     /// same module in the same group. `None` (the operator's own services) groups every such
-    /// service of the module; the node gives each contract's service its own group, so one
-    /// contract's instance never keeps another contract's from starting (its provider would be
-    /// slashed for an activation it could not make; THREATS C5).
+    /// service of the module; the node gives each customer's contract services their own
+    /// group, so another customer's instance never keeps a contract's from starting (its
+    /// provider would be slashed for an activation it could not make; THREATS C5).
     pub instance_group: Option<String>,
 }
 

@@ -29,6 +29,9 @@ pub enum ServiceEnd {
 pub struct ContractCeiling {
     /// The contract (named in errors and logs).
     pub contract: ContractId,
+    /// Its customer: the customer's contract services on this host share one instance group
+    /// (`agora_runtime::ServiceSpec::instance_group`).
+    pub customer: agora_market::NodeId,
     /// The contract's memory (`terms.memory_bytes`).
     pub memory_bytes: u64,
     /// The contract's CPU share in millicores (`terms.cpu_millis`).
@@ -56,6 +59,7 @@ impl ContractCeiling {
     fn with_end(id: ContractId, contract: &Contract, end: ServiceEnd) -> Self {
         Self {
             contract: id,
+            customer: contract.customer,
             memory_bytes: contract.terms.memory_bytes,
             cpu_millis: contract.terms.cpu_millis,
             end,

@@ -225,10 +225,12 @@ impl ServiceHost {
                 from_cache = compiled.from_cache();
                 let mut spec = ServiceSpec::new(id, compiled, limits.clone());
                 spec.tick_ms = manifest.tick_ms;
-                // A contract's service counts against the module's `max_instances` alone: an
-                // instance of another contract (or the operator's) never keeps it from
-                // starting, which would leave this provider slashed for no activation.
-                spec.instance_group = ceiling.map(|c| c.contract.to_string());
+                // A customer's contract services count against the module's `max_instances`
+                // among themselves: another customer's instance (or the operator's) never keeps
+                // one from starting, which would leave this provider slashed for no
+                // activation (THREATS C5), while a customer's own cap still holds (a fleet's
+                // variant change on a target waits for the old variant to stop).
+                spec.instance_group = ceiling.map(|c| format!("customer:{}", c.customer));
                 (spec.restart, spec.backoff, spec.unhealthy_restart_ms) =
                     manifest.restart.runtime();
                 spec.env = manifest

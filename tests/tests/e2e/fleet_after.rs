@@ -6,16 +6,14 @@
 //! running); deleting `web` and then `db` ends every contract. The selector is empty: every
 //! provider but the deployer qualifies, so the replicas land where rendezvous hashing puts
 //! them (printed). `web` has five replicas on the six providers, so at least one provider
-//! hosts both: both images carry the same Wasm module, whose `max_instances` is 1, and that
-//! provider's `web` contract must start beside its `db` one (each contract's service is its
-//! own instance group, THREATS C5) — before, it never activated and the provider was slashed
-//! (`NoActivation`) when the deployment was deleted.
+//! hosts both (`web`'s module is tagged: one customer's two services of one module share its
+//! manifest's `max_instances`, THREATS C5).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use agora_runtime::test_utils::lora_gateway_wasm;
-use agora_tests::fleet::{create, node_ids, publish, status, wait_contracts_ended};
+use agora_tests::fleet::{create, node_ids, publish, status, tagged, wait_contracts_ended};
 use agora_tests::{TestDevnet, agora, agora_json, wait_until};
 
 const WAIT: Duration = Duration::from_secs(300);
@@ -60,7 +58,7 @@ fn a_deployment_after_another_is_placed_once_it_is_healthy_and_outlives_it() {
     let who = |node: &str| ids.iter().position(|n| n == node).map_or(-1, |i| i as i64);
     let node0 = net.node(0);
     let db_image = publish(&net, "after-db", "0.1.0", &wasm);
-    let web_image = publish(&net, "after-web", "0.1.0", &wasm);
+    let web_image = publish(&net, "after-web", "0.1.0", &tagged(&wasm, 1));
 
     // The dependent first: nothing to wait for yet, so it waits.
     let web = create(
@@ -157,7 +155,7 @@ fn a_deployment_after_another_is_placed_once_it_is_healthy_and_outlives_it() {
         !shared.is_empty(),
         "five web and two db replicas on six providers share none"
     );
-    eprintln!("fleet_after: nodes {shared:?} run both images' instances of one module");
+    eprintln!("fleet_after: nodes {shared:?} run both deployments");
 
     // Stop in reverse: db is needed while web is live.
     let refused = agora(&["deploy", "delete", &db, "--data-dir", &node0]);

@@ -20,7 +20,7 @@ use std::time::Duration;
 use agora_runtime::test_utils::lora_gateway_wasm;
 use agora_tests::fleet::{
     create_ble_variants, deployer_contracts, label, node_ids, publish, reconfigure, running_of,
-    status, wait_for, without_ble,
+    status, tagged, wait_for, without_ble,
 };
 use agora_tests::{TestDevnet, agora};
 
@@ -31,19 +31,6 @@ const BLE: [usize; 3] = [1, 2, 3];
 /// Labelled but down until the first rollout is done: they join later.
 const JOIN: [usize; 2] = [6, 7];
 const WAIT: Duration = Duration::from_secs(300);
-
-/// `wasm` with a custom section carrying `tag`: another module (its own id, so a node may run
-/// it beside the original during a start-first upgrade), the same behaviour.
-fn tagged(wasm: &[u8], tag: u8) -> Vec<u8> {
-    let name = b"agora-test-tag";
-    let mut out = wasm.to_vec();
-    out.push(0); // custom section
-    out.push(u8::try_from(1 + name.len() + 1).unwrap()); // its size: name length, name, tag
-    out.push(u8::try_from(name.len()).unwrap());
-    out.extend_from_slice(name);
-    out.push(tag);
-    out
-}
 
 #[test]
 fn variants_respect_constraints_balance_and_rebalance_after_a_join() {

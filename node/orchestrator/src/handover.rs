@@ -453,18 +453,24 @@ impl Orchestrator {
             Some(latency),
         );
         if already_reported.is_none() {
-            if let Some(h) = self.hosted.get_mut(&contract) {
-                h.activation_sent = now_ms();
-            }
-            self.submit(
-                TxKind::ReportActivation {
-                    contract,
-                    activated_at: started,
-                },
-                "activation",
-            )
-            .await;
+            self.report_activation(contract, started, now_ms()).await;
         }
+    }
+
+    /// Submits `contract`'s activation report (started at `started`) and notes when, so
+    /// [`Self::resend_activation_reports`] sends it again while the ledger has not applied it.
+    async fn report_activation(&mut self, contract: ContractId, started: u64, now: u64) {
+        if let Some(h) = self.hosted.get_mut(&contract) {
+            h.activation_sent = now;
+        }
+        self.submit(
+            TxKind::ReportActivation {
+                contract,
+                activated_at: started,
+            },
+            "activation",
+        )
+        .await;
     }
 
     /// Provider, at the takeover: loads the customer's newest state snapshot (if one came)
@@ -611,23 +617,14 @@ impl Orchestrator {
                 .record(contract)
                 .await
                 .is_some_and(|r| r.activated_at.is_none() && r.status == ContractStatus::Armed);
-            let Some(h) = self.hosted.get_mut(&contract) else {
-                continue;
-            };
             if !pending {
-                h.activation_sent = 0;
+                if let Some(h) = self.hosted.get_mut(&contract) {
+                    h.activation_sent = 0;
+                }
                 continue;
             }
-            h.activation_sent = now;
             warn!(contract = %contract.short(), "activation not on the ledger yet: reporting it again");
-            self.submit(
-                TxKind::ReportActivation {
-                    contract,
-                    activated_at: started,
-                },
-                "activation",
-            )
-            .await;
+            self.report_activation(contract, started, now).await;
         }
     }
 

@@ -161,11 +161,19 @@ async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slash
     }
     assert!(!pstore.ls().await.unwrap().pins.contains(&file));
     pstore.gc().await.unwrap();
-    let judged = wait_record(&net, customer, id, "failures below the minimum", |r| {
-        let total = r.storage_passed + r.storage_failed;
-        r.storage_failed >= 1
-            && r.storage_passed * 1000 < u64::from(r.contract.qos.min_uptime_permille) * total
-    })
+    // An early end is judged against the whole term (THREATS C12): the customer waits until
+    // the failed rounds exceed what the term's rounds allow, so the breach is certain.
+    let judged = wait_record(
+        &net,
+        customer,
+        id,
+        "failures beyond the term's allowance",
+        |r| {
+            let term_rounds = r.contract.duration_ms / r.evidence_period_ms();
+            let allowed = 1000 - u64::from(r.contract.qos.min_uptime_permille);
+            r.storage_failed * 1000 > allowed * term_rounds
+        },
+    )
     .await;
     let customer_before = balance(&net, customer).await;
 

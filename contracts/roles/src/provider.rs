@@ -51,7 +51,8 @@ enum Run {
 /// Heartbeat bookkeeping of an active service.
 #[derive(Clone, Debug, Default)]
 struct Beat {
-    /// End of the uptime already reported.
+    /// Uptime is never claimed before this: when the service (re)started, or when it was
+    /// last seen stopped. Each batch starts at this or the ledger's cursor, the later.
     reported_to: Timestamp,
     last: Timestamp,
     readings_reported: u64,

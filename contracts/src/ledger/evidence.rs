@@ -201,25 +201,33 @@ impl Ledger {
             })
             .map(|d| d.unreachable_since);
         let mut cursor = rec.last_uptime_end.or(rec.activated_at).unwrap_or(now);
+        let mut previous_from = 0;
         let mut added: u64 = 0;
         for iv in &batch.intervals {
-            if iv.from < cursor || iv.to < iv.from || iv.to > now.saturating_add(MAX_CLOCK_SKEW_MS)
+            if iv.from < previous_from
+                || iv.to < iv.from
+                || iv.to > now.saturating_add(MAX_CLOCK_SKEW_MS)
             {
                 return Err(invalid(
                     format!(
-                        "interval {}..{} must start at or after {cursor}, be ordered and end by now",
+                        "interval {}..{} must be ordered and end by now (+{MAX_CLOCK_SKEW_MS} ms)",
                         iv.from, iv.to
                     ),
                     now,
                 ));
             }
+            previous_from = iv.from;
             // A provider clock slightly ahead of the block time loses only the part after now;
-            // a pending settlement counts service only up to its end.
+            // a pending settlement counts service only up to its end. Time the ledger already
+            // holds counts once: a provider starts each batch where the ledger's cursor stood
+            // when it sent it, so batches in flight together overlap, and the cursor may trail
+            // the provider's own clock by the block time's skew (THREATS A6). What lies before
+            // the cursor is skipped, not refused, so neither leaves a gap counted against it.
             let to = iv.to.min(now).min(rec.closing.unwrap_or(u64::MAX));
-            let from = iv.from.min(to);
+            let from = iv.from.max(cursor).min(to);
             let counted_to = down_since.map_or(to, |s| to.min(s.max(from)));
             added = added.saturating_add(counted_to - from);
-            cursor = to;
+            cursor = cursor.max(to);
         }
         let rec = self
             .contracts

@@ -61,6 +61,14 @@ fn earned(rec: &ContractRecord, end: Timestamp) -> Amount {
 }
 
 /// Judges an active contract's evidence up to `end`.
+///
+/// A contract ended before its window's end (the customer is back, or says so) is judged
+/// against its whole term: the time after `end` it will never serve counts as served, so the
+/// provider is slashed only when what it did so far already breaches the whole term's bar
+/// (THREATS C12: otherwise a customer picks its moment, right after one brief outage or one
+/// failed storage round, and takes the stake of a provider that would have passed). A
+/// customer whose provider keeps failing waits until the breach is certain, or for the term's
+/// end; time not served is not paid either way.
 pub(super) fn breach_of(rec: &ContractRecord, end: Timestamp) -> Option<BreachReason> {
     let c = &rec.contract;
     let activated = rec.activated_at?;
@@ -69,11 +77,20 @@ pub(super) fn breach_of(rec: &ContractRecord, end: Timestamp) -> Option<BreachRe
         return Some(BreachReason::LateActivation { delay_ms });
     }
     let min = u64::from(c.qos.min_uptime_permille);
+    // The part of the term after `end`: never served, never judged against the provider.
+    let rest = rec
+        .window_end()
+        .map_or(0, |e| e.saturating_sub(end.max(activated)));
     if c.kind == ContractKind::Storage {
-        let total = rec.storage_passed.saturating_add(rec.storage_failed);
-        // No challenges issued means no evidence against the provider.
-        let permille = rec
+        // No challenges issued means no evidence against the provider; nor do the rounds of
+        // the rest of the term.
+        let rounds_left = rest / rec.evidence_period_ms();
+        let total = rec
             .storage_passed
+            .saturating_add(rec.storage_failed)
+            .saturating_add(rounds_left);
+        let permille = total
+            .saturating_sub(rec.storage_failed)
             .saturating_mul(1000)
             .checked_div(total)
             .unwrap_or(1000);
@@ -100,16 +117,23 @@ pub(super) fn breach_of(rec: &ContractRecord, end: Timestamp) -> Option<BreachRe
     let spoken_for = reported_to.saturating_add(tail).saturating_sub(activated);
     if spoken_for > 0 {
         let judged = rec.uptime_ms.saturating_add(tail).min(spoken_for);
-        let permille =
-            u64::try_from(u128::from(judged) * 1000 / u128::from(spoken_for)).unwrap_or(1000);
+        let permille = permille_of(judged.saturating_add(rest), spoken_for.saturating_add(rest));
         if permille < min {
             return Some(BreachReason::InsufficientUptime { permille });
         }
     }
     // Time a quorum of the committee confirmed the service down.
     let not_down = span - rec.confirmed_down_ms.min(span);
-    let permille = u64::try_from(u128::from(not_down) * 1000 / u128::from(span)).unwrap_or(1000);
+    let permille = permille_of(not_down.saturating_add(rest), span.saturating_add(rest));
     (permille < min).then_some(BreachReason::ConfirmedDowntime { permille })
+}
+
+/// `part × 1000 / whole`, 1000 for an empty whole.
+fn permille_of(part: u64, whole: u64) -> u64 {
+    (u128::from(part) * 1000)
+        .checked_div(u128::from(whole))
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(1000)
 }
 
 impl ContractRecord {

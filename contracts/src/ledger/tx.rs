@@ -37,7 +37,8 @@ pub struct ProbeReport {
 /// Metering evidence the provider reports for an active contract.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatBatch {
-    /// Uptime intervals, in order, not overlapping earlier reports.
+    /// Uptime intervals, in order; a part the ledger already holds (before its
+    /// `last_uptime_end`) is skipped, so a batch may overlap earlier reports.
     pub intervals: Vec<UptimeInterval>,
     /// Sensor readings processed in this batch.
     pub readings_processed: u64,

@@ -651,11 +651,19 @@ impl Orchestrator {
             .take(PROOFS_PER_HEARTBEAT)
             .collect();
         let to = now.saturating_sub(CLOCK_MARGIN_MS);
-        let intervals = if running && to > h.reported_to {
-            vec![UptimeInterval {
-                from: h.reported_to,
-                to,
-            }]
+        // Each batch starts where the ledger's cursor stands (THREATS A6): a block stamped
+        // behind this node's clock clips the batch to the block's time, and a batch refused
+        // in its block moves nothing; starting at this node's own end of the last batch would
+        // leave the difference as a gap counted against it. Batches in flight together
+        // overlap; the ledger counts each moment once. Never before the service (re)started.
+        let cursor = self
+            .record(contract)
+            .await
+            .and_then(|r| r.last_uptime_end)
+            .unwrap_or(0);
+        let from = h.reported_to.max(cursor);
+        let intervals = if running && to > from {
+            vec![UptimeInterval { from, to }]
         } else {
             Vec::new()
         };
@@ -667,22 +675,13 @@ impl Orchestrator {
         let ok = self
             .submit(TxKind::Heartbeats { contract, batch }, "heartbeats")
             .await;
-        let cursor = if ok {
-            0
-        } else {
-            // Refused (e.g. an overlapping interval): resynchronise with the ledger.
-            self.record(contract)
-                .await
-                .and_then(|r| r.last_uptime_end)
-                .unwrap_or(0)
-        };
         if let Some(h) = self.hosted.get_mut(&contract) {
             h.last_heartbeat = now;
-            h.reported_to = h.reported_to.max(cursor);
+            if !running {
+                // Time the service was seen stopped is never claimed, even once it runs again.
+                h.reported_to = h.reported_to.max(to);
+            }
             if ok {
-                if let Some(iv) = intervals.last() {
-                    h.reported_to = iv.to;
-                }
                 h.readings_reported = processed;
                 h.proofs_reported.extend(proofs);
             }

@@ -165,7 +165,8 @@ struct Hosted {
     name: String,
     customer: NodeId,
     active_since: Option<Timestamp>,
-    /// End of the uptime already reported.
+    /// Uptime is never claimed before this: when the service (re)started here, or when it
+    /// was last seen stopped. Each batch starts at this or the ledger's cursor, the later.
     reported_to: Timestamp,
     last_heartbeat: Timestamp,
     heartbeat_ms: u64,

@@ -198,10 +198,20 @@ impl Provider {
             .copied()
             .collect();
         let to = v.now.saturating_sub(CLOCK_MARGIN_MS);
-        let interval = (running && to > h.beat.reported_to).then_some(UptimeInterval {
-            from: h.beat.reported_to,
-            to,
-        });
+        // Each batch starts where the ledger's cursor stands, never before the service
+        // (re)started or was last seen stopped (THREATS A6: a block stamped behind this
+        // node's clock clips a batch, a refused batch moves nothing; the ledger counts the
+        // overlap of batches in flight together once).
+        let cursor = v
+            .records
+            .get(&id)
+            .and_then(|r| r.last_uptime_end)
+            .unwrap_or(0);
+        if !running {
+            h.beat.reported_to = h.beat.reported_to.max(to);
+        }
+        let from = h.beat.reported_to.max(cursor);
+        let interval = (running && to > from).then_some(UptimeInterval { from, to });
         let batch = HeartbeatBatch {
             intervals: interval.into_iter().collect(),
             readings_processed: processed.saturating_sub(h.beat.readings_reported),
@@ -262,23 +272,12 @@ impl Provider {
                 }
             }
             None => {
-                let Some((to, processed, proofs)) = h.beat.in_flight.take() else {
+                let Some((_, processed, proofs)) = h.beat.in_flight.take() else {
                     return;
                 };
                 if accepted {
-                    if let Some(to) = to {
-                        h.beat.reported_to = to;
-                    }
                     h.beat.readings_reported = processed;
                     h.beat.proofs_reported.extend(proofs);
-                } else {
-                    // Refused (e.g. an overlapping interval): resynchronise with the ledger.
-                    let cursor = v
-                        .records
-                        .get(&id)
-                        .and_then(|r| r.last_uptime_end)
-                        .unwrap_or(0);
-                    h.beat.reported_to = h.beat.reported_to.max(cursor);
                 }
             }
         }

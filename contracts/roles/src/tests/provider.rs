@@ -232,7 +232,18 @@ fn heartbeats_report_uptime_new_readings_and_new_proofs() {
         vec![tx.clone()],
         "standby: no uptime payment"
     );
-    roles.handle(now, Input::Submitted { tx, accepted: true });
+    roles.handle(
+        now,
+        Input::Submitted {
+            tx: tx.clone(),
+            accepted: true,
+        },
+    );
+    // Applied in a block: the next batch starts at the ledger's cursor.
+    let (me, p) = (chain.provider.node_id(), chain.provider.clone());
+    chain.now = now;
+    let ev = chain.block(vec![(&p, tx)]);
+    roles.handle(now, chain.facts(&roles, me, ev));
     let now = now + hb;
     roles.handle(now, Input::Tick);
     let out = roles.handle(
@@ -288,6 +299,20 @@ fn heartbeats_report_uptime_new_readings_and_new_proofs() {
     );
     let batch = one_batch(&out);
     assert!(batch.intervals.is_empty());
+    // Running again: the time it was seen stopped is not claimed.
+    let stopped_seen = now - CLOCK_MARGIN_MS;
+    let now = now + hb;
+    roles.handle(now, Input::Tick);
+    let out = roles.handle(
+        now,
+        Input::Metered {
+            contract: id,
+            running: true,
+            processed: 15,
+            proofs: Vec::new(),
+        },
+    );
+    assert_eq!(one_batch(&out).intervals[0].from, stopped_seen);
 }
 
 /// A hosted contract's provider collects its uptime payment after a heartbeat, but only once

@@ -211,7 +211,7 @@ fn fixed_time_activation_waits_for_its_time() {
 }
 
 #[test]
-fn heartbeats_cannot_overlap_or_come_from_the_future() {
+fn heartbeats_count_time_once_and_not_from_the_future() {
     let mut h = Harness::new();
     let id = h.armed(ContractBuilder::new(1, 2).signed());
     let p = h.provider();
@@ -227,22 +227,68 @@ fn heartbeats_cannot_overlap_or_come_from_the_future() {
         h.try_apply(&p, for_contract(uptime(1_000, 13_000), id))
             .is_err()
     );
-    h.ok(&p, for_contract(uptime(1_000, 5_000), id));
     assert!(
-        h.try_apply(&p, for_contract(uptime(4_000, 6_000), id))
+        h.try_apply(&p, for_contract(uptime(6_000, 5_000), id))
             .is_err()
     );
+    h.ok(&p, for_contract(uptime(1_000, 5_000), id));
+    // Overlapping what the ledger holds: only the new part counts.
+    h.ok(&p, for_contract(uptime(4_000, 6_000), id));
+    h.ok(&p, for_contract(uptime(2_000, 3_000), id));
     let c = h.customer();
     assert!(
-        h.try_apply(&c, for_contract(uptime(5_000, 6_000), id))
+        h.try_apply(&c, for_contract(uptime(6_000, 7_000), id))
             .is_err()
     );
-    assert_eq!(h.ledger.contract(&id).unwrap().uptime_ms, 4_000);
+    assert_eq!(h.ledger.contract(&id).unwrap().uptime_ms, 5_000);
+    assert_eq!(h.ledger.contract(&id).unwrap().last_uptime_end, Some(6_000));
     // Ending slightly after the block time (clock skew): counted up to the block time only.
-    h.ok(&p, for_contract(uptime(5_000, 10_400), id));
+    h.ok(&p, for_contract(uptime(6_000, 10_400), id));
     let rec = h.ledger.contract(&id).unwrap();
     assert_eq!(rec.uptime_ms, 9_000);
     assert_eq!(rec.last_uptime_end, Some(10_000));
+}
+
+/// THREATS A6: blocks stamped behind the provider's clock clip each batch to the block's
+/// time. A provider that starts its next batch where the ledger's cursor stands (not at its
+/// own clock's end of the last batch) loses nothing: after 20 batches, each ending 1.9 s after
+/// its block's time, its uptime covers the whole span it spoke for, so it is judged fully up.
+#[test]
+fn a_proposer_stamping_blocks_behind_the_clock_costs_the_provider_no_uptime() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).signed());
+    let p = h.provider();
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 1_000,
+        },
+    );
+    for i in 1..=20u64 {
+        let provider_clock = 1_000 + i * 5_000;
+        h.now = provider_clock - 1_900;
+        let from = h
+            .ledger
+            .contract(&id)
+            .unwrap()
+            .last_uptime_end
+            .unwrap_or(1_000);
+        h.ok(&p, for_contract(uptime(from, provider_clock), id));
+    }
+    let rec = h.ledger.contract(&id).unwrap();
+    let end = rec.last_uptime_end.unwrap();
+    assert_eq!(rec.uptime_ms, end - 1_000, "no gap between clipped batches");
+    assert_eq!(crate::ledger::settle::breach_of(rec, end), None);
+    // Batches in flight together (both sent from the same cursor) count each moment once.
+    let from = end;
+    h.now = end + 5_000;
+    h.ok(&p, for_contract(uptime(from, end + 3_000), id));
+    h.ok(&p, for_contract(uptime(from, end + 5_000), id));
+    assert_eq!(
+        h.ledger.contract(&id).unwrap().uptime_ms,
+        end + 5_000 - 1_000
+    );
 }
 
 #[test]
@@ -300,6 +346,50 @@ fn storage_contract_judged_by_quorum_challenge_rounds() {
             ..
         }
     )));
+}
+
+/// THREATS C12: a storage contract the customer ends early is judged against its whole term
+/// (30 rounds of 2 s in a 60 s window): one failed round among the first two does not let the
+/// customer take the stake; four failed rounds (more than the term's 10 % allowance) do, early
+/// or not.
+#[test]
+fn an_early_end_judges_storage_rounds_against_the_whole_term() {
+    for (failing_rounds, slashed) in [(1u64, false), (4, true)] {
+        let mut h = Harness::new();
+        let id = h.armed(ContractBuilder::new(1, 2).storage().signed());
+        let (c, p) = (h.customer(), h.provider());
+        h.ok(
+            &p,
+            TxKind::ReportActivation {
+                contract: id,
+                activated_at: 1_000,
+            },
+        );
+        for round in 0..=failing_rounds {
+            h.now = 3_000 + round * 2_000;
+            for a in 0..3 {
+                let arb = h.committee[a].clone();
+                h.ok(
+                    &arb,
+                    TxKind::StorageProofResult {
+                        contract: id,
+                        round,
+                        challenge: test_cid(b"block"),
+                        passed: round == 0,
+                    },
+                );
+            }
+        }
+        let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
+        let was_slashed = ev.iter().any(|e| matches!(e, LedgerEvent::Slashed { .. }));
+        assert_eq!(was_slashed, slashed, "{failing_rounds} failed: {ev:?}");
+        let expected = if slashed {
+            ContractStatus::Slashed
+        } else {
+            ContractStatus::Settled
+        };
+        assert_eq!(h.status(id), expected);
+    }
 }
 
 #[test]

@@ -49,6 +49,17 @@ use crate::{DevnetGuard, agora_bin, alive};
 /// How long the helpers wait for a devnet or a peer before giving up.
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// The `byzantine:` lines the `agora-byzantine` node of `data_dir` printed to its log (the
+/// devnet writes its stdout to `node.log`).
+pub fn byzantine_lines(data_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(data_dir.join("node.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("byzantine: "))
+        .map(String::from)
+        .collect()
+}
+
 /// Starts devnet nodes from the `agora` binary of this test run (not the test executable).
 pub struct TestLauncher(pub PathBuf);
 

@@ -128,6 +128,12 @@ enum Command {
     /// Test hook: send none of our own votes (or again, with `false`).
     #[cfg(feature = "test-utils")]
     WithholdVotes(bool),
+    /// Test hook: submit without this node's own courtesy check of the content.
+    #[cfg(feature = "test-utils")]
+    SubmitUnchecked(
+        TxKind,
+        oneshot::Sender<Result<SignedTransaction, LedgerTaskError>>,
+    ),
 }
 
 /// Cloneable handle to the ledger task.
@@ -199,6 +205,23 @@ impl LedgerHandle {
             .send(Command::WithholdVotes(on))
             .await
             .map_err(|_| LedgerTaskError::Stopped)
+    }
+
+    /// Test hook (feature `test-utils`, never in the shipped binary): submits `kind` like
+    /// [`Self::submit`] but without the check of its content against this replica's ledger
+    /// that an honest node runs first, as a hostile node signing its own transactions would:
+    /// the transaction reaches the mempools and a block, where every replica judges it.
+    #[cfg(feature = "test-utils")]
+    pub async fn byzantine_submit_unchecked(
+        &self,
+        kind: TxKind,
+    ) -> Result<SignedTransaction, LedgerTaskError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::SubmitUnchecked(kind, tx))
+            .await
+            .map_err(|_| LedgerTaskError::Stopped)?;
+        rx.await.map_err(|_| LedgerTaskError::Stopped)?
     }
 
     /// Outcomes of applied blocks, as they happen.
@@ -490,6 +513,11 @@ impl LedgerTask {
                 let _ = reply.send(res);
             }
             #[cfg(feature = "test-utils")]
+            Command::SubmitUnchecked(kind, reply) => {
+                let res = self.submit_with(kind, false).await;
+                let _ = reply.send(res);
+            }
+            #[cfg(feature = "test-utils")]
             Command::ProposalSkew(ms) => {
                 warn!(
                     skew_ms = ms,
@@ -511,6 +539,16 @@ impl LedgerTask {
     }
 
     async fn submit(&mut self, kind: TxKind) -> Result<SignedTransaction, LedgerTaskError> {
+        self.submit_with(kind, true).await
+    }
+
+    /// Signs, admits and gossips `kind`; with `check`, first runs the ledger's full check of
+    /// its content when nothing of ours is pending.
+    async fn submit_with(
+        &mut self,
+        kind: TxKind,
+        check: bool,
+    ) -> Result<SignedTransaction, LedgerTaskError> {
         let me = self.signer.node_id();
         let tx = Transaction {
             chain_id: self.view.ledger.chain_id().to_string(),
@@ -522,7 +560,7 @@ impl LedgerTask {
         .map_err(|e| LedgerTaskError::Ledger(e.to_string()))?;
         // When nothing of ours is pending, run the full check now so the user hears at once
         // about an overspend instead of a silent drop at block time.
-        if tx.tx.nonce == self.view.ledger.next_nonce(&me) {
+        if check && tx.tx.nonce == self.view.ledger.next_nonce(&me) {
             self.view
                 .ledger
                 .check(now_ms(), &tx)

@@ -28,7 +28,15 @@
 //!   `ProbeResults` batches that also carry an entry no arbitrator may report (an interval far
 //!   outside the contract's window, which every replica skips); each lie a decided block
 //!   applies is printed as `byzantine: false probe recorded` (THREATS P1: a minority of the
-//!   committee can neither slash nor pay).
+//!   committee can neither slash nor pay);
+//! - `--cancel-armed`: as a customer, it cancels each of its standby contracts once armed, when
+//!   its provider stands by (THREATS C9: the refund would leave the provider unpaid); prints
+//!   `byzantine: cancel submitted`, then `byzantine: cancel applied` or `byzantine: cancel
+//!   refused` once its replica has used up the transaction's nonce;
+//! - `--settle-early`: as a customer, it settles each of its active hosted or standby contracts
+//!   `CustomerBack` as soon as a block confirms one of the contract's probe intervals down (a
+//!   brief outage of its provider), hoping to take the provider's stake (THREATS C12); prints
+//!   `byzantine: settle-early submitted`.
 //!
 //! This binary lives in the test crate, which is the only crate that turns on the `test-utils`
 //! features of `agora-ledger` and `agora-daemon` outside dev-dependencies: the shipped `agora` binary has no flag,
@@ -118,6 +126,13 @@ struct RunArgs {
     #[arg(long, value_name = "down|up", num_args = 0..=1, default_missing_value = "down",
           value_parser = parse_false_probes)]
     false_probes: Option<bool>,
+    /// As a customer, cancel each of its standby contracts once armed.
+    #[arg(long)]
+    cancel_armed: bool,
+    /// As a customer, settle each active contract `CustomerBack` right after a block confirms
+    /// one of its probe intervals down.
+    #[arg(long)]
+    settle_early: bool,
 }
 
 /// `down` → `false`, `up` → `true`: the outcome every false probe report states.
@@ -223,7 +238,9 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         || args.double_vote
         || args.false_attest
         || args.withhold_votes
-        || args.false_probes.is_some();
+        || args.false_probes.is_some()
+        || args.cancel_armed
+        || args.settle_early;
     let ledger = match (&node.ledger, misbehaves) {
         (Some(l), _) => Some(l.clone()),
         (None, false) => None,
@@ -272,6 +289,14 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
                 node.cancel_token(),
             ));
             tokio::spawn(false_probes(ledger.clone(), up, node.cancel_token()));
+        }
+        if args.cancel_armed {
+            println!("byzantine: cancel-armed");
+            tokio::spawn(cancel_armed(ledger.clone(), node.cancel_token()));
+        }
+        if args.settle_early {
+            println!("byzantine: settle-early");
+            tokio::spawn(settle_early(ledger.clone(), node.cancel_token()));
         }
     }
     let cancel = node.cancel_token();
@@ -493,6 +518,133 @@ async fn false_probes_recorded(ledger: LedgerHandle, me: NodeId, cancel: Cancell
         }
     })
     .await;
+}
+
+/// Cancels each standby contract this node is the customer of once it is armed (one attempt
+/// per contract), then reports what its replica made of the transaction once the nonce is
+/// used up: `byzantine: cancel applied|refused contract=… status=…`.
+async fn cancel_armed(ledger: LedgerHandle, cancel: CancellationToken) {
+    let mut tried: BTreeMap<ContractId, Option<u64>> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok((armed, next_nonce, statuses)) = ledger
+            .query(|v| {
+                let mine = |r: &agora_contracts::ContractRecord| r.contract.customer == v.me;
+                let armed: Vec<ContractId> = v
+                    .ledger
+                    .contracts()
+                    .iter()
+                    .filter(|(_, r)| {
+                        mine(r)
+                            && r.contract.kind == ContractKind::Standby
+                            && r.status == ContractStatus::Armed
+                            && r.handover.is_none()
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                let statuses: BTreeMap<ContractId, ContractStatus> = v
+                    .ledger
+                    .contracts()
+                    .iter()
+                    .filter(|(_, r)| mine(r))
+                    .map(|(id, r)| (*id, r.status))
+                    .collect();
+                (armed, v.ledger.next_nonce(&v.me), statuses)
+            })
+            .await
+        else {
+            return;
+        };
+        for (id, nonce) in tried.iter_mut() {
+            let Some(n) = *nonce else { continue };
+            if next_nonce <= n {
+                continue;
+            }
+            let status = statuses.get(id).copied();
+            let word = if status == Some(ContractStatus::Cancelled) {
+                "applied"
+            } else {
+                "refused"
+            };
+            println!("byzantine: cancel {word} contract={id} status={status:?}");
+            *nonce = None;
+        }
+        for id in armed {
+            if tried.contains_key(&id) {
+                continue;
+            }
+            match ledger.byzantine_submit_unchecked(TxKind::Cancel(id)).await {
+                Ok(tx) => {
+                    println!(
+                        "byzantine: cancel submitted contract={id} nonce={}",
+                        tx.tx.nonce
+                    );
+                    tried.insert(id, Some(tx.tx.nonce));
+                }
+                Err(e) => {
+                    println!("byzantine: cancel not admitted contract={id}: {e}");
+                    tried.insert(id, None);
+                }
+            }
+        }
+    }
+}
+
+/// Settles each active contract this node is the customer of `CustomerBack` as soon as a block
+/// it applies confirms one of the contract's probe intervals down (once per contract):
+/// `byzantine: settle-early submitted contract=… interval=… nonce=…`.
+async fn settle_early(ledger: LedgerHandle, cancel: CancellationToken) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ContractId, u64)>(64);
+    tokio::spawn(each_applied_event(
+        ledger.clone(),
+        cancel.clone(),
+        move |_, e| {
+            if let LedgerEvent::UptimeConfirmed {
+                contract,
+                interval,
+                up: false,
+                ..
+            } = e
+            {
+                let _ = tx.try_send((*contract, *interval));
+            }
+        },
+    ));
+    let mut settled: BTreeSet<ContractId> = BTreeSet::new();
+    loop {
+        let (id, interval) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        let Ok(mine) = ledger
+            .query(move |v| {
+                v.ledger.contract(&id).is_some_and(|r| {
+                    r.contract.customer == v.me && r.status == ContractStatus::Active
+                })
+            })
+            .await
+        else {
+            return;
+        };
+        if !mine || !settled.insert(id) {
+            continue;
+        }
+        let kind = TxKind::Settle {
+            contract: id,
+            reason: agora_contracts::SettleReason::CustomerBack,
+        };
+        match ledger.byzantine_submit_unchecked(kind).await {
+            Ok(tx) => println!(
+                "byzantine: settle-early submitted contract={id} interval={interval} nonce={}",
+                tx.tx.nonce
+            ),
+            Err(e) => println!("byzantine: settle-early not admitted contract={id}: {e}"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use agora_contracts::{ActivationClause, ContractStatus};
 use agora_devnet::demo::Story;
 use agora_devnet::demo::story::wait_for;
 use agora_devnet::files::CONTRACT_NODES;
-use agora_tests::adversary::{ByzantineLauncher, HostileDevnet, TestLauncher};
+use agora_tests::adversary::{ByzantineLauncher, HostileDevnet, TestLauncher, byzantine_lines};
 use agora_tests::{agora_bin, agora_json, alive};
 
 /// One devnet at a time: each test runs seven nodes on a small machine.
@@ -44,16 +44,6 @@ fn byzantines(bad: &[(usize, &[&str])]) -> ByzantineLauncher {
             .collect(),
         tune: None,
     }
-}
-
-/// The `byzantine:` lines the byzantine node printed to its log.
-fn byzantine_lines(data_dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(data_dir.join("node.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("byzantine: "))
-        .map(String::from)
-        .collect()
 }
 
 /// Waits until the byzantine node says `what` is on (the binary really misbehaves).

@@ -22,7 +22,7 @@ use agora_contracts::{ContractRecord, ContractStatus};
 use agora_devnet::demo::Story;
 use agora_devnet::demo::story::wait_for;
 use agora_devnet::files::CONTRACT_NODES;
-use agora_tests::adversary::{ByzantineLauncher, TestLauncher};
+use agora_tests::adversary::{ByzantineLauncher, TestLauncher, byzantine_lines};
 use agora_tests::{agora_bin, agora_json, alive, try_agora_json};
 
 /// One devnet at a time: each test runs seven nodes on a small machine.
@@ -59,16 +59,6 @@ fn launcher(args: &[&str], liar: &[&str]) -> ByzantineLauncher {
         // What an ended contract leaves is collected 1 s after it is let go of, not 60 s.
         tune: Some(|_, c| c.storage.gc_interval_ms = 1_000),
     }
-}
-
-/// The `byzantine:` lines node `dir` printed to its log.
-fn byzantine_lines(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("node.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("byzantine: "))
-        .map(String::from)
-        .collect()
 }
 
 /// How many of node `LIAR`'s false probe reports (`up` as given) for `contract` a decided block

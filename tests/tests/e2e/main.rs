@@ -15,6 +15,7 @@ mod attack_audit;
 mod attack_backlog;
 mod attack_bitswap;
 mod attack_broken;
+mod attack_customer;
 mod attack_fleet;
 mod attack_floods;
 mod attack_image;

@@ -1,0 +1,200 @@
+//! A customer that tries to get its honest provider unpaid or slashed (THREATS C9, C12), on a
+//! 7-node devnet of real processes: node 6, the customer A, runs the test crate's
+//! `agora-byzantine --cancel-armed --settle-early` (the real node, which also cancels each of
+//! its standby contracts once armed, and settles each active contract `CustomerBack` as soon as
+//! a block confirms one of its probe intervals down); nodes 1–5 run `agora-byzantine --no-bid`
+//! (honest arbitrators that do not bid), so node 0, a plain `agora` process, is the provider of
+//! both of A's contracts.
+//!
+//! Build the node first: `nice cargo build -p agora-node --bin agora` (cargo builds
+//! `agora-byzantine` itself for this test), then
+//! `nice cargo test -p agora-tests --test e2e attack_customer::`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use agora_api::ledger::BalanceReply;
+use agora_contracts::{ContractRecord, ContractStatus};
+use agora_devnet::demo::Story;
+use agora_devnet::demo::story::wait_for;
+use agora_devnet::files::CONTRACT_NODES;
+use agora_tests::adversary::{ByzantineLauncher, TestLauncher, byzantine_lines};
+use agora_tests::{agora_bin, agora_json, alive};
+
+/// The honest provider: the only node that bids.
+const PROVIDER: usize = 0;
+/// The hostile customer, A (the story's last node).
+const CUSTOMER: usize = CONTRACT_NODES - 1;
+/// The device the hosted contract's image names (not one of A's own service's).
+const DEVICE: u32 = agora_devnet::sensor_keys::KEYED_SENSORS[3];
+/// The hosted contract's term: three minutes, of which the test lets the provider serve a few
+/// seconds, then takes it down for a few more; 10 % of the term (the default
+/// `min_uptime_permille` is 900) is far more than the outage.
+const HOSTED_MS: u64 = 180_000;
+
+fn launcher() -> ByzantineLauncher {
+    let mut bad: Vec<(usize, Vec<String>)> = (1..CUSTOMER)
+        .map(|i| (i, vec!["--no-bid".to_string()]))
+        .collect();
+    bad.push((
+        CUSTOMER,
+        vec!["--cancel-armed".into(), "--settle-early".into()],
+    ));
+    ByzantineLauncher {
+        honest: TestLauncher(agora_bin()),
+        exe: env!("CARGO_BIN_EXE_agora-byzantine").into(),
+        bad,
+        tune: None,
+    }
+}
+
+/// Waits (`secs` at most) for a `byzantine:` line of node `dir` starting with `prefix`.
+async fn line(dir: &Path, prefix: &str, secs: u64) -> String {
+    wait_for(&format!("`{prefix}`"), secs, async || {
+        byzantine_lines(dir)
+            .into_iter()
+            .find(|l| l.starts_with(prefix))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", byzantine_lines(dir)))
+}
+
+/// `agora contract show ID --json` on `dir`, as an operator reads it.
+fn cli_contract(dir: &Path, id: &str) -> ContractRecord {
+    let dir = dir.display().to_string();
+    let v = agora_json(&["contract", "show", id, "--data-dir", &dir]);
+    serde_json::from_value(v).expect("contract JSON")
+}
+
+/// `agora balance WHO --json` on `dir`.
+fn cli_balance(dir: &Path, who: &str) -> BalanceReply {
+    let dir = dir.display().to_string();
+    let v = agora_json(&["balance", who, "--data-dir", &dir]);
+    serde_json::from_value(v).expect("balance JSON")
+}
+
+/// C9: A cancels its standby contract once armed, when the refund would leave its provider,
+/// standing by, unpaid: every honest replica refuses it (the transaction is in a block, its
+/// nonce used up, the contract still armed). C12: A's hosted contract runs; its provider is
+/// killed and restarted (a brief outage, a few probe intervals confirmed down); A settles
+/// `CustomerBack` right after the first interval confirmed down, when the service so far looks
+/// mostly down. Judged against the whole term, the provider would still pass: every honest
+/// replica settles the contract (not slashed), the provider gets its stake back, and is paid
+/// for no more than the time confirmed up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after_one_outage() {
+    let test = "attack_customer::a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after_one_outage";
+    let Some(module) = agora_tests::lora_module(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Story::start(
+        &tmp.path().join("net"),
+        CONTRACT_NODES,
+        &module,
+        Arc::new(launcher()),
+        true,
+    )
+    .await
+    .expect("story starts");
+    assert_eq!(s.a, CUSTOMER);
+    let a_dir = s.m.nodes[CUSTOMER].data_dir.clone();
+    line(&a_dir, "byzantine: cancel-armed", 30).await;
+    line(&a_dir, "byzantine: settle-early", 30).await;
+
+    // C9: the armed standby cannot be cancelled.
+    let standby = s.standby().await.unwrap();
+    assert_eq!(standby.b, PROVIDER, "the only bidder won");
+    let submitted = line(
+        &a_dir,
+        &format!("byzantine: cancel submitted contract={}", standby.id),
+        30,
+    )
+    .await;
+    let outcome = line(
+        &a_dir,
+        &format!("byzantine: cancel refused contract={}", standby.id),
+        60,
+    )
+    .await;
+    for i in 1..CUSTOMER {
+        let r = cli_contract(&s.m.nodes[i].data_dir, &standby.id);
+        assert!(
+            matches!(r.status, ContractStatus::Armed | ContractStatus::Settled),
+            "node{i}: the standby was not cancelled: {r:?}"
+        );
+    }
+
+    // C12: one brief outage, then the customer is "back".
+    let hosted = s.hosted(&[DEVICE], HOSTED_MS).await.unwrap();
+    assert_eq!(hosted.b, PROVIDER, "the only bidder won");
+    let obs = 2;
+    let provider = s.m.nodes[PROVIDER].node_id.clone();
+    s.wait_contract(obs, &hosted.id, "an interval confirmed up", 60, |r| {
+        r.confirmed_up_ms > 0
+    })
+    .await
+    .unwrap();
+    let before = cli_balance(&s.m.nodes[obs].data_dir, &provider);
+    s.kill(PROVIDER).unwrap();
+    let settled_early = line(
+        &a_dir,
+        &format!("byzantine: settle-early submitted contract={}", hosted.id),
+        60,
+    )
+    .await;
+    s.restart(PROVIDER).await.unwrap();
+    let mut done = Vec::new();
+    for i in 1..CUSTOMER {
+        let r = s
+            .wait_contract(i, &hosted.id, "the early settlement", 60, |r| {
+                r.status.is_final()
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.status, ContractStatus::Settled, "node{i}: {r:?}");
+        assert!(
+            r.confirmed_down_ms > 0,
+            "node{i}: the outage was confirmed: {r:?}"
+        );
+        assert!(
+            r.paid_to_provider <= r.contract.payment * r.confirmed_up_ms / r.contract.duration_ms,
+            "node{i}: paid for no more than the time confirmed up: {r:?}"
+        );
+        done.push(r);
+    }
+    let r = &done[obs - 1];
+    // Early: judged long before the term's end.
+    let window_end = r.window_end().unwrap();
+    assert!(
+        agora_wire::now_ms() + 60_000 < window_end,
+        "settled early: {r:?}"
+    );
+    let after = cli_balance(&s.m.nodes[obs].data_dir, &provider);
+    assert!(
+        after.balance >= before.balance + hosted.rec.escrow.provider_stake,
+        "the provider's stake came back: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.reputation > before.reputation,
+        "{before:?} -> {after:?}"
+    );
+    for (i, n) in s.m.nodes.iter().enumerate() {
+        assert!(alive(u64::from(n.pid.unwrap())), "node{i} still runs");
+    }
+    eprintln!(
+        "C9: {submitted} / {outcome}; C12: {settled_early}; confirmed up {} ms, down {} ms of \
+         a {HOSTED_MS} ms term; paid {} of {}; provider balance {} -> {}, reputation {} -> {}",
+        r.confirmed_up_ms,
+        r.confirmed_down_ms,
+        r.paid_to_provider,
+        r.contract.payment,
+        before.balance,
+        after.balance,
+        before.reputation,
+        after.reputation
+    );
+    s.down(true).await.unwrap();
+}

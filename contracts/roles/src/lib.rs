@@ -192,6 +192,31 @@ pub const MAX_PROBE_TIMEOUT_MS: u64 = 4_000;
 pub fn probe_timeout_ms(period_ms: u64) -> u64 {
     period_ms.clamp(PROBE_TIMEOUT_MS, MAX_PROBE_TIMEOUT_MS)
 }
+
+/// Where a provider's next heartbeat batch starts (THREATS A6): at the ledger's uptime cursor
+/// (`last_uptime_end`), never before `floor` (when its service started here, or was last seen
+/// stopped). Before the first batch is on the ledger there is no cursor; then a service that
+/// started at `since` by this node's clock, whose activation the ledger dated earlier (its
+/// report landed in a block stamped behind this clock, by at most the ledger's
+/// `MAX_CLOCK_SKEW_MS`), starts at the ledger's `activated_at`: starting at its own start
+/// would leave the difference as a gap counted against it (found by
+/// `tests/tests/e2e/attack_block_time.rs`).
+pub fn first_uptime_from(
+    floor: Timestamp,
+    since: Option<Timestamp>,
+    cursor: Option<Timestamp>,
+    activated_at: Option<Timestamp>,
+) -> Timestamp {
+    let floor = match (cursor, activated_at, since) {
+        (None, Some(a), Some(s))
+            if floor == s && a < s && s - a <= agora_contracts::ledger::MAX_CLOCK_SKEW_MS =>
+        {
+            a
+        }
+        _ => floor,
+    };
+    floor.max(cursor.unwrap_or(0))
+}
 /// An arbitrator reports a probe "down" or a failed storage challenge only while its latest
 /// block arrived at most this long ago: one that hears no blocks may be the one cut off, and
 /// must not blame the provider for its own isolation (blocks come every second while a

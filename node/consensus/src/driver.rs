@@ -84,6 +84,7 @@ impl ConsensusDriver {
                 parent: BlockId::GENESIS_PARENT,
                 parent_time: 0,
                 proposal_skew_ms: 0,
+                proposal_lag_ms: 0,
                 double_vote: false,
                 withhold_votes: false,
                 height_started_at: 0,
@@ -143,6 +144,14 @@ impl ConsensusDriver {
     #[cfg(any(test, feature = "test-utils"))]
     pub fn byzantine_proposal_skew(&mut self, skew_ms: u64) {
         self.io.proposal_skew_ms = skew_ms;
+    }
+
+    /// Test hook: this node proposes blocks `lag_ms` behind its clock, yet after their parent
+    /// (a proposer with a slow clock, or one stamping early on purpose: THREATS A6). Only
+    /// with the `test-utils` feature.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn byzantine_proposal_lag(&mut self, lag_ms: u64) {
+        self.io.proposal_lag_ms = lag_ms;
     }
 
     /// Test hook: every vote this node casts goes out with a conflicting twin (an
@@ -460,9 +469,17 @@ impl ConsensusDriver {
                 .io
                 .now
                 .saturating_add(self.io.proposal_skew_ms)
+                .saturating_sub(self.io.proposal_lag_ms)
                 .max(self.io.parent_time.saturating_add(1)),
             transactions,
         };
+        if self.io.proposal_lag_ms > 0 {
+            tracing::warn!(
+                height,
+                behind_ms = self.io.now.saturating_sub(block.timestamp),
+                "test hook: proposal stamped behind the clock"
+            );
+        }
         self.io.blocks.insert(block.id(), block.clone());
         let value = LocallyProposedValue::new(Height(height), Round::new(round), block);
         self.process(mc::Input::Propose(value));

@@ -122,6 +122,9 @@ enum Command {
     /// Test hook: propose blocks this far ahead of the clock.
     #[cfg(feature = "test-utils")]
     ProposalSkew(u64),
+    /// Test hook: propose blocks this far behind the clock (after their parent).
+    #[cfg(feature = "test-utils")]
+    ProposalLag(u64),
     /// Test hook: cast every vote twice, differently.
     #[cfg(feature = "test-utils")]
     DoubleVote,
@@ -203,6 +206,17 @@ impl LedgerHandle {
     pub async fn byzantine_withhold_votes(&self, on: bool) -> Result<(), LedgerTaskError> {
         self.tx
             .send(Command::WithholdVotes(on))
+            .await
+            .map_err(|_| LedgerTaskError::Stopped)
+    }
+
+    /// Test hook (feature `test-utils`, never in the shipped binary): this node's consensus
+    /// driver proposes blocks `lag_ms` behind its clock (never before their parent), like an
+    /// arbitrator with a slow clock.
+    #[cfg(feature = "test-utils")]
+    pub async fn byzantine_proposal_lag(&self, lag_ms: u64) -> Result<(), LedgerTaskError> {
+        self.tx
+            .send(Command::ProposalLag(lag_ms))
             .await
             .map_err(|_| LedgerTaskError::Stopped)
     }
@@ -516,6 +530,14 @@ impl LedgerTask {
             Command::SubmitUnchecked(kind, reply) => {
                 let res = self.submit_with(kind, false).await;
                 let _ = reply.send(res);
+            }
+            #[cfg(feature = "test-utils")]
+            Command::ProposalLag(ms) => {
+                warn!(
+                    lag_ms = ms,
+                    "test hook: this node proposes blocks behind its clock"
+                );
+                self.driver.byzantine_proposal_lag(ms);
             }
             #[cfg(feature = "test-utils")]
             Command::ProposalSkew(ms) => {

@@ -91,17 +91,19 @@ impl Orchestrator {
         }
     }
 
-    /// Provider: the file is held; report the activation once.
+    /// Provider: the file is held; report the activation (sent again by
+    /// [`Self::resend_storage_activations`] until the ledger shows it).
     pub(super) async fn activate_storage(&mut self, contract: ContractId, file: Cid) {
         let reported = self
             .record(contract)
             .await
             .and_then(|r| r.activated_at)
             .is_some();
-        if reported {
+        if reported || self.storage_activation.contains_key(&contract) {
             return;
         }
         let at = now_ms();
+        self.storage_activation.insert(contract, (at, at));
         if self
             .submit(
                 TxKind::ReportActivation {
@@ -120,10 +122,45 @@ impl Orchestrator {
         }
     }
 
+    /// Provider: sends again each storage activation report the ledger has not applied
+    /// [`super::ACTIVATION_RESEND_MS`] after it was last sent, with the activation time first
+    /// reported (a report refused in its block, e.g. by a block stamped behind this node's
+    /// clock, used its nonce and is not retried by anyone else: THREATS C10); forgets those
+    /// the ledger shows activated or no longer armed.
+    pub(super) async fn resend_storage_activations(&mut self, now: u64) {
+        let due: Vec<(ContractId, u64)> = self
+            .storage_activation
+            .iter()
+            .filter(|(_, (_, sent))| now >= sent.saturating_add(super::ACTIVATION_RESEND_MS))
+            .map(|(id, (at, _))| (*id, *at))
+            .collect();
+        for (contract, at) in due {
+            let pending = self
+                .record(contract)
+                .await
+                .is_some_and(|r| r.activated_at.is_none() && r.status == ContractStatus::Armed);
+            if !pending {
+                self.storage_activation.remove(&contract);
+                continue;
+            }
+            tracing::warn!(contract = %contract.short(), "storage activation not on the ledger yet: reporting it again");
+            self.storage_activation.insert(contract, (at, now));
+            self.submit(
+                TxKind::ReportActivation {
+                    contract,
+                    activated_at: at,
+                },
+                "activation",
+            )
+            .await;
+        }
+    }
+
     /// Provider: the contract closed; no more challenges are answered for it, and the file it
     /// kept here, if any, may go. Whether it was a storage contract this node kept a file for.
     pub(super) async fn end_custody(&mut self, contract: ContractId) -> bool {
         self.storage.challenge_gate().remove(&contract.0);
+        self.storage_activation.remove(&contract);
         let Some((file, commitment)) = self.stored.remove(&contract) else {
             return false;
         };

@@ -588,6 +588,7 @@ impl Orchestrator {
             }
         }
         self.resend_activation_reports(now).await;
+        self.resend_storage_activations(now).await;
         let beating: Vec<ContractId> = self
             .hosted
             .iter()
@@ -656,12 +657,11 @@ impl Orchestrator {
         // in its block moves nothing; starting at this node's own end of the last batch would
         // leave the difference as a gap counted against it. Batches in flight together
         // overlap; the ledger counts each moment once. Never before the service (re)started.
-        let cursor = self
-            .record(contract)
-            .await
-            .and_then(|r| r.last_uptime_end)
-            .unwrap_or(0);
-        let from = h.reported_to.max(cursor);
+        let rec = self.record(contract).await;
+        let cursor = rec.as_ref().and_then(|r| r.last_uptime_end);
+        let activated_at = rec.as_ref().and_then(|r| r.activated_at);
+        let from =
+            agora_roles::first_uptime_from(h.reported_to, h.active_since, cursor, activated_at);
         let intervals = if running && to > from {
             vec![UptimeInterval { from, to }]
         } else {

@@ -257,6 +257,10 @@ pub struct Orchestrator {
     hosted: BTreeMap<ContractId, Hosted>,
     /// Storage contracts whose file this node keeps as provider: (file, commitment).
     stored: BTreeMap<ContractId, (Cid, Cid)>,
+    /// Storage contracts whose activation this node reported and the ledger has not shown
+    /// yet: (the activation time reported, when it was last sent). Sent again every
+    /// [`ACTIVATION_RESEND_MS`] like a hosted contract's (THREATS C10).
+    storage_activation: BTreeMap<ContractId, (Timestamp, Timestamp)>,
     /// Storage contracts whose custody is being taken.
     taking_custody: BTreeSet<ContractId>,
     /// The role machine: decides the arbitrator's duties and whether the ledger is current.
@@ -360,6 +364,7 @@ pub fn spawn(
         timeline: timeline.clone(),
         hosted: BTreeMap::new(),
         stored: BTreeMap::new(),
+        storage_activation: BTreeMap::new(),
         taking_custody: BTreeSet::new(),
         roles: Roles::new(
             me,

@@ -6,6 +6,10 @@
 //! directory and `agora_daemon::start` assembly), then turns on:
 //! - `--skew-proposals 30d`: every block it proposes is stamped this far ahead of its clock
 //!   (threat A1; the consensus driver's `test-utils` hook `byzantine_proposal_skew`);
+//! - `--lag-proposals 1500ms`: every block it proposes is stamped this far behind its clock,
+//!   though never before its parent (THREATS A6: a slow clock, or early stamps on purpose;
+//!   the hook `byzantine_proposal_lag`, which logs each such proposal with how far behind it
+//!   is stamped: `test hook: proposal stamped behind the clock … behind_ms=…`);
 //! - `--double-vote`: every vote it casts goes out with a conflicting twin (A2; the hook
 //!   `byzantine_double_vote`);
 //! - `--false-attest`: for every armed standby contract whose committee it sits on, it attests
@@ -104,6 +108,9 @@ struct RunArgs {
     /// Stamp every proposed block this far ahead of the clock (`30d`, `2h`, `90s`, `500ms`).
     #[arg(long, value_parser = parse_duration_ms)]
     skew_proposals: Option<u64>,
+    /// Stamp every proposed block this far behind the clock (never before its parent).
+    #[arg(long, value_parser = parse_duration_ms)]
+    lag_proposals: Option<u64>,
     /// Cast every vote twice, for different values.
     #[arg(long)]
     double_vote: bool,
@@ -235,6 +242,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     println!("api: {}", node.api_addr);
     let misbehaves = args.skew_proposals.is_some()
+        || args.lag_proposals.is_some()
         || args.double_vote
         || args.false_attest
         || args.withhold_votes
@@ -256,6 +264,13 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
                 .await
                 .context("turning on the proposal skew")?;
             println!("byzantine: skew-proposals {ms} ms");
+        }
+        if let Some(ms) = args.lag_proposals {
+            ledger
+                .byzantine_proposal_lag(ms)
+                .await
+                .context("turning on the proposal lag")?;
+            println!("byzantine: lag-proposals {ms} ms");
         }
         if args.double_vote {
             ledger

@@ -14,6 +14,7 @@ mod attack_auction_hold;
 mod attack_audit;
 mod attack_backlog;
 mod attack_bitswap;
+mod attack_block_time;
 mod attack_broken;
 mod attack_customer;
 mod attack_fleet;

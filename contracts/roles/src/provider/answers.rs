@@ -202,15 +202,20 @@ impl Provider {
         // (re)started or was last seen stopped (THREATS A6: a block stamped behind this
         // node's clock clips a batch, a refused batch moves nothing; the ledger counts the
         // overlap of batches in flight together once).
-        let cursor = v
-            .records
-            .get(&id)
-            .and_then(|r| r.last_uptime_end)
-            .unwrap_or(0);
+        let rec = v.records.get(&id);
         if !running {
             h.beat.reported_to = h.beat.reported_to.max(to);
         }
-        let from = h.beat.reported_to.max(cursor);
+        let since = match h.run {
+            Run::Active { since } => Some(since),
+            _ => None,
+        };
+        let from = crate::first_uptime_from(
+            h.beat.reported_to,
+            since,
+            rec.and_then(|r| r.last_uptime_end),
+            rec.and_then(|r| r.activated_at),
+        );
         let interval = (running && to > from).then_some(UptimeInterval { from, to });
         let batch = HeartbeatBatch {
             intervals: interval.into_iter().collect(),

@@ -654,3 +654,36 @@ fn the_provider_settles_when_the_term_ends() {
     assert!(!submitted(&roles.handle(end + SETTLE_RETRY_MS - 1, Input::Tick)).contains(&settle));
     assert!(submitted(&roles.handle(end + SETTLE_RETRY_MS, Input::Tick)).contains(&settle));
 }
+
+/// THREATS A6 at the start (found by `tests/tests/e2e/attack_block_time.rs`): a service that
+/// started at 5.5 s by the provider's clock, whose activation the ledger dated 5 s (the report
+/// landed in a block stamped behind that clock), reports its first batch from 5 s; not when
+/// the difference is more than the ledger's skew, once a batch is on the ledger, or when the
+/// floor is a later stop.
+#[test]
+fn the_first_batch_starts_at_the_activation_the_ledger_recorded() {
+    use crate::first_uptime_from;
+    assert_eq!(
+        first_uptime_from(5_500, Some(5_500), None, Some(5_000)),
+        5_000
+    );
+    assert_eq!(
+        first_uptime_from(5_500, Some(5_500), None, Some(5_500)),
+        5_500
+    );
+    assert_eq!(
+        first_uptime_from(9_000, Some(9_000), None, Some(5_000)),
+        9_000,
+        "a restart long after the activation claims nothing before it"
+    );
+    assert_eq!(
+        first_uptime_from(5_500, Some(5_500), Some(7_000), Some(5_000)),
+        7_000
+    );
+    assert_eq!(
+        first_uptime_from(6_000, Some(5_500), None, Some(5_000)),
+        6_000,
+        "seen stopped at 6 s"
+    );
+    assert_eq!(first_uptime_from(5_500, None, None, None), 5_500);
+}

@@ -52,6 +52,9 @@ pub(crate) struct Io {
     pub(crate) parent_time: Timestamp,
     /// Test hook: added to this node's proposal times (0 for an honest node).
     pub(crate) proposal_skew_ms: u64,
+    /// Test hook: taken from this node's proposal times, never below its parent's time + 1
+    /// (0 for an honest node).
+    pub(crate) proposal_lag_ms: u64,
     /// Test hook: every vote of this node goes out with a conflicting twin (false for an
     /// honest node).
     pub(crate) double_vote: bool,

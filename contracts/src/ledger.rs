@@ -46,7 +46,7 @@ pub use genesis::{
     ACTIVATION_REPORT_GRACE_MS, Genesis, GenesisAccount, LedgerParams, b58, b58_vec,
 };
 pub use quorum::RoundTally;
-pub use register::MIN_SLOT_LEAD_MS;
+pub use register::{MAX_REGISTER_AGE_MS, MIN_SLOT_LEAD_MS};
 pub use state::{Account, ContractRecord, Escrow, MIN_EVIDENCE_PERIOD_MS};
 pub use tx::{
     HeartbeatBatch, MAX_PROBE_RESULTS, ProbeReport, SettleReason, SignedTransaction, Transaction,

@@ -220,6 +220,12 @@ impl ContractBuilder {
         self
     }
 
+    /// When the parties signed it (`created_at`; 0 by default).
+    pub fn created(mut self, t: Timestamp) -> Self {
+        self.contract.created_at = t;
+        self
+    }
+
     /// The unsigned body.
     pub fn build(self) -> Contract {
         self.contract

@@ -13,6 +13,13 @@ use crate::lifecycle::{ContractStatus, LifecycleEvent};
 /// deadline passed would otherwise settle it `NoActivation` in the next block (THREATS C8).
 pub const MIN_SLOT_LEAD_MS: u64 = 2_000;
 
+/// How long after its signing (`Contract::created_at`, which both parties signed) a contract
+/// may still be registered (THREATS C8): a customer that holds a countersigned contract back
+/// cannot bind the provider's stake and capacity at old terms long after the provider agreed
+/// to them. The honest flow registers within seconds; ten minutes leaves room for a chain
+/// slowed by a backlog.
+pub const MAX_REGISTER_AGE_MS: u64 = 600_000;
+
 fn not_allowed(contract: ContractId, sender: NodeId, action: &'static str) -> LedgerError {
     LedgerError::NotAllowed {
         contract,
@@ -47,6 +54,16 @@ impl Ledger {
         }
         if self.contracts.contains_key(&id) {
             return Err(LedgerError::DuplicateContract(id));
+        }
+        let age = now.saturating_sub(c.created_at);
+        if age > MAX_REGISTER_AGE_MS {
+            return Err(LedgerError::NotNow {
+                contract: id,
+                status: ContractStatus::Signed,
+                reason: format!(
+                    "signed {age} ms ago, more than {MAX_REGISTER_AGE_MS} ms: registered too late"
+                ),
+            });
         }
         if let ActivationClause::At(start_at) = c.activation {
             let deadline = start_at.saturating_add(c.qos.max_activation_delay_ms);

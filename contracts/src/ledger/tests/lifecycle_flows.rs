@@ -487,6 +487,29 @@ fn a_slot_contract_registered_too_late_is_refused() {
     assert_eq!(h.status(id), ContractStatus::Validated);
 }
 
+/// THREATS C8, any contract: one registered more than `MAX_REGISTER_AGE_MS` after its signing
+/// is refused, so a customer cannot hold a countersigned contract back and bind the provider's
+/// stake at old terms long after.
+#[test]
+fn a_contract_held_back_long_after_its_signing_is_refused() {
+    let mut h = Harness::new();
+    let max = crate::ledger::MAX_REGISTER_AGE_MS;
+    h.now = 5 * max;
+    let c = h.customer();
+    let stale = ContractBuilder::new(1, 2).created(h.now - max - 1).signed();
+    let err = h
+        .try_apply(&c, TxKind::RegisterContract(Box::new(stale)))
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotNow { .. }), "{err}");
+    assert!(err.to_string().contains("registered too late"), "{err}");
+    let fresh = ContractBuilder::new(1, 2)
+        .created(h.now - max)
+        .nonce(1)
+        .signed();
+    let id = h.register(fresh);
+    assert_eq!(h.status(id), ContractStatus::Validated);
+}
+
 /// THREATS C10: the block's time may trail the provider's clock; an activation report up to
 /// `MAX_CLOCK_SKEW_MS` ahead of it counts at the block's time, one further ahead is refused.
 #[test]

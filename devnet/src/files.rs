@@ -243,6 +243,20 @@ pub fn devnet_node_config(i: usize, genesis: &Path, manual: bool) -> NodeConfig 
     config
 }
 
+/// `wasm` with a custom section carrying `tag`: another module (its own id, so a node may run
+/// it beside the original: a start-first upgrade, two services of one customer), the same
+/// behaviour.
+pub fn tagged(wasm: &[u8], tag: u8) -> Vec<u8> {
+    let name = b"agora-test-tag";
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section
+    out.push((1 + name.len() + 1) as u8); // its size: name length, name, tag
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.push(tag);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

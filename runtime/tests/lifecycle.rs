@@ -291,6 +291,18 @@ async fn max_instances_counts_within_an_instance_group_only() {
         h.manager.start(&again),
         Err(RuntimeError::InstanceLimit { max: 1, .. })
     ));
+    // What a provider sees before it commits to starting a service later: the cap and the
+    // others of the module in its group, active or staged (THREATS C5).
+    let (max, rivals) = h.manager.instance_rivals(&again).unwrap();
+    assert_eq!((max, rivals), (1, vec![(two.clone(), true)]));
+    let (_, rivals) = h.manager.instance_rivals(&one).unwrap();
+    assert!(rivals.is_empty(), "{rivals:?}");
+    h.manager.stop(&two).unwrap();
+    h.stopped(&two).await;
+    let (_, rivals) = h.manager.instance_rivals(&again).unwrap();
+    assert!(rivals.is_empty(), "a stopped one holds nothing: {rivals:?}");
+    let (_, rivals) = h.manager.instance_rivals(&two).unwrap();
+    assert_eq!(rivals, vec![(again.clone(), false)], "a staged one counts");
 }
 
 #[tokio::test]

@@ -60,6 +60,30 @@ pub fn byzantine_lines(data_dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The lines of `data_dir`'s `node.log` without their terminal colour codes (`ESC [ … m`), so
+/// a tracing field reads `key=value`.
+pub fn log_lines(data_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(data_dir.join("node.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(strip_ansi)
+        .collect()
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut in_code = false;
+    for c in line.chars() {
+        match (in_code, c) {
+            (false, '\u{1b}') => in_code = true,
+            (false, c) => out.push(c),
+            (true, 'm') => in_code = false,
+            (true, _) => {}
+        }
+    }
+    out
+}
+
 /// Starts devnet nodes from the `agora` binary of this test run (not the test executable).
 pub struct TestLauncher(pub PathBuf);
 

@@ -310,16 +310,4 @@ pub fn create_one(net: &TestDevnet, image: &str, name: &str) -> String {
     )
 }
 
-/// `wasm` with a custom section carrying `tag`: another module (its own id, so a node may run
-/// it beside the original: a start-first upgrade, two services of one customer), the same
-/// behaviour.
-pub fn tagged(wasm: &[u8], tag: u8) -> Vec<u8> {
-    let name = b"agora-test-tag";
-    let mut out = wasm.to_vec();
-    out.push(0); // custom section
-    out.push(u8::try_from(1 + name.len() + 1).unwrap()); // its size: name length, name, tag
-    out.push(u8::try_from(name.len()).unwrap());
-    out.extend_from_slice(name);
-    out.push(tag);
-    out
-}
+pub use agora_devnet::files::tagged;

@@ -383,9 +383,27 @@ impl Story {
         duration_ms: u64,
         near: Option<usize>,
     ) -> anyhow::Result<Armed> {
+        self.hosted_until(devices, duration_ms, near, ContractStatus::Active)
+            .await
+    }
+
+    /// [`Story::hosted_near`] that returns once the contract reaches `status` (e.g. one its
+    /// provider calls off: `Cancelled`).
+    pub async fn hosted_until(
+        &self,
+        devices: &[u32],
+        duration_ms: u64,
+        near: Option<usize>,
+        status: ContractStatus,
+    ) -> anyhow::Result<Armed> {
         let an = &self.m.nodes[self.a];
+        // Another module than A's own service's (the same guest with a custom section): a
+        // provider runs one instance of a module for each customer, so the standby for A's
+        // own service and this contract could not both run on one provider (THREATS C5; it
+        // would call this one off before arming it).
         let module = std::fs::read(self.m.dir.join("service").join("lora-gateway.wasm"))
             .context("A's published module")?;
+        let module = crate::files::tagged(&module, 1);
         let (image, needs) = publish(
             &api(an)?,
             &self.m.dir.join("hosted"),
@@ -418,14 +436,16 @@ impl Story {
                     "the hosted contract's activation",
                     60,
                 ),
-                ContractStatus::Active,
+                status,
             )
             .await?;
-        self.clock.line(
-            "  active",
-            rec.activated_at.unwrap_or(0),
-            format!("{} hosts devices {devices:?}", self.m.nodes[b].name),
-        );
+        if let Some(at) = rec.activated_at {
+            self.clock.line(
+                "  active",
+                at,
+                format!("{} hosts devices {devices:?}", self.m.nodes[b].name),
+            );
+        }
         Ok(Armed { id, b, rec })
     }
 

@@ -68,6 +68,13 @@ pub trait ServiceControl: Send + Sync + 'static {
     fn push_reading(&self, id: &str, frame: Vec<u8>) -> Result<(), String>;
     /// Whether service `id` is running.
     async fn running(&self, id: &str) -> bool;
+    /// The cap on the instances of `id`'s module in its group here and the other services
+    /// that count against it (not stopped; [`crate::ServiceHost::instance_rivals`]); by
+    /// default no cap.
+    async fn instance_rivals(&self, id: &str) -> (u32, Vec<String>) {
+        let _ = id;
+        (u32::MAX, Vec::new())
+    }
     /// What this node answers an arbitrator's uptime probe of service `id` with `nonce`
     /// (`agora_wire::probe`): whether its hosting layer runs the instance ([`Self::running`])
     /// and, by default, no guest value.
@@ -221,6 +228,13 @@ impl ServiceControl for crate::ServiceHost {
     async fn running(&self, id: &str) -> bool {
         self.health(id)
             .is_ok_and(|h| h.state == agora_runtime::ServiceState::Active)
+    }
+
+    async fn instance_rivals(&self, id: &str) -> (u32, Vec<String>) {
+        match crate::ServiceHost::instance_rivals(self, id) {
+            Ok((max, rivals)) => (max, rivals.into_iter().map(|(s, _)| s).collect()),
+            Err(_) => (u32::MAX, Vec::new()),
+        }
     }
 
     async fn probe(&self, id: &str, nonce: i64) -> ProbeWitness {

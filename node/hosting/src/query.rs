@@ -72,6 +72,17 @@ impl ServiceHost {
         Ok(self.inner.manager.metering(&id.into())?)
     }
 
+    /// The cap on `id`'s module's instances in its group and the other services that count
+    /// against it, each with whether it is active ([`agora_runtime::ServiceManager::
+    /// instance_rivals`]); none for a container service (no cap).
+    pub fn instance_rivals(&self, id: &str) -> Result<(u32, Vec<(String, bool)>), ServiceError> {
+        if self.is_container(id)? {
+            return Ok((u32::MAX, Vec::new()));
+        }
+        let (max, rivals) = self.inner.manager.instance_rivals(&id.into())?;
+        Ok((max, rivals.into_iter().map(|(s, a)| (s.0, a)).collect()))
+    }
+
     /// Health check of a wasm service.
     pub fn health(&self, id: &str) -> Result<Health, ServiceError> {
         if self.is_container(id)? {

@@ -136,6 +136,52 @@ impl Orchestrator {
         }
     }
 
+    /// Provider, before arming `contract`: whether the same customer's other contracts here of
+    /// the same module already hold every instance its `max_instances` allows (armed, or
+    /// active and not ending, or staged and registered first), so its service could not start
+    /// when its activation comes and the customer could have it slashed for that (THREATS
+    /// C5, the customer's own contracts). If so it calls the contract off, which it still may
+    /// before arming, and says so on the timeline (`arm-refused`).
+    async fn arming_collides(&mut self, contract: ContractId) -> bool {
+        let (max, rivals) = self
+            .services
+            .instance_rivals(&Self::service_id(&contract))
+            .await;
+        let rivals: Vec<ContractId> = rivals.iter().filter_map(|s| s.parse().ok()).collect();
+        if rivals.len() < max as usize {
+            return false;
+        }
+        let Ok(Some(holding)) = self
+            .ledger
+            .query(move |v| {
+                let mine = v.ledger.contract(&contract)?;
+                let others: Vec<&ContractRecord> = rivals
+                    .iter()
+                    .filter_map(|id| v.ledger.contract(id))
+                    .collect();
+                Some(holding_instances(mine, &others))
+            })
+            .await
+        else {
+            return false;
+        };
+        if holding < max as usize {
+            return false;
+        }
+        warn!(contract = %contract.short(), holding, max, "not arming: the customer's other contracts of this module hold its instances here");
+        self.timeline.push(
+            "arm-refused",
+            Some(&contract),
+            format!(
+                "the same customer's {holding} other contract(s) of this module hold the {max} \
+                 instance(s) it may run here: its service could not start, so it is called off \
+                 before it is armed"
+            ),
+        );
+        self.submit(TxKind::Cancel(contract), "cancel").await;
+        true
+    }
+
     /// Provider: the contract's image cannot be staged here (it does not decode, verify or
     /// compile, it asks for more than this host allows, or nobody served it while the
     /// contract left time). The contract is called off while the ledger still lets the
@@ -212,6 +258,9 @@ impl Orchestrator {
                 }
             }
             Duty::Arm { contract } => {
+                if self.hosted.contains_key(&contract) && self.arming_collides(contract).await {
+                    return;
+                }
                 if self.submit(TxKind::MarkArmed(contract), "arm").await
                     && let Some(h) = self.hosted.get(&contract)
                 {
@@ -754,5 +803,67 @@ impl Orchestrator {
                 }
             }
         }
+    }
+}
+
+/// How many of `others` (the same customer's contracts whose services here share `mine`'s
+/// module and instance group) hold or will take an instance before `mine` could: armed ones,
+/// active ones not ending (no settlement pending), and those not armed yet that were
+/// registered first (by time, then id, so of two contracts checked at once exactly one arms).
+/// Ended and ending ones do not count: their instance is stopping (a stop-first variant
+/// change replaces a contract by another of the same module).
+pub(crate) fn holding_instances(mine: &ContractRecord, others: &[&ContractRecord]) -> usize {
+    let my_key = (mine.registered_at, mine.contract.id().ok());
+    others
+        .iter()
+        .filter(|r| match r.status {
+            ContractStatus::Armed => true,
+            ContractStatus::Active => r.closing.is_none(),
+            ContractStatus::Validated | ContractStatus::Migrated => {
+                (r.registered_at, r.contract.id().ok()) < my_key
+            }
+            _ => false,
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::holding_instances;
+    use agora_contracts::test_utils::ContractBuilder;
+    use agora_contracts::{ContractRecord, ContractStatus};
+
+    fn record(nonce: u64, registered_at: u64, status: ContractStatus) -> ContractRecord {
+        let c = ContractBuilder::new(1, 2).nonce(nonce).build();
+        let mut r = ContractRecord::new(c, registered_at).unwrap();
+        r.status = status;
+        r
+    }
+
+    /// THREATS C5, the customer's own contracts: a rival holds an instance when armed, active
+    /// and not ending, or not armed yet but registered first; an ending or ended one does
+    /// not (a stop-first variant change), nor one registered after.
+    #[test]
+    fn the_customers_other_contracts_hold_instances_before_this_one_is_armed() {
+        let mine = record(0, 2_000, ContractStatus::Migrated);
+        let armed = record(1, 3_000, ContractStatus::Armed);
+        let active = record(2, 3_000, ContractStatus::Active);
+        let mut ending = record(3, 1_000, ContractStatus::Active);
+        ending.closing = Some(5_000);
+        let settled = record(4, 1_000, ContractStatus::Settled);
+        let earlier = record(5, 1_000, ContractStatus::Migrated);
+        let later = record(6, 3_000, ContractStatus::Validated);
+        assert_eq!(holding_instances(&mine, &[&armed]), 1);
+        assert_eq!(holding_instances(&mine, &[&active]), 1);
+        assert_eq!(holding_instances(&mine, &[&ending, &settled]), 0);
+        assert_eq!(holding_instances(&mine, &[&earlier]), 1);
+        assert_eq!(holding_instances(&mine, &[&later]), 0);
+        // Of two registered at once, exactly one holds before the other.
+        let twin = record(7, 2_000, ContractStatus::Migrated);
+        assert_eq!(
+            holding_instances(&mine, &[&twin]) + holding_instances(&twin, &[&mine]),
+            1
+        );
     }
 }

@@ -139,6 +139,35 @@ impl ServiceManager {
             .ok_or_else(|| RuntimeError::UnknownService(id.0.clone()))
     }
 
+    /// The services that count with `id` against its module's `max_instances` (same module,
+    /// same [`ServiceSpec::instance_group`](crate::ServiceSpec), not stopped): the active ones
+    /// and the staged ones, which may start first. Returns the cap and those services (not
+    /// `id`) with whether each is active: a caller about to commit to starting `id` later (a
+    /// provider arming a contract) sees whether it could (THREATS C5).
+    pub fn instance_rivals(
+        &self,
+        id: &ServiceId,
+    ) -> Result<(u32, Vec<(ServiceId, bool)>), RuntimeError> {
+        let services = lock(&self.services);
+        let entry = services
+            .get(id)
+            .ok_or_else(|| RuntimeError::UnknownService(id.0.clone()))?;
+        let module = entry.spec.module.id();
+        let group = &entry.spec.instance_group;
+        let rivals = services
+            .iter()
+            .filter(|(other, e)| {
+                *other != id && e.spec.module.id() == module && e.spec.instance_group == *group
+            })
+            .filter_map(|(other, e)| match lock(&e.shared.live).state {
+                ServiceState::Active => Some((other.clone(), true)),
+                ServiceState::Staged => Some((other.clone(), false)),
+                ServiceState::Stopped(_) => None,
+            })
+            .collect();
+        Ok((entry.spec.limits.max_instances, rivals))
+    }
+
     /// Activates a `Staged` or `Stopped` service as a task on the host's guest runtime.
     pub fn start(&self, id: &ServiceId) -> Result<(), RuntimeError> {
         let services = lock(&self.services);

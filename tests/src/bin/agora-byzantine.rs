@@ -37,6 +37,12 @@
 //!   its provider stands by (THREATS C9: the refund would leave the provider unpaid); prints
 //!   `byzantine: cancel submitted`, then `byzantine: cancel applied` or `byzantine: cancel
 //!   refused` once its replica has used up the transaction's nonce;
+//! - `--try-cheats`: as a customer, once each of its hosted contracts is active, it submits
+//!   every transaction that would move the contract's money its way or end it on its own
+//!   word: settle it `NoActivation` or `DurationEnded` before its end, cancel or expire it,
+//!   report its activation, uptime or a probe interval down, collect its uptime payment;
+//!   each prints `byzantine: cheat NAME submitted contract=… nonce=…` (every honest replica
+//!   logs "block refused a transaction" with that nonce);
 //! - `--settle-early`: as a customer, it settles each of its active hosted or standby contracts
 //!   `CustomerBack` as soon as a block confirms one of the contract's probe intervals down (a
 //!   brief outage of its provider), hoping to take the provider's stake (THREATS C12); prints
@@ -136,6 +142,10 @@ struct RunArgs {
     /// As a customer, cancel each of its standby contracts once armed.
     #[arg(long)]
     cancel_armed: bool,
+    /// As a customer, try every money-moving transaction that is not its to send on each of
+    /// its hosted contracts once active.
+    #[arg(long)]
+    try_cheats: bool,
     /// As a customer, settle each active contract `CustomerBack` right after a block confirms
     /// one of its probe intervals down.
     #[arg(long)]
@@ -248,6 +258,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         || args.withhold_votes
         || args.false_probes.is_some()
         || args.cancel_armed
+        || args.try_cheats
         || args.settle_early;
     let ledger = match (&node.ledger, misbehaves) {
         (Some(l), _) => Some(l.clone()),
@@ -308,6 +319,10 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         if args.cancel_armed {
             println!("byzantine: cancel-armed");
             tokio::spawn(cancel_armed(ledger.clone(), node.cancel_token()));
+        }
+        if args.try_cheats {
+            println!("byzantine: try-cheats");
+            tokio::spawn(try_cheats(ledger.clone(), node.cancel_token()));
         }
         if args.settle_early {
             println!("byzantine: settle-early");
@@ -603,6 +618,99 @@ async fn cancel_armed(ledger: LedgerHandle, cancel: CancellationToken) {
                 Err(e) => {
                     println!("byzantine: cancel not admitted contract={id}: {e}");
                     tried.insert(id, None);
+                }
+            }
+        }
+    }
+}
+
+/// The cheats [`try_cheats`] submits for active hosted contract `id` at
+/// `now`: each a transaction only another party may send, or one the contract's state does not
+/// allow. (Attesting the provider unreachable is not among them: every devnet node is an
+/// arbitrator, whose lone attestation is allowed and decides nothing without a quorum.)
+fn cheats(id: ContractId, now: u64) -> Vec<(&'static str, TxKind)> {
+    use agora_contracts::SettleReason;
+    use agora_contracts::ledger::{HeartbeatBatch, UptimeInterval};
+    let settle = |reason| TxKind::Settle {
+        contract: id,
+        reason,
+    };
+    vec![
+        ("settle-no-activation", settle(SettleReason::NoActivation)),
+        ("settle-duration-ended", settle(SettleReason::DurationEnded)),
+        ("cancel", TxKind::Cancel(id)),
+        ("expire", TxKind::Expire(id)),
+        (
+            "report-activation",
+            TxKind::ReportActivation {
+                contract: id,
+                activated_at: now,
+            },
+        ),
+        (
+            "heartbeats",
+            TxKind::Heartbeats {
+                contract: id,
+                batch: HeartbeatBatch {
+                    intervals: vec![UptimeInterval {
+                        from: now.saturating_sub(1_000),
+                        to: now,
+                    }],
+                    readings_processed: 1,
+                    data_proofs: Vec::new(),
+                },
+            },
+        ),
+        (
+            "probe-down",
+            TxKind::ProbeResults(vec![ProbeReport {
+                contract: id,
+                interval: 0,
+                up: false,
+            }]),
+        ),
+        ("settle-uptime", TxKind::SettleUptime(id)),
+    ]
+}
+
+/// Submits [`cheats`] once for each hosted contract this node is the customer of, as soon as
+/// it is active.
+async fn try_cheats(ledger: LedgerHandle, cancel: CancellationToken) {
+    let mut tried: BTreeSet<ContractId> = BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(active) = ledger
+            .query(|v| {
+                v.ledger
+                    .contracts()
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.contract.customer == v.me
+                            && r.contract.kind == ContractKind::Hosted
+                            && r.status == ContractStatus::Active
+                    })
+                    .map(|(id, _)| *id)
+                    .collect::<Vec<_>>()
+            })
+            .await
+        else {
+            return;
+        };
+        for id in active {
+            if !tried.insert(id) {
+                continue;
+            }
+            for (name, kind) in cheats(id, now_ms()) {
+                match ledger.byzantine_submit_unchecked(kind).await {
+                    Ok(tx) => println!(
+                        "byzantine: cheat {name} submitted contract={id} nonce={}",
+                        tx.tx.nonce
+                    ),
+                    Err(e) => println!("byzantine: cheat {name} not admitted contract={id}: {e}"),
                 }
             }
         }

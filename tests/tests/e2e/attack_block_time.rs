@@ -21,7 +21,7 @@ use agora_contracts::ContractStatus;
 use agora_devnet::demo::Story;
 use agora_devnet::demo::story::wait_for;
 use agora_devnet::files::CONTRACT_NODES;
-use agora_tests::adversary::{ByzantineLauncher, TestLauncher, byzantine_lines};
+use agora_tests::adversary::{ByzantineLauncher, TestLauncher, byzantine_lines, log_lines};
 use agora_tests::{agora_bin, alive};
 
 /// The honest provider: the only node that bids.
@@ -32,21 +32,6 @@ const LAGGARD: usize = 1;
 const DEVICE: u32 = agora_devnet::sensor_keys::KEYED_SENSORS[3];
 /// The hosted contract's term: ten heartbeat batches or so.
 const DURATION_MS: u64 = 20_000;
-
-/// `line` without its terminal colour codes (`ESC [ … m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut in_code = false;
-    for c in line.chars() {
-        match (in_code, c) {
-            (false, '\u{1b}') => in_code = true,
-            (false, c) => out.push(c),
-            (true, 'm') => in_code = false,
-            (true, _) => {}
-        }
-    }
-    out
-}
 
 fn launcher() -> ByzantineLauncher {
     let bad = (1..CONTRACT_NODES - 1)
@@ -116,12 +101,10 @@ async fn blocks_stamped_behind_the_clock_cost_an_honest_provider_no_uptime() {
         );
     }
     // The laggard's log: each of its proposals and how far behind its clock it was stamped.
-    let behind: Vec<u64> = std::fs::read_to_string(laggard.join("node.log"))
-        .unwrap_or_default()
-        .lines()
+    let behind: Vec<u64> = log_lines(&laggard)
+        .iter()
         .filter(|l| l.contains("test hook: proposal stamped behind the clock"))
         .filter_map(|l| {
-            let l = strip_ansi(l);
             let v = l.split("behind_ms=").nth(1)?;
             v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
         })

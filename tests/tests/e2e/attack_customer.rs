@@ -1,4 +1,5 @@
-//! A customer that tries to get its honest provider unpaid or slashed (THREATS C9, C12), on a
+//! A customer that tries to get its honest provider unpaid or slashed (THREATS C5, C9, C12,
+//! and every transaction that is not its to send), on a
 //! 7-node devnet of real processes: node 6, the customer A, runs the test crate's
 //! `agora-byzantine --cancel-armed --settle-early` (the real node, which also cancels each of
 //! its standby contracts once armed, and settles each active contract `CustomerBack` as soon as
@@ -20,7 +21,7 @@ use agora_contracts::{ContractRecord, ContractStatus};
 use agora_devnet::demo::Story;
 use agora_devnet::demo::story::wait_for;
 use agora_devnet::files::CONTRACT_NODES;
-use agora_tests::adversary::{ByzantineLauncher, TestLauncher, byzantine_lines};
+use agora_tests::adversary::{ByzantineLauncher, TestLauncher, byzantine_lines, log_lines};
 use agora_tests::{agora_bin, agora_json, alive};
 
 /// The honest provider: the only node that bids.
@@ -29,10 +30,15 @@ const PROVIDER: usize = 0;
 const CUSTOMER: usize = CONTRACT_NODES - 1;
 /// The device the hosted contract's image names (not one of A's own service's).
 const DEVICE: u32 = agora_devnet::sensor_keys::KEYED_SENSORS[3];
+/// The device of A's second hosted contract, of the same module (one no radio sends for: the
+/// contract is called off before it listens).
+const SECOND_DEVICE: u32 = 202;
 /// The hosted contract's term: three minutes, of which the test lets the provider serve a few
 /// seconds, then takes it down for a few more; 10 % of the term (the default
 /// `min_uptime_permille` is 900) is far more than the outage.
 const HOSTED_MS: u64 = 180_000;
+/// How many cheats `agora-byzantine --try-cheats` submits per active hosted contract.
+const CHEATS: usize = 8;
 
 fn launcher() -> ByzantineLauncher {
     let mut bad: Vec<(usize, Vec<String>)> = (1..CUSTOMER)
@@ -40,7 +46,11 @@ fn launcher() -> ByzantineLauncher {
         .collect();
     bad.push((
         CUSTOMER,
-        vec!["--cancel-armed".into(), "--settle-early".into()],
+        vec![
+            "--cancel-armed".into(),
+            "--try-cheats".into(),
+            "--settle-early".into(),
+        ],
     ));
     ByzantineLauncher {
         honest: TestLauncher(agora_bin()),
@@ -77,7 +87,12 @@ fn cli_balance(dir: &Path, who: &str) -> BalanceReply {
 
 /// C9: A cancels its standby contract once armed, when the refund would leave its provider,
 /// standing by, unpaid: every honest replica refuses it (the transaction is in a block, its
-/// nonce used up, the contract still armed). C12: A's hosted contract runs; its provider is
+/// nonce used up, the contract still armed). Then, once its hosted contract is active, A sends
+/// eight transactions only another party may send or the contract's state does not allow
+/// (settle it `NoActivation` or `DurationEnded` early, cancel, expire, report its activation,
+/// uptime or a probe interval down, collect the uptime payment): each is in a block and every honest replica refuses it. C5: a second hosted
+/// contract of the same module, which could not start beside the first on the same provider,
+/// is called off by the provider before it is armed. C12: A's hosted contract runs; its provider is
 /// killed and restarted (a brief outage, a few probe intervals confirmed down); A settles
 /// `CustomerBack` right after the first interval confirmed down, when the service so far looks
 /// mostly down. Judged against the whole term, the provider would still pass: every honest
@@ -103,6 +118,7 @@ async fn a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after
     let a_dir = s.m.nodes[CUSTOMER].data_dir.clone();
     line(&a_dir, "byzantine: cancel-armed", 30).await;
     line(&a_dir, "byzantine: settle-early", 30).await;
+    line(&a_dir, "byzantine: try-cheats", 30).await;
 
     // C9: the armed standby cannot be cancelled.
     let standby = s.standby().await.unwrap();
@@ -132,11 +148,75 @@ async fn a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after
     assert_eq!(hosted.b, PROVIDER, "the only bidder won");
     let obs = 2;
     let provider = s.m.nodes[PROVIDER].node_id.clone();
+    // C5, the customer's own contracts: a second hosted contract of the same module (capped
+    // at one instance) on the same provider could never start beside the first, and A could
+    // have it slashed for that. The provider calls it off before arming it.
+    let before_second = cli_balance(&s.m.nodes[obs].data_dir, &provider);
+    let second = s
+        .hosted_until(&[SECOND_DEVICE], HOSTED_MS, None, ContractStatus::Cancelled)
+        .await
+        .unwrap();
+    assert_eq!(second.b, PROVIDER, "the only bidder won");
+    let refused = agora_json(&[
+        "timeline",
+        "--data-dir",
+        &s.m.nodes[PROVIDER].data_dir.display().to_string(),
+    ]);
+    assert!(
+        refused
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["phase"] == "arm-refused" && e["contract"] == second.id.as_str()),
+        "the provider says why it called the contract off: {refused}"
+    );
+    for i in 1..CUSTOMER {
+        let r = cli_contract(&s.m.nodes[i].data_dir, &second.id);
+        assert_eq!(r.status, ContractStatus::Cancelled, "node{i}: {r:?}");
+    }
+    let after_second = cli_balance(&s.m.nodes[obs].data_dir, &provider);
+    assert!(
+        after_second.balance >= before_second.balance,
+        "{before_second:?} -> {after_second:?}"
+    );
     s.wait_contract(obs, &hosted.id, "an interval confirmed up", 60, |r| {
         r.confirmed_up_ms > 0
     })
     .await
     .unwrap();
+    // Every transaction A may not send about its active contract (eight cheats) is in a block
+    // and refused there by every honest replica; the contract stays active.
+    let cheat = "byzantine: cheat ";
+    let tried: Vec<String> = wait_for("A's eight cheats", 60, async || {
+        let lines: Vec<String> = byzantine_lines(&a_dir)
+            .into_iter()
+            .filter(|l| l.starts_with(cheat) && l.contains(&hosted.id))
+            .collect();
+        (lines.len() >= CHEATS).then_some(lines)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", byzantine_lines(&a_dir)));
+    let a_short: String = s.m.nodes[CUSTOMER].node_id.chars().take(8).collect();
+    for l in &tried {
+        assert!(l.contains(" submitted "), "admitted to A's mempool: {l}");
+        let nonce = l.rsplit("nonce=").next().unwrap();
+        let refused = format!("sender={a_short} nonce={nonce} ");
+        for i in 1..CUSTOMER {
+            let dir = s.m.nodes[i].data_dir.clone();
+            wait_for(&format!("node{i} to refuse `{l}`"), 30, async || {
+                log_lines(&dir)
+                    .iter()
+                    .any(|x| x.contains("block refused a transaction") && x.contains(&refused))
+                    .then_some(())
+            })
+            .await
+            .unwrap();
+        }
+    }
+    for i in 1..CUSTOMER {
+        let r = cli_contract(&s.m.nodes[i].data_dir, &hosted.id);
+        assert_eq!(r.status, ContractStatus::Active, "node{i}: {r:?}");
+    }
     let before = cli_balance(&s.m.nodes[obs].data_dir, &provider);
     s.kill(PROVIDER).unwrap();
     let settled_early = line(
@@ -185,8 +265,10 @@ async fn a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after
         assert!(alive(u64::from(n.pid.unwrap())), "node{i} still runs");
     }
     eprintln!(
-        "C9: {submitted} / {outcome}; C12: {settled_early}; confirmed up {} ms, down {} ms of \
+        "C9: {submitted} / {outcome}; {} cheats refused by {} honest replicas; C12: {settled_early}; confirmed up {} ms, down {} ms of \
          a {HOSTED_MS} ms term; paid {} of {}; provider balance {} -> {}, reputation {} -> {}",
+        tried.len(),
+        CUSTOMER - 1,
         r.confirmed_up_ms,
         r.confirmed_down_ms,
         r.paid_to_provider,

@@ -326,6 +326,7 @@ impl Story {
         };
         let Armed { id, b, rec } = self
             .buy(
+                self.a,
                 &spec,
                 |auction| format!("standby auction {auction}"),
                 ("the contract", "arming", 30),
@@ -396,7 +397,21 @@ impl Story {
         near: Option<usize>,
         status: ContractStatus,
     ) -> anyhow::Result<Armed> {
-        let an = &self.m.nodes[self.a];
+        self.hosted_by(self.a, devices, duration_ms, near, status)
+            .await
+    }
+
+    /// [`Story::hosted_until`] bought by node index `customer` instead of A (the same image:
+    /// the same module, another customer).
+    pub async fn hosted_by(
+        &self,
+        customer: usize,
+        devices: &[u32],
+        duration_ms: u64,
+        near: Option<usize>,
+        status: ContractStatus,
+    ) -> anyhow::Result<Armed> {
+        let an = &self.m.nodes[customer];
         // Another module than A's own service's (the same guest with a custom section): a
         // provider runs one instance of a module for each customer, so the standby for A's
         // own service and this contract could not both run on one provider (THREATS C5; it
@@ -406,7 +421,11 @@ impl Story {
         let module = crate::files::tagged(&module, 1);
         let (image, needs) = publish(
             &api(an)?,
-            &self.m.dir.join("hosted"),
+            &self.m.dir.join(if customer == self.a {
+                "hosted".to_string()
+            } else {
+                format!("hosted-{}", an.name)
+            }),
             &module,
             devices,
             "immediate",
@@ -429,6 +448,7 @@ impl Story {
         };
         let Armed { id, b, rec } = self
             .buy(
+                customer,
                 &spec,
                 |auction| format!("hosted auction {auction} for devices {devices:?}"),
                 (
@@ -449,17 +469,18 @@ impl Story {
         Ok(Armed { id, b, rec })
     }
 
-    /// A buys with `spec` (its auction logged as `what(short id)`): waits up to 30 s for the
-    /// new contract (`waits.0` names it) and up to `waits.2` s for it to reach `status`
-    /// (`waits.1`); returns it with its provider's index.
+    /// Node `customer` (A, usually) buys with `spec` (its auction logged as `what(short
+    /// id)`): waits up to 30 s for the new contract (`waits.0` names it) and up to `waits.2` s
+    /// for it to reach `status` (`waits.1`); returns it with its provider's index.
     async fn buy(
         &self,
+        customer: usize,
         spec: &agora_market::AuctionSpec,
         what: impl Fn(&str) -> String,
         waits: (&str, &str, u64),
         status: ContractStatus,
     ) -> anyhow::Result<Armed> {
-        let an = &self.m.nodes[self.a];
+        let an = &self.m.nodes[customer];
         let known: Vec<String> = list_contracts(an).await.into_iter().map(|c| c.id).collect();
         let created: CreatedReply = api(an)?.post("/v1/market/auctions", spec).await?;
         self.clock

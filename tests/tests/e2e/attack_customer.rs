@@ -37,6 +37,10 @@ const SECOND_DEVICE: u32 = 202;
 /// seconds, then takes it down for a few more; 10 % of the term (the default
 /// `min_uptime_permille` is 900) is far more than the outage.
 const HOSTED_MS: u64 = 180_000;
+/// Another customer (an honest node) buying the same image from the same provider (C5).
+const OTHER: usize = 3;
+/// The device of its contract's image.
+const OTHER_DEVICE: u32 = 203;
 /// How many cheats `agora-byzantine --try-cheats` submits per active hosted contract.
 const CHEATS: usize = 8;
 
@@ -92,7 +96,8 @@ fn cli_balance(dir: &Path, who: &str) -> BalanceReply {
 /// (settle it `NoActivation` or `DurationEnded` early, cancel, expire, report its activation,
 /// uptime or a probe interval down, collect the uptime payment): each is in a block and every honest replica refuses it. C5: a second hosted
 /// contract of the same module, which could not start beside the first on the same provider,
-/// is called off by the provider before it is armed. C12: A's hosted contract runs; its provider is
+/// is called off by the provider before it is armed, while another customer's contract of
+/// the same module starts beside A's. C12: A's hosted contract runs; its provider is
 /// killed and restarted (a brief outage, a few probe intervals confirmed down); A settles
 /// `CustomerBack` right after the first interval confirmed down, when the service so far looks
 /// mostly down. Judged against the whole term, the provider would still pass: every honest
@@ -179,6 +184,28 @@ async fn a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after
         after_second.balance >= before_second.balance,
         "{before_second:?} -> {after_second:?}"
     );
+    // C5, another customer's contract: node OTHER buys the same image (the same module, capped
+    // at one instance) from the same provider while A's contract of it is active there: each
+    // customer's services are their own instance group, so it starts beside A's.
+    let other = s
+        .hosted_by(
+            OTHER,
+            &[OTHER_DEVICE],
+            HOSTED_MS,
+            Some(PROVIDER),
+            ContractStatus::Active,
+        )
+        .await
+        .unwrap();
+    assert_eq!(other.b, PROVIDER, "the only bidder near the provider won");
+    for i in 1..CUSTOMER {
+        let r = cli_contract(&s.m.nodes[i].data_dir, &hosted.id);
+        assert_eq!(
+            r.status,
+            ContractStatus::Active,
+            "node{i}: A's still runs: {r:?}"
+        );
+    }
     s.wait_contract(obs, &hosted.id, "an interval confirmed up", 60, |r| {
         r.confirmed_up_ms > 0
     })

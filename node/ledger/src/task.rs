@@ -131,6 +131,9 @@ enum Command {
     /// Test hook: send none of our own votes (or again, with `false`).
     #[cfg(feature = "test-utils")]
     WithholdVotes(bool),
+    /// Test hook: hand this node's own contract registrations to the sender instead.
+    #[cfg(feature = "test-utils")]
+    DivertRegistrations(mpsc::Sender<TxKind>),
     /// Test hook: submit without this node's own courtesy check of the content.
     #[cfg(feature = "test-utils")]
     SubmitUnchecked(
@@ -238,6 +241,24 @@ impl LedgerHandle {
         rx.await.map_err(|_| LedgerTaskError::Stopped)?
     }
 
+    /// Test hook (feature `test-utils`, never in the shipped binary): from now on, this node's
+    /// own `RegisterContract` submissions (a customer registering a countersigned contract)
+    /// are not submitted but handed to the returned receiver (at most 64 waiting; more are
+    /// dropped), as a hostile customer holding a signed contract back would; the caller
+    /// submits them when it likes ([`Self::byzantine_submit_unchecked`]). The deal flow is
+    /// told "diverted by a test hook".
+    #[cfg(feature = "test-utils")]
+    pub async fn byzantine_divert_registrations(
+        &self,
+    ) -> Result<mpsc::Receiver<TxKind>, LedgerTaskError> {
+        let (tx, rx) = mpsc::channel(64);
+        self.tx
+            .send(Command::DivertRegistrations(tx))
+            .await
+            .map_err(|_| LedgerTaskError::Stopped)?;
+        Ok(rx)
+    }
+
     /// Outcomes of applied blocks, as they happen.
     pub fn outcomes(&self) -> broadcast::Receiver<Arc<AppliedBlock>> {
         self.outcomes.subscribe()
@@ -278,6 +299,9 @@ pub(super) struct LedgerTask {
     pub(super) paced_at: u64,
     /// The funded accounts the network was last told to vouch for (THREATS N7).
     pub(super) vouched: Option<std::collections::BTreeSet<NodeId>>,
+    /// Test hook: where this node's own contract registrations go instead of the mempool.
+    #[cfg(feature = "test-utils")]
+    pub(super) diverted: Option<mpsc::Sender<TxKind>>,
 }
 
 /// Locally submitted transactions waiting to be gossiped together: one signed envelope (and
@@ -433,6 +457,8 @@ pub async fn spawn(
         sync_limiter: Default::default(),
         paced_at: 0,
         vouched: None,
+        #[cfg(feature = "test-utils")]
+        diverted: None,
     };
     let join = tokio::spawn(task.run(rx, sync_rx, events, cancel).in_current_span());
     Ok((LedgerHandle { tx, outcomes }, join))
@@ -523,8 +549,21 @@ impl LedgerTask {
         match cmd {
             Command::Query(job) => job(&self.view),
             Command::Submit(kind, reply) => {
+                #[cfg(feature = "test-utils")]
+                if let (TxKind::RegisterContract(_), Some(divert)) = (&kind, &self.diverted) {
+                    let _ = divert.try_send(kind);
+                    let _ = reply.send(Err(LedgerTaskError::Ledger(
+                        "diverted by a test hook".into(),
+                    )));
+                    return;
+                }
                 let res = self.submit(kind).await;
                 let _ = reply.send(res);
+            }
+            #[cfg(feature = "test-utils")]
+            Command::DivertRegistrations(to) => {
+                warn!("test hook: this node's contract registrations are diverted");
+                self.diverted = Some(to);
             }
             #[cfg(feature = "test-utils")]
             Command::SubmitUnchecked(kind, reply) => {

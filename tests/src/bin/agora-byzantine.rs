@@ -46,7 +46,14 @@
 //! - `--settle-early`: as a customer, it settles each of its active hosted or standby contracts
 //!   `CustomerBack` as soon as a block confirms one of the contract's probe intervals down (a
 //!   brief outage of its provider), hoping to take the provider's stake (THREATS C12); prints
-//!   `byzantine: settle-early submitted`.
+//!   `byzantine: settle-early submitted`;
+//! - `--hold-slots`: as a customer, it holds each countersigned contract for a pre-contracted
+//!   slot back (its registration diverted by the ledger hook `byzantine_divert_registrations`)
+//!   until a second past the slot's activation deadline, then registers it and at once
+//!   settles it `NoActivation` (consecutive nonces, so both may land in one block before the
+//!   provider could act: THREATS C8); prints `byzantine: hold-slot registered contract=…
+//!   nonce=…` and `byzantine: hold-slot settle contract=… nonce=…`. Its other contracts are
+//!   registered at once, unchecked.
 //!
 //! This binary lives in the test crate, which is the only crate that turns on the `test-utils`
 //! features of `agora-ledger` and `agora-daemon` outside dev-dependencies: the shipped `agora` binary has no flag,
@@ -150,6 +157,10 @@ struct RunArgs {
     /// one of its probe intervals down.
     #[arg(long)]
     settle_early: bool,
+    /// As a customer, hold each countersigned slot contract back until its activation
+    /// deadline has passed, then register it and settle it `NoActivation`.
+    #[arg(long)]
+    hold_slots: bool,
 }
 
 /// `down` → `false`, `up` → `true`: the outcome every false probe report states.
@@ -259,7 +270,8 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         || args.false_probes.is_some()
         || args.cancel_armed
         || args.try_cheats
-        || args.settle_early;
+        || args.settle_early
+        || args.hold_slots;
     let ledger = match (&node.ledger, misbehaves) {
         (Some(l), _) => Some(l.clone()),
         (None, false) => None,
@@ -327,6 +339,14 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         if args.settle_early {
             println!("byzantine: settle-early");
             tokio::spawn(settle_early(ledger.clone(), node.cancel_token()));
+        }
+        if args.hold_slots {
+            let held = ledger
+                .byzantine_divert_registrations()
+                .await
+                .context("diverting contract registrations")?;
+            println!("byzantine: hold-slots");
+            tokio::spawn(hold_slots(ledger.clone(), held, node.cancel_token()));
         }
     }
     let cancel = node.cancel_token();
@@ -714,6 +734,63 @@ async fn try_cheats(ledger: LedgerHandle, cancel: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+/// Registers the contracts whose registration the ledger hook diverted: a pre-contracted
+/// slot's a second past its activation deadline, followed at once by its settlement
+/// `NoActivation`; any other at once (`--hold-slots`).
+async fn hold_slots(
+    ledger: LedgerHandle,
+    mut held: tokio::sync::mpsc::Receiver<TxKind>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let kind = tokio::select! {
+            _ = cancel.cancelled() => return,
+            k = held.recv() => match k {
+                Some(k) => k,
+                None => return,
+            },
+        };
+        let TxKind::RegisterContract(signed) = &kind else {
+            continue;
+        };
+        let Ok(id) = signed.contract.id() else {
+            continue;
+        };
+        let ActivationClause::At(start_at) = signed.contract.activation else {
+            if let Err(e) = ledger.byzantine_submit_unchecked(kind).await {
+                println!("byzantine: hold-slot passing contract={id} not admitted: {e}");
+            }
+            continue;
+        };
+        let deadline = start_at.saturating_add(signed.contract.qos.max_activation_delay_ms);
+        println!("byzantine: hold-slot holding contract={id} deadline={deadline}");
+        let ledger = ledger.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let wait = deadline.saturating_sub(now_ms()).saturating_add(1_000);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            }
+            let settle = TxKind::Settle {
+                contract: id,
+                reason: agora_contracts::SettleReason::NoActivation,
+            };
+            for (what, kind) in [("registered", kind), ("settle", settle)] {
+                match ledger.byzantine_submit_unchecked(kind).await {
+                    Ok(tx) => println!(
+                        "byzantine: hold-slot {what} contract={id} nonce={}",
+                        tx.tx.nonce
+                    ),
+                    Err(e) => {
+                        println!("byzantine: hold-slot {what} not admitted contract={id}: {e}")
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -1,11 +1,12 @@
-//! A customer that tries to get its honest provider unpaid or slashed (THREATS C5, C9, C12,
-//! and every transaction that is not its to send), on a
-//! 7-node devnet of real processes: node 6, the customer A, runs the test crate's
-//! `agora-byzantine --cancel-armed --settle-early` (the real node, which also cancels each of
-//! its standby contracts once armed, and settles each active contract `CustomerBack` as soon as
-//! a block confirms one of its probe intervals down); nodes 1–5 run `agora-byzantine --no-bid`
-//! (honest arbitrators that do not bid), so node 0, a plain `agora` process, is the provider of
-//! both of A's contracts.
+//! A customer that tries to get its honest provider unpaid or slashed (THREATS C5, C8, C9,
+//! C12, and every transaction that is not its to send), on a 7-node devnet of real
+//! processes: node 6, the customer A, runs the test crate's `agora-byzantine --cancel-armed
+//! --try-cheats --settle-early --hold-slots` (the real node, which also cancels each of its
+//! standby contracts once armed, sends what is not its to send about its active hosted
+//! contracts, settles each active contract `CustomerBack` as soon as a block confirms one of
+//! its probe intervals down, and holds countersigned slot contracts back past their
+//! deadline); nodes 1–5 run `agora-byzantine --no-bid` (honest arbitrators that do not bid),
+//! so node 0, a plain `agora` process, is the provider of A's contracts.
 //!
 //! Build the node first: `nice cargo build -p agora-node --bin agora` (cargo builds
 //! `agora-byzantine` itself for this test), then
@@ -22,7 +23,7 @@ use agora_devnet::demo::Story;
 use agora_devnet::demo::story::wait_for;
 use agora_devnet::files::CONTRACT_NODES;
 use agora_tests::adversary::{ByzantineLauncher, TestLauncher, byzantine_lines, log_lines};
-use agora_tests::{agora_bin, agora_json, alive};
+use agora_tests::{agora, agora_bin, agora_json, alive};
 
 /// The honest provider: the only node that bids.
 const PROVIDER: usize = 0;
@@ -54,6 +55,7 @@ fn launcher() -> ByzantineLauncher {
             "--cancel-armed".into(),
             "--try-cheats".into(),
             "--settle-early".into(),
+            "--hold-slots".into(),
         ],
     ));
     ByzantineLauncher {
@@ -75,6 +77,23 @@ async fn line(dir: &Path, prefix: &str, secs: u64) -> String {
     .unwrap_or_else(|e| panic!("{e}: {:?}", byzantine_lines(dir)))
 }
 
+/// Waits until every honest replica (nodes 1 to 5) logs that a block refused A's transaction
+/// with `nonce` (`a_short`: A's id as the log abbreviates it); `what` names it.
+async fn refused_everywhere(s: &Story, a_short: &str, nonce: &str, what: &str) {
+    let refused = format!("sender={a_short} nonce={nonce} ");
+    for i in 1..CUSTOMER {
+        let dir = s.m.nodes[i].data_dir.clone();
+        wait_for(&format!("node{i} to refuse `{what}`"), 30, async || {
+            log_lines(&dir)
+                .iter()
+                .any(|x| x.contains("block refused a transaction") && x.contains(&refused))
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    }
+}
+
 /// `agora contract show ID --json` on `dir`, as an operator reads it.
 fn cli_contract(dir: &Path, id: &str) -> ContractRecord {
     let dir = dir.display().to_string();
@@ -91,13 +110,16 @@ fn cli_balance(dir: &Path, who: &str) -> BalanceReply {
 
 /// C9: A cancels its standby contract once armed, when the refund would leave its provider,
 /// standing by, unpaid: every honest replica refuses it (the transaction is in a block, its
-/// nonce used up, the contract still armed). Then, once its hosted contract is active, A sends
-/// eight transactions only another party may send or the contract's state does not allow
-/// (settle it `NoActivation` or `DurationEnded` early, cancel, expire, report its activation,
-/// uptime or a probe interval down, collect the uptime payment): each is in a block and every honest replica refuses it. C5: a second hosted
-/// contract of the same module, which could not start beside the first on the same provider,
-/// is called off by the provider before it is armed, while another customer's contract of
-/// the same module starts beside A's. C12: A's hosted contract runs; its provider is
+/// nonce used up, the contract still armed). C5: once A's hosted contract is active, a second
+/// hosted contract of the same module, which could not start beside the first on the same
+/// provider, is called off by the provider before it is armed, while another customer's
+/// contract of the same module starts beside A's. C8: A holds a countersigned pre-contracted
+/// slot contract back until its activation deadline has passed, then registers it and settles
+/// it `NoActivation` at once: every honest replica refuses both, and none knows the contract.
+/// A also sends eight transactions only another party may send or the contract's state does
+/// not allow (settle it `NoActivation` or `DurationEnded` early, cancel, expire, report its
+/// activation, uptime or a probe interval down, collect the uptime payment): each is in a
+/// block and every honest replica refuses it. C12: A's hosted contract runs; its provider is
 /// killed and restarted (a brief outage, a few probe intervals confirmed down); A settles
 /// `CustomerBack` right after the first interval confirmed down, when the service so far looks
 /// mostly down. Judged against the whole term, the provider would still pass: every honest
@@ -206,6 +228,32 @@ async fn a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after
             "node{i}: A's still runs: {r:?}"
         );
     }
+    // C8: A asks for a pre-contracted slot of the same image starting 5 s after bidding; its
+    // node holds the countersigned contract back until past the slot's activation deadline,
+    // then registers it and settles it `NoActivation` at once (checked at the end).
+    let image = hosted.rec.contract.service_image.to_string();
+    let a_arg = a_dir.display().to_string();
+    agora_json(&[
+        "auction",
+        "create",
+        "--data-dir",
+        &a_arg,
+        "--cpu",
+        "250m",
+        "--memory",
+        "64MiB",
+        "--duration",
+        "2m",
+        "--max-price",
+        "100",
+        "--window",
+        "1s",
+        "--service",
+        &image,
+        "--start-in",
+        "5s",
+    ]);
+    let holding = line(&a_dir, "byzantine: hold-slot holding contract=", 30).await;
     s.wait_contract(obs, &hosted.id, "an interval confirmed up", 60, |r| {
         r.confirmed_up_ms > 0
     })
@@ -227,18 +275,7 @@ async fn a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after
     for l in &tried {
         assert!(l.contains(" submitted "), "admitted to A's mempool: {l}");
         let nonce = l.rsplit("nonce=").next().unwrap();
-        let refused = format!("sender={a_short} nonce={nonce} ");
-        for i in 1..CUSTOMER {
-            let dir = s.m.nodes[i].data_dir.clone();
-            wait_for(&format!("node{i} to refuse `{l}`"), 30, async || {
-                log_lines(&dir)
-                    .iter()
-                    .any(|x| x.contains("block refused a transaction") && x.contains(&refused))
-                    .then_some(())
-            })
-            .await
-            .unwrap();
-        }
+        refused_everywhere(&s, &a_short, nonce, l).await;
     }
     for i in 1..CUSTOMER {
         let r = cli_contract(&s.m.nodes[i].data_dir, &hosted.id);
@@ -288,11 +325,34 @@ async fn a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after
         after.reputation > before.reputation,
         "{before:?} -> {after:?}"
     );
+    // C8: the slot contract registered past its activation deadline is refused by every
+    // honest replica, and so is its settlement; no replica knows the contract.
+    let registered = line(&a_dir, "byzantine: hold-slot registered contract=", 120).await;
+    let settle = line(&a_dir, "byzantine: hold-slot settle contract=", 30).await;
+    let slot = registered
+        .split("contract=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .to_string();
+    assert!(holding.contains(&slot), "{holding} / {registered}");
+    for l in [&registered, &settle] {
+        let nonce = l.rsplit("nonce=").next().unwrap();
+        refused_everywhere(&s, &a_short, nonce, l).await;
+    }
+    for i in 1..CUSTOMER {
+        let dir = s.m.nodes[i].data_dir.display().to_string();
+        let out = agora(&["contract", "show", &slot, "--data-dir", &dir]);
+        assert!(
+            !out.status.success(),
+            "node{i} knows the held-back contract: {out:?}"
+        );
+    }
     for (i, n) in s.m.nodes.iter().enumerate() {
         assert!(alive(u64::from(n.pid.unwrap())), "node{i} still runs");
     }
     eprintln!(
-        "C9: {submitted} / {outcome}; {} cheats refused by {} honest replicas; C12: {settled_early}; confirmed up {} ms, down {} ms of \
+        "C8: {holding} / {registered} / {settle}; C9: {submitted} / {outcome}; {} cheats refused by {} honest replicas; C12: {settled_early}; confirmed up {} ms, down {} ms of \
          a {HOSTED_MS} ms term; paid {} of {}; provider balance {} -> {}, reputation {} -> {}",
         tried.len(),
         CUSTOMER - 1,

@@ -82,13 +82,15 @@ pub(super) fn breach_of(rec: &ContractRecord, end: Timestamp) -> Option<BreachRe
         .window_end()
         .map_or(0, |e| e.saturating_sub(end.max(activated)));
     if c.kind == ContractKind::Storage {
-        // No challenges issued means no evidence against the provider; nor do the rounds of
-        // the rest of the term.
-        let rounds_left = rest / rec.evidence_period_ms();
-        let total = rec
-            .storage_passed
-            .saturating_add(rec.storage_failed)
-            .saturating_add(rounds_left);
+        // Judged against every audit round of the term: only rounds a quorum of the committee
+        // confirmed failed count against the provider. A round no quorum decided — the one
+        // under way at `end`, the rest of the term after it, one the committee could not
+        // judge, or one a member withheld its report from — counts as not failed, as time no
+        // quorum confirmed down does for hosted contracts (THREATS C12, A7: counting only
+        // decided rounds let a customer settle one moment into a round, and one withholding
+        // member drop passed rounds from the count, and slash a provider that passes the term).
+        let term_rounds = c.duration_ms.div_ceil(rec.evidence_period_ms());
+        let total = term_rounds.max(rec.storage_passed.saturating_add(rec.storage_failed));
         let permille = total
             .saturating_sub(rec.storage_failed)
             .saturating_mul(1000)

@@ -337,15 +337,81 @@ fn storage_contract_judged_by_quorum_challenge_rounds() {
     }));
     let rec = h.ledger.contract(&id).unwrap();
     assert_eq!((rec.storage_passed, rec.storage_failed), (1, 1));
+    // Rounds 2 to 4 fail too: four of the term's 30 rounds, more than its 10 % allowance.
+    for round in 2..=4 {
+        h.now = 3_000 + round * 2_000;
+        for a in 0..3 {
+            let arb = h.committee[a].clone();
+            h.ok(&arb, report(round, false));
+        }
+    }
     h.now = 61_000;
     let ev = h.ok(&c, settle(id, SettleReason::DurationEnded));
     assert!(ev.iter().any(|e| matches!(
         e,
         LedgerEvent::Slashed {
-            reason: BreachReason::FailedStorageProofs { permille: 500 },
+            reason: BreachReason::FailedStorageProofs { permille: 866 },
             ..
         }
     )));
+}
+
+/// THREATS C12 and A7: a storage contract is judged against every round of its term, and a
+/// round no quorum decided counts as not failed. Three failed rounds (the term's whole 10 %
+/// allowance of 30): the customer settling one moment into the next round, or one member
+/// withholding every "passed" while another misses some rounds, does not get the provider
+/// slashed; a fourth confirmed failure does.
+#[test]
+fn storage_rounds_no_quorum_decided_count_as_not_failed() {
+    // (failed rounds, settle at, reason, slashed)
+    let cases = [
+        (3u64, 7_001, SettleReason::CustomerBack, false),
+        (3, 61_000, SettleReason::DurationEnded, false),
+        (4, 61_000, SettleReason::DurationEnded, true),
+    ];
+    for (failing, at, reason, slashed) in cases {
+        let mut h = Harness::new();
+        let id = h.armed(ContractBuilder::new(1, 2).storage().signed());
+        let (c, p) = (h.customer(), h.provider());
+        h.ok(
+            &p,
+            TxKind::ReportActivation {
+                contract: id,
+                activated_at: 1_000,
+            },
+        );
+        let rounds = if at > 60_000 { 30 } else { failing };
+        for round in 0..rounds {
+            h.now = 3_000 + round * 2_000;
+            let failed = round < failing;
+            // Member 3 withholds every "passed" (and a failed round is decided without it);
+            // member 2 misses every third round, which no quorum then decides.
+            for a in 0..3 {
+                if a == 2 && round % 3 == 0 && !failed {
+                    continue;
+                }
+                let arb = h.committee[a].clone();
+                h.ok(
+                    &arb,
+                    TxKind::StorageProofResult {
+                        contract: id,
+                        round,
+                        challenge: test_cid(b"block"),
+                        passed: !failed,
+                    },
+                );
+            }
+        }
+        h.now = at;
+        let ev = h.ok(&c, settle(id, reason));
+        let was_slashed = ev.iter().any(|e| matches!(e, LedgerEvent::Slashed { .. }));
+        assert_eq!(
+            was_slashed, slashed,
+            "{failing} failed, settled at {at}: {ev:?}"
+        );
+        let rec = h.ledger.contract(&id).unwrap();
+        assert_eq!(rec.storage_failed, failing);
+    }
 }
 
 /// THREATS C12: a storage contract the customer ends early is judged against its whole term

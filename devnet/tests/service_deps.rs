@@ -218,3 +218,82 @@ async fn missing_cyclic_ambiguous_and_sick_dependencies_are_refused_naming_them(
     assert_eq!(row(host, "needy1").state, ServiceState::Staged);
     net.shutdown().await;
 }
+
+/// Stages a guest named `name` (bytes varied by `variant`) as `id` for a contract of
+/// `customer` (a byte of its id).
+async fn stage_for(
+    host: &ServiceHost,
+    id: &str,
+    name: &str,
+    variant: &str,
+    depends_on: &[&str],
+    customer: u8,
+) -> Result<(), ServiceError> {
+    let info = host
+        .publish(
+            guest(&format!("{name}{variant}"), 0),
+            manifest(name, depends_on),
+        )
+        .await?;
+    let ceiling = agora_hosting::ceiling::ContractCeiling {
+        contract: agora_contracts::ContractId([customer; 32]),
+        customer: agora_market::NodeId([customer; 32]),
+        memory_bytes: 1 << 20,
+        cpu_millis: 1_000,
+        end: agora_hosting::ceiling::ServiceEnd::At(agora_wire::now_ms() + 60_000),
+    };
+    host.stage_for_contract(id, info.image.parse().unwrap(), &ceiling)
+        .await
+        .map(|_| ())
+}
+
+/// THREATS C14: names resolve among one party's services only (a contract's customer's, or the
+/// operator's own). Another customer's service of the same name that depends on a name nobody
+/// has does not make an honest customer's service unstartable, one that depends on the honest
+/// customer's service's name does not start it, and a cycle across customers is no cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_resolve_among_one_customers_services_only() {
+    let net = Devnet::builder().nodes(1).spawn().await.unwrap();
+    let host = &net.node(0).unwrap().services;
+    // Customer 1 (honest): a gateway. Customer 2 (hostile): the same name depending on a name
+    // nobody has, and another service depending on "gw".
+    stage_for(host, "honest", "gw", "", &[], 1).await.unwrap();
+    stage_for(host, "shadow", "gw", "x", &["nope"], 2)
+        .await
+        .unwrap();
+    stage_for(host, "leech", "leech", "", &["gw"], 2)
+        .await
+        .unwrap();
+    // What a provider asks before arming a contract (the hostile ones are called off).
+    assert_eq!(host.unresolved_dependency("honest").unwrap(), None);
+    for hostile in ["shadow", "leech"] {
+        let why = host.unresolved_dependency(hostile).unwrap();
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("nope")),
+            "{hostile}: {why:?}"
+        );
+    }
+    assert_eq!(host.start_in_order("honest").await.unwrap(), ["honest"]);
+    assert_eq!(row(host, "honest").state, ServiceState::Active);
+    // The hostile customer's own services see only its own names.
+    assert!(matches!(
+        host.start_in_order("shadow").await,
+        Err(ServiceError::Order(OrderError::Missing { .. }))
+    ));
+    assert_eq!(row(host, "shadow").state, ServiceState::Staged);
+    host.stop("honest").await.unwrap();
+    // "leech" depends on "gw": its own customer's is "shadow", which cannot start; the honest
+    // customer's stopped "gw" is neither started nor used.
+    assert!(host.start_in_order("leech").await.is_err());
+    assert_eq!(
+        row(host, "honest").state,
+        ServiceState::Stopped(StopReason::Requested)
+    );
+    // Two customers' services depending on each other's names close no cycle.
+    stage_for(host, "a", "ping", "", &["pong"], 3)
+        .await
+        .unwrap();
+    stage_for(host, "b", "pong", "", &["ping"], 4)
+        .await
+        .unwrap();
+}

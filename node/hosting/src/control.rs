@@ -75,6 +75,12 @@ pub trait ServiceControl: Send + Sync + 'static {
         let _ = id;
         (u32::MAX, Vec::new())
     }
+    /// Why service `id` could not start for want of a dependency its party has not staged
+    /// here ([`crate::ServiceHost::unresolved_dependency`]); by default none.
+    async fn unresolved_dependency(&self, id: &str) -> Option<String> {
+        let _ = id;
+        None
+    }
     /// What this node answers an arbitrator's uptime probe of service `id` with `nonce`
     /// (`agora_wire::probe`): whether its hosting layer runs the instance ([`Self::running`])
     /// and, by default, no guest value.
@@ -235,6 +241,12 @@ impl ServiceControl for crate::ServiceHost {
             Ok((max, rivals)) => (max, rivals.into_iter().map(|(s, _)| s).collect()),
             Err(_) => (u32::MAX, Vec::new()),
         }
+    }
+
+    async fn unresolved_dependency(&self, id: &str) -> Option<String> {
+        crate::ServiceHost::unresolved_dependency(self, id)
+            .ok()
+            .flatten()
     }
 
     async fn probe(&self, id: &str, nonce: i64) -> ProbeWitness {

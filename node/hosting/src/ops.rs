@@ -206,7 +206,8 @@ impl ServiceHost {
             .blocking(move |s| Ok(read_image(s, &image)))
             .await??;
         // Refuse a cycle with what is staged before compiling anything.
-        self.check_acyclic_with(&lock(&self.inner.staged), &manifest)?;
+        let party = ceiling.map(|c| c.customer);
+        self.check_acyclic_with(&lock(&self.inner.staged), &manifest, party)?;
         let limits = self.limits_for(id, &manifest, ceiling, now_ms())?;
         let max = self.inner.config.max_memory_bytes;
         if limits.memory_bytes > max {
@@ -248,7 +249,7 @@ impl ServiceHost {
             // Lost a race with another stage of the same id.
             Some(ServiceError::AlreadyStaged(id.to_string()))
         } else {
-            self.check_acyclic_with(&staged, &manifest).err()
+            self.check_acyclic_with(&staged, &manifest, party).err()
         };
         if let Some(e) = refused {
             // Undo ours.

@@ -2,6 +2,13 @@
 //! depends on first, each ready before the next; `stop` stops what depends on a service first.
 //! The order itself is the pure [`agora_image::deps`]; this file resolves names to service ids
 //! and performs the starts, waits and stops.
+//!
+//! Names resolve only among one party's services: a contract's customer's, or the operator's
+//! own (no contract). Another customer's manifest naming the same service, or depending on
+//! a name nobody has, never changes what a customer's service depends on, and a start never
+//! starts another party's service (THREATS C14: a hostile customer's staged image made an
+//! honest customer's service unstartable, or started its standby early, and got that
+//! customer's honest provider slashed `NoActivation`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -32,12 +39,22 @@ pub(crate) fn graph_of<'a>(
     graph
 }
 
+/// Whose services a staged service's dependencies resolve among: its contract's customer, or
+/// the operator's own (`None`).
+pub(crate) type Party = Option<agora_market::NodeId>;
+
+fn party(s: &Staged) -> Party {
+    s.ceiling.as_ref().map(|c| c.customer)
+}
+
 impl ServiceHost {
-    /// Refuses `manifest` if it closes a dependency cycle with the services in `staged`.
+    /// Refuses `manifest` (staged for `party`) if it closes a dependency cycle with that
+    /// party's services in `staged`.
     pub(crate) fn check_acyclic_with(
         &self,
         staged: &BTreeMap<String, Staged>,
         manifest: &ServiceManifest,
+        of: Party,
     ) -> Result<(), ServiceError> {
         if manifest.depends_on.is_empty() {
             // A service that depends on nothing closes no cycle.
@@ -46,11 +63,50 @@ impl ServiceHost {
         let graph = graph_of(
             staged
                 .values()
+                .filter(|s| party(s) == of)
                 .map(|s| &s.manifest)
                 .chain([manifest])
                 .map(|m| (m.name.as_str(), m.depends_on.as_slice())),
         );
         Ok(check_acyclic(&graph)?)
+    }
+
+    /// The staged services of `id`'s party (see the module doc), `id` among them.
+    fn list_party_of(&self, id: &str) -> Result<Vec<ServiceInfo>, ServiceError> {
+        let parties: BTreeMap<String, Party> = super::lock(&self.inner.staged)
+            .iter()
+            .map(|(id, s)| (id.clone(), party(s)))
+            .collect();
+        let of = *parties
+            .get(id)
+            .ok_or_else(|| ServiceError::Unknown(id.to_string()))?;
+        Ok(self
+            .list()
+            .into_iter()
+            .filter(|s| parties.get(&s.id) == Some(&of))
+            .collect())
+    }
+
+    /// Why staged service `id` could not start now for want of a dependency (a name its
+    /// party's staged services do not have, or a cycle), without starting anything; `None`
+    /// when every name resolves. A provider asks before it commits to starting a contract's
+    /// service later (THREATS C14).
+    pub fn unresolved_dependency(&self, id: &str) -> Result<Option<String>, ServiceError> {
+        let services = self.list_party_of(id)?;
+        let Some(me) = services.iter().find(|s| s.id == id) else {
+            return Err(ServiceError::Unknown(id.to_string()));
+        };
+        if me.depends_on.is_empty() {
+            return Ok(None);
+        }
+        let graph = graph_of(
+            services
+                .iter()
+                .map(|s| (s.name.as_str(), s.depends_on.as_slice())),
+        );
+        Ok(start_order(&graph, &[me.name.as_str()])
+            .err()
+            .map(|e| e.to_string()))
     }
 
     /// The state of staged service `id` (wasm or container).
@@ -83,7 +139,7 @@ impl ServiceHost {
         id: &str,
         wait: Duration,
     ) -> Result<Vec<String>, ServiceError> {
-        let services = self.list();
+        let services = self.list_party_of(id)?;
         let me = services
             .iter()
             .find(|s| s.id == id)
@@ -168,7 +224,7 @@ impl ServiceHost {
     /// When another running service has `id`'s name (an upgrade's second instance), the
     /// dependents keep it and only `id` stops. Returns each stopped id and why, `id` last.
     pub async fn stop_in_order(&self, id: &str) -> Result<Vec<(String, StopReason)>, ServiceError> {
-        let services = self.list();
+        let services = self.list_party_of(id)?;
         let me = services
             .iter()
             .find(|s| s.id == id)

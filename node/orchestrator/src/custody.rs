@@ -17,8 +17,18 @@ fn custody_holder(contract: &ContractId) -> String {
 
 impl Orchestrator {
     /// Provider: fetches, pins and checks the file and its commitment in the background; a
-    /// file larger than the storage the contract buys is refused.
-    pub(super) fn take_custody(&mut self, contract: ContractId, c: &Contract) {
+    /// file larger than the storage the contract buys is refused. With `give_up_at` (Unix ms:
+    /// a slot's, half the report grace past its activation deadline), custody still not taken
+    /// then is given up (what it holds let go of) and refused, so the contract is called off
+    /// while the provider still may: a customer serving its file slowly, never idle long
+    /// enough for the fetch to fail, no longer gets the provider slashed `NoActivation`
+    /// (THREATS C15).
+    pub(super) fn take_custody(
+        &mut self,
+        contract: ContractId,
+        c: &Contract,
+        give_up_at: Option<u64>,
+    ) {
         if !self.taking_custody.insert(contract) {
             return;
         }
@@ -27,11 +37,26 @@ impl Orchestrator {
         let done = self.done_tx.clone();
         tokio::spawn(
             async move {
-                let result = storage
-                    .take_custody(file, commitment, max, &custody_holder(&contract))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
+                let holder = custody_holder(&contract);
+                let taking = storage.take_custody(file, commitment, max, &holder);
+                let taken = match give_up_at {
+                    None => Some(taking.await),
+                    Some(t) => {
+                        let left = std::time::Duration::from_millis(t.saturating_sub(now_ms()));
+                        tokio::time::timeout(left, taking).await.ok()
+                    }
+                };
+                let result = match taken {
+                    Some(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+                    None => {
+                        storage.release_custody(file, commitment, &holder).await;
+                        Err(format!(
+                            "file {file} not fetched by {}, half the report grace past the \
+                             slot's activation deadline: given up",
+                            give_up_at.unwrap_or_default()
+                        ))
+                    }
+                };
                 let _ = done
                     .send(Done::Custody {
                         contract,

@@ -17,6 +17,13 @@ use agora_wire::now_ms;
 
 /// Block time may trail the local clock a little; uptime claims stay this far behind it.
 const CLOCK_MARGIN_MS: u64 = 50;
+/// How often a contract whose arming waits for an ending contract of the same module is
+/// checked again.
+const ARM_RECHECK_MS: u64 = 500;
+/// How long an immediate contract's arming waits for the same customer's ending contracts of
+/// its module to be final before it is called off (a settlement waits for at most one
+/// evidence round and its report grace; a slot waits until its start).
+const MAX_ARM_WAIT_MS: u64 = 10 * 60 * 1_000;
 /// Data-proof CIDs per heartbeat transaction.
 const PROOFS_PER_HEARTBEAT: usize = 16;
 
@@ -141,7 +148,11 @@ impl Orchestrator {
     /// active and not ending, or staged and registered first), so its service could not start
     /// when its activation comes and the customer could have it slashed for that (THREATS
     /// C5, the customer's own contracts). If so it calls the contract off, which it still may
-    /// before arming, and says so on the timeline (`arm-refused`).
+    /// before arming, and says so on the timeline (`arm-refused`): `true`. When the instance
+    /// is only held by contracts that are ending (a settlement pending: their service runs
+    /// until it is final), arming waits until they are final ([`Self::recheck_arming`]; a
+    /// stop-first variant change, or a customer ending one contract to start another of the
+    /// same module at once) and this returns `true` too.
     async fn arming_collides(&mut self, contract: ContractId) -> bool {
         let (max, rivals) = self
             .services
@@ -149,9 +160,11 @@ impl Orchestrator {
             .await;
         let rivals: Vec<ContractId> = rivals.iter().filter_map(|s| s.parse().ok()).collect();
         if rivals.len() < max as usize {
+            self.arm_waiting.remove(&contract);
+            self.arm_give_up.remove(&contract);
             return false;
         }
-        let Ok(Some(holding)) = self
+        let Ok(Some((holding, slot))) = self
             .ledger
             .query(move |v| {
                 let mine = v.ledger.contract(&contract)?;
@@ -159,27 +172,112 @@ impl Orchestrator {
                     .iter()
                     .filter_map(|id| v.ledger.contract(id))
                     .collect();
-                Some(holding_instances(mine, &others))
+                let slot = match mine.contract.activation {
+                    agora_contracts::ActivationClause::At(at) => Some(at),
+                    _ => None,
+                };
+                Some((holding_instances(mine, &others), slot))
             })
+            .await
+        else {
+            self.arm_waiting.remove(&contract);
+            self.arm_give_up.remove(&contract);
+            return false;
+        };
+        let max = max as usize;
+        let reason = if holding.held >= max {
+            format!(
+                "the same customer's {} other contract(s) of this module hold the {max} \
+                 instance(s) it may run here: its service could not start, so it is called off \
+                 before it is armed",
+                holding.held
+            )
+        } else if holding.held + holding.ending < max {
+            self.arm_waiting.remove(&contract);
+            self.arm_give_up.remove(&contract);
+            return false;
+        } else {
+            let now = now_ms();
+            // A slot must be armed by its start; an immediate contract has no deadline before
+            // it is armed (its customer may let it expire), so it waits at most MAX_ARM_WAIT_MS.
+            let give_up = *self
+                .arm_give_up
+                .entry(contract)
+                .or_insert(slot.unwrap_or(now.saturating_add(MAX_ARM_WAIT_MS)));
+            let waiting = self.arm_waiting.contains_key(&contract);
+            if now < give_up {
+                self.arm_waiting
+                    .insert(contract, now.saturating_add(ARM_RECHECK_MS));
+                if !waiting {
+                    self.timeline.push(
+                        "arm-waiting",
+                        Some(&contract),
+                        format!(
+                            "{} of the same customer's contracts of this module are ending and \
+                             their service still runs here: arming waits until they are final",
+                            holding.ending
+                        ),
+                    );
+                }
+                return true;
+            }
+            "the same customer's ending contract(s) of this module still held its instance \
+             here when the contract had to be armed: called off before it is armed"
+                .to_string()
+        };
+        self.arm_waiting.remove(&contract);
+        self.arm_give_up.remove(&contract);
+        warn!(contract = %contract.short(), held = holding.held, ending = holding.ending, max, "not arming: the customer's other contracts of this module hold its instances here");
+        self.timeline.push("arm-refused", Some(&contract), reason);
+        self.submit(TxKind::Cancel(contract), "cancel").await;
+        true
+    }
+
+    /// Provider, before arming `contract`: whether its service depends on a name its
+    /// customer has not staged here (or on a cycle), so it could not start when its
+    /// activation comes and the customer could have this provider slashed for that (THREATS
+    /// C14). If so it calls the contract off, which it still may before arming
+    /// (`arm-refused`), and returns `true`.
+    async fn depends_on_nothing_here(&mut self, contract: ContractId) -> bool {
+        let Some(why) = self
+            .services
+            .unresolved_dependency(&Self::service_id(&contract))
             .await
         else {
             return false;
         };
-        if holding < max as usize {
-            return false;
-        }
-        warn!(contract = %contract.short(), holding, max, "not arming: the customer's other contracts of this module hold its instances here");
+        warn!(contract = %contract.short(), %why, "not arming: its service could not start here");
         self.timeline.push(
             "arm-refused",
             Some(&contract),
             format!(
-                "the same customer's {holding} other contract(s) of this module hold the {max} \
-                 instance(s) it may run here: its service could not start, so it is called off \
-                 before it is armed"
+                "{why}: its service could not start here, so it is called off before it is armed"
             ),
         );
         self.submit(TxKind::Cancel(contract), "cancel").await;
         true
+    }
+
+    /// Provider: arms again the contracts whose arming waits for the same customer's ending
+    /// contracts of the module (each at most every [`ARM_RECHECK_MS`]), while the ledger
+    /// still shows them `Migrated`.
+    pub(super) async fn recheck_arming(&mut self, now: u64) {
+        for contract in super::take_due(&mut self.arm_waiting, now) {
+            let migrated = self
+                .record(contract)
+                .await
+                .is_some_and(|r| r.status == ContractStatus::Migrated);
+            if migrated {
+                // Back in `arm_waiting` if it still has to wait.
+                self.arm_waiting.insert(contract, now);
+                self.on_duty(Duty::Arm { contract }).await;
+                if self.arm_waiting.get(&contract) == Some(&now) {
+                    self.arm_waiting.remove(&contract);
+                }
+            } else {
+                self.arm_give_up.remove(&contract);
+            }
+        }
     }
 
     /// Provider: the contract's image cannot be staged here (it does not decode, verify or
@@ -220,6 +318,19 @@ impl Orchestrator {
     /// The service runs under the manifest's limits clamped to the contract's (#13.6).
     fn prepare(&mut self, id: ContractId, rec: &ContractRecord, start: bool) {
         let c = &rec.contract;
+        // Half the report grace past the activation deadline: a cancel submitted then lands
+        // before the customer may settle the contract as not activated. Only while this
+        // provider may still call the contract off: once armed or active (a restart), staging
+        // and custody are retried without a deadline.
+        let give_up_at = rec
+            .activation_deadline()
+            .filter(|_| {
+                matches!(
+                    rec.status,
+                    ContractStatus::Validated | ContractStatus::Migrated
+                )
+            })
+            .map(|d| d.saturating_add(agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS / 2));
         if c.kind == ContractKind::Storage {
             // Only this contract's committee may challenge the file (#13.7); open the gate
             // before custody is checked so a restarted provider answers its audits at once.
@@ -229,15 +340,10 @@ impl Orchestrator {
                 c.committee.clone(),
                 rec.evidence_period_ms(),
             );
-            self.take_custody(id, c);
+            self.take_custody(id, c, give_up_at);
         } else {
             let hb = c.qos.heartbeat_interval_ms;
             let ceiling = agora_hosting::ceiling::ContractCeiling::for_record(id, rec);
-            // Half the report grace past the activation deadline: a cancel submitted then
-            // lands before the customer may settle the contract as not activated.
-            let give_up_at = rec
-                .activation_deadline()
-                .map(|d| d.saturating_add(agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS / 2));
             self.stage(
                 id,
                 c.customer,
@@ -258,7 +364,10 @@ impl Orchestrator {
                 }
             }
             Duty::Arm { contract } => {
-                if self.hosted.contains_key(&contract) && self.arming_collides(contract).await {
+                if self.hosted.contains_key(&contract)
+                    && (self.depends_on_nothing_here(contract).await
+                        || self.arming_collides(contract).await)
+                {
                     return;
                 }
                 if self.submit(TxKind::MarkArmed(contract), "arm").await
@@ -570,7 +679,7 @@ impl Orchestrator {
         }
     }
 
-    async fn stop_hosted(&mut self, contract: ContractId) {
+    pub(super) async fn stop_hosted(&mut self, contract: ContractId) {
         if self.end_custody(contract).await {
             return;
         }
@@ -620,6 +729,7 @@ impl Orchestrator {
         self.drive(Input::Tick).await;
         self.flush_probe_results(now_ms()).await;
         self.retire_due(now_ms()).await;
+        self.recheck_arming(now_ms()).await;
         let now = now_ms();
         let synced = self.roles.synced();
         let due = if synced {
@@ -806,31 +916,45 @@ impl Orchestrator {
     }
 }
 
-/// How many of `others` (the same customer's contracts whose services here share `mine`'s
-/// module and instance group) hold or will take an instance before `mine` could: armed ones,
-/// active ones not ending (no settlement pending), and those not armed yet that were
-/// registered first (by time, then id, so of two contracts checked at once exactly one arms).
-/// Ended and ending ones do not count: their instance is stopping (a stop-first variant
-/// change replaces a contract by another of the same module).
-pub(crate) fn holding_instances(mine: &ContractRecord, others: &[&ContractRecord]) -> usize {
+/// What the same customer's contracts whose services here share `mine`'s module and instance
+/// group ([`holding_instances`]) hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Holding {
+    /// Instances held, or taken before `mine` could: armed contracts, active ones not ending,
+    /// and those not armed yet that were registered first (by time, then id, so of two
+    /// contracts checked at once exactly one arms).
+    pub held: usize,
+    /// Active contracts whose settlement is pending (`closing`): their service runs until the
+    /// settlement is final, then stops (a stop-first variant change replaces a contract by
+    /// another of the same module). Ended ones hold nothing.
+    pub ending: usize,
+}
+
+/// What `others` (the same customer's contracts whose services here share `mine`'s module and
+/// instance group) hold of the module's instances before `mine` could take one.
+pub(crate) fn holding_instances(mine: &ContractRecord, others: &[&ContractRecord]) -> Holding {
     let my_key = (mine.registered_at, mine.contract.id().ok());
-    others
-        .iter()
-        .filter(|r| match r.status {
-            ContractStatus::Armed => true,
-            ContractStatus::Active => r.closing.is_none(),
-            ContractStatus::Validated | ContractStatus::Migrated => {
-                (r.registered_at, r.contract.id().ok()) < my_key
+    let mut h = Holding::default();
+    for r in others {
+        match r.status {
+            ContractStatus::Armed => h.held += 1,
+            ContractStatus::Active if r.closing.is_none() => h.held += 1,
+            ContractStatus::Active => h.ending += 1,
+            ContractStatus::Validated | ContractStatus::Migrated
+                if (r.registered_at, r.contract.id().ok()) < my_key =>
+            {
+                h.held += 1
             }
-            _ => false,
-        })
-        .count()
+            _ => {}
+        }
+    }
+    h
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::holding_instances;
+    use super::{Holding, holding_instances};
     use agora_contracts::test_utils::ContractBuilder;
     use agora_contracts::{ContractRecord, ContractStatus};
 
@@ -841,9 +965,14 @@ mod tests {
         r
     }
 
+    fn held(mine: &ContractRecord, others: &[&ContractRecord]) -> usize {
+        holding_instances(mine, others).held
+    }
+
     /// THREATS C5, the customer's own contracts: a rival holds an instance when armed, active
-    /// and not ending, or not armed yet but registered first; an ending or ended one does
-    /// not (a stop-first variant change), nor one registered after.
+    /// and not ending, or not armed yet but registered first; an ending one (settlement
+    /// pending) is counted apart, its instance still running; an ended one holds nothing, nor
+    /// does one registered after.
     #[test]
     fn the_customers_other_contracts_hold_instances_before_this_one_is_armed() {
         let mine = record(0, 2_000, ContractStatus::Migrated);
@@ -854,16 +983,16 @@ mod tests {
         let settled = record(4, 1_000, ContractStatus::Settled);
         let earlier = record(5, 1_000, ContractStatus::Migrated);
         let later = record(6, 3_000, ContractStatus::Validated);
-        assert_eq!(holding_instances(&mine, &[&armed]), 1);
-        assert_eq!(holding_instances(&mine, &[&active]), 1);
-        assert_eq!(holding_instances(&mine, &[&ending, &settled]), 0);
-        assert_eq!(holding_instances(&mine, &[&earlier]), 1);
-        assert_eq!(holding_instances(&mine, &[&later]), 0);
+        assert_eq!(held(&mine, &[&armed]), 1);
+        assert_eq!(held(&mine, &[&active]), 1);
+        assert_eq!(
+            holding_instances(&mine, &[&ending, &settled]),
+            Holding { held: 0, ending: 1 }
+        );
+        assert_eq!(held(&mine, &[&earlier]), 1);
+        assert_eq!(held(&mine, &[&later]), 0);
         // Of two registered at once, exactly one holds before the other.
         let twin = record(7, 2_000, ContractStatus::Migrated);
-        assert_eq!(
-            holding_instances(&mine, &[&twin]) + holding_instances(&twin, &[&mine]),
-            1
-        );
+        assert_eq!(held(&mine, &[&twin]) + held(&twin, &[&mine]), 1);
     }
 }

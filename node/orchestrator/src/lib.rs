@@ -281,6 +281,11 @@ pub struct Orchestrator {
     scheduled: BTreeMap<ContractId, Timestamp>,
     /// Provider: services of ended contracts and when they are removed (`retire`).
     retiring: BTreeMap<ContractId, Timestamp>,
+    /// Provider: contracts whose arming waits for the same customer's ending contracts of the
+    /// module, and when each is checked again (`handover::recheck_arming`).
+    arm_waiting: BTreeMap<ContractId, Timestamp>,
+    /// Provider: when each of those stops waiting and is called off.
+    arm_give_up: BTreeMap<ContractId, Timestamp>,
     /// When hosted contracts were last checked for an end they never ran to (`retire`).
     last_retire_sweep: Timestamp,
     own: own::Own,
@@ -384,6 +389,8 @@ pub fn spawn(
         staging: BTreeSet::new(),
         scheduled: BTreeMap::new(),
         retiring: BTreeMap::new(),
+        arm_waiting: BTreeMap::new(),
+        arm_give_up: BTreeMap::new(),
         last_retire_sweep: 0,
         own: own::Own::load(data_dir),
         keys_named: BTreeSet::new(),

@@ -11,7 +11,7 @@
 
 use agora_contracts::ContractId;
 use agora_market::Timestamp;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::Orchestrator;
 
@@ -57,15 +57,16 @@ impl Orchestrator {
 
     /// Contracts the ledger shows ended (or no longer has) that never reached their stop here:
     /// hosted ones that never ran (their service and its image hold go, and the radio stops
-    /// buffering their devices for a takeover unless another contract here still names them)
-    /// and storage contracts whose custody was taken but that never ran to a stop (the file
-    /// and its commitment are let go of).
+    /// buffering their devices for a takeover unless another contract here still names them),
+    /// hosted ones started here that ended without ever being active on the ledger (a
+    /// customer's cancel that landed before the activation report: the service stops instead
+    /// of running unpaid for the whole term, THREATS C13) and storage contracts whose custody
+    /// was taken but that never ran to a stop (the file and its commitment are let go of).
     async fn sweep_ended(&mut self, now: Timestamp) {
         let waiting: Vec<ContractId> = self
             .hosted
-            .iter()
-            .filter(|(_, h)| h.active_since.is_none())
-            .map(|(c, _)| *c)
+            .keys()
+            .copied()
             .chain(self.stored.keys().copied())
             .collect();
         if waiting.is_empty() {
@@ -89,6 +90,15 @@ impl Orchestrator {
             return;
         };
         for contract in ended {
+            if self
+                .hosted
+                .get(&contract)
+                .is_some_and(|h| h.active_since.is_some())
+            {
+                warn!(contract = %contract.short(), "contract ended before it was active on the ledger; stopping the service started for it");
+                self.stop_hosted(contract).await;
+                continue;
+            }
             self.end_custody(contract).await;
             let Some(h) = self.hosted.remove(&contract) else {
                 continue;

@@ -411,6 +411,21 @@ impl Story {
         near: Option<usize>,
         status: ContractStatus,
     ) -> anyhow::Result<Armed> {
+        self.hosted_tagged(customer, 1, devices, duration_ms, near, status)
+            .await
+    }
+
+    /// [`Story::hosted_by`] for the module tagged `tag` ([`crate::files::tagged`]; the hosted
+    /// contracts of [`Story::hosted`] use tag 1): another module, the same guest.
+    pub async fn hosted_tagged(
+        &self,
+        customer: usize,
+        tag: u8,
+        devices: &[u32],
+        duration_ms: u64,
+        near: Option<usize>,
+        status: ContractStatus,
+    ) -> anyhow::Result<Armed> {
         let an = &self.m.nodes[customer];
         // Another module than A's own service's (the same guest with a custom section): a
         // provider runs one instance of a module for each customer, so the standby for A's
@@ -418,13 +433,13 @@ impl Story {
         // would call this one off before arming it).
         let module = std::fs::read(self.m.dir.join("service").join("lora-gateway.wasm"))
             .context("A's published module")?;
-        let module = crate::files::tagged(&module, 1);
+        let module = crate::files::tagged(&module, tag);
         let (image, needs) = publish(
             &api(an)?,
-            &self.m.dir.join(if customer == self.a {
+            &self.m.dir.join(if customer == self.a && tag == 1 {
                 "hosted".to_string()
             } else {
-                format!("hosted-{}", an.name)
+                format!("hosted-{}-{tag}", an.name)
             }),
             &module,
             devices,

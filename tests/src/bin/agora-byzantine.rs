@@ -53,7 +53,12 @@
 //!   settles it `NoActivation` (consecutive nonces, so both may land in one block before the
 //!   provider could act: THREATS C8); prints `byzantine: hold-slot registered contract=…
 //!   nonce=…` and `byzantine: hold-slot settle contract=… nonce=…`. Its other contracts are
-//!   registered at once, unchecked.
+//!   registered at once, unchecked;
+//! - `--cancel-hosted-lasting 170s`: as a customer, it cancels each of its hosted contracts of
+//!   that duration the moment a block it applies arms it (racing its provider's activation
+//!   report, which follows the provider's start of the service: THREATS C13); prints
+//!   `byzantine: cancel-hosted submitted contract=… nonce=…`, then `byzantine: cancel-hosted
+//!   applied contract=…` or `… refused contract=…` once its replica has used up the nonce.
 //!
 //! This binary lives in the test crate, which is the only crate that turns on the `test-utils`
 //! features of `agora-ledger` and `agora-daemon` outside dev-dependencies: the shipped `agora` binary has no flag,
@@ -161,6 +166,10 @@ struct RunArgs {
     /// deadline has passed, then register it and settle it `NoActivation`.
     #[arg(long)]
     hold_slots: bool,
+    /// As a customer, cancel each of its hosted contracts lasting this long as soon as a
+    /// block arms it.
+    #[arg(long, value_parser = parse_duration_ms)]
+    cancel_hosted_lasting: Option<u64>,
 }
 
 /// `down` → `false`, `up` → `true`: the outcome every false probe report states.
@@ -271,7 +280,8 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         || args.cancel_armed
         || args.try_cheats
         || args.settle_early
-        || args.hold_slots;
+        || args.hold_slots
+        || args.cancel_hosted_lasting.is_some();
     let ledger = match (&node.ledger, misbehaves) {
         (Some(l), _) => Some(l.clone()),
         (None, false) => None,
@@ -339,6 +349,10 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         if args.settle_early {
             println!("byzantine: settle-early");
             tokio::spawn(settle_early(ledger.clone(), node.cancel_token()));
+        }
+        if let Some(ms) = args.cancel_hosted_lasting {
+            println!("byzantine: cancel-hosted {ms} ms");
+            tokio::spawn(cancel_hosted(ledger.clone(), ms, node.cancel_token()));
         }
         if args.hold_slots {
             let held = ledger
@@ -734,6 +748,92 @@ async fn try_cheats(ledger: LedgerHandle, cancel: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+/// Cancels each hosted contract this node is the customer of that lasts `duration_ms`, as soon
+/// as an applied block arms it, and reports whether the cancel applied (`--cancel-hosted-lasting`).
+async fn cancel_hosted(ledger: LedgerHandle, duration_ms: u64, cancel: CancellationToken) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ContractId>(64);
+    tokio::spawn(each_applied_event(
+        ledger.clone(),
+        cancel.clone(),
+        move |_, e| {
+            if let LedgerEvent::StatusChanged {
+                contract,
+                to: ContractStatus::Armed,
+                ..
+            } = e
+            {
+                let _ = tx.try_send(*contract);
+            }
+        },
+    ));
+    let mut tried: BTreeSet<ContractId> = BTreeSet::new();
+    loop {
+        let id = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        let Ok(mine) = ledger
+            .query(move |v| {
+                v.ledger.contract(&id).is_some_and(|r| {
+                    r.contract.customer == v.me
+                        && r.contract.kind == ContractKind::Hosted
+                        && r.contract.duration_ms == duration_ms
+                })
+            })
+            .await
+        else {
+            return;
+        };
+        if !mine || !tried.insert(id) {
+            continue;
+        }
+        let nonce = match ledger.byzantine_submit_unchecked(TxKind::Cancel(id)).await {
+            Ok(tx) => {
+                println!(
+                    "byzantine: cancel-hosted submitted contract={id} nonce={}",
+                    tx.tx.nonce
+                );
+                tx.tx.nonce
+            }
+            Err(e) => {
+                println!("byzantine: cancel-hosted not admitted contract={id}: {e}");
+                continue;
+            }
+        };
+        // Whether it applied, once this replica has used up the nonce.
+        let ledger = ledger.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                let Ok((used, status)) = ledger
+                    .query(move |v| {
+                        (
+                            v.ledger.next_nonce(&v.me) > nonce,
+                            v.ledger.contract(&id).map(|r| r.status),
+                        )
+                    })
+                    .await
+                else {
+                    return;
+                };
+                if used {
+                    let word = if status == Some(ContractStatus::Cancelled) {
+                        "applied"
+                    } else {
+                        "refused"
+                    };
+                    println!("byzantine: cancel-hosted {word} contract={id} status={status:?}");
+                    return;
+                }
+            }
+        });
     }
 }
 

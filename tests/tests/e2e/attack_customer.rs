@@ -1,11 +1,12 @@
 //! A customer that tries to get its honest provider unpaid or slashed (THREATS C5, C8, C9,
-//! C12, and every transaction that is not its to send), on a 7-node devnet of real
+//! C12, C13, and every transaction that is not its to send), on a 7-node devnet of real
 //! processes: node 6, the customer A, runs the test crate's `agora-byzantine --cancel-armed
-//! --try-cheats --settle-early --hold-slots` (the real node, which also cancels each of its
-//! standby contracts once armed, sends what is not its to send about its active hosted
-//! contracts, settles each active contract `CustomerBack` as soon as a block confirms one of
-//! its probe intervals down, and holds countersigned slot contracts back past their
-//! deadline); nodes 1–5 run `agora-byzantine --no-bid` (honest arbitrators that do not bid),
+//! --try-cheats --settle-early --hold-slots --cancel-hosted-lasting 170000ms` (the real node,
+//! which also cancels each of its standby contracts once armed, sends what is not its to send
+//! about its active hosted contracts, settles each active contract `CustomerBack` as soon as a
+//! block confirms one of its probe intervals down, holds countersigned slot contracts back
+//! past their deadline, and cancels its hosted contracts of that term the moment they are
+//! armed); nodes 1–5 run `agora-byzantine --no-bid` (honest arbitrators that do not bid),
 //! so node 0, a plain `agora` process, is the provider of A's contracts.
 //!
 //! Build the node first: `nice cargo build -p agora-node --bin agora` (cargo builds
@@ -42,6 +43,10 @@ const HOSTED_MS: u64 = 180_000;
 const OTHER: usize = 3;
 /// The device of its contract's image.
 const OTHER_DEVICE: u32 = 203;
+/// The term of the hosted contract A cancels the moment it is armed (C13).
+const RACED_MS: u64 = 170_000;
+/// Its image's device.
+const RACED_DEVICE: u32 = 204;
 /// How many cheats `agora-byzantine --try-cheats` submits per active hosted contract.
 const CHEATS: usize = 8;
 
@@ -56,6 +61,8 @@ fn launcher() -> ByzantineLauncher {
             "--try-cheats".into(),
             "--settle-early".into(),
             "--hold-slots".into(),
+            "--cancel-hosted-lasting".into(),
+            format!("{RACED_MS}ms"),
         ],
     ));
     ByzantineLauncher {
@@ -119,7 +126,9 @@ fn cli_balance(dir: &Path, who: &str) -> BalanceReply {
 /// A also sends eight transactions only another party may send or the contract's state does
 /// not allow (settle it `NoActivation` or `DurationEnded` early, cancel, expire, report its
 /// activation, uptime or a probe interval down, collect the uptime payment): each is in a
-/// block and every honest replica refuses it. C12: A's hosted contract runs; its provider is
+/// block and every honest replica refuses it. C13: A cancels a hosted contract the moment a
+/// block arms it, racing its provider's start; once the cancel applies, no service runs for it
+/// on the provider. C12: A's hosted contract runs; its provider is
 /// killed and restarted (a brief outage, a few probe intervals confirmed down); A settles
 /// `CustomerBack` right after the first interval confirmed down, when the service so far looks
 /// mostly down. Judged against the whole term, the provider would still pass: every honest
@@ -281,6 +290,40 @@ async fn a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after
         let r = cli_contract(&s.m.nodes[i].data_dir, &hosted.id);
         assert_eq!(r.status, ContractStatus::Active, "node{i}: {r:?}");
     }
+    // C13: a hosted contract of another module, which A cancels the moment a block arms it,
+    // racing the activation report its provider sends once it has started the service. When
+    // the cancel applies, no service runs for the contract on the provider a few seconds
+    // later (its sweep stops one it started: "stopped"; or it never started: "ended-unused").
+    let p_dir = s.m.nodes[PROVIDER].data_dir.display().to_string();
+    let raced = s
+        .hosted_tagged(
+            CUSTOMER,
+            2,
+            &[RACED_DEVICE],
+            RACED_MS,
+            None,
+            ContractStatus::Cancelled,
+        )
+        .await;
+    let raced_line = line(&a_dir, "byzantine: cancel-hosted applied contract=", 30).await;
+    let raced = raced.unwrap();
+    assert!(raced_line.contains(&raced.id), "{raced_line}");
+    let ended_how = wait_for("the raced contract's service to be gone", 30, async || {
+        let services = agora_tests::try_agora_json(&["service", "list", "--data-dir", &p_dir])?;
+        let running = services
+            .as_array()?
+            .iter()
+            .any(|x| x["id"] == raced.id.as_str() && x["state"] == "Active");
+        let timeline = agora_tests::try_agora_json(&["timeline", "--data-dir", &p_dir])?;
+        let how = timeline.as_array()?.iter().find_map(|e| {
+            (e["contract"] == raced.id.as_str()
+                && (e["phase"] == "stopped" || e["phase"] == "ended-unused"))
+                .then(|| e["phase"].as_str().unwrap_or_default().to_string())
+        })?;
+        (!running).then_some(how)
+    })
+    .await
+    .unwrap();
     let before = cli_balance(&s.m.nodes[obs].data_dir, &provider);
     s.kill(PROVIDER).unwrap();
     let settled_early = line(
@@ -352,7 +395,7 @@ async fn a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after
         assert!(alive(u64::from(n.pid.unwrap())), "node{i} still runs");
     }
     eprintln!(
-        "C8: {holding} / {registered} / {settle}; C9: {submitted} / {outcome}; {} cheats refused by {} honest replicas; C12: {settled_early}; confirmed up {} ms, down {} ms of \
+        "C8: {holding} / {registered} / {settle}; C13: {raced_line}, on the provider: {ended_how}; C9: {submitted} / {outcome}; {} cheats refused by {} honest replicas; C12: {settled_early}; confirmed up {} ms, down {} ms of \
          a {HOSTED_MS} ms term; paid {} of {}; provider balance {} -> {}, reputation {} -> {}",
         tried.len(),
         CUSTOMER - 1,

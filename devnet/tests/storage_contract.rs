@@ -147,12 +147,29 @@ async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slash
     })
     .await;
     assert_eq!(honest.storage_failed, 0, "an honest provider fails nothing");
+    // Each arbitrator had the provider show the commitment once and kept it (THREATS P4).
+    let pstore = &net.node(provider).unwrap().storage;
+    let shown = pstore.challenge_gate().stats().commitments_shown;
+    let members = rec.contract.committee.len() as u64;
+    assert!(
+        (1..=members).contains(&shown),
+        "{shown} commitments shown to a committee of {members}"
+    );
+    // It shows the commitment only for the contract's file, and no other block as one.
+    let commitment = rec.contract.config;
+    let root = file.parse().unwrap();
+    assert!(pstore.show_commitment(root, commitment).await.is_ok());
+    assert!(
+        pstore
+            .show_commitment(commitment, commitment)
+            .await
+            .is_err()
+    );
+    assert!(pstore.show_commitment(root, root).await.is_err());
 
     // The provider drops the data; its answers now fail.
-    let pstore = &net.node(provider).unwrap().storage;
     // Its custody holds the file (the operator's unpin is refused while it does): a provider
     // that drops it lets go of every hold.
-    let root = file.parse().unwrap();
     let err = pstore.unpin(root).await.unwrap_err().to_string();
     assert!(err.contains("is held by custody:"), "{err}");
     let holders = pstore.ls().await.unwrap().held[&file].clone();

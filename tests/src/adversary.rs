@@ -352,9 +352,22 @@ impl HostileDevnet {
         to: usize,
         amount: u64,
     ) -> anyhow::Result<()> {
-        let mut before = Vec::with_capacity(self.len());
-        for i in 0..self.len() {
-            before.push(self.balance(i, to).await?);
+        let all: Vec<usize> = (0..self.len()).collect();
+        self.transfer_finalises_on(from, to, amount, &all).await
+    }
+
+    /// [`Self::transfer_finalises`], checked on the replicas of `nodes` only (the others
+    /// may be dead).
+    pub async fn transfer_finalises_on(
+        &self,
+        from: usize,
+        to: usize,
+        amount: u64,
+        nodes: &[usize],
+    ) -> anyhow::Result<()> {
+        let mut before = Vec::with_capacity(nodes.len());
+        for &i in nodes {
+            before.push((i, self.balance(i, to).await?));
         }
         let req = TransferRequest {
             to: self.node_id(to).to_string(),
@@ -366,7 +379,7 @@ impl HostileDevnet {
             .await
             .context("submitting the honest transfer")?;
         let deadline = Instant::now() + WAIT;
-        for (i, was) in before.into_iter().enumerate() {
+        for (i, was) in before {
             loop {
                 let now = self.balance(i, to).await.unwrap_or(was);
                 if now >= was + amount {

@@ -58,8 +58,9 @@ pub enum AuditVerdict {
     Passed,
     /// The provider answered wrongly, refused, or did not answer in time.
     Failed(String),
-    /// This node could not judge (its own fault, e.g. the commitment block was unreachable):
-    /// nothing is reported.
+    /// This node could not judge, by its own fault: nothing is reported. (The node's driver no
+    /// longer says this of a commitment block it cannot get: the provider must show it, so
+    /// that is `Failed`, THREATS P4.)
     Unjudged(String),
 }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agora_market::{KeySigner, NodeId};
+use agora_storage::Cid;
 use agora_storage::challenge::{Challenge, StorageCommitment, verify_response};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -25,7 +26,7 @@ use agora_network::{Interest, NetworkEvent, NetworkHandle};
 use agora_wire::codec::{Envelope, Kind};
 use agora_wire::now_ms;
 
-pub use agora_wire::storage::StorageRpc;
+pub use agora_wire::storage::{MAX_COMMITMENT_BLOCK, StorageRpc};
 
 /// Chunks asked for per challenge.
 pub const AUDIT_SAMPLES: usize = 4;
@@ -105,6 +106,24 @@ async fn admit_and_answer(
     let refuse = |reason: String| StorageRpc::Refused { reason };
     let challenge = match envelope.body::<StorageRpc>(Kind::Storage) {
         Ok(StorageRpc::Challenge(c)) => c,
+        Ok(StorageRpc::ShowCommitment { file, commitment }) => {
+            // Only the committee, one answer slot like a challenge; a small local read that
+            // spends no challenge quota (an arbitrator asks once, then keeps the block).
+            if let Err(r) = gate.check(envelope.sender, peer, &file) {
+                return refuse(r.to_string());
+            }
+            let Ok(_slot) = slots.clone().try_acquire_owned() else {
+                gate.count_busy();
+                return StorageRpc::Busy;
+            };
+            return match storage.show_commitment(file, commitment).await {
+                Ok(block) => {
+                    gate.count_shown();
+                    StorageRpc::Commitment(block)
+                }
+                Err(e) => refuse(e.to_string()),
+            };
+        }
         Ok(_) => {
             gate.count_malformed();
             return refuse("expected a challenge".into());
@@ -128,6 +147,71 @@ async fn admit_and_answer(
     match storage.prove(challenge).await {
         Ok(proof) => StorageRpc::Proof(proof),
         Err(e) => refuse(e.to_string()),
+    }
+}
+
+/// Asks `provider` to show the commitment block `cid` of the storage contract keeping `file`,
+/// and checks it: the block must hash to `cid` and describe `file`. A busy provider is asked
+/// again until [`ANSWER_TIMEOUT`] has passed; any other failure is the provider's word (or
+/// silence) on why it cannot show what it took custody of.
+pub async fn show_commitment(
+    network: &NetworkHandle,
+    signer: &KeySigner,
+    provider: NodeId,
+    file: Cid,
+    cid: Cid,
+) -> Result<StorageCommitment, String> {
+    let peer = peer_id_of(&provider).ok_or("provider id is not a valid peer id")?;
+    let sealer = Sealer {
+        signer: signer.clone(),
+        seq: Arc::new(AtomicU64::new(now_ms())),
+    };
+    let ask = StorageRpc::ShowCommitment {
+        file,
+        commitment: cid,
+    };
+    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        let env = sealer
+            .seal(&ask)
+            .ok_or("cannot encode the request for the commitment")?;
+        let answer = match tokio::time::timeout_at(deadline, network.request(peer, &env)).await {
+            Err(_) => return Err(format!("no answer within {ANSWER_TIMEOUT:?}")),
+            Ok(Err(e)) => return Err(format!("unreachable: {e}")),
+            Ok(Ok(answer)) => answer,
+        };
+        if answer.sender != provider {
+            return Err("answer signed by another node".into());
+        }
+        return match answer.body::<StorageRpc>(Kind::Storage) {
+            Ok(StorageRpc::Commitment(block)) if block.len() > MAX_COMMITMENT_BLOCK => {
+                Err(format!(
+                    "a commitment block of {} bytes; at most {MAX_COMMITMENT_BLOCK}",
+                    block.len()
+                ))
+            }
+            Ok(StorageRpc::Commitment(block)) => {
+                let shown = crate::custody::decode_commitment(&cid, &block)?;
+                if shown.file != file {
+                    return Err(format!(
+                        "commitment {cid} is for {}, not {file}",
+                        shown.file
+                    ));
+                }
+                Ok(shown)
+            }
+            Ok(StorageRpc::Busy) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Ok(StorageRpc::Busy) => Err(format!("busy for {ANSWER_TIMEOUT:?}")),
+            Ok(StorageRpc::Refused { reason }) => Err(format!(
+                "refused: {}",
+                agora_wire::clip(&reason, agora_wire::MAX_PEER_REASON)
+            )),
+            Ok(_) => Err("answered something else".into()),
+            Err(e) => Err(format!("malformed answer: {e}")),
+        };
     }
 }
 
@@ -186,7 +270,12 @@ pub async fn challenge(
                 "refused: {}",
                 agora_wire::clip(&reason, agora_wire::MAX_PEER_REASON)
             )),
-            Ok(StorageRpc::Challenge(_)) => Verdict::Failed("answered with a challenge".into()),
+            Ok(StorageRpc::Challenge(_) | StorageRpc::ShowCommitment { .. }) => {
+                Verdict::Failed("answered with a request".into())
+            }
+            Ok(StorageRpc::Commitment(_)) => {
+                Verdict::Failed("answered a challenge with a commitment".into())
+            }
             Err(e) => {
                 debug!(error = %e, "malformed storage answer");
                 Verdict::Failed(format!("malformed answer: {e}"))

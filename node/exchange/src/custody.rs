@@ -117,6 +117,15 @@ impl StorageHandle {
         max_bytes: u64,
         holder: &str,
     ) -> Result<StorageCommitment, ExchangeError> {
+        #[cfg(feature = "test-utils")]
+        if self.skip_custody.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(%file, %commitment, "byzantine: custody claimed, nothing fetched");
+            return Ok(StorageCommitment {
+                file,
+                root: Default::default(),
+                chunks: 0,
+            });
+        }
         let taken = self.hold_custody(file, commitment, max_bytes, holder).await;
         if taken.is_err() {
             self.release_custody(file, commitment, holder).await;
@@ -160,6 +169,36 @@ impl StorageHandle {
             )));
         }
         Ok(actual)
+    }
+
+    /// Provider: the commitment block `cid` of the contract keeping `file`, as taken into
+    /// custody, for a committee member that does not hold it (THREATS P4). Read from this
+    /// node's own store only (never fetched on demand: a provider that did not keep it cannot
+    /// show it), and only a pinned raw block that decodes as a commitment to `file`.
+    pub async fn show_commitment(&self, file: Cid, cid: Cid) -> Result<Vec<u8>, ExchangeError> {
+        let store = self.custody_store()?;
+        let block = store
+            .blocking(move |s| {
+                if !s.pins()?.contains(&cid) {
+                    return Err(StorageError::NotFound { cid });
+                }
+                s.get(&cid)
+            })
+            .await?;
+        if block.len() > agora_wire::storage::MAX_COMMITMENT_BLOCK {
+            return Err(invalid(format!(
+                "block {cid} is {} bytes, too large for a commitment",
+                block.len()
+            )));
+        }
+        let shown = decode_commitment(&cid, &block).map_err(invalid)?;
+        if shown.file != file {
+            return Err(invalid(format!(
+                "commitment {cid} is for {}, not for {file}",
+                shown.file
+            )));
+        }
+        Ok(block)
     }
 
     /// Provider: answers `challenge` from the blocks held now. Refuses files this node has not

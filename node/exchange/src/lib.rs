@@ -129,6 +129,9 @@ pub struct StorageHandle {
     /// Who holds each pin ([`holds`]), and the file it is kept in.
     holds: Arc<Mutex<holds::HoldTable>>,
     holds_path: PathBuf,
+    /// Test-only: claim custody without fetching anything (a provider that keeps nothing).
+    #[cfg(feature = "test-utils")]
+    skip_custody: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Starts the configured backend. Embedded: opens the block store, starts bitswap on the swarm
@@ -208,6 +211,8 @@ impl StorageHandle {
             gate: audit::gate::ChallengeGate::default(),
             holds: Arc::default(),
             holds_path: data_dir.join(holds::HOLDS_FILE),
+            #[cfg(feature = "test-utils")]
+            skip_custody: Arc::default(),
         }
         .restarted()
         .await
@@ -227,6 +232,15 @@ impl StorageHandle {
     /// of the storage contracts it keeps files for; the challenge responder reads them.
     pub fn challenge_gate(&self) -> &audit::gate::ChallengeGate {
         &self.gate
+    }
+
+    /// Test-only misbehaviour: from now on custody is claimed taken without fetching or
+    /// pinning anything (neither the file nor its commitment), as a provider that keeps
+    /// nothing and still reports its storage contracts active would (THREATS P4).
+    #[cfg(feature = "test-utils")]
+    pub fn byzantine_skip_custody(&self) {
+        self.skip_custody
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The configured backend.

@@ -126,9 +126,9 @@ impl Orchestrator {
             Effect::Challenge {
                 contract,
                 provider,
+                file,
                 commitment,
-                ..
-            } => self.challenge(contract, provider, commitment),
+            } => self.challenge(contract, provider, file, commitment),
             Effect::Probe {
                 contract,
                 provider,
@@ -184,23 +184,40 @@ impl Orchestrator {
         }
     }
 
-    /// Challenges `provider` once in the background; answers `Done::Audited`.
-    fn challenge(&mut self, contract: ContractId, provider: NodeId, commitment_cid: Cid) {
+    /// Challenges `provider` once in the background; answers `Done::Audited`. The commitment
+    /// block the challenge is drawn from comes from this node's cache, else the provider shows
+    /// it: it took custody of it with the file, so one it cannot show fails the round. Before,
+    /// the block was fetched from any peer and the round left unjudged when none served it,
+    /// so a provider that never took custody was paid in full while its customer, the only
+    /// other holder, was offline (THREATS P4).
+    fn challenge(
+        &mut self,
+        contract: ContractId,
+        provider: NodeId,
+        file: Cid,
+        commitment_cid: Cid,
+    ) {
         let known = self.commitments.get(&commitment_cid).copied();
-        let (storage, network, signer) = (
-            self.storage.clone(),
-            self.network.clone(),
-            self.signer.clone(),
-        );
+        let (network, signer) = (self.network.clone(), self.signer.clone());
         let done = self.done_tx.clone();
         tokio::spawn(
             async move {
                 let commitment = match known {
-                    Some(c) => Some(c),
-                    None => storage.commitment(commitment_cid).await.ok(),
+                    Some(c) => Ok(c),
+                    None => agora_exchange::audit::show_commitment(
+                        &network,
+                        &signer,
+                        provider,
+                        file,
+                        commitment_cid,
+                    )
+                    .await
+                    .map_err(|why| {
+                        format!("the provider did not show commitment {commitment_cid}: {why}")
+                    }),
                 };
                 let verdict = match &commitment {
-                    Some(c) => {
+                    Ok(c) => {
                         match agora_exchange::audit::challenge(&network, &signer, provider, c).await
                         {
                             agora_exchange::audit::Verdict::Passed => AuditVerdict::Passed,
@@ -209,15 +226,13 @@ impl Orchestrator {
                             }
                         }
                     }
-                    None => AuditVerdict::Unjudged(
-                        "commitment block not reachable from this node".into(),
-                    ),
+                    Err(why) => AuditVerdict::Failed(why.clone()),
                 };
                 let _ = done
                     .send(Done::Audited {
                         contract,
                         verdict,
-                        commitment: commitment.map(|c| (commitment_cid, c)),
+                        commitment: commitment.ok().map(|c| (commitment_cid, c)),
                     })
                     .await;
             }

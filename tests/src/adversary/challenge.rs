@@ -66,7 +66,14 @@ pub async fn flood(
             Ok(Ok(StorageRpc::Refused { reason })) => {
                 *report.refused.entry(reason_kind(&reason)).or_default() += 1;
             }
-            Ok(Ok(StorageRpc::Challenge(_)) | Err(_)) => {
+            Ok(
+                Ok(
+                    StorageRpc::Challenge(_)
+                    | StorageRpc::ShowCommitment { .. }
+                    | StorageRpc::Commitment(_),
+                )
+                | Err(_),
+            ) => {
                 *report.refused.entry("malformed".into()).or_default() += 1;
             }
             Err(_) => report.unanswered += 1,

@@ -26,6 +26,9 @@
 //!   never starts an instance, yet activates the contract and claims uptime in every heartbeat;
 //!   `honest` answers the arbitrators' probes "not running", `lie` answers "running" (THREATS
 //!   P1; `agora_tests::adversary::host_nothing`, behind `agora_daemon::start_wrapped`);
+//! - `--keep-nothing`: as a storage contract's provider it claims custody at once, fetching and
+//!   pinning nothing (neither the file nor the customer's commitment block), and reports the
+//!   contract active (THREATS P4; the exchange's `test-utils` hook `byzantine_skip_custody`);
 //! - `--false-probes[=down|up]`: as an arbitrator of active hosted and standby contracts it
 //!   reports every probe interval `down` (or `up`) whatever its probes find, as soon as the
 //!   interval starts (before its own probe, from the interval's middle, could report it), in
@@ -146,6 +149,10 @@ struct RunArgs {
     #[arg(long, value_name = "honest|lie", num_args = 0..=1, default_missing_value = "honest",
           value_parser = parse_host_nothing)]
     host_nothing: Option<HostNothing>,
+    /// As a storage contract's provider, claim custody and report the contract active without
+    /// fetching or keeping anything (neither the file nor the customer's commitment).
+    #[arg(long)]
+    keep_nothing: bool,
     /// As an arbitrator, report every probe interval of the contracts it judges `down` (the
     /// default) or `up`, whatever the probes find.
     #[arg(long, value_name = "down|up", num_args = 0..=1, default_missing_value = "down",
@@ -266,6 +273,10 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         None => agora_daemon::start(dir, &config).await?,
     };
+    if args.keep_nothing {
+        node.storage.byzantine_skip_custody();
+        println!("byzantine: keep-nothing");
+    }
     println!("node {} running", node.node_id());
     for a in &node.p2p_addrs {
         println!("p2p: {a}");

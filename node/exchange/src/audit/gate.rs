@@ -83,6 +83,9 @@ pub struct ChallengeStats {
     pub busy: u64,
     /// Malformed or not a challenge.
     pub malformed: u64,
+    /// Commitment blocks shown to committee members that did not hold them (THREATS P4).
+    #[serde(default)]
+    pub commitments_shown: u64,
 }
 
 impl ChallengeStats {
@@ -244,6 +247,11 @@ impl ChallengeGate {
             Err(r) => s.count(r),
         }
         result
+    }
+
+    /// Counts a commitment block shown to a committee member.
+    pub fn count_shown(&self) {
+        self.lock().stats.commitments_shown += 1;
     }
 
     /// Counts a busy answer.

@@ -262,6 +262,27 @@ pub fn lora_module(test: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// The demo's story on [`agora_devnet::files::CONTRACT_NODES`] real processes that `launcher`
+/// starts, in a temp dir (returned: dropping it removes the devnet's files), A's service
+/// running; `None` (after saying skipped) when the lora-gateway module cannot be built here.
+pub async fn story(
+    test: &str,
+    launcher: std::sync::Arc<dyn agora_devnet::process::Launcher>,
+) -> Option<(tempfile::TempDir, agora_devnet::demo::Story)> {
+    let module = lora_module(test)?;
+    let tmp = tempfile::tempdir().expect("a temp dir");
+    let s = agora_devnet::demo::Story::start(
+        &tmp.path().join("net"),
+        agora_devnet::files::CONTRACT_NODES,
+        &module,
+        launcher,
+        true,
+    )
+    .await
+    .expect("story starts");
+    Some((tmp, s))
+}
+
 /// Whether the toolchain that runs the tests has the wasm32-wasip1 standard library.
 fn wasm32_wasip1_installed() -> bool {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());

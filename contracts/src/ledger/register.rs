@@ -155,6 +155,19 @@ impl Ledger {
         id: ContractId,
     ) -> Result<Vec<LedgerEvent>, LedgerError> {
         self.require_provider(id, sender, "arm")?;
+        // A standby armed when its coverage window has ended covers nothing (THREATS P5: one
+        // armed at the window's end was settled `DurationEnded` and paid the whole window).
+        if let Some(rec) = self.contracts.get(&id) {
+            let ended = rec.window_end().is_some_and(|e| now >= e);
+            if rec.contract.kind == ContractKind::Standby && ended {
+                return Err(LedgerError::NotNow {
+                    contract: id,
+                    status: rec.status,
+                    reason: "its coverage window has ended: a standby armed now covers nothing"
+                        .into(),
+                });
+            }
+        }
         let mut events = vec![self.step(id, LifecycleEvent::Arm, now)?];
         if let Some(rec) = self.contracts.get_mut(&id) {
             rec.armed_at = Some(now);

@@ -43,7 +43,11 @@ fn earned(rec: &ContractRecord, end: Timestamp) -> Amount {
     match c.kind {
         ContractKind::Hosted => pro_rata(c.payment, paid_uptime(rec), c.duration_ms),
         ContractKind::Standby => {
-            let start = rec.registered_at;
+            // Coverage begins when the provider stands by (armed), not at registration: one
+            // that armed only at the window's end was paid the whole window (THREATS P5).
+            let Some(start) = rec.armed_at else {
+                return 0;
+            };
             let covered = match rec.activated_at {
                 None => end.saturating_sub(start),
                 Some(activated) => activated

@@ -330,7 +330,7 @@ impl Story {
                 &spec,
                 |auction| format!("standby auction {auction}"),
                 ("the contract", "arming", 30),
-                ContractStatus::Armed,
+                |s| s == ContractStatus::Armed,
             )
             .await?;
         let bn = &self.m.nodes[b];
@@ -411,12 +411,13 @@ impl Story {
         near: Option<usize>,
         status: ContractStatus,
     ) -> anyhow::Result<Armed> {
-        self.hosted_tagged(customer, 1, devices, duration_ms, near, status)
+        self.hosted_tagged(customer, 1, devices, duration_ms, near, |s| s == status)
             .await
     }
 
     /// [`Story::hosted_by`] for the module tagged `tag` ([`crate::files::tagged`]; the hosted
-    /// contracts of [`Story::hosted`] use tag 1): another module, the same guest.
+    /// contracts of [`Story::hosted`] use tag 1): another module, the same guest. Returns
+    /// once the contract's status is one `until` takes.
     pub async fn hosted_tagged(
         &self,
         customer: usize,
@@ -424,7 +425,7 @@ impl Story {
         devices: &[u32],
         duration_ms: u64,
         near: Option<usize>,
-        status: ContractStatus,
+        until: impl Fn(ContractStatus) -> bool,
     ) -> anyhow::Result<Armed> {
         let an = &self.m.nodes[customer];
         // Another module than A's own service's (the same guest with a custom section): a
@@ -471,7 +472,7 @@ impl Story {
                     "the hosted contract's activation",
                     60,
                 ),
-                status,
+                until,
             )
             .await?;
         if let Some(at) = rec.activated_at {
@@ -486,14 +487,15 @@ impl Story {
 
     /// Node `customer` (A, usually) buys with `spec` (its auction logged as `what(short
     /// id)`): waits up to 30 s for the new contract (`waits.0` names it) and up to `waits.2` s
-    /// for it to reach `status` (`waits.1`); returns it with its provider's index.
+    /// for its status to be one `until` takes (`waits.1`); returns it with its provider's
+    /// index.
     async fn buy(
         &self,
         customer: usize,
         spec: &agora_market::AuctionSpec,
         what: impl Fn(&str) -> String,
         waits: (&str, &str, u64),
-        status: ContractStatus,
+        until: impl Fn(ContractStatus) -> bool,
     ) -> anyhow::Result<Armed> {
         let an = &self.m.nodes[customer];
         let known: Vec<String> = list_contracts(an).await.into_iter().map(|c| c.id).collect();
@@ -509,7 +511,7 @@ impl Story {
         .await?;
         let id = row.id;
         let rec = wait_for(waits.1, waits.2, async || {
-            contract(an, &id).await.filter(|r| r.status == status)
+            contract(an, &id).await.filter(|r| until(r.status))
         })
         .await?;
         let provider = rec.contract.provider.to_string();

@@ -160,8 +160,7 @@ impl Orchestrator {
             .await;
         let rivals: Vec<ContractId> = rivals.iter().filter_map(|s| s.parse().ok()).collect();
         if rivals.len() < max as usize {
-            self.arm_waiting.remove(&contract);
-            self.arm_give_up.remove(&contract);
+            self.stop_waiting_to_arm(&contract);
             return false;
         }
         let Ok(Some((holding, slot))) = self
@@ -180,8 +179,7 @@ impl Orchestrator {
             })
             .await
         else {
-            self.arm_waiting.remove(&contract);
-            self.arm_give_up.remove(&contract);
+            self.stop_waiting_to_arm(&contract);
             return false;
         };
         let max = max as usize;
@@ -193,8 +191,7 @@ impl Orchestrator {
                 holding.held
             )
         } else if holding.held + holding.ending < max {
-            self.arm_waiting.remove(&contract);
-            self.arm_give_up.remove(&contract);
+            self.stop_waiting_to_arm(&contract);
             return false;
         } else {
             let now = now_ms();
@@ -225,12 +222,17 @@ impl Orchestrator {
              here when the contract had to be armed: called off before it is armed"
                 .to_string()
         };
-        self.arm_waiting.remove(&contract);
-        self.arm_give_up.remove(&contract);
+        self.stop_waiting_to_arm(&contract);
         warn!(contract = %contract.short(), held = holding.held, ending = holding.ending, max, "not arming: the customer's other contracts of this module hold its instances here");
         self.timeline.push("arm-refused", Some(&contract), reason);
         self.submit(TxKind::Cancel(contract), "cancel").await;
         true
+    }
+
+    /// `contract` no longer waits to be armed (armed, called off, or free to arm).
+    fn stop_waiting_to_arm(&mut self, contract: &ContractId) {
+        self.arm_waiting.remove(contract);
+        self.arm_give_up.remove(contract);
     }
 
     /// Provider, before arming `contract`: whether its service depends on a name its

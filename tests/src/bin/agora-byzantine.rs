@@ -599,74 +599,91 @@ async fn false_probes_recorded(ledger: LedgerHandle, me: NodeId, cancel: Cancell
 /// per contract), then reports what its replica made of the transaction once the nonce is
 /// used up: `byzantine: cancel applied|refused contract=… status=…`.
 async fn cancel_armed(ledger: LedgerHandle, cancel: CancellationToken) {
-    let mut tried: BTreeMap<ContractId, Option<u64>> = BTreeMap::new();
+    let mut tried: BTreeSet<ContractId> = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok((armed, next_nonce, statuses)) = ledger
+        let Ok(armed) = ledger
             .query(|v| {
-                let mine = |r: &agora_contracts::ContractRecord| r.contract.customer == v.me;
-                let armed: Vec<ContractId> = v
-                    .ledger
+                v.ledger
                     .contracts()
                     .iter()
                     .filter(|(_, r)| {
-                        mine(r)
+                        r.contract.customer == v.me
                             && r.contract.kind == ContractKind::Standby
                             && r.status == ContractStatus::Armed
                             && r.handover.is_none()
                     })
                     .map(|(id, _)| *id)
-                    .collect();
-                let statuses: BTreeMap<ContractId, ContractStatus> = v
-                    .ledger
-                    .contracts()
-                    .iter()
-                    .filter(|(_, r)| mine(r))
-                    .map(|(id, r)| (*id, r.status))
-                    .collect();
-                (armed, v.ledger.next_nonce(&v.me), statuses)
+                    .collect::<Vec<ContractId>>()
             })
             .await
         else {
             return;
         };
-        for (id, nonce) in tried.iter_mut() {
-            let Some(n) = *nonce else { continue };
-            if next_nonce <= n {
-                continue;
-            }
-            let status = statuses.get(id).copied();
-            let word = if status == Some(ContractStatus::Cancelled) {
-                "applied"
-            } else {
-                "refused"
-            };
-            println!("byzantine: cancel {word} contract={id} status={status:?}");
-            *nonce = None;
-        }
         for id in armed {
-            if tried.contains_key(&id) {
-                continue;
-            }
-            match ledger.byzantine_submit_unchecked(TxKind::Cancel(id)).await {
-                Ok(tx) => {
-                    println!(
-                        "byzantine: cancel submitted contract={id} nonce={}",
-                        tx.tx.nonce
-                    );
-                    tried.insert(id, Some(tx.tx.nonce));
-                }
-                Err(e) => {
-                    println!("byzantine: cancel not admitted contract={id}: {e}");
-                    tried.insert(id, None);
-                }
+            if tried.insert(id) {
+                submit_cancel(&ledger, id, "cancel", &cancel).await;
             }
         }
     }
+}
+
+/// Submits `Cancel(id)` without the node's own check of its content and prints `byzantine:
+/// LABEL submitted contract=… nonce=…` (or `not admitted`); then, once this replica has used
+/// up the nonce, `byzantine: LABEL applied|refused contract=… status=…`.
+async fn submit_cancel(
+    ledger: &LedgerHandle,
+    id: ContractId,
+    label: &'static str,
+    cancel: &CancellationToken,
+) {
+    let nonce = match ledger.byzantine_submit_unchecked(TxKind::Cancel(id)).await {
+        Ok(tx) => {
+            println!(
+                "byzantine: {label} submitted contract={id} nonce={}",
+                tx.tx.nonce
+            );
+            tx.tx.nonce
+        }
+        Err(e) => {
+            println!("byzantine: {label} not admitted contract={id}: {e}");
+            return;
+        }
+    };
+    let ledger = ledger.clone();
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            let Ok((used, status)) = ledger
+                .query(move |v| {
+                    (
+                        v.ledger.next_nonce(&v.me) > nonce,
+                        v.ledger.contract(&id).map(|r| r.status),
+                    )
+                })
+                .await
+            else {
+                return;
+            };
+            if used {
+                let word = if status == Some(ContractStatus::Cancelled) {
+                    "applied"
+                } else {
+                    "refused"
+                };
+                println!("byzantine: {label} {word} contract={id} status={status:?}");
+                return;
+            }
+        }
+    });
 }
 
 /// The cheats [`try_cheats`] submits for active hosted contract `id` at
@@ -801,50 +818,7 @@ async fn cancel_hosted(ledger: LedgerHandle, duration_ms: u64, cancel: Cancellat
         if !mine || !tried.insert(id) {
             continue;
         }
-        let nonce = match ledger.byzantine_submit_unchecked(TxKind::Cancel(id)).await {
-            Ok(tx) => {
-                println!(
-                    "byzantine: cancel-hosted submitted contract={id} nonce={}",
-                    tx.tx.nonce
-                );
-                tx.tx.nonce
-            }
-            Err(e) => {
-                println!("byzantine: cancel-hosted not admitted contract={id}: {e}");
-                continue;
-            }
-        };
-        // Whether it applied, once this replica has used up the nonce.
-        let ledger = ledger.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-                let Ok((used, status)) = ledger
-                    .query(move |v| {
-                        (
-                            v.ledger.next_nonce(&v.me) > nonce,
-                            v.ledger.contract(&id).map(|r| r.status),
-                        )
-                    })
-                    .await
-                else {
-                    return;
-                };
-                if used {
-                    let word = if status == Some(ContractStatus::Cancelled) {
-                        "applied"
-                    } else {
-                        "refused"
-                    };
-                    println!("byzantine: cancel-hosted {word} contract={id} status={status:?}");
-                    return;
-                }
-            }
-        });
+        submit_cancel(&ledger, id, "cancel-hosted", &cancel).await;
     }
 }
 

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use agora_api::client::ApiClient;
 use agora_api::ledger::{LedgerStatus, SubmittedReply, TransferRequest};
 use agora_contracts::{ActivationClause, ContractStatus};
-use agora_devnet::demo::Story;
 use agora_devnet::demo::story::wait_for;
 use agora_devnet::files::CONTRACT_NODES;
 use agora_tests::adversary::{ByzantineLauncher, HostileDevnet, TestLauncher, byzantine_lines};
@@ -213,22 +212,15 @@ async fn a_separate_equivocating_arbitrator_process_is_slashed_on_every_honest_r
 async fn a_false_attestation_by_one_arbitrator_process_triggers_no_handover() {
     let _serial = SERIAL.lock().await;
     const BAD: usize = 0;
-    let Some(module) = agora_tests::lora_module(
-        "a_false_attestation_by_one_arbitrator_process_triggers_no_handover",
-    ) else {
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
     let launcher = Arc::new(byzantine(BAD, &["--false-attest", "--no-bid"]));
-    let mut s = Story::start(
-        &tmp.path().join("net"),
-        CONTRACT_NODES,
-        &module,
+    let Some((_tmp, mut s)) = agora_tests::story(
+        "a_false_attestation_by_one_arbitrator_process_triggers_no_handover",
         launcher,
-        true,
     )
     .await
-    .expect("story starts");
+    else {
+        return;
+    };
     let bad_dir = s.m.nodes[BAD].data_dir.clone();
     wait_misbehaving(&bad_dir, "false-attest").await;
     let armed = s.standby().await.unwrap();
@@ -499,24 +491,17 @@ async fn a_withholding_arbitrator_and_two_colluding_liars_neither_stop_the_chain
     let _serial = SERIAL.lock().await;
     const WITHHOLDER: usize = 0;
     const LIAR: usize = 1;
-    let Some(module) = agora_tests::lora_module(
-        "a_withholding_arbitrator_and_two_colluding_liars_neither_stop_the_chain_nor_hand_over",
-    ) else {
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
     let withholder: &[&str] = &["--withhold-votes", "--false-attest", "--no-bid"];
     let liar: &[&str] = &["--false-attest", "--no-bid"];
     let launcher = Arc::new(byzantines(&[(WITHHOLDER, withholder), (LIAR, liar)]));
-    let mut s = Story::start(
-        &tmp.path().join("net"),
-        CONTRACT_NODES,
-        &module,
+    let Some((_tmp, mut s)) = agora_tests::story(
+        "a_withholding_arbitrator_and_two_colluding_liars_neither_stop_the_chain_nor_hand_over",
         launcher,
-        true,
     )
     .await
-    .expect("story starts");
+    else {
+        return;
+    };
     let bad_dirs = [
         s.m.nodes[WITHHOLDER].data_dir.clone(),
         s.m.nodes[LIAR].data_dir.clone(),

@@ -18,7 +18,6 @@
 use std::sync::Arc;
 
 use agora_contracts::ContractStatus;
-use agora_devnet::demo::Story;
 use agora_devnet::demo::story::wait_for;
 use agora_devnet::files::CONTRACT_NODES;
 use agora_tests::adversary::{ByzantineLauncher, TestLauncher, byzantine_lines, log_lines};
@@ -59,19 +58,9 @@ fn launcher() -> ByzantineLauncher {
 async fn blocks_stamped_behind_the_clock_cost_an_honest_provider_no_uptime() {
     let test =
         "attack_block_time::blocks_stamped_behind_the_clock_cost_an_honest_provider_no_uptime";
-    let Some(module) = agora_tests::lora_module(test) else {
+    let Some((_tmp, s)) = agora_tests::story(test, Arc::new(launcher())).await else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let s = Story::start(
-        &tmp.path().join("net"),
-        CONTRACT_NODES,
-        &module,
-        Arc::new(launcher()),
-        true,
-    )
-    .await
-    .expect("story starts");
     let laggard = s.m.nodes[LAGGARD].data_dir.clone();
     wait_for("the laggard to lag", 30, async || {
         byzantine_lines(&laggard)

@@ -101,17 +101,7 @@ async fn story(
     launcher: ByzantineLauncher,
     word: &str,
 ) -> Option<(tempfile::TempDir, Story)> {
-    let module = agora_tests::lora_module(test)?;
-    let tmp = tempfile::tempdir().unwrap();
-    let s = Story::start(
-        &tmp.path().join("net"),
-        CONTRACT_NODES,
-        &module,
-        Arc::new(launcher),
-        true,
-    )
-    .await
-    .expect("story starts");
+    let (tmp, s) = agora_tests::story(test, Arc::new(launcher)).await?;
     if !word.is_empty() {
         let dir = s.m.nodes[BAD].data_dir.clone();
         let want = format!("byzantine: host-nothing={word}");

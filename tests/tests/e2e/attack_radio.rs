@@ -39,18 +39,7 @@ struct Armed {
 /// The demo's devnet of [`CONTRACT_NODES`] real processes in a temp dir, A's service running;
 /// `None` (after saying skipped) when the lora-gateway module cannot be built here.
 async fn started_story(test: &str) -> Option<(tempfile::TempDir, Story)> {
-    let module = agora_tests::lora_module(test)?;
-    let tmp = tempfile::tempdir().unwrap();
-    let s = Story::start(
-        &tmp.path().join("net"),
-        CONTRACT_NODES,
-        &module,
-        Arc::new(TestLauncher(agora_bin())),
-        true,
-    )
-    .await
-    .expect("story starts");
-    Some((tmp, s))
+    agora_tests::story(test, Arc::new(TestLauncher(agora_bin()))).await
 }
 
 /// Starts the story and arms the standby contract; `None` (after saying skipped) when the

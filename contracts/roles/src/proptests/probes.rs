@@ -174,7 +174,9 @@ pub(super) fn check(sim: &Sim) -> Result<(), String> {
 fn earned(rec: &ContractRecord, activated: Timestamp, end: Timestamp) -> u64 {
     assert_eq!(rec.contract.payment, COVERAGE_MS);
     assert_eq!(rec.contract.duration_ms, COVERAGE_MS);
-    let standing_by = activated.min(end).saturating_sub(rec.registered_at);
+    // Paid from arming (THREATS P5), not from registration.
+    let armed = rec.armed_at.unwrap_or(activated);
+    let standing_by = activated.min(end).saturating_sub(armed);
     let served = rec
         .uptime_ms
         .min(rec.confirmed_up_ms)

@@ -146,13 +146,51 @@ fn untriggered_standby_is_paid_when_its_window_ends() {
     assert_eq!(h.balance(&p), 10_000 + 1_000);
 }
 
+/// THREATS P5: a standby provider that neither migrates nor arms while the window runs, then
+/// arms and settles `DurationEnded` at its end, was paid the whole window. Coverage is paid
+/// from arming; arming after the window's end is refused; one armed halfway is paid half.
+#[test]
+fn a_standby_armed_only_at_its_end_is_not_paid_for_the_window() {
+    let mut h = Harness::new();
+    let p = h.provider();
+    let id = h.register(ContractBuilder::new(1, 2).standby(5_000).signed());
+    h.ok(&p, TxKind::MarkMigrated(id));
+    h.now = 61_000;
+    assert!(matches!(
+        h.try_apply(&p, TxKind::MarkArmed(id)),
+        Err(LedgerError::NotNow { .. })
+    ));
+    assert!(
+        h.try_apply(&p, settle(id, SettleReason::DurationEnded))
+            .is_err()
+    );
+    assert_eq!(h.status(id), ContractStatus::Migrated);
+    assert!(
+        h.balance(&p) < 10_000,
+        "its stake stays locked, nothing paid"
+    );
+
+    // Armed halfway through its 60 s window: paid for the half it stood by.
+    let mut h = Harness::new();
+    let p = h.provider();
+    let id = h.register(ContractBuilder::new(1, 2).standby(5_000).signed());
+    h.ok(&p, TxKind::MarkMigrated(id));
+    h.now = 31_000;
+    h.ok(&p, TxKind::MarkArmed(id));
+    h.now = 61_000;
+    h.ok(&p, settle(id, SettleReason::DurationEnded));
+    assert_eq!(h.status(id), ContractStatus::Settled);
+    let payment = h.ledger.contract(&id).unwrap().contract.payment;
+    assert_eq!(h.balance(&p), 10_000 + payment / 2);
+}
+
 #[test]
 fn cancel_and_expire_return_funds() {
     let mut h = Harness::new();
     let (c, p) = (h.customer(), h.provider());
     let id = h.armed(ContractBuilder::new(1, 2).standby(5_000).signed());
     // Neither party calls an armed standby off: the provider committed to stand by, and the
-    // customer has been covered since registration (THREATS C9).
+    // customer has been covered since it was armed (THREATS C9).
     for who in [&p, &c] {
         assert!(matches!(
             h.try_apply(who, TxKind::Cancel(id)),

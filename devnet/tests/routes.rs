@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use agora_devnet::Devnet;
-use agora_market::KeySigner;
+use agora_market::{KeySigner, Signer};
 use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle, PresenceEvent};
 use agora_wire::codec::{Envelope, Kind};
 use tokio::time::timeout;
@@ -38,6 +38,14 @@ async fn answer_one(
     }
 }
 const WAIT: Duration = Duration::from_secs(30);
+
+/// Node `i`'s own signing key (requests speak for the peer that sends them).
+fn signer(net: &Devnet, i: usize) -> KeySigner {
+    agora_network::keys::NodeKey::load(&net.data_dir(i))
+        .unwrap()
+        .signer()
+        .clone()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_gossip_reader_costs_no_other_task_a_request_or_a_presence_down() {
@@ -93,7 +101,7 @@ async fn a_slow_gossip_reader_costs_no_other_task_a_request_or_a_presence_down()
     }
 
     // A request from node 2 still reaches its owner, which answers it.
-    let signer = KeySigner::from_seed(2);
+    let signer = signer(&net, 2);
     let ask = Envelope::seal(
         &signer,
         Kind::Raw,
@@ -148,7 +156,7 @@ async fn large_requests_are_checked_beside_the_loop() {
     let before = a.stats().await.unwrap();
     let big = vec![7u8; 200 * 1024];
     let ask = Envelope::seal(
-        &KeySigner::from_seed(1),
+        &signer(&net, 1),
         Kind::Raw,
         agora_wire::now_ms(),
         1,
@@ -174,6 +182,55 @@ async fn large_requests_are_checked_beside_the_loop() {
     let s = a.stats().await.unwrap();
     assert_eq!(s.rpc_verified_aside, before.rpc_verified_aside + 2, "{s:?}");
     assert_eq!(s.rpc_rejected, before.rpc_rejected + 1, "{s:?}");
+    net.shutdown().await;
+}
+
+/// A request speaks for the peer that sent it (THREATS N11): one signed by another key —
+/// a stranger's fresh identity over one connection, or a third party's envelope replayed —
+/// is refused before it reaches its owner and counted; the same request signed by the
+/// sending node's own key is answered. (The devnet's node `i` holds `KeySigner::from_seed(i)`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_signed_by_another_node_than_its_peer_is_refused() {
+    let net = Devnet::builder()
+        .nodes(2)
+        .committee(1)
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(1, WAIT).await.unwrap();
+    let (a, b) = (net.handle(0).unwrap(), net.handle(1).unwrap());
+    let mut owner = a.inbox(Interest::new("owner").requests(Kind::Raw));
+    let before = a.stats().await.unwrap();
+    let seal = |key: &KeySigner, payload: &[u8]| {
+        Envelope::seal(key, Kind::Raw, agora_wire::now_ms(), 1, payload.to_vec())
+    };
+    let a_peer = a.peer_id();
+    // Node 0's own key (its envelope replayed back at it) and a fresh stranger's key.
+    for other in [signer(&net, 0), KeySigner::from_seed(7)] {
+        let refused = timeout(WAIT, b.request(a_peer, &seal(&other, b"not mine")))
+            .await
+            .unwrap();
+        assert!(
+            refused.is_err(),
+            "a request signed by {} was answered",
+            other.node_id().short()
+        );
+    }
+    let s = a.stats().await.unwrap();
+    assert_eq!(s.rpc_rejected, before.rpc_rejected + 2, "{s:?}");
+
+    let b2 = b.clone();
+    let mine = seal(&signer(&net, 1), b"mine");
+    let asking = tokio::spawn(async move { b2.request(a_peer, &mine).await });
+    let asked = timeout(WAIT, answer_one(&mut owner, &a, |_| true, b"ok"))
+        .await
+        .expect("the request never reached its owner");
+    assert_eq!(
+        asked.payload, b"mine",
+        "only the sender's own request got through"
+    );
+    let reply = timeout(WAIT, asking).await.unwrap().unwrap().unwrap();
+    assert_eq!(reply.payload, b"ok");
     net.shutdown().await;
 }
 

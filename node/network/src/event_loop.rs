@@ -935,6 +935,18 @@ impl EventLoop {
     fn admit(&mut self, id: u64, p: PendingInbound, verdict: Result<Envelope, CodecError>) {
         let peer = p.peer;
         match verdict {
+            // A request speaks for the node at the other end of the connection only: one signed
+            // by another key (a stranger's fresh keys over one connection, or a third party's
+            // envelope replayed by whoever kept it) would dodge the per-peer quotas keyed on the
+            // signer and act with another node's authority (THREATS N11). Relays are no
+            // exception: a relayed connection's peer is the node at its far end.
+            Ok(env) if crate::keys::peer_id_of(&env.sender) != Some(peer) => {
+                self.release_pending(peer);
+                self.stats.rpc_rejected += 1;
+                if self.refused("rpc sender not peer") {
+                    warn!(%peer, signer = %env.sender.short(), kind = ?env.kind, "request refused: signed by another node than the peer that sent it");
+                }
+            }
             Ok(env) => {
                 let kind = env.kind;
                 let ev = NetworkEvent::Request {

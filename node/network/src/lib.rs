@@ -251,7 +251,8 @@ pub struct NetworkStats {
     /// Gossip messages of a judged topic the application ignored (nothing new in them): they
     /// are delivered to no one else and not forwarded, so a flood stops at its first hop.
     pub gossip_ignored: u64,
-    /// Inbound requests rejected by validation.
+    /// Inbound requests rejected by validation: malformed, forged, or signed by another node
+    /// than the peer that sent them.
     pub rpc_rejected: u64,
     /// Gossip messages published by this node.
     pub gossip_published: u64,

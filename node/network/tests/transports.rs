@@ -16,8 +16,12 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn start(cfg: NetworkConfig, cancel: &CancellationToken) -> NetworkHandle {
-    let key = NodeKey::generate();
-    let (net, _task) = agora_network::spawn(&key, cfg, cancel.clone())
+    start_as(&NodeKey::generate(), cfg, cancel).await
+}
+
+/// [`start`] with the node's key (its requests must be signed by it).
+async fn start_as(key: &NodeKey, cfg: NetworkConfig, cancel: &CancellationToken) -> NetworkHandle {
+    let (net, _task) = agora_network::spawn(key, cfg, cancel.clone())
         .await
         .expect("network starts");
     net
@@ -84,8 +88,8 @@ fn serve_probes(net: &NetworkHandle, cancel: &CancellationToken) {
     });
 }
 
-async fn probe(from: &NetworkHandle, to: PeerId) -> Result<Vec<u8>, String> {
-    let key = NodeKey::generate();
+/// Asks `to` from `from`, whose key is `key`.
+async fn probe(from: &NetworkHandle, key: &NodeKey, to: PeerId) -> Result<Vec<u8>, String> {
     let env = Envelope::seal(
         key.signer(),
         Kind::Probe,
@@ -107,7 +111,8 @@ async fn two_nodes_connect_and_exchange_requests_over_quic_only() {
         ..NetworkConfig::default()
     };
     let a = start(quic_only(), &cancel).await;
-    let b = start(quic_only(), &cancel).await;
+    let b_key = NodeKey::generate();
+    let b = start_as(&b_key, quic_only(), &cancel).await;
     serve_probes(&a, &cancel);
     let addr = listen_addr(&a, "quic-v1").await;
     assert!(
@@ -128,7 +133,7 @@ async fn two_nodes_connect_and_exchange_requests_over_quic_only() {
         peer.addr
     );
     assert!(peer.direct && !peer.relayed);
-    assert_eq!(probe(&b, a.peer_id()).await, Ok(b"gnip".to_vec()));
+    assert_eq!(probe(&b, &b_key, a.peer_id()).await, Ok(b"gnip".to_vec()));
     cancel.cancel();
 }
 
@@ -161,7 +166,8 @@ async fn private_nodes_reserve_a_relay_slot_and_exchange_requests_through_it() {
         ..NetworkConfig::default()
     };
     let a = start(edge(), &cancel).await;
-    let b = start(edge(), &cancel).await;
+    let b_key = NodeKey::generate();
+    let b = start_as(&b_key, edge(), &cancel).await;
     serve_probes(&a, &cancel);
     let circuit = wait_for!(
         "a relayed listen address",
@@ -189,7 +195,7 @@ async fn private_nodes_reserve_a_relay_slot_and_exchange_requests_through_it() {
     assert!(seen.relayed, "{seen:?}");
     assert!(seen.addr.contains("/p2p-circuit"), "{seen:?}");
     for _ in 0..3 {
-        assert_eq!(probe(&b, a.peer_id()).await, Ok(b"gnip".to_vec()));
+        assert_eq!(probe(&b, &b_key, a.peer_id()).await, Ok(b"gnip".to_vec()));
     }
     let sr = stats(&relay).await;
     assert!(sr.relay_reservations_accepted >= 2, "{sr:?}");

@@ -393,8 +393,10 @@ pub struct FleetCounters {
     pub bad_records: u64,
     /// Reports from peers that are not a target of that deployment.
     pub stray_reports: u64,
-    /// Provider facts evicted from the full table.
+    /// Provider facts evicted from the full table (never a target's).
     pub providers_evicted: u64,
+    /// New providers not kept: the table was full of targets.
+    pub providers_refused: u64,
     /// Polls answered.
     pub polls_answered: u64,
     /// Polls about deployments this node neither deploys nor holds: not answered (an answer
@@ -641,17 +643,25 @@ impl<S: Signer> FleetState<S> {
         if !self.providers.contains_key(&facts.node)
             && self.providers.len() >= self.config.max_providers
         {
+            // A target's facts are never evicted: a flood of candidates (any key may offer
+            // itself) evicted them, and the plan released a target whose facts it no longer
+            // had (THREATS D1). The stalest other provider goes; with none, the newcomer.
+            let own = &self.own;
             let oldest = self
                 .providers
                 .values()
+                .filter(|p| !own.values().any(|o| targets_node(o, &p.node)))
                 .min_by_key(|p| (p.last_seen, p.node))
                 .map(|p| p.node);
-            if let Some(node) = oldest {
-                self.providers.remove(&node);
-                self.counters.providers_evicted += 1;
-                self.dirty = true;
-                tracing::debug!(provider = %node.short(), "fleet provider table full: evicted the oldest");
-            }
+            let Some(node) = oldest else {
+                self.counters.providers_refused += 1;
+                tracing::debug!(provider = %facts.node.short(), "fleet provider table full of targets: a new provider is not kept");
+                return;
+            };
+            self.providers.remove(&node);
+            self.counters.providers_evicted += 1;
+            self.dirty = true;
+            tracing::debug!(provider = %node.short(), "fleet provider table full: evicted the oldest");
         }
         self.providers.insert(facts.node, facts);
     }

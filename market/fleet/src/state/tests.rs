@@ -551,6 +551,89 @@ fn a_provider_whose_labels_change_stops_and_is_replaced() {
     assert!(!now.contains(&moved));
 }
 
+/// THREATS D1: fresh providers flooding a full table (any key may offer itself as a
+/// candidate) never evict a target's facts, so the plan releases none of the targets; the
+/// flood's newcomers evict each other or are not kept.
+#[test]
+fn a_flood_of_candidates_never_evicts_a_targets_facts_nor_releases_it() {
+    let config = FleetConfig {
+        max_providers: 4,
+        ..FleetConfig::default()
+    };
+    let mut net = Net::new(config);
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Push, Replicas::Count(2))),
+    )
+    .unwrap();
+    net.input(T0 + 1, 1, Input::Tick).unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    let targets: Vec<NodeId> = net
+        .deployer()
+        .own(&id)
+        .unwrap()
+        .targets
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(targets.len(), 2);
+    net.take();
+    // Hundreds of fresh `site=a` providers, each newer than every target's last word.
+    for seed in 100..400 {
+        net.input(T0 + seed, 1, Input::Provider(facts(seed, "a", T0 + seed)))
+            .unwrap();
+    }
+    let d = net.deployer();
+    assert_eq!(d.providers().len(), 4, "the table stays bounded");
+    for t in &targets {
+        assert!(
+            d.providers().contains_key(t),
+            "a target's facts were evicted"
+        );
+    }
+    assert!(d.counters().providers_evicted > 0);
+    net.input(T0 + 500, 1, Input::Tick).unwrap();
+    let done = net.take();
+    assert!(
+        !done
+            .iter()
+            .any(|(_, e)| matches!(e, Effect::Release { .. })),
+        "a target was released: {done:?}"
+    );
+    let now: Vec<NodeId> = net
+        .deployer()
+        .own(&id)
+        .unwrap()
+        .targets
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(now, targets);
+
+    // A table full of targets keeps them and refuses the newcomer.
+    let config = FleetConfig {
+        max_providers: 2,
+        ..FleetConfig::default()
+    };
+    let mut net = Net::new(config);
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Push, Replicas::Count(2))),
+    )
+    .unwrap();
+    net.input(T0 + 1, 1, Input::Tick).unwrap();
+    let before: Vec<NodeId> = net.deployer().providers().keys().copied().collect();
+    net.input(T0 + 2, 1, Input::Provider(facts(99, "a", T0 + 2)))
+        .unwrap();
+    let d = net.deployer();
+    let after: Vec<NodeId> = d.providers().keys().copied().collect();
+    assert_eq!(d.own(&id).unwrap().targets.len(), 2, "both kept are targets");
+    assert_eq!(before, after);
+    assert_eq!(d.counters().providers_refused, 1);
+}
+
 fn placed(done: &[(NodeId, Effect)]) -> Vec<NodeId> {
     let mut out: Vec<NodeId> = done
         .iter()

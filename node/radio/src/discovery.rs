@@ -52,6 +52,10 @@ pub struct DiscoveryStats {
     pub replies_unsolicited: u64,
     /// Devices evicted from a full table.
     pub evicted: u64,
+    /// New devices not admitted: the table was full of pinned ones (keyed devices whose
+    /// uplinks verified here, devices of firmware jobs).
+    #[serde(default)]
+    pub refused_full: u64,
 }
 
 struct Entry {
@@ -60,6 +64,9 @@ struct Entry {
     last_heard: Timestamp,
     last_asked: Option<Timestamp>,
     uplinks: u64,
+    /// Never evicted for an unpinned newcomer: an uplink of it verified under its key here,
+    /// or a firmware job of this edge names it (THREATS R4).
+    pinned: bool,
 }
 
 /// The discovery table.
@@ -81,41 +88,62 @@ impl Discovery {
         }
     }
 
-    /// Makes room for a new device: evicts the stalest one when full.
-    fn admit(&mut self, device: DeviceId) {
+    /// Makes room for a new device (`pinned`: see [`Entry::pinned`]): evicts the stalest
+    /// unpinned one when full; a pinned newcomer may evict the stalest pinned one when every
+    /// entry is. `false` (counted) when there is no room for it: a flood of made-up device ids
+    /// (announcements or unsigned uplinks, which anyone in range can send) evicted a keyed
+    /// device in its bootloader, and a forged announcement then bound its address to the
+    /// attacker's, which took the firmware job's chunks and faked its success (THREATS R4).
+    fn admit(&mut self, device: DeviceId, pinned: bool) -> bool {
         if self.devices.contains_key(&device) || self.devices.len() < self.max {
-            return;
+            return true;
         }
-        let stalest = self
-            .devices
-            .iter()
-            .min_by_key(|(_, e)| e.last_heard)
-            .map(|(id, _)| *id);
-        if let Some(victim) = stalest {
-            self.devices.remove(&victim);
-            self.stats.evicted += 1;
+        let stalest = |only_unpinned: bool| {
+            self.devices
+                .iter()
+                .filter(|(_, e)| !only_unpinned || !e.pinned)
+                .min_by_key(|(_, e)| e.last_heard)
+                .map(|(id, _)| *id)
+        };
+        let Some(victim) = stalest(true).or_else(|| pinned.then(|| stalest(false)).flatten())
+        else {
+            self.stats.refused_full += 1;
             debug!(
-                victim,
-                device, "discovery table full: stalest device evicted"
+                device,
+                "discovery table full of pinned devices: new device not admitted"
             );
-        }
+            return false;
+        };
+        self.devices.remove(&victim);
+        self.stats.evicted += 1;
+        debug!(
+            victim,
+            device, "discovery table full: stalest device evicted"
+        );
+        true
     }
 
     /// An uplink of `device` from `from`: returns the metadata request to send, if one is due.
+    /// `keyed`: the uplink verified under the device's key here.
     pub(crate) fn heard(
         &mut self,
         device: DeviceId,
         from: SocketAddr,
         now: Timestamp,
+        keyed: bool,
     ) -> Option<Vec<u8>> {
-        self.admit(device);
+        if !self.admit(device, keyed) {
+            return None;
+        }
         let e = self.devices.entry(device).or_insert(Entry {
             addr: from,
             meta: None,
             last_heard: now,
             last_asked: None,
             uplinks: 0,
+            pinned: false,
         });
+        e.pinned |= keyed;
         if e.addr != from {
             // Uplinks carry a MIC when keyed (checked by the radio); the address follows them.
             e.addr = from;
@@ -148,14 +176,18 @@ impl Discovery {
         if self.devices.get(&device).is_some_and(|e| e.meta.is_some()) {
             return None;
         }
-        self.admit(device);
+        if !self.admit(device, true) {
+            return None;
+        }
         let e = self.devices.entry(device).or_insert(Entry {
             addr,
             meta: None,
             last_heard: now,
             last_asked: None,
             uplinks: 0,
+            pinned: true,
         });
+        e.pinned = true;
         if e.last_asked
             .is_some_and(|at| now < at.saturating_add(1_000))
         {
@@ -196,13 +228,16 @@ impl Discovery {
             }
             return Some((device, reply));
         };
-        self.admit(device);
+        if !self.admit(device, false) {
+            return None;
+        }
         let e = self.devices.entry(device).or_insert(Entry {
             addr: from,
             meta: None,
             last_heard: now,
             last_asked: Some(now),
             uplinks: 0,
+            pinned: false,
         });
         e.meta = Some(meta.clone());
         e.last_heard = now;
@@ -281,12 +316,12 @@ mod tests {
     #[test]
     fn a_heard_device_is_asked_for_metadata_once_per_refresh() {
         let mut d = Discovery::new(8, 1_000);
-        let req = d.heard(5, addr(1), 0).unwrap();
+        let req = d.heard(5, addr(1), 0, false).unwrap();
         assert_eq!(decode_request(&req), Ok((5, Request::Metadata)));
-        assert!(d.heard(5, addr(1), 10).is_none(), "rate-limited");
+        assert!(d.heard(5, addr(1), 10, false).is_none(), "rate-limited");
         d.on_reply(&announce(5, "1.0"), addr(1), 20);
-        assert!(d.heard(5, addr(1), 500).is_none());
-        assert!(d.heard(5, addr(1), 1_000).is_some(), "refreshed");
+        assert!(d.heard(5, addr(1), 500, false).is_none());
+        assert!(d.heard(5, addr(1), 1_000, false).is_some(), "refreshed");
         let list = d.list(|_| Some("ab".into()));
         assert_eq!(list[0].meta.as_ref().unwrap().version, "1.0");
         assert_eq!((list[0].uplinks, list[0].last_heard), (4, 1_000));
@@ -296,7 +331,7 @@ mod tests {
     #[test]
     fn announcements_from_another_address_and_garbage_are_dropped_and_counted() {
         let mut d = Discovery::new(8, 1_000);
-        d.heard(5, addr(1), 0);
+        d.heard(5, addr(1), 0, false);
         d.on_reply(&announce(5, "6.6.6"), addr(2), 1);
         d.on_reply(&[0xAA, 1, 2], addr(2), 1);
         // A chunk ack from the device's address goes to the firmware jobs; one from another
@@ -323,13 +358,44 @@ mod tests {
         assert!(d.list(|_| None)[1].meta.is_some());
     }
 
+    /// THREATS R4: a flood of made-up ids (announcements, unsigned uplinks) never evicts a
+    /// keyed device heard here nor one a firmware job names, so a forged announcement for it
+    /// from another address stays refused; a table full of pinned devices admits no stranger.
+    #[test]
+    fn a_flood_of_new_ids_never_evicts_a_keyed_device_or_one_in_a_job() {
+        let mut d = Discovery::new(4, 1_000);
+        d.heard(7, addr(7), 0, true);
+        d.hint(8, addr(8), 0);
+        for id in 100..5_000 {
+            d.on_reply(&announce(id, "6.6.6"), addr(9), 1 + u64::from(id));
+            d.heard(id + 10_000, addr(9), 1 + u64::from(id), false);
+        }
+        assert_eq!(d.list(|_| None).len(), 4, "bounded");
+        assert_eq!(d.addr_of(7), Some(addr(7)));
+        assert_eq!(d.addr_of(8), Some(addr(8)));
+        assert!(d.on_reply(&announce(7, "6.6.6"), addr(9), 9_000).is_none());
+        assert_eq!(d.addr_of(7), Some(addr(7)));
+        assert!(d.stats.evicted > 0);
+        // Full of pinned devices: an unpinned newcomer is refused, a keyed one evicts the
+        // stalest pinned.
+        let mut d = Discovery::new(2, 1_000);
+        d.heard(1, addr(1), 0, true);
+        d.heard(2, addr(2), 5, true);
+        assert!(d.on_reply(&announce(3, "1.0"), addr(3), 10).is_none());
+        assert!(d.heard(4, addr(4), 10, false).is_none());
+        assert_eq!(d.stats.refused_full, 2);
+        d.heard(5, addr(5), 20, true);
+        let ids: Vec<_> = d.list(|_| None).iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![2, 5]);
+    }
+
     #[test]
     fn the_table_is_bounded_and_evicts_the_stalest() {
         let mut d = Discovery::new(2, 1_000);
-        d.heard(1, addr(1), 0);
-        d.heard(2, addr(2), 5);
-        d.heard(1, addr(1), 10);
-        d.heard(3, addr(3), 20);
+        d.heard(1, addr(1), 0, false);
+        d.heard(2, addr(2), 5, false);
+        d.heard(1, addr(1), 10, false);
+        d.heard(3, addr(3), 20, false);
         let ids: Vec<_> = d.list(|_| None).iter().map(|e| e.id).collect();
         assert_eq!(ids, vec![1, 3]);
         assert_eq!(d.stats.evicted, 1);

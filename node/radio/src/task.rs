@@ -379,7 +379,9 @@ impl RadioTask {
             return self.send_requests(socket, out).await;
         }
         if let Some(device) = self.on_frame(bytes)
-            && let Some(req) = self.discovery.heard(device, from, now_ms())
+            && let Some(req) =
+                self.discovery
+                    .heard(device, from, now_ms(), self.keys.get(device).is_some())
             && let Some(s) = socket
             && let Err(e) = s.send_to(&req, from).await
         {

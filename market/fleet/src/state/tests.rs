@@ -629,7 +629,11 @@ fn a_flood_of_candidates_never_evicts_a_targets_facts_nor_releases_it() {
         .unwrap();
     let d = net.deployer();
     let after: Vec<NodeId> = d.providers().keys().copied().collect();
-    assert_eq!(d.own(&id).unwrap().targets.len(), 2, "both kept are targets");
+    assert_eq!(
+        d.own(&id).unwrap().targets.len(),
+        2,
+        "both kept are targets"
+    );
     assert_eq!(before, after);
     assert_eq!(d.counters().providers_refused, 1);
 }

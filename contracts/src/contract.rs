@@ -213,6 +213,11 @@ pub struct Contract {
     pub nonce: u64,
 }
 
+/// The most interfaces a contract's terms may name.
+pub const MAX_INTERFACES: usize = 64;
+/// The longest interface name a contract's terms may carry, bytes.
+pub const MAX_INTERFACE_LEN: usize = 64;
+
 impl Contract {
     /// The canonical bytes: CBOR of the body. Signatures and the id are over these.
     pub fn canonical_bytes(&self) -> Result<Vec<u8>, ContractError> {
@@ -272,6 +277,22 @@ impl Contract {
         }
         if self.customer_lock().is_none() {
             return Err(bad("payment plus customer stake overflows"));
+        }
+        // A contract that pays nothing costs its parties nothing to register and every replica
+        // its record (THREATS N12).
+        if self.payment == 0 {
+            return Err(bad("payment must be greater than zero"));
+        }
+        if self.terms.interfaces.len() > MAX_INTERFACES
+            || self
+                .terms
+                .interfaces
+                .iter()
+                .any(|i| i.len() > MAX_INTERFACE_LEN)
+        {
+            return Err(bad(&format!(
+                "at most {MAX_INTERFACES} interfaces of at most {MAX_INTERFACE_LEN} bytes each"
+            )));
         }
         Ok(())
     }

@@ -85,6 +85,13 @@ impl Supply {
     }
 }
 
+/// How long a closed contract's record stays in the ledger state after it closed, ms: for
+/// operators to look it up and for the nodes to finish with it (a provider retires a service
+/// 10 s after its stop); then [`Ledger::tick`] forgets it. At least [`MAX_REGISTER_AGE_MS`], so
+/// a forgotten contract can never be registered again.
+pub const RETAIN_CLOSED_MS: u64 = 60 * 60 * 1000;
+const _: () = assert!(RETAIN_CLOSED_MS >= MAX_REGISTER_AGE_MS);
+
 /// The replicated ledger state. Clone + serde so the node can snapshot it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
@@ -393,7 +400,26 @@ impl Ledger {
                 }
             }
         }
+        self.prune(now);
         events
+    }
+
+    /// Forgets what no rule reads any more, so the replicated state stays bounded by what is
+    /// live (THREATS N12, A9): a closed contract's record [`RETAIN_CLOSED_MS`] after it
+    /// closed (it can no longer be registered again: registration is refused
+    /// [`MAX_REGISTER_AGE_MS`] after signing), and liveness observations older than the
+    /// attestation window (no rule counts them).
+    fn prune(&mut self, now: Timestamp) {
+        self.contracts.retain(|_, r| {
+            !(r.status.is_final()
+                && r.closed_at
+                    .is_some_and(|c| now >= c.saturating_add(RETAIN_CLOSED_MS)))
+        });
+        let window = self.params.attestation_window_ms;
+        self.liveness.retain(|_, obs| {
+            obs.retain(|_, o| o.recorded_at.saturating_add(window) >= now);
+            !obs.is_empty()
+        });
     }
 
     /// How long a pending settlement of `rec` waits for the provider's heartbeats and the

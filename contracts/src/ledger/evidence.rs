@@ -33,6 +33,25 @@ impl Ledger {
             return Err(LedgerError::NotCommitteeMember { attester });
         }
         self.require_unslashed(attester)?;
+        // Only about a party of a contract this arbitrator judges (still in the state: closed
+        // ones are forgotten an hour after they close): an observation of anyone else is read
+        // by no rule, and one arbitrator could grow the state without bound with ever-new
+        // subjects (THREATS A9). A closed contract's parties stay attestable for that hour:
+        // an arbitrator reports a customer back after its contract settled.
+        let judged = self.contracts.values().any(|r| {
+            r.contract.committee.contains(&attester)
+                && (r.contract.customer == subject || r.contract.provider == subject)
+        });
+        if !judged {
+            return Err(invalid(
+                format!(
+                    "{} is no party of a contract {} judges",
+                    subject.short(),
+                    attester.short()
+                ),
+                now,
+            ));
+        }
         if let Liveness::Unreachable { since } = liveness
             && since > now
         {

@@ -43,6 +43,11 @@ impl Ledger {
 
     pub(super) fn debit(&mut self, id: NodeId, amount: Amount) -> Result<(), LedgerError> {
         self.require_funds(id, amount)?;
+        if amount == 0 {
+            // No account is made for nothing (a contract's throwaway party locking 0 got one,
+            // past the minimum balance a new account needs: THREATS N12).
+            return Ok(());
+        }
         let acc = self.accounts.entry(id).or_default();
         acc.balance = acc
             .balance
@@ -63,6 +68,9 @@ impl Ledger {
     /// Moves `amount` from `id`'s spendable balance into its locked total.
     pub(super) fn lock(&mut self, id: NodeId, amount: Amount) -> Result<(), LedgerError> {
         self.debit(id, amount)?;
+        if amount == 0 {
+            return Ok(());
+        }
         let acc = self.accounts.entry(id).or_default();
         acc.locked = acc.locked.checked_add(amount).ok_or(overflow("locking"))?;
         Ok(())

@@ -233,3 +233,89 @@ fn a_genesis_file_without_the_new_params_gets_the_defaults() {
     let ledger = Ledger::from_genesis(&genesis).unwrap();
     assert_eq!(ledger.account(&id).unwrap().bonded, 10_000);
 }
+
+/// THREATS N12: a contract paying nothing (or naming oversized interfaces) is refused, and
+/// registering one whose provider locks nothing makes no account for that provider.
+#[test]
+fn contracts_paying_nothing_or_naming_too_much_are_refused() {
+    use crate::test_utils::ContractBuilder;
+    let mut h = Harness::new();
+    let c = h.customer();
+    let free = ContractBuilder::new(1, 2).payment(0).signed();
+    let err = h
+        .try_apply(&c, TxKind::RegisterContract(Box::new(free)))
+        .unwrap_err();
+    assert!(err.to_string().contains("payment must be greater"), "{err}");
+    let mut padded = ContractBuilder::new(1, 2).nonce(9).build();
+    padded.terms.interfaces = vec!["x".repeat(crate::contract::MAX_INTERFACE_LEN + 1)];
+    let padded = padded.sign_both(&h.customer(), &h.provider()).unwrap();
+    let err = h
+        .try_apply(&c, TxKind::RegisterContract(Box::new(padded)))
+        .unwrap_err();
+    assert!(err.to_string().contains("interfaces"), "{err}");
+}
+
+/// THREATS N12, A9: a closed contract's record is forgotten `RETAIN_CLOSED_MS` after it
+/// closed (never before), liveness observations once older than the attestation window, and
+/// an arbitrator's attestation of a node that is no party of a live contract it judges is
+/// refused.
+#[test]
+fn closed_contracts_and_stale_observations_are_forgotten() {
+    use crate::attestation::Liveness;
+    use crate::ledger::RETAIN_CLOSED_MS;
+    use crate::test_utils::ContractBuilder;
+    let mut h = Harness::new();
+    let c = h.customer();
+    let id = h.register(ContractBuilder::new(1, 2).signed());
+    // An arbitrator of the contract attests its customer; a stranger it may not attest.
+    h.attest(0, Liveness::Reachable);
+    let a = h.committee[0].clone();
+    let stranger = KeySigner::from_seed(9_999).node_id();
+    let err = h
+        .try_apply(
+            &a,
+            TxKind::Attest {
+                subject: stranger,
+                liveness: Liveness::Reachable,
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("no party"), "{err}");
+    h.ok(&c, TxKind::Cancel(id));
+    let closed = h.ledger.contract(&id).unwrap().closed_at.unwrap();
+    let window = h.ledger.params().attestation_window_ms;
+    let attested = h.ledger.liveness[&c.node_id()][&a.node_id()].recorded_at;
+    h.ledger.tick(attested + window);
+    assert!(
+        h.ledger.liveness.contains_key(&c.node_id()),
+        "fresh within the window"
+    );
+    h.ledger.tick(attested + window + 1);
+    assert!(h.ledger.liveness.is_empty(), "stale observations forgotten");
+    // A closed contract's customer stays attestable while the contract is kept.
+    h.ok(
+        &a,
+        TxKind::Attest {
+            subject: c.node_id(),
+            liveness: Liveness::Reachable,
+        },
+    );
+    h.ledger.tick(closed + RETAIN_CLOSED_MS - 1);
+    assert!(
+        h.ledger.contract(&id).is_some(),
+        "kept while operators may look"
+    );
+    h.ledger.tick(closed + RETAIN_CLOSED_MS);
+    assert!(h.ledger.contract(&id).is_none(), "forgotten");
+    // Once its contract is forgotten, its customer is no longer attestable.
+    let err = h
+        .try_apply(
+            &a,
+            TxKind::Attest {
+                subject: c.node_id(),
+                liveness: Liveness::Reachable,
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("no party"), "{err}");
+}

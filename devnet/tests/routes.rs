@@ -234,6 +234,99 @@ async fn a_request_signed_by_another_node_than_its_peer_is_refused() {
     net.shutdown().await;
 }
 
+/// THREATS N13: a peer that asks for large answers and never reads them pinned each answer
+/// in the swarm until its request timed out (30 s). Answers handed to the swarm and not yet
+/// written are bounded per peer (two of the largest) and for all: beyond, an answer is
+/// withheld, its request fails at once, and it is counted; once the peer's streams go, the
+/// budget is free again and its next request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_a_peer_never_reads_are_bounded() {
+    const STREAMS: usize = 6;
+    const ANSWER: usize = 3 * 1024 * 1024;
+    let net = Devnet::builder()
+        .nodes(2)
+        .committee(1)
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(1, WAIT).await.unwrap();
+    let (a, b) = (net.handle(0).unwrap(), net.handle(1).unwrap());
+    let mut owner = a.inbox(Interest::new("owner").requests(Kind::Raw));
+    let before = a.stats().await.unwrap();
+    let key = signer(&net, 1);
+    let ask = |n: u64| Envelope::seal(&key, Kind::Raw, agora_wire::now_ms(), n, b"big".to_vec());
+    // Node 1 sends its requests on raw streams and never reads them.
+    let mut control = b.stream_control();
+    let mut streams = Vec::new();
+    for n in 0..STREAMS {
+        let mut s = control
+            .open_stream(a.peer_id(), agora_network::RPC_PROTOCOL)
+            .await
+            .unwrap();
+        agora_storage::wire::write_frame_async(
+            &mut s,
+            &ask(n as u64 + 1).to_bytes(),
+            agora_wire::codec::MAX_RPC_BYTES,
+        )
+        .await
+        .unwrap();
+        streams.push(s);
+    }
+    // Node 0 answers each with 3 MiB.
+    let mut outcomes = Vec::new();
+    while outcomes.len() < STREAMS {
+        let ev = timeout(WAIT, owner.recv())
+            .await
+            .expect("every request arrives");
+        if let NetworkEvent::Request { id, .. } = ev {
+            let big = Envelope::seal(&signer(&net, 0), Kind::Raw, 1, 1, vec![7u8; ANSWER]);
+            outcomes.push(a.respond(id, &big).await.is_ok());
+        }
+    }
+    let handed = outcomes.iter().filter(|ok| **ok).count();
+    assert_eq!(
+        handed, 2,
+        "two 3 MiB answers fit the peer's 8 MiB: {outcomes:?}"
+    );
+    let s = a.stats().await.unwrap();
+    assert_eq!(
+        s.rpc_responses_withheld,
+        before.rpc_responses_withheld + (STREAMS - 2) as u64,
+        "{s:?}"
+    );
+    // The streams go: their answers fail, the budget is free, a read request is answered.
+    drop(streams);
+    let b2 = b.clone();
+    let a_peer = a.peer_id();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let env = ask(100);
+        let asking = tokio::spawn({
+            let b2 = b2.clone();
+            async move { b2.request(a_peer, &env).await }
+        });
+        let ev = timeout(WAIT, owner.recv())
+            .await
+            .expect("the request arrives");
+        let NetworkEvent::Request { id, .. } = ev else {
+            continue;
+        };
+        let big = Envelope::seal(&signer(&net, 0), Kind::Raw, 1, 1, vec![7u8; ANSWER]);
+        let handed = a.respond(id, &big).await.is_ok();
+        let answer = timeout(WAIT, asking).await.unwrap().unwrap();
+        if handed {
+            assert_eq!(answer.unwrap().payload.len(), ANSWER);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the budget never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    net.shutdown().await;
+}
+
 /// Publishes `bytes` on `topic` from `node`, retrying while no peer's subscription is known yet.
 async fn publish_when_subscribed(node: &NetworkHandle, topic: &str, bytes: Vec<u8>) {
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -42,6 +42,10 @@ const IDLE_PINGS_BEFORE_DOWN: u32 = 4;
 const MAX_PENDING_INBOUND: usize = 1024;
 /// Most inbound requests one peer may have waiting for an answer; more are refused.
 const MAX_PENDING_PER_PEER: usize = 32;
+/// Bytes of answers one peer may have handed to the swarm and not yet read (two of the
+/// largest answers), and all peers together; an answer beyond them is withheld (THREATS N13).
+const RESPONSE_BYTES_PER_PEER: usize = 2 * MAX_RPC_BYTES;
+const RESPONSE_BYTES_TOTAL: usize = 64 * 1024 * 1024;
 /// Inbound requests per second one peer may send (sustained), and the burst it may send at once.
 const RPC_RATE_PER_SECOND: u32 = 50;
 const RPC_BURST: u32 = 200;
@@ -86,6 +90,8 @@ struct EventLoop {
     inbound: BTreeMap<u64, PendingInbound>,
     pending_per_peer: HashMap<PeerId, usize>,
     rpc_rates: RateLimiter,
+    /// Answers handed to the swarm and not yet written (THREATS N13).
+    responses: crate::quota::ResponseBudget<PeerId, request_response::InboundRequestId>,
     /// Gossip bytes each peer may deliver to us (the peer that forwarded a message pays).
     gossip_rates: RateLimiter,
     strangers: StrangerBudget,
@@ -141,6 +147,8 @@ struct GossipAside {
 struct PendingInbound {
     peer: PeerId,
     channel: ResponseChannel<Vec<u8>>,
+    /// libp2p's id of the request: its `ResponseSent` / `InboundFailure` name it.
+    request_id: request_response::InboundRequestId,
 }
 
 /// A Kademlia provider lookup waiting for its last step.
@@ -242,6 +250,7 @@ pub async fn spawn_with_metrics(
         inbound: BTreeMap::new(),
         pending_per_peer: HashMap::new(),
         rpc_rates: RateLimiter::new(RPC_RATE_PER_SECOND, RPC_BURST, MAX_RATE_PEERS),
+        responses: crate::quota::ResponseBudget::new(RESPONSE_BYTES_PER_PEER, RESPONSE_BYTES_TOTAL),
         gossip_rates: RateLimiter::new(GOSSIP_BYTES_PER_SECOND, GOSSIP_BYTES_BURST, MAX_RATE_PEERS),
         strangers,
         next_inbound: 0,
@@ -415,15 +424,34 @@ impl EventLoop {
             }
             Command::Respond(id, data, reply) => {
                 let res = match self.take_inbound(id) {
-                    Some(ch) => self
-                        .swarm
-                        .behaviour_mut()
-                        .rpc
-                        .send_response(ch, data)
-                        .map_err(|_| NetworkError::Publish {
+                    Some(p) if !self.responses.take(p.peer, p.request_id, data.len()) => {
+                        // Dropping the channel fails the request at once.
+                        self.stats.rpc_responses_withheld += 1;
+                        if self.refused("rpc responses withheld") {
+                            warn!(peer = %p.peer, bytes = data.len(), waiting = self.responses.in_flight(), "answer withheld: too many answer bytes wait to be written to this peer or to all");
+                        }
+                        Err(NetworkError::Publish {
+                            topic: "rpc".into(),
+                            reason: format!(
+                                "request {id}: too many answer bytes already wait to be written"
+                            ),
+                        })
+                    }
+                    Some(p) => {
+                        let request_id = p.request_id;
+                        let sent = self
+                            .swarm
+                            .behaviour_mut()
+                            .rpc
+                            .send_response(p.channel, data);
+                        if sent.is_err() {
+                            self.responses.release(&request_id);
+                        }
+                        sent.map_err(|_| NetworkError::Publish {
                             topic: "rpc".into(),
                             reason: format!("request {id}: the peer stopped waiting"),
-                        }),
+                        })
+                    }
                     None => Err(NetworkError::Publish {
                         topic: "rpc".into(),
                         reason: format!("request {id} is unknown or already answered"),
@@ -865,6 +893,7 @@ impl EventLoop {
     fn on_inbound_request(
         &mut self,
         peer: PeerId,
+        request_id: request_response::InboundRequestId,
         request: Vec<u8>,
         channel: ResponseChannel<Vec<u8>>,
     ) {
@@ -909,7 +938,14 @@ impl EventLoop {
         self.next_inbound += 1;
         *self.pending_per_peer.entry(peer).or_insert(0) += 1;
         if request.len() >= VERIFY_ASIDE_BYTES && self.verifying.len() < MAX_VERIFYING_ASIDE {
-            self.verifying.insert(id, PendingInbound { peer, channel });
+            self.verifying.insert(
+                id,
+                PendingInbound {
+                    peer,
+                    channel,
+                    request_id,
+                },
+            );
             self.stats.rpc_verified_aside += 1;
             let tx = self.verified_tx.clone();
             tokio::task::spawn_blocking(move || {
@@ -920,7 +956,15 @@ impl EventLoop {
             return;
         }
         let verdict = Envelope::open(&request, MAX_RPC_BYTES);
-        self.admit(id, PendingInbound { peer, channel }, verdict);
+        self.admit(
+            id,
+            PendingInbound {
+                peer,
+                channel,
+                request_id,
+            },
+            verdict,
+        );
     }
 
     /// A request checked beside the loop.
@@ -987,10 +1031,10 @@ impl EventLoop {
     }
 
     /// Takes a pending inbound request's channel out (to answer it).
-    fn take_inbound(&mut self, id: u64) -> Option<ResponseChannel<Vec<u8>>> {
+    fn take_inbound(&mut self, id: u64) -> Option<PendingInbound> {
         let p = self.inbound.remove(&id)?;
         self.release_pending(p.peer);
-        Some(p.channel)
+        Some(p)
     }
 
     fn release_pending(&mut self, peer: PeerId) {
@@ -1022,8 +1066,10 @@ impl EventLoop {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
-                } => self.on_inbound_request(peer, request, channel),
+                    request_id,
+                    request,
+                    channel,
+                } => self.on_inbound_request(peer, request_id, request, channel),
                 request_response::Message::Response {
                     request_id,
                     response,
@@ -1052,7 +1098,13 @@ impl EventLoop {
                     }));
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.responses.release(&request_id);
                 debug!(%peer, %error, "inbound request failed");
                 let reason = match error {
                     request_response::InboundFailure::Timeout => "timeout",
@@ -1069,7 +1121,9 @@ impl EventLoop {
                     .entry(reason.to_string())
                     .or_insert(0) += 1;
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.responses.release(&request_id);
+            }
         }
     }
 }

@@ -263,6 +263,10 @@ pub struct NetworkStats {
     pub rpc_pending_refused: u64,
     /// Inbound requests that expired unanswered (the peer stopped waiting).
     pub rpc_expired: u64,
+    /// Answers withheld (their requests failed at once): the bytes of answers handed to the
+    /// swarm and not yet written already reached the per-peer or the total budget (a peer
+    /// that asks for large answers and never reads them; THREATS N13).
+    pub rpc_responses_withheld: u64,
     /// Inbound heartbeat streams refused (per-peer or total quota).
     pub heartbeat_streams_refused: u64,
     /// Inbound bitswap streams refused (per-peer or total quota).

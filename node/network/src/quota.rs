@@ -372,6 +372,72 @@ impl StrangerBudget {
     }
 }
 
+/// Answers the swarm has been handed but not yet written to their requester (THREATS N13):
+/// libp2p keeps each until it is sent or its request times out (30 s), so a peer that asks
+/// for large answers and never reads them pinned them all. Each answer is charged to its peer
+/// and to the whole node until libp2p reports it sent or failed; one beyond either budget is
+/// withheld (its request fails at once) and counted.
+#[derive(Debug)]
+pub struct ResponseBudget<P, I> {
+    per_peer: usize,
+    total: usize,
+    sending: HashMap<I, (P, usize)>,
+    by_peer: HashMap<P, usize>,
+    in_flight: usize,
+}
+
+impl<P: std::hash::Hash + Eq + Copy, I: std::hash::Hash + Eq + Copy> ResponseBudget<P, I> {
+    /// At most `per_peer` bytes of answers waiting for one peer, `total` for all.
+    pub fn new(per_peer: usize, total: usize) -> Self {
+        ResponseBudget {
+            per_peer,
+            total,
+            sending: HashMap::new(),
+            by_peer: HashMap::new(),
+            in_flight: 0,
+        }
+    }
+
+    /// Charges answer `id` of `len` bytes to `peer`; `false` when it would exceed a budget
+    /// (nothing charged). An answer alone larger than the per-peer budget is never sent.
+    pub fn take(&mut self, peer: P, id: I, len: usize) -> bool {
+        let mine = self.by_peer.get(&peer).copied().unwrap_or(0);
+        if mine.saturating_add(len) > self.per_peer
+            || self.in_flight.saturating_add(len) > self.total
+        {
+            return false;
+        }
+        if let Some((p, l)) = self.sending.insert(id, (peer, len)) {
+            self.give_back(p, l);
+        }
+        *self.by_peer.entry(peer).or_insert(0) += len;
+        self.in_flight += len;
+        true
+    }
+
+    /// Answer `id` was written, or failed: its bytes are free again.
+    pub fn release(&mut self, id: &I) {
+        if let Some((p, l)) = self.sending.remove(id) {
+            self.give_back(p, l);
+        }
+    }
+
+    fn give_back(&mut self, peer: P, len: usize) {
+        self.in_flight = self.in_flight.saturating_sub(len);
+        if let Some(n) = self.by_peer.get_mut(&peer) {
+            *n = n.saturating_sub(len);
+            if *n == 0 {
+                self.by_peer.remove(&peer);
+            }
+        }
+    }
+
+    /// Bytes of answers waiting to be written, all peers together.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -553,5 +619,28 @@ mod tests {
         let b =
             StrangerBudget::new(1, 1, 1, 1).trust((0..MAX_VOUCHED + 10).map(|_| PeerId::random()));
         assert_eq!(b.trusted(), MAX_VOUCHED);
+    }
+
+    #[test]
+    fn answers_waiting_to_be_written_are_bounded_per_peer_and_in_all() {
+        let mut b: ResponseBudget<u8, u32> = ResponseBudget::new(10, 25);
+        assert!(b.take(1, 1, 6));
+        assert!(!b.take(1, 2, 5), "over the peer's budget");
+        assert!(b.take(1, 3, 4));
+        assert!(b.take(2, 4, 10));
+        assert!(!b.take(3, 5, 6), "over the total");
+        assert!(b.take(3, 6, 5));
+        assert_eq!(b.in_flight(), 25);
+        // Written or failed: free again; a release of an unknown id changes nothing.
+        b.release(&1);
+        b.release(&99);
+        assert_eq!(b.in_flight(), 19);
+        assert!(b.take(1, 7, 6));
+        assert!(!b.take(4, 8, 11), "larger than a peer may ever wait for");
+        for id in [3, 4, 6, 7] {
+            b.release(&id);
+        }
+        assert_eq!(b.in_flight(), 0);
+        assert!(b.by_peer.is_empty() && b.sending.is_empty());
     }
 }

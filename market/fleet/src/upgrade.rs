@@ -29,11 +29,11 @@ use agora_market::identity::{NodeId, Timestamp};
 /// Most targets one wave may take at once (`--max-unavailable`).
 pub const MAX_WAVE: u32 = 1024;
 
-/// How one upgrade runs (`--max-unavailable K --health-timeout T`).
 /// How many health timeouts a rollback waits for a target's old image to be healthy again
 /// before it gives the target up (THREATS D1).
 pub const REVERT_PATIENCE: u64 = 10;
 
+/// How one upgrade runs (`--max-unavailable K --health-timeout T`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeConfig {
     /// At most this many targets mid-upgrade at once (1..=[`MAX_WAVE`]; 0 is read as 1).

@@ -55,5 +55,6 @@ pub use ledger::{
 };
 pub use lifecycle::{ContractStatus, IllegalTransition, LifecycleEvent};
 pub use vote::{
-    BlockHash, ConsensusVote, EquivocationError, EquivocationEvidence, SignedVote, VoteKind,
+    BlockHash, ChainTag, ConsensusVote, EquivocationError, EquivocationEvidence, SignedVote,
+    VoteKind,
 };

@@ -6,14 +6,32 @@
 //! checks votes) and the ledger (which checks evidence) use, so they always agree:
 //!
 //! ```text
-//! b'V' | 1 (prevote) or 2 (precommit) | height u64 LE | round u32 LE
+//! b'V' | the 32-byte chain tag | 1 (prevote) or 2 (precommit) | height u64 LE | round u32 LE
 //!      | 0 (nil) or 1 followed by the 32-byte block id | the voter's 32-byte public key
 //! ```
 //!
-//! signed under [`Domain::CONSENSUS`].
+//! signed under [`Domain::CONSENSUS`]. The chain tag ([`ChainTag::of`] the chain id) binds a
+//! vote to one chain: where arbitrator keys serve two chains, a vote of one is no evidence on
+//! the other (THREATS A8).
 
 use agora_market::{Domain, NodeId, Signature, SignatureError, Signer, verify};
 use serde::{Deserialize, Serialize};
+
+/// What binds a consensus signature to one chain: BLAKE3 of the chain id under a label.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub struct ChainTag(#[serde(with = "serde_bytes")] pub [u8; 32]);
+
+impl ChainTag {
+    /// The tag of the chain named `chain_id` (a genesis's `chain_id`).
+    pub fn of(chain_id: &str) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"agora/v1/chain\0");
+        h.update(chain_id.as_bytes());
+        ChainTag(*h.finalize().as_bytes())
+    }
+}
 
 /// Prevote or precommit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -44,13 +62,14 @@ pub struct ConsensusVote {
 }
 
 /// Length of [`ConsensusVote::signing_bytes`] for a vote for a block (a nil vote is 32 less).
-pub const VOTE_BYTES_MAX: usize = 1 + 1 + 8 + 4 + 1 + 32 + 32;
+pub const VOTE_BYTES_MAX: usize = 1 + 32 + 1 + 8 + 4 + 1 + 32 + 32;
 
 impl ConsensusVote {
     /// The canonical bytes that are signed (layout in the module doc).
-    pub fn signing_bytes(&self) -> Vec<u8> {
+    pub fn signing_bytes(&self, chain: &ChainTag) -> Vec<u8> {
         let mut out = Vec::with_capacity(VOTE_BYTES_MAX);
         out.push(b'V');
+        out.extend_from_slice(&chain.0);
         out.push(match self.kind {
             VoteKind::Prevote => 1,
             VoteKind::Precommit => 2,
@@ -68,17 +87,17 @@ impl ConsensusVote {
         out
     }
 
-    /// Signs the vote; `signer` should be the voter.
-    pub fn sign(&self, signer: &dyn Signer) -> Signature {
-        signer.sign(Domain::CONSENSUS, &self.signing_bytes())
+    /// Signs the vote on `chain`; `signer` should be the voter.
+    pub fn sign(&self, chain: &ChainTag, signer: &dyn Signer) -> Signature {
+        signer.sign(Domain::CONSENSUS, &self.signing_bytes(chain))
     }
 
     /// Checks `signature` is the voter's over this vote.
-    pub fn verify(&self, signature: &Signature) -> Result<(), SignatureError> {
+    pub fn verify(&self, chain: &ChainTag, signature: &Signature) -> Result<(), SignatureError> {
         verify(
             &self.voter,
             Domain::CONSENSUS,
-            &self.signing_bytes(),
+            &self.signing_bytes(chain),
             signature,
         )
     }
@@ -94,10 +113,10 @@ pub struct SignedVote {
 }
 
 impl SignedVote {
-    /// Signs `vote` as `signer`.
-    pub fn new(vote: ConsensusVote, signer: &dyn Signer) -> Self {
+    /// Signs `vote` on `chain` as `signer`.
+    pub fn new(vote: ConsensusVote, chain: &ChainTag, signer: &dyn Signer) -> Self {
         SignedVote {
-            signature: vote.sign(signer),
+            signature: vote.sign(chain, signer),
             vote,
         }
     }
@@ -156,8 +175,8 @@ pub enum EquivocationError {
 }
 
 impl EquivocationEvidence {
-    /// Checks the evidence; returns the equivocating voter.
-    pub fn verify(&self) -> Result<NodeId, EquivocationError> {
+    /// Checks the evidence of votes on `chain`; returns the equivocating voter.
+    pub fn verify(&self, chain: &ChainTag) -> Result<NodeId, EquivocationError> {
         let (a, b) = (&self.first.vote, &self.second.vote);
         if a.voter != b.voter {
             return Err(EquivocationError::DifferentVoters {
@@ -179,13 +198,12 @@ impl EquivocationEvidence {
             return Err(EquivocationError::SameValue);
         }
         for (which, signed) in [("first", &self.first), ("second", &self.second)] {
-            signed
-                .vote
-                .verify(&signed.signature)
-                .map_err(|e| EquivocationError::BadSignature {
+            signed.vote.verify(chain, &signed.signature).map_err(|e| {
+                EquivocationError::BadSignature {
                     which: which.into(),
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
         }
         Ok(a.voter)
     }
@@ -195,6 +213,8 @@ impl EquivocationEvidence {
 mod tests {
     use super::*;
     use crate::test_utils::signer;
+
+    const CHAIN: ChainTag = ChainTag([0x5C; 32]);
 
     fn vote(kind: VoteKind, block: Option<u8>, voter: NodeId) -> ConsensusVote {
         ConsensusVote {
@@ -216,10 +236,12 @@ mod tests {
             block: Some(BlockHash([0x11; 32])),
             voter,
         };
-        let mut expected = vec![b'V', 2, 8, 7, 6, 5, 4, 3, 2, 1, 0x0D, 0x0C, 0x0B, 0x0A, 1];
+        let mut expected = vec![b'V'];
+        expected.extend_from_slice(&CHAIN.0);
+        expected.extend_from_slice(&[2, 8, 7, 6, 5, 4, 3, 2, 1, 0x0D, 0x0C, 0x0B, 0x0A, 1]);
         expected.extend_from_slice(&[0x11; 32]);
         expected.extend_from_slice(&[0xAA; 32]);
-        assert_eq!(v.signing_bytes(), expected);
+        assert_eq!(v.signing_bytes(&CHAIN), expected);
         assert_eq!(expected.len(), VOTE_BYTES_MAX);
 
         let nil = ConsensusVote {
@@ -229,9 +251,11 @@ mod tests {
             block: None,
             voter,
         };
-        let mut expected = vec![b'V', 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut expected = vec![b'V'];
+        expected.extend_from_slice(&CHAIN.0);
+        expected.extend_from_slice(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         expected.extend_from_slice(&[0xAA; 32]);
-        assert_eq!(nil.signing_bytes(), expected);
+        assert_eq!(nil.signing_bytes(&CHAIN), expected);
     }
 
     #[test]
@@ -239,16 +263,16 @@ mod tests {
         let s = signer(100);
         let me = agora_market::Signer::node_id(&s);
         let ev = EquivocationEvidence {
-            first: SignedVote::new(vote(VoteKind::Prevote, Some(1), me), &s),
-            second: SignedVote::new(vote(VoteKind::Prevote, Some(2), me), &s),
+            first: SignedVote::new(vote(VoteKind::Prevote, Some(1), me), &CHAIN, &s),
+            second: SignedVote::new(vote(VoteKind::Prevote, Some(2), me), &CHAIN, &s),
         };
-        assert_eq!(ev.verify(), Ok(me));
+        assert_eq!(ev.verify(&CHAIN), Ok(me));
         // A nil vote against a block vote conflicts too.
         let ev = EquivocationEvidence {
-            first: SignedVote::new(vote(VoteKind::Precommit, None, me), &s),
-            second: SignedVote::new(vote(VoteKind::Precommit, Some(2), me), &s),
+            first: SignedVote::new(vote(VoteKind::Precommit, None, me), &CHAIN, &s),
+            second: SignedVote::new(vote(VoteKind::Precommit, Some(2), me), &CHAIN, &s),
         };
-        assert_eq!(ev.verify(), Ok(me));
+        assert_eq!(ev.verify(&CHAIN), Ok(me));
     }
 
     #[test]
@@ -259,33 +283,55 @@ mod tests {
             agora_market::Signer::node_id(&t),
         );
         let same = EquivocationEvidence {
-            first: SignedVote::new(vote(VoteKind::Prevote, Some(1), me), &s),
-            second: SignedVote::new(vote(VoteKind::Prevote, Some(1), me), &s),
+            first: SignedVote::new(vote(VoteKind::Prevote, Some(1), me), &CHAIN, &s),
+            second: SignedVote::new(vote(VoteKind::Prevote, Some(1), me), &CHAIN, &s),
         };
-        assert_eq!(same.verify(), Err(EquivocationError::SameValue));
+        assert_eq!(same.verify(&CHAIN), Err(EquivocationError::SameValue));
         let steps = EquivocationEvidence {
-            first: SignedVote::new(vote(VoteKind::Prevote, Some(1), me), &s),
-            second: SignedVote::new(vote(VoteKind::Precommit, Some(2), me), &s),
+            first: SignedVote::new(vote(VoteKind::Prevote, Some(1), me), &CHAIN, &s),
+            second: SignedVote::new(vote(VoteKind::Precommit, Some(2), me), &CHAIN, &s),
         };
         assert!(matches!(
-            steps.verify(),
+            steps.verify(&CHAIN),
             Err(EquivocationError::DifferentSteps { .. })
         ));
         let voters = EquivocationEvidence {
-            first: SignedVote::new(vote(VoteKind::Prevote, Some(1), me), &s),
-            second: SignedVote::new(vote(VoteKind::Prevote, Some(2), other), &t),
+            first: SignedVote::new(vote(VoteKind::Prevote, Some(1), me), &CHAIN, &s),
+            second: SignedVote::new(vote(VoteKind::Prevote, Some(2), other), &CHAIN, &t),
         };
         assert!(matches!(
-            voters.verify(),
+            voters.verify(&CHAIN),
             Err(EquivocationError::DifferentVoters { .. })
         ));
         // Someone else signing a vote in `me`'s name.
         let forged = EquivocationEvidence {
-            first: SignedVote::new(vote(VoteKind::Prevote, Some(1), me), &s),
-            second: SignedVote::new(vote(VoteKind::Prevote, Some(2), me), &t),
+            first: SignedVote::new(vote(VoteKind::Prevote, Some(1), me), &CHAIN, &s),
+            second: SignedVote::new(vote(VoteKind::Prevote, Some(2), me), &CHAIN, &t),
         };
         assert!(matches!(
-            forged.verify(),
+            forged.verify(&CHAIN),
+            Err(EquivocationError::BadSignature { .. })
+        ));
+    }
+
+    /// THREATS A8: the same arbitrator's votes at one height and round on two chains are no
+    /// equivocation on either: each signature covers its own chain's tag.
+    #[test]
+    fn votes_of_another_chain_are_no_evidence() {
+        let s = signer(100);
+        let me = agora_market::Signer::node_id(&s);
+        let other_chain = ChainTag::of("another-chain");
+        assert_ne!(other_chain, ChainTag::of("agora-devnet"));
+        let ev = EquivocationEvidence {
+            first: SignedVote::new(vote(VoteKind::Precommit, Some(1), me), &CHAIN, &s),
+            second: SignedVote::new(vote(VoteKind::Precommit, Some(2), me), &other_chain, &s),
+        };
+        assert!(matches!(
+            ev.verify(&CHAIN),
+            Err(EquivocationError::BadSignature { .. })
+        ));
+        assert!(matches!(
+            ev.verify(&other_chain),
             Err(EquivocationError::BadSignature { .. })
         ));
     }

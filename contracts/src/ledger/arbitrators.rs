@@ -108,7 +108,7 @@ impl Ledger {
         reporter: NodeId,
         evidence: &EquivocationEvidence,
     ) -> Result<Vec<LedgerEvent>, LedgerError> {
-        let arbitrator = evidence.verify()?;
+        let arbitrator = evidence.verify(&crate::vote::ChainTag::of(&self.chain_id))?;
         if !self.committee.contains(&arbitrator) {
             return Err(LedgerError::NotCommitteeMember {
                 attester: arbitrator,

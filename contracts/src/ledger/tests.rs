@@ -29,9 +29,10 @@ pub(crate) fn equivocation(
         block: Some(BlockHash([b; 32])),
         voter: signer.node_id(),
     };
+    let chain = crate::vote::ChainTag::of(crate::test_utils::TEST_CHAIN);
     crate::vote::EquivocationEvidence {
-        first: SignedVote::new(vote(1), signer),
-        second: SignedVote::new(vote(2), signer),
+        first: SignedVote::new(vote(1), &chain, signer),
+        second: SignedVote::new(vote(2), &chain, signer),
     }
 }
 

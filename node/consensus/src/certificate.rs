@@ -77,7 +77,9 @@ impl CommitCertificate {
             if !seen.insert(sig.validator) {
                 return Err(CertFailure::Duplicate(sig.validator));
             }
-            let bytes = self.precommit_for(sig.validator).signing_bytes();
+            let bytes = self
+                .precommit_for(sig.validator)
+                .signing_bytes(validators.chain());
             verify(&sig.validator, Domain::CONSENSUS, &bytes, &sig.signature)
                 .map_err(|_| CertFailure::BadSignature(sig.validator))?;
         }

@@ -3,6 +3,7 @@
 //! Arbitrators are the validators, all with voting power 1 (n = 3f + 1 from genesis). The
 //! proposer of (height, round) is `validators[(height + round) % n]` in address order.
 
+use agora_contracts::ChainTag;
 use std::fmt;
 use std::time::Duration;
 
@@ -159,6 +160,8 @@ impl mt::Validator<AgoraContext> for Validator {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidatorSet {
     validators: Vec<Validator>,
+    /// The chain whose votes and proposals this set signs and checks (THREATS A8).
+    chain: ChainTag,
 }
 
 impl ValidatorSet {
@@ -178,7 +181,20 @@ impl ValidatorSet {
         }
         Ok(ValidatorSet {
             validators: ids.into_iter().map(Validator::new).collect(),
+            chain: ChainTag::default(),
         })
+    }
+
+    /// The set signing and checking votes and proposals of chain `chain` (the genesis's
+    /// `ChainTag::of(chain_id)`; the all-zero tag without it, as tests use).
+    pub fn on_chain(mut self, chain: ChainTag) -> Self {
+        self.chain = chain;
+        self
+    }
+
+    /// The chain every signature of this set covers.
+    pub fn chain(&self) -> &ChainTag {
+        &self.chain
     }
 
     /// Number of arbitrators n.

@@ -192,7 +192,8 @@ fn tally<'a>(
             return Err(CertificateError::DuplicateVote(Address(voter)));
         }
         let sig: Signature = (*signature).into();
-        if verify(&voter, Domain::CONSENSUS, &vote.signing_bytes(), &sig).is_err() {
+        let bytes = vote.signing_bytes(validators.chain());
+        if verify(&voter, Domain::CONSENSUS, &bytes, &sig).is_err() {
             return Err(bad_signature(&vote));
         }
     }

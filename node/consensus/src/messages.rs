@@ -3,6 +3,7 @@
 //! Signatures cover canonical fixed-width bytes (never the CBOR encoding), signed under
 //! `Domain::CONSENSUS`, so re-encoding a message can never change what was signed.
 
+use agora_contracts::ChainTag;
 use agora_market::{Domain, NodeId, Signature, Signer, verify};
 use arc_malachitebft_core_types::{
     self as mt, NilOrVal, Round, SignedExtension, SignedMessage, VoteType,
@@ -60,10 +61,12 @@ impl Vote {
         self.voter.0
     }
 
-    /// The canonical bytes that are signed.
-    pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 1 + 8 + 4 + 1 + 32 + 32);
+    /// The canonical bytes that are signed on `chain` (the ledger's
+    /// `agora_contracts::ConsensusVote::signing_bytes`, the same layout).
+    pub fn signing_bytes(&self, chain: &ChainTag) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 32 + 1 + 8 + 4 + 1 + 32 + 32);
         out.push(b'V');
+        out.extend_from_slice(&chain.0);
         out.push(if self.prevote { 1 } else { 2 });
         out.extend_from_slice(&self.height.0.to_le_bytes());
         out.extend_from_slice(&self.round.to_le_bytes());
@@ -204,10 +207,11 @@ impl Proposal {
         self.proposer.0
     }
 
-    /// The canonical bytes that are signed (the block enters by its id).
-    pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 8 + 4 + 5 + 32 + 32);
+    /// The canonical bytes that are signed on `chain` (the block enters by its id).
+    pub fn signing_bytes(&self, chain: &ChainTag) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 32 + 8 + 4 + 5 + 32 + 32);
         out.push(b'P');
+        out.extend_from_slice(&chain.0);
         out.extend_from_slice(&self.height.0.to_le_bytes());
         out.extend_from_slice(&self.round.to_le_bytes());
         match self.pol_round {
@@ -315,9 +319,9 @@ impl ConsensusMessage {
 }
 
 impl SignedVoteMsg {
-    /// Signs `vote` with `signer`.
-    pub fn sign(vote: Vote, signer: &dyn Signer) -> Self {
-        let signature = signer.sign(Domain::CONSENSUS, &vote.signing_bytes());
+    /// Signs `vote` on `chain` with `signer`.
+    pub fn sign(vote: Vote, chain: &ChainTag, signer: &dyn Signer) -> Self {
+        let signature = signer.sign(Domain::CONSENSUS, &vote.signing_bytes(chain));
         SignedVoteMsg { vote, signature }
     }
 
@@ -330,7 +334,7 @@ impl SignedVoteMsg {
         verify(
             &voter,
             Domain::CONSENSUS,
-            &self.vote.signing_bytes(),
+            &self.vote.signing_bytes(validators.chain()),
             &self.signature,
         )
         .map_err(|source| ConsensusError::BadSignature {
@@ -374,9 +378,9 @@ impl SignedVoteMsg {
 }
 
 impl SignedProposalMsg {
-    /// Signs `proposal` with `signer`.
-    pub fn sign(proposal: Proposal, signer: &dyn Signer) -> Self {
-        let signature = signer.sign(Domain::CONSENSUS, &proposal.signing_bytes());
+    /// Signs `proposal` on `chain` with `signer`.
+    pub fn sign(proposal: Proposal, chain: &ChainTag, signer: &dyn Signer) -> Self {
+        let signature = signer.sign(Domain::CONSENSUS, &proposal.signing_bytes(chain));
         SignedProposalMsg {
             proposal,
             signature,
@@ -423,7 +427,7 @@ impl SignedProposalMsg {
         verify(
             &proposer,
             Domain::CONSENSUS,
-            &p.signing_bytes(),
+            &p.signing_bytes(validators.chain()),
             &self.signature,
         )
         .map_err(|source| ConsensusError::BadSignature {

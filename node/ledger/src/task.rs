@@ -396,8 +396,10 @@ pub async fn spawn(
             }
         }
     }
+    // Every consensus signature covers the chain (THREATS A8).
     let validators = ValidatorSet::new(genesis.committee.iter().copied())
-        .map_err(|e| LedgerTaskError::Ledger(format!("genesis committee: {e}")))?;
+        .map_err(|e| LedgerTaskError::Ledger(format!("genesis committee: {e}")))?
+        .on_chain(agora_contracts::ChainTag::of(&genesis.chain_id));
     let mut params = ChainParams {
         max_block_txs: config.max_block_txs.clamp(1, crate::chain::MAX_BLOCK_TXS),
         ..ChainParams::default()

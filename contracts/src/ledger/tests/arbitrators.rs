@@ -113,6 +113,7 @@ fn evidence_that_proves_nothing_is_refused() {
     let mut h = Harness::new();
     let reporter = h.accounts[2].clone();
     let s = h.committee[0].clone();
+    let chain = crate::vote::ChainTag::of(h.ledger.chain_id());
     let vote = |b: u8, voter| ConsensusVote {
         kind: VoteKind::Precommit,
         height: 3,
@@ -122,13 +123,13 @@ fn evidence_that_proves_nothing_is_refused() {
     };
     // The same vote twice.
     let same = EquivocationEvidence {
-        first: SignedVote::new(vote(1, s.node_id()), &s),
-        second: SignedVote::new(vote(1, s.node_id()), &s),
+        first: SignedVote::new(vote(1, s.node_id()), &chain, &s),
+        second: SignedVote::new(vote(1, s.node_id()), &chain, &s),
     };
     // A vote forged in the arbitrator's name.
     let forged = EquivocationEvidence {
-        first: SignedVote::new(vote(1, s.node_id()), &s),
-        second: SignedVote::new(vote(2, s.node_id()), &reporter),
+        first: SignedVote::new(vote(1, s.node_id()), &chain, &s),
+        second: SignedVote::new(vote(2, s.node_id()), &chain, &reporter),
     };
     for ev in [same, forged] {
         let err = h
@@ -206,4 +207,31 @@ fn a_slashed_arbitrator_sits_on_no_new_committee_and_its_reports_do_not_count() 
         matches!(err, LedgerError::SlashedArbitrator { .. }),
         "{err}"
     );
+}
+
+/// THREATS A8: an arbitrator's votes at the same height and round on another chain (its key
+/// serves two chains) are no equivocation here: its bond stays.
+#[test]
+fn votes_of_another_chain_are_no_evidence() {
+    let mut h = Harness::new();
+    let reporter = h.accounts[0].clone();
+    let s = h.committee[1].clone();
+    let here = crate::vote::ChainTag::of(h.ledger.chain_id());
+    let there = crate::vote::ChainTag::of("an-older-devnet");
+    let vote = |b: u8| ConsensusVote {
+        kind: VoteKind::Precommit,
+        height: 5,
+        round: 0,
+        block: Some(BlockHash([b; 32])),
+        voter: s.node_id(),
+    };
+    let ev = EquivocationEvidence {
+        first: SignedVote::new(vote(1), &here, &s),
+        second: SignedVote::new(vote(2), &there, &s),
+    };
+    assert!(
+        h.try_apply(&reporter, TxKind::ReportEquivocation(Box::new(ev)))
+            .is_err()
+    );
+    assert!(h.ledger.slashed().is_empty(), "no bond burnt");
 }

@@ -96,7 +96,7 @@ impl Io {
                 other,
                 *vote.validator_address(),
             );
-            let twin = SignedVoteMsg::sign(twin, self.signer.as_ref());
+            let twin = SignedVoteMsg::sign(twin, self.validators.chain(), self.signer.as_ref());
             self.push(Effect::Broadcast(ConsensusMessage::Vote(twin)));
         }
         self.push(Effect::Broadcast(ConsensusMessage::Vote(v)));
@@ -217,19 +217,21 @@ impl Io {
                 r.resume_with(())
             }
             E::SignVote(vote, r) => {
-                let sig = self.signer.sign(Domain::CONSENSUS, &vote.signing_bytes());
+                let bytes = vote.signing_bytes(self.validators.chain());
+                let sig = self.signer.sign(Domain::CONSENSUS, &bytes);
                 r.resume_with(SignedMessage::new(vote, sig.into()))
             }
             E::SignProposal(proposal, r) => {
-                let sig = self
-                    .signer
-                    .sign(Domain::CONSENSUS, &proposal.signing_bytes());
+                let sig = self.signer.sign(
+                    Domain::CONSENSUS,
+                    &proposal.signing_bytes(self.validators.chain()),
+                );
                 r.resume_with(SignedMessage::new(proposal, sig.into()))
             }
             E::VerifySignature(signed, public_key, r) => {
                 let bytes = match &signed.message {
-                    ConsensusMsg::Vote(v) => v.signing_bytes(),
-                    ConsensusMsg::Proposal(p) => p.signing_bytes(),
+                    ConsensusMsg::Vote(v) => v.signing_bytes(self.validators.chain()),
+                    ConsensusMsg::Proposal(p) => p.signing_bytes(self.validators.chain()),
                 };
                 let ok = verify(
                     &public_key,

@@ -61,7 +61,7 @@ fn prevote(signer: &KeySigner, height: u64, round: u32, value: Option<BlockId>) 
         value.map_or(NilOrVal::Nil, NilOrVal::Val),
         Address(signer.node_id()),
     );
-    SignedVoteMsg::sign(vote, signer)
+    SignedVoteMsg::sign(vote, &agora_contracts::ChainTag::default(), signer)
 }
 
 fn proposer_of(f: &Fixture, height: u64, round: u32) -> Arc<KeySigner> {
@@ -220,7 +220,12 @@ fn proposals_from_the_wrong_proposer_or_with_a_bad_block_are_rejected() {
     );
     let effects = send(
         &mut f,
-        ConsensusMessage::Proposal(SignedProposalMsg::sign(p, wrong.as_ref())).encode(),
+        ConsensusMessage::Proposal(SignedProposalMsg::sign(
+            p,
+            &agora_contracts::ChainTag::default(),
+            wrong.as_ref(),
+        ))
+        .encode(),
     );
     assert!(matches!(
         rejections(&effects)[..],
@@ -240,7 +245,12 @@ fn proposals_from_the_wrong_proposer_or_with_a_bad_block_are_rejected() {
     );
     let effects = send(
         &mut f,
-        ConsensusMessage::Proposal(SignedProposalMsg::sign(p, right.as_ref())).encode(),
+        ConsensusMessage::Proposal(SignedProposalMsg::sign(
+            p,
+            &agora_contracts::ChainTag::default(),
+            right.as_ref(),
+        ))
+        .encode(),
     );
     assert!(matches!(
         rejections(&effects)[..],
@@ -256,7 +266,12 @@ fn proposals_from_the_wrong_proposer_or_with_a_bad_block_are_rejected() {
     );
     let effects = send(
         &mut f,
-        ConsensusMessage::Proposal(SignedProposalMsg::sign(p, right.as_ref())).encode(),
+        ConsensusMessage::Proposal(SignedProposalMsg::sign(
+            p,
+            &agora_contracts::ChainTag::default(),
+            right.as_ref(),
+        ))
+        .encode(),
     );
     assert!(matches!(
         rejections(&effects)[..],
@@ -271,7 +286,8 @@ fn proposals_from_the_wrong_proposer_or_with_a_bad_block_are_rejected() {
         Round::Nil,
         Address(right.node_id()),
     );
-    let mut signed = SignedProposalMsg::sign(p, right.as_ref());
+    let mut signed =
+        SignedProposalMsg::sign(p, &agora_contracts::ChainTag::default(), right.as_ref());
     let mut other = block_by(&right, 1, BlockId::GENESIS_PARENT);
     other.transactions.push(b"smuggled".to_vec());
     signed.proposal = Proposal::new(
@@ -407,6 +423,22 @@ fn certificate_verify_checks_membership_and_quorum() {
     );
 }
 
+/// THREATS A8: a block certified on another chain (the same arbitrator keys, another chain
+/// id) fails its certificate here: every signature covers its chain's tag.
+#[test]
+fn a_certified_block_of_another_chain_is_refused() {
+    let (sim, good) = decided_block();
+    good.certificate.verify(&sim.validators).unwrap();
+    let elsewhere = sim
+        .validators
+        .clone()
+        .on_chain(agora_contracts::ChainTag::of("another-chain"));
+    assert!(matches!(
+        good.certificate.verify(&elsewhere),
+        Err(ConsensusError::BadCertificate { .. })
+    ));
+}
+
 #[test]
 fn wire_messages_round_trip() {
     let f = fixture();
@@ -437,7 +469,11 @@ fn bit_flipped_messages_never_panic_and_are_never_accepted_altered() {
     );
     let originals = [
         ConsensusMessage::Vote(prevote(&f.signers[1], 1, 0, Some(BlockId([3; 32])))),
-        ConsensusMessage::Proposal(SignedProposalMsg::sign(proposal, proposer.as_ref())),
+        ConsensusMessage::Proposal(SignedProposalMsg::sign(
+            proposal,
+            &agora_contracts::ChainTag::default(),
+            proposer.as_ref(),
+        )),
         ConsensusMessage::PolkaCertificate(PolkaCertificateMsg {
             height: 1,
             round: 0,
@@ -532,8 +568,12 @@ fn a_faulty_proposer_cannot_fill_the_next_heights_buffer_with_far_rounds() {
             Address(faulty.node_id()),
         );
         let from = faulty.node_id();
-        let bytes =
-            ConsensusMessage::Proposal(SignedProposalMsg::sign(p, faulty.as_ref())).encode();
+        let bytes = ConsensusMessage::Proposal(SignedProposalMsg::sign(
+            p,
+            &agora_contracts::ChainTag::default(),
+            faulty.as_ref(),
+        ))
+        .encode();
         f.driver.handle(10, Input::Message { from, bytes });
         far += 1;
     }
@@ -549,7 +589,12 @@ fn a_faulty_proposer_cannot_fill_the_next_heights_buffer_with_far_rounds() {
         Address(honest.node_id()),
     );
     let from = honest.node_id();
-    let bytes = ConsensusMessage::Proposal(SignedProposalMsg::sign(p, honest.as_ref())).encode();
+    let bytes = ConsensusMessage::Proposal(SignedProposalMsg::sign(
+        p,
+        &agora_contracts::ChainTag::default(),
+        honest.as_ref(),
+    ))
+    .encode();
     f.driver.handle(11, Input::Message { from, bytes });
     assert_eq!(f.driver.future_proposals_held(), vec![(2, 0)]);
 }

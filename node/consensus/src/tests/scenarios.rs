@@ -217,7 +217,11 @@ fn equivocating_arbitrator_is_detected_and_honest_ones_agree() {
                 second.verify(&sim.validators).unwrap();
                 // What the node submits as `ReportEquivocation` convinces the ledger.
                 let report = e.ledger_evidence().expect("a double vote is reportable");
-                assert_eq!(report.verify(), Ok(cheater), "seed {seed}");
+                assert_eq!(
+                    report.verify(sim.validators.chain()),
+                    Ok(cheater),
+                    "seed {seed}"
+                );
             }
         }
     }

@@ -350,7 +350,11 @@ impl Sim {
             other,
             *vote.validator_address(),
         );
-        SignedVoteMsg::sign(forged, self.nodes[i].signer.as_ref())
+        SignedVoteMsg::sign(
+            forged,
+            &agora_contracts::ChainTag::default(),
+            self.nodes[i].signer.as_ref(),
+        )
     }
 
     pub fn index_of(&self, id: &NodeId) -> Option<usize> {

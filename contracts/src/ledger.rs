@@ -90,7 +90,7 @@ impl Supply {
 /// 10 s after its stop); then [`Ledger::tick`] forgets it. At least [`MAX_REGISTER_AGE_MS`], so
 /// a forgotten contract can never be registered again.
 pub const RETAIN_CLOSED_MS: u64 = 60 * 60 * 1000;
-const _: () = assert!(RETAIN_CLOSED_MS >= MAX_REGISTER_AGE_MS);
+const _: () = assert!(RETAIN_CLOSED_MS >= MAX_REGISTER_AGE_MS + register::MAX_CREATED_AHEAD_MS);
 
 /// The replicated ledger state. Clone + serde so the node can snapshot it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -334,5 +334,16 @@ mod tests {
             ev.verify(&other_chain),
             Err(EquivocationError::BadSignature { .. })
         ));
+        // Both votes of the other chain (the real case: its stored certificates): evidence
+        // there, a bad signature here.
+        let there = EquivocationEvidence {
+            first: SignedVote::new(vote(VoteKind::Precommit, Some(1), me), &other_chain, &s),
+            second: SignedVote::new(vote(VoteKind::Precommit, Some(2), me), &other_chain, &s),
+        };
+        assert_eq!(there.verify(&other_chain), Ok(me));
+        assert!(matches!(
+            there.verify(&CHAIN),
+            Err(EquivocationError::BadSignature { .. })
+        ));
     }
 }

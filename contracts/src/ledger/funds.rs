@@ -169,14 +169,21 @@ impl Ledger {
         Ok(LedgerEvent::StatusChanged { contract, from, to })
     }
 
-    /// Adds `delta` to an account's reputation.
+    /// Adds `delta` to an account's reputation. A node without an account (a contract's
+    /// party that locked nothing) gets none for it: a reputation change made an account for a
+    /// throwaway provider, past the minimum balance a new account needs (THREATS N12).
     pub(super) fn adjust_reputation(&mut self, id: NodeId, delta: i64) -> LedgerEvent {
-        let acc = self.accounts.entry(id).or_default();
-        acc.reputation = acc.reputation.saturating_add(delta);
+        let reputation = match self.accounts.get_mut(&id) {
+            Some(acc) => {
+                acc.reputation = acc.reputation.saturating_add(delta);
+                acc.reputation
+            }
+            None => 0,
+        };
         LedgerEvent::ReputationChanged {
             account: id,
             delta,
-            reputation: acc.reputation,
+            reputation,
         }
     }
 }

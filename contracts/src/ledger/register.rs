@@ -19,6 +19,8 @@ pub const MIN_SLOT_LEAD_MS: u64 = 2_000;
 /// to them. The honest flow registers within seconds; ten minutes leaves room for a chain
 /// slowed by a backlog.
 pub const MAX_REGISTER_AGE_MS: u64 = 600_000;
+/// How far after a block's time a contract's `created_at` may lie (the customer's clock ahead).
+pub const MAX_CREATED_AHEAD_MS: u64 = 60_000;
 
 fn not_allowed(contract: ContractId, sender: NodeId, action: &'static str) -> LedgerError {
     LedgerError::NotAllowed {
@@ -54,6 +56,19 @@ impl Ledger {
         }
         if self.contracts.contains_key(&id) {
             return Err(LedgerError::DuplicateContract(id));
+        }
+        // Signed in the future (beyond clock skew): refused, so the register window really
+        // closes `MAX_REGISTER_AGE_MS` after `created_at` and a forgotten contract can never be
+        // registered again (THREATS N12).
+        if c.created_at > now.saturating_add(MAX_CREATED_AHEAD_MS) {
+            return Err(LedgerError::NotNow {
+                contract: id,
+                status: ContractStatus::Signed,
+                reason: format!(
+                    "signed at {}, more than {MAX_CREATED_AHEAD_MS} ms after this block's time",
+                    c.created_at
+                ),
+            });
         }
         let age = now.saturating_sub(c.created_at);
         if age > MAX_REGISTER_AGE_MS {

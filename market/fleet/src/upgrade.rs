@@ -29,10 +29,6 @@ use agora_market::identity::{NodeId, Timestamp};
 /// Most targets one wave may take at once (`--max-unavailable`).
 pub const MAX_WAVE: u32 = 1024;
 
-/// How many health timeouts a rollback waits for a target's old image to be healthy again
-/// before it gives the target up (THREATS D1).
-pub const REVERT_PATIENCE: u64 = 10;
-
 /// How one upgrade runs (`--max-unavailable K --health-timeout T`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeConfig {
@@ -428,33 +424,10 @@ impl Upgrade {
                         which: Which::Old,
                     });
                 }
-                Some(Step::Reverting { since }) => {
-                    // The new one stops once the old one is back. A target whose old image is
-                    // not healthy again within `REVERT_PATIENCE` health timeouts is given up
-                    // (its old image
-                    // marked failed, so the plan replaces the target once the rollback ends,
-                    // and its new one released): waiting for it for ever left the deployment
-                    // `RollingBack` for good, with the plan and every new upgrade blocked
-                    // (THREATS D1; a hostile target that never bids on the old image again,
-                    // or an honest one that crashed).
-                    let patience = self
-                        .config
-                        .health_timeout_ms
-                        .saturating_mul(REVERT_PATIENCE);
-                    let gave_up = now.saturating_sub(since) > patience;
-                    if self.healthy(target, Which::Old) || gave_up {
-                        if !self.healthy(target, Which::Old) {
-                            self.seen.insert(
-                                (target, Which::Old),
-                                (
-                                    TargetPhase::Failed,
-                                    Some(format!(
-                                        "old image not healthy again within {patience} ms of \
-                                         the rollback: given up"
-                                    )),
-                                ),
-                            );
-                        }
+                Some(Step::Reverting { .. }) => {
+                    // Never stop the new one before the old one is back (however long that
+                    // takes: the outcome stays `RollingBack` and says so).
+                    if self.healthy(target, Which::Old) {
                         self.steps.insert(target, Step::Reverted);
                         out.push(UpgradeAction::Stop {
                             target,

@@ -375,8 +375,11 @@ impl StrangerBudget {
 /// Answers the swarm has been handed but not yet written to their requester (THREATS N13):
 /// libp2p keeps each until it is sent or its request times out (30 s), so a peer that asks
 /// for large answers and never reads them pinned them all. Each answer is charged to its peer
-/// and to the whole node until libp2p reports it sent or failed; one beyond either budget is
-/// withheld (its request fails at once) and counted.
+/// and to the whole node until libp2p reports it sent or failed; one beyond its peer's budget
+/// is withheld (its request fails at once) and counted. Past the total, an answer still goes
+/// to a peer within its fair share of the total (the total over the peers with answers
+/// waiting, itself included), so a few peers that never read cannot starve everyone else's
+/// answers (probes, storage proofs, sync) by filling the total.
 #[derive(Debug)]
 pub struct ResponseBudget<P, I> {
     per_peer: usize,
@@ -402,10 +405,16 @@ impl<P: std::hash::Hash + Eq + Copy, I: std::hash::Hash + Eq + Copy> ResponseBud
     /// (nothing charged). An answer alone larger than the per-peer budget is never sent.
     pub fn take(&mut self, peer: P, id: I, len: usize) -> bool {
         let mine = self.by_peer.get(&peer).copied().unwrap_or(0);
-        if mine.saturating_add(len) > self.per_peer
-            || self.in_flight.saturating_add(len) > self.total
-        {
+        let after = mine.saturating_add(len);
+        if after > self.per_peer {
             return false;
+        }
+        if self.in_flight.saturating_add(len) > self.total {
+            let peers = self.by_peer.len() + usize::from(mine == 0);
+            let fair = self.total / peers.max(1);
+            if after > fair {
+                return false;
+            }
         }
         if let Some((p, l)) = self.sending.insert(id, (peer, len)) {
             self.give_back(p, l);
@@ -628,16 +637,21 @@ mod tests {
         assert!(!b.take(1, 2, 5), "over the peer's budget");
         assert!(b.take(1, 3, 4));
         assert!(b.take(2, 4, 10));
-        assert!(!b.take(3, 5, 6), "over the total");
         assert!(b.take(3, 6, 5));
         assert_eq!(b.in_flight(), 25);
+        // Past the total, only within a fair share (25 over 4 peers: 6 bytes each).
+        assert!(!b.take(4, 5, 7), "over the total and the fair share");
+        assert!(
+            b.take(4, 9, 6),
+            "a newcomer within its share still gets an answer"
+        );
+        assert!(!b.take(3, 10, 2), "a peer going above its share does not");
         // Written or failed: free again; a release of an unknown id changes nothing.
         b.release(&1);
         b.release(&99);
-        assert_eq!(b.in_flight(), 19);
-        assert!(b.take(1, 7, 6));
+        assert_eq!(b.in_flight(), 25);
         assert!(!b.take(4, 8, 11), "larger than a peer may ever wait for");
-        for id in [3, 4, 6, 7] {
+        for id in [3, 4, 6, 9] {
             b.release(&id);
         }
         assert_eq!(b.in_flight(), 0);

@@ -173,7 +173,22 @@ impl Discovery {
         addr: SocketAddr,
         now: Timestamp,
     ) -> Option<Vec<u8>> {
+        // An entry only an announcement made (no uplink heard, not pinned) may be anyone's:
+        // the job's saved address wins over it, so a forged announcement that came first
+        // cannot take the restored job's chunks (THREATS R4).
+        if let Some(e) = self.devices.get_mut(&device)
+            && !e.pinned
+            && e.uplinks == 0
+            && e.addr != addr
+        {
+            e.addr = addr;
+            e.meta = None;
+            e.last_asked = None;
+        }
         if self.devices.get(&device).is_some_and(|e| e.meta.is_some()) {
+            if let Some(e) = self.devices.get_mut(&device) {
+                e.pinned = true;
+            }
             return None;
         }
         if !self.admit(device, true) {
@@ -387,6 +402,18 @@ mod tests {
         d.heard(5, addr(5), 20, true);
         let ids: Vec<_> = d.list(|_| None).iter().map(|e| e.id).collect();
         assert_eq!(ids, vec![2, 5]);
+        // A forged announcement that comes before a restored job's hint loses to the job's
+        // saved address.
+        let mut d = Discovery::new(4, 1_000);
+        d.on_reply(&announce(9, "6.6.6"), addr(66), 0);
+        assert_eq!(d.addr_of(9), Some(addr(66)));
+        assert!(
+            d.hint(9, addr(9), 10).is_some(),
+            "asked at its saved address"
+        );
+        assert_eq!(d.addr_of(9), Some(addr(9)));
+        assert!(d.on_reply(&announce(9, "6.6.6"), addr(66), 20).is_none());
+        assert_eq!(d.addr_of(9), Some(addr(9)));
     }
 
     #[test]

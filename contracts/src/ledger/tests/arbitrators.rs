@@ -225,13 +225,19 @@ fn votes_of_another_chain_are_no_evidence() {
         block: Some(BlockHash([b; 32])),
         voter: s.node_id(),
     };
-    let ev = EquivocationEvidence {
+    let mixed = EquivocationEvidence {
         first: SignedVote::new(vote(1), &here, &s),
         second: SignedVote::new(vote(2), &there, &s),
     };
-    assert!(
-        h.try_apply(&reporter, TxKind::ReportEquivocation(Box::new(ev)))
-            .is_err()
-    );
+    let elsewhere = EquivocationEvidence {
+        first: SignedVote::new(vote(1), &there, &s),
+        second: SignedVote::new(vote(2), &there, &s),
+    };
+    for ev in [mixed, elsewhere] {
+        let err = h
+            .try_apply(&reporter, TxKind::ReportEquivocation(Box::new(ev)))
+            .unwrap_err();
+        assert!(err.to_string().contains("signature"), "{err}");
+    }
     assert!(h.ledger.slashed().is_empty(), "no bond burnt");
 }

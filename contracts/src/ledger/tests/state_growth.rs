@@ -253,6 +253,45 @@ fn contracts_paying_nothing_or_naming_too_much_are_refused() {
         .try_apply(&c, TxKind::RegisterContract(Box::new(padded)))
         .unwrap_err();
     assert!(err.to_string().contains("interfaces"), "{err}");
+    let mut many = ContractBuilder::new(1, 2).nonce(10).build();
+    many.terms.interfaces = (0..=crate::contract::MAX_INTERFACES)
+        .map(|i| format!("i{i}"))
+        .collect();
+    let many = many.sign_both(&h.customer(), &h.provider()).unwrap();
+    let err = h
+        .try_apply(&c, TxKind::RegisterContract(Box::new(many)))
+        .unwrap_err();
+    assert!(err.to_string().contains("interfaces"), "{err}");
+    // Signed a day ahead of the block's time: refused (its register window would never close).
+    let ahead = ContractBuilder::new(1, 2)
+        .nonce(11)
+        .created(h.now + 86_400_000)
+        .signed();
+    let err = h
+        .try_apply(&c, TxKind::RegisterContract(Box::new(ahead)))
+        .unwrap_err();
+    assert!(err.to_string().contains("after this block"), "{err}");
+    // A throwaway provider that stakes nothing gets no account: not at registration, not
+    // from the reputation a `NoActivation` slash takes from it.
+    let slot = h.now + 120_000;
+    let throwaway = ContractBuilder::new(1, 77)
+        .nonce(12)
+        .stakes(100, 0)
+        .at(slot)
+        .signed();
+    let id = h.register(throwaway);
+    let lazy = signer(77).node_id();
+    assert!(h.ledger.account(&lazy).is_none());
+    h.now = slot + 3_600_000;
+    h.ok(
+        &c,
+        TxKind::Settle {
+            contract: id,
+            reason: crate::ledger::SettleReason::NoActivation,
+        },
+    );
+    assert!(h.ledger.contract(&id).unwrap().status.is_final());
+    assert!(h.ledger.account(&lazy).is_none(), "no account for nothing");
 }
 
 /// THREATS N12, A9: a closed contract's record is forgotten `RETAIN_CLOSED_MS` after it

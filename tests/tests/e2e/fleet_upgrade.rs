@@ -262,17 +262,19 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
             .all(|t| t["step"] == "upgraded"),
         "{st}"
     );
-    // Every target runs v2; the old contracts end and v1 stops everywhere.
+    // Every target runs v2; the old contracts end and v1 stops everywhere. The new instance
+    // logs its count only when a reading reaches it, so wait for one after the switch too (the
+    // old instance may have processed every reading sent until the sensor pauses).
     wait_for(
         &net,
         &id,
         &LABELLED,
-        "v1 to stop on every target",
+        "v1 to stop and v2 to count on every target",
         WAIT,
         || {
-            LABELLED
-                .iter()
-                .all(|i| runs(&net, *i, &v2) && !runs(&net, *i, &v1))
+            LABELLED.iter().all(|i| {
+                runs(&net, *i, &v2) && !runs(&net, *i, &v1) && count_of(&net, *i, &v2).is_some()
+            })
         },
     );
     // On each target the new instance stood by without the device, then took v1's state and

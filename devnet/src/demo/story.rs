@@ -435,14 +435,34 @@ impl Story {
         let module = std::fs::read(self.m.dir.join("service").join("lora-gateway.wasm"))
             .context("A's published module")?;
         let module = crate::files::tagged(&module, tag);
+        let dir = if customer == self.a && tag == 1 {
+            "hosted".to_string()
+        } else {
+            format!("hosted-{}-{tag}", an.name)
+        };
+        self.hosted_module(customer, &dir, &module, devices, duration_ms, near, until)
+            .await
+    }
+
+    /// [`Story::hosted_tagged`] of node index `customer`'s own `module` (published from
+    /// directory `dir` of the devnet's, naming `devices`): a test's guest in place of the
+    /// demo's.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn hosted_module(
+        &self,
+        customer: usize,
+        dir: &str,
+        module: &[u8],
+        devices: &[u32],
+        duration_ms: u64,
+        near: Option<usize>,
+        until: impl Fn(ContractStatus) -> bool,
+    ) -> anyhow::Result<Armed> {
+        let an = &self.m.nodes[customer];
         let (image, needs) = publish(
             &api(an)?,
-            &self.m.dir.join(if customer == self.a && tag == 1 {
-                "hosted".to_string()
-            } else {
-                format!("hosted-{}-{tag}", an.name)
-            }),
-            &module,
+            &self.m.dir.join(dir),
+            module,
             devices,
             "immediate",
         )

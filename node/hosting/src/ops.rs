@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use agora_runtime::{
-    CompiledModule, RuntimeError, ServiceId, ServiceLimits, ServiceSpec, ServiceState, StopReason,
+    Backoff, CompiledModule, RestartPolicy, RuntimeError, ServiceId, ServiceLimits, ServiceSpec,
+    ServiceState, StopReason,
 };
 use agora_storage::Cid;
 use agora_wire::now_ms;
@@ -35,6 +36,34 @@ fn ended(c: &ContractCeiling, now: u64) -> ServiceError {
         end_ms,
         now_ms: now,
     }
+}
+
+/// Longest wait before a contract's guest is restarted, in milliseconds (THREATS P3).
+const CONTRACT_MAX_BACKOFF_MS: u64 = 5_000;
+
+/// The restart policy a customer's contract guest runs under, from its manifest's
+/// (`(policy, backoff, unhealthy restart)`, [`agora_image::manifest::ManifestRestart::runtime`]):
+/// the provider is paid for the service's uptime and slashed for its confirmed downtime, so a
+/// guest that fails (a trap, a limit, a non-zero exit) is restarted whatever its manifest says
+/// (`never`, or a few restarts then stop, would let a customer's own guest stop itself on the
+/// provider for good and have the provider slashed: THREATS P3), without a count limit, and
+/// never after more than [`CONTRACT_MAX_BACKOFF_MS`] (a manifest's hour-long backoff would be
+/// the same stop). The backoff still doubles up to that, so a guest that fails at once costs
+/// the provider one instantiation per 5 s at most. The health restart stays the manifest's.
+fn contract_restart(
+    (_, backoff, unhealthy): (RestartPolicy, Backoff, Option<u64>),
+) -> (RestartPolicy, Backoff, Option<u64>) {
+    let max_ms = backoff.max_ms.min(CONTRACT_MAX_BACKOFF_MS);
+    (
+        RestartPolicy::OnFailure {
+            max_restarts: u32::MAX,
+        },
+        Backoff {
+            initial_ms: backoff.initial_ms.min(max_ms),
+            max_ms,
+        },
+        unhealthy,
+    )
 }
 
 /// Checks a service id: it names threads, sled namespaces and containers.
@@ -232,8 +261,10 @@ impl ServiceHost {
                 // activation (THREATS C5), while a customer's own cap still holds (a fleet's
                 // variant change on a target waits for the old variant to stop).
                 spec.instance_group = ceiling.map(|c| format!("customer:{}", c.customer));
-                (spec.restart, spec.backoff, spec.unhealthy_restart_ms) =
-                    manifest.restart.runtime();
+                (spec.restart, spec.backoff, spec.unhealthy_restart_ms) = match ceiling {
+                    Some(_) => contract_restart(manifest.restart.runtime()),
+                    None => manifest.restart.runtime(),
+                };
                 spec.env = manifest
                     .env
                     .iter()
@@ -453,7 +484,45 @@ impl ServiceHost {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::check_id;
+    use super::{Backoff, CONTRACT_MAX_BACKOFF_MS, RestartPolicy, check_id, contract_restart};
+    use agora_image::manifest::{ManifestRestart, RestartOn};
+
+    #[test]
+    fn a_contract_guest_is_restarted_whatever_its_manifest_says() {
+        let always = RestartPolicy::OnFailure {
+            max_restarts: u32::MAX,
+        };
+        // No `[restart]`: never, by the manifest; restarted with the default backoff.
+        let plain = contract_restart(ManifestRestart::default().runtime());
+        assert_eq!(plain.0, always);
+        assert_eq!(plain.1.initial_ms, Backoff::default().initial_ms);
+        assert_eq!(plain.1.max_ms, CONTRACT_MAX_BACKOFF_MS);
+        // A few restarts with an hour's backoff: as many as it takes, 5 s apart at most; the
+        // health restart stays the manifest's.
+        let stingy = ManifestRestart {
+            policy: RestartOn::OnFailure,
+            max_restarts: 1,
+            backoff_ms: 3_600_000,
+            max_backoff_ms: 3_600_000,
+            unhealthy_after_ms: 2_000,
+        };
+        let (policy, backoff, unhealthy) = contract_restart(stingy.runtime());
+        assert_eq!(policy, always);
+        assert_eq!(
+            (backoff.initial_ms, backoff.max_ms),
+            (CONTRACT_MAX_BACKOFF_MS, CONTRACT_MAX_BACKOFF_MS)
+        );
+        assert_eq!(unhealthy, Some(2_000));
+        // A shorter backoff than the cap is kept.
+        let quick = ManifestRestart {
+            policy: RestartOn::OnFailure,
+            backoff_ms: 100,
+            max_backoff_ms: 400,
+            ..ManifestRestart::default()
+        };
+        let b = contract_restart(quick.runtime()).1;
+        assert_eq!((b.initial_ms, b.max_ms), (100, 400));
+    }
 
     #[test]
     fn ids_are_checked() {

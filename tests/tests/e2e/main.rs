@@ -19,6 +19,7 @@ mod attack_broken;
 mod attack_customer;
 mod attack_fleet;
 mod attack_floods;
+mod attack_guest;
 mod attack_image;
 mod attack_market_flood;
 mod attack_provider;

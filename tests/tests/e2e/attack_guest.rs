@@ -1,0 +1,133 @@
+//! A customer's own guest that fails on its honest provider (THREATS P3), on a 7-node devnet of
+//! real processes: nodes 1–5 run `agora-byzantine --no-bid` (honest arbitrators that do not
+//! bid), so node 0, a plain `agora` process, is the provider of the customer A's (node 6, plain
+//! `agora`) hosted contract. A's image is a guest that traps on its 40th poll (2 s at
+//! `tick_ms = 50`) of its first boot and runs well once restarted; its manifest has no
+//! `[restart]` section (policy `never`). Before session 46 the trap stopped the instance for
+//! good, the provider answered the probes "not running", the rest of the term was confirmed
+//! down and the contract ended `Slashed`, the provider's stake paid to A.
+//!
+//! Build the node first: `nice cargo build -p agora-node --bin agora` (cargo builds
+//! `agora-byzantine` itself for this test), then
+//! `nice cargo test -p agora-tests --test e2e attack_guest::`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use agora_contracts::ContractStatus;
+use agora_devnet::demo::story::wait_for;
+use agora_devnet::files::CONTRACT_NODES;
+use agora_tests::adversary::{ByzantineLauncher, TestLauncher};
+use agora_tests::{agora_bin, alive, try_agora_json};
+
+/// The honest provider: the only node that bids.
+const PROVIDER: usize = 0;
+/// The customer, A (the story's last node).
+const CUSTOMER: usize = CONTRACT_NODES - 1;
+/// The device the image names (one no radio sends for).
+const DEVICE: u32 = 205;
+/// The hosted contract's term: long enough that the rest of it after the trap, confirmed
+/// down, would slash the provider (the default `min_uptime_permille` is 900).
+const DURATION_MS: u64 = 40_000;
+
+/// Counts its boots in its key `boots` (`agora_init`); on its first boot it traps
+/// (`unreachable`) on its 40th poll; later boots run on.
+const TRAPS_ON_FIRST_BOOT: &str = r#"(module
+  (import "agora" "kv_get" (func $get (param i32 i32 i32 i32) (result i32)))
+  (import "agora" "kv_put" (func $put (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "boots")
+  (global $polls (mut i32) (i32.const 0))
+  (func (export "agora_init") (result i32)
+    (i64.store (i32.const 16) (i64.const 0))
+    (drop (call $get (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 8)))
+    (i64.store (i32.const 16) (i64.add (i64.load (i32.const 16)) (i64.const 1)))
+    (drop (call $put (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 8)))
+    (i32.const 0))
+  (func (export "agora_poll") (result i32)
+    (global.set $polls (i32.add (global.get $polls) (i32.const 1)))
+    (if (i32.and
+          (i64.eq (i64.load (i32.const 16)) (i64.const 1))
+          (i32.ge_u (global.get $polls) (i32.const 40)))
+      (then unreachable))
+    (i32.const 0)))"#;
+
+fn launcher() -> ByzantineLauncher {
+    ByzantineLauncher {
+        honest: TestLauncher(agora_bin()),
+        exe: env!("CARGO_BIN_EXE_agora-byzantine").into(),
+        bad: (1..CUSTOMER)
+            .map(|i| (i, vec!["--no-bid".into()]))
+            .collect(),
+        tune: None,
+    }
+}
+
+/// A's guest traps on the provider a couple of seconds into its contract: the provider
+/// restarts it (whatever the manifest says: a contract's guest is restarted on failure, 5 s
+/// apart at most), its second boot runs the term out, and on every honest replica the contract
+/// settles (not slashed) with the provider paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_guest_that_traps_once_does_not_get_its_provider_slashed() {
+    let test = "attack_guest::a_customers_guest_that_traps_once_does_not_get_its_provider_slashed";
+    let Some((_tmp, s)) = agora_tests::story(test, Arc::new(launcher())).await else {
+        return;
+    };
+    let module = wat::parse_str(TRAPS_ON_FIRST_BOOT).unwrap();
+    let hosted = s
+        .hosted_module(
+            CUSTOMER,
+            "hosted-trap",
+            &module,
+            &[DEVICE],
+            DURATION_MS,
+            None,
+            |st| st == ContractStatus::Active,
+        )
+        .await
+        .unwrap();
+    assert_eq!(hosted.b, PROVIDER, "the only bidder won");
+    let provider_dir = s.m.nodes[PROVIDER].data_dir.display().to_string();
+    // Until the term is over, watch the provider's instance: it traps and is restarted.
+    let mut restarted: Option<serde_json::Value> = None;
+    let show = ["service", "show", &hosted.id, "--data-dir", &provider_dir];
+    wait_for("the end of the term", DURATION_MS / 1000 + 90, async || {
+        if restarted.is_none() {
+            restarted = try_agora_json(&show)
+                .filter(|v| v["service"]["metering"]["restarts"].as_u64() >= Some(1));
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        s.contract(1, &hosted.id)
+            .await
+            .filter(|r| r.status.is_final())
+    })
+    .await
+    .unwrap();
+    for i in 1..CUSTOMER {
+        let r = s
+            .wait_contract(i, &hosted.id, "settlement", 60, |r| r.status.is_final())
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status,
+            ContractStatus::Settled,
+            "node{i}: the provider is not slashed for its customer's trap: {r:?}"
+        );
+        assert!(
+            r.paid_to_provider > 0,
+            "node{i}: the provider is paid: {r:?}"
+        );
+    }
+    let shown = restarted.expect("the provider restarted the guest during the term");
+    let why = shown["service"]["last_failure"].to_string();
+    assert!(why.contains("Trap"), "restarted after its trap: {shown}");
+    for (i, n) in s.m.nodes.iter().enumerate() {
+        assert!(alive(u64::from(n.pid.unwrap())), "node{i} still runs");
+    }
+    eprintln!(
+        "the guest trapped and was restarted ({why}); the contract settled on every honest \
+         replica"
+    );
+    s.down(true).await.unwrap();
+}

@@ -131,6 +131,10 @@ pub struct Health {
     pub guest_health: Option<i32>,
     /// Active, polled within three ticks, and guest health (if any) is 0.
     pub healthy: bool,
+    /// Between a failed instance and its restart (the restart policy's backoff): `Active` as a
+    /// service, but no instance runs.
+    #[serde(default)]
+    pub restarting: bool,
 }
 
 /// Mutable per-service status written by the service thread.

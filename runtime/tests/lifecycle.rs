@@ -180,6 +180,7 @@ async fn a_guest_that_stays_sick_stops_unhealthy_after_its_restarts() {
 }
 
 /// A stop requested during a backoff ends the wait at once: the service stops `Requested`.
+/// Meanwhile its health says it is restarting (active, but no instance runs).
 #[tokio::test]
 async fn a_stop_during_the_backoff_ends_it() {
     let h = harness();
@@ -200,7 +201,10 @@ async fn a_stop_during_the_backoff_ends_it() {
     })
     .await
     .expect("the trap never counted as a restart");
-    assert!(!h.manager.health(&id).unwrap().healthy);
+    let health = h.manager.health(&id).unwrap();
+    assert!(!health.healthy);
+    assert!(health.restarting, "{health:?}");
+    assert_eq!(health.state, ServiceState::Active);
     h.manager.stop(&id).unwrap();
     assert_eq!(h.stopped(&id).await, StopReason::Requested);
 }

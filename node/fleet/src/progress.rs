@@ -43,6 +43,15 @@ pub fn health_phase(health: Option<&Health>) -> (TargetPhase, Option<String>) {
     if h.healthy {
         return (TargetPhase::Healthy, None);
     }
+    if h.restarting {
+        // Its instance failed and the restart policy waits to start the next (a contract's
+        // guest is always restarted: `agora_hosting` ops): unhealthy, so an upgrade to an
+        // image that fails rolls back at once, as it did when the failure stopped it.
+        return (
+            TargetPhase::Unhealthy,
+            Some("failed; restarting after its backoff".into()),
+        );
+    }
     match (h.guest_health, h.last_poll_ms_ago) {
         (Some(code), _) if code != 0 => (
             TargetPhase::Unhealthy,
@@ -173,7 +182,21 @@ mod tests {
             last_poll_ms_ago: polled,
             guest_health: guest,
             healthy,
+            restarting: false,
         }
+    }
+
+    #[test]
+    fn a_replica_waiting_to_restart_is_unhealthy() {
+        let mut h = health(false, None, None);
+        h.restarting = true;
+        assert_eq!(
+            health_phase(Some(&h)),
+            (
+                TargetPhase::Unhealthy,
+                Some("failed; restarting after its backoff".into())
+            )
+        );
     }
 
     #[test]

@@ -232,8 +232,9 @@ impl ServiceControl for crate::ServiceHost {
     }
 
     async fn running(&self, id: &str) -> bool {
+        // Not while its restart policy waits to restart a failed instance: no instance runs.
         self.health(id)
-            .is_ok_and(|h| h.state == agora_runtime::ServiceState::Active)
+            .is_ok_and(|h| h.state == agora_runtime::ServiceState::Active && !h.restarting)
     }
 
     async fn instance_rivals(&self, id: &str) -> (u32, Vec<String>) {

@@ -93,6 +93,7 @@ impl ServiceHost {
                 last_poll_ms_ago: None,
                 guest_health: None,
                 healthy,
+                restarting: false,
             });
         }
         Ok(self.inner.manager.health(&id.into())?)

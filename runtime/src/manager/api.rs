@@ -329,7 +329,11 @@ impl ServiceManager {
         let last_poll_ms_ago = live
             .last_poll
             .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+        // The backoff before a restart is the only time an active service has no active
+        // period (`run_service` banks it when the instance fails, starts the next at restart).
+        let restarting = live.state == ServiceState::Active && live.active_since.is_none();
         let healthy = live.state == ServiceState::Active
+            && !restarting
             && last_poll_ms_ago.is_some_and(|ms| ms <= tick_ms.saturating_mul(3).max(1000))
             && live.guest_health.is_none_or(|h| h == 0);
         Ok(Health {
@@ -337,6 +341,7 @@ impl ServiceManager {
             last_poll_ms_ago,
             guest_health: live.guest_health,
             healthy,
+            restarting,
         })
     }
 

@@ -29,7 +29,7 @@ const CUSTOMER: usize = CONTRACT_NODES - 1;
 const DEVICE: u32 = 205;
 /// The hosted contract's term: long enough that the rest of it after the trap, confirmed
 /// down, would slash the provider (the default `min_uptime_permille` is 900).
-const DURATION_MS: u64 = 40_000;
+const DURATION_MS: u64 = 60_000;
 
 /// Counts its boots in its key `boots` (`agora_init`); on its first boot it traps
 /// (`unreachable`) on its 40th poll; later boots run on.

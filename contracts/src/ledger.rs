@@ -410,10 +410,15 @@ impl Ledger {
     /// [`MAX_REGISTER_AGE_MS`] after signing), and liveness observations older than the
     /// attestation window (no rule counts them).
     fn prune(&mut self, now: Timestamp) {
+        let accounts = &mut self.accounts;
         self.contracts.retain(|_, r| {
-            !(r.status.is_final()
+            let forget = r.status.is_final()
                 && r.closed_at
-                    .is_some_and(|c| now >= c.saturating_add(RETAIN_CLOSED_MS)))
+                    .is_some_and(|c| now >= c.saturating_add(RETAIN_CLOSED_MS));
+            if forget && let Some(a) = accounts.get_mut(&r.contract.customer) {
+                a.contracts_held = a.contracts_held.saturating_sub(1);
+            }
+            !forget
         });
         let window = self.params.attestation_window_ms;
         self.liveness.retain(|_, obs| {
@@ -544,7 +549,9 @@ impl Ledger {
     pub fn audit(&self) -> Result<(), String> {
         let mut held: u128 = 0;
         let mut locked_by: BTreeMap<NodeId, u128> = BTreeMap::new();
+        let mut records_of: BTreeMap<NodeId, u32> = BTreeMap::new();
         for (id, r) in &self.contracts {
+            *records_of.entry(r.contract.customer).or_default() += 1;
             let e = r.escrow;
             let total =
                 u128::from(e.payment) + u128::from(e.customer_stake) + u128::from(e.provider_stake);
@@ -573,6 +580,15 @@ impl Ledger {
         for (id, a) in &self.accounts {
             if a.bonded > 0 && !self.committee.contains(id) {
                 return Err(format!("account {id} holds a bond but is no arbitrator"));
+            }
+        }
+        for (id, a) in &self.accounts {
+            let records = records_of.get(id).copied().unwrap_or(0);
+            if a.contracts_held != records {
+                return Err(format!(
+                    "account {id} counts {} contracts held but the ledger holds {records}",
+                    a.contracts_held
+                ));
             }
         }
         for (id, a) in &self.accounts {

@@ -46,6 +46,11 @@ pub struct LedgerParams {
     /// How long after a probe interval or audit round ends the committee's reports for it are
     /// still accepted; later reports are refused and an undecided round stays undecided.
     pub quorum_report_grace_ms: u64,
+    /// Most contract records one customer may have the ledger hold at once: open ones and
+    /// closed ones not forgotten yet (`RETAIN_CLOSED_MS`). A further `RegisterContract` is
+    /// refused, so one funded key cannot grow every replica's state past this however fast it
+    /// registers (THREATS N12). A fleet of this many targets, each upgraded once an hour, fits.
+    pub max_contracts_per_customer: u32,
 }
 
 /// The default of [`LedgerParams::activation_report_grace_ms`]: how old an activation claim
@@ -69,6 +74,7 @@ impl Default for LedgerParams {
             arbitrator_bond: 10_000,
             block_time_tolerance_ms: 2_000,
             quorum_report_grace_ms: 10_000,
+            max_contracts_per_customer: 4_096,
         }
     }
 }

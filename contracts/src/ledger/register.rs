@@ -114,6 +114,23 @@ impl Ledger {
                 arbitrator: *a,
             });
         }
+        // One customer's records are bounded (THREATS N12): its closed ones go an hour after
+        // they closed.
+        let held = self
+            .accounts
+            .get(&c.customer)
+            .map_or(0, |a| a.contracts_held);
+        let max = self.params.max_contracts_per_customer;
+        if held >= max {
+            return Err(LedgerError::NotNow {
+                contract: id,
+                status: ContractStatus::Signed,
+                reason: format!(
+                    "its customer already has {held} contracts on the ledger, the most one may \
+                     have (open or closed within the hour)"
+                ),
+            });
+        }
         let customer_lock = c.customer_lock().ok_or(LedgerError::Overflow {
             context: "payment plus customer stake",
         })?;
@@ -125,6 +142,10 @@ impl Ledger {
         let locked = record.escrow.total().unwrap_or(0);
         self.lock(c.customer, customer_lock)?;
         self.lock(c.provider, c.stakes.provider_stake)?;
+        // The customer locked its payment (> 0), so its account exists.
+        if let Some(a) = self.accounts.get_mut(&c.customer) {
+            a.contracts_held = a.contracts_held.saturating_add(1);
+        }
         self.contracts.insert(id, record);
         info!(contract = %id.short(), customer = %c.customer.short(), provider = %c.provider.short(), locked, "contract registered");
         Ok(vec![

@@ -27,6 +27,10 @@ pub struct Account {
     /// `LedgerParams::faucet_max_per_account`).
     #[serde(default)]
     pub faucet_received: Amount,
+    /// Contract records the ledger holds whose customer this account is (open, or closed and
+    /// not forgotten yet): at most `LedgerParams::max_contracts_per_customer`.
+    #[serde(default)]
+    pub contracts_held: u32,
 }
 
 impl Account {

@@ -358,3 +358,49 @@ fn closed_contracts_and_stale_observations_are_forgotten() {
         .unwrap_err();
     assert!(err.to_string().contains("no party"), "{err}");
 }
+
+/// THREATS N12: one customer may have at most `max_contracts_per_customer` contract records
+/// on the ledger (open, or closed and not forgotten yet); a further registration is refused
+/// until one of its closed ones is forgotten. Another customer is not held back by it.
+#[test]
+fn one_customer_holds_a_bounded_number_of_contracts() {
+    use crate::ledger::RETAIN_CLOSED_MS;
+    use crate::test_utils::ContractBuilder;
+    let (mut genesis, accounts, committee) = genesis_with(4, 4, 10_000);
+    genesis.params.max_contracts_per_customer = 3;
+    let mut h = Harness {
+        ledger: Ledger::from_genesis(&genesis).unwrap(),
+        accounts,
+        committee,
+        now: 1_000,
+    };
+    let c = h.customer();
+    let ids: Vec<_> = (0..3)
+        .map(|n| h.register(ContractBuilder::new(1, 2).nonce(n).signed()))
+        .collect();
+    let held = |h: &Harness| h.ledger.account(&c.node_id()).unwrap().contracts_held;
+    assert_eq!(held(&h), 3);
+    let fourth = ContractBuilder::new(1, 2).nonce(3).signed();
+    let err = h
+        .try_apply(&c, TxKind::RegisterContract(Box::new(fourth.clone())))
+        .unwrap_err();
+    assert!(err.to_string().contains("already has 3 contracts"), "{err}");
+    // Another customer (seed 2 buys from seed 1) is not held back.
+    let other = h.accounts[1].clone();
+    let theirs = ContractBuilder::new(2, 1).nonce(0).signed();
+    h.ok(&other, TxKind::RegisterContract(Box::new(theirs)));
+    // A closed contract still counts until it is forgotten.
+    h.ok(&c, TxKind::Cancel(ids[0]));
+    let closed = h.ledger.contract(&ids[0]).unwrap().closed_at.unwrap();
+    assert!(
+        h.try_apply(&c, TxKind::RegisterContract(Box::new(fourth.clone())))
+            .is_err()
+    );
+    h.ledger.tick(closed + RETAIN_CLOSED_MS);
+    assert!(h.ledger.contract(&ids[0]).is_none());
+    assert_eq!(held(&h), 2);
+    h.now = closed + RETAIN_CLOSED_MS;
+    let fourth = ContractBuilder::new(1, 2).nonce(4).created(h.now).signed();
+    h.ok(&c, TxKind::RegisterContract(Box::new(fourth)));
+    assert_eq!(held(&h), 3);
+}

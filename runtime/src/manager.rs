@@ -135,6 +135,10 @@ pub struct Health {
     /// service, but no instance runs.
     #[serde(default)]
     pub restarting: bool,
+    /// Failures in a row its restart policy has restarted (an instance that ran for its
+    /// backoff's `reset_after` starts the count again at its next failure); 0 before any.
+    #[serde(default)]
+    pub failures_in_a_row: u32,
 }
 
 /// Mutable per-service status written by the service thread.
@@ -147,6 +151,8 @@ pub(crate) struct Live {
     banked_uptime_ms: u64,
     /// See [`ServiceStatus::last_failure`].
     last_failure: Option<StopReason>,
+    /// See [`Health::failures_in_a_row`].
+    failures_in_a_row: u32,
 }
 
 /// One `agora_probe` call asked of a live instance: the nonce, and where its outcome goes

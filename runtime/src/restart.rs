@@ -15,6 +15,10 @@ pub enum RestartPolicy {
         /// Restarts allowed over the service's life.
         max_restarts: u32,
     },
+    /// Start a fresh instance after any stop but a requested one or the end of its lifetime
+    /// (a clean exit included), without a count limit: a customer's contract service, which
+    /// its provider is paid to keep up (`agora_hosting`, THREATS P3).
+    Always,
 }
 
 /// How long a service waits before a restart: `initial_ms` after its first failure, doubling

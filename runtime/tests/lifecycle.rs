@@ -74,6 +74,55 @@ async fn on_failure_restarts_up_to_the_limit() {
     );
 }
 
+/// Exits cleanly (WASI `proc_exit(0)`) on its third poll.
+const EXITS_CLEANLY: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (global $polls (mut i32) (i32.const 0))
+  (func (export "agora_poll") (result i32)
+    (global.set $polls (i32.add (global.get $polls) (i32.const 1)))
+    (if (i32.ge_u (global.get $polls) (i32.const 3)) (then (call $exit (i32.const 0))))
+    (i32.const 0)))"#;
+
+/// `Always` (a contract's guest) restarts after a clean exit too, which `OnFailure` leaves
+/// stopped; failures in a row are counted; only a stop request ends it.
+#[tokio::test]
+async fn always_restarts_a_clean_exit_and_counts_failures_in_a_row() {
+    let h = harness();
+    let module = test_utils::compile(&h.host, EXITS_CLEANLY);
+    let mut on_failure = ServiceSpec::new("exits-once", module.clone(), tight());
+    on_failure.restart = RestartPolicy::OnFailure { max_restarts: 5 };
+    on_failure.tick_ms = 5;
+    h.manager.stage(on_failure).unwrap();
+    let once = "exits-once".into();
+    h.manager.start(&once).unwrap();
+    assert_eq!(h.stopped(&once).await, StopReason::Exited(0));
+    assert_eq!(h.manager.metering(&once).unwrap().restarts, 0);
+
+    let mut always = ServiceSpec::new("exits-always", module, tight());
+    always.restart = RestartPolicy::Always;
+    always.backoff = Backoff {
+        initial_ms: 10,
+        max_ms: 20,
+    };
+    always.tick_ms = 5;
+    h.manager.stage(always).unwrap();
+    let id = "exits-always".into();
+    h.manager.start(&id).unwrap();
+    tokio::time::timeout(WAIT, async {
+        while h.manager.metering(&id).unwrap().restarts < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("restarted after each clean exit");
+    let health = h.manager.health(&id).unwrap();
+    assert_eq!(health.state, ServiceState::Active);
+    assert!(health.failures_in_a_row >= 3, "{health:?}");
+    h.manager.stop(&id).unwrap();
+    assert_eq!(h.stopped(&id).await, StopReason::Requested);
+}
+
 #[test]
 fn backoff_doubles_per_failure_in_a_row_up_to_its_cap() {
     let b = Backoff {

@@ -32,6 +32,9 @@ pub fn advances(current: Option<TargetPhase>, next: TargetPhase) -> bool {
     }
 }
 
+/// Failures in a row (restarted by the runtime) that make a replica failed.
+pub const FAILED_AFTER_IN_A_ROW: u32 = 3;
+
 /// The verdict on a running replica from its health check: the node-side probes (started,
 /// answering: polled within three ticks) and the guest's `agora_health` export (0 = healthy).
 /// The reasons are fixed texts so that a target reports a change once, not every tick.
@@ -45,12 +48,17 @@ pub fn health_phase(health: Option<&Health>) -> (TargetPhase, Option<String>) {
     }
     if h.restarting {
         // Its instance failed and the restart policy waits to start the next (a contract's
-        // guest is always restarted: `agora_hosting` ops): unhealthy, so an upgrade to an
-        // image that fails rolls back at once, as it did when the failure stopped it.
-        return (
-            TargetPhase::Unhealthy,
-            Some("failed; restarting after its backoff".into()),
-        );
+        // guest is always restarted: `agora_hosting` ops). A few failures in a row make the
+        // replica failed, as a failure that stopped it did before: the plan releases it and
+        // places it elsewhere, and an upgrade to an image that fails at once rolls back. One
+        // failure now and then is no verdict.
+        if h.failures_in_a_row >= FAILED_AFTER_IN_A_ROW {
+            return (
+                TargetPhase::Failed,
+                Some("its instance keeps failing (restarted after each failure)".into()),
+            );
+        }
+        return (TargetPhase::Running, None);
     }
     match (h.guest_health, h.last_poll_ms_ago) {
         (Some(code), _) if code != 0 => (
@@ -183,20 +191,26 @@ mod tests {
             guest_health: guest,
             healthy,
             restarting: false,
+            failures_in_a_row: 0,
         }
     }
 
     #[test]
-    fn a_replica_waiting_to_restart_is_unhealthy() {
-        let mut h = health(false, None, None);
+    fn a_replica_that_keeps_failing_is_failed_and_one_failure_is_no_verdict() {
+        let mut h = health(false, None, Some(10));
         h.restarting = true;
+        h.failures_in_a_row = 1;
+        assert_eq!(health_phase(Some(&h)), (TargetPhase::Running, None));
+        h.failures_in_a_row = FAILED_AFTER_IN_A_ROW;
         assert_eq!(
-            health_phase(Some(&h)),
-            (
-                TargetPhase::Unhealthy,
-                Some("failed; restarting after its backoff".into())
-            )
+            health_phase(Some(&h)).0,
+            TargetPhase::Failed,
+            "released and placed elsewhere, as when a failure stopped it"
         );
+        // Running again after the wait: judged by its polls.
+        h.restarting = false;
+        h.healthy = true;
+        assert_eq!(health_phase(Some(&h)), (TargetPhase::Healthy, None));
     }
 
     #[test]

@@ -66,8 +66,16 @@ pub trait ServiceControl: Send + Sync + 'static {
     }
     /// Queues one sensor frame for service `id`.
     fn push_reading(&self, id: &str, frame: Vec<u8>) -> Result<(), String>;
-    /// Whether service `id` is running.
+    /// Whether service `id` is running: an instance of it runs now (not while its restart
+    /// policy waits to restart a failed one). What a probe is answered with.
     async fn running(&self, id: &str) -> bool;
+    /// Whether service `id` is active: started and not stopped for good, a wait to restart a
+    /// failed instance included. What heartbeats claim uptime by (the runtime's backoff is
+    /// seconds at most for a contract's guest, and paid uptime needs the committee's probes,
+    /// which see the wait); by default [`Self::running`].
+    async fn active(&self, id: &str) -> bool {
+        self.running(id).await
+    }
     /// The cap on the instances of `id`'s module in its group here and the other services
     /// that count against it (not stopped; [`crate::ServiceHost::instance_rivals`]); by
     /// default no cap.
@@ -235,6 +243,11 @@ impl ServiceControl for crate::ServiceHost {
         // Not while its restart policy waits to restart a failed instance: no instance runs.
         self.health(id)
             .is_ok_and(|h| h.state == agora_runtime::ServiceState::Active && !h.restarting)
+    }
+
+    async fn active(&self, id: &str) -> bool {
+        self.health(id)
+            .is_ok_and(|h| h.state == agora_runtime::ServiceState::Active)
     }
 
     async fn instance_rivals(&self, id: &str) -> (u32, Vec<String>) {

@@ -40,27 +40,29 @@ fn ended(c: &ContractCeiling, now: u64) -> ServiceError {
 
 /// Longest wait before a contract's guest is restarted, in milliseconds (THREATS P3).
 const CONTRACT_MAX_BACKOFF_MS: u64 = 5_000;
+/// Longest wait before the first restart of a contract's guest after it ran a while, in
+/// milliseconds: the doubling still slows a guest that fails at once.
+const CONTRACT_FIRST_BACKOFF_MS: u64 = 100;
 
 /// The restart policy a customer's contract guest runs under, from its manifest's
 /// (`(policy, backoff, unhealthy restart)`, [`agora_image::manifest::ManifestRestart::runtime`]):
 /// the provider is paid for the service's uptime and slashed for its confirmed downtime, so a
-/// guest that fails (a trap, a limit, a non-zero exit) is restarted whatever its manifest says
-/// (`never`, or a few restarts then stop, would let a customer's own guest stop itself on the
-/// provider for good and have the provider slashed: THREATS P3), without a count limit, and
-/// never after more than [`CONTRACT_MAX_BACKOFF_MS`] (a manifest's hour-long backoff would be
-/// the same stop). The backoff still doubles up to that, so a guest that fails at once costs
-/// the provider one instantiation per 5 s at most. The health restart stays the manifest's.
+/// guest that stops on its own (a trap, a limit, an exit, a clean one included) is restarted
+/// whatever its manifest says ([`RestartPolicy::Always`]: `never`, a few restarts then stop, or
+/// an exit, would let a customer's own guest stop itself on the provider for good and have the
+/// provider slashed: THREATS P3), first after at most [`CONTRACT_FIRST_BACKOFF_MS`], never
+/// after more than [`CONTRACT_MAX_BACKOFF_MS`] (a manifest's hour-long backoff would be the
+/// same stop). The backoff still doubles per failure in a row, so a guest that fails at once
+/// costs the provider one instantiation per 5 s at most. The health restart stays the
+/// manifest's.
 fn contract_restart(
     (_, backoff, unhealthy): (RestartPolicy, Backoff, Option<u64>),
 ) -> (RestartPolicy, Backoff, Option<u64>) {
-    let max_ms = backoff.max_ms.min(CONTRACT_MAX_BACKOFF_MS);
     (
-        RestartPolicy::OnFailure {
-            max_restarts: u32::MAX,
-        },
+        RestartPolicy::Always,
         Backoff {
-            initial_ms: backoff.initial_ms.min(max_ms),
-            max_ms,
+            initial_ms: backoff.initial_ms.min(CONTRACT_FIRST_BACKOFF_MS),
+            max_ms: backoff.max_ms.min(CONTRACT_MAX_BACKOFF_MS),
         },
         unhealthy,
     )
@@ -484,18 +486,18 @@ impl ServiceHost {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{Backoff, CONTRACT_MAX_BACKOFF_MS, RestartPolicy, check_id, contract_restart};
+    use super::{
+        CONTRACT_FIRST_BACKOFF_MS, CONTRACT_MAX_BACKOFF_MS, RestartPolicy, check_id,
+        contract_restart,
+    };
     use agora_image::manifest::{ManifestRestart, RestartOn};
 
     #[test]
     fn a_contract_guest_is_restarted_whatever_its_manifest_says() {
-        let always = RestartPolicy::OnFailure {
-            max_restarts: u32::MAX,
-        };
-        // No `[restart]`: never, by the manifest; restarted with the default backoff.
+        // No `[restart]`: never, by the manifest; always, soon, with the default doubling.
         let plain = contract_restart(ManifestRestart::default().runtime());
-        assert_eq!(plain.0, always);
-        assert_eq!(plain.1.initial_ms, Backoff::default().initial_ms);
+        assert_eq!(plain.0, RestartPolicy::Always);
+        assert_eq!(plain.1.initial_ms, CONTRACT_FIRST_BACKOFF_MS);
         assert_eq!(plain.1.max_ms, CONTRACT_MAX_BACKOFF_MS);
         // A few restarts with an hour's backoff: as many as it takes, 5 s apart at most; the
         // health restart stays the manifest's.
@@ -507,21 +509,21 @@ mod tests {
             unhealthy_after_ms: 2_000,
         };
         let (policy, backoff, unhealthy) = contract_restart(stingy.runtime());
-        assert_eq!(policy, always);
+        assert_eq!(policy, RestartPolicy::Always);
         assert_eq!(
             (backoff.initial_ms, backoff.max_ms),
-            (CONTRACT_MAX_BACKOFF_MS, CONTRACT_MAX_BACKOFF_MS)
+            (CONTRACT_FIRST_BACKOFF_MS, CONTRACT_MAX_BACKOFF_MS)
         );
         assert_eq!(unhealthy, Some(2_000));
-        // A shorter backoff than the cap is kept.
+        // Shorter waits than the caps are kept.
         let quick = ManifestRestart {
             policy: RestartOn::OnFailure,
-            backoff_ms: 100,
+            backoff_ms: 20,
             max_backoff_ms: 400,
             ..ManifestRestart::default()
         };
         let b = contract_restart(quick.runtime()).1;
-        assert_eq!((b.initial_ms, b.max_ms), (100, 400));
+        assert_eq!((b.initial_ms, b.max_ms), (20, 400));
     }
 
     #[test]

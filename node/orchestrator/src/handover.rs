@@ -796,7 +796,10 @@ impl Orchestrator {
             return;
         };
         let id = Self::service_id(&contract);
-        let running = self.services.running(&id).await;
+        // Active, a restart's wait included: a guest that fails just before a heartbeat must
+        // not turn the whole interval since the last one into a gap the provider admits to
+        // (the committee's probes judge the wait itself).
+        let running = self.services.active(&id).await;
         let status = self.radio.status().await;
         let processed: u64 = status
             .devices

@@ -44,11 +44,15 @@ pub(crate) async fn run_service(host: HostParts, spec: ServiceSpec, shared: Arc<
             RestartPolicy::OnFailure { max_restarts } => {
                 reason.is_failure() && restarts < max_restarts && !shared.stop.is_requested()
             }
+            RestartPolicy::Always => {
+                !matches!(reason, StopReason::Requested | StopReason::Lifetime)
+                    && !shared.stop.is_requested()
+            }
         };
         if !retry {
             break reason;
         }
-        restarts += 1;
+        restarts = restarts.saturating_add(1);
         in_a_row = if began.elapsed() >= spec.backoff.reset_after() {
             1
         } else {
@@ -58,6 +62,7 @@ pub(crate) async fn run_service(host: HostParts, spec: ServiceSpec, shared: Arc<
         {
             let mut live = lock(&shared.live);
             live.metering.restarts = restarts;
+            live.failures_in_a_row = in_a_row;
             live.last_failure = Some(reason.clone());
             bank_uptime(&mut live);
             // The next instance has answered nothing yet.

@@ -1,11 +1,12 @@
-//! A customer's own guest that fails on its honest provider (THREATS P3), on a 7-node devnet of
-//! real processes: nodes 1–5 run `agora-byzantine --no-bid` (honest arbitrators that do not
+//! A customer's own guest that stops on its honest provider (THREATS P3), on a 7-node devnet
+//! of real processes: nodes 1–5 run `agora-byzantine --no-bid` (honest arbitrators that do not
 //! bid), so node 0, a plain `agora` process, is the provider of the customer A's (node 6, plain
-//! `agora`) hosted contract. A's image is a guest that traps on its 40th poll (2 s at
-//! `tick_ms = 50`) of its first boot and runs well once restarted; its manifest has no
-//! `[restart]` section (policy `never`). Before session 46 the trap stopped the instance for
-//! good, the provider answered the probes "not running", the rest of the term was confirmed
-//! down and the contract ended `Slashed`, the provider's stake paid to A.
+//! `agora`) two hosted contracts. A's images are guests that, on their first boot, trap on
+//! their 40th poll (2 s at `tick_ms = 50`) or exit cleanly (WASI `proc_exit(0)`) on it, and run
+//! well once restarted; their manifests have no `[restart]` section (policy `never`). Before
+//! session 46 the stop was for good, the provider answered the probes "not running", the rest
+//! of the term was confirmed down and the contract ended `Slashed`, the provider's stake paid
+//! to A.
 //!
 //! Build the node first: `nice cargo build -p agora-node --bin agora` (cargo builds
 //! `agora-byzantine` itself for this test), then
@@ -25,15 +26,16 @@ use agora_tests::{agora_bin, alive, try_agora_json};
 const PROVIDER: usize = 0;
 /// The customer, A (the story's last node).
 const CUSTOMER: usize = CONTRACT_NODES - 1;
-/// The device the image names (one no radio sends for).
-const DEVICE: u32 = 205;
+/// The devices the images name (ones no radio sends for).
+const DEVICES: [u32; 2] = [205, 206];
 /// The hosted contract's term: long enough that the rest of it after the trap, confirmed
 /// down, would slash the provider (the default `min_uptime_permille` is 900).
 const DURATION_MS: u64 = 60_000;
 
-/// Counts its boots in its key `boots` (`agora_init`); on its first boot it traps
-/// (`unreachable`) on its 40th poll; later boots run on.
-const TRAPS_ON_FIRST_BOOT: &str = r#"(module
+/// Counts its boots in its key `boots` (`agora_init`); on its first boot it does `STOP` on
+/// its 40th poll; later boots run on.
+const STOPS_ON_FIRST_BOOT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (import "agora" "kv_get" (func $get (param i32 i32 i32 i32) (result i32)))
   (import "agora" "kv_put" (func $put (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
@@ -50,8 +52,19 @@ const TRAPS_ON_FIRST_BOOT: &str = r#"(module
     (if (i32.and
           (i64.eq (i64.load (i32.const 16)) (i64.const 1))
           (i32.ge_u (global.get $polls) (i32.const 40)))
-      (then unreachable))
+      (then STOP))
     (i32.const 0)))"#;
+
+/// The guest of [`STOPS_ON_FIRST_BOOT`] that stops with `stop`, and its directory name.
+fn guest(stop: &str) -> (Vec<u8>, String) {
+    let wat = STOPS_ON_FIRST_BOOT.replace("STOP", stop);
+    let dir = if stop == "unreachable" {
+        "hosted-trap"
+    } else {
+        "hosted-exit"
+    };
+    (wat::parse_str(&wat).unwrap(), dir.into())
+}
 
 fn launcher() -> ByzantineLauncher {
     ByzantineLauncher {
@@ -64,70 +77,96 @@ fn launcher() -> ByzantineLauncher {
     }
 }
 
-/// A's guest traps on the provider a couple of seconds into its contract: the provider
-/// restarts it (whatever the manifest says: a contract's guest is restarted on failure, 5 s
-/// apart at most), its second boot runs the term out, and on every honest replica the contract
-/// settles (not slashed) with the provider paid.
+/// A's guests stop on the provider a couple of seconds into their contracts, one with a trap,
+/// one with a clean exit: the provider restarts each (whatever the manifest says: a contract's
+/// guest is restarted after any stop but a requested one, 5 s apart at most), its second boot
+/// runs the term out, and on every honest replica both contracts settle (not slashed) with the
+/// provider paid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_customers_guest_that_traps_once_does_not_get_its_provider_slashed() {
-    let test = "attack_guest::a_customers_guest_that_traps_once_does_not_get_its_provider_slashed";
+async fn a_customers_guest_that_stops_once_does_not_get_its_provider_slashed() {
+    let test = "attack_guest::a_customers_guest_that_stops_once_does_not_get_its_provider_slashed";
     let Some((_tmp, s)) = agora_tests::story(test, Arc::new(launcher())).await else {
         return;
     };
-    let module = wat::parse_str(TRAPS_ON_FIRST_BOOT).unwrap();
-    let hosted = s
-        .hosted_module(
-            CUSTOMER,
-            "hosted-trap",
-            &module,
-            &[DEVICE],
-            DURATION_MS,
-            None,
-            |st| st == ContractStatus::Active,
-        )
-        .await
-        .unwrap();
-    assert_eq!(hosted.b, PROVIDER, "the only bidder won");
-    let provider_dir = s.m.nodes[PROVIDER].data_dir.display().to_string();
-    // Until the term is over, watch the provider's instance: it traps and is restarted.
-    let mut restarted: Option<serde_json::Value> = None;
-    let show = ["service", "show", &hosted.id, "--data-dir", &provider_dir];
-    wait_for("the end of the term", DURATION_MS / 1000 + 90, async || {
-        if restarted.is_none() {
-            restarted = try_agora_json(&show)
-                .filter(|v| v["service"]["metering"]["restarts"].as_u64() >= Some(1));
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        }
-        s.contract(1, &hosted.id)
-            .await
-            .filter(|r| r.status.is_final())
-    })
-    .await
-    .unwrap();
-    for i in 1..CUSTOMER {
-        let r = s
-            .wait_contract(i, &hosted.id, "settlement", 60, |r| r.status.is_final())
+    let mut hosted = Vec::new();
+    for (stop, device) in ["unreachable", "(call $exit (i32.const 0))"]
+        .into_iter()
+        .zip(DEVICES)
+    {
+        let (module, dir) = guest(stop);
+        let h = s
+            .hosted_module(
+                CUSTOMER,
+                &dir,
+                &module,
+                &[device],
+                DURATION_MS,
+                None,
+                |st| st == ContractStatus::Active,
+            )
             .await
             .unwrap();
-        assert_eq!(
-            r.status,
-            ContractStatus::Settled,
-            "node{i}: the provider is not slashed for its customer's trap: {r:?}"
-        );
-        assert!(
-            r.paid_to_provider > 0,
-            "node{i}: the provider is paid: {r:?}"
-        );
+        assert_eq!(h.b, PROVIDER, "the only bidder won");
+        hosted.push(h);
     }
-    let shown = restarted.expect("the provider restarted the guest during the term");
-    let why = shown["service"]["last_failure"].to_string();
-    assert!(why.contains("Trap"), "restarted after its trap: {shown}");
+    let provider_dir = s.m.nodes[PROVIDER].data_dir.display().to_string();
+    // Until the terms are over, watch the provider's instances: each stops and is restarted.
+    let mut restarted: Vec<Option<serde_json::Value>> = vec![None; hosted.len()];
+    wait_for(
+        "the end of the terms",
+        DURATION_MS / 1000 + 90,
+        async || {
+            for (h, seen) in hosted.iter().zip(restarted.iter_mut()) {
+                if seen.is_none() {
+                    *seen =
+                        try_agora_json(&["service", "show", &h.id, "--data-dir", &provider_dir])
+                            .filter(|v| v["service"]["metering"]["restarts"].as_u64() >= Some(1));
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            for h in &hosted {
+                s.contract(1, &h.id).await.filter(|r| r.status.is_final())?;
+            }
+            Some(())
+        },
+    )
+    .await
+    .unwrap();
+    for h in &hosted {
+        for i in 1..CUSTOMER {
+            let r = s
+                .wait_contract(i, &h.id, "settlement", 60, |r| r.status.is_final())
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status,
+                ContractStatus::Settled,
+                "node{i}: the provider is not slashed for its customer's guest: {r:?}"
+            );
+            assert!(
+                r.paid_to_provider > 0,
+                "node{i}: the provider is paid: {r:?}"
+            );
+        }
+    }
+    let why: Vec<String> = restarted
+        .into_iter()
+        .map(|v| {
+            let v = v.expect("the provider restarted each guest during its term");
+            v["service"]["last_failure"].to_string()
+        })
+        .collect();
+    assert!(why[0].contains("Trap"), "restarted after its trap: {why:?}");
+    assert!(
+        why[1].contains("Exited"),
+        "restarted after its exit: {why:?}"
+    );
     for (i, n) in s.m.nodes.iter().enumerate() {
         assert!(alive(u64::from(n.pid.unwrap())), "node{i} still runs");
     }
     eprintln!(
-        "the guest trapped and was restarted ({why}); the contract settled on every honest \
-         replica"
+        "the guests stopped and were restarted ({why:?}); both contracts settled on every \
+         honest replica"
     );
     s.down(true).await.unwrap();
 }

@@ -191,4 +191,10 @@ fn the_manifest_restart_policy_restarts_failed_and_unhealthy_guests_with_backoff
     let s = show(&node, "sick-once");
     assert_eq!(restarts(&s), 1, "{s}");
     assert!(stopped(&s).is_none(), "{s}");
+    // The operator's table says why the last restart was made.
+    let table = agora_tests::agora(&["service", "show", "crashy", "--data-dir", &node]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success(), "{table:?}");
+    assert!(text.contains("restarts:  3"), "{text}");
+    assert!(text.contains("last fail: trap: "), "{text}");
 }

@@ -216,7 +216,15 @@ pub async fn service(dir: &Path, cmd: &ServiceCommand, json: bool) -> anyhow::Re
             println!("id:        {}", s.id);
             println!("service:   {}@{} ({})", s.name, s.version, s.kind.as_str());
             println!("image:     {}", s.image);
-            println!("state:     {}", state_text(&s.state));
+            if r.health.restarting {
+                let why = s
+                    .last_failure
+                    .as_ref()
+                    .map_or_else(String::new, |f| format!(" after {f}"));
+                println!("state:     active, restarting{why}");
+            } else {
+                println!("state:     {}", state_text(&s.state));
+            }
             if !s.depends_on.is_empty() {
                 println!("needs:     {}", s.depends_on.join(", "));
             }
@@ -230,6 +238,9 @@ pub async fn service(dir: &Path, cmd: &ServiceCommand, json: bool) -> anyhow::Re
             );
             println!("published: {}", m.published);
             println!("restarts:  {}", m.restarts);
+            if let Some(f) = &s.last_failure {
+                println!("last fail: {f}");
+            }
         }
     }
     Ok(())

@@ -36,6 +36,13 @@ pub struct UpgradeConfig {
     pub max_unavailable: u32,
     /// How long a new instance has to report healthy, ms.
     pub health_timeout_ms: u64,
+    /// The failure budget (`--max-failed`): up to this many targets whose new instance fails
+    /// are switched anyway (their old instance released, the new one left to the plan's
+    /// rules: a failed replica is released and placed elsewhere) and the rollout goes on; the
+    /// next failure rolls every target back. 0 (the default): the first failure does, so one
+    /// target (a hostile one among them) can veto the upgrade (THREATS D1).
+    #[serde(default)]
+    pub max_failed: u32,
 }
 
 impl Default for UpgradeConfig {
@@ -43,6 +50,7 @@ impl Default for UpgradeConfig {
         UpgradeConfig {
             max_unavailable: 1,
             health_timeout_ms: 60_000,
+            max_failed: 0,
         }
     }
 }
@@ -158,6 +166,10 @@ pub struct Upgrade {
     /// With variants: the variants being rolled out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to_variants: Vec<Variant>,
+    /// Targets whose new instance failed within the failure budget, and why (at most
+    /// `max_failed`, each a target of `steps`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    failed: BTreeMap<NodeId, String>,
 }
 
 impl Upgrade {
@@ -193,6 +205,7 @@ impl Upgrade {
             images: BTreeMap::new(),
             from_variants: Vec::new(),
             to_variants: Vec::new(),
+            failed: BTreeMap::new(),
         }
     }
 
@@ -287,7 +300,15 @@ impl Upgrade {
         self.seen
             .values()
             .filter_map(|(_, r)| r.as_ref().map(String::len))
+            .chain(self.failed.values().map(String::len))
             .fold(outcome, usize::max)
+    }
+
+    /// Whether every target failed within the budget is one of the upgrade's, and no more
+    /// of them than the budget (bounds a saved machine read back).
+    pub fn failed_within_budget(&self) -> bool {
+        self.failed.len() <= usize::try_from(self.config.max_failed).unwrap_or(usize::MAX)
+            && self.failed.keys().all(|t| self.steps.contains_key(t))
     }
 
     /// The last phase (and reason) heard of `target`'s instance of `which` image.
@@ -367,7 +388,20 @@ impl Upgrade {
                 )),
                 _ => None,
             };
-            if let Some(reason) = failure {
+            if let Some(mut reason) = failure {
+                // A target's reason is at most `MAX_REASON_LEN`; with the prefix it could be
+                // longer, and a saved machine read back must stay within the bound.
+                clip(&mut reason, crate::limits::MAX_REASON_LEN);
+                if self.failed.len() < usize::try_from(self.config.max_failed).unwrap_or(0) {
+                    // Within the budget: switched anyway, the rollout goes on.
+                    self.failed.insert(*target, reason);
+                    self.steps.insert(*target, Step::Upgraded);
+                    out.push(UpgradeAction::Stop {
+                        target: *target,
+                        which: Which::Old,
+                    });
+                    continue;
+                }
                 self.outcome = Outcome::RollingBack {
                     target: *target,
                     reason,
@@ -450,9 +484,25 @@ impl Upgrade {
         &self.steps
     }
 
+    /// The targets whose new instance failed within the failure budget, and why.
+    pub fn failed(&self) -> &BTreeMap<NodeId, String> {
+        &self.failed
+    }
+
     /// The configuration in force (the wave clamped to 1..=[`MAX_WAVE`]).
     pub fn config(&self) -> UpgradeConfig {
         self.config
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary.
+fn clip(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
 }
 

@@ -61,6 +61,10 @@ pub struct UpgradeRequest {
     pub max_unavailable: u32,
     /// How long a new instance has to report healthy, ms.
     pub health_timeout_ms: u64,
+    /// The failure budget (`--max-failed`, 0 by default): targets whose new instance may fail
+    /// without rolling every target back.
+    #[serde(default)]
+    pub max_failed: u32,
 }
 
 /// Longest `--health-timeout` accepted (a day).
@@ -80,9 +84,16 @@ pub fn upgrade_config(req: &UpgradeRequest) -> Result<UpgradeConfig, ApiError> {
             "--health-timeout must be positive and at most 24h".into(),
         ));
     }
+    if req.max_failed > MAX_WAVE {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("--max-failed must be 0 to {MAX_WAVE}"),
+        ));
+    }
     Ok(UpgradeConfig {
         max_unavailable: req.max_unavailable,
         health_timeout_ms: req.health_timeout_ms,
+        max_failed: req.max_failed,
     })
 }
 
@@ -304,9 +315,22 @@ mod tests {
             variants: BTreeMap::new(),
             max_unavailable: k,
             health_timeout_ms: t,
+            max_failed: 0,
         };
         let ok = upgrade_config(&req(2, 60_000)).unwrap();
         assert_eq!((ok.max_unavailable, ok.health_timeout_ms), (2, 60_000));
+        let budget = upgrade_config(&UpgradeRequest {
+            max_failed: 3,
+            ..req(1, 60_000)
+        })
+        .unwrap();
+        assert_eq!(budget.max_failed, 3);
+        let e = upgrade_config(&UpgradeRequest {
+            max_failed: MAX_WAVE + 1,
+            ..req(1, 60_000)
+        })
+        .unwrap_err();
+        assert!(e.1.contains("--max-failed"), "{}", e.1);
         for (k, t) in [(0, 60_000), (MAX_WAVE + 1, 60_000), (1, 0), (1, u64::MAX)] {
             let e = upgrade_config(&req(k, t)).unwrap_err();
             assert_eq!(e.0, StatusCode::BAD_REQUEST);

@@ -357,6 +357,62 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
         );
     }
     drop(sensor);
+
+    // A failure budget (THREATS D1): with `--max-failed 1` the first sick target is switched
+    // anyway and named, the rollout goes on, and the second one, past the budget, rolls every
+    // target back.
+    let budget = agora(&[
+        "deploy",
+        "upgrade",
+        &id,
+        "--image",
+        &sick,
+        "--max-failed",
+        "1",
+        "--health-timeout",
+        "4m",
+        "--data-dir",
+        &net.node(0),
+    ]);
+    eprintln!(
+        "deploy upgrade to the sick image, --max-failed 1:\n{}",
+        text(&budget)
+    );
+    assert!(!budget.status.success(), "{}", text(&budget));
+    assert!(text(&budget).contains("rolled back"), "{}", text(&budget));
+    assert!(
+        text(&budget).contains("failed within --max-failed"),
+        "the switched target is named as it happens: {}",
+        text(&budget)
+    );
+    let st = status(&net, &id);
+    assert_eq!(st["upgrade"]["max_failed"], 1, "{st}");
+    let failed: Vec<_> = st["upgrade"]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["failed"].is_string())
+        .collect();
+    assert_eq!(failed.len(), 1, "one failure within the budget: {st}");
+    assert!(
+        failed[0]["failed"]
+            .as_str()
+            .unwrap()
+            .contains("health export returned 1"),
+        "{st}"
+    );
+    wait_for(
+        &net,
+        &id,
+        &LABELLED,
+        "every target back on v2 only after the budgeted upgrade",
+        WAIT,
+        || {
+            LABELLED
+                .iter()
+                .all(|i| runs(&net, *i, &v2) && !runs(&net, *i, &sick))
+        },
+    );
     for i in [1, 4, 5, 6] {
         for image in [&v1, &v2, &sick] {
             assert!(!runs(&net, i, image), "node{i} is not labelled");

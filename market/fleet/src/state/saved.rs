@@ -136,6 +136,7 @@ fn plausible(up: &Upgrade, record: &Deployment) -> bool {
         && up.steps().len() <= MAX_REPLICAS
         && up.seen_len() <= 2 * MAX_REPLICAS
         && up.longest_reason() <= MAX_REASON_LEN
+        && up.failed_within_budget()
 }
 
 impl<S: Signer> FleetState<S> {

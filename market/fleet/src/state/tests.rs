@@ -743,6 +743,7 @@ fn an_upgrade_goes_in_waves_over_the_network_and_a_sick_one_rolls_back() {
     let config = UpgradeConfig {
         max_unavailable: 1,
         health_timeout_ms: 60_000,
+        max_failed: 0,
     };
     let upgrade = |image: &str| Input::Upgrade {
         deployment: id,
@@ -890,6 +891,7 @@ fn a_rollback_restarts_the_old_image_where_it_was_replaced_before_stopping_the_n
     let config = UpgradeConfig {
         max_unavailable: 1,
         health_timeout_ms: 60_000,
+        max_failed: 0,
     };
     net.input(
         T0 + 30,
@@ -1088,6 +1090,7 @@ fn an_upgrade_under_way_resumes_after_a_restart() {
     let config = UpgradeConfig {
         max_unavailable: 1,
         health_timeout_ms: 60_000,
+        max_failed: 0,
     };
     net.input(
         T0 + 30,

@@ -39,6 +39,9 @@ pub struct UpgradeView {
     pub max_unavailable: u32,
     /// How long a new instance has to be healthy, ms.
     pub health_timeout_ms: u64,
+    /// The failure budget: targets whose new instance may fail without a rollback.
+    #[serde(default)]
+    pub max_failed: u32,
     /// Per target: its step and both instances' phases.
     pub targets: Vec<UpgradeTargetView>,
 }
@@ -56,6 +59,10 @@ pub struct UpgradeTargetView {
     /// The new image's instance: its last phase (with the reason, if any), or
     /// `released (was …)` once a rollback released it.
     pub new: Option<String>,
+    /// Why its new instance failed, when it failed within the failure budget (switched
+    /// anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 impl UpgradeView {
@@ -87,6 +94,7 @@ impl UpgradeView {
             reason,
             max_unavailable: up.config().max_unavailable,
             health_timeout_ms: up.config().health_timeout_ms,
+            max_failed: up.config().max_failed,
             targets: up
                 .steps()
                 .iter()
@@ -95,6 +103,7 @@ impl UpgradeView {
                     step: step_name(step).into(),
                     old: shown(*t, Which::Old, *step == Step::Upgraded),
                     new: shown(*t, Which::New, *step == Step::Reverted),
+                    failed: up.failed().get(t).cloned(),
                 })
                 .collect(),
         }

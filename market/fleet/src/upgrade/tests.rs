@@ -99,8 +99,13 @@ impl World {
     }
 
     /// Carries out the machine's actions, checking the safety rule: an old instance is stopped
-    /// only when the new one on that target is healthy, and a new one only when the old is.
-    fn apply(&mut self, actions: &[UpgradeAction]) -> Result<(), String> {
+    /// only when the new one on that target is healthy (or the target failed within the
+    /// failure budget, `failed`), and a new one only when the old is.
+    fn apply(
+        &mut self,
+        actions: &[UpgradeAction],
+        failed: &BTreeMap<NodeId, String>,
+    ) -> Result<(), String> {
         for a in actions {
             match a {
                 UpgradeAction::Start { target, which } => {
@@ -114,7 +119,7 @@ impl World {
                 }
                 UpgradeAction::Stop { target, which } => {
                     match which {
-                        Which::Old if !self.new_healthy(target) => {
+                        Which::Old if !self.new_healthy(target) && !failed.contains_key(target) => {
                             return Err(format!(
                                 "old stopped on {target:?} before the new was healthy"
                             ));
@@ -135,26 +140,36 @@ impl World {
         Ok(())
     }
 
-    /// Targets with no healthy instance now.
-    fn unavailable(&self) -> usize {
+    /// Targets with no healthy instance now, but those failed within the budget (`failed`).
+    fn unavailable(&self, failed: &BTreeMap<NodeId, String>) -> usize {
         self.hosts
             .keys()
-            .filter(|t| !self.old_healthy(t) && !self.new_healthy(t))
+            .filter(|t| !self.old_healthy(t) && !self.new_healthy(t) && !failed.contains_key(*t))
             .count()
     }
 }
 
 fn run(behaviours: &[Behaviour], k: u32, old_delay: u64) -> Result<(Upgrade, World), String> {
+    run_with_budget(behaviours, k, old_delay, 0)
+}
+
+fn run_with_budget(
+    behaviours: &[Behaviour],
+    k: u32,
+    old_delay: u64,
+    max_failed: u32,
+) -> Result<(Upgrade, World), String> {
     let mut world = World::new(behaviours, old_delay);
     let cfg = UpgradeConfig {
         max_unavailable: k,
         health_timeout_ms: TIMEOUT,
+        max_failed,
     };
     let mut up = Upgrade::new("old".into(), "new".into(), world.hosts.keys().copied(), cfg);
     for _ in 0..2_000 {
         world.report(&mut up);
         let actions = up.step(world.now);
-        world.apply(&actions)?;
+        world.apply(&actions, up.failed())?;
         let starting = up
             .steps()
             .values()
@@ -163,10 +178,10 @@ fn run(behaviours: &[Behaviour], k: u32, old_delay: u64) -> Result<(Upgrade, Wor
         if starting > k.max(1) as usize {
             return Err(format!("{starting} targets mid-upgrade with K = {k}"));
         }
-        if world.unavailable() > k.max(1) as usize {
+        if world.unavailable(up.failed()) > k.max(1) as usize {
             return Err(format!(
                 "{} targets without a healthy instance",
-                world.unavailable()
+                world.unavailable(up.failed())
             ));
         }
         if up.outcome().is_final() {
@@ -194,6 +209,7 @@ fn a_healthy_upgrade_goes_in_waves_and_ends_on_the_new_image() {
         UpgradeConfig {
             max_unavailable: 2,
             health_timeout_ms: TIMEOUT,
+            max_failed: 0,
         },
     );
     w.report(&mut up);
@@ -255,9 +271,49 @@ fn no_targets_is_done_and_strangers_are_ignored() {
     let cfg = UpgradeConfig {
         max_unavailable: 0,
         health_timeout_ms: 1,
+        max_failed: 0,
     };
     let up = Upgrade::new("a".into(), "b".into(), [signer(1).node_id()], cfg);
     assert_eq!(up.config().max_unavailable, 1, "a wave of 0 is read as 1");
+}
+
+/// THREATS D1: with `--max-failed 1` one target whose new image is sick (a hostile target
+/// that reports it so) no longer rolls everyone back: it is switched anyway and named, the
+/// others end on the new image, the upgrade succeeds; a second sick target is past the budget
+/// and rolls every target back.
+#[test]
+fn a_failure_within_the_budget_does_not_veto_the_upgrade() {
+    let one_sick = [
+        Behaviour::Good(1),
+        Behaviour::Sick(1),
+        Behaviour::Good(1),
+        Behaviour::Silent,
+    ];
+    let (up, world) = run_with_budget(&one_sick[..3], 1, 1, 1).unwrap();
+    assert_eq!(up.outcome(), &Outcome::Succeeded);
+    assert_eq!(up.failed().len(), 1);
+    let (sick, why) = up.failed().iter().next().unwrap();
+    assert!(
+        matches!(world.behaviour[sick], Behaviour::Sick(_)),
+        "the sick one"
+    );
+    assert!(why.contains("health export returned 1"), "{why}");
+    for h in world.hosts.values() {
+        assert!(h.old.is_none() && h.new.is_some(), "{h:?}");
+    }
+    // Without a budget the same fleet rolls back (the veto).
+    let (up, _) = run(&one_sick[..3], 1, 1).unwrap();
+    assert!(matches!(up.outcome(), Outcome::RolledBack { .. }));
+    // Two failures (a sick and a silent one) are past a budget of 1.
+    let (up, world) = run_with_budget(&one_sick, 1, 1, 1).unwrap();
+    assert!(
+        matches!(up.outcome(), Outcome::RolledBack { .. }),
+        "{:?}",
+        up.outcome()
+    );
+    for h in world.hosts.values() {
+        assert!(h.old.is_some() && h.new.is_none(), "{h:?}");
+    }
 }
 
 fn arb_behaviour() -> impl proptest::strategy::Strategy<Value = Behaviour> {
@@ -270,20 +326,25 @@ fn arb_behaviour() -> impl proptest::strategy::Strategy<Value = Behaviour> {
 
 proptest! {
     /// Whatever the images do: never more than K targets mid-upgrade or without a healthy
-    /// instance, an old instance never stopped before the new one is healthy; all-good ends
-    /// with every target on the new image only, any failure ends with every target on the old
-    /// image only.
+    /// instance (but those failed within the budget), an old instance never stopped before
+    /// the new one is healthy (but on those); no more failures than the budget ends with every
+    /// target on the new image only and the failed ones named, more end with every target on
+    /// the old image only.
     #[test]
     fn waves_respect_k_and_failures_end_on_the_old_image(
         behaviours in proptest::collection::vec(arb_behaviour(), 1..9),
         k in 0u32..4,
         old_delay in 0u64..15,
+        max_failed in 0u32..3,
     ) {
-        let (up, world) = run(&behaviours, k, old_delay).map_err(TestCaseError::fail)?;
-        let all_good = behaviours.iter().all(|b| matches!(b, Behaviour::Good(_)));
+        let (up, world) =
+            run_with_budget(&behaviours, k, old_delay, max_failed).map_err(TestCaseError::fail)?;
+        let bad = behaviours.iter().filter(|b| !matches!(b, Behaviour::Good(_))).count();
+        let all_good = bad <= max_failed as usize;
         match up.outcome() {
             Outcome::Succeeded => {
                 prop_assert!(all_good);
+                prop_assert_eq!(up.failed().len(), bad);
                 prop_assert!(world.hosts.values().all(|h| h.old.is_none() && h.new.is_some()));
             }
             Outcome::RolledBack { .. } => {

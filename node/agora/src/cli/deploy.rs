@@ -45,8 +45,9 @@ pub enum DeployCommand {
     /// Upgrade a deployment to another image, start-first in waves: on each target the new
     /// image starts beside the old one (its own contract), the old one stops once the new one
     /// is healthy. A new instance unhealthy, failed or not healthy in time rolls every target
-    /// back to the old image. Waits and prints each change; exits 0 when every target runs the
-    /// new image healthy, non-zero with the reason after a rollback.
+    /// back to the old image, unless it is within `--max-failed`. Waits and prints each
+    /// change; exits 0 when every target runs the new image (healthy, but those failed within
+    /// the budget, which it names), non-zero with the reason after a rollback.
     Upgrade(UpgradeArgs),
 }
 
@@ -70,6 +71,12 @@ pub struct UpgradeArgs {
     /// first healthy poll), e.g. `5m`.
     #[arg(long, default_value = "5m")]
     health_timeout: String,
+    /// The failure budget: up to this many targets whose new instance fails (unhealthy,
+    /// failed or not healthy in time) are switched anyway and named, and the rollout goes on;
+    /// one more rolls every target back. With 0 one failing target (a hostile one among
+    /// them) rolls every upgrade back.
+    #[arg(long, default_value_t = 0)]
+    max_failed: u32,
     /// Give up waiting after this long (the upgrade carries on; follow it with `deploy
     /// status`), e.g. `1h`.
     #[arg(long, default_value = "1h")]
@@ -232,12 +239,13 @@ fn upgrade_state(u: &UpgradeView) -> String {
 
 fn print_upgrade(u: &UpgradeView) {
     println!(
-        "upgrade {} -> {}  {}  (max-unavailable {}, health-timeout {} s)",
+        "upgrade {} -> {}  {}  (max-unavailable {}, health-timeout {} s, max-failed {})",
         u.from,
         u.to,
         upgrade_state(u),
         u.max_unavailable,
-        u.health_timeout_ms / 1000
+        u.health_timeout_ms / 1000,
+        u.max_failed
     );
     let rows: Vec<Vec<String>> = u
         .targets
@@ -245,7 +253,10 @@ fn print_upgrade(u: &UpgradeView) {
         .map(|t| {
             vec![
                 t.node.to_string(),
-                t.step.clone(),
+                match &t.failed {
+                    Some(why) => format!("{} (failed: {why})", t.step),
+                    None => t.step.clone(),
+                },
                 t.old.clone().unwrap_or_else(|| "-".into()),
                 t.new.clone().unwrap_or_else(|| "-".into()),
             ]
@@ -263,11 +274,14 @@ fn progress_lines(u: &UpgradeView, seen: &mut Vec<String>) -> Vec<String> {
     let mut now = vec![upgrade_state(u)];
     for t in &u.targets {
         now.push(format!(
-            "  {} {}: old {}, new {}",
+            "  {} {}: old {}, new {}{}",
             t.node.short(),
             t.step,
             t.old.as_deref().unwrap_or("-"),
-            t.new.as_deref().unwrap_or("-")
+            t.new.as_deref().unwrap_or("-"),
+            t.failed.as_deref().map_or_else(String::new, |why| format!(
+                " (failed within --max-failed: {why})"
+            ))
         ));
     }
     for (i, line) in now.iter().enumerate() {
@@ -423,6 +437,7 @@ async fn upgrade(dir: &Path, a: &UpgradeArgs, json: bool) -> anyhow::Result<()> 
         variants,
         max_unavailable: a.max_unavailable,
         health_timeout_ms: parse_duration_ms(&a.health_timeout).context("--health-timeout")?,
+        max_failed: a.max_failed,
     };
     let wait_ms = parse_duration_ms(&a.wait).context("--wait")?;
     let client = client(dir)?;
@@ -459,7 +474,22 @@ async fn upgrade(dir: &Path, a: &UpgradeArgs, json: bool) -> anyhow::Result<()> 
             return match u.state.as_str() {
                 "succeeded" => {
                     if !json {
-                        println!("every target runs {} and is healthy", u.to);
+                        let failed: Vec<String> = u
+                            .targets
+                            .iter()
+                            .filter_map(|t| Some(format!("{} ({})", t.node, t.failed.as_ref()?)))
+                            .collect();
+                        if failed.is_empty() {
+                            println!("every target runs {} and is healthy", u.to);
+                        } else {
+                            println!(
+                                "every target runs {}; {} failed within --max-failed {}: {}",
+                                u.to,
+                                failed.len(),
+                                u.max_failed,
+                                failed.join(", ")
+                            );
+                        }
                     }
                     Ok(())
                 }
@@ -628,11 +658,13 @@ mod tests {
             reason: None,
             max_unavailable: 1,
             health_timeout_ms: 60_000,
+            max_failed: 1,
             targets: vec![agora_fleet_core::UpgradeTargetView {
                 node,
                 step: "starting".into(),
                 old: Some("healthy".into()),
                 new: None,
+                failed: None,
             }],
         };
         let mut seen = Vec::new();
@@ -644,6 +676,16 @@ mod tests {
         let next = progress_lines(&u, &mut seen);
         assert_eq!(next.len(), 1);
         assert!(next[0].contains("new unhealthy"), "{next:?}");
+        // Switched anyway within the failure budget: said once.
+        u.targets[0].step = "upgraded".into();
+        u.targets[0].failed = Some("new image unhealthy".into());
+        let budget = progress_lines(&u, &mut seen);
+        assert_eq!(budget.len(), 1);
+        assert!(
+            budget[0].contains("failed within --max-failed"),
+            "{budget:?}"
+        );
+        assert!(progress_lines(&u, &mut seen).is_empty());
     }
 
     fn view(phases: &[(&str, u32)], replicas: Option<u32>) -> DeploymentView {

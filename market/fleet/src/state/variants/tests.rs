@@ -208,6 +208,7 @@ fn variants_are_placed_balanced_and_rebalanced_after_a_join_one_per_target() {
         config: UpgradeConfig {
             max_unavailable: 1,
             health_timeout_ms: 1000,
+            max_failed: 0,
         },
     };
     assert!(matches!(
@@ -429,6 +430,7 @@ fn a_live_deployment_is_given_other_variants_and_only_the_changed_ones_move() {
         config: UpgradeConfig {
             max_unavailable: 1,
             health_timeout_ms: 1000,
+            max_failed: 0,
         },
     };
     let err = d.handle(T0 + 9, up).unwrap_err();
@@ -484,6 +486,7 @@ fn an_upgrade_of_variants_moves_their_targets_start_first_and_a_sick_one_rolls_b
     let config = UpgradeConfig {
         max_unavailable: 1,
         health_timeout_ms: 10_000,
+        max_failed: 0,
     };
     let upgrade = |images: &[(&str, &str)]| Input::Upgrade {
         deployment: dep,

@@ -59,7 +59,7 @@ pub struct ServiceSpec {
     pub limits: ServiceLimits,
     /// Restart policy.
     pub restart: RestartPolicy,
-    /// Wait before each restart ([`RestartPolicy::OnFailure`] only).
+    /// Wait before each restart ([`RestartPolicy::OnFailure`] and [`RestartPolicy::Always`]).
     pub backoff: Backoff,
     /// Stop an instance whose `agora_health` export has answered non-zero for this long
     /// (milliseconds) as [`StopReason::Unhealthy`], a failure the restart policy acts on.
@@ -120,6 +120,10 @@ pub struct ServiceStatus {
     pub last_failure: Option<StopReason>,
 }
 
+/// An instance that stops on its own sooner than this after its start failed quickly
+/// ([`Health::quick_failures`]).
+pub const QUICK_FAILURE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Result of a health check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -135,10 +139,11 @@ pub struct Health {
     /// service, but no instance runs.
     #[serde(default)]
     pub restarting: bool,
-    /// Failures in a row its restart policy has restarted (an instance that ran for its
-    /// backoff's `reset_after` starts the count again at its next failure); 0 before any.
+    /// Instances in a row that stopped on their own within [`QUICK_FAILURE`] of their start (a
+    /// crash loop; a clean exit counts too), as its restart policy restarts them; 0 before
+    /// any, and again after an instance that ran longer.
     #[serde(default)]
-    pub failures_in_a_row: u32,
+    pub quick_failures: u32,
 }
 
 /// Mutable per-service status written by the service thread.
@@ -151,8 +156,8 @@ pub(crate) struct Live {
     banked_uptime_ms: u64,
     /// See [`ServiceStatus::last_failure`].
     last_failure: Option<StopReason>,
-    /// See [`Health::failures_in_a_row`].
-    failures_in_a_row: u32,
+    /// See [`Health::quick_failures`].
+    quick_failures: u32,
 }
 
 /// One `agora_probe` call asked of a live instance: the nonce, and where its outcome goes

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// What to do when a service stops with a failure ([`crate::StopReason::is_failure`]).
+/// What to do when a service stops on its own: after a failure
+/// ([`crate::StopReason::is_failure`]), or with [`RestartPolicy::Always`] after any stop but a
+/// requested one or the end of its lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestartPolicy {
     /// Stay stopped.

@@ -87,7 +87,7 @@ const EXITS_CLEANLY: &str = r#"(module
 /// `Always` (a contract's guest) restarts after a clean exit too, which `OnFailure` leaves
 /// stopped; failures in a row are counted; only a stop request ends it.
 #[tokio::test]
-async fn always_restarts_a_clean_exit_and_counts_failures_in_a_row() {
+async fn always_restarts_a_clean_exit_and_counts_quick_failures() {
     let h = harness();
     let module = test_utils::compile(&h.host, EXITS_CLEANLY);
     let mut on_failure = ServiceSpec::new("exits-once", module.clone(), tight());
@@ -118,7 +118,7 @@ async fn always_restarts_a_clean_exit_and_counts_failures_in_a_row() {
     .expect("restarted after each clean exit");
     let health = h.manager.health(&id).unwrap();
     assert_eq!(health.state, ServiceState::Active);
-    assert!(health.failures_in_a_row >= 3, "{health:?}");
+    assert!(health.quick_failures >= 3, "{health:?}");
     h.manager.stop(&id).unwrap();
     assert_eq!(h.stopped(&id).await, StopReason::Requested);
 }

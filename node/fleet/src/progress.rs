@@ -32,7 +32,8 @@ pub fn advances(current: Option<TargetPhase>, next: TargetPhase) -> bool {
     }
 }
 
-/// Failures in a row (restarted by the runtime) that make a replica failed.
+/// Quick failures in a row (`Health::quick_failures`, restarted by the runtime) that make a
+/// replica failed.
 pub const FAILED_AFTER_IN_A_ROW: u32 = 3;
 
 /// The verdict on a running replica from its health check: the node-side probes (started,
@@ -48,11 +49,12 @@ pub fn health_phase(health: Option<&Health>) -> (TargetPhase, Option<String>) {
     }
     if h.restarting {
         // Its instance failed and the restart policy waits to start the next (a contract's
-        // guest is always restarted: `agora_hosting` ops). A few failures in a row make the
-        // replica failed, as a failure that stopped it did before: the plan releases it and
-        // places it elsewhere, and an upgrade to an image that fails at once rolls back. One
-        // failure now and then is no verdict.
-        if h.failures_in_a_row >= FAILED_AFTER_IN_A_ROW {
+        // guest is always restarted: `agora_hosting` ops). A crash loop (instances in a row
+        // that each stopped within a second of their start) makes the replica failed, as a
+        // failure that stopped it did before: the plan releases it and places it elsewhere,
+        // and an upgrade to an image that fails at once rolls back. A failure now and then, or
+        // after the instance ran a while, is no verdict.
+        if h.quick_failures >= FAILED_AFTER_IN_A_ROW {
             return (
                 TargetPhase::Failed,
                 Some("its instance keeps failing (restarted after each failure)".into()),
@@ -191,7 +193,7 @@ mod tests {
             guest_health: guest,
             healthy,
             restarting: false,
-            failures_in_a_row: 0,
+            quick_failures: 0,
         }
     }
 
@@ -199,9 +201,9 @@ mod tests {
     fn a_replica_that_keeps_failing_is_failed_and_one_failure_is_no_verdict() {
         let mut h = health(false, None, Some(10));
         h.restarting = true;
-        h.failures_in_a_row = 1;
+        h.quick_failures = 1;
         assert_eq!(health_phase(Some(&h)), (TargetPhase::Running, None));
-        h.failures_in_a_row = FAILED_AFTER_IN_A_ROW;
+        h.quick_failures = FAILED_AFTER_IN_A_ROW;
         assert_eq!(
             health_phase(Some(&h)).0,
             TargetPhase::Failed,

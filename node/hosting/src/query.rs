@@ -94,7 +94,7 @@ impl ServiceHost {
                 guest_health: None,
                 healthy,
                 restarting: false,
-                failures_in_a_row: 0,
+                quick_failures: 0,
             });
         }
         Ok(self.inner.manager.health(&id.into())?)

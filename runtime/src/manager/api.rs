@@ -86,7 +86,7 @@ impl ServiceManager {
                 active_since: None,
                 banked_uptime_ms: 0,
                 last_failure: None,
-                failures_in_a_row: 0,
+                quick_failures: 0,
             }),
             state_tx,
         });
@@ -206,7 +206,7 @@ impl ServiceManager {
             // make it look healthy (what a dependent's start waits for).
             live.last_poll = None;
             live.guest_health = None;
-            live.failures_in_a_row = 0;
+            live.quick_failures = 0;
         }
         entry.shared.state_tx.send_replace(ServiceState::Active);
         let parts = HostParts {
@@ -344,7 +344,7 @@ impl ServiceManager {
             guest_health: live.guest_health,
             healthy,
             restarting,
-            failures_in_a_row: live.failures_in_a_row,
+            quick_failures: live.quick_failures,
         })
     }
 

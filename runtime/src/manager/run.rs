@@ -36,6 +36,8 @@ pub(crate) async fn run_service(host: HostParts, spec: ServiceSpec, shared: Arc<
     let mut restarts = 0u32;
     // Failures in a row: an instance that ran for `reset_after` starts the doubling again.
     let mut in_a_row = 0u32;
+    // Quick failures in a row (`Health::quick_failures`).
+    let mut quick = 0u32;
     let reason = loop {
         let began = Instant::now();
         let reason = run_instance(&host, &spec, &shared, deadline).await;
@@ -53,6 +55,11 @@ pub(crate) async fn run_service(host: HostParts, spec: ServiceSpec, shared: Arc<
             break reason;
         }
         restarts = restarts.saturating_add(1);
+        quick = if began.elapsed() < crate::manager::QUICK_FAILURE {
+            quick.saturating_add(1)
+        } else {
+            0
+        };
         in_a_row = if began.elapsed() >= spec.backoff.reset_after() {
             1
         } else {
@@ -62,7 +69,7 @@ pub(crate) async fn run_service(host: HostParts, spec: ServiceSpec, shared: Arc<
         {
             let mut live = lock(&shared.live);
             live.metering.restarts = restarts;
-            live.failures_in_a_row = in_a_row;
+            live.quick_failures = quick;
             live.last_failure = Some(reason.clone());
             bank_uptime(&mut live);
             // The next instance has answered nothing yet.

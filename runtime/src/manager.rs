@@ -139,6 +139,10 @@ pub struct Health {
     /// service, but no instance runs.
     #[serde(default)]
     pub restarting: bool,
+    /// Restarting after the host could not start the instance (`StopReason::StartFailed`:
+    /// the pool exhausted, a missing import), which is not the guest's doing.
+    #[serde(default)]
+    pub start_failed: bool,
     /// Instances in a row that stopped on their own within [`QUICK_FAILURE`] of their start (a
     /// crash loop; a clean exit counts too), as its restart policy restarts them; 0 before
     /// any, and again after an instance that ran longer.

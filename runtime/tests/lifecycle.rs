@@ -507,6 +507,27 @@ async fn exhausted_instance_pool_is_a_start_failure_not_a_crash() {
         .unwrap();
     assert!(matches!(reason, StopReason::StartFailed(_)), "{reason:?}");
     assert_eq!(manager.state(&"one".into()).unwrap(), ServiceState::Active);
+    // Under `Always` (a contract's guest) it waits to start again, and its health says the
+    // host failed to start it (not the guest's doing).
+    let third = test_utils::compile(&host, SICK_UNTIL_SECOND_BOOT);
+    let mut always = ServiceSpec::new("three", third, tight());
+    always.restart = RestartPolicy::Always;
+    manager.stage(always).unwrap();
+    let three = "three".into();
+    manager.start(&three).unwrap();
+    let health = tokio::time::timeout(WAIT, async {
+        loop {
+            let h = manager.health(&three).unwrap();
+            if h.restarting {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(health.start_failed, "{health:?}");
+    manager.stop(&three).unwrap();
 }
 
 #[test]

@@ -193,6 +193,7 @@ mod tests {
             guest_health: guest,
             healthy,
             restarting: false,
+            start_failed: false,
             quick_failures: 0,
         }
     }

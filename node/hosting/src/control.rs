@@ -70,7 +70,7 @@ pub trait ServiceControl: Send + Sync + 'static {
     /// policy waits to restart a failed one). What a probe is answered with.
     async fn running(&self, id: &str) -> bool;
     /// Whether service `id` is active: started and not stopped for good, a wait to restart a
-    /// failed instance included. What heartbeats claim uptime by (the runtime's backoff is
+    /// failed instance included (but one the host failed to start). What heartbeats claim uptime by (the runtime's backoff is
     /// seconds at most for a contract's guest, and paid uptime needs the committee's probes,
     /// which see the wait); by default [`Self::running`].
     async fn active(&self, id: &str) -> bool {
@@ -246,8 +246,11 @@ impl ServiceControl for crate::ServiceHost {
     }
 
     async fn active(&self, id: &str) -> bool {
-        self.health(id)
-            .is_ok_and(|h| h.state == agora_runtime::ServiceState::Active)
+        // A wait after this host failed to start the instance is its own outage, not the
+        // guest's: not claimed.
+        self.health(id).is_ok_and(|h| {
+            h.state == agora_runtime::ServiceState::Active && !(h.restarting && h.start_failed)
+        })
     }
 
     async fn instance_rivals(&self, id: &str) -> (u32, Vec<String>) {

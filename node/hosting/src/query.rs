@@ -94,6 +94,7 @@ impl ServiceHost {
                 guest_health: None,
                 healthy,
                 restarting: false,
+                start_failed: false,
                 quick_failures: 0,
             });
         }

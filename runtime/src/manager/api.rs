@@ -344,6 +344,8 @@ impl ServiceManager {
             guest_health: live.guest_health,
             healthy,
             restarting,
+            start_failed: restarting
+                && matches!(live.last_failure, Some(StopReason::StartFailed(_))),
             quick_failures: live.quick_failures,
         })
     }

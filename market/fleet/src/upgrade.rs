@@ -7,7 +7,9 @@
 //! instance stopped (the old one never stopped), and every target already upgraded is rolled
 //! back start-first too (the old image started again beside the new one, the new one stopped
 //! once the old one is healthy). The machine never stops an old instance before the new one on
-//! that target is healthy, so a target is never left without a running instance by it.
+//! that target is healthy, so a target is never left without a running instance by it — but on
+//! a target held within the failure budget ([`UpgradeConfig::max_failed`]), once every other
+//! target is upgraded and the upgrade succeeds.
 //!
 //! The driver turns each [`UpgradeAction`] into a placement or release of the target's
 //! contract for that image and feeds back what each instance reports ([`Upgrade::observe`]).
@@ -37,10 +39,12 @@ pub struct UpgradeConfig {
     /// How long a new instance has to report healthy, ms.
     pub health_timeout_ms: u64,
     /// The failure budget (`--max-failed`): up to this many targets whose new instance fails
-    /// are switched anyway (their old instance released, the new one left to the plan's
-    /// rules: a failed replica is released and placed elsewhere) and the rollout goes on; the
-    /// next failure rolls every target back. 0 (the default): the first failure does, so one
-    /// target (a hostile one among them) can veto the upgrade (THREATS D1).
+    /// are held (their old instance keeps running) and the rollout goes on; the next failure
+    /// rolls every target back. When the others are upgraded the upgrade succeeds: each held
+    /// target's old instance is released then, and the deployer counts its replica failed (the
+    /// plan releases it and places it elsewhere). The budget never covers every target: the
+    /// failure of the last one not held rolls back. 0 (the default): the first failure does,
+    /// so one target (a hostile one among them) can veto the upgrade (THREATS D1).
     #[serde(default)]
     pub max_failed: u32,
 }
@@ -86,6 +90,9 @@ pub enum Step {
     },
     /// New instance healthy, old one stopped.
     Upgraded,
+    /// New instance failed within the failure budget: the old one keeps running until the
+    /// upgrade succeeds (then it is stopped) or rolls back (then the new one is).
+    Held,
     /// Rolling back: the old image started again beside the new one at `since`.
     Reverting {
         /// When the old instance was asked for again.
@@ -392,14 +399,12 @@ impl Upgrade {
                 // A target's reason is at most `MAX_REASON_LEN`; with the prefix it could be
                 // longer, and a saved machine read back must stay within the bound.
                 clip(&mut reason, crate::limits::MAX_REASON_LEN);
-                if self.failed.len() < usize::try_from(self.config.max_failed).unwrap_or(0) {
-                    // Within the budget: switched anyway, the rollout goes on.
+                let budget = usize::try_from(self.config.max_failed).unwrap_or(0);
+                // Within the budget, and never the last target not held: held, the rollout
+                // goes on.
+                if self.failed.len() < budget && self.failed.len() + 1 < self.steps.len() {
                     self.failed.insert(*target, reason);
-                    self.steps.insert(*target, Step::Upgraded);
-                    out.push(UpgradeAction::Stop {
-                        target: *target,
-                        which: Which::Old,
-                    });
+                    self.steps.insert(*target, Step::Held);
                     continue;
                 }
                 self.outcome = Outcome::RollingBack {
@@ -428,7 +433,20 @@ impl Upgrade {
                 in_flight += 1;
             }
         }
-        if self.steps.values().all(|s| *s == Step::Upgraded) {
+        if self
+            .steps
+            .values()
+            .all(|s| matches!(s, Step::Upgraded | Step::Held))
+        {
+            // The held targets' old instances go now: the deployment runs the new image.
+            for (target, step) in &self.steps {
+                if *step == Step::Held {
+                    out.push(UpgradeAction::Stop {
+                        target: *target,
+                        which: Which::Old,
+                    });
+                }
+            }
             self.outcome = Outcome::Succeeded;
         }
     }
@@ -442,7 +460,7 @@ impl Upgrade {
                 Some(Step::Waiting) => {
                     self.steps.insert(target, Step::Reverted);
                 }
-                Some(Step::Starting { .. }) => {
+                Some(Step::Starting { .. } | Step::Held) => {
                     self.steps.insert(target, Step::Reverted);
                     out.push(UpgradeAction::Stop {
                         target,
@@ -484,7 +502,7 @@ impl Upgrade {
         &self.steps
     }
 
-    /// The targets whose new instance failed within the failure budget, and why.
+    /// The targets whose new instance failed within the failure budget (held), and why.
     pub fn failed(&self) -> &BTreeMap<NodeId, String> {
         &self.failed
     }

@@ -358,8 +358,8 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
     }
     drop(sensor);
 
-    // A failure budget (THREATS D1): with `--max-failed 1` the first sick target is switched
-    // anyway and named, the rollout goes on, and the second one, past the budget, rolls every
+    // A failure budget (THREATS D1): with `--max-failed 1` the first sick target is held
+    // on v2 and named, the rollout goes on, and the second one, past the budget, rolls every
     // target back.
     let budget = agora(&[
         "deploy",
@@ -382,7 +382,7 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
     assert!(text(&budget).contains("rolled back"), "{}", text(&budget));
     assert!(
         text(&budget).contains("failed within --max-failed"),
-        "the switched target is named as it happens: {}",
+        "the held target is named as it happens: {}",
         text(&budget)
     );
     let st = status(&net, &id);

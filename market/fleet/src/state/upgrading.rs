@@ -59,8 +59,8 @@ pub struct UpgradeTargetView {
     /// The new image's instance: its last phase (with the reason, if any), or
     /// `released (was …)` once a rollback released it.
     pub new: Option<String>,
-    /// Why its new instance failed, when it failed within the failure budget (switched
-    /// anyway).
+    /// Why its new instance failed, when it failed within the failure budget (held on
+    /// its old image; placed elsewhere once the upgrade succeeds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
 }
@@ -101,7 +101,12 @@ impl UpgradeView {
                 .map(|(t, step)| UpgradeTargetView {
                     node: *t,
                     step: step_name(step).into(),
-                    old: shown(*t, Which::Old, *step == Step::Upgraded),
+                    old: shown(
+                        *t,
+                        Which::Old,
+                        *step == Step::Upgraded
+                            || (*step == Step::Held && *up.outcome() == Outcome::Succeeded),
+                    ),
                     new: shown(*t, Which::New, *step == Step::Reverted),
                     failed: up.failed().get(t).cloned(),
                 })
@@ -120,6 +125,7 @@ fn step_name(step: &Step) -> &'static str {
         Step::Waiting => "waiting",
         Step::Starting { .. } => "starting",
         Step::Upgraded => "upgraded",
+        Step::Held => "held",
         Step::Reverting { .. } => "reverting",
         Step::Reverted => "reverted",
     }
@@ -242,6 +248,20 @@ pub(super) fn drive(
             }
         }
         for target in up.steps().keys() {
+            if which == Which::New
+                && let Some(why) = up.failed().get(target)
+            {
+                // Held within the failure budget: its new replica failed, so the plan releases
+                // it and places it elsewhere (an unhealthy one would be kept for good).
+                own.targets.insert(
+                    *target,
+                    TargetStatus {
+                        phase: TargetPhase::Failed,
+                        reason: Some(why.clone()),
+                    },
+                );
+                continue;
+            }
             if let Some((phase, reason)) = up.phase(*target, which) {
                 own.targets.insert(
                     *target,

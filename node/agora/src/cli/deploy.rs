@@ -72,9 +72,10 @@ pub struct UpgradeArgs {
     #[arg(long, default_value = "5m")]
     health_timeout: String,
     /// The failure budget: up to this many targets whose new instance fails (unhealthy,
-    /// failed or not healthy in time) are switched anyway and named, and the rollout goes on;
-    /// one more rolls every target back. With 0 one failing target (a hostile one among
-    /// them) rolls every upgrade back.
+    /// failed or not healthy in time) are held on the old image and named, and the rollout
+    /// goes on (never all of them); one more rolls every target back. Once the others are
+    /// upgraded the held ones' replicas count as failed and are placed elsewhere. With 0 one
+    /// failing target (a hostile one among them) rolls every upgrade back.
     #[arg(long, default_value_t = 0)]
     max_failed: u32,
     /// Give up waiting after this long (the upgrade carries on; follow it with `deploy
@@ -483,7 +484,8 @@ async fn upgrade(dir: &Path, a: &UpgradeArgs, json: bool) -> anyhow::Result<()> 
                             println!("every target runs {} and is healthy", u.to);
                         } else {
                             println!(
-                                "every target runs {}; {} failed within --max-failed {}: {}",
+                                "every other target runs {} healthy; {} failed within \
+                                 --max-failed {} (placed elsewhere): {}",
                                 u.to,
                                 failed.len(),
                                 u.max_failed,

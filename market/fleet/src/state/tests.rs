@@ -870,6 +870,105 @@ fn an_upgrade_goes_in_waves_over_the_network_and_a_sick_one_rolls_back() {
     assert!(deployer_moves(&net.take()).is_empty());
 }
 
+/// THREATS D1: with `--max-failed 1` a target whose new instance reports unhealthy is held
+/// (nothing released, its old instance keeps running) while the others upgrade; at success
+/// its old instance is released and its replica counts as failed, so the plan releases the new
+/// one too (and would place it elsewhere).
+#[test]
+fn a_target_failing_within_the_budget_is_held_then_counted_failed() {
+    let mut net = Net::new(FleetConfig::default());
+    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
+        .unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    net.input(T0 + 10, 1, Input::Tick).unwrap();
+    net.take();
+    let local = |phase, reason: Option<&str>| Input::LocalPhase {
+        deployment: id,
+        image: None,
+        phase,
+        reason: reason.map(str::to_string),
+    };
+    for seed in 2..=4 {
+        net.input(T0 + 20, seed, local(TargetPhase::Healthy, None))
+            .unwrap();
+    }
+    let config = UpgradeConfig {
+        max_unavailable: 1,
+        health_timeout_ms: 60_000,
+        max_failed: 1,
+    };
+    net.input(
+        T0 + 30,
+        1,
+        Input::Upgrade {
+            deployment: id,
+            to: UpgradeTo::Image(NEW.into()),
+            config,
+        },
+    )
+    .unwrap();
+    let first = deployer_moves(&net.take());
+    assert_eq!(first.len(), 1, "{first:?}");
+    let held = first[0].0;
+    // The first target's new instance is sick: held, nothing released, the next one placed.
+    net.input(
+        T0 + 31,
+        held,
+        local(
+            TargetPhase::Unhealthy,
+            Some("the guest's health export returned 1"),
+        ),
+    )
+    .unwrap();
+    net.input(T0 + 32, 1, Input::Tick).unwrap();
+    let moves = deployer_moves(&net.take());
+    assert!(
+        moves.iter().all(|m| m.2 == "place" && m.0 != held),
+        "held: nothing released, the rollout goes on: {moves:?}"
+    );
+    let mut wave = moves[0].0;
+    let mut now = T0 + 40;
+    let mut at_success = Vec::new();
+    for _ in 0..2 {
+        net.input(now + 1, wave, local(TargetPhase::Healthy, None))
+            .unwrap();
+        net.input(now + 2, 1, Input::Tick).unwrap();
+        let moves = deployer_moves(&net.take());
+        if let Some(next) = moves.iter().find(|m| m.2 == "place") {
+            wave = next.0;
+        } else {
+            at_success = moves;
+        }
+        now += 10;
+    }
+    assert!(
+        at_success.contains(&(held, IMAGE.to_string(), "release")),
+        "the held target's old instance goes at success: {at_success:?}"
+    );
+    let view = net.deployer().status(&id).unwrap();
+    let up = view.upgrade.clone().unwrap();
+    assert_eq!(up.state, "succeeded", "{up:?}");
+    let line = up.targets.iter().find(|t| t.node == Net::id(held)).unwrap();
+    assert_eq!(line.step, "held");
+    assert!(
+        line.failed.as_deref().unwrap_or("").contains("returned 1"),
+        "{line:?}"
+    );
+    let target = view
+        .targets
+        .iter()
+        .find(|t| t.node == Net::id(held))
+        .unwrap();
+    assert_eq!(target.phase, "failed", "{view:?}");
+    // The plan releases the held target's new replica.
+    net.input(now + 10, 1, Input::Tick).unwrap();
+    let after = deployer_moves(&net.take());
+    assert!(
+        after.contains(&(held, NEW.to_string(), "release")),
+        "{after:?}"
+    );
+}
+
 #[test]
 fn a_rollback_restarts_the_old_image_where_it_was_replaced_before_stopping_the_new() {
     let mut net = Net::new(FleetConfig::default());

@@ -113,6 +113,18 @@ async fn publish(
     devices: &[u32],
     activation: &str,
 ) -> anyhow::Result<(String, agora_market::Resources)> {
+    publish_with(client, dir, module, devices, activation, "").await
+}
+
+/// [`publish`] with `extra` top-level manifest lines (e.g. `depends_on = ["x"]`).
+async fn publish_with(
+    client: &agora_api::client::ApiClient,
+    dir: &std::path::Path,
+    module: &[u8],
+    devices: &[u32],
+    activation: &str,
+    extra: &str,
+) -> anyhow::Result<(String, agora_market::Resources)> {
     use anyhow::Context;
     let manifest = format!(
         r#"name = "lora-gateway"
@@ -121,6 +133,7 @@ kind = "wasm"
 tick_ms = 50
 activation = "{activation}"
 devices = {devices:?}
+{extra}
 
 [resources]
 cpu_millis = 250

@@ -10,9 +10,9 @@ use agora_contracts::{ContractRecord, ContractStatus};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use super::publish;
 use super::report::{Coverage, FailoverSplit, coverage};
 use super::sensors::{Region, Sensors};
+use super::{publish, publish_with};
 use crate::devices::SimDevices;
 use crate::files::{CONTRACT_NODES, DevnetManifest, DevnetNode};
 use crate::process::{Launcher, UpOptions, down, up_with_options};
@@ -440,31 +440,42 @@ impl Story {
         } else {
             format!("hosted-{}-{tag}", an.name)
         };
-        self.hosted_module(customer, &dir, &module, devices, duration_ms, near, until)
-            .await
+        self.hosted_module(
+            customer,
+            &dir,
+            &module,
+            "",
+            devices,
+            duration_ms,
+            near,
+            until,
+        )
+        .await
     }
 
     /// [`Story::hosted_tagged`] of node index `customer`'s own `module` (published from
-    /// directory `dir` of the devnet's, naming `devices`): a test's guest in place of the
-    /// demo's.
+    /// directory `dir` of the devnet's, naming `devices`, with `extra` top-level manifest
+    /// lines, e.g. `depends_on = ["x"]`): a test's guest in place of the demo's.
     #[allow(clippy::too_many_arguments)]
     pub async fn hosted_module(
         &self,
         customer: usize,
         dir: &str,
         module: &[u8],
+        extra: &str,
         devices: &[u32],
         duration_ms: u64,
         near: Option<usize>,
         until: impl Fn(ContractStatus) -> bool,
     ) -> anyhow::Result<Armed> {
         let an = &self.m.nodes[customer];
-        let (image, needs) = publish(
+        let (image, needs) = publish_with(
             &api(an)?,
             &self.m.dir.join(dir),
             module,
             devices,
             "immediate",
+            extra,
         )
         .await?;
         let spec = agora_market::AuctionSpec {

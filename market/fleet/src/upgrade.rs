@@ -126,7 +126,8 @@ pub enum UpgradeAction {
 pub enum Outcome {
     /// Waves still under way.
     InProgress,
-    /// Every target runs the new image.
+    /// Every target runs the new image (but those held within the failure budget, whose
+    /// replicas the deployer then counts failed).
     Succeeded,
     /// The new image failed on `target`; rolling back (until every target is `Reverted`).
     RollingBack {
@@ -315,7 +316,15 @@ impl Upgrade {
     /// of them than the budget (bounds a saved machine read back).
     pub fn failed_within_budget(&self) -> bool {
         self.failed.len() <= usize::try_from(self.config.max_failed).unwrap_or(usize::MAX)
-            && self.failed.keys().all(|t| self.steps.contains_key(t))
+            && (self.failed.is_empty() || self.failed.len() < self.steps.len())
+            && self
+                .failed
+                .keys()
+                .all(|t| matches!(self.steps.get(t), Some(Step::Held | Step::Reverted)))
+            && self
+                .steps
+                .iter()
+                .all(|(t, s)| *s != Step::Held || self.failed.contains_key(t))
     }
 
     /// The last phase (and reason) heard of `target`'s instance of `which` image.

@@ -99,6 +99,7 @@ async fn a_customers_guest_that_stops_once_does_not_get_its_provider_slashed() {
                 CUSTOMER,
                 &dir,
                 &module,
+                "",
                 &[device],
                 DURATION_MS,
                 None,
@@ -168,5 +169,87 @@ async fn a_customers_guest_that_stops_once_does_not_get_its_provider_slashed() {
         "the guests stopped and were restarted ({why:?}); both contracts settled on every \
          honest replica"
     );
+    s.down(true).await.unwrap();
+}
+
+/// Another customer, H (node 3, an honest arbitrator that does not bid), buys the demo's image.
+const HONEST: usize = 3;
+
+/// THREATS C14 on processes: H's hosted contract runs on the provider; then A buys one for an
+/// image of the **same service name** whose manifest depends on a name nobody has. The
+/// provider calls A's contract off before arming it (`arm-refused`: its service could not
+/// start, and A could have had it slashed `NoActivation` for that), and H's service, its
+/// namesake, runs its term out: every honest replica settles H's contract with the provider
+/// paid, and A's is `Cancelled`, the provider's stake untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_depending_on_a_name_nobody_has_is_called_off_and_its_namesake_runs() {
+    let test =
+        "attack_guest::an_image_depending_on_a_name_nobody_has_is_called_off_and_its_namesake_runs";
+    let Some((_tmp, s)) = agora_tests::story(test, Arc::new(launcher())).await else {
+        return;
+    };
+    let honest = s
+        .hosted_by(HONEST, &[207], DURATION_MS, None, ContractStatus::Active)
+        .await
+        .unwrap();
+    assert_eq!(honest.b, PROVIDER, "the only bidder won");
+    // The demo's guest (another module: tagged), named like H's service, depending on `nope`.
+    let demo = std::fs::read(s.m.dir.join("service").join("lora-gateway.wasm")).unwrap();
+    let module = agora_devnet::files::tagged(&demo, 9);
+    let hostile = s
+        .hosted_module(
+            CUSTOMER,
+            "hosted-nope",
+            &module,
+            r#"depends_on = ["nope"]"#,
+            &[208],
+            DURATION_MS,
+            None,
+            ContractStatus::is_final,
+        )
+        .await
+        .unwrap();
+    assert_eq!(hostile.b, PROVIDER);
+    assert_eq!(
+        hostile.rec.status,
+        ContractStatus::Cancelled,
+        "called off before it was armed: {:?}",
+        hostile.rec
+    );
+    let timeline = try_agora_json(&[
+        "timeline",
+        "--data-dir",
+        &s.m.nodes[PROVIDER].data_dir.display().to_string(),
+    ])
+    .unwrap();
+    assert!(
+        timeline
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["phase"] == "arm-refused"
+                && e["contract"] == hostile.id.as_str()
+                && e["detail"].as_str().unwrap_or("").contains("nope")),
+        "the provider says why: {timeline}"
+    );
+    for i in 1..CUSTOMER {
+        let r = s
+            .wait_contract(
+                i,
+                &honest.id,
+                "H's settlement",
+                DURATION_MS / 1000 + 90,
+                |r| r.status.is_final(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, ContractStatus::Settled, "node{i}: {r:?}");
+        assert!(r.paid_to_provider > 0, "node{i}: {r:?}");
+        let a = s.contract(i, &hostile.id).await.unwrap();
+        assert_eq!(a.status, ContractStatus::Cancelled, "node{i}: {a:?}");
+    }
+    for (i, n) in s.m.nodes.iter().enumerate() {
+        assert!(alive(u64::from(n.pid.unwrap())), "node{i} still runs");
+    }
     s.down(true).await.unwrap();
 }

@@ -960,7 +960,10 @@ fn a_target_failing_within_the_budget_is_held_then_counted_failed() {
         .find(|t| t.node == Net::id(held))
         .unwrap();
     assert_eq!(target.phase, "failed", "{view:?}");
-    // The plan releases the held target's new replica.
+    // Its own report before the deployer's next tick (a hostile target's on purpose) does
+    // not keep the failed replica: the plan releases the held target's new replica.
+    net.input(now + 5, held, local(TargetPhase::Healthy, None))
+        .unwrap();
     net.input(now + 10, 1, Input::Tick).unwrap();
     let after = deployer_moves(&net.take());
     assert!(

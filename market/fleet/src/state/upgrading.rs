@@ -51,7 +51,8 @@ pub struct UpgradeView {
 pub struct UpgradeTargetView {
     /// The provider.
     pub node: NodeId,
-    /// `waiting`, `starting`, `upgraded`, `reverting` or `reverted`.
+    /// `waiting`, `starting`, `upgraded`, `held` (failed within the failure budget),
+    /// `reverting` or `reverted`.
     pub step: String,
     /// The old image's instance: its last phase (with the reason, if any), or
     /// `released (was …)` once the upgrade released it.
@@ -450,9 +451,18 @@ impl<S: Signer> FleetState<S> {
         // With variants, only observations of the target's own variant's image count (a late
         // report about the variant it was moved off changes nothing).
         let current = image.is_none_or(|i| i == own.image_of(&target));
+        // A target held within the failure budget of the upgrade that just succeeded stays
+        // failed until the plan releases it: its own report (a hostile target's on purpose)
+        // must not keep its failed replica.
+        let held = own.upgrade.as_ref().is_some_and(|u| {
+            *u.outcome() == Outcome::Succeeded && u.failed().contains_key(&target)
+        });
         let Some(status) = own.targets.get_mut(&target) else {
             return false;
         };
+        if held && status.phase == TargetPhase::Failed {
+            return true;
+        }
         if current && (status.phase != phase || status.reason != reason) {
             *status = TargetStatus { phase, reason };
             self.dirty = true;

@@ -6,7 +6,8 @@
 //! well once restarted; their manifests have no `[restart]` section (policy `never`). Before
 //! session 46 the stop was for good, the provider answered the probes "not running", the rest
 //! of the term was confirmed down and the contract ended `Slashed`, the provider's stake paid
-//! to A.
+//! to A. The second test (THREATS C14) has A buy an image, named like another customer's
+//! service on the same provider, that depends on a name nobody has.
 //!
 //! Build the node first: `nice cargo build -p agora-node --bin agora` (cargo builds
 //! `agora-byzantine` itself for this test), then
@@ -172,7 +173,8 @@ async fn a_customers_guest_that_stops_once_does_not_get_its_provider_slashed() {
     s.down(true).await.unwrap();
 }
 
-/// Another customer, H (node 3, an honest arbitrator that does not bid), buys the demo's image.
+/// Another customer, H (node 3, an honest arbitrator that does not bid), buys the demo's image
+/// from node 0.
 const HONEST: usize = 3;
 
 /// THREATS C14 on processes: H's hosted contract runs on the provider; then A buys one for an
@@ -188,8 +190,16 @@ async fn an_image_depending_on_a_name_nobody_has_is_called_off_and_its_namesake_
     let Some((_tmp, s)) = agora_tests::story(test, Arc::new(launcher())).await else {
         return;
     };
+    // Only node 0 may win it (A, a plain node, bids too: the auction admits providers near
+    // node 0 only).
     let honest = s
-        .hosted_by(HONEST, &[207], DURATION_MS, None, ContractStatus::Active)
+        .hosted_by(
+            HONEST,
+            &[207],
+            DURATION_MS,
+            Some(PROVIDER),
+            ContractStatus::Active,
+        )
         .await
         .unwrap();
     assert_eq!(honest.b, PROVIDER, "the only bidder won");

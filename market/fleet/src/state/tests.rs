@@ -722,24 +722,36 @@ fn deployer_moves(done: &[(NodeId, Effect)]) -> Vec<(u64, String, &'static str)>
         .collect()
 }
 
-#[test]
-fn an_upgrade_goes_in_waves_over_the_network_and_a_sick_one_rolls_back() {
+/// A target's own report of its replica of deployment `id` (no image named).
+fn local_phase(id: DeploymentId, phase: TargetPhase, reason: Option<&str>) -> Input {
+    Input::LocalPhase {
+        deployment: id,
+        image: None,
+        phase,
+        reason: reason.map(str::to_string),
+    }
+}
+
+/// Node 1's push deployment `gw` to every provider (nodes 2–4), each reporting its replica
+/// healthy: where the upgrade tests start.
+fn running_everywhere() -> (Net, DeploymentId) {
     let mut net = Net::new(FleetConfig::default());
     net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
         .unwrap();
     let id = deployment_id(&Net::id(1), "gw");
     net.input(T0 + 10, 1, Input::Tick).unwrap();
     net.take();
-    let local = |phase, reason: Option<&str>| Input::LocalPhase {
-        deployment: id,
-        image: None,
-        phase,
-        reason: reason.map(str::to_string),
-    };
     for seed in 2..=4 {
-        net.input(T0 + 20, seed, local(TargetPhase::Healthy, None))
+        net.input(T0 + 20, seed, local_phase(id, TargetPhase::Healthy, None))
             .unwrap();
     }
+    (net, id)
+}
+
+#[test]
+fn an_upgrade_goes_in_waves_over_the_network_and_a_sick_one_rolls_back() {
+    let (mut net, id) = running_everywhere();
+    let local = |phase, reason: Option<&str>| local_phase(id, phase, reason);
     let config = UpgradeConfig {
         max_unavailable: 1,
         health_timeout_ms: 60_000,
@@ -876,22 +888,8 @@ fn an_upgrade_goes_in_waves_over_the_network_and_a_sick_one_rolls_back() {
 /// one too (and would place it elsewhere).
 #[test]
 fn a_target_failing_within_the_budget_is_held_then_counted_failed() {
-    let mut net = Net::new(FleetConfig::default());
-    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
-        .unwrap();
-    let id = deployment_id(&Net::id(1), "gw");
-    net.input(T0 + 10, 1, Input::Tick).unwrap();
-    net.take();
-    let local = |phase, reason: Option<&str>| Input::LocalPhase {
-        deployment: id,
-        image: None,
-        phase,
-        reason: reason.map(str::to_string),
-    };
-    for seed in 2..=4 {
-        net.input(T0 + 20, seed, local(TargetPhase::Healthy, None))
-            .unwrap();
-    }
+    let (mut net, id) = running_everywhere();
+    let local = |phase, reason: Option<&str>| local_phase(id, phase, reason);
     let config = UpgradeConfig {
         max_unavailable: 1,
         health_timeout_ms: 60_000,
@@ -974,22 +972,8 @@ fn a_target_failing_within_the_budget_is_held_then_counted_failed() {
 
 #[test]
 fn a_rollback_restarts_the_old_image_where_it_was_replaced_before_stopping_the_new() {
-    let mut net = Net::new(FleetConfig::default());
-    net.input(T0, 1, Input::Create(spec(Strategy::Push, Replicas::All)))
-        .unwrap();
-    let id = deployment_id(&Net::id(1), "gw");
-    net.input(T0 + 10, 1, Input::Tick).unwrap();
-    net.take();
-    let local = |phase| Input::LocalPhase {
-        deployment: id,
-        image: None,
-        phase,
-        reason: None,
-    };
-    for seed in 2..=4 {
-        net.input(T0 + 20, seed, local(TargetPhase::Healthy))
-            .unwrap();
-    }
+    let (mut net, id) = running_everywhere();
+    let local = |phase| local_phase(id, phase, None);
     let config = UpgradeConfig {
         max_unavailable: 1,
         health_timeout_ms: 60_000,

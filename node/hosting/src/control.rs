@@ -70,9 +70,10 @@ pub trait ServiceControl: Send + Sync + 'static {
     /// policy waits to restart a failed one). What a probe is answered with.
     async fn running(&self, id: &str) -> bool;
     /// Whether service `id` is active: started and not stopped for good, a wait to restart a
-    /// failed instance included (but one the host failed to start). What heartbeats claim uptime by (the runtime's backoff is
-    /// seconds at most for a contract's guest, and paid uptime needs the committee's probes,
-    /// which see the wait); by default [`Self::running`].
+    /// failed instance included (but not one the host failed to start). What heartbeats claim
+    /// uptime by (the runtime's backoff is seconds at most for a contract's guest, and paid
+    /// uptime needs the committee's probes, which see the wait); by default
+    /// [`Self::running`].
     async fn active(&self, id: &str) -> bool {
         self.running(id).await
     }

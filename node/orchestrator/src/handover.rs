@@ -799,7 +799,7 @@ impl Orchestrator {
         // Active, a restart's wait included: a guest that fails just before a heartbeat must
         // not turn the whole interval since the last one into a gap the provider admits to
         // (the committee's probes judge the wait itself).
-        let running = self.services.active(&id).await;
+        let active = self.services.active(&id).await;
         let status = self.radio.status().await;
         let processed: u64 = status
             .devices
@@ -826,7 +826,7 @@ impl Orchestrator {
         let activated_at = rec.as_ref().and_then(|r| r.activated_at);
         let from =
             agora_roles::first_uptime_from(h.reported_to, h.active_since, cursor, activated_at);
-        let intervals = if running && to > from {
+        let intervals = if active && to > from {
             vec![UptimeInterval { from, to }]
         } else {
             Vec::new()
@@ -841,7 +841,7 @@ impl Orchestrator {
             .await;
         if let Some(h) = self.hosted.get_mut(&contract) {
             h.last_heartbeat = now;
-            if !running {
+            if !active {
                 // Time the service was seen stopped is never claimed, even once it runs again.
                 h.reported_to = h.reported_to.max(to);
             }

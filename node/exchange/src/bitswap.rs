@@ -98,6 +98,9 @@ pub struct BitswapStats {
     /// Wants dropped because the same message already named the block.
     #[serde(default)]
     pub wants_deduplicated: u64,
+    /// Inbound streams served now (each holds a slot of the node's bitswap stream quota).
+    #[serde(default)]
+    pub inbound_streams: u64,
 }
 
 #[derive(Default)]
@@ -111,6 +114,7 @@ struct Counters {
     bytes_received: AtomicU64,
     writers_stalled: AtomicU64,
     wants_deduplicated: AtomicU64,
+    inbound_streams: AtomicU64,
 }
 
 type Sessions = HashMap<u64, (mpsc::UnboundedSender<SessionEvent>, Vec<Cid>)>;
@@ -190,12 +194,25 @@ impl Bitswap {
                         me.writer(peer);
                         let me = me.clone();
                         let cancel = cancel.clone();
+                        // The peer's last connection closed: end the stream's task and free
+                        // its slot at once (THREATS N14: yamux does not wake a stream whose
+                        // connection this node closed cleanly).
+                        let gone = permit.peer_gone();
+                        me.inner
+                            .counters
+                            .inbound_streams
+                            .fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(
                             async move {
                                 tokio::select! {
                                     _ = cancel.cancelled() => {}
-                                    _ = me.serve_stream(peer, stream) => {}
+                                    _ = gone.cancelled() => {}
+                                    _ = me.clone().serve_stream(peer, stream) => {}
                                 }
+                                me.inner
+                                    .counters
+                                    .inbound_streams
+                                    .fetch_sub(1, Ordering::Relaxed);
                                 drop(permit);
                             }
                             .in_current_span(),
@@ -227,6 +244,7 @@ impl Bitswap {
             writers: lock(&self.inner.peers).len() as u64,
             writers_stalled: c.writers_stalled.load(Ordering::Relaxed),
             wants_deduplicated: c.wants_deduplicated.load(Ordering::Relaxed),
+            inbound_streams: c.inbound_streams.load(Ordering::Relaxed),
         }
     }
 

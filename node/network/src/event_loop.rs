@@ -95,6 +95,8 @@ struct EventLoop {
     /// Gossip bytes each peer may deliver to us (the peer that forwarded a message pays).
     gossip_rates: RateLimiter,
     strangers: StrangerBudget,
+    /// The node's stream quotas, told when a peer's last connection closes (THREATS N14).
+    quotas: crate::quota::Quotas,
     next_inbound: u64,
     listen_addrs: Vec<Multiaddr>,
     peer_addrs: HashMap<PeerId, Multiaddr>,
@@ -215,6 +217,8 @@ pub async fn spawn_with_metrics(
         counters.heartbeat_refused.clone(),
     )
     .with_strangers(strangers.classes(), super::heartbeat::MAX_INBOUND / 2);
+    let quotas = crate::quota::Quotas::default();
+    let heartbeat_quota = quotas.register(heartbeat_quota);
     super::heartbeat::serve(streams.clone(), heartbeat_quota, cancel.clone());
     let (alive_tx, alive_rx) = mpsc::channel(1024);
     let (verified_tx, verified_rx) = mpsc::channel(MAX_VERIFYING_ASIDE);
@@ -229,6 +233,7 @@ pub async fn spawn_with_metrics(
         streams: streams.clone(),
         counters: counters.clone(),
         strangers: strangers.classes(),
+        quotas: quotas.clone(),
     };
     let stats = NetworkStats {
         trusted_peers: strangers.trusted() as u64,
@@ -253,6 +258,7 @@ pub async fn spawn_with_metrics(
         responses: crate::quota::ResponseBudget::new(RESPONSE_BYTES_PER_PEER, RESPONSE_BYTES_TOTAL),
         gossip_rates: RateLimiter::new(GOSSIP_BYTES_PER_SECOND, GOSSIP_BYTES_BURST, MAX_RATE_PEERS),
         strangers,
+        quotas,
         next_inbound: 0,
         listen_addrs: Vec::new(),
         peer_addrs: HashMap::new(),
@@ -623,6 +629,7 @@ impl EventLoop {
                 self.agents.remove(&peer_id);
                 self.rpc_rates.forget(&peer_id);
                 self.gossip_rates.forget(&peer_id);
+                self.quotas.peer_left(&peer_id);
                 self.emit(NetworkEvent::Disconnected(peer_id));
                 self.on_peer_disconnected(peer_id);
             }

@@ -57,9 +57,12 @@ pub(crate) fn serve(
                     continue;
                 };
                 let cancel = cancel.clone();
+                // The peer's last connection closed: end the stream's task (THREATS N14).
+                let gone = slot.peer_gone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = cancel.cancelled() => {}
+                        _ = gone.cancelled() => {}
                         _ = echo(stream) => {}
                     }
                     drop(slot);

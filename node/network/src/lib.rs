@@ -442,6 +442,8 @@ pub struct NetworkHandle {
     counters: Arc<SharedCounters>,
     /// Who is a stranger (the stream quotas give strangers together a share).
     strangers: quota::Strangers,
+    /// The node's stream quotas (the swarm's loop tells them when a peer leaves).
+    quotas: quota::Quotas,
 }
 
 impl std::fmt::Debug for NetworkHandle {
@@ -640,12 +642,13 @@ impl NetworkHandle {
     /// [`NetworkStats::bitswap_streams_refused`]. Share one quota among the accept loops of
     /// every bitswap protocol version.
     pub fn bitswap_quota(&self, per_peer: usize, total: usize) -> StreamQuota {
-        StreamQuota::new(
+        let quota = StreamQuota::new(
             "bitswap",
             per_peer,
             total,
             self.counters.bitswap_refused.clone(),
         )
-        .with_strangers(self.strangers.clone(), total / 2)
+        .with_strangers(self.strangers.clone(), total / 2);
+        self.quotas.register(quota)
     }
 }

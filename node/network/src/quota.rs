@@ -8,10 +8,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
 use libp2p::PeerId;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// Whether a refusal should be logged at `warn` (the 1st, 2nd, 4th, 8th… of a counter), so a
@@ -37,9 +38,17 @@ struct QuotaInner {
 
 #[derive(Debug, Default)]
 struct Held {
-    by_peer: HashMap<PeerId, usize>,
+    by_peer: HashMap<PeerId, PeerHold>,
     all: usize,
     strangers: usize,
+}
+
+/// What one peer holds of a quota: its streams, and the token its permits hand their
+/// stream's task, cancelled when the peer's last connection closes.
+#[derive(Debug, Default)]
+struct PeerHold {
+    streams: usize,
+    gone: CancellationToken,
 }
 
 /// Limits the inbound streams of one protocol held open at once: `per_peer` for each remote,
@@ -58,14 +67,25 @@ pub struct StreamPermit {
     inner: Arc<QuotaInner>,
     peer: PeerId,
     stranger: bool,
+    gone: CancellationToken,
+}
+
+impl StreamPermit {
+    /// Cancelled when the peer's last connection closes (THREATS N14): the stream's task
+    /// ends then and frees the slot. Without it a stream on a connection this node closed
+    /// cleanly (a trim past `target_peers`, an operator's `disconnect`) is never woken by
+    /// yamux 0.14 (rust-yamux #216) and holds its slot until the protocol's idle timeout.
+    pub fn peer_gone(&self) -> CancellationToken {
+        self.gone.clone()
+    }
 }
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
         let mut held = lock(&self.inner.held);
-        if let Some(n) = held.by_peer.get_mut(&self.peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(h) = held.by_peer.get_mut(&self.peer) {
+            h.streams = h.streams.saturating_sub(1);
+            if h.streams == 0 {
                 held.by_peer.remove(&self.peer);
             }
             held.all = held.all.saturating_sub(1);
@@ -116,7 +136,7 @@ impl StreamQuota {
             .as_ref()
             .is_some_and(|(s, _)| s.is_stranger(&peer));
         let mut held = lock(&q.held);
-        let mine = held.by_peer.get(&peer).copied().unwrap_or(0);
+        let mine = held.by_peer.get(&peer).map_or(0, |h| h.streams);
         let strangers_full = stranger
             && q.strangers
                 .as_ref()
@@ -138,7 +158,9 @@ impl StreamQuota {
             }
             return None;
         }
-        *held.by_peer.entry(peer).or_insert(0) += 1;
+        let hold = held.by_peer.entry(peer).or_default();
+        hold.streams += 1;
+        let gone = hold.gone.clone();
         held.all += 1;
         if stranger {
             held.strangers += 1;
@@ -147,7 +169,16 @@ impl StreamQuota {
             inner: self.inner.clone(),
             peer,
             stranger,
+            gone,
         })
+    }
+
+    /// `peer`'s last connection closed: every permit it holds hears it
+    /// ([`StreamPermit::peer_gone`]); permits it takes later get a fresh token.
+    fn left(inner: &QuotaInner, peer: &PeerId) {
+        if let Some(h) = lock(&inner.held).by_peer.get_mut(peer) {
+            std::mem::take(&mut h.gone).cancel();
+        }
     }
 
     /// Streams `peer` holds now.
@@ -155,13 +186,36 @@ impl StreamQuota {
         lock(&self.inner.held)
             .by_peer
             .get(peer)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |h| h.streams)
     }
 
     /// Peers holding at least one stream (the map's size).
     pub fn peers(&self) -> usize {
         lock(&self.inner.held).by_peer.len()
+    }
+}
+
+/// Every stream quota of one node, so the swarm's loop can tell them all when a peer's last
+/// connection closed ([`StreamQuota::peer_left`]). Holds them weakly: a quota nobody uses any
+/// more is pruned at the next registration.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Quotas(Arc<Mutex<Vec<Weak<QuotaInner>>>>);
+
+impl Quotas {
+    /// Tells `quota` when peers leave from now on; returns it.
+    pub(crate) fn register(&self, quota: StreamQuota) -> StreamQuota {
+        let mut all = lock(&self.0);
+        all.retain(|q| q.strong_count() > 0);
+        all.push(Arc::downgrade(&quota.inner));
+        quota
+    }
+
+    /// `peer`'s last connection closed.
+    pub(crate) fn peer_left(&self, peer: &PeerId) {
+        let live: Vec<_> = lock(&self.0).iter().filter_map(Weak::upgrade).collect();
+        for q in live {
+            StreamQuota::left(&q, peer);
+        }
     }
 }
 
@@ -468,6 +522,49 @@ mod tests {
         assert!(q.try_acquire(b).is_some(), "a freed slot is reusable");
         drop(b1);
         assert_eq!(q.held_by(&a), 1);
+    }
+
+    #[test]
+    fn permits_hear_when_their_peer_leaves_and_later_ones_do_not() {
+        let quotas = Quotas::default();
+        let q = quotas.register(StreamQuota::new("test", 2, 10, Arc::new(AtomicU64::new(0))));
+        let other = quotas.register(StreamQuota::new(
+            "other",
+            2,
+            10,
+            Arc::new(AtomicU64::new(0)),
+        ));
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let (a1, a2, b1) = (
+            q.try_acquire(a).unwrap(),
+            q.try_acquire(a).unwrap(),
+            q.try_acquire(b).unwrap(),
+        );
+        let a3 = other.try_acquire(a).unwrap();
+        quotas.peer_left(&a);
+        assert!(a1.peer_gone().is_cancelled() && a2.peer_gone().is_cancelled());
+        assert!(
+            a3.peer_gone().is_cancelled(),
+            "every registered quota hears it"
+        );
+        assert!(
+            !b1.peer_gone().is_cancelled(),
+            "another peer's permits do not"
+        );
+        // The slots stay taken until the permits go (their tasks end on the token).
+        assert_eq!(q.held_by(&a), 2);
+        drop(a1);
+        // Back on a new connection: a new permit is not cancelled by the old departure.
+        let a4 = q.try_acquire(a).unwrap();
+        assert!(!a4.peer_gone().is_cancelled());
+        drop((a2, a4, a3));
+        assert_eq!(q.held_by(&a), 0);
+        // A quota nobody holds is pruned at the next registration.
+        drop(other);
+        let _third = quotas.register(StreamQuota::new("third", 1, 1, Arc::new(AtomicU64::new(0))));
+        assert_eq!(lock(&quotas.0).len(), 2);
+        quotas.peer_left(&b);
+        assert!(b1.peer_gone().is_cancelled());
     }
 
     #[test]

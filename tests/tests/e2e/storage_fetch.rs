@@ -371,6 +371,68 @@ async fn a_peer_that_opens_a_stream_gets_the_stream_back_before_any_answer() {
     net.shutdown().await;
 }
 
+/// THREATS N14: a peer's inbound bitswap streams free their slots as soon as the node closes
+/// the peer's connection (a trim past `target_peers`, the operator's `disconnect`). yamux
+/// 0.14's clean close does not wake the connection's streams, so before, each stream's task
+/// (and its slot of the per-peer share) stayed until the 60 s idle timeout, and the peer,
+/// back on a new connection, was refused every stream meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_s_streams_free_their_slots_when_the_node_closes_its_connection() {
+    use agora_exchange::bitswap::MAX_INBOUND_STREAMS_PER_PEER as SHARE;
+    let net = devnet(2).await;
+    let a = &net.node(0).unwrap().storage;
+    let inbound = || a.bitswap().unwrap().stats().inbound_streams as usize;
+    let target = net.handle(0).unwrap().peer_id();
+    let peer = net.handle(1).unwrap().peer_id();
+    let mut control = net.handle(1).unwrap().stream_control();
+    let proto = StreamProtocol::new("/ipfs/bitswap/1.2.0");
+    // One stream at a time, each kept once node0 serves it: libp2p-stream drops an inbound
+    // stream that arrives while its accept loop is busy, so a dropped one is opened again.
+    let mut held = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while held.len() < SHARE {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node0 serves {} of the {SHARE} streams",
+            inbound()
+        );
+        let Ok(mut s) = control.open_stream(target, proto.clone()).await else {
+            continue;
+        };
+        // A stream dropped on arrival is closed: writing to it fails.
+        if s.write_all(&encode_varint(0)).await.is_err() || s.flush().await.is_err() {
+            continue;
+        }
+        let want = held.len() + 1;
+        let served = tokio::time::timeout(Duration::from_secs(2), async {
+            while inbound() < want {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if served.is_ok() {
+            held.push(s);
+        }
+    }
+    assert_eq!(inbound(), SHARE);
+    // Node0 closes the connection, cleanly; node1 keeps its ends open.
+    assert!(net.handle(0).unwrap().disconnect(peer).await.unwrap());
+    let freed = tokio::time::timeout(Duration::from_secs(5), async {
+        while inbound() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        freed.is_ok(),
+        "5 s after node0 closed the connection it still serves {} of node1's streams \
+         (their slots would wait for the 60 s idle timeout)",
+        inbound()
+    );
+    drop(held);
+    net.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_and_oversized_messages_are_rejected_without_harm() {
     let tmp = tempfile::tempdir().unwrap();

@@ -177,6 +177,10 @@ async fn a_customers_guest_that_stops_once_does_not_get_its_provider_slashed() {
 /// from node 0.
 const HONEST: usize = 3;
 
+/// H's term: its service only has to run beside A's refused namesake and settle paid (a
+/// shorter term than [`DURATION_MS`] keeps the test short).
+const HONEST_DURATION_MS: u64 = 20_000;
+
 /// THREATS C14 on processes: H's hosted contract runs on the provider; then A buys one for an
 /// image of the **same service name** whose manifest depends on a name nobody has. The
 /// provider calls A's contract off before arming it (`arm-refused`: its service could not
@@ -196,7 +200,7 @@ async fn an_image_depending_on_a_name_nobody_has_is_called_off_and_its_namesake_
         .hosted_by(
             HONEST,
             &[207],
-            DURATION_MS,
+            HONEST_DURATION_MS,
             Some(PROVIDER),
             ContractStatus::Active,
         )
@@ -248,7 +252,7 @@ async fn an_image_depending_on_a_name_nobody_has_is_called_off_and_its_namesake_
                 i,
                 &honest.id,
                 "H's settlement",
-                DURATION_MS / 1000 + 90,
+                HONEST_DURATION_MS / 1000 + 90,
                 |r| r.status.is_final(),
             )
             .await

@@ -141,6 +141,29 @@ impl std::fmt::Debug for Bitswap {
     }
 }
 
+/// One inbound stream served, counted in [`BitswapStats::inbound_streams`] until dropped
+/// (however its task ends).
+struct Serving(Arc<Inner>);
+
+impl Serving {
+    fn new(inner: &Arc<Inner>) -> Serving {
+        inner
+            .counters
+            .inbound_streams
+            .fetch_add(1, Ordering::Relaxed);
+        Serving(inner.clone())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .inbound_streams
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -198,22 +221,16 @@ impl Bitswap {
                         // its slot at once (THREATS N14: yamux does not wake a stream whose
                         // connection this node closed cleanly).
                         let gone = permit.peer_gone();
-                        me.inner
-                            .counters
-                            .inbound_streams
-                            .fetch_add(1, Ordering::Relaxed);
+                        let serving = Serving::new(&me.inner);
                         tokio::spawn(
                             async move {
                                 tokio::select! {
                                     _ = cancel.cancelled() => {}
                                     _ = gone.cancelled() => {}
-                                    _ = me.clone().serve_stream(peer, stream) => {}
+                                    _ = me.serve_stream(peer, stream) => {}
                                 }
-                                me.inner
-                                    .counters
-                                    .inbound_streams
-                                    .fetch_sub(1, Ordering::Relaxed);
                                 drop(permit);
+                                drop(serving);
                             }
                             .in_current_span(),
                         );

@@ -120,9 +120,13 @@ impl StreamQuota {
     /// at most `share` streams. Set before the first admission (a quota already cloned keeps
     /// its settings).
     pub(crate) fn with_strangers(mut self, strangers: Strangers, share: usize) -> StreamQuota {
-        if let Some(q) = Arc::get_mut(&mut self.inner) {
+        let settable = Arc::get_mut(&mut self.inner).map(|q| {
             q.strangers = Some((strangers, share.max(1)));
-        }
+        });
+        debug_assert!(
+            settable.is_some(),
+            "with_strangers on a quota already cloned or registered: its share would be lost"
+        );
         self
     }
 
@@ -196,7 +200,7 @@ impl StreamQuota {
 }
 
 /// Every stream quota of one node, so the swarm's loop can tell them all when a peer's last
-/// connection closed ([`StreamQuota::peer_left`]). Holds them weakly: a quota nobody uses any
+/// connection closed (each quota's permits hear it: [`StreamPermit::peer_gone`]). Holds them weakly: a quota nobody uses any
 /// more is pruned at the next registration.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Quotas(Arc<Mutex<Vec<Weak<QuotaInner>>>>);

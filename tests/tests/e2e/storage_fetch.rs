@@ -386,8 +386,10 @@ async fn a_peer_s_streams_free_their_slots_when_the_node_closes_its_connection()
     let peer = net.handle(1).unwrap().peer_id();
     let mut control = net.handle(1).unwrap().stream_control();
     let proto = StreamProtocol::new("/ipfs/bitswap/1.2.0");
-    // One stream at a time, each kept once node0 serves it: libp2p-stream drops an inbound
-    // stream that arrives while its accept loop is busy, so a dropped one is opened again.
+    // Node1 fills its per-peer share at node0 (the test's streams and node1's own bitswap
+    // writer back to node0, which opens with node0's first stream back). One stream at a
+    // time, each kept once node0 serves it: libp2p-stream drops an inbound stream that
+    // arrives while its accept loop is busy, so a dropped one is opened again.
     let mut held = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while held.len() < SHARE {

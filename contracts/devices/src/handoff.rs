@@ -11,6 +11,12 @@
 //!   the oldest; every eviction is counted.
 //! - The same job (owner, owner's job id) sent again replaces the kept request until it is
 //!   resumed; a `finished` hand-off retires it (the owner finished the job itself).
+//! - Copies arrive out of order (the owner's resends, the network's retries): a copy never
+//!   undoes what a later one said (THREATS R5). The provider remembers each retired job
+//!   ([`MAX_RETIRED`], persisted), so a late copy of a finished job is not kept again and
+//!   never flashes the old image once more; an older copy of a kept job never shrinks its
+//!   `done` list (the union is kept, so no device is redone). A job id the owner uses again
+//!   (after its restart) with a later `issued_at` is a new job.
 //! - A kept hand-off is due once this edge has custody of any of its devices, and only once;
 //!   one not resumed within [`HANDOFF_TTL_MS`] of its arrival expires.
 //! - The owner's side ([`Outbox`]): each recipient is sent the hand-off until it answers that it
@@ -32,6 +38,8 @@ use super::meta::{DeviceId, MAX_LABEL_LEN};
 
 /// Hand-offs a provider keeps.
 pub const MAX_HANDOFFS: usize = 16;
+/// Retired jobs a provider remembers (the oldest retired is forgotten first).
+pub const MAX_RETIRED: usize = 256;
 /// Devices one hand-off may name.
 pub const MAX_HANDOFF_DEVICES: usize = 1024;
 /// Longest selector or firmware CID in a hand-off, bytes.
@@ -107,6 +115,9 @@ pub enum Received {
     },
     /// Already resumed here: nothing changes.
     AlreadyResumed,
+    /// A copy older than what this edge already heard of the job (the job retired, or a
+    /// later start of the same id kept): nothing changes.
+    Stale,
     /// `finished`: forgotten (whether or not it was kept).
     Retired,
 }
@@ -132,6 +143,10 @@ pub struct HandoffStats {
     /// duplicated or beyond the table's size).
     #[serde(default)]
     pub dropped_on_load: u64,
+    /// Copies ignored as older than what was heard of their job (a late copy of a retired
+    /// job, or of an earlier start of the same id).
+    #[serde(default)]
+    pub stale: u64,
 }
 
 /// One kept hand-off as `agora device job list` shows it.
@@ -151,6 +166,8 @@ pub struct KeptHandoff {
 #[derive(Clone, Debug, Default)]
 pub struct Handoffs {
     kept: BTreeMap<(NodeId, JobId), KeptHandoff>,
+    /// Jobs their owner retired: the `issued_at` of the retired start, and when it retired.
+    retired: BTreeMap<(NodeId, JobId), (Timestamp, Timestamp)>,
     max: usize,
     /// Counters.
     pub stats: HandoffStats,
@@ -161,6 +178,7 @@ impl Handoffs {
     pub fn new(max: usize) -> Self {
         Self {
             kept: BTreeMap::new(),
+            retired: BTreeMap::new(),
             max: max.max(1),
             stats: HandoffStats::default(),
         }
@@ -189,13 +207,49 @@ impl Handoffs {
         }
         let key = (from, h.job);
         if h.finished {
+            // A finished copy of an earlier start of a reused id retires nothing newer.
+            if self
+                .kept
+                .get(&key)
+                .is_some_and(|k| k.handoff.issued_at > h.issued_at)
+            {
+                self.stats.stale += 1;
+                return Ok(Received::Stale);
+            }
             self.kept.remove(&key);
+            self.retire(key, h.issued_at, now);
             self.stats.retired += 1;
             return Ok(Received::Retired);
         }
+        match self.retired.get(&key) {
+            Some(&(issued, _)) if issued >= h.issued_at => {
+                self.stats.stale += 1;
+                return Ok(Received::Stale);
+            }
+            // The id again, for a job started later: a new job.
+            Some(_) => {
+                self.retired.remove(&key);
+            }
+            None => {}
+        }
         if let Some(k) = self.kept.get_mut(&key) {
-            if k.resumed {
-                return Ok(Received::AlreadyResumed);
+            if h.issued_at < k.handoff.issued_at {
+                self.stats.stale += 1;
+                return Ok(Received::Stale);
+            }
+            if h.issued_at == k.handoff.issued_at {
+                if k.resumed {
+                    return Ok(Received::AlreadyResumed);
+                }
+                // What the owner finished stays finished, whatever order copies arrive in.
+                let mut done = std::mem::take(&mut k.handoff.done);
+                done.retain(|(d, _)| h.devices.contains(d));
+                done.extend(h.done.iter().copied());
+                h.done = done;
+                normalise(&mut h);
+            } else {
+                // A later start of a reused id: a new job, to resume once more.
+                k.resumed = false;
             }
             k.handoff = h;
             k.received_at = now;
@@ -230,6 +284,27 @@ impl Handoffs {
         Ok(Received::Kept { evicted })
     }
 
+    /// Remembers that `key`'s start of `issued_at` retired, forgetting the oldest retired job
+    /// past [`MAX_RETIRED`].
+    fn retire(&mut self, key: (NodeId, JobId), issued_at: Timestamp, now: Timestamp) {
+        let issued = self
+            .retired
+            .get(&key)
+            .map_or(issued_at, |(i, _)| (*i).max(issued_at));
+        self.retired.insert(key, (issued, now));
+        while self.retired.len() > MAX_RETIRED {
+            let oldest = self
+                .retired
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| *k);
+            match oldest {
+                Some(k) => self.retired.remove(&k),
+                None => break,
+            };
+        }
+    }
+
     /// The kept hand-offs to resume now: those of which this edge has custody of any device
     /// (`custody`), each once. Expired ones are dropped first.
     pub fn due(
@@ -257,11 +332,29 @@ impl Handoffs {
     /// expired; the same job twice keeps the later; at most the table's size, newest first.
     /// Everything dropped is counted (`dropped_on_load`). Owners are not re-checked: the
     /// ledger's view is not known yet at start, and each entry was checked when it arrived.
+    ///
+    /// Retired jobs come back from their `finished` entries ([`Self::to_file`]); a kept entry
+    /// that one of them outdates is dropped.
     pub fn restore(&mut self, now: Timestamp, entries: Vec<KeptHandoff>) {
         let total = entries.len();
+        let (finished, entries): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|k| k.handoff.finished && check(&k.handoff).is_ok());
+        let mut remembered = 0usize;
+        for k in finished {
+            self.retire((k.owner, k.handoff.job), k.handoff.issued_at, k.received_at);
+            remembered += 1;
+        }
+        remembered = remembered.min(self.retired.len());
+        let retired = &self.retired;
         let mut fresh: Vec<KeptHandoff> = entries
             .into_iter()
             .filter(|k| check(&k.handoff).is_ok() && !k.handoff.finished)
+            .filter(|k| {
+                retired
+                    .get(&(k.owner, k.handoff.job))
+                    .is_none_or(|(issued, _)| *issued < k.handoff.issued_at)
+            })
             .filter(|k| k.resumed || now.saturating_sub(k.received_at) < HANDOFF_TTL_MS)
             .map(|mut k| {
                 normalise(&mut k.handoff);
@@ -279,7 +372,38 @@ impl Handoffs {
             self.kept.insert(key, k);
             kept += 1;
         }
-        self.stats.dropped_on_load += (total - kept) as u64;
+        self.stats.dropped_on_load += (total - kept - remembered) as u64;
+    }
+
+    /// What a provider persists: the kept hand-offs, then each retired job as a `finished`
+    /// entry naming one device (enough to pass the checks when reloaded).
+    pub fn to_file(&self) -> Vec<KeptHandoff> {
+        let mut out = self.list();
+        for (&(owner, job), &(issued_at, at)) in &self.retired {
+            out.push(KeptHandoff {
+                owner,
+                handoff: JobHandoff {
+                    job,
+                    selector: String::new(),
+                    firmware: "retired".into(),
+                    firmware_type: "retired".into(),
+                    version: "retired".into(),
+                    max_unavailable: 1,
+                    devices: vec![0],
+                    issued_at,
+                    finished: true,
+                    done: Vec::new(),
+                },
+                received_at: at,
+                resumed: false,
+            });
+        }
+        out
+    }
+
+    /// Jobs remembered as retired.
+    pub fn retired(&self) -> usize {
+        self.retired.len()
     }
 
     /// Whether any kept hand-off is waiting for custody.

@@ -3,7 +3,9 @@
 //! restarted before the handover still resumes the owner's job. Written whole after every
 //! change (at most [`MAX_HANDOFFS`] entries); reloaded at start through
 //! [`Handoffs::restore`], which checks every entry as if it came from outside (a file
-//! readable by others, too large or not JSON is ignored with a log line).
+//! readable by others, too large or not JSON is ignored with a log line). Jobs their owner
+//! retired are kept too (at most `MAX_RETIRED`, as `finished` entries), so a late copy of a
+//! finished job is not taken again after a restart (THREATS R5).
 
 use std::path::Path;
 
@@ -37,7 +39,7 @@ pub(crate) fn save(path: Option<&Path>, t: &Handoffs) {
     let Some(path) = path else {
         return;
     };
-    if let Err(e) = write_private(path, &t.list()) {
+    if let Err(e) = write_private(path, &t.to_file()) {
         warn!(path = %path.display(), error = %e, "firmware-job hand-offs not saved; a restart forgets them");
     }
 }

@@ -150,8 +150,11 @@ fn a_resent_job_replaces_the_kept_request_and_a_finished_one_retires_it() {
         "a retired job is never resumed"
     );
     // A finished hand-off from someone else does not retire the owner's job.
-    t.receive(11, node(1), handoff(1, &[1]), owner_of).unwrap();
-    assert!(t.receive(12, node(2), done, owner_of).is_err());
+    t.receive(11, node(1), handoff(2, &[1]), owner_of).unwrap();
+    assert!(
+        t.receive(12, node(2), JobHandoff { job: 2, ..done }, owner_of)
+            .is_err()
+    );
     assert_eq!(t.list().len(), 1);
 }
 
@@ -319,7 +322,100 @@ fn a_persisted_table_reloads_checked_bounded_and_fresh() {
         vec![4],
         "the later of a duplicate"
     );
-    assert_eq!(t.stats.dropped_on_load, 5);
+    assert_eq!(
+        t.stats.dropped_on_load, 4,
+        "the finished entry is a retired job, not dropped"
+    );
+    assert_eq!(t.retired(), 1);
+}
+
+/// THREATS R5: copies of one job arrive out of order (the owner's resends, the network's
+/// retries); none undoes what a later one said.
+#[test]
+fn a_late_copy_never_undoes_a_later_word_of_the_owner() {
+    let mut t = Handoffs::new(4);
+    let first = handoff(1, &[1, 2, 3]);
+    t.receive(0, node(1), first.clone(), owner_of).unwrap();
+    // The owner finished device 1, then device 2; the copy naming only 1 arrives last.
+    let mut one = first.clone();
+    one.done = vec![(1, OwnerDone::Updated)];
+    let mut two = first.clone();
+    two.done = vec![(1, OwnerDone::Updated), (2, OwnerDone::RolledBack)];
+    t.receive(1, node(1), two, owner_of).unwrap();
+    t.receive(2, node(1), one, owner_of).unwrap();
+    t.receive(3, node(1), first.clone(), owner_of).unwrap();
+    assert_eq!(
+        t.list()[0].handoff.done,
+        vec![(1, OwnerDone::Updated), (2, OwnerDone::RolledBack)],
+        "what the owner finished stays finished"
+    );
+    // The owner finishes the job; a copy of an earlier send still on its way arrives after.
+    let mut finished = first.clone();
+    finished.finished = true;
+    assert_eq!(
+        t.receive(4, node(1), finished.clone(), owner_of),
+        Ok(Received::Retired)
+    );
+    assert_eq!(
+        t.receive(5, node(1), first.clone(), owner_of),
+        Ok(Received::Stale)
+    );
+    assert!(t.list().is_empty(), "a finished job is not kept again");
+    assert!(t.due(6, |_| true).is_empty(), "nor resumed");
+    // Persisted and reloaded (a restart), the retired job is still known.
+    let mut again = Handoffs::new(4);
+    again.restore(7, t.to_file());
+    assert_eq!(again.stats.dropped_on_load, 0);
+    assert_eq!(
+        again.receive(8, node(1), first.clone(), owner_of),
+        Ok(Received::Stale)
+    );
+    assert_eq!(again.stats.stale, 1);
+    // The owner restarted and uses the id again for a job started later: a new job.
+    let mut reused = first.clone();
+    reused.issued_at = 100;
+    assert_eq!(
+        again.receive(9, node(1), reused.clone(), owner_of),
+        Ok(Received::Kept { evicted: None })
+    );
+    // A finished copy of the old start retires nothing of the new one.
+    assert_eq!(
+        again.receive(10, node(1), finished, owner_of),
+        Ok(Received::Stale)
+    );
+    assert_eq!(again.due(11, |_| true).len(), 1);
+    // Resumed; a copy of the old start neither replaces it nor is resumed again.
+    assert_eq!(
+        again.receive(12, node(1), first, owner_of),
+        Ok(Received::Stale)
+    );
+    assert!(again.due(13, |_| true).is_empty());
+}
+
+#[test]
+fn retired_jobs_are_bounded_and_the_oldest_go_first() {
+    let mut t = Handoffs::new(4);
+    for job in 0..(MAX_RETIRED as u64 + 10) {
+        let mut h = handoff(job, &[1]);
+        h.finished = true;
+        t.receive(job, node(1), h, owner_of).unwrap();
+    }
+    assert_eq!(t.retired(), MAX_RETIRED);
+    // The first ten went: their copies are kept again; the eleventh is still retired.
+    assert!(matches!(
+        t.receive(1_000, node(1), handoff(0, &[1]), owner_of),
+        Ok(Received::Kept { .. })
+    ));
+    assert_eq!(
+        t.receive(1_001, node(1), handoff(10, &[1]), owner_of),
+        Ok(Received::Stale)
+    );
+    let file = t.to_file();
+    assert_eq!(file.len(), 1 + MAX_RETIRED);
+    let mut again = Handoffs::new(4);
+    again.restore(1_002, file);
+    assert_eq!(again.retired(), MAX_RETIRED);
+    assert_eq!(again.list().len(), 1);
 }
 
 #[test]

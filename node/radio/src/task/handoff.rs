@@ -80,6 +80,12 @@ impl RadioTask {
                 true
             }
             Ok(Received::AlreadyResumed) => true,
+            Ok(Received::Stale) => {
+                // A late copy (a resend or a retry that crossed a later word of the owner):
+                // answered as kept, since sending it again changes nothing.
+                debug!(owner = %sender, job, "firmware job hand-off older than what this edge heard: ignored");
+                true
+            }
             Ok(Received::Retired) => {
                 info!(owner = %sender, job, "firmware job finished by its owner: hand-off retired");
                 true

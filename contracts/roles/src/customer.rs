@@ -1,7 +1,6 @@
 //! Customer: run the node's own service on its own sensors, yield them while a handover is in
-//! effect and take them back once it is settled; settle contracts whose moment has come; and
-//! stop feeding its own sensors when it cannot see enough of a standby contract's committee to
-//! rule out a handover behind its back.
+//! effect and take them back once it is settled; and stop feeding its own sensors when it cannot see enough of a standby contract's committee to
+//! rule out a handover behind its back. Settling its contracts is [`super::settle`]'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,11 +9,8 @@ use cid::Cid;
 
 use super::facts::{handed_over, may_hand_over};
 use super::io::{Effect, Input, Note, Presence, ServiceRef};
-use super::{OWN_RETRY_MS, SETTLE_RETRY_MS, View};
+use super::{OWN_RETRY_MS, View};
 use agora_contracts::attestation::quorum;
-use agora_contracts::contract::{ContractId, ContractKind};
-use agora_contracts::ledger::{ACTIVATION_REPORT_GRACE_MS, SettleReason, TxKind};
-use agora_contracts::lifecycle::ContractStatus;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Phase {
@@ -54,7 +50,6 @@ enum Suspension {
 #[derive(Clone, Debug, Default)]
 pub(super) struct Customer {
     own: Own,
-    settling: BTreeMap<ContractId, Timestamp>,
     /// Committee members of at-risk contracts this node sees down, since when.
     down: BTreeMap<NodeId, Timestamp>,
     watching: BTreeSet<NodeId>,
@@ -95,11 +90,7 @@ impl Customer {
 
     /// The earliest time something is due.
     pub fn next_wake(&self) -> Option<Timestamp> {
-        let settle = self
-            .settling
-            .values()
-            .map(|t| t.saturating_add(SETTLE_RETRY_MS));
-        self.own.retry_at.into_iter().chain(settle).min()
+        self.own.retry_at
     }
 
     pub fn handle(&mut self, v: &View, input: &Input, out: &mut Vec<Effect>) {
@@ -177,25 +168,10 @@ impl Customer {
                 )));
             }
             Input::Presence(p) => self.on_presence(v, *p),
-            Input::Submitted {
-                tx: TxKind::Settle { contract, reason },
-                accepted: true,
-            } if v
-                .records
-                .get(contract)
-                .is_some_and(|r| r.contract.customer == v.me) =>
-            {
-                out.push(Effect::Timeline(Note::new(
-                    "settle-requested",
-                    Some(*contract),
-                    format!("{reason:?}"),
-                )));
-            }
             _ => {}
         }
         self.watch_committees(v, out);
         self.update_suspension(v, out);
-        self.settle_due(v, out);
         self.evaluate_own(v, out);
     }
 
@@ -280,53 +256,6 @@ impl Customer {
             };
             out.push(Effect::Timeline(Note::new(phase, None, detail)));
             self.suspension = next;
-        }
-    }
-
-    /// Settles contracts whose moment has come: the customer is back after a handover, the
-    /// term ended, or the provider never activated in time.
-    fn settle_due(&mut self, v: &View, out: &mut Vec<Effect>) {
-        self.settling
-            .retain(|id, _| v.records.get(id).is_some_and(|r| !r.status.is_final()));
-        for (id, r) in v.records.iter() {
-            if r.contract.customer != v.me || r.status.is_final() {
-                continue;
-            }
-            if self
-                .settling
-                .get(id)
-                .is_some_and(|t| v.now < t.saturating_add(SETTLE_RETRY_MS))
-            {
-                continue;
-            }
-            // A pending settlement is judged by the ledger when the provider's heartbeats
-            // cover its end (or its grace runs out): asking again would be refused.
-            if r.closing.is_some() {
-                continue;
-            }
-            let ended = r.window_end().is_some_and(|e| v.now >= e);
-            let reason = match r.status {
-                ContractStatus::Active if r.contract.kind == ContractKind::Standby => {
-                    Some(SettleReason::CustomerBack)
-                }
-                ContractStatus::Active | ContractStatus::Armed if ended => {
-                    Some(SettleReason::DurationEnded)
-                }
-                ContractStatus::Validated | ContractStatus::Migrated | ContractStatus::Armed
-                    if r.activation_deadline()
-                        .is_some_and(|d| v.now > d.saturating_add(ACTIVATION_REPORT_GRACE_MS)) =>
-                {
-                    Some(SettleReason::NoActivation)
-                }
-                _ => None,
-            };
-            if let Some(reason) = reason {
-                self.settling.insert(*id, v.now);
-                out.push(Effect::Submit(TxKind::Settle {
-                    contract: *id,
-                    reason,
-                }));
-            }
         }
     }
 

@@ -124,6 +124,7 @@ pub mod followed;
 pub mod io;
 mod provider;
 pub mod readings;
+mod settle;
 
 #[cfg(test)]
 mod proptests;
@@ -257,12 +258,14 @@ impl Default for RolesConfig {
 /// rule and the wake-ups stay the machine's whatever the set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoleSet {
-    /// Own service, settlement, taking the sensors back.
+    /// Own service, taking the sensors back.
     pub customer: bool,
     /// Migrate, arm, activate, heartbeat, custody, stop.
     pub provider: bool,
     /// Watch, attest, probe, challenge.
     pub arbitrator: bool,
+    /// Settling this node's contracts, as customer or provider (`settle.rs`).
+    pub settlement: bool,
 }
 
 impl RoleSet {
@@ -271,12 +274,20 @@ impl RoleSet {
         customer: true,
         provider: true,
         arbitrator: true,
+        settlement: true,
     };
     /// Only the arbitrator's duties.
     pub const ARBITRATOR: RoleSet = RoleSet {
         customer: false,
         provider: false,
         arbitrator: true,
+        settlement: false,
+    };
+    /// What the node's orchestrator hands the machine today: the arbitrator's duties and
+    /// settlement; it still decides the rest of the customer's and the provider's itself.
+    pub const ARBITRATOR_AND_SETTLEMENT: RoleSet = RoleSet {
+        settlement: true,
+        ..RoleSet::ARBITRATOR
     };
 }
 
@@ -326,6 +337,7 @@ pub struct Roles {
     customer: customer::Customer,
     provider: provider::Provider,
     arbitrator: arbitrator::Arbitrator,
+    settler: settle::Settler,
     authority: BTreeMap<DeviceId, DeviceAuthority>,
     last_wake: Option<Timestamp>,
     stale_blocks: u64,
@@ -346,6 +358,7 @@ impl Roles {
             customer: customer::Customer::new(own),
             provider: provider::Provider::default(),
             arbitrator: arbitrator::Arbitrator::new(cfg.evidence_seed),
+            settler: settle::Settler::default(),
             authority: BTreeMap::new(),
             last_wake: None,
             stale_blocks: 0,
@@ -391,6 +404,9 @@ impl Roles {
         }
         if roles.customer {
             self.customer.handle(&view, &input, &mut out);
+        }
+        if roles.settlement {
+            self.settler.handle(&view, &input, &mut out);
         }
         if roles.customer || roles.provider {
             self.emit_authority(&mut out);
@@ -548,6 +564,7 @@ impl Roles {
             self.provider.next_wake(),
             self.customer.next_wake(),
             self.arbitrator.next_wake(),
+            self.settler.next_wake(),
         ]
         .into_iter()
         .flatten()

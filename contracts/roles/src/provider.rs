@@ -14,9 +14,9 @@ use steps::{activate, listen, prepare_effect, stop, submit_once};
 
 use super::facts::{closed, provider_engaged};
 use super::io::{Effect, Input, Note, ServiceRef};
-use super::{ACTIVATION_RETRY_MS, MIN_HEARTBEAT_MS, SETTLE_RETRY_MS, View};
+use super::{ACTIVATION_RETRY_MS, MIN_HEARTBEAT_MS, View};
 use agora_contracts::contract::{ContractId, ContractKind};
-use agora_contracts::ledger::{ContractRecord, SettleReason, TxKind};
+use agora_contracts::ledger::{ContractRecord, TxKind};
 use agora_contracts::lifecycle::ContractStatus;
 
 /// A transaction that moves the contract on, in flight until the ledger shows its effect.
@@ -74,7 +74,6 @@ struct Host {
     /// Submissions in flight, with when to submit again if the ledger shows no effect.
     in_flight: BTreeMap<Step, Timestamp>,
     beat: Beat,
-    settling: Option<Timestamp>,
     /// After a failed start: not before this time; `gave_up` once the deadline passed.
     retry_at: Option<Timestamp>,
     gave_up: bool,
@@ -132,7 +131,6 @@ impl Provider {
                     retry,
                     h.retry_at,
                     beat.then(|| h.beat.last.saturating_add(h.heartbeat_ms)),
-                    h.settling.map(|t| t.saturating_add(SETTLE_RETRY_MS)),
                 ]
             })
             .flatten()
@@ -249,7 +247,6 @@ impl Provider {
                 listening: false,
                 in_flight: BTreeMap::new(),
                 beat: Beat::default(),
-                settling: None,
                 retry_at: None,
                 gave_up: false,
             },
@@ -330,34 +327,6 @@ impl Provider {
             h.retry_at = None;
             activate(h, id, rec, &devices, v.now, out);
         }
-        self.settle_if_ended(v, id, rec, out);
         self.heartbeat_if_due(v, id, out);
-    }
-
-    /// Provider's own settlement: the service term ended.
-    fn settle_if_ended(
-        &mut self,
-        v: &View,
-        id: ContractId,
-        rec: &ContractRecord,
-        out: &mut Vec<Effect>,
-    ) {
-        let Some(h) = self.hosts.get_mut(&id) else {
-            return;
-        };
-        let ended = rec.window_end().is_some_and(|e| v.now >= e);
-        let due = matches!(rec.status, ContractStatus::Active | ContractStatus::Armed) && ended;
-        if !due
-            || rec.closing.is_some()
-            || h.settling
-                .is_some_and(|t| v.now < t.saturating_add(SETTLE_RETRY_MS))
-        {
-            return;
-        }
-        h.settling = Some(v.now);
-        out.push(Effect::Submit(TxKind::Settle {
-            contract: id,
-            reason: SettleReason::DurationEnded,
-        }));
     }
 }

@@ -6,6 +6,7 @@ mod customer;
 mod evidence;
 mod machine;
 mod provider;
+mod settle;
 
 use agora_market::{KeySigner, NodeId, Signer, Timestamp};
 use cid::Cid;

@@ -5,7 +5,7 @@
 
 use agora_contracts::{
     ContractId, ContractKind, ContractRecord, ContractStatus, Duty, HeartbeatBatch, LedgerEvent,
-    SettleReason, TxKind, UptimeInterval, duties_for,
+    TxKind, UptimeInterval, duties_for,
 };
 use agora_roles::Input;
 use tracing::{debug, warn};
@@ -759,7 +759,6 @@ impl Orchestrator {
         for id in beating {
             self.heartbeat(id, now).await;
         }
-        self.settle_due(now).await;
     }
 
     /// Sends an activation report again while the ledger has not applied it (a block whose
@@ -855,68 +854,6 @@ impl Orchestrator {
         {
             self.submit(TxKind::SettleUptime(contract), "uptime payment")
                 .await;
-        }
-    }
-
-    /// Settles contracts whose moment has come: the customer is back after a handover, an
-    /// activation deadline passed, or the term ended.
-    async fn settle_due(&mut self, now: u64) {
-        let me = self.me;
-        let Ok(recs) = self
-            .ledger
-            .query(move |v| {
-                v.ledger
-                    .contracts()
-                    .iter()
-                    .filter(|(_, r)| {
-                        (r.contract.customer == me || r.contract.provider == me)
-                            && !r.status.is_final()
-                    })
-                    .map(|(id, r)| (*id, r.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .await
-        else {
-            return;
-        };
-        for (id, rec) in recs {
-            if self.settling.get(&id).is_some_and(|t| now < t + 2_000) {
-                continue;
-            }
-            let customer = rec.contract.customer == me;
-            let ended = rec.window_end().is_some_and(|e| now >= e);
-            let reason = match rec.status {
-                ContractStatus::Active
-                    if customer && rec.contract.kind == ContractKind::Standby =>
-                {
-                    Some(SettleReason::CustomerBack)
-                }
-                ContractStatus::Active | ContractStatus::Armed if ended => {
-                    Some(SettleReason::DurationEnded)
-                }
-                ContractStatus::Validated | ContractStatus::Migrated | ContractStatus::Armed
-                    if customer && rec.activation_deadline().is_some_and(|d| now > d) =>
-                {
-                    Some(SettleReason::NoActivation)
-                }
-                _ => None,
-            };
-            if let Some(reason) = reason {
-                self.settling.insert(id, now);
-                if self
-                    .submit(
-                        TxKind::Settle {
-                            contract: id,
-                            reason,
-                        },
-                        "settle",
-                    )
-                    .await
-                {
-                    self.timeline
-                        .push("settle-requested", Some(&id), format!("{reason:?}"));
-                }
-            }
         }
     }
 }

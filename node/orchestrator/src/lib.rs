@@ -295,8 +295,6 @@ pub struct Orchestrator {
     /// Customer: the devices each of those contracts names and its provider (the holders of
     /// the devices' keys, threat R1 key rotation).
     key_devices: BTreeMap<ContractId, (NodeId, Vec<u32>)>,
-    /// Contracts this node (as customer) already asked to settle, with when.
-    settling: BTreeMap<ContractId, Timestamp>,
     /// When the block being handled arrived (for the activation latency).
     block_seen_at: Timestamp,
     /// Provider: the devices of each customer this node has staged a contract for (bounded;
@@ -376,7 +374,7 @@ pub fn spawn(
             now_ms(),
             RolesConfig {
                 evidence_seed: rand::random(),
-                roles: roles::RoleSet::ARBITRATOR,
+                roles: roles::RoleSet::ARBITRATOR_AND_SETTLEMENT,
                 ..RolesConfig::with_presence_timeout(presence_timeout_ms)
             },
             None,
@@ -395,7 +393,6 @@ pub fn spawn(
         own: own::Own::load(data_dir),
         keys_named: BTreeSet::new(),
         key_devices: BTreeMap::new(),
-        settling: BTreeMap::new(),
         block_seen_at: 0,
         device_owners: FollowedDevices::default(),
         lines: Default::default(),

@@ -4,9 +4,11 @@
 //!
 //! The machine decides the arbitrator's duties (watch the customers of standby contracts,
 //! attest their liveness, probe hosted and standby services, challenge storage providers,
-//! report each outcome) and whether the ledger is current (`synced`). The provider's and the
-//! customer's duties are still decided in `handover`, `custody` and `own` (the machine runs with
-//! [`RoleSet::ARBITRATOR`]).
+//! report each outcome), settlement as either party (the customer back after a handover, a
+//! provider that never activated, the end of a term: `agora_roles`' `settle.rs`) and whether
+//! the ledger is current (`synced`). The rest of the provider's and the customer's duties are
+//! still decided in `handover`, `custody` and `own` (the machine runs with
+//! [`RoleSet::ARBITRATOR_AND_SETTLEMENT`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;

@@ -245,16 +245,6 @@ impl Provider {
             TxKind::ReportActivation { contract, .. } => (*contract, Some(Step::Activation)),
             TxKind::Cancel(id) => (*id, Some(Step::Cancel)),
             TxKind::Heartbeats { contract, .. } => (*contract, None),
-            TxKind::Settle { contract, reason } => {
-                if accepted && self.hosts.contains_key(contract) {
-                    out.push(Effect::Timeline(Note::new(
-                        "settle-requested",
-                        Some(*contract),
-                        format!("{reason:?}"),
-                    )));
-                }
-                return;
-            }
             _ => return,
         };
         let Some(h) = self.hosts.get_mut(&id) else {

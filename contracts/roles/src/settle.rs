@@ -1,0 +1,129 @@
+//! Settlement, for either party: the rule that asks the ledger to close a contract whose
+//! moment has come, and so decides when who gets paid. The customer settles when it is back
+//! after a handover (an active standby), when the provider never activated in time (past the
+//! activation deadline and the ledger's grace for a late report), and when the term ended;
+//! the provider settles when the term ended. A settlement already pending (`closing`: the
+//! ledger waits for the provider's heartbeats to cover the end) is not asked for again; a
+//! request whose effect the ledger does not show yet is repeated every [`SETTLE_RETRY_MS`].
+//!
+//! Its own handler (not the customer's and the provider's), so a driver that still decides
+//! the rest of those roles itself can hand settlement to the machine ([`super::RoleSet`]).
+
+use std::collections::BTreeMap;
+
+use agora_contracts::contract::{ContractId, ContractKind};
+use agora_contracts::ledger::{ACTIVATION_REPORT_GRACE_MS, SettleReason, TxKind};
+use agora_contracts::lifecycle::ContractStatus;
+use agora_market::Timestamp;
+
+use super::io::{Effect, Input, Note};
+use super::{SETTLE_RETRY_MS, View};
+
+/// Settlements this node asked for, and when the next one is due.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Settler {
+    /// Contracts asked to settle, with when (asked again [`SETTLE_RETRY_MS`] later).
+    settling: BTreeMap<ContractId, Timestamp>,
+    /// The earliest future moment a contract of ours becomes due (its term's end, or its
+    /// activation deadline past the grace), as of the last input.
+    next_due: Option<Timestamp>,
+}
+
+impl Settler {
+    /// The earliest time something is due.
+    pub fn next_wake(&self) -> Option<Timestamp> {
+        let retry = self
+            .settling
+            .values()
+            .map(|t| t.saturating_add(SETTLE_RETRY_MS));
+        self.next_due.into_iter().chain(retry).min()
+    }
+
+    pub fn handle(&mut self, v: &View, input: &Input, out: &mut Vec<Effect>) {
+        if let Input::Submitted {
+            tx: TxKind::Settle { contract, reason },
+            accepted: true,
+        } = input
+            && v.records
+                .get(contract)
+                .is_some_and(|r| r.contract.customer == v.me || r.contract.provider == v.me)
+        {
+            out.push(Effect::Timeline(Note::new(
+                "settle-requested",
+                Some(*contract),
+                format!("{reason:?}"),
+            )));
+        }
+        self.due(v, out);
+    }
+
+    /// Asks to settle every contract of ours whose moment has come.
+    fn due(&mut self, v: &View, out: &mut Vec<Effect>) {
+        self.settling
+            .retain(|id, _| v.records.get(id).is_some_and(|r| !r.status.is_final()));
+        self.next_due = None;
+        for (id, r) in v.records.iter() {
+            let customer = r.contract.customer == v.me;
+            if !(customer || r.contract.provider == v.me) || r.status.is_final() {
+                continue;
+            }
+            // A pending settlement is judged by the ledger when the provider's heartbeats
+            // cover its end (or its grace runs out): asking again would be refused.
+            if r.closing.is_some() {
+                continue;
+            }
+            let end = r.window_end();
+            let no_activation = customer
+                .then(|| r.activation_deadline())
+                .flatten()
+                .map(|d| d.saturating_add(ACTIVATION_REPORT_GRACE_MS));
+            let ended = end.is_some_and(|e| v.now >= e);
+            let reason = match r.status {
+                ContractStatus::Active if customer && r.contract.kind == ContractKind::Standby => {
+                    Some(SettleReason::CustomerBack)
+                }
+                ContractStatus::Active | ContractStatus::Armed if ended => {
+                    Some(SettleReason::DurationEnded)
+                }
+                ContractStatus::Validated | ContractStatus::Migrated | ContractStatus::Armed
+                    if no_activation.is_some_and(|d| v.now > d) =>
+                {
+                    Some(SettleReason::NoActivation)
+                }
+                _ => None,
+            };
+            let Some(reason) = reason else {
+                // Not due yet: wake when it may be.
+                let later = match r.status {
+                    ContractStatus::Active | ContractStatus::Armed => end,
+                    _ => None,
+                };
+                let deadline = match r.status {
+                    ContractStatus::Validated
+                    | ContractStatus::Migrated
+                    | ContractStatus::Armed => no_activation.map(|d| d.saturating_add(1)),
+                    _ => None,
+                };
+                let soonest = later
+                    .into_iter()
+                    .chain(deadline)
+                    .filter(|t| *t > v.now)
+                    .min();
+                self.next_due = self.next_due.into_iter().chain(soonest).min();
+                continue;
+            };
+            if self
+                .settling
+                .get(id)
+                .is_some_and(|t| v.now < t.saturating_add(SETTLE_RETRY_MS))
+            {
+                continue;
+            }
+            self.settling.insert(*id, v.now);
+            out.push(Effect::Submit(TxKind::Settle {
+                contract: *id,
+                reason,
+            }));
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Settlement on its own ([`RoleSet::ARBITRATOR_AND_SETTLEMENT`], what the node's orchestrator
+//! hands the machine while it still decides the rest of the customer's and the provider's
+//! duties itself).
+
+use super::*;
+use agora_contracts::ledger::SettleReason;
+
+/// A machine for `me` that decides only settlement and the arbitrator's duties.
+fn settling_only(chain: &Chain, me: NodeId) -> Roles {
+    let cfg = RolesConfig {
+        roles: RoleSet::ARBITRATOR_AND_SETTLEMENT,
+        ..RolesConfig::default()
+    };
+    Roles::new(me, chain.now - 1, cfg, None)
+}
+
+#[test]
+fn either_party_settles_at_the_end_of_the_term_and_nothing_else_is_decided() {
+    let mut chain = Chain::new();
+    // The ledger side of an armed standby (driven by a full machine for the provider).
+    let (_, id) = armed_provider(&mut chain, Chain::lenient());
+    let end = chain.ledger.contract(&id).unwrap().window_end().unwrap();
+    for me in [chain.provider.node_id(), chain.customer.node_id()] {
+        let mut roles = settling_only(&chain, me);
+        let out = roles.handle(chain.now, chain.facts(&roles, me, vec![]));
+        assert!(
+            submitted(&out).is_empty(),
+            "nothing due before the end: {out:?}"
+        );
+        assert!(
+            out.iter()
+                .all(|e| matches!(e, Effect::WakeAt(_) | Effect::Timeline(_))),
+            "no provider or customer duty is decided: {out:?}"
+        );
+        assert!(
+            out.contains(&Effect::WakeAt(end)),
+            "wakes at the end of the term: {out:?}"
+        );
+        let out = roles.handle(end, Input::Tick);
+        let settle = TxKind::Settle {
+            contract: id,
+            reason: SettleReason::DurationEnded,
+        };
+        assert_eq!(submitted(&out), vec![settle.clone()]);
+        // Asked again only after the retry interval while the ledger shows no effect.
+        assert!(submitted(&roles.handle(end + 1, Input::Tick)).is_empty());
+        assert_eq!(
+            submitted(&roles.handle(end + SETTLE_RETRY_MS, Input::Tick)),
+            vec![settle.clone()]
+        );
+        let out = roles.handle(
+            end + SETTLE_RETRY_MS,
+            Input::Submitted {
+                tx: settle,
+                accepted: true,
+            },
+        );
+        assert!(phases(&out).contains(&"settle-requested".to_string()));
+    }
+}
+
+#[test]
+fn a_customer_settles_a_provider_that_never_activated_only_past_the_reports_grace() {
+    let mut chain = Chain::new();
+    let me = chain.customer.node_id();
+    // A hosted contract for a slot 5 s ahead, registered and never migrated.
+    let slot = chain.now + 5_000;
+    let (id, ev) = chain.register(ContractBuilder::new(1, 2).at(slot).signed());
+    let mut roles = settling_only(&chain, me);
+    roles.handle(chain.now, chain.facts(&roles, me, ev));
+    let deadline = chain
+        .ledger
+        .contract(&id)
+        .unwrap()
+        .activation_deadline()
+        .unwrap();
+    let due = deadline + agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS;
+    assert!(submitted(&roles.handle(deadline + 1, Input::Tick)).is_empty());
+    assert!(submitted(&roles.handle(due, Input::Tick)).is_empty());
+    assert_eq!(
+        submitted(&roles.handle(due + 1, Input::Tick)),
+        vec![TxKind::Settle {
+            contract: id,
+            reason: SettleReason::NoActivation
+        }]
+    );
+    // The provider's own machine never settles for that.
+    let p = chain.provider.node_id();
+    let mut provider = settling_only(&chain, p);
+    provider.handle(chain.now, chain.facts(&provider, p, vec![]));
+    assert!(submitted(&provider.handle(due + 1, Input::Tick)).is_empty());
+}

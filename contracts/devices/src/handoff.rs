@@ -21,7 +21,8 @@
 //!   one not resumed within [`HANDOFF_TTL_MS`] of its arrival expires.
 //! - The owner's side ([`Outbox`]): each recipient is sent the hand-off until it answers that it
 //!   kept it, at most every [`RESEND_MS`], [`MAX_SENDS`] times; once the job finishes, every
-//!   recipient that ever kept it is sent the `finished` version once. When the owner finishes
+//!   recipient that ever kept it is sent the `finished` version until it acknowledges it (at
+//!   most [`MAX_SENDS`] times). When the owner finishes
 //!   a device (updated or rolled back) the hand-off changes ([`JobHandoff::done`]): every
 //!   recipient is sent it again ([`Outbox::refresh`]), so a provider never redoes it.
 //! - A provider persists its kept hand-offs; what it reloads ([`Handoffs::restore`]) passes
@@ -40,6 +41,9 @@ use super::meta::{DeviceId, MAX_LABEL_LEN};
 pub const MAX_HANDOFFS: usize = 16;
 /// Retired jobs a provider remembers (the oldest retired is forgotten first).
 pub const MAX_RETIRED: usize = 256;
+/// Retired jobs a provider remembers of one owner (its own oldest go first), so one owner's
+/// flood of `finished` hand-offs cannot flush every other owner's records.
+pub const MAX_RETIRED_PER_OWNER: usize = 64;
 /// Devices one hand-off may name.
 pub const MAX_HANDOFF_DEVICES: usize = 1024;
 /// Longest selector or firmware CID in a hand-off, bytes.
@@ -221,16 +225,13 @@ impl Handoffs {
             self.stats.retired += 1;
             return Ok(Received::Retired);
         }
-        match self.retired.get(&key) {
-            Some(&(issued, _)) if issued >= h.issued_at => {
-                self.stats.stale += 1;
-                return Ok(Received::Stale);
-            }
-            // The id again, for a job started later: a new job.
-            Some(_) => {
-                self.retired.remove(&key);
-            }
-            None => {}
+        // The id again for a job started later is a new job; the record stays, so a late
+        // copy of the retired start is still refused if the new one is evicted or expires.
+        if let Some(&(issued, _)) = self.retired.get(&key)
+            && issued >= h.issued_at
+        {
+            self.stats.stale += 1;
+            return Ok(Received::Stale);
         }
         if let Some(k) = self.kept.get_mut(&key) {
             if h.issued_at < k.handoff.issued_at {
@@ -292,6 +293,19 @@ impl Handoffs {
             .get(&key)
             .map_or(issued_at, |(i, _)| (*i).max(issued_at));
         self.retired.insert(key, (issued, now));
+        let owner = key.0;
+        while self.retired.keys().filter(|(o, _)| *o == owner).count() > MAX_RETIRED_PER_OWNER {
+            let oldest = self
+                .retired
+                .iter()
+                .filter(|((o, _), _)| *o == owner)
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| *k);
+            match oldest {
+                Some(k) => self.retired.remove(&k),
+                None => break,
+            };
+        }
         while self.retired.len() > MAX_RETIRED {
             let oldest = self
                 .retired
@@ -466,6 +480,9 @@ struct Recipient {
     kept: bool,
     /// Kept some version of the hand-off (so it is told when the job finishes).
     ever_kept: bool,
+    /// Sends of the finished version so far (until one is acknowledged, at most
+    /// [`MAX_SENDS`]).
+    finish_sends: u32,
     /// The hand-off changed while a send was in flight: its answer does not count as kept.
     stale: bool,
     retired: bool,
@@ -482,7 +499,8 @@ impl Outbox {
     /// the job's devices (as the ledger says now), `finished` whether the job is over. Each is
     /// marked in flight until [`Self::answered`]. While the job runs, a recipient that has not
     /// kept it is sent it every [`RESEND_MS`], at most [`MAX_SENDS`] times; once it is over,
-    /// every recipient that kept it is sent the finished version once, and nobody new. A
+    /// every recipient that kept it is sent the finished version until it acknowledges it
+    /// (every [`RESEND_MS`], at most [`MAX_SENDS`] times), and nobody new. A
     /// provider the ledger no longer names (its contract ended) is sent nothing more while the
     /// job runs, and forgotten if it never kept it.
     pub fn due(
@@ -504,13 +522,20 @@ impl Outbox {
                 continue;
             }
             let send = if finished {
+                // The first at once, the rest every `RESEND_MS`.
                 r.ever_kept
+                    && r.finish_sends < MAX_SENDS
+                    && (r.finish_sends == 0 || now >= r.next_at)
             } else {
                 !r.kept && r.sends < MAX_SENDS && now >= r.next_at && recipients.contains(peer)
             };
             if send {
                 r.in_flight = true;
-                r.sends = r.sends.saturating_add(1);
+                if finished {
+                    r.finish_sends = r.finish_sends.saturating_add(1);
+                } else {
+                    r.sends = r.sends.saturating_add(1);
+                }
                 r.next_at = now.saturating_add(RESEND_MS);
                 due.push(*peer);
             }
@@ -523,8 +548,9 @@ impl Outbox {
         if let Some(r) = self.to.get_mut(&peer) {
             r.in_flight = false;
             if finished {
-                // Sent once: a provider that missed it lets it expire.
-                r.retired = true;
+                // Sent until acknowledged (a provider that misses it would resume the job at a
+                // handover within a day), at most `MAX_SENDS` times.
+                r.retired = kept || r.finish_sends >= MAX_SENDS;
             } else {
                 // It keeps some version either way; an outdated one is sent again.
                 r.ever_kept |= kept;
@@ -556,7 +582,7 @@ impl Outbox {
 
     /// Whether nothing is left to send once the job is over.
     pub fn done(&self) -> bool {
-        self.to.values().all(|r| !r.kept || r.retired)
+        self.to.values().all(|r| !r.ever_kept || r.retired)
     }
 }
 

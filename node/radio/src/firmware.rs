@@ -542,7 +542,7 @@ impl Jobs {
 
     /// Hand-offs to send now: for every job started here over devices this node owns, to the
     /// providers `recipients` names for those devices (the job's request while it runs, until
-    /// each keeps it; the finished version once it is over, to those that kept it).
+    /// each keeps it; the finished version once it is over, to those that kept it, until acknowledged).
     pub(crate) fn handoffs_due(
         &mut self,
         now: Timestamp,

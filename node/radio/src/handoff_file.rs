@@ -1,7 +1,7 @@
 //! The firmware-job hand-offs a provider kept (issue #16), persisted in
 //! `<data-dir>/radio-handoffs.json` (mode 0600, like the received device keys) so a provider
 //! restarted before the handover still resumes the owner's job. Written whole after every
-//! change (at most [`MAX_HANDOFFS`] entries); reloaded at start through
+//! change (at most [`MAX_HANDOFFS`] entries and `MAX_RETIRED` retired jobs); reloaded at start through
 //! [`Handoffs::restore`], which checks every entry as if it came from outside (a file
 //! readable by others, too large or not JSON is ignored with a log line). Jobs their owner
 //! retired are kept too (at most `MAX_RETIRED`, as `finished` entries), so a late copy of a
@@ -15,7 +15,8 @@ use tracing::{info, warn};
 
 use crate::keys::{read_private_json, write_private};
 
-/// Largest hand-off file read back, bytes (16 hand-offs of 1024 devices fit many times).
+/// Largest hand-off file read back, bytes (16 hand-offs of 1024 devices, each with every
+/// device done, and 256 retired jobs take about 1.6 MB at most).
 pub(crate) const MAX_FILE_BYTES: u64 = 4 << 20;
 
 /// The table reloaded from `path` (empty if there is none).
@@ -26,9 +27,9 @@ pub(crate) fn load(path: Option<&Path>, now: Timestamp) -> Handoffs {
     };
     if let Some(entries) = read_private_json::<Vec<KeptHandoff>>(path, MAX_FILE_BYTES) {
         t.restore(now, entries);
-        let (kept, dropped) = (t.list().len(), t.stats.dropped_on_load);
-        if kept > 0 || dropped > 0 {
-            info!(kept, dropped, path = %path.display(), "kept firmware-job hand-offs reloaded");
+        let (kept, retired, dropped) = (t.list().len(), t.retired(), t.stats.dropped_on_load);
+        if kept > 0 || retired > 0 || dropped > 0 {
+            info!(kept, retired, dropped, path = %path.display(), "kept firmware-job hand-offs reloaded");
         }
     }
     t

@@ -194,6 +194,12 @@ fn the_owner_resends_until_kept_then_retires_once() {
     let d = node(4);
     let all: BTreeSet<NodeId> = [b, c, d].into();
     assert_eq!(o.due(20 * RESEND_MS, &all, true), vec![b]);
+    // Its answer is lost: the finished version is sent again (a provider that missed it
+    // would resume the job at a handover), not before RESEND_MS.
+    o.answered(b, false, true);
+    assert!(!o.done());
+    assert!(o.due(20 * RESEND_MS + 1, &all, true).is_empty());
+    assert_eq!(o.due(21 * RESEND_MS, &all, true), vec![b]);
     o.answered(b, true, true);
     assert!(o.due(30 * RESEND_MS, &all, true).is_empty());
     assert!(o.done());
@@ -393,21 +399,64 @@ fn a_late_copy_never_undoes_a_later_word_of_the_owner() {
 }
 
 #[test]
-fn retired_jobs_are_bounded_and_the_oldest_go_first() {
+fn one_owner_cannot_flush_another_owners_retired_jobs() {
     let mut t = Handoffs::new(4);
-    for job in 0..(MAX_RETIRED as u64 + 10) {
+    let mut h = handoff(1, &[10]);
+    h.finished = true;
+    t.receive(0, node(2), h, owner_of).unwrap();
+    // Node 1 retires far more jobs than its share.
+    for job in 0..(MAX_RETIRED as u64 * 2) {
         let mut h = handoff(job, &[1]);
         h.finished = true;
-        t.receive(job, node(1), h, owner_of).unwrap();
+        t.receive(1 + job, node(1), h, owner_of).unwrap();
+    }
+    assert_eq!(t.retired(), MAX_RETIRED_PER_OWNER + 1);
+    assert_eq!(
+        t.receive(10_000, node(2), handoff(1, &[10]), owner_of),
+        Ok(Received::Stale),
+        "node 2's retired job is still known"
+    );
+}
+
+#[test]
+fn a_reused_ids_later_start_does_not_forget_the_retired_one() {
+    let mut t = Handoffs::new(1);
+    let mut old = handoff(1, &[1]);
+    old.finished = true;
+    t.receive(0, node(1), old.clone(), owner_of).unwrap();
+    let mut new = handoff(1, &[1]);
+    new.issued_at = 50;
+    t.receive(1, node(1), new, owner_of).unwrap();
+    // The new start is evicted by another job; a late copy of the old start still is stale.
+    t.receive(2, node(1), handoff(2, &[2]), owner_of).unwrap();
+    assert_eq!(
+        t.receive(3, node(1), handoff(1, &[1]), owner_of),
+        Ok(Received::Stale)
+    );
+}
+
+#[test]
+fn retired_jobs_are_bounded_and_the_oldest_go_first() {
+    // Five owners, device `b` owned by node `b`, each retiring its share of jobs in turn.
+    let owner = |d: DeviceId| Some(node(d as u8));
+    let mut t = Handoffs::new(4);
+    let mut at = 0;
+    for b in 1..=5u8 {
+        for job in 0..MAX_RETIRED_PER_OWNER as u64 {
+            let mut h = handoff(job, &[DeviceId::from(b)]);
+            h.finished = true;
+            at += 1;
+            t.receive(at, node(b), h, owner).unwrap();
+        }
     }
     assert_eq!(t.retired(), MAX_RETIRED);
-    // The first ten went: their copies are kept again; the eleventh is still retired.
+    // Node 1's were the oldest: gone, so its copy is kept again; node 2's are still known.
     assert!(matches!(
-        t.receive(1_000, node(1), handoff(0, &[1]), owner_of),
+        t.receive(1_000, node(1), handoff(0, &[1]), owner),
         Ok(Received::Kept { .. })
     ));
     assert_eq!(
-        t.receive(1_001, node(1), handoff(10, &[1]), owner_of),
+        t.receive(1_001, node(2), handoff(0, &[2]), owner),
         Ok(Received::Stale)
     );
     let file = t.to_file();
@@ -416,6 +465,7 @@ fn retired_jobs_are_bounded_and_the_oldest_go_first() {
     again.restore(1_002, file);
     assert_eq!(again.retired(), MAX_RETIRED);
     assert_eq!(again.list().len(), 1);
+    assert_eq!(again.stats.dropped_on_load, 0);
 }
 
 #[test]

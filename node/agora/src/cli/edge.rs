@@ -169,14 +169,15 @@ pub async fn device(dir: &Path, cmd: &DeviceCommand, json: bool) -> anyhow::Resu
             let h = &list.handoff_stats;
             if h.kept + h.refused_not_owner + h.refused_malformed > 0 {
                 println!(
-                    "hand-offs: {} kept, {} resumed, {} refused (not the devices' owner), {} malformed, {} retired, {} evicted, {} expired",
+                    "hand-offs: {} kept, {} resumed, {} refused (not the devices' owner), {} malformed, {} retired, {} evicted, {} expired, {} stale copies ignored",
                     h.kept,
                     h.resumed,
                     h.refused_not_owner,
                     h.refused_malformed,
                     h.retired,
                     h.evicted,
-                    h.expired
+                    h.expired,
+                    h.stale
                 );
             }
             Ok(())

@@ -70,6 +70,7 @@ impl RadioTask {
         let received = self
             .handoffs
             .receive(now_ms(), sender, handoff, |d| owners.get(&d).copied());
+        let changed = matches!(received, Ok(Received::Kept { .. } | Received::Retired));
         let kept = match received {
             Ok(Received::Kept { evicted }) => {
                 info!(owner = %sender, job, %firmware, "firmware job handed over by the devices' owner: kept");
@@ -99,7 +100,7 @@ impl RadioTask {
                 false
             }
         };
-        if kept {
+        if changed {
             // Before the answer: a provider that says it keeps a hand-off has it on disk.
             crate::handoff_file::save(self.handoffs_file.as_deref(), &self.handoffs);
         }

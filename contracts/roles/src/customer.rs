@@ -1,6 +1,7 @@
 //! Customer: run the node's own service on its own sensors, yield them while a handover is in
-//! effect and take them back once it is settled; and stop feeding its own sensors when it cannot see enough of a standby contract's committee to
-//! rule out a handover behind its back. Settling its contracts is [`super::settle`]'s.
+//! effect and take them back once it is settled; and stop feeding its own sensors when it
+//! cannot see enough of a standby contract's committee to rule out a handover behind its back.
+//! Settling its contracts is [`super::settle`]'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 

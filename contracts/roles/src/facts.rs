@@ -35,6 +35,15 @@ pub struct LedgerFacts {
     /// is not current, whatever its time. The driver sets it from its ledger task.
     #[serde(default)]
     pub behind: bool,
+    /// The ledger's `activation_report_grace_ms` (a genesis parameter): how long after an
+    /// activation deadline the ledger still takes the provider's report, so how long a
+    /// customer waits before it settles for no activation.
+    #[serde(default = "default_activation_grace")]
+    pub activation_report_grace_ms: u64,
+}
+
+fn default_activation_grace() -> u64 {
+    agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS
 }
 
 impl LedgerFacts {
@@ -68,6 +77,7 @@ impl LedgerFacts {
             events,
             records,
             behind: false,
+            activation_report_grace_ms: ledger.params().activation_report_grace_ms,
         }
     }
 }

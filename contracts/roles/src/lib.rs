@@ -12,7 +12,8 @@
 //! after the latest block, whether that ledger is current, the block's arrival time (activation
 //! latency), and who holds which sensor. So [`Roles`] is one machine with one [`Input`] and one
 //! [`Effect`] type, whose state is split per role and whose rules live in one file per role
-//! (`customer.rs`, `provider.rs`, `arbitrator.rs`; tests in `tests/` per role). Each role
+//! (`customer.rs`, `provider.rs`, `arbitrator.rs`; tests in `tests/` per role), plus one for
+//! settlement, which either party does (`settle.rs`). Each role
 //! handler is level-triggered: on every input it compares the ledger facts and the clock with
 //! what it has done and emits what is missing. Restart, recovery after lagging, and a late or
 //! repeated block are therefore the code path of a fresh block, which is what makes them
@@ -78,7 +79,7 @@
 //! | `recover` (start, `Lagged`) | `Ledger` rescan | — (the handlers redo what is missing) |
 //! | `on_block` + `duties_for` + timeline loop | `Ledger` with the block's events | `Timeline` per status change, role effects |
 //! | `on_tick` caught-up query, `mark_synced` | `CaughtUp { height }` | `Timeline("synced")` |
-//! | `on_tick` (scheduled, re-attest, heartbeats, audits, `settle_due`) | `Tick` | `Activate`, `Submit(Attest)`, `Meter`, `Challenge`, `Submit(Settle)` |
+//! | `on_tick` (scheduled, re-attest, heartbeats, audits; `settle_due` done: `settle.rs`) | `Tick` | `Activate`, `Submit(Attest)`, `Meter`, `Challenge`, `Submit(Settle)` |
 //! | `on_presence` | `Presence(Up/Down)` for every presence event (not only watched ones) | `Submit(Attest)`; customer suspension |
 //! | `submit` | — | `Submit(tx)` → driver `ledger.submit(tx)` → `Submitted { tx, accepted }` |
 //! | `Duty::Migrate`, `prepare`, `stage` (its 20-try loop) | `Ledger` (provider record V/M/Ar/Ac) | `Stage { service, image }` → `services.stage(service.to_string(), image)` once → `Staged { devices }` / `StageFailed` (the machine retries) |
@@ -92,7 +93,7 @@
 //! | `start_audit`, `run_due_audits`, `on_audited` (`Duty::Audit`/`EndAudit`) | `Ledger`, `Tick`, `AuditAnswer` | `Challenge`, once per audit round (driver: the commitment from its cache by CID, else shown by the provider, `audit::challenge`; a commitment the provider does not show → `Failed` (THREATS P4); a timeout → `Failed`), `Submit(StorageProofResult { round })` with the round of the challenge |
 //! | — (new, #13.10: `Duty::Probe`/`EndProbe`) | `Ledger` (an active hosted or standby contract whose committee holds this node), `Tick`, `ProbeAnswer` | `Probe { contract, provider, interval, timeout_ms }`, once per probe interval → driver asks `provider` over the network whether the contract's service runs and answers `ProbeAnswer { contract, interval, up }` as soon as it knows (`up: false` for "not running" or a refusal); after `timeout_ms` it gives up without an input (the machine reports the silence as down); then `Submit(ProbeResult { contract, interval, up })` |
 //! | — (the provider's side of a probe) | — | no role input: the node answers a probe request for contract `c` only from a member of `c`'s committee (ledger facts), with `services.running(c)`, under a per-peer request quota |
-//! | `settle_due` | `Tick` | `Submit(Settle)` |
+//! | `settle_due` (done, session 47: the orchestrator runs `RoleSet::ARBITRATOR_AND_SETTLEMENT`) | `Tick` | `Submit(Settle)` |
 //! | `own::set_own` | driver writes `own-service.json`, then `SetOwn { image }` | `Stage(Own)`; reply to the API on `OwnSet(result)` |
 //! | `own::evaluate_own` (incl. the 3 s `released_by_peer` poll) | any input | `Stage(Own)`, `Activate { Own, reclaim }`, `YieldDevices`, `StopService`, `Listen`; the wait for the provider's release is the readings machine's authority rule |
 //! | `Timeline::push` | — | `Timeline(Note)`: driver stamps `at = now_ms()` |
@@ -252,7 +253,8 @@ impl Default for RolesConfig {
     }
 }
 
-/// Which of the three roles a [`Roles`] machine decides for. A disabled role's handler never
+/// Which of the three roles (and settlement, either party's) a [`Roles`] machine decides for.
+/// A disabled role's handler never
 /// runs: it emits no effects and no timeline entries (its status changes included), and keeps
 /// no state. The node's orchestrator moves over one role at a time; the ledger facts, the sync
 /// rule and the wake-ups stay the machine's whatever the set.
@@ -269,7 +271,7 @@ pub struct RoleSet {
 }
 
 impl RoleSet {
-    /// All three roles.
+    /// All three roles and settlement.
     pub const ALL: RoleSet = RoleSet {
         customer: true,
         provider: true,
@@ -321,6 +323,8 @@ struct View<'a> {
     block_time: Timestamp,
     /// When that block arrived here.
     block_seen_at: Timestamp,
+    /// The ledger's grace for a late activation report.
+    activation_grace_ms: Timestamp,
 }
 
 /// The node's decisions as customer, provider and arbitrator.
@@ -334,6 +338,8 @@ pub struct Roles {
     block_time: Timestamp,
     block_seen_at: Timestamp,
     records: BTreeMap<ContractId, ContractRecord>,
+    /// The ledger's grace for a late activation report (from the latest facts).
+    activation_grace_ms: u64,
     customer: customer::Customer,
     provider: provider::Provider,
     arbitrator: arbitrator::Arbitrator,
@@ -355,6 +361,7 @@ impl Roles {
             block_time: 0,
             block_seen_at: now,
             records: BTreeMap::new(),
+            activation_grace_ms: agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS,
             customer: customer::Customer::new(own),
             provider: provider::Provider::default(),
             arbitrator: arbitrator::Arbitrator::new(cfg.evidence_seed),
@@ -394,6 +401,7 @@ impl Roles {
             records: &self.records,
             block_time: self.block_time,
             block_seen_at: self.block_seen_at,
+            activation_grace_ms: self.activation_grace_ms,
         };
         let roles = self.cfg.roles;
         if roles.provider {
@@ -462,6 +470,7 @@ impl Roles {
         self.height = Some(f.height);
         self.block_time = self.block_time.max(f.time);
         self.records = f.records;
+        self.activation_grace_ms = f.activation_report_grace_ms;
         if f.behind {
             // Catching up: an old view must not move sensors or start services (a node cut
             // off for a while would otherwise act on every stale block of its backlog).

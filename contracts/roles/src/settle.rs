@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use agora_contracts::contract::{ContractId, ContractKind};
-use agora_contracts::ledger::{ACTIVATION_REPORT_GRACE_MS, SettleReason, TxKind};
+use agora_contracts::ledger::{SettleReason, TxKind};
 use agora_contracts::lifecycle::ContractStatus;
 use agora_market::Timestamp;
 
@@ -70,13 +70,14 @@ impl Settler {
             // A pending settlement is judged by the ledger when the provider's heartbeats
             // cover its end (or its grace runs out): asking again would be refused.
             if r.closing.is_some() {
+                self.settling.remove(id);
                 continue;
             }
             let end = r.window_end();
             let no_activation = customer
                 .then(|| r.activation_deadline())
                 .flatten()
-                .map(|d| d.saturating_add(ACTIVATION_REPORT_GRACE_MS));
+                .map(|d| d.saturating_add(v.activation_grace_ms));
             let ended = end.is_some_and(|e| v.now >= e);
             let reason = match r.status {
                 ContractStatus::Active if customer && r.contract.kind == ContractKind::Standby => {
@@ -93,7 +94,8 @@ impl Settler {
                 _ => None,
             };
             let Some(reason) = reason else {
-                // Not due yet: wake when it may be.
+                // Not due (any more): no retry; wake when it may be.
+                self.settling.remove(id);
                 let later = match r.status {
                     ContractStatus::Active | ContractStatus::Armed => end,
                     _ => None,

@@ -1,7 +1,8 @@
 //! The handover, for the provider (migrate, arm, activate, heartbeat, stop) and the customer
-//! (settle, take its sensors back), as blocks and ticks arrive. The rules themselves come from
+//! (take its sensors back), as blocks and ticks arrive. The rules themselves come from
 //! `agora_contracts::duties_for`; this module performs them. The contract's arbitrators' side
-//! (watch the customer, attest, probe, challenge) is the role machine's, driven in `roles`.
+//! (watch the customer, attest, probe, challenge) and settlement are the role machine's,
+//! driven in `roles`.
 
 use agora_contracts::{
     ContractId, ContractKind, ContractRecord, ContractStatus, Duty, HeartbeatBatch, LedgerEvent,

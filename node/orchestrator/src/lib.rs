@@ -8,11 +8,13 @@
 //! - Arbitrator (one of the contract's arbitrators): watch the customers of standby contracts
 //!   and attest what its own liveness checks see (`Attest`), so handover is a quorum's fact, not
 //!   a party's claim.
-//! - Customer: run its own service on its own sensors, and when it is back after a handover (or
-//!   a deadline passed without activation, or the term ended) settle and take the sensors back.
+//! - Customer: run its own service on its own sensors, and take the sensors back once a
+//!   handover is settled.
+//! - Either party: settle when the moment comes (the customer back after a handover, a
+//!   deadline passed without activation, the term ended).
 //!
-//! The arbitrator's decisions, and whether the ledger is current, are the pure role machine's
-//! (`agora_roles::Roles`): `roles` turns blocks, presence changes, ticks and the
+//! The arbitrator's decisions, settlement, and whether the ledger is current are the pure role
+//! machine's (`agora_roles::Roles`): `roles` turns blocks, presence changes, ticks and the
 //! outcomes of probes and challenges into its inputs and performs its effects. The provider's
 //! and the customer's decisions still come from `agora_contracts::duties_for` on every applied
 //! block, and from the ledger's current state on start, so a restarted node resumes whatever

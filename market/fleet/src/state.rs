@@ -246,6 +246,10 @@ pub struct OwnDeployment {
     /// With variants: the targets and the variants each may run when they were last assigned
     /// (the assignment runs again only when this changes).
     pub assigned_over: BTreeMap<NodeId, crate::variant::Mask>,
+    /// With variants: targets whose variants changed since they were last assigned over, with
+    /// what they admit now and since when (a change counts once it held for
+    /// [`variants::VARIANT_SETTLE_MS`]: THREATS D1, a target flipping its labels).
+    pub mask_changes: BTreeMap<NodeId, (crate::variant::Mask, Timestamp)>,
     /// Restarts of each target's replica, as the target itself last reported them (current
     /// targets only; saved with the deployment: a target reports only a change).
     pub restarts: BTreeMap<NodeId, u32>,
@@ -576,6 +580,7 @@ impl<S: Signer> FleetState<S> {
             upgrade: None,
             variants: BTreeMap::new(),
             assigned_over: BTreeMap::new(),
+            mask_changes: BTreeMap::new(),
             restarts: BTreeMap::new(),
             failures: BTreeMap::new(),
             acted: BTreeMap::new(),
@@ -847,7 +852,7 @@ impl<S: Signer> FleetState<S> {
             }
         }
         if with_variants {
-            variants::rebalance(id, own, &self.providers, out);
+            variants::rebalance(id, own, &self.providers, now, out);
         }
         Ok(())
     }

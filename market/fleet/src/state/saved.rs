@@ -417,6 +417,7 @@ fn restore_one(
         upgrade,
         variants,
         assigned_over: BTreeMap::new(),
+        mask_changes: BTreeMap::new(),
         restarts,
         failures,
         acted: BTreeMap::new(),

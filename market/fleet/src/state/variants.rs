@@ -15,8 +15,15 @@ use super::{Effect, OwnDeployment};
 use crate::plan::{ReleaseReason, TargetPhase, TargetStatus};
 use crate::selector::ProviderFacts;
 use crate::variant::{Mask, assign, eligibility};
+use agora_market::Timestamp;
 use agora_market::identity::NodeId;
 use agora_market::ids::DeploymentId;
+
+/// How long a change in the variants a known target may run must hold before the assignment
+/// follows it (THREATS D1): a target that flips its labels (or its facts) would otherwise move
+/// itself and, to keep the balance, honest targets between variants at each flip. A target
+/// joining, one leaving, and a change of the deployment's variants count at once.
+pub const VARIANT_SETTLE_MS: u64 = 30_000;
 
 /// The variant a target was given, and that variant's image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,10 +39,11 @@ pub(super) fn rebalance(
     id: DeploymentId,
     own: &mut OwnDeployment,
     providers: &BTreeMap<NodeId, ProviderFacts>,
+    now: Timestamp,
     out: &mut Vec<Effect>,
 ) {
     let body = &own.record.body;
-    let eligible: BTreeMap<NodeId, Mask> = own
+    let seen: BTreeMap<NodeId, Mask> = own
         .targets
         .keys()
         .filter_map(|t| {
@@ -43,6 +51,30 @@ pub(super) fn rebalance(
             Some((*t, eligibility(&body.variants, p, &body.needs)))
         })
         .collect();
+    // A known target's change counts once it held for `VARIANT_SETTLE_MS`; until then it is
+    // assigned over what it admitted before.
+    own.mask_changes.retain(|t, _| seen.contains_key(t));
+    let mut eligible = BTreeMap::new();
+    for (t, mask) in seen {
+        let Some(&before) = own.assigned_over.get(&t).filter(|b| **b != mask) else {
+            own.mask_changes.remove(&t);
+            eligible.insert(t, mask);
+            continue;
+        };
+        let since = match own.mask_changes.get(&t) {
+            Some(&(m, since)) if m == mask => since,
+            _ => {
+                own.mask_changes.insert(t, (mask, now));
+                now
+            }
+        };
+        if now >= since.saturating_add(VARIANT_SETTLE_MS) {
+            own.mask_changes.remove(&t);
+            eligible.insert(t, mask);
+        } else {
+            eligible.insert(t, before);
+        }
+    }
     // Nothing changed since the last assignment (the same targets, each admitting the same
     // variants, each given one): it would give the same answer, so skip its cost.
     if eligible == own.assigned_over && eligible.keys().all(|t| own.variants.contains_key(t)) {

@@ -222,6 +222,64 @@ fn variants_are_placed_balanced_and_rebalanced_after_a_join_one_per_target() {
     assert!(live.is_empty(), "{live:?}");
 }
 
+/// THREATS D1: a target that flips its facts (here its BLE interface) moves nobody until the
+/// change has held for `VARIANT_SETTLE_MS`; a flip undone within it moves nobody at all.
+#[test]
+fn a_target_flipping_its_facts_moves_nobody_until_the_change_holds() {
+    use super::super::variants::VARIANT_SETTLE_MS;
+    let mut d = FleetState::new(signer(1), FleetConfig::default());
+    let dep = deployment_id(&id(1), "gw");
+    // Providers 2, 3, 4 have BLE, 5 has not: 2/2, b on two of the BLE ones.
+    let seen = |d: &mut FleetState<KeySigner>, now, flipper: Option<NodeId>| {
+        for (seed, ble) in [(2, true), (3, true), (4, true), (5, false)] {
+            let ble = ble && flipper != Some(id(seed));
+            d.handle(now, Input::Provider(facts(seed, ble, now)))
+                .unwrap();
+        }
+    };
+    seen(&mut d, T0, None);
+    d.handle(T0, Input::Create(spec())).unwrap();
+    let mut live = BTreeSet::new();
+    apply(&mut live, &d.handle(T0 + 1, Input::Tick).unwrap());
+    assert_eq!((count(&live, A), count(&live, B)), (2, 2));
+    let x = live.iter().find(|(_, i)| i == B).map(|(t, _)| *t).unwrap();
+    let moves = |out: &[Effect]| {
+        out.iter()
+            .filter(|e| matches!(e, Effect::Place { .. } | Effect::Release { .. }))
+            .count()
+    };
+    // X drops BLE for a while, then has it again: nobody moves.
+    let mut now = T0 + 1_000;
+    seen(&mut d, now, Some(x));
+    assert_eq!(moves(&d.handle(now + 1, Input::Tick).unwrap()), 0);
+    now += VARIANT_SETTLE_MS / 2;
+    seen(&mut d, now, Some(x));
+    assert_eq!(moves(&d.handle(now + 1, Input::Tick).unwrap()), 0);
+    now += 1_000;
+    seen(&mut d, now, None);
+    assert_eq!(moves(&d.handle(now + 1, Input::Tick).unwrap()), 0);
+    // X drops it again and for good: moves only once that held for `VARIANT_SETTLE_MS`.
+    let dropped = now + 1_000;
+    now = dropped;
+    while now < dropped + VARIANT_SETTLE_MS {
+        seen(&mut d, now, Some(x));
+        let out = d.handle(now + 1, Input::Tick).unwrap();
+        assert_eq!(
+            moves(&out),
+            0,
+            "a move {} ms after the flip: {out:?}",
+            now - dropped
+        );
+        now += 5_000;
+    }
+    seen(&mut d, now, Some(x));
+    let out = d.handle(now + 1, Input::Tick).unwrap();
+    apply(&mut live, &out);
+    assert!(live.contains(&(x, A.to_string())), "X runs a now: {live:?}");
+    assert_eq!((count(&live, A), count(&live, B)), (2, 2), "balanced again");
+    assert_eq!(d.status(&dep).unwrap().variant_counts.len(), 2);
+}
+
 #[test]
 fn a_provider_fetches_early_only_when_one_variant_fits_and_reports_its_variant() {
     let deployer = signer(1);

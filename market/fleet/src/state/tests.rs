@@ -1045,6 +1045,98 @@ fn a_rollback_restarts_the_old_image_where_it_was_replaced_before_stopping_the_n
     assert!(up.reason.unwrap().contains("contract ended"));
 }
 
+/// THREATS D1: a target that never comes back to the old image during a rollback (it never
+/// returns) no longer holds the rollback for good: once the health timeout passed while other
+/// targets run the old image, it is given up — its new replica released, the rollback ends,
+/// the deployer counts it failed — and the plan releases it.
+#[test]
+fn a_target_that_never_returns_during_a_rollback_is_given_up() {
+    let (mut net, id) = running_everywhere();
+    let local = |phase| local_phase(id, phase, None);
+    let config = UpgradeConfig {
+        max_unavailable: 1,
+        health_timeout_ms: 1_000,
+        max_failed: 0,
+    };
+    net.input(
+        T0 + 30,
+        1,
+        Input::Upgrade {
+            deployment: id,
+            to: UpgradeTo::Image(NEW.into()),
+            config,
+        },
+    )
+    .unwrap();
+    let first = deployer_moves(&net.take())[0].0;
+    net.input(T0 + 31, first, local(TargetPhase::Healthy))
+        .unwrap();
+    net.input(T0 + 32, 1, Input::Tick).unwrap();
+    let second = deployer_moves(&net.take())
+        .into_iter()
+        .find(|m| m.2 == "place")
+        .unwrap()
+        .0;
+    net.input(
+        T0 + 33,
+        1,
+        Input::TargetProgress {
+            deployment: id,
+            target: Net::id(second),
+            image: NEW.into(),
+            phase: TargetPhase::Failed,
+            reason: Some("contract ended".into()),
+        },
+    )
+    .unwrap();
+    net.input(T0 + 34, 1, Input::Tick).unwrap();
+    let moves = deployer_moves(&net.take());
+    assert!(
+        moves.contains(&(first, IMAGE.to_string(), "place")),
+        "{moves:?}"
+    );
+    // The first target never reports its old image back. Within the timeout: it waits.
+    net.input(T0 + 900, 1, Input::Tick).unwrap();
+    assert!(deployer_moves(&net.take()).is_empty());
+    assert_eq!(
+        net.deployer().status(&id).unwrap().upgrade.unwrap().state,
+        "rolling-back"
+    );
+    // Past it: given up, its new replica released, the rollback over.
+    net.input(T0 + 34 + 1_001, 1, Input::Tick).unwrap();
+    let moves = deployer_moves(&net.take());
+    assert!(
+        moves.contains(&(first, NEW.to_string(), "release")),
+        "{moves:?}"
+    );
+    let view = net.deployer().status(&id).unwrap();
+    let up = view.upgrade.clone().unwrap();
+    assert_eq!(up.state, "rolled-back", "{up:?}");
+    let line = up
+        .targets
+        .iter()
+        .find(|t| t.node == Net::id(first))
+        .unwrap();
+    assert_eq!(line.step, "gave-up");
+    assert!(
+        line.failed.as_deref().unwrap_or("").contains("given up"),
+        "{line:?}"
+    );
+    let target = view
+        .targets
+        .iter()
+        .find(|t| t.node == Net::id(first))
+        .unwrap();
+    assert_eq!(target.phase, "failed", "{view:?}");
+    // The plan releases it (its old start, which never came back).
+    net.input(T0 + 34 + 1_100, 1, Input::Tick).unwrap();
+    let after = deployer_moves(&net.take());
+    assert!(
+        after.contains(&(first, IMAGE.to_string(), "release")),
+        "{after:?}"
+    );
+}
+
 /// The deployer (node 1) restarts: a fresh machine with the same key takes back what the old
 /// one saved, with the contracts the ledger still shows open.
 fn restart_deployer(net: &mut Net, now: Timestamp, live: &[LiveContract]) -> RestoreReport {

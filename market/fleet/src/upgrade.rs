@@ -100,11 +100,6 @@ pub enum Step {
     },
     /// Back on the old image (or never left it), the new instance stopped.
     Reverted,
-    /// Rolling back, its old image did not come back within the health timeout while another
-    /// target runs it again: given up (THREATS D1, a target that never returns would hold the
-    /// rollback for good). Its new instance is stopped; the deployer counts its replica
-    /// failed, so the plan releases it and places it elsewhere.
-    GaveUp,
 }
 
 /// What the driver must do for one target.
@@ -183,9 +178,6 @@ pub struct Upgrade {
     /// `max_failed`, each a target of `steps`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     failed: BTreeMap<NodeId, String>,
-    /// Targets given up during the rollback ([`Step::GaveUp`]), and why.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    gave_up: BTreeMap<NodeId, String>,
 }
 
 impl Upgrade {
@@ -222,7 +214,6 @@ impl Upgrade {
             from_variants: Vec::new(),
             to_variants: Vec::new(),
             failed: BTreeMap::new(),
-            gave_up: BTreeMap::new(),
         }
     }
 
@@ -318,7 +309,6 @@ impl Upgrade {
             .values()
             .filter_map(|(_, r)| r.as_ref().map(String::len))
             .chain(self.failed.values().map(String::len))
-            .chain(self.gave_up.values().map(String::len))
             .fold(outcome, usize::max)
     }
 
@@ -335,11 +325,6 @@ impl Upgrade {
                 .steps
                 .iter()
                 .all(|(t, s)| *s != Step::Held || self.failed.contains_key(t))
-            && self
-                .steps
-                .iter()
-                .all(|(t, s)| (*s == Step::GaveUp) == self.gave_up.contains_key(t))
-            && self.gave_up.len() < self.steps.len().max(1)
     }
 
     /// The last phase (and reason) heard of `target`'s instance of `which` image.
@@ -380,11 +365,7 @@ impl Upgrade {
         if let Outcome::RollingBack { target, reason } = &self.outcome {
             let (target, reason) = (*target, reason.clone());
             self.roll_back(now, &mut out);
-            if self
-                .steps
-                .values()
-                .all(|s| matches!(s, Step::Reverted | Step::GaveUp))
-            {
+            if self.steps.values().all(|s| *s == Step::Reverted) {
                 self.outcome = Outcome::RolledBack { target, reason };
             }
         }
@@ -479,17 +460,6 @@ impl Upgrade {
         }
     }
 
-    /// Whether `target`'s old instance runs as far as the machine knows: a target `Reverted`
-    /// kept it (or got it back healthy), and targets report only changes, so one that never
-    /// left the old image says nothing new; only a report of it unhealthy or failed counts
-    /// against it.
-    fn old_not_failing(&self, target: NodeId) -> bool {
-        !matches!(
-            self.phase(target, Which::Old),
-            Some((TargetPhase::Unhealthy | TargetPhase::Failed, _))
-        )
-    }
-
     /// Rollback: a target still on the old image stops its new instance (if any); an upgraded
     /// one starts the old image again and stops the new one once the old is healthy.
     fn roll_back(&mut self, now: Timestamp, out: &mut Vec<UpgradeAction>) {
@@ -515,40 +485,18 @@ impl Upgrade {
                         which: Which::Old,
                     });
                 }
-                Some(Step::Reverting { since }) => {
-                    // Never stop the new one before the old one is back, unless the old one
-                    // does not come back within the health timeout while another target runs
-                    // it again: then this target is given up (a target that never returns
-                    // would hold the rollback for good), and the deployment still has a
-                    // healthy instance. With none back anywhere it waits (the outcome stays
-                    // `RollingBack` and says so).
+                Some(Step::Reverting { .. }) => {
+                    // Never stop the new one before the old one is back (however long that
+                    // takes: the outcome stays `RollingBack` and says so).
                     if self.healthy(target, Which::Old) {
                         self.steps.insert(target, Step::Reverted);
                         out.push(UpgradeAction::Stop {
                             target,
                             which: Which::New,
                         });
-                    } else if now.saturating_sub(since) > self.config.health_timeout_ms
-                        && self.steps.iter().any(|(t, s)| {
-                            *t != target && *s == Step::Reverted && self.old_not_failing(*t)
-                        })
-                    {
-                        let mut reason = format!(
-                            "old image not back on {} within {} ms of the rollback \
-                             (--health-timeout): given up, placed elsewhere",
-                            target.short(),
-                            self.config.health_timeout_ms
-                        );
-                        clip(&mut reason, crate::limits::MAX_REASON_LEN);
-                        self.gave_up.insert(target, reason);
-                        self.steps.insert(target, Step::GaveUp);
-                        out.push(UpgradeAction::Stop {
-                            target,
-                            which: Which::New,
-                        });
                     }
                 }
-                Some(Step::Reverted | Step::GaveUp) | None => {}
+                Some(Step::Reverted) | None => {}
             }
         }
     }
@@ -566,11 +514,6 @@ impl Upgrade {
     /// The targets whose new instance failed within the failure budget (held), and why.
     pub fn failed(&self) -> &BTreeMap<NodeId, String> {
         &self.failed
-    }
-
-    /// The targets given up during the rollback ([`Step::GaveUp`]), and why.
-    pub fn gave_up(&self) -> &BTreeMap<NodeId, String> {
-        &self.gave_up
     }
 
     /// The configuration in force (the wave clamped to 1..=[`MAX_WAVE`]).

@@ -108,12 +108,8 @@ impl UpgradeView {
                         *step == Step::Upgraded
                             || (*step == Step::Held && *up.outcome() == Outcome::Succeeded),
                     ),
-                    new: shown(
-                        *t,
-                        Which::New,
-                        matches!(step, Step::Reverted | Step::GaveUp),
-                    ),
-                    failed: up.failed().get(t).or(up.gave_up().get(t)).cloned(),
+                    new: shown(*t, Which::New, *step == Step::Reverted),
+                    failed: up.failed().get(t).cloned(),
                 })
                 .collect(),
         }
@@ -133,7 +129,6 @@ fn step_name(step: &Step) -> &'static str {
         Step::Held => "held",
         Step::Reverting { .. } => "reverting",
         Step::Reverted => "reverted",
-        Step::GaveUp => "gave-up",
     }
 }
 
@@ -254,15 +249,11 @@ pub(super) fn drive(
             }
         }
         for target in up.steps().keys() {
-            let failed = if which == Which::New {
-                up.failed().get(target)
-            } else {
-                up.gave_up().get(target)
-            };
-            if let Some(why) = failed {
-                // Held within the failure budget (its new replica failed), or given up during
-                // the rollback (its old one never came back): the plan releases it and places
-                // it elsewhere (an unhealthy one would be kept for good).
+            if which == Which::New
+                && let Some(why) = up.failed().get(target)
+            {
+                // Held within the failure budget: its new replica failed, so the plan releases
+                // it and places it elsewhere (an unhealthy one would be kept for good).
                 own.targets.insert(
                     *target,
                     TargetStatus {
@@ -464,9 +455,7 @@ impl<S: Signer> FleetState<S> {
         // failed until the plan releases it: its own report (a hostile target's on purpose)
         // must not keep its failed replica.
         let held = own.upgrade.as_ref().is_some_and(|u| {
-            (*u.outcome() == Outcome::Succeeded && u.failed().contains_key(&target))
-                || (matches!(u.outcome(), Outcome::RolledBack { .. })
-                    && u.gave_up().contains_key(&target))
+            *u.outcome() == Outcome::Succeeded && u.failed().contains_key(&target)
         });
         let Some(status) = own.targets.get_mut(&target) else {
             return false;

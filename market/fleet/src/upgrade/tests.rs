@@ -37,8 +37,6 @@ struct World {
     hosts: BTreeMap<NodeId, Host>,
     behaviour: BTreeMap<NodeId, Behaviour>,
     old_delay: u64,
-    /// Targets whose old image, once stopped, never comes back healthy (they never return).
-    never_back: std::collections::BTreeSet<NodeId>,
 }
 
 impl World {
@@ -61,7 +59,6 @@ impl World {
             hosts,
             behaviour,
             old_delay,
-            never_back: Default::default(),
         }
     }
 
@@ -116,7 +113,6 @@ impl World {
                     let delay = self.old_delay * TICK;
                     let h = self.hosts.get_mut(target).ok_or("unknown target")?;
                     match which {
-                        Which::Old if self.never_back.contains(target) => h.old = Some(u64::MAX),
                         Which::Old => h.old = Some(now + delay),
                         Which::New => h.new = Some(now),
                     }
@@ -153,15 +149,6 @@ impl World {
     }
 }
 
-/// A world whose targets, in the order the waves take them (by node id), behave as
-/// `behaviours` says.
-fn in_wave_order(behaviours: &[Behaviour], old_delay: u64) -> World {
-    let mut world = World::new(behaviours, old_delay);
-    let keys: Vec<NodeId> = world.hosts.keys().copied().collect();
-    world.behaviour = keys.into_iter().zip(behaviours.iter().copied()).collect();
-    world
-}
-
 fn run(behaviours: &[Behaviour], k: u32, old_delay: u64) -> Result<(Upgrade, World), String> {
     run_with_budget(behaviours, k, old_delay, 0)
 }
@@ -172,10 +159,7 @@ fn run_with_budget(
     old_delay: u64,
     max_failed: u32,
 ) -> Result<(Upgrade, World), String> {
-    run_world(World::new(behaviours, old_delay), k, max_failed)
-}
-
-fn run_world(mut world: World, k: u32, max_failed: u32) -> Result<(Upgrade, World), String> {
+    let mut world = World::new(behaviours, old_delay);
     let cfg = UpgradeConfig {
         max_unavailable: k,
         health_timeout_ms: TIMEOUT,
@@ -187,12 +171,12 @@ fn run_world(mut world: World, k: u32, max_failed: u32) -> Result<(Upgrade, Worl
         let actions = up.step(world.now);
         // A held target's old instance may go (and the target be without a healthy one) only
         // once the upgrade succeeded.
-        // So may a target given up during a rollback (its old one never came back).
-        let mut exempt = up.gave_up().clone();
-        if *up.outcome() == Outcome::Succeeded {
-            exempt.extend(up.failed().clone());
-        }
-        let exempt = &exempt;
+        let none = BTreeMap::new();
+        let exempt = if *up.outcome() == Outcome::Succeeded {
+            up.failed()
+        } else {
+            &none
+        };
         world.apply(&actions, exempt)?;
         let starting = up
             .steps()
@@ -341,97 +325,6 @@ fn a_failure_within_the_budget_does_not_veto_the_upgrade() {
     for h in world.hosts.values() {
         assert!(h.old.is_some() && h.new.is_none(), "{h:?}");
     }
-}
-
-/// THREATS D1: a target that never returns during a rollback (its old image never comes back)
-/// no longer holds the rollback for good: once another target runs the old image again and the
-/// health timeout passed, it is given up (its new instance stopped, named) and the rollback
-/// ends. With no other target back it waits.
-#[test]
-fn a_target_that_never_returns_does_not_hold_the_rollback_for_good() {
-    let fleet = [Behaviour::Good(1), Behaviour::Good(1), Behaviour::Sick(2)];
-    let mut world = in_wave_order(&fleet, 1);
-    // The first target (upgraded first) never comes back to its old image.
-    let gone = *world.hosts.keys().next().unwrap();
-    world.never_back.insert(gone);
-    let (up, world) = run_world(world, 1, 0).unwrap();
-    assert!(
-        matches!(up.outcome(), Outcome::RolledBack { .. }),
-        "{:?}",
-        up.outcome()
-    );
-    assert_eq!(up.steps()[&gone], Step::GaveUp);
-    assert_eq!(up.gave_up().len(), 1);
-    assert!(
-        up.gave_up()[&gone].contains("given up"),
-        "{:?}",
-        up.gave_up()
-    );
-    assert!(up.failed_within_budget(), "a saved machine reads back");
-    for (t, h) in &world.hosts {
-        assert!(h.new.is_none(), "{t:?}: {h:?}");
-        if *t != gone {
-            assert!(world.old_healthy(t), "{t:?} back on the old image");
-        }
-    }
-    // The only target upgraded never comes back and no other target ran the new image: the
-    // others are back (never left), so it is given up too.
-    let mut world = in_wave_order(&[Behaviour::Good(1), Behaviour::Sick(1)], 1);
-    let gone = *world.hosts.keys().next().unwrap();
-    world.never_back.insert(gone);
-    let (up, _) = run_world(world, 1, 0).unwrap();
-    assert_eq!(up.steps()[&gone], Step::GaveUp);
-    // Nobody else back on the old image (the sick target's old instance reports unhealthy
-    // too): it waits, and never gives up.
-    let mut world = in_wave_order(&[Behaviour::Good(1), Behaviour::Sick(1)], 1);
-    let (first, second) = {
-        let mut k = world.hosts.keys();
-        (*k.next().unwrap(), *k.next().unwrap())
-    };
-    world.never_back.insert(first);
-    let mut up = Upgrade::new(
-        "old".into(),
-        "new".into(),
-        world.hosts.keys().copied(),
-        UpgradeConfig {
-            max_unavailable: 1,
-            health_timeout_ms: TIMEOUT,
-            max_failed: 0,
-        },
-    );
-    for _ in 0..200 {
-        world.report(&mut up);
-        up.observe(
-            second,
-            Which::Old,
-            TargetPhase::Unhealthy,
-            Some("sick too".into()),
-        );
-        let a = up.step(world.now);
-        for action in &a {
-            if let UpgradeAction::Start { target, which } = action {
-                let h = world.hosts.get_mut(target).unwrap();
-                match which {
-                    Which::Old => h.old = Some(u64::MAX),
-                    Which::New => h.new = Some(world.now),
-                }
-            } else if let UpgradeAction::Stop { target, which } = action {
-                let h = world.hosts.get_mut(target).unwrap();
-                match which {
-                    Which::Old => h.old = None,
-                    Which::New => h.new = None,
-                }
-            }
-        }
-        world.now += TICK;
-    }
-    assert!(
-        matches!(up.outcome(), Outcome::RollingBack { .. }),
-        "{:?}",
-        up.outcome()
-    );
-    assert!(matches!(up.steps()[&first], Step::Reverting { .. }));
-    assert!(up.gave_up().is_empty());
 }
 
 fn arb_behaviour() -> impl proptest::strategy::Strategy<Value = Behaviour> {

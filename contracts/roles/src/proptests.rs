@@ -106,6 +106,18 @@ pub(super) fn check(sim: &Sim, strict: bool) -> Result<(), String> {
     if let Some((c, n)) = finals.iter().find(|(_, n)| **n > 1) {
         return Err(format!("contract {c:?} reached a final state {n} times"));
     }
+    // A node asks to settle a contract at most once per `SETTLE_RETRY_MS` (the ledger refuses
+    // a second request while the first is pending, so more would only fill blocks).
+    let mut last: BTreeMap<(usize, ContractId), agora_market::Timestamp> = BTreeMap::new();
+    for (t, node, c) in &r.settle_log {
+        if let Some(prev) = last.insert((*node, *c), *t)
+            && t.saturating_sub(prev) < crate::SETTLE_RETRY_MS
+        {
+            return Err(format!(
+                "node {node} asked to settle {c:?} at {prev} and again at {t}"
+            ));
+        }
+    }
     let honest_b = !r.faulty.contains(&B) && r.max_delay.get(&B).copied().unwrap_or(0) <= 2_000;
     if honest_b {
         for (t, e) in &r.events {

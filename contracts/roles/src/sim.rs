@@ -184,6 +184,8 @@ pub(super) struct Record {
     pub max_delay: BTreeMap<usize, u64>,
     /// Settle transactions admitted per contract.
     pub settle_requests: BTreeMap<ContractId, u32>,
+    /// Every settle transaction admitted: (time, node, contract).
+    pub settle_log: Vec<(Timestamp, usize, ContractId)>,
     /// Timeline notes: (time, node, phase, detail).
     pub notes: Vec<(Timestamp, usize, String, String)>,
     /// What every node could do, from each time on until the next entry.

@@ -53,6 +53,7 @@ impl Sim {
                 };
                 if accepted && let TxKind::Settle { contract, .. } = &tx {
                     *self.record.settle_requests.entry(*contract).or_default() += 1;
+                    self.record.settle_log.push((now, i, *contract));
                 }
                 q.push_back((i, Work::Roles(Input::Submitted { tx, accepted })));
             }

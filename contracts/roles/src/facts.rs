@@ -40,6 +40,14 @@ pub struct LedgerFacts {
     /// customer waits before it settles for no activation.
     #[serde(default = "default_activation_grace")]
     pub activation_report_grace_ms: u64,
+    /// The ledger's `expiry_grace_ms` (a genesis parameter): a contract never armed may be
+    /// expired (every locked token back) this long after its registration plus its duration.
+    #[serde(default = "default_expiry_grace")]
+    pub expiry_grace_ms: u64,
+}
+
+fn default_expiry_grace() -> u64 {
+    agora_contracts::ledger::LedgerParams::default().expiry_grace_ms
 }
 
 fn default_activation_grace() -> u64 {
@@ -78,6 +86,7 @@ impl LedgerFacts {
             records,
             behind: false,
             activation_report_grace_ms: ledger.params().activation_report_grace_ms,
+            expiry_grace_ms: ledger.params().expiry_grace_ms,
         }
     }
 }

@@ -325,6 +325,8 @@ struct View<'a> {
     block_seen_at: Timestamp,
     /// The ledger's grace for a late activation report.
     activation_grace_ms: Timestamp,
+    /// The ledger's grace before a never-armed contract may expire.
+    expiry_grace_ms: Timestamp,
 }
 
 /// The node's decisions as customer, provider and arbitrator.
@@ -340,6 +342,8 @@ pub struct Roles {
     records: BTreeMap<ContractId, ContractRecord>,
     /// The ledger's grace for a late activation report (from the latest facts).
     activation_grace_ms: u64,
+    /// The ledger's grace before a never-armed contract may expire (from the latest facts).
+    expiry_grace_ms: u64,
     customer: customer::Customer,
     provider: provider::Provider,
     arbitrator: arbitrator::Arbitrator,
@@ -362,6 +366,7 @@ impl Roles {
             block_seen_at: now,
             records: BTreeMap::new(),
             activation_grace_ms: agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS,
+            expiry_grace_ms: agora_contracts::ledger::LedgerParams::default().expiry_grace_ms,
             customer: customer::Customer::new(own),
             provider: provider::Provider::default(),
             arbitrator: arbitrator::Arbitrator::new(cfg.evidence_seed),
@@ -402,6 +407,7 @@ impl Roles {
             block_time: self.block_time,
             block_seen_at: self.block_seen_at,
             activation_grace_ms: self.activation_grace_ms,
+            expiry_grace_ms: self.expiry_grace_ms,
         };
         let roles = self.cfg.roles;
         if roles.provider {
@@ -471,6 +477,7 @@ impl Roles {
         self.block_time = self.block_time.max(f.time);
         self.records = f.records;
         self.activation_grace_ms = f.activation_report_grace_ms;
+        self.expiry_grace_ms = f.expiry_grace_ms;
         if f.behind {
             // Catching up: an old view must not move sensors or start services (a node cut
             // off for a while would otherwise act on every stale block of its backlog).

@@ -6,6 +6,13 @@
 //! ledger waits for the provider's heartbeats to cover the end) is not asked for again; a
 //! request whose effect the ledger does not show yet is repeated every [`SETTLE_RETRY_MS`].
 //!
+//! A contract the provider never armed (validated or migrated: a hostile provider that
+//! countersigned and then did nothing, or one that died before arming) has no activation
+//! deadline unless it names a slot, so no settlement ever applies to it; either party expires
+//! it once the ledger allows (`Expire`: its registration plus its duration plus the ledger's
+//! `expiry_grace_ms`), and every locked token goes back. Before that, a customer's locked
+//! payment and stake stayed locked for good (found by a read-only audit in session 47).
+//!
 //! Its own handler (not the customer's and the provider's), so a driver that still decides
 //! the rest of those roles itself can hand settlement to the machine ([`super::RoleSet`]).
 
@@ -54,6 +61,17 @@ impl Settler {
                 format!("{reason:?}"),
             )));
         }
+        if let Input::Submitted {
+            tx: TxKind::Expire(contract),
+            accepted: true,
+        } = input
+        {
+            out.push(Effect::Timeline(Note::new(
+                "expire-requested",
+                Some(*contract),
+                "never armed: every locked token back".to_string(),
+            )));
+        }
         self.due(v, out);
     }
 
@@ -79,6 +97,15 @@ impl Settler {
                 .flatten()
                 .map(|d| d.saturating_add(v.activation_grace_ms));
             let ended = end.is_some_and(|e| v.now >= e);
+            let expiry = matches!(
+                r.status,
+                ContractStatus::Validated | ContractStatus::Migrated
+            )
+            .then(|| {
+                r.registered_at
+                    .saturating_add(r.contract.duration_ms)
+                    .saturating_add(v.expiry_grace_ms)
+            });
             let reason = match r.status {
                 ContractStatus::Active if customer && r.contract.kind == ContractKind::Standby => {
                     Some(SettleReason::CustomerBack)
@@ -93,7 +120,16 @@ impl Settler {
                 }
                 _ => None,
             };
-            let Some(reason) = reason else {
+            let tx = match reason {
+                Some(reason) => Some(TxKind::Settle {
+                    contract: *id,
+                    reason,
+                }),
+                None => expiry
+                    .is_some_and(|e| v.now >= e)
+                    .then_some(TxKind::Expire(*id)),
+            };
+            let Some(tx) = tx else {
                 // Not due (any more): no retry; wake when it may be.
                 self.settling.remove(id);
                 let later = match r.status {
@@ -109,6 +145,7 @@ impl Settler {
                 let soonest = later
                     .into_iter()
                     .chain(deadline)
+                    .chain(expiry)
                     .filter(|t| *t > v.now)
                     .min();
                 self.next_due = self.next_due.into_iter().chain(soonest).min();
@@ -122,10 +159,7 @@ impl Settler {
                 continue;
             }
             self.settling.insert(*id, v.now);
-            out.push(Effect::Submit(TxKind::Settle {
-                contract: *id,
-                reason,
-            }));
+            out.push(Effect::Submit(tx));
         }
     }
 }

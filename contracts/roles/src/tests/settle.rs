@@ -90,3 +90,44 @@ fn a_customer_settles_a_provider_that_never_activated_only_past_the_reports_grac
     provider.handle(chain.now, chain.facts(&provider, p, vec![]));
     assert!(submitted(&provider.handle(due + 1, Input::Tick)).is_empty());
 }
+
+/// Found by a read-only audit in session 47: a contract the provider never armed has no
+/// activation deadline (no slot), so nothing settled it and the customer's payment and stake
+/// stayed locked for good. Either party expires it once the ledger allows.
+#[test]
+fn a_contract_never_armed_is_expired_by_either_party_once_the_ledger_allows() {
+    let mut chain = Chain::new();
+    // An immediate hosted contract, registered and never migrated.
+    let (id, ev) = chain.register(ContractBuilder::new(1, 2).signed());
+    let rec = chain.ledger.contract(&id).unwrap().clone();
+    let expiry =
+        rec.registered_at + rec.contract.duration_ms + chain.ledger.params().expiry_grace_ms;
+    for me in [chain.customer.node_id(), chain.provider.node_id()] {
+        let mut roles = settling_only(&chain, me);
+        let out = roles.handle(chain.now, chain.facts(&roles, me, ev.clone()));
+        assert!(submitted(&out).is_empty());
+        assert!(
+            out.contains(&Effect::WakeAt(expiry)),
+            "wakes at the expiry: {out:?}"
+        );
+        assert!(submitted(&roles.handle(expiry - 1, Input::Tick)).is_empty());
+        assert_eq!(
+            submitted(&roles.handle(expiry, Input::Tick)),
+            vec![TxKind::Expire(id)]
+        );
+        let out = roles.handle(
+            expiry,
+            Input::Submitted {
+                tx: TxKind::Expire(id),
+                accepted: true,
+            },
+        );
+        assert!(phases(&out).contains(&"expire-requested".to_string()));
+    }
+    // The ledger takes it then: every locked token goes back.
+    chain.now = expiry;
+    let c = chain.customer.clone();
+    let ev = chain.block(vec![(&c, TxKind::Expire(id))]);
+    assert!(!ev.is_empty());
+    assert!(chain.ledger.contract(&id).unwrap().status.is_final());
+}

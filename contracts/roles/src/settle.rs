@@ -26,6 +26,10 @@ use agora_market::Timestamp;
 use super::io::{Effect, Input, Note};
 use super::{SETTLE_RETRY_MS, View};
 
+/// How much later than its customer a provider expires a never-armed slot contract whose
+/// deadline passed: the customer's `NoActivation` settles it first.
+pub(crate) const PROVIDER_EXPIRY_MARGIN_MS: u64 = 10_000;
+
 /// Settlements this node asked for, and when the next one is due.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Settler {
@@ -102,9 +106,26 @@ impl Settler {
                 ContractStatus::Validated | ContractStatus::Migrated
             )
             .then(|| {
-                r.registered_at
+                let ledger = r
+                    .registered_at
                     .saturating_add(r.contract.duration_ms)
-                    .saturating_add(v.expiry_grace_ms)
+                    .saturating_add(v.expiry_grace_ms);
+                // A slot booked far ahead is not expired before it could even start: not
+                // before the customer may settle it `NoActivation` (the ledger counts the
+                // expiry from the registration, whatever the slot).
+                // The provider waits a little longer, so the customer's `NoActivation` lands
+                // first.
+                let margin = if customer {
+                    0
+                } else {
+                    PROVIDER_EXPIRY_MARGIN_MS
+                };
+                let slot = r.activation_deadline().map(|d| {
+                    d.saturating_add(v.activation_grace_ms)
+                        .saturating_add(1)
+                        .saturating_add(margin)
+                });
+                ledger.max(slot.unwrap_or(0))
             });
             let reason = match r.status {
                 ContractStatus::Active if customer && r.contract.kind == ContractKind::Standby => {

@@ -3,6 +3,7 @@
 //! duties itself).
 
 use super::*;
+use crate::settle::PROVIDER_EXPIRY_MARGIN_MS;
 use agora_contracts::ledger::SettleReason;
 
 /// A machine for `me` that decides only settlement and the arbitrator's duties.
@@ -130,4 +131,51 @@ fn a_contract_never_armed_is_expired_by_either_party_once_the_ledger_allows() {
     let ev = chain.block(vec![(&c, TxKind::Expire(id))]);
     assert!(!ev.is_empty());
     assert!(chain.ledger.contract(&id).unwrap().status.is_final());
+}
+
+/// A slot booked further ahead than its duration plus the expiry grace is not expired before
+/// it could start: the customer settles it `NoActivation` past the deadline instead (found by
+/// the review of the expiry).
+#[test]
+fn a_slot_booked_far_ahead_is_not_expired_before_it_starts() {
+    let mut chain = Chain::new();
+    let slot = chain.now + 10 * 60_000;
+    let (id, ev) = chain.register(
+        ContractBuilder::new(1, 2)
+            .at(slot)
+            .duration(60_000)
+            .signed(),
+    );
+    let rec = chain.ledger.contract(&id).unwrap().clone();
+    let ledger_expiry =
+        rec.registered_at + rec.contract.duration_ms + chain.ledger.params().expiry_grace_ms;
+    assert!(
+        ledger_expiry < slot,
+        "the ledger alone would allow it before the slot"
+    );
+    let deadline = rec.activation_deadline().unwrap();
+    let due = deadline + chain.ledger.params().activation_report_grace_ms;
+    let c = chain.customer.node_id();
+    let mut customer = settling_only(&chain, c);
+    customer.handle(chain.now, chain.facts(&customer, c, ev.clone()));
+    assert!(submitted(&customer.handle(ledger_expiry, Input::Tick)).is_empty());
+    assert!(submitted(&customer.handle(slot, Input::Tick)).is_empty());
+    assert_eq!(
+        submitted(&customer.handle(due + 1, Input::Tick)),
+        vec![TxKind::Settle {
+            contract: id,
+            reason: agora_contracts::ledger::SettleReason::NoActivation
+        }]
+    );
+    // The provider does not expire it before then either, and leaves the customer's
+    // `NoActivation` time to land first.
+    let p = chain.provider.node_id();
+    let mut provider = settling_only(&chain, p);
+    provider.handle(chain.now, chain.facts(&provider, p, ev));
+    assert!(submitted(&provider.handle(slot, Input::Tick)).is_empty());
+    assert!(submitted(&provider.handle(due + 1, Input::Tick)).is_empty());
+    assert_eq!(
+        submitted(&provider.handle(due + 1 + PROVIDER_EXPIRY_MARGIN_MS, Input::Tick)),
+        vec![TxKind::Expire(id)]
+    );
 }

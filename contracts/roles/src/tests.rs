@@ -149,6 +149,31 @@ impl Chain {
     }
 }
 
+/// `roles` (a customer's machine) settles contract `id` `NoActivation` only once the ledger's
+/// grace for a late activation report has passed after its deadline, and then at once.
+pub(super) fn settles_no_activation_only_past_the_grace(
+    chain: &Chain,
+    roles: &mut Roles,
+    id: ContractId,
+) {
+    let deadline = chain
+        .ledger
+        .contract(&id)
+        .unwrap()
+        .activation_deadline()
+        .unwrap();
+    let due = deadline + agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS;
+    assert!(submitted(&roles.handle(deadline + 1, Input::Tick)).is_empty());
+    assert!(submitted(&roles.handle(due, Input::Tick)).is_empty());
+    assert_eq!(
+        submitted(&roles.handle(due + 1, Input::Tick)),
+        vec![TxKind::Settle {
+            contract: id,
+            reason: agora_contracts::ledger::SettleReason::NoActivation
+        }]
+    );
+}
+
 /// The transactions among `out`.
 pub(super) fn submitted(out: &[Effect]) -> Vec<TxKind> {
     out.iter()

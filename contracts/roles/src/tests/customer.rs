@@ -1,7 +1,7 @@
 //! Customer rules: settlement, the own service, and the suspension when cut off.
 
 use super::*;
-use agora_contracts::ledger::{ACTIVATION_REPORT_GRACE_MS, SettleReason};
+use agora_contracts::ledger::SettleReason;
 
 /// A customer machine with its own service running on the test devices, and a standby
 /// contract registered, migrated and armed.
@@ -185,23 +185,8 @@ fn a_provider_that_never_activates_is_settled_for_it() {
     chain.now = 5_000;
     let ev = chain.attest_down(1_000);
     roles.handle(chain.now, chain.facts(&roles, me, ev));
-    let deadline = chain
-        .ledger
-        .contract(&id)
-        .unwrap()
-        .activation_deadline()
-        .unwrap();
     // The provider's report may land up to the ledger's grace after the deadline.
-    let due = deadline + ACTIVATION_REPORT_GRACE_MS;
-    assert!(submitted(&roles.handle(deadline + 1, Input::Tick)).is_empty());
-    assert!(submitted(&roles.handle(due, Input::Tick)).is_empty());
-    assert_eq!(
-        submitted(&roles.handle(due + 1, Input::Tick)),
-        vec![TxKind::Settle {
-            contract: id,
-            reason: SettleReason::NoActivation
-        }]
-    );
+    settles_no_activation_only_past_the_grace(&chain, &mut roles, id);
 }
 
 #[test]

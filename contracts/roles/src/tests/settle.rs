@@ -69,22 +69,14 @@ fn a_customer_settles_a_provider_that_never_activated_only_past_the_reports_grac
     let (id, ev) = chain.register(ContractBuilder::new(1, 2).at(slot).signed());
     let mut roles = settling_only(&chain, me);
     roles.handle(chain.now, chain.facts(&roles, me, ev));
-    let deadline = chain
+    settles_no_activation_only_past_the_grace(&chain, &mut roles, id);
+    let due = chain
         .ledger
         .contract(&id)
         .unwrap()
         .activation_deadline()
-        .unwrap();
-    let due = deadline + agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS;
-    assert!(submitted(&roles.handle(deadline + 1, Input::Tick)).is_empty());
-    assert!(submitted(&roles.handle(due, Input::Tick)).is_empty());
-    assert_eq!(
-        submitted(&roles.handle(due + 1, Input::Tick)),
-        vec![TxKind::Settle {
-            contract: id,
-            reason: SettleReason::NoActivation
-        }]
-    );
+        .unwrap()
+        + agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS;
     // The provider's own machine never settles for that.
     let p = chain.provider.node_id();
     let mut provider = settling_only(&chain, p);

@@ -337,10 +337,10 @@ impl Ledger {
                 || r.status == ContractStatus::Active
                 || (r.status == ContractStatus::Armed && r.trigger_at.is_some())
                 || (Self::awaits_handover(r)
-                    && self.liveness.get(&r.contract.customer).is_some_and(|obs| {
-                        obs.values()
-                            .any(|o| matches!(o.liveness, Liveness::Unreachable { .. }))
-                    }))
+                    && self
+                        .observations_since(r.contract.customer, r.registered_at)
+                        .values()
+                        .any(|o| matches!(o.liveness, Liveness::Unreachable { .. })))
         })
     }
 
@@ -361,7 +361,7 @@ impl Ledger {
                 };
                 attestation::decidable_at(
                     &r.contract.committee,
-                    self.liveness.get(&r.contract.customer)?,
+                    &self.observations_since(r.contract.customer, r.registered_at),
                     self.params.attestation_window_ms,
                     unreachable_for_ms,
                 )

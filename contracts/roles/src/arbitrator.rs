@@ -165,6 +165,18 @@ impl Arbitrator {
                         Some(*id),
                         format!("customer {}", customer.short()),
                     )));
+                    // The ledger counts for a contract only what was attested after its
+                    // registration (THREATS C18): a customer this node already sees down is
+                    // attested again for it, and again once its threshold has run.
+                    if let Some(since) = w.down_since {
+                        let due = since
+                            .saturating_add(w.threshold())
+                            .saturating_add(CLOCK_MARGIN_MS);
+                        if due > v.now {
+                            w.reattest_at = Some(w.reattest_at.map_or(due, |t| t.min(due)));
+                        }
+                        out.push(attest(*customer, Liveness::Unreachable { since }));
+                    }
                 }
             }
             w.contracts.retain(|id, _| contracts.contains_key(id));

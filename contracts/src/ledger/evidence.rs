@@ -2,6 +2,8 @@
 //! heartbeat / metering batches. The committee's per-round reports (probes, storage audits)
 //! are in `reports.rs`.
 
+use std::collections::BTreeMap;
+
 use agora_market::{NodeId, Timestamp};
 use tracing::info;
 
@@ -84,6 +86,28 @@ impl Ledger {
         Ok(events)
     }
 
+    /// The liveness observations of `subject` recorded at or after `from` (a contract's
+    /// registration). An older one speaks of a time before the contract: its committee may
+    /// have stopped watching the subject since (its last contract closed) without ever
+    /// attesting it back, so a stale `Unreachable` would hand a new standby over at once while
+    /// its customer is up (THREATS C18). A subject down when its contract is registered is
+    /// attested again by the members that start watching it.
+    pub(super) fn observations_since(
+        &self,
+        subject: NodeId,
+        from: Timestamp,
+    ) -> BTreeMap<NodeId, Observation> {
+        self.liveness
+            .get(&subject)
+            .map(|obs| {
+                obs.iter()
+                    .filter(|(_, o)| o.recorded_at >= from)
+                    .map(|(m, o)| (*m, *o))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Applies the handover rule to one contract; records and reports a positive decision.
     pub(super) fn evaluate_handover(
         &mut self,
@@ -106,10 +130,10 @@ impl Ledger {
         {
             return None;
         }
-        let observations = self.liveness.get(&rec.contract.customer)?;
+        let observations = self.observations_since(rec.contract.customer, rec.registered_at);
         let decision = attestation::evaluate(
             &rec.contract.committee,
-            observations,
+            &observations,
             now,
             self.params.attestation_window_ms,
             unreachable_for_ms,
@@ -206,19 +230,14 @@ impl Ledger {
         // Uptime is the provider's claim, verified only in the sense that it must not contradict
         // the committee: once a quorum reports the provider down since `S`, time after `S` does
         // not count.
-        let down_since = self
-            .liveness
-            .get(&sender)
-            .and_then(|obs| {
-                attestation::evaluate(
-                    &rec.contract.committee,
-                    obs,
-                    now,
-                    self.params.attestation_window_ms,
-                    0,
-                )
-            })
-            .map(|d| d.unreachable_since);
+        let down_since = attestation::evaluate(
+            &rec.contract.committee,
+            &self.observations_since(sender, rec.registered_at),
+            now,
+            self.params.attestation_window_ms,
+            0,
+        )
+        .map(|d| d.unreachable_since);
         let mut cursor = rec.last_uptime_end.or(rec.activated_at).unwrap_or(now);
         let mut previous_from = 0;
         let mut added: u64 = 0;

@@ -73,11 +73,22 @@ fn earned(rec: &ContractRecord, end: Timestamp) -> Amount {
 /// failed storage round, and takes the stake of a provider that would have passed). A
 /// customer whose provider keeps failing waits until the breach is certain, or for the term's
 /// end; time not served is not paid either way.
-pub(super) fn breach_of(rec: &ContractRecord, end: Timestamp) -> Option<BreachReason> {
+///
+/// `trigger_lag_ms` is how far behind the validators' clocks a proposer may stamp a block
+/// (`LedgerParams::block_time_tolerance_ms`): the trigger's time is its block's, and the
+/// honest provider starts only when it sees that block, so the delay measured may exceed the
+/// real one by that much. An activation is late only past the budget plus that lag (THREATS
+/// A10: else one proposer stamping the trigger block late used up a tight budget, and the
+/// provider's stake went to the customer).
+pub(super) fn breach_of(
+    rec: &ContractRecord,
+    end: Timestamp,
+    trigger_lag_ms: u64,
+) -> Option<BreachReason> {
     let c = &rec.contract;
     let activated = rec.activated_at?;
     let delay_ms = activated.saturating_sub(rec.trigger_at.unwrap_or(activated));
-    if delay_ms > c.qos.max_activation_delay_ms {
+    if delay_ms > c.qos.max_activation_delay_ms.saturating_add(trigger_lag_ms) {
         return Some(BreachReason::LateActivation { delay_ms });
     }
     let min = u64::from(c.qos.min_uptime_permille);
@@ -237,7 +248,7 @@ impl Ledger {
                 };
                 trimmed = Ledger::trim_probe_evidence(id, r, effective_end);
                 let rec = self.record(id)?;
-                let verdict = breach_of(rec, effective_end);
+                let verdict = breach_of(rec, effective_end, self.params.block_time_tolerance_ms);
                 // Heartbeats or probe reports for the service judged may still be in flight:
                 // judge when they arrive, or when the grace period ends.
                 if self.awaits_evidence(rec, effective_end, now, verdict) {
@@ -300,7 +311,8 @@ impl Ledger {
         let Some(end) = rec.closing else {
             return Ok(Vec::new());
         };
-        if self.awaits_evidence(rec, end, now, breach_of(rec, end)) {
+        let verdict = breach_of(rec, end, self.params.block_time_tolerance_ms);
+        if self.awaits_evidence(rec, end, now, verdict) {
             return Ok(Vec::new());
         }
         self.finish_closing(now, id)
@@ -317,7 +329,7 @@ impl Ledger {
         let Some(end) = rec.closing else {
             return Ok(Vec::new());
         };
-        let verdict = breach_of(rec, end);
+        let verdict = breach_of(rec, end, self.params.block_time_tolerance_ms);
         if let Some(r) = self.contracts.get_mut(&id) {
             r.closing = None;
         }

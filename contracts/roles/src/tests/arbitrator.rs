@@ -130,3 +130,46 @@ fn the_watch_threshold_is_the_shortest_outage_of_the_open_contracts() {
     );
     assert!(out.contains(&Effect::WakeAt(seen + 1_000 + CLOCK_MARGIN_MS)));
 }
+
+/// THREATS C18: the ledger counts for a contract only attestations recorded after its
+/// registration, so a customer this node already reports down is attested again for a new
+/// standby it starts watching (its customer registered it while cut off from this member),
+/// and again once the new threshold has run.
+#[test]
+fn a_customer_seen_down_is_attested_again_for_a_new_contract() {
+    let mut chain = Chain::new();
+    let (mut roles, me) = arbitrator(&chain);
+    let customer = chain.customer.node_id();
+    let (_, ev) = chain.register(
+        ContractBuilder::new(1, 2)
+            .standby(60_000)
+            .duration(600_000)
+            .signed(),
+    );
+    roles.handle(chain.now, chain.facts(&roles, me, ev));
+    let seen = chain.now;
+    let out = roles.handle(
+        seen + 10,
+        Input::Presence(Presence::Down {
+            node: customer,
+            last_seen: seen,
+        }),
+    );
+    let down = TxKind::Attest {
+        subject: customer,
+        liveness: Liveness::Unreachable { since: seen },
+    };
+    assert_eq!(submitted(&out), vec![down.clone()]);
+    chain.now = seen + 2_000;
+    let (_, ev) = chain.register(Chain::standby().nonce(5).signed());
+    let out = roles.handle(chain.now, chain.facts(&roles, me, ev));
+    assert_eq!(submitted(&out), vec![down.clone()]);
+    // The new contract's 1 s threshold has run by now: no extra wake, the attestation above
+    // is after it; the 60 s one no longer sets the time.
+    let due = seen + 1_000 + CLOCK_MARGIN_MS;
+    assert!(due <= chain.now);
+    assert!(submitted(&roles.handle(chain.now + 10, Input::Tick)).is_empty());
+    // Nothing more for a contract it already watches.
+    let out = roles.handle(chain.now + 20, chain.facts(&roles, me, Vec::new()));
+    assert!(submitted(&out).is_empty());
+}

@@ -218,6 +218,48 @@ fn late_activation_is_a_breach() {
     )));
 }
 
+/// THREATS A10: the trigger's time is its block's, which one proposer may stamp up to the
+/// chain's block-time tolerance (2 s) behind the clocks; the honest provider starts when it
+/// sees the block. An activation later than the budget (5 s) by less than that lag is not a
+/// breach; one later by more still is.
+#[test]
+fn an_activation_late_by_no_more_than_the_block_time_lag_is_not_a_breach() {
+    for (delay, late) in [(6_900, false), (7_000, false), (7_100, true)] {
+        let mut h = Harness::new();
+        let id = handed_over(&mut h);
+        assert_eq!(h.ledger.contract(&id).unwrap().trigger_at, Some(10_000));
+        let (c, p) = (h.customer(), h.provider());
+        h.now = 10_000 + delay;
+        h.ok(
+            &p,
+            TxKind::ReportActivation {
+                contract: id,
+                activated_at: h.now,
+            },
+        );
+        h.now += 1_000;
+        let from = 10_000 + delay;
+        h.ok(&p, for_contract(uptime(from, h.now), id));
+        let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
+        let slashed = ev.iter().any(|e| {
+            matches!(
+                e,
+                LedgerEvent::Slashed {
+                    reason: BreachReason::LateActivation { .. },
+                    ..
+                }
+            )
+        });
+        assert_eq!(slashed, late, "delay {delay}: {ev:?}");
+        if !late {
+            // Judged on the service once the committee's probes are in.
+            h.now += 30_000;
+            h.ledger.tick(h.now);
+            assert_eq!(h.status(id), ContractStatus::Settled, "delay {delay}");
+        }
+    }
+}
+
 /// An honest provider started the service just before the deadline; its report lands after
 /// it, when the customer has already asked to settle for `NoActivation`: the report wins
 /// while it is within the ledger's grace, and the activation counts as in time (issue #15: in
@@ -290,6 +332,56 @@ fn handover_fires_at_block_time_once_the_outage_is_long_enough() {
     assert!(out.events.is_empty());
 }
 
+/// THREATS C18: attestations recorded before a contract's registration speak of a time before
+/// it (its committee may have stopped watching the customer since, without attesting it back):
+/// they do not hand the new standby over, even within the attestation window; ones recorded
+/// after its registration do.
+#[test]
+fn attestations_older_than_a_standby_do_not_hand_it_over() {
+    let mut h = Harness::new();
+    let first = h.armed(
+        ContractBuilder::new(1, 2)
+            .standby(60_000)
+            .duration(100_000)
+            .signed(),
+    );
+    // The committee sees the customer down at 5 s; its first standby's threshold is long.
+    h.now = 5_000;
+    for a in 0..3 {
+        h.attest(a, Liveness::Unreachable { since: 4_000 });
+    }
+    // A second standby registered and armed at 10 s with a 1 s threshold: the old quorum would
+    // decide at once.
+    h.now = 10_000;
+    let second = h.armed(
+        ContractBuilder::new(1, 2)
+            .standby(1_000)
+            .duration(100_000)
+            .nonce(2)
+            .signed(),
+    );
+    assert_ne!(first, second);
+    h.now = 12_000;
+    let ev = h.ledger.tick(h.now);
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, LedgerEvent::HandoverAttested { .. })),
+        "{ev:?}"
+    );
+    assert!(h.ledger.contract(&second).unwrap().handover.is_none());
+    // Only the first contract's handover is due (its 60 s threshold), not the second's.
+    assert_eq!(h.ledger.handover_due(), Some(64_000));
+    // Attested again after its registration: handed over.
+    let mut attested = false;
+    for a in 0..3 {
+        attested |= h
+            .attest(a, Liveness::Unreachable { since: 4_000 })
+            .iter()
+            .any(|e| matches!(e, LedgerEvent::HandoverAttested { contract, .. } if *contract == second));
+    }
+    assert!(attested);
+}
+
 #[test]
 fn non_committee_attestations_are_rejected() {
     let mut h = Harness::new();
@@ -324,8 +416,44 @@ fn customer_back_between_heartbeats_is_not_a_breach() {
     );
     h.now = 9_000;
     let ev = h.probe(id, 1, true, 0..3);
+    // The probes are in; the provider's uptime still ends at 8 s (THREATS C17).
+    assert!(!ev.iter().any(|e| matches!(e, LedgerEvent::Paid { .. })));
+    h.now = 9_100;
+    let ev = h.ok(&p, for_contract(uptime(8_000, 9_000), id));
     assert!(ev.iter().any(|e| matches!(e, LedgerEvent::Paid { .. })));
     assert_eq!(h.status(id), ContractStatus::Settled);
+    // Paid for every moment up to its end: standing by 1–5 s, serving 5–8.9 s.
+    let rec = h.ledger.contract(&id).unwrap();
+    assert_eq!(rec.paid_to_provider, rec.contract.payment * 7_900 / 60_000);
+}
+
+/// THREATS C17: a customer settling just after a probe round was decided, before its
+/// provider's next heartbeat batch lands, does not take the time since the last batch unpaid:
+/// the settlement waits for the batch (up to the closing grace), whatever the verdict.
+#[test]
+fn a_customer_back_between_batches_pays_the_tail_once_the_next_batch_lands() {
+    let (mut h, id, c) = standby_reported_5_to_6s();
+    let p = h.provider();
+    // A long heartbeat interval would make this worse; 1 s shows it: rounds 0 (5–7 s) and
+    // 1 (7–9 s) are confirmed up, the last batch covers 5–6 s only.
+    h.now = 7_000;
+    h.probe(id, 0, true, 0..3);
+    h.now = 9_000;
+    h.probe(id, 1, true, 0..3);
+    let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, LedgerEvent::SettlementPending { end: 9_000, .. })),
+        "{ev:?}"
+    );
+    assert_eq!(h.status(id), ContractStatus::Active);
+    h.now = 9_400;
+    let ev = h.ok(&p, for_contract(uptime(6_000, 9_300), id));
+    assert!(ev.iter().any(|e| matches!(e, LedgerEvent::Paid { .. })));
+    let rec = h.ledger.contract(&id).unwrap();
+    assert_eq!(rec.uptime_ms, 4_000, "counted up to the settlement's end");
+    // Standing by 1–5 s and serving 5–9 s, of the 60 s window.
+    assert_eq!(rec.paid_to_provider, rec.contract.payment * 8_000 / 60_000);
 }
 
 /// A standby contract handed over (a quorum attested its customer unreachable since 1 s) and
@@ -446,6 +574,8 @@ fn a_customer_back_right_after_one_outage_does_not_get_its_provider_slashed() {
     h.ok(&p, for_contract(uptime(6_000, 7_000), id));
     h.now = 9_000;
     h.probe(id, 1, false, 0..3);
+    // Its heartbeats say up (it need not know it was unreachable); the round is down.
+    h.ok(&p, for_contract(uptime(7_000, 9_000), id));
     let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
     assert!(
         !ev.iter().any(|e| matches!(e, LedgerEvent::Slashed { .. })),

@@ -317,7 +317,7 @@ fn a_proposer_stamping_blocks_behind_the_clock_costs_the_provider_no_uptime() {
     let rec = h.ledger.contract(&id).unwrap();
     let end = rec.last_uptime_end.unwrap();
     assert_eq!(rec.uptime_ms, end - 1_000, "no gap between clipped batches");
-    assert_eq!(crate::ledger::settle::breach_of(rec, end), None);
+    assert_eq!(crate::ledger::settle::breach_of(rec, end, 2_000), None);
     // Batches in flight together (both sent from the same cursor) count each moment once.
     let from = end;
     h.now = end + 5_000;

@@ -264,21 +264,6 @@ mod tests {
             },
         );
         h.now = 6_000;
-        // The provider's uptime reaches the settlement's end (THREATS C17: else it waits).
-        h.ok(
-            &p,
-            TxKind::Heartbeats {
-                contract: id,
-                batch: crate::ledger::HeartbeatBatch {
-                    intervals: vec![crate::ledger::UptimeInterval {
-                        from: 5_000,
-                        to: 6_000,
-                    }],
-                    readings_processed: 1,
-                    data_proofs: Vec::new(),
-                },
-            },
-        );
         h.ok(
             &c,
             TxKind::Settle {

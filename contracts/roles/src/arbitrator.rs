@@ -10,7 +10,7 @@ mod audits;
 mod probes;
 mod rounds;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use agora_market::{NodeId, Timestamp};
 
@@ -28,14 +28,37 @@ struct Watched {
     contracts: BTreeMap<ContractId, u64>,
     /// Down since (last seen), while this node reports it unreachable.
     down_since: Option<Timestamp>,
-    /// When to attest again while down (once the outage is long enough).
-    reattest_at: Option<Timestamp>,
+    /// When to attest again while down: once the outage is as long as each of its contracts'
+    /// thresholds (one time per distinct threshold, so a contract with a longer one is not
+    /// left with a stale vote).
+    reattest: BTreeSet<Timestamp>,
+    /// When this node last attested it unreachable (refreshed every [`ATTEST_REFRESH_MS`]
+    /// while down).
+    attested_at: Option<Timestamp>,
 }
 
+/// How often an arbitrator attests a customer that stays down again, so its vote stays fresh
+/// (the ledger's attestation window is 60 s by default) for a standby armed, or registered,
+/// long after the outage began: without it such a contract was never handed over.
+pub const ATTEST_REFRESH_MS: u64 = 20_000;
+
 impl Watched {
-    /// The shortest outage any of its contracts hands over after (the watch threshold).
-    fn threshold(&self) -> u64 {
-        self.contracts.values().copied().min().unwrap_or(0)
+    /// The times at which each of its contracts' thresholds has run for an outage since
+    /// `since` (plus the block-time margin), those still ahead of `now`.
+    fn dues(&self, since: Timestamp, now: Timestamp) -> impl Iterator<Item = Timestamp> + '_ {
+        // The ledger hands over once `now >= since + threshold` at block time; the block that
+        // carries a re-attestation may be stamped up to CLOCK_MARGIN_MS behind this node's
+        // clock, so re-attest that much after the threshold.
+        self.contracts
+            .values()
+            .map(move |t| since.saturating_add(*t).saturating_add(CLOCK_MARGIN_MS))
+            .filter(move |due| *due > now)
+    }
+
+    /// Attests it unreachable since `since` now.
+    fn attest_down(&mut self, node: NodeId, since: Timestamp, now: Timestamp) -> Effect {
+        self.attested_at = Some(now);
+        attest(node, Liveness::Unreachable { since })
     }
 }
 
@@ -109,7 +132,13 @@ impl Arbitrator {
 
     /// The earliest time something is due.
     pub fn next_wake(&self) -> Option<Timestamp> {
-        let reattest = self.watched.values().filter_map(|w| w.reattest_at);
+        let reattest = self.watched.values().flat_map(|w| {
+            let refresh = w
+                .down_since
+                .and(w.attested_at)
+                .map(|t| t.saturating_add(ATTEST_REFRESH_MS));
+            w.reattest.first().copied().into_iter().chain(refresh)
+        });
         let audits = self.audits.values().filter_map(audits::Audit::next_wake);
         let probes = self.probes.values().filter_map(probes::Probing::next_wake);
         reattest.chain(audits).chain(probes).min()
@@ -169,13 +198,11 @@ impl Arbitrator {
                     // registration (THREATS C18): a customer this node already sees down is
                     // attested again for it, and again once its threshold has run.
                     if let Some(since) = w.down_since {
-                        let due = since
-                            .saturating_add(w.threshold())
-                            .saturating_add(CLOCK_MARGIN_MS);
+                        let due = since.saturating_add(*after).saturating_add(CLOCK_MARGIN_MS);
                         if due > v.now {
-                            w.reattest_at = Some(w.reattest_at.map_or(due, |t| t.min(due)));
+                            w.reattest.insert(due);
                         }
-                        out.push(attest(*customer, Liveness::Unreachable { since }));
+                        out.push(w.attest_down(*customer, since, v.now));
                     }
                 }
             }
@@ -200,34 +227,47 @@ impl Arbitrator {
                     return;
                 };
                 w.down_since = Some(last_seen);
-                // The ledger hands over once `now >= since + threshold` at block time; the block
-                // that carries a re-attestation may be stamped up to CLOCK_MARGIN_MS behind this
-                // node's clock, so re-attest that much after the threshold.
-                let due = last_seen
-                    .saturating_add(w.threshold())
-                    .saturating_add(CLOCK_MARGIN_MS);
-                w.reattest_at = (due > v.now).then_some(due);
-                out.push(attest(node, Liveness::Unreachable { since: last_seen }));
+                w.reattest = w.dues(last_seen, v.now).collect();
+                out.push(w.attest_down(node, last_seen, v.now));
             }
             Presence::Up { node } => {
                 let Some(w) = self.watched.get_mut(&node) else {
                     return;
                 };
                 if w.down_since.take().is_some() {
-                    w.reattest_at = None;
+                    w.reattest.clear();
+                    w.attested_at = None;
                     out.push(attest(node, Liveness::Reachable));
                 }
             }
         }
     }
 
+    /// Attests every customer still down again once one of its contracts' thresholds has run,
+    /// and every [`ATTEST_REFRESH_MS`] while one of its standbys still waits for a handover.
     fn reattest_due(&mut self, v: &View, out: &mut Vec<Effect>) {
         for (node, w) in self.watched.iter_mut() {
-            if w.reattest_at.is_some_and(|t| v.now >= t) {
-                w.reattest_at = None;
-                if let Some(since) = w.down_since {
-                    out.push(attest(*node, Liveness::Unreachable { since }));
-                }
+            let Some(since) = w.down_since else {
+                continue;
+            };
+            let threshold_ran = w.reattest.first().is_some_and(|t| v.now >= *t);
+            w.reattest.retain(|t| *t > v.now);
+            let refresh = w
+                .attested_at
+                .is_some_and(|t| v.now >= t.saturating_add(ATTEST_REFRESH_MS))
+                && w.contracts.keys().any(|id| {
+                    v.records.get(id).is_some_and(|r| {
+                        r.handover.is_none()
+                            && matches!(
+                                r.status,
+                                ContractStatus::Validated
+                                    | ContractStatus::Migrated
+                                    | ContractStatus::Armed
+                            )
+                    })
+                });
+            if threshold_ran || refresh {
+                out.push(w.attest_down(*node, since, v.now));
             }
         }
     }

@@ -124,26 +124,6 @@ impl Chain {
         self.block(reports)
     }
 
-    /// The provider reports `id` up from where the ledger's uptime ends to now, in one block:
-    /// its heartbeat batch. A settlement waits for the provider's uptime to reach its end
-    /// (THREATS C17), so tests that settle at once report it first.
-    pub fn report_up(&mut self, id: ContractId) -> Vec<LedgerEvent> {
-        let rec = self.ledger.contract(&id).unwrap();
-        let from = rec.last_uptime_end.or(rec.activated_at).unwrap();
-        let p = self.provider.clone();
-        self.block(vec![(
-            &p,
-            TxKind::Heartbeats {
-                contract: id,
-                batch: agora_contracts::ledger::HeartbeatBatch {
-                    intervals: vec![agora_contracts::ledger::UptimeInterval { from, to: self.now }],
-                    readings_processed: 0,
-                    data_proofs: Vec::new(),
-                },
-            },
-        )])
-    }
-
     /// The facts `roles` needs after `events`.
     pub fn facts(&self, roles: &Roles, me: NodeId, events: Vec<LedgerEvent>) -> Input {
         Input::Ledger(LedgerFacts::from_ledger(

@@ -355,15 +355,8 @@ impl Ledger {
     }
 
     /// Whether a settlement of `rec` judged at `end` should wait: the provider's in-flight
-    /// heartbeats may still speak for service up to `end`, or the committee's probe reports
-    /// for it may still arrive. A late activation or failed storage is judged at once.
-    ///
-    /// Paid uptime is the smaller of what the provider reported and what the committee
-    /// confirmed, so the provider's reports must reach `end` before an uptime-paid contract is
-    /// judged, breach or not: a customer settling just after a probe round was decided, before
-    /// the provider's next batch (up to one heartbeat interval, which the customer proposes),
-    /// took that tail unpaid (THREATS C17). A provider that stays silent is judged when the
-    /// closing grace ends, as before.
+    /// heartbeats may still cure an uptime shortfall, or the committee's probe reports for the
+    /// service up to `end` may still arrive. A late activation is judged at once.
     pub(super) fn awaits_evidence(
         &self,
         rec: &ContractRecord,
@@ -371,26 +364,14 @@ impl Ledger {
         now: Timestamp,
         verdict: Option<BreachReason>,
     ) -> bool {
+        let heartbeats_in_flight = matches!(verdict, Some(BreachReason::InsufficientUptime { .. }))
+            && end.saturating_sub(rec.last_uptime_end.unwrap_or(0))
+                > rec.contract.qos.heartbeat_interval_ms;
         let judged_now = matches!(
             verdict,
             Some(BreachReason::LateActivation { .. } | BreachReason::FailedStorageProofs { .. })
         );
-        if judged_now {
-            return false;
-        }
-        // Confirmed downtime is not undone by the provider's reports: only the probe rounds
-        // still open may change it.
-        let heartbeats_matter = matches!(
-            verdict,
-            None | Some(BreachReason::InsufficientUptime { .. })
-        );
-        let heartbeats_in_flight = heartbeats_matter
-            && rec.is_probed()
-            && rec
-                .last_uptime_end
-                .or(rec.activated_at)
-                .is_some_and(|reported_to| reported_to < end);
-        heartbeats_in_flight || !self.probes_complete(rec, end, now)
+        heartbeats_in_flight || (!judged_now && !self.probes_complete(rec, end, now))
     }
 }
 

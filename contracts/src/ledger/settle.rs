@@ -17,6 +17,7 @@
 use agora_market::{NodeId, Timestamp};
 use tracing::info;
 
+use super::evidence::MAX_CLOCK_SKEW_MS;
 use super::funds::Part;
 use super::{BreachReason, ContractRecord, Ledger, LedgerError, LedgerEvent, SettleReason};
 use crate::contract::{Amount, ContractId, ContractKind};
@@ -31,17 +32,44 @@ fn pro_rata(amount: Amount, num: u64, den: u64) -> Amount {
     Amount::try_from(v).unwrap_or(amount)
 }
 
-/// Uptime the provider is paid for: its heartbeat claim, capped by what the committee's
+/// Uptime the provider is paid for when the contract is judged at `end`: its heartbeat claim
+/// plus the unreported tail before `end` ([`unreported_tail`]), capped by what the committee's
 /// probes confirmed.
-fn paid_uptime(rec: &ContractRecord) -> u64 {
-    rec.uptime_ms.min(rec.confirmed_up_ms)
+fn paid_uptime(rec: &ContractRecord, end: Timestamp) -> u64 {
+    rec.uptime_ms
+        .saturating_add(unreported_tail(rec, end))
+        .min(rec.confirmed_up_ms)
+}
+
+/// Slack on top of one heartbeat interval for the provider's last batch to reach a block (the
+/// block's time may trail the provider's clock by the skew).
+const TAIL_SLACK_MS: u64 = MAX_CLOCK_SKEW_MS;
+
+/// The service time between the end of the provider's last heartbeat batch and `end` that it
+/// cannot have reported yet when the contract is judged: at most one heartbeat interval (plus
+/// [`TAIL_SLACK_MS`]). It is paid when the committee confirmed it up (THREATS C17: a customer
+/// settling just after a probe round was decided, before the provider's next batch landed,
+/// took up to one interval of service unpaid — one it proposes, up to 600 s —, and the service
+/// stopped at the window's end never reports its last stretch). 0 before activation and
+/// for `end` 0 (what a provider collects mid-term).
+fn unreported_tail(rec: &ContractRecord, end: Timestamp) -> u64 {
+    let Some(activated) = rec.activated_at else {
+        return 0;
+    };
+    let reported_to = rec.last_uptime_end.unwrap_or(activated).max(activated);
+    end.saturating_sub(reported_to).min(
+        rec.contract
+            .qos
+            .heartbeat_interval_ms
+            .saturating_add(TAIL_SLACK_MS),
+    )
 }
 
 /// Total payment the provider has earned by `end` for an honoured contract.
 fn earned(rec: &ContractRecord, end: Timestamp) -> Amount {
     let c = &rec.contract;
     match c.kind {
-        ContractKind::Hosted => pro_rata(c.payment, paid_uptime(rec), c.duration_ms),
+        ContractKind::Hosted => pro_rata(c.payment, paid_uptime(rec, end), c.duration_ms),
         ContractKind::Standby => {
             // Coverage begins when the provider stands by (armed), not at registration: one
             // that armed only at the window's end was paid the whole window (THREATS P5).
@@ -53,7 +81,7 @@ fn earned(rec: &ContractRecord, end: Timestamp) -> Amount {
                 Some(activated) => activated
                     .min(end)
                     .saturating_sub(start)
-                    .saturating_add(paid_uptime(rec).min(end.saturating_sub(activated))),
+                    .saturating_add(paid_uptime(rec, end).min(end.saturating_sub(activated))),
             };
             pro_rata(c.payment, covered, c.duration_ms)
         }

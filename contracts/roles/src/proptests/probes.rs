@@ -170,15 +170,20 @@ pub(super) fn check(sim: &Sim) -> Result<(), String> {
 
 /// What an honoured standby contract owes its provider when the simulation's payment is one
 /// token per millisecond: the coverage time before activation plus the uptime both the
-/// provider claimed and the committee confirmed, up to `end`.
+/// provider claimed (with the unreported tail) and the committee confirmed, up to `end`.
 fn earned(rec: &ContractRecord, activated: Timestamp, end: Timestamp) -> u64 {
     assert_eq!(rec.contract.payment, COVERAGE_MS);
     assert_eq!(rec.contract.duration_ms, COVERAGE_MS);
     // Paid from arming (THREATS P5), not from registration.
     let armed = rec.armed_at.unwrap_or(activated);
     let standing_by = activated.min(end).saturating_sub(armed);
-    let served = rec
-        .uptime_ms
+    // The unreported tail before `end` (one heartbeat interval and the 2 s skew at most) is
+    // paid as far as the committee confirmed it up (THREATS C17).
+    let reported_to = rec.last_uptime_end.unwrap_or(activated).max(activated);
+    let tail = end
+        .saturating_sub(reported_to)
+        .min(rec.contract.qos.heartbeat_interval_ms + 2_000);
+    let served = (rec.uptime_ms + tail)
         .min(rec.confirmed_up_ms)
         .min(end.saturating_sub(activated));
     (standing_by + served).min(COVERAGE_MS)

@@ -88,7 +88,6 @@ fn after_settling_the_owner_waits_out_the_providers_lease() {
     )]);
     chain.now = 9_000;
     chain.confirm_up(id);
-    chain.report_up(id);
     let c = chain.customer.clone();
     chain.block(vec![(
         &c,

@@ -111,10 +111,9 @@ fn the_own_service_yields_during_a_handover_and_is_reclaimed_after_settling() {
     assert!(!out.iter().any(|e| matches!(e, Effect::Activate { .. })));
     let c = chain.customer.clone();
     chain.now += 100;
-    // The committee confirmed the provider's service up to now, and its uptime reaches now:
-    // the settlement is judged at once.
+    // The committee confirmed the provider's service up to now: the settlement is judged at
+    // once.
     chain.confirm_up(id);
-    chain.report_up(id);
     let ev = chain.block(vec![(&c, settle)]);
     let out = roles.handle(chain.now, chain.facts(&roles, me, ev));
     assert!(out.contains(&Effect::Activate {

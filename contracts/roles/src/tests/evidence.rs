@@ -309,7 +309,6 @@ fn probing_ends_when_the_contract_is_no_longer_active() {
     // Settled while the probe is out: the committee confirmed the service so far.
     chain.now = t;
     chain.confirm_up(id);
-    chain.report_up(id);
     let c = chain.customer.clone();
     let ev = chain.block(vec![(
         &c,

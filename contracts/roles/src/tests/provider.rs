@@ -360,7 +360,6 @@ fn closing_stops_the_service_and_hands_the_sensors_back() {
     let c = chain.customer.clone();
     chain.now += 2_000;
     chain.confirm_up(id);
-    chain.report_up(id);
     let ev = chain.block(vec![(
         &c,
         TxKind::Settle {

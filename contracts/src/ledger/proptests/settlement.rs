@@ -20,7 +20,8 @@ fn qos(min_uptime_permille: u16) -> Qos {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// Hosted: honoured pays `payment × uptime / duration`; late activation or downtime the
+    /// Hosted: honoured pays `payment × uptime / duration` (the unreported tail before the end
+    /// included, as far as the committee confirmed it up); late activation or downtime the
     /// provider's heartbeats admit (a gap before its later reports) slashes. A provider that
     /// reports its uptime and then nothing (`silent_after`: its heartbeats may be stuck in a
     /// backlog) is paid for what it reported and not slashed for the silence, which only the
@@ -83,7 +84,12 @@ proptest! {
             prop_assert_eq!(h.balance(&c), 10_000 + stakes.1);
             prop_assert_eq!(h.balance(&p), 10_000 - stakes.1);
         } else {
-            let earned = (u128::from(payment) * u128::from(up) / u128::from(duration)) as u64;
+            // Paid: the reported uptime plus the unreported tail before the end (one heartbeat
+            // interval and the 2 s skew at most), as far as the committee confirmed it up (the
+            // whole window here; THREATS C17).
+            let paid_tail = (activated + duration - reported_to).min(1_000 + 2_000);
+            let paid = (up + paid_tail).min(duration);
+            let earned = (u128::from(payment) * u128::from(paid) / u128::from(duration)) as u64;
             prop_assert_eq!(h.status(id), ContractStatus::Settled);
             prop_assert_eq!(h.balance(&p), 10_000 + earned);
             prop_assert_eq!(h.balance(&c), 10_000 - earned);

@@ -416,44 +416,48 @@ fn customer_back_between_heartbeats_is_not_a_breach() {
     );
     h.now = 9_000;
     let ev = h.probe(id, 1, true, 0..3);
-    // The probes are in; the provider's uptime still ends at 8 s (THREATS C17).
-    assert!(!ev.iter().any(|e| matches!(e, LedgerEvent::Paid { .. })));
-    h.now = 9_100;
-    let ev = h.ok(&p, for_contract(uptime(8_000, 9_000), id));
     assert!(ev.iter().any(|e| matches!(e, LedgerEvent::Paid { .. })));
     assert_eq!(h.status(id), ContractStatus::Settled);
-    // Paid for every moment up to its end: standing by 1–5 s, serving 5–8.9 s.
+    // The tail the committee confirmed up is paid too (THREATS C17): standing by 1–5 s,
+    // serving 5–8.9 s, of the 60 s window.
     let rec = h.ledger.contract(&id).unwrap();
     assert_eq!(rec.paid_to_provider, rec.contract.payment * 7_900 / 60_000);
 }
 
 /// THREATS C17: a customer settling just after a probe round was decided, before its
-/// provider's next heartbeat batch lands, does not take the time since the last batch unpaid:
-/// the settlement waits for the batch (up to the closing grace), whatever the verdict.
+/// provider's next heartbeat batch lands, pays for the service since the last batch that the
+/// committee confirmed up (up to one heartbeat interval and the clock skew); a tail longer
+/// than that, or one the committee did not confirm, is not paid.
 #[test]
-fn a_customer_back_between_batches_pays_the_tail_once_the_next_batch_lands() {
-    let (mut h, id, c) = standby_reported_5_to_6s();
-    let p = h.provider();
-    // A long heartbeat interval would make this worse; 1 s shows it: rounds 0 (5–7 s) and
-    // 1 (7–9 s) are confirmed up, the last batch covers 5–6 s only.
-    h.now = 7_000;
-    h.probe(id, 0, true, 0..3);
-    h.now = 9_000;
-    h.probe(id, 1, true, 0..3);
-    let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
-    assert!(
-        ev.iter()
-            .any(|e| matches!(e, LedgerEvent::SettlementPending { end: 9_000, .. })),
-        "{ev:?}"
-    );
-    assert_eq!(h.status(id), ContractStatus::Active);
-    h.now = 9_400;
-    let ev = h.ok(&p, for_contract(uptime(6_000, 9_300), id));
-    assert!(ev.iter().any(|e| matches!(e, LedgerEvent::Paid { .. })));
-    let rec = h.ledger.contract(&id).unwrap();
-    assert_eq!(rec.uptime_ms, 4_000, "counted up to the settlement's end");
-    // Standing by 1–5 s and serving 5–9 s, of the 60 s window.
-    assert_eq!(rec.paid_to_provider, rec.contract.payment * 8_000 / 60_000);
+fn a_customer_back_between_batches_pays_the_confirmed_tail() {
+    for (last_batch_end, confirmed_up, paid_ms) in [
+        // Last batch 5–7 s, back at 9 s, rounds 0–1 (5–9 s) up: 2 s reported + 2 s of tail.
+        (7_000, true, 4_000 + 4_000),
+        // Last batch 5–6 s: 1 s reported, the tail capped at 1 s + 2 s of skew.
+        (6_000, true, 4_000 + 4_000),
+        // Round 1 (7–9 s) confirmed down: only the confirmed round 0 (2 s) is paid.
+        (7_000, false, 4_000 + 2_000),
+    ] {
+        let (mut h, id) = standby_activated_at_5s();
+        let (c, p) = (h.customer(), h.provider());
+        h.now = last_batch_end;
+        h.ok(&p, for_contract(uptime(5_000, last_batch_end), id));
+        h.now = 7_000;
+        h.probe(id, 0, true, 0..3);
+        h.now = 9_000;
+        h.probe(id, 1, confirmed_up, 0..3);
+        let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
+        assert!(
+            ev.iter().any(|e| matches!(e, LedgerEvent::Paid { .. })),
+            "judged at once, the rounds are in: {ev:?}"
+        );
+        let rec = h.ledger.contract(&id).unwrap();
+        assert_eq!(
+            rec.paid_to_provider,
+            rec.contract.payment * paid_ms / 60_000,
+            "last batch to {last_batch_end}, round 1 up {confirmed_up}"
+        );
+    }
 }
 
 /// A standby contract handed over (a quorum attested its customer unreachable since 1 s) and
@@ -574,8 +578,6 @@ fn a_customer_back_right_after_one_outage_does_not_get_its_provider_slashed() {
     h.ok(&p, for_contract(uptime(6_000, 7_000), id));
     h.now = 9_000;
     h.probe(id, 1, false, 0..3);
-    // Its heartbeats say up (it need not know it was unreachable); the round is down.
-    h.ok(&p, for_contract(uptime(7_000, 9_000), id));
     let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
     assert!(
         !ev.iter().any(|e| matches!(e, LedgerEvent::Slashed { .. })),

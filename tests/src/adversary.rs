@@ -26,6 +26,7 @@ pub mod envelopes;
 pub mod flood;
 pub mod gossip;
 pub mod host_nothing;
+pub mod never_arm;
 pub mod radio;
 
 use std::path::{Path, PathBuf};

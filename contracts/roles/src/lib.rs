@@ -158,6 +158,13 @@ pub const PROOFS_PER_HEARTBEAT: usize = 16;
 /// Shortest period between two heartbeat transactions: one per evidence round at most (every
 /// replica verifies each; the node's orchestrator does the same, session 34).
 pub const MIN_HEARTBEAT_MS: u64 = agora_contracts::ledger::MIN_EVIDENCE_PERIOD_MS;
+/// The default of [`RolesConfig::arm_timeout_ms`]: an honest provider arms as soon as it has
+/// staged the image (or taken custody of the file), which takes seconds to a minute or two for
+/// a large image over a slow link; one that has not armed five minutes after the registration
+/// never will (THREATS C16: a provider that countersigned and then did nothing, or died, locked
+/// the customer's payment and stake until the contract expired, its whole term plus the
+/// ledger's grace later).
+pub const ARM_TIMEOUT_MS: u64 = 300_000;
 /// A settlement request is repeated at most this often.
 pub const SETTLE_RETRY_MS: u64 = 2_000;
 /// Staging attempts before a provider gives up on a contract's image.
@@ -240,6 +247,10 @@ pub struct RolesConfig {
     /// The roles this machine decides for ([`RoleSet::ALL`] unless a driver still decides some
     /// itself).
     pub roles: RoleSet,
+    /// How long after its registration a contract of ours (as customer) that its provider has
+    /// not armed, and that names no slot, is called off (`Cancel`: every locked token back).
+    /// See [`ARM_TIMEOUT_MS`].
+    pub arm_timeout_ms: u64,
 }
 
 impl Default for RolesConfig {
@@ -249,6 +260,7 @@ impl Default for RolesConfig {
             owner_suspend_ms: PRESENCE_TIMEOUT_MS + TICK_MS,
             evidence_seed: 0,
             roles: RoleSet::ALL,
+            arm_timeout_ms: ARM_TIMEOUT_MS,
         }
     }
 }
@@ -370,7 +382,7 @@ impl Roles {
             customer: customer::Customer::new(own),
             provider: provider::Provider::default(),
             arbitrator: arbitrator::Arbitrator::new(cfg.evidence_seed),
-            settler: settle::Settler::default(),
+            settler: settle::Settler::new(cfg.arm_timeout_ms),
             authority: BTreeMap::new(),
             last_wake: None,
             stale_blocks: 0,

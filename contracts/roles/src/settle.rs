@@ -11,7 +11,9 @@
 //! deadline unless it names a slot, so no settlement ever applies to it; either party expires
 //! it once the ledger allows (`Expire`: its registration plus its duration plus the ledger's
 //! `expiry_grace_ms`), and every locked token goes back. Before that, a customer's locked
-//! payment and stake stayed locked for good (found by a read-only audit in session 47).
+//! payment and stake stayed locked for good (found by a read-only audit in session 47). The
+//! customer does not wait that long: it calls such a contract off (`Cancel`) once its provider
+//! has left it unarmed [`super::RolesConfig::arm_timeout_ms`] (5 min) after its registration.
 //!
 //! Its own handler (not the customer's and the provider's), so a driver that still decides
 //! the rest of those roles itself can hand settlement to the machine ([`super::RoleSet`]).
@@ -31,8 +33,11 @@ use super::{SETTLE_RETRY_MS, View};
 pub(crate) const PROVIDER_EXPIRY_MARGIN_MS: u64 = 10_000;
 
 /// Settlements this node asked for, and when the next one is due.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(super) struct Settler {
+    /// How long a contract of ours as customer may stay unarmed after its registration
+    /// ([`super::RolesConfig::arm_timeout_ms`]).
+    arm_timeout_ms: u64,
     /// Contracts asked to settle, with when (asked again [`SETTLE_RETRY_MS`] later).
     settling: BTreeMap<ContractId, Timestamp>,
     /// The earliest future moment a contract of ours becomes due (its term's end, or its
@@ -41,6 +46,16 @@ pub(super) struct Settler {
 }
 
 impl Settler {
+    /// A settler that calls off a contract of ours left unarmed `arm_timeout_ms` after its
+    /// registration.
+    pub fn new(arm_timeout_ms: u64) -> Self {
+        Settler {
+            arm_timeout_ms,
+            settling: BTreeMap::new(),
+            next_due: None,
+        }
+    }
+
     /// The earliest time something is due.
     pub fn next_wake(&self) -> Option<Timestamp> {
         let retry = self
@@ -63,6 +78,22 @@ impl Settler {
                 "settle-requested",
                 Some(*contract),
                 format!("{reason:?}"),
+            )));
+        }
+        if let Input::Submitted {
+            tx: TxKind::Cancel(contract),
+            accepted: true,
+        } = input
+            && self.settling.contains_key(contract)
+        {
+            out.push(Effect::Timeline(Note::new(
+                "cancel-requested",
+                Some(*contract),
+                format!(
+                    "the provider did not arm within {} s of the registration: called off, \
+                     every locked token back",
+                    self.arm_timeout_ms / 1_000
+                ),
             )));
         }
         if let Input::Submitted {
@@ -127,6 +158,16 @@ impl Settler {
                 });
                 ledger.max(slot.unwrap_or(0))
             });
+            // A contract of ours its provider has not armed long after the registration, and
+            // that names no slot (whose deadline settles it `NoActivation`), is called off
+            // rather than left locked until it expires (THREATS C16).
+            let call_off = (customer
+                && matches!(
+                    r.status,
+                    ContractStatus::Validated | ContractStatus::Migrated
+                )
+                && r.activation_deadline().is_none())
+            .then(|| r.registered_at.saturating_add(self.arm_timeout_ms));
             let reason = match r.status {
                 ContractStatus::Active if customer && r.contract.kind == ContractKind::Standby => {
                     Some(SettleReason::CustomerBack)
@@ -146,9 +187,10 @@ impl Settler {
                     contract: *id,
                     reason,
                 }),
-                None => expiry
-                    .is_some_and(|e| v.now >= e)
-                    .then_some(TxKind::Expire(*id)),
+                None if expiry.is_some_and(|e| v.now >= e) => Some(TxKind::Expire(*id)),
+                None => call_off
+                    .is_some_and(|t| v.now >= t)
+                    .then_some(TxKind::Cancel(*id)),
             };
             let Some(tx) = tx else {
                 // Not due (any more): no retry; wake when it may be.
@@ -167,6 +209,7 @@ impl Settler {
                     .into_iter()
                     .chain(deadline)
                     .chain(expiry)
+                    .chain(call_off)
                     .filter(|t| *t > v.now)
                     .min();
                 self.next_due = self.next_due.into_iter().chain(soonest).min();

@@ -422,6 +422,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_arm_timeout_defaults_to_the_role_machines_and_is_read() {
+        assert_eq!(
+            NodeConfig::default().deals.customer.arm_timeout_ms,
+            agora_orchestrator::ARM_TIMEOUT_MS
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[deals.customer]\narm_timeout_ms = 20000\n",
+        )
+        .unwrap();
+        let c = NodeConfig::load(dir.path()).unwrap();
+        assert_eq!(c.deals.customer.arm_timeout_ms, 20_000);
+    }
+
+    #[test]
     fn provider_labels_are_read_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(CONFIG_FILE);

@@ -499,6 +499,7 @@ async fn start_edge(
             storage: storage.clone(),
             signer,
             presence_timeout_ms: config.network.presence_timeout_ms.max(20),
+            arm_timeout_ms: config.deals.customer.arm_timeout_ms,
         };
         let (handle, task) = agora_orchestrator::spawn(
             parts,

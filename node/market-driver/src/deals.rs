@@ -77,6 +77,9 @@ pub struct CustomerDeals {
     pub heartbeat_interval_ms: u64,
     /// Service image CID used for deals whose auction names none.
     pub service_image: String,
+    /// A contract of ours its provider has not armed this long after the registration (and
+    /// that names no slot) is called off, every locked token back, ms (THREATS C16).
+    pub arm_timeout_ms: u64,
 }
 
 impl Default for CustomerDeals {
@@ -90,6 +93,8 @@ impl Default for CustomerDeals {
             min_uptime_permille: p.min_uptime_permille,
             heartbeat_interval_ms: p.heartbeat_interval_ms,
             service_image: EMPTY_IMAGE.into(),
+            // `agora_roles::ARM_TIMEOUT_MS`.
+            arm_timeout_ms: 300_000,
         }
     }
 }

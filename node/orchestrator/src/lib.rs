@@ -58,6 +58,7 @@ use agora_network::{Inbox, Interest, NetworkEvent, NetworkHandle};
 use agora_radio::RadioHandle;
 use agora_wire::now_ms;
 
+pub use agora_roles::ARM_TIMEOUT_MS;
 pub use own::OwnService;
 
 /// Entries kept in the timeline.
@@ -327,6 +328,9 @@ pub struct OrchestratorParts {
     pub signer: KeySigner,
     /// The network's presence timeout for watched peers (`network.presence_timeout_ms`).
     pub presence_timeout_ms: u64,
+    /// How long a contract of ours may stay unarmed after its registration before we call it
+    /// off (`deals.customer.arm_timeout_ms`; `agora_roles::RolesConfig::arm_timeout_ms`).
+    pub arm_timeout_ms: u64,
 }
 
 /// Starts the orchestrator; `data_dir` holds its own-service record.
@@ -344,6 +348,7 @@ pub fn spawn(
         storage,
         signer,
         presence_timeout_ms,
+        arm_timeout_ms,
     } = parts;
     let (done_tx, done_rx) = mpsc::channel(64);
     let (req_tx, req_rx) = mpsc::channel(16);
@@ -377,6 +382,7 @@ pub fn spawn(
             RolesConfig {
                 evidence_seed: rand::random(),
                 roles: roles::RoleSet::ARBITRATOR_AND_SETTLEMENT,
+                arm_timeout_ms,
                 ..RolesConfig::with_presence_timeout(presence_timeout_ms)
             },
             None,

@@ -29,6 +29,11 @@
 //! - `--keep-nothing`: as a storage contract's provider it claims custody at once, fetching and
 //!   pinning nothing (neither the file nor the customer's commitment block), and reports the
 //!   contract active (THREATS P4; the exchange's `test-utils` hook `byzantine_skip_custody`);
+//! - `--never-arm`: as a contract's provider it countersigns and bids like an honest node but
+//!   its staging of the contract's image never ends, so it never sends `MarkMigrated` or
+//!   `MarkArmed` (THREATS C16: the customer's payment and stake stay locked until the
+//!   customer calls the contract off; `agora_tests::adversary::never_arm`); each stalled
+//!   staging prints `byzantine: never-arm stalls staging service=…`;
 //! - `--false-probes[=down|up]`: as an arbitrator of active hosted and standby contracts it
 //!   reports every probe interval `down` (or `up`) whatever its probes find, as soon as the
 //!   interval starts (before its own probe, from the interval's middle, could report it), in
@@ -83,6 +88,7 @@ use agora_daemon::config::NodeConfig;
 use agora_ledger::LedgerHandle;
 use agora_market::NodeId;
 use agora_tests::adversary::host_nothing::{HostNothing, NothingHost};
+use agora_tests::adversary::never_arm::StallingHost;
 use agora_wire::now_ms;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -153,6 +159,10 @@ struct RunArgs {
     /// fetching or keeping anything (neither the file nor the customer's commitment).
     #[arg(long)]
     keep_nothing: bool,
+    /// As a contract's provider, never finish staging its image, so never arm it (the
+    /// customer's payment and stake stay locked until the customer calls it off).
+    #[arg(long, conflicts_with = "host_nothing")]
+    never_arm: bool,
     /// As an arbitrator, report every probe interval of the contracts it judges `down` (the
     /// default) or `up`, whatever the probes find.
     #[arg(long, value_name = "down|up", num_args = 0..=1, default_missing_value = "down",
@@ -269,6 +279,12 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
                 HostNothing::Lie => "lie",
             };
             println!("byzantine: host-nothing={word}");
+            node
+        }
+        None if args.never_arm => {
+            let node =
+                agora_daemon::start_wrapped(dir, &config, Box::new(StallingHost::wrap)).await?;
+            println!("byzantine: never-arm");
             node
         }
         None => agora_daemon::start(dir, &config).await?,

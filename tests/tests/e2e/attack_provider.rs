@@ -462,3 +462,100 @@ async fn what_an_ended_contract_left_goes(s: &Story, done: &ContractRecord, prov
         eprintln!("arbitrator node{i}'s pins after the end: {:?}", pins(i));
     }
 }
+
+/// How long the customer lets a contract stay unarmed in the never-arm test (the default is
+/// 5 min: `agora_roles::ARM_TIMEOUT_MS`).
+const ARM_TIMEOUT_MS: u64 = 15_000;
+
+/// C16: the only bidder (`agora-byzantine --never-arm`) wins a 10-minute hosted contract,
+/// countersigns it and then never finishes staging its image, so it never arms. The customer's
+/// payment and stake were locked until the contract expired, its whole term plus the ledger's
+/// grace later; now the customer (a plain `agora` node, `deals.customer.arm_timeout_ms` 15 s
+/// here) calls it off once it has stayed unarmed that long: on every honest replica it ends
+/// `Cancelled` with nothing paid, the customer's locked funds drop by its payment and stake,
+/// its timeline says why, and the honest nodes keep trading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_never_arms_has_its_contract_called_off_and_the_customers_funds_back() {
+    let _serial = SERIAL.lock().await;
+    let test = "attack_provider::a_provider_that_never_arms_has_its_contract_called_off_and_the_customers_funds_back";
+    let mut l = launcher(&["--never-arm"], &[]);
+    l.tune = Some(|_, c| {
+        c.storage.gc_interval_ms = 1_000;
+        c.deals.customer.arm_timeout_ms = ARM_TIMEOUT_MS;
+    });
+    let Some((_tmp, s)) = agora_tests::story(test, Arc::new(l)).await else {
+        return;
+    };
+    let bad_dir = s.m.nodes[BAD].data_dir.clone();
+    wait_for("the provider to never arm", 30, async || {
+        byzantine_lines(&bad_dir)
+            .contains(&"byzantine: never-arm".to_string())
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let a = s.a;
+    let customer = s.m.nodes[a].node_id.clone();
+    let obs = 2;
+    let hosted = s
+        .hosted_until(&[DEVICE], 600_000, None, ContractStatus::Validated)
+        .await
+        .unwrap();
+    assert_eq!(hosted.b, BAD, "the only bidder won");
+    let locked_while = cli_balance(&s.m.nodes[obs].data_dir, &customer).locked;
+    let c = &hosted.rec.contract;
+    let held = c.payment + c.stakes.customer_stake;
+    assert!(held > 0, "{:?}", hosted.rec);
+    let stalled = "byzantine: never-arm stalls staging service=";
+    wait_for("the provider to stall its staging", 30, async || {
+        byzantine_lines(&bad_dir)
+            .iter()
+            .any(|l| l.starts_with(stalled) && l.contains(&hosted.id))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    for i in 1..CONTRACT_NODES {
+        let r = s
+            .wait_contract(
+                i,
+                &hosted.id,
+                "called off",
+                ARM_TIMEOUT_MS / 1000 + 60,
+                |r| r.status.is_final(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, ContractStatus::Cancelled, "node{i}: {r:?}");
+        assert_eq!(r.paid_to_provider, 0, "node{i}: {r:?}");
+        assert!(r.armed_at.is_none(), "node{i}: never armed: {r:?}");
+        assert!(
+            r.closed_at.unwrap() >= r.registered_at + ARM_TIMEOUT_MS,
+            "node{i}: not before the arm timeout: {r:?}"
+        );
+    }
+    let locked_after = cli_balance(&s.m.nodes[obs].data_dir, &customer).locked;
+    assert!(
+        locked_after + held <= locked_while,
+        "the customer's payment and stake are back: locked {locked_while} -> {locked_after} \
+         (held {held})"
+    );
+    assert_eq!(
+        timeline_count(&s.m.nodes[a].data_dir, "cancel-requested", &hosted.id),
+        1,
+        "the customer's timeline says why"
+    );
+    honest_transfer_finalises(&s, 2, 3).await;
+    for (i, n) in s.m.nodes.iter().enumerate() {
+        assert!(alive(u64::from(n.pid.unwrap())), "node{i} still runs");
+    }
+    eprintln!(
+        "called off {} ms after the registration; customer locked {locked_while} -> \
+         {locked_after} (held {held})",
+        cli_contract(&s.m.nodes[obs].data_dir, &hosted.id)
+            .closed_at
+            .unwrap()
+            - hosted.rec.registered_at
+    );
+    s.down(true).await.unwrap();
+}

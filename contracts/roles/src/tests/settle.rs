@@ -5,6 +5,7 @@
 use super::*;
 use crate::settle::PROVIDER_EXPIRY_MARGIN_MS;
 use agora_contracts::ledger::SettleReason;
+use agora_contracts::lifecycle::ContractStatus;
 
 /// A machine for `me` that decides only settlement and the arbitrator's duties.
 fn settling_only(chain: &Chain, me: NodeId) -> Roles {
@@ -169,5 +170,64 @@ fn a_slot_booked_far_ahead_is_not_expired_before_it_starts() {
     assert_eq!(
         submitted(&provider.handle(due + 1 + PROVIDER_EXPIRY_MARGIN_MS, Input::Tick)),
         vec![TxKind::Expire(id)]
+    );
+}
+
+/// THREATS C16: a long contract its provider leaves unarmed would lock its customer's payment
+/// and stake for its whole term plus the expiry grace; the customer calls it off
+/// [`ARM_TIMEOUT_MS`] after the registration (`Cancel`: every locked token back). The
+/// provider does not; an armed contract is not called off.
+#[test]
+fn a_customer_calls_off_a_contract_left_unarmed_past_the_arm_timeout() {
+    let mut chain = Chain::new();
+    let (id, ev) = chain.register(ContractBuilder::new(1, 2).duration(3_600_000).signed());
+    let registered = chain.ledger.contract(&id).unwrap().registered_at;
+    let due = registered + ARM_TIMEOUT_MS;
+    let c = chain.customer.node_id();
+    let mut customer = settling_only(&chain, c);
+    let out = customer.handle(chain.now, chain.facts(&customer, c, ev.clone()));
+    assert!(submitted(&out).is_empty());
+    assert!(out.contains(&Effect::WakeAt(due)), "{out:?}");
+    assert!(submitted(&customer.handle(due - 1, Input::Tick)).is_empty());
+    assert_eq!(
+        submitted(&customer.handle(due, Input::Tick)),
+        vec![TxKind::Cancel(id)]
+    );
+    let out = customer.handle(
+        due,
+        Input::Submitted {
+            tx: TxKind::Cancel(id),
+            accepted: true,
+        },
+    );
+    assert!(phases(&out).contains(&"cancel-requested".to_string()));
+    // The provider leaves it to the customer (or to the expiry, much later).
+    let p = chain.provider.node_id();
+    let mut provider = settling_only(&chain, p);
+    provider.handle(chain.now, chain.facts(&provider, p, ev));
+    assert!(submitted(&provider.handle(due + 1, Input::Tick)).is_empty());
+    // The ledger takes it: every locked token goes back.
+    chain.now = due;
+    let cs = chain.customer.clone();
+    chain.block(vec![(&cs, TxKind::Cancel(id))]);
+    assert_eq!(
+        chain.ledger.contract(&id).unwrap().status,
+        ContractStatus::Cancelled
+    );
+    assert_eq!(chain.ledger.account(&c).unwrap().locked, 0);
+    // A contract its provider armed in time is not called off.
+    let mut chain = Chain::new();
+    let (id, _) = chain.register(ContractBuilder::new(1, 2).duration(3_600_000).signed());
+    let pr = chain.provider.clone();
+    let ev = chain.block(vec![
+        (&pr, TxKind::MarkMigrated(id)),
+        (&pr, TxKind::MarkArmed(id)),
+    ]);
+    let mut customer = settling_only(&chain, c);
+    customer.handle(chain.now, chain.facts(&customer, c, ev));
+    let later = chain.ledger.contract(&id).unwrap().registered_at + ARM_TIMEOUT_MS + 1;
+    assert!(
+        !submitted(&customer.handle(later, Input::Tick)).contains(&TxKind::Cancel(id)),
+        "armed: not called off"
     );
 }

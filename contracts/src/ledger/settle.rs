@@ -20,7 +20,7 @@ use tracing::info;
 use super::evidence::MAX_CLOCK_SKEW_MS;
 use super::funds::Part;
 use super::{BreachReason, ContractRecord, Ledger, LedgerError, LedgerEvent, SettleReason};
-use crate::contract::{Amount, ContractId, ContractKind};
+use crate::contract::{ActivationClause, Amount, ContractId, ContractKind};
 use crate::lifecycle::{ContractStatus, LifecycleEvent};
 
 /// `amount × num / den`, rounded down, with `num` capped at `den`.
@@ -116,7 +116,12 @@ pub(super) fn breach_of(
     let c = &rec.contract;
     let activated = rec.activated_at?;
     let delay_ms = activated.saturating_sub(rec.trigger_at.unwrap_or(activated));
-    if delay_ms > c.qos.max_activation_delay_ms.saturating_add(trigger_lag_ms) {
+    // A slot's trigger is the time the contract names, not a block's: no lag to allow for.
+    let lag = match c.activation {
+        ActivationClause::At(_) => 0,
+        _ => trigger_lag_ms,
+    };
+    if delay_ms > c.qos.max_activation_delay_ms.saturating_add(lag) {
         return Some(BreachReason::LateActivation { delay_ms });
     }
     let min = u64::from(c.qos.min_uptime_permille);

@@ -260,6 +260,37 @@ fn an_activation_late_by_no_more_than_the_block_time_lag_is_not_a_breach() {
     }
 }
 
+/// A slot's trigger is the time its contract names, not a block's time: its budget gets no
+/// block-time allowance (THREATS A10's allowance is for triggers a proposer stamps).
+#[test]
+fn a_slot_activation_past_its_budget_is_a_breach_without_the_block_time_allowance() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).at(5_000).signed());
+    let (c, p) = (h.customer(), h.provider());
+    // 5 s budget, activated 6 s after the slot (within the 2 s a block trigger would get).
+    h.now = 11_000;
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: 11_000,
+        },
+    );
+    h.now = 12_000;
+    h.ok(&p, for_contract(uptime(11_000, 12_000), id));
+    let ev = h.ok(&c, settle(id, SettleReason::CustomerBack));
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            LedgerEvent::Slashed {
+                reason: BreachReason::LateActivation { delay_ms: 6_000 },
+                ..
+            }
+        )),
+        "{ev:?}"
+    );
+}
+
 /// An honest provider started the service just before the deadline; its report lands after
 /// it, when the customer has already asked to settle for `NoActivation`: the report wins
 /// while it is within the ledger's grace, and the activation counts as in time (issue #15: in

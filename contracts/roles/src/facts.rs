@@ -11,7 +11,7 @@ use cid::Cid;
 use serde::{Deserialize, Serialize};
 
 use agora_contracts::contract::{ContractId, ContractKind};
-use agora_contracts::ledger::{ContractRecord, Ledger, LedgerEvent};
+use agora_contracts::ledger::{ContractRecord, Ledger, LedgerEvent, LedgerParams};
 use agora_contracts::lifecycle::ContractStatus;
 
 /// Closed contracts stay in the facts this long (ledger time): their last provider's authority
@@ -35,23 +35,12 @@ pub struct LedgerFacts {
     /// is not current, whatever its time. The driver sets it from its ledger task.
     #[serde(default)]
     pub behind: bool,
-    /// The ledger's `activation_report_grace_ms` (a genesis parameter): how long after an
-    /// activation deadline the ledger still takes the provider's report, so how long a
-    /// customer waits before it settles for no activation.
-    #[serde(default = "default_activation_grace")]
-    pub activation_report_grace_ms: u64,
-    /// The ledger's `expiry_grace_ms` (a genesis parameter): a contract never armed may be
-    /// expired (every locked token back) this long after its registration plus its duration.
-    #[serde(default = "default_expiry_grace")]
-    pub expiry_grace_ms: u64,
-}
-
-fn default_expiry_grace() -> u64 {
-    agora_contracts::ledger::LedgerParams::default().expiry_grace_ms
-}
-
-fn default_activation_grace() -> u64 {
-    agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS
+    /// The chain's genesis parameters, which every rule that waits on the ledger's word reads
+    /// (`activation_report_grace_ms`: how long a customer waits past an activation deadline
+    /// before it settles for no activation; `expiry_grace_ms`: when a contract never armed
+    /// may be expired).
+    #[serde(default)]
+    pub params: LedgerParams,
 }
 
 impl LedgerFacts {
@@ -85,8 +74,7 @@ impl LedgerFacts {
             events,
             records,
             behind: false,
-            activation_report_grace_ms: ledger.params().activation_report_grace_ms,
-            expiry_grace_ms: ledger.params().expiry_grace_ms,
+            params: ledger.params().clone(),
         }
     }
 }

@@ -335,10 +335,8 @@ struct View<'a> {
     block_time: Timestamp,
     /// When that block arrived here.
     block_seen_at: Timestamp,
-    /// The ledger's grace for a late activation report.
-    activation_grace_ms: Timestamp,
-    /// The ledger's grace before a never-armed contract may expire.
-    expiry_grace_ms: Timestamp,
+    /// The chain's genesis parameters (from the latest facts).
+    params: &'a agora_contracts::ledger::LedgerParams,
 }
 
 /// The node's decisions as customer, provider and arbitrator.
@@ -352,10 +350,8 @@ pub struct Roles {
     block_time: Timestamp,
     block_seen_at: Timestamp,
     records: BTreeMap<ContractId, ContractRecord>,
-    /// The ledger's grace for a late activation report (from the latest facts).
-    activation_grace_ms: u64,
-    /// The ledger's grace before a never-armed contract may expire (from the latest facts).
-    expiry_grace_ms: u64,
+    /// The chain's genesis parameters (from the latest facts; the defaults before).
+    params: agora_contracts::ledger::LedgerParams,
     customer: customer::Customer,
     provider: provider::Provider,
     arbitrator: arbitrator::Arbitrator,
@@ -377,8 +373,7 @@ impl Roles {
             block_time: 0,
             block_seen_at: now,
             records: BTreeMap::new(),
-            activation_grace_ms: agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS,
-            expiry_grace_ms: agora_contracts::ledger::LedgerParams::default().expiry_grace_ms,
+            params: agora_contracts::ledger::LedgerParams::default(),
             customer: customer::Customer::new(own),
             provider: provider::Provider::default(),
             arbitrator: arbitrator::Arbitrator::new(cfg.evidence_seed),
@@ -418,8 +413,7 @@ impl Roles {
             records: &self.records,
             block_time: self.block_time,
             block_seen_at: self.block_seen_at,
-            activation_grace_ms: self.activation_grace_ms,
-            expiry_grace_ms: self.expiry_grace_ms,
+            params: &self.params,
         };
         let roles = self.cfg.roles;
         if roles.provider {
@@ -488,8 +482,7 @@ impl Roles {
         self.height = Some(f.height);
         self.block_time = self.block_time.max(f.time);
         self.records = f.records;
-        self.activation_grace_ms = f.activation_report_grace_ms;
-        self.expiry_grace_ms = f.expiry_grace_ms;
+        self.params = f.params;
         if f.behind {
             // Catching up: an old view must not move sensors or start services (a node cut
             // off for a while would otherwise act on every stale block of its backlog).

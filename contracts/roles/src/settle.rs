@@ -130,7 +130,7 @@ impl Settler {
             let no_activation = customer
                 .then(|| r.activation_deadline())
                 .flatten()
-                .map(|d| d.saturating_add(v.activation_grace_ms));
+                .map(|d| d.saturating_add(v.params.activation_report_grace_ms));
             let ended = end.is_some_and(|e| v.now >= e);
             let expiry = matches!(
                 r.status,
@@ -140,7 +140,7 @@ impl Settler {
                 let ledger = r
                     .registered_at
                     .saturating_add(r.contract.duration_ms)
-                    .saturating_add(v.expiry_grace_ms);
+                    .saturating_add(v.params.expiry_grace_ms);
                 // A slot booked far ahead is not expired before it could even start: not
                 // before the customer may settle it `NoActivation` (the ledger counts the
                 // expiry from the registration, whatever the slot).
@@ -152,7 +152,7 @@ impl Settler {
                     PROVIDER_EXPIRY_MARGIN_MS
                 };
                 let slot = r.activation_deadline().map(|d| {
-                    d.saturating_add(v.activation_grace_ms)
+                    d.saturating_add(v.params.activation_report_grace_ms)
                         .saturating_add(1)
                         .saturating_add(margin)
                 });

@@ -32,15 +32,12 @@ struct Watched {
     /// thresholds (one time per distinct threshold, so a contract with a longer one is not
     /// left with a stale vote).
     reattest: BTreeSet<Timestamp>,
-    /// When this node last attested it unreachable (refreshed every [`ATTEST_REFRESH_MS`]
-    /// while down).
-    attested_at: Option<Timestamp>,
+    /// Its standbys seen armed and waiting for a handover. One armed while the customer is
+    /// down has it attested again at once: the vote of the outage's start may have gone stale
+    /// (the ledger's attestation window is 60 s by default), and such a standby was never
+    /// handed over.
+    armed: BTreeSet<ContractId>,
 }
-
-/// How often an arbitrator attests a customer that stays down again, so its vote stays fresh
-/// (the ledger's attestation window is 60 s by default) for a standby armed, or registered,
-/// long after the outage began: without it such a contract was never handed over.
-pub const ATTEST_REFRESH_MS: u64 = 20_000;
 
 impl Watched {
     /// The times at which each of its contracts' thresholds has run for an outage since
@@ -53,12 +50,6 @@ impl Watched {
             .values()
             .map(move |t| since.saturating_add(*t).saturating_add(CLOCK_MARGIN_MS))
             .filter(move |due| *due > now)
-    }
-
-    /// Attests it unreachable since `since` now.
-    fn attest_down(&mut self, node: NodeId, since: Timestamp, now: Timestamp) -> Effect {
-        self.attested_at = Some(now);
-        attest(node, Liveness::Unreachable { since })
     }
 }
 
@@ -132,13 +123,10 @@ impl Arbitrator {
 
     /// The earliest time something is due.
     pub fn next_wake(&self) -> Option<Timestamp> {
-        let reattest = self.watched.values().flat_map(|w| {
-            let refresh = w
-                .down_since
-                .and(w.attested_at)
-                .map(|t| t.saturating_add(ATTEST_REFRESH_MS));
-            w.reattest.first().copied().into_iter().chain(refresh)
-        });
+        let reattest = self
+            .watched
+            .values()
+            .filter_map(|w| w.reattest.first().copied());
         let audits = self.audits.values().filter_map(audits::Audit::next_wake);
         let probes = self.probes.values().filter_map(probes::Probing::next_wake);
         reattest.chain(audits).chain(probes).min()
@@ -202,7 +190,7 @@ impl Arbitrator {
                         if due > v.now {
                             w.reattest.insert(due);
                         }
-                        out.push(w.attest_down(*customer, since, v.now));
+                        out.push(attest(*customer, Liveness::Unreachable { since }));
                     }
                 }
             }
@@ -228,7 +216,7 @@ impl Arbitrator {
                 };
                 w.down_since = Some(last_seen);
                 w.reattest = w.dues(last_seen, v.now).collect();
-                out.push(w.attest_down(node, last_seen, v.now));
+                out.push(attest(node, Liveness::Unreachable { since: last_seen }));
             }
             Presence::Up { node } => {
                 let Some(w) = self.watched.get_mut(&node) else {
@@ -236,7 +224,6 @@ impl Arbitrator {
                 };
                 if w.down_since.take().is_some() {
                     w.reattest.clear();
-                    w.attested_at = None;
                     out.push(attest(node, Liveness::Reachable));
                 }
             }
@@ -244,30 +231,30 @@ impl Arbitrator {
     }
 
     /// Attests every customer still down again once one of its contracts' thresholds has run,
-    /// and every [`ATTEST_REFRESH_MS`] while one of its standbys still waits for a handover.
+    /// and when one of its standbys is newly armed and waits for its handover.
     fn reattest_due(&mut self, v: &View, out: &mut Vec<Effect>) {
         for (node, w) in self.watched.iter_mut() {
+            let armed: BTreeSet<ContractId> = w
+                .contracts
+                .keys()
+                .filter(|id| {
+                    v.records.get(id).is_some_and(|r| {
+                        r.status == ContractStatus::Armed
+                            && r.handover.is_none()
+                            && matches!(r.contract.activation, ActivationClause::OnHandover { .. })
+                    })
+                })
+                .copied()
+                .collect();
+            let newly_armed = armed.iter().any(|id| !w.armed.contains(id));
+            w.armed = armed;
             let Some(since) = w.down_since else {
                 continue;
             };
             let threshold_ran = w.reattest.first().is_some_and(|t| v.now >= *t);
             w.reattest.retain(|t| *t > v.now);
-            let refresh = w
-                .attested_at
-                .is_some_and(|t| v.now >= t.saturating_add(ATTEST_REFRESH_MS))
-                && w.contracts.keys().any(|id| {
-                    v.records.get(id).is_some_and(|r| {
-                        r.handover.is_none()
-                            && matches!(
-                                r.status,
-                                ContractStatus::Validated
-                                    | ContractStatus::Migrated
-                                    | ContractStatus::Armed
-                            )
-                    })
-                });
-            if threshold_ran || refresh {
-                out.push(w.attest_down(*node, since, v.now));
+            if threshold_ran || newly_armed {
+                out.push(attest(*node, Liveness::Unreachable { since }));
             }
         }
     }

@@ -248,8 +248,10 @@ pub struct RolesConfig {
     /// itself).
     pub roles: RoleSet,
     /// How long after its registration a contract of ours (as customer) that its provider has
-    /// not armed, and that names no slot, is called off (`Cancel`: every locked token back).
-    /// See [`ARM_TIMEOUT_MS`].
+    /// not armed, and that names no slot, is called off (`Cancel`: every locked token back);
+    /// counted from when the last of our contracts with that provider on the same image closed
+    /// if later, and not while one of them is armed or active (the provider waits for it to
+    /// let go of its instance). 0 never calls off. See [`ARM_TIMEOUT_MS`].
     pub arm_timeout_ms: u64,
 }
 

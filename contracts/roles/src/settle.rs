@@ -18,12 +18,13 @@
 //! Its own handler (not the customer's and the provider's), so a driver that still decides
 //! the rest of those roles itself can hand settlement to the machine ([`super::RoleSet`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use agora_contracts::contract::{ContractId, ContractKind};
 use agora_contracts::ledger::{SettleReason, TxKind};
 use agora_contracts::lifecycle::ContractStatus;
-use agora_market::Timestamp;
+use agora_market::{NodeId, Timestamp};
+use cid::Cid;
 
 use super::io::{Effect, Input, Note};
 use super::{SETTLE_RETRY_MS, View};
@@ -43,6 +44,8 @@ pub(super) struct Settler {
     /// The earliest future moment a contract of ours becomes due (its term's end, or its
     /// activation deadline past the grace), as of the last input.
     next_due: Option<Timestamp>,
+    /// Contracts of ours whose call-off was accepted (noted on the timeline once).
+    called_off: BTreeSet<ContractId>,
 }
 
 impl Settler {
@@ -53,6 +56,7 @@ impl Settler {
             arm_timeout_ms,
             settling: BTreeMap::new(),
             next_due: None,
+            called_off: BTreeSet::new(),
         }
     }
 
@@ -85,6 +89,7 @@ impl Settler {
             accepted: true,
         } = input
             && self.settling.contains_key(contract)
+            && self.called_off.insert(*contract)
         {
             out.push(Effect::Timeline(Note::new(
                 "cancel-requested",
@@ -114,7 +119,22 @@ impl Settler {
     fn due(&mut self, v: &View, out: &mut Vec<Effect>) {
         self.settling
             .retain(|id, _| v.records.get(id).is_some_and(|r| !r.status.is_final()));
+        self.called_off
+            .retain(|id| v.records.get(id).is_some_and(|r| !r.status.is_final()));
         self.next_due = None;
+        // Per provider and image of our contracts: whether one of them holds the provider's
+        // instance (armed or active), and when the last one closed. An honest provider arms a
+        // new contract of ours on the same image only once the ones ending have let go of it
+        // (the node's arm wait, up to 10 min, and a settlement's grace): that wait is no
+        // reason to call the new one off.
+        let mut held: BTreeMap<(NodeId, Cid), (bool, Timestamp)> = BTreeMap::new();
+        for r in v.records.values().filter(|r| r.contract.customer == v.me) {
+            let e = held
+                .entry((r.contract.provider, r.contract.service_image))
+                .or_default();
+            e.0 |= matches!(r.status, ContractStatus::Armed | ContractStatus::Active);
+            e.1 = e.1.max(r.closed_at.unwrap_or(0));
+        }
         for (id, r) in v.records.iter() {
             let customer = r.contract.customer == v.me;
             if !(customer || r.contract.provider == v.me) || r.status.is_final() {
@@ -158,16 +178,31 @@ impl Settler {
                 });
                 ledger.max(slot.unwrap_or(0))
             });
-            // A contract of ours its provider has not armed long after the registration, and
-            // that names no slot (whose deadline settles it `NoActivation`), is called off
-            // rather than left locked until it expires (THREATS C16).
+            // A contract of ours its provider has not armed long after the registration (or
+            // after the last of our contracts with it on the same image closed), and that names
+            // no slot (whose deadline settles it `NoActivation`), is called off rather than
+            // left locked until it expires (THREATS C16). Not while another of them holds the
+            // provider's instance, not from a view still catching up (an old view may show a
+            // contract armed since as unarmed), and never with a timeout of 0.
             let call_off = (customer
+                && v.synced
+                && self.arm_timeout_ms > 0
                 && matches!(
                     r.status,
                     ContractStatus::Validated | ContractStatus::Migrated
                 )
                 && r.activation_deadline().is_none())
-            .then(|| r.registered_at.saturating_add(self.arm_timeout_ms));
+            .then(|| {
+                held.get(&(r.contract.provider, r.contract.service_image))
+                    .copied()
+                    .unwrap_or_default()
+            })
+            .filter(|(holding, _)| !holding)
+            .map(|(_, closed)| {
+                r.registered_at
+                    .max(closed)
+                    .saturating_add(self.arm_timeout_ms)
+            });
             let reason = match r.status {
                 ContractStatus::Active if customer && r.contract.kind == ContractKind::Standby => {
                     Some(SettleReason::CustomerBack)

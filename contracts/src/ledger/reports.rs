@@ -187,6 +187,9 @@ impl Ledger {
                 rec.confirmed_up_ms = rec.confirmed_up_ms.saturating_add(ms);
             } else {
                 rec.confirmed_down_ms = rec.confirmed_down_ms.saturating_add(ms);
+                if let Some((_, stop)) = rec.round_span(interval) {
+                    rec.last_down_end = Some(rec.last_down_end.map_or(stop, |t| t.max(stop)));
+                }
             }
             debug!(contract = %id.short(), interval, up, ms, "probe interval decided");
             events.push(LedgerEvent::UptimeConfirmed {

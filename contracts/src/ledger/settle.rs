@@ -50,14 +50,17 @@ const TAIL_SLACK_MS: u64 = MAX_CLOCK_SKEW_MS;
 /// [`TAIL_SLACK_MS`]). It is paid when the committee confirmed it up (THREATS C17: a customer
 /// settling just after a probe round was decided, before the provider's next batch landed,
 /// took up to one interval of service unpaid — one it proposes, up to 600 s —, and the service
-/// stopped at the window's end never reports its last stretch). 0 before activation and
-/// for `end` 0 (what a provider collects mid-term).
+/// stopped at the window's end never reports its last stretch). It starts after the latest
+/// round the committee confirmed down, so a round down inside it (or one reaching past `end`)
+/// is never paid through it. 0 before activation and for `end` 0 (what a provider collects
+/// mid-term).
 fn unreported_tail(rec: &ContractRecord, end: Timestamp) -> u64 {
     let Some(activated) = rec.activated_at else {
         return 0;
     };
     let reported_to = rec.last_uptime_end.unwrap_or(activated).max(activated);
-    end.saturating_sub(reported_to).min(
+    let from = reported_to.max(rec.last_down_end.unwrap_or(0));
+    end.saturating_sub(from).min(
         rec.contract
             .qos
             .heartbeat_interval_ms

@@ -113,6 +113,10 @@ pub struct ContractRecord {
     /// Service time a quorum of the committee confirmed down.
     #[serde(default)]
     pub confirmed_down_ms: u64,
+    /// End of the latest probe round a quorum confirmed down: the provider's unreported tail
+    /// before a settlement's end is paid only after it.
+    #[serde(default)]
+    pub last_down_end: Option<Timestamp>,
     /// The committee's storage challenge reports on an active storage contract, per round.
     #[serde(default)]
     pub audits: RoundTally,
@@ -157,6 +161,7 @@ impl ContractRecord {
             probes: RoundTally::default(),
             confirmed_up_ms: 0,
             confirmed_down_ms: 0,
+            last_down_end: None,
             audits: RoundTally::default(),
         })
     }

@@ -502,6 +502,12 @@ async fn a_provider_that_never_arms_has_its_contract_called_off_and_the_customer
         .await
         .unwrap();
     assert_eq!(hosted.b, BAD, "the only bidder won");
+    // The observer has applied the registration before its view of A's locked funds counts.
+    s.wait_contract(obs, &hosted.id, "registered here too", 30, |r| {
+        r.status == ContractStatus::Validated
+    })
+    .await
+    .unwrap();
     let locked_while = cli_balance(&s.m.nodes[obs].data_dir, &customer).locked;
     let c = &hosted.rec.contract;
     let held = c.payment + c.stakes.customer_stake;

@@ -177,11 +177,12 @@ fn earned(rec: &ContractRecord, activated: Timestamp, end: Timestamp) -> u64 {
     // Paid from arming (THREATS P5), not from registration.
     let armed = rec.armed_at.unwrap_or(activated);
     let standing_by = activated.min(end).saturating_sub(armed);
-    // The unreported tail before `end` (one heartbeat interval and the 2 s skew at most) is
-    // paid as far as the committee confirmed it up (THREATS C17).
+    // The unreported tail before `end` (one heartbeat interval and the 2 s skew at most, after
+    // the latest round confirmed down) is paid as far as the committee confirmed it up
+    // (THREATS C17).
     let reported_to = rec.last_uptime_end.unwrap_or(activated).max(activated);
     let tail = end
-        .saturating_sub(reported_to)
+        .saturating_sub(reported_to.max(rec.last_down_end.unwrap_or(0)))
         .min(rec.contract.qos.heartbeat_interval_ms + 2_000);
     let served = (rec.uptime_ms + tail)
         .min(rec.confirmed_up_ms)

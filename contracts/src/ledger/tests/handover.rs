@@ -458,7 +458,7 @@ fn customer_back_between_heartbeats_is_not_a_breach() {
 /// THREATS C17: a customer settling just after a probe round was decided, before its
 /// provider's next heartbeat batch lands, pays for the service since the last batch that the
 /// committee confirmed up (up to one heartbeat interval and the clock skew); a tail longer
-/// than that, or one the committee did not confirm, is not paid.
+/// than that, or one after which the committee confirmed a round down, is not paid.
 #[test]
 fn a_customer_back_between_batches_pays_the_confirmed_tail() {
     for (last_batch_end, confirmed_up, paid_ms) in [
@@ -489,6 +489,22 @@ fn a_customer_back_between_batches_pays_the_confirmed_tail() {
             "last batch to {last_batch_end}, round 1 up {confirmed_up}"
         );
     }
+    // A gap the provider admitted (6–6.5 s) inside round 0, which the committee confirmed up,
+    // makes no room for a tail in round 1, confirmed down: 1.5 s of service paid, not 2 s.
+    let (mut h, id) = standby_activated_at_5s();
+    let (c, p) = (h.customer(), h.provider());
+    h.now = 6_000;
+    h.ok(&p, for_contract(uptime(5_000, 6_000), id));
+    h.now = 7_000;
+    h.ok(&p, for_contract(uptime(6_500, 7_000), id));
+    h.probe(id, 0, true, 0..3);
+    h.now = 9_000;
+    h.probe(id, 1, false, 0..3);
+    h.ok(&c, settle(id, SettleReason::CustomerBack));
+    let rec = h.ledger.contract(&id).unwrap();
+    assert_eq!(rec.status, ContractStatus::Settled);
+    assert_eq!(rec.last_down_end, Some(9_000));
+    assert_eq!(rec.paid_to_provider, rec.contract.payment * 5_500 / 60_000);
 }
 
 /// A standby contract handed over (a quorum attested its customer unreachable since 1 s) and

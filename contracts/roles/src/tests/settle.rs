@@ -231,3 +231,46 @@ fn a_customer_calls_off_a_contract_left_unarmed_past_the_arm_timeout() {
         "armed: not called off"
     );
 }
+
+/// The provider arms a new contract of ours on an image only once our contract ending on it
+/// lets go of its instance (the node's arm wait): while that one is armed or active the new
+/// one is not called off, and the arm timeout counts from its close (found by the review of
+/// the call-off).
+#[test]
+fn a_call_off_waits_while_another_contract_holds_the_providers_instance() {
+    let mut chain = Chain::new();
+    let c = chain.customer.node_id();
+    let (first, _) = chain.register(ContractBuilder::new(1, 2).duration(3_600_000).signed());
+    let pr = chain.provider.clone();
+    chain.block(vec![
+        (&pr, TxKind::MarkMigrated(first)),
+        (&pr, TxKind::MarkArmed(first)),
+    ]);
+    let (second, ev) = chain.register(
+        ContractBuilder::new(1, 2)
+            .duration(3_600_000)
+            .nonce(2)
+            .signed(),
+    );
+    let registered = chain.ledger.contract(&second).unwrap().registered_at;
+    let mut customer = settling_only(&chain, c);
+    customer.handle(chain.now, chain.facts(&customer, c, ev));
+    customer.handle(chain.now, Input::CaughtUp { height: 1 });
+    let late = registered + ARM_TIMEOUT_MS + 1;
+    assert!(
+        !submitted(&customer.handle(late, Input::Tick)).contains(&TxKind::Cancel(second)),
+        "the first still holds the instance"
+    );
+    // The first ends: the timeout counts from its close.
+    chain.now = late;
+    let cs = chain.customer.clone();
+    let ev = chain.block(vec![(&cs, TxKind::Cancel(first))]);
+    let closed = chain.ledger.contract(&first).unwrap().closed_at.unwrap();
+    let out = customer.handle(chain.now, chain.facts(&customer, c, ev));
+    assert!(!submitted(&out).contains(&TxKind::Cancel(second)));
+    assert!(out.contains(&Effect::WakeAt(closed + ARM_TIMEOUT_MS)), "{out:?}");
+    assert_eq!(
+        submitted(&customer.handle(closed + ARM_TIMEOUT_MS, Input::Tick)),
+        vec![TxKind::Cancel(second)]
+    );
+}

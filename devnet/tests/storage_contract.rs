@@ -239,3 +239,80 @@ async fn a_file_larger_than_the_storage_bought_is_refused_and_the_contract_cance
     assert!(!pins.contains(&file), "the provider pinned nothing");
     net.shutdown().await;
 }
+
+/// THREATS C19: a customer's file that declares far more than the storage bought (a DAG of five
+/// small blocks whose links repeat one block, 174^4 bytes declared) is refused by the provider's
+/// custody from its root's declared size, before the commitment is built over it (which reads
+/// and hashes every leaf); the fetch itself took a few hundred bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_declaring_more_than_the_storage_bought_is_refused_before_it_is_read() {
+    use agora_exchange::StoreBackend as _;
+    use agora_storage::challenge::StorageCommitment;
+    use agora_storage::dagpb::{PbLink, PbNode};
+    use agora_storage::hash::{DAG_PB, RAW, cid_v1_sha256};
+    use agora_storage::unixfs::{DataType, UnixFsData};
+
+    let net = Devnet::builder().nodes(2).spawn().await.unwrap();
+    net.wait_connected(1, WAIT).await.unwrap();
+    let customer = net.node(0).unwrap().storage.embedded().unwrap().clone();
+    let mut node = cid_v1_sha256(RAW, b"x");
+    customer.put_block(node, b"x".to_vec()).await.unwrap();
+    let mut size = 1u64;
+    for _ in 0..4 {
+        let fs = UnixFsData {
+            kind: DataType::File,
+            data: None,
+            filesize: Some(size * 174),
+            blocksizes: vec![size; 174],
+        };
+        let block = PbNode {
+            links: (0..174)
+                .map(|_| PbLink {
+                    cid: node,
+                    name: Some(String::new()),
+                    tsize: Some(size),
+                })
+                .collect(),
+            data: Some(fs.encode()),
+        }
+        .encode();
+        node = cid_v1_sha256(DAG_PB, &block);
+        customer.put_block(node, block).await.unwrap();
+        size *= 174;
+    }
+    let file = node;
+    let claimed = StorageCommitment::from_chunks(file, &[b"x".to_vec()]).unwrap();
+    let (commitment, block) = agora_exchange::custody::commitment_block(&claimed).unwrap();
+    customer.put_block(commitment, block).await.unwrap();
+    let provider = &net.node(1).unwrap().storage;
+    let err = tokio::time::timeout(
+        WAIT,
+        provider.take_custody(file, commitment, 1 << 20, "test"),
+    )
+    .await
+    .expect("refused in time")
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("declares 916636176 bytes"),
+        "{err}"
+    );
+    // THREATS R6: a bounded fetch of it to a file (a firmware job's image) is refused before
+    // a byte is written, instead of writing the 916 MB it declares.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("image");
+    let (progress, _rx) = tokio::sync::watch::channel(agora_exchange::FetchProgress::default());
+    let cfg = agora_exchange::FetchConfig {
+        max_bytes: Some(8 << 20),
+        ..provider.fetch_config()
+    };
+    let err = provider
+        .get_file(file, out.clone(), &progress, cfg)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("declares 916636176 bytes"),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0), 0);
+    net.shutdown().await;
+}

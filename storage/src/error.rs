@@ -43,6 +43,20 @@ pub enum StorageError {
         /// The limit.
         limit: usize,
     },
+    /// A file's root declares more bytes than the operation allows (a small DAG that links the
+    /// same blocks many times can declare a huge file).
+    #[error(
+        "file {cid} declares {declared} bytes, over the {limit}-byte limit of this operation; \
+         it is refused before any of it is written"
+    )]
+    FileTooLarge {
+        /// The file's root.
+        cid: Cid,
+        /// The size its root declares.
+        declared: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The block's codec is not one this operation understands.
     #[error("block {cid} has codec {codec:#x}; expected dag-pb (0x70) or raw (0x55)")]
     UnsupportedCodec {

@@ -16,8 +16,8 @@ use crate::{BlockStore, Result};
 pub use builder::FileBuilder;
 pub use data::{DataType, UnixFsData};
 pub use exporter::{
-    ExportStats, FileReader, MAX_DAG_DEPTH, MAX_FILE_LEAVES, export, export_async, file_leaves,
-    file_leaves_within, leaf_bytes,
+    ExportStats, FileReader, MAX_DAG_DEPTH, MAX_FILE_LEAVES, declared_size, export, export_async,
+    export_within, file_leaves, file_leaves_within, leaf_bytes,
 };
 
 /// Kubo's default chunk size (`size-262144`).

@@ -160,6 +160,17 @@ impl StorageHandle {
         }
         self.hold(file, holder, Some(max_bytes)).await?;
         self.hold(commitment, holder, None).await?;
+        // What the file declares, not what it took to fetch: a DAG of a few MiB whose links
+        // repeat one block declares terabytes, which building the commitment (and later each
+        // challenge's prover) would read and hash (THREATS C19).
+        let declared = store
+            .blocking(move |s| agora_storage::unixfs::declared_size(s, &file))
+            .await?;
+        if declared > max_bytes {
+            return Err(invalid(format!(
+                "file {file} declares {declared} bytes, more than the contract's {max_bytes}"
+            )));
+        }
         let actual = store
             .blocking(move |s| StorageCommitment::for_file(s, &file))
             .await?;

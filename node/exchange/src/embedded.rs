@@ -169,12 +169,15 @@ impl StoreBackend for Embedded {
         cfg: FetchConfig,
     ) -> BackendResult<unixfs::ExportStats> {
         let pass = self.gate.enter().await;
+        // The fetch's byte budget bounds the export too: what a DAG declares is not what it
+        // took to fetch (THREATS R6).
+        let limit = cfg.max_bytes;
         self.fetch_under(&pass, cid, cfg, progress).await?;
         let target = out.clone();
         let file = std::fs::File::create(&out).map_err(|e| file_err(&out, e))?;
         self.blocking_under(&pass, move |s| {
             let mut w = std::io::BufWriter::new(file);
-            let stats = unixfs::export(s, &cid, &mut w)?;
+            let stats = unixfs::export_within(s, &cid, &mut w, limit)?;
             std::io::Write::flush(&mut w)?;
             Ok(stats)
         })

@@ -229,8 +229,12 @@ pub async fn load_image(
         ..storage.fetch_config()
     };
     let got = storage.get_file(root, tmp.clone(), &progress, cfg).await;
+    // Read one byte past the limit at most, whatever the backend wrote (the embedded one
+    // refuses a file declaring more than the fetch's budget before writing it, THREATS R6).
     let bytes = match got {
-        Ok(_) => tokio::fs::read(&tmp).await.map_err(|e| err(e.to_string())),
+        Ok(_) => read_at_most(&tmp, MAX_FIRMWARE_BYTES.saturating_add(1))
+            .await
+            .map_err(|e| err(e.to_string())),
         Err(e) => Err(err(e.to_string())),
     };
     let _ = tokio::fs::remove_file(&tmp).await;
@@ -241,6 +245,18 @@ pub async fn load_image(
             size: bytes.len() as u64,
         });
     }
+    Ok(bytes)
+}
+
+/// The first `limit` bytes of the file at `path`.
+async fn read_at_most(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut bytes = Vec::new();
+    tokio::fs::File::open(path)
+        .await?
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .await?;
     Ok(bytes)
 }
 

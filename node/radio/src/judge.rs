@@ -123,9 +123,10 @@ pub(crate) fn apply(
         Forward::Ignore => stats.checkpoints_ignored += 1,
         Forward::Reject => stats.checkpoints_rejected += 1,
     }
-    let keep = !(c.ranges.is_empty()
-        && c.released.is_empty()
-        && (!refused.is_empty() || releases_refused > 0));
+    // Kept in the history only with something left in it: an empty one (sent empty, or
+    // emptied by the refusals) tells nothing, and a stranger's stream of them would push this
+    // edge's own records out of the bounded history (THREATS R7).
+    let keep = !(c.ranges.is_empty() && c.released.is_empty());
     Applied {
         forward,
         malformed: None,
@@ -205,6 +206,15 @@ mod tests {
         assert!(a.verified && a.keep);
         assert_eq!((s.ranges_counted, s.checkpoints_forwarded), (1, 1));
         assert_eq!(t.get(&7).unwrap().covered, Some(99));
+    }
+
+    #[test]
+    fn an_empty_checkpoint_is_not_kept() {
+        let mut t = table();
+        let (a, s) = run(&mut t, 9, checkpoint(&[], &[]));
+        assert_eq!(a.forward, Forward::Ignore);
+        assert!(!a.keep, "nothing in it to remember");
+        assert_eq!(s.checkpoints_ignored, 1);
     }
 
     #[test]

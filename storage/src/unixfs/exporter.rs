@@ -256,14 +256,50 @@ impl<'s, S: BlockStore + ?Sized> FileReader<'s, S> {
 pub fn export<S: BlockStore + ?Sized, W: Write>(
     store: &S,
     root: &Cid,
+    writer: W,
+) -> Result<ExportStats> {
+    export_within(store, root, writer, None)
+}
+
+/// [`export`] of a file whose root declares at most `limit` bytes: one declaring more is
+/// refused ([`StorageError::FileTooLarge`]) before anything is written. A fetch bounded by
+/// bytes received does not bound the export: a DAG of a few MiB whose links repeat one block
+/// declares any size (THREATS R6).
+pub fn export_within<S: BlockStore + ?Sized, W: Write>(
+    store: &S,
+    root: &Cid,
     mut writer: W,
+    limit: Option<u64>,
 ) -> Result<ExportStats> {
     let mut reader = FileReader::new(store, root);
+    let mut first = true;
     while let Some(bytes) = reader.next_chunk()? {
+        if first {
+            first = false;
+            within(root, reader.declared_size(), limit)?;
+        }
         writer.write_all(&bytes)?;
     }
     writer.flush()?;
     Ok(reader.stats())
+}
+
+/// The size the file rooted at `root` declares, read from its root block alone.
+pub fn declared_size<S: BlockStore + ?Sized>(store: &S, root: &Cid) -> Result<u64> {
+    let mut reader = FileReader::new(store, root);
+    reader.next_chunk()?;
+    Ok(reader.declared_size().unwrap_or(0))
+}
+
+fn within(root: &Cid, declared: Option<u64>, limit: Option<u64>) -> Result<()> {
+    match (declared, limit) {
+        (Some(declared), Some(limit)) if declared > limit => Err(StorageError::FileTooLarge {
+            cid: *root,
+            declared,
+            limit,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Like [`export`] for an async writer (block reads stay synchronous).

@@ -419,3 +419,34 @@ fn repeated_links_cannot_make_an_unbounded_leaf_list() {
     );
     assert!(file_leaves_within(&store, &one_level, 173).is_err());
 }
+
+/// THREATS R6/C19: the same DAG bomb exported under a budget is refused before a byte is
+/// written, and its declared size is read from the root alone; a file within the budget
+/// exports as before.
+#[test]
+fn a_dag_bomb_is_refused_by_a_bounded_export_before_anything_is_written() {
+    let store = MemoryBlockStore::new();
+    let mut node = raw_leaf(&store, b"x");
+    let mut size = 1u64;
+    for _ in 0..4 {
+        node = file_node(&store, &vec![(node, size); 174], None, Some(size * 174));
+        size *= 174;
+    }
+    assert_eq!(declared_size(&store, &node).unwrap(), 174u64.pow(4));
+    let mut out = Vec::new();
+    let refused = export_within(&store, &node, &mut out, Some(8 << 20));
+    assert!(
+        matches!(refused, Err(StorageError::FileTooLarge { declared, limit, .. })
+            if declared == 174u64.pow(4) && limit == 8 << 20),
+        "{refused:?}"
+    );
+    assert!(out.is_empty(), "nothing written");
+    let (small, root) = add(&pattern(10_000), ImportOptions::default());
+    let mut out = Vec::new();
+    export_within(&small, &root, &mut out, Some(10_000)).unwrap();
+    assert_eq!(out, pattern(10_000));
+    assert!(matches!(
+        export_within(&small, &root, &mut Vec::new(), Some(9_999)),
+        Err(StorageError::FileTooLarge { .. })
+    ));
+}

@@ -268,7 +268,10 @@ fn a_call_off_waits_while_another_contract_holds_the_providers_instance() {
     let closed = chain.ledger.contract(&first).unwrap().closed_at.unwrap();
     let out = customer.handle(chain.now, chain.facts(&customer, c, ev));
     assert!(!submitted(&out).contains(&TxKind::Cancel(second)));
-    assert!(out.contains(&Effect::WakeAt(closed + ARM_TIMEOUT_MS)), "{out:?}");
+    assert!(
+        out.contains(&Effect::WakeAt(closed + ARM_TIMEOUT_MS)),
+        "{out:?}"
+    );
     assert_eq!(
         submitted(&customer.handle(closed + ARM_TIMEOUT_MS, Input::Tick)),
         vec![TxKind::Cancel(second)]

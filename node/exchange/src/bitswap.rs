@@ -33,8 +33,10 @@ pub const PROTOCOLS: [&str; 4] = [
 /// (the fetcher re-wants on timeout); answers to a peer wait for room, which in turn stops us
 /// reading that peer's stream: backpressure instead of unbounded memory.
 const PEER_QUEUE: usize = 8;
-/// Wants answered per `respond` call, bounding the blocks held in memory at once.
-const WANTS_PER_BATCH: usize = 16;
+/// Wants answered per `respond` call, bounding the blocks one inbound stream holds in memory
+/// while its answers wait for room (4 × a 2 MiB block at most; 16 held 32 MiB per stream of a
+/// peer that never reads, THREATS N15).
+const WANTS_PER_BATCH: usize = 4;
 /// Inbound streams served at once, all bitswap versions together; more are refused.
 pub const MAX_INBOUND_STREAMS: usize = 256;
 /// Inbound streams one peer may hold open at once (Kubo keeps one per peer); more are refused
@@ -420,11 +422,19 @@ impl Bitswap {
                 .messages_in
                 .fetch_add(1, Ordering::Relaxed);
             tracing::trace!(%peer, blocks = msg.payload.len(), presences = msg.block_presences.len(), wants = msg.wantlist.as_ref().map_or(0, |w| w.entries.len()), "bitswap message in");
-            self.on_message(peer, msg).await;
+            if !self.on_message(peer, msg).await {
+                // Its answers found no room for the write timeout: the peer does not read
+                // them. Close its stream rather than read its next wantlist and hold more
+                // blocks for another timeout (THREATS N15).
+                debug!(%peer, "bitswap stream closed: the peer takes none of its answers");
+                return;
+            }
         }
     }
 
-    async fn on_message(&self, peer: PeerId, mut msg: Message) {
+    /// Ingests `msg` and answers its wants; false when an answer found no room in the peer's
+    /// queue for [`WRITE_TIMEOUT`] (the stream is then closed).
+    async fn on_message(&self, peer: PeerId, mut msg: Message) -> bool {
         let wants = msg.wantlist.take();
         if !msg.payload.is_empty() || !msg.block_presences.is_empty() {
             let me = self.clone();
@@ -434,7 +444,7 @@ impl Bitswap {
             }
         }
         let Some(mut wants) = wants else {
-            return;
+            return true;
         };
         // Each block once per message: a wantlist naming one large block a thousand times
         // would otherwise be answered with a thousand copies.
@@ -463,7 +473,7 @@ impl Bitswap {
                 Ok(Ok(replies)) => {
                     for reply in replies {
                         if !self.send_wait(peer, reply).await {
-                            return;
+                            return false;
                         }
                     }
                 }
@@ -471,6 +481,7 @@ impl Bitswap {
                 Err(e) => warn!(%peer, error = %e, "bitswap responder task failed"),
             }
         }
+        true
     }
 
     /// Queues a message to `peer`, waiting for room (at most [`WRITE_TIMEOUT`]); false if the

@@ -226,6 +226,15 @@ fn a_peer_that_stops_reading_loses_its_writer_and_repeated_wants_are_answered_on
                         > before["writers_stalled"].as_u64().unwrap_or(0)
             },
         );
+        // THREATS N15: the stream whose answers found no room is closed, though we keep it
+        // open and its next wants are waiting (before, node0 read them and held more blocks
+        // for another 30 s each, through a new writer).
+        wait_until(
+            "node0 to close the stream of the peer that takes none of its answers",
+            Duration::from_secs(90),
+            || stats(&victim)["inbound_streams"].as_u64() == Some(0),
+        );
+        drop(s);
         held.abort();
     });
     let after = stats(&victim);

@@ -140,6 +140,36 @@ async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slash
     .await;
     let pinned = net.node(provider).unwrap().storage.ls().await.unwrap().pins;
     assert!(pinned.contains(&file), "the provider pinned the file");
+    // THREATS C20: the provider's market holds the award's capacity until the contract's end
+    // once it is registered (not for good, and not only the 11 min an unregistered award gets).
+    let registered = rec.registered_at;
+    let end = registered + rec.contract.duration_ms;
+    let p = net.node(provider).unwrap();
+    let mut held = None;
+    // The deal task asks the ledger every 2 s whether the contract is registered.
+    for _ in 0..200 {
+        held = p
+            .market
+            .query(|s| {
+                s.ledger()
+                    .reservations()
+                    .values()
+                    .filter_map(|r| r.expires_at)
+                    .max()
+            })
+            .await
+            .unwrap();
+        if held == Some(end + agora_market_driver::deals::CONTRACT_HOLD_SLACK_MS) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = held.expect("the award's capacity is held");
+    assert_eq!(
+        held,
+        end + agora_market_driver::deals::CONTRACT_HOLD_SLACK_MS,
+        "held until the contract's end and the slack"
+    );
 
     // The arbitrators challenge the honest provider: every challenge passes.
     let honest = wait_record(&net, customer, id, "two passed challenges", |r| {

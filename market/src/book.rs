@@ -57,6 +57,14 @@ impl Default for MarketConfig {
 /// A peer's snapshot request is answered at most once per this long (each answer carries up
 /// to [`MarketConfig::snapshot_max`] auctions and offers).
 pub const SNAPSHOT_EVERY_MS: u64 = 10_000;
+/// How long a provider holds the capacity of an award (a deal being agreed, or agreed) until its
+/// contract is registered: the ledger refuses a contract signed more than 10 min before
+/// (`agora_contracts::ledger::MAX_REGISTER_AGE_MS`), so one not registered 11 min after the
+/// award never will be. Once it is, the node extends the hold to the contract's end
+/// ([`Input::ContractRegistered`]). Before, an agreed hold never ended: every contract's
+/// capacity stayed reserved for good, and a stranger's free award froze a provider's capacity
+/// (THREATS C20).
+pub const AGREED_HOLD_MS: u64 = 660_000;
 /// Most peers whose last snapshot answer is remembered; while that many were answered within
 /// [`SNAPSHOT_EVERY_MS`], further requests wait.
 pub const MAX_SNAPSHOT_PEERS: usize = 256;
@@ -167,6 +175,15 @@ pub enum Input {
     },
     /// Free a firm reservation (e.g. the contract built on a deal ended).
     ReleaseCapacity(ReservationKey),
+    /// The contract built on our agreed `award` (as provider) is registered: hold its capacity
+    /// until `until` (the contract's end and a margin) instead of [`AGREED_HOLD_MS`] after the
+    /// award. Unknown awards are ignored.
+    ContractRegistered {
+        /// The award.
+        award: AwardId,
+        /// When the hold ends.
+        until: Timestamp,
+    },
     /// Timer: close windows, award, expire entries and holds.
     Tick,
 }
@@ -281,6 +298,9 @@ pub struct MarketState<S> {
     snapshots_served: BTreeMap<NodeId, Timestamp>,
     /// Own auctions that only some providers may win (dropped with the auction).
     restricted: BTreeMap<AuctionId, std::collections::BTreeSet<NodeId>>,
+    /// The reservation of each award we took as provider, while it holds one (dropped with
+    /// the reservation).
+    award_holds: BTreeMap<AwardId, ReservationKey>,
 }
 
 impl<S: Signer + Clone> MarketState<S> {
@@ -304,6 +324,7 @@ impl<S: Signer + Clone> MarketState<S> {
             counters: BookCounters::default(),
             snapshots_asked: std::collections::BTreeSet::new(),
             snapshots_served: BTreeMap::new(),
+            award_holds: BTreeMap::new(),
         }
     }
 
@@ -349,6 +370,12 @@ impl<S: Signer + Clone> MarketState<S> {
             Input::Negotiate { award, input } => self.negotiate(now, award, input, &mut out),
             Input::ReleaseCapacity(key) => {
                 self.ledger.release(&key);
+                Ok(())
+            }
+            Input::ContractRegistered { award, until } => {
+                if let Some(key) = self.award_holds.get(&award) {
+                    self.ledger.hold_until(key, until);
+                }
                 Ok(())
             }
             Input::Tick => {

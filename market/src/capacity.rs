@@ -128,6 +128,17 @@ impl CapacityLedger {
         }
     }
 
+    /// Makes `key`'s reservation end at `until`; false when `key` holds none.
+    pub fn hold_until(&mut self, key: &ReservationKey, until: Timestamp) -> bool {
+        match self.reservations.get_mut(key) {
+            Some(r) => {
+                r.expires_at = Some(until);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Releases `key`, returning what it held.
     pub fn release(&mut self, key: &ReservationKey) -> Option<Resources> {
         let r = self.reservations.remove(key)?;

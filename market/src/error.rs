@@ -96,6 +96,19 @@ pub enum MarketError {
         /// Award id.
         award: AwardId,
     },
+    /// Our bid in this auction was already awarded under another award: one bid, one deal.
+    #[error(
+        "auction {auction} already awarded our bid under award {first}; a second award {award} \
+         of the same bid is refused"
+    )]
+    AlreadyAwarded {
+        /// Auction id.
+        auction: AuctionId,
+        /// The award taken.
+        first: AwardId,
+        /// The award refused.
+        award: AwardId,
+    },
     /// A bid this node does not know.
     #[error("unknown bid {bid} in auction {auction}")]
     UnknownBid {

@@ -34,8 +34,8 @@ pub use auction::{
     BidBody, BidSpec, Offer, OfferBody,
 };
 pub use book::{
-    AuctionEntry, AuctionStatus, BookCounters, BookStats, Effect, Input, MarketConfig, MarketState,
-    OfferSpec,
+    AGREED_HOLD_MS, AuctionEntry, AuctionStatus, BookCounters, BookStats, Effect, Input,
+    MarketConfig, MarketState, OfferSpec,
 };
 pub use capacity::{CapacityError, CapacityLedger, ReservationKey};
 pub use dmu::{CustomerRules, DmuConfig, NegotiationRules, ProviderRules};

@@ -76,6 +76,8 @@ impl<S: Signer + Clone> MarketState<S> {
         self.restricted.retain(|id, _| auctions.contains_key(id));
         self.offers.retain(|_, o| o.body.expires_at > now);
         let lapsed = self.ledger.prune(now);
+        let held = self.ledger.reservations();
+        self.award_holds.retain(|_, key| held.contains_key(key));
         if !lapsed.is_empty() {
             self.counters.holds_lapsed += lapsed.len() as u64;
             tracing::debug!(

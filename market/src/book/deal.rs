@@ -147,7 +147,8 @@ impl<S: Signer + Clone> MarketState<S> {
                 self.apply_negotiation(id, effects, out);
             }
         }
-        // Agreed deals keep their reservation (released by `Input::ReleaseCapacity`).
+        // Agreed deals keep their reservation until it ends (`AGREED_HOLD_MS` after the award,
+        // or the contract's end once it is registered: `Input::ContractRegistered`).
         self.deals.retain(|_, d| {
             *d.negotiation.status() == NegotiationStatus::Open || d.negotiation.deadline() > now
         });

@@ -196,10 +196,20 @@ impl<S: Signer + Clone> MarketState<S> {
                     .auctions
                     .get(&auction)
                     .ok_or(MarketError::UnknownAuction { auction })?;
-                if let AuctionStatus::Awarded { award, .. } = entry.status
-                    && award == award_id
-                {
-                    return Ok(());
+                if let AuctionStatus::Awarded { award, provider } = entry.status {
+                    if award == award_id {
+                        return Ok(());
+                    }
+                    // One bid, one deal: the customer signing more awards of our bid with fresh
+                    // nonces would start a deal (and a contract backed by one reservation) per
+                    // award, and evict other customers' agreements (THREATS C21).
+                    if provider == self.me && b.provider == self.me {
+                        return Err(MarketError::AlreadyAwarded {
+                            auction,
+                            first: award,
+                            award: award_id,
+                        });
+                    }
                 }
                 if entry.request.body.customer != b.customer {
                     return Err(MarketError::NotCustomer {
@@ -230,9 +240,11 @@ impl<S: Signer + Clone> MarketState<S> {
                             && auction_resources == b.resources => {}
                     _ => return Err(MarketError::UnknownBid { auction, bid }),
                 }
-                if !self.ledger.confirm(&key) {
-                    // The hold lapsed; take it again firmly or refuse.
-                    self.ledger.reserve(key, b.resources.clone(), None)?;
+                // Held until the contract is registered (extended then), or for good never.
+                let until = now.saturating_add(super::AGREED_HOLD_MS);
+                if !self.ledger.hold_until(&key, until) {
+                    // The hold lapsed; take it again or refuse.
+                    self.ledger.reserve(key, b.resources.clone(), Some(until))?;
                 }
                 key
             }
@@ -254,12 +266,14 @@ impl<S: Signer + Clone> MarketState<S> {
                 }
                 self.replay.record(&b)?;
                 let key = ReservationKey::Award(award_id);
-                self.ledger.reserve(key, b.resources.clone(), None)?;
+                let until = now.saturating_add(super::AGREED_HOLD_MS);
+                self.ledger.reserve(key, b.resources.clone(), Some(until))?;
                 key
             }
         };
         tracing::debug!(award = %award_id.short(), customer = %b.customer.short(), price = b.price, "award received");
         self.start_deal(now, &award, award_id, Some(reservation), out)?;
+        self.award_holds.insert(award_id, reservation);
         out.push(Effect::Awarded {
             award: award_id,
             auction: b.auction(),

@@ -60,10 +60,12 @@ fn auction_to_agreed_terms_end_to_end() {
     assert_eq!(c_terms.len(), 1);
     assert_eq!(c_terms, p_terms);
     assert_eq!(c_terms[0].price, winner.price);
-    // Winner's hold is now firm; the loser's hold was released by the broadcast award.
+    // The winner holds it until its contract could no longer be registered (THREATS C20); the
+    // loser's hold was released by the broadcast award.
+    let key = ReservationKey::Auction(aid);
     assert_eq!(
-        net.nodes[1].ledger().reservations()[&ReservationKey::Auction(aid)].expires_at,
-        None
+        net.nodes[1].ledger().reservations()[&key].expires_at,
+        Some(10_000 + AGREED_HOLD_MS)
     );
     assert!(net.nodes[2].ledger().reservations().is_empty());
     assert!(matches!(
@@ -74,6 +76,29 @@ fn auction_to_agreed_terms_end_to_end() {
         net.rejections(0).is_empty() && net.rejections(1).is_empty(),
         "{:?}",
         net.log
+    );
+    // Registered: held to the contract's end; another award's word changes nothing.
+    let award = p_terms[0].award;
+    let until = 10_000 + 3_600_000;
+    net.input(
+        20_000,
+        1,
+        Input::ContractRegistered {
+            award: crate::ids::AwardId::of_bytes(b"someone else's"),
+            until: 20_001,
+        },
+    );
+    net.input(20_000, 1, Input::ContractRegistered { award, until });
+    assert_eq!(
+        net.nodes[1].ledger().reservations()[&key].expires_at,
+        Some(until)
+    );
+    net.input(10_000 + AGREED_HOLD_MS + 1, 1, Input::Tick);
+    assert!(net.nodes[1].ledger().reservations().contains_key(&key));
+    net.input(until, 1, Input::Tick);
+    assert!(
+        net.nodes[1].ledger().reservations().is_empty(),
+        "released at the contract's end"
     );
 }
 
@@ -616,4 +641,55 @@ fn snapshots_are_answered_once_per_interval_and_only_asked_for_ones_are_taken() 
     }
     assert_eq!(net.nodes[1].auctions().len(), 1);
     assert_eq!(net.nodes[1].book_stats().counters.snapshots_refused, 2);
+}
+
+/// THREATS C21: a customer signing a second award of the provider's one bid (the same body,
+/// a fresh nonce, so a new award id) gets no second deal: the provider refuses it, and agrees
+/// to nothing more than the first award's terms.
+#[test]
+fn a_second_award_of_the_same_bid_is_refused() {
+    let mut net = Net::new(vec![
+        MarketConfig::default(),
+        provider_config(big_capacity()),
+    ]);
+    net.input(0, 0, Input::CreateAuction(spec(1000)));
+    net.input(10_000, 0, Input::Tick);
+    assert_eq!(net.agreed(1).len(), 1, "{:?}", net.log);
+    let first = net
+        .effects_of(0)
+        .find_map(|e| match e {
+            Effect::Send {
+                msg: MarketMessage::Award(a),
+                ..
+            } => Some(a.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let mut body = first.body.clone();
+    body.nonce += 1;
+    let again = crate::signed::Signed::sign(body, &signer(100)).unwrap();
+    let customer = net.nodes[0].node_id();
+    let effects = net.nodes[1].handle(
+        10_002,
+        Input::Remote {
+            from: customer,
+            msg: MarketMessage::Award(again),
+        },
+    );
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::Rejected {
+                error: MarketError::AlreadyAwarded { .. },
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Agreed(_) | Effect::Awarded { .. })),
+        "{effects:?}"
+    );
 }

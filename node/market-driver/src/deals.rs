@@ -396,7 +396,68 @@ impl DealTask {
                 })?;
         info!(award = %award.short(), "countersigned contract");
         self.as_provider.remove(&award);
+        if let Ok(id) = contract.id() {
+            // The market holds the award's capacity for `AGREED_HOLD_MS`; once the contract is
+            // registered, until its end (THREATS C20).
+            let start = auction.start_at.unwrap_or(0);
+            tokio::spawn(
+                hold_while_registered(
+                    self.market.clone(),
+                    self.ledger.clone(),
+                    award,
+                    id,
+                    start,
+                    contract.duration_ms,
+                )
+                .in_current_span(),
+            );
+        }
         Ok(provider_sig)
+    }
+}
+
+// An award's capacity is held at least as long as its contract may still be registered.
+const _: () = assert!(agora_market::AGREED_HOLD_MS > agora_contracts::ledger::MAX_REGISTER_AGE_MS);
+
+/// How much longer than the contract's term a provider holds its capacity: activation, the
+/// settlement's grace and a restart's catching up.
+pub const CONTRACT_HOLD_SLACK_MS: u64 = 20 * 60_000;
+/// How often the ledger is asked whether a countersigned contract is registered.
+const REGISTERED_POLL: Duration = Duration::from_secs(2);
+
+/// Waits (at most the market's `AGREED_HOLD_MS`) for contract `id` of `award` to be registered,
+/// then tells the market to hold the award's capacity until the contract's end (its slot's
+/// `start`, or its registration, plus `duration_ms`) and [`CONTRACT_HOLD_SLACK_MS`]. A contract
+/// never registered leaves the hold to end by itself.
+async fn hold_while_registered(
+    market: MarketHandle,
+    ledger: LedgerHandle,
+    award: AwardId,
+    id: agora_contracts::ContractId,
+    start: u64,
+    duration_ms: u64,
+) {
+    let give_up = now_ms().saturating_add(agora_market::AGREED_HOLD_MS);
+    while now_ms() < give_up {
+        tokio::time::sleep(REGISTERED_POLL).await;
+        let registered = ledger
+            .query(move |v| v.ledger.contract(&id).map(|r| r.registered_at))
+            .await;
+        match registered {
+            Ok(Some(at)) => {
+                let until = at
+                    .max(start)
+                    .saturating_add(duration_ms)
+                    .saturating_add(CONTRACT_HOLD_SLACK_MS);
+                let _ = market
+                    .input(agora_market::Input::ContractRegistered { award, until })
+                    .await;
+                debug!(award = %award.short(), until, "capacity held until the contract's end");
+                return;
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
     }
 }
 

@@ -61,7 +61,7 @@ pub const SNAPSHOT_EVERY_MS: u64 = 10_000;
 /// contract is registered: the ledger refuses a contract signed more than 10 min before
 /// (`agora_contracts::ledger::MAX_REGISTER_AGE_MS`), so one not registered 11 min after the
 /// award never will be. Once it is, the node extends the hold to the contract's end
-/// ([`Input::ContractRegistered`]). Before, an agreed hold never ended: every contract's
+/// ([`Input::HoldAward`]). Before, an agreed hold never ended: every contract's
 /// capacity stayed reserved for good, and a stranger's free award froze a provider's capacity
 /// (THREATS C20).
 pub const AGREED_HOLD_MS: u64 = 660_000;
@@ -175,10 +175,19 @@ pub enum Input {
     },
     /// Free a firm reservation (e.g. the contract built on a deal ended).
     ReleaseCapacity(ReservationKey),
-    /// The contract built on our agreed `award` (as provider) is registered: hold its capacity
-    /// until `until` (the contract's end and a margin) instead of [`AGREED_HOLD_MS`] after the
-    /// award. Unknown awards are ignored.
-    ContractRegistered {
+    /// What this node's ledger says of `node`'s reputation (permille), for scoring its bids on
+    /// our auctions (THREATS P6). Kept only while `node` has a bid on one of them.
+    Reputation {
+        /// The bidder.
+        node: NodeId,
+        /// Its reputation, 0..=1000.
+        permille: u16,
+    },
+    /// Hold the capacity of our agreed `award` (as provider) until `until` instead of
+    /// [`AGREED_HOLD_MS`] after the award: the node's deal task says so when it countersigns
+    /// the award's contract (the registration window from then) and once the contract is
+    /// registered (to its end and a margin). Awards that hold nothing (any more) are ignored.
+    HoldAward {
         /// The award.
         award: AwardId,
         /// When the hold ends.
@@ -301,6 +310,9 @@ pub struct MarketState<S> {
     /// The reservation of each award we took as provider, while it holds one (dropped with
     /// the reservation).
     award_holds: BTreeMap<AwardId, ReservationKey>,
+    /// Bidders' reputations as this node's ledger knows them, for those with a bid on one of
+    /// our auctions ([`Input::Reputation`]).
+    reputations: BTreeMap<NodeId, u16>,
 }
 
 impl<S: Signer + Clone> MarketState<S> {
@@ -325,6 +337,7 @@ impl<S: Signer + Clone> MarketState<S> {
             snapshots_asked: std::collections::BTreeSet::new(),
             snapshots_served: BTreeMap::new(),
             award_holds: BTreeMap::new(),
+            reputations: BTreeMap::new(),
         }
     }
 
@@ -372,7 +385,13 @@ impl<S: Signer + Clone> MarketState<S> {
                 self.ledger.release(&key);
                 Ok(())
             }
-            Input::ContractRegistered { award, until } => {
+            Input::Reputation { node, permille } => {
+                if self.bids_on_mine(&node) {
+                    self.reputations.insert(node, permille.min(1000));
+                }
+                Ok(())
+            }
+            Input::HoldAward { award, until } => {
                 if let Some(key) = self.award_holds.get(&award) {
                     self.ledger.hold_until(key, until);
                 }
@@ -412,6 +431,18 @@ impl<S: Signer + Clone> MarketState<S> {
     /// All live standing offers.
     pub fn offers(&self) -> &BTreeMap<OfferId, Offer> {
         &self.offers
+    }
+
+    /// Whether our agreed `award` (as provider) still holds its capacity.
+    pub fn holds_award(&self, award: &AwardId) -> bool {
+        self.award_holds
+            .get(award)
+            .is_some_and(|k| self.ledger.reservations().contains_key(k))
+    }
+
+    /// Bidders' reputations as this node's ledger knows them ([`Input::Reputation`]).
+    pub fn reputations(&self) -> &BTreeMap<NodeId, u16> {
+        &self.reputations
     }
 
     /// This node's provider capacity ledger.

@@ -47,4 +47,7 @@ pub use ids::{AuctionId, AwardId, BidId, DeploymentId, OfferId, TermsId};
 pub use message::{MarketMessage, topic_for_region};
 pub use negotiation::{AgreedTerms, Negotiation, NegotiationInput, NegotiationMessage};
 pub use resources::{Battery, Interface, Location, Near, Resources, Uptime};
-pub use score::{BidScore, ScoreWeights, select_winner};
+pub use score::{
+    BidScore, NEUTRAL_REPUTATION, ScoreWeights, score_bid, score_bid_known, select_winner,
+    select_winner_known,
+};

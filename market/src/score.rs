@@ -2,7 +2,8 @@
 //!
 //! Each component is an integer in 0..=1000 (higher is better):
 //! - price: `(max_price - price) * 1000 / max_price` (cheaper is better, normalised to max_price);
-//! - reputation: the bid's reputation permille;
+//! - reputation: the bidder's reputation permille as the customer's ledger knows it, else the
+//!   bid's own claim up to the neutral 500 (a claim above it gains nothing, THREATS P6);
 //! - distance: `1000 - distance * 1000 / max_km` when the auction has `near`, else 1000;
 //! - capability: headroom, `1000 - mean(need * 1000 / capacity)` over the requested
 //!   cpu/memory/storage/bandwidth dimensions (a provider with more spare room scores higher).
@@ -81,11 +82,31 @@ fn ratio_permille(num: u64, den: u64) -> u32 {
     u32::try_from(v.min(1000)).unwrap_or(1000)
 }
 
-/// Scores a bid that already passed `check_bid_constraints` against `auction`.
+/// The reputation a bidder the customer knows nothing about is scored with: what an honest
+/// node claims by default. A bid's own claim counts only up to it, so claiming more gains
+/// nothing (THREATS P6); what the customer's ledger says of the bidder replaces it
+/// ([`score_bid_known`]).
+pub const NEUTRAL_REPUTATION: u16 = 500;
+
+/// Scores a bid that already passed `check_bid_constraints` against `auction`, with no
+/// knowledge of the bidder's reputation.
 pub fn score_bid(auction: &AuctionRequest, bid_id: BidId, bid: &Bid, w: &ScoreWeights) -> BidScore {
+    score_bid_known(auction, bid_id, bid, w, None)
+}
+
+/// [`score_bid`] with the bidder's reputation as the customer knows it (its ledger's word),
+/// if it does; otherwise the bid's claim up to [`NEUTRAL_REPUTATION`].
+pub fn score_bid_known(
+    auction: &AuctionRequest,
+    bid_id: BidId,
+    bid: &Bid,
+    w: &ScoreWeights,
+    known: Option<u16>,
+) -> BidScore {
     let (a, b) = (&auction.body, &bid.body);
     let price_part = ratio_permille(a.max_price.saturating_sub(b.price), a.max_price);
-    let reputation_part = u32::from(b.reputation_permille.min(1000));
+    let reputation = known.unwrap_or(b.reputation_permille.min(NEUTRAL_REPUTATION));
+    let reputation_part = u32::from(reputation.min(1000));
     let distance_part = match (&a.near, &b.location) {
         (Some(near), Some(loc)) => {
             // Whole metres keep the component an integer.
@@ -133,9 +154,23 @@ pub fn select_winner<'a>(
     bids: impl IntoIterator<Item = (&'a BidId, &'a Bid)>,
     weights: &ScoreWeights,
 ) -> Option<BidScore> {
+    select_winner_known(auction, auction_id, bids, weights, |_| None)
+}
+
+/// [`select_winner`] with the reputations the customer knows of the bidders.
+pub fn select_winner_known<'a>(
+    auction: &AuctionRequest,
+    auction_id: AuctionId,
+    bids: impl IntoIterator<Item = (&'a BidId, &'a Bid)>,
+    weights: &ScoreWeights,
+    reputation_of: impl Fn(&crate::identity::NodeId) -> Option<u16>,
+) -> Option<BidScore> {
     bids.into_iter()
         .filter(|(id, bid)| check_bid_constraints(auction, auction_id, bid, **id).is_ok())
-        .map(|(id, bid)| score_bid(auction, *id, bid, weights))
+        .map(|(id, bid)| {
+            let known = reputation_of(&bid.body.provider);
+            score_bid_known(auction, *id, bid, weights, known)
+        })
         .max_by(|x, y| x.rank(y))
 }
 
@@ -144,6 +179,49 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::test_utils::{AuctionBuilder, BidBuilder, signer};
+
+    /// THREATS P6: a bid claiming a reputation of 1000 while asking 10 % more no longer beats an
+    /// honest bid claiming the neutral 500 (its claim counts up to 500); a reputation the
+    /// customer's ledger knows counts whatever the claim.
+    #[test]
+    fn a_claimed_reputation_above_neutral_gains_nothing_and_a_known_one_counts() {
+        let customer = signer(1);
+        let auction = AuctionBuilder::new().max_price(1000).build(&customer, 0);
+        let aid = auction.id().unwrap();
+        let honest = BidBuilder::new(&auction)
+            .price(500)
+            .reputation(500)
+            .build(&signer(2));
+        let liar = BidBuilder::new(&auction)
+            .price(550)
+            .reputation(1000)
+            .build(&signer(3));
+        let bids: Vec<(BidId, Bid)> = [honest.clone(), liar.clone()]
+            .into_iter()
+            .map(|b| (b.id().unwrap(), b))
+            .collect();
+        let w = ScoreWeights::default();
+        let pick = |known: &dyn Fn(&crate::identity::NodeId) -> Option<u16>| {
+            select_winner_known(&auction, aid, bids.iter().map(|(i, b)| (i, b)), &w, known)
+                .unwrap()
+                .bid
+        };
+        assert_eq!(
+            pick(&|_| None),
+            honest.id().unwrap(),
+            "the claim gains nothing"
+        );
+        let liar_id = liar.body.provider;
+        assert_eq!(
+            pick(&|n| (*n == liar_id).then_some(1000)),
+            liar.id().unwrap(),
+            "a reputation the ledger knows counts"
+        );
+        assert_eq!(
+            score_bid(&auction, liar.id().unwrap(), &liar, &w).reputation_part,
+            u32::from(NEUTRAL_REPUTATION)
+        );
+    }
 
     #[test]
     fn cheaper_bid_wins_and_tie_breaks_on_price_then_id() {

@@ -132,7 +132,10 @@ impl Settler {
             let e = held
                 .entry((r.contract.provider, r.contract.service_image))
                 .or_default();
-            e.0 |= matches!(r.status, ContractStatus::Armed | ContractStatus::Active);
+            // An armed standby waiting for its handover runs nothing (a review found it kept a
+            // hosted contract on the same image from ever being called off).
+            e.0 |= r.status == ContractStatus::Active
+                || (r.status == ContractStatus::Armed && r.contract.kind != ContractKind::Standby);
             e.1 = e.1.max(r.closed_at.unwrap_or(0));
         }
         for (id, r) in v.records.iter() {

@@ -35,6 +35,17 @@ pub enum DealRefusal {
         /// The award.
         award: AwardId,
     },
+    /// The capacity this provider held for the award has lapsed (no contract was proposed
+    /// within the market's hold, 11 min after the award): it may be sold again, so this
+    /// provider signs nothing more for the award (THREATS C20).
+    #[error(
+        "the capacity held for award {award} has lapsed (no contract within 11 min of the \
+         award); auction again"
+    )]
+    HoldLapsed {
+        /// The award.
+        award: AwardId,
+    },
     /// The proposal was not sent by the contract's customer.
     #[error("proposal sent by {sender} but the contract's customer is {customer}")]
     SenderNotCustomer {

@@ -305,12 +305,17 @@ impl<S: Signer + Clone> MarketState<S> {
         let rules = &self.config.dmu.provider;
         let customer = req.body.customer;
         let window = req.body.window_closes_at.saturating_sub(now);
+        // Open bids only: an awarded one's hold (an agreed deal, which ends too since C20) is
+        // not a bid waiting for its award.
+        let awarded: std::collections::BTreeSet<&ReservationKey> =
+            self.award_holds.values().collect();
         let held = self
             .ledger
             .reservations()
             .iter()
             .filter(|(key, r)| {
                 r.expires_at.is_some()
+                    && !awarded.contains(key)
                     && matches!(key, ReservationKey::Auction(id)
                         if self.auctions.get(id).is_some_and(|e| e.request.body.customer == customer))
             })

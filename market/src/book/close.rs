@@ -6,7 +6,7 @@ use crate::error::MarketError;
 use crate::identity::{Signer, Timestamp};
 use crate::ids::{AuctionId, BidId};
 use crate::message::{MarketMessage, topic_for_region};
-use crate::score::select_winner;
+use crate::score::select_winner_known;
 use crate::signed::Signed;
 use crate::validate::check_bid_constraints;
 
@@ -25,6 +25,15 @@ impl<S: Signer + Clone> MarketState<S> {
             })
     }
 
+    /// Whether `node` has a bid on one of our open auctions.
+    pub(super) fn bids_on_mine(&self, node: &crate::identity::NodeId) -> bool {
+        self.auctions.values().any(|e| {
+            e.request.body.customer == self.me
+                && e.status == AuctionStatus::Open
+                && e.bids.values().any(|b| b.body.provider == *node)
+        })
+    }
+
     pub(super) fn tick(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
         let closing: Vec<AuctionId> = self
             .auctions
@@ -41,8 +50,9 @@ impl<S: Signer + Clone> MarketState<S> {
             };
             let mine = entry.request.body.customer == self.me;
             let only = self.restricted.get(&id);
+            let reputations = &self.reputations;
             let winner = if mine {
-                select_winner(
+                select_winner_known(
                     &entry.request,
                     id,
                     entry
@@ -50,6 +60,7 @@ impl<S: Signer + Clone> MarketState<S> {
                         .iter()
                         .filter(|(_, b)| only.is_none_or(|o| o.contains(&b.body.provider))),
                     &self.config.dmu.customer.weights,
+                    |n| reputations.get(n).copied(),
                 )
             } else {
                 None
@@ -75,6 +86,12 @@ impl<S: Signer + Clone> MarketState<S> {
         self.my_bids.retain(|id, _| auctions.contains_key(id));
         self.restricted.retain(|id, _| auctions.contains_key(id));
         self.offers.retain(|_, o| o.body.expires_at > now);
+        // Reputations only of bidders on our auctions still open.
+        let reputations = std::mem::take(&mut self.reputations);
+        self.reputations = reputations
+            .into_iter()
+            .filter(|(n, _)| self.bids_on_mine(n))
+            .collect();
         let lapsed = self.ledger.prune(now);
         let held = self.ledger.reservations();
         self.award_holds.retain(|_, key| held.contains_key(key));

@@ -148,7 +148,7 @@ impl<S: Signer + Clone> MarketState<S> {
             }
         }
         // Agreed deals keep their reservation until it ends (`AGREED_HOLD_MS` after the award,
-        // or the contract's end once it is registered: `Input::ContractRegistered`).
+        // or the contract's end once it is registered: `Input::HoldAward`).
         self.deals.retain(|_, d| {
             *d.negotiation.status() == NegotiationStatus::Open || d.negotiation.deadline() > now
         });

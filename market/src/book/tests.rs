@@ -83,12 +83,12 @@ fn auction_to_agreed_terms_end_to_end() {
     net.input(
         20_000,
         1,
-        Input::ContractRegistered {
+        Input::HoldAward {
             award: crate::ids::AwardId::of_bytes(b"someone else's"),
             until: 20_001,
         },
     );
-    net.input(20_000, 1, Input::ContractRegistered { award, until });
+    net.input(20_000, 1, Input::HoldAward { award, until });
     assert_eq!(
         net.nodes[1].ledger().reservations()[&key].expires_at,
         Some(until)
@@ -692,4 +692,39 @@ fn a_second_award_of_the_same_bid_is_refused() {
             .any(|e| matches!(e, Effect::Agreed(_) | Effect::Awarded { .. })),
         "{effects:?}"
     );
+}
+
+/// The holds of a customer's auctions already awarded to this provider (agreed deals, whose
+/// holds end since THREATS C20) are not open bids: a customer placing a third deployment on
+/// one provider after two were agreed still gets its bid (`max_holds_per_customer` counts
+/// bids waiting for an award; found by the review of C20).
+#[test]
+fn agreed_deals_do_not_use_up_a_provider_s_holds_for_that_customer() {
+    let mut net = Net::new(vec![
+        MarketConfig::default(),
+        provider_config(big_capacity()),
+    ]);
+    assert_eq!(net.nodes[1].config().dmu.provider.max_holds_per_customer, 2);
+    let mut now = 0;
+    for round in 0..3u64 {
+        net.input(
+            now,
+            0,
+            Input::CreateAuction(
+                AuctionBuilder::new()
+                    .max_price(1000)
+                    .nonce(round + 1)
+                    .spec(),
+            ),
+        );
+        now += 10_000;
+        net.input(now, 0, Input::Tick);
+        assert_eq!(
+            net.agreed(1).len() as u64,
+            round + 1,
+            "auction {round} bid on and agreed: {:?}",
+            net.rejections(1)
+        );
+    }
+    assert_eq!(net.nodes[1].book_stats().counters.auto_bids_declined, 0);
 }

@@ -315,6 +315,11 @@ async fn start_with_key(
             .await
             .map_err(|e| DaemonError::Genesis(e.to_string()))?;
             tasks.push(task);
+            tasks.push(agora_market_driver::reputation::spawn(
+                market.clone(),
+                handle.clone(),
+                cancel.clone(),
+            ));
             tasks.push(agora_market_driver::deals::spawn(
                 key.signer().clone(),
                 config.deals.clone(),

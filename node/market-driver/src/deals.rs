@@ -132,6 +132,8 @@ struct DealTask {
     seq: Arc<AtomicU64>,
     /// Proposals whose retry loop runs beside the task.
     in_flight: Arc<AtomicU64>,
+    /// Countersigned contracts whose registration is awaited ([`hold_while_registered`]).
+    watching: Arc<AtomicU64>,
 }
 
 /// Starts the deal task.
@@ -161,6 +163,7 @@ pub fn spawn(
         as_provider: HashMap::new(),
         seq: Arc::new(AtomicU64::new(now_ms())),
         in_flight: Arc::default(),
+        watching: Arc::default(),
     };
     tokio::spawn(task.run(agreed, events, cancel).in_current_span())
 }
@@ -388,6 +391,23 @@ impl DealTask {
             contract,
             customer_sig,
         )?;
+        // The award's capacity must still be held here, and is held through the registration
+        // window from now on: a contract proposed late must not be registered with no
+        // capacity behind it (THREATS C20).
+        let held = self
+            .market
+            .query(move |s| s.holds_award(&award))
+            .await
+            .unwrap_or(false);
+        if !held {
+            self.as_provider.remove(&award);
+            return Err(DealRefusal::HoldLapsed { award });
+        }
+        let until = now_ms().saturating_add(agora_market::AGREED_HOLD_MS);
+        let _ = self
+            .market
+            .input(agora_market::Input::HoldAward { award, until })
+            .await;
         let (_, provider_sig) =
             contract
                 .sign_as(&self.signer)
@@ -396,19 +416,26 @@ impl DealTask {
                 })?;
         info!(award = %award.short(), "countersigned contract");
         self.as_provider.remove(&award);
-        if let Ok(id) = contract.id() {
-            // The market holds the award's capacity for `AGREED_HOLD_MS`; once the contract is
-            // registered, until its end (THREATS C20).
+        // The market holds the award's capacity through the registration window; once the
+        // contract is registered, until its end (THREATS C20). At most
+        // `MAX_AGREED_AS_PROVIDER` are awaited at once (a contract beyond keeps the window's
+        // hold only).
+        let watching = self.watching.clone();
+        if let Ok(id) = contract.id()
+            && watching.load(Ordering::Relaxed) < MAX_AGREED_AS_PROVIDER as u64
+        {
+            watching.fetch_add(1, Ordering::Relaxed);
             let start = auction.start_at.unwrap_or(0);
+            let (market, ledger, duration) = (
+                self.market.clone(),
+                self.ledger.clone(),
+                contract.duration_ms,
+            );
             tokio::spawn(
-                hold_while_registered(
-                    self.market.clone(),
-                    self.ledger.clone(),
-                    award,
-                    id,
-                    start,
-                    contract.duration_ms,
-                )
+                async move {
+                    hold_while_registered(market, ledger, award, id, start, duration).await;
+                    watching.fetch_sub(1, Ordering::Relaxed);
+                }
                 .in_current_span(),
             );
         }
@@ -450,7 +477,7 @@ async fn hold_while_registered(
                     .saturating_add(duration_ms)
                     .saturating_add(CONTRACT_HOLD_SLACK_MS);
                 let _ = market
-                    .input(agora_market::Input::ContractRegistered { award, until })
+                    .input(agora_market::Input::HoldAward { award, until })
                     .await;
                 debug!(award = %award.short(), until, "capacity held until the contract's end");
                 return;

@@ -46,6 +46,15 @@ pub enum DealRefusal {
         /// The award.
         award: AwardId,
     },
+    /// This provider already awaits the registration of as many countersigned contracts as it
+    /// follows at once (1,024): signing more would leave their capacity held only briefly.
+    #[error(
+        "this provider awaits the registration of too many contracts; propose award {award} again later"
+    )]
+    Busy {
+        /// The award.
+        award: AwardId,
+    },
     /// The proposal was not sent by the contract's customer.
     #[error("proposal sent by {sender} but the contract's customer is {customer}")]
     SenderNotCustomer {

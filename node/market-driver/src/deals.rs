@@ -403,6 +403,12 @@ impl DealTask {
             self.as_provider.remove(&award);
             return Err(DealRefusal::HoldLapsed { award });
         }
+        // Every signed contract's registration is followed (its capacity held to its end): at
+        // most `MAX_AGREED_AS_PROVIDER` at once, more are refused rather than signed with a
+        // short hold (found by the review of C20).
+        if self.watching.load(Ordering::Relaxed) >= MAX_AGREED_AS_PROVIDER as u64 {
+            return Err(DealRefusal::Busy { award });
+        }
         let until = now_ms().saturating_add(agora_market::AGREED_HOLD_MS);
         let _ = self
             .market
@@ -417,13 +423,9 @@ impl DealTask {
         info!(award = %award.short(), "countersigned contract");
         self.as_provider.remove(&award);
         // The market holds the award's capacity through the registration window; once the
-        // contract is registered, until its end (THREATS C20). At most
-        // `MAX_AGREED_AS_PROVIDER` are awaited at once (a contract beyond keeps the window's
-        // hold only).
+        // contract is registered, until its end (THREATS C20).
         let watching = self.watching.clone();
-        if let Ok(id) = contract.id()
-            && watching.load(Ordering::Relaxed) < MAX_AGREED_AS_PROVIDER as u64
-        {
+        if let Ok(id) = contract.id() {
             watching.fetch_add(1, Ordering::Relaxed);
             let start = auction.start_at.unwrap_or(0);
             let (market, ledger, duration) = (

@@ -277,3 +277,36 @@ fn a_call_off_waits_while_another_contract_holds_the_providers_instance() {
         vec![TxKind::Cancel(second)]
     );
 }
+
+/// An armed standby of ours waiting for its handover runs nothing on the provider: it does not
+/// hold off calling off a hosted contract on the same image that the provider left unarmed
+/// (found by the review of the call-off).
+#[test]
+fn an_armed_standby_does_not_hold_off_a_call_off() {
+    let mut chain = Chain::new();
+    let c = chain.customer.node_id();
+    let (standby, _) = chain.register(Chain::standby().duration(3_600_000).signed());
+    let pr = chain.provider.clone();
+    chain.block(vec![
+        (&pr, TxKind::MarkMigrated(standby)),
+        (&pr, TxKind::MarkArmed(standby)),
+    ]);
+    assert_eq!(
+        chain.ledger.contract(&standby).unwrap().status,
+        ContractStatus::Armed
+    );
+    let (hosted, ev) = chain.register(
+        ContractBuilder::new(1, 2)
+            .duration(3_600_000)
+            .nonce(7)
+            .signed(),
+    );
+    let registered = chain.ledger.contract(&hosted).unwrap().registered_at;
+    let mut customer = settling_only(&chain, c);
+    customer.handle(chain.now, chain.facts(&customer, c, ev));
+    customer.handle(chain.now, Input::CaughtUp { height: 1 });
+    assert!(
+        submitted(&customer.handle(registered + ARM_TIMEOUT_MS, Input::Tick))
+            .contains(&TxKind::Cancel(hosted))
+    );
+}

@@ -28,7 +28,7 @@ proptest! {
     /// committee's confirmed downtime could prove.
     #[test]
     fn hosted_settlement_pays_for_uptime_or_slashes(
-        payment in 0u64..5_000,
+        payment in 1u64..5_000,
         stakes in (0u64..1_000, 0u64..4_000),
         duration in 1_000u64..100_000,
         delay in 0u64..10_000,
@@ -106,7 +106,7 @@ proptest! {
     /// by, then service the committee confirmed up).
     #[test]
     fn standby_customer_back_pays_pro_rata(
-        payment in 0u64..5_000,
+        payment in 1u64..5_000,
         duration in 20_000u64..200_000,
         back_after in 0u64..250_000,
     ) {

@@ -86,12 +86,16 @@ impl<S: Signer + Clone> MarketState<S> {
         self.my_bids.retain(|id, _| auctions.contains_key(id));
         self.restricted.retain(|id, _| auctions.contains_key(id));
         self.offers.retain(|_, o| o.body.expires_at > now);
-        // Reputations only of bidders on our auctions still open.
-        let reputations = std::mem::take(&mut self.reputations);
-        self.reputations = reputations
-            .into_iter()
-            .filter(|(n, _)| self.bids_on_mine(n))
+        // Reputations only of bidders on our auctions still open (the bidders gathered once,
+        // not one scan of every auction per reputation).
+        let me = self.me;
+        let bidders: std::collections::BTreeSet<_> = self
+            .auctions
+            .values()
+            .filter(|e| e.request.body.customer == me && e.status == AuctionStatus::Open)
+            .flat_map(|e| e.bids.values().map(|b| b.body.provider))
             .collect();
+        self.reputations.retain(|n, _| bidders.contains(n));
         let lapsed = self.ledger.prune(now);
         let held = self.ledger.reservations();
         self.award_holds.retain(|_, key| held.contains_key(key));

@@ -387,18 +387,24 @@ fn dags_deeper_than_the_bound_are_refused() {
     assert!(file_leaves(&store, &deeper).is_err());
 }
 
-/// A DAG bomb: five small blocks whose nodes link one child 174 times declare a 174^4-byte file.
-/// The reader says so before reading on, and the leaf walk stops at its bound (a small one here,
+/// Stores a DAG bomb in `store`: five small blocks whose nodes link one child 174 times,
+/// declaring a 174^4-byte file; returns its root.
+fn dag_bomb(store: &MemoryBlockStore) -> Cid {
+    let mut node = raw_leaf(store, b"x");
+    let mut size = 1u64;
+    for _ in 0..4 {
+        node = file_node(store, &vec![(node, size); 174], None, Some(size * 174));
+        size *= 174;
+    }
+    node
+}
+
+/// A DAG bomb (`dag_bomb`) declares a 174^4-byte file. The reader says so before reading on, and the leaf walk stops at its bound (a small one here,
 /// to keep the test fast; `file_leaves` uses MAX_FILE_LEAVES).
 #[test]
 fn repeated_links_cannot_make_an_unbounded_leaf_list() {
     let store = MemoryBlockStore::new();
-    let mut node = raw_leaf(&store, b"x");
-    let mut size = 1u64;
-    for _ in 0..4 {
-        node = file_node(&store, &vec![(node, size); 174], None, Some(size * 174));
-        size *= 174;
-    }
+    let node = dag_bomb(&store);
     assert_eq!(store.list().unwrap().len(), 5);
     let mut reader = FileReader::new(&store, &node);
     reader.next_chunk().unwrap();
@@ -426,12 +432,7 @@ fn repeated_links_cannot_make_an_unbounded_leaf_list() {
 #[test]
 fn a_dag_bomb_is_refused_by_a_bounded_export_before_anything_is_written() {
     let store = MemoryBlockStore::new();
-    let mut node = raw_leaf(&store, b"x");
-    let mut size = 1u64;
-    for _ in 0..4 {
-        node = file_node(&store, &vec![(node, size); 174], None, Some(size * 174));
-        size *= 174;
-    }
+    let node = dag_bomb(&store);
     assert_eq!(declared_size(&store, &node).unwrap(), 174u64.pow(4));
     let mut out = Vec::new();
     let refused = export_within(&store, &node, &mut out, Some(8 << 20));

@@ -41,6 +41,12 @@ fn paid_uptime(rec: &ContractRecord, end: Timestamp) -> u64 {
         .min(rec.confirmed_up_ms)
 }
 
+/// Where the provider's heartbeat reports of `rec`, activated at `activated`, end: the end of
+/// its last batch, never before the activation.
+fn reported_to(rec: &ContractRecord, activated: Timestamp) -> Timestamp {
+    rec.last_uptime_end.unwrap_or(activated).max(activated)
+}
+
 /// Slack on top of one heartbeat interval for the provider's last batch to reach a block (the
 /// block's time may trail the provider's clock by the skew).
 const TAIL_SLACK_MS: u64 = MAX_CLOCK_SKEW_MS;
@@ -58,8 +64,7 @@ fn unreported_tail(rec: &ContractRecord, end: Timestamp) -> u64 {
     let Some(activated) = rec.activated_at else {
         return 0;
     };
-    let reported_to = rec.last_uptime_end.unwrap_or(activated).max(activated);
-    let from = reported_to.max(rec.last_down_end.unwrap_or(0));
+    let from = reported_to(rec, activated).max(rec.last_down_end.unwrap_or(0));
     end.saturating_sub(from).min(
         rec.contract
             .qos
@@ -160,10 +165,7 @@ pub(super) fn breach_of(
     // the chain can cause): it is not paid (paid uptime needs the committee's confirmation),
     // and it is a breach only when a quorum of the committee confirmed the service down
     // (below). Gaps between its reports are its own admission and count against it.
-    let reported_to = rec
-        .last_uptime_end
-        .unwrap_or(activated)
-        .clamp(activated, end);
+    let reported_to = reported_to(rec, activated).min(end);
     let tail = end
         .saturating_sub(reported_to)
         .min(c.qos.heartbeat_interval_ms);

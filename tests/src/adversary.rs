@@ -28,6 +28,8 @@ pub mod gossip;
 pub mod host_nothing;
 pub mod never_arm;
 pub mod radio;
+pub mod slow_start;
+pub mod twist;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,13 +1,16 @@
 //! The market book under fuzzer-chosen, validly signed traffic: auctions, bids, offers and
 //! awards from a handful of parties, our own auctions, and time. After every step the books stay
-//! within their bounds, capacity is never over-committed, and no lapsed hold survives a tick.
+//! within their bounds, capacity is never over-committed, and no hold outlives its bound (a
+//! bid's the award grace, an awarded one `AGREED_HOLD_MS` after its award: THREATS C20).
 #![no_main]
 
 use agora_fuzz::market::{Op, auction, award, bid, offer, party};
 use agora_market::resources::{Interface, Resources};
+use std::collections::BTreeMap;
+
 use agora_market::{
-    AuctionKind, AuctionRequest, AuctionSpec, Bid, Effect, Input, KeySigner, MarketConfig,
-    MarketMessage, MarketState, NodeId,
+    AGREED_HOLD_MS, AuctionId, AuctionKind, AuctionRequest, AuctionSpec, Bid, Effect, Input,
+    KeySigner, MarketConfig, MarketMessage, MarketState, NodeId,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -41,6 +44,8 @@ fuzz_target!(|ops: Vec<Op>| {
     // Auctions seen (with their signer's party number) and the bids our node sent.
     let mut known: Vec<(u8, AuctionRequest)> = Vec::new();
     let mut our_bids: Vec<Bid> = Vec::new();
+    // Auctions awarded to our node, and when (an awarded hold lasts `AGREED_HOLD_MS` from then).
+    let mut awarded: BTreeMap<AuctionId, u64> = BTreeMap::new();
     let peer = NodeId([9; 32]);
     for op in ops.into_iter().take(64) {
         now += 1;
@@ -167,12 +172,19 @@ fuzz_target!(|ops: Vec<Op>| {
             },
         };
         for e in &out {
-            if let Effect::Send {
-                msg: MarketMessage::Bid(b),
-                ..
-            } = e
-            {
-                our_bids.push(b.clone());
+            match e {
+                Effect::Send {
+                    msg: MarketMessage::Bid(b),
+                    ..
+                } => our_bids.push(b.clone()),
+                Effect::Awarded {
+                    auction: Some(a),
+                    provider,
+                    ..
+                } if *provider == node.node_id() => {
+                    awarded.insert(*a, now);
+                }
+                _ => {}
             }
         }
         known.retain(|(_, r)| r.body.expires_at > now);
@@ -199,8 +211,15 @@ fuzz_target!(|ops: Vec<Op>| {
             if let (Some(t), agora_market::ReservationKey::Auction(id)) = (r.expires_at, key)
                 && let Some(e) = node.auctions().get(id)
             {
+                // A bid's hold ends by the award grace; an awarded one (C20) lasts
+                // `AGREED_HOLD_MS` from its award unless the deal task extends it, which this
+                // target never does.
                 let close = e.request.body.window_closes_at;
-                assert!(t <= close.saturating_add(grace), "hold past the grace");
+                let bound = match awarded.get(id) {
+                    Some(at) => at.saturating_add(AGREED_HOLD_MS),
+                    None => close.saturating_add(grace),
+                };
+                assert!(t <= bound, "hold past its bound");
             }
         }
     }

@@ -1,8 +1,8 @@
-//! A provider that runs nothing (THREATS P1): a [`ServiceControl`] in front of the node's real
-//! service host that stages a contract's image as usual (fetched, verified, compiled) but never
-//! starts it, while telling the orchestrator it runs, so the provider activates the contract and
-//! claims uptime in every heartbeat as an honest one would. Only its answer to the arbitrators'
-//! probes differs between the two kinds ([`HostNothing`]).
+//! A provider that runs nothing (THREATS P1): a [`Twist`] of the node's real service host
+//! ([`ServiceControl`]) that stages a contract's image as usual (fetched, verified, compiled)
+//! but never starts it, while telling the orchestrator it runs, so the provider activates the
+//! contract and claims uptime in every heartbeat as an honest one would. Only its answer to the
+//! arbitrators' probes differs between the two kinds ([`HostNothing`]).
 //!
 //! `agora-byzantine --host-nothing[=honest|lie]` runs a real node behind it
 //! (`agora_daemon::start_wrapped`). Each service it pretends to start prints
@@ -10,13 +10,12 @@
 //! `byzantine: probe answered service=… running=…` to stdout (the devnet's `node.log`).
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
-use agora_contracts::probe::GuestExpectation;
-use agora_hosting::ceiling::ContractCeiling;
-use agora_hosting::control::{ProbeWitness, ServiceControl, StagedService};
+use agora_hosting::control::{ProbeWitness, ServiceControl};
 use async_trait::async_trait;
-use cid::Cid;
+
+use super::twist::Twist;
 
 /// How a provider that runs nothing answers the probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,22 +27,20 @@ pub enum HostNothing {
     Lie,
 }
 
-/// The wrapped service host.
+/// Its twist.
 pub struct NothingHost {
-    inner: Arc<dyn ServiceControl>,
     kind: HostNothing,
     /// Services it pretends to run.
     pretended: Mutex<BTreeSet<String>>,
 }
 
 impl NothingHost {
-    /// Runs nothing of what `inner` is asked to start; answers probes as `kind` says.
-    pub fn wrap(inner: Arc<dyn ServiceControl>, kind: HostNothing) -> Arc<dyn ServiceControl> {
-        Arc::new(NothingHost {
-            inner,
+    /// Runs nothing of what it is asked to start; answers probes as `kind` says.
+    pub fn new(kind: HostNothing) -> Self {
+        NothingHost {
             kind,
             pretended: Mutex::new(BTreeSet::new()),
-        })
+        }
     }
 
     fn pretends(&self, id: &str) -> bool {
@@ -55,25 +52,8 @@ impl NothingHost {
 }
 
 #[async_trait]
-impl ServiceControl for NothingHost {
-    async fn stage(&self, id: &str, image: Cid) -> Result<StagedService, String> {
-        self.inner.stage(id, image).await
-    }
-
-    async fn stage_for_contract(
-        &self,
-        id: &str,
-        image: Cid,
-        ceiling: ContractCeiling,
-    ) -> Result<StagedService, agora_hosting::control::StageError> {
-        self.inner.stage_for_contract(id, image, ceiling).await
-    }
-
-    async fn devices_of(&self, image: Cid) -> Result<Vec<u32>, String> {
-        self.inner.devices_of(image).await
-    }
-
-    async fn start(&self, id: &str) -> Result<(), String> {
+impl Twist for NothingHost {
+    async fn start(&self, _inner: &dyn ServiceControl, id: &str) -> Result<(), String> {
         self.pretended
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -82,46 +62,47 @@ impl ServiceControl for NothingHost {
         Ok(())
     }
 
-    async fn stop(&self, id: &str) -> Result<(), String> {
+    async fn stop(&self, inner: &dyn ServiceControl, id: &str) -> Result<(), String> {
         let was = self
             .pretended
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
-        match self.inner.stop(id).await {
+        match inner.stop(id).await {
             Err(_) if was => Ok(()),
             other => other,
         }
     }
 
-    fn push_reading(&self, id: &str, frame: Vec<u8>) -> Result<(), String> {
+    fn push_reading(
+        &self,
+        inner: &dyn ServiceControl,
+        id: &str,
+        frame: Vec<u8>,
+    ) -> Result<(), String> {
         if self.pretends(id) {
             return Err(format!("service {id} runs nowhere"));
         }
-        self.inner.push_reading(id, frame)
+        inner.push_reading(id, frame)
     }
 
     /// What the orchestrator's heartbeats read: "running", so it claims uptime.
-    async fn running(&self, id: &str) -> bool {
-        self.pretends(id) || self.inner.running(id).await
+    async fn running(&self, inner: &dyn ServiceControl, id: &str) -> bool {
+        self.pretends(id) || inner.running(id).await
     }
 
-    async fn probe(&self, id: &str, nonce: i64) -> ProbeWitness {
+    async fn active(&self, inner: &dyn ServiceControl, id: &str) -> bool {
+        self.pretends(id) || inner.active(id).await
+    }
+
+    async fn probe(&self, inner: &dyn ServiceControl, id: &str, nonce: i64) -> ProbeWitness {
         if !self.pretends(id) {
-            return self.inner.probe(id, nonce).await;
+            return inner.probe(id, nonce).await;
         }
         let running = self.kind == HostNothing::Lie;
         // No instance to ask: the liar makes a value up (the nonce itself).
         let guest = running.then_some(nonce);
         println!("byzantine: probe answered service={id} running={running}");
         ProbeWitness { running, guest }
-    }
-
-    async fn probe_image(&self, image: Cid, nonce: i64) -> GuestExpectation {
-        self.inner.probe_image(image, nonce).await
-    }
-
-    async fn retain_probe_images(&self, keep: &std::collections::BTreeSet<Cid>) -> usize {
-        self.inner.retain_probe_images(keep).await
     }
 }

@@ -67,6 +67,10 @@
 //!   report, which follows the provider's start of the service: THREATS C13); prints
 //!   `byzantine: cancel-hosted submitted contract=… nonce=…`, then `byzantine: cancel-hosted
 //!   applied contract=…` or `… refused contract=…` once its replica has used up the nonce.
+//! - `--slow-start-lasting 170s --slow-start-by 3s`: an honest but slow provider: it waits that
+//!   long before starting the service of each of its contracts of that term (so a customer's
+//!   `--cancel-hosted-lasting` wins its race: THREATS C13; `agora_tests::adversary::slow_start`);
+//!   prints `byzantine: slow-start delays service=… ms=…` for each.
 //!
 //! This binary lives in the test crate, which is the only crate that turns on the `test-utils`
 //! features of `agora-ledger` and `agora-daemon` outside dev-dependencies: the shipped `agora` binary has no flag,
@@ -77,6 +81,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use agora_contracts::attestation::Liveness;
@@ -89,6 +94,8 @@ use agora_ledger::LedgerHandle;
 use agora_market::NodeId;
 use agora_tests::adversary::host_nothing::{HostNothing, NothingHost};
 use agora_tests::adversary::never_arm::StallingHost;
+use agora_tests::adversary::slow_start::SlowStart;
+use agora_tests::adversary::twist::Twisted;
 use agora_wire::now_ms;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -187,6 +194,14 @@ struct RunArgs {
     /// block arms it.
     #[arg(long, value_parser = parse_duration_ms)]
     cancel_hosted_lasting: Option<u64>,
+    /// As a provider, wait `--slow-start-by` before starting the service of each contract
+    /// lasting this long (an honest, slow provider).
+    #[arg(long, value_parser = parse_duration_ms, conflicts_with_all = ["host_nothing", "never_arm"],
+          requires = "slow_start_by")]
+    slow_start_lasting: Option<u64>,
+    /// How long `--slow-start-lasting` waits.
+    #[arg(long, value_parser = parse_duration_ms, requires = "slow_start_lasting")]
+    slow_start_by: Option<u64>,
 }
 
 /// `down` → `false`, `up` → `true`: the outcome every false probe report states.
@@ -266,12 +281,13 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         config.market.engine.dmu.provider.auto_accept_award = false;
         println!("byzantine: no-bid (an arbitrator only)");
     }
+    let slow_ledger = Arc::new(OnceLock::new());
     let node = match args.host_nothing {
         Some(kind) => {
             let node = agora_daemon::start_wrapped(
                 dir,
                 &config,
-                Box::new(move |host| NothingHost::wrap(host, kind)),
+                Box::new(move |host| Twisted::wrap(host, NothingHost::new(kind))),
             )
             .await?;
             let word = match kind {
@@ -282,13 +298,39 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
             node
         }
         None if args.never_arm => {
-            let node =
-                agora_daemon::start_wrapped(dir, &config, Box::new(StallingHost::wrap)).await?;
+            let node = agora_daemon::start_wrapped(
+                dir,
+                &config,
+                Box::new(|host| Twisted::wrap(host, StallingHost)),
+            )
+            .await?;
             println!("byzantine: never-arm");
+            node
+        }
+        None if args.slow_start_lasting.is_some() => {
+            let twist = SlowStart {
+                lasting_ms: args.slow_start_lasting.unwrap_or_default(),
+                by: Duration::from_millis(args.slow_start_by.unwrap_or_default()),
+                ledger: slow_ledger.clone(),
+            };
+            let node = agora_daemon::start_wrapped(
+                dir,
+                &config,
+                Box::new(move |host| Twisted::wrap(host, twist)),
+            )
+            .await?;
+            println!(
+                "byzantine: slow-start {} ms for contracts lasting {} ms",
+                args.slow_start_by.unwrap_or_default(),
+                args.slow_start_lasting.unwrap_or_default()
+            );
             node
         }
         None => agora_daemon::start(dir, &config).await?,
     };
+    if let Some(ledger) = &node.ledger {
+        let _ = slow_ledger.set(ledger.clone());
+    }
     if args.keep_nothing {
         node.storage.byzantine_skip_custody();
         println!("byzantine: keep-nothing");

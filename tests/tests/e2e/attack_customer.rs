@@ -7,7 +7,9 @@
 //! block confirms one of its probe intervals down, holds countersigned slot contracts back
 //! past their deadline, and cancels its hosted contracts of that term the moment they are
 //! armed); nodes 1–5 run `agora-byzantine --no-bid` (honest arbitrators that do not bid),
-//! so node 0, a plain `agora` process, is the provider of A's contracts.
+//! so node 0 is the provider of A's contracts: an honest node (`agora-byzantine
+//! --slow-start-lasting 170000ms --slow-start-by 3000ms`, the real node, which only waits 3 s
+//! before starting the service of a contract of the raced term, so A's cancel lands first).
 //!
 //! Build the node first: `nice cargo build -p agora-node --bin agora` (cargo builds
 //! `agora-byzantine` itself for this test), then
@@ -47,9 +49,14 @@ const OTHER_DEVICE: u32 = 203;
 const RACED_MS: u64 = 170_000;
 /// Its image's device.
 const RACED_DEVICE: u32 = 204;
-/// How many times A races a cancel against its provider's activation report (C13): six, since
-/// two CI rehearsals of session 48 lost three in a row beside another 7-process test.
-const RACES: usize = 6;
+/// How long the provider waits before it starts the service of a raced contract: more than a
+/// block or two (A's cancel, sent as soon as its replica applies the arming block, is in the
+/// next one), within the contract's activation budget (5 s).
+const SLOW_START_MS: u64 = 3_000;
+/// How many times A races a cancel against its provider's activation report (C13). Before the
+/// provider's slow start, two CI rehearsals of session 48 lost three races in a row beside
+/// another 7-process test; with it the cancel should win the first.
+const RACES: usize = 3;
 /// How many cheats `agora-byzantine --try-cheats` submits per active hosted contract.
 const CHEATS: usize = 8;
 
@@ -57,6 +64,15 @@ fn launcher() -> ByzantineLauncher {
     let mut bad: Vec<(usize, Vec<String>)> = (1..CUSTOMER)
         .map(|i| (i, vec!["--no-bid".to_string()]))
         .collect();
+    bad.push((
+        PROVIDER,
+        vec![
+            "--slow-start-lasting".into(),
+            format!("{RACED_MS}ms"),
+            "--slow-start-by".into(),
+            format!("{SLOW_START_MS}ms"),
+        ],
+    ));
     bad.push((
         CUSTOMER,
         vec![
@@ -287,9 +303,10 @@ async fn a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after
     // racing the activation report its provider sends once it has started the service. When
     // the cancel applies, no service runs for the contract on the provider a few seconds
     // later (its sweep stops one it started: "stopped"; or it never started: "ended-unused").
-    // The activation report may win the race (both go into the block after the one that
-    // arms the contract): then the contract runs, and A tries again with another module and
-    // device, up to RACES times.
+    // The provider starts the service of a contract of that term 3 s late, so the cancel
+    // lands first and its sweep has to stop a service it started for an ended contract. Should
+    // the activation report still win (a block slower than 3 s), the contract runs, and A
+    // tries again with another module and device, up to RACES times.
     let p_dir = s.m.nodes[PROVIDER].data_dir.display().to_string();
     let mut lost = Vec::new();
     let raced = loop {
@@ -327,6 +344,13 @@ async fn a_customer_can_neither_cancel_an_armed_standby_nor_take_the_stake_after
     )
     .await;
     eprintln!("C13: {raced_line} (after {} lost race(s))", lost.len());
+    // The provider was slow on purpose, and only for this term.
+    line(
+        &s.m.nodes[PROVIDER].data_dir,
+        &format!("byzantine: slow-start delays service={}", raced.id),
+        30,
+    )
+    .await;
     let ended_how = wait_for("the raced contract's service to be gone", 30, async || {
         let services = agora_tests::try_agora_json(&["service", "list", "--data-dir", &p_dir])?;
         let running = services

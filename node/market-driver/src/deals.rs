@@ -132,8 +132,10 @@ struct DealTask {
     seq: Arc<AtomicU64>,
     /// Proposals whose retry loop runs beside the task.
     in_flight: Arc<AtomicU64>,
-    /// Countersigned contracts whose registration is awaited ([`hold_while_registered`]).
+    /// Countersigned contracts whose capacity hold is followed ([`crate::holds::follow`]).
     watching: Arc<AtomicU64>,
+    /// To the task that follows them.
+    follow: mpsc::Sender<crate::holds::Followed>,
 }
 
 /// Starts the deal task.
@@ -153,6 +155,18 @@ pub fn spawn(
         );
     }
     let events = network.inbox(Interest::new("deals").requests(Kind::Deal));
+    let watching = Arc::new(AtomicU64::new(0));
+    let (follow, followed) = mpsc::channel(MAX_AGREED_AS_PROVIDER);
+    tokio::spawn(
+        crate::holds::follow(
+            market.clone(),
+            ledger.clone(),
+            followed,
+            watching.clone(),
+            cancel.clone(),
+        )
+        .in_current_span(),
+    );
     let task = DealTask {
         signer,
         config,
@@ -163,7 +177,8 @@ pub fn spawn(
         as_provider: HashMap::new(),
         seq: Arc::new(AtomicU64::new(now_ms())),
         in_flight: Arc::default(),
-        watching: Arc::default(),
+        watching,
+        follow,
     };
     tokio::spawn(task.run(agreed, events, cancel).in_current_span())
 }
@@ -424,22 +439,21 @@ impl DealTask {
         self.as_provider.remove(&award);
         // The market holds the award's capacity through the registration window; once the
         // contract is registered, until its end (THREATS C20).
-        let watching = self.watching.clone();
         if let Ok(id) = contract.id() {
-            watching.fetch_add(1, Ordering::Relaxed);
-            let start = auction.start_at.unwrap_or(0);
-            let (market, ledger, duration) = (
-                self.market.clone(),
-                self.ledger.clone(),
-                contract.duration_ms,
-            );
-            tokio::spawn(
-                async move {
-                    hold_while_registered(market, ledger, award, id, start, duration).await;
-                    watching.fetch_sub(1, Ordering::Relaxed);
-                }
-                .in_current_span(),
-            );
+            let followed = crate::holds::Followed {
+                contract: id,
+                award,
+                start: auction.start_at.unwrap_or(0),
+                duration_ms: contract.duration_ms,
+                give_up: until,
+                held_until: None,
+            };
+            self.watching.fetch_add(1, Ordering::Relaxed);
+            if self.follow.try_send(followed).is_err() {
+                // Cannot happen below the bound checked above; the hold then ends by itself.
+                self.watching.fetch_sub(1, Ordering::Relaxed);
+                warn!(award = %award.short(), "cannot follow the contract's registration");
+            }
         }
         Ok(provider_sig)
     }
@@ -448,47 +462,7 @@ impl DealTask {
 // An award's capacity is held at least as long as its contract may still be registered.
 const _: () = assert!(agora_market::AGREED_HOLD_MS > agora_contracts::ledger::MAX_REGISTER_AGE_MS);
 
-/// How much longer than the contract's term a provider holds its capacity: activation, the
-/// settlement's grace and a restart's catching up.
-pub const CONTRACT_HOLD_SLACK_MS: u64 = 20 * 60_000;
-/// How often the ledger is asked whether a countersigned contract is registered.
-const REGISTERED_POLL: Duration = Duration::from_secs(2);
-
-/// Waits (at most the market's `AGREED_HOLD_MS`) for contract `id` of `award` to be registered,
-/// then tells the market to hold the award's capacity until the contract's end (its slot's
-/// `start`, or its registration, plus `duration_ms`) and [`CONTRACT_HOLD_SLACK_MS`]. A contract
-/// never registered leaves the hold to end by itself.
-async fn hold_while_registered(
-    market: MarketHandle,
-    ledger: LedgerHandle,
-    award: AwardId,
-    id: agora_contracts::ContractId,
-    start: u64,
-    duration_ms: u64,
-) {
-    let give_up = now_ms().saturating_add(agora_market::AGREED_HOLD_MS);
-    while now_ms() < give_up {
-        tokio::time::sleep(REGISTERED_POLL).await;
-        let registered = ledger
-            .query(move |v| v.ledger.contract(&id).map(|r| r.registered_at))
-            .await;
-        match registered {
-            Ok(Some(at)) => {
-                let until = at
-                    .max(start)
-                    .saturating_add(duration_ms)
-                    .saturating_add(CONTRACT_HOLD_SLACK_MS);
-                let _ = market
-                    .input(agora_market::Input::HoldAward { award, until })
-                    .await;
-                debug!(award = %award.short(), until, "capacity held until the contract's end");
-                return;
-            }
-            Ok(None) => {}
-            Err(_) => return,
-        }
-    }
-}
+pub use crate::holds::CONTRACT_HOLD_SLACK_MS;
 
 /// One proposal with its retry schedule, run beside the deal task.
 struct Proposal {

@@ -14,6 +14,7 @@
 
 mod agreed;
 pub mod deals;
+pub mod holds;
 pub mod reputation;
 
 pub use agreed::{AGREED_CHANNEL, MAX_PENDING_AGREED};

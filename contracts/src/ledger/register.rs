@@ -51,7 +51,11 @@ impl Ledger {
     ) -> Result<Vec<LedgerEvent>, LedgerError> {
         let id = signed.verify()?;
         let c = &signed.contract;
-        if sender != c.customer && sender != c.provider {
+        // Only the customer: the provider holds the customer's signature from its proposal
+        // whether or not it answers, and a provider that registered a standby contract it
+        // "refused", then armed it in the same block, locked the customer in for the whole
+        // payment with no call-off left (found by a read-only audit in session 49).
+        if sender != c.customer {
             return Err(not_allowed(id, sender, "register"));
         }
         if self.contracts.contains_key(&id) {

@@ -405,9 +405,15 @@ impl Ledger {
             });
         }
         self.refund_all(id, &mut events)?;
+        // Reputation is earned only by service the customer paid for: a contract settled
+        // before any (a span of zero, no breach) earned a reward, so a key dealing with itself
+        // farmed reputation for free (found by a read-only audit in session 49).
+        let paid = self.record(id)?.paid_to_provider;
         events.push(self.step(id, LifecycleEvent::Settle, now)?);
-        let reward = self.params.reputation_reward;
-        events.push(self.adjust_reputation(provider, reward));
+        if paid > 0 {
+            let reward = self.params.reputation_reward;
+            events.push(self.adjust_reputation(provider, reward));
+        }
         info!(contract = %id.short(), paid = to_pay, "contract settled");
         Ok(events)
     }

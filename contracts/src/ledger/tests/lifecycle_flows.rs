@@ -643,3 +643,39 @@ fn an_activation_report_a_little_ahead_of_the_block_counts_at_the_blocks_time() 
     assert_eq!(h.status(id), ContractStatus::Active);
     assert_eq!(h.ledger.contract(&id).unwrap().activated_at, Some(2_000));
 }
+
+/// THREATS C22: the provider holds the customer's signed proposal; registering it itself (then
+/// arming a standby in the same block) would lock the customer in with no call-off.
+#[test]
+fn only_the_customer_registers_its_contract() {
+    let mut h = Harness::new();
+    let signed = ContractBuilder::new(1, 2).standby(5_000).signed();
+    let (c, p) = (h.customer(), h.provider());
+    let err = h
+        .try_apply(&p, TxKind::RegisterContract(Box::new(signed.clone())))
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotAllowed { .. }), "{err}");
+    assert_eq!(h.balance(&c), 10_000, "nothing locked");
+    let id = h.register(signed);
+    assert_eq!(h.status(id), ContractStatus::Validated);
+}
+
+/// THREATS P6: a contract settled before any service (activated and settled at once, a span of
+/// zero) pays nothing and earns its provider no reputation, so self-dealing farms none.
+#[test]
+fn a_contract_settled_before_any_service_earns_no_reputation() {
+    let mut h = Harness::new();
+    let id = h.armed(ContractBuilder::new(1, 2).signed());
+    let (c, p) = (h.customer(), h.provider());
+    h.ok(
+        &p,
+        TxKind::ReportActivation {
+            contract: id,
+            activated_at: h.now,
+        },
+    );
+    h.ok(&c, settle(id, SettleReason::CustomerBack));
+    assert_eq!(h.status(id), ContractStatus::Settled);
+    assert_eq!(h.balance(&p), 10_000, "paid nothing");
+    assert_eq!(h.ledger.account(&p.node_id()).unwrap().reputation, 0);
+}

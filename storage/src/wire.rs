@@ -179,9 +179,25 @@ pub fn read_frame<R: Read>(
         Err(PrefixError::Io(e)) => return Err(e.into()),
         Err(PrefixError::Bad(reason)) => return Err(FrameError::BadLength(reason)),
     };
-    let mut body = vec![0u8; checked_len(len, limit)?];
-    r.read_exact(&mut body)?;
-    Ok(Some(body))
+    let len = checked_len(len, limit)?;
+    let mut body = Vec::with_capacity(len.min(FIRST_READ));
+    r.take(len as u64).read_to_end(&mut body)?;
+    whole(body, len)
+}
+
+/// How much of a frame's announced length is set aside before any of it arrives: the buffer
+/// grows with what is read, so a peer that announces the limit and sends little makes this
+/// node hold little (found by a read-only audit in session 49: the whole announced length was
+/// allocated from the prefix alone, before any quota saw the request).
+const FIRST_READ: usize = 64 * 1024;
+
+/// `body` if it is the whole `len` bytes; the stream ended inside the frame otherwise.
+fn whole(body: Vec<u8>, len: usize) -> std::result::Result<Option<Vec<u8>>, FrameError> {
+    if body.len() == len {
+        Ok(Some(body))
+    } else {
+        Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
+    }
 }
 
 /// Writes one frame (varint length, then `body`) and flushes; refuses a body over `limit`.
@@ -213,9 +229,10 @@ pub async fn read_frame_async<R: AsyncRead + Unpin>(
             break len;
         }
     };
-    let mut body = vec![0u8; checked_len(len, limit)?];
-    r.read_exact(&mut body).await?;
-    Ok(Some(body))
+    let len = checked_len(len, limit)?;
+    let mut body = Vec::with_capacity(len.min(FIRST_READ));
+    r.take(len as u64).read_to_end(&mut body).await?;
+    whole(body, len)
 }
 
 /// [`write_frame`] on an async stream (flushes, does not close).
@@ -371,6 +388,68 @@ mod tests {
             read_frame_async(&mut r, 16).await,
             Err(FrameError::TooLarge { size: 17, .. })
         ));
+    }
+
+    /// A reader over `data` that records the largest buffer it was asked to fill.
+    struct Watched<'a> {
+        data: &'a [u8],
+        largest: usize,
+    }
+
+    impl std::io::Read for Watched<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.largest = self.largest.max(buf.len());
+            std::io::Read::read(&mut self.data, buf)
+        }
+    }
+
+    impl AsyncRead for Watched<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(std::io::Read::read(&mut *self, buf))
+        }
+    }
+
+    /// A peer announcing a 4 MiB frame and sending 1 KiB of it makes the reader hold about what
+    /// arrived, not the announced length (THREATS N2).
+    #[tokio::test]
+    async fn a_frame_s_buffer_grows_with_what_arrives_not_with_its_prefix() {
+        let mut bytes = encode_varint(4 << 20);
+        bytes.extend_from_slice(&[7u8; 1024]);
+        let mut r = Watched {
+            data: &bytes,
+            largest: 0,
+        };
+        assert!(matches!(
+            read_frame_async(&mut r, 4 << 20).await,
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof
+        ));
+        assert!(r.largest <= FIRST_READ, "asked to fill {} bytes", r.largest);
+        let mut r = Watched {
+            data: &bytes,
+            largest: 0,
+        };
+        assert!(matches!(
+            read_frame(&mut r, 4 << 20),
+            Err(FrameError::Io(_))
+        ));
+        assert!(r.largest <= FIRST_READ, "asked to fill {} bytes", r.largest);
+        // A whole frame larger than the first read still arrives whole.
+        let body = vec![9u8; 3 * FIRST_READ + 5];
+        let mut framed = Vec::new();
+        write_frame(&mut framed, &body, 4 << 20).unwrap();
+        let mut r = futures::io::Cursor::new(framed.clone());
+        assert_eq!(
+            read_frame_async(&mut r, 4 << 20).await.unwrap(),
+            Some(body.clone())
+        );
+        assert_eq!(
+            read_frame(&mut framed.as_slice(), 4 << 20).unwrap(),
+            Some(body)
+        );
     }
 
     #[test]

@@ -627,8 +627,9 @@ impl EventLoop {
                 self.peer_addrs.remove(&peer_id);
                 self.rtts.remove(&peer_id);
                 self.agents.remove(&peer_id);
-                self.rpc_rates.forget(&peer_id);
-                self.gossip_rates.forget(&peer_id);
+                let now = std::time::Instant::now();
+                self.rpc_rates.forget(&peer_id, now);
+                self.gossip_rates.forget(&peer_id, now);
                 self.quotas.peer_left(&peer_id);
                 self.emit(NetworkEvent::Disconnected(peer_id));
                 self.on_peer_disconnected(peer_id);
@@ -667,6 +668,46 @@ impl EventLoop {
         }
     }
 
+    /// Gives the routing table `peer`'s new identify addresses, then drops every address it
+    /// holds for `peer` that the address book no longer does: Kademlia's list per peer only
+    /// grows, so a stranger pushing identify updates of fresh addresses made it grow without
+    /// bound — each insert scans the list inside this loop, and the list is handed to whoever
+    /// asks and dialled on a redial (found by a read-only audit in session 49). Returns how many
+    /// it dropped.
+    fn kad_addrs_follow_the_book(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> usize {
+        let behaviour = self.swarm.behaviour_mut();
+        for addr in addrs {
+            behaviour.kad.add_address(&peer, addr);
+        }
+        let keep: Vec<Multiaddr> = behaviour
+            .book
+            .get(&peer)
+            .iter()
+            .filter_map(|a| a.clone().with_p2p(peer).ok())
+            .collect();
+        let key = libp2p::kad::KBucketKey::from(peer);
+        let held: Vec<Multiaddr> = behaviour
+            .kad
+            .kbucket(peer)
+            .and_then(|bucket| {
+                bucket
+                    .iter()
+                    .find(|e| *e.node.key == key)
+                    .map(|e| e.node.value.iter().cloned().collect())
+            })
+            .unwrap_or_default();
+        // Only while one the book holds stays: removing the last address drops the peer from
+        // the table.
+        if !held.iter().any(|a| keep.contains(a)) {
+            return 0;
+        }
+        let stale: Vec<Multiaddr> = held.into_iter().filter(|a| !keep.contains(a)).collect();
+        for a in &stale {
+            behaviour.kad.remove_address(&peer, a);
+        }
+        stale.len()
+    }
+
     fn on_behaviour_event(&mut self, event: AgoraBehaviourEvent) {
         match event {
             AgoraBehaviourEvent::Gossipsub(gossipsub::Event::Message {
@@ -690,9 +731,8 @@ impl EventLoop {
                     .collect();
                 self.on_peer_addrs(peer_id, &addrs);
                 self.nat_on_identify(peer_id, &info.protocols);
-                for addr in addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                }
+                let pruned = self.kad_addrs_follow_the_book(peer_id, addrs);
+                self.stats.kad_addrs_pruned += pruned as u64;
                 if self.swarm.is_connected(&peer_id)
                     && (self.agents.len() < MAX_AGENTS || self.agents.contains_key(&peer_id))
                 {

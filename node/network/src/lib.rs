@@ -17,6 +17,8 @@ pub mod address_book;
 mod behaviour;
 mod event_loop;
 pub mod heartbeat;
+#[cfg(test)]
+mod identify_tests;
 pub mod keys;
 pub mod presence;
 pub mod private_file;
@@ -275,6 +277,10 @@ pub struct NetworkStats {
     pub connections_refused: u64,
     /// Peers evicted from a full per-peer table (presence, addresses).
     pub peers_evicted: u64,
+    /// Addresses dropped from the DHT's routing table because the address book no longer
+    /// holds them (a peer's identify updates replaced them; before session 49 the table kept
+    /// every address a peer ever announced).
+    pub kad_addrs_pruned: u64,
     /// Dials whose address reached another peer than the one dialled (a peer announcing
     /// `127.0.0.1` from another host, or someone else's address); each such address is struck
     /// out of the address book and the DHT's table (`address_book`).

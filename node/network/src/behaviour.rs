@@ -313,11 +313,19 @@ pub(crate) fn build_swarm(
             // fewer than 20 (a node joining) and every 5 minutes. We add no bootstrap of our own:
             // each one connects to most of a few-hundred-node network (the trimmer's storm
             // ceiling closes those connections within seconds, `discovery::STORM_GRACE`).
-            let mut kad = kad::Behaviour::with_config(
+            // Records others ask us to store are judged by the event loop first
+            // (`event_loop::providers`, THREATS N19); the store has room for this node's own
+            // keys beyond what others may fill.
+            let mut kad_cfg = kad::Config::new(StreamProtocol::new("/ipfs/kad/1.0.0"));
+            kad_cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
+            let store = kad::store::MemoryStore::with_config(
                 peer_id,
-                kad::store::MemoryStore::new(peer_id),
-                kad::Config::new(StreamProtocol::new("/ipfs/kad/1.0.0")),
+                kad::store::MemoryStoreConfig {
+                    max_provided_keys: crate::event_loop::PROVIDER_STORE_KEYS,
+                    ..Default::default()
+                },
             );
+            let mut kad = kad::Behaviour::with_config(peer_id, store, kad_cfg);
             kad.set_mode(Some(kad::Mode::Server));
             let mdns = if mdns_enabled {
                 Some(mdns::tokio::Behaviour::new(

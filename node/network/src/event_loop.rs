@@ -34,6 +34,12 @@ use agora_wire::now_ms;
 mod discovery;
 mod liveness;
 mod nat;
+mod providers;
+
+/// Keys the DHT's provider store holds: others' and this node's own.
+pub(crate) const PROVIDER_STORE_KEYS: usize = providers::MAX_REMOTE_KEYS + providers::OWN_KEYS;
+#[cfg(test)]
+pub(crate) use providers::MAX_KEYS_PER_PROVIDER;
 
 /// A peer not watched is declared unreachable after this many idle ping intervals of silence.
 const IDLE_PINGS_BEFORE_DOWN: u32 = 4;
@@ -95,6 +101,8 @@ struct EventLoop {
     /// Gossip bytes each peer may deliver to us (the peer that forwarded a message pays).
     gossip_rates: RateLimiter,
     strangers: StrangerBudget,
+    /// Other peers' provider records stored here (THREATS N19).
+    providers: providers::ProviderAdmission,
     /// The node's stream quotas, told when a peer's last connection closes (THREATS N14).
     quotas: crate::quota::Quotas,
     next_inbound: u64,
@@ -258,6 +266,7 @@ pub async fn spawn_with_metrics(
         responses: crate::quota::ResponseBudget::new(RESPONSE_BYTES_PER_PEER, RESPONSE_BYTES_TOTAL),
         gossip_rates: RateLimiter::new(GOSSIP_BYTES_PER_SECOND, GOSSIP_BYTES_BURST, MAX_RATE_PEERS),
         strangers,
+        providers: providers::ProviderAdmission::default(),
         quotas,
         next_inbound: 0,
         listen_addrs: Vec::new(),
@@ -774,6 +783,57 @@ impl EventLoop {
                 if !self.swarm.is_connected(&peer) && self.below_target() =>
             {
                 let _ = self.swarm.dial(peer);
+            }
+            AgoraBehaviourEvent::Kad(kad::Event::InboundRequest { request }) => {
+                self.on_kad_inbound(request)
+            }
+            _ => {}
+        }
+    }
+
+    /// A record another peer asks this node to store (`StoreInserts::FilterBoth`: Kademlia
+    /// stores nothing by itself). Values (`PUT_VALUE`) are refused: Agora reads none. Provider
+    /// records are admitted by [`providers::ProviderAdmission`] (THREATS N19).
+    fn on_kad_inbound(&mut self, request: kad::InboundRequest) {
+        use kad::store::RecordStore as _;
+        match request {
+            kad::InboundRequest::PutRecord {
+                source,
+                record: Some(_),
+                ..
+            } => {
+                self.stats.kad_records_refused += 1;
+                debug!(peer = %source, "DHT value refused: this node stores none");
+            }
+            kad::InboundRequest::AddProvider {
+                record: Some(mut record),
+            } => {
+                record.addresses.truncate(providers::MAX_RECORD_ADDRS);
+                let stranger = self.strangers.is_stranger(&record.provider);
+                let mut expired = Vec::new();
+                let verdict = self.providers.admit(
+                    record.provider,
+                    &record.key,
+                    record.expires,
+                    stranger,
+                    std::time::Instant::now(),
+                    &mut expired,
+                );
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                for (key, provider) in expired {
+                    kad.store_mut().remove_provider(&key, &provider);
+                }
+                if verdict == providers::Verdict::Store {
+                    if let Err(e) = kad.store_mut().add_provider(record) {
+                        self.stats.kad_providers_refused += 1;
+                        debug!(error = ?e, "provider record not stored");
+                    }
+                } else {
+                    self.stats.kad_providers_refused += 1;
+                    if self.refused("provider record") {
+                        warn!(peer = %record.provider, ?verdict, admitted = self.providers.len(), "DHT provider record refused");
+                    }
+                }
             }
             _ => {}
         }

@@ -18,7 +18,7 @@ mod behaviour;
 mod event_loop;
 pub mod heartbeat;
 #[cfg(test)]
-mod identify_tests;
+mod hostile_swarm_tests;
 pub mod keys;
 pub mod presence;
 pub mod private_file;
@@ -281,6 +281,11 @@ pub struct NetworkStats {
     /// holds them (a peer's identify updates replaced them; before session 49 the table kept
     /// every address a peer ever announced).
     pub kad_addrs_pruned: u64,
+    /// Provider records other peers asked this node to store that it refused: the provider's
+    /// share (64 keys), the strangers' (2,048) or the table (8,192) was full (THREATS N19).
+    pub kad_providers_refused: u64,
+    /// DHT values (`PUT_VALUE`) refused: this node stores none.
+    pub kad_records_refused: u64,
     /// Dials whose address reached another peer than the one dialled (a peer announcing
     /// `127.0.0.1` from another host, or someone else's address); each such address is struck
     /// out of the address book and the DHT's table (`address_book`).

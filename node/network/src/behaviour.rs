@@ -222,6 +222,7 @@ fn tcp_transport(
 pub(crate) fn build_swarm(
     keypair: libp2p::identity::Keypair,
     cfg: &NetworkConfig,
+    strangers: crate::quota::Strangers,
 ) -> Result<Swarm<AgoraBehaviour>, NetworkError> {
     let setup = |e: String| NetworkError::Setup(e);
     let mdns_enabled = cfg.mdns;
@@ -341,7 +342,8 @@ pub(crate) fn build_swarm(
                     .with_max_established_incoming(Some(MAX_INCOMING_CONNECTIONS))
                     .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
             );
-            let relay_server = relay_server.then(|| relay::Behaviour::new(peer_id, relay_config()));
+            let relay_server =
+                relay_server.then(|| relay::Behaviour::new(peer_id, relay_config(&strangers)));
             let autonat = autonat::Behaviour::new(peer_id, autonat_config(autonat_only_global));
             Ok(AgoraBehaviour {
                 limits,
@@ -381,8 +383,8 @@ pub const RELAY_CIRCUIT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The relay server's limits: a relay is a resource strangers can make us hold, so everything is
 /// bounded (libp2p's per-peer and per-IP rate limiters on reservations and circuits stay on).
-fn relay_config() -> relay::Config {
-    relay::Config {
+fn relay_config(strangers: &crate::quota::Strangers) -> relay::Config {
+    let mut c = relay::Config {
         max_reservations: RELAY_MAX_RESERVATIONS,
         max_reservations_per_peer: RELAY_MAX_RESERVATIONS_PER_PEER,
         max_circuits: RELAY_MAX_CIRCUITS,
@@ -390,6 +392,52 @@ fn relay_config() -> relay::Config {
         max_circuit_duration: RELAY_CIRCUIT_DURATION,
         max_circuit_bytes: RELAY_CIRCUIT_BYTES,
         ..relay::Config::default()
+    };
+    // Strangers (THREATS N20) share one budget of reservations (a renewal is a reservation
+    // request too) and one of circuits: at most about twice the budget held at once, so funded
+    // and trusted peers keep the rest.
+    c.reservation_rate_limiters.push(Box::new(stranger_limiter(
+        strangers.clone(),
+        RELAY_STRANGER_RESERVATIONS,
+        Duration::from_secs(3600),
+    )));
+    c.circuit_src_rate_limiters.push(Box::new(stranger_limiter(
+        strangers.clone(),
+        RELAY_STRANGER_CIRCUITS,
+        RELAY_CIRCUIT_DURATION,
+    )));
+    c
+}
+
+/// Reservation requests all strangers together may make per hour (and at once).
+pub const RELAY_STRANGER_RESERVATIONS: u32 = 32;
+/// Circuits all strangers together may open per circuit lifetime (and at once).
+pub const RELAY_STRANGER_CIRCUITS: u32 = 16;
+
+/// A relay rate limiter that lets vouched and trusted peers through and charges every stranger
+/// one shared bucket of `burst`, refilled over `interval`.
+pub(crate) fn stranger_limiter(
+    strangers: crate::quota::Strangers,
+    burst: u32,
+    interval: Duration,
+) -> impl FnMut(PeerId, &libp2p::Multiaddr, std::time::Instant) -> bool + Send {
+    let burst = f64::from(burst);
+    let per_second = burst / interval.as_secs_f64().max(1.0);
+    let mut tokens = burst;
+    let mut last: Option<std::time::Instant> = None;
+    move |peer, _addr, now| {
+        if !strangers.is_stranger(&peer) {
+            return true;
+        }
+        let elapsed = last.map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
+        last = Some(now);
+        tokens = (tokens + elapsed * per_second).min(burst);
+        if tokens >= 1.0 {
+            tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -419,6 +467,36 @@ mod tests {
             role: Endpoint::Dialer,
             port_use: PortUse::New,
         }
+    }
+
+    /// THREATS N20: the relay server's reservation limiters, as libp2p runs them (every one must
+    /// agree), let strangers from many addresses through only up to their shared budget, while a
+    /// vouched peer still gets its reservation.
+    #[test]
+    fn strangers_share_the_relay_s_reservations_and_vouched_peers_do_not() {
+        let vouched = PeerId::random();
+        let mut budget = crate::quota::StrangerBudget::new(1, 1, 1, 1);
+        budget.vouch([vouched]);
+        let mut c = relay_config(&budget.classes());
+        let now = std::time::Instant::now();
+        let mut ask = |peer: PeerId, n: u32| {
+            let addr: libp2p::Multiaddr = format!("/ip4/11.0.{}.{}/tcp/4001", n / 250, n % 250)
+                .parse()
+                .unwrap();
+            c.reservation_rate_limiters
+                .iter_mut()
+                .all(|l| l.try_next(peer, &addr, now))
+        };
+        let taken = (0..100).filter(|n| ask(PeerId::random(), *n)).count();
+        assert_eq!(
+            taken, RELAY_STRANGER_RESERVATIONS as usize,
+            "strangers' share"
+        );
+        assert!(ask(vouched, 1_000), "a vouched peer is not charged");
+        let circuits = relay_config(&budget.classes())
+            .circuit_src_rate_limiters
+            .len();
+        assert!(circuits > 0);
     }
 
     #[tokio::test]

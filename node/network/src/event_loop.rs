@@ -189,7 +189,14 @@ pub async fn spawn_with_metrics(
     cancel: CancellationToken,
     p2p_metrics: Option<libp2p::metrics::Metrics>,
 ) -> Result<(NetworkHandle, JoinHandle<()>), NetworkError> {
-    let mut swarm = build_swarm(key.libp2p_keypair(), &cfg)?;
+    let strangers = StrangerBudget::new(
+        STRANGER_GOSSIP_BYTES_PER_SECOND,
+        STRANGER_GOSSIP_BYTES_BURST,
+        RPC_RATE_PER_SECOND,
+        RPC_BURST,
+    )
+    .trust(cfg.trusted_peers.iter().copied());
+    let mut swarm = build_swarm(key.libp2p_keypair(), &cfg, strangers.classes())?;
     for addr in &cfg.listen {
         swarm
             .listen_on(addr.clone())
@@ -209,13 +216,6 @@ pub async fn spawn_with_metrics(
     let streams = swarm.behaviour().stream.new_control();
     let cancel = cancel.child_token();
     let counters = Arc::new(SharedCounters::default());
-    let strangers = StrangerBudget::new(
-        STRANGER_GOSSIP_BYTES_PER_SECOND,
-        STRANGER_GOSSIP_BYTES_BURST,
-        RPC_RATE_PER_SECOND,
-        RPC_BURST,
-    )
-    .trust(cfg.trusted_peers.iter().copied());
     // Strangers together hold at most half of the inbound streams (THREATS N7), of this
     // protocol and of bitswap (`NetworkHandle::bitswap_quota`).
     let heartbeat_quota = crate::StreamQuota::new(

@@ -46,7 +46,12 @@ async fn stranger(peer: PeerId, addr: Multiaddr, cfg: NetworkConfig) -> Swarm<Ag
         listen: Vec::new(),
         ..cfg
     };
-    let mut s = behaviour::build_swarm(NodeKey::generate().libp2p_keypair(), &cfg).unwrap();
+    let mut s = behaviour::build_swarm(
+        NodeKey::generate().libp2p_keypair(),
+        &cfg,
+        crate::quota::Strangers::default(),
+    )
+    .unwrap();
     s.behaviour_mut().kad.add_address(&peer, addr.clone());
     s.dial(addr).unwrap();
     let connected = tokio::time::timeout(WAIT, async {

@@ -35,6 +35,9 @@ pub use agora_api::{API_ADDR_FILE, API_TOKEN_FILE, P2P_ADDR_FILE, RADIO_ADDR_FIL
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// One of the node's tasks panicked; the node stopped.
+    #[error("a node task panicked ({0}); the node stopped so that its supervisor can restart it")]
+    TaskPanicked(String),
     /// Key problem.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -122,9 +125,19 @@ impl RunningNode {
     }
 
     /// Waits until the node is asked to stop (API `shutdown`, or the token), then stops it.
-    pub async fn wait(self) {
-        self.cancel.cancelled().await;
+    ///
+    /// A task of the node that panics stops the node too, with an error, so that whatever
+    /// supervises the process restarts it: before, the process went on without that task (a
+    /// panicked swarm task left a node cut off from the network, silently; found by a read-only
+    /// audit in session 49). A task that returns normally is let go.
+    pub async fn wait(mut self) -> Result<(), DaemonError> {
+        let cancel = self.cancel.clone();
+        let panicked = first_panic(&mut self.tasks, &cancel).await;
         self.shutdown().await;
+        match panicked {
+            Some(e) => Err(DaemonError::TaskPanicked(e)),
+            None => Ok(()),
+        }
     }
 
     /// Stops every task in order and removes the API address file.
@@ -135,6 +148,38 @@ impl RunningNode {
         }
         let _ = std::fs::remove_file(self.data_dir.join(API_ADDR_FILE));
         info!("node stopped");
+    }
+}
+
+/// Waits until `cancel` or until one of `tasks` panics (its message); tasks that return
+/// normally are dropped from the list meanwhile.
+async fn first_panic(
+    tasks: &mut Vec<JoinHandle<()>>,
+    cancel: &CancellationToken,
+) -> Option<String> {
+    loop {
+        if tasks.is_empty() {
+            cancel.cancelled().await;
+            return None;
+        }
+        let (i, res) = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            r = std::future::poll_fn(|cx| {
+                for (i, t) in tasks.iter_mut().enumerate() {
+                    if let std::task::Poll::Ready(r) = std::pin::Pin::new(t).poll(cx) {
+                        return std::task::Poll::Ready((i, r));
+                    }
+                }
+                std::task::Poll::Pending
+            }) => r,
+        };
+        tasks.swap_remove(i);
+        if let Err(e) = res
+            && e.is_panic()
+        {
+            tracing::error!(error = %e, "a node task panicked: stopping the node");
+            return Some(e.to_string());
+        }
     }
 }
 
@@ -535,6 +580,32 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A task that panics ends the wait with its message; one that returns is let go.
+    #[tokio::test]
+    async fn a_panicking_task_stops_the_node_and_a_returning_one_does_not() {
+        let cancel = CancellationToken::new();
+        let mut tasks = vec![
+            tokio::spawn(async {}),
+            tokio::spawn(std::future::pending::<()>()),
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                panic!("agent cut inside a character");
+            }),
+        ];
+        let got = tokio::time::timeout(Duration::from_secs(10), first_panic(&mut tasks, &cancel))
+            .await
+            .expect("the panic ends the wait");
+        assert!(got.is_some_and(|m| m.contains("panicked")));
+        assert_eq!(
+            tasks.len(),
+            1,
+            "the returned and the panicked task are gone"
+        );
+        // Cancelled: the wait ends without a panic.
+        cancel.cancel();
+        assert_eq!(first_panic(&mut tasks, &cancel).await, None);
     }
 
     #[test]

@@ -36,6 +36,27 @@ mod liveness;
 mod nat;
 mod providers;
 
+/// A peer's agent string as kept and shown: at most [`MAX_AGENT_BYTES`], cut at a character
+/// boundary. (`String::truncate` at a fixed byte panicked inside a multi-byte character: one
+/// identify message of 127 ASCII bytes and an `é` killed the swarm's task, found by a read-only
+/// audit in session 49.)
+pub(crate) fn agent_of(agent: &str) -> String {
+    agora_wire::clip(agent, MAX_AGENT_BYTES).into_owned()
+}
+
+/// The listen addresses of an identify message that reach the metrics: at most as many as the
+/// address book keeps of a peer.
+pub(crate) fn metered_listen_addrs(mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    addrs.truncate(MAX_METERED_ADDRS);
+    addrs
+}
+
+/// Listen addresses of one identify message recorded in the metrics.
+pub(crate) const MAX_METERED_ADDRS: usize = discovery::MAX_IDENTIFY_ADDRS;
+
+/// Bytes of a peer's agent string kept.
+const MAX_AGENT_BYTES: usize = 128;
+
 /// Keys the DHT's provider store holds: others' and this node's own.
 pub(crate) const PROVIDER_STORE_KEYS: usize = providers::MAX_REMOTE_KEYS + providers::OWN_KEYS;
 #[cfg(test)]
@@ -580,6 +601,24 @@ impl EventLoop {
             m.record(&event);
             match &event {
                 SwarmEvent::Behaviour(AgoraBehaviourEvent::Gossipsub(e)) => m.record(e),
+                // The peer's listen addresses become label values (their protocol stacks): only
+                // the few this node keeps are recorded, so a stranger announcing hundreds of
+                // made-up stacks adds no series (found by a read-only audit in session 49).
+                SwarmEvent::Behaviour(AgoraBehaviourEvent::Identify(
+                    identify::Event::Received {
+                        connection_id,
+                        peer_id,
+                        info,
+                    },
+                )) => {
+                    let mut info = info.clone();
+                    info.listen_addrs = metered_listen_addrs(info.listen_addrs);
+                    m.record(&identify::Event::Received {
+                        connection_id: *connection_id,
+                        peer_id: *peer_id,
+                        info,
+                    })
+                }
                 SwarmEvent::Behaviour(AgoraBehaviourEvent::Identify(e)) => m.record(e),
                 SwarmEvent::Behaviour(AgoraBehaviourEvent::Kad(e)) => m.record(e),
                 SwarmEvent::Behaviour(AgoraBehaviourEvent::Ping(e)) => m.record(e),
@@ -745,9 +784,7 @@ impl EventLoop {
                 if self.swarm.is_connected(&peer_id)
                     && (self.agents.len() < MAX_AGENTS || self.agents.contains_key(&peer_id))
                 {
-                    let mut agent = info.agent_version;
-                    agent.truncate(128);
-                    self.agents.insert(peer_id, agent);
+                    self.agents.insert(peer_id, agent_of(&info.agent_version));
                 }
             }
             AgoraBehaviourEvent::Ping(ping::Event {

@@ -20,12 +20,20 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A node listening on loopback, and the address a stranger dials.
 async fn node(cancel: &CancellationToken) -> (NetworkHandle, PeerId, Multiaddr, NetworkConfig) {
+    node_metered(cancel, None).await
+}
+
+/// [`node`], recording libp2p's metrics into `metrics`.
+async fn node_metered(
+    cancel: &CancellationToken,
+    metrics: Option<libp2p::metrics::Metrics>,
+) -> (NetworkHandle, PeerId, Multiaddr, NetworkConfig) {
     let cfg = NetworkConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         ..NetworkConfig::default()
     };
     let node_key = NodeKey::generate();
-    let (node, _task) = crate::spawn(&node_key, cfg.clone(), cancel.clone())
+    let (node, _task) = crate::spawn_with_metrics(&node_key, cfg.clone(), cancel.clone(), metrics)
         .await
         .unwrap();
     let node_peer = node_key.libp2p_keypair().public().to_peer_id();
@@ -145,5 +153,65 @@ async fn a_strangers_provider_records_are_bounded_and_the_node_still_provides() 
     node.start_providing(b"the node's own file".to_vec())
         .await
         .expect("the node still announces its own keys");
+    cancel.cancel();
+}
+
+/// An agent string cut inside a multi-byte character does not panic (it killed the swarm's task).
+#[test]
+fn an_agent_string_is_cut_at_a_character_boundary() {
+    let agent = format!("{}é", "a".repeat(127));
+    let kept = crate::event_loop::agent_of(&agent);
+    assert!(
+        kept.starts_with(&"a".repeat(127)) && !kept.contains('é'),
+        "{kept}"
+    );
+    assert_eq!(crate::event_loop::agent_of("agora/0.1"), "agora/0.1");
+}
+
+/// A stranger announcing 60 listen addresses of 60 different protocol stacks adds at most as
+/// many `libp2p_identify_remote_listen_addresses` series as the node keeps addresses of a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_made_up_address_stacks_add_few_metric_series() {
+    let cancel = CancellationToken::new();
+    let mut registry = libp2p::metrics::Registry::default();
+    let metrics = crate::p2p_metrics(&mut registry);
+    let (_node, node_peer, addr, cfg) = node_metered(&cancel, Some(metrics)).await;
+    let mut stranger = stranger(node_peer, addr, cfg).await;
+    let mut stacks = 0;
+    for base in [
+        "/ip4/11.0.0.1",
+        "/ip6/2001:db8::1",
+        "/dns4/a.example",
+        "/dns6/b.example",
+        "/dns/c.example",
+    ] {
+        for transport in ["/tcp/4001", "/udp/4001/quic-v1"] {
+            for suffix in ["", "/ws", "/wss", "/tls/ws", "/p2p-circuit", "/http"] {
+                let a: Multiaddr = format!("{base}{transport}{suffix}").parse().unwrap();
+                stranger.add_external_address(a);
+                stacks += 1;
+            }
+        }
+    }
+    stranger.behaviour_mut().identify.push([node_peer]);
+    let series = |registry: &libp2p::metrics::Registry| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("libp2p_identify_remote_listen_addresses{"))
+            .count()
+    };
+    // Wait for the push to be recorded (its first series), then a little more.
+    let deadline = Instant::now() + WAIT;
+    while series(&registry) == 0 && Instant::now() < deadline {
+        drive(&mut stranger, Duration::from_millis(100)).await;
+    }
+    drive(&mut stranger, Duration::from_millis(500)).await;
+    let n = series(&registry);
+    assert!(n > 0, "the stranger's addresses were recorded");
+    assert!(
+        n <= crate::event_loop::MAX_METERED_ADDRS,
+        "{n} series for {stacks} announced stacks"
+    );
     cancel.cancel();
 }

@@ -128,6 +128,10 @@ impl Timeline {
             // entries and each is logged, so each is bounded too.
             detail = agora_wire::clip(&detail, MAX_TIMELINE_DETAIL).into_owned();
         }
+        // Logged and printed: no control character of a peer's text gets through.
+        if let std::borrow::Cow::Owned(escaped) = agora_wire::printable(&detail) {
+            detail = escaped;
+        }
         let entry = TimelineEntry {
             at: now_ms(),
             phase: phase.to_string(),
@@ -577,5 +581,20 @@ mod timeline_tests {
         let e = t.entries();
         assert!(e[0].detail.len() <= MAX_TIMELINE_DETAIL + '…'.len_utf8());
         assert_eq!(e[1].detail, "short");
+    }
+
+    /// A peer's reason with escape sequences and newlines is kept escaped (it is logged and
+    /// printed to the operator's terminal).
+    #[test]
+    fn a_peers_control_characters_are_escaped_in_the_timeline() {
+        let t = Timeline::default();
+        t.push("probe-refused", None, "no\u{1b}[2J\nfake line");
+        let e = t.entries();
+        assert!(
+            !e[0].detail.chars().any(char::is_control),
+            "{:?}",
+            e[0].detail
+        );
+        assert!(e[0].detail.contains("\\u{1b}[2J"));
     }
 }

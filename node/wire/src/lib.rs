@@ -48,6 +48,25 @@ pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("{}…", &text[..end]))
 }
 
+/// `text` with every control character (C0, DEL, C1: escape sequences, newlines, carriage
+/// returns) written as `\u{..}`, for a terminal or a log line: a peer's text (an agent string,
+/// a refusal's reason, a device's name) could clear the operator's screen, fake table rows or
+/// forge log lines (found by a read-only audit in session 49).
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A duration in whole milliseconds, saturating at `u64::MAX`.
 pub fn duration_ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -55,6 +74,15 @@ pub fn duration_ms(d: std::time::Duration) -> u64 {
 
 #[cfg(test)]
 mod clip_tests {
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(super::printable("plain é"), "plain é");
+        assert_eq!(
+            super::printable("\u{1b}[2J\nX\r\u{9b}\u{7f}"),
+            "\\u{1b}[2J\\u{a}X\\u{d}\\u{9b}\\u{7f}"
+        );
+    }
+
     #[test]
     fn clip_cuts_at_a_character_boundary() {
         assert_eq!(super::clip("short", 10), "short");

@@ -437,7 +437,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         agora_daemon::wait_for_signal().await;
         cancel.cancel();
     });
-    node.wait().await;
+    node.wait().await?;
     Ok(())
 }
 

@@ -107,6 +107,6 @@ pub async fn run(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
         info!("signal received, stopping");
         cancel.cancel();
     });
-    node.wait().await;
+    node.wait().await?;
     Ok(())
 }

@@ -194,6 +194,8 @@ pub struct ServiceManager {
     kv: Arc<dyn KvStore>,
     outbox: mpsc::Sender<Published>,
     services: Mutex<BTreeMap<ServiceId, Entry>>,
+    /// Fresh probe instances running ([`api::FRESH_PROBES_AT_ONCE`] at most).
+    fresh_probes: Arc<tokio::sync::Semaphore>,
 }
 
 mod api;

@@ -9,7 +9,7 @@ mod common;
 
 use agora_runtime::test_utils;
 use agora_runtime::{RuntimeError, ServiceState, StopReason};
-use common::{WAIT, harness, tight};
+use common::{WAIT, harness, roomy, tight};
 
 /// `agora_probe(n) = n * 31 + 7`, whatever the instance has done.
 const PURE: &str = r#"(module
@@ -121,5 +121,52 @@ async fn a_runaway_probe_export_runs_out_of_fuel_on_both_sides() {
     assert!(
         matches!(fresh, Err(RuntimeError::Probe { .. })),
         "{fresh:?}"
+    );
+}
+
+/// A start-up that never returns, behind a probe export.
+const LOOPING_INIT: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "agora_init") (result i32) (loop $l (br $l)) (i32.const 0))
+  (func (export "agora_poll") (result i32) (i32.const 0))
+  (func (export "agora_probe") (param i64) (result i64) (local.get 0)))"#;
+
+/// THREATS G2: a fresh probe instance gets at most `FRESH_PROBE_FUEL_PER_SECOND` whatever its
+/// manifest asks, so a looping start-up runs out of fuel (not into the 2 s lifetime); and at most
+/// two run at once, a third refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_probe_runs_under_a_fuel_cap_and_few_run_at_once() {
+    let h = harness();
+    let module = test_utils::compile(&h.host, LOOPING_INIT);
+    let started = std::time::Instant::now();
+    let fresh = tokio::time::timeout(WAIT, h.manager.probe_fresh(module.clone(), roomy(), 1))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let Err(RuntimeError::Probe { reason, .. }) = fresh else {
+        panic!("{fresh:?}")
+    };
+    assert!(
+        reason.contains("CpuLimit"),
+        "out of fuel, not of time: {reason} after {took:?}"
+    );
+    // Two at once run; a third is refused while they do.
+    let (a, b, c) = tokio::join!(
+        h.manager.probe_fresh(module.clone(), roomy(), 1),
+        h.manager.probe_fresh(module.clone(), roomy(), 2),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            h.manager.probe_fresh(module.clone(), roomy(), 3).await
+        }
+    );
+    for r in [&a, &b] {
+        assert!(
+            matches!(r, Err(RuntimeError::Probe { reason, .. }) if reason.contains("CpuLimit")),
+            "{r:?}"
+        );
+    }
+    assert!(
+        matches!(&c, Err(RuntimeError::Probe { reason, .. }) if reason.contains("busy")),
+        "{c:?}"
     );
 }

@@ -20,6 +20,15 @@ use crate::{LimitsSide, Metering, RuntimeError, StopReason};
 
 /// How long a fresh instance made to answer one probe may live.
 const FRESH_PROBE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(2);
+/// The most fuel per second a fresh probe instance gets, whatever the image's manifest asks
+/// (~200 ms of CPU at the default 250,000 fuel per CPU ms): its start-up (`_initialize`,
+/// `agora_init`) runs on every committee member once per probe interval, for a contract whose
+/// ceiling the arbitrator does not apply (THREATS G2, found by a read-only audit in session 49:
+/// a manifest's 10^11 made each looping start-up burn the probe's whole 2 s lifetime).
+pub const FRESH_PROBE_FUEL_PER_SECOND: u64 = 50_000_000;
+/// Fresh probe instances run at once; more are refused at once (the value is then unknown, and
+/// the probe is judged on the hosting layer's word).
+pub const FRESH_PROBES_AT_ONCE: usize = 2;
 
 impl ServiceManager {
     /// A manager on `host` using `kv` for guest storage; published messages arrive on the
@@ -35,6 +44,7 @@ impl ServiceManager {
             kv,
             outbox,
             services: Mutex::new(Default::default()),
+            fresh_probes: Arc::new(tokio::sync::Semaphore::new(FRESH_PROBES_AT_ONCE)),
         };
         (manager, rx)
     }
@@ -393,6 +403,13 @@ impl ServiceManager {
             service: id.clone(),
             reason,
         };
+        let Ok(permit) = self.fresh_probes.clone().try_acquire_owned() else {
+            return Err(fail(format!(
+                "busy: {FRESH_PROBES_AT_ONCE} fresh probe instances already run"
+            )));
+        };
+        let mut limits = limits;
+        limits.fuel_per_second = limits.fuel_per_second.min(FRESH_PROBE_FUEL_PER_SECOND);
         let spec = ServiceSpec::new(id.as_str(), module, limits);
         let (outbox, _dropped) = mpsc::channel(1);
         let io = Arc::new(ServiceIo {
@@ -413,6 +430,7 @@ impl ServiceManager {
             deadline: Instant::now().checked_add(FRESH_PROBE_LIFETIME),
         };
         let call = async move {
+            let _permit = permit;
             let mut inst = super::instance::Running::start(launch, &spec.module, &spec, io).await?;
             inst.probe(nonce).await.transpose()
         };

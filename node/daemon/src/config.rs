@@ -279,6 +279,11 @@ pub enum ConfigError {
     /// The API must stay on loopback.
     #[error("api.listen = '{0}' must be a loopback socket address such as 127.0.0.1:7700")]
     ApiNotLoopback(String),
+    /// The file holds device root keys and others may read it.
+    #[error(
+        "config {0} holds radio device keys ([[radio.device_keys]]) and group or others may read it (mode {1:o}): run chmod 600 {0}"
+    )]
+    KeysReadable(PathBuf, u32),
 }
 
 impl NodeConfig {
@@ -292,6 +297,19 @@ impl NodeConfig {
             std::fs::read_to_string(&path).map_err(|e| ConfigError::Read(path.clone(), e))?;
         let config: NodeConfig =
             toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?;
+        // Device root keys are refused in a file others may read, like the node key and the
+        // token (THREATS L5).
+        if !config.radio.device_keys.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .map_err(|e| ConfigError::Read(path.clone(), e))?
+                .permissions()
+                .mode()
+                & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(ConfigError::KeysReadable(path, mode));
+            }
+        }
         config
             .candidate_facts()
             .check()
@@ -435,6 +453,32 @@ mod tests {
         .unwrap();
         let c = NodeConfig::load(dir.path()).unwrap();
         assert_eq!(c.deals.customer.arm_timeout_ms, 20_000);
+    }
+
+    /// THREATS L5: a config holding device root keys is refused while group or others may read
+    /// it, naming `chmod 600`; once private it loads.
+    #[test]
+    fn device_keys_in_a_config_others_may_read_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        let key = "ab".repeat(32);
+        std::fs::write(
+            &path,
+            format!("[[radio.device_keys]]\ndevice = 7\nkey = \"{key}\"\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = NodeConfig::load(dir.path()).unwrap_err();
+        assert!(matches!(err, ConfigError::KeysReadable(_, 0o644)), "{err}");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = NodeConfig::load(dir.path()).unwrap();
+        assert_eq!(c.radio.device_keys.len(), 1);
+        // Without keys, the mode is the operator's business.
+        std::fs::write(&path, "[provider]\nlabels = { site = \"x\" }\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(NodeConfig::load(dir.path()).is_ok());
     }
 
     #[test]

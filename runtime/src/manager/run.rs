@@ -146,7 +146,7 @@ async fn run_instance(
     let base = lock(&shared.live).metering.clone();
     let tick = Duration::from_millis(spec.tick_ms.max(1));
     let budget = spec.limits.fuel_per_second.max(1);
-    let mut window = (Instant::now(), inst.fuel_used);
+    let mut window = Throttle::new(Instant::now(), inst.fuel_used, budget);
     // The first successful poll also reads the guest's health, so a sick guest is never seen
     // as answering before its health export has been heard.
     let mut last_health: Option<Instant> = None;
@@ -171,13 +171,11 @@ async fn run_instance(
         if deadline.is_some_and(|d| now >= d) {
             break StopReason::Lifetime;
         }
-        if now.duration_since(window.0) >= Duration::from_secs(1) {
-            window = (now, inst.fuel_used);
-        }
+        window.roll(now, inst.fuel_used);
         let until_deadline = deadline.map_or(tick, |d| d.saturating_duration_since(now));
-        if inst.fuel_used.saturating_sub(window.1) >= budget {
+        if window.spent(inst.fuel_used) {
             // Budget for this second is spent: throttle until the window ends.
-            let rest = Duration::from_secs(1).saturating_sub(now.duration_since(window.0));
+            let rest = window.rest(now);
             pause(shared, rest.min(until_deadline)).await;
             continue;
         }
@@ -215,7 +213,12 @@ async fn run_instance(
             fold(&mut live.metering, &base, &inst, shared);
             live.metering.polls = live.metering.polls.saturating_add(1);
         }
-        if result.is_ok() && last_health.is_none_or(|t| t.elapsed() >= HEALTH_INTERVAL) {
+        // The health read is a guest call too: not while this second's budget is spent (it had
+        // a second's fuel of its own beside the poll's: twice the CPU share, THREATS G5).
+        if result.is_ok()
+            && !window.spent(inst.fuel_used)
+            && last_health.is_none_or(|t| t.elapsed() >= HEALTH_INTERVAL)
+        {
             last_health = Some(Instant::now());
             let health = {
                 let _calls = shared.io.calls.lock().await;
@@ -266,4 +269,76 @@ fn fold(m: &mut Metering, base: &Metering, inst: &Running, shared: &Shared) {
     m.readings_processed = shared.io.readings_processed.load(Ordering::Relaxed);
     m.readings_dropped = shared.io.readings_dropped.load(Ordering::Relaxed);
     m.published = shared.io.published.load(Ordering::Relaxed);
+}
+
+/// The guest's fuel budget per second: a window that rolls every second and carries what the
+/// last one spent over the budget into the next (THREATS G5: resetting it forgot the overspend,
+/// so a poll and a health read each using most of a second's fuel got twice the CPU share).
+#[derive(Debug)]
+struct Throttle {
+    start: Instant,
+    base: u64,
+    budget: u64,
+}
+
+impl Throttle {
+    fn new(now: Instant, fuel_used: u64, budget: u64) -> Throttle {
+        Throttle {
+            start: now,
+            base: fuel_used,
+            budget,
+        }
+    }
+
+    /// Starts a new window once a second has passed, charged with the last one's overspend.
+    fn roll(&mut self, now: Instant, fuel_used: u64) {
+        if now.duration_since(self.start) >= Duration::from_secs(1) {
+            let over = fuel_used
+                .saturating_sub(self.base)
+                .saturating_sub(self.budget);
+            self.start = now;
+            self.base = fuel_used.saturating_sub(over);
+        }
+    }
+
+    /// Whether this window's budget is spent.
+    fn spent(&self, fuel_used: u64) -> bool {
+        fuel_used.saturating_sub(self.base) >= self.budget
+    }
+
+    /// What is left of this window.
+    fn rest(&self, now: Instant) -> Duration {
+        Duration::from_secs(1).saturating_sub(now.duration_since(self.start))
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::*;
+
+    /// A window overspent by a poll and a health read carries the excess: the guest averages
+    /// its budget, not twice it.
+    #[test]
+    fn an_overspent_window_is_charged_to_the_next() {
+        let t0 = Instant::now();
+        let mut w = Throttle::new(t0, 0, 100);
+        // A poll of 90 and a health read of 90 in the first second.
+        assert!(!w.spent(90));
+        assert!(w.spent(180));
+        w.roll(t0 + Duration::from_millis(500), 180);
+        assert!(w.spent(180), "no new window before the second ends");
+        w.roll(t0 + Duration::from_secs(1), 180);
+        // 80 over: the new window starts with 80 of its 100 spent.
+        assert!(!w.spent(180));
+        assert!(w.spent(200));
+        // Over ten seconds of polls of 90 whenever allowed, at most ~11 budgets are used.
+        let mut used = 200;
+        for s in 2..12 {
+            w.roll(t0 + Duration::from_secs(s), used);
+            while !w.spent(used) {
+                used += 90;
+            }
+        }
+        assert!(used <= 100 * 12 + 90, "{used}");
+    }
 }

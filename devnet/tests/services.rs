@@ -298,6 +298,54 @@ async fn first_failure(host: &ServiceHost, id: &str) -> StopReason {
     reason
 }
 
+/// THREATS G4: a contract's staging dropped while it still fetches its image (its deadline
+/// passed) lets go of the image's hold instead of keeping it until restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staging_given_up_mid_way_releases_its_image() {
+    let net = Devnet::builder().nodes(1).spawn().await.unwrap();
+    let node = net.node(0).unwrap();
+    let host = &node.services;
+    // An image no one has: the staging holds it and waits on the fetch.
+    let image = cid_v1_blake3(DAG_CBOR, b"an image no one has");
+    let holder = "service:cut".to_string();
+    let held = || {
+        node.storage
+            .holders()
+            .values()
+            .any(|hs| hs.contains(&holder))
+    };
+    let c = ceiling(2 << 20, 100, 60_000);
+    let mut staging = Box::pin(host.stage_for_contract("cut", image, &c));
+    // Poll the staging until it holds the image and waits on the fetch.
+    let mut seen = false;
+    for _ in 0..10_000 {
+        tokio::select! {
+            biased;
+            r = &mut staging => panic!("the staging finished before it was seen holding: {r:?}"),
+            () = tokio::task::yield_now() => {}
+        }
+        if held() {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the staging took its hold");
+    drop(staging);
+    let released = timeout(WAIT, async {
+        while held() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        released.is_ok(),
+        "the image's hold is released: {:?}",
+        node.storage.holders()
+    );
+    assert!(host.limits("cut").is_err(), "nothing was staged");
+    net.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contract_service_runs_under_the_contracts_limits_not_its_manifests() {
     let net = Devnet::builder().nodes(1).spawn().await.unwrap();

@@ -25,6 +25,32 @@ fn image_holder(id: &str) -> String {
     format!("service:{id}")
 }
 
+/// Lets go of a staging's hold on its image if the staging is dropped before it finished and
+/// left no staged service behind (found by a read-only audit in session 49: a staging cut at its
+/// contract's deadline kept the image pinned until restart).
+struct HoldGuard {
+    host: ServiceHost,
+    id: String,
+    image: Cid,
+    armed: bool,
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        if !self.armed || lock(&self.host.inner.staged).contains_key(&self.id) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (host, id, image) = (self.host.clone(), std::mem::take(&mut self.id), self.image);
+        rt.spawn(async move {
+            tracing::debug!(service = %id, %image, "staging given up: image hold released");
+            host.release_image(&id, image).await;
+        });
+    }
+}
+
 /// The error for a service whose contract ended before `now`.
 fn ended(c: &ContractCeiling, now: u64) -> ServiceError {
     let end_ms = match c.end {
@@ -197,11 +223,20 @@ impl ServiceHost {
         // holds it while the service is staged. The module is capped at MAX_MODULE_BYTES; the
         // manifest and record are small.
         let holder = image_holder(id);
+        // A caller that gives up mid-way (a contract's staging deadline drops this future, in
+        // the fetch or the compile) must not leave the image held for good (THREATS G4).
+        let mut guard = HoldGuard {
+            host: self.clone(),
+            id: id.to_string(),
+            image,
+            armed: true,
+        };
         self.inner
             .storage
             .hold(image, &holder, Some(crate::IMAGE_MAX_BYTES))
             .await?;
         let staged = self.stage_held(id, image, ceiling).await;
+        guard.armed = false;
         if staged.is_err() && !lock(&self.inner.staged).contains_key(id) {
             self.release_image(id, image).await;
         }

@@ -841,6 +841,48 @@ pub async fn readiness(st: &ApiState, metrics: Option<&Metrics>) -> Readiness {
 struct ProbeState {
     api: ApiState,
     metrics: Option<Metrics>,
+    /// One scrape renders at a time (each asks the ledger task for every contract).
+    scrapes: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Whether `host` (a request's `Host` header) names this machine's loopback: `localhost` or a
+/// loopback IP literal, with or without a port. A listener on loopback answers only those, so a
+/// web page that rebinds its own name to 127.0.0.1 cannot read it (THREATS L4).
+pub fn loopback_host(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn loopback_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if loopback_host(host) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this listener is on loopback and answers only Host: localhost or a loopback address",
+        )
+            .into_response()
+    }
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -859,11 +901,16 @@ async fn ready(State(p): State<ProbeState>) -> Response {
 
 async fn metrics_text(State(p): State<ProbeState>) -> Response {
     match &p.metrics {
-        Some(m) => (
-            [(header::CONTENT_TYPE, TEXT_FORMAT)],
-            m.render(&p.api).await,
-        )
-            .into_response(),
+        Some(m) => {
+            let Ok(_one) = p.scrapes.acquire().await else {
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            };
+            (
+                [(header::CONTENT_TYPE, TEXT_FORMAT)],
+                m.render(&p.api).await,
+            )
+                .into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             "metrics are off; set [metrics] listen in config.toml",
@@ -877,7 +924,11 @@ pub fn probe_routes(api: ApiState, metrics: Option<Metrics>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .with_state(ProbeState { api, metrics })
+        .with_state(ProbeState {
+            api,
+            metrics,
+            scrapes: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+        })
 }
 
 /// Serves `/metrics`, `/health` and `/ready` (no token) until `cancel` fires.
@@ -887,13 +938,18 @@ pub async fn serve(
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
-    let app = Router::new()
+    let on_loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    let mut app = Router::new()
         .route("/metrics", get(metrics_text))
         .with_state(ProbeState {
             api: api.clone(),
             metrics: Some(metrics.clone()),
+            scrapes: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         })
         .merge(probe_routes(api, Some(metrics)));
+    if on_loopback {
+        app = app.layer(axum::middleware::from_fn(loopback_only));
+    }
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await;
@@ -1023,5 +1079,36 @@ mod tests {
         assert!(parse_exposition("foo 1\n").is_err());
         assert!(parse_exposition("# TYPE foo gauge\nfoo 1\n").is_ok());
         assert!(parse_exposition("# TYPE foo gauge\nfoo one\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_names_pass() {
+        for ok in [
+            "localhost",
+            "LOCALHOST:9100",
+            "127.0.0.1",
+            "127.0.0.1:9100",
+            "[::1]:9100",
+            "[::1]",
+            "127.3.4.5:1",
+        ] {
+            assert!(loopback_host(Some(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9100",
+            "10.0.0.1:9100",
+            "localhost.evil.example",
+            "[2001:db8::1]:80",
+            "",
+        ] {
+            assert!(!loopback_host(Some(bad)), "{bad}");
+        }
+        assert!(!loopback_host(None));
     }
 }

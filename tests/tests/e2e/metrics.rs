@@ -13,11 +13,17 @@ use agora_tests::{DevnetGuard, agora_json, wait_until};
 
 /// `GET path` on `addr` over plain HTTP/1.1: (status, body), or `None` if nothing answered.
 fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_get_as(addr, addr, path)
+}
+
+/// [`http_get`] with the `Host` header `host` (a web page that rebinds its name to loopback
+/// sends its own name).
+fn http_get_as(addr: &str, host: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut raw = Vec::new();
@@ -121,6 +127,19 @@ fn devnet_nodes_serve_metrics_health_and_readiness() {
     // Liveness without a token, on the metrics port and on the API port.
     for (n, a) in nodes.iter().zip(&addrs) {
         assert_eq!(http_get(a, "/health").unwrap().0, 200);
+        // THREATS L4: a web page that rebinds its own name to 127.0.0.1 reads nothing.
+        assert_eq!(
+            http_get_as(a, "evil.example", "/metrics").unwrap().0,
+            421,
+            "a rebinding page's Host is refused"
+        );
+        let port = a.rsplit(':').next().unwrap();
+        assert_eq!(
+            http_get_as(a, &format!("localhost:{port}"), "/health")
+                .unwrap()
+                .0,
+            200
+        );
         assert_eq!(
             http_get(n["api"].as_str().unwrap(), "/health").unwrap().0,
             200

@@ -220,10 +220,13 @@ impl Host {
         })?;
         self.compiles
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Checked before it is kept: a module refused here (no `agora_poll`, say) left its
+        // artifact on disk for good (THREATS G3).
+        let prepared = self.prepare(*id, module.clone(), false)?;
         if let Err(err) = self.cache.store(id, &module) {
             tracing::warn!(module = %id, %err, "artifact not cached; next start recompiles");
         }
-        self.prepare(*id, module, false)
+        Ok(prepared)
     }
 
     /// Modules this host compiled from bytes since it started (cache hits not counted).
@@ -291,6 +294,28 @@ impl Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// THREATS G3: a module refused by the checks after compiling leaves no artifact behind.
+    #[test]
+    fn a_refused_module_leaves_no_artifact() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(HostConfig::new(dir.path(), [7; 32])).unwrap();
+        let wat = r#"(module (memory (export "memory") 1))"#;
+        let id = ModuleId::for_bytes(wat.as_bytes());
+        let err = host.load(&id, wat.as_bytes()).err().unwrap();
+        assert!(matches!(err, RuntimeError::MissingExport { .. }), "{err}");
+        let artifacts = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "cwasm")
+            })
+            .count();
+        assert_eq!(artifacts, 0);
+    }
 
     #[test]
     fn millicores_convert_to_fuel_at_the_host_rate() {

@@ -101,13 +101,58 @@ impl ArtifactCache {
         })?;
         let mac = self.mac(id, &artifact);
         write_atomic(&art_path, &artifact)?;
-        write_atomic(&mac_path, mac.as_bytes())
+        write_atomic(&mac_path, mac.as_bytes())?;
+        let gone = trim(&self.dir, MAX_CACHE_BYTES, &art_path);
+        if gone > 0 {
+            tracing::info!(
+                removed = gone,
+                "artifact cache over its bound: oldest artifacts removed"
+            );
+        }
+        Ok(())
     }
 
     fn discard(&self, art: &Path, mac: &Path) {
         let _ = fs::remove_file(art);
         let _ = fs::remove_file(mac);
     }
+}
+
+/// Bytes of artifacts the cache keeps; beyond that the least recently written go (each one a
+/// hostile customer's module could leave, THREATS G3). A removed artifact is compiled again
+/// when next needed.
+pub(crate) const MAX_CACHE_BYTES: u64 = 512 << 20;
+
+/// Removes the oldest artifacts (and their MACs) in `dir` until their sizes add up to at most
+/// `cap`, never `keep`; returns how many went.
+fn trim(dir: &Path, cap: u64, keep: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut artifacts: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((meta.modified().ok()?, meta.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = artifacts.iter().map(|a| a.1).sum();
+    artifacts.sort();
+    let mut gone = 0;
+    for (_, len, path) in artifacts {
+        if total <= cap {
+            break;
+        }
+        if path == keep {
+            continue;
+        }
+        let _ = fs::remove_file(&path);
+        let _ = fs::remove_file(path.with_extension("mac"));
+        total = total.saturating_sub(len);
+        gone += 1;
+    }
+    gone
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
@@ -123,6 +168,30 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cache keeps at most its bound: the oldest artifacts (and their MACs) go first, never
+    /// the one just written.
+    #[test]
+    fn the_oldest_artifacts_go_beyond_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        let mut paths = Vec::new();
+        for i in 0..5u64 {
+            let art = dir.path().join(format!("m{i}.cwasm"));
+            fs::write(&art, vec![0u8; 100]).unwrap();
+            fs::write(art.with_extension("mac"), b"mac").unwrap();
+            let f = fs::File::options().write(true).open(&art).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(i))
+                .unwrap();
+            paths.push(art);
+        }
+        // The oldest is the one just written: kept; the next two oldest go.
+        assert_eq!(trim(dir.path(), 300, &paths[0]), 2);
+        let left: Vec<bool> = paths.iter().map(|p| p.exists()).collect();
+        assert_eq!(left, [true, false, false, true, true]);
+        assert!(!paths[1].with_extension("mac").exists());
+        assert_eq!(trim(dir.path(), 300, &paths[0]), 0);
+    }
 
     fn cache(dir: &Path, key: u8) -> ArtifactCache {
         ArtifactCache::open(dir.to_path_buf(), [key; 32], "c0ffee".into()).unwrap()

@@ -91,7 +91,8 @@ pub fn step(f: &Followed, fact: Fact, now: u64) -> Step {
 }
 
 /// Follows every contract sent on `rx` until its hold is settled one way or the other;
-/// `count` is how many are followed (the deal task refuses to sign more than its bound).
+/// `count` is how many of them still await their registration (the deal task refuses to sign
+/// more than its bound; a registered one holds its capacity, which bounds those).
 pub async fn follow(
     market: MarketHandle,
     ledger: LedgerHandle,
@@ -107,8 +108,8 @@ pub async fn follow(
             _ = cancel.cancelled() => return,
             f = rx.recv() => match f {
                 Some(f) => {
-                    if followed.insert(f.contract, f).is_some() {
-                        // The same contract twice: counted once.
+                    if followed.insert(f.contract, f).is_some_and(|old| old.held_until.is_none()) {
+                        // The same contract twice while awaited: counted once.
                         count.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
@@ -143,7 +144,10 @@ pub async fn follow(
                     match step(f, fact, now) {
                         Step::Wait => continue,
                         Step::Hold(until) => {
-                            f.held_until = Some(until);
+                            if f.held_until.replace(until).is_none() {
+                                // Registered: no longer awaited.
+                                count.fetch_sub(1, Ordering::Relaxed);
+                            }
                             let _ = market
                                 .input(agora_market::Input::HoldAward { award, until })
                                 .await;
@@ -159,8 +163,9 @@ pub async fn follow(
                         }
                         Step::Forget => {}
                     }
-                    followed.remove(&id);
-                    count.fetch_sub(1, Ordering::Relaxed);
+                    if followed.remove(&id).is_some_and(|f| f.held_until.is_none()) {
+                        count.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
             }
         }

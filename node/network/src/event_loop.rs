@@ -723,6 +723,9 @@ impl EventLoop {
     /// asks and dialled on a redial (found by a read-only audit in session 49). Returns how many
     /// it dropped.
     fn kad_addrs_follow_the_book(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> usize {
+        // The address this node is connected to the peer at stays too: a peer announcing eight
+        // unusable addresses pushes the one that works out of the book (found by the review).
+        let connected = self.peer_addrs.get(&peer).cloned();
         let behaviour = self.swarm.behaviour_mut();
         for addr in addrs {
             behaviour.kad.add_address(&peer, addr);
@@ -731,6 +734,7 @@ impl EventLoop {
             .book
             .get(&peer)
             .iter()
+            .chain(connected.as_ref())
             .filter_map(|a| a.clone().with_p2p(peer).ok())
             .collect();
         let key = libp2p::kad::KBucketKey::from(peer);
@@ -861,7 +865,9 @@ impl EventLoop {
                     kad.store_mut().remove_provider(&key, &provider);
                 }
                 if verdict == providers::Verdict::Store {
+                    let (provider, key) = (record.provider, record.key.clone());
                     if let Err(e) = kad.store_mut().add_provider(record) {
+                        self.providers.forget(provider, &key);
                         self.stats.kad_providers_refused += 1;
                         debug!(error = ?e, "provider record not stored");
                     }

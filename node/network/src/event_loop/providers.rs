@@ -110,6 +110,21 @@ impl ProviderAdmission {
         self.total
     }
 
+    /// `provider`'s record for `key` was not stored after all (the store refused it): it no
+    /// longer counts against any share.
+    pub(crate) fn forget(&mut self, provider: PeerId, key: &RecordKey) {
+        let Some(keys) = self.by_provider.get_mut(&provider) else {
+            return;
+        };
+        if let Some(e) = keys.remove(key) {
+            self.total -= 1;
+            self.strangers -= usize::from(e.stranger);
+        }
+        if keys.is_empty() {
+            self.by_provider.remove(&provider);
+        }
+    }
+
     fn drop_expired_of(
         &mut self,
         provider: PeerId,
@@ -193,6 +208,9 @@ mod tests {
         );
         assert_eq!(gone.len(), MAX_KEYS_PER_PROVIDER);
         assert_eq!(a.len(), 2);
+        // A record the store refused does not count.
+        a.forget(p, &key(9_999));
+        assert_eq!(a.len(), 1);
     }
 
     #[test]

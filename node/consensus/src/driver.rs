@@ -24,7 +24,7 @@ use super::effects::{ConsensusConfig, Effect, Input};
 use super::error::ConsensusError;
 use super::messages::{ConsensusMessage, SignedProposalMsg, SignedVoteMsg};
 use super::wal::WalEntry;
-use io::{Followup, Io, MAX_BLOCKS_PER_HEIGHT};
+use io::{Followup, Io, MAX_BLOCKS_PER_HEIGHT, MAX_BLOCKS_PER_ROUND, MAX_ROUND_LOOKAHEAD};
 
 /// Most valid proposals for the next height held until we get there.
 const MAX_FUTURE_PROPOSALS: usize = 16;
@@ -91,6 +91,7 @@ impl ConsensusDriver {
                 effects: Vec::new(),
                 followups: VecDeque::new(),
                 blocks: HashMap::new(),
+                blocks_per_round: Default::default(),
                 history: BTreeMap::new(),
                 replaying: false,
                 sync_peer: None,
@@ -249,6 +250,7 @@ impl ConsensusDriver {
         self.io.parent = parent;
         self.io.height_started_at = self.io.now;
         self.io.blocks.clear();
+        self.io.blocks_per_round.clear();
         let is_restart = !wal.is_empty();
         let mut replay = Vec::with_capacity(wal.len());
         for entry in &wal {
@@ -437,6 +439,25 @@ impl ConsensusDriver {
         }
         let id = block.id();
         if !self.io.blocks.contains_key(&id) {
+            // A faulty proposer filled every slot of the height with its own blocks for far
+            // rounds (or many in its own), so every honest proposal after them was refused and
+            // the chain never decided again (THREATS A11, found by a read-only audit in session
+            // 49): far rounds are not taken, and each round's proposer gets two blocks at most.
+            let current = self.state.round().as_u32().unwrap_or(0);
+            if round > current.saturating_add(MAX_ROUND_LOOKAHEAD) {
+                return;
+            }
+            let taken = self.io.blocks_per_round.entry(round).or_default();
+            if *taken >= MAX_BLOCKS_PER_ROUND {
+                let error = ConsensusError::TooMany {
+                    from: Some(from),
+                    what: "candidate blocks in this round",
+                    got: usize::from(*taken) + 1,
+                    max: usize::from(MAX_BLOCKS_PER_ROUND),
+                };
+                return self.reject(Some(from), error);
+            }
+            *taken += 1;
             if self.io.blocks.len() >= MAX_BLOCKS_PER_HEIGHT {
                 let error = ConsensusError::TooMany {
                     from: Some(from),

@@ -29,7 +29,13 @@ use crate::wal::WalEntry;
 type Ctx = AgoraContext;
 
 /// Most candidate blocks remembered per height (proposals from the round's proposer only).
-pub(crate) const MAX_BLOCKS_PER_HEIGHT: usize = 64;
+pub(crate) const MAX_BLOCKS_PER_HEIGHT: usize = 128;
+/// Most distinct blocks taken from one round's proposer at a height (Malachite keeps two
+/// proposals per round: an equivocation is evidence).
+pub(crate) const MAX_BLOCKS_PER_ROUND: u8 = 2;
+/// How many rounds ahead of the current one a proposal's block is taken (Malachite's own
+/// lookahead: it drops proposals beyond).
+pub(crate) const MAX_ROUND_LOOKAHEAD: u32 = 10;
 
 /// Work to do after the current engine run.
 pub(crate) enum Followup {
@@ -65,6 +71,8 @@ pub(crate) struct Io {
     pub(crate) followups: VecDeque<Followup>,
     /// Candidate blocks at the current height, by id (verified proposals, ours, synced).
     pub(crate) blocks: HashMap<BlockId, Block>,
+    /// Distinct proposed blocks taken per round at the current height (THREATS A11).
+    pub(crate) blocks_per_round: BTreeMap<u32, u8>,
     /// Recently decided blocks, to serve sync.
     pub(crate) history: BTreeMap<u64, DecidedBlock>,
     pub(crate) replaying: bool,

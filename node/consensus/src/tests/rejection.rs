@@ -598,3 +598,67 @@ fn a_faulty_proposer_cannot_fill_the_next_heights_buffer_with_far_rounds() {
     f.driver.handle(11, Input::Message { from, bytes });
     assert_eq!(f.driver.future_proposals_held(), vec![(2, 0)]);
 }
+
+/// THREATS A11: a faulty member sends a flood of proposals for the current height — its far
+/// rounds and many distinct blocks in one round — before the honest proposer's: the honest
+/// block is still taken (not refused as one too many for the height), so the chain can decide.
+#[test]
+fn a_faulty_proposer_cannot_crowd_out_the_current_heights_blocks() {
+    let mut f = fixture();
+    let faulty = (1..4)
+        .map(|i| f.signers[i].clone())
+        .find(|s| {
+            (0..8u32).any(|r| proposer_of(&f, 1, r).node_id() == s.node_id())
+                && proposer_of(&f, 1, 0).node_id() != s.node_id()
+        })
+        .unwrap();
+    let propose = |f: &mut Fixture, by: &KeySigner, round: u32, k: usize| {
+        let mut block = block_by(by, 1, BlockId::GENESIS_PARENT);
+        block.transactions = vec![format!("tx{k}").into_bytes()];
+        let p = Proposal::new(
+            Height(1),
+            Round::new(round),
+            block,
+            Round::Nil,
+            Address(by.node_id()),
+        );
+        let from = by.node_id();
+        let bytes = ConsensusMessage::Proposal(SignedProposalMsg::sign(
+            p,
+            &agora_contracts::ChainTag::default(),
+            by,
+        ))
+        .encode();
+        f.driver.handle(10, Input::Message { from, bytes })
+    };
+    let mut sent = 0;
+    for round in 0u32..400 {
+        if proposer_of(&f, 1, round).node_id() != faulty.node_id() {
+            continue;
+        }
+        // Several distinct blocks in each round it owns.
+        for k in 0..4 {
+            propose(&mut f, &faulty, round, sent * 10 + k);
+        }
+        sent += 1;
+    }
+    assert!(
+        sent * 4 > 128,
+        "the faulty proposer sent {} blocks",
+        sent * 4
+    );
+    // The honest proposers of the first rounds are still heard.
+    for round in 0u32..4 {
+        let honest = proposer_of(&f, 1, round);
+        if honest.node_id() == faulty.node_id() || honest.node_id() == f.signers[0].node_id() {
+            continue;
+        }
+        let effects = propose(&mut f, &honest, round, 9_999);
+        assert!(
+            !rejections(&effects)
+                .iter()
+                .any(|e| matches!(e, ConsensusError::TooMany { .. })),
+            "round {round}'s honest block refused: {effects:?}"
+        );
+    }
+}

@@ -421,24 +421,8 @@ pub(crate) fn stranger_limiter(
     burst: u32,
     interval: Duration,
 ) -> impl FnMut(PeerId, &libp2p::Multiaddr, std::time::Instant) -> bool + Send {
-    let burst = f64::from(burst);
-    let per_second = burst / interval.as_secs_f64().max(1.0);
-    let mut tokens = burst;
-    let mut last: Option<std::time::Instant> = None;
-    move |peer, _addr, now| {
-        if !strangers.is_stranger(&peer) {
-            return true;
-        }
-        let elapsed = last.map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
-        last = Some(now);
-        tokens = (tokens + elapsed * per_second).min(burst);
-        if tokens >= 1.0 {
-            tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+    let mut shared = crate::quota::Bucket::over(burst, interval);
+    move |peer, _addr, now| !strangers.is_stranger(&peer) || shared.take(1, now)
 }
 
 /// AutoNAT v1: first probe soon after start (a node behind NAT should get its relay slot within

@@ -225,7 +225,7 @@ impl Quotas {
 
 /// One token bucket: `burst` at once, refilled at `per_second`.
 #[derive(Debug)]
-struct Bucket {
+pub(crate) struct Bucket {
     per_second: f64,
     burst: f64,
     tokens: f64,
@@ -243,21 +243,34 @@ impl Bucket {
         }
     }
 
-    /// Whether the bucket is full again at `now`.
-    fn refilled(&self, now: Instant) -> bool {
+    /// `burst` at once, refilled over `interval` (rates below one a second: the relay's).
+    pub(crate) fn over(burst: u32, interval: std::time::Duration) -> Bucket {
+        let burst = f64::from(burst.max(1));
+        Bucket {
+            per_second: burst / interval.as_secs_f64().max(1.0),
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    /// The tokens the bucket would hold at `now`, before the burst caps them.
+    fn level(&self, now: Instant) -> f64 {
         let elapsed = self
             .last
             .map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
-        self.tokens + elapsed * self.per_second >= self.burst
+        self.tokens + elapsed * self.per_second
+    }
+
+    /// Whether the bucket is full again at `now`.
+    fn refilled(&self, now: Instant) -> bool {
+        self.level(now) >= self.burst
     }
 
     /// Takes `cost` (at least 1, at most the burst, so a full bucket always admits); `false`
     /// and nothing taken when the bucket holds less.
-    fn take(&mut self, cost: usize, now: Instant) -> bool {
-        let elapsed = self
-            .last
-            .map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+    pub(crate) fn take(&mut self, cost: usize, now: Instant) -> bool {
+        self.tokens = self.level(now).min(self.burst);
         self.last = Some(now);
         let cost = (cost as f64).clamp(1.0, self.burst);
         if self.tokens >= cost {

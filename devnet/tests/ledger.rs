@@ -460,3 +460,98 @@ async fn an_equivocating_arbitrator_is_reported_and_its_bond_slashed_on_every_re
     wait_balance(&net, &[0, 1, 2], 1, want + 10).await;
     net.shutdown().await;
 }
+
+/// THREATS A14 on a real swarm: one of four arbitrators' consensus WAL writes start failing (a
+/// full disk, by a test hook). It must not send the votes it could not record — after a restart
+/// it might vote differently, an equivocation that burns its bond — so it sends nothing more
+/// for that height and stops the node with the reason; the other three go on deciding, and the
+/// stopped node, restarted, catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arbitrator_whose_wal_fails_stops_instead_of_voting_unrecorded() {
+    use agora_consensus::ConsensusMessage;
+    use agora_ledger::CONSENSUS_TOPIC;
+    use agora_network::NetworkEvent;
+
+    let mut net = Devnet::builder().nodes(4).spawn().await.unwrap();
+    net.wait_connected(3, WAIT).await.unwrap();
+    let bad = net.node_id(3);
+    let l3 = net.node(3).unwrap().ledger.clone().unwrap();
+    // Every consensus message node 1's ledger task judges, from now on.
+    let mut heard = net
+        .handle(1)
+        .unwrap()
+        .inbox(agora_network::Interest::new("test").topic(CONSENSUS_TOPIC));
+    // Failing from two heights on: the next height is decided normally, the one after it is
+    // the first whose WAL writes fail (nothing of it can have been voted before the hook).
+    let from = height(&net, 3).await + 2;
+    l3.fail_wal_from(from).await.unwrap();
+    assert!(
+        height(&net, 3).await + 1 < from,
+        "a block was decided while the hook was set: rerun"
+    );
+    let l1 = net.node(1).unwrap().ledger.clone().unwrap();
+    let mut want = balance(&net, 0, 1).await;
+    let cancel = net.node(3).unwrap().cancel_token();
+    // Drained as the test goes, so the inbox never fills (a full inbox drops).
+    let mut from_bad: Vec<Vec<u8>> = Vec::new();
+    let mut drain = |heard: &mut agora_network::Inbox| {
+        while let Some(ev) = heard.try_recv() {
+            if let NetworkEvent::GossipToJudge { envelope, .. } = ev
+                && envelope.sender == bad
+            {
+                from_bad.push(envelope.payload.clone());
+            }
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cancel.is_cancelled() {
+        drain(&mut heard);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the arbitrator with a failing WAL did not stop"
+        );
+        l1.submit(TxKind::Faucet { amount: 10 }).await.unwrap();
+        want += 10;
+        wait_balance(&net, &[0, 1, 2], 1, want).await;
+    }
+    let why = l3.fatal().expect("the ledger says why it stopped the node");
+    assert!(why.contains("WAL"), "{why}");
+    // It sent nothing for a height whose WAL writes failed (by its own account; what its
+    // peers heard is checked below).
+    assert!(
+        l3.sent_height() < from,
+        "node 3 sent a consensus message for height {} (WAL failing from {from})",
+        l3.sent_height()
+    );
+    assert!(
+        l3.sent_height() > 0,
+        "node 3 never voted before the failure"
+    );
+    // The three others go on deciding.
+    l1.submit(TxKind::Faucet { amount: 10 }).await.unwrap();
+    want += 10;
+    wait_balance(&net, &[0, 1, 2], 1, want).await;
+    drain(&mut heard);
+    // Not one vote (nor proposal) of the failing heights left node 3.
+    let mut sent_after = Vec::new();
+    for payload in &from_bad {
+        let height = ConsensusMessage::decode(payload).unwrap().height();
+        if height >= from {
+            sent_after.push(height);
+        }
+    }
+    assert!(
+        !from_bad.is_empty(),
+        "node 1 heard nothing from node 3 before the failure"
+    );
+    assert!(
+        sent_after.is_empty(),
+        "node 3 sent consensus messages it could not record, at heights {sent_after:?}"
+    );
+    // Restarted (its disk fixed), it catches up with the others.
+    net.stop(3).await;
+    net.restart(3).await.unwrap();
+    wait_balance(&net, &[3], 1, want).await;
+    same_state(&net, 0, 3).await;
+    net.shutdown().await;
+}

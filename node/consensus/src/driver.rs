@@ -7,6 +7,8 @@
 mod io;
 mod sync;
 
+pub use sync::GossipedBlock;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -28,6 +30,9 @@ use io::{Followup, Io, MAX_BLOCKS_PER_HEIGHT, MAX_BLOCKS_PER_ROUND, MAX_ROUND_LO
 
 /// Most valid proposals for the next height held until we get there.
 const MAX_FUTURE_PROPOSALS: usize = 16;
+/// Most distinct votes for the next height held per validator, round and vote type: two, so an
+/// equivocation is still seen when the height starts (THREATS A13).
+const MAX_FUTURE_VOTES_PER_SLOT: usize = 2;
 
 /// One arbitrator's consensus state machine.
 pub struct ConsensusDriver {
@@ -37,6 +42,12 @@ pub struct ConsensusDriver {
     /// Verified proposals for `height + 1` with when they arrived, replayed when that height
     /// starts (their block time is judged against the clock at arrival).
     future_proposals: Vec<(NodeId, SignedProposalMsg, Timestamp)>,
+    /// Verified votes for `height + 1`, replayed when that height starts. Held here rather
+    /// than in Malachite's input buffer (500 per height, first come, no deduplication), where
+    /// one member's copies of its own vote left no room for the others' (THREATS A13): here each
+    /// validator has its own slots, [`MAX_FUTURE_VOTES_PER_SLOT`] per round and vote type, for
+    /// the first [`MAX_ROUND_LOOKAHEAD`] + 1 rounds.
+    future_votes: Vec<(NodeId, SignedVoteMsg)>,
     last_sync_request: Option<(u64, Timestamp)>,
 }
 
@@ -98,6 +109,7 @@ impl ConsensusDriver {
             },
             me,
             future_proposals: Vec::new(),
+            future_votes: Vec::new(),
             last_sync_request: None,
         }
     }
@@ -285,6 +297,14 @@ impl ConsensusDriver {
         for (from, proposal, arrived) in ready {
             self.on_proposal(from, proposal, arrived);
         }
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.future_votes)
+            .into_iter()
+            .filter(|(_, v)| mc_height(v) >= height)
+            .partition(|(_, v)| mc_height(v) == height);
+        self.future_votes = later;
+        for (_, vote) in ready {
+            self.process(mc::Input::Vote(vote.to_malachite()));
+        }
     }
 
     fn on_message(&mut self, from: NodeId, msg: ConsensusMessage) {
@@ -363,7 +383,56 @@ impl ConsensusDriver {
         if height < self.io.height || height > self.io.height + 1 {
             return; // stale, or far ahead: sync will carry us there
         }
+        if height == self.io.height + 1 {
+            return self.hold_future_vote(from, vote);
+        }
         self.process(mc::Input::Vote(vote.to_malachite()));
+    }
+
+    /// Keeps a verified vote for the next height, within its validator's slots (THREATS A13):
+    /// a copy of a held vote is dropped, and so is a third distinct vote for one validator,
+    /// round and type, or a vote for a round too far ahead (sync carries a replica that far
+    /// behind).
+    fn hold_future_vote(&mut self, from: NodeId, vote: SignedVoteMsg) {
+        use arc_malachitebft_core_types::Vote as _;
+        let (voter, round, kind) = (vote.vote.voter(), vote.vote.round(), vote.vote.vote_type());
+        if round.as_u32().is_none_or(|r| r > MAX_ROUND_LOOKAHEAD) {
+            return;
+        }
+        let mut in_slot = 0;
+        for (_, held) in &self.future_votes {
+            if held.vote == vote.vote {
+                return; // a copy (the same vote signed again is the same vote)
+            }
+            if held.vote.voter() == voter
+                && held.vote.round() == round
+                && held.vote.vote_type() == kind
+            {
+                in_slot += 1;
+            }
+        }
+        if in_slot >= MAX_FUTURE_VOTES_PER_SLOT {
+            debug!(voter = %voter.short(), ?round, ?kind, "vote for the next height dropped: its slot is full");
+            return;
+        }
+        self.future_votes.push((from, vote));
+    }
+
+    /// The (voter, height, round, prevote) of each vote held for the next height (tests).
+    #[cfg(test)]
+    pub(crate) fn future_votes_held(&self) -> Vec<(NodeId, u64, u32, bool)> {
+        use arc_malachitebft_core_types::{Vote as _, VoteType};
+        self.future_votes
+            .iter()
+            .map(|(_, v)| {
+                (
+                    v.vote.voter(),
+                    mc_height(v),
+                    v.vote.round().as_u32().unwrap_or(0),
+                    v.vote.vote_type() == VoteType::Prevote,
+                )
+            })
+            .collect()
     }
 
     /// The (height, round) of each proposal held for the next height (tests).

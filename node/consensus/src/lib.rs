@@ -86,7 +86,7 @@ pub use context::{
     Address, AgoraContext, ConsensusSignature, ConsensusTimeouts, Ed25519Scheme, Height, Validator,
     ValidatorSet,
 };
-pub use driver::ConsensusDriver;
+pub use driver::{ConsensusDriver, GossipedBlock};
 pub use effects::{ConsensusConfig, Effect, Input, Misbehavior, TimeoutId, TimeoutStep};
 pub use error::ConsensusError;
 pub use liveness::{PolkaCertificateMsg, RoundCertificateMsg, RoundSig};

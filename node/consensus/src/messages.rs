@@ -56,6 +56,11 @@ impl Vote {
         }
     }
 
+    /// The height voted at.
+    pub fn height_number(&self) -> u64 {
+        self.height.0
+    }
+
     /// Who cast the vote.
     pub fn voter(&self) -> NodeId {
         self.voter.0
@@ -315,6 +320,16 @@ impl ConsensusMessage {
             });
         }
         serde_cbor::from_slice(bytes).map_err(|e| ConsensusError::Decode(e.to_string()))
+    }
+
+    /// The height the message is about.
+    pub fn height(&self) -> u64 {
+        match self {
+            ConsensusMessage::Proposal(p) => p.proposal.block().height,
+            ConsensusMessage::Vote(v) => v.vote.height_number(),
+            ConsensusMessage::PolkaCertificate(c) => c.height,
+            ConsensusMessage::RoundCertificate(c) => c.height,
+        }
     }
 }
 

@@ -38,6 +38,9 @@ pub enum DaemonError {
     /// One of the node's tasks panicked; the node stopped.
     #[error("a node task panicked ({0}); the node stopped so that its supervisor can restart it")]
     TaskPanicked(String),
+    /// The ledger stopped the node after a failure it must not run on with.
+    #[error("the ledger stopped the node ({0}); fix the cause (a full disk?) and restart it")]
+    LedgerStopped(String),
     /// Key problem.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -129,14 +132,17 @@ impl RunningNode {
     /// A task of the node that panics stops the node too, with an error, so that whatever
     /// supervises the process restarts it: before, the process went on without that task (a
     /// panicked swarm task left a node cut off from the network, silently; found by a read-only
-    /// audit in session 49). A task that returns normally is let go.
+    /// audit in session 49). A task that returns normally is let go. The ledger stops the node
+    /// the same way when a consensus WAL write fails (THREATS A14): that is an error too.
     pub async fn wait(mut self) -> Result<(), DaemonError> {
         let cancel = self.cancel.clone();
         let panicked = first_panic(&mut self.tasks, &cancel).await;
+        let fatal = self.ledger.as_ref().and_then(|l| l.fatal());
         self.shutdown().await;
-        match panicked {
-            Some(e) => Err(DaemonError::TaskPanicked(e)),
-            None => Ok(()),
+        match (panicked, fatal) {
+            (Some(e), _) => Err(DaemonError::TaskPanicked(e)),
+            (None, Some(why)) => Err(DaemonError::LedgerStopped(why)),
+            (None, None) => Ok(()),
         }
     }
 

@@ -188,8 +188,16 @@ impl LedgerTask {
     pub(super) async fn feed(&mut self, input: Input) {
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
+            if self.fatal.get().is_some() {
+                return;
+            }
             let effects = self.driver.handle(now_ms(), input);
             for effect in effects {
+                // After a failed WAL write nothing more goes out, above all not the vote it
+                // should have recorded (THREATS A14): the task then stops the node.
+                if self.fatal.get().is_some() {
+                    return;
+                }
                 if let Some(next) = self.execute(effect).await {
                     queue.push_back(next);
                 }
@@ -331,19 +339,14 @@ impl LedgerTask {
         self.feed(Input::Message { from, bytes }).await;
     }
 
-    /// A decided block from [`BLOCKS_TOPIC`]: verified and applied like a sync answer (the
-    /// driver skips heights it has already decided).
-    pub(super) async fn on_block_gossip(&mut self, from: NodeId, bytes: &[u8]) {
-        match serde_cbor::from_slice::<DecidedBlock>(bytes) {
-            Ok(decided) => {
-                self.feed(Input::SyncResponse {
-                    from,
-                    blocks: vec![decided],
-                })
-                .await
-            }
-            Err(e) => debug!(from = %from.short(), error = %e, "malformed decided block"),
-        }
+    /// A decided block from [`BLOCKS_TOPIC`] (judged already): verified and applied like a
+    /// sync answer (the driver skips heights it has already decided).
+    pub(super) async fn on_block_gossip(&mut self, from: NodeId, decided: DecidedBlock) {
+        self.feed(Input::SyncResponse {
+            from,
+            blocks: vec![decided],
+        })
+        .await
     }
 
     /// A sync request or response from a peer (`id` is the inbound request to answer).
@@ -415,18 +418,37 @@ impl LedgerTask {
             Effect::PersistWal(entry) => {
                 // Flushed before the vote it records goes out; off the async workers.
                 let store = self.store.clone();
+                let height = entry.height();
+                // From this node's first own vote at that height: its broadcast follows in
+                // the same batch, the case the node must not send.
+                #[cfg(feature = "test-utils")]
+                let fail = self.fail_wal_from.is_some_and(|from| height >= from)
+                    && matches!(&entry, agora_consensus::WalEntry::Vote(v) if v.vote.voter() == self.view.me);
+                #[cfg(not(feature = "test-utils"))]
+                let fail = false;
                 let persisted = tokio::task::spawn_blocking(move || {
-                    store.wal_append(entry.height(), &entry.encode())
+                    if fail {
+                        return Err("test hook: WAL write failed".to_string());
+                    }
+                    store
+                        .wal_append(height, &entry.encode())
+                        .map_err(|e| e.to_string())
                 })
-                .await;
-                match persisted {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => warn!(error = %e, "cannot persist consensus WAL entry"),
-                    Err(e) => warn!(error = %e, "consensus WAL task failed"),
+                .await
+                .unwrap_or_else(|e| Err(format!("the WAL write task failed: {e}")));
+                // A vote that is not on disk must not go out: after a restart this node could
+                // vote differently in the same round, an equivocation that burns its bond
+                // (THREATS A14). The rest of the batch is dropped and the node stops.
+                if let Err(e) = persisted {
+                    let why = format!("cannot persist the consensus WAL at height {height}: {e}");
+                    tracing::error!(%why, "dropping this node's pending consensus messages");
+                    let _ = self.fatal.set(why);
                 }
                 None
             }
             Effect::Broadcast(msg) => {
+                self.sent_height
+                    .fetch_max(msg.height(), std::sync::atomic::Ordering::Relaxed);
                 if let Err(e) = self
                     .network
                     .broadcast(CONSENSUS_TOPIC, Kind::Consensus, msg.encode())

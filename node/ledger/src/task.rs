@@ -15,7 +15,10 @@ use super::TX_TOPIC;
 use super::mempool::{Mempool, MempoolError, MempoolStats};
 use super::store::{LedgerStore, StoreError};
 use crate::chain::{ChainParams, ChainTimers, SyncMsg, SyncReply};
-use agora_consensus::{ConsensusDriver, ConsensusTimeouts, DecidedBlock, Input, ValidatorSet};
+use agora_consensus::{
+    ConsensusDriver, ConsensusMessage, ConsensusTimeouts, DecidedBlock, GossipedBlock, Input,
+    ValidatorSet,
+};
 use agora_network::{
     GossipTicket, GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle, PresenceEvent,
 };
@@ -131,6 +134,9 @@ enum Command {
     /// Test hook: send none of our own votes (or again, with `false`).
     #[cfg(feature = "test-utils")]
     WithholdVotes(bool),
+    /// Test hook: the WAL write of our first own vote at this height or later fails.
+    #[cfg(feature = "test-utils")]
+    FailWalFrom(u64),
     /// Test hook: hand this node's own contract registrations to the sender instead.
     #[cfg(feature = "test-utils")]
     DivertRegistrations(mpsc::Sender<TxKind>),
@@ -147,6 +153,8 @@ enum Command {
 pub struct LedgerHandle {
     tx: mpsc::Sender<Command>,
     outcomes: broadcast::Sender<Arc<AppliedBlock>>,
+    fatal: Arc<std::sync::OnceLock<String>>,
+    sent_height: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for LedgerHandle {
@@ -156,6 +164,18 @@ impl std::fmt::Debug for LedgerHandle {
 }
 
 impl LedgerHandle {
+    /// Why the ledger task stopped the node, if it did: a failure after which going on could
+    /// make this arbitrator contradict itself (a consensus WAL write that failed, THREATS A14).
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.get().cloned()
+    }
+
+    /// The highest height this node has sent a consensus message (vote, proposal or
+    /// certificate) for; 0 before the first. Readable after the task stopped.
+    pub fn sent_height(&self) -> u64 {
+        self.sent_height.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Reads the ledger with `f` inside the task.
     pub async fn query<T: Send + 'static>(
         &self,
@@ -209,6 +229,17 @@ impl LedgerHandle {
     pub async fn byzantine_withhold_votes(&self, on: bool) -> Result<(), LedgerTaskError> {
         self.tx
             .send(Command::WithholdVotes(on))
+            .await
+            .map_err(|_| LedgerTaskError::Stopped)
+    }
+
+    /// Test hook (feature `test-utils`, never in the shipped binary): the consensus WAL write
+    /// of this node's first own vote at `height` or later fails, like a disk that just filled
+    /// (THREATS A14); the vote's broadcast is the next effect of the same batch.
+    #[cfg(feature = "test-utils")]
+    pub async fn fail_wal_from(&self, height: u64) -> Result<(), LedgerTaskError> {
+        self.tx
+            .send(Command::FailWalFrom(height))
             .await
             .map_err(|_| LedgerTaskError::Stopped)
     }
@@ -302,6 +333,14 @@ pub(super) struct LedgerTask {
     /// Test hook: where this node's own contract registrations go instead of the mempool.
     #[cfg(feature = "test-utils")]
     pub(super) diverted: Option<mpsc::Sender<TxKind>>,
+    /// Test hook: the WAL write of our first own vote at this height or later fails.
+    #[cfg(feature = "test-utils")]
+    pub(super) fail_wal_from: Option<u64>,
+    /// Set when the task stops the node (see [`LedgerHandle::fatal`]); nothing more is
+    /// carried out after it.
+    pub(super) fatal: Arc<std::sync::OnceLock<String>>,
+    /// See [`LedgerHandle::sent_height`].
+    pub(super) sent_height: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Locally submitted transactions waiting to be gossiped together: one signed envelope (and
@@ -461,9 +500,22 @@ pub async fn spawn(
         vouched: None,
         #[cfg(feature = "test-utils")]
         diverted: None,
+        #[cfg(feature = "test-utils")]
+        fail_wal_from: None,
+        fatal: Arc::default(),
+        sent_height: Arc::default(),
     };
+    let (fatal, sent_height) = (task.fatal.clone(), task.sent_height.clone());
     let join = tokio::spawn(task.run(rx, sync_rx, events, cancel).in_current_span());
-    Ok((LedgerHandle { tx, outcomes }, join))
+    Ok((
+        LedgerHandle {
+            tx,
+            outcomes,
+            fatal,
+            sent_height,
+        },
+        join,
+    ))
 }
 
 impl LedgerTask {
@@ -543,6 +595,11 @@ impl LedgerTask {
                     _ => {}
                 },
             }
+            if let Some(why) = self.fatal.get() {
+                tracing::error!(%why, "the ledger stops this node: a supervisor's restart replays its consensus WAL");
+                cancel.cancel();
+                break;
+            }
         }
         debug!("ledger task stopped");
     }
@@ -592,6 +649,14 @@ impl LedgerTask {
             Command::DoubleVote => {
                 warn!("test hook: this node casts every vote twice, differently");
                 self.driver.byzantine_double_vote();
+            }
+            #[cfg(feature = "test-utils")]
+            Command::FailWalFrom(height) => {
+                warn!(
+                    height,
+                    "test hook: consensus WAL writes from this height fail"
+                );
+                self.fail_wal_from = Some(height);
             }
             #[cfg(feature = "test-utils")]
             Command::WithholdVotes(on) => {
@@ -748,30 +813,64 @@ impl LedgerTask {
 
     /// A message of one of the ledger's topics: judged (see [`GossipVerdict`]), then used.
     async fn on_judged_gossip(&mut self, topic: &str, envelope: &Envelope, ticket: GossipTicket) {
+        let mut block = None;
         let verdict = match envelope.kind {
             Kind::Transaction if topic == TX_TOPIC => self.on_gossiped_batch(&envelope.payload),
-            Kind::Consensus if topic == BLOCKS_TOPIC || topic == CONSENSUS_TOPIC => {
-                if self.view.ledger.committee().contains(&envelope.sender) {
-                    GossipVerdict::Accept
-                } else {
-                    // Not penalised: a replica behind on committee changes may be wrong.
-                    debug!(from = %envelope.sender.short(), %topic, "consensus gossip from a non-member ignored");
-                    GossipVerdict::Ignore
+            Kind::Consensus if !self.view.ledger.committee().contains(&envelope.sender) => {
+                // Not penalised: a replica behind on committee changes may be wrong.
+                debug!(from = %envelope.sender.short(), %topic, "consensus gossip from a non-member ignored");
+                GossipVerdict::Ignore
+            }
+            Kind::Consensus if topic == BLOCKS_TOPIC => {
+                // Judged on what it is, not only on who signed it (THREATS A12): a member's junk
+                // or old blocks are not forwarded, nor fed to the driver.
+                let verdict;
+                (verdict, block) = self.judge_block(envelope);
+                verdict
+            }
+            Kind::Consensus if topic == CONSENSUS_TOPIC => {
+                // Undecodable votes are not forwarded (the driver checks the rest after the
+                // verdict, so votes travel on without waiting for their processing).
+                match ConsensusMessage::decode(&envelope.payload) {
+                    Ok(_) => GossipVerdict::Accept,
+                    Err(e) => {
+                        debug!(from = %envelope.sender.short(), error = %e, "malformed consensus message");
+                        GossipVerdict::Reject
+                    }
                 }
             }
             _ => GossipVerdict::Reject,
         };
-        // The verdict first, so the network forwards votes without waiting for their processing.
         self.network.judge(ticket, verdict).await;
         if verdict != GossipVerdict::Accept || envelope.kind != Kind::Consensus {
             return;
         }
-        if topic == BLOCKS_TOPIC {
-            self.on_block_gossip(envelope.sender, &envelope.payload)
-                .await;
-        } else {
+        if let Some(decided) = block {
+            self.on_block_gossip(envelope.sender, decided).await;
+        } else if topic == CONSENSUS_TOPIC {
             self.on_consensus_gossip(envelope.sender, envelope.payload.clone())
                 .await;
+        }
+    }
+
+    /// A decided block gossiped on [`BLOCKS_TOPIC`]: undecodable or invalid for the next
+    /// height rejected, old (or unjudgeable) ignored, the next two forwarded and used.
+    fn judge_block(&self, envelope: &Envelope) -> (GossipVerdict, Option<DecidedBlock>) {
+        let from = envelope.sender.short();
+        let decided = match serde_cbor::from_slice::<DecidedBlock>(&envelope.payload) {
+            Ok(d) => d,
+            Err(e) => {
+                debug!(%from, error = %e, "malformed decided block");
+                return (GossipVerdict::Reject, None);
+            }
+        };
+        match self.driver.judge_gossiped_block(&decided) {
+            GossipedBlock::Next | GossipedBlock::Ahead => (GossipVerdict::Accept, Some(decided)),
+            GossipedBlock::Old => (GossipVerdict::Ignore, None),
+            GossipedBlock::Invalid(e) => {
+                debug!(%from, error = %e, "invalid decided block gossiped");
+                (GossipVerdict::Reject, None)
+            }
         }
     }
 

@@ -70,6 +70,36 @@ impl ConsensusDriver {
         }
     }
 
+    /// What a decided block gossiped on the blocks topic is worth here, judged before the
+    /// network forwards it (THREATS A12): the next block to decide, with a valid certificate and
+    /// our last block as its parent, or the one after it with a valid certificate (we are one
+    /// behind: it is news, and it asks for the missing block) is forwarded; an older block or
+    /// one further ahead is ignored (nothing new, or sync's work); a block for the next height
+    /// that fails its checks is invalid (no honest arbitrator signs or forwards one).
+    pub fn judge_gossiped_block(&self, decided: &DecidedBlock) -> GossipedBlock {
+        let (height, current) = (decided.block.height, self.io.height);
+        if current == 0 || height < current || height > current.saturating_add(1) {
+            return GossipedBlock::Old;
+        }
+        if height == current {
+            return match self.check_synced(decided.block.proposer, decided) {
+                Ok(()) => GossipedBlock::Next,
+                Err(e) => GossipedBlock::Invalid(e),
+            };
+        }
+        // One ahead: its parent is a block we lack, and the committee may have changed with it,
+        // so a certificate our committee does not accept is ignored, not held against anyone.
+        let cert = &decided.certificate;
+        if cert.height == height
+            && cert.block_id == decided.block.id()
+            && cert.verify(&self.io.validators).is_ok()
+        {
+            GossipedBlock::Ahead
+        } else {
+            GossipedBlock::Old
+        }
+    }
+
     fn check_synced(&self, from: NodeId, decided: &DecidedBlock) -> Result<(), ConsensusError> {
         let block = &decided.block;
         let bad = |reason: &str| ConsensusError::BadSyncBlock {
@@ -88,6 +118,21 @@ impl ConsensusDriver {
         }
         decided.certificate.verify(&self.io.validators)
     }
+}
+
+/// The judgement of a decided block gossiped on the blocks topic
+/// ([`ConsensusDriver::judge_gossiped_block`]).
+#[derive(Debug)]
+pub enum GossipedBlock {
+    /// The block this replica decides next, certified: forward it and apply it.
+    Next,
+    /// The block after that, certified by our committee: forward it; it shows we are behind.
+    Ahead,
+    /// Already decided here, further ahead than the next two, or not checkable: not forwarded,
+    /// its sender not penalised (an honest relay may be behind or ahead of us).
+    Old,
+    /// The next block, but its certificate or parent is wrong: not forwarded, sender penalised.
+    Invalid(ConsensusError),
 }
 
 /// Malachite tags sync responses with a libp2p-style peer id: an identity multihash of the key.

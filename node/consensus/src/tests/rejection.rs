@@ -662,3 +662,188 @@ fn a_faulty_proposer_cannot_crowd_out_the_current_heights_blocks() {
         );
     }
 }
+
+/// THREATS A13: a faulty member floods the next height's votes — copies of one vote, many
+/// values, far rounds, far more than Malachite's 500-per-height input buffer — before the
+/// honest members' early votes arrive. The driver keeps two per validator, round and type, so
+/// the honest ones are still held, and counted once the height starts: their round-1 votes
+/// (f + 1 of them) move this replica to round 1 at once.
+#[test]
+fn a_faulty_member_cannot_crowd_out_the_next_heights_votes() {
+    let mut f = fixture();
+    let faulty = f.signers[2].clone();
+    let from = faulty.node_id();
+    let kinds = [VoteType::Prevote, VoteType::Precommit];
+    let vote = |signer: &KeySigner, kind: VoteType, round: u32, value: Option<BlockId>| {
+        let vote = Vote::new(
+            kind,
+            Height(2),
+            Round::new(round),
+            value.map_or(NilOrVal::Nil, NilOrVal::Val),
+            Address(signer.node_id()),
+        );
+        SignedVoteMsg::sign(vote, &agora_contracts::ChainTag::default(), signer)
+    };
+    let mut sent = 0;
+    for k in 0..300u32 {
+        // Round 1 is left to the honest members: the faulty one alone is not f + 1.
+        let round = [0, 2, 3, 7, 10, 11, 40][k as usize % 7];
+        let value = Some(BlockId([(k % 251) as u8; 32]));
+        for kind in kinds {
+            let bytes = ConsensusMessage::Vote(vote(&faulty, kind, round, value)).encode();
+            // Each one twice: a copy of a held vote takes no slot.
+            for _ in 0..2 {
+                f.driver.handle(
+                    10,
+                    Input::Message {
+                        from,
+                        bytes: bytes.clone(),
+                    },
+                );
+                sent += 1;
+            }
+        }
+    }
+    assert!(sent > 1_000, "the faulty member sent {sent} votes");
+    let held = f.driver.future_votes_held();
+    // Rounds 0, 2, 3, 7 and 10 (11 and 40 are too far ahead), two per type.
+    assert_eq!(held.len(), 5 * 2 * 2, "held: {held:?}");
+    // The honest members' early round-1 votes for height 2 are held.
+    for i in [1, 3] {
+        let honest = f.signers[i].clone();
+        let bytes = ConsensusMessage::Vote(vote(&honest, VoteType::Prevote, 1, None)).encode();
+        let effects = f.driver.handle(
+            11,
+            Input::Message {
+                from: honest.node_id(),
+                bytes,
+            },
+        );
+        assert!(rejections(&effects).is_empty(), "{effects:?}");
+    }
+    assert_eq!(f.driver.future_votes_held().len(), 22);
+    // Height 1 is decided (a certified block synced), height 2 starts with the held votes.
+    let block = block_by(&f.signers[1], 1, BlockId::GENESIS_PARENT);
+    let decided = certify(&f, block, 0);
+    let peer = f.signers[1].node_id();
+    let effects = f.driver.handle(
+        12,
+        Input::SyncResponse {
+            from: peer,
+            blocks: vec![decided],
+        },
+    );
+    assert!(rejections(&effects).is_empty(), "{effects:?}");
+    assert_eq!(f.driver.height(), 2);
+    assert!(f.driver.future_votes_held().is_empty());
+    assert_eq!(
+        f.driver.round(),
+        Some(1),
+        "the honest round-1 votes were not counted when height 2 started"
+    );
+}
+
+/// A commit certificate for `block` signed by arbitrators 1–3 in `round`.
+fn certify(f: &Fixture, block: Block, round: u32) -> DecidedBlock {
+    let signatures = f.signers[1..]
+        .iter()
+        .map(|s| {
+            let vote = Vote::new(
+                VoteType::Precommit,
+                Height(block.height),
+                Round::new(round),
+                NilOrVal::Val(block.id()),
+                Address(s.node_id()),
+            );
+            let signed =
+                SignedVoteMsg::sign(vote, &agora_contracts::ChainTag::default(), s.as_ref());
+            CommitSig {
+                validator: s.node_id(),
+                signature: signed.signature,
+            }
+        })
+        .collect();
+    let certificate = CommitCertificate {
+        height: block.height,
+        round,
+        block_id: block.id(),
+        signatures,
+    };
+    certificate.verify(&f.validators).unwrap();
+    DecidedBlock { block, certificate }
+}
+
+/// THREATS A12: a decided block gossiped on the blocks topic is judged on what it is: the next
+/// block with a valid certificate and parent is forwarded, so is a certified one a height
+/// ahead; an old one is ignored (not forwarded, nobody penalised); the next height with a bad
+/// certificate or another parent is invalid.
+#[test]
+fn gossiped_blocks_are_judged_before_they_travel() {
+    use crate::GossipedBlock;
+    let f = fixture();
+    let block1 = block_by(&f.signers[1], 1, BlockId::GENESIS_PARENT);
+    let next = certify(&f, block1.clone(), 0);
+    assert!(matches!(
+        f.driver.judge_gossiped_block(&next),
+        GossipedBlock::Next
+    ));
+    // A forged signature, too few signatures, a certificate for another block.
+    let mut forged = next.clone();
+    forged.certificate.signatures[0].signature = forged.certificate.signatures[1].signature;
+    let mut few = next.clone();
+    few.certificate.signatures.truncate(2);
+    let mut other = next.clone();
+    other.block.transactions.push(b"smuggled".to_vec());
+    let orphan = certify(&f, block_by(&f.signers[1], 1, BlockId([9; 32])), 0);
+    for (what, bad) in [
+        ("forged", forged),
+        ("few", few),
+        ("other", other),
+        ("orphan", orphan),
+    ] {
+        assert!(
+            matches!(
+                f.driver.judge_gossiped_block(&bad),
+                GossipedBlock::Invalid(_)
+            ),
+            "{what} accepted"
+        );
+    }
+    // A height ahead: valid certificate forwarded, invalid one ignored.
+    let block2 = block_by(&f.signers[2], 2, block1.id());
+    let ahead = certify(&f, block2, 0);
+    assert!(matches!(
+        f.driver.judge_gossiped_block(&ahead),
+        GossipedBlock::Ahead
+    ));
+    let mut bad_ahead = ahead.clone();
+    bad_ahead.certificate.signatures.truncate(1);
+    assert!(matches!(
+        f.driver.judge_gossiped_block(&bad_ahead),
+        GossipedBlock::Old
+    ));
+    // Two ahead, or already decided: ignored.
+    let far = certify(&f, block_by(&f.signers[2], 3, BlockId([3; 32])), 0);
+    assert!(matches!(
+        f.driver.judge_gossiped_block(&far),
+        GossipedBlock::Old
+    ));
+    let mut f = f;
+    let peer = f.signers[1].node_id();
+    f.driver.handle(
+        12,
+        Input::SyncResponse {
+            from: peer,
+            blocks: vec![next.clone()],
+        },
+    );
+    assert_eq!(f.driver.height(), 2);
+    assert!(matches!(
+        f.driver.judge_gossiped_block(&next),
+        GossipedBlock::Old
+    ));
+    assert!(matches!(
+        f.driver.judge_gossiped_block(&ahead),
+        GossipedBlock::Next
+    ));
+}

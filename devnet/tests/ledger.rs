@@ -481,9 +481,9 @@ async fn an_arbitrator_whose_wal_fails_stops_instead_of_voting_unrecorded() {
         .handle(1)
         .unwrap()
         .inbox(agora_network::Interest::new("test").topic(CONSENSUS_TOPIC));
-    // Failing from two heights on: the next height is decided normally, the one after it is
-    // the first whose WAL writes fail (nothing of it can have been voted before the hook).
-    let from = height(&net, 3).await + 2;
+    // Failing from three heights on: the next two are decided normally, the one after is the
+    // first whose WAL writes fail (nothing of it can have been voted before the hook).
+    let from = height(&net, 3).await + 3;
     l3.fail_wal_from(from).await.unwrap();
     assert!(
         height(&net, 3).await + 1 < from,

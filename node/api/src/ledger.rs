@@ -38,6 +38,10 @@ pub struct LedgerStatus {
     /// the parent's or not near its clock (`block_time_tolerance_ms`): a faulty proposer.
     #[serde(default)]
     pub proposals_refused_block_time: u64,
+    /// Consensus input this node refused since it started (malformed, forged, from outsiders,
+    /// inconsistent, or one too many from a flooding member), block-time refusals included.
+    #[serde(default)]
+    pub consensus_refused: u64,
     /// Sync requests for stored blocks this node served since it started.
     #[serde(default)]
     pub sync_served: u64,
@@ -176,6 +180,7 @@ async fn status(
                 })
                 .collect(),
             proposals_refused_block_time: v.proposals_refused_block_time,
+            consensus_refused: v.consensus_refused,
             sync_served: v.sync_served,
             sync_refused: v.sync_refused,
             propose_timeouts_cut: v.propose_timeouts_cut,

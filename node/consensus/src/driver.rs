@@ -28,6 +28,11 @@ use super::messages::{ConsensusMessage, SignedProposalMsg, SignedVoteMsg};
 use super::wal::WalEntry;
 use io::{Followup, Io, MAX_BLOCKS_PER_HEIGHT, MAX_BLOCKS_PER_ROUND, MAX_ROUND_LOOKAHEAD};
 
+/// Test hook [`ConsensusDriver::byzantine_flood_proposals`]: rounds flooded at each height.
+const FLOOD_ROUNDS: u32 = 400;
+/// Test hook [`ConsensusDriver::byzantine_flood_proposals`]: blocks per flooded round.
+const FLOOD_BLOCKS: usize = 4;
+
 /// Most valid proposals for the next height held until we get there.
 const MAX_FUTURE_PROPOSALS: usize = 16;
 /// Most distinct votes for the next height held per validator, round and vote type: two, so an
@@ -98,11 +103,13 @@ impl ConsensusDriver {
                 proposal_lag_ms: 0,
                 double_vote: false,
                 withhold_votes: false,
+                flood_proposals: false,
                 height_started_at: 0,
                 effects: Vec::new(),
                 followups: VecDeque::new(),
                 blocks: HashMap::new(),
                 blocks_per_round: Default::default(),
+                verified_certificate: None,
                 history: BTreeMap::new(),
                 replaying: false,
                 sync_peer: None,
@@ -180,6 +187,56 @@ impl ConsensusDriver {
     #[cfg(any(test, feature = "test-utils"))]
     pub fn byzantine_withhold_votes(&mut self, on: bool) {
         self.io.withhold_votes = on;
+    }
+
+    /// Test hook: at the start of every height, this node signs and sends [`FLOOD_BLOCKS`]
+    /// distinct blocks for each round it proposes among the first [`FLOOD_ROUNDS`] (a faulty
+    /// proposer trying to fill the height's candidate-block slots, THREATS A11). Only with the
+    /// `test-utils` feature.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn byzantine_flood_proposals(&mut self) {
+        self.io.flood_proposals = true;
+    }
+
+    /// The flood of [`Self::byzantine_flood_proposals`] for the height just started.
+    fn flood_proposals(&mut self, height: u64) {
+        let timestamp = self.io.now.max(self.io.parent_time.saturating_add(1));
+        let mut sent = 0;
+        for round in 0..FLOOD_ROUNDS {
+            if self.io.validators.proposer_at(height, round) != self.me {
+                continue;
+            }
+            for k in 0..FLOOD_BLOCKS {
+                let block = Block {
+                    height,
+                    parent: self.io.parent,
+                    proposer: self.me,
+                    timestamp,
+                    transactions: vec![format!("flood {round} {k}").into_bytes()],
+                };
+                let proposal = super::messages::Proposal::new(
+                    Height(height),
+                    Round::new(round),
+                    block,
+                    Round::Nil,
+                    Address(self.me),
+                );
+                let signed = SignedProposalMsg::sign(
+                    proposal,
+                    self.io.validators.chain(),
+                    self.io.signer.as_ref(),
+                );
+                self.io
+                    .effects
+                    .push(Effect::Broadcast(ConsensusMessage::Proposal(signed)));
+                sent += 1;
+            }
+        }
+        tracing::warn!(
+            height,
+            proposals = sent,
+            "test hook: flooded this height with proposals"
+        );
     }
 
     /// A decided block still held in memory.
@@ -263,6 +320,7 @@ impl ConsensusDriver {
         self.io.height_started_at = self.io.now;
         self.io.blocks.clear();
         self.io.blocks_per_round.clear();
+        self.io.verified_certificate = None;
         let is_restart = !wal.is_empty();
         let mut replay = Vec::with_capacity(wal.len());
         for entry in &wal {
@@ -304,6 +362,9 @@ impl ConsensusDriver {
         self.future_votes = later;
         for (_, vote) in ready {
             self.process(mc::Input::Vote(vote.to_malachite()));
+        }
+        if self.io.flood_proposals {
+            self.flood_proposals(height);
         }
     }
 
@@ -418,9 +479,9 @@ impl ConsensusDriver {
         self.future_votes.push((from, vote));
     }
 
-    /// The (voter, height, round, prevote) of each vote held for the next height (tests).
+    /// The (voter, height, round, prevote, block) of each vote held for the next height (tests).
     #[cfg(test)]
-    pub(crate) fn future_votes_held(&self) -> Vec<(NodeId, u64, u32, bool)> {
+    pub(crate) fn future_votes_held(&self) -> Vec<(NodeId, u64, u32, bool, Option<BlockId>)> {
         use arc_malachitebft_core_types::{Vote as _, VoteType};
         self.future_votes
             .iter()
@@ -430,6 +491,7 @@ impl ConsensusDriver {
                     mc_height(v),
                     v.vote.round().as_u32().unwrap_or(0),
                     v.vote.vote_type() == VoteType::Prevote,
+                    v.vote.block_id(),
                 )
             })
             .collect()

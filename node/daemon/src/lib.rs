@@ -139,9 +139,11 @@ impl RunningNode {
         let panicked = first_panic(&mut self.tasks, &cancel).await;
         let fatal = self.ledger.as_ref().and_then(|l| l.fatal());
         self.shutdown().await;
+        // The ledger's reason first: a task that panicked because the ledger went away would
+        // hide it.
         match (panicked, fatal) {
-            (Some(e), _) => Err(DaemonError::TaskPanicked(e)),
-            (None, Some(why)) => Err(DaemonError::LedgerStopped(why)),
+            (_, Some(why)) => Err(DaemonError::LedgerStopped(why)),
+            (Some(e), None) => Err(DaemonError::TaskPanicked(e)),
             (None, None) => Ok(()),
         }
     }

@@ -591,6 +591,7 @@ impl LedgerTask {
                 None
             }
             Effect::Rejected { from, error } => {
+                self.view.consensus_refused = self.view.consensus_refused.saturating_add(1);
                 if matches!(error, ConsensusError::BlockTime { .. }) {
                     self.view.proposals_refused_block_time =
                         self.view.proposals_refused_block_time.saturating_add(1);

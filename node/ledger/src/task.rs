@@ -82,6 +82,10 @@ pub struct LedgerView {
     /// Proposals this node refused because their block time was not after the parent's or
     /// not within the chain's tolerance of its clock (a faulty or byzantine proposer).
     pub proposals_refused_block_time: u64,
+    /// Consensus input (votes, proposals, certificates, synced blocks) this node's driver
+    /// refused since start: malformed, forged, from outsiders, inconsistent, or one too many
+    /// (a faulty member's flood, THREATS A11). Includes `proposals_refused_block_time`.
+    pub consensus_refused: u64,
     /// Sync requests for stored blocks served since start (read and answered beside the task).
     pub sync_served: u64,
     /// Sync requests refused since start (too frequent from one peer, or too many being
@@ -137,6 +141,9 @@ enum Command {
     /// Test hook: the WAL write of our first own vote at this height or later fails.
     #[cfg(feature = "test-utils")]
     FailWalFrom(u64),
+    /// Test hook: flood each height with our own proposals.
+    #[cfg(feature = "test-utils")]
+    FloodProposals,
     /// Test hook: hand this node's own contract registrations to the sender instead.
     #[cfg(feature = "test-utils")]
     DivertRegistrations(mpsc::Sender<TxKind>),
@@ -229,6 +236,17 @@ impl LedgerHandle {
     pub async fn byzantine_withhold_votes(&self, on: bool) -> Result<(), LedgerTaskError> {
         self.tx
             .send(Command::WithholdVotes(on))
+            .await
+            .map_err(|_| LedgerTaskError::Stopped)
+    }
+
+    /// Test hook (feature `test-utils`, never in the shipped binary): at the start of every
+    /// height this node's consensus driver sends a flood of its own signed proposals for it,
+    /// like a faulty proposer trying to fill the height's candidate-block slots (THREATS A11).
+    #[cfg(feature = "test-utils")]
+    pub async fn byzantine_flood_proposals(&self) -> Result<(), LedgerTaskError> {
+        self.tx
+            .send(Command::FloodProposals)
             .await
             .map_err(|_| LedgerTaskError::Stopped)
     }
@@ -341,6 +359,9 @@ pub(super) struct LedgerTask {
     pub(super) fatal: Arc<std::sync::OnceLock<String>>,
     /// See [`LedgerHandle::sent_height`].
     pub(super) sent_height: Arc<std::sync::atomic::AtomicU64>,
+    /// The last decided block this node forwarded on the blocks topic after deciding it
+    /// itself (one copy per block: a member re-sealing it cannot make us relay a flood).
+    pub(super) relayed_block: Option<agora_consensus::BlockId>,
 }
 
 /// Locally submitted transactions waiting to be gossiped together: one signed envelope (and
@@ -471,6 +492,7 @@ pub async fn spawn(
             evidence: Vec::new(),
             caught_up: false,
             proposals_refused_block_time: 0,
+            consensus_refused: 0,
             sync_served: 0,
             sync_refused: 0,
             propose_timeouts_cut: 0,
@@ -504,6 +526,7 @@ pub async fn spawn(
         fail_wal_from: None,
         fatal: Arc::default(),
         sent_height: Arc::default(),
+        relayed_block: None,
     };
     let (fatal, sent_height) = (task.fatal.clone(), task.sent_height.clone());
     let join = tokio::spawn(task.run(rx, sync_rx, events, cancel).in_current_span());
@@ -527,6 +550,11 @@ impl LedgerTask {
         cancel: CancellationToken,
     ) {
         self.start_chain().await;
+        if let Some(why) = self.fatal.get() {
+            tracing::error!(%why, "the ledger stops this node: a supervisor's restart replays its consensus WAL");
+            cancel.cancel();
+            return;
+        }
         self.vouch_funded().await;
         loop {
             let due = self
@@ -649,6 +677,11 @@ impl LedgerTask {
             Command::DoubleVote => {
                 warn!("test hook: this node casts every vote twice, differently");
                 self.driver.byzantine_double_vote();
+            }
+            #[cfg(feature = "test-utils")]
+            Command::FloodProposals => {
+                warn!("test hook: this node floods every height with its own proposals");
+                self.driver.byzantine_flood_proposals();
             }
             #[cfg(feature = "test-utils")]
             Command::FailWalFrom(height) => {
@@ -842,20 +875,24 @@ impl LedgerTask {
             _ => GossipVerdict::Reject,
         };
         self.network.judge(ticket, verdict).await;
+        if let Some(decided) = block {
+            // Accepted, or ignored yet far ahead (the driver asks for the gap).
+            return self.on_block_gossip(envelope.sender, decided).await;
+        }
         if verdict != GossipVerdict::Accept || envelope.kind != Kind::Consensus {
             return;
         }
-        if let Some(decided) = block {
-            self.on_block_gossip(envelope.sender, decided).await;
-        } else if topic == CONSENSUS_TOPIC {
+        if topic == CONSENSUS_TOPIC {
             self.on_consensus_gossip(envelope.sender, envelope.payload.clone())
                 .await;
         }
     }
 
-    /// A decided block gossiped on [`BLOCKS_TOPIC`]: undecodable or invalid for the next
-    /// height rejected, old (or unjudgeable) ignored, the next two forwarded and used.
-    fn judge_block(&self, envelope: &Envelope) -> (GossipVerdict, Option<DecidedBlock>) {
+    /// A decided block gossiped on [`BLOCKS_TOPIC`] (see
+    /// [`ConsensusDriver::judge_gossiped_block`]): undecodable or invalid for the next height
+    /// rejected; the next two forwarded and applied; the one decided last forwarded once; one
+    /// further ahead not forwarded but given to the driver (a gap to sync); the rest ignored.
+    fn judge_block(&mut self, envelope: &Envelope) -> (GossipVerdict, Option<DecidedBlock>) {
         let from = envelope.sender.short();
         let decided = match serde_cbor::from_slice::<DecidedBlock>(&envelope.payload) {
             Ok(d) => d,
@@ -864,9 +901,14 @@ impl LedgerTask {
                 return (GossipVerdict::Reject, None);
             }
         };
-        match self.driver.judge_gossiped_block(&decided) {
+        match self.driver.judge_gossiped_block(envelope.sender, &decided) {
             GossipedBlock::Next | GossipedBlock::Ahead => (GossipVerdict::Accept, Some(decided)),
-            GossipedBlock::Old => (GossipVerdict::Ignore, None),
+            GossipedBlock::Far => (GossipVerdict::Ignore, Some(decided)),
+            GossipedBlock::JustDecided(id) if self.relayed_block != Some(id) => {
+                self.relayed_block = Some(id);
+                (GossipVerdict::Accept, None)
+            }
+            GossipedBlock::JustDecided(_) | GossipedBlock::Old => (GossipVerdict::Ignore, None),
             GossipedBlock::Invalid(e) => {
                 debug!(%from, error = %e, "invalid decided block gossiped");
                 (GossipVerdict::Reject, None)

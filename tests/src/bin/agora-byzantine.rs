@@ -10,6 +10,10 @@
 //!   though never before its parent (THREATS A6: a slow clock, or early stamps on purpose;
 //!   the hook `byzantine_proposal_lag`, which logs each such proposal with how far behind it
 //!   is stamped: `test hook: proposal stamped behind the clock … behind_ms=…`);
+//! - `--flood-proposals`: at the start of every height it sends four distinct signed blocks for
+//!   each round it proposes among the first 400 (THREATS A11: a faulty proposer filling the
+//!   height's candidate-block slots so that no honest proposal is taken; the hook
+//!   `byzantine_flood_proposals`, which logs `test hook: flooded this height with proposals`);
 //! - `--double-vote`: every vote it casts goes out with a conflicting twin (A2; the hook
 //!   `byzantine_double_vote`);
 //! - `--false-attest`: for every armed standby contract whose committee it sits on, it attests
@@ -148,6 +152,9 @@ struct RunArgs {
     /// Cast every vote twice, for different values.
     #[arg(long)]
     double_vote: bool,
+    /// At every height's start, send four signed blocks for each round it proposes (of 400).
+    #[arg(long)]
+    flood_proposals: bool,
     /// Attest the live customers of armed standby contracts it arbitrates unreachable.
     #[arg(long)]
     false_attest: bool,
@@ -343,6 +350,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
     let misbehaves = args.skew_proposals.is_some()
         || args.lag_proposals.is_some()
         || args.double_vote
+        || args.flood_proposals
         || args.false_attest
         || args.withhold_votes
         || args.false_probes.is_some()
@@ -380,6 +388,13 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
                 .await
                 .context("turning on double votes")?;
             println!("byzantine: double-vote");
+        }
+        if args.flood_proposals {
+            ledger
+                .byzantine_flood_proposals()
+                .await
+                .context("turning on the proposal flood")?;
+            println!("byzantine: flood-proposals");
         }
         if args.withhold_votes {
             ledger

@@ -135,6 +135,73 @@ async fn a_separate_arbitrator_process_proposing_thirty_days_ahead_cannot_move_l
     net.assert_alive();
 }
 
+/// A11: one arbitrator process floods every height, as soon as it starts, with signed
+/// proposals — four distinct blocks for each round it proposes among the first 400, about 230
+/// per height, more than the 128 candidate blocks a replica keeps for a height. The honest
+/// replicas take at most two blocks per round and none more than ten rounds ahead, so the
+/// honest proposers' blocks still find room: transfers keep finalising on every node, heights
+/// are still decided in their first round, and the honest nodes count the flood's extra blocks
+/// as refused consensus input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_arbitrator_process_flooding_proposals_cannot_halt_the_chain() {
+    let _serial = SERIAL.lock().await;
+    const BAD: usize = 3;
+    let launcher = byzantine(BAD, &["--flood-proposals"]);
+    let net = HostileDevnet::up_with(CONTRACT_NODES, &launcher)
+        .await
+        .unwrap();
+    wait_misbehaving(&net.node(BAD).data_dir, "flood-proposals").await;
+    let honest: Vec<usize> = (0..net.len()).filter(|i| *i != BAD).collect();
+    let start = status(&net, 0).await.height;
+    let deadline = Instant::now() + PATIENCE;
+    let mut transfers = 0;
+    // A full rotation of proposers and more, each transfer final before the next: every
+    // height starts with a flood, and honest proposers must still get their blocks decided.
+    let refused = loop {
+        net.transfer_finalises(1, 2, 1).await.unwrap();
+        transfers += 1;
+        let mut refused = Vec::new();
+        for &i in &honest {
+            refused.push(status(&net, i).await.consensus_refused);
+        }
+        if refused.iter().all(|r| *r > 0) && transfers > CONTRACT_NODES {
+            break refused;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {transfers} transfers not every honest node refused part of the flood              ({refused:?}): is the byzantine node flooding?"
+        );
+    };
+    for i in 0..net.len() {
+        let s = cli_status(&net.data_dir(i));
+        assert!(
+            s.height >= start + transfers as u64,
+            "node{i}: the chain kept deciding ({start} -> {})",
+            s.height
+        );
+    }
+    let mut later = Vec::new();
+    for &i in &honest {
+        let s = status(&net, i).await;
+        later.push((s.height - start, s.pacing.decided_in_later_round));
+    }
+    eprintln!(
+        "{transfers} transfers through the flood; consensus input refused by node: {refused:?}; \
+         (heights, decided in a later round): {later:?}"
+    );
+    // The honest round-0 proposals are taken, so heights are not pushed into later rounds (in
+    // the code before the fix nearly every height was, when it was decided at all; half is
+    // room for the rounds a loaded machine loses on its own).
+    for (i, (heights, in_later_round)) in later.iter().enumerate() {
+        assert!(
+            in_later_round * 2 <= *heights,
+            "honest node {}: {in_later_round} of {heights} heights decided after round 0",
+            honest[i]
+        );
+    }
+    net.assert_alive();
+}
+
 /// A2: one arbitrator process casts every vote twice, for different values. The honest
 /// drivers find the two signed votes, report them (`ReportEquivocation`), and every honest
 /// replica burns the equivocator's bond and records the slash, read through

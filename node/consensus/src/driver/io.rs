@@ -66,6 +66,9 @@ pub(crate) struct Io {
     pub(crate) double_vote: bool,
     /// Test hook: this node's own votes are never sent (false for an honest node).
     pub(crate) withhold_votes: bool,
+    /// Test hook: at each height's start this node sends a flood of its own proposals for
+    /// that height (false for an honest node).
+    pub(crate) flood_proposals: bool,
     pub(crate) height_started_at: Timestamp,
     pub(crate) effects: Vec<Effect>,
     pub(crate) followups: VecDeque<Followup>,
@@ -73,6 +76,8 @@ pub(crate) struct Io {
     pub(crate) blocks: HashMap<BlockId, Block>,
     /// Distinct proposed blocks taken per round at the current height (THREATS A11).
     pub(crate) blocks_per_round: BTreeMap<u32, u8>,
+    /// The certificate of the next block, verified when its gossiped copy was judged.
+    pub(crate) verified_certificate: Option<CommitCertificate>,
     /// Recently decided blocks, to serve sync.
     pub(crate) history: BTreeMap<u64, DecidedBlock>,
     pub(crate) replaying: bool,

@@ -70,20 +70,45 @@ impl ConsensusDriver {
         }
     }
 
-    /// What a decided block gossiped on the blocks topic is worth here, judged before the
-    /// network forwards it (THREATS A12): the next block to decide, with a valid certificate and
-    /// our last block as its parent, or the one after it with a valid certificate (we are one
-    /// behind: it is news, and it asks for the missing block) is forwarded; an older block or
-    /// one further ahead is ignored (nothing new, or sync's work); a block for the next height
-    /// that fails its checks is invalid (no honest arbitrator signs or forwards one).
-    pub fn judge_gossiped_block(&self, decided: &DecidedBlock) -> GossipedBlock {
+    /// What a decided block gossiped on the blocks topic by `from` is worth here, judged
+    /// before the network forwards it (THREATS A12): the next block to decide, with a valid
+    /// certificate and our last block as its parent, is forwarded and applied; so is the one
+    /// after it with a valid certificate (it shows we are behind); the block we decided last,
+    /// certified, is forwarded (an arbitrator has decided it before the proposer's copy
+    /// arrives, and replicas behind it still need it); anything older is ignored, anything
+    /// further ahead ignored but told to the driver (it asks for the missing blocks); a block
+    /// for the next height that fails its checks is invalid (no honest node signs or forwards
+    /// one). A certificate verified here is not verified again when the block is applied.
+    pub fn judge_gossiped_block(&mut self, from: NodeId, decided: &DecidedBlock) -> GossipedBlock {
         let (height, current) = (decided.block.height, self.io.height);
-        if current == 0 || height < current || height > current.saturating_add(1) {
+        if current == 0 {
+            return GossipedBlock::Old;
+        }
+        if height > current.saturating_add(1) {
+            return GossipedBlock::Far;
+        }
+        if height.saturating_add(1) == current {
+            let ours = self.io.history.get(&height).map(|d| d.block.id());
+            let cert = &decided.certificate;
+            return if ours == Some(decided.block.id())
+                && cert.height == height
+                && cert.block_id == decided.block.id()
+                && cert.verify(&self.io.validators).is_ok()
+            {
+                GossipedBlock::JustDecided(decided.block.id())
+            } else {
+                GossipedBlock::Old
+            };
+        }
+        if height < current {
             return GossipedBlock::Old;
         }
         if height == current {
-            return match self.check_synced(decided.block.proposer, decided) {
-                Ok(()) => GossipedBlock::Next,
+            return match self.check_synced(from, decided) {
+                Ok(()) => {
+                    self.io.verified_certificate = Some(decided.certificate.clone());
+                    GossipedBlock::Next
+                }
                 Err(e) => GossipedBlock::Invalid(e),
             };
         }
@@ -116,6 +141,9 @@ impl ConsensusDriver {
         if block.parent != self.io.parent {
             return Err(bad("parent is not our last decided block"));
         }
+        if self.io.verified_certificate.as_ref() == Some(&decided.certificate) {
+            return Ok(()); // verified when the gossiped block was judged
+        }
         decided.certificate.verify(&self.io.validators)
     }
 }
@@ -128,8 +156,14 @@ pub enum GossipedBlock {
     Next,
     /// The block after that, certified by our committee: forward it; it shows we are behind.
     Ahead,
-    /// Already decided here, further ahead than the next two, or not checkable: not forwarded,
-    /// its sender not penalised (an honest relay may be behind or ahead of us).
+    /// The block this replica decided last, certified: forward the first copy (replicas that
+    /// are behind, or reach the proposer only through us, need it), not apply it.
+    JustDecided(crate::BlockId),
+    /// Further ahead than the next two: not forwarded (unchecked), but given to the driver,
+    /// which asks peers for the blocks in between.
+    Far,
+    /// Decided here long ago, or not checkable: not forwarded, its sender not penalised (an
+    /// honest relay may be behind or ahead of us).
     Old,
     /// The next block, but its certificate or parent is wrong: not forwarded, sender penalised.
     Invalid(ConsensusError),

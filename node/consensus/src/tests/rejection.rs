@@ -706,8 +706,10 @@ fn a_faulty_member_cannot_crowd_out_the_next_heights_votes() {
     }
     assert!(sent > 1_000, "the faulty member sent {sent} votes");
     let held = f.driver.future_votes_held();
-    // Rounds 0, 2, 3, 7 and 10 (11 and 40 are too far ahead), two per type.
+    // Rounds 0, 2, 3, 7 and 10 (11 and 40 are too far ahead), two distinct votes per type.
     assert_eq!(held.len(), 5 * 2 * 2, "held: {held:?}");
+    let distinct: std::collections::BTreeSet<_> = held.iter().collect();
+    assert_eq!(distinct.len(), held.len(), "a copy took a slot: {held:?}");
     // The honest members' early round-1 votes for height 2 are held.
     for i in [1, 3] {
         let honest = f.signers[i].clone();
@@ -775,19 +777,20 @@ fn certify(f: &Fixture, block: Block, round: u32) -> DecidedBlock {
 
 /// THREATS A12: a decided block gossiped on the blocks topic is judged on what it is: the next
 /// block with a valid certificate and parent is forwarded, so is a certified one a height
-/// ahead; an old one is ignored (not forwarded, nobody penalised); the next height with a bad
-/// certificate or another parent is invalid.
+/// ahead and, once decided here, the block itself (certified) for replicas behind us; one
+/// further ahead goes to the driver unforwarded; an old or unprovable one is ignored (not
+/// forwarded, nobody penalised); the next height with a bad certificate or another parent is
+/// invalid.
 #[test]
 fn gossiped_blocks_are_judged_before_they_travel() {
     use crate::GossipedBlock;
-    let f = fixture();
+    let mut f = fixture();
+    let relay = f.signers[3].node_id();
     let block1 = block_by(&f.signers[1], 1, BlockId::GENESIS_PARENT);
     let next = certify(&f, block1.clone(), 0);
-    assert!(matches!(
-        f.driver.judge_gossiped_block(&next),
-        GossipedBlock::Next
-    ));
-    // A forged signature, too few signatures, a certificate for another block.
+    let judge = |f: &mut Fixture, d: &DecidedBlock| f.driver.judge_gossiped_block(relay, d);
+    assert!(matches!(judge(&mut f, &next), GossipedBlock::Next));
+    // A forged signature, too few signatures, a certificate for another block, an orphan.
     let mut forged = next.clone();
     forged.certificate.signatures[0].signature = forged.certificate.signatures[1].signature;
     let mut few = next.clone();
@@ -802,48 +805,42 @@ fn gossiped_blocks_are_judged_before_they_travel() {
         ("orphan", orphan),
     ] {
         assert!(
-            matches!(
-                f.driver.judge_gossiped_block(&bad),
-                GossipedBlock::Invalid(_)
-            ),
+            matches!(judge(&mut f, &bad), GossipedBlock::Invalid(_)),
             "{what} accepted"
         );
     }
     // A height ahead: valid certificate forwarded, invalid one ignored.
     let block2 = block_by(&f.signers[2], 2, block1.id());
     let ahead = certify(&f, block2, 0);
-    assert!(matches!(
-        f.driver.judge_gossiped_block(&ahead),
-        GossipedBlock::Ahead
-    ));
+    assert!(matches!(judge(&mut f, &ahead), GossipedBlock::Ahead));
     let mut bad_ahead = ahead.clone();
     bad_ahead.certificate.signatures.truncate(1);
-    assert!(matches!(
-        f.driver.judge_gossiped_block(&bad_ahead),
-        GossipedBlock::Old
-    ));
-    // Two ahead, or already decided: ignored.
+    assert!(matches!(judge(&mut f, &bad_ahead), GossipedBlock::Old));
+    // Two ahead: not forwarded, but the driver hears of it and asks for the gap.
     let far = certify(&f, block_by(&f.signers[2], 3, BlockId([3; 32])), 0);
-    assert!(matches!(
-        f.driver.judge_gossiped_block(&far),
-        GossipedBlock::Old
-    ));
-    let mut f = f;
+    assert!(matches!(judge(&mut f, &far), GossipedBlock::Far));
+    // Once decided here, the block is still forwarded (certified, ours): replicas behind us
+    // need it; with a bad certificate, or another block at that height, it is not.
     let peer = f.signers[1].node_id();
-    f.driver.handle(
-        12,
-        Input::SyncResponse {
-            from: peer,
-            blocks: vec![next.clone()],
-        },
-    );
+    let sync = |f: &mut Fixture, d: &DecidedBlock| {
+        let blocks = vec![d.clone()];
+        f.driver
+            .handle(12, Input::SyncResponse { from: peer, blocks })
+    };
+    sync(&mut f, &next);
     assert_eq!(f.driver.height(), 2);
     assert!(matches!(
-        f.driver.judge_gossiped_block(&next),
-        GossipedBlock::Old
+        judge(&mut f, &next),
+        GossipedBlock::JustDecided(id) if id == block1.id()
     ));
-    assert!(matches!(
-        f.driver.judge_gossiped_block(&ahead),
-        GossipedBlock::Next
-    ));
+    let mut junk_cert = next.clone();
+    junk_cert.certificate.signatures.truncate(1);
+    assert!(matches!(judge(&mut f, &junk_cert), GossipedBlock::Old));
+    let rival = certify(&f, block_by(&f.signers[2], 1, BlockId::GENESIS_PARENT), 0);
+    assert!(matches!(judge(&mut f, &rival), GossipedBlock::Old));
+    assert!(matches!(judge(&mut f, &ahead), GossipedBlock::Next));
+    // Two heights back: old.
+    sync(&mut f, &ahead);
+    assert_eq!(f.driver.height(), 3);
+    assert!(matches!(judge(&mut f, &next), GossipedBlock::Old));
 }

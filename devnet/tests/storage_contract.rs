@@ -365,3 +365,63 @@ async fn a_file_declaring_more_than_the_storage_bought_is_refused_before_it_is_r
     assert_eq!(std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0), 0);
     net.shutdown().await;
 }
+
+/// Storage audit of session 50: a contract's commitment must be a raw blake3 block — a `config`
+/// naming a DAG (here the customer's 700 kB file itself) is refused before a block is fetched,
+/// where before the provider fetched the whole DAG; and the blocks of a custody fetch that
+/// failed (a file larger than the storage bought) are left to the next automatic collection,
+/// which before never ran for them (nothing was unpinned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dag_as_commitment_is_refused_unfetched_and_a_failed_custody_fetch_is_collected() {
+    let net = Devnet::builder().nodes(2).spawn().await.unwrap();
+    net.wait_connected(1, WAIT).await.unwrap();
+    let customer = &net.node(0).unwrap().storage;
+    let provider = &net.node(1).unwrap().storage;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("data.bin");
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let file: agora_storage::Cid = customer
+        .add_file(path, CidVersion::V0)
+        .await
+        .unwrap()
+        .cid
+        .parse()
+        .unwrap();
+    let blocks_before = provider.ls().await.unwrap().blocks;
+
+    let err = tokio::time::timeout(WAIT, provider.take_custody(file, file, 1 << 20, "test"))
+        .await
+        .expect("refused in time")
+        .unwrap_err();
+    assert!(err.to_string().contains("not a raw blake3 block"), "{err}");
+    assert_eq!(
+        provider.ls().await.unwrap().blocks,
+        blocks_before,
+        "the provider fetched blocks of a DAG named as a commitment"
+    );
+
+    let (commitment, _) = customer.commit_file(file).await.unwrap();
+    let gate = provider.embedded().unwrap().gc_gate();
+    assert!(!gate.has_unpinned(), "nothing was unpinned yet");
+    let err = tokio::time::timeout(
+        WAIT,
+        provider.take_custody(file, commitment, 100 * 1024, "test"),
+    )
+    .await
+    .expect("refused in time")
+    .unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert!(
+        provider.ls().await.unwrap().blocks > blocks_before,
+        "the refused fetch stored part of the file"
+    );
+    // Collected at the next automatic collection (60 s; run here at once).
+    assert!(
+        gate.has_unpinned(),
+        "the failed fetch's blocks are not marked for the next collection"
+    );
+    provider.gc().await.unwrap();
+    assert_eq!(provider.ls().await.unwrap().blocks, blocks_before);
+    net.shutdown().await;
+}

@@ -146,6 +146,21 @@ impl Prover {
         })
     }
 
+    /// The commitment this prover answers for (what [`StorageCommitment::for_file`] computes,
+    /// without reading the file again).
+    pub fn commitment(&self) -> StorageCommitment {
+        StorageCommitment {
+            file: self.file,
+            root: self.tree.root(),
+            chunks: self.tree.len(),
+        }
+    }
+
+    /// How many chunks the file has (what the prover keeps in memory grows with it).
+    pub fn chunks(&self) -> usize {
+        self.leaves.len()
+    }
+
     /// Answers `challenge` from the chunks currently in `store`; a dropped chunk gives `NotFound`.
     pub fn respond<S: BlockStore + ?Sized>(
         &self,

@@ -17,33 +17,79 @@ use super::{Embedded, ExchangeError, StorageHandle};
 /// Most chunk indices one challenge may ask for (bounds the work a challenger can demand).
 pub const MAX_CHALLENGE_INDICES: usize = 64;
 
-/// Chunk trees kept for answering challenges.
-const KEPT_PROVERS: usize = 16;
+/// Most chunk trees kept for answering challenges.
+const KEPT_PROVERS: usize = 1_024;
+/// Most chunks over all kept trees (about 100 bytes each in memory: ~27 MB, 64 GiB of files
+/// in 256 KiB chunks).
+const KEPT_CHUNKS: usize = 262_144;
 
 /// Chunk trees of files this node answers challenges for, so an answer costs the challenged
 /// chunks, not a pass over the whole file. Answers still read every challenged chunk from the
-/// store, so a dropped chunk fails whatever is cached.
+/// store, so a dropped chunk fails whatever is cached. Built when custody is taken (the file is
+/// read then anyway) and evicted least recently used first: before, the whole cache was
+/// cleared at 16 files, so a customer with a large file and fifteen small contracts on one
+/// provider made it rebuild the large file's tree inside the 5 s answer deadline, round after
+/// round, and lose rounds it had honestly kept (storage audit of session 50).
 #[derive(Clone, Debug, Default)]
-pub struct Provers(Arc<Mutex<HashMap<Cid, Arc<Prover>>>>);
+pub struct Provers(Arc<Mutex<ProverCache>>);
+
+#[derive(Debug, Default)]
+struct ProverCache {
+    kept: HashMap<Cid, (Arc<Prover>, u64)>,
+    chunks: usize,
+    clock: u64,
+}
 
 impl Provers {
     fn get(&self, file: &Cid) -> Option<Arc<Prover>> {
-        let map = self
+        let mut cache = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(file).cloned()
+        cache.clock += 1;
+        let now = cache.clock;
+        let (prover, used) = cache.kept.get_mut(file)?;
+        *used = now;
+        Some(prover.clone())
     }
 
     fn keep(&self, file: Cid, prover: Arc<Prover>) {
-        let mut map = self
+        let mut cache = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() >= KEPT_PROVERS {
-            map.clear();
+        cache.clock += 1;
+        let now = cache.clock;
+        if let Some((_, used)) = cache.kept.get_mut(&file) {
+            *used = now;
+            return;
         }
-        map.insert(file, prover);
+        let chunks = prover.chunks();
+        while !cache.kept.is_empty()
+            && (cache.kept.len() >= KEPT_PROVERS || cache.chunks + chunks > KEPT_CHUNKS)
+        {
+            let oldest = cache
+                .kept
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(cid, _)| *cid);
+            let Some(oldest) = oldest else { break };
+            if let Some((gone, _)) = cache.kept.remove(&oldest) {
+                cache.chunks -= gone.chunks();
+            }
+        }
+        cache.chunks += chunks;
+        cache.kept.insert(file, (prover, now));
+    }
+
+    /// Whether `file`'s tree is kept (tests).
+    #[cfg(test)]
+    fn holds(&self, file: &Cid) -> bool {
+        let cache = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.kept.contains_key(file)
     }
 }
 
@@ -57,10 +103,25 @@ pub fn commitment_block(commitment: &StorageCommitment) -> Result<(Cid, Vec<u8>)
     Ok((cid_v1_blake3(RAW, &bytes), bytes))
 }
 
+/// Whether `cid` can name a commitment block: raw codec (no links), blake3.
+pub fn check_commitment_cid(cid: &Cid) -> Result<(), String> {
+    if cid.codec() != RAW || cid.hash().code() != agora_storage::hash::BLAKE3 {
+        return Err(format!(
+            "commitment {cid} is not a raw blake3 block (a commitment has no links)"
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes a commitment block after checking it hashes to `cid`.
 pub fn decode_commitment(cid: &Cid, bytes: &[u8]) -> Result<StorageCommitment, String> {
-    if cid.codec() != RAW {
-        return Err(format!("commitment {cid} is not a raw block"));
+    check_commitment_cid(cid)?;
+    if bytes.len() > agora_wire::storage::MAX_COMMITMENT_BLOCK {
+        return Err(format!(
+            "commitment {cid} is {} bytes; at most {}",
+            bytes.len(),
+            agora_wire::storage::MAX_COMMITMENT_BLOCK
+        ));
     }
     verify_block(cid, bytes).map_err(|e| e.to_string())?;
     serde_cbor::from_slice(bytes).map_err(|e| format!("commitment {cid} is malformed: {e}"))
@@ -100,9 +161,15 @@ impl StorageHandle {
         Ok((cid, commitment))
     }
 
-    /// A commitment block, fetched if needed, verified and decoded.
+    /// A commitment block, fetched if needed, verified and decoded. Only a raw blake3 block
+    /// of at most [`agora_wire::storage::MAX_COMMITMENT_BLOCK`] bytes is fetched: a contract's
+    /// `config` naming a large DAG would otherwise be fetched whole, links and all, before the
+    /// commitment's checks and the contract's byte limit apply.
     pub async fn commitment(&self, cid: Cid) -> Result<StorageCommitment, ExchangeError> {
-        let block = self.backend.get_block(cid, self.fetch_config()).await?;
+        check_commitment_cid(&cid).map_err(invalid)?;
+        let mut cfg = self.fetch_config();
+        cfg.max_bytes = Some(agora_wire::storage::MAX_COMMITMENT_BLOCK as u64);
+        let block = self.backend.get_block(cid, cfg).await?;
         decode_commitment(&cid, &block).map_err(invalid)
     }
 
@@ -159,7 +226,12 @@ impl StorageHandle {
             )));
         }
         self.hold(file, holder, Some(max_bytes)).await?;
-        self.hold(commitment, holder, None).await?;
+        self.hold(
+            commitment,
+            holder,
+            Some(agora_wire::storage::MAX_COMMITMENT_BLOCK as u64),
+        )
+        .await?;
         // What the file declares, not what it took to fetch: a DAG of a few MiB whose links
         // repeat one block declares terabytes, which building the commitment (and later each
         // challenge's prover) would read and hash (THREATS C19).
@@ -171,14 +243,17 @@ impl StorageHandle {
                 "file {file} declares {declared} bytes, more than the contract's {max_bytes}"
             )));
         }
-        let actual = store
-            .blocking(move |s| StorageCommitment::for_file(s, &file))
+        // One pass over the file builds the tree the challenges are answered from.
+        let prover = store
+            .blocking(move |s| Prover::new(s, &file).map(Arc::new))
             .await?;
+        let actual = prover.commitment();
         if actual != claimed {
             return Err(invalid(format!(
                 "commitment {commitment} does not match the chunks of {file}"
             )));
         }
+        self.provers.keep(file, prover);
         Ok(actual)
     }
 
@@ -248,6 +323,72 @@ mod tests {
     use agora_storage::hash::cid_v1_blake3;
 
     use super::*;
+
+    /// A file of `chunks` 1 KiB chunks in `store`, and its prover.
+    fn prover(
+        store: &agora_storage::MemoryBlockStore,
+        seed: u32,
+        chunks: usize,
+    ) -> (Cid, Arc<Prover>) {
+        // Distinct per seed: the seed's bytes start every chunk.
+        let data: Vec<u8> = (0..chunks * 1024)
+            .map(|i| match i % 1024 {
+                k @ 0..4 => seed.to_le_bytes()[k],
+                k => k as u8,
+            })
+            .collect();
+        let options = agora_storage::ImportOptions {
+            chunk_size: 1024,
+            ..Default::default()
+        };
+        let file = agora_storage::import_file(store, &data[..], options).unwrap();
+        (file, Arc::new(Prover::new(store, &file).unwrap()))
+    }
+
+    /// Storage audit of session 50: the prover cache evicts the least recently used tree, not
+    /// everything, and a tree used again is not rebuilt; the chunk budget bounds its memory.
+    #[test]
+    fn kept_provers_are_evicted_least_recently_used_within_the_chunk_budget() {
+        let store = agora_storage::MemoryBlockStore::new();
+        let provers = Provers::default();
+        let (big, big_prover) = prover(&store, 7, 40);
+        assert_eq!(big_prover.chunks(), 40);
+        provers.keep(big, big_prover.clone());
+        // Many small files, the big one challenged between them: it stays.
+        let mut small = Vec::new();
+        for seed in 0..(KEPT_PROVERS as u32 + 40) {
+            let (file, p) = prover(&store, 1_000 + seed, 1);
+            provers.keep(file, p);
+            small.push(file);
+            assert!(provers.get(&big).is_some(), "the tree in use was evicted");
+        }
+        assert!(
+            !provers.holds(&small[0]),
+            "the oldest small file is evicted"
+        );
+        assert!(provers.holds(small.last().unwrap()));
+        let cache = provers.0.lock().unwrap();
+        assert!(cache.kept.len() <= KEPT_PROVERS);
+        assert_eq!(
+            cache.chunks,
+            cache.kept.values().map(|(p, _)| p.chunks()).sum::<usize>()
+        );
+        drop(cache);
+        // Keeping a kept tree again changes nothing.
+        provers.keep(big, big_prover);
+        assert!(provers.holds(&big));
+        assert!(KEPT_CHUNKS >= 40);
+    }
+
+    #[test]
+    fn a_dag_cannot_name_a_commitment() {
+        let store = agora_storage::MemoryBlockStore::new();
+        let (file, _) = prover(&store, 3, 4);
+        assert!(check_commitment_cid(&file).is_err(), "{file}");
+        let raw = cid_v1_blake3(RAW, b"x");
+        assert!(check_commitment_cid(&raw).is_ok());
+        assert!(decode_commitment(&raw, &vec![0; 2_000]).is_err());
+    }
 
     #[test]
     fn commitment_blocks_round_trip_and_reject_tampering() {

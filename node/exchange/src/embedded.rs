@@ -113,7 +113,16 @@ impl Embedded {
         cfg: FetchConfig,
         progress: &watch::Sender<FetchProgress>,
     ) -> BackendResult<FetchProgress> {
-        Ok(super::fetch::fetch_dag(&self.bitswap, &self.network, root, cfg, progress).await?)
+        let fetched = super::fetch::fetch_dag(&self.bitswap, &self.network, root, cfg, progress)
+            .await
+            .map_err(Into::into);
+        if fetched.is_err() {
+            // What a failed fetch stored is pinned by nobody: the next automatic collection
+            // must run for it, or a peer serving all but the last block of a large DAG (or
+            // one just over a contract's bytes) would leave it on the disk for good.
+            self.gate.note_unpinned();
+        }
+        fetched
     }
 
     async fn fetch_quiet_under(

@@ -548,9 +548,17 @@ async fn an_arbitrator_whose_wal_fails_stops_instead_of_voting_unrecorded() {
         sent_after.is_empty(),
         "node 3 sent consensus messages it could not record, at heights {sent_after:?}"
     );
-    // Restarted (its disk fixed), it catches up with the others.
+    // Restarted (its disk fixed), it catches up with the others. On its previous port, which
+    // the stopped node's sockets may hold a moment longer.
     net.stop(3).await;
-    net.restart(3).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = net.restart(3).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 did not restart: {e:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     wait_balance(&net, &[3], 1, want).await;
     same_state(&net, 0, 3).await;
     net.shutdown().await;

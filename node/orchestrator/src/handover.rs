@@ -427,6 +427,17 @@ impl Orchestrator {
             } => return self.on_probed(contract, interval, outcome).await,
         };
         self.staging.remove(&contract);
+        // The devices become the customer's here, unless they are this node's or another
+        // customer's live contract here names them: then the contract is not served (its
+        // service would read another party's sensors, and its customer could hand this node
+        // firmware jobs and keys for them; device audit of session 50).
+        if let Err(taken) = self
+            .radio
+            .claim_devices(contract, customer, devices.clone())
+            .await
+        {
+            return self.on_stage_failed(contract, taken.to_string()).await;
+        }
         // Who may checkpoint these sensors (#13.4): their owner and this node.
         self.radio
             .managed_by(devices.clone(), vec![customer, self.me])
@@ -691,6 +702,7 @@ impl Orchestrator {
         let Some(h) = self.hosted.remove(&contract) else {
             return;
         };
+        self.radio.release_devices(contract).await;
         match self.lines.end(&contract) {
             Ending::Alone => {
                 self.radio.release(h.devices.clone()).await;

@@ -214,7 +214,7 @@ impl Orchestrator {
             .await
             .unwrap_or_default();
         self.state_to_standby_providers().await;
-        self.radio.owned_by(self.own.devices.clone(), me).await;
+        self.radio.own_devices(self.own.devices.clone()).await;
         let mut managers = vec![me];
         managers.extend(providers);
         self.radio

@@ -103,6 +103,7 @@ impl Orchestrator {
             let Some(h) = self.hosted.remove(&contract) else {
                 continue;
             };
+            self.radio.release_devices(contract).await;
             self.serving.remove(&contract);
             self.scheduled.remove(&contract);
             self.radio.forget_state(contract).await;

@@ -265,6 +265,20 @@ impl KeyStore {
         changed
     }
 
+    /// Drops the received working keys of `devices` (never a root key of this node's own)
+    /// and persists the change.
+    pub(crate) fn forget_received(&mut self, devices: &[u32]) {
+        let before = self.held.len();
+        for d in devices {
+            if !self.roots.contains_key(d) {
+                self.held.remove(d);
+            }
+        }
+        if self.held.len() != before {
+            self.save();
+        }
+    }
+
     fn save(&self) {
         let Some(path) = &self.file else {
             return;

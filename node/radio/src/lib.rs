@@ -30,6 +30,7 @@ mod handoff_file;
 mod jobs_file;
 mod judge;
 pub mod keys;
+mod owners;
 mod pause;
 mod rotation;
 pub mod rules;
@@ -52,6 +53,7 @@ pub use agora_wire::radio::{
 };
 pub use discovery::{DiscoveredDevice, DiscoveryStats};
 pub use keys::DeviceKeyConfig;
+pub use owners::DeviceTaken;
 pub use rotation::{RotateRefused, Started as RotationStarted};
 
 /// File in the data dir holding the device keys owners handed to this node (mode 0600).
@@ -402,7 +404,14 @@ enum Command {
     Listen(Vec<u32>, bool),
     Managers(Vec<u32>, Vec<NodeId>),
     FetchKeys(Vec<u32>, NodeId),
-    Owners(Vec<u32>, NodeId),
+    Owners(Vec<u32>),
+    Claim {
+        contract: ContractId,
+        customer: NodeId,
+        devices: Vec<u32>,
+        reply: Reply<Result<(), owners::DeviceTaken>>,
+    },
+    ReleaseClaim(ContractId),
     Status(Reply<RadioStatus>),
     StartJob {
         request: firmware::JobRequest,
@@ -550,12 +559,41 @@ impl RadioHandle {
         let _ = self.tx.send(Command::FetchKeys(devices, owner)).await;
     }
 
-    /// Records `owner` as the owner of `devices` (this node for its own service's devices;
-    /// [`Self::fetch_keys`] records the customer of a contract as the owner of its devices):
-    /// the owner's firmware jobs are handed to the devices' providers, and a provider keeps a
-    /// hand-off only from the devices' owner.
-    pub async fn owned_by(&self, devices: Vec<u32>, owner: NodeId) {
-        let _ = self.tx.send(Command::Owners(devices, owner)).await;
+    /// Records `devices` as this node's own (its own service's): its firmware jobs for them
+    /// are handed to their providers, and no customer's contract can claim them here.
+    pub async fn own_devices(&self, devices: Vec<u32>) {
+        let _ = self.tx.send(Command::Owners(devices)).await;
+    }
+
+    /// Provider: `customer`'s `contract`, staged here, names `devices`, which become its
+    /// here (a provider keeps firmware hand-offs and key updates for a device only from its
+    /// owner) — unless one of them is this node's or named by another customer's live
+    /// contract here: then none is, and the contract must not be served (it would act on
+    /// another party's devices, with that party's keys). Call [`Self::release_devices`]
+    /// when the contract ends.
+    pub async fn claim_devices(
+        &self,
+        contract: ContractId,
+        customer: NodeId,
+        devices: Vec<u32>,
+    ) -> Result<(), DeviceTaken> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Claim {
+            contract,
+            customer,
+            devices,
+            reply,
+        };
+        if self.tx.send(cmd).await.is_err() {
+            return Ok(()); // the radio stopped: nothing to act on the devices with
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+
+    /// Provider: `contract` ended here; its devices are nobody's here any more (unless another
+    /// contract of the same customer names them), and their received frame keys are dropped.
+    pub async fn release_devices(&self, contract: ContractId) {
+        let _ = self.tx.send(Command::ReleaseClaim(contract)).await;
     }
 
     /// Devices and checkpoints.

@@ -134,9 +134,9 @@ struct RadioTask {
     discovery: Discovery,
     /// Firmware jobs this edge runs (issue #16).
     jobs: Jobs,
-    /// Who owns each device, as this node's ledger says (the customer of a contract this edge
-    /// is a provider of, or this node for its own service's devices).
-    owners: BTreeMap<u32, NodeId>,
+    /// Who owns each device here: this node for its own service's devices, or the customer
+    /// of the first live contract this edge provides that names them ([`crate::owners`]).
+    owners: crate::owners::Owners,
     /// Firmware jobs the devices' owners handed here, resumed when this edge takes custody.
     handoffs: Handoffs,
     /// Where they are persisted (`radio-handoffs.json`).
@@ -227,7 +227,7 @@ pub async fn spawn(
         discovery: Discovery::new(cfg_max_devices, DISCOVERY_REFRESH_MS),
         jobs: crate::jobs_file::load(files.jobs.as_deref(), now_ms(), MAX_JOBS),
         jobs_file: files.jobs,
-        owners: BTreeMap::new(),
+        owners: Default::default(),
         handoffs: crate::handoff_file::load(files.handoffs.as_deref(), now_ms()),
         handoffs_file: files.handoffs,
         handoff_tx,
@@ -567,7 +567,7 @@ impl RadioTask {
                     let owned = table
                         .iter()
                         .map(|m| m.id)
-                        .filter(|d| self.owners.get(d) == Some(&self.me))
+                        .filter(|d| self.owners.get(*d) == Some(self.me))
                         .collect();
                     let origin = Origin::local(owned);
                     self.jobs
@@ -597,7 +597,38 @@ impl RadioTask {
                 list.handoff_stats = self.handoffs.stats;
                 let _ = reply.send(list);
             }
-            Command::Owners(devices, owner) => self.set_owners(devices, owner),
+            Command::Owners(devices) => {
+                let dropped = self.owners.own(&devices, self.me, self.cfg.max_devices);
+                self.note_owners_dropped(dropped);
+            }
+            Command::Claim {
+                contract,
+                customer,
+                devices,
+                reply,
+            } => {
+                let devices: Vec<u32> = devices.into_iter().take(MAX_KEYS_PER_MESSAGE).collect();
+                let claimed = self
+                    .owners
+                    .claim(contract, customer, &devices, self.cfg.max_devices);
+                match &claimed {
+                    Ok(dropped) => self.note_owners_dropped(*dropped),
+                    Err(e) => {
+                        warn!(contract = %contract.short(), error = %e, "contract's devices refused")
+                    }
+                }
+                let _ = reply.send(claimed.map(|_| ()));
+            }
+            Command::ReleaseClaim(contract) => {
+                let freed = self.owners.release(&contract);
+                if !freed.is_empty() {
+                    // Their keys came from the claim's owner: kept, they would seal a later
+                    // claimant's requests to the devices.
+                    self.keys.forget_received(&freed);
+                    self.key_fetches.retain(|d, _| !freed.contains(d));
+                    debug!(contract = %contract.short(), devices = ?freed, "devices released");
+                }
+            }
             Command::StateTo(service, targets) => self.state.set_targets(service, targets),
             Command::AcceptState(contract, customer, devices) => {
                 self.state.accept(contract, customer, devices);
@@ -721,9 +752,12 @@ impl RadioTask {
                 }
             }
             Command::FetchKeys(devices, owner) => {
-                self.set_owners(devices.clone(), owner);
                 let max = self.cfg.max_devices;
                 for device in devices.into_iter().take(MAX_KEYS_PER_MESSAGE) {
+                    // Only from the device's owner here (its claim was taken at staging).
+                    if self.owners.get(device) != Some(owner) {
+                        continue;
+                    }
                     if owner != self.me
                         && !self.keys.has(device)
                         && (self.key_fetches.len() < max || self.key_fetches.contains_key(&device))
@@ -957,21 +991,13 @@ impl RadioTask {
         devices.into_iter().filter(|d| self.custody(*d)).collect()
     }
 
-    /// Records `owner` as the owner of `devices` (bounded by `radio.max_devices`).
-    fn set_owners(&mut self, devices: Vec<u32>, owner: NodeId) {
-        let max = self.cfg.max_devices;
-        let mut dropped = 0usize;
-        for d in devices.into_iter().take(MAX_KEYS_PER_MESSAGE) {
-            if self.owners.len() < max || self.owners.contains_key(&d) {
-                self.owners.insert(d, owner);
-            } else {
-                dropped += 1;
-            }
-        }
+    fn note_owners_dropped(&self, dropped: usize) {
         if dropped > 0 {
             warn!(
                 dropped,
-                max, "device owners not recorded: radio.max_devices owners known already"
+                max = self.cfg.max_devices,
+                known = self.owners.len(),
+                "device owners not recorded: radio.max_devices owners known already"
             );
         }
     }

@@ -69,7 +69,7 @@ impl RadioTask {
         let owners = &self.owners;
         let received = self
             .handoffs
-            .receive(now_ms(), sender, handoff, |d| owners.get(&d).copied());
+            .receive(now_ms(), sender, handoff, |d| owners.get(d));
         let changed = matches!(received, Ok(Received::Kept { .. } | Received::Retired));
         let kept = match received {
             Ok(Received::Kept { evicted }) => {

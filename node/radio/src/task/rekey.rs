@@ -158,7 +158,7 @@ impl RadioTask {
         if self.keys.root(device).is_some() || !self.keys.has(device) {
             return;
         }
-        let Some(owner) = self.owners.get(&device).copied() else {
+        let Some(owner) = self.owners.get(device) else {
             return;
         };
         if owner == self.me
@@ -184,7 +184,7 @@ impl RadioTask {
         let (mine, others): (Vec<HandedKey>, Vec<HandedKey>) = keys
             .into_iter()
             .take(agora_wire::radio::MAX_KEYS_PER_MESSAGE)
-            .partition(|k| self.owners.get(&k.device) == Some(&sender) && sender != self.me);
+            .partition(|k| self.owners.get(k.device) == Some(sender) && sender != self.me);
         if !others.is_empty() {
             self.stats.key_updates_refused += 1;
             if self.stats.key_updates_refused <= 16

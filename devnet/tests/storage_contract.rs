@@ -425,3 +425,35 @@ async fn a_dag_as_commitment_is_refused_unfetched_and_a_failed_custody_fetch_is_
     assert_eq!(provider.ls().await.unwrap().blocks, blocks_before);
     net.shutdown().await;
 }
+
+/// Device audit of session 50: firmware images are loaded through a temporary file of their
+/// own; many loads at once (one edge resuming several hand-offs) each get their own image's
+/// bytes, where a name from the pid and the millisecond was shared and overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_firmware_loads_each_read_their_own_image() {
+    let net = Devnet::builder().nodes(1).spawn().await.unwrap();
+    let storage = net.node(0).unwrap().storage.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut images = Vec::new();
+    for k in 0..16u8 {
+        let path = tmp.path().join(format!("fw{k}"));
+        let bytes: Vec<u8> = (0..20_000u32).map(|i| (i as u8) ^ k).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let cid = storage.add_file(path, CidVersion::V1).await.unwrap().cid;
+        images.push((cid, bytes));
+    }
+    let loads = images.iter().map(|(cid, _)| {
+        let storage = storage.clone();
+        let cid = cid.clone();
+        tokio::spawn(async move { agora_radio::firmware::load_image(&storage, &cid).await })
+    });
+    let mut loaded = Vec::new();
+    for load in loads.collect::<Vec<_>>() {
+        loaded.push(load.await);
+    }
+    for ((cid, want), got) in images.iter().zip(loaded) {
+        let got = got.unwrap().unwrap();
+        assert!(got == *want, "{cid}: another image's bytes");
+    }
+    net.shutdown().await;
+}

@@ -218,11 +218,15 @@ pub async fn load_image(
         reason,
     };
     let root = agora_exchange::parse_cid(cid).map_err(|e| err(e.to_string()))?;
-    let tmp = std::env::temp_dir().join(format!(
-        "agora-firmware-{}-{}",
-        std::process::id(),
-        agora_wire::now_ms()
-    ));
+    // A directory of its own (created 0700 under a random name, removed when dropped): a
+    // name from the pid and the clock was shared by two loads in the same millisecond, which
+    // then wrote and removed each other's file, and another local user could plant a link at
+    // it (device audit of session 50).
+    let dir = tempfile::Builder::new()
+        .prefix("agora-firmware-")
+        .tempdir()
+        .map_err(|e| err(format!("cannot create a temporary directory: {e}")))?;
+    let tmp = dir.path().join("image");
     let (progress, _rx) = tokio::sync::watch::channel(agora_exchange::FetchProgress::default());
     let cfg = agora_exchange::FetchConfig {
         max_bytes: Some(MAX_FIRMWARE_BYTES.saturating_mul(2)),
@@ -237,7 +241,7 @@ pub async fn load_image(
             .map_err(|e| err(e.to_string())),
         Err(e) => Err(err(e.to_string())),
     };
-    let _ = tokio::fs::remove_file(&tmp).await;
+    drop(dir);
     let bytes = bytes?;
     if bytes.len() as u64 > MAX_FIRMWARE_BYTES {
         return Err(FirmwareError::TooLarge {

@@ -16,8 +16,7 @@ use super::mempool::{Mempool, MempoolError, MempoolStats};
 use super::store::{LedgerStore, StoreError};
 use crate::chain::{ChainParams, ChainTimers, SyncMsg, SyncReply};
 use agora_consensus::{
-    ConsensusDriver, ConsensusMessage, ConsensusTimeouts, DecidedBlock, GossipedBlock, Input,
-    ValidatorSet,
+    ConsensusDriver, ConsensusTimeouts, DecidedBlock, GossipedBlock, Input, ValidatorSet,
 };
 use agora_network::{
     GossipTicket, GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle, PresenceEvent,
@@ -862,10 +861,11 @@ impl LedgerTask {
                 verdict
             }
             Kind::Consensus if topic == CONSENSUS_TOPIC => {
-                // Undecodable votes are not forwarded (the driver checks the rest after the
-                // verdict, so votes travel on without waiting for their processing).
-                match ConsensusMessage::decode(&envelope.payload) {
-                    Ok(_) => GossipVerdict::Accept,
+                // Undecodable or stale votes are not forwarded (the driver checks the rest after
+                // the verdict, so votes travel on without waiting for their processing).
+                match self.driver.judge_gossiped_message(&envelope.payload) {
+                    Ok(true) => GossipVerdict::Accept,
+                    Ok(false) => GossipVerdict::Ignore,
                     Err(e) => {
                         debug!(from = %envelope.sender.short(), error = %e, "malformed consensus message");
                         GossipVerdict::Reject

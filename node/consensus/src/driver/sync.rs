@@ -125,6 +125,16 @@ impl ConsensusDriver {
         }
     }
 
+    /// Whether a message gossiped on the consensus topic is worth forwarding, judged before
+    /// the driver processes it (votes travel on without waiting for that): undecodable is an
+    /// error; two heights or more behind ours is not (no one still deciding needs it; one
+    /// behind may help a peer that has not decided yet), so a member replaying its old
+    /// messages reaches only its direct peers (THREATS A12).
+    pub fn judge_gossiped_message(&self, bytes: &[u8]) -> Result<bool, ConsensusError> {
+        let msg = crate::ConsensusMessage::decode(bytes)?;
+        Ok(msg.height().saturating_add(1) >= self.io.height)
+    }
+
     fn check_synced(&self, from: NodeId, decided: &DecidedBlock) -> Result<(), ConsensusError> {
         let block = &decided.block;
         let bad = |reason: &str| ConsensusError::BadSyncBlock {

@@ -844,3 +844,44 @@ fn gossiped_blocks_are_judged_before_they_travel() {
     assert_eq!(f.driver.height(), 3);
     assert!(matches!(judge(&mut f, &next), GossipedBlock::Old));
 }
+
+/// THREATS A12 on the consensus topic: undecodable messages are errors, stale ones (two
+/// heights behind or more) are not forwarded, the rest are.
+#[test]
+fn gossiped_consensus_messages_are_judged_by_height() {
+    let mut f = fixture();
+    assert!(f.driver.judge_gossiped_message(b"junk").is_err());
+    let vote_at = |h| ConsensusMessage::Vote(prevote(&f.signers[1], h, 0, None)).encode();
+    let (v1, v2, v3) = (vote_at(1), vote_at(2), vote_at(3));
+    assert!(f.driver.judge_gossiped_message(&v1).unwrap());
+    assert!(
+        f.driver.judge_gossiped_message(&v3).unwrap(),
+        "ahead: forwarded"
+    );
+    // Height 1 decided, then 2: a vote for 1 is still forwarded at 2, not at 3.
+    let block1 = block_by(&f.signers[1], 1, BlockId::GENESIS_PARENT);
+    let d1 = certify(&f, block1.clone(), 0);
+    let d2 = certify(&f, block_by(&f.signers[2], 2, block1.id()), 0);
+    let peer = f.signers[1].node_id();
+    f.driver.handle(
+        12,
+        Input::SyncResponse {
+            from: peer,
+            blocks: vec![d1],
+        },
+    );
+    assert!(f.driver.judge_gossiped_message(&v1).unwrap());
+    f.driver.handle(
+        13,
+        Input::SyncResponse {
+            from: peer,
+            blocks: vec![d2],
+        },
+    );
+    assert_eq!(f.driver.height(), 3);
+    assert!(
+        !f.driver.judge_gossiped_message(&v1).unwrap(),
+        "stale: not forwarded"
+    );
+    assert!(f.driver.judge_gossiped_message(&v2).unwrap());
+}

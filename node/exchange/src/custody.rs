@@ -65,6 +65,9 @@ impl Provers {
             return;
         }
         let chunks = prover.chunks();
+        if chunks > KEPT_CHUNKS / 4 {
+            return; // answered from a tree built for each challenge, not cached over others'
+        }
         while !cache.kept.is_empty()
             && (cache.kept.len() >= KEPT_PROVERS || cache.chunks + chunks > KEPT_CHUNKS)
         {
@@ -247,6 +250,18 @@ impl StorageHandle {
         let prover = store
             .blocking(move |s| Prover::new(s, &file).map(Arc::new))
             .await?;
+        // Chunks are what an answer's tree holds in memory: at most one per KiB bought (honest
+        // files chunk at 256 KiB), so a DAG of one-byte leaves declaring little cannot build a
+        // tree of a million chunks that would push every other file's out of the cache.
+        let most = usize::try_from(max_bytes / 1024)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        if prover.chunks() > most {
+            return Err(invalid(format!(
+                "file {file} has {} chunks, more than one per KiB of the {max_bytes} bytes bought",
+                prover.chunks()
+            )));
+        }
         let actual = prover.commitment();
         if actual != claimed {
             return Err(invalid(format!(

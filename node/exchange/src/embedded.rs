@@ -113,15 +113,23 @@ impl Embedded {
         cfg: FetchConfig,
         progress: &watch::Sender<FetchProgress>,
     ) -> BackendResult<FetchProgress> {
+        // What a failed fetch stored — or one given up on, its future dropped mid-way (a
+        // staging or custody deadline) — is pinned by nobody: the next automatic collection
+        // must run for it, or a peer serving all but the last block of a large DAG (or one
+        // just over a contract's bytes) would leave it on the disk for good.
+        struct MarkUnlessDone<'a>(&'a super::gc::GcGate, bool);
+        impl Drop for MarkUnlessDone<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.note_unpinned();
+                }
+            }
+        }
+        let mut mark = MarkUnlessDone(&self.gate, false);
         let fetched = super::fetch::fetch_dag(&self.bitswap, &self.network, root, cfg, progress)
             .await
             .map_err(Into::into);
-        if fetched.is_err() {
-            // What a failed fetch stored is pinned by nobody: the next automatic collection
-            // must run for it, or a peer serving all but the last block of a large DAG (or
-            // one just over a contract's bytes) would leave it on the disk for good.
-            self.gate.note_unpinned();
-        }
+        mark.1 = fetched.is_ok();
         fetched
     }
 

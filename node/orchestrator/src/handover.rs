@@ -436,6 +436,8 @@ impl Orchestrator {
             .claim_devices(contract, customer, devices.clone())
             .await
         {
+            // Its staged service and image go like any ended contract's.
+            self.retire(contract, now_ms());
             return self.on_stage_failed(contract, taken.to_string()).await;
         }
         // Who may checkpoint these sensors (#13.4): their owner and this node.

@@ -45,6 +45,9 @@ struct ReceivedKey {
     /// The next epoch's key, while its owner rotates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next: Option<(u32, String)>,
+    /// Who handed it (the device's owner then); absent in files written before session 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
 }
 
 /// A working key and its epoch.
@@ -54,6 +57,8 @@ pub(crate) struct Held {
     pub(crate) key: DeviceKey,
     /// The next epoch's, while a rotation is under way.
     pub(crate) next: Option<(u32, DeviceKey)>,
+    /// Who handed it here (`None`: this node's own, or from a file before session 50).
+    pub(crate) from: Option<agora_market::NodeId>,
 }
 
 /// The keys this edge verifies frames with.
@@ -87,12 +92,14 @@ impl KeyStore {
                     .filter(|(n, _)| *n > e.epoch);
                 match DeviceKey::from_hex(&e.key) {
                     Some(key) => {
+                        let from = e.from.as_deref().and_then(|f| f.parse().ok());
                         s.held.insert(
                             e.device,
                             Held {
                                 epoch: e.epoch,
                                 key,
                                 next,
+                                from,
                             },
                         );
                     }
@@ -112,6 +119,7 @@ impl KeyStore {
                             epoch,
                             key: root.for_epoch(epoch),
                             next: None,
+                            from: None,
                         },
                     );
                     s.roots.insert(e.device, root);
@@ -213,7 +221,12 @@ impl KeyStore {
     /// going back to an older epoch) and persists them; returns the devices whose key is new or
     /// changed. A key of a later epoch than the current one is kept as the next (a rotation
     /// under way); one for a device without a key here becomes its current key.
-    pub(crate) fn receive(&mut self, keys: Vec<HandedKey>, max: usize) -> Vec<u32> {
+    pub(crate) fn receive(
+        &mut self,
+        keys: Vec<HandedKey>,
+        from: agora_market::NodeId,
+        max: usize,
+    ) -> Vec<u32> {
         let mut changed = Vec::new();
         for HandedKey { device, epoch, key } in keys {
             let key = DeviceKey(key);
@@ -235,6 +248,7 @@ impl KeyStore {
                     // (re-provisioned). Its word wins.
                     h.key = key;
                     h.next = None;
+                    h.from = Some(from);
                 }
                 Some(_) => continue,
                 None => {
@@ -251,6 +265,7 @@ impl KeyStore {
                             epoch,
                             key,
                             next: None,
+                            from: Some(from),
                         },
                     );
                 }
@@ -279,6 +294,30 @@ impl KeyStore {
         }
     }
 
+    /// Drops the received keys of `devices` that someone other than `owner` handed here (a
+    /// device claimed by a new owner must not be acted for with the previous owner's key:
+    /// device audit of session 50); returns those dropped.
+    pub(crate) fn forget_unless_from(
+        &mut self,
+        devices: &[u32],
+        owner: agora_market::NodeId,
+    ) -> Vec<u32> {
+        let stale: Vec<u32> = devices
+            .iter()
+            .copied()
+            .filter(|d| !self.roots.contains_key(d))
+            .filter(|d| {
+                self.held
+                    .get(d)
+                    .is_some_and(|h| h.from.is_some_and(|f| f != owner))
+            })
+            .collect();
+        if !stale.is_empty() {
+            self.forget_received(&stale);
+        }
+        stale
+    }
+
     fn save(&self) {
         let Some(path) = &self.file else {
             return;
@@ -292,6 +331,7 @@ impl KeyStore {
                 key: h.key.to_hex(),
                 epoch: h.epoch,
                 next: h.next.as_ref().map(|(e, k)| (*e, k.to_hex())),
+                from: h.from.map(|f| f.to_string()),
             })
             .collect();
         if let Err(e) = write_private(path, &received) {
@@ -385,6 +425,25 @@ mod tests {
         }
     }
 
+    /// Device audit of session 50: a device claimed by a new owner is not acted for with a key
+    /// another party handed; the provenance survives a restart.
+    #[test]
+    fn keys_another_owner_handed_are_dropped_when_the_device_is_claimed_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("radio-keys.json");
+        let (a, x) = (agora_market::NodeId([1; 32]), agora_market::NodeId([2; 32]));
+        let mut s = KeyStore::load(&[], Some(file.clone()), &BTreeMap::new());
+        s.receive(vec![handed(101, 0, 9), handed(102, 0, 8)], a, 10);
+        let mut s = KeyStore::load(&[], Some(file), &BTreeMap::new());
+        assert!(
+            s.forget_unless_from(&[101, 102], a).is_empty(),
+            "A's own keys stay"
+        );
+        assert_eq!(s.forget_unless_from(&[101], x), vec![101]);
+        assert!(!s.has(101));
+        assert!(s.has(102));
+    }
+
     #[test]
     fn received_keys_persist_0600_and_owned_keys_win() {
         use std::os::unix::fs::PermissionsExt;
@@ -393,7 +452,11 @@ mod tests {
         let none = BTreeMap::new();
         let mut s = KeyStore::load(&[entry(1, 1)], Some(path.clone()), &none);
         assert_eq!(s.owned(1).len(), 1);
-        let changed = s.receive(vec![handed(1, 0, 9), handed(2, 0, 2)], 10);
+        let changed = s.receive(
+            vec![handed(1, 0, 9), handed(2, 0, 2)],
+            agora_market::NodeId([1; 32]),
+            10,
+        );
         assert_eq!(changed, vec![2], "an owned key is never replaced");
         assert_eq!(
             s.get(1),
@@ -425,7 +488,7 @@ mod tests {
     fn the_store_is_bounded() {
         let mut s = KeyStore::load(&[], None, &BTreeMap::new());
         let keys = (0..10).map(|d| handed(d, 0, 1)).collect();
-        assert_eq!(s.receive(keys, 4).len(), 4);
+        assert_eq!(s.receive(keys, agora_market::NodeId([1; 32]), 4).len(), 4);
     }
 
     /// Key rotation: the owner hands the current and the next working key, never the root; a
@@ -454,12 +517,13 @@ mod tests {
         );
 
         let mut p = KeyStore::load(&[], Some(path.clone()), &BTreeMap::new());
-        assert_eq!(p.receive(keys, 10), vec![7]);
+        assert_eq!(p.receive(keys, agora_market::NodeId([1; 32]), 10), vec![7]);
         assert_eq!(p.get(7), Some(&root.for_epoch(3)));
         assert_eq!(p.next(7), Some(&root.for_epoch(4)));
         assert_eq!(p.candidates(7).len(), 2);
         assert!(
-            p.receive(vec![handed(7, 2, 9)], 10).is_empty(),
+            p.receive(vec![handed(7, 2, 9)], agora_market::NodeId([1; 32]), 10)
+                .is_empty(),
             "an older epoch is ignored"
         );
         let same = HandedKey {
@@ -468,7 +532,8 @@ mod tests {
             key: root.for_epoch(4).0,
         };
         assert!(
-            p.receive(vec![same], 10).is_empty(),
+            p.receive(vec![same], agora_market::NodeId([1; 32]), 10)
+                .is_empty(),
             "the same next key again changes nothing"
         );
         assert_eq!(p.promote(7), Some(4));

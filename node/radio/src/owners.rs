@@ -21,6 +21,8 @@ use agora_market::NodeId;
 struct Claim {
     owner: NodeId,
     contracts: BTreeSet<ContractId>,
+    /// This node's own device: never released, never counted against the cap.
+    own: bool,
 }
 
 /// Device owners (see the module docs), bounded: at most `max` devices in all.
@@ -52,23 +54,20 @@ impl Owners {
         self.claims.len()
     }
 
-    /// This node's own devices (`me`): owned for good, whatever a contract said before.
-    pub(crate) fn own(&mut self, devices: &[u32], me: NodeId, max: usize) -> usize {
-        let mut dropped = 0;
+    /// This node's own devices (`me`): owned for good, whatever a contract said before, and
+    /// whatever the customers' claims fill (the cap `max` bounds what strangers add, and the
+    /// node's own devices are its config's).
+    pub(crate) fn own(&mut self, devices: &[u32], me: NodeId) {
         for &d in devices {
-            if self.claims.len() >= max && !self.claims.contains_key(&d) {
-                dropped += 1;
-                continue;
-            }
             self.claims.insert(
                 d,
                 Claim {
                     owner: me,
                     contracts: BTreeSet::new(),
+                    own: true,
                 },
             );
         }
-        dropped
     }
 
     /// `customer`'s `contract`, provided here, names `devices`: all of them become its, or
@@ -95,6 +94,7 @@ impl Owners {
         for &device in devices {
             let full = self.claims.len() >= max;
             match self.claims.get_mut(&device) {
+                Some(c) if c.own => {} // a contract of this node's own: the claim stays its
                 Some(c) => {
                     c.contracts.insert(contract);
                 }
@@ -105,6 +105,7 @@ impl Owners {
                         Claim {
                             owner: customer,
                             contracts: BTreeSet::from([contract]),
+                            own: false,
                         },
                     );
                 }
@@ -118,7 +119,7 @@ impl Owners {
     pub(crate) fn release(&mut self, contract: &ContractId) -> Vec<u32> {
         let mut freed = Vec::new();
         self.claims.retain(|device, c| {
-            if !c.contracts.remove(contract) || !c.contracts.is_empty() {
+            if c.own || !c.contracts.remove(contract) || !c.contracts.is_empty() {
                 return true;
             }
             freed.push(*device);
@@ -171,7 +172,7 @@ mod tests {
         let mut o = Owners::default();
         let (me, a) = (node(9), node(1));
         assert_eq!(o.claim(contract(1), a, &[7], 100), Ok(0));
-        assert_eq!(o.own(&[7, 8], me, 100), 0);
+        o.own(&[7, 8], me);
         assert_eq!(
             o.get(7),
             Some(me),
@@ -179,6 +180,11 @@ mod tests {
         );
         assert!(o.claim(contract(2), a, &[8], 100).is_err());
         assert!(o.release(&contract(1)).is_empty());
+        assert_eq!(o.get(7), Some(me));
+        // A contract this node is the customer of names its own device: released, the
+        // device stays its own.
+        assert_eq!(o.claim(contract(3), me, &[7], 100), Ok(0));
+        assert!(o.release(&contract(3)).is_empty());
         assert_eq!(o.get(7), Some(me));
     }
 
@@ -188,8 +194,10 @@ mod tests {
         let devices: Vec<u32> = (0..10).collect();
         assert_eq!(o.claim(contract(1), node(1), &devices, 4), Ok(6));
         assert_eq!(o.len(), 4);
-        assert_eq!(o.own(&[50, 51], node(9), 4), 2);
+        // This node's own devices are recorded whatever the customers filled.
+        o.own(&[50, 51], node(9));
+        assert_eq!(o.get(50), Some(node(9)));
         assert_eq!(o.release(&contract(1)).len(), 4);
-        assert_eq!(o.own(&[50, 51], node(9), 4), 0);
+        assert_eq!(o.len(), 2);
     }
 }

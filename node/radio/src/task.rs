@@ -598,8 +598,8 @@ impl RadioTask {
                 let _ = reply.send(list);
             }
             Command::Owners(devices) => {
-                let dropped = self.owners.own(&devices, self.me, self.cfg.max_devices);
-                self.note_owners_dropped(dropped);
+                let devices: Vec<u32> = devices.into_iter().take(MAX_KEYS_PER_MESSAGE).collect();
+                self.owners.own(&devices, self.me);
             }
             Command::Claim {
                 contract,
@@ -612,7 +612,14 @@ impl RadioTask {
                     .owners
                     .claim(contract, customer, &devices, self.cfg.max_devices);
                 match &claimed {
-                    Ok(dropped) => self.note_owners_dropped(*dropped),
+                    Ok(dropped) => {
+                        self.note_owners_dropped(*dropped);
+                        // Keys another party handed for these devices are not this owner's.
+                        let stale = self.keys.forget_unless_from(&devices, customer);
+                        if !stale.is_empty() {
+                            warn!(contract = %contract.short(), devices = ?stale, "received keys of another owner dropped: the devices are claimed anew");
+                        }
+                    }
                     Err(e) => {
                         warn!(contract = %contract.short(), error = %e, "contract's devices refused")
                     }
@@ -1421,7 +1428,7 @@ impl RadioTask {
         for k in &asked {
             self.key_fetches.remove(&k.device);
         }
-        let changed = self.keys.receive(asked, self.cfg.max_devices);
+        let changed = self.keys.receive(asked, owner, self.cfg.max_devices);
         if changed.is_empty() {
             return;
         }

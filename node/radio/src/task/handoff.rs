@@ -140,6 +140,13 @@ impl RadioTask {
             crate::handoff_file::save(self.handoffs_file.as_deref(), &self.handoffs);
         }
         for (owner, h) in due {
+            // Kept while its sender owned the devices here; resumed only if it still does (a
+            // customer whose claim ended must not have its job run on the next claimant's
+            // devices, with the keys that claimant hands: device audit of session 50).
+            if !h.devices.iter().any(|d| self.owners.get(*d) == Some(owner)) {
+                warn!(%owner, job = h.job, devices = ?h.devices, "kept firmware hand-off dropped: its sender no longer owns the devices here");
+                continue;
+            }
             info!(%owner, job = h.job, devices = ?h.devices, "custody taken: resuming the owner's firmware job");
             let (storage, tx) = (self.storage.clone(), self.resume_tx.clone());
             tokio::spawn(

@@ -199,7 +199,7 @@ impl RadioTask {
             }
         }
         let taken: Vec<u32> = mine.iter().map(|k| k.device).collect();
-        let changed = self.keys.receive(mine, self.cfg.max_devices);
+        let changed = self.keys.receive(mine, sender, self.cfg.max_devices);
         self.stats.key_updates_taken += changed.len() as u64;
         if !changed.is_empty() {
             info!(%sender, devices = ?changed, "next device keys taken from their owner");

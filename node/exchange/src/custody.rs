@@ -19,6 +19,8 @@ pub const MAX_CHALLENGE_INDICES: usize = 64;
 
 /// Most chunk trees kept for answering challenges.
 const KEPT_PROVERS: usize = 1_024;
+/// Bytes of storage bought per chunk a file may have (honest files chunk at 256 KiB).
+const CHUNK_BYTES_BOUGHT: u64 = 64 * 1024;
 /// Most chunks over all kept trees (about 100 bytes each in memory: ~27 MB, 64 GiB of files
 /// in 256 KiB chunks).
 const KEPT_CHUNKS: usize = 262_144;
@@ -65,9 +67,6 @@ impl Provers {
             return;
         }
         let chunks = prover.chunks();
-        if chunks > KEPT_CHUNKS / 4 {
-            return; // answered from a tree built for each challenge, not cached over others'
-        }
         while !cache.kept.is_empty()
             && (cache.kept.len() >= KEPT_PROVERS || cache.chunks + chunks > KEPT_CHUNKS)
         {
@@ -250,16 +249,18 @@ impl StorageHandle {
         let prover = store
             .blocking(move |s| Prover::new(s, &file).map(Arc::new))
             .await?;
-        // Chunks are what an answer's tree holds in memory: at most one per KiB bought (honest
-        // files chunk at 256 KiB), so a DAG of one-byte leaves declaring little cannot build a
-        // tree of a million chunks that would push every other file's out of the cache.
-        let most = usize::try_from(max_bytes / 1024)
+        // Chunks are what an answer's tree holds in memory: at most one per 64 KiB bought
+        // (honest files chunk at 256 KiB), so a DAG of one-byte leaves declaring little cannot
+        // build a tree of a million chunks that pushes every other file's out of the cache;
+        // filling the whole cache (KEPT_CHUNKS) takes 16 GiB bought.
+        let most = usize::try_from(max_bytes / CHUNK_BYTES_BOUGHT)
             .unwrap_or(usize::MAX)
             .max(1);
         if prover.chunks() > most {
             return Err(invalid(format!(
-                "file {file} has {} chunks, more than one per KiB of the {max_bytes} bytes bought",
-                prover.chunks()
+                "file {file} has {} chunks, more than one per {} KiB of the {max_bytes} bytes bought",
+                prover.chunks(),
+                CHUNK_BYTES_BOUGHT / 1024
             )));
         }
         let actual = prover.commitment();

@@ -242,6 +242,7 @@ impl KeyStore {
                         continue;
                     }
                     h.next = Some((epoch, key));
+                    h.from.get_or_insert(from);
                 }
                 Some(h) if epoch == h.epoch && h.key != key => {
                     // The same epoch under another key: the owner changed the device's root
@@ -250,7 +251,15 @@ impl KeyStore {
                     h.next = None;
                     h.from = Some(from);
                 }
-                Some(_) => continue,
+                Some(h) => {
+                    // The same key again, from its owner: a key loaded without provenance
+                    // (a file from before session 50) learns it.
+                    if h.from.is_none() {
+                        h.from = Some(from);
+                        self.save();
+                    }
+                    continue;
+                }
                 None => {
                     if self.held.len() >= max {
                         warn!(

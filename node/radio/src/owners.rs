@@ -21,7 +21,8 @@ use agora_market::NodeId;
 struct Claim {
     owner: NodeId,
     contracts: BTreeSet<ContractId>,
-    /// This node's own device: never released, never counted against the cap.
+    /// This node's own device: never released (until this node's service stops naming it),
+    /// never counted against the cap.
     own: bool,
 }
 
@@ -58,6 +59,8 @@ impl Owners {
     /// whatever the customers' claims fill (the cap `max` bounds what strangers add, and the
     /// node's own devices are its config's).
     pub(crate) fn own(&mut self, devices: &[u32], me: NodeId) {
+        // The set is replaced: devices this node's service no longer names are free again.
+        self.claims.retain(|d, c| !c.own || devices.contains(d));
         for &d in devices {
             self.claims.insert(
                 d,
@@ -92,7 +95,7 @@ impl Owners {
         }
         let mut dropped = 0;
         for &device in devices {
-            let full = self.claims.len() >= max;
+            let full = self.claims.values().filter(|c| !c.own).count() >= max;
             match self.claims.get_mut(&device) {
                 Some(c) if c.own => {} // a contract of this node's own: the claim stays its
                 Some(c) => {
@@ -199,5 +202,12 @@ mod tests {
         assert_eq!(o.get(50), Some(node(9)));
         assert_eq!(o.release(&contract(1)).len(), 4);
         assert_eq!(o.len(), 2);
+        // Nor do they take the customers' room.
+        assert_eq!(o.claim(contract(2), node(1), &devices, 4), Ok(6));
+        assert_eq!(o.len(), 6);
+        // A new own set replaces the old one: 51 is free again.
+        o.own(&[50], node(9));
+        assert_eq!(o.get(51), None);
+        assert_eq!(o.get(50), Some(node(9)));
     }
 }

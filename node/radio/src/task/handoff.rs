@@ -189,12 +189,14 @@ impl RadioTask {
             firmware_type: Some(h.firmware_type.clone()),
         };
         // Devices the owner finished (updated or rolled back) are not redone here.
+        // And only the devices its sender still owns here, checked now (the image load may
+        // have taken a while): a device it lost meanwhile is another party's.
         let done: BTreeSet<u32> = h.done.iter().map(|(d, _)| *d).collect();
         let devices: BTreeSet<u32> = h
             .devices
             .iter()
             .copied()
-            .filter(|d| !done.contains(d))
+            .filter(|d| !done.contains(d) && self.owners.get(*d) == Some(owner))
             .collect();
         if devices.is_empty() {
             info!(%owner, job = h.job, "handed-over firmware job: the owner finished every device; nothing to resume");

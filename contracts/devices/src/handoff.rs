@@ -429,6 +429,13 @@ impl Handoffs {
     pub fn list(&self) -> Vec<KeptHandoff> {
         self.kept.values().cloned().collect()
     }
+
+    /// Each kept hand-off's (owner, job) and firmware image id, without copying the table.
+    pub fn images(&self) -> impl Iterator<Item = ((NodeId, JobId), &str)> + '_ {
+        self.kept
+            .iter()
+            .map(|(k, v)| (*k, v.handoff.firmware.as_str()))
+    }
 }
 
 /// Devices sorted and unique; `done` sorted by device, one entry each.

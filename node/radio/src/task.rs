@@ -139,6 +139,10 @@ struct RadioTask {
     owners: crate::owners::Owners,
     /// Firmware jobs the devices' owners handed here, resumed when this edge takes custody.
     handoffs: Handoffs,
+    /// Images of kept hand-offs this edge holds pinned (`handoff:<owner>:<job>`) until the
+    /// hand-off leaves the table: a cached copy, unpinned, went at the next collection, and
+    /// with the owner dead the resume then had no image.
+    held_images: BTreeMap<(NodeId, u64), agora_storage::Cid>,
     /// Where they are persisted (`radio-handoffs.json`).
     handoffs_file: Option<std::path::PathBuf>,
     /// Where this edge's own jobs are persisted (`radio-jobs.json`).
@@ -230,6 +234,7 @@ pub async fn spawn(
         owners: Default::default(),
         handoffs: crate::handoff_file::load(files.handoffs.as_deref(), now_ms()),
         handoffs_file: files.handoffs,
+        held_images: BTreeMap::new(),
         handoff_tx,
         resume_tx,
         request_counter: 0,
@@ -341,6 +346,7 @@ impl RadioTask {
                     self.tick_jobs(socket.as_ref()).await;
                     self.send_handoffs();
                     self.resume_handoffs();
+                    self.hold_handoff_images();
                     self.counters.flush();
                     self.fetch_keys();
                     self.drive_rotations(socket.as_ref()).await;

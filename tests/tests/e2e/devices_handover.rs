@@ -297,6 +297,18 @@ async fn a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_
         vec![bn.node_id.clone()],
         "A knows B kept it"
     );
+    // B holds the job's image pinned for the hand-off (a collection cannot take it before
+    // A dies), under a holder naming A and the job.
+    let holder = format!("handoff:{}:{}", an.node_id, started.id);
+    wait_for("B to hold the hand-off's image", 30, async || {
+        let ls: agora_exchange::LsReply = api(&bn)?.get("/v1/storage/ls").await.ok()?;
+        ls.held
+            .values()
+            .any(|holders| holders.contains(&holder))
+            .then_some(())
+    })
+    .await
+    .unwrap();
     let killed = s.kill(s.a).unwrap();
     let caught = s.device_metas()[&102].clone();
     assert_eq!(

@@ -77,7 +77,8 @@ impl RadioTask {
                 if let Some((owner, j)) = evicted {
                     info!(%owner, job = j, "hand-off table full: one evicted");
                 }
-                self.prefetch(firmware);
+                let _ = firmware;
+                self.hold_handoff_images();
                 true
             }
             Ok(Received::AlreadyResumed) => true,
@@ -109,20 +110,50 @@ impl RadioTask {
         }
     }
 
-    /// Fetches a handed-over job's image into this node's store now, while its owner is alive.
-    fn prefetch(&self, cid: String) {
-        let storage = self.storage.clone();
-        tokio::spawn(
-            async move {
-                match load_image(&storage, &cid).await {
-                    Ok(b) => debug!(%cid, bytes = b.len(), "handed-over firmware image stored"),
-                    Err(e) => {
-                        warn!(%cid, error = %e, "handed-over firmware image not fetched yet")
+    /// Holds (fetches and pins) the image of every kept hand-off not held yet, now while its
+    /// owner is alive, and lets go of those whose hand-off left the table (retired, expired,
+    /// evicted). After a restart the table comes back from its file and every image is held
+    /// again (the node drops its holds at start, but the blocks stay until a collection).
+    pub(super) fn hold_handoff_images(&mut self) {
+        let gone: Vec<(NodeId, u64)> = self
+            .held_images
+            .keys()
+            .filter(|k| !self.handoffs.images().any(|(kept, _)| kept == **k))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(cid) = self.held_images.remove(&key) {
+                let (storage, holder) = (self.storage.clone(), image_holder(&key));
+                tokio::spawn(async move {
+                    if let Err(e) = storage.release(cid, &holder).await {
+                        debug!(%cid, error = %e, "hand-off image hold not released");
+                    }
+                });
+            }
+        }
+        let new: Vec<((NodeId, u64), agora_storage::Cid)> = self
+            .handoffs
+            .images()
+            .filter(|(key, _)| !self.held_images.contains_key(key))
+            // A malformed image id is refused when the job resumes.
+            .filter_map(|(key, firmware)| Some((key, agora_exchange::parse_cid(firmware).ok()?)))
+            .collect();
+        for (key, cid) in new {
+            self.held_images.insert(key, cid);
+            let (storage, holder) = (self.storage.clone(), image_holder(&key));
+            let max = crate::firmware::MAX_FIRMWARE_BYTES.saturating_mul(2);
+            tokio::spawn(
+                async move {
+                    match storage.hold(cid, &holder, Some(max)).await {
+                        Ok(_) => debug!(%cid, %holder, "handed-over firmware image held"),
+                        Err(e) => {
+                            warn!(%cid, error = %e, "handed-over firmware image not fetched yet")
+                        }
                     }
                 }
-            }
-            .in_current_span(),
-        );
+                .in_current_span(),
+            );
+        }
     }
 
     /// Provider: starts loading the images of kept hand-offs of which this edge now has custody
@@ -228,4 +259,9 @@ impl RadioTask {
             }
         }
     }
+}
+
+/// The pin holder of a kept hand-off's image.
+fn image_holder((owner, job): &(NodeId, u64)) -> String {
+    format!("handoff:{owner}:{job}")
 }

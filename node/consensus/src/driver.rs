@@ -357,8 +357,8 @@ impl ConsensusDriver {
         }
         let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.future_votes)
             .into_iter()
-            .filter(|(_, v)| mc_height(v) >= height)
-            .partition(|(_, v)| mc_height(v) == height);
+            .filter(|(_, v)| v.vote.height_number() >= height)
+            .partition(|(_, v)| v.vote.height_number() == height);
         self.future_votes = later;
         for (_, vote) in ready {
             self.process(mc::Input::Vote(vote.to_malachite()));
@@ -439,7 +439,7 @@ impl ConsensusDriver {
         if let Err(error) = vote.verify(&self.io.validators) {
             return self.reject(Some(from), error);
         }
-        let height = mc_height(&vote);
+        let height = vote.vote.height_number();
         self.note_peer_height(height);
         if height < self.io.height || height > self.io.height + 1 {
             return; // stale, or far ahead: sync will carry us there
@@ -488,7 +488,7 @@ impl ConsensusDriver {
             .map(|(_, v)| {
                 (
                     v.vote.voter(),
-                    mc_height(v),
+                    v.vote.height_number(),
                     v.vote.round().as_u32().unwrap_or(0),
                     v.vote.vote_type() == VoteType::Prevote,
                     v.vote.block_id(),
@@ -636,9 +636,4 @@ impl ConsensusDriver {
         let value = LocallyProposedValue::new(Height(height), Round::new(round), block);
         self.process(mc::Input::Propose(value));
     }
-}
-
-fn mc_height(vote: &SignedVoteMsg) -> u64 {
-    use arc_malachitebft_core_types::Vote as _;
-    vote.vote.height().0
 }

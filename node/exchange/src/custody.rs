@@ -43,11 +43,14 @@ struct ProverCache {
 }
 
 impl Provers {
-    fn get(&self, file: &Cid) -> Option<Arc<Prover>> {
-        let mut cache = self
-            .0
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProverCache> {
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, file: &Cid) -> Option<Arc<Prover>> {
+        let mut cache = self.lock();
         cache.clock += 1;
         let now = cache.clock;
         let (prover, used) = cache.kept.get_mut(file)?;
@@ -56,10 +59,7 @@ impl Provers {
     }
 
     fn keep(&self, file: Cid, prover: Arc<Prover>) {
-        let mut cache = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self.lock();
         cache.clock += 1;
         let now = cache.clock;
         if let Some((_, used)) = cache.kept.get_mut(&file) {
@@ -87,10 +87,7 @@ impl Provers {
     /// Whether `file`'s tree is kept (tests).
     #[cfg(test)]
     fn holds(&self, file: &Cid) -> bool {
-        let cache = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = self.lock();
         cache.kept.contains_key(file)
     }
 }
@@ -315,19 +312,24 @@ impl StorageHandle {
         let store = self.custody_store()?;
         let file = challenge.file;
         let cached = self.provers.get(&file);
-        let (answer, prover) = store
+        let (answer, built) = store
             .blocking(move |s| {
                 if !s.pins()?.contains(&file) {
                     return Err(StorageError::NotFound { cid: file });
                 }
-                let prover = match cached {
-                    Some(p) => p,
-                    None => Arc::new(Prover::new(s, &file)?),
-                };
-                Ok((prover.respond(s, &challenge)?, prover))
+                match cached {
+                    // `get` already marked it used.
+                    Some(p) => Ok((p.respond(s, &challenge)?, None)),
+                    None => {
+                        let p = Arc::new(Prover::new(s, &file)?);
+                        Ok((p.respond(s, &challenge)?, Some(p)))
+                    }
+                }
             })
             .await?;
-        self.provers.keep(file, prover);
+        if let Some(prover) = built {
+            self.provers.keep(file, prover);
+        }
         Ok(answer)
     }
 }

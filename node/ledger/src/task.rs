@@ -182,6 +182,14 @@ impl LedgerHandle {
         self.sent_height.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Sends `cmd` to the task (an error once it stopped).
+    async fn command(&self, cmd: Command) -> Result<(), LedgerTaskError> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| LedgerTaskError::Stopped)
+    }
+
     /// Reads the ledger with `f` inside the task.
     pub async fn query<T: Send + 'static>(
         &self,
@@ -191,20 +199,14 @@ impl LedgerHandle {
         let job: QueryJob = Box::new(move |v| {
             let _ = tx.send(f(v));
         });
-        self.tx
-            .send(Command::Query(job))
-            .await
-            .map_err(|_| LedgerTaskError::Stopped)?;
+        self.command(Command::Query(job)).await?;
         rx.await.map_err(|_| LedgerTaskError::Stopped)
     }
 
     /// Signs `kind` with this node's key and the next free nonce, admits it and gossips it.
     pub async fn submit(&self, kind: TxKind) -> Result<SignedTransaction, LedgerTaskError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Submit(kind, tx))
-            .await
-            .map_err(|_| LedgerTaskError::Stopped)?;
+        self.command(Command::Submit(kind, tx)).await?;
         rx.await.map_err(|_| LedgerTaskError::Stopped)?
     }
 
@@ -212,20 +214,14 @@ impl LedgerHandle {
     /// driver proposes blocks `skew_ms` ahead of its clock, like a faulty arbitrator.
     #[cfg(feature = "test-utils")]
     pub async fn byzantine_proposal_skew(&self, skew_ms: u64) -> Result<(), LedgerTaskError> {
-        self.tx
-            .send(Command::ProposalSkew(skew_ms))
-            .await
-            .map_err(|_| LedgerTaskError::Stopped)
+        self.command(Command::ProposalSkew(skew_ms)).await
     }
 
     /// Test hook (feature `test-utils`, never in the shipped binary): this node's consensus
     /// driver casts every vote twice, for different values, like an equivocating arbitrator.
     #[cfg(feature = "test-utils")]
     pub async fn byzantine_double_vote(&self) -> Result<(), LedgerTaskError> {
-        self.tx
-            .send(Command::DoubleVote)
-            .await
-            .map_err(|_| LedgerTaskError::Stopped)
+        self.command(Command::DoubleVote).await
     }
 
     /// Test hook (feature `test-utils`, never in the shipped binary): while `on`, this node's
@@ -233,10 +229,7 @@ impl LedgerHandle {
     /// arbitrator.
     #[cfg(feature = "test-utils")]
     pub async fn byzantine_withhold_votes(&self, on: bool) -> Result<(), LedgerTaskError> {
-        self.tx
-            .send(Command::WithholdVotes(on))
-            .await
-            .map_err(|_| LedgerTaskError::Stopped)
+        self.command(Command::WithholdVotes(on)).await
     }
 
     /// Test hook (feature `test-utils`, never in the shipped binary): at the start of every
@@ -244,10 +237,7 @@ impl LedgerHandle {
     /// like a faulty proposer trying to fill the height's candidate-block slots (THREATS A11).
     #[cfg(feature = "test-utils")]
     pub async fn byzantine_flood_proposals(&self) -> Result<(), LedgerTaskError> {
-        self.tx
-            .send(Command::FloodProposals)
-            .await
-            .map_err(|_| LedgerTaskError::Stopped)
+        self.command(Command::FloodProposals).await
     }
 
     /// Test hook (feature `test-utils`, never in the shipped binary): the consensus WAL write
@@ -255,10 +245,7 @@ impl LedgerHandle {
     /// (THREATS A14); the vote's broadcast is the next effect of the same batch.
     #[cfg(feature = "test-utils")]
     pub async fn fail_wal_from(&self, height: u64) -> Result<(), LedgerTaskError> {
-        self.tx
-            .send(Command::FailWalFrom(height))
-            .await
-            .map_err(|_| LedgerTaskError::Stopped)
+        self.command(Command::FailWalFrom(height)).await
     }
 
     /// Test hook (feature `test-utils`, never in the shipped binary): this node's consensus
@@ -266,10 +253,7 @@ impl LedgerHandle {
     /// arbitrator with a slow clock.
     #[cfg(feature = "test-utils")]
     pub async fn byzantine_proposal_lag(&self, lag_ms: u64) -> Result<(), LedgerTaskError> {
-        self.tx
-            .send(Command::ProposalLag(lag_ms))
-            .await
-            .map_err(|_| LedgerTaskError::Stopped)
+        self.command(Command::ProposalLag(lag_ms)).await
     }
 
     /// Test hook (feature `test-utils`, never in the shipped binary): submits `kind` like
@@ -282,10 +266,7 @@ impl LedgerHandle {
         kind: TxKind,
     ) -> Result<SignedTransaction, LedgerTaskError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::SubmitUnchecked(kind, tx))
-            .await
-            .map_err(|_| LedgerTaskError::Stopped)?;
+        self.command(Command::SubmitUnchecked(kind, tx)).await?;
         rx.await.map_err(|_| LedgerTaskError::Stopped)?
     }
 
@@ -300,10 +281,7 @@ impl LedgerHandle {
         &self,
     ) -> Result<mpsc::Receiver<TxKind>, LedgerTaskError> {
         let (tx, rx) = mpsc::channel(64);
-        self.tx
-            .send(Command::DivertRegistrations(tx))
-            .await
-            .map_err(|_| LedgerTaskError::Stopped)?;
+        self.command(Command::DivertRegistrations(tx)).await?;
         Ok(rx)
     }
 
@@ -549,9 +527,7 @@ impl LedgerTask {
         cancel: CancellationToken,
     ) {
         self.start_chain().await;
-        if let Some(why) = self.fatal.get() {
-            tracing::error!(%why, "the ledger stops this node: a supervisor's restart replays its consensus WAL");
-            cancel.cancel();
+        if self.stopped_for_fatal(&cancel) {
             return;
         }
         self.vouch_funded().await;
@@ -622,13 +598,22 @@ impl LedgerTask {
                     _ => {}
                 },
             }
-            if let Some(why) = self.fatal.get() {
-                tracing::error!(%why, "the ledger stops this node: a supervisor's restart replays its consensus WAL");
-                cancel.cancel();
+            if self.stopped_for_fatal(&cancel) {
                 break;
             }
         }
         debug!("ledger task stopped");
+    }
+
+    /// After a failure the task must not run on with (see [`LedgerHandle::fatal`]): stops
+    /// the node, so a supervisor's restart replays a consistent consensus WAL.
+    fn stopped_for_fatal(&self, cancel: &CancellationToken) -> bool {
+        let Some(why) = self.fatal.get() else {
+            return false;
+        };
+        tracing::error!(%why, "the ledger stops this node: a supervisor's restart replays its consensus WAL");
+        cancel.cancel();
+        true
     }
 
     async fn on_command(&mut self, cmd: Command) {
@@ -893,11 +878,10 @@ impl LedgerTask {
     /// rejected; the next two forwarded and applied; the one decided last forwarded once; one
     /// further ahead not forwarded but given to the driver (a gap to sync); the rest ignored.
     fn judge_block(&mut self, envelope: &Envelope) -> (GossipVerdict, Option<DecidedBlock>) {
-        let from = envelope.sender.short();
         let decided = match serde_cbor::from_slice::<DecidedBlock>(&envelope.payload) {
             Ok(d) => d,
             Err(e) => {
-                debug!(%from, error = %e, "malformed decided block");
+                debug!(from = %envelope.sender.short(), error = %e, "malformed decided block");
                 return (GossipVerdict::Reject, None);
             }
         };
@@ -910,7 +894,7 @@ impl LedgerTask {
             }
             GossipedBlock::JustDecided(_) | GossipedBlock::Old => (GossipVerdict::Ignore, None),
             GossipedBlock::Invalid(e) => {
-                debug!(%from, error = %e, "invalid decided block gossiped");
+                debug!(from = %envelope.sender.short(), error = %e, "invalid decided block gossiped");
                 (GossipVerdict::Reject, None)
             }
         }

@@ -94,15 +94,17 @@ impl Owners {
             }
         }
         let mut dropped = 0;
+        // Customers' claims (this node's own take no room), counted once, not per device.
+        let mut customers = self.claims.values().filter(|c| !c.own).count();
         for &device in devices {
-            let full = self.claims.values().filter(|c| !c.own).count() >= max;
             match self.claims.get_mut(&device) {
                 Some(c) if c.own => {} // a contract of this node's own: the claim stays its
                 Some(c) => {
                     c.contracts.insert(contract);
                 }
-                None if full => dropped += 1,
+                None if customers >= max => dropped += 1,
                 None => {
+                    customers += 1;
                     self.claims.insert(
                         device,
                         Claim {

@@ -89,12 +89,7 @@ impl ConsensusDriver {
         }
         if height.saturating_add(1) == current {
             let ours = self.io.history.get(&height).map(|d| d.block.id());
-            let cert = &decided.certificate;
-            return if ours == Some(decided.block.id())
-                && cert.height == height
-                && cert.block_id == decided.block.id()
-                && cert.verify(&self.io.validators).is_ok()
-            {
+            return if ours == Some(decided.block.id()) && self.certifies(decided) {
                 GossipedBlock::JustDecided(decided.block.id())
             } else {
                 GossipedBlock::Old
@@ -114,11 +109,7 @@ impl ConsensusDriver {
         }
         // One ahead: its parent is a block we lack, and the committee may have changed with it,
         // so a certificate our committee does not accept is ignored, not held against anyone.
-        let cert = &decided.certificate;
-        if cert.height == height
-            && cert.block_id == decided.block.id()
-            && cert.verify(&self.io.validators).is_ok()
-        {
+        if self.certifies(decided) {
             GossipedBlock::Ahead
         } else {
             GossipedBlock::Old
@@ -142,17 +133,23 @@ impl ConsensusDriver {
             height: block.height,
             reason: reason.to_string(),
         };
-        if decided.certificate.height != block.height {
-            return Err(bad("certificate is for another height"));
-        }
-        if decided.certificate.block_id != block.id() {
-            return Err(bad("certificate is for another block"));
-        }
+        certificate_names(decided).map_err(bad)?;
         if block.parent != self.io.parent {
             return Err(bad("parent is not our last decided block"));
         }
+        self.verify_certificate(decided)
+    }
+
+    /// Whether `decided`'s certificate names its block and verifies against our committee.
+    fn certifies(&self, decided: &DecidedBlock) -> bool {
+        certificate_names(decided).is_ok() && self.verify_certificate(decided).is_ok()
+    }
+
+    /// Verifies `decided`'s certificate against our committee, unless it is the one verified
+    /// when the next block's gossiped copy was judged.
+    fn verify_certificate(&self, decided: &DecidedBlock) -> Result<(), ConsensusError> {
         if self.io.verified_certificate.as_ref() == Some(&decided.certificate) {
-            return Ok(()); // verified when the gossiped block was judged
+            return Ok(());
         }
         decided.certificate.verify(&self.io.validators)
     }
@@ -177,6 +174,17 @@ pub enum GossipedBlock {
     Old,
     /// The next block, but its certificate or parent is wrong: not forwarded, sender penalised.
     Invalid(ConsensusError),
+}
+
+/// Whether `decided`'s certificate is for its block's height and id (what is wrong if not).
+fn certificate_names(decided: &DecidedBlock) -> Result<(), &'static str> {
+    if decided.certificate.height != decided.block.height {
+        return Err("certificate is for another height");
+    }
+    if decided.certificate.block_id != decided.block.id() {
+        return Err("certificate is for another block");
+    }
+    Ok(())
 }
 
 /// Malachite tags sync responses with a libp2p-style peer id: an identity multihash of the key.

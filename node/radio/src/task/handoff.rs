@@ -77,7 +77,6 @@ impl RadioTask {
                 if let Some((owner, j)) = evicted {
                     info!(%owner, job = j, "hand-off table full: one evicted");
                 }
-                let _ = firmware;
                 self.hold_handoff_images();
                 true
             }

@@ -663,3 +663,63 @@ async fn a_container_is_stopped_when_its_contract_or_its_lifetime_ends() {
     );
     net.shutdown().await;
 }
+
+/// THREATS A15: many contracts naming this node as arbitrator each warm their image for
+/// probes; loads run [`PROBE_LOADS`] at a time, [`PROBE_LOADS_WAITING`] more wait, the rest
+/// are refused and counted (their probes judged on the hosting layer's word), and a refused
+/// image loads on a later probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_image_loads_are_bounded_and_the_refused_load_later() {
+    use agora_contracts::probe::GuestExpectation;
+    use agora_hosting::probe::PROBE_LOADS;
+    const IMAGES: usize = 24;
+    let net = Devnet::builder().nodes(2).spawn().await.unwrap();
+    net.wait_connected(1, WAIT).await.unwrap();
+    let (n0, n1) = (net.node(0).unwrap(), net.node(1).unwrap());
+    let mut images = Vec::new();
+    for i in 0..IMAGES {
+        let m = limited(&format!("echo-{i}"), 1 << 20, 50_000_000);
+        let info = n0
+            .services
+            .publish(ECHO.as_bytes().to_vec(), m)
+            .await
+            .unwrap();
+        images.push(info.image.parse().unwrap());
+    }
+    // Twice each image at once, as registrations and probe rounds arriving together would.
+    let calls: Vec<_> = images
+        .iter()
+        .chain(images.iter())
+        .map(|image| {
+            let (host, image) = (n1.services.clone(), *image);
+            tokio::spawn(async move { host.probe_image(image, 7).await })
+        })
+        .collect();
+    let mut busy = 0;
+    for call in calls {
+        let got = timeout(WAIT, call).await.unwrap().unwrap();
+        match got {
+            GuestExpectation::Unknown(why) => {
+                assert!(why.contains("probe images are being loaded"), "{why}");
+                busy += 1;
+            }
+            GuestExpectation::NoExport | GuestExpectation::Value(_) => {}
+        }
+    }
+    let stats = n1.services.probe_load_stats();
+    assert!(stats.peak <= PROBE_LOADS, "{stats:?}");
+    assert_eq!((stats.running, stats.waiting), (0, 0), "{stats:?}");
+    assert_eq!(stats.refused, busy, "{stats:?}");
+    // 48 loads asked at once, 2 run and 16 wait: some are refused (how many depends on how
+    // fast the first ones finish).
+    assert!(stats.refused > 0, "{stats:?}");
+    // One at a time, every image loads, the refused ones included.
+    for image in &images {
+        let got = timeout(WAIT, n1.services.probe_image(*image, 7))
+            .await
+            .unwrap();
+        assert!(!matches!(got, GuestExpectation::Unknown(_)), "{got:?}");
+    }
+    assert_eq!(n1.services.probe_load_stats().refused, busy);
+    net.shutdown().await;
+}

@@ -226,6 +226,27 @@ pub fn first_uptime_from(
     };
     floor.max(cursor.unwrap_or(0))
 }
+/// The data proofs a heartbeat reports: up to `limit` of those the radio `offered` (its
+/// bounded checkpoint history, oldest first) not yet in `reported`. `reported` first forgets
+/// what the radio no longer offers, so it never holds more than that history however long
+/// the contract lasts (THREATS C26: a set never pruned grew by up to 16 ids a heartbeat for
+/// the contract's life). The caller adds the returned proofs to `reported` once the batch
+/// carrying them was accepted.
+pub fn fresh_proofs<T: Ord + Clone>(
+    reported: &mut BTreeSet<T>,
+    offered: &[T],
+    limit: usize,
+) -> Vec<T> {
+    let offered_set: BTreeSet<&T> = offered.iter().collect();
+    reported.retain(|p| offered_set.contains(p));
+    offered
+        .iter()
+        .filter(|p| !reported.contains(*p))
+        .take(limit)
+        .cloned()
+        .collect()
+}
+
 /// An arbitrator reports a probe "down" or a failed storage challenge only while its latest
 /// block arrived at most this long ago: one that hears no blocks may be the one cut off, and
 /// must not blame the provider for its own isolation (blocks come every second while a

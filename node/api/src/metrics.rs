@@ -107,6 +107,7 @@ struct Series {
     bitswap: Family<Labels, Counter>,
     bitswap_bytes: Family<Labels, Counter>,
     storage_gc: Family<Labels, Counter>,
+    probe_image_loads: Family<Labels, Counter>,
     services: Family<Labels, Gauge>,
     service_fuel_used: Family<Labels, Counter>,
     service_peak_memory_bytes: Family<Labels, Gauge>,
@@ -150,6 +151,7 @@ impl Series {
             bitswap: Family::default(),
             bitswap_bytes: Family::default(),
             storage_gc: Family::default(),
+            probe_image_loads: Family::default(),
             services: Family::default(),
             service_fuel_used: Family::default(),
             service_peak_memory_bytes: Family::default(),
@@ -340,6 +342,12 @@ impl Series {
             "Collections of unpinned blocks and what they deleted, by event (runs, deferred, \
              failed, removed_blocks, removed_bytes)",
             s.storage_gc.clone(),
+        );
+        r.register(
+            "probe_image_loads",
+            "Loads of probe images refused because too many waited, or answered by another \
+             load of the same image, by event (refused, shared)",
+            s.probe_image_loads.clone(),
         );
         r.register("services", "Hosted services by state", s.services.clone());
         r.register(
@@ -739,6 +747,10 @@ impl Metrics {
             }
         }
         if let Some(host) = &st.services {
+            let p = host.probe_load_stats();
+            for (event, v) in [("refused", p.refused), ("shared", p.shared)] {
+                set_family_counter(&s.probe_image_loads, &[("event", event)], v);
+            }
             let list = host.list();
             s.services.clear();
             s.service_fuel_used.clear();

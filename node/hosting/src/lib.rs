@@ -226,6 +226,14 @@ pub enum ServiceError {
         /// Why it did not start.
         source: Box<ServiceError>,
     },
+    /// Too many probe images are being fetched and compiled here already (THREATS A15).
+    #[error(
+        "{} probe images are being loaded here and {} more wait; this one is not loaded now \
+         (its probe is judged on the hosting layer's word)",
+        probe::PROBE_LOADS,
+        probe::PROBE_LOADS_WAITING
+    )]
+    ProbeLoadsBusy,
     /// A dependency started but did not become ready (first poll answered, healthy) in time.
     #[error(
         "cannot start {service}: its dependency {dependency} was not ready within {waited_ms} ms \
@@ -363,6 +371,8 @@ struct Inner {
     published: broadcast::Sender<PublishedMsg>,
     /// Images compiled for arbitrators' probes (bounded, `probe`).
     probe_modules: Mutex<BTreeMap<Cid, probe::ProbeModule>>,
+    /// Bounds the probe images fetched and compiled at once (`probe`, THREATS A15).
+    probe_loads: probe::ProbeLoads,
     /// The container engine set by [`ServiceHost::set_container_engine`].
     container_engine: Mutex<Option<container::Engine>>,
 }
@@ -419,6 +429,7 @@ pub fn spawn(
         staged: Mutex::new(BTreeMap::new()),
         published,
         probe_modules: Mutex::new(BTreeMap::new()),
+        probe_loads: probe::ProbeLoads::default(),
         container_engine: Mutex::new(None),
     });
     let host = ServiceHost {

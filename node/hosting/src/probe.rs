@@ -3,6 +3,7 @@
 //! on its own fresh instance of the contract's image, fetched like a provider fetches it
 //! (pinned in this node's store), compiled once and kept in a bounded cache.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agora_contracts::probe::GuestExpectation;
@@ -20,6 +21,95 @@ pub const LIVE_PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 pub const MAX_PROBE_MODULES: usize = 16;
 /// The name the probe cache holds its images under ([`agora_exchange::holds`]).
 pub const PROBE_HOLDER: &str = "probe";
+/// Probe images fetched and compiled at once (THREATS A15: each registered contract naming
+/// this node as arbitrator started its own fetch of up to 64 MiB and its own compile, with
+/// no bound on how many ran together).
+pub const PROBE_LOADS: usize = 2;
+/// Loads that may wait for one of the [`PROBE_LOADS`]; beyond them a load is refused
+/// ([`ServiceError::ProbeLoadsBusy`], counted) and its probe judged on the hosting layer's
+/// word, like a probe whose image is not compiled yet.
+pub const PROBE_LOADS_WAITING: usize = 16;
+
+/// What the probe cache's loads did (THREATS A15).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeLoadStats {
+    /// Loads (fetch and compile) running now.
+    pub running: usize,
+    /// The most that ever ran at once.
+    pub peak: usize,
+    /// Loads waiting for a turn now.
+    pub waiting: usize,
+    /// Loads refused because too many waited.
+    pub refused: u64,
+    /// Loads that found the image compiled by another while they waited.
+    pub shared: u64,
+}
+
+/// The bound on probe-image loads and what it counted.
+pub(crate) struct ProbeLoads {
+    turns: tokio::sync::Semaphore,
+    running: AtomicUsize,
+    peak: AtomicUsize,
+    waiting: AtomicUsize,
+    refused: AtomicU64,
+    shared: AtomicU64,
+}
+
+impl Default for ProbeLoads {
+    fn default() -> Self {
+        Self {
+            turns: tokio::sync::Semaphore::new(PROBE_LOADS),
+            running: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            shared: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Decrements a counter when dropped (a waiting or running load whose caller went away).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ProbeLoads {
+    /// A turn to load, after at most [`PROBE_LOADS_WAITING`] others waiting.
+    async fn turn(&self) -> Result<(tokio::sync::SemaphorePermit<'_>, Counted<'_>), ServiceError> {
+        let permit = {
+            let waiting = Counted(&self.waiting);
+            if self.waiting.fetch_add(1, Ordering::Relaxed) >= PROBE_LOADS_WAITING {
+                drop(waiting);
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(ServiceError::ProbeLoadsBusy);
+            }
+            let permit = self
+                .turns
+                .acquire()
+                .await
+                .map_err(|e| ServiceError::Task(e.to_string()))?;
+            drop(waiting);
+            permit
+        };
+        let now = self.running.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        Ok((permit, Counted(&self.running)))
+    }
+
+    fn stats(&self) -> ProbeLoadStats {
+        ProbeLoadStats {
+            running: self.running.load(Ordering::Relaxed),
+            peak: self.peak.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            shared: self.shared.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// An image compiled for probes: its module (`None`: a container image, nothing to call) and
 /// the limits a fresh instance gets.
@@ -52,6 +142,11 @@ impl ServiceHost {
         }
     }
 
+    /// What the probe cache's loads did (THREATS A15).
+    pub fn probe_load_stats(&self) -> ProbeLoadStats {
+        self.inner.probe_loads.stats()
+    }
+
     /// What `image`'s `agora_probe(nonce)` returns on a fresh instance here: what the
     /// provider's live instance must have answered.
     pub async fn probe_image(&self, image: Cid, nonce: i64) -> GuestExpectation {
@@ -75,6 +170,15 @@ impl ServiceHost {
         image: Cid,
     ) -> Result<Option<(CompiledModule, ServiceLimits)>, ServiceError> {
         if let Some(m) = lock(&self.inner.probe_modules).get(&image) {
+            return Ok(m.module.clone());
+        }
+        let _turn = self.inner.probe_loads.turn().await?;
+        // Another load of the same image may have finished while this one waited.
+        if let Some(m) = lock(&self.inner.probe_modules).get(&image) {
+            self.inner
+                .probe_loads
+                .shared
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(m.module.clone());
         }
         // Held while cached: an arbitrator keeps at most MAX_PROBE_MODULES probed images.

@@ -25,8 +25,6 @@ const ARM_RECHECK_MS: u64 = 500;
 /// its module to be final before it is called off (a settlement waits for at most one
 /// evidence round and its report grace; a slot waits until its start).
 const MAX_ARM_WAIT_MS: u64 = 10 * 60 * 1_000;
-/// Data-proof CIDs per heartbeat transaction.
-const PROOFS_PER_HEARTBEAT: usize = 16;
 
 impl Orchestrator {
     pub(super) async fn record(&self, id: ContractId) -> Option<ContractRecord> {
@@ -806,29 +804,38 @@ impl Orchestrator {
 
     /// Reports uptime, readings and data proofs of an active hosted contract.
     async fn heartbeat(&mut self, contract: ContractId, now: u64) {
-        let Some(h) = self.hosted.get(&contract).cloned() else {
+        if !self.hosted.contains_key(&contract) {
             return;
-        };
+        }
         let id = Self::service_id(&contract);
         // Active, a restart's wait included: a guest that fails just before a heartbeat must
         // not turn the whole interval since the last one into a gap the provider admits to
         // (the committee's probes judge the wait itself).
         let active = self.services.active(&id).await;
         let status = self.radio.status().await;
+        let offered: Vec<String> = status
+            .checkpoints
+            .iter()
+            .filter(|c| c.mine && c.checkpoint.service == id && !c.checkpoint.proof.is_empty())
+            .map(|c| c.checkpoint.proof.clone())
+            .collect();
+        // Borrowed, not copied: the entry is written back below (THREATS C26).
+        let Some(h) = self.hosted.get_mut(&contract) else {
+            return;
+        };
         let processed: u64 = status
             .devices
             .iter()
             .filter(|d| d.service.as_deref() == Some(id.as_str()) || h.devices.contains(&d.device))
             .map(|d| d.processed)
             .sum();
-        let proofs: Vec<String> = status
-            .checkpoints
-            .iter()
-            .filter(|c| c.mine && c.checkpoint.service == id && !c.checkpoint.proof.is_empty())
-            .map(|c| c.checkpoint.proof.clone())
-            .filter(|p| !h.proofs_reported.contains(p))
-            .take(PROOFS_PER_HEARTBEAT)
-            .collect();
+        let proofs = agora_roles::fresh_proofs(
+            &mut h.proofs_reported,
+            &offered,
+            agora_roles::PROOFS_PER_HEARTBEAT,
+        );
+        let (reported_to, active_since, readings_reported) =
+            (h.reported_to, h.active_since, h.readings_reported);
         let to = now.saturating_sub(CLOCK_MARGIN_MS);
         // Each batch starts where the ledger's cursor stands (THREATS A6): a block stamped
         // behind this node's clock clips the batch to the block's time, and a batch refused
@@ -838,8 +845,7 @@ impl Orchestrator {
         let rec = self.record(contract).await;
         let cursor = rec.as_ref().and_then(|r| r.last_uptime_end);
         let activated_at = rec.as_ref().and_then(|r| r.activated_at);
-        let from =
-            agora_roles::first_uptime_from(h.reported_to, h.active_since, cursor, activated_at);
+        let from = agora_roles::first_uptime_from(reported_to, active_since, cursor, activated_at);
         let intervals = if active && to > from {
             vec![UptimeInterval { from, to }]
         } else {
@@ -847,7 +853,7 @@ impl Orchestrator {
         };
         let batch = HeartbeatBatch {
             intervals: intervals.clone(),
-            readings_processed: processed.saturating_sub(h.readings_reported),
+            readings_processed: processed.saturating_sub(readings_reported),
             data_proofs: proofs.iter().filter_map(|p| p.parse().ok()).collect(),
         };
         let ok = self

@@ -176,6 +176,7 @@ fn devnet_nodes_serve_metrics_health_and_readiness() {
         assert!(m.contains_key("agora_bitswap_total{event=\"blocks_sent\"}"));
         assert!(m.contains_key("agora_bitswap_bytes_total{direction=\"received\"}"));
         assert!(m.contains_key("agora_storage_gc_total{event=\"removed_blocks\"}"));
+        assert!(m.contains_key("agora_probe_image_loads_total{event=\"refused\"}"));
         // libp2p's own series share the registry (the `metrics` feature of libp2p).
         for prefix in ["libp2p_swarm_connections_established", "libp2p_identify_"] {
             assert!(

@@ -189,14 +189,7 @@ impl Provider {
         if !matches!(h.run, Run::Active { .. }) {
             return;
         }
-        // Forget reported proofs the radio no longer offers (it keeps a bounded history).
-        h.beat.proofs_reported.retain(|p| proofs.contains(p));
-        let fresh: Vec<Cid> = proofs
-            .iter()
-            .filter(|p| !h.beat.proofs_reported.contains(p))
-            .take(PROOFS_PER_HEARTBEAT)
-            .copied()
-            .collect();
+        let fresh = crate::fresh_proofs(&mut h.beat.proofs_reported, proofs, PROOFS_PER_HEARTBEAT);
         let to = v.now.saturating_sub(CLOCK_MARGIN_MS);
         // Each batch starts where the ledger's cursor stands, never before the service
         // (re)started or was last seen stopped (THREATS A6: a block stamped behind this

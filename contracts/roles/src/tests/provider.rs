@@ -687,3 +687,30 @@ fn the_first_batch_starts_at_the_activation_the_ledger_recorded() {
     );
     assert_eq!(first_uptime_from(5_500, None, None, None), 5_500);
 }
+
+/// THREATS C26: the set of reported proofs follows the radio's bounded history instead of
+/// growing for the contract's life, and still reports every proof once.
+#[test]
+fn reported_proofs_never_outgrow_what_the_radio_offers() {
+    const HISTORY: u64 = 64;
+    let mut reported = std::collections::BTreeSet::new();
+    let mut sent = Vec::new();
+    for beat in 0..1_000u64 {
+        // Each heartbeat the radio made 16 new proofs and keeps its last 64.
+        let newest = (beat + 1) * 16;
+        let offered: Vec<u64> = (newest.saturating_sub(HISTORY)..newest).collect();
+        let fresh = crate::fresh_proofs(&mut reported, &offered, PROOFS_PER_HEARTBEAT);
+        reported.extend(fresh.iter().copied());
+        sent.extend(fresh);
+        assert!(
+            reported.len() as u64 <= HISTORY,
+            "{} at beat {beat}",
+            reported.len()
+        );
+    }
+    assert_eq!(
+        sent,
+        (0..16_000).collect::<Vec<u64>>(),
+        "each proof once, in order"
+    );
+}

@@ -140,6 +140,12 @@ async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slash
     .await;
     let pinned = net.node(provider).unwrap().storage.ls().await.unwrap().pins;
     assert!(pinned.contains(&file), "the provider pinned the file");
+    // THREATS C25: the file's chunk tree is kept on disk for a restart.
+    let tree = net
+        .data_dir(provider)
+        .join(agora_exchange::custody::TREES_DIR)
+        .join(format!("{file}.tree"));
+    assert!(tree.exists(), "no kept tree at {}", tree.display());
     // THREATS C20: the provider's market holds the award's capacity until the contract's end
     // once it is registered (not for good, and not only the 11 min an unregistered award gets).
     let registered = rec.registered_at;
@@ -241,6 +247,16 @@ async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slash
     })
     .await;
     assert!(closed.storage_failed >= judged.storage_failed);
+    // The kept tree goes with the contract's custody.
+    let mut gone = false;
+    for _ in 0..300 {
+        gone = !tree.exists();
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the kept tree outlived its custody");
     // The contract closed long before its end: the provider lets its capacity go at once
     // (the deal task's follower sees it closed within 2 s; the market's next tick drops it).
     let mut released = false;

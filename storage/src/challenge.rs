@@ -96,10 +96,23 @@ impl StorageCommitment {
 }
 
 fn chunk_tree<S: BlockStore + ?Sized>(store: &S, file: &Cid) -> Result<MerkleTree> {
-    let mut hashes = Vec::new();
-    for leaf in file_leaves(store, file)? {
-        hashes.push(leaf_hash(&leaf_bytes(store, &leaf)?));
+    chunk_tree_of(store, file, &file_leaves(store, file)?)
+}
+
+/// The tree over `leaves` (`file`'s chunks, in order): reads every chunk.
+fn chunk_tree_of<S: BlockStore + ?Sized>(
+    store: &S,
+    file: &Cid,
+    leaves: &[Cid],
+) -> Result<MerkleTree> {
+    let mut hashes = Vec::with_capacity(leaves.len());
+    for leaf in leaves {
+        hashes.push(leaf_hash(&leaf_bytes(store, leaf)?));
     }
+    tree_of(file, hashes)
+}
+
+fn tree_of(file: &Cid, hashes: Vec<Hash>) -> Result<MerkleTree> {
     MerkleTree::from_leaf_hashes(hashes).ok_or(StorageError::Malformed {
         cid: *file,
         reason: "file has no chunks".into(),
@@ -139,11 +152,45 @@ pub struct Prover {
 impl Prover {
     /// Prepares to answer for `file` (reads every chunk once to build the tree).
     pub fn new<S: BlockStore + ?Sized>(store: &S, file: &Cid) -> Result<Self> {
+        let leaves = file_leaves(store, file)?;
+        let tree = chunk_tree_of(store, file, &leaves)?;
         Ok(Prover {
             file: *file,
-            leaves: file_leaves(store, file)?,
-            tree: chunk_tree(store, file)?,
+            leaves,
+            tree,
         })
+    }
+
+    /// Prepares to answer for `file` from its chunks (`leaves`, in order) and their hashes as
+    /// an earlier prover gave them ([`Prover::leaves`], [`Prover::leaf_hashes`]): reads
+    /// nothing, so a restarted provider has a large file's tree at once. Fails when their
+    /// numbers differ; whether they are right shows in [`Prover::commitment`]'s root.
+    pub fn from_parts(file: &Cid, leaves: Vec<Cid>, hashes: Vec<Hash>) -> Result<Self> {
+        if leaves.len() != hashes.len() {
+            return Err(StorageError::Malformed {
+                cid: *file,
+                reason: format!(
+                    "{} leaf hashes kept for a file of {} chunks",
+                    hashes.len(),
+                    leaves.len()
+                ),
+            });
+        }
+        Ok(Prover {
+            file: *file,
+            leaves,
+            tree: tree_of(file, hashes)?,
+        })
+    }
+
+    /// The hash of each chunk, in order (what [`Prover::from_parts`] takes back).
+    pub fn leaf_hashes(&self) -> &[Hash] {
+        self.tree.leaf_hashes()
+    }
+
+    /// Each chunk's block, in order (what [`Prover::from_parts`] takes back).
+    pub fn leaves(&self) -> &[Cid] {
+        &self.leaves
     }
 
     /// The commitment this prover answers for (what [`StorageCommitment::for_file`] computes,

@@ -66,6 +66,11 @@ impl MerkleTree {
             .unwrap_or([0; 32])
     }
 
+    /// The leaf hashes, in order.
+    pub fn leaf_hashes(&self) -> &[Hash] {
+        self.levels.first().map_or(&[], Vec::as_slice)
+    }
+
     /// Number of leaves.
     pub fn len(&self) -> u64 {
         self.levels.first().map_or(0, |l| l.len() as u64)

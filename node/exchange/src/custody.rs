@@ -6,13 +6,16 @@
 //! pulls the file itself.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use agora_storage::challenge::{Challenge, ChallengeResponse, Prover, StorageCommitment};
 use agora_storage::hash::{RAW, cid_v1_blake3, verify_block};
+use agora_storage::merkle::Hash;
 use agora_storage::{Cid, StorageError};
 
 use super::{Embedded, ExchangeError, StorageHandle};
+use crate::holds::Released;
 
 /// Most chunk indices one challenge may ask for (bounds the work a challenger can demand).
 pub const MAX_CHALLENGE_INDICES: usize = 64;
@@ -32,8 +35,36 @@ const KEPT_CHUNKS: usize = 262_144;
 /// cleared at 16 files, so a customer with a large file and fifteen small contracts on one
 /// provider made it rebuild the large file's tree inside the 5 s answer deadline, round after
 /// round, and lose rounds it had honestly kept (storage audit of session 50).
+///
+/// Each tree built is also written to `<data-dir>/custody-trees/<file>.tree` (each chunk's
+/// block and hash, about 70 bytes a chunk) and read back instead of rebuilt after a restart, when custody is
+/// taken again or a challenge finds it not cached: before, a restarted provider's first round
+/// for a large file read and hashed the whole file inside the answer deadline (THREATS C25).
+/// The file goes with the last custody of its file; at most [`KEPT_PROVERS`] are kept.
 #[derive(Clone, Debug, Default)]
-pub struct Provers(Arc<Mutex<ProverCache>>);
+pub struct Provers {
+    cache: Arc<Mutex<ProverCache>>,
+    /// Where trees are kept on disk (none: in memory only).
+    dir: Option<Arc<PathBuf>>,
+}
+
+/// How the holder of a contract's custody is named: `custody:<contract>`.
+pub const CUSTODY_HOLDER_PREFIX: &str = "custody:";
+
+/// The folder of the data dir trees are kept in.
+pub const TREES_DIR: &str = "custody-trees";
+/// A kept tree's file starts with this, then the blake3 hash of the rest (32 bytes), the
+/// root (32 bytes), the chunk count (u64 LE), each chunk's hash (32 bytes), and each chunk's
+/// CID (its length as u16 LE, then its bytes).
+const TREE_MAGIC: &[u8; 8] = b"agoraT2\n";
+
+/// Where a prover came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Built {
+    Cached,
+    Loaded,
+    Fresh,
+}
 
 #[derive(Debug, Default)]
 struct ProverCache {
@@ -43,10 +74,93 @@ struct ProverCache {
 }
 
 impl Provers {
+    /// A cache that keeps its trees in `dir` as well.
+    pub(crate) fn kept_in(dir: PathBuf) -> Self {
+        Provers {
+            cache: Arc::default(),
+            dir: Some(Arc::new(dir)),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ProverCache> {
-        self.0
+        self.cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn tree_path(&self, file: &Cid) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(format!("{file}.tree")))
+    }
+
+    /// `file`'s prover: cached, or from its kept tree (checked against the root kept with it,
+    /// and `want`'s when given), or built from the file's chunks and kept on disk. Blocking.
+    fn load_or_build<S: agora_storage::BlockStore + ?Sized>(
+        &self,
+        store: &S,
+        file: &Cid,
+        want: Option<&StorageCommitment>,
+    ) -> agora_storage::Result<(Arc<Prover>, Built)> {
+        if let Some(p) = self.get(file) {
+            return Ok((p, Built::Cached));
+        }
+        if let Some(path) = self.tree_path(file)
+            && let Some((root, leaves, hashes)) = read_tree(&path)
+        {
+            match Prover::from_parts(file, leaves, hashes) {
+                Ok(p)
+                    if p.commitment().root == root && want.is_none_or(|w| *w == p.commitment()) =>
+                {
+                    return Ok((Arc::new(p), Built::Loaded));
+                }
+                Ok(_) => {
+                    tracing::warn!(path = %path.display(), "kept chunk tree does not fit its file: built again")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "kept chunk tree unusable: built again")
+                }
+            }
+        }
+        let p = Arc::new(Prover::new(store, file)?);
+        if let Some(path) = self.tree_path(file) {
+            if let Err(e) = write_tree(&path, &p) {
+                tracing::warn!(path = %path.display(), error = %e, "chunk tree not kept on disk");
+            }
+            self.bound_dir();
+        }
+        Ok((p, Built::Fresh))
+    }
+
+    /// Keeps at most [`KEPT_PROVERS`] trees on disk, the oldest written going first.
+    fn bound_dir(&self) {
+        let Some(dir) = &self.dir else { return };
+        let Ok(entries) = std::fs::read_dir(dir.as_path()) else {
+            return;
+        };
+        let mut trees: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "tree"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        if trees.len() <= KEPT_PROVERS {
+            return;
+        }
+        trees.sort();
+        for (_, path) in &trees[..trees.len() - KEPT_PROVERS] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Forgets `file`'s tree on disk (its last custody ended); the cache lets it age out.
+    fn forget(&self, file: &Cid) {
+        if let Some(path) = self.tree_path(file) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(%file, "kept chunk tree removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "kept chunk tree not removed")
+                }
+            }
+        }
     }
 
     fn get(&self, file: &Cid) -> Option<Arc<Prover>> {
@@ -90,6 +204,62 @@ impl Provers {
         let cache = self.lock();
         cache.kept.contains_key(file)
     }
+}
+
+/// Writes `prover`'s tree to `path` (through a temporary file, so a crash leaves the old one
+/// or none).
+fn write_tree(path: &Path, prover: &Prover) -> std::io::Result<()> {
+    let hashes = prover.leaf_hashes();
+    let mut body = Vec::with_capacity(40 + 72 * hashes.len());
+    body.extend_from_slice(&prover.commitment().root);
+    body.extend_from_slice(&(hashes.len() as u64).to_le_bytes());
+    for h in hashes {
+        body.extend_from_slice(h);
+    }
+    for leaf in prover.leaves() {
+        let cid = leaf.to_bytes();
+        let len = u16::try_from(cid.len()).map_err(std::io::Error::other)?;
+        body.extend_from_slice(&len.to_le_bytes());
+        body.extend_from_slice(&cid);
+    }
+    let mut bytes = Vec::with_capacity(40 + body.len());
+    bytes.extend_from_slice(TREE_MAGIC);
+    bytes.extend_from_slice(blake3::hash(&body).as_bytes());
+    bytes.extend_from_slice(&body);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tree.tmp");
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A kept tree: its root, chunks and their hashes.
+type KeptTree = (Hash, Vec<Cid>, Vec<Hash>);
+
+/// The tree kept at `path`, if it holds a whole, undamaged tree file.
+fn read_tree(path: &Path) -> Option<KeptTree> {
+    let bytes = std::fs::read(path).ok()?;
+    let rest = bytes.strip_prefix(TREE_MAGIC)?;
+    let (sum, body) = rest.split_first_chunk::<32>()?;
+    if blake3::hash(body).as_bytes() != sum {
+        return None;
+    }
+    let (root, rest) = body.split_first_chunk::<32>()?;
+    let (count, rest) = rest.split_first_chunk::<8>()?;
+    let count = usize::try_from(u64::from_le_bytes(*count)).ok()?;
+    let (hashes, mut rest) = rest.split_at_checked(count.checked_mul(32)?)?;
+    let hashes = hashes
+        .chunks_exact(32)
+        .filter_map(|h| <Hash>::try_from(h).ok())
+        .collect();
+    let mut leaves = Vec::with_capacity(count);
+    while let Some((len, tail)) = rest.split_first_chunk::<2>() {
+        let (cid, tail) = tail.split_at_checked(usize::from(u16::from_le_bytes(*len)))?;
+        leaves.push(Cid::try_from(cid).ok()?);
+        rest = tail;
+    }
+    (rest.is_empty() && leaves.len() == count).then_some((*root, leaves, hashes))
 }
 
 fn invalid(msg: String) -> ExchangeError {
@@ -203,8 +373,16 @@ impl StorageHandle {
     /// unless something else here holds or keeps them).
     pub async fn release_custody(&self, file: Cid, commitment: Cid, holder: &str) {
         for cid in [file, commitment] {
-            if let Err(e) = self.release(cid, holder).await {
-                tracing::debug!(%cid, holder, error = %e, "custody hold not released");
+            match self.release(cid, holder).await {
+                Err(e) => tracing::debug!(%cid, holder, error = %e, "custody hold not released"),
+                // The file's tree on disk goes with its last custody here.
+                Ok(Released::StillHeld(others))
+                    if others.iter().any(|h| h.starts_with(CUSTODY_HOLDER_PREFIX)) => {}
+                Ok(_) if cid == file => {
+                    let provers = self.provers.clone();
+                    let _ = tokio::task::spawn_blocking(move || provers.forget(&file)).await;
+                }
+                Ok(_) => {}
             }
         }
     }
@@ -242,9 +420,11 @@ impl StorageHandle {
                 "file {file} declares {declared} bytes, more than the contract's {max_bytes}"
             )));
         }
-        // One pass over the file builds the tree the challenges are answered from.
-        let prover = store
-            .blocking(move |s| Prover::new(s, &file).map(Arc::new))
+        // One pass over the file builds the tree the challenges are answered from (or it is
+        // read back as kept by an earlier run, when it gives the claimed commitment).
+        let provers = self.provers.clone();
+        let (prover, _) = store
+            .blocking(move |s| provers.load_or_build(s, &file, Some(&claimed)))
             .await?;
         // Chunks are what an answer's tree holds in memory: at most one per 64 KiB bought
         // (honest files chunk at 256 KiB), so a DAG of one-byte leaves declaring little cannot
@@ -311,23 +491,18 @@ impl StorageHandle {
         }
         let store = self.custody_store()?;
         let file = challenge.file;
-        let cached = self.provers.get(&file);
-        let (answer, built) = store
+        let provers = self.provers.clone();
+        let (answer, prover, built) = store
             .blocking(move |s| {
                 if !s.pins()?.contains(&file) {
                     return Err(StorageError::NotFound { cid: file });
                 }
-                match cached {
-                    // `get` already marked it used.
-                    Some(p) => Ok((p.respond(s, &challenge)?, None)),
-                    None => {
-                        let p = Arc::new(Prover::new(s, &file)?);
-                        Ok((p.respond(s, &challenge)?, Some(p)))
-                    }
-                }
+                // `get` marks a cached one used.
+                let (p, built) = provers.load_or_build(s, &file, None)?;
+                Ok((p.respond(s, &challenge)?, p, built))
             })
             .await?;
-        if let Some(prover) = built {
+        if built != Built::Cached {
             self.provers.keep(file, prover);
         }
         Ok(answer)
@@ -385,7 +560,7 @@ mod tests {
             "the oldest small file is evicted"
         );
         assert!(provers.holds(small.last().unwrap()));
-        let cache = provers.0.lock().unwrap();
+        let cache = provers.cache.lock().unwrap();
         assert!(cache.kept.len() <= KEPT_PROVERS);
         assert_eq!(
             cache.chunks,
@@ -395,6 +570,51 @@ mod tests {
         // Keeping a kept tree again changes nothing.
         provers.keep(big, big_prover);
         assert!(provers.holds(&big));
+    }
+
+    /// THREATS C25: a tree built once is kept on disk and read back after a restart without
+    /// reading the file's chunks; a damaged or foreign tree file is not used.
+    #[test]
+    fn a_kept_tree_is_read_back_without_the_chunks_and_a_damaged_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = agora_storage::MemoryBlockStore::new();
+        let (file, built) = prover(&store, 3, 40);
+        let want = built.commitment();
+        let first = Provers::kept_in(dir.path().to_path_buf());
+        let (p, how) = first.load_or_build(&store, &file, Some(&want)).unwrap();
+        assert_eq!((how, p.commitment()), (Built::Fresh, want));
+        // The next run: its cache is empty and the chunks are gone, only the DAG is left.
+        for leaf in agora_storage::unixfs::file_leaves(&store, &file).unwrap() {
+            agora_storage::BlockStore::delete(&store, &leaf).unwrap();
+        }
+        let restarted = Provers::kept_in(dir.path().to_path_buf());
+        let (p, how) = restarted.load_or_build(&store, &file, Some(&want)).unwrap();
+        assert_eq!((how, p.commitment()), (Built::Loaded, want));
+        // Asked for another commitment, the kept tree is not used (and the chunks are gone).
+        let other = StorageCommitment {
+            root: [9; 32],
+            ..want
+        };
+        assert!(
+            Provers::kept_in(dir.path().to_path_buf())
+                .load_or_build(&store, &file, Some(&other))
+                .is_err()
+        );
+        // A damaged tree file is not used either.
+        let path = restarted.tree_path(&file).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(
+            Provers::kept_in(dir.path().to_path_buf())
+                .load_or_build(&store, &file, None)
+                .is_err()
+        );
+        std::fs::write(&path, &bytes[..last]).unwrap();
+        assert!(read_tree(&path).is_none(), "a truncated tree file");
+        restarted.forget(&file);
+        assert!(!path.exists());
     }
 
     #[test]

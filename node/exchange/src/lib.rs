@@ -201,13 +201,18 @@ impl StorageHandle {
         config: StorageConfig,
         data_dir: &Path,
     ) -> Self {
+        let provers = if embedded.is_some() {
+            custody::Provers::kept_in(data_dir.join(custody::TREES_DIR))
+        } else {
+            custody::Provers::default()
+        };
         StorageHandle {
             backend,
             embedded,
             signer,
             config,
             jobs: jobs::Jobs::default(),
-            provers: custody::Provers::default(),
+            provers,
             gate: audit::gate::ChallengeGate::default(),
             holds: Arc::default(),
             holds_path: data_dir.join(holds::HOLDS_FILE),

@@ -12,7 +12,10 @@ use agora_wire::now_ms;
 
 /// The name a storage contract's custody holds its file under ([`agora_exchange::holds`]).
 fn custody_holder(contract: &ContractId) -> String {
-    format!("custody:{contract}")
+    format!(
+        "{}{contract}",
+        agora_exchange::custody::CUSTODY_HOLDER_PREFIX
+    )
 }
 
 impl Orchestrator {

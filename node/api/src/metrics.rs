@@ -329,7 +329,8 @@ impl Series {
         r.register(
             "bitswap",
             "Bitswap events (messages_in, rejected, blocks_sent, blocks_received, unwanted, \
-             writers_stalled: a peer took nothing for 30 s, wants_deduplicated)",
+             writers_stalled: a peer took nothing for 30 s, wants_deduplicated, wants_timed_out, \
+             peers_benched: a peer's wants timed out in a row)",
             s.bitswap.clone(),
         );
         r.register(
@@ -739,6 +740,8 @@ impl Metrics {
                 ("unwanted", b.unwanted),
                 ("writers_stalled", b.writers_stalled),
                 ("wants_deduplicated", b.wants_deduplicated),
+                ("wants_timed_out", b.wants_timed_out),
+                ("peers_benched", b.peers_benched),
             ] {
                 set_family_counter(&s.bitswap, &[("event", event)], v);
             }

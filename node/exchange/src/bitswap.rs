@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use agora_network::streams::{AlreadyRegistered, Control, OpenStreamError};
 use agora_network::{PeerId, Stream, StreamProtocol, StreamQuota};
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
 use super::framing::{MessageError, read_message, write_message};
+use super::scores::{PeerScores, Rank};
 use agora_storage::wire::FrameError;
 
 /// Protocols we accept, newest first; we open streams with the first one the peer supports.
@@ -103,6 +105,14 @@ pub struct BitswapStats {
     /// Inbound streams served now (each holds a slot of the node's bitswap stream quota).
     #[serde(default)]
     pub inbound_streams: u64,
+    /// Wants a peer did not answer within the fetch's deadline (asked again elsewhere).
+    #[serde(default)]
+    pub wants_timed_out: u64,
+    /// Times a peer took `scores::BENCH_AFTER` strikes in a row (expiry passes with wants of
+    /// its timed out) and was benched: asked
+    /// only when every other peer refused a block (THREATS N23).
+    #[serde(default)]
+    pub peers_benched: u64,
 }
 
 #[derive(Default)]
@@ -117,6 +127,8 @@ struct Counters {
     writers_stalled: AtomicU64,
     wants_deduplicated: AtomicU64,
     inbound_streams: AtomicU64,
+    wants_timed_out: AtomicU64,
+    peers_benched: AtomicU64,
 }
 
 type Sessions = HashMap<u64, (mpsc::UnboundedSender<SessionEvent>, Vec<Cid>)>;
@@ -133,6 +145,8 @@ struct Inner {
     peers: Mutex<HashMap<PeerId, mpsc::Sender<Message>>>,
     sessions: Mutex<Sessions>,
     next_session: AtomicU64,
+    /// Who answered and who let wants time out, for every fetch of this node.
+    scores: Mutex<PeerScores>,
     counters: Counters,
     cancel: CancellationToken,
 }
@@ -193,6 +207,7 @@ impl Bitswap {
                 peers: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(0),
+                scores: Mutex::default(),
                 counters: Counters::default(),
                 cancel,
             }),
@@ -264,7 +279,32 @@ impl Bitswap {
             writers_stalled: c.writers_stalled.load(Ordering::Relaxed),
             wants_deduplicated: c.wants_deduplicated.load(Ordering::Relaxed),
             inbound_streams: c.inbound_streams.load(Ordering::Relaxed),
+            wants_timed_out: c.wants_timed_out.load(Ordering::Relaxed),
+            peers_benched: c.peers_benched.load(Ordering::Relaxed),
         }
+    }
+
+    /// How early each of `peers` should be asked for a block, in the same order.
+    pub fn ranks(&self, peers: &[PeerId]) -> Vec<Rank> {
+        let now = Instant::now();
+        let scores = lock(&self.inner.scores);
+        peers.iter().map(|p| scores.rank(p, now)).collect()
+    }
+
+    /// `wants` sent to `peer` were not answered in time (counted): one strike against it; a
+    /// few in a row bench it.
+    pub fn timed_out(&self, peer: PeerId, wants: usize) {
+        let c = &self.inner.counters;
+        c.wants_timed_out.fetch_add(wants as u64, Ordering::Relaxed);
+        if lock(&self.inner.scores).timed_out(peer, Instant::now()) {
+            c.peers_benched.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "bitswap peer benched: its wants time out");
+        }
+    }
+
+    /// `peer` is named a provider of a block a fetch wants (a DHT provider record).
+    pub fn claimed(&self, peer: PeerId) {
+        lock(&self.inner.scores).claimed(peer, Instant::now());
     }
 
     /// Registers a fetch session; it hears about blocks listed with [`Bitswap::want`].
@@ -505,6 +545,7 @@ impl Bitswap {
     /// Stores wanted blocks and tells the sessions that want them (blocking: sled).
     fn ingest(&self, peer: PeerId, msg: &Message) {
         let c = &self.inner.counters;
+        let (mut delivered, mut claimed) = (false, false);
         for block in &msg.payload {
             let targets = self.sessions_wanting(&block.cid);
             if targets.is_empty() {
@@ -521,6 +562,7 @@ impl Bitswap {
             c.blocks_received.fetch_add(1, Ordering::Relaxed);
             c.bytes_received
                 .fetch_add(block.data.len() as u64, Ordering::Relaxed);
+            delivered = true;
             for tx in targets {
                 let _ = tx.send(SessionEvent::Block {
                     cid: block.cid,
@@ -531,13 +573,21 @@ impl Bitswap {
             }
         }
         for p in &msg.block_presences {
-            for tx in self.sessions_wanting(&p.cid) {
+            let targets = self.sessions_wanting(&p.cid);
+            claimed |= p.kind == PresenceType::Have && !targets.is_empty();
+            for tx in targets {
                 let ev = match p.kind {
                     PresenceType::Have => SessionEvent::Have(p.cid, peer),
                     PresenceType::DontHave => SessionEvent::DontHave(p.cid, peer),
                 };
                 let _ = tx.send(ev);
             }
+        }
+        // Only wanted blocks and presences count: unsolicited ones earn no rank.
+        if delivered {
+            lock(&self.inner.scores).delivered(peer, Instant::now());
+        } else if claimed {
+            lock(&self.inner.scores).claimed(peer, Instant::now());
         }
     }
 

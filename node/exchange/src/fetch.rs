@@ -1,10 +1,12 @@
 //! Fetching a DAG by root CID from several providers at once.
 //!
 //! The walk starts at the root; each arrived block's links are queued. Up to `parallelism`
-//! blocks are in flight, spread round-robin over the providers (connected peers plus Kademlia
-//! provider records). A DONT_HAVE, a disconnect or a per-block timeout moves the want to another
-//! provider, so a fetch survives a provider dropping out. Blocks already stored are skipped, so
-//! a fetch that failed half way resumes where it stopped.
+//! blocks are in flight, each asked of the best-ranked provider (connected peers plus Kademlia
+//! provider records) that has not refused it, round-robin among equals: peers that delivered
+//! blocks before strangers, peers whose wants keep timing out last ([`crate::scores`], THREATS
+//! N23). A DONT_HAVE, a disconnect or a per-block timeout moves the want to another provider, so
+//! a fetch survives a provider dropping out. Blocks already stored are skipped, so a fetch that
+//! failed half way resumes where it stopped.
 //!
 //! How long a want may wait is measured, not fixed: each provider's block latency is smoothed
 //! as TCP smooths round-trip times (RFC 6298: `srtt + 4·rttvar`, samples of re-asked blocks
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::bitswap::{Bitswap, SessionEvent};
+use super::scores::Rank;
 use agora_network::{Interest, NetworkEvent, NetworkHandle};
 
 /// Limits of one fetch.
@@ -206,6 +209,7 @@ pub async fn fetch_dag(
             Some(found) = prov_rx.recv() => {
                 for p in found {
                     if p != network.peer_id() {
+                        bitswap.claimed(p);
                         f.add_provider(p);
                     }
                 }
@@ -316,6 +320,10 @@ impl Fetch<'_> {
             self.refuse(cid, peer);
         }
         for (peer, cids) in cancels {
+            // One strike per peer and pass, however many of its wants expired together: a
+            // stall of this node (or of an honest peer) expires every want in flight at once,
+            // which is not three silences in a row.
+            self.bitswap.timed_out(peer, cids.len());
             self.bitswap.cancel(peer, &cids);
         }
     }
@@ -336,6 +344,7 @@ impl Fetch<'_> {
     async fn fill(&mut self) -> Result<(), FetchError> {
         let mut batches: HashMap<PeerId, Vec<Cid>> = HashMap::new();
         let mut parked = Vec::new();
+        let ranks = self.bitswap.ranks(&self.providers);
         while self.in_flight.len() < self.cfg.parallelism {
             let Some(cid) = self.queue.pop_front() else {
                 break;
@@ -348,10 +357,7 @@ impl Fetch<'_> {
                 continue;
             }
             let refused = self.refused.get(&cid);
-            let n = self.providers.len();
-            let pick = (0..n)
-                .map(|i| self.providers[(self.next + i) % n])
-                .find(|p| refused.is_none_or(|r| !r.contains(p)));
+            let pick = choose_provider(&self.providers, &ranks, self.next, refused);
             match pick {
                 Some(peer) => {
                     self.next = self.next.wrapping_add(1);
@@ -372,6 +378,23 @@ impl Fetch<'_> {
         }
         Ok(())
     }
+}
+
+/// The provider to ask for a block: the best-ranked one of `providers` (`ranks` in the same
+/// order) that has not refused it, taking turns from `next` among equals; `None` when every
+/// provider refused it. A benched peer is still asked when it is the only one left.
+fn choose_provider(
+    providers: &[PeerId],
+    ranks: &[Rank],
+    next: usize,
+    refused: Option<&HashSet<PeerId>>,
+) -> Option<PeerId> {
+    let n = providers.len();
+    (0..n)
+        .map(|i| (next + i) % n)
+        .filter(|&j| refused.is_none_or(|r| !r.contains(&providers[j])))
+        .min_by_key(|&j| ranks.get(j).copied().unwrap_or(Rank::Stranger))
+        .map(|j| providers[j])
 }
 
 /// Size and links of a locally stored, verified block; `None` if absent or corrupted.
@@ -425,5 +448,29 @@ mod tests {
         assert_eq!(l.timeout(MIN_BLOCK_TIMEOUT, max), MIN_BLOCK_TIMEOUT);
         let slow = Latency::first(Duration::from_secs(3));
         assert_eq!(slow.timeout(MIN_BLOCK_TIMEOUT, max), max);
+    }
+
+    #[test]
+    fn the_best_ranked_provider_is_asked_and_a_benched_one_only_when_nobody_else_can_be() {
+        let [silent, stranger, server] = [PeerId::random(), PeerId::random(), PeerId::random()];
+        let providers = [silent, stranger, server];
+        let ranks = [Rank::Benched, Rank::Stranger, Rank::Proven];
+        for next in 0..3 {
+            assert_eq!(
+                choose_provider(&providers, &ranks, next, None),
+                Some(server)
+            );
+        }
+        let refused = HashSet::from([server]);
+        let pick = |r: &HashSet<PeerId>| choose_provider(&providers, &ranks, 0, Some(r));
+        assert_eq!(pick(&refused), Some(stranger));
+        assert_eq!(pick(&HashSet::from([server, stranger])), Some(silent));
+        assert_eq!(pick(&HashSet::from([server, stranger, silent])), None);
+        // Equals take turns.
+        let ranks = [Rank::Proven, Rank::Stranger, Rank::Proven];
+        assert_eq!(choose_provider(&providers, &ranks, 0, None), Some(silent));
+        assert_eq!(choose_provider(&providers, &ranks, 1, None), Some(server));
+        assert_eq!(choose_provider(&providers, &ranks, 2, None), Some(server));
+        assert_eq!(choose_provider(&[], &[], 0, None), None);
     }
 }

@@ -25,6 +25,7 @@ pub mod holds;
 mod jobs;
 pub mod kubo;
 mod ops;
+pub mod scores;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

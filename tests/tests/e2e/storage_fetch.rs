@@ -108,25 +108,32 @@ async fn fetch_completes_from_the_other_provider_when_one_stops() {
         let out = out.clone();
         tokio::spawn(async move { fetcher.get_file(cid, out, &tx, cfg).await })
     };
-    // Stop node0 as soon as it has delivered blocks, well before the 193 blocks are in.
-    let a_stats = a.bitswap().unwrap().clone();
-    let at_stop = loop {
+    // Stop the provider that serves as soon as it has delivered blocks, well before the 193
+    // blocks are in. Either may be the one: the fetcher keeps asking the first peer that
+    // delivered (THREATS N23) until it stops.
+    let sent = |s: &agora_exchange::StorageHandle| s.bitswap().unwrap().stats().blocks_sent;
+    let (at_stop, serving) = loop {
         rx.changed().await.unwrap();
         let p = *rx.borrow();
-        if p.fetched_blocks >= 4 && a_stats.stats().blocks_sent > 0 {
-            break p;
+        if p.fetched_blocks >= 4 && sent(&a) + sent(&b) > 0 {
+            break (p, usize::from(sent(&a) == 0));
         }
     };
-    let b_at_stop = b.bitswap().unwrap().stats().blocks_sent;
-    drop(a);
-    net.stop(0).await;
+    let (gone, rest) = if serving == 0 { (a, b) } else { (b, a) };
+    let rest_at_stop = sent(&rest);
+    drop(gone);
+    net.stop(serving).await;
     let stats = task.await.unwrap().unwrap();
-    assert!(!at_stop.done, "node0 stopped mid-fetch: {at_stop:?}");
+    assert!(
+        !at_stop.done,
+        "node{serving} stopped mid-fetch: {at_stop:?}"
+    );
     assert_eq!(stats.bytes, data.len() as u64);
     assert_eq!(std::fs::read(&out).unwrap(), data);
     assert!(
-        b.bitswap().unwrap().stats().blocks_sent > b_at_stop,
-        "node1 served the rest after node0 stopped"
+        sent(&rest) > rest_at_stop,
+        "node{} served the rest after node{serving} stopped",
+        1 - serving
     );
     net.shutdown().await;
 }
@@ -494,5 +501,127 @@ async fn corrupt_and_oversized_messages_are_rejected_without_harm() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(out).unwrap(), data);
+    net.shutdown().await;
+}
+
+/// THREATS N23: a connected peer that takes every bitswap want and answers none is asked only
+/// when no peer that delivered can be, and once its wants time out in a row it is benched —
+/// still asked when nobody else can be. Before, wants were spread round-robin over every
+/// connected peer, and each one sent to the silent peer waited out the 5 s block timeout.
+/// Mutants caught: plain round-robin (the silent peer is asked for 32 blocks or more, not 8 at
+/// most), no bench (`peers_benched` stays 0), benched peers never asked (`BENCH_AFTER` asks
+/// at most for the missing block).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_asked_after_the_peers_that_deliver_and_benched_when_it_stays_silent() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use agora_exchange::scores::BENCH_AFTER;
+    use agora_network::keys::NodeKey;
+    use agora_tests::adversary::Adversary;
+    use futures::StreamExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(2).await;
+    let (a, b) = (&net.node(0).unwrap().storage, &net.node(1).unwrap().storage);
+    // The silent peer, connected to both nodes, reads every bitswap message sent to it, counts
+    // the wants and never sends anything back.
+    let addrs: Vec<_> = (0..2)
+        .flat_map(|i| net.node(i).unwrap().p2p_addrs.clone())
+        .collect();
+    let silent = Adversary::start(NodeKey::generate(), addrs).await.unwrap();
+    let asked = Arc::new(AtomicU64::new(0));
+    let mut control = silent.network().stream_control();
+    for proto in agora_exchange::bitswap::PROTOCOLS {
+        let mut incoming = control.accept(StreamProtocol::new(proto)).unwrap();
+        let asked = asked.clone();
+        tokio::spawn(async move {
+            while let Some((_, mut s)) = incoming.next().await {
+                let asked = asked.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(m)) = agora_exchange::framing::read_message(&mut s).await {
+                        let wants = m.wantlist.iter().flat_map(|w| &w.entries);
+                        let n = wants.filter(|e| !e.cancel).count();
+                        asked.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+    }
+    let silent_id = silent.peer_id().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let peers = net.handle(1).unwrap().peers().await.unwrap();
+        if peers.iter().any(|p| p.peer_id == silent_id) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node1 never connected to the silent peer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Node1 fetches four of node0's files, 17 blocks each: round-robin asked the silent peer
+    // for half of them.
+    let mut blocks = 0;
+    for seed in 0..4 {
+        let name = format!("f{seed}.bin");
+        let (path, data) = random_file(tmp.path(), &name, 4 * 1024 * 1024, 10 + seed);
+        let added = a.add_file(path, CidVersion::V1).await.unwrap();
+        let cid: Cid = added.cid.parse().unwrap();
+        let out = tmp.path().join(format!("out{seed}.bin"));
+        let (tx, rx) = watch::channel(FetchProgress::default());
+        b.get_file(cid, out.clone(), &tx, FetchConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        blocks += rx.borrow().fetched_blocks;
+    }
+    let asked_in_fetches = asked.load(Ordering::SeqCst);
+    eprintln!(
+        "the silent peer was asked for {asked_in_fetches} of {blocks} blocks; node1 bitswap: {:?}",
+        b.bitswap().unwrap().stats()
+    );
+    // The first want may go to it, before node0 delivered anything; after that only the
+    // wants node0 let time out (none on a quiet machine).
+    assert!(
+        asked_in_fetches <= 8,
+        "the silent peer was asked for {asked_in_fetches} of {blocks} blocks"
+    );
+
+    // A block nobody has: node0 says DONT_HAVE at once, so the silent peer is asked again and
+    // again. Its wants time out in a row, it is benched, and it is still asked as the last
+    // peer left.
+    let missing = agora_storage::hash::cid_v1_blake3(agora_storage::hash::RAW, b"nobody");
+    let cfg = FetchConfig {
+        block_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(6),
+        ..FetchConfig::default()
+    };
+    let (tx, _rx) = watch::channel(FetchProgress::default());
+    let err = b
+        .embedded()
+        .unwrap()
+        .fetch(missing, cfg, &tx)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ExchangeError::Fetch(e) if matches!(**e, FetchError::Timeout { .. })),
+        "{err:?}"
+    );
+    let st = b.bitswap().unwrap().stats();
+    let asked_for_missing = asked.load(Ordering::SeqCst) - asked_in_fetches;
+    eprintln!("the silent peer was asked {asked_for_missing} times for the missing block; {st:?}");
+    assert!(st.peers_benched >= 1, "{st:?}");
+    assert!(st.wants_timed_out >= u64::from(BENCH_AFTER), "{st:?}");
+    // Its BENCH_AFTER-th timeout in a row benched it at the latest: any later want was asked
+    // of a benched peer.
+    assert!(
+        asked_for_missing > u64::from(BENCH_AFTER),
+        "benched, the silent peer must still be asked when nobody else can be: asked \
+         {asked_for_missing} times"
+    );
+    drop(silent);
     net.shutdown().await;
 }

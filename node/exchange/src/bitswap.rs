@@ -99,7 +99,7 @@ pub struct BitswapStats {
     /// reading the stream we opened to it).
     #[serde(default)]
     pub writers_stalled: u64,
-    /// Wants dropped because the same message already named the block.
+    /// Wants and block presences dropped because the same message already named the block.
     #[serde(default)]
     pub wants_deduplicated: u64,
     /// Inbound streams served now (each holds a slot of the node's bitswap stream quota).
@@ -572,7 +572,14 @@ impl Bitswap {
                 });
             }
         }
+        // Each presence once per message: 8,192 copies of one wanted block's HAVE would queue
+        // 8,192 events for its fetch (the bitswap audit of session 51).
+        let mut seen = std::collections::HashSet::new();
         for p in &msg.block_presences {
+            if !seen.insert((p.cid, p.kind == PresenceType::Have)) {
+                c.wants_deduplicated.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let targets = self.sessions_wanting(&p.cid);
             claimed |= p.kind == PresenceType::Have && !targets.is_empty();
             for tx in targets {

@@ -710,6 +710,8 @@ impl Metrics {
                 ("replay_entry", r.replay_entries_refused),
                 ("key_request", r.key_requests_refused),
                 ("key_update", r.key_updates_refused),
+                ("claim_taken", r.claims_refused_taken),
+                ("claim_share", r.claims_refused_share),
                 ("checkpoint_ignored", r.checkpoints_ignored),
                 ("checkpoint_rejected", r.checkpoints_rejected),
             ] {

@@ -41,6 +41,9 @@ impl Orchestrator {
         if let Some(facts) = self.facts(Vec::new()).await {
             self.drive(Input::Ledger(facts)).await;
         }
+        // The radio's device claims came back from its file: those of contracts that ended
+        // while this node was down go now (their devices free, their keys forgotten).
+        self.release_ended_claims().await;
         let me = self.me;
         let Ok(mine) = self
             .ledger
@@ -425,18 +428,22 @@ impl Orchestrator {
             } => return self.on_probed(contract, interval, outcome).await,
         };
         self.staging.remove(&contract);
+        // Claims of contracts that ended (while this node was down, too: claims outlive a
+        // restart) must not hold their devices against this one.
+        self.release_ended_claims().await;
         // The devices become the customer's here, unless they are this node's or another
-        // customer's live contract here names them: then the contract is not served (its
-        // service would read another party's sensors, and its customer could hand this node
-        // firmware jobs and keys for them; device audit of session 50).
-        if let Err(taken) = self
+        // customer's live contract here names them, or the customer would hold more than its
+        // share of devices here: then the contract is not served (its service would read
+        // another party's sensors, and its customer could hand this node firmware jobs and
+        // keys for them; device audit of session 50, THREATS R8/R9).
+        if let Err(refused) = self
             .radio
             .claim_devices(contract, customer, devices.clone())
             .await
         {
             // Its staged service and image go like any ended contract's.
             self.retire(contract, now_ms());
-            return self.on_stage_failed(contract, taken.to_string()).await;
+            return self.on_stage_failed(contract, refused.to_string()).await;
         }
         // Who may checkpoint these sensors (#13.4): their owner and this node.
         self.radio

@@ -36,6 +36,7 @@ impl Orchestrator {
         if now >= self.last_retire_sweep.saturating_add(SWEEP_EVERY_MS) {
             self.last_retire_sweep = now;
             self.sweep_ended(now).await;
+            self.release_ended_claims().await;
         }
         for contract in super::take_due(&mut self.retiring, now) {
             if self.hosted.contains_key(&contract) || self.staging.contains(&contract) {
@@ -52,6 +53,40 @@ impl Orchestrator {
                     debug!(contract = %contract.short(), error = %e, "ended service not removed")
                 }
             }
+        }
+    }
+
+    /// The radio's device claims (THREATS R8) of contracts the ledger shows ended: released,
+    /// so their devices are free and their received keys forgotten. Claims outlive a restart
+    /// (`radio-owners.json`), and a contract that ended while this node was down is in no
+    /// table here that would release it otherwise.
+    pub(super) async fn release_ended_claims(&self) {
+        let claimed = self.radio.claimed_contracts().await;
+        if claimed.is_empty() {
+            return;
+        }
+        let Ok(ended) = self
+            .ledger
+            .query(move |v| {
+                claimed
+                    .into_iter()
+                    .filter(|c| {
+                        // Only an ended contract: one this replica does not have (yet) keeps
+                        // its claim rather than lose it, and its keys, to a lagging view.
+                        v.ledger
+                            .contracts()
+                            .get(c)
+                            .is_some_and(|r| r.status.is_final())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+        else {
+            return;
+        };
+        for contract in ended {
+            debug!(contract = %contract.short(), "device claim of an ended contract released");
+            self.radio.release_devices(contract).await;
         }
     }
 

@@ -31,6 +31,7 @@ mod jobs_file;
 mod judge;
 pub mod keys;
 mod owners;
+mod owners_file;
 mod pause;
 mod rotation;
 pub mod rules;
@@ -53,7 +54,7 @@ pub use agora_wire::radio::{
 };
 pub use discovery::{DiscoveredDevice, DiscoveryStats};
 pub use keys::DeviceKeyConfig;
-pub use owners::DeviceTaken;
+pub use owners::ClaimRefused;
 pub use rotation::{RotateRefused, Started as RotationStarted};
 
 /// File in the data dir holding the device keys owners handed to this node (mode 0600).
@@ -72,6 +73,12 @@ pub const JOBS_FILE: &str = "radio-jobs.json";
 /// The owner's key rotation state (threats R1/R2): each owned device's key epoch and the
 /// providers its working key was handed to (mode 0600).
 pub const ROTATION_FILE: &str = "radio-rotation.json";
+/// Provider: which customer's live contracts claimed which devices here (threat R8), reloaded
+/// at start so the first live claim still holds after a restart (mode 0600).
+pub const OWNERS_FILE: &str = "radio-owners.json";
+/// Default `radio.max_devices_per_customer`: one manifest's worth (a manifest names at most
+/// 1,024 devices, `agora-image`'s cap), a quarter of the default `radio.max_devices`.
+pub const DEFAULT_MAX_DEVICES_PER_CUSTOMER: usize = 1024;
 
 /// Where the radio task keeps what must survive a restart (`None`: memory only, for tests).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -88,6 +95,8 @@ pub struct RadioFiles {
     pub jobs: Option<std::path::PathBuf>,
     /// Key rotation state of the devices this node owns ([`ROTATION_FILE`]).
     pub rotation: Option<std::path::PathBuf>,
+    /// Customers' device claims as a provider ([`OWNERS_FILE`]).
+    pub owners: Option<std::path::PathBuf>,
 }
 
 impl RadioFiles {
@@ -100,6 +109,7 @@ impl RadioFiles {
             handoffs: Some(data_dir.join(HANDOFFS_FILE)),
             jobs: Some(data_dir.join(JOBS_FILE)),
             rotation: Some(data_dir.join(ROTATION_FILE)),
+            owners: Some(data_dir.join(OWNERS_FILE)),
         }
     }
 }
@@ -121,7 +131,12 @@ pub struct RadioConfig {
     pub checkpoint_window: u32,
     /// Devices tracked; a frame from a new device when the table is full evicts the stalest
     /// device this edge neither manages, buffers for a contract nor knows the managers of.
+    /// Also the most customers' devices this edge records an owner for (threat R9).
     pub max_devices: usize,
+    /// The most devices one customer's live contracts here may claim (threat R9): a contract
+    /// that would take its customer past it is refused, so one customer cannot fill the
+    /// owner table against the others.
+    pub max_devices_per_customer: usize,
     /// How far a device's frame counter may jump past the last one accepted here.
     pub frame_counter_window: u32,
     /// How many accepted frames of a keyed device may be delivered before their counter is
@@ -143,6 +158,7 @@ impl Default for RadioConfig {
             buffer_per_device: 4096,
             checkpoint_window: 1024,
             max_devices: 4096,
+            max_devices_per_customer: DEFAULT_MAX_DEVICES_PER_CUSTOMER,
             frame_counter_window: DEFAULT_COUNTER_WINDOW,
             max_unsaved_frames: 16,
             device_keys: Vec::new(),
@@ -314,6 +330,12 @@ pub struct RadioStats {
     /// Provider: checkpoints that came with a snapshot and were refused (not the snapshot's
     /// signer, not a radio checkpoint, stale, undecodable, oversized).
     pub state_checkpoints_refused: u64,
+    /// Provider: contracts not served because a device they name is another party's here
+    /// (threat R8).
+    pub claims_refused_taken: u64,
+    /// Provider: contracts not served because their customer would hold more than
+    /// `radio.max_devices_per_customer` devices here (threat R9).
+    pub claims_refused_share: u64,
 }
 
 /// Checkpoint ticks a stateful service's checkpoint waits for a quiescent moment to copy its
@@ -409,9 +431,10 @@ enum Command {
         contract: ContractId,
         customer: NodeId,
         devices: Vec<u32>,
-        reply: Reply<Result<(), owners::DeviceTaken>>,
+        reply: Reply<Result<(), owners::ClaimRefused>>,
     },
     ReleaseClaim(ContractId),
+    Claimed(Reply<Vec<ContractId>>),
     Status(Reply<RadioStatus>),
     StartJob {
         request: firmware::JobRequest,
@@ -568,15 +591,17 @@ impl RadioHandle {
     /// Provider: `customer`'s `contract`, staged here, names `devices`, which become its
     /// here (a provider keeps firmware hand-offs and key updates for a device only from its
     /// owner) — unless one of them is this node's or named by another customer's live
-    /// contract here: then none is, and the contract must not be served (it would act on
-    /// another party's devices, with that party's keys). Call [`Self::release_devices`]
-    /// when the contract ends.
+    /// contract here, or the customer would hold more than `radio.max_devices_per_customer`
+    /// devices here: then none is, and the contract must not be served (it would act on
+    /// another party's devices, with that party's keys, or crowd the others out of the owner
+    /// table). The claim is saved ([`OWNERS_FILE`]) and outlives a restart. Call
+    /// [`Self::release_devices`] when the contract ends.
     pub async fn claim_devices(
         &self,
         contract: ContractId,
         customer: NodeId,
         devices: Vec<u32>,
-    ) -> Result<(), DeviceTaken> {
+    ) -> Result<(), ClaimRefused> {
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Claim {
             contract,
@@ -594,6 +619,16 @@ impl RadioHandle {
     /// contract of the same customer names them), and their received frame keys are dropped.
     pub async fn release_devices(&self, contract: ContractId) {
         let _ = self.tx.send(Command::ReleaseClaim(contract)).await;
+    }
+
+    /// Provider: the contracts whose claims hold devices here (reloaded at start, so some may
+    /// have ended while this node was down: release those the ledger shows ended).
+    pub async fn claimed_contracts(&self) -> Vec<ContractId> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Claimed(reply)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Devices and checkpoints.

@@ -137,6 +137,8 @@ struct RadioTask {
     /// Who owns each device here: this node for its own service's devices, or the customer
     /// of the first live contract this edge provides that names them ([`crate::owners`]).
     owners: crate::owners::Owners,
+    /// Where the customers' claims are persisted (`radio-owners.json`, threat R8).
+    owners_file: Option<std::path::PathBuf>,
     /// Firmware jobs the devices' owners handed here, resumed when this edge takes custody.
     handoffs: Handoffs,
     /// Images of kept hand-offs this edge holds pinned (`handoff:<owner>:<job>`) until the
@@ -154,6 +156,14 @@ struct RadioTask {
     request_counter: u64,
     /// Stateful services (issue #15), see `state`.
     state: state::StateSide,
+}
+
+/// The owner table's caps from the config (threats R8, R9).
+fn owner_caps(cfg: &RadioConfig) -> crate::owners::Caps {
+    crate::owners::Caps {
+        total: cfg.max_devices,
+        per_customer: cfg.max_devices_per_customer,
+    }
 }
 
 /// How long a restored job's image may take to be read again at start.
@@ -210,6 +220,7 @@ pub async fn spawn(
     let (rot_tx, rot_rx) = mpsc::channel(64);
     let counters = CounterStore::load(files.counters, cfg.max_devices, cfg.max_unsaved_frames);
     let cfg_max_devices = cfg.max_devices;
+    let owners = crate::owners_file::load(files.owners.as_deref(), owner_caps(&cfg));
     let task = RadioTask {
         keys,
         rotation,
@@ -231,7 +242,8 @@ pub async fn spawn(
         discovery: Discovery::new(cfg_max_devices, DISCOVERY_REFRESH_MS),
         jobs: crate::jobs_file::load(files.jobs.as_deref(), now_ms(), MAX_JOBS),
         jobs_file: files.jobs,
-        owners: Default::default(),
+        owners,
+        owners_file: files.owners,
         handoffs: crate::handoff_file::load(files.handoffs.as_deref(), now_ms()),
         handoffs_file: files.handoffs,
         held_images: BTreeMap::new(),
@@ -606,6 +618,7 @@ impl RadioTask {
             Command::Owners(devices) => {
                 let devices: Vec<u32> = devices.into_iter().take(MAX_KEYS_PER_MESSAGE).collect();
                 self.owners.own(&devices, self.me);
+                self.save_owners();
             }
             Command::Claim {
                 contract,
@@ -614,9 +627,11 @@ impl RadioTask {
                 reply,
             } => {
                 let devices: Vec<u32> = devices.into_iter().take(MAX_KEYS_PER_MESSAGE).collect();
-                let claimed = self
-                    .owners
-                    .claim(contract, customer, &devices, self.cfg.max_devices);
+                let claimed =
+                    self.owners
+                        .claim(contract, customer, &devices, owner_caps(&self.cfg));
+                // Saved before the contract is served: a restart must find the claim.
+                self.save_owners();
                 match &claimed {
                     Ok(dropped) => {
                         self.note_owners_dropped(*dropped);
@@ -627,6 +642,11 @@ impl RadioTask {
                         }
                     }
                     Err(e) => {
+                        if matches!(e, crate::owners::ClaimRefused::OverShare { .. }) {
+                            self.stats.claims_refused_share += 1;
+                        } else {
+                            self.stats.claims_refused_taken += 1;
+                        }
                         warn!(contract = %contract.short(), error = %e, "contract's devices refused")
                     }
                 }
@@ -634,6 +654,7 @@ impl RadioTask {
             }
             Command::ReleaseClaim(contract) => {
                 let freed = self.owners.release(&contract);
+                self.save_owners();
                 if !freed.is_empty() {
                     // Their keys came from the claim's owner: kept, they would seal a later
                     // claimant's requests to the devices.
@@ -641,6 +662,9 @@ impl RadioTask {
                     self.key_fetches.retain(|d, _| !freed.contains(d));
                     debug!(contract = %contract.short(), devices = ?freed, "devices released");
                 }
+            }
+            Command::Claimed(reply) => {
+                let _ = reply.send(self.owners.contracts().into_iter().collect());
             }
             Command::StateTo(service, targets) => self.state.set_targets(service, targets),
             Command::AcceptState(contract, customer, devices) => {
@@ -1002,6 +1026,13 @@ impl RadioTask {
         devices: impl IntoIterator<Item = u32>,
     ) -> BTreeSet<agora_devices::DeviceId> {
         devices.into_iter().filter(|d| self.custody(*d)).collect()
+    }
+
+    /// Saves the customers' claims if one changed (threat R8).
+    fn save_owners(&mut self) {
+        if self.owners.take_dirty() {
+            crate::owners_file::save(self.owners_file.as_deref(), &self.owners);
+        }
     }
 
     fn note_owners_dropped(&self, dropped: usize) {

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agora_api::client::ApiClient;
+use agora_contracts::ContractStatus;
 use agora_devices::Mode;
 use agora_devices::agent::{AgentConfig, Request};
 use agora_devnet::demo::Story;
@@ -81,7 +82,8 @@ async fn a_providers_key_is_rotated_away_when_its_contract_ends() {
     let p = (0..s.m.nodes.len())
         .find(|i| *i != a && *i != b)
         .expect("a third node");
-    let hosted = s.hosted_near(&[101, 102], 30_000, Some(p)).await.unwrap();
+    // 45 s: long enough for another customer's contract naming 101 to reach P meanwhile.
+    let hosted = s.hosted_near(&[101, 102], 45_000, Some(p)).await.unwrap();
     assert_eq!(hosted.b, p, "the auction admitted only the node near P");
     let (an, bn, pn) = (
         s.m.nodes[a].clone(),
@@ -107,6 +109,53 @@ async fn a_providers_key_is_rotated_away_when_its_contract_ends() {
     .unwrap();
     assert_eq!(received_key(&pn.data_dir, 101), Some(old.clone()));
     assert_ne!(received_key(&pn.data_dir, 101), Some(roots[&101].clone()));
+
+    // THREATS R8 on processes: another customer X names A's device 101 in a contract with the
+    // same provider P while A's runs there. P does not serve it (the first live claim holds:
+    // X would be 101's owner there, could hand P firmware jobs and keys for it, and P would
+    // drop A's key), and A's contract and P's key of 101 stay.
+    let x = (0..s.m.nodes.len())
+        .find(|i| ![a, b, p].contains(i))
+        .expect("a fourth node");
+    let p_dir = pn.data_dir.display().to_string();
+    let squat = s
+        .hosted_tagged(x, 2, &[101], 20_000, Some(p), |st| {
+            st.is_final() || st == ContractStatus::Active
+        })
+        .await
+        .unwrap();
+    assert_eq!(squat.b, p);
+    assert_ne!(
+        squat.rec.status,
+        ContractStatus::Active,
+        "P served X's contract naming A's device: {:?}",
+        squat.rec
+    );
+    let why = wait_for(
+        "P's timeline to say why X's contract is not served",
+        30,
+        async || {
+            let timeline = agora_tests::try_agora_json(&["timeline", "--data-dir", &p_dir])?;
+            timeline.as_array()?.iter().find_map(|e| {
+                (e["contract"] == squat.id.as_str() && e["phase"] == "stage-failed")
+                    .then(|| e["detail"].as_str().unwrap_or_default().to_string())
+            })
+        },
+    )
+    .await
+    .unwrap();
+    assert!(why.contains("device 101 is another party's here"), "{why}");
+    let p_stats = radio_of(&pn).await.unwrap().stats;
+    assert_eq!(p_stats.claims_refused_taken, 1, "{p_stats:?}");
+    assert_eq!(
+        s.contract(a, &hosted.id).await.map(|r| r.status),
+        Some(ContractStatus::Active)
+    );
+    assert_eq!(
+        received_key(&pn.data_dir, 101),
+        Some(old.clone()),
+        "X's refused claim dropped none of A's keys on P"
+    );
     let verified_before = radio_of(&an).await.unwrap().stats.frames_verified;
 
     // P's contract ends; A rotates the keys P held (101, 102), not 103 (P never held it).

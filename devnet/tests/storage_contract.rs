@@ -473,3 +473,60 @@ async fn concurrent_firmware_loads_each_read_their_own_image() {
     }
     net.shutdown().await;
 }
+
+/// THREATS C25 (review of session 51): a custody of a file refused before its hold (here a
+/// commitment to another file) leaves the kept tree of the file's live custody alone; the
+/// tree goes only with the file's last custody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_custody_leaves_the_kept_tree_of_the_files_live_custody() {
+    let net = Devnet::builder().nodes(1).spawn().await.unwrap();
+    let node = net.node(0).unwrap();
+    let s = &node.storage;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for seed in 0..2u32 {
+        let path = tmp.path().join(format!("data{seed}.bin"));
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i * 31 + seed) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file: agora_storage::Cid = s
+            .add_file(path, CidVersion::V0)
+            .await
+            .unwrap()
+            .cid
+            .parse()
+            .unwrap();
+        files.push(file);
+    }
+    let (file, other) = (files[0], files[1]);
+    let (commitment, _) = s.commit_file(file).await.unwrap();
+    let (other_commitment, _) = s.commit_file(other).await.unwrap();
+    s.take_custody(file, commitment, 1 << 20, "custody:a")
+        .await
+        .unwrap();
+    let tree = net
+        .data_dir(0)
+        .join(agora_exchange::custody::TREES_DIR)
+        .join(format!("{file}.tree"));
+    assert!(tree.exists(), "custody keeps the tree");
+    let err = s
+        .take_custody(file, other_commitment, 1 << 20, "custody:x")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not for the contract's file"),
+        "{err}"
+    );
+    assert!(
+        tree.exists(),
+        "a refused custody removed the live one's tree"
+    );
+    // A second custody of the file, then both end: the tree goes with the last.
+    s.take_custody(file, commitment, 1 << 20, "custody:b")
+        .await
+        .unwrap();
+    s.release_custody(file, commitment, "custody:a").await;
+    assert!(tree.exists(), "custody:b still holds the file");
+    s.release_custody(file, commitment, "custody:b").await;
+    assert!(!tree.exists(), "the tree outlived the file's last custody");
+    net.shutdown().await;
+}

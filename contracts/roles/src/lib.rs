@@ -226,6 +226,7 @@ pub fn first_uptime_from(
     };
     floor.max(cursor.unwrap_or(0))
 }
+
 /// The data proofs a heartbeat reports: up to `limit` of those the radio `offered` (its
 /// bounded checkpoint history, oldest first) not yet in `reported`. `reported` first forgets
 /// what the radio no longer offers, so it never holds more than that history however long
@@ -237,6 +238,11 @@ pub fn fresh_proofs<T: Ord + Clone>(
     offered: &[T],
     limit: usize,
 ) -> Vec<T> {
+    if offered.is_empty() {
+        // Nothing offered (or the radio did not answer): keep what was reported rather than
+        // report it again once the radio answers with its history.
+        return Vec::new();
+    }
     let offered_set: BTreeSet<&T> = offered.iter().collect();
     reported.retain(|p| offered_set.contains(p));
     offered

@@ -323,7 +323,8 @@ impl Series {
             "radio_refused",
             "Peer checkpoints and device-table entries the radio refused or evicted, by reason \
              (not_manager, beyond_heard, release, replay_clamped, evicted, table_full, frame_bad_mic, \
-             frame_replayed, frame_beyond_window, frame_unsigned, replay_frame, key_request)",
+             frame_replayed, frame_beyond_window, frame_unsigned, replay_frame, key_request, \
+             key_update, claim_taken, claim_share, …)",
             s.radio_refused.clone(),
         );
         r.register(
@@ -346,8 +347,9 @@ impl Series {
         );
         r.register(
             "probe_image_loads",
-            "Loads of probe images refused because too many waited, or answered by another \
-             load of the same image, by event (refused, shared)",
+            "Loads of probe images refused because too many waited, not started because the \
+             same image was loading, or whose fetch took too long, by event (refused, \
+             coalesced, timed_out)",
             s.probe_image_loads.clone(),
         );
         r.register("services", "Hosted services by state", s.services.clone());
@@ -753,7 +755,11 @@ impl Metrics {
         }
         if let Some(host) = &st.services {
             let p = host.probe_load_stats();
-            for (event, v) in [("refused", p.refused), ("shared", p.shared)] {
+            for (event, v) in [
+                ("refused", p.refused),
+                ("coalesced", p.coalesced),
+                ("timed_out", p.timed_out),
+            ] {
                 set_family_counter(&s.probe_image_loads, &[("event", event)], v);
             }
             let list = host.list();

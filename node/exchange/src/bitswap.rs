@@ -99,7 +99,8 @@ pub struct BitswapStats {
     /// reading the stream we opened to it).
     #[serde(default)]
     pub writers_stalled: u64,
-    /// Wants and block presences dropped because the same message already named the block.
+    /// Wants, blocks and block presences dropped because the same message already named the
+    /// block.
     #[serde(default)]
     pub wants_deduplicated: u64,
     /// Inbound streams served now (each holds a slot of the node's bitswap stream quota).
@@ -109,8 +110,8 @@ pub struct BitswapStats {
     #[serde(default)]
     pub wants_timed_out: u64,
     /// Times a peer took `scores::BENCH_AFTER` strikes in a row (expiry passes with wants of
-    /// its timed out) and was benched: asked
-    /// only when every other peer refused a block (THREATS N23).
+    /// its timed out) and was benched: asked only when every other peer refused a block
+    /// (THREATS N23).
     #[serde(default)]
     pub peers_benched: u64,
 }
@@ -546,7 +547,14 @@ impl Bitswap {
     fn ingest(&self, peer: PeerId, msg: &Message) {
         let c = &self.inner.counters;
         let (mut delivered, mut claimed) = (false, false);
+        // Each block once per message, like presences below: a message repeating one small
+        // wanted block thousands of times would store it and queue an event per copy.
+        let mut blocks_seen = std::collections::HashSet::new();
         for block in &msg.payload {
+            if !blocks_seen.insert(block.cid) {
+                c.wants_deduplicated.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let targets = self.sessions_wanting(&block.cid);
             if targets.is_empty() {
                 c.unwanted.fetch_add(1, Ordering::Relaxed);

@@ -37,10 +37,12 @@ const KEPT_CHUNKS: usize = 262_144;
 /// round, and lose rounds it had honestly kept (storage audit of session 50).
 ///
 /// Each tree built is also written to `<data-dir>/custody-trees/<file>.tree` (each chunk's
-/// block and hash, about 70 bytes a chunk) and read back instead of rebuilt after a restart, when custody is
-/// taken again or a challenge finds it not cached: before, a restarted provider's first round
-/// for a large file read and hashed the whole file inside the answer deadline (THREATS C25).
-/// The file goes with the last custody of its file; at most [`KEPT_PROVERS`] are kept.
+/// block and hash, about 70 bytes a chunk) and read back instead of rebuilt after a restart,
+/// when custody is taken again or a challenge finds it not cached: before, a restarted
+/// provider's first round for a large file read and hashed the whole file inside the answer
+/// deadline (THREATS C25). The file goes with the last custody of its file here, and, once
+/// the node has caught up, with every storage contract it provides that ended (also while
+/// it was down); at most [`KEPT_PROVERS`] are kept, the least recently used going first.
 #[derive(Clone, Debug, Default)]
 pub struct Provers {
     cache: Arc<Mutex<ProverCache>>,
@@ -92,24 +94,35 @@ impl Provers {
         self.dir.as_ref().map(|d| d.join(format!("{file}.tree")))
     }
 
-    /// `file`'s prover: cached, or from its kept tree (checked against the root kept with it,
-    /// and `want`'s when given), or built from the file's chunks and kept on disk. Blocking.
+    /// `file`'s prover: cached (its tree written again if an ended custody of the same file
+    /// removed it), or from its kept tree (checked against the root kept with it), or built
+    /// from the file's chunks and kept on disk. Whether it is the commitment a contract claims
+    /// is the caller's check: the tree depends on the file alone, so a contract naming the
+    /// file with a wrong commitment cannot make it read the file again. Blocking.
     fn load_or_build<S: agora_storage::BlockStore + ?Sized>(
         &self,
         store: &S,
         file: &Cid,
-        want: Option<&StorageCommitment>,
     ) -> agora_storage::Result<(Arc<Prover>, Built)> {
         if let Some(p) = self.get(file) {
+            if let Some(path) = self.tree_path(file)
+                && !path.exists()
+                && let Err(e) = write_tree(&path, &p)
+            {
+                tracing::warn!(path = %path.display(), error = %e, "chunk tree not kept on disk");
+            }
             return Ok((p, Built::Cached));
         }
         if let Some(path) = self.tree_path(file)
             && let Some((root, leaves, hashes)) = read_tree(&path)
         {
             match Prover::from_parts(file, leaves, hashes) {
-                Ok(p)
-                    if p.commitment().root == root && want.is_none_or(|w| *w == p.commitment()) =>
-                {
+                Ok(p) if p.commitment().root == root => {
+                    // Used: the last to go when the folder is bounded.
+                    let _ = std::fs::File::options()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
                     return Ok((Arc::new(p), Built::Loaded));
                 }
                 Ok(_) => {
@@ -130,7 +143,37 @@ impl Provers {
         Ok((p, Built::Fresh))
     }
 
-    /// Keeps at most [`KEPT_PROVERS`] trees on disk, the oldest written going first.
+    /// Keeps on disk only the trees of `files` (the files of the storage contracts this node
+    /// provides that have not ended): a custody that ended while the node was down left its
+    /// tree behind. Temporary files of a write a crash cut short go too. Blocking.
+    fn retain(&self, files: &std::collections::BTreeSet<Cid>) -> usize {
+        let Some(dir) = &self.dir else { return 0 };
+        let Ok(entries) = std::fs::read_dir(dir.as_path()) else {
+            return 0;
+        };
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let mut removed = 0;
+        for e in entries.filter_map(Result::ok) {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale = match name.strip_suffix(".tree") {
+                Some(stem) => stem.parse::<Cid>().map_or(true, |c| !files.contains(&c)),
+                None => {
+                    name.ends_with(".tmp")
+                        && e.metadata()
+                            .and_then(|m| m.modified())
+                            .is_ok_and(|t| t < old)
+                }
+            };
+            if stale && std::fs::remove_file(&path).is_ok() {
+                tracing::debug!(path = %path.display(), "kept chunk tree of no custody here removed");
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Keeps at most [`KEPT_PROVERS`] trees on disk, the least recently written or used first.
     fn bound_dir(&self) {
         let Some(dir) = &self.dir else { return };
         let Ok(entries) = std::fs::read_dir(dir.as_path()) else {
@@ -229,7 +272,10 @@ fn write_tree(path: &Path, prover: &Prover) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tree.tmp");
+    // A name of its own: two builds of one file may write at once.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tree.{}.{n}.tmp", std::process::id()));
     std::fs::write(&tmp, &bytes)?;
     std::fs::rename(&tmp, path)
 }
@@ -369,18 +415,34 @@ impl StorageHandle {
         taken
     }
 
+    /// Provider: keeps on disk only the chunk trees of `files` (the files of the storage
+    /// contracts it provides that have not ended; THREATS C25); how many went.
+    pub async fn retain_custody_trees(&self, files: std::collections::BTreeSet<Cid>) -> usize {
+        let provers = self.provers.clone();
+        tokio::task::spawn_blocking(move || provers.retain(&files))
+            .await
+            .unwrap_or(0)
+    }
+
     /// Provider: the contract closed; `holder` lets go of its file and commitment (unpinned
     /// unless something else here holds or keeps them).
     pub async fn release_custody(&self, file: Cid, commitment: Cid, holder: &str) {
         for cid in [file, commitment] {
             match self.release(cid, holder).await {
                 Err(e) => tracing::debug!(%cid, holder, error = %e, "custody hold not released"),
-                // The file's tree on disk goes with its last custody here.
-                Ok(Released::StillHeld(others))
-                    if others.iter().any(|h| h.starts_with(CUSTODY_HOLDER_PREFIX)) => {}
+                // This holder never held it (its custody was refused before the hold): whoever
+                // holds it still needs the tree.
+                Ok(Released::NotHeld) => {}
+                // The file's tree on disk goes with its last custody here; asked again just
+                // before the removal, so a custody of the same file taken meanwhile keeps it.
                 Ok(_) if cid == file => {
-                    let provers = self.provers.clone();
-                    let _ = tokio::task::spawn_blocking(move || provers.forget(&file)).await;
+                    let me = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if !me.read_holds(|t| t.held_by_a(&file, CUSTODY_HOLDER_PREFIX)) {
+                            me.provers.forget(&file);
+                        }
+                    })
+                    .await;
                 }
                 Ok(_) => {}
             }
@@ -424,7 +486,7 @@ impl StorageHandle {
         // read back as kept by an earlier run, when it gives the claimed commitment).
         let provers = self.provers.clone();
         let (prover, _) = store
-            .blocking(move |s| provers.load_or_build(s, &file, Some(&claimed)))
+            .blocking(move |s| provers.load_or_build(s, &file))
             .await?;
         // Chunks are what an answer's tree holds in memory: at most one per 64 KiB bought
         // (honest files chunk at 256 KiB), so a DAG of one-byte leaves declaring little cannot
@@ -498,7 +560,7 @@ impl StorageHandle {
                     return Err(StorageError::NotFound { cid: file });
                 }
                 // `get` marks a cached one used.
-                let (p, built) = provers.load_or_build(s, &file, None)?;
+                let (p, built) = provers.load_or_build(s, &file)?;
                 Ok((p.respond(s, &challenge)?, p, built))
             })
             .await?;
@@ -573,7 +635,9 @@ mod tests {
     }
 
     /// THREATS C25: a tree built once is kept on disk and read back after a restart without
-    /// reading the file's chunks; a damaged or foreign tree file is not used.
+    /// reading the file's chunks; a damaged tree file is not used; a tree served from the
+    /// cache is written again when an ended custody removed it; only the trees of files still
+    /// in custody are kept.
     #[test]
     fn a_kept_tree_is_read_back_without_the_chunks_and_a_damaged_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -581,34 +645,38 @@ mod tests {
         let (file, built) = prover(&store, 3, 40);
         let want = built.commitment();
         let first = Provers::kept_in(dir.path().to_path_buf());
-        let (p, how) = first.load_or_build(&store, &file, Some(&want)).unwrap();
+        let (p, how) = first.load_or_build(&store, &file).unwrap();
         assert_eq!((how, p.commitment()), (Built::Fresh, want));
+        first.keep(file, p);
+        // An ended custody of the file removed its tree; a renewal served from the cache
+        // writes it again.
+        let path = first.tree_path(&file).unwrap();
+        first.forget(&file);
+        assert!(!path.exists());
+        let (_, how) = first.load_or_build(&store, &file).unwrap();
+        assert_eq!(how, Built::Cached);
+        assert!(path.exists(), "the renewal's tree is on disk again");
         // The next run: its cache is empty and the chunks are gone, only the DAG is left.
         for leaf in agora_storage::unixfs::file_leaves(&store, &file).unwrap() {
             agora_storage::BlockStore::delete(&store, &leaf).unwrap();
         }
         let restarted = Provers::kept_in(dir.path().to_path_buf());
-        let (p, how) = restarted.load_or_build(&store, &file, Some(&want)).unwrap();
+        let (p, how) = restarted.load_or_build(&store, &file).unwrap();
         assert_eq!((how, p.commitment()), (Built::Loaded, want));
-        // Asked for another commitment, the kept tree is not used (and the chunks are gone).
-        let other = StorageCommitment {
-            root: [9; 32],
-            ..want
-        };
-        assert!(
-            Provers::kept_in(dir.path().to_path_buf())
-                .load_or_build(&store, &file, Some(&other))
-                .is_err()
-        );
-        // A damaged tree file is not used either.
-        let path = restarted.tree_path(&file).unwrap();
+        // Only the trees of files in custody stay.
+        let other = cid_v1_blake3(RAW, b"another file");
+        assert_eq!(restarted.retain(&[file].into()), 0);
+        assert_eq!(restarted.retain(&[other].into()), 1);
+        assert!(!path.exists());
+        write_tree(&path, &p).unwrap();
+        // A damaged tree file is not used (and the chunks are gone: nothing to build from).
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         assert!(
             Provers::kept_in(dir.path().to_path_buf())
-                .load_or_build(&store, &file, None)
+                .load_or_build(&store, &file)
                 .is_err()
         );
         std::fs::write(&path, &bytes[..last]).unwrap();

@@ -157,6 +157,13 @@ impl HoldTable {
             .is_some_and(|r| !r.holders.is_empty())
     }
 
+    /// Whether a holder whose name starts with `prefix` holds `root`.
+    pub fn held_by_a(&self, root: &Cid, prefix: &str) -> bool {
+        self.records
+            .get(root)
+            .is_some_and(|r| r.holders.iter().any(|h| h.starts_with(prefix)))
+    }
+
     /// Holders of each held root.
     pub fn holders(&self) -> BTreeMap<String, Vec<String>> {
         self.records

@@ -169,7 +169,7 @@ impl StorageHandle {
     }
 
     /// Reads the hold table.
-    fn read_holds<T>(&self, f: impl FnOnce(&HoldTable) -> T) -> T {
+    pub(crate) fn read_holds<T>(&self, f: impl FnOnce(&HoldTable) -> T) -> T {
         f(&self.holds.lock().unwrap_or_else(|p| p.into_inner()))
     }
 

@@ -2,9 +2,11 @@
 //! identities are free, so a peer that takes wants and never answers must not cost every fetch a
 //! block timeout per want sent its way. Peers that delivered a wanted block are asked first,
 //! then peers that only claimed to have one (a HAVE, a DHT provider record: both cost nothing
-//! to send), then strangers; a peer whose wants timed out at [`BENCH_AFTER`] checks in a row (a fetch's expiry passes,
-//! one strike however many of its wants expired together) is asked
-//! only when every other peer refused the block, for [`BENCH_FOR`] or until it delivers one.
+//! to send), then strangers. A peer takes a strike when wants of its time out in a fetch's
+//! expiry pass (one strike however many expired together, and strikes closer than
+//! [`STRIKE_GAP`] count once); after [`BENCH_AFTER`] strikes in a row with no block delivered
+//! between, it is asked only when every other peer refused the block, for [`BENCH_FOR`] or
+//! until it delivers one.
 //!
 //! Pure: the caller passes the time. Remote peers create entries (by timing out or claiming),
 //! so the table is bounded: past [`MAX_SCORED_PEERS`] the entry changed least recently goes,
@@ -21,6 +23,10 @@ pub const MAX_SCORED_PEERS: usize = 1024;
 /// between) a peer may take before it is benched. More than one: a stock Kubo
 /// peer loses a want now and then (see [`crate::fetch`]), and a delivered block resets the run.
 pub const BENCH_AFTER: u32 = 3;
+/// Strikes closer together than this count once: one stall of a peer expires its wants over
+/// several of a fetch's expiry passes (each want has its own deadline), which is one silence,
+/// not three (review of session 51).
+pub const STRIKE_GAP: Duration = Duration::from_secs(1);
 /// How long a benched peer is asked last, unless it delivers a block meanwhile.
 pub const BENCH_FOR: Duration = Duration::from_secs(600);
 
@@ -43,6 +49,8 @@ struct Score {
     claimed: bool,
     /// Strikes in a row (a delivered block resets it).
     timeouts: u32,
+    /// When the last strike counted ([`STRIKE_GAP`]).
+    last_strike: Option<Instant>,
     benched_until: Option<Instant>,
     /// Last change, for eviction.
     touched: Instant,
@@ -91,6 +99,10 @@ impl PeerScores {
     /// peer's bench is extended, not counted again).
     pub fn timed_out(&mut self, peer: PeerId, now: Instant) -> bool {
         let s = self.entry(peer, now);
+        if s.last_strike.is_some_and(|t| now < t + STRIKE_GAP) {
+            return false;
+        }
+        s.last_strike = Some(now);
         s.timeouts = s.timeouts.saturating_add(1);
         if s.timeouts < BENCH_AFTER {
             return false;
@@ -115,6 +127,7 @@ impl PeerScores {
             delivered: false,
             claimed: false,
             timeouts: 0,
+            last_strike: None,
             benched_until: None,
             touched: now,
         });
@@ -146,35 +159,63 @@ mod tests {
     #[test]
     fn timeouts_in_a_row_bench_a_peer_until_it_delivers_or_the_bench_ends() {
         let t0 = Instant::now();
+        // Strikes a STRIKE_GAP apart, one clock for the whole test.
+        let mut k = 0u32;
+        let mut next = || {
+            k += 1;
+            t0 + STRIKE_GAP * k
+        };
         let mut s = PeerScores::default();
         let p = PeerId::random();
         s.delivered(p, t0);
         // Lost wants between delivered blocks are forgiven.
         for _ in 0..3 {
             for _ in 1..BENCH_AFTER {
-                assert!(!s.timed_out(p, t0));
+                assert!(!s.timed_out(p, next()));
             }
-            s.delivered(p, t0);
+            s.delivered(p, next());
         }
         for _ in 1..BENCH_AFTER {
-            assert!(!s.timed_out(p, t0));
+            assert!(!s.timed_out(p, next()));
         }
-        assert_eq!(s.rank(&p, t0), Rank::Proven);
+        let t = next();
+        assert_eq!(s.rank(&p, t), Rank::Proven);
         assert!(
-            s.timed_out(p, t0),
+            s.timed_out(p, t),
             "the BENCH_AFTER-th timeout in a row benches"
         );
-        assert_eq!(s.rank(&p, t0), Rank::Benched);
-        assert!(!s.timed_out(p, t0), "benched once, counted once");
+        assert_eq!(s.rank(&p, t), Rank::Benched);
+        let t = next();
+        assert!(!s.timed_out(p, t), "benched once, counted once");
         // The bench ends: a stranger again, and its next timeout benches it at once.
-        let later = t0 + BENCH_FOR + Duration::from_secs(1);
+        let later = t + BENCH_FOR + Duration::from_secs(1);
         assert_eq!(s.rank(&p, later), Rank::Stranger);
         assert!(s.timed_out(p, later));
         assert_eq!(s.rank(&p, later), Rank::Benched);
         // A delivered block ends the bench and the run.
         s.delivered(p, later);
         assert_eq!(s.rank(&p, later), Rank::Proven);
-        assert!(!s.timed_out(p, later));
+        assert!(!s.timed_out(p, later + STRIKE_GAP));
+    }
+
+    /// One stall expires a peer's wants over several passes: strikes closer than STRIKE_GAP
+    /// count once, so an honest peer pausing for a moment is not benched.
+    #[test]
+    fn strikes_closer_than_the_gap_count_once() {
+        let t0 = Instant::now();
+        let mut s = PeerScores::default();
+        let p = PeerId::random();
+        s.delivered(p, t0);
+        for i in 0..20u32 {
+            assert!(!s.timed_out(p, t0 + Duration::from_millis(50) * i));
+        }
+        assert_eq!(s.rank(&p, t0 + Duration::from_secs(1)), Rank::Proven);
+        // Spread out, they bench it.
+        let mut benched = false;
+        for i in 1..=BENCH_AFTER {
+            benched |= s.timed_out(p, t0 + STRIKE_GAP * (i + 1));
+        }
+        assert!(benched);
     }
 
     #[test]
@@ -182,8 +223,8 @@ mod tests {
         let t0 = Instant::now();
         let mut s = PeerScores::default();
         let silent = PeerId::random();
-        for _ in 0..BENCH_AFTER {
-            s.timed_out(silent, t0);
+        for i in 0..BENCH_AFTER {
+            s.timed_out(silent, t0 + STRIKE_GAP * i);
         }
         // Twice the bound in fresh identities, each newer than the benched peer's entry.
         for i in 0..2 * MAX_SCORED_PEERS as u64 {

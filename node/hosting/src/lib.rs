@@ -234,6 +234,14 @@ pub enum ServiceError {
         probe::PROBE_LOADS_WAITING
     )]
     ProbeLoadsBusy,
+    /// The same probe image is being loaded already (THREATS A15).
+    #[error(
+        "this probe image is being loaded already (its probe is judged on the hosting layer's word)"
+    )]
+    ProbeImageLoading,
+    /// A probe image's fetch took too long (THREATS A15).
+    #[error("the probe image was not fetched within {0} s; asked again at a later probe")]
+    ProbeFetchTimeout(u64),
     /// A dependency started but did not become ready (first poll answered, healthy) in time.
     #[error(
         "cannot start {service}: its dependency {dependency} was not ready within {waited_ms} ms \

@@ -29,6 +29,9 @@ pub const PROBE_LOADS: usize = 2;
 /// ([`ServiceError::ProbeLoadsBusy`], counted) and its probe judged on the hosting layer's
 /// word, like a probe whose image is not compiled yet.
 pub const PROBE_LOADS_WAITING: usize = 16;
+/// Longest fetch of a probe image: a trickled image (a block just inside the fetch's idle
+/// timeout, for ever) would otherwise hold one of the [`PROBE_LOADS`] turns for hours.
+pub const PROBE_FETCH_MAX: Duration = Duration::from_secs(120);
 
 /// What the probe cache's loads did (THREATS A15).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,8 +44,11 @@ pub struct ProbeLoadStats {
     pub waiting: usize,
     /// Loads refused because too many waited.
     pub refused: u64,
-    /// Loads that found the image compiled by another while they waited.
-    pub shared: u64,
+    /// Loads not started because the same image was being loaded already (each image takes
+    /// one turn or waiting place, however many contracts and probe rounds ask for it).
+    pub coalesced: u64,
+    /// Fetches given up after [`PROBE_FETCH_MAX`].
+    pub timed_out: u64,
 }
 
 /// The bound on probe-image loads and what it counted.
@@ -52,7 +58,10 @@ pub(crate) struct ProbeLoads {
     peak: AtomicUsize,
     waiting: AtomicUsize,
     refused: AtomicU64,
-    shared: AtomicU64,
+    coalesced: AtomicU64,
+    timed_out: AtomicU64,
+    /// Images being loaded or waiting for a turn.
+    loading: std::sync::Mutex<std::collections::HashSet<Cid>>,
 }
 
 impl Default for ProbeLoads {
@@ -63,7 +72,9 @@ impl Default for ProbeLoads {
             peak: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
-            shared: AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            loading: std::sync::Mutex::default(),
         }
     }
 }
@@ -77,7 +88,26 @@ impl Drop for Counted<'_> {
     }
 }
 
+/// An image being loaded: taken out of [`ProbeLoads::loading`] when the load ends.
+struct Loading<'a>(&'a ProbeLoads, Cid);
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.loading).remove(&self.1);
+    }
+}
+
 impl ProbeLoads {
+    /// Marks `image` as being loaded; `None` (counted) when it is already.
+    fn start(&self, image: Cid) -> Option<Loading<'_>> {
+        if lock(&self.loading).insert(image) {
+            Some(Loading(self, image))
+        } else {
+            self.coalesced.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
     /// A turn to load, after at most [`PROBE_LOADS_WAITING`] others waiting.
     async fn turn(&self) -> Result<(tokio::sync::SemaphorePermit<'_>, Counted<'_>), ServiceError> {
         let permit = {
@@ -106,7 +136,8 @@ impl ProbeLoads {
             peak: self.peak.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
-            shared: self.shared.load(Ordering::Relaxed),
+            coalesced: self.coalesced.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
         }
     }
 }
@@ -172,20 +203,32 @@ impl ServiceHost {
         if let Some(m) = lock(&self.inner.probe_modules).get(&image) {
             return Ok(m.module.clone());
         }
-        let _turn = self.inner.probe_loads.turn().await?;
-        // Another load of the same image may have finished while this one waited.
+        let loads = &self.inner.probe_loads;
+        let Some(_loading) = loads.start(image) else {
+            return Err(ServiceError::ProbeImageLoading);
+        };
+        let _turn = loads.turn().await?;
+        // A load of the same image may have finished just before this one started.
         if let Some(m) = lock(&self.inner.probe_modules).get(&image) {
-            self.inner
-                .probe_loads
-                .shared
-                .fetch_add(1, Ordering::Relaxed);
             return Ok(m.module.clone());
         }
         // Held while cached: an arbitrator keeps at most MAX_PROBE_MODULES probed images.
-        self.inner
+        let hold = self
+            .inner
             .storage
-            .hold(image, PROBE_HOLDER, Some(crate::IMAGE_MAX_BYTES))
-            .await?;
+            .hold(image, PROBE_HOLDER, Some(crate::IMAGE_MAX_BYTES));
+        match tokio::time::timeout(PROBE_FETCH_MAX, hold).await {
+            Ok(held) => {
+                held?;
+            }
+            Err(_) => {
+                loads.timed_out.fetch_add(1, Ordering::Relaxed);
+                if !lock(&self.inner.probe_modules).contains_key(&image) {
+                    self.release_probe_image(image).await;
+                }
+                return Err(ServiceError::ProbeFetchTimeout(PROBE_FETCH_MAX.as_secs()));
+            }
+        }
         let compiled = self.compile_probe_module(image).await;
         let module = match compiled {
             Ok(m) => m,

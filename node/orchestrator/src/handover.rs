@@ -747,6 +747,7 @@ impl Orchestrator {
         {
             self.evaluate_own().await;
         }
+        self.reclaim_due().await;
         // The arbitrator's re-attestations, probes (and their timeouts) and challenges.
         self.drive(Input::Tick).await;
         self.flush_probe_results(now_ms()).await;

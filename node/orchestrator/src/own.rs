@@ -40,6 +40,12 @@ pub(super) struct Own {
     staged: bool,
     running: bool,
     yielded_at: Option<Timestamp>,
+    /// While the sensors wait to be taken back: until when the provider's last checkpoint is
+    /// waited for ([`RECLAIM_WAIT`]). The tick checks it (`reclaim_due`): the wait no longer
+    /// holds the orchestrator task, which went on with nothing else — blocks, probes,
+    /// presence — for up to 8 s while a provider that never released the sensors kept it
+    /// waiting (issue #14 review, session 51).
+    reclaim_by: Option<tokio::time::Instant>,
 }
 
 impl Own {
@@ -173,6 +179,21 @@ impl Orchestrator {
         }
     }
 
+    /// At each tick while the sensors wait to be taken back: takes them back once the
+    /// provider's last checkpoint released them or the wait is over.
+    pub(super) async fn reclaim_due(&mut self) {
+        let Some(by) = self.own.reclaim_by else {
+            return;
+        };
+        let released = match self.own.yielded_at {
+            Some(since) => self.radio.released_by_peer(&self.own.devices, since).await,
+            None => true,
+        };
+        if released || tokio::time::Instant::now() >= by {
+            self.evaluate_own().await;
+        }
+    }
+
     /// Runs, yields or reclaims the own service according to the ledger.
     pub(super) async fn evaluate_own(&mut self) {
         let Some(image) = self.own.image else {
@@ -248,6 +269,7 @@ impl Orchestrator {
             .unwrap_or(false);
         let devices = self.own.devices.clone();
         if handed_over {
+            self.own.reclaim_by = None;
             self.own.yielded_at.get_or_insert_with(now_ms);
             if self.own.running {
                 self.radio.release(devices.clone()).await;
@@ -289,13 +311,18 @@ impl Orchestrator {
                 .unwrap_or(None);
         }
         if let Some(since) = self.own.yielded_at {
-            let deadline = tokio::time::Instant::now() + RECLAIM_WAIT;
-            while !self.radio.released_by_peer(&devices, since).await
+            let deadline = *self
+                .own
+                .reclaim_by
+                .get_or_insert_with(|| tokio::time::Instant::now() + RECLAIM_WAIT);
+            if !self.radio.released_by_peer(&devices, since).await
                 && tokio::time::Instant::now() < deadline
             {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Asked again at each tick until released or the wait is over.
+                return;
             }
         }
+        self.own.reclaim_by = None;
         let back = self.state_back_from_providers().await;
         if let Err(e) = self.services.start(OWN_SERVICE).await {
             self.timeline.push("own-service-failed", None, e);

@@ -9,7 +9,7 @@
 //! contract a node ever provided for stayed staged and pinned for as long as the process ran,
 //! and its image stayed pinned for good.
 
-use agora_contracts::ContractId;
+use agora_contracts::{ContractId, ContractKind};
 use agora_market::Timestamp;
 use tracing::{debug, warn};
 
@@ -37,6 +37,7 @@ impl Orchestrator {
             self.last_retire_sweep = now;
             self.sweep_ended(now).await;
             self.release_ended_claims().await;
+            self.retain_custody_trees().await;
         }
         for contract in super::take_due(&mut self.retiring, now) {
             if self.hosted.contains_key(&contract) || self.staging.contains(&contract) {
@@ -56,6 +57,38 @@ impl Orchestrator {
         }
     }
 
+    /// Once caught up: the storage layer keeps on disk only the chunk trees of the files of
+    /// storage contracts this node provides that have not ended (THREATS C25: a custody that
+    /// ended while this node was down never let go of its tree).
+    async fn retain_custody_trees(&self) {
+        if !self.roles.synced() {
+            return;
+        }
+        let me = self.me;
+        let Ok(files) = self
+            .ledger
+            .query(move |v| {
+                v.ledger
+                    .contracts()
+                    .values()
+                    .filter(|r| {
+                        r.contract.provider == me
+                            && r.contract.kind == ContractKind::Storage
+                            && !r.status.is_final()
+                    })
+                    .map(|r| r.contract.service_image)
+                    .collect::<std::collections::BTreeSet<_>>()
+            })
+            .await
+        else {
+            return;
+        };
+        let removed = self.storage.retain_custody_trees(files).await;
+        if removed > 0 {
+            debug!(removed, "chunk trees of custodies that ended let go of");
+        }
+    }
+
     /// The radio's device claims (THREATS R8) of contracts the ledger shows ended: released,
     /// so their devices are free and their received keys forgotten. Claims outlive a restart
     /// (`radio-owners.json`), and a contract that ended while this node was down is in no
@@ -65,18 +98,20 @@ impl Orchestrator {
         if claimed.is_empty() {
             return;
         }
+        // Caught up, a replica that lacks a claimed contract pruned it (a claim is made only
+        // for a contract this replica had, and the ledger forgets closed contracts an hour
+        // after they closed): it ended while this node was down.
+        let synced = self.roles.synced();
         let Ok(ended) = self
             .ledger
             .query(move |v| {
                 claimed
                     .into_iter()
-                    .filter(|c| {
-                        // Only an ended contract: one this replica does not have (yet) keeps
-                        // its claim rather than lose it, and its keys, to a lagging view.
-                        v.ledger
-                            .contracts()
-                            .get(c)
-                            .is_some_and(|r| r.status.is_final())
+                    .filter(|c| match v.ledger.contracts().get(c) {
+                        Some(r) => r.status.is_final(),
+                        // Before it caught up, a contract this replica does not have (yet)
+                        // keeps its claim rather than lose it, and its keys, to a lagging view.
+                        None => synced,
                     })
                     .collect::<Vec<_>>()
             })

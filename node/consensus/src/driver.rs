@@ -7,7 +7,7 @@
 mod io;
 mod sync;
 
-pub use sync::GossipedBlock;
+pub use sync::{GossipedBlock, GossipedMessage};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -254,9 +254,11 @@ impl ConsensusDriver {
                 wal,
             } => self.start_height(height, parent, wal),
             Input::Message { from, bytes } => match ConsensusMessage::decode(&bytes) {
-                Ok(msg) => self.on_message(from, msg),
+                Ok(msg) => self.on_message(from, msg, false),
                 Err(error) => self.reject(Some(from), error),
             },
+            // Decoded and checked when judged (THREATS A12): neither is done again.
+            Input::Verified { from, msg } => self.on_message(from, msg.0, true),
             Input::TimeoutElapsed(id) => {
                 if id.height == self.io.height {
                     self.process(mc::Input::TimeoutElapsed(id.to_engine()));
@@ -368,14 +370,24 @@ impl ConsensusDriver {
         }
     }
 
-    fn on_message(&mut self, from: NodeId, msg: ConsensusMessage) {
+    /// A peer's message; `verified` when [`Self::judge_gossiped_message`] checked it already.
+    fn on_message(&mut self, from: NodeId, msg: ConsensusMessage, verified: bool) {
         match msg {
+            ConsensusMessage::Proposal(p) if verified => {
+                self.on_verified_proposal(from, p, self.io.now)
+            }
             ConsensusMessage::Proposal(p) => self.on_proposal(from, p, self.io.now),
+            ConsensusMessage::Vote(v) if verified => self.on_verified_vote(from, v),
             ConsensusMessage::Vote(v) => self.on_vote(from, v),
             ConsensusMessage::PolkaCertificate(cert) => {
                 let (height, count) = (cert.height, cert.signatures.len());
                 if self.admit_certificate(from, height, count) {
-                    match cert.verify(&self.io.validators) {
+                    let checked = if verified {
+                        Ok(())
+                    } else {
+                        cert.verify(&self.io.validators)
+                    };
+                    match checked {
                         Ok(()) => self.process(mc::Input::PolkaCertificate(cert.to_malachite())),
                         Err(error) => self.reject(Some(from), error),
                     }
@@ -384,7 +396,12 @@ impl ConsensusDriver {
             ConsensusMessage::RoundCertificate(cert) => {
                 let (height, count) = (cert.height, cert.signatures.len());
                 if self.admit_certificate(from, height, count) {
-                    match cert.verify(&self.io.validators) {
+                    let checked = if verified {
+                        Ok(())
+                    } else {
+                        cert.verify(&self.io.validators)
+                    };
+                    match checked {
                         Ok(()) => self.process(mc::Input::RoundCertificate(cert.to_malachite())),
                         Err(error) => self.reject(Some(from), error),
                     }
@@ -439,6 +456,11 @@ impl ConsensusDriver {
         if let Err(error) = vote.verify(&self.io.validators) {
             return self.reject(Some(from), error);
         }
+        self.on_verified_vote(from, vote);
+    }
+
+    /// A vote whose voter and signature were checked.
+    fn on_verified_vote(&mut self, from: NodeId, vote: SignedVoteMsg) {
         let height = vote.vote.height_number();
         self.note_peer_height(height);
         if height < self.io.height || height > self.io.height + 1 {
@@ -511,6 +533,16 @@ impl ConsensusDriver {
         if let Err(error) = proposal.verify(&self.io.validators) {
             return self.reject(Some(from), error);
         }
+        self.on_verified_proposal(from, proposal, arrived);
+    }
+
+    /// A proposal whose proposer, block and signature were checked.
+    fn on_verified_proposal(
+        &mut self,
+        from: NodeId,
+        proposal: SignedProposalMsg,
+        arrived: Timestamp,
+    ) {
         let block = proposal.proposal.block();
         let height = block.height;
         self.note_peer_height(height);

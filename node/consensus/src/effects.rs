@@ -10,7 +10,7 @@ use super::block::{Block, BlockId, Transaction};
 use super::certificate::{CommitCertificate, DecidedBlock};
 use super::context::{ConsensusTimeouts, Height};
 use super::error::ConsensusError;
-use super::messages::{ConsensusMessage, SignedProposalMsg, SignedVoteMsg};
+use super::messages::{ConsensusMessage, SignedProposalMsg, SignedVoteMsg, VerifiedMessage};
 use super::wal::WalEntry;
 
 /// Driver settings (the node builds this from its TOML config).
@@ -116,6 +116,14 @@ pub enum Input {
         from: NodeId,
         /// CBOR-encoded [`ConsensusMessage`].
         bytes: Vec<u8>,
+    },
+    /// A message gossiped on the consensus topic, already decoded and checked by
+    /// [`ConsensusDriver::judge_gossiped_message`](crate::ConsensusDriver::judge_gossiped_message).
+    Verified {
+        /// The arbitrator (or relay) that sent it.
+        from: NodeId,
+        /// The checked message.
+        msg: VerifiedMessage,
     },
     /// A timer from [`Effect::ScheduleTimeout`] fired.
     TimeoutElapsed(TimeoutId),

@@ -32,7 +32,7 @@
 //! | event                                                   | input                          |
 //! |---------------------------------------------------------|--------------------------------|
 //! | start: stored tip `h`, its block id `b`, WAL of `h + 1` | `StartHeight { height: h+1, parent: b, wal }` |
-//! | gossip on `agora/consensus/1` (committee members only)  | `Message { from, bytes }`      |
+//! | gossip on `agora/consensus/1` (members only), judged   | `Verified { from, msg }`       |
 //! | a deadline in the task's timer map passes               | `TimeoutElapsed(id)`           |
 //! | the mempool's transactions when a value was requested   | `ProposeValue { height, round, transactions }` |
 //! | a `SyncMsg::Request` (request-response, `Kind::Consensus` envelope) | `SyncRequest { from, height }` |
@@ -86,13 +86,13 @@ pub use context::{
     Address, AgoraContext, ConsensusSignature, ConsensusTimeouts, Ed25519Scheme, Height, Validator,
     ValidatorSet,
 };
-pub use driver::{ConsensusDriver, GossipedBlock};
+pub use driver::{ConsensusDriver, GossipedBlock, GossipedMessage};
 pub use effects::{ConsensusConfig, Effect, Input, Misbehavior, TimeoutId, TimeoutStep};
 pub use error::ConsensusError;
 pub use liveness::{PolkaCertificateMsg, RoundCertificateMsg, RoundSig};
 pub use messages::{
     BlockPart, ConsensusMessage, MAX_MESSAGE_BYTES, Proposal, SignedProposalMsg, SignedVoteMsg,
-    Vote,
+    VerifiedMessage, Vote,
 };
 pub use pacing::{MAX_ROUND_TRIP, quorum_round_trip};
 pub use wal::WalEntry;

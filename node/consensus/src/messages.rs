@@ -333,6 +333,13 @@ impl ConsensusMessage {
     }
 }
 
+/// A gossiped [`ConsensusMessage`] decoded and checked (signer, signatures) by
+/// [`ConsensusDriver::judge_gossiped_message`](crate::ConsensusDriver::judge_gossiped_message);
+/// the driver takes it ([`Input::Verified`](crate::Input::Verified)) without decoding or
+/// checking it again. Only this crate makes one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedMessage(pub(crate) ConsensusMessage);
+
 impl SignedVoteMsg {
     /// Signs `vote` on `chain` with `signer`.
     pub fn sign(vote: Vote, chain: &ChainTag, signer: &dyn Signer) -> Self {

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use agora_consensus::{
     Block, BlockId, ConsensusConfig, ConsensusError, ConsensusTimeouts, DecidedBlock, Effect,
-    Input, TimeoutId, TimeoutStep, WalEntry, quorum_round_trip,
+    Input, TimeoutId, TimeoutStep, VerifiedMessage, WalEntry, quorum_round_trip,
 };
 use agora_network::keys::peer_id_of;
 use agora_wire::codec::{Envelope, Kind};
@@ -334,9 +334,9 @@ impl LedgerTask {
         }
     }
 
-    /// Consensus traffic from the network.
-    pub(super) async fn on_consensus_gossip(&mut self, from: NodeId, bytes: Vec<u8>) {
-        self.feed(Input::Message { from, bytes }).await;
+    /// Consensus traffic from the network, decoded and checked when it was judged.
+    pub(super) async fn on_consensus_gossip(&mut self, from: NodeId, msg: VerifiedMessage) {
+        self.feed(Input::Verified { from, msg }).await;
     }
 
     /// A decided block from [`BLOCKS_TOPIC`] (judged already): verified and applied like a

@@ -16,7 +16,8 @@ use super::mempool::{Mempool, MempoolError, MempoolStats};
 use super::store::{LedgerStore, StoreError};
 use crate::chain::{ChainParams, ChainTimers, SyncMsg, SyncReply};
 use agora_consensus::{
-    ConsensusDriver, ConsensusTimeouts, DecidedBlock, GossipedBlock, Input, ValidatorSet,
+    ConsensusDriver, ConsensusTimeouts, DecidedBlock, GossipedBlock, GossipedMessage, Input,
+    ValidatorSet,
 };
 use agora_network::{
     GossipTicket, GossipVerdict, Inbox, Interest, NetworkEvent, NetworkHandle, PresenceEvent,
@@ -830,7 +831,7 @@ impl LedgerTask {
 
     /// A message of one of the ledger's topics: judged (see [`GossipVerdict`]), then used.
     async fn on_judged_gossip(&mut self, topic: &str, envelope: &Envelope, ticket: GossipTicket) {
-        let mut block = None;
+        let (mut block, mut message) = (None, None);
         let verdict = match envelope.kind {
             Kind::Transaction if topic == TX_TOPIC => self.on_gossiped_batch(&envelope.payload),
             Kind::Consensus if !self.view.ledger.committee().contains(&envelope.sender) => {
@@ -846,13 +847,22 @@ impl LedgerTask {
                 verdict
             }
             Kind::Consensus if topic == CONSENSUS_TOPIC => {
-                // Undecodable or stale votes are not forwarded (the driver checks the rest after
-                // the verdict, so votes travel on without waiting for their processing).
+                // Decoded and its signatures checked here, once, in this task (THREATS A12): a
+                // member's junk, stale heights and far rounds are not forwarded; the driver
+                // takes the checked message after the verdict, so votes travel on without
+                // waiting for their processing.
                 match self.driver.judge_gossiped_message(&envelope.payload) {
-                    Ok(true) => GossipVerdict::Accept,
-                    Ok(false) => GossipVerdict::Ignore,
-                    Err(e) => {
-                        debug!(from = %envelope.sender.short(), error = %e, "malformed consensus message");
+                    GossipedMessage::Forward(msg) => {
+                        message = Some(msg);
+                        GossipVerdict::Accept
+                    }
+                    GossipedMessage::Far(msg) => {
+                        message = Some(msg);
+                        GossipVerdict::Ignore
+                    }
+                    GossipedMessage::Stale => GossipVerdict::Ignore,
+                    GossipedMessage::Invalid(e) => {
+                        debug!(from = %envelope.sender.short(), error = %e, "invalid consensus message");
                         GossipVerdict::Reject
                     }
                 }
@@ -864,12 +874,9 @@ impl LedgerTask {
             // Accepted, or ignored yet far ahead (the driver asks for the gap).
             return self.on_block_gossip(envelope.sender, decided).await;
         }
-        if verdict != GossipVerdict::Accept || envelope.kind != Kind::Consensus {
-            return;
-        }
-        if topic == CONSENSUS_TOPIC {
-            self.on_consensus_gossip(envelope.sender, envelope.payload.clone())
-                .await;
+        if let Some(msg) = message {
+            // Forwarded, or ignored yet far ahead (the driver asks for the gap).
+            self.on_consensus_gossip(envelope.sender, msg).await;
         }
     }
 

@@ -1,13 +1,17 @@
 //! Sync: serving decided blocks to peers and deciding from verified ones we receive.
 
+use std::cmp::Ordering;
+
 use agora_market::NodeId;
 use arc_malachitebft_core_consensus::{self as mc, PeerId};
 use arc_malachitebft_core_types::ValueResponse;
 
 use super::ConsensusDriver;
+use super::io::MAX_ROUND_LOOKAHEAD;
 use crate::certificate::DecidedBlock;
 use crate::effects::Effect;
 use crate::error::ConsensusError;
+use crate::messages::{ConsensusMessage, VerifiedMessage};
 
 impl ConsensusDriver {
     pub(super) fn on_sync_request(&mut self, from: NodeId, height: u64) {
@@ -116,14 +120,78 @@ impl ConsensusDriver {
         }
     }
 
-    /// Whether a message gossiped on the consensus topic is worth forwarding, judged before
-    /// the driver processes it (votes travel on without waiting for that): undecodable is an
-    /// error; two heights or more behind ours is not (no one still deciding needs it; one
-    /// behind may help a peer that has not decided yet), so a member replaying its old
-    /// messages reaches only its direct peers (THREATS A12).
-    pub fn judge_gossiped_message(&self, bytes: &[u8]) -> Result<bool, ConsensusError> {
-        let msg = crate::ConsensusMessage::decode(bytes)?;
-        Ok(msg.height().saturating_add(1) >= self.io.height)
+    /// What a message gossiped on the consensus topic is worth here, judged before the network
+    /// forwards it (THREATS A12), cheapest checks first: undecodable is invalid; two heights or
+    /// more behind ours is stale (no one still deciding needs it; one behind may help a peer
+    /// that has not decided yet); so is a vote or proposal for a round the driver would not
+    /// take (more than `MAX_ROUND_LOOKAHEAD` past our round at our height, past round 0 at the
+    /// next, past the deciding round at the last), and a certificate for another height than
+    /// ours (the driver uses no other). Then the signer must be a validator and every signature
+    /// valid, else it is invalid: no honest node forwards one (the committee is the genesis
+    /// one at every height), so its sender is penalised. A checked message beyond the next
+    /// height is not forwarded but still tells the driver we are behind. A member's junk thus
+    /// reaches only its direct peers, at one decode and at most one check each; what passes
+    /// goes to the driver as [`Input::Verified`](crate::Input::Verified), neither decoded nor
+    /// checked again.
+    pub fn judge_gossiped_message(&self, bytes: &[u8]) -> GossipedMessage {
+        use arc_malachitebft_core_types::Vote as _;
+        let msg = match ConsensusMessage::decode(bytes) {
+            Ok(msg) => msg,
+            Err(error) => return GossipedMessage::Invalid(error),
+        };
+        let (height, current) = (msg.height(), self.io.height);
+        if height.saturating_add(1) < current {
+            return GossipedMessage::Stale;
+        }
+        let far = height > current.saturating_add(1);
+        let validators = &self.io.validators;
+        let checked = match &msg {
+            ConsensusMessage::Vote(v) => match v.vote.round().as_u32() {
+                Some(round) if far || round <= self.round_bound(height) => v.verify(validators),
+                _ => return GossipedMessage::Stale,
+            },
+            ConsensusMessage::Proposal(p) => {
+                if !far && p.proposal.round_number() > self.round_bound(height) {
+                    return GossipedMessage::Stale;
+                }
+                p.verify(validators)
+            }
+            ConsensusMessage::PolkaCertificate(_) | ConsensusMessage::RoundCertificate(_)
+                if height != current =>
+            {
+                return GossipedMessage::Stale;
+            }
+            ConsensusMessage::PolkaCertificate(c) => {
+                at_most_one_each(c.signatures.len(), validators.len())
+                    .and_then(|()| c.verify(validators))
+            }
+            ConsensusMessage::RoundCertificate(c) => {
+                at_most_one_each(c.signatures.len(), validators.len())
+                    .and_then(|()| c.verify(validators))
+            }
+        };
+        match checked {
+            Err(error) => GossipedMessage::Invalid(error),
+            Ok(()) if far => GossipedMessage::Far(VerifiedMessage(msg)),
+            Ok(()) => GossipedMessage::Forward(VerifiedMessage(msg)),
+        }
+    }
+
+    /// The last round whose votes and proposals for `height` (not beyond the next) are worth
+    /// forwarding: [`MAX_ROUND_LOOKAHEAD`] past our round at our height (Malachite drops the
+    /// rest), past round 0 at the next height (early votes are held for those rounds only), past
+    /// the round that decided an earlier height (0 when it is no longer in memory).
+    fn round_bound(&self, height: u64) -> u32 {
+        let base = match height.cmp(&self.io.height) {
+            Ordering::Equal => self.state.round().as_u32().unwrap_or(0),
+            Ordering::Less => self
+                .io
+                .history
+                .get(&height)
+                .map_or(0, |d| d.certificate.round),
+            Ordering::Greater => 0,
+        };
+        base.saturating_add(MAX_ROUND_LOOKAHEAD)
     }
 
     fn check_synced(&self, from: NodeId, decided: &DecidedBlock) -> Result<(), ConsensusError> {
@@ -174,6 +242,38 @@ pub enum GossipedBlock {
     Old,
     /// The next block, but its certificate or parent is wrong: not forwarded, sender penalised.
     Invalid(ConsensusError),
+}
+
+/// The judgement of a message gossiped on the consensus topic
+/// ([`ConsensusDriver::judge_gossiped_message`]).
+#[derive(Debug)]
+pub enum GossipedMessage {
+    /// Checked, for a height from the one before ours to the next, within the rounds the driver
+    /// takes: forward it and give it to the driver.
+    Forward(VerifiedMessage),
+    /// Checked, but for a height beyond the next: not forwarded (no one deciding with us needs
+    /// it), given to the driver (it asks peers for the blocks in between).
+    Far(VerifiedMessage),
+    /// Two heights or more behind ours, for a round beyond the lookahead, or a certificate for
+    /// another height: neither forwarded nor processed, its sender not penalised (an honest
+    /// relay may be at another height or round).
+    Stale,
+    /// Undecodable, or not signed as it claims (signer outside the committee, wrong proposer,
+    /// block not matching, bad signature, too many signatures): not forwarded, sender penalised.
+    Invalid(ConsensusError),
+}
+
+/// A certificate carries at most one signature per validator: more is refused unchecked.
+fn at_most_one_each(got: usize, max: usize) -> Result<(), ConsensusError> {
+    if got > max {
+        return Err(ConsensusError::TooMany {
+            from: None,
+            what: "certificate signatures",
+            got,
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// Whether `decided`'s certificate is for its block's height and id (what is wrong if not).

@@ -406,3 +406,57 @@ fn timeouts_that_follow_the_round_trip_keep_slow_links_in_round_zero() {
         );
     }
 }
+
+/// THREATS A12: with every delivery judged first, as the ledger task does (only what the judge
+/// forwards or finds far ahead reaches the driver, checked), the judge never refuses honest
+/// traffic (early votes for the next height, a restarted arbitrator's catch-up from votes far
+/// ahead, later rounds' proposals and votes over a lossy network) and the chain decides as
+/// without it.
+#[test]
+fn judged_gossip_refuses_no_honest_traffic() {
+    let all = [0, 1, 2, 3];
+    let none_invalid = |sim: &Sim| {
+        for i in all {
+            let invalid = &sim.nodes[i].judged_invalid;
+            assert!(
+                invalid.is_empty(),
+                "node {i} judged honest gossip invalid: {invalid:?}"
+            );
+        }
+    };
+    for seed in 31..=32 {
+        let mut sim = Sim::new(4, seed);
+        sim.judged = true;
+        assert!(sim.run_until(60_000, |s| s.all_reached(&all, 3)));
+        sim.crash(1);
+        assert!(sim.run_until(200_000, |s| s.all_reached(&[0, 2, 3], 12)));
+        sim.restart(1);
+        assert!(
+            sim.run_until(400_000, |s| s.all_reached(&all, 16)),
+            "seed {seed}: restarted arbitrator stuck at {}",
+            sim.nodes[1].tip().0
+        );
+        assert!(sim.nodes[1].sync_requests > 0, "catch-up went through sync");
+        assert_consistent(&sim, &all);
+        no_rejections(&sim, &all);
+        none_invalid(&sim);
+    }
+    for seed in 61..=62 {
+        let mut sim = Sim::new(4, seed);
+        sim.judged = true;
+        sim.loss = 0.2;
+        assert!(
+            sim.run_until(600_000, |s| s.all_reached(&all, 8)),
+            "seed {seed}: stalled at {:?}",
+            all.map(|i| sim.nodes[i].tip().0)
+        );
+        assert_consistent(&sim, &all);
+        no_rejections(&sim, &all);
+        none_invalid(&sim);
+        let max_round = sim.nodes[0].decided.iter().map(|(_, _, c)| c.round).max();
+        assert!(
+            max_round > Some(0),
+            "seed {seed}: no later round was exercised"
+        );
+    }
+}

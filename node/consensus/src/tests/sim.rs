@@ -14,8 +14,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::{
     Block, BlockId, CommitCertificate, ConsensusConfig, ConsensusDriver, ConsensusError,
-    ConsensusMessage, ConsensusTimeouts, DecidedBlock, Effect, Input, Misbehavior, SignedVoteMsg,
-    TimeoutId, ValidatorSet, Vote, WalEntry,
+    ConsensusMessage, ConsensusTimeouts, DecidedBlock, Effect, GossipedMessage, Input, Misbehavior,
+    SignedVoteMsg, TimeoutId, ValidatorSet, Vote, WalEntry,
 };
 
 /// Short timeouts so simulated rounds are quick.
@@ -43,6 +43,8 @@ pub struct SimNode {
     pub decided: Vec<(u64, Block, CommitCertificate)>,
     pub evidence: Vec<Misbehavior>,
     pub rejected: Vec<(Option<NodeId>, ConsensusError)>,
+    /// What the gossip judge found invalid (with [`Sim::judged`]).
+    pub judged_invalid: Vec<ConsensusError>,
     /// The current height's write-ahead log (what sled would hold).
     pub wal: Vec<WalEntry>,
     pub sync_requests: usize,
@@ -106,6 +108,9 @@ pub struct Sim {
     generation: u64,
     /// Probability that a gossip delivery is lost.
     pub loss: f64,
+    /// Every delivery is judged first, as the ledger task does (THREATS A12): only what the
+    /// judge forwards or finds far ahead reaches the driver, as [`Input::Verified`].
+    pub judged: bool,
     /// One-way delay of every delivery, ms (uniform in the range).
     links_ms: (u64, u64),
     /// The proposer answers a value request this long after it (ms); `None`: at once (2 ms).
@@ -162,6 +167,7 @@ impl Sim {
                 decided: Vec::new(),
                 evidence: Vec::new(),
                 rejected: Vec::new(),
+                judged_invalid: Vec::new(),
                 wal: Vec::new(),
                 sync_requests: 0,
                 crashed: false,
@@ -179,6 +185,7 @@ impl Sim {
             rng: StdRng::seed_from_u64(seed),
             generation: 0,
             loss: 0.0,
+            judged: false,
             links_ms: setup.links_ms,
             empty_block_ms: setup.empty_block_ms,
             config: setup.config,
@@ -213,6 +220,20 @@ impl Sim {
         let effects = self.nodes[i].driver.handle(self.now, input);
         for effect in effects {
             self.apply(i, effect);
+        }
+    }
+
+    /// A delivery through the gossip judge (see [`Sim::judged`]).
+    fn deliver_judged(&mut self, to: usize, from: NodeId, bytes: &[u8]) {
+        if self.nodes[to].crashed {
+            return;
+        }
+        match self.nodes[to].driver.judge_gossiped_message(bytes) {
+            GossipedMessage::Forward(msg) | GossipedMessage::Far(msg) => {
+                self.input(to, Input::Verified { from, msg })
+            }
+            GossipedMessage::Stale => {}
+            GossipedMessage::Invalid(error) => self.nodes[to].judged_invalid.push(error),
         }
     }
 
@@ -369,7 +390,11 @@ impl Sim {
         match event {
             Event::Deliver { to, from, bytes } => {
                 let from = self.nodes[from].id();
-                self.input(to, Input::Message { from, bytes });
+                if self.judged {
+                    self.deliver_judged(to, from, &bytes);
+                } else {
+                    self.input(to, Input::Message { from, bytes });
+                }
             }
             Event::Timer {
                 node,

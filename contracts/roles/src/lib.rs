@@ -13,7 +13,9 @@
 //! latency), and who holds which sensor. So [`Roles`] is one machine with one [`Input`] and one
 //! [`Effect`] type, whose state is split per role and whose rules live in one file per role
 //! (`customer.rs`, `provider.rs`, `arbitrator.rs`; tests in `tests/` per role), plus one for
-//! settlement, which either party does (`settle.rs`). Each role
+//! settlement, which either party does (`settle.rs`), and one for the provider's heartbeat
+//! bookkeeping ([`Heartbeat`], `heartbeat.rs`: the node's orchestrator uses it too while it
+//! still decides the provider's duties itself). Each role
 //! handler is level-triggered: on every input it compares the ledger facts and the clock with
 //! what it has done and emits what is missing. Restart, recovery after lagging, and a late or
 //! repeated block are therefore the code path of a fresh block, which is what makes them
@@ -122,6 +124,7 @@ pub mod authority;
 mod customer;
 pub mod facts;
 pub mod followed;
+pub mod heartbeat;
 pub mod io;
 mod provider;
 pub mod readings;
@@ -146,6 +149,7 @@ use agora_contracts::ledger::{ContractRecord, LedgerEvent};
 pub use authority::{Group, KeyHolder, Timing, device_authority, key_holders};
 pub use facts::LedgerFacts;
 pub use followed::FollowedDevices;
+pub use heartbeat::{Heartbeat, uptime_collectable};
 pub use io::{AuditVerdict, Effect, Input, Note, OWN_SERVICE, Presence, ServiceRef};
 pub use readings::{DeviceAuthority, DeviceId, Previous, Readings, ReadingsConfig};
 

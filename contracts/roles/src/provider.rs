@@ -2,7 +2,7 @@
 //! migrate, arm, activate when the trigger fires (and the ledger is current), report uptime
 //! heartbeats with readings and data proofs, settle when the term ends, stop when it closed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use agora_market::{NodeId, Timestamp};
 use cid::Cid;
@@ -14,7 +14,7 @@ use steps::{activate, listen, prepare_effect, stop, submit_once};
 
 use super::facts::{closed, provider_engaged};
 use super::io::{Effect, Input, Note, ServiceRef};
-use super::{ACTIVATION_RETRY_MS, MIN_HEARTBEAT_MS, View};
+use super::{ACTIVATION_RETRY_MS, Heartbeat, View};
 use agora_contracts::contract::{ContractId, ContractKind};
 use agora_contracts::ledger::{ContractRecord, TxKind};
 use agora_contracts::lifecycle::ContractStatus;
@@ -48,32 +48,20 @@ enum Run {
     Active { since: Timestamp },
 }
 
-/// Heartbeat bookkeeping of an active service.
-#[derive(Clone, Debug, Default)]
-struct Beat {
-    /// Uptime is never claimed before this: when the service (re)started, or when it was
-    /// last seen stopped. Each batch starts at this or the ledger's cursor, the later.
-    reported_to: Timestamp,
-    last: Timestamp,
-    readings_reported: u64,
-    proofs_reported: BTreeSet<Cid>,
-    metering: bool,
-    /// The batch submitted and not yet answered: (interval end, readings total, proofs).
-    in_flight: Option<(Option<Timestamp>, u64, Vec<Cid>)>,
-}
-
 #[derive(Clone, Debug)]
 struct Host {
     storage: Option<(Cid, Cid)>,
     customer: NodeId,
-    heartbeat_ms: u64,
     prep: Prep,
     run: Run,
     scheduled: Option<Timestamp>,
     listening: bool,
     /// Submissions in flight, with when to submit again if the ledger shows no effect.
     in_flight: BTreeMap<Step, Timestamp>,
-    beat: Beat,
+    /// Heartbeat bookkeeping of the active service (`heartbeat.rs`).
+    beat: Heartbeat,
+    /// A `Meter` asked for and not answered yet: no other until it is.
+    metering: bool,
     /// After a failed start: not before this time; `gave_up` once the deadline passed.
     retry_at: Option<Timestamp>,
     gave_up: bool,
@@ -119,7 +107,7 @@ impl Provider {
             .values()
             .flat_map(|h| {
                 let beat =
-                    matches!(h.run, Run::Active { .. }) && h.storage.is_none() && !h.beat.metering;
+                    matches!(h.run, Run::Active { .. }) && h.storage.is_none() && !h.metering;
                 let retry = match h.prep {
                     Prep::Preparing { retry_at, .. } => retry_at,
                     _ => None,
@@ -130,7 +118,7 @@ impl Provider {
                     h.scheduled,
                     retry,
                     h.retry_at,
-                    beat.then(|| h.beat.last.saturating_add(h.heartbeat_ms)),
+                    beat.then(|| h.beat.due_at()),
                 ]
             })
             .flatten()
@@ -237,7 +225,6 @@ impl Provider {
             Host {
                 storage,
                 customer: c.customer,
-                heartbeat_ms: c.qos.heartbeat_interval_ms.max(MIN_HEARTBEAT_MS),
                 prep: Prep::Preparing {
                     attempts: 0,
                     retry_at: None,
@@ -246,7 +233,8 @@ impl Provider {
                 scheduled: None,
                 listening: false,
                 in_flight: BTreeMap::new(),
-                beat: Beat::default(),
+                beat: Heartbeat::new(c.qos.heartbeat_interval_ms),
+                metering: false,
                 retry_at: None,
                 gave_up: false,
             },

@@ -5,10 +5,10 @@
 //! driven in `roles`.
 
 use agora_contracts::{
-    ContractId, ContractKind, ContractRecord, ContractStatus, Duty, HeartbeatBatch, LedgerEvent,
-    TxKind, UptimeInterval, duties_for,
+    ContractId, ContractKind, ContractRecord, ContractStatus, Duty, LedgerEvent, TxKind, duties_for,
 };
-use agora_roles::Input;
+use agora_roles::{Heartbeat, Input};
+use cid::Cid;
 use tracing::{debug, warn};
 
 use super::{Done, Hosted, Orchestrator};
@@ -16,8 +16,6 @@ use agora_contracts::state::lineage::{Activation, Ending};
 use agora_ledger::AppliedBlock;
 use agora_wire::now_ms;
 
-/// Block time may trail the local clock a little; uptime claims stay this far behind it.
-const CLOCK_MARGIN_MS: u64 = 50;
 /// How often a contract whose arming waits for an ending contract of the same module is
 /// checked again.
 const ARM_RECHECK_MS: u64 = 500;
@@ -463,15 +461,8 @@ impl Orchestrator {
             name,
             customer,
             active_since: None,
-            reported_to: 0,
-            last_heartbeat: 0,
-            // One heartbeat transaction per evidence round at most (the contract's interval, at
-            // least 2 s): every replica verifies each one, and 49 providers heartbeating every
-            // 500 ms (twice a round) were most of a 50-node chain's backlog. The uptime they
-            // report is the same; the settlement judges the time they speak for.
-            heartbeat_ms: heartbeat_ms.max(agora_roles::MIN_HEARTBEAT_MS),
-            proofs_reported: Default::default(),
-            readings_reported: 0,
+            // One heartbeat transaction per evidence round at most (`Heartbeat::new`).
+            beat: Heartbeat::new(heartbeat_ms),
             activation_sent: 0,
         });
         self.timeline.push(
@@ -612,14 +603,14 @@ impl Orchestrator {
         let already_reported = rec.as_ref().and_then(|r| r.activated_at);
         // After a restart, uptime is claimed only from now on (and never before what the
         // ledger already holds).
-        let cursor = rec.as_ref().and_then(|r| r.last_uptime_end).unwrap_or(0);
+        let cursor = rec.as_ref().and_then(|r| r.last_uptime_end);
         if let Some(r) = &rec {
             self.serving.insert(contract, r.contract.committee.clone());
         }
         if let Some(h) = self.hosted.get_mut(&contract) {
             h.active_since = Some(started);
-            h.reported_to = started.max(cursor);
-            h.last_heartbeat = started;
+            // The next heartbeat is due a period after the start.
+            h.beat.started(started, cursor, started);
         }
         let latency = now_ms().saturating_sub(self.block_seen_at);
         self.timeline.push_latency(
@@ -774,7 +765,7 @@ impl Orchestrator {
         let beating: Vec<ContractId> = self
             .hosted
             .iter()
-            .filter(|(_, h)| h.active_since.is_some() && now >= h.last_heartbeat + h.heartbeat_ms)
+            .filter(|(_, h)| h.active_since.is_some() && h.beat.due(now))
             .map(|(id, _)| *id)
             .collect();
         for id in beating {
@@ -810,7 +801,8 @@ impl Orchestrator {
         }
     }
 
-    /// Reports uptime, readings and data proofs of an active hosted contract.
+    /// Reports uptime, readings and data proofs of an active hosted contract: measures and
+    /// submits; what the batch claims is `agora_roles::Heartbeat`'s rule.
     async fn heartbeat(&mut self, contract: ContractId, now: u64) {
         if !self.hosted.contains_key(&contract) {
             return;
@@ -821,13 +813,17 @@ impl Orchestrator {
         // (the committee's probes judge the wait itself).
         let active = self.services.active(&id).await;
         let status = self.radio.status().await;
-        let offered: Vec<String> = status
+        // Proofs that do not parse as CIDs were never sent; they are not tracked either.
+        let offered: Vec<Cid> = status
             .checkpoints
             .iter()
             .filter(|c| c.mine && c.checkpoint.service == id && !c.checkpoint.proof.is_empty())
-            .map(|c| c.checkpoint.proof.clone())
+            .filter_map(|c| c.checkpoint.proof.parse().ok())
             .collect();
-        // Borrowed, not copied: the entry is written back below (THREATS C26).
+        // The ledger's uptime cursor and activation time: where the batch starts (THREATS A6).
+        let rec = self.record(contract).await;
+        // Borrowed, not copied: the bookkeeping is written back after the submission
+        // (THREATS C26).
         let Some(h) = self.hosted.get_mut(&contract) else {
             return;
         };
@@ -837,50 +833,22 @@ impl Orchestrator {
             .filter(|d| d.service.as_deref() == Some(id.as_str()) || h.devices.contains(&d.device))
             .map(|d| d.processed)
             .sum();
-        let proofs = agora_roles::fresh_proofs(
-            &mut h.proofs_reported,
+        h.beat.begin(now);
+        let batch = h.beat.batch(
+            now,
+            active,
+            processed,
             &offered,
-            agora_roles::PROOFS_PER_HEARTBEAT,
+            h.active_since,
+            rec.as_ref(),
         );
-        let (reported_to, active_since, readings_reported) =
-            (h.reported_to, h.active_since, h.readings_reported);
-        let to = now.saturating_sub(CLOCK_MARGIN_MS);
-        // Each batch starts where the ledger's cursor stands (THREATS A6): a block stamped
-        // behind this node's clock clips the batch to the block's time, and a batch refused
-        // in its block moves nothing; starting at this node's own end of the last batch would
-        // leave the difference as a gap counted against it. Batches in flight together
-        // overlap; the ledger counts each moment once. Never before the service (re)started.
-        let rec = self.record(contract).await;
-        let cursor = rec.as_ref().and_then(|r| r.last_uptime_end);
-        let activated_at = rec.as_ref().and_then(|r| r.activated_at);
-        let from = agora_roles::first_uptime_from(reported_to, active_since, cursor, activated_at);
-        let intervals = if active && to > from {
-            vec![UptimeInterval { from, to }]
-        } else {
-            Vec::new()
-        };
-        let batch = HeartbeatBatch {
-            intervals: intervals.clone(),
-            readings_processed: processed.saturating_sub(readings_reported),
-            data_proofs: proofs.iter().filter_map(|p| p.parse().ok()).collect(),
-        };
         let ok = self
             .submit(TxKind::Heartbeats { contract, batch }, "heartbeats")
             .await;
         if let Some(h) = self.hosted.get_mut(&contract) {
-            h.last_heartbeat = now;
-            if !active {
-                // Time the service was seen stopped is never claimed, even once it runs again.
-                h.reported_to = h.reported_to.max(to);
-            }
-            if ok {
-                h.readings_reported = processed;
-                h.proofs_reported.extend(proofs);
-            }
+            h.beat.answered(ok);
         }
-        if let Some(rec) = self.record(contract).await
-            && rec.collectable() > 0
-        {
+        if agora_roles::uptime_collectable(self.record(contract).await.as_ref()) {
             self.submit(TxKind::SettleUptime(contract), "uptime payment")
                 .await;
         }

@@ -172,13 +172,9 @@ struct Hosted {
     name: String,
     customer: NodeId,
     active_since: Option<Timestamp>,
-    /// Uptime is never claimed before this: when the service (re)started here, or when it
-    /// was last seen stopped. Each batch starts at this or the ledger's cursor, the later.
-    reported_to: Timestamp,
-    last_heartbeat: Timestamp,
-    heartbeat_ms: u64,
-    proofs_reported: BTreeSet<String>,
-    readings_reported: u64,
+    /// When the next heartbeat is due and what it claims (the rule is `agora_roles`'; this
+    /// crate only measures and submits).
+    beat: agora_roles::Heartbeat,
     /// When this node last submitted the contract's activation report (0: none waiting for
     /// the ledger): sent again every [`ACTIVATION_RESEND_MS`] until the ledger shows the
     /// activation (THREATS C10: a report refused by one block is not the end of it).

@@ -7,11 +7,9 @@ use cid::Cid;
 use super::steps::submit_once;
 use super::{Prep, Provider, Run, Step};
 use crate::io::{Effect, Note, ServiceRef};
-use crate::{
-    CLOCK_MARGIN_MS, PROOFS_PER_HEARTBEAT, REFUSED_RETRY_MS, STAGE_ATTEMPTS, STAGE_BACKOFF_MS, View,
-};
+use crate::{REFUSED_RETRY_MS, STAGE_ATTEMPTS, STAGE_BACKOFF_MS, View, uptime_collectable};
 use agora_contracts::contract::ContractId;
-use agora_contracts::ledger::{HeartbeatBatch, TxKind, UptimeInterval};
+use agora_contracts::ledger::TxKind;
 use agora_contracts::lifecycle::ContractStatus;
 
 impl Provider {
@@ -22,14 +20,14 @@ impl Provider {
         let Prep::Ready { devices } = &h.prep else {
             return;
         };
-        if h.storage.is_some() || !matches!(h.run, Run::Active { .. }) || h.beat.metering {
+        if h.storage.is_some() || !matches!(h.run, Run::Active { .. }) || h.metering {
             return;
         }
-        if v.now < h.beat.last.saturating_add(h.heartbeat_ms) {
+        if !h.beat.due(v.now) {
             return;
         }
-        h.beat.metering = true;
-        h.beat.last = v.now;
+        h.metering = true;
+        h.beat.begin(v.now);
         out.push(Effect::Meter {
             contract: id,
             service: ServiceRef::Contract(id),
@@ -143,10 +141,9 @@ impl Provider {
         let rec = v.records.get(&id);
         // After a restart, uptime is claimed only from now on, and never before what the
         // ledger already holds.
-        let cursor = rec.and_then(|r| r.last_uptime_end).unwrap_or(0);
         h.run = Run::Active { since: started_at };
-        h.beat.reported_to = started_at.max(cursor);
-        h.beat.last = v.now;
+        h.beat
+            .started(started_at, rec.and_then(|r| r.last_uptime_end), v.now);
         let latency = v.now.saturating_sub(v.block_seen_at);
         out.push(Effect::Timeline(Note {
             latency_ms: Some(latency),
@@ -185,42 +182,19 @@ impl Provider {
         let Some(h) = self.hosts.get_mut(&id) else {
             return;
         };
-        h.beat.metering = false;
-        if !matches!(h.run, Run::Active { .. }) {
+        h.metering = false;
+        let Run::Active { since } = h.run else {
             return;
-        }
-        let fresh = crate::fresh_proofs(&mut h.beat.proofs_reported, proofs, PROOFS_PER_HEARTBEAT);
-        let to = v.now.saturating_sub(CLOCK_MARGIN_MS);
-        // Each batch starts where the ledger's cursor stands, never before the service
-        // (re)started or was last seen stopped (THREATS A6: a block stamped behind this
-        // node's clock clips a batch, a refused batch moves nothing; the ledger counts the
-        // overlap of batches in flight together once).
+        };
         let rec = v.records.get(&id);
-        if !running {
-            h.beat.reported_to = h.beat.reported_to.max(to);
-        }
-        let since = match h.run {
-            Run::Active { since } => Some(since),
-            _ => None,
-        };
-        let from = crate::first_uptime_from(
-            h.beat.reported_to,
-            since,
-            rec.and_then(|r| r.last_uptime_end),
-            rec.and_then(|r| r.activated_at),
-        );
-        let interval = (running && to > from).then_some(UptimeInterval { from, to });
-        let batch = HeartbeatBatch {
-            intervals: interval.into_iter().collect(),
-            readings_processed: processed.saturating_sub(h.beat.readings_reported),
-            data_proofs: fresh.clone(),
-        };
-        h.beat.in_flight = Some((interval.map(|i| i.to), processed, fresh));
+        let batch = h
+            .beat
+            .batch(v.now, running, processed, proofs, Some(since), rec);
         out.push(Effect::Submit(TxKind::Heartbeats {
             contract: id,
             batch,
         }));
-        if v.records.get(&id).is_some_and(|r| r.collectable() > 0) {
+        if uptime_collectable(rec) {
             out.push(Effect::Submit(TxKind::SettleUptime(id)));
         }
     }
@@ -259,15 +233,7 @@ impl Provider {
                     )));
                 }
             }
-            None => {
-                let Some((_, processed, proofs)) = h.beat.in_flight.take() else {
-                    return;
-                };
-                if accepted {
-                    h.beat.readings_reported = processed;
-                    h.beat.proofs_reported.extend(proofs);
-                }
-            }
+            None => h.beat.answered(accepted),
         }
     }
 }

@@ -666,8 +666,8 @@ async fn a_container_is_stopped_when_its_contract_or_its_lifetime_ends() {
 
 /// THREATS A15: many contracts naming this node as arbitrator each warm their image for
 /// probes; loads run [`PROBE_LOADS`] at a time, [`PROBE_LOADS_WAITING`] more wait, the rest
-/// are refused and counted, an image already loading is not loaded again (their probes judged on the hosting layer's word), and a refused
-/// image loads on a later probe.
+/// are refused and counted, an image already loading is not loaded again (their probes are
+/// judged on the hosting layer's word), and a refused image loads on a later probe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_image_loads_are_bounded_and_the_refused_load_later() {
     use agora_contracts::probe::GuestExpectation;

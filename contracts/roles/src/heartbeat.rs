@@ -121,7 +121,9 @@ impl Heartbeat {
             readings_processed: processed.saturating_sub(self.readings_reported),
             data_proofs: fresh.clone(),
         };
-        self.in_flight = Some((processed, fresh));
+        // A total below the one reported (a radio that did not answer counts 0) claims none
+        // and keeps what was reported: the next answer would claim it all again.
+        self.in_flight = Some((processed.max(self.readings_reported), fresh));
         batch
     }
 
@@ -338,10 +340,36 @@ mod tests {
         assert_eq!(sent, all[..192].to_vec(), "each proof once, in order");
     }
 
-    /// Mutant: `uptime_collectable` as `rec.is_some()`.
+    /// Mutants: `uptime_collectable` as `rec.is_some()`, or as never.
     #[test]
     fn uptime_is_collected_only_when_the_ledger_shows_some() {
         assert!(!uptime_collectable(None));
         assert!(!uptime_collectable(Some(&record(None, None))));
+        // Active, with confirmed uptime reported and not paid yet.
+        let mut r = record(Some(STARTED + 10_000), Some(STARTED));
+        r.status = agora_contracts::lifecycle::ContractStatus::Active;
+        r.uptime_ms = r.contract.duration_ms / 2;
+        r.confirmed_up_ms = r.uptime_ms;
+        assert!(r.collectable() > 0, "{r:?}");
+        assert!(uptime_collectable(Some(&r)));
+    }
+
+    /// A readings total below the one reported (a radio that did not answer counts 0) claims
+    /// none and keeps what was reported. Mutant: the total taken as it comes (the next batch
+    /// would claim every reading again).
+    #[test]
+    fn the_readings_reported_never_go_back() {
+        let mut hb = started();
+        let b = hb.batch(STARTED + PERIOD, true, 40, &[], None, None);
+        assert_eq!(b.readings_processed, 40);
+        hb.answered(true);
+        let b = hb.batch(STARTED + 2 * PERIOD, true, 0, &[], None, None);
+        assert_eq!(b.readings_processed, 0);
+        hb.answered(true);
+        let b = hb.batch(STARTED + 3 * PERIOD, true, 45, &[], None, None);
+        assert_eq!(
+            b.readings_processed, 5,
+            "only the readings since the 40 reported"
+        );
     }
 }

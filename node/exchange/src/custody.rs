@@ -55,7 +55,8 @@ pub const CUSTODY_HOLDER_PREFIX: &str = "custody:";
 
 /// The folder of the data dir trees are kept in.
 pub const TREES_DIR: &str = "custody-trees";
-/// A kept tree's file starts with this, then the blake3 hash of the rest (32 bytes), the
+/// A kept tree's file starts with this (bump it whenever the tree's rule changes: a tree
+/// read back is trusted to be the file's), then the blake3 hash of the rest (32 bytes), the
 /// root (32 bytes), the chunk count (u64 LE), each chunk's hash (32 bytes), and each chunk's
 /// CID (its length as u16 LE, then its bytes).
 const TREE_MAGIC: &[u8; 8] = b"agoraT2\n";
@@ -173,7 +174,8 @@ impl Provers {
         removed
     }
 
-    /// Keeps at most [`KEPT_PROVERS`] trees on disk, the least recently written or used first.
+    /// Keeps at most [`KEPT_PROVERS`] trees on disk, the least recently written or read back
+    /// first.
     fn bound_dir(&self) {
         let Some(dir) = &self.dir else { return };
         let Ok(entries) = std::fs::read_dir(dir.as_path()) else {
@@ -437,10 +439,14 @@ impl StorageHandle {
                 // before the removal, so a custody of the same file taken meanwhile keeps it.
                 Ok(_) if cid == file => {
                     let me = self.clone();
+                    // Under the hold table's lock: a custody of the file taken after it finds
+                    // the tree gone and writes it again.
                     let _ = tokio::task::spawn_blocking(move || {
-                        if !me.read_holds(|t| t.held_by_a(&file, CUSTODY_HOLDER_PREFIX)) {
-                            me.provers.forget(&file);
-                        }
+                        me.read_holds(|t| {
+                            if !t.held_by_a(&file, CUSTODY_HOLDER_PREFIX) {
+                                me.provers.forget(&file);
+                            }
+                        });
                     })
                     .await;
                 }
@@ -483,7 +489,7 @@ impl StorageHandle {
             )));
         }
         // One pass over the file builds the tree the challenges are answered from (or it is
-        // read back as kept by an earlier run, when it gives the claimed commitment).
+        // read back as kept by an earlier run); it must give the claimed commitment.
         let provers = self.provers.clone();
         let (prover, _) = store
             .blocking(move |s| provers.load_or_build(s, &file))

@@ -240,7 +240,10 @@ pub enum ServiceError {
     )]
     ProbeImageLoading,
     /// A probe image's fetch took too long (THREATS A15).
-    #[error("the probe image was not fetched within {0} s; asked again at a later probe")]
+    #[error(
+        "the probe image was not fetched within {0} s while other probe images waited; asked \
+         again at a later probe"
+    )]
     ProbeFetchTimeout(u64),
     /// A dependency started but did not become ready (first poll answered, healthy) in time.
     #[error(

@@ -29,8 +29,9 @@ pub const PROBE_LOADS: usize = 2;
 /// ([`ServiceError::ProbeLoadsBusy`], counted) and its probe judged on the hosting layer's
 /// word, like a probe whose image is not compiled yet.
 pub const PROBE_LOADS_WAITING: usize = 16;
-/// Longest fetch of a probe image: a trickled image (a block just inside the fetch's idle
-/// timeout, for ever) would otherwise hold one of the [`PROBE_LOADS`] turns for hours.
+/// Longest fetch of a probe image while another load waits for a turn: a trickled image (a
+/// block just inside the fetch's idle timeout, for ever) would otherwise hold one of the
+/// [`PROBE_LOADS`] turns for hours. With no load waiting, a slow fetch goes on.
 pub const PROBE_FETCH_MAX: Duration = Duration::from_secs(120);
 
 /// What the probe cache's loads did (THREATS A15).
@@ -213,20 +214,31 @@ impl ServiceHost {
             return Ok(m.module.clone());
         }
         // Held while cached: an arbitrator keeps at most MAX_PROBE_MODULES probed images.
-        let hold = self
-            .inner
-            .storage
-            .hold(image, PROBE_HOLDER, Some(crate::IMAGE_MAX_BYTES));
-        match tokio::time::timeout(PROBE_FETCH_MAX, hold).await {
-            Ok(held) => {
-                held?;
-            }
-            Err(_) => {
-                loads.timed_out.fetch_add(1, Ordering::Relaxed);
-                if !lock(&self.inner.probe_modules).contains_key(&image) {
-                    self.release_probe_image(image).await;
+        // Past PROBE_FETCH_MAX the turn is given up, but only to a load that waits for it: a
+        // slow honest image with no one waiting goes on loading.
+        let mut hold = std::pin::pin!(self.inner.storage.hold(
+            image,
+            PROBE_HOLDER,
+            Some(crate::IMAGE_MAX_BYTES)
+        ));
+        let started = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                held = &mut hold => {
+                    held?;
+                    break;
                 }
-                return Err(ServiceError::ProbeFetchTimeout(PROBE_FETCH_MAX.as_secs()));
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if started.elapsed() >= PROBE_FETCH_MAX
+                        && loads.waiting.load(Ordering::Relaxed) > 0
+                    {
+                        loads.timed_out.fetch_add(1, Ordering::Relaxed);
+                        if !lock(&self.inner.probe_modules).contains_key(&image) {
+                            self.release_probe_image(image).await;
+                        }
+                        return Err(ServiceError::ProbeFetchTimeout(PROBE_FETCH_MAX.as_secs()));
+                    }
+                }
             }
         }
         let compiled = self.compile_probe_module(image).await;

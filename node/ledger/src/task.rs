@@ -863,6 +863,7 @@ impl LedgerTask {
                     GossipedMessage::Stale => GossipVerdict::Ignore,
                     GossipedMessage::Invalid(e) => {
                         debug!(from = %envelope.sender.short(), error = %e, "invalid consensus message");
+                        self.view.consensus_refused = self.view.consensus_refused.saturating_add(1);
                         GossipVerdict::Reject
                     }
                 }

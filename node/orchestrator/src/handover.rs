@@ -822,8 +822,7 @@ impl Orchestrator {
             .collect();
         // The ledger's uptime cursor and activation time: where the batch starts (THREATS A6).
         let rec = self.record(contract).await;
-        // Borrowed, not copied: the bookkeeping is written back after the submission
-        // (THREATS C26).
+        // Borrowed, not cloned (THREATS C26); `answered` updates it after the submission.
         let Some(h) = self.hosted.get_mut(&contract) else {
             return;
         };

@@ -185,6 +185,10 @@ impl Orchestrator {
         let Some(by) = self.own.reclaim_by else {
             return;
         };
+        // Behind, `evaluate_own` would return before the sensors: not at every tick.
+        if !self.roles.synced() {
+            return;
+        }
         let released = match self.own.yielded_at {
             Some(since) => self.radio.released_by_peer(&self.own.devices, since).await,
             None => true,
@@ -269,7 +273,12 @@ impl Orchestrator {
             .unwrap_or(false);
         let devices = self.own.devices.clone();
         if handed_over {
-            self.own.reclaim_by = None;
+            // A reclaim that was waiting belonged to the handover that ended: this one's
+            // provider must release the sensors after now (an earlier provider's release must
+            // not stand in for it; review of session 51).
+            if self.own.reclaim_by.take().is_some() {
+                self.own.yielded_at = Some(now_ms());
+            }
             self.own.yielded_at.get_or_insert_with(now_ms);
             if self.own.running {
                 self.radio.release(devices.clone()).await;

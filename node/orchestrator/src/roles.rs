@@ -380,7 +380,13 @@ impl Orchestrator {
             async move {
                 let started = std::time::Instant::now();
                 let e = services.probe_image(image, 0).await;
-                tracing::info!(%image, ms = started.elapsed().as_millis(), ?e, "image ready for probes");
+                let ms = started.elapsed().as_millis();
+                match e {
+                    GuestExpectation::Unknown(why) => {
+                        tracing::debug!(%image, ms, %why, "image not loaded for probes now");
+                    }
+                    e => tracing::info!(%image, ms, ?e, "image ready for probes"),
+                }
             }
             .in_current_span(),
         );

@@ -154,10 +154,23 @@ impl ConsensusDriver {
                 if !far && p.proposal.round_number() > self.round_bound(height) {
                     return GossipedMessage::Stale;
                 }
+                // Every honest member at our height has the same parent: as cheap as a
+                // comparison, and the same answer everywhere.
+                let block = p.proposal.block();
+                if height == current && block.parent != self.io.parent {
+                    return GossipedMessage::Invalid(ConsensusError::BlockMismatch {
+                        height,
+                        block: block.id(),
+                        reason: "parent is not the block decided at the previous height",
+                    });
+                }
                 p.verify(validators)
             }
+            // Certificates help only at a height someone still decides: ours, the one before
+            // (a slower peer) and the next (we may be the slower one). The driver uses those at
+            // ours; the others are checked and relayed.
             ConsensusMessage::PolkaCertificate(_) | ConsensusMessage::RoundCertificate(_)
-                if height != current =>
+                if far =>
             {
                 return GossipedMessage::Stale;
             }
@@ -184,11 +197,12 @@ impl ConsensusDriver {
     fn round_bound(&self, height: u64) -> u32 {
         let base = match height.cmp(&self.io.height) {
             Ordering::Equal => self.state.round().as_u32().unwrap_or(0),
+            // Not in memory (after a restart): any round of that one height.
             Ordering::Less => self
                 .io
                 .history
                 .get(&height)
-                .map_or(0, |d| d.certificate.round),
+                .map_or(u32::MAX, |d| d.certificate.round),
             Ordering::Greater => 0,
         };
         base.saturating_add(MAX_ROUND_LOOKAHEAD)

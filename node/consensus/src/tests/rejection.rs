@@ -1018,6 +1018,19 @@ fn gossiped_consensus_messages_are_checked_before_they_travel() {
         judge(&f, ConsensusMessage::Proposal(usurper)),
         GossipedMessage::Invalid(ConsensusError::WrongProposer { .. })
     ));
+    // The right proposer, a block on another parent than ours: refused before it travels.
+    let p = Proposal::new(
+        Height(1),
+        Round::new(1),
+        block_by(&right, 1, BlockId([9; 32])),
+        Round::Nil,
+        Address(right.node_id()),
+    );
+    let orphan = SignedProposalMsg::sign(p, &agora_contracts::ChainTag::default(), right.as_ref());
+    assert!(matches!(
+        judge(&f, ConsensusMessage::Proposal(orphan)),
+        GossipedMessage::Invalid(ConsensusError::BlockMismatch { .. })
+    ));
 
     // Certificates: checked at our height; at another, the driver uses none.
     let id = BlockId([3; 32]);
@@ -1047,9 +1060,22 @@ fn gossiped_consensus_messages_are_checked_before_they_travel() {
         judge(&f, polka(&f, 1, &[1, 1, 1, 1, 1])),
         GossipedMessage::Invalid(ConsensusError::TooMany { max: 4, .. })
     ));
+    // At the next height (we may be the slower one) checked and relayed; beyond, ignored
+    // unchecked.
+    assert!(matches!(
+        judge(&f, polka(&f, 2, &[1, 2, 3])),
+        GossipedMessage::Forward(_)
+    ));
     assert!(
-        matches!(judge(&f, polka(&f, 2, &[1, 2])), GossipedMessage::Stale),
-        "a certificate for another height forwarded or checked"
+        matches!(
+            judge(&f, polka(&f, 2, &[1, 2])),
+            GossipedMessage::Invalid(ConsensusError::BadLivenessCertificate { .. })
+        ),
+        "a certificate for the next height relayed unchecked"
+    );
+    assert!(
+        matches!(judge(&f, polka(&f, 3, &[1, 2])), GossipedMessage::Stale),
+        "a certificate beyond the next height forwarded or checked"
     );
 
     // What passes reaches the driver checked: an early vote for the next height is held.

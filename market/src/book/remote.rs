@@ -202,8 +202,10 @@ impl<S: Signer + Clone> MarketState<S> {
                     }
                     // One bid, one deal: the customer signing more awards of our bid with fresh
                     // nonces would start a deal (and a contract backed by one reservation) per
-                    // award, and evict other customers' agreements (THREATS C21).
-                    if provider == self.me && b.provider == self.me {
+                    // award, and evict other customers' agreements (THREATS C21). Nor may a
+                    // later award name another provider: it released the hold of our live
+                    // contract (market audit of session 51).
+                    if provider == self.me {
                         return Err(MarketError::AlreadyAwarded {
                             auction,
                             first: award,
@@ -218,6 +220,25 @@ impl<S: Signer + Clone> MarketState<S> {
                     });
                 }
                 let auction_resources = entry.request.body.resources.clone();
+                let (auction_term, auction_kind) =
+                    (entry.request.body.duration_ms, entry.request.body.kind);
+                let key = ReservationKey::Auction(auction);
+                // An award of our bid must be for what was bid on: the same bid, price and
+                // resources, and the auction's term and kind (an award for a year of a bid
+                // made for a minute's hosting was agreed and registered; market audit of
+                // session 51). Checked before anything is recorded: a refused award changes
+                // nothing here.
+                if b.provider == self.me {
+                    match self.my_bids.get(&auction) {
+                        Some((mine, price))
+                            if *mine == bid
+                                && *price == b.price
+                                && auction_resources == b.resources
+                                && auction_term == b.duration_ms
+                                && auction_kind == b.kind => {}
+                        _ => return Err(MarketError::UnknownBid { auction, bid }),
+                    }
+                }
                 self.replay.record(&b)?;
                 if let Some(entry) = self.auctions.get_mut(&auction) {
                     entry.status = AuctionStatus::Awarded {
@@ -225,20 +246,12 @@ impl<S: Signer + Clone> MarketState<S> {
                         provider: b.provider,
                     };
                 }
-                let key = ReservationKey::Auction(auction);
                 if b.provider != self.me {
                     // Someone else won: drop our tentative hold, if any.
                     if self.my_bids.remove(&auction).is_some() {
                         self.ledger.release(&key);
                     }
                     return Ok(());
-                }
-                match self.my_bids.get(&auction) {
-                    Some((mine, price))
-                        if *mine == bid
-                            && *price == b.price
-                            && auction_resources == b.resources => {}
-                    _ => return Err(MarketError::UnknownBid { auction, bid }),
                 }
                 // Held until the contract is registered (extended then), or for good never.
                 let until = now.saturating_add(super::AGREED_HOLD_MS);

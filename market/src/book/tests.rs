@@ -692,6 +692,35 @@ fn a_second_award_of_the_same_bid_is_refused() {
             .any(|e| matches!(e, Effect::Agreed(_) | Effect::Awarded { .. })),
         "{effects:?}"
     );
+    // Nor may a later award name another provider: it would release the live deal's hold
+    // (market audit of session 51).
+    let held = net.nodes[1].ledger().reservations().len();
+    let mut body = first.body.clone();
+    body.nonce += 2;
+    body.provider = signer(7).node_id();
+    let elsewhere = crate::signed::Signed::sign(body, &signer(100)).unwrap();
+    let effects = net.nodes[1].handle(
+        10_003,
+        Input::Remote {
+            from: customer,
+            msg: MarketMessage::Award(elsewhere),
+        },
+    );
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::Rejected {
+                error: MarketError::AlreadyAwarded { .. },
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
+    assert_eq!(
+        net.nodes[1].ledger().reservations().len(),
+        held,
+        "the hold stays"
+    );
 }
 
 /// The holds of a customer's auctions already awarded to this provider (agreed deals, whose
@@ -727,4 +756,93 @@ fn agreed_deals_do_not_use_up_a_provider_s_holds_for_that_customer() {
         );
     }
     assert_eq!(net.nodes[1].book_stats().counters.auto_bids_declined, 0);
+}
+
+/// Market audit of session 51: an award must be for the auction the provider bid on. A
+/// customer signing an award of the provider's bid (its id, price and resources) for a year
+/// instead of the auction's minute, or for another kind, had it agreed and registered.
+#[test]
+fn an_award_for_another_term_or_kind_than_the_auction_is_refused() {
+    use crate::auction::{AuctionKind, AwardBody, AwardSubject};
+    let mut net = Net::new(vec![
+        MarketConfig::default(),
+        provider_config(big_capacity()),
+    ]);
+    net.input(0, 0, Input::CreateAuction(spec(1000)));
+    // The provider bid; the window is still open (the customer awards at its close).
+    let bid = net
+        .effects_of(1)
+        .find_map(|e| match e {
+            Effect::Send {
+                msg: MarketMessage::Bid(b),
+                ..
+            } => Some(b.clone()),
+            _ => None,
+        })
+        .expect("the provider bid");
+    let auction = net.nodes[1]
+        .auctions()
+        .values()
+        .next()
+        .unwrap()
+        .request
+        .clone();
+    let (customer, provider) = (net.nodes[0].node_id(), net.nodes[1].node_id());
+    let award = |duration_ms: u64, kind: AuctionKind, nonce: u64| {
+        let body = AwardBody {
+            customer,
+            provider,
+            subject: AwardSubject::Bid {
+                auction: bid.body.auction,
+                bid: bid.id().unwrap(),
+            },
+            price: bid.body.price,
+            resources: auction.body.resources.clone(),
+            duration_ms,
+            kind,
+            nonce,
+            expires_at: 60_000,
+        };
+        MarketMessage::Award(crate::signed::Signed::sign(body, &signer(100)).unwrap())
+    };
+    let term = auction.body.duration_ms;
+    let other_kind = if auction.body.kind == AuctionKind::Storage {
+        AuctionKind::Hosted
+    } else {
+        AuctionKind::Storage
+    };
+    for (n, msg) in [
+        award(term * 1_000, auction.body.kind, 1),
+        award(term, other_kind, 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let effects = net.nodes[1].handle(
+            5_000 + n as u64,
+            Input::Remote {
+                from: customer,
+                msg,
+            },
+        );
+        assert!(
+            effects.iter().any(|e| matches!(
+                e,
+                Effect::Rejected {
+                    error: MarketError::UnknownBid { .. },
+                    ..
+                }
+            )),
+            "{effects:?}"
+        );
+        assert!(
+            !effects
+                .iter()
+                .any(|e| matches!(e, Effect::Agreed(_) | Effect::Awarded { .. })),
+            "{effects:?}"
+        );
+    }
+    // Refused, they changed nothing: the customer's own award at the window's close agrees.
+    net.input(10_000, 0, Input::Tick);
+    assert_eq!(net.agreed(1).len(), 1, "{:?}", net.log);
 }

@@ -127,3 +127,33 @@ fn lapses_at_the_deadline() {
         [E::Rejected(NegotiationError::Finished { .. })]
     ));
 }
+
+/// Market audit of session 51: a counter changes the price only. One that cut the term was
+/// accepted on its price alone (both sides' automatic rules compare only the price), so a
+/// provider countering with the customer's ceiling and a 1 ms term had it agreed.
+#[test]
+fn a_counter_with_another_term_is_refused() {
+    let (mut cust, mut prov) = pair(3);
+    let out = prov.handle(1, NegotiationInput::Counter { price: 150 });
+    let mut body = sent(&out).body;
+    let NegotiationAction::Counter(terms) = &mut body.action else {
+        panic!("a counter was sent");
+    };
+    terms.duration_ms = 1;
+    let cut = Signed::sign(body, &signer(2)).unwrap();
+    let res = cust.handle(2, NegotiationInput::Remote(cut));
+    assert!(
+        matches!(
+            &res[..],
+            [E::Rejected(NegotiationError::TermsMismatch { .. })]
+        ),
+        "{res:?}"
+    );
+    assert!(agreed(&res).is_none());
+    // The same counter with the award's term is taken.
+    let res = cust.handle(3, NegotiationInput::Remote(sent(&out)));
+    assert!(
+        matches!(&res[..], [E::Proposed(t)] if t.price == 150),
+        "{res:?}"
+    );
+}

@@ -56,7 +56,10 @@ impl AgreedTerms {
         Ok(TermsId::of_bytes(&self.canonical_bytes()?))
     }
 
-    /// True when `other` differs from `self` only in price and duration.
+    /// True when `other` differs from `self` only in price. Not in the term: a counter that
+    /// changed it was accepted on its price alone (both sides' automatic rules compare only
+    /// the price), so a provider countering with the customer's ceiling and a 1 ms term had
+    /// it agreed and registered (market audit of session 51).
     pub fn same_deal(&self, other: &AgreedTerms) -> bool {
         self.award == other.award
             && self.customer == other.customer
@@ -64,5 +67,6 @@ impl AgreedTerms {
             && self.subject == other.subject
             && self.kind == other.kind
             && self.resources == other.resources
+            && self.duration_ms == other.duration_ms
     }
 }

@@ -93,6 +93,10 @@ pub struct DealPolicy {
     pub max_handover_after_ms: u64,
     /// How far the contract's `created_at` may lie from the provider's clock.
     pub max_clock_skew_ms: u64,
+    /// Furthest ahead of the provider's clock a pre-contracted slot may start: its capacity
+    /// and stake are held until the slot ends (THREATS C34; the market's own bound by
+    /// default).
+    pub max_slot_lead_ms: u64,
 }
 
 impl Default for DealPolicy {
@@ -107,6 +111,7 @@ impl Default for DealPolicy {
             min_handover_after_ms: 500,
             max_handover_after_ms: 86_400_000,
             max_clock_skew_ms: 60_000,
+            max_slot_lead_ms: agora_market::validate::DEFAULT_MAX_SLOT_LEAD_MS,
         }
     }
 }

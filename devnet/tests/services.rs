@@ -316,20 +316,19 @@ async fn a_staging_given_up_mid_way_releases_its_image() {
     };
     let c = ceiling(2 << 20, 100, 60_000);
     let mut staging = Box::pin(host.stage_for_contract("cut", image, &c));
-    // Poll the staging until it holds the image and waits on the fetch.
-    let mut seen = false;
-    for _ in 0..10_000 {
-        tokio::select! {
-            biased;
-            r = &mut staging => panic!("the staging finished before it was seen holding: {r:?}"),
-            () = tokio::task::yield_now() => {}
+    // Poll the staging until it holds the image and waits on the fetch (a deadline, not a
+    // count of yields: under load the storage task may take a while to record the hold).
+    let seen = timeout(WAIT, async {
+        while !held() {
+            tokio::select! {
+                biased;
+                r = &mut staging => panic!("the staging finished before it was seen holding: {r:?}"),
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
         }
-        if held() {
-            seen = true;
-            break;
-        }
-    }
-    assert!(seen, "the staging took its hold");
+    })
+    .await;
+    assert!(seen.is_ok(), "the staging took its hold");
     drop(staging);
     let released = timeout(WAIT, async {
         while held() {

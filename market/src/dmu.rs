@@ -54,6 +54,11 @@ pub struct ProviderRules {
     pub max_bid_window_ms: u64,
     /// Most tentative holds (open auto-bids) kept for one customer at a time.
     pub max_holds_per_customer: usize,
+    /// Auto-bid only on pre-contracted slots starting within this many ms: the winner's
+    /// capacity is held from the award until the slot ends, and the price pays for the term,
+    /// not the wait (THREATS C34). The market refuses slots beyond `max_slot_lead_ms` of its
+    /// limits (a day) whatever this says.
+    pub max_slot_lead_ms: u64,
 }
 
 impl Default for ProviderRules {
@@ -81,6 +86,7 @@ impl Default for ProviderRules {
             hold_grace_ms: 120_000,
             max_bid_window_ms: 600_000,
             max_holds_per_customer: 2,
+            max_slot_lead_ms: 3_600_000,
         }
     }
 }

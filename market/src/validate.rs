@@ -10,11 +10,21 @@ use serde::{Deserialize, Serialize};
 
 pub use replay::ReplayGuard;
 
-use crate::auction::{AuctionRequest, Bid, Offer};
+use crate::auction::{AuctionBody, AuctionRequest, Bid, Offer};
 use crate::error::MarketError;
 use crate::identity::Timestamp;
 use crate::ids::{AuctionId, BidId, OfferId};
 use crate::resources::Resources;
+
+/// How far ahead of our clock an auction's `created_at` may lie. An honest auction is signed
+/// before it is sent, and gossip from a clock more than this far ahead is dropped as
+/// future-dated anyway (`agora_wire::GOSSIP_MAX_SKEW_MS`, THREATS N1, which this crate cannot
+/// name): the same ±30 s.
+pub const MAX_CREATED_AHEAD_MS: u64 = 30_000;
+
+/// Default [`Limits::max_slot_lead_ms`]: a day. A slot holds its winner's capacity from the
+/// award until it ends, and the price pays for the term, not the wait (THREATS C34).
+pub const DEFAULT_MAX_SLOT_LEAD_MS: u64 = 24 * 3_600_000;
 
 /// Sanity bounds for incoming messages (part of `MarketConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,6 +36,8 @@ pub struct Limits {
     pub max_ttl_ms: u64,
     /// Longest accepted service duration, ms.
     pub max_duration_ms: u64,
+    /// Furthest a pre-contracted slot (`start_at`) may start ahead of our clock, ms.
+    pub max_slot_lead_ms: u64,
     /// Largest accepted CPU request, millicores.
     pub max_cpu_millis: u64,
     /// Largest accepted memory/storage request, bytes.
@@ -57,6 +69,7 @@ impl Default for Limits {
             regions: BTreeSet::new(),
             max_ttl_ms: 7 * 24 * 3_600_000,
             max_duration_ms: 365 * 24 * 3_600_000,
+            max_slot_lead_ms: DEFAULT_MAX_SLOT_LEAD_MS,
             max_cpu_millis: 1_024_000,
             max_bytes: 1 << 50,
             max_price: 1 << 48,
@@ -177,6 +190,32 @@ fn check_resources(
     Ok(())
 }
 
+/// Checks that an auction was created at most [`MAX_CREATED_AHEAD_MS`] ahead of our clock and
+/// lives at most `max_ttl_ms` from its creation, as its creator's own check required: one
+/// relayed late (in a snapshot, days after) passes while it lives, and nothing reads
+/// `created_at` as a clock (THREATS C34).
+fn check_created_at(
+    id: &str,
+    b: &AuctionBody,
+    now: Timestamp,
+    limits: &Limits,
+) -> Result<(), MarketError> {
+    let hint = if b.created_at > now.saturating_add(MAX_CREATED_AHEAD_MS) {
+        "created more than 30 s ahead of this node's clock; check the customer's clock"
+    } else if b.expires_at.saturating_sub(b.created_at) > limits.max_ttl_ms {
+        "created longer before its expiry than market.limits.max_ttl_ms"
+    } else {
+        return Ok(());
+    };
+    Err(absurd(
+        "auction",
+        id.to_string(),
+        "created_at",
+        b.created_at,
+        hint,
+    ))
+}
+
 /// Checks an auction request's signature and content; returns its id. No replay check.
 pub fn check_auction(
     req: &AuctionRequest,
@@ -216,20 +255,21 @@ pub fn check_auction(
         ));
     }
     // A pre-contracted slot starts after bidding closes (one that began before the award
-    // would be due before its contract exists) and within `max_duration_ms` (a slot far ahead
-    // holds the winner's stake until then).
+    // would be due before its contract exists) and within `max_slot_lead_ms` of our clock,
+    // not of the auction's own `created_at`, which its customer signs as it likes (a slot far
+    // ahead holds the winner's capacity and stake until it ends; THREATS C7, C34).
     if let Some(start_at) = b.start_at
-        && (start_at < b.window_closes_at
-            || start_at > b.created_at.saturating_add(limits.max_duration_ms))
+        && (start_at < b.window_closes_at || start_at > now.saturating_add(limits.max_slot_lead_ms))
     {
         return Err(absurd(
             "auction",
             ids,
             "start_at",
             start_at,
-            "a slot starts after the bidding window closes and within market.limits.max_duration_ms of the auction",
+            "a slot starts after the bidding window closes and within market.limits.max_slot_lead_ms of now",
         ));
     }
+    check_created_at(&ids, b, now, limits)?;
     check_resources("auction", &ids, &b.resources, limits)?;
     if b.duration_ms == 0 || b.duration_ms > limits.max_duration_ms {
         return Err(absurd(

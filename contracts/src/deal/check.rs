@@ -204,7 +204,9 @@ fn check_qos_and_stakes(
     }
     // A pre-contracted slot's deadline runs from its start, whether or not the contract
     // exists yet: one that leaves less than this provider's own activation time from now
-    // (a slot that began before the award) would be settled `NoActivation` at once.
+    // (a slot that began before the award) would be settled `NoActivation` at once. One far
+    // ahead would hold this provider's capacity and stake until it ends, for the price of
+    // its term alone (THREATS C34).
     if let ActivationClause::At(start_at) = c.activation {
         let deadline = start_at.saturating_add(q.max_activation_delay_ms);
         if deadline < ctx.now.saturating_add(policy.min_activation_delay_ms) {
@@ -213,6 +215,13 @@ fn check_qos_and_stakes(
                 deadline,
                 now: ctx.now,
                 min: policy.min_activation_delay_ms,
+            });
+        }
+        if start_at > ctx.now.saturating_add(policy.max_slot_lead_ms) {
+            return Err(DealRefusal::SlotTooFarAhead {
+                start_at,
+                now: ctx.now,
+                max_lead_ms: policy.max_slot_lead_ms,
             });
         }
     }

@@ -184,6 +184,19 @@ pub enum DealRefusal {
         /// Policy minimum activation time.
         min: u64,
     },
+    /// A pre-contracted slot that starts more than this provider's `max_lead_ms` from `now`.
+    #[error(
+        "the slot starting at {start_at} is more than this provider's {max_lead_ms} ms from \
+         now ({now}): its capacity would be held until then; auction a slot sooner"
+    )]
+    SlotTooFarAhead {
+        /// The slot's start.
+        start_at: Timestamp,
+        /// The provider's clock.
+        now: Timestamp,
+        /// Policy maximum lead.
+        max_lead_ms: u64,
+    },
     /// The heartbeat interval is outside what this provider accepts.
     #[error("heartbeat interval {got} ms is outside this provider's {min}..={max} ms")]
     HeartbeatIntervalOutOfBounds {

@@ -408,6 +408,38 @@ fn a_slot_already_due_is_refused() {
     }
 }
 
+/// A slot starting further ahead than the provider's `max_slot_lead_ms` is refused, however
+/// the customer got it past the market (THREATS C34): its capacity and stake would be held
+/// until the slot ends.
+#[test]
+fn a_slot_too_far_ahead_is_refused() {
+    let policy = DealPolicy::default();
+    let mut case = Case::new(AuctionKind::Hosted);
+    case.auction.start_at = Some(NOW + policy.max_slot_lead_ms);
+    let c = case.build(&ProposalPolicy::default());
+    assert_eq!(case.check(&c), Ok(()));
+    for start in [NOW + policy.max_slot_lead_ms + 1, u64::MAX - 1] {
+        case.auction.start_at = Some(start);
+        let c = case.build(&ProposalPolicy::default());
+        let refused = case.check(&c).unwrap_err();
+        assert!(
+            matches!(refused, DealRefusal::SlotTooFarAhead { start_at, .. } if start_at == start),
+            "{refused}"
+        );
+    }
+    // A provider with a shorter bound refuses sooner.
+    let strict = DealPolicy {
+        max_slot_lead_ms: 60_000,
+        ..DealPolicy::default()
+    };
+    case.auction.start_at = Some(NOW + 60_001);
+    let c = case.build(&ProposalPolicy::default());
+    assert!(matches!(
+        case.check_with(&strict, &c),
+        Err(DealRefusal::SlotTooFarAhead { .. })
+    ));
+}
+
 #[test]
 fn the_customer_cannot_build_what_the_ledger_would_refuse() {
     let mut case = Case::new(AuctionKind::Hosted);
@@ -455,6 +487,11 @@ fn refusals_travel_as_cbor_and_json_and_say_what_differs() {
             kind: ContractKind::Hosted,
             start_at: Some(5),
             got: ActivationClause::Immediately,
+        },
+        DealRefusal::SlotTooFarAhead {
+            start_at: u64::MAX - 1,
+            now: NOW,
+            max_lead_ms: 86_400_000,
         },
     ];
     for r in refusals {

@@ -45,8 +45,8 @@ pub struct BookCounters {
     pub bids_evicted: u64,
     /// Tentative capacity holds released because no award came within the award grace.
     pub holds_lapsed: u64,
-    /// Auctions we would have auto-bid on but did not: the window was too long, or we already
-    /// held `max_holds_per_customer` for that customer.
+    /// Auctions we would have auto-bid on but did not: the window was too long, the slot
+    /// started too far ahead, or we already held `max_holds_per_customer` for that customer.
     pub auto_bids_declined: u64,
     /// Replay-guard nonces forgotten early because the guard was full.
     pub replay_evicted: u64,
@@ -299,12 +299,13 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 
     /// Whether an auto-bid on `req` may hold capacity: its window closes within
-    /// `max_bid_window_ms`, and we hold less than `max_holds_per_customer` for its customer.
-    /// Counts and logs a refusal.
+    /// `max_bid_window_ms`, its slot (if any) starts within `max_slot_lead_ms`, and we hold
+    /// less than `max_holds_per_customer` for its customer. Counts and logs a refusal.
     pub(super) fn may_auto_bid(&mut self, now: Timestamp, req: &AuctionRequest) -> bool {
         let rules = &self.config.dmu.provider;
         let customer = req.body.customer;
         let window = req.body.window_closes_at.saturating_sub(now);
+        let lead = req.body.start_at.map_or(0, |at| at.saturating_sub(now));
         // Open bids only: an awarded one's hold (an agreed deal, which ends too since C20) is
         // not a bid waiting for its award.
         let awarded: std::collections::BTreeSet<&ReservationKey> =
@@ -322,13 +323,15 @@ impl<S: Signer + Clone> MarketState<S> {
             .count();
         let reason = if window > rules.max_bid_window_ms {
             "window too long"
+        } else if lead > rules.max_slot_lead_ms {
+            "slot too far ahead"
         } else if held >= rules.max_holds_per_customer {
             "customer holds enough"
         } else {
             return true;
         };
         self.counters.auto_bids_declined += 1;
-        tracing::debug!(customer = %customer.short(), window, held, reason, "auto-bid declined");
+        tracing::debug!(customer = %customer.short(), window, lead, held, reason, "auto-bid declined");
         false
     }
 

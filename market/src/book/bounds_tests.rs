@@ -193,6 +193,32 @@ fn auto_bids_decline_long_windows_and_many_holds_for_one_customer() {
     assert!(sent_bid(&remote(&mut p, later + 1, MarketMessage::Auction(fourth))).is_some());
 }
 
+/// A slot far ahead holds the winner's capacity until it ends for the price of its term
+/// alone: auto-bids go only to slots starting within the provider's `max_slot_lead_ms`,
+/// though the market admits slots up to a day ahead (THREATS C34).
+#[test]
+fn auto_bids_decline_slots_further_ahead_than_the_provider_s_bound() {
+    let mut p = provider(big_capacity());
+    let lead = p.config().dmu.provider.max_slot_lead_ms;
+    assert!(lead < p.config().limits.max_slot_lead_ms);
+    let now = 1_000;
+    let slot = |customer: &KeySigner, start_at: u64| {
+        let mut spec = AuctionBuilder::new().spec();
+        spec.start_at = Some(start_at);
+        spec.create(customer, now, crate::test_utils::fresh_nonce())
+            .unwrap()
+    };
+    let far = slot(&signer(1), now + lead + 1);
+    let out = remote(&mut p, now, MarketMessage::Auction(far.clone()));
+    assert!(rejected(&out).is_empty(), "the market admits it");
+    assert!(p.auctions().contains_key(&far.id().unwrap()));
+    assert!(sent_bid(&out).is_none());
+    assert!(p.ledger().reservations().is_empty(), "nothing held");
+    assert_eq!(p.book_stats().counters.auto_bids_declined, 1);
+    let near = slot(&signer(3), now + lead);
+    assert!(sent_bid(&remote(&mut p, now, MarketMessage::Auction(near))).is_some());
+}
+
 fn small_book() -> MarketConfig {
     let mut c = MarketConfig::default();
     c.limits.max_auctions_per_customer = 3;

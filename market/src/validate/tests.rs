@@ -98,7 +98,7 @@ fn auction_checks() {
 
 /// A pre-contracted slot starts after bidding closes (one that began before the award would
 /// be due before its contract exists, and its provider settled `NoActivation` at once) and
-/// not beyond `max_duration_ms` of the auction.
+/// not beyond `max_slot_lead_ms` of the receiver's clock.
 #[test]
 fn a_slot_starts_after_the_window_and_within_the_horizon() {
     let c = signer(1);
@@ -109,13 +109,11 @@ fn a_slot_starts_after_the_window_and_within_the_horizon() {
         crate::signed::Signed::sign(body, &c).unwrap()
     };
     let close = ok.body.window_closes_at;
+    let lead = limits().max_slot_lead_ms;
     assert!(check_auction(&slot(close), 1, &limits()).is_ok());
     assert!(check_auction(&slot(close + 60_000), 1, &limits()).is_ok());
-    for bad in [
-        0,
-        close - 1,
-        ok.body.created_at + limits().max_duration_ms + 1,
-    ] {
+    assert!(check_auction(&slot(1 + lead), 1, &limits()).is_ok());
+    for bad in [0, close - 1, 1 + lead + 1] {
         assert!(
             matches!(
                 check_auction(&slot(bad), 1, &limits()),
@@ -127,6 +125,79 @@ fn a_slot_starts_after_the_window_and_within_the_horizon() {
             "slot at {bad}"
         );
     }
+}
+
+/// The slot's lead is measured from the receiver's clock: an auction signed as created at the
+/// end of time (so that `created_at + anything` saturates) with a slot a century ahead is
+/// refused for its slot, as is one honestly created now with a slot a day and a millisecond
+/// ahead (THREATS C34).
+#[test]
+fn a_slot_far_ahead_is_refused_whatever_created_at_claims() {
+    const YEAR: u64 = 365 * 24 * 3_600_000;
+    let c = signer(1);
+    let now = 1_700_000_000_000;
+    let ok = AuctionBuilder::new().build(&c, now);
+    let slot = |created_at: u64, start_at: u64| {
+        let mut body = ok.body.clone();
+        body.created_at = created_at;
+        body.start_at = Some(start_at);
+        crate::signed::Signed::sign(body, &c).unwrap()
+    };
+    let lead = limits().max_slot_lead_ms;
+    assert!(check_auction(&slot(now, now + lead), now, &limits()).is_ok());
+    for (created_at, start_at) in [(u64::MAX - 1, now + 100 * YEAR), (now, now + lead + 1)] {
+        assert!(
+            matches!(
+                check_auction(&slot(created_at, start_at), now, &limits()),
+                Err(MarketError::Absurd {
+                    field: "start_at",
+                    ..
+                })
+            ),
+            "created at {created_at}, slot at {start_at}"
+        );
+    }
+}
+
+/// An auction's `created_at` lies at most the gossip skew ahead of our clock, and no further
+/// before its expiry than the longest lifetime; one created long ago and relayed late passes
+/// while it lives.
+#[test]
+fn an_auction_created_in_the_future_or_before_its_lifetime_is_refused() {
+    let c = signer(1);
+    let now = 1_700_000_000_000;
+    let ttl = limits().max_ttl_ms;
+    let ahead = AuctionBuilder::new().build(&c, now + MAX_CREATED_AHEAD_MS);
+    assert!(check_auction(&ahead, now, &limits()).is_ok());
+    let too_far = AuctionBuilder::new().build(&c, now + MAX_CREATED_AHEAD_MS + 1);
+    let refused = check_auction(&too_far, now, &limits()).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            MarketError::Absurd {
+                field: "created_at",
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("clock"), "{refused}");
+    // A week-long auction seen in its last minutes: fine. One claiming a longer life: refused.
+    let mut spec = AuctionBuilder::new().spec();
+    spec.window_ms = ttl - 60_000;
+    spec.award_grace_ms = 60_000;
+    let old = spec.create(&c, now - ttl + 120_000, 1).unwrap();
+    assert!(check_auction(&old, now, &limits()).is_ok());
+    let mut body = old.body.clone();
+    body.created_at -= 1;
+    let older = crate::signed::Signed::sign(body, &c).unwrap();
+    assert!(matches!(
+        check_auction(&older, now, &limits()),
+        Err(MarketError::Absurd {
+            field: "created_at",
+            ..
+        })
+    ));
 }
 
 #[test]

@@ -116,8 +116,8 @@ impl Default for DealPolicy {
     }
 }
 
-/// What the auction behind an award said, as the node's market book holds it (both `None` for
-/// a taken offer, or an auction that named neither).
+/// What the auction behind an award said, as the node's market holds it (the provider: as it
+/// bid on it, THREATS C36; both `None` for a taken offer, or an auction that named neither).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuctionFacts {
     /// The service image CID the auction named (`AuctionBody::service`), unparsed.

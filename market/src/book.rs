@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use bounds::{BookCounters, BookStats};
 
-use crate::auction::{AuctionRequest, Bid, Offer};
+use crate::auction::{AuctionKind, AuctionRequest, Bid, Offer};
 use crate::capacity::{CapacityLedger, ReservationKey};
 use crate::dmu::DmuConfig;
 use crate::error::MarketError;
@@ -270,6 +270,27 @@ pub enum Effect {
     },
 }
 
+/// A bid this node placed as provider, with what the auction it bid on said (as its customer
+/// signed it). An award of the bid must match it (THREATS C27), and the contract proposed for
+/// the award is checked against its image and slot (THREATS C36): read from the book instead,
+/// they were gone once a customer let its auction expire before proposing. Kept while the
+/// bid's capacity is held, so also after the auction left the book.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MyBid {
+    /// Our bid.
+    pub bid: BidId,
+    /// Its price.
+    pub price: u64,
+    /// The service image the auction named (`AuctionBody::service`).
+    pub image: Option<String>,
+    /// The start of the auction's slot (`AuctionBody::start_at`), if it named one.
+    pub start_at: Option<Timestamp>,
+    /// The auction's term.
+    pub duration_ms: u64,
+    /// The auction's kind.
+    pub kind: AuctionKind,
+}
+
 /// A price limit within which counter-offers are accepted automatically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PriceBound {
@@ -297,7 +318,8 @@ pub struct MarketState<S> {
     offers: BTreeMap<OfferId, Offer>,
     replay: ReplayGuard,
     ledger: CapacityLedger,
-    my_bids: BTreeMap<AuctionId, (BidId, u64)>,
+    /// Our bids, by auction, while their capacity is held (tentatively, or for an award).
+    my_bids: BTreeMap<AuctionId, MyBid>,
     deals: BTreeMap<AwardId, Deal<S>>,
     last_nonce: u64,
     counters: BookCounters,
@@ -310,6 +332,9 @@ pub struct MarketState<S> {
     /// The reservation of each award we took as provider, while it holds one (dropped with
     /// the reservation).
     award_holds: BTreeMap<AwardId, ReservationKey>,
+    /// The offer and customer of each award of our standing offers in `award_holds` (dropped
+    /// with it): one customer holds one award of an offer at a time.
+    offer_holds: BTreeMap<AwardId, (OfferId, NodeId)>,
     /// Bidders' reputations as this node's ledger knows them, for those with a bid on one of
     /// our auctions ([`Input::Reputation`]).
     reputations: BTreeMap<NodeId, u16>,
@@ -337,6 +362,7 @@ impl<S: Signer + Clone> MarketState<S> {
             snapshots_asked: std::collections::BTreeSet::new(),
             snapshots_served: BTreeMap::new(),
             award_holds: BTreeMap::new(),
+            offer_holds: BTreeMap::new(),
             reputations: BTreeMap::new(),
         }
     }
@@ -438,6 +464,12 @@ impl<S: Signer + Clone> MarketState<S> {
         self.award_holds
             .get(award)
             .is_some_and(|k| self.ledger.reservations().contains_key(k))
+    }
+
+    /// Our bid on `auction` (as provider) and what the auction said when we bid, while the
+    /// bid's capacity is held, also after the auction left the book.
+    pub fn my_bid(&self, auction: &AuctionId) -> Option<&MyBid> {
+        self.my_bids.get(auction)
     }
 
     /// Bidders' reputations as this node's ledger knows them ([`Input::Reputation`]).

@@ -46,8 +46,8 @@ pub struct ProviderRules {
     /// Reputation we claim in bids (permille); the node should set it from the ledger.
     pub reputation_permille: u16,
     /// How long after an auction's window closes our bid keeps its capacity held while no award
-    /// names us, ms (the award grace). The hold also ends at the auction's expiry if sooner; an
-    /// award that comes later takes the capacity again if it is still free.
+    /// names us, ms (the award grace). The hold also ends at the auction's expiry if sooner; the
+    /// bid is then forgotten and an award that comes later is refused (THREATS C30).
     pub hold_grace_ms: u64,
     /// Auto-bid only on auctions whose window closes within this many ms: a bid holds capacity
     /// until the window closes, so a week-long window would hold it for a week.

@@ -109,6 +109,20 @@ pub enum MarketError {
         /// The award refused.
         award: AwardId,
     },
+    /// The customer already holds a live award of this standing offer: one at a time.
+    #[error(
+        "this customer already holds offer {offer} under award {first}, so award {award} \
+         is refused: one award of an offer per customer at a time (take it again once that \
+         award's hold has ended)"
+    )]
+    OfferTaken {
+        /// The offer.
+        offer: OfferId,
+        /// The award holding it.
+        first: AwardId,
+        /// The award refused.
+        award: AwardId,
+    },
     /// A bid this node does not know.
     #[error("unknown bid {bid} in auction {auction}")]
     UnknownBid {

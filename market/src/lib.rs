@@ -35,7 +35,7 @@ pub use auction::{
 };
 pub use book::{
     AGREED_HOLD_MS, AuctionEntry, AuctionStatus, BookCounters, BookStats, Effect, Input,
-    MarketConfig, MarketState, OfferSpec,
+    MarketConfig, MarketState, MyBid, OfferSpec,
 };
 pub use capacity::{CapacityError, CapacityLedger, ReservationKey};
 pub use dmu::{CustomerRules, DmuConfig, NegotiationRules, ProviderRules};

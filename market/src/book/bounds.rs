@@ -5,9 +5,9 @@
 //! Eviction when the auction (or offer) book is full makes room for a newcomer as fair queueing
 //! does: the victim is the entry of whoever holds the most, so one author flooding (under its
 //! per-author cap) cannot keep others out. Entries this node needs are never evicted: its own
-//! auctions and offers, and auctions it bid on. Auctions whose window closed go first, since
-//! nobody can bid on them any more. Books are bounded (a few thousand entries), so the scans
-//! below are linear.
+//! auctions and offers, and auctions it holds capacity for (a bid or an award of it). Auctions
+//! whose window closed go first, since nobody can bid on them any more. Books are bounded (a
+//! few thousand entries), so the scans below are linear.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -101,9 +101,17 @@ impl<S: Signer + Clone> MarketState<S> {
         self.auctions.values().map(|e| e.bids.len()).sum()
     }
 
-    /// Whether the book must keep this auction: ours, or one we bid on.
+    /// Whether the book must keep this auction: ours, or one we hold capacity for (a bid
+    /// waiting for its award, or an award of our bid until its contract ends). Not one we
+    /// merely bid on: once that hold lapsed with no award, the auction stayed needed until its
+    /// expiry (up to 7 days), and throwaway keys' auctions, each bid on once, filled the book
+    /// for days (THREATS C30).
     fn needed(&self, id: &AuctionId, customer: NodeId) -> bool {
-        customer == self.me || self.my_bids.contains_key(id)
+        customer == self.me
+            || self
+                .ledger
+                .reservations()
+                .contains_key(&ReservationKey::Auction(*id))
     }
 
     /// Whether this node may bid on `req`: it is open to everyone or names this node.

@@ -4,7 +4,6 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::auction::{Award, AwardBody, AwardSubject};
-use crate::capacity::CapacityError;
 use crate::identity::KeySigner;
 use crate::resources::Interface;
 use crate::signed::Signed;
@@ -71,7 +70,8 @@ fn rejected(out: &[Effect]) -> Vec<MarketError> {
 }
 
 /// A customer that never awards holds a provider's capacity only until the award grace after
-/// its window closes, not until its 7-day expiry; a late award takes the capacity again.
+/// its window closes, not until its 7-day expiry; a late award is refused, since the bid went
+/// with its hold (THREATS C30; before, it took the capacity again).
 #[test]
 fn hold_ends_after_the_award_grace_without_an_award() {
     let mut p = provider(big_capacity());
@@ -97,21 +97,23 @@ fn hold_ends_after_the_award_grace_without_an_award() {
     );
     assert_eq!(p.book_stats().counters.holds_lapsed, 1);
 
-    // The customer awards late: the capacity is free, so it is taken again, until the
-    // contract could still be registered (THREATS C20).
+    assert!(
+        p.my_bid(&req.id().unwrap()).is_none(),
+        "the bid went with it"
+    );
+    // The customer awards late: refused, and nothing is held for it.
     let award = award_for(&customer, &req, &bid, 10_000 + grace + 60_000);
     let out = remote(&mut p, 10_000 + grace + 1, MarketMessage::Award(award));
     assert!(
-        out.iter().any(|e| matches!(e, Effect::Awarded { .. })),
+        matches!(&rejected(&out)[..], [MarketError::UnknownBid { .. }]),
         "{out:?}"
     );
-    assert_eq!(
-        p.ledger().reservations().get(&key).unwrap().expires_at,
-        Some(10_000 + grace + 1 + crate::book::AGREED_HOLD_MS)
-    );
+    assert!(!out.iter().any(|e| matches!(e, Effect::Awarded { .. })));
+    assert!(p.ledger().reservations().is_empty());
 }
 
-/// A late award whose capacity went to another auction meanwhile is refused, typed.
+/// A late award whose capacity went to another auction meanwhile is refused, typed, and the
+/// other auction keeps the capacity.
 #[test]
 fn late_award_is_refused_when_the_capacity_is_gone() {
     let need = Resources::default().with_interface(Interface::LoRa, 1);
@@ -128,13 +130,22 @@ fn late_award_is_refused_when_the_capacity_is_gone() {
     let now = 10_000 + grace;
     p.handle(now, Input::Tick);
     let second = AuctionBuilder::new().resources(need).build(&c2, now);
-    assert!(sent_bid(&remote(&mut p, now + 1, MarketMessage::Auction(second))).is_some());
+    assert!(
+        sent_bid(&remote(
+            &mut p,
+            now + 1,
+            MarketMessage::Auction(second.clone())
+        ))
+        .is_some()
+    );
     let award = award_for(&c1, &first, &bid, first.body.expires_at);
     let out = remote(&mut p, now + 2, MarketMessage::Award(award));
     assert!(matches!(
         &rejected(&out)[..],
-        [MarketError::Capacity(CapacityError::Insufficient { .. })]
+        [MarketError::UnknownBid { .. }]
     ));
+    let held: Vec<_> = p.ledger().reservations().keys().copied().collect();
+    assert_eq!(held, [ReservationKey::Auction(second.id().unwrap())]);
 }
 
 /// An award with a far-off expiry cannot hold the provider's capacity past its own
@@ -361,6 +372,101 @@ fn closed_auctions_give_way_first_and_needed_ones_never() {
             .count(),
         1
     );
+}
+
+/// THREATS C30: an auction this node bid on is needed only while the bid holds capacity.
+/// Throwaway keys' auctions with short windows and week-long expiries, each bid on once, stayed
+/// needed until they expired, so a full book refused every newcomer `MarketFull` for days.
+#[test]
+fn auctions_we_bid_on_give_way_once_their_hold_lapsed() {
+    let mut cfg = small_book();
+    cfg.capacity = big_capacity();
+    cfg.dmu.provider.auto_bid = true;
+    let mut p = MarketState::new(signer(50), cfg);
+    let grace = p.config().dmu.provider.hold_grace_ms;
+    let mut bid_on = Vec::new();
+    for seed in 10..15 {
+        let mut spec = AuctionBuilder::new().window_ms(1_000).spec();
+        spec.award_grace_ms = 6 * DAY;
+        let req = spec.create(&signer(seed), 0, 1).unwrap();
+        assert!(sent_bid(&remote(&mut p, 0, MarketMessage::Auction(req.clone()))).is_some());
+        bid_on.push(req.id().unwrap());
+    }
+    assert_eq!(p.auctions().len(), 5, "the book is full");
+    // While the bids hold capacity, their auctions stay.
+    let early = AuctionBuilder::new().build(&signer(20), 2);
+    assert!(matches!(
+        &rejected(&remote(&mut p, 2, MarketMessage::Auction(early)))[..],
+        [MarketError::MarketFull {
+            book: "auction",
+            ..
+        }]
+    ));
+    // No award came: the holds lapse, and a newcomer takes the place of one of them.
+    let lapsed = 1_000 + grace;
+    p.handle(lapsed, Input::Tick);
+    assert!(p.ledger().reservations().is_empty());
+    let newcomer = AuctionBuilder::new().build(&signer(21), lapsed);
+    let id = newcomer.id().unwrap();
+    let out = remote(&mut p, lapsed, MarketMessage::Auction(newcomer));
+    assert!(rejected(&out).is_empty(), "{out:?}");
+    assert!(p.auctions().contains_key(&id));
+    assert_eq!(p.auctions().len(), 5);
+    assert_eq!(p.book_stats().counters.auctions_evicted, 1);
+    // The lapsed bids are forgotten (a late award of one is refused `UnknownBid`).
+    assert!(bid_on.iter().all(|id| p.my_bid(id).is_none()));
+}
+
+/// THREATS C36: the provider remembers what it bid on (the auction's image, slot, term and
+/// kind) while an award of the bid holds the capacity, also once a short-lived auction has
+/// left the book, so the contract proposed later is checked against it. Those records are
+/// bounded by the auction book's size.
+#[test]
+fn what_we_bid_on_is_remembered_while_its_award_holds() {
+    let mut p = provider(big_capacity());
+    p.config.limits.max_auctions = 1;
+    let customer = signer(1);
+    let mut spec = AuctionBuilder::new().window_ms(1_000).spec();
+    spec.award_grace_ms = 1_000;
+    spec.service = Some("bafy-the-image".into());
+    spec.start_at = Some(5_000);
+    let req = spec.create(&customer, 0, 1).unwrap();
+    let id = req.id().unwrap();
+    let bid = sent_bid(&remote(&mut p, 0, MarketMessage::Auction(req.clone()))).unwrap();
+    let award = award_for(&customer, &req, &bid, 2_000);
+    let out = remote(&mut p, 1_000, MarketMessage::Award(award));
+    assert!(
+        out.iter().any(|e| matches!(e, Effect::Agreed(_))),
+        "{out:?}"
+    );
+    // The auction expires at 2 s; the award holds the capacity for `AGREED_HOLD_MS`.
+    p.handle(3_000, Input::Tick);
+    assert!(p.auction(&id).is_none(), "the auction left the book");
+    let mine = p.my_bid(&id).expect("remembered while the award holds");
+    assert_eq!((mine.bid, mine.price), (bid.id().unwrap(), bid.body.price));
+    assert_eq!(mine.image.as_deref(), Some("bafy-the-image"));
+    assert_eq!(mine.start_at, Some(5_000));
+    assert_eq!(
+        (mine.duration_ms, mine.kind),
+        (req.body.duration_ms, req.body.kind)
+    );
+    // Bounded: with a book of one auction, this record leaves no room for another bid.
+    let other = AuctionBuilder::new().build(&signer(3), 3_000);
+    let out = remote(&mut p, 3_000, MarketMessage::Auction(other));
+    assert!(sent_bid(&out).is_none());
+    assert!(
+        matches!(
+            &rejected(&out)[..],
+            [MarketError::MarketFull {
+                book: "auction",
+                max: 1
+            }]
+        ),
+        "{out:?}"
+    );
+    // No contract was registered: the hold lapses and the record goes with it.
+    p.handle(1_000 + AGREED_HOLD_MS, Input::Tick);
+    assert!(p.my_bid(&id).is_none());
 }
 
 #[test]

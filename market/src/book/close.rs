@@ -2,6 +2,7 @@
 
 use super::{AuctionStatus, Effect, MarketState};
 use crate::auction::{AwardBody, AwardSubject};
+use crate::capacity::ReservationKey;
 use crate::error::MarketError;
 use crate::identity::{Signer, Timestamp};
 use crate::ids::{AuctionId, BidId};
@@ -83,7 +84,6 @@ impl<S: Signer + Clone> MarketState<S> {
         }
         self.auctions.retain(|_, e| e.request.body.expires_at > now);
         let auctions = &self.auctions;
-        self.my_bids.retain(|id, _| auctions.contains_key(id));
         self.restricted.retain(|id, _| auctions.contains_key(id));
         self.offers.retain(|_, o| o.body.expires_at > now);
         // Reputations only of bidders on our auctions still open (the bidders gathered once,
@@ -99,6 +99,15 @@ impl<S: Signer + Clone> MarketState<S> {
         let lapsed = self.ledger.prune(now);
         let held = self.ledger.reservations();
         self.award_holds.retain(|_, key| held.contains_key(key));
+        let award_holds = &self.award_holds;
+        self.offer_holds
+            .retain(|award, _| award_holds.contains_key(award));
+        // A bid whose hold lapsed with no award is forgotten: a late award of it is refused
+        // (`UnknownBid`), and its auction is no longer needed in a full book (kept until its
+        // expiry, up to 7 days, throwaway keys filled the book with auctions bid on once;
+        // THREATS C30). An award of our bid keeps it, also after the auction left the book.
+        self.my_bids
+            .retain(|id, _| held.contains_key(&ReservationKey::Auction(*id)));
         if !lapsed.is_empty() {
             self.counters.holds_lapsed += lapsed.len() as u64;
             tracing::debug!(

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{AuctionEntry, AuctionStatus, Effect, MarketState, OfferSpec};
+use super::{AuctionEntry, AuctionStatus, Effect, MarketState, MyBid, OfferSpec};
 use crate::auction::{
     AuctionKind, AuctionSpec, AwardBody, AwardSubject, BidSpec, OfferBody, offer_total_price,
 };
@@ -60,11 +60,20 @@ impl<S: Signer + Clone> MarketState<S> {
         if entry.status != AuctionStatus::Open {
             return Err(MarketError::NotOpen { auction });
         }
-        if let Some((bid, price)) = self.my_bids.get(&auction) {
+        if let Some(mine) = self.my_bids.get(&auction) {
             return Err(MarketError::AlreadyBid {
                 auction,
-                bid: *bid,
-                price: *price,
+                bid: mine.bid,
+                price: mine.price,
+            });
+        }
+        // Our bids outlive their auctions while an award holds their capacity (the record of
+        // what was bid on, THREATS C36): at most as many as the book holds auctions.
+        let max = self.config.limits.max_auctions;
+        if self.my_bids.len() >= max {
+            return Err(MarketError::MarketFull {
+                book: "auction",
+                max,
             });
         }
         let request = entry.request.clone();
@@ -79,7 +88,18 @@ impl<S: Signer + Clone> MarketState<S> {
             request.body.resources.clone(),
             Some(hold_until),
         )?;
-        self.my_bids.insert(auction, (bid_id, bid.body.price));
+        let b = &request.body;
+        self.my_bids.insert(
+            auction,
+            MyBid {
+                bid: bid_id,
+                price: bid.body.price,
+                image: b.service.clone(),
+                start_at: b.start_at,
+                duration_ms: b.duration_ms,
+                kind: b.kind,
+            },
+        );
         tracing::debug!(auction = %auction.short(), bid = %bid_id.short(), price = bid.body.price, "bid placed");
         out.push(Effect::Send {
             to: request.body.customer,

@@ -5,10 +5,13 @@ use std::collections::BTreeMap;
 use super::{
     AuctionEntry, AuctionStatus, Effect, MAX_SNAPSHOT_PEERS, MarketState, SNAPSHOT_EVERY_MS,
 };
-use crate::auction::{AuctionRequest, Award, AwardSubject, Bid, Offer, offer_total_price};
+use crate::auction::{
+    AuctionKind, AuctionRequest, Award, AwardBody, AwardSubject, Bid, Offer, offer_total_price,
+};
 use crate::capacity::ReservationKey;
 use crate::error::MarketError;
 use crate::identity::{NodeId, Signer, Timestamp};
+use crate::ids::{AwardId, OfferId};
 use crate::message::MarketMessage;
 use crate::negotiation::NegotiationInput;
 use crate::validate::{check_auction, check_bid, check_offer};
@@ -220,22 +223,23 @@ impl<S: Signer + Clone> MarketState<S> {
                     });
                 }
                 let auction_resources = entry.request.body.resources.clone();
-                let (auction_term, auction_kind) =
-                    (entry.request.body.duration_ms, entry.request.body.kind);
                 let key = ReservationKey::Auction(auction);
                 // An award of our bid must be for what was bid on: the same bid, price and
                 // resources, and the auction's term and kind (an award for a year of a bid
                 // made for a minute's hosting was agreed and registered; market audit of
-                // session 51). Checked before anything is recorded: a refused award changes
-                // nothing here.
+                // session 51). And only while the bid's hold lasts: a bid whose hold lapsed
+                // with no award is forgotten (THREATS C30), so a late award is refused rather
+                // than taking the capacity again. Checked before anything is recorded: a
+                // refused award changes nothing here.
                 if b.provider == self.me {
                     match self.my_bids.get(&auction) {
-                        Some((mine, price))
-                            if *mine == bid
-                                && *price == b.price
+                        Some(mine)
+                            if mine.bid == bid
+                                && mine.price == b.price
                                 && auction_resources == b.resources
-                                && auction_term == b.duration_ms
-                                && auction_kind == b.kind => {}
+                                && mine.duration_ms == b.duration_ms
+                                && mine.kind == b.kind
+                                && self.ledger.reservations().contains_key(&key) => {}
                         _ => return Err(MarketError::UnknownBid { auction, bid }),
                     }
                 }
@@ -253,30 +257,17 @@ impl<S: Signer + Clone> MarketState<S> {
                     }
                     return Ok(());
                 }
-                // Held until the contract is registered (extended then), or for good never.
+                // Held (checked above) until the contract is registered (extended then), or for
+                // good never.
                 let until = now.saturating_add(super::AGREED_HOLD_MS);
-                if !self.ledger.hold_until(&key, until) {
-                    // The hold lapsed; take it again or refuse.
-                    self.ledger.reserve(key, b.resources.clone(), Some(until))?;
-                }
+                self.ledger.hold_until(&key, until);
                 key
             }
             AwardSubject::Offer { offer } => {
                 if b.provider != self.me {
                     return Ok(());
                 }
-                let o = self
-                    .offers
-                    .get(&offer)
-                    .ok_or(MarketError::UnknownOffer { offer })?;
-                let min_price =
-                    offer_total_price(o.body.price_per_hour, b.duration_ms).unwrap_or(u64::MAX);
-                if o.body.provider != self.me
-                    || o.body.resources != b.resources
-                    || b.price < min_price
-                {
-                    return Err(MarketError::UnknownOffer { offer });
-                }
+                self.check_offer_award(award_id, offer, &b)?;
                 self.replay.record(&b)?;
                 let key = ReservationKey::Award(award_id);
                 let until = now.saturating_add(super::AGREED_HOLD_MS);
@@ -287,6 +278,9 @@ impl<S: Signer + Clone> MarketState<S> {
         tracing::debug!(award = %award_id.short(), customer = %b.customer.short(), price = b.price, "award received");
         self.start_deal(now, &award, award_id, Some(reservation), out)?;
         self.award_holds.insert(award_id, reservation);
+        if let AwardSubject::Offer { offer } = b.subject {
+            self.offer_holds.insert(award_id, (offer, b.customer));
+        }
         out.push(Effect::Awarded {
             award: award_id,
             auction: b.auction(),
@@ -296,6 +290,63 @@ impl<S: Signer + Clone> MarketState<S> {
         });
         if self.config.dmu.provider.auto_accept_award {
             self.negotiate(now, award_id, NegotiationInput::Accept, out)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `b`, an award of our standing `offer`, may hold capacity: it takes the offer as
+    /// published (its resources, at least its price for the term), for hosting (what
+    /// `take_offer` signs; an offer names no kind) and for a term within
+    /// `limits.max_duration_ms`, and its customer holds no other live award of the offer.
+    /// Before, one key took an offer again and again with fresh nonces, each award holding
+    /// capacity for [`AGREED_HOLD_MS`](super::AGREED_HOLD_MS) and a place in the deal task's
+    /// table of agreements, and as storage or standby too (THREATS C33).
+    fn check_offer_award(
+        &self,
+        award: AwardId,
+        offer: OfferId,
+        b: &AwardBody,
+    ) -> Result<(), MarketError> {
+        let o = self
+            .offers
+            .get(&offer)
+            .ok_or(MarketError::UnknownOffer { offer })?;
+        let min_price = offer_total_price(o.body.price_per_hour, b.duration_ms).unwrap_or(u64::MAX);
+        if o.body.provider != self.me || o.body.resources != b.resources || b.price < min_price {
+            return Err(MarketError::UnknownOffer { offer });
+        }
+        let absurd = |field: &'static str, value: String, hint: &'static str| MarketError::Absurd {
+            kind: "award",
+            id: award.to_string(),
+            field,
+            value,
+            hint,
+        };
+        if b.kind != AuctionKind::Hosted {
+            return Err(absurd(
+                "kind",
+                format!("{:?}", b.kind),
+                "a standing offer is taken for hosting only",
+            ));
+        }
+        if b.duration_ms == 0 || b.duration_ms > self.config.limits.max_duration_ms {
+            return Err(absurd(
+                "duration_ms",
+                b.duration_ms.to_string(),
+                "1 ms ..= market.limits.max_duration_ms",
+            ));
+        }
+        let first = self
+            .offer_holds
+            .iter()
+            .find(|(a, (taken, by))| *taken == offer && *by == b.customer && self.holds_award(a))
+            .map(|(a, _)| *a);
+        if let Some(first) = first {
+            return Err(MarketError::OfferTaken {
+                offer,
+                first,
+                award,
+            });
         }
         Ok(())
     }

@@ -330,7 +330,8 @@ fn a_second_bid_on_one_auction_says_why_and_what_to_do() {
     ]);
     net.input(0, 0, Input::CreateAuction(spec(1000)));
     let aid = *net.nodes[0].auctions().keys().next().unwrap();
-    let (auto_bid, auto_price) = *net.nodes[1].my_bids.get(&aid).unwrap();
+    let mine = net.nodes[1].my_bid(&aid).unwrap();
+    let (auto_bid, auto_price) = (mine.bid, mine.price);
     let spec = BidSpec {
         price: 80,
         capacity: net.nodes[1].ledger().available().clone(),
@@ -845,4 +846,89 @@ fn an_award_for_another_term_or_kind_than_the_auction_is_refused() {
     // Refused, they changed nothing: the customer's own award at the window's close agrees.
     net.input(10_000, 0, Input::Tick);
     assert_eq!(net.agreed(1).len(), 1, "{:?}", net.log);
+}
+
+/// THREATS C33: one customer holds one award of a standing offer at a time, for hosting (what
+/// `take_offer` signs) and a term within `max_duration_ms`. Before, one key took an offer again
+/// and again with fresh nonces, each award holding capacity for `AGREED_HOLD_MS`, and as
+/// storage or standby too.
+#[test]
+fn an_offer_taken_twice_by_one_customer_holds_once() {
+    use crate::auction::{AuctionKind, AwardBody, AwardSubject, offer_total_price};
+    use crate::identity::KeySigner;
+    let mut p = MarketState::new(signer(2), provider_config(big_capacity()));
+    let res = Resources {
+        cpu_millis: 1000,
+        ..Resources::default()
+    };
+    let spec = OfferSpec {
+        region: "eu-west".into(),
+        resources: res.clone(),
+        price_per_hour: 30,
+        location: None,
+        ttl_ms: 3_600_000,
+    };
+    p.handle(0, Input::PublishOffer(spec));
+    let offer = *p.offers().keys().next().unwrap();
+    let me = p.node_id();
+    let take = |who: &KeySigner, duration_ms: u64, kind: AuctionKind, now: u64| {
+        let body = AwardBody {
+            customer: who.node_id(),
+            provider: me,
+            subject: AwardSubject::Offer { offer },
+            price: offer_total_price(30, duration_ms).unwrap().max(1),
+            resources: res.clone(),
+            duration_ms,
+            kind,
+            nonce: crate::test_utils::fresh_nonce(),
+            expires_at: now + 60_000,
+        };
+        Input::Remote {
+            from: who.node_id(),
+            msg: MarketMessage::Award(crate::signed::Signed::sign(body, who).unwrap()),
+        }
+    };
+    let awarded = |out: &[Effect]| out.iter().any(|e| matches!(e, Effect::Awarded { .. }));
+    let refusal = |out: &[Effect]| {
+        out.iter()
+            .find_map(|e| match e {
+                Effect::Rejected { error, .. } => Some(error.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("expected a refusal: {out:?}"))
+    };
+    let (customer, hour) = (signer(1), 3_600_000);
+    let out = p.handle(1, take(&customer, hour, AuctionKind::Hosted, 1));
+    assert!(awarded(&out), "{out:?}");
+    assert_eq!(p.ledger().reservations().len(), 1);
+    // The same customer again, with a fresh nonce: refused, nothing more held.
+    let out = p.handle(2, take(&customer, hour, AuctionKind::Hosted, 2));
+    assert!(
+        matches!(refusal(&out), MarketError::OfferTaken { offer: o, .. } if o == offer),
+        "{out:?}"
+    );
+    assert!(!awarded(&out));
+    assert_eq!(p.ledger().reservations().len(), 1);
+    // Another customer may take it; not as storage, nor for longer than the longest term.
+    let out = p.handle(3, take(&signer(3), hour, AuctionKind::Hosted, 3));
+    assert!(awarded(&out), "{out:?}");
+    let max = p.config().limits.max_duration_ms;
+    for (who, duration_ms, kind, field) in [
+        (4, hour, AuctionKind::Storage, "kind"),
+        (5, max + 1, AuctionKind::Hosted, "duration_ms"),
+    ] {
+        let out = p.handle(4, take(&signer(who), duration_ms, kind, 4));
+        assert!(
+            matches!(refusal(&out), MarketError::Absurd { field: f, .. } if f == field),
+            "{out:?}"
+        );
+        assert!(!awarded(&out));
+    }
+    assert_eq!(p.ledger().reservations().len(), 2);
+    // Once the first award's hold ended (no contract registered), the customer may take the
+    // offer again.
+    let later = 1 + AGREED_HOLD_MS;
+    p.handle(later, Input::Tick);
+    let out = p.handle(later, take(&customer, hour, AuctionKind::Hosted, later));
+    assert!(awarded(&out), "{out:?}");
 }

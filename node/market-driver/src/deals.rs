@@ -17,7 +17,10 @@ use agora_contracts::deal::{
     build_contract, check_proposal,
 };
 use agora_contracts::{Contract, ContractKind, SignedContract, TxKind};
-use agora_market::{AgreedTerms, AwardId, AwardSubject, KeySigner, NodeId, Signature, Signer};
+use agora_market::{
+    AgreedTerms, AuctionId, AwardId, AwardSubject, KeySigner, MarketState, NodeId, Signature,
+    Signer,
+};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -194,6 +197,34 @@ async fn next_agreed(agreed: &mut Option<mpsc::Receiver<AgreedTerms>>) -> Agreed
     std::future::pending().await
 }
 
+/// What `auction` said of the contract's image and slot. As provider, the auction as this node
+/// bid on it ([`MarketState::my_bid`], kept while the award holds the capacity): read from the
+/// book, it was gone when a customer let its auction expire before proposing, and the image and
+/// slot went unchecked (THREATS C36). Without that record the award's hold has lapsed too, and
+/// the proposal is refused for it. As customer, its own auction in the book.
+fn auction_facts<S: Signer + Clone>(
+    market: &MarketState<S>,
+    auction: &AuctionId,
+    as_provider: bool,
+) -> AuctionFacts {
+    if as_provider {
+        return market
+            .my_bid(auction)
+            .map(|b| AuctionFacts {
+                image: b.image.clone(),
+                start_at: b.start_at,
+            })
+            .unwrap_or_default();
+    }
+    market
+        .auction(auction)
+        .map(|a| AuctionFacts {
+            image: a.request.body.service.clone(),
+            start_at: a.request.body.start_at,
+        })
+        .unwrap_or_default()
+}
+
 /// Signs one deal message with the task's sequence numbers.
 fn seal(signer: &KeySigner, seq: &AtomicU64, msg: &DealMsg) -> Option<Envelope> {
     let n = seq.fetch_add(1, Ordering::Relaxed);
@@ -256,20 +287,15 @@ impl DealTask {
     }
 
     /// What both sides look up for an award: the auction's image and start time from the local
-    /// market book, and the ledger's arbitrators.
+    /// market ([`auction_facts`]), and the ledger's arbitrators.
     async fn views(&self, t: &AgreedTerms) -> Result<(AuctionFacts, CommitteeView), String> {
         let auction = match t.subject {
             AwardSubject::Bid { auction, .. } => {
-                let (image, start_at) = self
-                    .market
-                    .query(move |s| {
-                        s.auction(&auction)
-                            .map(|a| (a.request.body.service.clone(), a.request.body.start_at))
-                            .unwrap_or_default()
-                    })
+                let as_provider = t.provider == self.signer.node_id();
+                self.market
+                    .query(move |s| auction_facts(s, &auction, as_provider))
                     .await
-                    .map_err(|e| e.to_string())?;
-                AuctionFacts { image, start_at }
+                    .map_err(|e| e.to_string())?
             }
             AwardSubject::Offer { .. } => AuctionFacts::default(),
         };
@@ -535,5 +561,97 @@ impl Proposal {
             },
             Err(e) => warn!(error = %e, "provider's signature does not verify"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use agora_market::signed::Signed;
+    use agora_market::{
+        AuctionKind, AuctionSpec, AwardBody, Effect, Input, MarketConfig, MarketMessage, Resources,
+    };
+
+    /// THREATS C36: a customer that lets its auction expire before proposing does not make the
+    /// provider check the contract against nothing: the image and slot come from what the
+    /// provider bid on.
+    #[test]
+    fn a_provider_checks_the_auction_it_bid_on_after_the_auction_left_the_book() {
+        let mut config = MarketConfig {
+            capacity: Resources {
+                cpu_millis: 4_000,
+                memory_bytes: 4 << 30,
+                ..Resources::default()
+            },
+            ..MarketConfig::default()
+        };
+        config.dmu.provider.auto_bid = true;
+        let mut provider = MarketState::new(KeySigner::from_seed(2), config);
+        let customer = KeySigner::from_seed(1);
+        let from = customer.node_id();
+        let spec = AuctionSpec {
+            region: "eu-west".into(),
+            resources: Resources {
+                cpu_millis: 500,
+                memory_bytes: 256 << 20,
+                ..Resources::default()
+            },
+            duration_ms: 3_600_000,
+            max_price: 1_000,
+            window_ms: 1_000,
+            kind: AuctionKind::Hosted,
+            near: None,
+            award_grace_ms: 1_000,
+            service: Some(EMPTY_IMAGE.into()),
+            start_at: Some(5_000),
+        };
+        let req = spec.create(&customer, 0, 1).unwrap();
+        let auction = req.id().unwrap();
+        let msg = MarketMessage::Auction(req.clone());
+        let out = provider.handle(0, Input::Remote { from, msg });
+        let bid = out
+            .iter()
+            .find_map(|e| match e {
+                Effect::Send {
+                    msg: MarketMessage::Bid(b),
+                    ..
+                } => Some(b.clone()),
+                _ => None,
+            })
+            .expect("the provider bid");
+        let award = AwardBody {
+            customer: from,
+            provider: provider.node_id(),
+            subject: AwardSubject::Bid {
+                auction,
+                bid: bid.id().unwrap(),
+            },
+            price: bid.body.price,
+            resources: req.body.resources.clone(),
+            duration_ms: req.body.duration_ms,
+            kind: req.body.kind,
+            nonce: 2,
+            expires_at: 2_000,
+        };
+        let msg = MarketMessage::Award(Signed::sign(award, &customer).unwrap());
+        let out = provider.handle(1_000, Input::Remote { from, msg });
+        assert!(
+            out.iter().any(|e| matches!(e, Effect::Agreed(_))),
+            "{out:?}"
+        );
+        // The auction expired at 2 s; the customer proposes after that.
+        provider.handle(3_000, Input::Tick);
+        assert!(provider.auction(&auction).is_none());
+        let bid_on = AuctionFacts {
+            image: Some(EMPTY_IMAGE.into()),
+            start_at: Some(5_000),
+        };
+        assert_eq!(auction_facts(&provider, &auction, true), bid_on);
+        // The customer's view is its own book (here: gone).
+        assert_eq!(
+            auction_facts(&provider, &auction, false),
+            AuctionFacts::default()
+        );
     }
 }

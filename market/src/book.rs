@@ -6,6 +6,8 @@
 //! as `Effect::Rejected`.
 
 mod bounds;
+#[cfg(any(test, feature = "test-utils"))]
+mod byzantine;
 mod close;
 mod deal;
 mod local;
@@ -16,6 +18,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use bounds::{BookCounters, BookStats};
+#[cfg(any(test, feature = "test-utils"))]
+pub use byzantine::CUT_TERM_MS;
 
 use crate::auction::{AuctionKind, AuctionRequest, Bid, Offer};
 use crate::capacity::{CapacityLedger, ReservationKey};
@@ -338,6 +342,9 @@ pub struct MarketState<S> {
     /// Bidders' reputations as this node's ledger knows them, for those with a bid on one of
     /// our auctions ([`Input::Reputation`]).
     reputations: BTreeMap<NodeId, u16>,
+    /// Test hooks: what this node does unlike an honest one (`book/byzantine.rs`).
+    #[cfg(any(test, feature = "test-utils"))]
+    byzantine: byzantine::Byzantine,
 }
 
 impl<S: Signer + Clone> MarketState<S> {
@@ -364,6 +371,8 @@ impl<S: Signer + Clone> MarketState<S> {
             award_holds: BTreeMap::new(),
             offer_holds: BTreeMap::new(),
             reputations: BTreeMap::new(),
+            #[cfg(any(test, feature = "test-utils"))]
+            byzantine: byzantine::Byzantine::default(),
         }
     }
 

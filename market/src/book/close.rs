@@ -153,6 +153,9 @@ impl<S: Signer + Clone> MarketState<S> {
             req.body.duration_ms,
             req.body.kind,
         );
+        // Test hook: a byzantine customer signs another term (`book/byzantine.rs`).
+        #[cfg(any(test, feature = "test-utils"))]
+        let duration_ms = self.awarded_term(duration_ms);
         let nonce = self.next_nonce(now);
         let body = AwardBody {
             customer: self.me,

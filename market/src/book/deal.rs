@@ -95,7 +95,7 @@ impl<S: Signer + Clone> MarketState<S> {
         Ok(())
     }
 
-    fn apply_negotiation(
+    pub(super) fn apply_negotiation(
         &mut self,
         award: AwardId,
         effects: Vec<NegotiationEffect>,

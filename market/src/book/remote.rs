@@ -289,6 +289,12 @@ impl<S: Signer + Clone> MarketState<S> {
             price: b.price,
         });
         if self.config.dmu.provider.auto_accept_award {
+            // Test hook: a byzantine provider counters instead (`book/byzantine.rs`).
+            #[cfg(any(test, feature = "test-utils"))]
+            if self.byzantine.cut_term {
+                self.cut_term_counter(now, award_id, out);
+                return Ok(());
+            }
             self.negotiate(now, award_id, NegotiationInput::Accept, out)?;
         }
         Ok(())

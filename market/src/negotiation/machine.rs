@@ -144,16 +144,43 @@ impl<S: Signer> Negotiation<S> {
         now: Timestamp,
         price: u64,
     ) -> Result<Vec<NegotiationEffect>, NegotiationError> {
+        let terms = AgreedTerms {
+            price,
+            ..self.current.clone()
+        };
+        self.counter(now, terms)
+    }
+
+    /// Test hook (feature `test-utils`, never in the shipped binary): a counter-offer of
+    /// `terms` whatever else they change, as a byzantine party sends one (an honest party
+    /// changes the price only, [`NegotiationInput::Counter`]); the peer must refuse it.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn byzantine_counter(
+        &mut self,
+        now: Timestamp,
+        terms: AgreedTerms,
+    ) -> Vec<NegotiationEffect> {
+        if self.status != NegotiationStatus::Open {
+            return vec![NegotiationEffect::Rejected(NegotiationError::Finished {
+                award: self.award,
+            })];
+        }
+        self.counter(now, terms)
+            .unwrap_or_else(|e| vec![NegotiationEffect::Rejected(e)])
+    }
+
+    /// Puts `terms` on the table as our counter-offer, in the next round.
+    fn counter(
+        &mut self,
+        now: Timestamp,
+        terms: AgreedTerms,
+    ) -> Result<Vec<NegotiationEffect>, NegotiationError> {
         if self.round >= self.max_rounds {
             return Err(NegotiationError::TooManyRounds {
                 award: self.award,
                 max: self.max_rounds,
             });
         }
-        let terms = AgreedTerms {
-            price,
-            ..self.current.clone()
-        };
         let id = terms.id().map_err(|e| self.wrap(e))?;
         self.round += 1;
         self.current = terms.clone();

@@ -95,9 +95,17 @@ fn record_to(log: &Mutex<EventLog>, kind: &'static str, detail: String, data: se
 /// A read-only job run inside the market task.
 type QueryJob = Box<dyn FnOnce(&MarketState<KeySigner>) + Send>;
 
+/// Test hook: a job that changes the state as a byzantine node would, at the given time, and
+/// returns the effects to carry out.
+#[cfg(feature = "test-utils")]
+type ByzantineJob = Box<dyn FnOnce(&mut MarketState<KeySigner>, u64) -> Vec<Effect> + Send>;
+
 enum MarketCommand {
     Input(Box<Input>, oneshot::Sender<Vec<Effect>>),
     Query(QueryJob),
+    /// Test hook: see [`MarketHandle::byzantine`].
+    #[cfg(feature = "test-utils")]
+    Byzantine(ByzantineJob),
 }
 
 /// Cloneable handle to the market task.
@@ -145,6 +153,28 @@ impl MarketHandle {
         });
         self.tx
             .send(MarketCommand::Query(job))
+            .await
+            .map_err(|_| MarketTaskError::Stopped)?;
+        rx.await.map_err(|_| MarketTaskError::Stopped)
+    }
+
+    /// Test hook (feature `test-utils`, never in the shipped binary): runs `f` on the state
+    /// inside the task at the current time, as a byzantine node's misbehaviour (turning on one
+    /// of `agora_market`'s `byzantine_*` hooks, or signing what an honest node never signs),
+    /// carries out the effects it returns like those of an input, and returns its answer.
+    #[cfg(feature = "test-utils")]
+    pub async fn byzantine<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut MarketState<KeySigner>, u64) -> (Vec<Effect>, T) + Send + 'static,
+    ) -> Result<T, MarketTaskError> {
+        let (tx, rx) = oneshot::channel();
+        let job: ByzantineJob = Box::new(move |s: &mut MarketState<KeySigner>, now: u64| {
+            let (effects, answer) = f(s, now);
+            let _ = tx.send(answer);
+            effects
+        });
+        self.tx
+            .send(MarketCommand::Byzantine(job))
             .await
             .map_err(|_| MarketTaskError::Stopped)?;
         rx.await.map_err(|_| MarketTaskError::Stopped)
@@ -353,6 +383,11 @@ impl MarketTask {
                         let _ = reply.send(effects);
                     }
                     Some(MarketCommand::Query(job)) => job(&self.state),
+                    #[cfg(feature = "test-utils")]
+                    Some(MarketCommand::Byzantine(job)) => {
+                        let effects = job(&mut self.state, now_ms());
+                        self.execute(&effects).await;
+                    }
                     None => break,
                 },
                 Some((from, msg)) = feedback.recv() => self.remote(from, msg).await,

@@ -75,11 +75,24 @@
 //!   long before starting the service of each of its contracts of that term (so a customer's
 //!   `--cancel-hosted-lasting` wins its race: THREATS C13; `agora_tests::adversary::slow_start`);
 //!   prints `byzantine: slow-start delays service=… ms=…` for each.
+//! - `--stretch-awards 1000`: as a customer, each award it signs carries 1000 times the
+//!   auction's term, for the bid's price (THREATS C27; `agora_market`'s `test-utils` hook
+//!   `byzantine_stretch_awards`);
+//! - `--cut-term`: as a provider, it answers each award of its bid with a counter-offer at the
+//!   auction's maximum price for a 1 ms term instead of accepting it (THREATS C28; the hook
+//!   `byzantine_cut_term`). With either, each award its market records prints `byzantine:
+//!   award award=… auction=… customer=… provider=… price=… term_ms=… auction_term_ms=…
+//!   proposed_by=me|peer`, the terms on the table just after it;
+//! - `--reaward`: as a customer, once each of its contracts is registered, it signs a second
+//!   award of the contract's auction (same bid, price and term) naming a throwaway key, sends
+//!   it to the contract's provider and gossips it (THREATS C29; the hook `byzantine_reaward`);
+//!   prints `byzantine: reaward contract=… first_award=… award=… first=… to=…`.
 //!
 //! This binary lives in the test crate, which is the only crate that turns on the `test-utils`
-//! features of `agora-ledger` and `agora-daemon` outside dev-dependencies: the shipped `agora` binary has no flag,
-//! config key or environment variable that reaches these hooks. Each misbehaviour prints one
-//! line starting with `byzantine:` to stdout (the devnet writes it to `node.log`).
+//! features of `agora-ledger`, `agora-daemon` and `agora-market-driver` outside
+//! dev-dependencies: the shipped `agora` binary has no flag, config key or environment variable
+//! that reaches these hooks. Each misbehaviour prints one line starting with `byzantine:` to
+//! stdout (the devnet writes it to `node.log`).
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,7 +108,10 @@ use agora_contracts::{
 };
 use agora_daemon::config::NodeConfig;
 use agora_ledger::LedgerHandle;
-use agora_market::NodeId;
+use agora_market::{
+    AuctionStatus, AwardId, AwardSubject, KeySigner, MarketState, NodeId, Signer as _,
+};
+use agora_market_driver::MarketHandle;
 use agora_tests::adversary::host_nothing::{HostNothing, NothingHost};
 use agora_tests::adversary::never_arm::StallingHost;
 use agora_tests::adversary::slow_start::SlowStart;
@@ -209,6 +225,17 @@ struct RunArgs {
     /// How long `--slow-start-lasting` waits.
     #[arg(long, value_parser = parse_duration_ms, requires = "slow_start_lasting")]
     slow_start_by: Option<u64>,
+    /// As a customer, sign each award with N times the auction's term, for the bid's price.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+    stretch_awards: Option<u64>,
+    /// As a provider, answer each award of its bid with a counter-offer at the auction's
+    /// maximum price for a 1 ms term.
+    #[arg(long, conflicts_with = "no_bid")]
+    cut_term: bool,
+    /// As a customer, once each of its contracts is registered, send its provider (and gossip)
+    /// a second award of the same auction naming a throwaway key.
+    #[arg(long)]
+    reaward: bool,
 }
 
 /// `down` → `false`, `up` → `true`: the outcome every false probe report states.
@@ -342,6 +369,23 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         node.storage.byzantine_skip_custody();
         println!("byzantine: keep-nothing");
     }
+    if let Some(factor) = args.stretch_awards {
+        node.market
+            .byzantine(move |s, _| (Vec::new(), s.byzantine_stretch_awards(factor)))
+            .await
+            .context("turning on stretched awards")?;
+        println!("byzantine: stretch-awards {factor}");
+    }
+    if args.cut_term {
+        node.market
+            .byzantine(|s, _| (Vec::new(), s.byzantine_cut_term()))
+            .await
+            .context("turning on term-cutting counter-offers")?;
+        println!("byzantine: cut-term");
+    }
+    if args.stretch_awards.is_some() || args.cut_term {
+        tokio::spawn(report_awards(node.market.clone(), node.cancel_token()));
+    }
     println!("node {} running", node.node_id());
     for a in &node.p2p_addrs {
         println!("p2p: {a}");
@@ -358,7 +402,8 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         || args.try_cheats
         || args.settle_early
         || args.hold_slots
-        || args.cancel_hosted_lasting.is_some();
+        || args.cancel_hosted_lasting.is_some()
+        || args.reaward;
     let ledger = match (&node.ledger, misbehaves) {
         (Some(l), _) => Some(l.clone()),
         (None, false) => None,
@@ -445,6 +490,14 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
                 .context("diverting contract registrations")?;
             println!("byzantine: hold-slots");
             tokio::spawn(hold_slots(ledger.clone(), held, node.cancel_token()));
+        }
+        if args.reaward {
+            println!("byzantine: reaward");
+            tokio::spawn(reaward(
+                ledger.clone(),
+                node.market.clone(),
+                node.cancel_token(),
+            ));
         }
     }
     let cancel = node.cancel_token();
@@ -1005,6 +1058,130 @@ async fn settle_early(ledger: LedgerHandle, cancel: CancellationToken) {
     }
 }
 
+/// Prints `byzantine: award …` (see the module docs) once for each award this node's market
+/// records: the terms on the table just after it, so a test sees the stretched term its award
+/// signed (`--stretch-awards`) or the counter-offer it made (`--cut-term`).
+async fn report_awards(market: MarketHandle, cancel: CancellationToken) {
+    let mut after: Option<u64> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for record in market.events_after(after) {
+            after = Some(record.seq);
+            let award = record.data["award"]
+                .as_str()
+                .and_then(|a| a.parse::<AwardId>().ok());
+            let Some(award) = award.filter(|_| record.kind == "awarded") else {
+                continue;
+            };
+            if let Ok(Some(line)) = market.query(move |s| award_line(s, &award)).await {
+                println!("byzantine: award {line}");
+            }
+        }
+    }
+}
+
+/// The terms on the table of `award` in this node's market, for [`report_awards`].
+fn award_line(s: &MarketState<KeySigner>, award: &AwardId) -> Option<String> {
+    let n = s.negotiation(award)?;
+    let t = n.current_terms();
+    let auction = match t.subject {
+        AwardSubject::Bid { auction, .. } => Some(auction),
+        AwardSubject::Offer { .. } => None,
+    };
+    let auction_term = auction
+        .and_then(|a| s.auction(&a))
+        .map(|e| e.request.body.duration_ms.to_string());
+    let by = if n.proposed_by() == s.node_id() {
+        "me"
+    } else {
+        "peer"
+    };
+    Some(format!(
+        "award={award} auction={} customer={} provider={} price={} term_ms={} \
+         auction_term_ms={} proposed_by={by}",
+        auction.map(|a| a.to_string()).unwrap_or_default(),
+        t.customer,
+        t.provider,
+        t.price,
+        t.duration_ms,
+        auction_term.unwrap_or_default(),
+    ))
+}
+
+/// Once each contract this node is the customer of is registered (as its replica sees it),
+/// signs a second award of the contract's auction naming a throwaway key, sends it to the
+/// contract's provider and gossips it (one attempt per contract): prints `byzantine: reaward
+/// contract=… first_award=… award=… first=… to=…`, or `byzantine: reaward not sent …`.
+async fn reaward(ledger: LedgerHandle, market: MarketHandle, cancel: CancellationToken) {
+    let mut tried: BTreeSet<ContractId> = BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(open) = ledger
+            .query(|v| {
+                v.ledger
+                    .contracts()
+                    .iter()
+                    .filter(|(_, r)| r.contract.customer == v.me && !r.status.is_final())
+                    .map(|(id, r)| (*id, r.contract.nonce, r.contract.provider))
+                    .collect::<Vec<_>>()
+            })
+            .await
+        else {
+            return;
+        };
+        for (id, nonce, provider) in open {
+            if !tried.insert(id) {
+                continue;
+            }
+            let to = KeySigner::from_seed(now_ms()).node_id();
+            let sent = market
+                .byzantine(move |s, now| match awarded_with_nonce(s, provider, nonce) {
+                    Some(first) => match s.byzantine_reaward(now, &first, to) {
+                        Ok((award, effects)) => (effects, Ok((first, award))),
+                        Err(e) => (Vec::new(), Err(e.to_string())),
+                    },
+                    None => (
+                        Vec::new(),
+                        Err("its award is not in this node's book".into()),
+                    ),
+                })
+                .await;
+            match sent {
+                Ok(Ok((first, award))) => println!(
+                    "byzantine: reaward contract={id} first_award={first} award={award} \
+                     first={provider} to={to}"
+                ),
+                Ok(Err(e)) => println!("byzantine: reaward not sent contract={id}: {e}"),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Our award, to `provider`, whose contract carries `nonce` (`agora_contracts::deal::deal_nonce`
+/// of the award).
+fn awarded_with_nonce(s: &MarketState<KeySigner>, provider: NodeId, nonce: u64) -> Option<AwardId> {
+    let me = s.node_id();
+    s.auctions().values().find_map(|e| match e.status {
+        AuctionStatus::Awarded { award, provider: p }
+            if e.request.body.customer == me
+                && p == provider
+                && agora_contracts::deal::deal_nonce(&award) == nonce =>
+        {
+            Some(award)
+        }
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::{HostNothing, parse_duration_ms, parse_false_probes, parse_host_nothing};
@@ -1023,6 +1200,23 @@ mod tests {
         assert_eq!(parse_host_nothing("lie"), Ok(HostNothing::Lie));
         assert!(parse_host_nothing("").is_err());
         assert!(parse_host_nothing("true").is_err());
+    }
+
+    /// A factor of 1 would sign the auction's own term, and a provider that accepts no award
+    /// has none to counter: both are refused rather than run as a misbehaviour that does
+    /// nothing.
+    #[test]
+    fn market_misbehaviours_refuse_what_would_do_nothing() {
+        use clap::Parser as _;
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["agora-byzantine", "node", "run", "--data-dir", "d"];
+            argv.extend_from_slice(extra);
+            super::Cli::try_parse_from(argv)
+        };
+        assert!(run(&["--stretch-awards", "1000", "--reaward"]).is_ok());
+        assert!(run(&["--cut-term"]).is_ok());
+        assert!(run(&["--stretch-awards", "1"]).is_err());
+        assert!(run(&["--cut-term", "--no-bid"]).is_err());
     }
 
     #[test]

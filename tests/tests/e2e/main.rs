@@ -12,6 +12,7 @@ mod support;
 mod attack_arbitrators;
 mod attack_auction_hold;
 mod attack_audit;
+mod attack_awards;
 mod attack_backlog;
 mod attack_bitswap;
 mod attack_block_time;

@@ -14,7 +14,7 @@
 //! A refusal is a typed [`DealRefusal`] naming the field, what was expected and what was got;
 //! it is serialisable so the node can send it back in `DealMsg::Refused`.
 
-use agora_market::{AgreedTerms, AuctionKind, AwardId, NodeId, Resources, Timestamp};
+use agora_market::{AgreedTerms, AuctionKind, AwardId, Interface, NodeId, Resources, Timestamp};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 
@@ -231,6 +231,35 @@ pub fn interfaces_of(resources: &Resources) -> Vec<String> {
         .iter()
         .map(|(i, n)| format!("{i:?}:{n}").to_lowercase())
         .collect()
+}
+
+/// What a contract's terms hold on its provider: the amounts [`build_contract`] copies and the
+/// interfaces back from [`interfaces_of`] (a provider restarted while the contract runs holds
+/// them again, THREATS C35). The terms carry no bandwidth, uptime or battery: they come back
+/// as none. An interface name this crate does not know is left out; counts saturate.
+pub fn resources_of(terms: &Terms) -> Resources {
+    let mut r = Resources {
+        cpu_millis: terms.cpu_millis,
+        memory_bytes: terms.memory_bytes,
+        storage_bytes: terms.storage_bytes,
+        ..Resources::default()
+    };
+    for entry in &terms.interfaces {
+        let Some((name, count)) = entry.split_once(':') else {
+            continue;
+        };
+        let known = Interface::ALL
+            .into_iter()
+            .find(|i| format!("{i:?}").eq_ignore_ascii_case(name));
+        let (Some(iface), Ok(count)) = (known, count.parse::<u32>()) else {
+            continue;
+        };
+        if count > 0 {
+            let slot = r.interfaces.entry(iface).or_insert(0);
+            *slot = slot.saturating_add(count);
+        }
+    }
+    r
 }
 
 /// The service image a contract for this auction carries: the auction's, else `default`.

@@ -355,6 +355,23 @@ impl Devnet {
         }
     }
 
+    /// Waits until the market of every running node takes work: it holds the capacity of the
+    /// contracts the node runs, which it reads once its ledger is current (THREATS C35). Until
+    /// then an auction gets no bid from it unless its window is still open by then.
+    pub async fn wait_markets_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for s in &self.slots {
+            let Some(n) = &s.running else { continue };
+            while !n.market.query(|m| m.capacity_restored()).await? {
+                if Instant::now() > deadline {
+                    bail!("{}'s market took no work within {timeout:?}", s.name);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Stops every node.
     pub async fn shutdown(mut self) {
         for i in 0..self.slots.len() {

@@ -11,7 +11,7 @@ use agora_contracts::{
 };
 use agora_devnet::Devnet;
 use agora_devnet::files::CONTRACT_NODES;
-use agora_market::{AuctionKind, AuctionSpec, Input, Resources};
+use agora_market::{AuctionKind, AuctionSpec, Input, ReservationKey, Resources};
 use agora_storage::CidVersion;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -84,6 +84,8 @@ async fn auction_storage(
     let data: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
     std::fs::write(&path, &data).unwrap();
     let file = n0.storage.add_file(path, CidVersion::V0).await.unwrap().cid;
+    // Every provider bids only once its market holds its running contracts (THREATS C35).
+    net.wait_markets_ready(WAIT).await.unwrap();
     let spec = AuctionSpec {
         region: "default".into(),
         resources: Resources {
@@ -279,6 +281,82 @@ async fn storage_contract_is_audited_and_a_provider_that_drops_the_data_is_slash
     assert!(
         customer_after >= customer_before + rec.contract.stakes.provider_stake,
         "the provider's stake went to the customer ({customer_before} -> {customer_after})"
+    );
+    net.shutdown().await;
+}
+
+/// THREATS C35: a restarted provider's market holds the capacity of the contract it still runs
+/// before it takes any work. The hold lived only in memory: after a restart all of the
+/// capacity looked free, and the provider bid on and hosted work beyond it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_provider_holds_its_running_contract_before_it_bids() {
+    let mut net = Devnet::builder()
+        .nodes(CONTRACT_NODES)
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(CONTRACT_NODES - 1, WAIT).await.unwrap();
+    let (_, id, rec) = auction_storage(&net, 0, 1 << 20).await;
+    let provider = (0..net.len())
+        .find(|i| net.node_id(*i) == rec.contract.provider)
+        .unwrap();
+    wait_record(&net, 0, id, "activation", |r| {
+        r.status == ContractStatus::Active
+    })
+    .await;
+    net.stop(provider).await;
+    net.restart(provider).await.unwrap();
+    let p = net.node(provider).unwrap();
+    let key = ReservationKey::Contract(id.0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (held, free) = loop {
+        let (restored, held, free, reservations) = p
+            .market
+            .query(move |s| {
+                let l = s.ledger();
+                (
+                    s.capacity_restored(),
+                    l.reservations().get(&key).cloned(),
+                    l.available().clone(),
+                    l.reservations().len(),
+                )
+            })
+            .await
+            .unwrap();
+        if restored {
+            break (held, free);
+        }
+        // Until then it holds nothing: it has bid on nothing and taken no offer.
+        assert_eq!(reservations, 0, "a hold before the running contract's");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted market never held its running contract"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rec = record(&net, provider, id).await;
+    assert!(
+        !rec.status.is_final(),
+        "the contract closed meanwhile: {:?}",
+        rec.status
+    );
+    let held = held.expect("the running contract's capacity is held");
+    assert_eq!(held.resources.storage_bytes, 1 << 20);
+    assert_eq!(
+        held.expires_at,
+        Some(agora_market_driver::holds::held_until(&rec)),
+        "held until the contract's end and the slack"
+    );
+    let capacity = p
+        .market
+        .query(|s| s.ledger().capacity().clone())
+        .await
+        .unwrap();
+    assert!(
+        free.storage_bytes <= capacity.storage_bytes - (1 << 20),
+        "the running contract's storage looks free: {} of {}",
+        free.storage_bytes,
+        capacity.storage_bytes
     );
     net.shutdown().await;
 }

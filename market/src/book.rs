@@ -12,6 +12,7 @@ mod close;
 mod deal;
 mod local;
 mod remote;
+mod restore;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use bounds::{BookCounters, BookStats};
 #[cfg(any(test, feature = "test-utils"))]
 pub use byzantine::CUT_TERM_MS;
+pub use restore::{ContractHold, MAX_RESTORED_HOLDS};
 
 use crate::auction::{AuctionKind, AuctionRequest, Bid, Offer};
 use crate::capacity::{CapacityLedger, ReservationKey};
@@ -197,6 +199,11 @@ pub enum Input {
         /// When the hold ends.
         until: Timestamp,
     },
+    /// Hold the capacity of the contracts this node still provides, as its ledger has them
+    /// once caught up after a start, each under [`ReservationKey::Contract`]: a book made with
+    /// [`MarketState::awaiting_contracts`] bids on nothing before (THREATS C35), and bids then
+    /// on the open auctions it passed over meanwhile. Holds already held are kept as they are.
+    RestoreCapacity(Vec<ContractHold>),
     /// Timer: close windows, award, expire entries and holds.
     Tick,
 }
@@ -345,10 +352,14 @@ pub struct MarketState<S> {
     /// Test hooks: what this node does unlike an honest one (`book/byzantine.rs`).
     #[cfg(any(test, feature = "test-utils"))]
     byzantine: byzantine::Byzantine,
+    /// Whether the capacity of the contracts this node still runs is held
+    /// ([`Input::RestoreCapacity`]); until then it takes no work (THREATS C35).
+    restored: bool,
 }
 
 impl<S: Signer + Clone> MarketState<S> {
-    /// A fresh book for the node signing with `signer`.
+    /// A fresh book for the node signing with `signer`, with none of its capacity in use: for
+    /// a node with no ledger, so no contract it could still be running.
     pub fn new(signer: S, config: MarketConfig) -> Self {
         MarketState {
             me: signer.node_id(),
@@ -373,6 +384,18 @@ impl<S: Signer + Clone> MarketState<S> {
             reputations: BTreeMap::new(),
             #[cfg(any(test, feature = "test-utils"))]
             byzantine: byzantine::Byzantine::default(),
+            restored: true,
+        }
+    }
+
+    /// A book for a node with a ledger, which may name contracts it still runs from before a
+    /// restart: it takes no work (no bid, no taken offer) until [`Input::RestoreCapacity`]
+    /// holds their capacity. Before, a restarted provider's capacity all looked free and it
+    /// took work on top of its running contracts (THREATS C35).
+    pub fn awaiting_contracts(signer: S, config: MarketConfig) -> Self {
+        MarketState {
+            restored: false,
+            ..Self::new(signer, config)
         }
     }
 
@@ -388,7 +411,9 @@ impl<S: Signer + Clone> MarketState<S> {
                 .map(|id| {
                     self.restricted.insert(id, only);
                 }),
-            Input::PlaceBid { auction, spec } => self.place_bid(now, auction, spec, &mut out),
+            Input::PlaceBid { auction, spec } => self
+                .require_restored()
+                .and_then(|()| self.place_bid(now, auction, spec, &mut out)),
             Input::PublishOffer(spec) => self.publish_offer(now, spec, &mut out),
             Input::TakeOffer { offer, duration_ms } => {
                 self.take_offer(now, offer, duration_ms, &mut out)
@@ -430,6 +455,10 @@ impl<S: Signer + Clone> MarketState<S> {
                 if let Some(key) = self.award_holds.get(&award) {
                     self.ledger.hold_until(key, until);
                 }
+                Ok(())
+            }
+            Input::RestoreCapacity(holds) => {
+                self.restore_capacity(now, holds, &mut out);
                 Ok(())
             }
             Input::Tick => {
@@ -509,6 +538,9 @@ mod bounds_tests;
 #[cfg(test)]
 #[path = "book/reject_tests.rs"]
 mod reject_tests;
+#[cfg(test)]
+#[path = "book/restore_tests.rs"]
+mod restore_tests;
 #[cfg(test)]
 #[path = "book/tests.rs"]
 mod tests;

@@ -117,6 +117,22 @@ impl CapacityLedger {
         Ok(())
     }
 
+    /// Reserves under `key` as much of `need` as is free, dimension by dimension (all of it
+    /// when it fits), and returns what was reserved. For the running contracts of a restarted
+    /// provider (THREATS C35): they are held even when they add up to more than the capacity
+    /// advertised now (lowered across the restart), which then leaves nothing free instead of
+    /// leaving the overflow unheld.
+    pub fn reserve_within(
+        &mut self,
+        key: ReservationKey,
+        need: &Resources,
+        expires_at: Option<Timestamp>,
+    ) -> Result<Resources, CapacityError> {
+        let held = at_most(need, &self.free);
+        self.reserve(key, held.clone(), expires_at)?;
+        Ok(held)
+    }
+
     /// Turns a tentative hold into a firm reservation; false if `key` holds nothing.
     pub fn confirm(&mut self, key: &ReservationKey) -> bool {
         match self.reservations.get_mut(key) {
@@ -182,6 +198,25 @@ impl CapacityLedger {
     }
 }
 
+/// `need` cut down to what `free` has in each additive dimension. Without qualities: a hold
+/// is amounts, and a quality `free` lacks would make it not fit at all.
+fn at_most(need: &Resources, free: &Resources) -> Resources {
+    Resources {
+        cpu_millis: need.cpu_millis.min(free.cpu_millis),
+        memory_bytes: need.memory_bytes.min(free.memory_bytes),
+        storage_bytes: need.storage_bytes.min(free.storage_bytes),
+        bandwidth_bps: need.bandwidth_bps.min(free.bandwidth_bps),
+        interfaces: need
+            .interfaces
+            .iter()
+            .map(|(i, n)| (*i, (*n).min(free.interface_count(*i))))
+            .filter(|(_, n)| *n > 0)
+            .collect(),
+        uptime: None,
+        battery: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -229,5 +264,39 @@ mod tests {
         assert_eq!(ledger.prune(10), vec![key(1)]);
         assert_eq!(ledger.available().cpu_millis, 500);
         assert_eq!(ledger.reserved_total().unwrap().cpu_millis, 500);
+    }
+
+    #[test]
+    fn a_hold_within_takes_what_is_free_and_no_more() {
+        let cap = Resources {
+            cpu_millis: 1000,
+            memory_bytes: 100,
+            ..Resources::default()
+        }
+        .with_interface(Interface::LoRa, 1);
+        let mut ledger = CapacityLedger::new(cap);
+        let need = Resources {
+            cpu_millis: 600,
+            memory_bytes: 10,
+            ..Resources::default()
+        };
+        assert_eq!(ledger.reserve_within(key(1), &need, None).unwrap(), need);
+        // More than is left (and an interface the capacity lacks): what is free is held.
+        let more = need
+            .clone()
+            .with_interface(Interface::LoRa, 2)
+            .with_interface(Interface::Ble, 1);
+        let held = ledger.reserve_within(key(2), &more, Some(5)).unwrap();
+        assert_eq!(held.cpu_millis, 400);
+        assert_eq!(held.memory_bytes, 10);
+        assert_eq!(held.interface_count(Interface::LoRa), 1);
+        assert_eq!(held.interface_count(Interface::Ble), 0);
+        assert_eq!(ledger.available().cpu_millis, 0);
+        assert!(matches!(
+            ledger.reserve_within(key(2), &need, None),
+            Err(CapacityError::AlreadyReserved { .. })
+        ));
+        assert_eq!(ledger.release(&key(2)), Some(held));
+        assert_eq!(ledger.available().cpu_millis, 400);
     }
 }

@@ -280,6 +280,14 @@ pub enum MarketError {
         /// The region it names.
         region: String,
     },
+    /// This node restarted and its market does not yet hold the capacity of the contracts it
+    /// still runs (its ledger has not caught up): it takes no work until then (THREATS C35).
+    #[error(
+        "this node takes no work yet: it does not know what its running contracts hold until \
+         its ledger reaches the chain's tip (`agora ledger status`; `/ready` says when); bid \
+         again then"
+    )]
+    CapacityNotRestored,
     /// A negotiation step was refused.
     #[error(transparent)]
     Negotiation(#[from] crate::negotiation::NegotiationError),

@@ -34,8 +34,8 @@ pub use auction::{
     BidBody, BidSpec, Offer, OfferBody,
 };
 pub use book::{
-    AGREED_HOLD_MS, AuctionEntry, AuctionStatus, BookCounters, BookStats, Effect, Input,
-    MarketConfig, MarketState, MyBid, OfferSpec,
+    AGREED_HOLD_MS, AuctionEntry, AuctionStatus, BookCounters, BookStats, ContractHold, Effect,
+    Input, MAX_RESTORED_HOLDS, MarketConfig, MarketState, MyBid, OfferSpec,
 };
 pub use capacity::{CapacityError, CapacityLedger, ReservationKey};
 pub use dmu::{CustomerRules, DmuConfig, NegotiationRules, ProviderRules};

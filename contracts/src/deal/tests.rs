@@ -546,3 +546,45 @@ fn qos_at_the_policy_bounds_is_accepted() {
     );
     assert_eq!(case.check_with(&policy, &c), Ok(()));
 }
+
+/// THREATS C35: a restarted provider holds what its running contracts' terms say they use.
+#[test]
+fn a_contract_s_terms_give_back_the_resources_it_holds() {
+    let agreed = Resources {
+        cpu_millis: 500,
+        memory_bytes: 64 << 20,
+        storage_bytes: 1 << 30,
+        bandwidth_bps: 1_000_000,
+        ..Resources::default()
+    }
+    .with_interface(Interface::LoRa, 1)
+    .with_interface(Interface::Ble, 2);
+    let mut terms = Terms {
+        cpu_millis: agreed.cpu_millis,
+        memory_bytes: agreed.memory_bytes,
+        storage_bytes: agreed.storage_bytes,
+        interfaces: interfaces_of(&agreed),
+        price: 10,
+        duration_ms: 60_000,
+    };
+    // Everything but the bandwidth, which the terms do not carry.
+    let back = resources_of(&terms);
+    assert_eq!(
+        back,
+        Resources {
+            bandwidth_bps: 0,
+            ..agreed
+        }
+    );
+    // Names it does not know are left out; counts saturate rather than overflow.
+    terms.interfaces = vec![
+        "temp0".into(),
+        "lora:x".into(),
+        "ble:0".into(),
+        "lora:4294967295".into(),
+        "LoRa:1".into(),
+    ];
+    let odd = resources_of(&terms);
+    assert_eq!(odd.interface_count(Interface::LoRa), u32::MAX);
+    assert_eq!(odd.interfaces.len(), 1);
+}

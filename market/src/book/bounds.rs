@@ -48,6 +48,10 @@ pub struct BookCounters {
     /// Auctions we would have auto-bid on but did not: the window was too long, the slot
     /// started too far ahead, or we already held `max_holds_per_customer` for that customer.
     pub auto_bids_declined: u64,
+    /// Auctions we would have auto-bid on but did not yet: the capacity of the contracts this
+    /// node still runs was not restored since it started (THREATS C35). Those still open are
+    /// bid on once it is.
+    pub auto_bids_deferred: u64,
     /// Replay-guard nonces forgotten early because the guard was full.
     pub replay_evicted: u64,
     /// Snapshot requests not answered (the same peer asked again within
@@ -115,7 +119,7 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 
     /// Whether this node may bid on `req`: it is open to everyone or names this node.
-    fn open_to_me(&self, req: &AuctionRequest) -> bool {
+    pub(super) fn open_to_me(&self, req: &AuctionRequest) -> bool {
         req.body.only.is_empty() || req.body.only.contains(&self.me)
     }
 
@@ -306,12 +310,18 @@ impl<S: Signer + Clone> MarketState<S> {
         }
     }
 
-    /// Whether an auto-bid on `req` may hold capacity: its window closes within
-    /// `max_bid_window_ms`, its slot (if any) starts within `max_slot_lead_ms`, and we hold
-    /// less than `max_holds_per_customer` for its customer. Counts and logs a refusal.
+    /// Whether an auto-bid on `req` may hold capacity: the capacity of our running contracts
+    /// is held (else it waits, THREATS C35), its window closes within `max_bid_window_ms`, its
+    /// slot (if any) starts within `max_slot_lead_ms`, and we hold less than
+    /// `max_holds_per_customer` for its customer. Counts and logs a refusal.
     pub(super) fn may_auto_bid(&mut self, now: Timestamp, req: &AuctionRequest) -> bool {
-        let rules = &self.config.dmu.provider;
         let customer = req.body.customer;
+        if !self.restored {
+            self.counters.auto_bids_deferred += 1;
+            tracing::debug!(customer = %customer.short(), "auto-bid deferred: the capacity of our running contracts is not restored yet");
+            return false;
+        }
+        let rules = &self.config.dmu.provider;
         let window = req.body.window_closes_at.saturating_sub(now);
         let lead = req.body.start_at.map_or(0, |at| at.saturating_sub(now));
         // Open bids only: an awarded one's hold (an agreed deal, which ends too since C20) is

@@ -267,6 +267,9 @@ impl<S: Signer + Clone> MarketState<S> {
                 if b.provider != self.me {
                     return Ok(());
                 }
+                // Our offer taken before the capacity of our running contracts is held would be
+                // work on top of them (THREATS C35).
+                self.require_restored()?;
                 self.check_offer_award(award_id, offer, &b)?;
                 self.replay.record(&b)?;
                 let key = ReservationKey::Award(award_id);

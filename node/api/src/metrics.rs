@@ -282,7 +282,7 @@ impl Series {
             "market_book",
             "What the market book refused, evicted or let lapse, by event (auctions_refused_quota, \
              auctions_refused_full, auctions_evicted, offers_…, bids_…, holds_lapsed, \
-             auto_bids_declined, replay_evicted, snapshots_refused)",
+             auto_bids_declined, auto_bids_deferred, replay_evicted, snapshots_refused)",
             s.market_book.clone(),
         );
         r.register(
@@ -651,6 +651,7 @@ impl Metrics {
                 ("bids_evicted", c.bids_evicted),
                 ("holds_lapsed", c.holds_lapsed),
                 ("auto_bids_declined", c.auto_bids_declined),
+                ("auto_bids_deferred", c.auto_bids_deferred),
                 ("replay_evicted", c.replay_evicted),
                 ("snapshots_refused", c.snapshots_refused),
             ] {
@@ -814,11 +815,15 @@ pub struct Readiness {
     pub ledger_at_tip: bool,
     /// The orchestrator has synced (true when the node has none).
     pub orchestrator_synced: bool,
+    /// The market holds the capacity of the contracts this node runs, so it takes work (true
+    /// when the node has no market; THREATS C35).
+    #[serde(default)]
+    pub market_restored: bool,
     /// What is missing, as sentences naming what to check.
     pub waiting_for: Vec<String>,
 }
 
-/// Checks readiness: connected, ledger at the tip, orchestrator synced.
+/// Checks readiness: connected, ledger at the tip, orchestrator synced, market taking work.
 pub async fn readiness(st: &ApiState, metrics: Option<&Metrics>) -> Readiness {
     let mut waiting_for = Vec::new();
     let connected = st.network.peers().await.is_ok_and(|p| !p.is_empty());
@@ -850,12 +855,24 @@ pub async fn readiness(st: &ApiState, metrics: Option<&Metrics>) -> Readiness {
             "the orchestrator has not synced with the ledger yet: see `agora timeline`".into(),
         );
     }
+    let market_restored = match &st.market {
+        None => true,
+        Some(m) => m.query(|s| s.capacity_restored()).await.unwrap_or(false),
+    };
+    if !market_restored {
+        waiting_for.push(
+            "the market takes no work until it holds the capacity of this node's running \
+             contracts, which it reads once the ledger is current: see `agora ledger status`"
+                .into(),
+        );
+    }
     Readiness {
         ready: waiting_for.is_empty(),
         connected,
         alone: st.alone,
         ledger_at_tip,
         orchestrator_synced,
+        market_restored,
         waiting_for,
     }
 }

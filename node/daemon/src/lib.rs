@@ -319,11 +319,14 @@ async fn start_with_key(
     let p2p_text: String = p2p_addrs.iter().map(|a| format!("{a}\n")).collect();
     write_file(&data_dir.join(P2P_ADDR_FILE), &p2p_text)?;
 
+    // With a ledger, the contracts this node still runs hold capacity the market must know of
+    // before it takes work: the deal task's follower restores it (THREATS C35).
     let (market, market_task) = agora_market_driver::spawn(
         key.signer().clone(),
         config.market.engine.clone(),
         config.market.regions.clone(),
         network.clone(),
+        config.node.genesis.is_some(),
         cancel.clone(),
     )
     .await;

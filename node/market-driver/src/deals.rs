@@ -468,7 +468,7 @@ impl DealTask {
         if let Ok(id) = contract.id() {
             let followed = crate::holds::Followed {
                 contract: id,
-                award,
+                award: Some(award),
                 start: auction.start_at.unwrap_or(0),
                 duration_ms: contract.duration_ms,
                 give_up: until,

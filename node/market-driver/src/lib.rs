@@ -297,12 +297,16 @@ const SEND_RETRY_MS: u64 = 500;
 /// Messages that may be retrying at once; past this, a message gets one attempt.
 const MAX_RETRYING: usize = 256;
 
-/// Starts the market task; subscribes to the given regions.
+/// Starts the market task; subscribes to the given regions. A node with a ledger passes
+/// `await_contracts`: its book then takes no work until the capacity of the contracts it still
+/// runs is held, which the deal task's follower restores once the ledger is current
+/// ([`holds`], THREATS C35).
 pub async fn spawn(
     signer: KeySigner,
     config: MarketConfig,
     regions: Vec<String>,
     network: NetworkHandle,
+    await_contracts: bool,
     cancel: CancellationToken,
 ) -> (MarketHandle, JoinHandle<()>) {
     // Register before anything else so no connection event is missed; region topics are
@@ -312,8 +316,13 @@ pub async fn spawn(
     let (fb_tx, fb_rx) = mpsc::channel(256);
     let log = Arc::new(Mutex::new(EventLog::default()));
     let (agreed, agreed_rx) = agreed::AgreedOutbox::channel();
+    let state = if await_contracts {
+        MarketState::awaiting_contracts(signer.clone(), config)
+    } else {
+        MarketState::new(signer.clone(), config)
+    };
     let mut task = MarketTask {
-        state: MarketState::new(signer.clone(), config),
+        state,
         signer,
         network: network.clone(),
         subscribed: BTreeSet::new(),

@@ -198,6 +198,7 @@ fn devnet_nodes_serve_metrics_health_and_readiness() {
         let r: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(r["ledger_at_tip"], true, "{r}");
         assert_eq!(r["orchestrator_synced"], true, "{r}");
+        assert_eq!(r["market_restored"], true, "{r}");
     }
 
     // An auction from the CLI shows up in the customer's series as bids and an award.

@@ -243,15 +243,15 @@ async fn api_checks(dir: &Path, out: &mut Vec<Check>) -> bool {
         Ok(r) if r.ready => out.push(check(
             "readiness",
             Outcome::Ok,
-            "connected, ledger at the chain's tip, orchestrator synced".into(),
+            "connected, ledger at the chain's tip, orchestrator synced, market taking work".into(),
             None,
         )),
         Ok(r) => out.push(check(
             "readiness",
             Outcome::Fail,
             format!(
-                "ledger at tip: {}, orchestrator synced: {}",
-                r.ledger_at_tip, r.orchestrator_synced
+                "ledger at tip: {}, orchestrator synced: {}, market taking work: {}",
+                r.ledger_at_tip, r.orchestrator_synced, r.market_restored
             ),
             Some(r.waiting_for.join("; ")),
         )),

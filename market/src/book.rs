@@ -10,6 +10,7 @@ mod bounds;
 mod byzantine;
 mod close;
 mod deal;
+mod funding;
 mod local;
 mod remote;
 mod restore;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use bounds::{BookCounters, BookStats};
 #[cfg(any(test, feature = "test-utils"))]
 pub use byzantine::CUT_TERM_MS;
+pub use funding::{BALANCE_TTL_MS, MAX_BALANCES};
 pub use restore::{ContractHold, MAX_RESTORED_HOLDS};
 
 use crate::auction::{AuctionKind, AuctionRequest, Bid, Offer};
@@ -128,7 +130,7 @@ pub enum Input {
     /// Open an auction as customer.
     CreateAuction(crate::auction::AuctionSpec),
     /// Open an auction as customer that only bids from `only` can win (a fleet deployment
-    /// placing a replica on the providers its plan chose); other bids are kept but never win.
+    /// placing a replica on the providers its plan chose); other providers' bids are refused.
     CreateAuctionFor {
         /// The auction.
         spec: crate::auction::AuctionSpec,
@@ -198,12 +200,23 @@ pub enum Input {
         award: AwardId,
         /// When the hold ends.
         until: Timestamp,
+        /// The award's contract is on the ledger: paid for, its hold no longer counts against
+        /// its customer's holds (THREATS C31).
+        registered: bool,
     },
     /// Hold the capacity of the contracts this node still provides, as its ledger has them
     /// once caught up after a start, each under [`ReservationKey::Contract`]: a book made with
     /// [`MarketState::awaiting_contracts`] bids on nothing before (THREATS C35), and bids then
     /// on the open auctions it passed over meanwhile. Holds already held are kept as they are.
     RestoreCapacity(Vec<ContractHold>),
+    /// What this node's ledger says accounts can spend: each account's spendable balance if
+    /// the ledger counts it funded (it holds the ledger's minimum balance), else 0. The node
+    /// feeds those [`MarketState::balances_wanted`] names (customers of auctions we may bid
+    /// on, bidders on ours); the book keeps the latest [`MAX_BALANCES`]. A customer whose
+    /// balance covers the quote and its stake may hold bids here on its own, every other
+    /// shares one budget (THREATS C31); a bidder whose balance covers the provider stake wins
+    /// first (THREATS C32).
+    Balances(Vec<(NodeId, u64)>),
     /// Timer: close windows, award, expire entries and holds.
     Tick,
 }
@@ -300,6 +313,10 @@ pub struct MyBid {
     pub duration_ms: u64,
     /// The auction's kind.
     pub kind: AuctionKind,
+    /// Set when another provider's award made us let go of the bid's hold: until then (when
+    /// the hold would have lapsed) an award of our bid may still come, if that award ends
+    /// without a deal (THREATS C32), and takes the capacity again if it is free.
+    pub lost_until: Option<Timestamp>,
 }
 
 /// A price limit within which counter-offers are accepted automatically.
@@ -355,6 +372,9 @@ pub struct MarketState<S> {
     /// Whether the capacity of the contracts this node still runs is held
     /// ([`Input::RestoreCapacity`]); until then it takes no work (THREATS C35).
     restored: bool,
+    /// Who can pay, whom our holds are for, and the bidders our awards failed with
+    /// ([`Input::Balances`], THREATS C31 and C32).
+    funding: funding::Funding,
 }
 
 impl<S: Signer + Clone> MarketState<S> {
@@ -385,6 +405,7 @@ impl<S: Signer + Clone> MarketState<S> {
             #[cfg(any(test, feature = "test-utils"))]
             byzantine: byzantine::Byzantine::default(),
             restored: true,
+            funding: funding::Funding::default(),
         }
     }
 
@@ -451,9 +472,16 @@ impl<S: Signer + Clone> MarketState<S> {
                 }
                 Ok(())
             }
-            Input::HoldAward { award, until } => {
-                if let Some(key) = self.award_holds.get(&award) {
-                    self.ledger.hold_until(key, until);
+            Input::HoldAward {
+                award,
+                until,
+                registered,
+            } => {
+                if let Some(key) = self.award_holds.get(&award).copied() {
+                    self.ledger.hold_until(&key, until);
+                    if registered {
+                        self.funding.registered(key);
+                    }
                 }
                 Ok(())
             }
@@ -461,14 +489,21 @@ impl<S: Signer + Clone> MarketState<S> {
                 self.restore_capacity(now, holds, &mut out);
                 Ok(())
             }
+            Input::Balances(balances) => {
+                self.learn_balances(now, balances, &mut out);
+                Ok(())
+            }
             Input::Tick => {
                 self.tick(now, &mut out);
+                self.tick_funding();
                 Ok(())
             }
         };
         if let Err(error) = result {
             out.push(Effect::Rejected { from: None, error });
         }
+        // An award of ours that ended without a deal goes to the next bid (THREATS C32).
+        self.award_next_bids(now, &mut out);
         out
     }
 

@@ -52,13 +52,34 @@ pub struct ProviderRules {
     /// Auto-bid only on auctions whose window closes within this many ms: a bid holds capacity
     /// until the window closes, so a week-long window would hold it for a week.
     pub max_bid_window_ms: u64,
-    /// Most tentative holds (open auto-bids) kept for one customer at a time.
+    /// Most tentative holds (open auto-bids) kept for one customer at a time; for a customer
+    /// not known to be able to pay, its awarded holds not yet registered count too (THREATS
+    /// C31).
     pub max_holds_per_customer: usize,
     /// Auto-bid only on pre-contracted slots starting within this many ms: the winner's
     /// capacity is held from the award until the slot ends, and the price pays for the term,
     /// not the wait (THREATS C34). The market refuses slots beyond `max_slot_lead_ms` of its
     /// limits (a day) whatever this says.
     pub max_slot_lead_ms: u64,
+    /// Most holds not paid for yet (open bids, and awards whose contract is not registered)
+    /// kept for one customer known to pay for them all: a deployer placing several replicas
+    /// here at once gets them, while a key with a large balance still cannot hold everything
+    /// for nothing (its balance is not locked until a contract is registered; THREATS C31).
+    pub max_holds_per_funded_customer: usize,
+    /// Share of our capacity, permille of each dimension (rounded down), that all customers
+    /// not known to be able to pay share for their holds, open bids and awards not yet
+    /// registered alike: keys are free, so a cap per key alone bounds nothing (THREATS C31).
+    /// A customer is known to pay once the node fed its ledger balance
+    /// ([`crate::Input::Balances`]) and it covers the quote and the customer stake.
+    pub stranger_share_permille: u16,
+    /// Most holds not paid for yet that all customers not known to pay keep here together:
+    /// their share of the capacity alone does not bound how many tiny holds (a byte each)
+    /// they keep, each a bid record and a place in the tables of agreements.
+    pub max_stranger_holds: usize,
+    /// The least customer stake this node asks as provider, permille of the price: what a
+    /// customer's balance must cover beside the price. Keep it at `[deals.provider]
+    /// min_customer_stake_permille`.
+    pub customer_stake_permille: u64,
 }
 
 impl Default for ProviderRules {
@@ -87,6 +108,10 @@ impl Default for ProviderRules {
             max_bid_window_ms: 600_000,
             max_holds_per_customer: 2,
             max_slot_lead_ms: 3_600_000,
+            max_holds_per_funded_customer: 8,
+            stranger_share_permille: 250,
+            max_stranger_holds: 64,
+            customer_stake_permille: 50,
         }
     }
 }
@@ -102,6 +127,11 @@ pub struct CustomerRules {
     /// Accept a provider's counter-offer automatically when it is within the auction's max price
     /// (for a taken offer: not above the award price).
     pub accept_counter_within_max: bool,
+    /// The provider stake this node asks as customer, permille of the price: a bidder whose
+    /// ledger balance covers it wins before one whose balance is unknown, and that one before
+    /// one known not to cover it (THREATS C32). Keep it at `[deals.customer]
+    /// provider_stake_permille`.
+    pub provider_stake_permille: u64,
 }
 
 impl Default for CustomerRules {
@@ -110,6 +140,7 @@ impl Default for CustomerRules {
             auto_award: true,
             weights: ScoreWeights::default(),
             accept_counter_within_max: true,
+            provider_stake_permille: 500,
         }
     }
 }

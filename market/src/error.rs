@@ -227,6 +227,17 @@ pub enum MarketError {
         /// Provider.
         provider: NodeId,
     },
+    /// A bid on an auction open only to some providers (`AuctionBody::only`) from another.
+    #[error(
+        "provider {provider} is not among the providers auction {auction} is open to; its bid \
+         is not kept"
+    )]
+    NotChosen {
+        /// Auction id.
+        auction: AuctionId,
+        /// The provider that bid.
+        provider: NodeId,
+    },
     /// A customer bidding on its own auction.
     #[error("provider {provider} cannot bid on its own auction {auction}")]
     SelfBid {

@@ -223,6 +223,9 @@ proptest! {
         let cap = Resources { cpu_millis: 2_000, ..Resources::default() }.with_interface(Interface::LoRa, 1);
         let mut cfg = MarketConfig { capacity: cap.clone(), ..MarketConfig::default() };
         cfg.dmu.provider.auto_bid = true;
+        // Every customer may hold all of it (not only the share of customers nobody vouched
+        // for, THREATS C31), so capacity is what bounds the bids.
+        cfg.dmu.provider.stranger_share_permille = 1000;
         let mut provider = MarketState::new(signer(2), cfg);
         let mut bids = 0;
         let mut now = 0;

@@ -5,7 +5,7 @@ mod sim;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use sim::SimNet;
+pub use sim::{SIM_BALANCE, SimNet};
 
 use crate::auction::{AuctionKind, AuctionRequest, AuctionSpec, Bid, BidSpec, Offer, OfferBody};
 use crate::identity::{KeySigner, Signer, Timestamp};

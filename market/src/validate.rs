@@ -329,6 +329,15 @@ pub fn check_bid_constraints(
             provider: b.provider,
         });
     }
+    // Nobody else can win an auction open only to some providers, so nobody else's bid is
+    // kept: 4,096 junk bids on a fleet placement's auction left its target's own bid refused
+    // `BookFull` (THREATS C32).
+    if !a.only.is_empty() && !a.only.contains(&b.provider) {
+        return Err(MarketError::NotChosen {
+            auction: auction_id,
+            provider: b.provider,
+        });
+    }
     if b.price == 0 {
         return Err(absurd(
             "bid",

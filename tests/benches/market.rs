@@ -28,6 +28,10 @@ async fn run(auctions: usize) -> (Vec<f64>, usize) {
     net.wait_connected(3, Duration::from_secs(60))
         .await
         .expect("connected");
+    // Providers take work once their running contracts' capacity is held (THREATS C35).
+    net.wait_markets_ready(Duration::from_secs(60))
+        .await
+        .expect("markets ready");
     tokio::time::sleep(Duration::from_secs(2)).await; // let gossip meshes form
     let customer = net.node(0).unwrap().market.clone();
     let mut latencies = Vec::new();

@@ -17,6 +17,9 @@ fn provider(capacity: Resources) -> MarketState<KeySigner> {
         ..MarketConfig::default()
     };
     c.dmu.provider.auto_bid = true;
+    // These tests are about how long holds last, not about who pays: customers nobody vouched
+    // for may hold all of the capacity here (their share is tested on its own, THREATS C31).
+    c.dmu.provider.stranger_share_permille = 1000;
     MarketState::new(signer(2), c)
 }
 
@@ -230,6 +233,133 @@ fn auto_bids_decline_slots_further_ahead_than_the_provider_s_bound() {
     assert!(sent_bid(&remote(&mut p, now, MarketMessage::Auction(near))).is_some());
 }
 
+/// THREATS C31 (market audit of session 51, finding 5): keys are free, so the holds of
+/// customers not known to pay share one budget, a quarter of the capacity by default, however
+/// many keys they use; a customer whose balance covers its bids holds on its own, and an
+/// auction declined for want of a balance gets its bid once the balance arrives. One key
+/// chaining auction, bid and award stops at `max_holds_per_customer`: an awarded hold counts
+/// until its contract is registered; known to pay, at `max_holds_per_funded_customer`.
+#[test]
+fn strangers_share_one_hold_budget_and_awarded_holds_count() {
+    let mut cfg = MarketConfig {
+        capacity: Resources {
+            cpu_millis: 4_000,
+            ..Resources::default()
+        },
+        ..MarketConfig::default()
+    };
+    cfg.dmu.provider.auto_bid = true;
+    assert_eq!(cfg.dmu.provider.stranger_share_permille, 250);
+    let cores = |millis: u64| Resources {
+        cpu_millis: millis,
+        ..Resources::default()
+    };
+    let mut p = MarketState::new(signer(2), cfg.clone());
+    let (k1, k2, funded) = (signer(11), signer(12), signer(13));
+    // Two free keys, two half-core auctions each: their holds together stop at one core.
+    let mut declined = Vec::new();
+    for (i, k) in [&k1, &k2, &k1, &k2].into_iter().enumerate() {
+        let now = i as u64;
+        let a = AuctionBuilder::new().resources(cores(500)).build(k, now);
+        if sent_bid(&remote(&mut p, now, MarketMessage::Auction(a.clone()))).is_none() {
+            declined.push(a);
+        }
+    }
+    assert_eq!(p.ledger().reservations().len(), 2, "strangers share a core");
+    assert_eq!(p.book_stats().counters.auto_bids_declined, 2);
+    // A customer known to pay holds on its own, the strangers' share full or not.
+    p.handle(5, Input::Balances(vec![(funded.node_id(), 1_000_000)]));
+    let a = AuctionBuilder::new()
+        .resources(cores(500))
+        .build(&funded, 5);
+    assert!(sent_bid(&remote(&mut p, 6, MarketMessage::Auction(a))).is_some());
+    // A balance fed as 0 (no account, or below the ledger's minimum) is no balance.
+    let out = p.handle(7, Input::Balances(vec![(k2.node_id(), 0)]));
+    assert!(sent_bid(&out).is_none());
+    // k1's balance arrives: its declined auction gets its bid at once.
+    let out = p.handle(8, Input::Balances(vec![(k1.node_id(), 1_000_000)]));
+    let bid = sent_bid(&out).expect("a bid once the balance is known");
+    assert_eq!(bid.body.auction, declined[0].id().unwrap());
+    assert_eq!(p.ledger().reservations().len(), 4);
+
+    // One key chains auction, bid and award, with room in the share (all of the capacity
+    // here): each awarded hold counts until its contract is registered.
+    cfg.dmu.provider.stranger_share_permille = 1000;
+    let mut p = MarketState::new(signer(2), cfg);
+    let chain = signer(14);
+    let mut awards = Vec::new();
+    let link = |p: &mut MarketState<KeySigner>, now: u64| {
+        let a = AuctionBuilder::new()
+            .resources(cores(100))
+            .build(&chain, now);
+        let bid = sent_bid(&remote(p, now, MarketMessage::Auction(a.clone())))?;
+        let close = a.body.window_closes_at;
+        let award = award_for(&chain, &a, &bid, close + 60_000);
+        let out = remote(p, close, MarketMessage::Award(award));
+        out.iter().find_map(|e| match e {
+            Effect::Awarded { award, .. } => Some(*award),
+            _ => None,
+        })
+    };
+    for i in 0..10 {
+        awards.extend(link(&mut p, i * 20_000));
+    }
+    assert_eq!(awards.len(), p.config().dmu.provider.max_holds_per_customer);
+    // The first contract is registered: paid for, its hold no longer counts.
+    p.handle(
+        200_000,
+        Input::HoldAward {
+            award: awards[0],
+            until: 10 * 3_600_000,
+            registered: true,
+        },
+    );
+    assert!(link(&mut p, 200_000).is_some());
+    assert!(link(&mut p, 220_000).is_none());
+    // Known to pay, the key holds more: up to `max_holds_per_funded_customer` unpaid.
+    p.handle(240_000, Input::Balances(vec![(chain.node_id(), 1_000_000)]));
+    let more = (0..10)
+        .filter_map(|i| link(&mut p, 260_000 + i * 20_000))
+        .count();
+    assert_eq!(
+        more,
+        p.config().dmu.provider.max_holds_per_funded_customer - 2
+    );
+}
+
+/// THREATS C32 (market audit of session 51, finding 6): nobody outside an auction's `only`
+/// can win it, so nobody else's bid is kept: junk bids no longer fill a fleet placement's
+/// slots and leave its target's bid refused `BookFull`.
+#[test]
+fn bids_outside_only_are_not_kept() {
+    let mut cfg = MarketConfig::default();
+    cfg.limits.max_bids_per_auction = 2;
+    let mut node = MarketState::new(signer(1), cfg);
+    let target = signer(20);
+    node.handle(
+        0,
+        Input::CreateAuctionFor {
+            spec: AuctionBuilder::new().spec(),
+            only: std::collections::BTreeSet::from([target.node_id()]),
+        },
+    );
+    let req = node.auctions().values().next().unwrap().request.clone();
+    for seed in 30..34 {
+        let junk = BidBuilder::new(&req).price(1).build(&signer(seed));
+        let out = remote(&mut node, 1, MarketMessage::Bid(junk));
+        assert!(
+            matches!(&rejected(&out)[..], [MarketError::NotChosen { .. }]),
+            "{out:?}"
+        );
+    }
+    let bids = |node: &MarketState<KeySigner>| node.auctions().values().next().unwrap().bids.len();
+    assert_eq!(bids(&node), 0);
+    let own = BidBuilder::new(&req).price(500).build(&target);
+    let out = remote(&mut node, 2, MarketMessage::Bid(own));
+    assert!(rejected(&out).is_empty(), "{out:?}");
+    assert_eq!(bids(&node), 1);
+}
+
 fn small_book() -> MarketConfig {
     let mut c = MarketConfig::default();
     c.limits.max_auctions_per_customer = 3;
@@ -382,6 +512,7 @@ fn auctions_we_bid_on_give_way_once_their_hold_lapsed() {
     let mut cfg = small_book();
     cfg.capacity = big_capacity();
     cfg.dmu.provider.auto_bid = true;
+    cfg.dmu.provider.stranger_share_permille = 1000;
     let mut p = MarketState::new(signer(50), cfg);
     let grace = p.config().dmu.provider.hold_grace_ms;
     let mut bid_on = Vec::new();
@@ -419,8 +550,8 @@ fn auctions_we_bid_on_give_way_once_their_hold_lapsed() {
 
 /// THREATS C36: the provider remembers what it bid on (the auction's image, slot, term and
 /// kind) while an award of the bid holds the capacity, also once a short-lived auction has
-/// left the book, so the contract proposed later is checked against it. Those records are
-/// bounded by the auction book's size.
+/// left the book, so the contract proposed later is checked against it. Open bids are bounded
+/// by the auction book's size; awarded ones by who can pay (THREATS C31).
 #[test]
 fn what_we_bid_on_is_remembered_while_its_award_holds() {
     let mut p = provider(big_capacity());
@@ -450,20 +581,10 @@ fn what_we_bid_on_is_remembered_while_its_award_holds() {
         (mine.duration_ms, mine.kind),
         (req.body.duration_ms, req.body.kind)
     );
-    // Bounded: with a book of one auction, this record leaves no room for another bid.
+    // An awarded record leaves room for an open bid, even with a book of one auction.
     let other = AuctionBuilder::new().build(&signer(3), 3_000);
     let out = remote(&mut p, 3_000, MarketMessage::Auction(other));
-    assert!(sent_bid(&out).is_none());
-    assert!(
-        matches!(
-            &rejected(&out)[..],
-            [MarketError::MarketFull {
-                book: "auction",
-                max: 1
-            }]
-        ),
-        "{out:?}"
-    );
+    assert!(sent_bid(&out).is_some(), "{out:?}");
     // No contract was registered: the hold lapses and the record goes with it.
     p.handle(1_000 + AGREED_HOLD_MS, Input::Tick);
     assert!(p.my_bid(&id).is_none());
@@ -797,4 +918,136 @@ proptest! {
         p.handle(last_deadline.max(now) + crate::book::AGREED_HOLD_MS + 1, Input::Tick);
         prop_assert!(p.ledger().reservations().is_empty());
     }
+}
+
+/// Tiny holds use up no share of the capacity (a byte each), so the holds that customers not
+/// known to pay keep here are bounded in number too (`max_stranger_holds`); a customer known
+/// to pay still gets its bid (review of session 52).
+#[test]
+fn strangers_tiny_holds_are_bounded_in_number_too() {
+    let mut c = MarketConfig {
+        capacity: big_capacity(),
+        ..MarketConfig::default()
+    };
+    c.dmu.provider.auto_bid = true;
+    c.dmu.provider.max_stranger_holds = 3;
+    let mut p = MarketState::new(signer(2), c);
+    let tiny = Resources {
+        memory_bytes: 1,
+        ..Resources::default()
+    };
+    let bids = (40..45)
+        .filter(|seed| {
+            let a = AuctionBuilder::new()
+                .resources(tiny.clone())
+                .build(&signer(*seed), 0);
+            sent_bid(&remote(&mut p, 0, MarketMessage::Auction(a))).is_some()
+        })
+        .count();
+    assert_eq!(bids, 3);
+    let funded = signer(50);
+    p.handle(1, Input::Balances(vec![(funded.node_id(), 1_000_000)]));
+    let a = AuctionBuilder::new().resources(tiny).build(&funded, 1);
+    assert!(sent_bid(&remote(&mut p, 1, MarketMessage::Auction(a))).is_some());
+}
+
+/// Our bid records outlive their auctions while an award holds their capacity; only open bids
+/// count against `max_auctions`, or keys awarding their own tiny auctions filled that bound and
+/// every bid was refused `MarketFull` (review of session 52).
+#[test]
+fn awarded_bids_leave_room_for_open_ones() {
+    let mut c = MarketConfig {
+        capacity: big_capacity(),
+        ..MarketConfig::default()
+    };
+    c.dmu.provider.auto_bid = true;
+    c.limits.max_auctions = 2;
+    let mut p = MarketState::new(signer(2), c);
+    let k = signer(60);
+    p.handle(0, Input::Balances(vec![(k.node_id(), 1_000_000)]));
+    let mut now = 1;
+    for round in 0..3 {
+        let a = AuctionBuilder::new().build(&k, now);
+        let out = remote(&mut p, now, MarketMessage::Auction(a.clone()));
+        let bid = sent_bid(&out).unwrap_or_else(|| panic!("round {round}: no bid: {out:?}"));
+        let close = a.body.window_closes_at;
+        let award = award_for(&k, &a, &bid, close + 60_000);
+        let out = remote(&mut p, close, MarketMessage::Award(award));
+        assert!(
+            out.iter().any(|e| matches!(e, Effect::Awarded { .. })),
+            "round {round}: {out:?}"
+        );
+        // The auction leaves the book; the award's hold and our record of the bid stay.
+        now = a.body.expires_at + 1;
+        p.handle(now, Input::Tick);
+        assert!(p.auctions().is_empty());
+        assert!(p.my_bid(&a.id().unwrap()).is_some());
+    }
+}
+
+/// A bid whose hold we let go of when another provider was awarded may still be awarded
+/// until the hold would have lapsed (that award ended without a deal: the customer awards the
+/// next bid, THREATS C32), and takes the capacity again; after that it is forgotten and a late
+/// award refused (THREATS C30).
+#[test]
+fn a_bid_that_lost_may_be_awarded_until_its_hold_would_have_lapsed() {
+    let mut c = MarketConfig {
+        capacity: big_capacity(),
+        ..MarketConfig::default()
+    };
+    c.dmu.provider.auto_bid = true;
+    c.dmu.provider.stranger_share_permille = 1000;
+    c.dmu.provider.hold_grace_ms = 10_000;
+    let mut p = MarketState::new(signer(2), c);
+    let k = signer(70);
+    let lose = |p: &mut MarketState<KeySigner>, now: u64| {
+        let a = AuctionBuilder::new().build(&k, now);
+        let bid = sent_bid(&remote(p, now, MarketMessage::Auction(a.clone()))).unwrap();
+        let close = a.body.window_closes_at;
+        let other = BidBuilder::new(&a).build(&signer(71));
+        let out = remote(
+            p,
+            close,
+            MarketMessage::Award(award_for(&k, &a, &other, close + 60_000)),
+        );
+        assert!(rejected(&out).is_empty(), "{out:?}");
+        assert!(
+            !p.ledger()
+                .reservations()
+                .contains_key(&ReservationKey::Auction(a.id().unwrap())),
+            "our hold goes at once"
+        );
+        (a, bid)
+    };
+    let awarded = |out: &[Effect]| out.iter().any(|e| matches!(e, Effect::Awarded { .. }));
+    // The other award ends without a deal; ours comes within the grace: agreed, held again.
+    let (a, bid) = lose(&mut p, 0);
+    let close = a.body.window_closes_at;
+    p.handle(close + 5_000, Input::Tick);
+    let out = remote(
+        &mut p,
+        close + 5_000,
+        MarketMessage::Award(award_for(&k, &a, &bid, close + 60_000)),
+    );
+    assert!(awarded(&out), "{out:?}");
+    assert!(
+        p.ledger()
+            .reservations()
+            .contains_key(&ReservationKey::Auction(a.id().unwrap()))
+    );
+    // Past the grace: forgotten, refused.
+    let (a, bid) = lose(&mut p, 100_000);
+    let close = a.body.window_closes_at;
+    p.handle(close + 10_001, Input::Tick);
+    assert!(p.my_bid(&a.id().unwrap()).is_none());
+    let out = remote(
+        &mut p,
+        close + 10_001,
+        MarketMessage::Award(award_for(&k, &a, &bid, close + 60_000)),
+    );
+    assert!(!awarded(&out));
+    assert!(
+        matches!(&rejected(&out)[..], [MarketError::UnknownBid { .. }]),
+        "{out:?}"
+    );
 }

@@ -7,7 +7,6 @@ use crate::error::MarketError;
 use crate::identity::{Signer, Timestamp};
 use crate::ids::{AuctionId, BidId};
 use crate::message::{MarketMessage, topic_for_region};
-use crate::score::select_winner_known;
 use crate::signed::Signed;
 use crate::validate::check_bid_constraints;
 
@@ -46,25 +45,14 @@ impl<S: Signer + Clone> MarketState<S> {
             .map(|(id, _)| *id)
             .collect();
         for id in closing {
+            let mine = self
+                .auctions
+                .get(&id)
+                .is_some_and(|e| e.request.body.customer == self.me);
+            // Who can pay the provider stake first (THREATS C32), then by score.
+            let winner = if mine { self.choose_winner(&id) } else { None };
             let Some(entry) = self.auctions.get_mut(&id) else {
                 continue;
-            };
-            let mine = entry.request.body.customer == self.me;
-            let only = self.restricted.get(&id);
-            let reputations = &self.reputations;
-            let winner = if mine {
-                select_winner_known(
-                    &entry.request,
-                    id,
-                    entry
-                        .bids
-                        .iter()
-                        .filter(|(_, b)| only.is_none_or(|o| o.contains(&b.body.provider))),
-                    &self.config.dmu.customer.weights,
-                    |n| reputations.get(n).copied(),
-                )
-            } else {
-                None
             };
             entry.status = AuctionStatus::Closed { winner };
             if !mine {
@@ -86,13 +74,14 @@ impl<S: Signer + Clone> MarketState<S> {
         let auctions = &self.auctions;
         self.restricted.retain(|id, _| auctions.contains_key(id));
         self.offers.retain(|_, o| o.body.expires_at > now);
-        // Reputations only of bidders on our auctions still open (the bidders gathered once,
-        // not one scan of every auction per reputation).
+        // Reputations only of bidders on our auctions still in the book (the bidders gathered
+        // once, not one scan of every auction per reputation): a closed one may still award
+        // its next bid (THREATS C32), which is scored with them.
         let me = self.me;
         let bidders: std::collections::BTreeSet<_> = self
             .auctions
             .values()
-            .filter(|e| e.request.body.customer == me && e.status == AuctionStatus::Open)
+            .filter(|e| e.request.body.customer == me)
             .flat_map(|e| e.bids.values().map(|b| b.body.provider))
             .collect();
         self.reputations.retain(|n, _| bidders.contains(n));
@@ -106,8 +95,10 @@ impl<S: Signer + Clone> MarketState<S> {
         // (`UnknownBid`), and its auction is no longer needed in a full book (kept until its
         // expiry, up to 7 days, throwaway keys filled the book with auctions bid on once;
         // THREATS C30). An award of our bid keeps it, also after the auction left the book.
-        self.my_bids
-            .retain(|id, _| held.contains_key(&ReservationKey::Auction(*id)));
+        self.my_bids.retain(|id, mine| {
+            held.contains_key(&ReservationKey::Auction(*id))
+                || mine.lost_until.is_some_and(|t| t > now)
+        });
         if !lapsed.is_empty() {
             self.counters.holds_lapsed += lapsed.len() as u64;
             tracing::debug!(

@@ -68,11 +68,21 @@ impl<S: Signer + Clone> MarketState<S> {
             });
         }
         // Our bids outlive their auctions while an award holds their capacity (the record of
-        // what was bid on, THREATS C36): at most as many as the book holds auctions.
+        // what was bid on, THREATS C36): at most as many open ones as the book holds auctions.
+        // Awarded ones are not counted: their holds are bounded by who can pay (THREATS C31),
+        // and counting them let free keys awarding their own tiny auctions fill this bound, so
+        // that every bid was refused (review of session 52).
         let max = self.config.limits.max_auctions;
-        if self.my_bids.len() >= max {
+        let awarded: std::collections::BTreeSet<&ReservationKey> =
+            self.award_holds.values().collect();
+        let open = self
+            .my_bids
+            .keys()
+            .filter(|a| !awarded.contains(&ReservationKey::Auction(**a)))
+            .count();
+        if open >= max {
             return Err(MarketError::MarketFull {
-                book: "auction",
+                book: "open bids",
                 max,
             });
         }
@@ -88,6 +98,11 @@ impl<S: Signer + Clone> MarketState<S> {
             request.body.resources.clone(),
             Some(hold_until),
         )?;
+        self.note_hold(
+            ReservationKey::Auction(auction),
+            request.body.customer,
+            bid.body.price,
+        );
         let b = &request.body;
         self.my_bids.insert(
             auction,
@@ -98,6 +113,7 @@ impl<S: Signer + Clone> MarketState<S> {
                 start_at: b.start_at,
                 duration_ms: b.duration_ms,
                 kind: b.kind,
+                lost_until: None,
             },
         );
         tracing::debug!(auction = %auction.short(), bid = %bid_id.short(), price = bid.body.price, "bid placed");

@@ -98,7 +98,8 @@ impl<S: Signer + Clone> MarketState<S> {
         } else {
             self.config.dmu.provider.decide_bid(&req.body, &self.ledger)
         };
-        let decision = decision.filter(|_| self.may_auto_bid(now, &req));
+        let decision = decision
+            .filter(|spec| self.may_auto_bid(now, &req) && self.may_hold_for(id, &req, spec.price));
         self.auctions.insert(
             id,
             AuctionEntry {
@@ -223,15 +224,19 @@ impl<S: Signer + Clone> MarketState<S> {
                     });
                 }
                 let auction_resources = entry.request.body.resources.clone();
+                let hold_lapses = self.hold_until(&entry.request);
                 let key = ReservationKey::Auction(auction);
                 // An award of our bid must be for what was bid on: the same bid, price and
                 // resources, and the auction's term and kind (an award for a year of a bid
                 // made for a minute's hosting was agreed and registered; market audit of
                 // session 51). And only while the bid's hold lasts: a bid whose hold lapsed
                 // with no award is forgotten (THREATS C30), so a late award is refused rather
-                // than taking the capacity again. Checked before anything is recorded: a
-                // refused award changes nothing here.
+                // than taking the capacity again; a bid whose hold we let go of when another
+                // provider was awarded may still be awarded until the hold would have lapsed
+                // (that award ended without a deal, THREATS C32). Checked before anything is
+                // recorded: a refused award changes nothing here.
                 if b.provider == self.me {
+                    let held = self.ledger.reservations().contains_key(&key);
                     match self.my_bids.get(&auction) {
                         Some(mine)
                             if mine.bid == bid
@@ -239,7 +244,7 @@ impl<S: Signer + Clone> MarketState<S> {
                                 && auction_resources == b.resources
                                 && mine.duration_ms == b.duration_ms
                                 && mine.kind == b.kind
-                                && self.ledger.reservations().contains_key(&key) => {}
+                                && (held || mine.lost_until.is_some_and(|t| now <= t)) => {}
                         _ => return Err(MarketError::UnknownBid { auction, bid }),
                     }
                 }
@@ -251,16 +256,26 @@ impl<S: Signer + Clone> MarketState<S> {
                     };
                 }
                 if b.provider != self.me {
-                    // Someone else won: drop our tentative hold, if any.
-                    if self.my_bids.remove(&auction).is_some() {
+                    // Someone else won: drop our tentative hold, if any, but keep our bid until
+                    // the hold would have lapsed: if that award ends without a deal, the
+                    // customer awards the next bid (THREATS C32), and the capacity is taken
+                    // again if it is still free.
+                    if let Some(mine) = self.my_bids.get_mut(&auction) {
                         self.ledger.release(&key);
+                        mine.lost_until = Some(hold_lapses);
                     }
                     return Ok(());
                 }
-                // Held (checked above) until the contract is registered (extended then), or for
-                // good never.
+                // Held until the contract is registered (extended then), or for good never: the
+                // bid's hold (checked above), or taken again after another provider's award
+                // ended without a deal.
                 let until = now.saturating_add(super::AGREED_HOLD_MS);
-                self.ledger.hold_until(&key, until);
+                if !self.ledger.hold_until(&key, until) {
+                    self.ledger.reserve(key, b.resources.clone(), Some(until))?;
+                }
+                if let Some(mine) = self.my_bids.get_mut(&auction) {
+                    mine.lost_until = None;
+                }
                 key
             }
             AwardSubject::Offer { offer } => {
@@ -284,6 +299,7 @@ impl<S: Signer + Clone> MarketState<S> {
         if let AwardSubject::Offer { offer } = b.subject {
             self.offer_holds.insert(award_id, (offer, b.customer));
         }
+        self.note_hold(reservation, b.customer, b.price);
         out.push(Effect::Awarded {
             award: award_id,
             auction: b.auction(),

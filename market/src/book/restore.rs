@@ -104,7 +104,11 @@ impl<S: Signer + Clone> MarketState<S> {
                 continue;
             };
             let decision = self.config.dmu.provider.decide_bid(&req.body, &self.ledger);
-            let decision = decision.filter(|_| self.may_auto_bid(now, &req));
+            // The strangers' budgets too (THREATS C31): auctions gossiped while the ledger
+            // caught up are decided as on their arrival.
+            let decision = decision.filter(|spec| {
+                self.may_auto_bid(now, &req) && self.may_hold_for(id, &req, spec.price)
+            });
             if let Some(spec) = decision
                 && let Err(error) = self.place_bid(now, id, spec, out)
             {

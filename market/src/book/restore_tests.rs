@@ -21,6 +21,8 @@ fn restarted_provider() -> MarketState<KeySigner> {
         ..MarketConfig::default()
     };
     c.dmu.provider.auto_bid = true;
+    // Who pays is not the point here (THREATS C31 has its own test below).
+    c.dmu.provider.stranger_share_permille = 1000;
     MarketState::awaiting_contracts(signer(2), c)
 }
 
@@ -194,4 +196,68 @@ fn an_offer_taken_before_the_restore_is_refused_and_changes_nothing() {
         out.iter().any(|e| matches!(e, Effect::Awarded { .. })),
         "{out:?}"
     );
+}
+
+/// The auctions passed over while restoring are decided as on their arrival, the strangers'
+/// budgets included (THREATS C31): three keys nobody vouched for, half a core each, get two
+/// holds between them on four cores, not three.
+#[test]
+fn auctions_passed_over_while_restoring_keep_to_the_strangers_share() {
+    let mut c = MarketConfig {
+        capacity: Resources {
+            cpu_millis: 4000,
+            memory_bytes: 1 << 30,
+            ..Resources::default()
+        },
+        ..MarketConfig::default()
+    };
+    c.dmu.provider.auto_bid = true;
+    let mut p = MarketState::awaiting_contracts(signer(2), c);
+    let half = Resources {
+        cpu_millis: 500,
+        ..Resources::default()
+    };
+    for (i, seed) in [11, 12, 13].into_iter().enumerate() {
+        let now = i as u64;
+        let a = AuctionBuilder::new()
+            .resources(half.clone())
+            .build(&signer(seed), now);
+        assert!(bids_on(&remote(&mut p, now, MarketMessage::Auction(a))).is_empty());
+    }
+    let out = p.handle(10, Input::RestoreCapacity(Vec::new()));
+    assert_eq!(bids_on(&out).len(), 2, "{out:?}");
+}
+
+/// The running contracts a restart restored are paid for: they use none of the strangers'
+/// share (THREATS C31), so a provider half taken by them still bids for a customer nobody
+/// vouched for.
+#[test]
+fn restored_contracts_are_not_counted_as_strangers_holds() {
+    let mut c = MarketConfig {
+        capacity: Resources {
+            cpu_millis: 4000,
+            memory_bytes: 1 << 30,
+            ..Resources::default()
+        },
+        ..MarketConfig::default()
+    };
+    c.dmu.provider.auto_bid = true;
+    let mut p = MarketState::awaiting_contracts(signer(2), c);
+    let running = ContractHold {
+        contract: [9; 32],
+        resources: Resources {
+            cpu_millis: 2000,
+            ..Resources::default()
+        },
+        until: 1_000_000,
+    };
+    p.handle(1, Input::RestoreCapacity(vec![running]));
+    let a = AuctionBuilder::new()
+        .resources(Resources {
+            cpu_millis: 500,
+            ..Resources::default()
+        })
+        .build(&signer(11), 2);
+    let out = remote(&mut p, 2, MarketMessage::Auction(a));
+    assert_eq!(bids_on(&out).len(), 1, "{out:?}");
 }

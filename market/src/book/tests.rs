@@ -86,9 +86,18 @@ fn auction_to_agreed_terms_end_to_end() {
         Input::HoldAward {
             award: crate::ids::AwardId::of_bytes(b"someone else's"),
             until: 20_001,
+            registered: true,
         },
     );
-    net.input(20_000, 1, Input::HoldAward { award, until });
+    net.input(
+        20_000,
+        1,
+        Input::HoldAward {
+            award,
+            until,
+            registered: true,
+        },
+    );
     assert_eq!(
         net.nodes[1].ledger().reservations()[&key].expires_at,
         Some(until)
@@ -931,4 +940,115 @@ fn an_offer_taken_twice_by_one_customer_holds_once() {
     p.handle(later, Input::Tick);
     let out = p.handle(later, take(&customer, hour, AuctionKind::Hosted, later));
     assert!(awarded(&out), "{out:?}");
+}
+
+/// THREATS C32 (market audit of session 51, finding 6): a key nobody funded bidding 1 token
+/// outscores honest bids (price weighs 60 of 100) and then never deals. A bidder whose balance
+/// covers the provider stake wins first; and when the winner's award ends without a deal, the
+/// next bid is awarded while the auction lasts. A bidder whose balance is unknown still wins
+/// when nobody better bid.
+#[test]
+fn an_unfunded_lowball_bid_does_not_win_and_a_failed_award_goes_to_the_next_bid() {
+    use crate::test_utils::BidBuilder;
+    // Node 1 is cheap but will walk away from its award; node 2 is dear.
+    let mut walks_away = provider_config(big_capacity());
+    walks_away.dmu.provider.auto_accept_award = false;
+    let mut dear = provider_config(big_capacity());
+    dear.dmu.provider.per_millicore_hour = 500;
+    let mut net = Net::new(vec![MarketConfig::default(), walks_away, dear]);
+    let (cheap, dear) = (net.nodes[1].node_id(), net.nodes[2].node_id());
+    net.input(0, 0, Input::CreateAuction(spec(1000)));
+    let (aid, req) = net.nodes[0]
+        .auctions()
+        .iter()
+        .next()
+        .map(|(k, v)| (*k, v.request.clone()))
+        .unwrap();
+    let junk = signer(66);
+    let lowball = BidBuilder::new(&req).price(1).build(&junk);
+    let lowball_id = lowball.id().unwrap();
+    let score = |id: &BidId, bid: &Bid| {
+        crate::score::score_bid(&req, *id, bid, &crate::score::ScoreWeights::default()).total
+    };
+    // By score alone the lowball wins.
+    let best_honest = net.nodes[0].auctions()[&aid]
+        .bids
+        .iter()
+        .map(|(id, b)| score(id, b))
+        .max()
+        .unwrap();
+    assert!(score(&lowball_id, &lowball) > best_honest);
+    net.input(
+        1,
+        0,
+        Input::Remote {
+            from: junk.node_id(),
+            msg: MarketMessage::Bid(lowball),
+        },
+    );
+    // The node's ledger knows no funded account for it.
+    net.input(2, 0, Input::Balances(vec![(junk.node_id(), 0)]));
+    net.input(10_000, 0, Input::Tick);
+    let winner = net
+        .effects_of(0)
+        .find_map(|e| match e {
+            Effect::AuctionClosed { winner, .. } => *winner,
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        net.nodes[0].auctions()[&aid].bids[&winner.bid]
+            .body
+            .provider,
+        cheap
+    );
+    let award = net
+        .effects_of(1)
+        .find_map(|e| match e {
+            Effect::Awarded { award, .. } => Some(*award),
+            _ => None,
+        })
+        .unwrap();
+    // The winner walks away: the next bid (not the lowball) is awarded and agreed.
+    net.input(
+        10_001,
+        1,
+        Input::Negotiate {
+            award,
+            input: NegotiationInput::WalkAway,
+        },
+    );
+    let agreed = net.agreed(0);
+    assert_eq!(agreed.len(), 1, "{:?}", net.log);
+    assert_eq!(agreed[0].provider, dear);
+    assert_eq!(net.agreed(2), agreed);
+    assert!(
+        !net.effects_of(0)
+            .any(|e| matches!(e, Effect::Awarded { provider, .. } if *provider == junk.node_id()))
+    );
+
+    // Alone, a bidder whose balance is unknown still wins.
+    let mut net = Net::new(vec![MarketConfig::default()]);
+    net.input(0, 0, Input::CreateAuction(spec(1000)));
+    let req = net.nodes[0]
+        .auctions()
+        .values()
+        .next()
+        .unwrap()
+        .request
+        .clone();
+    let bid = BidBuilder::new(&req).price(1).build(&junk);
+    net.input(
+        1,
+        0,
+        Input::Remote {
+            from: junk.node_id(),
+            msg: MarketMessage::Bid(bid),
+        },
+    );
+    net.input(10_000, 0, Input::Tick);
+    assert!(
+        net.effects_of(0)
+            .any(|e| matches!(e, Effect::Awarded { provider, .. } if *provider == junk.node_id()))
+    );
 }

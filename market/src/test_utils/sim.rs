@@ -7,7 +7,12 @@ use crate::error::MarketError;
 use crate::identity::{KeySigner, Timestamp};
 use crate::negotiation::AgreedTerms;
 
+/// What every node of a [`SimNet`] knows every node can spend, as a devnet's genesis funds
+/// every account (`agora-devnet`'s `DEVNET_BALANCE`).
+pub const SIM_BALANCE: u64 = 1_000_000;
+
 /// In-process nodes; `Send` goes to the recipient, `Broadcast` to every other node, instantly.
+/// Every node knows every node's balance to be [`SIM_BALANCE`] ([`Input::Balances`]).
 #[derive(Debug)]
 pub struct SimNet {
     /// The nodes; node `i` signs with `signer(100 + i)`.
@@ -20,11 +25,15 @@ pub struct SimNet {
 impl SimNet {
     /// One node per config.
     pub fn new(configs: Vec<MarketConfig>) -> Self {
-        let nodes = configs
+        let mut nodes: Vec<MarketState<KeySigner>> = configs
             .into_iter()
             .zip(100u64..)
             .map(|(c, seed)| MarketState::new(super::signer(seed), c))
             .collect();
+        let funded: Vec<_> = nodes.iter().map(|n| (n.node_id(), SIM_BALANCE)).collect();
+        for node in &mut nodes {
+            node.handle(0, Input::Balances(funded.clone()));
+        }
         SimNet {
             nodes,
             queue: VecDeque::new(),

@@ -376,6 +376,12 @@ async fn start_with_key(
                 handle.clone(),
                 cancel.clone(),
             ));
+            // Who can pay: customers and bidders the market asks about (THREATS C31, C32).
+            tasks.push(agora_market_driver::funding::spawn(
+                market.clone(),
+                handle.clone(),
+                cancel.clone(),
+            ));
             tasks.push(agora_market_driver::deals::spawn(
                 key.signer().clone(),
                 config.deals.clone(),

@@ -453,7 +453,11 @@ impl DealTask {
         let until = now_ms().saturating_add(agora_market::AGREED_HOLD_MS);
         let _ = self
             .market
-            .input(agora_market::Input::HoldAward { award, until })
+            .input(agora_market::Input::HoldAward {
+                award,
+                until,
+                registered: false,
+            })
             .await;
         let (_, provider_sig) =
             contract

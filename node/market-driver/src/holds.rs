@@ -195,7 +195,11 @@ async fn restore(
 async fn release(market: &MarketHandle, f: &Followed, now: u64) {
     let input = match f.award {
         // Held until now: the market's next tick lets it go.
-        Some(award) => agora_market::Input::HoldAward { award, until: now },
+        Some(award) => agora_market::Input::HoldAward {
+            award,
+            until: now,
+            registered: true,
+        },
         None => agora_market::Input::ReleaseCapacity(ReservationKey::Contract(f.contract.0)),
     };
     let _ = market.input(input).await;
@@ -264,10 +268,15 @@ pub async fn follow(
                                 count.fetch_sub(1, Ordering::Relaxed);
                             }
                             // Only a countersigned contract is awaited (one found running at
-                            // start is held to its end already).
+                            // start is held to its end already). Registered: paid for, no
+                            // longer one of the customer's unpaid holds (THREATS C31).
                             if let Some(award) = f.award {
                                 let _ = market
-                                    .input(agora_market::Input::HoldAward { award, until })
+                                    .input(agora_market::Input::HoldAward {
+                                        award,
+                                        until,
+                                        registered: true,
+                                    })
                                     .await;
                                 debug!(award = %award.short(), until, "capacity held until the contract's end");
                             }

@@ -1,5 +1,6 @@
 //! The market driver: carries the pure market state machine (`agora_market::MarketState`)
-//! over the network, and turns agreed deals into dual-signed contracts ([`deals`]).
+//! over the network, turns agreed deals into dual-signed contracts ([`deals`]), and tells the
+//! market what the ledger says of customers and bidders ([`funding`], [`reputation`]).
 //!
 //! A task owns the state. Gossip and requests of kind `Market` become `Input::Remote`, local
 //! commands (CLI via the control API) become inputs, a timer feeds `Input::Tick` at the times the
@@ -14,6 +15,7 @@
 
 mod agreed;
 pub mod deals;
+pub mod funding;
 pub mod holds;
 pub mod reputation;
 

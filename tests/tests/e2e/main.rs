@@ -20,6 +20,7 @@ mod attack_broken;
 mod attack_customer;
 mod attack_fleet;
 mod attack_floods;
+mod attack_free_keys;
 mod attack_guest;
 mod attack_image;
 mod attack_market_flood;

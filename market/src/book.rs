@@ -319,6 +319,10 @@ pub struct MyBid {
     pub lost_until: Option<Timestamp>,
 }
 
+/// Most bid records kept after another provider was awarded (`MyBid::lost_until`), waiting for
+/// a next-bid award (THREATS C32); beyond them a lost bid is forgotten at once.
+pub const MAX_LOST_BIDS: usize = 256;
+
 /// A price limit within which counter-offers are accepted automatically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PriceBound {

@@ -35,7 +35,7 @@ pub use auction::{
 };
 pub use book::{
     AGREED_HOLD_MS, AuctionEntry, AuctionStatus, BookCounters, BookStats, ContractHold, Effect,
-    Input, MAX_RESTORED_HOLDS, MarketConfig, MarketState, MyBid, OfferSpec,
+    Input, MAX_LOST_BIDS, MAX_RESTORED_HOLDS, MarketConfig, MarketState, MyBid, OfferSpec,
 };
 pub use capacity::{CapacityError, CapacityLedger, ReservationKey};
 pub use dmu::{CustomerRules, DmuConfig, NegotiationRules, ProviderRules};

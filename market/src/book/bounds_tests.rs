@@ -1000,6 +1000,8 @@ fn a_bid_that_lost_may_be_awarded_until_its_hold_would_have_lapsed() {
     c.dmu.provider.hold_grace_ms = 10_000;
     let mut p = MarketState::new(signer(2), c);
     let k = signer(70);
+    // A customer known to pay (nobody else's lost bids are kept).
+    p.handle(0, Input::Balances(vec![(k.node_id(), 1_000_000)]));
     let lose = |p: &mut MarketState<KeySigner>, now: u64| {
         let a = AuctionBuilder::new().build(&k, now);
         let bid = sent_bid(&remote(p, now, MarketMessage::Auction(a.clone()))).unwrap();
@@ -1050,4 +1052,146 @@ fn a_bid_that_lost_may_be_awarded_until_its_hold_would_have_lapsed() {
         matches!(&rejected(&out)[..], [MarketError::UnknownBid { .. }]),
         "{out:?}"
     );
+}
+
+/// Our own slot auction leaves the nodes that relay it room for clocks that lag ours by the
+/// gossip skew: a slot within the limit but less than 30 s short of it is refused here with a
+/// clear error instead of being dropped on the way (review of session 52).
+#[test]
+fn our_own_slot_leaves_relays_the_clock_skew() {
+    let mut node = MarketState::new(signer(1), MarketConfig::default());
+    let limit = node.config().limits.max_slot_lead_ms;
+    let now = 1_000;
+    let with_slot = |start_at: u64| {
+        let mut spec = AuctionBuilder::new().spec();
+        spec.start_at = Some(start_at);
+        spec
+    };
+    let out = node.handle(now, Input::CreateAuction(with_slot(now + limit - 1_000)));
+    assert!(
+        matches!(
+            &rejected(&out)[..],
+            [MarketError::Absurd {
+                field: "start_at",
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    assert!(node.auctions().is_empty());
+    let out = node.handle(now, Input::CreateAuction(with_slot(now + limit - 30_000)));
+    assert!(rejected(&out).is_empty(), "{out:?}");
+    assert_eq!(node.auctions().len(), 1);
+}
+
+/// A lost bid awarded after all takes its capacity again only within the budgets of who can
+/// pay: a key awarding its own auctions to a made-up provider (our holds go) and then to us
+/// held all of our capacity outside them. A stranger's lost bids are forgotten at once; a
+/// funded customer's come back only while it holds fewer unpaid holds than its cap (review of
+/// session 52).
+#[test]
+fn lost_bids_awarded_later_keep_to_the_budgets_of_who_can_pay() {
+    let mut c = MarketConfig {
+        capacity: Resources {
+            cpu_millis: 4_000,
+            memory_bytes: 1 << 30,
+            ..Resources::default()
+        },
+        ..MarketConfig::default()
+    };
+    c.dmu.provider.auto_bid = true;
+    c.dmu.provider.max_holds_per_funded_customer = 2;
+    let half = Resources {
+        cpu_millis: 500,
+        ..Resources::default()
+    };
+    let awarded = |out: &[Effect]| out.iter().any(|e| matches!(e, Effect::Awarded { .. }));
+    // Two auctions bid on, both awarded to a made-up provider: our holds go.
+    let lose_two = |p: &mut MarketState<KeySigner>, k: &KeySigner, now: u64| {
+        (0..2)
+            .map(|i| {
+                let a = AuctionBuilder::new()
+                    .resources(half.clone())
+                    .build(k, now + i);
+                let bid = sent_bid(&remote(p, now + i, MarketMessage::Auction(a.clone())))
+                    .expect("a bid");
+                let other = BidBuilder::new(&a).build(&signer(99));
+                let close = a.body.window_closes_at;
+                let award = award_for(k, &a, &other, close + 60_000);
+                assert!(rejected(&remote(p, now + i, MarketMessage::Award(award))).is_empty());
+                (a, bid)
+            })
+            .collect::<Vec<_>>()
+    };
+    for (funded, seed) in [(false, 80), (true, 81)] {
+        let mut p = MarketState::new(signer(2), c.clone());
+        let k = signer(seed);
+        if funded {
+            p.handle(0, Input::Balances(vec![(k.node_id(), 1_000_000)]));
+        }
+        let lost = lose_two(&mut p, &k, 1);
+        assert!(p.ledger().reservations().is_empty());
+        assert_eq!(
+            lost.iter()
+                .all(|(a, _)| p.my_bid(&a.id().unwrap()).is_some()),
+            funded,
+            "only a customer known to pay keeps our lost bids"
+        );
+        // Two more bids fill the customer's budget (a stranger's: the quarter; a funded
+        // one's: its cap of two unpaid holds).
+        let more = lose_two(&mut p, &k, 10);
+        for (a, bid) in &more {
+            let close = a.body.window_closes_at;
+            let out = remote(
+                &mut p,
+                20,
+                MarketMessage::Award(award_for(&k, a, bid, close + 60_000)),
+            );
+            assert!(awarded(&out) == funded, "{out:?}");
+        }
+        // The first lost bids, awarded to us now: refused, nothing more held.
+        let before = p.ledger().reservations().len();
+        for (a, bid) in &lost {
+            let close = a.body.window_closes_at;
+            let out = remote(
+                &mut p,
+                30,
+                MarketMessage::Award(award_for(&k, a, bid, close + 60_000)),
+            );
+            assert!(!awarded(&out), "{out:?}");
+            assert!(
+                matches!(&rejected(&out)[..], [MarketError::UnknownBid { .. }]),
+                "{out:?}"
+            );
+        }
+        assert_eq!(p.ledger().reservations().len(), before);
+    }
+}
+
+/// Lost bids (another provider was awarded) hold nothing and do not count against the bound
+/// of open bids: with a book of one auction, a lost bid leaves room for the next bid (review
+/// of session 52).
+#[test]
+fn lost_bids_leave_room_for_open_ones() {
+    let mut c = MarketConfig {
+        capacity: big_capacity(),
+        ..MarketConfig::default()
+    };
+    c.dmu.provider.auto_bid = true;
+    c.limits.max_auctions = 1;
+    let mut p = MarketState::new(signer(2), c);
+    let k = signer(90);
+    p.handle(0, Input::Balances(vec![(k.node_id(), 1_000_000)]));
+    let a = AuctionBuilder::new().build(&k, 1);
+    assert!(sent_bid(&remote(&mut p, 1, MarketMessage::Auction(a.clone()))).is_some());
+    let other = BidBuilder::new(&a).build(&signer(91));
+    let award = award_for(&k, &a, &other, a.body.window_closes_at + 60_000);
+    assert!(rejected(&remote(&mut p, 2, MarketMessage::Award(award))).is_empty());
+    assert!(
+        p.my_bid(&a.id().unwrap()).is_some(),
+        "kept for a next-bid award"
+    );
+    let b = AuctionBuilder::new().build(&signer(92), 3);
+    let out = remote(&mut p, 3, MarketMessage::Auction(b));
+    assert!(sent_bid(&out).is_some(), "{out:?}");
 }

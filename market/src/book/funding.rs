@@ -84,6 +84,13 @@ impl Funding {
     }
 }
 
+impl<S: Signer + Clone> MarketState<S> {
+    /// Whether the ledger counts `node` funded, as last fed.
+    pub(super) fn known_to_pay(&self, node: &NodeId) -> bool {
+        self.funding.balance(node).is_some_and(|b| b > 0)
+    }
+}
+
 /// Whether a fed balance covers `need` tokens: the ledger counts the account funded (it was
 /// fed as more than 0) and it can spend them.
 fn covers(balance: u64, need: u128) -> bool {
@@ -371,7 +378,10 @@ impl<S: Signer + Clone> MarketState<S> {
                 only.is_none_or(|o| o.contains(p)) && passed.is_none_or(|s| !s.contains(p))
             })
             .collect();
-        let stake = |b: &Bid| part_of(b.body.price, rules.provider_stake_permille);
+        // The stake at the auction's ceiling, not the bid's own price: a 1-token bid's stake is
+        // nothing, so any funded key qualified (review of session 52).
+        let max_price = entry.request.body.max_price;
+        let stake = |_: &Bid| part_of(max_price, rules.provider_stake_permille);
         let tier = |b: &Bid| match self.funding.balance(&b.body.provider) {
             Some(balance) if covers(balance, stake(b)) => 2,
             None => 1,

@@ -26,6 +26,25 @@ impl<S: Signer + Clone> MarketState<S> {
         let req = spec.create_for(&self.signer, now, nonce, only)?;
         // Our own request passes the same checks as a peer's, so we never gossip garbage.
         let id = check_auction(&req, now, &self.config.limits)?;
+        // Relays judge a slot's lead on their own clocks, which may lag ours by the gossip
+        // skew: leave them that margin, or a slot right at the limit is dropped on the way
+        // (review of session 52).
+        let lead = self
+            .config
+            .limits
+            .max_slot_lead_ms
+            .saturating_sub(crate::validate::MAX_CREATED_AHEAD_MS);
+        if let Some(start_at) = req.body.start_at
+            && start_at > now.saturating_add(lead)
+        {
+            return Err(MarketError::Absurd {
+                kind: "auction",
+                id: id.to_string(),
+                field: "start_at",
+                value: start_at.to_string(),
+                hint: "a slot starts within market.limits.max_slot_lead_ms of now, less 30 s for the clocks of the nodes that relay it",
+            });
+        }
         self.replay.record(&req.body)?;
         let topic = topic_for_region(&req.body.region);
         let close = req.body.window_closes_at;
@@ -75,10 +94,14 @@ impl<S: Signer + Clone> MarketState<S> {
         let max = self.config.limits.max_auctions;
         let awarded: std::collections::BTreeSet<&ReservationKey> =
             self.award_holds.values().collect();
+        // Nor lost ones (another provider was awarded): they hold nothing, and are at most
+        // `MAX_LOST_BIDS`.
         let open = self
             .my_bids
-            .keys()
-            .filter(|a| !awarded.contains(&ReservationKey::Auction(**a)))
+            .iter()
+            .filter(|(a, m)| {
+                m.lost_until.is_none() && !awarded.contains(&ReservationKey::Auction(**a))
+            })
             .count();
         if open >= max {
             return Err(MarketError::MarketFull {

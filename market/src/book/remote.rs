@@ -224,7 +224,8 @@ impl<S: Signer + Clone> MarketState<S> {
                     });
                 }
                 let auction_resources = entry.request.body.resources.clone();
-                let hold_lapses = self.hold_until(&entry.request);
+                let request = entry.request.clone();
+                let hold_lapses = self.hold_until(&request);
                 let key = ReservationKey::Auction(auction);
                 // An award of our bid must be for what was bid on: the same bid, price and
                 // resources, and the auction's term and kind (an award for a year of a bid
@@ -235,6 +236,7 @@ impl<S: Signer + Clone> MarketState<S> {
                 // provider was awarded may still be awarded until the hold would have lapsed
                 // (that award ended without a deal, THREATS C32). Checked before anything is
                 // recorded: a refused award changes nothing here.
+                let mut taken_again = false;
                 if b.provider == self.me {
                     let held = self.ledger.reservations().contains_key(&key);
                     match self.my_bids.get(&auction) {
@@ -247,8 +249,25 @@ impl<S: Signer + Clone> MarketState<S> {
                                 && (held || mine.lost_until.is_some_and(|t| now <= t)) => {}
                         _ => return Err(MarketError::UnknownBid { auction, bid }),
                     }
+                    // A lost bid awarded after all: its capacity is taken again only within
+                    // the budgets of who can pay, as a new bid's (else a key awarding its own
+                    // auctions to a made-up provider, then to us, held all of our capacity
+                    // outside them; review of session 52), and only if it is free.
+                    if !held {
+                        if !self.may_hold_for(auction, &request, b.price) {
+                            return Err(MarketError::UnknownBid { auction, bid });
+                        }
+                        let until = now.saturating_add(super::AGREED_HOLD_MS);
+                        self.ledger.reserve(key, b.resources.clone(), Some(until))?;
+                        taken_again = true;
+                    }
                 }
-                self.replay.record(&b)?;
+                if let Err(e) = self.replay.record(&b) {
+                    if taken_again {
+                        self.ledger.release(&key);
+                    }
+                    return Err(e);
+                }
                 if let Some(entry) = self.auctions.get_mut(&auction) {
                     entry.status = AuctionStatus::Awarded {
                         award: award_id,
@@ -256,23 +275,33 @@ impl<S: Signer + Clone> MarketState<S> {
                     };
                 }
                 if b.provider != self.me {
-                    // Someone else won: drop our tentative hold, if any, but keep our bid until
-                    // the hold would have lapsed: if that award ends without a deal, the
-                    // customer awards the next bid (THREATS C32), and the capacity is taken
-                    // again if it is still free.
-                    if let Some(mine) = self.my_bids.get_mut(&auction) {
+                    // Someone else won: drop our tentative hold, if any. A customer known to pay
+                    // keeps our bid until the hold would have lapsed: if that award ends
+                    // without a deal, it awards the next bid (THREATS C32), and the capacity
+                    // is taken again if it is still free. Nobody else's, and at most
+                    // `MAX_LOST_BIDS` of them: a key awarding its auctions to a made-up
+                    // provider piled up such records (review of session 52).
+                    if self.my_bids.contains_key(&auction) {
                         self.ledger.release(&key);
-                        mine.lost_until = Some(hold_lapses);
+                        let lost = self
+                            .my_bids
+                            .values()
+                            .filter(|m| m.lost_until.is_some())
+                            .count();
+                        if self.known_to_pay(&b.customer) && lost < super::MAX_LOST_BIDS {
+                            if let Some(mine) = self.my_bids.get_mut(&auction) {
+                                mine.lost_until = Some(hold_lapses);
+                            }
+                        } else {
+                            self.my_bids.remove(&auction);
+                        }
                     }
                     return Ok(());
                 }
                 // Held until the contract is registered (extended then), or for good never: the
-                // bid's hold (checked above), or taken again after another provider's award
-                // ended without a deal.
+                // bid's hold, or taken again above.
                 let until = now.saturating_add(super::AGREED_HOLD_MS);
-                if !self.ledger.hold_until(&key, until) {
-                    self.ledger.reserve(key, b.resources.clone(), Some(until))?;
-                }
+                self.ledger.hold_until(&key, until);
                 if let Some(mine) = self.my_bids.get_mut(&auction) {
                     mine.lost_until = None;
                 }

@@ -987,7 +987,9 @@ fn an_unfunded_lowball_bid_does_not_win_and_a_failed_award_goes_to_the_next_bid(
         },
     );
     // The node's ledger knows no funded account for it.
-    net.input(2, 0, Input::Balances(vec![(junk.node_id(), 0)]));
+    // The node's ledger counts it funded, but with less than the stake at the auction's
+    // ceiling (half of 1000): a 1-token bid's own stake (nothing) is not the measure.
+    net.input(2, 0, Input::Balances(vec![(junk.node_id(), 100)]));
     net.input(10_000, 0, Input::Tick);
     let winner = net
         .effects_of(0)

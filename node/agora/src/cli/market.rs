@@ -116,8 +116,9 @@ pub struct AuctionCreateArgs {
     #[arg(long)]
     service: Option<String>,
     /// Hosted: start the service this long from now (a pre-contracted slot), e.g. `30s`; no
-    /// sooner than the bidding window closes, and at most a day ahead
-    /// (`market.limits.max_slot_lead_ms`; providers auto-bid on slots up to an hour ahead).
+    /// sooner than the bidding window closes, and at most a day less 30 s ahead
+    /// (`market.limits.max_slot_lead_ms`, less the clock skew allowed to the nodes that relay
+    /// it; providers auto-bid on slots up to an hour ahead).
     #[arg(long)]
     start_in: Option<String>,
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use sim::{SIM_BALANCE, SimNet};
 
 use crate::auction::{AuctionKind, AuctionRequest, AuctionSpec, Bid, BidSpec, Offer, OfferBody};
+use crate::book::MarketConfig;
 use crate::identity::{KeySigner, Signer, Timestamp};
 use crate::resources::{Interface, Location, Near, Resources, Uptime};
 use crate::signed::Signed;
@@ -41,6 +42,17 @@ pub fn big_capacity() -> Resources {
         r = r.with_interface(i, 1);
     }
     r
+}
+
+/// A provider's book config that bids on its own (`auto_bid`) with `capacity`; every other
+/// setting is the default, so a test that changes one states it beside the call.
+pub fn provider_config(capacity: Resources) -> MarketConfig {
+    let mut c = MarketConfig {
+        capacity,
+        ..MarketConfig::default()
+    };
+    c.dmu.provider.auto_bid = true;
+    c
 }
 
 /// Builds signed auction requests with sensible defaults (region `eu-west`, 500m CPU, 256 MiB).

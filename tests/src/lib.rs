@@ -301,8 +301,22 @@ fn wasm32_wasip1_installed() -> bool {
 
 /// Polls `f` every 100 ms until it holds; panics naming `what` once `timeout` has passed.
 pub fn wait_until(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    wait_for(what, timeout, || f().then_some(()))
+}
+
+/// Polls `f` every 100 ms until it returns something and returns that; panics naming `what`
+/// once `timeout` has passed. For waits whose answer the test goes on to use (an event's data,
+/// a peer's record), so that it is not fetched a second time after the wait.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = std::time::Instant::now() + timeout;
-    while !f() {
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "timed out waiting for {what}"
@@ -414,4 +428,25 @@ pub async fn radio_status(n: &agora_devnet::files::DevnetNode) -> Option<agora_r
         .get("/v1/radio")
         .await
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn wait_for_returns_the_first_answer_it_gets() {
+        let mut polls = 0;
+        let got = super::wait_for("the third poll", Duration::from_secs(5), || {
+            polls += 1;
+            (polls == 3).then_some(polls)
+        });
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "timed out waiting for nothing")]
+    fn wait_for_panics_naming_what_once_the_timeout_has_passed() {
+        super::wait_for("nothing", Duration::from_millis(150), || None::<()>);
+    }
 }

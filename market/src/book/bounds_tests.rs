@@ -7,16 +7,12 @@ use crate::auction::{Award, AwardBody, AwardSubject};
 use crate::identity::KeySigner;
 use crate::resources::Interface;
 use crate::signed::Signed;
-use crate::test_utils::{AuctionBuilder, BidBuilder, big_capacity, offer, signer};
+use crate::test_utils::{AuctionBuilder, BidBuilder, big_capacity, offer, provider_config, signer};
 
 const DAY: u64 = 24 * 3_600_000;
 
 fn provider(capacity: Resources) -> MarketState<KeySigner> {
-    let mut c = MarketConfig {
-        capacity,
-        ..MarketConfig::default()
-    };
-    c.dmu.provider.auto_bid = true;
+    let mut c = provider_config(capacity);
     // These tests are about how long holds last, not about who pays: customers nobody vouched
     // for may hold all of the capacity here (their share is tested on its own, THREATS C31).
     c.dmu.provider.stranger_share_permille = 1000;

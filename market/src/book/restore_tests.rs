@@ -7,23 +7,31 @@ use crate::auction::{AwardBody, AwardSubject};
 use crate::identity::KeySigner;
 use crate::resources::Interface;
 use crate::signed::Signed;
-use crate::test_utils::{AuctionBuilder, fresh_nonce, signer};
+use crate::test_utils::{AuctionBuilder, fresh_nonce, provider_config, signer};
 
 /// A provider with one LoRa radio, restarted: its book waits for its running contracts.
 fn restarted_provider() -> MarketState<KeySigner> {
-    let mut c = MarketConfig {
-        capacity: Resources {
+    let mut c = provider_config(
+        Resources {
             cpu_millis: 1000,
             memory_bytes: 1 << 30,
             ..Resources::default()
         }
         .with_interface(Interface::LoRa, 1),
-        ..MarketConfig::default()
-    };
-    c.dmu.provider.auto_bid = true;
+    );
     // Who pays is not the point here (THREATS C31 has its own test below).
     c.dmu.provider.stranger_share_permille = 1000;
     MarketState::awaiting_contracts(signer(2), c)
+}
+
+/// A restarted provider of four cores, customers nobody vouched for kept to their default share.
+fn restarted_on_four_cores() -> MarketState<KeySigner> {
+    let four_cores = Resources {
+        cpu_millis: 4000,
+        memory_bytes: 1 << 30,
+        ..Resources::default()
+    };
+    MarketState::awaiting_contracts(signer(2), provider_config(four_cores))
 }
 
 fn remote(node: &mut MarketState<KeySigner>, now: Timestamp, msg: MarketMessage) -> Vec<Effect> {
@@ -203,16 +211,7 @@ fn an_offer_taken_before_the_restore_is_refused_and_changes_nothing() {
 /// holds between them on four cores, not three.
 #[test]
 fn auctions_passed_over_while_restoring_keep_to_the_strangers_share() {
-    let mut c = MarketConfig {
-        capacity: Resources {
-            cpu_millis: 4000,
-            memory_bytes: 1 << 30,
-            ..Resources::default()
-        },
-        ..MarketConfig::default()
-    };
-    c.dmu.provider.auto_bid = true;
-    let mut p = MarketState::awaiting_contracts(signer(2), c);
+    let mut p = restarted_on_four_cores();
     let half = Resources {
         cpu_millis: 500,
         ..Resources::default()
@@ -233,16 +232,7 @@ fn auctions_passed_over_while_restoring_keep_to_the_strangers_share() {
 /// vouched for.
 #[test]
 fn restored_contracts_are_not_counted_as_strangers_holds() {
-    let mut c = MarketConfig {
-        capacity: Resources {
-            cpu_millis: 4000,
-            memory_bytes: 1 << 30,
-            ..Resources::default()
-        },
-        ..MarketConfig::default()
-    };
-    c.dmu.provider.auto_bid = true;
-    let mut p = MarketState::awaiting_contracts(signer(2), c);
+    let mut p = restarted_on_four_cores();
     let running = ContractHold {
         contract: [9; 32],
         resources: Resources {

@@ -3,16 +3,7 @@ use super::*;
 use crate::auction::{AuctionSpec, BidSpec};
 use crate::capacity::ReservationKey;
 use crate::resources::Interface;
-use crate::test_utils::{AuctionBuilder, SimNet as Net, big_capacity, signer};
-
-fn provider_config(capacity: Resources) -> MarketConfig {
-    let mut c = MarketConfig {
-        capacity,
-        ..MarketConfig::default()
-    };
-    c.dmu.provider.auto_bid = true;
-    c
-}
+use crate::test_utils::{AuctionBuilder, SimNet as Net, big_capacity, provider_config, signer};
 
 fn spec(max_price: u64) -> AuctionSpec {
     AuctionBuilder::new().max_price(max_price).spec()

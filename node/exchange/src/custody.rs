@@ -95,23 +95,36 @@ impl Provers {
         self.dir.as_ref().map(|d| d.join(format!("{file}.tree")))
     }
 
-    /// `file`'s prover: cached (its tree written again if an ended custody of the same file
-    /// removed it), or from its kept tree (checked against the root kept with it), or built
-    /// from the file's chunks and kept on disk. Whether it is the commitment a contract claims
-    /// is the caller's check: the tree depends on the file alone, so a contract naming the
-    /// file with a wrong commitment cannot make it read the file again. Blocking.
+    /// `file`'s prover for a custody taken or renewed: as [`Self::load_or_build`], and a
+    /// cached tree is written again if an ended custody of the same file removed it. Challenge
+    /// answers skip this, so one served from the cache touches no file (before, each paid a
+    /// `stat`). Blocking.
+    fn for_custody<S: agora_storage::BlockStore + ?Sized>(
+        &self,
+        store: &S,
+        file: &Cid,
+    ) -> agora_storage::Result<(Arc<Prover>, Built)> {
+        let (p, built) = self.load_or_build(store, file)?;
+        if built == Built::Cached
+            && let Some(path) = self.tree_path(file)
+            && !path.exists()
+            && let Err(e) = write_tree(&path, &p)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "chunk tree not kept on disk");
+        }
+        Ok((p, built))
+    }
+
+    /// `file`'s prover: cached, or from its kept tree (checked against the root kept with it),
+    /// or built from the file's chunks and kept on disk. Whether it is the commitment a
+    /// contract claims is the caller's check: the tree depends on the file alone, so a contract
+    /// naming the file with a wrong commitment cannot make it read the file again. Blocking.
     fn load_or_build<S: agora_storage::BlockStore + ?Sized>(
         &self,
         store: &S,
         file: &Cid,
     ) -> agora_storage::Result<(Arc<Prover>, Built)> {
         if let Some(p) = self.get(file) {
-            if let Some(path) = self.tree_path(file)
-                && !path.exists()
-                && let Err(e) = write_tree(&path, &p)
-            {
-                tracing::warn!(path = %path.display(), error = %e, "chunk tree not kept on disk");
-            }
             return Ok((p, Built::Cached));
         }
         if let Some(path) = self.tree_path(file)
@@ -492,7 +505,7 @@ impl StorageHandle {
         // read back as kept by an earlier run); it must give the claimed commitment.
         let provers = self.provers.clone();
         let (prover, _) = store
-            .blocking(move |s| provers.load_or_build(s, &file))
+            .blocking(move |s| provers.for_custody(s, &file))
             .await?;
         // Chunks are what an answer's tree holds in memory: at most one per 64 KiB bought
         // (honest files chunk at 256 KiB), so a DAG of one-byte leaves declaring little cannot
@@ -642,8 +655,9 @@ mod tests {
 
     /// THREATS C25: a tree built once is kept on disk and read back after a restart without
     /// reading the file's chunks; a damaged tree file is not used; a tree served from the
-    /// cache is written again when an ended custody removed it; only the trees of files still
-    /// in custody are kept.
+    /// cache to a renewal is written again when an ended custody removed it, one served to a
+    /// challenge answer is not (mutant: the write-back in `load_or_build` again); only the
+    /// trees of files still in custody are kept.
     #[test]
     fn a_kept_tree_is_read_back_without_the_chunks_and_a_damaged_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -654,12 +668,15 @@ mod tests {
         let (p, how) = first.load_or_build(&store, &file).unwrap();
         assert_eq!((how, p.commitment()), (Built::Fresh, want));
         first.keep(file, p);
-        // An ended custody of the file removed its tree; a renewal served from the cache
-        // writes it again.
+        // An ended custody of the file removed its tree; a challenge answer served from the
+        // cache leaves the disk alone, a renewal served from it writes the tree again.
         let path = first.tree_path(&file).unwrap();
         first.forget(&file);
         assert!(!path.exists());
         let (_, how) = first.load_or_build(&store, &file).unwrap();
+        assert_eq!(how, Built::Cached);
+        assert!(!path.exists(), "an answer from the cache wrote the tree");
+        let (_, how) = first.for_custody(&store, &file).unwrap();
         assert_eq!(how, Built::Cached);
         assert!(path.exists(), "the renewal's tree is on disk again");
         // The next run: its cache is empty and the chunks are gone, only the DAG is left.

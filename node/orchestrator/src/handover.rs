@@ -95,6 +95,7 @@ impl Orchestrator {
             self.on_duty(duty).await;
         }
         let mut own_changed = false;
+        let mut provided_ended = false;
         for ev in &block.events {
             match ev {
                 LedgerEvent::HandoverAttested {
@@ -114,6 +115,7 @@ impl Orchestrator {
                     let Some(rec) = self.record(*contract).await else {
                         continue;
                     };
+                    provided_ended |= super::retire::ends_a_provided_contract(me, &rec, *to);
                     self.new_manager_of_followed(&rec).await;
                     // The arbitrator's entries are the role machine's.
                     let role = if rec.contract.provider == me {
@@ -137,6 +139,9 @@ impl Orchestrator {
         {
             self.name_key_holders().await;
             self.retain_probe_images().await;
+        }
+        if caught_up || provided_ended {
+            self.let_go_of_ended().await;
         }
         if own_changed || caught_up {
             self.evaluate_own().await;
@@ -736,6 +741,7 @@ impl Orchestrator {
                 .await
             && self.drive(Input::CaughtUp { height }).await
         {
+            self.let_go_of_ended().await;
             self.evaluate_own().await;
         }
         self.reclaim_due().await;
@@ -820,8 +826,13 @@ impl Orchestrator {
             .filter(|c| c.mine && c.checkpoint.service == id && !c.checkpoint.proof.is_empty())
             .filter_map(|c| c.checkpoint.proof.parse().ok())
             .collect();
-        // The ledger's uptime cursor and activation time: where the batch starts (THREATS A6).
+        // The ledger's uptime cursor and activation time: where the batch starts (THREATS A6);
+        // and whether uptime payment waits to be collected. One read serves both, as in the
+        // role machine's provider: the batch is applied in a later block, so a second read
+        // after submitting it found the same, unless a block landed meanwhile (the next beat
+        // sees that one).
         let rec = self.record(contract).await;
+        let collect = agora_roles::uptime_collectable(rec.as_ref());
         // Borrowed, not cloned (THREATS C26); `answered` updates it after the submission.
         let Some(h) = self.hosted.get_mut(&contract) else {
             return;
@@ -847,7 +858,7 @@ impl Orchestrator {
         if let Some(h) = self.hosted.get_mut(&contract) {
             h.beat.answered(ok);
         }
-        if agora_roles::uptime_collectable(self.record(contract).await.as_ref()) {
+        if collect {
             self.submit(TxKind::SettleUptime(contract), "uptime payment")
                 .await;
         }

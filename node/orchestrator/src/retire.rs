@@ -9,8 +9,8 @@
 //! contract a node ever provided for stayed staged and pinned for as long as the process ran,
 //! and its image stayed pinned for good.
 
-use agora_contracts::{ContractId, ContractKind};
-use agora_market::Timestamp;
+use agora_contracts::{ContractId, ContractKind, ContractRecord, ContractStatus};
+use agora_market::{NodeId, Timestamp};
 use tracing::{debug, warn};
 
 use super::Orchestrator;
@@ -20,6 +20,17 @@ use super::Orchestrator;
 pub(super) const RETIRE_AFTER_MS: u64 = 10_000;
 /// How often hosted contracts are checked against the ledger for an end they never ran to.
 const SWEEP_EVERY_MS: u64 = 5_000;
+
+/// Whether `rec`'s status change to `to` ends a contract `me` provides: only then, or once the
+/// node has caught up, can a device claim or a kept chunk tree here (both only of contracts it
+/// provides) have outlived its contract ([`Orchestrator::let_go_of_ended`]).
+pub(super) fn ends_a_provided_contract(
+    me: NodeId,
+    rec: &ContractRecord,
+    to: ContractStatus,
+) -> bool {
+    to.is_final() && rec.contract.provider == me
+}
 
 impl Orchestrator {
     /// `contract`'s service is removed [`RETIRE_AFTER_MS`] from `now`, unless it is staged
@@ -36,8 +47,6 @@ impl Orchestrator {
         if now >= self.last_retire_sweep.saturating_add(SWEEP_EVERY_MS) {
             self.last_retire_sweep = now;
             self.sweep_ended(now).await;
-            self.release_ended_claims().await;
-            self.retain_custody_trees().await;
         }
         for contract in super::take_due(&mut self.retiring, now) {
             if self.hosted.contains_key(&contract) || self.staging.contains(&contract) {
@@ -55,6 +64,15 @@ impl Orchestrator {
                 }
             }
         }
+    }
+
+    /// After a block that ended a contract this node provides ([`ends_a_provided_contract`]),
+    /// and once the node has caught up: the device claims and kept chunk trees of contracts
+    /// that ended go. Both were checked every 5 s (a radio round trip, two ledger queries and
+    /// a listing of `custody-trees/` each time), although what they find changes only then.
+    pub(super) async fn let_go_of_ended(&self) {
+        self.release_ended_claims().await;
+        self.retain_custody_trees().await;
     }
 
     /// Once caught up: the storage layer keeps on disk only the chunk trees of the files of
@@ -196,6 +214,32 @@ impl Orchestrator {
                 format!("ended before it ran here; no longer listening for devices {unheard:?}"),
             );
             self.retire(contract, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use agora_contracts::ContractRecord;
+    use agora_contracts::ContractStatus as S;
+    use agora_contracts::test_utils::ContractBuilder;
+
+    use super::ends_a_provided_contract;
+
+    /// Claims and kept trees are let go of after a block that ends a contract this node
+    /// provides, not after every status change, nor after another provider's contract ends
+    /// (mutants: `to.is_final()` as always; the provider check left out).
+    #[test]
+    fn only_the_end_of_a_provided_contract_lets_go_of_what_it_left() {
+        let rec = ContractRecord::new(ContractBuilder::new(1, 2).build(), 1_000).unwrap();
+        let (me, other) = (rec.contract.provider, rec.contract.customer);
+        for end in [S::Settled, S::Slashed, S::Cancelled, S::Expired] {
+            assert!(ends_a_provided_contract(me, &rec, end), "{end:?}");
+            assert!(!ends_a_provided_contract(other, &rec, end), "{end:?}");
+        }
+        for not_yet in [S::Migrated, S::Armed, S::Active] {
+            assert!(!ends_a_provided_contract(me, &rec, not_yet), "{not_yet:?}");
         }
     }
 }

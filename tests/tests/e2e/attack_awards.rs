@@ -35,7 +35,9 @@ use agora_devnet::files::devnet_location;
 use agora_market::book::CUT_TERM_MS;
 use agora_runtime::test_utils::ECHO;
 use agora_tests::adversary::{ByzantineLauncher, HostileDevnet, TestLauncher, byzantine_lines};
-use agora_tests::{agora_bin, agora_json, market_events, publish_service, try_agora_json};
+use agora_tests::{
+    agora_bin, agora_json, market_events, publish_service, try_agora_json, wait_for,
+};
 use serde_json::Value;
 
 /// C28's honest customer.
@@ -116,21 +118,6 @@ fn auction(
     agora_json(&args)["id"].as_str().unwrap().to_string()
 }
 
-/// Polls `f` every 100 ms until it returns something; panics naming `what` after [`WAIT`].
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Waits for the `data` of a market event of node `i` of `kind` that `f` accepts.
 fn event(
     net: &HostileDevnet,
@@ -139,7 +126,7 @@ fn event(
     what: &str,
     f: impl Fn(&Value) -> bool,
 ) -> Value {
-    wait_for(what, || {
+    wait_for(what, WAIT, || {
         market_events(&net.data_dir(i))
             .into_iter()
             .find(|e| e["kind"] == kind && f(&e["data"]))
@@ -149,7 +136,7 @@ fn event(
 
 /// Waits for a `byzantine:` line of node `i` starting with `prefix` that `f` accepts.
 fn line(net: &HostileDevnet, i: usize, prefix: &str, f: impl Fn(&str) -> bool) -> String {
-    wait_for(&format!("node{i}'s `{prefix}`"), || {
+    wait_for(&format!("node{i}'s `{prefix}`"), WAIT, || {
         byzantine_lines(&net.node(i).data_dir)
             .into_iter()
             .find(|l| l.starts_with(prefix) && f(l))
@@ -256,12 +243,16 @@ fn awards_and_counters_for_another_term_and_second_awards_are_refused() {
         "node2 to refuse the second award",
         |d| d["from"] == id(REAWARDS).as_str() && says(d, &["already awarded", award]),
     );
-    wait_for("the re-awarded contract to be active on node2", || {
-        contracts(&net, REAWARDED)
-            .iter()
-            .any(|c| c["id"] == contract && c["status"] == "active")
-            .then_some(())
-    });
+    wait_for(
+        "the re-awarded contract to be active on node2",
+        WAIT,
+        || {
+            contracts(&net, REAWARDED)
+                .iter()
+                .any(|c| c["id"] == contract && c["status"] == "active")
+                .then_some(())
+        },
+    );
     // Its three cores are still held: node2 bids for half a core, not for three more.
     let three = auction(&net, PROBE, REAWARDED, "3000m", "10m", &[]);
     let half = auction(&net, PROBE, REAWARDED, "500m", "10m", &[]);
@@ -292,8 +283,10 @@ fn awards_and_counters_for_another_term_and_second_awards_are_refused() {
         try_agora_json(&["ledger", "status", "--data-dir", &net.data_dir(CUSTOMER)])
             .and_then(|s| s["height"].as_u64())
     };
-    let h = wait_for("node0's ledger height", height);
-    wait_for("three more blocks", || height().filter(|n| *n >= h + 3));
+    let h = wait_for("node0's ledger height", WAIT, height);
+    wait_for("three more blocks", WAIT, || {
+        height().filter(|n| *n >= h + 3)
+    });
     for i in 0..net.len() {
         let list = contracts(&net, i);
         assert!(

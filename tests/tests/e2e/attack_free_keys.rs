@@ -35,7 +35,7 @@ use agora_market::signed::Signed;
 use agora_market::{AuctionId, MarketMessage, NodeId, Resources, topic_for_region};
 use agora_network::{Interest, NetworkEvent};
 use agora_tests::adversary::{Adversary, HostileDevnet};
-use agora_tests::{agora_json, awarded, market_events, try_agora_json};
+use agora_tests::{agora_json, awarded, market_events, try_agora_json, wait_for};
 use agora_wire::codec::Kind;
 use agora_wire::now_ms;
 use serde_json::Value;
@@ -183,21 +183,6 @@ fn auction(
     agora_json(&args)["id"].as_str().unwrap().to_string()
 }
 
-/// Polls `f` every 100 ms until it returns something; panics naming `what` after [`WAIT`].
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Waits for the `data` of a market event of node `i` of `kind` that `f` accepts.
 fn event(
     net: &HostileDevnet,
@@ -206,7 +191,7 @@ fn event(
     what: &str,
     f: impl Fn(&Value) -> bool,
 ) -> Value {
-    wait_for(what, || {
+    wait_for(what, WAIT, || {
         market_events(&net.data_dir(i))
             .into_iter()
             .find(|e| e["kind"] == kind && f(&e["data"]))
@@ -298,11 +283,13 @@ fn free_keys_share_a_quarter_of_each_provider_and_a_free_lowball_never_wins() {
     for i in 0..net.len() {
         wait_for(
             &format!("node{i}'s book to hold the strangers' auctions"),
+            WAIT,
             || (in_book(&net, i, &stranger_ids) >= published).then_some(()),
         );
     }
     wait_for(
         "every provider to bid on as many strangers' auctions as their share holds",
+        WAIT,
         || {
             let seen = seen.lock().unwrap();
             let full = |p: &NodeId| seen.bids.get(p).is_some_and(|b| b.len() >= share_holds);
@@ -314,6 +301,7 @@ fn free_keys_share_a_quarter_of_each_provider_and_a_free_lowball_never_wins() {
     let c31 = auction(&net, BUYS_MOST, &most_cpu, 100, "3s");
     wait_for(
         "node0's auction for the rest of a provider to be awarded",
+        WAIT,
         || awarded(&net.data_dir(BUYS_MOST), &c31).then_some(()),
     );
     {
@@ -371,6 +359,7 @@ fn free_keys_share_a_quarter_of_each_provider_and_a_free_lowball_never_wins() {
     for i in 0..net.len() {
         wait_for(
             &format!("node1's contract with the winner on node{i}'s replica"),
+            WAIT,
             || {
                 contracts(&net, i)
                     .iter()

@@ -61,6 +61,7 @@ mod operator_cli;
 mod presence_kill;
 mod readme_layout;
 mod readme_walkthrough;
+mod restart_capacity;
 mod restart_policy;
 mod service_cli;
 mod service_deps;

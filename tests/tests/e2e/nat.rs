@@ -28,8 +28,8 @@ use agora_devnet::demo::Story;
 use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
 use agora_devnet::process::{UpOptions, up_with_options};
 use agora_network::PeerInfo;
-use agora_tests::agora_bin;
 use agora_tests::natlab::NatLab;
+use agora_tests::{agora_bin, wait_for};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -179,18 +179,6 @@ impl Drop for Lab {
     }
 }
 
-/// Polls `f` every 100 ms until it returns `Some`; panics naming `what` after [`WAIT`].
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A relay on the public node and an edge in each home, both holding a relay slot; the second
 /// edge connected to the first through the relay. Returns the lab, the data dirs and edge 1's
 /// peer id.
@@ -293,7 +281,7 @@ fn scene(tag: &str, nat: &str) -> Option<Scene> {
             quic.clone(),
         ],
     );
-    let relay_peer = wait_for("the relay's status", || lab.status("pub", &relay))["peer_id"]
+    let relay_peer = wait_for("the relay's status", WAIT, || lab.status("pub", &relay))["peer_id"]
         .as_str()
         .expect("peer_id")
         .to_string();
@@ -310,7 +298,7 @@ fn scene(tag: &str, nat: &str) -> Option<Scene> {
     lab.start_node("h1", &e1, &edge_args);
     lab.start_node("h2", &e2, &edge_args);
     for (ns, dir) in [("h1", &e1), ("h2", &e2)] {
-        let st = wait_for(&format!("{ns} private with a relay slot"), || {
+        let st = wait_for(&format!("{ns} private with a relay slot"), WAIT, || {
             lab.status(ns, dir).filter(|s| {
                 s["stats"]["nat_status"] == "private"
                     && s["stats"]["relay_reservations_held"].as_u64() >= Some(1)
@@ -355,6 +343,7 @@ fn edges_behind_cone_nats_meet_through_the_relay_and_hole_punch_to_direct() {
     // The relayed connection is closed once the direct one exists.
     let peer = wait_for(
         "a direct connection from edge 2 to edge 1, the relayed one closed",
+        WAIT,
         || {
             s.lab
                 .peer("h2", &s.e2, &s.e1_peer)
@@ -380,7 +369,7 @@ fn edges_behind_cone_nats_meet_through_the_relay_and_hole_punch_to_direct() {
         _ => "? (log lines missing)".into(),
     };
     // Round trips once ping has measured the direct path.
-    let rtt = wait_for("a round trip on the direct connection", || {
+    let rtt = wait_for("a round trip on the direct connection", WAIT, || {
         s.lab.peer("h2", &s.e2, &s.e1_peer)?["rtt_ms"].as_u64()
     });
     eprintln!(
@@ -394,13 +383,13 @@ fn edges_behind_symmetric_nats_stay_on_the_relay_and_still_exchange_content() {
     let Some(s) = scene("s", "symmetric") else {
         return;
     };
-    let peer = wait_for("edge 2 connected to edge 1 through the relay", || {
+    let peer = wait_for("edge 2 connected to edge 1 through the relay", WAIT, || {
         s.lab
             .peer("h2", &s.e2, &s.e1_peer)
             .filter(|p| p["relayed"] == true)
     });
     // DCUtR tries and fails (endpoint-dependent mapping on both sides).
-    wait_for("a failed hole punch", || {
+    wait_for("a failed hole punch", WAIT, || {
         let f = |ns: &str, dir: &Path| {
             s.lab
                 .status(ns, dir)

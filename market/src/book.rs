@@ -12,6 +12,7 @@ mod close;
 mod deal;
 mod funding;
 mod local;
+mod lost;
 mod remote;
 mod restore;
 
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use bounds::{BookCounters, BookStats};
 #[cfg(any(test, feature = "test-utils"))]
 pub use byzantine::CUT_TERM_MS;
-pub use funding::{BALANCE_TTL_MS, MAX_BALANCES};
+pub use funding::{BALANCE_MAX_AGE_MS, BALANCE_TTL_MS, MAX_BALANCES};
 pub use restore::{ContractHold, MAX_RESTORED_HOLDS};
 
 use crate::auction::{AuctionKind, AuctionRequest, Bid, Offer};
@@ -305,6 +306,8 @@ pub struct MyBid {
     pub bid: BidId,
     /// Its price.
     pub price: u64,
+    /// The auction's customer: whose lost bids are counted (THREATS C32).
+    pub customer: NodeId,
     /// The service image the auction named (`AuctionBody::service`).
     pub image: Option<String>,
     /// The start of the auction's slot (`AuctionBody::start_at`), if it named one.
@@ -315,12 +318,14 @@ pub struct MyBid {
     pub kind: AuctionKind,
     /// Set when another provider's award made us let go of the bid's hold: until then (when
     /// the hold would have lapsed) an award of our bid may still come, if that award ends
-    /// without a deal (THREATS C32), and takes the capacity again if it is free.
+    /// without a deal (THREATS C32), and takes the capacity again if it is free. Set and
+    /// cleared only in `book/lost.rs`, which counts them.
     pub lost_until: Option<Timestamp>,
 }
 
 /// Most bid records kept after another provider was awarded (`MyBid::lost_until`), waiting for
-/// a next-bid award (THREATS C32); beyond them a lost bid is forgotten at once.
+/// a next-bid award (THREATS C32); beyond them, or beyond `max_holds_per_funded_customer` of
+/// one customer's, a lost bid is forgotten at once.
 pub const MAX_LOST_BIDS: usize = 256;
 
 /// A price limit within which counter-offers are accepted automatically.
@@ -350,8 +355,11 @@ pub struct MarketState<S> {
     offers: BTreeMap<OfferId, Offer>,
     replay: ReplayGuard,
     ledger: CapacityLedger,
-    /// Our bids, by auction, while their capacity is held (tentatively, or for an award).
+    /// Our bids, by auction, while their capacity is held (tentatively, or for an award), or
+    /// lost but kept for a next-bid award.
     my_bids: BTreeMap<AuctionId, MyBid>,
+    /// How many of `my_bids` are lost, in all and by customer (`book/lost.rs`).
+    lost_bids: lost::LostBids,
     deals: BTreeMap<AwardId, Deal<S>>,
     last_nonce: u64,
     counters: BookCounters,
@@ -397,6 +405,7 @@ impl<S: Signer + Clone> MarketState<S> {
             auctions: BTreeMap::new(),
             offers: BTreeMap::new(),
             my_bids: BTreeMap::new(),
+            lost_bids: lost::LostBids::default(),
             deals: BTreeMap::new(),
             last_nonce: 0,
             restricted: BTreeMap::new(),
@@ -508,6 +517,13 @@ impl<S: Signer + Clone> MarketState<S> {
         }
         // An award of ours that ended without a deal goes to the next bid (THREATS C32).
         self.award_next_bids(now, &mut out);
+        // Every test of the book checks that the counts of lost bids never drift (their bounds
+        // are checked on them, not on a scan).
+        #[cfg(test)]
+        assert!(
+            self.lost_in_step(),
+            "the counts of lost bids drifted from our bids"
+        );
         out
     }
 
@@ -574,6 +590,9 @@ impl<S: Signer + Clone> MarketState<S> {
 #[cfg(test)]
 #[path = "book/bounds_tests.rs"]
 mod bounds_tests;
+#[cfg(test)]
+#[path = "book/funding_tests.rs"]
+mod funding_tests;
 #[cfg(test)]
 #[path = "book/reject_tests.rs"]
 mod reject_tests;

@@ -128,9 +128,9 @@ pub struct CustomerRules {
     /// (for a taken offer: not above the award price).
     pub accept_counter_within_max: bool,
     /// The provider stake this node asks as customer, permille of the price: a bidder whose
-    /// ledger balance covers it wins before one whose balance is unknown, and that one before
-    /// one known not to cover it (THREATS C32). Keep it at `[deals.customer]
-    /// provider_stake_permille`.
+    /// ledger balance covers it at the auction's maximum price wins first, then one whose
+    /// balance covers it at its own price, then one whose balance is unknown, then the rest
+    /// (THREATS C32). Keep it at `[deals.customer] provider_stake_permille`.
     pub provider_stake_permille: u64,
 }
 
@@ -151,7 +151,9 @@ impl Default for CustomerRules {
 pub struct NegotiationRules {
     /// Maximum number of counter-offers after the award.
     pub max_rounds: u32,
-    /// Time from award to agreement before the deal lapses, ms.
+    /// Time from award to agreement before the deal lapses, ms. Our awards of bids have at
+    /// most a quarter of `provider.hold_grace_ms` (at least 10 s), so that the next bid is
+    /// awarded while the losers still keep their bids (THREATS C32).
     pub timeout_ms: u64,
 }
 

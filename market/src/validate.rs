@@ -36,7 +36,10 @@ pub struct Limits {
     pub max_ttl_ms: u64,
     /// Longest accepted service duration, ms.
     pub max_duration_ms: u64,
-    /// Furthest a pre-contracted slot (`start_at`) may start ahead of our clock, ms.
+    /// Furthest a pre-contracted slot (`start_at`) may start ahead of our clock, ms. Keep it
+    /// above 30 s ([`MAX_CREATED_AHEAD_MS`]): a node's own slot auction starts at least that
+    /// much short of it, for the clocks of the nodes that relay it, so with 30 s or less the
+    /// node opens none (refused with a hint saying so); others' are judged by it as ever.
     pub max_slot_lead_ms: u64,
     /// Largest accepted CPU request, millicores.
     pub max_cpu_millis: u64,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AuctionStatus, MarketState};
+use super::{AuctionStatus, Effect, MarketState};
 use crate::auction::{AuctionRequest, Bid, Offer};
 use crate::capacity::ReservationKey;
 use crate::error::MarketError;
@@ -308,6 +308,41 @@ impl<S: Signer + Clone> MarketState<S> {
                 }
             }
         }
+    }
+
+    /// Auto-bids on our rules on auction `id` (`req`, in the book) if it is open, open to us,
+    /// not ours and not bid on yet, and a bid may hold capacity ([`Self::may_auto_bid`] and
+    /// who can pay, [`Self::may_hold_for`]; refusals counted and logged): the one decision of an
+    /// auction's arrival, of the auctions passed over until the capacity of our running
+    /// contracts was restored, and of those declined for want of their customer's balance
+    /// when it arrives. Whether a bid was tried (a failure is pushed as `Rejected`).
+    pub(super) fn auto_bid(
+        &mut self,
+        now: Timestamp,
+        id: AuctionId,
+        req: &AuctionRequest,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let b = &req.body;
+        let status = self.auctions.get(&id).map(|e| &e.status);
+        let open = status == Some(&AuctionStatus::Open) && b.window_closes_at > now;
+        let bid_before = self.my_bids.contains_key(&id);
+        // An auction restricted to other providers is not ours to bid on: a bid would only hold
+        // capacity and count against its customer's holds here, so a deployer placing three
+        // targets at once had the third target decline its own.
+        if !open || b.customer == self.me || !self.open_to_me(req) || bid_before {
+            return false;
+        }
+        let Some(spec) = self.config.dmu.provider.decide_bid(b, &self.ledger) else {
+            return false;
+        };
+        if !self.may_auto_bid(now, req) || !self.may_hold_for(id, req, spec.price) {
+            return false;
+        }
+        if let Err(error) = self.place_bid(now, id, spec, out) {
+            out.push(Effect::Rejected { from: None, error });
+        }
+        true
     }
 
     /// Whether an auto-bid on `req` may hold capacity: the capacity of our running contracts

@@ -11,7 +11,7 @@ use crate::test_utils::{AuctionBuilder, BidBuilder, big_capacity, offer, provide
 
 const DAY: u64 = 24 * 3_600_000;
 
-fn provider(capacity: Resources) -> MarketState<KeySigner> {
+pub(super) fn provider(capacity: Resources) -> MarketState<KeySigner> {
     let mut c = provider_config(capacity);
     // These tests are about how long holds last, not about who pays: customers nobody vouched
     // for may hold all of the capacity here (their share is tested on its own, THREATS C31).
@@ -19,7 +19,11 @@ fn provider(capacity: Resources) -> MarketState<KeySigner> {
     MarketState::new(signer(2), c)
 }
 
-fn remote(node: &mut MarketState<KeySigner>, now: Timestamp, msg: MarketMessage) -> Vec<Effect> {
+pub(super) fn remote(
+    node: &mut MarketState<KeySigner>,
+    now: Timestamp,
+    msg: MarketMessage,
+) -> Vec<Effect> {
     node.handle(
         now,
         Input::Remote {
@@ -30,7 +34,7 @@ fn remote(node: &mut MarketState<KeySigner>, now: Timestamp, msg: MarketMessage)
 }
 
 /// The bid a provider sent in `out`, if any.
-fn sent_bid(out: &[Effect]) -> Option<Bid> {
+pub(super) fn sent_bid(out: &[Effect]) -> Option<Bid> {
     out.iter().find_map(|e| match e {
         Effect::Send {
             msg: MarketMessage::Bid(b),
@@ -41,7 +45,12 @@ fn sent_bid(out: &[Effect]) -> Option<Bid> {
 }
 
 /// The customer's award of `bid` on `req`, expiring at `expires_at`.
-fn award_for(customer: &KeySigner, req: &AuctionRequest, bid: &Bid, expires_at: u64) -> Award {
+pub(super) fn award_for(
+    customer: &KeySigner,
+    req: &AuctionRequest,
+    bid: &Bid,
+    expires_at: u64,
+) -> Award {
     let body = AwardBody {
         customer: customer.node_id(),
         provider: bid.body.provider,
@@ -59,7 +68,7 @@ fn award_for(customer: &KeySigner, req: &AuctionRequest, bid: &Bid, expires_at: 
     Signed::sign(body, customer).unwrap()
 }
 
-fn rejected(out: &[Effect]) -> Vec<MarketError> {
+pub(super) fn rejected(out: &[Effect]) -> Vec<MarketError> {
     out.iter()
         .filter_map(|e| match e {
             Effect::Rejected { error, .. } => Some(error.clone()),
@@ -1033,8 +1042,14 @@ fn a_bid_that_lost_may_be_awarded_until_its_hold_would_have_lapsed() {
             .reservations()
             .contains_key(&ReservationKey::Auction(a.id().unwrap()))
     );
-    // Past the grace: forgotten, refused.
+    // Past the grace: forgotten, refused (the customer's balance fed again, so that only the
+    // grace decides: a balance older than `BALANCE_MAX_AGE_MS` would forget it at once).
+    p.handle(100_000, Input::Balances(vec![(k.node_id(), 1_000_000)]));
     let (a, bid) = lose(&mut p, 100_000);
+    assert!(
+        p.my_bid(&a.id().unwrap()).is_some(),
+        "kept within the grace"
+    );
     let close = a.body.window_closes_at;
     p.handle(close + 10_001, Input::Tick);
     assert!(p.my_bid(&a.id().unwrap()).is_none());
@@ -1102,22 +1117,10 @@ fn lost_bids_awarded_later_keep_to_the_budgets_of_who_can_pay() {
         ..Resources::default()
     };
     let awarded = |out: &[Effect]| out.iter().any(|e| matches!(e, Effect::Awarded { .. }));
-    // Two auctions bid on, both awarded to a made-up provider: our holds go.
-    let lose_two = |p: &mut MarketState<KeySigner>, k: &KeySigner, now: u64| {
-        (0..2)
-            .map(|i| {
-                let a = AuctionBuilder::new()
-                    .resources(half.clone())
-                    .build(k, now + i);
-                let bid = sent_bid(&remote(p, now + i, MarketMessage::Auction(a.clone())))
-                    .expect("a bid");
-                let other = BidBuilder::new(&a).build(&signer(99));
-                let close = a.body.window_closes_at;
-                let award = award_for(k, &a, &other, close + 60_000);
-                assert!(rejected(&remote(p, now + i, MarketMessage::Award(award))).is_empty());
-                (a, bid)
-            })
-            .collect::<Vec<_>>()
+    let auction = |p: &mut MarketState<KeySigner>, k: &KeySigner, now: u64| {
+        let a = AuctionBuilder::new().resources(half.clone()).build(k, now);
+        let bid = sent_bid(&remote(p, now, MarketMessage::Auction(a.clone()))).expect("a bid");
+        (a, bid)
     };
     for (funded, seed) in [(false, 80), (true, 81)] {
         let mut p = MarketState::new(signer(2), c.clone());
@@ -1125,7 +1128,16 @@ fn lost_bids_awarded_later_keep_to_the_budgets_of_who_can_pay() {
         if funded {
             p.handle(0, Input::Balances(vec![(k.node_id(), 1_000_000)]));
         }
-        let lost = lose_two(&mut p, &k, 1);
+        // Two auctions bid on, both awarded to a made-up provider: our holds go.
+        let lost: Vec<_> = (1..3)
+            .map(|now| {
+                let (a, bid) = auction(&mut p, &k, now);
+                let other = BidBuilder::new(&a).build(&signer(99));
+                let award = award_for(&k, &a, &other, a.body.window_closes_at + 60_000);
+                assert!(rejected(&remote(&mut p, now, MarketMessage::Award(award))).is_empty());
+                (a, bid)
+            })
+            .collect();
         assert!(p.ledger().reservations().is_empty());
         assert_eq!(
             lost.iter()
@@ -1135,17 +1147,9 @@ fn lost_bids_awarded_later_keep_to_the_budgets_of_who_can_pay() {
         );
         // Two more bids fill the customer's budget (a stranger's: the quarter; a funded
         // one's: its cap of two unpaid holds).
-        let more = lose_two(&mut p, &k, 10);
-        for (a, bid) in &more {
-            let close = a.body.window_closes_at;
-            let out = remote(
-                &mut p,
-                20,
-                MarketMessage::Award(award_for(&k, a, bid, close + 60_000)),
-            );
-            assert!(awarded(&out) == funded, "{out:?}");
-        }
-        // The first lost bids, awarded to us now: refused, nothing more held.
+        auction(&mut p, &k, 10);
+        auction(&mut p, &k, 11);
+        // The lost bids, awarded to us now: refused, nothing more held.
         let before = p.ledger().reservations().len();
         for (a, bid) in &lost {
             let close = a.body.window_closes_at;

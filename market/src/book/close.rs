@@ -2,7 +2,6 @@
 
 use super::{AuctionStatus, Effect, MarketState};
 use crate::auction::{AwardBody, AwardSubject};
-use crate::capacity::ReservationKey;
 use crate::error::MarketError;
 use crate::identity::{Signer, Timestamp};
 use crate::ids::{AuctionId, BidId};
@@ -10,7 +9,24 @@ use crate::message::{MarketMessage, topic_for_region};
 use crate::signed::Signed;
 use crate::validate::check_bid_constraints;
 
+/// The least time an award of ours has to be agreed ([`MarketState::award_lapse_ms`]), ms: a
+/// node that lets its bids' holds lapse soon after the window (`hold_grace_ms`) still gives an
+/// award the time to reach the provider and be answered.
+pub(super) const MIN_AWARD_LAPSE_MS: u64 = 10_000;
+
 impl<S: Signer + Clone> MarketState<S> {
+    /// How long our award of a bid has to be agreed before it lapses and the next bid is
+    /// awarded (THREATS C32), ms: `negotiation.timeout_ms`, but at most a quarter of
+    /// `hold_grace_ms` (not below [`MIN_AWARD_LAPSE_MS`]). The losers keep their bids until
+    /// the window's close + `hold_grace_ms` (ours, as a stand-in for theirs), so a full timeout
+    /// (60 s of the 2 min) let the next bid be tried only once or twice; an honest provider
+    /// agrees at once.
+    pub(super) fn award_lapse_ms(&self) -> u64 {
+        let dmu = &self.config.dmu;
+        let quarter = (dmu.provider.hold_grace_ms / 4).max(MIN_AWARD_LAPSE_MS);
+        dmu.negotiation.timeout_ms.min(quarter)
+    }
+
     /// Whether `entry` is our own auction open only to some providers and each of them has
     /// bid: no other bid may win it, so it closes now rather than at its window's end (a fleet
     /// placement's window is long so that a target's bid slowed by a loaded machine or link
@@ -91,14 +107,7 @@ impl<S: Signer + Clone> MarketState<S> {
         let award_holds = &self.award_holds;
         self.offer_holds
             .retain(|award, _| award_holds.contains_key(award));
-        // A bid whose hold lapsed with no award is forgotten: a late award of it is refused
-        // (`UnknownBid`), and its auction is no longer needed in a full book (kept until its
-        // expiry, up to 7 days, throwaway keys filled the book with auctions bid on once;
-        // THREATS C30). An award of our bid keeps it, also after the auction left the book.
-        self.my_bids.retain(|id, mine| {
-            held.contains_key(&ReservationKey::Auction(*id))
-                || mine.lost_until.is_some_and(|t| t > now)
-        });
+        self.forget_bids(now);
         if !lapsed.is_empty() {
             self.counters.holds_lapsed += lapsed.len() as u64;
             tracing::debug!(
@@ -157,12 +166,13 @@ impl<S: Signer + Clone> MarketState<S> {
             duration_ms,
             kind,
             nonce,
-            expires_at: now.saturating_add(self.config.dmu.negotiation.timeout_ms),
+            expires_at: now.saturating_add(self.award_lapse_ms()),
         };
         let award = Signed::sign(body, &self.signer)?;
         let award_id = award.id()?;
+        let deal = self.new_deal(now, &award, award_id, None)?;
         self.replay.record(&award.body)?;
-        self.start_deal(now, &award, award_id, None, out)?;
+        self.start_deal(award_id, deal, out);
         if let Some(entry) = self.auctions.get_mut(&auction) {
             entry.status = AuctionStatus::Awarded {
                 award: award_id,

@@ -10,17 +10,19 @@ use crate::message::MarketMessage;
 use crate::negotiation::{Negotiation, NegotiationEffect, NegotiationInput, NegotiationStatus};
 
 impl<S: Signer + Clone> MarketState<S> {
-    /// Starts negotiating `award` (we are customer or provider). It lapses at the award's
-    /// expiry; as provider, no later than our own negotiation timeout from now, so a customer
-    /// cannot hold our capacity with a far-off expiry.
-    pub(super) fn start_deal(
-        &mut self,
+    /// The negotiation of `award` (we are customer or provider), holding `reservation` once
+    /// started ([`Self::start_deal`]). It lapses at the award's expiry; as provider, no later
+    /// than our own negotiation timeout from now, so a customer cannot hold our capacity with
+    /// a far-off expiry. Built before anything is recorded or reserved for the award, so that
+    /// its one failure (an encoding error) leaves nothing behind: before, a hold taken for the
+    /// award stayed 11 minutes with no deal (third review of session 52).
+    pub(super) fn new_deal(
+        &self,
         now: Timestamp,
         award: &Award,
         award_id: AwardId,
         reservation: Option<ReservationKey>,
-        out: &mut Vec<Effect>,
-    ) -> Result<(), MarketError> {
+    ) -> Result<Deal<S>, MarketError> {
         let rules = &self.config.dmu.negotiation;
         let b = &award.body;
         // Counter-offers inside these bounds are accepted without asking the operator.
@@ -53,16 +55,19 @@ impl<S: Signer + Clone> MarketState<S> {
             rules.max_rounds,
             deadline,
         )?;
-        self.deals.insert(
-            award_id,
-            Deal {
-                negotiation,
-                reservation,
-                auto_accept,
-            },
-        );
-        out.push(Effect::ScheduleTimeout { at: deadline });
-        Ok(())
+        Ok(Deal {
+            negotiation,
+            reservation,
+            auto_accept,
+        })
+    }
+
+    /// Starts negotiating `award` with `deal` ([`Self::new_deal`]): it cannot fail.
+    pub(super) fn start_deal(&mut self, award: AwardId, deal: Deal<S>, out: &mut Vec<Effect>) {
+        out.push(Effect::ScheduleTimeout {
+            at: deal.negotiation.deadline(),
+        });
+        self.deals.insert(award, deal);
     }
 
     /// Feeds a local decision or peer message to the negotiation of `award`.

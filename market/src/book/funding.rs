@@ -14,11 +14,11 @@
 //! auction declined for want of a known balance is decided again when its customer's balance
 //! arrives, so an honest customer's first auction still gets a bid.
 //!
-//! As customer, a bidder whose balance covers the provider stake wins before one whose balance
-//! is unknown, and that one before one known not to cover it: a free key bidding 1 token
-//! outscored every honest bid and then never dealt. An award that ends without a deal (the
-//! provider refused it or let it lapse, not when we walked away) goes to the next bid while
-//! the auction lasts.
+//! As customer, a bidder whose balance covers the provider stake at the auction's maximum price
+//! wins first, then one whose balance covers it at its own price, then one whose balance is
+//! unknown, then the rest: a free key bidding 1 token outscored every honest bid and then never
+//! dealt. An award that ends without a deal (the provider refused it or let it lapse, not when
+//! we walked away) goes to the next bid while the auction lasts.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,6 +35,14 @@ pub const MAX_BALANCES: usize = 4_096;
 /// How long a fed balance counts as current: older ones are asked for again
 /// ([`MarketState::balances_wanted`]), ms.
 pub const BALANCE_TTL_MS: u64 = 10_000;
+/// How old a fed balance may be and still decide what a customer may hold on an award of our
+/// bid (a lost bid kept, or taken again), ms; an older one counts as unknown. Once an auction
+/// is awarded it is no longer open, so nothing else asks for its customer's balance, and the
+/// feed's push leaves out accounts that stopped being funded: the balance of a key that drained
+/// its account stayed in use until evicted (third review of session 52). The customers of our
+/// lost bids are asked for again after [`BALANCE_TTL_MS`], which leaves the ledger query the
+/// rest of this to answer.
+pub const BALANCE_MAX_AGE_MS: u64 = 3 * BALANCE_TTL_MS;
 /// Most holds whose customer the book remembers; a hold beyond it counts as a stranger's.
 const MAX_HELD_FOR: usize = 16_384;
 /// Most auctions waiting for their customer's balance to be decided again.
@@ -82,12 +90,44 @@ impl Funding {
     fn balance(&self, node: &NodeId) -> Option<u64> {
         self.balances.get(node).map(|k| k.balance)
     }
+
+    /// `node`'s balance if it was fed at `since` or later.
+    fn balance_since(&self, node: &NodeId, since: Timestamp) -> Option<u64> {
+        self.balances
+            .get(node)
+            .filter(|k| k.at >= since)
+            .map(|k| k.balance)
+    }
 }
 
-impl<S: Signer + Clone> MarketState<S> {
-    /// Whether the ledger counts `node` funded, as last fed.
-    pub(super) fn known_to_pay(&self, node: &NodeId) -> bool {
-        self.funding.balance(node).is_some_and(|b| b > 0)
+/// Since when a balance must have been fed to decide on an award at `now`
+/// ([`BALANCE_MAX_AGE_MS`]).
+pub(super) fn fresh_since(now: Timestamp) -> Timestamp {
+    now.saturating_sub(BALANCE_MAX_AGE_MS)
+}
+
+/// Why a new hold may not be taken for a customer, by who can pay (module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum HoldRefusal {
+    /// Known to pay, it holds `max_holds_per_funded_customer` not paid for yet.
+    FundedCap,
+    /// Not known to pay, it holds `max_holds_per_customer`, awards included.
+    StrangerCap,
+    /// Customers not known to pay hold `max_stranger_holds` in all.
+    StrangerHolds,
+    /// The share of customers not known to pay is used.
+    StrangerShare,
+}
+
+impl HoldRefusal {
+    /// For the log.
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            HoldRefusal::FundedCap => "a customer known to pay holds enough not paid for yet",
+            HoldRefusal::StrangerCap => "a customer not known to pay holds enough, awards included",
+            HoldRefusal::StrangerHolds => "customers not known to pay hold enough in all",
+            HoldRefusal::StrangerShare => "the share of customers not known to pay is used",
+        }
     }
 }
 
@@ -141,8 +181,10 @@ impl<S: Signer + Clone> MarketState<S> {
 
     /// Whose balance the book would like, because it knows none or only one older than
     /// [`BALANCE_TTL_MS`]: the customers of auctions declined for want of it first, then of
-    /// the open auctions this node may bid on, then the bidders on our own open auctions; at
-    /// most `max`. The node answers with [`Input::Balances`](super::Input::Balances).
+    /// our lost bids (an award of one is decided on a balance fed within
+    /// [`BALANCE_MAX_AGE_MS`]), then of the open auctions this node may bid on, then the
+    /// bidders on our own open auctions; at most `max`. The node answers with
+    /// [`Input::Balances`](super::Input::Balances).
     pub fn balances_wanted(&self, now: Timestamp, max: usize) -> Vec<NodeId> {
         let me = self.me;
         let stale = |n: &NodeId| {
@@ -157,6 +199,11 @@ impl<S: Signer + Clone> MarketState<S> {
             .iter()
             .filter_map(|id| self.auctions.get(id))
             .map(|e| e.request.body.customer);
+        let lost = self
+            .my_bids
+            .values()
+            .filter(move |m| m.lost_until.is_some_and(|t| t > now))
+            .map(|m| m.customer);
         let bidding = self.config.dmu.provider.auto_bid;
         let customers = self
             .auctions
@@ -177,6 +224,7 @@ impl<S: Signer + Clone> MarketState<S> {
             .flat_map(|e| e.bids.values().map(|b| b.body.provider));
         let mut seen = BTreeSet::new();
         awaiting
+            .chain(lost)
             .chain(customers)
             .chain(bidders)
             .filter(|n| stale(n) && seen.insert(*n))
@@ -232,25 +280,12 @@ impl<S: Signer + Clone> MarketState<S> {
 
     /// Decides again on auction `id`, declined before for want of its customer's balance.
     fn bid_again(&mut self, now: Timestamp, id: AuctionId, out: &mut Vec<Effect>) {
-        let Some(entry) = self.auctions.get(&id) else {
+        let Some(req) = self.auctions.get(&id).map(|e| e.request.clone()) else {
             return;
         };
-        let b = &entry.request.body;
-        let open = entry.status == AuctionStatus::Open && b.window_closes_at > now;
-        let for_me = b.customer != self.me && (b.only.is_empty() || b.only.contains(&self.me));
-        if !open || !for_me || self.my_bids.contains_key(&id) {
-            return;
-        }
-        let req = entry.request.clone();
-        let Some(spec) = self.config.dmu.provider.decide_bid(&req.body, &self.ledger) else {
-            return;
-        };
-        if self.may_auto_bid(now, &req) && self.may_hold_for(id, &req, spec.price) {
+        if self.auto_bid(now, id, &req, out) {
             let customer = req.body.customer;
-            tracing::debug!(auction = %id.short(), customer = %customer.short(), "customer's balance known: bidding");
-            if let Err(error) = self.place_bid(now, id, spec, out) {
-                out.push(Effect::Rejected { from: None, error });
-            }
+            tracing::debug!(auction = %id.short(), customer = %customer.short(), "customer's balance known: bid");
         }
     }
 
@@ -289,52 +324,92 @@ impl<S: Signer + Clone> MarketState<S> {
         unpaid
     }
 
-    /// Whether an auto-bid at `price` on `req` (auction `id`) may hold capacity, by who can
-    /// pay (module docs). Counts and logs a refusal; the auction is decided again when its
-    /// customer's balance arrives ([`Self::learn_balances`]).
-    pub(super) fn may_hold_for(&mut self, id: AuctionId, req: &AuctionRequest, price: u64) -> bool {
+    /// Whether `customer`'s balance, fed at `since` or later, covers the price and customer
+    /// stake of every hold we keep for it not paid for yet (`theirs`) and of a new one at
+    /// `price`: what makes it known to pay for the new hold (module docs).
+    fn pays_for(
+        &self,
+        since: Timestamp,
+        customer: &NodeId,
+        theirs: Option<&Unpaid>,
+        price: u64,
+    ) -> bool {
+        let need = theirs.map_or(0, |u| u.cost)
+            + u128::from(price)
+            + part_of(price, self.config.dmu.provider.customer_stake_permille);
+        self.funding
+            .balance_since(customer, since)
+            .is_some_and(|b| covers(b, need))
+    }
+
+    /// [`Self::pays_for`] with the holds we keep for `customer` now.
+    pub(super) fn pays_for_another(&self, since: Timestamp, customer: &NodeId, price: u64) -> bool {
+        let unpaid = self.unpaid_holds();
+        self.pays_for(since, customer, unpaid.get(&Some(*customer)), price)
+    }
+
+    /// Why a new hold at `price` for `req`'s customer may not be taken, by who can pay (module
+    /// docs), or `None` if it may; balances fed before `since` count as unknown. Pure: an
+    /// auto-bid counts and logs a refusal ([`Self::may_hold_for`]); an award of a lost bid is
+    /// only refused, since it records nothing and may be sent again at will (review of session
+    /// 52: each resend counted a declined bid).
+    pub(super) fn hold_refusal(
+        &self,
+        since: Timestamp,
+        req: &AuctionRequest,
+        price: u64,
+    ) -> Option<HoldRefusal> {
         let rules = &self.config.dmu.provider;
         let customer = req.body.customer;
         let unpaid = self.unpaid_holds();
         let theirs = unpaid.get(&Some(customer));
-        let need = theirs.map_or(0, |u| u.cost)
-            + u128::from(price)
-            + part_of(price, rules.customer_stake_permille);
-        let balance = self.funding.balance(&customer);
-        let funded = balance.is_some_and(|b| covers(b, need));
         let holds = theirs.map_or(0, |u| u.holds);
-        let reason = if funded {
-            if holds < rules.max_holds_per_funded_customer {
-                return true;
-            }
-            "a customer known to pay holds enough not paid for yet"
+        if self.pays_for(since, &customer, theirs, price) {
+            (holds >= rules.max_holds_per_funded_customer).then_some(HoldRefusal::FundedCap)
         } else if holds >= rules.max_holds_per_customer {
-            "a customer not known to pay holds enough, awards included"
-        } else if self.stranger_holds(&unpaid) >= rules.max_stranger_holds {
-            "customers not known to pay hold enough in all"
-        } else if !self.fits_strangers_share(&unpaid, &req.body.resources) {
-            "the share of customers not known to pay is used"
+            Some(HoldRefusal::StrangerCap)
+        } else if self.stranger_holds(since, &unpaid) >= rules.max_stranger_holds {
+            Some(HoldRefusal::StrangerHolds)
+        } else if !self.fits_strangers_share(since, &unpaid, &req.body.resources) {
+            Some(HoldRefusal::StrangerShare)
         } else {
+            None
+        }
+    }
+
+    /// Whether an auto-bid at `price` on `req` (auction `id`) may hold capacity, by who can
+    /// pay, on every balance fed ([`Self::hold_refusal`]). Counts and logs a refusal; the
+    /// auction is decided again when its customer's balance arrives
+    /// ([`Self::learn_balances`]).
+    pub(super) fn may_hold_for(&mut self, id: AuctionId, req: &AuctionRequest, price: u64) -> bool {
+        let Some(refusal) = self.hold_refusal(0, req, price) else {
             return true;
         };
         self.counters.auto_bids_declined += 1;
-        if !funded && self.funding.awaiting.len() < MAX_AWAITING {
+        if refusal != HoldRefusal::FundedCap && self.funding.awaiting.len() < MAX_AWAITING {
             self.funding.awaiting.insert(id);
         }
-        tracing::debug!(auction = %id.short(), customer = %customer.short(), ?balance, reason, "auto-bid declined");
+        let customer = req.body.customer;
+        let balance = self.funding.balance(&customer);
+        tracing::debug!(auction = %id.short(), customer = %customer.short(), ?balance, reason = refusal.reason(), "auto-bid declined");
         false
     }
 
-    /// Whether `who`, whose unpaid holds are `u`, is a stranger: not known to pay for them.
-    fn is_stranger(&self, who: &Option<NodeId>, u: &Unpaid) -> bool {
-        !who.is_some_and(|n| self.funding.balance(&n).is_some_and(|b| covers(b, u.cost)))
+    /// Whether `who`, whose unpaid holds are `u`, is a stranger: not known to pay for them on a
+    /// balance fed at `since` or later.
+    fn is_stranger(&self, since: Timestamp, who: &Option<NodeId>, u: &Unpaid) -> bool {
+        !who.is_some_and(|n| {
+            self.funding
+                .balance_since(&n, since)
+                .is_some_and(|b| covers(b, u.cost))
+        })
     }
 
     /// How many unpaid holds all strangers keep here together.
-    fn stranger_holds(&self, unpaid: &BTreeMap<Option<NodeId>, Unpaid>) -> usize {
+    fn stranger_holds(&self, since: Timestamp, unpaid: &BTreeMap<Option<NodeId>, Unpaid>) -> usize {
         unpaid
             .iter()
-            .filter(|(who, u)| self.is_stranger(who, u))
+            .filter(|(who, u)| self.is_stranger(since, who, u))
             .map(|(_, u)| u.holds)
             .sum()
     }
@@ -343,12 +418,15 @@ impl<S: Signer + Clone> MarketState<S> {
     /// fit in their share of our capacity.
     fn fits_strangers_share(
         &self,
+        since: Timestamp,
         unpaid: &BTreeMap<Option<NodeId>, Unpaid>,
         need: &Resources,
     ) -> bool {
         let rules = &self.config.dmu.provider;
         let mut held = Resources::default();
-        let strangers = unpaid.iter().filter(|(who, u)| self.is_stranger(who, u));
+        let strangers = unpaid
+            .iter()
+            .filter(|(who, u)| self.is_stranger(since, who, u));
         for r in strangers.map(|(_, u)| &u.resources).chain([need]) {
             match held.checked_add(r) {
                 Ok(sum) => held = sum,
@@ -361,10 +439,11 @@ impl<S: Signer + Clone> MarketState<S> {
         ))
     }
 
-    /// The best bid on our auction `id`: bidders whose balance covers the provider stake
-    /// first, then those whose balance is unknown, then the rest, each by score (module
-    /// docs). Bids from providers the auction is not open to, or passed over after their
-    /// award ended without a deal, never win.
+    /// The best bid on our auction `id`: bidders whose balance covers the provider stake at the
+    /// auction's maximum price first, then those whose balance covers it at their own price,
+    /// then those whose balance is unknown, then the rest, each by score (module docs). Bids
+    /// from providers the auction is not open to, or passed over after their award ended
+    /// without a deal, never win.
     pub(super) fn choose_winner(&self, id: &AuctionId) -> Option<BidScore> {
         let entry = self.auctions.get(id)?;
         let rules = &self.config.dmu.customer;
@@ -378,16 +457,20 @@ impl<S: Signer + Clone> MarketState<S> {
                 only.is_none_or(|o| o.contains(p)) && passed.is_none_or(|s| !s.contains(p))
             })
             .collect();
-        // The stake at the auction's ceiling, not the bid's own price: a 1-token bid's stake is
-        // nothing, so any funded key qualified (review of session 52).
-        let max_price = entry.request.body.max_price;
-        let stake = |_: &Bid| part_of(max_price, rules.provider_stake_permille);
+        // The stake at the auction's ceiling ranks first: a 1-token bid's own stake is nothing,
+        // so any funded key qualified by it. Yet a provider whose balance covers only the stake
+        // at its own price still outranks the unknown and those known not to pay (a free key is
+        // fed as 0): ranked with them, the free key's 1-token bid won on score again (third
+        // review of session 52).
+        let permille = rules.provider_stake_permille;
+        let ceiling = part_of(entry.request.body.max_price, permille);
         let tier = |b: &Bid| match self.funding.balance(&b.body.provider) {
-            Some(balance) if covers(balance, stake(b)) => 2,
+            Some(balance) if covers(balance, ceiling) => 3,
+            Some(balance) if covers(balance, part_of(b.body.price, permille)) => 2,
             None => 1,
             Some(_) => 0,
         };
-        [2u8, 1, 0].into_iter().find_map(|t| {
+        [3u8, 2, 1, 0].into_iter().find_map(|t| {
             select_winner_known(
                 &entry.request,
                 *id,

@@ -28,21 +28,25 @@ impl<S: Signer + Clone> MarketState<S> {
         let id = check_auction(&req, now, &self.config.limits)?;
         // Relays judge a slot's lead on their own clocks, which may lag ours by the gossip
         // skew: leave them that margin, or a slot right at the limit is dropped on the way
-        // (review of session 52).
-        let lead = self
-            .config
-            .limits
-            .max_slot_lead_ms
-            .saturating_sub(crate::validate::MAX_CREATED_AHEAD_MS);
+        // (review of session 52). A limit of 30 s or less leaves no slot at all: said so.
+        let (limit, margin) = (
+            self.config.limits.max_slot_lead_ms,
+            crate::validate::MAX_CREATED_AHEAD_MS,
+        );
         if let Some(start_at) = req.body.start_at
-            && start_at > now.saturating_add(lead)
+            && start_at > now.saturating_add(limit.saturating_sub(margin))
         {
+            let hint = if limit <= margin {
+                "market.limits.max_slot_lead_ms is 30 s or less, the clock skew left to the nodes that relay a slot auction: raise it to open one"
+            } else {
+                "a slot starts within market.limits.max_slot_lead_ms of now, less 30 s for the clocks of the nodes that relay it"
+            };
             return Err(MarketError::Absurd {
                 kind: "auction",
                 id: id.to_string(),
                 field: "start_at",
                 value: start_at.to_string(),
-                hint: "a slot starts within market.limits.max_slot_lead_ms of now, less 30 s for the clocks of the nodes that relay it",
+                hint,
             });
         }
         self.replay.record(&req.body)?;
@@ -132,6 +136,7 @@ impl<S: Signer + Clone> MarketState<S> {
             MyBid {
                 bid: bid_id,
                 price: bid.body.price,
+                customer: b.customer,
                 image: b.service.clone(),
                 start_at: b.start_at,
                 duration_ms: b.duration_ms,
@@ -230,9 +235,10 @@ impl<S: Signer + Clone> MarketState<S> {
         };
         let award = Signed::sign(body, &self.signer)?;
         let award_id = award.id()?;
+        let deal = self.new_deal(now, &award, award_id, None)?;
         self.replay.record(&award.body)?;
         tracing::debug!(offer = %offer.short(), award = %award_id.short(), %region, "offer taken");
-        self.start_deal(now, &award, award_id, None, out)?;
+        self.start_deal(award_id, deal, out);
         out.push(Effect::Send {
             to: provider,
             msg: MarketMessage::Award(award),

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::funding::fresh_since;
 use super::{
     AuctionEntry, AuctionStatus, Effect, MAX_SNAPSHOT_PEERS, MarketState, SNAPSHOT_EVERY_MS,
 };
@@ -11,7 +12,7 @@ use crate::auction::{
 use crate::capacity::ReservationKey;
 use crate::error::MarketError;
 use crate::identity::{NodeId, Signer, Timestamp};
-use crate::ids::{AwardId, OfferId};
+use crate::ids::{AuctionId, AwardId, OfferId};
 use crate::message::MarketMessage;
 use crate::negotiation::NegotiationInput;
 use crate::validate::{check_auction, check_bid, check_offer};
@@ -88,32 +89,18 @@ impl<S: Signer + Clone> MarketState<S> {
         self.admit_auction(id, &req)?;
         self.replay.record(&req.body)?;
         tracing::debug!(auction = %id.short(), customer = %req.body.customer.short(), "auction accepted");
-        let close = req.body.window_closes_at;
-        // An auction restricted to other providers is not ours to bid on: a bid would only
-        // hold capacity and count against the customer's holds here (`may_auto_bid`), so a
-        // deployer placing three targets at once had the third target decline its own.
-        let not_for_us = !req.body.only.is_empty() && !req.body.only.contains(&self.me);
-        let decision = if req.body.customer == self.me || not_for_us {
-            None
-        } else {
-            self.config.dmu.provider.decide_bid(&req.body, &self.ledger)
-        };
-        let decision = decision
-            .filter(|spec| self.may_auto_bid(now, &req) && self.may_hold_for(id, &req, spec.price));
         self.auctions.insert(
             id,
             AuctionEntry {
-                request: req,
+                request: req.clone(),
                 bids: BTreeMap::new(),
                 status: AuctionStatus::Open,
             },
         );
-        out.push(Effect::ScheduleTimeout { at: close });
-        if let Some(spec) = decision
-            && let Err(error) = self.place_bid(now, id, spec, out)
-        {
-            out.push(Effect::Rejected { from: None, error });
-        }
+        out.push(Effect::ScheduleTimeout {
+            at: req.body.window_closes_at,
+        });
+        self.auto_bid(now, id, &req, out);
         Ok(())
     }
 
@@ -194,7 +181,7 @@ impl<S: Signer + Clone> MarketState<S> {
                 now,
             });
         }
-        let reservation = match b.subject {
+        let (reservation, deal) = match b.subject {
             AwardSubject::Bid { auction, bid } => {
                 let entry = self
                     .auctions
@@ -225,8 +212,21 @@ impl<S: Signer + Clone> MarketState<S> {
                 }
                 let auction_resources = entry.request.body.resources.clone();
                 let request = entry.request.clone();
-                let hold_lapses = self.hold_until(&request);
                 let key = ReservationKey::Auction(auction);
+                if b.provider != self.me {
+                    self.replay.record(&b)?;
+                    self.mark_awarded(auction, award_id, b.provider);
+                    // Someone else won: drop our tentative hold, if any. Our bid may be kept
+                    // until the hold would have lapsed: if that award ends without a deal, the
+                    // customer awards the next bid (THREATS C32), and the capacity is taken
+                    // again if it is still free (`book/lost.rs`).
+                    if self.my_bids.contains_key(&auction) {
+                        self.ledger.release(&key);
+                        let until = self.hold_until(&request);
+                        self.lose_bid(now, auction, until);
+                    }
+                    return Ok(());
+                }
                 // An award of our bid must be for what was bid on: the same bid, price and
                 // resources, and the auction's term and kind (an award for a year of a bid
                 // made for a minute's hosting was agreed and registered; market audit of
@@ -236,76 +236,45 @@ impl<S: Signer + Clone> MarketState<S> {
                 // provider was awarded may still be awarded until the hold would have lapsed
                 // (that award ended without a deal, THREATS C32). Checked before anything is
                 // recorded: a refused award changes nothing here.
-                let mut taken_again = false;
-                if b.provider == self.me {
-                    let held = self.ledger.reservations().contains_key(&key);
-                    match self.my_bids.get(&auction) {
-                        Some(mine)
-                            if mine.bid == bid
-                                && mine.price == b.price
-                                && auction_resources == b.resources
-                                && mine.duration_ms == b.duration_ms
-                                && mine.kind == b.kind
-                                && (held || mine.lost_until.is_some_and(|t| now <= t)) => {}
-                        _ => return Err(MarketError::UnknownBid { auction, bid }),
-                    }
-                    // A lost bid awarded after all: its capacity is taken again only within
-                    // the budgets of who can pay, as a new bid's (else a key awarding its own
-                    // auctions to a made-up provider, then to us, held all of our capacity
-                    // outside them; review of session 52), and only if it is free.
-                    if !held {
-                        if !self.may_hold_for(auction, &request, b.price) {
-                            return Err(MarketError::UnknownBid { auction, bid });
-                        }
-                        let until = now.saturating_add(super::AGREED_HOLD_MS);
-                        self.ledger.reserve(key, b.resources.clone(), Some(until))?;
-                        taken_again = true;
-                    }
+                let held = self.ledger.reservations().contains_key(&key);
+                match self.my_bids.get(&auction) {
+                    Some(mine)
+                        if mine.bid == bid
+                            && mine.price == b.price
+                            && auction_resources == b.resources
+                            && mine.duration_ms == b.duration_ms
+                            && mine.kind == b.kind
+                            && (held || mine.lost_until.is_some_and(|t| now <= t)) => {}
+                    _ => return Err(MarketError::UnknownBid { auction, bid }),
+                }
+                // A lost bid awarded after all: its capacity is taken again only within the
+                // budgets of who can pay, as a new bid's (else a key awarding its own auctions
+                // to a made-up provider, then to us, held all of our capacity outside them;
+                // review of session 52), on balances fed lately (a key that drained its
+                // account since is a stranger), and only if it is free. The check only
+                // refuses: a refused award records nothing and may come again.
+                let since = fresh_since(now);
+                if !held && let Some(refusal) = self.hold_refusal(since, &request, b.price) {
+                    tracing::debug!(auction = %auction.short(), reason = refusal.reason(), "award of a lost bid refused");
+                    return Err(MarketError::UnknownBid { auction, bid });
+                }
+                let deal = self.new_deal(now, &award, award_id, Some(key))?;
+                // Held until the contract is registered (extended then), or for good never: the
+                // bid's hold, or taken again here (and let go if the nonce is refused).
+                let until = now.saturating_add(super::AGREED_HOLD_MS);
+                if !held {
+                    self.ledger.reserve(key, b.resources.clone(), Some(until))?;
                 }
                 if let Err(e) = self.replay.record(&b) {
-                    if taken_again {
+                    if !held {
                         self.ledger.release(&key);
                     }
                     return Err(e);
                 }
-                if let Some(entry) = self.auctions.get_mut(&auction) {
-                    entry.status = AuctionStatus::Awarded {
-                        award: award_id,
-                        provider: b.provider,
-                    };
-                }
-                if b.provider != self.me {
-                    // Someone else won: drop our tentative hold, if any. A customer known to pay
-                    // keeps our bid until the hold would have lapsed: if that award ends
-                    // without a deal, it awards the next bid (THREATS C32), and the capacity
-                    // is taken again if it is still free. Nobody else's, and at most
-                    // `MAX_LOST_BIDS` of them: a key awarding its auctions to a made-up
-                    // provider piled up such records (review of session 52).
-                    if self.my_bids.contains_key(&auction) {
-                        self.ledger.release(&key);
-                        let lost = self
-                            .my_bids
-                            .values()
-                            .filter(|m| m.lost_until.is_some())
-                            .count();
-                        if self.known_to_pay(&b.customer) && lost < super::MAX_LOST_BIDS {
-                            if let Some(mine) = self.my_bids.get_mut(&auction) {
-                                mine.lost_until = Some(hold_lapses);
-                            }
-                        } else {
-                            self.my_bids.remove(&auction);
-                        }
-                    }
-                    return Ok(());
-                }
-                // Held until the contract is registered (extended then), or for good never: the
-                // bid's hold, or taken again above.
-                let until = now.saturating_add(super::AGREED_HOLD_MS);
+                self.mark_awarded(auction, award_id, b.provider);
                 self.ledger.hold_until(&key, until);
-                if let Some(mine) = self.my_bids.get_mut(&auction) {
-                    mine.lost_until = None;
-                }
-                key
+                self.unmark_lost(&auction);
+                (key, deal)
             }
             AwardSubject::Offer { offer } => {
                 if b.provider != self.me {
@@ -315,15 +284,21 @@ impl<S: Signer + Clone> MarketState<S> {
                 // work on top of them (THREATS C35).
                 self.require_restored()?;
                 self.check_offer_award(award_id, offer, &b)?;
-                self.replay.record(&b)?;
                 let key = ReservationKey::Award(award_id);
+                let deal = self.new_deal(now, &award, award_id, Some(key))?;
+                // Reserved before the nonce is recorded, and let go if that fails, as for a
+                // bid: a refused award changes nothing here (review of session 52).
                 let until = now.saturating_add(super::AGREED_HOLD_MS);
                 self.ledger.reserve(key, b.resources.clone(), Some(until))?;
-                key
+                if let Err(e) = self.replay.record(&b) {
+                    self.ledger.release(&key);
+                    return Err(e);
+                }
+                (key, deal)
             }
         };
         tracing::debug!(award = %award_id.short(), customer = %b.customer.short(), price = b.price, "award received");
-        self.start_deal(now, &award, award_id, Some(reservation), out)?;
+        self.start_deal(award_id, deal, out);
         self.award_holds.insert(award_id, reservation);
         if let AwardSubject::Offer { offer } = b.subject {
             self.offer_holds.insert(award_id, (offer, b.customer));
@@ -346,6 +321,13 @@ impl<S: Signer + Clone> MarketState<S> {
             self.negotiate(now, award_id, NegotiationInput::Accept, out)?;
         }
         Ok(())
+    }
+
+    /// Our auction book's record that `auction` was awarded to `provider` by `award`.
+    fn mark_awarded(&mut self, auction: AuctionId, award: AwardId, provider: NodeId) {
+        if let Some(entry) = self.auctions.get_mut(&auction) {
+            entry.status = AuctionStatus::Awarded { award, provider };
+        }
     }
 
     /// Whether `b`, an award of our standing `offer`, may hold capacity: it takes the offer as

@@ -84,35 +84,17 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 
     /// Auto-bids on the open auctions that came in while the capacity was not restored, as on
-    /// their arrival.
+    /// their arrival (the strangers' budgets too, THREATS C31).
     fn bid_on_deferred(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
-        let me = self.me;
         let open: Vec<AuctionId> = self
             .auctions
             .iter()
-            .filter(|(id, e)| {
-                e.status == AuctionStatus::Open
-                    && e.request.body.customer != me
-                    && e.request.body.window_closes_at > now
-                    && self.open_to_me(&e.request)
-                    && !self.my_bids.contains_key(*id)
-            })
+            .filter(|(_, e)| e.status == AuctionStatus::Open)
             .map(|(id, _)| *id)
             .collect();
         for id in open {
-            let Some(req) = self.auctions.get(&id).map(|e| e.request.clone()) else {
-                continue;
-            };
-            let decision = self.config.dmu.provider.decide_bid(&req.body, &self.ledger);
-            // The strangers' budgets too (THREATS C31): auctions gossiped while the ledger
-            // caught up are decided as on their arrival.
-            let decision = decision.filter(|spec| {
-                self.may_auto_bid(now, &req) && self.may_hold_for(id, &req, spec.price)
-            });
-            if let Some(spec) = decision
-                && let Err(error) = self.place_bid(now, id, spec, out)
-            {
-                out.push(Effect::Rejected { from: None, error });
+            if let Some(req) = self.auctions.get(&id).map(|e| e.request.clone()) {
+                self.auto_bid(now, id, &req, out);
             }
         }
     }

@@ -15,7 +15,7 @@
 //!   devnet's providers ask at least 50 tokens). Node1 awards an honest, funded provider, the
 //!   contract is registered with it on every replica, and the key never receives an award.
 //!
-//! With the strangers' share off (`may_hold_for` left out of `remote_auction`) every provider
+//! With the strangers' share off (`may_hold_for` left out of `auto_bid`) every provider
 //! holds three cores for the strangers and node0's auction closes without a bid; with the
 //! customer's tiers off (`choose_winner` by score alone) node1 awards the 1-token bid.
 //!

@@ -142,6 +142,94 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 }
 
+// The hooks of THREATS C33 and C34 (session 53's process tests), in a block of their own.
+impl<S: Signer + Clone> MarketState<S> {
+    /// Test hook: opens an auction of `spec` that only `only` may win (empty: anyone), signed
+    /// with `twist` applied to its body and passed through none of this node's own checks, and
+    /// returns its id with the effects that gossip it and close it at its window's end (THREATS
+    /// C34: a slot starting past `limits.max_slot_lead_ms`, or a `created_at` ahead of the
+    /// clock; every receiver must refuse it). Kept in our book like any auction of ours, so a
+    /// bid on it is taken, closes it and is awarded as on an honest one.
+    pub fn byzantine_open_auction(
+        &mut self,
+        now: Timestamp,
+        spec: crate::auction::AuctionSpec,
+        only: std::collections::BTreeSet<NodeId>,
+        twist: impl FnOnce(&mut crate::auction::AuctionBody),
+    ) -> Result<(crate::ids::AuctionId, Vec<Effect>), MarketError> {
+        let nonce = self.next_nonce(now);
+        let named = only.iter().copied().collect();
+        let mut body = spec.create_for(&self.signer, now, nonce, named)?.body;
+        twist(&mut body);
+        let req = Signed::sign(body, &self.signer)?;
+        let id = req.id()?;
+        let (topic, close) = (
+            topic_for_region(&req.body.region),
+            req.body.window_closes_at,
+        );
+        self.auctions.insert(
+            id,
+            super::AuctionEntry {
+                request: req.clone(),
+                bids: std::collections::BTreeMap::new(),
+                status: AuctionStatus::Open,
+            },
+        );
+        if !only.is_empty() {
+            self.restricted.insert(id, only);
+        }
+        let effects = vec![
+            Effect::Broadcast {
+                topic,
+                msg: MarketMessage::Auction(req),
+            },
+            Effect::ScheduleTimeout { at: close },
+        ];
+        Ok((id, effects))
+    }
+
+    /// Test hook: signs an award of the standing `offer` for `duration_ms` as `kind`, at the
+    /// offer's price for that term, as [`Input::TakeOffer`](super::Input::TakeOffer) does but
+    /// without its checks of the term, and records nothing here (no deal: the provider's answer
+    /// is refused as an unknown award). Returns its id with the effect that sends it to the
+    /// offer's provider (THREATS C33: the provider must refuse a second live award of its offer
+    /// by one customer, one for another kind than hosting and one for a term past
+    /// `limits.max_duration_ms`).
+    pub fn byzantine_take_offer(
+        &mut self,
+        now: Timestamp,
+        offer: crate::ids::OfferId,
+        duration_ms: u64,
+        kind: crate::auction::AuctionKind,
+    ) -> Result<(AwardId, Vec<Effect>), MarketError> {
+        let o = self
+            .offers
+            .get(&offer)
+            .ok_or(MarketError::UnknownOffer { offer })?;
+        let (provider, resources) = (o.body.provider, o.body.resources.clone());
+        let price = crate::auction::offer_total_price(o.body.price_per_hour, duration_ms)
+            .unwrap_or(u64::MAX);
+        let body = AwardBody {
+            customer: self.me,
+            provider,
+            subject: AwardSubject::Offer { offer },
+            price,
+            resources,
+            duration_ms,
+            kind,
+            nonce: self.next_nonce(now),
+            expires_at: now.saturating_add(self.config.dmu.negotiation.timeout_ms),
+        };
+        let award = Signed::sign(body, &self.signer)?;
+        let id = award.id()?;
+        let send = Effect::Send {
+            to: provider,
+            msg: MarketMessage::Award(award),
+        };
+        Ok((id, vec![send]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Each hook performs its attack in the simulation, and the honest side refuses it: with
@@ -295,5 +383,146 @@ mod tests {
             "the winner's hold stays"
         );
         assert!(net.nodes[1].holds_award(&first));
+    }
+
+    /// Node 0's messages in `effects`, handed to node 1 at `now`; node 1's answer.
+    fn to_provider(net: &mut SimNet, now: Timestamp, effects: Vec<Effect>) -> Vec<Effect> {
+        let customer = net.nodes[0].node_id();
+        let mut out = Vec::new();
+        for effect in effects {
+            if let Effect::Broadcast { msg, .. } | Effect::Send { msg, .. } = effect {
+                out.extend(net.nodes[1].handle(
+                    now,
+                    Input::Remote {
+                        from: customer,
+                        msg,
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    /// Whether `out` sends a bid.
+    fn bids(out: &[Effect]) -> bool {
+        out.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Send {
+                    msg: MarketMessage::Bid(_),
+                    ..
+                }
+            )
+        })
+    }
+
+    /// C34: the hook's auctions with a slot an hour past the lead limit, and created a day
+    /// ahead of the clock, are refused by a provider that auto-bids on slots up to a week
+    /// ahead (`Absurd` on `start_at`, `created_at`), which bids on neither, and then bids on an
+    /// honest auction. With either C34 check in `check_auction` reverted, it bids.
+    #[test]
+    fn auctions_with_a_far_slot_or_created_ahead_are_refused() {
+        let mut provider = MarketConfig {
+            capacity: big_capacity(),
+            ..MarketConfig::default()
+        };
+        provider.dmu.provider.auto_bid = true;
+        provider.dmu.provider.max_slot_lead_ms = 7 * 24 * 3_600_000;
+        let mut net = SimNet::new(vec![MarketConfig::default(), provider]);
+        let now = 1_000;
+        let lead = net.nodes[0].config().limits.max_slot_lead_ms;
+        let spec = AuctionBuilder::new().spec();
+        let only = std::collections::BTreeSet::new();
+        let slot = now + lead + 3_600_000;
+        let (far, effects) = net.nodes[0]
+            .byzantine_open_auction(now, spec.clone(), only.clone(), |b| b.start_at = Some(slot))
+            .unwrap();
+        let mut out = to_provider(&mut net, now, effects);
+        let ahead = now + 24 * 3_600_000;
+        let (created, effects) = net.nodes[0]
+            .byzantine_open_auction(now, spec.clone(), only, |b| b.created_at = ahead)
+            .unwrap();
+        out.extend(to_provider(&mut net, now, effects));
+        for (id, field) in [(far, "start_at"), (created, "created_at")] {
+            assert!(
+                out.iter().any(|e| matches!(e, Effect::Rejected {
+                    error: MarketError::Absurd { id: i, field: f, .. }, ..
+                } if *i == id.to_string() && *f == field)),
+                "{field}: {out:?}"
+            );
+            assert!(net.nodes[1].auction(&id).is_none());
+        }
+        assert!(!bids(&out), "{out:?}");
+        net.input(now, 0, Input::CreateAuction(spec));
+        let honest: Vec<Effect> = net.effects_of(1).cloned().collect();
+        assert!(bids(&honest), "{honest:?}");
+    }
+
+    /// C33: once node 0's honest take of node 1's offer is agreed, the hook's second take with
+    /// the same terms, a take as storage and one for a term past `max_duration_ms` are each
+    /// refused (`OfferTaken`, `Absurd` on `kind`, on `duration_ms`), and node 1 holds the
+    /// offer's capacity once. With any one of `check_offer_award`'s three checks off, that
+    /// take is awarded or refused for another reason.
+    #[test]
+    fn takes_again_of_an_agreed_offer_are_refused() {
+        use crate::auction::AuctionKind;
+        let provider = MarketConfig {
+            capacity: big_capacity(),
+            ..MarketConfig::default()
+        };
+        let mut net = SimNet::new(vec![MarketConfig::default(), provider]);
+        let resources = crate::resources::Resources {
+            cpu_millis: 2000,
+            ..crate::resources::Resources::default()
+        };
+        let spec = crate::book::OfferSpec {
+            region: "eu-west".into(),
+            resources,
+            price_per_hour: 30,
+            location: None,
+            ttl_ms: 3_600_000,
+        };
+        net.input(0, 1, Input::PublishOffer(spec));
+        let offer = *net.nodes[0].offers().keys().next().unwrap();
+        let hour = 3_600_000;
+        net.input(
+            1,
+            0,
+            Input::TakeOffer {
+                offer,
+                duration_ms: hour,
+            },
+        );
+        assert_eq!(net.agreed(1).len(), 1, "{:?}", net.log);
+        let first = net.agreed(1)[0].award;
+        let held = net.nodes[1].ledger().reservations().len();
+        let too_long = net.nodes[0].config().limits.max_duration_ms + 1;
+        for (term, kind, field) in [
+            (hour, AuctionKind::Hosted, None),
+            (hour, AuctionKind::Storage, Some("kind")),
+            (too_long, AuctionKind::Hosted, Some("duration_ms")),
+        ] {
+            let (award, effects) = net.nodes[0]
+                .byzantine_take_offer(2, offer, term, kind)
+                .unwrap();
+            let out = to_provider(&mut net, 3, effects);
+            let refused = out.iter().any(|e| match e {
+                Effect::Rejected {
+                    error:
+                        MarketError::OfferTaken {
+                            first: f, award: a, ..
+                        },
+                    ..
+                } => field.is_none() && *f == first && *a == award,
+                Effect::Rejected {
+                    error: MarketError::Absurd { field: f, .. },
+                    ..
+                } => field == Some(*f),
+                _ => false,
+            });
+            assert!(refused, "{kind:?} for {term} ms: {out:?}");
+            assert!(!out.iter().any(|e| matches!(e, Effect::Awarded { .. })));
+        }
+        assert_eq!(net.nodes[1].ledger().reservations().len(), held);
     }
 }

@@ -87,6 +87,18 @@
 //!   award of the contract's auction (same bid, price and term) naming a throwaway key, sends
 //!   it to the contract's provider and gossips it (THREATS C29; the hook `byzantine_reaward`);
 //!   prints `byzantine: reaward contract=… first_award=… award=… first=… to=…`.
+//! - `--future-auctions`: as a customer, for the provider of each standing offer its book
+//!   holds (once per provider), it opens two auctions only that provider may win, half a core
+//!   for ten minutes with a 5 s window: one whose slot starts an hour past its
+//!   `market.limits.max_slot_lead_ms`, one signed as created a day ahead of its clock (THREATS
+//!   C34; the hook `byzantine_open_auction`, which keeps them in its book like honest ones);
+//!   prints `byzantine: future-auction twist=slot|created auction=… provider=… start_at=…|
+//!   created_at=…` for each;
+//! - `--retake-offers`: as a customer, once each standing offer it took (`agora offer take`) is
+//!   agreed, it takes the offer again three ways: with the same terms, as storage, and for a
+//!   term a millisecond past `market.limits.max_duration_ms` (THREATS C33; the hook
+//!   `byzantine_take_offer`); prints `byzantine: retake how=again|storage|too-long offer=…
+//!   first=… award=… provider=… kind=… term_ms=…` for each.
 //!
 //! This binary lives in the test crate, which is the only crate that turns on the `test-utils`
 //! features of `agora-ledger`, `agora-daemon` and `agora-market-driver` outside
@@ -108,8 +120,10 @@ use agora_contracts::{
 };
 use agora_daemon::config::NodeConfig;
 use agora_ledger::LedgerHandle;
+use agora_market::negotiation::NegotiationStatus;
 use agora_market::{
-    AuctionStatus, AwardId, AwardSubject, KeySigner, MarketState, NodeId, Signer as _,
+    AuctionKind, AuctionSpec, AuctionStatus, AwardId, AwardSubject, Effect, KeySigner, MarketState,
+    NodeId, Resources, Signer as _,
 };
 use agora_market_driver::MarketHandle;
 use agora_tests::adversary::host_nothing::{HostNothing, NothingHost};
@@ -128,6 +142,15 @@ use tracing_subscriber::EnvFilter;
 const REATTEST_MS: u64 = 3_000;
 /// How far before the clause's delay the false attestation dates the "failure".
 const SINCE_MARGIN_MS: u64 = 5_000;
+/// How far past `market.limits.max_slot_lead_ms` the slot of a `--future-auctions` auction
+/// starts.
+const PAST_LEAD_MS: u64 = 3_600_000;
+/// How far ahead of the clock a `--future-auctions` auction says it was created.
+const CREATED_AHEAD_MS: u64 = 24 * 3_600_000;
+/// Most providers `--future-auctions` aims at (two auctions each).
+const MAX_AIMED: usize = 64;
+/// Most taken offers `--retake-offers` waits on at once for their agreement.
+const MAX_TAKES_WAITING: usize = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -236,6 +259,15 @@ struct RunArgs {
     /// a second award of the same auction naming a throwaway key.
     #[arg(long)]
     reaward: bool,
+    /// As a customer, for the provider of each standing offer it sees, open two auctions only
+    /// that provider may win: one whose slot starts an hour past the lead limit, one created a
+    /// day ahead of the clock.
+    #[arg(long)]
+    future_auctions: bool,
+    /// As a customer, once each standing offer it took is agreed, take it again: with the same
+    /// terms, as storage, and for a term past `market.limits.max_duration_ms`.
+    #[arg(long)]
+    retake_offers: bool,
 }
 
 /// `down` → `false`, `up` → `true`: the outcome every false probe report states.
@@ -385,6 +417,14 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     if args.stretch_awards.is_some() || args.cut_term {
         tokio::spawn(report_awards(node.market.clone(), node.cancel_token()));
+    }
+    if args.future_auctions {
+        tokio::spawn(future_auctions(node.market.clone(), node.cancel_token()));
+        println!("byzantine: future-auctions");
+    }
+    if args.retake_offers {
+        tokio::spawn(retake_offers(node.market.clone(), node.cancel_token()));
+        println!("byzantine: retake-offers");
     }
     println!("node {} running", node.node_id());
     for a in &node.p2p_addrs {
@@ -1182,6 +1222,180 @@ fn awarded_with_nonce(s: &MarketState<KeySigner>, provider: NodeId, nonce: u64) 
     })
 }
 
+/// For the provider of each standing offer in this node's book (once each, at most
+/// [`MAX_AIMED`]), opens the two auctions of `--future-auctions` (see the module docs).
+async fn future_auctions(market: MarketHandle, cancel: CancellationToken) {
+    let mut aimed: BTreeSet<NodeId> = BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(offered) = market
+            .query(|s| {
+                let me = s.node_id();
+                s.offers()
+                    .values()
+                    .filter(|o| o.body.provider != me)
+                    .map(|o| (o.body.provider, o.body.region.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .await
+        else {
+            return;
+        };
+        for (provider, region) in offered {
+            if aimed.len() >= MAX_AIMED || !aimed.insert(provider) {
+                continue;
+            }
+            let opened = market
+                .byzantine(move |s, now| open_future_auctions(s, now, provider, region))
+                .await;
+            let Ok(lines) = opened else { return };
+            for line in lines {
+                println!("byzantine: future-auction {line}");
+            }
+        }
+    }
+}
+
+/// The two auctions of `--future-auctions` for `provider` in `region`: one whose slot starts
+/// [`PAST_LEAD_MS`] past this node's `market.limits.max_slot_lead_ms`, one created
+/// [`CREATED_AHEAD_MS`] ahead of its clock; a line for each.
+fn open_future_auctions(
+    s: &mut MarketState<KeySigner>,
+    now: u64,
+    provider: NodeId,
+    region: String,
+) -> (Vec<Effect>, Vec<String>) {
+    let spec = AuctionSpec {
+        region,
+        resources: Resources {
+            cpu_millis: 500,
+            memory_bytes: 64 << 20,
+            ..Resources::default()
+        },
+        duration_ms: 600_000,
+        max_price: 100,
+        window_ms: 5_000,
+        kind: AuctionKind::Hosted,
+        near: None,
+        award_grace_ms: 30_000,
+        service: None,
+        start_at: None,
+    };
+    let slot = now
+        .saturating_add(s.config().limits.max_slot_lead_ms)
+        .saturating_add(PAST_LEAD_MS);
+    let created = now.saturating_add(CREATED_AHEAD_MS);
+    let only: BTreeSet<NodeId> = BTreeSet::from([provider]);
+    let opened = [
+        (
+            "slot",
+            format!("start_at={slot}"),
+            s.byzantine_open_auction(now, spec.clone(), only.clone(), |b| b.start_at = Some(slot)),
+        ),
+        (
+            "created",
+            format!("created_at={created}"),
+            s.byzantine_open_auction(now, spec, only, |b| b.created_at = created),
+        ),
+    ];
+    let (mut effects, mut lines) = (Vec::new(), Vec::new());
+    for (twist, field, result) in opened {
+        match result {
+            Ok((id, e)) => {
+                effects.extend(e);
+                lines.push(format!(
+                    "twist={twist} auction={id} provider={provider} {field}"
+                ));
+            }
+            Err(e) => lines.push(format!("twist={twist} not opened provider={provider}: {e}")),
+        }
+    }
+    (effects, lines)
+}
+
+/// Once each standing offer this node took is agreed, takes it again three ways
+/// (`--retake-offers`, see the module docs). A take is this node's `awarded` market event
+/// with no auction; at most [`MAX_TAKES_WAITING`] wait for their agreement at once.
+async fn retake_offers(market: MarketHandle, cancel: CancellationToken) {
+    let Ok(me) = market.query(|s| s.node_id().to_string()).await else {
+        return;
+    };
+    let mut after: Option<u64> = None;
+    let mut waiting: BTreeSet<AwardId> = BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for record in market.events_after(after) {
+            after = Some(record.seq);
+            let taken = record.kind == "awarded"
+                && record.data["auction"].is_null()
+                && record.data["customer"] == me.as_str();
+            let award = record.data["award"]
+                .as_str()
+                .and_then(|a| a.parse::<AwardId>().ok());
+            if let Some(award) = award.filter(|_| taken && waiting.len() < MAX_TAKES_WAITING) {
+                waiting.insert(award);
+            }
+        }
+        for first in waiting.clone() {
+            match market.byzantine(move |s, now| retake(s, now, first)).await {
+                Ok(None) => {}
+                Ok(Some(lines)) => {
+                    waiting.remove(&first);
+                    for line in lines {
+                        println!("byzantine: retake {line}");
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Takes again the offer our take `first` was agreed on, three ways (a line for each);
+/// `None` while its negotiation is open, no line once it failed or is gone.
+fn retake(
+    s: &mut MarketState<KeySigner>,
+    now: u64,
+    first: AwardId,
+) -> (Vec<Effect>, Option<Vec<String>>) {
+    let terms = match s.negotiation(&first).map(|n| n.status()) {
+        Some(NegotiationStatus::Open) => return (Vec::new(), None),
+        Some(NegotiationStatus::Agreed(t)) => t.clone(),
+        _ => return (Vec::new(), Some(Vec::new())),
+    };
+    let AwardSubject::Offer { offer } = terms.subject else {
+        return (Vec::new(), Some(Vec::new()));
+    };
+    let too_long = s.config().limits.max_duration_ms.saturating_add(1);
+    let (mut effects, mut lines) = (Vec::new(), Vec::new());
+    for (how, kind, term) in [
+        ("again", AuctionKind::Hosted, terms.duration_ms),
+        ("storage", AuctionKind::Storage, terms.duration_ms),
+        ("too-long", AuctionKind::Hosted, too_long),
+    ] {
+        match s.byzantine_take_offer(now, offer, term, kind) {
+            Ok((award, e)) => {
+                effects.extend(e);
+                lines.push(format!(
+                    "how={how} offer={offer} first={first} award={award} provider={} \
+                     kind={kind:?} term_ms={term}",
+                    terms.provider
+                ));
+            }
+            Err(e) => lines.push(format!("how={how} not sent offer={offer}: {e}")),
+        }
+    }
+    (effects, Some(lines))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{HostNothing, parse_duration_ms, parse_false_probes, parse_host_nothing};
@@ -1215,6 +1429,7 @@ mod tests {
         };
         assert!(run(&["--stretch-awards", "1000", "--reaward"]).is_ok());
         assert!(run(&["--cut-term"]).is_ok());
+        assert!(run(&["--future-auctions", "--retake-offers"]).is_ok());
         assert!(run(&["--stretch-awards", "1"]).is_err());
         assert!(run(&["--cut-term", "--no-bid"]).is_err());
     }

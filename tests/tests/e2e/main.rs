@@ -22,6 +22,7 @@ mod attack_fleet;
 mod attack_floods;
 mod attack_free_keys;
 mod attack_guest;
+mod attack_holds;
 mod attack_image;
 mod attack_market_flood;
 mod attack_provider;

@@ -1,0 +1,494 @@
+//! Capacity held for what should hold none (THREATS C30, C33, C34), on one 7-node devnet of
+//! real processes, the three attacks side by side. Nodes 0–4 run the plain `agora` binary (node
+//! 1 auto-bids on slots up to a week ahead; node 3 keeps a book of four auctions, and its bids
+//! hold capacity 2 s past their window), nodes 5 and 6 the test crate's `agora-byzantine`, and
+//! two throwaway keys with no account (`Adversary`) join them. Every auction is open to the one
+//! provider it is aimed at (`only`, or `--near` within 100 m; devnet nodes are ~270 m apart).
+//!
+//! - C30: the two keys publish two auctions each that only node 3 may win, a tenth of a core
+//!   with a 20 s window, and never award them. Node 3 bids on all four, which fills its book
+//!   with auctions it holds capacity for: node 0's auction for it is refused (`book is full`).
+//!   Once the holds have lapsed (window + 2 s) the four give way, and node 0's next auction is
+//!   admitted. C34 and C33 run while the holds last.
+//! - C34: node 5 (`--future-auctions`) answers node 1's standing offer with two auctions only
+//!   node 1 may win: one whose slot starts an hour past the market's lead limit (a day), one
+//!   signed as created a day ahead of the clock. Node 1 refuses both (`field start_at`, `field
+//!   created_at`) and bids on neither, though it auto-bids on slots a week ahead: both close
+//!   without a bid. Node 4's honest auction for node 1 afterwards is bid on and awarded.
+//! - C33: node 6 (`--retake-offers`) takes node 2's standing offer of two of its four cores
+//!   (`agora offer take`) and, once node 2 agreed, takes it again with the same terms, as
+//!   storage, and for a term a millisecond past `max_duration_ms`. Node 2 refuses the three
+//!   (`already holds offer`, `field kind`, `field duration_ms`) and holds the two cores once:
+//!   node 4's auction for one more core gets its bid.
+//!
+//! Each honest refusal is waited for in the honest node's market log (`agora market watch`).
+//! With a session-52 fix reverted the test fails: C30 — `needed` counting every auction we bid
+//! on, and the tick keeping such bids until their auction expires (an hour here) — node 0's
+//! auction is never admitted; C34 — a slot's lead counted from `created_at` again, or no bound
+//! on `created_at` — node 1 admits that auction and bids on it; C33 — any one of
+//! `check_offer_award`'s three checks off — node 2 takes the second award (four cores held:
+//! node 4's auction gets no bid) or refuses the odd one for another reason.
+//!
+//! Build the node first: `nice cargo build -p agora-node --bin agora` (cargo builds
+//! `agora-byzantine` itself for this test), then
+//! `nice cargo test -p agora-tests --test e2e attack_holds::`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agora_devnet::files::{CONTRACT_NODES, devnet_location};
+use agora_market::auction::{AuctionBody, AuctionKind};
+use agora_market::signed::Signed;
+use agora_market::{AuctionId, MarketMessage, NodeId, Resources, topic_for_region};
+use agora_network::{Interest, NetworkEvent};
+use agora_tests::adversary::{
+    Adversary, ByzantineLauncher, HostileDevnet, TestLauncher, byzantine_lines,
+};
+use agora_tests::{agora_bin, agora_json, market_events, try_agora_json, wait_for};
+use agora_wire::codec::Kind;
+use agora_wire::now_ms;
+use serde_json::Value;
+
+/// C30's honest customer.
+const BUYER: usize = 0;
+/// C34's honest provider: auto-bids on slots up to [`WEEK_MS`] ahead.
+const SLOTS: usize = 1;
+/// C33's honest provider: publishes the standing offer.
+const OFFERS: usize = 2;
+/// C30's honest provider: a book of [`BOOK`] auctions, bids held [`HOLD_GRACE_MS`] past the
+/// window.
+const LAPSES: usize = 3;
+/// C34's and C33's honest customer.
+const HONEST: usize = 4;
+/// `--future-auctions`: C34's byzantine customer.
+const FUTURE: usize = 5;
+/// `--retake-offers`: C33's byzantine customer.
+const RETAKES: usize = 6;
+/// How far ahead node 1 auto-bids on a slot: past the market's lead limit (a day), so that
+/// only the limit keeps it from bidding on node 5's far slot.
+const WEEK_MS: u64 = 7 * 24 * 3_600_000;
+/// Node 3's book of auctions: the strangers' four fill it.
+const BOOK: usize = 4;
+/// How long node 3's bids hold capacity after their window closed with no award.
+const HOLD_GRACE_MS: u64 = 2_000;
+/// The strangers' windows: node 3's full book refuses node 0's auction, and C34 and C33 run,
+/// while they last.
+const FILLER_WINDOW_MS: u64 = 20_000;
+/// Node 2's standing offer: two of its four cores.
+const OFFERED_CPU: &str = "2000m";
+/// Each wait's bound.
+const WAIT: Duration = Duration::from_secs(40);
+
+/// Bids the throwaway keys received: (provider, auction).
+type Bids = Arc<Mutex<BTreeSet<(NodeId, AuctionId)>>>;
+
+fn launcher() -> ByzantineLauncher {
+    let flag = |f: &str| vec![f.to_string()];
+    ByzantineLauncher {
+        honest: TestLauncher(agora_bin()),
+        exe: env!("CARGO_BIN_EXE_agora-byzantine").into(),
+        bad: vec![
+            (FUTURE, flag("--future-auctions")),
+            (RETAKES, flag("--retake-offers")),
+        ],
+        tune: Some(|i, c| {
+            let market = &mut c.market.engine;
+            if i == SLOTS {
+                market.dmu.provider.max_slot_lead_ms = WEEK_MS;
+            }
+            if i == LAPSES {
+                market.limits.max_auctions = BOOK;
+                market.dmu.provider.hold_grace_ms = HOLD_GRACE_MS;
+            }
+        }),
+    }
+}
+
+/// Node `customer` opens a hosted auction of `cpu` and 64 MiB for ten minutes at most 100
+/// tokens, its window closing in `window`, that only node `provider` is near enough to bid on.
+/// Returns its id.
+fn auction(
+    net: &HostileDevnet,
+    customer: usize,
+    provider: usize,
+    cpu: &str,
+    window: &str,
+) -> String {
+    let at = devnet_location(provider);
+    let near = format!("{},{},0.1", at.lat, at.lon);
+    let dir = net.data_dir(customer);
+    let args = [
+        "auction",
+        "create",
+        "--data-dir",
+        &dir,
+        "--cpu",
+        cpu,
+        "--memory",
+        "64MiB",
+        "--duration",
+        "10m",
+        "--max-price",
+        "100",
+        "--window",
+        window,
+        "--near",
+        &near,
+    ];
+    agora_json(&args)["id"].as_str().unwrap().to_string()
+}
+
+/// Node `provider` publishes a standing offer of `cpu` and 64 MiB at 12 tokens an hour for ten
+/// minutes; returns its id.
+fn offer(net: &HostileDevnet, provider: usize, cpu: &str) -> String {
+    let dir = net.data_dir(provider);
+    let args = [
+        "offer",
+        "create",
+        "--data-dir",
+        &dir,
+        "--cpu",
+        cpu,
+        "--memory",
+        "64MiB",
+        "--price-per-hour",
+        "12",
+        "--ttl",
+        "10m",
+    ];
+    agora_json(&args)["id"].as_str().unwrap().to_string()
+}
+
+/// A throwaway key's auction that only `provider` may win: a tenth of a core for ten minutes,
+/// its window closing [`FILLER_WINDOW_MS`] after `now`, valid for an hour after; never
+/// awarded. Its id and encoded message.
+fn filler(key: &Adversary, provider: NodeId, nonce: u64, now: u64) -> (AuctionId, Vec<u8>) {
+    let body = AuctionBody {
+        customer: key.node_id(),
+        region: "default".into(),
+        resources: Resources {
+            cpu_millis: 100,
+            ..Resources::default()
+        },
+        duration_ms: 600_000,
+        max_price: 1_000,
+        window_closes_at: now + FILLER_WINDOW_MS,
+        kind: AuctionKind::Hosted,
+        near: None,
+        nonce,
+        created_at: now,
+        expires_at: now + FILLER_WINDOW_MS + 3_600_000,
+        service: None,
+        start_at: None,
+        only: vec![provider],
+    };
+    let signed = Signed::sign(body, key.signer()).unwrap();
+    let id = signed.id().unwrap();
+    (id, MarketMessage::Auction(signed).encode().unwrap())
+}
+
+/// Records each bid `key` receives, acknowledging every market request as a node does.
+fn listen(
+    rt: &tokio::runtime::Runtime,
+    key: &Arc<Adversary>,
+    bids: &Bids,
+) -> tokio::task::JoinHandle<()> {
+    let mut inbox = key
+        .network()
+        .inbox(Interest::new("stranger").requests(Kind::Market));
+    let (key, bids) = (key.clone(), bids.clone());
+    rt.spawn(async move {
+        loop {
+            let NetworkEvent::Request { id, envelope, .. } = inbox.recv().await else {
+                continue;
+            };
+            let ack = key.seal(Kind::Market, Vec::new());
+            let _ = key.network().respond(id, &ack).await;
+            if let Ok(MarketMessage::Bid(bid)) = MarketMessage::decode(&envelope.payload) {
+                let on = (bid.body.provider, bid.body.auction);
+                bids.lock().unwrap().insert(on);
+            }
+        }
+    })
+}
+
+/// Waits for the `data` of a market event of node `i` of `kind` that `f` accepts.
+fn event(
+    net: &HostileDevnet,
+    i: usize,
+    kind: &str,
+    what: &str,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(what, WAIT, || {
+        market_events(&net.data_dir(i))
+            .into_iter()
+            .find(|e| e["kind"] == kind && f(&e["data"]))
+            .map(|e| e["data"].clone())
+    })
+}
+
+/// Waits for a `byzantine:` line of node `i` starting with `prefix` that contains every one
+/// of `parts`.
+fn line(net: &HostileDevnet, i: usize, prefix: &str, parts: &[&str]) -> String {
+    wait_for(&format!("node{i}'s `{prefix}` {parts:?}"), WAIT, || {
+        byzantine_lines(&net.node(i).data_dir)
+            .into_iter()
+            .find(|l| l.starts_with(prefix) && parts.iter().all(|p| l.contains(p)))
+    })
+}
+
+/// The value of `key=…` in a `byzantine:` line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in `{line}`"))
+}
+
+/// Whether `error` (a market event's) contains every one of `parts`.
+fn says(data: &Value, parts: &[&str]) -> bool {
+    data["error"]
+        .as_str()
+        .is_some_and(|e| parts.iter().all(|p| e.contains(p)))
+}
+
+/// The ids of the auctions in node `i`'s book.
+fn book(net: &HostileDevnet, i: usize) -> BTreeSet<String> {
+    let list = agora_json(&["auctions", "--data-dir", &net.data_dir(i)]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["id"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn far_slots_second_takes_and_lapsed_bids_hold_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let net = rt
+        .block_on(HostileDevnet::up_with(CONTRACT_NODES, &launcher()))
+        .unwrap();
+    let id = |i: usize| net.node_id(i).to_string();
+    line(&net, FUTURE, "byzantine: future-auctions", &[]);
+    line(&net, RETAKES, "byzantine: retake-offers", &[]);
+
+    // C30: two throwaway keys fill node 3's book with auctions it bids on, and so holds
+    // capacity for; node 0's auction for node 3 finds no room.
+    let keys: Vec<Arc<Adversary>> = rt
+        .block_on(Adversary::many(&net, 2))
+        .unwrap()
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let bids: Bids = Arc::default();
+    let listeners: Vec<_> = keys.iter().map(|k| listen(&rt, k, &bids)).collect();
+    let lapses = net.node_id(LAPSES);
+    let (topic, published) = (topic_for_region("default"), now_ms());
+    let mut fillers: BTreeSet<AuctionId> = BTreeSet::new();
+    rt.block_on(async {
+        for (k, key) in keys.iter().enumerate() {
+            for n in 1..=2 {
+                let (auction, bytes) = filler(key, lapses, n, published);
+                fillers.insert(auction);
+                key.broadcast(&topic, Kind::Market, bytes)
+                    .await
+                    .unwrap_or_else(|e| panic!("key {k} publishing auction {n}: {e}"));
+            }
+        }
+    });
+    assert_eq!(fillers.len(), BOOK);
+    wait_for("node3 to bid on the strangers' four auctions", WAIT, || {
+        let bids = bids.lock().unwrap();
+        let on = |a: &AuctionId| bids.contains(&(lapses, *a));
+        fillers.iter().all(on).then_some(())
+    });
+    let buyer = id(BUYER);
+    let full = |d: &Value| d["from"] == buyer.as_str() && says(d, &["auction book is full"]);
+    let mut sent = vec![auction(&net, BUYER, LAPSES, "100m", "3s")];
+    event(
+        &net,
+        LAPSES,
+        "rejected",
+        "node3 to refuse node0's auction: its book is full of auctions it holds capacity for",
+        full,
+    );
+    let held = book(&net, LAPSES);
+    assert!(!held.contains(&sent[0]), "{held:?}");
+    assert!(
+        fillers.iter().all(|a| held.contains(&a.to_string())),
+        "{held:?}"
+    );
+
+    // C34: node 1 offers half a core; node 5 answers with two auctions only node 1 may win.
+    offer(&net, SLOTS, "500m");
+    let (slots, future) = (id(SLOTS), id(FUTURE));
+    let aimed = format!("provider={slots}");
+    for (twist, name) in [("slot", "start_at"), ("created", "created_at")] {
+        let (twist, why) = (format!("twist={twist} "), format!("field {name}"));
+        let opened = line(
+            &net,
+            FUTURE,
+            "byzantine: future-auction ",
+            &[twist.as_str(), aimed.as_str()],
+        );
+        let a = field(&opened, "auction");
+        event(
+            &net,
+            SLOTS,
+            "rejected",
+            &format!("node1 to refuse node5's auction {a} ({name})"),
+            |d| d["from"] == future.as_str() && says(d, &[a, why.as_str()]),
+        );
+        let closed = event(
+            &net,
+            FUTURE,
+            "auction-closed",
+            &format!("node5's auction {a} to close"),
+            |d| d["auction"] == a,
+        );
+        assert!(
+            closed["winner"].is_null(),
+            "node1 bid on node5's auction ({name}): {closed}"
+        );
+        let bids = agora_json(&["bids", a, "--data-dir", &net.data_dir(FUTURE)]);
+        assert_eq!(bids.as_array().map(Vec::len), Some(0), "{bids}");
+        assert!(!book(&net, SLOTS).contains(a), "node1 keeps {a} ({name})");
+    }
+    // An honest auction for node 1 is still bid on and awarded.
+    let honest = auction(&net, HONEST, SLOTS, "500m", "3s");
+    let award = event(
+        &net,
+        HONEST,
+        "awarded",
+        "node4's auction for node1 to be awarded",
+        |d| d["auction"] == honest.as_str(),
+    );
+    assert_eq!(award["provider"], slots.as_str(), "{award}");
+
+    // C33: node 2 offers two of its cores; node 6 takes the offer, then takes it again.
+    let offered = offer(&net, OFFERS, OFFERED_CPU);
+    wait_for("node6 to see node2's offer", WAIT, || {
+        try_agora_json(&["offers", "--data-dir", &net.data_dir(RETAKES)])?
+            .as_array()?
+            .iter()
+            .any(|o| o["id"] == offered.as_str())
+            .then_some(())
+    });
+    let dir = net.data_dir(RETAKES);
+    let args = [
+        "offer",
+        "take",
+        &offered,
+        "--duration",
+        "10m",
+        "--data-dir",
+        &dir,
+    ];
+    let taken = agora_json(&args);
+    let first = taken
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find_map(|s| s.as_str()?.strip_prefix("award ")?.split(' ').next())
+        })
+        .unwrap_or_else(|| panic!("no award in {taken}"))
+        .to_string();
+    event(
+        &net,
+        OFFERS,
+        "awarded",
+        "node2 to take node6's first award of its offer",
+        |d| d["award"] == first.as_str(),
+    );
+    let retakes = id(RETAKES);
+    let mut refused = Vec::new();
+    for (how, why) in [
+        ("again", vec!["already holds offer", first.as_str()]),
+        ("storage", vec!["field kind"]),
+        ("too-long", vec!["field duration_ms"]),
+    ] {
+        let (way, of) = (format!("how={how} "), format!("first={first} "));
+        let retake = line(
+            &net,
+            RETAKES,
+            "byzantine: retake ",
+            &[way.as_str(), of.as_str()],
+        );
+        let award = field(&retake, "award");
+        let mut parts = why;
+        parts.push(award);
+        event(
+            &net,
+            OFFERS,
+            "rejected",
+            &format!("node2 to refuse node6's take `{how}` ({award})"),
+            |d| d["from"] == retakes.as_str() && says(d, &parts),
+        );
+        refused.push(award.to_string());
+    }
+    let takes: Vec<Value> = market_events(&net.data_dir(OFFERS))
+        .into_iter()
+        .filter(|e| e["kind"] == "awarded" && e["data"]["customer"] == retakes.as_str())
+        .map(|e| e["data"].clone())
+        .collect();
+    assert_eq!(
+        takes.len(),
+        1,
+        "node2 took more than node6's first: {takes:?}"
+    );
+    // Node 2 holds the offer's two cores once: an auction for one more core gets its bid.
+    let probe = auction(&net, HONEST, OFFERS, "1000m", "3s");
+    let closed = event(
+        &net,
+        HONEST,
+        "auction-closed",
+        "node4's auction for node2 to close",
+        |d| d["auction"] == probe.as_str(),
+    );
+    assert!(
+        closed["winner"].is_string(),
+        "node2 did not bid for one core beside its offer's two: {closed}"
+    );
+
+    // C30, continued: once node 3's holds have lapsed (the window and 2 s), the strangers'
+    // auctions give way; node 0 asks again after each refusal until one is admitted.
+    let lapse_at = published + FILLER_WINDOW_MS + HOLD_GRACE_MS;
+    let refusals = || {
+        market_events(&net.data_dir(LAPSES))
+            .iter()
+            .filter(|e| e["kind"] == "rejected" && full(&e["data"]))
+            .count()
+    };
+    let admitted = wait_for(
+        "node3 to admit node0's auction once the strangers' holds lapsed",
+        WAIT + Duration::from_millis(FILLER_WINDOW_MS),
+        || {
+            let held = book(&net, LAPSES);
+            if let Some(a) = sent.iter().find(|a| held.contains(a.as_str())) {
+                return Some(a.clone());
+            }
+            if now_ms() > lapse_at && refusals() >= sent.len() {
+                sent.push(auction(&net, BUYER, LAPSES, "100m", "3s"));
+            }
+            None
+        },
+    );
+    let held = book(&net, LAPSES);
+    assert!(held.len() <= BOOK, "{held:?}");
+    assert!(
+        fillers.iter().any(|a| !held.contains(&a.to_string())),
+        "{held:?}"
+    );
+    for l in &listeners {
+        l.abort();
+    }
+    eprintln!(
+        "C30: node0's auction {admitted} admitted after {} tries; C34: node5's auctions refused; \
+         C33: node6's takes {refused:?} refused",
+        sent.len()
+    );
+    net.assert_alive();
+}

@@ -57,6 +57,13 @@ impl ContractStatus {
         )
     }
 
+    /// True while the provider may still call the contract off (`Cancel`): before it committed
+    /// to stand by, i.e. validated or migrated. The ledger enforces this; a provider's node
+    /// asks it before submitting a cancel (`agora_roles::custody_refusal_cancels`).
+    pub fn provider_may_cancel(self) -> bool {
+        matches!(self, Self::Validated | Self::Migrated)
+    }
+
     /// Applies `event`, or says why it is not allowed here.
     pub fn transition(self, event: LifecycleEvent) -> Result<ContractStatus, IllegalTransition> {
         use ContractStatus as S;

@@ -1,13 +1,16 @@
 //! Arbitrator consensus benchmark (prints a table; run with
 //! `cargo bench -p agora-tests --bench ledger`): on in-process devnets of 4 and 7 arbitrators
-//! over loopback TCP,
+//! over loopback TCP, every node in the committee,
 //! - finality latency: a transaction submitted on one node until every replica applied it;
 //! - throughput: bursts of faucet transactions from every node until all replicas applied them.
 //!
-//! `AGORA_BENCH_SIZES` (default `4,7`), `AGORA_BENCH_TXS` (latency samples, default 50),
-//! `AGORA_BENCH_BURST` (transactions per node per burst, default 500); `AGORA_BENCH_LATENCY`
-//! (e.g. `50ms` one way), `AGORA_BENCH_JITTER`, `AGORA_BENCH_LOSS` run it over emulated WAN
-//! links (`agora_network::wan`).
+//! `AGORA_BENCH_SIZES` (default `4,7`; any size, e.g. `4,7,10`: the committee is always every
+//! node), `AGORA_BENCH_TXS` (latency samples, default 50), `AGORA_BENCH_BURST` (transactions per
+//! node per burst, default 500), `AGORA_BENCH_GAP_MS` (pause before each latency sample, default
+//! 0: samples back to back, each submitted just after the last one's block; `500` models a lone
+//! transaction on a quiet chain, past the proposer's minimum block interval);
+//! `AGORA_BENCH_LATENCY` (e.g. `50ms` one way), `AGORA_BENCH_JITTER`, `AGORA_BENCH_LOSS` run it
+//! over emulated WAN links (`agora_network::wan`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -34,9 +37,12 @@ async fn nonce_everywhere(net: &Devnet, of: usize) -> u64 {
     min
 }
 
-async fn run(n: usize, samples: usize, burst: u64) -> (Vec<f64>, f64) {
+async fn run(n: usize, samples: usize, burst: u64, gap: Duration) -> (Vec<f64>, f64) {
+    // The builder's default committee stops at `agora_devnet::files::DEFAULT_ARBITRATORS` (7):
+    // without this, a size of 10 would measure 7 arbitrators and 3 plain replicas.
     let net = Devnet::builder()
         .nodes(n)
+        .committee(n)
         .wan(agora_tests::bench_wan().0)
         .spawn()
         .await
@@ -50,6 +56,9 @@ async fn run(n: usize, samples: usize, burst: u64) -> (Vec<f64>, f64) {
     for s in 0..samples {
         let i = s % n;
         let l = net.node(i).unwrap().ledger.clone().unwrap();
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
         let start = Instant::now();
         let tx = l.submit(TxKind::Faucet { amount: 1 }).await.unwrap();
         let deadline = start + Duration::from_secs(10);
@@ -124,18 +133,25 @@ fn main() {
         .collect();
     let samples: usize = env("AGORA_BENCH_TXS", "50").parse().unwrap_or(50);
     let burst: u64 = env("AGORA_BENCH_BURST", "500").parse().unwrap_or(500);
+    // Refused rather than read as 0: `500ms`, written like `AGORA_BENCH_LATENCY`, would
+    // otherwise measure back-to-back samples under a header that names no gap.
+    let gap_ms: u64 = env("AGORA_BENCH_GAP_MS", "0")
+        .parse()
+        .expect("AGORA_BENCH_GAP_MS is a whole number of milliseconds, e.g. 500");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let links = match agora_tests::bench_wan().1 {
         flags if flags.is_empty() => "loopback TCP".to_string(),
         flags => format!("loopback TCP shaped {}", flags.join(" ")),
     };
-    println!("finality (submit -> applied on every replica) and throughput, {links}");
+    println!(
+        "finality (submit -> applied on every replica) and throughput, {links}, gap_ms {gap_ms}"
+    );
     println!(
         "{:>12} {:>10} {:>10} {:>10}",
         "arbitrators", "p50 ms", "p99 ms", "tx/s"
     );
     for n in sizes {
-        let (lat, tps) = rt.block_on(run(n, samples, burst));
+        let (lat, tps) = rt.block_on(run(n, samples, burst, Duration::from_millis(gap_ms)));
         println!(
             "{n:>12} {:>10.1} {:>10.1} {tps:>10.0}",
             percentile(&lat, 0.5),

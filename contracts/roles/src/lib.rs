@@ -46,6 +46,9 @@
 //! - [`RolesConfig::owner_suspend_ms`] (presence timeout + tick): how soon a customer cut off
 //!   from its committee has stopped feeding its own sensors.
 //! - [`ACTIVATION_RETRY_MS`], [`OWN_RETRY_MS`], [`REFUSED_RETRY_MS`], [`RESUBMIT_MS`]: retries.
+//! - [`ACTIVATION_RESEND_MS`] (3 s): an activation report the ledger has not applied is sent
+//!   again this soon, not after [`RESUBMIT_MS`] (THREATS C10); the node's orchestrator uses the
+//!   same constant while it still reports activations itself.
 //! - Evidence rounds (the ledger's `ContractRecord::evidence_round`: the heartbeat interval, at
 //!   least 2 s, from activation): an arbitrator probes each active hosted or standby contract
 //!   of its committees once per interval, and challenges each active storage contract once per
@@ -151,6 +154,7 @@ pub use facts::LedgerFacts;
 pub use followed::FollowedDevices;
 pub use heartbeat::{Heartbeat, uptime_collectable};
 pub use io::{AuditVerdict, Effect, Input, Note, OWN_SERVICE, Presence, ServiceRef};
+pub use provider::custody_refusal_cancels;
 pub use readings::{DeviceAuthority, DeviceId, Previous, Readings, ReadingsConfig};
 
 /// How often the driver ticks the machine when it does not follow [`Effect::WakeAt`].
@@ -184,6 +188,12 @@ pub const RESUBMIT_MS: u64 = 10_000;
 /// A refused transaction is submitted again after this long (not at once: the driver may
 /// answer synchronously).
 pub const REFUSED_RETRY_MS: u64 = 1_000;
+/// An activation report admitted but not applied for this long is sent again, sooner than
+/// [`RESUBMIT_MS`]: one refused in its block (a block stamped behind this node's clock) used
+/// its nonce and nobody else retries it, and the customer settles a running contract
+/// `NoActivation` once the ledger's report grace has passed (THREATS C10). The node's
+/// orchestrator resends its own reports on this timing too.
+pub const ACTIVATION_RESEND_MS: u64 = 3_000;
 /// A provider's authority over its customer's sensors lasts this long past its latest block.
 pub const PROVIDER_LEASE_MS: u64 = 3_000;
 /// The node's default presence timeout for watched peers (`network.presence_timeout_ms`).

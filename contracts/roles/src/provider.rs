@@ -10,11 +10,12 @@ use cid::Cid;
 mod answers;
 mod steps;
 
-use steps::{activate, listen, prepare_effect, stop, submit_once};
+pub use answers::custody_refusal_cancels;
+use steps::{activate, listen, prepare_effect, report_activation_again, stop, submit_once};
 
 use super::facts::{closed, provider_engaged};
 use super::io::{Effect, Input, Note, ServiceRef};
-use super::{ACTIVATION_RETRY_MS, Heartbeat, View};
+use super::{ACTIVATION_RESEND_MS, ACTIVATION_RETRY_MS, Heartbeat, RESUBMIT_MS, View};
 use agora_contracts::contract::{ContractId, ContractKind};
 use agora_contracts::ledger::{ContractRecord, TxKind};
 use agora_contracts::lifecycle::ContractStatus;
@@ -26,6 +27,17 @@ enum Step {
     Armed,
     Activation,
     Cancel,
+}
+
+impl Step {
+    /// How long a submission of this step may stay without effect on the ledger before it is
+    /// sent again: an activation report sooner than the rest (THREATS C10).
+    fn resend_ms(self) -> u64 {
+        match self {
+            Step::Activation => ACTIVATION_RESEND_MS,
+            Step::Migrated | Step::Armed | Step::Cancel => RESUBMIT_MS,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,6 +320,7 @@ impl Provider {
             }
             _ => {}
         }
+        report_activation_again(h, id, rec, v.now, out);
         // A restarted node activates only once its ledger is current: a handover may have
         // happened meanwhile, and its peers must be connected to replay missed uplinks.
         if h.scheduled.is_some_and(|t| v.now >= t) && v.synced {

@@ -236,7 +236,7 @@ impl Ledger {
                 && !(rec.contract.kind == ContractKind::Standby && status == ContractStatus::Armed)
         } else if sender == rec.contract.provider {
             // A provider may back out only before it committed to stand by.
-            matches!(status, ContractStatus::Validated | ContractStatus::Migrated)
+            status.provider_may_cancel()
         } else {
             false
         };

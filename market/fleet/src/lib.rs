@@ -25,8 +25,8 @@ pub mod variant;
 
 pub use message::{FLEET_TOPIC, FleetMessage};
 pub use plan::{
-    Action, Observed, PlanConfig, ReleaseReason, TargetPhase, TargetStatus, plan, plan_parts,
-    summarize, wants,
+    ALL_OFFLINE_SPANS, Action, Observed, PlanConfig, ReleaseReason, TargetPhase, TargetStatus,
+    plan, plan_parts, summarize, wants,
 };
 pub use record::{
     Deployment, DeploymentBody, DeploymentSpec, Replicas, Strategy, decode_deployment,

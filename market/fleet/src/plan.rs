@@ -2,8 +2,9 @@
 //! which to release so that the observed state moves to the desired one.
 //!
 //! The rules, in order: a deleted or expired deployment releases every target; a target whose
-//! provider is unknown, no longer matches the selector, failed, or (with a replica count) has
-//! been offline too long is released; surplus targets beyond the replica count are released,
+//! provider is unknown, no longer matches the selector, failed, or has been offline too long
+//! (with a replica count `offline_after_ms`, with `--all` [`ALL_OFFLINE_SPANS`] times that) is
+//! released; surplus targets beyond the replica count are released,
 //! least advanced first; then new targets are placed among online providers that match and have
 //! room, chosen by rendezvous hashing on (deployment, provider) so that different deployments
 //! spread over different providers and the choice is stable from one round to the next.
@@ -79,10 +80,17 @@ pub struct Observed {
 #[serde(default)]
 pub struct PlanConfig {
     /// A provider not heard from for this long is offline: never chosen as a new target, and a
-    /// counted target on it is released and replaced (with `--all` it is kept and converges
-    /// when it returns).
+    /// counted target on it is released and replaced (with `--all` it is kept for
+    /// [`ALL_OFFLINE_SPANS`] times this, and converges if it returns within that).
     pub offline_after_ms: u64,
 }
+
+/// With `--all`, how many `offline_after_ms` spans a target stays offline before it is released
+/// (5 minutes by default). Long, so that a provider restarting or unreachable for a while keeps
+/// its contract and converges when it returns (nothing replaces it meanwhile), and a target
+/// that drops out and back (THREATS D1) moves honest targets between variants at most once per
+/// span; bounded, so that a target gone for good no longer counts in the variants' balance.
+pub const ALL_OFFLINE_SPANS: u64 = 10;
 
 impl Default for PlanConfig {
     fn default() -> Self {
@@ -105,7 +113,8 @@ pub enum ReleaseReason {
     NoLongerMatches,
     /// The target failed.
     Failed,
-    /// The provider has been offline too long (counted replicas only).
+    /// The provider has been offline too long (`offline_after_ms`; with `--all`
+    /// [`ALL_OFFLINE_SPANS`] times that).
     Offline,
     /// More targets than replicas.
     Surplus,
@@ -137,6 +146,22 @@ pub enum Action {
 
 fn online(p: &ProviderFacts, now: Timestamp, cfg: &PlanConfig) -> bool {
     now.saturating_sub(p.last_seen) <= cfg.offline_after_ms
+}
+
+/// True when a target on `p` has been offline too long to keep: a counted target as soon as it
+/// is offline (a replacement can take its place), a target of `--all` only after
+/// [`ALL_OFFLINE_SPANS`] (nothing replaces it; it converges if it returns before).
+fn offline_too_long(
+    p: &ProviderFacts,
+    now: Timestamp,
+    cfg: &PlanConfig,
+    replicas: Replicas,
+) -> bool {
+    let spans = match replicas {
+        Replicas::Count(_) => 1,
+        Replicas::All => ALL_OFFLINE_SPANS,
+    };
+    now.saturating_sub(p.last_seen) > cfg.offline_after_ms.saturating_mul(spans)
 }
 
 /// Rendezvous weight of `node` for deployment `id`: the highest weights are chosen.
@@ -192,7 +217,7 @@ pub fn plan_parts(
             None => Some(ReleaseReason::Unknown),
             Some(p) if !desired.admits(p) => Some(ReleaseReason::NoLongerMatches),
             Some(_) if status.phase == TargetPhase::Failed => Some(ReleaseReason::Failed),
-            Some(p) if !online(p, now, cfg) && matches!(desired.replicas, Replicas::Count(_)) => {
+            Some(p) if offline_too_long(p, now, cfg, desired.replicas) => {
                 Some(ReleaseReason::Offline)
             }
             Some(_) => None,

@@ -289,7 +289,7 @@ fn a_target_that_stops_matching_is_released_and_replaced() {
 }
 
 #[test]
-fn offline_targets_are_replaced_when_counted_and_kept_with_all() {
+fn offline_targets_are_replaced_when_counted_and_kept_with_all_for_ten_spans() {
     let cfg = PlanConfig::default();
     let late = NOW + cfg.offline_after_ms + 1;
     let mut obs = observed(vec![
@@ -317,6 +317,33 @@ fn offline_targets_are_replaced_when_counted_and_kept_with_all() {
             target: signer(3).node_id()
         }],
         "with --all the offline target is kept and converges when it returns"
+    );
+    // With --all, kept for ten offline spans, then released (no longer counted, and with
+    // variants the rest rebalanced); nothing is placed on a provider still offline.
+    let bound = NOW + ALL_OFFLINE_SPANS * cfg.offline_after_ms;
+    obs.providers
+        .get_mut(&signer(3).node_id())
+        .unwrap()
+        .last_seen = bound + 1;
+    assert_eq!(
+        plan(&all.body, &obs, bound, &cfg),
+        vec![Action::Place {
+            target: signer(3).node_id()
+        }],
+        "kept up to the bound"
+    );
+    assert_eq!(
+        plan(&all.body, &obs, bound + 1, &cfg),
+        vec![
+            Action::Release {
+                target: signer(2).node_id(),
+                reason: ReleaseReason::Offline
+            },
+            Action::Place {
+                target: signer(3).node_id()
+            }
+        ],
+        "released past it"
     );
 }
 

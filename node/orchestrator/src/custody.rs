@@ -87,13 +87,11 @@ impl Orchestrator {
         };
         if let Err(e) = result {
             // A commitment that does not describe the file would fail every honest answer:
-            // call the contract off before activation instead of being slashed for it.
+            // call the contract off while the ledger allows it instead of being slashed for it
+            // (the role machine's rule).
             self.timeline.push("custody-refused", Some(&contract), e);
             self.storage.challenge_gate().remove(&contract.0);
-            if matches!(
-                rec.status,
-                ContractStatus::Validated | ContractStatus::Migrated | ContractStatus::Armed
-            ) {
+            if agora_roles::custody_refusal_cancels(rec.status) {
                 self.submit(TxKind::Cancel(contract), "cancel").await;
             }
             return;

@@ -300,12 +300,7 @@ impl Orchestrator {
         let Some(rec) = self.record(contract).await else {
             return;
         };
-        if rec.contract.provider == self.me
-            && matches!(
-                rec.status,
-                ContractStatus::Validated | ContractStatus::Migrated
-            )
-        {
+        if rec.contract.provider == self.me && rec.status.provider_may_cancel() {
             self.submit(TxKind::Cancel(contract), "cancel").await;
         }
     }

@@ -42,14 +42,14 @@ use std::time::Duration;
 
 use agora_contracts::{ContractId, TxKind};
 use agora_market::{KeySigner, NodeId, Timestamp};
-use agora_roles::{AuditVerdict, FollowedDevices, Roles, RolesConfig};
+use agora_roles::{ACTIVATION_RESEND_MS, AuditVerdict, FollowedDevices, Roles, RolesConfig};
 use agora_storage::challenge::StorageCommitment;
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info};
+use tracing::{Instrument, debug, info, warn};
 
 use agora_exchange::StorageHandle;
 use agora_hosting::control::ServiceControl;
@@ -181,8 +181,28 @@ struct Hosted {
     activation_sent: Timestamp,
 }
 
-/// How long an activation report may stay unapplied before it is sent again.
-const ACTIVATION_RESEND_MS: u64 = 3_000;
+/// How often the orchestrator fell behind the ledger's block channel
+/// (`broadcast::error::RecvError::Lagged`): each time it missed blocks and rescanned the
+/// ledger instead. Counted, so that a node too slow for its blocks shows in its timeline and
+/// metrics rather than only in a debug log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Lagged {
+    /// Times it fell behind.
+    times: u64,
+    /// Blocks it missed in all.
+    blocks: u64,
+}
+
+impl Lagged {
+    /// Counts one fall behind of `missed` blocks; whether to log it at `warn` (the 1st, 2nd,
+    /// 4th, 8th… time, as the network's routes do, so a node that keeps falling behind does
+    /// not flood its log).
+    fn count(&mut self, missed: u64) -> bool {
+        self.times = self.times.saturating_add(1);
+        self.blocks = self.blocks.saturating_add(missed);
+        self.times.is_power_of_two()
+    }
+}
 
 /// Requests from the control API.
 enum Request {
@@ -308,6 +328,8 @@ pub struct Orchestrator {
     /// Provider: which hosted contract of a service line holds its devices and state (a
     /// start-first upgrade runs two side by side; docs/FLEETS.md "Upgrade").
     lines: agora_contracts::state::lineage::Lines,
+    /// Times this task fell behind the ledger's blocks, and the blocks it missed.
+    outcomes_lagged: Lagged,
     done_tx: mpsc::Sender<Done>,
 }
 
@@ -404,6 +426,7 @@ pub fn spawn(
         block_seen_at: 0,
         device_owners: FollowedDevices::default(),
         lines: Default::default(),
+        outcomes_lagged: Lagged::default(),
         done_tx,
     };
     let handle = OrchestratorHandle {
@@ -448,7 +471,7 @@ impl Orchestrator {
                 b = outcomes.recv() => match b {
                     Ok(block) => self.on_block(&block).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        debug!(n, "orchestrator lagged behind blocks; rescanning");
+                        self.on_lagged(n);
                         self.recover().await;
                     }
                     Err(_) => break,
@@ -464,6 +487,29 @@ impl Orchestrator {
                 _ = tick.tick() => self.on_tick().await,
             }
         }
+    }
+
+    /// The block channel dropped `missed` blocks this task was too slow for (the ledger is
+    /// rescanned next): counted on the timeline, phase `blocks-lagged`, so in the node's
+    /// `orchestrator_phases_total{phase="blocks-lagged"}`, and logged at `warn` the 1st, 2nd,
+    /// 4th… time.
+    fn on_lagged(&mut self, missed: u64) {
+        let loud = self.outcomes_lagged.count(missed);
+        let Lagged { times, blocks } = self.outcomes_lagged;
+        if loud {
+            warn!(
+                missed,
+                times, blocks, "orchestrator behind the ledger's blocks; rescanning"
+            );
+        }
+        self.timeline.push(
+            "blocks-lagged",
+            None,
+            format!(
+                "missed {missed} blocks ({times} times, {blocks} blocks so far); rescanning \
+                 the ledger"
+            ),
+        );
     }
 
     /// Submits `kind`, logging a refusal (the ledger re-checks everything anyway).
@@ -568,6 +614,26 @@ impl Orchestrator {
 #[cfg(test)]
 mod timeline_tests {
     use super::*;
+
+    /// Falling behind the ledger's blocks is counted every time (times and blocks missed) and
+    /// logged loudly only the 1st, 2nd, 4th, 8th… time. Mutants caught: `count` loud every
+    /// time (or never), or the times or blocks not added up.
+    #[test]
+    fn lagging_behind_blocks_is_counted_and_logged_loudly_at_powers_of_two() {
+        let mut lagged = Lagged::default();
+        let loud: Vec<bool> = (1..=9).map(|n| lagged.count(n)).collect();
+        assert_eq!(
+            loud,
+            [true, true, false, true, false, false, false, true, false]
+        );
+        assert_eq!(
+            lagged,
+            Lagged {
+                times: 9,
+                blocks: 45
+            }
+        );
+    }
 
     #[test]
     fn a_peers_long_reason_is_clipped_in_the_timeline() {

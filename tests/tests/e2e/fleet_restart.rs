@@ -126,9 +126,10 @@ fn a_restarted_deployer_keeps_its_deployment_and_places_no_second_replica() {
     assert_eq!(st["targets"].as_array().map(Vec::len), Some(3), "{st}");
     // While it reconciles (its tick runs every second; a target whose facts it saved is
     // planned at once, others within the 30 s grace), no target runs two replicas and no
-    // target has two live contracts; every target stays (or becomes again) running.
+    // target has two live contracts; every target stays (or becomes again) running. Checked
+    // for 45 s and at least 11 times: a loaded machine polls less often, so it looks longer.
     let mut polls = 0;
-    while back.elapsed() < Duration::from_secs(45) {
+    while back.elapsed() < Duration::from_secs(45) || polls <= 10 {
         for i in 1..7 {
             let n = replicas(&net, i, &image);
             assert!(n <= 1, "node{i} runs {n} replicas after the restart");
@@ -141,7 +142,6 @@ fn a_restarted_deployer_keeps_its_deployment_and_places_no_second_replica() {
         polls += 1;
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(polls > 10, "the invariant was checked {polls} times only");
     wait_for(
         &net,
         &id,

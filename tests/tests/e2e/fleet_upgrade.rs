@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use agora_runtime::test_utils::{READINGS_COUNTER, last_count};
@@ -21,7 +21,7 @@ use agora_tests::adversary::radio::unsigned_frame;
 use agora_tests::fleet::{
     create, label, node_ids, phase_of, publish_with_devices, reconfigure, runs, status, wait_for,
 };
-use agora_tests::{TestDevnet, agora, agora_json, try_agora_json};
+use agora_tests::{TestDevnet, agora, agora_json, try_agora_json, wait_until};
 
 const LABELLED: [usize; 2] = [2, 3];
 const WAIT: Duration = Duration::from_secs(300);
@@ -58,18 +58,22 @@ struct Sensor {
     on: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU32>,
+    /// Bumped by the thread after each round, sent or skipped: a round that ends after `on`
+    /// changed is the last that may have read the old value.
+    rounds: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Sensor {
     fn start(edges: Vec<(u32, String)>) -> Self {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (on, stop, sent) = (
+        let (on, stop, sent, rounds) = (
             Arc::new(AtomicBool::new(true)),
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicU32::new(0)),
+            Arc::new(AtomicU64::new(0)),
         );
-        let (o, st, se) = (on.clone(), stop.clone(), sent.clone());
+        let (o, st, se, r) = (on.clone(), stop.clone(), sent.clone(), rounds.clone());
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::SeqCst) {
                 if o.load(Ordering::SeqCst) {
@@ -79,6 +83,7 @@ impl Sensor {
                     }
                     se.store(seq, Ordering::SeqCst);
                 }
+                r.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
@@ -86,15 +91,22 @@ impl Sensor {
             on,
             stop,
             sent,
+            rounds,
             thread: Some(thread),
         }
     }
 
-    /// Pauses (`false`) or resumes sending; returns the readings sent so far.
+    /// Pauses (`false`) or resumes sending; returns the readings sent so far, once the thread
+    /// has finished a round since the switch (a send in progress is then counted, and no
+    /// later one starts while paused).
     fn set(&self, on: bool) -> u32 {
         self.on.store(on, Ordering::SeqCst);
-        // A send in progress finishes within one period.
-        std::thread::sleep(Duration::from_millis(120));
+        let before = self.rounds.load(Ordering::SeqCst);
+        wait_until(
+            "the sensor thread to finish a round",
+            Duration::from_secs(10),
+            || self.rounds.load(Ordering::SeqCst) > before,
+        );
         self.sent.load(Ordering::SeqCst)
     }
 }

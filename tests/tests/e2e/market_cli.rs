@@ -373,16 +373,23 @@ fn standing_offer_taken_and_late_joiner_gets_open_auctions() {
         "5m",
     ]);
     let auction = created["id"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(500));
+    // The late joiner asks its first peers, whichever they are, for a snapshot: every node
+    // lists the auction before it starts.
+    let lists_it = |dir: &str| {
+        try_agora_json(&["auctions", "--data-dir", dir]).is_some_and(|v| {
+            v.as_array()
+                .is_some_and(|l| l.iter().any(|a| a["id"] == auction.as_str()))
+        })
+    };
+    wait_until(
+        "nodes 1 and 2 to list the auction",
+        Duration::from_secs(10),
+        || lists_it(&node(1)) && lists_it(&node(2)),
+    );
     let late = JoinedNode::start(&net.tmp().join("late"), dir);
     wait_until(
         "the late joiner to receive the open auction",
         Duration::from_secs(20),
-        || {
-            try_agora_json(&["auctions", "--data-dir", &late.data_dir]).is_some_and(|v| {
-                v.as_array()
-                    .is_some_and(|l| l.iter().any(|a| a["id"] == auction.as_str()))
-            })
-        },
+        || lists_it(&late.data_dir),
     );
 }

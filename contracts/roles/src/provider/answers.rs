@@ -12,6 +12,18 @@ use agora_contracts::contract::ContractId;
 use agora_contracts::ledger::TxKind;
 use agora_contracts::lifecycle::ContractStatus;
 
+/// Whether a provider that could not take custody of a storage contract's file calls the
+/// contract off, given its status on the ledger. A commitment that does not describe the file
+/// would fail every honest answer to a challenge, so the provider cancels instead of being
+/// slashed for it, while the ledger still lets it: validated or migrated
+/// ([`ContractStatus::provider_may_cancel`]; THREATS C15). Once armed the ledger refuses a
+/// provider's cancel, so none is sent (both copies of this rule used to send one while armed,
+/// which only spent a transaction). The node's orchestrator, which still takes custody itself,
+/// decides by this rule too.
+pub fn custody_refusal_cancels(status: ContractStatus) -> bool {
+    status.provider_may_cancel()
+}
+
 impl Provider {
     pub(super) fn heartbeat_if_due(&mut self, v: &View, id: ContractId, out: &mut Vec<Effect>) {
         let Some(h) = self.hosts.get_mut(&id) else {
@@ -111,14 +123,10 @@ impl Provider {
             Some(id),
             error,
         )));
-        // A commitment that does not describe the file would fail every honest answer: call the
-        // contract off before activation instead of being slashed for it.
-        let cancellable = v.records.get(&id).is_some_and(|r| {
-            matches!(
-                r.status,
-                ContractStatus::Validated | ContractStatus::Migrated | ContractStatus::Armed
-            )
-        });
+        let cancellable = v
+            .records
+            .get(&id)
+            .is_some_and(|r| custody_refusal_cancels(r.status));
         if cancellable {
             submit_once(h, Step::Cancel, TxKind::Cancel(id), v.now, out);
         }

@@ -3,10 +3,10 @@
 use agora_market::Timestamp;
 
 use super::{Host, Prep, Run, Step};
-use crate::RESUBMIT_MS;
 use crate::io::{Effect, Note, ServiceRef};
 use agora_contracts::contract::{ContractId, ContractKind};
 use agora_contracts::ledger::{ContractRecord, TxKind};
+use agora_contracts::lifecycle::ContractStatus;
 
 pub(super) fn prepare_effect(id: ContractId, rec: &ContractRecord) -> Effect {
     let c = &rec.contract;
@@ -25,6 +25,8 @@ pub(super) fn prepare_effect(id: ContractId, rec: &ContractRecord) -> Effect {
     }
 }
 
+/// Submits `tx` unless `step` is in flight; it is sent again after [`Step::resend_ms`] (or
+/// `REFUSED_RETRY_MS` once refused) while the ledger shows no effect.
 pub(super) fn submit_once(
     h: &mut Host,
     step: Step,
@@ -35,8 +37,34 @@ pub(super) fn submit_once(
     if h.in_flight.contains_key(&step) {
         return;
     }
-    h.in_flight.insert(step, now.saturating_add(RESUBMIT_MS));
+    h.in_flight
+        .insert(step, now.saturating_add(step.resend_ms()));
     out.push(Effect::Submit(tx));
+}
+
+/// Reports a running service's activation again, with the time first reported, while the
+/// ledger still has the contract armed without it: a report refused in its block, or by a
+/// full mempool, is retried by nobody else, and the customer would settle the running
+/// contract `NoActivation` (THREATS C10). [`submit_once`] paces it. A storage contract's
+/// report is repeated by [`activate`] instead.
+pub(super) fn report_activation_again(
+    h: &mut Host,
+    id: ContractId,
+    rec: &ContractRecord,
+    now: Timestamp,
+    out: &mut Vec<Effect>,
+) {
+    let Run::Active { since } = h.run else {
+        return;
+    };
+    if h.storage.is_some() || rec.status != ContractStatus::Armed || rec.activated_at.is_some() {
+        return;
+    }
+    let tx = TxKind::ReportActivation {
+        contract: id,
+        activated_at: since,
+    };
+    submit_once(h, Step::Activation, tx, now, out);
 }
 
 pub(super) fn listen(h: &mut Host, devices: &[u32], out: &mut Vec<Effect>) {

@@ -592,6 +592,143 @@ fn refused_custody_calls_the_contract_off() {
     assert!(phases(&out).contains(&"custody-refused".to_string()));
 }
 
+/// Once armed, the ledger refuses a provider's cancel: a refused custody (a restart that
+/// cannot fetch the file again) is recorded, and no doomed cancel is sent. Mutant caught:
+/// `on_custody_refused` back on its own `Validated | Migrated | Armed` copy of the rule.
+#[test]
+fn refused_custody_of_an_armed_contract_sends_no_cancel() {
+    let mut chain = Chain::new();
+    let (mut roles, id) = armed_provider(&mut chain, ContractBuilder::new(1, 2).storage());
+    assert_eq!(
+        chain.ledger.contract(&id).unwrap().status,
+        agora_contracts::lifecycle::ContractStatus::Armed
+    );
+    let out = roles.handle(
+        chain.now,
+        Input::CustodyRefused {
+            contract: id,
+            error: "file no longer served".into(),
+        },
+    );
+    assert!(!submitted(&out).contains(&TxKind::Cancel(id)), "{out:?}");
+    assert!(phases(&out).contains(&"custody-refused".to_string()));
+}
+
+/// The rule both the machine and the node's orchestrator follow when custody is refused: call
+/// the contract off only while the ledger lets a provider (THREATS C15: validated or
+/// migrated, never once armed). Mutants caught: `Armed` added to
+/// `ContractStatus::provider_may_cancel` (the old copies' set), or `Migrated` dropped.
+#[test]
+fn custody_refusal_cancels_before_arming_only() {
+    use crate::custody_refusal_cancels as cancels;
+    use agora_contracts::lifecycle::ContractStatus as S;
+    assert!(!cancels(S::Proposed));
+    assert!(!cancels(S::Signed));
+    assert!(cancels(S::Validated));
+    assert!(cancels(S::Migrated));
+    assert!(
+        !cancels(S::Armed),
+        "the ledger refuses a provider's cancel once armed"
+    );
+    assert!(!cancels(S::Active));
+    assert!(!cancels(S::Completed));
+    assert!(!cancels(S::Settled));
+    assert!(!cancels(S::Breached));
+    assert!(!cancels(S::Slashed));
+    assert!(!cancels(S::Cancelled));
+    assert!(!cancels(S::Expired));
+}
+
+/// The activation reports among `out`: (contract, activation time).
+fn reports(out: &[Effect]) -> Vec<(ContractId, Timestamp)> {
+    submitted(out)
+        .into_iter()
+        .filter_map(|tx| match tx {
+            TxKind::ReportActivation {
+                contract,
+                activated_at,
+            } => Some((contract, activated_at)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// THREATS C10 in the machine, on the orchestrator's timing: a storage contract's activation
+/// report the ledger has not applied is sent again after `ACTIVATION_RESEND_MS` (3 s), not
+/// `RESUBMIT_MS` (10 s). Mutants caught: `Step::resend_ms` giving `RESUBMIT_MS` for
+/// `Activation`, or `ACTIVATION_RESEND_MS` set to 10 s.
+#[test]
+fn a_storage_activation_report_is_sent_again_after_3_s_not_10() {
+    let mut chain = Chain::new();
+    let (mut roles, id) = armed_provider(&mut chain, ContractBuilder::new(1, 2).storage());
+    // Reported on the arming block, at `chain.now`; that report never reaches the ledger.
+    // The times are literal: a resend constant set back to 10 s must fail here.
+    let sent = chain.now;
+    assert!(reports(&roles.handle(sent + 2_999, Input::Tick)).is_empty());
+    let again = reports(&roles.handle(sent + 3_000, Input::Tick));
+    assert_eq!(
+        again.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        vec![id],
+        "sent again 3 s after the first"
+    );
+}
+
+/// THREATS C10 in the machine for a hosted (standby) contract, as the orchestrator's
+/// `resend_activation_reports` does: the report is sent again every 3 s with the time first
+/// reported, a little later when refused, and no more once the ledger shows the activation.
+/// Mutants caught: the `report_activation_again` call in `advance` removed (the model sent a
+/// hosted report once only), or its `since` replaced by `now`.
+#[test]
+fn a_hosted_activation_report_is_sent_again_with_its_first_time_until_applied() {
+    let mut chain = Chain::new();
+    let me = chain.provider.node_id();
+    let (mut roles, id) = armed_provider(&mut chain, Chain::standby());
+    chain.now = 5_000;
+    let ev = chain.attest_down(1_000);
+    roles.handle(chain.now, chain.facts(&roles, me, ev));
+    let started = chain.now + 10;
+    let out = roles.handle(
+        started,
+        Input::ActivationDone {
+            service: ServiceRef::Contract(id),
+            started_at: started,
+            replayed: 0,
+        },
+    );
+    assert_eq!(reports(&out), vec![(id, started)]);
+    // Admitted, then refused in its block (stamped behind this clock): not on the ledger.
+    let again = started + 3_000;
+    assert!(reports(&roles.handle(again - 1, Input::Tick)).is_empty());
+    assert_eq!(
+        reports(&roles.handle(again, Input::Tick)),
+        vec![(id, started)],
+        "sent again 3 s later, with the time first reported"
+    );
+    // Refused by the mempool: a little later again.
+    let report = TxKind::ReportActivation {
+        contract: id,
+        activated_at: started,
+    };
+    let out = roles.handle(
+        again,
+        Input::Submitted {
+            tx: report.clone(),
+            accepted: false,
+        },
+    );
+    assert!(reports(&out).is_empty(), "not at once");
+    assert_eq!(
+        reports(&roles.handle(again + REFUSED_RETRY_MS, Input::Tick)),
+        vec![(id, started)]
+    );
+    // On the ledger: never again.
+    let p = chain.provider.clone();
+    chain.now = again + REFUSED_RETRY_MS + 100;
+    let ev = chain.block(vec![(&p, report)]);
+    roles.handle(chain.now, chain.facts(&roles, me, ev));
+    assert!(reports(&roles.handle(chain.now + 60_000, Input::Tick)).is_empty());
+}
+
 #[test]
 fn a_failed_start_is_retried_only_while_it_still_counts() {
     let mut chain = Chain::new();

@@ -306,6 +306,31 @@ proptest! {
         let after = assign(&eligible, &before, k);
         check_optimal(&eligible, &before, k, &after);
     }
+
+    /// A leave (a failed contract, a target offline too long): assign a fleet, then take up to
+    /// two targets out; the deployer keeps the variants of those that stay, and the new
+    /// assignment is the most balanced the remaining constraints allow, moves the fewest of
+    /// them, and assigning again without a change moves nobody.
+    #[test]
+    fn a_leave_rebalances_with_the_fewest_moves(
+        (k, masks, _, _) in fleet_strategy(),
+        leaves in proptest::collection::vec(0usize..6, 0..=2),
+    ) {
+        let mut eligible: BTreeMap<NodeId, Mask> =
+            masks.iter().enumerate().map(|(i, m)| (node(i as u64), *m)).collect();
+        let before = assign(&eligible, &BTreeMap::new(), k);
+        for i in &leaves {
+            eligible.remove(&node(*i as u64));
+        }
+        let previous: BTreeMap<NodeId, usize> = before
+            .iter()
+            .filter(|(n, _)| eligible.contains_key(*n))
+            .map(|(n, v)| (*n, *v))
+            .collect();
+        let after = assign(&eligible, &previous, k);
+        check_optimal(&eligible, &previous, k, &after);
+        prop_assert_eq!(&assign(&eligible, &after, k), &after);
+    }
 }
 
 /// With a replica count: one target without BLE kept, one more wanted among three candidates,

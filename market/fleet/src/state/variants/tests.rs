@@ -1,6 +1,7 @@
 //! Variants in the fleet machine: the deployer places each target's variant, rebalances after a
-//! join (release the old variant, place the new one), shows it, and refuses what it cannot do;
-//! a provider fetches early only when one variant fits it and reports its variant's image.
+//! join or a leave (release the old variant, place the new one), shows it, and refuses what it
+//! cannot do; a provider fetches early only when one variant fits it and reports its variant's
+//! image.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -656,4 +657,215 @@ fn an_upgrade_of_variants_moves_their_targets_start_first_and_a_sick_one_rolls_b
     for t in &a_targets {
         assert_eq!(d.own[&dep].image_of(t), A);
     }
+}
+
+/// Releases of `out`, as `(target, image, reason)` each, in order.
+fn releases(out: &[Effect]) -> Vec<(NodeId, String, ReleaseReason)> {
+    out.iter()
+        .filter_map(|e| match e {
+            Effect::Release {
+                target,
+                image,
+                reason,
+                ..
+            } => Some((*target, image.clone(), *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every `b` of `live` runs on a BLE provider (seeds 2, 3, 4).
+fn b_only_on_ble(live: &BTreeSet<(NodeId, String)>) -> bool {
+    live.iter()
+        .all(|(t, i)| i != B || [id(2), id(3), id(4)].contains(t))
+}
+
+/// `--all` over providers 2, 3, 4 (BLE) and 5 (none) at 2/2, then 6 (no BLE) joins: 3 a / 2 b,
+/// the join moving nobody. Returns the machine, the live `(target, image)` pairs and the BLE
+/// target that runs a.
+fn three_a_two_b() -> (FleetState<KeySigner>, BTreeSet<(NodeId, String)>, NodeId) {
+    let mut d = FleetState::new(signer(1), FleetConfig::default());
+    for (seed, ble) in [(2, true), (3, true), (4, true), (5, false)] {
+        d.handle(T0, Input::Provider(facts(seed, ble, T0))).unwrap();
+    }
+    d.handle(T0, Input::Create(spec())).unwrap();
+    let mut live = BTreeSet::new();
+    apply(&mut live, &d.handle(T0 + 1, Input::Tick).unwrap());
+    d.handle(T0 + 2, Input::Provider(facts(6, false, T0 + 2)))
+        .unwrap();
+    let out = d.handle(T0 + 3, Input::Tick).unwrap();
+    assert!(releases(&out).is_empty(), "{out:?}");
+    apply(&mut live, &out);
+    assert_eq!((count(&live, A), count(&live, B)), (3, 2), "{live:?}");
+    let x = live
+        .iter()
+        .find(|(t, i)| i == A && ![id(5), id(6)].contains(t))
+        .map(|(t, _)| *t)
+        .unwrap();
+    (d, live, x)
+}
+
+/// A BLE target leaves — its contract failed, or (with a replica count) it went offline — and
+/// is released; a free provider replaces it, and the variants are rebalanced over who is left:
+/// b only on BLE, the counts balanced, never two variants on one target.
+#[test]
+fn a_ble_target_that_leaves_is_replaced_and_the_counts_rebalanced() {
+    let dep = deployment_id(&id(1), "gw");
+    let failed = |target: NodeId| Input::TargetProgress {
+        deployment: dep,
+        target,
+        image: B.into(),
+        phase: TargetPhase::Failed,
+        reason: Some("the contract ended".into()),
+    };
+    // `--all` at 3 a / 2 b: a b target's contract fails. No provider is free, so 3 a / 1 b is
+    // rebalanced: the BLE target that ran a moves to b (a released, b placed), nobody else.
+    let (mut d, mut live, x) = three_a_two_b();
+    let y = live.iter().find(|(_, i)| i == B).map(|(t, _)| *t).unwrap();
+    d.handle(T0 + 4, failed(y)).unwrap();
+    let out = d.handle(T0 + 5, Input::Tick).unwrap();
+    assert_eq!(
+        releases(&out),
+        vec![
+            (y, B.to_string(), ReleaseReason::Failed),
+            (x, A.to_string(), ReleaseReason::Rebalanced)
+        ],
+        "{out:?}"
+    );
+    assert_eq!(moves(&out).1, vec![(x, B.to_string())], "{out:?}");
+    apply(&mut live, &out);
+    assert_eq!((count(&live, A), count(&live, B)), (2, 2), "{live:?}");
+    assert!(b_only_on_ble(&live), "{live:?}");
+    assert_eq!(
+        d.status(&dep).unwrap().variant_counts,
+        BTreeMap::from([("a".into(), 2), ("b".into(), 2)])
+    );
+    // Stable: the failed provider is avoided, nobody moves.
+    let (r, p) = moves(&d.handle(T0 + 6, Input::Tick).unwrap());
+    assert!(r.is_empty() && p.is_empty(), "{r:?} {p:?}");
+
+    // `--replicas 4` among five providers (BLE on 2, 3, 4): 2 / 2 and one provider free. A b
+    // target leaves (failed, or offline beyond `offline_after_ms`): the free provider replaces
+    // it, and if it cannot run b the BLE target that ran a moves to b.
+    let providers = [(2, true), (3, true), (4, true), (5, false), (6, false)];
+    for leave in [ReleaseReason::Failed, ReleaseReason::Offline] {
+        let mut d = FleetState::new(signer(1), FleetConfig::default());
+        for (seed, ble) in providers {
+            d.handle(T0, Input::Provider(facts(seed, ble, T0))).unwrap();
+        }
+        let four = DeploymentSpec {
+            replicas: Replicas::Count(4),
+            ..spec()
+        };
+        d.handle(T0, Input::Create(four)).unwrap();
+        let mut live = BTreeSet::new();
+        apply(&mut live, &d.handle(T0 + 1, Input::Tick).unwrap());
+        assert_eq!((count(&live, A), count(&live, B)), (2, 2), "{live:?}");
+        let free = providers
+            .iter()
+            .map(|(seed, _)| id(*seed))
+            .find(|n| live.iter().all(|(t, _)| t != n))
+            .unwrap();
+        let y = live.iter().find(|(_, i)| i == B).map(|(t, _)| *t).unwrap();
+        let now = if leave == ReleaseReason::Failed {
+            d.handle(T0 + 2, failed(y)).unwrap();
+            T0 + 3
+        } else {
+            // Everyone but Y offers itself again; Y was last heard at T0.
+            let now = T0 + FleetConfig::default().plan.offline_after_ms + 1_000;
+            for (seed, ble) in providers.into_iter().filter(|(s, _)| id(*s) != y) {
+                d.handle(now, Input::Provider(facts(seed, ble, now)))
+                    .unwrap();
+            }
+            now
+        };
+        let out = d.handle(now, Input::Tick).unwrap();
+        let released = releases(&out);
+        assert!(
+            released.contains(&(y, B.to_string(), leave)),
+            "{leave:?}: {out:?}"
+        );
+        assert!(
+            released
+                .iter()
+                .all(|(t, _, r)| *t == y || *r == ReleaseReason::Rebalanced),
+            "{leave:?}: {out:?}"
+        );
+        assert!(
+            moves(&out).1.iter().any(|(t, _)| *t == free),
+            "{leave:?}: the free provider replaces it: {out:?}"
+        );
+        apply(&mut live, &out);
+        assert_eq!(live.len(), 4, "{leave:?}: {live:?}");
+        assert!(live.iter().all(|(t, _)| *t != y), "{leave:?}: {live:?}");
+        assert_eq!(
+            (count(&live, A), count(&live, B)),
+            (2, 2),
+            "{leave:?}: {live:?}"
+        );
+        assert!(b_only_on_ble(&live), "{leave:?}: {live:?}");
+    }
+}
+
+/// With `--all`, a target offline beyond `offline_after_ms` is kept (a provider restarting
+/// converges when it returns, nothing replaces it meanwhile) for `ALL_OFFLINE_SPANS` of them;
+/// past that it is released and the variants are rebalanced over the rest. When it comes back
+/// it is placed again and nobody moves.
+#[test]
+fn an_offline_target_of_all_is_kept_ten_spans_then_released_and_the_counts_rebalanced() {
+    use crate::plan::ALL_OFFLINE_SPANS;
+    let dep = deployment_id(&id(1), "gw");
+    let (mut d, mut live, x) = three_a_two_b();
+    let y = live.iter().find(|(_, i)| i == B).map(|(t, _)| *t).unwrap();
+    let providers = [(2, true), (3, true), (4, true), (5, false), (6, false)];
+    let seen = |d: &mut FleetState<KeySigner>, now: Timestamp, with_y: bool| {
+        for (seed, ble) in providers {
+            if with_y || id(seed) != y {
+                d.handle(now, Input::Provider(facts(seed, ble, now)))
+                    .unwrap();
+            }
+        }
+    };
+    // Y was last heard at T0; everyone else keeps offering itself.
+    let span = FleetConfig::default().plan.offline_after_ms;
+    let bound = T0 + ALL_OFFLINE_SPANS * span;
+    for now in [T0 + span + 1_000, T0 + 5 * span, bound] {
+        seen(&mut d, now, false);
+        let out = d.handle(now, Input::Tick).unwrap();
+        let (r, p) = moves(&out);
+        assert!(
+            r.is_empty() && p.is_empty(),
+            "{} ms offline: {out:?}",
+            now - T0
+        );
+        let view = d.status(&dep).unwrap();
+        assert!(view.targets.iter().any(|t| t.node == y), "Y is kept");
+    }
+    seen(&mut d, bound + 1, false);
+    let out = d.handle(bound + 1, Input::Tick).unwrap();
+    assert_eq!(
+        releases(&out),
+        vec![
+            (y, B.to_string(), ReleaseReason::Offline),
+            (x, A.to_string(), ReleaseReason::Rebalanced)
+        ],
+        "{out:?}"
+    );
+    assert_eq!(moves(&out).1, vec![(x, B.to_string())], "{out:?}");
+    apply(&mut live, &out);
+    assert_eq!((count(&live, A), count(&live, B)), (2, 2), "{live:?}");
+    assert!(b_only_on_ble(&live), "{live:?}");
+    // Y comes back: placed again (not avoided), with whichever variant keeps the counts within
+    // one; nobody else moves.
+    let back = bound + 2_000;
+    seen(&mut d, back, true);
+    let out = d.handle(back, Input::Tick).unwrap();
+    let (r, p) = moves(&out);
+    assert!(r.is_empty(), "{out:?}");
+    assert_eq!(p.len(), 1, "{out:?}");
+    assert_eq!(p[0].0, y);
+    apply(&mut live, &out);
+    let (a, b) = (count(&live, A), count(&live, B));
+    assert!(a + b == 5 && a.abs_diff(b) == 1, "{live:?}");
+    assert!(b_only_on_ble(&live), "{live:?}");
 }

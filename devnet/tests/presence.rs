@@ -138,17 +138,33 @@ async fn only_watched_peers_get_fast_heartbeats() {
     // The network's own evidence that beats keep reaching the watched peer, waited for and not
     // timed (a loaded machine only makes it slower): it stays reachable (600 ms without an
     // answer declares it down) and its last proof of life takes 5 new values (beats every
-    // 100 ms; the 15 s idle ping gives 2 at most in the 20 s wait). The other peer is sampled
-    // for 2.5 s at least, long enough to see its last proof of life age past 1 s (this can
-    // only fail by its being refreshed too often, never by a slow machine).
+    // 100 ms; the 15 s idle ping gives 2 at most in the 20 s wait), two of them at most 250 ms
+    // apart (only a ping or a beat answered moves it: beats every 400 ms would need an answer
+    // 150 ms late and the next one prompt; a slow sampler only misses values, so it waits
+    // longer). The other peer is sampled for 2.5 s at least, long enough to see its last proof
+    // of life age past 1 s (this can only fail by its being refreshed too often, never by a
+    // slow machine).
     let mut beats = std::collections::BTreeSet::new();
+    let closest = |beats: &std::collections::BTreeSet<u64>| {
+        beats
+            .iter()
+            .zip(beats.iter().skip(1))
+            .map(|(a, b)| b - a)
+            .min()
+            .unwrap_or(u64::MAX)
+    };
     let mut oldest_other = 0u64;
     let started = tokio::time::Instant::now();
-    while beats.len() < 5 || started.elapsed() < Duration::from_millis(2500) {
+    while beats.len() < 5
+        || closest(&beats) > 250
+        || started.elapsed() < Duration::from_millis(2500)
+    {
         assert!(
             started.elapsed() < WAIT,
-            "the watched peer's last proof of life took {} new values in {WAIT:?}",
-            beats.len()
+            "the watched peer's last proof of life took {} new values in {WAIT:?}, the closest \
+             {} ms apart",
+            beats.len(),
+            closest(&beats)
         );
         let table = watcher.presence().await.unwrap();
         let now = agora_wire::now_ms();

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use bounds::{BookCounters, BookStats};
 #[cfg(any(test, feature = "test-utils"))]
 pub use byzantine::CUT_TERM_MS;
-pub use funding::{BALANCE_MAX_AGE_MS, BALANCE_TTL_MS, MAX_BALANCES};
+pub use funding::{BALANCE_MAX_AGE_MS, BALANCE_TTL_MS, MAX_BALANCES, WALKER_TTL_MS};
 pub use restore::{ContractHold, MAX_RESTORED_HOLDS};
 
 use crate::auction::{AuctionKind, AuctionRequest, Bid, Offer};
@@ -213,11 +213,21 @@ pub enum Input {
     /// What this node's ledger says accounts can spend: each account's spendable balance if
     /// the ledger counts it funded (it holds the ledger's minimum balance), else 0. The node
     /// feeds those [`MarketState::balances_wanted`] names (customers of auctions we may bid
-    /// on, bidders on ours); the book keeps the latest [`MAX_BALANCES`]. A customer whose
+    /// on, bidders on ours); the book keeps [`MAX_BALANCES`], funded ones first. A customer whose
     /// balance covers the quote and its stake may hold bids here on its own, every other
     /// shares one budget (THREATS C31); a bidder whose balance covers the provider stake wins
     /// first (THREATS C32).
     Balances(Vec<(NodeId, u64)>),
+    /// The deal task gave up on the contract of our agreed `award` as customer: `provider`
+    /// refused to countersign it or never answered. The auction's next bid is awarded as when
+    /// the award lapses, and `provider` ranks last on our auctions for
+    /// [`WALKER_TTL_MS`] (THREATS C32).
+    DealFailed {
+        /// The award.
+        award: AwardId,
+        /// Its provider.
+        provider: NodeId,
+    },
     /// Timer: close windows, award, expire entries and holds.
     Tick,
 }
@@ -506,6 +516,10 @@ impl<S: Signer + Clone> MarketState<S> {
                 self.learn_balances(now, balances, &mut out);
                 Ok(())
             }
+            Input::DealFailed { award, provider } => {
+                self.deal_failed(now, award, provider, &mut out);
+                Ok(())
+            }
             Input::Tick => {
                 self.tick(now, &mut out);
                 self.tick_funding();
@@ -523,6 +537,11 @@ impl<S: Signer + Clone> MarketState<S> {
         assert!(
             self.lost_in_step(),
             "the counts of lost bids drifted from our bids"
+        );
+        #[cfg(test)]
+        assert!(
+            self.awaiting_in_book(),
+            "an auction waits for its customer's balance outside the book"
         );
         out
     }
@@ -594,11 +613,20 @@ mod bounds_tests;
 #[path = "book/funding_tests.rs"]
 mod funding_tests;
 #[cfg(test)]
+#[path = "book/lost_tests.rs"]
+mod lost_tests;
+#[cfg(test)]
+#[path = "book/next_bid_tests.rs"]
+mod next_bid_tests;
+#[cfg(test)]
 #[path = "book/reject_tests.rs"]
 mod reject_tests;
 #[cfg(test)]
 #[path = "book/restore_tests.rs"]
 mod restore_tests;
+#[cfg(test)]
+#[path = "book/strangers_tests.rs"]
+mod strangers_tests;
 #[cfg(test)]
 #[path = "book/tests.rs"]
 mod tests;

@@ -152,8 +152,9 @@ pub struct NegotiationRules {
     /// Maximum number of counter-offers after the award.
     pub max_rounds: u32,
     /// Time from award to agreement before the deal lapses, ms. Our awards of bids have at
-    /// most a quarter of `provider.hold_grace_ms` (at least 10 s), so that the next bid is
-    /// awarded while the losers still keep their bids (THREATS C32).
+    /// most a quarter of `provider.hold_grace_ms` (at least 10 s) when a next bid would be
+    /// awarded on their lapse, so that it is awarded while the losers still keep their bids
+    /// (THREATS C32); awards made by hand, or with no other bid that could win, have all of it.
     pub timeout_ms: u64,
 }
 

@@ -8,6 +8,7 @@ pub mod devices;
 pub mod fleet;
 pub mod natlab;
 pub mod netns;
+pub mod sensor;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -185,7 +185,7 @@ impl Provider {
                 processed,
                 proofs,
             } => self.on_metered(v, *contract, *running, *processed, proofs, out),
-            Input::Submitted { tx, accepted } => self.on_submitted(v, tx, *accepted, out),
+            Input::Submitted { tx, accepted } => self.on_submitted(v, tx, *accepted),
             _ => {}
         }
         self.reconcile(v, out);

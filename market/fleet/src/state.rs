@@ -425,6 +425,8 @@ pub struct FleetState<S: Signer> {
     backing: BTreeMap<NodeId, BTreeSet<String>>,
     /// When this node's deployments were restored after a restart ([`FleetState::restore`]).
     restored_at: Option<Timestamp>,
+    /// When this node last ticked ([`FleetState::pause_offline_clocks`]).
+    last_tick: Option<Timestamp>,
     /// Something [`FleetState::saved`] returns changed since [`FleetState::take_dirty`] was
     /// last called (the node writes its state file only then).
     dirty: bool,
@@ -463,6 +465,7 @@ impl<S: Signer> FleetState<S> {
             balances: BTreeMap::new(),
             backing: BTreeMap::new(),
             restored_at: None,
+            last_tick: None,
             dirty: false,
         }
     }
@@ -524,6 +527,7 @@ impl<S: Signer> FleetState<S> {
                 last_failure,
             } => self.local_restarts(deployment, restarts, last_failure),
             Input::Tick => {
+                self.pause_offline_clocks(now);
                 self.reconcile(now, &mut out)?;
                 self.provider_tick(now, &mut out);
             }
@@ -683,6 +687,33 @@ impl<S: Signer> FleetState<S> {
                 });
             }
         }
+    }
+
+    /// Deployer: a gap of more than `offline_after_ms` between two of this node's own ticks
+    /// (the machine suspended, the process stopped or stalled) is nobody's silence, since this
+    /// node heard no one meanwhile: every target's `last_seen` moves forward by the gap (at
+    /// most to `now`), so a target is offline only for what it missed while this node ticked.
+    /// Without it the first tick after a deployer was away for 5 minutes released every target
+    /// of `--all` at once, and every counted one after 30 s (THREATS D1). Only targets: a
+    /// provider that is not one is placed on only once it is heard again.
+    fn pause_offline_clocks(&mut self, now: Timestamp) {
+        let Some(last) = self.last_tick.replace(now) else {
+            return;
+        };
+        let gap = now.saturating_sub(last);
+        if gap <= self.config.plan.offline_after_ms {
+            return;
+        }
+        let own = &self.own;
+        for p in self.providers.values_mut() {
+            if own.values().any(|o| targets_node(o, &p.node)) {
+                p.last_seen = p.last_seen.saturating_add(gap).min(now);
+            }
+        }
+        tracing::info!(
+            gap_ms = gap,
+            "fleet ticks paused past offline_after_ms: not counted as the targets' silence"
+        );
     }
 
     /// Deployer: re-sign what is close to expiry, forget deleted deployments with no targets

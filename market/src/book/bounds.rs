@@ -6,8 +6,12 @@
 //! does: the victim is the entry of whoever holds the most, so one author flooding (under its
 //! per-author cap) cannot keep others out. Entries this node needs are never evicted: its own
 //! auctions and offers, and auctions it holds capacity for (a bid or an award of it). Auctions
-//! whose window closed go first, since nobody can bid on them any more. Books are bounded (a
-//! few thousand entries), so the scans below are linear.
+//! whose window closed go first, since nobody can bid on them any more. Among open auctions,
+//! those of customers known not to pay go first, then those of customers whose balance is
+//! unknown, then funded customers' (THREATS C31): keys are free, so a stream of new keys with
+//! one auction each otherwise evicted an honest customer's, and with it that auction's wait for
+//! its customer's balance. Books are bounded (a few thousand entries), so the scans below are
+//! linear.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -58,6 +62,12 @@ pub struct BookCounters {
     /// [`SNAPSHOT_EVERY_MS`](super::SNAPSHOT_EVERY_MS), or too many peers asked at once) and
     /// snapshot responses refused (this node had not asked that peer for that region).
     pub snapshots_refused: u64,
+    /// Fed balances let go: more than [`MAX_BALANCES`](super::MAX_BALANCES) were known
+    /// (balances of 0 go first, then the oldest), or one input named more (THREATS C31).
+    pub balances_dropped: u64,
+    /// Times the tick found the counts of lost bids out of step with our bids and took them
+    /// from the bids again (THREATS C32; none is known to happen: each is a bug, logged).
+    pub lost_counts_resynced: u64,
 }
 
 /// Sizes of the book now, with the counters: what `MarketState::book_stats` reports.
@@ -158,11 +168,14 @@ impl<S: Signer + Clone> MarketState<S> {
             });
         }
         let mine = held.get(&customer).copied().unwrap_or(0);
+        let rank = self.payer_rank(&customer);
         let room = if self.auctions.len() < limits.max_auctions {
             Some(Room::Free)
         } else {
-            // Auctions open only to others first, then closed before open, then the heaviest
-            // customer, then the soonest to expire.
+            // Auctions open only to others first, then closed before open, then the customer
+            // least known to pay, then the heaviest customer, then the soonest to expire. An
+            // open auction gives way only to a customer better known to pay, or as well known
+            // and holding fewer.
             self.auctions
                 .iter()
                 .filter(|(aid, e)| !self.needed(aid, e.request.body.customer))
@@ -172,26 +185,28 @@ impl<S: Signer + Clone> MarketState<S> {
                     let open = e.status == AuctionStatus::Open;
                     let victim_for_me = self.open_to_me(&e.request);
                     (
-                        (
-                            victim_for_me,
-                            open,
-                            Reverse(count),
-                            e.request.body.expires_at,
-                            *aid,
-                        ),
-                        count,
+                        victim_for_me,
+                        open,
+                        self.payer_rank(&owner),
+                        Reverse(count),
+                        e.request.body.expires_at,
+                        *aid,
                     )
                 })
-                .min_by_key(|(key, _)| *key)
-                .filter(|((victim_for_me, open, ..), count)| {
-                    (for_me && !victim_for_me) || !open || *count > mine
+                .min()
+                .filter(|&(victim_for_me, open, owner_rank, Reverse(count), ..)| {
+                    (for_me && !victim_for_me)
+                        || !open
+                        || owner_rank < rank
+                        || (owner_rank == rank && count > mine)
                 })
-                .map(|((.., aid), _)| Room::Evict(aid))
+                .map(|(.., aid)| Room::Evict(aid))
         };
         match room {
             Some(Room::Free) => Ok(()),
             Some(Room::Evict(victim)) => {
                 self.auctions.remove(&victim);
+                self.funding.forget_auction(&victim);
                 self.counters.auctions_evicted += 1;
                 tracing::debug!(evicted = %victim.short(), for_auction = %id.short(), "auction evicted: book full");
                 Ok(())

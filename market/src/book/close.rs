@@ -3,7 +3,7 @@
 use super::{AuctionStatus, Effect, MarketState};
 use crate::auction::{AwardBody, AwardSubject};
 use crate::error::MarketError;
-use crate::identity::{Signer, Timestamp};
+use crate::identity::{NodeId, Signer, Timestamp};
 use crate::ids::{AuctionId, BidId};
 use crate::message::{MarketMessage, topic_for_region};
 use crate::signed::Signed;
@@ -15,14 +15,21 @@ use crate::validate::check_bid_constraints;
 pub(super) const MIN_AWARD_LAPSE_MS: u64 = 10_000;
 
 impl<S: Signer + Clone> MarketState<S> {
-    /// How long our award of a bid has to be agreed before it lapses and the next bid is
-    /// awarded (THREATS C32), ms: `negotiation.timeout_ms`, but at most a quarter of
-    /// `hold_grace_ms` (not below [`MIN_AWARD_LAPSE_MS`]). The losers keep their bids until
-    /// the window's close + `hold_grace_ms` (ours, as a stand-in for theirs), so a full timeout
-    /// (60 s of the 2 min) let the next bid be tried only once or twice; an honest provider
-    /// agrees at once.
-    pub(super) fn award_lapse_ms(&self) -> u64 {
+    /// How long our award of a bid on `auction` to `provider` has to be agreed before it
+    /// lapses (THREATS C32), ms. When the next bid would be awarded if it lapsed
+    /// ([`Self::next_bid_after`]), a quarter of `hold_grace_ms` (not below
+    /// [`MIN_AWARD_LAPSE_MS`]), at most `negotiation.timeout_ms`: the losers keep their bids
+    /// until the window's close + `hold_grace_ms` (ours, as a stand-in for theirs), so a full
+    /// timeout (60 s of the 2 min) let the next bid be tried only once or twice, and an honest
+    /// provider agrees at once. Otherwise the whole timeout: a manual award, or a fleet
+    /// placement open to one target, has no next bid to make way for, and the quarter only
+    /// halved the time a provider answering by hand or a loaded target had to agree (fourth
+    /// review of session 52).
+    pub(super) fn award_lapse_ms(&self, auction: &AuctionId, provider: &NodeId) -> u64 {
         let dmu = &self.config.dmu;
+        if !self.next_bid_after(auction, provider) {
+            return dmu.negotiation.timeout_ms;
+        }
         let quarter = (dmu.provider.hold_grace_ms / 4).max(MIN_AWARD_LAPSE_MS);
         dmu.negotiation.timeout_ms.min(quarter)
     }
@@ -42,7 +49,7 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 
     /// Whether `node` has a bid on one of our open auctions.
-    pub(super) fn bids_on_mine(&self, node: &crate::identity::NodeId) -> bool {
+    pub(super) fn bids_on_mine(&self, node: &NodeId) -> bool {
         self.auctions.values().any(|e| {
             e.request.body.customer == self.me
                 && e.status == AuctionStatus::Open
@@ -51,6 +58,8 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 
     pub(super) fn tick(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
+        // Before the winners of the auctions closing now are chosen.
+        self.funding.forget_walkers(now);
         let closing: Vec<AuctionId> = self
             .auctions
             .iter()
@@ -166,7 +175,7 @@ impl<S: Signer + Clone> MarketState<S> {
             duration_ms,
             kind,
             nonce,
-            expires_at: now.saturating_add(self.award_lapse_ms()),
+            expires_at: now.saturating_add(self.award_lapse_ms(&auction, &provider)),
         };
         let award = Signed::sign(body, &self.signer)?;
         let award_id = award.id()?;

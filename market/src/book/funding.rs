@@ -12,13 +12,21 @@
 //! Before, the cap was per key and an awarded hold ran 11 minutes outside every count, so one
 //! key chaining auction, bid and award, or a few keys, held all of a provider's capacity. An
 //! auction declined for want of a known balance is decided again when its customer's balance
-//! arrives, so an honest customer's first auction still gets a bid.
+//! arrives, so an honest customer's first auction still gets a bid. Such auctions are
+//! remembered for as long as they are in the book, which is bounded on its own: a set with a
+//! bound of its own was filled by free keys' auctions, after which an honest one was not
+//! remembered and got no bid when its customer's balance arrived (second review of session 52).
+//! Free keys are fed as 0, so the fed balances give way in an order that keeps the funded
+//! ones, and the book's eviction lets free keys' auctions go before a funded customer's.
 //!
 //! As customer, a bidder whose balance covers the provider stake at the auction's maximum price
 //! wins first, then one whose balance covers it at its own price, then one whose balance is
 //! unknown, then the rest: a free key bidding 1 token outscored every honest bid and then never
-//! dealt. An award that ends without a deal (the provider refused it or let it lapse, not when
-//! we walked away) goes to the next bid while the auction lasts.
+//! dealt. An award that ends without a deal (the provider refused it, let it lapse, or agreed
+//! and never countersigned the contract; not when we walked away) goes to the next bid while
+//! the auction lasts, and its provider ranks last on our auctions for an hour: one funded key
+//! that wins and never deals otherwise cost every auction of ours a try, not one in all
+//! (fourth review of session 52).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,10 +35,12 @@ use crate::auction::{AuctionRequest, Bid};
 use crate::capacity::ReservationKey;
 use crate::identity::{NodeId, Signer, Timestamp};
 use crate::ids::{AuctionId, AwardId, BidId};
+use crate::negotiation::NegotiationStatus;
 use crate::resources::Resources;
 use crate::score::{BidScore, select_winner_known};
 
-/// Most accounts whose balance the book keeps; the oldest news gives way.
+/// Most accounts whose balance the book keeps; balances of 0 give way first, oldest first, then
+/// the oldest of the rest ([`MarketState::learn_balances`]).
 pub const MAX_BALANCES: usize = 4_096;
 /// How long a fed balance counts as current: older ones are asked for again
 /// ([`MarketState::balances_wanted`]), ms.
@@ -45,10 +55,12 @@ pub const BALANCE_TTL_MS: u64 = 10_000;
 pub const BALANCE_MAX_AGE_MS: u64 = 3 * BALANCE_TTL_MS;
 /// Most holds whose customer the book remembers; a hold beyond it counts as a stranger's.
 const MAX_HELD_FOR: usize = 16_384;
-/// Most auctions waiting for their customer's balance to be decided again.
-const MAX_AWAITING: usize = 4_096;
 /// Most bidders one of our auctions passes over after their awards ended without a deal.
 pub(super) const MAX_PASSED_OVER: usize = 8;
+/// How long a provider whose award of ours ended without a deal ranks last on our auctions, ms.
+pub const WALKER_TTL_MS: u64 = 3_600_000;
+/// Most such providers remembered; the one remembered longest gives way.
+const MAX_WALKERS: usize = 1_024;
 
 /// A balance the node fed, and when.
 #[derive(Clone, Copy, Debug)]
@@ -73,10 +85,15 @@ pub(super) struct Funding {
     held_for: BTreeMap<ReservationKey, HeldFor>,
     /// Holds of awards whose contract is registered: paid for (dropped with the hold).
     registered: BTreeSet<ReservationKey>,
-    /// Auctions declined for want of their customer's balance (dropped once closed).
+    /// Auctions in the book declined for want of their customer's balance: dropped with the
+    /// auction (evicted, expired) or once it is no longer open, so at most the book's
+    /// `max_auctions` and `max_auctions_per_customer` of one customer's.
     awaiting: BTreeSet<AuctionId>,
     /// Our auctions' bidders whose award ended without a deal (dropped with the auction).
     passed_over: BTreeMap<AuctionId, BTreeSet<NodeId>>,
+    /// Providers whose award of ours ended without a deal, with when it last did: they rank
+    /// last on our auctions for [`WALKER_TTL_MS`] (at most [`MAX_WALKERS`]).
+    walkers: BTreeMap<NodeId, Timestamp>,
 }
 
 impl Funding {
@@ -89,6 +106,34 @@ impl Funding {
 
     fn balance(&self, node: &NodeId) -> Option<u64> {
         self.balances.get(node).map(|k| k.balance)
+    }
+
+    /// Auction `id` left the book: it waits for nothing any more.
+    pub(super) fn forget_auction(&mut self, id: &AuctionId) {
+        self.awaiting.remove(id);
+    }
+
+    /// `provider`'s award of ours ended without a deal at `now`: it ranks last on our auctions
+    /// for [`WALKER_TTL_MS`]. Only the winners of our own auctions get here, so the bound is
+    /// not a stranger's to fill; beyond it the one remembered longest gives way.
+    fn walked_away(&mut self, provider: NodeId, now: Timestamp) {
+        if self.walkers.len() >= MAX_WALKERS && !self.walkers.contains_key(&provider) {
+            let oldest = self
+                .walkers
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(n, _)| *n);
+            if let Some(n) = oldest {
+                self.walkers.remove(&n);
+            }
+        }
+        self.walkers.insert(provider, now);
+    }
+
+    /// Forgets the providers that walked away [`WALKER_TTL_MS`] or longer before `now`.
+    pub(super) fn forget_walkers(&mut self, now: Timestamp) {
+        self.walkers
+            .retain(|_, at| now.saturating_sub(*at) < WALKER_TTL_MS);
     }
 
     /// `node`'s balance if it was fed at `since` or later.
@@ -179,31 +224,52 @@ impl<S: Signer + Clone> MarketState<S> {
         self.funding.balance(node)
     }
 
+    /// How far `node` is known to pay, for the book's eviction order (lowest gives way first):
+    /// 0 if it was fed as 0 (the ledger counts it unfunded: a free key), 1 if its balance is
+    /// unknown, 2 if it was fed a balance (funded).
+    pub(super) fn payer_rank(&self, node: &NodeId) -> u8 {
+        match self.funding.balance(node) {
+            Some(0) => 0,
+            None => 1,
+            Some(_) => 2,
+        }
+    }
+
     /// Whose balance the book would like, because it knows none or only one older than
-    /// [`BALANCE_TTL_MS`]: the customers of auctions declined for want of it first, then of
-    /// our lost bids (an award of one is decided on a balance fed within
-    /// [`BALANCE_MAX_AGE_MS`]), then of the open auctions this node may bid on, then the
-    /// bidders on our own open auctions; at most `max`. The node answers with
+    /// [`BALANCE_TTL_MS`]: the customers of our lost bids first (an award of one is decided on
+    /// a balance fed within [`BALANCE_MAX_AGE_MS`]), then of our bids waiting for their award
+    /// (whether a bid lost is kept is decided on such a balance too, also on a node that bids
+    /// only by hand), then of auctions declined for want of it, then of the open auctions this
+    /// node may bid on, then the bidders on our own open auctions; at most `max`. Our own bids'
+    /// customers come first because free keys' declined auctions can fill a poll (fourth
+    /// review of session 52). Accounts last fed as 0 come after all the others: each free key
+    /// is fed as 0, and a few hundred of them asked for again every [`BALANCE_TTL_MS`] came
+    /// before an honest customer's first balance. The node answers with
     /// [`Input::Balances`](super::Input::Balances).
     pub fn balances_wanted(&self, now: Timestamp, max: usize) -> Vec<NodeId> {
         let me = self.me;
-        let stale = |n: &NodeId| {
-            self.funding
-                .balances
-                .get(n)
-                .is_none_or(|k| now.saturating_sub(k.at) >= BALANCE_TTL_MS)
-        };
+        let lost = self
+            .my_bids
+            .values()
+            .filter(move |m| m.lost_until.is_some_and(|t| t > now))
+            .map(|m| m.customer);
+        let bid_on = self
+            .my_bids
+            .iter()
+            .filter(|(id, m)| {
+                m.lost_until.is_none()
+                    && self
+                        .auctions
+                        .get(*id)
+                        .is_some_and(|e| !matches!(e.status, AuctionStatus::Awarded { .. }))
+            })
+            .map(|(_, m)| m.customer);
         let awaiting = self
             .funding
             .awaiting
             .iter()
             .filter_map(|id| self.auctions.get(id))
             .map(|e| e.request.body.customer);
-        let lost = self
-            .my_bids
-            .values()
-            .filter(move |m| m.lost_until.is_some_and(|t| t > now))
-            .map(|m| m.customer);
         let bidding = self.config.dmu.provider.auto_bid;
         let customers = self
             .auctions
@@ -223,17 +289,37 @@ impl<S: Signer + Clone> MarketState<S> {
             .filter(move |e| e.request.body.customer == me && e.status == AuctionStatus::Open)
             .flat_map(|e| e.bids.values().map(|b| b.body.provider));
         let mut seen = BTreeSet::new();
-        awaiting
-            .chain(lost)
+        let (mut wanted, mut zeros) = (Vec::new(), Vec::new());
+        for n in lost
+            .chain(bid_on)
+            .chain(awaiting)
             .chain(customers)
             .chain(bidders)
-            .filter(|n| stale(n) && seen.insert(*n))
-            .take(max)
-            .collect()
+        {
+            if wanted.len() >= max {
+                break;
+            }
+            let fed = self.funding.balances.get(&n);
+            let current = fed.is_some_and(|k| now.saturating_sub(k.at) < BALANCE_TTL_MS);
+            if current || !seen.insert(n) {
+                continue;
+            }
+            if fed.is_some_and(|k| k.balance == 0) {
+                if zeros.len() < max {
+                    zeros.push(n);
+                }
+            } else {
+                wanted.push(n);
+            }
+        }
+        let room = max.saturating_sub(wanted.len());
+        wanted.extend(zeros.into_iter().take(room));
+        wanted
     }
 
-    /// Takes the balances the node fed (at most [`MAX_BALANCES`] of one input), lets the
-    /// oldest go beyond that bound, and decides again on the auctions declined for want of
+    /// Takes the balances the node fed (at most [`MAX_BALANCES`] of one input), lets some go
+    /// beyond that bound (balances of 0 first, oldest first, then the oldest of the rest;
+    /// counted in `balances_dropped`), and decides again on the auctions declined for want of
     /// the balance of a customer it names.
     pub(super) fn learn_balances(
         &mut self,
@@ -241,6 +327,7 @@ impl<S: Signer + Clone> MarketState<S> {
         balances: Vec<(NodeId, u64)>,
         out: &mut Vec<Effect>,
     ) {
+        let unread = balances.len().saturating_sub(MAX_BALANCES);
         let mut learnt = BTreeSet::new();
         for (node, balance) in balances.into_iter().take(MAX_BALANCES) {
             self.funding
@@ -250,16 +337,28 @@ impl<S: Signer + Clone> MarketState<S> {
         }
         let excess = self.funding.balances.len().saturating_sub(MAX_BALANCES);
         if excess > 0 {
-            let mut by_age: Vec<(Timestamp, NodeId)> = self
+            // A funded balance gives way only once no balance of 0 is left: every free key the
+            // node is asked about is fed as 0, and by age alone a few thousand of them pushed
+            // honest customers' and bidders' balances out (second review of session 52).
+            let mut order: Vec<(bool, Timestamp, NodeId)> = self
                 .funding
                 .balances
                 .iter()
-                .map(|(n, k)| (k.at, *n))
+                .map(|(n, k)| (k.balance > 0, k.at, *n))
                 .collect();
-            by_age.sort_unstable();
-            for (_, node) in by_age.into_iter().take(excess) {
+            order.sort_unstable();
+            for (.., node) in order.into_iter().take(excess) {
                 self.funding.balances.remove(&node);
             }
+        }
+        let dropped = unread + excess;
+        if dropped > 0 {
+            self.counters.balances_dropped += dropped as u64;
+            tracing::debug!(
+                dropped,
+                max = MAX_BALANCES,
+                "balances dropped: the book keeps the funded ones first"
+            );
         }
         let again: Vec<AuctionId> = self
             .funding
@@ -386,7 +485,9 @@ impl<S: Signer + Clone> MarketState<S> {
             return true;
         };
         self.counters.auto_bids_declined += 1;
-        if refusal != HoldRefusal::FundedCap && self.funding.awaiting.len() < MAX_AWAITING {
+        // `id` is in the book (auto-bids are decided only on auctions there), and leaves this
+        // set when it leaves the book: no bound of its own to fill.
+        if refusal != HoldRefusal::FundedCap {
             self.funding.awaiting.insert(id);
         }
         let customer = req.body.customer;
@@ -441,10 +542,29 @@ impl<S: Signer + Clone> MarketState<S> {
 
     /// The best bid on our auction `id`: bidders whose balance covers the provider stake at the
     /// auction's maximum price first, then those whose balance covers it at their own price,
-    /// then those whose balance is unknown, then the rest, each by score (module docs). Bids
-    /// from providers the auction is not open to, or passed over after their award ended
-    /// without a deal, never win.
+    /// then those whose balance is unknown, then the rest, each by score, and last the
+    /// providers whose award of ours ended without a deal within [`WALKER_TTL_MS`] (module
+    /// docs). Bids from providers the auction is not open to, or passed over after their award
+    /// of it ended without a deal, never win.
     pub(super) fn choose_winner(&self, id: &AuctionId) -> Option<BidScore> {
+        self.choose_winner_but(id, None)
+    }
+
+    /// Whether the next bid of our auction `id` would be awarded if our award of it to
+    /// `provider` ended without a deal ([`Self::award_next`]): we award on our own, fewer than
+    /// [`MAX_PASSED_OVER`] bidders were passed over, and another bid could win.
+    pub(super) fn next_bid_after(&self, id: &AuctionId, provider: &NodeId) -> bool {
+        self.config.dmu.customer.auto_award
+            && self
+                .funding
+                .passed_over
+                .get(id)
+                .is_none_or(|s| s.len() < MAX_PASSED_OVER)
+            && self.choose_winner_but(id, Some(provider)).is_some()
+    }
+
+    /// [`Self::choose_winner`], `except`'s bids left out too.
+    fn choose_winner_but(&self, id: &AuctionId, except: Option<&NodeId>) -> Option<BidScore> {
         let entry = self.auctions.get(id)?;
         let rules = &self.config.dmu.customer;
         let only = self.restricted.get(id);
@@ -454,23 +574,34 @@ impl<S: Signer + Clone> MarketState<S> {
             .iter()
             .filter(|(_, b)| {
                 let p = &b.body.provider;
-                only.is_none_or(|o| o.contains(p)) && passed.is_none_or(|s| !s.contains(p))
+                only.is_none_or(|o| o.contains(p))
+                    && passed.is_none_or(|s| !s.contains(p))
+                    && except != Some(p)
             })
             .collect();
         // The stake at the auction's ceiling ranks first: a 1-token bid's own stake is nothing,
         // so any funded key qualified by it. Yet a provider whose balance covers only the stake
         // at its own price still outranks the unknown and those known not to pay (a free key is
         // fed as 0): ranked with them, the free key's 1-token bid won on score again (third
-        // review of session 52).
+        // review of session 52). Within each of these, a provider that walked away from, let
+        // lapse or never countersigned an award of ours ranks below the others: a funded key
+        // that wins on score and never deals otherwise cost each of our auctions one try
+        // (fourth review). Only within: an honest provider marked for a refusal it had to make
+        // (its hold lapsed, its capacity taken meanwhile) still outranks a key known not to
+        // pay, which ranked below a walker won on price again (review of the fourth review).
         let permille = rules.provider_stake_permille;
         let ceiling = part_of(entry.request.body.max_price, permille);
-        let tier = |b: &Bid| match self.funding.balance(&b.body.provider) {
-            Some(balance) if covers(balance, ceiling) => 3,
-            Some(balance) if covers(balance, part_of(b.body.price, permille)) => 2,
-            None => 1,
-            Some(_) => 0,
+        let tier = |b: &Bid| {
+            let p = &b.body.provider;
+            let by_balance: u8 = match self.funding.balance(p) {
+                Some(balance) if covers(balance, ceiling) => 4,
+                Some(balance) if covers(balance, part_of(b.body.price, permille)) => 3,
+                None => 2,
+                Some(_) => 1,
+            };
+            by_balance * 2 + u8::from(!self.funding.walkers.contains_key(p))
         };
-        [3u8, 2, 1, 0].into_iter().find_map(|t| {
+        (2u8..=9).rev().find_map(|t| {
             select_winner_known(
                 &entry.request,
                 *id,
@@ -482,13 +613,9 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 
     /// Awards the next bid of each of our auctions whose award ended without a deal in `out`
-    /// (the provider refused it or let it lapse; not when we walked away), while the auction
-    /// lasts and for at most [`MAX_PASSED_OVER`] failed bidders.
+    /// (the provider refused it or let it lapse; not when we walked away): [`Self::award_next`].
     pub(super) fn award_next_bids(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
         let me = self.me;
-        if !self.config.dmu.customer.auto_award {
-            return;
-        }
         let failed: Vec<AwardId> = out
             .iter()
             .filter_map(|e| match e {
@@ -497,33 +624,79 @@ impl<S: Signer + Clone> MarketState<S> {
             })
             .collect();
         for award in failed {
-            let found = self.auctions.iter().find_map(|(id, e)| match e.status {
-                AuctionStatus::Awarded { award: a, provider }
-                    if a == award && e.request.body.customer == me =>
-                {
-                    Some((*id, provider))
-                }
-                _ => None,
-            });
-            let Some((id, provider)) = found else {
-                continue;
-            };
-            let passed = self.funding.passed_over.entry(id).or_default();
-            if passed.len() >= MAX_PASSED_OVER {
-                continue;
-            }
-            passed.insert(provider);
-            let Some(next) = self.choose_winner(&id) else {
-                continue;
-            };
-            tracing::debug!(auction = %id.short(), failed = %provider.short(), next = %next.bid.short(), "award ended without a deal: awarding the next bid");
-            if let Some(e) = self.auctions.get_mut(&id) {
-                e.status = AuctionStatus::Closed { winner: Some(next) };
-            }
-            if let Err(error) = self.award(now, id, next.bid, out) {
-                out.push(Effect::Rejected { from: None, error });
-            }
+            self.award_next(now, award, out);
         }
+    }
+
+    /// The deal task gave up on the contract of our agreed `award` to `provider`
+    /// ([`Input::DealFailed`](super::Input::DealFailed)): as when the award lapses, the
+    /// provider ranks last on our auctions and the auction's next bid is awarded. Before, an
+    /// award accepted and never countersigned was never awarded again (fourth review of
+    /// session 52). Ignored while the award is still being negotiated: it may yet agree.
+    pub(super) fn deal_failed(
+        &mut self,
+        now: Timestamp,
+        award: AwardId,
+        provider: NodeId,
+        out: &mut Vec<Effect>,
+    ) {
+        let open = self
+            .deals
+            .get(&award)
+            .is_some_and(|d| *d.negotiation.status() == NegotiationStatus::Open);
+        if open || provider == self.me {
+            return;
+        }
+        self.funding.walked_away(provider, now);
+        self.award_next(now, award, out);
+    }
+
+    /// Our `award` of one of our auctions ended without a deal, not by us: its provider ranks
+    /// last on our auctions for [`WALKER_TTL_MS`], and the auction's next bid is awarded while
+    /// the auction lasts, for at most [`MAX_PASSED_OVER`] failed bidders, if we award on our
+    /// own.
+    fn award_next(&mut self, now: Timestamp, award: AwardId, out: &mut Vec<Effect>) {
+        let me = self.me;
+        let found = self.auctions.iter().find_map(|(id, e)| match e.status {
+            AuctionStatus::Awarded { award: a, provider }
+                if a == award && e.request.body.customer == me =>
+            {
+                Some((*id, provider))
+            }
+            _ => None,
+        });
+        let Some((id, provider)) = found else {
+            return;
+        };
+        self.funding.walked_away(provider, now);
+        if !self.config.dmu.customer.auto_award {
+            return;
+        }
+        let passed = self.funding.passed_over.entry(id).or_default();
+        if passed.len() >= MAX_PASSED_OVER {
+            return;
+        }
+        passed.insert(provider);
+        let Some(next) = self.choose_winner(&id) else {
+            return;
+        };
+        tracing::debug!(auction = %id.short(), failed = %provider.short(), next = %next.bid.short(), "award ended without a deal: awarding the next bid");
+        if let Some(e) = self.auctions.get_mut(&id) {
+            e.status = AuctionStatus::Closed { winner: Some(next) };
+        }
+        if let Err(error) = self.award(now, id, next.bid, out) {
+            out.push(Effect::Rejected { from: None, error });
+        }
+    }
+
+    /// Whether every auction waiting for its customer's balance is in the book (every test of
+    /// the book checks it after every input: the set has no bound but the book's).
+    #[cfg(test)]
+    pub(super) fn awaiting_in_book(&self) -> bool {
+        self.funding
+            .awaiting
+            .iter()
+            .all(|id| self.auctions.contains_key(id))
     }
 
     /// Forgets what no longer matters: holds that ended, auctions no longer open or gone.

@@ -12,14 +12,23 @@ use crate::signed::Signed;
 use crate::test_utils::{AuctionBuilder, BidBuilder, big_capacity, fresh_nonce, signer};
 
 /// `p`'s bid on a new auction of `k`'s at `now`.
-fn bid_on(p: &mut MarketState<KeySigner>, k: &KeySigner, now: u64) -> (AuctionRequest, Bid) {
+pub(super) fn bid_on(
+    p: &mut MarketState<KeySigner>,
+    k: &KeySigner,
+    now: u64,
+) -> (AuctionRequest, Bid) {
     let a = AuctionBuilder::new().build(k, now);
     let bid = sent_bid(&remote(p, now, MarketMessage::Auction(a.clone()))).expect("a bid");
     (a, bid)
 }
 
 /// `k` awards its auction `a` to a made-up provider at `now`: `p`'s bid on it is lost.
-fn award_another(p: &mut MarketState<KeySigner>, k: &KeySigner, a: &AuctionRequest, now: u64) {
+pub(super) fn award_another(
+    p: &mut MarketState<KeySigner>,
+    k: &KeySigner,
+    a: &AuctionRequest,
+    now: u64,
+) {
     let other = BidBuilder::new(a).build(&signer(99));
     let award = award_for(k, a, &other, now + 60_000);
     let out = remote(p, now, MarketMessage::Award(award));
@@ -27,18 +36,22 @@ fn award_another(p: &mut MarketState<KeySigner>, k: &KeySigner, a: &AuctionReque
 }
 
 /// `p`'s bid on a new auction of `k`'s at `now`, lost at once.
-fn lose(p: &mut MarketState<KeySigner>, k: &KeySigner, now: u64) -> (AuctionRequest, Bid) {
+pub(super) fn lose(
+    p: &mut MarketState<KeySigner>,
+    k: &KeySigner,
+    now: u64,
+) -> (AuctionRequest, Bid) {
     let (a, bid) = bid_on(p, k, now);
     award_another(p, k, &a, now);
     (a, bid)
 }
 
-fn awarded(out: &[Effect]) -> bool {
+pub(super) fn awarded(out: &[Effect]) -> bool {
     out.iter().any(|e| matches!(e, Effect::Awarded { .. }))
 }
 
 /// `provider`'s message walking away from `award`.
-fn walk_away(provider: &KeySigner, award: AwardId, now: u64) -> MarketMessage {
+pub(super) fn walk_away(provider: &KeySigner, award: AwardId, now: u64) -> MarketMessage {
     let body = NegotiationBody {
         award,
         from: provider.node_id(),
@@ -105,31 +118,90 @@ fn bidders_rank_by_the_stake_their_balance_covers() {
     assert_eq!(order, expected);
 }
 
+/// The expiry of the award sent in `out`, if any.
+fn award_expiry(out: &[Effect]) -> Option<Timestamp> {
+    out.iter().find_map(|e| match e {
+        Effect::Send {
+            msg: MarketMessage::Award(a),
+            ..
+        } => Some(a.body.expires_at),
+        _ => None,
+    })
+}
+
+/// A customer's auction at 0 with a bid from each of `bidders` at 1.
+fn auction_with_bids(cfg: MarketConfig, bidders: &[u64]) -> (MarketState<KeySigner>, AuctionId) {
+    let mut c = MarketState::new(signer(1), cfg);
+    c.handle(0, Input::CreateAuction(AuctionBuilder::new().spec()));
+    let (id, req) = c
+        .auctions()
+        .iter()
+        .map(|(id, e)| (*id, e.request.clone()))
+        .next()
+        .unwrap();
+    for s in bidders {
+        let bid = BidBuilder::new(&req).build(&signer(*s));
+        assert!(rejected(&remote(&mut c, 1, MarketMessage::Bid(bid))).is_empty());
+    }
+    (c, id)
+}
+
 /// THREATS C32: our award has a quarter of `hold_grace_ms` to be agreed (30 s of the 2 min),
 /// not the whole negotiation timeout (60 s), so the next bid is awarded up to four times while
-/// the losers keep their bids; never less than 10 s, never more than the timeout. Mutant — the
-/// timeout as before: 60 s with the default grace; the floor off: 250 ms with a 1 s grace.
+/// the losers keep their bids; never less than 10 s, never more than the timeout. Only when a
+/// next bid would be awarded, though: a sole bid, an award made by hand and a fleet placement
+/// open to one target keep the whole timeout (fourth review of session 52: the quarter bought
+/// nothing there and halved the time of a provider answering by hand, or of a loaded target).
+/// Mutants — the timeout as before: 60 s with the default grace; the floor off: 250 ms with a
+/// 1 s grace; the quarter whatever comes next (as at c2f4acb): 30 s for the sole bid, the
+/// award by hand and the placement.
 #[test]
 fn our_award_lapses_within_a_quarter_of_the_hold_grace() {
     let floor = super::close::MIN_AWARD_LAPSE_MS;
     for (grace, lapse) in [(120_000, 30_000), (1_000, floor), (1_000_000, 60_000)] {
         let mut cfg = MarketConfig::default();
         cfg.dmu.provider.hold_grace_ms = grace;
-        let mut c = MarketState::new(signer(1), cfg);
-        c.handle(0, Input::CreateAuction(AuctionBuilder::new().spec()));
-        let req = c.auctions().values().next().unwrap().request.clone();
-        let bid = BidBuilder::new(&req).build(&signer(31));
-        assert!(rejected(&remote(&mut c, 1, MarketMessage::Bid(bid))).is_empty());
+        let (mut c, _) = auction_with_bids(cfg, &[31, 32]);
         let out = c.handle(10_000, Input::Tick);
-        let expires = out.iter().find_map(|e| match e {
-            Effect::Send {
-                msg: MarketMessage::Award(a),
-                ..
-            } => Some(a.body.expires_at),
-            _ => None,
-        });
-        assert_eq!(expires, Some(10_000 + lapse), "hold grace {grace}");
+        assert_eq!(
+            award_expiry(&out),
+            Some(10_000 + lapse),
+            "hold grace {grace}"
+        );
     }
+    let timeout = MarketConfig::default().dmu.negotiation.timeout_ms;
+    // A sole bid: nothing to award next.
+    let (mut c, _) = auction_with_bids(MarketConfig::default(), &[31]);
+    let out = c.handle(10_000, Input::Tick);
+    assert_eq!(award_expiry(&out), Some(10_000 + timeout), "a sole bid");
+    // Two bids, awarded by hand: nothing is awarded next on our own.
+    let mut cfg = MarketConfig::default();
+    cfg.dmu.customer.auto_award = false;
+    let (mut c, auction) = auction_with_bids(cfg, &[31, 32]);
+    let out = c.handle(10_000, Input::Tick);
+    let winner = out
+        .iter()
+        .find_map(|e| match e {
+            Effect::AuctionClosed { winner, .. } => *winner,
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(award_expiry(&out), None);
+    let bid = winner.bid;
+    let out = c.handle(10_001, Input::Award { auction, bid });
+    assert_eq!(award_expiry(&out), Some(10_001 + timeout), "by hand");
+    // A fleet placement open to one target: other providers' bids are refused.
+    let mut c = MarketState::new(signer(1), MarketConfig::default());
+    let target = signer(31);
+    let only = [target.node_id()].into_iter().collect();
+    let spec = AuctionBuilder::new().spec();
+    c.handle(0, Input::CreateAuctionFor { spec, only });
+    let req = c.auctions().values().next().unwrap().request.clone();
+    let bid = BidBuilder::new(&req).build(&target);
+    assert!(rejected(&remote(&mut c, 1, MarketMessage::Bid(bid))).is_empty());
+    // Closed at the next tick: every provider it is open to has bid.
+    let out = c.handle(2, Input::Tick);
+    assert_eq!(award_expiry(&out), Some(2 + timeout), "a placement");
 }
 
 /// THREATS C32, third review of session 52: a lost bid is kept only for a customer that pays

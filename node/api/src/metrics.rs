@@ -282,7 +282,8 @@ impl Series {
             "market_book",
             "What the market book refused, evicted or let lapse, by event (auctions_refused_quota, \
              auctions_refused_full, auctions_evicted, offers_…, bids_…, holds_lapsed, \
-             auto_bids_declined, auto_bids_deferred, replay_evicted, snapshots_refused)",
+             auto_bids_declined, auto_bids_deferred, replay_evicted, snapshots_refused, \
+             balances_dropped, lost_counts_resynced)",
             s.market_book.clone(),
         );
         r.register(
@@ -654,6 +655,8 @@ impl Metrics {
                 ("auto_bids_deferred", c.auto_bids_deferred),
                 ("replay_evicted", c.replay_evicted),
                 ("snapshots_refused", c.snapshots_refused),
+                ("balances_dropped", c.balances_dropped),
+                ("lost_counts_resynced", c.lost_counts_resynced),
             ] {
                 set_family_counter(&s.market_book, &[("event", event)], v);
             }

@@ -380,6 +380,7 @@ impl DealTask {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let proposal = Proposal {
             award: terms.award,
+            provider: terms.provider,
             contract,
             customer_sig,
             peer,
@@ -387,6 +388,7 @@ impl DealTask {
             seq: self.seq.clone(),
             network: self.network.clone(),
             ledger: self.ledger.clone(),
+            market: self.market.clone(),
         };
         let in_flight = self.in_flight.clone();
         let cancel = cancel.clone();
@@ -497,6 +499,8 @@ pub use crate::holds::CONTRACT_HOLD_SLACK_MS;
 /// One proposal with its retry schedule, run beside the deal task.
 struct Proposal {
     award: AwardId,
+    /// Who is asked to countersign.
+    provider: NodeId,
     contract: Contract,
     customer_sig: Signature,
     peer: agora_network::PeerId,
@@ -504,6 +508,8 @@ struct Proposal {
     seq: Arc<AtomicU64>,
     network: NetworkHandle,
     ledger: LedgerHandle,
+    /// Told when the provider does not countersign (`Input::DealFailed`).
+    market: MarketHandle,
 }
 
 impl Proposal {
@@ -533,26 +539,45 @@ impl Proposal {
                     debug!(award = %self.award.short(), "provider has not seen the agreement yet; retrying");
                 }
                 Ok(Ok(DealMsg::Refused { reason })) => {
-                    return warn!(award = %self.award.short(), %reason, "provider refused to sign the contract");
+                    warn!(award = %self.award.short(), %reason, "provider refused to sign the contract");
+                    return self.failed().await;
                 }
                 Ok(Ok(DealMsg::Propose { .. })) | Ok(Err(_)) | Err(_) if !last => {}
                 other => {
-                    return warn!(award = %self.award.short(), result = ?other.err(), "contract not countersigned");
+                    warn!(award = %self.award.short(), result = ?other.err(), "contract not countersigned");
+                    return self.failed().await;
                 }
             }
             tokio::time::sleep(RETRY_STEP * u32::try_from(attempt + 1).unwrap_or(1)).await;
         }
     }
 
+    /// The provider refused the contract or never countersigned it: the market awards the
+    /// auction's next bid, as when an award lapses, and ranks the provider last on our
+    /// auctions (THREATS C32). Before, an award accepted and never countersigned was never
+    /// awarded again (fourth review of session 52). A registration the ledger refuses is not
+    /// reported: the fault may be ours (our balance).
+    async fn failed(&self) {
+        deal_failed(&self.market, self.award, self.provider).await;
+    }
+
     async fn register(self, provider_sig: Signature) {
+        let Proposal {
+            award,
+            provider,
+            contract,
+            customer_sig,
+            ledger,
+            market,
+            ..
+        } = self;
         let signed = SignedContract {
-            contract: self.contract,
-            customer_sig: self.customer_sig,
+            contract,
+            customer_sig,
             provider_sig,
         };
         match signed.verify() {
-            Ok(id) => match self
-                .ledger
+            Ok(id) => match ledger
                 .submit(TxKind::RegisterContract(Box::new(signed)))
                 .await
             {
@@ -563,8 +588,20 @@ impl Proposal {
                     warn!(contract = %id.short(), error = %e, "contract registration refused")
                 }
             },
-            Err(e) => warn!(error = %e, "provider's signature does not verify"),
+            Err(e) => {
+                warn!(error = %e, "provider's signature does not verify");
+                deal_failed(&market, award, provider).await;
+            }
         }
+    }
+}
+
+/// Tells the market that `provider` did not countersign the contract of our `award`
+/// ([`Proposal::failed`]).
+async fn deal_failed(market: &MarketHandle, award: AwardId, provider: NodeId) {
+    let input = agora_market::Input::DealFailed { award, provider };
+    if market.input(input).await.is_err() {
+        debug!(award = %award.short(), "market gone: deal failure not reported");
     }
 }
 

@@ -22,7 +22,9 @@ use tracing::{Instrument, debug};
 
 use crate::MarketHandle;
 
-/// How often the market is asked whose balance it would like.
+/// How often the market is asked whose balance it would like. Cheap enough to keep short: an
+/// idle node spent under 1 millicore on it (20-node devnet, 7.0 against 6.3 millicores p50
+/// with the poll in effect off; session 53).
 pub const POLL: Duration = Duration::from_millis(250);
 /// How often every funded account is handed over, when there are few.
 pub const PUSH_EVERY: Duration = Duration::from_secs(5);

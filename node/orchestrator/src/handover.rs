@@ -40,8 +40,11 @@ impl Orchestrator {
             self.drive(Input::Ledger(facts)).await;
         }
         // The radio's device claims came back from its file: those of contracts that ended
-        // while this node was down go now (their devices free, their keys forgotten).
-        self.release_ended_claims().await;
+        // while this node was down go now (their devices free, their keys forgotten). A rescan
+        // after a lagged block channel may be the one that finds the node caught up (the
+        // machine takes a rescan past its height as a block): no later block or tick sees that
+        // change, so the chunk trees of custodies that ended meanwhile go here too (C25).
+        self.let_go_of_ended().await;
         let me = self.me;
         let Ok(mine) = self
             .ledger

@@ -67,9 +67,12 @@ impl Orchestrator {
     }
 
     /// After a block that ended a contract this node provides ([`ends_a_provided_contract`]),
-    /// and once the node has caught up: the device claims and kept chunk trees of contracts
-    /// that ended go. Both were checked every 5 s (a radio round trip, two ledger queries and
-    /// a listing of `custody-trees/` each time), although what they find changes only then.
+    /// once the node has caught up (a block, a tick, or the rescan of a start or a lagged
+    /// block channel) and after every such rescan: the device claims and kept chunk trees of
+    /// contracts that ended go. Both were checked every 5 s (a radio round trip, two ledger
+    /// queries and a listing of `custody-trees/` each time), although what they find changes
+    /// only then. The call after a block is tested on a devnet (`storage_contract`: a stray
+    /// tree goes with the slashing block); the one after a rescan is not.
     pub(super) async fn let_go_of_ended(&self) {
         self.release_ended_claims().await;
         self.retain_custody_trees().await;

@@ -1,7 +1,10 @@
 //! The market book under fuzzer-chosen, validly signed traffic: auctions, bids, offers and
 //! awards from a handful of parties, our own auctions, and time. After every step the books stay
-//! within their bounds, capacity is never over-committed, and no hold outlives its bound (a
-//! bid's the award grace, an awarded one `AGREED_HOLD_MS` after its award: THREATS C20).
+//! within their bounds, capacity is never over-committed, no hold outlives its bound (a bid's
+//! the award grace, an awarded one `AGREED_HOLD_MS` after its award: THREATS C20), and the
+//! counts of lost bids agree with our bids without the tick's repair (THREATS C32). Half the
+//! parties are fed funded balances (again at every wait), so lost bids are kept, and the rest
+//! as 0.
 #![no_main]
 
 use agora_fuzz::market::{Op, auction, award, bid, offer, party};
@@ -10,7 +13,7 @@ use std::collections::BTreeMap;
 
 use agora_market::{
     AGREED_HOLD_MS, AuctionId, AuctionKind, AuctionRequest, AuctionSpec, Bid, Effect, Input,
-    KeySigner, MarketConfig, MarketMessage, MarketState, NodeId,
+    KeySigner, MarketConfig, MarketMessage, MarketState, NodeId, Signer,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -47,6 +50,10 @@ fuzz_target!(|ops: Vec<Op>| {
     // Auctions awarded to our node, and when (an awarded hold lasts `AGREED_HOLD_MS` from then).
     let mut awarded: BTreeMap<AuctionId, u64> = BTreeMap::new();
     let peer = NodeId([9; 32]);
+    let balances: Vec<(NodeId, u64)> = (0..6u8)
+        .map(|n| (party(n).node_id(), if n % 2 == 0 { 1_000_000 } else { 0 }))
+        .collect();
+    node.handle(now, Input::Balances(balances.clone()));
     for op in ops.into_iter().take(64) {
         now += 1;
         let out = match op {
@@ -164,7 +171,9 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Wait(ms) => {
                 now = now.saturating_add(u64::from(ms));
-                node.handle(now, Input::Tick)
+                let mut out = node.handle(now, Input::Tick);
+                out.extend(node.handle(now, Input::Balances(balances.clone())));
+                out
             }
             Op::Bytes(bytes) => match MarketMessage::decode(&bytes) {
                 Ok(msg) => node.handle(now, Input::Remote { from: peer, msg }),
@@ -191,6 +200,11 @@ fuzz_target!(|ops: Vec<Op>| {
         our_bids.retain(|b| b.body.expires_at > now);
 
         let stats = node.book_stats();
+        assert!(node.lost_in_step(), "the counts of lost bids drifted");
+        assert_eq!(
+            stats.counters.lost_counts_resynced, 0,
+            "the tick repaired a drift"
+        );
         assert!(stats.auctions <= limits.max_auctions + 64, "{stats:?}");
         let remote_auctions = node
             .auctions()

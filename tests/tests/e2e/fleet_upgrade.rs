@@ -12,16 +12,14 @@
 //! any of them.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use agora_runtime::test_utils::{READINGS_COUNTER, last_count};
-use agora_tests::adversary::radio::unsigned_frame;
 use agora_tests::fleet::{
     create, label, node_ids, phase_of, publish_with_devices, reconfigure, runs, status, wait_for,
 };
-use agora_tests::{TestDevnet, agora, agora_json, try_agora_json, wait_until};
+use agora_tests::sensor::Sensor;
+use agora_tests::{TestDevnet, agora, agora_json, try_agora_json};
 
 const LABELLED: [usize; 2] = [2, 3];
 const WAIT: Duration = Duration::from_secs(300);
@@ -50,74 +48,6 @@ fn publish_wat(net: &TestDevnet, version: &str, wat: &str) -> String {
         &wat::parse_str(wat).unwrap(),
         &DEVICES,
     )
-}
-
-/// Sensors: every 50 ms while `on`, one unsigned frame of each `(device, edge)` to its edge,
-/// all with the same sequence number.
-struct Sensor {
-    on: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU32>,
-    /// Bumped by the thread after each round, sent or skipped: a round that ends after `on`
-    /// changed is the last that may have read the old value.
-    rounds: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sensor {
-    fn start(edges: Vec<(u32, String)>) -> Self {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (on, stop, sent, rounds) = (
-            Arc::new(AtomicBool::new(true)),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicU32::new(0)),
-            Arc::new(AtomicU64::new(0)),
-        );
-        let (o, st, se, r) = (on.clone(), stop.clone(), sent.clone(), rounds.clone());
-        let thread = std::thread::spawn(move || {
-            while !st.load(Ordering::SeqCst) {
-                if o.load(Ordering::SeqCst) {
-                    let seq = se.load(Ordering::SeqCst) + 1;
-                    for (device, edge) in &edges {
-                        socket.send_to(&unsigned_frame(*device, seq), edge).unwrap();
-                    }
-                    se.store(seq, Ordering::SeqCst);
-                }
-                r.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Sensor {
-            on,
-            stop,
-            sent,
-            rounds,
-            thread: Some(thread),
-        }
-    }
-
-    /// Pauses (`false`) or resumes sending; returns the readings sent so far, once the thread
-    /// has finished a round since the switch (a send in progress is then counted, and no
-    /// later one starts while paused).
-    fn set(&self, on: bool) -> u32 {
-        self.on.store(on, Ordering::SeqCst);
-        let before = self.rounds.load(Ordering::SeqCst);
-        wait_until(
-            "the sensor thread to finish a round",
-            Duration::from_secs(10),
-            || self.rounds.load(Ordering::SeqCst) > before,
-        );
-        self.sent.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Sensor {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// The count logged by node `i`'s instance of `image`, if it runs and counted.
@@ -219,7 +149,8 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
             (device, radio["addr"].as_str().unwrap().to_string())
         })
         .collect();
-    let sensor = Sensor::start(edges);
+    // Every 50 ms: two devices are light work.
+    let sensor = Sensor::start(edges, Duration::from_millis(50));
     wait_for(&net, &id, &LABELLED, "v1 counting readings", WAIT, || {
         LABELLED
             .iter()

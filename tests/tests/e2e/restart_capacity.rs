@@ -51,7 +51,13 @@ const SMALL_MILLIS: u64 = 500;
 const MAX_PRICE: &str = "100";
 /// The probing auctions' window: the node reads its customers' balances within it (every 250
 /// ms when asked, every 5 s unasked), so with the restore skipped it bids on the three cores.
-const PROBE_WINDOW: &str = "10s";
+const PROBE_WINDOW: Duration = Duration::from_secs(10);
+/// What the bid by hand needs of the three-core auction's window (a CLI process and a request
+/// on a loaded machine): with less left, a fresh auction is opened.
+const BY_HAND_MARGIN: Duration = Duration::from_secs(3);
+/// The first contract's window: long enough for a loaded machine's bid (a second try would
+/// not do: a late bid holds the three cores for the provider's hold grace, 2 min).
+const BUY_WINDOW: &str = "10s";
 /// Each wait's bound.
 const WAIT: Duration = Duration::from_secs(60);
 /// The image of the contract: a guest that runs (the devnet fleet tests' manifest).
@@ -177,7 +183,7 @@ fn a_restarted_provider_holds_its_running_contract_and_bids_only_beside_it() {
         CUSTOMER,
         PROVIDER,
         SERVICE_MILLIS,
-        "3s",
+        BUY_WINDOW,
         &["--service", image.as_str()],
     );
     let contract = wait_for("node1's contract with node2 to be active", WAIT, || {
@@ -212,12 +218,30 @@ fn a_restarted_provider_holds_its_running_contract_and_bids_only_beside_it() {
         hosts(&net, PROVIDER, &contract).then_some(())
     });
 
-    // Three cores more do not fit beside the contract; half a core does.
-    let three = auction(&net, CUSTOMER, PROVIDER, SERVICE_MILLIS, PROBE_WINDOW, &[]);
-    let half = auction(&net, CUSTOMER, PROVIDER, SMALL_MILLIS, PROBE_WINDOW, &[]);
-    wait_for("node2's book to hold the three-core auction", WAIT, || {
-        in_book(&net, PROVIDER, &three).then_some(())
-    });
+    // Three cores more do not fit beside the contract; half a core does. The bid by hand below
+    // must reach node 2's market while the three-core auction is open: when node 2's book took
+    // too long to hold it, a fresh one is opened (each one must close with no bid).
+    let window = format!("{}s", PROBE_WINDOW.as_secs());
+    let open = |millis| auction(&net, CUSTOMER, PROVIDER, millis, &window, &[]);
+    let mut opened = Instant::now();
+    let mut threes = vec![open(SERVICE_MILLIS)];
+    let half = open(SMALL_MILLIS);
+    let three = loop {
+        let three = threes[threes.len() - 1].clone();
+        wait_for("node2's book to hold the three-core auction", WAIT, || {
+            in_book(&net, PROVIDER, &three).then_some(())
+        });
+        if opened.elapsed() + BY_HAND_MARGIN < PROBE_WINDOW {
+            break three;
+        }
+        assert!(
+            threes.len() < 3,
+            "machine too slow, not a regression: node2's book held none of {threes:?} with \
+             {BY_HAND_MARGIN:?} of its {PROBE_WINDOW:?} window left"
+        );
+        opened = Instant::now();
+        threes.push(open(SERVICE_MILLIS));
+    };
     // Its own market says why it does not bid: what it has free cannot hold the auction.
     let by_hand = agora(&[
         "bid",
@@ -254,18 +278,21 @@ fn a_restarted_provider_holds_its_running_contract_and_bids_only_beside_it() {
             |d| d["auction"] == a,
         )
     };
-    let (three_closed, half_closed) = (closed(&three), closed(&half));
+    let half_closed = closed(&half);
     assert!(
         half_closed["winner"].is_string(),
         "node2 bids where its capacity allows: {half_closed}"
     );
-    assert!(
-        three_closed["winner"].is_null(),
-        "the restarted node2 bid on three cores beside its running contract's three: \
-         {three_closed}"
-    );
-    let bids = agora_json(&["bids", &three, "--data-dir", &net.data_dir(CUSTOMER)]);
-    assert_eq!(bids.as_array().map(Vec::len), Some(0), "{bids}");
+    for three in &threes {
+        let three_closed = closed(three.as_str());
+        assert!(
+            three_closed["winner"].is_null(),
+            "the restarted node2 bid on three cores beside its running contract's three: \
+             {three_closed}"
+        );
+        let bids = agora_json(&["bids", three, "--data-dir", &net.data_dir(CUSTOMER)]);
+        assert_eq!(bids.as_array().map(Vec::len), Some(0), "{bids}");
+    }
 
     // The running contract goes on, hosted by node2.
     assert_eq!(

@@ -207,13 +207,7 @@ impl Provider {
         }
     }
 
-    pub(super) fn on_submitted(
-        &mut self,
-        v: &View,
-        tx: &TxKind,
-        accepted: bool,
-        out: &mut Vec<Effect>,
-    ) {
+    pub(super) fn on_submitted(&mut self, v: &View, tx: &TxKind, accepted: bool) {
         let (id, step) = match tx {
             TxKind::MarkMigrated(id) => (*id, Some(Step::Migrated)),
             TxKind::MarkArmed(id) => (*id, Some(Step::Armed)),
@@ -226,21 +220,12 @@ impl Provider {
             return;
         };
         match step {
-            Some(step) => {
-                if !accepted {
-                    // Refused (a full mempool, no connection): ask again a little later.
-                    h.in_flight
-                        .insert(step, v.now.saturating_add(REFUSED_RETRY_MS));
-                } else if step == Step::Activation
-                    && let Some((file, _)) = h.storage
-                {
-                    out.push(Effect::Timeline(Note::new(
-                        "activated",
-                        Some(id),
-                        format!("holding {file}; answering storage challenges"),
-                    )));
-                }
+            // Refused (a full mempool, no connection): ask again a little later.
+            Some(step) if !accepted => {
+                h.in_flight
+                    .insert(step, v.now.saturating_add(REFUSED_RETRY_MS));
             }
+            Some(_) => {}
             None => h.beat.answered(accepted),
         }
     }

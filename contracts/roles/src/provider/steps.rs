@@ -42,11 +42,10 @@ pub(super) fn submit_once(
     out.push(Effect::Submit(tx));
 }
 
-/// Reports a running service's activation again, with the time first reported, while the
-/// ledger still has the contract armed without it: a report refused in its block, or by a
-/// full mempool, is retried by nobody else, and the customer would settle the running
-/// contract `NoActivation` (THREATS C10). [`submit_once`] paces it. A storage contract's
-/// report is repeated by [`activate`] instead.
+/// Reports a running service's activation (or a storage contract's) again, with the time
+/// first reported, while the ledger still has the contract armed without it: a report refused
+/// in its block, or by a full mempool, is retried by nobody else, and the customer would
+/// settle the running contract `NoActivation` (THREATS C10). [`submit_once`] paces it.
 pub(super) fn report_activation_again(
     h: &mut Host,
     id: ContractId,
@@ -57,7 +56,7 @@ pub(super) fn report_activation_again(
     let Run::Active { since } = h.run else {
         return;
     };
-    if h.storage.is_some() || rec.status != ContractStatus::Armed || rec.activated_at.is_some() {
+    if rec.status != ContractStatus::Armed || rec.activated_at.is_some() {
         return;
     }
     let tx = TxKind::ReportActivation {
@@ -77,7 +76,8 @@ pub(super) fn listen(h: &mut Host, devices: &[u32], out: &mut Vec<Effect>) {
     }
 }
 
-/// Starts the service (or, for storage, reports the activation once).
+/// Starts the service (or, for storage, reports the activation: once, as the orchestrator
+/// does, and again with that first time by [`report_activation_again`]).
 pub(super) fn activate(
     h: &mut Host,
     id: ContractId,
@@ -86,8 +86,9 @@ pub(super) fn activate(
     now: Timestamp,
     out: &mut Vec<Effect>,
 ) {
-    if h.storage.is_some() {
-        if rec.activated_at.is_none() {
+    if let Some((file, _)) = h.storage {
+        if rec.activated_at.is_none() && h.run == Run::Idle {
+            h.run = Run::Active { since: now };
             submit_once(
                 h,
                 Step::Activation,
@@ -98,6 +99,11 @@ pub(super) fn activate(
                 now,
                 out,
             );
+            out.push(Effect::Timeline(Note::new(
+                "activated",
+                Some(id),
+                format!("holding {file}; answering storage challenges"),
+            )));
         }
         return;
     }

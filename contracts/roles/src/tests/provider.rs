@@ -546,6 +546,7 @@ fn a_storage_provider_takes_custody_reports_activation_and_releases() {
     };
     assert_eq!(submitted(&out), vec![report.clone()]);
     assert!(!out.iter().any(|e| matches!(e, Effect::Activate { .. })));
+    assert!(phases(&out).contains(&"activated".to_string()));
     let out = roles.handle(
         chain.now,
         Input::Submitted {
@@ -553,7 +554,10 @@ fn a_storage_provider_takes_custody_reports_activation_and_releases() {
             accepted: true,
         },
     );
-    assert!(phases(&out).contains(&"activated".to_string()));
+    assert!(
+        !phases(&out).contains(&"activated".to_string()),
+        "once: {out:?}"
+    );
     chain.now += 100;
     let ev = chain.block(vec![(&p, report)]);
     roles.handle(chain.now, chain.facts(&roles, me, ev));
@@ -655,8 +659,11 @@ fn reports(out: &[Effect]) -> Vec<(ContractId, Timestamp)> {
 
 /// THREATS C10 in the machine, on the orchestrator's timing: a storage contract's activation
 /// report the ledger has not applied is sent again after `ACTIVATION_RESEND_MS` (3 s), not
-/// `RESUBMIT_MS` (10 s). Mutants caught: `Step::resend_ms` giving `RESUBMIT_MS` for
-/// `Activation`, or `ACTIVATION_RESEND_MS` set to 10 s.
+/// `RESUBMIT_MS` (10 s), with the time first reported (as the orchestrator's
+/// `resend_storage_activations`), and the timeline says "activated" once. Mutants caught:
+/// `Step::resend_ms` giving `RESUBMIT_MS` for `Activation`, or `ACTIVATION_RESEND_MS` set to
+/// 10 s; `activate` leaving a storage host's `run` idle (each resend at its own time, and
+/// another "activated" note each time).
 #[test]
 fn a_storage_activation_report_is_sent_again_after_3_s_not_10() {
     let mut chain = Chain::new();
@@ -665,11 +672,16 @@ fn a_storage_activation_report_is_sent_again_after_3_s_not_10() {
     // The times are literal: a resend constant set back to 10 s must fail here.
     let sent = chain.now;
     assert!(reports(&roles.handle(sent + 2_999, Input::Tick)).is_empty());
-    let again = reports(&roles.handle(sent + 3_000, Input::Tick));
+    let out = roles.handle(sent + 3_000, Input::Tick);
     assert_eq!(
-        again.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
-        vec![id],
-        "sent again 3 s after the first"
+        reports(&out),
+        vec![(id, sent)],
+        "sent again 3 s after the first, with its time"
+    );
+    assert!(!phases(&out).contains(&"activated".to_string()), "{out:?}");
+    assert_eq!(
+        reports(&roles.handle(sent + 6_000, Input::Tick)),
+        vec![(id, sent)]
     );
 }
 

@@ -638,6 +638,69 @@ fn a_flood_of_candidates_never_evicts_a_targets_facts_nor_releases_it() {
     assert_eq!(d.counters().providers_refused, 1);
 }
 
+/// THREATS D1: a deployer that did not tick for eleven `--all` spans (suspended, stopped,
+/// stalled) heard nobody meanwhile, so its first tick back releases no target as offline,
+/// neither of `--all` nor counted; the gap does not count, the clock does not stop: a target
+/// still silent while the deployer ticks is released after its span(s) as before, not one tick
+/// earlier (mutants: the shift in `pause_offline_clocks` left out — every target released on
+/// the return; the shift on every tick — never released).
+#[test]
+fn a_deployer_away_for_longer_than_a_span_releases_no_target_on_its_return() {
+    use crate::plan::ALL_OFFLINE_SPANS;
+    let span = FleetConfig::default().plan.offline_after_ms;
+    for (replicas, spans, targets) in [
+        (Replicas::All, ALL_OFFLINE_SPANS, 3),
+        (Replicas::Count(2), 1, 2),
+    ] {
+        let mut d = FleetState::new(signer(1), FleetConfig::default());
+        for seed in 2..=4 {
+            d.handle(T0, Input::Provider(facts(seed, "a", T0))).unwrap();
+        }
+        d.handle(T0, Input::Create(spec(Strategy::Push, replicas)))
+            .unwrap();
+        let out = d.handle(T0, Input::Tick).unwrap();
+        let placed = out
+            .iter()
+            .filter(|e| matches!(e, Effect::Place { .. }))
+            .count();
+        assert_eq!(placed, targets, "{replicas:?}: {out:?}");
+        let released = |out: &[Effect]| {
+            out.iter()
+                .filter(|e| {
+                    matches!(
+                        e,
+                        Effect::Release {
+                            reason: ReleaseReason::Offline,
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        let back = T0 + (ALL_OFFLINE_SPANS + 1) * span;
+        let out = d.handle(back, Input::Tick).unwrap();
+        assert_eq!(
+            released(&out),
+            0,
+            "{replicas:?}: released on the return: {out:?}"
+        );
+        // Nobody is heard from then on: kept up to `spans` spans after the return, released
+        // at the next tick past it.
+        let due = back + spans * span;
+        for now in (back + 5_000..=due).step_by(5_000) {
+            let out = d.handle(now, Input::Tick).unwrap();
+            assert_eq!(
+                released(&out),
+                0,
+                "{replicas:?}: {} ms after the return: {out:?}",
+                now - back
+            );
+        }
+        let out = d.handle(due + 5_000, Input::Tick).unwrap();
+        assert_eq!(released(&out), targets, "{replicas:?}: {out:?}");
+    }
+}
+
 fn placed(done: &[(NodeId, Effect)]) -> Vec<NodeId> {
     let mut out: Vec<NodeId> = done
         .iter()

@@ -771,8 +771,12 @@ fn a_ble_target_that_leaves_is_replaced_and_the_counts_rebalanced() {
             d.handle(T0 + 2, failed(y)).unwrap();
             T0 + 3
         } else {
-            // Everyone but Y offers itself again; Y was last heard at T0.
-            let now = T0 + FleetConfig::default().plan.offline_after_ms + 1_000;
+            // Everyone but Y offers itself again; Y was last heard at T0. The deployer ticks
+            // meanwhile (a longer gap in its own ticks would not count as Y's silence).
+            let span = FleetConfig::default().plan.offline_after_ms;
+            let (r, p) = moves(&d.handle(T0 + span / 2, Input::Tick).unwrap());
+            assert!(r.is_empty() && p.is_empty(), "{r:?} {p:?}");
+            let now = T0 + span + 1_000;
             for (seed, ble) in providers.into_iter().filter(|(s, _)| id(*s) != y) {
                 d.handle(now, Input::Provider(facts(seed, ble, now)))
                     .unwrap();
@@ -826,10 +830,11 @@ fn an_offline_target_of_all_is_kept_ten_spans_then_released_and_the_counts_rebal
             }
         }
     };
-    // Y was last heard at T0; everyone else keeps offering itself.
+    // Y was last heard at T0; everyone else keeps offering itself, and the deployer ticks every
+    // 10 s (a gap of more than a span in its own ticks would not count as Y's silence).
     let span = FleetConfig::default().plan.offline_after_ms;
     let bound = T0 + ALL_OFFLINE_SPANS * span;
-    for now in [T0 + span + 1_000, T0 + 5 * span, bound] {
+    for now in (T0 + 10_000..=bound).step_by(10_000) {
         seen(&mut d, now, false);
         let out = d.handle(now, Input::Tick).unwrap();
         let (r, p) = moves(&out);

@@ -219,9 +219,9 @@ pub enum Input {
     /// first (THREATS C32).
     Balances(Vec<(NodeId, u64)>),
     /// The deal task gave up on the contract of our agreed `award` as customer: `provider`
-    /// refused to countersign it or never answered. The auction's next bid is awarded as when
-    /// the award lapses, and `provider` ranks last on our auctions for
-    /// [`WALKER_TTL_MS`] (THREATS C32).
+    /// refused to countersign it or never answered. `provider` ranks last on our auctions for
+    /// [`WALKER_TTL_MS`], and the auction's next bid is awarded as when the award lapses, if
+    /// the losers still keep their bids (THREATS C32).
     DealFailed {
         /// The award.
         award: AwardId,
@@ -353,6 +353,10 @@ struct Deal<S> {
     negotiation: Negotiation<S>,
     reservation: Option<ReservationKey>,
     auto_accept: Option<PriceBound>,
+    /// Our award of a bid whose provider still held it when we sent the award
+    /// (`MarketState::award_binds`): ending it without a deal is then the provider's choice,
+    /// and marks it as a walker (THREATS C32). False for every other deal.
+    bid_held: bool,
 }
 
 /// The market state machine of one node.

@@ -153,8 +153,10 @@ pub struct NegotiationRules {
     pub max_rounds: u32,
     /// Time from award to agreement before the deal lapses, ms. Our awards of bids have at
     /// most a quarter of `provider.hold_grace_ms` (at least 10 s) when a next bid would be
-    /// awarded on their lapse, so that it is awarded while the losers still keep their bids
-    /// (THREATS C32); awards made by hand, or with no other bid that could win, have all of it.
+    /// awarded on their lapse, and lapse 10 s before the losers' holds end (`hold_grace_ms`
+    /// after the window's close, or the auction's expiry if sooner), so that it is awarded
+    /// while the losers still keep their bids (THREATS C32); awards made by hand, or with no
+    /// other bid that could win in that time, have all of it.
     pub timeout_ms: u64,
 }
 

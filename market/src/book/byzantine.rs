@@ -138,7 +138,7 @@ impl<S: Signer + Clone> MarketState<S> {
             return;
         };
         let effects = deal.negotiation.byzantine_counter(now, terms);
-        self.apply_negotiation(award, effects, out);
+        self.apply_negotiation(now, award, effects, out);
     }
 }
 

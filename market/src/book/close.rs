@@ -13,25 +13,69 @@ use crate::validate::check_bid_constraints;
 /// node that lets its bids' holds lapse soon after the window (`hold_grace_ms`) still gives an
 /// award the time to reach the provider and be answered.
 pub(super) const MIN_AWARD_LAPSE_MS: u64 = 10_000;
+/// How long before the losers' holds end an award of ours must be sent to bind its provider,
+/// ms: sent later, it may reach the provider after its hold (and its book's copy of the
+/// auction) is gone, across the network and the two clocks, and be refused for want of the
+/// bid, which tells us nothing (review of the fourth review of session 52, M1). No next bid is
+/// awarded later than this, and our award lapses early enough to leave twice this for the next
+/// one: once for its way, once for a late tick.
+pub(super) const AWARD_MARGIN_MS: u64 = 5_000;
 
 impl<S: Signer + Clone> MarketState<S> {
-    /// How long our award of a bid on `auction` to `provider` has to be agreed before it
-    /// lapses (THREATS C32), ms. When the next bid would be awarded if it lapsed
+    /// How long our award of a bid on `auction` to `provider`, made at `now`, has to be agreed
+    /// before it lapses (THREATS C32), ms. When the next bid would be awarded if it lapsed
     /// ([`Self::next_bid_after`]), a quarter of `hold_grace_ms` (not below
-    /// [`MIN_AWARD_LAPSE_MS`]), at most `negotiation.timeout_ms`: the losers keep their bids
-    /// until the window's close + `hold_grace_ms` (ours, as a stand-in for theirs), so a full
-    /// timeout (60 s of the 2 min) let the next bid be tried only once or twice, and an honest
-    /// provider agrees at once. Otherwise the whole timeout: a manual award, or a fleet
-    /// placement open to one target, has no next bid to make way for, and the quarter only
-    /// halved the time a provider answering by hand or a loaded target had to agree (fourth
-    /// review of session 52).
-    pub(super) fn award_lapse_ms(&self, auction: &AuctionId, provider: &NodeId) -> u64 {
+    /// [`MIN_AWARD_LAPSE_MS`]), at most `negotiation.timeout_ms`, and short enough that the
+    /// next award still reaches the losers while they keep their bids
+    /// ([`Self::next_award_room`]): the losers keep them until the window's close +
+    /// `hold_grace_ms` (ours, as a stand-in for theirs) or the auction's expiry if sooner, so
+    /// a full timeout (60 s of the 2 min) let the next bid be tried only once or twice, and an
+    /// honest provider agrees at once. An auction of the CLI's or a fleet placement's expires
+    /// 30 s after its window: a 30 s lapse ended with the losers' holds, so the next bid was
+    /// never awarded (review of the fourth review, H1); now it lapses after 20 s. Otherwise the
+    /// whole timeout: a manual award, or a fleet placement open to one target, has no next bid
+    /// to make way for, and the quarter only halved the time a provider answering by hand or a
+    /// loaded target had to agree (fourth review of session 52).
+    pub(super) fn award_lapse_ms(
+        &self,
+        now: Timestamp,
+        auction: &AuctionId,
+        provider: &NodeId,
+    ) -> u64 {
         let dmu = &self.config.dmu;
-        if !self.next_bid_after(auction, provider) {
+        if !self.next_bid_after(now, auction, provider) {
             return dmu.negotiation.timeout_ms;
         }
         let quarter = (dmu.provider.hold_grace_ms / 4).max(MIN_AWARD_LAPSE_MS);
-        dmu.negotiation.timeout_ms.min(quarter)
+        let room = self.next_award_room(now, auction);
+        dmu.negotiation.timeout_ms.min(quarter).min(room)
+    }
+
+    /// How long our award of auction `id` made at `now` may run before it lapses and still
+    /// leave its next bid time to reach the losers while they keep their bids
+    /// ([`Self::hold_until`]): twice [`AWARD_MARGIN_MS`] short of their end; 0 if the auction
+    /// is not in the book.
+    pub(super) fn next_award_room(&self, now: Timestamp, id: &AuctionId) -> u64 {
+        self.auctions.get(id).map_or(0, |e| {
+            self.hold_until(&e.request)
+                .saturating_sub(now)
+                .saturating_sub(2 * AWARD_MARGIN_MS)
+        })
+    }
+
+    /// Whether our auction `entry` stays in the book past its expiry: it is awarded and the
+    /// award is still negotiated, or agreed and its deal not yet forgotten (the award's
+    /// expiry). The deal task builds the award's contract from it (the service image, the
+    /// slot), and the tick at which the award lapses finds it, also when the award outlives the
+    /// auction (a sole bid's, with the whole timeout). Bounded: our own auctions, each at most
+    /// `negotiation.timeout_ms` past its last award.
+    fn awaits_its_deal(&self, entry: &super::AuctionEntry) -> bool {
+        match entry.status {
+            AuctionStatus::Awarded { award, .. } => {
+                entry.request.body.customer == self.me && self.deals.contains_key(&award)
+            }
+            _ => false,
+        }
     }
 
     /// Whether `entry` is our own auction open only to some providers and each of them has
@@ -95,7 +139,16 @@ impl<S: Signer + Clone> MarketState<S> {
                 out.push(Effect::Rejected { from: None, error });
             }
         }
-        self.auctions.retain(|_, e| e.request.body.expires_at > now);
+        // Expired, but for our own awarded ones whose award is still negotiated or agreed.
+        let gone: Vec<AuctionId> = self
+            .auctions
+            .iter()
+            .filter(|(_, e)| e.request.body.expires_at <= now && !self.awaits_its_deal(e))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            self.auctions.remove(id);
+        }
         let auctions = &self.auctions;
         self.restricted.retain(|id, _| auctions.contains_key(id));
         self.offers.retain(|_, o| o.body.expires_at > now);
@@ -175,11 +228,12 @@ impl<S: Signer + Clone> MarketState<S> {
             duration_ms,
             kind,
             nonce,
-            expires_at: now.saturating_add(self.award_lapse_ms(&auction, &provider)),
+            expires_at: now.saturating_add(self.award_lapse_ms(now, &auction, &provider)),
         };
         let award = Signed::sign(body, &self.signer)?;
         let award_id = award.id()?;
-        let deal = self.new_deal(now, &award, award_id, None)?;
+        let mut deal = self.new_deal(now, &award, award_id, None)?;
+        deal.bid_held = self.award_binds(now, &auction);
         self.replay.record(&award.body)?;
         self.start_deal(award_id, deal, out);
         if let Some(entry) = self.auctions.get_mut(&auction) {

@@ -59,6 +59,7 @@ impl<S: Signer + Clone> MarketState<S> {
             negotiation,
             reservation,
             auto_accept,
+            bid_held: false,
         })
     }
 
@@ -89,19 +90,23 @@ impl<S: Signer + Clone> MarketState<S> {
             (NegotiationEffect::Proposed(t), Some(PriceBound::AtLeast(min))) => t.price >= min,
             _ => false,
         });
-        self.apply_negotiation(award, effects, out);
+        self.apply_negotiation(now, award, effects, out);
         if accept {
             let effects = self
                 .deals
                 .get_mut(&award)
                 .map(|d| d.negotiation.handle(now, NegotiationInput::Accept));
-            self.apply_negotiation(award, effects.unwrap_or_default(), out);
+            self.apply_negotiation(now, award, effects.unwrap_or_default(), out);
         }
         Ok(())
     }
 
+    /// Turns the effects of `award`'s negotiation at `now` into market effects. One that ends
+    /// it without a deal releases what the deal holds, and is judged here, while the deal is
+    /// still in the book: whether its provider walked away ([`Self::note_failed_award`]).
     pub(super) fn apply_negotiation(
         &mut self,
+        now: Timestamp,
         award: AwardId,
         effects: Vec<NegotiationEffect>,
         out: &mut Vec<Effect>,
@@ -125,6 +130,7 @@ impl<S: Signer + Clone> MarketState<S> {
                     {
                         self.ledger.release(&key);
                     }
+                    self.note_failed_award(now, award, by);
                     out.push(Effect::NegotiationFailed { award, by });
                 }
                 NegotiationEffect::Rejected(e) => out.push(Effect::Rejected {
@@ -149,7 +155,7 @@ impl<S: Signer + Clone> MarketState<S> {
         for id in open {
             if let Some(deal) = self.deals.get_mut(&id) {
                 let effects = deal.negotiation.handle(now, NegotiationInput::Tick);
-                self.apply_negotiation(id, effects, out);
+                self.apply_negotiation(now, id, effects, out);
             }
         }
         // Agreed deals keep their reservation until it ends (`AGREED_HOLD_MS` after the award,

@@ -24,12 +24,16 @@
 //! unknown, then the rest: a free key bidding 1 token outscored every honest bid and then never
 //! dealt. An award that ends without a deal (the provider refused it, let it lapse, or agreed
 //! and never countersigned the contract; not when we walked away) goes to the next bid while
-//! the auction lasts, and its provider ranks last on our auctions for an hour: one funded key
-//! that wins and never deals otherwise cost every auction of ours a try, not one in all
-//! (fourth review of session 52).
+//! the losers keep their bids, and our award lapses early enough for that. Its provider ranks
+//! last on our auctions for an hour if ending it was its choice: it walked away from, or left
+//! unanswered, the auction's first award sent while it held its bid, or it agreed and never
+//! countersigned. One funded key that wins and never deals otherwise cost every auction of
+//! ours a try, not one in all (fourth review of session 52); a next bid's provider, which had
+//! let go of its hold, may have had to refuse (its review).
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::close::{AWARD_MARGIN_MS, MIN_AWARD_LAPSE_MS};
 use super::{AuctionStatus, Effect, MarketState};
 use crate::auction::{AuctionRequest, Bid};
 use crate::capacity::ReservationKey;
@@ -551,16 +555,36 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 
     /// Whether the next bid of our auction `id` would be awarded if our award of it to
-    /// `provider` ended without a deal ([`Self::award_next`]): we award on our own, fewer than
-    /// [`MAX_PASSED_OVER`] bidders were passed over, and another bid could win.
-    pub(super) fn next_bid_after(&self, id: &AuctionId, provider: &NodeId) -> bool {
+    /// `provider`, made at `now`, ended without a deal ([`Self::award_next`]): we award on our
+    /// own, fewer than [`MAX_PASSED_OVER`] bidders were passed over, another bid could win,
+    /// and the award can have [`MIN_AWARD_LAPSE_MS`] and still lapse in time for the next one
+    /// to reach the losers while they keep their bids ([`Self::next_award_room`]).
+    pub(super) fn next_bid_after(&self, now: Timestamp, id: &AuctionId, provider: &NodeId) -> bool {
         self.config.dmu.customer.auto_award
+            && self.next_award_room(now, id) >= MIN_AWARD_LAPSE_MS
             && self
                 .funding
                 .passed_over
                 .get(id)
                 .is_none_or(|s| s.len() < MAX_PASSED_OVER)
             && self.choose_winner_but(id, Some(provider)).is_some()
+    }
+
+    /// Whether our award of auction `id`, sent at `now`, binds its provider: it is the
+    /// auction's first (nobody passed over yet), sent [`AWARD_MARGIN_MS`] or more before the
+    /// bids' holds end ([`Self::hold_until`], ours standing in for the provider's). Then the
+    /// provider still holds the bid's capacity, and ending the award without a deal is its
+    /// choice. A next bid's provider let go of its hold when the first award was made: the
+    /// capacity may have gone to another customer since, or its record of the bid lapsed, and
+    /// it refuses such an award without a word, so its lapse says nothing of the provider
+    /// (review of the fourth review of session 52, M1).
+    pub(super) fn award_binds(&self, now: Timestamp, id: &AuctionId) -> bool {
+        let passed = self.funding.passed_over.get(id);
+        let Some(e) = self.auctions.get(id) else {
+            return false;
+        };
+        passed.is_none_or(BTreeSet::is_empty)
+            && now.saturating_add(AWARD_MARGIN_MS) <= self.hold_until(&e.request)
     }
 
     /// [`Self::choose_winner`], `except`'s bids left out too.
@@ -629,9 +653,10 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 
     /// The deal task gave up on the contract of our agreed `award` to `provider`
-    /// ([`Input::DealFailed`](super::Input::DealFailed)): as when the award lapses, the
-    /// provider ranks last on our auctions and the auction's next bid is awarded. Before, an
-    /// award accepted and never countersigned was never awarded again (fourth review of
+    /// ([`Input::DealFailed`](super::Input::DealFailed)): the provider ranks last on our
+    /// auctions, whichever award it was (it agreed, so it had the capacity), and the auction's
+    /// next bid is awarded if the losers still keep their bids ([`Self::award_next`]). Before,
+    /// an award accepted and never countersigned was never awarded again (fourth review of
     /// session 52). Ignored while the award is still being negotiated: it may yet agree.
     pub(super) fn deal_failed(
         &mut self,
@@ -651,25 +676,57 @@ impl<S: Signer + Clone> MarketState<S> {
         self.award_next(now, award, out);
     }
 
-    /// Our `award` of one of our auctions ended without a deal, not by us: its provider ranks
-    /// last on our auctions for [`WALKER_TTL_MS`], and the auction's next bid is awarded while
-    /// the auction lasts, for at most [`MAX_PASSED_OVER`] failed bidders, if we award on our
-    /// own.
+    /// Our `award` ended without a deal, ended by `by` (`None`: it lapsed): its provider ranks
+    /// last on our auctions for [`WALKER_TTL_MS`] if that was its choice. Judged from the deal
+    /// itself, so also when the auction has left the book: read from the auction, a lapse
+    /// marked nobody once the auction expired first, as the CLI's and fleet placements' do
+    /// (review of the fourth review of session 52, H1). Its choice: the award bound it
+    /// ([`Self::award_binds`]), and it walked away or let the award lapse while the answer was
+    /// its to give (our proposal on the table). A refusal it may have had to make, of a next
+    /// bid's award, and a lapse of its counter-offer that we left unanswered mark nobody (M1).
+    /// An award agreed and never countersigned is judged by [`Self::deal_failed`].
+    pub(super) fn note_failed_award(&mut self, now: Timestamp, award: AwardId, by: Option<NodeId>) {
+        let Some(deal) = self.deals.get(&award) else {
+            return;
+        };
+        let n = &deal.negotiation;
+        let provider = n.peer();
+        let its_choice = match by {
+            Some(who) => who == provider,
+            None => n.proposed_by() == self.me,
+        };
+        if deal.bid_held && its_choice && provider != self.me {
+            tracing::debug!(award = %award.short(), provider = %provider.short(), walked_away = by.is_some(), "our award ended without a deal by its provider's choice: it ranks last on our auctions");
+            self.funding.walked_away(provider, now);
+        }
+    }
+
+    /// Our `award` of one of our auctions ended without a deal, not by us: the auction's next
+    /// bid is awarded, for at most [`MAX_PASSED_OVER`] failed bidders, if we award on our own
+    /// and the losers still keep their bids: a next-bid award sent later than
+    /// [`AWARD_MARGIN_MS`] before their holds end ([`Self::hold_until`]) reached a provider
+    /// that had forgotten the bid, which refused it without a word, and the award lapsed
+    /// (review of the fourth review of session 52, M1). Whether the failed provider walked
+    /// away is judged where the award ended ([`Self::note_failed_award`],
+    /// [`Self::deal_failed`]).
     fn award_next(&mut self, now: Timestamp, award: AwardId, out: &mut Vec<Effect>) {
         let me = self.me;
         let found = self.auctions.iter().find_map(|(id, e)| match e.status {
             AuctionStatus::Awarded { award: a, provider }
                 if a == award && e.request.body.customer == me =>
             {
-                Some((*id, provider))
+                Some((*id, provider, self.hold_until(&e.request)))
             }
             _ => None,
         });
-        let Some((id, provider)) = found else {
+        let Some((id, provider, holds_end)) = found else {
             return;
         };
-        self.funding.walked_away(provider, now);
         if !self.config.dmu.customer.auto_award {
+            return;
+        }
+        if now.saturating_add(AWARD_MARGIN_MS) > holds_end {
+            tracing::debug!(auction = %id.short(), failed = %provider.short(), "award ended without a deal once the losers let go of their bids: no next bid");
             return;
         }
         let passed = self.funding.passed_over.entry(id).or_default();

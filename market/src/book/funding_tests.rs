@@ -152,13 +152,24 @@ fn auction_with_bids(cfg: MarketConfig, bidders: &[u64]) -> (MarketState<KeySign
 /// next bid would be awarded, though: a sole bid, an award made by hand and a fleet placement
 /// open to one target keep the whole timeout (fourth review of session 52: the quarter bought
 /// nothing there and halved the time of a provider answering by hand, or of a loaded target).
-/// Mutants — the timeout as before: 60 s with the default grace; the floor off: 250 ms with a
-/// 1 s grace; the quarter whatever comes next (as at c2f4acb): 30 s for the sole bid, the
-/// award by hand and the placement.
+/// And since its review (H1) short enough for the next award to reach the losers 10 s before
+/// their holds end, at the auction's expiry (70 s here) if sooner than the hold grace: with a
+/// long grace 50 s, not the timeout; with a 1 s grace no next bid can reach them, so the whole
+/// timeout. Mutants — the timeout as before: 60 s with the default grace; the floor off:
+/// 7.5 s with a 30 s grace; the quarter whatever comes next (as at c2f4acb): 30 s for the sole
+/// bid, the award by hand and the placement; the losers' holds left out (as at 10c906d): 60 s
+/// with the long grace, 10 s with the 1 s one.
 #[test]
 fn our_award_lapses_within_a_quarter_of_the_hold_grace() {
     let floor = super::close::MIN_AWARD_LAPSE_MS;
-    for (grace, lapse) in [(120_000, 30_000), (1_000, floor), (1_000_000, 60_000)] {
+    let timeout = MarketConfig::default().dmu.negotiation.timeout_ms;
+    let cases = [
+        (120_000, 30_000),
+        (30_000, floor),
+        (1_000_000, 50_000),
+        (1_000, timeout),
+    ];
+    for (grace, lapse) in cases {
         let mut cfg = MarketConfig::default();
         cfg.dmu.provider.hold_grace_ms = grace;
         let (mut c, _) = auction_with_bids(cfg, &[31, 32]);
@@ -169,7 +180,6 @@ fn our_award_lapses_within_a_quarter_of_the_hold_grace() {
             "hold grace {grace}"
         );
     }
-    let timeout = MarketConfig::default().dmu.negotiation.timeout_ms;
     // A sole bid: nothing to award next.
     let (mut c, _) = auction_with_bids(MarketConfig::default(), &[31]);
     let out = c.handle(10_000, Input::Tick);

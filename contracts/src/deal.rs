@@ -116,15 +116,9 @@ impl Default for DealPolicy {
     }
 }
 
-/// What the auction behind an award said, as the node's market holds it (the provider: as it
-/// bid on it, THREATS C36; both `None` for a taken offer, or an auction that named neither).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuctionFacts {
-    /// The service image CID the auction named (`AuctionBody::service`), unparsed.
-    pub image: Option<String>,
-    /// The start time of a pre-contracted hosted slot (`AuctionBody::start_at`).
-    pub start_at: Option<Timestamp>,
-}
+/// What the auction behind an award said, as the node's market read it when the deal was
+/// agreed (`agora_market::Agreement::auction`; the provider's: as it bid on it, THREATS C36).
+pub use agora_market::AuctionFacts;
 
 /// The ledger's arbitrators new contracts may name, and the least a committee may hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

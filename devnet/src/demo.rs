@@ -7,6 +7,10 @@
 //! attest the failure, B activates A's service and takes A's sensors over from A's last
 //! checkpoint. A is restarted, settles, B is paid, A takes its sensors back. The demo prints a
 //! timeline, the failover split, who processed which readings, and the balances.
+//!
+//! With `--devices` (issue #16) A's sensors are devices with endpoints: A flashes the unlocked
+//! ones before its first contract, and the report lists what each says about itself and whom
+//! B named its manager during each outage.
 
 mod drone;
 pub mod report;
@@ -19,7 +23,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-pub use report::{Coverage, FailoverSplit, percentile};
+pub use report::{Coverage, DeviceRow, FailoverSplit, OutageView, percentile};
 pub use sensors::{Region, Sensors, frame, uplink};
 pub use story::{Armed, Story};
 
@@ -53,6 +57,14 @@ pub struct DemoArgs {
     /// WAN emulation on every link (the standby story only).
     #[command(flatten)]
     pub wan: crate::process::WanArgs,
+    /// A's sensors as devices with endpoints (the standby story only): A flashes the unlocked
+    /// ones before its first contract; the report lists them and their manager during each
+    /// outage (B).
+    #[arg(long)]
+    pub devices: bool,
+    /// With --devices: how many of A's 3 devices their owner locked (never flashed).
+    #[arg(long, default_value_t = 1, requires = "devices")]
+    pub locked: u32,
 }
 
 /// Demo stories.
@@ -167,8 +179,39 @@ max_output_bytes = 1048576
     Ok((info.image, parsed.resources()))
 }
 
+/// Refuses `--devices` where it cannot apply, before anything is built or started.
+fn check_devices(args: &DemoArgs) -> anyhow::Result<()> {
+    if !args.devices {
+        return Ok(());
+    }
+    if args.scenario != Scenario::Standby {
+        anyhow::bail!("--devices applies to the standby story only; drop --scenario");
+    }
+    let count = u32::try_from(story::DEVICES.len()).unwrap_or(u32::MAX);
+    if args.locked > count {
+        anyhow::bail!(
+            "--locked {} is more than A's {count} devices; pass --locked 0 to {count}",
+            args.locked
+        );
+    }
+    Ok(())
+}
+
+/// A's devices for `--devices`: a reading every 100 ms as the plain sensors send, the
+/// default link rate and reboot time.
+fn device_options(locked: u32) -> story::DeviceOptions {
+    story::DeviceOptions {
+        agent: agora_devices::agent::AgentConfig {
+            reading_ms: 100,
+            ..Default::default()
+        },
+        locked,
+    }
+}
+
 /// Runs the demo.
 pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
+    check_devices(args)?;
     let module = module_bytes(args.module.as_deref())?;
     if args.scenario == Scenario::Drone {
         return drone::run(args, &module, json).await;
@@ -184,15 +227,25 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
         wan: args.wan.profile(),
         ..Default::default()
     };
-    let mut story = Story::start_with(
-        &args.dir,
-        args.nodes,
-        &module,
-        Arc::new(Loopback),
-        json,
-        opts,
-    )
-    .await?;
+    let mut story = if args.devices {
+        let devices = device_options(args.locked);
+        let (dir, nodes, launcher) = (&args.dir, args.nodes, Arc::new(Loopback));
+        let s =
+            Story::start_devices_with(dir, nodes, &module, launcher, json, opts, devices).await?;
+        s.flash_devices(60).await?;
+        s
+    } else {
+        Story::start_with(
+            &args.dir,
+            args.nodes,
+            &module,
+            Arc::new(Loopback),
+            json,
+            opts,
+        )
+        .await?
+    };
+    let mut outages = Vec::new();
     let mut splits = Vec::new();
     let mut settled_ok = true;
     let mut last_b = 0;
@@ -218,6 +271,12 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
             .clock
             .line("7 failure", killed, "A killed with SIGKILL");
         splits.push(story.failover(&armed, killed).await?);
+        if args.devices {
+            outages.push(OutageView {
+                provider: story.m.nodes[armed.b].name.clone(),
+                managers: story.managers_seen_by(armed.b, 10).await,
+            });
+        }
         tokio::time::sleep(Duration::from_secs(args.outage)).await;
         story.restart(story.a).await?;
         story.clock.line(
@@ -253,6 +312,8 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
         .copied()
         .find(|b| *b != last_b && *b != story.a)
         .unwrap_or_else(|| story.observer_index(last_b));
+    // Before the coverage: it stops the devices, and with them what they say about themselves.
+    let rows = report::device_rows(&story::DEVICES, &story.device_metas(), &outages);
     let cov = story.coverage_seen_by(observer, |_| true).await;
     if !json {
         println!(
@@ -265,19 +326,28 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
             }
         );
     }
-    let ok = settled_ok && cov.missing == 0 && cov.duplicated == 0;
+    let devices_ok = !args.devices || rows.iter().all(DeviceRow::managed_by_providers);
+    let ok = settled_ok && cov.missing == 0 && cov.duplicated == 0 && devices_ok;
     if json {
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "failovers": splits,
             "coverage": cov,
             "observer": story.m.nodes[observer].name,
             "observer_was_provider": earlier_bs.contains(&observer),
             "ok": ok,
         });
+        if args.devices
+            && let Some(o) = out.as_object_mut()
+        {
+            o.insert("devices".into(), serde_json::to_value(&rows)?);
+        }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         report::print_coverage(&cov, story::DEVICES.len());
         report::print_splits(&splits);
+        if args.devices {
+            report::print_devices(&rows);
+        }
     }
     let dir = story.m.dir.clone();
     if !args.keep {
@@ -290,7 +360,50 @@ pub async fn run(args: &DemoArgs, json: bool) -> anyhow::Result<()> {
         anyhow::bail!("the story did not end as expected (see above)");
     }
     if !json {
-        println!("demo finished: every reading processed exactly once, provider paid");
+        let devices = if args.devices {
+            "; B managed A's devices during each outage"
+        } else {
+            ""
+        };
+        println!("demo finished: every reading processed exactly once, provider paid{devices}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        demo: DemoArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<DemoArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("demo").chain(args.iter().copied())).map(|c| c.demo)
+    }
+
+    #[test]
+    fn the_device_flags_are_refused_where_they_cannot_apply_before_anything_starts() {
+        let plain = parse(&[]).unwrap();
+        assert!(!plain.devices, "the default demo keeps the plain sensors");
+        assert!(check_devices(&plain).is_ok());
+        assert!(
+            parse(&["--locked", "2"]).is_err(),
+            "--locked needs --devices"
+        );
+        let all_locked = parse(&["--devices", "--locked", "3"]).unwrap();
+        assert!(check_devices(&all_locked).is_ok());
+        let too_many = parse(&["--devices", "--locked", "4"]).unwrap();
+        let e = check_devices(&too_many).unwrap_err().to_string();
+        assert!(e.contains("pass --locked 0 to 3"), "{e}");
+        let drone = parse(&["--devices", "--scenario", "drone"]).unwrap();
+        assert!(
+            check_devices(&drone).is_err(),
+            "the drone story has no devices"
+        );
+    }
 }

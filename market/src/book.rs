@@ -5,6 +5,7 @@
 //! carries out the returned `Effect`s. Rejected messages never reach the book; they come back
 //! as `Effect::Rejected`.
 
+mod agreement;
 mod bounds;
 #[cfg(any(test, feature = "test-utils"))]
 mod byzantine;
@@ -20,6 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use agreement::{Agreement, AuctionFacts};
 pub use bounds::{BookCounters, BookStats};
 #[cfg(any(test, feature = "test-utils"))]
 pub use byzantine::CUT_TERM_MS;
@@ -218,15 +220,18 @@ pub enum Input {
     /// shares one budget (THREATS C31); a bidder whose balance covers the provider stake wins
     /// first (THREATS C32).
     Balances(Vec<(NodeId, u64)>),
-    /// The deal task gave up on the contract of our agreed `award` as customer: `provider`
-    /// refused to countersign it or never answered. `provider` ranks last on our auctions for
-    /// [`WALKER_TTL_MS`], and the auction's next bid is awarded as when the award lapses, if
-    /// the losers still keep their bids (THREATS C32).
+    /// The deal task gave up on the contract of our agreed `award` as customer: the auction's
+    /// next bid is awarded as when the award lapses, if the losers still keep their bids, and
+    /// if `blamed`, `provider` ranks last on our auctions for [`WALKER_TTL_MS`] (THREATS C32).
     DealFailed {
         /// The award.
         award: AwardId,
         /// Its provider.
         provider: NodeId,
+        /// The provider refused by its own choice or sent a signature that does not verify;
+        /// not when it stayed silent or gave a refusal our side may have caused, which cannot
+        /// be told from our own failure.
+        blamed: bool,
     },
     /// Timer: close windows, award, expire entries and holds.
     Tick,
@@ -287,8 +292,9 @@ pub enum Effect {
     },
     /// The counterparty proposed new terms; answer with `Input::Negotiate`.
     Proposed(AgreedTerms),
-    /// Deal agreed; hand `terms` to the contracts crate.
-    Agreed(AgreedTerms),
+    /// Deal agreed; hand its terms to the contracts crate, with what its auction said of the
+    /// contract, read as it was agreed ([`Agreement::auction`]).
+    Agreed(Agreement),
     /// A negotiation ended without a deal (reservations were released).
     NegotiationFailed {
         /// Award.
@@ -354,9 +360,14 @@ struct Deal<S> {
     reservation: Option<ReservationKey>,
     auto_accept: Option<PriceBound>,
     /// Our award of a bid whose provider still held it when we sent the award
-    /// (`MarketState::award_binds`): ending it without a deal is then the provider's choice,
-    /// and marks it as a walker (THREATS C32). False for every other deal.
+    /// (`MarketState::award_binds`): letting it lapse, or countering above our bound, is then
+    /// the provider's choice, and marks it as a walker (THREATS C32). False for every other
+    /// deal. A walk-away marks whatever this says.
     bid_held: bool,
+    /// Our award had `close::MIN_MARKING_LAPSE_MS` (30 s) or more to be agreed: only then does
+    /// a lapse with our proposal on the table mark its provider, since a slow honest accept may
+    /// not arrive in less (review 7, M2).
+    long_lapse: bool,
 }
 
 /// The market state machine of one node.
@@ -520,8 +531,12 @@ impl<S: Signer + Clone> MarketState<S> {
                 self.learn_balances(now, balances, &mut out);
                 Ok(())
             }
-            Input::DealFailed { award, provider } => {
-                self.deal_failed(now, award, provider, &mut out);
+            Input::DealFailed {
+                award,
+                provider,
+                blamed,
+            } => {
+                self.deal_failed(now, award, provider, blamed, &mut out);
                 Ok(())
             }
             Input::Tick => {

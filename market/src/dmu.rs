@@ -125,7 +125,11 @@ pub struct CustomerRules {
     /// Score weights for winner selection.
     pub weights: ScoreWeights,
     /// Accept a provider's counter-offer automatically when it is within the auction's max price
-    /// (for a taken offer: not above the award price).
+    /// (for a taken offer: not above the award price). A counter above it is the provider's
+    /// refusal: with `auto_award` and another bid to award, we walk away at once and award that
+    /// bid; else the counter waits for an answer by hand. Refused, or left to lapse, on an
+    /// auction's first award it ranks the provider last on our auctions for an hour (THREATS
+    /// C32).
     pub accept_counter_within_max: bool,
     /// The provider stake this node asks as customer, permille of the price: a bidder whose
     /// ledger balance covers it at the auction's maximum price wins first, then one whose

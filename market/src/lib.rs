@@ -34,8 +34,9 @@ pub use auction::{
     BidBody, BidSpec, Offer, OfferBody,
 };
 pub use book::{
-    AGREED_HOLD_MS, AuctionEntry, AuctionStatus, BookCounters, BookStats, ContractHold, Effect,
-    Input, MAX_LOST_BIDS, MAX_RESTORED_HOLDS, MarketConfig, MarketState, MyBid, OfferSpec,
+    AGREED_HOLD_MS, Agreement, AuctionEntry, AuctionFacts, AuctionStatus, BookCounters, BookStats,
+    ContractHold, Effect, Input, MAX_LOST_BIDS, MAX_RESTORED_HOLDS, MarketConfig, MarketState,
+    MyBid, OfferSpec,
 };
 pub use capacity::{CapacityError, CapacityLedger, ReservationKey};
 pub use dmu::{CustomerRules, DmuConfig, NegotiationRules, ProviderRules};

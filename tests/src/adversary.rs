@@ -10,6 +10,7 @@
 //! - publish raw bytes on any gossip topic ([`Adversary::publish_raw`]),
 //! - send raw request-response bytes to any node ([`Adversary::request_raw`]),
 //! - open raw streams on any protocol, heartbeat and bitswap included ([`Adversary::open_stream`]),
+//! - answer the market requests that come to it and record them ([`listen`]),
 //! - seal envelopes of any kind with its own key ([`Adversary::seal`]), or hand-craft broken
 //!   ones with [`envelopes`] (forged signature, replayed, stale, future-dated, oversized, wrong
 //!   kind, garbage),
@@ -32,14 +33,16 @@ pub mod slow_start;
 pub mod twist;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_api::client::ApiClient;
 use agora_api::ledger::{BalanceReply, SubmittedReply, TransferRequest};
 use agora_devnet::files::{DevnetManifest, DevnetNode};
 use agora_devnet::process::{Launcher, is_our_process, spawn_node, spawn_node_with, up_with};
-use agora_market::{KeySigner, NodeId};
+use agora_market::{KeySigner, MarketMessage, NodeId};
 use agora_network::keys::{NodeKey, peer_id_of};
+use agora_network::{Interest, NetworkEvent};
 use agora_network::{Multiaddr, NetworkConfig, NetworkHandle, NetworkStats, PeerId, Stream};
 use agora_network::{NetworkError, StreamProtocol};
 use agora_wire::codec::{Envelope, Kind};
@@ -61,6 +64,13 @@ pub fn byzantine_lines(data_dir: &Path) -> Vec<String> {
         .filter(|l| l.starts_with("byzantine: "))
         .map(String::from)
         .collect()
+}
+
+/// The value of `key=…` in a `byzantine:` line; panics naming the line when it has none.
+pub fn byzantine_field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in `{line}`"))
 }
 
 /// The lines of `data_dir`'s `node.log` without their terminal colour codes (`ESC [ … m`), so
@@ -252,6 +262,24 @@ impl HostileDevnet {
     /// Node `i`'s data directory (for `agora … --data-dir`).
     pub fn data_dir(&self, i: usize) -> String {
         self.node(i).data_dir.display().to_string()
+    }
+
+    /// Waits for a `byzantine:` line of node `i` (an `agora-byzantine` process) starting with
+    /// `prefix` that contains every one of `parts`, and returns it; panics once `timeout` has
+    /// passed.
+    pub fn byzantine_line(
+        &self,
+        i: usize,
+        prefix: &str,
+        parts: &[&str],
+        timeout: Duration,
+    ) -> String {
+        let dir = &self.node(i).data_dir;
+        crate::wait_for(&format!("node{i}'s `{prefix}` {parts:?}"), timeout, || {
+            byzantine_lines(dir)
+                .into_iter()
+                .find(|l| l.starts_with(prefix) && parts.iter().all(|p| l.contains(p)))
+        })
     }
 
     /// A control-API client for node `i`.
@@ -591,4 +619,30 @@ impl Adversary {
             .await
             .with_context(|| format!("opening {protocol} to {peer}"))
     }
+}
+
+/// Acknowledges every market request `key` receives, as a node does, and hands each decoded
+/// one to `seen` (a throwaway customer recording the bids and awards that come to it); runs on
+/// `rt` until the returned task is aborted.
+pub fn listen(
+    rt: &tokio::runtime::Runtime,
+    key: &Arc<Adversary>,
+    mut seen: impl FnMut(&MarketMessage) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let mut inbox = key
+        .network()
+        .inbox(Interest::new("throwaway-key").requests(Kind::Market));
+    let key = key.clone();
+    rt.spawn(async move {
+        loop {
+            let NetworkEvent::Request { id, envelope, .. } = inbox.recv().await else {
+                continue;
+            };
+            let ack = key.seal(Kind::Market, Vec::new());
+            let _ = key.network().respond(id, &ack).await;
+            if let Ok(message) = MarketMessage::decode(&envelope.payload) {
+                seen(&message);
+            }
+        }
+    })
 }

@@ -1,7 +1,10 @@
-//! Helpers the process benches share (`tests/benches/scale.rs`, `provision.rs`, `upgrade.rs`):
-//! knobs from the environment, the machine's load, quantiles, per-target upgrade times.
+//! Helpers the process benches share (`tests/benches/scale.rs`, `provision.rs`, `upgrade.rs`,
+//! `fleet_converge.rs`): knobs from the environment, the machine's load, quantiles, per-target
+//! upgrade times, a node's readiness, a devnet's processes gone.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// `name` from the environment as a number, or `default`.
 pub fn env_u64(name: &str, default: u64) -> u64 {
@@ -28,6 +31,48 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     s[(((s.len() - 1) as f64) * q).round() as usize]
+}
+
+/// Whether the node in `data_dir` answers `/ready` with ready: connected, its ledger at the
+/// tip, its orchestrator synced and its market holding its contracts' capacity again (a
+/// restarted provider bids only then, THREATS C35); false while it does not answer.
+pub fn node_ready(data_dir: &Path) -> bool {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return false;
+    };
+    rt.block_on(async {
+        match agora_api::client::ApiClient::for_data_dir(data_dir) {
+            Ok(client) => client.readiness().await.is_ok_and(|r| r.ready),
+            Err(_) => false,
+        }
+    })
+}
+
+/// Waits until no process's command line names `dir` (a devnet's nodes, after `devnet down`:
+/// a killed process may take a moment to go); after `timeout`, an error lists those left.
+pub fn processes_gone(dir: &Path, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &dir.display().to_string()])
+            .output()
+            .map_err(|e| format!("cannot run pgrep: {e}"))?;
+        if out.stdout.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "processes of {} still run {} s after the devnet was brought down: {}",
+                dir.display(),
+                timeout.as_secs(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// What polls of a deployer's `deploy status --json` saw of each target's upgrade step

@@ -1,9 +1,18 @@
 //! Helpers of the fleet process tests (`tests/tests/e2e/fleet.rs`, `fleet_upgrade.rs`,
-//! `fleet_variants.rs`): node ids, reconfiguring a node, publishing a service, labels, a node's
+//! `fleet_variants.rs`) and benches (`tests/benches/fleet_converge.rs`, `provision.rs`,
+//! `upgrade.rs`): node ids, reconfiguring a node, publishing a service, labels, a node's
 //! running services, a deployment's status as the deployer reports it.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+
 use crate::{TestDevnet, agora, publish_service, try_agora_json, wait_until};
+
+mod labels;
+mod logs;
+
+pub use labels::{label, unlabel};
+pub use logs::release_reasons;
 
 /// The devnet's node ids, in node order.
 pub fn node_ids(net: &TestDevnet) -> Vec<String> {
@@ -44,12 +53,19 @@ pub fn publish_with_devices(
         &net.node(0),
         &net.tmp().join(format!("{name}-{version}.wasm")),
         wasm,
-        &format!(
-            "name = \"{name}\"\nversion = \"{version}\"\nkind = \"wasm\"\ntick_ms = 100\n\
-             activation = \"immediate\"\ndevices = {devices:?}\n\n[resources]\ncpu_millis = 250\n\
-             memory_mb = 64\nstorage_mb = 1\n\n[limits]\nmemory_bytes = 16777216\n\
-             fuel_per_second = 200000000\ninstances = 1\nmax_output_bytes = 1048576\n"
-        ),
+        &manifest(name, version, devices),
+    )
+}
+
+/// The fleet tests' manifest of service `name` version `version` (immediate, 250 millicores,
+/// 64 MiB), taking over the sensor `devices` where it runs: a guest that runs, for any process
+/// test that needs one.
+pub fn manifest(name: &str, version: &str, devices: &[u32]) -> String {
+    format!(
+        "name = \"{name}\"\nversion = \"{version}\"\nkind = \"wasm\"\ntick_ms = 100\n\
+         activation = \"immediate\"\ndevices = {devices:?}\n\n[resources]\ncpu_millis = 250\n\
+         memory_mb = 64\nstorage_mb = 1\n\n[limits]\nmemory_bytes = 16777216\n\
+         fuel_per_second = 200000000\ninstances = 1\nmax_output_bytes = 1048576\n"
     )
 }
 
@@ -157,20 +173,6 @@ pub fn dump(net: &TestDevnet, id: &str, nodes: &[usize]) {
     }
 }
 
-/// Gives node `i` the label `site=factory` in its config (the node must be stopped).
-pub fn label(net: &TestDevnet, i: usize) {
-    let path = net.dir.join(format!("node{i}")).join("config.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = if text.contains("[provider.labels]") {
-        text.replace("[provider.labels]", "[provider.labels]\nsite = \"factory\"")
-    } else if text.contains("[provider]") {
-        text.replace("[provider]", "[provider]\nlabels = { site = \"factory\" }")
-    } else {
-        format!("{text}\n[provider]\nlabels = {{ site = \"factory\" }}\n")
-    };
-    std::fs::write(&path, text).unwrap();
-}
-
 /// Whether node `i` runs a service of `image` (state Active).
 pub fn runs(net: &TestDevnet, i: usize, image: &str) -> bool {
     !running_of(net, i, &[image]).is_empty()
@@ -243,6 +245,29 @@ pub fn deployer_contracts(net: &TestDevnet, image: &str) -> Vec<(String, String,
             (s("id"), s("provider"), s("status"))
         })
         .collect()
+}
+
+/// Contract statuses after which a contract holds nothing more (`completed` and `breached` only
+/// wait for their settlement); every other one is live.
+pub const CONTRACT_OVER: [&str; 6] = [
+    "completed",
+    "breached",
+    "cancelled",
+    "settled",
+    "slashed",
+    "expired",
+];
+
+/// Per provider (node id), how many of node 0's contracts carrying `image` are live, as node 0's
+/// ledger shows them: more than one on a provider is one replica placed twice.
+pub fn live_contracts(net: &TestDevnet, image: &str) -> BTreeMap<String, usize> {
+    let mut live = BTreeMap::new();
+    for (_, provider, state) in deployer_contracts(net, image) {
+        if !CONTRACT_OVER.contains(&state.as_str()) {
+            *live.entry(provider).or_default() += 1;
+        }
+    }
+    live
 }
 
 /// Waits until every contract node 0 holds for `image` ended, and returns how each ended.

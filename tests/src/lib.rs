@@ -343,6 +343,149 @@ pub fn awarded(dir: &str, auction: &str) -> bool {
         .any(|v| v["kind"] == "awarded" && v["data"]["auction"] == auction)
 }
 
+/// Waits for the `data` of the first market event of node `dir` of `kind` that `f` accepts and
+/// returns it; panics naming `what` once `timeout` has passed.
+pub fn market_event(
+    dir: &str,
+    kind: &str,
+    what: &str,
+    timeout: std::time::Duration,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_for(what, timeout, || {
+        market_events(dir)
+            .into_iter()
+            .find(|e| e["kind"] == kind && f(&e["data"]))
+            .map(|e| e["data"].clone())
+    })
+}
+
+/// Whether the `error` of a market event's `data` contains every one of `parts`.
+pub fn error_says(data: &serde_json::Value, parts: &[&str]) -> bool {
+    data["error"]
+        .as_str()
+        .is_some_and(|e| parts.iter().all(|p| e.contains(p)))
+}
+
+/// Node `dir`'s contracts, as `agora contract list` shows them (none while it does not answer).
+pub fn contracts(dir: &str) -> Vec<serde_json::Value> {
+    try_agora_json(&["contract", "list", "--data-dir", dir])
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// `agora auction create` on the node of a data dir, as the market's process tests open
+/// auctions: hosted, 64 MiB, for ten minutes at most 100 tokens, its window closing in 2 s,
+/// unless told otherwise.
+#[derive(Debug, Clone)]
+pub struct AuctionCli {
+    dir: String,
+    cpu: String,
+    term: String,
+    max_price: String,
+    window: String,
+    near: Option<String>,
+    extra: Vec<String>,
+}
+
+impl AuctionCli {
+    /// Node `dir` asks for `cpu` (`--cpu`: `500m`, `3000m`).
+    pub fn new(dir: &str, cpu: &str) -> Self {
+        AuctionCli {
+            dir: dir.to_string(),
+            cpu: cpu.to_string(),
+            term: "10m".into(),
+            max_price: "100".into(),
+            window: "2s".into(),
+            near: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// For `term` (`--duration`: `1m`, `10m`).
+    pub fn term(mut self, term: &str) -> Self {
+        self.term = term.to_string();
+        self
+    }
+
+    /// At most `price` tokens (`--max-price`).
+    pub fn max_price(mut self, price: impl std::fmt::Display) -> Self {
+        self.max_price = price.to_string();
+        self
+    }
+
+    /// Its bidding window closing in `window` (`--window`: `3s`).
+    pub fn window(mut self, window: &str) -> Self {
+        self.window = window.to_string();
+        self
+    }
+
+    /// Open to providers within 100 m of devnet node `i` only: that node alone, since devnet
+    /// nodes are ~270 m apart (the CLI has no `only`).
+    pub fn near_node(mut self, i: usize) -> Self {
+        let at = agora_devnet::files::devnet_location(i);
+        self.near = Some(format!("{},{},0.1", at.lat, at.lon));
+        self
+    }
+
+    /// More flags, after the others (`--service CID`, `--kind standby`).
+    pub fn with(mut self, extra: &[&str]) -> Self {
+        self.extra.extend(extra.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Creates the auction; panics unless the command succeeds. Its id.
+    pub fn create(&self) -> String {
+        let created = agora_json(&self.args());
+        created["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("auction create printed no id: {created}"))
+            .to_string()
+    }
+
+    /// The command line after `agora` (without `--json`).
+    fn args(&self) -> Vec<&str> {
+        let mut args = vec![
+            "auction",
+            "create",
+            "--data-dir",
+            &self.dir,
+            "--cpu",
+            &self.cpu,
+            "--memory",
+            "64MiB",
+            "--duration",
+            &self.term,
+            "--max-price",
+            &self.max_price,
+            "--window",
+            &self.window,
+        ];
+        if let Some(near) = &self.near {
+            args.extend(["--near", near.as_str()]);
+        }
+        args.extend(self.extra.iter().map(String::as_str));
+        args
+    }
+}
+
+/// The body of a `Transfer-Encoding: chunked` HTTP answer, its chunks joined (up to the last
+/// chunk, or the first malformed one).
+pub fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 /// Runs `agora ARGS --json` and parses stdout, or `None` when the command fails (for polling a
 /// node that may still be starting).
 pub fn try_agora_json(args: &[&str]) -> Option<serde_json::Value> {
@@ -449,5 +592,78 @@ mod tests {
     #[should_panic(expected = "timed out waiting for nothing")]
     fn wait_for_panics_naming_what_once_the_timeout_has_passed() {
         super::wait_for("nothing", Duration::from_millis(150), || None::<()>);
+    }
+
+    /// The builder writes the command lines the market's process tests wrote out by hand:
+    /// hosted, 64 MiB, ten minutes at most 100 tokens with a 2 s window unless told otherwise,
+    /// `--near` 100 m around a devnet node, extra flags last.
+    #[test]
+    fn auction_cli_writes_the_command_line_of_the_market_tests() {
+        let plain = super::AuctionCli::new("d", "500m");
+        assert_eq!(
+            plain.args(),
+            [
+                "auction",
+                "create",
+                "--data-dir",
+                "d",
+                "--cpu",
+                "500m",
+                "--memory",
+                "64MiB",
+                "--duration",
+                "10m",
+                "--max-price",
+                "100",
+                "--window",
+                "2s"
+            ]
+        );
+        let at = agora_devnet::files::devnet_location(2);
+        let near = format!("{},{},0.1", at.lat, at.lon);
+        let aimed = super::AuctionCli::new("d", "3000m")
+            .near_node(2)
+            .term("1m")
+            .max_price(60_u64)
+            .window("10s")
+            .with(&["--service", "cid"]);
+        assert_eq!(
+            aimed.args(),
+            [
+                "auction",
+                "create",
+                "--data-dir",
+                "d",
+                "--cpu",
+                "3000m",
+                "--memory",
+                "64MiB",
+                "--duration",
+                "1m",
+                "--max-price",
+                "60",
+                "--window",
+                "10s",
+                "--near",
+                near.as_str(),
+                "--service",
+                "cid"
+            ]
+        );
+    }
+
+    #[test]
+    fn dechunk_joins_the_chunks_up_to_the_last() {
+        let body = "4\r\nWiki\r\n6\r\npedia \r\n0\r\n\r\n";
+        assert_eq!(super::dechunk(body), "Wikipedia ");
+        assert_eq!(super::dechunk("zz\r\nabc"), "", "a malformed size ends it");
+    }
+
+    #[test]
+    fn error_says_needs_every_part() {
+        let data = serde_json::json!({"error": "already awarded: award 12ab"});
+        assert!(super::error_says(&data, &["already awarded", "12ab"]));
+        assert!(!super::error_says(&data, &["already awarded", "34cd"]));
+        assert!(!super::error_says(&serde_json::json!({}), &[]));
     }
 }

@@ -1,5 +1,6 @@
 //! A devnet inside the NAT lab (`scripts/netlab.sh`, docs/NETLAB.md): the public nodes
-//! (arbitrators, node 0 also relay and bootstrap) in the lab's public namespace, the last
+//! (arbitrators with an external address, so light relays by default; node 0 also every
+//! node's bootstrap peer and so the edges' relay) in the lab's public namespace, the last
 //! `homes` nodes each alone behind its own NAT router (node `n-1` in home 1, node `n-2` in
 //! home 2, ...). [`NatLab`] is a [`Launcher`], so `agora_devnet::process::up_with_options` and
 //! the demo's `Story` run unchanged on it. [`NatLab::up_hosts`] lays out another shape: no NAT,
@@ -235,9 +236,10 @@ impl Launcher for NatLab {
             return;
         }
         if !self.is_edge(i) {
+            // With an external address, an arbitrator serves a light relay v2 by default
+            // (`[network] relay_server` stays unset, as an operator's would): node 0, every
+            // node's bootstrap peer, is the edges' relay.
             config.network.external = vec![p2p];
-            // Node 0 is every node's bootstrap peer, so the edges' relay.
-            config.network.relay_server = i == 0;
             // Only edges bid: the contract is between two NATed edges.
             let provider = &mut config.market.engine.dmu.provider;
             provider.auto_bid = false;

@@ -124,6 +124,7 @@ impl Customer {
             Input::StageFailed {
                 service: ServiceRef::Own,
                 error,
+                ..
             } if self.own.phase == Phase::Staging => {
                 self.own.phase = Phase::Unstaged;
                 self.own.retry_at = Some(v.now.saturating_add(OWN_RETRY_MS));

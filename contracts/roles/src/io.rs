@@ -96,6 +96,9 @@ pub enum Input {
         service: ServiceRef,
         /// Why.
         error: String,
+        /// Trying again cannot cure it (the image does not decode, verify or compile, or asks
+        /// for more than the host allows: the host's `StageError::permanent`).
+        permanent: bool,
     },
     /// [`Effect::TakeCustody`] succeeded: the file is fetched, checked and pinned.
     CustodyTaken {
@@ -152,6 +155,17 @@ pub enum Input {
         interval: u64,
         /// The provider answered that the contract's service runs.
         up: bool,
+    },
+    /// [`Effect::InstanceRivals`]'s answer: the other services staged here that share the
+    /// contract's module and instance group (stopped ones left out; ids that are not contract
+    /// ids dropped by the driver), and how many instances the module allows.
+    InstanceRivals {
+        /// The contract about to be armed.
+        contract: ContractId,
+        /// The module's `max_instances` (`u32::MAX` when the host does not limit it).
+        max: u32,
+        /// The rivals' contracts.
+        rivals: Vec<ContractId>,
     },
     /// [`Effect::Submit`]'s outcome: admitted to the mempool, or refused.
     Submitted {
@@ -279,6 +293,13 @@ pub enum Effect {
         interval: u64,
         /// How long the provider has to answer.
         timeout_ms: u64,
+    },
+    /// Before arming a hosted or standby contract: ask the service host which services here
+    /// share its service's module and instance group; answer [`Input::InstanceRivals`]
+    /// (THREATS C5, `instances.rs`).
+    InstanceRivals {
+        /// The contract about to be armed (its service id is the contract id).
+        contract: ContractId,
     },
     /// Measure a running contract service; answer [`Input::Metered`].
     Meter {

@@ -15,7 +15,8 @@
 //! (`customer.rs`, `provider.rs`, `arbitrator.rs`; tests in `tests/` per role), plus one for
 //! settlement, which either party does (`settle.rs`), and one for the provider's heartbeat
 //! bookkeeping ([`Heartbeat`], `heartbeat.rs`: the node's orchestrator uses it too while it
-//! still decides the provider's duties itself). Each role
+//! still decides the provider's duties itself), and one for the check of a module's instances
+//! before arming ([`holding_instances`], `instances.rs`; likewise). Each role
 //! handler is level-triggered: on every input it compares the ledger facts and the clock with
 //! what it has done and emits what is missing. Restart, recovery after lagging, and a late or
 //! repeated block are therefore the code path of a fresh block, which is what makes them
@@ -38,7 +39,10 @@
 //! - [`PROOFS_PER_HEARTBEAT`] (16), [`MIN_HEARTBEAT_MS`] (2 s, one evidence round): heartbeat
 //!   batching.
 //! - [`SETTLE_RETRY_MS`] (2 s): a settlement request is repeated at most this often.
-//! - [`STAGE_ATTEMPTS`] × [`STAGE_BACKOFF_MS`]: staging retries (20, 250 ms × attempt).
+//! - [`STAGE_ATTEMPTS`] × [`STAGE_BACKOFF_MS`]: staging retries (20, 250 ms × attempt), none
+//!   after a permanent failure nor past [`prepare_deadline`] (half the report grace past the
+//!   activation deadline); then the contract is called off while it may be (THREATS C6,
+//!   [`stage_retry_at`]; the orchestrator's staging loop follows the same rule).
 //! - [`PROVIDER_LEASE_MS`] (3 s, the old `RECLAIM_WAIT`): a provider feeds its customer's
 //!   sensors only while its ledger view is at most this old (blocks come every second while a
 //!   contract is active), so a customer taking them back waits at most this long for the
@@ -49,6 +53,9 @@
 //! - [`ACTIVATION_RESEND_MS`] (3 s): an activation report the ledger has not applied is sent
 //!   again this soon, not after [`RESUBMIT_MS`] (THREATS C10); the node's orchestrator uses the
 //!   same constant while it still reports activations itself.
+//! - [`instances::ARM_RECHECK_MS`] (500 ms), [`instances::MAX_ARM_WAIT_MS`] (10 min): arming
+//!   that waits for ending rivals of the module's instances is checked again this often, and
+//!   called off after this long (a slot: at its start); the orchestrator uses them too.
 //! - Evidence rounds (the ledger's `ContractRecord::evidence_round`: the heartbeat interval, at
 //!   least 2 s, from activation): an arbitrator probes each active hosted or standby contract
 //!   of its committees once per interval, and challenges each active storage contract once per
@@ -87,9 +94,10 @@
 //! | `on_tick` (scheduled, re-attest, heartbeats, audits; `settle_due` done: `settle.rs`) | `Tick` | `Activate`, `Submit(Attest)`, `Meter`, `Challenge`, `Submit(Settle)` |
 //! | `on_presence` | `Presence(Up/Down)` for every presence event (not only watched ones) | `Submit(Attest)`; customer suspension |
 //! | `submit` | — | `Submit(tx)` → driver `ledger.submit(tx)` → `Submitted { tx, accepted }` |
-//! | `Duty::Migrate`, `prepare`, `stage` (its 20-try loop) | `Ledger` (provider record V/M/Ar/Ac) | `Stage { service, image }` → `services.stage(service.to_string(), image)` once → `Staged { devices }` / `StageFailed` (the machine retries) |
+//! | `Duty::Migrate`, `prepare`, `stage` (its 20-try loop), `on_stage_failed` (C6) | `Ledger` (provider record V/M/Ar/Ac), `Tick` (the staging deadline) | `Stage { service, image }` → `services.stage_for_contract(id, image, ceiling)` once → `Staged { devices }` / `StageFailed { permanent: e.permanent }` (the machine retries, or gives up: `Timeline(stage-failed)` + `Submit(Cancel)`); the driver must drop an attempt still running past the deadline (the machine ignores its late answer) |
 //! | `take_custody` | `Ledger` | `TakeCustody` → `storage.take_custody(file, commitment, max)` → `CustodyTaken` / `CustodyRefused` |
 //! | `on_done(Staged)`, `on_custody` | `Staged`, `CustodyTaken`, `CustodyRefused` | `Submit(MarkMigrated/MarkArmed/Cancel)`, `Listen` |
+//! | `arming_collides`, `recheck_arming` (C5) | `Ledger` (migrated), `Tick`, `InstanceRivals` | `InstanceRivals { contract }` → `services.instance_rivals(id)`, ids parsed as contracts (the orchestrator's `perform` does this already) → `InstanceRivals { max, rivals }`; then `Submit(MarkArmed)`, a wait, or `Timeline(arm-refused)` + `Submit(Cancel)` (C14's `unresolved_dependency` is not in the machine yet) |
 //! | `activate_at`, `activate` | `Ledger`, `Tick` | `Activate { service, devices, reclaim }` → `services.start(id)`; on error `ActivationFailed`; else radio `readings::Input::Assign`, and on its `Assigned` → `ActivationDone { started_at, replayed }` |
 //! | `activate_storage` | `Ledger` | `Submit(ReportActivation)` |
 //! | `heartbeat` | `Tick` | `Meter` → driver answers `Metered { running: services.running(id), processed: Σ processed of the devices, proofs: own checkpoint proof CIDs of the service }` → `Submit(Heartbeats)`, `Submit(SettleUptime)` |
@@ -128,10 +136,12 @@ mod customer;
 pub mod facts;
 pub mod followed;
 pub mod heartbeat;
+pub mod instances;
 pub mod io;
 mod provider;
 pub mod readings;
 mod settle;
+pub mod staging;
 
 #[cfg(test)]
 mod proptests;
@@ -153,9 +163,11 @@ pub use authority::{Group, KeyHolder, Timing, device_authority, key_holders};
 pub use facts::LedgerFacts;
 pub use followed::FollowedDevices;
 pub use heartbeat::{Heartbeat, uptime_collectable};
+pub use instances::{Arming, Holding, arm_give_up, holding_instances};
 pub use io::{AuditVerdict, Effect, Input, Note, OWN_SERVICE, Presence, ServiceRef};
 pub use provider::custody_refusal_cancels;
 pub use readings::{DeviceAuthority, DeviceId, Previous, Readings, ReadingsConfig};
+pub use staging::{prepare_deadline, stage_retry_at};
 
 /// How often the driver ticks the machine when it does not follow [`Effect::WakeAt`].
 pub const TICK_MS: u64 = 100;

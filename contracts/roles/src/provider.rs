@@ -8,13 +8,17 @@ use agora_market::{NodeId, Timestamp};
 use cid::Cid;
 
 mod answers;
+mod arming;
 mod steps;
 
 pub use answers::custody_refusal_cancels;
+use answers::give_up_staging;
+use arming::{ArmCheck, may_arm};
 use steps::{activate, listen, prepare_effect, report_activation_again, stop, submit_once};
 
 use super::facts::{closed, provider_engaged};
 use super::io::{Effect, Input, Note, ServiceRef};
+use super::staging::prepare_deadline;
 use super::{ACTIVATION_RESEND_MS, ACTIVATION_RETRY_MS, Heartbeat, RESUBMIT_MS, View};
 use agora_contracts::contract::{ContractId, ContractKind};
 use agora_contracts::ledger::{ContractRecord, TxKind};
@@ -77,6 +81,11 @@ struct Host {
     /// After a failed start: not before this time; `gave_up` once the deadline passed.
     retry_at: Option<Timestamp>,
     gave_up: bool,
+    /// The check of the module's instances before arming (THREATS C5, `arming.rs`).
+    arming: ArmCheck,
+    /// When staging is given up and the contract called off (THREATS C6,
+    /// [`crate::staging::prepare_deadline`]); `None` for storage and without a deadline.
+    stage_deadline: Option<Timestamp>,
 }
 
 /// The provider side of every contract this node provides.
@@ -125,12 +134,20 @@ impl Provider {
                     _ => None,
                 };
                 let resubmit = h.in_flight.values().min().copied();
+                let recheck = match h.arming {
+                    ArmCheck::Waiting { recheck_at, .. } => Some(recheck_at),
+                    _ => None,
+                };
+                let preparing = matches!(h.prep, Prep::Preparing { .. });
+                let deadline = h.stage_deadline.filter(|_| preparing);
                 [
                     resubmit,
                     h.scheduled,
                     retry,
                     h.retry_at,
                     beat.then(|| h.beat.due_at()),
+                    recheck,
+                    deadline,
                 ]
             })
             .flatten()
@@ -146,7 +163,8 @@ impl Provider {
             Input::StageFailed {
                 service: ServiceRef::Contract(id),
                 error,
-            } => self.on_stage_failed(v, *id, error, out),
+                permanent,
+            } => self.on_stage_failed(v, *id, error, *permanent, out),
             Input::CustodyTaken { contract } => self.on_ready(*contract, Vec::new(), out),
             Input::CustodyRefused { contract, error } => {
                 self.on_custody_refused(v, *contract, error, out)
@@ -185,6 +203,11 @@ impl Provider {
                 processed,
                 proofs,
             } => self.on_metered(v, *contract, *running, *processed, proofs, out),
+            Input::InstanceRivals {
+                contract,
+                max,
+                rivals,
+            } => self.on_instance_rivals(v, *contract, *max, rivals),
             Input::Submitted { tx, accepted } => self.on_submitted(v, tx, *accepted),
             _ => {}
         }
@@ -210,7 +233,7 @@ impl Provider {
                 continue;
             }
             if !self.hosts.contains_key(id) {
-                self.prepare(*id, rec, out);
+                self.prepare(*id, rec, v.params.activation_report_grace_ms, out);
             }
             self.advance(v, *id, rec, out);
         }
@@ -228,10 +251,21 @@ impl Provider {
         }
     }
 
-    /// Starts getting ready for `id`: custody of a storage contract's file, or staging.
-    fn prepare(&mut self, id: ContractId, rec: &ContractRecord, out: &mut Vec<Effect>) {
+    /// Starts getting ready for `id`: custody of a storage contract's file, or staging (given
+    /// up half the ledger's report grace, `grace_ms`, past the activation deadline).
+    fn prepare(
+        &mut self,
+        id: ContractId,
+        rec: &ContractRecord,
+        grace_ms: u64,
+        out: &mut Vec<Effect>,
+    ) {
         let c = &rec.contract;
         let storage = (c.kind == ContractKind::Storage).then_some((c.service_image, c.config));
+        let stage_deadline = match storage {
+            None => prepare_deadline(rec, grace_ms),
+            Some(_) => None,
+        };
         self.hosts.insert(
             id,
             Host {
@@ -249,6 +283,8 @@ impl Provider {
                 metering: false,
                 retry_at: None,
                 gave_up: false,
+                arming: ArmCheck::Unasked,
+                stage_deadline,
             },
         );
         out.push(prepare_effect(id, rec));
@@ -259,6 +295,17 @@ impl Provider {
         let Some(h) = self.hosts.get_mut(&id) else {
             return;
         };
+        // Not staged by the deadline, even with an attempt under way: given up, the contract
+        // called off while the provider still may (THREATS C6).
+        if let Some(d) = h.stage_deadline
+            && v.now >= d
+            && matches!(h.prep, Prep::Preparing { .. })
+        {
+            let why = format!(
+                "not staged by {d}, half the report grace past the activation deadline: given up"
+            );
+            give_up_staging(h, id, v, why, out);
+        }
         // A retry of a failed stage.
         if let Prep::Preparing {
             retry_at: Some(t), ..
@@ -294,7 +341,7 @@ impl Provider {
             ContractStatus::Validated => {
                 submit_once(h, Step::Migrated, TxKind::MarkMigrated(id), v.now, out)
             }
-            ContractStatus::Migrated => {
+            ContractStatus::Migrated if may_arm(h, id, rec, v.now, out) => {
                 submit_once(h, Step::Armed, TxKind::MarkArmed(id), v.now, out);
                 listen(h, &devices, out);
             }

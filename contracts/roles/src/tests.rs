@@ -1,12 +1,14 @@
 //! Unit tests of the role machine, one per rule, on a real ledger.
 
 mod arbitrator;
+mod arming;
 mod authority;
 mod customer;
 mod evidence;
 mod machine;
 mod provider;
 mod settle;
+mod staging;
 
 use agora_market::{KeySigner, NodeId, Signer, Timestamp};
 use cid::Cid;

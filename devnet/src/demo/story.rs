@@ -25,6 +25,10 @@ use agora_orchestrator::TimelineEntry;
 use agora_radio::RadioStatus;
 use agora_wire::now_ms;
 
+mod device_steps;
+
+pub use device_steps::DEMO_FIRMWARE_VERSION;
+
 /// A's sensors.
 pub const DEVICES: [u32; 3] = [101, 102, 103];
 /// Sensor uplink interval.
@@ -177,6 +181,20 @@ impl Story {
         devices: DeviceOptions,
     ) -> anyhow::Result<Story> {
         let opts = UpOptions::default();
+        Self::start_devices_with(dir, nodes, module, launcher, quiet, opts, devices).await
+    }
+
+    /// [`Story::start_devices`] with the devnet's options (`devnet demo --devices` keeps its
+    /// WAN emulation).
+    pub async fn start_devices_with(
+        dir: &std::path::Path,
+        nodes: usize,
+        module: &[u8],
+        launcher: Arc<dyn Launcher>,
+        quiet: bool,
+        opts: UpOptions,
+        devices: DeviceOptions,
+    ) -> anyhow::Result<Story> {
         Self::start_inner(dir, nodes, module, launcher, quiet, opts, Some(devices)).await
     }
 

@@ -10,8 +10,11 @@
 //! those of customers known not to pay go first, then those of customers whose balance is
 //! unknown, then funded customers' (THREATS C31): keys are free, so a stream of new keys with
 //! one auction each otherwise evicted an honest customer's, and with it that auction's wait for
-//! its customer's balance. Books are bounded (a few thousand entries), so the scans below are
-//! linear.
+//! its customer's balance. That order protects only a fair share of each customer's auctions,
+//! [`PROTECTED_AUCTIONS`]: beyond it a customer's give way to anyone holding fewer. Otherwise
+//! funded keys, which cost only the ledger's minimum balance, filled a book against every
+//! customer whose balance was unknown (review of the fourth review of session 52, M2). Books
+//! are bounded (a few thousand entries), so the scans below are linear.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -87,6 +90,18 @@ pub struct BookStats {
     pub counters: BookCounters,
 }
 
+/// How many of one customer's auctions the order by who is known to pay protects in a full
+/// book: beyond them its auctions give way to a newcomer of any rank holding fewer, as C2's
+/// fair queue has it, however well it is known to pay. An honest customer has a few auctions
+/// open at a time; a key costs only the ledger's minimum balance, and 128 funded keys holding
+/// 32 each (`max_auctions_per_customer`) filled a book of 4,096 against every customer whose
+/// balance was unknown, whose auctions then stopped at that hop and so were never asked about
+/// (review of the fourth review of session 52, M2). With 3 it takes 1,366 funded keys, more
+/// than the node's feed pushes unasked (1,024), to fill a book of 4,096 with protected
+/// auctions; a funded customer holding 4 gives way to a newcomer of unknown balance holding
+/// none.
+pub(super) const PROTECTED_AUCTIONS: usize = 3;
+
 /// What admitting one more entry needs.
 enum Room<K> {
     /// There is room.
@@ -144,6 +159,7 @@ impl<S: Signer + Clone> MarketState<S> {
     /// closed without its target's bid and the target waited a minute to be placed again).
     pub(super) fn admit_auction(
         &mut self,
+        now: Timestamp,
         id: AuctionId,
         req: &AuctionRequest,
     ) -> Result<(), MarketError> {
@@ -168,39 +184,12 @@ impl<S: Signer + Clone> MarketState<S> {
             });
         }
         let mine = held.get(&customer).copied().unwrap_or(0);
-        let rank = self.payer_rank(&customer);
         let room = if self.auctions.len() < limits.max_auctions {
             Some(Room::Free)
         } else {
-            // Auctions open only to others first, then closed before open, then the customer
-            // least known to pay, then the heaviest customer, then the soonest to expire. An
-            // open auction gives way only to a customer better known to pay, or as well known
-            // and holding fewer.
-            self.auctions
-                .iter()
-                .filter(|(aid, e)| !self.needed(aid, e.request.body.customer))
-                .map(|(aid, e)| {
-                    let owner = e.request.body.customer;
-                    let count = held.get(&owner).copied().unwrap_or(0);
-                    let open = e.status == AuctionStatus::Open;
-                    let victim_for_me = self.open_to_me(&e.request);
-                    (
-                        victim_for_me,
-                        open,
-                        self.payer_rank(&owner),
-                        Reverse(count),
-                        e.request.body.expires_at,
-                        *aid,
-                    )
-                })
-                .min()
-                .filter(|&(victim_for_me, open, owner_rank, Reverse(count), ..)| {
-                    (for_me && !victim_for_me)
-                        || !open
-                        || owner_rank < rank
-                        || (owner_rank == rank && count > mine)
-                })
-                .map(|(.., aid)| Room::Evict(aid))
+            self.victim_by_rank(now, &held, customer, for_me)
+                .or_else(|| self.victim_beyond_share(now, &held, mine))
+                .map(Room::Evict)
         };
         match room {
             Some(Room::Free) => Ok(()),
@@ -220,6 +209,78 @@ impl<S: Signer + Clone> MarketState<S> {
                 })
             }
         }
+    }
+
+    /// The auction a newcomer of `customer` evicts by who is known to pay: auctions open only
+    /// to others first (any newcomer open to us evicts one), then closed before open, then the
+    /// customer least known to pay, then the heaviest customer, then the soonest to expire. An
+    /// open auction gives way only to a customer better known to pay, or as well known and
+    /// holding fewer. `held`: auctions in the book by customer.
+    fn victim_by_rank(
+        &self,
+        now: Timestamp,
+        held: &BTreeMap<NodeId, usize>,
+        customer: NodeId,
+        for_me: bool,
+    ) -> Option<AuctionId> {
+        let mine = held.get(&customer).copied().unwrap_or(0);
+        let rank = self.payer_rank(now, &customer);
+        self.auctions
+            .iter()
+            .filter(|(aid, e)| !self.needed(aid, e.request.body.customer))
+            .map(|(aid, e)| {
+                let owner = e.request.body.customer;
+                let count = held.get(&owner).copied().unwrap_or(0);
+                let open = e.status == AuctionStatus::Open;
+                let victim_for_me = self.open_to_me(&e.request);
+                (
+                    victim_for_me,
+                    open,
+                    self.payer_rank(now, &owner),
+                    Reverse(count),
+                    e.request.body.expires_at,
+                    *aid,
+                )
+            })
+            .min()
+            .filter(|&(victim_for_me, open, owner_rank, Reverse(count), ..)| {
+                (for_me && !victim_for_me)
+                    || !open
+                    || owner_rank < rank
+                    || (owner_rank == rank && count > mine)
+            })
+            .map(|(.., aid)| aid)
+    }
+
+    /// When [`Self::victim_by_rank`] finds none: an auction of a customer holding more than
+    /// both the newcomer's `mine` and [`PROTECTED_AUCTIONS`], whatever either is known to pay.
+    /// Auctions open only to others first, then the heaviest customer, then the customer least
+    /// known to pay, then the soonest to expire.
+    fn victim_beyond_share(
+        &self,
+        now: Timestamp,
+        held: &BTreeMap<NodeId, usize>,
+        mine: usize,
+    ) -> Option<AuctionId> {
+        let share = mine.max(PROTECTED_AUCTIONS);
+        self.auctions
+            .iter()
+            .filter(|(aid, e)| !self.needed(aid, e.request.body.customer))
+            .filter_map(|(aid, e)| {
+                let owner = e.request.body.customer;
+                let count = held.get(&owner).copied().unwrap_or(0);
+                (count > share).then(|| {
+                    (
+                        self.open_to_me(&e.request),
+                        Reverse(count),
+                        self.payer_rank(now, &owner),
+                        e.request.body.expires_at,
+                        *aid,
+                    )
+                })
+            })
+            .min()
+            .map(|(.., aid)| aid)
     }
 
     /// Checks a remote offer against the per-provider and total bounds, evicting like

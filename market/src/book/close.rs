@@ -20,6 +20,12 @@ pub(super) const MIN_AWARD_LAPSE_MS: u64 = 10_000;
 /// awarded later than this, and our award lapses early enough to leave twice this for the next
 /// one: once for its way, once for a late tick.
 pub(super) const AWARD_MARGIN_MS: u64 = 5_000;
+/// The least time an award of ours must have had to be agreed for a lapse with our proposal on
+/// the table to mark its provider (THREATS C32), ms: an honest provider's accept can take
+/// longer than a shorter lapse (a loaded market task, a relay dial, a first request that times
+/// out before its retry, an operator answering by hand), and the award's expiry is read on its
+/// clock. A CLI auction's first award had 20 s, and marked such providers (review 7, M2).
+pub(super) const MIN_MARKING_LAPSE_MS: u64 = 30_000;
 
 impl<S: Signer + Clone> MarketState<S> {
     /// How long our award of a bid on `auction` to `provider`, made at `now`, has to be agreed
@@ -30,9 +36,12 @@ impl<S: Signer + Clone> MarketState<S> {
     /// ([`Self::next_award_room`]): the losers keep them until the window's close +
     /// `hold_grace_ms` (ours, as a stand-in for theirs) or the auction's expiry if sooner, so
     /// a full timeout (60 s of the 2 min) let the next bid be tried only once or twice, and an
-    /// honest provider agrees at once. An auction of the CLI's or a fleet placement's expires
-    /// 30 s after its window: a 30 s lapse ended with the losers' holds, so the next bid was
-    /// never awarded (review of the fourth review, H1); now it lapses after 20 s. Otherwise the
+    /// honest provider agrees at once. An auction expiring 30 s after its window (the CLI's
+    /// until review 7): a 30 s lapse ended with the losers' holds, so the next bid was never
+    /// awarded (review of the fourth review, H1); now it lapses after 20 s (too short to mark a
+    /// silent provider, [`MIN_MARKING_LAPSE_MS`]), and a CLI auction's, 60 s after its window,
+    /// after 30 s. Not monotonic in the award grace: with 20 s the award has 10 s, with less no
+    /// next bid fits and it has the whole timeout (THREATS C32, review 7 L4). Otherwise the
     /// whole timeout: a manual award, or a fleet placement open to one target, has no next bid
     /// to make way for, and the quarter only halved the time a provider answering by hand or a
     /// loaded target had to agree (fourth review of session 52).
@@ -219,6 +228,7 @@ impl<S: Signer + Clone> MarketState<S> {
         #[cfg(any(test, feature = "test-utils"))]
         let duration_ms = self.awarded_term(duration_ms);
         let nonce = self.next_nonce(now);
+        let lapse = self.award_lapse_ms(now, &auction, &provider);
         let body = AwardBody {
             customer: self.me,
             provider,
@@ -228,12 +238,13 @@ impl<S: Signer + Clone> MarketState<S> {
             duration_ms,
             kind,
             nonce,
-            expires_at: now.saturating_add(self.award_lapse_ms(now, &auction, &provider)),
+            expires_at: now.saturating_add(lapse),
         };
         let award = Signed::sign(body, &self.signer)?;
         let award_id = award.id()?;
         let mut deal = self.new_deal(now, &award, award_id, None)?;
         deal.bid_held = self.award_binds(now, &auction);
+        deal.long_lapse = lapse >= MIN_MARKING_LAPSE_MS;
         self.replay.record(&award.body)?;
         self.start_deal(award_id, deal, out);
         if let Some(entry) = self.auctions.get_mut(&auction) {

@@ -60,6 +60,7 @@ impl<S: Signer + Clone> MarketState<S> {
             reservation,
             auto_accept,
             bid_held: false,
+            long_lapse: false,
         })
     }
 
@@ -90,6 +91,9 @@ impl<S: Signer + Clone> MarketState<S> {
             (NegotiationEffect::Proposed(t), Some(PriceBound::AtLeast(min))) => t.price >= min,
             _ => false,
         });
+        let countered = effects
+            .iter()
+            .any(|e| matches!(e, NegotiationEffect::Proposed(_)));
         self.apply_negotiation(now, award, effects, out);
         if accept {
             let effects = self
@@ -97,6 +101,9 @@ impl<S: Signer + Clone> MarketState<S> {
                 .get_mut(&award)
                 .map(|d| d.negotiation.handle(now, NegotiationInput::Accept));
             self.apply_negotiation(now, award, effects.unwrap_or_default(), out);
+        } else if countered {
+            // A counter above our bound is the provider's refusal (THREATS C32).
+            self.counter_refused(now, award, out);
         }
         Ok(())
     }
@@ -120,7 +127,7 @@ impl<S: Signer + Clone> MarketState<S> {
                 NegotiationEffect::Proposed(terms) => out.push(Effect::Proposed(terms)),
                 NegotiationEffect::Agreed(terms) => {
                     tracing::debug!(award = %award.short(), price = terms.price, "deal agreed");
-                    out.push(Effect::Agreed(terms));
+                    out.push(Effect::Agreed(self.agreement(terms)));
                 }
                 NegotiationEffect::Failed { award, by } => {
                     if let Some(key) = self

@@ -17,7 +17,8 @@
 //! bound of its own was filled by free keys' auctions, after which an honest one was not
 //! remembered and got no bid when its customer's balance arrived (second review of session 52).
 //! Free keys are fed as 0, so the fed balances give way in an order that keeps the funded
-//! ones, and the book's eviction lets free keys' auctions go before a funded customer's.
+//! ones, and the book's eviction lets free keys' auctions go before a funded customer's, up to
+//! a fair share of each funded customer's (`PROTECTED_AUCTIONS`, in `bounds`).
 //!
 //! As customer, a bidder whose balance covers the provider stake at the auction's maximum price
 //! wins first, then one whose balance covers it at its own price, then one whose balance is
@@ -25,21 +26,23 @@
 //! dealt. An award that ends without a deal (the provider refused it, let it lapse, or agreed
 //! and never countersigned the contract; not when we walked away) goes to the next bid while
 //! the losers keep their bids, and our award lapses early enough for that. Its provider ranks
-//! last on our auctions for an hour if ending it was its choice: it walked away from, or left
-//! unanswered, the auction's first award sent while it held its bid, or it agreed and never
-//! countersigned. One funded key that wins and never deals otherwise cost every auction of
-//! ours a try, not one in all (fourth review of session 52); a next bid's provider, which had
-//! let go of its hold, may have had to refuse (its review).
+//! last on our auctions for an hour if ending it was its choice: it walked away from any award
+//! of ours, left unanswered for 30 s or more the auction's first award sent while it held its
+//! bid, countered such an award above our maximum price (refused at once when a next bid can
+//! be awarded), or agreed and never countersigned. One funded key that wins and never deals
+//! otherwise cost every auction of ours a try, not one in all (fourth review of session 52); a
+//! next bid's provider, which had let go of its hold, may have had to refuse, but without a
+//! word, never by walking away (its review; review 7).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::close::{AWARD_MARGIN_MS, MIN_AWARD_LAPSE_MS};
-use super::{AuctionStatus, Effect, MarketState};
-use crate::auction::{AuctionRequest, Bid};
+use super::{AuctionStatus, Effect, MarketState, PriceBound};
+use crate::auction::{AuctionRequest, AwardSubject, Bid};
 use crate::capacity::ReservationKey;
 use crate::identity::{NodeId, Signer, Timestamp};
 use crate::ids::{AuctionId, AwardId, BidId};
-use crate::negotiation::NegotiationStatus;
+use crate::negotiation::{NegotiationInput, NegotiationStatus};
 use crate::resources::Resources;
 use crate::score::{BidScore, select_winner_known};
 
@@ -55,7 +58,8 @@ pub const BALANCE_TTL_MS: u64 = 10_000;
 /// feed's push leaves out accounts that stopped being funded: the balance of a key that drained
 /// its account stayed in use until evicted (third review of session 52). The customers of our
 /// lost bids are asked for again after [`BALANCE_TTL_MS`], which leaves the ledger query the
-/// rest of this to answer.
+/// rest of this to answer. An older balance counts as unknown in a full book's order too
+/// ([`MarketState::payer_rank`]).
 pub const BALANCE_MAX_AGE_MS: u64 = 3 * BALANCE_TTL_MS;
 /// Most holds whose customer the book remembers; a hold beyond it counts as a stranger's.
 const MAX_HELD_FOR: usize = 16_384;
@@ -228,11 +232,18 @@ impl<S: Signer + Clone> MarketState<S> {
         self.funding.balance(node)
     }
 
-    /// How far `node` is known to pay, for the book's eviction order (lowest gives way first):
-    /// 0 if it was fed as 0 (the ledger counts it unfunded: a free key), 1 if its balance is
-    /// unknown, 2 if it was fed a balance (funded).
-    pub(super) fn payer_rank(&self, node: &NodeId) -> u8 {
-        match self.funding.balance(node) {
+    /// How far `node` is known to pay at `now`, for the book's eviction order (lowest gives way
+    /// first): 0 if it was fed as 0 (the ledger counts it unfunded: a free key), 2 if it was
+    /// fed a balance (funded), each only within [`BALANCE_MAX_AGE_MS`], else 1 (unknown). A
+    /// balance of any age kept a key funded here for as long as it stayed cached: on a node
+    /// that does not auto-bid nothing asks for its customers' balances again, and the feed's
+    /// push leaves out accounts that stopped being funded, so one balance moved from key to key
+    /// at every push made 128 keys funded for good (review of the fourth review of session 52,
+    /// M2). A funded account is asked for again every [`BALANCE_TTL_MS`] while its auction is
+    /// open to an auto-bidding node, or pushed every 5 s on a small network, so it stays
+    /// funded.
+    pub(super) fn payer_rank(&self, now: Timestamp, node: &NodeId) -> u8 {
+        match self.funding.balance_since(node, fresh_since(now)) {
             Some(0) => 0,
             None => 1,
             Some(_) => 2,
@@ -324,7 +335,7 @@ impl<S: Signer + Clone> MarketState<S> {
     /// Takes the balances the node fed (at most [`MAX_BALANCES`] of one input), lets some go
     /// beyond that bound (balances of 0 first, oldest first, then the oldest of the rest;
     /// counted in `balances_dropped`), and decides again on the auctions declined for want of
-    /// the balance of a customer it names.
+    /// the balance of a customer it names, unless it names a 0 fed as 0 before.
     pub(super) fn learn_balances(
         &mut self,
         now: Timestamp,
@@ -334,10 +345,17 @@ impl<S: Signer + Clone> MarketState<S> {
         let unread = balances.len().saturating_sub(MAX_BALANCES);
         let mut learnt = BTreeSet::new();
         for (node, balance) in balances.into_iter().take(MAX_BALANCES) {
-            self.funding
+            let before = self
+                .funding
                 .balances
                 .insert(node, Known { balance, at: now });
-            learnt.insert(node);
+            // A 0 fed again is no news: re-deciding scans every hold for each auction, and a
+            // poll re-decided every auction of up to 256 free keys, 32 each (review of the
+            // fourth review of session 52, L4). So a stranger's share freed since is offered to
+            // such a customer's waiting auctions only once its balance changes.
+            if balance > 0 || before.is_none_or(|k| k.balance > 0) {
+                learnt.insert(node);
+            }
         }
         let excess = self.funding.balances.len().saturating_sub(MAX_BALANCES);
         if excess > 0 {
@@ -637,7 +655,8 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 
     /// Awards the next bid of each of our auctions whose award ended without a deal in `out`
-    /// (the provider refused it or let it lapse; not when we walked away): [`Self::award_next`].
+    /// (the provider refused it or let it lapse; not when we walked away, but for a counter
+    /// above our bound, whose next bid [`Self::counter_refused`] awards): [`Self::award_next`].
     pub(super) fn award_next_bids(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
         let me = self.me;
         let failed: Vec<AwardId> = out
@@ -653,9 +672,11 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 
     /// The deal task gave up on the contract of our agreed `award` to `provider`
-    /// ([`Input::DealFailed`](super::Input::DealFailed)): the provider ranks last on our
-    /// auctions, whichever award it was (it agreed, so it had the capacity), and the auction's
-    /// next bid is awarded if the losers still keep their bids ([`Self::award_next`]). Before,
+    /// ([`Input::DealFailed`](super::Input::DealFailed)): if `blamed` (its own refusal), the
+    /// provider ranks last on our auctions, whichever award it was (it agreed, so it had the
+    /// capacity); blamed or not (silence, or a refusal our side may have caused), the
+    /// auction's next bid is awarded if the losers still keep their bids
+    /// ([`Self::award_next`]). Before,
     /// an award accepted and never countersigned was never awarded again (fourth review of
     /// session 52). Ignored while the award is still being negotiated: it may yet agree.
     pub(super) fn deal_failed(
@@ -663,6 +684,7 @@ impl<S: Signer + Clone> MarketState<S> {
         now: Timestamp,
         award: AwardId,
         provider: NodeId,
+        blamed: bool,
         out: &mut Vec<Effect>,
     ) {
         let open = self
@@ -672,7 +694,9 @@ impl<S: Signer + Clone> MarketState<S> {
         if open || provider == self.me {
             return;
         }
-        self.funding.walked_away(provider, now);
+        if blamed {
+            self.funding.walked_away(provider, now);
+        }
         self.award_next(now, award, out);
     }
 
@@ -680,25 +704,112 @@ impl<S: Signer + Clone> MarketState<S> {
     /// last on our auctions for [`WALKER_TTL_MS`] if that was its choice. Judged from the deal
     /// itself, so also when the auction has left the book: read from the auction, a lapse
     /// marked nobody once the auction expired first, as the CLI's and fleet placements' do
-    /// (review of the fourth review of session 52, H1). Its choice: the award bound it
-    /// ([`Self::award_binds`]), and it walked away or let the award lapse while the answer was
-    /// its to give (our proposal on the table). A refusal it may have had to make, of a next
-    /// bid's award, and a lapse of its counter-offer that we left unanswered mark nobody (M1).
+    /// (review of the fourth review of session 52, H1). Its choice:
+    /// - it walked away, from any award of ours: a signed act, where an honest provider that
+    ///   can no longer take a next bid's award refuses it without a word (before, a next bid's
+    ///   provider was never marked, so a second key killed the fallback: review 7, M1);
+    /// - it let an award that bound it ([`Self::award_binds`]) lapse with our proposal on the
+    ///   table, and the award had [`MIN_MARKING_LAPSE_MS`](super::close::MIN_MARKING_LAPSE_MS)
+    ///   (30 s) or more: a shorter one may end before a slow honest accept arrives (review 7,
+    ///   M2);
+    /// - it let its counter-offer above our `accept_counter_within_max` bound lapse on such an
+    ///   award: its refusal, as in [`Self::counter_refused`] (review 7, H1).
+    ///
+    /// A next bid's provider that lets the award lapse may have had to (its hold was let go),
+    /// and the lapse of a counter that a customer answering by hand left unanswered is ours.
     /// An award agreed and never countersigned is judged by [`Self::deal_failed`].
     pub(super) fn note_failed_award(&mut self, now: Timestamp, award: AwardId, by: Option<NodeId>) {
         let Some(deal) = self.deals.get(&award) else {
             return;
         };
         let n = &deal.negotiation;
-        let provider = n.peer();
+        let terms = n.current_terms();
+        let provider = terms.provider;
+        let ours = terms.customer == self.me
+            && provider != self.me
+            && matches!(terms.subject, AwardSubject::Bid { .. });
         let its_choice = match by {
             Some(who) => who == provider,
-            None => n.proposed_by() == self.me,
+            None if n.proposed_by() == self.me => deal.bid_held && deal.long_lapse,
+            None => deal.bid_held && above_bound(deal.auto_accept, terms.price),
         };
-        if deal.bid_held && its_choice && provider != self.me {
+        if ours && its_choice {
             tracing::debug!(award = %award.short(), provider = %provider.short(), walked_away = by.is_some(), "our award ended without a deal by its provider's choice: it ranks last on our auctions");
             self.funding.walked_away(provider, now);
         }
+    }
+
+    /// The provider of our `award` countered above our `accept_counter_within_max` bound (the
+    /// auction's maximum price): on an auction we award on our own, with a next bid to award
+    /// at `now` ([`Self::award_next`]), that is its refusal. We walk away, mark it as in
+    /// [`Self::note_failed_award`] if the award bound it, and award the next bid at once.
+    /// Before, the counter was left to lapse and marked nobody (the lapse was taken for ours),
+    /// so one funded key won every auction on score and countered above the maximum, and a
+    /// second one bidding just behind it kept the auction from a deal (review 7, H1). With no
+    /// next bid, or awarding by hand, the counter stays for the operator to answer.
+    pub(super) fn counter_refused(
+        &mut self,
+        now: Timestamp,
+        award: AwardId,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(deal) = self.deals.get(&award) else {
+            return;
+        };
+        let n = &deal.negotiation;
+        let terms = n.current_terms();
+        let (provider, bid_held) = (terms.provider, deal.bid_held);
+        let AwardSubject::Bid { auction, .. } = terms.subject else {
+            return;
+        };
+        let refused = terms.customer == self.me
+            && provider != self.me
+            && *n.status() == NegotiationStatus::Open
+            && n.proposed_by() == provider
+            && above_bound(deal.auto_accept, terms.price);
+        if !refused || !self.next_bid_now(now, &auction, award, &provider) {
+            return;
+        }
+        tracing::debug!(award = %award.short(), provider = %provider.short(), price = terms.price, "our award's provider countered above our maximum: its refusal");
+        let effects = self
+            .deals
+            .get_mut(&award)
+            .map(|d| d.negotiation.handle(now, NegotiationInput::WalkAway));
+        self.apply_negotiation(now, award, effects.unwrap_or_default(), out);
+        // Our walk-away signed and sent, or there would be two live awards of the auction.
+        let ended = self
+            .deals
+            .get(&award)
+            .is_some_and(|d| *d.negotiation.status() != NegotiationStatus::Open);
+        if !ended {
+            return;
+        }
+        if bid_held {
+            self.funding.walked_away(provider, now);
+        }
+        self.award_next(now, award, out);
+    }
+
+    /// Whether [`Self::award_next`] would award the next bid of our auction `id` at `now`, were
+    /// our `award` of it to `provider` to end without a deal now.
+    fn next_bid_now(
+        &self,
+        now: Timestamp,
+        id: &AuctionId,
+        award: AwardId,
+        provider: &NodeId,
+    ) -> bool {
+        self.config.dmu.customer.auto_award
+            && self.auctions.get(id).is_some_and(|e| {
+                matches!(e.status, AuctionStatus::Awarded { award: a, .. } if a == award)
+                    && now.saturating_add(AWARD_MARGIN_MS) <= self.hold_until(&e.request)
+            })
+            && self
+                .funding
+                .passed_over
+                .get(id)
+                .is_none_or(|s| s.len() < MAX_PASSED_OVER)
+            && self.choose_winner_but(id, Some(provider)).is_some()
     }
 
     /// Our `award` of one of our auctions ended without a deal, not by us: the auction's next
@@ -771,4 +882,11 @@ impl<S: Signer + Clone> MarketState<S> {
             .passed_over
             .retain(|id, _| auctions.contains_key(id));
     }
+}
+
+/// Whether `price`, a provider's counter-offer to our award, lies above our bound for accepting
+/// counters on our own (`accept_counter_within_max`); never with no bound (a customer that
+/// answers by hand).
+fn above_bound(bound: Option<PriceBound>, price: u64) -> bool {
+    matches!(bound, Some(PriceBound::AtMost(max)) if price > max)
 }

@@ -1,8 +1,9 @@
-//! Our awards that end without a deal, as the fourth review of session 52 and its review found
+//! Our awards that end without a deal, as the fourth review of session 52 and its reviews found
 //! them (THREATS C32): an award accepted and never countersigned goes to the next bid too, the
 //! next bid is awarded while the losers keep their bids (also on an auction that expires 30 s
 //! after its window), and a provider that ended an award of ours without a deal by its own
-//! choice ranks last on our later auctions.
+//! choice ranks last on our later auctions: a walk-away, a counter above our maximum price, or
+//! a lapse of 30 s or more of an award that bound it (review 7).
 #![allow(clippy::unwrap_used)]
 
 use super::bounds_tests::{rejected, remote};
@@ -11,7 +12,7 @@ use super::funding_tests::walk_away;
 use super::*;
 use crate::auction::AuctionSpec;
 use crate::identity::KeySigner;
-use crate::negotiation::{AgreedTerms, NegotiationAction, NegotiationBody};
+use crate::negotiation::{AgreedTerms, NegotiationAction, NegotiationBody, NegotiationStatus};
 use crate::signed::Signed;
 use crate::test_utils::{
     AuctionBuilder, BidBuilder, SIM_BALANCE, SimNet, big_capacity, fresh_nonce, provider_config,
@@ -55,11 +56,12 @@ fn auction_of(
     id
 }
 
-/// An auction's spec as `agora market auction` and a fleet placement open it: it expires 30 s
-/// after its window (`--award-grace`, `PLACE_AWARD_GRACE_MS`).
-fn cli_spec() -> AuctionSpec {
+/// An auction's spec that expires `grace` ms after its window: 60 s as `agora auction create`
+/// opens it (`--award-grace`; 30 s until review 7), 30 s as a fleet placement does
+/// (`PLACE_AWARD_GRACE_MS`).
+fn grace_spec(grace: u64) -> AuctionSpec {
     let mut spec = AuctionBuilder::new().spec();
-    spec.award_grace_ms = 30_000;
+    spec.award_grace_ms = grace;
     spec
 }
 
@@ -132,6 +134,7 @@ fn a_provider_that_agrees_and_never_countersigns_is_passed_over() {
     let failed = Input::DealFailed {
         award,
         provider: cheap.node_id(),
+        blamed: true,
     };
     let out = c.handle(10_001, failed.clone());
     assert_eq!(award_in(&out), None, "still negotiated: {out:?}");
@@ -145,6 +148,44 @@ fn a_provider_that_agrees_and_never_countersigns_is_passed_over() {
     assert_eq!(
         award_in(&out).map(|(_, p)| p),
         Some(dear.node_id()),
+        "{out:?}"
+    );
+}
+
+/// Session 54: a proposal given up on without blame (the provider stayed silent for 20 s, or
+/// gave a refusal our side may have caused) still awards the next bid, but marks nobody: the
+/// winner ranks by its bid on our next auction. Mutants — `blamed` ignored (always marked):
+/// the walker loses the next auction; no next bid without blame: no award at the give-up.
+#[test]
+fn a_deal_given_up_without_blame_goes_to_the_next_bid_and_marks_nobody() {
+    let mut c = customer();
+    let (cheap, dear) = (signer(31), signer(32));
+    let bids: [(&KeySigner, u64); 2] = [(&cheap, 100), (&dear, 200)];
+    auction(&mut c, 0, &bids);
+    let (award, winner) = award_in(&c.handle(10_000, Input::Tick)).unwrap();
+    assert_eq!(winner, cheap.node_id());
+    let accepted = accept(&c, &cheap, award, 10_001);
+    let out = remote(&mut c, 10_001, accepted);
+    assert!(
+        out.iter().any(|e| matches!(e, Effect::Agreed(_))),
+        "{out:?}"
+    );
+    let gave_up = Input::DealFailed {
+        award,
+        provider: cheap.node_id(),
+        blamed: false,
+    };
+    let out = c.handle(30_001, gave_up);
+    assert_eq!(
+        award_in(&out).map(|(_, p)| p),
+        Some(dear.node_id()),
+        "{out:?}"
+    );
+    auction(&mut c, 40_000, &bids);
+    let out = c.handle(50_000, Input::Tick);
+    assert_eq!(
+        award_in(&out).map(|(_, p)| p),
+        Some(cheap.node_id()),
         "{out:?}"
     );
 }
@@ -209,53 +250,76 @@ fn awards_sent(net: &SimNet) -> Vec<(NodeId, Timestamp)> {
         .collect()
 }
 
-/// Review of the fourth review (H1): an auction of the CLI's or a fleet placement's expires
-/// 30 s after its window, and our award lapsed after 30 s, no sooner: a winner that let its
-/// award lapse cost the auction its award, since the tick dropped the auction before the lapse
-/// awarded the next bid, and it was marked nowhere. Now the award lapses 10 s before the
-/// losers' holds end (20 s after the close here), the runner-up is awarded while it still keeps
-/// its bid and agrees, and the winner that let the award lapse ranks last on the customer's
-/// next auction. Mutants — the lapse as at 10c906d (30 s): no award at 30 s, and none later;
-/// no walker marked where the award ends (`note_failed_award` empty): the silent winner wins
-/// the next auction.
-#[test]
-fn a_lapsed_award_of_a_cli_auction_goes_to_the_next_bid() {
-    // Node 1 bids cheap and never answers its award; node 2 is dear.
+/// On a `SimNet`, a customer (node 0) opens an auction expiring `grace` after its window, bid
+/// on by a cheap provider that never answers its award (node 1) and a dear one (node 2). The
+/// cheap bid is awarded and lapses; the dear one is awarded at the lapse, while it keeps its
+/// bid, and agrees; then the customer opens a second auction, closed 10 s later. Returns the
+/// awards node 0 sent (the second auction's last) and the two providers.
+fn a_silent_winner(grace: u64) -> (Vec<(NodeId, Timestamp)>, NodeId, NodeId) {
     let mut silent = provider_config(big_capacity());
     silent.dmu.provider.auto_accept_award = false;
     let mut dear = provider_config(big_capacity());
     dear.dmu.provider.per_millicore_hour = 500;
     let mut net = SimNet::new(vec![MarketConfig::default(), silent, dear]);
     let (silent, dear) = (net.nodes[1].node_id(), net.nodes[2].node_id());
-    net.input(0, 0, Input::CreateAuction(cli_spec()));
+    net.input(0, 0, Input::CreateAuction(grace_spec(grace)));
     net.input(10_000, 0, Input::Tick);
-    assert_eq!(awards_sent(&net), vec![(silent, 30_000)]);
-    // The losers keep their bids until the auction's expiry, 40 s. The runner-up takes an
-    // award of its lost bid on a balance fed within 30 s, as the node's feed keeps it.
+    let lapse = awards_sent(&net)[0].1;
+    // The runner-up takes an award of its lost bid on a balance fed within 30 s, as the node's
+    // feed keeps it.
     let customer = net.nodes[0].node_id();
-    net.input(30_000, 2, Input::Balances(vec![(customer, SIM_BALANCE)]));
-    net.input(30_000, 0, Input::Tick);
-    assert_eq!(awards_sent(&net)[1..], [(dear, 90_000)]);
+    net.input(lapse, 2, Input::Balances(vec![(customer, SIM_BALANCE)]));
+    net.input(lapse, 0, Input::Tick);
     let agreed: Vec<NodeId> = net.agreed(0).iter().map(|t| t.provider).collect();
     assert_eq!(agreed, vec![dear], "{:?}", net.log);
     assert_eq!(net.agreed(2).len(), 1);
-    // The customer's next auction: the dear bid is awarded first.
-    net.input(40_000, 0, Input::CreateAuction(cli_spec()));
-    net.input(50_000, 0, Input::Tick);
-    assert_eq!(awards_sent(&net).last().map(|(p, _)| *p), Some(dear));
+    net.input(lapse + 10_000, 0, Input::CreateAuction(grace_spec(grace)));
+    net.input(lapse + 20_000, 0, Input::Tick);
+    let awards = awards_sent(&net);
+    assert_eq!(awards.len(), 3, "{awards:?}");
+    (awards, silent, dear)
 }
 
-/// Our awarded auction stays in the book past its expiry while its award is negotiated, or
-/// agreed until the award's expiry: the deal task builds the award's contract from it (the
-/// service image, the slot), and a sole bid's award has the whole timeout (60 s), longer than
-/// the 30 s an auction of the CLI's lasts after its window. It leaves at the first tick once
-/// the deal is forgotten. Mutant — the expiry as at 10c906d: gone at 45 s, before the provider
-/// agreed.
+/// Review of the fourth review (H1): an auction of the CLI's expired 30 s after its window,
+/// and our award lapsed after 30 s, no sooner: a winner that let its award lapse cost the
+/// auction its award, since the tick dropped the auction before the lapse awarded the next
+/// bid, and it was marked nowhere. Since review 7 (M2) the CLI's auctions expire 60 s after
+/// their window: the award lapses after 30 s, 10 s before the losers' holds end with room for
+/// the next bid, the runner-up is awarded while it still keeps its bid and agrees, and the
+/// winner that let the award lapse ranks last on the customer's next auction. Mutants — no
+/// walker marked where the award ends (`note_failed_award` empty), or a lapse of exactly
+/// `MIN_MARKING_LAPSE_MS` not counted (`>` for `>=`): the silent winner wins the next auction.
+#[test]
+fn a_lapsed_award_of_a_cli_auction_goes_to_the_next_bid() {
+    let (awards, silent, dear) = a_silent_winner(60_000);
+    assert_eq!(awards[..2], [(silent, 40_000), (dear, 100_000)]);
+    assert_eq!(awards[2].0, dear, "the silent winner ranks last");
+}
+
+/// Review 7 (M2): an auction expiring 30 s after its window (the CLI's until review 7) gives its
+/// first award 20 s when another bid could be awarded next, so that the next bid is awarded while
+/// the losers keep their bids, and a provider whose accept took longer (a loaded market task, a
+/// relay dial, an operator answering by hand) was marked for an hour. A lapse under
+/// `MIN_MARKING_LAPSE_MS` (30 s) now marks nobody: the next bid is still awarded, and the slow
+/// winner wins the customer's next auction on price. Mutant — the lapse's length left out (a lapse
+/// marking whenever the award bound it, as at 94e7ef4): the runner-up wins it.
+#[test]
+fn a_short_lapse_does_not_mark_a_slow_provider() {
+    let (awards, silent, dear) = a_silent_winner(30_000);
+    assert_eq!(awards[..2], [(silent, 30_000), (dear, 90_000)]);
+    assert_eq!(awards[2].0, silent, "a 20 s lapse marks nobody");
+}
+
+/// Our awarded auction stays in the book past its expiry while its award is negotiated, or agreed
+/// until the award's expiry: the deal task builds the award's contract from it (the service image,
+/// the slot), and a sole bid's award has the whole timeout (60 s), longer than the 30 s a fleet
+/// placement's auction lasts after its window. It leaves at the first tick once the deal is
+/// forgotten. Mutant — the expiry as at 10c906d: gone at 45 s, before the provider agreed.
 #[test]
 fn our_awarded_auction_stays_while_its_award_is_negotiated() {
     let mut c = customer();
     let sole = signer(46);
-    let id = auction_of(&mut c, cli_spec(), 0, &[(&sole, 100)]);
+    let id = auction_of(&mut c, grace_spec(30_000), 0, &[(&sole, 100)]);
     let (award, _) = award_in(&c.handle(10_000, Input::Tick)).unwrap();
     let lapse = c.negotiation(&award).unwrap().deadline();
     assert_eq!(lapse, 70_000, "a sole bid's award has the whole timeout");
@@ -293,6 +357,7 @@ fn no_next_bid_once_the_losers_have_let_go() {
         let failed = Input::DealFailed {
             award,
             provider: cheap.node_id(),
+            blamed: true,
         };
         award_in(&c.handle(at, failed)).map(|(_, p)| p)
     };
@@ -303,13 +368,11 @@ fn no_next_bid_once_the_losers_have_let_go() {
 
 /// Review of the fourth review (M1): every award of ours that ended without a deal marked its
 /// provider a walker, also a next bid's (its provider had let go of its hold, and refuses
-/// without a word when its capacity went to another customer meanwhile) and a lapse of a
-/// counter-offer of the provider's that we left unanswered. Now a provider is marked only when
-/// ending the award was its choice: it walked away from, or left unanswered, an award that
-/// bound it (the auction's first, sent while it held its bid), or it agreed and never
-/// countersigned. Mutants — every failure marked (as at 10c906d, in `award_next`): the next
-/// bid's provider loses the next auction; a lapse marked whoever owed the answer: the provider
-/// that countered loses it.
+/// without a word when its capacity went to another customer meanwhile). Now a lapse marks its
+/// provider only when the award bound it (the auction's first, sent while it held its bid).
+/// Mutant — every failure marked (as at 10c906d, in `award_next`): the next bid's provider
+/// loses the next auction. (The second half of this test, a counter above our maximum left to
+/// lapse marking nobody, was review 7's H1: `a_counter_above_our_maximum_is_a_walk_away`.)
 #[test]
 fn only_a_provider_whose_choice_it_was_is_marked() {
     // The winner walks away (marked); the next bid's award lapses (not marked).
@@ -326,23 +389,134 @@ fn only_a_provider_whose_choice_it_was_is_marked() {
     auction(&mut c, lapse, &[(&next, 200), (&last, 300)]);
     let out = c.handle(lapse + 10_000, Input::Tick);
     assert_eq!(award_in(&out).map(|(_, p)| p), Some(next.node_id()));
+}
 
-    // The winner counters above our maximum price and we leave it unanswered: not marked.
+/// Review 7 (M1): a next bid's provider was never marked, even when it walked away, so a second
+/// funded key bidding just behind the first killed the only next bid a CLI auction had, for
+/// good. Walking away is a signed act (an honest provider that can no longer take a next bid's
+/// award refuses it without a word), so it now marks the provider of any award of ours.
+/// Mutant — a walk-away marking only when the award bound it (as at 94e7ef4): `next` wins the
+/// customer's next auction.
+#[test]
+fn a_next_bid_that_walks_away_is_marked() {
+    let mut c = customer();
+    let (first, next, last) = (signer(41), signer(42), signer(43));
+    auction(&mut c, 0, &[(&first, 100), (&next, 200), (&last, 300)]);
+    let (award, _) = award_in(&c.handle(10_000, Input::Tick)).unwrap();
+    let out = remote(&mut c, 10_001, walk_away(&first, award, 10_001));
+    let (award, p) = award_in(&out).unwrap();
+    assert_eq!(p, next.node_id());
+    let out = remote(&mut c, 10_002, walk_away(&next, award, 10_002));
+    assert_eq!(award_in(&out).map(|(_, p)| p), Some(last.node_id()));
+    auction(&mut c, 20_000, &[(&next, 200), (&last, 300)]);
+    let out = c.handle(30_000, Input::Tick);
+    assert_eq!(award_in(&out).map(|(_, p)| p), Some(last.node_id()));
+}
+
+/// Review 7 (H1): a winner that countered above our maximum price was never marked (the lapse
+/// of its counter, left unanswered, was taken for ours), and the next bid waited for that
+/// lapse: one funded key that wins on score and counters above the maximum cost every auction
+/// of ours its first award, and with a second key just behind it the auction its deal. Now,
+/// with `accept_counter_within_max`, such a counter is the provider's refusal: we walk away,
+/// the next bid is awarded at once, and the counterer ranks last on our next auction. With no
+/// next bid the counter waits for an answer by hand, and if it lapses unanswered the counterer
+/// is marked all the same. Mutants — the counter left to lapse (as at 94e7ef4): no award at the
+/// counter; refused without a mark: the counterer wins the next auction; its lapse marking
+/// nobody (`note_failed_award` as at 94e7ef4): the sole counterer wins the next auction.
+#[test]
+fn a_counter_above_our_maximum_is_a_walk_away() {
     let mut c = customer();
     let (counters, other) = (signer(44), signer(45));
-    auction(&mut c, 0, &[(&counters, 100), (&other, 200)]);
+    let bids: [(&KeySigner, u64); 2] = [(&counters, 100), (&other, 200)];
+    auction(&mut c, 0, &bids);
     let (award, p) = award_in(&c.handle(10_000, Input::Tick)).unwrap();
     assert_eq!(p, counters.node_id());
-    let countered = counter(&c, &counters, award, 5_000, 10_001);
+    let max = AuctionBuilder::new().spec().max_price;
+    let countered = counter(&c, &counters, award, max + 1, 10_001);
+    let out = remote(&mut c, 10_001, countered);
+    assert_eq!(
+        award_in(&out).map(|(_, p)| p),
+        Some(other.node_id()),
+        "{out:?}"
+    );
+    let walked_away = out.iter().any(|e| match e {
+        Effect::Send {
+            to,
+            msg: MarketMessage::Negotiation(m),
+        } => *to == counters.node_id() && m.body.action == NegotiationAction::WalkAway,
+        _ => false,
+    });
+    assert!(walked_away, "we walk away from the counter: {out:?}");
+    auction(&mut c, 20_000, &bids);
+    let out = c.handle(30_000, Input::Tick);
+    assert_eq!(award_in(&out).map(|(_, p)| p), Some(other.node_id()));
+
+    // A sole bid: the counter waits for an answer, and lapses unanswered.
+    let mut c = customer();
+    auction(&mut c, 0, &[(&counters, 100)]);
+    let (award, _) = award_in(&c.handle(10_000, Input::Tick)).unwrap();
+    let countered = counter(&c, &counters, award, max + 1, 10_001);
     let out = remote(&mut c, 10_001, countered);
     assert!(
         out.iter().any(|e| matches!(e, Effect::Proposed(_))),
         "{out:?}"
     );
-    let lapse = c.negotiation(&award).unwrap().deadline();
-    let out = c.handle(lapse, Input::Tick);
-    assert_eq!(award_in(&out).map(|(_, p)| p), Some(other.node_id()));
-    auction(&mut c, lapse, &[(&counters, 100), (&other, 200)]);
+    let n = c.negotiation(&award).unwrap();
+    assert_eq!(*n.status(), NegotiationStatus::Open);
+    let lapse = n.deadline();
+    c.handle(lapse, Input::Tick);
+    auction(&mut c, lapse, &bids);
     let out = c.handle(lapse + 10_000, Input::Tick);
-    assert_eq!(award_in(&out).map(|(_, p)| p), Some(counters.node_id()));
+    assert_eq!(award_in(&out).map(|(_, p)| p), Some(other.node_id()));
+}
+
+/// Review 7 (L1): an award binds its provider only if sent `AWARD_MARGIN_MS` or more before
+/// the losers' holds end; sent later (a late close tick), it may reach the provider after its
+/// hold and its book's copy of the auction are gone, and be refused without a word. Here the
+/// first award is sent 4 s before the holds end (the auction's expiry, 70 s): no next bid fits,
+/// so it has the whole timeout, and its lapse marks nobody: the silent winner wins the
+/// customer's next auction. Mutant — an award binding whenever nobody was passed over (the
+/// time left out of `award_binds`): the runner-up wins it.
+#[test]
+fn a_first_award_sent_as_the_holds_end_binds_nobody() {
+    let mut c = customer();
+    let (silent, other) = (signer(47), signer(48));
+    let bids: [(&KeySigner, u64); 2] = [(&silent, 100), (&other, 200)];
+    auction(&mut c, 0, &bids);
+    let late = 70_000 - AWARD_MARGIN_MS + 1_000;
+    let (award, p) = award_in(&c.handle(late, Input::Tick)).unwrap();
+    assert_eq!(p, silent.node_id());
+    let lapse = c.negotiation(&award).unwrap().deadline();
+    assert_eq!(lapse, late + 60_000, "no next bid fits: the whole timeout");
+    let out = c.handle(lapse, Input::Tick);
+    assert_eq!(award_in(&out), None, "the losers let go of their bids");
+    auction(&mut c, lapse, &bids);
+    let out = c.handle(lapse + 10_000, Input::Tick);
+    assert_eq!(award_in(&out).map(|(_, p)| p), Some(silent.node_id()));
+}
+
+/// Review 7 (L1): an auction expiring less than 20 s after its window leaves no room for a next
+/// bid, so its award has the whole timeout and lapses long after the auction expired (25 s
+/// here). The auction is kept while the award is negotiated, and the lapse still marks the
+/// silent winner, judged from the deal: it loses the customer's next auction to the runner-up.
+/// Mutants — whether the award binds judged as it lapses (`award_binds` at that time, past the
+/// holds' end): nobody is marked; the mark made in `award_next` behind its cut-off (as at
+/// 10c906d, behind the auction's lookup): nobody is marked.
+#[test]
+fn a_lapse_past_the_auctions_expiry_still_marks() {
+    let mut c = customer();
+    let (silent, other) = (signer(49), signer(50));
+    let bids: [(&KeySigner, u64); 2] = [(&silent, 100), (&other, 200)];
+    let id = auction_of(&mut c, grace_spec(15_000), 0, &bids);
+    let (award, p) = award_in(&c.handle(10_000, Input::Tick)).unwrap();
+    assert_eq!(p, silent.node_id());
+    let lapse = c.negotiation(&award).unwrap().deadline();
+    assert_eq!(lapse, 70_000, "no next bid fits: the whole timeout");
+    c.handle(30_000, Input::Tick);
+    assert!(c.auction(&id).is_some(), "past its expiry (25 s), awarded");
+    let out = c.handle(lapse, Input::Tick);
+    assert_eq!(award_in(&out), None, "the losers let go of their bids");
+    auction(&mut c, lapse, &bids);
+    let out = c.handle(lapse + 10_000, Input::Tick);
+    assert_eq!(award_in(&out).map(|(_, p)| p), Some(other.node_id()));
 }

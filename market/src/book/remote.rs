@@ -86,7 +86,7 @@ impl<S: Signer + Clone> MarketState<S> {
         }
         let id = check_auction(&req, now, &self.config.limits)?;
         self.replay.check(&req.body)?;
-        self.admit_auction(id, &req)?;
+        self.admit_auction(now, id, &req)?;
         self.replay.record(&req.body)?;
         tracing::debug!(auction = %id.short(), customer = %req.body.customer.short(), "auction accepted");
         self.auctions.insert(

@@ -201,8 +201,8 @@ fn taking_a_standing_offer_reserves_and_agrees() {
     let agreed: Vec<_> = net
         .effects_of(1)
         .filter_map(|e| {
-            if let Effect::Agreed(t) = e {
-                Some(t.price)
+            if let Effect::Agreed(a) = e {
+                Some(a.terms.price)
             } else {
                 None
             }

@@ -108,7 +108,7 @@ impl SimNet {
     pub fn agreed(&self, node: usize) -> Vec<AgreedTerms> {
         self.effects_of(node)
             .filter_map(|e| match e {
-                Effect::Agreed(t) => Some(t.clone()),
+                Effect::Agreed(a) => Some(a.terms.clone()),
                 _ => None,
             })
             .collect()

@@ -353,7 +353,7 @@ async fn negotiate(
         effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Agreed(t) => Some(format!("agreed at {}", t.price)),
+                Effect::Agreed(a) => Some(format!("agreed at {}", a.terms.price)),
                 Effect::NegotiationFailed { .. } => Some("negotiation ended".to_string()),
                 Effect::Send { msg, .. } => Some(format!("sent {}", msg.kind())),
                 _ => None,

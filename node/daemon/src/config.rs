@@ -9,7 +9,7 @@ use std::time::Duration;
 use agora_network::Multiaddr;
 use serde::{Deserialize, Serialize};
 
-use agora_network::NetworkConfig;
+use agora_network::{NetworkConfig, RelayProfile};
 use agora_wire::duration_ms;
 
 /// File name of the config inside the data directory.
@@ -184,9 +184,16 @@ pub struct NetworkSection {
     /// forward). A relay serves only once it has one (configured here, or confirmed by
     /// AutoNAT after a few probes).
     pub external: Vec<String>,
-    /// Serve circuit relay v2 to nodes behind NAT (`agora node run --relay`), with per-peer
-    /// limits on reservations and circuits.
-    pub relay_server: bool,
+    /// Serve circuit relay v2 to nodes behind NAT, with per-peer limits on reservations and
+    /// circuits and one shared budget for strangers (THREATS N20). Unset (the default): an
+    /// arbitrator (a member of the genesis committee) that declares an `external` address
+    /// serves a light relay (16 circuits of at most 8 MiB and 10 min, one circuit budget for
+    /// every peer but `trusted_peers`), since arbitrators are the public nodes edges bootstrap
+    /// from and so the relays they look for; every other node serves none. `true` (`agora
+    /// node run --relay`): the operator's relay (64 circuits of 64 MiB and 30 min) on any
+    /// node. `false`: none. `agora init` writes no value; files written before session 54 say
+    /// `false`, which is kept (remove the line to take the default).
+    pub relay_server: Option<bool>,
     /// AutoNAT never dials back private or reserved addresses. Turn off only in a test lab
     /// whose "internet" uses reserved ranges (the netlab).
     pub autonat_only_global_ips: bool,
@@ -220,11 +227,33 @@ impl Default for NetworkSection {
             target_peers: d.target_peers,
             trim_grace_ms: duration_ms(d.trim_grace),
             external: Vec::new(),
-            relay_server: d.relay_server,
+            relay_server: None,
             autonat_only_global_ips: d.autonat_only_global_ips,
             trusted_peers: Vec::new(),
             wan: d.wan,
         }
+    }
+}
+
+impl NetworkSection {
+    /// The relay this node serves: the operator's when `relay_server = true`, none when
+    /// `false`; unset, a light one for an arbitrator with a configured `external` address only
+    /// (a relay serves only once it has an external address anyway, and a node without one is
+    /// not meant to be reached from outside). An arbitrator's default must not let funded keys
+    /// take its consensus link (THREATS N20), so it is the light profile, not the operator's.
+    pub fn relay_profile(&self, arbitrator: bool) -> Option<RelayProfile> {
+        match self.relay_server {
+            Some(true) => Some(RelayProfile::Operator),
+            Some(false) => None,
+            None => (arbitrator && !self.external.is_empty()).then_some(RelayProfile::Light),
+        }
+    }
+
+    /// Whether `relay_server = false` turns off the relay this node would serve by default (an
+    /// arbitrator with an `external` address): the line every config file written before
+    /// session 54 carries, so the node says so at start rather than stay silent.
+    pub fn relay_declined(&self, arbitrator: bool) -> bool {
+        self.relay_server == Some(false) && arbitrator && !self.external.is_empty()
     }
 }
 
@@ -352,8 +381,9 @@ impl NodeConfig {
         }
     }
 
-    /// The networking config, with addresses parsed.
-    pub fn network_config(&self) -> Result<NetworkConfig, ConfigError> {
+    /// The networking config, with addresses parsed; `arbitrator`: whether this node is in the
+    /// genesis committee, which decides relay serving when `[network] relay_server` is unset.
+    pub fn network_config(&self, arbitrator: bool) -> Result<NetworkConfig, ConfigError> {
         Ok(NetworkConfig {
             listen: parse_addrs("network.listen", &self.network.listen)?,
             bootstrap: parse_addrs("network.bootstrap", &self.network.bootstrap)?,
@@ -365,7 +395,7 @@ impl NodeConfig {
             target_peers: self.network.target_peers.max(1),
             trim_grace: Duration::from_millis(self.network.trim_grace_ms),
             external: parse_addrs("network.external", &self.network.external)?,
-            relay_server: self.network.relay_server,
+            relay_server: self.network.relay_profile(arbitrator),
             autonat_only_global_ips: self.network.autonat_only_global_ips,
             wan: self.network.wan,
             tcp_port_reuse: self.network.tcp_port_reuse,
@@ -502,6 +532,68 @@ mod tests {
         assert!(err.to_string().contains("provider.labels"));
     }
 
+    /// Issue #17, review 6 M4: unset, an arbitrator with an external address serves the light
+    /// relay and any other node none; `true` serves the operator's relay on any node; `false`
+    /// none.
+    #[test]
+    fn relay_serving_defaults_to_a_light_relay_on_arbitrators_with_an_external_address() {
+        let external = "[network]\nexternal = [\"/ip4/203.0.113.2/tcp/4001\"]\n";
+        let profile = |text: &str, arbitrator: bool| {
+            let c: NodeConfig = toml::from_str(text).unwrap();
+            c.network_config(arbitrator).unwrap().relay_server
+        };
+        // Unset.
+        let c: NodeConfig = toml::from_str(external).unwrap();
+        assert_eq!(c.network.relay_server, None);
+        assert_eq!(profile(external, true), Some(RelayProfile::Light));
+        assert_eq!(profile(external, false), None, "not an arbitrator");
+        assert_eq!(
+            profile("", true),
+            None,
+            "an arbitrator without an external address"
+        );
+        // `true`: the operator's relay, arbitrator or not.
+        let on = format!("{external}relay_server = true\n");
+        assert_eq!(profile(&on, true), Some(RelayProfile::Operator));
+        assert_eq!(profile(&on, false), Some(RelayProfile::Operator));
+        assert_eq!(
+            profile("[network]\nrelay_server = true\n", false),
+            Some(RelayProfile::Operator)
+        );
+        // `false`: none, arbitrator or not.
+        let off = format!("{external}relay_server = false\n");
+        assert_eq!(profile(&off, true), None);
+        assert_eq!(profile(&off, false), None);
+        // `agora init` writes no value, so a node's role keeps deciding after init.
+        assert!(!NodeConfig::default().to_toml().contains("relay_server"));
+    }
+
+    /// Review 6 L1: a config file written before session 54 says `relay_server = false` (the
+    /// old default, written out by `agora init`). It keeps meaning off: `agora init` on that
+    /// data dir writes it back, and the node says at start that the line turns its default
+    /// relay off (`relay_declined`), only when there is a default relay to turn off.
+    #[test]
+    fn an_old_config_s_explicit_false_stays_off_and_is_reported() {
+        let external = "[network]\nexternal = [\"/ip4/203.0.113.2/tcp/4001\"]\n";
+        let c: NodeConfig = toml::from_str(&format!("{external}relay_server = false\n")).unwrap();
+        assert_eq!(c.network.relay_server, Some(false));
+        assert!(c.to_toml().contains("relay_server = false"), "kept by init");
+        assert_eq!(c.network_config(true).unwrap().relay_server, None);
+        assert!(c.network.relay_declined(true));
+        assert!(
+            !c.network.relay_declined(false),
+            "not an arbitrator: nothing turned off"
+        );
+        let mut bare = c.clone();
+        bare.network.external.clear();
+        assert!(
+            !bare.network.relay_declined(true),
+            "no external address: nothing turned off"
+        );
+        let unset: NodeConfig = toml::from_str(external).unwrap();
+        assert!(!unset.network.relay_declined(true));
+    }
+
     #[test]
     fn defaults_round_trip_through_toml() {
         let c = NodeConfig::default();
@@ -513,9 +605,9 @@ mod tests {
     fn tcp_port_reuse_is_on_by_default_and_can_be_turned_off() {
         let c = NodeConfig::default();
         assert!(c.network.tcp_port_reuse);
-        assert!(c.network_config().unwrap().tcp_port_reuse);
+        assert!(c.network_config(false).unwrap().tcp_port_reuse);
         let off: NodeConfig = toml::from_str("[network]\ntcp_port_reuse = false\n").unwrap();
-        assert!(!off.network_config().unwrap().tcp_port_reuse);
+        assert!(!off.network_config(false).unwrap().tcp_port_reuse);
     }
 
     #[test]
@@ -527,7 +619,7 @@ mod tests {
             (k == "AGORA_BOOTSTRAP").then(|| "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2".into())
         });
         assert_eq!(c.network.bootstrap.len(), 2);
-        assert!(c.network_config().is_ok());
+        assert!(c.network_config(false).is_ok());
     }
 
     #[test]
@@ -542,7 +634,7 @@ mod tests {
             agora_network::keys::peer_id_of(&other.node_id()).unwrap()
         );
         let c: NodeConfig = toml::from_str(&text).unwrap();
-        let trusted = c.network_config().unwrap().trusted_peers;
+        let trusted = c.network_config(false).unwrap().trusted_peers;
         assert_eq!(trusted.len(), 2);
         assert_eq!(trusted[0], peer);
         assert_eq!(
@@ -550,7 +642,7 @@ mod tests {
             agora_network::keys::peer_id_of(&other.node_id())
         );
         let bad: NodeConfig = toml::from_str("[network]\ntrusted_peers = [\"nobody\"]\n").unwrap();
-        let err = bad.network_config().unwrap_err();
+        let err = bad.network_config(false).unwrap_err();
         assert!(
             matches!(err, ConfigError::BadPeer(ref v) if v == "nobody"),
             "{err}"
@@ -576,7 +668,7 @@ mod tests {
         let mut c = NodeConfig::default();
         c.network.listen = vec!["nonsense".into()];
         assert!(matches!(
-            c.network_config(),
+            c.network_config(false),
             Err(ConfigError::BadAddr { .. })
         ));
         c.api.listen = "0.0.0.0:7700".into();

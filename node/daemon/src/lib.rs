@@ -262,6 +262,26 @@ pub async fn start_wrapped(
         .await
 }
 
+/// Says at start which relay an arbitrator with an external address serves when the operator
+/// did not choose (THREATS N20), and that a `relay_server = false` (which every config file
+/// written before session 54 carries) turns its default relay off (review 6 L1).
+fn log_relay_choice(config: &NodeConfig, arbitrator: bool) {
+    let net = &config.network;
+    if net.relay_server.is_none() && net.relay_profile(arbitrator).is_some() {
+        info!(
+            "serving a light circuit relay v2, an arbitrator's default (16 circuits of at most \
+             8 MiB and 10 min, one shared circuit budget); [network] relay_server = true \
+             serves the operator's relay (64 circuits of 64 MiB), false none"
+        );
+    } else if net.relay_declined(arbitrator) {
+        info!(
+            "not serving circuit relay v2: [network] relay_server = false in config.toml (files \
+             written before session 54 say so by default); remove the line to serve an \
+             arbitrator's light relay to nodes behind NAT"
+        );
+    }
+}
+
 async fn start_with_key(
     data_dir: &Path,
     config: &NodeConfig,
@@ -269,7 +289,18 @@ async fn start_with_key(
     wrap: Option<ServiceWrap>,
 ) -> Result<RunningNode, DaemonError> {
     let cancel = CancellationToken::new();
-    let net_cfg = config.network_config()?;
+    // Read before the network starts: an arbitrator serves relay v2 by default.
+    let genesis = config
+        .node
+        .genesis
+        .as_deref()
+        .map(data_dir::load_genesis)
+        .transpose()
+        .map_err(|e| DaemonError::Genesis(e.to_string()))?;
+    let me = key.node_id();
+    let arbitrator = genesis.as_ref().is_some_and(|g| g.committee.contains(&me));
+    let net_cfg = config.network_config(arbitrator)?;
+    log_relay_choice(config, arbitrator);
     let listens_everywhere = net_cfg.listen.iter().any(agora_network::is_unspecified);
     let api_addr = config.api_addr()?;
     let metrics_addr = config.metrics_addr()?;
@@ -351,18 +382,15 @@ async fn start_with_key(
     )];
     // Anyone else named in the genesis means the node has a network to reach.
     let mut genesis_names_others = false;
-    let ledger = match &config.node.genesis {
-        Some(path) => {
-            let genesis =
-                data_dir::load_genesis(path).map_err(|e| DaemonError::Genesis(e.to_string()))?;
-            let me = key.node_id();
+    let ledger = match &genesis {
+        Some(genesis) => {
             genesis_names_others = genesis.accounts.iter().any(|a| a.id != me)
                 || genesis.committee.iter().any(|c| *c != me);
             let store = agora_ledger::LedgerStore::open(&data_dir.join("ledger"))
                 .map_err(|e| DaemonError::Genesis(e.to_string()))?;
             let (handle, task) = agora_ledger::spawn(
                 store,
-                &genesis,
+                genesis,
                 &config.ledger,
                 key.signer().clone(),
                 network.clone(),

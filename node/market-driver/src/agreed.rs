@@ -1,4 +1,4 @@
-//! Agreed terms on their way from the market task to the deal task. Each one is a deal this
+//! Agreed deals on their way from the market task to the deal task. Each one is a deal this
 //! node must turn into a contract (as customer) or be ready to countersign (as provider), so
 //! none may be lost: they travel on a bounded channel (the deal task's backpressure) and wait,
 //! in order, in the market task's outbox while the deal task is busy. The market task never
@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use agora_market::AgreedTerms;
+use agora_market::Agreement;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -23,8 +23,8 @@ pub const MAX_PENDING_AGREED: usize = 4_096;
 /// The market task's side.
 #[derive(Debug)]
 pub(crate) struct AgreedOutbox {
-    tx: mpsc::Sender<AgreedTerms>,
-    pending: VecDeque<AgreedTerms>,
+    tx: mpsc::Sender<Agreement>,
+    pending: VecDeque<Agreement>,
     limit: usize,
     /// Terms dropped over the limit or because the deal task is gone.
     pub dropped: u64,
@@ -32,11 +32,11 @@ pub(crate) struct AgreedOutbox {
 
 impl AgreedOutbox {
     /// An outbox and the deal task's receiver.
-    pub fn channel() -> (Self, mpsc::Receiver<AgreedTerms>) {
+    pub fn channel() -> (Self, mpsc::Receiver<Agreement>) {
         Self::with_limits(AGREED_CHANNEL, MAX_PENDING_AGREED)
     }
 
-    fn with_limits(capacity: usize, limit: usize) -> (Self, mpsc::Receiver<AgreedTerms>) {
+    fn with_limits(capacity: usize, limit: usize) -> (Self, mpsc::Receiver<Agreement>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let outbox = AgreedOutbox {
             tx,
@@ -49,7 +49,7 @@ impl AgreedOutbox {
 
     /// Queues `terms` behind those already waiting (handed over at once when the deal task
     /// has room). False when they were dropped: the outbox is full or the deal task is gone.
-    pub fn push(&mut self, terms: AgreedTerms) -> bool {
+    pub fn push(&mut self, terms: Agreement) -> bool {
         let terms = if self.pending.is_empty() {
             match self.tx.try_send(terms) {
                 Ok(()) => return true,
@@ -112,11 +112,14 @@ impl AgreedOutbox {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use agora_market::{AuctionKind, AwardId, AwardSubject, KeySigner, OfferId, Resources, Signer};
+    use agora_market::{
+        AgreedTerms, AuctionFacts, AuctionKind, AwardId, AwardSubject, KeySigner, OfferId,
+        Resources, Signer,
+    };
 
-    /// Distinct terms, told apart by their price.
-    fn terms(i: u64) -> AgreedTerms {
-        AgreedTerms {
+    /// Distinct agreements, told apart by their price.
+    fn terms(i: u64) -> Agreement {
+        let terms = AgreedTerms {
             award: AwardId::of_bytes(&i.to_le_bytes()),
             customer: KeySigner::from_seed(1).node_id(),
             provider: KeySigner::from_seed(2).node_id(),
@@ -127,6 +130,10 @@ mod tests {
             resources: Resources::default(),
             duration_ms: 60_000,
             price: i,
+        };
+        Agreement {
+            terms,
+            auction: Some(AuctionFacts::default()),
         }
     }
 
@@ -143,7 +150,7 @@ mod tests {
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             while let Some(t) = rx.recv().await {
-                got.push(t.price);
+                got.push(t.terms.price);
                 if got.len() as u64 == burst {
                     break;
                 }

@@ -5,7 +5,12 @@
 //! (`agora_contracts::deal::check_proposal`), and countersigns or refuses with the typed
 //! [`DealRefusal`]; the customer registers the dual-signed contract on the ledger (payment and
 //! both stakes go into escrow). A proposal the provider cannot answer yet (it has not seen the
-//! agreement) is retried on a schedule beside the task's loop, which keeps serving meanwhile.
+//! agreement) is retried on a schedule beside the task's loop, which keeps serving meanwhile,
+//! for at most [`PROPOSAL_DEADLINE`] (`deals/proposal.rs`). Both sides take the auction's image
+//! and slot from the agreement, as the market read them when the deal was agreed
+//! (`auction_facts`).
+
+mod proposal;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,17 +21,14 @@ use agora_contracts::deal::{
     AuctionFacts, CommitteeView, DealContext, DealPolicy, DealRefusal, ProposalPolicy,
     build_contract, check_proposal,
 };
-use agora_contracts::{Contract, ContractKind, SignedContract, TxKind};
-use agora_market::{
-    AgreedTerms, AuctionId, AwardId, AwardSubject, KeySigner, MarketState, NodeId, Signature,
-    Signer,
-};
+use agora_contracts::{Contract, ContractKind};
+use agora_market::{Agreement, AwardId, KeySigner, NodeId, Signature, Signer};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::MarketHandle;
 use agora_exchange::StorageHandle;
@@ -44,6 +46,14 @@ pub const EMPTY_IMAGE: &str = agora_contracts::deal::EMPTY_IMAGE;
 /// How often the customer proposes one contract before giving up (the provider may not have
 /// processed the agreement yet); the waits between grow by [`RETRY_STEP`].
 pub const PROPOSAL_ATTEMPTS: u64 = 10;
+/// Longest the customer proposes one contract, all attempts together; then it gives up
+/// without blaming the provider. Each attempt waited for the network's request timeout (30 s),
+/// so a provider that agreed and then stayed silent held one of the customer's
+/// [`MAX_PROPOSALS_IN_FLIGHT`] slots for 10 of them, 5 minutes, long after the losers of its
+/// auction had let go of their bids (review 6, M1). An honest provider answers within a
+/// second or two: its agreement reaches its deal task as ours reaches ours, and the attempts
+/// while it has not (`UnknownAward`) take about 5 s; the rest is room for a slow link.
+pub const PROPOSAL_DEADLINE: Duration = Duration::from_secs(20);
 /// Growth of the wait between two proposals of the same contract.
 pub const RETRY_STEP: Duration = Duration::from_millis(100);
 /// Proposals in flight at once; the customer's own awards beyond it are refused with a log line.
@@ -130,8 +140,8 @@ struct DealTask {
     ledger: LedgerHandle,
     storage: StorageHandle,
     market: MarketHandle,
-    /// Terms this node agreed to as provider, by award, with when they arrived.
-    as_provider: HashMap<AwardId, (AgreedTerms, u64)>,
+    /// Deals this node agreed to as provider, by award, with when they arrived.
+    as_provider: HashMap<AwardId, (Agreement, u64)>,
     seq: Arc<AtomicU64>,
     /// Proposals whose retry loop runs beside the task.
     in_flight: Arc<AtomicU64>,
@@ -186,8 +196,8 @@ pub fn spawn(
     tokio::spawn(task.run(agreed, events, cancel).in_current_span())
 }
 
-/// The next agreed terms; never, without a receiver or once the market task is gone.
-async fn next_agreed(agreed: &mut Option<mpsc::Receiver<AgreedTerms>>) -> AgreedTerms {
+/// The next agreed deal; never, without a receiver or once the market task is gone.
+async fn next_agreed(agreed: &mut Option<mpsc::Receiver<Agreement>>) -> Agreement {
     if let Some(rx) = agreed {
         if let Some(t) = rx.recv().await {
             return t;
@@ -197,32 +207,23 @@ async fn next_agreed(agreed: &mut Option<mpsc::Receiver<AgreedTerms>>) -> Agreed
     std::future::pending().await
 }
 
-/// What `auction` said of the contract's image and slot. As provider, the auction as this node
-/// bid on it ([`MarketState::my_bid`], kept while the award holds the capacity): read from the
-/// book, it was gone when a customer let its auction expire before proposing, and the image and
-/// slot went unchecked (THREATS C36). Without that record the award's hold has lapsed too, and
-/// the proposal is refused for it. As customer, its own auction in the book.
-fn auction_facts<S: Signer + Clone>(
-    market: &MarketState<S>,
-    auction: &AuctionId,
-    as_provider: bool,
-) -> AuctionFacts {
-    if as_provider {
-        return market
-            .my_bid(auction)
-            .map(|b| AuctionFacts {
-                image: b.image.clone(),
-                start_at: b.start_at,
-            })
-            .unwrap_or_default();
-    }
-    market
-        .auction(auction)
-        .map(|a| AuctionFacts {
-            image: a.request.body.service.clone(),
-            start_at: a.request.body.start_at,
-        })
-        .unwrap_or_default()
+/// What the auction behind `agreement` said of the contract's image and slot, as the market
+/// read it when the deal was agreed ([`Agreement::auction`]): as provider, the auction as this
+/// node bid on it (read from the book when the proposal came, it was gone once a customer let
+/// its auction expire first, and the image and slot went unchecked: THREATS C36); as customer,
+/// its own auction. The customer read its book when it got to the deal, by when the auction
+/// could be gone (a CLI auction expires 30 s after its window, and this task builds one
+/// contract at a time), and then proposed the default image and no slot, which the honest
+/// provider refused and was marked for (review 7, M3). Facts the market did not have are an
+/// error: nothing is built or signed from defaults.
+fn auction_facts(agreement: &Agreement) -> Result<AuctionFacts, String> {
+    agreement.auction.clone().ok_or_else(|| {
+        format!(
+            "the auction of award {} was not in this node's book when the deal was agreed; \
+             no contract is built from defaults",
+            agreement.terms.award.short()
+        )
+    })
 }
 
 /// Signs one deal message with the task's sequence numbers.
@@ -234,7 +235,7 @@ fn seal(signer: &KeySigner, seq: &AtomicU64, msg: &DealMsg) -> Option<Envelope> 
 impl DealTask {
     async fn run(
         mut self,
-        mut agreed: Option<mpsc::Receiver<AgreedTerms>>,
+        mut agreed: Option<mpsc::Receiver<Agreement>>,
         mut events: Inbox,
         cancel: CancellationToken,
     ) {
@@ -242,7 +243,7 @@ impl DealTask {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                terms = next_agreed(&mut agreed) => self.on_agreed(terms, &cancel).await,
+                agreement = next_agreed(&mut agreed) => self.on_agreed(agreement, &cancel).await,
                 ev = events.recv() => match ev {
                     NetworkEvent::Request { id, envelope, .. } if envelope.kind == Kind::Deal => {
                         self.on_request(id, &envelope).await;
@@ -286,19 +287,10 @@ impl DealTask {
         }
     }
 
-    /// What both sides look up for an award: the auction's image and start time from the local
-    /// market ([`auction_facts`]), and the ledger's arbitrators.
-    async fn views(&self, t: &AgreedTerms) -> Result<(AuctionFacts, CommitteeView), String> {
-        let auction = match t.subject {
-            AwardSubject::Bid { auction, .. } => {
-                let as_provider = t.provider == self.signer.node_id();
-                self.market
-                    .query(move |s| auction_facts(s, &auction, as_provider))
-                    .await
-                    .map_err(|e| e.to_string())?
-            }
-            AwardSubject::Offer { .. } => AuctionFacts::default(),
-        };
+    /// What both sides look up for an award: the auction's image and start time as agreed
+    /// ([`auction_facts`]), and the ledger's arbitrators.
+    async fn views(&self, a: &Agreement) -> Result<(AuctionFacts, CommitteeView), String> {
+        let auction = auction_facts(a)?;
         let committee = self
             .ledger
             .query(|v| CommitteeView::of(&v.ledger))
@@ -307,10 +299,11 @@ impl DealTask {
         Ok((auction, committee))
     }
 
-    /// Customer: the contract for agreed terms `t`.
-    async fn contract_for(&self, t: &AgreedTerms) -> Result<Contract, String> {
+    /// Customer: the contract for the agreed deal `a`.
+    async fn contract_for(&self, a: &Agreement) -> Result<Contract, String> {
         let policy = self.config.customer.policy()?;
-        let (auction, committee) = self.views(t).await?;
+        let (auction, committee) = self.views(a).await?;
+        let t = &a.terms;
         // A storage contract's config is the customer's chunk commitment to the file, which the
         // arbitrators challenge the provider against.
         let commitment = if agora_contracts::deal::kind_of(t.kind) == ContractKind::Storage {
@@ -341,8 +334,9 @@ impl DealTask {
         })
     }
 
-    async fn on_agreed(&mut self, terms: AgreedTerms, cancel: &CancellationToken) {
+    async fn on_agreed(&mut self, agreement: Agreement, cancel: &CancellationToken) {
         let me = self.signer.node_id();
+        let terms = &agreement.terms;
         if terms.provider == me {
             if self.as_provider.len() >= MAX_AGREED_AS_PROVIDER {
                 let oldest = self
@@ -355,13 +349,14 @@ impl DealTask {
                     warn!(award = %a.short(), "agreements table full; the oldest is forgotten");
                 }
             }
-            self.as_provider.insert(terms.award, (terms, now_ms()));
+            let award = terms.award;
+            self.as_provider.insert(award, (agreement, now_ms()));
             return;
         }
         if terms.customer != me {
             return;
         }
-        let contract = match self.contract_for(&terms).await {
+        let contract = match self.contract_for(&agreement).await {
             Ok(c) => c,
             Err(e) => {
                 return warn!(award = %terms.award.short(), error = %e, "cannot build contract");
@@ -378,7 +373,7 @@ impl DealTask {
             return warn!(award = %terms.award.short(), "too many proposals in flight; award dropped");
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let proposal = Proposal {
+        let proposal = proposal::Proposal {
             award: terms.award,
             provider: terms.provider,
             contract,
@@ -413,15 +408,15 @@ impl DealTask {
         contract: &Contract,
         customer_sig: &Signature,
     ) -> Result<Signature, DealRefusal> {
-        let Some((t, _)) = self.as_provider.get(&award).cloned() else {
+        let Some((agreed, _)) = self.as_provider.get(&award).cloned() else {
             return Err(DealRefusal::UnknownAward { award });
         };
         let (auction, committee) = self
-            .views(&t)
+            .views(&agreed)
             .await
             .map_err(|reason| DealRefusal::Malformed { reason })?;
         let ctx = DealContext {
-            terms: &t,
+            terms: &agreed.terms,
             committee: &committee,
             auction: &auction,
             now: now_ms(),
@@ -496,129 +491,54 @@ const _: () = assert!(agora_market::AGREED_HOLD_MS > agora_contracts::ledger::MA
 
 pub use crate::holds::CONTRACT_HOLD_SLACK_MS;
 
-/// One proposal with its retry schedule, run beside the deal task.
-struct Proposal {
-    award: AwardId,
-    /// Who is asked to countersign.
-    provider: NodeId,
-    contract: Contract,
-    customer_sig: Signature,
-    peer: agora_network::PeerId,
-    signer: KeySigner,
-    seq: Arc<AtomicU64>,
-    network: NetworkHandle,
-    ledger: LedgerHandle,
-    /// Told when the provider does not countersign (`Input::DealFailed`).
-    market: MarketHandle,
-}
-
-impl Proposal {
-    async fn run(self) {
-        let msg = DealMsg::Propose {
-            award: self.award,
-            contract: Box::new(self.contract.clone()),
-            customer_sig: self.customer_sig,
-        };
-        for attempt in 0..PROPOSAL_ATTEMPTS {
-            let last = attempt + 1 == PROPOSAL_ATTEMPTS;
-            let Some(env) = seal(&self.signer, &self.seq, &msg) else {
-                return warn!("cannot encode the proposal");
-            };
-            match self
-                .network
-                .request(self.peer, &env)
-                .await
-                .map(|r| r.body::<DealMsg>(Kind::Deal))
-            {
-                Ok(Ok(DealMsg::Signed { provider_sig })) => {
-                    return self.register(provider_sig).await;
-                }
-                Ok(Ok(DealMsg::Refused {
-                    reason: DealRefusal::UnknownAward { .. },
-                })) if !last => {
-                    debug!(award = %self.award.short(), "provider has not seen the agreement yet; retrying");
-                }
-                Ok(Ok(DealMsg::Refused { reason })) => {
-                    warn!(award = %self.award.short(), %reason, "provider refused to sign the contract");
-                    return self.failed().await;
-                }
-                Ok(Ok(DealMsg::Propose { .. })) | Ok(Err(_)) | Err(_) if !last => {}
-                other => {
-                    warn!(award = %self.award.short(), result = ?other.err(), "contract not countersigned");
-                    return self.failed().await;
-                }
-            }
-            tokio::time::sleep(RETRY_STEP * u32::try_from(attempt + 1).unwrap_or(1)).await;
-        }
-    }
-
-    /// The provider refused the contract or never countersigned it: the market awards the
-    /// auction's next bid, as when an award lapses, and ranks the provider last on our
-    /// auctions (THREATS C32). Before, an award accepted and never countersigned was never
-    /// awarded again (fourth review of session 52). A registration the ledger refuses is not
-    /// reported: the fault may be ours (our balance).
-    async fn failed(&self) {
-        deal_failed(&self.market, self.award, self.provider).await;
-    }
-
-    async fn register(self, provider_sig: Signature) {
-        let Proposal {
-            award,
-            provider,
-            contract,
-            customer_sig,
-            ledger,
-            market,
-            ..
-        } = self;
-        let signed = SignedContract {
-            contract,
-            customer_sig,
-            provider_sig,
-        };
-        match signed.verify() {
-            Ok(id) => match ledger
-                .submit(TxKind::RegisterContract(Box::new(signed)))
-                .await
-            {
-                Ok(_) => {
-                    info!(contract = %id.short(), "contract signed by both parties and submitted")
-                }
-                Err(e) => {
-                    warn!(contract = %id.short(), error = %e, "contract registration refused")
-                }
-            },
-            Err(e) => {
-                warn!(error = %e, "provider's signature does not verify");
-                deal_failed(&market, award, provider).await;
-            }
-        }
-    }
-}
-
-/// Tells the market that `provider` did not countersign the contract of our `award`
-/// ([`Proposal::failed`]).
-async fn deal_failed(market: &MarketHandle, award: AwardId, provider: NodeId) {
-    let input = agora_market::Input::DealFailed { award, provider };
-    if market.input(input).await.is_err() {
-        debug!(award = %award.short(), "market gone: deal failure not reported");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use agora_market::signed::Signed;
     use agora_market::{
-        AuctionKind, AuctionSpec, AwardBody, Effect, Input, MarketConfig, MarketMessage, Resources,
+        AuctionKind, AuctionSpec, Effect, Input, MarketConfig, MarketState, Resources,
     };
 
-    /// THREATS C36: a customer that lets its auction expire before proposing does not make the
-    /// provider check the contract against nothing: the image and slot come from what the
-    /// provider bid on.
+    /// What `to` makes of every market message in `out`, sent by `from` at `now`.
+    fn deliver(
+        to: &mut MarketState<KeySigner>,
+        from: NodeId,
+        now: u64,
+        out: &[Effect],
+    ) -> Vec<Effect> {
+        let msgs: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { msg, .. } | Effect::Broadcast { msg, .. } => Some(msg.clone()),
+                _ => None,
+            })
+            .collect();
+        msgs.into_iter()
+            .flat_map(|msg| to.handle(now, Input::Remote { from, msg }))
+            .collect()
+    }
+
+    /// The deal agreed in `out`.
+    fn agreed(out: &[Effect]) -> Agreement {
+        out.iter()
+            .find_map(|e| match e {
+                Effect::Agreed(a) => Some(a.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no deal agreed: {out:?}"))
+    }
+
+    /// THREATS C36 and review 7, M3: the contract's image and slot come with the agreement, as
+    /// the market read them when the deal was agreed, on both sides. Here both books have let
+    /// the auction go by the time the deal task gets to the deal (as a backlog of contracts to
+    /// build, or a customer proposing late, makes it), and both still have the image and slot
+    /// the auction named; an agreement without them builds no contract. Mutants — the customer
+    /// reading its book when it builds the contract (as at 94e7ef4: the auction is gone, so the
+    /// default image and no slot); `auction_facts` falling back to the defaults: the last
+    /// assert fails.
     #[test]
-    fn a_provider_checks_the_auction_it_bid_on_after_the_auction_left_the_book() {
+    fn the_contract_is_built_from_what_the_auction_said_when_the_deal_was_agreed() {
+        let mut customer = MarketState::new(KeySigner::from_seed(1), MarketConfig::default());
         let mut config = MarketConfig {
             capacity: Resources {
                 cpu_millis: 4_000,
@@ -629,8 +549,7 @@ mod tests {
         };
         config.dmu.provider.auto_bid = true;
         let mut provider = MarketState::new(KeySigner::from_seed(2), config);
-        let customer = KeySigner::from_seed(1);
-        let from = customer.node_id();
+        let (c, p) = (customer.node_id(), provider.node_id());
         let spec = AuctionSpec {
             region: "eu-west".into(),
             resources: Resources {
@@ -640,59 +559,38 @@ mod tests {
             },
             duration_ms: 3_600_000,
             max_price: 1_000,
-            window_ms: 1_000,
+            window_ms: 10_000,
             kind: AuctionKind::Hosted,
             near: None,
-            award_grace_ms: 1_000,
+            award_grace_ms: 60_000,
             service: Some(EMPTY_IMAGE.into()),
-            start_at: Some(5_000),
+            start_at: Some(30_000),
         };
-        let req = spec.create(&customer, 0, 1).unwrap();
-        let auction = req.id().unwrap();
-        let msg = MarketMessage::Auction(req.clone());
-        let out = provider.handle(0, Input::Remote { from, msg });
-        let bid = out
-            .iter()
-            .find_map(|e| match e {
-                Effect::Send {
-                    msg: MarketMessage::Bid(b),
-                    ..
-                } => Some(b.clone()),
-                _ => None,
-            })
-            .expect("the provider bid");
-        let award = AwardBody {
-            customer: from,
-            provider: provider.node_id(),
-            subject: AwardSubject::Bid {
-                auction,
-                bid: bid.id().unwrap(),
-            },
-            price: bid.body.price,
-            resources: req.body.resources.clone(),
-            duration_ms: req.body.duration_ms,
-            kind: req.body.kind,
-            nonce: 2,
-            expires_at: 2_000,
-        };
-        let msg = MarketMessage::Award(Signed::sign(award, &customer).unwrap());
-        let out = provider.handle(1_000, Input::Remote { from, msg });
-        assert!(
-            out.iter().any(|e| matches!(e, Effect::Agreed(_))),
-            "{out:?}"
-        );
-        // The auction expired at 2 s; the customer proposes after that.
-        provider.handle(3_000, Input::Tick);
+        let out = customer.handle(0, Input::CreateAuction(spec));
+        let auction = *customer.auctions().keys().next().unwrap();
+        let bid = deliver(&mut provider, c, 1, &out);
+        deliver(&mut customer, p, 2, &bid);
+        let award = customer.handle(10_000, Input::Tick);
+        let accept = deliver(&mut provider, c, 10_001, &award);
+        let as_provider = agreed(&accept);
+        let as_customer = agreed(&deliver(&mut customer, p, 10_002, &accept));
+        // Long after: the auction has expired and the award's deal is forgotten.
+        for now in [1_000_000, 1_000_001] {
+            customer.handle(now, Input::Tick);
+            provider.handle(now, Input::Tick);
+        }
+        assert!(customer.auction(&auction).is_none());
         assert!(provider.auction(&auction).is_none());
-        let bid_on = AuctionFacts {
+        let said = AuctionFacts {
             image: Some(EMPTY_IMAGE.into()),
-            start_at: Some(5_000),
+            start_at: Some(30_000),
         };
-        assert_eq!(auction_facts(&provider, &auction, true), bid_on);
-        // The customer's view is its own book (here: gone).
-        assert_eq!(
-            auction_facts(&provider, &auction, false),
-            AuctionFacts::default()
-        );
+        assert_eq!(auction_facts(&as_customer), Ok(said.clone()));
+        assert_eq!(auction_facts(&as_provider), Ok(said));
+        let gone = Agreement {
+            auction: None,
+            ..as_customer
+        };
+        assert!(auction_facts(&gone).is_err());
     }
 }

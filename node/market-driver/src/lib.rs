@@ -116,7 +116,7 @@ pub struct MarketHandle {
     tx: mpsc::Sender<MarketCommand>,
     log: Arc<Mutex<EventLog>>,
     /// The deal task's end of the agreed terms, until it takes it.
-    agreed: Arc<Mutex<Option<mpsc::Receiver<agora_market::AgreedTerms>>>>,
+    agreed: Arc<Mutex<Option<mpsc::Receiver<agora_market::Agreement>>>>,
 }
 
 impl std::fmt::Debug for MarketHandle {
@@ -184,7 +184,7 @@ impl MarketHandle {
 
     /// Deals as they are agreed, in order and none lost (the deal task turns them into
     /// contracts): one receiver, for the first caller; `None` after that.
-    pub fn take_agreed(&self) -> Option<mpsc::Receiver<agora_market::AgreedTerms>> {
+    pub fn take_agreed(&self) -> Option<mpsc::Receiver<agora_market::Agreement>> {
         self.agreed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
@@ -537,14 +537,14 @@ impl MarketTask {
                 Effect::ScheduleTimeout { at } => {
                     self.timers.insert(*at);
                 }
-                Effect::Agreed(terms) => {
-                    if !self.agreed.push(terms.clone()) {
+                Effect::Agreed(agreement) => {
+                    if !self.agreed.push(agreement.clone()) {
                         self.record(
                             "agreed-dropped",
                             format!(
                                 "award {}: the deal task is gone or {MAX_PENDING_AGREED} agreed \
                                  deals wait for it",
-                                terms.award
+                                agreement.terms.award
                             ),
                             serde_json::Value::Null,
                         );
@@ -676,7 +676,7 @@ impl MarketTask {
                 format!("counter-offer on award {} at {}", t.award.short(), t.price),
                 serde_json::to_value(t).unwrap_or_default(),
             ),
-            Effect::Agreed(t) => (
+            Effect::Agreed(agora_market::Agreement { terms: t, .. }) => (
                 "agreed",
                 format!(
                     "deal on award {}: {} pays {} {} tokens",

@@ -20,7 +20,7 @@ use libp2p::{
 use super::address_book::{AddressBook, without_p2p};
 use super::rpc_codec::{RPC_PROTOCOL, RpcCodec};
 use super::wan::{Shaped, WanProfile};
-use super::{NetworkConfig, NetworkError};
+use super::{NetworkConfig, NetworkError, RelayProfile};
 use agora_wire::codec::GOSSIP_MAX_SKEW_MS;
 
 /// Gossipsub's transmit limit; deliberately above the application limit so that oversized
@@ -53,7 +53,7 @@ pub(crate) struct AgoraBehaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    /// Circuit relay v2 server (`[network] relay_server`), with per-peer limits.
+    /// Circuit relay v2 server (`[network] relay_server`), with its profile's limits.
     pub relay_server: Toggle<relay::Behaviour>,
     /// Circuit relay v2 client: reserves slots on relays and dials through them.
     pub relay_client: relay::client::Behaviour,
@@ -342,8 +342,8 @@ pub(crate) fn build_swarm(
                     .with_max_established_incoming(Some(MAX_INCOMING_CONNECTIONS))
                     .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
             );
-            let relay_server =
-                relay_server.then(|| relay::Behaviour::new(peer_id, relay_config(&strangers)));
+            let relay_server = relay_server
+                .map(|profile| relay::Behaviour::new(peer_id, relay_config(profile, &strangers)));
             let autonat = autonat::Behaviour::new(peer_id, autonat_config(autonat_only_global));
             Ok(AgoraBehaviour {
                 limits,
@@ -367,32 +367,88 @@ pub(crate) fn build_swarm(
     Ok(swarm)
 }
 
-/// Most relay reservations a relay server holds, in all and per peer.
+/// Most relay reservations a relay server holds, in all and per peer (both profiles: a
+/// reservation carries no relayed bytes, only the right to be dialled through us).
 pub const RELAY_MAX_RESERVATIONS: usize = 128;
 pub const RELAY_MAX_RESERVATIONS_PER_PEER: usize = 2;
-/// Most relayed circuits a relay server carries, in all and per peer.
+/// Most relayed circuits the operator's relay carries, in all and per peer.
 pub const RELAY_MAX_CIRCUITS: usize = 64;
 pub const RELAY_MAX_CIRCUITS_PER_PEER: usize = 4;
-/// How long one circuit may live and how many bytes it may carry (each direction). libp2p's
-/// defaults (2 min, 128 KiB) are meant for the hole-punch handshake only; agora edges behind a
-/// symmetric NAT have no direct path, so gossip, requests, presence and small bitswap transfers
-/// must fit. A circuit that reaches a limit is closed and redialled (presence notices within
-/// its timeout); bulk content should not travel through someone else's relay.
+/// How long one circuit of the operator's relay may live and how many bytes it may carry (both
+/// directions together, as libp2p counts them). libp2p's defaults (2 min, 128 KiB) are meant
+/// for the hole-punch handshake only; agora edges behind a symmetric NAT have no direct path,
+/// so gossip, requests, presence and small bitswap transfers must fit. A circuit that reaches a
+/// limit is closed and redialled (presence notices within its timeout); bulk content should not
+/// travel through someone else's relay.
 pub const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(30 * 60);
 pub const RELAY_CIRCUIT_BYTES: u64 = 64 * 1024 * 1024;
 
-/// The relay server's limits: a relay is a resource strangers can make us hold, so everything is
-/// bounded (libp2p's per-peer and per-IP rate limiters on reservations and circuits stay on).
-fn relay_config(strangers: &crate::quota::Strangers) -> relay::Config {
+/// The light relay (an arbitrator's default, `RelayProfile::Light`): a quarter of the operator's
+/// circuits, an eighth of its bytes, a third of its lifetime. Enough for two edges to meet and
+/// hole-punch, and for a pair behind symmetric NATs to keep gossip and presence for a while;
+/// an operator who wants to carry more says `relay_server = true`.
+pub const RELAY_LIGHT_MAX_CIRCUITS: usize = 16;
+pub const RELAY_LIGHT_MAX_CIRCUITS_PER_PEER: usize = 2;
+pub const RELAY_LIGHT_CIRCUIT_DURATION: Duration = Duration::from_secs(10 * 60);
+pub const RELAY_LIGHT_CIRCUIT_BYTES: u64 = 8 * 1024 * 1024;
+/// Circuits every peer but the trusted ones may open together per light circuit lifetime (and
+/// at once): the light relay's whole capacity once per lifetime. This is its bandwidth bound,
+/// since libp2p has no bytes-per-second limit: at most `(32 + 1.6 × minutes)` circuits of 8 MiB
+/// each can carry bytes in any span, about 1 GiB an hour (~1.8 Mbit/s, received and sent
+/// again) after a first burst of 256 MiB at line rate; funded keys share it as strangers do.
+pub const RELAY_LIGHT_SHARED_CIRCUITS: u32 = 16;
+/// Circuits all strangers together may open per light circuit lifetime (and at once).
+pub const RELAY_LIGHT_STRANGER_CIRCUITS: u32 = 8;
+/// Circuits one peer may open at once on the light relay, then one per interval: one funded
+/// key (or one peer redialling a dead one) cannot take the shared budget alone.
+pub const RELAY_LIGHT_PEER_CIRCUIT_BURST: u32 = 4;
+pub const RELAY_LIGHT_PEER_CIRCUIT_REFILL: Duration = Duration::from_secs(150);
+/// The same per source IP address (a few peers behind one NAT share it).
+pub const RELAY_LIGHT_IP_CIRCUIT_BURST: u32 = 8;
+pub const RELAY_LIGHT_IP_CIRCUIT_REFILL: Duration = Duration::from_secs(60);
+
+/// The relay server's limits for `profile`: a relay is a resource strangers can make us hold, so
+/// everything is bounded (libp2p's per-peer and per-IP rate limiters on reservations and
+/// circuits stay on in both profiles; libp2p asks a circuit's limiters in order and stops at
+/// the first refusal, so the shared budgets come last and a peer over its own limit spends
+/// none of them).
+fn relay_config(profile: RelayProfile, strangers: &crate::quota::Strangers) -> relay::Config {
+    let light = profile == RelayProfile::Light;
+    let (circuits, per_peer, duration, bytes) = if light {
+        (
+            RELAY_LIGHT_MAX_CIRCUITS,
+            RELAY_LIGHT_MAX_CIRCUITS_PER_PEER,
+            RELAY_LIGHT_CIRCUIT_DURATION,
+            RELAY_LIGHT_CIRCUIT_BYTES,
+        )
+    } else {
+        (
+            RELAY_MAX_CIRCUITS,
+            RELAY_MAX_CIRCUITS_PER_PEER,
+            RELAY_CIRCUIT_DURATION,
+            RELAY_CIRCUIT_BYTES,
+        )
+    };
     let mut c = relay::Config {
         max_reservations: RELAY_MAX_RESERVATIONS,
         max_reservations_per_peer: RELAY_MAX_RESERVATIONS_PER_PEER,
-        max_circuits: RELAY_MAX_CIRCUITS,
-        max_circuits_per_peer: RELAY_MAX_CIRCUITS_PER_PEER,
-        max_circuit_duration: RELAY_CIRCUIT_DURATION,
-        max_circuit_bytes: RELAY_CIRCUIT_BYTES,
+        max_circuits: circuits,
+        max_circuits_per_peer: per_peer,
+        max_circuit_duration: duration,
+        max_circuit_bytes: bytes,
         ..relay::Config::default()
     };
+    if light {
+        c = c
+            .circuit_src_per_peer(
+                at_least_one(RELAY_LIGHT_PEER_CIRCUIT_BURST),
+                RELAY_LIGHT_PEER_CIRCUIT_REFILL,
+            )
+            .circuit_src_per_ip(
+                at_least_one(RELAY_LIGHT_IP_CIRCUIT_BURST),
+                RELAY_LIGHT_IP_CIRCUIT_REFILL,
+            );
+    }
     // Strangers (THREATS N20) share one budget of reservations (a renewal is a reservation
     // request too) and one of circuits: at most about twice the budget held at once, so funded
     // and trusted peers keep the rest.
@@ -401,17 +457,37 @@ fn relay_config(strangers: &crate::quota::Strangers) -> relay::Config {
         RELAY_STRANGER_RESERVATIONS,
         Duration::from_secs(3600),
     )));
+    let stranger_circuits = if light {
+        RELAY_LIGHT_STRANGER_CIRCUITS
+    } else {
+        RELAY_STRANGER_CIRCUITS
+    };
     c.circuit_src_rate_limiters.push(Box::new(stranger_limiter(
         strangers.clone(),
-        RELAY_STRANGER_CIRCUITS,
-        RELAY_CIRCUIT_DURATION,
+        stranger_circuits,
+        duration,
     )));
+    // Funded accounts are cheap next to a consensus node's link (THREATS N20): on the light
+    // relay they share one budget too; only the operator's trusted peers are not charged.
+    if light {
+        c.circuit_src_rate_limiters.push(Box::new(shared_limiter(
+            strangers.clone(),
+            RELAY_LIGHT_SHARED_CIRCUITS,
+            duration,
+        )));
+    }
     c
+}
+
+/// `n` as libp2p's limiters take it (1 for 0).
+fn at_least_one(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN)
 }
 
 /// Reservation requests all strangers together may make per hour (and at once).
 pub const RELAY_STRANGER_RESERVATIONS: u32 = 32;
-/// Circuits all strangers together may open per circuit lifetime (and at once).
+/// Circuits all strangers together may open per circuit lifetime (and at once) on the
+/// operator's relay.
 pub const RELAY_STRANGER_CIRCUITS: u32 = 16;
 
 /// A relay rate limiter that lets vouched and trusted peers through and charges every stranger
@@ -423,6 +499,17 @@ pub(crate) fn stranger_limiter(
 ) -> impl FnMut(PeerId, &libp2p::Multiaddr, std::time::Instant) -> bool + Send {
     let mut shared = crate::quota::Bucket::over(burst, interval);
     move |peer, _addr, now| !strangers.is_stranger(&peer) || shared.take(1, now)
+}
+
+/// A relay rate limiter that lets the operator's trusted peers through and charges every other
+/// peer, funded or not, one shared bucket of `burst`, refilled over `interval`.
+pub(crate) fn shared_limiter(
+    strangers: crate::quota::Strangers,
+    burst: u32,
+    interval: Duration,
+) -> impl FnMut(PeerId, &libp2p::Multiaddr, std::time::Instant) -> bool + Send {
+    let mut shared = crate::quota::Bucket::over(burst, interval);
+    move |peer, _addr, now| strangers.is_trusted(&peer) || shared.take(1, now)
 }
 
 /// AutoNAT v1: first probe soon after start (a node behind NAT should get its relay slot within
@@ -453,34 +540,138 @@ mod tests {
         }
     }
 
+    /// An address of its own for each `n` (libp2p's per-IP limiters key on it).
+    fn ip(n: u32) -> libp2p::Multiaddr {
+        format!("/ip4/11.0.{}.{}/tcp/4001", n / 250, n % 250)
+            .parse()
+            .unwrap()
+    }
+
+    /// Whether every one of `limiters` lets `peer` from address `n` through, as libp2p asks
+    /// them (in order, stopping at the first refusal).
+    fn admits(
+        limiters: &mut [Box<dyn relay::RateLimiter>],
+        peer: PeerId,
+        n: u32,
+        now: std::time::Instant,
+    ) -> bool {
+        limiters.iter_mut().all(|l| l.try_next(peer, &ip(n), now))
+    }
+
     /// THREATS N20: the relay server's reservation limiters, as libp2p runs them (every one must
     /// agree), let strangers from many addresses through only up to their shared budget, while a
-    /// vouched peer still gets its reservation.
+    /// vouched peer still gets its reservation; the same in both profiles.
     #[test]
     fn strangers_share_the_relay_s_reservations_and_vouched_peers_do_not() {
         let vouched = PeerId::random();
         let mut budget = crate::quota::StrangerBudget::new(1, 1, 1, 1);
         budget.vouch([vouched]);
-        let mut c = relay_config(&budget.classes());
         let now = std::time::Instant::now();
-        let mut ask = |peer: PeerId, n: u32| {
-            let addr: libp2p::Multiaddr = format!("/ip4/11.0.{}.{}/tcp/4001", n / 250, n % 250)
-                .parse()
-                .unwrap();
-            c.reservation_rate_limiters
-                .iter_mut()
-                .all(|l| l.try_next(peer, &addr, now))
-        };
-        let taken = (0..100).filter(|n| ask(PeerId::random(), *n)).count();
+        for profile in [RelayProfile::Operator, RelayProfile::Light] {
+            let mut c = relay_config(profile, &budget.classes());
+            let limiters = &mut c.reservation_rate_limiters;
+            let taken = (0..100)
+                .filter(|n| admits(limiters, PeerId::random(), *n, now))
+                .count();
+            assert_eq!(
+                taken, RELAY_STRANGER_RESERVATIONS as usize,
+                "strangers' share ({profile:?})"
+            );
+            assert!(
+                admits(limiters, vouched, 1_000, now),
+                "a vouched peer is not charged ({profile:?})"
+            );
+        }
+    }
+
+    /// Review 6 M4: the relay an arbitrator serves without being asked for is smaller than the
+    /// one an operator asks for: fewer circuits, fewer bytes and a shorter life for each, and
+    /// three more circuit limiters (per peer, per IP, shared).
+    #[test]
+    fn the_default_relay_profile_is_smaller_than_the_operators() {
+        let budget = crate::quota::StrangerBudget::new(1, 1, 1, 1);
+        let light = relay_config(RelayProfile::Light, &budget.classes());
+        let operator = relay_config(RelayProfile::Operator, &budget.classes());
+        assert_eq!(light.max_circuits, 16);
+        assert_eq!(light.max_circuits_per_peer, 2);
+        assert_eq!(light.max_circuit_bytes, 8 * 1024 * 1024);
+        assert_eq!(light.max_circuit_duration, Duration::from_secs(600));
+        assert!(light.max_circuits < operator.max_circuits);
+        assert!(light.max_circuits_per_peer < operator.max_circuits_per_peer);
+        assert!(light.max_circuit_bytes < operator.max_circuit_bytes);
+        assert!(light.max_circuit_duration < operator.max_circuit_duration);
+        // The operator's profile is what `relay_server = true` always served.
+        assert_eq!(operator.max_circuits, 64);
+        assert_eq!(operator.max_circuit_bytes, 64 * 1024 * 1024);
+        assert_eq!(operator.max_circuit_duration, Duration::from_secs(1800));
         assert_eq!(
-            taken, RELAY_STRANGER_RESERVATIONS as usize,
-            "strangers' share"
+            light.circuit_src_rate_limiters.len(),
+            operator.circuit_src_rate_limiters.len() + 3
         );
-        assert!(ask(vouched, 1_000), "a vouched peer is not charged");
-        let circuits = relay_config(&budget.classes())
-            .circuit_src_rate_limiters
-            .len();
-        assert!(circuits > 0);
+        // Reservations carry no relayed bytes: the same in both.
+        assert_eq!(light.max_reservations, operator.max_reservations);
+        assert_eq!(
+            light.reservation_rate_limiters.len(),
+            operator.reservation_rate_limiters.len()
+        );
+    }
+
+    /// Review 6 M4: on the light relay funded peers from as many addresses share one circuit
+    /// budget (its bandwidth bound), and one peer or one address gets only its own few; the
+    /// operator's trusted peers are not charged; the operator's profile charges funded peers
+    /// per peer and per IP only, with libp2p's larger limits, as before.
+    #[test]
+    fn every_peer_but_the_trusted_shares_the_light_relay_s_circuits() {
+        let trusted = PeerId::random();
+        let funded: Vec<PeerId> = (0..100).map(|_| PeerId::random()).collect();
+        let mut budget = crate::quota::StrangerBudget::new(1, 1, 1, 1).trust([trusted]);
+        budget.vouch(funded.iter().copied());
+        let now = std::time::Instant::now();
+        let opened = |profile: RelayProfile| {
+            let mut c = relay_config(profile, &budget.classes());
+            let limiters = &mut c.circuit_src_rate_limiters;
+            let taken = (0u32..)
+                .zip(&funded)
+                .filter(|(n, p)| admits(limiters, **p, *n, now))
+                .count();
+            (taken, admits(limiters, trusted, 1_000, now))
+        };
+        assert_eq!(
+            opened(RelayProfile::Light),
+            (RELAY_LIGHT_SHARED_CIRCUITS as usize, true),
+            "funded peers share the light relay's circuits; a trusted peer is not charged"
+        );
+        assert_eq!(opened(RelayProfile::Operator), (funded.len(), true));
+        // One funded peer from one address asking again and again.
+        let again = |profile: RelayProfile| {
+            let mut c = relay_config(profile, &budget.classes());
+            (0..10)
+                .filter(|_| admits(&mut c.circuit_src_rate_limiters, funded[0], 7, now))
+                .count()
+        };
+        assert_eq!(
+            again(RelayProfile::Light),
+            RELAY_LIGHT_PEER_CIRCUIT_BURST as usize
+        );
+        assert_eq!(
+            again(RelayProfile::Operator),
+            10,
+            "libp2p's own burst is 30"
+        );
+        // Twelve funded peers behind one address.
+        let one_ip = |profile: RelayProfile| {
+            let mut c = relay_config(profile, &budget.classes());
+            funded
+                .iter()
+                .take(12)
+                .filter(|p| admits(&mut c.circuit_src_rate_limiters, **p, 7, now))
+                .count()
+        };
+        assert_eq!(
+            one_ip(RelayProfile::Light),
+            RELAY_LIGHT_IP_CIRCUIT_BURST as usize
+        );
+        assert_eq!(one_ip(RelayProfile::Operator), 12, "libp2p's own is 60");
     }
 
     #[tokio::test]

@@ -116,8 +116,8 @@ pub struct NetworkConfig {
     /// relay: a relay server serves only once it has a confirmed external address; AutoNAT
     /// confirms one on its own after a few probes).
     pub external: Vec<Multiaddr>,
-    /// Serve circuit relay v2 to others (bounded: see `RELAY_MAX_*`).
-    pub relay_server: bool,
+    /// Serve circuit relay v2 to others, with the limits of this profile (`None`: do not).
+    pub relay_server: Option<RelayProfile>,
     /// AutoNAT refuses to dial back private and reserved addresses (turn off only in a lab
     /// whose "internet" uses reserved ranges, such as the netlab's 203.0.113.0/24).
     pub autonat_only_global_ips: bool,
@@ -144,13 +144,27 @@ impl Default for NetworkConfig {
             target_peers: 16,
             trim_grace: Duration::from_secs(30),
             external: Vec::new(),
-            relay_server: false,
+            relay_server: None,
             autonat_only_global_ips: true,
             wan: None,
             tcp_port_reuse: true,
             trusted_peers: Vec::new(),
         }
     }
+}
+
+/// How much a relay server relays (THREATS N20). libp2p's relay limits circuits by count,
+/// bytes and lifetime but not by bytes per second, so a profile bounds the bandwidth it gives
+/// away by how many circuits may be opened and how many bytes each may carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayProfile {
+    /// Served without being asked for (an arbitrator's default): few circuits of few bytes,
+    /// and one circuit budget shared by every peer but the trusted ones, so relaying takes a
+    /// small, stated share of a consensus node's link whoever holds accounts.
+    Light,
+    /// Asked for (`relay_server = true`, `--relay`): the operator gives the bandwidth, so
+    /// circuits are many and long enough to carry an edge's traffic behind a symmetric NAT.
+    Operator,
 }
 
 /// Errors from the network layer.

@@ -385,6 +385,11 @@ impl Strangers {
             .is_some_and(|v| !v.contains(peer) && !c.trusted.contains(peer))
     }
 
+    /// Whether the operator trusts `peer` (`[network] trusted_peers`).
+    pub(crate) fn is_trusted(&self, peer: &PeerId) -> bool {
+        self.read().trusted.contains(peer)
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Classes> {
         self.0.write().unwrap_or_else(|p| p.into_inner())
     }

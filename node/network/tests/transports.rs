@@ -9,6 +9,7 @@ use agora_network::keys::NodeKey;
 use agora_network::multiaddr::Protocol;
 use agora_network::{
     Interest, Multiaddr, NetworkConfig, NetworkEvent, NetworkHandle, NetworkStats, PeerId,
+    RelayProfile,
 };
 use agora_wire::codec::{Envelope, Kind};
 use tokio_util::sync::CancellationToken;
@@ -143,7 +144,9 @@ async fn private_nodes_reserve_a_relay_slot_and_exchange_requests_through_it() {
     let relay = start(
         NetworkConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
-            relay_server: true,
+            // The light relay an arbitrator serves by default (the operator's differs only in
+            // its limits).
+            relay_server: Some(RelayProfile::Light),
             // Loopback is not a global address: let AutoNAT probe it anyway.
             autonat_only_global_ips: false,
             ..NetworkConfig::default()

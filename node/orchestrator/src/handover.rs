@@ -7,7 +7,8 @@
 use agora_contracts::{
     ContractId, ContractKind, ContractRecord, ContractStatus, Duty, LedgerEvent, TxKind, duties_for,
 };
-use agora_roles::{Heartbeat, Input};
+use agora_roles::instances::ARM_RECHECK_MS;
+use agora_roles::{Arming, Heartbeat, Input, arm_give_up, holding_instances};
 use cid::Cid;
 use tracing::{debug, warn};
 
@@ -15,14 +16,6 @@ use super::{Done, Hosted, Orchestrator};
 use agora_contracts::state::lineage::{Activation, Ending};
 use agora_ledger::AppliedBlock;
 use agora_wire::now_ms;
-
-/// How often a contract whose arming waits for an ending contract of the same module is
-/// checked again.
-const ARM_RECHECK_MS: u64 = 500;
-/// How long an immediate contract's arming waits for the same customer's ending contracts of
-/// its module to be final before it is called off (a settlement waits for at most one
-/// evidence round and its report grace; a slot waits until its start).
-const MAX_ARM_WAIT_MS: u64 = 10 * 60 * 1_000;
 
 impl Orchestrator {
     pub(super) async fn record(&self, id: ContractId) -> Option<ContractRecord> {
@@ -151,6 +144,18 @@ impl Orchestrator {
         }
     }
 
+    /// The contracts whose services here share `contract`'s module and instance group, and how
+    /// many instances the module allows: the host's word, with service ids that are not
+    /// contract ids (the own service's) left out. [`Self::arming_collides`] weighs them, as
+    /// the role machine does when answered `Input::InstanceRivals`.
+    pub(super) async fn instance_rivals(&self, contract: ContractId) -> (u32, Vec<ContractId>) {
+        let (max, rivals) = self
+            .services
+            .instance_rivals(&Self::service_id(&contract))
+            .await;
+        (max, rivals.iter().filter_map(|s| s.parse().ok()).collect())
+    }
+
     /// Provider, before arming `contract`: whether the same customer's other contracts here of
     /// the same module already hold every instance its `max_instances` allows (armed, or
     /// active and not ending, or staged and registered first), so its service could not start
@@ -160,18 +165,16 @@ impl Orchestrator {
     /// is only held by contracts that are ending (a settlement pending: their service runs
     /// until it is final), arming waits until they are final ([`Self::recheck_arming`]; a
     /// stop-first variant change, or a customer ending one contract to start another of the
-    /// same module at once) and this returns `true` too.
+    /// same module at once) and this returns `true` too. The rule is `agora_roles::instances`,
+    /// which the role machine's provider decides by too.
     async fn arming_collides(&mut self, contract: ContractId) -> bool {
-        let (max, rivals) = self
-            .services
-            .instance_rivals(&Self::service_id(&contract))
-            .await;
-        let rivals: Vec<ContractId> = rivals.iter().filter_map(|s| s.parse().ok()).collect();
-        if rivals.len() < max as usize {
+        let (max, rivals) = self.instance_rivals(contract).await;
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        if rivals.len() < max {
             self.stop_waiting_to_arm(&contract);
             return false;
         }
-        let Ok(Some((holding, slot))) = self
+        let Ok(Some((holding, activation))) = self
             .ledger
             .query(move |v| {
                 let mine = v.ledger.contract(&contract)?;
@@ -179,56 +182,52 @@ impl Orchestrator {
                     .iter()
                     .filter_map(|id| v.ledger.contract(id))
                     .collect();
-                let slot = match mine.contract.activation {
-                    agora_contracts::ActivationClause::At(at) => Some(at),
-                    _ => None,
-                };
-                Some((holding_instances(mine, &others), slot))
+                Some((holding_instances(mine, &others), mine.contract.activation))
             })
             .await
         else {
             self.stop_waiting_to_arm(&contract);
             return false;
         };
-        let max = max as usize;
-        let reason = if holding.held >= max {
-            format!(
+        let reason = match holding.arming(max) {
+            Arming::Refuse => format!(
                 "the same customer's {} other contract(s) of this module hold the {max} \
                  instance(s) it may run here: its service could not start, so it is called off \
                  before it is armed",
                 holding.held
-            )
-        } else if holding.held + holding.ending < max {
-            self.stop_waiting_to_arm(&contract);
-            return false;
-        } else {
-            let now = now_ms();
-            // A slot must be armed by its start; an immediate contract has no deadline before
-            // it is armed (its customer may let it expire), so it waits at most MAX_ARM_WAIT_MS.
-            let give_up = *self
-                .arm_give_up
-                .entry(contract)
-                .or_insert(slot.unwrap_or(now.saturating_add(MAX_ARM_WAIT_MS)));
-            let waiting = self.arm_waiting.contains_key(&contract);
-            if now < give_up {
-                self.arm_waiting
-                    .insert(contract, now.saturating_add(ARM_RECHECK_MS));
-                if !waiting {
-                    self.timeline.push(
-                        "arm-waiting",
-                        Some(&contract),
-                        format!(
-                            "{} of the same customer's contracts of this module are ending and \
-                             their service still runs here: arming waits until they are final",
-                            holding.ending
-                        ),
-                    );
-                }
-                return true;
+            ),
+            Arming::Arm => {
+                self.stop_waiting_to_arm(&contract);
+                return false;
             }
-            "the same customer's ending contract(s) of this module still held its instance \
-             here when the contract had to be armed: called off before it is armed"
-                .to_string()
+            Arming::Wait => {
+                let now = now_ms();
+                let give_up = *self
+                    .arm_give_up
+                    .entry(contract)
+                    .or_insert(arm_give_up(activation, now));
+                let waiting = self.arm_waiting.contains_key(&contract);
+                if now < give_up {
+                    self.arm_waiting
+                        .insert(contract, now.saturating_add(ARM_RECHECK_MS));
+                    if !waiting {
+                        self.timeline.push(
+                            "arm-waiting",
+                            Some(&contract),
+                            format!(
+                                "{} of the same customer's contracts of this module are ending \
+                                 and their service still runs here: arming waits until they \
+                                 are final",
+                                holding.ending
+                            ),
+                        );
+                    }
+                    return true;
+                }
+                "the same customer's ending contract(s) of this module still held its instance \
+                 here when the contract had to be armed: called off before it is armed"
+                    .to_string()
+            }
         };
         self.stop_waiting_to_arm(&contract);
         warn!(contract = %contract.short(), held = holding.held, ending = holding.ending, max, "not arming: the customer's other contracts of this module hold its instances here");
@@ -323,19 +322,10 @@ impl Orchestrator {
     /// The service runs under the manifest's limits clamped to the contract's (#13.6).
     fn prepare(&mut self, id: ContractId, rec: &ContractRecord, start: bool) {
         let c = &rec.contract;
-        // Half the report grace past the activation deadline: a cancel submitted then lands
-        // before the customer may settle the contract as not activated. Only while this
-        // provider may still call the contract off: once armed or active (a restart), staging
-        // and custody are retried without a deadline.
-        let give_up_at = rec
-            .activation_deadline()
-            .filter(|_| {
-                matches!(
-                    rec.status,
-                    ContractStatus::Validated | ContractStatus::Migrated
-                )
-            })
-            .map(|d| d.saturating_add(agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS / 2));
+        // Half the report grace past the activation deadline, while this provider may still
+        // call the contract off (the role machine's rule, THREATS C6).
+        let give_up_at =
+            agora_roles::prepare_deadline(rec, agora_contracts::ledger::ACTIVATION_REPORT_GRACE_MS);
         if c.kind == ContractKind::Storage {
             // Only this contract's committee may challenge the file (#13.7); open the gate
             // before custody is checked so a restarted provider answers its audits at once.
@@ -860,86 +850,5 @@ impl Orchestrator {
             self.submit(TxKind::SettleUptime(contract), "uptime payment")
                 .await;
         }
-    }
-}
-
-/// What the same customer's contracts whose services here share `mine`'s module and instance
-/// group ([`holding_instances`]) hold.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Holding {
-    /// Instances held, or taken before `mine` could: armed contracts, active ones not ending,
-    /// and those not armed yet that were registered first (by time, then id, so of two
-    /// contracts checked at once exactly one arms).
-    pub held: usize,
-    /// Active contracts whose settlement is pending (`closing`): their service runs until the
-    /// settlement is final, then stops (a stop-first variant change replaces a contract by
-    /// another of the same module). Ended ones hold nothing.
-    pub ending: usize,
-}
-
-/// What `others` (the same customer's contracts whose services here share `mine`'s module and
-/// instance group) hold of the module's instances before `mine` could take one.
-pub(crate) fn holding_instances(mine: &ContractRecord, others: &[&ContractRecord]) -> Holding {
-    let my_key = (mine.registered_at, mine.contract.id().ok());
-    let mut h = Holding::default();
-    for r in others {
-        match r.status {
-            ContractStatus::Armed => h.held += 1,
-            ContractStatus::Active if r.closing.is_none() => h.held += 1,
-            ContractStatus::Active => h.ending += 1,
-            ContractStatus::Validated | ContractStatus::Migrated
-                if (r.registered_at, r.contract.id().ok()) < my_key =>
-            {
-                h.held += 1
-            }
-            _ => {}
-        }
-    }
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::{Holding, holding_instances};
-    use agora_contracts::test_utils::ContractBuilder;
-    use agora_contracts::{ContractRecord, ContractStatus};
-
-    fn record(nonce: u64, registered_at: u64, status: ContractStatus) -> ContractRecord {
-        let c = ContractBuilder::new(1, 2).nonce(nonce).build();
-        let mut r = ContractRecord::new(c, registered_at).unwrap();
-        r.status = status;
-        r
-    }
-
-    fn held(mine: &ContractRecord, others: &[&ContractRecord]) -> usize {
-        holding_instances(mine, others).held
-    }
-
-    /// THREATS C5, the customer's own contracts: a rival holds an instance when armed, active
-    /// and not ending, or not armed yet but registered first; an ending one (settlement
-    /// pending) is counted apart, its instance still running; an ended one holds nothing, nor
-    /// does one registered after.
-    #[test]
-    fn the_customers_other_contracts_hold_instances_before_this_one_is_armed() {
-        let mine = record(0, 2_000, ContractStatus::Migrated);
-        let armed = record(1, 3_000, ContractStatus::Armed);
-        let active = record(2, 3_000, ContractStatus::Active);
-        let mut ending = record(3, 1_000, ContractStatus::Active);
-        ending.closing = Some(5_000);
-        let settled = record(4, 1_000, ContractStatus::Settled);
-        let earlier = record(5, 1_000, ContractStatus::Migrated);
-        let later = record(6, 3_000, ContractStatus::Validated);
-        assert_eq!(held(&mine, &[&armed]), 1);
-        assert_eq!(held(&mine, &[&active]), 1);
-        assert_eq!(
-            holding_instances(&mine, &[&ending, &settled]),
-            Holding { held: 0, ending: 1 }
-        );
-        assert_eq!(held(&mine, &[&earlier]), 1);
-        assert_eq!(held(&mine, &[&later]), 0);
-        // Of two registered at once, exactly one holds before the other.
-        let twin = record(7, 2_000, ContractStatus::Migrated);
-        assert_eq!(held(&mine, &[&twin]) + held(&twin, &[&mine]), 1);
     }
 }

@@ -561,7 +561,7 @@ impl Orchestrator {
             async move {
                 let id = Self::service_id(&contract);
                 let mut reason = String::from("not staged");
-                for attempt in 0..20u64 {
+                for attempt in 0..agora_roles::STAGE_ATTEMPTS {
                     // One attempt (a fetch of a CID nobody serves may wait long) is cut at the
                     // deadline too.
                     let attempt_ends = give_up_at.map(|t| {
@@ -593,14 +593,16 @@ impl Orchestrator {
                         Err((permanent, e)) => {
                             timeline.push("migration-retry", Some(&contract), &e);
                             reason = e;
-                            let wait = Duration::from_millis(250 * (attempt + 1));
-                            let late = give_up_at.is_some_and(|t| {
-                                now_ms().saturating_add(wait.as_millis() as u64) >= t
-                            });
-                            if permanent || late {
+                            // The role machine's rule (THREATS C6): none after a permanent
+                            // failure, the last attempt, or past the deadline.
+                            let now = now_ms();
+                            let failures = attempt.saturating_add(1);
+                            let Some(at) =
+                                agora_roles::stage_retry_at(failures, permanent, now, give_up_at)
+                            else {
                                 break;
-                            }
-                            tokio::time::sleep(wait).await;
+                            };
+                            tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;
                         }
                     }
                 }

@@ -143,6 +143,15 @@ impl Orchestrator {
                 note.detail,
                 note.latency_ms,
             ),
+            // Emitted only once the provider's role is the machine's; answered already.
+            Effect::InstanceRivals { contract } => {
+                let (max, rivals) = self.instance_rivals(contract).await;
+                return Some(Input::InstanceRivals {
+                    contract,
+                    max,
+                    rivals,
+                });
+            }
             // One tick every `TICK_MS` delivers every wake-up in time.
             Effect::WakeAt(_) => {}
             other => {

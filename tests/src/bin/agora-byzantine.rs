@@ -151,6 +151,8 @@ const CREATED_AHEAD_MS: u64 = 24 * 3_600_000;
 const MAX_AIMED: usize = 64;
 /// Most taken offers `--retake-offers` waits on at once for their agreement.
 const MAX_TAKES_WAITING: usize = 64;
+/// How often the misbehaviours that poll look at the ledger or the market again.
+const POLL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -549,6 +551,31 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pace of a misbehaviour that polls: [`Every::tick`] returns `true` every period, the
+/// first at once, and `false` once the node stops.
+struct Every {
+    interval: tokio::time::Interval,
+    cancel: CancellationToken,
+}
+
+/// An [`Every`] of `period` until `cancel`: `while pace.tick().await { query; act }`.
+fn every(period: Duration, cancel: &CancellationToken) -> Every {
+    Every {
+        interval: tokio::time::interval(period),
+        cancel: cancel.clone(),
+    }
+}
+
+impl Every {
+    /// Waits for the next period: `false` once the node stops (its loop should end).
+    async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}
+
 /// One armed standby contract this node arbitrates: its customer and handover delay.
 type Target = (ContractId, NodeId, u64);
 
@@ -581,12 +608,8 @@ fn targets(ledger: &agora_contracts::Ledger, me: NodeId) -> Vec<Target> {
 /// `byzantine: false attestation contract=… subject=… since=… nonce=…`.
 async fn false_attest(ledger: LedgerHandle, cancel: CancellationToken) {
     let mut last: BTreeMap<ContractId, u64> = BTreeMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut pace = every(POLL, &cancel);
+    while pace.tick().await {
         let Ok(found) = ledger.query(|v| targets(&v.ledger, v.me)).await else {
             return;
         };
@@ -693,12 +716,8 @@ fn probed_rounds(
 /// `byzantine: false probe results up=… entries=… nonce=…`.
 async fn false_probes(ledger: LedgerHandle, up: bool, cancel: CancellationToken) {
     let mut lied: BTreeSet<(ContractId, u64)> = BTreeSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut pace = every(POLL, &cancel);
+    while pace.tick().await {
         let now = now_ms();
         let Ok(rounds) = ledger
             .query(move |v| probed_rounds(&v.ledger, v.me, now))
@@ -766,12 +785,8 @@ async fn false_probes_recorded(ledger: LedgerHandle, me: NodeId, cancel: Cancell
 /// used up: `byzantine: cancel applied|refused contract=… status=…`.
 async fn cancel_armed(ledger: LedgerHandle, cancel: CancellationToken) {
     let mut tried: BTreeSet<ContractId> = BTreeSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut pace = every(POLL, &cancel);
+    while pace.tick().await {
         let Ok(armed) = ledger
             .query(|v| {
                 v.ledger
@@ -905,12 +920,8 @@ fn cheats(id: ContractId, now: u64) -> Vec<(&'static str, TxKind)> {
 /// it is active.
 async fn try_cheats(ledger: LedgerHandle, cancel: CancellationToken) {
     let mut tried: BTreeSet<ContractId> = BTreeSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut pace = every(POLL, &cancel);
+    while pace.tick().await {
         let Ok(active) = ledger
             .query(|v| {
                 v.ledger
@@ -1103,12 +1114,8 @@ async fn settle_early(ledger: LedgerHandle, cancel: CancellationToken) {
 /// signed (`--stretch-awards`) or the counter-offer it made (`--cut-term`).
 async fn report_awards(market: MarketHandle, cancel: CancellationToken) {
     let mut after: Option<u64> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut pace = every(POLL, &cancel);
+    while pace.tick().await {
         for record in market.events_after(after) {
             after = Some(record.seq);
             let award = record.data["award"]
@@ -1158,12 +1165,8 @@ fn award_line(s: &MarketState<KeySigner>, award: &AwardId) -> Option<String> {
 /// contract=… first_award=… award=… first=… to=…`, or `byzantine: reaward not sent …`.
 async fn reaward(ledger: LedgerHandle, market: MarketHandle, cancel: CancellationToken) {
     let mut tried: BTreeSet<ContractId> = BTreeSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut pace = every(POLL, &cancel);
+    while pace.tick().await {
         let Ok(open) = ledger
             .query(|v| {
                 v.ledger
@@ -1226,12 +1229,8 @@ fn awarded_with_nonce(s: &MarketState<KeySigner>, provider: NodeId, nonce: u64) 
 /// [`MAX_AIMED`]), opens the two auctions of `--future-auctions` (see the module docs).
 async fn future_auctions(market: MarketHandle, cancel: CancellationToken) {
     let mut aimed: BTreeSet<NodeId> = BTreeSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut pace = every(POLL, &cancel);
+    while pace.tick().await {
         let Ok(offered) = market
             .query(|s| {
                 let me = s.node_id();
@@ -1326,12 +1325,8 @@ async fn retake_offers(market: MarketHandle, cancel: CancellationToken) {
     };
     let mut after: Option<u64> = None;
     let mut waiting: BTreeSet<AwardId> = BTreeSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut pace = every(POLL, &cancel);
+    while pace.tick().await {
         for record in market.events_after(after) {
             after = Some(record.seq);
             let taken = record.kind == "awarded"
@@ -1432,6 +1427,17 @@ mod tests {
         assert!(run(&["--future-auctions", "--retake-offers"]).is_ok());
         assert!(run(&["--stretch-awards", "1"]).is_err());
         assert!(run(&["--cut-term", "--no-bid"]).is_err());
+    }
+
+    /// The polling loops' pace: the first period at once, then none once the node stops.
+    /// Mutant caught: `tick` answering `true` when cancelled (a loop that never ends).
+    #[tokio::test]
+    async fn every_ticks_at_once_and_ends_once_the_node_stops() {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut pace = super::every(std::time::Duration::from_secs(3_600), &cancel);
+        assert!(pace.tick().await, "the first period starts at once");
+        cancel.cancel();
+        assert!(!pace.tick().await, "a stopped node's loop ends");
     }
 
     #[test]

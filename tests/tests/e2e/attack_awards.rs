@@ -31,14 +31,15 @@
 
 use std::time::Duration;
 
-use agora_devnet::files::devnet_location;
 use agora_market::book::CUT_TERM_MS;
 use agora_runtime::test_utils::ECHO;
-use agora_tests::adversary::{ByzantineLauncher, HostileDevnet, TestLauncher, byzantine_lines};
+use agora_tests::adversary::byzantine_field as field;
+use agora_tests::adversary::{ByzantineLauncher, HostileDevnet, TestLauncher};
+use agora_tests::fleet::manifest;
 use agora_tests::{
-    agora_bin, agora_json, market_events, publish_service, try_agora_json, wait_for,
+    AuctionCli, agora_bin, agora_json, contracts, error_says, market_event, publish_service,
+    try_agora_json, wait_for,
 };
-use serde_json::Value;
 
 /// C28's honest customer.
 const CUSTOMER: usize = 0;
@@ -60,11 +61,6 @@ const STRETCH_BY: u64 = 1_000;
 const MAX_PRICE: &str = "100";
 /// Each wait's bound.
 const WAIT: Duration = Duration::from_secs(40);
-/// The image of C29's contract: a guest that runs (the devnet fleet tests' manifest).
-const MANIFEST: &str = "name = \"echo\"\nversion = \"1\"\nkind = \"wasm\"\ntick_ms = 100\n\
-    activation = \"immediate\"\ndevices = []\n\n[resources]\ncpu_millis = 250\nmemory_mb = 64\n\
-    storage_mb = 1\n\n[limits]\nmemory_bytes = 16777216\nfuel_per_second = 200000000\n\
-    instances = 1\nmax_output_bytes = 1048576\n";
 
 fn launcher() -> ByzantineLauncher {
     let flags = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -83,85 +79,20 @@ fn launcher() -> ByzantineLauncher {
     }
 }
 
-/// Node `customer` opens a hosted auction of `cpu` and 64 MiB for `term`, with a 2 s window,
-/// that only node `provider` may bid on; `extra` flags follow. Returns its id.
+/// Node `customer`'s hosted auction of `cpu` and 64 MiB for `term` at most [`MAX_PRICE`], with
+/// a 2 s window, that only node `provider` may bid on.
 fn auction(
     net: &HostileDevnet,
     customer: usize,
     provider: usize,
     cpu: &str,
     term: &str,
-    extra: &[&str],
-) -> String {
-    let at = devnet_location(provider);
-    let near = format!("{},{},0.1", at.lat, at.lon);
-    let dir = net.data_dir(customer);
-    let mut args = vec![
-        "auction",
-        "create",
-        "--data-dir",
-        &dir,
-        "--cpu",
-        cpu,
-        "--memory",
-        "64MiB",
-        "--duration",
-        term,
-        "--max-price",
-        MAX_PRICE,
-        "--window",
-        "2s",
-        "--near",
-        &near,
-    ];
-    args.extend_from_slice(extra);
-    agora_json(&args)["id"].as_str().unwrap().to_string()
-}
-
-/// Waits for the `data` of a market event of node `i` of `kind` that `f` accepts.
-fn event(
-    net: &HostileDevnet,
-    i: usize,
-    kind: &str,
-    what: &str,
-    f: impl Fn(&Value) -> bool,
-) -> Value {
-    wait_for(what, WAIT, || {
-        market_events(&net.data_dir(i))
-            .into_iter()
-            .find(|e| e["kind"] == kind && f(&e["data"]))
-            .map(|e| e["data"].clone())
-    })
-}
-
-/// Waits for a `byzantine:` line of node `i` starting with `prefix` that `f` accepts.
-fn line(net: &HostileDevnet, i: usize, prefix: &str, f: impl Fn(&str) -> bool) -> String {
-    wait_for(&format!("node{i}'s `{prefix}`"), WAIT, || {
-        byzantine_lines(&net.node(i).data_dir)
-            .into_iter()
-            .find(|l| l.starts_with(prefix) && f(l))
-    })
-}
-
-/// The value of `key=…` in a `byzantine:` line.
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split(' ')
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key}= in `{line}`"))
-}
-
-/// Whether `error` (a market event's) contains every one of `parts`.
-fn says(data: &Value, parts: &[&str]) -> bool {
-    data["error"]
-        .as_str()
-        .is_some_and(|e| parts.iter().all(|p| e.contains(p)))
-}
-
-/// Node `i`'s contracts, as `agora contract list` shows them.
-fn contracts(net: &HostileDevnet, i: usize) -> Vec<Value> {
-    try_agora_json(&["contract", "list", "--data-dir", &net.data_dir(i)])
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
+) -> AuctionCli {
+    AuctionCli::new(&net.data_dir(customer), cpu)
+        .near_node(provider)
+        .term(term)
+        .max_price(MAX_PRICE)
+        .window("2s")
 }
 
 #[test]
@@ -174,43 +105,46 @@ fn awards_and_counters_for_another_term_and_second_awards_are_refused() {
         (REAWARDS, "byzantine: reaward"),
         (STRETCHES, "byzantine: stretch-awards"),
     ] {
-        line(&net, i, flag, |_| true);
+        net.byzantine_line(i, flag, &[], WAIT);
     }
     let wasm = wat::parse_str(ECHO).unwrap();
     let image = publish_service(
         &net.data_dir(REAWARDS),
         &net.manifest.dir.join("echo.wasm"),
         &wasm,
-        MANIFEST,
+        &manifest("echo", "1", &[]),
     );
-    let stretched = auction(&net, STRETCHES, STRETCHED, "500m", "1m", &[]);
-    let cut = auction(&net, CUSTOMER, CUTS_TERM, "500m", "10m", &[]);
+    let stretched = auction(&net, STRETCHES, STRETCHED, "500m", "1m").create();
+    let cut = auction(&net, CUSTOMER, CUTS_TERM, "500m", "10m").create();
     // Its auction stays in both books long after the award: the second award must find it.
     let held = ["--service", image.as_str(), "--award-grace", "5m"];
-    let reawarded = auction(&net, REAWARDS, REAWARDED, "3000m", "10m", &held);
+    let reawarded = auction(&net, REAWARDS, REAWARDED, "3000m", "10m")
+        .with(&held)
+        .create();
 
     // C27: the award was signed for 1000 times the auction's minute; the provider refuses it.
-    let signed = line(&net, STRETCHES, "byzantine: award ", |l| {
-        l.contains(&format!(" auction={stretched} "))
-    });
+    let on = format!(" auction={stretched} ");
+    let signed = net.byzantine_line(STRETCHES, "byzantine: award ", &[on.as_str()], WAIT);
     assert_eq!(field(&signed, "auction_term_ms"), "60000", "{signed}");
     assert_eq!(
         field(&signed, "term_ms"),
         (60_000 * STRETCH_BY).to_string(),
         "{signed}"
     );
-    event(
-        &net,
-        STRETCHED,
+    market_event(
+        &net.data_dir(STRETCHED),
         "rejected",
         "node1 to refuse the stretched award",
-        |d| d["from"] == id(STRETCHES).as_str() && says(d, &["unknown bid", stretched.as_str()]),
+        WAIT,
+        |d| {
+            d["from"] == id(STRETCHES).as_str()
+                && error_says(d, &["unknown bid", stretched.as_str()])
+        },
     );
 
     // C28: the provider countered at the maximum price for 1 ms; the customer refuses it.
-    let countered = line(&net, CUTS_TERM, "byzantine: award ", |l| {
-        l.contains(&format!(" auction={cut} "))
-    });
+    let on = format!(" auction={cut} ");
+    let countered = net.byzantine_line(CUTS_TERM, "byzantine: award ", &[on.as_str()], WAIT);
     assert_eq!(
         field(&countered, "term_ms"),
         CUT_TERM_MS.to_string(),
@@ -219,49 +153,47 @@ fn awards_and_counters_for_another_term_and_second_awards_are_refused() {
     assert_eq!(field(&countered, "price"), MAX_PRICE, "{countered}");
     assert_eq!(field(&countered, "proposed_by"), "me", "{countered}");
     let award = field(&countered, "award");
-    event(
-        &net,
-        CUSTOMER,
+    market_event(
+        &net.data_dir(CUSTOMER),
         "rejected",
         "node0 to refuse the cut counter-offer",
-        |d| says(d, &[award, "counter-offer"]),
+        WAIT,
+        |d| error_says(d, &[award, "counter-offer"]),
     );
 
     // C29: the contract is registered, then a second award names a throwaway key; the provider
     // refuses it and its contract goes on.
-    let second = line(&net, REAWARDS, "byzantine: reaward ", |l| {
-        l.contains("contract=")
-    });
+    let second = net.byzantine_line(REAWARDS, "byzantine: reaward ", &["contract="], WAIT);
     assert!(!second.contains(" not sent "), "{second}");
     assert_eq!(field(&second, "first"), id(REAWARDED), "{second}");
     let contract = field(&second, "contract");
     let award = field(&second, "award");
-    event(
-        &net,
-        REAWARDED,
+    market_event(
+        &net.data_dir(REAWARDED),
         "rejected",
         "node2 to refuse the second award",
-        |d| d["from"] == id(REAWARDS).as_str() && says(d, &["already awarded", award]),
+        WAIT,
+        |d| d["from"] == id(REAWARDS).as_str() && error_says(d, &["already awarded", award]),
     );
     wait_for(
         "the re-awarded contract to be active on node2",
         WAIT,
         || {
-            contracts(&net, REAWARDED)
+            contracts(&net.data_dir(REAWARDED))
                 .iter()
                 .any(|c| c["id"] == contract && c["status"] == "active")
                 .then_some(())
         },
     );
     // Its three cores are still held: node2 bids for half a core, not for three more.
-    let three = auction(&net, PROBE, REAWARDED, "3000m", "10m", &[]);
-    let half = auction(&net, PROBE, REAWARDED, "500m", "10m", &[]);
+    let three = auction(&net, PROBE, REAWARDED, "3000m", "10m").create();
+    let half = auction(&net, PROBE, REAWARDED, "500m", "10m").create();
     let closed = |a: &str| {
-        event(
-            &net,
-            PROBE,
+        market_event(
+            &net.data_dir(PROBE),
             "auction-closed",
             &format!("auction {a} to close"),
+            WAIT,
             |d| d["auction"] == a,
         )
     };
@@ -288,7 +220,7 @@ fn awards_and_counters_for_another_term_and_second_awards_are_refused() {
         height().filter(|n| *n >= h + 3)
     });
     for i in 0..net.len() {
-        let list = contracts(&net, i);
+        let list = contracts(&net.data_dir(i));
         assert!(
             !list.iter().any(|c| c["customer"] == id(STRETCHES).as_str()),
             "node{i} holds a contract of the stretched award: {list:?}"

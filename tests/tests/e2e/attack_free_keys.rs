@@ -33,12 +33,10 @@ use agora_devnet::files::{CONTRACT_NODES, devnet_node_config};
 use agora_market::auction::{AuctionBody, AuctionKind, BidBody};
 use agora_market::signed::Signed;
 use agora_market::{AuctionId, MarketMessage, NodeId, Resources, topic_for_region};
-use agora_network::{Interest, NetworkEvent};
-use agora_tests::adversary::{Adversary, HostileDevnet};
-use agora_tests::{agora_json, awarded, market_events, try_agora_json, wait_for};
+use agora_tests::adversary::{Adversary, HostileDevnet, listen};
+use agora_tests::{AuctionCli, awarded, contracts, market_event, try_agora_json, wait_for};
 use agora_wire::codec::Kind;
 use agora_wire::now_ms;
-use serde_json::Value;
 
 /// Throwaway keys that publish auctions and never award them.
 const STRANGERS: usize = 3;
@@ -71,34 +69,22 @@ struct Received {
 /// What the listeners of all throwaway keys record.
 type Shared = Arc<Mutex<Received>>;
 
-/// Records the market requests `key` receives and acknowledges each, as a node does.
-fn listen(
+/// Records the bids and awards that come to `key` (each acknowledged, as a node does).
+fn record(
     rt: &tokio::runtime::Runtime,
     key: &Arc<Adversary>,
     seen: &Shared,
 ) -> tokio::task::JoinHandle<()> {
-    let mut inbox = key
-        .network()
-        .inbox(Interest::new("free-key").requests(Kind::Market));
-    let (key, seen) = (key.clone(), seen.clone());
-    rt.spawn(async move {
-        loop {
-            let NetworkEvent::Request { id, envelope, .. } = inbox.recv().await else {
-                continue;
-            };
-            let ack = key.seal(Kind::Market, Vec::new());
-            let _ = key.network().respond(id, &ack).await;
-            let mut got = seen.lock().unwrap();
-            match MarketMessage::decode(&envelope.payload) {
-                Ok(MarketMessage::Bid(bid)) => {
-                    let on = (key.node_id(), bid.body.auction);
-                    got.bids.entry(bid.body.provider).or_default().insert(on);
-                }
-                Ok(MarketMessage::Award(award)) => {
-                    got.awards.push((key.node_id(), award.body.customer));
-                }
-                _ => {}
+    let (me, seen) = (key.node_id(), seen.clone());
+    listen(rt, key, move |message| {
+        let mut got = seen.lock().unwrap();
+        match message {
+            MarketMessage::Bid(bid) => {
+                let on = (me, bid.body.auction);
+                got.bids.entry(bid.body.provider).or_default().insert(on);
             }
+            MarketMessage::Award(award) => got.awards.push((me, award.body.customer)),
+            _ => {}
         }
     })
 }
@@ -152,51 +138,9 @@ fn lowball(key: &Adversary, auction: AuctionId) -> Vec<u8> {
         .unwrap()
 }
 
-/// Node `customer` opens a standby auction of `cpu` and 64 MiB for ten minutes at most
-/// `max_price`, its window closing in `window`; returns its id.
-fn auction(
-    net: &HostileDevnet,
-    customer: usize,
-    cpu: &str,
-    max_price: u64,
-    window: &str,
-) -> String {
-    let (dir, max) = (net.data_dir(customer), max_price.to_string());
-    let args = [
-        "auction",
-        "create",
-        "--data-dir",
-        &dir,
-        "--cpu",
-        cpu,
-        "--memory",
-        "64MiB",
-        "--duration",
-        "10m",
-        "--kind",
-        "standby",
-        "--max-price",
-        &max,
-        "--window",
-        window,
-    ];
-    agora_json(&args)["id"].as_str().unwrap().to_string()
-}
-
-/// Waits for the `data` of a market event of node `i` of `kind` that `f` accepts.
-fn event(
-    net: &HostileDevnet,
-    i: usize,
-    kind: &str,
-    what: &str,
-    f: impl Fn(&Value) -> bool,
-) -> Value {
-    wait_for(what, WAIT, || {
-        market_events(&net.data_dir(i))
-            .into_iter()
-            .find(|e| e["kind"] == kind && f(&e["data"]))
-            .map(|e| e["data"].clone())
-    })
+/// Node `customer`'s standby auction of `cpu` and 64 MiB for ten minutes.
+fn standby(net: &HostileDevnet, customer: usize, cpu: &str) -> AuctionCli {
+    AuctionCli::new(&net.data_dir(customer), cpu).with(&["--kind", "standby"])
 }
 
 /// How many auctions of `customers` node `i`'s book holds.
@@ -211,13 +155,6 @@ fn in_book(net: &HostileDevnet, i: usize, customers: &BTreeSet<String>) -> usize
                 .is_some_and(|c| customers.contains(c))
         })
         .count()
-}
-
-/// Node `i`'s contracts, as `agora contract list` shows them.
-fn contracts(net: &HostileDevnet, i: usize) -> Vec<Value> {
-    try_agora_json(&["contract", "list", "--data-dir", &net.data_dir(i)])
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
 }
 
 #[test]
@@ -261,7 +198,7 @@ fn free_keys_share_a_quarter_of_each_provider_and_a_free_lowball_never_wins() {
         .map(Arc::new)
         .collect();
     let seen: Shared = Arc::default();
-    let listeners: Vec<_> = keys.iter().map(|k| listen(&rt, k, &seen)).collect();
+    let listeners: Vec<_> = keys.iter().map(|k| record(&rt, k, &seen)).collect();
     let (strangers, lowballer) = (&keys[..STRANGERS], &keys[STRANGERS]);
     let providers: Vec<NodeId> = (0..net.len()).map(|i| net.node_id(i)).collect();
 
@@ -298,7 +235,10 @@ fn free_keys_share_a_quarter_of_each_provider_and_a_free_lowball_never_wins() {
     );
     // A funded customer asks for the rest of a provider.
     let most_cpu = format!("{most}m");
-    let c31 = auction(&net, BUYS_MOST, &most_cpu, 100, "3s");
+    let c31 = standby(&net, BUYS_MOST, &most_cpu)
+        .max_price(100)
+        .window("3s")
+        .create();
     wait_for(
         "node0's auction for the rest of a provider to be awarded",
         WAIT,
@@ -326,27 +266,30 @@ fn free_keys_share_a_quarter_of_each_provider_and_a_free_lowball_never_wins() {
     }
 
     // C32: a throwaway key bids 1 token on node1's open auction.
-    let c32 = auction(&net, LOWBALLED, "500m", LOWBALLED_MAX_PRICE, "5s");
+    let c32 = standby(&net, LOWBALLED, "500m")
+        .max_price(LOWBALLED_MAX_PRICE)
+        .window("5s")
+        .create();
     let bid = lowballer.seal(Kind::Market, lowball(lowballer, c32.parse().unwrap()));
     rt.block_on(lowballer.network().request(net.peer_id(LOWBALLED), &bid))
         .unwrap_or_else(|e| panic!("sending the lowball bid to node1: {e}"));
     let lowballer_id = lowballer.node_id().to_string();
-    event(
-        &net,
-        LOWBALLED,
+    market_event(
+        &net.data_dir(LOWBALLED),
         "bid-received",
         "node1 to take the lowball bid",
+        WAIT,
         |d| {
             d["auction"] == c32.as_str()
                 && d["provider"] == lowballer_id.as_str()
                 && d["price"] == 1
         },
     );
-    let award = event(
-        &net,
-        LOWBALLED,
+    let award = market_event(
+        &net.data_dir(LOWBALLED),
         "awarded",
         "node1's auction to be awarded",
+        WAIT,
         |d| d["auction"] == c32.as_str(),
     );
     let winner = award["provider"].as_str().unwrap().to_string();
@@ -361,13 +304,13 @@ fn free_keys_share_a_quarter_of_each_provider_and_a_free_lowball_never_wins() {
             &format!("node1's contract with the winner on node{i}'s replica"),
             WAIT,
             || {
-                contracts(&net, i)
+                contracts(&net.data_dir(i))
                     .iter()
                     .any(|c| c["customer"] == customer.as_str() && c["provider"] == winner.as_str())
                     .then_some(())
             },
         );
-        let list = contracts(&net, i);
+        let list = contracts(&net.data_dir(i));
         assert!(
             !list.iter().any(|c| c["provider"] == lowballer_id.as_str()),
             "node{i} holds a contract of the key with no account: {list:?}"

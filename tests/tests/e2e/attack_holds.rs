@@ -43,15 +43,16 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agora_devnet::files::{CONTRACT_NODES, devnet_location};
+use agora_devnet::files::CONTRACT_NODES;
 use agora_market::auction::{AuctionBody, AuctionKind};
 use agora_market::signed::Signed;
 use agora_market::{AuctionId, MarketMessage, NodeId, Resources, topic_for_region};
-use agora_network::{Interest, NetworkEvent};
-use agora_tests::adversary::{
-    Adversary, ByzantineLauncher, HostileDevnet, TestLauncher, byzantine_lines,
+use agora_tests::adversary::byzantine_field as field;
+use agora_tests::adversary::{Adversary, ByzantineLauncher, HostileDevnet, TestLauncher, listen};
+use agora_tests::{
+    AuctionCli, agora_bin, agora_json, error_says, market_event, market_events, try_agora_json,
+    wait_for,
 };
-use agora_tests::{agora_bin, agora_json, market_events, try_agora_json, wait_for};
 use agora_wire::codec::Kind;
 use agora_wire::now_ms;
 use serde_json::Value;
@@ -121,28 +122,11 @@ fn auction(
     cpu: &str,
     window: &str,
 ) -> String {
-    let at = devnet_location(provider);
-    let near = format!("{},{},0.1", at.lat, at.lon);
-    let dir = net.data_dir(customer);
-    let args = [
-        "auction",
-        "create",
-        "--data-dir",
-        &dir,
-        "--cpu",
-        cpu,
-        "--memory",
-        "64MiB",
-        "--duration",
-        "10m",
-        "--max-price",
-        "100",
-        "--window",
-        window,
-        "--near",
-        &near,
-    ];
-    agora_json(&args)["id"].as_str().unwrap().to_string()
+    AuctionCli::new(&net.data_dir(customer), cpu)
+        .near_node(provider)
+        .max_price(100)
+        .window(window)
+        .create()
 }
 
 /// Node `provider` publishes a standing offer of `cpu` and 64 MiB at 12 tokens an hour for ten
@@ -195,26 +179,16 @@ fn filler(key: &Adversary, provider: NodeId, nonce: u64, now: u64) -> (AuctionId
 }
 
 /// Records each bid `key` receives, acknowledging every market request as a node does.
-fn listen(
+fn record(
     rt: &tokio::runtime::Runtime,
     key: &Arc<Adversary>,
     bids: &Bids,
 ) -> tokio::task::JoinHandle<()> {
-    let mut inbox = key
-        .network()
-        .inbox(Interest::new("stranger").requests(Kind::Market));
-    let (key, bids) = (key.clone(), bids.clone());
-    rt.spawn(async move {
-        loop {
-            let NetworkEvent::Request { id, envelope, .. } = inbox.recv().await else {
-                continue;
-            };
-            let ack = key.seal(Kind::Market, Vec::new());
-            let _ = key.network().respond(id, &ack).await;
-            if let Ok(MarketMessage::Bid(bid)) = MarketMessage::decode(&envelope.payload) {
-                let on = (bid.body.provider, bid.body.auction);
-                bids.lock().unwrap().insert(on);
-            }
+    let bids = bids.clone();
+    listen(rt, key, move |message| {
+        if let MarketMessage::Bid(bid) = message {
+            let on = (bid.body.provider, bid.body.auction);
+            bids.lock().unwrap().insert(on);
         }
     })
 }
@@ -228,9 +202,13 @@ fn won(net: &HostileDevnet, customer: usize, provider: usize, cpu: &str) -> (Str
     let mut tries = ["3s", "10s"].into_iter().map(|window| {
         let a = auction(net, customer, provider, cpu, window);
         let what = format!("node{customer}'s auction {a} for node{provider} to close");
-        let closed = event(net, customer, "auction-closed", &what, |d| {
-            d["auction"] == a
-        });
+        let closed = market_event(
+            &net.data_dir(customer),
+            "auction-closed",
+            &what,
+            WAIT,
+            |d| d["auction"] == a,
+        );
         (a, closed)
     });
     let first = tries.next().unwrap();
@@ -238,46 +216,6 @@ fn won(net: &HostileDevnet, customer: usize, provider: usize, cpu: &str) -> (Str
         return first;
     }
     tries.next().unwrap()
-}
-
-/// Waits for the `data` of a market event of node `i` of `kind` that `f` accepts.
-fn event(
-    net: &HostileDevnet,
-    i: usize,
-    kind: &str,
-    what: &str,
-    f: impl Fn(&Value) -> bool,
-) -> Value {
-    wait_for(what, WAIT, || {
-        market_events(&net.data_dir(i))
-            .into_iter()
-            .find(|e| e["kind"] == kind && f(&e["data"]))
-            .map(|e| e["data"].clone())
-    })
-}
-
-/// Waits for a `byzantine:` line of node `i` starting with `prefix` that contains every one
-/// of `parts`.
-fn line(net: &HostileDevnet, i: usize, prefix: &str, parts: &[&str]) -> String {
-    wait_for(&format!("node{i}'s `{prefix}` {parts:?}"), WAIT, || {
-        byzantine_lines(&net.node(i).data_dir)
-            .into_iter()
-            .find(|l| l.starts_with(prefix) && parts.iter().all(|p| l.contains(p)))
-    })
-}
-
-/// The value of `key=…` in a `byzantine:` line.
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split(' ')
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key}= in `{line}`"))
-}
-
-/// Whether `error` (a market event's) contains every one of `parts`.
-fn says(data: &Value, parts: &[&str]) -> bool {
-    data["error"]
-        .as_str()
-        .is_some_and(|e| parts.iter().all(|p| e.contains(p)))
 }
 
 /// The ids of the auctions in node `i`'s book.
@@ -297,8 +235,8 @@ fn far_slots_second_takes_and_lapsed_bids_hold_nothing() {
         .block_on(HostileDevnet::up_with(CONTRACT_NODES, &launcher()))
         .unwrap();
     let id = |i: usize| net.node_id(i).to_string();
-    line(&net, FUTURE, "byzantine: future-auctions", &[]);
-    line(&net, RETAKES, "byzantine: retake-offers", &[]);
+    net.byzantine_line(FUTURE, "byzantine: future-auctions", &[], WAIT);
+    net.byzantine_line(RETAKES, "byzantine: retake-offers", &[], WAIT);
 
     // C30: two throwaway keys fill node 3's book with auctions it bids on, and so holds
     // capacity for; node 0's auction for node 3 finds no room.
@@ -309,7 +247,7 @@ fn far_slots_second_takes_and_lapsed_bids_hold_nothing() {
         .map(Arc::new)
         .collect();
     let bids: Bids = Arc::default();
-    let listeners: Vec<_> = keys.iter().map(|k| listen(&rt, k, &bids)).collect();
+    let listeners: Vec<_> = keys.iter().map(|k| record(&rt, k, &bids)).collect();
     let lapses = net.node_id(LAPSES);
     let (topic, published) = (topic_for_region("default"), now_ms());
     let mut fillers: BTreeSet<AuctionId> = BTreeSet::new();
@@ -339,7 +277,7 @@ fn far_slots_second_takes_and_lapsed_bids_hold_nothing() {
         },
     );
     let (buyer, bidder) = (id(BUYER), id(LAPSES));
-    let full = |d: &Value| d["from"] == buyer.as_str() && says(d, &["auction book is full"]);
+    let full = |d: &Value| d["from"] == buyer.as_str() && error_says(d, &["auction book is full"]);
     // A 10 s window: were it taken late, node 3's bid would still be received and timed.
     let mut sent = vec![auction(&net, BUYER, LAPSES, "100m", "10s")];
     let took = wait_for(
@@ -395,25 +333,25 @@ fn far_slots_second_takes_and_lapsed_bids_hold_nothing() {
     let aimed = format!("provider={slots}");
     for (twist, name) in [("slot", "start_at"), ("created", "created_at")] {
         let (twist, why) = (format!("twist={twist} "), format!("field {name}"));
-        let opened = line(
-            &net,
+        let opened = net.byzantine_line(
             FUTURE,
             "byzantine: future-auction ",
             &[twist.as_str(), aimed.as_str()],
+            WAIT,
         );
         let a = field(&opened, "auction");
-        event(
-            &net,
-            SLOTS,
+        market_event(
+            &net.data_dir(SLOTS),
             "rejected",
             &format!("node1 to refuse node5's auction {a} ({name})"),
-            |d| d["from"] == future.as_str() && says(d, &[a, why.as_str()]),
+            WAIT,
+            |d| d["from"] == future.as_str() && error_says(d, &[a, why.as_str()]),
         );
-        let closed = event(
-            &net,
-            FUTURE,
+        let closed = market_event(
+            &net.data_dir(FUTURE),
             "auction-closed",
             &format!("node5's auction {a} to close"),
+            WAIT,
             |d| d["auction"] == a,
         );
         assert!(
@@ -430,11 +368,11 @@ fn far_slots_second_takes_and_lapsed_bids_hold_nothing() {
         closed["winner"].is_string(),
         "node1 did not bid on node4's honest auction: {closed}"
     );
-    let award = event(
-        &net,
-        HONEST,
+    let award = market_event(
+        &net.data_dir(HONEST),
         "awarded",
         "node4's auction for node1 to be awarded",
+        WAIT,
         |d| d["auction"] == honest.as_str(),
     );
     assert_eq!(award["provider"], slots.as_str(), "{award}");
@@ -467,11 +405,11 @@ fn far_slots_second_takes_and_lapsed_bids_hold_nothing() {
         })
         .unwrap_or_else(|| panic!("no award in {taken}"))
         .to_string();
-    event(
-        &net,
-        OFFERS,
+    market_event(
+        &net.data_dir(OFFERS),
         "awarded",
         "node2 to take node6's first award of its offer",
+        WAIT,
         |d| d["award"] == first.as_str(),
     );
     let retakes = id(RETAKES);
@@ -482,21 +420,21 @@ fn far_slots_second_takes_and_lapsed_bids_hold_nothing() {
         ("too-long", vec!["field duration_ms"]),
     ] {
         let (way, of) = (format!("how={how} "), format!("first={first} "));
-        let retake = line(
-            &net,
+        let retake = net.byzantine_line(
             RETAKES,
             "byzantine: retake ",
             &[way.as_str(), of.as_str()],
+            WAIT,
         );
         let award = field(&retake, "award");
         let mut parts = why;
         parts.push(award);
-        event(
-            &net,
-            OFFERS,
+        market_event(
+            &net.data_dir(OFFERS),
             "rejected",
             &format!("node2 to refuse node6's take `{how}` ({award})"),
-            |d| d["from"] == retakes.as_str() && says(d, &parts),
+            WAIT,
+            |d| d["from"] == retakes.as_str() && error_says(d, &parts),
         );
         refused.push(award.to_string());
     }

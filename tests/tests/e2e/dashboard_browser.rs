@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use agora_devnet::files::CONTRACT_NODES;
-use agora_tests::{TestDevnet, agora_json, wait_until};
+use agora_tests::{TestDevnet, agora_json, dechunk, wait_until};
 use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -72,21 +72,6 @@ fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Option<(u
         body
     };
     Some((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Standard base64 (the screenshot WebDriver returns).

@@ -13,7 +13,6 @@
 //! A's devices again, keeps A's hand-off and takes over at the handover all the same.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agora_api::client::ApiClient;
@@ -23,33 +22,15 @@ use agora_devices::{Mode, Outcome, SkipReason, Step};
 use agora_devnet::demo::Story;
 use agora_devnet::demo::story::{DEVICES, DeviceOptions, wait_for};
 use agora_devnet::files::{CONTRACT_NODES, DevnetNode};
-use agora_devnet::process::{Launcher, spawn_node};
 use agora_network::keys::peer_id_of;
 use agora_radio::DeviceList;
 use agora_radio::firmware::{JobList, JobStarted, JobView};
-use agora_tests::adversary::Adversary;
+use agora_tests::adversary::{Adversary, TestLauncher};
 use agora_tests::{agora, agora_bin};
 use agora_wire::codec::Kind;
 use agora_wire::radio::RadioRpc;
 
 const VERSION: &str = "2.0.0";
-
-/// Loopback nodes running the test build's `agora` binary.
-struct Bin(PathBuf);
-
-impl Launcher for Bin {
-    fn host(&self, _i: usize) -> String {
-        "127.0.0.1".into()
-    }
-
-    fn spawn(&self, _i: usize, exe: &Path, data_dir: &Path) -> anyhow::Result<u32> {
-        spawn_node(exe, data_dir)
-    }
-
-    fn exe(&self) -> anyhow::Result<PathBuf> {
-        Ok(self.0.clone())
-    }
-}
 
 fn api(n: &DevnetNode) -> Option<ApiClient> {
     ApiClient::for_data_dir(&n.data_dir).ok()
@@ -188,7 +169,7 @@ async fn a_firmware_job_survives_its_edge_being_killed_and_the_standby_finishes_
         &tmp.path().join("net"),
         CONTRACT_NODES,
         &module,
-        Arc::new(Bin(agora_bin())),
+        Arc::new(TestLauncher(agora_bin())),
         true,
         devices,
     )

@@ -7,13 +7,13 @@
 
 use std::sync::Arc;
 
-use crate::support::Bin;
 use agora_api::client::ApiClient;
 use agora_api::ledger::LedgerStatus;
 use agora_contracts::{ActivationClause, ContractRecord, ContractStatus};
 use agora_devnet::demo::Story;
 use agora_devnet::demo::story::{DEVICES, wait_for};
 use agora_devnet::files::CONTRACT_NODES;
+use agora_tests::adversary::TestLauncher;
 use agora_tests::netns::PartitionLab;
 use agora_tests::{agora_bin, try_agora_json};
 
@@ -78,7 +78,7 @@ async fn customer_back_early_pays_pro_rata_and_no_reading_is_lost() {
     let Some(mut s) = story(
         "customer_back_early_pays_pro_rata_and_no_reading_is_lost",
         &tmp.path().join("net"),
-        Arc::new(Bin(agora_bin())),
+        Arc::new(TestLauncher(agora_bin())),
     )
     .await
     else {
@@ -128,7 +128,7 @@ async fn provider_that_never_activates_is_slashed() {
     let Some(mut s) = story(
         "provider_that_never_activates_is_slashed",
         &tmp.path().join("net"),
-        Arc::new(Bin(agora_bin())),
+        Arc::new(TestLauncher(agora_bin())),
     )
     .await
     else {
@@ -181,7 +181,7 @@ async fn provider_crash_mid_contract_loses_nothing() {
     let Some(mut s) = story(
         "provider_crash_mid_contract_loses_nothing",
         &tmp.path().join("net"),
-        Arc::new(Bin(agora_bin())),
+        Arc::new(TestLauncher(agora_bin())),
     )
     .await
     else {
@@ -322,14 +322,9 @@ async fn partition_between_customer_and_provider_is_no_handover() {
     s.down(true).await.unwrap();
 }
 
-/// THREATS C4: a standby contract that ends without a handover (A stays up) leaves nothing
-/// on its provider B: B stops buffering A's devices for a takeover, removes the staged
-/// service and lets go of the image, whose blocks it collects. Before, an armed standby
-/// kept its devices "in use" in B's radio table (never evicted) and its service staged for
-/// the life of the process.
-/// [`Bin`] whose nodes collect unpinned blocks 2 s after an unpin instead of 60 s, so a test
-/// that waits for a collection does not wait a minute.
-struct QuickGc(Bin);
+/// [`TestLauncher`] whose nodes collect unpinned blocks 2 s after an unpin instead of 60 s, so
+/// a test that waits for a collection does not wait a minute.
+struct QuickGc(TestLauncher);
 
 impl agora_devnet::process::Launcher for QuickGc {
     fn host(&self, i: usize) -> String {
@@ -354,6 +349,11 @@ impl agora_devnet::process::Launcher for QuickGc {
     }
 }
 
+/// THREATS C4: a standby contract that ends without a handover (A stays up) leaves nothing
+/// on its provider B: B stops buffering A's devices for a takeover, removes the staged
+/// service and lets go of the image, whose blocks it collects. Before, an armed standby
+/// kept its devices "in use" in B's radio table (never evicted) and its service staged for
+/// the life of the process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_that_ends_unused_leaves_nothing_on_its_provider() {
     let _serial = SERIAL.lock().await;
@@ -361,7 +361,7 @@ async fn a_standby_that_ends_unused_leaves_nothing_on_its_provider() {
     let Some(s) = story(
         "a_standby_that_ends_unused_leaves_nothing_on_its_provider",
         &tmp.path().join("net"),
-        Arc::new(QuickGc(Bin(agora_bin()))),
+        Arc::new(QuickGc(TestLauncher(agora_bin()))),
     )
     .await
     else {

@@ -7,8 +7,6 @@
 //! alone (`.config/nextest.toml`). Plain `cargo test` runs the modules' tests side by side in
 //! one process; the scenarios that must run alone hold only their own module's lock there.
 
-mod support;
-
 mod attack_arbitrators;
 mod attack_auction_hold;
 mod attack_audit;
@@ -58,6 +56,7 @@ mod mempool_flood;
 mod metrics;
 mod multihost;
 mod nat;
+mod netlab_selftest;
 mod operator_cli;
 mod presence_kill;
 mod readme_layout;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use agora_api::metrics::parse_exposition;
-use agora_tests::{DevnetGuard, agora_json, wait_until};
+use agora_tests::{DevnetGuard, agora_json, dechunk, wait_until};
 
 /// `GET path` on `addr` over plain HTTP/1.1: (status, body), or `None` if nothing answered.
 fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
@@ -40,21 +40,6 @@ fn http_get_as(addr: &str, host: &str, path: &str) -> Option<(u16, String)> {
         body.to_string()
     };
     Some((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 fn scrape(addr: &str) -> Option<BTreeMap<String, f64>> {

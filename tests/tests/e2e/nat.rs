@@ -459,10 +459,11 @@ fn edges_behind_symmetric_nats_stay_on_the_relay_and_still_exchange_content() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A contract devnet across two NATs (`agora_tests::natlab`): five public arbitrators (node 0
-// also the relay and everyone's bootstrap peer), edge B (node 5) behind NAT 2 and customer
-// edge A (node 6) behind NAT 1, each node's control API and radio on a management veth the
-// test reaches from the root namespace.
+// A contract devnet across two NATs (`agora_tests::natlab`): five public nodes (arbitrators,
+// as the edges are too; each public one declares an external address, so it serves a light
+// relay v2 by default; node 0, everyone's bootstrap peer, is the edges' relay), edge B
+// (node 5) behind NAT 2 and customer edge A (node 6) behind NAT 1, each node's control API and
+// radio on a management veth the test reaches from the root namespace.
 
 /// Prints the tail of every node's log when a devnet test fails (the temp dir goes with it).
 struct LogsOnPanic(PathBuf, usize);
@@ -553,14 +554,15 @@ async fn contract_devnet_across_two_cone_nats_connects_and_finalises_an_edges_tr
         // AutoNAT's verdict may come after the node is connected and ready (a peer can dial
         // the edge through the other edge's relay slot before the edge has its own).
         let st = poll(
-            &format!("{} found private by AutoNAT", edge.name),
+            &format!(
+                "{} found private by AutoNAT, holding a relay slot",
+                edge.name
+            ),
             60,
             async || {
-                client(edge)
-                    .status()
-                    .await
-                    .ok()
-                    .filter(|s| s.stats.nat_status == "private")
+                client(edge).status().await.ok().filter(|s| {
+                    s.stats.nat_status == "private" && s.stats.relay_reservations_held >= 1
+                })
             },
         )
         .await;
@@ -574,6 +576,15 @@ async fn contract_devnet_across_two_cone_nats_connects_and_finalises_an_edges_tr
             st.p2p_addrs
         );
     }
+    // Node 0 serves (the light) relay v2 only because it is an arbitrator with an external
+    // address (the lab leaves `[network] relay_server` unset): both edges' slots are on it.
+    let relay = client(&m.nodes[0]).status().await.expect("node0's status");
+    assert!(
+        relay.stats.relay_reservations_accepted >= 2,
+        "node0 accepted both edges' reservations: {} accepted, {} refused",
+        relay.stats.relay_reservations_accepted,
+        relay.stats.relay_reservations_denied
+    );
     // The public nodes see each edge at its router's public address.
     let seen = path(&m.nodes[1], a).await.expect("node1 is connected to A");
     assert!(

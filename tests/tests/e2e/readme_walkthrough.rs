@@ -1,10 +1,11 @@
 //! The README's walkthrough as a test (#18): every command line of the ```sh blocks of "Using a
-//! devnet by hand" and "The handover story by hand" is read from README.md and run, in order,
-//! by `bash` in a temp dir (so the README's relative `.agora-devnet` paths are the devnet this
-//! test starts), with the debug `agora` first on `PATH`. Placeholders (AUCTION_ID, IMAGE, …) are
-//! filled from earlier commands' `--json` answers. [`ROWS`] is the one table that says how each
-//! command is run (or why it is not); a README command it does not know fails the test, naming
-//! the line, so the README cannot drift from the binary.
+//! devnet by hand", "Run a fleet" and "The handover story by hand" is read from README.md and
+//! run, in order, by `bash` in a temp dir (so the README's relative `.agora-devnet` paths are
+//! the devnet this test starts), with the debug `agora` first on `PATH`. Placeholders
+//! (AUCTION_ID, IMAGE, DEPLOY_ID, …) are filled from earlier commands' `--json` answers.
+//! [`ROWS`] is the one table that says how each command is run (or why it is not); a README
+//! command it does not know fails the test, naming the line, so the README cannot drift from
+//! the binary.
 //!
 //! Every command's output is piped, and none may carry a progress line or terminal escapes.
 //!
@@ -69,6 +70,8 @@ enum Capture {
     StorageContract,
     /// `service publish --json`: IMAGE_CID and IMAGE.
     Image,
+    /// `deploy create --json`: DEPLOY_ID.
+    DeployId,
 }
 
 /// What must hold before a command runs (the README's reader waits for it by eye).
@@ -89,6 +92,9 @@ enum Wait {
     StorageContract,
     /// The contract of this data dir's node has this status.
     ContractStatus(&'static str, &'static str),
+    /// The deployment DEPLOY_ID of the node in this data dir has at least this many targets,
+    /// every one healthy (what `deploy status --watch` waits for).
+    DeployHealthy(&'static str, usize),
 }
 
 struct Row {
@@ -325,6 +331,29 @@ const ROWS: &[Row] = &[
     ),
     row("agora devnet down", How::Run),
     row("agora devnet down --clean", How::Run),
+    // Run a fleet.
+    row("agora devnet up --nodes 7", How::Run),
+    row(
+        "agora service publish /tmp/lora/wasm32-wasip1/release/lora_gateway.wasm \
+         --data-dir .agora-devnet/node0",
+        How::Json(Capture::Image),
+    ),
+    row(
+        "agora deploy create IMAGE_CID --to \"\" --replicas 2 --cpu 250m --memory 64MiB \
+         --data-dir .agora-devnet/node0 --json",
+        How::Json(Capture::DeployId),
+    ),
+    after(
+        Wait::DeployHealthy(N0, 2),
+        "agora deploy status DEPLOY_ID --watch --data-dir .agora-devnet/node0",
+        How::Run,
+    ),
+    row("agora deploy list --data-dir .agora-devnet/node0", How::Run),
+    row(
+        "agora deploy delete DEPLOY_ID --data-dir .agora-devnet/node0",
+        How::Run,
+    ),
+    row("agora devnet down --clean", How::Run),
     // The handover story by hand.
     row("agora devnet up --nodes 7 --manual 1", How::Run),
     row("agora devnet sensors &", How::Background),
@@ -455,6 +484,7 @@ const PLACEHOLDERS: &[&str] = &[
     "MULTIADDR",
     "NODE_ID",
     "YOUR_NODE_ID",
+    "DEPLOY_ID",
 ];
 
 impl Walk {
@@ -763,6 +793,9 @@ impl Walk {
                 self.filled.insert("IMAGE_CID", image.clone());
                 self.filled.insert("IMAGE", image);
             }
+            Capture::DeployId => {
+                self.filled.insert("DEPLOY_ID", text(&v["id"]));
+            }
         }
     }
 
@@ -846,6 +879,19 @@ impl Walk {
                         })
                 });
             }
+            Wait::DeployHealthy(dir, replicas) => {
+                let (dir, id) = (self.var(dir), &self.filled["DEPLOY_ID"]);
+                // Each target needs its auction, contract, image and a first health poll; the
+                // fleet process tests allow 300 s on a loaded machine.
+                agora_tests::wait_until(&what, Duration::from_secs(300), || {
+                    self.probe(&format!("agora deploy status {id} --data-dir {dir}"))
+                        .is_some_and(|v| {
+                            let targets = v["targets"].as_array().cloned().unwrap_or_default();
+                            targets.len() >= replicas
+                                && targets.iter().all(|t| t["phase"] == "healthy")
+                        })
+                });
+            }
         }
     }
 
@@ -888,6 +934,7 @@ fn the_table_knows_every_readme_command_and_no_other() {
     let mut known: Vec<&str> = ROWS.iter().map(|r| r.cmd).collect();
     for heading in [
         "## Using a devnet by hand",
+        "### Run a fleet",
         "### The handover story by hand",
     ] {
         for (at, cmd) in commands_under(&readme, heading) {
@@ -935,9 +982,20 @@ fn readme_walkthrough_runs_against_a_devnet() {
         "`devnet down --clean` removed the devnet"
     );
     walk.filled.clear();
+    let fleet = Instant::now();
+    walk.run_block(&readme, "### Run a fleet");
+    assert!(
+        !cwd.join(".agora-devnet").exists(),
+        "`devnet down --clean` removed the fleet's devnet"
+    );
+    eprintln!(
+        "README walkthrough: the fleet block in {:.0} s",
+        fleet.elapsed().as_secs_f64()
+    );
+    walk.filled.clear();
     walk.run_block(&readme, "### The handover story by hand");
     eprintln!(
-        "README walkthrough: both blocks in {:.0} s",
+        "README walkthrough: all three blocks in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     let unused: Vec<&str> = ROWS

@@ -30,13 +30,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agora_devnet::files::{CONTRACT_NODES, devnet_location, devnet_node_config};
+use agora_devnet::files::{CONTRACT_NODES, devnet_node_config};
 use agora_runtime::test_utils::ECHO;
 use agora_tests::adversary::{HostileDevnet, TestLauncher};
+use agora_tests::fleet::manifest;
 use agora_tests::{
-    agora, agora_bin, agora_json, market_events, publish_service, try_agora_json, wait_for,
+    AuctionCli, agora, agora_bin, agora_json, contracts, market_event, publish_service,
+    try_agora_json, wait_for,
 };
-use serde_json::Value;
 
 /// The customer: buys the contract, then opens the probing auctions.
 const CUSTOMER: usize = 1;
@@ -60,74 +61,20 @@ const BY_HAND_MARGIN: Duration = Duration::from_secs(3);
 const BUY_WINDOW: &str = "10s";
 /// Each wait's bound.
 const WAIT: Duration = Duration::from_secs(60);
-/// The image of the contract: a guest that runs (the devnet fleet tests' manifest).
-const MANIFEST: &str = "name = \"echo\"\nversion = \"1\"\nkind = \"wasm\"\ntick_ms = 100\n\
-    activation = \"immediate\"\ndevices = []\n\n[resources]\ncpu_millis = 250\nmemory_mb = 64\n\
-    storage_mb = 1\n\n[limits]\nmemory_bytes = 16777216\nfuel_per_second = 200000000\n\
-    instances = 1\nmax_output_bytes = 1048576\n";
 
-/// Node `customer` opens a hosted auction of `millis` and 64 MiB for ten minutes, its window
-/// closing in `window`, that only node `provider` can bid on (within 100 m of it; devnet nodes
-/// are ~270 m apart); `extra` flags follow. Returns its id.
-fn auction(
-    net: &HostileDevnet,
-    customer: usize,
-    provider: usize,
-    millis: u64,
-    window: &str,
-    extra: &[&str],
-) -> String {
-    let at = devnet_location(provider);
-    let near = format!("{},{},0.1", at.lat, at.lon);
-    let (dir, cpu) = (net.data_dir(customer), format!("{millis}m"));
-    let mut args = vec![
-        "auction",
-        "create",
-        "--data-dir",
-        &dir,
-        "--cpu",
-        &cpu,
-        "--memory",
-        "64MiB",
-        "--duration",
-        "10m",
-        "--max-price",
-        MAX_PRICE,
-        "--window",
-        window,
-        "--near",
-        &near,
-    ];
-    args.extend_from_slice(extra);
-    agora_json(&args)["id"].as_str().unwrap().to_string()
-}
-
-/// Waits for the `data` of a market event of node `i` of `kind` that `f` accepts.
-fn event(
-    net: &HostileDevnet,
-    i: usize,
-    kind: &str,
-    what: &str,
-    f: impl Fn(&Value) -> bool,
-) -> Value {
-    wait_for(what, WAIT, || {
-        market_events(&net.data_dir(i))
-            .into_iter()
-            .find(|e| e["kind"] == kind && f(&e["data"]))
-            .map(|e| e["data"].clone())
-    })
-}
-
-/// Node `i`'s contracts, as `agora contract list` shows them.
-fn contracts(net: &HostileDevnet, i: usize) -> Vec<Value> {
-    try_agora_json(&["contract", "list", "--data-dir", &net.data_dir(i)])
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
+/// Node 1's hosted auction of `millis` and 64 MiB for ten minutes at most [`MAX_PRICE`], its
+/// window closing in `window`, that only node 2 can bid on (within 100 m of it; devnet nodes
+/// are ~270 m apart).
+fn auction(net: &HostileDevnet, millis: u64, window: &str) -> AuctionCli {
+    AuctionCli::new(&net.data_dir(CUSTOMER), &format!("{millis}m"))
+        .near_node(PROVIDER)
+        .max_price(MAX_PRICE)
+        .window(window)
 }
 
 /// The status of contract `id` on node `i`'s replica.
 fn status_of(net: &HostileDevnet, i: usize, id: &str) -> Option<String> {
-    contracts(net, i)
+    contracts(&net.data_dir(i))
         .iter()
         .find(|c| c["id"] == id)
         .and_then(|c| c["status"].as_str().map(str::to_string))
@@ -176,18 +123,13 @@ fn a_restarted_provider_holds_its_running_contract_and_bids_only_beside_it() {
         &net.data_dir(CUSTOMER),
         &net.manifest.dir.join("echo.wasm"),
         &wasm,
-        MANIFEST,
+        &manifest("echo", "1", &[]),
     );
-    let bought = auction(
-        &net,
-        CUSTOMER,
-        PROVIDER,
-        SERVICE_MILLIS,
-        BUY_WINDOW,
-        &["--service", image.as_str()],
-    );
+    let bought = auction(&net, SERVICE_MILLIS, BUY_WINDOW)
+        .with(&["--service", image.as_str()])
+        .create();
     let contract = wait_for("node1's contract with node2 to be active", WAIT, || {
-        contracts(&net, CUSTOMER)
+        contracts(&net.data_dir(CUSTOMER))
             .into_iter()
             .find(|c| c["provider"] == provider.as_str() && c["status"] == "active")
             .and_then(|c| c["id"].as_str().map(str::to_string))
@@ -222,7 +164,7 @@ fn a_restarted_provider_holds_its_running_contract_and_bids_only_beside_it() {
     // must reach node 2's market while the three-core auction is open: when node 2's book took
     // too long to hold it, a fresh one is opened (each one must close with no bid).
     let window = format!("{}s", PROBE_WINDOW.as_secs());
-    let open = |millis| auction(&net, CUSTOMER, PROVIDER, millis, &window, &[]);
+    let open = |millis| auction(&net, millis, &window).create();
     let mut opened = Instant::now();
     let mut threes = vec![open(SERVICE_MILLIS)];
     let half = open(SMALL_MILLIS);
@@ -262,19 +204,19 @@ fn a_restarted_provider_holds_its_running_contract_and_bids_only_beside_it() {
         !by_hand.status.success() && refused,
         "node2's bid by hand on three cores beside its running contract's three: {said}"
     );
-    event(
-        &net,
-        CUSTOMER,
+    market_event(
+        &net.data_dir(CUSTOMER),
         "bid-received",
         "node2's bid on the half-core auction",
+        WAIT,
         |d| d["auction"] == half.as_str() && d["provider"] == provider.as_str(),
     );
     let closed = |a: &str| {
-        event(
-            &net,
-            CUSTOMER,
+        market_event(
+            &net.data_dir(CUSTOMER),
             "auction-closed",
             &format!("auction {a} to close"),
+            WAIT,
             |d| d["auction"] == a,
         )
     };

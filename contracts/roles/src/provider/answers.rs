@@ -5,9 +5,10 @@ use agora_market::Timestamp;
 use cid::Cid;
 
 use super::steps::submit_once;
-use super::{Prep, Provider, Run, Step};
+use super::{Host, Prep, Provider, Run, Step};
 use crate::io::{Effect, Note, ServiceRef};
-use crate::{REFUSED_RETRY_MS, STAGE_ATTEMPTS, STAGE_BACKOFF_MS, View, uptime_collectable};
+use crate::staging::stage_retry_at;
+use crate::{REFUSED_RETRY_MS, View, uptime_collectable};
 use agora_contracts::contract::ContractId;
 use agora_contracts::ledger::TxKind;
 use agora_contracts::lifecycle::ContractStatus;
@@ -22,6 +23,29 @@ use agora_contracts::lifecycle::ContractStatus;
 /// decides by this rule too.
 pub fn custody_refusal_cancels(status: ContractStatus) -> bool {
     status.provider_may_cancel()
+}
+
+/// The provider gives up staging `id`'s image (THREATS C6): it says so on the timeline
+/// (`stage-failed`, as the node's orchestrator does) and calls the contract off while the ledger
+/// still lets it back out, so a customer naming an image nobody can run (one it withholds, or a
+/// broken one) no longer gets the provider slashed for not activating. Past that point it is
+/// only recorded.
+pub(super) fn give_up_staging(
+    h: &mut Host,
+    id: ContractId,
+    v: &View,
+    why: String,
+    out: &mut Vec<Effect>,
+) {
+    h.prep = Prep::Failed;
+    out.push(Effect::Timeline(Note::new("stage-failed", Some(id), why)));
+    let cancellable = v
+        .records
+        .get(&id)
+        .is_some_and(|r| r.contract.provider == v.me && r.status.provider_may_cancel());
+    if cancellable {
+        submit_once(h, Step::Cancel, TxKind::Cancel(id), v.now, out);
+    }
 }
 
 impl Provider {
@@ -70,11 +94,14 @@ impl Provider {
         out.push(Effect::Timeline(note));
     }
 
+    /// A staging attempt failed: retried after a back-off, or given up ([`stage_retry_at`]:
+    /// a permanent failure, the last attempt, or a retry that would start past the deadline).
     pub(super) fn on_stage_failed(
         &mut self,
         v: &View,
         id: ContractId,
         error: &str,
+        permanent: bool,
         out: &mut Vec<Effect>,
     ) {
         let Some(h) = self.hosts.get_mut(&id) else {
@@ -84,21 +111,14 @@ impl Provider {
             return;
         };
         let attempts = attempts.saturating_add(1);
-        if attempts >= STAGE_ATTEMPTS {
-            h.prep = Prep::Failed;
-            out.push(Effect::Timeline(Note::new(
-                "migration-failed",
-                Some(id),
-                format!("gave up after {attempts} attempts: {error}"),
-            )));
+        let Some(retry_at) = stage_retry_at(attempts, permanent, v.now, h.stage_deadline) else {
+            let why = format!("gave up after {attempts} attempt(s): {error}");
+            give_up_staging(h, id, v, why, out);
             return;
-        }
+        };
         h.prep = Prep::Preparing {
             attempts,
-            retry_at: Some(
-                v.now
-                    .saturating_add(STAGE_BACKOFF_MS.saturating_mul(u64::from(attempts))),
-            ),
+            retry_at: Some(retry_at),
         };
         out.push(Effect::Timeline(Note::new(
             "migration-retry",

@@ -127,6 +127,16 @@ impl Sim {
             Effect::Authority(map) => {
                 q.push_back((i, Work::Readings(readings::Input::Authority(map))));
             }
+            Effect::InstanceRivals { contract } => {
+                // The simulated host limits no module's instances (one contract is open at a
+                // time): nothing stands in the way of arming.
+                let input = Input::InstanceRivals {
+                    contract,
+                    max: u32::MAX,
+                    rivals: Vec::new(),
+                };
+                q.push_back((i, Work::Roles(input)));
+            }
             Effect::TakeCustody { contract, .. } => {
                 q.push_back((i, Work::Roles(Input::CustodyTaken { contract })));
             }

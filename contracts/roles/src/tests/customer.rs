@@ -243,6 +243,7 @@ fn setting_the_own_service_answers_once_it_is_staged() {
         Input::StageFailed {
             service: ServiceRef::Own,
             error: "not found".into(),
+            permanent: false,
         },
     );
     assert!(

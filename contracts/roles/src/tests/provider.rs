@@ -30,6 +30,17 @@ fn a_provider_stages_migrates_arms_and_activates_on_the_handover() {
     chain.now += 100;
     let ev = chain.block(vec![(&p, TxKind::MarkMigrated(id))]);
     let out = roles.handle(chain.now, chain.facts(&roles, me, ev));
+    // Armed only once the host said no rival holds the module's instances (THREATS C5).
+    assert!(submitted(&out).is_empty());
+    assert!(out.contains(&Effect::InstanceRivals { contract: id }));
+    let out = roles.handle(
+        chain.now,
+        Input::InstanceRivals {
+            contract: id,
+            max: 1,
+            rivals: Vec::new(),
+        },
+    );
     assert_eq!(submitted(&out), vec![TxKind::MarkArmed(id)]);
     assert!(out.contains(&Effect::Listen {
         devices: DEVICES.to_vec(),
@@ -136,8 +147,9 @@ fn a_fixed_time_activation_is_scheduled_and_woken_for() {
     );
 }
 
-/// A provider with the standby handed over and activated at `started`.
-fn active(chain: &mut Chain, b: ContractBuilder) -> (Roles, ContractId, Timestamp) {
+/// A provider machine that took `b` to armed and, at 5 s, learnt that its service is to
+/// start: the customer attested down for a standby (a contract with a trigger is due by then).
+fn due_to_start(chain: &mut Chain, b: ContractBuilder) -> (Roles, ContractId) {
     let me = chain.provider.node_id();
     let (mut roles, id) = armed_provider(chain, b);
     chain.now = 5_000;
@@ -147,6 +159,13 @@ fn active(chain: &mut Chain, b: ContractBuilder) -> (Roles, ContractId, Timestam
         chain.attest_down(1_000)
     };
     roles.handle(chain.now, chain.facts(&roles, me, ev));
+    (roles, id)
+}
+
+/// A provider with the standby handed over and activated at `started`.
+fn active(chain: &mut Chain, b: ContractBuilder) -> (Roles, ContractId, Timestamp) {
+    let me = chain.provider.node_id();
+    let (mut roles, id) = due_to_start(chain, b);
     let started = chain.now + 10;
     let out = roles.handle(
         started,
@@ -443,6 +462,7 @@ fn staging_is_retried_with_backoff_then_given_up() {
     let fail = Input::StageFailed {
         service: ServiceRef::Contract(id),
         error: "no provider of the block".into(),
+        permanent: false,
     };
     for attempt in 1..STAGE_ATTEMPTS {
         let out = roles.handle(now, fail.clone());
@@ -464,7 +484,9 @@ fn staging_is_retried_with_backoff_then_given_up() {
         now = due;
     }
     let out = roles.handle(now, fail);
-    assert!(phases(&out).contains(&"migration-failed".to_string()));
+    assert!(phases(&out).contains(&"stage-failed".to_string()));
+    // Called off while the provider still may (THREATS C6).
+    assert_eq!(submitted(&out), vec![TxKind::Cancel(id)]);
     assert!(
         !roles
             .handle(now + 60_000, Input::Tick)
@@ -694,10 +716,7 @@ fn a_storage_activation_report_is_sent_again_after_3_s_not_10() {
 fn a_hosted_activation_report_is_sent_again_with_its_first_time_until_applied() {
     let mut chain = Chain::new();
     let me = chain.provider.node_id();
-    let (mut roles, id) = armed_provider(&mut chain, Chain::standby());
-    chain.now = 5_000;
-    let ev = chain.attest_down(1_000);
-    roles.handle(chain.now, chain.facts(&roles, me, ev));
+    let (mut roles, id) = due_to_start(&mut chain, Chain::standby());
     let started = chain.now + 10;
     let out = roles.handle(
         started,
@@ -744,11 +763,7 @@ fn a_hosted_activation_report_is_sent_again_with_its_first_time_until_applied() 
 #[test]
 fn a_failed_start_is_retried_only_while_it_still_counts() {
     let mut chain = Chain::new();
-    let me = chain.provider.node_id();
-    let (mut roles, id) = armed_provider(&mut chain, Chain::standby());
-    chain.now = 5_000;
-    let ev = chain.attest_down(1_000);
-    roles.handle(chain.now, chain.facts(&roles, me, ev));
+    let (mut roles, id) = due_to_start(&mut chain, Chain::standby());
     let fail = Input::ActivationFailed {
         service: ServiceRef::Contract(id),
         error: "out of memory".into(),

@@ -32,7 +32,9 @@ pub struct InitArgs {
     /// relay.
     #[arg(long)]
     pub external: Vec<String>,
-    /// Serve circuit relay v2 to nodes behind NAT (a publicly reachable node with `--external`).
+    /// Serve the operator's circuit relay v2 to nodes behind NAT (a publicly reachable node with
+    /// `--external`; without this flag an arbitrator with `--external` serves a light one,
+    /// `[network] relay_server`).
     #[arg(long)]
     pub relay: bool,
 }
@@ -80,7 +82,7 @@ pub fn run(dir: &Path, args: &InitArgs, json: bool) -> anyhow::Result<()> {
         config.network.external = args.external.clone();
     }
     if args.relay {
-        config.network.relay_server = true;
+        config.network.relay_server = Some(true);
     }
     let key = init_data_dir(dir, &config)?;
     if json {

@@ -108,8 +108,12 @@ pub struct AuctionCreateArgs {
     /// Regional market.
     #[arg(long, default_value = "default")]
     region: String,
-    /// Time after the window closes to award, e.g. `30s`.
-    #[arg(long, default_value = "30s")]
+    /// Time after the window closes to award, e.g. `60s`. The losers keep their bids until
+    /// then (at most 2 min), so with 60 s the winner has 30 s to agree and the next bid is
+    /// awarded if it does not; with less the winner has less (20 s with `30s`; a lapse under
+    /// 30 s does not count against it), and under `20s` the winner has 60 s and no next bid is
+    /// awarded.
+    #[arg(long, default_value = "60s")]
     award_grace: String,
     /// CID of the service image the contract will carry (from `agora service publish`); with
     /// `--kind storage`, the file to keep (from `agora storage add`).

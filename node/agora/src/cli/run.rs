@@ -27,8 +27,9 @@ pub struct RunArgs {
     /// Discover peers on the LAN with mDNS.
     #[arg(long)]
     pub mdns: bool,
-    /// Serve circuit relay v2 to nodes behind NAT (bounded per peer; see `[network]
-    /// relay_server`). Give the node a reachable `[network] external` address too.
+    /// Serve the operator's circuit relay v2 to nodes behind NAT (bounded per peer; see
+    /// `[network] relay_server`). Give the node a reachable `[network] external` address too.
+    /// Without this flag an arbitrator with an external address serves a light one.
     #[arg(long)]
     pub relay: bool,
     /// Address at which others reach this node (repeatable), e.g. /ip4/PUBLIC_IP/tcp/4001.
@@ -66,7 +67,7 @@ pub fn resolve_config(dir: &Path, args: &RunArgs) -> anyhow::Result<NodeConfig> 
         config.network.mdns = true;
     }
     if args.relay {
-        config.network.relay_server = true;
+        config.network.relay_server = Some(true);
     }
     if !args.external.is_empty() {
         config.network.external = args.external.clone();

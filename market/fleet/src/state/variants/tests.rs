@@ -101,18 +101,28 @@ fn count(live: &BTreeSet<(NodeId, String)>, image: &str) -> usize {
     live.iter().filter(|(_, i)| i == image).count()
 }
 
-#[test]
-fn variants_are_placed_balanced_and_rebalanced_after_a_join_one_per_target() {
+/// The deployer (seed 1) once `providers` (`(seed, BLE)`) offered themselves at `T0`, it
+/// created `spec` and its first tick placed the targets: the machine and the live
+/// `(target, image)` pairs.
+fn placed(
+    providers: &[(u64, bool)],
+    spec: DeploymentSpec,
+) -> (FleetState<KeySigner>, BTreeSet<(NodeId, String)>) {
     let mut d = FleetState::new(signer(1), FleetConfig::default());
-    // Providers 2, 3, 4 have BLE, 5 has not: 2/2, b only on BLE.
-    for (seed, ble) in [(2, true), (3, true), (4, true), (5, false)] {
+    for &(seed, ble) in providers {
         d.handle(T0, Input::Provider(facts(seed, ble, T0))).unwrap();
     }
-    d.handle(T0, Input::Create(spec())).unwrap();
-    let dep = deployment_id(&id(1), "gw");
+    d.handle(T0, Input::Create(spec)).unwrap();
     let mut live = BTreeSet::new();
-    let out = d.handle(T0 + 1, Input::Tick).unwrap();
-    apply(&mut live, &out);
+    apply(&mut live, &d.handle(T0 + 1, Input::Tick).unwrap());
+    (d, live)
+}
+
+#[test]
+fn variants_are_placed_balanced_and_rebalanced_after_a_join_one_per_target() {
+    // Providers 2, 3, 4 have BLE, 5 has not: 2/2, b only on BLE.
+    let (mut d, mut live) = placed(&[(2, true), (3, true), (4, true), (5, false)], spec());
+    let dep = deployment_id(&id(1), "gw");
     assert_eq!((count(&live, A), count(&live, B)), (2, 2));
     assert!(live.contains(&(id(5), A.to_string())), "no BLE: a");
     let view = d.status(&dep).unwrap();
@@ -164,18 +174,7 @@ fn variants_are_placed_balanced_and_rebalanced_after_a_join_one_per_target() {
             .unwrap();
     }
     let out = d.handle(T0 + 5, Input::Tick).unwrap();
-    let released: Vec<(NodeId, String, ReleaseReason)> = out
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Release {
-                target,
-                image,
-                reason,
-                ..
-            } => Some((*target, image.clone(), *reason)),
-            _ => None,
-        })
-        .collect();
+    let released = releases(&out);
     assert_eq!(released.len(), 1, "{out:?}");
     let (moved, image, reason) = released[0].clone();
     assert_eq!((image.as_str(), reason), (A, ReleaseReason::Rebalanced));
@@ -354,19 +353,12 @@ fn with_a_replica_count_the_targets_are_chosen_so_the_variants_can_balance() {
     // One provider with BLE among five, each in turn (so rendezvous order alone would miss it
     // for most): two replicas must include it, so a and b run 1/1.
     for ble_seed in 2..=6 {
-        let mut d = FleetState::new(signer(1), FleetConfig::default());
-        for seed in 2..=6 {
-            d.handle(T0, Input::Provider(facts(seed, seed == ble_seed, T0)))
-                .unwrap();
-        }
+        let providers: Vec<(u64, bool)> = (2..=6).map(|seed| (seed, seed == ble_seed)).collect();
         let two = DeploymentSpec {
             replicas: Replicas::Count(2),
             ..spec()
         };
-        d.handle(T0, Input::Create(two)).unwrap();
-        let mut live = BTreeSet::new();
-        let out = d.handle(T0 + 1, Input::Tick).unwrap();
-        apply(&mut live, &out);
+        let (_, live) = placed(&providers, two);
         assert_eq!(live.len(), 2, "{live:?}");
         assert!(live.contains(&(id(ble_seed), B.to_string())), "{live:?}");
         assert_eq!((count(&live, A), count(&live, B)), (1, 1));
@@ -394,15 +386,9 @@ fn moves(out: &[Effect]) -> (Pairs, Pairs) {
 
 #[test]
 fn a_live_deployment_is_given_other_variants_and_only_the_changed_ones_move() {
-    let mut d = FleetState::new(signer(1), FleetConfig::default());
     // BLE on 2 and 3, not on 4 and 5: a on 4, 5; b on 2, 3.
-    for (seed, ble) in [(2, true), (3, true), (4, false), (5, false)] {
-        d.handle(T0, Input::Provider(facts(seed, ble, T0))).unwrap();
-    }
-    d.handle(T0, Input::Create(spec())).unwrap();
+    let (mut d, mut live) = placed(&[(2, true), (3, true), (4, false), (5, false)], spec());
     let dep = deployment_id(&id(1), "gw");
-    let mut live = BTreeSet::new();
-    apply(&mut live, &d.handle(T0 + 1, Input::Tick).unwrap());
     let version = d.status(&dep).unwrap().version;
 
     // b gets a new image (C): b's two targets are replaced, a's are not touched.
@@ -515,14 +501,8 @@ fn announced(effects: &[Effect]) -> Vec<Vec<Variant>> {
 fn an_upgrade_of_variants_moves_their_targets_start_first_and_a_sick_one_rolls_back() {
     const B2: &str = "bafkreib2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
     const A2: &str = "bafkreia2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2";
-    let mut d = FleetState::new(signer(1), FleetConfig::default());
-    for (seed, ble) in [(2, true), (3, true), (4, true), (5, false)] {
-        d.handle(T0, Input::Provider(facts(seed, ble, T0))).unwrap();
-    }
-    d.handle(T0, Input::Create(spec())).unwrap();
+    let (mut d, mut live) = placed(&[(2, true), (3, true), (4, true), (5, false)], spec());
     let dep = deployment_id(&id(1), "gw");
-    let mut live = BTreeSet::new();
-    apply(&mut live, &d.handle(T0 + 1, Input::Tick).unwrap());
     let on = |live: &BTreeSet<(NodeId, String)>, image: &str| -> Vec<NodeId> {
         live.iter()
             .filter(|(_, i)| i == image)
@@ -684,13 +664,7 @@ fn b_only_on_ble(live: &BTreeSet<(NodeId, String)>) -> bool {
 /// the join moving nobody. Returns the machine, the live `(target, image)` pairs and the BLE
 /// target that runs a.
 fn three_a_two_b() -> (FleetState<KeySigner>, BTreeSet<(NodeId, String)>, NodeId) {
-    let mut d = FleetState::new(signer(1), FleetConfig::default());
-    for (seed, ble) in [(2, true), (3, true), (4, true), (5, false)] {
-        d.handle(T0, Input::Provider(facts(seed, ble, T0))).unwrap();
-    }
-    d.handle(T0, Input::Create(spec())).unwrap();
-    let mut live = BTreeSet::new();
-    apply(&mut live, &d.handle(T0 + 1, Input::Tick).unwrap());
+    let (mut d, mut live) = placed(&[(2, true), (3, true), (4, true), (5, false)], spec());
     d.handle(T0 + 2, Input::Provider(facts(6, false, T0 + 2)))
         .unwrap();
     let out = d.handle(T0 + 3, Input::Tick).unwrap();
@@ -749,17 +723,11 @@ fn a_ble_target_that_leaves_is_replaced_and_the_counts_rebalanced() {
     // it, and if it cannot run b the BLE target that ran a moves to b.
     let providers = [(2, true), (3, true), (4, true), (5, false), (6, false)];
     for leave in [ReleaseReason::Failed, ReleaseReason::Offline] {
-        let mut d = FleetState::new(signer(1), FleetConfig::default());
-        for (seed, ble) in providers {
-            d.handle(T0, Input::Provider(facts(seed, ble, T0))).unwrap();
-        }
         let four = DeploymentSpec {
             replicas: Replicas::Count(4),
             ..spec()
         };
-        d.handle(T0, Input::Create(four)).unwrap();
-        let mut live = BTreeSet::new();
-        apply(&mut live, &d.handle(T0 + 1, Input::Tick).unwrap());
+        let (mut d, mut live) = placed(&providers, four);
         assert_eq!((count(&live, A), count(&live, B)), (2, 2), "{live:?}");
         let free = providers
             .iter()

@@ -25,7 +25,7 @@ pub use agreement::{Agreement, AuctionFacts};
 pub use bounds::{BookCounters, BookStats};
 #[cfg(any(test, feature = "test-utils"))]
 pub use byzantine::CUT_TERM_MS;
-pub use funding::{BALANCE_MAX_AGE_MS, BALANCE_TTL_MS, MAX_BALANCES, WALKER_TTL_MS};
+pub use funding::{BALANCE_MAX_AGE_MS, BALANCE_TTL_MS, DealFault, MAX_BALANCES, WALKER_TTL_MS};
 pub use restore::{ContractHold, MAX_RESTORED_HOLDS};
 
 use crate::auction::{AuctionKind, AuctionRequest, Bid, Offer};
@@ -222,16 +222,15 @@ pub enum Input {
     Balances(Vec<(NodeId, u64)>),
     /// The deal task gave up on the contract of our agreed `award` as customer: the auction's
     /// next bid is awarded as when the award lapses, if the losers still keep their bids, and
-    /// if `blamed`, `provider` ranks last on our auctions for [`WALKER_TTL_MS`] (THREATS C32).
+    /// `provider` ranks last on our auctions for [`WALKER_TTL_MS`] as `fault` says (THREATS
+    /// C32).
     DealFailed {
         /// The award.
         award: AwardId,
         /// Its provider.
         provider: NodeId,
-        /// The provider refused by its own choice or sent a signature that does not verify;
-        /// not when it stayed silent or gave a refusal our side may have caused, which cannot
-        /// be told from our own failure.
-        blamed: bool,
+        /// Whose failure it was, as far as the deal task can tell.
+        fault: DealFault,
     },
     /// Timer: close windows, award, expire entries and holds.
     Tick,
@@ -534,9 +533,9 @@ impl<S: Signer + Clone> MarketState<S> {
             Input::DealFailed {
                 award,
                 provider,
-                blamed,
+                fault,
             } => {
-                self.deal_failed(now, award, provider, blamed, &mut out);
+                self.deal_failed(now, award, provider, fault, &mut out);
                 Ok(())
             }
             Input::Tick => {

@@ -35,8 +35,8 @@ pub use auction::{
 };
 pub use book::{
     AGREED_HOLD_MS, Agreement, AuctionEntry, AuctionFacts, AuctionStatus, BookCounters, BookStats,
-    ContractHold, Effect, Input, MAX_LOST_BIDS, MAX_RESTORED_HOLDS, MarketConfig, MarketState,
-    MyBid, OfferSpec,
+    ContractHold, DealFault, Effect, Input, MAX_LOST_BIDS, MAX_RESTORED_HOLDS, MarketConfig,
+    MarketState, MyBid, OfferSpec,
 };
 pub use capacity::{CapacityError, CapacityLedger, ReservationKey};
 pub use dmu::{CustomerRules, DmuConfig, NegotiationRules, ProviderRules};

@@ -15,10 +15,12 @@
 //! 2. pull `--all`: the same four, healthy.
 //! 3. pull `--replicas 2`: once both targets are healthy, the first loses its label (stopped,
 //!    config edited, started); the deployer must release it (it runs the image no more) and
-//!    place a third labelled provider, healthy. The reason node0's log gives for the release is
-//!    printed: by reading the code, a target that stops matching stops polling and nothing sends
-//!    the deployer its new facts, so it is released as `Offline` once it has been silent for
-//!    `offline_after_ms` (30 s), not as `NoLongerMatches`.
+//!    place a third labelled provider, healthy. The release must be `NoLongerMatches` in
+//!    node0's log: the restarted target tracks no replica of the deployment, but its ledger
+//!    shows the deployer's live contract, so it sends the deployer its new facts (a
+//!    `Candidate`) at once. Released as `Offline` instead (before session 54 it always was,
+//!    once silent for `offline_after_ms`, 30 s), the run fails; with no reason logged (the
+//!    contract's end was submitted again later) it is noted, not failed.
 //!
 //! At every poll (every 500 ms, plus the time the calls take) the bench records any node
 //! outside 2–5 that runs the phase's image or is listed as its target, and any provider that
@@ -431,6 +433,21 @@ impl Bench {
         )?;
         row.secs = Some(t0.elapsed().as_secs_f64());
         let reasons = release_reasons(&self.net, &id, &self.ids[dropped]);
+        // A target that stops matching tells its deployer its new facts (issue #15, session
+        // 54): released for that, not for its silence.
+        if reasons
+            .first()
+            .is_some_and(|r| r.as_str() != "NoLongerMatches")
+        {
+            return Err(format!(
+                "{}: node{dropped} released as {} ({} s after its unlabelling), not \
+                 NoLongerMatches: did it not send its new facts, or did its restart take longer \
+                 than offline_after_ms (30 s)?",
+                row.phase,
+                reasons.join(", "),
+                released.map_or_else(|| "?".to_string(), |s| format!("{s:.1}")),
+            ));
+        }
         let reasons = if reasons.is_empty() {
             "reason not in node0's log".to_string()
         } else {

@@ -428,6 +428,18 @@ impl AuctionCli {
         self
     }
 
+    /// Open to providers within 150 m of the point halfway between devnet nodes `i` and
+    /// `i + 1`: those two alone (each ~134 m from it, the next ones ~400 m).
+    pub fn near_pair(mut self, i: usize) -> Self {
+        let (a, b) = (
+            agora_devnet::files::devnet_location(i),
+            agora_devnet::files::devnet_location(i + 1),
+        );
+        let (lat, lon) = ((a.lat + b.lat) / 2.0, (a.lon + b.lon) / 2.0);
+        self.near = Some(format!("{lat},{lon},0.15"));
+        self
+    }
+
     /// More flags, after the others (`--service CID`, `--kind standby`).
     pub fn with(mut self, extra: &[&str]) -> Self {
         self.extra.extend(extra.iter().map(|s| s.to_string()));

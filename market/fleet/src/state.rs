@@ -406,6 +406,10 @@ pub struct FleetCounters {
     /// Polls about deployments this node neither deploys nor holds: not answered (an answer
     /// is a request of its own, so a stranger's polls would make this node send).
     pub polls_unknown: u64,
+    /// Provider: `Candidate`s sent to tell a deployer that its record no longer selects this
+    /// node while this node may still count as its target (a replica tracked here until then,
+    /// or a live contract of that deployer's).
+    pub unmatched_told: u64,
 }
 
 /// The fleet state of one node.
@@ -423,6 +427,10 @@ pub struct FleetState<S: Signer> {
     balances: BTreeMap<NodeId, (u64, Timestamp)>,
     /// The live contracts this node provides for: images per customer ([`Input::Backing`]).
     backing: BTreeMap<NodeId, BTreeSet<String>>,
+    /// Provider: held records that no longer select this node and whose deployer was told so,
+    /// and when ([`FleetState::tell_unmatched`]); only ids the store holds (an evicted or
+    /// expired one is forgotten with it), so bounded by the store.
+    told_unmatched: BTreeMap<DeploymentId, Timestamp>,
     /// When this node's deployments were restored after a restart ([`FleetState::restore`]).
     restored_at: Option<Timestamp>,
     /// When this node last ticked ([`FleetState::pause_offline_clocks`]).
@@ -464,6 +472,7 @@ impl<S: Signer> FleetState<S> {
             counters: FleetCounters::default(),
             balances: BTreeMap::new(),
             backing: BTreeMap::new(),
+            told_unmatched: BTreeMap::new(),
             restored_at: None,
             last_tick: None,
             dirty: false,

@@ -43,8 +43,9 @@ pub struct UpgradeConfig {
     /// rolls every target back. When the others are upgraded the upgrade succeeds: each held
     /// target's old instance is released then, and the deployer counts its replica failed (the
     /// plan releases it and places it elsewhere). The budget never covers every target: the
-    /// failure of the last one not held rolls back. 0 (the default): the first failure does,
-    /// so one target (a hostile one among them) can veto the upgrade (THREATS D1).
+    /// failure of the last one not held rolls back. 1 by default, so one target (a hostile one
+    /// among them) cannot veto the upgrade (THREATS D1); with 0 the first failure rolls back.
+    /// A machine saved before the budget existed reads back as 0, the way it ran.
     #[serde(default)]
     pub max_failed: u32,
 }
@@ -54,7 +55,7 @@ impl Default for UpgradeConfig {
         UpgradeConfig {
             max_unavailable: 1,
             health_timeout_ms: 60_000,
-            max_failed: 0,
+            max_failed: 1,
         }
     }
 }

@@ -128,7 +128,11 @@ impl<S: Signer + Clone> MarketState<S> {
                 .get(&id)
                 .is_some_and(|e| e.request.body.customer == self.me);
             // Who can pay the provider stake first (THREATS C32), then by score.
-            let winner = if mine { self.choose_winner(&id) } else { None };
+            let winner = if mine {
+                self.choose_winner(now, &id)
+            } else {
+                None
+            };
             let Some(entry) = self.auctions.get_mut(&id) else {
                 continue;
             };

@@ -75,7 +75,18 @@ const MAX_WALKERS: usize = 1_024;
 struct Known {
     balance: u64,
     at: Timestamp,
+    /// Since when it has been fed above 0 without a break (`None`: it is 0), as far as this
+    /// cache remembers: a provider funded for less than [`SEASONED_MS`] ranks below the others
+    /// of its tier on our auctions.
+    funded_since: Option<Timestamp>,
 }
+
+/// How long a provider must have been known funded before it ranks with the established ones
+/// of its balance tier on our auctions. Keys and transfers are free, so a key's first unclear
+/// fault (silent after agreeing, forgiven once: [`DealFault::Unclear`]) was free too when the
+/// key was made for the auction (session 54, review 10 H1): a key made for the purpose now
+/// ranks below every established provider of its tier for its first hour.
+pub const SEASONED_MS: u64 = 3_600_000;
 
 /// Whom one of our holds is for, and at what price.
 #[derive(Clone, Copy, Debug)]
@@ -102,6 +113,40 @@ pub(super) struct Funding {
     /// Providers whose award of ours ended without a deal, with when it last did: they rank
     /// last on our auctions for [`WALKER_TTL_MS`] (at most [`MAX_WALKERS`]).
     walkers: BTreeMap<NodeId, Timestamp>,
+    /// Providers whose agreed deal of ours was given up on for an unclear fault
+    /// ([`DealFault::Unclear`]), with when: a second within [`WALKER_TTL_MS`] marks them (at
+    /// most [`MAX_WALKERS`]).
+    struck: BTreeMap<NodeId, Timestamp>,
+}
+
+/// Whose failure ended an agreed deal of ours as customer, as far as the deal task can tell
+/// ([`Input::DealFailed`](super::Input::DealFailed)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DealFault {
+    /// The provider refused our contract by its own choice, or sent a countersignature that
+    /// does not verify: it ranks last on our auctions for [`WALKER_TTL_MS`].
+    Provider,
+    /// It stayed silent, kept saying it had not seen the agreement, or gave a refusal that our
+    /// side may have caused: one such strike is forgiven (our network may have failed), a
+    /// second within [`WALKER_TTL_MS`] marks it. Forgiving them all let two funded keys that
+    /// agree and go silent end every auction unmarked (session 54, review 8 H1).
+    Unclear,
+    /// Our own side dropped the deal (its contract could not be built, too many proposals in
+    /// flight): nobody is marked.
+    Ours,
+}
+
+/// Remembers `node` at `now` in `map`, bounded by [`MAX_WALKERS`]: beyond it the one
+/// remembered longest gives way. Only the winners of our own auctions get here, so the bound
+/// is not a stranger's to fill.
+fn remember(map: &mut BTreeMap<NodeId, Timestamp>, node: NodeId, now: Timestamp) {
+    if map.len() >= MAX_WALKERS && !map.contains_key(&node) {
+        let oldest = map.iter().min_by_key(|(_, at)| **at).map(|(n, _)| *n);
+        if let Some(n) = oldest {
+            map.remove(&n);
+        }
+    }
+    map.insert(node, now);
 }
 
 impl Funding {
@@ -125,22 +170,31 @@ impl Funding {
     /// for [`WALKER_TTL_MS`]. Only the winners of our own auctions get here, so the bound is
     /// not a stranger's to fill; beyond it the one remembered longest gives way.
     fn walked_away(&mut self, provider: NodeId, now: Timestamp) {
-        if self.walkers.len() >= MAX_WALKERS && !self.walkers.contains_key(&provider) {
-            let oldest = self
-                .walkers
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(n, _)| *n);
-            if let Some(n) = oldest {
-                self.walkers.remove(&n);
-            }
-        }
-        self.walkers.insert(provider, now);
+        remember(&mut self.walkers, provider, now);
     }
 
-    /// Forgets the providers that walked away [`WALKER_TTL_MS`] or longer before `now`.
+    /// `provider`'s agreed deal of ours was given up on at `now` for an unclear fault: a
+    /// second strike within [`WALKER_TTL_MS`] marks it as [`Self::walked_away`]. Bounded as
+    /// the walkers are.
+    fn struck(&mut self, provider: NodeId, now: Timestamp) {
+        let again = self
+            .struck
+            .get(&provider)
+            .is_some_and(|at| now.saturating_sub(*at) < WALKER_TTL_MS);
+        if again {
+            self.struck.remove(&provider);
+            self.walked_away(provider, now);
+        } else {
+            remember(&mut self.struck, provider, now);
+        }
+    }
+
+    /// Forgets the providers that walked away, or were struck, [`WALKER_TTL_MS`] or longer
+    /// before `now`.
     pub(super) fn forget_walkers(&mut self, now: Timestamp) {
         self.walkers
+            .retain(|_, at| now.saturating_sub(*at) < WALKER_TTL_MS);
+        self.struck
             .retain(|_, at| now.saturating_sub(*at) < WALKER_TTL_MS);
     }
 
@@ -345,10 +399,19 @@ impl<S: Signer + Clone> MarketState<S> {
         let unread = balances.len().saturating_sub(MAX_BALANCES);
         let mut learnt = BTreeSet::new();
         for (node, balance) in balances.into_iter().take(MAX_BALANCES) {
-            let before = self
-                .funding
-                .balances
-                .insert(node, Known { balance, at: now });
+            let prior = self.funding.balances.get(&node);
+            let funded_since = match prior.and_then(|k| k.funded_since) {
+                Some(since) if balance > 0 => Some(since),
+                _ => (balance > 0).then_some(now),
+            };
+            let before = self.funding.balances.insert(
+                node,
+                Known {
+                    balance,
+                    at: now,
+                    funded_since,
+                },
+            );
             // A 0 fed again is no news: re-deciding scans every hold for each auction, and a
             // poll re-decided every auction of up to 256 free keys, 32 each (review of the
             // fourth review of session 52, L4). So a stranger's share freed since is offered to
@@ -568,8 +631,8 @@ impl<S: Signer + Clone> MarketState<S> {
     /// providers whose award of ours ended without a deal within [`WALKER_TTL_MS`] (module
     /// docs). Bids from providers the auction is not open to, or passed over after their award
     /// of it ended without a deal, never win.
-    pub(super) fn choose_winner(&self, id: &AuctionId) -> Option<BidScore> {
-        self.choose_winner_but(id, None)
+    pub(super) fn choose_winner(&self, now: Timestamp, id: &AuctionId) -> Option<BidScore> {
+        self.choose_winner_but(now, id, None)
     }
 
     /// Whether the next bid of our auction `id` would be awarded if our award of it to
@@ -585,7 +648,7 @@ impl<S: Signer + Clone> MarketState<S> {
                 .passed_over
                 .get(id)
                 .is_none_or(|s| s.len() < MAX_PASSED_OVER)
-            && self.choose_winner_but(id, Some(provider)).is_some()
+            && self.choose_winner_but(now, id, Some(provider)).is_some()
     }
 
     /// Whether our award of auction `id`, sent at `now`, binds its provider: it is the
@@ -606,7 +669,12 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 
     /// [`Self::choose_winner`], `except`'s bids left out too.
-    fn choose_winner_but(&self, id: &AuctionId, except: Option<&NodeId>) -> Option<BidScore> {
+    fn choose_winner_but(
+        &self,
+        now: Timestamp,
+        id: &AuctionId,
+        except: Option<&NodeId>,
+    ) -> Option<BidScore> {
         let entry = self.auctions.get(id)?;
         let rules = &self.config.dmu.customer;
         let only = self.restricted.get(id);
@@ -631,6 +699,8 @@ impl<S: Signer + Clone> MarketState<S> {
         // (fourth review). Only within: an honest provider marked for a refusal it had to make
         // (its hold lapsed, its capacity taken meanwhile) still outranks a key known not to
         // pay, which ranked below a walker won on price again (review of the fourth review).
+        // And within those, a provider known funded for less than an hour ranks below the
+        // established ones ([`SEASONED_MS`]).
         let permille = rules.provider_stake_permille;
         let ceiling = part_of(entry.request.body.max_price, permille);
         let tier = |b: &Bid| {
@@ -641,9 +711,17 @@ impl<S: Signer + Clone> MarketState<S> {
                 None => 2,
                 Some(_) => 1,
             };
-            by_balance * 2 + u8::from(!self.funding.walkers.contains_key(p))
+            let seasoned = self
+                .funding
+                .balances
+                .get(p)
+                .and_then(|k| k.funded_since)
+                .is_some_and(|since| now.saturating_sub(since) >= SEASONED_MS);
+            by_balance * 4
+                + u8::from(!self.funding.walkers.contains_key(p)) * 2
+                + u8::from(seasoned)
         };
-        (2u8..=9).rev().find_map(|t| {
+        (4u8..=19).rev().find_map(|t| {
             select_winner_known(
                 &entry.request,
                 *id,
@@ -672,11 +750,10 @@ impl<S: Signer + Clone> MarketState<S> {
     }
 
     /// The deal task gave up on the contract of our agreed `award` to `provider`
-    /// ([`Input::DealFailed`](super::Input::DealFailed)): if `blamed` (its own refusal), the
-    /// provider ranks last on our auctions, whichever award it was (it agreed, so it had the
-    /// capacity); blamed or not (silence, or a refusal our side may have caused), the
-    /// auction's next bid is awarded if the losers still keep their bids
-    /// ([`Self::award_next`]). Before,
+    /// ([`Input::DealFailed`](super::Input::DealFailed)): the provider ranks last on our
+    /// auctions as [`DealFault`] says, whichever award it was (it agreed, so it had the
+    /// capacity), and whatever the fault the auction's next bid is awarded if the losers still
+    /// keep their bids ([`Self::award_next`]). Before,
     /// an award accepted and never countersigned was never awarded again (fourth review of
     /// session 52). Ignored while the award is still being negotiated: it may yet agree.
     pub(super) fn deal_failed(
@@ -684,7 +761,7 @@ impl<S: Signer + Clone> MarketState<S> {
         now: Timestamp,
         award: AwardId,
         provider: NodeId,
-        blamed: bool,
+        fault: DealFault,
         out: &mut Vec<Effect>,
     ) {
         let open = self
@@ -694,8 +771,10 @@ impl<S: Signer + Clone> MarketState<S> {
         if open || provider == self.me {
             return;
         }
-        if blamed {
-            self.funding.walked_away(provider, now);
+        match fault {
+            DealFault::Provider => self.funding.walked_away(provider, now),
+            DealFault::Unclear => self.funding.struck(provider, now),
+            DealFault::Ours => {}
         }
         self.award_next(now, award, out);
     }
@@ -716,7 +795,9 @@ impl<S: Signer + Clone> MarketState<S> {
     ///   award: its refusal, as in [`Self::counter_refused`] (review 7, H1).
     ///
     /// A next bid's provider that lets the award lapse may have had to (its hold was let go),
-    /// and the lapse of a counter that a customer answering by hand left unanswered is ours.
+    /// and the lapse of a counter that a customer answering by hand left unanswered is ours,
+    /// as is the lapse of our own counter (round above 0: an auto provider leaves a counter
+    /// below its bid unanswered; review 8, L2).
     /// An award agreed and never countersigned is judged by [`Self::deal_failed`].
     pub(super) fn note_failed_award(&mut self, now: Timestamp, award: AwardId, by: Option<NodeId>) {
         let Some(deal) = self.deals.get(&award) else {
@@ -730,7 +811,9 @@ impl<S: Signer + Clone> MarketState<S> {
             && matches!(terms.subject, AwardSubject::Bid { .. });
         let its_choice = match by {
             Some(who) => who == provider,
-            None if n.proposed_by() == self.me => deal.bid_held && deal.long_lapse,
+            None if n.proposed_by() == self.me => {
+                deal.bid_held && deal.long_lapse && n.round() == 0
+            }
             None => deal.bid_held && above_bound(deal.auto_accept, terms.price),
         };
         if ours && its_choice {
@@ -809,7 +892,7 @@ impl<S: Signer + Clone> MarketState<S> {
                 .passed_over
                 .get(id)
                 .is_none_or(|s| s.len() < MAX_PASSED_OVER)
-            && self.choose_winner_but(id, Some(provider)).is_some()
+            && self.choose_winner_but(now, id, Some(provider)).is_some()
     }
 
     /// Our `award` of one of our auctions ended without a deal, not by us: the auction's next
@@ -845,7 +928,7 @@ impl<S: Signer + Clone> MarketState<S> {
             return;
         }
         passed.insert(provider);
-        let Some(next) = self.choose_winner(&id) else {
+        let Some(next) = self.choose_winner(now, &id) else {
             return;
         };
         tracing::debug!(auction = %id.short(), failed = %provider.short(), next = %next.bid.short(), "award ended without a deal: awarding the next bid");

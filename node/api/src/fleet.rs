@@ -61,10 +61,16 @@ pub struct UpgradeRequest {
     pub max_unavailable: u32,
     /// How long a new instance has to report healthy, ms.
     pub health_timeout_ms: u64,
-    /// The failure budget (`--max-failed`, 0 by default): targets whose new instance may fail
-    /// without rolling every target back.
-    #[serde(default)]
+    /// The failure budget (`--max-failed`, 1 by default as on the command line): targets whose
+    /// new instance may fail without rolling every target back.
+    #[serde(default = "default_max_failed")]
     pub max_failed: u32,
+}
+
+/// A request that gives no budget gets the machine's default, so that a script posting the
+/// body does not bring back the one-target veto (THREATS D1).
+fn default_max_failed() -> u32 {
+    UpgradeConfig::default().max_failed
 }
 
 /// Longest `--health-timeout` accepted (a day).
@@ -331,6 +337,12 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.1.contains("--max-failed"), "{}", e.1);
+        let body = r#"{"image": "bafy", "max_unavailable": 1, "health_timeout_ms": 60000}"#;
+        let without: UpgradeRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            without.max_failed, 1,
+            "the default budget, as on the command line"
+        );
         for (k, t) in [(0, 60_000), (MAX_WAVE + 1, 60_000), (1, 0), (1, u64::MAX)] {
             let e = upgrade_config(&req(k, t)).unwrap_err();
             assert_eq!(e.0, StatusCode::BAD_REQUEST);

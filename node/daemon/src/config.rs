@@ -188,11 +188,11 @@ pub struct NetworkSection {
     /// circuits and one shared budget for strangers (THREATS N20). Unset (the default): an
     /// arbitrator (a member of the genesis committee) that declares an `external` address
     /// serves a light relay (16 circuits of at most 8 MiB and 10 min, one circuit budget for
-    /// every peer but `trusted_peers`), since arbitrators are the public nodes edges bootstrap
-    /// from and so the relays they look for; every other node serves none. `true` (`agora
-    /// node run --relay`): the operator's relay (64 circuits of 64 MiB and 30 min) on any
-    /// node. `false`: none. `agora init` writes no value; files written before session 54 say
-    /// `false`, which is kept (remove the line to take the default).
+    /// every peer but `trusted_peers` and the committee), since arbitrators are the public
+    /// nodes edges bootstrap from and so the relays they look for; every other node serves
+    /// none. `true` (`agora node run --relay`): the operator's relay (64 circuits of 64 MiB and
+    /// 30 min) on any node. `false`: none. `agora init` writes no value; files written before
+    /// session 54 say `false`, which is kept (remove the line to take the default).
     pub relay_server: Option<bool>,
     /// AutoNAT never dials back private or reserved addresses. Turn off only in a test lab
     /// whose "internet" uses reserved ranges (the netlab).
@@ -405,6 +405,8 @@ impl NodeConfig {
                 .iter()
                 .map(|v| parse_peer(v).ok_or_else(|| ConfigError::BadPeer(v.clone())))
                 .collect::<Result<_, _>>()?,
+            // Not in the config file: the daemon fills it from the genesis.
+            committee: Vec::new(),
         })
     }
 

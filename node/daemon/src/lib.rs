@@ -299,7 +299,18 @@ async fn start_with_key(
         .map_err(|e| DaemonError::Genesis(e.to_string()))?;
     let me = key.node_id();
     let arbitrator = genesis.as_ref().is_some_and(|g| g.committee.contains(&me));
-    let net_cfg = config.network_config(arbitrator)?;
+    let mut net_cfg = config.network_config(arbitrator)?;
+    // The committee is fixed at genesis: the network exempts it from the strangers' budgets
+    // and the light relay's shared one (THREATS N20).
+    net_cfg.committee = genesis
+        .as_ref()
+        .map(|g| {
+            g.committee
+                .iter()
+                .filter_map(agora_network::keys::peer_id_of)
+                .collect()
+        })
+        .unwrap_or_default();
     log_relay_choice(config, arbitrator);
     let listens_everywhere = net_cfg.listen.iter().any(agora_network::is_unspecified);
     let api_addr = config.api_addr()?;

@@ -22,7 +22,7 @@ use agora_contracts::deal::{
     build_contract, check_proposal,
 };
 use agora_contracts::{Contract, ContractKind};
-use agora_market::{Agreement, AwardId, KeySigner, NodeId, Signature, Signer};
+use agora_market::{Agreement, AwardId, DealFault, KeySigner, NodeId, Signature, Signer};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -52,8 +52,11 @@ pub const PROPOSAL_ATTEMPTS: u64 = 10;
 /// [`MAX_PROPOSALS_IN_FLIGHT`] slots for 10 of them, 5 minutes, long after the losers of its
 /// auction had let go of their bids (review 6, M1). An honest provider answers within a
 /// second or two: its agreement reaches its deal task as ours reaches ours, and the attempts
-/// while it has not (`UnknownAward`) take about 5 s; the rest is room for a slow link.
-pub const PROPOSAL_DEADLINE: Duration = Duration::from_secs(20);
+/// while it has not (`UnknownAward`) take about 5 s; the rest is room for a slow link. Kept
+/// short because each key that agrees and goes silent costs the auction this long before its
+/// next bid is awarded, and only so many fit before the losers let go of their bids (review 10
+/// H1: at 20 s two such keys ended every default CLI auction).
+pub const PROPOSAL_DEADLINE: Duration = Duration::from_secs(10);
 /// Growth of the wait between two proposals of the same contract.
 pub const RETRY_STEP: Duration = Duration::from_millis(100);
 /// Proposals in flight at once; the customer's own awards beyond it are refused with a log line.
@@ -212,7 +215,7 @@ async fn next_agreed(agreed: &mut Option<mpsc::Receiver<Agreement>>) -> Agreemen
 /// node bid on it (read from the book when the proposal came, it was gone once a customer let
 /// its auction expire first, and the image and slot went unchecked: THREATS C36); as customer,
 /// its own auction. The customer read its book when it got to the deal, by when the auction
-/// could be gone (a CLI auction expires 30 s after its window, and this task builds one
+/// could be gone (a CLI auction expires 60 s after its window by default, and this task builds one
 /// contract at a time), and then proposed the default image and no slot, which the honest
 /// provider refused and was marked for (review 7, M3). Facts the market did not have are an
 /// error: nothing is built or signed from defaults.
@@ -356,21 +359,30 @@ impl DealTask {
         if terms.customer != me {
             return;
         }
+        // Each early return below is our side's doing: the market is told (nobody marked), so
+        // the auction's next bid is still awarded (review 8, L3).
+        let (market, award, provider) = (self.market.clone(), terms.award, terms.provider);
+        let ours = || proposal::deal_failed(&market, award, provider, DealFault::Ours);
         let contract = match self.contract_for(&agreement).await {
             Ok(c) => c,
             Err(e) => {
-                return warn!(award = %terms.award.short(), error = %e, "cannot build contract");
+                warn!(award = %terms.award.short(), error = %e, "cannot build contract");
+                return ours().await;
             }
         };
         let customer_sig = match contract.sign_as(&self.signer) {
             Ok((_, s)) => s,
-            Err(e) => return warn!(error = %e, "cannot sign contract"),
+            Err(e) => {
+                warn!(error = %e, "cannot sign contract");
+                return ours().await;
+            }
         };
         let Some(peer) = peer_id_of(&terms.provider) else {
-            return;
+            return ours().await;
         };
         if self.in_flight.load(Ordering::Relaxed) >= MAX_PROPOSALS_IN_FLIGHT as u64 {
-            return warn!(award = %terms.award.short(), "too many proposals in flight; award dropped");
+            warn!(award = %terms.award.short(), "too many proposals in flight; award dropped");
+            return ours().await;
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let proposal = proposal::Proposal {

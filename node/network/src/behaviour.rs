@@ -18,6 +18,7 @@ use libp2p::{
 };
 
 use super::address_book::{AddressBook, without_p2p};
+use super::relayed_inbound::RelayedInbound;
 use super::rpc_codec::{RPC_PROTOCOL, RpcCodec};
 use super::wan::{Shaped, WanProfile};
 use super::{NetworkConfig, NetworkError, RelayProfile};
@@ -44,6 +45,9 @@ pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1.0.0";
 pub(crate) struct AgoraBehaviour {
     /// Connection limits (first: denies before the other behaviours set anything up).
     pub limits: connection_limits::Behaviour,
+    /// Relayed inbound connections: none from strangers, one per peer (second, so a refused
+    /// one sets nothing up either; see `relayed_inbound`).
+    pub relayed: RelayedInbound,
     /// Where peers listen (filtered identify addresses, dialled ones), offered to every dial;
     /// identify's own cache is off (see `address_book`).
     pub book: AddressBook,
@@ -344,9 +348,11 @@ pub(crate) fn build_swarm(
             );
             let relay_server = relay_server
                 .map(|profile| relay::Behaviour::new(peer_id, relay_config(profile, &strangers)));
+            let relayed = RelayedInbound::new(strangers);
             let autonat = autonat::Behaviour::new(peer_id, autonat_config(autonat_only_global));
             Ok(AgoraBehaviour {
                 limits,
+                relayed,
                 book: AddressBook::default(),
                 gossipsub,
                 rpc,
@@ -371,9 +377,15 @@ pub(crate) fn build_swarm(
 /// reservation carries no relayed bytes, only the right to be dialled through us).
 pub const RELAY_MAX_RESERVATIONS: usize = 128;
 pub const RELAY_MAX_RESERVATIONS_PER_PEER: usize = 2;
-/// Most relayed circuits the operator's relay carries, in all and per peer.
+/// Most relayed circuits the operator's relay carries, in all and per peer. libp2p counts a
+/// peer's circuits at either end and checks only the requester's count, so whoever opens
+/// circuits *to* an edge uses up the edge's own (review 9 H1). An edge accepts one relayed
+/// connection per non-stranger peer (`relayed_inbound`), so at 4 the committee watching it and
+/// its counterparty already left it no circuit of its own on that relay; at 16 (above an edge's
+/// `target_peers`) that takes 17 peers it accepts, while one funded key still holds at most
+/// a quarter of the relay (17 of 64 circuits).
 pub const RELAY_MAX_CIRCUITS: usize = 64;
-pub const RELAY_MAX_CIRCUITS_PER_PEER: usize = 4;
+pub const RELAY_MAX_CIRCUITS_PER_PEER: usize = 16;
 /// How long one circuit of the operator's relay may live and how many bytes it may carry (both
 /// directions together, as libp2p counts them). libp2p's defaults (2 min, 128 KiB) are meant
 /// for the hole-punch handshake only; agora edges behind a symmetric NAT have no direct path,
@@ -388,14 +400,20 @@ pub const RELAY_CIRCUIT_BYTES: u64 = 64 * 1024 * 1024;
 /// hole-punch, and for a pair behind symmetric NATs to keep gossip and presence for a while;
 /// an operator who wants to carry more says `relay_server = true`.
 pub const RELAY_LIGHT_MAX_CIRCUITS: usize = 16;
-pub const RELAY_LIGHT_MAX_CIRCUITS_PER_PEER: usize = 2;
+/// The whole relay: libp2p counts circuits *to* a peer against that peer's own limit, so a low
+/// count let free identities open 3 circuits to a chosen edge and leave it none of its own
+/// (review 9 H1). Here the count never refuses a peer before the relay is full; what one peer
+/// may open is bounded by the per-peer limiter and the shared budget below.
+pub const RELAY_LIGHT_MAX_CIRCUITS_PER_PEER: usize = RELAY_LIGHT_MAX_CIRCUITS;
 pub const RELAY_LIGHT_CIRCUIT_DURATION: Duration = Duration::from_secs(10 * 60);
 pub const RELAY_LIGHT_CIRCUIT_BYTES: u64 = 8 * 1024 * 1024;
-/// Circuits every peer but the trusted ones may open together per light circuit lifetime (and
-/// at once): the light relay's whole capacity once per lifetime. This is its bandwidth bound,
-/// since libp2p has no bytes-per-second limit: at most `(32 + 1.6 × minutes)` circuits of 8 MiB
-/// each can carry bytes in any span, about 1 GiB an hour (~1.8 Mbit/s, received and sent
-/// again) after a first burst of 256 MiB at line rate; funded keys share it as strangers do.
+/// Circuits every peer but the trusted ones and the genesis committee may open together per
+/// light circuit lifetime (and at once): the light relay's whole capacity once per lifetime.
+/// This is its bandwidth bound, since libp2p has no bytes-per-second limit: at most
+/// `(32 + 1.6 × minutes)` circuits of 8 MiB each can carry bytes in any span, about 1 GiB an
+/// hour (~1.8 Mbit/s, received and sent again) after a first burst of 256 MiB at line rate;
+/// funded keys share it as strangers do. The committee's members (fixed at genesis) are held
+/// to their per-peer and per-IP limiters only.
 pub const RELAY_LIGHT_SHARED_CIRCUITS: u32 = 16;
 /// Circuits all strangers together may open per light circuit lifetime (and at once).
 pub const RELAY_LIGHT_STRANGER_CIRCUITS: u32 = 8;
@@ -490,8 +508,8 @@ pub const RELAY_STRANGER_RESERVATIONS: u32 = 32;
 /// operator's relay.
 pub const RELAY_STRANGER_CIRCUITS: u32 = 16;
 
-/// A relay rate limiter that lets vouched and trusted peers through and charges every stranger
-/// one shared bucket of `burst`, refilled over `interval`.
+/// A relay rate limiter that lets vouched, trusted and committee peers through and charges
+/// every stranger one shared bucket of `burst`, refilled over `interval`.
 pub(crate) fn stranger_limiter(
     strangers: crate::quota::Strangers,
     burst: u32,
@@ -501,15 +519,20 @@ pub(crate) fn stranger_limiter(
     move |peer, _addr, now| !strangers.is_stranger(&peer) || shared.take(1, now)
 }
 
-/// A relay rate limiter that lets the operator's trusted peers through and charges every other
-/// peer, funded or not, one shared bucket of `burst`, refilled over `interval`.
+/// A relay rate limiter that lets the operator's trusted peers and the genesis committee
+/// through and charges every other peer, funded or not, one shared bucket of `burst`, refilled
+/// over `interval`. The committee's members each watch a contract's parties and redial one
+/// that is down every few seconds; each such CONNECT is charged before libp2p finds the
+/// destination holds no reservation, so four of them from four addresses kept the bucket empty
+/// for as long as a NATed party was down (review 9 M1). They still meet the per-peer and
+/// per-IP limiters.
 pub(crate) fn shared_limiter(
     strangers: crate::quota::Strangers,
     burst: u32,
     interval: Duration,
 ) -> impl FnMut(PeerId, &libp2p::Multiaddr, std::time::Instant) -> bool + Send {
     let mut shared = crate::quota::Bucket::over(burst, interval);
-    move |peer, _addr, now| strangers.is_trusted(&peer) || shared.take(1, now)
+    move |peer, _addr, now| strangers.is_exempt(&peer) || shared.take(1, now)
 }
 
 /// AutoNAT v1: first probe soon after start (a node behind NAT should get its relay slot within
@@ -593,11 +616,9 @@ mod tests {
         let light = relay_config(RelayProfile::Light, &budget.classes());
         let operator = relay_config(RelayProfile::Operator, &budget.classes());
         assert_eq!(light.max_circuits, 16);
-        assert_eq!(light.max_circuits_per_peer, 2);
         assert_eq!(light.max_circuit_bytes, 8 * 1024 * 1024);
         assert_eq!(light.max_circuit_duration, Duration::from_secs(600));
         assert!(light.max_circuits < operator.max_circuits);
-        assert!(light.max_circuits_per_peer < operator.max_circuits_per_peer);
         assert!(light.max_circuit_bytes < operator.max_circuit_bytes);
         assert!(light.max_circuit_duration < operator.max_circuit_duration);
         // The operator's profile is what `relay_server = true` always served.
@@ -613,6 +634,58 @@ mod tests {
         assert_eq!(
             light.reservation_rate_limiters.len(),
             operator.reservation_rate_limiters.len()
+        );
+    }
+
+    /// Review 9 H1: libp2p refuses a peer's circuit request when the circuits it is part of,
+    /// at either end, exceed `max_circuits_per_peer`, so circuits others open *to* an edge
+    /// count against the edge. On the light relay that count never refuses anyone before the
+    /// relay is full; on the operator's it takes 17 circuits involving one peer (more than the
+    /// committee that watches an edge and its counterparties), and one peer still holds at
+    /// most about a quarter of the relay.
+    #[test]
+    fn circuits_to_a_peer_leave_it_its_own_until_the_relay_is_full() {
+        let budget = crate::quota::StrangerBudget::new(1, 1, 1, 1);
+        let light = relay_config(RelayProfile::Light, &budget.classes());
+        assert!(
+            light.max_circuits_per_peer + 1 >= light.max_circuits,
+            "a peer's count below the relay's size must never refuse it: {} of {}",
+            light.max_circuits_per_peer,
+            light.max_circuits
+        );
+        let operator = relay_config(RelayProfile::Operator, &budget.classes());
+        assert!(operator.max_circuits_per_peer >= 16);
+        assert!((operator.max_circuits_per_peer + 1) * 3 < operator.max_circuits);
+    }
+
+    /// Review 9 M1: the genesis committee is not charged the light relay's shared budget (nor
+    /// the strangers'), only its per-peer and per-IP limiters: four members from four addresses
+    /// asking twenty times each (redialling a NATed party that is down) get four circuits each
+    /// and leave the shared budget whole, so a funded peer still gets a circuit.
+    #[test]
+    fn the_committee_redialling_a_party_that_is_down_leaves_the_light_relay_s_budget() {
+        let committee: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let funded = PeerId::random();
+        let mut budget =
+            crate::quota::StrangerBudget::new(1, 1, 1, 1).committee(committee.iter().copied());
+        // The committee holds no funded account here: without the exemption its members would
+        // be strangers too.
+        budget.vouch([funded]);
+        let mut c = relay_config(RelayProfile::Light, &budget.classes());
+        let limiters = &mut c.circuit_src_rate_limiters;
+        let now = std::time::Instant::now();
+        for (n, member) in (0u32..).zip(&committee) {
+            let taken = (0..20)
+                .filter(|_| admits(limiters, *member, n, now))
+                .count();
+            assert_eq!(
+                taken, RELAY_LIGHT_PEER_CIRCUIT_BURST as usize,
+                "a member still meets its per-peer limiter"
+            );
+        }
+        assert!(
+            admits(limiters, funded, 99, now),
+            "the committee's redials left the shared budget to everyone else"
         );
     }
 

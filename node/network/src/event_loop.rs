@@ -216,7 +216,8 @@ pub async fn spawn_with_metrics(
         RPC_RATE_PER_SECOND,
         RPC_BURST,
     )
-    .trust(cfg.trusted_peers.iter().copied());
+    .trust(cfg.trusted_peers.iter().copied())
+    .committee(cfg.committee.iter().copied());
     let mut swarm = build_swarm(key.libp2p_keypair(), &cfg, strangers.classes())?;
     for addr in &cfg.listen {
         swarm
@@ -703,12 +704,21 @@ impl EventLoop {
                 error: libp2p::swarm::ListenError::Denied { cause },
                 ..
             } => {
-                self.stats.connections_refused += 1;
                 let peer = peer_id.map(|p| p.to_string()).unwrap_or_default();
-                if self.refused("connection") {
-                    warn!(%peer, addr = %send_back_addr, %cause, "incoming connection refused: connection limit");
+                if let Some(why) = cause.downcast_ref::<crate::relayed_inbound::Refused>() {
+                    self.stats.relayed_inbound_refused += 1;
+                    if self.refused("relayed connection") {
+                        warn!(%peer, %why, "relayed inbound connection refused");
+                    } else {
+                        debug!(%peer, %why, "relayed inbound connection refused");
+                    }
                 } else {
-                    debug!(%peer, addr = %send_back_addr, %cause, "incoming connection refused");
+                    self.stats.connections_refused += 1;
+                    if self.refused("connection") {
+                        warn!(%peer, addr = %send_back_addr, %cause, "incoming connection refused: connection limit");
+                    } else {
+                        debug!(%peer, addr = %send_back_addr, %cause, "incoming connection refused");
+                    }
                 }
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),

@@ -23,6 +23,7 @@ pub mod keys;
 pub mod presence;
 pub mod private_file;
 pub mod quota;
+mod relayed_inbound;
 pub mod retry;
 pub mod routes;
 mod rpc_codec;
@@ -129,6 +130,11 @@ pub struct NetworkConfig {
     /// requests keep their own per-peer rates instead of sharing the strangers' one budget.
     /// At most `MAX_VOUCHED` are taken.
     pub trusted_peers: Vec<PeerId>,
+    /// The genesis committee's peers (the arbitrators; empty without a genesis): never
+    /// strangers, and not charged the light relay's shared circuit budget, so the members that
+    /// redial a watched NATed peer while it is down do not drain it (THREATS N20). They still
+    /// meet the relay's per-peer and per-IP limits. At most `MAX_VOUCHED` are taken.
+    pub committee: Vec<PeerId>,
 }
 
 impl Default for NetworkConfig {
@@ -149,6 +155,7 @@ impl Default for NetworkConfig {
             wan: None,
             tcp_port_reuse: true,
             trusted_peers: Vec::new(),
+            committee: Vec::new(),
         }
     }
 }
@@ -159,8 +166,9 @@ impl Default for NetworkConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RelayProfile {
     /// Served without being asked for (an arbitrator's default): few circuits of few bytes,
-    /// and one circuit budget shared by every peer but the trusted ones, so relaying takes a
-    /// small, stated share of a consensus node's link whoever holds accounts.
+    /// and one circuit budget shared by every peer but the trusted ones and the genesis
+    /// committee, so relaying takes a small, stated share of a consensus node's link whoever
+    /// holds accounts.
     Light,
     /// Asked for (`relay_server = true`, `--relay`): the operator gives the bandwidth, so
     /// circuits are many and long enough to carry an edge's traffic behind a symmetric NAT.
@@ -289,6 +297,9 @@ pub struct NetworkStats {
     pub bitswap_streams_refused: u64,
     /// Incoming connections refused by the connection limits.
     pub connections_refused: u64,
+    /// Relayed inbound connections refused: from a stranger, or from a peer that already
+    /// holds one (THREATS N20; each would count against this node's own circuits at the relay).
+    pub relayed_inbound_refused: u64,
     /// Peers evicted from a full per-peer table (presence, addresses).
     pub peers_evicted: u64,
     /// Addresses dropped from the DHT's routing table because the address book no longer

@@ -355,7 +355,8 @@ pub(crate) const MAX_VOUCHED: usize = 65_536;
 /// Accounts are not free, so vouched peers keep their own rates each while all strangers
 /// together get what one peer gets. Off (no one is a stranger) until the application vouches
 /// for someone: a node without a ledger treats every peer alike. Peers the operator trusts
-/// (its config) are never strangers, whoever the application vouches for.
+/// (its config) and the genesis committee are never strangers, whoever the application vouches
+/// for.
 #[derive(Debug)]
 pub(crate) struct StrangerBudget {
     classes: Strangers,
@@ -373,21 +374,32 @@ pub(crate) struct Strangers(Arc<RwLock<Classes>>);
 struct Classes {
     vouched: Option<HashSet<PeerId>>,
     trusted: HashSet<PeerId>,
+    /// The genesis committee (the arbitrators): fixed at genesis, so no one can join it for
+    /// free, and its members watch every contract's parties, so they must not share the
+    /// strangers' budgets (review 9 M1).
+    committee: HashSet<PeerId>,
+}
+
+impl Classes {
+    fn is_exempt(&self, peer: &PeerId) -> bool {
+        self.trusted.contains(peer) || self.committee.contains(peer)
+    }
 }
 
 impl Strangers {
     /// Whether `peer` is a stranger (never, until someone was vouched for; never when the
-    /// operator trusts it).
+    /// operator trusts it or it is in the genesis committee).
     pub(crate) fn is_stranger(&self, peer: &PeerId) -> bool {
         let c = self.read();
         c.vouched
             .as_ref()
-            .is_some_and(|v| !v.contains(peer) && !c.trusted.contains(peer))
+            .is_some_and(|v| !v.contains(peer) && !c.is_exempt(peer))
     }
 
-    /// Whether the operator trusts `peer` (`[network] trusted_peers`).
-    pub(crate) fn is_trusted(&self, peer: &PeerId) -> bool {
-        self.read().trusted.contains(peer)
+    /// Whether the operator trusts `peer` (`[network] trusted_peers`) or it is in the genesis
+    /// committee: the light relay's shared circuit budget does not charge it.
+    pub(crate) fn is_exempt(&self, peer: &PeerId) -> bool {
+        self.read().is_exempt(peer)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Classes> {
@@ -425,6 +437,13 @@ impl StrangerBudget {
     /// [`Self::vouch`].
     pub(crate) fn trust(self, peers: impl IntoIterator<Item = PeerId>) -> StrangerBudget {
         self.classes.write().trusted = peers.into_iter().take(MAX_VOUCHED).collect();
+        self
+    }
+
+    /// The genesis committee's peers (at most [`MAX_VOUCHED`]), kept across every
+    /// [`Self::vouch`] like the trusted ones.
+    pub(crate) fn committee(self, peers: impl IntoIterator<Item = PeerId>) -> StrangerBudget {
+        self.classes.write().committee = peers.into_iter().take(MAX_VOUCHED).collect();
         self
     }
 
@@ -781,6 +800,21 @@ mod tests {
         let b =
             StrangerBudget::new(1, 1, 1, 1).trust((0..MAX_VOUCHED + 10).map(|_| PeerId::random()));
         assert_eq!(b.trusted(), MAX_VOUCHED);
+    }
+
+    /// Review 9 M1: the genesis committee is never a stranger, whoever the ledger vouches for,
+    /// and is exempt like a trusted peer; nobody else is.
+    #[test]
+    fn the_genesis_committee_is_never_a_stranger() {
+        let (member, s) = (PeerId::random(), PeerId::random());
+        let mut b = StrangerBudget::new(1_000, 4_000, 2, 3).committee([member]);
+        b.vouch([PeerId::random()]);
+        assert!(!b.is_stranger(&member));
+        assert!(b.is_stranger(&s));
+        assert!(b.classes().is_exempt(&member));
+        assert!(!b.classes().is_exempt(&s));
+        b.vouch([s]);
+        assert!(!b.is_stranger(&member) && !b.classes().is_exempt(&s));
     }
 
     #[test]

@@ -83,6 +83,14 @@
 //!   `byzantine_cut_term`). With either, each award its market records prints `byzantine:
 //!   award award=… auction=… customer=… provider=… price=… term_ms=… auction_term_ms=…
 //!   proposed_by=me|peer`, the terms on the table just after it;
+//! - `--counter-above-max`: as a provider, it bids the least its price rules give (a floor of
+//!   1 token, where devnet providers ask at least 50), so it wins on score, and answers each
+//!   award of its bids with a counter-offer one token above the auction's maximum price, as an
+//!   operator may by hand (`agora market negotiate AWARD --counter PRICE`: no market hook; it
+//!   accepts no award on its own). The customer must take it for a refusal: walk away, award
+//!   the next bid at once and rank it last (THREATS C32, review 7 H1); prints `byzantine:
+//!   counter award=… auction=… customer=… price=… max_price=…` for each, or `byzantine: counter
+//!   not sent award=…: …`;
 //! - `--reaward`: as a customer, once each of its contracts is registered, it signs a second
 //!   award of the contract's auction (same bid, price and term) naming a throwaway key, sends
 //!   it to the contract's provider and gossips it (THREATS C29; the hook `byzantine_reaward`);
@@ -122,8 +130,8 @@ use agora_daemon::config::NodeConfig;
 use agora_ledger::LedgerHandle;
 use agora_market::negotiation::NegotiationStatus;
 use agora_market::{
-    AuctionKind, AuctionSpec, AuctionStatus, AwardId, AwardSubject, Effect, KeySigner, MarketState,
-    NodeId, Resources, Signer as _,
+    AuctionId, AuctionKind, AuctionSpec, AuctionStatus, AwardId, AwardSubject, Effect, Input,
+    KeySigner, MarketState, NegotiationInput, NodeId, Resources, Signer as _,
 };
 use agora_market_driver::MarketHandle;
 use agora_tests::adversary::host_nothing::{HostNothing, NothingHost};
@@ -257,6 +265,10 @@ struct RunArgs {
     /// maximum price for a 1 ms term.
     #[arg(long, conflicts_with = "no_bid")]
     cut_term: bool,
+    /// As a provider, bid with a floor of 1 token and answer each award of its bids with a
+    /// counter-offer one token above the auction's maximum price.
+    #[arg(long, conflicts_with_all = ["no_bid", "cut_term"])]
+    counter_above_max: bool,
     /// As a customer, once each of its contracts is registered, send its provider (and gossip)
     /// a second award of the same auction naming a throwaway key.
     #[arg(long)]
@@ -349,6 +361,12 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         config.market.engine.dmu.provider.auto_accept_award = false;
         println!("byzantine: no-bid (an arbitrator only)");
     }
+    if args.counter_above_max {
+        // It wins on price, and answers its awards itself (`counter_above_max`).
+        let provider = &mut config.market.engine.dmu.provider;
+        provider.floor_price = 1;
+        provider.auto_accept_award = false;
+    }
     let slow_ledger = Arc::new(OnceLock::new());
     let node = match args.host_nothing {
         Some(kind) => {
@@ -427,6 +445,10 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.retake_offers {
         tokio::spawn(retake_offers(node.market.clone(), node.cancel_token()));
         println!("byzantine: retake-offers");
+    }
+    if args.counter_above_max {
+        tokio::spawn(counter_above_max(node.market.clone(), node.cancel_token()));
+        println!("byzantine: counter-above-max");
     }
     println!("node {} running", node.node_id());
     for a in &node.p2p_addrs {
@@ -1159,6 +1181,69 @@ fn award_line(s: &MarketState<KeySigner>, award: &AwardId) -> Option<String> {
     ))
 }
 
+/// Answers each award of this node's bids with a counter-offer one token above the auction's
+/// maximum price (`--counter-above-max`, see the module docs), with the input `agora market
+/// negotiate --counter` feeds. Reads the market's event log from where it left off, so it
+/// keeps nothing per award.
+async fn counter_above_max(market: MarketHandle, cancel: CancellationToken) {
+    let Ok(me) = market.query(|s| s.node_id().to_string()).await else {
+        return;
+    };
+    let mut after: Option<u64> = None;
+    let mut pace = every(POLL, &cancel);
+    while pace.tick().await {
+        for record in market.events_after(after) {
+            after = Some(record.seq);
+            let Some((award, auction)) = bid_award_to(&record.kind, &record.data, &me) else {
+                continue;
+            };
+            let customer = record.data["customer"].as_str().unwrap_or_default();
+            let Ok(max) = market
+                .query(move |s| s.auction(&auction).map(|e| e.request.body.max_price))
+                .await
+            else {
+                return;
+            };
+            let Some(max) = max else {
+                println!(
+                    "byzantine: counter not sent award={award}: auction {auction} left the book"
+                );
+                continue;
+            };
+            let price = max.saturating_add(1);
+            let input = Input::Negotiate {
+                award,
+                input: NegotiationInput::Counter { price },
+            };
+            let Ok(effects) = market.input(input).await else {
+                return;
+            };
+            let refused = effects.iter().find_map(|e| match e {
+                Effect::Rejected { error, .. } => Some(error.to_string()),
+                _ => None,
+            });
+            match refused {
+                Some(e) => println!("byzantine: counter not sent award={award}: {e}"),
+                None => println!(
+                    "byzantine: counter award={award} auction={auction} customer={customer} \
+                     price={price} max_price={max}"
+                ),
+            }
+        }
+    }
+}
+
+/// The award and auction of a market event of `kind` with `data` that records an award of a
+/// bid of provider `me` (base58), as [`counter_above_max`] answers it.
+fn bid_award_to(kind: &str, data: &serde_json::Value, me: &str) -> Option<(AwardId, AuctionId)> {
+    if kind != "awarded" || data["provider"] != me {
+        return None;
+    }
+    let award = data["award"].as_str()?.parse().ok()?;
+    let auction = data["auction"].as_str()?.parse().ok()?;
+    Some((award, auction))
+}
+
 /// Once each contract this node is the customer of is registered (as its replica sees it),
 /// signs a second award of the contract's auction naming a throwaway key, sends it to the
 /// contract's provider and gossips it (one attempt per contract): prints `byzantine: reaward
@@ -1427,6 +1512,33 @@ mod tests {
         assert!(run(&["--future-auctions", "--retake-offers"]).is_ok());
         assert!(run(&["--stretch-awards", "1"]).is_err());
         assert!(run(&["--cut-term", "--no-bid"]).is_err());
+        // A provider that accepts no award has none to counter; and one award, one answer.
+        assert!(run(&["--counter-above-max", "--stretch-awards", "1000"]).is_ok());
+        assert!(run(&["--counter-above-max", "--no-bid"]).is_err());
+        assert!(run(&["--counter-above-max", "--cut-term"]).is_err());
+    }
+
+    /// `--counter-above-max` answers the awards of its own bids only: not another provider's
+    /// (the award is gossiped), not a taken offer's (no auction, no maximum price), not
+    /// another event. Mutant caught: the provider left unchecked (it counters in others' deals,
+    /// refused as an unknown award, and the log fills with `not sent` lines).
+    #[test]
+    fn counters_answer_the_awards_of_its_own_bids_only() {
+        let (award, auction) = ("a".repeat(64), "b".repeat(64));
+        let data = |provider: &str, auction: Option<&str>| {
+            serde_json::json!({"award": award, "auction": auction, "customer": "c",
+                "provider": provider, "price": 1})
+        };
+        let mine = super::bid_award_to("awarded", &data("me", Some(&auction)), "me");
+        let (a, b) = mine.expect("an award of our bid");
+        assert_eq!(
+            (a.to_string(), b.to_string()),
+            (award.clone(), auction.clone())
+        );
+        let others = super::bid_award_to("awarded", &data("other", Some(&auction)), "me");
+        assert!(others.is_none());
+        assert!(super::bid_award_to("awarded", &data("me", None), "me").is_none());
+        assert!(super::bid_award_to("agreed", &data("me", Some(&auction)), "me").is_none());
     }
 
     /// The polling loops' pace: the first period at once, then none once the node stops.

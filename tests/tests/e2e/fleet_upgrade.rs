@@ -6,10 +6,11 @@
 //! target running v2 and not v1; on each target the new instance ran without devices until the
 //! switch, then took over v1's key-value state and device (timeline `state-moved`), and its
 //! count equals the readings sent over the whole run: none lost, none counted twice. An upgrade
-//! to a sick image (its `agora_health` export returns 1) exits non-zero with the reason, and
-//! every target ends on v2, running, with no sick replica left; v2's count still equals every
-//! reading sent (the sick instance never held the device). Nodes that are not labelled never run
-//! any of them.
+//! to a sick image (its `agora_health` export returns 1) with `--max-failed 0` exits non-zero
+//! with the reason, and every target ends on v2, running, with no sick replica left; v2's count
+//! still equals every reading sent (the sick instance never held the device). The same upgrade
+//! with the default failure budget (1) holds the first sick target and names it, and the second
+//! rolls both back. Nodes that are not labelled never run any of them.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -240,8 +241,8 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
     assert!(table.status.success(), "{table:?}");
     assert!(text(&table).contains("succeeded"), "{table:?}");
 
-    // A sick image: its first new instance reports unhealthy, the upgrade rolls back and the
-    // command fails with the reason.
+    // A sick image with no failure budget: its first new instance reports unhealthy, the
+    // upgrade rolls back and the command fails with the reason.
     let bad = agora(&[
         "deploy",
         "upgrade",
@@ -250,6 +251,8 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
         &sick,
         "--max-unavailable",
         "1",
+        "--max-failed",
+        "0",
         "--health-timeout",
         "4m",
         "--data-dir",
@@ -260,6 +263,11 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("rolled back"), "{err}");
     assert!(err.contains("health export returned 1"), "{err}");
+    assert!(
+        !text(&bad).contains("failed within --max-failed"),
+        "no target held with --max-failed 0: {}",
+        text(&bad)
+    );
     let st = status(&net, &id);
     assert_eq!(st["upgrade"]["state"], "rolled-back", "{st}");
     assert_eq!(st["image"], v2.as_str(), "the record names v2 again");
@@ -301,24 +309,21 @@ fn deploy_upgrade_moves_every_target_and_its_state_to_a_healthy_image_and_rolls_
     }
     drop(sensor);
 
-    // A failure budget (THREATS D1): with `--max-failed 1` the first sick target is held
-    // on v2 and named, the rollout goes on, and the second one, past the budget, rolls every
-    // target back.
+    // The default failure budget, 1 (THREATS D1): the first sick target is held on v2 and
+    // named, the rollout goes on, and the second one, past the budget, rolls every target back.
     let budget = agora(&[
         "deploy",
         "upgrade",
         &id,
         "--image",
         &sick,
-        "--max-failed",
-        "1",
         "--health-timeout",
         "4m",
         "--data-dir",
         &net.node(0),
     ]);
     eprintln!(
-        "deploy upgrade to the sick image, --max-failed 1:\n{}",
+        "deploy upgrade to the sick image, the default --max-failed:\n{}",
         text(&budget)
     );
     assert!(!budget.status.success(), "{}", text(&budget));

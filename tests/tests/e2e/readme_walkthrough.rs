@@ -116,6 +116,8 @@ const fn after(before: Wait, cmd: &'static str, how: How) -> Row {
 }
 
 const N0: &str = ".agora-devnet/node0";
+/// How long one README command run to its end may take (none takes a minute today).
+const COMMAND_LIMIT_S: u64 = 600;
 const N6: &str = ".agora-devnet/node6";
 
 /// Every command of the two README blocks, as written there (continuations joined, comments
@@ -542,7 +544,12 @@ impl Walk {
     }
 
     fn bash(&self, cmd: &str) -> Command {
-        let mut c = Command::new("bash");
+        self.shell(Command::new("bash"), cmd)
+    }
+
+    /// `bash -c cmd` run by `c` (bash itself, or `timeout … bash`) in the walkthrough's
+    /// directory and environment.
+    fn shell(&self, mut c: Command, cmd: &str) -> Command {
         c.arg("-c")
             .arg(cmd)
             .current_dir(&self.cwd)
@@ -553,10 +560,14 @@ impl Walk {
         c
     }
 
-    /// Runs `cmd`; returns (success, stdout, stderr).
+    /// Runs `cmd`, killed after [`COMMAND_LIMIT_S`] (a README command that hangs, such as
+    /// `deploy status --watch` whose target left `healthy`, fails the test and never hangs
+    /// the suite; the README's text is unchanged); returns (success, stdout, stderr).
     fn sh(&self, cmd: &str) -> (bool, String, String) {
+        let mut limited = Command::new("timeout");
+        limited.args(["-k", "10", &COMMAND_LIMIT_S.to_string(), "bash"]);
         let out = self
-            .bash(cmd)
+            .shell(limited, cmd)
             .output()
             .unwrap_or_else(|e| panic!("cannot run bash: {e}"));
         (

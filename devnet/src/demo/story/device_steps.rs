@@ -69,7 +69,7 @@ impl Story {
         std::fs::write(&file, image).context("writing the demo's firmware image")?;
         let client = api(an)?;
         let added: Added = client
-            .post_long(
+            .post(
                 "/v1/storage/add",
                 &AddRequest {
                     path: file.canonicalize()?,
@@ -87,7 +87,7 @@ impl Story {
             firmware_type: None,
         };
         let started: JobStarted = client
-            .post_long("/v1/devices/jobs", &req)
+            .post("/v1/devices/jobs", &req)
             .await
             .context("starting A's firmware job")?;
         self.clock.line(

@@ -188,6 +188,7 @@ impl<S: Signer> FleetState<S> {
         // A record evicted to make room: its replica here (no contract backs it, or it would
         // be pinned) goes at once, so the replicas stay within the store's bound.
         for gone in self.store.take_evicted() {
+            self.told_unmatched.remove(&gone);
             if self.local.remove(&gone).is_some() {
                 out.push(Effect::Stop { deployment: gone });
             }
@@ -234,11 +235,14 @@ impl<S: Signer> FleetState<S> {
         };
         let Some(record) = record.filter(|_| wanted) else {
             self.store.unpin(&id);
-            if self.local.remove(&id).is_some() {
+            let was_local = self.local.remove(&id).is_some();
+            if was_local {
                 out.push(Effect::Stop { deployment: id });
             }
+            self.tell_unmatched(now, id, was_local, out);
             return;
         };
+        self.told_unmatched.remove(&id);
         let body = &record.body;
         let local = self.local.entry(id).or_insert_with(|| LocalReplica {
             deployer: body.deployer,
@@ -296,10 +300,69 @@ impl<S: Signer> FleetState<S> {
         }
     }
 
+    /// Provider: the held record `id` no longer selects this node (its labels, region or
+    /// capacity changed, say) while this node may still count as its deployer's target: it
+    /// tracked a replica of it until now (`was_local`), or a live contract of the deployer's
+    /// for one of its images runs here (after a restart this node tracks nothing, but the
+    /// contract still stands). Such a provider sends neither polls nor candidates any more, so
+    /// without a word the deployer kept it until it had been silent for `offline_after_ms`
+    /// (5 minutes with `--all`) and released it as `Offline`. Instead the deployer is sent
+    /// this node's current facts as a `Candidate`: its plan releases this node as
+    /// `NoLongerMatches` and places a replacement. At most once per [`super::FleetConfig::candidate_refresh_ms`] per
+    /// record while its contract stands (a message lost is sent again), and once per change
+    /// without one. The deployer keeps facts only under the sender's own authenticated id, so
+    /// this can release no other target.
+    fn tell_unmatched(
+        &mut self,
+        now: Timestamp,
+        id: DeploymentId,
+        was_local: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        let (Some(record), Some(me)) = (self.store.get(&id), &self.self_facts) else {
+            return;
+        };
+        let body = &record.body;
+        // A deleted or expired record is released by its deployer anyway.
+        if body.deleted
+            || now >= body.expires_at
+            || body.deployer == self.me
+            || wants(body, me, now)
+        {
+            return;
+        }
+        let backed = self
+            .backing
+            .get(&body.deployer)
+            .is_some_and(|live| body.images().iter().any(|i| live.contains(*i)));
+        let may_be_target = was_local || backed;
+        let told_lately = self
+            .told_unmatched
+            .get(&id)
+            .is_some_and(|at| now.saturating_sub(*at) < self.config.candidate_refresh_ms);
+        if !may_be_target || told_lately {
+            return;
+        }
+        let (deployer, facts) = (body.deployer, me.candidate());
+        self.told_unmatched.insert(id, now);
+        self.counters.unmatched_told += 1;
+        tracing::debug!(deployment = %id.short(), deployer = %deployer.short(),
+            "fleet record no longer selects this node: telling its deployer");
+        out.push(Effect::Send {
+            to: deployer,
+            msg: FleetMessage::Candidate {
+                deployment: id,
+                facts,
+            },
+        });
+    }
+
     /// Provider tick: drop expired records, follow changes of this node's own facts, poll the
     /// deployers of pull deployments.
     pub(super) fn provider_tick(&mut self, now: Timestamp, out: &mut Vec<Effect>) {
         self.store.prune(now);
+        let store = &self.store;
+        self.told_unmatched.retain(|id, _| store.get(id).is_some());
         let ids: Vec<DeploymentId> = self
             .store
             .iter()

@@ -1,7 +1,7 @@
 //! The fleet machine between several nodes, messages delivered by a tiny in-memory network.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::*;
 use crate::record::{Replicas, Strategy};
@@ -527,16 +527,16 @@ fn a_provider_whose_labels_change_stops_and_is_replaced() {
     let moved = targets[0];
     let seed = (2..=4).find(|s| Net::id(*s) == moved).unwrap();
     net.take();
-    // The provider's operator relabels it: it stops its replica, and the deployer (hearing the
-    // new facts) releases it and places a replacement.
+    // The provider's operator relabels it: it stops its replica and, since it no longer
+    // offers itself, sends the deployer its new facts once (no node feeds `Input::Provider`);
+    // the deployer releases it and places a replacement.
     net.input(T0 + 2, seed, Input::SelfFacts(facts(seed, "b", T0 + 2)))
         .unwrap();
     net.input(T0 + 2, seed, Input::Tick).unwrap();
-    net.input(T0 + 2, 1, Input::Provider(facts(seed, "b", T0 + 2)))
-        .unwrap();
     net.input(T0 + 3, 1, Input::Tick).unwrap();
     let done = net.take();
     assert!(done.contains(&(moved, Effect::Stop { deployment: id })));
+    assert_eq!(net.nodes[&moved].counters().unmatched_told, 1);
     assert!(done.iter().any(|(_, e)| matches!(e,
         Effect::Release { target, reason: ReleaseReason::NoLongerMatches, .. } if *target == moved)));
     let now: Vec<NodeId> = net
@@ -549,6 +549,151 @@ fn a_provider_whose_labels_change_stops_and_is_replaced() {
         .collect();
     assert_eq!(now.len(), 2);
     assert!(!now.contains(&moved));
+}
+
+/// Issue #15 (found by reading in session 54): a target that restarts without the label its
+/// deployment selects tracks no replica of it, so it neither polls nor offers itself; its
+/// contract still stands. It tells the deployer its new facts as soon as its node shows that
+/// contract, and the deployer releases it as `NoLongerMatches` (not as `Offline` 30 s later)
+/// and places a replacement, keeping the other target. The word is repeated only every
+/// `candidate_refresh_ms` while the contract stands, and not at all once it ended.
+#[test]
+fn a_restarted_target_that_no_longer_matches_tells_its_deployer_and_is_replaced() {
+    let refresh = FleetConfig::default().candidate_refresh_ms;
+    let mut net = Net::new(FleetConfig::default());
+    net.input(
+        T0,
+        1,
+        Input::Create(spec(Strategy::Pull, Replicas::Count(2))),
+    )
+    .unwrap();
+    net.input(T0 + 1, 1, Input::Tick).unwrap();
+    let id = deployment_id(&Net::id(1), "gw");
+    let targets: Vec<NodeId> = net
+        .deployer()
+        .own(&id)
+        .unwrap()
+        .targets
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(targets.len(), 2);
+    let (moved, kept) = (targets[0], targets[1]);
+    let seed = (2..=4).find(|s| Net::id(*s) == moved).unwrap();
+    let kept_facts = net.deployer().providers()[&kept].clone();
+
+    // Restarted from its data dir with the label gone: it remembers no record. The deployer
+    // sends it its records on seeing it again; before its ledger shows the contract it says
+    // nothing (a provider that never hosted it is nobody's target).
+    net.join(seed, "b", T0 + 2);
+    net.input(T0 + 2, 1, Input::PeerUp(moved)).unwrap();
+    assert!(net.nodes[&moved].store().get(&id).is_some());
+    assert_eq!(net.nodes[&moved].counters().unmatched_told, 0);
+    // Its node feeds the contract the ledger shows, then ticks: it tells the deployer.
+    let contract = Input::Backing(vec![(Net::id(1), IMAGE.to_string())]);
+    net.input(T0 + 3, seed, contract).unwrap();
+    net.input(T0 + 3, seed, Input::Tick).unwrap();
+    assert_eq!(net.nodes[&moved].counters().unmatched_told, 1);
+    net.take();
+
+    net.input(T0 + 4, 1, Input::Tick).unwrap();
+    let done = net.take();
+    let released: Vec<(NodeId, ReleaseReason)> = done
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Effect::Release { target, reason, .. } => Some((*target, *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, vec![(moved, ReleaseReason::NoLongerMatches)]);
+    let replacement = placed(&done);
+    assert_eq!(replacement.len(), 1, "{done:?}");
+    assert!(replacement[0] != moved && replacement[0] != kept);
+    let now: BTreeSet<NodeId> = net
+        .deployer()
+        .own(&id)
+        .unwrap()
+        .targets
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(now, BTreeSet::from([kept, replacement[0]]));
+    // Its word changed its own facts only.
+    assert_eq!(net.deployer().providers()[&kept], kept_facts);
+
+    // Told again only after `candidate_refresh_ms` while the contract stands, never after.
+    net.input(T0 + 5, seed, Input::Tick).unwrap();
+    assert_eq!(net.nodes[&moved].counters().unmatched_told, 1);
+    net.input(T0 + 3 + refresh, seed, Input::Tick).unwrap();
+    assert_eq!(net.nodes[&moved].counters().unmatched_told, 2);
+    net.input(T0 + 4 + refresh, seed, Input::Backing(Vec::new()))
+        .unwrap();
+    net.input(T0 + 3 + 2 * refresh, seed, Input::Tick).unwrap();
+    assert_eq!(net.nodes[&moved].counters().unmatched_told, 2);
+}
+
+/// A deployer with one contract on a provider cannot make it send more than one `Candidate`
+/// per record it holds per `candidate_refresh_ms`, however many records that no longer
+/// select it the deployer signs: the store holds 8 per deployer, and the word goes only to
+/// the record's own deployer.
+#[test]
+fn records_that_no_longer_select_a_backed_provider_are_answered_within_bounds() {
+    let refresh = FleetConfig::default().candidate_refresh_ms;
+    let deployer = signer(9);
+    let mut p2 = FleetState::new(signer(2), FleetConfig::default());
+    p2.handle(T0, Input::SelfFacts(facts(2, "a", T0))).unwrap();
+    p2.handle(T0, Input::Backing(vec![(deployer.node_id(), IMAGE.into())]))
+        .unwrap();
+    let records: Vec<Deployment> = (0..20u64)
+        .map(|n| {
+            DeploymentSpec {
+                name: format!("elsewhere-{n}"),
+                selector: Selector::parse("site=z").unwrap(),
+                ..spec(Strategy::Push, Replicas::Count(1))
+            }
+            .sign(&deployer, T0, 1, n + 1)
+            .unwrap()
+        })
+        .collect();
+    // How many `Candidate`s `out` sends, each to the records' deployer.
+    let told = |out: &[Effect]| {
+        let to: Vec<NodeId> = out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    to,
+                    msg: FleetMessage::Candidate { .. },
+                } => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert!(to.iter().all(|t| *t == deployer.node_id()), "{out:?}");
+        to.len()
+    };
+    let announce_all = |p2: &mut FleetState<KeySigner>, now: Timestamp| {
+        let mut n = 0;
+        for record in &records {
+            let msg = FleetMessage::Announce(Box::new(record.clone()));
+            let input = Input::Remote {
+                from: deployer.node_id(),
+                gossip: false,
+                msg,
+            };
+            n += told(&p2.handle(now, input).unwrap());
+        }
+        n
+    };
+    let per_deployer = FleetConfig::default().store.max_per_deployer;
+    assert_eq!(announce_all(&mut p2, T0), per_deployer);
+    assert_eq!(announce_all(&mut p2, T0 + 1), 0, "the same records again");
+    assert_eq!(told(&p2.handle(T0 + 2, Input::Tick).unwrap()), 0);
+    assert_eq!(
+        told(&p2.handle(T0 + refresh, Input::Tick).unwrap()),
+        per_deployer
+    );
+    p2.handle(T0 + refresh, Input::Backing(Vec::new())).unwrap();
+    assert_eq!(told(&p2.handle(T0 + 3 * refresh, Input::Tick).unwrap()), 0);
+    assert_eq!(p2.counters().unmatched_told, 2 * per_deployer as u64);
 }
 
 /// THREATS D1: fresh providers flooding a full table (any key may offer itself as a

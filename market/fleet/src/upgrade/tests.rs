@@ -327,6 +327,38 @@ fn a_failure_within_the_budget_does_not_veto_the_upgrade() {
     }
 }
 
+/// THREATS D1: without a budget given, one sick target (or a hostile one saying so) is held and
+/// the rest upgrade, in a fleet of two as of three; a second failure still rolls every target
+/// back.
+#[test]
+fn one_sick_target_is_held_by_default_a_second_rolls_back() {
+    let budget = UpgradeConfig::default().max_failed;
+    for fleet in [
+        &[Behaviour::Sick(1), Behaviour::Good(1)][..],
+        &[Behaviour::Good(1), Behaviour::Sick(1), Behaviour::Good(1)][..],
+    ] {
+        let (up, world) = run_with_budget(fleet, 1, 1, budget).unwrap();
+        assert_eq!(up.outcome(), &Outcome::Succeeded, "{fleet:?}");
+        assert_eq!(up.failed().len(), 1, "{fleet:?}");
+        for h in world.hosts.values() {
+            assert!(h.old.is_none() && h.new.is_some(), "{h:?}");
+        }
+    }
+    // Both targets of two sick (the process test `fleet_upgrade`): the second rolls back.
+    let (up, world) = run_with_budget(&[Behaviour::Sick(1); 2], 1, 1, budget).unwrap();
+    assert!(
+        matches!(up.outcome(), Outcome::RolledBack { .. }),
+        "{:?}",
+        up.outcome()
+    );
+    assert!(
+        world
+            .hosts
+            .values()
+            .all(|h| h.old.is_some() && h.new.is_none())
+    );
+}
+
 fn arb_behaviour() -> impl proptest::strategy::Strategy<Value = Behaviour> {
     prop_oneof![
         6 => (0u64..8).prop_map(Behaviour::Good),

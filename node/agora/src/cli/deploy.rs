@@ -1,12 +1,18 @@
 //! Fleet deployments: `agora deploy create|status|list|delete|upgrade` (issue #15,
 //! docs/FLEETS.md).
+//!
+//! A target's own text (its reasons, its last failure, and the upgrade's reasons that quote
+//! them) is escaped where it enters a line ([`agora_wire::printable`]): a hostile target could
+//! otherwise put escape sequences on the operator's terminal, faking the screen or writing the
+//! clipboard (OSC 52) (THREATS L3). `print_table` escapes its cells itself.
 
 use std::path::Path;
 
 use agora_api::client::ApiClient;
 use agora_api::fleet::{CreateDeploymentRequest, DeploymentList, UpgradeRequest};
-use agora_fleet_core::{DeploymentView, TargetView, UpgradeView};
+use agora_fleet_core::{DeploymentView, TargetView, UpgradeConfig, UpgradeView};
 use agora_market::resources::parse_duration_ms;
+use agora_wire::printable;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
@@ -45,9 +51,9 @@ pub enum DeployCommand {
     /// Upgrade a deployment to another image, start-first in waves: on each target the new
     /// image starts beside the old one (its own contract), the old one stops once the new one
     /// is healthy. A new instance unhealthy, failed or not healthy in time rolls every target
-    /// back to the old image, unless it is within `--max-failed`. Waits and prints each
-    /// change; exits 0 when every target runs the new image (healthy, but those failed within
-    /// the budget, which it names), non-zero with the reason after a rollback.
+    /// back to the old image, unless it is within `--max-failed` (one by default). Waits and
+    /// prints each change; exits 0 when every target runs the new image (healthy, but those
+    /// failed within the budget, which it names), non-zero with the reason after a rollback.
     Upgrade(UpgradeArgs),
 }
 
@@ -74,9 +80,10 @@ pub struct UpgradeArgs {
     /// The failure budget: up to this many targets whose new instance fails (unhealthy,
     /// failed or not healthy in time) are held on the old image and named, and the rollout
     /// goes on (never all of them); one more rolls every target back. Once the others are
-    /// upgraded the held ones' replicas count as failed and are placed elsewhere. With 0 one
-    /// failing target (a hostile one among them) rolls every upgrade back.
-    #[arg(long, default_value_t = 0)]
+    /// upgraded the held ones' replicas count as failed and are placed elsewhere. 1 by
+    /// default, so one failing target (a hostile one among them) cannot veto the upgrade;
+    /// with 0 the first failure rolls every target back.
+    #[arg(long, default_value_t = UpgradeConfig::default().max_failed)]
     max_failed: u32,
     /// Give up waiting after this long (the upgrade carries on; follow it with `deploy
     /// status`), e.g. `1h`.
@@ -148,7 +155,7 @@ fn default_name(image: &str) -> String {
 /// `2 (trap: wasm \`unreachable\` instruction executed)`.
 fn restarts_cell(t: &TargetView) -> String {
     match (&t.last_failure, t.restarts) {
-        (Some(why), n) if n > 0 => format!("{n} ({why})"),
+        (Some(why), n) if n > 0 => format!("{n} ({})", printable(why)),
         (_, n) => n.to_string(),
     }
 }
@@ -156,7 +163,7 @@ fn restarts_cell(t: &TargetView) -> String {
 /// One target's status as the table shows it: `healthy`, `unhealthy: reason`, `failed: reason`.
 fn target_status(t: &TargetView) -> String {
     match &t.reason {
-        Some(reason) if !reason.is_empty() => format!("{}: {reason}", t.phase),
+        Some(reason) if !reason.is_empty() => format!("{}: {}", t.phase, printable(reason)),
         _ => t.phase.clone(),
     }
 }
@@ -202,7 +209,7 @@ fn print_view(v: &DeploymentView) {
         println!("after {}", v.after.join(", "));
     }
     for why in &v.waiting_for {
-        println!("waiting for {why}");
+        println!("waiting for {}", printable(why));
     }
     let rows: Vec<Vec<String>> = v
         .targets
@@ -233,7 +240,7 @@ fn print_view(v: &DeploymentView) {
 
 fn upgrade_state(u: &UpgradeView) -> String {
     match &u.reason {
-        Some(reason) => format!("{}: {reason}", u.state),
+        Some(reason) => format!("{}: {}", u.state, printable(reason)),
         None => u.state.clone(),
     }
 }
@@ -278,10 +285,11 @@ fn progress_lines(u: &UpgradeView, seen: &mut Vec<String>) -> Vec<String> {
             "  {} {}: old {}, new {}{}",
             t.node.short(),
             t.step,
-            t.old.as_deref().unwrap_or("-"),
-            t.new.as_deref().unwrap_or("-"),
+            printable(t.old.as_deref().unwrap_or("-")),
+            printable(t.new.as_deref().unwrap_or("-")),
             t.failed.as_deref().map_or_else(String::new, |why| format!(
-                " (failed within --max-failed: {why})"
+                " (failed within --max-failed: {})",
+                printable(why)
             ))
         ));
     }
@@ -296,6 +304,23 @@ fn progress_lines(u: &UpgradeView, seen: &mut Vec<String>) -> Vec<String> {
     }
     *seen = now;
     lines
+}
+
+/// The targets held within the failure budget, with why: `NODE (new image unhealthy on …)`.
+fn held_targets(u: &UpgradeView) -> Vec<String> {
+    u.targets
+        .iter()
+        .filter_map(|t| Some(format!("{} ({})", t.node, printable(t.failed.as_ref()?))))
+        .collect()
+}
+
+/// The error `deploy upgrade` exits with after a rollback (its reason quotes a target's).
+fn rolled_back(u: &UpgradeView) -> anyhow::Error {
+    anyhow::anyhow!(
+        "upgrade rolled back: {}; every target is back on {}",
+        printable(u.reason.as_deref().unwrap_or("no reason given")),
+        u.from
+    )
 }
 
 /// True once `--watch` has nothing more to wait for: every target (as many as the count asks
@@ -475,11 +500,7 @@ async fn upgrade(dir: &Path, a: &UpgradeArgs, json: bool) -> anyhow::Result<()> 
             return match u.state.as_str() {
                 "succeeded" => {
                     if !json {
-                        let failed: Vec<String> = u
-                            .targets
-                            .iter()
-                            .filter_map(|t| Some(format!("{} ({})", t.node, t.failed.as_ref()?)))
-                            .collect();
+                        let failed = held_targets(&u);
                         if failed.is_empty() {
                             println!("every target runs {} and is healthy", u.to);
                         } else {
@@ -495,11 +516,7 @@ async fn upgrade(dir: &Path, a: &UpgradeArgs, json: bool) -> anyhow::Result<()> 
                     }
                     Ok(())
                 }
-                _ => Err(anyhow::anyhow!(
-                    "upgrade rolled back: {}; every target is back on {}",
-                    u.reason.as_deref().unwrap_or("no reason given"),
-                    u.from
-                )),
+                _ => Err(rolled_back(&u)),
             };
         }
         if std::time::Instant::now() >= deadline {
@@ -729,6 +746,60 @@ mod tests {
         assert!(!settled(&view(&[("healthy", 0)], Some(2))), "one of two");
         assert!(settled(&view(&[("healthy", 0), ("failed", 3)], Some(2))));
         assert!(!settled(&view(&[("unhealthy", 0)], None)), "may recover");
+    }
+
+    /// THREATS L3: a hostile target's reasons (OSC 52 writes the operator's clipboard) reach
+    /// every line `deploy status --watch` and `deploy upgrade` print escaped.
+    #[test]
+    fn a_targets_reason_is_printed_escaped() {
+        let osc = "\u{1b}]52;c;cm0gLXJm\u{7}";
+        let mut v = view(&[("unhealthy", 1)], None);
+        v.targets[0].reason = Some(osc.into());
+        v.targets[0].last_failure = Some(osc.into());
+        let node = v.targets[0].node;
+        let u = UpgradeView {
+            from: "old".into(),
+            to: "new".into(),
+            state: "rolled-back".into(),
+            reason: Some(format!("new image unhealthy on {}: {osc}", node.short())),
+            max_unavailable: 1,
+            health_timeout_ms: 60_000,
+            max_failed: 1,
+            targets: vec![agora_fleet_core::UpgradeTargetView {
+                node,
+                step: "held".into(),
+                old: Some(format!("unhealthy: {osc}")),
+                new: Some(format!("unhealthy: {osc}")),
+                failed: Some(osc.into()),
+            }],
+        };
+        let mut lines = watch_lines(&v, &mut Default::default());
+        lines.extend(progress_lines(&u, &mut Vec::new()));
+        lines.extend(held_targets(&u));
+        lines.push(rolled_back(&u).to_string());
+        assert_eq!(lines.len(), 6, "{lines:?}");
+        for line in &lines {
+            assert!(
+                !line.contains(['\u{1b}', '\u{7}']),
+                "raw control bytes: {line:?}"
+            );
+        }
+        // What the target said is still there, legibly.
+        let quoted = "\\u{1b}]52;c;cm0gLXJm\\u{7}";
+        let quoting = lines.iter().filter(|l| l.contains(quoted)).count();
+        assert_eq!(quoting, lines.len() - 1, "all but the summary: {lines:?}");
+    }
+
+    /// THREATS D1: without `--max-failed` one failing target is held, not a veto.
+    #[test]
+    fn the_failure_budget_is_one_by_default() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let line = ["agora", "deploy", "upgrade", "id", "--image", "bafy"];
+        match Cli::try_parse_from(line).map(|cli| cli.command) {
+            Ok(Command::Deploy(DeployCommand::Upgrade(a))) => assert_eq!(a.max_failed, 1),
+            other => panic!("not parsed as an upgrade: {other:?}"),
+        }
     }
 
     #[test]

@@ -493,18 +493,24 @@ async fn flash(dir: &Path, a: &FlashArgs, json: bool) -> anyhow::Result<()> {
     }
 }
 
-/// One device's state as a progress line.
+/// One device's state as a progress line. The versions and reasons are the device's own word
+/// (radio frames), so they are escaped (THREATS L3): the line is printed as it is, not only in
+/// a table.
 fn progress_line(d: &agora_devices::DeviceProgress) -> String {
     use agora_devices::{Outcome, Step};
+    use agora_wire::printable;
     match &d.outcome {
         Some(Outcome::Updated { attempts }) => {
-            format!("updated to {} ({attempts} attempt(s))", d.version)
+            format!(
+                "updated to {} ({attempts} attempt(s))",
+                printable(&d.version)
+            )
         }
         Some(Outcome::Skipped(r)) => format!("skipped: {}", json_word(r)),
         Some(Outcome::RolledBack { last, attempts }) => format!(
             "FAILED after {attempts} attempt(s) ({}), rolled back to {}",
             json_word(last),
-            d.previous_version
+            printable(&d.previous_version)
         ),
         Some(Outcome::Lost { last }) => format!("FAILED and lost ({})", json_word(last)),
         None => match d.step {
@@ -515,13 +521,15 @@ fn progress_line(d: &agora_devices::DeviceProgress) -> String {
     }
 }
 
-/// The snake_case JSON form of a value, for lines.
+/// The snake_case JSON form of a value, for lines, escaped: JSON escapes C0 controls but not
+/// DEL or C1 ones, and the value may quote a device.
 fn json_word<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
+    let word = match serde_json::to_value(v) {
         Ok(serde_json::Value::String(s)) => s,
         Ok(other) => other.to_string(),
         Err(_) => "?".into(),
-    }
+    };
+    agora_wire::printable(&word).into_owned()
 }
 
 fn print_summary(v: &JobView) {
@@ -536,14 +544,16 @@ fn print_summary(v: &JobView) {
 }
 
 fn print_job(v: &JobView) {
+    use agora_wire::printable;
+    // A job resumed at a handover carries the devices' owner's words (another node's).
     println!(
         "job {}: version {} of {} ({} bytes, {} chunks), devices {}, {}",
         v.status.id,
-        v.status.version,
-        v.firmware_type,
+        printable(&v.status.version),
+        printable(&v.firmware_type),
         v.size,
         v.status.chunks,
-        v.selector,
+        printable(&v.selector),
         if v.finished { "finished" } else { "running" }
     );
     let rows: Vec<Vec<String>> = v
@@ -618,4 +628,46 @@ fn failed(v: &JobView) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// THREATS L3: a device's versions (radio frames; unkeyed devices can be impersonated)
+    /// reach `agora device flash`'s progress lines escaped.
+    #[test]
+    fn a_devices_versions_are_printed_escaped() {
+        use agora_devices::{DeviceProgress, FailReason, Outcome, SkipReason, Step};
+        let evil = "1.0\u{1b}]52;c;cm0gLXJm\u{7}\u{9b}";
+        let d = |outcome| DeviceProgress {
+            device: 7,
+            step: Step::Waiting,
+            attempt: 1,
+            chunks_done: 0,
+            previous_version: evil.into(),
+            version: evil.into(),
+            last_failure: None,
+            outcome: Some(outcome),
+        };
+        let lines = [
+            progress_line(&d(Outcome::Updated { attempts: 1 })),
+            progress_line(&d(Outcome::RolledBack {
+                last: FailReason::BootedOld {
+                    version: evil.into(),
+                },
+                attempts: 2,
+            })),
+            progress_line(&d(Outcome::Skipped(SkipReason::WrongType {
+                firmware_type: evil.into(),
+            }))),
+        ];
+        for line in &lines {
+            assert!(
+                !line.contains(char::is_control),
+                "raw control bytes: {line:?}"
+            );
+            assert!(line.contains("\\u{9b}"), "{line:?}");
+        }
+    }
 }

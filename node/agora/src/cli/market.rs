@@ -428,7 +428,13 @@ async fn watch(dir: &Path, once: bool, json: bool) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string(e)?);
             } else {
-                println!("{} {:<18} {}", e.at, e.kind, e.detail);
+                // A rejection's detail may quote a peer's message (a region it named).
+                println!(
+                    "{} {:<18} {}",
+                    e.at,
+                    e.kind,
+                    agora_wire::printable(&e.detail)
+                );
             }
             after = Some(e.seq);
         }

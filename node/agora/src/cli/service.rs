@@ -214,13 +214,17 @@ pub async fn service(dir: &Path, cmd: &ServiceCommand, json: bool) -> anyhow::Re
             let s = &r.service;
             let m = &s.metering;
             println!("id:        {}", s.id);
-            println!("service:   {}@{} ({})", s.name, s.version, s.kind.as_str());
+            println!(
+                "service:   {}@{} ({})",
+                agora_wire::printable(&s.name),
+                agora_wire::printable(&s.version),
+                s.kind.as_str()
+            );
             println!("image:     {}", s.image);
             if r.health.restarting {
-                let why = s
-                    .last_failure
-                    .as_ref()
-                    .map_or_else(String::new, |f| format!(" after {f}"));
+                let why = s.last_failure.as_ref().map_or_else(String::new, |f| {
+                    format!(" after {}", agora_wire::printable(&f.to_string()))
+                });
                 println!("state:     active, restarting{why}");
             } else {
                 println!("state:     {}", state_text(&s.state));
@@ -238,8 +242,9 @@ pub async fn service(dir: &Path, cmd: &ServiceCommand, json: bool) -> anyhow::Re
             );
             println!("published: {}", m.published);
             println!("restarts:  {}", m.restarts);
+            // A customer's guest on a provider: its failure text may quote the guest.
             if let Some(f) = &s.last_failure {
-                println!("last fail: {f}");
+                println!("last fail: {}", agora_wire::printable(&f.to_string()));
             }
         }
     }

@@ -9,7 +9,8 @@
 //! providers were marked as walkers for what the customer's side caused or what they had to
 //! refuse: `Busy`, a hold our slow proposal outlived, a committee view that differs during a
 //! committee change (review 6, M1; review 7, M3). Those now end the proposal with a log line
-//! and are reported unblamed, so the auction's next bid is still awarded.
+//! and are reported as an unclear fault (`DealFault::Unclear`): the auction's next bid is
+//! still awarded, and a second within the hour marks the provider (review 8, H1).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use agora_contracts::deal::DealRefusal;
 use agora_contracts::{Contract, SignedContract, TxKind};
-use agora_market::{AwardId, KeySigner, NodeId, Signature};
+use agora_market::{AwardId, DealFault, KeySigner, NodeId, Signature};
 use agora_wire::codec::Kind;
 use tracing::{debug, info, warn};
 
@@ -51,7 +52,7 @@ enum Outcome {
     Signed(Signature),
     /// Refused by the provider's own choice: reported to the market.
     Refused(DealRefusal),
-    /// Given up without blaming the provider, for this reason.
+    /// Given up for this reason, a fault that may be either side's (`DealFault::Unclear`).
     GaveUp(String),
 }
 
@@ -70,11 +71,11 @@ impl Proposal {
             Outcome::Signed(provider_sig) => self.register(provider_sig).await,
             Outcome::Refused(reason) => {
                 warn!(%award, %reason, "refused by the provider: it ranks last on our auctions");
-                deal_failed(&self.market, self.award, self.provider, true).await;
+                deal_failed(&self.market, self.award, self.provider, DealFault::Provider).await;
             }
             Outcome::GaveUp(why) => {
-                warn!(%award, %why, "contract not countersigned; the provider is not blamed");
-                deal_failed(&self.market, self.award, self.provider, false).await;
+                warn!(%award, %why, "contract not countersigned; a second time within the hour marks the provider");
+                deal_failed(&self.market, self.award, self.provider, DealFault::Unclear).await;
             }
         }
     }
@@ -131,7 +132,7 @@ impl Proposal {
             },
             Err(e) => {
                 warn!(error = %e, "provider's signature does not verify");
-                deal_failed(&market, award, provider, true).await;
+                deal_failed(&market, award, provider, DealFault::Provider).await;
             }
         }
     }
@@ -216,13 +217,18 @@ fn refusal(reason: DealRefusal) -> Option<Outcome> {
 }
 
 /// Tells the market that `provider` did not countersign the contract of our `award`: the
-/// auction's next bid is awarded if the losers still keep their bids, and if `blamed` (its own
-/// choice) the provider ranks last on our auctions (THREATS C32).
-async fn deal_failed(market: &MarketHandle, award: AwardId, provider: NodeId, blamed: bool) {
+/// auction's next bid is awarded if the losers still keep their bids, and the provider ranks
+/// last on our auctions as `fault` says (THREATS C32).
+pub(super) async fn deal_failed(
+    market: &MarketHandle,
+    award: AwardId,
+    provider: NodeId,
+    fault: DealFault,
+) {
     let input = agora_market::Input::DealFailed {
         award,
         provider,
-        blamed,
+        fault,
     };
     if market.input(input).await.is_err() {
         debug!(award = %award.short(), "market gone: deal failure not reported");

@@ -38,10 +38,7 @@ pub(super) struct NatState {
     pub(super) conns: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
 }
 
-/// Whether an address goes through a circuit relay.
-pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
-}
+pub(crate) use crate::relayed_inbound::is_relayed;
 
 /// The address that says how a connection reaches its peer: the remote address, except for a
 /// circuit the peer opened to us through our relay reservation, whose remote address is only

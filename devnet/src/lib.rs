@@ -80,6 +80,7 @@ pub struct DevnetBuilder {
     committee: Option<usize>,
     wan: Option<agora_network::wan::WanProfile>,
     gc_interval_ms: Option<u64>,
+    inbound_frame_bytes: Option<usize>,
 }
 
 struct Slot {
@@ -118,6 +119,7 @@ impl Default for DevnetBuilder {
             committee: None,
             wan: None,
             gc_interval_ms: None,
+            inbound_frame_bytes: None,
         }
     }
 }
@@ -187,6 +189,13 @@ impl DevnetBuilder {
         self
     }
 
+    /// The budget of frames being read from peers on every node (`network.inbound_frame_bytes`;
+    /// default: the node's, 64 MiB).
+    pub fn inbound_frame_bytes(mut self, bytes: usize) -> Self {
+        self.inbound_frame_bytes = Some(bytes);
+        self
+    }
+
     /// Creates data dirs and genesis, then starts every node (node 0 first; the others
     /// bootstrap from it).
     pub async fn spawn(self) -> anyhow::Result<Devnet> {
@@ -215,6 +224,9 @@ impl DevnetBuilder {
             config.network.wan = self.wan;
             if let Some(ms) = self.gc_interval_ms {
                 config.storage.gc_interval_ms = ms;
+            }
+            if let Some(bytes) = self.inbound_frame_bytes {
+                config.network.inbound_frame_bytes = bytes;
             }
             let key = init_data_dir(&data_dir, &config)?;
             slots.push(Slot {

@@ -327,6 +327,101 @@ async fn answers_a_peer_never_reads_are_bounded() {
     net.shutdown().await;
 }
 
+/// THREATS N16: a peer that announces large requests and sends them slowly made this node hold
+/// all it uploaded until the streams timed out (30 s), on up to 100 streams per connection.
+/// Frames still being read share one budget (16 MiB here): forty streams each announce 4 MiB
+/// and send 1 MiB; at most sixteen of them can grow that far, the others fail and are counted,
+/// and the budget is never exceeded. A small request is answered meanwhile (its first 4 KiB
+/// are free); once the streams go the budget is whole again and a 2 MiB request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partly_sent_requests_beyond_the_budget_are_refused() {
+    use futures::AsyncWriteExt;
+    const STREAMS: usize = 40;
+    const SENT: usize = 1024 * 1024;
+    const BUDGET: usize = 16 * 1024 * 1024;
+    let net = Devnet::builder()
+        .nodes(2)
+        .committee(1)
+        .inbound_frame_bytes(BUDGET)
+        .spawn()
+        .await
+        .unwrap();
+    net.wait_connected(1, WAIT).await.unwrap();
+    let (a, b) = (net.handle(0).unwrap(), net.handle(1).unwrap());
+    let mut owner = a.inbox(Interest::new("owner").requests(Kind::Raw));
+    let before = a.stats().await.unwrap();
+    // Node 1 opens raw request streams, announces a whole request on each, sends 1 MiB of it
+    // and stops; each writer keeps its stream (a refused one is reset: the write fails).
+    let mut control = b.stream_control();
+    let mut writers = Vec::new();
+    for _ in 0..STREAMS {
+        let mut s = control
+            .open_stream(a.peer_id(), agora_network::RPC_PROTOCOL)
+            .await
+            .unwrap();
+        let mut head = agora_storage::wire::encode_varint(agora_wire::codec::MAX_RPC_BYTES as u64);
+        head.resize(head.len() + SENT, 7);
+        writers.push(tokio::spawn(async move {
+            let _ = s.write_all(&head).await;
+            let _ = s.flush().await;
+            s
+        }));
+    }
+    let refused_at_least = (STREAMS - BUDGET / SENT) as u64;
+    let s = timeout(WAIT, async {
+        loop {
+            let s = a.stats().await.unwrap();
+            let refused = s.frames_over_budget - before.frames_over_budget;
+            if refused >= refused_at_least && s.frame_bytes_held >= (BUDGET / 2) as u64 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the partly sent requests were never refused");
+    assert!(s.frame_bytes_held <= BUDGET as u64, "{s:?}");
+    // A small request still passes: the first 4 KiB of a frame take nothing of the budget.
+    let a_peer = a.peer_id();
+    let key = signer(&net, 1);
+    let ask = |seq: u64, payload: Vec<u8>| {
+        Envelope::seal(&key, Kind::Raw, agora_wire::now_ms(), seq, payload)
+    };
+    let small = ask(1, b"small".to_vec());
+    let b2 = b.clone();
+    let asking = tokio::spawn(async move { b2.request(a_peer, &small).await });
+    timeout(
+        WAIT,
+        answer_one(&mut owner, &a, |e| e.payload == b"small", b"ok"),
+    )
+    .await
+    .expect("a small request was not read beside the held budget");
+    let reply = timeout(WAIT, asking).await.unwrap().unwrap().unwrap();
+    assert_eq!(reply.payload, b"ok");
+    // The streams go: every frame's share comes back, and a large request passes.
+    drop(writers);
+    timeout(WAIT, async {
+        while a.stats().await.unwrap().frame_bytes_held > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the budget never came back");
+    let large = ask(2, vec![9u8; 2 * 1024 * 1024]);
+    let b2 = b.clone();
+    let asking = tokio::spawn(async move { b2.request(a_peer, &large).await });
+    let asked = timeout(
+        WAIT,
+        answer_one(&mut owner, &a, |e| e.payload.len() > 1024, b"ok"),
+    )
+    .await
+    .expect("the large request never reached its owner");
+    assert_eq!(asked.payload.len(), 2 * 1024 * 1024);
+    let reply = timeout(WAIT, asking).await.unwrap().unwrap().unwrap();
+    assert_eq!(reply.payload, b"ok");
+    net.shutdown().await;
+}
+
 /// Publishes `bytes` on `topic` from `node`, retrying while no peer's subscription is known yet.
 async fn publish_when_subscribed(node: &NetworkHandle, topic: &str, bytes: Vec<u8>) {
     let deadline = tokio::time::Instant::now() + WAIT;

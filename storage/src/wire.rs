@@ -8,6 +8,7 @@
 //! image records of hosted services (DAG-CBOR).
 
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -137,6 +138,18 @@ pub enum FrameError {
         /// Limit in force.
         limit: usize,
     },
+    /// The frame could not grow: the frames being read already hold the node's whole
+    /// [`FrameBudget`]. What it held was given back.
+    #[error(
+        "a frame of {size} bytes cannot grow: frames being read hold the {budget}-byte budget; \
+         closing the stream"
+    )]
+    OverBudget {
+        /// Announced length.
+        size: usize,
+        /// The budget in force.
+        budget: usize,
+    },
 }
 
 impl From<FrameError> for std::io::Error {
@@ -191,6 +204,12 @@ pub fn read_frame<R: Read>(
 /// allocated from the prefix alone, before any quota saw the request).
 const FIRST_READ: usize = 64 * 1024;
 
+/// The part of each frame a [`FrameBudget`] does not charge, and the unit its buffer grows by:
+/// a small request (most are a few hundred bytes) is read however full the budget is. Kept
+/// small because it is free on every stream: 100 request streams on each of 512 connections
+/// could hold 3.2 GiB at 64 KiB each, 200 MiB at 4 KiB.
+const FREE_BYTES: usize = 4 * 1024;
+
 /// `body` if it is the whole `len` bytes; the stream ended inside the frame otherwise.
 fn whole(body: Vec<u8>, len: usize) -> std::result::Result<Option<Vec<u8>>, FrameError> {
     if body.len() == len {
@@ -213,26 +232,181 @@ pub fn write_frame<W: Write>(
     Ok(())
 }
 
-/// [`read_frame`] on an async stream.
-pub async fn read_frame_async<R: AsyncRead + Unpin>(
-    r: &mut R,
+/// One budget for the bytes of frames still being read, shared by every stream on which a node
+/// reads frames from peers (requests, responses, bitswap messages). A frame's buffer is charged
+/// as it grows, by its capacity beyond the first 4 KiB (`FREE_BYTES`, so a small frame never
+/// waits for the budget), and given back when the frame is whole or its reader is dropped; a
+/// frame that cannot grow fails ([`FrameError::OverBudget`]) and is counted. Without it a peer
+/// that announces large frames and sends them slowly on many streams made the node hold all it
+/// uploaded until the streams timed out (found in session 54's triage, THREATS N16).
+#[derive(Debug)]
+pub struct FrameBudget {
     limit: usize,
-) -> std::result::Result<Option<Vec<u8>>, FrameError> {
+    held: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl FrameBudget {
+    /// A budget of `limit` bytes for all frames being read together.
+    pub fn new(limit: usize) -> FrameBudget {
+        FrameBudget {
+            limit,
+            held: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// No bound: for readers whose frames no peer can multiply (tests, tools).
+    pub fn unbounded() -> FrameBudget {
+        FrameBudget::new(usize::MAX)
+    }
+
+    /// The bound.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes charged to frames being read now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Frames failed so far because the budget had no room for them to grow.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Charges `bytes` if they fit beside what is held.
+    fn take(&self, bytes: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Counts a frame that could not grow, logging the 1st, 2nd, 4th, 8th… (a flood of them
+    /// must not flood the log; the stream's failure is logged with its peer where it is known).
+    fn refuse(&self, size: usize) -> FrameError {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                size,
+                budget = self.limit,
+                refused = n,
+                "frame refused: frames being read hold the whole budget"
+            );
+        }
+        FrameError::OverBudget {
+            size,
+            budget: self.limit,
+        }
+    }
+}
+
+/// What one frame being read holds of its [`FrameBudget`]; given back when dropped, whether the
+/// frame was read whole, failed, or its reader was dropped half way (a stream timed out).
+struct FrameCharge<'a> {
+    budget: &'a FrameBudget,
+    bytes: usize,
+}
+
+impl FrameCharge<'_> {
+    /// Charges a buffer grown to `capacity` bytes for a frame of `size` (its first
+    /// [`FREE_BYTES`] are free).
+    fn cover(&mut self, capacity: usize, size: usize) -> std::result::Result<(), FrameError> {
+        let wanted = capacity.saturating_sub(FREE_BYTES);
+        let more = wanted.saturating_sub(self.bytes);
+        if more > 0 {
+            if !self.budget.take(more) {
+                return Err(self.budget.refuse(size));
+            }
+            self.bytes = wanted;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FrameCharge<'_> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
+    }
+}
+
+/// The capacity a frame's buffer of `capacity` bytes grows to, for a frame of `len`: by whole
+/// [`FREE_BYTES`] steps, at least a quarter of what it holds. A buffer grows only once it is
+/// full, so a peer makes this node charge at most a quarter (and one step) more than it sent:
+/// the budget cannot be taken with length prefixes alone. A 4 MiB frame grows about thirty
+/// times (each growth may move the buffer), not a thousand.
+fn next_capacity(capacity: usize, len: usize) -> usize {
+    let step = (capacity / 4 / FREE_BYTES).max(1) * FREE_BYTES;
+    capacity.saturating_add(step).min(len)
+}
+
+/// Reads a varint length prefix from an async stream; `Ok(None)` at the end of the stream
+/// before its first byte.
+async fn read_prefix_async<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::result::Result<Option<u64>, FrameError> {
     let mut decoder = VarintDecoder::default();
-    let len = loop {
+    loop {
         let mut byte = [0u8; 1];
         if r.read(&mut byte).await? == 0 {
             decoder.end().map_err(FrameError::BadLength)?;
             return Ok(None);
         }
         if let Some(len) = decoder.push(byte[0]).map_err(FrameError::BadLength)? {
-            break len;
+            return Ok(Some(len));
         }
+    }
+}
+
+/// [`read_frame`] on an async stream, with no budget (see [`read_frame_async_within`]).
+pub async fn read_frame_async<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> std::result::Result<Option<Vec<u8>>, FrameError> {
+    let budget = FrameBudget::unbounded();
+    read_frame_async_within(r, limit, &budget).await
+}
+
+/// [`read_frame`] on an async stream from a peer: the buffer grows as bytes arrive, and its
+/// growth is charged to `budget`, shared with every other frame the node is reading. A frame
+/// that cannot grow fails with [`FrameError::OverBudget`] (its reader should close the
+/// stream); what it held is given back then, when it is read whole, or when this future is
+/// dropped.
+pub async fn read_frame_async_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+    budget: &FrameBudget,
+) -> std::result::Result<Option<Vec<u8>>, FrameError> {
+    let Some(len) = read_prefix_async(r).await? else {
+        return Ok(None);
     };
     let len = checked_len(len, limit)?;
-    let mut body = Vec::with_capacity(len.min(FIRST_READ));
-    r.take(len as u64).read_to_end(&mut body).await?;
-    whole(body, len)
+    let mut charge = FrameCharge { budget, bytes: 0 };
+    let mut body: Vec<u8> = Vec::new();
+    let mut filled = 0;
+    while filled < len {
+        if filled == body.len() {
+            // Charged before it is allocated; `reserve_exact` keeps the capacity what was
+            // charged (plain `resize` would double it).
+            let capacity = next_capacity(body.len(), len);
+            charge.cover(capacity, len)?;
+            body.reserve_exact(capacity - body.len());
+            body.resize(capacity, 0);
+        }
+        let n = r.read(&mut body[filled..]).await?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        filled = (filled + n).min(body.len());
+    }
+    Ok(Some(body))
 }
 
 /// [`write_frame`] on an async stream (flushes, does not close).
@@ -450,6 +624,81 @@ mod tests {
             read_frame(&mut framed.as_slice(), 4 << 20).unwrap(),
             Some(body)
         );
+    }
+
+    /// A reader that hands out what it holds and then waits for good: a peer that stopped
+    /// sending in the middle of a frame.
+    struct Stalls<'a>(&'a [u8]);
+
+    impl AsyncRead for Stalls<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.0.is_empty() {
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready(std::io::Read::read(&mut self.0, buf))
+        }
+    }
+
+    /// Frames being read share one budget (THREATS N16): while a stalled frame holds most of it,
+    /// another that needs more than is left fails, is counted and gives back what it took; a
+    /// frame within the free first 4 KiB is read whatever is held; once the stalled frame's
+    /// reader is dropped (its stream timed out) the budget is whole again.
+    #[tokio::test]
+    async fn frames_share_one_budget_and_give_it_back() {
+        use futures::FutureExt;
+        let budget = FrameBudget::new(1 << 20);
+        // A: a 4 MiB frame of which 768 KiB arrive, then nothing.
+        let mut head = encode_varint(4 << 20);
+        head.resize(head.len() + 768 * 1024, 1);
+        let mut stalled = Stalls(&head);
+        let mut a = Box::pin(read_frame_async_within(&mut stalled, 4 << 20, &budget));
+        assert!(a.as_mut().now_or_never().is_none(), "A waits for the rest");
+        let held = budget.held();
+        assert!(
+            (768 * 1024 - FREE_BYTES..=1 << 20).contains(&held),
+            "A holds {held} bytes of the budget"
+        );
+        // B: a whole 512 KiB frame does not fit beside A.
+        let body = vec![2u8; 512 * 1024];
+        let mut framed = Vec::new();
+        write_frame(&mut framed, &body, 4 << 20).unwrap();
+        let b = read_frame_async_within(
+            &mut futures::io::Cursor::new(framed.clone()),
+            4 << 20,
+            &budget,
+        )
+        .await;
+        assert!(
+            matches!(
+                b,
+                Err(FrameError::OverBudget { size, budget: limit })
+                    if size == body.len() && limit == 1 << 20
+            ),
+            "B was read beside A: {:?}",
+            b.err()
+        );
+        assert_eq!(budget.refused(), 1);
+        assert_eq!(budget.held(), held, "B gave back what it took");
+        // A small frame takes nothing from the budget.
+        let mut small = Vec::new();
+        write_frame(&mut small, &[3u8; 1000], 4 << 20).unwrap();
+        let got = read_frame_async_within(&mut futures::io::Cursor::new(small), 4 << 20, &budget)
+            .await
+            .unwrap();
+        assert_eq!(got.map(|f| f.len()), Some(1000));
+        // A's reader dropped: its share comes back, and B is read whole and gives its own back.
+        drop(a);
+        assert_eq!(budget.held(), 0);
+        let got = read_frame_async_within(&mut futures::io::Cursor::new(framed), 4 << 20, &budget)
+            .await
+            .unwrap();
+        assert!(got.as_deref() == Some(&body[..]), "B was not read whole");
+        assert_eq!(budget.held(), 0);
+        assert_eq!(budget.refused(), 1);
     }
 
     #[test]

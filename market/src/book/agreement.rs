@@ -34,11 +34,16 @@ pub struct Agreement {
     /// stay while the award is negotiated): the deal task then proposes and signs nothing,
     /// rather than a contract built from defaults.
     pub auction: Option<AuctionFacts>,
+    /// The award's own deadline (the negotiation's): the provider agreed before it, and the
+    /// customer's deal task waits for its countersignature no longer than that (with a small
+    /// floor), so a key that accepts at the last moment and goes silent costs the auction no
+    /// more than its award's lapse (session 54, review 11 M1).
+    pub respond_by: Timestamp,
 }
 
 impl<S: Signer + Clone> MarketState<S> {
     /// `terms`, just agreed, with what their auction said ([`Agreement::auction`]).
-    pub(super) fn agreement(&self, terms: AgreedTerms) -> Agreement {
+    pub(super) fn agreement(&self, terms: AgreedTerms, respond_by: Timestamp) -> Agreement {
         let auction = match terms.subject {
             AwardSubject::Offer { .. } => Some(AuctionFacts::default()),
             AwardSubject::Bid { auction, .. } if terms.customer == self.me => {
@@ -52,7 +57,11 @@ impl<S: Signer + Clone> MarketState<S> {
                 start_at: b.start_at,
             }),
         };
-        Agreement { terms, auction }
+        Agreement {
+            terms,
+            auction,
+            respond_by,
+        }
     }
 }
 
@@ -126,13 +135,13 @@ mod tests {
             bid: BidId::of_bytes(b"bid"),
         };
         for node in [0, 1] {
-            let a = net.nodes[node].agreement(terms(&net, gone));
+            let a = net.nodes[node].agreement(terms(&net, gone), 0);
             assert_eq!(a.auction, None, "node {node}");
         }
         let offer = AwardSubject::Offer {
             offer: OfferId::of_bytes(b"offer"),
         };
-        let a = net.nodes[0].agreement(terms(&net, offer));
+        let a = net.nodes[0].agreement(terms(&net, offer), 0);
         assert_eq!(a.auction, Some(AuctionFacts::default()));
     }
 }

@@ -127,7 +127,11 @@ impl<S: Signer + Clone> MarketState<S> {
                 NegotiationEffect::Proposed(terms) => out.push(Effect::Proposed(terms)),
                 NegotiationEffect::Agreed(terms) => {
                     tracing::debug!(award = %award.short(), price = terms.price, "deal agreed");
-                    out.push(Effect::Agreed(self.agreement(terms)));
+                    let respond_by = self
+                        .deals
+                        .get(&award)
+                        .map_or(0, |d| d.negotiation.deadline());
+                    out.push(Effect::Agreed(self.agreement(terms, respond_by)));
                 }
                 NegotiationEffect::Failed { award, by } => {
                     if let Some(key) = self

@@ -81,11 +81,13 @@ struct Known {
     funded_since: Option<Timestamp>,
 }
 
-/// How long a provider must have been known funded before it ranks with the established ones
-/// of its balance tier on our auctions. Keys and transfers are free, so a key's first unclear
-/// fault (silent after agreeing, forgiven once: [`DealFault::Unclear`]) was free too when the
-/// key was made for the auction (session 54, review 10 H1): a key made for the purpose now
-/// ranks below every established provider of its tier for its first hour.
+/// How long a provider must have been known funded without a break (fed above 0 at least
+/// every [`BALANCE_MAX_AGE_MS`], as the 5 s push does on networks of up to 1,024 funded
+/// accounts) before it ranks with the established ones of its balance tier on our auctions.
+/// Keys and transfers are free, so a key's first unclear fault (silent after agreeing,
+/// forgiven once: [`DealFault::Unclear`]) was free too when the key was made for the auction
+/// (session 54, review 10 H1): a key made for the purpose now ranks below every established
+/// provider of its tier until its balance has stayed in it for an hour.
 pub const SEASONED_MS: u64 = 3_600_000;
 
 /// Whom one of our holds is for, and at what price.
@@ -399,9 +401,14 @@ impl<S: Signer + Clone> MarketState<S> {
         let unread = balances.len().saturating_sub(MAX_BALANCES);
         let mut learnt = BTreeSet::new();
         for (node, balance) in balances.into_iter().take(MAX_BALANCES) {
+            // Funded without a break: fed above 0 again within `BALANCE_MAX_AGE_MS` of the
+            // last feed. A key drained between feeds is not fed at all (the push leaves
+            // unfunded accounts out), so a gap restarts the clock: one balance moved from key
+            // to key every few seconds seasoned hundreds of keys (review 11, H1).
             let prior = self.funding.balances.get(&node);
+            let unbroken = prior.is_some_and(|k| now.saturating_sub(k.at) <= BALANCE_MAX_AGE_MS);
             let funded_since = match prior.and_then(|k| k.funded_since) {
-                Some(since) if balance > 0 => Some(since),
+                Some(since) if balance > 0 && unbroken => Some(since),
                 _ => (balance > 0).then_some(now),
             };
             let before = self.funding.balances.insert(

@@ -208,40 +208,62 @@ fn a_deal_given_up_goes_to_the_next_bid_and_marks_on_the_second_unclear_fault() 
 }
 
 /// Review 10 H1: keys are free, so a key made for an auction had its first unclear fault
-/// forgiven for free; a provider known funded for less than `SEASONED_MS` ranks below the
-/// established providers of its balance tier (above walkers), and with them once it has been
-/// funded an hour. Mutant — `seasoned` left out of the tier: the fresh key wins on price.
+/// forgiven for free; a provider known funded for less than `SEASONED_MS` without a break
+/// ranks below the established providers of its balance tier (above walkers), and with them
+/// once its balance has stayed an hour; a gap in its feeds longer than `BALANCE_MAX_AGE_MS`
+/// (drained, not pushed) restarts the hour (review 11 H1). Mutants — `seasoned` left out of
+/// the tier: the fresh key wins on price at once; no restart after a gap: the key fed once an
+/// hour ago wins.
 #[test]
 fn a_key_funded_within_the_hour_ranks_below_established_providers() {
     let mut c = customer();
-    let (old, fresh) = (signer(31), signer(32));
+    let (old, fresh, hopper) = (signer(31), signer(32), signer(33));
     let rich = 1_000_000;
-    c.handle(0, Input::Balances(vec![(old.node_id(), rich)]));
     let t = super::funding::SEASONED_MS;
-    c.handle(
-        t,
-        Input::Balances(vec![(old.node_id(), rich), (fresh.node_id(), rich)]),
-    );
-    let bids: [(&KeySigner, u64); 2] = [(&fresh, 1), (&old, 500)];
-    auction(&mut c, t + 1_000, &bids);
-    let out = c.handle(t + 11_000, Input::Tick);
+    // Every 5 s (as the push): `old` from 0, `fresh` and `hopper` from `t`; `hopper` was also
+    // fed once at 0 (funded then, drained and not pushed since).
+    c.handle(0, Input::Balances(vec![(hopper.node_id(), rich)]));
+    let feed = |c: &mut MarketState<KeySigner>, at: Timestamp| {
+        let mut fed = vec![(old.node_id(), rich)];
+        if at >= t {
+            fed.push((fresh.node_id(), rich));
+            fed.push((hopper.node_id(), rich));
+        }
+        c.handle(at, Input::Balances(fed));
+    };
+    // Who wins `rival`'s 1-token bid against `old`'s 500, in an auction opened at `at`.
+    let winner = |c: &mut MarketState<KeySigner>, at: Timestamp, rival: &KeySigner| {
+        let bids: [(&KeySigner, u64); 2] = [(rival, 1), (&old, 500)];
+        auction(c, at + 1, &bids);
+        feed(c, at + 5_000);
+        feed(c, at + 10_000);
+        award_in(&c.handle(at + 10_002, Input::Tick)).map(|(_, p)| p)
+    };
+    let mut at = 0;
+    while at <= t + 10_000 {
+        feed(&mut c, at);
+        at += 5_000;
+    }
     assert_eq!(
-        award_in(&out).map(|(_, p)| p),
+        winner(&mut c, at, &fresh),
         Some(old.node_id()),
-        "{out:?}"
+        "fresh: below"
     );
-    // An hour on, fed all along, it ranks by its bid again.
-    let later = 2 * t + 1_000;
-    c.handle(
-        later,
-        Input::Balances(vec![(old.node_id(), rich), (fresh.node_id(), rich)]),
-    );
-    auction(&mut c, later + 1_000, &bids);
-    let out = c.handle(later + 11_000, Input::Tick);
     assert_eq!(
-        award_in(&out).map(|(_, p)| p),
+        winner(&mut c, at + 15_000, &hopper),
+        Some(old.node_id()),
+        "hopper: below"
+    );
+    at += 30_000;
+    while at <= 2 * t + 10_000 {
+        feed(&mut c, at);
+        at += 5_000;
+    }
+    // An hour on, fed all along, it ranks by its bid again.
+    assert_eq!(
+        winner(&mut c, at, &fresh),
         Some(fresh.node_id()),
-        "{out:?}"
+        "fresh: an hour on"
     );
 }
 

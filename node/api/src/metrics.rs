@@ -80,6 +80,8 @@ struct Series {
     presence_peers: Family<Labels, Gauge>,
     gossip_messages: Family<Labels, Counter>,
     rpc_rejected: Counter,
+    frames_over_budget: Counter,
+    frame_bytes_held: Gauge,
     inbound_routes: Family<Labels, Counter>,
     gossip_route_dropped: Family<Labels, Counter>,
     rpc_inbound_failed: Family<Labels, Counter>,
@@ -124,6 +126,8 @@ impl Series {
             presence_peers: Family::default(),
             gossip_messages: Family::default(),
             rpc_rejected: Counter::default(),
+            frames_over_budget: Counter::default(),
+            frame_bytes_held: Gauge::default(),
             inbound_routes: Family::default(),
             gossip_route_dropped: Family::default(),
             rpc_inbound_failed: Family::default(),
@@ -193,6 +197,18 @@ impl Series {
             "rpc_rejected",
             "Inbound requests rejected by validation",
             s.rpc_rejected.clone(),
+        );
+        r.register(
+            "frames_over_budget",
+            "Frames read from peers (requests, responses, bitswap messages) whose stream failed \
+             because frames still being read held the node's whole budget \
+             (network.inbound_frame_bytes)",
+            s.frames_over_budget.clone(),
+        );
+        r.register(
+            "frame_bytes_held",
+            "Bytes frames still being read from peers hold of that budget now",
+            s.frame_bytes_held.clone(),
         );
         r.register(
             "inbound_routes",
@@ -525,6 +541,8 @@ impl Metrics {
                 set_family_counter(&s.gossip_messages, &[("outcome", outcome)], v);
             }
             set_counter(&s.rpc_rejected, n.rpc_rejected);
+            set_counter(&s.frames_over_budget, n.frames_over_budget);
+            s.frame_bytes_held.set(int(n.frame_bytes_held));
             for (by, v) in [("ledger", n.vouched_peers), ("operator", n.trusted_peers)] {
                 set_family_gauge(&s.vouched_peers, &[("by", by)], int(v));
             }

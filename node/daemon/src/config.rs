@@ -202,6 +202,13 @@ pub struct NetworkSection {
     /// so a flood from throwaway identities, which share one budget, cannot crowd out their
     /// gossip and requests (THREATS N7).
     pub trusted_peers: Vec<String>,
+    /// Bytes that frames still being read from peers (requests, responses, bitswap messages)
+    /// may hold together, beyond each frame's first 4 KiB (64 MiB; at least 4 MiB, one frame
+    /// of the largest size). A peer that announces large frames and sends them slowly on many
+    /// streams cannot make the node hold more; a frame that cannot grow fails its stream and is
+    /// counted (`frames_over_budget` in `agora status --json`; THREATS N16). Raise it if that
+    /// count grows while no one attacks the node.
+    pub inbound_frame_bytes: usize,
     /// WAN emulation for devnets and tests (`agora devnet up --latency 50ms`): inbound TCP
     /// bytes are delayed by `latency_ms ± jitter_ms` and a share `loss_ppm` (per million) of
     /// segments costs a retransmission timeout (`agora_network::wan`). Never for production.
@@ -230,6 +237,7 @@ impl Default for NetworkSection {
             relay_server: None,
             autonat_only_global_ips: d.autonat_only_global_ips,
             trusted_peers: Vec::new(),
+            inbound_frame_bytes: d.inbound_frame_bytes,
             wan: d.wan,
         }
     }
@@ -407,6 +415,7 @@ impl NodeConfig {
                 .collect::<Result<_, _>>()?,
             // Not in the config file: the daemon fills it from the genesis.
             committee: Vec::new(),
+            inbound_frame_bytes: self.network.inbound_frame_bytes,
         })
     }
 
@@ -601,6 +610,21 @@ mod tests {
         let c = NodeConfig::default();
         let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn the_frame_budget_defaults_to_the_network_s_and_is_read() {
+        let c = NodeConfig::default();
+        assert_eq!(
+            c.network_config(false).unwrap().inbound_frame_bytes,
+            agora_network::DEFAULT_INBOUND_FRAME_BYTES
+        );
+        let set: NodeConfig =
+            toml::from_str("[network]\ninbound_frame_bytes = 16777216\n").unwrap();
+        assert_eq!(
+            set.network_config(false).unwrap().inbound_frame_bytes,
+            16 << 20
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tracing::{Instrument, debug, warn};
 
 use super::framing::{MessageError, read_message, write_message};
 use super::scores::{PeerScores, Rank};
-use agora_storage::wire::FrameError;
+use agora_storage::wire::{FrameBudget, FrameError};
 
 /// Protocols we accept, newest first; we open streams with the first one the peer supports.
 pub const PROTOCOLS: [&str; 4] = [
@@ -149,6 +149,9 @@ struct Inner {
     /// Who answered and who let wants time out, for every fetch of this node.
     scores: Mutex<PeerScores>,
     counters: Counters,
+    /// The node's one budget for frames being read (shared with request-response): every
+    /// inbound message is read within it (THREATS N16).
+    frames: Arc<FrameBudget>,
     cancel: CancellationToken,
 }
 
@@ -188,13 +191,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Bitswap {
     /// Registers the bitswap protocols on `control` and serves inbound streams until `cancel`,
     /// at most as many at once as `quota` admits (per peer and in all; see
-    /// `NetworkHandle::bitswap_quota`). Each accept loop only takes the next stream and
+    /// `NetworkHandle::bitswap_quota`), reading their messages within `frames`
+    /// (`NetworkHandle::frame_budget`). Each accept loop only takes the next stream and
     /// spawns its server: libp2p-stream hands streams over a one-slot channel and drops what
     /// arrives while the loop is busy.
     pub fn start(
         store: Arc<dyn BlockStore>,
         mut control: Control,
         quota: StreamQuota,
+        frames: Arc<FrameBudget>,
         cancel: CancellationToken,
     ) -> Result<Bitswap, AlreadyRegistered> {
         let mut incoming = Vec::new();
@@ -210,6 +215,7 @@ impl Bitswap {
                 next_session: AtomicU64::new(0),
                 scores: Mutex::default(),
                 counters: Counters::default(),
+                frames,
                 cancel,
             }),
         };
@@ -440,7 +446,8 @@ impl Bitswap {
 
     async fn serve_stream(self, peer: PeerId, mut stream: Stream) {
         loop {
-            let read = tokio::time::timeout(INBOUND_IDLE, read_message(&mut stream)).await;
+            let next = read_message(&mut stream, &self.inner.frames);
+            let read = tokio::time::timeout(INBOUND_IDLE, next).await;
             let Ok(read) = read else {
                 debug!(%peer, "idle bitswap stream closed");
                 return;
@@ -449,6 +456,11 @@ impl Bitswap {
                 Ok(Some(m)) => m,
                 Ok(None) => return,
                 Err(MessageError::Frame(FrameError::Io(e))) => {
+                    debug!(%peer, error = %e, "bitswap stream closed");
+                    return;
+                }
+                // Counted and logged by the budget; not `rejected`: others may have filled it.
+                Err(MessageError::Frame(e @ FrameError::OverBudget { .. })) => {
                     debug!(%peer, error = %e, "bitswap stream closed");
                     return;
                 }

@@ -159,8 +159,14 @@ pub async fn spawn(
         bitswap::MAX_INBOUND_STREAMS_PER_PEER,
         bitswap::MAX_INBOUND_STREAMS,
     );
-    let bitswap = Bitswap::start(store, network.stream_control(), quota, cancel.clone())
-        .map_err(|_| ExchangeError::AlreadyRunning)?;
+    let bitswap = Bitswap::start(
+        store,
+        network.stream_control(),
+        quota,
+        network.frame_budget(),
+        cancel.clone(),
+    )
+    .map_err(|_| ExchangeError::AlreadyRunning)?;
     let embedded = Embedded::new(bitswap, network, config.fetch);
     if let Some(interval) = config.gc_interval {
         let e = embedded.clone();

@@ -134,6 +134,7 @@ mod tests {
         Agreement {
             terms,
             auction: Some(AuctionFacts::default()),
+            respond_by: 0,
         }
     }
 

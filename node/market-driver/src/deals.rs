@@ -57,6 +57,19 @@ pub const PROPOSAL_ATTEMPTS: u64 = 10;
 /// next bid is awarded, and only so many fit before the losers let go of their bids (review 10
 /// H1: at 20 s two such keys ended every default CLI auction).
 pub const PROPOSAL_DEADLINE: Duration = Duration::from_secs(10);
+/// The least time a provider is given to countersign, however late it agreed.
+pub const MIN_PROPOSAL_DEADLINE: Duration = Duration::from_secs(3);
+
+/// How long the customer waits for the countersignature of a deal agreed with the award's
+/// deadline `respond_by`, at `now`: until that deadline, at least [`MIN_PROPOSAL_DEADLINE`]
+/// and at most [`PROPOSAL_DEADLINE`]. A key that accepts at the last moment of its award and
+/// then goes silent held the auction a whole deadline more, so two such keys still ended every
+/// default CLI auction before its next bid fit (review 11, M1).
+pub fn proposal_deadline(respond_by: u64, now: u64) -> Duration {
+    Duration::from_millis(respond_by.saturating_sub(now))
+        .clamp(MIN_PROPOSAL_DEADLINE, PROPOSAL_DEADLINE)
+}
+
 /// Growth of the wait between two proposals of the same contract.
 pub const RETRY_STEP: Duration = Duration::from_millis(100);
 /// Proposals in flight at once; the customer's own awards beyond it are refused with a log line.
@@ -396,6 +409,7 @@ impl DealTask {
             network: self.network.clone(),
             ledger: self.ledger.clone(),
             market: self.market.clone(),
+            deadline: proposal_deadline(agreement.respond_by, now_ms()),
         };
         let in_flight = self.in_flight.clone();
         let cancel = cancel.clone();
@@ -548,6 +562,18 @@ mod tests {
     /// reading its book when it builds the contract (as at 94e7ef4: the auction is gone, so the
     /// default image and no slot); `auction_facts` falling back to the defaults: the last
     /// assert fails.
+    /// Review 11 M1: the countersignature is awaited until the award's own deadline, within
+    /// a floor and a ceiling. Mutants — the fixed `PROPOSAL_DEADLINE`: 10 s for a deal agreed
+    /// 1 s before its deadline; no floor: nothing for one agreed past it.
+    #[test]
+    fn a_late_agreement_gets_until_its_awards_deadline_to_be_countersigned() {
+        let s = Duration::from_secs;
+        assert_eq!(proposal_deadline(50_000, 45_000), s(5));
+        assert_eq!(proposal_deadline(50_000, 49_000), MIN_PROPOSAL_DEADLINE);
+        assert_eq!(proposal_deadline(50_000, 60_000), MIN_PROPOSAL_DEADLINE);
+        assert_eq!(proposal_deadline(90_000, 30_000), PROPOSAL_DEADLINE);
+    }
+
     #[test]
     fn the_contract_is_built_from_what_the_auction_said_when_the_deal_was_agreed() {
         let mut customer = MarketState::new(KeySigner::from_seed(1), MarketConfig::default());

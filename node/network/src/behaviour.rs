@@ -22,6 +22,7 @@ use super::relayed_inbound::RelayedInbound;
 use super::rpc_codec::{RPC_PROTOCOL, RpcCodec};
 use super::wan::{Shaped, WanProfile};
 use super::{NetworkConfig, NetworkError, RelayProfile};
+use agora_storage::wire::FrameBudget;
 use agora_wire::codec::GOSSIP_MAX_SKEW_MS;
 
 /// Gossipsub's transmit limit; deliberately above the application limit so that oversized
@@ -45,8 +46,8 @@ pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1.0.0";
 pub(crate) struct AgoraBehaviour {
     /// Connection limits (first: denies before the other behaviours set anything up).
     pub limits: connection_limits::Behaviour,
-    /// Relayed inbound connections: none from strangers, one per peer (second, so a refused
-    /// one sets nothing up either; see `relayed_inbound`).
+    /// Relayed inbound connections: none from strangers (second, so a refused one sets
+    /// nothing up either; see `relayed_inbound`).
     pub relayed: RelayedInbound,
     /// Where peers listen (filtered identify addresses, dialled ones), offered to every dial;
     /// identify's own cache is off (see `address_book`).
@@ -227,6 +228,7 @@ pub(crate) fn build_swarm(
     keypair: libp2p::identity::Keypair,
     cfg: &NetworkConfig,
     strangers: crate::quota::Strangers,
+    frames: Arc<FrameBudget>,
 ) -> Result<Swarm<AgoraBehaviour>, NetworkError> {
     let setup = |e: String| NetworkError::Setup(e);
     let mdns_enabled = cfg.mdns;
@@ -293,8 +295,11 @@ pub(crate) fn build_swarm(
                 ..Default::default()
             };
             gossipsub.with_peer_score(score_params, gossipsub::PeerScoreThresholds::default())?;
+            // Up to 100 streams per connection (libp2p's default) may each be reading a
+            // request for 30 s; what their frames hold is bounded by the node's one budget
+            // (`network.inbound_frame_bytes`, THREATS N16), not per stream.
             let rpc = request_response::Behaviour::with_codec(
-                RpcCodec,
+                RpcCodec::new(frames.clone()),
                 [(RPC_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
             );
@@ -379,11 +384,11 @@ pub const RELAY_MAX_RESERVATIONS: usize = 128;
 pub const RELAY_MAX_RESERVATIONS_PER_PEER: usize = 2;
 /// Most relayed circuits the operator's relay carries, in all and per peer. libp2p counts a
 /// peer's circuits at either end and checks only the requester's count, so whoever opens
-/// circuits *to* an edge uses up the edge's own (review 9 H1). An edge accepts one relayed
-/// connection per non-stranger peer (`relayed_inbound`), so at 4 the committee watching it and
-/// its counterparty already left it no circuit of its own on that relay; at 16 (above an edge's
-/// `target_peers`) that takes 17 peers it accepts, while one funded key still holds at most
-/// a quarter of the relay (17 of 64 circuits).
+/// circuits *to* an edge uses up the edge's own (review 9 H1). An edge accepts relayed
+/// connections from non-strangers only (`relayed_inbound`), up to 4 per peer under the
+/// connection limits, so at 4 the committee watching it and its counterparty already left it
+/// no circuit of its own on that relay; at 16 that takes 17 circuits from peers it accepts (5
+/// funded keys), while one funded key still holds at most a quarter of the relay (17 of 64).
 pub const RELAY_MAX_CIRCUITS: usize = 64;
 pub const RELAY_MAX_CIRCUITS_PER_PEER: usize = 16;
 /// How long one circuit of the operator's relay may live and how many bytes it may carry (both

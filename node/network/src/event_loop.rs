@@ -22,10 +22,11 @@ use super::presence::PresenceTracker;
 use super::quota::{RateLimiter, StrangerBudget, loud};
 use super::routes::{RequestRefused, RouteTable};
 use super::{
-    Command, GossipTicket, GossipVerdict, NetworkConfig, NetworkError, NetworkEvent, NetworkHandle,
-    NetworkStats, PeerInfo, Reply, SharedCounters,
+    Command, GossipTicket, GossipVerdict, MIN_INBOUND_FRAME_BYTES, NetworkConfig, NetworkError,
+    NetworkEvent, NetworkHandle, NetworkStats, PeerInfo, Reply, SharedCounters,
 };
 use crate::keys::{NodeKey, node_id_of};
+use agora_storage::wire::FrameBudget;
 use agora_wire::codec::{
     CodecError, Envelope, GOSSIP_MAX_SKEW_MS, MAX_GOSSIP_BYTES, MAX_RPC_BYTES,
 };
@@ -218,7 +219,17 @@ pub async fn spawn_with_metrics(
     )
     .trust(cfg.trusted_peers.iter().copied())
     .committee(cfg.committee.iter().copied());
-    let mut swarm = build_swarm(key.libp2p_keypair(), &cfg, strangers.classes())?;
+    // One budget for every frame the node is reading from peers: requests and responses here,
+    // bitswap messages through `NetworkHandle::frame_budget` (THREATS N16).
+    let frames = Arc::new(FrameBudget::new(
+        cfg.inbound_frame_bytes.max(MIN_INBOUND_FRAME_BYTES),
+    ));
+    let mut swarm = build_swarm(
+        key.libp2p_keypair(),
+        &cfg,
+        strangers.classes(),
+        frames.clone(),
+    )?;
     for addr in &cfg.listen {
         swarm
             .listen_on(addr.clone())
@@ -237,7 +248,7 @@ pub async fn spawn_with_metrics(
     }
     let streams = swarm.behaviour().stream.new_control();
     let cancel = cancel.child_token();
-    let counters = Arc::new(SharedCounters::default());
+    let counters = Arc::new(SharedCounters::new(frames));
     // Strangers together hold at most half of the inbound streams (THREATS N7), of this
     // protocol and of bitswap (`NetworkHandle::bitswap_quota`).
     let heartbeat_quota = crate::StreamQuota::new(

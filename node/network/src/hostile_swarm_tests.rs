@@ -58,6 +58,7 @@ async fn stranger(peer: PeerId, addr: Multiaddr, cfg: NetworkConfig) -> Swarm<Ag
         NodeKey::generate().libp2p_keypair(),
         &cfg,
         crate::quota::Strangers::default(),
+        std::sync::Arc::new(agora_storage::wire::FrameBudget::unbounded()),
     )
     .unwrap();
     s.behaviour_mut().kad.add_address(&peer, addr.clone());

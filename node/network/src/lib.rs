@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agora_market::NodeId;
+use agora_storage::wire::FrameBudget;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -135,7 +136,21 @@ pub struct NetworkConfig {
     /// redial a watched NATed peer while it is down do not drain it (THREATS N20). They still
     /// meet the relay's per-peer and per-IP limits. At most `MAX_VOUCHED` are taken.
     pub committee: Vec<PeerId>,
+    /// Bytes that frames still being read from peers (requests, responses, bitswap messages)
+    /// may hold together, beyond each frame's free first 4 KiB; a frame that cannot grow
+    /// fails its stream (THREATS N16). At least [`MIN_INBOUND_FRAME_BYTES`].
+    pub inbound_frame_bytes: usize,
 }
+
+/// Default of [`NetworkConfig::inbound_frame_bytes`]: sixteen of the largest frames at once,
+/// far more than an honest node's requests, sync answers and bitswap messages in flight need,
+/// and a small share of an arbitrator's memory however many streams strangers open.
+pub const DEFAULT_INBOUND_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// The least [`NetworkConfig::inbound_frame_bytes`] taken: one frame of the largest size (a
+/// request, a response or a bitswap message, 4 MiB each), so a lower setting cannot refuse
+/// every large frame on an idle node.
+pub const MIN_INBOUND_FRAME_BYTES: usize = agora_wire::codec::MAX_RPC_BYTES;
 
 impl Default for NetworkConfig {
     fn default() -> Self {
@@ -156,6 +171,7 @@ impl Default for NetworkConfig {
             tcp_port_reuse: true,
             trusted_peers: Vec::new(),
             committee: Vec::new(),
+            inbound_frame_bytes: DEFAULT_INBOUND_FRAME_BYTES,
         }
     }
 }
@@ -291,14 +307,21 @@ pub struct NetworkStats {
     /// swarm and not yet written already reached the per-peer or the total budget (a peer
     /// that asks for large answers and never reads them; THREATS N13).
     pub rpc_responses_withheld: u64,
+    /// Frames (requests, responses, bitswap messages) whose stream failed because frames
+    /// still being read already held the node's budget (`network.inbound_frame_bytes`): a
+    /// peer announcing large frames and sending them slowly on many streams (THREATS N16).
+    pub frames_over_budget: u64,
+    /// Bytes frames still being read hold of that budget now (each frame's first 4 KiB are
+    /// not charged).
+    pub frame_bytes_held: u64,
     /// Inbound heartbeat streams refused (per-peer or total quota).
     pub heartbeat_streams_refused: u64,
     /// Inbound bitswap streams refused (per-peer or total quota).
     pub bitswap_streams_refused: u64,
     /// Incoming connections refused by the connection limits.
     pub connections_refused: u64,
-    /// Relayed inbound connections refused: from a stranger, or from a peer that already
-    /// holds one (THREATS N20; each would count against this node's own circuits at the relay).
+    /// Relayed inbound connections refused: from a stranger (THREATS N20; each would count
+    /// against this node's own circuits at the relay).
     pub relayed_inbound_refused: u64,
     /// Peers evicted from a full per-peer table (presence, addresses).
     pub peers_evicted: u64,
@@ -364,17 +387,29 @@ pub struct NetworkStats {
     pub hole_punch_failed: u64,
 }
 
-/// Counters shared with tasks outside the swarm loop (stream accept loops).
-#[derive(Debug, Default)]
+/// Counters shared with tasks outside the swarm loop (stream accept loops, frame readers).
+#[derive(Debug)]
 pub(crate) struct SharedCounters {
     pub(crate) heartbeat_refused: Arc<AtomicU64>,
     pub(crate) bitswap_refused: Arc<AtomicU64>,
+    /// The one budget of frames being read (it counts its own refusals).
+    pub(crate) frames: Arc<FrameBudget>,
 }
 
 impl SharedCounters {
+    pub(crate) fn new(frames: Arc<FrameBudget>) -> SharedCounters {
+        SharedCounters {
+            heartbeat_refused: Arc::default(),
+            bitswap_refused: Arc::default(),
+            frames,
+        }
+    }
+
     pub(crate) fn fill(&self, stats: &mut NetworkStats) {
         stats.heartbeat_streams_refused = self.heartbeat_refused.load(Ordering::Relaxed);
         stats.bitswap_streams_refused = self.bitswap_refused.load(Ordering::Relaxed);
+        stats.frames_over_budget = self.frames.refused();
+        stats.frame_bytes_held = self.frames.held() as u64;
     }
 }
 
@@ -651,6 +686,13 @@ impl NetworkHandle {
     /// A control to open and accept raw protocol streams (bitswap) outside the swarm loop.
     pub fn stream_control(&self) -> libp2p_stream::Control {
         self.streams.clone()
+    }
+
+    /// The node's one budget for frames being read from peers, shared with request-response:
+    /// a protocol that reads frames on raw streams (bitswap) reads them within it, and its
+    /// refusals are counted in [`NetworkStats::frames_over_budget`] (THREATS N16).
+    pub fn frame_budget(&self) -> Arc<FrameBudget> {
+        self.counters.frames.clone()
     }
 
     /// Announces in Kademlia that this node provides `key` (a CID's multihash bytes).

@@ -1,8 +1,11 @@
 //! Request-response framing: one unsigned-varint length prefix, then the envelope bytes
 //! (`agora_storage::wire`'s frames). The length is checked against the limit before the body is
-//! read.
+//! read, and the body's buffer is charged to the node's one budget for frames being read as it
+//! grows (THREATS N16).
 
-use agora_storage::wire::{read_frame_async, write_frame_async};
+use std::sync::Arc;
+
+use agora_storage::wire::{FrameBudget, read_frame_async_within, write_frame_async};
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
@@ -11,12 +14,27 @@ use agora_wire::codec::MAX_RPC_BYTES;
 /// Protocol name of agora's request-response exchange.
 pub const RPC_PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/rpc/1.0.0");
 
-/// Length-prefixed opaque bytes; the envelope inside is decoded by the event loop.
-#[derive(Clone, Debug, Default)]
-pub struct RpcCodec;
+/// Length-prefixed opaque bytes; the envelope inside is decoded by the event loop. libp2p clones
+/// the codec for every stream, and every clone charges the same budget.
+#[derive(Clone, Debug)]
+pub struct RpcCodec {
+    frames: Arc<FrameBudget>,
+}
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
-    match read_frame_async(io, MAX_RPC_BYTES).await? {
+impl RpcCodec {
+    /// A codec whose requests and responses are read within `frames`.
+    pub(crate) fn new(frames: Arc<FrameBudget>) -> RpcCodec {
+        RpcCodec { frames }
+    }
+}
+
+/// One frame within `frames`; a frame that cannot grow fails the stream (an I/O error, so
+/// libp2p reports the request failed and resets the stream).
+async fn read_frame<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    frames: &FrameBudget,
+) -> std::io::Result<Vec<u8>> {
+    match read_frame_async_within(io, MAX_RPC_BYTES, frames).await? {
         Some(body) => Ok(body),
         None => Err(std::io::ErrorKind::UnexpectedEof.into()),
     }
@@ -36,14 +54,14 @@ impl libp2p::request_response::Codec for RpcCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        read_frame(io, &self.frames).await
     }
 
     async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> std::io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        read_frame(io, &self.frames).await
     }
 
     async fn write_request<T>(

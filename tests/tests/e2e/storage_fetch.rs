@@ -539,7 +539,10 @@ async fn a_silent_peer_is_asked_after_the_peers_that_deliver_and_benched_when_it
             while let Some((_, mut s)) = incoming.next().await {
                 let asked = asked.clone();
                 tokio::spawn(async move {
-                    while let Ok(Some(m)) = agora_exchange::framing::read_message(&mut s).await {
+                    let frames = agora_storage::wire::FrameBudget::unbounded();
+                    while let Ok(Some(m)) =
+                        agora_exchange::framing::read_message(&mut s, &frames).await
+                    {
                         let wants = m.wantlist.iter().flat_map(|w| &w.entries);
                         let n = wants.filter(|e| !e.cancel).count();
                         asked.fetch_add(n as u64, Ordering::SeqCst);

@@ -1,6 +1,6 @@
 //! One contract proposed to its provider, beside the deal task: asked again while the provider
 //! may not have seen the agreement yet or is busy, at most [`PROPOSAL_ATTEMPTS`] times within
-//! [`PROPOSAL_DEADLINE`], and judged by its answer ([`judge`]).
+//! [`super::proposal_deadline`], and judged by its answer ([`judge`]).
 //!
 //! Only a refusal that was the provider's own choice, and a countersignature that does not
 //! verify, are reported to the market (`Input::DealFailed`: the provider ranks last on our
@@ -23,7 +23,7 @@ use agora_market::{AwardId, DealFault, KeySigner, NodeId, Signature};
 use agora_wire::codec::Kind;
 use tracing::{debug, info, warn};
 
-use super::{DealMsg, PROPOSAL_ATTEMPTS, PROPOSAL_DEADLINE, RETRY_STEP, seal};
+use super::{DealMsg, PROPOSAL_ATTEMPTS, RETRY_STEP, seal};
 use crate::MarketHandle;
 use agora_ledger::LedgerHandle;
 use agora_network::NetworkHandle;
@@ -40,6 +40,8 @@ pub(super) struct Proposal {
     pub(super) seq: Arc<AtomicU64>,
     pub(super) network: NetworkHandle,
     pub(super) ledger: LedgerHandle,
+    /// The longest the proposal is asked for ([`super::proposal_deadline`]).
+    pub(super) deadline: std::time::Duration,
     /// Told when the proposal ends without a contract (`Input::DealFailed`, blamed only for
     /// the provider's own choice).
     pub(super) market: MarketHandle,
@@ -65,7 +67,7 @@ impl Proposal {
         };
         let (this, msg) = (&self, &msg);
         let ask = move || this.ask(msg);
-        let outcome = settle(ask, PROPOSAL_ATTEMPTS, RETRY_STEP, PROPOSAL_DEADLINE).await;
+        let outcome = settle(ask, PROPOSAL_ATTEMPTS, RETRY_STEP, self.deadline).await;
         let award = self.award.short();
         match outcome {
             Outcome::Signed(provider_sig) => self.register(provider_sig).await,
